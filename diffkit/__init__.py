@@ -1,0 +1,11 @@
+"""diffkit: diffusion models in PyTorch, correct to the formula.
+
+The data flow (see README "Design"):
+data -> training (objective + loop) -> checkpoint -> Denoiser -> sampler (+ guidance) -> images -> metrics
+"""
+__version__ = "0.1.0"
+
+from .errors import DiffkitError  # noqa: E402
+from .schedule import NoiseSchedule  # noqa: E402
+
+__all__ = ["DiffkitError", "NoiseSchedule", "__version__"]

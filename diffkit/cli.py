@@ -1,0 +1,54 @@
+"""The ``diffkit`` command line: a thin front over the library.
+
+Each sub-command lives in ``diffkit/commands/<name>.py`` and defines ``register(subparsers)``,
+which adds its parser and sets ``func``. User mistakes (:class:`~diffkit.errors.DiffkitError`)
+print one line ``diffkit: error: ...`` and exit with status 2; nothing else is caught.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import DiffkitError
+
+# Sub-command modules, in the order ``diffkit --help`` lists them.
+COMMANDS = ["demo", "train", "sample", "samplers"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with status 2 and one line (no usage dump) on a bad flag."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="diffkit", description="Diffusion models: train, sample, guide, evaluate.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"diffkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f".commands.{name}", __package__).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DiffkitError as err:
+        sys.stderr.write(f"diffkit {args.command}: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("diffkit: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

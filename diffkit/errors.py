@@ -1,0 +1,42 @@
+"""User-facing errors: one line that names the bad value and what is allowed.
+
+Every mistake a user can make (a bad flag, config value, file or argument) raises
+:class:`DiffkitError`. It subclasses :class:`ValueError`, so library callers can catch
+either; the CLI prints its message on one line and exits with status 2 (no traceback).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class DiffkitError(ValueError):
+    """A user error whose message is one line naming the value and what is allowed."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise a one-line DiffkitError."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise DiffkitError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+    return value
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
+                *, integer: bool = False, low_inclusive: bool = True, high_inclusive: bool = True) -> Any:
+    """Return ``value`` if it is a number in the given range, else raise a one-line DiffkitError."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise DiffkitError(f"{name}={value!r} must be {kind}")
+    lo_ok = low is None or (value >= low if low_inclusive else value > low)
+    hi_ok = high is None or (value <= high if high_inclusive else value < high)
+    if not (lo_ok and hi_ok):
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        lb = "[" if low_inclusive and low is not None else "("
+        hb = "]" if high_inclusive and high is not None else ")"
+        raise DiffkitError(f"{name}={value!r} is out of range; allowed: {kind} in {lb}{lo}, {hi}{hb}")
+    return value

@@ -1,0 +1,237 @@
+"""The noise schedule: one object every loss and sampler reads (DESIGN.md, abstraction 1).
+
+A discrete variance-preserving schedule is built from betas (DDPM, Ho et al. 2020, eq. 2):
+``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` for training timesteps ``t = 0 .. T-1``.
+
+Time convention (used everywhere in diffkit): time is measured in *training-timestep units*.
+``t = k`` for an integer ``k`` in ``0..T-1`` is the k-th training step exactly; ``t = -1`` is
+clean data (``alpha_bar = 1``, ``sigma = 0``, log-SNR ``+inf``), the target of a sampler's last
+step. Between integers, ``log alpha_t = 0.5 log alpha_bar_t`` is interpolated piecewise
+linearly, as DPM-Solver does for discrete-time models (Lu et al. 2022, Appendix D.1), so every
+quantity is defined for any continuous ``t`` in ``[-1, T-1]`` and the maps invert exactly.
+
+Quantities (all float64 on the CPU; callers cast to their device and dtype):
+    alpha_t  = sqrt(alpha_bar_t)               (signal scale)
+    sigma_t  = sqrt(1 - alpha_bar_t)           (noise scale)
+    lambda_t = log(alpha_t / sigma_t)          (log-SNR, DPM-Solver eq. 3.2)
+    karras_sigma_t = sigma_t / alpha_t         (EDM / k-diffusion sigma, Karras et al. 2022)
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .errors import DiffkitError, check_choice, check_range
+
+SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")
+
+_F64 = torch.float64
+
+
+def _as_time(t) -> torch.Tensor:
+    """Any scalar / sequence / tensor of times as a float64 CPU tensor."""
+    if isinstance(t, torch.Tensor):
+        return t.detach().to("cpu", _F64)
+    return torch.as_tensor(t, dtype=_F64)
+
+
+class NoiseSchedule:
+    """A discrete VP noise schedule with continuous-time access and inverse maps.
+
+    Build with :meth:`linear`, :meth:`cosine`, :meth:`scaled_linear`, :meth:`sigmoid`,
+    :meth:`from_betas` or :meth:`from_name`; see the module docstring for the time convention.
+    """
+
+    def __init__(self, betas: Sequence[float] | torch.Tensor):
+        betas = torch.as_tensor(betas, dtype=_F64).detach().cpu().clone()
+        if betas.ndim != 1 or betas.numel() < 1:
+            raise DiffkitError(f"betas must be a non-empty 1-D array; got shape {tuple(betas.shape)}")
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
+            bad = betas[~(torch.isfinite(betas) & (betas > 0) & (betas <= 1))][0].item()
+            raise DiffkitError(f"beta={bad!r} is out of range; every beta must lie in (0, 1]")
+        if (betas[:-1] >= 1).any():
+            raise DiffkitError("beta=1 is allowed only at the last timestep (zero terminal SNR)")
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, 0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=_F64), self.alphas_cumprod[:-1]])
+        self.num_timesteps = int(betas.numel())
+        # log alpha_t on the grid t = -1, 0, ..., T-1 (index t + 1); -inf where alpha_bar = 0.
+        self._log_alpha_grid = 0.5 * torch.log(torch.cat([torch.ones(1, dtype=_F64), self.alphas_cumprod]))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """DDPM's linear betas (Ho et al. 2020, Sec. 4: 1e-4 .. 0.02 over T = 1000)."""
+        _check_T(num_timesteps)
+        _check_beta_pair(beta_start, beta_end)
+        return cls(torch.linspace(beta_start, beta_end, num_timesteps, dtype=_F64))
+
+    @classmethod
+    def scaled_linear(cls, num_timesteps: int = 1000, beta_start: float = 0.00085,
+                      beta_end: float = 0.012) -> "NoiseSchedule":
+        """Stable Diffusion's betas: linear in sqrt(beta) (Rombach et al. 2022)."""
+        _check_T(num_timesteps)
+        _check_beta_pair(beta_start, beta_end)
+        return cls(torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_timesteps, dtype=_F64) ** 2)
+
+    @classmethod
+    def cosine(cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+        """Improved DDPM's cosine schedule (Nichol & Dhariwal 2021, eq. 17).
+
+        ``alpha_bar(t) = f(t)/f(0)``, ``f(t) = cos^2(((t/T) + s)/(1 + s) * pi/2)``; betas
+        ``1 - alpha_bar(t+1)/alpha_bar(t)`` clipped at ``max_beta`` to avoid the singularity at t = T.
+        """
+        _check_T(num_timesteps)
+        check_range("s", s, 0.0, None, low_inclusive=True)
+        check_range("max_beta", max_beta, 0.0, 1.0, low_inclusive=False)
+
+        def f(t):
+            return math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+
+        betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(num_timesteps)]
+        return cls(torch.tensor(betas, dtype=_F64))
+
+    @classmethod
+    def sigmoid(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """Sigmoid-shaped betas between beta_start and beta_end (GeoDiff; diffusers 'sigmoid')."""
+        _check_T(num_timesteps)
+        _check_beta_pair(beta_start, beta_end)
+        x = torch.linspace(-6, 6, num_timesteps, dtype=_F64)
+        return cls(torch.sigmoid(x) * (beta_end - beta_start) + beta_start)
+
+    @classmethod
+    def from_betas(cls, betas) -> "NoiseSchedule":
+        """Any user array of betas (each in (0, 1]; 1 only at the last step)."""
+        return cls(betas)
+
+    @classmethod
+    def from_name(cls, name: str, num_timesteps: int = 1000, *, zero_terminal_snr: bool = False,
+                  **kwargs) -> "NoiseSchedule":
+        """Build by name: one of ``linear``, ``cosine``, ``scaled_linear``, ``sigmoid``."""
+        check_choice("schedule", name, SCHEDULE_NAMES)
+        schedule = getattr(cls, name)(num_timesteps, **kwargs)
+        return schedule.rescale_zero_terminal_snr() if zero_terminal_snr else schedule
+
+    def rescale_zero_terminal_snr(self) -> "NoiseSchedule":
+        """Rescale so that alpha_bar at t = T-1 is exactly 0 (Lin et al. 2024, Algorithm 1).
+
+        sqrt(alpha_bar) is shifted so its last value is 0 and scaled so its first is unchanged.
+        """
+        sqrt_ab = self.alphas_cumprod.sqrt()
+        first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+        if self.num_timesteps < 2:
+            raise DiffkitError("zero-terminal-SNR rescale needs at least 2 timesteps")
+        sqrt_ab = (sqrt_ab - last) * first / (first - last)
+        alphas_cumprod = sqrt_ab ** 2
+        alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+        return NoiseSchedule(1.0 - alphas)
+
+    def respace(self, timesteps: Sequence[int] | torch.Tensor) -> "NoiseSchedule":
+        """The schedule restricted to an increasing subsequence of integer timesteps.
+
+        Its betas are ``1 - alpha_bar_{tau_i} / alpha_bar_{tau_{i-1}}`` (Nichol & Dhariwal 2021,
+        Sec. 4; seed 004), so DDPM ancestral sampling runs on S < T steps; its step i is the
+        original timestep ``timesteps[i]``.
+        """
+        ts = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+        if ts.numel() < 1 or (ts[1:] <= ts[:-1]).any() or ts[0] < 0 or ts[-1] >= self.num_timesteps:
+            raise DiffkitError(
+                f"respace timesteps must be strictly increasing integers in [0, {self.num_timesteps - 1}]; "
+                f"got {ts.tolist()[:8]}{'...' if ts.numel() > 8 else ''}")
+        abar = self.alphas_cumprod[ts]
+        abar_prev = torch.cat([torch.ones(1, dtype=_F64), abar[:-1]])
+        return NoiseSchedule(1.0 - abar / abar_prev)
+
+    # ------------------------------------------------------------------ continuous time
+    def log_alpha(self, t) -> torch.Tensor:
+        """log alpha_t = 0.5 log alpha_bar_t, piecewise linear in t over [-1, T-1]."""
+        t = _as_time(t)
+        if (t < -1).any() or (t > self.num_timesteps - 1).any() or torch.isnan(t).any():
+            raise DiffkitError(f"time t={_first_bad(t, -1, self.num_timesteps - 1)} is out of range; "
+                               f"allowed: [-1, {self.num_timesteps - 1}] (-1 = clean data)")
+        pos = t + 1.0
+        lo = pos.floor().clamp(0, self.num_timesteps - 1).long()
+        frac = pos - lo.to(_F64)
+        a, b = self._log_alpha_grid[lo], self._log_alpha_grid[(lo + 1).clamp(max=self.num_timesteps)]
+        return torch.where(frac == 0, a, a + frac * (b - a))
+
+    def alpha(self, t) -> torch.Tensor:
+        """alpha_t = sqrt(alpha_bar_t)."""
+        return torch.exp(self.log_alpha(t))
+
+    def alpha_bar(self, t) -> torch.Tensor:
+        """alpha_bar_t (exactly ``alphas_cumprod[t]`` at integer t; 1 at t = -1)."""
+        return torch.exp(2.0 * self.log_alpha(t))
+
+    def sigma(self, t) -> torch.Tensor:
+        """sigma_t = sqrt(1 - alpha_bar_t), computed as sqrt(-expm1(2 log alpha)) for precision."""
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def log_snr(self, t) -> torch.Tensor:
+        """lambda_t = log(alpha_t / sigma_t) (DPM-Solver eq. 3.2); +inf at t = -1."""
+        la = self.log_alpha(t)
+        return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
+
+    def karras_sigma(self, t) -> torch.Tensor:
+        """The EDM sigma = sqrt((1 - alpha_bar)/alpha_bar) = exp(-lambda); 0 at t = -1."""
+        return torch.exp(-self.log_snr(t))
+
+    # ------------------------------------------------------------------ inverse maps
+    def t_from_log_alpha(self, log_alpha) -> torch.Tensor:
+        """Inverse of :meth:`log_alpha` (the piecewise-linear interpolation inverted exactly)."""
+        la = _as_time(log_alpha)
+        grid = self._log_alpha_grid  # decreasing in t, grid[0] = 0 at t = -1
+        finite = torch.isfinite(grid)
+        lo_bound = grid[finite][-1]
+        if (la > 0).any() or (la < lo_bound).any():
+            raise DiffkitError(f"log_alpha={la.flatten()[0].item()!r} is outside the schedule's range "
+                               f"[{lo_bound.item():.6g}, 0]")
+        # searchsorted needs increasing values: flip the decreasing grid.
+        flipped = (-grid[finite]).contiguous()
+        idx = torch.searchsorted(flipped, (-la).contiguous(), right=False).clamp(1, flipped.numel() - 1)
+        x0, x1 = flipped[idx - 1], flipped[idx]
+        frac = ((-la) - x0) / (x1 - x0)
+        return (idx - 1).to(_F64) + frac - 1.0
+
+    def t_from_log_snr(self, log_snr) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`: alpha = sigmoid(2 lambda)^(1/2), then invert log alpha."""
+        lam = _as_time(log_snr)
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+        return self.t_from_log_alpha(log_alpha)
+
+    def t_from_karras_sigma(self, karras_sigma) -> torch.Tensor:
+        """Inverse of :meth:`karras_sigma` (sigma = 0 gives t = -1)."""
+        s = _as_time(karras_sigma)
+        if (s < 0).any():
+            raise DiffkitError(f"karras sigma={s.flatten()[0].item()!r} must be >= 0")
+        return self.t_from_log_snr(-torch.log(s))
+
+    # ------------------------------------------------------------------ misc
+    def __repr__(self) -> str:
+        return (f"NoiseSchedule(T={self.num_timesteps}, beta[0]={self.betas[0].item():.4g}, "
+                f"beta[-1]={self.betas[-1].item():.4g}, alpha_bar[-1]={self.alphas_cumprod[-1].item():.4g})")
+
+    def state_dict(self) -> dict:
+        """The betas, which define the schedule completely (for checkpoints)."""
+        return {"betas": self.betas.clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "NoiseSchedule":
+        return cls(state["betas"])
+
+
+def _check_T(num_timesteps) -> None:
+    check_range("num_timesteps (T)", num_timesteps, 1, None, integer=True)
+
+
+def _check_beta_pair(beta_start, beta_end) -> None:
+    check_range("beta_start (beta_1)", beta_start, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check_range("beta_end (beta_T)", beta_end, 0.0, 1.0, low_inclusive=False)
+
+
+def _first_bad(t: torch.Tensor, low: float, high: float) -> float:
+    bad = t[(t < low) | (t > high) | torch.isnan(t)]
+    return bad.flatten()[0].item() if bad.numel() else float("nan")
