@@ -1,0 +1,107 @@
+"""Denoiser: "given x_t at time t, what are eps and x_0?" (DESIGN.md, abstraction 3).
+
+A :class:`Denoiser` wraps any network ``net(x, t, **cond)`` with its prediction type and the
+schedule, counts network evaluations (NFE), and answers with a :class:`Prediction`. Samplers see
+only denoisers, never networks. Wrappers (guidance, thresholding) are denoisers around a denoiser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import diffusion
+from .errors import DiffkitError, check_choice
+from .schedule import NoiseSchedule
+
+THRESHOLDING = (None, "clip", "dynamic")
+
+
+@dataclass
+class Prediction:
+    """The model's answer at (x_t, t): noise ``eps``, clean data ``x0`` and, for networks with a
+    learned variance (Improved DDPM), the interpolation output ``var_values`` in [-1, 1]."""
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+    var_values: Optional[torch.Tensor] = None
+
+
+class Denoiser:
+    """Wraps ``net(x, t, **cond)`` (``t``: float tensor (B,), training-timestep units).
+
+    Args:
+        net: the network (or any callable with that signature).
+        schedule: the noise schedule the network was trained with.
+        prediction_type: ``epsilon``, ``sample`` (x_0) or ``v_prediction`` (diffusers names).
+        learned_variance: the network outputs 2C channels: the prediction, then v in [-1, 1].
+    """
+
+    def __init__(self, net: Callable, schedule: NoiseSchedule, prediction_type: str = "epsilon",
+                 learned_variance: bool = False):
+        check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
+        self.net = net
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.learned_variance = bool(learned_variance)
+        self.nfe = 0
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def network_times(self, t, x: torch.Tensor) -> torch.Tensor:
+        """Times as the (B,) float tensor on x's device that the network receives."""
+        t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise DiffkitError(f"t has shape {tuple(t.shape)}; expected a scalar or ({x.shape[0]},)")
+        if (t < 0).any():
+            raise DiffkitError(f"the network cannot be evaluated at t={t.min().item()} < 0 (clean data)")
+        return t.to(device=x.device, dtype=torch.float32)
+
+    def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        t_net = self.network_times(t, x)
+        t64 = t_net.detach().cpu().to(torch.float64)
+        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        out = self.net(x, t_net, **cond)
+        self.nfe += 1
+        var_values = None
+        if self.learned_variance:
+            if out.shape[1] != 2 * x.shape[1]:
+                raise DiffkitError(f"learned_variance=True needs {2 * x.shape[1]} output channels; "
+                                   f"the network gave {out.shape[1]}")
+            out, var_values = out.chunk(2, dim=1)
+        elif out.shape != x.shape:
+            raise DiffkitError(f"network output shape {tuple(out.shape)} differs from input shape "
+                               f"{tuple(x.shape)} (learned variance needs learned_variance=True)")
+        eps, x0 = diffusion.eps_x0_from_output(out, x, alpha, sigma, self.prediction_type)
+        return Prediction(eps=eps, x0=x0, var_values=var_values)
+
+
+class ThresholdedDenoiser:
+    """Clips (``clip``) or dynamically thresholds (``dynamic``, Imagen) the predicted x_0, and
+    recomputes eps from it so that every sampler sees a consistent pair."""
+
+    def __init__(self, inner, mode: str, ratio: float = 0.995, max_value: float = 1.0):
+        check_choice("thresholding", mode, [m for m in THRESHOLDING if m])
+        self.inner, self.mode, self.ratio, self.max_value = inner, mode, ratio, max_value
+
+    schedule = property(lambda self: self.inner.schedule)
+    nfe = property(lambda self: self.inner.nfe)
+
+    def reset_nfe(self) -> None:
+        self.inner.reset_nfe()
+
+    def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        pred = self.inner(x, t, **cond)
+        if self.mode == "clip":
+            x0 = diffusion.clip_x0(pred.x0, self.max_value)
+        else:
+            x0 = diffusion.dynamic_threshold(pred.x0, self.ratio, self.max_value)
+        t64 = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+        t64 = t64.expand(x.shape[0]) if t64.ndim == 0 else t64
+        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        eps = diffusion.eps_from_x0(x, x0, alpha, sigma)
+        return Prediction(eps=eps, x0=x0, var_values=pred.var_values)

@@ -1,0 +1,207 @@
+"""Diffusion math: pure functions of a :class:`~diffkit.schedule.NoiseSchedule`.
+
+The forward process, the posterior q(x_s | x_t, x_0) between any two times s < t, the
+conversions between the eps / x0 / v / score parameterisations, and the reverse-step mean and
+variance p(x_s | x_t) for fixed or learned variance. References:
+    DDPM   = Ho et al. 2020 (seed 001)        Improved DDPM = Nichol & Dhariwal 2021 (seed 002)
+    v-pred = Salimans & Ho 2022               DDIM          = Song et al. 2021 (seeds 000, 003)
+
+Coefficients are computed in float64 on the CPU from the schedule and cast to ``x``'s device and
+dtype; a coefficient of shape (B,) is broadcast over the trailing dimensions of ``x``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import check_choice
+from .schedule import NoiseSchedule
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+
+
+def expand(coef, x: torch.Tensor) -> torch.Tensor:
+    """Cast a scalar or (B,) coefficient to ``x``'s device/dtype, shaped to broadcast over ``x``."""
+    coef = torch.as_tensor(coef).to(device=x.device, dtype=x.dtype)
+    if coef.ndim == 0:
+        return coef
+    return coef.reshape(coef.shape[0], *([1] * (x.ndim - 1)))
+
+
+def _times(t, x: torch.Tensor) -> torch.Tensor:
+    """Times as a (B,) float64 CPU tensor (a scalar is broadcast over the batch)."""
+    t = torch.as_tensor(t).detach().to("cpu", torch.float64)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+# ---------------------------------------------------------------- forward process
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+    """Sample x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (DDPM eq. 4)."""
+    t = _times(t, x0)
+    return expand(schedule.alpha(t), x0) * x0 + expand(schedule.sigma(t), x0) * noise
+
+
+def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t):
+    """Mean, variance and log-variance of q(x_t | x_0) (DDPM eq. 4)."""
+    t = _times(t, x0)
+    abar = schedule.alpha_bar(t)
+    return expand(abar.sqrt(), x0) * x0, expand(1 - abar, x0), expand(torch.log1p(-abar), x0)
+
+
+# ---------------------------------------------------------------- posterior
+def posterior_coefficients(schedule: NoiseSchedule, t, s=None):
+    """Coefficients of q(x_s | x_t, x_0) for s < t (s = t - 1 by default), in float64.
+
+    With beta_{t|s} = 1 - abar_t/abar_s (the respaced beta, seed 004), DDPM eq. 6-7 generalise to
+        mean = sqrt(abar_s) beta_{t|s}/(1 - abar_t) x_0 + sqrt(abar_t/abar_s) (1 - abar_s)/(1 - abar_t) x_t
+        var  = beta-tilde = (1 - abar_s)/(1 - abar_t) beta_{t|s}.
+    Returns ``(coef_x0, coef_xt, variance, beta_ts)``.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64)
+    s = t - 1 if s is None else torch.as_tensor(s, dtype=torch.float64)
+    abar_t, abar_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+    beta_ts = 1 - abar_t / abar_s
+    one_minus_abar_t = -torch.expm1(torch.log(abar_t))
+    coef_x0 = abar_s.sqrt() * beta_ts / one_minus_abar_t
+    coef_xt = (abar_t / abar_s).sqrt() * (1 - abar_s) / one_minus_abar_t
+    variance = (1 - abar_s) / one_minus_abar_t * beta_ts
+    return coef_x0, coef_xt, variance, beta_ts
+
+
+def posterior_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t, s=None):
+    """Mean, variance and clipped log-variance of q(x_s | x_t, x_0) (DDPM eq. 6-7).
+
+    The log-variance is clipped as in Improved DDPM: at the last step (s = -1) the variance is 0,
+    so its log is replaced by that of the next step's posterior variance.
+    """
+    t = _times(t, x_t)
+    s = t - 1 if s is None else _times(s, x_t)
+    coef_x0, coef_xt, variance, _ = posterior_coefficients(schedule, t, s)
+    mean = expand(coef_x0, x_t) * x0 + expand(coef_xt, x_t) * x_t
+    return mean, expand(variance, x_t), expand(clipped_log_variance(schedule, t, s), x_t)
+
+
+def clipped_log_variance(schedule: NoiseSchedule, t, s) -> torch.Tensor:
+    """log beta-tilde_{t|s}, with the zero variance at s = -1 replaced by the variance of the step
+    from t=1 to t=0 (improved-diffusion's ``posterior_log_variance_clipped``)."""
+    t, s = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+    variance = posterior_coefficients(schedule, t, s)[2]
+    if schedule.num_timesteps > 1:
+        fallback = posterior_coefficients(schedule, torch.tensor(1.0, dtype=torch.float64),
+                                          torch.tensor(0.0, dtype=torch.float64))[2]
+    else:
+        fallback = schedule.betas[0]
+    return torch.log(torch.where(variance > 0, variance, fallback))
+
+
+# ---------------------------------------------------------------- parameterisations
+def x0_from_eps(x_t, eps, alpha, sigma):
+    """x_0 = (x_t - sigma_t eps) / alpha_t (DDPM eq. 4 solved for x_0)."""
+    return (x_t - expand(sigma, x_t) * eps) / expand(alpha, x_t)
+
+
+def eps_from_x0(x_t, x0, alpha, sigma):
+    """eps = (x_t - alpha_t x_0) / sigma_t."""
+    return (x_t - expand(alpha, x_t) * x0) / expand(sigma, x_t)
+
+
+def v_from_eps_x0(eps, x0, alpha, sigma):
+    """v = alpha_t eps - sigma_t x_0 (Salimans & Ho 2022, Sec. 4)."""
+    return expand(alpha, eps) * eps - expand(sigma, eps) * x0
+
+
+def x0_from_v(x_t, v, alpha, sigma):
+    """x_0 = alpha_t x_t - sigma_t v (Salimans & Ho 2022, with alpha^2 + sigma^2 = 1)."""
+    return expand(alpha, x_t) * x_t - expand(sigma, x_t) * v
+
+
+def eps_from_v(x_t, v, alpha, sigma):
+    """eps = sigma_t x_t + alpha_t v."""
+    return expand(sigma, x_t) * x_t + expand(alpha, x_t) * v
+
+
+def score_from_eps(eps, sigma):
+    """Score grad log q(x_t) = -eps / sqrt(1 - abar_t) (seed 002; Song et al. 2021)."""
+    return -eps / expand(sigma, eps)
+
+
+def eps_from_score(score, sigma):
+    """eps = -sqrt(1 - abar_t) * score."""
+    return -expand(sigma, score) * score
+
+
+def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str):
+    """Convert a network output of the given prediction type to (eps, x0)."""
+    if prediction_type == "epsilon":
+        return output, x0_from_eps(x_t, output, alpha, sigma)
+    if prediction_type == "sample":
+        return eps_from_x0(x_t, output, alpha, sigma), output
+    if prediction_type == "v_prediction":
+        return eps_from_v(x_t, output, alpha, sigma), x0_from_v(x_t, output, alpha, sigma)
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    raise AssertionError("unreachable")
+
+
+def target_for(prediction_type: str, x0, eps, alpha, sigma):
+    """The regression target of a network of the given prediction type."""
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    return v_from_eps_x0(eps, x0, alpha, sigma)
+
+
+# ---------------------------------------------------------------- x0 thresholding
+def clip_x0(x0: torch.Tensor, limit: float = 1.0) -> torch.Tensor:
+    """Static thresholding: clip predicted x_0 to [-limit, limit] (DDPM's 'clip_denoised')."""
+    return x0.clamp(-limit, limit)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, Imagen Sec. 2.3): per sample, s = the ``ratio``
+    quantile of |x0|, clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s."""
+    flat = x0.reshape(x0.shape[0], -1).abs().float()
+    s = torch.quantile(flat, ratio, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
+    s = expand(s, x0)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+# ---------------------------------------------------------------- reverse step
+def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_values=None,
+                       like: torch.Tensor | None = None) -> torch.Tensor:
+    """log Sigma of p(x_s | x_t) for a reverse step from t to s (s < t).
+
+    ``fixed_small``: beta-tilde_{t|s} (clipped, see :func:`clipped_log_variance`);
+    ``fixed_large``: beta_{t|s}, with beta-tilde at the last step (DDPM sec. 3.2, sigma^2 = beta);
+    ``learned_range``: Improved DDPM eq. 15, Sigma = exp(v log beta + (1 - v) log beta-tilde),
+    with the network output ``var_values`` in [-1, 1] mapped to v = (var_values + 1)/2.
+    """
+    check_choice("variance_type", variance_type, VARIANCE_TYPES)
+    t, s = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+    log_small = clipped_log_variance(schedule, t, s)
+    beta_ts = posterior_coefficients(schedule, t, s)[3]
+    if variance_type == "fixed_small":
+        return log_small if like is None else expand(log_small, like)
+    if variance_type == "fixed_large":
+        last = torch.tensor(1.0, dtype=torch.float64) if schedule.num_timesteps > 1 else None
+        # improved-diffusion: log(cat(posterior_variance[1], betas[1:])) -> at the first step use beta-tilde_1.
+        first_step_var = posterior_coefficients(schedule, last, last - 1)[2] if last is not None else beta_ts
+        log_large = torch.log(torch.where(s < 0, first_step_var.expand_as(beta_ts), beta_ts))
+        return log_large if like is None else expand(log_large, like)
+    if var_values is None:
+        raise ValueError("variance_type='learned_range' needs the network's variance output")
+    frac = (var_values + 1) / 2
+    return frac * expand(torch.log(beta_ts), var_values) + (1 - frac) * expand(log_small, var_values)
+
+
+def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.Tensor, t, s=None,
+                    variance_type: str = "fixed_small", var_values=None):
+    """Mean and log-variance of p_theta(x_s | x_t): the posterior mean at the predicted x_0
+    (DDPM eq. 11 written through x_0) and the variance of :func:`model_log_variance`."""
+    t = _times(t, x_t)
+    s = t - 1 if s is None else _times(s, x_t)
+    coef_x0, coef_xt, _, _ = posterior_coefficients(schedule, t, s)
+    mean = expand(coef_x0, x_t) * x0_pred + expand(coef_xt, x_t) * x_t
+    log_var = model_log_variance(schedule, t, s, variance_type, var_values, like=x_t)
+    return mean, log_var

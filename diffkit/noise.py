@@ -1,0 +1,41 @@
+"""Gaussian noise with per-sample generators, so that sample i never depends on batch size.
+
+``generator`` may be ``None`` (global RNG), one ``torch.Generator`` for the whole batch, or a
+list of generators, one per sample. Noise is drawn on the CPU in float32 and moved to the target
+device, so the same seed gives the same samples on cpu, cuda and mps.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .errors import DiffkitError
+
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def generators_from_seed(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per sample: sample i uses seed ``seed + i``."""
+    return [torch.Generator().manual_seed(int(seed) + i) for i in range(n)]
+
+
+def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (batch first) from ``generator`` (see module doc)."""
+    shape = tuple(shape)
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != "cpu":
+            return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    generator = list(generator)
+    if len(generator) != shape[0]:
+        raise DiffkitError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample")
+    noise = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    return noise.to(device=device, dtype=dtype)
+
+
+def randn_like(x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
+    """Noise shaped like ``x`` on its device and dtype."""
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)

@@ -1,0 +1,65 @@
+"""DDIM (Song et al. 2021; seeds 000 and 003): the non-Markovian sampler with stochasticity eta,
+and its deterministic inversion x_0 -> x_T."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from ..errors import DiffkitError, check_range
+from ..noise import randn_like
+from .common import GridCoefficients, report, steps
+from .ddpm import ddpm
+
+
+def ddim_sigma(alpha_bar_t, alpha_bar_s, eta: float):
+    """sigma_{t->s}(eta) = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s) (DDIM eq. 16)."""
+    return eta * torch.sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) * torch.sqrt(1 - alpha_bar_t / alpha_bar_s)
+
+
+def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str] = 0.0,
+         cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False) -> torch.Tensor:
+    """DDIM eq. 12 for each grid step t -> s:
+
+        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z.
+
+    eta = 0 is deterministic (the probability-flow ODE discretised to first order); eta = 1 on the
+    full schedule is DDPM with beta-tilde. ``eta="sigma_hat"`` is DDIM Table 1's sigma-hat
+    process: DDPM ancestral steps with the larger variance sigma-hat^2 = 1 - abar_t/abar_s.
+    """
+    if isinstance(eta, str):
+        if eta != "sigma_hat":
+            raise DiffkitError(f"eta={eta!r} is not allowed; use a number >= 0 or 'sigma_hat'")
+        return ddpm(denoiser, x, grid, variance_type="fixed_large", cond=cond, generator=generator,
+                    callback=callback, progress=progress)
+    check_range("eta", eta, 0.0, None)
+    cond = cond or {}
+    c = GridCoefficients.of(denoiser.schedule, grid)
+    for i in steps(grid, progress, "ddim"):
+        pred = denoiser(x, grid[i], **cond)
+        abar_t, abar_s = c.alpha_bar[i], c.alpha_bar[i + 1]
+        sigma = ddim_sigma(abar_t, abar_s, eta) if eta > 0 else torch.zeros((), dtype=torch.float64)
+        direction = torch.sqrt((1 - abar_s - sigma ** 2).clamp(min=0))
+        x = abar_s.sqrt().to(x.dtype) * pred.x0 + direction.to(x.dtype) * pred.eps
+        if eta > 0 and grid[i + 1] >= 0:
+            x = x + sigma.to(x.dtype) * randn_like(x, generator)
+        report(callback, i, grid[i], grid[i + 1], x, pred.x0)
+    return x
+
+
+def ddim_invert(denoiser, x0: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict] = None,
+                callback=None, progress: bool = False) -> torch.Tensor:
+    """Deterministic DDIM inversion (eta = 0 run backwards): the grid's steps in reverse order,
+    x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps_hat, with eps_hat evaluated at the step's
+    destination time t on the current x and x0_hat from the current level (Song et al. 2021, Sec. 5.4; Dhariwal & Nichol 2021 eq. 13).
+    Returns the latent x at grid[0] that DDIM with the same grid maps back to x0."""
+    cond = cond or {}
+    up = torch.as_tensor(grid, dtype=torch.float64).flip(0)
+    c = GridCoefficients.of(denoiser.schedule, up)
+    x = x0
+    for i in steps(up, progress, "ddim-invert"):
+        eps = denoiser(x, up[i + 1], **cond).eps
+        x0_hat = (x - c.sigma[i].to(x.dtype) * eps) / c.alpha[i].to(x.dtype)  # x is at level up[i]
+        x = c.alpha[i + 1].to(x.dtype) * x0_hat + c.sigma[i + 1].to(x.dtype) * eps
+        report(callback, i, up[i], up[i + 1], x, x0_hat)
+    return x

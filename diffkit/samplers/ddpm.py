@@ -1,0 +1,38 @@
+"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2; seed 001), on the full schedule or any
+subsequence (respaced betas beta_{t|s} = 1 - abar_t/abar_s, Nichol & Dhariwal 2021 Sec. 4)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import diffusion
+from ..errors import check_choice
+from ..noise import randn_like
+from .common import report, steps
+
+
+def ddpm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variance_type: Optional[str] = None,
+         cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False) -> torch.Tensor:
+    """x_s = mu_theta(x_t, t) + sigma z for each grid step t -> s (Algorithm 2, line 4).
+
+    mu_theta is the posterior mean of q(x_s | x_t, x_0) at the predicted x_0 (DDPM eq. 7, 11);
+    sigma^2 is beta-tilde (``fixed_small``), beta (``fixed_large``; DDIM Table 1's sigma-hat on a
+    subsequence) or learned (``learned_range``, Improved DDPM eq. 15; the default for networks
+    with a learned variance). No noise is added on the step to clean data (s = -1).
+    """
+    cond = cond or {}
+    schedule = denoiser.schedule
+    if variance_type is None:
+        variance_type = "learned_range" if getattr(denoiser, "learned_variance", False) else "fixed_small"
+    check_choice("variance_type", variance_type, diffusion.VARIANCE_TYPES)
+    for i in steps(grid, progress, "ddpm"):
+        t, s = grid[i], grid[i + 1]
+        pred = denoiser(x, t, **cond)
+        var_values = pred.var_values if variance_type == "learned_range" else None
+        if variance_type == "learned_range" and var_values is None:
+            raise ValueError("variance_type='learned_range' needs a denoiser with learned_variance=True")
+        mean, log_var = diffusion.p_mean_variance(schedule, x, pred.x0, t, s, variance_type, var_values)
+        x = mean + torch.exp(0.5 * log_var) * randn_like(x, generator) if s >= 0 else mean
+        report(callback, i, t, s, x, pred.x0)
+    return x

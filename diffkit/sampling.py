@@ -1,0 +1,64 @@
+"""The front door: ``diffkit.sample(denoiser, shape_or_noise, sampler="ddim", steps=50, ...)``."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .denoiser import ThresholdedDenoiser
+from .errors import DiffkitError, check_range
+from .noise import generators_from_seed, randn
+from .samplers.registry import get_sampler
+from .timesteps import make_grid
+
+
+def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler: str = "ddim",
+           steps: Optional[int] = None, *, nfe: Optional[int] = None, spacing: Optional[str] = None,
+           final: Optional[str] = None, grid: Optional[torch.Tensor] = None, seed: Optional[int] = None,
+           generator=None, cond: Optional[dict] = None, thresholding: Optional[str] = None,
+           progress: bool = True, callback=None, device=None, dtype=torch.float32, **options) -> torch.Tensor:
+    """Draw samples with any registered sampler.
+
+    Args:
+        denoiser: a :class:`~diffkit.denoiser.Denoiser` (or a wrapper such as guidance).
+        shape_or_noise: the batch shape (noise is drawn) or the starting noise x_T itself.
+        sampler: a name from ``diffkit samplers`` (``diffkit.samplers.REGISTRY``).
+        steps / nfe: the step count, or the number of network evaluations to spend (one of the two;
+            default 50 steps).
+        spacing, final: the time grid (see :mod:`diffkit.timesteps`); defaults per sampler.
+        grid: an explicit grid of ``steps + 1`` decreasing times (overrides steps/spacing/final).
+        seed: per-sample generators ``seed + i`` (sample i does not depend on the batch size);
+            or pass ``generator`` (one generator or one per sample).
+        cond: keyword arguments for the network (``y`` class labels, ``context``).
+        thresholding: ``None``, ``"clip"`` or ``"dynamic"`` on the predicted x_0.
+        options: sampler-specific options (e.g. ``eta`` for ddim).
+    """
+    info = get_sampler(sampler)
+    if steps is not None and nfe is not None:
+        raise DiffkitError("give steps or nfe, not both")
+    schedule = denoiser.schedule
+    if grid is None:
+        if nfe is not None:
+            steps = info.steps_for_nfe(nfe)
+        steps = 50 if steps is None else steps
+        check_range("steps", steps, 1, schedule.num_timesteps, integer=True)
+        grid = make_grid(schedule, steps, spacing or info.default_spacing, final or info.default_final)
+    if seed is not None and generator is not None:
+        raise DiffkitError("give seed or generator, not both")
+    if isinstance(shape_or_noise, torch.Tensor):
+        x = shape_or_noise
+        if seed is not None:
+            generator = generators_from_seed(seed, x.shape[0])
+    else:
+        shape = tuple(int(s) for s in shape_or_noise)
+        if len(shape) < 2 or any(s < 1 for s in shape):
+            raise DiffkitError(f"shape={shape} must be (batch, ...) with every size >= 1")
+        if seed is not None:
+            generator = generators_from_seed(seed, shape[0])
+        x = randn(shape, generator, device=device, dtype=dtype)
+    if thresholding is not None:
+        denoiser = ThresholdedDenoiser(denoiser, thresholding)
+    kwargs = {**info.options, **options}
+    with torch.no_grad():
+        return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
+                       progress=progress, **kwargs)
