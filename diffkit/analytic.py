@@ -75,16 +75,18 @@ class GaussianMixture:
 
     # ------------------------------------------------------------ time-t marginal
     def _component_terms(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        """Per component: log N(x; alpha m_k, S_k) (B, K) and S_k^{-1} (x - alpha m_k) (B, K, D)."""
+        """Per component: log N(x; alpha m_k, S_k) (B, K) and S_k^{-1} (x - alpha m_k) (B, K, D).
+
+        alpha, sigma: (B,) or a single value shared by the batch. Batched matmuls over K."""
         x = x.to(_F64).reshape(x.shape[0], -1)
-        alpha = alpha.to(_F64).reshape(-1, 1, 1)
-        sigma = sigma.to(_F64).reshape(-1, 1, 1)
-        diff = x[:, None, :] - alpha * self.means[None]                       # (B, K, D)
-        z = torch.einsum("kde,bkd->bke", self.eigvecs, diff)                  # U^T diff
-        var = alpha ** 2 * self.eigvals[None] + sigma ** 2                    # (B, K, D)
-        solved = torch.einsum("kde,bke->bkd", self.eigvecs, z / var)          # S^{-1} diff
+        alpha = alpha.to(_F64).reshape(-1, 1)[None]                           # (1, B or 1, 1)
+        sigma = sigma.to(_F64).reshape(-1, 1)[None]
+        diff = x[None] - alpha * self.means[:, None, :]                       # (K, B, D)
+        z = torch.bmm(diff, self.eigvecs)                                     # U^T diff
+        var = alpha ** 2 * self.eigvals[:, None, :] + sigma ** 2              # (K, B or 1, D)
+        solved = torch.bmm(z / var, self.eigvecs.transpose(1, 2))             # S^{-1} diff
         log_n = -0.5 * ((z ** 2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi))
-        return log_n, solved
+        return log_n.T, solved.transpose(0, 1)
 
     def log_prob(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
         """log p_t(x) of the time-t marginal with signal scale alpha and noise scale sigma."""
@@ -111,27 +113,58 @@ class GaussianMixture:
 
     def eps(self, x: torch.Tensor, alpha, sigma, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The exact noise predictor eps* = -sigma_t grad log p_t(x_t) (seed 002)."""
-        sigma_b = _per_sample(sigma, x).to(_F64).reshape(-1, *([1] * (x.ndim - 1)))
+        sigma_b = _per_sample(sigma, x).reshape(-1, *([1] * (x.ndim - 1)))
         return -sigma_b * self.score(x, alpha, sigma, y)
 
-    def network(self, schedule: NoiseSchedule) -> "AnalyticNetwork":
-        """A network ``net(x, t, y=None)`` returning eps* under ``schedule``."""
-        return AnalyticNetwork(self, schedule)
+    def posterior_x0_variance(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+        """diag Cov[x_0 | x_t] (B, D) by the law of total variance over components, with
+        Cov_k[x_0 | x_t] = U diag(l sigma^2/(alpha^2 l + sigma^2)) U^T and
+        E_k[x_0 | x_t] = m_k + alpha C_k S_k^{-1} (x_t - alpha m_k)."""
+        alpha, sigma = _per_sample(alpha, x), _per_sample(sigma, x)
+        log_n, solved = self._component_terms(x, alpha, sigma)
+        resp = torch.softmax(log_n + torch.log(self.weights)[None], dim=1)           # (B, K)
+        a = alpha.reshape(-1, 1, 1)
+        s2 = (sigma ** 2).reshape(-1, 1, 1)
+        post_means = self.means[None] + a * torch.bmm(solved.transpose(0, 1), self.covs).transpose(0, 1)
+        shrunk = self.eigvals[None] * s2 / (a ** 2 * self.eigvals[None] + s2)          # (B, K, D)
+        post_var_diag = torch.bmm(shrunk.transpose(0, 1), (self.eigvecs ** 2).transpose(1, 2)).transpose(0, 1)
+        second = (resp[:, :, None] * (post_var_diag + post_means ** 2)).sum(1)
+        first = (resp[:, :, None] * post_means).sum(1)
+        return second - first ** 2
+
+    def network(self, schedule: NoiseSchedule, learned_variance: bool = False) -> "AnalyticNetwork":
+        """A network ``net(x, t, y=None)`` returning eps* under ``schedule`` (and, with
+        ``learned_variance``, the variance output of the exact reverse kernel)."""
+        return AnalyticNetwork(self, schedule, learned_variance)
 
 
 class AnalyticNetwork:
     """eps*(x_t, t) for a :class:`GaussianMixture`, callable like a trained network.
 
     Inputs of any shape (B, ...) are flattened to (B, D); the output has x's dtype and device.
+
+    With ``learned_variance`` the output is [eps*, v] along dim 1, where v is the Improved DDPM
+    variance output (eq. 15) that gives the exact reverse kernel q(x_{t-1} | x_t) of the step
+    t -> t-1: Sigma = beta-tilde_t + coef_x0^2 Var[x_0 | x_t] (exact for isotropic Gaussian data,
+    diagonal-approximate otherwise). v may leave [-1, 1]: it is a formula, not a network.
     """
 
-    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
-        self.mixture, self.schedule = mixture, schedule
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, learned_variance: bool = False):
+        self.mixture, self.schedule, self.learned_variance = mixture, schedule, learned_variance
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        t64 = torch.as_tensor(t).detach().to("cpu", _F64)
+        t64 = _per_sample(t, x)
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        eps = self.mixture.eps(x.detach().to("cpu", _F64), alpha, sigma, y)
+        x64 = x.detach().to("cpu", _F64)
+        eps = self.mixture.eps(x64, alpha, sigma, y)
+        if self.learned_variance:
+            from .diffusion import clipped_log_variance, posterior_coefficients
+            t64 = t64.expand(x.shape[0])
+            coef_x0, _, small, beta_ts = posterior_coefficients(self.schedule, t64, t64 - 1)
+            var = small[:, None] + coef_x0[:, None] ** 2 * self.mixture.posterior_x0_variance(x64, alpha, sigma)
+            log_small = clipped_log_variance(self.schedule, t64, t64 - 1)[:, None]
+            frac = (torch.log(var) - log_small) / (torch.log(beta_ts)[:, None] - log_small)
+            eps = torch.cat([eps.reshape(x.shape[0], -1), (2 * frac - 1)], dim=1)
         return eps.to(device=x.device, dtype=x.dtype)
 
 
@@ -151,5 +184,8 @@ def gaussian_ode_solution(mean, cov, x_t: torch.Tensor, alpha_t, sigma_t, alpha_
 
 
 def _per_sample(value, x: torch.Tensor) -> torch.Tensor:
-    value = torch.as_tensor(value, dtype=_F64).detach().cpu()
-    return value.expand(x.shape[0]) if value.ndim == 0 else value
+    """(B,) values, or a single value when the whole batch shares it (the common case)."""
+    value = torch.as_tensor(value, dtype=_F64).detach().cpu().reshape(-1)
+    if value.numel() > 1 and bool((value == value[0]).all()):
+        return value[:1]
+    return value

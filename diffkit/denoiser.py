@@ -63,7 +63,7 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         t_net = self.network_times(t, x)
-        t64 = t_net.detach().cpu().to(torch.float64)
+        t64 = torch.as_tensor(t, dtype=torch.float64).detach().cpu()  # scalar stays scalar: cheap
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         out = self.net(x, t_net, **cond)
         self.nfe += 1

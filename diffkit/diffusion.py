@@ -29,9 +29,8 @@ def expand(coef, x: torch.Tensor) -> torch.Tensor:
 
 
 def _times(t, x: torch.Tensor) -> torch.Tensor:
-    """Times as a (B,) float64 CPU tensor (a scalar is broadcast over the batch)."""
-    t = torch.as_tensor(t).detach().to("cpu", torch.float64)
-    return t.expand(x.shape[0]) if t.ndim == 0 else t
+    """Times as a float64 CPU tensor: a scalar (shared by the batch) or (B,)."""
+    return torch.as_tensor(t).detach().to("cpu", torch.float64)
 
 
 # ---------------------------------------------------------------- forward process

@@ -47,19 +47,31 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str
     return x
 
 
-def ddim_invert(denoiser, x0: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict] = None,
-                callback=None, progress: bool = False) -> torch.Tensor:
+def ddim_invert(denoiser, x0: torch.Tensor, grid: torch.Tensor, *, fixed_point_iters: int = 1,
+                cond: Optional[dict] = None, callback=None, progress: bool = False) -> torch.Tensor:
     """Deterministic DDIM inversion (eta = 0 run backwards): the grid's steps in reverse order,
     x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps_hat, with eps_hat evaluated at the step's
     destination time t on the current x and x0_hat from the current level (Song et al. 2021, Sec. 5.4; Dhariwal & Nichol 2021 eq. 13).
-    Returns the latent x at grid[0] that DDIM with the same grid maps back to x0."""
+    Returns the latent x at grid[0] that DDIM with the same grid maps back to x0.
+
+    That explicit step is only a first-order inverse of the DDIM step (which evaluates eps at
+    the *destination*). ``fixed_point_iters`` > 0 solves the implicit equation
+    x_dest = DDIM-step^{-1}(x_src; eps(x_dest, t_dest)) by fixed-point iteration (Pan et al. 2023,
+    AIDI), each iteration costing one more network call per step; 0 is the classic inversion.
+    """
+    check_range("fixed_point_iters", fixed_point_iters, 0, None, integer=True)
     cond = cond or {}
     up = torch.as_tensor(grid, dtype=torch.float64).flip(0)
     c = GridCoefficients.of(denoiser.schedule, up)
     x = x0
     for i in steps(up, progress, "ddim-invert"):
-        eps = denoiser(x, up[i + 1], **cond).eps
-        x0_hat = (x - c.sigma[i].to(x.dtype) * eps) / c.alpha[i].to(x.dtype)  # x is at level up[i]
-        x = c.alpha[i + 1].to(x.dtype) * x0_hat + c.sigma[i + 1].to(x.dtype) * eps
+        a_src, s_src = c.alpha[i].to(x.dtype), c.sigma[i].to(x.dtype)
+        a_dst, s_dst = c.alpha[i + 1].to(x.dtype), c.sigma[i + 1].to(x.dtype)
+        x_dest = x
+        for _ in range(1 + fixed_point_iters):
+            eps = denoiser(x_dest, up[i + 1], **cond).eps
+            x0_hat = (x - s_src * eps) / a_src  # x is at level up[i]
+            x_dest = a_dst * x0_hat + s_dst * eps
+        x = x_dest
         report(callback, i, up[i], up[i + 1], x, x0_hat)
     return x

@@ -1,0 +1,135 @@
+"""Training objectives and likelihood terms (DDPM, seed 001; Improved DDPM, seed 002).
+
+    L_simple = E ||target - net(x_t, t)||^2                     (DDPM eq. 14; eps, x0 or v target)
+    L_vlb    = L_0 + sum_t L_{t-1} + L_T                        (DDPM eq. 5)
+    L_hybrid = L_simple + lambda L_vlb, lambda = 0.001          (Improved DDPM eq. 16)
+with L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) and L_0 the discretised Gaussian decoder
+for 8-bit data scaled to [-1, 1] (DDPM eq. 13). In the hybrid loss the KL term only trains the
+variance: the mean goes through a stop-gradient (Improved DDPM Sec. 3.1).
+All per-example terms are in bits per dimension (nats / (D log 2)) unless named ``*_nats``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import diffusion
+from .errors import check_choice
+from .schedule import NoiseSchedule
+
+LOSS_TYPES = ("simple", "hybrid", "vlb")
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all but the batch dimension."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """log p(x) of 8-bit data in [-1, 1] under N(means, e^{2 log_scales}) integrated over each
+    pixel's bin of width 2/255, with the edge bins extended to -inf / +inf (DDPM eq. 13)."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = _standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = _standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_mid = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_mid))
+
+
+def _bits(nats: torch.Tensor) -> torch.Tensor:
+    return mean_flat(nats) / math.log(2.0)
+
+
+def prior_bpd(schedule: NoiseSchedule, x0: torch.Tensor) -> torch.Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim (DDPM eq. 5; no parameters)."""
+    t = torch.full((x0.shape[0],), float(schedule.num_timesteps - 1), dtype=torch.float64)
+    mean, _, log_var = diffusion.q_mean_variance(schedule, x0, t)
+    return _bits(normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(log_var)))
+
+
+def vlb_term_bpd(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                 x0_pred: torch.Tensor, variance_type: str, var_values=None) -> torch.Tensor:
+    """The VLB term at integer t, per example in bits/dim: L_{t-1} = KL(q || p_theta) for t > 0,
+    and the decoder NLL L_0 = -log p_theta(x_0 | x_1) for t = 0 (DDPM eq. 5 and 13)."""
+    t = torch.as_tensor(t, dtype=torch.float64).cpu()
+    true_mean, _, true_log_var = diffusion.posterior_mean_variance(schedule, x0, x_t, t)
+    mean, log_var = diffusion.p_mean_variance(schedule, x_t, x0_pred, t, None, variance_type, var_values)
+    kl = _bits(normal_kl(true_mean, true_log_var, mean, log_var))
+    nll = -_bits(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var))
+    return torch.where((t == 0).to(kl.device), nll, kl)
+
+
+@dataclass
+class LossOutput:
+    """Per-example losses: ``loss`` (what is optimised), and its parts ``mse`` and ``vlb``."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    vlb: Optional[torch.Tensor] = None
+
+
+def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma weighting (Hang et al. 2023, eq. 8), expressed for each target:
+    eps: min(SNR, gamma)/SNR; x0: min(SNR, gamma); v: min(SNR, gamma)/(SNR + 1)."""
+    snr = torch.exp(2 * schedule.log_snr(torch.as_tensor(t, dtype=torch.float64).cpu()))
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "sample":
+        return clipped
+    return clipped / (snr + 1)
+
+
+def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+                    prediction_type: str = "epsilon", loss_type: str = "simple", learned_variance: bool = False,
+                    hybrid_lambda: float = 0.001, min_snr_gamma: Optional[float] = None,
+                    cond: Optional[dict] = None) -> LossOutput:
+    """Per-example training loss for a batch at integer timesteps ``t`` (DDPM Alg. 1, line 5).
+
+    ``loss_type``: ``simple`` (L_simple), ``hybrid`` (L_simple + lambda L_vlb, needs a learned
+    variance) or ``vlb`` (L_vlb alone). L_vlb is estimated by T times the sampled term in
+    bits/dim, so lambda = 0.001 reproduces improved-diffusion's ``vb * T/1000``.
+    """
+    check_choice("loss_type", loss_type, LOSS_TYPES)
+    check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
+    cond = cond or {}
+    t64 = torch.as_tensor(t).detach().cpu().to(torch.float64)
+    alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
+    x_t = diffusion.q_sample(schedule, x0, t64, noise)
+    out = net(x_t, t64.to(device=x0.device, dtype=torch.float32), **cond)
+    var_values = None
+    if learned_variance:
+        out, var_values = out.chunk(2, dim=1)
+    out = out.to(torch.promote_types(out.dtype, torch.float32))  # low-precision outputs: loss in fp32
+    if var_values is not None:
+        var_values = var_values.to(out.dtype)
+    target = diffusion.target_for(prediction_type, x0, noise, alpha, sigma)
+    mse = mean_flat((target - out) ** 2)
+    if min_snr_gamma is not None:
+        mse = mse * min_snr_weight(schedule, t64, min_snr_gamma, prediction_type).to(mse.device, mse.dtype)
+    if loss_type == "simple":
+        return LossOutput(loss=mse, mse=mse)
+    if var_values is None:
+        raise ValueError(f"loss_type={loss_type!r} needs a network with a learned variance")
+    # Stop-gradient on the mean: the VLB term trains only the variance (Improved DDPM Sec. 3.1).
+    _, x0_pred = diffusion.eps_x0_from_output(out.detach(), x_t, alpha, sigma, prediction_type)
+    vlb = vlb_term_bpd(schedule, x0, x_t, t64, x0_pred, "learned_range", var_values)
+    vlb = vlb * schedule.num_timesteps  # T x one term (bits/dim) estimates the full L_vlb
+    if loss_type == "vlb":
+        return LossOutput(loss=vlb, mse=mse, vlb=vlb)
+    return LossOutput(loss=mse + hybrid_lambda * vlb, mse=mse, vlb=vlb)

@@ -1,0 +1,161 @@
+"""DDPM and DDIM against the seed formulas and against the exact Gaussian-mixture model."""
+import math
+
+import pytest
+import torch
+
+import diffkit
+from diffkit import Denoiser, DiffkitError, NoiseSchedule
+from diffkit.analytic import GaussianMixture
+from diffkit.noise import generators_from_seed
+from diffkit.samplers import ddim, ddim_invert, ddpm
+from diffkit.timesteps import make_grid
+
+S = NoiseSchedule.linear()
+ABAR = S.alphas_cumprod
+
+
+class LinearNet:
+    """A fixed random linear 'network' eps(x, t) = tanh(t/T) W x: cheap, deterministic."""
+
+    def __init__(self, dim, seed=0):
+        self.W = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) / dim
+
+    def __call__(self, x, t):
+        return torch.tanh(t.to(x.dtype) / 1000)[:, None] * (x @ self.W.T)
+
+
+def test_ddim_step_is_the_seed_003_formula():
+    """x_{tau_{i-1}} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z (seed 000/003)."""
+    net = LinearNet(4)
+    d = Denoiser(net, S)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grid = torch.tensor([600.0, 400.0], dtype=torch.float64)
+    for eta in [0.0, 0.5, 1.0]:
+        out = ddim(d, x, grid, eta=eta, generator=torch.Generator().manual_seed(7))
+        a, a_prev = ABAR[600], ABAR[400]
+        eps = net(x, torch.full((3,), 600.0))
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+        z = torch.randn(3, 4, generator=torch.Generator().manual_seed(7)).double()
+        x0_hat = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        expected = math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev - sigma ** 2) * eps + (sigma * z if eta else 0)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_ddpm_step_is_algorithm_2():
+    """x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-abar_t) eps) + sigma_t z, sigma^2 = beta (seed 001)."""
+    net = LinearNet(4)
+    d = Denoiser(net, S)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = 300
+    out = ddpm(d, x, torch.tensor([300.0, 299.0], dtype=torch.float64), variance_type="fixed_large",
+               generator=torch.Generator().manual_seed(3))
+    beta, alpha = S.betas[t], 1 - S.betas[t]
+    eps = net(x, torch.full((3,), float(t)))
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(3)).double()
+    expected = (x - beta / (1 - ABAR[t]).sqrt() * eps) / alpha.sqrt() + beta.sqrt() * z
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_ddim_eta1_on_full_schedule_equals_ddpm_with_beta_tilde():
+    net = LinearNet(5, seed=3)
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grid = make_grid(S, 1000, "linear")
+    a = ddim(Denoiser(net, S), x, grid, eta=1.0, generator=torch.Generator().manual_seed(9))
+    b = ddpm(Denoiser(net, S), x, grid, variance_type="fixed_small", generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_eta0_is_deterministic():
+    net = LinearNet(3)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    grid = make_grid(S, 20, "quadratic")
+    a = ddim(Denoiser(net, S), x, grid, generator=torch.Generator().manual_seed(0))
+    b = ddim(Denoiser(net, S), x, grid, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_ddim_subsequences_are_the_seed_definitions():
+    lin = make_grid(S, 10, "linear")
+    assert lin.tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0, -1]
+    quad = make_grid(S, 10, "quadratic")
+    c = 0.8 * 1000 / 81
+    assert quad[:-1].flip(0).tolist() == [math.floor(c * i * i) for i in range(10)]
+    trailing = make_grid(S, 4, "trailing")
+    assert trailing.tolist() == [999, 749, 499, 249, -1]
+
+
+def _mixture_tolerances(gm, n, gen):
+    """4.5 standard errors of the sample mean and covariance, from a large true sample."""
+    ref, _ = gm.sample(200_000, gen)
+    mu = ref.mean(0)
+    centred = ref - mu
+    se_mean = ref.std(0) / math.sqrt(n)
+    prods = centred[:, :, None] * centred[:, None, :]
+    se_cov = prods.std(0) / math.sqrt(n)
+    return 4.5 * se_mean, 4.5 * se_cov
+
+
+@pytest.mark.parametrize("sampler,kwargs", [("ddpm", {}), ("ddim", {"eta": 0.0})])
+def test_1000_step_samplers_reproduce_the_mixture(sampler, kwargs):
+    """With the exact eps*, DDPM ancestral and DDIM on 1000 steps sample the data distribution:
+    mean and covariance within 4.5 standard errors for n = 3000 samples (plus 0.01 for the
+    discretisation bias of 1000 steps)."""
+    gm = GaussianMixture.random(dim=2, num_components=3, seed=5, spread=0.8, scale=0.4)
+    n = 3000
+    tol_mean, tol_cov = _mixture_tolerances(gm, n, torch.Generator().manual_seed(11))
+    d = Denoiser(gm.network(S), S)
+    x = diffkit.sample(d, (n, 2), sampler, 1000, generator=torch.Generator().manual_seed(123),
+                       dtype=torch.float64, progress=False, **kwargs)
+    assert d.nfe == 1000
+    assert ((x.mean(0) - gm.mean()).abs() <= tol_mean + 0.01).all(), (x.mean(0), gm.mean(), tol_mean)
+    assert ((torch.cov(x.T) - gm.cov()).abs() <= tol_cov + 0.01).all(), (torch.cov(x.T), gm.cov(), tol_cov)
+
+
+def test_ddim_inversion_round_trip():
+    gm = GaussianMixture.random(dim=3, num_components=2, seed=1, scale=0.5)
+    x0, _ = gm.sample(256, torch.Generator().manual_seed(0))
+    d = Denoiser(gm.network(S), S)
+    grid = make_grid(S, 1000, "linear")
+    x_T = ddim_invert(d, x0, grid)
+    back = ddim(d, x_T, grid)
+    rms = (back - x0).pow(2).mean().sqrt().item()
+    assert rms < 1e-3, rms
+    assert x_T.std().item() > 0.8  # it really reached noise
+
+
+def test_samples_do_not_depend_on_batch_size():
+    gm = GaussianMixture.random(dim=2, num_components=2, seed=2)
+    d = Denoiser(gm.network(S), S)
+    for sampler in ["ddpm", "ddim"]:
+        big = diffkit.sample(d, (16, 2), sampler, 20, seed=40, dtype=torch.float64, progress=False, eta=0.7) \
+            if sampler == "ddim" else diffkit.sample(d, (16, 2), sampler, 20, seed=40, dtype=torch.float64, progress=False)
+        kw = {"eta": 0.7} if sampler == "ddim" else {}
+        one = diffkit.sample(d, (1, 2), sampler, 20, generator=generators_from_seed(45, 1),
+                             dtype=torch.float64, progress=False, **kw)
+        torch.testing.assert_close(one[0], big[5])
+
+
+def test_respaced_ddpm_learned_variance_runs_and_is_finite():
+    gm = GaussianMixture(torch.ones(1), torch.zeros(1, 2), (0.25 * torch.eye(2))[None])
+    d = Denoiser(gm.network(S, learned_variance=True), S, learned_variance=True)
+    x = diffkit.sample(d, (64, 2), "ddpm", 50, seed=0, dtype=torch.float64, progress=False)
+    assert torch.isfinite(x).all() and abs(x.std().item() - 0.5) < 0.15
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: diffkit.sample(d, (2, 2), "no-such-sampler", 10),
+    lambda d: diffkit.sample(d, (2, 2), "ddim", 0),
+    lambda d: diffkit.sample(d, (2, 2), "ddim", 1001),
+    lambda d: diffkit.sample(d, (2, 2), "ddim", 10, eta=-0.1),
+    lambda d: diffkit.sample(d, (2, 2), "ddim", 10, spacing="cubic"),
+    lambda d: diffkit.sample(d, (2, 2), "ddim", 10, generator=[torch.Generator()]),
+    lambda d: diffkit.sample(d, (2, 3), "ddim", 10),  # network gives (2, 2)
+    lambda d: diffkit.sample(d, (2,), "ddim", 10),
+])
+def test_bad_sampling_input_is_one_line_value_error(call):
+    gm = GaussianMixture.random(dim=2, num_components=1)
+    d = Denoiser(lambda x, t: gm.network(S)(x[:, :2], t), S)
+    with pytest.raises(ValueError) as err:
+        call(d)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,88 @@
+"""NoiseSchedule against the closed forms of DDPM, Improved DDPM and Lin et al. 2024."""
+import math
+
+import pytest
+import torch
+
+from diffkit import DiffkitError, NoiseSchedule
+
+
+def test_linear_betas_are_ddpm_defaults():
+    s = NoiseSchedule.linear()
+    assert s.num_timesteps == 1000
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    expected = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    torch.testing.assert_close(s.alphas_cumprod, expected, rtol=0, atol=1e-15)
+
+
+def test_cosine_matches_improved_ddpm_formula():
+    T, s_off = 1000, 0.008
+    s = NoiseSchedule.cosine(T)
+    f = lambda t: math.cos((t / T + s_off) / (1 + s_off) * math.pi / 2) ** 2  # noqa: E731
+    for t in [0, 1, 10, 500, 900, 990]:
+        assert s.alphas_cumprod[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-10)
+    assert s.betas.max().item() == pytest.approx(0.999)  # clipped near t = T
+
+
+def test_scaled_linear_and_sigmoid_endpoints():
+    s = NoiseSchedule.scaled_linear()
+    assert s.betas[0].item() == pytest.approx(0.00085) and s.betas[-1].item() == pytest.approx(0.012)
+    g = NoiseSchedule.sigmoid(100, 1e-4, 0.02)
+    assert (g.betas[1:] > g.betas[:-1]).all() and 1e-4 < g.betas[0] < g.betas[-1] < 0.02
+
+
+def test_zero_terminal_snr_gives_exact_zero():
+    base = NoiseSchedule.scaled_linear()
+    z = base.rescale_zero_terminal_snr()
+    assert z.alphas_cumprod[-1].item() == 0.0
+    assert z.alphas_cumprod[0].item() == pytest.approx(base.alphas_cumprod[0].item(), rel=1e-12)
+    assert z.log_snr(999.0).item() == -math.inf
+    assert NoiseSchedule.from_name("linear", zero_terminal_snr=True).alphas_cumprod[-1].item() == 0.0
+
+
+def test_continuous_time_interpolates_log_alpha():
+    s = NoiseSchedule.linear()
+    abar = s.alphas_cumprod
+    t = torch.tensor([0.0, 17.0, 998.0, 999.0], dtype=torch.float64)
+    torch.testing.assert_close(s.alpha_bar(t), abar[t.long()], rtol=1e-12, atol=0)
+    mid = s.log_alpha(torch.tensor(17.5))
+    assert mid.item() == pytest.approx(0.25 * (math.log(abar[17]) + math.log(abar[18])), rel=1e-12)
+    assert s.alpha(-1.0).item() == 1.0 and s.sigma(-1.0).item() == 0.0 and s.log_snr(-1.0).item() == math.inf
+    # Karras sigma = sqrt((1 - abar)/abar); log-SNR = log(alpha/sigma)
+    assert s.karras_sigma(250.0).item() == pytest.approx(math.sqrt((1 - abar[250]) / abar[250]), rel=1e-10)
+    assert s.log_snr(250.0).item() == pytest.approx(0.5 * math.log(abar[250] / (1 - abar[250])), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "scaled_linear"])
+def test_inverse_maps_round_trip(name):
+    s = NoiseSchedule.from_name(name)
+    t = torch.tensor([-1.0, 0.0, 0.37, 12.5, 500.0, 998.25, 999.0], dtype=torch.float64)
+    torch.testing.assert_close(s.t_from_log_snr(s.log_snr(t)), t, atol=1e-7, rtol=0)
+    torch.testing.assert_close(s.t_from_karras_sigma(s.karras_sigma(t)), t, atol=1e-7, rtol=0)
+
+
+def test_respace_keeps_alpha_bar_on_the_subsequence():
+    s = NoiseSchedule.linear()
+    ts = [0, 99, 199, 599, 999]
+    r = s.respace(ts)
+    torch.testing.assert_close(r.alphas_cumprod, s.alphas_cumprod[ts], rtol=1e-12, atol=0)
+    assert r.betas[1].item() == pytest.approx(1 - s.alphas_cumprod[99].item() / s.alphas_cumprod[0].item())
+
+
+@pytest.mark.parametrize("call", [
+    lambda: NoiseSchedule.from_name("quadratic-ish"),
+    lambda: NoiseSchedule.linear(0),
+    lambda: NoiseSchedule.linear(10, 0.5, -0.1),
+    lambda: NoiseSchedule.from_betas([0.1, -0.2]),
+    lambda: NoiseSchedule.linear().alpha(1000.0),
+    lambda: NoiseSchedule.linear().respace([5, 3]),
+])
+def test_bad_input_is_one_line_error(call):
+    with pytest.raises(DiffkitError) as err:
+        call()
+    assert "\n" not in str(err.value) and len(str(err.value)) > 10
+
+
+def test_unknown_schedule_message_names_value_and_choices():
+    with pytest.raises(ValueError, match=r"schedule='foo'.*linear, cosine"):
+        NoiseSchedule.from_name("foo")
