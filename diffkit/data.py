@@ -261,8 +261,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only what a CIFAR-10 batch needs to rebuild a uint8 ndarray.
 
     Dicts, lists, tuples, str, bytes, ints need no global; an ndarray needs numpy's
-    ``_reconstruct``, ``ndarray`` and ``dtype``, and a Python-3 pickle of bytes at protocol 2 needs
-    ``_codecs.encode``. Any other global (``os.system``, ``builtins.eval``, ...) is refused
+    ``_reconstruct``, ``ndarray`` and ``dtype`` (or ``_frombuffer`` at protocol 5), and a
+    Python-3 pickle of bytes at protocol 2 needs ``_codecs.encode`` (served by a latin-1-only
+    stand-in). Any other global (``os.system``, ``builtins.eval``, ...) is refused
     *before* it is called, so a malicious file cannot run code.
     """
 
@@ -271,9 +272,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return np.ndarray.__reduce__(np.zeros(0, np.uint8))[0]
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if (module, name) in {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}:
+            return _frombuffer  # protocol-5 pickles of arrays
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode
         raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden")
+
+
+def _frombuffer(buffer, dtype, shape, order="C") -> np.ndarray:
+    """numpy's protocol-5 array rebuild, limited to plain bytes and a dtype."""
+    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError("arrays must be rebuilt from bytes and a dtype")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
