@@ -176,8 +176,10 @@ def load_digits_dataset(img_size: int = 16, hflip: bool = False, resize: str = "
     Levels are mapped to 0..255 (``v * 255 / 16``) and upscaled to ``img_size`` (16 by default)
     by antialiased bicubic interpolation, which turns the blocky 8x8 glyphs into smooth strokes.
     """
-    from sklearn.datasets import load_digits
-
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DiffkitError("dataset='digits' needs scikit-learn (a diffkit dependency): pip install scikit-learn") from None
     bunch = load_digits()
     images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     images = resize_images(images, img_size, "bicubic" if resize == "auto" else resize)
@@ -283,7 +285,7 @@ def _frombuffer(buffer, dtype, shape, order="C") -> np.ndarray:
     """numpy's protocol-5 array rebuild, limited to plain bytes and a dtype."""
     if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype):
         raise pickle.UnpicklingError("arrays must be rebuilt from bytes and a dtype")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -301,8 +303,8 @@ def safe_unpickle(path: str | os.PathLike):
         with open(path, "rb") as handle:
             return _RestrictedUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, struct.error, MemoryError, OverflowError, UnicodeError) as err:
-        raise DiffkitError(f"refusing to load {path}: {err}") from None
+            KeyError, struct.error, MemoryError, OverflowError, UnicodeError, RecursionError) as err:
+        raise DiffkitError(f"refusing to load {path}: {type(err).__name__}: {err}") from None
 
 
 def _get(mapping: dict, key: str):
