@@ -1,0 +1,491 @@
+"""Training configuration: one validated dataclass that also takes the seed's ``modelConfig``.
+
+:class:`TrainConfig` accepts the ``modelConfig`` dictionary of seed 000 verbatim (its keys, with
+their exact spelling, e.g. ``T``, ``beta_1``, ``sampledImgName``; its values are the defaults),
+plus diffkit's own fields. Every field is checked for type and range when the object is made
+(``__post_init__``); every mistake raises a one-line :class:`~diffkit.errors.DiffkitError`
+that names the value and what is allowed.
+
+Loaders: :meth:`TrainConfig.from_dict`, :meth:`TrainConfig.from_file` (``.json``, ``.toml``,
+``.yaml``/``.yml``), :meth:`TrainConfig.to_dict` / :meth:`TrainConfig.to_file` (round trip),
+:func:`apply_overrides` for CLI ``key=value`` strings, :func:`resolve_device`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from .errors import DiffkitError, check_choice
+
+SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for eps / x0 / v
+LOSSES = ("simple", "hybrid")
+TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
+LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+STATES = ("train", "eval")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field groups and where their defaults come from:
+
+    **Seed 000 ``modelConfig``** (exact names and values of the seed; the U-Net and schedule are
+    those of DDPM, Ho et al. 2020, Sec. 4 / App. B: T = 1000, betas 1e-4 .. 0.02, channel 128,
+    dropout 0.1-0.3, attention at 16x16, gradient clip 1): ``state`` ("train"|"eval"),
+    ``epoch``, ``batch_size``, ``T``, ``channel``, ``channel_mult``, ``attn`` (level indices into
+    ``channel_mult`` with self-attention), ``num_res_blocks``, ``dropout``, ``lr``,
+    ``multiplier`` (peak lr = ``lr * multiplier`` after warm-up, as the seed's
+    GradualWarmupScheduler), ``beta_1``, ``beta_T``, ``img_size``, ``grad_clip`` (max global
+    gradient norm; None = off), ``device`` (default "auto" instead of the seed's "cuda:0",
+    which the seed dict may still pass), ``training_load_weight``, ``save_weight_dir``,
+    ``test_load_weight``, ``sampled_dir``, ``sampledNoisyImgName``, ``sampledImgName``, ``nrow``.
+
+    **diffkit's fields**: ``schedule`` (DDPM linear; cosine of Improved DDPM, Nichol & Dhariwal
+    2021 eq. 17), ``zero_terminal_snr`` (Lin et al. 2024), ``prediction_type`` (eps as DDPM),
+    ``learned_variance`` / ``loss='hybrid'`` / ``hybrid_lambda=0.001`` (Improved DDPM Sec. 3.1),
+    ``timestep_sampler`` ("loss-aware" = Improved DDPM Sec. 3.3), ``min_snr_gamma`` (Hang et al.
+    2023, gamma 5 suggested), ``offset_noise`` (0 = off), ``ema_decay=0.9999`` (DDPM App. B),
+    ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
+    (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
+    (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality).
+    """
+
+    # ---- seed 000 modelConfig (verbatim names and default values) ----
+    state: str = "train"
+    epoch: int = 200
+    batch_size: int = 80
+    T: int = 1000
+    channel: int = 128
+    channel_mult: list = field(default_factory=lambda: [1, 2, 3, 4])
+    attn: list = field(default_factory=lambda: [2])
+    num_res_blocks: int = 2
+    dropout: float = 0.15
+    lr: float = 1e-4
+    multiplier: float = 2.0
+    beta_1: float = 1e-4
+    beta_T: float = 0.02
+    img_size: int = 32
+    grad_clip: Optional[float] = 1.0
+    device: str = "auto"
+    training_load_weight: Optional[str] = None
+    save_weight_dir: str = "./Checkpoints/"
+    test_load_weight: Optional[str] = "ckpt_199.pt"
+    sampled_dir: str = "./SampledImgs/"
+    sampledNoisyImgName: str = "NoisyNoGuidanceImgs.png"
+    sampledImgName: str = "SampledNoGuidanceImgs.png"
+    nrow: int = 8
+    # ---- data ----
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    in_channels: Optional[int] = None
+    hflip: bool = False
+    num_workers: int = 0
+    # ---- diffusion and objective ----
+    schedule: str = "linear"
+    zero_terminal_snr: bool = False
+    prediction_type: str = "epsilon"
+    learned_variance: bool = False
+    loss: str = "simple"
+    hybrid_lambda: float = 0.001
+    timestep_sampler: str = "uniform"
+    min_snr_gamma: Optional[float] = None
+    offset_noise: float = 0.0
+    # ---- conditioning ----
+    conditional: bool = False
+    num_classes: Optional[int] = None
+    p_uncond: float = 0.1
+    # ---- model extras ----
+    scale_shift_norm: bool = False
+    num_heads: int = 1
+    # ---- optimisation ----
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.1
+    lr_schedule: str = "warmup-cosine"
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    compile: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    max_steps: Optional[int] = None
+    # ---- checkpoints, logging, samples ----
+    save_every_epochs: int = 1
+    keep_last: int = 3
+    log_every: int = 50
+    sample_steps: int = 50
+    sampler: str = "ddim"
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "TrainConfig":
+        """Coerce (int -> float, tuple -> list) and check every field and cross-field rule."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name]))
+        for name, (low, high, low_incl, high_incl) in _RANGES.items():
+            value = getattr(self, name)
+            if value is not None:
+                _check_bounds(name, value, low, high, low_incl, high_incl)
+        for name, allowed in _CHOICES.items():
+            check_choice(name, getattr(self, name), allowed)
+        if not _DEVICE_RE.fullmatch(self.device):
+            raise DiffkitError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
+        self._check_cross_fields()
+        return self
+
+    def _check_cross_fields(self) -> None:
+        if not self.channel_mult:
+            raise DiffkitError("channel_mult=[] must list at least one level multiplier, e.g. [1, 2, 2, 2]")
+        for name, values in (("channel_mult", self.channel_mult),):
+            bad = [v for v in values if v < 1]
+            if bad:
+                raise DiffkitError(f"{name}={values!r} has {bad[0]}; every multiplier must be an integer >= 1")
+        levels = len(self.channel_mult)
+        bad = [a for a in self.attn if not 0 <= a < levels]
+        if bad:
+            raise DiffkitError(f"attn={self.attn!r} has level {bad[0]}; levels are 0..{levels - 1} "
+                               f"(indices into channel_mult={self.channel_mult!r})")
+        factor = 2 ** (levels - 1)
+        if self.img_size % factor:
+            raise DiffkitError(f"img_size={self.img_size} must be divisible by {factor} = 2**(len(channel_mult)-1) "
+                               f"for channel_mult={self.channel_mult!r}")
+        if not self.beta_1 < self.beta_T:
+            raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} (0 < beta_1 < beta_T < 1)")
+        for level in self.attn:
+            width = self.channel * self.channel_mult[level]
+            if width % self.num_heads:
+                raise DiffkitError(f"num_heads={self.num_heads} must divide the {width} channels of attention "
+                                   f"level {level} (channel * channel_mult[{level}])")
+        if self.learned_variance and self.loss != "hybrid":
+            raise DiffkitError("learned_variance=True needs loss='hybrid': L_simple gives the variance output no "
+                               "gradient (Improved DDPM, Sec. 3.1)")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
+                               "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
+        if self.sample_steps > self.T:
+            raise DiffkitError(f"sample_steps={self.sample_steps} exceeds T={self.T}; allowed: 1..{self.T}")
+        if not self.sampler:
+            raise DiffkitError("sampler='' must name a sampler, e.g. 'ddim'")
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping (e.g. the seed's ``modelConfig``); unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise DiffkitError(f"a config must be a mapping of key -> value; got {type(data).__name__}")
+        _reject_unknown(data.keys())
+        return cls(**dict(data))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read ``.json``, ``.toml`` (tomllib) or ``.yaml``/``.yml`` (PyYAML safe loader)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DiffkitError(f"config file not found: {path}")
+        suffix = path.suffix.lower()
+        check_choice("config file type", suffix, (".json", ".toml", ".yaml", ".yml"))
+        try:
+            text = path.read_text(encoding="utf-8")
+            if suffix == ".json":
+                data = json.loads(text)
+            elif suffix == ".toml":
+                data = _tomllib().loads(text)
+            else:
+                import yaml
+                data = yaml.load(text, Loader=_yaml_loader())
+        except DiffkitError:
+            raise
+        except Exception as err:  # each parser has its own error class; report any as one line
+            raise DiffkitError(f"cannot parse {path}: {err}") from None
+        return cls.from_dict(data if data is not None else {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (lists copied); ``from_dict(cfg.to_dict()) == cfg``."""
+        return dataclasses.asdict(self)
+
+    def to_file(self, path: str | Path) -> Path:
+        """Write ``.json``, ``.toml`` or ``.yaml``/``.yml``; :meth:`from_file` reads it back equal."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        check_choice("config file type", suffix, (".json", ".toml", ".yaml", ".yml"))
+        data = self.to_dict()
+        if suffix == ".json":
+            text = json.dumps(data, indent=2) + "\n"
+        elif suffix == ".toml":
+            text = _to_toml(data)
+        else:
+            import yaml
+            text = yaml.safe_dump(data, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------------ consumers
+    def to_unet_kwargs(self, dataset=None) -> dict[str, Any]:
+        """Keyword arguments of diffkit's U-Net (the seed's key names).
+
+        ``in_channels`` and ``num_classes`` left ``None`` are taken from ``dataset`` (anything
+        with ``channels`` / ``num_classes``) or else from what the named data set is known to
+        have; ``num_classes`` is ``None`` unless ``conditional``.
+        """
+        from .data import DATASET_CHANNELS, DATASET_NUM_CLASSES
+
+        in_channels = self.in_channels or getattr(dataset, "channels", None) or DATASET_CHANNELS[self.dataset]
+        num_classes = None
+        if self.conditional:
+            num_classes = self.num_classes or getattr(dataset, "num_classes", None) or DATASET_NUM_CLASSES.get(self.dataset)
+            if num_classes is None:
+                raise DiffkitError(f"conditional=True with dataset={self.dataset!r} needs num_classes "
+                                   f"(or pass the loaded dataset)")
+        return {
+            "channel": self.channel, "channel_mult": list(self.channel_mult), "attn": list(self.attn),
+            "num_res_blocks": self.num_res_blocks, "dropout": self.dropout, "img_size": self.img_size,
+            "in_channels": in_channels, "learned_variance": self.learned_variance, "num_classes": num_classes,
+            "scale_shift_norm": self.scale_shift_norm, "num_heads": self.num_heads,
+        }
+
+    def dataset_kwargs(self, train: bool = True) -> dict[str, Any]:
+        """Keyword arguments of :func:`diffkit.data.load_dataset` for this config."""
+        return {"name": self.dataset, "data_dir": self.data_dir, "img_size": self.img_size, "train": train,
+                "hflip": self.hflip, "channels": self.in_channels}
+
+
+# ---------------------------------------------------------------------- field rules
+_FIELD_TYPES: dict[str, Any] = {}  # filled below from the annotations
+
+# name: (low, high, low_inclusive, high_inclusive); None = unbounded
+_RANGES = {
+    "epoch": (1, None, True, True), "batch_size": (1, None, True, True), "T": (1, None, True, True),
+    "channel": (1, None, True, True), "num_res_blocks": (0, None, True, True),
+    "dropout": (0.0, 1.0, True, False), "lr": (0.0, None, False, True), "multiplier": (1.0, None, True, True),
+    "beta_1": (0.0, 1.0, False, False), "beta_T": (0.0, 1.0, False, False), "img_size": (1, None, True, True),
+    "grad_clip": (0.0, None, False, True), "nrow": (1, None, True, True), "in_channels": (1, None, True, True),
+    "num_workers": (0, None, True, True), "hybrid_lambda": (0.0, None, False, True),
+    "min_snr_gamma": (0.0, None, False, True), "offset_noise": (0.0, None, True, True),
+    "num_classes": (1, None, True, True), "p_uncond": (0.0, 1.0, True, True), "num_heads": (1, None, True, True),
+    "ema_decay": (0.0, 1.0, True, False), "weight_decay": (0.0, None, True, True),
+    "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),
+    "seed": (0, 2**63 - 1, True, True), "max_steps": (1, None, True, True),
+    "save_every_epochs": (1, None, True, True), "keep_last": (1, None, True, True),
+    "log_every": (1, None, True, True), "sample_steps": (1, None, True, True),
+}
+_CHOICES = {
+    "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,
+    "timestep_sampler": TIMESTEP_SAMPLERS, "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISION,
+    "dataset": DATASETS,
+}
+
+
+def _resolve_field_types() -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        _FIELD_TYPES[f.name] = (base, optional)
+
+
+_resolve_field_types()
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               list: "a list of integers"}
+
+
+def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> Any:
+    """Return ``value`` coerced to the field's type (int -> float, tuple -> list), or raise."""
+    base, optional = spec
+    if value is None:
+        if optional:
+            return None
+        raise DiffkitError(f"{name}=None is not allowed; it must be {_TYPE_WORDS[base]}")
+    want = _TYPE_WORDS[base] + (" or None" if optional else "")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except OverflowError:
+                raise DiffkitError(f"{name}={value!r} is too large; it must be a finite number") from None
+            if not math.isfinite(value):
+                raise DiffkitError(f"{name}={value!r} must be a finite number")
+            return value
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    elif base is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [int(v) for v in value]
+    raise DiffkitError(f"{name}={value!r} has the wrong type ({type(value).__name__}); it must be {want}")
+
+
+def _check_bounds(name, value, low, high, low_incl, high_incl) -> None:
+    ok = (low is None or (value >= low if low_incl else value > low)) and \
+         (high is None or (value <= high if high_incl else value < high))
+    if not ok:
+        lb, hb = ("[" if low_incl else "("), ("]" if high_incl else ")")
+        raise DiffkitError(f"{name}={value!r} is out of range; allowed: {lb}{'-inf' if low is None else low}, "
+                           f"{'inf' if high is None else high}{hb}")
+
+
+def _reject_unknown(keys: Iterable[Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [k for k in keys if k not in valid]
+    if unknown:
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise DiffkitError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
+                           f"valid keys are the fields of diffkit.config.TrainConfig")
+
+
+# ---------------------------------------------------------------------- overrides and device
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse a CLI string into the type of field ``name`` ("none"/"null" -> None if optional)."""
+    _reject_unknown([name])
+    base, optional = _FIELD_TYPES[name]
+    raw = text.strip()
+    if optional and raw.lower() in ("none", "null"):
+        return None
+    try:
+        if base is bool:
+            if raw.lower() in _TRUE + _FALSE:
+                return raw.lower() in _TRUE
+            raise ValueError
+        if base is int:
+            return int(raw)
+        if base is float:
+            return float(raw)
+        if base is list:
+            inner = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+            return [int(part) for part in inner.split(",") if part.strip()]
+    except ValueError:
+        raise DiffkitError(f"{name}={text!r} cannot be read as {_TYPE_WORDS[base]}") from None
+    return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any] | Iterable[str]) -> TrainConfig:
+    """A new config with ``overrides`` applied: a mapping or ``["key=value", ...]`` CLI strings.
+
+    String values are parsed by the field's type (``lr=2e-4`` -> 0.0002, ``attn=1,2`` -> [1, 2],
+    ``grad_clip=none`` -> None); the result is validated as a whole.
+    """
+    if not isinstance(overrides, Mapping):
+        pairs = {}
+        for item in overrides:
+            if not isinstance(item, str) or "=" not in item:
+                raise DiffkitError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value
+        overrides = pairs
+    _reject_unknown(overrides.keys())
+    data = cfg.to_dict()
+    for key, value in overrides.items():
+        data[key] = parse_value(key, value) if isinstance(value, str) else value
+    return TrainConfig.from_dict(data)
+
+
+def resolve_device(name: str = "auto"):
+    """A ``torch.device`` for ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (cuda, then mps, then cpu).
+
+    Asking for a device this machine lacks (e.g. the seed's ``cuda:0`` without CUDA) is a
+    one-line error that suggests ``--device cpu`` or ``--device auto``.
+    """
+    import torch
+
+    if not isinstance(name, str) or not _DEVICE_RE.fullmatch(name):
+        raise DiffkitError(f"device={name!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DiffkitError(f"device={name!r} is not available: this machine has no CUDA GPU; "
+                               f"use --device cpu or --device auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise DiffkitError(f"device={name!r} is not available: this machine has {torch.cuda.device_count()} "
+                               f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1}); use --device auto")
+    if name == "mps" and not mps_ok:
+        raise DiffkitError("device='mps' is not available on this machine; use --device cpu or --device auto")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------- file helpers
+def _tomllib():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise DiffkitError("reading .toml needs Python >= 3.11 or the 'tomli' package; use .json or .yaml") from None
+    return tomllib
+
+
+def _default(name: str) -> Any:
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _to_toml(data: Mapping[str, Any]) -> str:
+    """Flat TOML for a config (strings, numbers, bools, int lists). TOML has no null: a None
+    field is left out, which reads back as its default, so that default must be None too."""
+    lines = []
+    for key, value in data.items():
+        if value is None:
+            if _default(key) is not None:
+                raise DiffkitError(f"{key}=None cannot be written to TOML (it has no null) because the default is "
+                                   f"{_default(key)!r}; use .json or .yaml")
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        elif isinstance(value, list):
+            text = "[" + ", ".join(str(v) for v in value) + "]"
+        else:
+            text = json.dumps(value)  # a TOML basic string uses the same escapes as JSON
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_loader():
+    """PyYAML's SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 needs a dot: ``1.0e-4``)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader
+
+
+__all__ = ["TrainConfig", "apply_overrides", "parse_value", "resolve_device", "SCHEDULES", "PREDICTION_TYPES",
+           "LOSSES", "TIMESTEP_SAMPLERS", "LR_SCHEDULES", "MIXED_PRECISION"]
