@@ -1,4 +1,5 @@
 """The FID InceptionV3: layout equals the standard weights file, strict loading, error messages."""
+import contextlib
 import json
 import math
 
@@ -9,6 +10,22 @@ import torch.nn.functional as F
 from diffkit.errors import DiffkitError
 from diffkit.metrics import inception as inc
 from diffkit.metrics.inception import FIDInceptionV3, load_inception, read_manifest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
+    make these small workloads 10x slower; results do not depend on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        limits = contextlib.nullcontext()
+    with limits:
+        yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +132,9 @@ def test_strict_loading_round_trip(model, weights_file):
     loaded.resize_input = False
     x = torch.rand(2, 3, 75, 75) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x).features, model(x).features)
-        torch.testing.assert_close(loaded(x).logits, model(x).logits)
+        got, expected = loaded(x), model(x)
+    torch.testing.assert_close(got.features, expected.features)
+    torch.testing.assert_close(got.logits, expected.logits)
 
 
 def test_missing_extra_and_misshapen_keys_fail_with_one_line(model):
@@ -171,3 +189,13 @@ def test_weights_are_found_via_env_var_then_cache(weights_file, tmp_path, monkey
     cached.write_bytes(weights_file.read_bytes())
     assert inc.find_inception_weights() == cached
     assert inc.find_inception_weights(weights_file) == weights_file  # explicit path wins
+
+
+def test_download_checks_the_hash_prefix(tmp_path):
+    # a local file:// URL stands in for the release URL; its digest does not start with 6726825d
+    fake = tmp_path / "fake.pth"
+    fake.write_bytes(b"not the inception weights")
+    target = tmp_path / "cache" / inc.WEIGHTS_FILE_NAME
+    with pytest.raises(DiffkitError, match="neither starts with 6726825d"):
+        inc.download_inception_weights(target, url=fake.as_uri())
+    assert not target.exists() and not list(target.parent.glob("*.part"))

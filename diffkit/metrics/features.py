@@ -146,8 +146,9 @@ def cached_reference_statistics(dataset_name: str, source_files: Sequence[str | 
     changed file gives a new key. On a miss, ``compute_features()`` is called for the (n, d)
     features, whose mean and covariance are saved.
     """
-    if not dataset_name or any(c in dataset_name for c in "/\\") or dataset_name.startswith("."):
-        raise DiffkitError(f"dataset name {dataset_name!r} is not allowed; use a plain file-name-safe word")
+    for label, name in (("dataset name", dataset_name), ("extractor name", extractor_name)):
+        if not name or any(c in name for c in "/\\") or name.startswith("."):
+            raise DiffkitError(f"{label} {name!r} is not allowed; use a plain file-name-safe word")
     key = fingerprint_files(source_files)[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "stats" / f"{dataset_name}-{extractor_name}-{key}.npz"

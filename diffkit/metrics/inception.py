@@ -233,6 +233,12 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7b = FIDInceptionE_1(1280)
         self.Mixed_7c = FIDInceptionE_2(2048)
         self.fc = nn.Linear(FEATURE_DIM, NUM_LOGITS)
+        # He initialisation keeps activations of a randomly initialised copy at unit scale (the
+        # default init shrinks them layer by layer into slow subnormal floats); loaded weights
+        # replace it anyway.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     def preprocess(self, images: Tensor) -> Tensor:
         """Check the shape, repeat a grey channel to RGB and resize to 299x299."""
