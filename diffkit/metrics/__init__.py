@@ -1,0 +1,33 @@
+"""Evaluation metrics: FID / IS / KID / precision-recall and domain-classifier distances.
+
+* :mod:`.inception` - the FID InceptionV3 (pytorch-fid port of the TF 2015-12-05 graph) and
+  its weight loading (explicit path, ``$DIFFKIT_INCEPTION_WEIGHTS`` or ``~/.cache/diffkit``).
+* :mod:`.frechet` - Frechet distance between Gaussians and feature statistics.
+* :mod:`.scores` - Inception Score, KID, improved precision/recall.
+* :mod:`.features` - batched extraction from tensors, batch iterables and PNG folders;
+  cached reference statistics.
+* :mod:`.fid` - FID and IS of image sets in one pass.
+* :mod:`.evaluator` - a small CNN trained in seconds for data far from ImageNet (MNIST...).
+"""
+from .evaluator import (EvaluatorConfig, EvaluatorNet, classifier_frechet_distance,
+                        classifier_score, evaluator_accuracy, load_evaluator, save_evaluator,
+                        train_evaluator)
+from .features import cached_reference_statistics, extract_features, fingerprint_files
+from .fid import InceptionMetrics, fid, inception_metrics
+from .frechet import (MIN_SAMPLES, GaussianStats, feature_statistics, frechet_distance,
+                      frechet_distance_of_features, frechet_distance_of_stats)
+from .inception import (FIDInceptionV3, InceptionOutput, download_inception_weights,
+                        find_inception_weights, load_inception, read_manifest)
+from .scores import (MeanStd, PrecisionRecall, inception_score, kernel_inception_distance,
+                     precision_recall)
+
+__all__ = [
+    "EvaluatorConfig", "EvaluatorNet", "FIDInceptionV3", "GaussianStats", "InceptionMetrics",
+    "InceptionOutput", "MIN_SAMPLES", "MeanStd", "PrecisionRecall", "cached_reference_statistics",
+    "classifier_frechet_distance", "classifier_score", "download_inception_weights",
+    "evaluator_accuracy", "extract_features", "feature_statistics", "fid", "find_inception_weights",
+    "fingerprint_files", "frechet_distance", "frechet_distance_of_features",
+    "frechet_distance_of_stats", "inception_metrics", "inception_score",
+    "kernel_inception_distance", "load_evaluator", "load_inception", "precision_recall",
+    "read_manifest", "save_evaluator", "train_evaluator",
+]

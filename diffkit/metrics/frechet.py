@@ -1,0 +1,123 @@
+"""Frechet distance between Gaussians and the feature statistics it is computed from.
+
+Frechet (2-Wasserstein) distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau 1982;
+used as FID by Heusel et al. 2017, eq. 6):
+
+    d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})
+
+All arithmetic is float64 numpy on the CPU. The trace of the matrix square root is taken in
+its symmetric form, tr (S1 S2)^{1/2} = tr (S1^{1/2} S2 S1^{1/2})^{1/2}: the inner matrix is
+symmetric positive semi-definite, so its square root comes from ``eigh`` with tiny negative
+round-off eigenvalues clipped to zero. This needs no eps offset for singular covariances (fewer
+samples than dimensions), where the general ``scipy.linalg.sqrtm(S1 @ S2)`` may go complex.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DiffkitError
+
+MIN_SAMPLES = 2  # the documented floor: a covariance needs at least two samples
+
+
+@dataclass(frozen=True)
+class GaussianStats:
+    """Mean ``mu`` (d,) and covariance ``sigma`` (d, d) of a feature set, with its sample count."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    num_samples: int
+
+    def save(self, path) -> None:
+        """Write ``mu``, ``sigma`` and ``num_samples`` to an .npz file (pytorch-fid's keys)."""
+        np.savez(path, mu=self.mu, sigma=self.sigma, num_samples=self.num_samples)
+
+    @classmethod
+    def load(cls, path) -> "GaussianStats":
+        """Read an .npz with ``mu`` and ``sigma`` (pytorch-fid / diffkit statistics files)."""
+        if not Path(path).is_file():
+            raise DiffkitError(f"statistics file {str(path)!r} does not exist; expected an .npz "
+                               "with arrays 'mu' and 'sigma'")
+        with np.load(path, allow_pickle=False) as data:
+            if "mu" not in data or "sigma" not in data:
+                raise DiffkitError(f"statistics file {str(path)!r} has keys {sorted(data.keys())}; "
+                                   "expected 'mu' and 'sigma'")
+            count = int(data["num_samples"]) if "num_samples" in data else -1
+            return cls(np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64),
+                       count)
+
+
+def check_sample_count(num_samples: int, dim: int, what: str = "features") -> None:
+    """Refuse fewer than 2 samples; warn when there are fewer samples than dimensions.
+
+    With n <= d the sample covariance has rank at most n - 1 < d, so the Frechet distance is
+    still defined but is a biased, high-variance estimate (FID is usually reported with
+    n >= 10,000 for d = 2048).
+    """
+    if num_samples < MIN_SAMPLES:
+        raise DiffkitError(f"{what}: {num_samples} sample(s) is too few; at least {MIN_SAMPLES} "
+                           "are needed for a covariance")
+    if num_samples <= dim:
+        warnings.warn(f"{what}: {num_samples} samples for {dim}-d features gives a rank-deficient "
+                      "covariance; the Frechet distance will be biased (use more samples than "
+                      "feature dimensions)", RuntimeWarning, stacklevel=3)
+
+
+def feature_statistics(features, what: str = "features") -> GaussianStats:
+    """Mean and unbiased covariance (divide by n - 1, as ``np.cov``) of an (n, d) feature array."""
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 2:
+        raise DiffkitError(f"{what} shape {feats.shape} is not allowed; expected (num_samples, dim)")
+    if not np.all(np.isfinite(feats)):
+        raise DiffkitError(f"{what} contain NaN or infinite values; check the images and the extractor")
+    check_sample_count(feats.shape[0], feats.shape[1], what)
+    mu = feats.mean(axis=0)
+    centred = feats - mu
+    sigma = centred.T @ centred / (feats.shape[0] - 1)
+    return GaussianStats(mu, sigma, feats.shape[0])
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix via eigh; round-off negatives clipped to 0."""
+    eigvals, eigvecs = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr (S1 S2)^{1/2} = tr (S1^{1/2} S2 S1^{1/2})^{1/2} for PSD S1, S2."""
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ sigma2 @ root1
+    eigvals = np.linalg.eigvalsh((inner + inner.T) / 2)
+    return float(np.sqrt(np.clip(eigvals, 0.0, None)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Squared Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al., eq. 6)."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+    dim = mu1.shape[0]
+    if mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
+        raise DiffkitError(f"statistics shapes mu1 {mu1.shape}, sigma1 {sigma1.shape}, mu2 "
+                           f"{mu2.shape}, sigma2 {sigma2.shape} do not match; expected (d,), (d, d)")
+    for name, arr in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        if not np.all(np.isfinite(arr)):
+            raise DiffkitError(f"{name} contains NaN or infinite values")
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return float(max(value, 0.0))
+
+
+def frechet_distance_of_stats(stats1: GaussianStats, stats2: GaussianStats) -> float:
+    """:func:`frechet_distance` of two :class:`GaussianStats`."""
+    return frechet_distance(stats1.mu, stats1.sigma, stats2.mu, stats2.sigma)
+
+
+def frechet_distance_of_features(features1, features2) -> float:
+    """Frechet distance between Gaussians fitted to two (n, d) feature arrays (FID for pool3)."""
+    return frechet_distance_of_stats(feature_statistics(features1, "first features"),
+                                     feature_statistics(features2, "second features"))

@@ -1,0 +1,151 @@
+"""Frechet distance against closed forms; feature statistics; the sample-count floor."""
+import contextlib
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from diffkit.errors import DiffkitError
+from diffkit.metrics import (GaussianStats, extract_features, feature_statistics, frechet_distance,
+                             frechet_distance_of_features)
+
+DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", "/work/shared/data"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
+    make these small workloads 10x slower; results do not depend on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        limits = contextlib.nullcontext()
+    with limits:
+        yield
+    torch.set_num_threads(previous)
+
+
+def test_one_dimensional_closed_form():
+    # W2^2 between N(m1, s1^2) and N(m2, s2^2) is (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance([1.0], [[4.0]], [-2.0], [[9.0]]) == pytest.approx(9.0 + 1.0, rel=1e-12)
+    assert frechet_distance(1.0, 4.0, -2.0, 9.0) == pytest.approx(10.0, rel=1e-12)
+
+
+def test_diagonal_covariances_closed_form_and_symmetry():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=50), rng.normal(size=50)
+    var1, var2 = rng.uniform(0.1, 3, 50), rng.uniform(0.1, 3, 50)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
+    d12 = frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
+    d21 = frechet_distance(mu2, np.diag(var2), mu1, np.diag(var1))
+    assert d12 == pytest.approx(expected, rel=1e-10)
+    assert d21 == pytest.approx(expected, rel=1e-10)
+
+
+def test_full_covariances_match_scipy_sqrtm_and_are_symmetric():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(20, 20)), rng.normal(size=(20, 20))
+    s1, s2 = a @ a.T + 0.1 * np.eye(20), b @ b.T + 0.1 * np.eye(20)
+    mu1, mu2 = rng.normal(size=20), rng.normal(size=20)
+    reference = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+                 - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(reference, rel=1e-9)
+
+
+def test_singular_rank_one_covariances_closed_form():
+    # S1 = a a^T, S2 = b b^T: S1 S2 = (a.b) a b^T has one nonzero eigenvalue (a.b)^2,
+    # so tr (S1 S2)^{1/2} = |a.b| and d^2 = |a|^2 + |b|^2 - 2 |a.b|.
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=8), rng.normal(size=8)
+    zero = np.zeros(8)
+    expected = a @ a + b @ b - 2 * abs(a @ b)
+    assert frechet_distance(zero, np.outer(a, a), zero, np.outer(b, b)) == pytest.approx(expected, rel=1e-8)
+
+
+def test_identical_statistics_give_zero():
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(300, 64))
+    stats = feature_statistics(feats)
+    assert frechet_distance(stats.mu, stats.sigma, stats.mu, stats.sigma) == pytest.approx(0, abs=1e-8)
+    # rank-deficient (n < d) covariance: still zero, no complex parts
+    with pytest.warns(RuntimeWarning, match="rank-deficient"):
+        small = feature_statistics(feats[:10])
+    assert frechet_distance(small.mu, small.sigma, small.mu, small.sigma) == pytest.approx(0, abs=1e-8)
+
+
+def test_feature_statistics_are_mean_and_unbiased_covariance():
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(100, 5)) @ rng.normal(size=(5, 5))
+    stats = feature_statistics(feats)
+    np.testing.assert_allclose(stats.mu, feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.sigma, np.cov(feats, rowvar=False), rtol=1e-10)
+    assert stats.num_samples == 100
+
+
+def test_sample_floor_refuses_one_sample_and_bad_shapes():
+    with pytest.raises(DiffkitError, match="at least 2"):
+        feature_statistics(np.zeros((1, 4)))
+    with pytest.raises(DiffkitError, match="expected \\(num_samples, dim\\)"):
+        feature_statistics(np.zeros(4))
+    with pytest.raises(DiffkitError, match="NaN"):
+        feature_statistics(np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 1.0]]))
+    with pytest.raises(DiffkitError, match="do not match"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_large_sample_distance_approaches_population_value():
+    # Features drawn from two known Gaussians: the plug-in estimate converges to the closed form.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(20000, 3)) * np.array([1.0, 2.0, 0.5])
+    y = rng.normal(size=(20000, 3)) * np.array([1.5, 1.0, 0.5]) + np.array([1.0, 0.0, 0.0])
+    expected = 1.0 + (1 - 1.5) ** 2 + (2 - 1) ** 2 + 0.0
+    assert frechet_distance_of_features(x, y) == pytest.approx(expected, abs=0.05)
+
+
+def test_stats_file_round_trip(tmp_path):
+    stats = feature_statistics(np.random.default_rng(6).normal(size=(30, 4)))
+    stats.save(tmp_path / "s.npz")
+    loaded = GaussianStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(loaded.mu, stats.mu)
+    np.testing.assert_array_equal(loaded.sigma, stats.sigma)
+    assert loaded.num_samples == 30
+    with pytest.raises(DiffkitError, match="does not exist"):
+        GaussianStats.load(tmp_path / "missing.npz")
+
+
+def _read_idx_images(path: Path, count: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        header = handle.read(16)
+        assert int.from_bytes(header[:4], "big") == 2051
+        rows, cols = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+        data = handle.read(count * rows * cols)
+    return np.frombuffer(data, np.uint8).reshape(count, 1, rows, cols)
+
+
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="MNIST test data not available")
+def test_distance_grows_monotonically_with_added_noise():
+    images = torch.from_numpy(_read_idx_images(DATA / "mnist" / "t10k-images-idx3-ubyte.gz", 2000).copy())
+    images = images.float() / 127.5 - 1
+    real, other = images[:1000], images[1000:]
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.randn(784, 32, generator=generator) / 28.0
+
+    def random_features(batch):  # a fixed random-feature extractor
+        return torch.tanh(batch.flatten(1) @ projection)
+
+    reference = extract_features(random_features, real, progress=False)
+    distances = []
+    for strength in (0.0, 0.1, 0.2, 0.4, 0.8):
+        noisy = other + strength * torch.randn(other.shape, generator=generator)
+        distances.append(frechet_distance_of_features(reference, extract_features(
+            random_features, noisy, progress=False)))
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+    assert distances[0] < 0.1 * distances[-1]
