@@ -1,0 +1,60 @@
+"""Images in and out: [-1, 1] tensors <-> uint8, grids and PNG files (Pillow; no torchvision)."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import atomic_write_bytes
+from .errors import DiffkitError
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounding (x + 1) * 127.5."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tile (B, C, H, W) images in [-1, 1] into one (H', W', C) uint8 array, ``nrow`` per row."""
+    if images.ndim != 4:
+        raise DiffkitError(f"images must be (batch, channels, height, width); got shape {tuple(images.shape)}")
+    if nrow < 1:
+        raise DiffkitError(f"nrow={nrow} must be >= 1")
+    b, c, h, w = images.shape
+    cols = min(nrow, b)
+    rows = math.ceil(b / cols)
+    fill = int(round((pad_value + 1) * 127.5))
+    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), fill, dtype=np.uint8)
+    for i, img in enumerate(to_uint8(images)):
+        r, col = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y:y + h, x:x + w] = img
+    return grid
+
+
+def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
+    """PNG bytes of an (H, W, C) uint8 array (C = 1 or 3), optionally upscaled (nearest)."""
+    arr = array[..., 0] if array.shape[-1] == 1 else array
+    img = Image.fromarray(arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 1) -> Path:
+    """Write a grid PNG atomically (no partial file on failure)."""
+    return atomic_write_bytes(path, png_bytes(make_grid(images, nrow), scale))
+
+
+def save_images(images: torch.Tensor, directory: str | Path, prefix: str = "sample") -> list[Path]:
+    """Write each image as its own PNG: ``<prefix>_00000.png``..."""
+    directory = Path(directory)
+    return [atomic_write_bytes(directory / f"{prefix}_{i:05d}.png", png_bytes(a))
+            for i, a in enumerate(to_uint8(images))]

@@ -1,0 +1,391 @@
+"""The training loop (DDPM Algorithm 1) and nothing else: optimiser, warm-up, clipping, EMA,
+mixed precision, atomic checkpoints, exact resume, signals, progress and logging.
+
+The objective comes from :mod:`diffkit.losses`; the timestep distribution from
+:mod:`diffkit.timestep_sampling`. The learning rate is a pure function of the step
+(:func:`learning_rate`), so resuming needs no scheduler state.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import TrainConfig, resolve_device
+from .data import load_dataset, make_loader
+from .errors import DiffkitError
+from .losses import training_losses
+from .models.unet import UNet, UNetConfig
+from .schedule import NoiseSchedule
+from .timestep_sampling import make_timestep_sampler
+
+
+# ---------------------------------------------------------------- pieces
+def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """The seed's schedule (GradualWarmupScheduler + cosine), per optimiser step:
+
+    warm-up over the first ``warmup_fraction`` of training, linear from ``lr`` to
+    ``lr * multiplier``; then (``warmup-cosine``) cosine decay from ``lr * multiplier`` to 0 at the
+    last step, or (``warmup-constant``) constant ``lr * multiplier``.
+    """
+    peak = cfg.lr * cfg.multiplier
+    warmup = int(cfg.warmup_fraction * total_steps)
+    if step < warmup:
+        return cfg.lr * (1 + (cfg.multiplier - 1) * step / warmup)
+    if cfg.lr_schedule == "warmup-constant":
+        return peak
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EMA:
+    """Exponential moving average of parameters (and a copy of buffers): ema = d ema + (1-d) w.
+
+    With ``warmup`` the decay is min(decay, (1 + n)/(10 + n)) at update n (as in diffusers'
+    EMAModel), so short runs are not dominated by the initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.params = [p.detach().clone() for p in model.parameters()]
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = self.current_decay()
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - d)
+        self.updates += 1
+
+    def state_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        names = [n for n, _ in model.named_parameters()]
+        out = {f"ema.{n}": p for n, p in zip(names, self.params)}
+        out.update({f"ema.{n}": b for n, b in model.named_buffers()})
+        return out
+
+    def load(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        ema = ckpt.split_prefix(tensors, "ema")
+        for (name, _), p in zip(model.named_parameters(), self.params):
+            p.copy_(ema[name])
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), self.params):
+                p.copy_(e)
+
+
+def build_model(cfg: TrainConfig, dataset=None) -> UNet:
+    """The U-Net that ``cfg`` describes (seed 000 key names)."""
+    return UNet(UNetConfig(**cfg.to_unet_kwargs(dataset)))
+
+
+def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+    if cfg.schedule in ("linear", "sigmoid"):
+        kwargs = {"beta_start": cfg.beta_1, "beta_end": cfg.beta_T}
+    else:
+        kwargs = {}
+    return NoiseSchedule.from_name(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr, **kwargs)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    images_per_second: float
+
+
+class _SignalGuard:
+    """First SIGINT/SIGTERM: ask the loop to checkpoint and stop. Second: exit at once (the
+    atomic writes guarantee no checkpoint is ever half-written)."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            sys.stderr.write("\ndiffkit: second signal, exiting now (last checkpoint is intact)\n")
+            sys.stderr.flush()
+            import os
+            os._exit(128 + signum)
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------- the loop
+class Trainer:
+    """Trains a U-Net on a data set as ``cfg`` says; see :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, dataset=None, *, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log = log
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.seed)
+        self.dataset = dataset if dataset is not None else load_dataset(**cfg.dataset_kwargs(train=True))
+        if len(self.dataset) < 1:
+            raise DiffkitError("the data set is empty")
+        self.schedule = build_schedule(cfg)
+        self.model = build_model(cfg, self.dataset).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           **({"fused": True} if fused else {"foreach": True}))
+        self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # noise and timesteps
+        self.steps_per_epoch = max(1, len(self.dataset) // cfg.batch_size // cfg.grad_accum)
+        self.total_steps = cfg.max_steps or cfg.epoch * self.steps_per_epoch
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.skipped_steps = 0
+        self.out_dir = Path(cfg.save_weight_dir)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.scaler = torch.amp.GradScaler("cuda") if (cfg.mixed_precision == "fp16" and self.device.type == "cuda") else None
+        if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise DiffkitError("mixed_precision='fp16' needs a CUDA device; use 'bf16' on cpu/mps")
+
+    # ------------------------------------------------------------ state
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(self.ema.state_tensors(self.model))
+        opt_tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer)
+        tensors.update(opt_tensors)
+        tensors["schedule.betas"] = self.schedule.betas
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"] = self.generator.get_state()
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for k, v in self.timesteps.state_dict().items():
+            tensors[f"timesteps.{k}"] = v
+        meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "total_steps": self.total_steps,
+                "ema_updates": self.ema.updates, "optimizer": opt_meta, "skipped_steps": self.skipped_steps,
+                "unet": self.cfg.to_unet_kwargs(self.dataset), "prediction_type": self.cfg.prediction_type,
+                "learned_variance": self.cfg.learned_variance,
+                "class_names": list(getattr(self.dataset, "class_names", []) or [])}
+        return tensors, meta
+
+    def save(self) -> Path:
+        """Write ckpt_<step>.safetensors and latest.safetensors atomically; keep the last K."""
+        tensors, meta = self.state_tensors()
+        path = ckpt.save_checkpoint(self.out_dir / f"ckpt_{self.step:08d}.safetensors", tensors, meta)
+        ckpt.save_checkpoint(self.out_dir / "latest.safetensors", tensors, meta)
+        old = sorted(self.out_dir.glob("ckpt_*.safetensors"))[:-self.cfg.keep_last]
+        for p in old:
+            p.unlink(missing_ok=True)
+        return path
+
+    def load(self, path) -> None:
+        """Resume exactly from a checkpoint written by :meth:`save`."""
+        tensors, meta = ckpt.load_checkpoint(path)
+        if "step" not in meta:
+            raise DiffkitError(f"{path} is not a training checkpoint (no step); it cannot be resumed")
+        self.model.load_state_dict(ckpt.split_prefix(tensors, "model"))
+        self.ema.load(self.model, tensors)
+        self.ema.updates = meta["ema_updates"]
+        ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors["rng.generator"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        ts_state = ckpt.split_prefix(tensors, "timesteps")
+        if ts_state:
+            self.timesteps.load_state_dict(ts_state)
+        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        self.skipped_steps = meta.get("skipped_steps", 0)
+
+    # ------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.cfg.mixed_precision == "no":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _micro_batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        x0 = images.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        b = x0.shape[0]
+        t, weights = self.timesteps.sample(b, self.generator)
+        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        if cfg.offset_noise > 0:  # offset noise (Guttenberg 2023): a per-channel constant shift
+            noise = noise + cfg.offset_noise * torch.randn(b, x0.shape[1], *([1] * (x0.ndim - 2)),
+                                                           generator=self.generator).to(self.device)
+        cond = {}
+        if cfg.conditional:
+            y = labels.to(self.device).long()
+            drop = torch.rand(b, generator=self.generator).to(self.device) < cfg.p_uncond
+            null = self.model.config.num_classes
+            cond["y"] = torch.where(drop, torch.full_like(y, null), y)
+        with self._autocast():
+            out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
+                                  loss_type=cfg.loss, learned_variance=cfg.learned_variance,
+                                  hybrid_lambda=cfg.hybrid_lambda, min_snr_gamma=cfg.min_snr_gamma, cond=cond)
+        self.timesteps.update(t, out.loss.detach())
+        return (out.loss * weights.to(out.loss.device)).mean()
+
+    def train_step(self, micro_batches) -> Optional[float]:
+        """One optimiser step over ``grad_accum`` micro-batches; None if skipped (non-finite)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.total_steps, self.cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for images, labels in micro_batches:
+            loss = self._micro_batch_loss(images, labels) / len(micro_batches)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            total += loss.item()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                     if self.cfg.grad_clip else torch.tensor(0.0))
+        if not (math.isfinite(total) and torch.isfinite(grad_norm)):
+            if self.scaler is not None:  # fp16 overflow: the scaler skips the step and lowers its scale
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                return None
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.skipped_steps > 10:
+                raise DiffkitError(f"non-finite loss or gradient at step {self.step} (more than 10 skipped "
+                                   f"steps); the last good checkpoint is kept in {self.out_dir}; "
+                                   f"lower lr or check the data")
+            return None
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.ema.update(self.model)
+        return total
+
+    # ------------------------------------------------------------ the run
+    def _epoch_batches(self, epoch: int):
+        loader = make_loader(self.dataset, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed * 100003 + epoch,
+                             num_workers=self.cfg.num_workers, drop_last=True)
+        it = iter(loader)
+        while True:
+            group = []
+            for _ in range(self.cfg.grad_accum):
+                try:
+                    group.append(next(it))
+                except StopIteration:
+                    return
+            yield group
+
+    def run(self) -> TrainResult:
+        """Train to ``total_steps``; checkpoint every ``save_every_epochs`` epochs and at the end."""
+        cfg = self.cfg
+        if cfg.training_load_weight:
+            self.load(cfg.training_load_weight)
+            self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / "train_log.csv"
+        new_log = not log_path.exists() or self.step == 0
+        log_file = open(log_path, "w" if new_log else "a", newline="")
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(["step", "epoch", "loss", "lr", "images_per_second"])
+        self.model.train()
+        start, images_seen, last_loss = time.perf_counter(), 0, float("nan")
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not self.progress,
+                   dynamic_ncols=True)
+        smoothed = None
+        try:
+            with _SignalGuard() as guard:
+                while self.step < self.total_steps:
+                    for i, group in enumerate(self._epoch_batches(self.epoch)):
+                        if i < self.batch_in_epoch:
+                            continue  # exact resume: skip what this epoch already consumed
+                        loss = self.train_step(group)
+                        self.step += 1
+                        self.batch_in_epoch = i + 1
+                        images_seen += sum(len(b[0]) for b in group)
+                        if loss is not None:
+                            last_loss = loss
+                            smoothed = loss if smoothed is None else 0.98 * smoothed + 0.02 * loss
+                        rate = images_seen / max(1e-9, time.perf_counter() - start)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{smoothed:.4f}" if smoothed is not None else "nan",
+                                        img_s=f"{rate:.0f}")
+                        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                            writer.writerow([self.step, self.epoch, f"{last_loss:.6f}",
+                                             f"{self.optimizer.param_groups[0]['lr']:.3e}", f"{rate:.1f}"])
+                            log_file.flush()
+                        if guard.requested is not None:
+                            path = self.save()
+                            bar.close()
+                            self.log(f"stopped by signal at step {self.step}; checkpoint {path}; resume with "
+                                     f"--set training_load_weight={self.out_dir / 'latest.safetensors'}")
+                            raise KeyboardInterrupt
+                        if self.step >= self.total_steps:
+                            break
+                    else:  # the epoch ran to its end
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                        if self.epoch % cfg.save_every_epochs == 0 and self.step < self.total_steps:
+                            self.save()
+        finally:
+            bar.close()
+            log_file.close()
+        path = self.save()
+        seconds = time.perf_counter() - start
+        plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
+        return TrainResult(checkpoint=path, steps=self.step, final_loss=last_loss, seconds=seconds,
+                           images_per_second=images_seen / max(seconds, 1e-9))
+
+
+def plot_loss_curve(csv_path: Path, png_path: Path) -> Optional[Path]:
+    """A PNG of loss against step from the training log (matplotlib, headless)."""
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot(steps, losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png_path)
+    return png_path
