@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import DiffkitError, check_range
 from .layers import (ResBlock, TimeEmbedding, TrunkConfig, Upsample, _attention_block, _Chain,
                      build_down_path, build_middle, group_norm, num_parameters, run_blocks,
-                     zero_module)
+                     to_compute_layout, zero_module)
 
 __all__ = ["UNetConfig", "UNet", "num_parameters"]
 
@@ -123,12 +123,13 @@ class UNet(nn.Module):
             raise DiffkitError("context was given but the UNet has no cross-attention; set context_dim in its config")
         batch = x.shape[0]
         emb = F.silu(self.embedding(broadcast_time(t, batch, x.device), y, batch))
-        skips = [self.input_conv(x)]
+        skips = [self.input_conv(to_compute_layout(x))]
         skips += run_blocks(self.down, skips[0], emb, context)
         h = self.middle(skips[-1], emb, context)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
-        return self.out_conv(F.silu(self.out_norm(h)))
+        out = self.out_conv(F.silu(self.out_norm(h)))
+        return out.contiguous() if x.is_contiguous() else out  # the caller's layout (a small copy)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalar parameters."""
