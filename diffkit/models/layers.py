@@ -1,0 +1,440 @@
+"""Building blocks shared by the U-Net and the noisy-image classifier.
+
+The blocks follow the DDPM U-Net (Ho et al. 2020, Appendix B) with the ADM refinements
+(Dhariwal & Nichol 2021, Section 3): GroupNorm + SiLU residual blocks that receive the
+timestep (and class) embedding, optionally as an adaptive GroupNorm scale and shift
+("AdaGN", ADM eq. in Sec. 3), multi-head self-attention, BigGAN-style up/down-sampling
+residual blocks, zero-initialised output convolutions, and the latent-diffusion
+"spatial transformer" cross-attention block (Rombach et al. 2022, Sec. 3.3).
+
+Every block takes ``(h, emb, context)`` so that a trunk is a plain list of blocks; blocks that
+ignore the embedding or the context simply do not read them. Attention runs through
+:func:`torch.nn.functional.scaled_dot_product_attention` on token tensors laid out
+``(batch, height*width, channels)``, which is a free view of a ``channels_last`` feature map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DiffkitError, check_range
+
+__all__ = [
+    "TrunkConfig", "timestep_embedding", "norm_groups", "group_norm", "zero_module",
+    "TimeEmbedding", "ResBlock", "AttentionBlock", "SpatialTransformer", "Downsample",
+    "Upsample", "AttentionPool2d", "attention_heads", "build_down_path", "build_middle",
+    "run_blocks", "num_parameters", "to_compute_layout",
+]
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class TrunkConfig:
+    """Settings of the U-Net's downsampling trunk, shared by :class:`UNetConfig` and
+    :class:`ClassifierConfig`. Field names follow the seed's ``modelConfig`` keys.
+
+    channel: base channel count; level ``i`` has ``channel * channel_mult[i]`` channels.
+    channel_mult: channel multiplier per resolution level (level ``i`` runs at
+        ``img_size / 2**i``).
+    attn: 0-based level indices (into ``channel_mult``) whose blocks get self-attention.
+    num_res_blocks: residual blocks per level on the way down (the way up has one more).
+    dropout: dropout probability inside residual blocks, in [0, 1).
+    img_size: input height and width; divisible by ``2**(len(channel_mult)-1)``.
+    in_channels: input image channels.
+    scale_shift_norm: ADM's adaptive GroupNorm (embedding gives a scale and a shift).
+    num_heads: attention heads (used when ``head_channels`` is None).
+    head_channels: channels per attention head; overrides ``num_heads`` when set.
+    resblock_updown: resample with residual blocks (BigGAN style) instead of convolutions.
+    """
+
+    channel: int = 128
+    channel_mult: Sequence[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    attn: Sequence[int] = field(default_factory=lambda: [2])
+    num_res_blocks: int = 2
+    dropout: float = 0.15
+    img_size: int = 32
+    in_channels: int = 3
+    scale_shift_norm: bool = False
+    num_heads: int = 1
+    head_channels: int | None = None
+    resblock_updown: bool = False
+
+    def __post_init__(self):
+        check_range("channel", self.channel, 1, integer=True)
+        mult = self.channel_mult
+        if (isinstance(mult, (str, bytes)) or not isinstance(mult, Sequence) or len(mult) == 0
+                or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult)):
+            raise DiffkitError(f"channel_mult={mult!r} is not allowed; use a non-empty list of positive integers")
+        self.channel_mult = [int(m) for m in mult]
+        levels = len(self.channel_mult)
+        attn = self.attn
+        if isinstance(attn, (str, bytes)) or not isinstance(attn, Sequence):
+            raise DiffkitError(f"attn={attn!r} is not allowed; use a list of level indices in 0..{levels - 1}")
+        for level in attn:
+            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < levels:
+                raise DiffkitError(f"attn level {level!r} is out of range; allowed: integers in 0..{levels - 1} "
+                                   f"(channel_mult has {levels} levels)")
+        self.attn = sorted(set(int(a) for a in attn))
+        check_range("num_res_blocks", self.num_res_blocks, 1, integer=True)
+        check_range("dropout", self.dropout, 0.0, 1.0, high_inclusive=False)
+        check_range("img_size", self.img_size, 1, integer=True)
+        factor = 2 ** (levels - 1)
+        if self.img_size % factor:
+            raise DiffkitError(f"img_size={self.img_size} is not allowed; with {levels} levels in channel_mult "
+                               f"it must be divisible by 2**{levels - 1}={factor}")
+        check_range("in_channels", self.in_channels, 1, integer=True)
+        check_range("num_heads", self.num_heads, 1, integer=True)
+        if self.head_channels is not None:
+            check_range("head_channels", self.head_channels, 1, integer=True)
+        for width in self.attention_widths():
+            attention_heads(width, self.num_heads, self.head_channels)
+
+    def level_channels(self) -> list[int]:
+        """Channels of each resolution level."""
+        return [self.channel * m for m in self.channel_mult]
+
+    def attention_widths(self) -> list[int]:
+        """Channel counts of every attention block (the attention levels and the middle)."""
+        return [self.channel * self.channel_mult[a] for a in self.attn] + [self.channel * self.channel_mult[-1]]
+
+
+def attention_heads(channels: int, num_heads: int = 1, head_channels: int | None = None) -> int:
+    """Number of heads for an attention block of ``channels`` width; one-line error if uneven."""
+    if head_channels is not None:
+        if channels % head_channels:
+            raise DiffkitError(f"head_channels={head_channels} does not divide the attention width {channels}; "
+                               f"choose a divisor of {channels}")
+        return channels // head_channels
+    if channels % num_heads:
+        raise DiffkitError(f"num_heads={num_heads} does not divide the attention width {channels}; "
+                           f"choose a divisor of {channels}")
+    return num_heads
+
+
+# --------------------------------------------------------------------------- small helpers
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) times, ``(batch,) -> (batch, dim)``.
+
+    Transformer positional encoding (Vaswani et al. 2017, Sec. 3.5) as used by DDPM/ADM:
+    ``emb[:, i] = cos(t * w_i)`` and ``emb[:, half + i] = sin(t * w_i)`` with
+    ``w_i = max_period ** (-i / half)``, ``half = dim // 2``; an odd ``dim`` gets a zero last
+    column. Computed in float32.
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_period) / half))
+    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def norm_groups(channels: int, max_groups: int = 32) -> int:
+    """GroupNorm group count: 32 when it divides ``channels``, else ``gcd(32, channels)``."""
+    return math.gcd(max_groups, channels)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with :func:`norm_groups` groups (Wu & He 2018), eps 1e-5 as in DDPM/ADM."""
+    return nn.GroupNorm(norm_groups(channels), channels, eps=1e-5)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` (ADM: residual branches start as the identity)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``module`` (only trainable ones if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def to_compute_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the channels_last layout on CPU and CUDA, where convolutions, GroupNorm and
+    attention run fastest in it (about 2x on the CPU for the seed U-Net); unchanged elsewhere."""
+    if x.device.type in ("cpu", "cuda"):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _to_tokens(h: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C); a view when ``h`` is channels_last."""
+    b, c, hh, ww = h.shape
+    return h.permute(0, 2, 3, 1).reshape(b, hh * ww, c)
+
+
+def _from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W) laid out channels_last (a view, no copy)."""
+    b, _, c = tokens.shape
+    return tokens.reshape(b, height, width, c).permute(0, 3, 1, 2)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head scaled dot-product attention on (B, L, C) tensors, scale 1/sqrt(C/heads)."""
+    b, lq, c = q.shape
+    d = c // heads
+    q = q.reshape(b, lq, heads, d).transpose(1, 2)
+    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    v = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(b, lq, c)
+
+
+# --------------------------------------------------------------------------- blocks
+class TimeEmbedding(nn.Module):
+    """t -> sinusoidal(channel) -> Linear -> SiLU -> Linear (DDPM Appendix B), width ``4*channel``."""
+
+    def __init__(self, channel: int, emb_dim: int):
+        super().__init__()
+        self.channel = channel
+        self.linear_1 = nn.Linear(channel, emb_dim)
+        self.linear_2 = nn.Linear(emb_dim, emb_dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(t, self.channel).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv residual block conditioned on an embedding (DDPM App. B; ADM Sec. 3).
+
+    ``out = skip(x) + conv2(dropout(SiLU(norm2(h) [*(1+scale)+shift])))`` with
+    ``h = conv1(SiLU(norm1(x))) [+ proj(emb)]``; ``conv2`` starts at zero. ``resample``
+    'up'/'down' makes it a BigGAN-style resampling block (nearest x2 / 2x2 average pool,
+    applied to both branches). The block receives the embedding already passed through SiLU.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+                 scale_shift_norm: bool = False, resample: str | None = None):
+        super().__init__()
+        self.scale_shift_norm = scale_shift_norm
+        self.resample = resample
+        self.dropout = dropout
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if scale_shift_norm else out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "up":
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if self.resample == "down":
+            return F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.silu(self.norm1(x))
+        if self.resample is not None:
+            h, x = self._resample(h), self._resample(x)
+        h = self.conv1(h)
+        e = self.emb_proj(emb)[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
+        else:
+            h = self.norm2(h + e)
+        h = F.silu(h)
+        if self.dropout > 0.0:
+            h = F.dropout(h, p=self.dropout, training=self.training)
+        h = self.conv2(h)
+        skip = x if self.skip is None else self.skip(x)
+        return skip + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all positions with a residual (DDPM App. B; ADM Sec. 3).
+
+    ``x + proj(attention(qkv(norm(x))))``; ``proj`` starts at zero.
+    """
+
+    def __init__(self, channels: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = zero_module(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, height, width = x.shape
+        q, k, v = self.qkv(_to_tokens(self.norm(x))).chunk(3, dim=-1)
+        out = self.proj(_sdpa(q, k, v, self.heads))
+        return x + _from_tokens(out, height, width)
+
+
+class _CrossAttention(nn.Module):
+    """Multi-head attention of queries (B, L, C) on a context (B, M, context_dim) (LDM Sec. 3.3)."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        return self.to_out(_sdpa(self.to_q(x), k, v, self.heads))
+
+
+class SpatialTransformer(nn.Module):
+    """Latent-diffusion transformer block on a feature map (Rombach et al. 2022, Sec. 3.3).
+
+    tokens = proj_in(norm(x)); tokens += self-attn(LN); tokens += cross-attn(LN, context);
+    tokens += GEGLU feed-forward(LN); ``x + proj_out(tokens)`` with ``proj_out`` zero at start.
+    Without a context (``context=None``) the cross-attention step is skipped.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm = group_norm(channels)
+        self.proj_in = nn.Linear(channels, channels)
+        self.norm_self = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels, bias=False)
+        self.self_out = nn.Linear(channels, channels)
+        self.norm_cross = nn.LayerNorm(channels)
+        self.cross = _CrossAttention(channels, context_dim, heads)
+        self.norm_ff = nn.LayerNorm(channels)
+        self.ff_in = nn.Linear(channels, 8 * channels)  # GEGLU: value and gate, 4*channels each
+        self.ff_out = nn.Linear(4 * channels, channels)
+        self.proj_out = zero_module(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, height, width = x.shape
+        h = self.proj_in(_to_tokens(self.norm(x)))
+        q, k, v = self.qkv(self.norm_self(h)).chunk(3, dim=-1)
+        h = h + self.self_out(_sdpa(q, k, v, self.heads))
+        if context is not None:
+            h = h + self.cross(self.norm_cross(h), context.to(h.dtype))
+        value, gate = self.ff_in(self.norm_ff(h)).chunk(2, dim=-1)
+        ff = value * F.gelu(gate)
+        if self.dropout > 0.0:
+            ff = F.dropout(ff, p=self.dropout, training=self.training)
+        h = h + self.ff_out(ff)
+        return x + _from_tokens(self.proj_out(h), height, width)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution (DDPM App. B)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour x2 then a 3x3 convolution (DDPM App. B)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling of a feature map to one vector (CLIP, Radford et al. 2021; ADM classifier).
+
+    The mean token, prepended to the H*W tokens, with a learned positional embedding, attends to
+    all tokens; its output is projected to ``out_dim``.
+    """
+
+    def __init__(self, spatial_size: int, channels: int, out_dim: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.positional = nn.Parameter(torch.randn(spatial_size * spatial_size + 1, channels) / channels ** 0.5)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = _to_tokens(x)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1) + self.positional.to(tokens.dtype)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        pooled = _sdpa(q[:, :1], k, v, self.heads)
+        return self.out(pooled[:, 0])
+
+
+# --------------------------------------------------------------------------- trunks
+def _attention_block(channels: int, cfg: TrunkConfig, context_dim: int | None) -> nn.Module:
+    heads = attention_heads(channels, cfg.num_heads, cfg.head_channels)
+    if context_dim is not None:
+        return SpatialTransformer(channels, context_dim, heads, dropout=cfg.dropout)
+    return AttentionBlock(channels, heads)
+
+
+def build_down_path(cfg: TrunkConfig, emb_dim: int, context_dim: int | None = None
+                    ) -> tuple[nn.ModuleList, list[int]]:
+    """The U-Net's downsampling trunk after the input convolution (DDPM App. B / ADM).
+
+    Returns the list of blocks and the channel count each block leaves on the skip stack
+    (``skip_channels[0]`` is the input convolution's). Level ``i`` has ``num_res_blocks``
+    residual blocks (each followed by attention if ``i in cfg.attn``) and, except the last
+    level, a downsampler.
+    """
+    blocks = nn.ModuleList()
+    widths = cfg.level_channels()
+    ch = cfg.channel
+    skip_channels = [ch]
+    for level, width in enumerate(widths):
+        for _ in range(cfg.num_res_blocks):
+            layers = [ResBlock(ch, width, emb_dim, cfg.dropout, cfg.scale_shift_norm)]
+            ch = width
+            if level in cfg.attn:
+                layers.append(_attention_block(ch, cfg, context_dim))
+            blocks.append(_Chain(layers))
+            skip_channels.append(ch)
+        if level != len(widths) - 1:
+            if cfg.resblock_updown:
+                down = ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm, resample="down")
+            else:
+                down = Downsample(ch)
+            blocks.append(_Chain([down]))
+            skip_channels.append(ch)
+    return blocks, skip_channels
+
+
+def build_middle(cfg: TrunkConfig, emb_dim: int, context_dim: int | None = None) -> nn.Module:
+    """ResBlock -> attention -> ResBlock at the lowest resolution (DDPM App. B)."""
+    ch = cfg.level_channels()[-1]
+    return _Chain([
+        ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm),
+        _attention_block(ch, cfg, context_dim),
+        ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm),
+    ])
+
+
+class _Chain(nn.ModuleList):
+    """Blocks applied in order, each given ``(h, emb, context)``."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self:
+            h = block(h, emb, context)
+        return h
+
+
+def run_blocks(blocks: Sequence[nn.Module], h: torch.Tensor, emb: torch.Tensor,
+               context: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Apply ``blocks`` in order and return every block's output (the U-Net skip stack)."""
+    outputs = []
+    for block in blocks:
+        h = block(h, emb, context)
+        outputs.append(h)
+    return outputs

@@ -1,0 +1,136 @@
+"""The DDPM / ADM U-Net (Ho et al. 2020, Appendix B; Dhariwal & Nichol 2021, Section 3).
+
+``UNet(UNetConfig(...))(x, t, y=None, context=None)`` predicts eps (and, with
+``learned_variance``, the variance interpolation v of Nichol & Dhariwal 2021, eq. 15) for a
+noisy image ``x`` at (possibly fractional) training time ``t``. Config field names follow the
+seed's ``modelConfig`` keys (``channel``, ``channel_mult``, ``attn``, ``num_res_blocks``,
+``dropout``, ``img_size``), so a config can be passed through verbatim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DiffkitError, check_range
+from .layers import (ResBlock, TimeEmbedding, TrunkConfig, Upsample, _attention_block, _Chain,
+                     build_down_path, build_middle, group_norm, num_parameters, run_blocks,
+                     to_compute_layout, zero_module)
+
+__all__ = ["UNetConfig", "UNet", "num_parameters"]
+
+
+@dataclass
+class UNetConfig(TrunkConfig):
+    """Settings of :class:`UNet`; see :class:`~diffkit.models.layers.TrunkConfig` for the trunk.
+
+    out_channels: predicted channels (None: same as ``in_channels``).
+    learned_variance: also output v (Improved DDPM eq. 15), doubling the output channels.
+    num_classes: class-conditional with ``num_classes + 1`` embeddings, the last being the
+        learned null class for classifier-free guidance (``y=None`` means the null class).
+    context_dim: add cross-attention (spatial transformer) blocks at the attention levels and
+        the middle, attending to ``context`` of shape (batch, seq_len, context_dim).
+    """
+
+    out_channels: int | None = None
+    learned_variance: bool = False
+    num_classes: int | None = None
+    context_dim: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.out_channels is not None:
+            check_range("out_channels", self.out_channels, 1, integer=True)
+        if self.num_classes is not None:
+            check_range("num_classes", self.num_classes, 1, integer=True)
+        if self.context_dim is not None:
+            check_range("context_dim", self.context_dim, 1, integer=True)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels the network returns (doubled with a learned variance)."""
+        out = self.in_channels if self.out_channels is None else self.out_channels
+        return 2 * out if self.learned_variance else out
+
+
+def broadcast_time(t, batch: int, device: torch.device) -> torch.Tensor:
+    """Times as a float32 tensor of shape (batch,); a scalar (Python or 0-d/1-element) is broadcast."""
+    t = torch.as_tensor(t, device=device)
+    if t.ndim == 0 or (t.numel() == 1 and batch != 1):
+        return t.reshape(()).to(torch.float32).expand(batch)
+    if t.ndim != 1 or t.shape[0] != batch:
+        raise DiffkitError(f"t has shape {tuple(t.shape)}; allowed: a scalar or shape ({batch},) for a batch of {batch}")
+    return t.to(torch.float32)
+
+
+class UNet(nn.Module):
+    """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None) -> (B, output_channels, H, W)``."""
+
+    def __init__(self, config: UNetConfig | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = UNetConfig(**overrides)
+        elif overrides:
+            raise DiffkitError(f"pass either a UNetConfig or keyword settings, not both (got {sorted(overrides)})")
+        self.config = cfg = config
+        emb_dim = 4 * cfg.channel
+        self.time_embed = TimeEmbedding(cfg.channel, emb_dim)
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        self.input_conv = nn.Conv2d(cfg.in_channels, cfg.channel, 3, padding=1)
+        self.down, skip_channels = build_down_path(cfg, emb_dim, cfg.context_dim)
+        self.middle = build_middle(cfg, emb_dim, cfg.context_dim)
+        self.up = nn.ModuleList()
+        widths = cfg.level_channels()
+        ch = widths[-1]
+        for level in reversed(range(len(widths))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), widths[level], emb_dim, cfg.dropout,
+                                   cfg.scale_shift_norm)]
+                ch = widths[level]
+                if level in cfg.attn:
+                    layers.append(_attention_block(ch, cfg, cfg.context_dim))
+                if level > 0 and i == cfg.num_res_blocks:
+                    if cfg.resblock_updown:
+                        layers.append(ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm, resample="up"))
+                    else:
+                        layers.append(Upsample(ch))
+                self.up.append(_Chain(layers))
+        self.out_norm = group_norm(ch)
+        self.out_conv = zero_module(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
+
+    def embedding(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Timestep (+ class) embedding, width ``4*channel`` (DDPM App. B; ADM Sec. 3)."""
+        emb = self.time_embed(t)
+        if self.class_embed is not None:
+            if y is None:
+                y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
+            emb = emb + self.class_embed(y)
+        elif y is not None:
+            raise DiffkitError("y was given but the UNet is unconditional; set num_classes in its config")
+        return emb
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise DiffkitError(f"x has shape {tuple(x.shape)}; allowed: (batch, {cfg.in_channels}, height, width)")
+        factor = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise DiffkitError(f"x has spatial size {tuple(x.shape[2:])}; allowed: multiples of {factor}")
+        if context is not None and cfg.context_dim is None:
+            raise DiffkitError("context was given but the UNet has no cross-attention; set context_dim in its config")
+        batch = x.shape[0]
+        emb = F.silu(self.embedding(broadcast_time(t, batch, x.device), y, batch))
+        skips = [self.input_conv(to_compute_layout(x))]
+        skips += run_blocks(self.down, skips[0], emb, context)
+        h = self.middle(skips[-1], emb, context)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        out = self.out_conv(F.silu(self.out_norm(h)))
+        return out.contiguous() if x.is_contiguous() else out  # the caller's layout (a small copy)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of scalar parameters."""
+        return num_parameters(self, trainable_only)

@@ -1,0 +1,340 @@
+"""Tests of diffkit.models: the DDPM/ADM U-Net and the noisy-image classifier.
+
+References: the closed-form sinusoidal embedding, a hand-derived parameter count of the seed
+configuration, and diffusers' UNet2DModel (an independent implementation of the same network)
+loaded with the same weights.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffkit.errors import DiffkitError
+from diffkit.models import UNet, UNetConfig, num_parameters, timestep_embedding
+from diffkit.models.classifier import ClassifierConfig, EncoderClassifier
+from diffkit.models.layers import AttentionBlock, ResBlock, SpatialTransformer, norm_groups
+
+SEED_MODEL_CONFIG = {  # seed 000, `modelConfig` (training keys irrelevant to the network omitted)
+    "state": "train", "epoch": 200, "batch_size": 80, "T": 1000, "channel": 128,
+    "channel_mult": [1, 2, 3, 4], "attn": [2], "num_res_blocks": 2, "dropout": 0.15, "img_size": 32,
+}
+NETWORK_KEYS = ("channel", "channel_mult", "attn", "num_res_blocks", "dropout", "img_size")
+SEED_PARAMETERS = 82_958_979
+
+
+def small_config(**overrides) -> UNetConfig:
+    settings = dict(channel=32, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, img_size=16)
+    settings.update(overrides)
+    return UNetConfig(**settings)
+
+
+def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Add noise to every parameter so zero-initialised branches stop hiding inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model
+
+
+# ----------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("settings, in_ch, size, out_ch", [
+    (dict(in_channels=1, channel=16, channel_mult=[1, 2], attn=[1], img_size=16), 1, 16, 1),
+    (dict(in_channels=3, channel=32, channel_mult=[1, 2, 2], attn=[1], img_size=32), 3, 32, 3),
+    (dict(in_channels=3, channel=32, channel_mult=[1, 2], attn=[], img_size=16, learned_variance=True), 3, 16, 6),
+    (dict(in_channels=4, out_channels=2, channel=32, channel_mult=[1, 1], attn=[0, 1], img_size=8,
+          scale_shift_norm=True, resblock_updown=True, head_channels=16), 4, 8, 2),
+])
+def test_unet_output_shapes(settings, in_ch, size, out_ch):
+    settings.setdefault("num_res_blocks", 1)
+    model = UNet(UNetConfig(**settings))
+    x = torch.randn(2, in_ch, size, size)
+    out = model(x, torch.tensor([3.0, 700.5]))
+    assert out.shape == (2, out_ch, size, size)
+    assert model.config.output_channels == out_ch
+    assert torch.isfinite(out).all()
+
+
+def test_learned_variance_doubles_output_channels():
+    assert UNet(small_config(learned_variance=True))(torch.randn(1, 3, 16, 16), 5.0).shape == (1, 6, 16, 16)
+    assert UNet(small_config(learned_variance=False))(torch.randn(1, 3, 16, 16), 5.0).shape == (1, 3, 16, 16)
+
+
+def test_class_conditional_null_class():
+    torch.manual_seed(0)
+    model = perturb(UNet(small_config(num_classes=10))).eval()
+    assert model.class_embed.num_embeddings == 11  # 10 classes + the learned null class
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([10.0, 20.0])
+    null = model(x, t)  # y=None -> null class
+    explicit_null = model(x, t, y=torch.tensor([10, 10]))
+    real = model(x, t, y=torch.tensor([3, 3]))
+    torch.testing.assert_close(null, explicit_null)
+    assert (null - real).abs().max() > 1e-3
+
+
+def test_cross_attention_context():
+    model = UNet(small_config(context_dim=24, num_heads=2))
+    blocks = [m for m in model.modules() if isinstance(m, SpatialTransformer)]
+    assert len(blocks) == 1 + 2 + 1  # one per down res-block at level 1, two on the way up, one in the middle
+    assert not any(isinstance(m, AttentionBlock) for m in model.modules())
+    perturb(model).eval()
+    x = torch.randn(2, 3, 16, 16)
+    context = torch.randn(2, 7, 24)
+    out = model(x, 50.0, context=context)
+    assert out.shape == (2, 3, 16, 16)
+    other = model(x, 50.0, context=torch.randn(2, 7, 24))
+    assert (out - other).abs().max() > 1e-4  # the output reads the context
+    assert model(x, 50.0).shape == (2, 3, 16, 16)  # no context: cross-attention skipped
+
+
+def test_fractional_and_scalar_time():
+    model = perturb(UNet(small_config())).eval()
+    x = torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(model(x, 12.5), model(x, torch.full((3,), 12.5)))
+    torch.testing.assert_close(model(x, torch.tensor(12.5)), model(x, torch.full((3,), 12.5)))
+    assert (model(x, 12.5) - model(x, 12.0)).abs().max() > 1e-5
+
+
+def test_channels_last_input_gives_same_values_and_layout():
+    model = perturb(UNet(small_config())).eval()
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x, 100.0)
+    out_cl = model(x.contiguous(memory_format=torch.channels_last), 100.0)
+    assert out.is_contiguous()
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, out_cl, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- seed configuration
+def hand_count_seed_parameters() -> int:
+    """Parameters of the seed U-Net, derived layer by layer from DDPM Appendix B."""
+    emb = 4 * 128
+
+    def conv3(cin, cout):
+        return 9 * cin * cout + cout
+
+    def norm(c):
+        return 2 * c
+
+    def res(cin, cout):
+        return (norm(cin) + conv3(cin, cout) + emb * cout + cout + norm(cout) + conv3(cout, cout)
+                + (cin * cout + cout if cin != cout else 0))
+
+    def attn(c):
+        return norm(c) + 3 * c * c + 3 * c + c * c + c
+
+    total = 128 * emb + emb + emb * emb + emb  # time MLP
+    total += conv3(3, 128)  # input conv
+    # down: level 0 (32x32), 1 (16x16), 2 (8x8, attention), 3 (4x4)
+    total += res(128, 128) * 2 + conv3(128, 128)
+    total += res(128, 256) + res(256, 256) + conv3(256, 256)
+    total += res(256, 384) + res(384, 384) + 2 * attn(384) + conv3(384, 384)
+    total += res(384, 512) + res(512, 512)
+    total += 2 * res(512, 512) + attn(512)  # middle
+    # up: each level has 3 blocks reading the skips (channels 512,512,384 | 384,384,256 | ...)
+    total += res(1024, 512) * 2 + res(512 + 384, 512) + conv3(512, 512)
+    total += res(512 + 384, 384) + res(384 + 384, 384) + res(384 + 256, 384) + 3 * attn(384) + conv3(384, 384)
+    total += res(384 + 256, 256) + res(256 + 256, 256) + res(256 + 128, 256) + conv3(256, 256)
+    total += res(256 + 128, 128) + res(128 + 128, 128) * 2
+    total += norm(128) + conv3(128, 3)  # output
+    return total
+
+
+def test_seed_configuration_builds_with_pinned_parameter_count():
+    config = UNetConfig(**{k: SEED_MODEL_CONFIG[k] for k in NETWORK_KEYS})
+    model = UNet(config)
+    assert hand_count_seed_parameters() == SEED_PARAMETERS
+    assert model.num_parameters() == SEED_PARAMETERS == num_parameters(model)
+    assert len([m for m in model.modules() if isinstance(m, AttentionBlock)]) == 2 + 3 + 1
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32), 999.0).shape == (1, 3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- time embedding
+def test_timestep_embedding_closed_form():
+    t = torch.tensor([0.0, 1.0, 2.5, 999.0])
+    dim = 10
+    emb = timestep_embedding(t, dim)
+    half = dim // 2
+    for row, time in enumerate(t.tolist()):
+        for i in range(half):
+            w = 10000.0 ** (-i / half)
+            assert emb[row, i].item() == pytest.approx(math.cos(time * w), abs=1e-4)
+            assert emb[row, half + i].item() == pytest.approx(math.sin(time * w), abs=1e-4)
+    odd = timestep_embedding(t, 7)
+    assert odd.shape == (4, 7) and torch.all(odd[:, -1] == 0)
+
+
+def test_norm_groups_divide_channels():
+    for channels in (1, 3, 16, 24, 32, 48, 96, 128, 384, 100):
+        groups = norm_groups(channels)
+        assert channels % groups == 0 and 32 % groups == 0 and groups <= 32
+    assert norm_groups(384) == 32 and norm_groups(48) == 16 and norm_groups(24) == 8
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(img_size=30), "img_size=30"),
+    (dict(attn=[4]), "attn level 4"),
+    (dict(attn=[-1]), "attn level -1"),
+    (dict(channel=0), "channel=0"),
+    (dict(channel_mult=[]), "channel_mult=[]"),
+    (dict(channel_mult=[1, 0]), "channel_mult=[1, 0]"),
+    (dict(dropout=1.0), "dropout=1.0"),
+    (dict(dropout=-0.1), "dropout=-0.1"),
+    (dict(num_res_blocks=0), "num_res_blocks=0"),
+    (dict(num_heads=5), "num_heads=5"),
+    (dict(head_channels=100), "head_channels=100"),
+    (dict(num_classes=0), "num_classes=0"),
+    (dict(context_dim=-3), "context_dim=-3"),
+    (dict(in_channels=0), "in_channels=0"),
+])
+def test_bad_config_raises_one_line_error(settings, fragment):
+    with pytest.raises(DiffkitError) as info:
+        UNetConfig(**settings)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_bad_call_raises_one_line_error():
+    model = UNet(small_config())
+    with pytest.raises(DiffkitError, match="t has shape"):
+        model(torch.randn(2, 3, 16, 16), torch.zeros(3))
+    with pytest.raises(DiffkitError, match="x has shape"):
+        model(torch.randn(2, 1, 16, 16), 0.0)
+    with pytest.raises(DiffkitError, match="unconditional"):
+        model(torch.randn(2, 3, 16, 16), 0.0, y=torch.tensor([0, 1]))
+    with pytest.raises(DiffkitError, match="no cross-attention"):
+        model(torch.randn(2, 3, 16, 16), 0.0, context=torch.randn(2, 3, 4))
+
+
+# ----------------------------------------------------------------------------- training
+def test_one_optimizer_step_reduces_loss_and_gradients_reach_the_input():
+    torch.manual_seed(0)
+    model = UNet(small_config(in_channels=1, img_size=8, num_classes=3))
+    x = torch.randn(4, 1, 8, 8)
+    t = torch.tensor([1.0, 10.0, 100.0, 900.0])
+    y = torch.tensor([0, 1, 2, 0])
+    target = torch.randn(4, 1, 8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(x, t, y), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0] and losses[2] < losses[1]
+    assert model.input_conv.weight.grad.abs().sum() > 0  # past the zero-initialised output conv
+    assert model.class_embed.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- diffusers reference
+def diffusers_to_diffkit(state: dict, model: UNet) -> dict:
+    """Rename a diffusers UNet2DModel state dict to diffkit's UNet (q, k, v fused into qkv)."""
+    per_level = model.config.num_res_blocks + 1
+    rename = {"time_emb_proj": "emb_proj", "conv_shortcut": "skip", "group_norm": "norm", "to_out.0": "proj"}
+    out, qkv = {}, {}
+    for key, value in state.items():
+        key = re.sub(r"^conv_in\.", "input_conv.", key)
+        key = re.sub(r"^time_embedding\.", "time_embed.", key)
+        key = re.sub(r"^class_embedding\.", "class_embed.", key)
+        key = re.sub(r"^conv_norm_out\.", "out_norm.", key)
+        key = re.sub(r"^conv_out\.", "out_conv.", key)
+        key = re.sub(r"^mid_block\.resnets\.(\d)\.", lambda m: f"middle.{2 * int(m[1])}.", key)
+        key = re.sub(r"^mid_block\.attentions\.0\.", "middle.1.", key)
+        m = re.match(r"^(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.*)$", key)
+        if m:
+            path, level, kind, j, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
+            if kind in ("downsamplers", "upsamplers"):
+                index = level * per_level + per_level - 1
+                position = 0 if kind == "downsamplers" else len(getattr(model, path)[index]) - 1
+            else:
+                index, position = level * per_level + j, 0 if kind == "resnets" else 1
+            key = f"{path}.{index}.{position}.{rest}"
+        for old, new in rename.items():
+            key = key.replace(f".{old}.", f".{new}.")
+        m = re.match(r"^(.*)\.to_([qkv])\.(weight|bias)$", key)
+        if m:
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
+            continue
+        out[key] = value
+    for (prefix, kind), parts in qkv.items():
+        out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+@pytest.mark.parametrize("scale_shift, num_classes", [(False, None), (True, 5)])
+def test_matches_diffusers_unet2dmodel_with_same_weights(scale_shift, num_classes):
+    diffusers = pytest.importorskip("diffusers")
+    config = small_config(channel_mult=[1, 2, 2], attn=[1], num_res_blocks=2, scale_shift_norm=scale_shift,
+                          num_classes=num_classes)
+    ours = UNet(config).eval()
+    theirs = diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
+        norm_num_groups=32, attn_norm_num_groups=32,
+        resnet_time_scale_shift="scale_shift" if scale_shift else "default",
+        num_class_embeds=None if num_classes is None else num_classes + 1).eval()
+    assert num_parameters(theirs) == ours.num_parameters()
+    perturb(theirs, seed=1, scale=0.1)
+    ours.load_state_dict(diffusers_to_diffkit(theirs.state_dict(), ours), strict=True)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 3, 16, 16, generator=gen)
+    t = torch.tensor([0.0, 17.25, 999.0])
+    y = None if num_classes is None else torch.tensor([0, 4, 5])
+    with torch.no_grad():
+        expected = theirs(x, t, class_labels=y).sample
+        actual = ours(x, t, y=y)
+    assert expected.abs().max() > 1e-2  # a non-trivial comparison
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_seed_parameter_count_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    theirs = diffusers.UNet2DModel(
+        sample_size=32, block_out_channels=(128, 256, 384, 512), layers_per_block=2, attention_head_dim=None,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+    assert num_parameters(theirs) == SEED_PARAMETERS
+
+
+# ----------------------------------------------------------------------------- classifier
+def small_classifier(**overrides) -> EncoderClassifier:
+    settings = dict(channel=32, channel_mult=[1, 2, 2], attn=[2], num_res_blocks=1, dropout=0.0,
+                    img_size=16, num_classes=7)
+    settings.update(overrides)
+    return EncoderClassifier(ClassifierConfig(**settings))
+
+
+def test_classifier_shapes_and_shared_blocks():
+    model = small_classifier()
+    logits = model(torch.randn(5, 3, 16, 16), torch.linspace(0, 999, 5))
+    assert logits.shape == (5, 7)
+    assert any(isinstance(m, ResBlock) for m in model.modules())
+    assert model.pool.positional.shape == (4 * 4 + 1, 64)  # attention pool at the lowest (4x4) level
+
+
+def test_classifier_gradient_wrt_input_and_time_conditioning():
+    model = perturb(small_classifier(in_channels=1, num_classes=3)).eval()
+    x = torch.randn(2, 1, 16, 16, requires_grad=True)
+    t = torch.tensor([5.0, 400.0])
+    log_probs = torch.log_softmax(model(x, t), dim=-1)
+    selected = log_probs[torch.arange(2), torch.tensor([0, 2])].sum()
+    (grad,) = torch.autograd.grad(selected, x)
+    assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with torch.no_grad():
+        assert (model(x, 5.0) - model(x, 600.0)).abs().max() > 1e-5
+
+
+def test_classifier_bad_config():
+    with pytest.raises(DiffkitError, match="num_classes=1"):
+        ClassifierConfig(num_classes=1)
+    with pytest.raises(DiffkitError, match="x has shape"):
+        small_classifier()(torch.randn(1, 3, 8, 8), 0.0)
