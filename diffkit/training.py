@@ -305,8 +305,12 @@ class Trainer:
                     return
             yield group
 
-    def run(self) -> TrainResult:
-        """Train to ``total_steps``; checkpoint every ``save_every_epochs`` epochs and at the end."""
+    def run(self, stop_at: Optional[int] = None) -> TrainResult:
+        """Train to ``total_steps``; checkpoint every ``save_every_epochs`` epochs and at the end.
+
+        ``stop_at`` ends the run early at that step (with a checkpoint), exactly as an
+        interruption would: the schedule still spans ``total_steps``, so a resumed run continues
+        as if never stopped."""
         cfg = self.cfg
         if cfg.training_load_weight:
             self.load(cfg.training_load_weight)
@@ -325,7 +329,7 @@ class Trainer:
         smoothed = None
         try:
             with _SignalGuard() as guard:
-                while self.step < self.total_steps:
+                while self.step < min(self.total_steps, stop_at or self.total_steps):
                     for i, group in enumerate(self._epoch_batches(self.epoch)):
                         if i < self.batch_in_epoch:
                             continue  # exact resume: skip what this epoch already consumed
@@ -350,7 +354,7 @@ class Trainer:
                             self.log(f"stopped by signal at step {self.step}; checkpoint {path}; resume with "
                                      f"--set training_load_weight={self.out_dir / 'latest.safetensors'}")
                             raise KeyboardInterrupt
-                        if self.step >= self.total_steps:
+                        if self.step >= min(self.total_steps, stop_at or self.total_steps):
                             break
                     else:  # the epoch ran to its end
                         self.epoch += 1

@@ -1,0 +1,137 @@
+"""Training loop, checkpoints and exact resume on a tiny model (seconds on the CPU)."""
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffkit import DiffkitError
+from diffkit import checkpoint as ckpt
+from diffkit.config import TrainConfig
+from diffkit.data import InMemoryImageDataset
+from diffkit.training import Trainer, learning_rate
+
+TINY = {"dataset": "digits", "img_size": 8, "channel": 16, "channel_mult": [1, 2], "attn": [1],
+        "num_res_blocks": 1, "dropout": 0.1, "batch_size": 8, "lr": 1e-3, "max_steps": 6,
+        "ema_decay": 0.9, "log_every": 1, "device": "cpu", "deterministic": True, "num_heads": 1}
+
+
+def tiny_dataset(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+    return InMemoryImageDataset(images, torch.arange(n) % 4, num_classes=4)
+
+
+def make_cfg(tmp_path, **over):
+    d = dict(TINY, save_weight_dir=str(tmp_path / "ckpt"), sampled_dir=str(tmp_path / "samples"))
+    d.update(over)
+    return TrainConfig.from_dict(d)
+
+
+def test_learning_rate_follows_the_seed_warmup_and_cosine():
+    cfg = TrainConfig.from_dict({**TINY, "lr": 1e-4, "multiplier": 2.0, "warmup_fraction": 0.1})
+    assert learning_rate(0, 1000, cfg) == pytest.approx(1e-4)
+    assert learning_rate(50, 1000, cfg) == pytest.approx(1.5e-4)
+    assert learning_rate(100, 1000, cfg) == pytest.approx(2e-4)
+    assert learning_rate(550, 1000, cfg) == pytest.approx(1e-4)
+    assert learning_rate(1000, 1000, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_reduces_loss_on_a_fixed_batch(tmp_path):
+    cfg = make_cfg(tmp_path, max_steps=1, dropout=0.0)
+    tr = Trainer(cfg, tiny_dataset(), progress=False)
+    images = torch.stack([tiny_dataset()[i][0] for i in range(8)])
+    labels = torch.zeros(8, dtype=torch.long)
+    for g in tr.optimizer.param_groups:
+        g["lr"] = 1e-3
+
+    def loss_now():
+        tr.generator.manual_seed(123)
+        with torch.no_grad():
+            return tr._micro_batch_loss(images, labels).item()
+    before = loss_now()
+    for _ in range(30):
+        tr.generator.manual_seed(123)
+        loss = tr._micro_batch_loss(images, labels)
+        tr.optimizer.zero_grad()
+        loss.backward()
+        tr.optimizer.step()
+    assert loss_now() < 0.7 * before
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    cfg = make_cfg(tmp_path, max_steps=2)
+    tr = Trainer(cfg, tiny_dataset(), progress=False)
+    tr.run()
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "ckpt" / "latest.safetensors")
+    for name, value in tr.model.state_dict().items():
+        assert torch.equal(tensors[f"model.{name}"], value), name
+    assert meta["step"] == 2 and meta["config"]["channel"] == 16
+    assert (tmp_path / "ckpt" / "loss_curve.png").exists() and (tmp_path / "ckpt" / "train_log.csv").exists()
+
+
+def test_resume_equals_uninterrupted_bitwise(tmp_path):
+    """Stop at step 3 of 7 (mid-epoch: 40 images / batch 8 = 5 steps per epoch), resume, and
+    reach weights, EMA and optimiser state equal to an uninterrupted run."""
+    full = Trainer(make_cfg(tmp_path / "a", max_steps=7), tiny_dataset(), progress=False)
+    full.run()
+    part = Trainer(make_cfg(tmp_path / "b", max_steps=7), tiny_dataset(), progress=False)
+    part.run(stop_at=3)
+    resumed = Trainer(make_cfg(tmp_path / "b", max_steps=7,
+                               training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")),
+                      tiny_dataset(), progress=False)
+    resumed.run()
+    a, _ = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
+    b, meta = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / "latest.safetensors")
+    assert meta["step"] == 7
+    for key in a:
+        if key.startswith(("model.", "ema.", "optim.")):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_corrupt_and_truncated_checkpoints_are_refused(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.arange(100.0)}, {"step": 1})
+    data = bytearray(path.read_bytes())
+    (tmp_path / "trunc.safetensors").write_bytes(bytes(data[:-50]))
+    data[-10] ^= 0xFF
+    (tmp_path / "flip.safetensors").write_bytes(bytes(data))
+    for name in ["trunc.safetensors", "flip.safetensors"]:  # noqa: B007
+        with pytest.raises(DiffkitError, match="corrupt|truncated|checksum"):
+            ckpt.load_checkpoint(tmp_path / name)
+    assert ckpt.load_checkpoint(path)[1] == {"step": 1}
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_legacy_pickle_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = marker
+    path = tmp_path / "ckpt_199.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": evil}, f)
+    with pytest.raises(DiffkitError, match="refusing"):
+        ckpt.load_checkpoint(path)
+    assert not marker.exists()
+    good = tmp_path / "good.pt"
+    torch.save({"layer.weight": torch.ones(2)}, good)
+    assert torch.equal(ckpt.load_checkpoint(good)[0]["layer.weight"], torch.ones(2))
+
+
+def test_unwritable_output_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "ro"
+    target.mkdir()
+    target.chmod(0o500)
+    try:
+        if os.access(target, os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        with pytest.raises(DiffkitError, match="cannot write|could not write"):
+            ckpt.save_checkpoint(target / "x.safetensors", {"w": torch.ones(1)}, {})
+        assert list(target.iterdir()) == []
+    finally:
+        target.chmod(0o700)
