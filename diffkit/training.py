@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig, resolve_device
 from .data import load_dataset, make_loader
 from .errors import DiffkitError
@@ -128,7 +130,6 @@ class _SignalGuard:
         if self.requested is not None:
             sys.stderr.write("\ndiffkit: second signal, exiting now (last checkpoint is intact)\n")
             sys.stderr.flush()
-            import os
             os._exit(128 + signum)
         self.requested = signum
 
@@ -146,7 +147,9 @@ class Trainer:
         self.cfg = cfg
         self.log = log
         self.progress = progress
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+        if not self.dist.is_main:
+            self.progress, self.log = False, (lambda msg: None)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
@@ -163,12 +166,18 @@ class Trainer:
                                            **({"fused": True} if fused else {"foreach": True}))
         self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # noise and timesteps
-        self.steps_per_epoch = max(1, len(self.dataset) // cfg.batch_size // cfg.grad_accum)
+        self.global_batch = cfg.batch_size * self.dist.world_size  # per optimiser micro-step
+        self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or cfg.epoch * self.steps_per_epoch
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.skipped_steps = 0
         self.out_dir = Path(cfg.save_weight_dir)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.scaler = torch.amp.GradScaler("cuda") if (cfg.mixed_precision == "fp16" and self.device.type == "cuda") else None
         if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
             raise DiffkitError("mixed_precision='fp16' needs a CUDA device; use 'bf16' on cpu/mps")
@@ -195,9 +204,13 @@ class Trainer:
         return tensors, meta
 
     def save(self) -> Path:
-        """Write ckpt_<step>.safetensors and latest.safetensors atomically; keep the last K."""
+        """Write ckpt_<step>.safetensors and latest.safetensors atomically; keep the last K.
+        Only rank 0 writes; every rank returns the path."""
+        path = self.out_dir / f"ckpt_{self.step:08d}.safetensors"
+        if not self.dist.is_main:
+            return path
         tensors, meta = self.state_tensors()
-        path = ckpt.save_checkpoint(self.out_dir / f"ckpt_{self.step:08d}.safetensors", tensors, meta)
+        path = ckpt.save_checkpoint(path, tensors, meta)
         ckpt.save_checkpoint(self.out_dir / "latest.safetensors", tensors, meta)
         old = sorted(self.out_dir.glob("ckpt_*.safetensors"))[:-self.cfg.keep_last]
         for p in old:
@@ -231,27 +244,34 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _micro_batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
+        """Loss of this rank's shard of a global micro-batch. Timesteps, noise and label dropout
+        are drawn for the whole global batch from the shared generator, then sharded, so every
+        world size sees the same randomness."""
+        cfg, info = self.cfg, self.dist
+        b = images.shape[0]
+        t, weights = self.timesteps.sample(b, self.generator)
+        noise = torch.randn(images.shape, generator=self.generator)
+        if cfg.offset_noise > 0:  # offset noise (Guttenberg 2023): a per-channel constant shift
+            noise = noise + cfg.offset_noise * torch.randn(b, images.shape[1], *([1] * (images.ndim - 2)),
+                                                           generator=self.generator)
+        drop = torch.rand(b, generator=self.generator) < cfg.p_uncond if cfg.conditional else None
+        images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
+        noise = noise.to(self.device)
         if cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        b = x0.shape[0]
-        t, weights = self.timesteps.sample(b, self.generator)
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
-        if cfg.offset_noise > 0:  # offset noise (Guttenberg 2023): a per-channel constant shift
-            noise = noise + cfg.offset_noise * torch.randn(b, x0.shape[1], *([1] * (x0.ndim - 2)),
-                                                           generator=self.generator).to(self.device)
         cond = {}
         if cfg.conditional:
             y = labels.to(self.device).long()
-            drop = torch.rand(b, generator=self.generator).to(self.device) < cfg.p_uncond
             null = self.model.config.num_classes
-            cond["y"] = torch.where(drop, torch.full_like(y, null), y)
+            cond["y"] = torch.where(distributed.shard(drop, info).to(self.device), torch.full_like(y, null), y)
         with self._autocast():
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,
                                   hybrid_lambda=cfg.hybrid_lambda, min_snr_gamma=cfg.min_snr_gamma, cond=cond)
-        self.timesteps.update(t, out.loss.detach())
+        if cfg.timestep_sampler != "uniform":  # every rank keeps the same loss history
+            self.timesteps.update(distributed.all_gather_cat(t.to(self.device), info).cpu(),
+                                  distributed.all_gather_cat(out.loss.detach().float(), info).cpu())
         return (out.loss * weights.to(out.loss.device)).mean()
 
     def train_step(self, micro_batches) -> Optional[float]:
@@ -293,7 +313,7 @@ class Trainer:
 
     # ------------------------------------------------------------ the run
     def _epoch_batches(self, epoch: int):
-        loader = make_loader(self.dataset, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed * 100003 + epoch,
+        loader = make_loader(self.dataset, self.global_batch, shuffle=True, seed=self.cfg.seed * 100003 + epoch,
                              num_workers=self.cfg.num_workers, drop_last=True)
         it = iter(loader)
         while True:
@@ -318,7 +338,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / "train_log.csv"
         new_log = not log_path.exists() or self.step == 0
-        log_file = open(log_path, "w" if new_log else "a", newline="")
+        log_file = open(log_path if self.dist.is_main else os.devnull, "w" if new_log else "a", newline="")
         writer = csv.writer(log_file)
         if new_log:
             writer.writerow(["step", "epoch", "loss", "lr", "images_per_second"])
@@ -366,7 +386,9 @@ class Trainer:
             log_file.close()
         path = self.save()
         seconds = time.perf_counter() - start
-        plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
+        if self.dist.is_main:
+            plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
+        distributed.barrier(self.dist)
         return TrainResult(checkpoint=path, steps=self.step, final_loss=last_loss, seconds=seconds,
                            images_per_second=images_seen / max(seconds, 1e-9))
 

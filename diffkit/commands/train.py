@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set lr=2e-4 --set channel_mult=[1,2,2]")
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="processes for data-parallel training (re-runs itself under torchrun; "
+                        "batch_size is per process)")
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -47,6 +50,8 @@ def config_from_args(args):
 def run(args) -> int:
     from ..config import resolve_device
     cfg = config_from_args(args)
+    if args.nproc > 1:
+        return relaunch_with_torchrun(args.nproc)
     resolve_device(cfg.device)
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")
     if args.sample:
@@ -58,10 +63,12 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     from ..training import Trainer
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"training {n_params / 1e6:.2f}M-parameter U-Net on {cfg.dataset} ({len(trainer.dataset)} images, "
+    trainer.log(f"training {n_params / 1e6:.2f}M-parameter U-Net on {cfg.dataset} ({len(trainer.dataset)} images, "
           f"{tuple(trainer.dataset[0][0].shape)}) for {trainer.total_steps} steps on {trainer.device}")
     result = trainer.run()
-    print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} images/s); "
+    if not trainer.dist.is_main:
+        return 0
+    trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} images/s); "
           f"final loss {result.final_loss:.4f}; checkpoint {result.checkpoint}")
     if sample:
         from .sample import sample_to_files
@@ -71,3 +78,25 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                         noise_out=Path(cfg.sampled_dir) / cfg.sampledNoisyImgName,
                         device=str(trainer.device), progress=progress)
     return 0
+
+
+def relaunch_with_torchrun(nproc: int) -> int:
+    """Run this same command under ``torchrun --standalone --nproc_per_node nproc``."""
+    import subprocess
+    import sys
+    argv = sys.argv[1:]
+    cleaned, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "diffkit", *cleaned]
+    print("running:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
