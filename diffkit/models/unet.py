@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import DiffkitError, check_range
 from .layers import (ResBlock, TimeEmbedding, TrunkConfig, Upsample, _attention_block, _Chain,
                      build_down_path, build_middle, group_norm, num_parameters, run_blocks,
-                     to_compute_layout, zero_module)
+                     to_compute_layout, use_channels_last_weights, zero_module)
 
 __all__ = ["UNetConfig", "UNet", "num_parameters"]
 
@@ -99,6 +99,7 @@ class UNet(nn.Module):
                 self.up.append(_Chain(layers))
         self.out_norm = group_norm(ch)
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
+        use_channels_last_weights(self)
 
     def embedding(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Timestep (+ class) embedding, width ``4*channel`` (DDPM App. B; ADM Sec. 3)."""
