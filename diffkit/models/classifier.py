@@ -43,7 +43,8 @@ class EncoderClassifier(nn.Module):
         if config is None:
             config = ClassifierConfig(**overrides)
         elif overrides:
-            raise DiffkitError(f"pass either a ClassifierConfig or keyword settings, not both (got {sorted(overrides)})")
+            raise DiffkitError("pass either a ClassifierConfig or keyword settings, not both "
+                               f"(got {sorted(overrides)})")
         self.config = cfg = config
         emb_dim = 4 * cfg.channel
         self.time_embed = TimeEmbedding(cfg.channel, emb_dim)
