@@ -338,3 +338,18 @@ def test_classifier_bad_config():
         ClassifierConfig(num_classes=1)
     with pytest.raises(DiffkitError, match="x has shape"):
         small_classifier()(torch.randn(1, 3, 8, 8), 0.0)
+
+
+def test_channels_last_weights_save_contiguous_and_load_back(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    model = perturb(UNet(small_config())).eval()
+    assert model.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    state = model.state_dict()
+    assert all(v.is_contiguous() for v in state.values())
+    path = tmp_path / "unet.safetensors"
+    safetensors_torch.save_file(state, str(path))
+    fresh = UNet(small_config()).eval()
+    fresh.load_state_dict(safetensors_torch.load_file(str(path)))
+    assert fresh.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fresh(x, 3.0), model(x, 3.0))

@@ -1,5 +1,7 @@
 """Networks: the DDPM/ADM U-Net and the noisy-image classifier (DESIGN.md, abstraction 5)."""
+from .classifier import ClassifierConfig, EncoderClassifier
 from .layers import TrunkConfig, num_parameters, timestep_embedding
 from .unet import UNet, UNetConfig
 
-__all__ = ["TrunkConfig", "UNet", "UNetConfig", "num_parameters", "timestep_embedding"]
+__all__ = ["ClassifierConfig", "EncoderClassifier", "TrunkConfig", "UNet", "UNetConfig", "num_parameters",
+           "timestep_embedding"]

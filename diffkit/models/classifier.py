@@ -17,7 +17,8 @@ from torch import nn
 
 from ..errors import DiffkitError, check_range
 from .layers import (AttentionPool2d, TimeEmbedding, TrunkConfig, attention_heads, build_down_path,
-                     build_middle, group_norm, num_parameters, to_compute_layout)
+                     build_middle, group_norm, num_parameters, to_compute_layout,
+                     use_channels_last_weights)
 from .unet import broadcast_time
 
 __all__ = ["ClassifierConfig", "EncoderClassifier"]
@@ -42,7 +43,8 @@ class EncoderClassifier(nn.Module):
         if config is None:
             config = ClassifierConfig(**overrides)
         elif overrides:
-            raise DiffkitError(f"pass either a ClassifierConfig or keyword settings, not both (got {sorted(overrides)})")
+            raise DiffkitError("pass either a ClassifierConfig or keyword settings, not both "
+                               f"(got {sorted(overrides)})")
         self.config = cfg = config
         emb_dim = 4 * cfg.channel
         self.time_embed = TimeEmbedding(cfg.channel, emb_dim)
@@ -53,6 +55,7 @@ class EncoderClassifier(nn.Module):
         self.out_norm = group_norm(width)
         heads = attention_heads(width, cfg.num_heads, cfg.head_channels)
         self.pool = AttentionPool2d(cfg.img_size // 2 ** (len(cfg.channel_mult) - 1), width, cfg.num_classes, heads)
+        use_channels_last_weights(self)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         cfg = self.config

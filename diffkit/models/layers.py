@@ -27,8 +27,8 @@ from ..errors import DiffkitError, check_range
 __all__ = [
     "TrunkConfig", "timestep_embedding", "norm_groups", "group_norm", "zero_module",
     "TimeEmbedding", "ResBlock", "AttentionBlock", "SpatialTransformer", "Downsample",
-    "Upsample", "AttentionPool2d", "attention_heads", "build_down_path", "build_middle",
-    "run_blocks", "num_parameters", "to_compute_layout",
+    "Upsample", "AttentionPool2d", "attention_heads", "attention_block", "BlockChain",
+    "build_down_path", "build_middle", "run_blocks", "num_parameters", "to_compute_layout", "use_channels_last_weights",
 ]
 
 
@@ -162,6 +162,24 @@ def to_compute_layout(x: torch.Tensor) -> torch.Tensor:
     if x.device.type in ("cpu", "cuda"):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def use_channels_last_weights(module: nn.Module) -> nn.Module:
+    """Store ``module``'s convolution weights channels_last, as its activations are laid out.
+
+    Saves a weight (and weight-gradient) re-layout per convolution call, about 8% of a CPU
+    training step of the seed U-Net. ``state_dict()`` still returns contiguous tensors (so
+    safetensors can save them) and ``load_state_dict`` keeps the channels_last storage.
+    """
+    module.to(memory_format=torch.channels_last)
+
+    def contiguous_state(_module, state_dict, prefix, _metadata):
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and not isinstance(value, nn.Parameter) and not value.is_contiguous():
+                state_dict[key] = value.contiguous()
+
+    module.register_state_dict_post_hook(contiguous_state)
+    return module
 
 
 def _to_tokens(h: torch.Tensor) -> torch.Tensor:
@@ -373,7 +391,8 @@ class AttentionPool2d(nn.Module):
 
 
 # --------------------------------------------------------------------------- trunks
-def _attention_block(channels: int, cfg: TrunkConfig, context_dim: int | None) -> nn.Module:
+def attention_block(channels: int, cfg: TrunkConfig, context_dim: int | None) -> nn.Module:
+    """Self-attention block, or a spatial transformer when a cross-attention context is configured."""
     heads = attention_heads(channels, cfg.num_heads, cfg.head_channels)
     if context_dim is not None:
         return SpatialTransformer(channels, context_dim, heads, dropout=cfg.dropout)
@@ -398,15 +417,15 @@ def build_down_path(cfg: TrunkConfig, emb_dim: int, context_dim: int | None = No
             layers = [ResBlock(ch, width, emb_dim, cfg.dropout, cfg.scale_shift_norm)]
             ch = width
             if level in cfg.attn:
-                layers.append(_attention_block(ch, cfg, context_dim))
-            blocks.append(_Chain(layers))
+                layers.append(attention_block(ch, cfg, context_dim))
+            blocks.append(BlockChain(layers))
             skip_channels.append(ch)
         if level != len(widths) - 1:
             if cfg.resblock_updown:
                 down = ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm, resample="down")
             else:
                 down = Downsample(ch)
-            blocks.append(_Chain([down]))
+            blocks.append(BlockChain([down]))
             skip_channels.append(ch)
     return blocks, skip_channels
 
@@ -414,14 +433,14 @@ def build_down_path(cfg: TrunkConfig, emb_dim: int, context_dim: int | None = No
 def build_middle(cfg: TrunkConfig, emb_dim: int, context_dim: int | None = None) -> nn.Module:
     """ResBlock -> attention -> ResBlock at the lowest resolution (DDPM App. B)."""
     ch = cfg.level_channels()[-1]
-    return _Chain([
+    return BlockChain([
         ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm),
-        _attention_block(ch, cfg, context_dim),
+        attention_block(ch, cfg, context_dim),
         ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm),
     ])
 
 
-class _Chain(nn.ModuleList):
+class BlockChain(nn.ModuleList):
     """Blocks applied in order, each given ``(h, emb, context)``."""
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffkitError, check_range
-from .layers import (ResBlock, TimeEmbedding, TrunkConfig, Upsample, _attention_block, _Chain,
+from .layers import (BlockChain, ResBlock, TimeEmbedding, TrunkConfig, Upsample, attention_block,
                      build_down_path, build_middle, group_norm, num_parameters, run_blocks,
-                     to_compute_layout, zero_module)
+                     to_compute_layout, use_channels_last_weights, zero_module)
 
 __all__ = ["UNetConfig", "UNet", "num_parameters"]
 
@@ -61,7 +61,8 @@ def broadcast_time(t, batch: int, device: torch.device) -> torch.Tensor:
     if t.ndim == 0 or (t.numel() == 1 and batch != 1):
         return t.reshape(()).to(torch.float32).expand(batch)
     if t.ndim != 1 or t.shape[0] != batch:
-        raise DiffkitError(f"t has shape {tuple(t.shape)}; allowed: a scalar or shape ({batch},) for a batch of {batch}")
+        raise DiffkitError(f"t has shape {tuple(t.shape)}; allowed: a scalar or shape ({batch},) "
+                           f"for a batch of {batch}")
     return t.to(torch.float32)
 
 
@@ -90,15 +91,16 @@ class UNet(nn.Module):
                                    cfg.scale_shift_norm)]
                 ch = widths[level]
                 if level in cfg.attn:
-                    layers.append(_attention_block(ch, cfg, cfg.context_dim))
+                    layers.append(attention_block(ch, cfg, cfg.context_dim))
                 if level > 0 and i == cfg.num_res_blocks:
                     if cfg.resblock_updown:
                         layers.append(ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift_norm, resample="up"))
                     else:
                         layers.append(Upsample(ch))
-                self.up.append(_Chain(layers))
+                self.up.append(BlockChain(layers))
         self.out_norm = group_norm(ch)
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
+        use_channels_last_weights(self)
 
     def embedding(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Timestep (+ class) embedding, width ``4*channel`` (DDPM App. B; ADM Sec. 3)."""
