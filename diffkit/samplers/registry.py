@@ -81,7 +81,7 @@ register(SamplerInfo("pndm", pndm, order=4, calls_per_step=4, stochastic=False,
                      description="F-PNDM (Liu et al. 2022, Alg. 2): 3 pseudo Runge-Kutta steps, then PLMS",
                      default_spacing="linear", default_final="zero",
                      nfe_of_steps=lambda steps, final: steps + 3 * min(3, steps - (final == "zero")),
-                     nfe_rule="steps + 3*min(3, steps-1) (final zero; steps-1 -> steps otherwise)"))
+                     nfe_rule="steps+3*min(3,steps-1) [zero]; steps+3*min(3,steps) [sigma_min]"))
 register(SamplerInfo("plms", plms, order=4, calls_per_step=1, stochastic=False,
                      description="PLMS (PNDM eq. 13) with Adams-Bashforth orders 1-3 as warm-up",
                      default_spacing="linear", default_final="zero", options={"order": 4}))
@@ -89,11 +89,11 @@ register(SamplerInfo("s-pndm", s_pndm, order=2, calls_per_step=1, stochastic=Fal
                      description="S-PNDM: pseudo improved Euler first step, then 2nd-order PLMS",
                      default_spacing="linear", default_final="zero",
                      nfe_of_steps=lambda steps, final: steps + (1 if steps > 1 or final != "zero" else 0),
-                     nfe_rule="steps + 1 (steps > 1 or final sigma_min)"))
+                     nfe_rule="steps+1 (1 if steps=1 [zero])"))
 register(SamplerInfo("fon", fon, order=4, calls_per_step=4, stochastic=False,
                      description="FON: classical RK4 on the probability-flow ODE in x and t (PNDM baseline)",
                      default_spacing="linear", default_final="zero",
-                     nfe_of_steps=_last_step_single(4), nfe_rule="4*steps - 3 (final zero; else 4*steps)"))
+                     nfe_of_steps=_last_step_single(4), nfe_rule="4*steps-3 [zero]; 4*steps [sigma_min]"))
 
 register(SamplerInfo("dpm-solver", dpm_solver_singlestep, order=3, calls_per_step=1, stochastic=False,
                      description="DPM-Solver-fast (Lu et al. 2022): singlestep order-3 chunks, remainder lower",
@@ -105,11 +105,11 @@ register(SamplerInfo("dpm-solver-2", dpm_solver_singlestep, order=2, calls_per_s
                      options={"solver_order": 2, "algorithm_type": "dpmsolver"}))
 register(SamplerInfo("dpm-solver-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=False,
                      description="multistep DPM-Solver-2 (noise prediction)",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "dpmsolver"}))
 register(SamplerInfo("dpm-solver-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=False,
                      description="multistep DPM-Solver-3 (noise prediction)",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 3, "algorithm_type": "dpmsolver"}))
 register(SamplerInfo("dpm-solver++-2s", dpm_solver_singlestep, order=2, calls_per_step=1, stochastic=False,
                      description="DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1), data prediction",
@@ -117,15 +117,15 @@ register(SamplerInfo("dpm-solver++-2s", dpm_solver_singlestep, order=2, calls_pe
                      options={"solver_order": 2, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=False,
                      description="DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("dpm-solver++-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=False,
                      description="DPM-Solver++(3M), data prediction",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 3, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("sde-dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=True,
                      description="SDE-DPM-Solver++(2M) (Lu et al. 2022b; diffusers 'sde-dpmsolver++')",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}))
 
 register(SamplerInfo("euler", euler, order=1, calls_per_step=1, stochastic=False,
@@ -134,27 +134,27 @@ register(SamplerInfo("euler", euler, order=1, calls_per_step=1, stochastic=False
 register(SamplerInfo("heun", heun, order=2, calls_per_step=2, stochastic=False,
                      description="Heun (Karras et al. 2022, Alg. 2); last step to sigma=0 is Euler",
                      default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
-                     nfe_rule="2*steps - 1 (final zero)"))
+                     nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("euler-ancestral", euler_ancestral, order=1, calls_per_step=1, stochastic=True,
                      description="Euler ancestral (k-diffusion), eta=1",
                      default_spacing="karras", default_final="zero", options={"eta": 1.0}))
 register(SamplerInfo("dpm2", dpm2, order=2, calls_per_step=2, stochastic=False,
                      description="DPM2 (k-diffusion): midpoint in log sigma; last step to sigma=0 is Euler",
                      default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
-                     nfe_rule="2*steps - 1 (final zero)"))
+                     nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("lms", lms, order=4, calls_per_step=1, stochastic=False,
                      description="K-LMS (k-diffusion): linear multistep in sigma, order 4",
                      default_spacing="karras", default_final="zero", options={"order": 4}))
 
 register(SamplerInfo("unipc", unipc, order=2, calls_per_step=1, stochastic=False,
                      description="UniPC-bh2 (Zhao et al. 2023): UniP-2 + UniC, data prediction",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 2, "solver_type": "bh2"}))
 register(SamplerInfo("unipc-3", unipc, order=3, calls_per_step=1, stochastic=False,
                      description="UniPC-bh2 with UniP-3 + UniC, data prediction",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 3, "solver_type": "bh2"}))
 register(SamplerInfo("unipc-bh1", unipc, order=3, calls_per_step=1, stochastic=False,
                      description="UniPC-bh1 with UniP-3 + UniC, data prediction",
-                     default_spacing="logsnr", default_final="zero",
+                     default_spacing="logsnr_skip", default_final="zero",
                      options={"solver_order": 3, "solver_type": "bh1"}))
