@@ -80,7 +80,7 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
         d1 = d2 = None
         if order >= 2:
             r0 = (lam_t - c.log_snr[i - 1]) / h
-            d1_0 = (outputs[0] - outputs[1]) / r0
+            d1_0 = (outputs[0] - outputs[1]) * (1.0 / r0)
             d1 = d1_0
             if order == 3:
                 r1 = (c.log_snr[i - 1] - c.log_snr[i - 2]) / h
@@ -97,24 +97,24 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
                 x = x + (s_s * math.sqrt(one_m)) * randn_like(x, generator)
         elif data:
             phi = math.expm1(-h)
-            x = (s_s / s_t) * x - (a_s * phi) * d0
+            x = torch.add(x * (s_s / s_t), d0, alpha=-(a_s * phi))
             if d1 is not None:
                 if order == 2 and solver_type == "midpoint":
-                    x = x - (0.5 * a_s * phi) * d1
+                    x = torch.add(x, d1, alpha=-(0.5 * a_s * phi))
                 else:
-                    x = x + (a_s * (phi / h + 1.0)) * d1
+                    x = torch.add(x, d1, alpha=a_s * (phi / h + 1.0))
             if d2 is not None:
-                x = x - (a_s * ((phi + h) / h ** 2 - 0.5)) * d2
+                x = torch.add(x, d2, alpha=-(a_s * ((phi + h) / h ** 2 - 0.5)))
         else:
             phi_s = noise_step_coefficient(a_t, s_t, a_s, s_s, h)  # sigma_s expm1(h)
-            x = (a_s / a_t) * x - phi_s * d0
+            x = torch.add(x * (a_s / a_t), d0, alpha=-phi_s)
             if d1 is not None:
                 if order == 2 and solver_type == "midpoint":
-                    x = x - (0.5 * phi_s) * d1
+                    x = torch.add(x, d1, alpha=-(0.5 * phi_s))
                 else:
-                    x = x - (s_s * (math.expm1(h) / h - 1.0)) * d1
+                    x = torch.add(x, d1, alpha=-(s_s * (math.expm1(h) / h - 1.0)))
             if d2 is not None:
-                x = x - (s_s * ((math.expm1(h) - h) / h ** 2 - 0.5)) * d2
+                x = torch.add(x, d2, alpha=-(s_s * ((math.expm1(h) - h) / h ** 2 - 0.5)))
         report(callback, i, c.t[i], c.t[i + 1], x, pred.x0)
     return x
 

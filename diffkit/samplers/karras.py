@@ -78,9 +78,10 @@ def euler(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0
     for i in steps(grid, progress, "euler"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
         d = _eps(denoiser, x, t_hat, sigma_hat, cond)
-        x0 = x - sigma_hat * d
-        x = x + (kg.sigma[i + 1] - sigma_hat) * d
-        report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x0)
+        x_from, sigma_from = x, sigma_hat
+        x = torch.add(x, d, alpha=kg.sigma[i + 1] - sigma_hat)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x
 
 
@@ -98,15 +99,16 @@ def heun(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
     for i in steps(grid, progress, "heun"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
         d = _eps(denoiser, x, t_hat, sigma_hat, cond)
-        x0 = x - sigma_hat * d
+        x_from, sigma_from = x, sigma_hat
         dt = kg.sigma[i + 1] - sigma_hat
-        x_euler = x + dt * d
+        x_euler = torch.add(x, d, alpha=dt)
         if kg.sigma[i + 1] == 0.0:
             x = x_euler
         else:
             d_next = _eps(denoiser, x_euler, kg.t[i + 1], kg.sigma[i + 1], cond)
-            x = x + (0.5 * dt) * (d + d_next)
-        report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x0)
+            x = torch.add(x, d + d_next, alpha=0.5 * dt)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x
 
 
@@ -133,12 +135,13 @@ def euler_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float
     for i in steps(grid, progress, "euler-ancestral"):
         sigma = kg.sigma[i]
         d = _eps(denoiser, x, kg.t[i], sigma, cond)
-        x0 = x - sigma * d
+        x_from, sigma_from = x, sigma
         sigma_down, sigma_up = ancestral_step(sigma, kg.sigma[i + 1], eta)
-        x = x + (sigma_down - sigma) * d
+        x = torch.add(x, d, alpha=sigma_down - sigma)
         if sigma_up > 0:
-            x = x + (s_noise * sigma_up) * randn_like(x, generator)
-        report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x0)
+            x = torch.add(x, randn_like(x, generator), alpha=s_noise * sigma_up)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x
 
 
@@ -156,16 +159,17 @@ def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
     for i in steps(grid, progress, "dpm2"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
         d = _eps(denoiser, x, t_hat, sigma_hat, cond)
-        x0 = x - sigma_hat * d
+        x_from, sigma_from = x, sigma_hat
         sigma_s = kg.sigma[i + 1]
         if sigma_s == 0.0:
-            x = x + (sigma_s - sigma_hat) * d
+            x = torch.add(x, d, alpha=sigma_s - sigma_hat)
         else:
             sigma_mid = math.exp(0.5 * (math.log(sigma_hat) + math.log(sigma_s)))
-            x_mid = x + (sigma_mid - sigma_hat) * d
+            x_mid = torch.add(x, d, alpha=sigma_mid - sigma_hat)
             d_mid = _eps(denoiser, x_mid, kg.time_of(sigma_mid), sigma_mid, cond)
-            x = x + (sigma_s - sigma_hat) * d_mid
-        report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x0)
+            x = torch.add(x, d_mid, alpha=sigma_s - sigma_hat)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x
 
 
@@ -201,8 +205,9 @@ def lms(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: 
         d = _eps(denoiser, x, kg.t[i], kg.sigma[i], cond)
         history.insert(0, d)
         del history[order:]
-        x0 = x - kg.sigma[i] * d
+        x_from, sigma_from = x, kg.sigma[i]
         for c_j, d_j in zip(coeffs[i], history):
-            x = x + c_j * d_j
-        report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x0)
+            x = torch.add(x, d_j, alpha=c_j)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x

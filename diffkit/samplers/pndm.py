@@ -49,7 +49,7 @@ class _Transfer:
 
     @staticmethod
     def phi(x, e, a_t, s_t, a_s, s_s):
-        return (a_s / a_t) * x - (a_s * s_t / a_t - s_s) * e
+        return torch.add(x * (a_s / a_t), e, alpha=-(a_s * s_t / a_t - s_s))
 
 
 def transfer(schedule, x: torch.Tensor, eps: torch.Tensor, t: float, s: float) -> torch.Tensor:
@@ -93,17 +93,18 @@ def _multistep(denoiser, x, grid, *, warmup: str, max_order: int, cond, callback
         elif i < warm_steps:  # pseudo improved Euler (S-PNDM's first step)
             p = denoiser(x, t, **cond)
             e_end = denoiser(phi(x, p.eps, a_t, s_t, a_s, s_s), s, **cond).eps
-            x, x0 = phi(x, 0.5 * (p.eps + e_end), a_t, s_t, a_s, s_s), p.x0
+            x, x0 = phi(x, 0.5 * (p.eps + e_end), a_t, s_t, a_s, s_s), (p.x0 if callback is not None else None)
             history.insert(0, p.eps)
         else:
             p = denoiser(x, t, **cond)
             history.insert(0, p.eps)
             order = min(max_order, len(history))
-            weights = PLMS_COEFFICIENTS[order]
-            e_prime = weights[0] * history[0]
-            for w, e in zip(weights[1:], history[1:order]):
-                e_prime = e_prime + w * e
-            x, x0 = phi(x, e_prime, a_t, s_t, a_s, s_s), p.x0
+            # phi(x, sum_k w_k e_k) = (alpha_s/alpha_t) x - c sum_k w_k e_k, summed in place of e'
+            c = a_s * s_t / a_t - s_s
+            x_new = x * (a_s / a_t)
+            for w, e in zip(PLMS_COEFFICIENTS[order], history):
+                x_new = torch.add(x_new, e, alpha=-c * w)
+            x, x0 = x_new, (p.x0 if callback is not None else None)
         del history[max_order:]
         report(callback, i, t, s, x, x0)
     return x
