@@ -121,7 +121,7 @@ def diffusers_configs():
     """(label, scheduler class name, constructor kwargs, deterministic?) over reasonable settings."""
     cfg = []
     for sp in ("leading", "trailing", "linspace"):
-        cfg.append((f"DDIM[{sp}]", "DDIMScheduler", {"timestep_spacing": sp}, True))
+        cfg.append((f"DDIM[{sp}]", "DDIMScheduler", {"timestep_spacing": sp, "clip_sample": False}, True))
     for sp in ("leading", "trailing", "linspace"):
         cfg.append((f"PNDM-PLMS[{sp}]", "PNDMScheduler", {"skip_prk_steps": True, "timestep_spacing": sp}, True))
     cfg.append(("PNDM-PRK[leading]", "PNDMScheduler", {"skip_prk_steps": False}, True))

@@ -374,3 +374,13 @@ def test_samplers_command_lists_every_sampler(capsys):
     for name, info in REGISTRY.items():
         assert name in out
     assert "calls/step" in out and "NFE" in out
+
+
+def test_logsnr_skip_grid_jumps_then_is_uniform_in_log_snr(schedule):
+    grid = make_grid(schedule, 8, "logsnr_skip")
+    assert grid[0].item() == schedule.num_timesteps - 1 and grid[-1].item() == -1 and grid[-2].item() == 0
+    assert schedule.karras_sigma(grid[1]).item() == pytest.approx(20.0, rel=1e-9)
+    lam = schedule.log_snr(grid[1:-1])
+    np.testing.assert_allclose(torch.diff(lam).numpy(), torch.diff(lam)[0].item(), rtol=1e-8)
+    # no room for the jump (sigma at t_max below skip_sigma): plain logsnr
+    torch.testing.assert_close(make_grid(schedule, 8, "logsnr_skip", skip_sigma=1e4), make_grid(schedule, 8, "logsnr"))
