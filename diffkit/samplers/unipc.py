@@ -73,15 +73,30 @@ def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 
     n = len(grid) - 1
     outputs: list = []   # model outputs at grid[i], grid[i-1], ... (newest first)
     x_prev = None        # state at grid[i-1], before the step i-1 -> i (for the corrector)
-    prev_order = 1
+
+    # every step's orders and weights depend only on the grid: compute them once
+    orders = []
+    for i in range(n):
+        order = min(solver_order, i + 1)
+        if lower_order_final:
+            order = min(order, n - i)
+        orders.append(1 if math.isinf(lam[i + 1]) else order)
+    pred_plan, corr_plan = [], [None]
+    for i in range(n):
+        h = lam[i + 1] - lam[i]
+        hh = -h if predict_x0 else h
+        rks = [(lam[i - k] - lam[i]) / h for k in range(1, orders[i])]
+        pred_plan.append(unipc_weights(rks, hh, solver_type, predictor=True) + (rks,) if orders[i] > 1 else None)
+        if i + 1 < n:  # the corrector of step i, applied at the start of step i + 1
+            corr_plan.append(unipc_weights(rks, hh, solver_type, predictor=False) + (rks,))
 
     def base(x_from, j, k, m0):
-        """The first-order part from grid[j] to grid[k] and its expm1(hh) and hh."""
+        """The first-order part from grid[j] to grid[k]."""
         h = lam[k] - lam[j]
         if predict_x0:
-            return (c.sigma[k] / c.sigma[j]) * x_from - (c.alpha[k] * math.expm1(-h)) * m0, -h
-        return (c.alpha[k] / c.alpha[j]) * x_from - noise_step_coefficient(
-            c.alpha[j], c.sigma[j], c.alpha[k], c.sigma[k], h) * m0, h
+            return torch.add(x_from * (c.sigma[k] / c.sigma[j]), m0, alpha=-(c.alpha[k] * math.expm1(-h)))
+        return torch.add(x_from * (c.alpha[k] / c.alpha[j]), m0, alpha=-noise_step_coefficient(
+            c.alpha[j], c.sigma[j], c.alpha[k], c.sigma[k], h))
 
     def scale(k):
         return c.alpha[k] if predict_x0 else c.sigma[k]
@@ -90,35 +105,26 @@ def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 
         pred = denoiser(x, c.t[i], **cond)
         m_new = pred.x0 if predict_x0 else pred.eps
         if i > 0 and (i - 1) not in skip_corrector:
-            # UniC on the step grid[i-1] -> grid[i] with the new evaluation (order prev_order)
+            # UniC on the step grid[i-1] -> grid[i] with the new evaluation (Algorithm 1)
             m0 = outputs[0]
-            h = lam[i] - lam[i - 1]
-            rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, prev_order)]
-            x_c, hh = base(x_prev, i - 1, i, m0)
-            b_h, w = unipc_weights(rks, hh, solver_type, predictor=False)
-            corr = w[-1] * (m_new - m0)
+            b_h, w, rks = corr_plan[i]
+            x_c = base(x_prev, i - 1, i, m0)
+            corr = (m_new - m0) * w[-1]
             for k, (wk, rk) in enumerate(zip(w[:-1], rks), start=1):
-                corr = corr + (wk / rk) * (outputs[k] - m0)
-            x = x_c - (scale(i) * b_h) * corr
+                corr = torch.add(corr, outputs[k] - m0, alpha=wk / rk)
+            x = torch.add(x_c, corr, alpha=-(scale(i) * b_h))
         outputs.insert(0, m_new)
         del outputs[solver_order:]
-        order = min(solver_order, i + 1)
-        if lower_order_final:
-            order = min(order, n - i)
-        if math.isinf(lam[i + 1]):
-            order = 1
         x_prev = x
-        x_p, hh = base(x, i, i + 1, outputs[0])
-        if order > 1:
-            h = lam[i + 1] - lam[i]
-            rks = [(lam[i - k] - lam[i]) / h for k in range(1, order)]
-            b_h, w = unipc_weights(rks, hh, solver_type, predictor=True)
+        x_p = base(x, i, i + 1, outputs[0])
+        if pred_plan[i] is not None:
+            # UniP (Algorithm 2) with the earlier evaluations
+            b_h, w, rks = pred_plan[i]
             res = None
             for k, (wk, rk) in enumerate(zip(w, rks), start=1):
-                term = (wk / rk) * (outputs[k] - outputs[0])
+                term = (outputs[k] - outputs[0]) * (wk / rk)
                 res = term if res is None else res + term
-            x_p = x_p - (scale(i + 1) * b_h) * res
+            x_p = torch.add(x_p, res, alpha=-(scale(i + 1) * b_h))
         x = x_p
-        prev_order = order
         report(callback, i, c.t[i], c.t[i + 1], x, pred.x0)
     return x
