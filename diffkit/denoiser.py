@@ -46,6 +46,7 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.learned_variance = bool(learned_variance)
         self.nfe = 0
+        self._coefficient_cache: dict = {}
 
     def reset_nfe(self) -> None:
         self.nfe = 0
@@ -61,10 +62,34 @@ class Denoiser:
             raise DiffkitError(f"the network cannot be evaluated at t={t.min().item()} < 0 (clean data)")
         return t.to(device=x.device, dtype=torch.float32)
 
+    def _scalar_coefficients(self, t: float, x: torch.Tensor):
+        """(float32 time, alpha, sigma) for one time shared by the batch, cached per time: samplers
+        call with the same grid times over and over, and this keeps the schedule off the per-step
+        path. alpha and sigma are taken at the float32 time the network receives."""
+        hit = self._coefficient_cache.get(t)
+        if hit is None:
+            if not t >= 0:
+                raise DiffkitError(f"the network cannot be evaluated at t={t} < 0 (clean data)")
+            t32 = torch.tensor(t, dtype=torch.float32)
+            t64 = t32.to(torch.float64)
+            hit = (t32.item(), self.schedule.alpha(t64).item(), self.schedule.sigma(t64).item(), {})
+            if len(self._coefficient_cache) > 100_000:
+                self._coefficient_cache.clear()
+            self._coefficient_cache[t] = hit
+        t32, alpha, sigma, net_times = hit
+        key = (x.shape[0], x.device)
+        t_net = net_times.get(key)
+        if t_net is None:  # the (B,) time tensor the network receives, made once per batch/device
+            t_net = net_times[key] = torch.full((x.shape[0],), t32, dtype=torch.float32, device=x.device)
+        return t_net, alpha, sigma
+
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
-        t_net = self.network_times(t, x)
-        t64 = torch.as_tensor(t, dtype=torch.float64).detach().cpu()  # scalar stays scalar: cheap
-        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        if isinstance(t, (float, int)) or (isinstance(t, torch.Tensor) and t.ndim == 0):
+            t_net, alpha, sigma = self._scalar_coefficients(float(t), x)
+        else:
+            t_net = self.network_times(t, x)
+            t64 = t_net.detach().cpu().to(torch.float64)
+            alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         out = self.net(x, t_net, **cond)
         self.nfe += 1
         var_values = None
@@ -76,8 +101,35 @@ class Denoiser:
         elif out.shape != x.shape:
             raise DiffkitError(f"network output shape {tuple(out.shape)} differs from input shape "
                                f"{tuple(x.shape)} (learned variance needs learned_variance=True)")
+        if isinstance(alpha, float):
+            return _LazyPrediction(out, x, alpha, sigma, self.prediction_type, var_values)
         eps, x0 = diffusion.eps_x0_from_output(out, x, alpha, sigma, self.prediction_type)
         return Prediction(eps=eps, x0=x0, var_values=var_values)
+
+
+class _LazyPrediction(Prediction):
+    """A :class:`Prediction` for one time shared by the batch whose eps / x0 are converted from
+    the network output on first access (a sampler that needs only one of them pays for one)."""
+
+    def __init__(self, out, x, alpha: float, sigma: float, prediction_type: str, var_values=None):
+        self._args = (out, x, alpha, sigma, prediction_type)
+        self._pair = None
+        self.var_values = var_values
+
+    def _convert(self):
+        if self._pair is None:
+            self._pair = diffusion.eps_x0_from_output(*self._args)
+        return self._pair
+
+    @property
+    def eps(self):
+        out, _, _, _, kind = self._args
+        return out if kind == "epsilon" else self._convert()[0]
+
+    @property
+    def x0(self):
+        out, _, _, _, kind = self._args
+        return out if kind == "sample" else self._convert()[1]
 
 
 class ThresholdedDenoiser:

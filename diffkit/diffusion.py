@@ -131,6 +131,13 @@ def eps_from_score(score, sigma):
 
 def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str):
     """Convert a network output of the given prediction type to (eps, x0)."""
+    if isinstance(alpha, float) and isinstance(sigma, float):  # one time for the batch: no tensors
+        if prediction_type == "epsilon":
+            return output, (x_t - sigma * output) / alpha
+        if prediction_type == "sample":
+            return (x_t - alpha * output) / sigma, output
+        if prediction_type == "v_prediction":
+            return sigma * x_t + alpha * output, alpha * x_t - sigma * output
     if prediction_type == "epsilon":
         return output, x0_from_eps(x_t, output, alpha, sigma)
     if prediction_type == "sample":

@@ -34,12 +34,17 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         options: sampler-specific options (e.g. ``eta`` for ddim).
     """
     info = get_sampler(sampler)
+    # diffusers' grid options, accepted under their names: they choose the grid, not the update.
+    if options.pop("use_karras_sigmas", False):
+        spacing = spacing or "karras"
+    final_sigmas_type = options.pop("final_sigmas_type", None)
+    final = final or final_sigmas_type
     if steps is not None and nfe is not None:
         raise DiffkitError("give steps or nfe, not both")
     schedule = denoiser.schedule
     if grid is None:
         if nfe is not None:
-            steps = info.steps_for_nfe(nfe)
+            steps = info.steps_for_nfe(nfe, final or info.default_final)
         steps = 50 if steps is None else steps
         check_range("steps", steps, 1, schedule.num_timesteps, integer=True)
         grid = make_grid(schedule, steps, spacing or info.default_spacing, final or info.default_final)

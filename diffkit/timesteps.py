@@ -14,6 +14,11 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
     linspace    diffusers: round(linspace(0, T-1, S+1)) without its 0
     karras      EDM sigmas (Karras et al. 2022, eq. 5) with rho = 7, mapped to t
     logsnr      uniform in log-SNR lambda (DPM-Solver 'logSNR' skip type)
+    logsnr_skip   t_max, then uniform in lambda from sigma~ = ``skip_sigma`` (default 20) to t = 0: the
+                first step is one long first-order jump across the high-noise range where the data
+                prediction barely changes (for data of unit scale, x0_hat moves by O(1/sigma~^2)),
+                so no step is spent there; with ``skip_sigma`` >= the schedule's largest sigma~
+                it is ``logsnr``
     time_uniform  uniform in continuous t (DPM-Solver 'time_uniform')
     custom      any user list of evaluation times
 The first five give integer evaluation times (what the network was trained on); the last three
@@ -21,6 +26,7 @@ give continuous times, which the schedule's interpolation supports.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -28,14 +34,16 @@ import torch
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule
 
-SPACINGS = ("linear", "quadratic", "leading", "trailing", "linspace", "karras", "logsnr", "time_uniform")
+SPACINGS = ("linear", "quadratic", "leading", "trailing", "linspace", "karras", "logsnr", "logsnr_skip",
+            "time_uniform")
+SKIP_SIGMA = 20.0
 FINALS = ("zero", "sigma_min")
 _F64 = torch.float64
 
 
 def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", final: str = "zero", *,
               rho: float = 7.0, offset: int = 0, t_max: Optional[float] = None,
-              custom: Optional[Sequence[float]] = None) -> torch.Tensor:
+              custom: Optional[Sequence[float]] = None, skip_sigma: float = SKIP_SIGMA) -> torch.Tensor:
     """The ``steps + 1`` decreasing grid times for ``steps`` sampler steps (see module doc)."""
     T = schedule.num_timesteps
     check_choice("final", final, FINALS)
@@ -69,6 +77,16 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
             ts = schedule.t_from_karras_sigma(karras_sigmas(n, smin, smax, rho))
         elif spacing == "logsnr":
             lam = torch.linspace(schedule.log_snr(top).item(), schedule.log_snr(0.0).item(), n, dtype=_F64)
+            ts = schedule.t_from_log_snr(lam)
+        elif spacing == "logsnr_skip":
+            check_range("skip_sigma", skip_sigma, 0.0, None, low_inclusive=False)
+            lam_top, lam_end = schedule.log_snr(top).item(), schedule.log_snr(0.0).item()
+            lam_skip = -math.log(skip_sigma)
+            if n < 3 or not lam_top < lam_skip < lam_end:
+                lam = torch.linspace(lam_top, lam_end, n, dtype=_F64)
+            else:
+                lam = torch.cat([torch.tensor([lam_top], dtype=_F64),
+                                 torch.linspace(lam_skip, lam_end, n - 1, dtype=_F64)])
             ts = schedule.t_from_log_snr(lam)
         else:
             ts = torch.linspace(top, 0.0, n, dtype=_F64)

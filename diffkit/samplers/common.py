@@ -2,6 +2,7 @@
 per-step schedule quantities (computed once per grid, never re-derived per sampler)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -38,3 +39,34 @@ def report(callback: Optional[Callable], i: int, t: float, s: float, x: torch.Te
     """Call the user's callback with the state after step i (t -> s)."""
     if callback is not None:
         callback({"step": i, "t": float(t), "s": float(s), "x": x, "x0": x0})
+
+
+@dataclass
+class GridScalars:
+    """alpha, sigma and log-SNR lambda at each grid time as Python floats, computed once per grid
+    (float64 on the CPU, so step coefficients cost no tensor work and no device sync). At the
+    clean-data target t = -1: alpha = 1, sigma = 0, lambda = +inf."""
+
+    t: list
+    alpha: list
+    sigma: list
+    log_snr: list
+
+    @classmethod
+    def of(cls, schedule: NoiseSchedule, times) -> "GridScalars":
+        times = torch.as_tensor(times, dtype=torch.float64)
+        return cls(t=times.tolist(), alpha=schedule.alpha(times).tolist(),
+                   sigma=schedule.sigma(times).tolist(), log_snr=schedule.log_snr(times).tolist())
+
+
+def model_output(denoiser, x: torch.Tensor, t: float, cond: dict, data_prediction: bool) -> torch.Tensor:
+    """x0_hat (data prediction, DPM-Solver++) or eps_hat (noise prediction) at (x, t)."""
+    pred = denoiser(x, t, **cond)
+    return pred.x0 if data_prediction else pred.eps
+
+
+def noise_step_coefficient(alpha_t: float, sigma_t: float, alpha_s: float, sigma_s: float, h: float) -> float:
+    """sigma_s (e^h - 1), the eps coefficient of the first-order exponential-integrator step
+    t -> s (DPM-Solver eq. 4.1 / DDIM), written as alpha_s sigma_t / alpha_t when s is clean data
+    (sigma_s = 0, h = inf), where the product form is 0 * inf."""
+    return sigma_s * math.expm1(h) if sigma_s > 0 else alpha_s * sigma_t / alpha_t

@@ -35,15 +35,17 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str
     check_range("eta", eta, 0.0, None)
     cond = cond or {}
     c = GridCoefficients.of(denoiser.schedule, grid)
+    # per-step coefficients once per grid, as Python floats (no tensor work on the step path)
+    sigmas = (ddim_sigma(c.alpha_bar[:-1], c.alpha_bar[1:], eta) if eta > 0
+              else torch.zeros(len(grid) - 1, dtype=torch.float64))
+    direction = torch.sqrt((1 - c.alpha_bar[1:] - sigmas ** 2).clamp(min=0)).tolist()
+    sqrt_abar_s, sigmas, times = c.alpha_bar[1:].sqrt().tolist(), sigmas.tolist(), c.t.tolist()
     for i in steps(grid, progress, "ddim"):
-        pred = denoiser(x, grid[i], **cond)
-        abar_t, abar_s = c.alpha_bar[i], c.alpha_bar[i + 1]
-        sigma = ddim_sigma(abar_t, abar_s, eta) if eta > 0 else torch.zeros((), dtype=torch.float64)
-        direction = torch.sqrt((1 - abar_s - sigma ** 2).clamp(min=0))
-        x = abar_s.sqrt().to(x.dtype) * pred.x0 + direction.to(x.dtype) * pred.eps
-        if eta > 0 and grid[i + 1] >= 0:
-            x = x + sigma.to(x.dtype) * randn_like(x, generator)
-        report(callback, i, grid[i], grid[i + 1], x, pred.x0)
+        pred = denoiser(x, times[i], **cond)
+        x = torch.add(pred.x0 * sqrt_abar_s[i], pred.eps, alpha=direction[i])
+        if eta > 0 and times[i + 1] >= 0:
+            x = torch.add(x, randn_like(x, generator), alpha=sigmas[i])
+        report(callback, i, times[i], times[i + 1], x, pred.x0)
     return x
 
 

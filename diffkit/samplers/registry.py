@@ -8,6 +8,10 @@ from typing import Callable, Optional
 from ..errors import DiffkitError, check_choice, check_range
 from .ddim import ddim
 from .ddpm import ddpm
+from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
+from .karras import dpm2, euler, euler_ancestral, heun, lms
+from .pndm import fon, plms, pndm, s_pndm
+from .unipc import unipc
 
 
 @dataclass(frozen=True)
@@ -24,20 +28,24 @@ class SamplerInfo:
     default_spacing: str = "linear"
     default_final: str = "zero"
     options: dict = field(default_factory=dict)
-    # For samplers whose NFE is not calls_per_step * steps: nfe(steps) and its inverse.
-    nfe_of_steps: Optional[Callable[[int], int]] = None
+    # For samplers whose NFE is not calls_per_step * steps: nfe_of_steps(steps, final) (the grid's
+    # final target matters to samplers whose step into clean data needs fewer calls).
+    nfe_of_steps: Optional[Callable[[int, str], int]] = None
+    nfe_rule: str = ""  # the rule in words, for ``diffkit samplers``
 
-    def nfe(self, steps: int) -> int:
-        """Network evaluations spent by ``steps`` steps."""
-        return self.nfe_of_steps(steps) if self.nfe_of_steps else self.calls_per_step * steps
+    def nfe(self, steps: int, final: Optional[str] = None) -> int:
+        """Network evaluations spent by ``steps`` steps on a grid ending at ``final``
+        (default: the sampler's default final)."""
+        final = final or self.default_final
+        return self.nfe_of_steps(steps, final) if self.nfe_of_steps else self.calls_per_step * steps
 
-    def steps_for_nfe(self, nfe: int) -> int:
+    def steps_for_nfe(self, nfe: int, final: Optional[str] = None) -> int:
         """The step count that spends exactly ``nfe`` evaluations, or a one-line error."""
         check_range("nfe", nfe, 1, None, integer=True)
         for s in range(1, nfe + 1):
-            if self.nfe(s) == nfe:
+            if self.nfe(s, final) == nfe:
                 return s
-        possible = sorted({self.nfe(s) for s in range(1, nfe + 2)})
+        possible = sorted({self.nfe(s, final) for s in range(1, nfe + 2)})
         near = [n for n in possible if abs(n - nfe) <= 3 * self.calls_per_step] or possible[:5]
         raise DiffkitError(f"sampler {self.name!r} cannot spend exactly nfe={nfe}; it can spend "
                            f"{', '.join(map(str, near))} (calls per step: {self.calls_per_step})")
@@ -60,3 +68,93 @@ register(SamplerInfo("ddpm", ddpm, order=1, calls_per_step=1, stochastic=True,
                      description="DDPM ancestral sampling (Ho et al. 2020, Alg. 2); respaced on S < T steps"))
 register(SamplerInfo("ddim", ddim, order=1, calls_per_step=1, stochastic=False,
                      description="DDIM (Song et al. 2021, eq. 12); eta=0 deterministic, eta>0 stochastic"))
+
+
+# ---------------------------------------------------------------- fast samplers
+def _last_step_single(calls: int):
+    """NFE of samplers with ``calls`` per step whose step into clean data is one Euler call
+    (EDM Algorithm 2 line 9): calls*steps - (calls - 1) when final='zero'."""
+    return lambda steps, final: calls * steps - ((calls - 1) if final == "zero" else 0)
+
+
+register(SamplerInfo("pndm", pndm, order=4, calls_per_step=4, stochastic=False,
+                     description="F-PNDM (Liu et al. 2022, Alg. 2): 3 pseudo Runge-Kutta steps, then PLMS",
+                     default_spacing="linear", default_final="zero",
+                     nfe_of_steps=lambda steps, final: steps + 3 * min(3, steps - (final == "zero")),
+                     nfe_rule="steps+3*min(3,steps-1) [zero]; steps+3*min(3,steps) [sigma_min]"))
+register(SamplerInfo("plms", plms, order=4, calls_per_step=1, stochastic=False,
+                     description="PLMS (PNDM eq. 13) with Adams-Bashforth orders 1-3 as warm-up",
+                     default_spacing="linear", default_final="zero", options={"order": 4}))
+register(SamplerInfo("s-pndm", s_pndm, order=2, calls_per_step=1, stochastic=False,
+                     description="S-PNDM: pseudo improved Euler first step, then 2nd-order PLMS",
+                     default_spacing="linear", default_final="zero",
+                     nfe_of_steps=lambda steps, final: steps + (1 if steps > 1 or final != "zero" else 0),
+                     nfe_rule="steps+1 (1 if steps=1 [zero])"))
+register(SamplerInfo("fon", fon, order=4, calls_per_step=4, stochastic=False,
+                     description="FON: classical RK4 on the probability-flow ODE in x and t (PNDM baseline)",
+                     default_spacing="linear", default_final="zero",
+                     nfe_of_steps=_last_step_single(4), nfe_rule="4*steps-3 [zero]; 4*steps [sigma_min]"))
+
+register(SamplerInfo("dpm-solver", dpm_solver_singlestep, order=3, calls_per_step=1, stochastic=False,
+                     description="DPM-Solver-fast (Lu et al. 2022): singlestep order-3 chunks, remainder lower",
+                     default_spacing="logsnr", default_final="zero",
+                     options={"solver_order": 3, "algorithm_type": "dpmsolver"}))
+register(SamplerInfo("dpm-solver-2", dpm_solver_singlestep, order=2, calls_per_step=1, stochastic=False,
+                     description="DPM-Solver-2 singlestep (Lu et al. 2022, Alg. 1), r1 from the grid",
+                     default_spacing="logsnr", default_final="zero",
+                     options={"solver_order": 2, "algorithm_type": "dpmsolver"}))
+register(SamplerInfo("dpm-solver-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=False,
+                     description="multistep DPM-Solver-2 (noise prediction)",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 2, "algorithm_type": "dpmsolver"}))
+register(SamplerInfo("dpm-solver-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=False,
+                     description="multistep DPM-Solver-3 (noise prediction)",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 3, "algorithm_type": "dpmsolver"}))
+register(SamplerInfo("dpm-solver++-2s", dpm_solver_singlestep, order=2, calls_per_step=1, stochastic=False,
+                     description="DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1), data prediction",
+                     default_spacing="logsnr", default_final="zero",
+                     options={"solver_order": 2, "algorithm_type": "dpmsolver++"}))
+register(SamplerInfo("dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=False,
+                     description="DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 2, "algorithm_type": "dpmsolver++"}))
+register(SamplerInfo("dpm-solver++-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=False,
+                     description="DPM-Solver++(3M), data prediction",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 3, "algorithm_type": "dpmsolver++"}))
+register(SamplerInfo("sde-dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=True,
+                     description="SDE-DPM-Solver++(2M) (Lu et al. 2022b; diffusers 'sde-dpmsolver++')",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}))
+
+register(SamplerInfo("euler", euler, order=1, calls_per_step=1, stochastic=False,
+                     description="Euler in sigma = sqrt((1-abar)/abar) (Karras et al. 2022); churn optional",
+                     default_spacing="karras", default_final="zero"))
+register(SamplerInfo("heun", heun, order=2, calls_per_step=2, stochastic=False,
+                     description="Heun (Karras et al. 2022, Alg. 2); last step to sigma=0 is Euler",
+                     default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
+                     nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("euler-ancestral", euler_ancestral, order=1, calls_per_step=1, stochastic=True,
+                     description="Euler ancestral (k-diffusion), eta=1",
+                     default_spacing="karras", default_final="zero", options={"eta": 1.0}))
+register(SamplerInfo("dpm2", dpm2, order=2, calls_per_step=2, stochastic=False,
+                     description="DPM2 (k-diffusion): midpoint in log sigma; last step to sigma=0 is Euler",
+                     default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
+                     nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("lms", lms, order=4, calls_per_step=1, stochastic=False,
+                     description="K-LMS (k-diffusion): linear multistep in sigma, order 4",
+                     default_spacing="karras", default_final="zero", options={"order": 4}))
+
+register(SamplerInfo("unipc", unipc, order=2, calls_per_step=1, stochastic=False,
+                     description="UniPC-bh2 (Zhao et al. 2023): UniP-2 + UniC, data prediction",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 2, "solver_type": "bh2"}))
+register(SamplerInfo("unipc-3", unipc, order=3, calls_per_step=1, stochastic=False,
+                     description="UniPC-bh2 with UniP-3 + UniC, data prediction",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 3, "solver_type": "bh2"}))
+register(SamplerInfo("unipc-bh1", unipc, order=3, calls_per_step=1, stochastic=False,
+                     description="UniPC-bh1 with UniP-3 + UniC, data prediction",
+                     default_spacing="logsnr_skip", default_final="zero",
+                     options={"solver_order": 3, "solver_type": "bh1"}))

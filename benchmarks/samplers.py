@@ -1,0 +1,414 @@
+"""Sampler benchmark: every diffkit sampler against diffusers' schedulers on Gaussian-mixture data
+with the exact noise predictor eps* (diffkit.analytic), so the only error is the solver's.
+
+For each mixture (several dims / component counts) and each NFE in 5, 6, 8, 10, 15, 20, 50, every
+sampler maps the same 10k noise vectors x_T to samples and we report
+  * FD: the Frechet distance between the sample mean/covariance and the mixture's closed-form
+    mean/covariance, and the *excess FD* = FD - FD of the accurate ODE solution from the same noise;
+  * RMS: for deterministic samplers, the RMS distance to that accurate ODE solution (scipy DOP853,
+    rtol = atol = 1e-10, on dx~/dsigma~ = eps*, sigma~ = sqrt((1 - abar)/abar), from t = T-1 to
+    clean data).
+diffusers' schedulers are driven by the same eps*, evaluated at the noise level each scheduler
+itself uses (its sigma for the current step, with scale_model_input), over their reasonable
+settings (spacings, Karras / exponential / Lu-lambda sigmas, orders, final_sigmas_type). diffkit
+samplers run with their one registered default setting at every NFE.
+Also: per-step overhead with a model that costs nothing, diffkit vs diffusers per family.
+
+Run (about 5-10 minutes on 2 CPU cores):
+    PYTHONPATH=. python benchmarks/samplers.py            # writes benchmarks/out/samplers.{json,md,png}
+    PYTHONPATH=. python benchmarks/samplers.py --quick    # 2k samples, one mixture (a smoke run)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffkit import Denoiser, NoiseSchedule, sample
+from diffkit.analytic import GaussianMixture
+from diffkit.samplers import REGISTRY
+from diffkit.timesteps import make_grid
+
+torch.set_num_threads(1)
+warnings.filterwarnings("ignore")
+NFES = (5, 6, 8, 10, 15, 20, 50)
+MIXTURES = ({"dim": 2, "components": 8, "seed": 0}, {"dim": 8, "components": 4, "seed": 1},
+            {"dim": 16, "components": 6, "seed": 2})
+OUT = Path(__file__).resolve().parent / "out"
+BETAS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+
+
+# ---------------------------------------------------------------- the exact model, fast
+class MixtureEps:
+    """eps*(x; alpha, sigma) for a Gaussian mixture with one noise level for the whole batch
+    (the same formula as diffkit.analytic.GaussianMixture.eps, vectorised for a scalar time)."""
+
+    def __init__(self, mixture: GaussianMixture):
+        self.m = mixture
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        self.calls += 1
+        m = self.m
+        xf = x.to(torch.float64)
+        diff = xf[:, None, :] - alpha * m.means[None]                          # (B, K, D)
+        z = torch.einsum("kde,bkd->bke", m.eigvecs, diff)
+        var = alpha ** 2 * m.eigvals + sigma ** 2                              # (K, D)
+        log_n = -0.5 * ((z ** 2 / var).sum(-1) + torch.log(var).sum(-1)) + torch.log(m.weights)
+        resp = torch.softmax(log_n, dim=1)
+        solved = torch.einsum("kde,bke->bkd", m.eigvecs, resp[:, :, None] * z / var)
+        return (sigma * solved.sum(1)).to(x.dtype)
+
+
+def diffkit_network(eps_fn: MixtureEps, schedule: NoiseSchedule):
+    cache = {}
+
+    def net(x, t):
+        key = float(t[0])
+        if key not in cache:
+            tt = torch.tensor(key, dtype=torch.float64)
+            cache[key] = (schedule.alpha(tt).item(), schedule.sigma(tt).item())
+        return eps_fn(x, *cache[key])
+    return net
+
+
+# ---------------------------------------------------------------- metrics
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2) (eigen-decomposition, float64)."""
+    l1, u1 = torch.linalg.eigh(cov1)
+    s1 = u1 @ torch.diag(l1.clamp(min=0).sqrt()) @ u1.T
+    cross = torch.linalg.eigvalsh(s1 @ cov2 @ s1).clamp(min=0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * cross)
+
+
+def sample_fd(x: torch.Tensor, mixture: GaussianMixture) -> float:
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        return float("nan")
+    return frechet_distance(x.mean(0), torch.cov(x.T).reshape(x.shape[1], x.shape[1]), mixture.mean(), mixture.cov())
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.to(torch.float64) - b.to(torch.float64)).pow(2).mean().sqrt())
+
+
+def reference_ode(eps_fn: MixtureEps, schedule: NoiseSchedule, x_T: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE dx~/dsigma~ = eps*(alpha x~) from t = T-1 to sigma~ = 0 (DOP853)."""
+    from scipy.integrate import solve_ivp
+    T = schedule.num_timesteps
+    sig_max = schedule.karras_sigma(T - 1.0).item()
+    alpha_T = schedule.alpha(T - 1.0).item()
+    shape = x_T.shape
+
+    def rhs(s, y):
+        a = 1.0 / math.sqrt(1.0 + s * s)
+        xt = torch.from_numpy(y).reshape(shape) * a
+        return eps_fn(xt, a, s * a).reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (sig_max, 0.0), (x_T.to(torch.float64) / alpha_T).reshape(-1).numpy(),
+                    method="DOP853", rtol=1e-10, atol=1e-10)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape)
+
+
+# ---------------------------------------------------------------- diffusers
+def diffusers_configs():
+    """(label, scheduler class name, constructor kwargs, deterministic?) over reasonable settings."""
+    cfg = []
+    for sp in ("leading", "trailing", "linspace"):
+        cfg.append((f"DDIM[{sp}]", "DDIMScheduler", {"timestep_spacing": sp, "clip_sample": False}, True))
+    for sp in ("leading", "trailing", "linspace"):
+        cfg.append((f"PNDM-PLMS[{sp}]", "PNDMScheduler", {"skip_prk_steps": True, "timestep_spacing": sp}, True))
+    cfg.append(("PNDM-PRK[leading]", "PNDMScheduler", {"skip_prk_steps": False}, True))
+    sigmas = {"": {}, ",karras": {"use_karras_sigmas": True}, ",exp": {"use_exponential_sigmas": True},
+              ",lu": {"use_lu_lambdas": True}}
+    for order in (2, 3):
+        for sname, skw in sigmas.items():
+            for final in ("zero", "sigma_min"):
+                cfg.append((f"DPM++{order}M[{final}{sname}]", "DPMSolverMultistepScheduler",
+                            {"solver_order": order, "final_sigmas_type": final, **skw}, True))
+        cfg.append((f"DPM{order}M[sigma_min]", "DPMSolverMultistepScheduler",
+                    {"solver_order": order, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, True))
+    cfg.append(("DPM++2M-heun[zero,karras]", "DPMSolverMultistepScheduler",
+                {"solver_order": 2, "solver_type": "heun", "use_karras_sigmas": True}, True))
+    cfg.append(("SDE-DPM++2M[zero,karras]", "DPMSolverMultistepScheduler",
+                {"solver_order": 2, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, False))
+    for order in (2, 3):
+        for sname in ("", ",karras"):
+            cfg.append((f"DPM-single{order}[{sname[1:] or 'default'}]", "DPMSolverSinglestepScheduler",
+                        {"solver_order": order, **sigmas[sname]}, True))
+    for variant in ("bh1", "bh2"):
+        for order in (2, 3):
+            for sname in ("", ",karras", ",exp"):
+                cfg.append((f"UniPC-{variant}-{order}[{sname[1:] or 'default'}]", "UniPCMultistepScheduler",
+                            {"solver_type": variant, "solver_order": order, **sigmas[sname]}, True))
+    for order in (2, 3):
+        for sname in ("", ",karras"):
+            cfg.append((f"DEIS-{order}[{sname[1:] or 'default'}]", "DEISMultistepScheduler",
+                        {"solver_order": order, **sigmas[sname]}, True))
+    for cls, label, det in (("EulerDiscreteScheduler", "Euler", True), ("HeunDiscreteScheduler", "Heun", True),
+                            ("LMSDiscreteScheduler", "LMS", True), ("KDPM2DiscreteScheduler", "KDPM2", True),
+                            ("EulerAncestralDiscreteScheduler", "EulerA", False)):
+        for sname in ("", ",karras"):
+            if cls == "EulerAncestralDiscreteScheduler" and sname:
+                continue
+            cfg.append((f"{label}[{sname[1:] or 'default'}]", cls, dict(sigmas[sname]), det))
+    return cfg
+
+
+def make_scheduler(cls_name: str, kwargs: dict):
+    import diffusers
+    return getattr(diffusers, cls_name)(**BETAS, **kwargs)
+
+
+def diffusers_steps_for_nfe(cls_name: str, kwargs: dict, nfe: int):
+    """The num_inference_steps whose timestep list has exactly ``nfe`` entries (model calls), or None."""
+    for steps in range(1, nfe + 1):
+        try:
+            sched = make_scheduler(cls_name, kwargs)
+            sched.set_timesteps(steps)
+        except Exception:
+            continue
+        if len(sched.timesteps) == nfe:
+            return steps
+    return None
+
+
+def run_diffusers(cls_name: str, kwargs: dict, steps: int, x_T: torch.Tensor, eps_fn, generator=None):
+    """The usual diffusers loop; eps* is evaluated at the scheduler's own noise level."""
+    sched = make_scheduler(cls_name, kwargs)
+    sched.set_timesteps(steps)
+    acp = sched.alphas_cumprod.to(torch.float64)
+    x = x_T * float(sched.init_noise_sigma)
+    karras_space = hasattr(sched, "init_noise_sigma") and float(sched.init_noise_sigma) != 1.0
+    one = torch.ones(1, dtype=x.dtype)
+    for t in sched.timesteps:
+        x_in = sched.scale_model_input(x, t)
+        if karras_space:  # x~ space: the input scale is 1/sqrt(sigma~^2 + 1)
+            a = float(sched.scale_model_input(one, t)[0])
+            alpha, sigma = a, math.sqrt(max(1.0 - a * a, 0.0))
+        elif getattr(sched, "sigmas", None) is not None and cls_name not in ("DDIMScheduler", "PNDMScheduler"):
+            idx = sched.step_index if sched.step_index is not None else 0
+            sk = float(sched.sigmas[idx])
+            alpha = 1.0 / math.sqrt(1.0 + sk * sk)
+            sigma = sk * alpha
+        else:
+            abar = float(acp[int(t)])
+            alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
+        eps = eps_fn(x_in, alpha, sigma)
+        kw = {"generator": generator} if generator is not None else {}
+        x = sched.step(eps, t, x, **kw).prev_sample
+    return x
+
+
+# ---------------------------------------------------------------- overhead
+def overhead(repeats: int = 7) -> dict:
+    """Per-step cost with a model that costs nothing (returns zeros), batch 4 x 16: the slope of
+    wall time between 20 and 100 model calls, so the once-per-run setup (grid, coefficients;
+    set_timesteps) is not counted; best of ``repeats``."""
+    schedule = NoiseSchedule.linear()
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    den = Denoiser(zero, schedule)
+    x0 = torch.randn(4, 16)
+    pairs = {"ddim": ("DDIMScheduler", {}), "plms": ("PNDMScheduler", {"skip_prk_steps": True}),
+             "dpm-solver++-2m": ("DPMSolverMultistepScheduler", {}),
+             "dpm-solver": ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
+             "unipc": ("UniPCMultistepScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
+             "heun": ("HeunDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
+             "euler-ancestral": ("EulerAncestralDiscreteScheduler", {})}
+
+    def run_diffkit(name, steps):
+        t0 = time.perf_counter()
+        sample(den, x0, sampler=name, steps=steps, progress=False)
+        return time.perf_counter() - t0
+
+    def run_diffusers(cls_name, kw, steps):
+        sched = make_scheduler(cls_name, kw)
+        t0 = time.perf_counter()
+        sched.set_timesteps(steps)
+        x = x0 * sched.init_noise_sigma
+        for t in sched.timesteps:
+            xin = sched.scale_model_input(x, t)
+            x = sched.step(zero(xin, t), t, x).prev_sample
+        return time.perf_counter() - t0, len(sched.timesteps)
+
+    out = {}
+    for name, (cls_name, kw) in pairs.items():
+        info = REGISTRY[name]
+        lo, hi = (10, 50) if info.calls_per_step == 2 else (20, 100)
+        dk = {s: min(run_diffkit(name, s) for _ in range(repeats)) for s in (lo, hi)}
+        df = {s: min(run_diffusers(cls_name, kw, s) for _ in range(repeats)) for s in (lo, hi)}
+        dk_per = (dk[hi] - dk[lo]) / (info.nfe(hi) - info.nfe(lo))
+        df_per = (df[hi][0] - df[lo][0]) / (df[hi][1] - df[lo][1])
+        out[name] = {"diffusers": cls_name, "diffkit_us_per_call": 1e6 * dk_per,
+                     "diffusers_us_per_call": 1e6 * df_per, "ratio": dk_per / df_per,
+                     "diffkit_setup_us": 1e6 * (dk[lo] - info.nfe(lo) * dk_per),
+                     "diffusers_setup_us": 1e6 * (df[lo][0] - df[lo][1] * df_per)}
+    return out
+
+
+# ---------------------------------------------------------------- main
+def benchmark(mix_cfg: dict, n: int, nfes, log) -> dict:
+    schedule = NoiseSchedule.linear()
+    mixture = GaussianMixture.random(mix_cfg["dim"], mix_cfg["components"], seed=mix_cfg["seed"])
+    eps_fn = MixtureEps(mixture)
+    # the fast eps* agrees with the library's
+    probe = torch.randn(64, mixture.dim, dtype=torch.float64)
+    a, s = schedule.alpha(300.0), schedule.sigma(300.0)
+    assert torch.allclose(eps_fn(probe, a.item(), s.item()), mixture.eps(probe, a, s), atol=1e-10)
+    den = Denoiser(diffkit_network(eps_fn, schedule), schedule)
+    x_T = torch.randn(n, mixture.dim, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    t0 = time.time()
+    ref = reference_ode(eps_fn, schedule, x_T)
+    fd_ref = sample_fd(ref, mixture)
+    log(f"  reference ODE: {eps_fn.calls} evaluations, {time.time() - t0:.1f} s, FD = {fd_ref:.5f}, "
+        f"FD of {n} true samples = {sample_fd(mixture.sample(n, torch.Generator().manual_seed(5))[0], mixture):.5f}")
+    rows = []
+    for name, info in REGISTRY.items():
+        for nfe in nfes:
+            try:
+                steps = info.steps_for_nfe(nfe)
+            except ValueError:
+                continue
+            gens = [torch.Generator().manual_seed(10_000 + i) for i in range(n)] if info.stochastic else None
+            x = sample(den, x_T.clone(), sampler=name, steps=steps, generator=gens, progress=False)
+            fd = sample_fd(x, mixture)
+            rows.append({"lib": "diffkit", "sampler": name, "nfe": nfe, "fd": fd, "excess_fd": fd - fd_ref,
+                         "rms": None if info.stochastic else rms(x, ref), "stochastic": info.stochastic})
+    log(f"  diffkit done ({time.time() - t0:.0f} s)")
+    for label, cls_name, kw, det in diffusers_configs():
+        for nfe in nfes:
+            steps = diffusers_steps_for_nfe(cls_name, kw, nfe)
+            if steps is None:
+                continue
+            gen = None if det else torch.Generator().manual_seed(10_000)
+            try:
+                x = run_diffusers(cls_name, kw, steps, x_T.clone(), eps_fn, gen)
+                fd = sample_fd(x, mixture)
+            except Exception as err:  # a scheduler setting that diffusers rejects at this NFE
+                log(f"  {label} nfe={nfe}: {type(err).__name__}: {str(err)[:80]}")
+                continue
+            rows.append({"lib": "diffusers", "sampler": label, "nfe": nfe, "fd": fd, "excess_fd": fd - fd_ref,
+                         "rms": rms(x, ref) if det else None, "stochastic": not det})
+    log(f"  diffusers done ({time.time() - t0:.0f} s)")
+    return {"mixture": mix_cfg, "n": n, "fd_reference": fd_ref, "rows": rows}
+
+
+def summarize(result: dict, nfes) -> list:
+    """Per NFE: each library's best |excess FD| and best RMS (deterministic samplers)."""
+    lines = []
+    for nfe in nfes:
+        entry = {"nfe": nfe}
+        for lib in ("diffkit", "diffusers"):
+            rows = [r for r in result["rows"] if r["lib"] == lib and r["nfe"] == nfe and math.isfinite(r["fd"])]
+            if not rows:
+                continue
+            best = min(rows, key=lambda r: abs(r["excess_fd"]))
+            det = [r for r in rows if r["rms"] is not None]
+            best_rms = min(det, key=lambda r: r["rms"]) if det else None
+            entry[lib] = {"best_excess_fd": abs(best["excess_fd"]), "best_fd_sampler": best["sampler"],
+                          "best_rms": best_rms["rms"] if best_rms else None,
+                          "best_rms_sampler": best_rms["sampler"] if best_rms else None}
+        if "diffkit" in entry and "diffusers" in entry:
+            entry["fd_ratio"] = entry["diffkit"]["best_excess_fd"] / max(entry["diffusers"]["best_excess_fd"], 1e-300)
+            entry["rms_ratio"] = entry["diffkit"]["best_rms"] / entry["diffusers"]["best_rms"]
+        lines.append(entry)
+    return lines
+
+
+def write_outputs(results, over, nfes, out_dir: Path):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for res in results:
+        res["summary"] = summarize(res, nfes)
+    (out_dir / "samplers.json").write_text(json.dumps({"nfes": list(nfes), "results": results, "overhead": over},
+                                                      indent=1))
+    md = ["# Sampler benchmark (benchmarks/samplers.py)", ""]
+    for res in results:
+        m = res["mixture"]
+        md += [f"## Mixture dim={m['dim']} components={m['components']} (n={res['n']}, "
+               f"FD of the accurate ODE solution = {res['fd_reference']:.5f})", "",
+               "| NFE | diffkit best excess FD | diffusers best excess FD | ratio | diffkit best RMS | "
+               "diffusers best RMS | ratio |", "|---|---|---|---|---|---|---|"]
+        for e in res["summary"]:
+            dk, df = e.get("diffkit"), e.get("diffusers")
+            if not dk or not df:
+                continue
+            md.append(f"| {e['nfe']} | {dk['best_excess_fd']:.2e} ({dk['best_fd_sampler']}) | "
+                      f"{df['best_excess_fd']:.2e} ({df['best_fd_sampler']}) | {e['fd_ratio']:.2f} | "
+                      f"{dk['best_rms']:.2e} ({dk['best_rms_sampler']}) | {df['best_rms']:.2e} "
+                      f"({df['best_rms_sampler']}) | {e['rms_ratio']:.2f} |")
+        md += ["", "<details><summary>all samplers: excess FD / RMS by NFE</summary>", "",
+               "| lib | sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+               "|---|---|" + "---|" * len(nfes)]
+        names = []
+        for r in res["rows"]:
+            if (r["lib"], r["sampler"]) not in names:
+                names.append((r["lib"], r["sampler"]))
+        for lib, name in names:
+            cells = []
+            for k in nfes:
+                r = next((r for r in res["rows"] if r["lib"] == lib and r["sampler"] == name and r["nfe"] == k), None)
+                if r is None:
+                    cells.append("-")
+                else:
+                    cells.append(f"{r['excess_fd']:.1e}" + (f" / {r['rms']:.1e}" if r["rms"] is not None else ""))
+            md.append(f"| {lib} | {name} | " + " | ".join(cells) + " |")
+        md += ["", "</details>", ""]
+    md += ["## Per-step overhead (model returning zeros, batch 4x16; slope between 20 and 100 calls)", "",
+           "| diffkit sampler | diffusers scheduler | diffkit us/call | diffusers us/call | ratio | "
+           "diffkit setup us | diffusers setup us |", "|---|---|---|---|---|---|---|"]
+    for name, o in over.items():
+        md.append(f"| {name} | {o['diffusers']} | {o['diffkit_us_per_call']:.1f} | {o['diffusers_us_per_call']:.1f} | "
+                  f"{o['ratio']:.2f} | {o['diffkit_setup_us']:.0f} | {o['diffusers_setup_us']:.0f} |")
+    (out_dir / "samplers.md").write_text("\n".join(md) + "\n")
+    _plot(results, nfes, out_dir / "samplers.png")
+
+
+def _plot(results, nfes, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for lib, style in (("diffkit", "-"), ("diffusers", "--")):
+            names = sorted({r["sampler"] for r in res["rows"] if r["lib"] == lib})
+            for name in names:
+                pts = sorted((r["nfe"], abs(r["excess_fd"])) for r in res["rows"]
+                             if r["lib"] == lib and r["sampler"] == name and math.isfinite(r["fd"]))
+                if pts:
+                    ax.plot(*zip(*pts), style, lw=0.8, alpha=0.5, color="C0" if lib == "diffkit" else "C1")
+            best = [(e["nfe"], e[lib]["best_excess_fd"]) for e in res["summary"] if lib in e]
+            ax.plot(*zip(*best), style, lw=2.5, color="C0" if lib == "diffkit" else "C1", label=f"{lib} best")
+        m = res["mixture"]
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="|FD - FD(accurate ODE)|",
+               title=f"mixture d={m['dim']}, K={m['components']}")
+        ax.set_xticks(list(nfes), [str(k) for k in nfes])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2k samples, one mixture")
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    n = 2000 if args.quick else args.samples
+    mixtures = MIXTURES[:1] if args.quick else MIXTURES
+    results = []
+    for mix in mixtures:
+        print(f"mixture {mix}", flush=True)
+        results.append(benchmark(mix, n, NFES, lambda s: print(s, flush=True)))
+    over = overhead()
+    write_outputs(results, over, NFES, args.out)
+    print((args.out / "samplers.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Karras-style samplers (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+Generative Models" (EDM); Crowson's k-diffusion): Euler, Heun, Euler-ancestral, DPM2 and LMS.
+
+They integrate the probability-flow ODE in EDM's variables: ``x~ = x_t / alpha_t`` and
+``sigma~ = sqrt((1 - abar)/abar) = sigma_t/alpha_t`` (``schedule.karras_sigma``), where it reads
+(EDM eq. 4 with s(t) = 1, sigma(t) = t)
+
+    dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ = eps_hat(alpha x~, t),
+
+so the derivative ``d`` is the model's eps and Euler is DDIM (eta = 0). The sampler maps the VP
+state x at grid[0] to x~, steps in sigma~ between the grid times, and returns alpha x~ at grid[-1].
+Churn (EDM Algorithm 2, ``s_churn, s_tmin, s_tmax, s_noise``) adds noise to raise sigma~ to
+sigma_hat = sigma~ (1 + gamma) before a step; sigma_hat is capped at the schedule's largest
+sigma~ (the network is defined for t <= T-1 only). Default grid: ``spacing="karras"`` (EDM eq. 5).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import check_range
+from ..noise import randn_like
+from .common import GridScalars, report, steps
+
+
+class _KarrasGrid:
+    """Grid scalars in EDM variables, computed once: sigma~ and alpha at every grid time."""
+
+    def __init__(self, schedule, grid):
+        g = GridScalars.of(schedule, grid)
+        self.t, self.alpha = g.t, g.alpha
+        self.sigma = [0.0 if a == 1.0 and s == 0.0 else s / a for a, s in zip(g.alpha, g.sigma)]
+        self.schedule = schedule
+        self.sigma_max = schedule.karras_sigma(schedule.num_timesteps - 1).item()
+
+    def time_of(self, sigma: float) -> float:
+        return float(self.schedule.t_from_karras_sigma(sigma))
+
+
+def _eps(denoiser, x_tilde: torch.Tensor, t: float, sigma: float, cond: dict) -> torch.Tensor:
+    """d = (x~ - D(x~; sigma~))/sigma~ = eps_hat at the VP state x = alpha x~ (alpha = 1/sqrt(1 + sigma~^2))."""
+    alpha = 1.0 / math.sqrt(1.0 + sigma * sigma)
+    return denoiser(alpha * x_tilde, t, **cond).eps
+
+
+def _churn(kg: _KarrasGrid, i: int, x: torch.Tensor, n: int, s_churn: float, s_tmin: float, s_tmax: float,
+           s_noise: float, generator):
+    """EDM Algorithm 2 lines 4-6: gamma = min(S_churn/N, sqrt(2) - 1) on [S_tmin, S_tmax]; returns
+    (x_hat, sigma_hat, t_hat)."""
+    sigma = kg.sigma[i]
+    gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if (s_churn > 0 and s_tmin <= sigma <= s_tmax) else 0.0
+    sigma_hat = min(sigma * (1.0 + gamma), kg.sigma_max)
+    if sigma_hat <= sigma:
+        return x, sigma, kg.t[i]
+    x = x + (s_noise * math.sqrt(sigma_hat ** 2 - sigma ** 2)) * randn_like(x, generator)
+    return x, sigma_hat, kg.time_of(sigma_hat)
+
+
+def _check_churn(s_churn, s_tmin, s_tmax, s_noise):
+    check_range("s_churn", s_churn, 0.0, None)
+    check_range("s_tmin", s_tmin, 0.0, None)
+    check_range("s_tmax", s_tmax, 0.0, None)
+    check_range("s_noise", s_noise, 0.0, None)
+
+
+def euler(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
+          s_tmax: float = float("inf"), s_noise: float = 1.0, cond: Optional[dict] = None, generator=None,
+          callback=None, progress: bool = False) -> torch.Tensor:
+    """Euler (EDM Algorithm 2 without the 2nd-order correction): x~_s = x~ + (sigma_s - sigma_hat) d."""
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
+    cond = cond or {}
+    kg = _KarrasGrid(denoiser.schedule, grid)
+    n = len(grid) - 1
+    x = x / kg.alpha[0]
+    for i in steps(grid, progress, "euler"):
+        x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        d = _eps(denoiser, x, t_hat, sigma_hat, cond)
+        x_from, sigma_from = x, sigma_hat
+        x = torch.add(x, d, alpha=kg.sigma[i + 1] - sigma_hat)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
+    return kg.alpha[-1] * x
+
+
+def heun(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
+         s_tmax: float = float("inf"), s_noise: float = 1.0, cond: Optional[dict] = None, generator=None,
+         callback=None, progress: bool = False) -> torch.Tensor:
+    """Heun's 2nd-order method (EDM Algorithm 2, lines 7-10): Euler to sigma_s, then
+    x~_s = x~ + (sigma_s - sigma_hat) (d + d')/2 with d' the slope at the Euler point. The step
+    to sigma = 0 is plain Euler (EDM Alg. 2 line 9: no correction when sigma_{i+1} = 0)."""
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
+    cond = cond or {}
+    kg = _KarrasGrid(denoiser.schedule, grid)
+    n = len(grid) - 1
+    x = x / kg.alpha[0]
+    for i in steps(grid, progress, "heun"):
+        x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        d = _eps(denoiser, x, t_hat, sigma_hat, cond)
+        x_from, sigma_from = x, sigma_hat
+        dt = kg.sigma[i + 1] - sigma_hat
+        x_euler = torch.add(x, d, alpha=dt)
+        if kg.sigma[i + 1] == 0.0:
+            x = x_euler
+        else:
+            d_next = _eps(denoiser, x_euler, kg.t[i + 1], kg.sigma[i + 1], cond)
+            x = torch.add(x, d + d_next, alpha=0.5 * dt)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
+    return kg.alpha[-1] * x
+
+
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0):
+    """(sigma_down, sigma_up) of an ancestral step (k-diffusion ``get_ancestral_step``):
+    sigma_up = min(sigma_to, eta sqrt(sigma_to^2 (sigma_from^2 - sigma_to^2)/sigma_from^2)),
+    sigma_down = sqrt(sigma_to^2 - sigma_up^2)."""
+    if eta == 0.0 or sigma_to == 0.0:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2))
+    return math.sqrt(sigma_to ** 2 - sigma_up ** 2), sigma_up
+
+
+def euler_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                    cond: Optional[dict] = None, generator=None, callback=None,
+                    progress: bool = False) -> torch.Tensor:
+    """Euler-ancestral (k-diffusion ``sample_euler_ancestral``): an Euler step down to sigma_down,
+    then fresh noise of std sigma_up, so that the marginal variance at sigma_s matches (eta = 1)."""
+    check_range("eta", eta, 0.0, None)
+    check_range("s_noise", s_noise, 0.0, None)
+    cond = cond or {}
+    kg = _KarrasGrid(denoiser.schedule, grid)
+    x = x / kg.alpha[0]
+    for i in steps(grid, progress, "euler-ancestral"):
+        sigma = kg.sigma[i]
+        d = _eps(denoiser, x, kg.t[i], sigma, cond)
+        x_from, sigma_from = x, sigma
+        sigma_down, sigma_up = ancestral_step(sigma, kg.sigma[i + 1], eta)
+        x = torch.add(x, d, alpha=sigma_down - sigma)
+        if sigma_up > 0:
+            x = torch.add(x, randn_like(x, generator), alpha=s_noise * sigma_up)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
+    return kg.alpha[-1] * x
+
+
+def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
+         s_tmax: float = float("inf"), s_noise: float = 1.0, cond: Optional[dict] = None, generator=None,
+         callback=None, progress: bool = False) -> torch.Tensor:
+    """DPM2 (k-diffusion ``sample_dpm_2``, DPM-Solver-2's midpoint idea in sigma~): Euler to the
+    log-midpoint sigma_mid = sqrt(sigma_t sigma_s), then x~_s = x~ + (sigma_s - sigma_t) d(sigma_mid).
+    The step to sigma = 0 is Euler."""
+    _check_churn(s_churn, s_tmin, s_tmax, s_noise)
+    cond = cond or {}
+    kg = _KarrasGrid(denoiser.schedule, grid)
+    n = len(grid) - 1
+    x = x / kg.alpha[0]
+    for i in steps(grid, progress, "dpm2"):
+        x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        d = _eps(denoiser, x, t_hat, sigma_hat, cond)
+        x_from, sigma_from = x, sigma_hat
+        sigma_s = kg.sigma[i + 1]
+        if sigma_s == 0.0:
+            x = torch.add(x, d, alpha=sigma_s - sigma_hat)
+        else:
+            sigma_mid = math.exp(0.5 * (math.log(sigma_hat) + math.log(sigma_s)))
+            x_mid = torch.add(x, d, alpha=sigma_mid - sigma_hat)
+            d_mid = _eps(denoiser, x_mid, kg.time_of(sigma_mid), sigma_mid, cond)
+            x = torch.add(x, d_mid, alpha=sigma_s - sigma_hat)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
+    return kg.alpha[-1] * x
+
+
+def lms_coefficients(sigmas, i: int, order: int) -> list:
+    """Linear-multistep weights for the step sigmas[i] -> sigmas[i+1] (k-diffusion
+    ``linear_multistep_coeff``): c_j = int_{sigma_i}^{sigma_{i+1}} l_j(s) ds with l_j the Lagrange
+    basis on the nodes sigma_i, sigma_{i-1}, ..., sigma_{i-order+1} (j = 0 the newest), integrated
+    exactly as a polynomial."""
+    nodes = [sigmas[i - k] for k in range(order)]
+    if order == 1:
+        return [sigmas[i + 1] - sigmas[i]]
+    coeffs = []
+    for j in range(order):
+        others = [nodes[k] for k in range(order) if k != j]
+        basis = np.polynomial.Polynomial.fromroots(others) / float(np.prod([nodes[j] - o for o in others]))
+        antiderivative = basis.integ()
+        coeffs.append(float(antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i])))
+    return coeffs
+
+
+def lms(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: Optional[dict] = None,
+        generator=None, callback=None, progress: bool = False) -> torch.Tensor:
+    """K-LMS (k-diffusion ``sample_lms``; Stable Diffusion's default): the Adams-Bashforth-type
+    update x~_s = x~ + sum_j c_j d_{i-j}, with the weights of :func:`lms_coefficients` (order up to 4,
+    lower while the history fills)."""
+    check_range("order", order, 1, 4, integer=True)
+    cond = cond or {}
+    kg = _KarrasGrid(denoiser.schedule, grid)
+    coeffs = [lms_coefficients(kg.sigma, i, min(i + 1, order)) for i in range(len(grid) - 1)]
+    x = x / kg.alpha[0]
+    history: list = []
+    for i in steps(grid, progress, "lms"):
+        d = _eps(denoiser, x, kg.t[i], kg.sigma[i], cond)
+        history.insert(0, d)
+        del history[order:]
+        x_from, sigma_from = x, kg.sigma[i]
+        for c_j, d_j in zip(coeffs[i], history):
+            x = torch.add(x, d_j, alpha=c_j)
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
+    return kg.alpha[-1] * x
