@@ -371,6 +371,7 @@ def write_outputs(results, over, nfes, out_dir: Path):
 
 def _plot(results, nfes, path: Path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
@@ -388,6 +389,7 @@ def _plot(results, nfes, path: Path):
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="|FD - FD(accurate ODE)|",
                title=f"mixture d={m['dim']}, K={m['components']}")
         ax.set_xticks(list(nfes), [str(k) for k in nfes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
