@@ -246,6 +246,32 @@ def test_exact_classifier_guidance_gives_the_exact_conditional_eps():
         assert torch.allclose(pred.eps, exact, atol=1e-9, rtol=1e-7), t
 
 
+class MixtureWithNullClass:
+    """The exact eps* of the mixture with labels; label K (= num_classes) is the null class."""
+
+    def __init__(self, gm):
+        self.gm, self.net = gm, gm.network(SCHEDULE)
+
+    def __call__(self, x, t, y):
+        null = y == self.gm.num_components
+        out = self.net(x, t, torch.where(null, 0, y))
+        return torch.where(null[:, None], self.net(x, t), out)
+
+
+def test_cfg_with_exact_models_equals_classifier_guidance_with_scale_1_plus_w():
+    """eps(x|y) - eps(x) = -sigma grad log p(y|x_t), so (1+w) eps_c - w eps_u = eps_u - (1+w) sigma grad log p(y|x_t)."""
+    gm = mixture()
+    cond = Denoiser(MixtureWithNullClass(gm), SCHEDULE)
+    uncond = Denoiser(gm.network(SCHEDULE), SCHEDULE)
+    x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(32) % 2
+    for w, t in ((0.0, 100), (1.5, 400), (4.0, 800)):
+        cfg = ClassifierFreeGuidance(cond, w, null_class=2)(x, t, y=y)
+        clf = ClassifierGuidance(uncond, exact_classifier(gm), 1 + w)(x, t, y=y)
+        assert torch.allclose(cfg.eps, clf.eps, atol=1e-9, rtol=1e-7), (w, t)
+        assert torch.allclose(cfg.x0, clf.x0, atol=1e-8, rtol=1e-7), (w, t)
+
+
 def _assert_is_component(samples, gm, k):
     """Mean and covariance of ``samples`` match component k: 5 standard errors for n samples
     (SE of a mean sqrt(C_ii/n), of a covariance sqrt((C_ii C_jj + C_ij^2)/n)) plus 0.005 for
