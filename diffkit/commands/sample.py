@@ -206,10 +206,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..sampling import sample
 
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device)
-    cfg = denoiser.meta.get("config", {})
+    meta = denoiser.meta
+    cfg = meta.get("config", {})
     nrow = nrow or cfg.get("nrow", 8)
     guidance = guidance or GuidanceRequest()
-    meta = denoiser.meta
     conditional_model = meta["unet"].get("num_classes") is not None
     denoiser, num_classes, classifier = guided_denoiser(denoiser, guidance, device)
     labels, num, nrow = guidance.labels(num_classes, num, nrow)
