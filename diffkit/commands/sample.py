@@ -1,7 +1,17 @@
-"""``diffkit sample``: draw an image grid from a checkpoint with any sampler."""
+"""``diffkit sample``: draw an image grid from a checkpoint with any sampler.
+
+Class-conditional checkpoints sample the classes of ``--class`` (default: every class, one row
+per class). ``--guidance-scale W`` turns on classifier-free guidance in the seed's convention
+eps-bar = (1 + W) eps(x, y) - W eps(x, null), so W = 0 is the plain conditional model
+(``--guidance-convention diffusers`` reads the value as diffusers' s = 1 + W instead).
+``--classifier CKPT --classifier-scale S`` adds classifier guidance (Dhariwal & Nichol 2021,
+Algorithm 2, or Algorithm 1 with ``--classifier-algorithm 1`` and the ddpm sampler), also for
+unconditional checkpoints. See docs/guidance.md."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ._common import add_progress_flag, check_writable_dir, non_negative_float, positive_int
 
@@ -15,7 +25,8 @@ def register(sub) -> None:
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     p.add_argument("--spacing", help="time grid: linear, quadratic, leading, trailing, linspace, karras, logsnr")
-    p.add_argument("--num", type=positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("--num", type=positive_int, help="number of images (default 64; conditional models with several "
+                   "classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--nrow", type=positive_int, help="grid columns (default: the checkpoint's nrow)")
     p.add_argument("--out", help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
@@ -25,6 +36,22 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--scale", type=positive_int, default=1, help="upscale the grid PNG by this factor")
+    g = p.add_argument_group("classes and guidance (docs/guidance.md)")
+    g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
+                   help="class id(s) to sample (default for a conditional model: every class, one row each)")
+    g.add_argument("--guidance-scale", type=float, metavar="W",
+                   help="classifier-free guidance weight; seed convention (1+W) eps(x,y) - W eps(x,null): "
+                        "0 = conditional model, larger = stronger")
+    g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
+                   help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
+    g.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
+    g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
+                   help="guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
+    g.add_argument("--classifier", metavar="CKPT", help="noisy-image classifier checkpoint ('diffkit train-classifier')")
+    g.add_argument("--classifier-scale", type=non_negative_float, metavar="S", help="classifier gradient scale (default 1)")
+    g.add_argument("--classifier-algorithm", type=int, choices=[1, 2], default=2,
+                   help="2: eps-hat, any sampler (default); 1: mean shift of the ddpm sampler")
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -47,17 +74,130 @@ def run(args) -> int:
             check_writable_dir(Path(path).parent or ".")
     if args.individual:
         check_writable_dir(args.individual)
+    guidance = GuidanceRequest.from_args(args)
     sample_to_files(args.checkpoint, sampler=args.sampler, steps=args.steps, nfe=args.nfe, num=args.num,
                     nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                     seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
-                    spacing=args.spacing, scale=args.scale, progress=args.progress, **options)
+                    spacing=args.spacing, scale=args.scale, progress=args.progress, guidance=guidance, **options)
     return 0
 
 
-def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=64, nrow=None, out=None,
+@dataclass
+class GuidanceRequest:
+    """What the user asked for: classes and guidance settings (validated against the model later)."""
+
+    classes: Optional[list] = None
+    guidance_scale: Optional[float] = None
+    convention: str = "seed"
+    rescale: float = 0.0
+    interval: Optional[tuple] = None
+    classifier: Optional[str] = None
+    classifier_scale: Optional[float] = None
+    classifier_algorithm: int = 2
+
+    @classmethod
+    def from_args(cls, args) -> "GuidanceRequest":
+        req = cls(classes=args.classes, guidance_scale=args.guidance_scale, convention=args.guidance_convention,
+                  rescale=args.guidance_rescale, interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                  classifier=args.classifier, classifier_scale=args.classifier_scale,
+                  classifier_algorithm=args.classifier_algorithm)
+        req.check(args.sampler)
+        return req
+
+    def check(self, sampler: str) -> None:
+        """Checks that need no checkpoint: flag combinations and ranges."""
+        from ..errors import DiffkitError, check_range
+        from ..guidance import guidance_weight
+        if self.guidance_scale is None:
+            for flag, value, default in (("--guidance-rescale", self.rescale, 0.0),
+                                         ("--guidance-interval", self.interval, None),
+                                         ("--guidance-convention", self.convention, "seed")):
+                if value != default:
+                    raise DiffkitError(f"{flag} needs --guidance-scale")
+        else:
+            guidance_weight(self.guidance_scale, self.convention)
+            check_range("--guidance-rescale", self.rescale, 0.0, 1.0)
+        if self.classifier is None:
+            if self.classifier_scale is not None:
+                raise DiffkitError("--classifier-scale needs --classifier CKPT")
+            if self.classifier_algorithm != 2:
+                raise DiffkitError("--classifier-algorithm needs --classifier CKPT")
+        elif self.classifier_algorithm == 1 and sampler != "ddpm":
+            raise DiffkitError(f"--classifier-algorithm 1 (mean shift) needs --sampler ddpm, not {sampler!r}; "
+                               f"algorithm 2 works with every sampler")
+
+    def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int):
+        """(labels or None, num, nrow): one class -> all images; several -> one row per class."""
+        import torch
+
+        from ..errors import DiffkitError
+        if num_classes is None:
+            if self.classes:
+                raise DiffkitError("--class needs a class-conditional checkpoint or a --classifier")
+            return None, num or 64, nrow
+        classes = self.classes if self.classes else list(range(num_classes))
+        for c in classes:
+            if not 0 <= c < num_classes:
+                raise DiffkitError(f"--class {c} is out of range; allowed: 0..{num_classes - 1}")
+        if len(classes) == 1:
+            num = num or 64
+            return torch.full((num,), classes[0], dtype=torch.long), num, nrow
+        num = num or len(classes) * nrow
+        per_class = -(-num // len(classes))
+        labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)[:num]
+        return labels, num, per_class
+
+
+def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
+    """(denoiser with the requested guidance, model's number of classes, classifier or None).
+
+    Errors (one line) for guidance on an unconditional checkpoint and for a classifier whose
+    classes, image shape or noise schedule differ from the model's."""
+    import torch
+
+    from ..errors import DiffkitError
+    from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+    meta = denoiser.meta
+    model_classes = meta["unet"].get("num_classes")
+    if request.guidance_scale is not None:
+        if model_classes is None:
+            raise DiffkitError("--guidance-scale needs a class-conditional checkpoint (trained with --conditional); "
+                               "this one is unconditional (use --classifier for classifier guidance)")
+        denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention,
+                                          request.rescale, request.interval, null_class=model_classes)
+    classifier = None
+    num_classes = model_classes
+    if request.classifier:
+        from ..classifier_training import load_classifier
+        classifier, cmeta, cschedule = load_classifier(request.classifier, device=device)
+        ccfg = classifier.config
+        known = model_classes or len(meta.get("class_names") or []) or None
+        if known is not None and ccfg.num_classes != known:
+            raise DiffkitError(f"classifier {request.classifier} has {ccfg.num_classes} classes but the model has "
+                               f"{known}; train the classifier on the model's data set")
+        unet = meta["unet"]
+        if (ccfg.in_channels, ccfg.img_size) != (unet["in_channels"], unet["img_size"]):
+            raise DiffkitError(f"classifier {request.classifier} takes {ccfg.in_channels}x{ccfg.img_size}x"
+                               f"{ccfg.img_size} images but the model makes {unet['in_channels']}x"
+                               f"{unet['img_size']}x{unet['img_size']}")
+        betas = denoiser.schedule.betas
+        if cschedule.betas.shape != betas.shape or not torch.allclose(cschedule.betas, betas.to(cschedule.betas.dtype)):
+            raise DiffkitError(f"classifier {request.classifier} was trained with a different noise schedule "
+                               f"(T={cschedule.num_timesteps}) than the model (T={denoiser.schedule.num_timesteps})")
+        num_classes = ccfg.num_classes
+        if request.classifier_algorithm == 2:
+            denoiser = ClassifierGuidance(denoiser, classifier, 1.0 if request.classifier_scale is None
+                                          else request.classifier_scale, conditional_model=model_classes is not None)
+    return denoiser, num_classes, classifier
+
+
+def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size=256,
-                    spacing=None, scale=1, progress=True, **options):
-    """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs."""
+                    spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
+    """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
+
+    Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
+    guidance of ``guidance``."""
     import torch
 
     from ..images import save_grid, save_images
@@ -66,23 +206,52 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=64,
     from ..sampling import sample
 
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device)
-    cfg = denoiser.meta.get("config", {})
+    meta = denoiser.meta
+    cfg = meta.get("config", {})
     nrow = nrow or cfg.get("nrow", 8)
+    guidance = guidance or GuidanceRequest()
+    conditional_model = meta["unet"].get("num_classes") is not None
+    denoiser, num_classes, classifier = guided_denoiser(denoiser, guidance, device)
+    labels, num, nrow = guidance.labels(num_classes, num, nrow)
     out = Path(out) if out else Path(cfg.get("sampled_dir", ".")) / cfg.get("sampledImgName", "samples.png")
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
-    unet = denoiser.meta["unet"]
+    unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
     noise = randn((num, *shape), generators_from_seed(seed, num), device=device)
     results = []
     for start in range(0, num, batch_size):
         chunk = noise[start:start + batch_size]
         gens = generators_from_seed(seed + 10_000_019 + start, chunk.shape[0])  # per-sample step noise
+        y = None if labels is None else labels[start:start + batch_size].to(device)
+        if guidance.classifier and guidance.classifier_algorithm == 1:  # y to the network only if it is conditional
+            cond = {"y": y} if conditional_model else {}
+            results.append(_algorithm_1(denoiser, classifier, chunk, y, guidance, sampler, steps, nfe, spacing,
+                                        gens, progress, cond).cpu())
+            continue
+        cond = {} if y is None else {"y": y}
         results.append(sample(denoiser, chunk, sampler, steps, nfe=nfe, spacing=spacing, generator=gens,
-                              progress=progress, **options).cpu())
+                              cond=cond, progress=progress, **options).cpu())
     images = torch.cat(results)
     save_grid(noise.cpu().clamp(-1, 1), noise_out, nrow, scale)
     save_grid(images, out, nrow, scale)
     if individual:
         save_images(images, individual)
-    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe} network evaluations) and {noise_out}")
+    what = "" if labels is None else f", classes {sorted(set(labels.tolist()))}"
+    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe} network evaluations{what}) and {noise_out}")
     return images
+
+
+def _algorithm_1(denoiser, classifier, x, labels, guidance, sampler, steps, nfe, spacing, generator, progress, cond):
+    """Classifier guidance as the mean shift of the ddpm sampler (Dhariwal & Nichol 2021, Alg. 1)."""
+    import torch
+
+    from ..guidance import classifier_guided_ddpm
+    from ..samplers.registry import get_sampler
+    from ..timesteps import make_grid
+    info = get_sampler(sampler)
+    steps = info.steps_for_nfe(nfe) if nfe is not None else (steps or 50)
+    grid = make_grid(denoiser.schedule, steps, spacing or info.default_spacing, info.default_final)
+    scale = 1.0 if guidance.classifier_scale is None else guidance.classifier_scale
+    with torch.no_grad():
+        return classifier_guided_ddpm(denoiser, classifier, x, grid, scale=scale, y=labels, cond=cond,
+                                      generator=generator, progress=progress)

@@ -1,0 +1,279 @@
+"""Guidance: denoisers that wrap a denoiser (DESIGN.md, abstraction 3).
+
+* :class:`ClassifierFreeGuidance` - Ho & Salimans 2022 (seed 002):
+  eps-bar = (1 + w) eps(x_t, y) - w eps(x_t, null), with the conditional and the null-class
+  passes in one batched network call; optional guidance rescale (Lin et al. 2024, Sec. 3.4) and
+  guidance interval (Kynkaanniemi et al. 2024).
+* :class:`ClassifierGuidance` - Dhariwal & Nichol 2021, Algorithm 2 (seed 000):
+  eps-hat = eps(x_t) - sqrt(1 - abar_t) s grad_x log p_phi(y | x_t); usable by every sampler
+  that reads eps/x0 from a denoiser.
+* :func:`classifier_guided_ddpm` - Algorithm 1 (seed 000): ancestral sampling from
+  N(mu + s Sigma grad_x log p_phi(y | x_t), Sigma).
+
+Every wrapper keeps the denoiser contract ``denoiser(x, t, **cond) -> Prediction`` with a
+consistent pair (x_t = alpha_t x0 + sigma_t eps holds for the returned eps and x0), and exposes
+``schedule``, ``nfe``, ``reset_nfe()`` and ``learned_variance`` of the wrapped denoiser.
+
+NFE: ``nfe`` counts network calls. A classifier-free guidance step is one call on a batch of
+2B (cond and null concatenated), so it counts 1, as diffusers counts one UNet call per step;
+the work per call is that of 2B images. Classifier gradients are not network evaluations of the
+diffusion model and are counted separately in ``ClassifierGuidance.classifier_calls``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from . import diffusion
+from .denoiser import Prediction
+from .errors import DiffkitError, check_choice, check_range
+from .noise import randn_like
+from .samplers.common import report, steps
+
+CONVENTIONS = ("seed", "diffusers")
+RESCALE_SPACES = ("x0", "eps")
+
+
+def _times64(t, batch: int) -> torch.Tensor:
+    """Times as float64 CPU (B,)."""
+    t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+    return t.expand(batch) if t.ndim == 0 else t.reshape(batch)
+
+
+def _std_per_sample(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).std(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def guidance_weight(scale: float, convention: str = "seed") -> float:
+    """The seed-002 weight w of eps-bar = (1 + w) eps_c - w eps_u.
+
+    ``seed``: ``scale`` is w itself (w = 0: the conditional model; Ho & Salimans 2022 eq. 6).
+    ``diffusers``: ``scale`` is s of eps_u + s (eps_c - eps_u) (s = 1: the conditional model),
+    so w = s - 1. Allowed: w >= -1 (w = -1 is the unconditional model).
+    """
+    check_choice("guidance convention", convention, CONVENTIONS)
+    check_range("guidance scale", scale, None, None)
+    if not math.isfinite(scale):
+        raise DiffkitError(f"guidance scale={scale!r} must be finite")
+    w = float(scale) if convention == "seed" else float(scale) - 1.0
+    if w < -1:
+        low = -1 if convention == "seed" else 0
+        raise DiffkitError(f"guidance scale={scale!r} is out of range; allowed: >= {low} ({convention} convention)")
+    return w
+
+
+def interval_from_karras_sigmas(schedule, sigma_lo: float, sigma_hi: float) -> tuple[float, float]:
+    """A guidance interval given, as Kynkaanniemi et al. 2024 give it, in EDM noise levels
+    sigma = sqrt((1 - abar)/abar), converted to training-timestep units (t_lo, t_hi)."""
+    t = schedule.t_from_karras_sigma(torch.tensor([sigma_lo, sigma_hi], dtype=torch.float64))
+    return float(t[0]), float(t[1])
+
+
+class _Wrapper:
+    """Forwards the parts of the denoiser contract that a wrapper does not change."""
+
+    inner = None
+    schedule = property(lambda self: self.inner.schedule)
+    nfe = property(lambda self: self.inner.nfe)
+    learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
+
+    def reset_nfe(self) -> None:
+        self.inner.reset_nfe()
+
+
+class ClassifierFreeGuidance(_Wrapper):
+    """Classifier-free guidance (Ho & Salimans 2022; seed 002):
+
+        eps-bar(x_t, y) = (1 + w) eps(x_t, y) - w eps(x_t, null).
+
+    Args:
+        denoiser: a conditional denoiser; its network takes labels ``y`` with the null class at
+            index ``null_class`` (diffkit's U-Net: ``num_classes``).
+        scale: the guidance strength in ``convention``: ``seed`` (w; 0 = no guidance, the default
+            here and in the CLI) or ``diffusers`` (s = 1 + w; 1 = no guidance).
+        rescale: phi of guidance rescale (Lin et al. 2024, Sec. 3.4): the guided prediction is
+            scaled per sample to the standard deviation of the conditional one and mixed,
+            phi * rescaled + (1 - phi) * guided; 0 disables it.
+        rescale_space: ``x0`` (rescale the predicted x_0) or ``eps`` (the noise prediction, as
+            diffusers' ``rescale_noise_cfg``); the other quantity is recomputed from it.
+        interval: ``(t_lo, t_hi)`` in training-timestep units: guide only where
+            t_lo <= t <= t_hi, elsewhere return the conditional model with one network call of
+            batch B (Kynkaanniemi et al. 2024; see :func:`interval_from_karras_sigmas`).
+        null_class: the null label; default ``num_classes`` of the wrapped network's config.
+        null_context: for cross-attention models, the context of the unconditional pass
+            (e.g. the empty prompt's embedding, (1 or B, seq, dim)); without it a ``context`` in
+            cond is shared by both passes.
+
+    One call runs the network once on the batch ``cat([x, x])`` with labels ``cat([y, null])``
+    and splits the output, so it counts as 1 in ``nfe`` (see the module docstring). With a
+    learned variance the conditional pass's ``var_values`` are returned. eps and x0 are mixed with
+    the same weights, so the pair stays consistent (x_t = alpha x0 + sigma eps) for every sampler.
+    """
+
+    def __init__(self, denoiser, scale: float = 0.0, convention: str = "seed", rescale: float = 0.0,
+                 interval: Optional[Sequence[float]] = None, *, rescale_space: str = "x0",
+                 null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None):
+        self.inner = denoiser
+        self.convention = convention
+        self.w = guidance_weight(scale, convention)
+        check_range("guidance rescale", rescale, 0.0, 1.0)
+        self.rescale = float(rescale)
+        self.rescale_space = check_choice("rescale_space", rescale_space, RESCALE_SPACES)
+        if interval is not None:
+            if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
+                raise DiffkitError(f"guidance interval={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi")
+            interval = (float(interval[0]), float(interval[1]))
+        self.interval = interval
+        self.null_class = null_class if null_class is not None else _num_classes_of(denoiser)
+        if self.null_class is None:
+            raise DiffkitError("classifier-free guidance needs a class-conditional model (its network has no "
+                               "num_classes); pass null_class= for a custom network")
+        self.null_context = null_context
+
+    def _guided_mask(self, t64: torch.Tensor) -> torch.Tensor:
+        if self.interval is None:
+            return torch.ones_like(t64, dtype=torch.bool)
+        lo, hi = self.interval
+        return (t64 >= lo) & (t64 <= hi)
+
+    def __call__(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None, **cond) -> Prediction:
+        if y is None:
+            raise DiffkitError("classifier-free guidance needs class labels: pass cond={'y': labels}")
+        batch = x.shape[0]
+        y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(batch)
+        t64 = _times64(t, batch)
+        guided = self._guided_mask(t64)
+        if self.w == 0 or not guided.any():
+            return self.inner(x, t, y=y, **cond)
+        both = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
+                for k, v in cond.items()}
+        if self.null_context is not None and "context" in cond:
+            null = self.null_context.to(device=x.device, dtype=cond["context"].dtype)
+            both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"])])
+        t_both = torch.cat([t64, t64]) if torch.as_tensor(t).ndim else t
+        y_both = torch.cat([y, torch.full_like(y, self.null_class)])
+        pred = self.inner(torch.cat([x, x]), t_both, y=y_both, **both)
+        eps_c, eps_u = pred.eps.chunk(2)
+        x0_c, x0_u = pred.x0.chunk(2)
+        var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]
+        w = diffusion.expand(torch.where(guided, self.w, 0.0), x)  # per-sample weight (interval)
+        eps = eps_c + w * (eps_c - eps_u)  # = (1 + w) eps_c - w eps_u   (seed 002)
+        x0 = x0_c + w * (x0_c - x0_u)
+        if self.rescale > 0:
+            eps, x0 = self._rescaled(x, t64, eps, x0, eps_c, x0_c)
+        return Prediction(eps=eps, x0=x0, var_values=var_values)
+
+    def _rescaled(self, x, t64, eps, x0, eps_c, x0_c):
+        """Lin et al. 2024, Sec. 3.4: v_rescaled = v_cfg std(v_pos)/std(v_cfg);
+        v_final = phi v_rescaled + (1 - phi) v_cfg, per sample, in ``rescale_space``."""
+        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        phi = self.rescale
+        if self.rescale_space == "x0":
+            x0 = phi * x0 * _std_per_sample(x0_c) / _std_per_sample(x0) + (1 - phi) * x0
+            return diffusion.eps_from_x0(x, x0, alpha, sigma), x0
+        eps = phi * eps * _std_per_sample(eps_c) / _std_per_sample(eps) + (1 - phi) * eps
+        return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
+
+
+def _num_classes_of(denoiser) -> Optional[int]:
+    """num_classes of the network under a (possibly wrapped) denoiser, if it says."""
+    seen = 0
+    while denoiser is not None and seen < 16:
+        for holder in (getattr(denoiser, "net", None), getattr(denoiser, "model", None)):
+            config = getattr(holder, "config", None)
+            if getattr(config, "num_classes", None) is not None:
+                return int(config.num_classes)
+        denoiser, seen = getattr(denoiser, "inner", None), seen + 1
+    return None
+
+
+def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.Tensor) -> torch.Tensor:
+    """grad_x log p_phi(y | x_t) for each sample, through ``log_softmax(classifier(x, t))``.
+
+    ``classifier(x, t)`` returns logits (B, K); ``t`` is passed as a float (B,) tensor in
+    training-timestep units. Gradients are enabled locally, so this works inside ``no_grad``."""
+    batch = x.shape[0]
+    t_net = _times64(t, batch).to(device=x.device, dtype=torch.float32)
+    y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(batch)
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        logits = classifier(x_in, t_net)
+        log_p = torch.log_softmax(logits, dim=-1)
+        chosen = log_p.gather(1, y.to(log_p.device)[:, None]).sum()
+        (grad,) = torch.autograd.grad(chosen, x_in)
+    return grad.to(x.dtype)
+
+
+class ClassifierGuidance(_Wrapper):
+    """Classifier guidance through eps (Dhariwal & Nichol 2021, Algorithm 2; seed 000):
+
+        eps-hat = eps_theta(x_t) - sqrt(1 - abar_t) * s * grad_x log p_phi(y | x_t),
+
+    and x0-hat = (x_t - sqrt(1 - abar_t) eps-hat) / sqrt(abar_t). With s = 1 and the exact
+    p(y | x_t), eps-hat is the exact noise predictor of p(x_t | y), since
+    grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t) and eps = -sigma_t * score.
+
+    Args:
+        denoiser: the diffusion model (usually unconditional).
+        classifier: any callable ``(x, t) -> logits (B, num_classes)`` trained on noisy x_t.
+        scale: the gradient scale s (>= 0).
+        conditional_model: also pass ``y`` to the wrapped denoiser (a class-conditional model
+            guided by a classifier, as in ADM); by default ``y`` goes to the classifier only.
+
+    ``y`` (class labels, (B,)) is required in every call. ``classifier_calls`` counts the
+    classifier forward+backward passes.
+    """
+
+    def __init__(self, denoiser, classifier: Callable, scale: float = 1.0, *, conditional_model: bool = False):
+        check_range("classifier scale", scale, 0.0, None)
+        self.inner, self.classifier, self.scale = denoiser, classifier, float(scale)
+        self.conditional_model = conditional_model
+        self.classifier_calls = 0
+
+    def __call__(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None, **cond) -> Prediction:
+        if y is None:
+            raise DiffkitError("classifier guidance needs class labels: pass cond={'y': labels}")
+        pred = self.inner(x, t, **({"y": y} if self.conditional_model else {}), **cond)
+        if self.scale == 0:
+            return pred
+        t64 = _times64(t, x.shape[0])
+        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+        grad = classifier_log_prob_grad(self.classifier, x, t, y)
+        self.classifier_calls += 1
+        eps = pred.eps - diffusion.expand(sigma, x) * self.scale * grad  # Algorithm 2, line 3
+        x0 = diffusion.x0_from_eps(x, eps, alpha, sigma)
+        return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
+
+
+def classifier_guided_ddpm(denoiser, classifier: Callable, x: torch.Tensor, grid: torch.Tensor, *,
+                           scale: float = 1.0, y: torch.Tensor, variance_type: Optional[str] = None,
+                           cond: Optional[dict] = None, generator=None, callback=None,
+                           progress: bool = False) -> torch.Tensor:
+    """Classifier-guided ancestral sampling (Dhariwal & Nichol 2021, Algorithm 1; seed 000):
+
+        x_s ~ N(mu + s Sigma grad_x log p_phi(y | x_t), Sigma)
+
+    for each grid step t -> s, with (mu, Sigma) the DDPM reverse step of the (unguided)
+    ``denoiser`` (posterior mean at the predicted x_0; Sigma beta-tilde, beta or learned, as in
+    :func:`diffkit.samplers.ddpm`). ``cond`` goes to the denoiser; ``y`` to the classifier.
+    On the step to clean data (s = -1) no noise is added but the mean is still shifted.
+    """
+    check_range("classifier scale", scale, 0.0, None)
+    cond = cond or {}
+    schedule = denoiser.schedule
+    if variance_type is None:
+        variance_type = "learned_range" if getattr(denoiser, "learned_variance", False) else "fixed_small"
+    check_choice("variance_type", variance_type, diffusion.VARIANCE_TYPES)
+    with torch.no_grad():
+        for i in steps(grid, progress, "ddpm-classifier"):
+            t, s = grid[i], grid[i + 1]
+            pred = denoiser(x, t, **cond)
+            var_values = pred.var_values if variance_type == "learned_range" else None
+            mean, log_var = diffusion.p_mean_variance(schedule, x, pred.x0, t, s, variance_type, var_values)
+            if scale > 0:
+                mean = mean + scale * torch.exp(log_var) * classifier_log_prob_grad(classifier, x, t, y)
+            x = mean + torch.exp(0.5 * log_var) * randn_like(x, generator) if s >= 0 else mean
+            report(callback, i, t, s, x, pred.x0)
+    return x
