@@ -170,11 +170,28 @@ def test_timestep_embedding_closed_form():
     assert odd.shape == (4, 7) and torch.all(odd[:, -1] == 0)
 
 
-def test_norm_groups_divide_channels():
+def test_norm_groups_divide_channels_and_keep_four_per_group():
     for channels in (1, 3, 16, 24, 32, 48, 96, 128, 384, 100):
         groups = norm_groups(channels)
-        assert channels % groups == 0 and 32 % groups == 0 and groups <= 32
-    assert norm_groups(384) == 32 and norm_groups(48) == 16 and norm_groups(24) == 8
+        assert channels % groups == 0 and groups <= 32
+        assert channels // groups >= 4 or groups == 1
+    assert norm_groups(384) == 32 and norm_groups(128) == 32 and norm_groups(48) == 12 and norm_groups(32) == 8
+
+
+def test_time_and_class_reach_the_output_of_a_narrow_unet():
+    """With one channel per GroupNorm group the per-channel embedding would be normalised away;
+    the time and class must change the output of a 16-channel U-Net."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channel=16, channel_mult=[1, 2], attn=[], num_res_blocks=1, img_size=8,
+                          in_channels=1, dropout=0.0, num_classes=3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        x = torch.randn(2, 1, 8, 8)
+        a = net(x, torch.tensor([10.0, 10.0]), y=torch.tensor([0, 0]))
+        b = net(x, torch.tensor([900.0, 900.0]), y=torch.tensor([0, 0]))
+        c = net(x, torch.tensor([10.0, 10.0]), y=torch.tensor([2, 2]))
+    assert (a - b).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------- errors
@@ -272,11 +289,12 @@ def diffusers_to_diffkit(state: dict, model: UNet) -> dict:
 @pytest.mark.parametrize("scale_shift, num_classes", [(False, None), (True, 5)])
 def test_matches_diffusers_unet2dmodel_with_same_weights(scale_shift, num_classes):
     diffusers = pytest.importorskip("diffusers")
-    config = small_config(channel_mult=[1, 2, 2], attn=[1], num_res_blocks=2, scale_shift_norm=scale_shift,
-                          num_classes=num_classes)
+    # >= 128 channels everywhere, so diffkit's GroupNorm rule also gives diffusers' 32 groups
+    config = small_config(channel=128, channel_mult=[1, 1, 2], attn=[1], num_res_blocks=2,
+                          scale_shift_norm=scale_shift, num_classes=num_classes)
     ours = UNet(config).eval()
     theirs = diffusers.UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=2,
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(128, 128, 256), layers_per_block=2,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
         norm_num_groups=32, attn_norm_num_groups=32,

@@ -134,9 +134,14 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
-def norm_groups(channels: int, max_groups: int = 32) -> int:
-    """GroupNorm group count: 32 when it divides ``channels``, else ``gcd(32, channels)``."""
-    return math.gcd(max_groups, channels)
+def norm_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """GroupNorm group count: the largest divisor of ``channels`` that is at most 32 and leaves at
+    least 4 channels per group (32 groups for the usual >= 128 channels, as DDPM/ADM).
+
+    A group of one channel would subtract each channel's spatial mean and so erase the time and
+    class embedding that a residual block adds as a per-channel constant before its second norm."""
+    limit = max(1, min(max_groups, channels // min_group_size))
+    return max(g for g in range(1, limit + 1) if channels % g == 0)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
