@@ -228,6 +228,13 @@ class Trainer:
         Temp files left by a run killed mid-write are removed first; older checkpoints are
         deleted only after the new one has been read back and its checksum verified."""
         tensors, meta = self.state_tensors()
+        bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.")) and v.is_floating_point()
+               and not torch.isfinite(v).all()]
+        if bad:
+            latest = ckpt.latest_checkpoint(self.out_dir)
+            kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written"
+            raise DiffkitError(f"non-finite model weights at step {self.step} ({bad[0]}); not saved; {kept}; "
+                               f"lower lr or set grad_clip")
         ckpt.remove_stale_temp_files(self.out_dir)
         path = ckpt.save_checkpoint(self.out_dir / f"ckpt_{self.step:08d}.safetensors", tensors, meta)
         ckpt.save_checkpoint(self.out_dir / "latest.safetensors", tensors, meta)
@@ -402,7 +409,8 @@ class Trainer:
                     else:  # the epoch ran to its end
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                        if self.epoch % cfg.save_every_epochs == 0 and self.step < self.total_steps:
+                        if (self.epoch % cfg.save_every_epochs == 0 and self.step < self.total_steps
+                                and not self.consecutive_skipped):  # never replace a good checkpoint mid-NaN-streak
                             self.save()
         finally:
             bar.close()
