@@ -228,7 +228,7 @@ def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. signals
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_signal_writes_checkpoint_and_prints_the_resume_command(tmp_path, sig, code):
     folder = tmp_path / "run" / "checkpoints"
     latest = folder / "latest.safetensors"
@@ -289,7 +289,6 @@ def _nan_forward(trainer, bad_calls):
 def test_nonfinite_loss_skips_the_step_and_is_counted(tmp_path):
     tr = Trainer(make_cfg(tmp_path, max_steps=5), tiny_dataset(), progress=False)
     tr.forward = _nan_forward(tr, {2, 3})
-    before = {}
 
     def snapshot():
         return ([p.detach().clone() for p in tr.model.parameters()], [e.clone() for e in tr.ema.params],
@@ -430,6 +429,7 @@ def test_legacy_ckpt_199_pt_samples_with_config_and_refuses_without(tmp_path, ca
     assert code == 2 and "plain state dict" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_legacy_checkpoint_is_refused_by_sample_without_running(tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = tmp_path / "ckpt_199.pt"
@@ -593,7 +593,8 @@ def test_fuzz_cli_flags_give_clean_errors_only(workspace, capsys, data):
 
 def test_fuzz_found_cases_stay_fixed(workspace, capsys):
     """Cases the fuzzers found (tracebacks from NUL/surrogate paths and huge seeds; a bad
-    sampler name accepted until after training; eta=inf), kept as plain regression cases."""
+    sampler name accepted until after training; eta=inf; lr=1e38, which overflowed AdamW),
+    kept as plain regression cases."""
     (workspace / "cwd").mkdir(exist_ok=True)
     (workspace / "nul.json").write_text(json.dumps({**TINY, "save_weight_dir": "a\u0000b"}))
     (workspace / "surrogate.json").write_text(json.dumps({**TINY, "sampled_dir": "\ud800"}))
@@ -602,7 +603,8 @@ def test_fuzz_found_cases_stay_fixed(workspace, capsys):
                  ["sample", "--checkpoint", "a\x00b"],
                  ["sample", "--checkpoint", str(workspace / "ckpt"), "--seed", str(2**64)],
                  ["sample", "--checkpoint", str(workspace / "ckpt"), "--eta", "inf"],
-                 ["train", "--set", "sampler=bogus", "--steps", "1"]):
+                 ["train", "--set", "sampler=bogus", "--steps", "1"],
+                 ["train", "--set", "lr=1e38"]):
         code, err = _run_fuzzed(argv, workspace, capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
 
