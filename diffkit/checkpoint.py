@@ -9,8 +9,11 @@ truncated file is refused with a clear message.
 
 Writing goes to a temporary file in the same folder, is fsynced and then renamed over the
 target (``os.replace``, atomic on POSIX), so a kill at any moment leaves either the old or the
-new file, never a partial one. Legacy ``.pt``/``.pth`` files load only through
-``torch.load(weights_only=True)``: no pickle code runs.
+new file, never a partial one. A process killed between the temp file's creation and the
+rename leaves a hidden ``.<name>.<random>.tmp`` file, which no loader ever reads;
+:func:`remove_stale_temp_files` deletes such leftovers (the trainer calls it before each save).
+Legacy ``.pt``/``.pth`` files load only through ``torch.load(weights_only=True)``: no pickle
+code runs.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from safetensors.torch import save as st_save
 from .errors import DiffkitError
 
 FORMAT = "diffkit-checkpoint-1"
+LEGACY_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -42,13 +46,16 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync dir."""
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync dir.
+
+    On any failure (disk full, permission, an exception or signal mid-write) the temp file is
+    removed and ``path`` keeps its previous content; an OSError becomes a one-line DiffkitError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise DiffkitError(f"cannot write to {path.parent}: {err.strerror or err}") from None
+    except (OSError, ValueError) as err:  # ValueError: NUL byte / unencodable character in the path
+        raise DiffkitError(f"cannot write to {str(path.parent)!r}: {getattr(err, 'strerror', None) or err}") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -58,12 +65,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise DiffkitError(f"could not write {path}: {err.strerror or err} (nothing was left behind)") from None
+        if isinstance(err, OSError):
+            raise DiffkitError(f"could not write {path}: {err.strerror or err} (nothing was left behind; "
+                               f"the previous file, if any, is intact)") from None
+        raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -73,6 +83,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError:
         pass
     return path
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, names: tuple[str, ...] = ("*.safetensors",)) -> list[Path]:
+    """Delete the hidden temp files (``.<name>.*.tmp``) that :func:`atomic_write_bytes` leaves
+    behind when a process is killed mid-write, for target names matching ``names``.
+
+    Only call this when no other process writes into ``directory`` (one run per folder)."""
+    removed = []
+    for pattern in names:
+        for tmp in Path(directory).glob(f".{pattern}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
@@ -87,13 +113,18 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and verify a checkpoint: (tensors, metadata). Errors are one line."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "latest.safetensors"
-    if not path.exists():
-        raise DiffkitError(f"checkpoint {path} does not exist")
-    if path.suffix in (".pt", ".pth", ".ckpt"):
-        return load_legacy_checkpoint(path), {}
-    data = path.read_bytes()
+    try:
+        if path.is_dir():
+            path = path / "latest.safetensors"
+        if not path.is_file():
+            raise DiffkitError(f"checkpoint {path} does not exist")
+        if path.suffix in LEGACY_SUFFIXES:
+            return load_legacy_checkpoint(path), {}
+        data = path.read_bytes()
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte or unencodable character in the path
+        if isinstance(err, DiffkitError):
+            raise
+        raise DiffkitError(f"cannot read checkpoint {str(path)!r}: {getattr(err, 'strerror', None) or err}") from None
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
@@ -126,6 +157,23 @@ def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DiffkitError(f"{path} does not hold a state dict of tensors")
     return dict(obj)
+
+
+def load_state_dict_checked(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(state_dict)`` (strict) with a one-line DiffkitError naming the
+    missing / unexpected keys and wrong shapes, instead of PyTorch's multi-line RuntimeError."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    extra = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {expected[k]}" for k in expected
+             if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", extra), ("wrong shapes", wrong)):
+        if items:
+            problems.append(f"{label}: {', '.join(items[:3])}" + (f", ... ({len(items)} in all)" if len(items) > 3 else ""))
+    if problems:
+        raise DiffkitError(f"{what} does not match the model described by its config ({'; '.join(problems)})")
+    module.load_state_dict(state_dict)
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

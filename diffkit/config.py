@@ -269,7 +269,7 @@ _FIELD_TYPES: dict[str, Any] = {}  # filled below from the annotations
 _RANGES = {
     "epoch": (1, None, True, True), "batch_size": (1, None, True, True), "T": (1, None, True, True),
     "channel": (1, None, True, True), "num_res_blocks": (0, None, True, True),
-    "dropout": (0.0, 1.0, True, False), "lr": (0.0, None, False, True), "multiplier": (1.0, None, True, True),
+    "dropout": (0.0, 1.0, True, False), "lr": (0.0, 1.0, False, True), "multiplier": (1.0, 100.0, True, True),
     "beta_1": (0.0, 1.0, False, False), "beta_T": (0.0, 1.0, False, False), "img_size": (1, None, True, True),
     "grad_clip": (0.0, None, False, True), "nrow": (1, None, True, True), "in_channels": (1, None, True, True),
     "num_workers": (0, None, True, True), "hybrid_lambda": (0.0, None, False, True),

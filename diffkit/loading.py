@@ -1,4 +1,10 @@
-"""From a checkpoint file to a ready Denoiser (the arrow "checkpoint -> Denoiser" of the design)."""
+"""From a checkpoint file to a ready Denoiser (the arrow "checkpoint -> Denoiser" of the design).
+
+A diffkit ``.safetensors`` checkpoint describes its own model. A legacy plain state dict (the
+seed's ``ckpt_199.pt``: ``torch.save(model.state_dict(), ...)``) holds only tensors, so it needs
+the training config (e.g. the seed's ``modelConfig``) to rebuild the U-Net and the schedule; it
+is read with ``torch.load(weights_only=True)`` and never unpickles code.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +16,25 @@ from .models.unet import UNet, UNetConfig
 from .schedule import NoiseSchedule
 
 
-def load_model(path: str | Path, use_ema: bool = True, device="cpu"):
-    """(U-Net in eval mode, metadata, schedule) from a diffkit checkpoint; EMA weights by default."""
+def is_legacy_checkpoint(path: str | Path) -> bool:
+    """True for a ``.pt``/``.pth``/``.ckpt``/``.bin`` plain state dict."""
+    return Path(path).suffix in ckpt.LEGACY_SUFFIXES
+
+
+def load_model(path: str | Path, use_ema: bool = True, device="cpu", config=None):
+    """(U-Net in eval mode, metadata, schedule) from a checkpoint; EMA weights by default.
+
+    ``config`` (a :class:`~diffkit.config.TrainConfig`, a mapping such as the seed's
+    ``modelConfig``, or a config file path) is needed for a legacy state dict and must not be
+    given for a diffkit checkpoint, which carries its own."""
+    if is_legacy_checkpoint(path):
+        if config is None:
+            raise DiffkitError(f"{path} is a plain state dict with no model description; pass the config it was "
+                               f"trained with (e.g. --config modelConfig.json with the seed's modelConfig keys)")
+        return load_legacy_model(path, config, device)
+    if config is not None:
+        raise DiffkitError(f"{path} is a diffkit checkpoint that carries its own config; drop --config "
+                           f"(it is only for legacy .pt state dicts)")
     tensors, meta = ckpt.load_checkpoint(path)
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
@@ -20,14 +43,44 @@ def load_model(path: str | Path, use_ema: bool = True, device="cpu"):
     if use_ema:
         ema = ckpt.split_prefix(tensors, "ema")
         weights = {k: ema.get(k, v) for k, v in weights.items()}
-    model.load_state_dict(weights)
+    ckpt.load_state_dict_checked(model, weights, str(path))
     model.to(device).eval()
     return model, meta, NoiseSchedule(tensors["schedule.betas"])
 
 
-def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu") -> Denoiser:
-    """A :class:`Denoiser` for a trained checkpoint; ``.model`` and ``.meta`` are attached."""
-    model, meta, schedule = load_model(path, use_ema, device)
+def load_legacy_model(path: str | Path, config, device="cpu"):
+    """(U-Net, metadata, schedule) from a plain state dict plus the config that describes it.
+
+    ``in_channels`` left unset in the config is read off the first convolution's weight. Keys
+    saved from ``DataParallel``/``DistributedDataParallel`` (``module.`` prefix) are accepted."""
+    from .config import TrainConfig
+    from .training import build_schedule
+    if isinstance(config, TrainConfig):
+        cfg = config
+    elif isinstance(config, (str, Path)):
+        cfg = TrainConfig.from_file(config)
+    else:
+        cfg = TrainConfig.from_dict(config)
+    state = ckpt.load_legacy_checkpoint(path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    unet = cfg.to_unet_kwargs()
+    first = state.get("input_conv.weight")
+    if cfg.in_channels is None and first is not None and first.ndim == 4:
+        unet["in_channels"] = int(first.shape[1])
+    model = UNet(UNetConfig(**unet))
+    ckpt.load_state_dict_checked(model, state, str(path))
+    model.to(device).eval()
+    meta = {"config": cfg.to_dict(), "unet": unet, "prediction_type": cfg.prediction_type,
+            "learned_variance": cfg.learned_variance}
+    return model, meta, build_schedule(cfg)
+
+
+def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None) -> Denoiser:
+    """A :class:`Denoiser` for a checkpoint; ``.model`` and ``.meta`` are attached.
+
+    ``config``: only for a legacy state dict (see :func:`load_model`)."""
+    model, meta, schedule = load_model(path, use_ema, device, config)
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
                  learned_variance=meta.get("learned_variance", False))
     d.model, d.meta = model, meta

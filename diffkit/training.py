@@ -8,6 +8,7 @@ The objective comes from :mod:`diffkit.losses`; the timestep distribution from
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import signal
@@ -110,9 +111,21 @@ class TrainResult:
     images_per_second: float
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.run` after a SIGINT/SIGTERM once the checkpoint is written.
+
+    ``signum`` is the signal, ``checkpoint`` the ``latest.safetensors`` to resume from, ``step``
+    the step it holds. A KeyboardInterrupt, so code that catches Ctrl-C still does."""
+
+    def __init__(self, signum: int, checkpoint: Path, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+
+
 class _SignalGuard:
-    """First SIGINT/SIGTERM: ask the loop to checkpoint and stop. Second: exit at once (the
-    atomic writes guarantee no checkpoint is ever half-written)."""
+    """First SIGINT/SIGTERM: ask the loop to checkpoint and stop. Second: exit at once with
+    status 128 + signal (the atomic writes guarantee no checkpoint is ever half-written; an
+    interrupted write leaves only a hidden temp file, removed by the next save)."""
 
     def __init__(self):
         self.requested = None
@@ -140,7 +153,14 @@ class _SignalGuard:
 
 # ---------------------------------------------------------------- the loop
 class Trainer:
-    """Trains a U-Net on a data set as ``cfg`` says; see :meth:`run`."""
+    """Trains a U-Net on a data set as ``cfg`` says; see :meth:`run`.
+
+    A step whose loss or gradient norm is not finite is skipped (no update, no EMA update) and
+    counted (``skipped_steps``); after ``max_nonfinite_steps`` such steps in a row the run stops
+    with a one-line DiffkitError naming the step, without writing a checkpoint, so the last good
+    one stays ``latest.safetensors``."""
+
+    max_nonfinite_steps = 10
 
     def __init__(self, cfg: TrainConfig, dataset=None, *, progress: bool = True,
                  log: Callable[[str], None] = print):
@@ -150,7 +170,9 @@ class Trainer:
         self.dist, self.device = distributed.setup(resolve_device(cfg.device))
         if not self.dist.is_main:
             self.progress, self.log = False, (lambda msg: None)
-        if cfg.deterministic:
+        if cfg.deterministic:  # see docs/reliability.md: bitwise on the CPU, run-to-run on one GPU model
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+            torch.backends.cudnn.benchmark = False
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         self.dataset = dataset if dataset is not None else load_dataset(**cfg.dataset_kwargs(train=True))
@@ -170,7 +192,8 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or cfg.epoch * self.steps_per_epoch
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.skipped_steps = 0
+        self.skipped_steps = 0  # non-finite steps skipped in the whole run
+        self.consecutive_skipped = 0
         self.out_dir = Path(cfg.save_weight_dir)
         self.forward = self.model
         if self.dist.enabled:
@@ -195,9 +218,14 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         for k, v in self.timesteps.state_dict().items():
             tensors[f"timesteps.{k}"] = v
+        from . import __version__
         meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "total_steps": self.total_steps,
+                "dataset_size": len(self.dataset), "steps_per_epoch": self.steps_per_epoch,
+                "lr": learning_rate(max(self.step - 1, 0), self.total_steps, self.cfg),  # of the last step, for information
+                "diffkit_version": __version__, "torch_version": torch.__version__,
                 "ema_updates": self.ema.updates, "optimizer": opt_meta, "skipped_steps": self.skipped_steps,
+                "consecutive_skipped": self.consecutive_skipped,
                 "unet": self.cfg.to_unet_kwargs(self.dataset), "prediction_type": self.cfg.prediction_type,
                 "learned_variance": self.cfg.learned_variance,
                 "class_names": list(getattr(self.dataset, "class_names", []) or [])}
@@ -205,13 +233,25 @@ class Trainer:
 
     def save(self) -> Path:
         """Write ckpt_<step>.safetensors and latest.safetensors atomically; keep the last K.
+
+        Temp files left by a run killed mid-write are removed first; older checkpoints are
+        deleted only after the new one has been read back and its checksum verified.
         Only rank 0 writes; every rank returns the path."""
         path = self.out_dir / f"ckpt_{self.step:08d}.safetensors"
         if not self.dist.is_main:
             return path
         tensors, meta = self.state_tensors()
+        bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.")) and v.is_floating_point()
+               and not torch.isfinite(v).all()]
+        if bad:
+            latest = ckpt.latest_checkpoint(self.out_dir)
+            kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written"
+            raise DiffkitError(f"non-finite model weights at step {self.step} ({bad[0]}); not saved; {kept}; "
+                               f"lower lr or set grad_clip")
+        ckpt.remove_stale_temp_files(self.out_dir)
         path = ckpt.save_checkpoint(path, tensors, meta)
         ckpt.save_checkpoint(self.out_dir / "latest.safetensors", tensors, meta)
+        ckpt.load_checkpoint(path)  # verify before pruning: raises if what is on disk is not what was written
         old = sorted(self.out_dir.glob("ckpt_*.safetensors"))[:-self.cfg.keep_last]
         for p in old:
             p.unlink(missing_ok=True)
@@ -222,7 +262,10 @@ class Trainer:
         tensors, meta = ckpt.load_checkpoint(path)
         if "step" not in meta:
             raise DiffkitError(f"{path} is not a training checkpoint (no step); it cannot be resumed")
-        self.model.load_state_dict(ckpt.split_prefix(tensors, "model"))
+        if meta.get("dataset_size", len(self.dataset)) != len(self.dataset):
+            raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} images but this one has "
+                               f"{len(self.dataset)}; resume with the same data set")
+        ckpt.load_state_dict_checked(self.model, ckpt.split_prefix(tensors, "model"), str(path))
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
         ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
@@ -235,6 +278,7 @@ class Trainer:
             self.timesteps.load_state_dict(ts_state)
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         self.skipped_steps = meta.get("skipped_steps", 0)
+        self.consecutive_skipped = meta.get("consecutive_skipped", 0)
 
     # ------------------------------------------------------------ one step
     def _autocast(self):
@@ -270,8 +314,10 @@ class Trainer:
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,
                                   hybrid_lambda=cfg.hybrid_lambda, min_snr_gamma=cfg.min_snr_gamma, cond=cond)
         if cfg.timestep_sampler != "uniform":  # every rank keeps the same loss history
-            self.timesteps.update(distributed.all_gather_cat(t.to(self.device), info).cpu(),
-                                  distributed.all_gather_cat(out.loss.detach().float(), info).cpu())
+            all_t = distributed.all_gather_cat(t.to(self.device), info).cpu()
+            all_loss = distributed.all_gather_cat(out.loss.detach().float(), info).cpu()
+            if torch.isfinite(all_loss).all():  # a non-finite loss must not enter the history
+                self.timesteps.update(all_t, all_loss)
         return (out.loss * weights.to(out.loss.device)).mean()
 
     def train_step(self, micro_batches) -> Optional[float]:
@@ -289,20 +335,27 @@ class Trainer:
             total += loss.item()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-                     if self.cfg.grad_clip else torch.tensor(0.0))
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:  # no clipping, but a NaN/inf gradient must still be caught
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
         if not (math.isfinite(total) and torch.isfinite(grad_norm)):
             if self.scaler is not None:  # fp16 overflow: the scaler skips the step and lowers its scale
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 return None
             self.skipped_steps += 1
+            self.consecutive_skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
-            if self.skipped_steps > 10:
-                raise DiffkitError(f"non-finite loss or gradient at step {self.step} (more than 10 skipped "
-                                   f"steps); the last good checkpoint is kept in {self.out_dir}; "
-                                   f"lower lr or check the data")
+            if self.consecutive_skipped >= self.max_nonfinite_steps:
+                latest = ckpt.latest_checkpoint(self.out_dir)
+                kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written yet"
+                raise DiffkitError(f"non-finite loss or gradient at step {self.step + 1}: {self.consecutive_skipped} "
+                                   f"steps in a row were skipped ({self.skipped_steps} in all); training stopped; "
+                                   f"{kept}; lower lr, set grad_clip or check the data")
             return None
+        self.consecutive_skipped = 0
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -369,17 +422,16 @@ class Trainer:
                                              f"{self.optimizer.param_groups[0]['lr']:.3e}", f"{rate:.1f}"])
                             log_file.flush()
                         if guard.requested is not None:
-                            path = self.save()
+                            self.save()
                             bar.close()
-                            self.log(f"stopped by signal at step {self.step}; checkpoint {path}; resume with "
-                                     f"--set training_load_weight={self.out_dir / 'latest.safetensors'}")
-                            raise KeyboardInterrupt
+                            raise TrainingInterrupted(guard.requested, self.out_dir / "latest.safetensors", self.step)
                         if self.step >= min(self.total_steps, stop_at or self.total_steps):
                             break
                     else:  # the epoch ran to its end
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                        if self.epoch % cfg.save_every_epochs == 0 and self.step < self.total_steps:
+                        if (self.epoch % cfg.save_every_epochs == 0 and self.step < self.total_steps
+                                and not self.consecutive_skipped):  # never replace a good checkpoint mid-NaN-streak
                             self.save()
         finally:
             bar.close()
@@ -410,8 +462,7 @@ def plot_loss_curve(csv_path: Path, png_path: Path) -> Optional[Path]:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(png_path)
-    return png_path
+    return ckpt.atomic_write_bytes(png_path, buf.getvalue())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import tempfile
 from pathlib import Path
 
 from ..errors import DiffkitError
@@ -18,25 +18,44 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1
+
+
+def seed_int(text: str) -> int:
+    """A seed: an integer in 0..2**63-1 (sample i uses seed + i, which must stay in range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: 0..{MAX_SEED}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
     return value
 
 
 def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:
-    """Create ``path`` if needed and check it is writable, before any work starts."""
+    """Create ``path`` if needed and check that a file can be written there, before any work
+    starts (a real probe file, so read-only mounts and full disks are caught, not only modes)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as err:  # ValueError: NUL byte or unencodable character in the name
+        raise DiffkitError(f"{what} {str(path)!r} cannot be created: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path, prefix=".diffkit-write-test-") as probe:
+            probe.write(b"x")
+            probe.flush()
     except OSError as err:
-        raise DiffkitError(f"{what} {path} cannot be created: {err.strerror or err}") from None
-    if not os.access(path, os.W_OK):
-        raise DiffkitError(f"{what} {path} is not writable")
+        raise DiffkitError(f"{what} {str(path)!r} is not writable: {err.strerror or err}") from None
     return path
 
 

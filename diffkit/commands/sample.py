@@ -6,19 +6,26 @@ eps-bar = (1 + W) eps(x, y) - W eps(x, null), so W = 0 is the plain conditional 
 (``--guidance-convention diffusers`` reads the value as diffusers' s = 1 + W instead).
 ``--classifier CKPT --classifier-scale S`` adds classifier guidance (Dhariwal & Nichol 2021,
 Algorithm 2, or Algorithm 1 with ``--classifier-algorithm 1`` and the ddpm sampler), also for
-unconditional checkpoints. See docs/guidance.md."""
+unconditional checkpoints. See docs/guidance.md.
+
+Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
+same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
+(``ckpt_199.pt``) needs ``--config`` with the config it was trained with (the seed's modelConfig).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ._common import add_progress_flag, check_writable_dir, non_negative_float, positive_int
+from ._common import add_progress_flag, check_writable_dir, non_negative_float, positive_int, seed_int
 
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
+    p.add_argument("--config", help="for a legacy .pt state dict only: the TOML/YAML/JSON training config "
+                                    "(the seed's modelConfig) that describes its U-Net and schedule")
     p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
@@ -32,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
     p.add_argument("--noise-out", help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
     p.add_argument("--individual", help="also write each image as a PNG into this folder")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (independent of batch size)")
+    p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--scale", type=positive_int, default=1, help="upscale the grid PNG by this factor")
@@ -68,6 +75,10 @@ def run(args) -> int:
             from ..errors import DiffkitError
             raise DiffkitError(f"--eta applies to the ddim sampler, not {args.sampler!r}")
         options["eta"] = args.eta
+    config = None
+    if args.config:
+        from ..config import TrainConfig
+        config = TrainConfig.from_file(args.config)
     device = resolve_device(args.device)
     for path in (args.out, args.noise_out):
         if path:
@@ -78,7 +89,8 @@ def run(args) -> int:
     sample_to_files(args.checkpoint, sampler=args.sampler, steps=args.steps, nfe=args.nfe, num=args.num,
                     nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                     seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
-                    spacing=args.spacing, scale=args.scale, progress=args.progress, guidance=guidance, **options)
+                    spacing=args.spacing, scale=args.scale, progress=args.progress, guidance=guidance,
+                    config=config, **options)
     return 0
 
 
@@ -193,11 +205,12 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
 
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size=256,
-                    spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
+                    spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
+                    config=None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
-    guidance of ``guidance``."""
+    guidance of ``guidance``; a legacy state dict needs ``config`` (see module doc)."""
     import torch
 
     from ..images import save_grid, save_images
@@ -205,7 +218,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
 
-    denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device)
+    denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config)
     meta = denoiser.meta
     cfg = meta.get("config", {})
     nrow = nrow or cfg.get("nrow", 8)

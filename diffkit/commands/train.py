@@ -1,7 +1,15 @@
-"""``diffkit train``: train a U-Net (DDPM Algorithm 1), then sample a grid."""
+"""``diffkit train``: train a U-Net (DDPM Algorithm 1), then sample a grid.
+
+``--resume CHECKPOINT`` alone continues a run exactly: the configuration is read from the
+checkpoint (``--config``, flags and ``--set`` still override it). SIGINT or SIGTERM writes a
+checkpoint, prints the command that resumes and exits with status 130 / 143; a second signal
+exits at once (status 128 + signal) and leaves the last checkpoint intact.
+"""
 from __future__ import annotations
 
-import argparse
+import os
+import shlex
+import sys
 from pathlib import Path
 
 from ._common import add_progress_flag, check_writable_dir, positive_int
@@ -18,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--conditional", action="store_true", help="class-conditional (label dropout p_uncond)")
-    p.add_argument("--resume", help="checkpoint to resume from (the seed's training_load_weight)")
+    p.add_argument("--resume", help="checkpoint to resume from (the seed's training_load_weight); "
+                                    "its config is used unless --config is given")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set lr=2e-4 --set channel_mult=[1,2,2]")
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
@@ -32,7 +41,12 @@ def register(sub) -> None:
 def config_from_args(args):
     """TrainConfig from --config plus flags plus --set overrides, validated."""
     from ..config import TrainConfig, apply_overrides
-    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.config:
+        cfg = TrainConfig.from_file(args.config)
+    elif args.resume:
+        cfg = TrainConfig.from_dict(resumable_config(args.resume))
+    else:
+        cfg = TrainConfig()
     flags = {"dataset": args.dataset, "data_dir": args.data_dir, "max_steps": args.steps,
              "epoch": args.epochs, "batch_size": args.batch_size, "device": args.device,
              "training_load_weight": args.resume}
@@ -47,6 +61,20 @@ def config_from_args(args):
     return apply_overrides(cfg, args.overrides)
 
 
+def resumable_config(path) -> dict:
+    """The training config stored in a diffkit checkpoint (checked to be a training checkpoint)."""
+    from ..checkpoint import LEGACY_SUFFIXES, load_checkpoint
+    from ..errors import DiffkitError
+    if Path(path).suffix in LEGACY_SUFFIXES:
+        raise DiffkitError(f"cannot resume training from {path}: a plain state dict has no optimiser, EMA or step; "
+                           f"resume from a .safetensors training checkpoint (sample from it with "
+                           f"'diffkit sample --checkpoint {path} --config CONFIG')")
+    _, meta = load_checkpoint(path)
+    if "step" not in meta or not isinstance(meta.get("config"), dict):
+        raise DiffkitError(f"{path} is not a training checkpoint (no step/config); it cannot be resumed")
+    return meta["config"]
+
+
 def run(args) -> int:
     from ..config import resolve_device
     cfg = config_from_args(args)
@@ -56,16 +84,46 @@ def run(args) -> int:
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")
     if args.sample:
         check_writable_dir(cfg.sampled_dir, "sample directory")
-    return train_and_sample(cfg, progress=args.progress, sample=args.sample)
+    flags = [f for f, on in (("--no-sample", not args.sample), ("--no-progress", not args.progress)) if on]
+    return train_and_sample(cfg, progress=args.progress, sample=args.sample, resume_flags=flags)
 
 
-def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_samples: int = 64) -> int:
-    from ..training import Trainer
+def resume_command(cfg, flags=()) -> str:
+    """The exact shell command that continues a run from its ``latest.safetensors``."""
+    latest = Path(cfg.save_weight_dir) / "latest.safetensors"
+    prog = "diffkit" if Path(sys.argv[0]).name == "diffkit" else f"{shlex.quote(sys.executable)} -m diffkit"
+    command = f"{prog} train --resume {shlex.quote(str(latest))}" + "".join(f" {f}" for f in flags)
+    relative = [p for p in (cfg.save_weight_dir, cfg.sampled_dir, cfg.data_dir) if p and not os.path.isabs(p)]
+    return f"cd {shlex.quote(os.getcwd())} && {command}" if relative else command
+
+
+def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_samples: int = 64,
+                     resume_flags=()) -> int:
+    """Train as ``cfg`` says, then (``sample``) write the sample grid; returns the exit status.
+
+    A SIGINT/SIGTERM during training writes a checkpoint, prints the resume command on stderr
+    and returns 128 + signal (130 / 143)."""
+    import signal
+
+    from ..samplers.registry import get_sampler
+    from ..training import Trainer, TrainingInterrupted
+    if sample:
+        get_sampler(cfg.sampler)  # a bad sampler name must fail now, not after training
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.log(f"training {n_params / 1e6:.2f}M-parameter U-Net on {cfg.dataset} ({len(trainer.dataset)} images, "
           f"{tuple(trainer.dataset[0][0].shape)}) for {trainer.total_steps} steps on {trainer.device}")
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    except TrainingInterrupted as stop:
+        if not trainer.dist.is_main:
+            return 128 + stop.signum
+        sys.stdout.flush()
+        sys.stderr.write(f"diffkit train: stopped by {signal.Signals(stop.signum).name} at step {stop.step} of "
+                         f"{trainer.total_steps}; checkpoint {stop.checkpoint}; resume with: "
+                         f"{resume_command(cfg, resume_flags)}\n")
+        sys.stderr.flush()
+        return 128 + stop.signum
     if not trainer.dist.is_main:
         return 0
     trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} images/s); "
