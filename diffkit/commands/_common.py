@@ -8,14 +8,26 @@ from pathlib import Path
 from ..errors import DiffkitError
 
 
+MAX_COUNT = 10**9
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {low}..{high}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+    """An integer in 1..10^9 (larger counts are mistakes, not plans)."""
+    return int_in(1, MAX_COUNT)(text)
 
 
 MAX_SEED = 2**63 - 1

@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ._common import add_progress_flag, check_writable_dir, non_negative_float, positive_int, seed_int
+from ._common import add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
+
+
+MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
+GRID_LIMIT = 4096  # the grid PNGs show at most the first 4096 images (--individual writes all)
 
 
 def register(sub) -> None:
@@ -32,17 +36,17 @@ def register(sub) -> None:
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     p.add_argument("--spacing", help="time grid: linear, quadratic, leading, trailing, linspace, karras, logsnr")
-    p.add_argument("--num", type=positive_int, help="number of images (default 64; conditional models with several "
+    p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models with several "
                    "classes: one row of --nrow images per class)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    p.add_argument("--nrow", type=positive_int, help="grid columns (default: the checkpoint's nrow)")
+    p.add_argument("--batch-size", type=int_in(1, 65536), default=256, help="images per forward pass")
+    p.add_argument("--nrow", type=int_in(1, 1024), help="grid columns (default: the checkpoint's nrow)")
     p.add_argument("--out", help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
     p.add_argument("--noise-out", help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
     p.add_argument("--individual", help="also write each image as a PNG into this folder")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
-    p.add_argument("--scale", type=positive_int, default=1, help="upscale the grid PNG by this factor")
+    p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes and guidance (docs/guidance.md)")
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
@@ -80,7 +84,10 @@ def run(args) -> int:
         from ..config import TrainConfig
         config = TrainConfig.from_file(args.config)
     device = resolve_device(args.device)
-    for path in (args.out, args.noise_out):
+    for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
+        if path and Path(path).suffix.lower() != ".png":  # never overwrite a checkpoint with an image
+            from ..errors import DiffkitError
+            raise DiffkitError(f"{flag}={path!r} must be a .png file")
         if path:
             check_writable_dir(Path(path).parent or ".")
     if args.individual:
@@ -230,10 +237,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
     unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
-    noise = randn((num, *shape), generators_from_seed(seed, num), device=device)
-    results = []
+    results, noise_parts = [], []
     for start in range(0, num, batch_size):
-        chunk = noise[start:start + batch_size]
+        n = min(batch_size, num - start)  # noise per batch: memory grows with the batch, not with num
+        chunk = randn((n, *shape), generators_from_seed(seed + start, n), device=device)
+        if start < GRID_LIMIT:
+            noise_parts.append(chunk[:GRID_LIMIT - start].cpu())
         gens = generators_from_seed(seed + 10_000_019 + start, chunk.shape[0])  # per-sample step noise
         y = None if labels is None else labels[start:start + batch_size].to(device)
         if guidance.classifier and guidance.classifier_algorithm == 1:  # y to the network only if it is conditional
@@ -245,8 +254,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         results.append(sample(denoiser, chunk, sampler, steps, nfe=nfe, spacing=spacing, generator=gens,
                               cond=cond, progress=progress, **options).cpu())
     images = torch.cat(results)
-    save_grid(noise.cpu().clamp(-1, 1), noise_out, nrow, scale)
-    save_grid(images, out, nrow, scale)
+    save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
+    save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
     what = "" if labels is None else f", classes {sorted(set(labels.tolist()))}"
