@@ -402,6 +402,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
         settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps),
                         num_samples=num, **({"eta": options["eta"]} if options else {}))
+    if "class-accuracy" in names and (denoiser is None or sample_labels(denoiser, 1) is None):
+        raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "
+                           "checkpoint (unconditional models and images from --samples have none)")
     if net is not None:
         _check_image_shape(torch.empty(1, channels, size, size), net.config.in_channels, net.config.image_size,
                            "the evaluator", f"train one at the samples' size with 'diffkit train-evaluator "

@@ -171,6 +171,8 @@ def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
     one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--num", 1, "--evaluator", ev,
                             "--out", tmp_path / "r.json"], "too few", "at least 2")
     one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--out", tmp_path / "r.json"], "train-evaluator")
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--metrics", "class-accuracy", "--evaluator", ev,
+                            "--out", tmp_path / "r.json"], "class-conditional")
     folder = tmp_path / "mixed"
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
