@@ -40,11 +40,12 @@ from diffkit.training import Trainer  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def quality_rows(denoiser, scorer, real, num, *, sampler, steps, seed, batch_size, device) -> dict:
+def quality_rows(denoiser, scorer, real, num, *, sampler, steps, seed, batch_size, device,
+                 thresholding=None) -> dict:
     """FD-classifier and confidence of samples, real training images and clipped noise."""
     start = time.perf_counter()
     samples = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                               device=device)
+                               device=device, thresholding=thresholding)
     sampling_seconds = time.perf_counter() - start
     noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed + 1)).clamp(-1, 1)
     rows = {}
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--num", type=int, default=1000, help="samples (default 1000)")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
     p.add_argument("--classifier-epochs", type=int, default=10)
     p.add_argument("--nll-num", type=int, default=64, help="held-out images for the NLL (0 = skip)")
     p.add_argument("--nll-strides", default="5,10,20,50", help="strides of the estimates")
@@ -125,9 +127,11 @@ def main(argv=None) -> int:
           f"digits after {report['classifier']['seconds']:.1f} s")
     scorer = SampleScorer(["fd-classifier", "confidence"], held_out, evaluator=net, device=device)
     report["checkpoint"] = str(checkpoint)
-    report["sampling"] = {"sampler": args.sampler, "steps": args.sample_steps, "num": args.num}
+    report["sampling"] = {"sampler": args.sampler, "steps": args.sample_steps, "num": args.num,
+                          "thresholding": args.thresholding}
     report["quality"] = quality_rows(denoiser, scorer, train_images, args.num, sampler=args.sampler,
-                                     steps=args.sample_steps, seed=0, batch_size=250, device=device)
+                                     steps=args.sample_steps, seed=0, batch_size=250, device=device,
+                                     thresholding=args.thresholding)
     report["nll"] = {}
     if args.nll_num > 0:
         strides = [int(s) for s in args.nll_strides.split(",") if s.strip()]

@@ -351,7 +351,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              data_dir=None, num: int = 1000, sampler: str = "ddim", steps: int = 50, eta=None,
              evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
-             device="cpu", use_ema: bool = True, save_samples=None, progress: bool = False) -> dict:
+             device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
+             progress: bool = False) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -389,7 +390,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         from .loading import load_denoiser
         from .samplers.registry import get_sampler
         info = get_sampler(sampler)
-        options = {}
+        options = {} if thresholding is None else {"thresholding": thresholding}
         if eta is not None:
             if sampler != "ddim":
                 raise DiffkitError(f"eta applies to the ddim sampler, not {sampler!r}")
@@ -401,7 +402,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         if ref is None:
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
         settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps),
-                        num_samples=num, **({"eta": options["eta"]} if options else {}))
+                        num_samples=num, **options)
     if "class-accuracy" in names and (denoiser is None or sample_labels(denoiser, 1) is None):
         raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "
                            "checkpoint (unconditional models and images from --samples have none)")

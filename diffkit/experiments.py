@@ -70,15 +70,19 @@ def _check_steps(steps_list: Sequence[int], num_timesteps: int) -> list[int]:
 
 
 def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, batch_size, device, progress,
-              title, row_label, notes) -> ExperimentTable:
+              title, row_label, notes, thresholding=None) -> ExperimentTable:
     metric = _check_metric(scorer)
     steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
     labels = sample_labels(denoiser, num)
+    if thresholding is not None:
+        notes.append(f"predicted x0 thresholding: {thresholding}")
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()
     for i, row in enumerate(rows):
         sampler, options = settings_of(row)
+        if thresholding is not None:
+            options = {**options, "thresholding": thresholding}
         for j, steps in enumerate(steps_list):
             denoiser.reset_nfe()
             try:
@@ -97,16 +101,17 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
 
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
                steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
-               device=None, progress: bool = False) -> ExperimentTable:
+               device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
     """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count."""
     return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
                      seed=seed, batch_size=batch_size, device=device, progress=progress,
-                     title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[])
+                     title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
+                     thresholding=thresholding)
 
 
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
-                  device=None, progress: bool = False) -> ExperimentTable:
+                  device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note."""
     from .samplers import REGISTRY
     notes = [f"sampler {name!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
@@ -118,7 +123,7 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     return _run_grid(denoiser, scorer, rows, steps_list, lambda name: (name, {}), num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,
                      title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
-                     notes=notes)
+                     notes=notes, thresholding=thresholding)
 
 
 # ---------------------------------------------------------------------------- output

@@ -40,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim)")
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
+    p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
     p.add_argument("--nll-num", type=positive_int, default=256, help="test images for nll (default 256)")
     p.add_argument("--nll-stride", type=positive_int, default=10, help="nll-strided: every k-th t (default 10)")
     p.add_argument("--nll-dense-below", type=positive_int, default=20,
@@ -74,7 +75,8 @@ def run(args) -> int:
                           eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
                           nll_dense_below=args.nll_dense_below, batch_size=args.batch_size, seed=args.seed,
-                          device=device, use_ema=args.ema, save_samples=args.save_samples,
+                          device=device, use_ema=args.ema, thresholding=args.thresholding,
+                          save_samples=args.save_samples,
                           progress=args.progress)
     warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]

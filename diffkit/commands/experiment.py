@@ -7,7 +7,6 @@ registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json a
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 from ._common import check_writable_dir, positive_int
 
@@ -30,6 +29,7 @@ def register(sub) -> None:
         q.add_argument("--metric", default="fd-classifier", help="one sample metric (default fd-classifier)")
         q.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default 1000)")
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
+        q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", default=name, help=f"file name stem (default {name})")
         add_source_flags(q)
         q.set_defaults(func=run)
@@ -54,7 +54,7 @@ def run(args) -> int:
                                    evaluator=args.evaluator, inception_weights=args.inception_weights,
                                    batch_size=args.batch_size, device=device)
         common = dict(steps_list=steps_list, num=args.num, seed=args.seed, batch_size=args.batch_size,
-                      device=device, progress=args.progress)
+                      device=device, progress=args.progress, thresholding=args.thresholding)
         if args.table == "ddim-table":
             table = ddim_table(denoiser, scorer, etas=etas, **common)
         else:
