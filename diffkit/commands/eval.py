@@ -1,0 +1,91 @@
+"""``diffkit eval``: metrics of a checkpoint's samples (or of a folder of PNGs) and its test-set NLL.
+
+Prints a table and writes JSON. Metrics: fid, is, kid, pr (need the Inception weights file),
+fd-classifier, classifier-score, class-accuracy, confidence (need an evaluator from
+'diffkit train-evaluator'), nll (full variational bound, bits/dim) and nll-strided (faster
+estimate: every t below --nll-dense-below, then every --nll-stride-th t).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ._common import add_progress_flag, check_writable_dir, positive_int
+
+
+def add_source_flags(p) -> None:
+    """Flags shared by ``eval`` and ``experiment``: reference data, evaluator, Inception, device."""
+    p.add_argument("--ref", help="reference data set (test split): digits, mnist, fashion-mnist, cifar10, "
+                                 "folder (default: the checkpoint's training data set)")
+    p.add_argument("--data-dir", help="folder with the reference data set's files")
+    p.add_argument("--ref-num", type=positive_int, help="use only the first N reference images")
+    p.add_argument("--evaluator", help="evaluator .safetensors from 'diffkit train-evaluator' (classifier metrics)")
+    p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (fid/is/kid/pr); "
+                                               "default $DIFFKIT_INCEPTION_WEIGHTS or ~/.cache/diffkit/")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
+    p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_progress_flag(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint or a folder of images", description=__doc__)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a diffkit checkpoint (.safetensors)")
+    source.add_argument("--samples", help="a folder of same-sized PNGs made elsewhere")
+    p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
+                   "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided")
+    p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
+    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim)")
+    p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
+    p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+    p.add_argument("--nll-num", type=positive_int, default=256, help="test images for nll (default 256)")
+    p.add_argument("--nll-stride", type=positive_int, default=10, help="nll-strided: every k-th t (default 10)")
+    p.add_argument("--nll-dense-below", type=positive_int, default=20,
+                   help="nll-strided: every t below this (default 20)")
+    p.add_argument("--save-samples", help="also write the samples as PNGs into this folder")
+    p.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
+    add_source_flags(p)
+    p.set_defaults(func=run)
+
+
+def warning_lines(caught) -> None:
+    """Print caught warnings as one line each: ``diffkit: warning: ...``."""
+    import sys
+    for w in caught:
+        sys.stderr.write(f"diffkit: warning: {' '.join(str(w.message).split())}\n")
+
+
+def run(args) -> int:
+    from ..config import resolve_device
+    from ..evaluation import evaluate, format_results, parse_eta, parse_metrics, write_json
+    parse_metrics(args.metrics)  # validate before loading anything
+    if args.eta is not None:
+        parse_eta(args.eta)
+    device = str(resolve_device(args.device))
+    check_writable_dir(Path(args.out).parent if str(Path(args.out).parent) else Path("."), "output directory")
+    if args.save_samples:
+        check_writable_dir(args.save_samples, "sample directory")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
+                          data_dir=args.data_dir, num=args.num, sampler=args.sampler, steps=args.steps,
+                          eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
+                          ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
+                          nll_dense_below=args.nll_dense_below, batch_size=args.batch_size, seed=args.seed,
+                          device=device, use_ema=args.ema, thresholding=args.thresholding,
+                          save_samples=args.save_samples,
+                          progress=args.progress)
+    warning_lines(caught)
+    result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
+    settings = result["settings"]
+    source = settings.get("checkpoint") or settings.get("samples")
+    print(f"{source}: {settings.get('num_samples')} samples"
+          + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
+          + (f" vs {settings['num_reference']} {settings['reference']} test images" if "reference" in settings else ""))
+    print(format_results(result["metrics"]))
+    path = write_json(result, args.out)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,66 @@
+"""``diffkit experiment``: tables of one metric over sampler settings for a checkpoint.
+
+``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000}.
+``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, unipc; those not
+registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
+"""
+from __future__ import annotations
+
+import warnings
+
+from ._common import check_writable_dir, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("experiment", help="sampler x steps tables (DDIM Table 1, PNDM layout)",
+                       description=__doc__)
+    tables = p.add_subparsers(dest="table", metavar="TABLE", required=True)
+    from ..experiments import DDIM_ETAS, DDIM_STEPS, PNDM_SAMPLERS, PNDM_STEPS
+    ddim = tables.add_parser("ddim-table", help="DDIM eta x steps", description=__doc__)
+    ddim.add_argument("--etas", default=",".join("sigma_hat" if e == "sigma_hat" else f"{e:g}" for e in DDIM_ETAS),
+                      help="comma-separated etas (numbers >= 0 or sigma_hat; default %(default)s)")
+    ddim.add_argument("--steps", default=",".join(map(str, DDIM_STEPS)), help="step counts (default %(default)s)")
+    samplers = tables.add_parser("sampler-table", help="samplers x steps", description=__doc__)
+    samplers.add_argument("--samplers", default=",".join(PNDM_SAMPLERS), help="sampler names (default %(default)s)")
+    samplers.add_argument("--steps", default=",".join(map(str, PNDM_STEPS)), help="step counts (default %(default)s)")
+    from .eval import add_source_flags
+    for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):
+        q.add_argument("--checkpoint", required=True, help="a diffkit checkpoint (.safetensors)")
+        q.add_argument("--metric", default="fd-classifier", help="one sample metric (default fd-classifier)")
+        q.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default 1000)")
+        q.add_argument("--out", default="experiments", help="output folder (default experiments)")
+        q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+        q.add_argument("--name", default=name, help=f"file name stem (default {name})")
+        add_source_flags(q)
+        q.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import resolve_device
+    from ..evaluation import parse_eta, parse_metrics
+    from ..experiments import ddim_table, experiment_scorer, parse_list, sampler_table, to_markdown, write_table
+    from ..loading import load_denoiser
+    from .eval import warning_lines
+    parse_metrics(args.metric)
+    steps_list = parse_list(args.steps, "steps")
+    etas = parse_list(args.etas, "etas", parse_eta) if args.table == "ddim-table" else None
+    names = parse_list(args.samplers, "samplers", str) if args.table == "sampler-table" else None
+    device = str(resolve_device(args.device))
+    check_writable_dir(args.out, "output directory")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device)
+        scorer = experiment_scorer(args.metric, denoiser, ref=args.ref, data_dir=args.data_dir, ref_num=args.ref_num,
+                                   evaluator=args.evaluator, inception_weights=args.inception_weights,
+                                   batch_size=args.batch_size, device=device)
+        common = dict(steps_list=steps_list, num=args.num, seed=args.seed, batch_size=args.batch_size,
+                      device=device, progress=args.progress, thresholding=args.thresholding)
+        if args.table == "ddim-table":
+            table = ddim_table(denoiser, scorer, etas=etas, **common)
+        else:
+            table = sampler_table(denoiser, scorer, samplers=names, **common)
+    warning_lines({str(w.message): w for w in caught}.values())
+    paths = write_table(table, args.out, args.name, "heatmap" if args.table == "ddim-table" else "lines")
+    print(to_markdown(table))
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({table.seconds:.0f} s)")
+    return 0

@@ -1,0 +1,446 @@
+"""Evaluate a model or a folder of images: one call, one table of metrics (the arrow
+"images -> metrics" of DESIGN.md, plus the test-set likelihood of a checkpoint).
+
+Metric names (``METRICS``):
+
+* ``fid``, ``is``, ``kid``, ``pr`` - on the standard FID InceptionV3 (Heusel et al. 2017;
+  Salimans et al. 2016; Binkowski et al. 2018; Kynkaanniemi et al. 2019). They need the weights
+  file (:func:`diffkit.metrics.find_inception_weights`); nothing is downloaded.
+* ``fd-classifier``, ``classifier-score``, ``class-accuracy``, ``confidence`` - on a small
+  domain classifier (:mod:`diffkit.metrics.evaluator`): Frechet distance of its 128-d features,
+  its IS-like score, agreement with the conditioning labels (class-conditional models only) and
+  the mean max-softmax confidence.
+* ``nll`` - the full variational bound in bits/dim on test images (DDPM eq. 5, T network calls
+  per batch); ``nll-strided`` - the same bound with the KL terms summed by the trapezoid rule on
+  all t < ``dense_below`` and every ``stride``-th t above (:func:`strided_timesteps`).
+
+Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
+no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
+flagged ``rank_deficient`` and warned about, since its covariance is singular and the value
+biased upwards.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DiffkitError, check_choice, check_range
+
+INCEPTION_METRICS = ("fid", "is", "kid", "pr")
+EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "confidence")
+NLL_METRICS = ("nll", "nll-strided")
+SAMPLE_METRICS = INCEPTION_METRICS + EVALUATOR_METRICS
+METRICS = SAMPLE_METRICS + NLL_METRICS
+# the field of each metric's result that a one-number table shows
+PRIMARY_FIELD = {"fid": "value", "is": "mean", "kid": "mean", "pr": "precision", "fd-classifier": "value",
+                 "classifier-score": "mean", "class-accuracy": "value", "confidence": "value",
+                 "nll": "bpd", "nll-strided": "bpd"}
+LOWER_IS_BETTER = {"fid", "kid", "fd-classifier", "nll", "nll-strided"}
+MIN_EVAL_SAMPLES = 2  # the documented floor (a covariance needs two samples)
+DIGITS_TRAIN_SIZE = 1200  # the embedded digits have no split: images 0..1199 train, 1200..1796 test
+PR_NEIGHBOURS = 3
+
+
+# ---------------------------------------------------------------------------- inputs
+def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    """``"fid,is"`` or a list -> validated names, in order, without repeats; one-line error otherwise."""
+    names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]
+    names = [m for m in names if m]
+    if not names:
+        raise DiffkitError(f"metrics={metrics!r} names no metric; choose from: {', '.join(METRICS)}")
+    for name in names:
+        check_choice("metric", name, METRICS)
+    return list(dict.fromkeys(names))
+
+
+def strided_timesteps(num_timesteps: int, dense_below: int = 20, stride: int = 10) -> list[int]:
+    """All t < ``dense_below``, then every ``stride``-th t, always ending at T-1.
+
+    The VLB terms fall by orders of magnitude over the first few t (most bits are decided at low
+    noise), so dense small t and sparse large t keep the trapezoid-rule error small.
+    """
+    check_range("stride", stride, 1, None, integer=True)
+    check_range("dense_below", dense_below, 1, None, integer=True)
+    ts = list(range(min(dense_below, num_timesteps)))
+    ts += list(range(ts[-1] + stride, num_timesteps, stride))
+    if ts[-1] != num_timesteps - 1:
+        ts.append(num_timesteps - 1)
+    return ts
+
+
+def reference_images(dataset: str, data_dir=None, *, train: bool = False, img_size: Optional[int] = None,
+                     channels: Optional[int] = None, limit: Optional[int] = None):
+    """(images (N, C, H, W) float in [-1, 1], labels (N,)) of a data set's train or test split.
+
+    ``digits`` has no split of its own: diffkit uses its first ``DIGITS_TRAIN_SIZE`` images as the
+    train part and the remaining 597 as the test part. ``limit`` keeps the first images.
+    """
+    from .data import load_dataset
+    data = load_dataset(dataset, data_dir, img_size=img_size, train=train, channels=channels)
+    images, labels = data.images, data.labels
+    if dataset == "digits":
+        part = slice(0, DIGITS_TRAIN_SIZE) if train else slice(DIGITS_TRAIN_SIZE, None)
+        images, labels = images[part], labels[part]
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images.to(torch.float32) / 127.5 - 1.0, labels.clone()
+
+
+def load_image_folder(folder) -> torch.Tensor:
+    """All PNGs of ``folder`` as one tensor in [-1, 1]; mixed sizes give a one-line error."""
+    from .metrics.features import _check_same_size, list_images, load_image_batch
+    files = list_images(folder)
+    _, mode = _check_same_size(files)
+    return load_image_batch(files, mode)
+
+
+# ---------------------------------------------------------------------------- sampling
+def sample_labels(denoiser, num: int) -> Optional[torch.Tensor]:
+    """Class labels 0, 1, ..., K-1, 0, ... for a class-conditional checkpoint; None otherwise."""
+    num_classes = (getattr(denoiser, "meta", None) or {}).get("unet", {}).get("num_classes")
+    return None if not num_classes else torch.arange(num) % num_classes
+
+
+def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+                     batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
+                     progress: bool = False, **options) -> torch.Tensor:
+    """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`.
+
+    Sample i starts from the noise of seed ``seed + i`` whatever the batch size, so two samplers
+    evaluated with the same seed start from the same x_T.
+    """
+    from .noise import generators_from_seed, randn
+    from .sampling import sample
+    check_range("num", num, 1, None, integer=True)
+    meta = getattr(denoiser, "meta", {}) or {}
+    unet = meta.get("unet")
+    if unet is None:
+        raise DiffkitError("the denoiser has no .meta['unet']; load it with diffkit.loading.load_denoiser")
+    shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
+    if device is None:
+        device = next(denoiser.model.parameters()).device
+    out = []
+    for start in range(0, num, batch_size):
+        count = min(batch_size, num - start)
+        noise = randn((count, *shape), generators_from_seed(seed + start, count), device=device)
+        gens = generators_from_seed(seed + 10_000_019 + start, count)
+        cond = None if labels is None else {"y": labels[start:start + count].to(device)}
+        x = sample(denoiser, noise, sampler, steps, generator=gens, cond=cond, progress=progress, **options)
+        out.append(x.float().cpu().clamp(-1, 1))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------- scoring
+def check_sample_count(num: int, what: str = "samples") -> None:
+    """Refuse fewer than ``MIN_EVAL_SAMPLES`` images (the documented floor)."""
+    if num < MIN_EVAL_SAMPLES:
+        raise DiffkitError(f"{what}: {num} image(s) is too few; at least {MIN_EVAL_SAMPLES} are needed "
+                           f"(and more than the feature dimension for a reliable Frechet distance)")
+
+
+def _check_image_shape(images: torch.Tensor, channels: int, size: int, what: str, hint: str) -> None:
+    if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
+        raise DiffkitError(f"{what} takes {channels}x{size}x{size} images but got "
+                           f"{'x'.join(map(str, images.shape[1:]))}; {hint}")
+
+
+def _frechet(features, reference_stats, dim: int, what: str) -> dict:
+    from .metrics import feature_statistics, frechet_distance_of_stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stats = feature_statistics(features, what)
+    deficient = features.shape[0] <= dim or reference_stats.num_samples <= dim
+    if deficient:
+        warnings.warn(f"{what}: {features.shape[0]} samples and {reference_stats.num_samples} reference "
+                      f"images for {dim}-d features give a rank-deficient covariance; the distance is "
+                      f"biased upwards (use more than {dim} of each)", RuntimeWarning, stacklevel=3)
+    return {"value": frechet_distance_of_stats(stats, reference_stats), "num_samples": int(features.shape[0]),
+            "num_reference": int(reference_stats.num_samples), "feature_dim": dim, "rank_deficient": deficient}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(shifted)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+class SampleScorer:
+    """Scores sets of generated images against one reference set.
+
+    The reference features (and their mean and covariance) are computed once at construction, so
+    a table of many sampler settings pays for them once. ``evaluator`` is an
+    :class:`~diffkit.metrics.EvaluatorNet` (needed by the classifier metrics), ``inception`` a
+    :class:`~diffkit.metrics.FIDInceptionV3` (needed by fid/is/kid/pr).
+    """
+
+    def __init__(self, metrics: Sequence[str], reference: Optional[torch.Tensor] = None, *, evaluator=None,
+                 inception=None, batch_size: int = 250, device="cpu", kid_subset_size: int = 1000,
+                 is_splits: int = 10):
+        from .metrics import extract_features, feature_statistics
+        self.metrics = [m for m in parse_metrics(metrics) if m in SAMPLE_METRICS]
+        self.evaluator, self.inception = evaluator, inception
+        self.batch_size, self.device = batch_size, device
+        self.kid_subset_size, self.is_splits = kid_subset_size, is_splits
+        needs_reference = {"fid", "kid", "pr", "fd-classifier"} & set(self.metrics)
+        if any(m in INCEPTION_METRICS for m in self.metrics) and inception is None:
+            raise DiffkitError("metrics fid/is/kid/pr need the Inception network; pass inception= "
+                               "(diffkit.metrics.load_inception)")
+        if any(m in EVALUATOR_METRICS for m in self.metrics) and evaluator is None:
+            raise DiffkitError(f"metrics {', '.join(EVALUATOR_METRICS)} need an evaluator file; make one with "
+                               "'diffkit train-evaluator' and pass --evaluator FILE")
+        if needs_reference and reference is None:
+            raise DiffkitError(f"metrics {', '.join(sorted(needs_reference))} need reference images (--ref DATASET)")
+        self.reference_inception = self.reference_classifier = None
+        self.num_reference = 0 if reference is None else int(reference.shape[0])
+        if reference is not None and needs_reference:
+            check_sample_count(reference.shape[0], "reference images")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                if evaluator is not None and "fd-classifier" in self.metrics:
+                    self._check_evaluator_input(reference, "reference images")
+                    feats = extract_features(evaluator.features, reference, batch_size, device, progress=False)
+                    self.reference_classifier = feature_statistics(feats, "reference classifier features")
+                if inception is not None and {"fid", "kid", "pr"} & set(self.metrics):
+                    feats, _ = extract_features(inception, reference, batch_size, device, progress=False)
+                    self.reference_inception = (feats, feature_statistics(feats, "reference Inception features"))
+
+    def _check_evaluator_input(self, images: torch.Tensor, what: str) -> None:
+        cfg = self.evaluator.config
+        _check_image_shape(images, cfg.in_channels, cfg.image_size, "the evaluator",
+                           f"train an evaluator at this size with 'diffkit train-evaluator --img-size "
+                           f"{images.shape[-1]}' ({what})")
+
+    def score(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, dict]:
+        """{metric: {field: value}} for a tensor of images (N, C, H, W) in [-1, 1]."""
+        from .metrics import extract_features, inception_score, kernel_inception_distance, precision_recall
+        check_sample_count(int(images.shape[0]))
+        out: dict[str, dict] = {}
+        n = int(images.shape[0])
+        if self.evaluator is not None and set(EVALUATOR_METRICS) & set(self.metrics):
+            self._check_evaluator_input(images, "samples")
+            feats, logits = extract_features(self.evaluator.features_and_logits, images, self.batch_size,
+                                             self.device, progress=False)
+            probs = _softmax(logits)
+            if "fd-classifier" in self.metrics:
+                out["fd-classifier"] = _frechet(feats, self.reference_classifier, feats.shape[1],
+                                                "fd-classifier")
+            if "classifier-score" in self.metrics:
+                score = inception_score(logits, splits=min(self.is_splits, n))
+                out["classifier-score"] = {"mean": score.mean, "std": score.std, "num_samples": n}
+            if "class-accuracy" in self.metrics:
+                if labels is None:
+                    raise DiffkitError("class-accuracy needs the class labels of the samples: use a "
+                                       "class-conditional checkpoint (images from --samples have none)")
+                accuracy = float((logits.argmax(1) == np.asarray(labels)).mean())
+                out["class-accuracy"] = {"value": accuracy, "num_samples": n}
+            if "confidence" in self.metrics:
+                out["confidence"] = {"value": float(probs.max(1).mean()), "num_samples": n}
+        if self.inception is not None and set(INCEPTION_METRICS) & set(self.metrics):
+            feats, logits = extract_features(self.inception, images, self.batch_size, self.device, progress=False)
+            if "fid" in self.metrics:
+                out["fid"] = _frechet(feats, self.reference_inception[1], feats.shape[1], "fid")
+            if "is" in self.metrics:
+                score = inception_score(logits, splits=min(self.is_splits, n))
+                out["is"] = {"mean": score.mean, "std": score.std, "num_samples": n}
+            if "kid" in self.metrics:
+                kid = kernel_inception_distance(feats, self.reference_inception[0],
+                                                subset_size=self.kid_subset_size)
+                out["kid"] = {"mean": kid.mean, "std": kid.std, "num_samples": n}
+            if "pr" in self.metrics:
+                if min(n, self.num_reference) <= PR_NEIGHBOURS:
+                    raise DiffkitError(f"pr needs more than {PR_NEIGHBOURS} samples and reference images; "
+                                       f"got {n} and {self.num_reference}")
+                pr = precision_recall(self.reference_inception[0], feats, k=PR_NEIGHBOURS)
+                out["pr"] = {"precision": pr.precision, "recall": pr.recall, "num_samples": n}
+        return {m: out[m] for m in self.metrics if m in out}
+
+
+# ---------------------------------------------------------------------------- likelihood
+def nll_bits_per_dim(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequence[int]] = None,
+                 batch_size: int = 100, seed: int = 0, progress: bool = False) -> dict:
+    """Mean VLB in bits/dim of ``images`` (in [-1, 1], 8-bit data), with its standard error.
+
+    ``timesteps=None`` is the full bound (DDPM eq. 5; T network calls per batch); a strided list
+    (see :func:`strided_timesteps`) is the faster estimate.
+    """
+    from .likelihood import variational_bound
+    check_sample_count(int(images.shape[0]), "NLL images")
+    device = next(denoiser.model.parameters()).device if hasattr(denoiser, "model") else "cpu"
+    generator = torch.Generator().manual_seed(seed)
+    totals, start_time = [], time.perf_counter()
+    for start in range(0, images.shape[0], batch_size):
+        x0 = images[start:start + batch_size].to(device)
+        totals.append(variational_bound(denoiser, x0, timesteps=timesteps, generator=generator,
+                                        progress=progress).total)
+    total = torch.cat(totals).double()
+    n = int(total.numel())
+    num_t = denoiser.schedule.num_timesteps if timesteps is None else len(timesteps)
+    return {"bpd": float(total.mean()), "sem": float(total.std() / math.sqrt(n)) if n > 1 else float("nan"),
+            "num_images": n, "timesteps_evaluated": num_t, "seconds": time.perf_counter() - start_time}
+
+
+# ---------------------------------------------------------------------------- output
+def _format_value(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.4e}"
+    return str(value)
+
+
+def format_results(results: dict[str, dict]) -> str:
+    """A plain-text table: one row per metric, its main value, then the other fields."""
+    rows = [("metric", "value", "details")]
+    for name, fields in results.items():
+        main = PRIMARY_FIELD.get(name, "value")
+        rest = ", ".join(f"{k}={_format_value(v)}" for k, v in fields.items() if k != main)
+        rows.append((name, _format_value(fields.get(main)), rest))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}".rstrip() for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON atomically (NaN written as null)."""
+    from .checkpoint import atomic_write_bytes
+
+    def clean(obj):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {str(k): clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        if isinstance(obj, (np.floating, np.integer)):
+            return clean(obj.item())
+        return obj
+    return atomic_write_bytes(path, (json.dumps(clean(data), indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------- front door
+def parse_eta(text) -> float | str:
+    """A DDIM eta: a number >= 0 or ``"sigma_hat"`` (DDIM Table 1's sigma-hat process)."""
+    if isinstance(text, str) and text.strip().lower() in ("sigma_hat", "sigma-hat", "hat"):
+        return "sigma_hat"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise DiffkitError(f"eta={text!r} is not allowed; use a number >= 0 or 'sigma_hat'") from None
+    return check_range("eta", value, 0.0, None)
+
+
+def load_evaluator_for(path, device="cpu"):
+    """:func:`diffkit.metrics.load_evaluator` with an error that says how to make the file."""
+    from .metrics import load_evaluator
+    if path is None:
+        raise DiffkitError(f"metrics {', '.join(EVALUATOR_METRICS)} need an evaluator; make one with "
+                           "'diffkit train-evaluator --dataset D --out evaluator.safetensors' and pass --evaluator")
+    return load_evaluator(path, device=device)
+
+
+def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref: Optional[str] = None,
+             data_dir=None, num: int = 1000, sampler: str = "ddim", steps: int = 50, eta=None,
+             evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
+             nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
+             device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
+             progress: bool = False) -> dict:
+    """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
+
+    Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
+    are the test split of ``ref`` (default: the checkpoint's training data set) at the samples'
+    size and channels; ``nll``/``nll-strided`` use its first ``nll_num`` images. Everything that
+    can fail on user input (metric names, files, sizes) is checked before any sampling.
+    """
+    names = parse_metrics(metrics)
+    if (checkpoint is None) == (samples is None):
+        raise DiffkitError("give either a checkpoint (--checkpoint) or a folder of images (--samples), not both")
+    if samples is not None and set(names) & set(NLL_METRICS):
+        raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
+    check_range("num", num, 1, None, integer=True)
+    check_sample_count(num)
+    inception = model = net = denoiser = None
+    if set(names) & set(INCEPTION_METRICS):
+        from .metrics import load_inception
+        inception = load_inception(inception_weights, device=device)
+    if set(names) & set(EVALUATOR_METRICS):
+        net = load_evaluator_for(evaluator, device)
+    settings: dict = {"metrics": names, "seed": seed}
+    images = labels = None
+    if samples is not None:
+        images = load_image_folder(samples)
+        check_sample_count(images.shape[0], f"image folder {str(samples)!r}")
+        channels, size = int(images.shape[1]), int(images.shape[-1])
+        if images.shape[-1] != images.shape[-2]:
+            raise DiffkitError(f"images in {str(samples)!r} are {images.shape[-1]}x{images.shape[-2]}; "
+                               "only square images are allowed")
+        if ref is None and {"fid", "kid", "pr", "fd-classifier"} & set(names):
+            raise DiffkitError("--samples needs --ref DATASET (digits, mnist, fashion-mnist, cifar10, folder) "
+                               "for the reference images")
+        settings.update(samples=str(samples), num_samples=int(images.shape[0]))
+    else:
+        from .loading import load_denoiser
+        from .samplers.registry import get_sampler
+        info = get_sampler(sampler)
+        options = {} if thresholding is None else {"thresholding": thresholding}
+        if eta is not None:
+            if sampler != "ddim":
+                raise DiffkitError(f"eta applies to the ddim sampler, not {sampler!r}")
+            options["eta"] = parse_eta(eta)
+        denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device)
+        check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+        unet, cfg = denoiser.meta["unet"], denoiser.meta.get("config", {})
+        channels, size = unet["in_channels"], unet["img_size"]
+        if ref is None:
+            ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
+        settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps),
+                        num_samples=num, **options)
+    if "class-accuracy" in names and (denoiser is None or sample_labels(denoiser, 1) is None):
+        raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "
+                           "checkpoint (unconditional models and images from --samples have none)")
+    if net is not None:
+        _check_image_shape(torch.empty(1, channels, size, size), net.config.in_channels, net.config.image_size,
+                           "the evaluator", f"train one at the samples' size with 'diffkit train-evaluator "
+                           f"--img-size {size}'")
+    reference = None
+    if ref is not None:
+        reference, _ = reference_images(ref, data_dir, train=False, img_size=size, channels=channels, limit=ref_num)
+        settings.update(reference=ref, reference_split="test", num_reference=int(reference.shape[0]))
+    results: dict[str, dict] = {}
+    sample_names = [m for m in names if m in SAMPLE_METRICS]
+    if sample_names:
+        scorer = SampleScorer(sample_names, reference, evaluator=net, inception=inception,
+                              batch_size=batch_size, device=device)
+        if images is None:
+            labels = sample_labels(denoiser, num)
+            start = time.perf_counter()
+            images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
+                                      batch_size=batch_size, labels=labels, device=device, progress=progress,
+                                      **options)
+            settings["sampling_seconds"] = time.perf_counter() - start
+            if save_samples:
+                from .images import save_images
+                save_images(images, save_samples)
+        results.update(scorer.score(images, labels))
+    if set(names) & set(NLL_METRICS):
+        nll_images = reference[:nll_num]
+        check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
+        if "nll" in names:
+            results["nll"] = nll_bits_per_dim(denoiser, nll_images, batch_size=batch_size, seed=seed, progress=progress)
+        if "nll-strided" in names:
+            ts = strided_timesteps(denoiser.schedule.num_timesteps, nll_dense_below, nll_stride)
+            results["nll-strided"] = nll_bits_per_dim(denoiser, nll_images, timesteps=ts, batch_size=batch_size,
+                                                  seed=seed, progress=progress)
+            results["nll-strided"].update(dense_below=nll_dense_below, stride=nll_stride)
+            if "nll" in results:
+                results["nll-strided"]["minus_full"] = results["nll-strided"]["bpd"] - results["nll"]["bpd"]
+        results = {m: results[m] for m in names if m in results}
+    return {"metrics": results, "settings": settings}

@@ -1,0 +1,247 @@
+"""Experiment tables: one metric over a grid of sampler settings for one checkpoint.
+
+* :func:`ddim_table` - the layout of DDIM (Song et al. 2021) Table 1: rows eta in
+  {0, 0.2, 0.5, 1, sigma-hat}, columns S in {10, 20, 50, 100, 1000} sampling steps.
+* :func:`sampler_table` - the layout of PNDM (Liu et al. 2022) Table 1/2: rows samplers
+  (ddim, s-pndm, pndm = F-PNDM, fon, dpm-solver, unipc, as registered), columns steps.
+
+Every cell starts from the same noise (sample i from seed + i) and is scored against the same
+reference statistics, computed once (:class:`diffkit.evaluation.SampleScorer`). Tables are
+written as Markdown, CSV, JSON and a PNG (heat-map for the DDIM table, lines for samplers).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .errors import DiffkitError, check_range
+from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, sample_labels, write_json
+
+DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
+DDIM_STEPS = (10, 20, 50, 100, 1000)
+PNDM_SAMPLERS = ("ddim", "s-pndm", "pndm", "fon", "dpm-solver", "unipc")
+PNDM_STEPS = (10, 20, 50, 100, 250, 1000)
+
+
+@dataclass
+class ExperimentTable:
+    """``values[i][j]``: the metric for row ``rows[i]`` at ``steps[j]`` (None: not run, see notes)."""
+
+    title: str
+    metric: str
+    row_label: str
+    rows: list
+    steps: list
+    values: list
+    nfe: list
+    num_samples: int
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _row_name(row) -> str:
+    return "sigma_hat" if row == "sigma_hat" else (f"{row:g}" if isinstance(row, float) else str(row))
+
+
+def _check_metric(scorer) -> str:
+    if len(scorer.metrics) != 1:
+        raise DiffkitError(f"a table shows one metric; the scorer has {scorer.metrics}")
+    metric = scorer.metrics[0]
+    if metric in NLL_METRICS:
+        raise DiffkitError(f"metric {metric!r} does not depend on the sampler; tables take sample metrics")
+    return metric
+
+
+def _check_steps(steps_list: Sequence[int], num_timesteps: int) -> list[int]:
+    steps_list = list(steps_list)
+    if not steps_list:
+        raise DiffkitError("steps list is empty; give at least one step count, e.g. 10,20,50")
+    for s in steps_list:
+        check_range("steps", s, 1, num_timesteps, integer=True)
+    return steps_list
+
+
+def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, batch_size, device, progress,
+              title, row_label, notes, thresholding=None) -> ExperimentTable:
+    metric = _check_metric(scorer)
+    steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
+    labels = sample_labels(denoiser, num)
+    if thresholding is not None:
+        notes.append(f"predicted x0 thresholding: {thresholding}")
+    values = [[None] * len(steps_list) for _ in rows]
+    nfe = [[None] * len(steps_list) for _ in rows]
+    start = time.perf_counter()
+    for i, row in enumerate(rows):
+        sampler, options = settings_of(row)
+        if thresholding is not None:
+            options = {**options, "thresholding": thresholding}
+        for j, steps in enumerate(steps_list):
+            denoiser.reset_nfe()
+            try:
+                images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
+                                          batch_size=batch_size, labels=labels, device=device, **options)
+            except DiffkitError as err:
+                notes.append(f"{_row_name(row)} at {steps} steps not run: {err}")
+                continue
+            nfe[i][j] = denoiser.nfe // math.ceil(num / batch_size)  # network calls per sample
+            values[i][j] = scorer.score(images, labels)[metric][PRIMARY_FIELD[metric]]
+            if progress:
+                print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g}", flush=True)
+    return ExperimentTable(title, metric, row_label, [_row_name(r) for r in rows], steps_list, values, nfe,
+                           num, notes, time.perf_counter() - start)
+
+
+def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
+               steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
+               device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
+    """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count."""
+    return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
+                     seed=seed, batch_size=batch_size, device=device, progress=progress,
+                     title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
+                     thresholding=thresholding)
+
+
+def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
+                  steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
+                  device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
+    """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note."""
+    from .samplers import REGISTRY
+    notes = [f"sampler {name!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
+             for name in samplers if name not in REGISTRY]
+    rows = [name for name in samplers if name in REGISTRY]
+    if not rows:
+        raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
+                           f"{', '.join(REGISTRY)}")
+    return _run_grid(denoiser, scorer, rows, steps_list, lambda name: (name, {}), num=num, seed=seed,
+                     batch_size=batch_size, device=device, progress=progress,
+                     title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
+                     notes=notes, thresholding=thresholding)
+
+
+# ---------------------------------------------------------------------------- output
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def to_markdown(table: ExperimentTable) -> str:
+    """The table as Markdown: a caption with the metric and sample count, one row per setting."""
+    better = "lower is better" if table.metric in LOWER_IS_BETTER else "higher is better"
+    lines = [f"**{table.title}**: {table.metric} ({better}), {table.num_samples} samples per cell.", "",
+             "| " + " | ".join([f"{table.row_label} \\ steps", *map(str, table.steps)]) + " |",
+             "|" + "---|" * (len(table.steps) + 1)]
+    for row, values in zip(table.rows, table.values):
+        lines.append("| " + " | ".join([row, *map(_cell, values)]) + " |")
+    lines += [""] + [f"- {note}" for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_csv(table: ExperimentTable) -> str:
+    """Long format: one line per cell with its network evaluations per sample and the sample count."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([table.row_label, "steps", "nfe", table.metric, "num_samples"])
+    for row, values, nfes in zip(table.rows, table.values, table.nfe):
+        for steps, value, nfe in zip(table.steps, values, nfes):
+            writer.writerow([row, steps, "" if nfe is None else nfe, "" if value is None else repr(value),
+                             table.num_samples])
+    return buffer.getvalue()
+
+
+def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") -> Path:
+    """A heat-map (rows x steps, values written in the cells) or lines (metric against steps)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    data = np.array([[np.nan if v is None else v for v in row] for row in table.values], dtype=float)
+    caption = f"{table.metric}, {table.num_samples} samples per cell"
+    if kind == "heatmap":
+        fig, ax = plt.subplots(figsize=(1.2 * len(table.steps) + 2.5, 0.6 * len(table.rows) + 1.8), dpi=100)
+        image = ax.imshow(data, cmap="viridis_r" if table.metric in LOWER_IS_BETTER else "viridis", aspect="auto")
+        ax.set_xticks(range(len(table.steps)), [str(s) for s in table.steps])
+        ax.set_yticks(range(len(table.rows)), table.rows)
+        ax.set_xlabel("steps")
+        ax.set_ylabel(table.row_label)
+        finite = data[np.isfinite(data)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for (i, j), value in np.ndenumerate(data):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8,
+                        color="white" if (value > middle) == (table.metric in LOWER_IS_BETTER) else "black")
+        fig.colorbar(image, ax=ax, label=table.metric)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for row, values in zip(table.rows, data):
+            ax.plot(table.steps, values, marker="o", label=row)
+        ax.set_xscale("log")
+        ax.set_xticks(table.steps, [str(s) for s in table.steps])
+        ax.set_xlabel("steps")
+        ax.set_ylabel(table.metric)
+        ax.grid(alpha=0.3)
+        ax.legend(title=table.row_label, fontsize=8)
+    ax.set_title(caption, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_table(table: ExperimentTable, out_dir: str | Path, stem: str, kind: str = "heatmap") -> dict[str, Path]:
+    """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` into ``out_dir``."""
+    from .checkpoint import atomic_write_bytes
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"md": atomic_write_bytes(out_dir / f"{stem}.md", to_markdown(table).encode()),
+             "csv": atomic_write_bytes(out_dir / f"{stem}.csv", to_csv(table).encode()),
+             "json": write_json(table.as_dict(), out_dir / f"{stem}.json")}
+    paths["png"] = plot_table(table, out_dir / f"{stem}.png", kind)
+    return paths
+
+
+def parse_list(text: str, what: str, kind=int) -> list:
+    """``"10,20,50"`` -> [10, 20, 50] with a one-line error naming the bad entry."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise DiffkitError(f"{what}={text!r} is empty; give a comma-separated list")
+    out = []
+    for item in items:
+        try:
+            out.append(kind(item))
+        except (TypeError, ValueError) as err:
+            raise DiffkitError(f"{what} entry {item!r} is not allowed: {err}") from None
+    return out
+
+
+def experiment_scorer(metric: str, denoiser, *, ref: Optional[str] = None, data_dir=None,
+                      ref_num: Optional[int] = None, evaluator=None, inception_weights=None,
+                      batch_size: int = 250, device="cpu"):
+    """A :class:`~diffkit.evaluation.SampleScorer` for one metric against the reference test split."""
+    from .evaluation import (EVALUATOR_METRICS, INCEPTION_METRICS, SampleScorer, load_evaluator_for,
+                             parse_metrics, reference_images)
+    names = parse_metrics(metric)
+    if len(names) != 1 or names[0] in NLL_METRICS:
+        raise DiffkitError(f"metric={metric!r} is not allowed; a table takes one sample metric "
+                           f"(fd-classifier, classifier-score, confidence, fid, is, kid, pr, class-accuracy)")
+    inception = net = None
+    if names[0] in INCEPTION_METRICS:
+        from .metrics import load_inception
+        inception = load_inception(inception_weights, device=device)
+    if names[0] in EVALUATOR_METRICS:
+        net = load_evaluator_for(evaluator, device)
+    unet, cfg = denoiser.meta["unet"], denoiser.meta.get("config", {})
+    if ref is None:
+        ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
+    reference, _ = reference_images(ref, data_dir, train=False, img_size=unet["img_size"],
+                                    channels=unet["in_channels"], limit=ref_num)
+    return SampleScorer(names, reference, evaluator=net, inception=inception, batch_size=batch_size, device=device)

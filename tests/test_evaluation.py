@@ -1,0 +1,187 @@
+"""diffkit eval / train-evaluator / experiment on a tiny checkpoint trained here (seconds on a CPU)."""
+import contextlib
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffkit import cli
+from diffkit.config import TrainConfig
+from diffkit.evaluation import (evaluate, reference_images, strided_timesteps, nll_bits_per_dim)
+from diffkit.loading import load_denoiser
+from diffkit.metrics import classifier_frechet_distance, load_evaluator
+from diffkit.training import Trainer
+
+TINY = {"dataset": "digits", "img_size": 8, "channel": 16, "channel_mult": [1, 2], "attn": [1],
+        "num_res_blocks": 1, "dropout": 0.0, "batch_size": 8, "max_steps": 2, "device": "cpu",
+        "T": 100, "log_every": 1, "num_heads": 1, "ema_decay": 0.9}
+COMMANDS = ["train_evaluator", "eval", "experiment"]
+
+
+def main(args):
+    saved = list(cli.COMMANDS)
+    cli.COMMANDS[:] = saved + [c for c in COMMANDS if c not in saved]
+    try:
+        return cli.main([str(a) for a in args])
+    finally:
+        cli.COMMANDS[:] = saved
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Single-threaded: on a busy 2-core machine oversubscribed threads make small work 10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        limits = contextlib.nullcontext()
+    with limits:
+        yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-step tiny checkpoint on 8x8 digits and an evaluator for 8x8 digits."""
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
+    Trainer(cfg, progress=False, log=lambda *_: None).run()
+    assert main(["train-evaluator", "--dataset", "digits", "--img-size", 8, "--epochs", 1,
+                 "--out", root / "ev.safetensors", "--device", "cpu"]) == 0
+    return root
+
+
+def one_line_error(capsys, args, *needles):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_train_evaluator_learns_the_digits(run_dir, capsys):
+    net = load_evaluator(run_dir / "ev.safetensors")
+    assert (net.config.image_size, net.config.in_channels) == (8, 1)
+    images, labels = reference_images("digits", train=False, img_size=8)
+    accuracy = float((net(images).argmax(1) == labels).float().mean())
+    assert accuracy > 0.5  # 10 classes: chance is 0.1
+
+
+def test_eval_fd_classifier_matches_the_metric_on_the_saved_samples(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["eval", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--metrics",
+                 "fd-classifier,confidence,classifier-score", "--num", 24, "--steps", 4,
+                 "--evaluator", run_dir / "ev.safetensors", "--out", out, "--save-samples", tmp_path / "png",
+                 "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "rank-deficient" in captured.err and "fd-classifier" in captured.out
+    result = json.loads(out.read_text())
+    fd = result["metrics"]["fd-classifier"]
+    assert fd["num_samples"] == 24 and fd["num_reference"] == 597 and fd["rank_deficient"] is True
+    # independent recomputation from the PNGs written (uint8 rounding changes the value slightly)
+    net = load_evaluator(run_dir / "ev.safetensors")
+    reference, _ = reference_images("digits", train=False, img_size=8)
+    from diffkit.evaluation import load_image_folder
+    expected = classifier_frechet_distance(net, load_image_folder(tmp_path / "png"), reference)
+    assert fd["value"] == pytest.approx(expected, rel=0.02)
+    assert 0.1 <= result["metrics"]["confidence"]["value"] <= 1.0
+    assert 1.0 <= result["metrics"]["classifier-score"]["mean"] <= 10.0
+
+
+def test_eval_of_the_reference_images_themselves_is_zero_distance(run_dir, tmp_path, capsys):
+    images, _ = reference_images("digits", train=False, img_size=8)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i, image in enumerate(((images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    result = evaluate("fd-classifier", samples=folder, ref="digits", evaluator=run_dir / "ev.safetensors")
+    assert result["metrics"]["fd-classifier"]["value"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nll_is_finite_and_the_strided_estimate_is_close(run_dir):
+    denoiser = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    images, _ = reference_images("digits", train=False, img_size=8, limit=16)
+    full = nll_bits_per_dim(denoiser, images, seed=0)
+    ts = strided_timesteps(100, dense_below=20, stride=10)
+    assert ts == [*range(20), 29, 39, 49, 59, 69, 79, 89, 99]
+    strided = nll_bits_per_dim(denoiser, images, timesteps=ts, seed=0)
+    assert math.isfinite(full["bpd"]) and full["bpd"] > 0
+    assert full["timesteps_evaluated"] == 100 and strided["timesteps_evaluated"] == len(ts)
+    assert abs(strided["bpd"] - full["bpd"]) < 0.02 * full["bpd"]
+
+
+def test_eval_nll_through_the_cli(run_dir, tmp_path, capsys):
+    out = tmp_path / "nll.json"
+    assert main(["eval", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--metrics", "nll,nll-strided",
+                 "--nll-num", 4, "--out", out, "--device", "cpu", "--no-progress"]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["nll"]["num_images"] == 4
+    assert metrics["nll-strided"]["minus_full"] == pytest.approx(metrics["nll-strided"]["bpd"] - metrics["nll"]["bpd"])
+    assert "nll-strided" in capsys.readouterr().out
+
+
+def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsys):
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    common = ["--checkpoint", ckpt, "--num", 6, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence",
+              "--out", tmp_path, "--device", "cpu", "--no-progress"]
+    assert main(["experiment", "ddim-table", "--etas", "0,1,sigma_hat", "--steps", "2,5", *common]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "ddim_table.csv")))
+    assert [(r["eta"], r["steps"]) for r in rows] == [(e, s) for e in ("0", "1", "sigma_hat") for s in ("2", "5")]
+    assert all(r["num_samples"] == "6" and 0.1 <= float(r["confidence"]) <= 1 for r in rows)
+    assert [r["nfe"] for r in rows[:2]] == ["2", "5"]
+    markdown = (tmp_path / "ddim_table.md").read_text()
+    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 2 + 3 and all(line.count("|") == 4 for line in table_lines)
+    assert "6 samples per cell" in markdown
+    assert Image.open(tmp_path / "ddim_table.png").size[0] > 100
+
+    assert main(["experiment", "sampler-table", "--samplers", "ddim,no-such-sampler,ddpm", "--steps", "3",
+                 *common]) == 0
+    table = json.loads((tmp_path / "sampler_table.json").read_text())
+    assert table["rows"] == ["ddim", "ddpm"] and len(table["values"]) == 2 and len(table["values"][0]) == 1
+    assert any("no-such-sampler" in note for note in table["notes"])
+    assert "no-such-sampler" in (tmp_path / "sampler_table.md").read_text()
+    assert (tmp_path / "sampler_table.png").is_file()
+
+
+def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    missing = tmp_path / "nope.pth"
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--metrics", "fid", "--inception-weights", missing,
+                            "--out", tmp_path / "r.json"], str(missing), "download")
+    monkeypatch.delenv("DIFFKIT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--metrics", "is", "--out", tmp_path / "r.json"],
+                   "DIFFKIT_INCEPTION_WEIGHTS", str(tmp_path / "cache"), "--inception-weights")
+
+
+def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    ev = run_dir / "ev.safetensors"
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--metrics", "fid,sharpness"], "sharpness", "fd-classifier")
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--num", 1, "--evaluator", ev,
+                            "--out", tmp_path / "r.json"], "too few", "at least 2")
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--out", tmp_path / "r.json"], "train-evaluator")
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--metrics", "class-accuracy", "--evaluator", ev,
+                            "--out", tmp_path / "r.json"], "class-conditional")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(folder / "b.png")
+    one_line_error(capsys, ["eval", "--samples", folder, "--ref", "digits", "--evaluator", ev,
+                            "--out", tmp_path / "r.json"], "b.png", "9x9", "same size")
+    one_line_error(capsys, ["eval", "--samples", folder, "--metrics", "nll", "--out", tmp_path / "r.json"],
+                   "--checkpoint")
+    one_line_error(capsys, ["experiment", "ddim-table", "--checkpoint", ckpt, "--etas", "0,fast",
+                            "--evaluator", ev], "fast", "sigma_hat")
+    one_line_error(capsys, ["experiment", "sampler-table", "--checkpoint", ckpt, "--metric", "nll",
+                            "--evaluator", ev, "--out", tmp_path], "nll")
