@@ -98,7 +98,7 @@ def resume_command(cfg, flags=()) -> str:
 
 
 def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_samples: int = 64,
-                     resume_flags=()) -> int:
+                     resume_flags=(), scale: int = 1) -> int:
     """Train as ``cfg`` says, then (``sample``) write the sample grid; returns the exit status.
 
     A SIGINT/SIGTERM during training writes a checkpoint, prints the resume command on stderr
@@ -134,7 +134,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                         steps=cfg.sample_steps, num=num_samples, nrow=cfg.nrow,
                         out=Path(cfg.sampled_dir) / cfg.sampledImgName,
                         noise_out=Path(cfg.sampled_dir) / cfg.sampledNoisyImgName,
-                        device=str(trainer.device), progress=progress)
+                        device=str(trainer.device), progress=progress, scale=scale)
     return 0
 
 
