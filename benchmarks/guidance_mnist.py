@@ -3,7 +3,7 @@
 Not part of CI. Budget: about 25 minutes on 2 CPU cores with the defaults (the run reported in
 docs/guidance.md: see there). Steps:
 
-1. MNIST (read from ``--data-dir``, default /work/shared/data/mnist), resized 28 -> 16.
+1. MNIST (read from ``--data-dir``, default ../shared/data/mnist beside the repository), resized 28 -> 16.
 2. An independent clean-image evaluator (:func:`diffkit.metrics.evaluator.train_evaluator`);
    its arg-max gives the requested-class rate, its 128-d features the FD against test images.
 3. A small class-conditional U-Net trained with label dropout p_uncond = 0.1
@@ -42,7 +42,7 @@ from diffkit.training import Trainer  # noqa: E402
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="/work/shared/data/mnist")
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
     p.add_argument("--img-size", type=int, default=16)
     p.add_argument("--unet-steps", type=int, default=1000)

@@ -2,7 +2,7 @@
 
 For each objective (``simple``: DDPM's L_simple with fixed variance; ``hybrid``: Improved DDPM's
 L_simple + 0.001 L_vlb with a learned variance, Nichol & Dhariwal 2021 Sec. 3.1) a small U-Net
-is trained on MNIST (read from ``--data-dir``, default /work/shared/data/mnist) for ``--minutes``
+is trained on MNIST (read from ``--data-dir``, default ../shared/data/mnist beside the repository) for ``--minutes``
 of wall-clock time each (default 30), then measured like benchmarks/demo_quality.py:
 
 * FD-classifier (Frechet distance in the 128-d features of a small MNIST classifier trained here
@@ -66,7 +66,7 @@ def train_for_minutes(cfg: TrainConfig, minutes: float) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="training time per objective (default 30)")
-    p.add_argument("--data-dir", default="/work/shared/data/mnist")
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--losses", default="simple,hybrid", help="objectives to train (default simple,hybrid)")
     p.add_argument("--num", type=int, default=1000, help="samples per model (default 1000)")
     p.add_argument("--sampler", default="ddim")

@@ -16,7 +16,7 @@ from diffkit.data import (CIFAR10_NAMES, FASHION_MNIST_NAMES, InMemoryImageDatas
                           load_dataset, make_loader, read_cifar10_batch, read_idx, resize_images)
 from diffkit.errors import DiffkitError
 
-DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST, FASHION = DATA / "mnist", DATA / "fashion-mnist"
 needs_mnist = pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="MNIST files absent")
 needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),

@@ -13,7 +13,7 @@ from diffkit.metrics import (EvaluatorConfig, EvaluatorNet, classifier_frechet_d
                              classifier_score, evaluator_accuracy, load_evaluator, save_evaluator,
                              train_evaluator)
 
-DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST = DATA / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST test data not available")
 

@@ -13,7 +13,7 @@ from diffkit.errors import DiffkitError
 from diffkit.metrics import (GaussianStats, extract_features, feature_statistics, frechet_distance,
                              frechet_distance_of_features)
 
-DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True, scope="module")
