@@ -1,13 +1,33 @@
+import contextlib
 import os
 
 import pytest
 import torch
 
-# One thread: the suite is many small ops, where a second thread on 2 shared cores costs more
-# than it gains (measured: a tiny conv 0.2 ms on 1 thread vs 39 ms on 2 under load).
+# One thread for torch and BLAS: the suite is many small ops, where a second thread on 2 shared
+# cores costs more than it gains (measured: a tiny conv 0.2 ms on 1 thread vs 39 ms on 2 under
+# load); results do not depend on the thread count.
 torch.set_num_threads(1)
 
 SHARED_DATA = os.environ.get("DIFFKIT_TEST_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        limits = contextlib.nullcontext()
+    with limits:
+        yield
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Keep torch single-threaded even if a test changed it."""
+    torch.set_num_threads(1)
+    yield
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """diffkit eval / train-evaluator / experiment on a tiny checkpoint trained here (seconds on a CPU)."""
-import contextlib
 import csv
 import json
 import math
@@ -29,21 +28,6 @@ def main(args):
         return cli.main([str(a) for a in args])
     finally:
         cli.COMMANDS[:] = saved
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded: on a busy 2-core machine oversubscribed threads make small work 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limits = contextlib.nullcontext()
-    with limits:
-        yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,6 @@ from diffkit.timesteps import make_grid
 SCHEDULE = NoiseSchedule.linear(1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class CountingNet(torch.nn.Module):
     """A network wrapper that records the batch size of every call."""
 

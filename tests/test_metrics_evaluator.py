@@ -1,5 +1,4 @@
 """The domain evaluator: MNIST accuracy, save/load, FD-classifier and its IS-like score."""
-import contextlib
 import gzip
 import os
 from pathlib import Path
@@ -16,22 +15,6 @@ from diffkit.metrics import (EvaluatorConfig, EvaluatorNet, classifier_frechet_d
 DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST = DATA / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST test data not available")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
-    make these small workloads 10x slower; results do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limits = contextlib.nullcontext()
-    with limits:
-        yield
-    torch.set_num_threads(previous)
 
 
 def read_idx(path: Path, count: int) -> np.ndarray:

@@ -1,5 +1,4 @@
 """Batched extraction from tensors, batch iterables and PNG folders; cached reference statistics."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -9,22 +8,6 @@ from PIL import Image
 from diffkit.errors import DiffkitError
 from diffkit.metrics import (FIDInceptionV3, cached_reference_statistics, extract_features,
                              inception_metrics)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
-    make these small workloads 10x slower; results do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limits = contextlib.nullcontext()
-    with limits:
-        yield
-    torch.set_num_threads(previous)
 
 
 def pixel_stats(batch):

@@ -1,5 +1,4 @@
 """Frechet distance against closed forms; feature statistics; the sample-count floor."""
-import contextlib
 import gzip
 import os
 from pathlib import Path
@@ -14,22 +13,6 @@ from diffkit.metrics import (GaussianStats, extract_features, feature_statistics
                              frechet_distance_of_features)
 
 DATA = Path(os.environ.get("DIFFKIT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
-    make these small workloads 10x slower; results do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limits = contextlib.nullcontext()
-    with limits:
-        yield
-    torch.set_num_threads(previous)
 
 
 def test_one_dimensional_closed_form():

@@ -1,5 +1,4 @@
 """The FID InceptionV3: layout equals the standard weights file, strict loading, error messages."""
-import contextlib
 import json
 import math
 
@@ -10,22 +9,6 @@ import torch.nn.functional as F
 from diffkit.errors import DiffkitError
 from diffkit.metrics import inception as inc
 from diffkit.metrics.inception import FIDInceptionV3, load_inception, read_manifest
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
-    make these small workloads 10x slower; results do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limits = contextlib.nullcontext()
-    with limits:
-        yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

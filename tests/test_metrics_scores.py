@@ -1,5 +1,4 @@
 """IS, KID and precision/recall against closed forms and hand-computed cases."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -7,22 +6,6 @@ import torch
 
 from diffkit.errors import DiffkitError
 from diffkit.metrics import inception_score, kernel_inception_distance, precision_recall
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run single-threaded: on a busy 2-core machine oversubscribed torch/BLAS threads spin and
-    make these small workloads 10x slower; results do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        limits = contextlib.nullcontext()
-    with limits:
-        yield
-    torch.set_num_threads(previous)
 
 
 def test_inception_score_of_one_class_is_one():

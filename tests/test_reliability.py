@@ -45,14 +45,6 @@ TINY_SET = ["--set", "img_size=8", "--set", "in_channels=1", "--set", "channel=1
             "--set", "save_every_epochs=1", "--set", "keep_last=2", "--set", "T=100", "--set", "sample_steps=3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_dataset(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return InMemoryImageDataset((torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8), torch.arange(n) % 2,
