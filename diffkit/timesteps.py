@@ -118,14 +118,4 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-def is_integer_grid(grid: torch.Tensor) -> bool:
-    return bool(torch.all(grid == torch.round(grid)))
-
-
-def describe(grid: torch.Tensor) -> str:
-    vals = grid.tolist()
-    head = ", ".join(f"{v:g}" for v in vals[:4])
-    return f"[{head}{', ...' if len(vals) > 5 else ''}{', ' + format(vals[-1], 'g') if len(vals) > 4 else ''}]"
-
-
-__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "is_integer_grid", "describe"]
+__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas"]
