@@ -1,0 +1,53 @@
+"""``diffkit convert``: a diffkit checkpoint <-> a diffusers-format folder (docs/interop.md).
+
+    diffkit convert --checkpoint CKPT --to-diffusers DIR     # DDPMPipeline folder (unet/, scheduler/)
+    diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel (+ scheduler) -> diffkit checkpoint
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import DiffkitError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert between diffkit checkpoints and diffusers folders",
+        description="Convert a diffkit pixel-space U-Net checkpoint to a diffusers DDPMPipeline folder "
+                    "(UNet2DModel + DDPMScheduler config), or a diffusers UNet2DModel folder back to a diffkit "
+                    "checkpoint. Needs the optional extra: pip install diffkit[diffusers].")
+    parser.add_argument("--checkpoint", help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
+    parser.add_argument("--to-diffusers", metavar="DIR", help="write the diffusers folder here")
+    parser.add_argument("--from-diffusers", metavar="DIR", help="a diffusers folder (model_index.json + unet/ + "
+                                                               "scheduler/, or a UNet2DModel folder) to import")
+    parser.add_argument("--out", metavar="CKPT", help="write the diffkit checkpoint here (.safetensors)")
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA")
+    parser.add_argument("--clip-sample", action="store_true",
+                        help="exported DDPMScheduler clips x_0 to [-1, 1] (diffusers' default; diffkit's is off)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    export = args.checkpoint is not None or args.to_diffusers is not None
+    imp = args.from_diffusers is not None or args.out is not None
+    if export == imp:
+        raise DiffkitError("give either --checkpoint CKPT --to-diffusers DIR or --from-diffusers DIR --out CKPT")
+    from ..interop import diffusers_unet
+    if export:
+        if not (args.checkpoint and args.to_diffusers):
+            raise DiffkitError("--checkpoint and --to-diffusers go together")
+        out = diffusers_unet.export_diffusers(args.checkpoint, args.to_diffusers, use_ema=args.ema,
+                                              clip_sample=args.clip_sample)
+        sys.stdout.write(f"wrote diffusers folder {out} (DDPMPipeline.from_pretrained({str(out)!r}))\n")
+        return 0
+    if not (args.from_diffusers and args.out):
+        raise DiffkitError("--from-diffusers and --out go together")
+    if not Path(args.from_diffusers).is_dir():
+        raise DiffkitError(f"--from-diffusers {args.from_diffusers!r} is not a folder")
+    if Path(args.out).suffix != ".safetensors":
+        raise DiffkitError(f"--out {args.out!r} must end in .safetensors")
+    unet, schedule, prediction_type = diffusers_unet.import_diffusers(args.from_diffusers, out=args.out)
+    sys.stdout.write(f"wrote diffkit checkpoint {args.out} ({unet.num_parameters():,} parameters, "
+                     f"T={schedule.num_timesteps}, prediction_type={prediction_type})\n")
+    return 0

@@ -1,0 +1,47 @@
+"""Interoperability with Hugging Face diffusers (optional extra: ``pip install diffkit[diffusers]``).
+
+* :mod:`.schedulers` - diffusers scheduler configs <-> :class:`~diffkit.schedule.NoiseSchedule`.
+* :mod:`.diffusers_unet` - diffkit's pixel-space :class:`~diffkit.models.unet.UNet` <->
+  diffusers ``UNet2DModel`` (config and state-dict name map), diffusers-format folders
+  (:func:`export_diffusers`, :func:`import_diffusers`).
+* :mod:`.denoiser` - any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser`.
+* :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
+
+diffusers (and transformers, for Stable Diffusion) are imported only when a function needs them;
+without them a one-line :class:`~diffkit.errors.DiffkitError` says what to install.
+See docs/interop.md.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import DiffkitError
+
+_EXPORTS = {
+    "schedule_from_diffusers": "schedulers", "scheduler_config": "schedulers",
+    "scheduler_from_schedule": "schedulers", "grid_from_diffusers": "schedulers",
+    "unet2d_config": "diffusers_unet", "unet_config_from_diffusers": "diffusers_unet",
+    "state_dict_to_diffusers": "diffusers_unet", "state_dict_from_diffusers": "diffusers_unet",
+    "to_diffusers": "diffusers_unet", "from_diffusers": "diffusers_unet",
+    "export_diffusers": "diffusers_unet", "import_diffusers": "diffusers_unet",
+    "DiffusersNet": "denoiser", "diffusers_denoiser": "denoiser", "write_checkpoint": "diffusers_unet",
+    "StableDiffusion": "stable_diffusion", "load_stable_diffusion": "stable_diffusion",
+    "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
+}
+
+__all__ = sorted(_EXPORTS) + ["require"]
+
+
+def require(module: str = "diffusers"):
+    """Import ``diffusers`` or ``transformers``, or raise a one-line DiffkitError naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DiffkitError(f"this needs the optional package {module!r}; install it with "
+                           f"pip install diffkit[diffusers]") from None
+
+
+def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

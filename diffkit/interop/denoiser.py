@@ -1,0 +1,77 @@
+"""Any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser` (DESIGN.md: "a diffusers
+UNet ... is just another Denoiser").
+
+diffusers models are called ``model(sample, timestep, ...)``; diffkit's Denoiser calls
+``net(x, t, **cond)`` with ``t`` a float32 (B,) tensor in training-timestep units, which is
+diffusers' timestep unit too. The positional timestep embedding of diffusers
+(``get_timestep_embedding``) casts the timesteps to float and multiplies by the frequencies, so
+fractional times (DPM-Solver, Karras grids) are embedded by the same formula as integer ones.
+
+``cond`` keys: ``y`` -> ``class_labels`` (UNet2DModel with ``num_class_embeds``), ``context`` ->
+``encoder_hidden_states`` (UNet2DConditionModel, the text embedding of Stable Diffusion); any
+other key is passed through unchanged (e.g. ``added_cond_kwargs``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import DiffkitError
+from ..schedule import NoiseSchedule
+from .schedulers import schedule_from_diffusers
+
+
+class DiffusersNet(torch.nn.Module):
+    """``net(x, t, y=None, context=None, **extra)`` over a diffusers U-Net (its output ``.sample``).
+
+    ``uses_labels``: pass ``y`` on as ``class_labels`` (default: the model has a class
+    embedding); otherwise ``y`` is ignored, which lets a classifier-free guidance wrapper mark
+    its conditional / null halves with labels while the condition itself is ``context``."""
+
+    def __init__(self, model, uses_labels: Optional[bool] = None):
+        super().__init__()
+        self.model = model
+        if uses_labels is None:
+            uses_labels = getattr(model, "class_embedding", None) is not None
+        self.uses_labels = bool(uses_labels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
+                context: Optional[torch.Tensor] = None, **extra) -> torch.Tensor:
+        kwargs = dict(extra)
+        if context is not None:
+            kwargs["encoder_hidden_states"] = context
+        if y is not None and self.uses_labels:
+            kwargs["class_labels"] = y
+        dtype = getattr(self.model, "dtype", x.dtype)
+        out = self.model(x.to(dtype), t, return_dict=False, **kwargs)[0]
+        return out.to(x.dtype)
+
+
+def diffusers_denoiser(model, scheduler=None, *, schedule: Optional[NoiseSchedule] = None,
+                       prediction_type: Optional[str] = None, learned_variance: Optional[bool] = None,
+                       uses_labels: Optional[bool] = None) -> Denoiser:
+    """A :class:`Denoiser` for a diffusers ``UNet2DModel`` / ``UNet2DConditionModel``.
+
+    The schedule and prediction type come from ``scheduler`` (a diffusers scheduler or its config
+    dict, see :func:`~diffkit.interop.schedulers.schedule_from_diffusers`) or are given directly.
+    ``learned_variance`` defaults to ``out_channels == 2 * in_channels`` (Improved DDPM's
+    [prediction, v] output, diffusers' ``variance_type="learned_range"``)."""
+    if scheduler is not None:
+        sched_schedule, sched_prediction = schedule_from_diffusers(scheduler)
+        schedule = schedule or sched_schedule
+        prediction_type = prediction_type or sched_prediction
+    if schedule is None:
+        raise DiffkitError("pass the diffusers scheduler (or its config) or schedule= so the denoiser "
+                           "knows the noise schedule the model was trained with")
+    config = getattr(model, "config", {})
+    if learned_variance is None:
+        learned_variance = config.get("out_channels") == 2 * config.get("in_channels", -1)
+    d = Denoiser(DiffusersNet(model, uses_labels), schedule, prediction_type or "epsilon",
+                 learned_variance=learned_variance)
+    d.model = model
+    return d
+
+
+__all__ = ["DiffusersNet", "diffusers_denoiser"]

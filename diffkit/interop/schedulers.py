@@ -1,0 +1,169 @@
+"""diffusers scheduler configs <-> :class:`~diffkit.schedule.NoiseSchedule` and prediction type.
+
+A diffusers scheduler (``DDPMScheduler``, ``DDIMScheduler``, ``PNDMScheduler``, ...) stores its
+training noise schedule as ``num_train_timesteps``, ``beta_start``, ``beta_end``,
+``beta_schedule`` (or explicit ``trained_betas``) and ``rescale_betas_zero_snr``; the map is
+
+    linear             beta_t = linspace(beta_start, beta_end, T)              -> NoiseSchedule.linear
+    scaled_linear      beta_t = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 -> NoiseSchedule.scaled_linear
+    squaredcos_cap_v2  Improved DDPM eq. 17 (s = 0.008, betas capped at 0.999)  -> NoiseSchedule.cosine
+    sigmoid            sigmoid(linspace(-6, 6, T)) (beta_end - beta_start) + beta_start -> NoiseSchedule.sigmoid
+    trained_betas      any array                                                -> NoiseSchedule.from_betas
+    rescale_betas_zero_snr (Lin et al. 2024, Algorithm 1) -> NoiseSchedule.rescale_zero_terminal_snr
+
+diffkit builds the betas in float64 from the same formula; diffusers builds them in float32, so
+the betas agree to float32 rounding and ``alphas_cumprod`` to the float32 error of diffusers'
+cumulative product (tests/test_interop_diffusers.py measures both). ``prediction_type`` has
+the same names in both libraries (``epsilon``, ``sample``, ``v_prediction``).
+
+Time grids: diffusers' timestep ``k`` is diffkit's time ``t = k`` (both count training steps
+from 0). DDIM/PNDM's last step goes to ``final_alpha_cumprod``: 1 (``set_alpha_to_one=True``,
+diffkit's final ``t = -1``) or ``alphas_cumprod[0]`` (diffkit's ``t = 0``, ``final="sigma_min"``);
+:func:`grid_from_diffusers` turns a scheduler's ``timesteps`` into the diffkit grid.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+
+from ..diffusion import PREDICTION_TYPES
+from ..errors import DiffkitError, check_choice
+from ..schedule import NoiseSchedule
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+SCHEDULER_KINDS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler"}
+_TOL = 1e-12  # relative: a schedule "is" a named one when its float64 betas agree this closely
+
+
+def _config_of(scheduler_or_config) -> Mapping[str, Any]:
+    if isinstance(scheduler_or_config, Mapping):
+        return scheduler_or_config
+    config = getattr(scheduler_or_config, "config", None)
+    if isinstance(config, Mapping):
+        return config
+    raise DiffkitError(f"expected a diffusers scheduler or its config dict; got {type(scheduler_or_config).__name__}")
+
+
+def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
+    """(NoiseSchedule, prediction_type) of a diffusers scheduler or its config (dict or object)."""
+    cfg = _config_of(scheduler_or_config)
+    T = int(cfg.get("num_train_timesteps", 1000))
+    prediction_type = cfg.get("prediction_type", "epsilon")
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    trained = cfg.get("trained_betas")
+    if trained is not None:
+        schedule = NoiseSchedule.from_betas(torch.as_tensor(trained, dtype=torch.float64))
+    else:
+        name = cfg.get("beta_schedule", "linear")
+        check_choice("beta_schedule", name, BETA_SCHEDULES)
+        start, end = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+        if name == "linear":
+            schedule = NoiseSchedule.linear(T, start, end)
+        elif name == "scaled_linear":
+            schedule = NoiseSchedule.scaled_linear(T, start, end)
+        elif name == "sigmoid":
+            schedule = NoiseSchedule.sigmoid(T, start, end)
+        else:
+            schedule = NoiseSchedule.cosine(T)
+    if cfg.get("rescale_betas_zero_snr", False):
+        schedule = schedule.rescale_zero_terminal_snr()
+    return schedule, prediction_type
+
+
+def _named_schedule(schedule: NoiseSchedule) -> Optional[dict]:
+    """The diffusers name and parameters that rebuild ``schedule`` (to float64 round-off), if any."""
+    betas, T = schedule.betas, schedule.num_timesteps
+    first, last = float(betas[0]), float(betas[-1])
+    rescaled = last == 1.0
+    candidates = []
+    if not rescaled and 0 < first < 1 and 0 < last < 1:
+        candidates += [("linear", first, last, lambda: NoiseSchedule.linear(T, first, last)),
+                       ("scaled_linear", first, last, lambda: NoiseSchedule.scaled_linear(T, first, last))]
+    candidates.append(("squaredcos_cap_v2", 1e-4, 0.02, lambda: NoiseSchedule.cosine(T)))
+    for name, start, end, build in candidates:
+        try:
+            other = build()
+        except DiffkitError:
+            continue
+        if torch.allclose(other.betas, betas, rtol=_TOL, atol=0):
+            return {"beta_schedule": name, "beta_start": start, "beta_end": end, "rescale_betas_zero_snr": False}
+    return None
+
+
+def scheduler_config(schedule: NoiseSchedule, prediction_type: str = "epsilon", *, kind: str = "ddpm",
+                     learned_variance: bool = False, clip_sample: bool = False) -> dict:
+    """A diffusers scheduler config (``DDPMScheduler`` / ``DDIMScheduler`` / ``PNDMScheduler``) for
+    a diffkit schedule: a named ``beta_schedule`` when the betas are one (linear, scaled-linear,
+    cosine), else the exact betas as ``trained_betas``.
+
+    ``learned_variance`` sets DDPM's ``variance_type="learned_range"`` (Improved DDPM eq. 15, the
+    same interpolation diffkit uses); otherwise ``fixed_small`` (beta-tilde, diffkit's default).
+    ``clip_sample=False`` (default) keeps diffkit's unclipped x_0; diffusers' own default is True.
+    """
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    check_choice("scheduler kind", kind, SCHEDULER_KINDS)
+    config: dict[str, Any] = {"_class_name": SCHEDULER_KINDS[kind], "num_train_timesteps": schedule.num_timesteps}
+    named = _named_schedule(schedule)
+    if named is None:
+        config.update({"beta_schedule": "linear", "beta_start": float(schedule.betas[0]),
+                       "beta_end": float(schedule.betas[-1]), "rescale_betas_zero_snr": False,
+                       "trained_betas": schedule.betas.tolist()})
+    else:
+        config.update(named)
+        config["trained_betas"] = None
+    if kind != "pndm":
+        config["prediction_type"] = prediction_type
+        config["clip_sample"] = bool(clip_sample)
+    elif prediction_type not in ("epsilon", "v_prediction"):
+        raise DiffkitError(f"prediction_type={prediction_type!r} is not supported by diffusers' PNDMScheduler; "
+                           f"allowed: epsilon, v_prediction (use kind='ddpm' or 'ddim')")
+    else:
+        config["prediction_type"] = prediction_type
+    if kind == "ddpm":
+        config["variance_type"] = "learned_range" if learned_variance else "fixed_small"
+    if kind in ("ddim", "pndm"):
+        config["set_alpha_to_one"] = True  # the last step lands on clean data, as diffkit's final="zero"
+        config["steps_offset"] = 0
+    return config
+
+
+def scheduler_from_schedule(schedule: NoiseSchedule, prediction_type: str = "epsilon", *, kind: str = "ddpm",
+                            **options):
+    """The diffusers scheduler object of :func:`scheduler_config` (options as there)."""
+    from . import require
+    diffusers = require("diffusers")
+    config = scheduler_config(schedule, prediction_type, kind=kind, **options)
+    cls = getattr(diffusers, config.pop("_class_name"))
+    return cls(**config)
+
+
+def grid_from_diffusers(scheduler) -> torch.Tensor:
+    """diffkit's time grid for a diffusers DDIM/PNDM/DDPM scheduler after ``set_timesteps``:
+    its evaluation timesteps (repeats removed: PNDM's skip_prk_steps evaluates its second
+    timestep twice, the second stage of an improved-Euler step) followed by the target of the
+    last step, -1 (clean data, ``final_alpha_cumprod = 1``) or 0 (``alphas_cumprod[0]``)."""
+    times = getattr(scheduler, "timesteps", None)
+    if times is None or len(times) == 0:
+        raise DiffkitError("the scheduler has no timesteps; call scheduler.set_timesteps(steps) first")
+    times = torch.as_tensor(times).to(torch.float64).cpu()
+    keep = torch.cat([torch.ones(1, dtype=torch.bool), times[1:] != times[:-1]])
+    times = times[keep]
+    final_alpha = getattr(scheduler, "final_alpha_cumprod", None)
+    if final_alpha is not None and len(times) > 1:  # DDIM / PNDM step from t to t - T // S
+        stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        gaps = (times[:-1] - times[1:]).unique().tolist()
+        if gaps != [stride]:
+            raise DiffkitError(f"the scheduler's timesteps are not spaced by T // steps = {stride} (gaps {gaps[:4]}); "
+                               f"diffusers steps from t to t - {stride}, which is not the next timestep; use "
+                               f"timestep_spacing 'leading' or 'trailing'")
+    final_alpha = 1.0 if final_alpha is None else final_alpha
+    end = -1.0 if float(final_alpha) == 1.0 else 0.0
+    if times[-1] <= end:
+        raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final "
+                           f"alpha_bar; use set_alpha_to_one=True or steps_offset=1")
+    return torch.cat([times, torch.tensor([end], dtype=torch.float64)])
+
+
+__all__ = ["BETA_SCHEDULES", "schedule_from_diffusers", "scheduler_config", "scheduler_from_schedule",
+           "grid_from_diffusers"]

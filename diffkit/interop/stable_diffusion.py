@@ -1,0 +1,233 @@
+"""A diffusers-format Stable Diffusion folder, sampled with any diffkit sampler.
+
+Stable Diffusion (Rombach et al. 2022, seed 004) runs diffusion in the latent space of a
+KL-regularised autoencoder: ``z = scaling_factor * E(x)``, the U-Net predicts eps (or v) of
+``z_t`` conditioned on a CLIP text encoder's last hidden states through cross-attention, and an
+image is ``x = D(z_0 / scaling_factor)``. A folder written by diffusers' ``save_pretrained``
+holds ``model_index.json``, ``unet/`` (UNet2DConditionModel), ``vae/`` (AutoencoderKL),
+``text_encoder/`` (CLIPTextModel), ``tokenizer/`` (CLIPTokenizer) and ``scheduler/`` (the
+training noise schedule; the sampler is diffkit's).
+
+Classifier-free guidance is diffkit's :class:`~diffkit.guidance.ClassifierFreeGuidance`
+(Ho & Salimans 2022; eps-bar = eps_u + s (eps_c - eps_u) in diffusers' convention, s = 1 + w):
+the prompt embedding is the ``context`` of the conditional half and the empty (or negative)
+prompt's embedding its ``null_context``; the labels the wrapper requires only mark the two
+halves (the network ignores them). Everything runs through :func:`diffkit.sample`, so every
+registered sampler (``diffkit samplers``) works; images come back in [0, 1] (as diffusers'
+``output_type="pt"``), or in [-1, 1] with ``output_range="-1,1"``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, check_choice
+from ..guidance import ClassifierFreeGuidance
+from ..schedule import NoiseSchedule
+from . import require
+from .denoiser import diffusers_denoiser
+from .schedulers import grid_from_diffusers, schedule_from_diffusers
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+OUTPUT_RANGES = ("0,1", "-1,1")
+
+
+@dataclass
+class StableDiffusion:
+    """The loaded components of a Stable Diffusion folder (see :func:`load_stable_diffusion`)."""
+
+    unet: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    schedule: NoiseSchedule
+    prediction_type: str
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    _denoiser: object = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def vae_scale_factor(self) -> int:
+        """Spatial down-sampling factor f of the autoencoder: 2^(levels - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        """The latent scale (``vae.config.scaling_factor``; 0.18215 for SD 1.x): z = scale * E(x)."""
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """(batch, latent channels, height / f, width / f); default size unet.sample_size * f."""
+        f = self.vae_scale_factor
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        height, width = height or size * f, width or size * f
+        if height % f or width % f:
+            raise DiffkitError(f"height x width {height}x{width} must be multiples of the VAE factor {f}")
+        return (batch, self.unet.config.in_channels, height // f, width // f)
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP text embeddings (B, model_max_length, dim): the tokens padded to the tokenizer's
+        ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise DiffkitError("prompts must be a non-empty list of strings")
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.device)
+        with torch.no_grad():
+            out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return out.to(self.dtype)
+
+    # ------------------------------------------------------------------ denoisers
+    @property
+    def denoiser(self):
+        """The unguided :class:`~diffkit.denoiser.Denoiser` (cond: ``context`` = prompt embeddings)."""
+        if self._denoiser is None:
+            self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule, prediction_type=self.prediction_type,
+                                                learned_variance=False, uses_labels=False)
+        return self._denoiser
+
+    def guided(self, guidance_scale: float, null_context: torch.Tensor, convention: str = "diffusers", **options):
+        """Classifier-free guidance around :attr:`denoiser`; ``null_context`` is the empty /
+        negative prompt's embedding. Call it with ``cond=self.cond(context)``."""
+        return ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_class=1,
+                                      null_context=null_context, **options)
+
+    @staticmethod
+    def cond(context: torch.Tensor) -> dict:
+        """The ``cond`` of a guided call: the prompt embeddings and the labels marking the
+        conditional half (0; the null half gets 1)."""
+        return {"context": context, "y": torch.zeros(context.shape[0], dtype=torch.long, device=context.device)}
+
+    def scheduler_grid(self, steps: int) -> torch.Tensor:
+        """The time grid diffusers' DDIM would use with this folder's scheduler config
+        (timestep_spacing, steps_offset, set_alpha_to_one), as a diffkit grid."""
+        diffusers = require("diffusers")
+        scheduler = diffusers.DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        return grid_from_diffusers(scheduler)
+
+    # ------------------------------------------------------------------ images
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z / scaling_factor), in [-1, 1] (not clamped)."""
+        with torch.no_grad():
+            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
+            return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def _read_index(directory: Path) -> dict:
+    index_file = directory / "model_index.json"
+    if not index_file.is_file():
+        raise DiffkitError(f"{directory} is not a diffusers folder (no model_index.json)")
+    index = json.loads(index_file.read_text())
+    missing = [c for c in COMPONENTS if not index.get(c) or index[c][0] is None or not (directory / c).is_dir()]
+    if missing:
+        raise DiffkitError(f"{directory} lacks the Stable Diffusion component(s) {', '.join(missing)}; allowed: a folder "
+                           f"with {', '.join(COMPONENTS)}")
+    return index
+
+
+def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32) -> StableDiffusion:
+    """Load a diffusers-format Stable Diffusion folder from disk (never downloads)."""
+    diffusers, transformers = require("diffusers"), require("transformers")
+    directory = Path(directory)
+    index = _read_index(directory)
+    device = torch.device(device)
+    common = {"local_files_only": True, "torch_dtype": dtype}
+    unet = diffusers.UNet2DConditionModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False, **common)
+    vae = diffusers.AutoencoderKL.from_pretrained(directory / "vae", low_cpu_mem_usage=False, **common)
+    text_cls = getattr(transformers, index["text_encoder"][1], transformers.CLIPTextModel)
+    text_encoder = text_cls.from_pretrained(directory / "text_encoder", **common)
+    tok_cls = getattr(transformers, index["tokenizer"][1], transformers.CLIPTokenizer)
+    tokenizer = tok_cls.from_pretrained(directory / "tokenizer", local_files_only=True)
+    sched_file = directory / "scheduler" / "scheduler_config.json"
+    if not sched_file.is_file():
+        raise DiffkitError(f"{sched_file} does not exist")
+    scheduler_config = json.loads(sched_file.read_text())
+    schedule, prediction_type = schedule_from_diffusers(scheduler_config)
+    for module in (unet, vae, text_encoder):
+        module.to(device).eval().requires_grad_(False)
+    return StableDiffusion(unet, vae, text_encoder, tokenizer, schedule, prediction_type, scheduler_config,
+                           device, dtype)
+
+
+def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sampler: str = "ddim",
+                  steps: Optional[int] = 50, nfe: Optional[int] = None, guidance_scale: float = 7.5,
+                  convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
+                  seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
+                  width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
+                  output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                  **options) -> torch.Tensor:
+    """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
+
+    guidance_scale: in ``convention`` (``diffusers``: s, 1 = unguided, SD's usual 7.5;
+        ``seed``: w = s - 1). The null condition is the empty prompt, or ``negative_prompt``.
+    latents: the starting noise z_T (B, C, h, w); default N(0, I) from per-sample ``seed + i``.
+    grid: ``None`` (the sampler's default diffkit grid), ``"scheduler"`` (the timesteps diffusers
+        would use with the folder's scheduler config, :meth:`StableDiffusion.scheduler_grid`) or
+        an explicit grid tensor.
+    output_range: ``"0,1"`` (diffusers' ``output_type="pt"``: (x + 1)/2 clamped) or ``"-1,1"``
+        (clamped decoder output). ``return_latents``: return z_0 instead of images.
+    options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
+    """
+    from ..sampling import sample
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    batch = len(prompts)
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        negatives = [negative_prompt or ""] * batch
+    else:
+        negatives = list(negative_prompt)
+        if len(negatives) != batch:
+            raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per prompt")
+    context = sd.encode_prompts(prompts)
+    null_context = sd.encode_prompts(negatives)
+    denoiser = sd.guided(guidance_scale, null_context, convention)
+    if isinstance(grid, str):
+        check_choice("grid", grid, ["scheduler"])
+        grid = sd.scheduler_grid(steps or 50)
+    if grid is not None:
+        steps = None
+    if latents is None:
+        shape = sd.latent_shape(batch, height, width)
+        noise = shape
+    else:
+        if latents.shape[0] != batch:
+            raise DiffkitError(f"latents have batch {latents.shape[0]} for {batch} prompts")
+        noise = latents.to(device=sd.device, dtype=sd.dtype)
+    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=sd.cond(context),
+                progress=progress, device=sd.device, dtype=sd.dtype, **options)
+    if return_latents:
+        return z0
+    images = sd.decode(z0)
+    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+
+
+
+def is_stable_diffusion_folder(path: Union[str, Path]) -> bool:
+    """True for a diffusers folder whose ``model_index.json`` names a UNet2DConditionModel (so a
+    caller such as ``diffkit sample --checkpoint`` can dispatch on the path)."""
+    index_file = Path(path) / "model_index.json"
+    if not index_file.is_file():
+        return False
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        return False
+    unet = index.get("unet") or [None, None]
+    return isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DConditionModel"
+
+
+__all__ = ["StableDiffusion", "load_stable_diffusion", "text_to_image", "is_stable_diffusion_folder", "COMPONENTS"]

@@ -1,0 +1,378 @@
+"""diffusers interop (issue #9 item 5, issue #4 interop): every check compares diffkit with
+diffusers' own implementation (schedulers, UNet2DModel, DDIMScheduler, PNDMScheduler,
+StableDiffusionPipeline) on tiny randomly initialised models; nothing is downloaded."""
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+import diffkit  # noqa: E402
+from diffkit.cli import main as cli_main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop import require  # noqa: E402
+from diffkit.interop.denoiser import diffusers_denoiser  # noqa: E402
+from diffkit.interop.diffusers_unet import (from_diffusers, import_diffusers, to_diffusers,  # noqa: E402
+                                            unet2d_config, unet_config_from_diffusers, write_checkpoint)
+from diffkit.interop.schedulers import (grid_from_diffusers, schedule_from_diffusers,  # noqa: E402
+                                        scheduler_config)
+from diffkit.loading import load_denoiser  # noqa: E402
+from diffkit.models import UNet, UNetConfig  # noqa: E402
+from diffkit.models.layers import timestep_embedding  # noqa: E402
+from diffkit.samplers.registry import REGISTRY  # noqa: E402
+from diffkit.schedule import NoiseSchedule  # noqa: E402
+
+
+def randomize(module, seed=0):
+    """Random weights everywhere (norm scales around 1), so no zero-initialised layer hides a
+    mismatch between the two architectures."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.05
+            is_norm_scale = p.ndim == 1 and "norm" in name and name.endswith("weight")
+            p.copy_(noise + (1.0 if is_norm_scale else 0.0))
+    return module
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# --------------------------------------------------------------------------- schedules
+SCHEDULES = [
+    dict(beta_schedule="linear"),
+    dict(beta_schedule="linear", beta_start=2e-4, beta_end=0.03, num_train_timesteps=500),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(beta_schedule="squaredcos_cap_v2"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True),
+]
+
+
+@pytest.mark.parametrize("kind", ["DDPMScheduler", "DDIMScheduler"])
+@pytest.mark.parametrize("config", SCHEDULES)
+def test_schedule_matches_diffusers(kind, config):
+    theirs = getattr(diffusers, kind)(prediction_type="v_prediction", **config)
+    ours, prediction_type = schedule_from_diffusers(theirs)
+    assert prediction_type == "v_prediction"
+    assert ours.num_timesteps == theirs.config.num_train_timesteps
+    b32 = theirs.betas.double()
+    if not config.get("rescale_betas_zero_snr"):
+        # diffusers builds the same formula in float32 (scaled_linear: a float32 linspace of
+        # sqrt(beta), then squared): within a few float32 roundings (4 eps relative) of ours
+        ulp = torch.finfo(torch.float32).eps * b32.abs()
+        assert ((ours.betas - b32).abs() <= 4 * ulp).all()
+    else:  # diffusers rescales in float32; the betas near 1 amplify its rounding
+        assert ours.betas[-1] == 1.0 and theirs.betas[-1] == 1.0
+    # alpha_bar: diffusers' float32 cumulative product against ours in float64
+    torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod.double(), rtol=2e-6, atol=1e-6)
+    if config["beta_schedule"] == "squaredcos_cap_v2":  # both from Python floats: bit-identical in float32
+        assert torch.equal(ours.betas.float(), theirs.betas)
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.linear(1000), NoiseSchedule.scaled_linear(1000),
+                                      NoiseSchedule.cosine(1000), NoiseSchedule.sigmoid(1000),
+                                      NoiseSchedule.linear(1000).rescale_zero_terminal_snr()])
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_schedule_to_diffusers_and_back(schedule, kind):
+    config = scheduler_config(schedule, "sample", kind=kind)
+    cls = getattr(diffusers, config.pop("_class_name"))
+    theirs = cls(**config)
+    torch.testing.assert_close(theirs.alphas_cumprod.double(), schedule.alphas_cumprod, rtol=2e-6, atol=1e-6)
+    back, prediction_type = schedule_from_diffusers(theirs.config)
+    assert prediction_type == "sample"
+    torch.testing.assert_close(back.betas, schedule.betas, rtol=1e-12, atol=0)  # float64 round trip
+
+
+def test_bad_scheduler_config_is_one_line():
+    with pytest.raises(DiffkitError, match="beta_schedule='exp' is not allowed") as err:
+        schedule_from_diffusers({"beta_schedule": "exp"})
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- pixel U-Net
+def test_timestep_embedding_matches_diffusers_for_fractional_times():
+    from diffusers.models.embeddings import get_timestep_embedding
+    t = torch.tensor([0.0, 0.5, 17.25, 998.9])
+    theirs = get_timestep_embedding(t, 128, flip_sin_to_cos=True, downscale_freq_shift=0)
+    torch.testing.assert_close(timestep_embedding(t, 128), theirs, rtol=0, atol=1e-6)  # bit-equal here
+
+
+UNET_CONFIGS = [
+    dict(channel=128, channel_mult=[1, 1], attn=[0], num_res_blocks=1, scale_shift_norm=True, num_classes=3),
+    dict(channel=128, channel_mult=[1, 1, 2], attn=[1], num_res_blocks=2, learned_variance=True, in_channels=1),
+    dict(channel=128, channel_mult=[1, 1, 2], attn=[2], num_res_blocks=1, head_channels=64, resblock_updown=True),
+]
+
+
+@pytest.mark.parametrize("kw", UNET_CONFIGS)
+def test_unet_same_function_both_directions(kw):
+    cfg = UNetConfig(img_size=8, dropout=0.1, **kw)
+    x = torch.randn(2, cfg.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([3.0, 717.25])  # a fractional time too
+    y = torch.tensor([0, 3]) if cfg.num_classes else None  # 3 = diffkit's null class
+    with torch.no_grad():
+        ours = randomize(UNet(cfg)).eval()
+        theirs = to_diffusers(ours).eval()
+        a, b = ours(x, t, y=y), theirs(x, t, class_labels=y).sample
+        assert relative_error(a, b) < 1e-5
+        # diffusers -> diffkit: an independently initialised UNet2DModel of that shape
+        theirs2 = randomize(diffusers.UNet2DModel(**unet2d_config(cfg)), seed=2).eval()
+        ours2 = from_diffusers(theirs2).eval()
+        assert ours2.config.learned_variance == cfg.learned_variance
+        assert ours2.config.num_classes == cfg.num_classes
+        c, d = ours2(x, t, y=y), theirs2(x, t, class_labels=y).sample
+        assert relative_error(c, d) < 1e-5
+
+
+def test_seed_unet_shape_is_diffusers_benchmark_model():
+    seed = UNetConfig(channel=128, channel_mult=[1, 2, 3, 4], attn=[2], num_res_blocks=2, dropout=0.15, img_size=32)
+    config = unet2d_config(seed)
+    assert config["down_block_types"] == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]
+    assert config["up_block_types"] == ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]
+    assert config["block_out_channels"] == [128, 256, 384, 512] and config["norm_num_groups"] == 32
+    assert config["attention_head_dim"] is None and config["layers_per_block"] == 2
+    model = diffusers.UNet2DModel(**config)
+    assert sum(p.numel() for p in model.parameters()) == 82_958_979
+    assert unet_config_from_diffusers(model.config) == seed
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(channel=32, channel_mult=[1, 2], attn=[1]), "GroupNorm group counts"),
+    (dict(channel=128, channel_mult=[2, 2], attn=[1]), r"channel_mult\[0\]=2"),
+    (dict(channel=128, channel_mult=[1, 2], attn=[1], context_dim=16), "cross-attention"),
+    (dict(channel=128, channel_mult=[1, 2], attn=[0], num_heads=2), "one attention_head_dim"),
+])
+def test_unexpressible_configs_are_refused_in_one_line(kw, match):
+    with pytest.raises(DiffkitError, match=match) as err:
+        unet2d_config(UNetConfig(img_size=8, **kw))
+    assert "\n" not in str(err.value)
+
+
+def test_unexpressible_diffusers_config_is_refused():
+    config = dict(diffusers.UNet2DModel(block_out_channels=(128, 128), layers_per_block=1, sample_size=8,
+                                        down_block_types=("DownBlock2D", "DownBlock2D"),
+                                        up_block_types=("UpBlock2D", "UpBlock2D")).config)
+    config["flip_sin_to_cos"] = False
+    with pytest.raises(DiffkitError, match="flip_sin_to_cos=False"):
+        unet_config_from_diffusers(config)
+
+
+def test_export_import_cli_round_trip(tmp_path, capsys):
+    cfg = UNetConfig(channel=128, channel_mult=[1, 2], attn=[1], num_res_blocks=1, img_size=8, in_channels=1,
+                     dropout=0.1, num_classes=2)
+    unet = randomize(UNet(cfg)).eval()
+    schedule = NoiseSchedule.cosine(1000)
+    write_checkpoint(tmp_path / "a.safetensors", unet, schedule, "v_prediction")
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"),
+                     "--to-diffusers", str(tmp_path / "hf")]) == 0
+    index = json.loads((tmp_path / "hf" / "model_index.json").read_text())
+    assert index["_class_name"] == "DDPMPipeline"
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "hf")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod.double(), schedule.alphas_cumprod, rtol=2e-6, atol=1e-6)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5.0, 900.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert relative_error(pipe.unet(x, t, class_labels=y).sample, unet(x, t, y=y)) < 1e-5
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "b.safetensors")]) == 0
+    back = load_denoiser(tmp_path / "b.safetensors")
+    assert back.prediction_type == "v_prediction"
+    torch.testing.assert_close(back.schedule.betas, schedule.betas, rtol=1e-12, atol=0)
+    with torch.no_grad():
+        assert torch.equal(back.net(x, t, y=y), unet(x, t, y=y))
+    assert cli_main(["sample", "--checkpoint", str(tmp_path / "b.safetensors"), "--steps", "2", "--num", "2",
+                     "--out", str(tmp_path / "grid.png"), "--no-progress"]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    capsys.readouterr()
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors")]) == 2
+    assert "--to-diffusers go together" in capsys.readouterr().err
+
+
+def test_import_from_model_object_and_scheduler():
+    model = randomize(diffusers.UNet2DModel(block_out_channels=(128, 256), layers_per_block=1, sample_size=8,
+                                            in_channels=2, out_channels=4, attention_head_dim=None,
+                                            down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+                                            up_block_types=("UpBlock2D", "AttnUpBlock2D"))).eval()
+    sched = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    unet, schedule, prediction_type = import_diffusers(model, sched)
+    assert unet.config.learned_variance and unet.config.attn == [0] and prediction_type == "epsilon"
+    x, t = torch.randn(1, 2, 8, 8), torch.tensor([40.5])
+    with torch.no_grad():
+        assert relative_error(unet(x, t), model(x, t).sample) < 1e-5
+
+
+def test_missing_package_error_names_the_extra():
+    with pytest.raises(DiffkitError, match=r"pip install diffkit\[diffusers\]"):
+        require("diffkit_no_such_package")
+
+
+# --------------------------------------------------------------------------- diffusers model as a Denoiser
+def small_unet2d(out_channels=1):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=(32, 64),
+                                 layers_per_block=1, norm_num_groups=8, attention_head_dim=None,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+def test_every_sampler_runs_a_diffusers_unet():
+    """Every registered sampler on a random UNet2DModel: finite, and deterministic given the noise
+    and the seed (two rows with the same x_T and identically seeded generators end equal)."""
+    denoiser = diffusers_denoiser(small_unet2d(), diffusers.DDPMScheduler())
+    noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)).expand(2, 1, 8, 8).contiguous()
+    for name in REGISTRY:
+        generators = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
+        out = diffkit.sample(denoiser, noise.clone(), name, steps=2, generator=generators, progress=False)
+        assert torch.isfinite(out).all(), name
+        assert torch.equal(out[0], out[1]), name
+
+
+@pytest.mark.parametrize("prediction_type, set_alpha_to_one, steps_offset",
+                         [("epsilon", True, 0), ("v_prediction", False, 1)])
+def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, set_alpha_to_one, steps_offset):
+    model = small_unet2d()
+    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                        clip_sample=False, prediction_type=prediction_type,
+                                        set_alpha_to_one=set_alpha_to_one, steps_offset=steps_offset)
+    scheduler.set_timesteps(6)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    x = noise.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(x, t).sample, t, x, eta=0.0).prev_sample
+    denoiser = diffusers_denoiser(model, scheduler)
+    grid = grid_from_diffusers(scheduler)
+    assert grid[-1] == (-1.0 if set_alpha_to_one else 0.0)
+    ours = diffkit.sample(denoiser, noise.clone(), "ddim", grid=grid, progress=False)
+    assert denoiser.nfe == 6
+    assert relative_error(ours, x) < 1e-5
+
+
+# --------------------------------------------------------------------------- Stable Diffusion
+def _bytes_to_unicode():
+    """GPT-2 / CLIP byte -> printable character table (Radford et al. 2019 BPE)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny random Stable Diffusion folder written by diffusers' save_pretrained, and the pipeline."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("tiny_sd")
+    chars = _bytes_to_unicode()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in chars:
+            vocab[c + suffix] = len(vocab)
+    merges = ["#version: 0.2", "p h", "o t", "o</w> t"]
+    for m in ("ph", "ot", "o</w>t"):
+        vocab.setdefault(m, len(vocab))
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("\n".join(merges) + "\n")
+    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                                  norm_num_groups=8, sample_size=16)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=16))
+    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(root / "sd")
+    from diffkit.interop.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion
+    assert is_stable_diffusion_folder(root / "sd") and not is_stable_diffusion_folder(root)
+    return pipe, load_stable_diffusion(root / "sd")
+
+
+def test_sd_folder_without_components_is_refused(tmp_path):
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(DiffkitError, match="lacks the Stable Diffusion component"):
+        load_stable_diffusion(tmp_path)
+
+
+def test_sd_loads_shapes_and_prompts(tiny_sd):
+    pipe, sd = tiny_sd
+    assert sd.vae_scale_factor == 2 and sd.scaling_factor == pipe.vae.config.scaling_factor
+    assert sd.latent_shape(3) == (3, 4, 8, 8)
+    assert sd.schedule.num_timesteps == 1000 and sd.prediction_type == "epsilon"
+    ours = sd.encode_prompts(["a photo", ""])
+    theirs, negative = pipe.encode_prompt("a photo", "cpu", 1, True, negative_prompt=None)
+    torch.testing.assert_close(ours[:1], theirs)
+    torch.testing.assert_close(ours[1:], negative)
+
+
+def _pipeline_and_ours(tiny_sd, scheduler, ours_fn, steps=4, scale=5.0, output_type="pt"):
+    """diffusers' StableDiffusionPipeline and ``ours_fn`` on the same prompts, latents z_T and
+    guidance scale; ``output_type`` "pt" (images in [0, 1]) or "latent" (z_0)."""
+    from diffkit.interop.stable_diffusion import text_to_image
+    pipe, sd = tiny_sd
+    prompts = ["a photo of a cat", "hot"]
+    latents = torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
+    pipe.scheduler = scheduler
+    with torch.no_grad():
+        theirs = pipe(prompts, num_inference_steps=steps, guidance_scale=scale, latents=latents.clone(), eta=0.0,
+                      output_type=output_type).images
+    ours = ours_fn(sd, prompts, latents, steps, scale, text_to_image, output_type == "latent")
+    return ours, theirs
+
+
+def test_sd_ddim_matches_stable_diffusion_pipeline(tiny_sd):
+    scheduler = diffusers.DDIMScheduler.from_config(tiny_sd[0].scheduler.config)
+
+    def ours_fn(sd, prompts, latents, steps, scale, t2i, return_latents):
+        return t2i(sd, prompts, sampler="ddim", steps=steps, grid="scheduler", guidance_scale=scale, latents=latents,
+                   eta=0.0, return_latents=return_latents)
+
+    z_ours, z_theirs = _pipeline_and_ours(tiny_sd, scheduler, ours_fn, output_type="latent")
+    assert relative_error(z_ours, z_theirs) < 1e-5
+    ours, theirs = _pipeline_and_ours(tiny_sd, scheduler, ours_fn)
+    assert ours.shape == theirs.shape == (2, 3, 16, 16)
+    assert 0 <= ours.min() and ours.max() <= 1
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_sd_pndm_skip_prk_matches_improved_euler_then_plms(tiny_sd):
+    """diffusers' PNDMScheduler(skip_prk_steps=True) = pseudo improved Euler on the first step, then
+    PLMS of orders 2, 3, 4 with e_1 = eps(x_T, T) in the history (PNDM eq. 13 / Sec. 3.3). diffkit's
+    pndm module runs exactly that with warmup='euler2', max_order=4 (registered 's-pndm' stops at
+    order 2 and 'plms' warms up with a first-order step instead; see docs/interop.md)."""
+    from diffkit.samplers.pndm import _multistep
+    scheduler = diffusers.PNDMScheduler.from_config(tiny_sd[0].scheduler.config, skip_prk_steps=True)
+
+    def ours_fn(sd, prompts, latents, steps, scale, t2i, return_latents):
+        scheduler.set_timesteps(steps)
+        grid = grid_from_diffusers(scheduler)
+        context, null = sd.encode_prompts(prompts), sd.encode_prompts([""] * len(prompts))
+        return _multistep(sd.guided(scale, null), latents.clone(), grid, warmup="euler2", max_order=4,
+                          cond=sd.cond(context), callback=None, progress=False, name="pndm-diffusers")
+
+    z_ours, z_theirs = _pipeline_and_ours(tiny_sd, scheduler, ours_fn, steps=6, output_type="latent")
+    assert relative_error(z_ours, z_theirs) < 1e-5
+
+
+def test_sd_every_sampler_finite(tiny_sd):
+    from diffkit.interop.stable_diffusion import text_to_image
+    _, sd = tiny_sd
+    for name in ("dpm-solver++-2m", "euler-ancestral", "unipc", "heun"):
+        images = text_to_image(sd, ["a photo"], sampler=name, steps=3, guidance_scale=4.0, seed=1,
+                               output_range="-1,1")
+        assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all(), name
+        assert images.min() >= -1 and images.max() <= 1
