@@ -3,7 +3,7 @@
 * :func:`ddim_table` - the layout of DDIM (Song et al. 2021) Table 1: rows eta in
   {0, 0.2, 0.5, 1, sigma-hat}, columns S in {10, 20, 50, 100, 1000} sampling steps.
 * :func:`sampler_table` - the layout of PNDM (Liu et al. 2022) Table 1/2: rows samplers
-  (ddim, s-pndm, pndm = F-PNDM, fon, dpm-solver, unipc, as registered), columns steps.
+  (ddim, s-pndm, pndm = F-PNDM, fon, dpm-solver, dpm-solver++-2m, unipc, as registered), columns steps.
 
 Every cell starts from the same noise (sample i from seed + i) and is scored against the same
 reference statistics, computed once (:class:`diffkit.evaluation.SampleScorer`). Tables are
@@ -24,7 +24,7 @@ from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_sa
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
 DDIM_STEPS = (10, 20, 50, 100, 1000)
-PNDM_SAMPLERS = ("ddim", "s-pndm", "pndm", "fon", "dpm-solver", "unipc")
+PNDM_SAMPLERS = ("ddim", "s-pndm", "pndm", "fon", "dpm-solver", "dpm-solver++-2m", "unipc")
 PNDM_STEPS = (10, 20, 50, 100, 250, 1000)
 
 

@@ -1,7 +1,7 @@
 """``diffkit experiment``: tables of one metric over sampler settings for a checkpoint.
 
 ``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000}.
-``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, unipc; those not
+``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, dpm-solver++-2m, unipc; those not
 registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
 """
 from __future__ import annotations

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 6's acceptance tables on MNIST: the DDIM Table 1 layout (eta x S) and the PNDM layout
+# (samplers x steps) for a trained MNIST checkpoint, FD-classifier on NUM samples per cell.
+#
+#   bash benchmarks/mnist_tables.sh [CHECKPOINT] [NUM] [DEVICE]
+#
+# CHECKPOINT defaults to the L_simple model of benchmarks/mnist_quality.py; NUM to 2000; DEVICE
+# to auto. Cost: the DDIM table alone is NUM x 5 x 1180 network calls (11.8 million at NUM=2000,
+# about 14 hours on one CPU thread at 4.4 ms per 28x28 image; a few minutes on one modern GPU).
+# DDIM_STEPS / SAMPLER_STEPS override the step lists (a smoke run: DDIM_STEPS=10 SAMPLER_STEPS=10).
+# Writes benchmarks/out/tables/{ddim_table,sampler_table}.{md,csv,json,png}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CKPT=${1:-benchmarks/out/mnist_simple/checkpoints/latest.safetensors}
+NUM=${2:-2000}
+DEVICE=${3:-auto}
+DATA=${MNIST_DIR:-../shared/data/mnist}
+OUT=benchmarks/out/tables
+DK=${DIFFKIT:-.venv/bin/diffkit}
+mkdir -p "$OUT"
+[ -f "$OUT/evaluator.safetensors" ] || "$DK" train-evaluator --dataset mnist --data-dir "$DATA" \
+    --img-size 28 --out "$OUT/evaluator.safetensors" --device "$DEVICE"
+common=(--checkpoint "$CKPT" --evaluator "$OUT/evaluator.safetensors" --ref mnist --data-dir "$DATA"
+        --num "$NUM" --out "$OUT" --device "$DEVICE" --batch-size 1000 --no-progress)
+"$DK" experiment ddim-table "${common[@]}" --steps "${DDIM_STEPS:-10,20,50,100,1000}"
+"$DK" experiment sampler-table "${common[@]}" --steps "${SAMPLER_STEPS:-10,20,50,100,250,1000}"
