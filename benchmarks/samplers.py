@@ -17,6 +17,10 @@ Also: per-step overhead with a model that costs nothing, diffkit vs diffusers pe
 Run (about 5-10 minutes on 2 CPU cores):
     PYTHONPATH=. python benchmarks/samplers.py            # writes benchmarks/out/samplers.{json,md,png}
     PYTHONPATH=. python benchmarks/samplers.py --quick    # 2k samples, one mixture (a smoke run)
+    PYTHONPATH=. python benchmarks/samplers.py --profile unipc-3:15:logsnr_skip   # where the error comes from
+    # the same in parallel, one process per mixture, then merged:
+    PYTHONPATH=. python benchmarks/samplers.py --mixtures 0 --out OUT0   (1 and 2 with --no-overhead)
+    PYTHONPATH=. python benchmarks/samplers.py --merge OUT0/samplers.json OUT1/samplers.json OUT2/samplers.json
 """
 from __future__ import annotations
 
@@ -98,8 +102,9 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.to(torch.float64) - b.to(torch.float64)).pow(2).mean().sqrt())
 
 
-def reference_ode(eps_fn: MixtureEps, schedule: NoiseSchedule, x_T: torch.Tensor) -> torch.Tensor:
-    """The probability-flow ODE dx~/dsigma~ = eps*(alpha x~) from t = T-1 to sigma~ = 0 (DOP853)."""
+def reference_ode(eps_fn: MixtureEps, schedule: NoiseSchedule, x_T: torch.Tensor, at_sigmas=None):
+    """The probability-flow ODE dx~/dsigma~ = eps*(alpha x~) from t = T-1 to sigma~ = 0 (DOP853): the
+    endpoint, or with ``at_sigmas`` (decreasing sigma~ values) the list of x~ states there."""
     from scipy.integrate import solve_ivp
     T = schedule.num_timesteps
     sig_max = schedule.karras_sigma(T - 1.0).item()
@@ -112,7 +117,10 @@ def reference_ode(eps_fn: MixtureEps, schedule: NoiseSchedule, x_T: torch.Tensor
         return eps_fn(xt, a, s * a).reshape(-1).numpy()
 
     sol = solve_ivp(rhs, (sig_max, 0.0), (x_T.to(torch.float64) / alpha_T).reshape(-1).numpy(),
-                    method="DOP853", rtol=1e-10, atol=1e-10)
+                    method="DOP853", rtol=1e-10, atol=1e-10,
+                    t_eval=None if at_sigmas is None else [min(float(v), sig_max) for v in at_sigmas])
+    if at_sigmas is not None:
+        return [torch.from_numpy(sol.y[:, j]).reshape(shape) for j in range(sol.y.shape[1])]
     return torch.from_numpy(sol.y[:, -1]).reshape(shape)
 
 
@@ -250,6 +258,39 @@ def overhead(repeats: int = 7) -> dict:
                      "diffkit_setup_us": 1e6 * (dk[lo] - info.nfe(lo) * dk_per),
                      "diffusers_setup_us": 1e6 * (df[lo][0] - df[lo][1] * df_per)}
     return out
+
+
+# ---------------------------------------------------------------- error analysis
+def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, final=None, log=print) -> list:
+    """Where a sampler's error comes from: the RMS distance (in x~ = x/alpha) between its state after
+    each step and the accurate ODE solution at that grid time, from the same noise; plus how much of
+    the final squared error the worst 1% of samples carry. Returns [(sigma~, rms), ...]."""
+    schedule = NoiseSchedule.linear()
+    mixture = GaussianMixture.random(mix_cfg["dim"], mix_cfg["components"], seed=mix_cfg["seed"])
+    eps_fn = MixtureEps(mixture)
+    den = Denoiser(diffkit_network(eps_fn, schedule), schedule)
+    x_T = torch.randn(n, mixture.dim, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    info = REGISTRY[sampler]
+    final = final or info.default_final
+    grid = make_grid(schedule, info.steps_for_nfe(nfe, final), spacing or info.default_spacing, final)
+    sig = schedule.karras_sigma(grid).tolist()
+    refs = reference_ode(eps_fn, schedule, x_T, at_sigmas=sig)
+    states = []
+    x = sample(den, x_T.clone(), sampler=sampler, grid=grid, progress=False,
+               callback=lambda d: states.append((d["s"], d["x"].clone())))
+    times = grid.tolist()
+    prof = []
+    for s_time, xs in states:
+        j = times.index(s_time)
+        alpha = schedule.alpha(torch.tensor(s_time, dtype=torch.float64)).item() if s_time >= 0 else 1.0
+        prof.append((sig[j], rms(xs / alpha, refs[j])))
+    err2 = (x.to(torch.float64) - refs[-1]).pow(2).sum(1).sort(descending=True).values
+    top = float(err2[: max(1, n // 100)].sum() / err2.sum())
+    log(f"{sampler} NFE {nfe} ({spacing or info.default_spacing}, {final}), mixture {mix_cfg}: final RMS "
+        f"{rms(x, refs[-1]):.2e}, worst 1% of samples carry {100 * top:.0f}% of the squared error, median "
+        f"error {float(err2.sqrt().median()):.1e}")
+    log("  RMS after each step (sigma~: rms): " + " ".join(f"{a:.3g}: {b:.1e}" for a, b in prof))
+    return prof
 
 
 # ---------------------------------------------------------------- main
@@ -400,14 +441,37 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="2k samples, one mixture")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--profile", metavar="SAMPLER:NFE[:SPACING[:FINAL]]",
+                        help="only the error analysis: per-step RMS to the accurate ODE along the grid "
+                             "(the 2-d mixture, or --mixture), then exit")
+    parser.add_argument("--mixture", type=int, default=0, choices=range(len(MIXTURES)),
+                        help="mixture index for --profile")
+    parser.add_argument("--mixtures", default=None, help="comma-separated mixture indices to run (default: all)")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the per-step overhead measurement")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="only merge the samplers.json of separate runs (e.g. one per mixture) into --out")
     args = parser.parse_args(argv)
+    if args.profile:
+        parts = args.profile.split(":")
+        error_profile(MIXTURES[args.mixture], args.samples if args.samples != 10_000 else 2000, parts[0],
+                      int(parts[1]), *(parts[2:4]))
+        return
+    if args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        results = [res for run in runs for res in run["results"]]
+        over = next((run["overhead"] for run in runs if run["overhead"]), {})
+        write_outputs(results, over, NFES, args.out)
+        print((args.out / "samplers.md").read_text())
+        return
     n = 2000 if args.quick else args.samples
     mixtures = MIXTURES[:1] if args.quick else MIXTURES
+    if args.mixtures:
+        mixtures = [MIXTURES[int(i)] for i in args.mixtures.split(",")]
     results = []
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)
         results.append(benchmark(mix, n, NFES, lambda s: print(s, flush=True)))
-    over = overhead()
+    over = {} if args.no_overhead else overhead()
     write_outputs(results, over, NFES, args.out)
     print((args.out / "samplers.md").read_text())
 

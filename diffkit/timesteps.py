@@ -15,14 +15,19 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
     karras      EDM sigmas (Karras et al. 2022, eq. 5) with rho = 7, mapped to t
     logsnr      uniform in log-SNR lambda (DPM-Solver 'logSNR' skip type)
     logsnr_skip   t_max, then uniform in lambda from sigma~ = ``skip_sigma`` (default 20) to t = 0: the
-                first step is one long first-order jump across the high-noise range where the data
-                prediction barely changes (for data of unit scale, x0_hat moves by O(1/sigma~^2)),
-                so no step is spent there; with ``skip_sigma`` >= the schedule's largest sigma~
-                it is ``logsnr``
+                first step is one long jump across the high-noise range where the data prediction
+                changes little (for data of unit scale x0_hat = E[x0] + Cov[x0] x~/sigma~^2 + ..., which
+                moves by O(1/skip_sigma) along the jump), so few steps are spent there; the jump's
+                error does not shrink with the step count (an error floor, see docs/samplers.md);
+                with ``skip_sigma`` >= the schedule's largest sigma~ it is ``logsnr``
+    logsnr_graded  uniform in a graded log-SNR coordinate (see :func:`graded_log_snr`): uniform in
+                lambda between sigma~ = ``grade_sigmas[1]`` (0.1) and ``grade_sigmas[0]`` (1), with
+                steps growing geometrically-in-sigma outside that band, from t_max to t = 0
     time_uniform  uniform in continuous t (DPM-Solver 'time_uniform')
     custom      any user list of evaluation times
-The first five give integer evaluation times (what the network was trained on); the last three
-give continuous times, which the schedule's interpolation supports.
+The first five give integer evaluation times (what the network was trained on); the continuous
+spacings (karras, logsnr, logsnr_skip, logsnr_graded, time_uniform) give continuous times, which the
+schedule's interpolation supports.
 """
 from __future__ import annotations
 
@@ -35,15 +40,18 @@ from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule
 
 SPACINGS = ("linear", "quadratic", "leading", "trailing", "linspace", "karras", "logsnr", "logsnr_skip",
-            "time_uniform")
+            "logsnr_graded", "time_uniform")
 SKIP_SIGMA = 20.0
+GRADE_SIGMAS = (1.0, 0.1)  # (sigma~_hi, sigma~_lo) of logsnr_graded: unit-scale data
+GRADE_POWER = 3.0          # q of logsnr_graded: local error ~ h^3 (second-order steps)
 FINALS = ("zero", "sigma_min")
 _F64 = torch.float64
 
 
 def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", final: str = "zero", *,
               rho: float = 7.0, offset: int = 0, t_max: Optional[float] = None,
-              custom: Optional[Sequence[float]] = None, skip_sigma: float = SKIP_SIGMA) -> torch.Tensor:
+              custom: Optional[Sequence[float]] = None, skip_sigma: float = SKIP_SIGMA,
+              grade_sigmas: Sequence[float] = GRADE_SIGMAS, grade_power: float = GRADE_POWER) -> torch.Tensor:
     """The ``steps + 1`` decreasing grid times for ``steps`` sampler steps (see module doc)."""
     T = schedule.num_timesteps
     check_choice("final", final, FINALS)
@@ -88,6 +96,10 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
                 lam = torch.cat([torch.tensor([lam_top], dtype=_F64),
                                  torch.linspace(lam_skip, lam_end, n - 1, dtype=_F64)])
             ts = schedule.t_from_log_snr(lam)
+        elif spacing == "logsnr_graded":
+            lam = graded_log_snr(n, schedule.log_snr(top).item(), schedule.log_snr(0.0).item(),
+                                 grade_sigmas, grade_power)
+            ts = schedule.t_from_log_snr(lam)
         else:
             ts = torch.linspace(top, 0.0, n, dtype=_F64)
         ts[0], ts[-1] = top, 0.0  # remove round-off of the inverse maps at the ends
@@ -112,10 +124,50 @@ def _finish(evaluated: torch.Tensor, t_end: float, T: int, name: str) -> torch.T
     return torch.cat([evaluated, torch.tensor([t_end], dtype=_F64)])
 
 
+def graded_log_snr(n: int, lam_top: float, lam_end: float, sigmas: Sequence[float] = GRADE_SIGMAS,
+                   q: float = GRADE_POWER) -> torch.Tensor:
+    """``n`` increasing log-SNR values from ``lam_top`` to ``lam_end``, equally spaced in the graded
+    coordinate Phi whose density in lambda is (lambda_hi = -log sigma_hi, lambda_lo = -log sigma_lo)
+
+        dPhi/dlambda = min(1, exp((lambda - lambda_hi)/q), exp(-2 (lambda - lambda_lo)/q)).
+
+    Derivation (error equidistribution): a step of size h whose local error is ~ h^q |d^{q-1}D/dlambda^{q-1}|
+    (D = the data prediction x0_hat along the trajectory, q = 3 for second-order steps) has equal
+    error everywhere when h ~ |D-scale|^{-1/q}. For sigma~ >> the data scale, D -> E[x0] + Cov[x0] x~/sigma~^2
+    (the Gaussian limit of Tweedie's formula; x~ = sigma~ u with u ~ N(0, I)), so D - E[x0] ~ exp(lambda) and
+    h ~ exp(-(lambda - lambda_hi)/q): steps grow by the factor exp(1/q) per unit of log sigma~ above
+    sigma_hi. For sigma~ below the data's finest scale the trajectory's D = x0 + O(sigma~^2) =
+    x0 + O(exp(-2 lambda)), so h ~ exp(2 (lambda - lambda_lo)/q) below sigma_lo. In between, D changes on
+    the scale of a unit of lambda and the grid is uniform in lambda (DPM-Solver's logSNR spacing).
+    Defaults: unit-scale data (sigma_hi = 1), finest scale sigma_lo = 0.1, q = 3."""
+    hi, lo = (float(v) for v in sigmas)
+    check_range("grade_sigmas[0]", hi, 0.0, None, low_inclusive=False)
+    check_range("grade_sigmas[1]", lo, 0.0, hi, low_inclusive=False, high_inclusive=False)
+    check_range("grade_power", q, 0.0, None, low_inclusive=False)
+    lam_hi, lam_lo = -math.log(hi), -math.log(lo)
+    mid = lam_lo - lam_hi
+
+    def phi(lam: float) -> float:
+        if lam < lam_hi:
+            return q * math.expm1((lam - lam_hi) / q)
+        if lam <= lam_lo:
+            return lam - lam_hi
+        return mid - 0.5 * q * math.expm1(-2.0 * (lam - lam_lo) / q)
+
+    def phi_inverse(p: torch.Tensor) -> torch.Tensor:
+        below = lam_hi + q * torch.log1p((p / q).clamp(min=-1.0 + 1e-15))
+        above = lam_lo - 0.5 * q * torch.log1p(-(2.0 * (p - mid) / q).clamp(max=1.0 - 1e-15))
+        return torch.where(p < 0, below, torch.where(p <= mid, lam_hi + p, above))
+
+    lam = phi_inverse(torch.linspace(phi(lam_top), phi(lam_end), n, dtype=_F64))
+    lam[0], lam[-1] = lam_top, lam_end
+    return lam
+
+
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """EDM's noise levels (Karras et al. 2022, eq. 5): n values from sigma_max down to sigma_min."""
     ramp = torch.linspace(0, 1, n, dtype=_F64)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas"]
+__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "graded_log_snr"]

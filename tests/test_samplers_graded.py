@@ -1,0 +1,111 @@
+"""The graded log-SNR grid (diffkit.timesteps.graded_log_snr, spacing "logsnr_graded") and the
+samplers that use it by default (UniPC order 3, bh2 and bh1): the grid against its defining density
+(integrated numerically, independently of the closed form), its pieces against their closed forms,
+convergence on the exact Gaussian ODE map, exact NFE counts and one-line errors for bad settings."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import diffkit
+from diffkit import Denoiser, DiffkitError, NoiseSchedule
+from diffkit.analytic import GaussianMixture, gaussian_ode_solution
+from diffkit.samplers import REGISTRY
+from diffkit.timesteps import GRADE_POWER, GRADE_SIGMAS, graded_log_snr, make_grid
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return NoiseSchedule.linear()
+
+
+def _density(lam, hi=GRADE_SIGMAS[0], lo=GRADE_SIGMAS[1], q=GRADE_POWER):
+    """dPhi/dlambda = min(1, exp((lambda - lambda_hi)/q), exp(-2 (lambda - lambda_lo)/q))."""
+    lam_hi, lam_lo = -math.log(hi), -math.log(lo)
+    return np.minimum(1.0, np.minimum(np.exp((lam - lam_hi) / q), np.exp(-2.0 * (lam - lam_lo) / q)))
+
+
+@pytest.mark.parametrize("n", [5, 11, 21])
+def test_graded_grid_is_equally_spaced_in_the_integrated_density(schedule, n):
+    grid = make_grid(schedule, n, "logsnr_graded")
+    T = schedule.num_timesteps
+    assert grid[0].item() == T - 1 and grid[-2].item() == 0.0 and grid[-1].item() == -1.0
+    assert len(grid) == n + 1 and bool((grid[1:] < grid[:-1]).all())
+    lam = schedule.log_snr(grid[:-1]).numpy()
+    # Phi(lambda_i) by the trapezoid rule on a fine lambda mesh (not the closed form)
+    fine = np.linspace(lam[0], lam[-1], 400_001)
+    dens = _density(fine)
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(fine))])
+    phi = np.interp(lam, fine, cum)
+    np.testing.assert_allclose(np.diff(phi), phi[-1] / (n - 1), rtol=1e-5)
+
+
+def test_graded_grid_pieces_match_their_closed_forms():
+    # above sigma_hi exp(lambda/q) is arithmetic, in the band lambda is, below sigma_lo exp(-2 lambda/q) is
+    q, (hi, lo) = GRADE_POWER, GRADE_SIGMAS
+    lam = graded_log_snr(41, -6.0, 5.0).numpy()
+    high, band, low = lam[lam < -math.log(hi)], lam[(lam > -math.log(hi)) & (lam < -math.log(lo))], lam[lam > -math.log(lo)]
+    assert len(high) >= 3 and len(band) >= 3 and len(low) >= 3
+    np.testing.assert_allclose(np.diff(np.exp(high / q)), np.diff(np.exp(high / q))[0], rtol=1e-9)
+    np.testing.assert_allclose(np.diff(band), np.diff(band)[0], rtol=1e-9)
+    np.testing.assert_allclose(np.diff(np.exp(-2 * low / q)), np.diff(np.exp(-2 * low / q))[0], rtol=1e-9)
+    # the uniform part's step equals the graded coordinate's step (dPhi/dlambda = 1 there)
+    total = q * -math.expm1((-6.0 + math.log(hi)) / q) + math.log(hi / lo) \
+        + 0.5 * q * -math.expm1(-2.0 * (5.0 + math.log(lo)) / q)
+    assert np.diff(band)[0] == pytest.approx(total / 40, rel=1e-9)
+
+
+def test_graded_grid_with_a_wide_band_is_logsnr(schedule):
+    # a band wider than the schedule's sigma range leaves only the uniform part: DPM-Solver's logSNR
+    torch.testing.assert_close(make_grid(schedule, 9, "logsnr_graded", grade_sigmas=(1e4, 1e-4)),
+                               make_grid(schedule, 9, "logsnr"))
+
+
+@pytest.mark.parametrize("bad", [dict(grade_sigmas=(0.1, 1.0)), dict(grade_sigmas=(1.0, 0.0)),
+                                 dict(grade_sigmas=(-1.0, 0.1)), dict(grade_power=0.0)])
+def test_graded_grid_bad_settings_raise_one_line(schedule, bad):
+    with pytest.raises(DiffkitError) as err:
+        make_grid(schedule, 8, "logsnr_graded", **bad)
+    assert "\n" not in str(err.value) and "grade_" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["unipc-3", "unipc-bh1"])
+def test_unipc_3_converges_at_order_3_on_the_graded_grid(schedule, name):
+    # exact Gaussian ODE map from t = T-1 to t = 0; global order of UniP-3 + UniC >= 3
+    gaussian = GaussianMixture.random(4, 1, seed=3)
+    info = REGISTRY[name]
+    den = Denoiser(gaussian.network(schedule), schedule)
+    x = torch.randn(32, gaussian.dim, generator=torch.Generator().manual_seed(0), dtype=F64)
+    T = schedule.num_timesteps
+    exact = gaussian_ode_solution(gaussian.means[0], gaussian.covs[0], x, schedule.alpha(T - 1.0),
+                                  schedule.sigma(T - 1.0), schedule.alpha(0.0), schedule.sigma(0.0))
+    steps_list = (16, 32, 64)
+    errors = []
+    for n in steps_list:
+        grid = make_grid(schedule, n, "logsnr_graded", "sigma_min")
+        out = info.fn(den, x.clone(), grid, **info.options, lower_order_final=False)
+        errors.append((out - exact).pow(2).mean().sqrt().item())
+    slope = -np.polyfit(np.log(steps_list), np.log(errors), 1)[0]
+    assert errors[-1] < 1e-3 and slope >= 2.7, f"{name}: order {slope:.2f}, errors {errors}"
+
+
+@pytest.mark.parametrize("name", ["unipc-3", "unipc-bh1"])
+def test_graded_default_spends_exactly_the_requested_nfe(schedule, name):
+    info = REGISTRY[name]
+    assert info.default_spacing == "logsnr_graded" and info.default_final == "zero"
+    mix = GaussianMixture.random(3, 3, seed=5)
+    den = Denoiser(mix.network(schedule), schedule)
+    noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    seen = []
+    for nfe in (5, 6, 8, 10, 15, 20):
+        den.reset_nfe()
+        out = diffkit.sample(den, noise, sampler=name, nfe=nfe, progress=False,
+                             callback=lambda d: seen.append(d["t"]))
+        assert den.nfe == nfe and torch.isfinite(out).all()
+    # the evaluation times of the last run are the graded grid's (the step into clean data included)
+    assert seen[-20:] == make_grid(schedule, 20, "logsnr_graded")[:-1].tolist()
