@@ -13,7 +13,7 @@ import sys
 from .errors import DiffkitError
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
-COMMANDS = ["demo", "train", "sample", "samplers", "train_classifier", "train_evaluator", "eval", "experiment"]
+COMMANDS = ["demo", "train", "sample", "samplers", "train_classifier", "train_autoencoder", "train_evaluator", "eval", "experiment", "convert"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -58,6 +58,13 @@ class TrainConfig:
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
     (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
     (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality).
+
+    **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
+    of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
+    ``text_conditioning`` (captions from the labels through a jointly trained text encoder;
+    ``p_uncond`` drops them to ""), ``context_dim``, ``text_width``, ``text_layers``,
+    ``text_heads``, ``max_prompt_tokens``, ``text_pooled`` (also add the pooled text embedding
+    to the timestep embedding, Imagen Sec. 2.2; ``UNetConfig.context_pooled``).
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----
@@ -104,6 +111,15 @@ class TrainConfig:
     conditional: bool = False
     num_classes: Optional[int] = None
     p_uncond: float = 0.1
+    # ---- latent diffusion and text conditioning (docs/latent.md) ----
+    autoencoder: Optional[str] = None
+    text_conditioning: bool = False
+    context_dim: int = 64
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    max_prompt_tokens: int = 16
+    text_pooled: bool = True
     # ---- model extras ----
     scale_shift_norm: bool = False
     num_heads: int = 1
@@ -179,6 +195,16 @@ class TrainConfig:
             raise DiffkitError(f"sample_steps={self.sample_steps} exceeds T={self.T}; allowed: 1..{self.T}")
         if not self.sampler:
             raise DiffkitError("sampler='' must name a sampler, e.g. 'ddim'")
+        if self.text_conditioning and self.conditional:
+            raise DiffkitError("text_conditioning=True and conditional=True exclude each other: captions replace "
+                               "the class labels; set conditional=false")
+        if self.text_conditioning and self.text_width % self.text_heads:
+            raise DiffkitError(f"text_heads={self.text_heads} must divide text_width={self.text_width}")
+        if self.autoencoder is not None and not self.autoencoder:
+            raise DiffkitError("autoencoder='' must be the path of a trained autoencoder checkpoint or None")
+        if self.autoencoder and self.hflip:
+            raise DiffkitError("hflip=True cannot be used with an autoencoder: the latents are encoded once at the "
+                               "start, so images cannot be flipped per batch")
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -254,7 +280,17 @@ class TrainConfig:
             "num_res_blocks": self.num_res_blocks, "dropout": self.dropout, "img_size": self.img_size,
             "in_channels": in_channels, "learned_variance": self.learned_variance, "num_classes": num_classes,
             "scale_shift_norm": self.scale_shift_norm, "num_heads": self.num_heads,
+            **self._latent_unet_kwargs(dataset),
         }
+
+    def _latent_unet_kwargs(self, dataset) -> dict[str, Any]:
+        """Cross-attention width with text conditioning; with an autoencoder, the U-Net runs on the
+        latents: channels and size of the encoded data set (``dataset`` a latent data set)."""
+        out: dict[str, Any] = ({"context_dim": self.context_dim, "context_pooled": self.text_pooled}
+                               if self.text_conditioning else {})
+        if self.autoencoder and dataset is not None:
+            out.update(in_channels=dataset.channels, img_size=dataset.img_size)
+        return out
 
     def dataset_kwargs(self, train: bool = True) -> dict[str, Any]:
         """Keyword arguments of :func:`diffkit.data.load_dataset` for this config."""
@@ -280,6 +316,8 @@ _RANGES = {
     "seed": (0, 2**63 - 1, True, True), "max_steps": (1, None, True, True),
     "save_every_epochs": (1, None, True, True), "keep_last": (1, None, True, True),
     "log_every": (1, None, True, True), "sample_steps": (1, None, True, True),
+    "context_dim": (1, None, True, True), "text_width": (1, None, True, True), "text_layers": (0, None, True, True),
+    "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),
 }
 _CHOICES = {
     "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,

@@ -104,7 +104,9 @@ class ClassifierFreeGuidance(_Wrapper):
         null_class: the null label; default ``num_classes`` of the wrapped network's config.
         null_context: for cross-attention models, the context of the unconditional pass
             (e.g. the empty prompt's embedding, (1 or B, seq, dim)); without it a ``context`` in
-            cond is shared by both passes.
+            cond is shared by both passes. With ``null_context`` and no class labels (a
+            text-conditional model) the condition is the context alone:
+            eps-bar = (1 + w) eps(x_t, c) - w eps(x_t, c_null), c_null = the empty prompt's context.
 
     One call runs the network once on the batch ``cat([x, x])`` with labels ``cat([y, null])``
     and splits the output, so it counts as 1 in ``nfe`` (see the module docstring). With a
@@ -127,7 +129,7 @@ class ClassifierFreeGuidance(_Wrapper):
             interval = (float(interval[0]), float(interval[1]))
         self.interval = interval
         self.null_class = null_class if null_class is not None else _num_classes_of(denoiser)
-        if self.null_class is None:
+        if self.null_class is None and null_context is None:
             raise DiffkitError("classifier-free guidance needs a class-conditional model (its network has no "
                                "num_classes); pass null_class= for a custom network")
         self.null_context = null_context
@@ -139,22 +141,26 @@ class ClassifierFreeGuidance(_Wrapper):
         return (t64 >= lo) & (t64 <= hi)
 
     def __call__(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None, **cond) -> Prediction:
-        if y is None:
-            raise DiffkitError("classifier-free guidance needs class labels: pass cond={'y': labels}")
+        text_only = y is None and self.null_context is not None and "context" in cond
+        if y is None and not text_only:
+            raise DiffkitError("classifier-free guidance needs class labels: pass cond={'y': labels} "
+                               "(or, with null_context, cond={'context': ...})")
         batch = x.shape[0]
-        y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(batch)
+        if not text_only:
+            y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(batch)
         t64 = _times64(t, batch)
         guided = self._guided_mask(t64)
         if self.w == 0 or not guided.any():
-            return self.inner(x, t, y=y, **cond)
+            return self.inner(x, t, **cond) if text_only else self.inner(x, t, y=y, **cond)
         both = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
                 for k, v in cond.items()}
         if self.null_context is not None and "context" in cond:
             null = self.null_context.to(device=x.device, dtype=cond["context"].dtype)
             both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"])])
         t_both = torch.cat([t64, t64]) if torch.as_tensor(t).ndim else t
-        y_both = torch.cat([y, torch.full_like(y, self.null_class)])
-        pred = self.inner(torch.cat([x, x]), t_both, y=y_both, **both)
+        if not text_only:
+            both["y"] = torch.cat([y, torch.full_like(y, self.null_class)])
+        pred = self.inner(torch.cat([x, x]), t_both, **both)
         eps_c, eps_u = pred.eps.chunk(2)
         x0_c, x0_u = pred.x0.chunk(2)
         var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]

@@ -26,12 +26,18 @@ def load_model(path: str | Path, use_ema: bool = True, device="cpu", config=None
 
     ``config`` (a :class:`~diffkit.config.TrainConfig`, a mapping such as the seed's
     ``modelConfig``, or a config file path) is needed for a legacy state dict and must not be
-    given for a diffkit checkpoint, which carries its own."""
+    given for a diffkit checkpoint, which carries its own. A text-conditional checkpoint gives a
+    :class:`~diffkit.text.TextConditionedUNet` (U-Net + text encoder + tokenizer)."""
+    return _load(path, use_ema, device, config)[:3]
+
+
+def _load(path, use_ema: bool, device, config):
+    """(model, metadata, schedule, latent decoder or None)."""
     if is_legacy_checkpoint(path):
         if config is None:
             raise DiffkitError(f"{path} is a plain state dict with no model description; pass the config it was "
                                f"trained with (e.g. --config modelConfig.json with the seed's modelConfig keys)")
-        return load_legacy_model(path, config, device)
+        return (*load_legacy_model(path, config, device), None)
     if config is not None:
         raise DiffkitError(f"{path} is a diffkit checkpoint that carries its own config; drop --config "
                            f"(it is only for legacy .pt state dicts)")
@@ -39,13 +45,20 @@ def load_model(path: str | Path, use_ema: bool = True, device="cpu", config=None
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
     model = UNet(UNetConfig(**meta["unet"]))
+    if meta.get("text"):
+        from .text import TextConditionedUNet
+        model = TextConditionedUNet.from_meta(model, meta["text"])
     weights = ckpt.split_prefix(tensors, "model")
     if use_ema:
         ema = ckpt.split_prefix(tensors, "ema")
         weights = {k: ema.get(k, v) for k, v in weights.items()}
     ckpt.load_state_dict_checked(model, weights, str(path))
     model.to(device).eval()
-    return model, meta, NoiseSchedule(tensors["schedule.betas"])
+    decoder = None
+    if meta.get("latent"):
+        from .latent import FrozenAutoencoder
+        decoder = FrozenAutoencoder.from_checkpoint(tensors, meta, device, str(path))
+    return model, meta, NoiseSchedule(tensors["schedule.betas"]), decoder
 
 
 def load_legacy_model(path: str | Path, config, device="cpu"):
@@ -77,11 +90,17 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
 
 
 def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None) -> Denoiser:
-    """A :class:`Denoiser` for a checkpoint; ``.model`` and ``.meta`` are attached.
+    """A :class:`Denoiser` for a checkpoint; ``.model``, ``.meta``, ``.prompt_encoder`` and
+    ``.decoder`` are attached.
 
+    ``prompt_encoder`` (text-conditional checkpoints, else None): prompts -> the context
+    (B, max_tokens, context_dim) that the network takes as ``cond={"context": ...}``; encode
+    the prompts (and the null prompt "") once per sampling call. ``decoder`` (latent
+    checkpoints, else None): the frozen autoencoder, ``decoder(z)`` = D(z / scale_factor).
     ``config``: only for a legacy state dict (see :func:`load_model`)."""
-    model, meta, schedule = load_model(path, use_ema, device, config)
+    model, meta, schedule, decoder = _load(path, use_ema, device, config)
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
                  learned_variance=meta.get("learned_variance", False))
-    d.model, d.meta = model, meta
+    d.model, d.meta, d.decoder = model, meta, decoder
+    d.prompt_encoder = getattr(model, "encode_prompts", None)
     return d

@@ -89,9 +89,21 @@ class EMA:
                 p.copy_(e)
 
 
-def build_model(cfg: TrainConfig, dataset=None) -> UNet:
-    """The U-Net that ``cfg`` describes (seed 000 key names)."""
-    return UNet(UNetConfig(**cfg.to_unet_kwargs(dataset)))
+def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
+    """The U-Net that ``cfg`` describes (seed 000 key names); with ``text_conditioning``, the
+    U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
+    vocabulary that of the data set's captions (:meth:`~diffkit.text.CaptionSet.for_dataset`)."""
+    unet = UNet(UNetConfig(**cfg.to_unet_kwargs(dataset)))
+    if not cfg.text_conditioning:
+        return unet
+    from .text import CaptionSet, build_text_model
+    captions = CaptionSet.for_dataset(cfg.dataset, getattr(dataset, "class_names", ()) or ())
+    classes = getattr(dataset, "num_classes", None)
+    if classes and classes != captions.num_classes:
+        raise DiffkitError(f"the data set has {classes} classes but the captions of dataset={cfg.dataset!r} "
+                           f"cover {captions.num_classes}")
+    return build_text_model(unet, captions, width=cfg.text_width, layers=cfg.text_layers, heads=cfg.text_heads,
+                            max_tokens=cfg.max_prompt_tokens)
 
 
 def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
@@ -178,6 +190,15 @@ class Trainer:
         self.dataset = dataset if dataset is not None else load_dataset(**cfg.dataset_kwargs(train=True))
         if len(self.dataset) < 1:
             raise DiffkitError("the data set is empty")
+        self.latent = None  # latent diffusion: the frozen autoencoder; the data set is encoded once here
+        if cfg.autoencoder:
+            from .latent import FrozenAutoencoder, encode_dataset
+            self.latent = FrozenAutoencoder.from_file(cfg.autoencoder, self.device)
+            self.dataset = encode_dataset(self.latent, self.dataset)
+            factor = 2 ** (len(cfg.channel_mult) - 1)
+            if self.dataset.img_size % factor:
+                raise DiffkitError(f"the latents are {self.dataset.img_size}x{self.dataset.img_size}, not divisible "
+                                   f"by {factor} = 2**(len(channel_mult)-1) for channel_mult={cfg.channel_mult!r}")
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg, self.dataset).to(self.device)
         if cfg.channels_last:
@@ -229,6 +250,11 @@ class Trainer:
                 "unet": self.cfg.to_unet_kwargs(self.dataset), "prediction_type": self.cfg.prediction_type,
                 "learned_variance": self.cfg.learned_variance,
                 "class_names": list(getattr(self.dataset, "class_names", []) or [])}
+        if self.latent is not None:  # self-contained: the decoder travels with the model
+            tensors.update(self.latent.state_tensors())
+            meta["latent"] = self.latent.meta()
+        if self.cfg.text_conditioning:
+            meta["text"] = self.model.text_meta()
         return tensors, meta
 
     def save(self) -> Path:
@@ -265,6 +291,10 @@ class Trainer:
         if meta.get("dataset_size", len(self.dataset)) != len(self.dataset):
             raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} images but this one has "
                                f"{len(self.dataset)}; resume with the same data set")
+        saved_ae = (meta.get("latent") or {}).get("sha256")
+        if self.latent is not None and saved_ae and saved_ae != self.latent.sha256:
+            raise DiffkitError(f"{path} was trained on the latents of another autoencoder file than "
+                               f"{self.cfg.autoencoder} (sha256 differs); resume with the same autoencoder")
         ckpt.load_state_dict_checked(self.model, ckpt.split_prefix(tensors, "model"), str(path))
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
@@ -298,7 +328,11 @@ class Trainer:
         if cfg.offset_noise > 0:  # offset noise (Guttenberg 2023): a per-channel constant shift
             noise = noise + cfg.offset_noise * torch.randn(b, images.shape[1], *([1] * (images.ndim - 2)),
                                                            generator=self.generator)
-        drop = torch.rand(b, generator=self.generator) < cfg.p_uncond if cfg.conditional else None
+        dropping = cfg.conditional or cfg.text_conditioning
+        drop = torch.rand(b, generator=self.generator) < cfg.p_uncond if dropping else None
+        tokens = None
+        if cfg.text_conditioning:  # a random caption per sample, "" where dropped (one shared generator)
+            tokens = self.model.caption_tokens(labels, torch.rand(b, generator=self.generator), drop)
         images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
         noise = noise.to(self.device)
@@ -309,6 +343,8 @@ class Trainer:
             y = labels.to(self.device).long()
             null = self.model.config.num_classes
             cond["y"] = torch.where(distributed.shard(drop, info).to(self.device), torch.full_like(y, null), y)
+        if tokens is not None:
+            cond["tokens"] = distributed.shard(tokens, info).to(self.device)
         with self._autocast():
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,

@@ -144,6 +144,10 @@ BAD_VALUES = [
     ("channels_last", None, "channels_last=None"), ("deterministic", 1.0, "deterministic=1.0"),
     ("scale_shift_norm", "true", "scale_shift_norm='true'"), ("num_heads", 0, "num_heads=0"),
     ("num_heads", 7, "num_heads=7"), ("zero_terminal_snr", "on", "zero_terminal_snr='on'"),
+    ("autoencoder", "", "autoencoder=''"), ("autoencoder", 3, "autoencoder=3"),
+    ("text_conditioning", "yes", "text_conditioning='yes'"), ("text_pooled", 1, "text_pooled=1"), ("context_dim", 0, "context_dim=0"),
+    ("text_width", 0, "text_width=0"), ("text_layers", -1, "text_layers=-1"), ("text_heads", 0, "text_heads=0"),
+    ("max_prompt_tokens", 2, "max_prompt_tokens=2"),
 ]
 
 

@@ -376,3 +376,27 @@ def test_sd_every_sampler_finite(tiny_sd):
                                output_range="-1,1")
         assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all(), name
         assert images.min() >= -1 and images.max() <= 1
+
+
+def test_sample_command_runs_a_stable_diffusion_folder(tiny_sd, tmp_path, capsys):
+    """`diffkit sample --checkpoint SD_FOLDER --prompt ...` writes the grid of text_to_image's
+    images: one row per prompt, sample i from seed + i, guidance w (seed convention)."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop.stable_diffusion import text_to_image
+    pipe, sd = tiny_sd
+    pipe.save_pretrained(tmp_path / "sd")
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "a photo", "--prompt", "hot",
+                 "--num", "4", "--nrow", "2", "--steps", "3", "--guidance-scale", "2", "--seed", "5",
+                 "--batch-size", "3", "--out", str(out), "--no-progress"]) == 0
+    images = torch.cat([text_to_image(sd, ["a photo", "a photo", "hot"], steps=3, guidance_scale=2.0,
+                                      convention="seed", seed=5, output_range="-1,1"),
+                        text_to_image(sd, ["hot"], steps=3, guidance_scale=2.0, convention="seed", seed=8,
+                                      output_range="-1,1")])
+    save_grid(images, tmp_path / "expected.png", 2)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()  # drop save_pretrained's progress bars
+    assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prompt" in err[0]

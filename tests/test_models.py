@@ -77,6 +77,31 @@ def test_class_conditional_null_class():
     assert (null - real).abs().max() > 1e-3
 
 
+def test_pooled_context_adds_a_linear_map_of_the_mean_context_to_the_embedding():
+    torch.manual_seed(0)
+    plain = perturb(UNet(small_config(context_dim=24)))
+    pooled = UNet(small_config(context_dim=24, context_pooled=True))
+    missing = pooled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["context_embed.bias", "context_embed.weight"]
+    x, context = torch.randn(2, 3, 16, 16), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        pooled.context_embed.weight.zero_()
+        pooled.context_embed.bias.zero_()
+        assert torch.allclose(pooled(x, 50.0, context=context), plain(x, 50.0, context=context), atol=1e-6)
+        # a bias b on the pooled path is the same as adding b to the time embedding's output
+        bias = torch.randn(pooled.context_embed.bias.shape)
+        pooled.context_embed.bias.copy_(bias)
+        plain.time_embed.register_forward_hook(lambda module, inputs, out: out + bias)
+        assert torch.allclose(pooled(x, 50.0, context=context), plain(x, 50.0, context=context), atol=1e-5)
+        pooled.context_embed.weight.normal_()
+        assert (pooled(x, 50.0, context=context) - pooled(x, 50.0, context=context.flip(0))).abs().max() > 1e-4
+
+
+def test_pooled_context_needs_context_dim():
+    with pytest.raises(DiffkitError, match="context_pooled"):
+        small_config(context_pooled=True)
+
+
 def test_cross_attention_context():
     model = UNet(small_config(context_dim=24, num_heads=2))
     blocks = [m for m in model.modules() if isinstance(m, SpatialTransformer)]

@@ -8,6 +8,12 @@ eps-bar = (1 + W) eps(x, y) - W eps(x, null), so W = 0 is the plain conditional 
 Algorithm 2, or Algorithm 1 with ``--classifier-algorithm 1`` and the ddpm sampler), also for
 unconditional checkpoints. See docs/guidance.md.
 
+Text-conditional checkpoints (docs/latent.md) sample ``--prompt TEXT`` (several ``--prompt``:
+one row per prompt; default: each class's caption, e.g. "a photo of a sneaker"); with
+``--guidance-scale W`` the empty prompt "" is the null condition. Words the model's vocabulary
+lacks are encoded as ``<unk>`` with a warning. Latent checkpoints sample latents and decode them
+with the autoencoder stored in the checkpoint.
+
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
 (``ckpt_199.pt``) needs ``--config`` with the config it was trained with (the seed's modelConfig).
@@ -47,7 +53,10 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
-    g = p.add_argument_group("classes and guidance (docs/guidance.md)")
+    g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
+    g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
+                   help="text-conditional checkpoints: the prompt; repeat for one row per prompt "
+                        "(default: every class's caption)")
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
     g.add_argument("--guidance-scale", type=float, metavar="W",
@@ -113,13 +122,14 @@ class GuidanceRequest:
     classifier: Optional[str] = None
     classifier_scale: Optional[float] = None
     classifier_algorithm: int = 2
+    prompts: Optional[list] = None
 
     @classmethod
     def from_args(cls, args) -> "GuidanceRequest":
         req = cls(classes=args.classes, guidance_scale=args.guidance_scale, convention=args.guidance_convention,
                   rescale=args.guidance_rescale, interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                   classifier=args.classifier, classifier_scale=args.classifier_scale,
-                  classifier_algorithm=args.classifier_algorithm)
+                  classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None))
         req.check(args.sampler)
         return req
 
@@ -127,6 +137,12 @@ class GuidanceRequest:
         """Checks that need no checkpoint: flag combinations and ranges."""
         from ..errors import DiffkitError, check_range
         from ..guidance import guidance_weight
+        if self.prompts is not None:
+            if self.classes:
+                raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or class-conditional")
+            if self.classifier:
+                raise DiffkitError("--prompt cannot be combined with --classifier; use --guidance-scale "
+                                   "(classifier-free guidance with the empty prompt)")
         if self.guidance_scale is None:
             for flag, value, default in (("--guidance-rescale", self.rescale, 0.0),
                                          ("--guidance-interval", self.interval, None),
@@ -225,14 +241,29 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
 
+    from ..errors import DiffkitError
+
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    if is_stable_diffusion_folder(checkpoint):
+        return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                                       individual=individual, seed=seed, device=device, batch_size=batch_size,
+                                       spacing=spacing, scale=scale, progress=progress, guidance=guidance, **options)
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config)
     meta = denoiser.meta
     cfg = meta.get("config", {})
     nrow = nrow or cfg.get("nrow", 8)
     guidance = guidance or GuidanceRequest()
     conditional_model = meta["unet"].get("num_classes") is not None
-    denoiser, num_classes, classifier = guided_denoiser(denoiser, guidance, device)
-    labels, num, nrow = guidance.labels(num_classes, num, nrow)
+    decoder, prompt_index = denoiser.decoder, None
+    if denoiser.prompt_encoder is not None:
+        denoiser, context, prompts, prompt_index, num, nrow = prompt_conditioning(denoiser, guidance, num, nrow, device)
+        labels = None
+    else:
+        if guidance.prompts is not None:
+            raise DiffkitError("--prompt needs a text-conditional checkpoint (trained with text_conditioning=true); "
+                               "this one is not")
+        denoiser, num_classes, classifier = guided_denoiser(denoiser, guidance, device)
+        labels, num, nrow = guidance.labels(num_classes, num, nrow)
     out = Path(out) if out else Path(cfg.get("sampled_dir", ".")) / cfg.get("sampledImgName", "samples.png")
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
     unet = meta["unet"]
@@ -251,16 +282,114 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                         gens, progress, cond).cpu())
             continue
         cond = {} if y is None else {"y": y}
-        results.append(sample(denoiser, chunk, sampler, steps, nfe=nfe, spacing=spacing, generator=gens,
-                              cond=cond, progress=progress, **options).cpu())
+        if prompt_index is not None:  # the prompts' contexts, encoded once, one row per sample
+            cond = {"context": context[prompt_index[start:start + n].to(context.device)]}
+        latents = sample(denoiser, chunk, sampler, steps, nfe=nfe, spacing=spacing, generator=gens,
+                         cond=cond, progress=progress, **options)
+        with torch.no_grad():  # latent checkpoints: x = D(z / scale_factor)
+            results.append((latents if decoder is None else decoder(latents).clamp(-1, 1)).cpu())
     images = torch.cat(results)
-    save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
+    if decoder is None:
+        save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
     what = "" if labels is None else f", classes {sorted(set(labels.tolist()))}"
-    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe} network evaluations{what}) and {noise_out}")
+    if prompt_index is not None:
+        what = f", prompts {prompts}"
+    noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
+    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe} network evaluations{what}){noise_note}")
     return images
+
+
+SD_DEFAULT_GUIDANCE = 6.5  # seed convention w; diffusers' s = 7.5, Stable Diffusion's usual setting
+
+
+def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
+                            individual=None, seed=0, device="cpu", batch_size=256, spacing=None, scale=1,
+                            progress=True, guidance: Optional[GuidanceRequest] = None, **options):
+    """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
+    folder on disk (docs/interop.md) sampled with a diffkit sampler; one row per prompt, sample i
+    from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
+    i.e. diffusers' s = 7.5). Writes the grid (and single PNGs); latents have no noise grid."""
+    import torch
+
+    from ..errors import DiffkitError
+    from ..images import save_grid, save_images
+    from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
+
+    guidance = guidance or GuidanceRequest()
+    if not guidance.prompts:
+        raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per prompt)")
+    for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
+                        ("--guidance-interval", guidance.interval), ("--guidance-rescale", guidance.rescale)):
+        if value:
+            raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
+    sd = load_stable_diffusion(directory, device)
+    prompts = list(guidance.prompts)
+    nrow = nrow or 8
+    num = num or len(prompts) * nrow
+    if len(prompts) > 1:
+        nrow = -(-num // len(prompts))
+    per_sample = [prompts[i] for i in torch.arange(len(prompts)).repeat_interleave(nrow)[:num].tolist()] \
+        if len(prompts) > 1 else prompts * num
+    if guidance.guidance_scale is None:
+        scale_w, convention = SD_DEFAULT_GUIDANCE, "seed"
+    else:
+        scale_w, convention = guidance.guidance_scale, guidance.convention
+    results = []
+    for start in range(0, num, batch_size):
+        results.append(text_to_image(sd, per_sample[start:start + batch_size], sampler=sampler, steps=steps, nfe=nfe,
+                                     guidance_scale=scale_w, convention=convention, seed=seed + start,
+                                     spacing=spacing, output_range="-1,1", progress=progress, **options).cpu())
+    images = torch.cat(results)
+    out = Path(out) if out else Path("samples.png")
+    save_grid(images[:GRID_LIMIT], out, nrow, scale)
+    if individual:
+        save_images(images, individual)
+    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts})")
+    return images
+
+
+def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], nrow: int, device="cpu"):
+    """(denoiser with classifier-free guidance if asked, contexts (P, L, D) of the P prompts,
+    prompts, prompt index of each sample, num, nrow) for a text-conditional checkpoint.
+
+    One prompt: every image; several: one row per prompt. Default prompts: each class's caption.
+    The null condition of the guidance is the empty prompt's context. Unknown words: a warning."""
+    import sys
+
+    import torch
+
+    from ..errors import DiffkitError
+    from ..guidance import ClassifierFreeGuidance
+    if request.classes:
+        raise DiffkitError("--class needs a class-conditional checkpoint; this one is text-conditional: use --prompt TEXT")
+    if request.classifier:
+        raise DiffkitError("--classifier guidance is not available for a text-conditional checkpoint; use "
+                           "--guidance-scale")
+    model = denoiser.model
+    captions = getattr(model, "captions", None)
+    prompts = list(request.prompts) if request.prompts else (
+        [captions.prompt(k) for k in range(captions.num_classes)] if captions is not None else [""])
+    for text in prompts:
+        unknown = model.tokenizer.unknown_words(text)
+        if unknown:
+            print(f"diffkit: warning: prompt {text!r}: word(s) {', '.join(repr(w) for w in unknown)} are not in the "
+                  f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
+    context = denoiser.prompt_encoder(prompts, device)
+    if len(prompts) == 1:
+        num = num or 64
+        index = torch.zeros(num, dtype=torch.long)
+    else:
+        num = num or len(prompts) * nrow
+        nrow = -(-num // len(prompts))
+        index = torch.arange(len(prompts)).repeat_interleave(nrow)[:num]
+    if request.guidance_scale is not None:
+        null = denoiser.prompt_encoder([""], device)
+        denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention, request.rescale,
+                                          request.interval, null_context=null)
+    return denoiser, context, prompts, index, num, nrow
 
 
 def _algorithm_1(denoiser, classifier, x, labels, guidance, sampler, steps, nfe, spacing, generator, progress, cond):

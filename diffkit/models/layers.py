@@ -232,9 +232,11 @@ class ResBlock(nn.Module):
     ``h = conv1(SiLU(norm1(x))) [+ proj(emb)]``; ``conv2`` starts at zero. ``resample``
     'up'/'down' makes it a BigGAN-style resampling block (nearest x2 / 2x2 average pool,
     applied to both branches). The block receives the embedding already passed through SiLU.
+    ``emb_dim=None`` builds it without an embedding (``h = conv1(SiLU(norm1(x)))``), the
+    residual block of the latent autoencoder (Rombach et al. 2022, App. G); ``emb`` is then ignored.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None, dropout: float = 0.0,
                  scale_shift_norm: bool = False, resample: str | None = None):
         super().__init__()
         self.scale_shift_norm = scale_shift_norm
@@ -242,7 +244,8 @@ class ResBlock(nn.Module):
         self.dropout = dropout
         self.norm1 = group_norm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if scale_shift_norm else out_channels)
+        self.emb_proj = (None if emb_dim is None else
+                         nn.Linear(emb_dim, 2 * out_channels if scale_shift_norm else out_channels))
         self.norm2 = group_norm(out_channels)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -254,13 +257,16 @@ class ResBlock(nn.Module):
             return F.avg_pool2d(x, 2)
         return x
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         h = F.silu(self.norm1(x))
         if self.resample is not None:
             h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
-        e = self.emb_proj(emb)[:, :, None, None]
-        if self.scale_shift_norm:
+        e = None if self.emb_proj is None else self.emb_proj(emb)[:, :, None, None]
+        if e is None:
+            h = self.norm2(h)
+        elif self.scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
             h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
         else:

@@ -32,12 +32,17 @@ class UNetConfig(TrunkConfig):
         learned null class for classifier-free guidance (``y=None`` means the null class).
     context_dim: add cross-attention (spatial transformer) blocks at the attention levels and
         the middle, attending to ``context`` of shape (batch, seq_len, context_dim).
+    context_pooled: also add a linear map of the context's mean over the sequence to the
+        timestep embedding, as Imagen (Saharia et al. 2022, Sec. 2.2) and SD-XL (Podell et al.
+        2023, Sec. 2.1) add a pooled text embedding; it lets a small model pick up the prompt as
+        fast as a class embedding. Needs ``context_dim``.
     """
 
     out_channels: int | None = None
     learned_variance: bool = False
     num_classes: int | None = None
     context_dim: int | None = None
+    context_pooled: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -47,6 +52,8 @@ class UNetConfig(TrunkConfig):
             check_range("num_classes", self.num_classes, 1, integer=True)
         if self.context_dim is not None:
             check_range("context_dim", self.context_dim, 1, integer=True)
+        if self.context_pooled and self.context_dim is None:
+            raise DiffkitError("context_pooled=True needs context_dim (the width of the context it pools)")
 
     @property
     def output_channels(self) -> int:
@@ -79,6 +86,7 @@ class UNet(nn.Module):
         emb_dim = 4 * cfg.channel
         self.time_embed = TimeEmbedding(cfg.channel, emb_dim)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        self.context_embed = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pooled else None
         self.input_conv = nn.Conv2d(cfg.in_channels, cfg.channel, 3, padding=1)
         self.down, skip_channels = build_down_path(cfg, emb_dim, cfg.context_dim)
         self.middle = build_middle(cfg, emb_dim, cfg.context_dim)
@@ -124,7 +132,10 @@ class UNet(nn.Module):
         if context is not None and cfg.context_dim is None:
             raise DiffkitError("context was given but the UNet has no cross-attention; set context_dim in its config")
         batch = x.shape[0]
-        emb = F.silu(self.embedding(broadcast_time(t, batch, x.device), y, batch))
+        emb = self.embedding(broadcast_time(t, batch, x.device), y, batch)
+        if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.2)
+            emb = emb + self.context_embed(context.mean(dim=1).to(emb.dtype))
+        emb = F.silu(emb)
         skips = [self.input_conv(to_compute_layout(x))]
         skips += run_blocks(self.down, skips[0], emb, context)
         h = self.middle(skips[-1], emb, context)
