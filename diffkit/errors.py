@@ -40,3 +40,13 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
         hb = "]" if high_inclusive and high is not None else ")"
         raise DiffkitError(f"{name}={value!r} is out of range; allowed: {kind} in {lb}{lo}, {hi}{hb}")
     return value
+
+
+def check_positive_int_list(name: str, value: Any) -> list[int]:
+    """Return ``value`` as a list of ints if it is a non-empty sequence of positive integers
+    (e.g. a U-Net's ``channel_mult``), else raise a one-line DiffkitError."""
+    from collections.abc import Sequence
+    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in value)):
+        raise DiffkitError(f"{name}={value!r} is not allowed; use a non-empty list of positive integers")
+    return [int(m) for m in value]

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DiffkitError, check_choice, check_range
+from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from ..noise import GeneratorArg, randn_like
 from .layers import (AttentionBlock, BlockChain, Downsample, ResBlock, Upsample, group_norm,
                      to_compute_layout, use_channels_last_weights)
@@ -73,11 +73,7 @@ class AutoencoderConfig:
     def __post_init__(self):
         check_range("in_channels", self.in_channels, 1, integer=True)
         check_range("channel", self.channel, 1, integer=True)
-        mult = self.channel_mult
-        if (isinstance(mult, (str, bytes)) or not isinstance(mult, Sequence) or len(mult) == 0
-                or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult)):
-            raise DiffkitError(f"channel_mult={mult!r} is not allowed; use a non-empty list of positive integers")
-        self.channel_mult = [int(m) for m in mult]
+        self.channel_mult = check_positive_int_list("channel_mult", self.channel_mult)
         check_range("num_res_blocks", self.num_res_blocks, 1, integer=True)
         check_range("latent_channels", self.latent_channels, 1, integer=True)
         check_choice("regularizer", self.regularizer, REGULARIZERS)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DiffkitError, check_range
+from ..errors import DiffkitError, check_positive_int_list, check_range
 
 __all__ = [
     "TrunkConfig", "timestep_embedding", "norm_groups", "group_norm", "zero_module",
@@ -66,11 +66,7 @@ class TrunkConfig:
 
     def __post_init__(self):
         check_range("channel", self.channel, 1, integer=True)
-        mult = self.channel_mult
-        if (isinstance(mult, (str, bytes)) or not isinstance(mult, Sequence) or len(mult) == 0
-                or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult)):
-            raise DiffkitError(f"channel_mult={mult!r} is not allowed; use a non-empty list of positive integers")
-        self.channel_mult = [int(m) for m in mult]
+        self.channel_mult = check_positive_int_list("channel_mult", self.channel_mult)
         levels = len(self.channel_mult)
         attn = self.attn
         if isinstance(attn, (str, bytes)) or not isinstance(attn, Sequence):
