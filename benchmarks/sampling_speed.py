@@ -1,0 +1,186 @@
+"""Sampling speed: diffkit.sample vs diffusers' pipeline / scheduler loop, same network and NFE.
+
+For one network shape (``speed_configs.py``; default the seed 000 U-Net) and a fixed number of
+network evaluations, the wall time per sample of
+
+* diffkit: ``diffkit.sample(Denoiser(unet, schedule), shape, sampler=..., steps|nfe=...)``;
+* diffusers: ``DDIMPipeline(unet2d, DDIMScheduler)(batch_size, num_inference_steps, eta=0)`` for
+  DDIM, and the standard ``DPMSolverMultistepScheduler`` loop (``set_timesteps``; for each
+  timestep ``unet(x, t).sample`` then ``scheduler.step(...).prev_sample``) for DPM-Solver++(2M),
+  each with its U-Net contiguous (as the pipeline runs it) and channels_last (``-cl``).
+
+Same weights: the diffusers ``UNet2DModel`` is ``diffkit.interop.to_diffusers(unet)`` (the
+weight converter), after diffkit's zero-initialised output layers are given random values so
+the networks compute something non-trivial; the script checks that both give the same eps
+on one batch and prints the largest difference. Where the converter refuses the shape (e.g.
+the mnist network, whose GroupNorm group counts diffusers cannot express) both networks keep
+their own random initialisation: the cost does not depend on the weights.
+
+Variants run interleaved, round by round, in one process (first ``--warmup`` rounds discarded);
+medians and the ratio (diffusers' best layout time / diffkit time; median of per-round ratios).
+
+    python benchmarks/sampling_speed.py [--threads 2] [--batch 4] [--rounds 3] [--config seed]
+        [--ddim-steps 50] [--dpm-nfe 20] [--quick]
+
+Writes ``benchmarks/out/sampling_speed_<threads>t.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import diffkit  # noqa: E402
+from diffkit.schedule import NoiseSchedule  # noqa: E402
+from speed_configs import CONFIGS, diffkit_unet, diffusers_unet  # noqa: E402
+
+
+def build_networks(cfg: dict, seed: int = 0):
+    """(diffkit UNet, diffusers UNet2DModel, same_weights) in eval mode."""
+    torch.manual_seed(seed)
+    ours = diffkit_unet(cfg).eval()
+    with torch.no_grad():  # non-zero output layers, so both networks compute a non-trivial eps
+        for p in ours.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    try:
+        from diffkit.errors import DiffkitError
+        from diffkit.interop import to_diffusers
+        theirs, same = to_diffusers(ours).eval(), True
+    except (ImportError, AttributeError, DiffkitError) as exc:
+        print(f"weight converter not used ({exc}); each network keeps its own random initialisation")
+        theirs, same = diffusers_unet(cfg).eval(), False
+    return ours, theirs, same
+
+
+def diffusers_ddim(model, batch: int, steps: int, seed: int):
+    from diffusers import DDIMPipeline, DDIMScheduler
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                              clip_sample=False)
+    pipe = DDIMPipeline(unet=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return lambda: pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type="np",
+                        generator=torch.Generator().manual_seed(seed)).images
+
+
+def diffusers_dpm(model, batch: int, nfe: int, seed: int, shape):
+    from diffusers import DPMSolverMultistepScheduler
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                            beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2)
+
+    @torch.no_grad()
+    def run():
+        scheduler.set_timesteps(nfe)
+        x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps = model(scheduler.scale_model_input(x, t), t).sample
+            x = scheduler.step(eps, t, x).prev_sample
+        return x
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--config", default="seed", choices=sorted(CONFIGS))
+    parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--dpm-nfe", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="mnist, batch 2, DDIM 10 / DPM 10, 1 round")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.config, args.batch, args.ddim_steps, args.dpm_nfe, args.rounds = "mnist", 2, 10, 10, 1
+    torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]
+    shape = (cfg["in_channels"], cfg["img_size"], cfg["img_size"])
+    ours, theirs, same = build_networks(cfg)
+    theirs_cl = diffusers_unet(cfg).eval()
+    theirs_cl.load_state_dict(theirs.state_dict())
+    theirs_cl = theirs_cl.to(memory_format=torch.channels_last)
+    params = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
+    schedule = NoiseSchedule.from_name("linear", 1000, beta_start=1e-4, beta_end=0.02)
+    denoiser = diffkit.Denoiser(ours, schedule, prediction_type="epsilon")
+    check = None
+    if same:
+        with torch.no_grad():
+            x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+            t = torch.tensor([10.0, 900.0])
+            check = (ours(x, t) - theirs(x, t.long()).sample).abs().max().item()
+        print(f"same weights: max |eps_diffkit - eps_diffusers| = {check:.2e}")
+
+    def diffkit_run(sampler, **kw):
+        def run():
+            denoiser.reset_nfe()
+            out = diffkit.sample(denoiser, (args.batch, *shape), sampler=sampler, seed=0, progress=False, **kw)
+            return out, denoiser.nfe
+        return run
+
+    runs = {  # (sampler label, variant) -> callable
+        ("ddim", "diffkit"): diffkit_run("ddim", steps=args.ddim_steps, eta=0.0),
+        ("ddim", "diffusers"): diffusers_ddim(theirs, args.batch, args.ddim_steps, 0),
+        ("ddim", "diffusers-cl"): diffusers_ddim(theirs_cl, args.batch, args.ddim_steps, 0),
+        ("dpm-solver++-2m", "diffkit"): diffkit_run("dpm-solver++-2m", nfe=args.dpm_nfe),
+        ("dpm-solver++-2m", "diffusers"): diffusers_dpm(theirs, args.batch, args.dpm_nfe, 0, shape),
+        ("dpm-solver++-2m", "diffusers-cl"): diffusers_dpm(theirs_cl, args.batch, args.dpm_nfe, 0, shape),
+    }
+    nfe = {"ddim": args.ddim_steps, "dpm-solver++-2m": args.dpm_nfe}
+    with torch.no_grad():  # one forward of each network first (oneDNN primitive set-up)
+        x = torch.randn(args.batch, *shape)
+        for net in (ours, theirs, theirs_cl):
+            net(x, torch.full((args.batch,), 500.0))
+    times = {key: [] for key in runs}
+    for rnd in range(args.warmup + args.rounds):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            out = run()
+            seconds = time.perf_counter() - start
+            if key[1] == "diffkit" and out[1] != nfe[key[0]]:
+                raise RuntimeError(f"diffkit {key[0]} used {out[1]} network evaluations, expected {nfe[key[0]]}")
+            if rnd >= args.warmup:
+                times[key].append(seconds)
+            print(f"  round {rnd + 1}: {key[0]} {key[1]} {seconds:.2f}s", flush=True)
+    rows = []
+    for key in runs:
+        sampler, variant = key
+        row = {"sampler": sampler, "nfe": nfe[sampler], "variant": variant, "median_s": statistics.median(times[key]),
+               "s_per_sample": statistics.median(times[key]) / args.batch, "times": times[key]}
+        if variant == "diffkit":
+            for ref in ("diffusers", "diffusers-cl"):
+                row[f"speedup_vs_{ref}"] = statistics.median(
+                    a / b for a, b in zip(times[(sampler, ref)], times[key]))
+        rows.append(row)
+    print(f"\nsampling, config {args.config} ({params[0]:,} / {params[1]:,} parameters), batch {args.batch}, "
+          f"{args.threads} threads, median of {args.rounds} after {args.warmup} warm-up; same weights: {same}")
+    print(f"{'sampler':16s} {'NFE':>4s} {'variant':14s} {'run s':>8s} {'s/sample':>9s} {'vs diffusers':>13s} "
+          f"{'vs diffusers-cl':>16s}")
+    for r in rows:
+        a = f"{r['speedup_vs_diffusers']:12.2f}x" if "speedup_vs_diffusers" in r else ""
+        b = f"{r['speedup_vs_diffusers-cl']:15.2f}x" if "speedup_vs_diffusers-cl" in r else ""
+        print(f"{r['sampler']:16s} {r['nfe']:4d} {r['variant']:14s} {r['median_s']:8.2f} {r['s_per_sample']:9.3f} "
+              f"{a:>13s} {b:>16s}")
+    out = Path(args.out or HERE / "out" / f"sampling_speed_{args.threads}t.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "config": args.config, "model": cfg,
+        "parameters": params, "same_weights": same, "max_eps_difference": check, "batch": args.batch,
+        "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(), "results": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

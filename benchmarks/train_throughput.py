@@ -1,0 +1,358 @@
+"""Training throughput and peak memory: diffkit's Trainer vs diffusers' training loop (issue 8).
+
+One FULL training step on each side, on the same network shape (``speed_configs.py``), batch,
+precision and device:
+
+* diffkit: :meth:`diffkit.training.Trainer.train_step` itself (timesteps and noise drawn,
+  q(x_t | x_0), the U-Net, L_simple = ||eps - eps_theta||^2 (DDPM eq. 14), backward, gradient
+  clipping at 1.0, foreach AdamW (fused on CUDA), the EMA update (decay 0.9999)).
+* diffusers: the loop of ``examples/unconditional_image_generation/train_unconditional.py``:
+  ``torch.randn`` noise, ``torch.randint`` timesteps, ``DDPMScheduler.add_noise``,
+  ``UNet2DModel(...).sample``, ``F.mse_loss``, backward, ``clip_grad_norm_(1.0)``, AdamW
+  (the example's betas 0.95/0.999, weight decay 1e-6), the cosine LR scheduler step,
+  ``zero_grad`` and ``EMAModel.step`` (decay 0.9999, the example's warm-up).
+
+Method. Every (configuration, variant) runs in its own fresh worker process; the parent
+interleaves the workers round by round (each round: ``--steps`` steps of each variant in turn,
+so load drift hits every variant alike); the first ``--warmup`` rounds are discarded. Reported:
+median wall seconds per step, images/s, median process CPU seconds per step (less disturbed by
+other processes on a shared machine), the ratio to diffusers' best layout (median of the
+per-round ratios) and the peak memory.
+
+Peak memory on the CPU is the worker's peak resident set size (``getrusage(RUSAGE_SELF)
+.ru_maxrss``, a kernel high-water mark that sees every allocation, torch's included, unlike
+tracemalloc) at the end of the run minus its value after the imports, before the network is
+built: weights, gradients, AdamW moments, EMA copy, activations, and allocator caching,
+measured identically on both sides. On CUDA it is ``torch.cuda.max_memory_allocated``.
+
+    python benchmarks/train_throughput.py [--threads 2] [--batch 32] [--rounds 5] [--steps 1]
+        [--configs seed,cifar10,mnist] [--device cpu|cuda] [--compile] [--quick]
+
+CPU variants: ``diffkit`` (fp32; its U-Net computes channels_last; fused AdamW), ``diffusers``
+(fp32, exactly as the example runs it: contiguous, default AdamW and EMAModel flags, i.e. the
+per-parameter loops on the CPU), ``diffusers-cl`` (diffusers tuned: model and batch
+channels_last, foreach AdamW (fused on CUDA) as diffkit's Trainer, ``EMAModel(foreach=True)``;
+the reference of the ratio);
+``--compile`` adds ``diffkit-compile`` and ``diffusers-cl-compile`` (torch.compile, inductor).
+CUDA variants: fp32, bf16 autocast, and bf16 autocast + compile for each library (diffusers tuned).
+Writes ``benchmarks/out/train_throughput_<device>_<threads>t.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CPU_VARIANTS = {  # name: (library, options)
+    "diffkit": ("diffkit", {}),
+    "diffusers": ("diffusers", {}),
+    "diffusers-cl": ("diffusers", {"channels_last": True, "tuned": True}),
+}
+CPU_COMPILE_VARIANTS = {
+    "diffkit-compile": ("diffkit", {"compile": True}),
+    "diffusers-cl-compile": ("diffusers", {"channels_last": True, "tuned": True, "compile": True}),
+}
+CUDA_VARIANTS = {
+    "diffkit": ("diffkit", {}),
+    "diffusers": ("diffusers", {"channels_last": True, "tuned": True}),
+    "diffkit-bf16": ("diffkit", {"bf16": True}),
+    "diffusers-bf16": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True}),
+    "diffkit-bf16-compile": ("diffkit", {"bf16": True, "compile": True}),
+    "diffusers-bf16-compile": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True, "compile": True}),
+}
+
+
+def reference_variant(name: str, variants: dict) -> str | None:
+    """The diffusers variant a diffkit variant is compared with (same precision and compile)."""
+    if not name.startswith("diffkit"):
+        return None
+    suffix = name[len("diffkit"):]
+    for candidate in (f"diffusers-cl{suffix}", f"diffusers{suffix}"):
+        if candidate in variants:
+            return candidate
+    return None
+
+
+# ------------------------------------------------------------------ worker side
+def _peak_rss_bytes() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+class _Synthetic:
+    """What Trainer needs of a data set when train_step is fed batches directly."""
+
+    def __init__(self, n: int, channels: int):
+        self.n, self.channels = n, channels
+
+    def __len__(self):
+        return self.n
+
+
+def _diffkit_step_fn(cfg: dict, opts: dict, batch: int, device: str, workdir: str):
+    import torch
+    from diffkit.config import TrainConfig
+    from diffkit.training import Trainer
+
+    train_cfg = TrainConfig(**{k: v for k, v in cfg.items()}, batch_size=batch, device=device, grad_clip=1.0,
+                            ema_decay=0.9999, max_steps=10_000, save_weight_dir=workdir,
+                            mixed_precision="bf16" if opts.get("bf16") else "no",
+                            compile=bool(opts.get("compile")))
+    trainer = Trainer(train_cfg, dataset=_Synthetic(100 * batch, cfg["in_channels"]), progress=False,
+                      log=lambda msg: None)
+    trainer.model.train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, cfg["in_channels"], cfg["img_size"], cfg["img_size"], generator=generator) * 2 - 1
+    labels = torch.zeros(batch, dtype=torch.long)
+
+    def step():
+        loss = trainer.train_step([(images, labels)])
+        trainer.step += 1
+        return loss
+
+    return step, trainer.model
+
+
+def _diffusers_step_fn(cfg: dict, opts: dict, batch: int, device: str):
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from speed_configs import diffusers_unet
+
+    dev = torch.device(device)
+    model = diffusers_unet(cfg).to(dev).train()
+    memory_format = torch.channels_last if opts.get("channels_last") else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    forward = torch.compile(model) if opts.get("compile") else model
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    tuned = bool(opts.get("tuned"))  # the fastest optimiser and EMA flags; else the example's defaults
+    # diffkit's Trainer's choice: fused on CUDA, foreach on the CPU (torch's fused CPU AdamW
+    # mis-updates when a moment's layout differs from its channels_last weight, e.g. after a resume)
+    fast = ({"fused": True} if dev.type == "cuda" else {"foreach": True}) if tuned else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8,
+                                  **fast)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=10_000)
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
+                   foreach=tuned)
+    generator = torch.Generator().manual_seed(0)
+    clean = (torch.rand(batch, cfg["in_channels"], cfg["img_size"], cfg["img_size"], generator=generator) * 2 - 1)
+    clean = clean.to(dev).contiguous(memory_format=memory_format)
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if opts.get("bf16") else None
+
+    def step():
+        noise = torch.randn(clean.shape, device=dev).contiguous(memory_format=memory_format)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), device=dev).long()
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        if autocast is None:
+            out = forward(noisy, timesteps).sample
+        else:
+            with autocast():
+                out = forward(noisy, timesteps).sample
+        loss = F.mse_loss(out.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        ema.step(model.parameters())
+        return loss.item()
+
+    return step, model
+
+
+def worker(spec: dict) -> None:
+    """Build one variant, then answer ``run N`` (time N steps) and ``quit`` on stdin."""
+    import tempfile
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    # Every worker imports the same modules before the baseline (both libraries, and the parts
+    # of torch that the optimiser step and clip_grad_norm_ import lazily), so that the peak
+    # delta counts tensors and caches, not code.
+    import diffusers.training_utils  # noqa: F401
+    import diffkit.training  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.config  # noqa: F401
+    import torch.nn.parallel  # noqa: F401
+    device = spec["device"]
+    cuda = device.startswith("cuda")
+    baseline = torch.cuda.memory_allocated() if cuda else _peak_rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as workdir:
+        if spec["library"] == "diffkit":
+            step, model = _diffkit_step_fn(spec["config"], spec["options"], spec["batch"], device, workdir)
+        else:
+            step, model = _diffusers_step_fn(spec["config"], spec["options"], spec["batch"], device)
+        params = sum(p.numel() for p in model.parameters())
+        print(json.dumps({"ready": True, "parameters": params}), flush=True)
+        for line in sys.stdin:
+            cmd = line.split()
+            if cmd[0] == "quit":
+                peak = (torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()) - baseline
+                print(json.dumps({"peak_bytes": peak}), flush=True)
+                return
+            wall, cpu, losses = [], [], []
+            for _ in range(int(cmd[1])):
+                if cuda:
+                    torch.cuda.synchronize()
+                start, start_cpu = time.perf_counter(), time.process_time()
+                losses.append(step())
+                if cuda:
+                    torch.cuda.synchronize()
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+            print(json.dumps({"wall": wall, "cpu": cpu, "loss": losses}), flush=True)
+
+
+# ------------------------------------------------------------------ parent side
+class Worker:
+    def __init__(self, spec: dict):
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker exited with status {self.proc.wait()}")
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> dict:
+        out = self.ask("quit")
+        self.proc.wait()
+        return out
+
+
+def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
+    specs = {v: {"library": lib, "options": opts, "config": cfg, "batch": args.batch, "threads": args.threads,
+                 "device": args.device} for v, (lib, opts) in variants.items()}
+    workers = {v: Worker(spec) for v, spec in specs.items()}
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    first = {}
+    try:
+        for rnd in range(args.warmup + args.rounds):
+            for v, w in workers.items():
+                out = w.ask(f"run {args.steps}")
+                if rnd == 0:
+                    first[v] = out["wall"][0]
+                if rnd >= args.warmup:
+                    wall[v].append(statistics.median(out["wall"]))
+                    cpu[v].append(statistics.median(out["cpu"]))
+            print(f"  {name} round {rnd + 1}/{args.warmup + args.rounds}: "
+                  + ", ".join(f"{v} {wall[v][-1] if wall[v] else first[v]:.2f}s" for v in variants), flush=True)
+        peaks = {}
+        for v, w in workers.items():
+            peaks[v] = w.close()["peak_bytes"]
+    finally:
+        for w in workers.values():
+            if w.proc.poll() is None:
+                w.proc.kill()
+    rows = []
+    for v in variants:
+        ref = reference_variant(v, variants)
+        row = {"config": name, "variant": v, "library": variants[v][0], "options": variants[v][1],
+               "parameters": workers[v].info["parameters"], "median_s": statistics.median(wall[v]),
+               "images_per_s": args.batch / statistics.median(wall[v]), "median_cpu_s": statistics.median(cpu[v]),
+               "first_step_s": first[v], "peak_mib": peaks[v] / 2**20, "wall_s": wall[v], "cpu_s": cpu[v],
+               "reference": ref}
+        if ref is not None:
+            row["speedup"] = statistics.median(a / b for a, b in zip(wall[ref], wall[v]))
+            row["cpu_speedup"] = statistics.median(a / b for a, b in zip(cpu[ref], cpu[v]))
+            row["peak_ratio"] = peaks[v] / peaks[ref]
+            if "diffusers" in variants and ref != "diffusers":  # against the example as shipped
+                row["speedup_vs_example"] = statistics.median(a / b for a, b in zip(wall["diffusers"], wall[v]))
+                row["cpu_speedup_vs_example"] = statistics.median(a / b for a, b in zip(cpu["diffusers"], cpu[v]))
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict], args) -> None:
+    print(f"\nfull training step, batch {args.batch}, {args.threads} threads, device {args.device}, "
+          f"median of {args.rounds} rounds x {args.steps} step(s) after {args.warmup} warm-up round(s)")
+    print(f"{'config':8s} {'variant':22s} {'params':>11s} {'wall s':>7s} {'img/s':>7s} {'cpu s':>7s} "
+          f"{'speedup':>8s} {'cpu spd':>8s} {'peak MiB':>9s} {'mem ratio':>9s} {'vs example':>10s} {'(cpu)':>6s}  vs")
+    for r in rows:
+        speed = f"{r['speedup']:7.2f}x" if "speedup" in r else f"{'':8s}"
+        cspeed = f"{r['cpu_speedup']:7.2f}x" if "cpu_speedup" in r else f"{'':8s}"
+        mem = f"{r['peak_ratio']:9.2f}" if "peak_ratio" in r else f"{'':9s}"
+        ex = (f"{r['speedup_vs_example']:9.2f}x {r['cpu_speedup_vs_example']:5.2f}x" if "speedup_vs_example" in r
+              else f"{'':17s}")
+        print(f"{r['config']:8s} {r['variant']:22s} {r['parameters']:11,d} {r['median_s']:7.3f} "
+              f"{r['images_per_s']:7.2f} {r['median_cpu_s']:7.3f} {speed} {cspeed} {r['peak_mib']:9.0f} {mem} {ex}"
+              f"  {r['reference'] or ''}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1, help="steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=1, help="rounds discarded at the start")
+    parser.add_argument("--configs", default="seed,cifar10,mnist")
+    parser.add_argument("--variants", default=None, help="comma list (default: all for the device)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile variants (CPU)")
+    parser.add_argument("--quick", action="store_true", help="mnist only, batch 8, 2 rounds")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        return worker(json.loads(args.worker))
+    from speed_configs import CONFIGS
+
+    if args.quick:
+        args.configs, args.batch, args.rounds = "mnist", 8, 2
+    if args.device.startswith("cuda"):
+        variants = dict(CUDA_VARIANTS)
+    else:
+        variants = dict(CPU_VARIANTS)
+        if args.compile:
+            variants.update(CPU_COMPILE_VARIANTS)
+    if args.variants:
+        wanted = args.variants.split(",")
+        unknown = [v for v in wanted if v not in variants]
+        if unknown:
+            parser.error(f"--variants: unknown {unknown[0]!r}; choose from {', '.join(variants)}")
+        variants = {v: variants[v] for v in wanted}
+    names = args.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    rows = []
+    for name in names:
+        rows += bench_config(name, CONFIGS[name], variants, args)
+    print_table(rows, args)
+    import torch
+    out = Path(args.out or HERE / "out" / f"train_throughput_{args.device.split(':')[0]}_{args.threads}t.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "batch": args.batch, "threads": args.threads,
+        "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "device": args.device,
+        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "results": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
