@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install diffkit with its test extras. Idempotent and quiet.
+# Create .venv (once) and install diffkit with its test extras and the optional diffusers extra
+# (diffusers + transformers: the interop tests compare with them). Idempotent and quiet.
 # torch is pinned to 2.13.0: on these machines that is a local CPU build; any other
 # request would pull several GB of CUDA wheels.
 set -euo pipefail
@@ -10,4 +11,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" "torch==2.13.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,diffusers]" "torch==2.13.0"
