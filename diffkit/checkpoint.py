@@ -205,6 +205,21 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    match_parameter_layout(optimizer)
+
+
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's strides.
+
+    A checkpoint stores tensors contiguous, while a channels_last model's conv weights are not;
+    torch's fused AdamW kernel assumes the state and the parameter share a layout and updates
+    wrongly when they differ, so a resumed run would silently diverge. Values are unchanged."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Optional[Path]:

@@ -204,7 +204,9 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
-        fused = self.device.type == "cuda"
+        # fused AdamW (one kernel for all parameters) on CPU and CUDA; resumed optimiser state gets
+        # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs
+        fused = self.device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            **({"fused": True} if fused else {"foreach": True}))
         self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)

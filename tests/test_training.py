@@ -135,3 +135,22 @@ def test_unwritable_output_leaves_no_partial_file(tmp_path):
         assert list(target.iterdir()) == []
     finally:
         target.chmod(0o700)
+
+
+def test_resumed_optimizer_state_gets_the_parameters_layout():
+    """Checkpoints store Adam's moments contiguous; a channels_last conv weight must get them back
+    with its own strides (torch's fused AdamW updates wrongly otherwise), values unchanged."""
+    from diffkit.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+    conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(conv.parameters(), lr=1e-3)
+    conv(torch.randn(2, 4, 8, 8)).square().mean().backward()
+    opt.step()
+    tensors, meta = optimizer_to_tensors(opt)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}  # what safetensors gives back
+    fresh = torch.optim.AdamW(conv.parameters(), lr=1e-3)
+    optimizer_from_tensors(fresh, tensors, meta)
+    for p in conv.parameters():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert fresh.state[p][name].stride() == p.stride()
+            assert torch.equal(fresh.state[p][name], opt.state[p][name])
+    assert not conv.weight.is_contiguous()  # the case the check is about
