@@ -58,7 +58,7 @@ def _eps(mix, schedule, x, t):
 # O(h^2) local error is not damped); UniPC's corrector lifts every step, including the first, by
 # one order. The pseudo methods (PLMS, F-/S-PNDM) apply Adams-Bashforth weights to eps inside the
 # exponential transfer, which is exact only to O(h^2), so they are globally 2nd order here.
-EXPECTED_ORDER = {"pndm": 2, "plms": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2, "dpm-solver-2m": 2,
+EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2, "dpm-solver-2m": 2,
                   "dpm-solver-3m": 2, "dpm-solver++-2s": 2, "dpm-solver++-2m": 2, "dpm-solver++-3m": 2,
                   "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3,
                   "ddim": 1}
@@ -204,6 +204,25 @@ def test_plms_uses_55_59_37_9_over_24(schedule):
     # the warm-up: step 1 is Adams-Bashforth 2, (3 e_1 - e_0)/2
     e1 = (3 * values[1] - values[0]) / 2
     torch.testing.assert_close(seen[1], _phi(schedule, seen[0], e1, grid[1].item(), grid[2].item()))
+
+
+def test_plms_3_uses_adams_bashforth_3(schedule):
+    """plms-3: after the AB1/AB2 warm-up every step is e' = (23 e_t - 16 e_{t-d} + 5 e_{t-2d})/12
+    (3rd-order Adams-Bashforth) fed to PNDM eq. 9; one network call per step."""
+    values = [torch.full((1, 2), v, dtype=F64) for v in (0.3, -0.7, 1.1, 0.2, -0.4)]
+    net = _Scripted(values)
+    den = Denoiser(net, schedule)
+    grid = make_grid(schedule, 5, "linear")
+    seen = []
+    info = REGISTRY["plms-3"]
+    assert info.options == {"order": 3} and info.nfe(5, "zero") == 5
+    info.fn(den, torch.ones(1, 2, dtype=F64), grid, **info.options,
+            callback=lambda d: seen.append(d["x"].clone()))
+    assert len(net.times) == 5
+    for i in (2, 3):
+        e = (23 * values[i] - 16 * values[i - 1] + 5 * values[i - 2]) / 12
+        torch.testing.assert_close(seen[i], _phi(schedule, seen[i - 1], e, grid[i].item(), grid[i + 1].item()),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_prk_warmup_matches_pndm_eq_12(schedule, mixture):

@@ -85,6 +85,9 @@ register(SamplerInfo("pndm", pndm, order=4, calls_per_step=4, stochastic=False,
 register(SamplerInfo("plms", plms, order=4, calls_per_step=1, stochastic=False,
                      description="PLMS (PNDM eq. 13) with Adams-Bashforth orders 1-3 as warm-up",
                      default_spacing="linear", default_final="zero", options={"order": 4}))
+register(SamplerInfo("plms-3", plms, order=3, calls_per_step=1, stochastic=False,
+                     description="PLMS with 3rd-order Adams-Bashforth, (23 e_t - 16 e_t-d + 5 e_t-2d)/12",
+                     default_spacing="linear", default_final="zero", options={"order": 3}))
 register(SamplerInfo("s-pndm", s_pndm, order=2, calls_per_step=1, stochastic=False,
                      description="S-PNDM: pseudo improved Euler first step, then 2nd-order PLMS",
                      default_spacing="linear", default_final="zero",
