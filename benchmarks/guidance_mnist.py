@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from laps import Laps  # noqa: E402
 
 from diffkit.classifier_training import ClassifierTrainConfig, noisy_accuracy, train_classifier  # noqa: E402
 from diffkit.config import TrainConfig  # noqa: E402
@@ -62,15 +64,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    clock = time.perf_counter()
-    timings = {}
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
-        print(f"[{name}] {timings[name]} s", flush=True)
+    lap = Laps()
 
     train = load_dataset("mnist", data_dir=args.data_dir, img_size=args.img_size, train=True)
     test = load_dataset("mnist", data_dir=args.data_dir, img_size=args.img_size, train=False)
@@ -154,7 +148,7 @@ def main() -> int:
               "ddim_steps": args.sample_steps, "unet_steps": args.unet_steps, "unet_final_loss": result.final_loss,
               "classifier_steps": args.classifier_steps, "noisy_classifier_accuracy_by_t": clf_acc,
               "evaluator_test_accuracy": evaluator_test_acc, "fd_test_vs_test": fd_test_vs_test,
-              "rows": rows, "timings_s": timings, "load_average": os.getloadavg()}
+              "rows": rows, "timings_s": lap.timings, "load_average": os.getloadavg()}
     (out / "guidance_mnist.json").write_text(json.dumps(report, indent=2))
     table = _markdown(report)
     (out / "guidance_mnist.md").write_text(table)

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from laps import Laps  # noqa: E402
 
 from diffkit.autoencoder_training import AutoencoderTrainConfig, train_autoencoder  # noqa: E402
 from diffkit.config import TrainConfig  # noqa: E402
@@ -86,14 +88,7 @@ def main() -> int:
     out = Path(args.out)
     work = out / "latent_fashion"
     work.mkdir(parents=True, exist_ok=True)
-    clock, timings = time.perf_counter(), {}
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
-        print(f"[{name}] {timings[name]} s", flush=True)
+    lap = Laps()
 
     # -- 1. data: 28x28 padded to 32x32 (resize 'auto' pads IDX digits-like sets)
     train = subset(load_dataset("fashion-mnist", args.data_dir, img_size=32, train=True), args.train_images)
@@ -192,7 +187,7 @@ def main() -> int:
     grid = save_grid(images_by_scale[best["scale"]][pick], out / "latent_fashion_grid.png", nrow=min(8, args.per_class),
                      scale=2)
     report = {
-        "quick": args.quick, "args": vars(args), "timings_s": timings,
+        "quick": args.quick, "args": vars(args), "timings_s": lap.timings,
         "autoencoder": {"steps": ae_result.steps, "test_psnr_db": round(psnr, 2), "test_images": len(test_images),
                         "scale_factor": ae_result.scale_factor, "latent_shape": list(shape[1:]),
                         "downsampling_factor": 4},
