@@ -302,6 +302,18 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     return images
 
 
+def prompt_rows(count: int, num: Optional[int], nrow: int):
+    """(prompt index of each sample, num, nrow): one prompt fills all ``num`` images (default 64);
+    several get one row each (default ``nrow`` images a row; with ``num`` given, num / count a row)."""
+    import torch
+    if count == 1:
+        num = num or 64
+        return torch.zeros(num, dtype=torch.long), num, nrow
+    num = num or count * nrow
+    nrow = -(-num // count)
+    return torch.arange(count).repeat_interleave(nrow)[:num], num, nrow
+
+
 SD_DEFAULT_GUIDANCE = 6.5  # seed convention w; diffusers' s = 7.5, Stable Diffusion's usual setting
 
 
@@ -309,7 +321,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
                             individual=None, seed=0, device="cpu", batch_size=256, spacing=None, scale=1,
                             progress=True, guidance: Optional[GuidanceRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
-    folder on disk (docs/interop.md) sampled with a diffkit sampler; one row per prompt, sample i
+    folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`prompt_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
     i.e. diffusers' s = 7.5). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
@@ -327,12 +339,8 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
     sd = load_stable_diffusion(directory, device)
     prompts = list(guidance.prompts)
-    nrow = nrow or 8
-    num = num or len(prompts) * nrow
-    if len(prompts) > 1:
-        nrow = -(-num // len(prompts))
-    per_sample = [prompts[i] for i in torch.arange(len(prompts)).repeat_interleave(nrow)[:num].tolist()] \
-        if len(prompts) > 1 else prompts * num
+    index, num, nrow = prompt_rows(len(prompts), num, nrow or 8)
+    per_sample = [prompts[i] for i in index.tolist()]
     if guidance.guidance_scale is None:
         scale_w, convention = SD_DEFAULT_GUIDANCE, "seed"
     else:
@@ -359,8 +367,6 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     The null condition of the guidance is the empty prompt's context. Unknown words: a warning."""
     import sys
 
-    import torch
-
     from ..errors import DiffkitError
     from ..guidance import ClassifierFreeGuidance
     if request.classes:
@@ -378,13 +384,7 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
             print(f"diffkit: warning: prompt {text!r}: word(s) {', '.join(repr(w) for w in unknown)} are not in the "
                   f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
     context = denoiser.prompt_encoder(prompts, device)
-    if len(prompts) == 1:
-        num = num or 64
-        index = torch.zeros(num, dtype=torch.long)
-    else:
-        num = num or len(prompts) * nrow
-        nrow = -(-num // len(prompts))
-        index = torch.arange(len(prompts)).repeat_interleave(nrow)[:num]
+    index, num, nrow = prompt_rows(len(prompts), num, nrow)
     if request.guidance_scale is not None:
         null = denoiser.prompt_encoder([""], device)
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention, request.rescale,
