@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffkit.errors import DiffkitError
 from diffkit.models import UNet, UNetConfig, num_parameters, timestep_embedding
 from diffkit.models.classifier import ClassifierConfig, EncoderClassifier
-from diffkit.models.layers import AttentionBlock, ResBlock, SpatialTransformer, norm_groups
+from diffkit.models.layers import AttentionBlock, GroupNorm, ResBlock, SpatialTransformer, norm_groups
 
 SEED_MODEL_CONFIG = {  # seed 000, `modelConfig` (training keys irrelevant to the network omitted)
     "state": "train", "epoch": 200, "batch_size": 80, "T": 1000, "channel": 128,
@@ -201,6 +201,30 @@ def test_norm_groups_divide_channels_and_keep_four_per_group():
         assert channels % groups == 0 and groups <= 32
         assert channels // groups >= 4 or groups == 1
     assert norm_groups(384) == 32 and norm_groups(128) == 32 and norm_groups(48) == 12 and norm_groups(32) == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_group_norm_of_channels_last_input_equals_the_formula_in_value_gradient_and_layout(dtype):
+    # GroupNorm (Wu & He 2018, eq. 1-4) per sample and group of 4 channels, against the formula in
+    # float64; the bf16 channels_last path runs the contiguous kernel and must keep the layout.
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 16, 5, 7) * 2 + 1).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = norm(x)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    xd = x.detach().double().reshape(3, 4, -1)
+    ref = ((xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()).view(3, 16, 5, 7)
+    ref = ref * norm.weight.double().view(1, -1, 1, 1) + norm.bias.double().view(1, -1, 1, 1)
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    assert (y.double() - ref).abs().max() < tol
+    grad = torch.randn(3, 16, 5, 7)
+    y.backward(grad.to(dtype))
+    xr = x.detach().double().requires_grad_()
+    torch.nn.functional.group_norm(xr, 4, norm.weight.double(), norm.bias.double(), 1e-5).backward(grad.double())
+    assert (x.grad.double() - xr.grad).abs().max() < 20 * tol
 
 
 def test_time_and_class_reach_the_output_of_a_narrow_unet():
