@@ -89,7 +89,8 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
     return model, meta, build_schedule(cfg)
 
 
-def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None) -> Denoiser:
+def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None,
+                  mixed_precision: str = "no") -> Denoiser:
     """A :class:`Denoiser` for a checkpoint; ``.model``, ``.meta``, ``.prompt_encoder`` and
     ``.decoder`` are attached.
 
@@ -97,10 +98,11 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     (B, max_tokens, context_dim) that the network takes as ``cond={"context": ...}``; encode
     the prompts (and the null prompt "") once per sampling call. ``decoder`` (latent
     checkpoints, else None): the frozen autoencoder, ``decoder(z)`` = D(z / scale_factor).
-    ``config``: only for a legacy state dict (see :func:`load_model`)."""
+    ``config``: only for a legacy state dict (see :func:`load_model`). ``mixed_precision``: the
+    network's autocast dtype (:class:`Denoiser`)."""
     model, meta, schedule, decoder = _load(path, use_ema, device, config)
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
-                 learned_variance=meta.get("learned_variance", False))
+                 learned_variance=meta.get("learned_variance", False), mixed_precision=mixed_precision)
     d.model, d.meta, d.decoder = model, meta, decoder
     d.prompt_encoder = getattr(model, "encode_prompts", None)
     return d

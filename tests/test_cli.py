@@ -29,6 +29,10 @@ def test_train_then_sample_end_to_end(tmp_path, capsys):
                              "--individual", str(tmp_path / "each"), "--no-progress")
     assert code == 0, err
     assert (tmp_path / "g.png").exists() and len(list((tmp_path / "each").glob("*.png"))) == 5
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--steps", "3", "--num", "2",
+                             "--mixed-precision", "bf16", "--out", str(tmp_path / "bf16.png"), "--no-progress")
+    assert code == 0, err
+    assert (tmp_path / "bf16.png").exists()
 
 
 @pytest.mark.parametrize("args,pattern", [

@@ -159,3 +159,32 @@ def test_bad_sampling_input_is_one_line_value_error(call):
     with pytest.raises(ValueError) as err:
         call(d)
     assert "\n" not in str(err.value)
+
+
+def test_mixed_precision_runs_the_network_under_autocast_and_returns_the_input_dtype():
+    # a linear "network" whose matmul autocast runs in bf16: the prediction comes back fp32 and
+    # within bf16 rounding of the fp32 answer; the sampler's own arithmetic is not touched.
+    torch.manual_seed(0)
+    w = torch.randn(4, 4) / 2
+    seen = []
+
+    def net(x, t):
+        y = x @ w
+        seen.append(y.dtype)
+        return y
+
+    S = NoiseSchedule.linear()
+    x = torch.randn(8, 4)
+    ref = Denoiser(net, S)(x, 500.0).eps
+    pred = Denoiser(net, S, mixed_precision="bf16")(x, 500.0)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert pred.eps.dtype == torch.float32 and pred.x0.dtype == torch.float32
+    assert torch.allclose(pred.eps, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_mixed_precision_bad_values_are_one_line_errors():
+    S = NoiseSchedule.linear()
+    with pytest.raises(DiffkitError, match="mixed_precision"):
+        Denoiser(lambda x, t: x, S, mixed_precision="fp8")
+    with pytest.raises(DiffkitError, match="needs a CUDA device"):
+        Denoiser(lambda x, t: x, S, mixed_precision="fp16")(torch.randn(2, 3), 10.0)

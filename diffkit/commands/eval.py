@@ -25,6 +25,9 @@ def add_source_flags(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
     p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                   help="run the network under autocast in this dtype (bf16 on cpu/cuda, fp16 on cuda); "
+                        "the samplers' arithmetic stays fp32 (default no)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_progress_flag(p)
 
@@ -76,7 +79,7 @@ def run(args) -> int:
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
                           nll_dense_below=args.nll_dense_below, batch_size=args.batch_size, seed=args.seed,
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
-                          save_samples=args.save_samples,
+                          save_samples=args.save_samples, mixed_precision=args.mixed_precision,
                           progress=args.progress)
     warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]

@@ -51,6 +51,9 @@ def register(sub) -> None:
     p.add_argument("--individual", help="also write each image as a PNG into this folder")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                   help="run the network under autocast in this dtype (bf16 on cpu/cuda, fp16 on cuda); "
+                        "the samplers' arithmetic stays fp32 (default no)")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
@@ -106,7 +109,7 @@ def run(args) -> int:
                     nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                     seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
                     spacing=args.spacing, scale=args.scale, progress=args.progress, guidance=guidance,
-                    config=config, **options)
+                    config=config, mixed_precision=args.mixed_precision, **options)
     return 0
 
 
@@ -229,7 +232,7 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size=256,
                     spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
-                    config=None, **options):
+                    config=None, mixed_precision="no", **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -245,10 +248,14 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
 
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if is_stable_diffusion_folder(checkpoint):
+        if mixed_precision != "no":
+            raise DiffkitError(f"--mixed-precision {mixed_precision} applies to diffkit checkpoints; a Stable "
+                               "Diffusion folder runs in the dtype its weights are stored in")
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, scale=scale, progress=progress, guidance=guidance, **options)
-    denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config)
+    denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
+                             mixed_precision=mixed_precision)
     meta = denoiser.meta
     cfg = meta.get("config", {})
     nrow = nrow or cfg.get("nrow", 8)
