@@ -351,18 +351,18 @@ def test_sd_ddim_matches_stable_diffusion_pipeline(tiny_sd):
 
 def test_sd_pndm_skip_prk_matches_improved_euler_then_plms(tiny_sd):
     """diffusers' PNDMScheduler(skip_prk_steps=True) = pseudo improved Euler on the first step, then
-    PLMS of orders 2, 3, 4 with e_1 = eps(x_T, T) in the history (PNDM eq. 13 / Sec. 3.3). diffkit's
-    pndm module runs exactly that with warmup='euler2', max_order=4 (registered 's-pndm' stops at
-    order 2 and 'plms' warms up with a first-order step instead; see docs/interop.md)."""
-    from diffkit.samplers.pndm import _multistep
+    PLMS of orders 2, 3, 4 with e_1 = eps(x_T, T) in the history (PNDM eq. 13 / Sec. 3.3): the
+    registered 'pndm-skip-prk' ('s-pndm' stops at order 2 and 'plms' warms up with a first-order
+    step instead; see docs/interop.md)."""
+    from diffkit.samplers.registry import get_sampler
     scheduler = diffusers.PNDMScheduler.from_config(tiny_sd[0].scheduler.config, skip_prk_steps=True)
 
     def ours_fn(sd, prompts, latents, steps, scale, t2i, return_latents):
         scheduler.set_timesteps(steps)
         grid = grid_from_diffusers(scheduler)
         context, null = sd.encode_prompts(prompts), sd.encode_prompts([""] * len(prompts))
-        return _multistep(sd.guided(scale, null), latents.clone(), grid, warmup="euler2", max_order=4,
-                          cond=sd.cond(context), callback=None, progress=False, name="pndm-diffusers")
+        return get_sampler("pndm-skip-prk").fn(sd.guided(scale, null), latents.clone(), grid,
+                                               cond=sd.cond(context), callback=None, progress=False)
 
     z_ours, z_theirs = _pipeline_and_ours(tiny_sd, scheduler, ours_fn, steps=6, output_type="latent")
     assert relative_error(z_ours, z_theirs) < 1e-5

@@ -136,6 +136,15 @@ def s_pndm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict
                       progress=progress, name="s-pndm")
 
 
+def pndm_skip_prk(denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict] = None, generator=None,
+                  callback=None, progress: bool = False) -> torch.Tensor:
+    """diffusers' ``PNDMScheduler(skip_prk_steps=True)``, Stable Diffusion's default scheduler:
+    S-PNDM's pseudo improved Euler on the first step (2 calls), then PLMS of orders 2, 3 and 4
+    (PNDM eq. 13) with e_1 = eps(x_T, T) in the history."""
+    return _multistep(denoiser, x, grid, warmup="euler2", max_order=4, cond=cond, callback=callback,
+                      progress=progress, name="pndm-skip-prk")
+
+
 def _log_alpha_slope(schedule, times: torch.Tensor, side: str) -> list:
     """d log(alpha_t)/dt of the piecewise-linear log alpha at each time, on the segment below it
     (``side="below"``: [ceil(t) - 1, ceil(t)]) or above it (``"above"``: [floor(t), floor(t) + 1]);

@@ -10,7 +10,7 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from .karras import dpm2, euler, euler_ancestral, heun, lms
-from .pndm import fon, plms, pndm, s_pndm
+from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
 from .unipc import unipc
 
 
@@ -90,6 +90,11 @@ register(SamplerInfo("plms-3", plms, order=3, calls_per_step=1, stochastic=False
                      default_spacing="linear", default_final="zero", options={"order": 3}))
 register(SamplerInfo("s-pndm", s_pndm, order=2, calls_per_step=1, stochastic=False,
                      description="S-PNDM: pseudo improved Euler first step, then 2nd-order PLMS",
+                     default_spacing="linear", default_final="zero",
+                     nfe_of_steps=lambda steps, final: steps + (1 if steps > 1 or final != "zero" else 0),
+                     nfe_rule="steps+1 (1 if steps=1 [zero])"))
+register(SamplerInfo("pndm-skip-prk", pndm_skip_prk, order=4, calls_per_step=1, stochastic=False,
+                     description="diffusers' PNDMScheduler(skip_prk_steps=True): improved-Euler first step, PLMS 2-4",
                      default_spacing="linear", default_final="zero",
                      nfe_of_steps=lambda steps, final: steps + (1 if steps > 1 or final != "zero" else 0),
                      nfe_rule="steps+1 (1 if steps=1 [zero])"))
