@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .denoiser import ThresholdedDenoiser
+from .denoiser import ThresholdedDenoiser, precision_context
 from .errors import DiffkitError, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import get_sampler
@@ -64,6 +64,6 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     if thresholding is not None:
         denoiser = ThresholdedDenoiser(denoiser, thresholding)
     kwargs = {**info.options, **options}
-    with torch.no_grad():
+    with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)

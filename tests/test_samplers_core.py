@@ -188,3 +188,24 @@ def test_mixed_precision_bad_values_are_one_line_errors():
         Denoiser(lambda x, t: x, S, mixed_precision="fp8")
     with pytest.raises(DiffkitError, match="needs a CUDA device"):
         Denoiser(lambda x, t: x, S, mixed_precision="fp16")(torch.randn(2, 3), 10.0)
+
+
+def test_sample_holds_one_autocast_context_for_a_mixed_precision_denoiser():
+    # diffkit.sample keeps autocast open around the loop (weights cast once, not per step); the
+    # state the sampler carries stays fp32 and the bf16 result is close to the fp32 one.
+    S = NoiseSchedule.linear()
+    gm = GaussianMixture.random(4, 3, seed=0)
+    enabled = []
+
+    def net(x, t):
+        enabled.append(torch.is_autocast_enabled("cpu"))
+        return gm.network(S)(x, t)
+
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    ref = diffkit.sample(Denoiser(net, S), x.clone(), sampler="dpm-solver++-2m", steps=10, progress=False)
+    states = []
+    out = diffkit.sample(Denoiser(net, S, mixed_precision="bf16"), x.clone(), sampler="dpm-solver++-2m", steps=10,
+                         progress=False, callback=lambda d: states.append(d["x"].dtype))
+    assert enabled == [False] * 10 + [True] * 10
+    assert out.dtype == torch.float32 and set(states) == {torch.float32}
+    assert (out - ref).abs().max() < 0.1
