@@ -8,6 +8,8 @@ network evaluations, the wall time per sample of
   DDIM, and the standard ``DPMSolverMultistepScheduler`` loop (``set_timesteps``; for each
   timestep ``unet(x, t).sample`` then ``scheduler.step(...).prev_sample``) for DPM-Solver++(2M),
   each with its U-Net contiguous (as the pipeline runs it) and channels_last (``-cl``).
+``--bf16`` adds the same runs with the network under bf16 autocast (``-bf16``; diffkit:
+``Denoiser(mixed_precision="bf16")``), compared with diffusers at the same precision.
 
 Same weights: the diffusers ``UNet2DModel`` is ``diffkit.interop.to_diffusers(unet)`` (the
 weight converter), after diffkit's zero-initialised output layers are given random values so
@@ -20,7 +22,7 @@ Variants run interleaved, round by round, in one process (first ``--warmup`` rou
 medians and the ratio (diffusers' best layout time / diffkit time; median of per-round ratios).
 
     python benchmarks/sampling_speed.py [--threads 2] [--batch 4] [--rounds 3] [--config seed]
-        [--ddim-steps 50] [--dpm-nfe 20] [--quick]
+        [--ddim-steps 50] [--dpm-nfe 20] [--bf16] [--quick]
 
 Writes ``benchmarks/out/sampling_speed_<threads>t.json``.
 """
@@ -99,6 +101,8 @@ def main(argv=None):
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--dpm-nfe", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="mnist, batch 2, DDIM 10 / DPM 10, 1 round")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add bf16-autocast variants (diffkit: Denoiser(mixed_precision='bf16'))")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -113,6 +117,7 @@ def main(argv=None):
     params = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
     schedule = NoiseSchedule.from_name("linear", 1000, beta_start=1e-4, beta_end=0.02)
     denoiser = diffkit.Denoiser(ours, schedule, prediction_type="epsilon")
+    denoiser_bf16 = diffkit.Denoiser(ours, schedule, prediction_type="epsilon", mixed_precision="bf16")
     check = None
     if same:
         with torch.no_grad():
@@ -121,12 +126,18 @@ def main(argv=None):
             check = (ours(x, t) - theirs(x, t.long()).sample).abs().max().item()
         print(f"same weights: max |eps_diffkit - eps_diffusers| = {check:.2e}")
 
-    def diffkit_run(sampler, **kw):
+    def diffkit_run(sampler, den=denoiser, **kw):
         def run():
-            denoiser.reset_nfe()
-            out = diffkit.sample(denoiser, (args.batch, *shape), sampler=sampler, seed=0, progress=False, **kw)
-            return out, denoiser.nfe
+            den.reset_nfe()
+            out = diffkit.sample(den, (args.batch, *shape), sampler=sampler, seed=0, progress=False, **kw)
+            return out, den.nfe
         return run
+
+    def autocast_bf16(run):
+        def wrapped():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return run()
+        return wrapped
 
     runs = {  # (sampler label, variant) -> callable
         ("ddim", "diffkit"): diffkit_run("ddim", steps=args.ddim_steps, eta=0.0),
@@ -136,6 +147,11 @@ def main(argv=None):
         ("dpm-solver++-2m", "diffusers"): diffusers_dpm(theirs, args.batch, args.dpm_nfe, 0, shape),
         ("dpm-solver++-2m", "diffusers-cl"): diffusers_dpm(theirs_cl, args.batch, args.dpm_nfe, 0, shape),
     }
+    if args.bf16:
+        for sampler, kw in (("ddim", {"steps": args.ddim_steps, "eta": 0.0}), ("dpm-solver++-2m", {"nfe": args.dpm_nfe})):
+            runs[(sampler, "diffkit-bf16")] = diffkit_run(sampler, den=denoiser_bf16, **kw)
+            for variant in ("diffusers", "diffusers-cl"):
+                runs[(sampler, f"{variant}-bf16")] = autocast_bf16(runs[(sampler, variant)])
     nfe = {"ddim": args.ddim_steps, "dpm-solver++-2m": args.dpm_nfe}
     with torch.no_grad():  # one forward of each network first (oneDNN primitive set-up)
         x = torch.randn(args.batch, *shape)
@@ -147,7 +163,7 @@ def main(argv=None):
             start = time.perf_counter()
             out = run()
             seconds = time.perf_counter() - start
-            if key[1] == "diffkit" and out[1] != nfe[key[0]]:
+            if key[1].startswith("diffkit") and out[1] != nfe[key[0]]:
                 raise RuntimeError(f"diffkit {key[0]} used {out[1]} network evaluations, expected {nfe[key[0]]}")
             if rnd >= args.warmup:
                 times[key].append(seconds)
@@ -157,19 +173,20 @@ def main(argv=None):
         sampler, variant = key
         row = {"sampler": sampler, "nfe": nfe[sampler], "variant": variant, "median_s": statistics.median(times[key]),
                "s_per_sample": statistics.median(times[key]) / args.batch, "times": times[key]}
-        if variant == "diffkit":
+        if variant.startswith("diffkit"):  # against diffusers at the same precision
+            suffix = variant[len("diffkit"):]
             for ref in ("diffusers", "diffusers-cl"):
                 row[f"speedup_vs_{ref}"] = statistics.median(
-                    a / b for a, b in zip(times[(sampler, ref)], times[key]))
+                    a / b for a, b in zip(times[(sampler, ref + suffix)], times[key]))
         rows.append(row)
     print(f"\nsampling, config {args.config} ({params[0]:,} / {params[1]:,} parameters), batch {args.batch}, "
           f"{args.threads} threads, median of {args.rounds} after {args.warmup} warm-up; same weights: {same}")
-    print(f"{'sampler':16s} {'NFE':>4s} {'variant':14s} {'run s':>8s} {'s/sample':>9s} {'vs diffusers':>13s} "
+    print(f"{'sampler':16s} {'NFE':>4s} {'variant':18s} {'run s':>8s} {'s/sample':>9s} {'vs diffusers':>13s} "
           f"{'vs diffusers-cl':>16s}")
     for r in rows:
         a = f"{r['speedup_vs_diffusers']:12.2f}x" if "speedup_vs_diffusers" in r else ""
         b = f"{r['speedup_vs_diffusers-cl']:15.2f}x" if "speedup_vs_diffusers-cl" in r else ""
-        print(f"{r['sampler']:16s} {r['nfe']:4d} {r['variant']:14s} {r['median_s']:8.2f} {r['s_per_sample']:9.3f} "
+        print(f"{r['sampler']:16s} {r['nfe']:4d} {r['variant']:18s} {r['median_s']:8.2f} {r['s_per_sample']:9.3f} "
               f"{a:>13s} {b:>16s}")
     out = Path(args.out or HERE / "out" / f"sampling_speed_{args.threads}t.json")
     out.parent.mkdir(parents=True, exist_ok=True)
