@@ -129,10 +129,11 @@ def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsy
     assert Image.open(tmp_path / "ddim_table.png").size[0] > 100
 
     assert main(["experiment", "sampler-table", "--samplers", "ddim,no-such-sampler,ddpm", "--steps", "3",
-                 *common]) == 0
+                 "--mixed-precision", "bf16", *common]) == 0
     table = json.loads((tmp_path / "sampler_table.json").read_text())
     assert table["rows"] == ["ddim", "ddpm"] and len(table["values"]) == 2 and len(table["values"][0]) == 1
     assert any("no-such-sampler" in note for note in table["notes"])
+    assert any("bf16 autocast" in note for note in table["notes"])
     assert "no-such-sampler" in (tmp_path / "sampler_table.md").read_text()
     assert (tmp_path / "sampler_table.png").is_file()
 
