@@ -71,5 +71,13 @@ def check_writable_dir(path: str | Path, what: str = "output directory") -> Path
     return path
 
 
+def add_mixed_precision_flag(parser: argparse.ArgumentParser) -> None:
+    """``--mixed-precision``: the network's autocast dtype (``Denoiser(mixed_precision=...)``)."""
+    from ..config import MIXED_PRECISION
+    parser.add_argument("--mixed-precision", default="no", choices=list(MIXED_PRECISION),
+                        help="run the network under autocast in this dtype (bf16 on cpu/cuda, fp16 on cuda); "
+                             "the samplers' arithmetic stays fp32 (default no)")
+
+
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")

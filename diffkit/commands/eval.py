@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ._common import add_progress_flag, check_writable_dir, positive_int
+from ._common import add_mixed_precision_flag, add_progress_flag, check_writable_dir, positive_int
 
 
 def add_source_flags(p) -> None:
@@ -25,9 +25,7 @@ def add_source_flags(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
     p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
-                   help="run the network under autocast in this dtype (bf16 on cpu/cuda, fp16 on cuda); "
-                        "the samplers' arithmetic stays fp32 (default no)")
+    add_mixed_precision_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_progress_flag(p)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ._common import add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
+from ._common import add_mixed_precision_flag, add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -51,9 +51,7 @@ def register(sub) -> None:
     p.add_argument("--individual", help="also write each image as a PNG into this folder")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
-                   help="run the network under autocast in this dtype (bf16 on cpu/cuda, fp16 on cuda); "
-                        "the samplers' arithmetic stays fp32 (default no)")
+    add_mixed_precision_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")

@@ -77,6 +77,12 @@ def _last_step_single(calls: int):
     return lambda steps, final: calls * steps - ((calls - 1) if final == "zero" else 0)
 
 
+def _heun_first_step(steps: int, final: str) -> int:
+    """NFE of samplers whose first step is S-PNDM's improved Euler (2 calls) and the rest 1 call;
+    a single step into clean data cannot evaluate its end, so it costs 1."""
+    return steps + (1 if steps > 1 or final != "zero" else 0)
+
+
 register(SamplerInfo("pndm", pndm, order=4, calls_per_step=4, stochastic=False,
                      description="F-PNDM (Liu et al. 2022, Alg. 2): 3 pseudo Runge-Kutta steps, then PLMS",
                      default_spacing="linear", default_final="zero",
@@ -90,13 +96,11 @@ register(SamplerInfo("plms-3", plms, order=3, calls_per_step=1, stochastic=False
                      default_spacing="linear", default_final="zero", options={"order": 3}))
 register(SamplerInfo("s-pndm", s_pndm, order=2, calls_per_step=1, stochastic=False,
                      description="S-PNDM: pseudo improved Euler first step, then 2nd-order PLMS",
-                     default_spacing="linear", default_final="zero",
-                     nfe_of_steps=lambda steps, final: steps + (1 if steps > 1 or final != "zero" else 0),
+                     default_spacing="linear", default_final="zero", nfe_of_steps=_heun_first_step,
                      nfe_rule="steps+1 (1 if steps=1 [zero])"))
 register(SamplerInfo("pndm-skip-prk", pndm_skip_prk, order=4, calls_per_step=1, stochastic=False,
                      description="diffusers' PNDMScheduler(skip_prk_steps=True): improved-Euler first step, PLMS 2-4",
-                     default_spacing="linear", default_final="zero",
-                     nfe_of_steps=lambda steps, final: steps + (1 if steps > 1 or final != "zero" else 0),
+                     default_spacing="linear", default_final="zero", nfe_of_steps=_heun_first_step,
                      nfe_rule="steps+1 (1 if steps=1 [zero])"))
 register(SamplerInfo("fon", fon, order=4, calls_per_step=4, stochastic=False,
                      description="FON: classical RK4 on the probability-flow ODE in x and t (PNDM baseline)",
