@@ -45,6 +45,7 @@ NFES = (5, 6, 8, 10, 15, 20, 50)
 MIXTURES = ({"dim": 2, "components": 8, "seed": 0}, {"dim": 8, "components": 4, "seed": 1},
             {"dim": 16, "components": 6, "seed": 2})
 OUT = Path(__file__).resolve().parent / "out"
+NOISE_SEED = 1234  # the seed of the starting noise x_T (--noise-seed)
 BETAS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
 
@@ -155,6 +156,19 @@ def diffusers_configs():
             for sname in ("", ",karras", ",exp"):
                 cfg.append((f"UniPC-{variant}-{order}[{sname[1:] or 'default'}]", "UniPCMultistepScheduler",
                             {"solver_type": variant, "solver_order": order, **sigmas[sname]}, True))
+    # noise prediction (predict_x0=False), on the DDIM-style grids where eps-space multistep methods
+    # such as PLMS do well; diffusers needs final_sigmas_type="sigma_min" there (with "zero" its
+    # UniPC step into clean data divides by sigma = 0, and dpmsolver refuses it)
+    for variant in ("bh1", "bh2"):
+        for order in (2, 3):
+            for sp in ("leading", "trailing"):
+                cfg.append((f"UniPC-eps-{variant}-{order}[{sp},sigma_min]", "UniPCMultistepScheduler",
+                            {"solver_type": variant, "solver_order": order, "predict_x0": False,
+                             "timestep_spacing": sp, "final_sigmas_type": "sigma_min"}, True))
+    for order in (2, 3):
+        cfg.append((f"DPM{order}M[leading,sigma_min]", "DPMSolverMultistepScheduler",
+                    {"solver_order": order, "algorithm_type": "dpmsolver", "timestep_spacing": "leading",
+                     "final_sigmas_type": "sigma_min"}, True))
     for order in (2, 3):
         for sname in ("", ",karras"):
             cfg.append((f"DEIS-{order}[{sname[1:] or 'default'}]", "DEISMultistepScheduler",
@@ -294,7 +308,7 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
 
 
 # ---------------------------------------------------------------- main
-def benchmark(mix_cfg: dict, n: int, nfes, log) -> dict:
+def benchmark(mix_cfg: dict, n: int, nfes, log, noise_seed: int = NOISE_SEED) -> dict:
     schedule = NoiseSchedule.linear()
     mixture = GaussianMixture.random(mix_cfg["dim"], mix_cfg["components"], seed=mix_cfg["seed"])
     eps_fn = MixtureEps(mixture)
@@ -303,7 +317,7 @@ def benchmark(mix_cfg: dict, n: int, nfes, log) -> dict:
     a, s = schedule.alpha(300.0), schedule.sigma(300.0)
     assert torch.allclose(eps_fn(probe, a.item(), s.item()), mixture.eps(probe, a, s), atol=1e-10)
     den = Denoiser(diffkit_network(eps_fn, schedule), schedule)
-    x_T = torch.randn(n, mixture.dim, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+    x_T = torch.randn(n, mixture.dim, generator=torch.Generator().manual_seed(noise_seed), dtype=torch.float64)
     t0 = time.time()
     ref = reference_ode(eps_fn, schedule, x_T)
     fd_ref = sample_fd(ref, mixture)
@@ -337,7 +351,7 @@ def benchmark(mix_cfg: dict, n: int, nfes, log) -> dict:
             rows.append({"lib": "diffusers", "sampler": label, "nfe": nfe, "fd": fd, "excess_fd": fd - fd_ref,
                          "rms": rms(x, ref) if det else None, "stochastic": not det})
     log(f"  diffusers done ({time.time() - t0:.0f} s)")
-    return {"mixture": mix_cfg, "n": n, "fd_reference": fd_ref, "rows": rows}
+    return {"mixture": mix_cfg, "n": n, "noise_seed": noise_seed, "fd_reference": fd_ref, "rows": rows}
 
 
 def summarize(result: dict, nfes) -> list:
@@ -372,6 +386,7 @@ def write_outputs(results, over, nfes, out_dir: Path):
     for res in results:
         m = res["mixture"]
         md += [f"## Mixture dim={m['dim']} components={m['components']} (n={res['n']}, "
+               f"noise seed {res.get('noise_seed', NOISE_SEED)}, "
                f"FD of the accurate ODE solution = {res['fd_reference']:.5f})", "",
                "| NFE | diffkit best excess FD | diffusers best excess FD | ratio | diffkit best RMS | "
                "diffusers best RMS | ratio |", "|---|---|---|---|---|---|---|"]
@@ -447,6 +462,9 @@ def main(argv=None):
     parser.add_argument("--mixture", type=int, default=0, choices=range(len(MIXTURES)),
                         help="mixture index for --profile")
     parser.add_argument("--mixtures", default=None, help="comma-separated mixture indices to run (default: all)")
+    parser.add_argument("--noise-seed", type=int, default=NOISE_SEED,
+                        help=f"seed of the starting noise (default {NOISE_SEED}); other seeds show how much "
+                             "single cells move with the draw")
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-step overhead measurement")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="only merge the samplers.json of separate runs (e.g. one per mixture) into --out")
@@ -470,7 +488,7 @@ def main(argv=None):
     results = []
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)
-        results.append(benchmark(mix, n, NFES, lambda s: print(s, flush=True)))
+        results.append(benchmark(mix, n, NFES, lambda s: print(s, flush=True), args.noise_seed))
     over = {} if args.no_overhead else overhead()
     write_outputs(results, over, NFES, args.out)
     print((args.out / "samplers.md").read_text())

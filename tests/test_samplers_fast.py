@@ -60,7 +60,7 @@ def _eps(mix, schedule, x, t):
 # exponential transfer, which is exact only to O(h^2), so they are globally 2nd order here.
 EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2, "dpm-solver-2m": 2,
                   "dpm-solver-3m": 2, "dpm-solver++-2s": 2, "dpm-solver++-2m": 2, "dpm-solver++-3m": 2,
-                  "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3,
+                  "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3, "unipc-eps": 3, "unipc-eps-bh1": 3,
                   "ddim": 1}
 STEPS = {"default": (16, 32, 64), "dpm-solver++-2s": (32, 64, 128), "dpm-solver": (24, 48, 96)}
 
@@ -273,6 +273,27 @@ def test_unipc_corrector_matches_unic_1(schedule, mixture):
     h2 = lam[2] - lam[1]
     expected = (s2 / s1) * x1 - a2 * math.expm1(-h2) * m1
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["unipc-eps", "unipc-eps-bh1"])
+def test_unipc_eps_first_corrector_and_last_step_by_hand(schedule, mixture, name):
+    # UniPC with noise prediction (Zhao et al. 2023, Appendix, the eps form of eq. 8-9): the first
+    # step is UniP-1 = DDIM, UniC-1 corrects it with a_p = 1/2 and B(h) = expm1(h) (bh2) or h (bh1)
+    # using the evaluation at the predicted point, and the step into clean data is the x0 of that
+    # evaluation taken at the corrected state.
+    den = Denoiser(mixture.network(schedule), schedule)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(11), dtype=F64)
+    times = [800.0, 300.0, -1.0]
+    out = diffkit.sample(den, x.clone(), sampler=name, grid=torch.tensor(times, dtype=F64), progress=False)
+    (a0, s0), (a1, s1) = (_alpha_sigma(schedule, u) for u in times[:2])
+    h = math.log(a1 / s1) - math.log(a0 / s0)
+    e0 = _eps(mixture, schedule, x, times[0])
+    x1_pred = (a1 / a0) * x - s1 * math.expm1(h) * e0
+    e1 = _eps(mixture, schedule, x1_pred, times[1])
+    b_h = math.expm1(h) if name == "unipc-eps" else h
+    x1 = x1_pred - s1 * b_h * 0.5 * (e1 - e0)
+    torch.testing.assert_close(out, (x1 - s1 * e1) / a1, rtol=1e-10, atol=1e-10)
+    assert den.nfe == 2
 
 
 def test_lms_coefficients_are_adams_bashforth_on_a_uniform_grid():

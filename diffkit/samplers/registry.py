@@ -170,3 +170,11 @@ register(SamplerInfo("unipc-bh1", unipc, order=3, calls_per_step=1, stochastic=F
                      description="UniPC-bh1 with UniP-3 + UniC, data prediction",
                      default_spacing="logsnr_graded", default_final="zero",
                      options={"solver_order": 3, "solver_type": "bh1"}))
+register(SamplerInfo("unipc-eps", unipc, order=2, calls_per_step=1, stochastic=False,
+                     description="UniPC-bh2 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
+                     default_spacing="linear", default_final="zero",
+                     options={"solver_order": 2, "solver_type": "bh2", "predict_x0": False}))
+register(SamplerInfo("unipc-eps-bh1", unipc, order=2, calls_per_step=1, stochastic=False,
+                     description="UniPC-bh1 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
+                     default_spacing="linear", default_final="zero",
+                     options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False}))
