@@ -18,8 +18,10 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
                 first step is one long jump across the high-noise range where the data prediction
                 changes little (for data of unit scale x0_hat = E[x0] + Cov[x0] x~/sigma~^2 + ..., which
                 moves by O(1/skip_sigma) along the jump), so few steps are spent there; the jump's
-                error does not shrink with the step count (an error floor, see docs/samplers.md);
-                with ``skip_sigma`` >= the schedule's largest sigma~ it is ``logsnr``
+                error does not shrink with the step count (an error floor, see docs/samplers.md).
+                Not a default: for a trained network the floor is (jump in sigma~) x (change of
+                the network's eps across it), far above the solver error (docs/samplers.md).
+                With ``skip_sigma`` >= the schedule's largest sigma~ it is ``logsnr``
     logsnr_graded  uniform in a graded log-SNR coordinate (see :func:`graded_log_snr`): uniform in
                 lambda between sigma~ = ``grade_sigmas[1]`` (0.1) and ``grade_sigmas[0]`` (1), with
                 steps growing geometrically-in-sigma outside that band, from t_max to t = 0

@@ -117,11 +117,11 @@ register(SamplerInfo("dpm-solver-2", dpm_solver_singlestep, order=2, calls_per_s
                      options={"solver_order": 2, "algorithm_type": "dpmsolver"}))
 register(SamplerInfo("dpm-solver-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=False,
                      description="multistep DPM-Solver-2 (noise prediction)",
-                     default_spacing="logsnr_skip", default_final="zero",
+                     default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "dpmsolver"}))
 register(SamplerInfo("dpm-solver-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=False,
                      description="multistep DPM-Solver-3 (noise prediction)",
-                     default_spacing="logsnr_skip", default_final="zero",
+                     default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 3, "algorithm_type": "dpmsolver"}))
 register(SamplerInfo("dpm-solver++-2s", dpm_solver_singlestep, order=2, calls_per_step=1, stochastic=False,
                      description="DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1), data prediction",
@@ -129,15 +129,15 @@ register(SamplerInfo("dpm-solver++-2s", dpm_solver_singlestep, order=2, calls_pe
                      options={"solver_order": 2, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=False,
                      description="DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction",
-                     default_spacing="logsnr_skip", default_final="zero",
+                     default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("dpm-solver++-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=False,
                      description="DPM-Solver++(3M), data prediction",
-                     default_spacing="logsnr_skip", default_final="zero",
+                     default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 3, "algorithm_type": "dpmsolver++"}))
 register(SamplerInfo("sde-dpm-solver++-2m", dpm_solver_multistep, order=2, calls_per_step=1, stochastic=True,
                      description="SDE-DPM-Solver++(2M) (Lu et al. 2022b; diffusers 'sde-dpmsolver++')",
-                     default_spacing="logsnr_skip", default_final="zero",
+                     default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}))
 
 register(SamplerInfo("euler", euler, order=1, calls_per_step=1, stochastic=False,
