@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, check_choice, check_range
 from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, sample_labels, write_json
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
@@ -114,15 +114,25 @@ def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETA
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                   device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
-    """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note."""
+    """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
+    A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``)."""
     from .samplers import REGISTRY
-    notes = [f"sampler {name!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
-             for name in samplers if name not in REGISTRY]
-    rows = [name for name in samplers if name in REGISTRY]
+    from .timesteps import SPACINGS
+    for row in samplers:
+        if "@" in row:
+            check_choice("spacing", row.partition("@")[2], SPACINGS)
+    notes = [f"sampler {row!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
+             for row in samplers if row.partition("@")[0] not in REGISTRY]
+    rows = [row for row in samplers if row.partition("@")[0] in REGISTRY]
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
                            f"{', '.join(REGISTRY)}")
-    return _run_grid(denoiser, scorer, rows, steps_list, lambda name: (name, {}), num=num, seed=seed,
+
+    def settings_of(row: str):
+        name, _, spacing = row.partition("@")
+        return name, ({"spacing": spacing} if spacing else {})
+
+    return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,
                      title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
                      notes=notes, thresholding=thresholding)

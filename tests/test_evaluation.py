@@ -128,10 +128,13 @@ def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsy
     assert "6 samples per cell" in markdown
     assert Image.open(tmp_path / "ddim_table.png").size[0] > 100
 
-    assert main(["experiment", "sampler-table", "--samplers", "ddim,no-such-sampler,ddpm", "--steps", "3",
+    assert main(["experiment", "sampler-table", "--samplers",
+                 "ddim,no-such-sampler,ddpm,dpm-solver++-2m,dpm-solver++-2m@karras", "--steps", "3",
                  "--mixed-precision", "bf16", *common]) == 0
     table = json.loads((tmp_path / "sampler_table.json").read_text())
-    assert table["rows"] == ["ddim", "ddpm"] and len(table["values"]) == 2 and len(table["values"][0]) == 1
+    assert table["rows"] == ["ddim", "ddpm", "dpm-solver++-2m", "dpm-solver++-2m@karras"]
+    assert len(table["values"]) == 4 and len(table["values"][0]) == 1
+    assert table["values"][2][0] != table["values"][3][0]  # NAME@SPACING really runs on that grid
     assert any("no-such-sampler" in note for note in table["notes"])
     assert any("bf16 autocast" in note for note in table["notes"])
     assert "no-such-sampler" in (tmp_path / "sampler_table.md").read_text()
@@ -168,5 +171,7 @@ def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
                    "--checkpoint")
     one_line_error(capsys, ["experiment", "ddim-table", "--checkpoint", ckpt, "--etas", "0,fast",
                             "--evaluator", ev], "fast", "sigma_hat")
+    one_line_error(capsys, ["experiment", "sampler-table", "--checkpoint", ckpt, "--samplers", "ddim@warp",
+                            "--evaluator", ev, "--out", tmp_path], "warp", "logsnr")
     one_line_error(capsys, ["experiment", "sampler-table", "--checkpoint", ckpt, "--metric", "nll",
                             "--evaluator", ev, "--out", tmp_path], "nll")
