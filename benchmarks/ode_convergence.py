@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffkit  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
+from diffkit.samplers.registry import get_sampler  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_SAMPLERS = "ddim,plms,dpm-solver++-2m,dpm-solver++-3m,dpm-solver-2m,unipc,unipc-3,unipc-eps,dpm-solver++-2m@logsnr_skip"
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     for spec in [s.strip() for s in args.samplers.split(",") if s.strip()]:
         name, _, spacing = spec.partition("@")
-        info = diffkit.samplers.REGISTRY[name]
+        info = get_sampler(name)  # a one-line error for an unknown name
         row = {"sampler": name, "spacing": spacing or info.default_spacing, "rms": [], "mean": []}
         for n in steps:
             x = diffkit.sample(den, noise, sampler=name, steps=n, spacing=spacing or None, progress=False)
