@@ -27,11 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import diffkit  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
-from diffkit.samplers.registry import get_sampler  # noqa: E402
+from diffkit.samplers.registry import get_sampler, split_sampler_spec  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-DEFAULT_SAMPLERS = "ddim,plms,dpm-solver++-2m,dpm-solver++-3m,dpm-solver-2m,unipc,unipc-3,unipc-eps,dpm-solver++-2m@logsnr_skip"
+DEFAULT_SAMPLERS = ("ddim,plms,dpm-solver++-2m,dpm-solver++-3m,dpm-solver-2m,unipc,unipc-3,unipc-eps,"
+                    "dpm-solver++-2m@logsnr_skip")
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -50,6 +52,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    specs = [split_sampler_spec(s.strip()) for s in args.samplers.split(",") if s.strip()]  # checked first
+    for name, _ in specs:
+        get_sampler(name)
     den = load_denoiser(args.checkpoint)
     unet = den.meta["unet"]
     noise = torch.randn(args.num, unet["in_channels"], unet["img_size"], unet["img_size"],
@@ -63,12 +68,11 @@ def main(argv=None) -> int:
           f"{report['reference_uncertainty']:.4f}; mean pixel {report['reference_mean']:+.3f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     steps = [int(s) for s in args.steps.split(",")]
-    for spec in [s.strip() for s in args.samplers.split(",") if s.strip()]:
-        name, _, spacing = spec.partition("@")
-        info = get_sampler(name)  # a one-line error for an unknown name
+    for name, spacing in specs:
+        info = get_sampler(name)
         row = {"sampler": name, "spacing": spacing or info.default_spacing, "rms": [], "mean": []}
         for n in steps:
-            x = diffkit.sample(den, noise, sampler=name, steps=n, spacing=spacing or None, progress=False)
+            x = diffkit.sample(den, noise, sampler=name, steps=n, spacing=spacing, progress=False)
             row["rms"].append(rms(x, ref))
             row["mean"].append(float(x.mean()))
         report["rows"].append(row)
@@ -87,4 +91,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DiffkitError as err:  # bad input: one line, no traceback
+        sys.exit(f"error: {err}")

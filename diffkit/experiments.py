@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .errors import DiffkitError, check_choice, check_range
+from .errors import DiffkitError, check_range
 from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, sample_labels, write_json
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
@@ -117,19 +117,17 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
     A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``)."""
     from .samplers import REGISTRY
-    from .timesteps import SPACINGS
-    for row in samplers:
-        if "@" in row:
-            check_choice("spacing", row.partition("@")[2], SPACINGS)
+    from .samplers.registry import split_sampler_spec
+    specs = {row: split_sampler_spec(row) for row in samplers}
     notes = [f"sampler {row!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
-             for row in samplers if row.partition("@")[0] not in REGISTRY]
-    rows = [row for row in samplers if row.partition("@")[0] in REGISTRY]
+             for row in samplers if specs[row][0] not in REGISTRY]
+    rows = [row for row in samplers if specs[row][0] in REGISTRY]
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
                            f"{', '.join(REGISTRY)}")
 
     def settings_of(row: str):
-        name, _, spacing = row.partition("@")
+        name, spacing = specs[row]
         return name, ({"spacing": spacing} if spacing else {})
 
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,

@@ -60,7 +60,8 @@ def _eps(mix, schedule, x, t):
 # exponential transfer, which is exact only to O(h^2), so they are globally 2nd order here.
 EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2, "dpm-solver-2m": 2,
                   "dpm-solver-3m": 2, "dpm-solver++-2s": 2, "dpm-solver++-2m": 2, "dpm-solver++-3m": 2,
-                  "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3, "unipc-eps": 3, "unipc-eps-bh1": 3,
+                  "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3,
+                  "unipc-eps": 3, "unipc-eps-bh1": 3,
                   "ddim": 1}
 STEPS = {"default": (16, 32, 64), "dpm-solver++-2s": (32, 64, 128), "dpm-solver": (24, 48, 96)}
 
@@ -133,8 +134,8 @@ def test_default_grids_converge_to_the_ode_of_an_imperfect_model(schedule, mixtu
     for name, info in REGISTRY.items():
         if info.stochastic:
             continue
-        errors = [(diffkit.sample(den, x.clone(), sampler=name, steps=n, progress=False) - exact).pow(2).mean().sqrt().item()
-                  for n in (16, 64)]
+        errors = [(diffkit.sample(den, x.clone(), sampler=name, steps=n, progress=False) - exact)
+                  .pow(2).mean().sqrt().item() for n in (16, 64)]
         assert errors[1] < errors[0] / 2.5, f"{name} on {info.default_spacing}: RMS {errors} at 16 / 64 steps"
 
 

@@ -64,6 +64,16 @@ def get_sampler(name: str) -> SamplerInfo:
     return REGISTRY[name]
 
 
+def split_sampler_spec(spec: str) -> tuple:
+    """``"NAME"`` or ``"NAME@SPACING"`` -> (name, spacing or None); an unknown spacing is a one-line
+    error (the name is not checked: callers decide whether an unknown sampler is an error)."""
+    from ..timesteps import SPACINGS
+    name, _, spacing = spec.partition("@")
+    if spacing:
+        check_choice("spacing", spacing, SPACINGS)
+    return name, spacing or None
+
+
 register(SamplerInfo("ddpm", ddpm, order=1, calls_per_step=1, stochastic=True,
                      description="DDPM ancestral sampling (Ho et al. 2020, Alg. 2); respaced on S < T steps"))
 register(SamplerInfo("ddim", ddim, order=1, calls_per_step=1, stochastic=False,
