@@ -10,6 +10,9 @@ network evaluations, the wall time per sample of
   each with its U-Net contiguous (as the pipeline runs it) and channels_last (``-cl``).
 ``--bf16`` adds the same runs with the network under bf16 autocast (``-bf16``; diffkit:
 ``Denoiser(mixed_precision="bf16")``), compared with diffusers at the same precision.
+``--compile [MODE]`` adds ``diffkit-compile`` (``Denoiser.compile(MODE)``) and ``diffusers-cl-compile``
+(``torch.compile(unet, mode=MODE)``, channels_last) at each precision; compilation happens in
+the warm-up round (keep ``--warmup`` >= 1).
 
 Same weights: the diffusers ``UNet2DModel`` is ``diffkit.interop.to_diffusers(unet)`` (the
 weight converter), after diffkit's zero-initialised output layers are given random values so
@@ -22,7 +25,7 @@ Variants run interleaved, round by round, in one process (first ``--warmup`` rou
 medians and the ratio (diffusers' best layout time / diffkit time; median of per-round ratios).
 
     python benchmarks/sampling_speed.py [--threads 2] [--batch 4] [--rounds 3] [--config seed]
-        [--ddim-steps 50] [--dpm-nfe 20] [--bf16] [--quick]
+        [--ddim-steps 50] [--dpm-nfe 20] [--bf16] [--compile [MODE]] [--quick]
 
 Writes ``benchmarks/out/sampling_speed_<threads>t.json``.
 """
@@ -103,6 +106,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="mnist, batch 2, DDIM 10 / DPM 10, 1 round")
     parser.add_argument("--bf16", action="store_true",
                         help="add bf16-autocast variants (diffkit: Denoiser(mixed_precision='bf16'))")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune"],
+                        help="add torch.compile variants of diffkit and channels_last diffusers")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -152,6 +158,21 @@ def main(argv=None):
             runs[(sampler, "diffkit-bf16")] = diffkit_run(sampler, den=denoiser_bf16, **kw)
             for variant in ("diffusers", "diffusers-cl"):
                 runs[(sampler, f"{variant}-bf16")] = autocast_bf16(runs[(sampler, variant)])
+    if args.compile:
+        mode = None if args.compile == "default" else args.compile
+        theirs_compiled = torch.compile(theirs_cl, mode=mode)
+        for precision, den in (("", denoiser), ("-bf16", denoiser_bf16)) if args.bf16 else (("", denoiser),):
+            den_c = diffkit.Denoiser(ours, schedule, prediction_type="epsilon",
+                                     mixed_precision=den.mixed_precision).compile(args.compile)
+            runs[("ddim", f"diffkit{precision}-compile")] = diffkit_run("ddim", den=den_c, steps=args.ddim_steps, eta=0.0)
+            runs[("dpm-solver++-2m", f"diffkit{precision}-compile")] = diffkit_run("dpm-solver++-2m", den=den_c,
+                                                                                  nfe=args.dpm_nfe)
+            ddim_c = diffusers_ddim(theirs_compiled, args.batch, args.ddim_steps, 0)
+            dpm_c = diffusers_dpm(theirs_compiled, args.batch, args.dpm_nfe, 0, shape)
+            if precision:
+                ddim_c, dpm_c = autocast_bf16(ddim_c), autocast_bf16(dpm_c)
+            runs[("ddim", f"diffusers-cl{precision}-compile")] = ddim_c
+            runs[("dpm-solver++-2m", f"diffusers-cl{precision}-compile")] = dpm_c
     nfe = {"ddim": args.ddim_steps, "dpm-solver++-2m": args.dpm_nfe}
     with torch.no_grad():  # one forward of each network first (oneDNN primitive set-up)
         x = torch.randn(args.batch, *shape)
@@ -176,17 +197,18 @@ def main(argv=None):
         if variant.startswith("diffkit"):  # against diffusers at the same precision
             suffix = variant[len("diffkit"):]
             for ref in ("diffusers", "diffusers-cl"):
-                row[f"speedup_vs_{ref}"] = statistics.median(
-                    a / b for a, b in zip(times[(sampler, ref + suffix)], times[key]))
+                if (sampler, ref + suffix) in times:
+                    row[f"speedup_vs_{ref}"] = statistics.median(
+                        a / b for a, b in zip(times[(sampler, ref + suffix)], times[key]))
         rows.append(row)
     print(f"\nsampling, config {args.config} ({params[0]:,} / {params[1]:,} parameters), batch {args.batch}, "
           f"{args.threads} threads, median of {args.rounds} after {args.warmup} warm-up; same weights: {same}")
-    print(f"{'sampler':16s} {'NFE':>4s} {'variant':18s} {'run s':>8s} {'s/sample':>9s} {'vs diffusers':>13s} "
+    print(f"{'sampler':16s} {'NFE':>4s} {'variant':26s} {'run s':>8s} {'s/sample':>9s} {'vs diffusers':>13s} "
           f"{'vs diffusers-cl':>16s}")
     for r in rows:
         a = f"{r['speedup_vs_diffusers']:12.2f}x" if "speedup_vs_diffusers" in r else ""
         b = f"{r['speedup_vs_diffusers-cl']:15.2f}x" if "speedup_vs_diffusers-cl" in r else ""
-        print(f"{r['sampler']:16s} {r['nfe']:4d} {r['variant']:18s} {r['median_s']:8.2f} {r['s_per_sample']:9.3f} "
+        print(f"{r['sampler']:16s} {r['nfe']:4d} {r['variant']:26s} {r['median_s']:8.2f} {r['s_per_sample']:9.3f} "
               f"{a:>13s} {b:>16s}")
     out = Path(args.out or HERE / "out" / f"sampling_speed_{args.threads}t.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from .errors import DiffkitError, check_choice
 from .schedule import NoiseSchedule
 
 THRESHOLDING = (None, "clip", "dynamic")
+COMPILE_MODES = ("no", "default", "reduce-overhead", "max-autotune")  # torch.compile modes
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,6 +57,23 @@ class Denoiser:
         self.mixed_precision = mixed_precision
         self.nfe = 0
         self._coefficient_cache: dict = {}
+        self.compiled = "no"
+
+    def compile(self, mode: str = "default", backend="inductor") -> "Denoiser":
+        """Run the network through ``torch.compile(net, mode=mode, backend=backend)`` from now on.
+
+        ``mode``: ``default``; ``reduce-overhead`` (on CUDA, replays the step as a CUDA graph:
+        it pays for small batches, where kernel launches dominate); ``max-autotune``; ``no``
+        leaves the network as it is. The first call compiles (seconds on a GPU, minutes on a
+        CPU); a new batch size compiles once more, after which the batch dimension is dynamic.
+        The time tensor is an input, so new times do not recompile. Samples are those of the
+        eager network up to float round-off (docs/performance.md measures what it buys).
+        ``backend``: a ``torch.compile`` backend, by name or as a callable."""
+        check_choice("compile", mode, COMPILE_MODES)
+        if mode != "no" and self.compiled == "no":
+            self.net = torch.compile(self.net, mode=None if mode == "default" else mode, backend=backend)
+            self.compiled = mode
+        return self
 
     def reset_nfe(self) -> None:
         self.nfe = 0

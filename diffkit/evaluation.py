@@ -352,7 +352,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
-             progress: bool = False, mixed_precision: str = "no") -> dict:
+             progress: bool = False, mixed_precision: str = "no", compile: str = "no") -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -395,14 +395,15 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             if sampler != "ddim":
                 raise DiffkitError(f"eta applies to the ddim sampler, not {sampler!r}")
             options["eta"] = parse_eta(eta)
-        denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision)
+        denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
+                                 compile=compile)
         check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
         unet, cfg = denoiser.meta["unet"], denoiser.meta.get("config", {})
         channels, size = unet["in_channels"], unet["img_size"]
         if ref is None:
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
         settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps),
-                        num_samples=num, mixed_precision=mixed_precision, **options)
+                        num_samples=num, mixed_precision=mixed_precision, compile=compile, **options)
     if "class-accuracy" in names and (denoiser is None or sample_labels(denoiser, 1) is None):
         raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "
                            "checkpoint (unconditional models and images from --samples have none)")

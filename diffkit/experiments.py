@@ -78,6 +78,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         notes.append(f"predicted x0 thresholding: {thresholding}")
     if getattr(denoiser, "mixed_precision", "no") != "no":
         notes.append(f"network under {denoiser.mixed_precision} autocast (--mixed-precision)")
+    if getattr(denoiser, "compiled", "no") != "no":
+        notes.append(f"network compiled with torch.compile mode {denoiser.compiled} (--compile)")
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()

@@ -90,7 +90,7 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
 
 
 def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None,
-                  mixed_precision: str = "no") -> Denoiser:
+                  mixed_precision: str = "no", compile: str = "no") -> Denoiser:
     """A :class:`Denoiser` for a checkpoint; ``.model``, ``.meta``, ``.prompt_encoder`` and
     ``.decoder`` are attached.
 
@@ -99,10 +99,11 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     the prompts (and the null prompt "") once per sampling call. ``decoder`` (latent
     checkpoints, else None): the frozen autoencoder, ``decoder(z)`` = D(z / scale_factor).
     ``config``: only for a legacy state dict (see :func:`load_model`). ``mixed_precision``: the
-    network's autocast dtype (:class:`Denoiser`)."""
+    network's autocast dtype, ``compile`` a ``torch.compile`` mode (:meth:`Denoiser.compile`)."""
     model, meta, schedule, decoder = _load(path, use_ema, device, config)
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
                  learned_variance=meta.get("learned_variance", False), mixed_precision=mixed_precision)
+    d.compile(compile)
     d.model, d.meta, d.decoder = model, meta, decoder
     d.prompt_encoder = getattr(model, "encode_prompts", None)
     return d

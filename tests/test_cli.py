@@ -17,7 +17,7 @@ def run_cli(capsys, *args):
     return code, captured.out, captured.err
 
 
-def test_train_then_sample_end_to_end(tmp_path, capsys):
+def test_train_then_sample_end_to_end(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress",
                              "--device", "cpu", *TINY)
     assert code == 0, err
@@ -33,6 +33,14 @@ def test_train_then_sample_end_to_end(tmp_path, capsys):
                              "--mixed-precision", "bf16", "--out", str(tmp_path / "bf16.png"), "--no-progress")
     assert code == 0, err
     assert (tmp_path / "bf16.png").exists()
+    # --compile reaches Denoiser.compile (recorded here; compiling with inductor takes minutes on a CPU)
+    from diffkit.denoiser import Denoiser
+    modes = []
+    monkeypatch.setattr(Denoiser, "compile", lambda self, mode="default", backend="inductor": modes.append(mode))
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--steps", "2", "--num", "2",
+                             "--compile", "reduce-overhead", "--out", str(tmp_path / "c.png"), "--no-progress")
+    assert code == 0, err
+    assert modes == ["reduce-overhead"]
 
 
 @pytest.mark.parametrize("args,pattern", [

@@ -79,5 +79,13 @@ def add_mixed_precision_flag(parser: argparse.ArgumentParser) -> None:
                              "the samplers' arithmetic stays fp32 (default no)")
 
 
+def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    """``--compile``: ``torch.compile`` the network (``Denoiser.compile``)."""
+    from ..denoiser import COMPILE_MODES
+    parser.add_argument("--compile", default="no", choices=list(COMPILE_MODES),
+                        help="torch.compile the network in this mode; reduce-overhead uses CUDA graphs on a GPU "
+                             "(default no; the first batch compiles, minutes on a CPU)")
+
+
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")

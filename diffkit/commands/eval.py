@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ._common import add_mixed_precision_flag, add_progress_flag, check_writable_dir, positive_int
+from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_writable_dir, positive_int
 
 
 def add_source_flags(p) -> None:
@@ -26,6 +26,7 @@ def add_source_flags(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     add_mixed_precision_flag(p)
+    add_compile_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_progress_flag(p)
 
@@ -77,7 +78,7 @@ def run(args) -> int:
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
                           nll_dense_below=args.nll_dense_below, batch_size=args.batch_size, seed=args.seed,
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
-                          save_samples=args.save_samples, mixed_precision=args.mixed_precision,
+                          save_samples=args.save_samples, mixed_precision=args.mixed_precision, compile=args.compile,
                           progress=args.progress)
     warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]

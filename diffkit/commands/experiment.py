@@ -51,7 +51,7 @@ def run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device,
-                                 mixed_precision=args.mixed_precision)
+                                 mixed_precision=args.mixed_precision, compile=args.compile)
         scorer = experiment_scorer(args.metric, denoiser, ref=args.ref, data_dir=args.data_dir, ref_num=args.ref_num,
                                    evaluator=args.evaluator, inception_weights=args.inception_weights,
                                    batch_size=args.batch_size, device=device)

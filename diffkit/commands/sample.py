@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ._common import add_mixed_precision_flag, add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
+from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -52,6 +52,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
     add_mixed_precision_flag(p)
+    add_compile_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
@@ -107,7 +108,7 @@ def run(args) -> int:
                     nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                     seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
                     spacing=args.spacing, scale=args.scale, progress=args.progress, guidance=guidance,
-                    config=config, mixed_precision=args.mixed_precision, **options)
+                    config=config, mixed_precision=args.mixed_precision, compile=args.compile, **options)
     return 0
 
 
@@ -230,7 +231,7 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size=256,
                     spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
-                    config=None, mixed_precision="no", **options):
+                    config=None, mixed_precision="no", compile="no", **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -249,11 +250,13 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         if mixed_precision != "no":
             raise DiffkitError(f"--mixed-precision {mixed_precision} applies to diffkit checkpoints; a Stable "
                                "Diffusion folder runs in the dtype its weights are stored in")
+        if compile != "no":
+            raise DiffkitError(f"--compile {compile} applies to diffkit checkpoints, not to a Stable Diffusion folder")
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, scale=scale, progress=progress, guidance=guidance, **options)
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
-                             mixed_precision=mixed_precision)
+                             mixed_precision=mixed_precision, compile=compile)
     meta = denoiser.meta
     cfg = meta.get("config", {})
     nrow = nrow or cfg.get("nrow", 8)
