@@ -16,6 +16,7 @@ Prints a table and writes benchmarks/out/mnist_quality.json. A benchmark, not a 
 
     python benchmarks/mnist_quality.py                 # 2 x 30 minutes of training
     python benchmarks/mnist_quality.py --minutes 1     # quick check
+    python benchmarks/mnist_quality.py --steps 1665 --device cuda   # the CPU models' step count, on a GPU
 """
 from __future__ import annotations
 
@@ -49,6 +50,17 @@ MNIST_CONFIG = {
 CALIBRATION_STEPS = 20
 
 
+def train_for_steps(cfg: TrainConfig, steps: int) -> dict:
+    """Train exactly ``steps`` steps (warm-up + cosine decay over them): a wall-clock run's model
+    re-made on other hardware, e.g. the CPU models' 1665 steps on a GPU."""
+    trainer = Trainer(cfg, progress=False, log=lambda *_: None)
+    start = time.perf_counter()
+    trainer.total_steps = steps
+    result = trainer.run()
+    return {"steps": result.steps, "seconds": time.perf_counter() - start, "final_loss": result.final_loss,
+            "checkpoint": str(result.checkpoint)}
+
+
 def train_for_minutes(cfg: TrainConfig, minutes: float) -> dict:
     """Train until ``minutes`` of wall-clock time are spent: a short calibration run measures the
     step rate, then the schedule (warm-up + cosine decay) is stretched over the steps that fit."""
@@ -66,6 +78,7 @@ def train_for_minutes(cfg: TrainConfig, minutes: float) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="training time per objective (default 30)")
+    p.add_argument("--steps", type=int, help="train exactly this many steps instead of --minutes")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--losses", default="simple,hybrid", help="objectives to train (default simple,hybrid)")
     p.add_argument("--num", type=int, default=1000, help="samples per model (default 1000)")
@@ -81,6 +94,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     report: dict = {"benchmark": "mnist_quality", "device": str(device), "minutes_per_model": args.minutes,
+                    "steps_per_model": args.steps,
                     "torch_threads": torch.get_num_threads(), "config": MNIST_CONFIG, "models": {}}
     train_images, train_labels = reference_images("mnist", args.data_dir, train=True, limit=20000)
     test_images, test_labels = reference_images("mnist", args.data_dir, train=False)
@@ -96,7 +110,7 @@ def main(argv=None) -> int:
                                      "learned_variance": loss == "hybrid", "device": str(device),
                                      "save_weight_dir": str(run_dir / "checkpoints"),
                                      "sampled_dir": str(run_dir / "samples")})
-        training = train_for_minutes(cfg, args.minutes)
+        training = train_for_steps(cfg, args.steps) if args.steps else train_for_minutes(cfg, args.minutes)
         print(f"{loss}: {training['steps']} steps in {training['seconds']:.0f} s, loss {training['final_loss']:.4f}")
         denoiser = load_denoiser(training["checkpoint"], device=device)
         quality = quality_rows(denoiser, scorer, train_images, args.num, sampler=args.sampler,
@@ -106,7 +120,8 @@ def main(argv=None) -> int:
         nll.update(dense_below=20, stride=args.nll_stride)
         report["models"][loss] = {"training": training, "quality": quality, "nll_strided": nll}
         write_json(report, args.out)  # partial results survive an interrupted second model
-    print(f"\nMNIST, {args.minutes:g} min of training per model on {device}; FD-classifier vs "
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    print(f"\nMNIST, {budget} of training per model on {device}; FD-classifier vs "
           f"{len(test_images)} test images; confidence = mean max-softmax; NLL strided on {args.nll_num} test images")
     print(f"{'model / set':<28} {'steps':>7} {'FD-classifier':>14} {'confidence':>11} {'NLL bits/dim':>13}")
     for loss, model in report["models"].items():

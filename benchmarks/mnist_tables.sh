@@ -8,6 +8,7 @@
 # to auto. Cost: the DDIM table alone is NUM x 5 x 1180 network calls (11.8 million at NUM=2000,
 # about 14 hours on one CPU thread at 4.4 ms per 28x28 image; a few minutes on one modern GPU).
 # DDIM_STEPS / SAMPLER_STEPS override the step lists (a smoke run: DDIM_STEPS=10 SAMPLER_STEPS=10);
+# TABLES=ddim or TABLES=sampler runs one of the two tables (default both).
 # MIXED_PRECISION=bf16 runs the network under bf16 autocast (about 2x faster on a CPU with AMX;
 # FD-classifier within 0.5% of fp32 on 500 samples, DDIM 10 steps, eta 0 and 1).
 # Writes benchmarks/out/tables/{ddim_table,sampler_table}.{md,csv,json,png}.
@@ -18,12 +19,15 @@ NUM=${2:-2000}
 DEVICE=${3:-auto}
 DATA=${MNIST_DIR:-../shared/data/mnist}
 OUT=benchmarks/out/tables
-DK=${DIFFKIT:-.venv/bin/diffkit}
+read -r -a DK <<< "${DIFFKIT:-.venv/bin/diffkit}"   # e.g. DIFFKIT="python3 -m diffkit"
 mkdir -p "$OUT"
-[ -f "$OUT/evaluator.safetensors" ] || "$DK" train-evaluator --dataset mnist --data-dir "$DATA" \
+[ -f "$OUT/evaluator.safetensors" ] || "${DK[@]}" train-evaluator --dataset mnist --data-dir "$DATA" \
     --img-size 28 --out "$OUT/evaluator.safetensors" --device "$DEVICE"
 common=(--checkpoint "$CKPT" --evaluator "$OUT/evaluator.safetensors" --ref mnist --data-dir "$DATA"
         --num "$NUM" --out "$OUT" --device "$DEVICE" --batch-size 1000 --no-progress
         --mixed-precision "${MIXED_PRECISION:-no}")
-"$DK" experiment ddim-table "${common[@]}" --steps "${DDIM_STEPS:-10,20,50,100,1000}"
-"$DK" experiment sampler-table "${common[@]}" --steps "${SAMPLER_STEPS:-10,20,50,100,250,1000}"
+TABLES=${TABLES:-ddim,sampler}
+case ",$TABLES," in *,ddim,*)
+    "${DK[@]}" experiment ddim-table "${common[@]}" --steps "${DDIM_STEPS:-10,20,50,100,1000}";; esac
+case ",$TABLES," in *,sampler,*)
+    "${DK[@]}" experiment sampler-table "${common[@]}" --steps "${SAMPLER_STEPS:-10,20,50,100,250,1000}";; esac

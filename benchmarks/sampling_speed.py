@@ -72,7 +72,7 @@ def diffusers_ddim(model, batch: int, steps: int, seed: int):
     from diffusers import DDIMPipeline, DDIMScheduler
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                               clip_sample=False)
-    pipe = DDIMPipeline(unet=model, scheduler=scheduler)
+    pipe = DDIMPipeline(unet=model, scheduler=scheduler)  # runs on the unet's device
     pipe.set_progress_bar_config(disable=True)
     return lambda: pipe(batch_size=batch, num_inference_steps=steps, eta=0.0, output_type="np",
                         generator=torch.Generator().manual_seed(seed)).images
@@ -86,7 +86,9 @@ def diffusers_dpm(model, batch: int, nfe: int, seed: int, shape):
     @torch.no_grad()
     def run():
         scheduler.set_timesteps(nfe)
-        x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed)) * scheduler.init_noise_sigma
+        device = next(model.parameters()).device
+        x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+        x = x * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             eps = model(scheduler.scale_model_input(x, t), t).sample
             x = scheduler.step(eps, t, x).prev_sample
@@ -106,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="mnist, batch 2, DDIM 10 / DPM 10, 1 round")
     parser.add_argument("--bf16", action="store_true",
                         help="add bf16-autocast variants (diffkit: Denoiser(mixed_precision='bf16'))")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
     parser.add_argument("--compile", nargs="?", const="default", default=None,
                         choices=["default", "reduce-overhead", "max-autotune"],
                         help="add torch.compile variants of diffkit and channels_last diffusers")
@@ -116,10 +119,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     cfg = CONFIGS[args.config]
     shape = (cfg["in_channels"], cfg["img_size"], cfg["img_size"])
+    device = torch.device(args.device)
     ours, theirs, same = build_networks(cfg)
     theirs_cl = diffusers_unet(cfg).eval()
     theirs_cl.load_state_dict(theirs.state_dict())
-    theirs_cl = theirs_cl.to(memory_format=torch.channels_last)
+    ours, theirs = ours.to(device), theirs.to(device)
+    theirs_cl = theirs_cl.to(device, memory_format=torch.channels_last)
     params = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
     schedule = NoiseSchedule.from_name("linear", 1000, beta_start=1e-4, beta_end=0.02)
     denoiser = diffkit.Denoiser(ours, schedule, prediction_type="epsilon")
@@ -127,21 +132,22 @@ def main(argv=None):
     check = None
     if same:
         with torch.no_grad():
-            x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
-            t = torch.tensor([10.0, 900.0])
+            x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1)).to(device)
+            t = torch.tensor([10.0, 900.0], device=device)
             check = (ours(x, t) - theirs(x, t.long()).sample).abs().max().item()
         print(f"same weights: max |eps_diffkit - eps_diffusers| = {check:.2e}")
 
     def diffkit_run(sampler, den=denoiser, **kw):
         def run():
             den.reset_nfe()
-            out = diffkit.sample(den, (args.batch, *shape), sampler=sampler, seed=0, progress=False, **kw)
+            out = diffkit.sample(den, (args.batch, *shape), sampler=sampler, seed=0, progress=False, device=device,
+                                 **kw)
             return out, den.nfe
         return run
 
     def autocast_bf16(run):
         def wrapped():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 return run()
         return wrapped
 
@@ -175,14 +181,16 @@ def main(argv=None):
             runs[("dpm-solver++-2m", f"diffusers-cl{precision}-compile")] = dpm_c
     nfe = {"ddim": args.ddim_steps, "dpm-solver++-2m": args.dpm_nfe}
     with torch.no_grad():  # one forward of each network first (oneDNN primitive set-up)
-        x = torch.randn(args.batch, *shape)
+        x = torch.randn(args.batch, *shape, device=device)
         for net in (ours, theirs, theirs_cl):
-            net(x, torch.full((args.batch,), 500.0))
+            net(x, torch.full((args.batch,), 500.0, device=device))
     times = {key: [] for key in runs}
     for rnd in range(args.warmup + args.rounds):
         for key, run in runs.items():
             start = time.perf_counter()
             out = run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             if key[1].startswith("diffkit") and out[1] != nfe[key[0]]:
                 raise RuntimeError(f"diffkit {key[0]} used {out[1]} network evaluations, expected {nfe[key[0]]}")
@@ -215,7 +223,7 @@ def main(argv=None):
     out.write_text(json.dumps({
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "config": args.config, "model": cfg,
         "parameters": params, "same_weights": same, "max_eps_difference": check, "batch": args.batch,
-        "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
+        "threads": args.threads, "device": str(device), "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "loadavg_at_end": os.getloadavg(), "results": rows}, indent=2))
     print(f"wrote {out}")

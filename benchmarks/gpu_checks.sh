@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The checks that need a GPU (issues 6 and 8), as one prepared run for a lent machine.
+#
+#   bash benchmarks/gpu_checks.sh OUTDIR [tables|speed|all]
+#
+# tables (issue 6): re-make the CPU MNIST L_simple model on the GPU with the same recipe and step
+#   count (benchmarks/mnist_quality.py --steps 1665: 1000 samples' FD-classifier and the strided
+#   NLL come with it), then benchmarks/mnist_tables.sh on 2000 samples per cell under bf16: the
+#   DDIM table with the S = 1000 column the CPU could not afford, and the sampler table.
+# speed (issue 8): benchmarks/train_throughput.py --device cuda (fp32, bf16, bf16 + compile, diffkit
+#   against diffusers' UNet2DModel) and benchmarks/sampling_speed.py on cuda (bf16, compiled
+#   variants); both need the diffusers package (carry its wheel, see docs/performance.md).
+# Environment: MNIST_DIR (default ../shared/data/mnist), PYTHON (default python3, else .venv's),
+#   STEPS (training steps, default 1665), NUM (samples per cell, default 2000), DDIM_STEPS and
+#   SAMPLER_STEPS (see mnist_tables.sh; the sampler table defaults here to 10,20,50,100),
+#   SPEED_CONFIGS (default seed,cifar10,mnist), DEVICE (default cuda; "cpu" with tiny STEPS/NUM is
+#   the smoke test that this script runs end to end).
+# Everything lands in OUTDIR as results.tar.gz (tables, JSON, PNGs) plus this run's log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:?usage: bash benchmarks/gpu_checks.sh OUTDIR [tables|speed|all]}
+PART=${2:-all}
+case "$PART" in tables|speed|all) ;; *) echo "error: part '$PART' is not one of tables, speed, all" >&2; exit 2;; esac
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+DATA=${MNIST_DIR:-../shared/data/mnist}
+DEVICE=${DEVICE:-cuda}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d)
+LOG="$OUTDIR/gpu_checks.log"
+pack() { tar -czf "$OUTDIR/results.tar.gz" -C "$WORK" .; }
+exec > >(tee -a "$LOG") 2>&1
+echo "gpu_checks $PART on $DEVICE, $(date -u +%FT%TZ), python $("$PYTHON" -c 'import torch, sys; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())')"
+[ "$DEVICE" != cuda ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+if [ "$PART" != speed ]; then
+    [ -f "$DATA/train-images-idx3-ubyte.gz" ] || [ -f "$DATA/train-images-idx3-ubyte" ] || {
+        echo "error: no MNIST IDX files in '$DATA' (set MNIST_DIR)" >&2; exit 2; }
+    start=$SECONDS
+    "$PYTHON" benchmarks/mnist_quality.py --losses simple --steps "${STEPS:-1665}" --data-dir "$DATA" \
+        --device "$DEVICE" --num "${QUALITY_NUM:-1000}" --out "$WORK/mnist_quality.json"
+    echo "model: $((SECONDS - start)) s"
+    pack
+    for table in ddim sampler; do  # packed after each, so a run stopped at its time limit keeps the first
+        start=$SECONDS
+        TABLES=$table DIFFKIT="$PYTHON -m diffkit" MNIST_DIR="$DATA" MIXED_PRECISION=bf16 \
+            SAMPLER_STEPS="${SAMPLER_STEPS:-10,20,50,100}" \
+            bash benchmarks/mnist_tables.sh benchmarks/out/mnist_simple/checkpoints/latest.safetensors \
+            "${NUM:-2000}" "$DEVICE"
+        echo "$table table: $((SECONDS - start)) s"
+        cp benchmarks/out/tables/${table}_table.* "$WORK"/
+        pack
+    done
+fi
+
+if [ "$PART" != tables ]; then
+    "$PYTHON" -c "import diffusers" 2>/dev/null || { echo "error: the speed part needs diffusers" >&2; exit 2; }
+    start=$SECONDS
+    "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" --configs "${SPEED_CONFIGS:-seed,cifar10,mnist}" \
+        --batch "${SPEED_BATCH:-64}" --rounds "${SPEED_ROUNDS:-3}" --out "$WORK/train_throughput.json"
+    echo "training throughput: $((SECONDS - start)) s"
+    pack
+    start=$SECONDS
+    "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --batch "${SAMPLE_BATCH:-64}" \
+        --rounds "${SPEED_ROUNDS:-3}" --bf16 --compile reduce-overhead --out "$WORK/sampling_speed.json"
+    echo "sampling speed: $((SECONDS - start)) s"
+fi
+pack
+echo "wrote $OUTDIR/results.tar.gz ($(tar -tzf "$OUTDIR/results.tar.gz" | grep -c .) entries)"
