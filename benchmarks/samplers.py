@@ -510,7 +510,10 @@ def main(argv=None):
         seeds = seeds[:1]
     mixtures = MIXTURES[:1] if args.quick else MIXTURES
     if args.mixtures:
-        mixtures = [MIXTURES[int(i)] for i in args.mixtures.split(",")]
+        try:
+            mixtures = [MIXTURES[int(i)] for i in args.mixtures.split(",")]
+        except (ValueError, IndexError):
+            parser.error(f"--mixtures must be comma-separated indices in 0..{len(MIXTURES) - 1}, got {args.mixtures!r}")
     results = []
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)

@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import diffkit  # noqa: E402
+from diffkit.denoiser import COMPILE_MODES  # noqa: E402
 from diffkit.schedule import NoiseSchedule  # noqa: E402
 from speed_configs import CONFIGS, diffkit_unet, diffusers_unet  # noqa: E402
 
@@ -110,7 +111,7 @@ def main(argv=None):
                         help="add bf16-autocast variants (diffkit: Denoiser(mixed_precision='bf16'))")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the device)")
     parser.add_argument("--compile", nargs="?", const="default", default=None,
-                        choices=["default", "reduce-overhead", "max-autotune"],
+                        choices=[m for m in COMPILE_MODES if m != "no"],
                         help="add torch.compile variants of diffkit and channels_last diffusers")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
