@@ -111,11 +111,14 @@ def sample_labels(denoiser, num: int) -> Optional[torch.Tensor]:
 
 def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
-                     progress: bool = False, **options) -> torch.Tensor:
+                     progress: bool = False, cache=None, **options) -> torch.Tensor:
     """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`.
 
     Sample i starts from the noise of seed ``seed + i`` whatever the batch size, so two samplers
-    evaluated with the same seed start from the same x_T.
+    evaluated with the same seed start from the same x_T. ``cache``: a
+    :class:`diffkit.sample_cache.SampleCache`; finished batches found there are reused and new
+    ones are stored, so an interrupted run continues where it stopped with the same samples
+    (a reused batch adds the network calls it cost to ``denoiser.nfe``).
     """
     from .noise import generators_from_seed, randn
     from .sampling import sample
@@ -130,11 +133,24 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     out = []
     for start in range(0, num, batch_size):
         count = min(batch_size, num - start)
+        batch_labels = None if labels is None else labels[start:start + count]
+        settings = {"sampler": sampler, "steps": steps, **options}
+        stored = None if cache is None else cache.load(settings, start, count, seed, batch_labels)
+        if stored is not None:
+            images, nfe = stored
+            out.append(images)
+            if nfe is not None and hasattr(denoiser, "nfe"):
+                denoiser.nfe += nfe  # the calls this batch cost when it was made
+            continue
+        nfe_before = getattr(denoiser, "nfe", 0)
         noise = randn((count, *shape), generators_from_seed(seed + start, count), device=device)
         gens = generators_from_seed(seed + 10_000_019 + start, count)
-        cond = None if labels is None else {"y": labels[start:start + count].to(device)}
+        cond = None if batch_labels is None else {"y": batch_labels.to(device)}
         x = sample(denoiser, noise, sampler, steps, generator=gens, cond=cond, progress=progress, **options)
         out.append(x.float().cpu().clamp(-1, 1))
+        if cache is not None:
+            cache.save(settings, start, count, seed, out[-1], batch_labels,
+                       getattr(denoiser, "nfe", nfe_before) - nfe_before)
     return torch.cat(out)
 
 

@@ -70,7 +70,7 @@ def _check_steps(steps_list: Sequence[int], num_timesteps: int) -> list[int]:
 
 
 def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, batch_size, device, progress,
-              title, row_label, notes, thresholding=None) -> ExperimentTable:
+              title, row_label, notes, thresholding=None, cache_dir=None) -> ExperimentTable:
     metric = _check_metric(scorer)
     steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
     labels = sample_labels(denoiser, num)
@@ -80,6 +80,10 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         notes.append(f"network under {denoiser.mixed_precision} autocast (--mixed-precision)")
     if getattr(denoiser, "compiled", "no") != "no":
         notes.append(f"network compiled with torch.compile mode {denoiser.compiled} (--compile)")
+    cache = None
+    if cache_dir is not None:
+        from .sample_cache import SampleCache
+        cache = SampleCache(cache_dir, denoiser)
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()
@@ -90,34 +94,42 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         for j, steps in enumerate(steps_list):
             denoiser.reset_nfe()
             try:
+                reused = cache.loaded if cache is not None else 0
                 images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
-                                          batch_size=batch_size, labels=labels, device=device, **options)
+                                          batch_size=batch_size, labels=labels, device=device, cache=cache,
+                                          **options)
             except DiffkitError as err:
                 notes.append(f"{_row_name(row)} at {steps} steps not run: {err}")
                 continue
             nfe[i][j] = denoiser.nfe // math.ceil(num / batch_size)  # network calls per sample
             values[i][j] = scorer.score(images, labels)[metric][PRIMARY_FIELD[metric]]
             if progress:
-                print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g}", flush=True)
+                batches = math.ceil(num / batch_size)
+                note = f" ({cache.loaded - reused} of {batches} batches from the cache)" if cache is not None else ""
+                print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g}{note}", flush=True)
     return ExperimentTable(title, metric, row_label, [_row_name(r) for r in rows], steps_list, values, nfe,
                            num, notes, time.perf_counter() - start)
 
 
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
                steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
-               device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
-    """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count."""
+               device=None, progress: bool = False, thresholding: Optional[str] = None,
+               cache_dir=None) -> ExperimentTable:
+    """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count.
+    ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`)."""
     return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
                      seed=seed, batch_size=batch_size, device=device, progress=progress,
                      title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
-                     thresholding=thresholding)
+                     thresholding=thresholding, cache_dir=cache_dir)
 
 
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
-                  device=None, progress: bool = False, thresholding: Optional[str] = None) -> ExperimentTable:
+                  device=None, progress: bool = False, thresholding: Optional[str] = None,
+                  cache_dir=None) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
-    A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``)."""
+    A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``).
+    ``cache_dir`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
     from .samplers.registry import split_sampler_spec
     specs = {row: split_sampler_spec(row) for row in samplers}
@@ -135,7 +147,7 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,
                      title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
-                     notes=notes, thresholding=thresholding)
+                     notes=notes, thresholding=thresholding, cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------------- output

@@ -3,6 +3,8 @@
 ``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000}.
 ``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, dpm-solver++-2m, unipc; those not
 registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
+``--cache-dir DIR`` keeps every finished batch of samples; the same command run again reuses them, so a long
+table (S = 1000 on a CPU) can be stopped and continued with exactly the samples of one uninterrupted run.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def register(sub) -> None:
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
         q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", default=name, help=f"file name stem (default {name})")
+        q.add_argument("--cache-dir", help="keep each finished batch of samples here; rerunning the same command "
+                                           "reuses them, so a stopped table continues where it stopped")
         add_source_flags(q)
         q.set_defaults(func=run)
 
@@ -48,6 +52,8 @@ def run(args) -> int:
     names = parse_list(args.samplers, "samplers", str) if args.table == "sampler-table" else None
     device = str(resolve_device(args.device))
     check_writable_dir(args.out, "output directory")
+    if args.cache_dir is not None:
+        check_writable_dir(args.cache_dir, "sample cache directory")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device,
@@ -56,7 +62,8 @@ def run(args) -> int:
                                    evaluator=args.evaluator, inception_weights=args.inception_weights,
                                    batch_size=args.batch_size, device=device)
         common = dict(steps_list=steps_list, num=args.num, seed=args.seed, batch_size=args.batch_size,
-                      device=device, progress=args.progress, thresholding=args.thresholding)
+                      device=device, progress=args.progress, thresholding=args.thresholding,
+                      cache_dir=args.cache_dir)
         if args.table == "ddim-table":
             table = ddim_table(denoiser, scorer, etas=etas, **common)
         else:

@@ -1,0 +1,110 @@
+"""Finished batches of generated samples kept on disk, so that a long run resumes where it stopped.
+
+A table cell at S = 1000 steps and 2000 samples costs two million network calls (hours on a CPU).
+:class:`SampleCache` stores each finished batch of :func:`diffkit.evaluation.generate_samples` as
+one safetensors file, written atomically; rerunning the same command loads those batches instead
+of sampling them again. Because sample i always starts from the noise of seed ``seed + i``
+(whatever the batch size), a resumed run gives exactly the samples of an uninterrupted one.
+
+Batches are filed under a folder named by a digest of everything that decides the samples: the
+network's (and a latent decoder's) weights (:func:`diffkit.checkpoint.tensors_digest`), the denoiser's settings (schedule,
+prediction type, mixed precision, compile mode), the device type, and the sampler, its steps and
+options; the batch's first index, size and seed name the file, and its class labels are checked on
+load. The digest does not cover diffkit's or PyTorch's own code: clear the folder after upgrading
+either if exact reproducibility matters.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .checkpoint import atomic_write_bytes, tensors_digest
+from .errors import DiffkitError
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def denoiser_identity(denoiser) -> dict:
+    """What decides a denoiser's outputs: weights digest, metadata, precision, compile mode, device type."""
+    model = getattr(denoiser, "model", None) or denoiser.net
+    device = next(model.parameters()).device.type
+    schedule = denoiser.schedule
+    decoder = getattr(denoiser, "decoder", None)
+    return {
+        "decoder": None if decoder is None else [tensors_digest(decoder.model.state_dict()), decoder.scale_factor],
+        "weights": tensors_digest(model.state_dict()),
+        "meta": getattr(denoiser, "meta", None) or {},
+        "prediction_type": getattr(denoiser, "prediction_type", None),
+        "schedule": tensors_digest({"alphas_cumprod": schedule.alphas_cumprod.double()}),
+        "mixed_precision": getattr(denoiser, "mixed_precision", "no"),
+        "compile": getattr(denoiser, "compiled", "no"),
+        "device": device,
+    }
+
+
+class SampleCache:
+    """A folder of finished sample batches (see the module doc)."""
+
+    def __init__(self, root: str | Path, denoiser):
+        self.root = Path(root)
+        self.identity = denoiser_identity(denoiser)
+        self.loaded = 0  # batches read back, for progress messages and tests
+        self.saved = 0
+
+    def _folder(self, settings: dict) -> Path:
+        key = {"denoiser": self.identity, "sampling": settings}
+        folder = self.root / _digest(key)
+        manifest = folder / "key.json"
+        if not manifest.exists():
+            atomic_write_bytes(manifest, json.dumps(key, sort_keys=True, indent=1, default=str).encode())
+        return folder
+
+    @staticmethod
+    def _name(start: int, count: int, seed: int) -> str:
+        return f"samples-{start:07d}-{count:05d}-seed{seed}.safetensors"
+
+    def load(self, settings: dict, start: int, count: int, seed: int,
+             labels: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, Optional[int]]]:
+        """(images, network calls the batch cost) as stored, or None when the batch is not there
+        (or is unreadable, or has other labels)."""
+        path = self._folder(settings) / self._name(start, count, seed)
+        if not path.exists():
+            return None
+        try:
+            tensors = st_load(path.read_bytes())
+        except (OSError, SafetensorError):
+            return None
+        images = tensors.get("images")
+        if images is None or images.shape[0] != count:
+            return None
+        if (labels is None) != ("labels" not in tensors) or (labels is not None and not torch.equal(
+                tensors["labels"], labels.cpu())):
+            return None
+        self.loaded += 1
+        return images, int(tensors["nfe"]) if "nfe" in tensors else None
+
+    def save(self, settings: dict, start: int, count: int, seed: int, images: torch.Tensor,
+             labels: Optional[torch.Tensor], nfe: Optional[int] = None) -> Path:
+        """Write one finished batch atomically (a killed run leaves no partial file); ``nfe``: the
+        network calls it cost (:attr:`Denoiser.nfe` counts batched calls)."""
+        tensors = {"images": images.detach().float().cpu().contiguous()}
+        if nfe is not None:
+            tensors["nfe"] = torch.tensor(int(nfe))
+        if labels is not None:
+            tensors["labels"] = labels.detach().cpu().contiguous()
+        path = self._folder(settings) / self._name(start, count, seed)
+        try:
+            atomic_write_bytes(path, st_save(tensors))
+        except DiffkitError as err:
+            raise DiffkitError(f"sample cache: {err}") from None
+        self.saved += 1
+        return path

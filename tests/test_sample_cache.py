@@ -1,0 +1,122 @@
+"""Sample batches kept on disk (diffkit.sample_cache): a stopped run resumes with the same samples."""
+import json
+
+import pytest
+import torch
+
+from diffkit.config import TrainConfig
+from diffkit.evaluation import generate_samples
+from diffkit.loading import load_denoiser
+from diffkit.sample_cache import SampleCache
+from diffkit.training import Trainer
+from test_evaluation import TINY, main, one_line_error
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
+    Trainer(cfg, progress=False, log=lambda *_: None).run()
+    return root / "ckpt" / "latest.safetensors"
+
+
+class StopAfter:
+    """Wraps a denoiser's network and raises on call number ``calls + 1`` (a run killed mid-way)."""
+
+    def __init__(self, net, calls):
+        self.net, self.calls = net, calls
+
+    def __call__(self, *args, **kwargs):
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        self.calls -= 1
+        return self.net(*args, **kwargs)
+
+
+def draw(denoiser, cache, **kw):
+    denoiser.reset_nfe()
+    images = generate_samples(denoiser, 10, sampler="ddim", steps=4, seed=3, batch_size=4, cache=cache,
+                              eta=1.0, **kw)
+    return images, denoiser.nfe
+
+
+def test_a_stopped_run_resumes_with_the_samples_of_an_uninterrupted_one(checkpoint, tmp_path):
+    d = load_denoiser(checkpoint)
+    plain, plain_nfe = draw(d, None)
+    assert plain_nfe == 3 * 4  # three batches (4, 4, 2) of 4 steps
+
+    stopped = load_denoiser(checkpoint)
+    stopped.net = StopAfter(stopped.net, calls=4 + 2)  # dies inside the second batch
+    cache = SampleCache(tmp_path, stopped)
+    with pytest.raises(KeyboardInterrupt):
+        draw(stopped, cache)
+    assert cache.saved == 1
+    assert [p.name for p in tmp_path.glob("*/samples-*")] == ["samples-0000000-00004-seed3.safetensors"]
+    assert not list(tmp_path.glob("*/.*.tmp"))  # no partial file from the killed batch
+
+    resumed = load_denoiser(checkpoint)
+    cache = SampleCache(tmp_path, resumed)
+    images, nfe = draw(resumed, cache)
+    assert (cache.loaded, cache.saved) == (1, 2)
+    assert torch.equal(images, plain)  # stochastic sampler (eta = 1): exactly the same samples
+    assert nfe == plain_nfe  # a reused batch counts the network calls it cost
+
+    again = SampleCache(tmp_path, resumed)
+    images, _ = draw(resumed, again)
+    assert (again.loaded, again.saved) == (3, 0) and torch.equal(images, plain)
+
+
+def test_other_settings_or_weights_do_not_reuse_batches(checkpoint, tmp_path):
+    d = load_denoiser(checkpoint)
+    draw(d, SampleCache(tmp_path, d))
+    other_eta = SampleCache(tmp_path, d)
+    d.reset_nfe()
+    generate_samples(d, 10, sampler="ddim", steps=4, seed=3, batch_size=4, cache=other_eta, eta=0.0)
+    assert other_eta.loaded == 0
+
+    changed = load_denoiser(checkpoint)
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(1e-3)
+    other_weights = SampleCache(tmp_path, changed)
+    draw(changed, other_weights)
+    assert other_weights.loaded == 0
+
+    bf16 = load_denoiser(checkpoint, mixed_precision="bf16")
+    other_precision = SampleCache(tmp_path, bf16)
+    draw(bf16, other_precision)
+    assert other_precision.loaded == 0
+    keys = [json.loads(p.read_text()) for p in tmp_path.glob("*/key.json")]
+    assert len(keys) == 4 and {k["sampling"]["eta"] for k in keys} == {0.0, 1.0}
+
+
+def test_a_damaged_batch_file_is_sampled_again(checkpoint, tmp_path):
+    d = load_denoiser(checkpoint)
+    plain, _ = draw(d, SampleCache(tmp_path, d))
+    first = sorted(tmp_path.glob("*/samples-*"))[0]
+    first.write_bytes(first.read_bytes()[:50])
+    cache = SampleCache(tmp_path, d)
+    images, _ = draw(d, cache)
+    assert (cache.loaded, cache.saved) == (2, 1) and torch.equal(images, plain)
+
+
+def test_experiment_cache_dir_reuses_batches_through_the_cli(checkpoint, tmp_path, capsys):
+    evaluator = tmp_path / "ev.safetensors"
+    assert main(["train-evaluator", "--dataset", "digits", "--img-size", 8, "--epochs", 1,
+                 "--out", evaluator, "--device", "cpu"]) == 0
+    common = ["experiment", "ddim-table", "--checkpoint", checkpoint, "--etas", "0,1", "--steps", "2",
+              "--num", 6, "--batch-size", 4, "--metric", "confidence", "--evaluator", evaluator,
+              "--device", "cpu"]
+    cache = ["--cache-dir", tmp_path / "cache"]
+    assert main([*common, *cache, "--out", tmp_path / "a"]) == 0
+    first = json.loads((tmp_path / "a" / "ddim_table.json").read_text())
+    files = sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/samples-*"))
+    assert len(files) == 2 * 2  # two cells, two batches each
+    assert main([*common, *cache, "--out", tmp_path / "b"]) == 0
+    second = json.loads((tmp_path / "b" / "ddim_table.json").read_text())
+    assert second["values"] == first["values"] and second["nfe"] == first["nfe"] == [[2], [2]]
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/samples-*")) == files  # not rewritten
+    capsys.readouterr()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(capsys, [*common, "--cache-dir", blocker / "sub", "--out", tmp_path / "c"],
+                   "sample cache directory", str(blocker / "sub"))
