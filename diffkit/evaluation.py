@@ -368,13 +368,14 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
-             progress: bool = False, mixed_precision: str = "no", compile: str = "no") -> dict:
+             progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
     are the test split of ``ref`` (default: the checkpoint's training data set) at the samples'
     size and channels; ``nll``/``nll-strided`` use its first ``nll_num`` images. Everything that
     can fail on user input (metric names, files, sizes) is checked before any sampling.
+    ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
     """
     names = parse_metrics(metrics)
     if (checkpoint is None) == (samples is None):
@@ -439,9 +440,15 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         if images is None:
             labels = sample_labels(denoiser, num)
             start = time.perf_counter()
+            cache = None
+            if cache_dir is not None:
+                from .sample_cache import SampleCache
+                cache = SampleCache(cache_dir, denoiser)
             images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
                                       batch_size=batch_size, labels=labels, device=device, progress=progress,
-                                      **options)
+                                      cache=cache, **options)
+            if cache is not None:
+                settings.update(cache_dir=str(cache_dir), cached_batches=cache.loaded)
             settings["sampling_seconds"] = time.perf_counter() - start
             if save_samples:
                 from .images import save_images

@@ -120,3 +120,17 @@ def test_experiment_cache_dir_reuses_batches_through_the_cli(checkpoint, tmp_pat
     blocker.write_text("x")
     one_line_error(capsys, [*common, "--cache-dir", blocker / "sub", "--out", tmp_path / "c"],
                    "sample cache directory", str(blocker / "sub"))
+
+
+def test_eval_cache_dir_reuses_batches(checkpoint, tmp_path):
+    evaluator = tmp_path / "ev.safetensors"
+    assert main(["train-evaluator", "--dataset", "digits", "--img-size", 8, "--epochs", 1,
+                 "--out", evaluator, "--device", "cpu"]) == 0
+    common = ["eval", "--checkpoint", checkpoint, "--metrics", "confidence", "--evaluator", evaluator, "--num", 6,
+              "--batch-size", 4, "--sampler", "ddpm", "--steps", 3, "--device", "cpu",
+              "--cache-dir", tmp_path / "cache", "--no-progress"]
+    assert main([*common, "--out", tmp_path / "a.json"]) == 0
+    assert main([*common, "--out", tmp_path / "b.json"]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert (a["settings"]["cached_batches"], b["settings"]["cached_batches"]) == (0, 2)
+    assert a["metrics"] == b["metrics"]

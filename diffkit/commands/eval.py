@@ -28,6 +28,8 @@ def add_source_flags(p) -> None:
     add_mixed_precision_flag(p)
     add_compile_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    p.add_argument("--cache-dir", help="keep each finished batch of samples here; the same command run again "
+                                       "reuses them, so a stopped run continues where it stopped")
     add_progress_flag(p)
 
 
@@ -70,6 +72,8 @@ def run(args) -> int:
     check_writable_dir(Path(args.out).parent if str(Path(args.out).parent) else Path("."), "output directory")
     if args.save_samples:
         check_writable_dir(args.save_samples, "sample directory")
+    if args.cache_dir is not None:
+        check_writable_dir(args.cache_dir, "sample cache directory")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
@@ -79,7 +83,7 @@ def run(args) -> int:
                           nll_dense_below=args.nll_dense_below, batch_size=args.batch_size, seed=args.seed,
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
                           save_samples=args.save_samples, mixed_precision=args.mixed_precision, compile=args.compile,
-                          progress=args.progress)
+                          progress=args.progress, cache_dir=args.cache_dir)
     warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
     settings = result["settings"]

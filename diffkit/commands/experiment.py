@@ -34,8 +34,6 @@ def register(sub) -> None:
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
         q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", default=name, help=f"file name stem (default {name})")
-        q.add_argument("--cache-dir", help="keep each finished batch of samples here; rerunning the same command "
-                                           "reuses them, so a stopped table continues where it stopped")
         add_source_flags(q)
         q.set_defaults(func=run)
 
