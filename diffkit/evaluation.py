@@ -440,10 +440,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         if images is None:
             labels = sample_labels(denoiser, num)
             start = time.perf_counter()
-            cache = None
-            if cache_dir is not None:
-                from .sample_cache import SampleCache
-                cache = SampleCache(cache_dir, denoiser)
+            from .sample_cache import open_cache
+            cache = open_cache(cache_dir, denoiser)
             images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
                                       batch_size=batch_size, labels=labels, device=device, progress=progress,
                                       cache=cache, **options)

@@ -80,10 +80,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         notes.append(f"network under {denoiser.mixed_precision} autocast (--mixed-precision)")
     if getattr(denoiser, "compiled", "no") != "no":
         notes.append(f"network compiled with torch.compile mode {denoiser.compiled} (--compile)")
-    cache = None
-    if cache_dir is not None:
-        from .sample_cache import SampleCache
-        cache = SampleCache(cache_dir, denoiser)
+    from .sample_cache import open_cache
+    cache = open_cache(cache_dir, denoiser)
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()

@@ -7,11 +7,12 @@ of sampling them again. Because sample i always starts from the noise of seed ``
 (whatever the batch size), a resumed run gives exactly the samples of an uninterrupted one.
 
 Batches are filed under a folder named by a digest of everything that decides the samples: the
-network's (and a latent decoder's) weights (:func:`diffkit.checkpoint.tensors_digest`), the denoiser's settings (schedule,
-prediction type, mixed precision, compile mode), the device type, and the sampler, its steps and
-options; the batch's first index, size and seed name the file, and its class labels are checked on
-load. The digest does not cover diffkit's or PyTorch's own code: clear the folder after upgrading
-either if exact reproducibility matters.
+network's (and a latent decoder's) weights (:func:`diffkit.checkpoint.tensors_digest`), the
+denoiser's settings (schedule, prediction type, mixed precision, compile mode), the device type,
+and the sampler, its steps and options. The batch's first index, size and seed name the file (so
+only a run with the same batch size reuses it), and its class labels are checked on load. The
+digest does not cover diffkit's or PyTorch's own code: clear the folder after upgrading either if
+exact reproducibility matters.
 """
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def denoiser_identity(denoiser) -> dict:
         "compile": getattr(denoiser, "compiled", "no"),
         "device": device,
     }
+
+
+def open_cache(cache_dir, denoiser) -> Optional["SampleCache"]:
+    """A :class:`SampleCache` in ``cache_dir`` for ``denoiser``, or None when ``cache_dir`` is None."""
+    return None if cache_dir is None else SampleCache(cache_dir, denoiser)
 
 
 class SampleCache:
