@@ -105,6 +105,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 batches = math.ceil(num / batch_size)
                 note = f" ({cache.loaded - reused} of {batches} batches from the cache)" if cache is not None else ""
                 print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g}{note}", flush=True)
+    if cache is not None:
+        notes.append(f"sample cache {cache_dir}: {cache.loaded} batches reused, {cache.saved} sampled and stored")
     return ExperimentTable(title, metric, row_label, [_row_name(r) for r in rows], steps_list, values, nfe,
                            num, notes, time.perf_counter() - start)
 

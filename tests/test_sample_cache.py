@@ -114,6 +114,8 @@ def test_experiment_cache_dir_reuses_batches_through_the_cli(checkpoint, tmp_pat
     assert main([*common, *cache, "--out", tmp_path / "b"]) == 0
     second = json.loads((tmp_path / "b" / "ddim_table.json").read_text())
     assert second["values"] == first["values"] and second["nfe"] == first["nfe"] == [[2], [2]]
+    assert any("0 batches reused, 4 sampled" in note for note in first["notes"])
+    assert any("4 batches reused, 0 sampled" in note for note in second["notes"])
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*/samples-*")) == files  # not rewritten
     capsys.readouterr()
     blocker = tmp_path / "file"
