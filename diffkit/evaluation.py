@@ -200,6 +200,7 @@ class SampleScorer:
     def __init__(self, metrics: Sequence[str], reference: Optional[torch.Tensor] = None, *, evaluator=None,
                  inception=None, batch_size: int = 250, device="cpu", kid_subset_size: int = 1000,
                  is_splits: int = 10):
+        from .checkpoint import tensors_digest
         from .metrics import extract_features, feature_statistics
         self.metrics = [m for m in parse_metrics(metrics) if m in SAMPLE_METRICS]
         self.evaluator, self.inception = evaluator, inception
@@ -216,6 +217,8 @@ class SampleScorer:
             raise DiffkitError(f"metrics {', '.join(sorted(needs_reference))} need reference images (--ref DATASET)")
         self.reference_inception = self.reference_classifier = None
         self.num_reference = 0 if reference is None else int(reference.shape[0])
+        # names the reference set in keys (diffkit.score_ledger) independently of feature rounding
+        self.reference_digest = None if reference is None else tensors_digest({"reference": reference})
         if reference is not None and needs_reference:
             check_sample_count(reference.shape[0], "reference images")
             with warnings.catch_warnings():

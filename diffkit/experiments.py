@@ -70,7 +70,7 @@ def _check_steps(steps_list: Sequence[int], num_timesteps: int) -> list[int]:
 
 
 def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, batch_size, device, progress,
-              title, row_label, notes, thresholding=None, cache_dir=None) -> ExperimentTable:
+              title, row_label, notes, thresholding=None, cache_dir=None, ledger_path=None) -> ExperimentTable:
     metric = _check_metric(scorer)
     steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
     labels = sample_labels(denoiser, num)
@@ -81,7 +81,9 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     if getattr(denoiser, "compiled", "no") != "no":
         notes.append(f"network compiled with torch.compile mode {denoiser.compiled} (--compile)")
     from .sample_cache import open_cache
+    from .score_ledger import open_ledger
     cache = open_cache(cache_dir, denoiser)
+    ledger = open_ledger(ledger_path, denoiser, scorer)
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()
@@ -90,6 +92,15 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         if thresholding is not None:
             options = {**options, "thresholding": thresholding}
         for j, steps in enumerate(steps_list):
+            settings = {"sampler": sampler, "steps": steps, **options}
+            found = None if ledger is None else ledger.get(settings, num, seed)
+            if found is not None:
+                scores, nfe[i][j] = found
+                values[i][j] = scores[metric][PRIMARY_FIELD[metric]]
+                if progress:
+                    print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g} "
+                          f"(from the ledger)", flush=True)
+                continue
             denoiser.reset_nfe()
             try:
                 reused = cache.loaded if cache is not None else 0
@@ -100,13 +111,18 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 notes.append(f"{_row_name(row)} at {steps} steps not run: {err}")
                 continue
             nfe[i][j] = denoiser.nfe // math.ceil(num / batch_size)  # network calls per sample
-            values[i][j] = scorer.score(images, labels)[metric][PRIMARY_FIELD[metric]]
+            scores = scorer.score(images, labels)
+            values[i][j] = scores[metric][PRIMARY_FIELD[metric]]
+            if ledger is not None:
+                ledger.put(settings, num, seed, scores, nfe[i][j])
             if progress:
                 batches = math.ceil(num / batch_size)
                 note = f" ({cache.loaded - reused} of {batches} batches from the cache)" if cache is not None else ""
                 print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g}{note}", flush=True)
     if cache is not None:
         notes.append(f"sample cache {cache_dir}: {cache.loaded} batches reused, {cache.saved} sampled and stored")
+    if ledger is not None:
+        notes.append(f"score ledger {ledger_path}: {ledger.reused} cells taken from it, {ledger.recorded} added")
     return ExperimentTable(title, metric, row_label, [_row_name(r) for r in rows], steps_list, values, nfe,
                            num, notes, time.perf_counter() - start)
 
@@ -114,22 +130,23 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
                steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                device=None, progress: bool = False, thresholding: Optional[str] = None,
-               cache_dir=None) -> ExperimentTable:
+               cache_dir=None, ledger_path=None) -> ExperimentTable:
     """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count.
-    ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`)."""
+    ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`);
+    ``ledger_path``: a JSON file of finished cells, taken from and added to (:mod:`diffkit.score_ledger`)."""
     return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
                      seed=seed, batch_size=batch_size, device=device, progress=progress,
                      title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
-                     thresholding=thresholding, cache_dir=cache_dir)
+                     thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path)
 
 
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                   device=None, progress: bool = False, thresholding: Optional[str] = None,
-                  cache_dir=None) -> ExperimentTable:
+                  cache_dir=None, ledger_path=None) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
     A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``).
-    ``cache_dir`` as in :func:`ddim_table`."""
+    ``cache_dir`` and ``ledger_path`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
     from .samplers.registry import split_sampler_spec
     specs = {row: split_sampler_spec(row) for row in samplers}
@@ -147,7 +164,7 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,
                      title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
-                     notes=notes, thresholding=thresholding, cache_dir=cache_dir)
+                     notes=notes, thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path)
 
 
 # ---------------------------------------------------------------------------- output

@@ -107,3 +107,29 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     d.model, d.meta, d.decoder = model, meta, decoder
     d.prompt_encoder = getattr(model, "encode_prompts", None)
     return d
+
+
+# what a training checkpoint holds only for resuming (the optimiser, RNG and loss-aware timestep
+# sampler state, the EMA copy once it has replaced the weights) and the metadata that goes with it
+_RESUME_PREFIXES = ("ema.", "optim", "rng.", "timesteps.")
+_RESUME_META = ("step", "epoch", "batch_in_epoch", "total_steps", "dataset_size", "steps_per_epoch", "lr",
+                "ema_updates", "optimizer", "skipped_steps", "consecutive_skipped")
+
+
+def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+    """Write the weights-only checkpoint of a training checkpoint: the (EMA) network weights, the
+    schedule and a latent model's autoencoder, with the model description; no optimiser or RNG
+    state, so it is a quarter of the size and cannot resume training. :func:`load_denoiser`
+    gives the same network from either file (the same :func:`diffkit.checkpoint.tensors_digest`)."""
+    tensors, meta = ckpt.load_checkpoint(path)
+    if "unet" not in meta:
+        raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
+    weights = ckpt.split_prefix(tensors, "model")
+    if use_ema:
+        ema = ckpt.split_prefix(tensors, "ema")
+        weights = {k: ema.get(k, v) for k, v in weights.items()}
+    kept = {k: v for k, v in tensors.items() if not k.startswith(("model.", *_RESUME_PREFIXES))}
+    kept.update({f"model.{k}": v for k, v in weights.items()})
+    info = {k: v for k, v in meta.items() if k not in _RESUME_META}
+    info["exported_from"] = {"step": meta.get("step"), "weights": "ema" if use_ema else "raw"}
+    return ckpt.save_checkpoint(out, kept, info)

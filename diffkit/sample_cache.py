@@ -30,8 +30,13 @@ from .checkpoint import atomic_write_bytes, tensors_digest
 from .errors import DiffkitError
 
 
-def _digest(obj) -> str:
+def key_digest(obj) -> str:
+    """A short sha256 of a JSON-able key (sorted keys; other objects by their str)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+# the checkpoint metadata that decides the network's outputs (not the training state or versions)
+_OUTPUT_META = ("unet", "prediction_type", "learned_variance", "latent", "text")
 
 
 def denoiser_identity(denoiser) -> dict:
@@ -43,7 +48,7 @@ def denoiser_identity(denoiser) -> dict:
     return {
         "decoder": None if decoder is None else [tensors_digest(decoder.model.state_dict()), decoder.scale_factor],
         "weights": tensors_digest(model.state_dict()),
-        "meta": getattr(denoiser, "meta", None) or {},
+        "meta": {k: v for k, v in (getattr(denoiser, "meta", None) or {}).items() if k in _OUTPUT_META},
         "prediction_type": getattr(denoiser, "prediction_type", None),
         "schedule": tensors_digest({"alphas_cumprod": schedule.alphas_cumprod.double()}),
         "mixed_precision": getattr(denoiser, "mixed_precision", "no"),
@@ -68,7 +73,7 @@ class SampleCache:
 
     def _folder(self, settings: dict) -> Path:
         key = {"denoiser": self.identity, "sampling": settings}
-        folder = self.root / _digest(key)
+        folder = self.root / key_digest(key)
         manifest = folder / "key.json"
         if not manifest.exists():
             atomic_write_bytes(manifest, json.dumps(key, sort_keys=True, indent=1, default=str).encode())

@@ -2,6 +2,7 @@
 
     diffkit convert --checkpoint CKPT --to-diffusers DIR     # DDPMPipeline folder (unet/, scheduler/)
     diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel (+ scheduler) -> diffkit checkpoint
+    diffkit convert --checkpoint CKPT --out WEIGHTS          # training checkpoint -> weights only (EMA)
 """
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ def register(subparsers) -> None:
         "convert", help="convert between diffkit checkpoints and diffusers folders",
         description="Convert a diffkit pixel-space U-Net checkpoint to a diffusers DDPMPipeline folder "
                     "(UNet2DModel + DDPMScheduler config), or a diffusers UNet2DModel folder back to a diffkit "
-                    "checkpoint. Needs the optional extra: pip install diffkit[diffusers].")
+                    "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
+                    "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
+                    "model description, no optimiser state).")
     parser.add_argument("--checkpoint", help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
     parser.add_argument("--to-diffusers", metavar="DIR", help="write the diffusers folder here")
     parser.add_argument("--from-diffusers", metavar="DIR", help="a diffusers folder (model_index.json + unet/ + "
                                                                "scheduler/, or a UNet2DModel folder) to import")
-    parser.add_argument("--out", metavar="CKPT", help="write the diffkit checkpoint here (.safetensors)")
+    parser.add_argument("--out", metavar="CKPT", help="write the diffkit checkpoint here (.safetensors): imported "
+                                                      "from --from-diffusers, or the weights of --checkpoint")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA")
     parser.add_argument("--clip-sample", action="store_true",
                         help="exported DDPMScheduler clips x_0 to [-1, 1] (diffusers' default; diffkit's is off)")
@@ -29,10 +33,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.checkpoint is not None and args.out is not None and args.to_diffusers is None \
+            and args.from_diffusers is None:
+        return _weights_only(args)
     export = args.checkpoint is not None or args.to_diffusers is not None
     imp = args.from_diffusers is not None or args.out is not None
     if export == imp:
-        raise DiffkitError("give either --checkpoint CKPT --to-diffusers DIR or --from-diffusers DIR --out CKPT")
+        raise DiffkitError("give one of --checkpoint CKPT --to-diffusers DIR, --from-diffusers DIR --out CKPT, "
+                           "or --checkpoint CKPT --out FILE (weights only)")
     from ..interop import diffusers_unet
     if export:
         if not (args.checkpoint and args.to_diffusers):
@@ -50,4 +58,16 @@ def run(args) -> int:
     unet, schedule, prediction_type = diffusers_unet.import_diffusers(args.from_diffusers, out=args.out)
     sys.stdout.write(f"wrote diffkit checkpoint {args.out} ({unet.num_parameters():,} parameters, "
                      f"T={schedule.num_timesteps}, prediction_type={prediction_type})\n")
+    return 0
+
+
+def _weights_only(args) -> int:
+    from ..loading import export_weights
+    if Path(args.out).suffix != ".safetensors":
+        raise DiffkitError(f"--out {args.out!r} must end in .safetensors")
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise DiffkitError(f"--out {args.out!r} is the checkpoint itself; write the weights to another file")
+    out = export_weights(args.checkpoint, args.out, use_ema=args.ema)
+    size = out.stat().st_size / 2**20
+    sys.stdout.write(f"wrote weights-only checkpoint {out} ({size:.1f} MiB, {'EMA' if args.ema else 'raw'} weights)\n")
     return 0

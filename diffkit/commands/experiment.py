@@ -5,10 +5,13 @@
 registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
 ``--cache-dir DIR`` keeps every finished batch of samples; the same command run again reuses them, so a long
 table (S = 1000 on a CPU) can be stopped and continued with exactly the samples of one uninterrupted run.
+``--ledger FILE`` keeps only the finished cells' scores (small enough to commit): a later run, on another day or
+machine, computes only the cells missing from it.
 """
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from ._common import check_writable_dir, positive_int
 
@@ -34,6 +37,9 @@ def register(sub) -> None:
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
         q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", default=name, help=f"file name stem (default {name})")
+        q.add_argument("--ledger", help="JSON file of finished cells: cells already there (same weights, "
+                       "evaluator, reference, settings, --num and --seed) are taken from it, each new cell is "
+                       "added as it finishes; small enough to commit, so a table can be finished over many runs")
         add_source_flags(q)
         q.set_defaults(func=run)
 
@@ -52,6 +58,8 @@ def run(args) -> int:
     check_writable_dir(args.out, "output directory")
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
+    if args.ledger is not None:
+        check_writable_dir(Path(args.ledger).parent, "score ledger directory")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device,
@@ -61,7 +69,7 @@ def run(args) -> int:
                                    batch_size=args.batch_size, device=device)
         common = dict(steps_list=steps_list, num=args.num, seed=args.seed, batch_size=args.batch_size,
                       device=device, progress=args.progress, thresholding=args.thresholding,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, ledger_path=args.ledger)
         if args.table == "ddim-table":
             table = ddim_table(denoiser, scorer, etas=etas, **common)
         else:

@@ -1,0 +1,133 @@
+"""Finished table cells kept in a JSON ledger (diffkit.score_ledger): a table finished over many runs."""
+import json
+
+import pytest
+import torch
+
+import diffkit.experiments as experiments
+from diffkit.config import TrainConfig
+from diffkit.errors import DiffkitError
+from diffkit.evaluation import SampleScorer
+from diffkit.experiments import ddim_table
+from diffkit.loading import load_denoiser
+from diffkit.metrics import EvaluatorConfig, EvaluatorNet
+from diffkit.training import Trainer
+from test_evaluation import TINY, main, one_line_error
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ledger")
+    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
+    Trainer(cfg, progress=False, log=lambda *_: None).run()
+    return root / "ckpt" / "latest.safetensors"
+
+
+def scorer(seed=0, reference_seed=1):
+    torch.manual_seed(seed)
+    net = EvaluatorNet(EvaluatorConfig(image_size=8, in_channels=1, num_classes=10)).eval()
+    reference = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(reference_seed)) * 2 - 1
+    return SampleScorer(["confidence"], reference, evaluator=net)
+
+
+def table(denoiser, ledger, steps=(2,), the_scorer=None):
+    return ddim_table(denoiser, the_scorer or scorer(), etas=[0.0, 1.0], steps_list=list(steps), num=6, seed=5,
+                      batch_size=4, ledger_path=ledger)
+
+
+def no_sampling(*_, **__):
+    raise AssertionError("a cell in the ledger was sampled again")
+
+
+def test_cells_in_the_ledger_are_not_sampled_again(checkpoint, tmp_path, monkeypatch):
+    ledger = tmp_path / "results" / "ledger.json"
+    ledger.parent.mkdir()
+    d = load_denoiser(checkpoint)
+    plain = table(d, None)
+    first = table(d, ledger)
+    assert first.values == plain.values and first.nfe == plain.nfe == [[2], [2]]
+    data = json.loads(ledger.read_text())
+    assert len(data["cells"]) == 2 and len(data["identities"]) == 1
+    assert {c["sampling"]["eta"] for c in data["cells"].values()} == {0.0, 1.0}
+    assert all(c["num"] == 6 and c["seed"] == 5 and c["nfe"] == 2 for c in data["cells"].values())
+
+    monkeypatch.setattr(experiments, "generate_samples", no_sampling)
+    again = table(load_denoiser(checkpoint), ledger)  # a fresh process would load the same way
+    assert again.values == plain.values and again.nfe == plain.nfe
+    assert any("2 cells taken from it, 0 added" in note for note in again.notes)
+    monkeypatch.undo()
+
+    more = table(d, ledger, steps=(2, 3))  # only the new column is sampled
+    assert [row[0] for row in more.values] == [row[0] for row in plain.values]
+    assert any("2 cells taken from it, 2 added" in note for note in more.notes)
+    assert len(json.loads(ledger.read_text())["cells"]) == 4
+
+
+def test_other_weights_evaluator_reference_or_count_miss_the_ledger(checkpoint, tmp_path):
+    ledger = tmp_path / "ledger.json"
+    d = load_denoiser(checkpoint)
+    table(d, ledger)
+    assert any("0 cells taken" in n for n in table(d, ledger, the_scorer=scorer(seed=1)).notes)  # evaluator
+    assert any("0 cells taken" in n for n in table(d, ledger, the_scorer=scorer(reference_seed=2)).notes)
+    other = load_denoiser(checkpoint)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
+    assert any("0 cells taken" in n for n in table(other, ledger).notes)
+    counted = ddim_table(d, scorer(), etas=[0.0], steps_list=[2], num=7, seed=5, batch_size=4, ledger_path=ledger)
+    assert any("0 cells taken" in n for n in counted.notes)
+    assert len(json.loads(ledger.read_text())["identities"]) == 4
+
+
+def test_a_broken_ledger_is_refused_in_one_line(checkpoint, tmp_path, capsys):
+    d = load_denoiser(checkpoint)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DiffkitError, match="not readable JSON"):
+        table(d, bad)
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(DiffkitError, match="not a diffkit score ledger"):
+        table(d, bad)
+    assert bad.read_text() == json.dumps({"format": "something else"})  # left as it was
+
+    evaluator = tmp_path / "ev.safetensors"
+    assert main(["train-evaluator", "--dataset", "digits", "--img-size", 8, "--epochs", 1,
+                 "--out", evaluator, "--device", "cpu"]) == 0
+    common = ["experiment", "ddim-table", "--checkpoint", checkpoint, "--etas", "0", "--steps", "2", "--num", 6,
+              "--batch-size", 4, "--metric", "confidence", "--evaluator", evaluator, "--device", "cpu"]
+    assert main([*common, "--ledger", tmp_path / "cli.json", "--out", tmp_path / "a"]) == 0
+    assert main([*common, "--ledger", tmp_path / "cli.json", "--out", tmp_path / "b"]) == 0
+    a, b = (json.loads((tmp_path / n / "ddim_table.json").read_text()) for n in "ab")
+    assert a["values"] == b["values"] and any("1 cells taken from it, 0 added" in n for n in b["notes"])
+    capsys.readouterr()
+    one_line_error(capsys, [*common, "--ledger", bad, "--out", tmp_path / "c"], "score ledger", str(bad))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(capsys, [*common, "--ledger", blocker / "sub" / "l.json", "--out", tmp_path / "d"],
+                   "score ledger directory", str(blocker / "sub"))
+
+
+def test_weights_only_export_gives_the_same_network_and_cannot_resume(checkpoint, tmp_path, capsys):
+    from diffkit.checkpoint import load_checkpoint, tensors_digest
+    from diffkit.sample_cache import denoiser_identity
+    out = tmp_path / "weights.safetensors"
+    assert main(["convert", "--checkpoint", checkpoint, "--out", out]) == 0
+    assert "weights-only checkpoint" in capsys.readouterr().out
+    tensors, meta = load_checkpoint(out)
+    full, full_meta = load_checkpoint(checkpoint)
+    assert sorted({k.split(".")[0] for k in tensors}) == ["model", "schedule"]
+    assert "step" not in meta and meta["exported_from"] == {"step": full_meta["step"], "weights": "ema"}
+    ema = {k[4:]: v for k, v in full.items() if k.startswith("ema.")}
+    assert all(torch.equal(tensors[f"model.{k}"], ema.get(k, full[f"model.{k}"]))
+               for k in (k[6:] for k in full if k.startswith("model.")))
+    a, b = load_denoiser(checkpoint), load_denoiser(out)
+    assert denoiser_identity(a) == denoiser_identity(b)  # a ledger's cells match either file
+    assert tensors_digest(a.model.state_dict()) == tensors_digest(b.model.state_dict())
+    assert main(["convert", "--checkpoint", checkpoint, "--out", tmp_path / "raw.safetensors", "--no-ema"]) == 0
+    raw = load_checkpoint(tmp_path / "raw.safetensors")[0]
+    assert all(torch.equal(raw[k], full[k]) for k in raw if k.startswith("model."))
+    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(tmp_path / "c"), "sampled_dir": str(tmp_path / "s")})
+    with pytest.raises(DiffkitError, match="not a training checkpoint"):
+        Trainer(cfg, progress=False, log=lambda *_: None).load(out)
+    capsys.readouterr()
+    one_line_error(capsys, ["convert", "--checkpoint", checkpoint, "--out", tmp_path / "w.pt"], ".safetensors")
+    one_line_error(capsys, ["convert", "--checkpoint", checkpoint, "--out", checkpoint], "checkpoint itself")
