@@ -3,10 +3,12 @@
 #
 #   bash benchmarks/gpu_checks.sh OUTDIR [tables|speed|all]
 #
-# tables (issue 6): re-make the CPU MNIST L_simple model on the GPU with the same recipe and step
-#   count (benchmarks/mnist_quality.py --steps 1665: 1000 samples' FD-classifier and the strided
-#   NLL come with it), then benchmarks/mnist_tables.sh on 2000 samples per cell under bf16: the
-#   DDIM table with the S = 1000 column the CPU could not afford, and the sampler table.
+# tables (issue 6): benchmarks/mnist_tables.sh with REFERENCE=1 on 2000 samples per cell under bf16:
+#   the committed reference MNIST model and evaluator (benchmarks/reference/), the DDIM table with the
+#   S = 1000 column the CPU affords one cell per session, and the sampler table; the cells go to a
+#   copy of the committed ledger, OUTDIR's mnist_tables.json (cuda cells have their own key; copy it
+#   over benchmarks/results/mnist_tables.json to keep them). REMAKE=1 first re-makes the model on the
+#   GPU with the CPU recipe (benchmarks/mnist_quality.py --steps 1665) and tables that one instead.
 # speed (issue 8): benchmarks/train_throughput.py --device cuda (fp32, bf16, bf16 + compile, diffkit
 #   against diffusers' UNet2DModel) and benchmarks/sampling_speed.py on cuda (bf16, compiled
 #   variants); both need the diffusers package (carry its wheel, see docs/performance.md).
@@ -38,17 +40,21 @@ echo "gpu_checks $PART on $DEVICE, $(date -u +%FT%TZ), python $("$PYTHON" -c 'im
 if [ "$PART" != speed ]; then
     [ -f "$DATA/train-images-idx3-ubyte.gz" ] || [ -f "$DATA/train-images-idx3-ubyte" ] || {
         echo "error: no MNIST IDX files in '$DATA' (set MNIST_DIR)" >&2; exit 2; }
-    start=$SECONDS
-    "$PYTHON" benchmarks/mnist_quality.py --losses simple --steps "${STEPS:-1665}" --data-dir "$DATA" \
-        --device "$DEVICE" --num "${QUALITY_NUM:-1000}" --out "$WORK/mnist_quality.json"
-    echo "model: $((SECONDS - start)) s"
-    pack
+    CKPT=benchmarks/reference/mnist_simple.safetensors
+    if [ -n "${REMAKE:-}" ]; then
+        start=$SECONDS
+        "$PYTHON" benchmarks/mnist_quality.py --losses simple --steps "${STEPS:-1665}" --data-dir "$DATA" \
+            --device "$DEVICE" --num "${QUALITY_NUM:-1000}" --out "$WORK/mnist_quality.json"
+        echo "model: $((SECONDS - start)) s"
+        CKPT=benchmarks/out/mnist_simple/checkpoints/latest.safetensors
+        pack
+    fi
+    [ ! -f benchmarks/results/mnist_tables.json ] || cp benchmarks/results/mnist_tables.json "$WORK"/
     for table in ddim sampler; do  # packed after each, so a run stopped at its time limit keeps the first
         start=$SECONDS
-        TABLES=$table DIFFKIT="$PYTHON -m diffkit" MNIST_DIR="$DATA" MIXED_PRECISION=bf16 \
-            SAMPLER_STEPS="${SAMPLER_STEPS:-10,20,50,100}" \
-            bash benchmarks/mnist_tables.sh benchmarks/out/mnist_simple/checkpoints/latest.safetensors \
-            "${NUM:-2000}" "$DEVICE"
+        REFERENCE=1 LEDGER="$WORK/mnist_tables.json" TABLES=$table DIFFKIT="$PYTHON -m diffkit" \
+            MNIST_DIR="$DATA" SAMPLER_STEPS="${SAMPLER_STEPS:-10,20,50,100}" \
+            bash benchmarks/mnist_tables.sh "$CKPT" "${NUM:-2000}" "$DEVICE"
         echo "$table table: $((SECONDS - start)) s"
         cp benchmarks/out/tables/${table}_table.* "$WORK"/
         pack
