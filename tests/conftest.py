@@ -37,3 +37,15 @@ def shared_data():
     if not os.path.isdir(path):
         pytest.skip(f"test data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A training checkpoint of test_evaluation's TINY config (2 steps on the embedded digits)."""
+    from diffkit.config import TrainConfig
+    from diffkit.training import Trainer
+    from test_evaluation import TINY
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
+    Trainer(cfg, progress=False, log=lambda *_: None).run()
+    return root / "ckpt" / "latest.safetensors"

@@ -4,20 +4,15 @@ import json
 import pytest
 import torch
 
-from diffkit.config import TrainConfig
 from diffkit.evaluation import generate_samples
 from diffkit.loading import load_denoiser
 from diffkit.sample_cache import SampleCache
-from diffkit.training import Trainer
-from test_evaluation import TINY, main, one_line_error
+from test_evaluation import main, one_line_error
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
-    Trainer(cfg, progress=False, log=lambda *_: None).run()
-    return root / "ckpt" / "latest.safetensors"
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 class StopAfter:

@@ -15,12 +15,9 @@ from diffkit.training import Trainer
 from test_evaluation import TINY, main, one_line_error
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ledger")
-    cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
-    Trainer(cfg, progress=False, log=lambda *_: None).run()
-    return root / "ckpt" / "latest.safetensors"
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def scorer(seed=0, reference_seed=1):
