@@ -70,7 +70,8 @@ def _check_steps(steps_list: Sequence[int], num_timesteps: int) -> list[int]:
 
 
 def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, batch_size, device, progress,
-              title, row_label, notes, thresholding=None, cache_dir=None, ledger_path=None) -> ExperimentTable:
+              title, row_label, notes, thresholding=None, cache_dir=None, ledger_path=None,
+              ledger_only=False) -> ExperimentTable:
     metric = _check_metric(scorer)
     steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
     labels = sample_labels(denoiser, num)
@@ -83,7 +84,10 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     from .sample_cache import open_cache
     from .score_ledger import open_ledger
     cache = open_cache(cache_dir, denoiser)
+    if ledger_only and ledger_path is None:
+        raise DiffkitError("ledger_only needs a ledger file (--ledger FILE) to read the cells from")
     ledger = open_ledger(ledger_path, denoiser, scorer)
+    missing = []
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()
@@ -100,6 +104,9 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 if progress:
                     print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g} "
                           f"(from the ledger)", flush=True)
+                continue
+            if ledger_only:
+                missing.append(f"{_row_name(row)}@{steps}")
                 continue
             denoiser.reset_nfe()
             try:
@@ -123,6 +130,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         notes.append(f"sample cache {cache_dir}: {cache.loaded} batches reused, {cache.saved} sampled and stored")
     if ledger is not None:
         notes.append(f"score ledger {ledger_path}: {ledger.reused} cells taken from it, {ledger.recorded} added")
+    if missing:
+        notes.append(f"not in the ledger, not sampled (ledger only): {', '.join(missing)}")
     return ExperimentTable(title, metric, row_label, [_row_name(r) for r in rows], steps_list, values, nfe,
                            num, notes, time.perf_counter() - start)
 
@@ -130,23 +139,25 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
                steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                device=None, progress: bool = False, thresholding: Optional[str] = None,
-               cache_dir=None, ledger_path=None) -> ExperimentTable:
+               cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
     """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`);
-    ``ledger_path``: a JSON file of finished cells, taken from and added to (:mod:`diffkit.score_ledger`)."""
+    ``ledger_path``: a JSON file of finished cells, taken from and added to (:mod:`diffkit.score_ledger`);
+    ``ledger_only``: show only the cells found there, sample nothing."""
     return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
                      seed=seed, batch_size=batch_size, device=device, progress=progress,
                      title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
-                     thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path)
+                     thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path,
+                     ledger_only=ledger_only)
 
 
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                   device=None, progress: bool = False, thresholding: Optional[str] = None,
-                  cache_dir=None, ledger_path=None) -> ExperimentTable:
+                  cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
     A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``).
-    ``cache_dir`` and ``ledger_path`` as in :func:`ddim_table`."""
+    ``cache_dir``, ``ledger_path`` and ``ledger_only`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
     from .samplers.registry import split_sampler_spec
     specs = {row: split_sampler_spec(row) for row in samplers}
@@ -164,7 +175,8 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,
                      title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
-                     notes=notes, thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path)
+                     notes=notes, thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path,
+                     ledger_only=ledger_only)
 
 
 # ---------------------------------------------------------------------------- output

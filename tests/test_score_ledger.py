@@ -52,6 +52,12 @@ def test_cells_in_the_ledger_are_not_sampled_again(checkpoint, tmp_path, monkeyp
     again = table(load_denoiser(checkpoint), ledger)  # a fresh process would load the same way
     assert again.values == plain.values and again.nfe == plain.nfe
     assert any("2 cells taken from it, 0 added" in note for note in again.notes)
+    shown = ddim_table(d, scorer(), etas=[0.0, 1.0], steps_list=[2, 3], num=6, seed=5, batch_size=4,
+                       ledger_path=ledger, ledger_only=True)  # shows what is there, samples nothing
+    assert shown.values == [[plain.values[0][0], None], [plain.values[1][0], None]]
+    assert any("not sampled (ledger only): 0@3, 1@3" in note for note in shown.notes)
+    with pytest.raises(DiffkitError, match="ledger_only needs a ledger"):
+        ddim_table(d, scorer(), etas=[0.0], steps_list=[2], num=6, ledger_only=True)
     monkeypatch.undo()
 
     more = table(d, ledger, steps=(2, 3))  # only the new column is sampled
@@ -97,6 +103,10 @@ def test_a_broken_ledger_is_refused_in_one_line(checkpoint, tmp_path, capsys):
     assert a["values"] == b["values"] and any("1 cells taken from it, 0 added" in n for n in b["notes"])
     capsys.readouterr()
     one_line_error(capsys, [*common, "--ledger", bad, "--out", tmp_path / "c"], "score ledger", str(bad))
+    one_line_error(capsys, [*common, "--ledger-only", "--out", tmp_path / "c"], "--ledger-only needs --ledger")
+    assert main([*common, "--steps", "2,3", "--ledger", tmp_path / "cli.json", "--ledger-only",
+                 "--out", tmp_path / "e"]) == 0
+    assert json.loads((tmp_path / "e" / "ddim_table.json").read_text())["values"] == [[a["values"][0][0], None]]
     blocker = tmp_path / "file"
     blocker.write_text("x")
     one_line_error(capsys, [*common, "--ledger", blocker / "sub" / "l.json", "--out", tmp_path / "d"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..errors import DiffkitError
 from ._common import check_writable_dir, positive_int
 
 
@@ -40,6 +41,8 @@ def register(sub) -> None:
         q.add_argument("--ledger", help="JSON file of finished cells: cells already there (same weights, "
                        "evaluator, reference, settings, --num and --seed) are taken from it, each new cell is "
                        "added as it finishes; small enough to commit, so a table can be finished over many runs")
+        q.add_argument("--ledger-only", action="store_true",
+                       help="show the cells found in --ledger and sample nothing (missing cells stay empty)")
         add_source_flags(q)
         q.set_defaults(func=run)
 
@@ -60,6 +63,8 @@ def run(args) -> int:
         check_writable_dir(args.cache_dir, "sample cache directory")
     if args.ledger is not None:
         check_writable_dir(Path(args.ledger).parent, "score ledger directory")
+    elif args.ledger_only:
+        raise DiffkitError("--ledger-only needs --ledger FILE (the cells to show)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device,
@@ -69,7 +74,7 @@ def run(args) -> int:
                                    batch_size=args.batch_size, device=device)
         common = dict(steps_list=steps_list, num=args.num, seed=args.seed, batch_size=args.batch_size,
                       device=device, progress=args.progress, thresholding=args.thresholding,
-                      cache_dir=args.cache_dir, ledger_path=args.ledger)
+                      cache_dir=args.cache_dir, ledger_path=args.ledger, ledger_only=args.ledger_only)
         if args.table == "ddim-table":
             table = ddim_table(denoiser, scorer, etas=etas, **common)
         else:
