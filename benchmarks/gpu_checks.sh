@@ -4,11 +4,14 @@
 #   bash benchmarks/gpu_checks.sh OUTDIR [tables|speed|all]
 #
 # tables (issue 6): benchmarks/mnist_tables.sh with REFERENCE=1 on 2000 samples per cell under bf16:
-#   the committed reference MNIST model and evaluator (benchmarks/reference/), the DDIM table with the
+#   the reference MNIST model and evaluator made on the CPU by benchmarks/make_reference.py (carry
+#   benchmarks/out/reference to the GPU machine; checked there against
+#   benchmarks/reference/manifest.json), the DDIM table with the
 #   S = 1000 column the CPU affords one cell per session, and the sampler table; the cells go to a
 #   copy of the committed ledger, OUTDIR's mnist_tables.json (cuda cells have their own key; copy it
 #   over benchmarks/results/mnist_tables.json to keep them). REMAKE=1 first re-makes the model on the
-#   GPU with the CPU recipe (benchmarks/mnist_quality.py --steps 1665) and tables that one instead.
+#   GPU with the CPU recipe (benchmarks/mnist_quality.py --steps 1665) and tables that one instead,
+#   with an evaluator trained on the GPU.
 # speed (issue 8): benchmarks/train_throughput.py --device cuda (fp32, bf16, bf16 + compile, diffkit
 #   against diffusers' UNet2DModel) and benchmarks/sampling_speed.py on cuda (bf16, compiled
 #   variants); both need the diffusers package (carry its wheel, see docs/performance.md).
@@ -40,8 +43,14 @@ echo "gpu_checks $PART on $DEVICE, $(date -u +%FT%TZ), python $("$PYTHON" -c 'im
 if [ "$PART" != speed ]; then
     [ -f "$DATA/train-images-idx3-ubyte.gz" ] || [ -f "$DATA/train-images-idx3-ubyte" ] || {
         echo "error: no MNIST IDX files in '$DATA' (set MNIST_DIR)" >&2; exit 2; }
-    CKPT=benchmarks/reference/mnist_simple.safetensors
-    if [ -n "${REMAKE:-}" ]; then
+    CKPT=benchmarks/out/reference/mnist_simple.safetensors
+    REFERENCE=1
+    if [ -z "${REMAKE:-}" ]; then
+        "$PYTHON" benchmarks/make_reference.py --check || {
+            echo "error: carry benchmarks/out/reference (made on the CPU by benchmarks/make_reference.py), or set REMAKE=1" >&2
+            exit 2; }
+    else  # the model re-made here, the evaluator trained here by mnist_tables.sh; bf16, batch 500 as REFERENCE=1
+        REFERENCE= ; export MIXED_PRECISION=bf16 BATCH_SIZE=500
         start=$SECONDS
         "$PYTHON" benchmarks/mnist_quality.py --losses simple --steps "${STEPS:-1665}" --data-dir "$DATA" \
             --device "$DEVICE" --num "${QUALITY_NUM:-1000}" --out "$WORK/mnist_quality.json"
@@ -52,7 +61,7 @@ if [ "$PART" != speed ]; then
     [ ! -f benchmarks/results/mnist_tables.json ] || cp benchmarks/results/mnist_tables.json "$WORK"/
     for table in ddim sampler; do  # packed after each, so a run stopped at its time limit keeps the first
         start=$SECONDS
-        REFERENCE=1 LEDGER="$WORK/mnist_tables.json" TABLES=$table DIFFKIT="$PYTHON -m diffkit" \
+        REFERENCE=$REFERENCE LEDGER="$WORK/mnist_tables.json" TABLES=$table DIFFKIT="$PYTHON -m diffkit" \
             MNIST_DIR="$DATA" SAMPLER_STEPS="${SAMPLER_STEPS:-10,20,50,100}" \
             bash benchmarks/mnist_tables.sh "$CKPT" "${NUM:-2000}" "$DEVICE"
         echo "$table table: $((SECONDS - start)) s"

@@ -18,18 +18,21 @@
 # COMPILE=default runs the network through torch.compile (about 5% on this CPU at batch 500).
 # LEDGER=FILE keeps every finished cell's scores in FILE (diffkit experiment --ledger): a later run,
 # on another day or machine, computes only the cells missing there.
-# REFERENCE=1 runs the tables of the committed reference model and evaluator (benchmarks/reference/,
+# REFERENCE=1 runs the tables of the reference model and evaluator (benchmarks/reference/manifest.json,
 # BENCHMARKS.md) with bf16, batch 500 and the committed ledger benchmarks/results/mnist_tables.json,
-# so the S = 1000 column can be finished one cell at a time on any machine; CHECKPOINT, EVALUATOR
+# so the S = 1000 column can be finished one cell at a time over many sessions; the two files are
+# made (about 18 minutes on 2 CPU cores) and checked bit for bit against the manifest by
+# benchmarks/make_reference.py when benchmarks/out/reference/ lacks them. CHECKPOINT, EVALUATOR
 # and the other variables then keep their meaning.
 # Writes benchmarks/out/tables/{ddim_table,sampler_table}.{md,csv,json,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=benchmarks/out/tables
 if [ -n "${REFERENCE:-}" ]; then
-    : "${EVALUATOR:=benchmarks/reference/mnist_evaluator.safetensors}" "${LEDGER:=benchmarks/results/mnist_tables.json}"
+    REF=benchmarks/out/reference
+    : "${EVALUATOR:=$REF/mnist_evaluator.safetensors}" "${LEDGER:=benchmarks/results/mnist_tables.json}"
     : "${MIXED_PRECISION:=bf16}" "${BATCH_SIZE:=500}"
-    DEFAULT_CKPT=benchmarks/reference/mnist_simple.safetensors
+    DEFAULT_CKPT=$REF/mnist_simple.safetensors
 else
     DEFAULT_CKPT=benchmarks/out/mnist_simple/checkpoints/latest.safetensors
 fi
@@ -40,6 +43,10 @@ DATA=${MNIST_DIR:-../shared/data/mnist}
 EVALUATOR=${EVALUATOR:-$OUT/evaluator.safetensors}
 read -r -a DK <<< "${DIFFKIT:-.venv/bin/diffkit}"   # e.g. DIFFKIT="python3 -m diffkit"
 mkdir -p "$OUT"
+if [ -n "${REFERENCE:-}" ] && { [ ! -f "$CKPT" ] || [ ! -f "$EVALUATOR" ]; }; then
+    # exit status 3: made, but not bit-identical to the manifest (cells get their own ledger key)
+    "${PYTHON:-.venv/bin/python}" benchmarks/make_reference.py --out-dir "$REF" --data-dir "$DATA" || [ $? -eq 3 ]
+fi
 [ -f "$EVALUATOR" ] || "${DK[@]}" train-evaluator --dataset mnist --data-dir "$DATA" \
     --img-size 28 --out "$EVALUATOR" --device "$DEVICE"
 common=(--checkpoint "$CKPT" --evaluator "$EVALUATOR" --ref mnist --data-dir "$DATA"
