@@ -214,17 +214,26 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.colors import LogNorm
     data = np.array([[np.nan if v is None else v for v in row] for row in table.values], dtype=float)
-    caption = f"{table.metric}, {table.num_samples} samples per cell"
+    finite = data[np.isfinite(data)]
+    # one diverged cell (e.g. FD 1200 beside 90-140) would flatten a linear scale
+    log_scale = bool(finite.size) and finite.min() > 0 and finite.max() > 10 * finite.min()
+    caption = f"{table.metric}, {table.num_samples} samples per cell" + (" (log scale)" if log_scale else "")
     if kind == "heatmap":
         fig, ax = plt.subplots(figsize=(1.2 * len(table.steps) + 2.5, 0.6 * len(table.rows) + 1.8), dpi=100)
-        image = ax.imshow(data, cmap="viridis_r" if table.metric in LOWER_IS_BETTER else "viridis", aspect="auto")
+        image = ax.imshow(data, cmap="viridis_r" if table.metric in LOWER_IS_BETTER else "viridis", aspect="auto",
+                          norm=LogNorm() if log_scale else None)
         ax.set_xticks(range(len(table.steps)), [str(s) for s in table.steps])
         ax.set_yticks(range(len(table.rows)), table.rows)
         ax.set_xlabel("steps")
         ax.set_ylabel(table.row_label)
-        finite = data[np.isfinite(data)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        if not finite.size:
+            middle = 0.0
+        elif log_scale:
+            middle = float(np.sqrt(finite.min() * finite.max()))
+        else:
+            middle = (finite.min() + finite.max()) / 2
         for (i, j), value in np.ndenumerate(data):
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=8,
@@ -235,6 +244,8 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
         for row, values in zip(table.rows, data):
             ax.plot(table.steps, values, marker="o", label=row)
         ax.set_xscale("log")
+        if log_scale:
+            ax.set_yscale("log")
         ax.set_xticks(table.steps, [str(s) for s in table.steps])
         ax.set_xlabel("steps")
         ax.set_ylabel(table.metric)

@@ -175,3 +175,19 @@ def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
                             "--evaluator", ev, "--out", tmp_path], "warp", "logsnr")
     one_line_error(capsys, ["experiment", "sampler-table", "--checkpoint", ckpt, "--metric", "nll",
                             "--evaluator", ev, "--out", tmp_path], "nll")
+
+
+def test_table_plots_use_a_log_scale_when_one_cell_diverged(tmp_path, monkeypatch):
+    import matplotlib.axes
+    from diffkit.experiments import ExperimentTable, plot_table
+    scales = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", lambda self, value, **kw: scales.append(value))
+    diverged = ExperimentTable("t", "fd-classifier", "sampler", ["dpm-solver", "s-pndm"], [10, 20],
+                               [[1198.0, 144.7], [91.1, None]], [[10, 20], [11, None]], 2000, [], 0.0)
+    for kind in ("heatmap", "lines"):
+        assert Image.open(plot_table(diverged, tmp_path / f"{kind}.png", kind)).size[0] > 100
+    assert scales == ["log"]  # the lines plot; the heat-map takes a LogNorm colour scale
+    close = ExperimentTable("t", "fd-classifier", "sampler", ["a", "b"], [10, 20],
+                            [[135.5, 111.9], [0.0, 92.6]], [[10, 20], [10, 20]], 2000, [], 0.0)
+    plot_table(close, tmp_path / "close.png", "lines")
+    assert scales == ["log"]  # within 10x (and a zero): linear
