@@ -17,6 +17,7 @@ bit. Every entry stores the key it was made under in readable form, and the date
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 from pathlib import Path
@@ -27,6 +28,27 @@ from .errors import DiffkitError
 from .sample_cache import denoiser_identity, key_digest
 
 LEDGER_FORMAT = "diffkit-score-ledger/1"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on the hidden file ``.<name>.lock`` beside ``path`` (the ledger itself is
+    replaced on every write, so it cannot hold the lock); no lock where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one writer at a time is the user's to keep
+        yield
+        return
+    try:
+        handle = open(path.parent / f".{path.name}.lock", "a")
+    except OSError as err:
+        raise DiffkitError(f"score ledger: cannot create the lock file beside {path} ({err})") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def scorer_identity(scorer) -> dict:
@@ -83,15 +105,20 @@ class ScoreLedger:
         return entry["scores"], entry.get("nfe")
 
     def put(self, settings: dict, num: int, seed: int, scores: dict, nfe: Optional[int]) -> Path:
-        """Add one finished cell and rewrite the file atomically (a killed run keeps the old file)."""
-        self.data["identities"][self.identity_digest] = self.identity
-        self.data["cells"][self._key(settings, num, seed)] = {
-            "identity": self.identity_digest, "sampling": settings, "num": num, "seed": seed, "nfe": nfe,
-            "scores": scores, "recorded": datetime.date.today().isoformat()}
+        """Add one finished cell and rewrite the file atomically (a killed run keeps the old file).
+
+        The file is read again under a lock just before the write, so runs that fill one ledger at
+        the same time (e.g. two cells in two processes) keep each other's cells."""
         from .evaluation import write_json
-        try:
-            write_json(self.data, self.path)
-        except DiffkitError as err:
-            raise DiffkitError(f"score ledger: {err}") from None
+        with _locked(self.path):
+            self.data = self._read()
+            self.data["identities"][self.identity_digest] = self.identity
+            self.data["cells"][self._key(settings, num, seed)] = {
+                "identity": self.identity_digest, "sampling": settings, "num": num, "seed": seed, "nfe": nfe,
+                "scores": scores, "recorded": datetime.date.today().isoformat()}
+            try:
+                write_json(self.data, self.path)
+            except DiffkitError as err:
+                raise DiffkitError(f"score ledger: {err}") from None
         self.recorded += 1
         return self.path

@@ -138,3 +138,16 @@ def test_weights_only_export_gives_the_same_network_and_cannot_resume(checkpoint
     capsys.readouterr()
     one_line_error(capsys, ["convert", "--checkpoint", checkpoint, "--out", tmp_path / "w.pt"], ".safetensors")
     one_line_error(capsys, ["convert", "--checkpoint", checkpoint, "--out", checkpoint], "checkpoint itself")
+
+
+def test_two_runs_filling_one_ledger_keep_each_others_cells(checkpoint, tmp_path):
+    ledger = tmp_path / "ledger.json"
+    d = load_denoiser(checkpoint)
+    from diffkit.score_ledger import ScoreLedger
+    first, second = ScoreLedger(ledger, d, scorer()), ScoreLedger(ledger, d, scorer())  # both opened before any cell
+    first.put({"sampler": "ddim", "steps": 2, "eta": 0.0}, 6, 5, {"confidence": {"value": 0.5}}, 2)
+    second.put({"sampler": "ddim", "steps": 2, "eta": 1.0}, 6, 5, {"confidence": {"value": 0.7}}, 2)
+    cells = json.loads(ledger.read_text())["cells"].values()
+    assert sorted(c["sampling"]["eta"] for c in cells) == [0.0, 1.0]
+    assert ScoreLedger(ledger, d, scorer()).get({"sampler": "ddim", "steps": 2, "eta": 0.0}, 6, 5)[0] == \
+        {"confidence": {"value": 0.5}}
