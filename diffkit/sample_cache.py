@@ -72,7 +72,8 @@ class SampleCache:
         self.saved = 0
 
     def _folder(self, settings: dict) -> Path:
-        key = {"denoiser": self.identity, "sampling": settings}
+        from .samplers.registry import canonical_settings
+        key = {"denoiser": self.identity, "sampling": canonical_settings(settings)}
         folder = self.root / key_digest(key)
         manifest = folder / "key.json"
         if not manifest.exists():

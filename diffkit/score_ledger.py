@@ -90,11 +90,15 @@ class ScoreLedger:
                                f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
                                f"{LEDGER_FORMAT!r}); give another --ledger path")
         data.setdefault("identities", {})
-        data.setdefault("cells", {})
+        # the keys are re-derived from what each cell stores, so they follow canonical_settings
+        data["cells"] = {self._key(c["sampling"], c["num"], c["seed"], c["identity"]): c
+                         for c in data.get("cells", {}).values()}
         return data
 
-    def _key(self, settings: dict, num: int, seed: int) -> str:
-        return key_digest({"identity": self.identity_digest, "sampling": settings, "num": num, "seed": seed})
+    def _key(self, settings: dict, num: int, seed: int, identity: Optional[str] = None) -> str:
+        from .samplers.registry import canonical_settings
+        return key_digest({"identity": identity or self.identity_digest, "sampling": canonical_settings(settings),
+                           "num": num, "seed": seed})
 
     def get(self, settings: dict, num: int, seed: int) -> Optional[tuple[dict, Optional[int]]]:
         """(scores as :meth:`SampleScorer.score` returned them, network calls per sample) or None."""

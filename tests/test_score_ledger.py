@@ -151,3 +151,31 @@ def test_two_runs_filling_one_ledger_keep_each_others_cells(checkpoint, tmp_path
     assert sorted(c["sampling"]["eta"] for c in cells) == [0.0, 1.0]
     assert ScoreLedger(ledger, d, scorer()).get({"sampler": "ddim", "steps": 2, "eta": 0.0}, 6, 5)[0] == \
         {"confidence": {"value": 0.5}}
+
+
+def test_the_same_sampling_is_one_cell_in_both_tables(checkpoint, tmp_path, monkeypatch):
+    from diffkit.experiments import sampler_table
+    ledger = tmp_path / "ledger.json"
+    d = load_denoiser(checkpoint)
+    first = table(d, ledger)  # ddim eta 0 and eta 1 at 2 steps
+    data = json.loads(ledger.read_text())
+    data["cells"] = {f"old-key-{i}": c for i, c in enumerate(data["cells"].values())}  # keys are derived data
+    ledger.write_text(json.dumps(data))
+    monkeypatch.setattr(experiments, "generate_samples", no_sampling)
+    plain_ddim = sampler_table(d, scorer(), samplers=["ddim"], steps_list=[2], num=6, seed=5, batch_size=4,
+                               ledger_path=ledger)  # ddim's eta = 0 is its default: the same cell
+    assert plain_ddim.values == [[first.values[0][0]]]
+
+
+def test_canonical_settings_drop_only_what_is_at_its_default():
+    from diffkit.samplers.registry import canonical_settings
+    assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": 0}) == {"sampler": "ddim", "steps": 10}
+    assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": 0.5, "spacing": "linear",
+                               "thresholding": None}) == {"sampler": "ddim", "steps": 10, "eta": 0.5}
+    assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": "sigma_hat", "spacing": "quadratic"}) == \
+        {"sampler": "ddim", "steps": 10, "eta": "sigma_hat", "spacing": "quadratic"}
+    # a registered variant's option (unipc is bh2, order 2) against the function's own default
+    assert canonical_settings({"sampler": "unipc", "steps": 5, "solver_type": "bh2"}) == {"sampler": "unipc", "steps": 5}
+    assert canonical_settings({"sampler": "unipc", "steps": 5, "solver_type": "bh1"})["solver_type"] == "bh1"
+    assert canonical_settings({"sampler": "dpm-solver++-2m", "steps": 5, "spacing": "logsnr"}) == \
+        {"sampler": "dpm-solver++-2m", "steps": 5}

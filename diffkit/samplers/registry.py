@@ -2,6 +2,7 @@
 stochastic or not, default time grid). One table serves the CLI, the benchmarks and the tests."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -62,6 +63,30 @@ def register(info: SamplerInfo) -> SamplerInfo:
 def get_sampler(name: str) -> SamplerInfo:
     check_choice("sampler", name, REGISTRY)
     return REGISTRY[name]
+
+
+def canonical_settings(settings: dict) -> dict:
+    """``{"sampler": NAME, "steps": S, **options}`` without the options given at their default value
+    (ddim's ``eta=0``, the sampler's own spacing and final, ``thresholding=None``, ...): two calls
+    that sample the same way get one key in the sample cache and the score ledger."""
+    info = REGISTRY.get(settings.get("sampler"))
+    defaults: dict = {"spacing": [None], "final": [None], "thresholding": [None]}
+    if info is not None:
+        for key, param in inspect.signature(info.fn).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                defaults.setdefault(key, []).append(param.default)
+        for key, value in info.options.items():
+            defaults[key] = [value]  # a registered option replaces the function's own default
+        defaults["spacing"].append(info.default_spacing)
+        defaults["final"].append(info.default_final)
+
+    def same(a, b):  # 0 and 0.0 are one eta; True and 1 are not one value
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        return a == b and (numbers or type(a) is type(b))
+
+    def at_default(key, value):
+        return any(same(value, d) for d in defaults.get(key, ()))
+    return {k: v for k, v in settings.items() if k in ("sampler", "steps") or not at_default(k, v)}
 
 
 def split_sampler_spec(spec: str) -> tuple:
