@@ -40,6 +40,7 @@ def _locked(path: Path):
         yield
         return
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.parent / f".{path.name}.lock", "a")
     except OSError as err:
         raise DiffkitError(f"score ledger: cannot create the lock file beside {path} ({err})") from None
@@ -91,8 +92,12 @@ class ScoreLedger:
                                f"{LEDGER_FORMAT!r}); give another --ledger path")
         data.setdefault("identities", {})
         # the keys are re-derived from what each cell stores, so they follow canonical_settings
-        data["cells"] = {self._key(c["sampling"], c["num"], c["seed"], c["identity"]): c
-                         for c in data.get("cells", {}).values()}
+        try:
+            data["cells"] = {self._key(c["sampling"], c["num"], c["seed"], c["identity"]): c
+                             for c in data.get("cells", {}).values()}
+        except (AttributeError, KeyError, TypeError) as err:
+            raise DiffkitError(f"score ledger {self.path} has a damaged cell (no {err}); "
+                               "mend or remove that cell, or give another --ledger path") from None
         return data
 
     def _key(self, settings: dict, num: int, seed: int, identity: Optional[str] = None) -> str:

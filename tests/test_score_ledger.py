@@ -179,3 +179,14 @@ def test_canonical_settings_drop_only_what_is_at_its_default():
     assert canonical_settings({"sampler": "unipc", "steps": 5, "solver_type": "bh1"})["solver_type"] == "bh1"
     assert canonical_settings({"sampler": "dpm-solver++-2m", "steps": 5, "spacing": "logsnr"}) == \
         {"sampler": "dpm-solver++-2m", "steps": 5}
+
+
+def test_a_damaged_cell_is_a_one_line_error(checkpoint, tmp_path):
+    ledger = tmp_path / "new" / "ledger.json"  # the folder is made on the first write
+    d = load_denoiser(checkpoint)
+    table(d, ledger)
+    data = json.loads(ledger.read_text())
+    next(iter(data["cells"].values())).pop("sampling")
+    ledger.write_text(json.dumps(data))
+    with pytest.raises(DiffkitError, match="damaged cell .*'sampling'"):
+        table(d, ledger)
