@@ -17,7 +17,9 @@
 # spread over several CPU sessions. BATCH_SIZE (default 1000) must then stay the same between runs;
 # COMPILE=default runs the network through torch.compile (about 5% on this CPU at batch 500).
 # LEDGER=FILE keeps every finished cell's scores in FILE (diffkit experiment --ledger): a later run,
-# on another day or machine, computes only the cells missing there.
+# on another day or machine, computes only the cells missing there. Runs may share one ledger: on
+# 2 cores, two cells as two runs with OMP_NUM_THREADS=1 each give 1.2-1.4x the throughput
+# (benchmarks/sampling_threads.py).
 # REFERENCE=1 runs the tables of the reference model and evaluator (benchmarks/reference/manifest.json,
 # BENCHMARKS.md) with bf16, batch 500 and the committed ledger benchmarks/results/mnist_tables.json,
 # so the S = 1000 column can be finished one cell at a time over many sessions; the two files are
