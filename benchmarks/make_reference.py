@@ -7,7 +7,9 @@ recipe and the digests of their tensors are (``benchmarks/reference/manifest.jso
 follows the recipe - 1665 steps of the L_simple ``MNIST_CONFIG`` of ``benchmarks/mnist_quality.py``
 on 2 CPU threads, its EMA weights exported with ``diffkit convert``; the evaluator of ``diffkit
 train-evaluator`` on the 60000 training images - into ``--out-dir`` (default
-``benchmarks/out/reference``, about 18 minutes on 2 CPU cores) and compares the digests.
+``benchmarks/out/reference``, about 18 minutes on 2 CPU cores; the training run's checkpoints go
+beside it, to ``<out-dir>-run``, so the folder holds only the two files, 6 MB to carry to a GPU
+machine) and compares the digests.
 
 Training is deterministic on one CPU type and thread count (same seed, same data order, no
 nondeterministic kernels), so a match is expected on the machines of this project; on other
@@ -46,7 +48,7 @@ MANIFEST = ROOT / "benchmarks" / "reference" / "manifest.json"
 def make_model(manifest: dict, out: Path, data_dir: str) -> None:
     recipe = manifest["model"]["recipe"]
     torch.set_num_threads(recipe["threads"])
-    run_dir = out / "run"
+    run_dir = out.parent / f"{out.name}-run"  # beside, not inside: out/ stays small enough to carry
     cfg = TrainConfig.from_dict({**MNIST_CONFIG, "data_dir": data_dir, "loss": recipe["loss"],
                                  "learned_variance": False, "device": "cpu",
                                  "save_weight_dir": str(run_dir / "checkpoints"),
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     manifest = json.loads(MANIFEST.read_text())
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not args.check:
+        out.mkdir(parents=True, exist_ok=True)
     try:
         for part, make in (("model", make_model), ("evaluator", make_evaluator)):
             path = out / manifest[part]["file"]

@@ -45,10 +45,13 @@ DATA=${MNIST_DIR:-../shared/data/mnist}
 EVALUATOR=${EVALUATOR:-$OUT/evaluator.safetensors}
 read -r -a DK <<< "${DIFFKIT:-.venv/bin/diffkit}"   # e.g. DIFFKIT="python3 -m diffkit"
 mkdir -p "$OUT"
-if [ -n "${REFERENCE:-}" ] && { [ ! -f "$CKPT" ] || [ ! -f "$EVALUATOR" ]; }; then
-    # exit status 3: made, but not bit-identical to the manifest (cells get their own ledger key)
-    "${PYTHON:-.venv/bin/python}" benchmarks/make_reference.py --out-dir "$REF" --data-dir "$DATA" || [ $? -eq 3 ]
-fi
+for file in "$CKPT" "$EVALUATOR"; do  # only the reference files are made here, never a file given by hand
+    if [ -n "${REFERENCE:-}" ] && [ ! -f "$file" ] && [ "$(dirname "$file")" = "$REF" ]; then
+        # exit status 3: made, but not bit-identical to the manifest (cells get their own ledger key)
+        "${PYTHON:-.venv/bin/python}" benchmarks/make_reference.py --out-dir "$REF" --data-dir "$DATA" || [ $? -eq 3 ]
+        break
+    fi
+done
 [ -f "$EVALUATOR" ] || "${DK[@]}" train-evaluator --dataset mnist --data-dir "$DATA" \
     --img-size 28 --out "$EVALUATOR" --device "$DEVICE"
 common=(--checkpoint "$CKPT" --evaluator "$EVALUATOR" --ref mnist --data-dir "$DATA"
