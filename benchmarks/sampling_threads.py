@@ -4,14 +4,17 @@ For long tables (the S = 1000 column of the DDIM table) several cells can run at
 own process, and share one score ledger. This measures, for one checkpoint, the milliseconds per
 sample and network call of DDIM under ``--mixed-precision``: one process with ``--cores`` threads,
 then ``--cores`` single-thread processes at the same time (their combined rate), alternating
-``--rounds`` times; prints the medians and their ratio.
+``--rounds`` times; prints the medians and their ratio and writes them, with every round, to
+``benchmarks/out/sampling_threads.json`` (or ``--out``).
 
     python benchmarks/sampling_threads.py --checkpoint benchmarks/out/reference/mnist_simple.safetensors
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--mixed-precision", default="bf16")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default=None, help="JSON file (default benchmarks/out/sampling_threads.json)")
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -69,6 +73,16 @@ def main(argv=None) -> int:
     print(f"1 process x {args.cores} threads: {a:.3f} ms per sample and call (median of {args.rounds})")
     print(f"{args.cores} processes x 1 thread: {b:.3f} ms per sample and call, together")
     print(f"throughput ratio (processes / threads): {a / b:.2f}x")
+    out = Path(args.out or ROOT / "benchmarks" / "out" / "sampling_threads.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "checkpoint": args.checkpoint,
+        "cores": args.cores, "batch": args.batch, "steps": args.steps, "mixed_precision": args.mixed_precision,
+        "rounds": args.rounds, "machine": platform.processor() or platform.machine(),
+        "loadavg_at_end": os.getloadavg(), "ms_per_sample_call_one_process": one,
+        "ms_per_sample_call_processes": many, "median_one_process": a, "median_processes": b,
+        "throughput_ratio": a / b}, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
