@@ -7,7 +7,8 @@ sampler maps the same noise vectors x_T (10k from each of three seeds, pooled) t
     mean/covariance, and the *excess FD* = FD - FD of the accurate ODE solution from the same noise;
   * RMS: for deterministic samplers, the RMS distance to that accurate ODE solution (scipy DOP853,
     rtol = atol = 1e-10, on dx~/dsigma~ = eps*, sigma~ = sqrt((1 - abar)/abar), from t = T-1 to
-    clean data).
+    clean data), and how it is made up: the RMS without the worst 0.1% of trajectories, the median
+    trajectory's error and the flips (``endpoint_errors``).
 diffusers' schedulers are driven by the same eps*, evaluated at the noise level each scheduler
 itself uses (its sigma for the current step, with scale_model_input), over their reasonable
 settings (spacings, Karras / exponential / Lu-lambda sigmas, orders, final_sigmas_type). diffkit
@@ -19,6 +20,7 @@ Run (about 30-45 minutes on 2 CPU cores; a third of that per seed):
     PYTHONPATH=. python benchmarks/samplers.py --quick    # 2k samples, one mixture, one seed (a smoke run)
     PYTHONPATH=. python benchmarks/samplers.py --noise-seeds 1234   # one 10k draw (the tables before 2026-12-02)
     PYTHONPATH=. python benchmarks/samplers.py --profile unipc-3:15:logsnr_skip   # where the error comes from
+    PYTHONPATH=. python benchmarks/samplers.py --nfes 15,20 --no-overhead   # only some NFEs
     # the same in parallel, one process per mixture, then merged:
     PYTHONPATH=. python benchmarks/samplers.py --mixtures 0 --out OUT0   (1 and 2 with --no-overhead)
     PYTHONPATH=. python benchmarks/samplers.py --merge OUT0/samplers.json OUT1/samplers.json OUT2/samplers.json
@@ -106,6 +108,31 @@ def sample_fd(x: torch.Tensor, mixture: GaussianMixture) -> float:
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.to(torch.float64) - b.to(torch.float64)).pow(2).mean().sqrt())
+
+
+# The share of trajectories left out of the trimmed RMS: the worst 0.1%.
+TRIM = 1e-3
+
+
+def endpoint_errors(x: torch.Tensor, ref: torch.Tensor, mixture: GaussianMixture, ref_components=None) -> dict:
+    """The RMS distance to the accurate ODE endpoints and how it is made up. On a mixture a few
+    trajectories start near the boundary between two components' basins; a small solver error sends
+    them to the other component (a *flip*, an error of the size of the distance between means), and
+    the number of such trajectories grows with the solver's error, so flips carry the RMS of a large
+    draw (docs/samplers.md). Returned, in the same per-coordinate units as ``rms``: ``rms``;
+    ``rms_trimmed``, without the worst ``TRIM`` share of trajectories; ``median`` per-trajectory
+    error; and ``flips``, the trajectories whose endpoint is most likely under another component
+    than the accurate endpoint's."""
+    x = x.to(torch.float64)
+    per_sample = (x - ref).pow(2).mean(1)
+    if not torch.isfinite(per_sample).all():
+        return {"rms": float("nan"), "rms_trimmed": float("nan"), "median": float("nan"), "flips": None}
+    keep = per_sample.numel() - math.ceil(TRIM * per_sample.numel())
+    if ref_components is None:
+        ref_components = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
+    flips = int((mixture.class_log_posterior(x, 1.0, 0.0).argmax(1) != ref_components).sum())
+    return {"rms": float(per_sample.mean().sqrt()), "rms_trimmed": float(per_sample.sort().values[:keep].mean().sqrt()),
+            "median": float(per_sample.median().sqrt()), "flips": flips}
 
 
 def reference_ode(eps_fn: MixtureEps, schedule: NoiseSchedule, x_T: torch.Tensor, at_sigmas=None):
@@ -332,6 +359,7 @@ def benchmark(mix_cfg: dict, n: int, nfes, log, noise_seeds=NOISE_SEEDS) -> dict
     total = x_T.shape[0]
     t0 = time.time()
     ref = reference_ode(eps_fn, schedule, x_T)
+    ref_components = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
     fd_ref = sample_fd(ref, mixture)
     log(f"  reference ODE: {eps_fn.calls} evaluations, {time.time() - t0:.1f} s, FD = {fd_ref:.5f}, "
         f"FD of {total} true samples = {sample_fd(mixture.sample(total, torch.Generator().manual_seed(5))[0], mixture):.5f}")
@@ -345,8 +373,9 @@ def benchmark(mix_cfg: dict, n: int, nfes, log, noise_seeds=NOISE_SEEDS) -> dict
             gens = [torch.Generator().manual_seed(10_000 + i) for i in range(total)] if info.stochastic else None
             x = sample(den, x_T.clone(), sampler=name, steps=steps, generator=gens, progress=False)
             fd = sample_fd(x, mixture)
+            errors = {} if info.stochastic else endpoint_errors(x, ref, mixture, ref_components)
             rows.append({"lib": "diffkit", "sampler": name, "nfe": nfe, "fd": fd, "excess_fd": fd - fd_ref,
-                         "rms": None if info.stochastic else rms(x, ref), "stochastic": info.stochastic})
+                         "rms": None, **errors, "stochastic": info.stochastic})
     log(f"  diffkit done ({time.time() - t0:.0f} s)")
     for label, cls_name, kw, det in diffusers_configs():
         for nfe in nfes:
@@ -360,8 +389,9 @@ def benchmark(mix_cfg: dict, n: int, nfes, log, noise_seeds=NOISE_SEEDS) -> dict
             except Exception as err:  # a scheduler setting that diffusers rejects at this NFE
                 log(f"  {label} nfe={nfe}: {type(err).__name__}: {str(err)[:80]}")
                 continue
+            errors = endpoint_errors(x, ref, mixture, ref_components) if det else {}
             rows.append({"lib": "diffusers", "sampler": label, "nfe": nfe, "fd": fd, "excess_fd": fd - fd_ref,
-                         "rms": rms(x, ref) if det else None, "stochastic": not det})
+                         "rms": None, **errors, "stochastic": not det})
     log(f"  diffusers done ({time.time() - t0:.0f} s)")
     return {"mixture": mix_cfg, "n": total, "noise_seeds": [int(v) for v in noise_seeds], "fd_reference": fd_ref,
             "rows": rows}
@@ -382,9 +412,19 @@ def summarize(result: dict, nfes) -> list:
             entry[lib] = {"best_excess_fd": abs(best["excess_fd"]), "best_fd_sampler": best["sampler"],
                           "best_rms": best_rms["rms"] if best_rms else None,
                           "best_rms_sampler": best_rms["sampler"] if best_rms else None}
+            trimmed = [r for r in det if r.get("rms_trimmed") is not None and math.isfinite(r["rms_trimmed"])]
+            if trimmed:  # runs before the eighth session did not record it
+                best_trim = min(trimmed, key=lambda r: r["rms_trimmed"])
+                best_median = min(trimmed, key=lambda r: r["median"])
+                entry[lib].update(best_rms_trimmed=best_trim["rms_trimmed"], best_rms_trimmed_sampler=best_trim["sampler"],
+                                  best_rms_trimmed_flips=best_trim["flips"], best_rms_flips=best_rms.get("flips"),
+                                  best_median=best_median["median"], best_median_sampler=best_median["sampler"])
         if "diffkit" in entry and "diffusers" in entry:
             entry["fd_ratio"] = entry["diffkit"]["best_excess_fd"] / max(entry["diffusers"]["best_excess_fd"], 1e-300)
             entry["rms_ratio"] = entry["diffkit"]["best_rms"] / entry["diffusers"]["best_rms"]
+            if "best_rms_trimmed" in entry["diffkit"] and "best_rms_trimmed" in entry["diffusers"]:
+                entry["rms_trimmed_ratio"] = entry["diffkit"]["best_rms_trimmed"] / entry["diffusers"]["best_rms_trimmed"]
+                entry["median_ratio"] = entry["diffkit"]["best_median"] / entry["diffusers"]["best_median"]
         lines.append(entry)
     return lines
 
@@ -411,6 +451,22 @@ def write_outputs(results, over, nfes, out_dir: Path):
                       f"{df['best_excess_fd']:.2e} ({df['best_fd_sampler']}) | {e['fd_ratio']:.2f} | "
                       f"{dk['best_rms']:.2e} ({dk['best_rms_sampler']}) | {df['best_rms']:.2e} "
                       f"({df['best_rms_sampler']}) | {e['rms_ratio']:.2f} |")
+        trimmed = [e for e in res["summary"] if "rms_trimmed_ratio" in e]
+        if trimmed:
+            md += ["", f"How the RMS is made up: the RMS without the worst {100 * TRIM:g}% of trajectories (with the "
+                   "flips, trajectories ending in another component than the accurate solution's, of that sampler), "
+                   "the median trajectory's error, and the flips of the best-RMS samplers above:", "",
+                   "| NFE | diffkit best trimmed RMS (flips) | diffusers best trimmed RMS (flips) | ratio | "
+                   "diffkit best median | diffusers best median | ratio | flips of the best-RMS samplers, "
+                   "diffkit / diffusers |", "|---|---|---|---|---|---|---|---|"]
+            for e in trimmed:
+                dk, df = e["diffkit"], e["diffusers"]
+                md.append(f"| {e['nfe']} | {dk['best_rms_trimmed']:.2e} ({dk['best_rms_trimmed_sampler']}, "
+                          f"{dk['best_rms_trimmed_flips']}) | {df['best_rms_trimmed']:.2e} "
+                          f"({df['best_rms_trimmed_sampler']}, {df['best_rms_trimmed_flips']}) | "
+                          f"{e['rms_trimmed_ratio']:.2f} | {dk['best_median']:.1e} ({dk['best_median_sampler']}) | "
+                          f"{df['best_median']:.1e} ({df['best_median_sampler']}) | {e['median_ratio']:.2f} | "
+                          f"{dk['best_rms_flips']} / {df['best_rms_flips']} |")
         md += ["", "<details><summary>all samplers: excess FD / RMS by NFE</summary>", "",
                "| lib | sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
                "|---|---|" + "---|" * len(nfes)]
@@ -479,6 +535,7 @@ def main(argv=None):
     parser.add_argument("--noise-seeds", default=",".join(map(str, NOISE_SEEDS)),
                         help="comma-separated seeds of the starting noise, --samples draws each, pooled "
                              f"(default {','.join(map(str, NOISE_SEEDS))}); one seed shows how a single draw moves")
+    parser.add_argument("--nfes", default=",".join(map(str, NFES)), help="comma-separated NFEs (default: %(default)s)")
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-step overhead measurement")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the per-step overhead (needs a quiet machine); --merge it with mixture runs")
@@ -494,7 +551,7 @@ def main(argv=None):
         runs = [json.loads(path.read_text()) for path in args.merge]
         results = [res for run in runs for res in run["results"]]
         over = next((run["overhead"] for run in runs if run["overhead"]), {})
-        write_outputs(results, over, NFES, args.out)
+        write_outputs(results, over, tuple(sorted({k for run in runs for k in run["nfes"]})), args.out)
         print((args.out / "samplers.md").read_text())
         return
     if args.overhead_only:
@@ -506,6 +563,10 @@ def main(argv=None):
         seeds = [int(v) for v in args.noise_seeds.split(",")]
     except ValueError:
         parser.error(f"--noise-seeds must be comma-separated integers, got {args.noise_seeds!r}")
+    try:
+        nfes = tuple(int(v) for v in args.nfes.split(","))
+    except ValueError:
+        parser.error(f"--nfes must be comma-separated integers, got {args.nfes!r}")
     if args.quick:
         seeds = seeds[:1]
     mixtures = MIXTURES[:1] if args.quick else MIXTURES
@@ -517,9 +578,9 @@ def main(argv=None):
     results = []
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)
-        results.append(benchmark(mix, n, NFES, lambda s: print(s, flush=True), seeds))
+        results.append(benchmark(mix, n, nfes, lambda s: print(s, flush=True), seeds))
     over = {} if args.no_overhead else overhead()
-    write_outputs(results, over, NFES, args.out)
+    write_outputs(results, over, nfes, args.out)
     print((args.out / "samplers.md").read_text())
 
 
