@@ -565,8 +565,10 @@ def main(argv=None):
         parser.error(f"--noise-seeds must be comma-separated integers, got {args.noise_seeds!r}")
     try:
         nfes = tuple(int(v) for v in args.nfes.split(","))
+        if min(nfes) < 1:
+            raise ValueError
     except ValueError:
-        parser.error(f"--nfes must be comma-separated integers, got {args.nfes!r}")
+        parser.error(f"--nfes must be comma-separated positive integers, got {args.nfes!r}")
     if args.quick:
         seeds = seeds[:1]
     mixtures = MIXTURES[:1] if args.quick else MIXTURES
