@@ -85,16 +85,16 @@ class AutoencoderTrainConfig:
     eval_images: int = 1000
     scale_images: int = 2000
     log_every: int = 50
-    # AutoencoderConfig fields
+    # AutoencoderConfig fields, with its defaults (one source of truth)
     in_channels: Optional[int] = None
-    channel: int = 32
-    channel_mult: Sequence[int] = field(default_factory=lambda: [1, 2, 2])
-    num_res_blocks: int = 1
-    latent_channels: int = 4
-    regularizer: str = "kl"
-    codebook_size: int = 256
-    commitment_beta: float = 0.25
-    attn_middle: bool = True
+    channel: int = AutoencoderConfig.channel
+    channel_mult: Sequence[int] = field(default_factory=lambda: list(AutoencoderConfig().channel_mult))
+    num_res_blocks: int = AutoencoderConfig.num_res_blocks
+    latent_channels: int = AutoencoderConfig.latent_channels
+    regularizer: str = AutoencoderConfig.regularizer
+    codebook_size: int = AutoencoderConfig.codebook_size
+    commitment_beta: float = AutoencoderConfig.commitment_beta
+    attn_middle: bool = AutoencoderConfig.attn_middle
 
     def __post_init__(self):
         check_range("batch_size", self.batch_size, 1, integer=True)

@@ -290,3 +290,11 @@ def test_diagonal_gaussian_matches_diffusers():
     torch.testing.assert_close(ours.kl(), ref.kl())
     torch.testing.assert_close(ours.std, ref.std)
     torch.testing.assert_close(ours.sample(torch.Generator().manual_seed(5)), ref.sample(torch.Generator().manual_seed(5)))
+
+
+def test_training_config_model_defaults_are_the_model_configs():
+    """The training config's flat model fields take AutoencoderConfig's defaults, not copies."""
+    assert AutoencoderTrainConfig().model_config(1) == AutoencoderConfig(in_channels=1)
+    a, b = AutoencoderTrainConfig(), AutoencoderTrainConfig()
+    a.channel_mult.append(4)
+    assert list(b.channel_mult) == list(AutoencoderConfig().channel_mult)
