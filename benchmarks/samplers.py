@@ -131,7 +131,7 @@ def endpoint_errors(x: torch.Tensor, ref: torch.Tensor, mixture: GaussianMixture
     if ref_components is None:
         ref_components = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
     flips = int((mixture.class_log_posterior(x, 1.0, 0.0).argmax(1) != ref_components).sum())
-    return {"rms": float(per_sample.mean().sqrt()), "rms_trimmed": float(per_sample.sort().values[:keep].mean().sqrt()),
+    return {"rms": rms(x, ref), "rms_trimmed": float(per_sample.sort().values[:keep].mean().sqrt()),
             "median": float(per_sample.median().sqrt()), "flips": flips}
 
 
