@@ -14,7 +14,8 @@
 #   with an evaluator trained on the GPU.
 # speed (issue 8): benchmarks/train_throughput.py --device cuda (fp32, bf16, bf16 + compile, diffkit
 #   against diffusers' UNet2DModel) and benchmarks/sampling_speed.py on cuda (bf16, compiled
-#   variants); both need the diffusers package (carry its wheel, see docs/performance.md).
+#   variants); both need the diffusers package (carry its wheel, see docs/performance.md); then
+#   benchmarks/auto_batch.py --device cuda (--batch-size auto's prediction against the allocator's peak).
 # Environment: MNIST_DIR (default ../shared/data/mnist), PYTHON (default python3, else .venv's),
 #   STEPS (training steps, default 1665), NUM (samples per cell, default 2000), DDIM_STEPS and
 #   SAMPLER_STEPS (see mnist_tables.sh; the sampler table defaults here to 10,20,50,100),
@@ -81,6 +82,9 @@ if [ "$PART" != tables ]; then
     "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --batch "${SAMPLE_BATCH:-64}" \
         --rounds "${SPEED_ROUNDS:-3}" --bf16 --compile reduce-overhead --out "$WORK/sampling_speed.json"
     echo "sampling speed: $((SECONDS - start)) s"
+    pack
+    "$PYTHON" benchmarks/auto_batch.py --device "$DEVICE" --check "${AUTO_BATCH_CHECK:-512}" --bf16 \
+        --out "$WORK/auto_batch.json"  # --batch-size auto: predicted against the allocator's peak
 fi
 pack
 echo "wrote $OUTDIR/results.tar.gz ($(tar -tzf "$OUTDIR/results.tar.gz" | grep -c .) entries)"

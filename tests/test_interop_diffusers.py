@@ -396,6 +396,11 @@ def test_sample_command_runs_a_stable_diffusion_folder(tiny_sd, tmp_path, capsys
                                       output_range="-1,1")])
     save_grid(images, tmp_path / "expected.png", 2)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    from diffkit.commands.sample import GuidanceRequest, sample_stable_diffusion
+    auto = sample_stable_diffusion(tmp_path / "sd", num=4, nrow=2, steps=3, seed=5, out=tmp_path / "auto.png",
+                                   guidance=GuidanceRequest(guidance_scale=2.0, prompts=["a photo", "hot"]),
+                                   progress=False)  # batch_size="auto": one batch of 4, probed first
+    torch.testing.assert_close(auto, images, atol=1e-5, rtol=0)
     capsys.readouterr()  # drop save_pretrained's progress bars
     assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -30,6 +30,18 @@ def positive_int(text: str) -> int:
     return int_in(1, MAX_COUNT)(text)
 
 
+def batch_size_or_auto(text: str):
+    """``auto`` (fit the batch to free memory, :mod:`diffkit.memory`) or an integer in 1..65536."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int_in(1, 65536)(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}; or 'auto'") from None
+
+
+batch_size_or_auto.__name__ = "batch size"
+
 MAX_SEED = 2**63 - 1
 
 

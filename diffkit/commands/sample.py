@@ -20,11 +20,12 @@ same command gives the same PNG bytes run after run on the CPU. A legacy plain s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
+from ._common import add_compile_flag, batch_size_or_auto, add_mixed_precision_flag, add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -44,7 +45,9 @@ def register(sub) -> None:
     p.add_argument("--spacing", help="time grid: linear, quadratic, leading, trailing, linspace, karras, logsnr")
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models with several "
                    "classes: one row of --nrow images per class)")
-    p.add_argument("--batch-size", type=int_in(1, 65536), default=256, help="images per forward pass")
+    p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
+                   help="images per forward pass, or auto (default): the largest batch whose measured peak memory "
+                        "fits in the free memory (at most 256 on the CPU, 1024 on a GPU)")
     p.add_argument("--nrow", type=int_in(1, 1024), help="grid columns (default: the checkpoint's nrow)")
     p.add_argument("--out", help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
     p.add_argument("--noise-out", help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
@@ -229,17 +232,21 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
 
 
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
-                    noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size=256,
+                    noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
-    guidance of ``guidance``; a legacy state dict needs ``config`` (see module doc)."""
+    guidance of ``guidance``; a legacy state dict needs ``config`` (see module doc).
+    ``batch_size="auto"`` fits the batch to free memory (:func:`diffkit.memory.auto_batch_size`,
+    probed with one ddim step of the same network, guidance and decoder); a batch that runs out of
+    GPU memory is retried at half the size (:func:`diffkit.memory.batches_with_oom_retry`)."""
     import torch
 
     from ..images import save_grid, save_images
     from ..loading import load_denoiser
+    from ..memory import auto_batch_size, batches_with_oom_retry
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
 
@@ -276,26 +283,35 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
     unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
-    results, noise_parts = [], []
-    for start in range(0, num, batch_size):
-        n = min(batch_size, num - start)  # noise per batch: memory grows with the batch, not with num
+
+    def generate(start: int, n: int, probe: bool = False):
+        """(noise, images) of samples start..start+n-1; ``probe``: one ddim step (memory probe)."""
         chunk = randn((n, *shape), generators_from_seed(seed + start, n), device=device)
-        if start < GRID_LIMIT:
-            noise_parts.append(chunk[:GRID_LIMIT - start].cpu())
-        gens = generators_from_seed(seed + 10_000_019 + start, chunk.shape[0])  # per-sample step noise
-        y = None if labels is None else labels[start:start + batch_size].to(device)
+        gens = generators_from_seed(seed + 10_000_019 + start, n)  # per-sample step noise
+        y = None if labels is None else labels[start:start + n].to(device)
+        how = dict(sampler="ddim", steps=1, nfe=None, spacing=None, progress=False) if probe else dict(
+            sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, progress=progress)
         if guidance.classifier and guidance.classifier_algorithm == 1:  # y to the network only if it is conditional
             cond = {"y": y} if conditional_model else {}
-            results.append(_algorithm_1(denoiser, classifier, chunk, y, guidance, sampler, steps, nfe, spacing,
-                                        gens, progress, cond).cpu())
-            continue
+            return chunk, _algorithm_1(denoiser, classifier, chunk, y, guidance, how["sampler"], how["steps"],
+                                       how["nfe"], how["spacing"], gens, how["progress"], cond)
         cond = {} if y is None else {"y": y}
         if prompt_index is not None:  # the prompts' contexts, encoded once, one row per sample
             cond = {"context": context[prompt_index[start:start + n].to(context.device)]}
-        latents = sample(denoiser, chunk, sampler, steps, nfe=nfe, spacing=spacing, generator=gens,
-                         cond=cond, progress=progress, **options)
+        latents = sample(denoiser, chunk, how["sampler"], how["steps"], nfe=how["nfe"], spacing=how["spacing"],
+                         generator=gens, cond=cond, progress=how["progress"], **({} if probe else options))
         with torch.no_grad():  # latent checkpoints: x = D(z / scale_factor)
-            results.append((latents if decoder is None else decoder(latents).clamp(-1, 1)).cpu())
+            return chunk, latents if decoder is None else decoder(latents).clamp(-1, 1)
+
+    if batch_size == "auto":
+        batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,
+                                     sample_numel=math.prod(shape))
+    nfe_before = denoiser.nfe  # the probe's evaluations are not the samples'
+    results, noise_parts = [], []
+    for start, chunk, images in batches_with_oom_retry(generate, num, batch_size):
+        if start < GRID_LIMIT:
+            noise_parts.append(chunk[:GRID_LIMIT - start].cpu())
+        results.append(images.cpu())
     images = torch.cat(results)
     if decoder is None:
         save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
@@ -306,7 +322,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if prompt_index is not None:
         what = f", prompts {prompts}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
-    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe} network evaluations{what}){noise_note}")
+    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe - nfe_before} network evaluations{what}){noise_note}")
     return images
 
 
@@ -326,7 +342,7 @@ SD_DEFAULT_GUIDANCE = 6.5  # seed convention w; diffusers' s = 7.5, Stable Diffu
 
 
 def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
-                            individual=None, seed=0, device="cpu", batch_size=256, spacing=None, scale=1,
+                            individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, scale=1,
                             progress=True, guidance: Optional[GuidanceRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`prompt_rows`, sample i
@@ -337,6 +353,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     from ..errors import DiffkitError
     from ..images import save_grid, save_images
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
+    from ..memory import auto_batch_size, batches_with_oom_retry
 
     guidance = guidance or GuidanceRequest()
     if not guidance.prompts:
@@ -353,11 +370,17 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
         scale_w, convention = SD_DEFAULT_GUIDANCE, "seed"
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
-    results = []
-    for start in range(0, num, batch_size):
-        results.append(text_to_image(sd, per_sample[start:start + batch_size], sampler=sampler, steps=steps, nfe=nfe,
-                                     guidance_scale=scale_w, convention=convention, seed=seed + start,
-                                     spacing=spacing, output_range="-1,1", progress=progress, **options).cpu())
+
+    def generate(start: int, n: int, probe: bool = False):
+        how = dict(sampler="ddim", steps=1, nfe=None, spacing=None, progress=False) if probe else dict(
+            sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, progress=progress)
+        return (text_to_image(sd, per_sample[start:start + n], guidance_scale=scale_w, convention=convention,
+                              seed=seed + start, output_range="-1,1", **how, **({} if probe else options)),)
+
+    if batch_size == "auto":
+        batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,
+                                     sample_numel=math.prod(sd.latent_shape(1, None, None)[1:]))
+    results = [images.cpu() for _, images in batches_with_oom_retry(generate, num, batch_size)]
     images = torch.cat(results)
     out = Path(out) if out else Path("samples.png")
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
