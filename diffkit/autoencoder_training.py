@@ -269,7 +269,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
         disc = PatchDiscriminator(model_cfg.in_channels, cfg.channel).to(device)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    loader = make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(dataset) >= cfg.batch_size)
+    loader = make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(dataset) >= cfg.batch_size,
+                         device=device)
     reduction = "sum" if model_cfg.regularizer == "kl" else "mean"
     pixels = math.prod(x_probe.shape)
     reg_weight = cfg.kl_weight if model_cfg.regularizer == "kl" else 1.0
@@ -281,7 +282,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
         for x, _ in loader:
             if step >= cfg.steps:
                 break
-            x = x.to(device)
+            x = x.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, cfg)
             out = model(x, generator=generator)

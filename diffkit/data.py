@@ -454,8 +454,11 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, device=None) -> DataLoader:
     """A ``DataLoader`` whose order and flips depend only on ``seed`` (CPU generator).
+
+    ``device``: where the batches go; for CUDA the batches come in pinned (page-locked) memory,
+    so that ``.to(device, non_blocking=True)`` copies them while the GPU still computes.
 
     Shuffling uses ``torch.Generator().manual_seed(seed)``; an :class:`InMemoryImageDataset`'s
     flip coins are seeded from ``seed`` in the main process and from the per-worker seed
@@ -468,9 +471,10 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
     generator = torch.Generator().manual_seed(seed % 2**63)
     if hasattr(dataset, "set_flip_seed"):
         dataset.set_flip_seed(seed + 1)
+    pin = device is not None and torch.device(device).type == "cuda"
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       drop_last=drop_last, generator=generator, worker_init_fn=_seed_worker,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, pin_memory=pin)
 
 
 # ---------------------------------------------------------------------------- downloads

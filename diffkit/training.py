@@ -405,7 +405,7 @@ class Trainer:
     # ------------------------------------------------------------ the run
     def _epoch_batches(self, epoch: int):
         loader = make_loader(self.dataset, self.global_batch, shuffle=True, seed=self.cfg.seed * 100003 + epoch,
-                             num_workers=self.cfg.num_workers, drop_last=True)
+                             num_workers=self.cfg.num_workers, drop_last=True, device=self.device)
         it = iter(loader)
         while True:
             group = []

@@ -139,6 +139,14 @@ def test_loader_is_reproducible_from_its_seed():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(workers_a, workers_b))
 
 
+
+def test_loader_pins_memory_for_cuda_only():
+    dataset = load_dataset("digits", img_size=8)
+    assert make_loader(dataset, 16, device="cuda").pin_memory  # asynchronous host-to-GPU copies
+    assert not make_loader(dataset, 16, device="cpu").pin_memory
+    assert not make_loader(dataset, 16).pin_memory
+
+
 # ------------------------------------------------------------------------- IDX errors
 def write_idx(path: Path, magic: int, shape: tuple[int, ...], payload: bytes, compress: bool = True):
     raw = struct.pack(f">I{len(shape)}I", magic, *shape) + payload
