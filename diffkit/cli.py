@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import DiffkitError
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DiffkitError as err:
-        sys.stderr.write(f"diffkit {args.command}: error: {err}\n")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one line, from rank 0
+            sys.stderr.write(f"diffkit {args.command}: error: {err}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("diffkit: interrupted\n")

@@ -164,6 +164,27 @@ class _SignalGuard:
 
 
 # ---------------------------------------------------------------- the loop
+def check_same_global_batch(path, meta: dict, batch_size: int, world_size: int, grad_accum: int) -> None:
+    """An exact resume needs the same global batch (per-process batch x processes) and the same
+    gradient accumulation as the checkpoint's run: they fix which images and noise each step
+    sees. The number of processes may change (torchrun): 1 x 8 resumes as 2 x 4 exactly."""
+    saved = meta.get("global_batch")
+    if saved is None:  # older checkpoints did not record it
+        return
+    saved_world = meta.get("world_size", 1)
+    saved_accum = (meta.get("config") or {}).get("grad_accum", 1)
+    now = batch_size * world_size
+    if saved != now:
+        advice = (f"use --batch-size {saved // world_size}" if saved % world_size == 0 else
+                  f"{saved} images cannot be split evenly over {world_size} processes")
+        raise DiffkitError(f"{path} was trained with a global batch of {saved} ({saved // saved_world} per process x "
+                           f"{saved_world}); this run's is {now} ({batch_size} x {world_size}); an exact resume needs "
+                           f"the same global batch: {advice}")
+    if saved_accum != grad_accum:
+        raise DiffkitError(f"{path} was trained with grad_accum={saved_accum}, this run has {grad_accum}; an exact "
+                           f"resume needs the same value")
+
+
 class Trainer:
     """Trains a U-Net on a data set as ``cfg`` says; see :meth:`run`.
 
@@ -244,6 +265,7 @@ class Trainer:
         from . import __version__
         meta = {"config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "total_steps": self.total_steps,
+                "world_size": self.dist.world_size, "global_batch": self.global_batch,
                 "dataset_size": len(self.dataset), "steps_per_epoch": self.steps_per_epoch,
                 "lr": learning_rate(max(self.step - 1, 0), self.total_steps, self.cfg),  # of the last step, for information
                 "diffkit_version": __version__, "torch_version": torch.__version__,
@@ -293,6 +315,7 @@ class Trainer:
         if meta.get("dataset_size", len(self.dataset)) != len(self.dataset):
             raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} images but this one has "
                                f"{len(self.dataset)}; resume with the same data set")
+        check_same_global_batch(path, meta, self.cfg.batch_size, self.dist.world_size, self.cfg.grad_accum)
         saved_ae = (meta.get("latent") or {}).get("sha256")
         if self.latent is not None and saved_ae and saved_ae != self.latent.sha256:
             raise DiffkitError(f"{path} was trained on the latents of another autoencoder file than "

@@ -11,20 +11,24 @@ TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,
         "--steps", "3", "--no-sample", "--no-progress"]
 
 
-def _train(out, nproc, batch):
-    cmd = [sys.executable, "-m", "diffkit", "train", "--out", str(out), "--batch-size", str(batch), *TINY]
+def _train(out, nproc, batch, *extra):
+    cmd = [sys.executable, "-m", "diffkit", "train", "--out", str(out), "--batch-size", str(batch), *TINY, *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "diffkit", *cmd[3:]]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return res
+
+
+def _ok(res):
     assert res.returncode == 0, res.stderr[-2000:]
     return res
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    _train(tmp_path / "one", 1, 8)
-    res = _train(tmp_path / "two", 2, 4)
+    _ok(_train(tmp_path / "one", 1, 8))
+    res = _ok(_train(tmp_path / "two", 2, 4))
     a, _ = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.safetensors")
     b, meta = ckpt.load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.safetensors")
     assert meta["step"] == 3
@@ -35,3 +39,42 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     files = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
     assert res.stdout.count("trained 3 steps") == 1
+
+
+def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path):
+    """Stop a 1 x 8 run at step 2 of 3, resume it under torchrun as 2 x 4: the weights and EMA
+    equal those of the uninterrupted 1 x 8 run. A different global batch is refused in one line."""
+    from diffkit.commands.train import resumable_config
+    from diffkit.config import TrainConfig
+    from diffkit.training import Trainer
+    _ok(_train(tmp_path / "one", 1, 8))
+    reference = tmp_path / "one" / "checkpoints" / "latest.safetensors"
+    cfg = dict(resumable_config(reference), save_weight_dir=str(tmp_path / "part" / "checkpoints"),
+               sampled_dir=str(tmp_path / "part" / "samples"))
+    Trainer(TrainConfig.from_dict(cfg), progress=False, log=lambda msg: None).run(stop_at=2)
+    part = tmp_path / "part" / "checkpoints" / "latest.safetensors"
+    refused = _nproc(2, "--resume", str(part), "--batch-size", "8")  # 2 x 8 = 16 images per step, not 8
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"diffkit train: error: {part} was trained with a global batch of 8 (8 per process x 1); this run's is "
+        f"16 (8 x 2); an exact resume needs the same global batch: use --batch-size 4"]
+    _ok(_train(tmp_path / "part", 2, 4, "--resume", str(part)))
+    a, _ = ckpt.load_checkpoint(reference)
+    b, meta = ckpt.load_checkpoint(part)
+    assert meta["step"] == 3 and meta["world_size"] == 2 and meta["global_batch"] == 8
+    for key in a:
+        if key.startswith(("model.", "ema.")):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _nproc(n, *args):
+    return subprocess.run([sys.executable, "-m", "diffkit", "train", "--nproc", str(n), *args, "--no-sample",
+                           "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_mistake_under_nproc_is_one_line_from_rank_0_and_exit_2(tmp_path):
+    res = _nproc(2, "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--steps", "1",
+                 "--out", str(tmp_path / "run"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [f"diffkit train: error: data directory not found: {tmp_path / 'none'}"]

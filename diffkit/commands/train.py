@@ -78,12 +78,17 @@ def resumable_config(path) -> dict:
 def run(args) -> int:
     from ..config import resolve_device
     cfg = config_from_args(args)
-    if args.nproc > 1:
-        return relaunch_with_torchrun(args.nproc)
     resolve_device(cfg.device)
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")
     if args.sample:
         check_writable_dir(cfg.sampled_dir, "sample directory")
+    if args.nproc > 1:
+        if cfg.training_load_weight:  # the mistakes a resume can make, said once, before N processes start
+            from ..checkpoint import load_checkpoint
+            from ..training import check_same_global_batch
+            check_same_global_batch(cfg.training_load_weight, load_checkpoint(cfg.training_load_weight)[1],
+                                    cfg.batch_size, args.nproc, cfg.grad_accum)
+        return relaunch_with_torchrun(args.nproc)
     flags = [f for f, on in (("--no-sample", not args.sample), ("--no-progress", not args.progress)) if on]
     return train_and_sample(cfg, progress=args.progress, sample=args.sample, resume_flags=flags)
 
@@ -139,9 +144,14 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
 
 
 def relaunch_with_torchrun(nproc: int) -> int:
-    """Run this same command under ``torchrun --standalone --nproc_per_node nproc``."""
-    import subprocess
+    """Run this same command under ``torchrun --standalone --nproc_per_node nproc`` (PyTorch's
+    launcher, called in this process). A rank's exit status is returned as the command's (2 for a
+    user mistake, whose one-line message rank 0 has printed), without the launcher's traceback."""
+    import logging
     import sys
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run as torchrun
     argv = sys.argv[1:]
     cleaned, skip = [], False
     for a in argv:
@@ -154,7 +164,14 @@ def relaunch_with_torchrun(nproc: int) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "diffkit", *cleaned]
-    print("running:", " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    launcher = ["--standalone", f"--nproc_per_node={nproc}", "-m", "diffkit", *cleaned]
+    print("running: torchrun", " ".join(launcher), flush=True)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the ranks speak for themselves
+    try:
+        torchrun(parse_args(launcher))
+    except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    return 0
+
+
