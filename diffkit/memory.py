@@ -42,6 +42,8 @@ MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8, "mps": 0.5}  # of the available memory 
 MAX_AUTO_BATCH = {"cpu": 256, "cuda": 1024, "mps": 256}  # larger batches buy no throughput
 DEFAULT_CAP = 256
 SAMPLER_STATE_COPIES = 8  # x, noise, up to 4 stored model outputs, temporaries: per-sample state
+# what a probe samples: one ddim step (one network evaluation, as every sampler's step makes)
+PROBE_SAMPLING = {"sampler": "ddim", "steps": 1, "nfe": None, "spacing": None, "progress": False}
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -227,4 +229,5 @@ def batches_with_oom_retry(generate: Callable, num: int, batch_size: int) -> Ite
         start += n
 
 
-__all__ = ["LiveTensorBytes", "peak_bytes", "available_bytes", "auto_batch_size", "batches_with_oom_retry", "MEMORY_SHARE", "MAX_AUTO_BATCH"]
+__all__ = ["LiveTensorBytes", "peak_bytes", "available_bytes", "auto_batch_size", "batches_with_oom_retry", "MEMORY_SHARE", "MAX_AUTO_BATCH",
+           "PROBE_SAMPLING"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ._common import add_compile_flag, batch_size_or_auto, add_mixed_precision_flag, add_progress_flag, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
+from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -246,7 +246,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
 
     from ..images import save_grid, save_images
     from ..loading import load_denoiser
-    from ..memory import auto_batch_size, batches_with_oom_retry
+    from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
 
@@ -289,8 +289,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         chunk = randn((n, *shape), generators_from_seed(seed + start, n), device=device)
         gens = generators_from_seed(seed + 10_000_019 + start, n)  # per-sample step noise
         y = None if labels is None else labels[start:start + n].to(device)
-        how = dict(sampler="ddim", steps=1, nfe=None, spacing=None, progress=False) if probe else dict(
-            sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, progress=progress)
+        how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
+                                                progress=progress)
         if guidance.classifier and guidance.classifier_algorithm == 1:  # y to the network only if it is conditional
             cond = {"y": y} if conditional_model else {}
             return chunk, _algorithm_1(denoiser, classifier, chunk, y, guidance, how["sampler"], how["steps"],
@@ -353,7 +353,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     from ..errors import DiffkitError
     from ..images import save_grid, save_images
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
-    from ..memory import auto_batch_size, batches_with_oom_retry
+    from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
 
     guidance = guidance or GuidanceRequest()
     if not guidance.prompts:
@@ -372,8 +372,8 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
         scale_w, convention = guidance.guidance_scale, guidance.convention
 
     def generate(start: int, n: int, probe: bool = False):
-        how = dict(sampler="ddim", steps=1, nfe=None, spacing=None, progress=False) if probe else dict(
-            sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, progress=progress)
+        how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
+                                                progress=progress)
         return (text_to_image(sd, per_sample[start:start + n], guidance_scale=scale_w, convention=convention,
                               seed=seed + start, output_range="-1,1", **how, **({} if probe else options)),)
 
