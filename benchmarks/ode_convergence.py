@@ -11,6 +11,10 @@ steps down to about the reference's own uncertainty.
 
     PYTHONPATH=. python benchmarks/ode_convergence.py --checkpoint runs/mnist/checkpoints/latest.safetensors
     PYTHONPATH=. python benchmarks/ode_convergence.py --checkpoint CKPT --samplers ddim,dpm-solver++-2m@logsnr_skip
+    PYTHONPATH=. python benchmarks/ode_convergence.py --checkpoint CKPT --samplers unipc-3 --grade-sigmas 1/0.1,4/0.1
+
+``--grade-sigmas HI/LO,...`` runs each sampler on ``logsnr_graded`` once per (sigma_hi, sigma_lo) pair
+instead of its own grid (docs/samplers.md, "Which sigma_hi").
 
 Writes benchmarks/out/ode_convergence.{json,md}. A benchmark, not a CI test.
 """
@@ -30,6 +34,7 @@ import diffkit  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
 from diffkit.samplers.registry import get_sampler, split_sampler_spec  # noqa: E402
+from diffkit.timesteps import make_grid, parse_grade_sigmas  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_SAMPLERS = ("ddim,plms,dpm-solver++-2m,dpm-solver++-3m,dpm-solver-2m,unipc,unipc-3,unipc-eps,"
@@ -48,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--samplers", default=DEFAULT_SAMPLERS, help="NAME or NAME@SPACING, comma-separated")
     p.add_argument("--ref-steps", type=int, default=200, help="PLMS steps of the reference (default 200)")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--grade-sigmas", help="HI/LO,...: each sampler on logsnr_graded once per pair")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.threads:
@@ -55,6 +61,7 @@ def main(argv=None) -> int:
     specs = [split_sampler_spec(s.strip()) for s in args.samplers.split(",") if s.strip()]  # checked first
     for name, _ in specs:
         get_sampler(name)
+    grades = parse_grade_sigmas(args.grade_sigmas) if args.grade_sigmas else [None]
     den = load_denoiser(args.checkpoint)
     unet = den.meta["unet"]
     noise = torch.randn(args.num, unet["in_channels"], unet["img_size"], unet["img_size"],
@@ -68,11 +75,15 @@ def main(argv=None) -> int:
           f"{report['reference_uncertainty']:.4f}; mean pixel {report['reference_mean']:+.3f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     steps = [int(s) for s in args.steps.split(",")]
-    for name, spacing in specs:
+    for (name, spacing), grade in ((spec, grade) for spec in specs for grade in grades):
         info = get_sampler(name)
-        row = {"sampler": name, "spacing": spacing or info.default_spacing, "rms": [], "mean": []}
+        label = spacing or info.default_spacing if grade is None else f"logsnr_graded {grade[0]:g}/{grade[1]:g}"
+        row = {"sampler": name, "spacing": label, "rms": [], "mean": []}
         for n in steps:
-            x = diffkit.sample(den, noise, sampler=name, steps=n, spacing=spacing, progress=False)
+            grid = None if grade is None else make_grid(den.schedule, n, "logsnr_graded", info.default_final,
+                                                        grade_sigmas=grade)
+            x = diffkit.sample(den, noise, sampler=name, steps=None if grid is not None else n, spacing=spacing,
+                               grid=grid, progress=False)
             row["rms"].append(rms(x, ref))
             row["mean"].append(float(x.mean()))
         report["rows"].append(row)

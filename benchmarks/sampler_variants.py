@@ -7,7 +7,12 @@ accurate ODE solution as a finished run (read from its ``samplers.json``), runs 
 (|excess FD| at NFE <= 10, RMS to the ODE endpoint above, as in issue 4's cells).
 
     PYTHONPATH=. python benchmarks/sampler_variants.py --run benchmarks/out/samplers.json \\
-        --samplers unipc,unipc@logsnr,unipc@logsnr:sigma_min [--mixtures 0,1,2]
+        --samplers unipc,unipc@logsnr,unipc@logsnr:sigma_min [--mixtures 0,1,2] [--nfes 15,20]
+        [--grade-sigmas 1/0.1,2/0.1]
+
+``--grade-sigmas`` runs every variant on the ``logsnr_graded`` grid once per (sigma_hi, sigma_lo)
+pair instead of its own grid (docs/samplers.md, "Which sigma_hi"). Each row also has the RMS
+without the worst 0.1% of trajectories and the flips (``samplers.endpoint_errors``).
 
 Writes ``sampler_variants.json`` beside ``--run`` (or ``--out``).
 """
@@ -28,7 +33,7 @@ from diffkit import Denoiser, NoiseSchedule, sample  # noqa: E402
 from diffkit.analytic import GaussianMixture  # noqa: E402
 from diffkit.errors import DiffkitError, check_choice  # noqa: E402
 from diffkit.samplers.registry import get_sampler, split_sampler_spec  # noqa: E402
-from diffkit.timesteps import FINALS  # noqa: E402
+from diffkit.timesteps import FINALS, make_grid, parse_grade_sigmas  # noqa: E402
 
 FD_NFES = (5, 6, 8, 10)  # the excess-FD cells of issue 4; RMS cells above
 
@@ -45,8 +50,9 @@ def parse_variant(spec: str) -> tuple:
     return name, spacing, final or None
 
 
-def run_variants(result: dict, variants, log=print) -> list:
-    """Rows (sampler, nfe, excess_fd, rms, ratio) for one mixture of a finished benchmark run."""
+def run_variants(result: dict, variants, log=print, nfes=None, grades=None) -> list:
+    """Rows (sampler, nfe, excess_fd, rms, ratio, rms_trimmed, flips) for one mixture of a finished
+    benchmark run; ``grades``: run each variant on ``logsnr_graded`` with each (sigma_hi, sigma_lo)."""
     cfg = result["mixture"]
     seeds = result.get("noise_seeds") or [result["noise_seed"]]
     schedule = NoiseSchedule.linear()
@@ -59,21 +65,27 @@ def run_variants(result: dict, variants, log=print) -> list:
     log(f"mixture {cfg}: {x_T.shape[0]} samples, seeds {seeds}, FD of the ODE solution {fd_ref:.5f} "
         f"(the run's: {result['fd_reference']:.5f})")
     best = {e["nfe"]: e["diffusers"] for e in bench.summarize(result, bench.NFES) if "diffusers" in e}
+    ref_components = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
+    runs = [(spec, v, None) for spec, v in variants] if not grades else [
+        (f"{spec}[graded {hi:g}/{lo:g}]", v, (hi, lo)) for spec, v in variants for hi, lo in grades]
     rows = []
-    for spec, (name, spacing, final) in variants:
+    for label, (name, spacing, final), grade in runs:
         info = get_sampler(name)
-        for nfe in bench.NFES:
+        for nfe in nfes or bench.NFES:
             try:
-                steps = info.steps_for_nfe(nfe, final or info.default_final)
-                x = sample(den, x_T.clone(), sampler=name, steps=steps, spacing=spacing, final=final, progress=False)
+                final_ = final or info.default_final
+                steps = info.steps_for_nfe(nfe, final_)
+                grid = None if grade is None else make_grid(schedule, steps, "logsnr_graded", final_, grade_sigmas=grade)
+                x = sample(den, x_T.clone(), sampler=name, steps=None if grid is not None else steps,
+                           spacing=spacing, final=final, grid=grid, progress=False)
             except DiffkitError as err:  # an NFE this sampler/grid cannot spend
-                log(f"  {spec} NFE {nfe}: {err}")
+                log(f"  {label} NFE {nfe}: {err}")
                 continue
-            fd, err = bench.sample_fd(x, mixture), bench.rms(x, ref)
+            fd, errors = bench.sample_fd(x, mixture), bench.endpoint_errors(x, ref, mixture, ref_components)
             d = best.get(nfe)
             ratio = None if d is None else (abs(fd - fd_ref) / d["best_excess_fd"] if nfe in FD_NFES
-                                            else err / d["best_rms"])
-            rows.append({"mixture": cfg, "sampler": spec, "nfe": nfe, "excess_fd": fd - fd_ref, "rms": err,
+                                            else errors["rms"] / d["best_rms"])
+            rows.append({"mixture": cfg, "sampler": label, "nfe": nfe, "excess_fd": fd - fd_ref, **errors,
                          "ratio": ratio})
     return rows
 
@@ -83,10 +95,14 @@ def main(argv=None):
     parser.add_argument("--run", type=Path, required=True, help="samplers.json of a benchmarks/samplers.py run")
     parser.add_argument("--samplers", required=True, help="comma-separated NAME[@SPACING[:FINAL]]")
     parser.add_argument("--mixtures", default=None, help="mixture indices within the run (default: all)")
+    parser.add_argument("--nfes", default=None, help="comma-separated NFEs (default: the benchmark's)")
+    parser.add_argument("--grade-sigmas", default=None, help="HI/LO,...: each variant on logsnr_graded per pair")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
         variants = [(spec, parse_variant(spec)) for spec in args.samplers.split(",") if spec]
+        grades = parse_grade_sigmas(args.grade_sigmas) if args.grade_sigmas else None
+        nfes = [int(n) for n in args.nfes.split(",")] if args.nfes else None
         if not args.run.is_file():
             raise DiffkitError(f"--run {str(args.run)!r} is not a file (a samplers.json of benchmarks/samplers.py)")
         results = json.loads(args.run.read_text())["results"]
@@ -97,15 +113,16 @@ def main(argv=None):
     torch.set_num_threads(1)
     rows = []
     for result in results:
-        rows += run_variants(result, variants)
+        rows += run_variants(result, variants, nfes=nfes, grades=grades)
         mine = [r for r in rows if r["mixture"] == result["mixture"]]
-        nfes = sorted({r["nfe"] for r in mine})
-        print("ratio to diffusers' best (|excess FD| at NFE <= 10, RMS above)")
-        print(f"{'sampler':34s}" + "".join(f"{n:>9d}" for n in nfes))
-        for spec, _ in variants:
-            cells = {r["nfe"]: r["ratio"] for r in mine if r["sampler"] == spec}
-            print(f"{spec:34s}" + "".join(f"{cells[n]:9.2f}" if cells.get(n) is not None else f"{'-':>9s}"
-                                         for n in nfes))
+        columns = sorted({r["nfe"] for r in mine})
+        print("ratio to diffusers' best (|excess FD| at NFE <= 10, RMS above); (flips)")
+        print(f"{'sampler':44s}" + "".join(f"{n:>14d}" for n in columns))
+        for label in dict.fromkeys(r["sampler"] for r in mine):
+            cells = {r["nfe"]: r for r in mine if r["sampler"] == label}
+            print(f"{label:44s}" + "".join(
+                f"{cells[n]['ratio']:8.2f} ({cells[n]['flips'] if cells[n]['flips'] is not None else '-':>3})"
+                if n in cells and cells[n]["ratio"] is not None else f"{'-':>14s}" for n in columns))
     out = args.out or args.run.with_name("sampler_variants.json")
     out.write_text(json.dumps({"run": str(args.run), "samplers": args.samplers, "rows": rows}, indent=1))
     print(f"wrote {out}")

@@ -166,10 +166,26 @@ def graded_log_snr(n: int, lam_top: float, lam_end: float, sigmas: Sequence[floa
     return lam
 
 
+def parse_grade_sigmas(text: str) -> list:
+    """``"HI/LO,HI/LO,..."`` -> [(sigma_hi, sigma_lo), ...] for ``logsnr_graded`` probes (checked)."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        try:
+            hi, lo = (float(v) for v in item.split("/"))
+        except ValueError:
+            raise DiffkitError(f"grade sigmas {item!r} must be HI/LO, e.g. 1/0.1") from None
+        if not hi > lo > 0:
+            raise DiffkitError(f"grade sigmas {item!r} need HI > LO > 0")
+        pairs.append((hi, lo))
+    if not pairs:
+        raise DiffkitError(f"grade sigmas {text!r}: give at least one HI/LO")
+    return pairs
+
+
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """EDM's noise levels (Karras et al. 2022, eq. 5): n values from sigma_max down to sigma_min."""
     ramp = torch.linspace(0, 1, n, dtype=_F64)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "graded_log_snr"]
+__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "graded_log_snr", "parse_grade_sigmas"]

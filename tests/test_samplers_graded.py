@@ -109,3 +109,12 @@ def test_graded_default_spends_exactly_the_requested_nfe(schedule, name):
         assert den.nfe == nfe and torch.isfinite(out).all()
     # the evaluation times of the last run are the graded grid's (the step into clean data included)
     assert seen[-20:] == make_grid(schedule, 20, "logsnr_graded")[:-1].tolist()
+
+
+def test_grade_sigmas_parse_pairs_and_refuse_bad_ones_in_one_line():
+    from diffkit.errors import DiffkitError
+    from diffkit.timesteps import parse_grade_sigmas
+    assert parse_grade_sigmas("1/0.1, 2/0.1") == [(1.0, 0.1), (2.0, 0.1)]
+    for bad, says in (("1/2", "HI > LO > 0"), ("2", "HI/LO"), ("a/b", "HI/LO"), (",", "at least one")):
+        with pytest.raises(DiffkitError, match=says):
+            parse_grade_sigmas(bad)
