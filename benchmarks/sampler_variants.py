@@ -58,7 +58,7 @@ def run_variants(result: dict, variants, log=print, nfes=None, grades=None) -> l
     schedule = NoiseSchedule.linear()
     mixture = GaussianMixture.random(cfg["dim"], cfg["components"], seed=cfg["seed"])
     eps_fn = bench.MixtureEps(mixture)
-    den = Denoiser(bench.diffkit_network(eps_fn, schedule), schedule)
+    den = Denoiser(bench.diffkit_network(eps_fn, schedule), schedule, data_scale=mixture.data_scale())
     x_T = bench.starting_noise(result["n"] // len(seeds), mixture.dim, seeds)
     ref = bench.reference_ode(eps_fn, schedule, x_T)
     fd_ref = bench.sample_fd(ref, mixture)

@@ -314,7 +314,7 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
     schedule = NoiseSchedule.linear()
     mixture = GaussianMixture.random(mix_cfg["dim"], mix_cfg["components"], seed=mix_cfg["seed"])
     eps_fn = MixtureEps(mixture)
-    den = Denoiser(diffkit_network(eps_fn, schedule), schedule)
+    den = Denoiser(diffkit_network(eps_fn, schedule), schedule, data_scale=mixture.data_scale())
     x_T = starting_noise(n, mixture.dim, NOISE_SEEDS[:1])
     info = REGISTRY[sampler]
     final = final or info.default_final
@@ -354,7 +354,7 @@ def benchmark(mix_cfg: dict, n: int, nfes, log, noise_seeds=NOISE_SEEDS) -> dict
     probe = torch.randn(64, mixture.dim, dtype=torch.float64)
     a, s = schedule.alpha(300.0), schedule.sigma(300.0)
     assert torch.allclose(eps_fn(probe, a.item(), s.item()), mixture.eps(probe, a, s), atol=1e-10)
-    den = Denoiser(diffkit_network(eps_fn, schedule), schedule)
+    den = Denoiser(diffkit_network(eps_fn, schedule), schedule, data_scale=mixture.data_scale())
     x_T = starting_noise(n, mixture.dim, noise_seeds)
     total = x_T.shape[0]
     t0 = time.time()

@@ -63,6 +63,11 @@ class GaussianMixture:
         second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - mu[:, None] * mu[None, :]
 
+    def data_scale(self) -> float:
+        """sqrt of the largest eigenvalue of Cov[x_0]: what :func:`diffkit.data.data_scale` estimates
+        from samples (a :class:`~diffkit.denoiser.Denoiser`'s ``data_scale``)."""
+        return float(torch.linalg.eigvalsh(self.cov()).max().sqrt())
+
     def sample(self, n: int, generator: Optional[torch.Generator] = None, component: Optional[int] = None):
         """Draw n samples (float64, (n, D)) and their component labels."""
         if component is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import struct
@@ -477,6 +478,38 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
                       persistent_workers=num_workers > 0, pin_memory=pin)
 
 
+def data_scale(dataset, max_items: int = 10_000, iterations: int = 100) -> float:
+    """The data's largest scale: the square root of the largest eigenvalue of the covariance of
+    its items (flattened, in the space the network sees: images in [-1, 1], latents as encoded).
+
+    At most ``max_items`` items, evenly spaced over the data set; the eigenvalue by power iteration
+    on X^T X / n (X the centred items, never the d x d matrix), from a fixed start, so the value
+    is reproducible. :func:`diffkit.timesteps.grade_sigmas_for` turns it into the ``logsnr_graded``
+    grid's sigma_hi; the trainer stores it in every checkpoint."""
+    n = len(dataset)
+    check_range("len(dataset)", n, 1, None, integer=True)
+    index = torch.linspace(0, n - 1, min(n, max_items)).round().long()
+    if getattr(dataset, "is_latent", False):
+        x = dataset.latents[index].double()
+    elif isinstance(getattr(dataset, "images", None), torch.Tensor) and dataset.images.dtype == torch.uint8:
+        x = dataset.images[index].double() / 127.5 - 1.0
+    else:
+        x = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in index]).double()
+    x = x.flatten(1)
+    x = x - x.mean(0)
+    v = torch.ones(x.shape[1], dtype=torch.float64) + torch.linspace(0, 1, x.shape[1], dtype=torch.float64)
+    value = 0.0
+    for _ in range(iterations):
+        w = x.T @ (x @ v) / x.shape[0]
+        norm = float(w.norm())
+        if norm == 0.0:
+            return 0.0
+        v, previous, value = w / norm, value, norm
+        if abs(value - previous) <= 1e-10 * value:
+            break
+    return math.sqrt(value)
+
+
 # ---------------------------------------------------------------------------- downloads
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # PyTorch's mirror of LeCun's files
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # Zalando's own
@@ -563,7 +596,7 @@ def download_cifar10(root: str | os.PathLike = "data/cifar10", url: str = CIFAR1
 
 
 __all__ = [
-    "DATASET_NAMES", "InMemoryImageDataset", "load_dataset", "make_loader", "resize_images", "convert_channels",
+    "DATASET_NAMES", "InMemoryImageDataset", "load_dataset", "make_loader", "data_scale", "resize_images", "convert_channels",
     "read_idx", "read_cifar10_batch", "safe_unpickle", "load_digits_dataset", "load_idx_dataset",
     "load_cifar10_dataset", "load_folder_dataset", "download_file", "download_mnist", "download_fashion_mnist",
     "download_cifar10", "FASHION_MNIST_NAMES", "CIFAR10_NAMES", "DIGIT_NAMES",

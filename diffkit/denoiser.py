@@ -14,7 +14,7 @@ import torch
 
 from . import diffusion
 from .config import MIXED_PRECISION
-from .errors import DiffkitError, check_choice
+from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule
 
 THRESHOLDING = (None, "clip", "dynamic")
@@ -44,10 +44,13 @@ class Denoiser:
             under ``torch.autocast`` in that dtype and its output is cast back to ``x``'s dtype,
             so the samplers' arithmetic stays in ``x``'s precision (on a CPU with AMX, bf16 makes
             the MNIST U-Net's forward about 2x faster; docs/performance.md).
+        data_scale: the scale of the data the network was trained on (square root of the largest
+            eigenvalue of its covariance, :func:`diffkit.data.data_scale`), or ``None``; it places
+            the ``logsnr_graded`` grid (:func:`diffkit.timesteps.grade_sigmas_for`).
     """
 
     def __init__(self, net: Callable, schedule: NoiseSchedule, prediction_type: str = "epsilon",
-                 learned_variance: bool = False, mixed_precision: str = "no"):
+                 learned_variance: bool = False, mixed_precision: str = "no", data_scale: Optional[float] = None):
         check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
         check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         self.net = net
@@ -55,6 +58,9 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.learned_variance = bool(learned_variance)
         self.mixed_precision = mixed_precision
+        if data_scale is not None:
+            check_range("data_scale", data_scale, 0.0, None, low_inclusive=False)
+        self.data_scale = data_scale
         self.nfe = 0
         self._coefficient_cache: dict = {}
         self.compiled = "no"
@@ -187,6 +193,7 @@ class ThresholdedDenoiser:
 
     schedule = property(lambda self: self.inner.schedule)
     nfe = property(lambda self: self.inner.nfe)
+    data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
 
     def reset_nfe(self) -> None:
         self.inner.reset_nfe()

@@ -78,6 +78,7 @@ class _Wrapper:
     schedule = property(lambda self: self.inner.schedule)
     nfe = property(lambda self: self.inner.nfe)
     learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
+    data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
 
     def reset_nfe(self) -> None:
         self.inner.reset_nfe()

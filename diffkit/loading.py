@@ -102,7 +102,8 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     network's autocast dtype, ``compile`` a ``torch.compile`` mode (:meth:`Denoiser.compile`)."""
     model, meta, schedule, decoder = _load(path, use_ema, device, config)
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
-                 learned_variance=meta.get("learned_variance", False), mixed_precision=mixed_precision)
+                 learned_variance=meta.get("learned_variance", False), mixed_precision=mixed_precision,
+                 data_scale=meta.get("data_scale"))
     d.compile(compile)
     d.model, d.meta, d.decoder = model, meta, decoder
     d.prompt_encoder = getattr(model, "encode_prompts", None)

@@ -54,6 +54,8 @@ def denoiser_identity(denoiser) -> dict:
         "mixed_precision": getattr(denoiser, "mixed_precision", "no"),
         "compile": getattr(denoiser, "compiled", "no"),
         "device": device,
+        # the logsnr_graded grid follows it; absent (not None) for denoisers without one, as before
+        **({"data_scale": denoiser.data_scale} if getattr(denoiser, "data_scale", None) is not None else {}),
     }
 
 

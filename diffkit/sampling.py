@@ -9,7 +9,7 @@ from .denoiser import ThresholdedDenoiser, precision_context
 from .errors import DiffkitError, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import get_sampler
-from .timesteps import make_grid
+from .timesteps import grade_sigmas_for, make_grid
 
 
 def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler: str = "ddim",
@@ -26,6 +26,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         steps / nfe: the step count, or the number of network evaluations to spend (one of the two;
             default 50 steps).
         spacing, final: the time grid (see :mod:`diffkit.timesteps`); defaults per sampler.
+            ``logsnr_graded`` is graded at the denoiser's ``data_scale`` when it has one
+            (:func:`diffkit.timesteps.grade_sigmas_for`; diffkit checkpoints record it).
         grid: an explicit grid of ``steps + 1`` decreasing times (overrides steps/spacing/final).
         seed: per-sample generators ``seed + i`` (sample i does not depend on the batch size);
             or pass ``generator`` (one generator or one per sample).
@@ -47,7 +49,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
             steps = info.steps_for_nfe(nfe, final or info.default_final)
         steps = 50 if steps is None else steps
         check_range("steps", steps, 1, schedule.num_timesteps, integer=True)
-        grid = make_grid(schedule, steps, spacing or info.default_spacing, final or info.default_final)
+        grid = make_grid(schedule, steps, spacing or info.default_spacing, final or info.default_final,
+                         grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
     if isinstance(shape_or_noise, torch.Tensor):

@@ -166,6 +166,18 @@ def graded_log_snr(n: int, lam_top: float, lam_end: float, sigmas: Sequence[floa
     return lam
 
 
+def grade_sigmas_for(data_scale: Optional[float]) -> tuple:
+    """(sigma_hi, sigma_lo) of ``logsnr_graded`` for data of scale ``data_scale`` (the square root of
+    the largest eigenvalue of the data's covariance, :func:`diffkit.data.data_scale`): the Gaussian
+    limit of the derivation in :func:`graded_log_snr` starts where sigma~ passes the data's largest
+    scale, so sigma_hi = ``data_scale``; ``None`` (unknown) keeps unit-scale data, :data:`GRADE_SIGMAS`.
+    sigma_lo stays 0.1 (at most sigma_hi / 2)."""
+    if data_scale is None:
+        return GRADE_SIGMAS
+    check_range("data_scale", data_scale, 0.0, None, low_inclusive=False)
+    return float(data_scale), min(GRADE_SIGMAS[1], float(data_scale) / 2)
+
+
 def parse_grade_sigmas(text: str) -> list:
     """``"HI/LO,HI/LO,..."`` -> [(sigma_hi, sigma_lo), ...] for ``logsnr_graded`` probes (checked)."""
     pairs = []
@@ -188,4 +200,5 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "graded_log_snr", "parse_grade_sigmas"]
+__all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "graded_log_snr", "grade_sigmas_for",
+           "parse_grade_sigmas"]

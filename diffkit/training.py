@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig, resolve_device
-from .data import load_dataset, make_loader
+from .data import data_scale, load_dataset, make_loader
 from .errors import DiffkitError
 from .losses import training_losses
 from .models.unet import UNet, UNetConfig
@@ -220,6 +220,7 @@ class Trainer:
             if self.dataset.img_size % factor:
                 raise DiffkitError(f"the latents are {self.dataset.img_size}x{self.dataset.img_size}, not divisible "
                                    f"by {factor} = 2**(len(channel_mult)-1) for channel_mult={cfg.channel_mult!r}")
+        self.data_scale = data_scale(self.dataset)  # recorded for samplers' logsnr_graded grid
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg, self.dataset).to(self.device)
         if cfg.channels_last:
@@ -267,6 +268,7 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch, "total_steps": self.total_steps,
                 "world_size": self.dist.world_size, "global_batch": self.global_batch,
                 "dataset_size": len(self.dataset), "steps_per_epoch": self.steps_per_epoch,
+                "data_scale": self.data_scale,
                 "lr": learning_rate(max(self.step - 1, 0), self.total_steps, self.cfg),  # of the last step, for information
                 "diffkit_version": __version__, "torch_version": torch.__version__,
                 "ema_updates": self.ema.updates, "optimizer": opt_meta, "skipped_steps": self.skipped_steps,

@@ -118,3 +118,39 @@ def test_grade_sigmas_parse_pairs_and_refuse_bad_ones_in_one_line():
     for bad, says in (("1/2", "HI > LO > 0"), ("2", "HI/LO"), ("a/b", "HI/LO"), (",", "at least one")):
         with pytest.raises(DiffkitError, match=says):
             parse_grade_sigmas(bad)
+
+
+def test_data_scale_is_the_root_of_the_largest_covariance_eigenvalue():
+    """Items (+-a, +-b, 0, ...) in equal numbers have covariance diag(a^2, b^2, 0, ...) exactly."""
+    from diffkit.data import InMemoryImageDataset, data_scale
+    from diffkit.latent import LatentDataset
+    a, b = 1.5, 0.5
+    signs = torch.tensor([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=torch.float32).repeat(5, 1)
+    latents = torch.zeros(20, 1, 2, 2)
+    latents[:, 0, 0, 0], latents[:, 0, 0, 1] = a * signs[:, 0] + 0.25, b * signs[:, 1]  # the mean is removed
+    assert data_scale(LatentDataset(latents, torch.zeros(20), 0)) == pytest.approx(a, rel=1e-9)
+    # uint8 images in the network's [-1, 1]: pixel values 0 and 255 -> -1 and 1 (scale 1 per pixel)
+    images = torch.zeros(20, 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = ((signs[:, 0] + 1) * 127.5).to(torch.uint8)
+    assert data_scale(InMemoryImageDataset(images, torch.zeros(20, dtype=torch.long))) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_the_default_graded_grid_follows_the_denoisers_data_scale(schedule):
+    """grade_sigmas_for: sigma_hi = the data scale (unit scale when unknown); diffkit.sample grades
+    the default logsnr_graded grid with it, and a guidance wrapper passes it on."""
+    from diffkit.guidance import ClassifierFreeGuidance
+    from diffkit.timesteps import grade_sigmas_for
+    assert grade_sigmas_for(None) == GRADE_SIGMAS
+    assert grade_sigmas_for(3.0) == (3.0, 0.1) and grade_sigmas_for(0.1) == (0.1, 0.05)
+    with pytest.raises(DiffkitError, match="data_scale"):
+        grade_sigmas_for(-1.0)
+    mixture = GaussianMixture.random(4, 3, seed=0)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    scaled = Denoiser(mixture.network(schedule), schedule, data_scale=3.0)
+    explicit = make_grid(schedule, 8, "logsnr_graded", grade_sigmas=(3.0, 0.1))
+    assert not torch.equal(explicit, make_grid(schedule, 8, "logsnr_graded"))
+    got = diffkit.sample(scaled, x_T.clone(), "unipc-3", 8, progress=False)
+    want = diffkit.sample(Denoiser(mixture.network(schedule), schedule), x_T.clone(), "unipc-3", grid=explicit,
+                          progress=False)
+    assert torch.equal(got, want)
+    assert ClassifierFreeGuidance(scaled, 1.0, null_class=0).data_scale == 3.0

@@ -69,6 +69,11 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     for name, value in tr.model.state_dict().items():
         assert torch.equal(tensors[f"model.{name}"], value), name
     assert meta["step"] == 2 and meta["config"]["channel"] == 16
+    # the data scale travels with the checkpoint to the samplers' logsnr_graded grid
+    from diffkit.data import data_scale
+    from diffkit.loading import load_denoiser
+    assert meta["data_scale"] == tr.data_scale == data_scale(tr.dataset) > 0
+    assert load_denoiser(tmp_path / "ckpt" / "latest.safetensors").data_scale == meta["data_scale"]
     assert (tmp_path / "ckpt" / "loss_curve.png").exists() and (tmp_path / "ckpt" / "train_log.csv").exists()
 
 

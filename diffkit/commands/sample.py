@@ -429,10 +429,11 @@ def _algorithm_1(denoiser, classifier, x, labels, guidance, sampler, steps, nfe,
 
     from ..guidance import classifier_guided_ddpm
     from ..samplers.registry import get_sampler
-    from ..timesteps import make_grid
+    from ..timesteps import grade_sigmas_for, make_grid
     info = get_sampler(sampler)
     steps = info.steps_for_nfe(nfe) if nfe is not None else (steps or 50)
-    grid = make_grid(denoiser.schedule, steps, spacing or info.default_spacing, info.default_final)
+    grid = make_grid(denoiser.schedule, steps, spacing or info.default_spacing, info.default_final,
+                     grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))
     scale = 1.0 if guidance.classifier_scale is None else guidance.classifier_scale
     with torch.no_grad():
         return classifier_guided_ddpm(denoiser, classifier, x, grid, scale=scale, y=labels, cond=cond,
