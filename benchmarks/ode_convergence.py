@@ -13,8 +13,9 @@ steps down to about the reference's own uncertainty.
     PYTHONPATH=. python benchmarks/ode_convergence.py --checkpoint CKPT --samplers ddim,dpm-solver++-2m@logsnr_skip
     PYTHONPATH=. python benchmarks/ode_convergence.py --checkpoint CKPT --samplers unipc-3 --grade-sigmas 1/0.1,4/0.1
 
-``--grade-sigmas HI/LO,...`` runs each sampler on ``logsnr_graded`` once per (sigma_hi, sigma_lo) pair
-instead of its own grid (docs/samplers.md, "Which sigma_hi").
+``--grade-sigmas HI/LO,...`` runs each sampler whose grid is ``logsnr_graded`` (its default, or named)
+once per (sigma_hi, sigma_lo) pair; a sampler named with another grid runs on that grid once
+(docs/samplers.md, "Which sigma_hi").
 
 Writes benchmarks/out/ode_convergence.{json,md}. A benchmark, not a CI test.
 """
@@ -75,7 +76,12 @@ def main(argv=None) -> int:
           f"{report['reference_uncertainty']:.4f}; mean pixel {report['reference_mean']:+.3f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     steps = [int(s) for s in args.steps.split(",")]
-    for (name, spacing), grade in ((spec, grade) for spec in specs for grade in grades):
+
+    def graded(name, spacing):
+        return (spacing or get_sampler(name).default_spacing) == "logsnr_graded"
+
+    runs = [(spec, grade) for spec in specs for grade in (grades if graded(*spec) else [None])]
+    for (name, spacing), grade in runs:
         info = get_sampler(name)
         label = spacing or info.default_spacing if grade is None else f"logsnr_graded {grade[0]:g}/{grade[1]:g}"
         row = {"sampler": name, "spacing": label, "rms": [], "mean": []}

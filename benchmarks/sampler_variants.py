@@ -10,8 +10,9 @@ accurate ODE solution as a finished run (read from its ``samplers.json``), runs 
         --samplers unipc,unipc@logsnr,unipc@logsnr:sigma_min [--mixtures 0,1,2] [--nfes 15,20]
         [--grade-sigmas 1/0.1,2/0.1]
 
-``--grade-sigmas`` runs every variant on the ``logsnr_graded`` grid once per (sigma_hi, sigma_lo)
-pair instead of its own grid (docs/samplers.md, "Which sigma_hi"). Each row also has the RMS
+``--grade-sigmas`` runs every variant whose grid is ``logsnr_graded`` (its default, or named) once
+per (sigma_hi, sigma_lo) pair; a variant named with another grid runs on that grid once
+(docs/samplers.md, "Which sigma_hi"). Each row also has the RMS
 without the worst 0.1% of trajectories and the flips (``samplers.endpoint_errors``).
 
 Writes ``sampler_variants.json`` beside ``--run`` (or ``--out``).
@@ -66,8 +67,12 @@ def run_variants(result: dict, variants, log=print, nfes=None, grades=None) -> l
         f"(the run's: {result['fd_reference']:.5f})")
     best = {e["nfe"]: e["diffusers"] for e in bench.summarize(result, bench.NFES) if "diffusers" in e}
     ref_components = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
-    runs = [(spec, v, None) for spec, v in variants] if not grades else [
-        (f"{spec}[graded {hi:g}/{lo:g}]", v, (hi, lo)) for spec, v in variants for hi, lo in grades]
+
+    def graded(name, spacing):
+        return (spacing or get_sampler(name).default_spacing) == "logsnr_graded"
+
+    runs = [(f"{spec}[graded {g[0]:g}/{g[1]:g}]", v, g) if g else (spec, v, None)
+            for spec, v in variants for g in (grades if grades and graded(*v[:2]) else [None])]
     rows = []
     for label, (name, spacing, final), grade in runs:
         info = get_sampler(name)
