@@ -34,7 +34,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -478,14 +478,15 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
                       persistent_workers=num_workers > 0, pin_memory=pin)
 
 
-def data_scale(dataset, max_items: int = 10_000, iterations: int = 100) -> float:
+def data_scale(dataset, max_items: int = 10_000, iterations: int = 100) -> Optional[float]:
     """The data's largest scale: the square root of the largest eigenvalue of the covariance of
     its items (flattened, in the space the network sees: images in [-1, 1], latents as encoded).
 
     At most ``max_items`` items, evenly spaced over the data set; the eigenvalue by power iteration
     on X^T X / n (X the centred items, never the d x d matrix), from a fixed start, so the value
     is reproducible. :func:`diffkit.timesteps.grade_sigmas_for` turns it into the ``logsnr_graded``
-    grid's sigma_hi; the trainer stores it in every checkpoint."""
+    grid's sigma_hi; the trainer stores it in every checkpoint. ``None`` for data without spread
+    (one item, or all items equal): such data has no scale, and the grid keeps its unit default."""
     n = len(dataset)
     check_range("len(dataset)", n, 1, None, integer=True)
     index = torch.linspace(0, n - 1, min(n, max_items)).round().long()
@@ -503,7 +504,7 @@ def data_scale(dataset, max_items: int = 10_000, iterations: int = 100) -> float
         w = x.T @ (x @ v) / x.shape[0]
         norm = float(w.norm())
         if norm == 0.0:
-            return 0.0
+            return None
         v, previous, value = w / norm, value, norm
         if abs(value - previous) <= 1e-10 * value:
             break

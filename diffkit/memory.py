@@ -13,8 +13,9 @@ the CPU and MPS, which keep no such statistic, by :class:`LiveTensorBytes`, a
 ``TorchDispatchMode`` that adds the bytes of every tensor storage an operator creates and
 subtracts them when the storage is freed; a kernel's scratch, which it cannot see, is bounded by
 the operator's inputs (on this CPU the resident memory a batch of 256 really adds is 0.8-1.5x
-the prediction, ``benchmarks/auto_batch.py``; hence the CPU's share of one half). A compiled network is probed eagerly
-(``torch.compiler.set_stance("force_eager")``): its peak is at most the eager one.
+the prediction, ``benchmarks/auto_batch.py``; hence the CPU's share of one half). A compiled
+network is probed eagerly (``torch.compiler.set_stance("force_eager")``): its peak is at most the
+eager one.
 
 Available memory (:func:`available_bytes`): CUDA ``mem_get_info`` free memory plus what the
 caching allocator holds unused; MPS the recommended working set less what the driver has
@@ -229,5 +230,5 @@ def batches_with_oom_retry(generate: Callable, num: int, batch_size: int) -> Ite
         start += n
 
 
-__all__ = ["LiveTensorBytes", "peak_bytes", "available_bytes", "auto_batch_size", "batches_with_oom_retry", "MEMORY_SHARE", "MAX_AUTO_BATCH",
-           "PROBE_SAMPLING"]
+__all__ = ["LiveTensorBytes", "peak_bytes", "available_bytes", "auto_batch_size", "batches_with_oom_retry",
+           "MEMORY_SHARE", "MAX_AUTO_BATCH", "PROBE_SAMPLING"]

@@ -133,6 +133,8 @@ def test_data_scale_is_the_root_of_the_largest_covariance_eigenvalue():
     images = torch.zeros(20, 1, 2, 2, dtype=torch.uint8)
     images[:, 0, 0, 0] = ((signs[:, 0] + 1) * 127.5).to(torch.uint8)
     assert data_scale(InMemoryImageDataset(images, torch.zeros(20, dtype=torch.long))) == pytest.approx(1.0, rel=1e-9)
+    # no spread, no scale: None, which checkpoints store and samplers read as unit-scale data
+    assert data_scale(LatentDataset(torch.ones(3, 1, 2, 2), torch.zeros(3), 0)) is None
 
 
 def test_the_default_graded_grid_follows_the_denoisers_data_scale(schedule):
