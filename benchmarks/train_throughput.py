@@ -96,11 +96,17 @@ def _peak_rss_bytes() -> int:
 class _Synthetic:
     """What Trainer needs of a data set when train_step is fed batches directly."""
 
-    def __init__(self, n: int, channels: int):
-        self.n, self.channels = n, channels
+    def __init__(self, n: int, channels: int, size: int):
+        self.n, self.channels, self.size = n, channels, size
 
     def __len__(self):
         return self.n
+
+    def __getitem__(self, i: int):
+        """Uniform noise in [-1, 1] (the Trainer measures the data's scale from a few items)."""
+        import torch
+        generator = torch.Generator().manual_seed(int(i))
+        return torch.rand(self.channels, self.size, self.size, generator=generator) * 2 - 1, 0
 
 
 def _diffkit_step_fn(cfg: dict, opts: dict, batch: int, device: str, workdir: str):
@@ -112,7 +118,7 @@ def _diffkit_step_fn(cfg: dict, opts: dict, batch: int, device: str, workdir: st
                             ema_decay=0.9999, max_steps=10_000, save_weight_dir=workdir,
                             mixed_precision="bf16" if opts.get("bf16") else "no",
                             compile=bool(opts.get("compile")))
-    trainer = Trainer(train_cfg, dataset=_Synthetic(100 * batch, cfg["in_channels"]), progress=False,
+    trainer = Trainer(train_cfg, dataset=_Synthetic(100 * batch, cfg["in_channels"], cfg["img_size"]), progress=False,
                       log=lambda msg: None)
     trainer.model.train()
     generator = torch.Generator().manual_seed(0)

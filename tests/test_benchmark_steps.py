@@ -1,0 +1,44 @@
+"""The speed benchmarks' step functions still run against the current library (issue 8).
+
+The benchmarks are not run in CI (they take minutes to hours), so a change of the library's
+interface could break them unnoticed, as the trainer's data-scale measurement did for
+``train_throughput.py``'s synthetic data set. One step of each side on a tiny network."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import train_throughput  # noqa: E402
+
+TINY = {"channel": 8, "channel_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.1,
+        "img_size": 8, "in_channels": 1}
+
+
+@pytest.mark.parametrize("options", [{}, {"bf16": True}])
+def test_diffkit_training_step_runs(tmp_path, options):
+    step, model = train_throughput._diffkit_step_fn(TINY, options, 2, "cpu", str(tmp_path))
+    losses = [step() for _ in range(2)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_diffusers_training_step_has_the_same_shape():
+    pytest.importorskip("diffusers")
+    from speed_configs import diffkit_unet
+    step, model = train_throughput._diffusers_step_fn(TINY, {"channels_last": True, "tuned": True}, 2, "cpu")
+    assert math.isfinite(step())
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in diffkit_unet(TINY).parameters())
+
+
+def test_synthetic_items_are_images_in_range():
+    data = train_throughput._Synthetic(4, 3, 8)
+    image, label = data[2]
+    assert image.shape == (3, 8, 8) and label == 0
+    assert float(image.abs().max()) <= 1.0
+    assert torch.equal(image, data[2][0])
