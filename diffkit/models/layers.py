@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffkitError, check_positive_int_list, check_range
+from .dropout import dropout
 
 __all__ = [
     "TrunkConfig", "timestep_embedding", "norm_groups", "GroupNorm", "group_norm", "zero_module",
@@ -154,9 +155,28 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4
                 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
-            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
-            return y.contiguous(memory_format=torch.channels_last)
+            xc = _Relayout.apply(x, torch.contiguous_format, torch.channels_last)
+            y = F.group_norm(xc, self.num_groups, self.weight, self.bias, self.eps)
+            return _Relayout.apply(y, torch.channels_last, torch.contiguous_format)
         return super().forward(x)
+
+
+class _Relayout(torch.autograd.Function):
+    """``x`` copied into memory format ``to``, with its gradient copied back into ``back``.
+
+    ``Tensor.contiguous`` passes the gradient through in whatever layout it arrives, so the
+    contiguous GroupNorm would hand its input a contiguous gradient, which the residual branch's
+    channels_last gradient is then added to: a mixed-layout ``add_`` is 2-3x slower than a copy
+    plus a same-layout add, and convolutions re-lay-out such gradients themselves."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, to: torch.memory_format, back: torch.memory_format) -> torch.Tensor:
+        ctx.back = back
+        return x.contiguous(memory_format=to)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.back), None, None
 
 
 def group_norm(channels: int) -> GroupNorm:
@@ -214,14 +234,32 @@ def _from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.reshape(b, height, width, c).permute(0, 3, 1, 2)
 
 
+# Largest L_q * L_k attended with two matrix products on the CPU in bf16 (a 16x16 map attending
+# to itself); larger maps keep the fused kernel, which never holds the L_q x L_k scores.
+_CPU_BF16_MATMUL_ATTENTION_MAX = 256 * 256
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on (B, L, C) tensors, scale 1/sqrt(C/heads)."""
+    """Multi-head scaled dot-product attention on (B, L, C) tensors, scale 1/sqrt(C/heads)
+    (Vaswani et al. 2017, eq. 1).
+
+    bf16 on the CPU, up to ``_CPU_BF16_MATMUL_ATTENTION_MAX`` score entries per head: softmax(QK^T
+    / sqrt(d)) V as two oneDNN bf16 matrix products (AMX where the CPU has it) around a float32
+    softmax, about 3x faster in forward + backward than the fused SDPA kernel for 64-256 tokens
+    (docs/performance.md); the scores are rounded to bf16, so the output's relative error is about
+    1e-2 instead of 5e-3 (float64 reference; tests/test_models.py), below what the bf16
+    convolutions around it already carry. Everything else: ``F.scaled_dot_product_attention``."""
     b, lq, c = q.shape
     d = c // heads
     q = q.reshape(b, lq, heads, d).transpose(1, 2)
     k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
     v = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v)
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.dtype == v.dtype == torch.bfloat16
+            and lq * k.shape[2] <= _CPU_BF16_MATMUL_ATTENTION_MAX):
+        scores = (q * d ** -0.5) @ k.transpose(-1, -2)
+        out = scores.float().softmax(-1).to(v.dtype) @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).reshape(b, lq, c)
 
 
@@ -288,7 +326,7 @@ class ResBlock(nn.Module):
             h = self.norm2(h + e)
         h = F.silu(h)
         if self.dropout > 0.0:
-            h = F.dropout(h, p=self.dropout, training=self.training)
+            h = dropout(h, self.dropout, self.training)
         h = self.conv2(h)
         skip = x if self.skip is None else self.skip(x)
         return skip + h
@@ -365,7 +403,7 @@ class SpatialTransformer(nn.Module):
         value, gate = self.ff_in(self.norm_ff(h)).chunk(2, dim=-1)
         ff = value * F.gelu(gate)
         if self.dropout > 0.0:
-            ff = F.dropout(ff, p=self.dropout, training=self.training)
+            ff = dropout(ff, self.dropout, self.training)
         h = h + self.ff_out(ff)
         return x + _from_tokens(self.proj_out(h), height, width)
 

@@ -1,0 +1,79 @@
+"""diffkit.models.dropout against the definition of inverted dropout (Srivastava et al. 2014)."""
+import math
+
+import pytest
+import torch
+
+from diffkit.models.dropout import dropout, keep_mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.15, 0.5, 0.9])
+def test_drop_rate_and_scale(p):
+    x = torch.ones(1 << 20)
+    y = dropout(x, p, generator=torch.Generator().manual_seed(0))
+    dropped = float((y == 0).double().mean())
+    # binomial standard deviation of the dropped fraction, 5 sigma
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / x.numel())
+    kept = y[y != 0]
+    k = round(p * 65536)
+    assert torch.all(kept == 65536 / (65536 - k))
+    assert abs(65536 / (65536 - k) - 1 / (1 - p)) < 1e-4 / (1 - p)
+    # unbiased: E[y] = x
+    assert abs(float(y.double().mean()) - 1.0) < 5 * math.sqrt(p / (1 - p) / x.numel())
+
+
+def test_mask_bits_are_independent_of_position():
+    """The four 16-bit lanes of each random word drop at the same rate (no lane is biased)."""
+    x = torch.ones(1 << 20)
+    keep, _ = keep_mask(x, 0.25, torch.Generator().manual_seed(1))
+    drop = 1 - keep
+    rates = drop.view(-1, 4).double().mean(0)
+    n = x.numel() / 4
+    assert torch.all((rates - 0.25).abs() < 5 * math.sqrt(0.25 * 0.75 / n))
+    # neighbouring elements are uncorrelated
+    d = drop.double()
+    corr = float(((d[1:] - 0.25) * (d[:-1] - 0.25)).mean() / (0.25 * 0.75))
+    assert abs(corr) < 5 / math.sqrt(x.numel())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_values_layout_and_gradient(dtype, channels_last):
+    x = torch.randn(2, 8, 5, 6, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = dropout(x, 0.3, generator=torch.Generator().manual_seed(2))
+    assert y.dtype == dtype and y.stride() == x.stride()
+    kept = y != 0
+    scale = 65536 / (65536 - round(0.3 * 65536))
+    expected = torch.where(kept, x.detach() * scale, torch.zeros((), dtype=dtype))
+    assert torch.equal(y.detach(), expected)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    assert torch.equal(x.grad, torch.where(kept, upstream * scale, torch.zeros((), dtype=dtype)))
+
+
+def test_identity_when_not_training_or_p_zero():
+    x = torch.randn(3, 4)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0) is x
+
+
+def test_reproducible_with_a_seed_and_from_the_global_generator():
+    x = torch.randn(4, 16, 8, 8)
+    a = dropout(x, 0.2, generator=torch.Generator().manual_seed(3))
+    b = dropout(x, 0.2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    torch.manual_seed(4)
+    c = dropout(x, 0.2)
+    torch.manual_seed(4)
+    assert torch.equal(c, dropout(x, 0.2))
+
+
+def test_non_dense_input_falls_back_and_bad_p_is_refused():
+    x = torch.randn(8, 8)[:, ::2]  # strided view
+    y = dropout(x, 0.5)
+    assert y.shape == x.shape and set(torch.unique((y / x).round(decimals=4)).tolist()) <= {0.0, 2.0}
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout(x, 1.0)
