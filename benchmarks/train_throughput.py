@@ -24,6 +24,11 @@ Peak memory on the CPU is the worker's peak resident set size (``getrusage(RUSAG
 tracemalloc) at the end of the run minus its value after the imports, before the network is
 built: weights, gradients, AdamW moments, EMA copy, activations, and allocator caching,
 measured identically on both sides. On CUDA it is ``torch.cuda.max_memory_allocated``.
+On the CPU a second, exact figure ("step MiB"): the peak bytes of the tensor storages one more
+(untimed) step creates, counted by :class:`diffkit.memory.LiveTensorBytes` (activations,
+gradients, temporaries; the weights, moments and EMA that exist before the step are the same
+on both sides). The resident-set figure also holds what glibc keeps after frees, which depends
+on the order of allocations (docs/performance.md).
 
     python benchmarks/train_throughput.py [--threads 2] [--batch 32] [--rounds 5] [--steps 1]
         [--configs seed,cifar10,mnist] [--device cpu|cuda] [--compile] [--bf16] [--quick]
@@ -213,7 +218,14 @@ def worker(spec: dict) -> None:
             cmd = line.split()
             if cmd[0] == "quit":
                 peak = (torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()) - baseline
-                print(json.dumps({"peak_bytes": peak}), flush=True)
+                tensor_peak = None
+                if not cuda:  # one more (untimed) step, counting the tensor storages it creates
+                    from diffkit.memory import LiveTensorBytes
+                    tracker = LiveTensorBytes()
+                    with tracker:
+                        step()
+                    tensor_peak = tracker.peak
+                print(json.dumps({"peak_bytes": peak, "step_tensor_peak_bytes": tensor_peak}), flush=True)
                 return
             wall, cpu, losses = [], [], []
             for _ in range(int(cmd[1])):
@@ -272,9 +284,10 @@ def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
                     cpu[v].append(statistics.median(out["cpu"]))
             print(f"  {name} round {rnd + 1}/{args.warmup + args.rounds}: "
                   + ", ".join(f"{v} {wall[v][-1] if wall[v] else first[v]:.2f}s" for v in variants), flush=True)
-        peaks = {}
+        peaks, tensor_peaks = {}, {}
         for v, w in workers.items():
-            peaks[v] = w.close()["peak_bytes"]
+            closing = w.close()
+            peaks[v], tensor_peaks[v] = closing["peak_bytes"], closing.get("step_tensor_peak_bytes")
     finally:
         for w in workers.values():
             if w.proc.poll() is None:
@@ -288,11 +301,14 @@ def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
                "parameters": workers[v].info["parameters"], "median_s": statistics.median(wall[v]),
                "images_per_s": args.batch / statistics.median(wall[v]), "median_cpu_s": statistics.median(cpu[v]),
                "first_step_s": first[v], "peak_mib": peaks[v] / 2**20, "wall_s": wall[v], "cpu_s": cpu[v],
+               "step_tensor_peak_mib": None if tensor_peaks[v] is None else tensor_peaks[v] / 2**20,
                "reference": ref}
         if ref is not None:
             row["speedup"] = statistics.median(a / b for a, b in zip(wall[ref], wall[v]))
             row["cpu_speedup"] = statistics.median(a / b for a, b in zip(cpu[ref], cpu[v]))
             row["peak_ratio"] = peaks[v] / peaks[ref]
+            if tensor_peaks[v] is not None and tensor_peaks[ref]:
+                row["step_tensor_peak_ratio"] = tensor_peaks[v] / tensor_peaks[ref]
             if example is not None and example != ref:  # against the example as shipped
                 row["speedup_vs_example"] = statistics.median(a / b for a, b in zip(wall[example], wall[v]))
                 row["cpu_speedup_vs_example"] = statistics.median(a / b for a, b in zip(cpu[example], cpu[v]))
@@ -304,15 +320,19 @@ def print_table(rows: list[dict], args) -> None:
     print(f"\nfull training step, batch {args.batch}, {args.threads} threads, device {args.device}, "
           f"median of {args.rounds} rounds x {args.steps} step(s) after {args.warmup} warm-up round(s)")
     print(f"{'config':8s} {'variant':22s} {'params':>11s} {'wall s':>7s} {'img/s':>7s} {'cpu s':>7s} "
-          f"{'speedup':>8s} {'cpu spd':>8s} {'peak MiB':>9s} {'mem ratio':>9s} {'vs example':>10s} {'(cpu)':>6s}  vs")
+          f"{'speedup':>8s} {'cpu spd':>8s} {'peak MiB':>9s} {'mem ratio':>9s} {'step MiB':>9s} {'ratio':>6s} "
+          f"{'vs example':>10s} {'(cpu)':>6s}  vs")
     for r in rows:
         speed = f"{r['speedup']:7.2f}x" if "speedup" in r else f"{'':8s}"
         cspeed = f"{r['cpu_speedup']:7.2f}x" if "cpu_speedup" in r else f"{'':8s}"
         mem = f"{r['peak_ratio']:9.2f}" if "peak_ratio" in r else f"{'':9s}"
+        step_mem = (f"{r['step_tensor_peak_mib']:9.0f} " if r.get("step_tensor_peak_mib") is not None
+                    else f"{'':10s}")
+        step_mem += f"{r['step_tensor_peak_ratio']:6.2f}" if "step_tensor_peak_ratio" in r else f"{'':6s}"
         ex = (f"{r['speedup_vs_example']:9.2f}x {r['cpu_speedup_vs_example']:5.2f}x" if "speedup_vs_example" in r
               else f"{'':17s}")
         print(f"{r['config']:8s} {r['variant']:22s} {r['parameters']:11,d} {r['median_s']:7.3f} "
-              f"{r['images_per_s']:7.2f} {r['median_cpu_s']:7.3f} {speed} {cspeed} {r['peak_mib']:9.0f} {mem} {ex}"
+              f"{r['images_per_s']:7.2f} {r['median_cpu_s']:7.3f} {speed} {cspeed} {r['peak_mib']:9.0f} {mem} {step_mem} {ex}"
               f"  {r['reference'] or ''}")
 
 
