@@ -255,13 +255,14 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torc
     """Multi-head scaled dot-product attention on (B, L, C) tensors, scale 1/sqrt(C/heads)
     (Vaswani et al. 2017, eq. 1).
 
-    bf16 on the CPU, up to ``_CPU_BF16_MATMUL_ATTENTION_MAX`` score entries per head: softmax(QK^T
-    / sqrt(d)) V as two oneDNN bf16 matrix products (AMX where the CPU has it) around a softmax
-    computed in float32 and rounded to bf16 once, about 3x faster in forward + backward than the fused SDPA kernel for 64-256 tokens
-    (docs/performance.md); the scores are rounded to bf16, so the output's relative error is about
-    1e-2 instead of 5e-3 (float64 reference; tests/test_models.py), below what the bf16
-    convolutions around it already carry; the bf16 probabilities held for the backward pass are
-    2 bytes per score. Everything else: ``F.scaled_dot_product_attention``."""
+    bf16 on the CPU, up to ``_CPU_BF16_MATMUL_ATTENTION_MAX`` score entries per head:
+    softmax(QK^T / sqrt(d)) V as two oneDNN bf16 matrix products (AMX where the CPU has it) around
+    a softmax computed in float32 and rounded to bf16 once, about 3x faster in forward + backward
+    than the fused SDPA kernel for 64-256 tokens (docs/performance.md). The scores are rounded to
+    bf16, so the output's relative error is about 1e-2 instead of 5e-3 (float64 reference;
+    tests/test_models.py), below what the bf16 convolutions around it already carry; the bf16
+    probabilities held for the backward pass are 2 bytes per score. Everything else:
+    ``F.scaled_dot_product_attention``."""
     b, lq, c = q.shape
     d = c // heads
     q = q.reshape(b, lq, heads, d).transpose(1, 2)
