@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from diffkit.errors import DiffkitError
 from diffkit.models.dropout import dropout, keep_mask
 
 
@@ -75,5 +76,5 @@ def test_non_dense_input_falls_back_and_bad_p_is_refused():
     x = torch.randn(8, 8)[:, ::2]  # strided view
     y = dropout(x, 0.5)
     assert y.shape == x.shape and set(torch.unique((y / x).round(decimals=4)).tolist()) <= {0.0, 2.0}
-    with pytest.raises(ValueError, match="dropout probability"):
+    with pytest.raises(DiffkitError, match=r"dropout=1.0 .*\[0.0, 1.0\)"):
         dropout(x, 1.0)

@@ -203,7 +203,7 @@ def test_norm_groups_divide_channels_and_keep_four_per_group():
     assert norm_groups(384) == 32 and norm_groups(128) == 32 and norm_groups(48) == 12 and norm_groups(32) == 8
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_group_norm_of_channels_last_input_equals_the_formula_in_value_gradient_and_layout(dtype):
     # GroupNorm (Wu & He 2018, eq. 1-4) per sample and group of 4 channels, against the formula in
     # float64; the bf16 channels_last path runs the contiguous kernel and must keep the layout.
@@ -218,13 +218,18 @@ def test_group_norm_of_channels_last_input_equals_the_formula_in_value_gradient_
     xd = x.detach().double().reshape(3, 4, -1)
     ref = ((xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()).view(3, 16, 5, 7)
     ref = ref * norm.weight.double().view(1, -1, 1, 1) + norm.bias.double().view(1, -1, 1, 1)
-    tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    tol = {torch.bfloat16: 3e-2, torch.float16: 4e-3}.get(dtype, 1e-5)
     assert (y.double() - ref).abs().max() < tol
-    grad = torch.randn(3, 16, 5, 7)
+    grad = torch.randn(3, 16, 5, 7).contiguous(memory_format=torch.channels_last)
     y.backward(grad.to(dtype))
     xr = x.detach().double().requires_grad_()
-    torch.nn.functional.group_norm(xr, 4, norm.weight.double(), norm.bias.double(), 1e-5).backward(grad.double())
+    wr, br = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    torch.nn.functional.group_norm(xr, 4, wr, br, 1e-5).backward(grad.double())
+    assert x.grad.dtype == dtype and x.grad.is_contiguous(memory_format=torch.channels_last)
     assert (x.grad.double() - xr.grad).abs().max() < 20 * tol
+    for got, want in ((norm.weight.grad, wr.grad), (norm.bias.grad, br.grad)):
+        assert got.dtype == torch.float32
+        assert (got.double() - want).abs().max() < 20 * tol * want.abs().max()
 
 
 def test_time_and_class_reach_the_output_of_a_narrow_unet():

@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import check_range
+
 __all__ = ["dropout", "keep_mask"]
 
 _LEVELS = 1 << 16  # 16 random bits per element
@@ -53,8 +55,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True,
     not ``training`` or ``p == 0``. Draws from ``generator`` (CPU) or torch's default one."""
     if not training or p == 0.0:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    check_range("dropout", p, 0.0, 1.0, high_inclusive=False)
     if x.device.type != "cpu" or not x.is_floating_point() or x.numel() == 0 or not _dense(x):
         return F.dropout(x, p=p, training=True)
     keep, scale = keep_mask(x, p, generator)
