@@ -9,7 +9,8 @@ network evaluations, the wall time per sample of
   timestep ``unet(x, t).sample`` then ``scheduler.step(...).prev_sample``) for DPM-Solver++(2M),
   each with its U-Net contiguous (as the pipeline runs it) and channels_last (``-cl``).
 ``--bf16`` adds the same runs with the network under bf16 autocast (``-bf16``; diffkit:
-``Denoiser(mixed_precision="bf16")``), compared with diffusers at the same precision.
+``Denoiser(mixed_precision="bf16")`` with the network in the layout ``load_denoiser`` gives it
+at that precision, contiguous on the CPU), compared with diffusers at the same precision.
 ``--compile [MODE]`` adds ``diffkit-compile`` (``Denoiser.compile(MODE)``) and ``diffusers-cl-compile``
 (``torch.compile(unet, mode=MODE)``, channels_last) at each precision; compilation happens in
 the warm-up round (keep ``--warmup`` >= 1).
@@ -32,6 +33,7 @@ Writes ``benchmarks/out/sampling_speed_<threads>t.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -47,6 +49,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import diffkit  # noqa: E402
 from diffkit.denoiser import COMPILE_MODES  # noqa: E402
+from diffkit.models.layers import preferred_memory_format, use_memory_format  # noqa: E402
 from diffkit.schedule import NoiseSchedule  # noqa: E402
 from speed_configs import CONFIGS, diffkit_unet, diffusers_unet  # noqa: E402
 
@@ -129,7 +132,10 @@ def main(argv=None):
     params = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
     schedule = NoiseSchedule.from_name("linear", 1000, beta_start=1e-4, beta_end=0.02)
     denoiser = diffkit.Denoiser(ours, schedule, prediction_type="epsilon")
-    denoiser_bf16 = diffkit.Denoiser(ours, schedule, prediction_type="epsilon", mixed_precision="bf16")
+    # bf16: the network in the layout diffkit.load_denoiser gives it at that precision (contiguous
+    # on the CPU, channels_last on CUDA; models.layers.preferred_memory_format), same weights
+    ours_bf16 = use_memory_format(copy.deepcopy(ours), preferred_memory_format(device, "bf16"))
+    denoiser_bf16 = diffkit.Denoiser(ours_bf16, schedule, prediction_type="epsilon", mixed_precision="bf16")
     check = None
     if same:
         with torch.no_grad():
@@ -169,7 +175,7 @@ def main(argv=None):
         mode = None if args.compile == "default" else args.compile
         theirs_compiled = torch.compile(theirs_cl, mode=mode)
         for precision, den in (("", denoiser), ("-bf16", denoiser_bf16)) if args.bf16 else (("", denoiser),):
-            den_c = diffkit.Denoiser(ours, schedule, prediction_type="epsilon",
+            den_c = diffkit.Denoiser(den.net, schedule, prediction_type="epsilon",
                                      mixed_precision=den.mixed_precision).compile(args.compile)
             runs[("ddim", f"diffkit{precision}-compile")] = diffkit_run("ddim", den=den_c, steps=args.ddim_steps, eta=0.0)
             runs[("dpm-solver++-2m", f"diffkit{precision}-compile")] = diffkit_run("dpm-solver++-2m", den=den_c,

@@ -28,6 +28,7 @@ from .config import TrainConfig, resolve_device
 from .data import data_scale, load_dataset, make_loader
 from .errors import DiffkitError
 from .losses import training_losses
+from .models.layers import preferred_memory_format, use_memory_format
 from .models.unet import UNet, UNetConfig
 from .schedule import NoiseSchedule
 from .timestep_sampling import make_timestep_sampler
@@ -223,8 +224,10 @@ class Trainer:
         self.data_scale = data_scale(self.dataset)  # recorded for samplers' logsnr_graded grid
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg, self.dataset).to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # the layout the network computes in, fixed before the EMA copy and the optimiser's moments
+        # take the weights' strides: channels_last, or contiguous for bf16 on the CPU (faster there)
+        use_memory_format(self.model, torch.channels_last if cfg.channels_last
+                          else preferred_memory_format(self.device, cfg.mixed_precision))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         # fused AdamW (one kernel for all parameters) on CPU and CUDA; resumed optimiser state gets
         # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs
@@ -363,8 +366,6 @@ class Trainer:
         images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
         noise = noise.to(self.device)
-        if cfg.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
         cond = {}
         if cfg.conditional:
             y = labels.to(self.device).long()

@@ -451,3 +451,37 @@ def test_attention_in_bf16_on_the_cpu_is_close_to_the_formula(tokens, heads):
     if tokens * tokens > 256 * 256:
         fused = F.scaled_dot_product_attention(*[x.detach().reshape(2, tokens, heads, d).transpose(1, 2) for x in half])
         assert torch.equal(out.detach(), fused.transpose(1, 2).reshape(2, tokens, 64))
+
+
+@pytest.mark.parametrize("device,precision,expected", [
+    ("cpu", "no", torch.channels_last), ("cpu", "bf16", torch.contiguous_format),
+    ("cuda", "no", torch.channels_last), ("cuda:1", "bf16", torch.channels_last),
+    ("mps", "no", torch.contiguous_format)])
+def test_preferred_memory_format(device, precision, expected):
+    from diffkit.models.layers import preferred_memory_format
+    assert preferred_memory_format(device, precision) is expected
+    assert preferred_memory_format(torch.device(device), precision) is expected
+
+
+@pytest.mark.parametrize("input_layout", [torch.contiguous_format, torch.channels_last])
+def test_a_contiguous_network_computes_the_same_function(input_layout):
+    """use_memory_format(contiguous) changes where the numbers live, not the function: fp32
+    values agree with the channels_last network, bf16 autocast ones within bf16 round-off, and
+    the output comes back in the caller's layout."""
+    from diffkit.models.layers import use_memory_format
+    reference = perturb(UNet(small_config(num_heads=2))).eval()
+    model = UNet(small_config(num_heads=2)).eval()
+    model.load_state_dict(reference.state_dict())
+    use_memory_format(model, torch.contiguous_format)
+    assert model.memory_format is torch.contiguous_format and model.input_conv.weight.is_contiguous()
+    assert not model.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(v.is_contiguous() for v in reference.state_dict().values())
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=input_layout)
+    with torch.no_grad():
+        out = model(x, 100.0)
+        torch.testing.assert_close(out, reference(x, 100.0), rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", torch.bfloat16):
+            low, low_ref = model(x, 100.0), reference(x, 100.0)
+    assert out.is_contiguous(memory_format=input_layout)
+    torch.testing.assert_close(low.float(), low_ref.float(), rtol=0.05, atol=0.02)
+    assert (low.float() - out).abs().max() < 0.05 * out.abs().max()

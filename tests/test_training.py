@@ -74,17 +74,22 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     from diffkit.loading import load_denoiser
     assert meta["data_scale"] == tr.data_scale == data_scale(tr.dataset) > 0
     assert load_denoiser(tmp_path / "ckpt" / "latest.safetensors").data_scale == meta["data_scale"]
+    # sampling in bf16 on the CPU loads the network in the contiguous layout (faster there)
+    assert load_denoiser(tmp_path / "ckpt" / "latest.safetensors").model.memory_format is torch.channels_last
+    bf16 = load_denoiser(tmp_path / "ckpt" / "latest.safetensors", mixed_precision="bf16").model
+    assert bf16.memory_format is torch.contiguous_format and bf16.input_conv.weight.is_contiguous()
     assert (tmp_path / "ckpt" / "loss_curve.png").exists() and (tmp_path / "ckpt" / "train_log.csv").exists()
 
 
-def test_resume_equals_uninterrupted_bitwise(tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])  # channels_last and contiguous weights
+def test_resume_equals_uninterrupted_bitwise(tmp_path, precision):
     """Stop at step 3 of 7 (mid-epoch: 40 images / batch 8 = 5 steps per epoch), resume, and
     reach weights, EMA and optimiser state equal to an uninterrupted run."""
-    full = Trainer(make_cfg(tmp_path / "a", max_steps=7), tiny_dataset(), progress=False)
+    full = Trainer(make_cfg(tmp_path / "a", max_steps=7, mixed_precision=precision), tiny_dataset(), progress=False)
     full.run()
-    part = Trainer(make_cfg(tmp_path / "b", max_steps=7), tiny_dataset(), progress=False)
+    part = Trainer(make_cfg(tmp_path / "b", max_steps=7, mixed_precision=precision), tiny_dataset(), progress=False)
     part.run(stop_at=3)
-    resumed = Trainer(make_cfg(tmp_path / "b", max_steps=7,
+    resumed = Trainer(make_cfg(tmp_path / "b", max_steps=7, mixed_precision=precision,
                                training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")),
                       tiny_dataset(), progress=False)
     resumed.run()
@@ -159,3 +164,23 @@ def test_resumed_optimizer_state_gets_the_parameters_layout():
             assert fresh.state[p][name].stride() == p.stride()
             assert torch.equal(fresh.state[p][name], opt.state[p][name])
     assert not conv.weight.is_contiguous()  # the case the check is about
+
+
+@pytest.mark.parametrize("precision,channels_last,expected", [
+    ("no", False, torch.channels_last), ("bf16", False, torch.contiguous_format),
+    ("bf16", True, torch.channels_last)])
+def test_the_network_computes_in_the_layout_preferred_for_its_precision(tmp_path, precision, channels_last,
+                                                                          expected):
+    """channels_last in fp32 on the CPU, contiguous under bf16 autocast (faster there,
+    docs/performance.md) unless ``channels_last = true`` asks for it; the EMA copy and AdamW's
+    moments share the weights' layout (the fused kernel needs it)."""
+    tr = Trainer(make_cfg(tmp_path, max_steps=1, mixed_precision=precision, channels_last=channels_last),
+                 tiny_dataset(), progress=False)
+    tr.run()
+    weights = [p for p in tr.model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+    assert weights and tr.model.memory_format is expected
+    for p in weights:
+        assert p.is_contiguous(memory_format=expected), p.shape
+        assert tr.optimizer.state[p]["exp_avg"].stride() == p.stride()
+    for p, shadow in zip(tr.model.parameters(), tr.ema.params):
+        assert shadow.stride() == p.stride()

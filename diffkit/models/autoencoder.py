@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from ..noise import GeneratorArg, randn_like
 from .layers import (AttentionBlock, BlockChain, Downsample, ResBlock, Upsample, group_norm,
-                     to_compute_layout, use_channels_last_weights)
+                     to_compute_layout, use_memory_format)
 
 __all__ = ["AutoencoderConfig", "DiagonalGaussian", "VectorQuantizer", "AutoencoderOutput", "Autoencoder",
            "estimate_scale_factor", "LOGVAR_MIN", "LOGVAR_MAX"]
@@ -256,7 +256,7 @@ class Autoencoder(nn.Module):
                           if config.regularizer == "vq" else None)
         self.post_quant_conv = nn.Conv2d(c, c, 1)
         self.decoder = Decoder(config)
-        use_channels_last_weights(self)
+        use_memory_format(self)
 
     @property
     def downsampling_factor(self) -> int:
@@ -270,7 +270,7 @@ class Autoencoder(nn.Module):
 
     def _moments(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        return self.quant_conv(self.encoder(to_compute_layout(x)))
+        return self.quant_conv(self.encoder(to_compute_layout(x, self.memory_format)))
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian | torch.Tensor:
         """KL: the posterior q(z|x) as a :class:`DiagonalGaussian`; VQ: the quantised latent z_q."""
@@ -299,7 +299,7 @@ class Autoencoder(nn.Module):
         c = self.config.latent_channels
         if z.ndim != 4 or z.shape[1] != c:
             raise DiffkitError(f"decode takes latents (B, {c}, h, w); got shape {tuple(z.shape)}")
-        return self.decoder(self.post_quant_conv(to_compute_layout(z)))
+        return self.decoder(self.post_quant_conv(to_compute_layout(z, self.memory_format)))
 
     def forward(self, x: torch.Tensor, generator: GeneratorArg = None) -> AutoencoderOutput:
         """Encode, regularise, decode. KL: z is a posterior sample (as LDM trains), reg_loss the

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import DiffkitError, check_range
 from .layers import (AttentionPool2d, TimeEmbedding, TrunkConfig, attention_heads, build_down_path,
                      build_middle, group_norm, num_parameters, to_compute_layout,
-                     use_channels_last_weights)
+                     use_memory_format)
 from .unet import broadcast_time
 
 __all__ = ["ClassifierConfig", "EncoderClassifier"]
@@ -55,7 +55,7 @@ class EncoderClassifier(nn.Module):
         self.out_norm = group_norm(width)
         heads = attention_heads(width, cfg.num_heads, cfg.head_channels)
         self.pool = AttentionPool2d(cfg.img_size // 2 ** (len(cfg.channel_mult) - 1), width, cfg.num_classes, heads)
-        use_channels_last_weights(self)
+        use_memory_format(self)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         cfg = self.config
@@ -63,7 +63,7 @@ class EncoderClassifier(nn.Module):
             raise DiffkitError(f"x has shape {tuple(x.shape)}; allowed: (batch, {cfg.in_channels}, "
                                f"{cfg.img_size}, {cfg.img_size})")
         emb = F.silu(self.time_embed(broadcast_time(t, x.shape[0], x.device)))
-        h = self.input_conv(to_compute_layout(x))
+        h = self.input_conv(to_compute_layout(x, self.memory_format))
         for block in self.down:
             h = block(h, emb)
         h = self.middle(h, emb)

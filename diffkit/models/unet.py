@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import DiffkitError, check_range
 from .layers import (BlockChain, ResBlock, TimeEmbedding, TrunkConfig, Upsample, attention_block,
                      build_down_path, build_middle, group_norm, num_parameters, run_blocks,
-                     to_compute_layout, use_channels_last_weights, zero_module)
+                     to_caller_layout, to_compute_layout, use_memory_format, zero_module)
 
 __all__ = ["UNetConfig", "UNet", "num_parameters"]
 
@@ -108,7 +108,7 @@ class UNet(nn.Module):
                 self.up.append(BlockChain(layers))
         self.out_norm = group_norm(ch)
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
-        use_channels_last_weights(self)
+        use_memory_format(self)
 
     def embedding(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Timestep (+ class) embedding, width ``4*channel`` (DDPM App. B; ADM Sec. 3)."""
@@ -136,13 +136,13 @@ class UNet(nn.Module):
         if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.2)
             emb = emb + self.context_embed(context.mean(dim=1).to(emb.dtype))
         emb = F.silu(emb)
-        skips = [self.input_conv(to_compute_layout(x))]
+        skips = [self.input_conv(to_compute_layout(x, self.memory_format))]
         skips += run_blocks(self.down, skips[0], emb, context)
         h = self.middle(skips[-1], emb, context)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
         out = self.out_conv(F.silu(self.out_norm(h)))
-        return out.contiguous() if x.is_contiguous() else out  # the caller's layout (a small copy)
+        return to_caller_layout(out, x)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalar parameters."""
