@@ -366,3 +366,20 @@ def test_sample_cli_bad_input_one_liners(trained, tmp_path, capsys):
                  str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "--prompt needs a text-conditional checkpoint" in err
+
+
+def test_a_text_conditioned_network_takes_the_bf16_layout_inside_its_wrapper(tmp_path):
+    """use_memory_format on the wrapper reaches the U-Net inside it: in bf16 on the CPU the
+    trainer's text-conditioned U-Net computes contiguous, and its loaded denoiser too."""
+    cfg = TrainConfig.from_dict({**TINY, "max_steps": 1, "mixed_precision": "bf16",
+                                 "save_weight_dir": str(tmp_path / "ckpt"), "sampled_dir": str(tmp_path / "s")})
+    trainer = Trainer(cfg, small_digits(), progress=False)
+    assert isinstance(trainer.model, TextConditionedUNet)
+    result = trainer.run()
+    unets = [m for m in trainer.model.modules() if isinstance(m, UNet)]
+    assert unets and all(m.memory_format is torch.contiguous_format for m in unets)
+    assert all(p.is_contiguous() for p in trainer.model.parameters())
+    loaded = load_denoiser(result.checkpoint, mixed_precision="bf16").model
+    assert all(m.memory_format is torch.contiguous_format for m in loaded.modules() if isinstance(m, UNet))
+    assert all(m.memory_format is torch.channels_last for m in load_denoiser(result.checkpoint).model.modules()
+               if isinstance(m, UNet))
