@@ -485,3 +485,11 @@ def test_a_contiguous_network_computes_the_same_function(input_layout):
     assert out.is_contiguous(memory_format=input_layout)
     torch.testing.assert_close(low.float(), low_ref.float(), rtol=0.05, atol=0.02)
     assert (low.float() - out).abs().max() < 0.05 * out.abs().max()
+
+
+def test_layout_functions_refuse_bad_values_in_one_line():
+    from diffkit.models.layers import preferred_memory_format, use_memory_format
+    with pytest.raises(DiffkitError, match="mixed_precision='fp8' is not allowed"):
+        preferred_memory_format("cpu", "fp8")
+    with pytest.raises(DiffkitError, match="memory_format=torch.preserve_format is not allowed"):
+        use_memory_format(UNet(small_config()), torch.preserve_format)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DiffkitError, check_positive_int_list, check_range
+from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from .dropout import dropout
 
 __all__ = [
@@ -219,6 +219,7 @@ def preferred_memory_format(device, mixed_precision: str = "no") -> torch.memory
     step 7-8% faster for the seed, CIFAR-10 and MNIST networks, a forward 5-10%; oneDNN's bf16
     convolution backward is faster on contiguous maps and GroupNorm needs no layout copies;
     docs/performance.md). Contiguous elsewhere (mps)."""
+    check_choice("mixed_precision", mixed_precision, ("no", "bf16", "fp16"))
     device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
     if device_type == "cpu" and mixed_precision in ("bf16", "fp16"):
         return torch.contiguous_format
@@ -259,6 +260,7 @@ def use_memory_format(module: nn.Module, memory_format: torch.memory_format = to
     optimiser holds state for the weights (fused AdamW needs moments in the weights' layout).
     ``state_dict()`` still returns contiguous tensors (so safetensors can save them) and
     ``load_state_dict`` keeps the module's layout."""
+    check_choice("memory_format", memory_format, (torch.channels_last, torch.contiguous_format))
     module.to(memory_format=memory_format)
     for sub in module.modules():  # the networks inside a wrapper (a text-conditioned U-Net) too
         if sub is module or hasattr(sub, "memory_format"):
