@@ -43,7 +43,10 @@ class Denoiser:
         mixed_precision: ``no`` (default), ``bf16`` or ``fp16`` (CUDA only): the network runs
             under ``torch.autocast`` in that dtype and its output is cast back to ``x``'s dtype,
             so the samplers' arithmetic stays in ``x``'s precision (on a CPU with AMX, bf16 makes
-            the MNIST U-Net's forward about 2x faster; docs/performance.md).
+            the MNIST U-Net's forward about 2x faster; docs/performance.md). The network's layout
+            is left as it is; :func:`diffkit.loading.load_denoiser` also gives it the faster one
+            for the precision (``models.layers.preferred_memory_format``: contiguous for bf16 on
+            the CPU, 5-10% per forward).
         data_scale: the scale of the data the network was trained on (square root of the largest
             eigenvalue of its covariance, :func:`diffkit.data.data_scale`), or ``None``; it places
             the ``logsnr_graded`` grid (:func:`diffkit.timesteps.grade_sigmas_for`).
