@@ -19,7 +19,8 @@
 # Environment: MNIST_DIR (default ../shared/data/mnist), PYTHON (default python3, else .venv's),
 #   STEPS (training steps, default 1665), NUM (samples per cell, default 2000), DDIM_STEPS and
 #   SAMPLER_STEPS (see mnist_tables.sh; the sampler table defaults here to 10,20,50,100),
-#   SPEED_CONFIGS (default seed,cifar10,mnist), DEVICE (default cuda; "cpu" with tiny STEPS/NUM is
+#   SPEED_CONFIGS (default seed,cifar10,mnist), LAYOUTS=1 (train_throughput.py --layouts: diffkit also
+#   in the layout its Trainer does not pick, contiguous on CUDA), DEVICE (default cuda; "cpu" with tiny STEPS/NUM is
 #   the smoke test that this script runs end to end).
 # Everything lands in OUTDIR as results.tar.gz (tables, JSON, PNGs) plus this run's log.
 set -euo pipefail
@@ -75,7 +76,7 @@ if [ "$PART" != tables ]; then
     "$PYTHON" -c "import diffusers" 2>/dev/null || { echo "error: the speed part needs diffusers" >&2; exit 2; }
     start=$SECONDS
     "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" --configs "${SPEED_CONFIGS:-seed,cifar10,mnist}" \
-        --batch "${SPEED_BATCH:-64}" --rounds "${SPEED_ROUNDS:-3}" --out "$WORK/train_throughput.json"
+        --batch "${SPEED_BATCH:-64}" --rounds "${SPEED_ROUNDS:-3}" ${LAYOUTS:+--layouts} --out "$WORK/train_throughput.json"
     echo "training throughput: $((SECONDS - start)) s"
     pack
     start=$SECONDS

@@ -31,7 +31,7 @@ on both sides). The resident-set figure also holds what glibc keeps after frees,
 on the order of allocations (docs/performance.md).
 
     python benchmarks/train_throughput.py [--threads 2] [--batch 32] [--rounds 5] [--steps 1]
-        [--configs seed,cifar10,mnist] [--device cpu|cuda] [--compile] [--bf16] [--quick]
+        [--configs seed,cifar10,mnist] [--device cpu|cuda] [--compile] [--bf16] [--layouts] [--quick]
 
 CPU variants: ``diffkit`` (fp32; its U-Net computes channels_last; fused AdamW), ``diffusers``
 (fp32, exactly as the example runs it: contiguous, default AdamW and EMAModel flags, i.e. the
@@ -44,6 +44,8 @@ for bf16 on the CPU), ``diffusers-bf16`` (the example with ``--mixed_precision b
 and ``diffusers-cl-bf16`` (bf16 autocast). A diffkit variant's ratio is against the faster of
 diffusers' two layouts at the same precision.
 CUDA variants: fp32, bf16 autocast, and bf16 autocast + compile for each library (diffusers tuned).
+``--layouts`` adds each diffkit variant in the other layout (``memory_format`` forced: contiguous on
+CUDA and in fp32 on the CPU, channels_last in bf16 on the CPU), ratio against the same diffusers.
 Writes ``benchmarks/out/train_throughput_<device>_<threads>t.json``.
 """
 from __future__ import annotations
@@ -84,12 +86,32 @@ CUDA_VARIANTS = {
 }
 
 
+LAYOUT_SUFFIXES = ("-contiguous", "-channels_last")
+
+
+def with_other_layouts(variants: dict, device: str) -> dict:
+    """``--layouts``: each diffkit variant also with the layout its Trainer does not pick (config
+    ``memory_format``; channels_last <-> contiguous), e.g. ``diffkit-bf16-contiguous`` on CUDA."""
+    import torch
+    from diffkit.models.layers import preferred_memory_format
+
+    out = dict(variants)
+    for name, (lib, opts) in variants.items():
+        if lib == "diffkit":
+            auto = preferred_memory_format(device, "bf16" if opts.get("bf16") else "no")
+            other = "contiguous" if auto is torch.channels_last else "channels_last"
+            out[f"{name}-{other}"] = (lib, {**opts, "memory_format": other})
+    return out
+
+
 def reference_candidates(name: str, variants: dict) -> list:
     """The diffusers variants a diffkit variant is compared with (same precision and compile);
     the ratio is taken against the fastest of them, diffusers' best layout for that setting."""
     if not name.startswith("diffkit"):
         return []
     suffix = name[len("diffkit"):]
+    for layout in LAYOUT_SUFFIXES:  # a forced layout (--layouts) is compared as its unforced variant
+        suffix = suffix.removesuffix(layout)
     return [c for c in (f"diffusers-cl{suffix}", f"diffusers{suffix}") if c in variants]
 
 
@@ -123,7 +145,7 @@ def _diffkit_step_fn(cfg: dict, opts: dict, batch: int, device: str, workdir: st
     train_cfg = TrainConfig(**{k: v for k, v in cfg.items()}, batch_size=batch, device=device, grad_clip=1.0,
                             ema_decay=0.9999, max_steps=10_000, save_weight_dir=workdir,
                             mixed_precision="bf16" if opts.get("bf16") else "no",
-                            compile=bool(opts.get("compile")))
+                            compile=bool(opts.get("compile")), memory_format=opts.get("memory_format", "auto"))
     trainer = Trainer(train_cfg, dataset=_Synthetic(100 * batch, cfg["in_channels"], cfg["img_size"]), progress=False,
                       log=lambda msg: None)
     trainer.model.train()
@@ -320,7 +342,7 @@ def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
 def print_table(rows: list[dict], args) -> None:
     print(f"\nfull training step, batch {args.batch}, {args.threads} threads, device {args.device}, "
           f"median of {args.rounds} rounds x {args.steps} step(s) after {args.warmup} warm-up round(s)")
-    print(f"{'config':8s} {'variant':22s} {'params':>11s} {'wall s':>7s} {'img/s':>7s} {'cpu s':>7s} "
+    print(f"{'config':8s} {'variant':26s} {'params':>11s} {'wall s':>7s} {'img/s':>7s} {'cpu s':>7s} "
           f"{'speedup':>8s} {'cpu spd':>8s} {'peak MiB':>9s} {'mem ratio':>9s} {'step MiB':>9s} {'ratio':>6s} "
           f"{'vs example':>10s} {'(cpu)':>6s}  vs")
     for r in rows:
@@ -332,7 +354,7 @@ def print_table(rows: list[dict], args) -> None:
         step_mem += f"{r['step_tensor_peak_ratio']:6.2f}" if "step_tensor_peak_ratio" in r else f"{'':6s}"
         ex = (f"{r['speedup_vs_example']:9.2f}x {r['cpu_speedup_vs_example']:5.2f}x" if "speedup_vs_example" in r
               else f"{'':17s}")
-        print(f"{r['config']:8s} {r['variant']:22s} {r['parameters']:11,d} {r['median_s']:7.3f} "
+        print(f"{r['config']:8s} {r['variant']:26s} {r['parameters']:11,d} {r['median_s']:7.3f} "
               f"{r['images_per_s']:7.2f} {r['median_cpu_s']:7.3f} {speed} {cspeed} {r['peak_mib']:9.0f} {mem} {step_mem} {ex}"
               f"  {r['reference'] or ''}")
 
@@ -349,6 +371,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="add torch.compile variants (CPU)")
     parser.add_argument("--bf16", action="store_true", help="add bf16-autocast variants (CPU)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="add each diffkit variant in the layout its Trainer does not pick")
     parser.add_argument("--quick", action="store_true", help="mnist only, batch 8, 2 rounds")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -367,6 +391,8 @@ def main(argv=None):
             variants.update(CPU_COMPILE_VARIANTS)
         if args.bf16:
             variants.update(CPU_BF16_VARIANTS)
+    if args.layouts:
+        variants = with_other_layouts(variants, args.device)
     if args.variants:
         wanted = args.variants.split(",")
         unknown = [v for v in wanted if v not in variants]

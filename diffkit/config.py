@@ -30,6 +30,7 @@ LOSSES = ("simple", "hybrid")
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
 LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto" + diffkit.models.layers.MEMORY_FORMATS
 STATES = ("train", "eval")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
@@ -132,7 +133,7 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"
     compile: bool = False
-    channels_last: bool = False
+    memory_format: str = "auto"
     deterministic: bool = False
     seed: int = 0
     max_steps: Optional[int] = None
@@ -212,6 +213,7 @@ class TrainConfig:
         """Build from a mapping (e.g. the seed's ``modelConfig``); unknown keys are an error."""
         if not isinstance(data, Mapping):
             raise DiffkitError(f"a config must be a mapping of key -> value; got {type(data).__name__}")
+        data = _read_legacy_keys(data)
         _reject_unknown(data.keys())
         return cls(**dict(data))
 
@@ -322,7 +324,7 @@ _RANGES = {
 _CHOICES = {
     "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,
     "timestep_sampler": TIMESTEP_SAMPLERS, "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISION,
-    "dataset": DATASETS,
+    "dataset": DATASETS, "memory_format": MEMORY_FORMATS,
 }
 
 
@@ -381,6 +383,27 @@ def _check_bounds(name, value, low, high, low_incl, high_incl) -> None:
                            f"{'inf' if high is None else high}{hb}")
 
 
+# keys of earlier versions: what they became (from_dict reads them; a CLI override names the new one)
+_RENAMED = {"channels_last": "memory_format = 'channels_last'"}
+
+
+def _read_legacy_keys(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Configs (and checkpoints) written before 4 December 2026 have ``channels_last: bool``: true
+    forced that layout, false left the preferred one; that is ``memory_format`` now."""
+    if "channels_last" not in data:
+        return data
+    data = dict(data)
+    legacy = data.pop("channels_last")
+    if not isinstance(legacy, bool):
+        raise DiffkitError(f"channels_last={legacy!r} must be true or false; it is now memory_format = "
+                           f"'auto' | 'channels_last' | 'contiguous'")
+    if legacy:
+        if data.setdefault("memory_format", "channels_last") != "channels_last":
+            raise DiffkitError(f"channels_last=True contradicts memory_format={data['memory_format']!r}; "
+                               f"give memory_format only")
+    return data
+
+
 def _reject_unknown(keys: Iterable[Any]) -> None:
     valid = [f.name for f in dataclasses.fields(TrainConfig)]
     unknown = [k for k in keys if k not in valid]
@@ -388,7 +411,8 @@ def _reject_unknown(keys: Iterable[Any]) -> None:
         parts = []
         for key in unknown:
             close = difflib.get_close_matches(str(key), valid, n=1)
-            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hint = f"now {_RENAMED[key]}" if key in _RENAMED else f"did you mean {close[0]!r}?" if close else ""
+            parts.append(f"{key!r}" + (f" ({hint})" if hint else ""))
         raise DiffkitError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
                            f"valid keys are the fields of diffkit.config.TrainConfig")
 

@@ -28,7 +28,7 @@ from .config import TrainConfig, resolve_device
 from .data import data_scale, load_dataset, make_loader
 from .errors import DiffkitError
 from .losses import training_losses
-from .models.layers import preferred_memory_format, use_memory_format
+from .models.layers import resolve_memory_format, use_memory_format
 from .models.unet import UNet, UNetConfig
 from .schedule import NoiseSchedule
 from .timestep_sampling import make_timestep_sampler
@@ -225,9 +225,8 @@ class Trainer:
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg, self.dataset).to(self.device)
         # the layout the network computes in, fixed before the EMA copy and the optimiser's moments
-        # take the weights' strides: channels_last, or contiguous for bf16 on the CPU (faster there)
-        use_memory_format(self.model, torch.channels_last if cfg.channels_last
-                          else preferred_memory_format(self.device, cfg.mixed_precision))
+        # take the weights' strides; auto: channels_last, or contiguous for bf16 on the CPU (faster there)
+        use_memory_format(self.model, resolve_memory_format(cfg.memory_format, self.device, cfg.mixed_precision))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         # fused AdamW (one kernel for all parameters) on CPU and CUDA; resumed optimiser state gets
         # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs

@@ -19,12 +19,26 @@ TINY = {"channel": 8, "channel_mult": [1, 2], "attn": [1], "num_res_blocks": 1, 
         "img_size": 8, "in_channels": 1}
 
 
-@pytest.mark.parametrize("options", [{}, {"bf16": True}])
+@pytest.mark.parametrize("options", [{}, {"bf16": True}, {"bf16": True, "memory_format": "channels_last"}])
 def test_diffkit_training_step_runs(tmp_path, options):
     step, model = train_throughput._diffkit_step_fn(TINY, options, 2, "cpu", str(tmp_path))
     losses = [step() for _ in range(2)]
     assert all(math.isfinite(loss) for loss in losses)
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert (model.memory_format is torch.channels_last) == (options.get("memory_format", "auto") == "channels_last"
+                                                           or not options.get("bf16"))
+
+
+def test_layout_variants_force_the_other_layout_and_compare_with_the_same_diffusers():
+    cpu = train_throughput.with_other_layouts({**train_throughput.CPU_VARIANTS, **train_throughput.CPU_BF16_VARIANTS},
+                                              "cpu")
+    assert cpu["diffkit-contiguous"] == ("diffkit", {"memory_format": "contiguous"})
+    assert cpu["diffkit-bf16-channels_last"] == ("diffkit", {"bf16": True, "memory_format": "channels_last"})
+    assert train_throughput.reference_candidates("diffkit-bf16-channels_last", cpu) == [
+        "diffusers-cl-bf16", "diffusers-bf16"]
+    cuda = train_throughput.with_other_layouts(train_throughput.CUDA_VARIANTS, "cuda")
+    assert cuda["diffkit-bf16-compile-contiguous"][1] == {"bf16": True, "compile": True, "memory_format": "contiguous"}
+    assert train_throughput.reference_candidates("diffkit-bf16-compile-contiguous", cuda) == ["diffusers-bf16-compile"]
 
 
 def test_diffusers_training_step_has_the_same_shape():

@@ -116,6 +116,20 @@ def test_unknown_keys_are_named_with_a_suggestion():
     one_line_error(lambda: TrainConfig.from_dict([("lr", 1)]), "mapping")
 
 
+def test_the_channels_last_key_of_older_configs_reads_as_memory_format():
+    """Configs and checkpoints before 4 December 2026 had ``channels_last: bool`` (true forced
+    that layout, false left the preferred one)."""
+    assert TrainConfig.from_dict({**SEED_MODEL_CONFIG, "channels_last": True}).memory_format == "channels_last"
+    assert TrainConfig.from_dict({**SEED_MODEL_CONFIG, "channels_last": False}).memory_format == "auto"
+    assert TrainConfig.from_dict({"channels_last": False, "memory_format": "contiguous"}).memory_format == "contiguous"
+    one_line_error(lambda: TrainConfig.from_dict({"channels_last": True, "memory_format": "contiguous"}),
+                   "channels_last=True", "'contiguous'")
+    one_line_error(lambda: TrainConfig.from_dict({"channels_last": "yes"}), "channels_last='yes'", "memory_format")
+    one_line_error(lambda: apply_overrides(TrainConfig(), ["channels_last=true"]), "'channels_last'",
+                   "memory_format = 'channels_last'")
+    assert "channels_last" not in TrainConfig().to_dict()
+
+
 BAD_VALUES = [
     ("state", "test", "'test'"), ("epoch", 0, "epoch=0"), ("epoch", 2.0, "epoch=2.0"), ("epoch", True, "epoch=True"),
     ("batch_size", 0, "batch_size=0"), ("batch_size", "80", "batch_size='80'"), ("T", 0, "T=0"),
@@ -141,7 +155,7 @@ BAD_VALUES = [
     ("keep_last", 0, "keep_last=0"), ("log_every", 0, "log_every=0"), ("sample_steps", 0, "sample_steps=0"),
     ("sample_steps", 1001, "sample_steps=1001"), ("sampler", "", "sampler=''"),
     ("mixed_precision", "fp8", "'fp8'"), ("grad_accum", 0, "grad_accum=0"), ("compile", "no", "compile='no'"),
-    ("channels_last", None, "channels_last=None"), ("deterministic", 1.0, "deterministic=1.0"),
+    ("memory_format", "nhwc", "'nhwc'"), ("deterministic", 1.0, "deterministic=1.0"),
     ("scale_shift_norm", "true", "scale_shift_norm='true'"), ("num_heads", 0, "num_heads=0"),
     ("num_heads", 7, "num_heads=7"), ("zero_terminal_snr", "on", "zero_terminal_snr='on'"),
     ("autoencoder", "", "autoencoder=''"), ("autoencoder", 3, "autoencoder=3"),

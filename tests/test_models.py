@@ -463,6 +463,14 @@ def test_preferred_memory_format(device, precision, expected):
     assert preferred_memory_format(torch.device(device), precision) is expected
 
 
+def test_resolve_memory_format_names_a_layout_or_auto():
+    from diffkit.models.layers import resolve_memory_format
+    assert resolve_memory_format("auto", "cpu", "bf16") is torch.contiguous_format
+    assert resolve_memory_format("auto", "cuda", "bf16") is torch.channels_last
+    assert resolve_memory_format("contiguous", "cuda", "no") is torch.contiguous_format
+    assert resolve_memory_format("channels_last", "cpu", "bf16") is torch.channels_last
+
+
 @pytest.mark.parametrize("input_layout", [torch.contiguous_format, torch.channels_last])
 def test_a_contiguous_network_computes_the_same_function(input_layout):
     """use_memory_format(contiguous) changes where the numbers live, not the function: fp32
@@ -488,8 +496,10 @@ def test_a_contiguous_network_computes_the_same_function(input_layout):
 
 
 def test_layout_functions_refuse_bad_values_in_one_line():
-    from diffkit.models.layers import preferred_memory_format, use_memory_format
+    from diffkit.models.layers import preferred_memory_format, resolve_memory_format, use_memory_format
     with pytest.raises(DiffkitError, match="mixed_precision='fp8' is not allowed"):
         preferred_memory_format("cpu", "fp8")
+    with pytest.raises(DiffkitError, match="memory_format='nhwc' is not allowed; choose one of: auto, channels_last"):
+        resolve_memory_format("nhwc", "cpu")
     with pytest.raises(DiffkitError, match="memory_format=torch.preserve_format is not allowed"):
         use_memory_format(UNet(small_config()), torch.preserve_format)

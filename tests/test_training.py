@@ -166,15 +166,15 @@ def test_resumed_optimizer_state_gets_the_parameters_layout():
     assert not conv.weight.is_contiguous()  # the case the check is about
 
 
-@pytest.mark.parametrize("precision,channels_last,expected", [
-    ("no", False, torch.channels_last), ("bf16", False, torch.contiguous_format),
-    ("bf16", True, torch.channels_last)])
-def test_the_network_computes_in_the_layout_preferred_for_its_precision(tmp_path, precision, channels_last,
+@pytest.mark.parametrize("precision,memory_format,expected", [
+    ("no", "auto", torch.channels_last), ("bf16", "auto", torch.contiguous_format),
+    ("bf16", "channels_last", torch.channels_last), ("no", "contiguous", torch.contiguous_format)])
+def test_the_network_computes_in_the_layout_preferred_for_its_precision(tmp_path, precision, memory_format,
                                                                           expected):
-    """channels_last in fp32 on the CPU, contiguous under bf16 autocast (faster there,
-    docs/performance.md) unless ``channels_last = true`` asks for it; the EMA copy and AdamW's
+    """``memory_format = "auto"``: channels_last in fp32 on the CPU, contiguous under bf16 autocast
+    (faster there, docs/performance.md); a named layout is forced; the EMA copy and AdamW's
     moments share the weights' layout (the fused kernel needs it)."""
-    tr = Trainer(make_cfg(tmp_path, max_steps=1, mixed_precision=precision, channels_last=channels_last),
+    tr = Trainer(make_cfg(tmp_path, max_steps=1, mixed_precision=precision, memory_format=memory_format),
                  tiny_dataset(), progress=False)
     tr.run()
     weights = [p for p in tr.model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1]

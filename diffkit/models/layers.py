@@ -228,6 +228,17 @@ def preferred_memory_format(device, mixed_precision: str = "no") -> torch.memory
     return torch.contiguous_format
 
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def resolve_memory_format(name: str, device, mixed_precision: str = "no") -> torch.memory_format:
+    """The layout a config's ``memory_format`` names: ``auto`` is :func:`preferred_memory_format`
+    for ``device`` and ``mixed_precision``; ``channels_last`` and ``contiguous`` force that layout
+    (e.g. to measure both on a GPU)."""
+    check_choice("memory_format", name, ("auto", *MEMORY_FORMATS))
+    return preferred_memory_format(device, mixed_precision) if name == "auto" else MEMORY_FORMATS[name]
+
+
 def to_compute_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     """``x`` laid out in the network's ``memory_format`` (:func:`use_memory_format`) on the CPU and
     on CUDA; unchanged elsewhere."""
