@@ -56,3 +56,20 @@ def test_synthetic_items_are_images_in_range():
     assert image.shape == (3, 8, 8) and label == 0
     assert float(image.abs().max()) <= 1.0
     assert torch.equal(image, data[2][0])
+
+
+def test_ode_convergence_runs_against_its_reference(tiny_checkpoint, tmp_path, capsys):
+    """benchmarks/ode_convergence.py on a tiny trained checkpoint: the reference and its check by
+    another method, and each sampler's RMS to the reference, which falls with the step count."""
+    import json
+
+    import ode_convergence
+    assert ode_convergence.main(["--checkpoint", str(tiny_checkpoint), "--num", "3", "--ref-steps", "60",
+                                 "--steps", "3,12", "--samplers", "ddim,unipc@logsnr", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "ode_convergence.json").read_text())
+    assert report["reference"] == "unipc-3@logsnr, 60 steps" and report["check"] == "dpm-solver++-3m@logsnr, 60 steps"
+    assert report["reference_uncertainty"] < 0.05
+    for row in report["rows"]:
+        assert row["rms"][1] < row["rms"][0], row
+    with pytest.raises(ode_convergence.DiffkitError, match="stochastic"):
+        ode_convergence.main(["--checkpoint", str(tiny_checkpoint), "--ref", "ddpm"])
