@@ -311,7 +311,9 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
     """Where a sampler's error comes from: the RMS distance (in x~ = x/alpha) between its state after
     each step and the accurate ODE solution at that grid time, from the same noise; plus how much of
     the final squared error the worst 1% of samples carry, and where their error is made (their
-    median error after each step). Returns [(sigma~, rms), ...]."""
+    median error after each step), and the bias FD sees: the samples' mean minus the ODE solution's,
+    and their variance per dimension as a ratio to its (over- or under-dispersion).
+    Returns [(sigma~, rms), ...]."""
     schedule = NoiseSchedule.linear()
     mixture = GaussianMixture.random(mix_cfg["dim"], mix_cfg["components"], seed=mix_cfg["seed"])
     eps_fn = MixtureEps(mixture)
@@ -339,6 +341,11 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
         f"{rms(x, refs[-1]):.2e}, worst 1% of samples carry {100 * top:.0f}% of the squared error, median "
         f"error {float(err2.sqrt().median()):.1e}")
     log("  RMS after each step (sigma~: rms): " + " ".join(f"{a:.3g}: {b:.1e}" for a, b in prof))
+    xf, rf = x.to(torch.float64), refs[-1]
+    spread = (xf.var(0) / rf.var(0)).tolist()
+    log(f"  FD {sample_fd(xf, mixture):.2e} (ODE solution {sample_fd(rf, mixture):.2e}); mean - ODE solution's mean "
+        + " ".join(f"{v:+.1e}" for v in (xf.mean(0) - rf.mean(0)).tolist()[:8])
+        + "; variance / ODE solution's " + " ".join(f"{v:.3f}" for v in spread[:8]) + (" ..." if len(spread) > 8 else ""))
     log("  worst 1%, median error after each step: " + " ".join(f"{a:.3g}: {b:.1e}"
                                                               for (a, _), b in zip(prof, worst_prof)))
     return prof
