@@ -77,13 +77,14 @@ def test_ode_convergence_runs_against_its_reference(tiny_checkpoint, tmp_path, c
 
 def test_sampler_error_profile_follows_the_ode_solution():
     """benchmarks/samplers.py --profile: one (sigma~, RMS) per step against the DOP853 solution at
-    the grid's times, ending at the endpoint's RMS; the worst 1% line is printed."""
+    the grid's times, ending at the endpoint's RMS; the bias FD sees and the worst 1% are printed."""
     import samplers as bench
     lines = []
     prof = bench.error_profile(bench.MIXTURES[0], 200, "ddim", 10, log=lines.append)
     assert len(prof) == 10 and prof[-1][0] == 0.0  # one state per model call, the last one clean data
     assert [s for s, _ in prof] == sorted((s for s, _ in prof), reverse=True)
     assert 0 < prof[-1][1] < 0.5 and f"final RMS {prof[-1][1]:.2e}" in lines[0]
-    assert lines[2].startswith("  worst 1%, median error after each step: ")
+    assert lines[2].startswith("  FD ") and "variance / ODE solution's" in lines[2]
+    assert lines[3].startswith("  worst 1%, median error after each step: ")
     finer = bench.error_profile(bench.MIXTURES[0], 200, "ddim", 40, log=lambda _: None)
     assert finer[-1][1] < 0.6 * prof[-1][1]  # 4x the steps: 0.079 against 0.196
