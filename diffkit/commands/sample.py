@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..timesteps import SPACINGS
 from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
 
@@ -42,7 +43,8 @@ def register(sub) -> None:
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--spacing", help="time grid: linear, quadratic, leading, trailing, linspace, karras, logsnr")
+    p.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
+                   + ", ".join(SPACINGS))
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models with several "
                    "classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
