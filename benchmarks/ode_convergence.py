@@ -70,9 +70,9 @@ def main(argv=None) -> int:
     ref_spec, check_spec = split_sampler_spec(args.ref), split_sampler_spec(args.check)
     for name, _ in specs + [ref_spec, check_spec]:
         get_sampler(name)
-    for spec in (args.ref, args.check):
-        if get_sampler(split_sampler_spec(spec)[0]).stochastic:
-            raise DiffkitError(f"--ref/--check {spec!r} is a stochastic sampler; the ODE solution needs a deterministic one")
+    for flag, (name, _) in (("--ref", ref_spec), ("--check", check_spec)):
+        if get_sampler(name).stochastic:
+            raise DiffkitError(f"{flag} {name!r} is a stochastic sampler; the ODE solution needs a deterministic one")
     grades = parse_grade_sigmas(args.grade_sigmas) if args.grade_sigmas else [None]
     den = load_denoiser(args.checkpoint)
     unet = den.meta["unet"]
