@@ -30,7 +30,7 @@ LOSSES = ("simple", "hybrid")
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
 LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # "auto" + diffkit.models.layers.MEMORY_FORMATS
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # diffkit.models.layers.resolve_memory_format
 STATES = ("train", "eval")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import MEMORY_FORMATS, MIXED_PRECISION
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from .dropout import dropout
 
@@ -219,7 +220,7 @@ def preferred_memory_format(device, mixed_precision: str = "no") -> torch.memory
     step 7-8% faster for the seed, CIFAR-10 and MNIST networks, a forward 5-10%; oneDNN's bf16
     convolution backward is faster on contiguous maps and GroupNorm needs no layout copies;
     docs/performance.md). Contiguous elsewhere (mps)."""
-    check_choice("mixed_precision", mixed_precision, ("no", "bf16", "fp16"))
+    check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
     device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
     if device_type == "cpu" and mixed_precision in ("bf16", "fp16"):
         return torch.contiguous_format
@@ -228,15 +229,15 @@ def preferred_memory_format(device, mixed_precision: str = "no") -> torch.memory
     return torch.contiguous_format
 
 
-MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+_LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def resolve_memory_format(name: str, device, mixed_precision: str = "no") -> torch.memory_format:
     """The layout a config's ``memory_format`` names: ``auto`` is :func:`preferred_memory_format`
     for ``device`` and ``mixed_precision``; ``channels_last`` and ``contiguous`` force that layout
     (e.g. to measure both on a GPU)."""
-    check_choice("memory_format", name, ("auto", *MEMORY_FORMATS))
-    return preferred_memory_format(device, mixed_precision) if name == "auto" else MEMORY_FORMATS[name]
+    check_choice("memory_format", name, MEMORY_FORMATS)
+    return preferred_memory_format(device, mixed_precision) if name == "auto" else _LAYOUTS[name]
 
 
 def to_compute_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
@@ -271,7 +272,7 @@ def use_memory_format(module: nn.Module, memory_format: torch.memory_format = to
     optimiser holds state for the weights (fused AdamW needs moments in the weights' layout).
     ``state_dict()`` still returns contiguous tensors (so safetensors can save them) and
     ``load_state_dict`` keeps the module's layout."""
-    check_choice("memory_format", memory_format, (torch.channels_last, torch.contiguous_format))
+    check_choice("memory_format", memory_format, tuple(_LAYOUTS.values()))
     module.to(memory_format=memory_format)
     for sub in module.modules():  # the networks inside a wrapper (a text-conditioned U-Net) too
         if sub is module or hasattr(sub, "memory_format"):
