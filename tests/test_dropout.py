@@ -78,3 +78,9 @@ def test_non_dense_input_falls_back_and_bad_p_is_refused():
     assert y.shape == x.shape and set(torch.unique((y / x).round(decimals=4)).tolist()) <= {0.0, 2.0}
     with pytest.raises(DiffkitError, match=r"dropout=1.0 .*\[0.0, 1.0\)"):
         dropout(x, 1.0)
+
+
+def test_traced_by_torch_compile_without_graph_breaks():
+    """Under torch.compile dropout is F.dropout (Dynamo cannot trace the mask's in-place random_)."""
+    explanation = torch._dynamo.explain(lambda x: dropout(x, 0.1) * 2.0)(torch.ones(2, 4, 8, 8))
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)

@@ -14,7 +14,9 @@ dropped) and the scale is the exact inverse of the kept probability, which keeps
 exact. The comparison writes the mask straight into the input's dtype (a boolean mask would need
 a slow conversion or ``masked_fill``, 5-10x the cost of a multiplication), so dropout is a
 product with the mask and the scale, and so is its backward (autograd keeps the mask, as it does
-for ``F.dropout``). Other devices, where the fused dropout kernel is fast, use ``F.dropout``.
+for ``F.dropout``). Other devices, where the fused dropout kernel is fast, use ``F.dropout``, and
+so does code being traced by ``torch.compile``: Dynamo cannot trace the in-place ``random_`` (a
+graph break in every residual block), and inductor fuses ``F.dropout``'s mask into its own kernels.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ _LEVELS = 1 << 16  # 16 random bits per element
 def _dense(x: torch.Tensor) -> bool:
     """Whether ``x``'s strides map its elements one-to-one onto its storage's first numel slots."""
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def keep_mask(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None):
@@ -56,7 +64,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True,
     if not training or p == 0.0:
         return x
     check_range("dropout", p, 0.0, 1.0, high_inclusive=False)
-    if x.device.type != "cpu" or not x.is_floating_point() or x.numel() == 0 or not _dense(x):
+    if (x.device.type != "cpu" or not x.is_floating_point() or x.numel() == 0 or not _dense(x)
+            or _compiling()):
         return F.dropout(x, p=p, training=True)
     keep, scale = keep_mask(x, p, generator)
     if x.element_size() >= 4:
