@@ -12,14 +12,17 @@
 #   over benchmarks/results/mnist_tables.json to keep them). REMAKE=1 first re-makes the model on the
 #   GPU with the CPU recipe (benchmarks/mnist_quality.py --steps 1665) and tables that one instead,
 #   with an evaluator trained on the GPU.
-# speed (issue 8): benchmarks/train_throughput.py --device cuda (fp32, bf16, bf16 + compile, diffkit
-#   against diffusers' UNet2DModel) and benchmarks/sampling_speed.py on cuda (bf16, compiled
-#   variants); both need the diffusers package (carry its wheel, see docs/performance.md); then
-#   benchmarks/auto_batch.py --device cuda (--batch-size auto's prediction against the allocator's peak).
+# speed (issue 8), each step under its own time limit PART_TIMEOUT (default 600 s), most important first:
+#   benchmarks/train_throughput.py --device cuda (fp32 and bf16, diffkit against diffusers'
+#   UNet2DModel, SPEED_CONFIGS), benchmarks/sampling_speed.py on cuda (fp32, bf16, compiled with
+#   reduce-overhead), train_throughput.py with bf16 + compile on and off (COMPILE_CONFIGS, default
+#   seed), then benchmarks/auto_batch.py (--batch-size auto's prediction against the allocator's
+#   peak). They need the diffusers package (carry its wheel, see docs/performance.md).
 # Environment: MNIST_DIR (default ../shared/data/mnist), PYTHON (default python3, else .venv's),
 #   STEPS (training steps, default 1665), NUM (samples per cell, default 2000), DDIM_STEPS and
 #   SAMPLER_STEPS (see mnist_tables.sh; the sampler table defaults here to 10,20,50,100),
-#   SPEED_CONFIGS (default seed,cifar10,mnist), LAYOUTS=1 (train_throughput.py --layouts: diffkit also
+#   SPEED_CONFIGS (default seed,cifar10,mnist), SPEED_STEPS (steps per round, default 10 on cuda, 1 on
+#   the CPU), SPEED_ROUNDS, SPEED_BATCH, SAMPLE_BATCH (default 64), SAMPLE_CONFIG (default seed), LAYOUTS=1 (train_throughput.py --layouts: diffkit also
 #   in the layout its Trainer does not pick, contiguous on CUDA), DEVICE (default cuda; "cpu" with tiny STEPS/NUM is
 #   the smoke test that this script runs end to end).
 # Everything lands in OUTDIR as results.tar.gz (tables, JSON, PNGs) plus this run's log.
@@ -74,17 +77,33 @@ fi
 
 if [ "$PART" != tables ]; then
     "$PYTHON" -c "import diffusers" 2>/dev/null || { echo "error: the speed part needs diffusers" >&2; exit 2; }
-    start=$SECONDS
-    "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" --configs "${SPEED_CONFIGS:-seed,cifar10,mnist}" \
-        --batch "${SPEED_BATCH:-64}" --rounds "${SPEED_ROUNDS:-3}" ${LAYOUTS:+--layouts} --out "$WORK/train_throughput.json"
-    echo "training throughput: $((SECONDS - start)) s"
-    pack
-    start=$SECONDS
-    "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --batch "${SAMPLE_BATCH:-64}" \
+    # Each step is bounded by its own time limit (PART_TIMEOUT s), so that one that hangs or fails
+    # leaves the others' results; most important first. On CUDA a round is SPEED_STEPS steps.
+    LIMIT=${PART_TIMEOUT:-600}
+    if [ "$DEVICE" = cuda ]; then STEPS_PER_ROUND=${SPEED_STEPS:-10}; else STEPS_PER_ROUND=${SPEED_STEPS:-1}; fi
+    if [ "$DEVICE" = cuda ]; then EAGER=diffkit,diffusers,diffkit-bf16,diffusers-bf16
+        COMPILED=diffkit-bf16,diffusers-bf16,diffkit-bf16-compile,diffusers-bf16-compile
+    else EAGER=diffkit,diffusers,diffusers-cl; COMPILED=diffkit,diffusers-cl,diffkit-compile,diffusers-cl-compile; fi
+    if [ -n "${LAYOUTS:-}" ]; then  # diffkit also in the layout its Trainer does not pick on this device
+        if [ "$DEVICE" = cuda ]; then EAGER="$EAGER,diffkit-contiguous,diffkit-bf16-contiguous"
+        else EAGER="$EAGER,diffkit-contiguous"; fi
+    fi
+    step() {  # step NAME COMMAND...: run under the time limit; a failure is reported, not fatal
+        local name=$1 start=$SECONDS; shift
+        timeout "$LIMIT" "$@" || echo "$name: failed or ran past ${LIMIT} s (status $?)"
+        echo "$name: $((SECONDS - start)) s"
+        pack
+    }
+    step "training throughput" "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" \
+        --configs "${SPEED_CONFIGS:-seed,cifar10,mnist}" ${LAYOUTS:+--layouts} --variants "$EAGER" --batch "${SPEED_BATCH:-64}" \
+        --rounds "${SPEED_ROUNDS:-3}" --steps "$STEPS_PER_ROUND" --concurrent-warmup --out "$WORK/train_throughput.json"
+    step "sampling speed" "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --config "${SAMPLE_CONFIG:-seed}" --batch "${SAMPLE_BATCH:-64}" \
         --rounds "${SPEED_ROUNDS:-3}" --bf16 --compile reduce-overhead --out "$WORK/sampling_speed.json"
-    echo "sampling speed: $((SECONDS - start)) s"
-    pack
-    "$PYTHON" benchmarks/auto_batch.py --device "$DEVICE" --check "${AUTO_BATCH_CHECK:-512}" --bf16 \
+    step "compiled training throughput" "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" \
+        --configs "${COMPILE_CONFIGS:-seed}" --compile --variants "$COMPILED" --batch "${SPEED_BATCH:-64}" \
+        --rounds "${SPEED_ROUNDS:-3}" --steps "$STEPS_PER_ROUND" --concurrent-warmup \
+        --out "$WORK/train_throughput_compile.json"
+    step "auto batch" "$PYTHON" benchmarks/auto_batch.py --device "$DEVICE" --check "${AUTO_BATCH_CHECK:-512}" --bf16 \
         --out "$WORK/auto_batch.json"  # --batch-size auto: predicted against the allocator's peak
 fi
 pack

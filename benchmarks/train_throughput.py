@@ -14,7 +14,8 @@ precision and device:
 
 Method. Every (configuration, variant) runs in its own fresh worker process; the parent
 interleaves the workers round by round (each round: ``--steps`` steps of each variant in turn,
-so load drift hits every variant alike); the first ``--warmup`` rounds are discarded. Reported:
+so load drift hits every variant alike); the first ``--warmup`` rounds are discarded
+(``--concurrent-warmup`` runs them in all workers at once, so that compilations overlap). Reported:
 median wall seconds per step, images/s, median process CPU seconds per step (less disturbed by
 other processes on a shared machine), the ratio to diffusers' best layout (median of the
 per-round ratios) and the peak memory.
@@ -32,6 +33,7 @@ on the order of allocations (docs/performance.md).
 
     python benchmarks/train_throughput.py [--threads 2] [--batch 32] [--rounds 5] [--steps 1]
         [--configs seed,cifar10,mnist] [--device cpu|cuda] [--compile] [--bf16] [--layouts] [--quick]
+        [--variants a,b] [--concurrent-warmup]
 
 CPU variants: ``diffkit`` (fp32; its U-Net computes channels_last; fused AdamW), ``diffusers``
 (fp32, exactly as the example runs it: contiguous, default AdamW and EMAModel flags, i.e. the
@@ -270,7 +272,13 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")])
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = self._read()
+        self.info = None  # the worker's first line (parameter count), read by ready()
+
+    def ready(self) -> "Worker":
+        """Wait for the worker's start-up line (workers start concurrently, see bench_config)."""
+        if self.info is None:
+            self.info = self._read()
+        return self
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -278,9 +286,12 @@ class Worker:
             raise RuntimeError(f"worker exited with status {self.proc.wait()}")
         return json.loads(line)
 
-    def ask(self, command: str) -> dict:
+    def send(self, command: str) -> None:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def ask(self, command: str) -> dict:
+        self.send(command)
         return self._read()
 
     def close(self) -> dict:
@@ -292,14 +303,20 @@ class Worker:
 def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
     specs = {v: {"library": lib, "options": opts, "config": cfg, "batch": args.batch, "threads": args.threads,
                  "device": args.device} for v, (lib, opts) in variants.items()}
-    workers = {v: Worker(spec) for v, spec in specs.items()}
+    workers = {v: Worker(spec) for v, spec in specs.items()}  # imports and set-up run concurrently
     wall = {v: [] for v in variants}
     cpu = {v: [] for v in variants}
     first = {}
     try:
+        for w in workers.values():
+            w.ready()
         for rnd in range(args.warmup + args.rounds):
+            if rnd < args.warmup and args.concurrent_warmup:  # discarded rounds; compiles overlap
+                for w in workers.values():
+                    w.send(f"run {args.steps}")
+                outs = {v: w._read() for v, w in workers.items()}
             for v, w in workers.items():
-                out = w.ask(f"run {args.steps}")
+                out = outs[v] if rnd < args.warmup and args.concurrent_warmup else w.ask(f"run {args.steps}")
                 if rnd == 0:
                     first[v] = out["wall"][0]
                 if rnd >= args.warmup:
@@ -366,6 +383,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=1, help="rounds discarded at the start")
+    parser.add_argument("--concurrent-warmup", action="store_true",
+                        help="run the warm-up rounds of all variants at once (overlaps torch.compile; "
+                             "first_step_s then includes the contention)")
     parser.add_argument("--configs", default="seed,cifar10,mnist")
     parser.add_argument("--variants", default=None, help="comma list (default: all for the device)")
     parser.add_argument("--device", default="cpu")
