@@ -14,7 +14,7 @@
 #   with an evaluator trained on the GPU.
 # speed (issue 8), each step under its own time limit PART_TIMEOUT (default 600 s), most important first:
 #   benchmarks/train_throughput.py --device cuda (fp32 and bf16, diffkit against diffusers'
-#   UNet2DModel, SPEED_CONFIGS), benchmarks/sampling_speed.py on cuda (fp32, bf16, compiled with
+#   UNet2DModel, SPEED_CONFIGS), tests/test_cuda.py, benchmarks/sampling_speed.py on cuda (fp32, bf16, compiled with
 #   reduce-overhead), train_throughput.py with bf16 + compile on and off (COMPILE_CONFIGS, default
 #   seed), then benchmarks/auto_batch.py (--batch-size auto's prediction against the allocator's
 #   peak). They need the diffusers package (carry its wheel, see docs/performance.md).
@@ -97,6 +97,7 @@ if [ "$PART" != tables ]; then
     step "training throughput" "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" \
         --configs "${SPEED_CONFIGS:-seed,cifar10,mnist}" ${LAYOUTS:+--layouts} --variants "$EAGER" --batch "${SPEED_BATCH:-64}" \
         --rounds "${SPEED_ROUNDS:-3}" --steps "$STEPS_PER_ROUND" --concurrent-warmup --out "$WORK/train_throughput.json"
+    [ "$DEVICE" != cuda ] || step "cuda tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
     step "sampling speed" "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --config "${SAMPLE_CONFIG:-seed}" --batch "${SAMPLE_BATCH:-64}" \
         --rounds "${SPEED_ROUNDS:-3}" --bf16 --compile reduce-overhead --out "$WORK/sampling_speed.json"
     step "compiled training throughput" "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" \

@@ -144,7 +144,9 @@ class Denoiser:
         else:
             with self.precision(x.device.type):
                 out = self.net(x, t_net, **cond)
-            out = out.to(x.dtype)
+        # a CUDA graph (compile mode reduce-overhead) writes every replay's output into the same
+        # buffer: multistep samplers keep earlier outputs, so those are copied out of it
+        out = out.to(x.dtype, copy=self.compiled == "reduce-overhead" and out.device.type == "cuda")
         self.nfe += 1
         var_values = None
         if self.learned_variance:
