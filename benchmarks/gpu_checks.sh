@@ -14,16 +14,20 @@
 #   with an evaluator trained on the GPU.
 # speed (issue 8), each step under its own time limit PART_TIMEOUT (default 600 s), most important first:
 #   benchmarks/train_throughput.py --device cuda (fp32 and bf16, diffkit against diffusers'
-#   UNet2DModel, SPEED_CONFIGS), tests/test_cuda.py, benchmarks/sampling_speed.py on cuda (fp32, bf16, compiled with
-#   reduce-overhead), train_throughput.py with bf16 + compile on and off (COMPILE_CONFIGS, default
-#   seed), then benchmarks/auto_batch.py (--batch-size auto's prediction against the allocator's
-#   peak). They need the diffusers package (carry its wheel, see docs/performance.md).
+#   UNet2DModel tuned in both layouts, SPEED_CONFIGS), tests/test_cuda.py, benchmarks/sampling_speed.py
+#   (fp32, bf16), train_throughput.py with bf16 + compile on and off (COMPILE_CONFIGS, default seed),
+#   sampling_speed.py with the compiled variants (reduce-overhead), then benchmarks/auto_batch.py
+#   (--batch-size auto's prediction against the allocator's peak). They need the diffusers package
+#   (carry its wheel, see docs/performance.md). Seen on the H200 (2026-12-04, batch 128 / 64):
+#   training throughput 149 s (three configs, six variants), the CUDA tests 35 s, sampling speed
+#   about 80 s, compiled training 130 s, compiled sampling over 230 s; the machine's start takes
+#   1-2 minutes more. 15 device minutes do not hold them all: set PART_TIMEOUT and the run's limit.
 # Environment: MNIST_DIR (default ../shared/data/mnist), PYTHON (default python3, else .venv's),
 #   STEPS (training steps, default 1665), NUM (samples per cell, default 2000), DDIM_STEPS and
 #   SAMPLER_STEPS (see mnist_tables.sh; the sampler table defaults here to 10,20,50,100),
 #   SPEED_CONFIGS (default seed,cifar10,mnist), SPEED_STEPS (steps per round, default 10 on cuda, 1 on
 #   the CPU), SPEED_ROUNDS, SPEED_BATCH, SAMPLE_BATCH (default 64), SAMPLE_CONFIG (default seed), LAYOUTS=1 (train_throughput.py --layouts: diffkit also
-#   in the layout its Trainer does not pick, contiguous on CUDA), DEVICE (default cuda; "cpu" with tiny STEPS/NUM is
+#   in the layout its Trainer does not pick, channels_last on CUDA), DEVICE (default cuda; "cpu" with tiny STEPS/NUM is
 #   the smoke test that this script runs end to end).
 # Everything lands in OUTDIR as results.tar.gz (tables, JSON, PNGs) plus this run's log.
 set -euo pipefail
@@ -81,11 +85,12 @@ if [ "$PART" != tables ]; then
     # leaves the others' results; most important first. On CUDA a round is SPEED_STEPS steps.
     LIMIT=${PART_TIMEOUT:-600}
     if [ "$DEVICE" = cuda ]; then STEPS_PER_ROUND=${SPEED_STEPS:-10}; else STEPS_PER_ROUND=${SPEED_STEPS:-1}; fi
-    if [ "$DEVICE" = cuda ]; then EAGER=diffkit,diffusers,diffkit-bf16,diffusers-bf16
-        COMPILED=diffkit-bf16,diffusers-bf16,diffkit-bf16-compile,diffusers-bf16-compile
+    if [ "$DEVICE" = cuda ]; then
+        EAGER=diffkit,diffusers-tuned,diffusers-cl,diffkit-bf16,diffusers-tuned-bf16,diffusers-cl-bf16
+        COMPILED=diffkit-bf16,diffusers-tuned-bf16,diffkit-bf16-compile,diffusers-tuned-bf16-compile,diffusers-cl-bf16-compile
     else EAGER=diffkit,diffusers,diffusers-cl; COMPILED=diffkit,diffusers-cl,diffkit-compile,diffusers-cl-compile; fi
     if [ -n "${LAYOUTS:-}" ]; then  # diffkit also in the layout its Trainer does not pick on this device
-        if [ "$DEVICE" = cuda ]; then EAGER="$EAGER,diffkit-contiguous,diffkit-bf16-contiguous"
+        if [ "$DEVICE" = cuda ]; then EAGER="$EAGER,diffkit-channels_last,diffkit-bf16-channels_last"
         else EAGER="$EAGER,diffkit-contiguous"; fi
     fi
     step() {  # step NAME COMMAND...: run under the time limit; a failure is reported, not fatal
@@ -98,12 +103,16 @@ if [ "$PART" != tables ]; then
         --configs "${SPEED_CONFIGS:-seed,cifar10,mnist}" ${LAYOUTS:+--layouts} --variants "$EAGER" --batch "${SPEED_BATCH:-64}" \
         --rounds "${SPEED_ROUNDS:-3}" --steps "$STEPS_PER_ROUND" --concurrent-warmup --out "$WORK/train_throughput.json"
     [ "$DEVICE" != cuda ] || step "cuda tests" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-    step "sampling speed" "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --config "${SAMPLE_CONFIG:-seed}" --batch "${SAMPLE_BATCH:-64}" \
-        --rounds "${SPEED_ROUNDS:-3}" --bf16 --compile reduce-overhead --out "$WORK/sampling_speed.json"
+    step "sampling speed" "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" --config "${SAMPLE_CONFIG:-seed}" \
+        --batch "${SAMPLE_BATCH:-64}" --rounds "${SPEED_ROUNDS:-3}" --bf16 --out "$WORK/sampling_speed.json"
     step "compiled training throughput" "$PYTHON" benchmarks/train_throughput.py --device "$DEVICE" \
         --configs "${COMPILE_CONFIGS:-seed}" --compile --variants "$COMPILED" --batch "${SPEED_BATCH:-64}" \
         --rounds "${SPEED_ROUNDS:-3}" --steps "$STEPS_PER_ROUND" --concurrent-warmup \
         --out "$WORK/train_throughput_compile.json"
+    # compiling diffusers' U-Net with reduce-overhead took 104 s on the H200, diffkit's 34 s
+    step "compiled sampling speed" "$PYTHON" benchmarks/sampling_speed.py --device "$DEVICE" \
+        --config "${SAMPLE_CONFIG:-seed}" --batch "${SAMPLE_BATCH:-64}" --rounds "${SPEED_ROUNDS:-3}" --bf16 \
+        --compile reduce-overhead --out "$WORK/sampling_speed_compile.json"
     step "auto batch" "$PYTHON" benchmarks/auto_batch.py --device "$DEVICE" --check "${AUTO_BATCH_CHECK:-512}" --bf16 \
         --out "$WORK/auto_batch.json"  # --batch-size auto: predicted against the allocator's peak
 fi

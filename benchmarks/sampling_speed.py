@@ -133,7 +133,7 @@ def main(argv=None):
     schedule = NoiseSchedule.from_name("linear", 1000, beta_start=1e-4, beta_end=0.02)
     denoiser = diffkit.Denoiser(ours, schedule, prediction_type="epsilon")
     # bf16: the network in the layout diffkit.load_denoiser gives it at that precision (contiguous
-    # on the CPU, channels_last on CUDA; models.layers.preferred_memory_format), same weights
+    # on the CPU and on CUDA; models.layers.preferred_memory_format), same weights
     ours_bf16 = use_memory_format(copy.deepcopy(ours), preferred_memory_format(device, "bf16"))
     denoiser_bf16 = diffkit.Denoiser(ours_bf16, schedule, prediction_type="epsilon", mixed_precision="bf16")
     check = None

@@ -45,9 +45,13 @@ the reference of the ratio);
 for bf16 on the CPU), ``diffusers-bf16`` (the example with ``--mixed_precision bf16``)
 and ``diffusers-cl-bf16`` (bf16 autocast). A diffkit variant's ratio is against the faster of
 diffusers' two layouts at the same precision.
-CUDA variants: fp32, bf16 autocast, and bf16 autocast + compile for each library (diffusers tuned).
-``--layouts`` adds each diffkit variant in the other layout (``memory_format`` forced: contiguous on
-CUDA and in fp32 on the CPU, channels_last in bf16 on the CPU), ratio against the same diffusers.
+CUDA variants: fp32, bf16 autocast, and bf16 autocast + compile for each library; diffusers
+tuned (fused AdamW, foreach EMA) in both layouts, ``diffusers-tuned`` (contiguous) and
+``diffusers-cl`` (channels_last), the ratio against the faster (on the H200 the contiguous
+layout was the faster for diffusers' sampling and for diffkit's training, BENCHMARKS.md; the
+2026-12-04 GPU table predates ``diffusers-tuned``: its ``diffusers`` rows were ``diffusers-cl``).
+``--layouts`` adds each diffkit variant in the other layout (``memory_format`` forced: contiguous
+in fp32 on the CPU, channels_last elsewhere), ratio against the same diffusers.
 Writes ``benchmarks/out/train_throughput_<device>_<threads>t.json``.
 """
 from __future__ import annotations
@@ -78,13 +82,16 @@ CPU_BF16_VARIANTS = {  # bf16 autocast on the CPU (AMX / AVX512-BF16 convolution
     "diffusers-bf16": ("diffusers", {"bf16": True}),
     "diffusers-cl-bf16": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True}),
 }
-CUDA_VARIANTS = {
+CUDA_VARIANTS = {  # diffusers tuned (fused AdamW, foreach EMA) in both layouts; the ratio is against the faster
     "diffkit": ("diffkit", {}),
-    "diffusers": ("diffusers", {"channels_last": True, "tuned": True}),
+    "diffusers-tuned": ("diffusers", {"tuned": True}),
+    "diffusers-cl": ("diffusers", {"channels_last": True, "tuned": True}),
     "diffkit-bf16": ("diffkit", {"bf16": True}),
-    "diffusers-bf16": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True}),
+    "diffusers-tuned-bf16": ("diffusers", {"tuned": True, "bf16": True}),
+    "diffusers-cl-bf16": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True}),
     "diffkit-bf16-compile": ("diffkit", {"bf16": True, "compile": True}),
-    "diffusers-bf16-compile": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True, "compile": True}),
+    "diffusers-tuned-bf16-compile": ("diffusers", {"tuned": True, "bf16": True, "compile": True}),
+    "diffusers-cl-bf16-compile": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True, "compile": True}),
 }
 
 
@@ -93,7 +100,7 @@ LAYOUT_SUFFIXES = ("-contiguous", "-channels_last")
 
 def with_other_layouts(variants: dict, device: str) -> dict:
     """``--layouts``: each diffkit variant also with the layout its Trainer does not pick (config
-    ``memory_format``; channels_last <-> contiguous), e.g. ``diffkit-bf16-contiguous`` on CUDA."""
+    ``memory_format``; channels_last <-> contiguous), e.g. ``diffkit-channels_last`` on CUDA."""
     import torch
     from diffkit.models.layers import preferred_memory_format
 
@@ -114,7 +121,7 @@ def reference_candidates(name: str, variants: dict) -> list:
     suffix = name[len("diffkit"):]
     for layout in LAYOUT_SUFFIXES:  # a forced layout (--layouts) is compared as its unforced variant
         suffix = suffix.removesuffix(layout)
-    return [c for c in (f"diffusers-cl{suffix}", f"diffusers{suffix}") if c in variants]
+    return [c for c in (f"diffusers-cl{suffix}", f"diffusers-tuned{suffix}", f"diffusers{suffix}") if c in variants]
 
 
 # ------------------------------------------------------------------ worker side
@@ -336,7 +343,7 @@ def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
     for v in variants:
         cands = reference_candidates(v, variants)
         ref = min(cands, key=lambda c: statistics.median(wall[c])) if cands else None
-        example = next((c for c in cands if not c.startswith("diffusers-cl")), None)  # as the example ships
+        example = next((c for c in cands if "-cl" not in c and "-tuned" not in c), None)  # as the example ships
         row = {"config": name, "variant": v, "library": variants[v][0], "options": variants[v][1],
                "parameters": workers[v].info["parameters"], "median_s": statistics.median(wall[v]),
                "images_per_s": args.batch / statistics.median(wall[v]), "median_cpu_s": statistics.median(cpu[v]),

@@ -37,8 +37,10 @@ def test_layout_variants_force_the_other_layout_and_compare_with_the_same_diffus
     assert train_throughput.reference_candidates("diffkit-bf16-channels_last", cpu) == [
         "diffusers-cl-bf16", "diffusers-bf16"]
     cuda = train_throughput.with_other_layouts(train_throughput.CUDA_VARIANTS, "cuda")
-    assert cuda["diffkit-bf16-compile-contiguous"][1] == {"bf16": True, "compile": True, "memory_format": "contiguous"}
-    assert train_throughput.reference_candidates("diffkit-bf16-compile-contiguous", cuda) == ["diffusers-bf16-compile"]
+    assert cuda["diffkit-bf16-compile-channels_last"][1] == {"bf16": True, "compile": True,
+                                                            "memory_format": "channels_last"}
+    assert train_throughput.reference_candidates("diffkit-bf16-compile-channels_last", cuda) == [
+        "diffusers-cl-bf16-compile", "diffusers-tuned-bf16-compile"]  # diffusers tuned, both layouts
 
 
 def test_diffusers_training_step_has_the_same_shape():

@@ -24,4 +24,6 @@ def test_cuda_graph_replays_give_the_eager_samples(sampler):
     with torch.no_grad():
         a = diffkit.sample(eager, (4, 1, 16, 16), **kw)
         b = diffkit.sample(compiled, (4, 1, 16, 16), **kw)
-    assert torch.allclose(a, b, atol=2e-3, rtol=0), (a - b).abs().max().item()
+    # the compiled kernels round differently (about 1e-5 of the samples' scale); a replay that
+    # overwrote a kept output would be off by the size of the outputs themselves
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max(), ((a - b).abs().max() / a.abs().max()).item()

@@ -455,7 +455,7 @@ def test_attention_in_bf16_on_the_cpu_is_close_to_the_formula(tokens, heads):
 
 @pytest.mark.parametrize("device,precision,expected", [
     ("cpu", "no", torch.channels_last), ("cpu", "bf16", torch.contiguous_format),
-    ("cuda", "no", torch.channels_last), ("cuda:1", "bf16", torch.channels_last),
+    ("cuda", "no", torch.contiguous_format), ("cuda:1", "bf16", torch.contiguous_format),
     ("mps", "no", torch.contiguous_format)])
 def test_preferred_memory_format(device, precision, expected):
     from diffkit.models.layers import preferred_memory_format
@@ -466,7 +466,7 @@ def test_preferred_memory_format(device, precision, expected):
 def test_resolve_memory_format_names_a_layout_or_auto():
     from diffkit.models.layers import resolve_memory_format
     assert resolve_memory_format("auto", "cpu", "bf16") is torch.contiguous_format
-    assert resolve_memory_format("auto", "cuda", "bf16") is torch.channels_last
+    assert resolve_memory_format("auto", "cuda", "bf16") is torch.contiguous_format
     assert resolve_memory_format("contiguous", "cuda", "no") is torch.contiguous_format
     assert resolve_memory_format("channels_last", "cpu", "bf16") is torch.channels_last
 

@@ -214,17 +214,17 @@ def preferred_memory_format(device, mixed_precision: str = "no") -> torch.memory
     """The layout in which diffkit's convolutional networks run fastest on ``device`` (a
     ``torch.device`` or its name) under ``mixed_precision`` (``no``, ``bf16``, ``fp16``).
 
-    ``channels_last`` on the CPU and on CUDA (CPU, fp32: a training step 4-13% faster than
-    contiguous for the CIFAR-10 and MNIST networks, a seed-network forward 5%), except
-    half-precision autocast on the CPU: there the contiguous layout is faster (a bf16 training
-    step 7-8% faster for the seed, CIFAR-10 and MNIST networks, a forward 5-10%; oneDNN's bf16
-    convolution backward is faster on contiguous maps and GroupNorm needs no layout copies;
-    docs/performance.md). Contiguous elsewhere (mps)."""
+    ``channels_last`` on the CPU in fp32 (a training step 4-13% faster than contiguous for the
+    CIFAR-10 and MNIST networks, a seed-network forward 5%). Contiguous everywhere else: under
+    half-precision autocast on the CPU (a bf16 training step 7-8% faster for the seed, CIFAR-10
+    and MNIST networks, a forward 5-10%; oneDNN's bf16 convolution backward is faster on
+    contiguous maps and GroupNorm needs no layout copies), on CUDA (H200, torch 2.11, batch 128:
+    a seed / CIFAR-10 training step 13% / 18% faster in fp32 and 10% / 13% in bf16; only the small
+    MNIST network in bf16 was faster channels_last; diffusers' sampling loop too ran faster
+    contiguous; BENCHMARKS.md) and on mps. docs/performance.md has the measurements."""
     check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
     device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
-    if device_type == "cpu" and mixed_precision in ("bf16", "fp16"):
-        return torch.contiguous_format
-    if device_type in ("cpu", "cuda"):
+    if device_type == "cpu" and mixed_precision == "no":
         return torch.channels_last
     return torch.contiguous_format
 
