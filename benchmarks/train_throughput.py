@@ -284,10 +284,10 @@ class Worker:
     def ready(self) -> "Worker":
         """Wait for the worker's start-up line (workers start concurrently, see bench_config)."""
         if self.info is None:
-            self.info = self._read()
+            self.info = self.read()
         return self
 
-    def _read(self) -> dict:
+    def read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker exited with status {self.proc.wait()}")
@@ -299,7 +299,7 @@ class Worker:
 
     def ask(self, command: str) -> dict:
         self.send(command)
-        return self._read()
+        return self.read()
 
     def close(self) -> dict:
         out = self.ask("quit")
@@ -318,12 +318,12 @@ def bench_config(name: str, cfg: dict, variants: dict, args) -> list[dict]:
         for w in workers.values():
             w.ready()
         for rnd in range(args.warmup + args.rounds):
-            if rnd < args.warmup and args.concurrent_warmup:  # discarded rounds; compiles overlap
+            concurrent = rnd < args.warmup and args.concurrent_warmup  # discarded rounds; compiles overlap
+            if concurrent:
                 for w in workers.values():
                     w.send(f"run {args.steps}")
-                outs = {v: w._read() for v, w in workers.items()}
             for v, w in workers.items():
-                out = outs[v] if rnd < args.warmup and args.concurrent_warmup else w.ask(f"run {args.steps}")
+                out = w.read() if concurrent else w.ask(f"run {args.steps}")
                 if rnd == 0:
                     first[v] = out["wall"][0]
                 if rnd >= args.warmup:
