@@ -11,6 +11,8 @@ network evaluations, the wall time per sample of
 ``--bf16`` adds the same runs with the network under bf16 autocast (``-bf16``; diffkit:
 ``Denoiser(mixed_precision="bf16")`` with the network in the layout ``load_denoiser`` gives it
 at that precision, contiguous on the CPU), compared with diffusers at the same precision.
+diffkit's fp32 network too has the layout ``load_denoiser`` gives it (channels_last on the CPU,
+contiguous on CUDA; before 4 December 2026 it was channels_last on CUDA as well).
 ``--compile [MODE]`` adds ``diffkit-compile`` (``Denoiser.compile(MODE)``) and ``diffusers-cl-compile``
 (``torch.compile(unet, mode=MODE)``, channels_last) at each precision; compilation happens in
 the warm-up round (keep ``--warmup`` >= 1).
@@ -127,13 +129,14 @@ def main(argv=None):
     ours, theirs, same = build_networks(cfg)
     theirs_cl = diffusers_unet(cfg).eval()
     theirs_cl.load_state_dict(theirs.state_dict())
-    ours, theirs = ours.to(device), theirs.to(device)
+    # each diffkit network in the layout diffkit.load_denoiser gives it on this device at its
+    # precision (models.layers.preferred_memory_format: channels_last only for fp32 on the CPU)
+    ours = use_memory_format(ours.to(device), preferred_memory_format(device, "no"))
+    theirs = theirs.to(device)
     theirs_cl = theirs_cl.to(device, memory_format=torch.channels_last)
     params = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
     schedule = NoiseSchedule.from_name("linear", 1000, beta_start=1e-4, beta_end=0.02)
     denoiser = diffkit.Denoiser(ours, schedule, prediction_type="epsilon")
-    # bf16: the network in the layout diffkit.load_denoiser gives it at that precision (contiguous
-    # on the CPU and on CUDA; models.layers.preferred_memory_format), same weights
     ours_bf16 = use_memory_format(copy.deepcopy(ours), preferred_memory_format(device, "bf16"))
     denoiser_bf16 = diffkit.Denoiser(ours_bf16, schedule, prediction_type="epsilon", mixed_precision="bf16")
     check = None
