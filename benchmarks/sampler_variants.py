@@ -32,23 +32,19 @@ import torch  # noqa: E402
 import samplers as bench  # noqa: E402
 from diffkit import Denoiser, NoiseSchedule, sample  # noqa: E402
 from diffkit.analytic import GaussianMixture  # noqa: E402
-from diffkit.errors import DiffkitError, check_choice  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.samplers.registry import get_sampler, split_sampler_spec  # noqa: E402
-from diffkit.timesteps import FINALS, make_grid, parse_grade_sigmas  # noqa: E402
+from diffkit.timesteps import make_grid, parse_grade_sigmas  # noqa: E402
 
 FD_NFES = (5, 6, 8, 10)  # the excess-FD cells of issue 4; RMS cells above
 
 
 def parse_variant(spec: str) -> tuple:
     """``NAME[@SPACING[:FINAL]]`` -> (name, spacing or None, final or None), checked."""
-    head, _, final = spec.partition(":")
-    name, spacing = split_sampler_spec(head)
-    info = get_sampler(name)
-    if info.stochastic:
+    name, spacing, final = split_sampler_spec(spec)
+    if get_sampler(name).stochastic:
         raise DiffkitError(f"{name!r} is stochastic; the variants are compared by RMS to the ODE solution")
-    if final:
-        check_choice("final", final, FINALS)
-    return name, spacing, final or None
+    return name, spacing, final
 
 
 def run_variants(result: dict, variants, log=print, nfes=None, grades=None) -> list:

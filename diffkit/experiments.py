@@ -156,7 +156,8 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   device=None, progress: bool = False, thresholding: Optional[str] = None,
                   cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
-    A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``).
+    A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``),
+    ``NAME:FINAL`` (or ``NAME@SPACING:FINAL``) to another final target (e.g. ``unipc:zero``).
     ``cache_dir``, ``ledger_path`` and ``ledger_only`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
     from .samplers.registry import split_sampler_spec
@@ -169,8 +170,8 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                            f"{', '.join(REGISTRY)}")
 
     def settings_of(row: str):
-        name, spacing = specs[row]
-        return name, ({"spacing": spacing} if spacing else {})
+        name, spacing, final = specs[row]
+        return name, {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
 
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,

@@ -91,7 +91,9 @@ class ScoreLedger:
                                f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
                                f"{LEDGER_FORMAT!r}); give another --ledger path")
         data.setdefault("identities", {})
-        # the keys are re-derived from what each cell stores, so they follow canonical_settings
+        # the keys are re-derived from what each cell stores, so they follow canonical_settings (a
+        # cell stores its time grid written out, so a later change of a sampler's default grid
+        # does not make it a cell of the new grid)
         try:
             data["cells"] = {self._key(c["sampling"], c["num"], c["seed"], c["identity"]): c
                              for c in data.get("cells", {}).values()}
@@ -119,11 +121,12 @@ class ScoreLedger:
         The file is read again under a lock just before the write, so runs that fill one ledger at
         the same time (e.g. two cells in two processes) keep each other's cells."""
         from .evaluation import write_json
+        from .samplers.registry import with_grid
         with _locked(self.path):
             self.data = self._read()
             self.data["identities"][self.identity_digest] = self.identity
             self.data["cells"][self._key(settings, num, seed)] = {
-                "identity": self.identity_digest, "sampling": settings, "num": num, "seed": seed, "nfe": nfe,
+                "identity": self.identity_digest, "sampling": with_grid(settings), "num": num, "seed": seed, "nfe": nfe,
                 "scores": scores, "recorded": datetime.date.today().isoformat()}
             try:
                 write_json(self.data, self.path)

@@ -169,16 +169,22 @@ def test_the_same_sampling_is_one_cell_in_both_tables(checkpoint, tmp_path, monk
 
 def test_canonical_settings_drop_only_what_is_at_its_default():
     from diffkit.samplers.registry import canonical_settings
-    assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": 0}) == {"sampler": "ddim", "steps": 10}
+    ddim = {"sampler": "ddim", "steps": 10, "spacing": "linear", "final": "zero"}
+    assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": 0}) == ddim
     assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": 0.5, "spacing": "linear",
-                               "thresholding": None}) == {"sampler": "ddim", "steps": 10, "eta": 0.5}
+                               "thresholding": None}) == {**ddim, "eta": 0.5}
     assert canonical_settings({"sampler": "ddim", "steps": 10, "eta": "sigma_hat", "spacing": "quadratic"}) == \
-        {"sampler": "ddim", "steps": 10, "eta": "sigma_hat", "spacing": "quadratic"}
+        {**ddim, "eta": "sigma_hat", "spacing": "quadratic"}
     # a registered variant's option (unipc is bh2, order 2) against the function's own default
-    assert canonical_settings({"sampler": "unipc", "steps": 5, "solver_type": "bh2"}) == {"sampler": "unipc", "steps": 5}
+    from diffkit.samplers import REGISTRY
+    unipc = {"sampler": "unipc", "steps": 5, "spacing": "logsnr_graded", "final": REGISTRY["unipc"].default_final}
+    assert canonical_settings({"sampler": "unipc", "steps": 5, "solver_type": "bh2"}) == unipc
     assert canonical_settings({"sampler": "unipc", "steps": 5, "solver_type": "bh1"})["solver_type"] == "bh1"
     assert canonical_settings({"sampler": "dpm-solver++-2m", "steps": 5, "spacing": "logsnr"}) == \
-        {"sampler": "dpm-solver++-2m", "steps": 5}
+        {"sampler": "dpm-solver++-2m", "steps": 5, "spacing": "logsnr", "final": "zero"}
+    # the grid is written out: a cell of the old default grid keeps its own key
+    other = "zero" if unipc["final"] == "sigma_min" else "sigma_min"
+    assert canonical_settings({"sampler": "unipc", "steps": 5, "final": other}) != unipc
 
 
 def test_a_damaged_cell_is_a_one_line_error(checkpoint, tmp_path):

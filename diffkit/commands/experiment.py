@@ -28,7 +28,8 @@ def register(sub) -> None:
     ddim.add_argument("--steps", default=",".join(map(str, DDIM_STEPS)), help="step counts (default %(default)s)")
     samplers = tables.add_parser("sampler-table", help="samplers x steps", description=__doc__)
     samplers.add_argument("--samplers", default=",".join(PNDM_SAMPLERS),
-                          help="sampler names, or NAME@SPACING for another time grid (default %(default)s)")
+                          help="sampler names, or NAME[@SPACING][:FINAL] for another time grid or final "
+                               "target (default %(default)s)")
     samplers.add_argument("--steps", default=",".join(map(str, PNDM_STEPS)), help="step counts (default %(default)s)")
     from .eval import add_source_flags
     for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):

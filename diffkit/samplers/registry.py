@@ -65,20 +65,30 @@ def get_sampler(name: str) -> SamplerInfo:
     return REGISTRY[name]
 
 
-def canonical_settings(settings: dict) -> dict:
-    """``{"sampler": NAME, "steps": S, **options}`` without the options given at their default value
-    (ddim's ``eta=0``, the sampler's own spacing and final, ``thresholding=None``, ...): two calls
-    that sample the same way get one key in the sample cache and the score ledger."""
+def with_grid(settings: dict) -> dict:
+    """``settings`` with the time grid written out: ``spacing`` and ``final`` are the sampler's
+    defaults when not given (settings of an unregistered sampler come back as they are)."""
     info = REGISTRY.get(settings.get("sampler"))
-    defaults: dict = {"spacing": [None], "final": [None], "thresholding": [None]}
+    if info is None:
+        return dict(settings)
+    return {**settings, "spacing": settings.get("spacing") or info.default_spacing,
+            "final": settings.get("final") or info.default_final}
+
+
+def canonical_settings(settings: dict) -> dict:
+    """``{"sampler": NAME, "steps": S, **options}`` as the key of the sample cache and the score
+    ledger: options given at their default value are dropped (ddim's ``eta=0``,
+    ``thresholding=None``, ...), so two calls that sample the same way get one key, while the time
+    grid is always written out (``spacing`` and ``final``, the sampler's defaults when not given), so
+    a cell recorded before a sampler's default grid changed is not taken for one on the new grid."""
+    info = REGISTRY.get(settings.get("sampler"))
+    defaults: dict = {"thresholding": [None]}
     if info is not None:
         for key, param in inspect.signature(info.fn).parameters.items():
             if param.default is not inspect.Parameter.empty:
                 defaults.setdefault(key, []).append(param.default)
         for key, value in info.options.items():
             defaults[key] = [value]  # a registered option replaces the function's own default
-        defaults["spacing"].append(info.default_spacing)
-        defaults["final"].append(info.default_final)
 
     def same(a, b):  # 0 and 0.0 are one eta; True and 1 are not one value
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
@@ -86,17 +96,22 @@ def canonical_settings(settings: dict) -> dict:
 
     def at_default(key, value):
         return any(same(value, d) for d in defaults.get(key, ()))
-    return {k: v for k, v in settings.items() if k in ("sampler", "steps") or not at_default(k, v)}
+    return {k: v for k, v in with_grid(settings).items()
+            if k in ("sampler", "steps", "spacing", "final") or not at_default(k, v)}
 
 
 def split_sampler_spec(spec: str) -> tuple:
-    """``"NAME"`` or ``"NAME@SPACING"`` -> (name, spacing or None); an unknown spacing is a one-line
-    error (the name is not checked: callers decide whether an unknown sampler is an error)."""
-    from ..timesteps import SPACINGS
-    name, _, spacing = spec.partition("@")
+    """``"NAME[@SPACING][:FINAL]"`` -> (name, spacing or None, final or None), e.g. ``"unipc"``,
+    ``"unipc@logsnr"``, ``"unipc:zero"``; an unknown spacing or final is a one-line error (the name
+    is not checked: callers decide whether an unknown sampler is an error)."""
+    from ..timesteps import FINALS, SPACINGS
+    head, _, final = spec.partition(":")
+    name, _, spacing = head.partition("@")
     if spacing:
         check_choice("spacing", spacing, SPACINGS)
-    return name, spacing or None
+    if final:
+        check_choice("final", final, FINALS)
+    return name, spacing or None, final or None
 
 
 register(SamplerInfo("ddpm", ddpm, order=1, calls_per_step=1, stochastic=True,
