@@ -92,3 +92,18 @@ def test_sampler_error_profile_follows_the_ode_solution():
     assert lines[3].startswith("  worst 1%, median error after each step: ")
     finer = bench.error_profile(bench.MIXTURES[0], 200, "ddim", 40, log=lambda _: None)
     assert finer[-1][1] < 0.6 * prof[-1][1]  # 4x the steps: 0.079 against 0.196
+
+
+def test_fd_anatomy_splits_the_excess_fd_and_measures_gaussian_variance():
+    """benchmarks/fd_anatomy.py: per-component spread and shift against the ODE solution (a sampler
+    run at high NFE is close to it), and the closed-form variance error on Gaussian data."""
+    import fd_anatomy
+    rows = fd_anatomy.mixture_anatomy(0, ["unipc", "ddim"], 50, 20, log=lambda *a: None)
+    assert [r["sampler"] for r in rows] == ["unipc", "ddim"]
+    unipc, ddim = rows
+    assert len(unipc["within_variance"]) == 8 and unipc["rms"] < ddim["rms"]
+    assert all(abs(v) < 0.05 for v in unipc["within_variance"] if v == v)
+    errors = fd_anatomy.gaussian_variance_errors("ddim", 1000, stds=(0.5, 1.0))
+    assert all(abs(e) < 0.01 for e in errors)  # 1000 DDIM steps follow the exact ODE map
+    with pytest.raises(fd_anatomy.DiffkitError, match="stochastic"):
+        fd_anatomy.run_sampler("ddpm", None, None, None, 5)

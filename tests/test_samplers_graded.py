@@ -97,7 +97,7 @@ def test_unipc_3_converges_at_order_3_on_the_graded_grid(schedule, name):
 @pytest.mark.parametrize("name", ["unipc-3", "unipc-bh1"])
 def test_graded_default_spends_exactly_the_requested_nfe(schedule, name):
     info = REGISTRY[name]
-    assert info.default_spacing == "logsnr_graded" and info.default_final == "zero"
+    assert info.default_spacing == "logsnr_graded" and info.default_final == "sigma_min"
     mix = GaussianMixture.random(3, 3, seed=5)
     den = Denoiser(mix.network(schedule), schedule)
     noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -107,8 +107,8 @@ def test_graded_default_spends_exactly_the_requested_nfe(schedule, name):
         out = diffkit.sample(den, noise, sampler=name, nfe=nfe, progress=False,
                              callback=lambda d: seen.append(d["t"]))
         assert den.nfe == nfe and torch.isfinite(out).all()
-    # the evaluation times of the last run are the graded grid's (the step into clean data included)
-    assert seen[-20:] == make_grid(schedule, 20, "logsnr_graded")[:-1].tolist()
+    # the evaluation times of the last run are the graded grid's, down to t = 0 (no evaluation there)
+    assert seen[-20:] == make_grid(schedule, 20, "logsnr_graded", "sigma_min")[:-1].tolist()
 
 
 def test_grade_sigmas_parse_pairs_and_refuse_bad_ones_in_one_line():
@@ -149,10 +149,39 @@ def test_the_default_graded_grid_follows_the_denoisers_data_scale(schedule):
     mixture = GaussianMixture.random(4, 3, seed=0)
     x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
     scaled = Denoiser(mixture.network(schedule), schedule, data_scale=3.0)
-    explicit = make_grid(schedule, 8, "logsnr_graded", grade_sigmas=(3.0, 0.1))
-    assert not torch.equal(explicit, make_grid(schedule, 8, "logsnr_graded"))
+    explicit = make_grid(schedule, 8, "logsnr_graded", "sigma_min", grade_sigmas=(3.0, 0.1))
+    assert not torch.equal(explicit, make_grid(schedule, 8, "logsnr_graded", "sigma_min"))
     got = diffkit.sample(scaled, x_T.clone(), "unipc-3", 8, progress=False)
     want = diffkit.sample(Denoiser(mixture.network(schedule), schedule), x_T.clone(), "unipc-3", grid=explicit,
                           progress=False)
     assert torch.equal(got, want)
     assert ClassifierFreeGuidance(scaled, 1.0, null_class=0).data_scale == 3.0
+
+
+@pytest.mark.parametrize("name", ["unipc", "unipc-3", "unipc-bh1"])
+def test_graded_default_keeps_the_variance_of_gaussian_data(schedule, name):
+    """Gaussian data N(0, s^2): the exact ODE maps x_T to x_0 with gain s / sqrt(alpha_T^2 s^2 +
+    sigma_T^2) (analytic.gaussian_ode_solution), so the variance of the samples is s^2 only if the
+    sampler gets that gain right. At NFE 10 the UniPC defaults stay within 8% for s from 0.2 to 2.
+    With final = "zero" the grid's last interval before t = 0 is long in log-SNR and second order,
+    its extrapolation of x0 overshoots, and the evaluation at t = 0 cannot repair it (the output is
+    the x0 prediction at the *uncorrected* point, and D ~ identity there): `unipc` then inflates
+    the variance by up to 22% (docs/samplers.md, "The last step of UniPC")."""
+    T = schedule.num_timesteps
+    x_T = torch.ones(1, 1, dtype=F64)
+
+    def variance_errors(final):
+        errors = []
+        for s in (0.2, 0.35, 0.5, 1.0, 2.0):
+            gaussian = GaussianMixture([1.0], [[0.0]], [[[s * s]]])
+            den = Denoiser(gaussian.network(schedule), schedule)
+            exact = gaussian_ode_solution(gaussian.means[0], gaussian.covs[0], x_T, schedule.alpha(T - 1.0),
+                                          schedule.sigma(T - 1.0), 1.0, 0.0)
+            out = diffkit.sample(den, x_T.clone(), name, nfe=10, final=final, progress=False)
+            errors.append(abs((out / exact).item() ** 2 - 1))
+        return errors
+
+    assert REGISTRY[name].default_final == "sigma_min"
+    assert max(variance_errors(None)) < 0.08
+    if name == "unipc":
+        assert max(variance_errors("zero")) > 0.15

@@ -210,15 +210,15 @@ register(SamplerInfo("lms", lms, order=4, calls_per_step=1, stochastic=False,
 
 register(SamplerInfo("unipc", unipc, order=2, calls_per_step=1, stochastic=False,
                      description="UniPC-bh2 (Zhao et al. 2023): UniP-2 + UniC, data prediction",
-                     default_spacing="logsnr_graded", default_final="zero",
+                     default_spacing="logsnr_graded", default_final="sigma_min",
                      options={"solver_order": 2, "solver_type": "bh2"}))
 register(SamplerInfo("unipc-3", unipc, order=3, calls_per_step=1, stochastic=False,
                      description="UniPC-bh2 with UniP-3 + UniC, data prediction",
-                     default_spacing="logsnr_graded", default_final="zero",
+                     default_spacing="logsnr_graded", default_final="sigma_min",
                      options={"solver_order": 3, "solver_type": "bh2"}))
 register(SamplerInfo("unipc-bh1", unipc, order=3, calls_per_step=1, stochastic=False,
                      description="UniPC-bh1 with UniP-3 + UniC, data prediction",
-                     default_spacing="logsnr_graded", default_final="zero",
+                     default_spacing="logsnr_graded", default_final="sigma_min",
                      options={"solver_order": 3, "solver_type": "bh1"}))
 register(SamplerInfo("unipc-eps", unipc, order=2, calls_per_step=1, stochastic=False,
                      description="UniPC-bh2 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
