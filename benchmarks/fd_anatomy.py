@@ -47,7 +47,11 @@ def run_sampler(spec: str, den: Denoiser, x_T: torch.Tensor, eps_fn, nfe: int) -
         steps = bench.diffusers_steps_for_nfe(cls, kw, nfe)
         if steps is None:
             raise DiffkitError(f"{spec} cannot spend exactly nfe={nfe}")
-        return bench.run_diffusers(cls, kw, steps, x_T.clone(), eps_fn)
+        try:
+            return bench.run_diffusers(cls, kw, steps, x_T.clone(), eps_fn)
+        except ImportError:
+            raise DiffkitError(f"{spec} is a diffusers setting; install the optional extra: "
+                               "pip install -e '.[diffusers]'") from None
     name, spacing, final = split_sampler_spec(spec)
     if get_sampler(name).stochastic:
         raise DiffkitError(f"{name!r} is stochastic; compare deterministic samplers with the ODE solution")
