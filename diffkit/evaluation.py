@@ -408,9 +408,11 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         settings.update(samples=str(samples), num_samples=int(images.shape[0]))
     else:
         from .loading import load_denoiser
-        from .samplers.registry import get_sampler
-        info = get_sampler(sampler)
+        from .sampling import resolve_sampler
+        info, spacing, final = resolve_sampler(sampler)
+        sampler = info.name
         options = {} if thresholding is None else {"thresholding": thresholding}
+        options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
         if eta is not None:
             if sampler != "ddim":
                 raise DiffkitError(f"eta applies to the ddim sampler, not {sampler!r}")
@@ -422,7 +424,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         channels, size = unet["in_channels"], unet["img_size"]
         if ref is None:
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
-        settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps),
+        settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps, final),
                         num_samples=num, mixed_precision=mixed_precision, compile=compile, **options)
     if "class-accuracy" in names and (denoiser is None or sample_labels(denoiser, 1) is None):
         raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "

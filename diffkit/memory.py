@@ -44,7 +44,7 @@ MAX_AUTO_BATCH = {"cpu": 256, "cuda": 1024, "mps": 256}  # larger batches buy no
 DEFAULT_CAP = 256
 SAMPLER_STATE_COPIES = 8  # x, noise, up to 4 stored model outputs, temporaries: per-sample state
 # what a probe samples: one ddim step (one network evaluation, as every sampler's step makes)
-PROBE_SAMPLING = {"sampler": "ddim", "steps": 1, "nfe": None, "spacing": None, "progress": False}
+PROBE_SAMPLING = {"sampler": "ddim", "steps": 1, "nfe": None, "spacing": None, "final": None, "progress": False}
 
 
 class LiveTensorBytes(TorchDispatchMode):

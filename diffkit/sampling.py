@@ -8,7 +8,7 @@ import torch
 from .denoiser import ThresholdedDenoiser, precision_context
 from .errors import DiffkitError, check_range
 from .noise import generators_from_seed, randn
-from .samplers.registry import get_sampler
+from .samplers.registry import SamplerInfo, get_sampler, split_sampler_spec
 from .timesteps import grade_sigmas_for, make_grid
 
 
@@ -22,7 +22,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     Args:
         denoiser: a :class:`~diffkit.denoiser.Denoiser` (or a wrapper such as guidance).
         shape_or_noise: the batch shape (noise is drawn) or the starting noise x_T itself.
-        sampler: a name from ``diffkit samplers`` (``diffkit.samplers.REGISTRY``).
+        sampler: a name from ``diffkit samplers`` (``diffkit.samplers.REGISTRY``), or
+            ``NAME[@SPACING][:FINAL]`` with the grid in it (``"unipc:zero"``, ``"ddim@trailing"``).
         steps / nfe: the step count, or the number of network evaluations to spend (one of the two;
             default 50 steps).
         spacing, final: the time grid (see :mod:`diffkit.timesteps`); defaults per sampler.
@@ -35,22 +36,13 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         thresholding: ``None``, ``"clip"`` or ``"dynamic"`` on the predicted x_0.
         options: sampler-specific options (e.g. ``eta`` for ddim).
     """
-    info = get_sampler(sampler)
     # diffusers' grid options, accepted under their names: they choose the grid, not the update.
     if options.pop("use_karras_sigmas", False):
         spacing = spacing or "karras"
-    final_sigmas_type = options.pop("final_sigmas_type", None)
-    final = final or final_sigmas_type
-    if steps is not None and nfe is not None:
-        raise DiffkitError("give steps or nfe, not both")
-    schedule = denoiser.schedule
+    final = _given_once("final", final, "final_sigmas_type", options.pop("final_sigmas_type", None))
+    info, spacing, final = resolve_sampler(sampler, spacing, final)
     if grid is None:
-        if nfe is not None:
-            steps = info.steps_for_nfe(nfe, final or info.default_final)
-        steps = 50 if steps is None else steps
-        check_range("steps", steps, 1, schedule.num_timesteps, integer=True)
-        grid = make_grid(schedule, steps, spacing or info.default_spacing, final or info.default_final,
-                         grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))
+        grid = sampler_grid(denoiser, info, steps, nfe, spacing, final)
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
     if isinstance(shape_or_noise, torch.Tensor):
@@ -70,3 +62,35 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)
+
+
+def resolve_sampler(sampler: str, spacing: Optional[str] = None,
+                    final: Optional[str] = None) -> tuple[SamplerInfo, Optional[str], Optional[str]]:
+    """(sampler info, spacing, final) of a ``NAME[@SPACING][:FINAL]`` spec and separately given grid
+    options (None = the sampler's default); a grid part given both ways, differently, is a one-line error."""
+    name, spec_spacing, spec_final = split_sampler_spec(sampler)
+    info = get_sampler(name)
+    return (info, _given_once("spacing", spacing, f"sampler={sampler!r}", spec_spacing),
+            _given_once("final", final, f"sampler={sampler!r}", spec_final))
+
+
+def _given_once(what: str, value: Optional[str], other_source: str, other: Optional[str]) -> Optional[str]:
+    if value is not None and other is not None and value != other:
+        raise DiffkitError(f"{what}={value!r} contradicts {other_source} ({what} {other!r}); give it once")
+    return value if value is not None else other
+
+
+def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: Optional[int] = None,
+                 spacing: Optional[str] = None, final: Optional[str] = None) -> torch.Tensor:
+    """The time grid a sampler walks: ``steps`` (default 50) or the step count that spends ``nfe``
+    evaluations, on ``spacing`` / ``final`` or the sampler's defaults; ``logsnr_graded`` is graded at
+    the denoiser's ``data_scale`` (:func:`diffkit.timesteps.grade_sigmas_for`)."""
+    if steps is not None and nfe is not None:
+        raise DiffkitError("give steps or nfe, not both")
+    final = final or info.default_final
+    if nfe is not None:
+        steps = info.steps_for_nfe(nfe, final)
+    steps = 50 if steps is None else steps
+    check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+    return make_grid(denoiser.schedule, steps, spacing or info.default_spacing, final,
+                     grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))

@@ -29,6 +29,11 @@ def test_train_then_sample_end_to_end(tmp_path, capsys, monkeypatch):
                              "--individual", str(tmp_path / "each"), "--no-progress")
     assert code == 0, err
     assert (tmp_path / "g.png").exists() and len(list((tmp_path / "each").glob("*.png"))) == 5
+    for grid in (["--sampler", "heun", "--final", "sigma_min"], ["--sampler", "heun@karras:sigma_min"]):
+        code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), *grid, "--nfe", "4", "--num", "2",
+                                 "--out", str(tmp_path / "h.png"), "--no-progress")
+        assert code == 0, err
+        assert "heun, 4 network evaluations" in out  # 2 calls a step: only with final=sigma_min
     code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--steps", "3", "--num", "2",
                              "--mixed-precision", "bf16", "--out", str(tmp_path / "bf16.png"), "--no-progress")
     assert code == 0, err
@@ -53,6 +58,11 @@ def test_train_then_sample_end_to_end(tmp_path, capsys, monkeypatch):
     (["train", "--device", "cuda:0", "--steps", "1", *TINY], "cuda"),
     (["sample", "--checkpoint", "/nonexistent.safetensors"], "/nonexistent.safetensors"),
     (["sample", "--checkpoint", "x", "--sampler", "bogus"], "bogus"),
+    (["sample", "--checkpoint", "x", "--sampler", "unipc@bogus"], "bogus"),
+    (["sample", "--checkpoint", "x", "--spacing", "bogus"], "bogus"),
+    (["sample", "--checkpoint", "x", "--sampler", "ddim:zero", "--final", "sigma_min"], "contradicts"),
+    (["sample", "--checkpoint", "x", "--sampler", "heun", "--nfe", "8"], "nfe=8"),
+    (["eval", "--checkpoint", "x", "--metrics", "nll", "--sampler", "ddim@bogus"], "bogus"),
     (["sample", "--checkpoint", "x", "--steps", "-3"], "-3"),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch):

@@ -438,6 +438,30 @@ def test_diffusers_option_names_choose_the_grid(schedule, mixture):
     torch.testing.assert_close(a, b)
 
 
+def test_a_sampler_spec_carries_its_grid(schedule, mixture):
+    # "NAME@SPACING:FINAL" is the name with spacing= and final= (one parser for every front end)
+    den = Denoiser(mixture.network(schedule), schedule)
+    noise = torch.randn(3, 3, dtype=F64)
+    a = diffkit.sample(den, noise, sampler="unipc@logsnr:zero", steps=6, progress=False)
+    b = diffkit.sample(den, noise, sampler="unipc", steps=6, spacing="logsnr", final="zero", progress=False)
+    torch.testing.assert_close(a, b)
+    c = diffkit.sample(den, noise, sampler="unipc:zero", steps=6, spacing="logsnr", progress=False)
+    torch.testing.assert_close(a, c)
+    default = diffkit.sample(den, noise, sampler="unipc", steps=6, progress=False)
+    assert (a - default).abs().max() > 1e-4  # the spec is not ignored
+    # heun spends 2 calls a step; with the grid's end at sigma_min the last step is no longer Euler
+    den.nfe = 0
+    diffkit.sample(den, noise, sampler="heun:sigma_min", nfe=8, progress=False)
+    assert den.nfe == 8
+    for kwargs in ({"sampler": "unipc:zero", "final": "sigma_min"}, {"sampler": "unipc@logsnr", "spacing": "karras"},
+                   {"sampler": "unipc", "final": "zero", "final_sigmas_type": "sigma_min"}):
+        with pytest.raises(DiffkitError) as err:
+            diffkit.sample(den, noise, steps=6, progress=False, **kwargs)
+        assert "contradicts" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DiffkitError, match="spacing='nope'"):
+        diffkit.sample(den, noise, sampler="unipc@nope", steps=6, progress=False)
+
+
 def test_samplers_reach_the_exact_distribution(schedule, mixture):
     # with enough steps every sampler's samples match the mixture's mean and covariance
     noise = torch.randn(1500, 3, generator=torch.Generator().manual_seed(10), dtype=F64)

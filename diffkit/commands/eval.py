@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
                    "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided")
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
-    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim)")
+    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
+                   "for another time grid, e.g. unipc:zero")
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..timesteps import SPACINGS
+from ..timesteps import FINALS, SPACINGS
 from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
 
@@ -38,13 +38,16 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
     p.add_argument("--config", help="for a legacy .pt state dict only: the TOML/YAML/JSON training config "
                                     "(the seed's modelConfig) that describes its U-Net and schedule")
-    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim)")
+    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
+                   "also sets the grid, e.g. unipc:zero")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
     p.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
                    + ", ".join(SPACINGS))
+    p.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min (the "
+                   "schedule's smallest noise level; diffusers' final_sigmas_type); default: the sampler's own")
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models with several "
                    "classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
@@ -85,15 +88,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..samplers.registry import get_sampler
-    info = get_sampler(args.sampler)  # validate before loading anything
+    from ..errors import DiffkitError, check_choice
+    from ..sampling import resolve_sampler
+    if args.spacing is not None:  # validate before loading anything
+        check_choice("--spacing", args.spacing, SPACINGS)
+    info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)
     if args.nfe is not None:
-        info.steps_for_nfe(args.nfe)
+        info.steps_for_nfe(args.nfe, final or info.default_final)
     options = {}
     if args.eta is not None:
-        if args.sampler not in ("ddim",):
-            from ..errors import DiffkitError
-            raise DiffkitError(f"--eta applies to the ddim sampler, not {args.sampler!r}")
+        if info.name != "ddim":
+            raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
         options["eta"] = args.eta
     config = None
     if args.config:
@@ -102,17 +107,16 @@ def run(args) -> int:
     device = resolve_device(args.device)
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
         if path and Path(path).suffix.lower() != ".png":  # never overwrite a checkpoint with an image
-            from ..errors import DiffkitError
             raise DiffkitError(f"{flag}={path!r} must be a .png file")
         if path:
             check_writable_dir(Path(path).parent or ".")
     if args.individual:
         check_writable_dir(args.individual)
-    guidance = GuidanceRequest.from_args(args)
-    sample_to_files(args.checkpoint, sampler=args.sampler, steps=args.steps, nfe=args.nfe, num=args.num,
+    guidance = GuidanceRequest.from_args(args, info.name)
+    sample_to_files(args.checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
                     nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                     seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
-                    spacing=args.spacing, scale=args.scale, progress=args.progress, guidance=guidance,
+                    spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                     config=config, mixed_precision=args.mixed_precision, compile=args.compile, **options)
     return 0
 
@@ -132,12 +136,13 @@ class GuidanceRequest:
     prompts: Optional[list] = None
 
     @classmethod
-    def from_args(cls, args) -> "GuidanceRequest":
+    def from_args(cls, args, sampler: str) -> "GuidanceRequest":
+        """The request of ``diffkit sample``'s flags, checked for the sampler named ``sampler``."""
         req = cls(classes=args.classes, guidance_scale=args.guidance_scale, convention=args.guidance_convention,
                   rescale=args.guidance_rescale, interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                   classifier=args.classifier, classifier_scale=args.classifier_scale,
                   classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None))
-        req.check(args.sampler)
+        req.check(sampler)
         return req
 
     def check(self, sampler: str) -> None:
@@ -235,7 +240,7 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
 
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
-                    spacing=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
+                    spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
@@ -263,7 +268,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             raise DiffkitError(f"--compile {compile} applies to diffkit checkpoints, not to a Stable Diffusion folder")
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
-                                       spacing=spacing, scale=scale, progress=progress, guidance=guidance, **options)
+                                       spacing=spacing, final=final, scale=scale, progress=progress,
+                                       guidance=guidance, **options)
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
                              mixed_precision=mixed_precision, compile=compile)
     meta = denoiser.meta
@@ -292,16 +298,16 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         gens = generators_from_seed(seed + 10_000_019 + start, n)  # per-sample step noise
         y = None if labels is None else labels[start:start + n].to(device)
         how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
-                                                progress=progress)
+                                                final=final, progress=progress)
         if guidance.classifier and guidance.classifier_algorithm == 1:  # y to the network only if it is conditional
             cond = {"y": y} if conditional_model else {}
-            return chunk, _algorithm_1(denoiser, classifier, chunk, y, guidance, how["sampler"], how["steps"],
-                                       how["nfe"], how["spacing"], gens, how["progress"], cond)
+            return chunk, _algorithm_1(denoiser, classifier, chunk, y, guidance, how, gens, cond)
         cond = {} if y is None else {"y": y}
         if prompt_index is not None:  # the prompts' contexts, encoded once, one row per sample
             cond = {"context": context[prompt_index[start:start + n].to(context.device)]}
         latents = sample(denoiser, chunk, how["sampler"], how["steps"], nfe=how["nfe"], spacing=how["spacing"],
-                         generator=gens, cond=cond, progress=how["progress"], **({} if probe else options))
+                         final=how["final"], generator=gens, cond=cond, progress=how["progress"],
+                         **({} if probe else options))
         with torch.no_grad():  # latent checkpoints: x = D(z / scale_factor)
             return chunk, latents if decoder is None else decoder(latents).clamp(-1, 1)
 
@@ -344,8 +350,8 @@ SD_DEFAULT_GUIDANCE = 6.5  # seed convention w; diffusers' s = 7.5, Stable Diffu
 
 
 def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
-                            individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, scale=1,
-                            progress=True, guidance: Optional[GuidanceRequest] = None, **options):
+                            individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
+                            scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`prompt_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -375,7 +381,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
 
     def generate(start: int, n: int, probe: bool = False):
         how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
-                                                progress=progress)
+                                                final=final, progress=progress)
         return (text_to_image(sd, per_sample[start:start + n], guidance_scale=scale_w, convention=convention,
                               seed=seed + start, output_range="-1,1", **how, **({} if probe else options)),)
 
@@ -425,18 +431,16 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     return denoiser, context, prompts, index, num, nrow
 
 
-def _algorithm_1(denoiser, classifier, x, labels, guidance, sampler, steps, nfe, spacing, generator, progress, cond):
-    """Classifier guidance as the mean shift of the ddpm sampler (Dhariwal & Nichol 2021, Alg. 1)."""
+def _algorithm_1(denoiser, classifier, x, labels, guidance, how: dict, generator, cond):
+    """Classifier guidance as the mean shift of the ddpm sampler (Dhariwal & Nichol 2021, Alg. 1);
+    ``how``: sampler, steps, nfe, spacing, final, progress as for :func:`diffkit.sample`."""
     import torch
 
     from ..guidance import classifier_guided_ddpm
-    from ..samplers.registry import get_sampler
-    from ..timesteps import grade_sigmas_for, make_grid
-    info = get_sampler(sampler)
-    steps = info.steps_for_nfe(nfe) if nfe is not None else (steps or 50)
-    grid = make_grid(denoiser.schedule, steps, spacing or info.default_spacing, info.default_final,
-                     grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))
+    from ..sampling import resolve_sampler, sampler_grid
+    info, spacing, final = resolve_sampler(how["sampler"], how["spacing"], how["final"])
+    grid = sampler_grid(denoiser, info, how["steps"], how["nfe"], spacing, final)
     scale = 1.0 if guidance.classifier_scale is None else guidance.classifier_scale
     with torch.no_grad():
         return classifier_guided_ddpm(denoiser, classifier, x, grid, scale=scale, y=labels, cond=cond,
-                                      generator=generator, progress=progress)
+                                      generator=generator, progress=how["progress"])

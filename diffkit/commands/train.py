@@ -110,10 +110,10 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     and returns 128 + signal (130 / 143)."""
     import signal
 
-    from ..samplers.registry import get_sampler
+    from ..sampling import resolve_sampler
     from ..training import Trainer, TrainingInterrupted
     if sample:
-        get_sampler(cfg.sampler)  # a bad sampler name must fail now, not after training
+        resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) must fail now, not after training
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.log(f"training {n_params / 1e6:.2f}M-parameter U-Net on {cfg.dataset} ({len(trainer.dataset)} images, "
