@@ -19,7 +19,7 @@ Run (about 30-45 minutes on 2 CPU cores; a third of that per seed):
     PYTHONPATH=. python benchmarks/samplers.py            # writes benchmarks/out/samplers.{json,md,png}
     PYTHONPATH=. python benchmarks/samplers.py --quick    # 2k samples, one mixture, one seed (a smoke run)
     PYTHONPATH=. python benchmarks/samplers.py --noise-seeds 1234   # one 10k draw (the tables before 2026-12-02)
-    PYTHONPATH=. python benchmarks/samplers.py --profile unipc-3:15:logsnr_skip   # where the error comes from
+    PYTHONPATH=. python benchmarks/samplers.py --profile unipc-3@logsnr_skip:zero:15   # where the error comes from
     PYTHONPATH=. python benchmarks/samplers.py --nfes 15,20 --no-overhead   # only some NFEs
     # the same in parallel, one process per mixture, then merged:
     PYTHONPATH=. python benchmarks/samplers.py --mixtures 0 --out OUT0   (1 and 2 with --no-overhead)
@@ -40,8 +40,10 @@ import torch
 
 from diffkit import Denoiser, NoiseSchedule, sample
 from diffkit.analytic import GaussianMixture
+from diffkit.errors import DiffkitError
 from diffkit.samplers import REGISTRY
-from diffkit.timesteps import make_grid
+from diffkit.samplers.registry import get_sampler, split_sampler_spec
+from diffkit.sampling import sampler_grid
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
@@ -307,6 +309,18 @@ def overhead(repeats: int = 7) -> dict:
 
 
 # ---------------------------------------------------------------- error analysis
+def parse_profile(text: str) -> tuple:
+    """``NAME[@SPACING][:FINAL]:NFE`` (the sampler spec of every script, then the NFE) ->
+    (name, nfe, spacing or None, final or None); a bad value is a one-line error."""
+    spec, _, nfe = text.rpartition(":")
+    if not spec or not nfe.isdigit() or int(nfe) < 1:
+        raise DiffkitError(f"--profile {text!r}: give NAME[@SPACING][:FINAL]:NFE with NFE >= 1, "
+                           "e.g. unipc-3@logsnr_skip:zero:15")
+    name, spacing, final = split_sampler_spec(spec)
+    get_sampler(name)
+    return name, int(nfe), spacing, final
+
+
 def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, final=None, log=print) -> list:
     """Where a sampler's error comes from: the RMS distance (in x~ = x/alpha) between its state after
     each step and the accurate ODE solution at that grid time, from the same noise; plus how much of
@@ -320,8 +334,8 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
     den = Denoiser(diffkit_network(eps_fn, schedule), schedule, data_scale=mixture.data_scale())
     x_T = starting_noise(n, mixture.dim, NOISE_SEEDS[:1])
     info = REGISTRY[sampler]
-    final = final or info.default_final
-    grid = make_grid(schedule, info.steps_for_nfe(nfe, final), spacing or info.default_spacing, final)
+    spacing, final = spacing or info.default_spacing, final or info.default_final
+    grid = sampler_grid(den, info, nfe=nfe, spacing=spacing, final=final)  # graded at the data scale, as sample()
     sig = schedule.karras_sigma(grid).tolist()
     refs = reference_ode(eps_fn, schedule, x_T, at_sigmas=sig)
     states = []
@@ -337,7 +351,7 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
         prof.append((sig[j], rms(xs / alpha, refs[j])))
         worst_prof.append(float((xs[worst].to(torch.float64) / alpha - refs[j][worst]).norm(dim=1).median()))
     top = float(err2[: len(worst)].sum() / err2.sum())
-    log(f"{sampler} NFE {nfe} ({spacing or info.default_spacing}, {final}), mixture {mix_cfg}: final RMS "
+    log(f"{sampler} NFE {nfe} ({spacing}, {final}), mixture {mix_cfg}: final RMS "
         f"{rms(x, refs[-1]):.2e}, worst 1% of samples carry {100 * top:.0f}% of the squared error, median "
         f"error {float(err2.sqrt().median()):.1e}")
     log("  RMS after each step (sigma~: rms): " + " ".join(f"{a:.3g}: {b:.1e}" for a, b in prof))
@@ -538,9 +552,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="2k samples, one mixture")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--profile", metavar="SAMPLER:NFE[:SPACING[:FINAL]]",
+    parser.add_argument("--profile", metavar="NAME[@SPACING][:FINAL]:NFE",
                         help="only the error analysis: per-step RMS to the accurate ODE along the grid "
-                             "(the 2-d mixture, or --mixture), then exit")
+                             "(the 2-d mixture, or --mixture), then exit; e.g. unipc-3@logsnr_skip:zero:15")
     parser.add_argument("--mixture", type=int, default=0, choices=range(len(MIXTURES)),
                         help="mixture index for --profile")
     parser.add_argument("--mixtures", default=None, help="comma-separated mixture indices to run (default: all)")
@@ -555,9 +569,12 @@ def main(argv=None):
                         help="only merge the samplers.json of separate runs (e.g. one per mixture) into --out")
     args = parser.parse_args(argv)
     if args.profile:
-        parts = args.profile.split(":")
-        error_profile(MIXTURES[args.mixture], args.samples if args.samples != 10_000 else 2000, parts[0],
-                      int(parts[1]), *(parts[2:4]))
+        try:
+            name, nfe, spacing, final = parse_profile(args.profile)
+            error_profile(MIXTURES[args.mixture], args.samples if args.samples != 10_000 else 2000, name, nfe,
+                          spacing, final)
+        except DiffkitError as err:
+            parser.exit(2, f"error: {err}\n")
         return
     if args.merge:
         runs = [json.loads(path.read_text()) for path in args.merge]

@@ -94,6 +94,26 @@ def test_sampler_error_profile_follows_the_ode_solution():
     assert finer[-1][1] < 0.6 * prof[-1][1]  # 4x the steps: 0.079 against 0.196
 
 
+def test_sampler_error_profile_walks_the_grid_of_the_benchmark():
+    """--profile NAME[@SPACING][:FINAL]:NFE; a graded grid is graded at the mixture's data scale
+    (3.15 for the 8-d mixture), as diffkit.sample grades it in the benchmark itself."""
+    import samplers as bench
+    from diffkit import NoiseSchedule
+    from diffkit.timesteps import make_grid
+    assert bench.parse_profile("unipc-3@logsnr_skip:zero:15") == ("unipc-3", 15, "logsnr_skip", "zero")
+    assert bench.parse_profile("unipc:10") == ("unipc", 10, None, None)
+    for bad in ("unipc", "unipc:abc", "unipc:0", "bogus:10", "unipc@nope:10"):
+        with pytest.raises(bench.DiffkitError):
+            bench.parse_profile(bad)
+    prof = bench.error_profile(bench.MIXTURES[1], 50, "unipc-3", 10, log=lambda _: None)
+    schedule = NoiseSchedule.linear()
+    graded = make_grid(schedule, 10, "logsnr_graded", "sigma_min", grade_sigmas=(3.154, 0.1))
+    unit = make_grid(schedule, 10, "logsnr_graded", "sigma_min")
+    sigmas = torch.tensor([s for s, _ in prof], dtype=torch.float64)
+    torch.testing.assert_close(sigmas, schedule.karras_sigma(graded[1:]), rtol=2e-3, atol=0)
+    assert not torch.allclose(sigmas, schedule.karras_sigma(unit[1:]), rtol=2e-2)
+
+
 def test_fd_anatomy_splits_the_excess_fd_and_measures_gaussian_variance():
     """benchmarks/fd_anatomy.py: per-component spread and shift against the ODE solution (a sampler
     run at high NFE is close to it), and the closed-form variance error on Gaussian data."""
