@@ -6,10 +6,10 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .denoiser import ThresholdedDenoiser, precision_context
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import SamplerInfo, get_sampler, split_sampler_spec
-from .timesteps import grade_sigmas_for, make_grid
+from .timesteps import FINALS, SPACINGS, grade_sigmas_for, make_grid
 
 
 def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler: str = "ddim",
@@ -70,6 +70,10 @@ def resolve_sampler(sampler: str, spacing: Optional[str] = None,
     options (None = the sampler's default); a grid part given both ways, differently, is a one-line error."""
     name, spec_spacing, spec_final = split_sampler_spec(sampler)
     info = get_sampler(name)
+    if spacing is not None:
+        check_choice("spacing", spacing, SPACINGS)
+    if final is not None:
+        check_choice("final", final, FINALS)
     return (info, _given_once("spacing", spacing, f"sampler={sampler!r}", spec_spacing),
             _given_once("final", final, f"sampler={sampler!r}", spec_final))
 

@@ -88,11 +88,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..errors import DiffkitError, check_choice
+    from ..errors import DiffkitError
     from ..sampling import resolve_sampler
-    if args.spacing is not None:  # validate before loading anything
-        check_choice("--spacing", args.spacing, SPACINGS)
-    info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)
+    info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or info.default_final)
     options = {}
