@@ -81,6 +81,14 @@ def test_bad_input_gives_one_line_error_and_exit_2(args, pattern, capsys, tmp_pa
     assert "Traceback" not in err
 
 
+def test_a_bad_sampler_in_the_training_config_fails_before_any_directory_is_made(tmp_path, capsys):
+    for sampler, pattern in (("bogus", "sampler='bogus'"), ("unipc@bogus", "spacing='bogus'")):
+        code, out, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--steps", "1", *TINY,
+                                 "--set", f"sampler={sampler}")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and pattern in err, err
+        assert not (tmp_path / "run").exists()
+
+
 def test_wrong_file_format_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "mnist"
     bad.mkdir()

@@ -79,7 +79,10 @@ def run(args) -> int:
     from ..config import resolve_device
     cfg = config_from_args(args)
     resolve_device(cfg.device)
-    check_writable_dir(cfg.save_weight_dir, "checkpoint directory")
+    if args.sample:
+        from ..sampling import resolve_sampler
+        resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) fails now, not after training
+    check_writable_dir(cfg.save_weight_dir, "checkpoint directory")  # creates it: after every other check
     if args.sample:
         check_writable_dir(cfg.sampled_dir, "sample directory")
     if args.nproc > 1:
@@ -110,10 +113,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     and returns 128 + signal (130 / 143)."""
     import signal
 
-    from ..sampling import resolve_sampler
     from ..training import Trainer, TrainingInterrupted
-    if sample:
-        resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) must fail now, not after training
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     trainer.log(f"training {n_params / 1e6:.2f}M-parameter U-Net on {cfg.dataset} ({len(trainer.dataset)} images, "
