@@ -37,8 +37,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         options: sampler-specific options (e.g. ``eta`` for ddim).
     """
     # diffusers' grid options, accepted under their names: they choose the grid, not the update.
-    if options.pop("use_karras_sigmas", False):
-        spacing = spacing or "karras"
+    karras = "karras" if options.pop("use_karras_sigmas", False) else None
+    spacing = _given_once("spacing", spacing, "use_karras_sigmas=True", karras)
     final = _given_once("final", final, "final_sigmas_type", options.pop("final_sigmas_type", None))
     info, spacing, final = resolve_sampler(sampler, spacing, final)
     if grid is None:

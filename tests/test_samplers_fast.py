@@ -454,7 +454,8 @@ def test_a_sampler_spec_carries_its_grid(schedule, mixture):
     diffkit.sample(den, noise, sampler="heun:sigma_min", nfe=8, progress=False)
     assert den.nfe == 8
     for kwargs in ({"sampler": "unipc:zero", "final": "sigma_min"}, {"sampler": "unipc@logsnr", "spacing": "karras"},
-                   {"sampler": "unipc", "final": "zero", "final_sigmas_type": "sigma_min"}):
+                   {"sampler": "unipc", "final": "zero", "final_sigmas_type": "sigma_min"},
+                   {"sampler": "unipc", "spacing": "logsnr", "use_karras_sigmas": True}):
         with pytest.raises(DiffkitError) as err:
             diffkit.sample(den, noise, steps=6, progress=False, **kwargs)
         assert "contradicts" in str(err.value) and "\n" not in str(err.value)
