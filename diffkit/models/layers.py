@@ -25,6 +25,7 @@ from torch import nn
 from ..config import MEMORY_FORMATS, MIXED_PRECISION
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from .dropout import dropout
+from .winograd import WinogradConv2d
 
 __all__ = [
     "TrunkConfig", "timestep_embedding", "norm_groups", "GroupNorm", "group_norm", "zero_module",
@@ -359,11 +360,11 @@ class ResBlock(nn.Module):
         self.resample = resample
         self.dropout = dropout
         self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = WinogradConv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = (None if emb_dim is None else
                          nn.Linear(emb_dim, 2 * out_channels if scale_shift_norm else out_channels))
         self.norm2 = group_norm(out_channels)
-        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.conv2 = zero_module(WinogradConv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
@@ -488,7 +489,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = WinogradConv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""Where Winograd F(4x4, 3x3) pays: diffkit's ``WinogradConv2d`` against ``F.conv2d`` per layer shape.
+
+Forward + backward of one 3x3 convolution (C -> C channels, batch 16, fp32, channels_last, the
+layout diffkit trains in on the CPU), Winograd on and off in the same process, interleaved,
+median of ``--repeats``. The rule in ``diffkit/models/winograd.py`` (``winograd_applies``) was
+read off this table; shapes outside the rule are timed too (``--all`` forces the path on).
+Prints a table and writes ``benchmarks/out/winograd_layers.json``.
+
+    PYTHONPATH=. python benchmarks/winograd_layers.py [--threads 2] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from diffkit.models import winograd
+
+
+def median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--sizes", default="8,12,16,28,32")
+    parser.add_argument("--channels", default="32,64,96,128,256,384,512")
+    parser.add_argument("--out", default="benchmarks/out/winograd_layers.json")
+    args = parser.parse_args(argv)
+    if not winograd.winograd_available():
+        raise SystemExit("the Winograd kernels could not be built here (see the warning above)")
+    torch.set_num_threads(args.threads)
+    rows = []
+    print(f"3x3 convolution C -> C, batch {args.batch}, fp32 channels_last, {args.threads} threads, forward + backward, "
+          f"median of {args.repeats} (ms)")
+    print("| C | size | F.conv2d | Winograd | speed-up | used by default |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        for channels in (int(c) for c in args.channels.split(",")):
+            if size % 4 or channels * size * size > 256 * 32 * 32:
+                continue
+            cl = torch.channels_last
+            conv = winograd.WinogradConv2d(channels, channels, 3, padding=1).to(memory_format=cl)
+            x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=cl).requires_grad_()
+            dy = torch.randn(args.batch, channels, size, size).contiguous(memory_format=cl)
+            default = winograd.winograd_applies(conv, x)
+
+            def direct():
+                conv._conv_forward(x, conv.weight, conv.bias).backward(dy)
+
+            def fast():
+                winograd.winograd_conv3x3(x, conv.weight, conv.bias).backward(dy)
+
+            t_direct, t_fast = [], []
+            for _ in range(args.repeats):
+                t_direct.append(median_seconds(direct, 1))
+                t_fast.append(median_seconds(fast, 1))
+            d, w = statistics.median(t_direct), statistics.median(t_fast)
+            rows.append({"channels": channels, "size": size, "direct_s": d, "winograd_s": w, "speedup": d / w,
+                         "default": default})
+            print(f"| {channels} | {size}x{size} | {d * 1e3:.1f} | {w * 1e3:.1f} | {d / w:.2f}x | "
+                  f"{'yes' if default else 'no'} |", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                               "threads": args.threads, "batch": args.batch, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

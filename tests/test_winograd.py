@@ -1,0 +1,176 @@
+"""Winograd F(4x4, 3x3) convolutions (diffkit.models.winograd) against the paper's transforms and F.conv2d."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffkit.models import UNet, UNetConfig
+from diffkit.models import winograd
+
+# Lavin & Gray (2016), "Fast Algorithms for Convolutional Neural Networks", section 4.2.
+BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                  dtype=torch.float64)
+
+needs_kernels = pytest.mark.skipif(not winograd.winograd_available(),
+                                   reason="Winograd kernels not built here (no C++ toolchain or DIFFKIT_WINOGRAD=0)")
+
+
+def test_the_papers_matrices_compute_a_4_output_correlation():
+    """F(4, 3) in one dimension: A^T [(G g) . (B^T d)] = the correlation of d (6) with g (3)."""
+    torch.manual_seed(0)
+    d, g = torch.randn(6, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    direct = torch.stack([(d[i:i + 3] * g).sum() for i in range(4)])
+    torch.testing.assert_close(AT @ ((G @ g) * (BT @ d)), direct, rtol=1e-12, atol=1e-12)
+
+
+def _tiles(x):  # (N, C, H, W) -> (N, C, h, w, 6, 6): the overlapping 6x6 tiles, stride 4, zero padding 1
+    return F.pad(x, (1, 1, 1, 1)).unfold(2, 6, 4).unfold(3, 6, 4)
+
+
+@needs_kernels
+def test_each_transform_kernel_is_its_matrix_formula():
+    """B^T d B, A^T M A and A dY A^T per tile, against float64 einsums of the paper's matrices,
+    on a chunk of tiles that starts inside the map (p0 > 0)."""
+    ext = winograd._extension()
+    torch.manual_seed(1)
+    n, c, height, width = 2, 70, 8, 12  # 70 channels: a full and a partial 64-channel block
+    tiles, p0, q = n * 2 * 3, 3, 7
+    x = torch.randn(n, c, height, width)
+    v = torch.empty(36, q, c)
+    ext.input_transform(x.permute(0, 2, 3, 1).contiguous(), v, p0)
+    want = torch.einsum("ak,nchwkl,bl->abnhwc", BT, _tiles(x.double()), BT).reshape(36, tiles, c)[:, p0:p0 + q]
+    torch.testing.assert_close(v.double(), want, rtol=1e-5, atol=1e-5)
+
+    m = torch.randn(36, q, c)
+    y = torch.zeros(n, height, width, c)
+    ext.output_transform(m, y, p0)
+    per_tile = torch.einsum("ra,abpc,sb->prsc", AT, m.double().view(6, 6, q, c), AT)
+    full = torch.zeros(tiles, 4, 4, c, dtype=torch.float64)
+    full[p0:p0 + q] = per_tile
+    want_y = full.view(n, 2, 3, 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(n, height, width, c)
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+
+    dy = torch.randn(n, height, width, c)
+    dm = torch.empty(36, q, c)
+    ext.output_gradient_transform(dy, dm, p0)
+    dy_tiles = dy.double().view(n, 2, 4, 3, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(tiles, 4, 4, c)
+    want_dm = torch.einsum("ra,prsc,sb->abpc", AT, dy_tiles, AT).reshape(36, tiles, c)[:, p0:p0 + q]
+    torch.testing.assert_close(dm.double(), want_dm, rtol=1e-5, atol=1e-5)
+
+
+def _relative_error(got, want):
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+@needs_kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_gradients_equal_conv2d(monkeypatch, channels_last, bias):
+    """Against float64 F.conv2d, in several chunks of tiles (a small workspace), both layouts:
+    fp32 Winograd is within 1e-5 relative (the direct fp32 convolution's own error is ~2e-7)."""
+    monkeypatch.setattr(winograd, "_WORKSPACE_FLOATS", 36 * 160 * 5)  # 5 tiles per chunk
+    torch.manual_seed(2)
+    conv = winograd.WinogradConv2d(160, 96, 3, padding=1, bias=bias)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv = conv.to(memory_format=layout)
+    x = torch.randn(3, 160, 12, 16).contiguous(memory_format=layout).requires_grad_()
+    assert winograd.winograd_applies(conv, x)
+    y = conv(x)
+    assert y.is_contiguous(memory_format=layout)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    exact = [p.detach().double().requires_grad_() for p in params]
+    y_exact = F.conv2d(exact[0], exact[1], exact[2] if bias else None, padding=1)
+    dy = torch.randn_like(y_exact)
+    grads = torch.autograd.grad(y, params, dy.float())
+    grads_exact = torch.autograd.grad(y_exact, exact, dy)
+    assert _relative_error(y, y_exact) < 1e-5
+    for got, want, p in zip(grads, grads_exact, params):
+        assert got.shape == p.shape and got.is_contiguous(memory_format=layout) == p.is_contiguous(memory_format=layout)
+        assert _relative_error(got, want) < 1e-5
+
+
+@needs_kernels
+def test_an_input_without_gradient_gets_none():
+    conv = winograd.WinogradConv2d(128, 64, 3, padding=1)
+    x = torch.randn(1, 128, 12, 12)
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None and x.grad is None
+
+
+@needs_kernels
+def test_where_winograd_applies():
+    conv = winograd.WinogradConv2d(128, 128, 3, padding=1)
+    x = torch.randn(2, 128, 16, 16)
+    assert winograd.winograd_applies(conv, x)
+    assert not winograd.winograd_applies(conv, x.double())
+    assert not winograd.winograd_applies(conv, x[..., :14, :14])  # sides not multiples of 4
+    assert not winograd.winograd_applies(conv, x[..., :8, :8])  # too small to pay
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd.winograd_applies(conv, x)
+    assert not winograd.winograd_applies(winograd.WinogradConv2d(64, 128, 3, padding=1), torch.randn(2, 64, 16, 16))
+    assert not winograd.winograd_applies(winograd.WinogradConv2d(128, 128, 3, stride=2, padding=1), x)
+    assert not winograd.winograd_applies(winograd.WinogradConv2d(128, 128, 1), x)
+    winograd.set_winograd_enabled(False)
+    try:
+        assert not winograd.winograd_applies(conv, x)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)
+    finally:
+        winograd.set_winograd_enabled(True)
+
+
+@needs_kernels
+def test_a_unet_trains_the_same_with_and_without_winograd():
+    """One U-Net whose 128-channel 16x16 residual convolutions take the Winograd path: output and
+    every parameter gradient match the direct convolutions to fp32 accuracy."""
+    torch.manual_seed(3)
+    model = UNet(UNetConfig(channel=128, channel_mult=[1, 1], attn=[], num_res_blocks=1, dropout=0.0,
+                            img_size=16, in_channels=3))
+    with torch.no_grad():  # the zero-initialised output convolutions would hide every difference
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([10.0, 500.0])
+    assert any(winograd.winograd_applies(m, torch.empty(2, m.in_channels, 16, 16)) for m in model.modules()
+               if isinstance(m, winograd.WinogradConv2d))
+    results = {}
+    for enabled in (True, False):
+        winograd.set_winograd_enabled(enabled)
+        try:
+            model.zero_grad()
+            out = model(x, t)
+            (out.square().mean() + out.mean()).backward()
+            results[enabled] = (out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        finally:
+            winograd.set_winograd_enabled(True)
+    (out_w, grads_w), (out_d, grads_d) = results[True], results[False]
+    assert _relative_error(out_w, out_d.double()) < 1e-5
+    assert len(grads_w) == len(grads_d)
+    for got, want in zip(grads_w, grads_d):
+        if want.abs().max() > 0:
+            assert _relative_error(got, want.double()) < 1e-4
+
+
+def test_without_a_compiler_it_warns_once_and_uses_conv2d(monkeypatch):
+    """A failed build (no compiler, no ninja) turns the path off with one warning; convolutions
+    still run (directly)."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    def no_toolchain(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", no_toolchain)
+    monkeypatch.setattr(winograd, "_state", {"enabled": True, "extension": None, "tried": False})
+    conv = winograd.WinogradConv2d(128, 128, 3, padding=1)
+    x = torch.randn(1, 128, 16, 16)
+    with pytest.warns(UserWarning, match="Winograd convolutions unavailable"):
+        assert not winograd.winograd_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not winograd.winograd_applies(conv, x)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)
