@@ -98,6 +98,20 @@ void check_tiles(const torch::Tensor& t, int64_t channels, int64_t p0, int64_t t
 
 }  // namespace
 
+// Calls body(q, n, i, j, c0, K, scratch) for every tile q in [0, Q) (tile p0 + q of an
+// (N, 4h, 4w, C) map: image n, tile row i, tile column j) and every block of K <= kChunk channels
+// from c0, in parallel over tiles; scratch holds 36 * kChunk floats per thread.
+template <typename Body>
+void for_each_tile(int64_t Q, int64_t p0, int64_t h, int64_t w, int64_t C, const Body& body) {
+  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<float> scratch(36 * kChunk);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t p = p0 + q, n = p / (h * w), i = (p / w) % h, j = p % w;
+      for (int64_t c0 = 0; c0 < C; c0 += kChunk) body(q, n, i, j, c0, std::min(kChunk, C - c0), scratch.data());
+    }
+  });
+}
+
 // v[:, q] = B^T d B for the tiles p0 + q of x (zero padding 1 on every side).
 void input_transform(torch::Tensor x, torch::Tensor v, int64_t p0) {
   check_map(x, "x");
@@ -106,34 +120,27 @@ void input_transform(torch::Tensor x, torch::Tensor v, int64_t p0) {
   const int64_t Q = v.size(1);
   const float* xp = x.data_ptr<float>();
   float* vp = v.data_ptr<float>();
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> zeros(kChunk, 0.f), rows(36 * kChunk);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t p = p0 + q, n = p / (h * w), i = (p / w) % h, j = p % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-        const int64_t K = std::min(kChunk, C - c0);
-        for (int s = 0; s < 6; ++s) {  // column s of the tile, along its rows
-          const int64_t col = 4 * j - 1 + s;
-          const float* d[6];
-          float* o[6];
-          for (int r = 0; r < 6; ++r) {
-            const int64_t row = 4 * i - 1 + r;
-            d[r] = (row < 0 || row >= H || col < 0 || col >= W) ? zeros.data()
-                                                                : xp + ((n * H + row) * W + col) * C + c0;
-            o[r] = rows.data() + (r * 6 + s) * kChunk;
-          }
-          input_lines(d, o, K);
-        }
-        for (int a = 0; a < 6; ++a) {  // then each transformed row, along its columns
-          const float* d[6];
-          float* o[6];
-          for (int b = 0; b < 6; ++b) {
-            d[b] = rows.data() + (a * 6 + b) * kChunk;
-            o[b] = vp + ((a * 6 + b) * Q + q) * C + c0;
-          }
-          input_lines(d, o, K);
-        }
+  static const std::vector<float> zeros(kChunk, 0.f);
+  for_each_tile(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K, float* rows) {
+    for (int s = 0; s < 6; ++s) {  // column s of the tile, along its rows
+      const int64_t col = 4 * j - 1 + s;
+      const float* d[6];
+      float* o[6];
+      for (int r = 0; r < 6; ++r) {
+        const int64_t row = 4 * i - 1 + r;
+        d[r] = (row < 0 || row >= H || col < 0 || col >= W) ? zeros.data() : xp + ((n * H + row) * W + col) * C + c0;
+        o[r] = rows + (r * 6 + s) * kChunk;
       }
+      input_lines(d, o, K);
+    }
+    for (int a = 0; a < 6; ++a) {  // then each transformed row, along its columns
+      const float* d[6];
+      float* o[6];
+      for (int b = 0; b < 6; ++b) {
+        d[b] = rows + (a * 6 + b) * kChunk;
+        o[b] = vp + ((a * 6 + b) * Q + q) * C + c0;
+      }
+      input_lines(d, o, K);
     }
   });
 }
@@ -146,27 +153,20 @@ void output_transform(torch::Tensor m, torch::Tensor y, int64_t p0) {
   const int64_t Q = m.size(1);
   const float* mp = m.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> rows(24 * kChunk);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t p = p0 + q, n = p / (h * w), i = (p / w) % h, j = p % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-        const int64_t K = std::min(kChunk, C - c0);
-        for (int b = 0; b < 6; ++b) {
-          const float* d[6];
-          float* o[4];
-          for (int a = 0; a < 6; ++a) d[a] = mp + ((a * 6 + b) * Q + q) * C + c0;
-          for (int r = 0; r < 4; ++r) o[r] = rows.data() + (r * 6 + b) * kChunk;
-          output_lines(d, o, K);
-        }
-        for (int r = 0; r < 4; ++r) {
-          const float* d[6];
-          float* o[4];
-          for (int b = 0; b < 6; ++b) d[b] = rows.data() + (r * 6 + b) * kChunk;
-          for (int s = 0; s < 4; ++s) o[s] = yp + ((n * H + 4 * i + r) * W + 4 * j + s) * C + c0;
-          output_lines(d, o, K);
-        }
-      }
+  for_each_tile(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K, float* rows) {
+    for (int b = 0; b < 6; ++b) {  // column b of the transformed tile, along its rows
+      const float* d[6];
+      float* o[4];
+      for (int a = 0; a < 6; ++a) d[a] = mp + ((a * 6 + b) * Q + q) * C + c0;
+      for (int r = 0; r < 4; ++r) o[r] = rows + (r * 6 + b) * kChunk;
+      output_lines(d, o, K);
+    }
+    for (int r = 0; r < 4; ++r) {  // then each output row, along its columns
+      const float* d[6];
+      float* o[4];
+      for (int b = 0; b < 6; ++b) d[b] = rows + (r * 6 + b) * kChunk;
+      for (int s = 0; s < 4; ++s) o[s] = yp + ((n * H + 4 * i + r) * W + 4 * j + s) * C + c0;
+      output_lines(d, o, K);
     }
   });
 }
@@ -179,27 +179,20 @@ void output_gradient_transform(torch::Tensor dy, torch::Tensor dm, int64_t p0) {
   const int64_t Q = dm.size(1);
   const float* yp = dy.data_ptr<float>();
   float* mp = dm.data_ptr<float>();
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> rows(24 * kChunk);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t p = p0 + q, n = p / (h * w), i = (p / w) % h, j = p % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-        const int64_t K = std::min(kChunk, C - c0);
-        for (int s = 0; s < 4; ++s) {
-          const float* d[4];
-          float* o[6];
-          for (int r = 0; r < 4; ++r) d[r] = yp + ((n * H + 4 * i + r) * W + 4 * j + s) * C + c0;
-          for (int a = 0; a < 6; ++a) o[a] = rows.data() + (a * 4 + s) * kChunk;
-          output_gradient_lines(d, o, K);
-        }
-        for (int a = 0; a < 6; ++a) {
-          const float* d[4];
-          float* o[6];
-          for (int s = 0; s < 4; ++s) d[s] = rows.data() + (a * 4 + s) * kChunk;
-          for (int b = 0; b < 6; ++b) o[b] = mp + ((a * 6 + b) * Q + q) * C + c0;
-          output_gradient_lines(d, o, K);
-        }
-      }
+  for_each_tile(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K, float* rows) {
+    for (int s = 0; s < 4; ++s) {  // column s of the output tile, along its rows
+      const float* d[4];
+      float* o[6];
+      for (int r = 0; r < 4; ++r) d[r] = yp + ((n * H + 4 * i + r) * W + 4 * j + s) * C + c0;
+      for (int a = 0; a < 6; ++a) o[a] = rows + (a * 4 + s) * kChunk;
+      output_gradient_lines(d, o, K);
+    }
+    for (int a = 0; a < 6; ++a) {  // then each transformed row, along its columns
+      const float* d[4];
+      float* o[6];
+      for (int s = 0; s < 4; ++s) d[s] = rows + (a * 4 + s) * kChunk;
+      for (int b = 0; b < 6; ++b) o[b] = mp + ((a * 6 + b) * Q + q) * C + c0;
+      output_gradient_lines(d, o, K);
     }
   });
 }

@@ -37,7 +37,7 @@ __all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 _BIAS_POSITION = 7  # (1, 1): column 1 of A^T is all ones, so M[7] reaches each output of a tile once
-_WORKSPACE_FLOATS = 1 << 22  # per buffer: a chunk of transformed tiles is at most 16 MiB
+_WORKSPACE_FLOATS = 1 << 20  # per buffer: a chunk of transformed tiles is at most 4 MiB
 # Where it pays (fp32 forward + backward, batch 16, 2 threads, against channels_last F.conv2d;
 # docs/performance.md): 1.2-1.7x from 128 channels at 12x12 and larger maps, a loss below 96
 # channels or at 8x8 (0.3-0.96x).
@@ -132,8 +132,8 @@ def _buffer(slot: int, shape: tuple) -> torch.Tensor:
         buffers = _local.buffers = {}
     numel = shape[0] * shape[1] * shape[2]
     buf = buffers.get(slot)
-    if buf is None or buf.numel() < numel:
-        buf = buffers[slot] = torch.empty(numel, dtype=torch.float32)
+    if buf is None or buf.numel() < numel:  # allocated once at full size: never freed and re-grown
+        buf = buffers[slot] = torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=torch.float32)
     return buf[:numel].view(shape)
 
 
