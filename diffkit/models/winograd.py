@@ -68,6 +68,18 @@ def _build_name_and_flags() -> tuple[str, list[str]]:
     return f"diffkit_winograd_{tag}".lower(), flags
 
 
+def _announce_a_first_build(name: str) -> None:
+    """One line on stderr when the kernels are not cached yet, so that the build is not a silent pause."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+        if any(Path(_get_build_directory(name, False)).glob(f"{name}.*[sp][oy]*")):
+            return
+    except Exception:  # a private helper of torch: without it, say nothing
+        return
+    print("diffkit: building the Winograd convolution kernels for this machine (once; about 20 s)",
+          file=sys.stderr, flush=True)
+
+
 def _extension():
     if _state["tried"]:
         return _state["extension"]
@@ -81,6 +93,7 @@ def _extension():
                 os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
             source = Path(__file__).with_name("_winograd_kernels.cpp")
             name, flags = _build_name_and_flags()
+            _announce_a_first_build(name)
             _state["extension"] = load(name, [str(source)], extra_cflags=["-O3", *flags], verbose=False)
         except Exception as error:  # no compiler, no ninja, no headers: the direct convolution stays
             warnings.warn(f"diffkit: Winograd convolutions unavailable ({type(error).__name__}: "
