@@ -174,3 +174,29 @@ def test_without_a_compiler_it_warns_once_and_uses_conv2d(monkeypatch):
         warnings.simplefilter("error")
         assert not winograd.winograd_applies(conv, x)
         torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("x, w, match", [
+    (torch.randn(1, 8, 14, 16), torch.randn(4, 8, 3, 3), "multiples of 4"),
+    (torch.randn(1, 8, 16, 16), torch.randn(4, 6, 3, 3), r"\(Co, Ci, 3, 3\)"),
+    (torch.randn(1, 8, 16, 16).double(), torch.randn(4, 8, 3, 3).double(), "float32 on the CPU"),
+])
+def test_winograd_conv3x3_rejects_what_it_cannot_compute(x, w, match):
+    from diffkit.errors import DiffkitError
+    with pytest.raises(DiffkitError, match=match) as error:
+        winograd.winograd_conv3x3(x, w)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("value, enabled", [("0", False), ("off", False), ("False", False), ("1", True),
+                                            ("yes", True), ("", True)])
+def test_the_environment_switch(monkeypatch, value, enabled):
+    monkeypatch.setenv("DIFFKIT_WINOGRAD", value)
+    assert winograd._enabled_by_environment() is enabled
+
+
+def test_an_unknown_environment_value_warns_and_keeps_it_on(monkeypatch):
+    monkeypatch.setenv("DIFFKIT_WINOGRAD", "maybe")
+    with pytest.warns(UserWarning, match="'maybe' is not one of"):
+        assert winograd._enabled_by_environment()

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DiffkitError
+
 __all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd_conv3x3", "set_winograd_enabled"]
 
 # Lavin & Gray (2016), section 4.2.
@@ -45,7 +47,17 @@ _MIN_SIDE = 12
 _MIN_IN_CHANNELS = 128
 _MIN_OUT_CHANNELS = 64
 
-_state = {"enabled": os.environ.get("DIFFKIT_WINOGRAD", "1") != "0", "extension": None, "tried": False}
+def _enabled_by_environment() -> bool:
+    value = os.environ.get("DIFFKIT_WINOGRAD", "1").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value not in ("", "1", "true", "on", "yes"):
+        warnings.warn(f"DIFFKIT_WINOGRAD={value!r} is not one of 0/1/false/true/off/on/no/yes; "
+                      "Winograd convolutions stay on", stacklevel=2)
+    return True
+
+
+_state = {"enabled": _enabled_by_environment(), "extension": None, "tried": False}
 _build_lock = threading.Lock()
 _local = threading.local()
 
@@ -231,8 +243,17 @@ class _WinogradConv3x3(torch.autograd.Function):
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel by Winograd F(4x4, 3x3); the
-    output is channels_last. Call it where :func:`winograd_applies` holds."""
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel by Winograd F(4x4, 3x3), in x's
+    memory layout: fp32 CPU tensors, x (N, Ci, H, W) with H and W multiples of 4, weight (Co, Ci, 3, 3)."""
+    if x.dim() != 4 or x.shape[-2] % 4 or x.shape[-1] % 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
+        raise DiffkitError(f"winograd_conv3x3: input {tuple(x.shape)} and weight {tuple(weight.shape)}; allowed: "
+                           "(N, Ci, H, W) with H and W multiples of 4 and a (Co, Ci, 3, 3) weight")
+    if {x.dtype, weight.dtype} != {torch.float32} or x.device.type != "cpu" or weight.device.type != "cpu":
+        raise DiffkitError(f"winograd_conv3x3: {x.dtype} on {x.device} with a {weight.dtype} weight on "
+                           f"{weight.device}; allowed: float32 on the CPU")
+    if _extension() is None:
+        raise DiffkitError("winograd_conv3x3: the Winograd kernels could not be built here (see the warning); "
+                           "use F.conv2d")
     return _WinogradConv3x3.apply(x, weight, bias)
 
 
