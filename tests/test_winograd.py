@@ -200,3 +200,42 @@ def test_an_unknown_environment_value_warns_and_keeps_it_on(monkeypatch):
     monkeypatch.setenv("DIFFKIT_WINOGRAD", "maybe")
     with pytest.warns(UserWarning, match="'maybe' is not one of"):
         assert winograd._enabled_by_environment()
+
+
+@needs_kernels
+def test_training_through_winograd_resumes_bitwise(tmp_path):
+    """A network whose 16x16, 128-channel convolutions take the Winograd path: stop at step 2 of
+    4, resume, and reach the weights, EMA and optimiser state of an uninterrupted run exactly."""
+    from diffkit import checkpoint as ckpt
+    from diffkit.config import TrainConfig
+    from diffkit.data import InMemoryImageDataset
+    from diffkit.training import Trainer
+
+    def config(run, **over):
+        return TrainConfig.from_dict({
+            "dataset": "digits", "img_size": 16, "channel": 128, "channel_mult": [1], "attn": [],
+            "num_res_blocks": 1, "dropout": 0.1, "batch_size": 4, "lr": 1e-3, "max_steps": 4, "ema_decay": 0.9,
+            "device": "cpu", "deterministic": True, "save_weight_dir": str(tmp_path / run / "ckpt"),
+            "sampled_dir": str(tmp_path / run / "samples"), **over})
+
+    def data():
+        g = torch.Generator().manual_seed(0)
+        return InMemoryImageDataset((torch.rand(12, 1, 16, 16, generator=g) * 255).to(torch.uint8),
+                                    torch.zeros(12, dtype=torch.long))
+
+    calls = []
+    original = winograd._WinogradConv3x3.forward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(winograd._WinogradConv3x3, "forward",
+                      staticmethod(lambda ctx, *a: calls.append(1) or original(ctx, *a)))
+        Trainer(config("a"), data(), progress=False).run()
+        Trainer(config("b"), data(), progress=False).run(stop_at=2)
+        Trainer(config("b", training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")), data(),
+                progress=False).run()
+    assert calls, "the Winograd path was not taken"
+    a, _ = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
+    b, meta = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / "latest.safetensors")
+    assert meta["step"] == 4
+    for key in a:
+        if key.startswith(("model.", "ema.", "optim.")):
+            assert torch.equal(a[key], b[key]), key
