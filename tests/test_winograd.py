@@ -239,3 +239,17 @@ def test_training_through_winograd_resumes_bitwise(tmp_path):
     for key in a:
         if key.startswith(("model.", "ema.", "optim.")):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_the_demo_network_never_builds_the_kernels(monkeypatch):
+    """The Quick start's first command must not pay a C++ build: none of the demo network's
+    convolutions qualifies, so a training step never even asks for the kernels."""
+    from diffkit.commands.demo import DEMO_CONFIG
+
+    calls = []
+    monkeypatch.setattr(winograd, "_extension", lambda: calls.append(1))
+    keys = ("channel", "channel_mult", "attn", "num_res_blocks", "img_size")
+    model = UNet(UNetConfig(**{k: DEMO_CONFIG[k] for k in keys}, in_channels=1)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, DEMO_CONFIG["img_size"], DEMO_CONFIG["img_size"]).contiguous(memory_format=torch.channels_last)
+    model(x, torch.tensor([1.0, 500.0])).sum().backward()
+    assert calls == []
