@@ -39,7 +39,7 @@ __all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 _BIAS_POSITION = 7  # (1, 1): column 1 of A^T is all ones, so M[7] reaches each output of a tile once
-_WORKSPACE_FLOATS = 1 << 20  # per buffer: a chunk of transformed tiles is at most 4 MiB
+_WORKSPACE_FLOATS = 1 << 22  # per buffer: a chunk of transformed tiles is at most 16 MiB (smaller: slower, BENCHMARKS.md)
 # Where it pays (fp32 forward + backward, batch 16, 2 threads, against channels_last F.conv2d;
 # docs/performance.md): 1.2-1.7x from 128 channels at 12x12 and larger maps, a loss below 96
 # channels or at 8x8 (0.3-0.96x).
