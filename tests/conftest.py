@@ -49,3 +49,19 @@ def tiny_checkpoint(tmp_path_factory):
     cfg = TrainConfig.from_dict({**TINY, "save_weight_dir": str(root / "ckpt"), "sampled_dir": str(root / "s")})
     Trainer(cfg, progress=False, log=lambda *_: None).run()
     return root / "ckpt" / "latest.safetensors"
+
+
+@pytest.fixture
+def assert_same_training_state():
+    """``check(checkpoint_a, checkpoint_b, step)``: both checkpoints are at ``step`` and their
+    weights, EMA and optimiser state are bitwise equal (exact-resume tests)."""
+    from diffkit import checkpoint as ckpt
+
+    def check(path_a, path_b, step):
+        a, meta_a = ckpt.load_checkpoint(path_a)
+        b, meta_b = ckpt.load_checkpoint(path_b)
+        assert meta_a["step"] == meta_b["step"] == step
+        for key in a:
+            if key.startswith(("model.", "ema.", "optim.")):
+                assert torch.equal(a[key], b[key]), key
+    return check

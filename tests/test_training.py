@@ -82,7 +82,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])  # channels_last and contiguous weights
-def test_resume_equals_uninterrupted_bitwise(tmp_path, precision):
+def test_resume_equals_uninterrupted_bitwise(tmp_path, precision, assert_same_training_state):
     """Stop at step 3 of 7 (mid-epoch: 40 images / batch 8 = 5 steps per epoch), resume, and
     reach weights, EMA and optimiser state equal to an uninterrupted run."""
     full = Trainer(make_cfg(tmp_path / "a", max_steps=7, mixed_precision=precision), tiny_dataset(), progress=False)
@@ -93,12 +93,8 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, precision):
                                training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")),
                       tiny_dataset(), progress=False)
     resumed.run()
-    a, _ = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
-    b, meta = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / "latest.safetensors")
-    assert meta["step"] == 7
-    for key in a:
-        if key.startswith(("model.", "ema.", "optim.")):
-            assert torch.equal(a[key], b[key]), key
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
+                               tmp_path / "b" / "ckpt" / "latest.safetensors", 7)
 
 
 def test_corrupt_and_truncated_checkpoints_are_refused(tmp_path):

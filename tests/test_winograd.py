@@ -203,10 +203,9 @@ def test_an_unknown_environment_value_warns_and_keeps_it_on(monkeypatch):
 
 
 @needs_kernels
-def test_training_through_winograd_resumes_bitwise(tmp_path):
+def test_training_through_winograd_resumes_bitwise(tmp_path, assert_same_training_state):
     """A network whose 16x16, 128-channel convolutions take the Winograd path: stop at step 2 of
     4, resume, and reach the weights, EMA and optimiser state of an uninterrupted run exactly."""
-    from diffkit import checkpoint as ckpt
     from diffkit.config import TrainConfig
     from diffkit.data import InMemoryImageDataset
     from diffkit.training import Trainer
@@ -233,12 +232,8 @@ def test_training_through_winograd_resumes_bitwise(tmp_path):
         Trainer(config("b", training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")), data(),
                 progress=False).run()
     assert calls, "the Winograd path was not taken"
-    a, _ = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
-    b, meta = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / "latest.safetensors")
-    assert meta["step"] == 4
-    for key in a:
-        if key.startswith(("model.", "ema.", "optim.")):
-            assert torch.equal(a[key], b[key]), key
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
+                               tmp_path / "b" / "ckpt" / "latest.safetensors", 4)
 
 
 def test_the_demo_network_never_builds_the_kernels(monkeypatch):
