@@ -17,7 +17,7 @@ AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                   dtype=torch.float64)
 
 needs_kernels = pytest.mark.skipif(not winograd.winograd_available(),
-                                   reason="Winograd kernels not built here (no C++ toolchain or DIFFKIT_WINOGRAD=0)")
+                                   reason="CPU kernels not built here (no C++ toolchain, DIFFKIT_CPU_KERNELS=0 or DIFFKIT_WINOGRAD=0)")
 
 
 def test_the_papers_matrices_compute_a_4_output_correlation():
@@ -74,6 +74,7 @@ def test_forward_and_gradients_equal_conv2d(monkeypatch, channels_last, bias):
     """Against float64 F.conv2d, in several chunks of tiles (a small workspace), both layouts:
     fp32 Winograd is within 1e-5 relative (the direct fp32 convolution's own error is ~2e-7)."""
     monkeypatch.setattr(winograd, "_WORKSPACE_FLOATS", 36 * 160 * 5)  # 5 tiles per chunk
+    monkeypatch.setattr(winograd, "_MIN_TILES", 1)  # 36 tiles: a small case, taken on purpose
     torch.manual_seed(2)
     conv = winograd.WinogradConv2d(160, 96, 3, padding=1, bias=bias)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -105,14 +106,18 @@ def test_an_input_without_gradient_gets_none():
 @needs_kernels
 def test_where_winograd_applies():
     conv = winograd.WinogradConv2d(128, 128, 3, padding=1)
-    x = torch.randn(2, 128, 16, 16)
+    x = torch.randn(8, 128, 16, 16)  # 8 x 4 x 4 = 128 tiles
     assert winograd.winograd_applies(conv, x)
+    assert winograd.winograd_applies(winograd.WinogradConv2d(64, 128, 3, padding=1), torch.randn(8, 64, 16, 16))
+    assert winograd.winograd_applies(conv, torch.randn(32, 128, 8, 8))  # 8x8 maps in a batch of 32
+    assert not winograd.winograd_applies(conv, x[:7])  # 112 tiles: the transformed weights do not pay
     assert not winograd.winograd_applies(conv, x.double())
-    assert not winograd.winograd_applies(conv, x[..., :14, :14])  # sides not multiples of 4
-    assert not winograd.winograd_applies(conv, x[..., :8, :8])  # too small to pay
+    assert not winograd.winograd_applies(conv, torch.randn(8, 128, 14, 14))  # sides not multiples of 4
+    assert not winograd.winograd_applies(conv, torch.randn(128, 128, 4, 4))  # 4x4 maps
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not winograd.winograd_applies(conv, x)
-    assert not winograd.winograd_applies(winograd.WinogradConv2d(64, 128, 3, padding=1), torch.randn(2, 64, 16, 16))
+    assert not winograd.winograd_applies(winograd.WinogradConv2d(128, 32, 3, padding=1), x)  # 32 outputs
+    assert not winograd.winograd_applies(winograd.WinogradConv2d(32, 128, 3, padding=1), torch.randn(8, 32, 16, 16))
     assert not winograd.winograd_applies(winograd.WinogradConv2d(128, 128, 3, stride=2, padding=1), x)
     assert not winograd.winograd_applies(winograd.WinogradConv2d(128, 128, 1), x)
     winograd.set_winograd_enabled(False)
@@ -134,9 +139,9 @@ def test_a_unet_trains_the_same_with_and_without_winograd():
         for p in model.parameters():
             p.normal_(0.0, 0.05)
     model.to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
-    t = torch.tensor([10.0, 500.0])
-    assert any(winograd.winograd_applies(m, torch.empty(2, m.in_channels, 16, 16)) for m in model.modules()
+    x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    t = torch.linspace(10.0, 900.0, 8)
+    assert any(winograd.winograd_applies(m, torch.empty(8, m.in_channels, 16, 16)) for m in model.modules()
                if isinstance(m, winograd.WinogradConv2d))
     results = {}
     for enabled in (True, False):
@@ -160,15 +165,16 @@ def test_without_a_compiler_it_warns_once_and_uses_conv2d(monkeypatch):
     """A failed build (no compiler, no ninja) turns the path off with one warning; convolutions
     still run (directly)."""
     import torch.utils.cpp_extension as cpp_extension
+    from diffkit.models import cpu_kernels
 
     def no_toolchain(*args, **kwargs):
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     monkeypatch.setattr(cpp_extension, "load", no_toolchain)
-    monkeypatch.setattr(winograd, "_state", {"enabled": True, "extension": None, "tried": False})
+    monkeypatch.setattr(cpu_kernels, "_state", {"enabled": True, "extension": None, "tried": False})
     conv = winograd.WinogradConv2d(128, 128, 3, padding=1)
-    x = torch.randn(1, 128, 16, 16)
-    with pytest.warns(UserWarning, match="Winograd convolutions unavailable"):
+    x = torch.randn(8, 128, 16, 16)
+    with pytest.warns(UserWarning, match="CPU kernels unavailable"):
         assert not winograd.winograd_available()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -204,8 +210,9 @@ def test_an_unknown_environment_value_warns_and_keeps_it_on(monkeypatch):
 
 @needs_kernels
 def test_training_through_winograd_resumes_bitwise(tmp_path, assert_same_training_state):
-    """A network whose 16x16, 128-channel convolutions take the Winograd path: stop at step 2 of
-    4, resume, and reach the weights, EMA and optimiser state of an uninterrupted run exactly."""
+    """A network whose 16x16, 128-channel convolutions take the Winograd path (batch 8: 128
+    tiles): stop at step 2 of 4, resume, and reach the weights, EMA and optimiser state of an
+    uninterrupted run exactly."""
     from diffkit.config import TrainConfig
     from diffkit.data import InMemoryImageDataset
     from diffkit.training import Trainer
@@ -213,7 +220,7 @@ def test_training_through_winograd_resumes_bitwise(tmp_path, assert_same_trainin
     def config(run, **over):
         return TrainConfig.from_dict({
             "dataset": "digits", "img_size": 16, "channel": 128, "channel_mult": [1], "attn": [],
-            "num_res_blocks": 1, "dropout": 0.1, "batch_size": 4, "lr": 1e-3, "max_steps": 4, "ema_decay": 0.9,
+            "num_res_blocks": 1, "dropout": 0.1, "batch_size": 8, "lr": 1e-3, "max_steps": 4, "ema_decay": 0.9,
             "device": "cpu", "deterministic": True, "save_weight_dir": str(tmp_path / run / "ckpt"),
             "sampled_dir": str(tmp_path / run / "samples"), **over})
 
@@ -234,17 +241,3 @@ def test_training_through_winograd_resumes_bitwise(tmp_path, assert_same_trainin
     assert calls, "the Winograd path was not taken"
     assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
                                tmp_path / "b" / "ckpt" / "latest.safetensors", 4)
-
-
-def test_the_demo_network_never_builds_the_kernels(monkeypatch):
-    """The Quick start's first command must not pay a C++ build: none of the demo network's
-    convolutions qualifies, so a training step never even asks for the kernels."""
-    from diffkit.commands.demo import DEMO_CONFIG
-
-    calls = []
-    monkeypatch.setattr(winograd, "_extension", lambda: calls.append(1))
-    keys = ("channel", "channel_mult", "attn", "num_res_blocks", "img_size")
-    model = UNet(UNetConfig(**{k: DEMO_CONFIG[k] for k in keys}, in_channels=1)).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 1, DEMO_CONFIG["img_size"], DEMO_CONFIG["img_size"]).contiguous(memory_format=torch.channels_last)
-    model(x, torch.tensor([1.0, 500.0])).sum().backward()
-    assert calls == []

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+namespace diffkit {
 namespace {
 
 constexpr int64_t kChunk = 64;  // channels per inner loop (the working set of a tile stays in L1)
@@ -197,8 +198,4 @@ void output_gradient_transform(torch::Tensor dy, torch::Tensor dm, int64_t p0) {
   });
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("input_transform", &input_transform, "v[:, q] = B^T d B for the tiles p0 + q of x");
-  m.def("output_transform", &output_transform, "y's tiles p0 + q = A^T m[:, q] A");
-  m.def("output_gradient_transform", &output_gradient_transform, "dm[:, q] = A dY A^T for the tiles p0 + q");
-}
+}  // namespace diffkit

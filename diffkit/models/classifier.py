@@ -67,7 +67,7 @@ class EncoderClassifier(nn.Module):
         for block in self.down:
             h = block(h, emb)
         h = self.middle(h, emb)
-        return self.pool(F.silu(self.out_norm(h)))
+        return self.pool(self.out_norm.forward_silu(h))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalar parameters."""

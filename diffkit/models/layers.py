@@ -25,6 +25,7 @@ from torch import nn
 from ..config import MEMORY_FORMATS, MIXED_PRECISION
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from .dropout import dropout
+from .group_norm import GroupNorm
 from .winograd import WinogradConv2d
 
 __all__ = [
@@ -142,56 +143,6 @@ def norm_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) ->
     class embedding that a residual block adds as a per-channel constant before its second norm."""
     limit = max(1, min(max_groups, channels // min_group_size))
     return max(g for g in range(1, limit + 1) if channels % g == 0)
-
-
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters and state dict) that normalises a half-precision
-    channels_last CPU tensor in the contiguous layout.
-
-    PyTorch's CPU GroupNorm kernel for channels_last bf16 is slow: for a (250, 64, 14, 14) map on
-    one thread it takes 22.6 ms against 1.6 ms for the same tensor contiguous (fp32 channels_last:
-    5.7 ms). Under bf16 autocast on a CPU with AMX the convolutions become ~5x faster, and this
-    kernel becomes the largest cost of the MNIST U-Net (68% of a forward pass). Two layout copies
-    around the contiguous kernel make a bf16 forward 1.9x and a bf16 training step 1.5x faster
-    (docs/performance.md); fp32 keeps the channels_last kernel, the faster one for fp32."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 4
-                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
-            return _GroupNormViaContiguous.apply(x, self.weight, self.bias, self.num_groups, self.eps)
-        return super().forward(x)
-
-
-class _GroupNormViaContiguous(torch.autograd.Function):
-    """group_norm of a channels_last ``x`` by the contiguous kernel, returned channels_last.
-
-    Gradients go back in each tensor's own layout: ``Tensor.contiguous`` would pass the
-    contiguous kernel's input gradient through as it is, and the residual branch's channels_last
-    gradient would then be added to it (a mixed-layout ``add_`` costs 2-3x a copy plus a
-    same-layout add). ``x`` itself is kept for the backward pass, not its contiguous copy: a
-    residual block's input is also kept by its 1x1 skip convolution, and holding both layouts
-    doubled it (the backward pass copies it again; no slower measurably, 8% less activation
-    memory in a bf16 CIFAR-10 step)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):
-        n, c, height, width = x.shape
-        y, mean, rstd = torch.ops.aten.native_group_norm(x.contiguous(), weight, bias, n, c, height * width,
-                                                         groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.groups = groups
-        return y.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, mean, rstd = ctx.saved_tensors
-        n, c, height, width = x.shape
-        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        dx, dw, db = torch.ops.aten.native_group_norm_backward(
-            grad.contiguous(), x.contiguous(), mean, rstd, weight, n, c, height * width, ctx.groups, need)
-        if dx is not None:
-            dx = dx.contiguous(memory_format=torch.channels_last)
-        return dx, dw, db, None, None
 
 
 def group_norm(channels: int) -> GroupNorm:
@@ -376,19 +327,18 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.silu(self.norm1(x))
+        h = self.norm1.forward_silu(x)
         if self.resample is not None:
             h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
         e = None if self.emb_proj is None else self.emb_proj(emb)[:, :, None, None]
         if e is None:
-            h = self.norm2(h)
+            h = self.norm2.forward_silu(h)
         elif self.scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = torch.addcmul(shift, self.norm2(h), scale + 1.0)
+            h = F.silu(torch.addcmul(shift, self.norm2(h), scale + 1.0))
         else:
-            h = self.norm2(h + e)
-        h = F.silu(h)
+            h = self.norm2.forward_silu(h + e)
         if self.dropout > 0.0:
             h = dropout(h, self.dropout, self.training)
         h = self.conv2(h)

@@ -141,7 +141,7 @@ class UNet(nn.Module):
         h = self.middle(skips[-1], emb, context)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
-        out = self.out_conv(F.silu(self.out_norm(h)))
+        out = self.out_conv(self.out_norm.forward_silu(h))
         return to_caller_layout(out, x)
 
     def num_parameters(self, trainable_only: bool = False) -> int:

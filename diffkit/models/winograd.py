@@ -5,33 +5,30 @@ the same oneDNN kernels as in any other PyTorch network. Winograd's minimal filt
 F(4x4, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", eq. 8:
 Y = A^T [(G g G^T) . (B^T d B)] A per 4x4 output tile) needs 36 products per 16 outputs instead
 of 144: 4x fewer. Here the tile transforms are C++ kernels (``_winograd_kernels.cpp``, built
-once per machine with ``torch.utils.cpp_extension`` and cached), and the products are one
-batched matrix product per chunk of tiles. The backward pass is Winograd too: the input
+once per machine by :mod:`diffkit.models.cpu_kernels` and cached, parallel over tiles), and the
+products are one batched matrix product per chunk of tiles. The backward pass is Winograd too: the input
 gradient is the convolution of the output gradient with the flipped, transposed kernel, and
 the weight gradient is a batched product in the transformed domain, G^T [sum_tiles (A dY A^T) .
 (B^T d B)] G.
 
-It is used where it was measured to be faster: fp32 on the CPU, stride 1, padding 1, maps of
-at least 12x12 with sides that are multiples of 4, at least 128 input and 64 output channels
-(``benchmarks/winograd_layers.py``); everything else (CUDA, half precision and autocast, ``torch.compile``,
-small maps) goes to ``F.conv2d``. The fp32 result differs from the direct convolution's by
+It is used where it was measured to be faster (``benchmarks/winograd_layers.py``): fp32 on the
+CPU, stride 1, padding 1, sides that are multiples of 4 and at least 8, at least 64 input and
+64 output channels, and at least 128 tiles of 4x4 outputs in the batch (the transformed weights,
+36 x Ci x Co, are read once per call, so a small batch cannot repay them: 0.3-0.8x at 16-64
+tiles); everything else (CUDA, half precision and autocast, ``torch.compile``, small layers and
+batches) goes to ``F.conv2d``. The fp32 result differs from the direct convolution's by
 about 2e-6 relative (the direct one's own rounding error is about 2e-7). Set
 ``DIFFKIT_WINOGRAD=0`` to turn it off; without a C++ compiler it turns itself off with one
 warning.
 """
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import sys
 import threading
-import warnings
-from pathlib import Path
 
 import torch
 
 from ..errors import DiffkitError
+from .cpu_kernels import cpu_kernels, environment_switch
 
 __all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd_conv3x3", "set_winograd_enabled"]
 
@@ -40,25 +37,18 @@ _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 _BIAS_POSITION = 7  # (1, 1): column 1 of A^T is all ones, so M[7] reaches each output of a tile once
 _WORKSPACE_FLOATS = 1 << 22  # per buffer: a chunk of transformed tiles is at most 16 MiB (smaller: slower, BENCHMARKS.md)
-# Where it pays (fp32 forward + backward, batch 16, 2 threads, against channels_last F.conv2d;
-# docs/performance.md): 1.2-1.7x from 128 channels at 12x12 and larger maps, a loss below 96
-# channels or at 8x8 (0.3-0.96x).
-_MIN_SIDE = 12
-_MIN_IN_CHANNELS = 128
-_MIN_OUT_CHANNELS = 64
+# Where it pays (fp32 forward + backward, 2 threads, against channels_last F.conv2d;
+# docs/performance.md): 1.25-2.2x from 64 channels and 128 tiles up; 0.9-1.05x with 32 output
+# channels, 0.3-0.8x at 16-64 tiles (batch 1-4 of 16x16 or 32x32 maps), 1.05x at 4x4.
+_MIN_SIDE = 8
+_MIN_CHANNELS = 64
+_MIN_TILES = 128
 
 def _enabled_by_environment() -> bool:
-    value = os.environ.get("DIFFKIT_WINOGRAD", "1").strip().lower()
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value not in ("", "1", "true", "on", "yes"):
-        warnings.warn(f"DIFFKIT_WINOGRAD={value!r} is not one of 0/1/false/true/off/on/no/yes; "
-                      "Winograd convolutions stay on", stacklevel=2)
-    return True
+    return environment_switch("DIFFKIT_WINOGRAD")
 
 
-_state = {"enabled": _enabled_by_environment(), "extension": None, "tried": False}
-_build_lock = threading.Lock()
+_state = {"enabled": _enabled_by_environment()}
 _local = threading.local()
 
 
@@ -67,51 +57,8 @@ def set_winograd_enabled(enabled: bool) -> None:
     _state["enabled"] = bool(enabled)
 
 
-def _build_name_and_flags() -> tuple[str, list[str]]:
-    """The build's cache name and vector flags, from the instruction set PyTorch itself uses on
-    this CPU (the name carries it and the torch version, so a cache shared between machines or
-    torch versions never loads a build made for another)."""
-    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "DEFAULT"
-    # 256-bit vectors: on the AVX-512 development CPU they were as fast as -march=native
-    flags = ["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else []
-    if os.name == "nt" or platform.machine().lower() not in ("x86_64", "amd64"):
-        flags = []
-    tag = "".join(c if c.isalnum() else "_" for c in f"{capability}_{torch.__version__}")
-    return f"diffkit_winograd_{tag}".lower(), flags
-
-
-def _announce_a_first_build(name: str) -> None:
-    """One line on stderr when the kernels are not cached yet, so that the build is not a silent pause."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-        if any(Path(_get_build_directory(name, False)).glob(f"{name}.*[sp][oy]*")):
-            return
-    except Exception:  # a private helper of torch: without it, say nothing
-        return
-    print("diffkit: building the Winograd convolution kernels for this machine (once; about 20 s)",
-          file=sys.stderr, flush=True)
-
-
 def _extension():
-    if _state["tried"]:
-        return _state["extension"]
-    with _build_lock:
-        if _state["tried"]:
-            return _state["extension"]
-        try:
-            from torch.utils.cpp_extension import load
-            venv_bin = str(Path(sys.executable).parent)
-            if shutil.which("ninja") is None and (Path(venv_bin) / "ninja").exists():
-                os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-            source = Path(__file__).with_name("_winograd_kernels.cpp")
-            name, flags = _build_name_and_flags()
-            _announce_a_first_build(name)
-            _state["extension"] = load(name, [str(source)], extra_cflags=["-O3", *flags], verbose=False)
-        except Exception as error:  # no compiler, no ninja, no headers: the direct convolution stays
-            warnings.warn(f"diffkit: Winograd convolutions unavailable ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}); using F.conv2d", stacklevel=3)
-        _state["tried"] = True
-    return _state["extension"]
+    return cpu_kernels()
 
 
 def winograd_available() -> bool:
@@ -143,7 +90,7 @@ def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     height, width = x.shape[-2:]
     if height % 4 or width % 4 or min(height, width) < _MIN_SIDE:
         return False
-    if conv.in_channels < _MIN_IN_CHANNELS or conv.out_channels < _MIN_OUT_CHANNELS:
+    if min(conv.in_channels, conv.out_channels) < _MIN_CHANNELS or x.shape[0] * height * width < 16 * _MIN_TILES:
         return False
     if _compiling() or torch.jit.is_scripting():
         return False
@@ -252,8 +199,8 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise DiffkitError(f"winograd_conv3x3: {x.dtype} on {x.device} with a {weight.dtype} weight on "
                            f"{weight.device}; allowed: float32 on the CPU")
     if _extension() is None:
-        raise DiffkitError("winograd_conv3x3: the Winograd kernels could not be built here (see the warning); "
-                           "use F.conv2d")
+        raise DiffkitError("winograd_conv3x3: the CPU kernels are off (DIFFKIT_CPU_KERNELS=0) or could not be built "
+                           "here (see the warning); use F.conv2d")
     return _WinogradConv3x3.apply(x, weight, bias)
 
 

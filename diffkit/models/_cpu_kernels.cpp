@@ -1,0 +1,26 @@
+// Python bindings of diffkit's CPU kernels (one extension, built once per machine and torch
+// version by diffkit.models.cpu_kernels): the Winograd tile transforms (_winograd_kernels.cpp)
+// and the channels_last GroupNorm [+ SiLU] (_group_norm_kernels.cpp).
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace diffkit {
+void input_transform(torch::Tensor x, torch::Tensor v, int64_t p0);
+void output_transform(torch::Tensor m, torch::Tensor y, int64_t p0);
+void output_gradient_transform(torch::Tensor dy, torch::Tensor dm, int64_t p0);
+std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                              int64_t groups, double eps, bool silu);
+std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
+                                               torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
+                                               int64_t groups, bool silu);
+}  // namespace diffkit
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("input_transform", &diffkit::input_transform, "v[:, q] = B^T d B for the tiles p0 + q of x");
+  m.def("output_transform", &diffkit::output_transform, "y's tiles p0 + q = A^T m[:, q] A");
+  m.def("output_gradient_transform", &diffkit::output_gradient_transform, "dm[:, q] = A dY A^T for the tiles p0 + q");
+  m.def("group_norm_forward", &diffkit::group_norm_forward,
+        "(y, mean, rstd) of GroupNorm [+ SiLU] of a channels_last fp32 map");
+  m.def("group_norm_backward", &diffkit::group_norm_backward, "(dx, dweight, dbias) of group_norm_forward");
+}

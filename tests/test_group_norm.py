@@ -1,0 +1,207 @@
+"""GroupNorm [+ SiLU] on the CPU (diffkit.models.group_norm) against float64 F.group_norm / F.silu."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import diffkit.models.cpu_kernels as cpu_kernels
+import diffkit.models.group_norm as group_norm
+from diffkit.models import UNet, UNetConfig
+from diffkit.models.group_norm import GroupNorm, fused_group_norm_applies
+
+needs_kernels = pytest.mark.skipif(cpu_kernels.cpu_kernels() is None,
+                                   reason="CPU kernels not built here (no C++ toolchain or DIFFKIT_CPU_KERNELS=0)")
+
+
+def _channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _norm(groups, channels, seed=0):
+    norm = GroupNorm(groups, channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(channels, generator=g))
+        norm.bias.copy_(torch.randn(channels, generator=g))
+    return norm
+
+
+def _relative(got, want):
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+@needs_kernels
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("n, c, groups, h, w", [
+    (4, 32, 8, 12, 12),    # 4 channels per group, as the small networks' 32-channel levels
+    (1, 64, 16, 9, 7),     # one image: its rows are split into several chunks
+    (3, 96, 24, 5, 7),
+    (2, 12, 3, 40, 40),    # 1600 rows: many 32-row float blocks summed in double
+    (2, 8, 1, 6, 6),       # one group
+])
+def test_forward_and_gradients_equal_the_float64_formula(silu, n, c, groups, h, w):
+    """Wu & He (2018) eq. 1-2 and the affine (eq. 4), then x * sigmoid(x): output and the gradients
+    of x, weight and bias against float64 F.group_norm (+ F.silu), on data with a large mean (the
+    variance must not come from a cancelling E[x^2] - E[x]^2 in float: that would miss by ~1e-2)."""
+    torch.manual_seed(1)
+    norm = _norm(groups, c)
+    x = _channels_last(torch.randn(n, c, h, w) * 3 + 20).requires_grad_()
+    assert fused_group_norm_applies(norm, x)
+    y = norm.forward_silu(x) if silu else norm(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, norm.weight, norm.bias), dy)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, norm.weight, norm.bias))
+    yd = F.group_norm(xd, groups, wd, bd, eps=1e-5)
+    yd = F.silu(yd) if silu else yd
+    want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
+    # fp32 x a + b with b ~ -mean a loses ~mean/std of float's 6e-8: PyTorch's kernel does the same
+    assert _relative(y, yd) < 5e-6
+    for g, r in zip(got, want):
+        assert _relative(g, r) < 2e-5
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernels
+def test_the_fused_silu_saturates_without_overflow():
+    """Pre-activations of +-100 (far outside the clamped exponent's range): SiLU is x for large x
+    and 0 for very negative x, with finite gradients equal to the float64 ones."""
+    norm = GroupNorm(1, 4)
+    with torch.no_grad():
+        norm.weight.fill_(100.0)
+    x = _channels_last(torch.tensor([-1.0, 1.0]).repeat(2, 4, 2, 1)).requires_grad_()
+    y = norm.forward_silu(x)
+    dy = torch.ones_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    xd = x.detach().double().requires_grad_()
+    yd = F.silu(F.group_norm(xd, 1, norm.weight.double(), norm.bias.double()))
+    (dxd,) = torch.autograd.grad(yd, xd, dy.double())
+    assert torch.isfinite(y).all() and torch.isfinite(dx).all()
+    torch.testing.assert_close(y.double(), yd, rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(dx.double(), dxd, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+def test_values_whose_squares_overflow_float_still_normalise():
+    """|x| ~ 1e25: x^2 and dz * x overflow float32, so those sums are redone in double; the
+    output and gradients still equal float64's (PyTorch's float kernel gives inf or nan here)."""
+    torch.manual_seed(5)
+    norm = _norm(2, 8)
+    x = _channels_last(torch.randn(2, 8, 5, 5) * 1e25).requires_grad_()
+    y = norm.forward_silu(x)
+    dy = torch.randn_like(y) * 1e16
+    got = torch.autograd.grad(y, (x, norm.weight, norm.bias), dy)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, norm.weight, norm.bias))
+    yd = F.silu(F.group_norm(xd, 2, wd, bd))
+    want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
+    assert _relative(y, yd) < 5e-6
+    for g, r in zip(got, want):
+        assert torch.isfinite(g).all() and _relative(g, r) < 2e-5
+    nan = x.detach().clone()
+    nan[1, 5, 2, 2] = float("nan")  # group 1 of image 1: nan there, finite elsewhere
+    out = norm(nan)
+    assert out[1, 4:].isnan().all() and torch.isfinite(out[0]).all() and torch.isfinite(out[1, :4]).all()
+
+
+@needs_kernels
+def test_where_the_kernel_applies():
+    norm = GroupNorm(8, 32)
+    x = _channels_last(torch.randn(2, 32, 8, 8))
+    assert fused_group_norm_applies(norm, x)
+    assert not fused_group_norm_applies(norm, x.contiguous())  # contiguous maps: PyTorch's fast kernel
+    assert not fused_group_norm_applies(norm, x.double())
+    assert not fused_group_norm_applies(norm, x.bfloat16())
+    assert not fused_group_norm_applies(GroupNorm(8, 32, affine=False), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_group_norm_applies(norm, x)
+
+
+def test_other_paths_are_group_norm_then_silu_exactly():
+    """Contiguous fp32 and channels_last bf16 maps: forward_silu is F.silu(norm(x)) bit for bit."""
+    norm = _norm(8, 32)
+    x = torch.randn(2, 32, 6, 6)
+    torch.testing.assert_close(norm.forward_silu(x), F.silu(F.group_norm(x, 8, norm.weight, norm.bias)),
+                               rtol=0, atol=0)
+    xb, nb = _channels_last(x).bfloat16(), norm.bfloat16()
+    torch.testing.assert_close(nb.forward_silu(xb), F.silu(nb(xb)), rtol=0, atol=0)
+
+
+@needs_kernels
+def test_the_same_thread_count_gives_the_same_bits_and_others_agree():
+    """The row chunks depend on the thread count: repeatable bit for bit at one count, within
+    float rounding across counts."""
+    norm = _norm(8, 32)
+    x = _channels_last(torch.randn(1, 32, 20, 20))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = norm.forward_silu(x)
+        torch.testing.assert_close(norm.forward_silu(x), one, rtol=0, atol=0)
+        torch.set_num_threads(2)
+        torch.testing.assert_close(norm.forward_silu(x), one, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
+def test_a_unet_computes_the_same_with_and_without_the_kernels(monkeypatch):
+    """A small U-Net (32/64 channels, channels_last fp32, the Quick start's kind of network): output and
+    every parameter gradient with the fused GroupNorm + SiLU equal PyTorch's to fp32 accuracy."""
+    torch.manual_seed(4)
+    model = UNet(UNetConfig(channel=32, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0,
+                            img_size=8, in_channels=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    model.to(memory_format=torch.channels_last)
+    x = _channels_last(torch.randn(3, 1, 8, 8))
+    t = torch.tensor([5.0, 300.0, 900.0])
+    calls = []
+    original = group_norm._FusedGroupNorm.forward
+
+    def counted(ctx, *args):
+        calls.append(1)
+        return original(ctx, *args)
+
+    results = {}
+    for fused in (True, False):
+        with monkeypatch.context() as patch:
+            patch.setattr(group_norm._FusedGroupNorm, "forward", staticmethod(counted))
+            if not fused:
+                patch.setattr(group_norm, "cpu_kernels", lambda: None)
+            model.zero_grad()
+            out = model(x, t)
+            (out.square().mean() + out.mean()).backward()
+            results[fused] = (out.detach(), [p.grad.clone() for p in model.parameters()])
+    assert calls and len(calls) == len([m for m in model.modules() if isinstance(m, GroupNorm)])
+    (out_f, grads_f), (out_t, grads_t) = results[True], results[False]
+    assert _relative(out_f, out_t.double()) < 1e-5
+    for got, want in zip(grads_f, grads_t):
+        if want.abs().max() > 0:
+            assert _relative(got, want.double()) < 1e-4
+
+
+def test_switched_off_the_kernels_are_never_built(monkeypatch):
+    """DIFFKIT_CPU_KERNELS=0: no build is attempted, no warning, PyTorch's GroupNorm runs."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("built although switched off")
+
+    monkeypatch.setattr(cpp_extension, "load", must_not_build)
+    monkeypatch.setattr(cpu_kernels, "_state", {"enabled": False, "extension": None, "tried": False})
+    norm = _norm(8, 32)
+    x = _channels_last(torch.randn(2, 32, 6, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu_kernels.cpu_kernels() is None
+        assert not fused_group_norm_applies(norm, x)
+        torch.testing.assert_close(norm.forward_silu(x), F.silu(F.group_norm(x, 8, norm.weight, norm.bias)),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value, enabled", [("0", False), ("off", False), ("1", True), ("", True)])
+def test_the_environment_switch(monkeypatch, value, enabled):
+    monkeypatch.setenv("DIFFKIT_CPU_KERNELS", value)
+    assert cpu_kernels.environment_switch("DIFFKIT_CPU_KERNELS") is enabled
