@@ -1,0 +1,88 @@
+"""GroupNorm [+ SiLU] on channels_last fp32 CPU maps: diffkit's kernel against PyTorch's per shape.
+
+Forward and forward + backward of ``GroupNorm`` (diffkit's group count: 32 groups, at least 4
+channels each) and of ``SiLU(GroupNorm(x))``, for diffkit's ``GroupNorm`` with its C++ kernel
+(``diffkit.models.group_norm``) and for ``F.group_norm`` [+ ``F.silu``] on the same tensors,
+interleaved, median of ``--repeats``. Prints a table and writes ``benchmarks/out/group_norm_layers.json``.
+
+    PYTHONPATH=. python benchmarks/group_norm_layers.py [--threads 2] [--repeats 20] [--batch 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffkit.models.group_norm import GroupNorm, fused_group_norm_applies
+from diffkit.models.layers import norm_groups
+
+SHAPES = [(32, 28), (64, 14), (64, 7), (96, 28), (128, 32), (256, 16), (384, 8), (512, 4), (256, 32)]
+
+
+def median_us(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", default="benchmarks/out/group_norm_layers.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    print(f"GroupNorm on channels_last fp32 maps, batch {args.batch}, {args.threads} threads, median of "
+          f"{args.repeats} (microseconds; PyTorch / diffkit)")
+    print("| C | size | groups | forward | fwd + bwd | + SiLU forward | + SiLU fwd + bwd |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for channels, size in SHAPES:
+        groups = norm_groups(channels)
+        norm = GroupNorm(groups, channels)
+        x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        if not fused_group_norm_applies(norm, x):
+            raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
+        dy = torch.randn_like(x)
+        params = (x, norm.weight, norm.bias)
+        cells = {}
+        for silu in (False, True):
+            def torch_forward():
+                y = F.group_norm(x, groups, norm.weight, norm.bias, norm.eps)
+                return F.silu(y) if silu else y
+
+            def diffkit_forward():
+                return norm.forward_silu(x) if silu else norm(x)
+
+            for name, forward in (("torch", torch_forward), ("diffkit", diffkit_forward)):
+                with torch.no_grad():
+                    cells[(silu, name, "forward")] = median_us(forward, args.repeats)
+                cells[(silu, name, "both")] = median_us(lambda: torch.autograd.grad(forward(), params, dy),
+                                                        args.repeats)
+        row = {"channels": channels, "size": size, "groups": groups,
+               **{f"{'silu_' if s else ''}{n}_{k}_us": v for (s, n, k), v in cells.items()}}
+        rows.append(row)
+        print(f"| {channels} | {size}x{size} | {groups} | " + " | ".join(
+            f"{cells[(s, 'torch', k)]:.0f} / {cells[(s, 'diffkit', k)]:.0f}"
+            for s in (False, True) for k in ("forward", "both")) + " |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                               "batch": args.batch, "torch": torch.__version__, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
