@@ -111,6 +111,8 @@ def test_where_winograd_applies():
     assert winograd.winograd_applies(winograd.WinogradConv2d(64, 128, 3, padding=1), torch.randn(8, 64, 16, 16))
     assert winograd.winograd_applies(conv, torch.randn(32, 128, 8, 8))  # 8x8 maps in a batch of 32
     assert not winograd.winograd_applies(conv, x[:7])  # 112 tiles: the transformed weights do not pay
+    with torch.no_grad():  # sampling: one weight transform per call, 64 tiles pay
+        assert winograd.winograd_applies(conv, x[:4]) and not winograd.winograd_applies(conv, x[:3])
     assert not winograd.winograd_applies(conv, x.double())
     assert not winograd.winograd_applies(conv, torch.randn(8, 128, 14, 14))  # sides not multiples of 4
     assert not winograd.winograd_applies(conv, torch.randn(128, 128, 4, 4))  # 4x4 maps

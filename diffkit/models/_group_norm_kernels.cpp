@@ -22,7 +22,7 @@ namespace {
 
 constexpr int64_t kBlock = 32;  // rows summed in float before they are added in double
 
-// exp(x) for x in [-87, 87] (callers clamp): x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite, ln2 in
+// exp(x) for x in [-87, 0] (the caller clamps): x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite, ln2 in
 // two parts), exp(r) by its degree-6 Taylor-like minimax polynomial (Cephes expf), times 2^n built
 // in the exponent bits. Relative error ~2e-7; plain arithmetic, so loops over it vectorise.
 inline float exp_poly(float x) {
@@ -41,9 +41,16 @@ inline float exp_poly(float x) {
   return p * std::bit_cast<float>((k + 127) << 23);
 }
 
-// sigmoid(z) = 1 / (1 + exp(-z)); z clamped so that exp stays finite and the result normal.
+// sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) for z < 0, e = exp(-min(|z|, 87)) in
+// [e^-87, 1] (no overflow; no cancellation for negative z). The clamp compares the integer bits of
+// |z| (monotonic for non-negative floats): written as a float min/max, GCC if-converted it into
+// both branches and the loop ran 2.4x slower. A nan keeps a nan in SiLU and its derivative (the
+// callers multiply by z).
 inline float sigmoid(float z) {
-  return 1.0f / (1.0f + exp_poly(-std::min(std::max(z, -87.0f), 87.0f)));
+  const int32_t magnitude = std::bit_cast<int32_t>(z) & 0x7fffffff;
+  const float t = std::bit_cast<float>(std::min(magnitude, std::bit_cast<int32_t>(87.0f)));
+  const float e = exp_poly(-t);
+  return (std::bit_cast<int32_t>(z) < 0 ? e : 1.0f) / (1.0f + e);
 }
 
 struct Rows {  // image n's rows [r0, r1) of one task

@@ -54,13 +54,11 @@ def _build_name_and_flags() -> tuple[str, list[str]]:
     """The build's cache name and compiler flags. The vector flags follow the instruction set
     PyTorch itself uses on this CPU; the name carries it and the torch version, so a cache shared
     between machines or torch versions never loads a build made for another.
-    ``-fno-trapping-math`` lets the compiler vectorise the clamps of the SiLU loops."""
+    """
     capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "DEFAULT"
     x86 = os.name != "nt" and platform.machine().lower() in ("x86_64", "amd64")
     # 256-bit vectors: on the AVX-512 development CPU they were as fast as -march=native
     flags = ["-mavx2", "-mfma"] if x86 and capability in ("AVX2", "AVX512") else []
-    if os.name != "nt":
-        flags.append("-fno-trapping-math")
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         flags.append("-fopenmp")  # torch's own libgomp is the one loaded, so the threads are torch's
     tag = "".join(c if c.isalnum() else "_" for c in f"{capability}_{torch.__version__}")

@@ -10,13 +10,14 @@ blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
   (``_group_norm_kernels.cpp``, built with the Winograd kernels by :mod:`diffkit.models.cpu_kernels`)
   that works along the contiguous channel axis of each pixel, and that applies and differentiates
   the following SiLU in the same pass (:meth:`GroupNorm.forward_silu`). PyTorch's channels_last
-  kernel is slow when a group holds few channels: (16, 32, 28, 28) with 8 groups takes 0.40 ms
-  forward and 0.72 ms forward + backward on 2 threads, against 0.09 / 0.52 ms here (4 channels
-  per group in the small networks' 32- and 64-channel levels; with the SiLU 2.0 against 0.84 ms);
-  with the SiLU fused, no separate SiLU pass runs and the normalised map is not kept for the
-  backward pass (``benchmarks/group_norm_layers.py``; at 256-512 channels on small maps the fused
-  SiLU is slower per call, docs/performance.md). Statistics are summed in double (a group whose
-  float block sums overflow is summed again in double, so huge finite values still normalise). Used for fp32 CPU tensors outside autocast and ``torch.compile``; ``DIFFKIT_CPU_KERNELS=0``
+  kernel is slow when a group holds few channels: (16, 32, 28, 28) with 8 groups takes 0.39 ms
+  forward on 2 threads against 0.09 ms here, and with the SiLU 1.36 against 0.72 ms forward +
+  backward (4 channels per group in the small networks' 32- and 64-channel levels); with the
+  SiLU fused, no separate SiLU pass runs and the normalised map is not kept for the backward pass
+  (``benchmarks/group_norm_layers.py``; at 256-512 channels on 4x4-16x16 maps it is on par or
+  slower per call, docs/performance.md). Statistics are summed in double (a group whose
+  float block sums overflow is summed again in double, so huge finite values still normalise).
+  Used for fp32 CPU tensors outside autocast and ``torch.compile``; ``DIFFKIT_CPU_KERNELS=0``
   or a machine without a compiler keeps PyTorch's kernel.
 * half precision channels_last: PyTorch's contiguous kernel between two layout copies
   (``_GroupNormViaContiguous``, below).

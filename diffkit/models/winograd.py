@@ -13,9 +13,11 @@ the weight gradient is a batched product in the transformed domain, G^T [sum_til
 
 It is used where it was measured to be faster (``benchmarks/winograd_layers.py``): fp32 on the
 CPU, stride 1, padding 1, sides that are multiples of 4 and at least 8, at least 64 input and
-64 output channels, and at least 128 tiles of 4x4 outputs in the batch (the transformed weights,
-36 x Ci x Co, are read once per call, so a small batch cannot repay them: 0.3-0.8x at 16-64
-tiles); everything else (CUDA, half precision and autocast, ``torch.compile``, small layers and
+64 output channels, and at least 128 tiles of 4x4 outputs in the batch when gradients are
+computed, 64 without (the transformed weights, 36 x Ci x Co, are made and read once per call, and
+three times with the backward pass, so a small batch cannot repay them: 0.3-0.8x for training at
+16-64 tiles; sampling 4 images of 32x32 through the seed network with its 16x16 level at 64 tiles
+included: 1.26-1.29x of diffusers against 1.08-1.09x without); everything else (CUDA, half precision and autocast, ``torch.compile``, small layers and
 batches) goes to ``F.conv2d``. The fp32 result differs from the direct convolution's by
 about 2e-6 relative (the direct one's own rounding error is about 2e-7). Set
 ``DIFFKIT_WINOGRAD=0`` to turn it off; without a C++ compiler it turns itself off with one
@@ -39,10 +41,12 @@ _BIAS_POSITION = 7  # (1, 1): column 1 of A^T is all ones, so M[7] reaches each 
 _WORKSPACE_FLOATS = 1 << 22  # per buffer: a chunk of transformed tiles is at most 16 MiB (smaller: slower, BENCHMARKS.md)
 # Where it pays (fp32 forward + backward, 2 threads, against channels_last F.conv2d;
 # docs/performance.md): 1.25-2.2x from 64 channels and 128 tiles up; 0.9-1.05x with 32 output
-# channels, 0.3-0.8x at 16-64 tiles (batch 1-4 of 16x16 or 32x32 maps), 1.05x at 4x4.
+# channels, 0.3-0.8x at 16-64 tiles (batch 1-4 of 16x16 or 32x32 maps), 1.05x at 4x4. Without
+# gradients (sampling) one weight transform per call instead of three: 64 tiles pay.
 _MIN_SIDE = 8
 _MIN_CHANNELS = 64
 _MIN_TILES = 128
+_MIN_TILES_NO_GRAD = 64
 
 def _enabled_by_environment() -> bool:
     return environment_switch("DIFFKIT_WINOGRAD")
@@ -90,7 +94,9 @@ def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     height, width = x.shape[-2:]
     if height % 4 or width % 4 or min(height, width) < _MIN_SIDE:
         return False
-    if min(conv.in_channels, conv.out_channels) < _MIN_CHANNELS or x.shape[0] * height * width < 16 * _MIN_TILES:
+    training = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+    min_tiles = _MIN_TILES if training else _MIN_TILES_NO_GRAD
+    if min(conv.in_channels, conv.out_channels) < _MIN_CHANNELS or x.shape[0] * height * width < 16 * min_tiles:
         return False
     if _compiling() or torch.jit.is_scripting():
         return False
