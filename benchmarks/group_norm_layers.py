@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -21,18 +19,9 @@ import torch.nn.functional as F
 
 from diffkit.models.group_norm import GroupNorm, fused_group_norm_applies
 from diffkit.models.layers import norm_groups
+from winograd_layers import median_seconds
 
 SHAPES = [(32, 28), (64, 14), (64, 7), (96, 28), (128, 32), (256, 16), (384, 8), (512, 4), (256, 32)]
-
-
-def median_us(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def main(argv=None):
@@ -68,9 +57,9 @@ def main(argv=None):
 
             for name, forward in (("torch", torch_forward), ("diffkit", diffkit_forward)):
                 with torch.no_grad():
-                    cells[(silu, name, "forward")] = median_us(forward, args.repeats)
-                cells[(silu, name, "both")] = median_us(lambda: torch.autograd.grad(forward(), params, dy),
-                                                        args.repeats)
+                    cells[(silu, name, "forward")] = 1e6 * median_seconds(forward, args.repeats)
+                both = lambda: torch.autograd.grad(forward(), params, dy)  # noqa: E731
+                cells[(silu, name, "both")] = 1e6 * median_seconds(both, args.repeats)
         row = {"channels": channels, "size": size, "groups": groups,
                **{f"{'silu_' if s else ''}{n}_{k}_us": v for (s, n, k), v in cells.items()}}
         rows.append(row)

@@ -84,6 +84,27 @@ void check_vector(const torch::Tensor& t, int64_t C, const char* name) {
                   t.device().is_cpu(), name, " must be a contiguous float32 CPU vector of C values");
 }
 
+// partial[task][0:C] and [C:2C]: per-channel sums over the task's rows of the two terms that
+// row_terms(n, r, first, second) adds for row r of image n (float over kBlock rows, then double).
+template <typename RowTerms>
+std::vector<double> channel_sums(const Split& split, int64_t C, const RowTerms& row_terms) {
+  std::vector<double> partial(static_cast<size_t>(split.tasks() * 2 * C), 0.0);
+  at::parallel_for(0, split.tasks(), 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> acc(2 * C);
+    for (int64_t task = t0; task < t1; ++task) {
+      const Rows rows = split(task);
+      double* out = partial.data() + task * 2 * C;
+      for (int64_t b0 = rows.r0; b0 < rows.r1; b0 += kBlock) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t r = b0; r < std::min(rows.r1, b0 + kBlock); ++r)
+          row_terms(rows.n, r, acc.data(), acc.data() + C);
+        for (int64_t c = 0; c < 2 * C; ++c) out[c] += acc[c];
+      }
+    }
+  });
+  return partial;
+}
+
 // Per-(n, c) scale a = rstd * weight and shift b = bias - mean * a: the affine GroupNorm is x a + b.
 void affine(const float* mean, const float* rstd, const float* weight, const float* bias, int64_t N, int64_t C,
             int64_t D, float* a, float* b) {
@@ -109,25 +130,12 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
   const int64_t D = C / groups;
   const float* xp = x.data_ptr<float>();
   const Split split(N, HW);
-  std::vector<double> partial(static_cast<size_t>(split.tasks() * 2 * C), 0.0);  // sum, sum of squares
-  at::parallel_for(0, split.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> acc(2 * C);
-    for (int64_t task = t0; task < t1; ++task) {
-      const Rows rows = split(task);
-      double* out = partial.data() + task * 2 * C;
-      for (int64_t b0 = rows.r0; b0 < rows.r1; b0 += kBlock) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float* __restrict__ sum = acc.data();
-        float* __restrict__ squares = acc.data() + C;
-        for (int64_t r = b0; r < std::min(rows.r1, b0 + kBlock); ++r) {
-          const float* __restrict__ row = xp + (rows.n * HW + r) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            sum[c] += row[c];
-            squares[c] += row[c] * row[c];
-          }
-        }
-        for (int64_t c = 0; c < 2 * C; ++c) out[c] += acc[c];
-      }
+  const std::vector<double> partial = channel_sums(split, C, [&](int64_t n, int64_t r, float* __restrict__ sum,
+                                                                  float* __restrict__ squares) {
+    const float* __restrict__ row = xp + (n * HW + r) * C;
+    for (int64_t c = 0; c < C; ++c) {
+      sum[c] += row[c];
+      squares[c] += row[c] * row[c];
     }
   });
   auto mean = torch::empty({N, groups}, x.options());
@@ -213,36 +221,23 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
   std::vector<float> scale(N * C), shift(N * C);
   affine(mp, rp, w, bias.data_ptr<float>(), N, C, D, scale.data(), shift.data());
   const Split split(N, HW);
-  std::vector<double> partial(static_cast<size_t>(split.tasks() * 2 * C), 0.0);  // sum dz, sum dz x
-  at::parallel_for(0, split.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> acc(2 * C);
-    for (int64_t task = t0; task < t1; ++task) {
-      const Rows rows = split(task);
-      const float* __restrict__ a = scale.data() + rows.n * C;
-      const float* __restrict__ b = shift.data() + rows.n * C;
-      double* out = partial.data() + task * 2 * C;
-      for (int64_t b0 = rows.r0; b0 < rows.r1; b0 += kBlock) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float* __restrict__ sdz = acc.data();
-        float* __restrict__ sdzx = acc.data() + C;
-        for (int64_t r = b0; r < std::min(rows.r1, b0 + kBlock); ++r) {
-          const float* __restrict__ row = xp + (rows.n * HW + r) * C;
-          const float* __restrict__ g = gp + (rows.n * HW + r) * C;
-          if (silu) {
-            for (int64_t c = 0; c < C; ++c) {
-              const float z = row[c] * a[c] + b[c], s = sigmoid(z);
-              const float dz = g[c] * s * (1.0f + z * (1.0f - s));
-              sdz[c] += dz;
-              sdzx[c] += dz * row[c];
-            }
-          } else {
-            for (int64_t c = 0; c < C; ++c) {
-              sdz[c] += g[c];
-              sdzx[c] += g[c] * row[c];
-            }
-          }
-        }
-        for (int64_t c = 0; c < 2 * C; ++c) out[c] += acc[c];
+  const std::vector<double> partial = channel_sums(split, C, [&](int64_t n, int64_t r, float* __restrict__ sdz,
+                                                                  float* __restrict__ sdzx) {  // sum dz, sum dz x
+    const float* __restrict__ a = scale.data() + n * C;
+    const float* __restrict__ b = shift.data() + n * C;
+    const float* __restrict__ row = xp + (n * HW + r) * C;
+    const float* __restrict__ g = gp + (n * HW + r) * C;
+    if (silu) {
+      for (int64_t c = 0; c < C; ++c) {
+        const float z = row[c] * a[c] + b[c], s = sigmoid(z);
+        const float dz = g[c] * s * (1.0f + z * (1.0f - s));
+        sdz[c] += dz;
+        sdzx[c] += dz * row[c];
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        sdz[c] += g[c];
+        sdzx[c] += g[c] * row[c];
       }
     }
   });

@@ -32,21 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .cpu_kernels import cpu_kernels
+from .cpu_kernels import compiling, cpu_autocast, cpu_kernels
 
 __all__ = ["GroupNorm", "fused_group_norm_applies"]
-
-
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _strictly_channels_last(x: torch.Tensor) -> bool:
@@ -59,7 +47,7 @@ def fused_group_norm_applies(norm: nn.GroupNorm, x: torch.Tensor) -> bool:
         return False
     if not norm.affine or norm.weight.dtype != torch.float32 or norm.weight.device.type != "cpu":
         return False
-    if _cpu_autocast() or _compiling() or torch.jit.is_scripting():
+    if cpu_autocast() or compiling() or torch.jit.is_scripting():
         return False
     return cpu_kernels() is not None
 

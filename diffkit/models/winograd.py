@@ -17,8 +17,8 @@ CPU, stride 1, padding 1, sides that are multiples of 4 and at least 8, at least
 computed, 64 without (the transformed weights, 36 x Ci x Co, are made and read once per call, and
 three times with the backward pass, so a small batch cannot repay them: 0.3-0.8x for training at
 16-64 tiles; sampling 4 images of 32x32 through the seed network with its 16x16 level at 64 tiles
-included: 1.26-1.29x of diffusers against 1.08-1.09x without); everything else (CUDA, half precision and autocast, ``torch.compile``, small layers and
-batches) goes to ``F.conv2d``. The fp32 result differs from the direct convolution's by
+included: 1.26-1.29x of diffusers against 1.08-1.09x without); everything else (CUDA, half
+precision and autocast, ``torch.compile``, small layers and batches) goes to ``F.conv2d``. The fp32 result differs from the direct convolution's by
 about 2e-6 relative (the direct one's own rounding error is about 2e-7). Set
 ``DIFFKIT_WINOGRAD=0`` to turn it off; without a C++ compiler it turns itself off with one
 warning.
@@ -30,7 +30,7 @@ import threading
 import torch
 
 from ..errors import DiffkitError
-from .cpu_kernels import cpu_kernels, environment_switch
+from .cpu_kernels import compiling, cpu_autocast, cpu_kernels, environment_switch
 
 __all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd_conv3x3", "set_winograd_enabled"]
 
@@ -70,23 +70,11 @@ def winograd_available() -> bool:
     return _state["enabled"] and _extension() is not None
 
 
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` takes the Winograd path (see the module docstring for the rule)."""
     if not _state["enabled"] or x.device.type != "cpu" or x.dim() != 4:
         return False
-    if x.dtype != torch.float32 or conv.weight.dtype != torch.float32 or _cpu_autocast():
+    if x.dtype != torch.float32 or conv.weight.dtype != torch.float32 or cpu_autocast():
         return False
     if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) \
             or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
@@ -98,7 +86,7 @@ def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
     min_tiles = _MIN_TILES if training else _MIN_TILES_NO_GRAD
     if min(conv.in_channels, conv.out_channels) < _MIN_CHANNELS or x.shape[0] * height * width < 16 * min_tiles:
         return False
-    if _compiling() or torch.jit.is_scripting():
+    if compiling() or torch.jit.is_scripting():
         return False
     return _extension() is not None
 
