@@ -105,6 +105,17 @@ std::vector<double> channel_sums(const Split& split, int64_t C, const RowTerms& 
   return partial;
 }
 
+// row_body(n, r) for every pixel row r of every image n, in parallel over the split's tasks.
+template <typename RowBody>
+void for_each_row(const Split& split, const RowBody& row_body) {
+  at::parallel_for(0, split.tasks(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const Rows rows = split(task);
+      for (int64_t r = rows.r0; r < rows.r1; ++r) row_body(rows.n, r);
+    }
+  });
+}
+
 // Per-(n, c) scale a = rstd * weight and shift b = bias - mean * a: the affine GroupNorm is x a + b.
 void affine(const float* mean, const float* rstd, const float* weight, const float* bias, int64_t N, int64_t C,
             int64_t D, float* a, float* b) {
@@ -173,23 +184,18 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
   affine(mp, rp, weight.data_ptr<float>(), bias.data_ptr<float>(), N, C, D, scale.data(), shift.data());
   auto y = torch::empty_like(x);
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, split.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t task = t0; task < t1; ++task) {
-      const Rows rows = split(task);
-      const float* __restrict__ a = scale.data() + rows.n * C;
-      const float* __restrict__ b = shift.data() + rows.n * C;
-      for (int64_t r = rows.r0; r < rows.r1; ++r) {
-        const float* __restrict__ row = xp + (rows.n * HW + r) * C;
-        float* __restrict__ out = yp + (rows.n * HW + r) * C;
-        if (silu) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = row[c] * a[c] + b[c];
-            out[c] = z * sigmoid(z);
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c];
-        }
+  for_each_row(split, [&](int64_t n, int64_t r) {
+    const float* __restrict__ a = scale.data() + n * C;
+    const float* __restrict__ b = shift.data() + n * C;
+    const float* __restrict__ row = xp + (n * HW + r) * C;
+    float* __restrict__ out = yp + (n * HW + r) * C;
+    if (silu) {
+      for (int64_t c = 0; c < C; ++c) {
+        const float z = row[c] * a[c] + b[c];
+        out[c] = z * sigmoid(z);
       }
+    } else {
+      for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c];
     }
   });
   return {y, mean, rstd};
@@ -292,26 +298,21 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
   }
   auto dx = torch::empty_like(x);
   float* dxp = dx.data_ptr<float>();
-  at::parallel_for(0, split.tasks(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t task = t0; task < t1; ++task) {
-      const Rows rows = split(task);
-      const float* __restrict__ a = scale.data() + rows.n * C;
-      const float* __restrict__ b = shift.data() + rows.n * C;
-      const float* __restrict__ c1 = k1.data() + rows.n * C;
-      const float* __restrict__ c2 = k2.data() + rows.n * C;
-      for (int64_t r = rows.r0; r < rows.r1; ++r) {
-        const float* __restrict__ row = xp + (rows.n * HW + r) * C;
-        const float* __restrict__ g = gp + (rows.n * HW + r) * C;
-        float* __restrict__ out = dxp + (rows.n * HW + r) * C;
-        if (silu) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = row[c] * a[c] + b[c], s = sigmoid(z);
-            out[c] = a[c] * (g[c] * s * (1.0f + z * (1.0f - s))) + c1[c] * row[c] + c2[c];
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) out[c] = a[c] * g[c] + c1[c] * row[c] + c2[c];
-        }
+  for_each_row(split, [&](int64_t n, int64_t r) {
+    const float* __restrict__ a = scale.data() + n * C;
+    const float* __restrict__ b = shift.data() + n * C;
+    const float* __restrict__ c1 = k1.data() + n * C;
+    const float* __restrict__ c2 = k2.data() + n * C;
+    const float* __restrict__ row = xp + (n * HW + r) * C;
+    const float* __restrict__ g = gp + (n * HW + r) * C;
+    float* __restrict__ out = dxp + (n * HW + r) * C;
+    if (silu) {
+      for (int64_t c = 0; c < C; ++c) {
+        const float z = row[c] * a[c] + b[c], s = sigmoid(z);
+        out[c] = a[c] * (g[c] * s * (1.0f + z * (1.0f - s))) + c1[c] * row[c] + c2[c];
       }
+    } else {
+      for (int64_t c = 0; c < C; ++c) out[c] = a[c] * g[c] + c1[c] * row[c] + c2[c];
     }
   });
   return {dx, dweight, dbias};
