@@ -16,8 +16,9 @@ G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 
 AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
                   dtype=torch.float64)
 
-needs_kernels = pytest.mark.skipif(not winograd.winograd_available(),
-                                   reason="CPU kernels not built here (no C++ toolchain, DIFFKIT_CPU_KERNELS=0 or DIFFKIT_WINOGRAD=0)")
+needs_kernels = pytest.mark.skipif(
+    not winograd.winograd_available(),
+    reason="CPU kernels not built here (no C++ toolchain, DIFFKIT_CPU_KERNELS=0 or DIFFKIT_WINOGRAD=0)")
 
 
 def test_the_papers_matrices_compute_a_4_output_correlation():

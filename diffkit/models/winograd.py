@@ -5,11 +5,11 @@ the same oneDNN kernels as in any other PyTorch network. Winograd's minimal filt
 F(4x4, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", eq. 8:
 Y = A^T [(G g G^T) . (B^T d B)] A per 4x4 output tile) needs 36 products per 16 outputs instead
 of 144: 4x fewer. Here the tile transforms are C++ kernels (``_winograd_kernels.cpp``, built
-once per machine by :mod:`diffkit.models.cpu_kernels` and cached, parallel over tiles), and the
-products are one batched matrix product per chunk of tiles. The backward pass is Winograd too: the input
-gradient is the convolution of the output gradient with the flipped, transposed kernel, and
-the weight gradient is a batched product in the transformed domain, G^T [sum_tiles (A dY A^T) .
-(B^T d B)] G.
+once per machine by :mod:`diffkit.models.cpu_kernels` and cached, parallel over tiles), and
+the products are one batched matrix product per chunk of tiles. The backward pass is Winograd
+too: the input gradient is the convolution of the output gradient with the flipped, transposed
+kernel, and the weight gradient is a batched product in the transformed domain,
+G^T [sum_tiles (A dY A^T) . (B^T d B)] G.
 
 It is used where it was measured to be faster (``benchmarks/winograd_layers.py``): fp32 on the
 CPU, stride 1, padding 1, sides that are multiples of 4 and at least 8, at least 64 input and
@@ -18,10 +18,10 @@ computed, 64 without (the transformed weights, 36 x Ci x Co, are made and read o
 three times with the backward pass, so a small batch cannot repay them: 0.3-0.8x for training at
 16-64 tiles; sampling 4 images of 32x32 through the seed network with its 16x16 level at 64 tiles
 included: 1.26-1.29x of diffusers against 1.08-1.09x without); everything else (CUDA, half
-precision and autocast, ``torch.compile``, small layers and batches) goes to ``F.conv2d``. The fp32 result differs from the direct convolution's by
-about 2e-6 relative (the direct one's own rounding error is about 2e-7). Set
-``DIFFKIT_WINOGRAD=0`` to turn it off; without a C++ compiler it turns itself off with one
-warning.
+precision and autocast, ``torch.compile``, small layers and batches) goes to ``F.conv2d``. The
+fp32 result differs from the direct convolution's by about 2e-6 relative (the direct one's own
+rounding error is about 2e-7). Set ``DIFFKIT_WINOGRAD=0`` to turn it off (``DIFFKIT_CPU_KERNELS=0``
+turns off every C++ kernel); without a C++ compiler it turns itself off with one warning.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ __all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 _BIAS_POSITION = 7  # (1, 1): column 1 of A^T is all ones, so M[7] reaches each output of a tile once
-_WORKSPACE_FLOATS = 1 << 22  # per buffer: a chunk of transformed tiles is at most 16 MiB (smaller: slower, BENCHMARKS.md)
+# per buffer: a chunk of transformed tiles is at most 16 MiB (smaller: slower, BENCHMARKS.md)
+_WORKSPACE_FLOATS = 1 << 22
 # Where it pays (fp32 forward + backward, 2 threads, against channels_last F.conv2d;
 # docs/performance.md): 1.25-2.2x from 64 channels and 128 tiles up; 0.9-1.05x with 32 output
 # channels, 0.3-0.8x at 16-64 tiles (batch 1-4 of 16x16 or 32x32 maps), 1.05x at 4x4. Without
