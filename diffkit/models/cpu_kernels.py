@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["compiling", "cpu_autocast", "cpu_kernels", "cpu_kernels_enabled", "environment_switch"]
+__all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch"]
 
 _SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_group_norm_kernels.cpp")
 _OFF = ("0", "false", "off", "no")
@@ -45,11 +45,6 @@ _state = {"enabled": environment_switch("DIFFKIT_CPU_KERNELS"), "extension": Non
 _build_lock = threading.Lock()
 
 
-def cpu_kernels_enabled() -> bool:
-    """False when ``DIFFKIT_CPU_KERNELS=0`` was set when diffkit was imported."""
-    return _state["enabled"]
-
-
 def cpu_autocast() -> bool:
     """Whether CPU autocast is on (the kernels are fp32 only)."""
     try:
@@ -59,7 +54,8 @@ def cpu_autocast() -> bool:
 
 
 def compiling() -> bool:
-    """Whether torch.compile is tracing the caller (Dynamo cannot trace into the extension)."""
+    """Whether torch.compile is tracing the caller (Dynamo cannot trace into the extension, nor
+    the CPU dropout's in-place ``random_``)."""
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 

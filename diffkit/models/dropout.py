@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check_range
+from .cpu_kernels import compiling
 
 __all__ = ["dropout", "keep_mask"]
 
@@ -35,12 +36,6 @@ _LEVELS = 1 << 16  # 16 random bits per element
 def _dense(x: torch.Tensor) -> bool:
     """Whether ``x``'s strides map its elements one-to-one onto its storage's first numel slots."""
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-
-
-def _compiling() -> bool:
-    """Whether torch.compile is tracing the caller (``torch.compiler.is_compiling``, torch >= 2.3)."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
 
 
 def keep_mask(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None):
@@ -65,7 +60,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True,
         return x
     check_range("dropout", p, 0.0, 1.0, high_inclusive=False)
     if (x.device.type != "cpu" or not x.is_floating_point() or x.numel() == 0 or not _dense(x)
-            or _compiling()):
+            or compiling()):
         return F.dropout(x, p=p, training=True)
     keep, scale = keep_mask(x, p, generator)
     if x.element_size() >= 4:
