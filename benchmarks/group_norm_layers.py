@@ -6,12 +6,19 @@ channels each) and of ``SiLU(GroupNorm(x))``, for diffkit's ``GroupNorm`` with i
 interleaved, median of ``--repeats``. Prints a table and writes ``benchmarks/out/group_norm_layers.json``.
 
     PYTHONPATH=. python benchmarks/group_norm_layers.py [--threads 2] [--repeats 20] [--batch 16]
+
+``--vector-widths`` instead compares two builds of diffkit's kernels on an AVX-512 CPU, with the
+AVX2 flags (256-bit vectors) and with the AVX-512 ones the build uses there (512-bit vectors):
+GroupNorm + SiLU forward and backward, the kernels called directly, interleaved; writes
+``benchmarks/out/group_norm_vector_widths.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -29,9 +36,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", default="benchmarks/out/group_norm_layers.json")
+    parser.add_argument("--vector-widths", action="store_true",
+                        help="AVX2 against AVX-512 builds of the kernels (an AVX-512 CPU)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.vector_widths:
+        return compare_vector_widths(args)
+    args.out = args.out or "benchmarks/out/group_norm_layers.json"
     rows = []
     print(f"GroupNorm on channels_last fp32 maps, batch {args.batch}, {args.threads} threads, median of "
           f"{args.repeats} (microseconds; PyTorch / diffkit)")
@@ -67,6 +79,47 @@ def main(argv=None):
             f"{cells[(s, 'torch', k)]:.0f} / {cells[(s, 'diffkit', k)]:.0f}"
             for s in (False, True) for k in ("forward", "both")) + " |")
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                               "batch": args.batch, "torch": torch.__version__, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+def compare_vector_widths(args) -> None:
+    """GroupNorm + SiLU forward / backward of the AVX2 and the AVX-512 build, interleaved."""
+    from diffkit.models.cpu_kernels import _build_name_and_flags, build
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        raise SystemExit("--vector-widths needs a CPU on which PyTorch uses AVX-512")
+    builds = {}
+    for capability in ("AVX2", "AVX512"):
+        name, flags = _build_name_and_flags(capability)
+        builds[capability] = build(name + ("_ab" if capability == "AVX2" else ""), flags)
+    rows = []
+    print(f"GroupNorm + SiLU kernels, batch {args.batch}, {args.threads} threads, median of {args.repeats} "
+          "(microseconds; AVX2 build / AVX-512 build)")
+    print("| C | size | groups | forward | backward |")
+    print("|---:|---:|---:|---:|---:|")
+    for channels, size in SHAPES:
+        groups = norm_groups(channels)
+        x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+        dy, weight, bias = torch.randn_like(x), torch.randn(channels), torch.randn(channels)
+        times = {}
+        for _ in range(args.repeats):
+            for capability, ext in builds.items():
+                start = time.perf_counter()
+                _, mean, rstd = ext.group_norm_forward(x, weight, bias, groups, 1e-5, True)
+                middle = time.perf_counter()
+                ext.group_norm_backward(dy, x, mean, rstd, weight, bias, groups, True)
+                end = time.perf_counter()
+                times.setdefault((capability, "forward"), []).append(middle - start)
+                times.setdefault((capability, "backward"), []).append(end - middle)
+        cell = {key: 1e6 * statistics.median(values) for key, values in times.items()}
+        rows.append({"channels": channels, "size": size, "groups": groups,
+                     **{f"{c.lower()}_{k}_us": v for (c, k), v in cell.items()}})
+        print(f"| {channels} | {size}x{size} | {groups} | " + " | ".join(
+            f"{cell[('AVX2', k)]:.0f} / {cell[('AVX512', k)]:.0f}" for k in ("forward", "backward")) + " |")
+    out = Path(args.out or "benchmarks/out/group_norm_vector_widths.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
                                "batch": args.batch, "torch": torch.__version__, "rows": rows}, indent=1))

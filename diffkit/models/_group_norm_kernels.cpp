@@ -227,6 +227,10 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
   std::vector<float> scale(N * C), shift(N * C);
   affine(mp, rp, w, bias.data_ptr<float>(), N, C, D, scale.data(), shift.data());
   const Split split(N, HW);
+  // With SiLU the first pass writes dz into dx's memory and the second pass reads it back there
+  // (one sigmoid per element instead of two; dz is finite wherever dy, x and SiLU' are).
+  auto dx = torch::empty_like(x);
+  float* dxp = dx.data_ptr<float>();
   const std::vector<double> partial = channel_sums(split, C, [&](int64_t n, int64_t r, float* __restrict__ sdz,
                                                                   float* __restrict__ sdzx) {  // sum dz, sum dz x
     const float* __restrict__ a = scale.data() + n * C;
@@ -234,9 +238,11 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
     const float* __restrict__ row = xp + (n * HW + r) * C;
     const float* __restrict__ g = gp + (n * HW + r) * C;
     if (silu) {
+      float* __restrict__ dz_row = dxp + (n * HW + r) * C;
       for (int64_t c = 0; c < C; ++c) {
         const float z = row[c] * a[c] + b[c], s = sigmoid(z);
         const float dz = g[c] * s * (1.0f + z * (1.0f - s));
+        dz_row[c] = dz;
         sdz[c] += dz;
         sdzx[c] += dz * row[c];
       }
@@ -296,21 +302,15 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
     dweight.data_ptr<float>()[c] = static_cast<float>(dw[c]);
     dbias.data_ptr<float>()[c] = static_cast<float>(db[c]);
   }
-  auto dx = torch::empty_like(x);
-  float* dxp = dx.data_ptr<float>();
   for_each_row(split, [&](int64_t n, int64_t r) {
     const float* __restrict__ a = scale.data() + n * C;
-    const float* __restrict__ b = shift.data() + n * C;
     const float* __restrict__ c1 = k1.data() + n * C;
     const float* __restrict__ c2 = k2.data() + n * C;
     const float* __restrict__ row = xp + (n * HW + r) * C;
     const float* __restrict__ g = gp + (n * HW + r) * C;
     float* __restrict__ out = dxp + (n * HW + r) * C;
-    if (silu) {
-      for (int64_t c = 0; c < C; ++c) {
-        const float z = row[c] * a[c] + b[c], s = sigmoid(z);
-        out[c] = a[c] * (g[c] * s * (1.0f + z * (1.0f - s))) + c1[c] * row[c] + c2[c];
-      }
+    if (silu) {  // out holds dz (first pass)
+      for (int64_t c = 0; c < C; ++c) out[c] = a[c] * out[c] + c1[c] * row[c] + c2[c];
     } else {
       for (int64_t c = 0; c < C; ++c) out[c] = a[c] * g[c] + c1[c] * row[c] + c2[c];
     }
