@@ -5,7 +5,10 @@ channels each) and of ``SiLU(GroupNorm(x))``, for diffkit's ``GroupNorm`` with i
 (``diffkit.models.group_norm``) and for ``F.group_norm`` [+ ``F.silu``] on the same tensors,
 interleaved, median of ``--repeats``. Prints a table and writes ``benchmarks/out/group_norm_layers.json``.
 
-    PYTHONPATH=. python benchmarks/group_norm_layers.py [--threads 2] [--repeats 20] [--batch 16]
+    PYTHONPATH=. python benchmarks/group_norm_layers.py [--threads 2] [--repeats 20] [--batch 16] [--bf16]
+
+``--bf16``: contiguous bf16 maps under autocast, the layout diffkit's bf16 CPU networks use (the
+contiguous kernel; shapes under 64 pixels keep PyTorch's kernel on both sides).
 
 ``--vector-widths`` instead compares two builds of diffkit's kernels on an AVX-512 CPU, with the
 AVX2 flags (256-bit vectors) and with the AVX-512 ones the build uses there (512-bit vectors):
@@ -24,7 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffkit.models.group_norm import GroupNorm, fused_group_norm_applies
+from diffkit.models.cpu_kernels import cpu_kernels
+from diffkit.models.group_norm import GroupNorm
 from diffkit.models.layers import norm_groups
 from winograd_layers import median_seconds
 
@@ -36,6 +40,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--bf16", action="store_true",
+                        help="contiguous bf16 maps under autocast (the layout of bf16 CPU networks)")
     parser.add_argument("--vector-widths", action="store_true",
                         help="AVX2 against AVX-512 builds of the kernels (an AVX-512 CPU)")
     parser.add_argument("--out", default=None)
@@ -43,18 +49,20 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.vector_widths:
         return compare_vector_widths(args)
-    args.out = args.out or "benchmarks/out/group_norm_layers.json"
+    args.out = args.out or f"benchmarks/out/group_norm_layers{'_bf16' if args.bf16 else ''}.json"
     rows = []
-    print(f"GroupNorm on channels_last fp32 maps, batch {args.batch}, {args.threads} threads, median of "
+    maps = "contiguous bf16 maps under autocast" if args.bf16 else "channels_last fp32 maps"
+    print(f"GroupNorm on {maps}, batch {args.batch}, {args.threads} threads, median of "
           f"{args.repeats} (microseconds; PyTorch / diffkit)")
     print("| C | size | groups | forward | fwd + bwd | + SiLU forward | + SiLU fwd + bwd |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for channels, size in SHAPES:
         groups = norm_groups(channels)
         norm = GroupNorm(groups, channels)
-        x = torch.randn(args.batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(args.batch, channels, size, size)
+        x = x.bfloat16() if args.bf16 else x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_()
-        if not fused_group_norm_applies(norm, x):
+        if cpu_kernels() is None:
             raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
         dy = torch.randn_like(x)
         params = (x, norm.weight, norm.bias)
@@ -67,7 +75,11 @@ def main(argv=None):
             def diffkit_forward():
                 return norm.forward_silu(x) if silu else norm(x)
 
-            for name, forward in (("torch", torch_forward), ("diffkit", diffkit_forward)):
+            for name, plain_forward in (("torch", torch_forward), ("diffkit", diffkit_forward)):
+                def forward(plain_forward=plain_forward):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                        return plain_forward()
+
                 with torch.no_grad():
                     cells[(silu, name, "forward")] = 1e6 * median_seconds(forward, args.repeats)
                 both = lambda: torch.autograd.grad(forward(), params, dy)  # noqa: E731

@@ -9,6 +9,7 @@ import diffkit.models.cpu_kernels as cpu_kernels
 import diffkit.models.group_norm as group_norm
 from diffkit.models import UNet, UNetConfig
 from diffkit.models.group_norm import GroupNorm, fused_group_norm_applies
+from diffkit.models.layers import use_memory_format
 
 needs_kernels = pytest.mark.skipif(cpu_kernels.cpu_kernels() is None,
                                    reason="CPU kernels not built here (no C++ toolchain or DIFFKIT_CPU_KERNELS=0)")
@@ -64,6 +65,80 @@ def test_forward_and_gradients_equal_the_float64_formula(silu, n, c, groups, h, 
 
 
 @needs_kernels
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n, c, groups, h, w", [
+    (4, 32, 8, 12, 12),
+    (2, 64, 16, 15, 9),    # 135 pixels: a plane is not a multiple of the 16 float lanes
+    (3, 96, 24, 16, 10),
+    (2, 12, 3, 40, 40),    # 1600-value planes: several 256-value float runs summed in double
+    (2, 8, 1, 16, 8),      # one group
+])
+def test_the_contiguous_kernel_equals_the_float64_formula(monkeypatch, silu, dtype, n, c, groups, h, w):
+    """The contiguous (N, C, H, W) kernel, fp32 and bf16 (the layout of diffkit's bf16 CPU
+    networks), against float64 F.group_norm (+ F.silu) of the same values: fp32 as the
+    channels_last kernel; bf16 output and input gradient rounded once to bf16 (relative error
+    within bf16's half ulp, 2^-9, where PyTorch's bf16 GroupNorm then SiLU rounds twice), the weight
+    and bias gradients (fp32) to float accuracy."""
+    torch.manual_seed(2)
+    norm = _norm(groups, c)
+    x = (torch.randn(n, c, h, w) * 3 + 20).to(dtype).requires_grad_()
+    assert group_norm.fused_group_norm_layout(norm, x) == torch.contiguous_format
+    if not silu:  # plain GroupNorm keeps PyTorch's kernel; the kernel itself computes it too
+        monkeypatch.setattr(group_norm, "fused_group_norm_layout", lambda *args: torch.contiguous_format)
+    y = norm.forward_silu(x) if silu else norm(x)
+    assert y.dtype == dtype and y.is_contiguous()
+    dy = torch.randn(y.shape).to(dtype)
+    got = torch.autograd.grad(y, (x, norm.weight, norm.bias), dy)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, norm.weight, norm.bias))
+    yd = F.group_norm(xd, groups, wd, bd, eps=1e-5)
+    yd = F.silu(yd) if silu else yd
+    want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
+    tolerance = 5e-6 if dtype == torch.float32 else 2 ** -9
+    assert _relative(y, yd) < tolerance
+    assert _relative(got[0], want[0]) < max(tolerance, 2e-5)
+    assert got[0].dtype == dtype and got[0].is_contiguous()
+    for g, r in zip(got[1:], want[1:]):
+        assert g.dtype == torch.float32 and _relative(g, r) < 2e-5
+    if dtype == torch.bfloat16:  # no worse than PyTorch's own bf16 path
+        ref = F.group_norm(x.detach(), groups, norm.weight, norm.bias, eps=1e-5)
+        ref = F.silu(ref) if silu else ref
+        assert _relative(y, yd) <= _relative(ref, yd) * 1.01
+
+
+@needs_kernels
+def test_the_contiguous_kernel_with_huge_values_nan_and_any_thread_count():
+    """|x| ~ 1e25 in fp32 (squares overflow float: redone in double), a nan confined to its group,
+    and one task per (image, group): the same bits at any thread count."""
+    torch.manual_seed(6)
+    norm = _norm(2, 8)
+    x = (torch.randn(2, 8, 16, 8) * 1e25).requires_grad_()
+    y = norm.forward_silu(x)
+    dy = torch.randn_like(y) * 1e16
+    got = torch.autograd.grad(y, (x, norm.weight, norm.bias), dy)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, norm.weight, norm.bias))
+    yd = F.silu(F.group_norm(xd, 2, wd, bd))
+    want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
+    assert _relative(y, yd) < 5e-6
+    for g, r in zip(got, want):
+        assert torch.isfinite(g).all() and _relative(g, r) < 2e-5
+    nan = x.detach().clone().bfloat16()
+    nan[1, 5, 2, 2] = float("nan")
+    out = norm.forward_silu(nan)
+    assert out[1, 4:].isnan().all() and torch.isfinite(out[0]).all() and torch.isfinite(out[1, :4]).all()
+    z = torch.randn(3, 32, 16, 16).bfloat16()
+    norm_32 = _norm(8, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = norm_32.forward_silu(z)
+        torch.set_num_threads(2)
+        torch.testing.assert_close(norm_32.forward_silu(z), one, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
 def test_the_fused_silu_saturates_without_overflow():
     """Pre-activations of +-100 (far outside the clamped exponent's range): SiLU is x for large x
     and 0 for very negative x, with finite gradients equal to the float64 ones."""
@@ -105,16 +180,24 @@ def test_values_whose_squares_overflow_float_still_normalise():
 
 
 @needs_kernels
-def test_where_the_kernel_applies():
+def test_where_the_kernels_apply():
+    layout = group_norm.fused_group_norm_layout
     norm = GroupNorm(8, 32)
     x = _channels_last(torch.randn(2, 32, 8, 8))
-    assert fused_group_norm_applies(norm, x)
-    assert not fused_group_norm_applies(norm, x.contiguous())  # contiguous maps: PyTorch's fast kernel
-    assert not fused_group_norm_applies(norm, x.double())
-    assert not fused_group_norm_applies(norm, x.bfloat16())
-    assert not fused_group_norm_applies(GroupNorm(8, 32, affine=False), x)
+    assert layout(norm, x) == layout(norm, x, silu=False) == torch.channels_last
+    x = _channels_last(torch.randn(2, 32, 16, 8))
+    assert layout(norm, x.contiguous()) == torch.contiguous_format
+    assert layout(norm, x.contiguous().bfloat16()) == torch.contiguous_format
+    assert layout(norm, x.contiguous().bfloat16(), silu=False) is None  # plain: PyTorch's kernel
+    assert layout(norm, torch.randn(2, 32, 11, 11)) is None  # under 128 pixels: PyTorch's kernel
+    assert layout(norm, x.double()) is None
+    assert layout(norm, x.bfloat16()) is None  # bf16 channels_last: PyTorch's kernel via contiguous
+    assert layout(norm, x.contiguous().half()) is None
+    assert layout(GroupNorm(8, 32, affine=False), x) is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused_group_norm_applies(norm, x)
+        assert layout(norm, x) is None
+        assert layout(norm, x.contiguous().bfloat16()) == torch.contiguous_format
+    assert fused_group_norm_applies(norm, x) and not fused_group_norm_applies(norm, x.double())
 
 
 def test_other_paths_are_group_norm_then_silu_exactly():
@@ -180,6 +263,46 @@ def test_a_unet_computes_the_same_with_and_without_the_kernels(monkeypatch):
     for got, want in zip(grads_f, grads_t):
         if want.abs().max() > 0:
             assert _relative(got, want.double()) < 1e-4
+
+
+@needs_kernels
+def test_a_bf16_unet_computes_the_same_with_and_without_the_kernels(monkeypatch):
+    """The contiguous bf16 network of ``mixed_precision = "bf16"`` training on the CPU, under
+    autocast: output and parameter gradients with the fused kernel agree with PyTorch's bf16
+    GroupNorm then SiLU to bf16 accuracy."""
+    torch.manual_seed(4)
+    model = UNet(UNetConfig(channel=32, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0,
+                            img_size=16, in_channels=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    use_memory_format(model, torch.contiguous_format)  # the layout bf16 CPU training picks
+    x = torch.randn(3, 1, 16, 16)
+    t = torch.tensor([5.0, 300.0, 900.0])
+    calls = []
+    original = group_norm._FusedGroupNorm.forward
+
+    def counted(ctx, *args):
+        calls.append(args[-1])
+        return original(ctx, *args)
+
+    results = {}
+    for fused in (True, False):
+        with monkeypatch.context() as patch:
+            patch.setattr(group_norm._FusedGroupNorm, "forward", staticmethod(counted))
+            if not fused:
+                patch.setattr(group_norm, "cpu_kernels", lambda: None)
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x, t).float()
+            (out.square().mean() + out.mean()).backward()
+            results[fused] = (out.detach(), [p.grad.clone() for p in model.parameters()])
+    assert calls and set(calls) == {torch.contiguous_format}
+    (out_f, grads_f), (out_t, grads_t) = results[True], results[False]
+    assert _relative(out_f, out_t.double()) < 2e-2
+    for got, want in zip(grads_f, grads_t):
+        if want.abs().max() > 0:
+            assert _relative(got, want.double()) < 2e-2
 
 
 def test_switched_off_the_kernels_are_never_built(monkeypatch):

@@ -1,6 +1,7 @@
 // Python bindings of diffkit's CPU kernels (one extension, built once per machine and torch
 // version by diffkit.models.cpu_kernels): the Winograd tile transforms (_winograd_kernels.cpp)
-// and the channels_last GroupNorm [+ SiLU] (_group_norm_kernels.cpp).
+// and GroupNorm [+ SiLU] for channels_last fp32 and contiguous fp32 / bf16 maps
+// (_group_norm_kernels.cpp).
 #include <torch/extension.h>
 
 #include <vector>
@@ -14,6 +15,11 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
 std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
                                                torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
                                                int64_t groups, bool silu);
+std::vector<torch::Tensor> group_norm_nchw_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                                   int64_t groups, double eps, bool silu);
+std::vector<torch::Tensor> group_norm_nchw_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
+                                                    torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
+                                                    int64_t groups, bool silu);
 }  // namespace diffkit
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -23,4 +29,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_forward", &diffkit::group_norm_forward,
         "(y, mean, rstd) of GroupNorm [+ SiLU] of a channels_last fp32 map");
   m.def("group_norm_backward", &diffkit::group_norm_backward, "(dx, dweight, dbias) of group_norm_forward");
+  m.def("group_norm_nchw_forward", &diffkit::group_norm_nchw_forward,
+        "(y, mean, rstd) of GroupNorm [+ SiLU] of a contiguous fp32 or bf16 map");
+  m.def("group_norm_nchw_backward", &diffkit::group_norm_nchw_backward,
+        "(dx, dweight, dbias) of group_norm_nchw_forward");
 }

@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace diffkit {
@@ -315,6 +316,273 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
       for (int64_t c = 0; c < C; ++c) out[c] = a[c] * g[c] + c1[c] * row[c] + c2[c];
     }
   });
+  return {dx, dweight, dbias};
+}
+
+
+// ------------------------------------------------------------------------------------------------
+// The contiguous (N, C, H, W) layout, fp32 or bf16 (the layout diffkit's bf16 CPU networks use):
+// each (image, group) is one contiguous block of D planes of HW values, small enough to stay in
+// cache, so one task normalises one group: its sums, then its output, from the same cache lines.
+// bf16 is read into float and the result rounded to bf16 once (round to nearest even), as
+// PyTorch's bf16 GroupNorm does; statistics in double across planes (float within 256 values).
+namespace {
+
+constexpr int64_t kRun = 256;  // values summed in float (16 lanes of 16) before they are added in double
+
+// bf16 values are handled as their uint16_t bits (c10::BFloat16's own conversions do not vectorise).
+inline float load(float v) { return v; }
+inline float load(uint16_t v) { return std::bit_cast<float>(static_cast<uint32_t>(v) << 16); }
+inline void store(float v, float* out) { *out = v; }
+inline void store(float v, uint16_t* out) {  // round to nearest even; a nan stays a (quiet) nan
+  const uint32_t bits = std::bit_cast<uint32_t>(v);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  *out = static_cast<uint16_t>(v != v ? ((bits >> 16) | 0x40u) : rounded);
+}
+
+// sum(u) and sum(u v) over [0, n): float over runs of kRun values in 16 vector lanes, double
+// across runs, lane by lane; the lanes meet once at the end. With GCC's / Clang's vector types:
+// written as scalar sums, these are one chain of dependent additions that the compiler may not
+// reorder (12x slower); `#pragma omp simd` reductions kept their lanes in memory (2x slower).
+#if defined(__GNUC__)
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline f32x16 load16(const uint16_t* p) {
+  u16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  const u32x16 w = __builtin_convertvector(h, u32x16) << 16;
+  f32x16 v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+}
+#endif
+
+template <typename A, typename B>
+void pair_sums(const A* u, const B* v, int64_t n, double& first, double& second) {
+  constexpr int kWidth = 16;
+  double d1[kWidth] = {}, d2[kWidth] = {};
+  for (int64_t i0 = 0; i0 < n; i0 += kRun) {
+    const int64_t i1 = std::min(n, i0 + kRun);
+    float s1[kWidth] = {}, s2[kWidth] = {};
+    int64_t i = i0;
+#if defined(__GNUC__)
+    f32x16 a = {}, b = {};
+    for (; i + kWidth <= i1; i += kWidth) {
+      const f32x16 x = load16(u + i);
+      a += x;
+      b += x * load16(v + i);
+    }
+    std::memcpy(s1, &a, sizeof a);
+    std::memcpy(s2, &b, sizeof b);
+#endif
+    for (; i < i1; ++i) {
+      const float x = load(u[i]);
+      s1[i % kWidth] += x;
+      s2[i % kWidth] += x * load(v[i]);
+    }
+    for (int lane = 0; lane < kWidth; ++lane) {
+      d1[lane] += s1[lane];
+      d2[lane] += s2[lane];
+    }
+  }
+  for (int lane = 0; lane < kWidth; ++lane) {
+    first += d1[lane];
+    second += d2[lane];
+  }
+}
+
+uint16_t* bf16_bits(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>()); }
+
+void check_nchw(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) &&
+                  t.device().is_cpu() && t.is_contiguous(),
+              name, " must be a contiguous float32 or bfloat16 CPU tensor (N, C, H, W)");
+}
+
+template <typename T>
+void nchw_forward(const T* xp, T* yp, const float* w, const float* bias, float* mp, float* rp, int64_t N,
+                  int64_t C, int64_t HW, int64_t groups, double eps, bool silu) {
+  const int64_t D = C / groups, M = D * HW;
+  at::parallel_for(0, N * groups, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t task = t0; task < t1; ++task) {
+      const T* __restrict__ x = xp + task * M;
+      T* __restrict__ y = yp + task * M;
+      double s1 = 0.0, s2 = 0.0;
+      pair_sums(x, x, M, s1, s2);
+      if (!std::isfinite(s1) || !std::isfinite(s2)) {  // float runs overflowed, or inf/nan: in double
+        s1 = s2 = 0.0;
+        for (int64_t i = 0; i < M; ++i) {
+          const double v = load(x[i]);
+          s1 += v;
+          s2 += v * v;
+        }
+      }
+      const double m = s1 / static_cast<double>(M);
+      double var = s2 / static_cast<double>(M) - m * m;
+      if (var < 0.0) var = 0.0;
+      const double r = 1.0 / std::sqrt(var + eps);
+      mp[task] = static_cast<float>(m);
+      rp[task] = static_cast<float>(r);
+      const int64_t c0 = (task % groups) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float a = static_cast<float>(r * w[c0 + d]);
+        const float b = static_cast<float>(bias[c0 + d] - m * r * w[c0 + d]);
+        const T* __restrict__ xc = x + d * HW;
+        T* __restrict__ yc = y + d * HW;
+        if (silu) {
+          for (int64_t i = 0; i < HW; ++i) {
+            const float z = load(xc[i]) * a + b;
+            store(z * sigmoid(z), yc + i);
+          }
+        } else {
+          for (int64_t i = 0; i < HW; ++i) store(load(xc[i]) * a + b, yc + i);
+        }
+      }
+    }
+  });
+}
+
+// dx as in group_norm_backward above, per group; dz (dy, or dy * SiLU'(z)) is kept in a float
+// scratch row per task between the two passes. sdz / sdzx: per (n, c) sums for dweight and dbias.
+template <typename T>
+void nchw_backward(const T* gp, const T* xp, T* dxp, const float* w, const float* bias, const float* mp,
+                   const float* rp, double* sdz, double* sdzx, int64_t N, int64_t C, int64_t HW, int64_t groups,
+                   bool silu) {
+  const int64_t D = C / groups, M = D * HW;
+  at::parallel_for(0, N * groups, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scratch(silu ? M : 0), a(D), b(D);
+    for (int64_t task = t0; task < t1; ++task) {
+      const T* __restrict__ x = xp + task * M;
+      const T* __restrict__ g = gp + task * M;
+      T* __restrict__ dx = dxp + task * M;
+      float* __restrict__ dz = scratch.data();
+      const double m = mp[task], r = rp[task];
+      const int64_t n = task / groups, c0 = (task % groups) * D;
+      double wdz = 0.0, wdzx = 0.0;
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t c = c0 + d;
+        a[d] = static_cast<float>(r * w[c]);
+        b[d] = static_cast<float>(bias[c] - m * r * w[c]);
+        const T* __restrict__ xc = x + d * HW;
+        const T* __restrict__ gc = g + d * HW;
+        float* __restrict__ dzc = dz + d * HW;
+        const float ad = a[d], bd = b[d];
+        double s1 = 0.0, s2 = 0.0;
+        if (silu) {
+          for (int64_t i = 0; i < HW; ++i) {
+            const float z = load(xc[i]) * ad + bd, s = sigmoid(z);
+            dzc[i] = load(gc[i]) * s * (1.0f + z * (1.0f - s));
+          }
+          pair_sums(dzc, xc, HW, s1, s2);
+        } else {
+          pair_sums(gc, xc, HW, s1, s2);
+        }
+        if (!std::isfinite(s1) || !std::isfinite(s2)) {  // overflow in float, or inf/nan: in double
+          s1 = s2 = 0.0;
+          for (int64_t i = 0; i < HW; ++i) {
+            const double xv = load(xc[i]);
+            double v = load(gc[i]);
+            if (silu) {
+              const double z = xv * ad + bd, sg = 1.0 / (1.0 + std::exp(-z));
+              v *= sg * (1.0 + z * (1.0 - sg));
+            }
+            s1 += v;
+            s2 += v * xv;
+          }
+        }
+        sdz[n * C + c] = s1;
+        sdzx[n * C + c] = s2;
+        wdz += w[c] * s1;
+        wdzx += w[c] * s2;
+      }
+      const double count = static_cast<double>(M);
+      const double c1 = (wdz * m - wdzx) * r * r * r / count;
+      const float k1 = static_cast<float>(c1), k2 = static_cast<float>(-c1 * m - wdz * r / count);
+      for (int64_t d = 0; d < D; ++d) {
+        const T* __restrict__ xc = x + d * HW;
+        const T* __restrict__ gc = g + d * HW;
+        const float* __restrict__ dzc = dz + d * HW;
+        T* __restrict__ out = dx + d * HW;
+        const float ad = a[d];
+        if (silu) {
+          for (int64_t i = 0; i < HW; ++i) store(ad * dzc[i] + k1 * load(xc[i]) + k2, out + i);
+        } else {
+          for (int64_t i = 0; i < HW; ++i) store(ad * load(gc[i]) + k1 * load(xc[i]) + k2, out + i);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// (y, mean, rstd) of GroupNorm [then SiLU] of a contiguous fp32 or bf16 map; y in x's dtype.
+std::vector<torch::Tensor> group_norm_nchw_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                                   int64_t groups, double eps, bool silu) {
+  check_nchw(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
+  check_vector(weight, C, "weight");
+  check_vector(bias, C, "bias");
+  auto y = torch::empty_like(x);
+  auto mean = torch::empty({N, groups}, weight.options());
+  auto rstd = torch::empty({N, groups}, weight.options());
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat)
+    nchw_forward(x.data_ptr<float>(), y.data_ptr<float>(), w, b, mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                 N, C, HW, groups, eps, silu);
+  else
+    nchw_forward(bf16_bits(x), bf16_bits(y), w, b, mean.data_ptr<float>(),
+                 rstd.data_ptr<float>(), N, C, HW, groups, eps, silu);
+  return {y, mean, rstd};
+}
+
+// (dx, dweight, dbias) of group_norm_nchw_forward; dx in x's dtype, dweight and dbias float32.
+std::vector<torch::Tensor> group_norm_nchw_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
+                                                    torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
+                                                    int64_t groups, bool silu) {
+  check_nchw(x, "x");
+  check_nchw(dy, "dy");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must have x's shape and dtype");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
+  check_vector(weight, C, "weight");
+  check_vector(bias, C, "bias");
+  TORCH_CHECK(mean.numel() == N * groups && rstd.numel() == N * groups && mean.is_contiguous() &&
+                  rstd.is_contiguous() && mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat,
+              "mean and rstd must be contiguous float32 (N, groups) tensors");
+  auto dx = torch::empty_like(x);
+  std::vector<double> sdz(N * C), sdzx(N * C);
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat)
+    nchw_backward(dy.data_ptr<float>(), x.data_ptr<float>(), dx.data_ptr<float>(), w, b, mean.data_ptr<float>(),
+                  rstd.data_ptr<float>(), sdz.data(), sdzx.data(), N, C, HW, groups, silu);
+  else
+    nchw_backward(bf16_bits(dy), bf16_bits(x), bf16_bits(dx), w, b,
+                  mean.data_ptr<float>(), rstd.data_ptr<float>(), sdz.data(), sdzx.data(), N, C, HW, groups, silu);
+  auto dweight = torch::empty({C}, weight.options());
+  auto dbias = torch::empty({C}, weight.options());
+  const float* mp = mean.data_ptr<float>();
+  const float* rp = rstd.data_ptr<float>();
+  const int64_t D = C / groups;
+  for (int64_t c = 0; c < C; ++c) {
+    double dw = 0.0, db = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t group = n * groups + c / D;
+      dw += (sdzx[n * C + c] - static_cast<double>(mp[group]) * sdz[n * C + c]) * rp[group];
+      db += sdz[n * C + c];
+    }
+    dweight.data_ptr<float>()[c] = static_cast<float>(dw);
+    dbias.data_ptr<float>()[c] = static_cast<float>(db);
+  }
   return {dx, dweight, dbias};
 }
 

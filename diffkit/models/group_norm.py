@@ -4,25 +4,33 @@ GroupNorm (Wu & He 2018, "Group Normalization", eq. 1-2 and the per-channel affi
 normalises each (image, group of C/G channels) over its channels and pixels; diffkit's residual
 blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
 
-:class:`GroupNorm` is ``nn.GroupNorm`` (same parameters and state dict) with two CPU paths:
+:class:`GroupNorm` is ``nn.GroupNorm`` (same parameters and state dict) with three CPU paths:
 
 * fp32 channels_last (diffkit's CPU training and sampling layout): a C++ kernel
   (``_group_norm_kernels.cpp``, built with the Winograd kernels by :mod:`diffkit.models.cpu_kernels`)
   that works along the contiguous channel axis of each pixel, and that applies and differentiates
   the following SiLU in the same pass (:meth:`GroupNorm.forward_silu`). PyTorch's channels_last
-  kernel is slow when a group holds few channels: (16, 32, 28, 28) with 8 groups takes 0.39 ms
-  forward on 2 threads against 0.09 ms here, and with the SiLU 1.36 against 0.72 ms forward +
+  kernel is slow when a group holds few channels: (16, 32, 28, 28) with 8 groups takes 0.48 ms
+  forward on 2 threads against 0.12 ms here, and with the SiLU 1.04 against 0.43 ms forward +
   backward (4 channels per group in the small networks' 32- and 64-channel levels); with the
   SiLU fused, no separate SiLU pass runs and the normalised map is not kept for the backward pass
-  (``benchmarks/group_norm_layers.py``; at 256-512 channels on 4x4-16x16 maps it is on par or
-  slower per call, docs/performance.md). Statistics are summed in double (a group whose
-  float block sums overflow is summed again in double, so huge finite values still normalise).
-  Used for fp32 CPU tensors outside autocast and ``torch.compile``; ``DIFFKIT_CPU_KERNELS=0``
-  or a machine without a compiler keeps PyTorch's kernel.
+  (``benchmarks/group_norm_layers.py``; at 512 channels on 4x4 maps it is slower per call,
+  docs/performance.md). Statistics are summed in double (a group whose float block sums overflow
+  is summed again in double, so huge finite values still normalise). The backward pass keeps
+  SiLU's input gradient in the output's memory between its two passes (one sigmoid per element).
+  Used for fp32 CPU tensors outside autocast and ``torch.compile``.
+* GroupNorm + SiLU of contiguous fp32 or bf16 maps of at least 128 pixels (the layout of
+  diffkit's bf16 CPU networks, under autocast too): a second kernel normalises one (image, group)
+  block per task, its sums then its output from the same cache lines, reading bf16 into float
+  and rounding the result once (PyTorch's bf16 GroupNorm then SiLU rounds twice). Forward +
+  backward, bf16, batch 16, 2 threads: 1.7 against 2.3 ms at 128 channels x 32x32, 3.8 against
+  5.8 ms at 256 x 32x32; a bf16 CIFAR-10 training step 3.5% faster, and 17-18% fewer step tensor
+  bytes (SiLU's input and output are no longer kept). Plain GroupNorm keeps PyTorch's kernel.
 * half precision channels_last: PyTorch's contiguous kernel between two layout copies
   (``_GroupNormViaContiguous``, below).
 
-Everything else (contiguous maps, CUDA, mps) is ``nn.GroupNorm`` [+ ``F.silu``]. The fused paths
+``DIFFKIT_CPU_KERNELS=0`` or a machine without a compiler keeps PyTorch's kernels.
+Everything else (CUDA, mps, fp16, small or plain contiguous GroupNorm) is ``nn.GroupNorm`` [+ ``F.silu``]. The fused paths
 are first-order differentiable (no double backward).
 """
 from __future__ import annotations
@@ -34,43 +42,65 @@ from torch.autograd.function import once_differentiable
 
 from .cpu_kernels import compiling, cpu_autocast, cpu_kernels
 
-__all__ = ["GroupNorm", "fused_group_norm_applies"]
+__all__ = ["GroupNorm", "fused_group_norm_applies", "fused_group_norm_layout"]
 
 
 def _strictly_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def fused_group_norm_applies(norm: nn.GroupNorm, x: torch.Tensor) -> bool:
-    """Whether ``norm(x)`` runs the C++ channels_last kernel (see the module docstring)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not _strictly_channels_last(x):
-        return False
+# Smallest H * W for the contiguous kernel: on smaller maps its per-plane loops are too short
+# (GroupNorm + SiLU, forward + backward, bf16, batch 16: 384 channels at 8x8 0.92x of PyTorch's,
+# 64 channels at 14x14 1.12x; benchmarks/group_norm_layers.py --bf16).
+_NCHW_MIN_PIXELS = 128
+
+
+def fused_group_norm_layout(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = True) -> torch.memory_format | None:
+    """The layout in which ``norm(x)`` [+ SiLU] runs a C++ kernel, or None for PyTorch's operators
+    (see the module docstring): ``torch.channels_last`` for fp32 channels_last maps;
+    ``torch.contiguous_format`` for GroupNorm + SiLU of contiguous fp32 / bf16 maps of at least
+    ``_NCHW_MIN_PIXELS`` pixels (without the SiLU PyTorch's contiguous kernel is as fast)."""
+    if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
     if not norm.affine or norm.weight.dtype != torch.float32 or norm.weight.device.type != "cpu":
-        return False
-    if cpu_autocast() or compiling() or torch.jit.is_scripting():
-        return False
-    return cpu_kernels() is not None
+        return None
+    if compiling() or torch.jit.is_scripting():
+        return None
+    if x.dtype == torch.float32 and _strictly_channels_last(x) and not cpu_autocast():
+        layout = torch.channels_last
+    elif silu and x.is_contiguous() and x.shape[2] * x.shape[3] >= _NCHW_MIN_PIXELS:
+        layout = torch.contiguous_format
+    else:
+        return None
+    return layout if cpu_kernels() is not None else None
+
+
+def fused_group_norm_applies(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = True) -> bool:
+    """Whether ``norm(x)`` [+ SiLU] runs one of the C++ kernels (see the module docstring)."""
+    return fused_group_norm_layout(norm, x, silu) is not None
 
 
 class _FusedGroupNorm(torch.autograd.Function):
-    """GroupNorm [+ SiLU] of a channels_last fp32 map by the C++ kernels; keeps x, mean and rstd."""
+    """GroupNorm [+ SiLU] by the C++ kernels of ``layout``; keeps x, mean and rstd."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float, silu: bool):
-        y, mean, rstd = cpu_kernels().group_norm_forward(x, weight.contiguous(), bias.contiguous(), groups, eps,
-                                                          silu)
+    def forward(ctx, x, weight, bias, groups: int, eps: float, silu: bool, layout: torch.memory_format):
+        kernel = (cpu_kernels().group_norm_forward if layout == torch.channels_last
+                  else cpu_kernels().group_norm_nchw_forward)
+        y, mean, rstd = kernel(x, weight.contiguous(), bias.contiguous(), groups, eps, silu)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.groups, ctx.silu = groups, silu
+        ctx.groups, ctx.silu, ctx.layout = groups, silu, layout
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        dx, dw, db = cpu_kernels().group_norm_backward(dy.contiguous(memory_format=torch.channels_last), x, mean,
-                                                       rstd, weight.contiguous(), bias.contiguous(), ctx.groups,
-                                                       ctx.silu)
-        return dx, dw, db, None, None, None
+        kernel = (cpu_kernels().group_norm_backward if ctx.layout == torch.channels_last
+                  else cpu_kernels().group_norm_nchw_backward)
+        dx, dw, db = kernel(dy.to(x.dtype).contiguous(memory_format=ctx.layout), x, mean, rstd, weight.contiguous(),
+                            bias.contiguous(), ctx.groups, ctx.silu)
+        return dx, dw, db, None, None, None, None
 
 
 class GroupNorm(nn.GroupNorm):
@@ -85,8 +115,9 @@ class GroupNorm(nn.GroupNorm):
         return self._normalize(x, silu=True)
 
     def _normalize(self, x: torch.Tensor, silu: bool) -> torch.Tensor:
-        if fused_group_norm_applies(self, x):
-            return _FusedGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps, silu)
+        layout = fused_group_norm_layout(self, x, silu)
+        if layout is not None:
+            return _FusedGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps, silu, layout)
         if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and _strictly_channels_last(x):
             # PyTorch's CPU kernel for channels_last bf16 is slow: for a (250, 64, 14, 14) map on
             # one thread 22.6 ms against 1.6 ms for the same tensor contiguous. Under bf16 autocast
