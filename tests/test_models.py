@@ -491,8 +491,11 @@ def test_a_contiguous_network_computes_the_same_function(input_layout):
         with torch.autocast("cpu", torch.bfloat16):
             low, low_ref = model(x, 100.0), reference(x, 100.0)
     assert out.is_contiguous(memory_format=input_layout)
-    torch.testing.assert_close(low.float(), low_ref.float(), rtol=0.05, atol=0.02)
+    # two bf16 computations that round differently (the contiguous GroupNorm + SiLU kernel rounds
+    # once, PyTorch's bf16 GroupNorm then SiLU twice): each within bf16 round-off of fp32
+    torch.testing.assert_close(low.float(), low_ref.float(), rtol=0.05, atol=0.03)
     assert (low.float() - out).abs().max() < 0.05 * out.abs().max()
+    assert (low.float() - out).norm() < 1.1 * (low_ref.float() - out).norm()
 
 
 def test_layout_functions_refuse_bad_values_in_one_line():
