@@ -1,10 +1,11 @@
 """diffkit's C++ CPU kernels: built once per machine and torch version, loaded on first use.
 
 One ``torch.utils.cpp_extension`` build of three sources: the Winograd tile transforms
-(``_winograd_kernels.cpp``, used by :mod:`diffkit.models.winograd`), the channels_last
-GroupNorm [+ SiLU] (``_group_norm_kernels.cpp``, used by :mod:`diffkit.models.group_norm`) and
-their bindings (``_cpu_kernels.cpp``). The build (about 30 s, cached under torch's extensions
-directory) starts the first time a layer that uses a kernel runs on the CPU in fp32, with a
+(``_winograd_kernels.cpp``, used by :mod:`diffkit.models.winograd`), GroupNorm [+ SiLU] for
+channels_last fp32 and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``, used by
+:mod:`diffkit.models.group_norm`) and their bindings (``_cpu_kernels.cpp``). The build (about
+30 s, cached under torch's extensions directory) starts the first time a layer that uses a
+kernel runs on the CPU in fp32 or bf16, with a
 one-line note on stderr. The kernels are compiled with OpenMP, so that ``at::parallel_for``
 spreads their loops over torch's threads (without ``-fopenmp`` it silently runs them on one).
 Without a C++ compiler or ninja the build fails once, with one warning, and every layer keeps
