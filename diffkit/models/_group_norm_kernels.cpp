@@ -85,6 +85,35 @@ void check_vector(const torch::Tensor& t, int64_t C, const char* name) {
                   t.device().is_cpu(), name, " must be a contiguous float32 CPU vector of C values");
 }
 
+// The checks every entry point shares: groups divide the C channels; weight and bias are C floats.
+void check_affine(const torch::Tensor& weight, const torch::Tensor& bias, int64_t C, int64_t groups) {
+  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
+  check_vector(weight, C, "weight");
+  check_vector(bias, C, "bias");
+}
+
+void check_statistics(const torch::Tensor& mean, const torch::Tensor& rstd, int64_t N, int64_t groups) {
+  TORCH_CHECK(mean.numel() == N * groups && rstd.numel() == N * groups && mean.is_contiguous() &&
+                  rstd.is_contiguous() && mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat,
+              "mean and rstd must be contiguous float32 (N, groups) tensors");
+}
+
+// mean and 1 / sqrt(var + eps) of a group from its sums s1 = sum x, s2 = sum x^2 over count values.
+// A negative var from rounding is 0; a nan stays nan, so non-finite input gives non-finite output.
+void group_statistics(double s1, double s2, double count, double eps, double& mean, double& rstd) {
+  mean = s1 / count;
+  double var = s2 / count - mean * mean;
+  if (var < 0.0) var = 0.0;
+  rstd = 1.0 / std::sqrt(var + eps);
+}
+
+// k1, k2 of dx = a dz + k1 x + k2 for a group (see group_norm_backward) from wdz = sum(w dz) and
+// wdzx = sum(w dz x) over its count values.
+void input_gradient_terms(double wdz, double wdzx, double mean, double rstd, double count, double& k1, double& k2) {
+  k1 = (wdz * mean - wdzx) * rstd * rstd * rstd / count;
+  k2 = -k1 * mean - wdz * rstd / count;
+}
+
 // partial[task][0:C] and [C:2C]: per-channel sums over the task's rows of the two terms that
 // row_terms(n, r, first, second) adds for row r of image n (float over kBlock rows, then double).
 template <typename RowTerms>
@@ -136,9 +165,7 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
                                               int64_t groups, double eps, bool silu) {
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
-  check_vector(weight, C, "weight");
-  check_vector(bias, C, "bias");
+  check_affine(weight, bias, C, groups);
   const int64_t D = C / groups;
   const float* xp = x.data_ptr<float>();
   const Split split(N, HW);
@@ -175,11 +202,10 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
           }
         }
       }
-      const double m = s1 / count;
-      double var = s2 / count - m * m;
-      if (var < 0.0) var = 0.0;  // rounding; a nan stays nan, so non-finite input gives non-finite output
+      double m, r;
+      group_statistics(s1, s2, count, eps, m, r);
       mp[n * groups + g] = static_cast<float>(m);
-      rp[n * groups + g] = static_cast<float>(1.0 / std::sqrt(var + eps));
+      rp[n * groups + g] = static_cast<float>(r);
     }
   std::vector<float> scale(N * C), shift(N * C);
   affine(mp, rp, weight.data_ptr<float>(), bias.data_ptr<float>(), N, C, D, scale.data(), shift.data());
@@ -213,12 +239,8 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
   check_map(dy, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes(), "dy must have x's shape");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
-  check_vector(weight, C, "weight");
-  check_vector(bias, C, "bias");
-  TORCH_CHECK(mean.numel() == N * groups && rstd.numel() == N * groups && mean.is_contiguous() &&
-                  rstd.is_contiguous() && mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat,
-              "mean and rstd must be contiguous float32 (N, groups) tensors");
+  check_affine(weight, bias, C, groups);
+  check_statistics(mean, rstd, N, groups);
   const int64_t D = C / groups;
   const float* xp = x.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
@@ -293,8 +315,8 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
         dw[c] += (sdzx[c] - m * sdz[c]) * r;
         db[c] += sdz[c];
       }
-      const double c1 = (wdz * m - wdzx) * r * r * r / count;
-      const double c2 = -c1 * m - wdz * r / count;
+      double c1, c2;
+      input_gradient_terms(wdz, wdzx, m, r, count, c1, c2);
       std::fill(k1.begin() + n * C + g * D, k1.begin() + n * C + (g + 1) * D, static_cast<float>(c1));
       std::fill(k2.begin() + n * C + g * D, k2.begin() + n * C + (g + 1) * D, static_cast<float>(c2));
     }
@@ -423,10 +445,8 @@ void nchw_forward(const T* xp, T* yp, const float* w, const float* bias, float* 
           s2 += v * v;
         }
       }
-      const double m = s1 / static_cast<double>(M);
-      double var = s2 / static_cast<double>(M) - m * m;
-      if (var < 0.0) var = 0.0;
-      const double r = 1.0 / std::sqrt(var + eps);
+      double m, r;
+      group_statistics(s1, s2, static_cast<double>(M), eps, m, r);
       mp[task] = static_cast<float>(m);
       rp[task] = static_cast<float>(r);
       const int64_t c0 = (task % groups) * D;
@@ -501,9 +521,9 @@ void nchw_backward(const T* gp, const T* xp, T* dxp, const float* w, const float
         wdz += w[c] * s1;
         wdzx += w[c] * s2;
       }
-      const double count = static_cast<double>(M);
-      const double c1 = (wdz * m - wdzx) * r * r * r / count;
-      const float k1 = static_cast<float>(c1), k2 = static_cast<float>(-c1 * m - wdz * r / count);
+      double c1, c2;
+      input_gradient_terms(wdz, wdzx, m, r, static_cast<double>(M), c1, c2);
+      const float k1 = static_cast<float>(c1), k2 = static_cast<float>(c2);
       for (int64_t d = 0; d < D; ++d) {
         const T* __restrict__ xc = x + d * HW;
         const T* __restrict__ gc = g + d * HW;
@@ -527,9 +547,7 @@ std::vector<torch::Tensor> group_norm_nchw_forward(torch::Tensor x, torch::Tenso
                                                    int64_t groups, double eps, bool silu) {
   check_nchw(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
-  check_vector(weight, C, "weight");
-  check_vector(bias, C, "bias");
+  check_affine(weight, bias, C, groups);
   auto y = torch::empty_like(x);
   auto mean = torch::empty({N, groups}, weight.options());
   auto rstd = torch::empty({N, groups}, weight.options());
@@ -552,12 +570,8 @@ std::vector<torch::Tensor> group_norm_nchw_backward(torch::Tensor dy, torch::Ten
   check_nchw(dy, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must have x's shape and dtype");
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  TORCH_CHECK(groups > 0 && C % groups == 0, "groups must divide the channels");
-  check_vector(weight, C, "weight");
-  check_vector(bias, C, "bias");
-  TORCH_CHECK(mean.numel() == N * groups && rstd.numel() == N * groups && mean.is_contiguous() &&
-                  rstd.is_contiguous() && mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat,
-              "mean and rstd must be contiguous float32 (N, groups) tensors");
+  check_affine(weight, bias, C, groups);
+  check_statistics(mean, rstd, N, groups);
   auto dx = torch::empty_like(x);
   std::vector<double> sdz(N * C), sdzx(N * C);
   const float* w = weight.data_ptr<float>();
