@@ -4,12 +4,28 @@ import math
 import pytest
 import torch
 
+import diffkit.models.dropout as dropout_module
 from diffkit.errors import DiffkitError
+from diffkit.models.cpu_kernels import cpu_kernels
 from diffkit.models.dropout import dropout, keep_mask
+
+needs_kernels = pytest.mark.skipif(cpu_kernels() is None, reason="CPU kernels not built here")
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def mask_path(request, monkeypatch):
+    """Each test on both CPU paths: the C++ kernel's recomputed mask, and PyTorch's random_ words
+    (machines without a compiler, or DIFFKIT_CPU_KERNELS=0)."""
+    if request.param == "kernel":
+        if cpu_kernels() is None:
+            pytest.skip("CPU kernels not built here")
+    else:
+        monkeypatch.setattr(dropout_module, "cpu_kernels", lambda: None)
+    return request.param
 
 
 @pytest.mark.parametrize("p", [0.1, 0.15, 0.5, 0.9])
-def test_drop_rate_and_scale(p):
+def test_drop_rate_and_scale(p, mask_path):
     x = torch.ones(1 << 20)
     y = dropout(x, p, generator=torch.Generator().manual_seed(0))
     dropped = float((y == 0).double().mean())
@@ -23,8 +39,48 @@ def test_drop_rate_and_scale(p):
     assert abs(float(y.double().mean()) - 1.0) < 5 * math.sqrt(p / (1 - p) / x.numel())
 
 
+@needs_kernels
+def test_the_kernels_mask_is_unbiased_uncorrelated_and_thread_independent():
+    """The recomputed mask (16 bits per element from a mix of seed and index): every position
+    modulo 2..64 (vector lanes, words) drops at p; neighbours, elements 64 apart and two seeds'
+    masks are uncorrelated; the mask depends on the index only, not on the thread count."""
+    x = torch.ones(1 << 20)
+    drop = (dropout(x, 0.25, generator=torch.Generator().manual_seed(1)) == 0).double()
+    for period in (2, 4, 16, 64):
+        rates = drop.view(-1, period).mean(0)
+        assert torch.all((rates - 0.25).abs() < 5 * math.sqrt(0.25 * 0.75 / (x.numel() / period)))
+    centred = drop - 0.25
+    for lag in (1, 64):
+        corr = float((centred[lag:] * centred[:-lag]).mean() / (0.25 * 0.75))
+        assert abs(corr) < 5 / math.sqrt(x.numel())
+    other = (dropout(x, 0.25, generator=torch.Generator().manual_seed(2)) == 0).double() - 0.25
+    assert abs(float((centred * other).mean() / (0.25 * 0.75))) < 5 / math.sqrt(x.numel())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dropout(x, 0.25, generator=torch.Generator().manual_seed(1))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one == 0, drop.bool())
+
+
+@needs_kernels
+def test_the_kernels_dropout_keeps_nothing_for_backward_and_has_higher_derivatives():
+    """The backward pass recomputes the mask, so autograd holds no tensor of the forward pass;
+    the gradient of the gradient is the same mask again (dropout is linear)."""
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = dropout(x, 0.3, generator=torch.Generator().manual_seed(5))
+    assert saved == []
+    upstream = torch.randn_like(y).requires_grad_()
+    (gx,) = torch.autograd.grad(y, x, upstream, create_graph=True)
+    (gg,) = torch.autograd.grad(gx.sum(), upstream)
+    assert torch.equal(gg, (y != 0).float() * (65536 / (65536 - round(0.3 * 65536))))
+
+
 def test_mask_bits_are_independent_of_position():
-    """The four 16-bit lanes of each random word drop at the same rate (no lane is biased)."""
+    """PyTorch path: the four 16-bit lanes of each random word drop at the same rate (no lane is biased)."""
     x = torch.ones(1 << 20)
     keep, _ = keep_mask(x, 0.25, torch.Generator().manual_seed(1))
     drop = 1 - keep
@@ -39,7 +95,7 @@ def test_mask_bits_are_independent_of_position():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_values_layout_and_gradient(dtype, channels_last):
+def test_values_layout_and_gradient(dtype, channels_last, mask_path):
     x = torch.randn(2, 8, 5, 6, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -61,7 +117,7 @@ def test_identity_when_not_training_or_p_zero():
     assert dropout(x, 0.0) is x
 
 
-def test_reproducible_with_a_seed_and_from_the_global_generator():
+def test_reproducible_with_a_seed_and_from_the_global_generator(mask_path):
     x = torch.randn(4, 16, 8, 8)
     a = dropout(x, 0.2, generator=torch.Generator().manual_seed(3))
     b = dropout(x, 0.2, generator=torch.Generator().manual_seed(3))

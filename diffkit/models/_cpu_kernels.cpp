@@ -1,7 +1,7 @@
 // Python bindings of diffkit's CPU kernels (one extension, built once per machine and torch
 // version by diffkit.models.cpu_kernels): the Winograd tile transforms (_winograd_kernels.cpp)
 // and GroupNorm [+ SiLU] for channels_last fp32 and contiguous fp32 / bf16 maps
-// (_group_norm_kernels.cpp).
+// (_group_norm_kernels.cpp), and dropout with a recomputable mask (_dropout_kernels.cpp).
 #include <torch/extension.h>
 
 #include <vector>
@@ -20,6 +20,7 @@ std::vector<torch::Tensor> group_norm_nchw_forward(torch::Tensor x, torch::Tenso
 std::vector<torch::Tensor> group_norm_nchw_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
                                                     torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
                                                     int64_t groups, bool silu);
+torch::Tensor dropout_apply(torch::Tensor x, int64_t threshold, double scale, int64_t seed);
 }  // namespace diffkit
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -33,4 +34,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(y, mean, rstd) of GroupNorm [+ SiLU] of a contiguous fp32 or bf16 map");
   m.def("group_norm_nchw_backward", &diffkit::group_norm_nchw_backward,
         "(dx, dweight, dbias) of group_norm_nchw_forward");
+  m.def("dropout_apply", &diffkit::dropout_apply,
+        "x * scale where the (threshold, seed) mask keeps an element, 0 elsewhere");
 }

@@ -18,6 +18,8 @@
 #include <cstring>
 #include <vector>
 
+#include "_bf16.h"
+
 namespace diffkit {
 namespace {
 
@@ -351,16 +353,6 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
 namespace {
 
 constexpr int64_t kRun = 256;  // values summed in float (16 lanes of 16) before they are added in double
-
-// bf16 values are handled as their uint16_t bits (c10::BFloat16's own conversions do not vectorise).
-inline float load(float v) { return v; }
-inline float load(uint16_t v) { return std::bit_cast<float>(static_cast<uint32_t>(v) << 16); }
-inline void store(float v, float* out) { *out = v; }
-inline void store(float v, uint16_t* out) {  // round to nearest even; a nan stays a (quiet) nan
-  const uint32_t bits = std::bit_cast<uint32_t>(v);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  *out = static_cast<uint16_t>(v != v ? ((bits >> 16) | 0x40u) : rounded);
-}
 
 // sum(u) and sum(u v) over [0, n): float over runs of kRun values in 16 vector lanes, double
 // across runs, lane by lane; the lanes meet once at the end. With GCC's / Clang's vector types:

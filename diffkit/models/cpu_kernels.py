@@ -1,18 +1,19 @@
 """diffkit's C++ CPU kernels: built once per machine and torch version, loaded on first use.
 
-One ``torch.utils.cpp_extension`` build of three sources: the Winograd tile transforms
+One ``torch.utils.cpp_extension`` build of four sources: the Winograd tile transforms
 (``_winograd_kernels.cpp``, used by :mod:`diffkit.models.winograd`), GroupNorm [+ SiLU] for
 channels_last fp32 and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``, used by
-:mod:`diffkit.models.group_norm`) and their bindings (``_cpu_kernels.cpp``). The build (about
+:mod:`diffkit.models.group_norm`), dropout with a recomputed mask (``_dropout_kernels.cpp``, used
+by :mod:`diffkit.models.dropout`) and their bindings (``_cpu_kernels.cpp``). The build (about
 30 s, cached under torch's extensions directory) starts the first time a layer that uses a
-kernel runs on the CPU in fp32 or bf16, with a
-one-line note on stderr. The kernels are compiled with OpenMP, so that ``at::parallel_for``
+kernel runs on the CPU in fp32 or bf16, with a one-line note on stderr. The kernels are compiled with OpenMP, so that ``at::parallel_for``
 spreads their loops over torch's threads (without ``-fopenmp`` it silently runs them on one).
 Without a C++ compiler or ninja the build fails once, with one warning, and every layer keeps
 PyTorch's own operators. ``DIFFKIT_CPU_KERNELS=0`` never builds or uses them.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shutil
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch"]
+__all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch", "strictly_channels_last"]
 
-_SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_group_norm_kernels.cpp")
+_SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_group_norm_kernels.cpp", "_dropout_kernels.cpp")
+_HEADERS = ("_bf16.h",)
 _OFF = ("0", "false", "off", "no")
 _ON = ("", "1", "true", "on", "yes")
 
@@ -61,6 +63,11 @@ def compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def strictly_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels_last and not also contiguous (the kernels' NHWC case)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _build_name_and_flags(capability: str | None = None) -> tuple[str, list[str]]:
     """The build's cache name and compiler flags. The vector flags follow the instruction set
     PyTorch itself uses on this CPU (or ``capability``, as ``torch.backends.cpu.get_cpu_capability``
@@ -94,10 +101,14 @@ def _announce_a_first_build(name: str) -> None:
 
 
 def build(name: str, flags: list[str]):
-    """Compile (or load from torch's cache) the kernels as module ``name`` with ``flags``."""
+    """Compile (or load from torch's cache) the kernels as module ``name`` with ``flags``. torch
+    rebuilds a cached module when a source or a flag changes, not a header: the headers' digest
+    goes into the flags."""
     from torch.utils.cpp_extension import load
     here = Path(__file__).parent
-    return load(name, [str(here / source) for source in _SOURCES], extra_cflags=["-O3", *flags], verbose=False)
+    digest = hashlib.sha1(b"".join((here / header).read_bytes() for header in _HEADERS)).hexdigest()[:16]
+    return load(name, [str(here / source) for source in _SOURCES],
+                extra_cflags=["-O3", *flags, f"-DDIFFKIT_HEADERS_SHA1={digest}"], verbose=False)
 
 
 def cpu_kernels():

@@ -1,4 +1,4 @@
-"""Dropout with a CPU mask that costs a fraction of ``F.dropout``'s.
+"""Dropout with a CPU mask that costs a fraction of ``F.dropout``'s, and is not kept for backward.
 
 Inverted dropout (Srivastava et al. 2014, JMLR 15, Sec. 4, with the kept units scaled at training
 time instead of the weights at test time): every element is zeroed with probability ``p`` and the
@@ -17,6 +17,15 @@ product with the mask and the scale, and so is its backward (autograd keeps the 
 for ``F.dropout``). Other devices, where the fused dropout kernel is fast, use ``F.dropout``, and
 so does code being traced by ``torch.compile``: Dynamo cannot trace the in-place ``random_`` (a
 graph break in every residual block), and inductor fuses ``F.dropout``'s mask into its own kernels.
+
+With diffkit's C++ CPU kernels (:mod:`diffkit.models.cpu_kernels`), fp32 and bf16 tensors take a
+third path (nineteenth session): one draw from the generator gives a 64-bit seed, and element i's
+16 bits are the top bits of SplitMix64's output mix (Steele, Lea & Flood 2014) of seed + (i + 1)
+times the golden gamma, computed where the product is written (``_dropout_kernels.cpp``). Same
+rounding of p, same scale; nothing is kept for the backward pass, which recomputes the mask from
+the seed (one map fewer per residual block than ``x * mask``), and forward + backward take 1.4 ms
+for a (16, 128, 32, 32) map on 2 threads against 6.0 ms with ``random_`` words (4.2 / 1.4 in bf16).
+The mask depends on the element's index only: the same for any thread count.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check_range
-from .cpu_kernels import compiling
+from .cpu_kernels import compiling, cpu_kernels, strictly_channels_last
 
 __all__ = ["dropout", "keep_mask"]
 
@@ -38,12 +47,33 @@ def _dense(x: torch.Tensor) -> bool:
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
+def _drop_levels(p: float) -> int:
+    """k of P(drop) = k / 2^16: p rounded to the nearest multiple of 2^-16."""
+    return min(round(p * _LEVELS), _LEVELS - 1)
+
+
+class _RecomputedMaskDropout(torch.autograd.Function):
+    """``x * scale`` where the C++ kernel's mask of (k, seed) keeps an element, 0 elsewhere; the
+    backward pass applies the same mask to the gradient (recomputed, nothing kept), itself through
+    this function, so higher derivatives exist."""
+
+    @staticmethod
+    def forward(ctx, x, k: int, scale: float, seed: int):
+        ctx.mask = (k, scale, seed)
+        ctx.layout = torch.channels_last if strictly_channels_last(x) else torch.contiguous_format
+        return cpu_kernels().dropout_apply(x, k, scale, seed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _RecomputedMaskDropout.apply(grad.contiguous(memory_format=ctx.layout), *ctx.mask), None, None, None
+
+
 def keep_mask(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None):
     """Inverted dropout's mask and scale: a tensor with ``x``'s shape, dtype and strides, 1 where
     an element is kept and 0 where it is dropped, with P(drop) = k / 2^16, k = round(p 2^16), and
     the scale 2^16 / (2^16 - k) of the kept ones. ``x`` must be a dense CPU tensor (contiguous or
     channels_last)."""
-    k = min(round(p * _LEVELS), _LEVELS - 1)
+    k = _drop_levels(p)
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64)
     words.random_(-(1 << 63), None, generator=generator)  # all 64 bits uniform
     lanes = words.view(torch.int16)[: x.numel()]  # uniform on [-2^15, 2^15)
@@ -62,6 +92,10 @@ def dropout(x: torch.Tensor, p: float, training: bool = True,
     if (x.device.type != "cpu" or not x.is_floating_point() or x.numel() == 0 or not _dense(x)
             or compiling()):
         return F.dropout(x, p=p, training=True)
+    if x.dtype in (torch.float32, torch.bfloat16) and cpu_kernels() is not None:
+        k = _drop_levels(p)
+        seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64, generator=generator))
+        return _RecomputedMaskDropout.apply(x, k, _LEVELS / (_LEVELS - k), seed)
     keep, scale = keep_mask(x, p, generator)
     if x.element_size() >= 4:
         return x * keep.mul_(scale)

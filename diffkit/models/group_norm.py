@@ -40,13 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .cpu_kernels import compiling, cpu_autocast, cpu_kernels
+from .cpu_kernels import compiling, cpu_autocast, cpu_kernels, strictly_channels_last
 
 __all__ = ["GroupNorm", "fused_group_norm_applies", "fused_group_norm_layout"]
-
-
-def _strictly_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 # Smallest H * W for the contiguous kernel: on smaller maps its per-plane loops are too short
@@ -66,7 +62,7 @@ def fused_group_norm_layout(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = Tr
         return None
     if compiling() or torch.jit.is_scripting():
         return None
-    if x.dtype == torch.float32 and _strictly_channels_last(x) and not cpu_autocast():
+    if x.dtype == torch.float32 and strictly_channels_last(x) and not cpu_autocast():
         layout = torch.channels_last
     elif silu and x.is_contiguous() and x.shape[2] * x.shape[3] >= _NCHW_MIN_PIXELS:
         layout = torch.contiguous_format
@@ -118,7 +114,7 @@ class GroupNorm(nn.GroupNorm):
         layout = fused_group_norm_layout(self, x, silu)
         if layout is not None:
             return _FusedGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps, silu, layout)
-        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and _strictly_channels_last(x):
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and strictly_channels_last(x):
             # PyTorch's CPU kernel for channels_last bf16 is slow: for a (250, 64, 14, 14) map on
             # one thread 22.6 ms against 1.6 ms for the same tensor contiguous. Under bf16 autocast
             # on a CPU with AMX it was 68% of an MNIST U-Net forward; two layout copies around the
