@@ -96,7 +96,7 @@ def _announce_a_first_build(name: str) -> None:
             return
     except Exception:  # a private helper of torch: without it, say nothing
         return
-    print("diffkit: building its CPU kernels (Winograd convolutions, GroupNorm) for this machine "
+    print("diffkit: building its CPU kernels (Winograd convolutions, GroupNorm, dropout) for this machine "
           "(once; about 30 s)", file=sys.stderr, flush=True)
 
 
@@ -130,7 +130,7 @@ def cpu_kernels():
             _state["extension"] = build(name, flags)
         except Exception as error:  # no compiler, no ninja, no headers: PyTorch's operators stay
             warnings.warn(f"diffkit: CPU kernels unavailable ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}); using PyTorch's convolutions "
-                          "and GroupNorm", stacklevel=3)
+                          f"{str(error).splitlines()[0] if str(error) else ''}); using PyTorch's convolutions, "
+                          "GroupNorm and dropout", stacklevel=3)
         _state["tried"] = True
     return _state["extension"]
