@@ -1,9 +1,10 @@
 // GroupNorm (Wu & He 2018, eq. 1-2 with the per-channel affine of eq. 4), optionally followed by
-// SiLU (Elfwing et al. 2018: x * sigmoid(x)), for fp32 channels_last CPU maps, forward and
-// backward, for diffkit.models.group_norm. PyTorch's channels_last GroupNorm kernel is slow when a
-// group holds few channels (4 per group in the 32- and 64-channel levels of a small U-Net: 3-7x
-// the contiguous kernel's time); here every pass runs along the contiguous channel axis of each
-// pixel row, and SiLU is applied (and differentiated) in the same pass instead of two more.
+// SiLU (Elfwing et al. 2018: x * sigmoid(x)), forward and backward, for diffkit.models.group_norm:
+// fp32 channels_last CPU maps here, contiguous fp32 / bf16 maps further below. PyTorch's
+// channels_last GroupNorm kernel is slow when a group holds few channels (4 per group in the 32-
+// and 64-channel levels of a small U-Net: 3-7x the contiguous kernel's time); here every pass runs
+// along the contiguous channel axis of each pixel row, and SiLU is applied (and differentiated) in
+// the same pass instead of two more.
 //
 // Memory of an (N, C, H, W) channels_last map is (N, HW, C). Each pass splits every image's HW
 // rows into chunks; the per-channel sums of a chunk are accumulated in float over 32-row blocks

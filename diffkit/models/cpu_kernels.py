@@ -6,8 +6,9 @@ channels_last fp32 and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``,
 :mod:`diffkit.models.group_norm`), dropout with a recomputed mask (``_dropout_kernels.cpp``, used
 by :mod:`diffkit.models.dropout`) and their bindings (``_cpu_kernels.cpp``). The build (about
 30 s, cached under torch's extensions directory) starts the first time a layer that uses a
-kernel runs on the CPU in fp32 or bf16, with a one-line note on stderr. The kernels are compiled with OpenMP, so that ``at::parallel_for``
-spreads their loops over torch's threads (without ``-fopenmp`` it silently runs them on one).
+kernel runs on the CPU in fp32 or bf16, with a one-line note on stderr. The kernels are compiled
+with OpenMP, so that ``at::parallel_for`` spreads their loops over torch's threads (without
+``-fopenmp`` it silently runs them on one).
 Without a C++ compiler or ninja the build fails once, with one warning, and every layer keeps
 PyTorch's own operators. ``DIFFKIT_CPU_KERNELS=0`` never builds or uses them.
 """
@@ -49,7 +50,7 @@ _build_lock = threading.Lock()
 
 
 def cpu_autocast() -> bool:
-    """Whether CPU autocast is on (the kernels are fp32 only)."""
+    """Whether CPU autocast is on (the Winograd and channels_last GroupNorm kernels are fp32 only)."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4
