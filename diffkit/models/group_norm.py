@@ -29,9 +29,9 @@ blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
 * half precision channels_last: PyTorch's contiguous kernel between two layout copies
   (``_GroupNormViaContiguous``, below).
 
-``DIFFKIT_CPU_KERNELS=0`` or a machine without a compiler keeps PyTorch's kernels.
-Everything else (CUDA, mps, fp16, small or plain contiguous GroupNorm) is ``nn.GroupNorm`` [+ ``F.silu``]. The fused paths
-are first-order differentiable (no double backward).
+``DIFFKIT_CPU_KERNELS=0`` or a machine without a compiler keeps PyTorch's kernels. Everything
+else (CUDA, mps, fp16, small or plain contiguous GroupNorm) is ``nn.GroupNorm`` [+ ``F.silu``].
+The fused paths are first-order differentiable (no double backward).
 """
 from __future__ import annotations
 
