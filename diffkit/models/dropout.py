@@ -24,7 +24,8 @@ third path (nineteenth session): one draw from the generator gives a 64-bit seed
 times the golden gamma, computed where the product is written (``_dropout_kernels.cpp``). Same
 rounding of p, same scale; nothing is kept for the backward pass, which recomputes the mask from
 the seed (one map fewer per residual block than ``x * mask``), and forward + backward take 1.4 ms
-for a (16, 128, 32, 32) map on 2 threads against 6.0 ms with ``random_`` words (4.2 / 1.4 in bf16).
+for a (16, 128, 32, 32) map on 2 threads against 6.0 ms with ``random_`` words (bf16: 1.4 against
+4.2 ms; ``benchmarks/cpu_kernel_ab.py --kernel dropout --layer``).
 The mask depends on the element's index only: the same for any thread count.
 """
 from __future__ import annotations

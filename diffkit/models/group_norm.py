@@ -24,7 +24,7 @@ blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
   block per task, its sums then its output from the same cache lines, reading bf16 into float
   and rounding the result once (PyTorch's bf16 GroupNorm then SiLU rounds twice). Forward +
   backward, bf16, batch 16, 2 threads: 1.7 against 2.3 ms at 128 channels x 32x32, 3.8 against
-  5.8 ms at 256 x 32x32; a bf16 CIFAR-10 training step 3.5% faster, and 17-18% fewer step tensor
+  5.8 ms at 256 x 32x32; a bf16 CIFAR-10 training step 0-3.5% faster, and 17-18% fewer step tensor
   bytes (SiLU's input and output are no longer kept). Plain GroupNorm keeps PyTorch's kernel.
 * half precision channels_last: PyTorch's contiguous kernel between two layout copies
   (``_GroupNormViaContiguous``, below).

@@ -1,0 +1,123 @@
+"""One of diffkit's CPU kernels on against off, in one process, interleaved (issue 8).
+
+``--kernel dropout``: the recomputed-mask dropout (``diffkit.models.dropout``) against the
+``random_``-word path it replaces when the kernels are missing; ``--kernel bf16-group-norm``: the
+contiguous GroupNorm + SiLU kernel (``diffkit.models.group_norm``) against PyTorch's bf16 GroupNorm
+then SiLU. Two measurements:
+
+* ``--layer``: forward + backward of the layer alone on a batch-16 map (dropout p = 0.1,
+  channels_last as diffkit's fp32 networks; the GroupNorm kernel on contiguous bf16 maps);
+* otherwise: a full ``Trainer.train_step`` of a ``benchmarks/speed_configs.py`` network (as
+  ``benchmarks/train_throughput.py`` times it), the kernel switched per step, alternating.
+
+Medians of ``--rounds``. Writes ``benchmarks/out/cpu_kernel_ab.json``.
+
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout --config mnist [--bf16] [--rounds 15]
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout --layer
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import diffkit.models.dropout as dropout_module  # noqa: E402
+import diffkit.models.group_norm as group_norm_module  # noqa: E402
+from diffkit.models.cpu_kernels import cpu_kernels  # noqa: E402
+
+
+@contextmanager
+def kernel_off(kernel: str):
+    """The kernel switched off: dropout without the extension, or no contiguous GroupNorm map
+    large enough for the kernel."""
+    if kernel == "dropout":
+        saved, dropout_module.cpu_kernels = dropout_module.cpu_kernels, lambda: None
+        try:
+            yield
+        finally:
+            dropout_module.cpu_kernels = saved
+    else:
+        saved, group_norm_module._NCHW_MIN_PIXELS = group_norm_module._NCHW_MIN_PIXELS, 1 << 62
+        try:
+            yield
+        finally:
+            group_norm_module._NCHW_MIN_PIXELS = saved
+
+
+def layer_step(kernel: str):
+    """Forward + backward of the layer alone on its largest benchmark shape."""
+    if kernel == "dropout":
+        x = torch.randn(16, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+        upstream = torch.randn_like(x)
+        return lambda: dropout_module.dropout(x, 0.1).backward(upstream)
+    norm = group_norm_module.GroupNorm(32, 128)
+    x = torch.randn(16, 128, 32, 32).bfloat16().requires_grad_()
+    upstream = torch.randn_like(x)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm.forward_silu(x)
+        y.backward(upstream)
+    return step
+
+
+def training_step(config: str, bf16: bool):
+    import train_throughput
+    from speed_configs import CONFIGS
+    step, _ = train_throughput._diffkit_step_fn(CONFIGS[config], {"bf16": bf16}, 16, "cpu", tempfile.mkdtemp())
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm"), required=True)
+    parser.add_argument("--layer", action="store_true", help="the layer alone instead of a training step")
+    parser.add_argument("--config", choices=("seed", "cifar10", "mnist"), default="mnist")
+    parser.add_argument("--bf16", action="store_true", help="training step under bf16 autocast")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/out/cpu_kernel_ab.json")
+    args = parser.parse_args(argv)
+    if cpu_kernels() is None:
+        raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
+    if args.kernel == "bf16-group-norm" and not args.layer and not args.bf16:
+        raise SystemExit("--kernel bf16-group-norm times bf16 training steps: add --bf16")
+    torch.set_num_threads(args.threads)
+    step = layer_step(args.kernel) if args.layer else training_step(args.config, args.bf16)
+    for _ in range(3):
+        step()
+    times = {"on": [], "off": []}
+    for _ in range(args.rounds):
+        for mode in ("on", "off"):
+            if mode == "on":
+                step()
+                start = time.perf_counter()
+                step()
+            else:
+                with kernel_off(args.kernel):
+                    step()
+                    start = time.perf_counter()
+                    step()
+            times[mode].append(time.perf_counter() - start)
+    on, off = statistics.median(times["on"]), statistics.median(times["off"])
+    what = "layer fwd + bwd" if args.layer else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})"
+    print(f"{args.kernel}, {what}, {args.threads} threads, median of {args.rounds}: "
+          f"on {1e3 * on:.2f} ms, off {1e3 * off:.2f} ms, off / on {off / on:.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**vars(args), "on_s": times["on"], "off_s": times["off"], "ratio": off / on}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Where a diffkit training step's time goes, by kind of work (issue 8; docs/performance.md).
+
+``torch.profiler`` of ``Trainer.train_step`` for a ``benchmarks/speed_configs.py`` network (batch
+16, as ``benchmarks/train_throughput.py`` times it): self time per step of the convolutions
+(oneDNN and Winograd), attention, the matrix products of the linear layers, GroupNorm [+ SiLU],
+dropout, and the rest (its largest operators listed), with the step's median wall time measured
+without the profiler. Profiling adds a few percent.
+
+    PYTHONPATH=. python benchmarks/step_profile.py --config mnist [--bf16] [--steps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from cpu_kernel_ab import training_step  # noqa: E402
+
+KINDS = {  # operator names (as the profiler reports them) by kind of work
+    "convolutions": ("aten::convolution_backward", "aten::mkldnn_convolution", "_WinogradConv3x3",
+                     "_WinogradConv3x3Backward"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_softmax",
+                  "aten::_softmax_backward_data"),
+    "linear layers": ("aten::mm", "aten::addmm"),
+    "GroupNorm [+ SiLU]": ("_FusedGroupNorm", "_FusedGroupNormBackward", "aten::native_group_norm",
+                           "aten::native_group_norm_backward", "aten::silu", "aten::silu_backward"),
+    "dropout": ("_RecomputedMaskDropout", "_RecomputedMaskDropoutBackward", "aten::random_", "aten::ge"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("seed", "cifar10", "mnist"), default="mnist")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    step = training_step(args.config, args.bf16)
+    for _ in range(3):
+        step()
+    walls = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    events = prof.key_averages()
+    per_step = {e.key: e.self_cpu_time_total / 1e3 / args.steps for e in events}  # ms
+    print(f"{args.config} {'bf16' if args.bf16 else 'fp32'}, {args.threads} threads: step {1e3 * statistics.median(walls):.1f} ms "
+          f"(median of {args.steps}, unprofiled); profiled self time per step {sum(per_step.values()):.1f} ms, "
+          f"{sum(e.count for e in events) / args.steps:.0f} operator calls")
+    kinds = {kind: list(names) for kind, names in KINDS.items()}
+    # batched products: Winograd's in fp32, bf16 attention's (two matrix products) under autocast
+    kinds["attention" if args.bf16 else "convolutions"] += ["aten::bmm", "aten::baddbmm_"]
+    named = set()
+    for kind, names in kinds.items():
+        named.update(names)
+        print(f"  {kind:20s} {sum(per_step.get(n, 0.0) for n in names):8.1f} ms")
+    rest = sorted(((ms, name) for name, ms in per_step.items() if name not in named), reverse=True)
+    print(f"  {'rest':20s} {sum(ms for ms, _ in rest):8.1f} ms, largest: "
+          + ", ".join(f"{name} {ms:.1f}" for ms, name in rest[:6]))
+
+
+if __name__ == "__main__":
+    main()
