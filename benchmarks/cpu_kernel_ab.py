@@ -8,7 +8,8 @@ then SiLU. Two measurements:
 * ``--layer``: forward + backward of the layer alone on a batch-16 map (dropout p = 0.1,
   channels_last as diffkit's fp32 networks; the GroupNorm kernel on contiguous bf16 maps);
 * otherwise: a full ``Trainer.train_step`` of a ``benchmarks/speed_configs.py`` network (as
-  ``benchmarks/train_throughput.py`` times it), the kernel switched per step, alternating.
+  ``benchmarks/train_throughput.py`` times it; laid out contiguous for ``bf16-group-norm``), the
+  kernel switched per step, alternating.
 
 Medians of ``--rounds``. Writes ``benchmarks/out/cpu_kernel_ab.json``.
 
@@ -71,10 +72,11 @@ def layer_step(kernel: str):
     return step
 
 
-def training_step(config: str, bf16: bool):
+def training_step(config: str, bf16: bool, memory_format: str = "auto"):
     import train_throughput
     from speed_configs import CONFIGS
-    step, _ = train_throughput._diffkit_step_fn(CONFIGS[config], {"bf16": bf16}, 16, "cpu", tempfile.mkdtemp())
+    step, _ = train_throughput._diffkit_step_fn(CONFIGS[config], {"bf16": bf16, "memory_format": memory_format}, 16,
+                                                "cpu", tempfile.mkdtemp())
     return step
 
 
@@ -93,7 +95,10 @@ def main(argv=None):
     if args.kernel == "bf16-group-norm" and not args.layer and not args.bf16:
         raise SystemExit("--kernel bf16-group-norm times bf16 training steps: add --bf16")
     torch.set_num_threads(args.threads)
-    step = layer_step(args.kernel) if args.layer else training_step(args.config, args.bf16)
+    # the contiguous GroupNorm kernel runs in contiguous bf16 networks (bf16 on the CPU defaults to
+    # channels_last since the twentieth session)
+    layout = "contiguous" if args.kernel == "bf16-group-norm" else "auto"
+    step = layer_step(args.kernel) if args.layer else training_step(args.config, args.bf16, layout)
     for _ in range(3):
         step()
     times = {"on": [], "off": []}

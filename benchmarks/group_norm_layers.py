@@ -5,10 +5,12 @@ channels each) and of ``SiLU(GroupNorm(x))``, for diffkit's ``GroupNorm`` with i
 (``diffkit.models.group_norm``) and for ``F.group_norm`` [+ ``F.silu``] on the same tensors,
 interleaved, median of ``--repeats``. Prints a table and writes ``benchmarks/out/group_norm_layers.json``.
 
-    PYTHONPATH=. python benchmarks/group_norm_layers.py [--threads 2] [--repeats 20] [--batch 16] [--bf16]
+    PYTHONPATH=. python benchmarks/group_norm_layers.py [--threads 2] [--repeats 20] [--batch 16]
+        [--bf16 | --bf16-channels-last]
 
 ``--bf16``: contiguous bf16 maps under autocast, the layout diffkit's bf16 CPU networks use (the
-contiguous kernel; shapes under 64 pixels keep PyTorch's kernel on both sides).
+contiguous kernel; shapes under 128 pixels keep PyTorch's kernel on both sides).
+``--bf16-channels-last``: channels_last bf16 maps under autocast (the channels_last kernel).
 
 ``--vector-widths`` instead compares two builds of diffkit's kernels on an AVX-512 CPU, with the
 AVX2 flags (256-bit vectors) and with the AVX-512 ones the build uses there (512-bit vectors):
@@ -42,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--bf16", action="store_true",
                         help="contiguous bf16 maps under autocast (the layout of bf16 CPU networks)")
+    parser.add_argument("--bf16-channels-last", action="store_true",
+                        help="channels_last bf16 maps under autocast")
     parser.add_argument("--vector-widths", action="store_true",
                         help="AVX2 against AVX-512 builds of the kernels (an AVX-512 CPU)")
     parser.add_argument("--out", default=None)
@@ -49,9 +53,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.vector_widths:
         return compare_vector_widths(args)
-    args.out = args.out or f"benchmarks/out/group_norm_layers{'_bf16' if args.bf16 else ''}.json"
+    bf16 = args.bf16 or args.bf16_channels_last
+    suffix = "_bf16_channels_last" if args.bf16_channels_last else "_bf16" if args.bf16 else ""
+    args.out = args.out or f"benchmarks/out/group_norm_layers{suffix}.json"
     rows = []
-    maps = "contiguous bf16 maps under autocast" if args.bf16 else "channels_last fp32 maps"
+    maps = ("channels_last bf16 maps under autocast" if args.bf16_channels_last else
+            "contiguous bf16 maps under autocast" if args.bf16 else "channels_last fp32 maps")
     print(f"GroupNorm on {maps}, batch {args.batch}, {args.threads} threads, median of "
           f"{args.repeats} (microseconds; PyTorch / diffkit)")
     print("| C | size | groups | forward | fwd + bwd | + SiLU forward | + SiLU fwd + bwd |")
@@ -60,7 +67,8 @@ def main(argv=None):
         groups = norm_groups(channels)
         norm = GroupNorm(groups, channels)
         x = torch.randn(args.batch, channels, size, size)
-        x = x.bfloat16() if args.bf16 else x.contiguous(memory_format=torch.channels_last)
+        x = x.bfloat16() if bf16 else x
+        x = x if args.bf16 else x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_()
         if cpu_kernels() is None:
             raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
@@ -77,7 +85,7 @@ def main(argv=None):
 
             for name, plain_forward in (("torch", torch_forward), ("diffkit", diffkit_forward)):
                 def forward(plain_forward=plain_forward):
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         return plain_forward()
 
                 with torch.no_grad():

@@ -130,7 +130,8 @@ def main(argv=None):
     theirs_cl = diffusers_unet(cfg).eval()
     theirs_cl.load_state_dict(theirs.state_dict())
     # each diffkit network in the layout diffkit.load_denoiser gives it on this device at its
-    # precision (models.layers.preferred_memory_format: channels_last only for fp32 on the CPU)
+    # precision (models.layers.preferred_memory_format: on the CPU channels_last, for bf16 where
+    # diffkit's CPU kernels are built)
     ours = use_memory_format(ours.to(device), preferred_memory_format(device, "no"))
     theirs = theirs.to(device)
     theirs_cl = theirs_cl.to(device, memory_format=torch.channels_last)

@@ -41,8 +41,8 @@ per-parameter loops on the CPU), ``diffusers-cl`` (diffusers tuned: model and ba
 channels_last, fused AdamW as diffkit's Trainer, ``EMAModel(foreach=True)``;
 the reference of the ratio);
 ``--compile`` adds ``diffkit-compile`` and ``diffusers-cl-compile`` (torch.compile, inductor);
-``--bf16`` adds ``diffkit-bf16`` (its Trainer lays the U-Net out contiguous, the faster layout
-for bf16 on the CPU), ``diffusers-bf16`` (the example with ``--mixed_precision bf16``)
+``--bf16`` adds ``diffkit-bf16`` (its Trainer lays the U-Net out channels_last where diffkit's
+CPU kernels are built, contiguous without them: ``models.layers.preferred_memory_format``), ``diffusers-bf16`` (the example with ``--mixed_precision bf16``)
 and ``diffusers-cl-bf16`` (bf16 autocast). A diffkit variant's ratio is against the faster of
 diffusers' two layouts at the same precision.
 CUDA variants: fp32, bf16 autocast, and bf16 autocast + compile for each library; diffusers

@@ -45,8 +45,8 @@ class Denoiser:
             so the samplers' arithmetic stays in ``x``'s precision (on a CPU with AMX, bf16 makes
             the MNIST U-Net's forward about 2x faster; docs/performance.md). The network's layout
             is left as it is; :func:`diffkit.loading.load_denoiser` also gives it the faster one
-            for the precision (``models.layers.preferred_memory_format``: contiguous for bf16 on
-            the CPU, 5-10% per forward).
+            for the precision (``models.layers.preferred_memory_format``: channels_last on the
+            CPU, for bf16 where diffkit's CPU kernels are built).
         data_scale: the scale of the data the network was trained on (square root of the largest
             eigenvalue of its covariance, :func:`diffkit.data.data_scale`), or ``None``; it places
             the ``logsnr_graded`` grid (:func:`diffkit.timesteps.grade_sigmas_for`).

@@ -102,7 +102,7 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     ``config``: only for a legacy state dict (see :func:`load_model`). ``mixed_precision``: the
     network's autocast dtype, ``compile`` a ``torch.compile`` mode (:meth:`Denoiser.compile`)."""
     model, meta, schedule, decoder = _load(path, use_ema, device, config)
-    # the layout the network computes fastest in at this precision (contiguous for bf16 on the CPU)
+    # the layout the network computes fastest in at this precision (models.layers.preferred_memory_format)
     use_memory_format(model, preferred_memory_format(next(model.parameters()).device, mixed_precision))
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
                  learned_variance=meta.get("learned_variance", False), mixed_precision=mixed_precision,

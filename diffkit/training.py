@@ -225,7 +225,7 @@ class Trainer:
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg, self.dataset).to(self.device)
         # the layout the network computes in, fixed before the EMA copy and the optimiser's moments
-        # take the weights' strides; auto: channels_last, or contiguous for bf16 on the CPU (faster there)
+        # take the weights' strides; auto: models.layers.preferred_memory_format
         use_memory_format(self.model, resolve_memory_format(cfg.memory_format, self.device, cfg.mixed_precision))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         # fused AdamW (one kernel for all parameters) on CPU and CUDA; resumed optimiser state gets

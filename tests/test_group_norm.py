@@ -34,6 +34,7 @@ def _relative(got, want):
 
 @needs_kernels
 @pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n, c, groups, h, w", [
     (4, 32, 8, 12, 12),    # 4 channels per group, as the small networks' 32-channel levels
     (1, 64, 16, 9, 7),     # one image: its rows are split into several chunks
@@ -41,27 +42,35 @@ def _relative(got, want):
     (2, 12, 3, 40, 40),    # 1600 rows: many 32-row float blocks summed in double
     (2, 8, 1, 6, 6),       # one group
 ])
-def test_forward_and_gradients_equal_the_float64_formula(silu, n, c, groups, h, w):
+def test_forward_and_gradients_equal_the_float64_formula(silu, dtype, n, c, groups, h, w):
     """Wu & He (2018) eq. 1-2 and the affine (eq. 4), then x * sigmoid(x): output and the gradients
-    of x, weight and bias against float64 F.group_norm (+ F.silu), on data with a large mean (the
-    variance must not come from a cancelling E[x^2] - E[x]^2 in float: that would miss by ~1e-2)."""
+    of x, weight and bias against float64 F.group_norm (+ F.silu) of the same values, on data with
+    a large mean (the variance must not come from a cancelling E[x^2] - E[x]^2 in float: that would
+    miss by ~1e-2). bf16 maps: output and input gradient rounded once to bf16 (within its half ulp,
+    2^-9), the weight and bias gradients (fp32) to float accuracy."""
     torch.manual_seed(1)
     norm = _norm(groups, c)
-    x = _channels_last(torch.randn(n, c, h, w) * 3 + 20).requires_grad_()
+    x = _channels_last((torch.randn(n, c, h, w) * 3 + 20).to(dtype)).requires_grad_()
     assert fused_group_norm_applies(norm, x)
     y = norm.forward_silu(x) if silu else norm(x)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    dy = torch.randn_like(y)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(y.shape).to(dtype)
     got = torch.autograd.grad(y, (x, norm.weight, norm.bias), dy)
     xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, norm.weight, norm.bias))
     yd = F.group_norm(xd, groups, wd, bd, eps=1e-5)
     yd = F.silu(yd) if silu else yd
     want = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
     # fp32 x a + b with b ~ -mean a loses ~mean/std of float's 6e-8: PyTorch's kernel does the same
-    assert _relative(y, yd) < 5e-6
-    for g, r in zip(got, want):
-        assert _relative(g, r) < 2e-5
-    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    tolerance = 5e-6 if dtype == torch.float32 else 2 ** -9
+    assert _relative(y, yd) < tolerance
+    assert _relative(got[0], want[0]) < max(tolerance, 2e-5)
+    assert got[0].dtype == dtype and got[0].is_contiguous(memory_format=torch.channels_last)
+    for g, r in zip(got[1:], want[1:]):
+        assert g.dtype == torch.float32 and _relative(g, r) < 2e-5
+    if dtype == torch.bfloat16:  # no worse than PyTorch's own bf16 path
+        ref = F.group_norm(x.detach(), groups, norm.weight, norm.bias, eps=1e-5)
+        ref = F.silu(ref) if silu else ref
+        assert _relative(y, yd) <= _relative(ref, yd) * 1.01
 
 
 @needs_kernels
@@ -177,17 +186,20 @@ def test_where_the_kernels_apply():
     assert layout(norm, x.contiguous().bfloat16(), silu=False) is None  # plain: PyTorch's kernel
     assert layout(norm, torch.randn(2, 32, 11, 11)) is None  # under 128 pixels: PyTorch's kernel
     assert layout(norm, x.double()) is None
-    assert layout(norm, x.bfloat16()) is None  # bf16 channels_last: PyTorch's kernel via contiguous
+    assert layout(norm, x.bfloat16()) == layout(norm, x.bfloat16(), silu=False) == torch.channels_last
+    assert layout(norm, x.bfloat16().to(memory_format=torch.contiguous_format)[:, :, :, :7]) is None  # strided
     assert layout(norm, x.contiguous().half()) is None
     assert layout(GroupNorm(8, 32, affine=False), x) is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layout(norm, x) is None
+        assert layout(norm, x) is None  # fp32 under autocast: PyTorch's kernel
+        assert layout(norm, x.bfloat16()) == torch.channels_last
         assert layout(norm, x.contiguous().bfloat16()) == torch.contiguous_format
     assert fused_group_norm_applies(norm, x) and not fused_group_norm_applies(norm, x.double())
 
 
 def test_other_paths_are_group_norm_then_silu_exactly():
-    """Contiguous fp32 and channels_last bf16 maps: forward_silu is F.silu(norm(x)) bit for bit."""
+    """Contiguous fp32 maps and a bf16 GroupNorm (bf16 parameters): forward_silu is
+    F.silu(norm(x)) bit for bit."""
     norm = _norm(8, 32)
     x = torch.randn(2, 32, 6, 6)
     torch.testing.assert_close(norm.forward_silu(x), F.silu(F.group_norm(x, 8, norm.weight, norm.bias)),
@@ -214,21 +226,22 @@ def test_the_same_thread_count_gives_the_same_bits_and_others_agree():
 
 
 @needs_kernels
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-channels_last"])
 def test_a_unet_computes_the_same_with_and_without_the_kernels(monkeypatch, precision):
     """A small U-Net (32/64 channels, the Quick start's kind of network) in the layout diffkit
     trains it in on the CPU: channels_last fp32, or contiguous under bf16 autocast
-    (``mixed_precision = "bf16"``). Output and every parameter gradient with the fused GroupNorm +
-    SiLU equal PyTorch's to fp32 accuracy, or to bf16 accuracy in bf16."""
+    (``mixed_precision = "bf16"``), or channels_last under bf16 autocast (``memory_format =
+    "channels_last"``). Output and every parameter gradient with the fused GroupNorm + SiLU equal
+    PyTorch's to fp32 accuracy, or to bf16 accuracy in bf16."""
     torch.manual_seed(4)
-    bf16 = precision == "bf16"
+    bf16 = precision.startswith("bf16")
     size = 16 if bf16 else 8  # the contiguous kernel takes maps of >= 128 pixels
     model = UNet(UNetConfig(channel=32, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0,
                             img_size=size, in_channels=1))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.1)
-    layout = torch.contiguous_format if bf16 else torch.channels_last
+    layout = torch.contiguous_format if precision == "bf16" else torch.channels_last
     use_memory_format(model, layout)
     x = torch.randn(3, 1, size, size).contiguous(memory_format=layout)
     t = torch.tensor([5.0, 300.0, 900.0])
@@ -251,7 +264,7 @@ def test_a_unet_computes_the_same_with_and_without_the_kernels(monkeypatch, prec
             (out.square().mean() + out.mean()).backward()
             results[fused] = (out.detach(), [p.grad.clone() for p in model.parameters()])
     assert calls and set(calls) == {layout}
-    if not bf16:  # every norm, with or without SiLU
+    if layout == torch.channels_last:  # every norm, with or without SiLU
         assert len(calls) == len([m for m in model.modules() if isinstance(m, GroupNorm)])
     (out_f, grads_f), (out_t, grads_t) = results[True], results[False]
     assert _relative(out_f, out_t.double()) < (2e-2 if bf16 else 1e-5)

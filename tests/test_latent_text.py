@@ -369,9 +369,11 @@ def test_sample_cli_bad_input_one_liners(trained, tmp_path, capsys):
 
 
 def test_a_text_conditioned_network_takes_the_bf16_layout_inside_its_wrapper(tmp_path):
-    """use_memory_format on the wrapper reaches the U-Net inside it: in bf16 on the CPU the
-    trainer's text-conditioned U-Net computes contiguous, and its loaded denoiser too."""
-    cfg = TrainConfig.from_dict({**TINY, "max_steps": 1, "mixed_precision": "bf16",
+    """use_memory_format on the wrapper reaches the U-Net inside it: a bf16 trainer told to compute
+    contiguous lays its text-conditioned U-Net out so, and the loaded denoiser gets the layout
+    preferred for its precision (``preferred_memory_format``)."""
+    from diffkit.models.layers import preferred_memory_format
+    cfg = TrainConfig.from_dict({**TINY, "max_steps": 1, "mixed_precision": "bf16", "memory_format": "contiguous",
                                  "save_weight_dir": str(tmp_path / "ckpt"), "sampled_dir": str(tmp_path / "s")})
     trainer = Trainer(cfg, small_digits(), progress=False)
     assert isinstance(trainer.model, TextConditionedUNet)
@@ -380,6 +382,7 @@ def test_a_text_conditioned_network_takes_the_bf16_layout_inside_its_wrapper(tmp
     assert unets and all(m.memory_format is torch.contiguous_format for m in unets)
     assert all(p.is_contiguous() for p in trainer.model.parameters())
     loaded = load_denoiser(result.checkpoint, mixed_precision="bf16").model
-    assert all(m.memory_format is torch.contiguous_format for m in loaded.modules() if isinstance(m, UNet))
+    bf16_layout = preferred_memory_format("cpu", "bf16")
+    assert all(m.memory_format is bf16_layout for m in loaded.modules() if isinstance(m, UNet))
     assert all(m.memory_format is torch.channels_last for m in load_denoiser(result.checkpoint).model.modules()
                if isinstance(m, UNet))

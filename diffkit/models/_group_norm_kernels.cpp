@@ -1,6 +1,6 @@
 // GroupNorm (Wu & He 2018, eq. 1-2 with the per-channel affine of eq. 4), optionally followed by
 // SiLU (Elfwing et al. 2018: x * sigmoid(x)), forward and backward, for diffkit.models.group_norm:
-// fp32 channels_last CPU maps here, contiguous fp32 / bf16 maps further below. PyTorch's
+// channels_last fp32 / bf16 CPU maps here, contiguous fp32 / bf16 maps further below. PyTorch's
 // channels_last GroupNorm kernel is slow when a group holds few channels (4 per group in the 32-
 // and 64-channel levels of a small U-Net: 3-7x the contiguous kernel's time); here every pass runs
 // along the contiguous channel axis of each pixel row, and SiLU is applied (and differentiated) in
@@ -8,7 +8,8 @@
 //
 // Memory of an (N, C, H, W) channels_last map is (N, HW, C). Each pass splits every image's HW
 // rows into chunks; the per-channel sums of a chunk are accumulated in float over 32-row blocks
-// and in double across blocks, chunks and channels, so the statistics keep double accuracy.
+// and in double across blocks, chunks and channels, so the statistics keep double accuracy. bf16
+// values are read into float and results rounded to bf16 once.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -17,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "_bf16.h"
@@ -78,9 +80,18 @@ struct Split {
 };
 
 void check_map(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == at::kFloat && t.device().is_cpu() &&
-                  t.is_contiguous(at::MemoryFormat::ChannelsLast),
-              name, " must be a channels_last float32 CPU tensor (N, C, H, W)");
+  TORCH_CHECK(t.dim() == 4 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) &&
+                  t.device().is_cpu() && t.is_contiguous(at::MemoryFormat::ChannelsLast),
+              name, " must be a channels_last float32 or bfloat16 CPU tensor (N, C, H, W)");
+}
+
+// A map's values as float, or as bf16 bits (see _bf16.h).
+template <typename T>
+T* values(const torch::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>)
+    return t.data_ptr<float>();
+  else
+    return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>());
 }
 
 void check_vector(const torch::Tensor& t, int64_t C, const char* name) {
@@ -163,27 +174,24 @@ void affine(const float* mean, const float* rstd, const float* weight, const flo
 
 }  // namespace
 
-// (y, mean, rstd): y = GroupNorm(x) [then SiLU], mean and rstd = 1 / sqrt(var + eps) per (n, group).
-std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
-                                              int64_t groups, double eps, bool silu) {
-  check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  check_affine(weight, bias, C, groups);
+namespace {
+
+// GroupNorm [+ SiLU] of a channels_last map of T (float, or bf16 bits read into float and the
+// result rounded once); statistics in float32 mean / rstd.
+template <typename T>
+void channels_last_forward(const T* xp, T* yp, float* mp, float* rp, const float* weight, const float* bias,
+                           int64_t N, int64_t C, int64_t HW, int64_t groups, double eps, bool silu) {
   const int64_t D = C / groups;
-  const float* xp = x.data_ptr<float>();
   const Split split(N, HW);
   const std::vector<double> partial = channel_sums(split, C, [&](int64_t n, int64_t r, float* __restrict__ sum,
                                                                   float* __restrict__ squares) {
-    const float* __restrict__ row = xp + (n * HW + r) * C;
+    const T* __restrict__ row = xp + (n * HW + r) * C;
     for (int64_t c = 0; c < C; ++c) {
-      sum[c] += row[c];
-      squares[c] += row[c] * row[c];
+      const float v = load(row[c]);
+      sum[c] += v;
+      squares[c] += v * v;
     }
   });
-  auto mean = torch::empty({N, groups}, x.options());
-  auto rstd = torch::empty({N, groups}, x.options());
-  float* mp = mean.data_ptr<float>();
-  float* rp = rstd.data_ptr<float>();
   const double count = static_cast<double>(HW * D);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t g = 0; g < groups; ++g) {
@@ -198,10 +206,11 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
       if (!std::isfinite(s1) || !std::isfinite(s2)) {  // float blocks overflowed (|x| > 1.8e19) or inf/nan:
         s1 = s2 = 0.0;                                   // the group again, in double from the start
         for (int64_t r = 0; r < HW; ++r) {
-          const float* row = xp + (n * HW + r) * C;
+          const T* row = xp + (n * HW + r) * C;
           for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-            s1 += row[c];
-            s2 += static_cast<double>(row[c]) * row[c];
+            const double v = load(row[c]);
+            s1 += v;
+            s2 += v * v;
           }
         }
       }
@@ -211,76 +220,83 @@ std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor wei
       rp[n * groups + g] = static_cast<float>(r);
     }
   std::vector<float> scale(N * C), shift(N * C);
-  affine(mp, rp, weight.data_ptr<float>(), bias.data_ptr<float>(), N, C, D, scale.data(), shift.data());
-  auto y = torch::empty_like(x);
-  float* yp = y.data_ptr<float>();
+  affine(mp, rp, weight, bias, N, C, D, scale.data(), shift.data());
   for_each_row(split, [&](int64_t n, int64_t r) {
     const float* __restrict__ a = scale.data() + n * C;
     const float* __restrict__ b = shift.data() + n * C;
-    const float* __restrict__ row = xp + (n * HW + r) * C;
-    float* __restrict__ out = yp + (n * HW + r) * C;
+    const T* __restrict__ row = xp + (n * HW + r) * C;
+    T* __restrict__ out = yp + (n * HW + r) * C;
     if (silu) {
       for (int64_t c = 0; c < C; ++c) {
-        const float z = row[c] * a[c] + b[c];
-        out[c] = z * sigmoid(z);
+        const float z = load(row[c]) * a[c] + b[c];
+        store(z * sigmoid(z), out + c);
       }
     } else {
-      for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c];
+      for (int64_t c = 0; c < C; ++c) store(load(row[c]) * a[c] + b[c], out + c);
     }
   });
+}
+
+}  // namespace
+
+// (y, mean, rstd): y = GroupNorm(x) [then SiLU] in x's dtype (float32 or bf16), mean and
+// rstd = 1 / sqrt(var + eps) per (n, group) in float32.
+std::vector<torch::Tensor> group_norm_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                              int64_t groups, double eps, bool silu) {
+  check_map(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  check_affine(weight, bias, C, groups);
+  auto mean = torch::empty({N, groups}, weight.options());
+  auto rstd = torch::empty({N, groups}, weight.options());
+  auto y = torch::empty_like(x);
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat)
+    channels_last_forward(values<float>(x), values<float>(y), mean.data_ptr<float>(), rstd.data_ptr<float>(), w, b,
+                          N, C, HW, groups, eps, silu);
+  else
+    channels_last_forward(values<uint16_t>(x), values<uint16_t>(y), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                          w, b, N, C, HW, groups, eps, silu);
   return {y, mean, rstd};
 }
 
-// (dx, dweight, dbias) of group_norm_forward from its output gradient dy (channels_last).
-// With dz the gradient at the GroupNorm output (dy, or dy * SiLU'(z) recomputed from x), per
-// (n, group) over its M = HW * D elements (Wu & He 2018, eq. 1-2 differentiated):
-//   dx = a dz + k1 x + k2,  k1 = (sum(w dz) mean - sum(w dz x)) rstd^3 / M,  k2 = -k1 mean - sum(w dz) rstd / M.
-std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
-                                               torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
-                                               int64_t groups, bool silu) {
-  check_map(x, "x");
-  check_map(dy, "dy");
-  TORCH_CHECK(dy.sizes() == x.sizes(), "dy must have x's shape");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  check_affine(weight, bias, C, groups);
-  check_statistics(mean, rstd, N, groups);
+namespace {
+
+// dx (T) and the per-channel dweight, dbias (float) of channels_last_forward. With SiLU the first
+// pass writes dz into dz_store and the second pass reads it back there (one sigmoid per element
+// instead of two; dz is finite wherever dy, x and SiLU' are): dx's own memory for float maps, a
+// float buffer for bf16 ones (dz is not rounded).
+template <typename T>
+void channels_last_backward(const T* gp, const T* xp, T* dxp, float* dz_store, const float* mp, const float* rp,
+                            const float* w, const float* bias, float* dweight, float* dbias, int64_t N, int64_t C,
+                            int64_t HW, int64_t groups, bool silu) {
   const int64_t D = C / groups;
-  const float* xp = x.data_ptr<float>();
-  const float* gp = dy.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const float* mp = mean.data_ptr<float>();
-  const float* rp = rstd.data_ptr<float>();
   std::vector<float> scale(N * C), shift(N * C);
-  affine(mp, rp, w, bias.data_ptr<float>(), N, C, D, scale.data(), shift.data());
+  affine(mp, rp, w, bias, N, C, D, scale.data(), shift.data());
   const Split split(N, HW);
-  // With SiLU the first pass writes dz into dx's memory and the second pass reads it back there
-  // (one sigmoid per element instead of two; dz is finite wherever dy, x and SiLU' are).
-  auto dx = torch::empty_like(x);
-  float* dxp = dx.data_ptr<float>();
   const std::vector<double> partial = channel_sums(split, C, [&](int64_t n, int64_t r, float* __restrict__ sdz,
                                                                   float* __restrict__ sdzx) {  // sum dz, sum dz x
     const float* __restrict__ a = scale.data() + n * C;
     const float* __restrict__ b = shift.data() + n * C;
-    const float* __restrict__ row = xp + (n * HW + r) * C;
-    const float* __restrict__ g = gp + (n * HW + r) * C;
+    const T* __restrict__ row = xp + (n * HW + r) * C;
+    const T* __restrict__ g = gp + (n * HW + r) * C;
     if (silu) {
-      float* __restrict__ dz_row = dxp + (n * HW + r) * C;
+      float* __restrict__ dz_row = dz_store + (n * HW + r) * C;
       for (int64_t c = 0; c < C; ++c) {
-        const float z = row[c] * a[c] + b[c], s = sigmoid(z);
-        const float dz = g[c] * s * (1.0f + z * (1.0f - s));
+        const float xv = load(row[c]), z = xv * a[c] + b[c], s = sigmoid(z);
+        const float dz = load(g[c]) * s * (1.0f + z * (1.0f - s));
         dz_row[c] = dz;
         sdz[c] += dz;
-        sdzx[c] += dz * row[c];
+        sdzx[c] += dz * xv;
       }
     } else {
       for (int64_t c = 0; c < C; ++c) {
-        sdz[c] += g[c];
-        sdzx[c] += g[c] * row[c];
+        const float gv = load(g[c]);
+        sdz[c] += gv;
+        sdzx[c] += gv * load(row[c]);
       }
     }
   });
-  auto dweight = torch::empty({C}, x.options());
-  auto dbias = torch::empty({C}, x.options());
   std::vector<double> dw(C, 0.0), db(C, 0.0), sdz(C), sdzx(C);
   std::vector<float> k1(N * C), k2(N * C);
   const double count = static_cast<double>(HW * D);
@@ -299,8 +315,8 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
       sdz[c] = sdzx[c] = 0.0;  // float blocks overflowed (or inf/nan): this channel again, in double
       const float a = scale[n * C + c], b = shift[n * C + c];
       for (int64_t r = 0; r < HW; ++r) {
-        const double xv = xp[(n * HW + r) * C + c];
-        double dz = gp[(n * HW + r) * C + c];
+        const double xv = load(xp[(n * HW + r) * C + c]);
+        double dz = load(gp[(n * HW + r) * C + c]);
         if (silu) {
           const double z = xv * a + b, sg = 1.0 / (1.0 + std::exp(-z));
           dz *= sg * (1.0 + z * (1.0 - sg));
@@ -325,25 +341,58 @@ std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x
     }
   }
   for (int64_t c = 0; c < C; ++c) {
-    dweight.data_ptr<float>()[c] = static_cast<float>(dw[c]);
-    dbias.data_ptr<float>()[c] = static_cast<float>(db[c]);
+    dweight[c] = static_cast<float>(dw[c]);
+    dbias[c] = static_cast<float>(db[c]);
   }
   for_each_row(split, [&](int64_t n, int64_t r) {
     const float* __restrict__ a = scale.data() + n * C;
     const float* __restrict__ c1 = k1.data() + n * C;
     const float* __restrict__ c2 = k2.data() + n * C;
-    const float* __restrict__ row = xp + (n * HW + r) * C;
-    const float* __restrict__ g = gp + (n * HW + r) * C;
-    float* __restrict__ out = dxp + (n * HW + r) * C;
-    if (silu) {  // out holds dz (first pass)
-      for (int64_t c = 0; c < C; ++c) out[c] = a[c] * out[c] + c1[c] * row[c] + c2[c];
+    const T* __restrict__ row = xp + (n * HW + r) * C;
+    T* out = dxp + (n * HW + r) * C;  // not __restrict__: for float maps dz is out itself
+    if (silu) {  // dz from the first pass
+      const float* dz = dz_store + (n * HW + r) * C;
+      for (int64_t c = 0; c < C; ++c) store(a[c] * dz[c] + c1[c] * load(row[c]) + c2[c], out + c);
     } else {
-      for (int64_t c = 0; c < C; ++c) out[c] = a[c] * g[c] + c1[c] * row[c] + c2[c];
+      const T* __restrict__ g = gp + (n * HW + r) * C;
+      for (int64_t c = 0; c < C; ++c) store(a[c] * load(g[c]) + c1[c] * load(row[c]) + c2[c], out + c);
     }
   });
-  return {dx, dweight, dbias};
 }
 
+}  // namespace
+
+// (dx, dweight, dbias) of group_norm_forward from its output gradient dy (channels_last, x's
+// dtype); dx in x's dtype, dweight and dbias float32. With dz the gradient at the GroupNorm
+// output (dy, or dy * SiLU'(z) recomputed from x), per (n, group) over its M = HW * D elements
+// (Wu & He 2018, eq. 1-2 differentiated):
+//   dx = a dz + k1 x + k2,  k1 = (sum(w dz) mean - sum(w dz x)) rstd^3 / M,  k2 = -k1 mean - sum(w dz) rstd / M.
+std::vector<torch::Tensor> group_norm_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor mean,
+                                               torch::Tensor rstd, torch::Tensor weight, torch::Tensor bias,
+                                               int64_t groups, bool silu) {
+  check_map(x, "x");
+  check_map(dy, "dy");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must have x's shape and dtype");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  check_affine(weight, bias, C, groups);
+  check_statistics(mean, rstd, N, groups);
+  auto dx = torch::empty_like(x);
+  auto dweight = torch::empty({C}, weight.options());
+  auto dbias = torch::empty({C}, weight.options());
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  if (x.scalar_type() == at::kFloat) {
+    channels_last_backward(values<float>(dy), values<float>(x), values<float>(dx), values<float>(dx),
+                           mean.data_ptr<float>(), rstd.data_ptr<float>(), w, b, dweight.data_ptr<float>(),
+                           dbias.data_ptr<float>(), N, C, HW, groups, silu);
+  } else {
+    auto dz = torch::empty({silu ? N * HW * C : 0}, weight.options());  // float, not rounded to bf16
+    channels_last_backward(values<uint16_t>(dy), values<uint16_t>(x), values<uint16_t>(dx), dz.data_ptr<float>(),
+                           mean.data_ptr<float>(), rstd.data_ptr<float>(), w, b, dweight.data_ptr<float>(),
+                           dbias.data_ptr<float>(), N, C, HW, groups, silu);
+  }
+  return {dx, dweight, dbias};
+}
 
 // ------------------------------------------------------------------------------------------------
 // The contiguous (N, C, H, W) layout, fp32 or bf16 (the layout diffkit's bf16 CPU networks use):
@@ -411,8 +460,6 @@ void pair_sums(const A* u, const B* v, int64_t n, double& first, double& second)
     second += d2[lane];
   }
 }
-
-uint16_t* bf16_bits(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>()); }
 
 void check_nchw(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) &&
@@ -547,10 +594,10 @@ std::vector<torch::Tensor> group_norm_nchw_forward(torch::Tensor x, torch::Tenso
   const float* w = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
   if (x.scalar_type() == at::kFloat)
-    nchw_forward(x.data_ptr<float>(), y.data_ptr<float>(), w, b, mean.data_ptr<float>(), rstd.data_ptr<float>(),
+    nchw_forward(values<float>(x), values<float>(y), w, b, mean.data_ptr<float>(), rstd.data_ptr<float>(),
                  N, C, HW, groups, eps, silu);
   else
-    nchw_forward(bf16_bits(x), bf16_bits(y), w, b, mean.data_ptr<float>(),
+    nchw_forward(values<uint16_t>(x), values<uint16_t>(y), w, b, mean.data_ptr<float>(),
                  rstd.data_ptr<float>(), N, C, HW, groups, eps, silu);
   return {y, mean, rstd};
 }
@@ -570,10 +617,10 @@ std::vector<torch::Tensor> group_norm_nchw_backward(torch::Tensor dy, torch::Ten
   const float* w = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
   if (x.scalar_type() == at::kFloat)
-    nchw_backward(dy.data_ptr<float>(), x.data_ptr<float>(), dx.data_ptr<float>(), w, b, mean.data_ptr<float>(),
+    nchw_backward(values<float>(dy), values<float>(x), values<float>(dx), w, b, mean.data_ptr<float>(),
                   rstd.data_ptr<float>(), sdz.data(), sdzx.data(), N, C, HW, groups, silu);
   else
-    nchw_backward(bf16_bits(dy), bf16_bits(x), bf16_bits(dx), w, b,
+    nchw_backward(values<uint16_t>(dy), values<uint16_t>(x), values<uint16_t>(dx), w, b,
                   mean.data_ptr<float>(), rstd.data_ptr<float>(), sdz.data(), sdzx.data(), N, C, HW, groups, silu);
   auto dweight = torch::empty({C}, weight.options());
   auto dbias = torch::empty({C}, weight.options());

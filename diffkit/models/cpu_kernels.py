@@ -2,7 +2,7 @@
 
 One ``torch.utils.cpp_extension`` build of four sources: the Winograd tile transforms
 (``_winograd_kernels.cpp``, used by :mod:`diffkit.models.winograd`), GroupNorm [+ SiLU] for
-channels_last fp32 and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``, used by
+channels_last and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``, used by
 :mod:`diffkit.models.group_norm`), dropout with a recomputed mask (``_dropout_kernels.cpp``, used
 by :mod:`diffkit.models.dropout`) and their bindings (``_cpu_kernels.cpp``). The build (about
 30 s, cached under torch's extensions directory) starts the first time a layer that uses a
@@ -50,7 +50,7 @@ _build_lock = threading.Lock()
 
 
 def cpu_autocast() -> bool:
-    """Whether CPU autocast is on (the Winograd and channels_last GroupNorm kernels are fp32 only)."""
+    """Whether CPU autocast is on (the Winograd kernels are fp32 only; the GroupNorm kernels take bf16)."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4

@@ -6,7 +6,7 @@ blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
 
 :class:`GroupNorm` is ``nn.GroupNorm`` (same parameters and state dict) with three CPU paths:
 
-* fp32 channels_last (diffkit's CPU training and sampling layout): a C++ kernel
+* channels_last fp32 (diffkit's fp32 CPU training and sampling layout) and bf16: a C++ kernel
   (``_group_norm_kernels.cpp``, built with the Winograd kernels by :mod:`diffkit.models.cpu_kernels`)
   that works along the contiguous channel axis of each pixel, and that applies and differentiates
   the following SiLU in the same pass (:meth:`GroupNorm.forward_silu`). PyTorch's channels_last
@@ -18,16 +18,20 @@ blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
   docs/performance.md). Statistics are summed in double (a group whose float block sums overflow
   is summed again in double, so huge finite values still normalise). The backward pass keeps
   SiLU's input gradient in the output's memory between its two passes (one sigmoid per element).
-  Used for fp32 CPU tensors outside autocast and ``torch.compile``.
+  Used for fp32 CPU tensors outside autocast and for bf16 ones (read into float, the output and
+  the input gradient rounded once; SiLU's input gradient kept in float between the passes),
+  outside ``torch.compile``. bf16 channels_last forward + backward, batch 16, 2 threads: see
+  docs/performance.md (PyTorch's bf16 channels_last GroupNorm is slow; it used to run through
+  two layout copies, below).
 * GroupNorm + SiLU of contiguous fp32 or bf16 maps of at least 128 pixels (the layout of
-  diffkit's bf16 CPU networks, under autocast too): a second kernel normalises one (image, group)
+  bf16 CPU networks without the channels_last bf16 path, or laid out so; under autocast too): a second kernel normalises one (image, group)
   block per task, its sums then its output from the same cache lines, reading bf16 into float
   and rounding the result once (PyTorch's bf16 GroupNorm then SiLU rounds twice). Forward +
   backward, bf16, batch 16, 2 threads: 1.7 against 2.3 ms at 128 channels x 32x32, 3.8 against
   5.8 ms at 256 x 32x32; a bf16 CIFAR-10 training step 0-3.5% faster, and 17-18% fewer step tensor
   bytes (SiLU's input and output are no longer kept). Plain GroupNorm keeps PyTorch's kernel.
-* half precision channels_last: PyTorch's contiguous kernel between two layout copies
-  (``_GroupNormViaContiguous``, below).
+* fp16 channels_last, and bf16 channels_last without the kernels: PyTorch's contiguous kernel
+  between two layout copies (``_GroupNormViaContiguous``, below).
 
 ``DIFFKIT_CPU_KERNELS=0`` or a machine without a compiler keeps PyTorch's kernels. Everything
 else (CUDA, mps, fp16, small or plain contiguous GroupNorm) is ``nn.GroupNorm`` [+ ``F.silu``].
@@ -53,7 +57,8 @@ _NCHW_MIN_PIXELS = 128
 
 def fused_group_norm_layout(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = True) -> torch.memory_format | None:
     """The layout in which ``norm(x)`` [+ SiLU] runs a C++ kernel, or None for PyTorch's operators
-    (see the module docstring): ``torch.channels_last`` for fp32 channels_last maps;
+    (see the module docstring): ``torch.channels_last`` for channels_last maps, fp32 (outside
+    autocast) or bf16;
     ``torch.contiguous_format`` for GroupNorm + SiLU of contiguous fp32 / bf16 maps of at least
     ``_NCHW_MIN_PIXELS`` pixels (without the SiLU PyTorch's contiguous kernel is as fast)."""
     if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16):
@@ -62,7 +67,7 @@ def fused_group_norm_layout(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = Tr
         return None
     if compiling() or torch.jit.is_scripting():
         return None
-    if x.dtype == torch.float32 and strictly_channels_last(x) and not cpu_autocast():
+    if strictly_channels_last(x) and (x.dtype == torch.bfloat16 or not cpu_autocast()):
         layout = torch.channels_last
     elif silu and x.is_contiguous() and x.shape[2] * x.shape[3] >= _NCHW_MIN_PIXELS:
         layout = torch.contiguous_format

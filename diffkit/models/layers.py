@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import MEMORY_FORMATS, MIXED_PRECISION
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
+from .cpu_kernels import cpu_kernels
 from .dropout import dropout
 from .group_norm import GroupNorm
 from .winograd import WinogradConv2d
@@ -167,16 +168,18 @@ def preferred_memory_format(device, mixed_precision: str = "no") -> torch.memory
     ``torch.device`` or its name) under ``mixed_precision`` (``no``, ``bf16``, ``fp16``).
 
     ``channels_last`` on the CPU in fp32 (a training step 4-13% faster than contiguous for the
-    CIFAR-10 and MNIST networks, a seed-network forward 5%). Contiguous everywhere else: under
-    half-precision autocast on the CPU (a bf16 training step 7-8% faster for the seed, CIFAR-10
-    and MNIST networks, a forward 5-10%; oneDNN's bf16 convolution backward is faster on
-    contiguous maps and GroupNorm needs no layout copies), on CUDA (H200, torch 2.11, batch 128:
-    a seed / CIFAR-10 training step 13% / 18% faster in fp32 and 10% / 13% in bf16; only the small
-    MNIST network in bf16 was faster channels_last; diffusers' sampling loop too ran faster
-    contiguous; BENCHMARKS.md) and on mps. docs/performance.md has the measurements."""
+    CIFAR-10 and MNIST networks, a seed-network forward 5%) and in bf16 where diffkit's CPU
+    kernels are built (their channels_last GroupNorm + SiLU takes bf16 since the twentieth
+    session: a bf16 training step 10% faster than contiguous for the MNIST network, 2% for
+    CIFAR-10, equal for the seed network; a bf16 forward 12% faster for MNIST, equal for the
+    others). Contiguous everywhere else: bf16 on a CPU without the kernels (PyTorch's channels_last
+    bf16 GroupNorm needs layout copies; contiguous was 7-8% faster), on CUDA (H200, torch 2.11,
+    batch 128: a seed / CIFAR-10 training step 13% / 18% faster in fp32 and 10% / 13% in bf16; only
+    the small MNIST network in bf16 was faster channels_last; diffusers' sampling loop too ran
+    faster contiguous; BENCHMARKS.md) and on mps. docs/performance.md has the measurements."""
     check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
     device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
-    if device_type == "cpu" and mixed_precision == "no":
+    if device_type == "cpu" and (mixed_precision == "no" or (mixed_precision == "bf16" and cpu_kernels() is not None)):
         return torch.channels_last
     return torch.contiguous_format
 
