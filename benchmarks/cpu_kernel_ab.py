@@ -3,7 +3,8 @@
 ``--kernel dropout``: the recomputed-mask dropout (``diffkit.models.dropout``) against the
 ``random_``-word path it replaces when the kernels are missing; ``--kernel bf16-group-norm``: the
 contiguous GroupNorm + SiLU kernel (``diffkit.models.group_norm``) against PyTorch's bf16 GroupNorm
-then SiLU. Two measurements:
+then SiLU; ``--kernel bf16-winograd``: the opt-in bf16 Winograd F(2x2, 3x3) convolutions
+(``diffkit.models.winograd``) against oneDNN's bf16 convolutions. Two measurements:
 
 * ``--layer``: forward + backward of the layer alone on a batch-16 map (dropout p = 0.1,
   channels_last as diffkit's fp32 networks; the GroupNorm kernel on contiguous bf16 maps);
@@ -13,7 +14,8 @@ then SiLU. Two measurements:
 
 Medians of ``--rounds``. Writes ``benchmarks/out/cpu_kernel_ab.json``.
 
-    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout --config mnist [--bf16] [--rounds 15]
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|bf16-group-norm|bf16-winograd --config mnist
+        [--bf16] [--rounds 15]
     PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout --layer
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import diffkit.models.dropout as dropout_module  # noqa: E402
 import diffkit.models.group_norm as group_norm_module  # noqa: E402
+import diffkit.models.winograd as winograd_module  # noqa: E402
 from diffkit.models.cpu_kernels import cpu_kernels  # noqa: E402
 
 
@@ -47,6 +50,12 @@ def kernel_off(kernel: str):
             yield
         finally:
             dropout_module.cpu_kernels = saved
+    elif kernel == "bf16-winograd":
+        winograd_module.set_bf16_winograd_enabled(False)
+        try:
+            yield
+        finally:
+            winograd_module.set_bf16_winograd_enabled(True)
     else:
         saved, group_norm_module._NCHW_MIN_PIXELS = group_norm_module._NCHW_MIN_PIXELS, 1 << 62
         try:
@@ -82,7 +91,7 @@ def training_step(config: str, bf16: bool, memory_format: str = "auto"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm"), required=True)
+    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd"), required=True)
     parser.add_argument("--layer", action="store_true", help="the layer alone instead of a training step")
     parser.add_argument("--config", choices=("seed", "cifar10", "mnist"), default="mnist")
     parser.add_argument("--bf16", action="store_true", help="training step under bf16 autocast")
@@ -92,8 +101,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if cpu_kernels() is None:
         raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
-    if args.kernel == "bf16-group-norm" and not args.layer and not args.bf16:
-        raise SystemExit("--kernel bf16-group-norm times bf16 training steps: add --bf16")
+    if args.kernel in ("bf16-group-norm", "bf16-winograd") and not args.layer and not args.bf16:
+        raise SystemExit(f"--kernel {args.kernel} times bf16 training steps: add --bf16")
+    if args.kernel == "bf16-winograd":
+        if args.layer:
+            raise SystemExit("--kernel bf16-winograd: per layer, see benchmarks/winograd_bf16_prototype.py")
+        winograd_module.set_bf16_winograd_enabled(True)  # on; kernel_off turns it off per step
     torch.set_num_threads(args.threads)
     # the contiguous GroupNorm kernel runs in contiguous bf16 networks (bf16 on the CPU defaults to
     # channels_last since the twentieth session)

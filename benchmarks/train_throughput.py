@@ -79,6 +79,9 @@ CPU_COMPILE_VARIANTS = {
 }
 CPU_BF16_VARIANTS = {  # bf16 autocast on the CPU (AMX / AVX512-BF16 convolutions where the CPU has them)
     "diffkit-bf16": ("diffkit", {"bf16": True}),
+    # the opt-in bf16 Winograd F(2x2, 3x3) convolutions (DIFFKIT_BF16_WINOGRAD=1; twice the bf16
+    # convolution error, docs/performance.md)
+    "diffkit-bf16-winograd": ("diffkit", {"bf16": True, "bf16_winograd": True}),
     "diffusers-bf16": ("diffusers", {"bf16": True}),
     "diffusers-cl-bf16": ("diffusers", {"channels_last": True, "tuned": True, "bf16": True}),
 }
@@ -121,6 +124,7 @@ def reference_candidates(name: str, variants: dict) -> list:
     suffix = name[len("diffkit"):]
     for layout in LAYOUT_SUFFIXES:  # a forced layout (--layouts) is compared as its unforced variant
         suffix = suffix.removesuffix(layout)
+    suffix = suffix.removesuffix("-winograd")  # a diffkit-only option: against the same diffusers
     return [c for c in (f"diffusers-cl{suffix}", f"diffusers-tuned{suffix}", f"diffusers{suffix}") if c in variants]
 
 
@@ -149,7 +153,11 @@ class _Synthetic:
 def _diffkit_step_fn(cfg: dict, opts: dict, batch: int, device: str, workdir: str):
     import torch
     from diffkit.config import TrainConfig
+    from diffkit.models.winograd import set_bf16_winograd_enabled
     from diffkit.training import Trainer
+
+    if opts.get("bf16_winograd"):
+        set_bf16_winograd_enabled(True)
 
     train_cfg = TrainConfig(**{k: v for k, v in cfg.items()}, batch_size=batch, device=device, grad_clip=1.0,
                             ema_decay=0.9999, max_steps=10_000, save_weight_dir=workdir,

@@ -1,17 +1,18 @@
-"""Prototype, not used by diffkit: Winograd F(2x2, 3x3) for bf16 convolutions on the CPU (issue 8).
+"""Winograd F(2x2, 3x3) for bf16 convolutions on the CPU: a planar prototype and the package's path (issue 8).
 
 The bf16 training cells of issue 8 are bounded by 3x3 convolutions that already run at the bf16
 units' peak (``benchmarks/conv_roofline.py``); F(2x2, 3x3) needs 2.25x fewer multiplications
 and its transforms have only 0, +-1 and +-1/2 as coefficients. This script builds the prototype
 transforms of ``benchmarks/prototypes/winograd_2x2_bf16.cpp`` (planar kernels for the contiguous
-layout diffkit's bf16 networks run in, and channels_last forward kernels) and prints:
+layout bf16 networks without diffkit's kernels run in) and prints:
 
 1. accuracy: relative error against float64 of the output, the input gradient and the weight
    gradient, for the direct bf16 convolution and for F(2x2, 3x3) with bf16 transformed tiles,
    bf16 products (oneDNN's bf16 batched product rounds its output to bf16) and float transforms;
 2. speed per layer (batch 16, 2 threads, median): the direct bf16 convolution (contiguous and
-   channels_last) against the prototype, forward and forward + backward (planar), and the
-   channels_last forward, with the time of each part (transforms, batched products).
+   channels_last) against F(2x2, 3x3), forward and forward + backward: the planar prototype, and
+   the package's channels_last path (``diffkit.models.winograd``, opt-in ``DIFFKIT_BF16_WINOGRAD=1``),
+   with the time of each part (transforms, batched products).
 
     PYTHONPATH=. python benchmarks/winograd_bf16_prototype.py [--repeats 9] [--out benchmarks/out/winograd_bf16_prototype.json]
 
@@ -28,6 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from winograd_layers import median_seconds
+
+from diffkit.models.cpu_kernels import cpu_kernels
+from diffkit.models.winograd import WinogradConv2d, set_bf16_winograd_enabled
 
 HERE = Path(__file__).resolve().parent
 G = torch.tensor([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=torch.float64)  # Lavin & Gray 4.1
@@ -162,32 +166,32 @@ def speed(ext, planar, repeats):
         times["planar_out"] = median_ms(lambda: ext.output_transform_2x2(m, y, 0, None), repeats)
         times["planar_grad"] = median_ms(lambda: ext.output_gradient_transform_2x2(dy, v, 0), repeats)
         times["planar_product"] = median_ms(lambda: torch.bmm(u, v, out=m), repeats)
+        # channels_last: the package's path (diffkit.models.winograd, F2), as a network runs it
+        package = cpu_kernels()
+        conv = WinogradConv2d(channels, channels, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+        xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        dyc = dy.contiguous(memory_format=torch.channels_last)
+        set_bf16_winograd_enabled(True)
+        try:
+            def cl_fwd():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    conv(xc)
+
+            def cl_fwd_bwd():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = conv(xc)
+                torch.autograd.grad(y, (xc, conv.weight), dyc)
+            times["cl_fwd"] = median_ms(cl_fwd, repeats)
+            times["cl_fwd_bwd"] = median_ms(cl_fwd_bwd, repeats)
+        finally:
+            set_bf16_winograd_enabled(False)
         xh = x.permute(0, 2, 3, 1).contiguous()
         vh = torch.empty(16, tiles, channels, dtype=torch.bfloat16)
-        mh = torch.empty(16, tiles, channels, dtype=torch.bfloat16)
         yh = torch.empty_like(xh)
-        uh = u.transpose(1, 2).contiguous()
-
-        def nhwc_fwd():
-            ext.input_transform_2x2_nhwc(xh, vh, 0)
-            torch.bmm(vh, uh, out=mh)
-            ext.output_transform_2x2_nhwc(mh, yh, 0)
-        uht = planar.weight(w.flip(2, 3).transpose(0, 1)).transpose(1, 2).contiguous()
-        dyh = dy.permute(0, 2, 3, 1).contiguous()
-        dmh = torch.empty(16, tiles, channels, dtype=torch.bfloat16)
-
-        def nhwc_fwd_bwd():  # forward, input gradient (the same with the flipped kernel), weight gradient
-            nhwc_fwd()
-            ext.input_transform_2x2_nhwc(dyh, vh, 0)
-            torch.bmm(vh, uht, out=mh)
-            ext.output_transform_2x2_nhwc(mh, yh, 0)
-            ext.input_transform_2x2_nhwc(xh, vh, 0)
-            ext.output_gradient_transform_2x2_nhwc(dyh, dmh, 0)
-            torch.bmm(vh.transpose(1, 2), dmh).float()
-        times["cl_fwd"] = median_ms(nhwc_fwd, repeats)
-        times["cl_fwd_bwd"] = median_ms(nhwc_fwd_bwd, repeats)
-        times["cl_in"] = median_ms(lambda: ext.input_transform_2x2_nhwc(xh, vh, 0), repeats)
-        times["cl_out"] = median_ms(lambda: ext.output_transform_2x2_nhwc(mh, yh, 0), repeats)
+        times["cl_in"] = median_ms(lambda: package.input_transform_2x2(xh, vh, 0), repeats)
+        times["cl_out"] = median_ms(lambda: package.output_transform_2x2(vh, yh, 0, None), repeats)
         rows.append({"channels": channels, "size": size, **times})
         t = times
         print(f"| {channels} | {size}x{size} | {t['direct_fwd_nchw']:.2f} / {t['direct_fwd_cl']:.2f} | "

@@ -1,6 +1,6 @@
-"""The bf16 Winograd F(2x2, 3x3) prototype (``benchmarks/winograd_bf16_prototype.py``, issue 8)
-computes the convolution and both of its gradients: its figures in docs/performance.md are about
-a correct algorithm. Against float64 references of Lavin & Gray (2016) eq. 8 and the direct
+"""The planar bf16 Winograd F(2x2, 3x3) prototype (``benchmarks/winograd_bf16_prototype.py``,
+issue 8) computes the convolution and both of its gradients, and agrees with the package's
+channels_last kernels: its figures in docs/performance.md are about a correct algorithm. Against float64 references of Lavin & Gray (2016) eq. 8 and the direct
 convolution; skipped where the CPU kernels cannot be built."""
 import sys
 from pathlib import Path
@@ -60,13 +60,13 @@ def test_input_transform_is_bt_d_b_with_zero_padding(prototype):
     tiles = F.pad(x.double(), (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)  # (n, c, i, j, 4, 4)
     want = torch.einsum("ar,ncijrs,bs->abcnij", bt, tiles, bt).reshape(16, 3, 12)
     torch.testing.assert_close(v.double(), want.bfloat16().double(), rtol=0, atol=0)
-    # channels_last kernels: the same values, tiles-major
+    # the package's channels_last kernel: the same values, tiles-major
     vh = torch.empty(16, 12, 3, dtype=torch.bfloat16)
-    ext.input_transform_2x2_nhwc(x.permute(0, 2, 3, 1).contiguous(), vh, 0)
+    cpu_kernels().input_transform_2x2(x.permute(0, 2, 3, 1).contiguous(), vh, 0)
     torch.testing.assert_close(vh.transpose(1, 2), v, rtol=0, atol=0)
 
 
-def test_channels_last_kernels_agree_with_the_planar_ones(prototype):
+def test_the_packages_channels_last_kernels_agree_with_the_planar_ones(prototype):
     _, ext, planar = prototype
     torch.manual_seed(1)
     n, c, size = 2, 8, 6
@@ -75,13 +75,13 @@ def test_channels_last_kernels_agree_with_the_planar_ones(prototype):
     y = torch.empty(n, c, size, size, dtype=torch.bfloat16)
     ext.output_transform_2x2(m, y, 0, None)
     yh = torch.empty(n, size, size, c, dtype=torch.bfloat16)
-    ext.output_transform_2x2_nhwc(m.transpose(1, 2).contiguous(), yh, 0)
+    cpu_kernels().output_transform_2x2(m.transpose(1, 2).contiguous(), yh, 0, None)
     torch.testing.assert_close(yh.permute(0, 3, 1, 2), y, rtol=0, atol=0)
     dy = torch.randn(n, c, size, size).bfloat16()
     dm = torch.empty(16, c, tiles, dtype=torch.bfloat16)
     ext.output_gradient_transform_2x2(dy, dm, 0)
     dmh = torch.empty(16, tiles, c, dtype=torch.bfloat16)
-    ext.output_gradient_transform_2x2_nhwc(dy.permute(0, 2, 3, 1).contiguous(), dmh, 0)
+    cpu_kernels().output_gradient_transform_2x2(dy.permute(0, 2, 3, 1).contiguous(), dmh, 0)
     torch.testing.assert_close(dmh.transpose(1, 2), dm, rtol=0, atol=0)
     # both against A^T M A and A dY A^T per tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] (float64, then bf16)
     at = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)

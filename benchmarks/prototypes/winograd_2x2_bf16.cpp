@@ -10,8 +10,8 @@
 // contiguous (N, C, H, W) bf16 (the input map may also be float32); transformed tiles are
 // (16, C, Q) bf16 with the tiles of images n0 .. n0 + Q / (h w) numbered q = (n - n0) h w + i w + j,
 // so that the products are one batched matrix product (16, Co, Ci) @ (16, Ci, Q), and each
-// (image, channel) plane is one task. Then channels_last kernels (N, H, W, C) with tiles-major
-// (16, Q, C) transformed tiles, vectorised along channels.
+// (image, channel) plane is one task. The channels_last kernels, vectorised along channels, are
+// the package's (diffkit/models/_winograd_2x2_kernels.cpp).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -21,7 +21,9 @@
 
 #include "../../diffkit/models/_bf16.h"
 
-namespace diffkit {
+namespace diffkit_prototype {  // apart from the package's kernels of the same names
+using diffkit::load;
+using diffkit::store;
 namespace {
 
 void check_plane_map(const torch::Tensor& t, const char* name, bool float_allowed) {
@@ -219,151 +221,10 @@ void output_gradient_transform_2x2(torch::Tensor dy, torch::Tensor dm, int64_t n
   });
 }
 
-}  // namespace diffkit
-
-// ---------------------------------------------------------------------------------------------
-// The same transforms for channels_last maps (N, H, W, C) and tiles-major transformed tiles
-// (16, Q, C), tile q = (n - n0) h w + i w + j: every tile's 16 values are channel vectors, so the
-// loops run along channels (the layout of the fp32 F(4x4, 3x3) kernels).
-namespace diffkit {
-namespace {
-constexpr int64_t kLanes = 64;  // channels per inner loop
-
-template <typename T>
-inline void lines_bt(const T* const* d, float* const* o, int64_t K) {  // B^T on 4 lines
-  for (int64_t k = 0; k < K; ++k) {
-    const float d0 = load(d[0][k]), d1 = load(d[1][k]), d2 = load(d[2][k]), d3 = load(d[3][k]);
-    o[0][k] = d0 - d2;
-    o[1][k] = d1 + d2;
-    o[2][k] = d2 - d1;
-    o[3][k] = d1 - d3;
-  }
-}
-}  // namespace
-
-void input_transform_2x2_nhwc(torch::Tensor x, torch::Tensor v, int64_t n0) {
-  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), h = H / 2, w = W / 2;
-  const int64_t Q = v.size(1);
-  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kBFloat16 && v.is_contiguous() && v.size(0) == 16 &&
-              v.size(2) == C && Q % (h * w) == 0 && n0 + Q / (h * w) <= N, "input_transform_2x2_nhwc: bad arguments");
-  const uint16_t* xp = bf16_data(x);
-  uint16_t* vp = bf16_data(v);
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> rows(16 * kLanes);
-    std::vector<uint16_t> zeros(kLanes, 0);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n = n0 + q / (h * w), i = (q / w) % h, j = q % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-        const int64_t K = std::min(kLanes, C - c0);
-        for (int s = 0; s < 4; ++s) {  // column s: B^T along rows
-          const int64_t col = 2 * j - 1 + s;
-          const uint16_t* d[4];
-          float* o[4];
-          for (int r = 0; r < 4; ++r) {
-            const int64_t row = 2 * i - 1 + r;
-            d[r] = (row < 0 || row >= H || col < 0 || col >= W) ? zeros.data() : xp + ((n * H + row) * W + col) * C + c0;
-            o[r] = rows.data() + (r * 4 + s) * kLanes;
-          }
-          lines_bt(d, o, K);
-        }
-        for (int a = 0; a < 4; ++a) {  // row a: B^T along columns, rounded to bf16
-          const float* r0 = rows.data() + (a * 4) * kLanes;
-          for (int64_t k = 0; k < K; ++k) {
-            const float d0 = r0[k], d1 = r0[kLanes + k], d2 = r0[2 * kLanes + k], d3 = r0[3 * kLanes + k];
-            store(d0 - d2, vp + ((a * 4 + 0) * Q + q) * C + c0 + k);
-            store(d1 + d2, vp + ((a * 4 + 1) * Q + q) * C + c0 + k);
-            store(d2 - d1, vp + ((a * 4 + 2) * Q + q) * C + c0 + k);
-            store(d1 - d3, vp + ((a * 4 + 3) * Q + q) * C + c0 + k);
-          }
-        }
-      }
-    }
-  });
-}
-
-void output_transform_2x2_nhwc(torch::Tensor m, torch::Tensor y, int64_t n0) {
-  const int64_t H = y.size(1), W = y.size(2), C = y.size(3), h = H / 2, w = W / 2, Q = m.size(1);
-  TORCH_CHECK(y.is_contiguous() && y.scalar_type() == at::kBFloat16 && m.is_contiguous() && m.size(0) == 16 &&
-              m.size(2) == C, "output_transform_2x2_nhwc: bad arguments");
-  const uint16_t* mp = bf16_data(m);
-  uint16_t* yp = bf16_data(y);
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> p(8 * kLanes);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n = n0 + q / (h * w), i = (q / w) % h, j = q % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-        const int64_t K = std::min(kLanes, C - c0);
-        for (int b = 0; b < 4; ++b) {  // P[r][b] = (A^T M)[r][b]
-          const uint16_t* m0 = mp + ((0 * 4 + b) * Q + q) * C + c0;
-          const uint16_t* m1 = mp + ((1 * 4 + b) * Q + q) * C + c0;
-          const uint16_t* m2 = mp + ((2 * 4 + b) * Q + q) * C + c0;
-          const uint16_t* m3 = mp + ((3 * 4 + b) * Q + q) * C + c0;
-          float* p0 = p.data() + b * kLanes;
-          float* p1 = p.data() + (4 + b) * kLanes;
-          for (int64_t k = 0; k < K; ++k) {
-            const float a1 = load(m1[k]), a2 = load(m2[k]);
-            p0[k] = load(m0[k]) + a1 + a2;
-            p1[k] = a1 - a2 - load(m3[k]);
-          }
-        }
-        for (int r = 0; r < 2; ++r) {
-          const float* pr = p.data() + 4 * r * kLanes;
-          uint16_t* o0 = yp + ((n * H + 2 * i + r) * W + 2 * j) * C + c0;
-          uint16_t* o1 = o0 + C;
-          for (int64_t k = 0; k < K; ++k) {
-            store(pr[k] + pr[kLanes + k] + pr[2 * kLanes + k], o0 + k);
-            store(pr[kLanes + k] - pr[2 * kLanes + k] - pr[3 * kLanes + k], o1 + k);
-          }
-        }
-      }
-    }
-  });
-}
-
-void output_gradient_transform_2x2_nhwc(torch::Tensor dy, torch::Tensor dm, int64_t n0) {
-  const int64_t H = dy.size(1), W = dy.size(2), C = dy.size(3), h = H / 2, w = W / 2, Q = dm.size(1);
-  TORCH_CHECK(dy.is_contiguous() && dy.scalar_type() == at::kBFloat16 && dm.is_contiguous() && dm.size(0) == 16 &&
-              dm.size(2) == C, "output_gradient_transform_2x2_nhwc: bad arguments");
-  const uint16_t* yp = bf16_data(dy);
-  uint16_t* mp = bf16_data(dm);
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> rr(8 * kLanes);  // R[a][s] = (A dY)[a][s]
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n = n0 + q / (h * w), i = (q / w) % h, j = q % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-        const int64_t K = std::min(kLanes, C - c0);
-        for (int s = 0; s < 2; ++s) {  // R0 = y0, R1 = y0 + y1, R2 = y0 - y1, R3 = -y1
-          const uint16_t* y0 = yp + ((n * H + 2 * i) * W + 2 * j + s) * C + c0;
-          const uint16_t* y1 = y0 + W * C;
-          for (int64_t k = 0; k < K; ++k) {
-            const float a = load(y0[k]), b = load(y1[k]);
-            rr[(0 * 2 + s) * kLanes + k] = a;
-            rr[(1 * 2 + s) * kLanes + k] = a + b;
-            rr[(2 * 2 + s) * kLanes + k] = a - b;
-            rr[(3 * 2 + s) * kLanes + k] = -b;
-          }
-        }
-        for (int a = 0; a < 4; ++a) {  // dM[a] = (R0, R0 + R1, R0 - R1, -R1)
-          const float* s0 = rr.data() + (a * 2) * kLanes;
-          const float* s1 = s0 + kLanes;
-          for (int64_t k = 0; k < K; ++k) {
-            store(s0[k], mp + ((a * 4 + 0) * Q + q) * C + c0 + k);
-            store(s0[k] + s1[k], mp + ((a * 4 + 1) * Q + q) * C + c0 + k);
-            store(s0[k] - s1[k], mp + ((a * 4 + 2) * Q + q) * C + c0 + k);
-            store(-s1[k], mp + ((a * 4 + 3) * Q + q) * C + c0 + k);
-          }
-        }
-      }
-    }
-  });
-}
-}  // namespace diffkit
+}  // namespace diffkit_prototype
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("input_transform_2x2", &diffkit::input_transform_2x2);
-  m.def("output_transform_2x2", &diffkit::output_transform_2x2);
-  m.def("output_gradient_transform_2x2", &diffkit::output_gradient_transform_2x2);
-  m.def("input_transform_2x2_nhwc", &diffkit::input_transform_2x2_nhwc);
-  m.def("output_transform_2x2_nhwc", &diffkit::output_transform_2x2_nhwc);
-  m.def("output_gradient_transform_2x2_nhwc", &diffkit::output_gradient_transform_2x2_nhwc);
+  m.def("input_transform_2x2", &diffkit_prototype::input_transform_2x2);
+  m.def("output_transform_2x2", &diffkit_prototype::output_transform_2x2);
+  m.def("output_gradient_transform_2x2", &diffkit_prototype::output_gradient_transform_2x2);
 }

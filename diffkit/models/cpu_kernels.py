@@ -1,7 +1,8 @@
 """diffkit's C++ CPU kernels: built once per machine and torch version, loaded on first use.
 
-One ``torch.utils.cpp_extension`` build of four sources: the Winograd tile transforms
-(``_winograd_kernels.cpp``, used by :mod:`diffkit.models.winograd`), GroupNorm [+ SiLU] for
+One ``torch.utils.cpp_extension`` build of five sources: the Winograd tile transforms
+(``_winograd_kernels.cpp`` for fp32, ``_winograd_2x2_kernels.cpp`` for bf16, used by
+:mod:`diffkit.models.winograd`), GroupNorm [+ SiLU] for
 channels_last and contiguous fp32 / bf16 maps (``_group_norm_kernels.cpp``, used by
 :mod:`diffkit.models.group_norm`), dropout with a recomputed mask (``_dropout_kernels.cpp``, used
 by :mod:`diffkit.models.dropout`) and their bindings (``_cpu_kernels.cpp``). The build (about
@@ -27,22 +28,27 @@ import torch
 
 __all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch", "strictly_channels_last"]
 
-_SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_group_norm_kernels.cpp", "_dropout_kernels.cpp")
+_SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_winograd_2x2_kernels.cpp", "_group_norm_kernels.cpp",
+            "_dropout_kernels.cpp")
 _HEADERS = ("_bf16.h",)
 _OFF = ("0", "false", "off", "no")
 _ON = ("", "1", "true", "on", "yes")
 
 
-def environment_switch(variable: str) -> bool:
-    """Whether the on/off environment variable ``variable`` is on (unset: on); an unknown value
-    warns and counts as on."""
-    value = os.environ.get(variable, "1").strip().lower()
+def environment_switch(variable: str, default: bool = True) -> bool:
+    """Whether the on/off environment variable ``variable`` is on (unset: ``default``); an unknown
+    value warns and keeps the default."""
+    value = os.environ.get(variable)
+    if value is None or value.strip() == "":
+        return default
+    value = value.strip().lower()
     if value in _OFF:
         return False
-    if value not in _ON:
-        warnings.warn(f"{variable}={value!r} is not one of 0/1/false/true/off/on/no/yes; it stays on",
-                      stacklevel=3)
-    return True
+    if value in _ON:
+        return True
+    warnings.warn(f"{variable}={value!r} is not one of 0/1/false/true/off/on/no/yes; it stays "
+                  f"{'on' if default else 'off'}", stacklevel=3)
+    return default
 
 
 _state = {"enabled": environment_switch("DIFFKIT_CPU_KERNELS"), "extension": None, "tried": False}

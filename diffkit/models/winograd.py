@@ -1,4 +1,4 @@
-"""Winograd 3x3 convolutions for fp32 training and sampling on the CPU.
+"""Winograd 3x3 convolutions for fp32 (and, opt-in, bf16) training and sampling on the CPU.
 
 The 3x3 convolutions are about 75% of a CPU training step (docs/performance.md), computed by
 the same oneDNN kernels as in any other PyTorch network. Winograd's minimal filtering
@@ -22,17 +22,32 @@ precision and autocast, ``torch.compile``, small layers and batches) goes to ``F
 fp32 result differs from the direct convolution's by about 2e-6 relative (the direct one's own
 rounding error is about 2e-7). Set ``DIFFKIT_WINOGRAD=0`` to turn it off (``DIFFKIT_CPU_KERNELS=0``
 turns off every C++ kernel); without a C++ compiler it turns itself off with one warning.
+
+**bf16, opt-in** (``DIFFKIT_BF16_WINOGRAD=1`` or :func:`set_bf16_winograd_enabled`; off by
+default): under bf16 autocast (or for a bf16 network) on channels_last maps, F(2x2, 3x3)
+(Lavin & Gray 2016, section 4.1; 16 products per 4 outputs instead of 36: 2.25x fewer), whose
+transforms have only 0, +-1 and +-1/2 as coefficients (F(4x4, 3x3) loses 11x accuracy in bf16).
+Transforms in C++ (``_winograd_2x2_kernels.cpp``: float arithmetic, each result rounded to bf16
+once; the weights' transforms straight from the fp32 parameters), products in bf16 (oneDNN rounds
+them to bf16: PyTorch has no bf16 product with a float32 result on the CPU), the weight gradient
+summed over chunks in float32. Its error is about twice the direct bf16 convolution's (output,
+input gradient and weight gradient: 5.1-5.6e-3 relative against float64, direct 2.9e-3;
+``benchmarks/winograd_bf16_prototype.py``), hence opt-in. Used from 128 input and output channels
+on maps of at least 64 pixels with even sides (forward + backward, batch 16: 1.14x at 128 channels
+on 32x32, 1.4-1.6x at 256-384 channels on 8x8-16x16, 0.76x at 64 channels).
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import DiffkitError
-from .cpu_kernels import compiling, cpu_autocast, cpu_kernels, environment_switch
+from .cpu_kernels import compiling, cpu_autocast, cpu_kernels, environment_switch, strictly_channels_last
 
-__all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd_conv3x3", "set_winograd_enabled"]
+__all__ = ["WinogradConv2d", "winograd_available", "winograd_applies", "winograd_conv3x3", "set_winograd_enabled",
+           "set_bf16_winograd_enabled", "winograd_variant"]
 
 # Lavin & Gray (2016), section 4.2.
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -48,18 +63,53 @@ _MIN_SIDE = 8
 _MIN_CHANNELS = 64
 _MIN_TILES = 128
 _MIN_TILES_NO_GRAD = 64
+# bf16 F(2x2, 3x3) (channels_last maps; benchmarks/winograd_bf16_prototype.py, batch 16, forward +
+# backward): 1.14x at 128 channels on 32x32, 1.42-1.64x at 256-384 channels on 8x8-16x16, 0.76x
+# at 64 channels
+_BF16_MIN_CHANNELS = 128
+_BF16_MIN_PIXELS = 64
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One Winograd algorithm F(tile x tile, 3x3): its G matrix, dtype and transform kernels."""
+    tile: int
+    g: tuple
+    dtype: torch.dtype
+    input: str
+    output_gradient: str
+
+    @property
+    def positions(self) -> int:  # values of a transformed tile, (tile + 2)^2
+        return (self.tile + 2) ** 2
+
+
+F4 = Variant(4, tuple(map(tuple, _G)), torch.float32, "input_transform", "output_gradient_transform")
+# Lavin & Gray (2016), section 4.1
+F2 = Variant(2, ((1, 0, 0), (1 / 2, 1 / 2, 1 / 2), (1 / 2, -1 / 2, 1 / 2), (0, 0, 1)), torch.bfloat16,
+             "input_transform_2x2", "output_gradient_transform_2x2")
 
 def _enabled_by_environment() -> bool:
     return environment_switch("DIFFKIT_WINOGRAD")
 
 
-_state = {"enabled": _enabled_by_environment()}
+def _bf16_enabled_by_environment() -> bool:
+    return environment_switch("DIFFKIT_BF16_WINOGRAD", default=False)
+
+
+_state = {"enabled": _enabled_by_environment(), "bf16": _bf16_enabled_by_environment()}
 _local = threading.local()
 
 
 def set_winograd_enabled(enabled: bool) -> None:
-    """Turn the Winograd path on or off for this process (the default comes from DIFFKIT_WINOGRAD)."""
+    """Turn the fp32 Winograd path on or off for this process (the default comes from DIFFKIT_WINOGRAD)."""
     _state["enabled"] = bool(enabled)
+
+
+def set_bf16_winograd_enabled(enabled: bool) -> None:
+    """Turn the bf16 F(2x2, 3x3) path on or off for this process (the default, off, comes from
+    DIFFKIT_BF16_WINOGRAD; see the module docstring for its accuracy)."""
+    _state["bf16"] = bool(enabled)
 
 
 def _extension():
@@ -71,36 +121,62 @@ def winograd_available() -> bool:
     return _state["enabled"] and _extension() is not None
 
 
-def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` takes the Winograd path (see the module docstring for the rule)."""
-    if not _state["enabled"] or x.device.type != "cpu" or x.dim() != 4:
+def _plain_3x3(conv: torch.nn.Conv2d) -> bool:
+    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+def _bf16_autocast() -> bool:
+    if not cpu_autocast():
         return False
-    if x.dtype != torch.float32 or conv.weight.dtype != torch.float32 or cpu_autocast():
-        return False
-    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) \
-            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
-        return False
-    height, width = x.shape[-2:]
-    if height % 4 or width % 4 or min(height, width) < _MIN_SIDE:
-        return False
-    training = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-    min_tiles = _MIN_TILES if training else _MIN_TILES_NO_GRAD
-    if min(conv.in_channels, conv.out_channels) < _MIN_CHANNELS or x.shape[0] * height * width < 16 * min_tiles:
-        return False
+    try:
+        return torch.get_autocast_dtype("cpu") == torch.bfloat16
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() == torch.bfloat16
+
+
+def winograd_variant(conv: torch.nn.Conv2d, x: torch.Tensor):
+    """The Winograd variant ``conv(x)`` runs through (``F4`` for fp32, ``F2`` for bf16), or None
+    for ``F.conv2d`` (see the module docstring for the rules)."""
+    if x.device.type != "cpu" or x.dim() != 4 or not _plain_3x3(conv):
+        return None
     if compiling() or torch.jit.is_scripting():
-        return False
-    return _extension() is not None
+        return None
+    height, width = x.shape[-2:]
+    channels = min(conv.in_channels, conv.out_channels)
+    if x.dtype == torch.float32 and conv.weight.dtype == torch.float32 and not cpu_autocast():
+        if not _state["enabled"] or height % 4 or width % 4 or min(height, width) < _MIN_SIDE:
+            return None
+        training = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+        min_tiles = _MIN_TILES if training else _MIN_TILES_NO_GRAD
+        if channels < _MIN_CHANNELS or x.shape[0] * height * width < 16 * min_tiles:
+            return None
+        variant = F4
+    else:
+        bf16 = (_bf16_autocast() and x.dtype in (torch.float32, torch.bfloat16)) or (
+            not cpu_autocast() and x.dtype == conv.weight.dtype == torch.bfloat16)
+        if not (_state["bf16"] and bf16 and strictly_channels_last(x)) or height % 2 or width % 2:
+            return None
+        if channels < _BF16_MIN_CHANNELS or height * width < _BF16_MIN_PIXELS:
+            return None
+        variant = F2
+    return variant if _extension() is not None else None
 
 
-def _buffer(slot: int, shape: tuple) -> torch.Tensor:
-    """A reused scratch tensor of ``shape`` (per thread): no fresh pages to fault in at every call."""
+def winograd_applies(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv(x)`` takes a Winograd path (see the module docstring for the rules)."""
+    return winograd_variant(conv, x) is not None
+
+
+def _buffer(slot: int, shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A reused scratch tensor of ``shape`` (per thread and dtype): no fresh pages to fault in at every call."""
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = _local.buffers = {}
     numel = shape[0] * shape[1] * shape[2]
-    buf = buffers.get(slot)
+    buf = buffers.get((slot, dtype))
     if buf is None or buf.numel() < numel:  # allocated once at full size: never freed and re-grown
-        buf = buffers[slot] = torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=torch.float32)
+        buf = buffers[(slot, dtype)] = torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=dtype)
     return buf[:numel].view(shape)
 
 
@@ -109,32 +185,63 @@ def _kron(matrix, dtype) -> torch.Tensor:
     return torch.kron(m, m).to(dtype)
 
 
-def _weight_transform(weight: torch.Tensor) -> torch.Tensor:
-    """(Co, Ci, 3, 3) -> G g G^T for each (ci, co): (36, Ci, Co)."""
+def _weight_transform(weight: torch.Tensor, variant: "Variant", flipped: bool = False) -> torch.Tensor:
+    """(Co, Ci, 3, 3) -> G g G^T for each (ci, co): (P, Ci, Co) in the variant's dtype, computed in
+    float32 from the weight's own values (fp32 parameters under autocast are rounded once, after).
+    ``flipped``: of the kernel flipped and transposed (Ci and Co swapped), which convolves the
+    output gradient into the input gradient: (P, Co, Ci)."""
+    if variant.dtype == torch.bfloat16:  # one C++ pass along the input channels: (16, Co, Ci)
+        u = _extension().weight_transform_2x2(weight.float().contiguous(memory_format=torch.channels_last), flipped)
+        return u if flipped else u.transpose(1, 2)  # (in, out) per position: a free view for the product
+    if flipped:
+        weight = weight.flip(2, 3).transpose(0, 1)
     co, ci = weight.shape[:2]
-    return (_kron(_G, weight.dtype) @ weight.permute(2, 3, 1, 0).reshape(9, ci * co)).view(36, ci, co)
+    g = weight.float().permute(2, 3, 1, 0).reshape(9, ci * co)
+    return (_kron(variant.g, torch.float32) @ g).view(variant.positions, ci, co).to(variant.dtype)
 
 
-def _tiles_per_chunk(tiles: int, channels: int) -> int:
-    return max(1, min(tiles, _WORKSPACE_FLOATS // (36 * channels)))
+def _tiles_per_chunk(tiles: int, positions: int, channels: int) -> int:
+    return max(1, min(tiles, _WORKSPACE_FLOATS // (positions * channels)))
 
 
-def _convolve(ext, xh: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """xh (N, H, W, Ci) contiguous, u (36, Ci, Co) -> (N, H, W, Co)."""
+def _convolve(ext, variant: "Variant", xh: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """xh (N, H, W, Ci) contiguous in the variant's dtype, u (P, Ci, Co) -> (N, H, W, Co)."""
     n, height, width, ci = xh.shape
-    co = u.shape[2]
-    tiles = n * (height // 4) * (width // 4)
+    co, positions = u.shape[2], variant.positions
+    tiles = n * (height // variant.tile) * (width // variant.tile)
     y = xh.new_empty((n, height, width, co))
-    step = _tiles_per_chunk(tiles, max(ci, co))
+    step = _tiles_per_chunk(tiles, positions, max(ci, co))
     for p0 in range(0, tiles, step):
         q = min(step, tiles - p0)
-        v, m = _buffer(0, (36, q, ci)), _buffer(1, (36, q, co))
-        ext.input_transform(xh, v, p0)
+        v, m = _buffer(0, (positions, q, ci), variant.dtype), _buffer(1, (positions, q, co), variant.dtype)
+        getattr(ext, variant.input)(xh, v, p0)
         torch.bmm(v, u, out=m)
-        if bias is not None:
-            m[_BIAS_POSITION].add_(bias)
-        ext.output_transform(m, y, p0)
+        if variant.dtype == torch.float32:
+            if bias is not None:
+                m[_BIAS_POSITION].add_(bias)
+            ext.output_transform(m, y, p0)
+        else:  # the bias is added in float before the output's one rounding
+            ext.output_transform_2x2(m, y, p0, None if bias is None else bias.float().contiguous())
     return y
+
+
+def _weight_gradient(ext, variant: "Variant", xh: torch.Tensor, dyh: torch.Tensor) -> torch.Tensor:
+    """dL/dweight (Co, Ci, 3, 3), float32: G^T [sum over tiles (A dY A^T) . (B^T d B)] G."""
+    n, height, width, ci = xh.shape
+    co, positions = dyh.shape[3], variant.positions
+    tiles = n * (height // variant.tile) * (width // variant.tile)
+    du = torch.zeros((positions, ci, co), dtype=torch.float32)
+    step = _tiles_per_chunk(tiles, positions, max(ci, co))
+    for p0 in range(0, tiles, step):
+        q = min(step, tiles - p0)
+        v, dm = _buffer(0, (positions, q, ci), variant.dtype), _buffer(1, (positions, q, co), variant.dtype)
+        getattr(ext, variant.input)(xh, v, p0)
+        getattr(ext, variant.output_gradient)(dyh, dm, p0)
+        if variant.dtype == torch.float32:
+            du.baddbmm_(v.transpose(1, 2), dm)
+        else:  # each chunk's bf16 product, summed over chunks in float32
+            du.add_(torch.bmm(v.transpose(1, 2), dm))
+    return (_kron(variant.g, torch.float32).T @ du.view(positions, ci * co)).view(3, 3, ci, co).permute(3, 2, 0, 1)
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -148,40 +255,35 @@ def _in_layout_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class _WinogradConv3x3(torch.autograd.Function):
+    """conv2d(x, weight, bias, padding=1) by ``variant``; the output in the variant's dtype, the
+    gradients in their tensors' dtypes and layouts."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, variant):
         ext = _extension()
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _in_layout_of(x, _convolve(ext, _nhwc(x), _weight_transform(weight), bias).permute(0, 3, 1, 2))
+        with torch.autocast("cpu", enabled=False):
+            xv = x.to(variant.dtype)
+            ctx.save_for_backward(xv, weight)
+            ctx.has_bias, ctx.variant, ctx.x_dtype = bias is not None, variant, x.dtype
+            y = _convolve(ext, variant, _nhwc(xv), _weight_transform(weight, variant), bias)
+            return _in_layout_of(x, y.permute(0, 3, 1, 2))
 
     @staticmethod
     def backward(ctx, dy):
-        ext = _extension()
-        x, weight = ctx.saved_tensors
-        dyh = _nhwc(dy)
+        ext, variant = _extension(), ctx.variant
+        xv, weight = ctx.saved_tensors
         dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            flipped = weight.flip(2, 3).transpose(0, 1)
-            dx = _in_layout_of(x, _convolve(ext, dyh, _weight_transform(flipped), None).permute(0, 3, 1, 2))
-        if ctx.needs_input_grad[1]:
-            xh = _nhwc(x)
-            n, height, width, ci = xh.shape
-            co = dyh.shape[3]
-            tiles = n * (height // 4) * (width // 4)
-            du = torch.zeros((36, ci, co), dtype=x.dtype)
-            step = _tiles_per_chunk(tiles, max(ci, co))
-            for p0 in range(0, tiles, step):
-                q = min(step, tiles - p0)
-                v, dm = _buffer(0, (36, q, ci)), _buffer(1, (36, q, co))
-                ext.input_transform(xh, v, p0)
-                ext.output_gradient_transform(dyh, dm, p0)
-                du.baddbmm_(v.transpose(1, 2), dm)
-            dw = (_kron(_G, x.dtype).T @ du.view(36, ci * co)).view(3, 3, ci, co).permute(3, 2, 0, 1)
-            dw = _in_layout_of(weight, dw)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dyh.sum((0, 1, 2))
-        return dx, dw, db
+        with torch.autocast("cpu", enabled=False):
+            dyh = _nhwc(dy.to(variant.dtype))
+            if ctx.needs_input_grad[0]:
+                flipped = _weight_transform(weight, variant, flipped=True)
+                dx = _in_layout_of(xv, _convolve(ext, variant, dyh, flipped, None).permute(0, 3, 1, 2))
+                dx = dx.to(ctx.x_dtype)
+            if ctx.needs_input_grad[1]:
+                dw = _in_layout_of(weight, _weight_gradient(ext, variant, _nhwc(xv), dyh).to(weight.dtype))
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                db = dyh.sum((0, 1, 2), dtype=torch.float32)
+        return dx, dw, db, None
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -196,14 +298,18 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if _extension() is None:
         raise DiffkitError("winograd_conv3x3: the CPU kernels are off (DIFFKIT_CPU_KERNELS=0) or could not be built "
                            "here (see the warning); use F.conv2d")
-    return _WinogradConv3x3.apply(x, weight, bias)
+    return _WinogradConv3x3.apply(x, weight, bias, F4)
 
 
 class WinogradConv2d(torch.nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state dict) that runs through Winograd F(4x4, 3x3)
-    where :func:`winograd_applies` holds and as ``nn.Conv2d`` everywhere else."""
+    """``nn.Conv2d`` (same parameters and state dict) that runs through Winograd F(4x4, 3x3) in
+    fp32 or F(2x2, 3x3) in bf16 where :func:`winograd_variant` gives one, and as ``nn.Conv2d``
+    everywhere else."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if winograd_applies(self, x):
+        variant = winograd_variant(self, x)
+        if variant is F4:
             return winograd_conv3x3(x, self.weight, self.bias)
+        if variant is F2:
+            return _WinogradConv3x3.apply(x, self.weight, self.bias, F2)
         return self._conv_forward(x, self.weight, self.bias)
