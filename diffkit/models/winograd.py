@@ -230,17 +230,15 @@ def _weight_gradient(ext, variant: "Variant", xh: torch.Tensor, dyh: torch.Tenso
     n, height, width, ci = xh.shape
     co, positions = dyh.shape[3], variant.positions
     tiles = n * (height // variant.tile) * (width // variant.tile)
-    du = torch.zeros((positions, ci, co), dtype=torch.float32)
+    du = None
     step = _tiles_per_chunk(tiles, positions, max(ci, co))
     for p0 in range(0, tiles, step):
         q = min(step, tiles - p0)
         v, dm = _buffer(0, (positions, q, ci), variant.dtype), _buffer(1, (positions, q, co), variant.dtype)
         getattr(ext, variant.input)(xh, v, p0)
         getattr(ext, variant.output_gradient)(dyh, dm, p0)
-        if variant.dtype == torch.float32:
-            du.baddbmm_(v.transpose(1, 2), dm)
-        else:  # each chunk's bf16 product, summed over chunks in float32
-            du.add_(torch.bmm(v.transpose(1, 2), dm))
+        product = torch.bmm(v.transpose(1, 2), dm)  # bf16 products: each chunk's sum, added in float32
+        du = product.float() if du is None else du.add_(product)
     return (_kron(variant.g, torch.float32).T @ du.view(positions, ci * co)).view(3, 3, ci, co).permute(3, 2, 0, 1)
 
 
