@@ -117,8 +117,8 @@ def test_a_bf16_network_without_autocast_keeps_bf16(bf16_winograd):
     x = _cl(torch.randn(2, 128, 8, 8)).bfloat16().requires_grad_()
     assert winograd.winograd_variant(conv, x) is winograd.F2
     y = conv(x)
-    gx, gw = torch.autograd.grad(y.float().square().sum(), (x, conv.weight))
-    assert y.dtype == gx.dtype == gw.dtype == torch.bfloat16
+    gx, gw, gb = torch.autograd.grad(y.float().square().sum(), (x, conv.weight, conv.bias))
+    assert y.dtype == gx.dtype == gw.dtype == gb.dtype == torch.bfloat16
     ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
     assert _relative(y, ref) < 8e-3
 

@@ -262,7 +262,8 @@ class _WinogradConv3x3(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             xv = x.to(variant.dtype)
             ctx.save_for_backward(xv, weight)
-            ctx.has_bias, ctx.variant, ctx.x_dtype = bias is not None, variant, x.dtype
+            ctx.bias_dtype = None if bias is None else bias.dtype
+            ctx.variant, ctx.x_dtype = variant, x.dtype
             y = _convolve(ext, variant, _nhwc(xv), _weight_transform(weight, variant), bias)
             return _in_layout_of(x, y.permute(0, 3, 1, 2))
 
@@ -279,8 +280,8 @@ class _WinogradConv3x3(torch.autograd.Function):
                 dx = dx.to(ctx.x_dtype)
             if ctx.needs_input_grad[1]:
                 dw = _in_layout_of(weight, _weight_gradient(ext, variant, _nhwc(xv), dyh).to(weight.dtype))
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                db = dyh.sum((0, 1, 2), dtype=torch.float32)
+            if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+                db = dyh.sum((0, 1, 2), dtype=torch.float32).to(ctx.bias_dtype)
         return dx, dw, db, None
 
 
