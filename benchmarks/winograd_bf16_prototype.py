@@ -14,7 +14,8 @@ layout bf16 networks without diffkit's kernels run in) and prints:
    the package's channels_last path (``diffkit.models.winograd``, opt-in ``DIFFKIT_BF16_WINOGRAD=1``),
    with the time of each part (transforms, batched products).
 
-    PYTHONPATH=. python benchmarks/winograd_bf16_prototype.py [--repeats 9] [--out benchmarks/out/winograd_bf16_prototype.json]
+    PYTHONPATH=. python benchmarks/winograd_bf16_prototype.py [--repeats 9]
+        [--out benchmarks/out/winograd_bf16_prototype.json]
 
 Findings are in docs/performance.md ("What bounds the cells still under 1.3x").
 """
@@ -134,8 +135,8 @@ def accuracy(planar):
 
 def speed(ext, planar, repeats):
     rows = []
-    print("\n| C | size | direct fwd NCHW / CL | F(2,3) fwd planar / CL | direct fwd+bwd NCHW / CL | F(2,3) fwd+bwd planar / CL "
-          "| planar parts: in / out / grad transform, product (ms) |")
+    print("\n| C | size | direct fwd NCHW / CL | F(2,3) fwd planar / CL | direct fwd+bwd NCHW / CL "
+          "| F(2,3) fwd+bwd planar / CL | planar parts: in / out / grad transform, product (ms) |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for channels, size in [(128, 32), (256, 16), (256, 8), (384, 8), (64, 16)]:
         x = torch.randn(16, channels, size, size).bfloat16()
@@ -194,10 +195,12 @@ def speed(ext, planar, repeats):
         times["cl_out"] = median_ms(lambda: package.output_transform_2x2(vh, yh, 0, None), repeats)
         rows.append({"channels": channels, "size": size, **times})
         t = times
-        print(f"| {channels} | {size}x{size} | {t['direct_fwd_nchw']:.2f} / {t['direct_fwd_cl']:.2f} | "
-              f"{t['planar_fwd']:.2f} / {t['cl_fwd']:.2f} | {t['direct_fwd_bwd_nchw']:.2f} / {t['direct_fwd_bwd_cl']:.2f} | "
-              f"{t['planar_fwd_bwd']:.2f} / {t['cl_fwd_bwd']:.2f} | {t['planar_in']:.2f} / {t['planar_out']:.2f} / {t['planar_grad']:.2f}, "
-              f"{t['planar_product']:.2f} (CL in / out {t['cl_in']:.2f} / {t['cl_out']:.2f}) |", flush=True)
+        cells = [f"{t['direct_fwd_nchw']:.2f} / {t['direct_fwd_cl']:.2f}", f"{t['planar_fwd']:.2f} / {t['cl_fwd']:.2f}",
+                 f"{t['direct_fwd_bwd_nchw']:.2f} / {t['direct_fwd_bwd_cl']:.2f}",
+                 f"{t['planar_fwd_bwd']:.2f} / {t['cl_fwd_bwd']:.2f}",
+                 f"{t['planar_in']:.2f} / {t['planar_out']:.2f} / {t['planar_grad']:.2f}, {t['planar_product']:.2f} "
+                 f"(CL in / out {t['cl_in']:.2f} / {t['cl_out']:.2f})"]
+        print(f"| {channels} | {size}x{size} | " + " | ".join(cells) + " |", flush=True)
     return rows
 
 

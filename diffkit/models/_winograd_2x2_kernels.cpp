@@ -18,55 +18,30 @@
 #include <vector>
 
 #include "_bf16.h"
+#include "_winograd_tiles.h"
 
 namespace diffkit {
 namespace {
 
-constexpr int64_t kLanes = 64;  // channels per inner loop
+constexpr int64_t kLanes = kTileChannels;
 
 const uint16_t* bf16_values(const torch::Tensor& t) {
   return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 uint16_t* bf16_values(torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
-void check_map_2x2(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4 && t.is_contiguous() && t.scalar_type() == at::kBFloat16 && t.device().is_cpu(),
-              name, " must be a contiguous bfloat16 CPU tensor (N, H, W, C)");
-  TORCH_CHECK(t.size(1) % 2 == 0 && t.size(2) % 2 == 0, name, ": H and W must be even");
-}
-
-void check_tiles_2x2(const torch::Tensor& t, int64_t channels, int64_t p0, int64_t tiles, const char* name) {
-  TORCH_CHECK(t.dim() == 3 && t.is_contiguous() && t.scalar_type() == at::kBFloat16 && t.size(0) == 16 &&
-              t.size(2) == channels, name, " must be a contiguous bfloat16 (16, Q, C) tensor");
-  TORCH_CHECK(p0 >= 0 && p0 + t.size(1) <= tiles, name, ": tiles out of range");
-}
-
-// body(q, n, i, j, c0, K, scratch) for every tile q in [0, Q) (tile p0 + q: image n, tile row i,
-// tile column j) and every block of K <= kLanes channels from c0, in parallel over tiles;
-// scratch holds 16 * kLanes floats per thread.
-template <typename Body>
-void for_each_tile_2x2(int64_t Q, int64_t p0, int64_t h, int64_t w, int64_t C, const Body& body) {
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> scratch(16 * kLanes);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t p = p0 + q, n = p / (h * w), i = (p / w) % h, j = p % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kLanes) body(q, n, i, j, c0, std::min(kLanes, C - c0), scratch.data());
-    }
-  });
-}
-
 }  // namespace
 
 // v[:, q] = B^T d B for the tiles p0 + q of x (zero padding 1 on every side).
 void input_transform_2x2(torch::Tensor x, torch::Tensor v, int64_t p0) {
-  check_map_2x2(x, "x");
+  check_tile_map(x, at::kBFloat16, 2, "x");
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), h = H / 2, w = W / 2;
-  check_tiles_2x2(v, C, p0, N * h * w, "v");
+  check_tile_values(v, at::kBFloat16, 16, C, p0, N * h * w, "v");
   const int64_t Q = v.size(1);
   const uint16_t* xp = bf16_values(x);
   uint16_t* vp = bf16_values(v);
   static const std::vector<uint16_t> zeros(kLanes, 0);
-  for_each_tile_2x2(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
+  for_each_tile(Q, p0, h, w, C, 16, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
                                         float* rows) {
     for (int s = 0; s < 4; ++s) {  // column s of the tile: (B^T d)[a][s] along its rows
       const int64_t col = 2 * j - 1 + s;
@@ -106,9 +81,9 @@ void input_transform_2x2(torch::Tensor x, torch::Tensor v, int64_t p0) {
 
 // y's tiles p0 + q = A^T m[:, q] A (+ bias[c], float32, if given), rounded to bf16 once.
 void output_transform_2x2(torch::Tensor m, torch::Tensor y, int64_t p0, c10::optional<torch::Tensor> bias) {
-  check_map_2x2(y, "y");
+  check_tile_map(y, at::kBFloat16, 2, "y");
   const int64_t N = y.size(0), H = y.size(1), W = y.size(2), C = y.size(3), h = H / 2, w = W / 2;
-  check_tiles_2x2(m, C, p0, N * h * w, "m");
+  check_tile_values(m, at::kBFloat16, 16, C, p0, N * h * w, "m");
   const int64_t Q = m.size(1);
   std::vector<float> beta(C, 0.f);
   if (bias.has_value() && bias->defined()) {
@@ -118,7 +93,7 @@ void output_transform_2x2(torch::Tensor m, torch::Tensor y, int64_t p0, c10::opt
   }
   const uint16_t* mp = bf16_values(m);
   uint16_t* yp = bf16_values(y);
-  for_each_tile_2x2(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
+  for_each_tile(Q, p0, h, w, C, 16, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
                                         float* p) {
     for (int b = 0; b < 4; ++b) {  // P = A^T M: P[0][b] = M0b + M1b + M2b, P[1][b] = M1b - M2b - M3b
       const uint16_t* __restrict__ m0 = mp + ((0 * 4 + b) * Q + q) * C + c0;
@@ -148,13 +123,13 @@ void output_transform_2x2(torch::Tensor m, torch::Tensor y, int64_t p0, c10::opt
 
 // dm[:, q] = A dY A^T (the adjoint of output_transform_2x2) for the tiles p0 + q of dy.
 void output_gradient_transform_2x2(torch::Tensor dy, torch::Tensor dm, int64_t p0) {
-  check_map_2x2(dy, "dy");
+  check_tile_map(dy, at::kBFloat16, 2, "dy");
   const int64_t N = dy.size(0), H = dy.size(1), W = dy.size(2), C = dy.size(3), h = H / 2, w = W / 2;
-  check_tiles_2x2(dm, C, p0, N * h * w, "dm");
+  check_tile_values(dm, at::kBFloat16, 16, C, p0, N * h * w, "dm");
   const int64_t Q = dm.size(1);
   const uint16_t* yp = bf16_values(dy);
   uint16_t* mp = bf16_values(dm);
-  for_each_tile_2x2(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
+  for_each_tile(Q, p0, h, w, C, 16, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
                                         float* rr) {
     for (int s = 0; s < 2; ++s) {  // R = A dY: R0 = y0, R1 = y0 + y1, R2 = y0 - y1, R3 = -y1 (column s)
       const uint16_t* __restrict__ y0 = yp + ((n * H + 2 * i) * W + 2 * j + s) * C + c0;

@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <vector>
 
+#include "_winograd_tiles.h"
+
 namespace diffkit {
 namespace {
 
-constexpr int64_t kChunk = 64;  // channels per inner loop (the working set of a tile stays in L1)
+constexpr int64_t kChunk = kTileChannels;
 
 // B^T d for six input lines d0..d5 of K channels.
 inline void input_lines(const float* const* d, float* const* o, int64_t K) {
@@ -85,44 +87,19 @@ inline void output_gradient_lines(const float* const* y, float* const* o, int64_
   }
 }
 
-void check_map(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4 && t.is_contiguous() && t.scalar_type() == at::kFloat && t.device().is_cpu(),
-              name, " must be a contiguous float32 CPU tensor (N, H, W, C)");
-  TORCH_CHECK(t.size(1) % 4 == 0 && t.size(2) % 4 == 0, name, ": H and W must be multiples of 4");
-}
-
-void check_tiles(const torch::Tensor& t, int64_t channels, int64_t p0, int64_t tiles, const char* name) {
-  TORCH_CHECK(t.dim() == 3 && t.is_contiguous() && t.scalar_type() == at::kFloat && t.size(0) == 36 &&
-              t.size(2) == channels, name, " must be a contiguous float32 (36, Q, C) tensor");
-  TORCH_CHECK(p0 >= 0 && p0 + t.size(1) <= tiles, name, ": tiles out of range");
-}
-
 }  // namespace
-
-// Calls body(q, n, i, j, c0, K, scratch) for every tile q in [0, Q) (tile p0 + q of an
-// (N, 4h, 4w, C) map: image n, tile row i, tile column j) and every block of K <= kChunk channels
-// from c0, in parallel over tiles; scratch holds 36 * kChunk floats per thread.
-template <typename Body>
-void for_each_tile(int64_t Q, int64_t p0, int64_t h, int64_t w, int64_t C, const Body& body) {
-  at::parallel_for(0, Q, 1, [&](int64_t q0, int64_t q1) {
-    std::vector<float> scratch(36 * kChunk);
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t p = p0 + q, n = p / (h * w), i = (p / w) % h, j = p % w;
-      for (int64_t c0 = 0; c0 < C; c0 += kChunk) body(q, n, i, j, c0, std::min(kChunk, C - c0), scratch.data());
-    }
-  });
-}
 
 // v[:, q] = B^T d B for the tiles p0 + q of x (zero padding 1 on every side).
 void input_transform(torch::Tensor x, torch::Tensor v, int64_t p0) {
-  check_map(x, "x");
+  check_tile_map(x, at::kFloat, 4, "x");
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), h = H / 4, w = W / 4;
-  check_tiles(v, C, p0, N * h * w, "v");
+  check_tile_values(v, at::kFloat, 36, C, p0, N * h * w, "v");
   const int64_t Q = v.size(1);
   const float* xp = x.data_ptr<float>();
   float* vp = v.data_ptr<float>();
   static const std::vector<float> zeros(kChunk, 0.f);
-  for_each_tile(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K, float* rows) {
+  for_each_tile(Q, p0, h, w, C, 36, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
+                                        float* rows) {
     for (int s = 0; s < 6; ++s) {  // column s of the tile, along its rows
       const int64_t col = 4 * j - 1 + s;
       const float* d[6];
@@ -148,13 +125,14 @@ void input_transform(torch::Tensor x, torch::Tensor v, int64_t p0) {
 
 // y's tiles p0 + q = A^T m[:, q] A.
 void output_transform(torch::Tensor m, torch::Tensor y, int64_t p0) {
-  check_map(y, "y");
+  check_tile_map(y, at::kFloat, 4, "y");
   const int64_t N = y.size(0), H = y.size(1), W = y.size(2), C = y.size(3), h = H / 4, w = W / 4;
-  check_tiles(m, C, p0, N * h * w, "m");
+  check_tile_values(m, at::kFloat, 36, C, p0, N * h * w, "m");
   const int64_t Q = m.size(1);
   const float* mp = m.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for_each_tile(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K, float* rows) {
+  for_each_tile(Q, p0, h, w, C, 36, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
+                                        float* rows) {
     for (int b = 0; b < 6; ++b) {  // column b of the transformed tile, along its rows
       const float* d[6];
       float* o[4];
@@ -174,13 +152,14 @@ void output_transform(torch::Tensor m, torch::Tensor y, int64_t p0) {
 
 // dm[:, q] = A dY A^T for the tiles p0 + q of dy.
 void output_gradient_transform(torch::Tensor dy, torch::Tensor dm, int64_t p0) {
-  check_map(dy, "dy");
+  check_tile_map(dy, at::kFloat, 4, "dy");
   const int64_t N = dy.size(0), H = dy.size(1), W = dy.size(2), C = dy.size(3), h = H / 4, w = W / 4;
-  check_tiles(dm, C, p0, N * h * w, "dm");
+  check_tile_values(dm, at::kFloat, 36, C, p0, N * h * w, "dm");
   const int64_t Q = dm.size(1);
   const float* yp = dy.data_ptr<float>();
   float* mp = dm.data_ptr<float>();
-  for_each_tile(Q, p0, h, w, C, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K, float* rows) {
+  for_each_tile(Q, p0, h, w, C, 36, [&](int64_t q, int64_t n, int64_t i, int64_t j, int64_t c0, int64_t K,
+                                        float* rows) {
     for (int s = 0; s < 4; ++s) {  // column s of the output tile, along its rows
       const float* d[4];
       float* o[6];

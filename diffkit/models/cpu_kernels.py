@@ -30,7 +30,7 @@ __all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch", "st
 
 _SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_winograd_2x2_kernels.cpp", "_group_norm_kernels.cpp",
             "_dropout_kernels.cpp")
-_HEADERS = ("_bf16.h",)
+_HEADERS = ("_bf16.h", "_winograd_tiles.h")
 _OFF = ("0", "false", "off", "no")
 _ON = ("", "1", "true", "on", "yes")
 

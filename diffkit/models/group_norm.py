@@ -23,10 +23,11 @@ blocks follow it with SiLU (Elfwing et al. 2018), ``silu(x) = x * sigmoid(x)``.
   outside ``torch.compile``. bf16 channels_last forward + backward, batch 16, 2 threads: see
   docs/performance.md (PyTorch's bf16 channels_last GroupNorm is slow; it used to run through
   two layout copies, below).
-* GroupNorm + SiLU of contiguous fp32 or bf16 maps of at least 128 pixels (the layout of
-  bf16 CPU networks without the channels_last bf16 path, or laid out so; under autocast too): a second kernel normalises one (image, group)
-  block per task, its sums then its output from the same cache lines, reading bf16 into float
-  and rounding the result once (PyTorch's bf16 GroupNorm then SiLU rounds twice). Forward +
+* GroupNorm + SiLU of contiguous fp32 or bf16 maps of at least 128 pixels (bf16 CPU networks
+  without the kernels' channels_last path, or laid out contiguous; under autocast too): a second
+  kernel normalises one (image, group) block per task, its sums then its output from the same
+  cache lines, reading bf16 into float and rounding the result once (PyTorch's bf16 GroupNorm then
+  SiLU rounds twice). Forward +
   backward, bf16, batch 16, 2 threads: 1.7 against 2.3 ms at 128 channels x 32x32, 3.8 against
   5.8 ms at 256 x 32x32; a bf16 CIFAR-10 training step 0-3.5% faster, and 17-18% fewer step tensor
   bytes (SiLU's input and output are no longer kept). Plain GroupNorm keeps PyTorch's kernel.
