@@ -4,19 +4,22 @@
 ``random_``-word path it replaces when the kernels are missing; ``--kernel bf16-group-norm``: the
 contiguous GroupNorm + SiLU kernel (``diffkit.models.group_norm``) against PyTorch's bf16 GroupNorm
 then SiLU; ``--kernel bf16-winograd``: the opt-in bf16 Winograd F(2x2, 3x3) convolutions
-(``diffkit.models.winograd``) against oneDNN's bf16 convolutions. Two measurements:
+(``diffkit.models.winograd``) against oneDNN's bf16 convolutions; ``--kernel attention``: attention
+as matrix products with the probabilities kept (``diffkit.models.attention``) against PyTorch's
+fused CPU kernel. Two measurements:
 
 * ``--layer``: forward + backward of the layer alone on a batch-16 map (dropout p = 0.1,
-  channels_last as diffkit's fp32 networks; the GroupNorm kernel on contiguous bf16 maps);
+  channels_last as diffkit's fp32 networks; the GroupNorm kernel on contiguous bf16 maps;
+  attention over 14x14 tokens of 64 channels, one head, as the MNIST network's, fp32 or ``--bf16``);
 * otherwise: a full ``Trainer.train_step`` of a ``benchmarks/speed_configs.py`` network (as
   ``benchmarks/train_throughput.py`` times it; laid out contiguous for ``bf16-group-norm``), the
   kernel switched per step, alternating.
 
 Medians of ``--rounds``. Writes ``benchmarks/out/cpu_kernel_ab.json``.
 
-    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|bf16-group-norm|bf16-winograd --config mnist
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|bf16-group-norm|bf16-winograd|attention --config mnist
         [--bf16] [--rounds 15]
-    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout --layer
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|attention --layer [--bf16]
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+import diffkit.models.attention as attention_module  # noqa: E402
 import diffkit.models.dropout as dropout_module  # noqa: E402
 import diffkit.models.group_norm as group_norm_module  # noqa: E402
 import diffkit.models.winograd as winograd_module  # noqa: E402
@@ -42,9 +46,16 @@ from diffkit.models.cpu_kernels import cpu_kernels  # noqa: E402
 
 @contextmanager
 def kernel_off(kernel: str):
-    """The kernel switched off: dropout without the extension, or no contiguous GroupNorm map
-    large enough for the kernel."""
-    if kernel == "dropout":
+    """The kernel switched off: dropout without the extension, attention always through the fused
+    kernel, or no contiguous GroupNorm map large enough for the kernel."""
+    if kernel == "attention":
+        saved = attention_module.uses_matmuls
+        attention_module.uses_matmuls = lambda *args: False
+        try:
+            yield
+        finally:
+            attention_module.uses_matmuls = saved
+    elif kernel == "dropout":
         saved, dropout_module.cpu_kernels = dropout_module.cpu_kernels, lambda: None
         try:
             yield
@@ -64,8 +75,12 @@ def kernel_off(kernel: str):
             group_norm_module._NCHW_MIN_PIXELS = saved
 
 
-def layer_step(kernel: str):
+def layer_step(kernel: str, bf16: bool = False):
     """Forward + backward of the layer alone on its largest benchmark shape."""
+    if kernel == "attention":
+        qkv = torch.randn(16, 196, 3 * 64, dtype=torch.bfloat16 if bf16 else torch.float32, requires_grad=True)
+        upstream = torch.randn(16, 196, 64, dtype=qkv.dtype)
+        return lambda: attention_module.attention(*qkv.chunk(3, dim=-1), 1).backward(upstream)
     if kernel == "dropout":
         x = torch.randn(16, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
         upstream = torch.randn_like(x)
@@ -91,7 +106,7 @@ def training_step(config: str, bf16: bool, memory_format: str = "auto"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd"), required=True)
+    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd", "attention"), required=True)
     parser.add_argument("--layer", action="store_true", help="the layer alone instead of a training step")
     parser.add_argument("--config", choices=("seed", "cifar10", "mnist"), default="mnist")
     parser.add_argument("--bf16", action="store_true", help="training step under bf16 autocast")
@@ -99,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/out/cpu_kernel_ab.json")
     args = parser.parse_args(argv)
-    if cpu_kernels() is None:
+    if cpu_kernels() is None and args.kernel != "attention":
         raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
     if args.kernel in ("bf16-group-norm", "bf16-winograd") and not args.layer and not args.bf16:
         raise SystemExit(f"--kernel {args.kernel} times bf16 training steps: add --bf16")
@@ -111,7 +126,7 @@ def main(argv=None):
     # the contiguous GroupNorm kernel runs in contiguous bf16 networks (bf16 on the CPU defaults to
     # channels_last since the twentieth session)
     layout = "contiguous" if args.kernel == "bf16-group-norm" else "auto"
-    step = layer_step(args.kernel) if args.layer else training_step(args.config, args.bf16, layout)
+    step = layer_step(args.kernel, args.bf16) if args.layer else training_step(args.config, args.bf16, layout)
     for _ in range(3):
         step()
     times = {"on": [], "off": []}
@@ -128,7 +143,7 @@ def main(argv=None):
                     step()
             times[mode].append(time.perf_counter() - start)
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
-    what = "layer fwd + bwd" if args.layer else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})"
+    what = f"layer fwd + bwd ({'bf16' if args.bf16 else 'fp32'})" if args.layer else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})"
     print(f"{args.kernel}, {what}, {args.threads} threads, median of {args.rounds}: "
           f"on {1e3 * on:.2f} ms, off {1e3 * off:.2f} ms, off / on {off / on:.3f}")
     out = Path(args.out)

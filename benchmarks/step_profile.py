@@ -35,6 +35,19 @@ KINDS = {  # operator names (as the profiler reports them) by kind of work
                            "aten::native_group_norm_backward", "aten::silu", "aten::silu_backward"),
     "dropout": ("_RecomputedMaskDropout", "_RecomputedMaskDropoutBackward", "aten::random_", "aten::ge"),
 }
+# autograd functions whose operators (Winograd's and attention's batched products) count as their kind
+SCOPES = {"_WinogradConv3x3": "convolutions", "_WinogradConv3x3Backward": "convolutions",
+          "_KeptProbabilitiesAttention": "attention", "_KeptProbabilitiesAttentionBackward": "attention"}
+
+
+def _kind(event, kind_of_name: dict) -> str | None:
+    """The kind of a profiler event: its own name's, or that of the autograd function it runs in."""
+    parent = event
+    while parent is not None:
+        if parent.name in SCOPES:
+            return SCOPES[parent.name]
+        parent = parent.cpu_parent
+    return kind_of_name.get(event.name)
 
 
 def main(argv=None):
@@ -57,18 +70,22 @@ def main(argv=None):
         for _ in range(args.steps):
             step()
     events = prof.key_averages()
-    per_step = {e.key: e.self_cpu_time_total / 1e3 / args.steps for e in events}  # ms
+    kind_of_name = {name: kind for kind, names in KINDS.items() for name in names}
+    per_kind = dict.fromkeys(KINDS, 0.0)
+    rest: dict[str, float] = {}
+    for event in prof.events():
+        ms = event.self_cpu_time_total / 1e3 / args.steps
+        kind = _kind(event, kind_of_name)
+        if kind is None:
+            rest[event.name] = rest.get(event.name, 0.0) + ms
+        else:
+            per_kind[kind] += ms
     print(f"{args.config} {'bf16' if args.bf16 else 'fp32'}, {args.threads} threads: step {1e3 * statistics.median(walls):.1f} ms "
-          f"(median of {args.steps}, unprofiled); profiled self time per step {sum(per_step.values()):.1f} ms, "
+          f"(median of {args.steps}, unprofiled); profiled self time per step {sum(per_kind.values()) + sum(rest.values()):.1f} ms, "
           f"{sum(e.count for e in events) / args.steps:.0f} operator calls")
-    kinds = {kind: list(names) for kind, names in KINDS.items()}
-    # batched products: Winograd's in fp32, bf16 attention's (two matrix products) under autocast
-    kinds["attention" if args.bf16 else "convolutions"] += ["aten::bmm", "aten::baddbmm_"]
-    named = set()
-    for kind, names in kinds.items():
-        named.update(names)
-        print(f"  {kind:20s} {sum(per_step.get(n, 0.0) for n in names):8.1f} ms")
-    rest = sorted(((ms, name) for name, ms in per_step.items() if name not in named), reverse=True)
+    for kind, ms in per_kind.items():
+        print(f"  {kind:20s} {ms:8.1f} ms")
+    rest = sorted(((ms, name) for name, ms in rest.items()), reverse=True)
     print(f"  {'rest':20s} {sum(ms for ms, _ in rest):8.1f} ms, largest: "
           + ", ".join(f"{name} {ms:.1f}" for ms, name in rest[:6]))
 

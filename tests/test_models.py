@@ -428,30 +428,60 @@ def test_channels_last_weights_save_contiguous_and_load_back(tmp_path):
     torch.testing.assert_close(fresh(x, 3.0), model(x, 3.0))
 
 
-@pytest.mark.parametrize("tokens,heads", [(196, 1), (64, 4), (300, 2)])
-def test_attention_in_bf16_on_the_cpu_is_close_to_the_formula(tokens, heads):
-    # softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017, eq. 1) in float64 against the bf16 path:
-    # two matrix products up to 256 x 256 scores per head, the fused kernel above (300 tokens).
-    from diffkit.models.layers import _sdpa
+@pytest.mark.parametrize("dtype,tokens,heads,keys", [
+    (torch.bfloat16, 196, 1, None), (torch.bfloat16, 64, 4, None), (torch.bfloat16, 300, 2, None),
+    (torch.bfloat16, 49, 1, 1), (torch.float32, 196, 1, None), (torch.float32, 64, 4, None)])
+def test_attention_on_the_cpu_is_close_to_the_formula(dtype, tokens, heads, keys):
+    # softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017, eq. 1) and its gradients in float64 against
+    # diffkit's attention: matrix products with the probabilities kept (bf16, up to 256 x 256
+    # scores per head), PyTorch's fused kernel otherwise. keys: one query (attention pooling's
+    # mean token) on many keys.
+    from diffkit.models.attention import attention, uses_matmuls
     torch.manual_seed(2)
-    q, k, v = (torch.randn(2, tokens, 64, dtype=torch.float64) * s for s in (2.0, 1.0, 1.0))
-    grad = torch.randn(2, tokens, 64, dtype=torch.float64)
+    queries = keys or tokens
+    q = torch.randn(2, queries, 64, dtype=torch.float64) * 2.0
+    k, v = (torch.randn(2, tokens, 64, dtype=torch.float64) for _ in range(2))
+    grad = torch.randn(2, queries, 64, dtype=torch.float64)
     ref_in = [x.clone().requires_grad_() for x in (q, k, v)]
     d = 64 // heads
-    split = [x.reshape(2, tokens, heads, d).transpose(1, 2) for x in ref_in]
+    split = [x.reshape(2, x.shape[1], heads, d).transpose(1, 2) for x in ref_in]
     weights = (split[0] @ split[1].transpose(-1, -2) / math.sqrt(d)).softmax(-1)
-    ref = (weights @ split[2]).transpose(1, 2).reshape(2, tokens, 64)
+    ref = (weights @ split[2]).transpose(1, 2).reshape(2, queries, 64)
     ref.backward(grad)
-    half = [x.bfloat16().requires_grad_() for x in (q, k, v)]
-    out = _sdpa(*half, heads)
-    assert out.dtype == torch.bfloat16
-    out.backward(grad.bfloat16())
-    assert (out.double() - ref).norm() / ref.norm() < 2e-2
-    for got, want in zip(half, ref_in):
-        assert (got.grad.double() - want.grad).norm() / want.grad.norm() < 2e-2
-    if tokens * tokens > 256 * 256:
-        fused = F.scaled_dot_product_attention(*[x.detach().reshape(2, tokens, heads, d).transpose(1, 2) for x in half])
-        assert torch.equal(out.detach(), fused.transpose(1, 2).reshape(2, tokens, 64))
+    got_in = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+    out = attention(*got_in, heads)
+    assert out.dtype == dtype and out.shape == ref.shape
+    out.backward(grad.to(dtype))
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert (out.double() - ref).norm() / ref.norm() < tolerance
+    for got, want in zip(got_in, ref_in):
+        assert (got.grad.double() - want.grad).norm() / want.grad.norm() < tolerance
+    matmuls = uses_matmuls(*got_in)
+    assert matmuls == (queries * tokens <= 256 * 256 and dtype == torch.bfloat16)
+    if not matmuls:
+        fused = F.scaled_dot_product_attention(*[x.detach().reshape(2, x.shape[1], heads, d).transpose(1, 2)
+                                                 for x in got_in])
+        assert torch.equal(out.detach(), fused.transpose(1, 2).reshape(2, queries, 64))
+
+
+def test_bf16_attention_takes_views_of_a_fused_projection_and_grads_only_where_asked():
+    """One head: the q, k, v chunks of a bf16 qkv projection go in as strided views; the gradient
+    reaches the projection's output through them, close to float32's; a frozen input gets none."""
+    from diffkit.models.attention import attention
+    torch.manual_seed(3)
+    qkv = torch.randn(3, 49, 96)
+    grad = torch.randn(3, 49, 32)
+    grads = []
+    for dtype in (torch.bfloat16, torch.float32):
+        leaf = qkv.to(dtype).requires_grad_()
+        attention(*leaf.chunk(3, dim=-1), 1).backward(grad.to(dtype))
+        grads.append(leaf.grad.float())
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() < 2e-2
+    q = torch.randn(3, 49, 32, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(3, 49, 32, dtype=torch.bfloat16)
+    v = torch.randn(3, 49, 32, dtype=torch.bfloat16, requires_grad=True)
+    attention(q, k, v, 1).float().sum().backward()
+    assert k.grad is None and q.grad is not None and v.grad is not None
 
 
 @pytest.mark.parametrize("device,precision,expected", [

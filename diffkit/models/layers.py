@@ -8,9 +8,9 @@ residual blocks, zero-initialised output convolutions, and the latent-diffusion
 "spatial transformer" cross-attention block (Rombach et al. 2022, Sec. 3.3).
 
 Every block takes ``(h, emb, context)`` so that a trunk is a plain list of blocks; blocks that
-ignore the embedding or the context simply do not read them. Attention runs through
-:func:`torch.nn.functional.scaled_dot_product_attention` on token tensors laid out
-``(batch, height*width, channels)``, which is a free view of a ``channels_last`` feature map.
+ignore the embedding or the context simply do not read them. Attention (:mod:`.attention`) runs on
+token tensors laid out ``(batch, height*width, channels)``, which is a free view of a
+``channels_last`` feature map.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import MEMORY_FORMATS, MIXED_PRECISION
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
+from .attention import attention
 from .cpu_kernels import cpu_kernels
 from .dropout import dropout
 from .group_norm import GroupNorm
@@ -250,37 +251,6 @@ def _from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.reshape(b, height, width, c).permute(0, 3, 1, 2)
 
 
-# Largest L_q * L_k attended with two matrix products on the CPU in bf16 (a 16x16 map attending
-# to itself); larger maps keep the fused kernel, which never holds the L_q x L_k scores.
-_CPU_BF16_MATMUL_ATTENTION_MAX = 256 * 256
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head scaled dot-product attention on (B, L, C) tensors, scale 1/sqrt(C/heads)
-    (Vaswani et al. 2017, eq. 1).
-
-    bf16 on the CPU, up to ``_CPU_BF16_MATMUL_ATTENTION_MAX`` score entries per head:
-    softmax(QK^T / sqrt(d)) V as two oneDNN bf16 matrix products (AMX where the CPU has it) around
-    a softmax computed in float32 and rounded to bf16 once, about 3x faster in forward + backward
-    than the fused SDPA kernel for 64-256 tokens (docs/performance.md). The scores are rounded to
-    bf16, so the output's relative error is about 1e-2 instead of 5e-3 (float64 reference;
-    tests/test_models.py), below what the bf16 convolutions around it already carry; the bf16
-    probabilities held for the backward pass are 2 bytes per score. Everything else:
-    ``F.scaled_dot_product_attention``."""
-    b, lq, c = q.shape
-    d = c // heads
-    q = q.reshape(b, lq, heads, d).transpose(1, 2)
-    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
-    v = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
-    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.dtype == v.dtype == torch.bfloat16
-            and lq * k.shape[2] <= _CPU_BF16_MATMUL_ATTENTION_MAX):
-        scores = (q * d ** -0.5) @ k.transpose(-1, -2)
-        out = scores.softmax(-1) @ v  # the CPU's bf16 softmax computes in float32 and rounds once
-    else:
-        out = F.scaled_dot_product_attention(q, k, v)
-    return out.transpose(1, 2).reshape(b, lq, c)
-
-
 # --------------------------------------------------------------------------- blocks
 class TimeEmbedding(nn.Module):
     """t -> sinusoidal(channel) -> Linear -> SiLU -> Linear (DDPM Appendix B), width ``4*channel``."""
@@ -366,7 +336,7 @@ class AttentionBlock(nn.Module):
                 context: torch.Tensor | None = None) -> torch.Tensor:
         _, _, height, width = x.shape
         q, k, v = self.qkv(_to_tokens(self.norm(x))).chunk(3, dim=-1)
-        out = self.proj(_sdpa(q, k, v, self.heads))
+        out = self.proj(attention(q, k, v, self.heads))
         return x + _from_tokens(out, height, width)
 
 
@@ -382,7 +352,7 @@ class _CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         k, v = self.to_kv(context).chunk(2, dim=-1)
-        return self.to_out(_sdpa(self.to_q(x), k, v, self.heads))
+        return self.to_out(attention(self.to_q(x), k, v, self.heads))
 
 
 class SpatialTransformer(nn.Module):
@@ -414,7 +384,7 @@ class SpatialTransformer(nn.Module):
         _, _, height, width = x.shape
         h = self.proj_in(_to_tokens(self.norm(x)))
         q, k, v = self.qkv(self.norm_self(h)).chunk(3, dim=-1)
-        h = h + self.self_out(_sdpa(q, k, v, self.heads))
+        h = h + self.self_out(attention(q, k, v, self.heads))
         if context is not None:
             h = h + self.cross(self.norm_cross(h), context.to(h.dtype))
         value, gate = self.ff_in(self.norm_ff(h)).chunk(2, dim=-1)
@@ -467,7 +437,7 @@ class AttentionPool2d(nn.Module):
         tokens = _to_tokens(x)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1) + self.positional.to(tokens.dtype)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
-        pooled = _sdpa(q[:, :1], k, v, self.heads)
+        pooled = attention(q[:, :1], k, v, self.heads)
         return self.out(pooled[:, 0])
 
 
