@@ -6,7 +6,9 @@ contiguous GroupNorm + SiLU kernel (``diffkit.models.group_norm``) against PyTor
 then SiLU; ``--kernel bf16-winograd``: the opt-in bf16 Winograd F(2x2, 3x3) convolutions
 (``diffkit.models.winograd``) against oneDNN's bf16 convolutions; ``--kernel attention``: attention
 as matrix products with the probabilities kept (``diffkit.models.attention``) against PyTorch's
-fused CPU kernel. Two measurements:
+fused CPU kernel; ``--kernel adamw-layout``: ``diffkit.optim.FusedAdamW`` handing channels_last
+weights to PyTorch's fused AdamW kernel as contiguous permutations against PyTorch's own call, which
+copies each such gradient first (not a kernel of diffkit's extension; the step only). Two measurements:
 
 * ``--layer``: forward + backward of the layer alone on a batch-16 map (dropout p = 0.1,
   channels_last as diffkit's fp32 networks; the GroupNorm kernel on contiguous bf16 maps;
@@ -17,7 +19,7 @@ fused CPU kernel. Two measurements:
 
 Medians of ``--rounds``. Writes ``benchmarks/out/cpu_kernel_ab.json``.
 
-    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|bf16-group-norm|bf16-winograd|attention --config mnist
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|bf16-group-norm|bf16-winograd|attention|adamw-layout --config mnist
         [--bf16] [--rounds 15]
     PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|attention --layer [--bf16]
 """
@@ -41,14 +43,23 @@ import diffkit.models.attention as attention_module  # noqa: E402
 import diffkit.models.dropout as dropout_module  # noqa: E402
 import diffkit.models.group_norm as group_norm_module  # noqa: E402
 import diffkit.models.winograd as winograd_module  # noqa: E402
+import diffkit.optim as optim_module  # noqa: E402
 from diffkit.models.cpu_kernels import cpu_kernels  # noqa: E402
 
 
 @contextmanager
 def kernel_off(kernel: str):
     """The kernel switched off: dropout without the extension, attention always through the fused
-    kernel, or no contiguous GroupNorm map large enough for the kernel."""
-    if kernel == "attention":
+    kernel, AdamW's channels_last gradients copied as PyTorch does, or no contiguous GroupNorm map
+    large enough for the kernel."""
+    if kernel == "adamw-layout":
+        saved = optim_module.pass_channels_last_as_contiguous
+        optim_module.pass_channels_last_as_contiguous = lambda lists: None
+        try:
+            yield
+        finally:
+            optim_module.pass_channels_last_as_contiguous = saved
+    elif kernel == "attention":
         saved = attention_module.uses_matmuls
         attention_module.uses_matmuls = lambda *args: False
         try:
@@ -106,7 +117,7 @@ def training_step(config: str, bf16: bool, memory_format: str = "auto"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd", "attention"), required=True)
+    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd", "attention", "adamw-layout"), required=True)
     parser.add_argument("--layer", action="store_true", help="the layer alone instead of a training step")
     parser.add_argument("--config", choices=("seed", "cifar10", "mnist"), default="mnist")
     parser.add_argument("--bf16", action="store_true", help="training step under bf16 autocast")
@@ -114,10 +125,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/out/cpu_kernel_ab.json")
     args = parser.parse_args(argv)
-    if cpu_kernels() is None and args.kernel != "attention":
+    if cpu_kernels() is None and args.kernel not in ("attention", "adamw-layout"):
         raise SystemExit("diffkit's CPU kernels are not available here (no compiler, or DIFFKIT_CPU_KERNELS=0)")
     if args.kernel in ("bf16-group-norm", "bf16-winograd") and not args.layer and not args.bf16:
         raise SystemExit(f"--kernel {args.kernel} times bf16 training steps: add --bf16")
+    if args.kernel == "adamw-layout" and args.layer:
+        raise SystemExit("--kernel adamw-layout times training steps (no layer): drop --layer")
     if args.kernel == "bf16-winograd":
         if args.layer:
             raise SystemExit("--kernel bf16-winograd: per layer, see benchmarks/winograd_bf16_prototype.py")

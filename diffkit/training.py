@@ -30,6 +30,7 @@ from .errors import DiffkitError
 from .losses import training_losses
 from .models.layers import resolve_memory_format, use_memory_format
 from .models.unet import UNet, UNetConfig
+from .optim import FusedAdamW
 from .schedule import NoiseSchedule
 from .timestep_sampling import make_timestep_sampler
 
@@ -228,11 +229,14 @@ class Trainer:
         # take the weights' strides; auto: models.layers.preferred_memory_format
         use_memory_format(self.model, resolve_memory_format(cfg.memory_format, self.device, cfg.mixed_precision))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
-        # fused AdamW (one kernel for all parameters) on CPU and CUDA; resumed optimiser state gets
+        # fused AdamW (one kernel for all parameters) on CPU and CUDA, channels_last weights handed
+        # to the CPU kernel without its gradient copies (diffkit.optim); resumed optimiser state gets
         # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs
-        fused = self.device.type in ("cuda", "cpu")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           **({"fused": True} if fused else {"foreach": True}))
+        if self.device.type in ("cuda", "cpu"):
+            self.optimizer = FusedAdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                               foreach=True)
         self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # noise and timesteps
         self.global_batch = cfg.batch_size * self.dist.world_size  # per optimiser micro-step

@@ -174,14 +174,16 @@ def test_the_network_computes_in_the_layout_preferred_for_its_precision(tmp_path
                                                                           expected):
     """``memory_format = "auto"``: channels_last in fp32 on the CPU, and under bf16 autocast where
     diffkit's kernels are built (contiguous without them; docs/performance.md); a named layout is
-    forced; the EMA copy and AdamW's moments share the weights' layout (the fused kernel needs it)."""
+    forced; the EMA copy and AdamW's moments share the weights' layout (the fused kernel needs it),
+    and the optimiser is diffkit's FusedAdamW (no gradient copies for channels_last weights)."""
     from diffkit.models.layers import preferred_memory_format
+    from diffkit.optim import FusedAdamW
     expected = expected or preferred_memory_format("cpu", precision)
     tr = Trainer(make_cfg(tmp_path, max_steps=1, mixed_precision=precision, memory_format=memory_format),
                  tiny_dataset(), progress=False)
     tr.run()
     weights = [p for p in tr.model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1]
-    assert weights and tr.model.memory_format is expected
+    assert weights and tr.model.memory_format is expected and isinstance(tr.optimizer, FusedAdamW)
     for p in weights:
         assert p.is_contiguous(memory_format=expected), p.shape
         assert tr.optimizer.state[p]["exp_avg"].stride() == p.stride()
