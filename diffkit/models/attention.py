@@ -3,8 +3,8 @@
 On the GPU and for long sequences it is :func:`torch.nn.functional.scaled_dot_product_attention`
 (flash / memory-efficient kernels that never hold the L_q x L_k scores). On the CPU in bf16, up to
 ``CPU_MATMUL_ATTENTION_MAX`` score entries per head (a 16x16 map attending to itself), it is
-:class:`_KeptProbabilitiesAttention`: three batched matrix products in the forward pass, the
-probabilities kept for the backward pass, and four matrix products there, which is what the
+:class:`_KeptProbabilitiesAttention`: two batched matrix products around a softmax in the forward
+pass, the probabilities kept for the backward pass, and four matrix products there, which is what the
 U-Nets' attention at 7x7-16x16 maps costs least as in bf16 (docs/performance.md, "bf16 attention"):
 PyTorch's fused CPU kernel recomputes the probabilities in its backward pass and runs its bf16
 matrix products in blocks far below the matrix units' rate (1.7x slower in forward + backward at
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 # Largest L_q * L_k per head attended with matrix products on the CPU (a 16x16 map attending to
-# itself: 256 KiB of fp32 probabilities per sample and head kept for the backward pass); larger
+# itself: 128 KiB of bf16 probabilities per sample and head kept for the backward pass); larger
 # maps keep the fused kernel, which never holds the scores.
 CPU_MATMUL_ATTENTION_MAX = 256 * 256
 
