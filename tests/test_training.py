@@ -39,6 +39,30 @@ def test_learning_rate_follows_the_seed_warmup_and_cosine():
     assert learning_rate(1000, 1000, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("grad_clip", [1e-4, 1e4, None])
+def test_gradients_reach_the_optimiser_clipped_to_grad_clip(tmp_path, grad_clip):
+    """g * min(1, grad_clip / (||g|| + 1e-6)) (Pascanu et al. 2013; torch's clip_grad_norm_): a
+    small grad_clip scales the gradient to that norm, a large one or none leaves it as computed."""
+    tr = Trainer(make_cfg(tmp_path, max_steps=1, dropout=0.0, grad_clip=grad_clip), tiny_dataset(), progress=False)
+    seen = {}
+
+    def step(*args, **kwargs):  # the gradients as AdamW gets them, and the same backward pass unclipped
+        seen["clipped"] = [p.grad.clone() for p in tr.model.parameters()]
+    tr.optimizer.step = step
+    batch = next(tr._epoch_batches(0))
+    gen_state = tr.generator.get_state()
+    tr.train_step(batch)
+    tr.generator.set_state(gen_state)
+    tr.optimizer.zero_grad(set_to_none=True)
+    tr._micro_batch_loss(*batch[0]).backward()
+    raw = [p.grad for p in tr.model.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw]))
+    factor = min(1.0, grad_clip / (float(norm) + 1e-6)) if grad_clip else 1.0
+    assert (factor < 1.0) == (grad_clip == 1e-4)
+    for got, want in zip(seen["clipped"], raw):
+        torch.testing.assert_close(got, want * factor, rtol=1e-5, atol=1e-12)
+
+
 def test_training_reduces_loss_on_a_fixed_batch(tmp_path):
     cfg = make_cfg(tmp_path, max_steps=1, dropout=0.0)
     tr = Trainer(cfg, tiny_dataset(), progress=False)
