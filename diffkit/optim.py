@@ -4,9 +4,9 @@ PyTorch's fused CPU AdamW kernel updates each parameter, its gradient and its tw
 arrays in memory order (so all four must share one layout; ``checkpoint.match_parameter_layout``
 keeps resumed moments in the parameters' strides), but first makes a contiguous copy of every
 gradient that is not contiguous in the default (NCHW) sense, which it then does not use. A
-channels_last 3x3 convolution weight is such a gradient: the copies cost 25 ms of a 66 ms
-optimiser step for the seed network's 83M parameters and 10 of 28 ms for the CIFAR-10 network's
-36M (``docs/performance.md``, "The optimiser step"). :class:`FusedAdamW` hands the kernel each
+channels_last 3x3 convolution weight is such a gradient: the copies cost about half of the
+optimiser step (seed network, 83M parameters: 52-60 ms with them, 28-29 without; CIFAR-10
+network, 36M: 26 / 15 ms) (``docs/performance.md``, "The optimiser step"). :class:`FusedAdamW` hands the kernel each
 channels_last parameter, gradient and moments as their (O, kH, kW, I) permutation, which is
 contiguous and the same memory: the same update element by element, without the copies.
 """
