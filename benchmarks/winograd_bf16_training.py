@@ -75,6 +75,17 @@ def train(data_dir: str, steps: int, precision: str, bf16_winograd: bool, seed: 
     return curve, total / count
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1`` -> [0, 1]; a one-line argparse error otherwise."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: comma-separated integers, e.g. 0,1") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: seeds >= 0")
+    return seeds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
@@ -82,13 +93,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     parser.add_argument("--out", default="benchmarks/out/winograd_bf16_training.json")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated training seeds")
     parser.add_argument("--heldout", type=int, default=1024, help="MNIST test images for the held-out loss")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     heldout = heldout_batches(args.data_dir, args.heldout, NETWORK["T"])
     ways = {"fp32": ("no", False), "bf16": ("bf16", False), "bf16 + Winograd": ("bf16", True)}
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     results = {}
     for seed in seeds:
         for name, (precision, bf16_winograd) in ways.items():
