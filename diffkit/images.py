@@ -13,6 +13,17 @@ from .checkpoint import atomic_write_bytes
 from .errors import DiffkitError
 
 
+def as_float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
+    """Float32 images in [-1, 1]: uint8 (0..255) is scaled by x / 127.5 - 1, floats pass as they are
+    (assumed in [-1, 1]); any other dtype gets a one-line error."""
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1.0
+    if not images.is_floating_point():
+        raise DiffkitError(f"{what} of dtype {str(images.dtype).replace('torch.', '')} are not allowed; "
+                           "give float images in [-1, 1] or uint8 images in [0, 255]")
+    return images.float()
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounding (x + 1) * 127.5."""
     x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

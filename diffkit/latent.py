@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from . import checkpoint as ckpt
 from .errors import DiffkitError
+from .images import as_float_images
 
 
 def file_sha256(path) -> str:
@@ -139,7 +140,7 @@ def encode_dataset(autoencoder: FrozenAutoencoder, dataset, batch_size: int = 25
     parts = []
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size]
-        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+        x = as_float_images(x, "data set images")
         parts.append(autoencoder.encode(x).float().cpu())
     latents = torch.cat(parts)
     if not torch.isfinite(latents).all():

@@ -38,6 +38,25 @@ def test_tensor_iterable_and_folder_sources_agree(tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_sixteen_bit_grey_pngs_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64).round().astype(np.uint16).reshape(1, 8, 8)
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    Image.fromarray(ramp[0]).save(folder / "ramp.png")          # a 16-bit grey PNG
+    with Image.open(folder / "ramp.png") as image:
+        assert image.mode.startswith("I")
+    got = extract_features(lambda b: b.flatten(1), folder, progress=False)
+    np.testing.assert_allclose(got[0], ramp.ravel() / 65535 * 2 - 1, atol=1e-6)
+
+
+def test_uint8_tensors_are_scaled_and_other_integers_refused():
+    pixels = torch.arange(0, 256, 4, dtype=torch.uint8).reshape(1, 1, 8, 8)
+    got = extract_features(lambda b: b.flatten(1), pixels, progress=False)
+    np.testing.assert_allclose(got[0], pixels.double().flatten().numpy() / 127.5 - 1, atol=1e-6)
+    with pytest.raises(DiffkitError, match="dtype int64 are not allowed"):
+        extract_features(lambda b: b.flatten(1), pixels.long(), progress=False)
+
+
 def test_tuple_outputs_are_kept_apart():
     images = torch.linspace(-1, 1, 6 * 4).reshape(6, 1, 2, 2)
     first, second = extract_features(lambda b: (b.flatten(1), -b.flatten(1)[:, :1]), images,

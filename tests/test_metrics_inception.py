@@ -61,13 +61,23 @@ def test_outputs_have_feature_and_logit_shapes(model):
     assert torch.isfinite(out.features).all() and torch.isfinite(out.logits).all()
 
 
-def test_unbiased_logits_drop_the_fc_bias(model):
-    unbiased = FIDInceptionV3(resize_input=False, unbiased_logits=True).eval()
-    unbiased.load_state_dict(model.state_dict())
+def test_logits_drop_the_fc_bias_unless_asked(model):
+    # the original IS code (Salimans et al. 2016, openai/improved-gan) multiplies pool3 by the
+    # softmax weights only; unbiased_logits=False gives the classification logits
+    biased = FIDInceptionV3(resize_input=False, unbiased_logits=False).eval()
+    biased.load_state_dict(model.state_dict())
     x = torch.rand(1, 3, 75, 75) * 2 - 1
     with torch.no_grad():
-        a, b = model(x), unbiased(x)
-    torch.testing.assert_close(a.logits - b.logits, model.fc.bias[None].expand(1, -1))
+        a, b = model(x), biased(x)
+    torch.testing.assert_close(a.logits, a.features @ model.fc.weight.T)
+    torch.testing.assert_close(b.logits - a.logits, model.fc.bias[None].expand(1, -1))
+
+
+def test_uint8_inputs_are_scaled_to_the_float_range(model):
+    pixels = torch.randint(0, 256, (1, 3, 75, 75), dtype=torch.uint8)
+    torch.testing.assert_close(model.preprocess(pixels), pixels.float() / 127.5 - 1)
+    with pytest.raises(DiffkitError, match="dtype int32"):
+        model.preprocess(pixels.int())
 
 
 def test_resize_is_bilinear_to_299_without_corner_alignment(model):

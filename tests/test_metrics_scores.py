@@ -33,6 +33,26 @@ def test_inception_score_two_class_closed_form():
     assert inception_score(logits, splits=2).mean == pytest.approx(2 * np.exp(-entropy), rel=1e-12)
 
 
+def _confident(classes, num_classes, other=-30.0):
+    logits = np.full((len(classes), num_classes), other)
+    logits[np.arange(len(classes)), classes] = 30.0
+    return logits
+
+
+def test_inception_score_splits_as_the_original_code():
+    # parts [i N // splits, (i + 1) N // splits) (openai/improved-gan): N = 5, 2 splits ->
+    # samples {0, 1} (classes A, B: IS 2) and {2, 3, 4} (A, C, D: IS 3); confident predictions
+    # give IS = exp(H(p(y))). np.array_split's {0, 1, 2} / {3, 4} would give 1.89 and 2.
+    score = inception_score(_confident([0, 1, 0, 2, 3], 5), splits=2)
+    assert score.mean == pytest.approx(2.5, rel=1e-9) and score.std == pytest.approx(0.5, rel=1e-9)
+
+
+def test_inception_score_with_underflowing_classes_is_finite():
+    # 1008 classes, 10 used, the rest at logit -1000: their p(y) underflows to 0 in float64
+    score = inception_score(_confident(np.arange(1000) % 10, 1008, other=-1000.0))
+    assert score.mean == pytest.approx(10.0, rel=1e-9)
+
+
 def test_inception_score_rejects_more_splits_than_samples():
     with pytest.raises(DiffkitError, match="splits=10"):
         inception_score(np.zeros((5, 3)), splits=10)

@@ -19,10 +19,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import DiffkitError, check_range
+from ..images import as_float_images
 from .frechet import GaussianStats, feature_statistics
 from .inception import default_cache_dir
 
 IMAGE_SUFFIXES = (".png",)
+GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")   # Pillow's modes of grey PNGs (8, 1, 16 bit)
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")               # 16-bit grey, read as 0..65535
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -39,24 +42,35 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 def _check_same_size(files: Sequence[Path]) -> tuple[tuple[int, int], str]:
     """All images must share one size (read from headers only); returns (size, mode)."""
     with Image.open(files[0]) as first:
-        size, mode = first.size, ("L" if first.mode in ("L", "1", "I;16", "I") else "RGB")
+        size, mode = first.size, ("L" if first.mode in GREY_MODES else "RGB")
     for path in files[1:]:
         with Image.open(path) as image:
             if image.size != size:
                 raise DiffkitError(
                     f"image {path.name} is {image.size[0]}x{image.size[1]} but {files[0].name} is "
                     f"{size[0]}x{size[1]}; all images in a folder must have the same size")
-            if image.mode not in ("L", "1", "I;16", "I"):
+            if image.mode not in GREY_MODES:
                 mode = "RGB"
     return size, mode
 
 
+def _pixels(image: Image.Image, mode: str) -> np.ndarray:
+    """An image's pixels as float32 on the 8-bit scale [0, 255], (H, W) for "L", (H, W, 3) for "RGB".
+
+    16-bit grey PNGs are scaled by 255 / 65535 (Pillow's own conversion to "L" clips them)."""
+    if image.mode in WIDE_MODES:
+        grey = np.asarray(image, dtype=np.float32) * np.float32(255.0 / 65535.0)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert(mode), dtype=np.float32)
+
+
 def load_image_batch(files: Sequence[Path], mode: str) -> torch.Tensor:
-    """Read PNGs as a float tensor (B, C, H, W) scaled from [0, 255] to [-1, 1]."""
+    """Read PNGs as a float tensor (B, C, H, W) scaled from [0, 255] (8 bit) or [0, 65535]
+    (16-bit grey) to [-1, 1]."""
     arrays = []
     for path in files:
         with Image.open(path) as image:
-            array = np.asarray(image.convert(mode), dtype=np.float32)
+            array = _pixels(image, mode)
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
 
@@ -93,8 +107,9 @@ def extract_features(extractor: Callable, source, batch_size: int = 50, device="
                      progress: bool = True, description: str = "features"):
     """Run ``extractor`` over all images of ``source``; returns float64 array(s) (N, d).
 
-    ``source``: a tensor (N, C, H, W) in [-1, 1], an iterable of such batches (a batch may
-    also be an (images, labels) pair; labels are ignored) or a folder of same-sized PNGs.
+    ``source``: a tensor (N, C, H, W) in [-1, 1] (or uint8 in [0, 255]), an iterable of such
+    batches (a batch may also be an (images, labels) pair; labels are ignored) or a folder of
+    same-sized PNGs.
     ``progress=False`` turns the tqdm bar off.
     """
     check_range("batch_size", batch_size, 1, None, integer=True)
@@ -104,8 +119,8 @@ def extract_features(extractor: Callable, source, batch_size: int = 50, device="
     for batch in tqdm(batches, total=total, disable=not progress, desc=description, unit="batch"):
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
-        batch = torch.as_tensor(batch)
-        result = extractor(batch.to(device=device, dtype=torch.float32))
+        batch = as_float_images(torch.as_tensor(batch))
+        result = extractor(batch.to(device=device))
         if isinstance(result, torch.Tensor):
             result = (result,)
         else:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DiffkitError
+from ..images import as_float_images
 
 WEIGHTS_FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -206,13 +207,14 @@ class FIDInceptionV3(nn.Module):
     """The FID InceptionV3: images in [-1, 1] -> (pool3 features (B, 2048), logits (B, 1008)).
 
     Input: (B, 3, H, W) float images in [-1, 1] (diffkit's convention, which is also the range
-    the TF graph expects); a single channel is repeated to three. Any H, W is resized to 299x299
-    bilinearly (``align_corners=False``), as pytorch-fid does. ``unbiased_logits=True`` drops the
-    ``fc`` bias, matching the original Inception Score code (Salimans et al. 2016), which
-    multiplies pool3 by the softmax weights only.
+    the TF graph expects) or uint8 images in [0, 255]; a single channel is repeated to three.
+    Any H, W is resized to 299x299 bilinearly (``align_corners=False``), as pytorch-fid does.
+    The logits are pool3 times the softmax weights without the ``fc`` bias, as the original
+    Inception Score code computes them (Salimans et al. 2016, openai/improved-gan; also
+    torch-fidelity's ``logits_unbiased``); ``unbiased_logits=False`` adds the bias.
     """
 
-    def __init__(self, resize_input: bool = True, unbiased_logits: bool = False):
+    def __init__(self, resize_input: bool = True, unbiased_logits: bool = True):
         super().__init__()
         self.resize_input = resize_input
         self.unbiased_logits = unbiased_logits
@@ -245,7 +247,7 @@ class FIDInceptionV3(nn.Module):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise DiffkitError(f"Inception input shape {tuple(images.shape)} is not allowed; "
                                "expected (batch, 1 or 3, height, width) images in [-1, 1]")
-        x = images.float()
+        x = as_float_images(images, "Inception inputs")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if self.resize_input and tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
@@ -332,7 +334,7 @@ def check_state_dict(state_dict: dict, expected: dict[str, tuple[int, ...]], wha
 
 
 def load_inception(weights: str | os.PathLike | dict | None = None, device="cpu",
-                   unbiased_logits: bool = False) -> FIDInceptionV3:
+                   unbiased_logits: bool = True) -> FIDInceptionV3:
     """Build :class:`FIDInceptionV3` in eval mode with its weights loaded strictly.
 
     ``weights``: a path, an already loaded state dict, or None to search

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import logsumexp
 import torch
 
 from ..errors import DiffkitError, check_range
@@ -49,19 +50,22 @@ def inception_score(logits, splits: int = 10) -> MeanStd:
     p(y|x) = softmax(logits); in each part, p(y) is the part's mean of p(y|x) and the score is
     exp(mean_x KL(p(y|x) || p(y))). It lies in [1, num_classes]: 1 when every image gets the
     same prediction, num_classes for confident predictions spread evenly over the classes.
+    Part i is samples [i N // splits, (i + 1) N // splits), as in the original code
+    (openai/improved-gan); log p(y) is a log-sum-exp, so classes whose probability underflows
+    to 0 add 0 instead of NaN.
     """
     logits = _as_2d_float64(logits, "logits")
     check_range("splits", splits, 1, None, integer=True)
-    if logits.shape[0] < splits:
-        raise DiffkitError(f"splits={splits} is more than the {logits.shape[0]} samples; "
+    n = logits.shape[0]
+    if n < splits:
+        raise DiffkitError(f"splits={splits} is more than the {n} samples; "
                            "use at most one split per sample")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))   # log p(y|x)
+    log_p = logits - logsumexp(logits, axis=1, keepdims=True)               # log p(y|x)
     scores = []
-    for part in np.array_split(log_p, splits):
-        p = np.exp(part)
-        log_py = np.log(p.mean(axis=0))                                   # log p(y)
-        kl = (p * (part - log_py)).sum(axis=1)
+    for i in range(splits):
+        part = log_p[i * n // splits:(i + 1) * n // splits]
+        log_py = logsumexp(part, axis=0) - np.log(part.shape[0])            # log p(y)
+        kl = (np.exp(part) * (part - log_py)).sum(axis=1)
         scores.append(np.exp(kl.mean()))
     return MeanStd(float(np.mean(scores)), float(np.std(scores)))
 
