@@ -387,7 +387,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
     check_range("num", num, 1, None, integer=True)
     check_sample_count(num)
-    inception = model = net = denoiser = None
+    inception = net = denoiser = None
     if set(names) & set(INCEPTION_METRICS):
         from .metrics import load_inception
         inception = load_inception(inception_weights, device=device)

@@ -6,7 +6,7 @@ device, so the same seed gives the same samples on cpu, cuda and mps.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 

@@ -171,7 +171,6 @@ def fon(denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict] =
     slope_start = _log_alpha_slope(schedule, grid, "below")
     slope_end = _log_alpha_slope(schedule, grid, "above")
     slope_mid = _log_alpha_slope(schedule, 0.5 * (grid[:-1] + grid[1:]), "below")
-    n = len(grid) - 1
 
     def f(xx, t, sigma, slope):
         p = denoiser(xx, t, **cond)
