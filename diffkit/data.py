@@ -28,6 +28,7 @@ import hashlib
 import math
 import os
 import pickle
+import signal
 import struct
 import tarfile
 import tempfile
@@ -62,6 +63,18 @@ DATASET_IMG_SIZE = {"digits": 16, "mnist": 28, "fashion-mnist": 28, "cifar10": 3
 
 
 # ---------------------------------------------------------------------------- the data set
+_MASK64 = 2**64 - 1
+
+
+def flip_coin(seed: int, index: int) -> bool:
+    """A fair coin that depends only on (seed, index): the top bit of SplitMix64's output
+    (Steele, Lea & Flood 2014) for the state seed + (index + 1) * golden-ratio increment."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return bool((z ^ (z >> 31)) >> 63)
+
+
 class InMemoryImageDataset(Dataset):
     """Images held as one uint8 tensor; items are ``(float32 image in [-1, 1] (C,H,W), int label)``.
 
@@ -70,9 +83,10 @@ class InMemoryImageDataset(Dataset):
         labels: int tensor / sequence of length N with values in ``0..num_classes-1``.
         num_classes: number of classes (defaults to ``len(class_names)``).
         class_names: a name per class.
-        hflip: flip each item left-right with probability 1/2. The coin comes from
-            ``torch.rand`` with the generator set by :meth:`set_flip_seed` (done by
-            :func:`make_loader`, also inside each worker) or the global RNG otherwise.
+        hflip: flip each item left-right with probability 1/2. After :meth:`set_flip_seed`
+            (which :func:`make_loader` calls each epoch) the coin is a pure function of the seed
+            and the item's index, so the flips do not depend on the order of reading or on the
+            number of DataLoader workers; before it, the coin comes from the global RNG.
     """
 
     def __init__(self, images: torch.Tensor, labels, num_classes: int | None = None,
@@ -94,7 +108,7 @@ class InMemoryImageDataset(Dataset):
         self.images = images.contiguous()
         self.labels = labels
         self.hflip = bool(hflip)
-        self._flip_generator: torch.Generator | None = None
+        self._flip_seed: int | None = None
 
     @property
     def channels(self) -> int:
@@ -110,13 +124,14 @@ class InMemoryImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         image = self.images[index].to(torch.float32) / 127.5 - 1.0
-        if self.hflip and torch.rand((), generator=self._flip_generator) < 0.5:
+        if self.hflip and (flip_coin(self._flip_seed, int(index)) if self._flip_seed is not None
+                           else bool(torch.rand(()) < 0.5)):
             image = image.flip(-1)
         return image, int(self.labels[index])
 
     def set_flip_seed(self, seed: int) -> None:
-        """Draw the flip coins from a CPU generator seeded with ``seed`` (reproducible flips)."""
-        self._flip_generator = torch.Generator().manual_seed(int(seed) % 2**63)
+        """Make the flip coins a function of ``seed`` and the item index (reproducible flips)."""
+        self._flip_seed = int(seed) % 2**64
 
     def label_counts(self) -> list[int]:
         """Number of images of each class, in class order."""
@@ -447,11 +462,13 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
     return dataset
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own flip generator, derived from the loader's seed."""
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "set_flip_seed"):
-        info.dataset.set_flip_seed(info.seed)
+def _init_worker(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM: a signal to the whole process group (Ctrl-C,
+    systemd, Slurm, ``kill -TERM -PGID``) must reach only the main process, which checkpoints and
+    then shuts its workers down (a worker killed by it would abort the run first). A worker whose
+    parent is gone still exits (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
@@ -462,9 +479,9 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
     so that ``.to(device, non_blocking=True)`` copies them while the GPU still computes.
 
     Shuffling uses ``torch.Generator().manual_seed(seed)``; an :class:`InMemoryImageDataset`'s
-    flip coins are seeded from ``seed`` in the main process and from the per-worker seed
-    (derived from the same generator) in workers, so two loaders with the same seed yield
-    identical batches.
+    flip coins are a function of ``seed`` and the item index, so two loaders with the same seed
+    yield identical batches whatever their ``num_workers``. Workers ignore SIGINT / SIGTERM
+    (the main process handles them).
     """
     check_range("batch_size", batch_size, 1, None, integer=True)
     check_range("num_workers", num_workers, 0, None, integer=True)
@@ -474,7 +491,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
         dataset.set_flip_seed(seed + 1)
     pin = device is not None and torch.device(device).type == "cuda"
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=drop_last, generator=generator, worker_init_fn=_seed_worker,
+                      drop_last=drop_last, generator=generator, worker_init_fn=_init_worker,
                       persistent_workers=num_workers > 0, pin_memory=pin)
 
 

@@ -166,6 +166,60 @@ class _SignalGuard:
 
 
 # ---------------------------------------------------------------- the loop
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The step in a ``ckpt_<step>.safetensors`` name; None for any other name."""
+    digits = path.name[len("ckpt_"):-len(".safetensors")]
+    return int(digits) if path.name.startswith("ckpt_") and path.name.endswith(".safetensors") and digits.isdigit() else None
+
+
+class _TrainLog:
+    """``train_log.csv``, one row every ``log_every`` steps (rank 0 only; a no-op elsewhere).
+
+    A resumed run keeps the rows up to its step, so rows that a killed run wrote after its last
+    checkpoint do not appear twice; the kept rows are rewritten atomically. A write error (disk
+    full) is a one-line DiffkitError."""
+
+    header = ["step", "epoch", "loss", "lr", "images_per_second"]
+
+    def __init__(self, path: Path, step: int, enabled: bool):
+        self.path, self.file = path, None
+        if not enabled:
+            return
+        rows = []
+        if step > 0 and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in list(csv.reader(f))[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([self.header, *rows])
+        ckpt.atomic_write_bytes(path, text.getvalue().encode())
+        try:
+            self.file = open(path, "a", newline="")
+        except OSError as err:
+            raise self._error(err) from None
+        self.writer = csv.writer(self.file)
+
+    def _error(self, err: OSError) -> DiffkitError:
+        return DiffkitError(f"could not write the training log {self.path}: {err.strerror or err}")
+
+    def write(self, row: list) -> None:
+        if self.file is None:
+            return
+        try:
+            self.writer.writerow(row)
+            self.file.flush()
+        except OSError as err:
+            self.close()
+            raise self._error(err) from None
+
+    def close(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:  # every row was flushed when written; nothing is lost here
+                pass
+            self.file = None
+
+
 def check_same_global_batch(path, meta: dict, batch_size: int, world_size: int, grad_accum: int) -> None:
     """An exact resume needs the same global batch (per-process batch x processes) and the same
     gradient accumulation as the checkpoint's run: they fix which images and noise each step
@@ -185,6 +239,29 @@ def check_same_global_batch(path, meta: dict, batch_size: int, world_size: int, 
     if saved_accum != grad_accum:
         raise DiffkitError(f"{path} was trained with grad_accum={saved_accum}, this run has {grad_accum}; an exact "
                            f"resume needs the same value")
+
+
+def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: NoiseSchedule, cfg: TrainConfig,
+                                 unet_kwargs: dict) -> None:
+    """An exact resume needs the checkpoint's noise schedule (its betas: T, schedule, beta_1,
+    beta_T, zero_terminal_snr), prediction type and image size; the weights' shapes do not depend
+    on them, so without this check they would change silently."""
+    saved_cfg = meta.get("config") or {}
+    betas = tensors.get("schedule.betas")
+    if betas is not None and (betas.shape != schedule.betas.shape or not torch.allclose(
+            betas.double(), schedule.betas.double(), rtol=1e-6, atol=1e-12)):
+        was = ", ".join(f"{k}={saved_cfg[k]}" for k in ("T", "schedule", "beta_1", "beta_T") if k in saved_cfg)
+        now = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("T", "schedule", "beta_1", "beta_T"))
+        raise DiffkitError(f"{path} was trained with another noise schedule ({was or f'T={len(betas)}'}); this run "
+                           f"has {now}; an exact resume needs the same schedule")
+    saved_prediction = meta.get("prediction_type")
+    if saved_prediction is not None and saved_prediction != cfg.prediction_type:
+        raise DiffkitError(f"{path} was trained with prediction_type={saved_prediction}, this run has "
+                           f"{cfg.prediction_type}; an exact resume needs the same value")
+    saved_size = (meta.get("unet") or {}).get("img_size")
+    if saved_size is not None and saved_size != unet_kwargs.get("img_size"):
+        raise DiffkitError(f"{path} was trained at img_size={saved_size}, this run has img_size="
+                           f"{unet_kwargs.get('img_size')}; an exact resume needs the same value")
 
 
 class Trainer:
@@ -240,6 +317,12 @@ class Trainer:
         self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # noise and timesteps
         self.global_batch = cfg.batch_size * self.dist.world_size  # per optimiser micro-step
+        needed = self.global_batch * cfg.grad_accum
+        if len(self.dataset) < needed:  # the loader drops incomplete batches: no step could ever run
+            how = f"batch_size {cfg.batch_size}" + (f" x {self.dist.world_size} processes" if self.dist.world_size > 1
+                                                    else "") + (f" x grad_accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "")
+            raise DiffkitError(f"the data set has {len(self.dataset)} images, fewer than one optimiser step takes "
+                               f"({how} = {needed}); lower the batch size")
         self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or cfg.epoch * self.steps_per_epoch
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -282,6 +365,9 @@ class Trainer:
                 "unet": self.cfg.to_unet_kwargs(self.dataset), "prediction_type": self.cfg.prediction_type,
                 "learned_variance": self.cfg.learned_variance,
                 "class_names": list(getattr(self.dataset, "class_names", []) or [])}
+        if self.scaler is not None:  # fp16: the loss scale and its growth tracker
+            meta["grad_scaler"] = {k: (v.item() if isinstance(v, torch.Tensor) else v)
+                                   for k, v in self.scaler.state_dict().items()}
         if self.latent is not None:  # self-contained: the decoder travels with the model
             tensors.update(self.latent.state_tensors())
             meta["latent"] = self.latent.meta()
@@ -310,8 +396,10 @@ class Trainer:
         path = ckpt.save_checkpoint(path, tensors, meta)
         ckpt.save_checkpoint(self.out_dir / "latest.safetensors", tensors, meta)
         ckpt.load_checkpoint(path)  # verify before pruning: raises if what is on disk is not what was written
-        old = sorted(self.out_dir.glob("ckpt_*.safetensors"))[:-self.cfg.keep_last]
-        for p in old:
+        # the last keep_last checkpoints up to this step (the one just written among them); those of
+        # later steps belong to another run (a fresh run or an earlier resume in this folder) and stay
+        earlier = sorted(p for p in self.out_dir.glob("ckpt_*.safetensors") if (checkpoint_step(p) or 0) <= self.step)
+        for p in earlier[:-self.cfg.keep_last]:
             p.unlink(missing_ok=True)
         return path
 
@@ -324,6 +412,7 @@ class Trainer:
             raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} images but this one has "
                                f"{len(self.dataset)}; resume with the same data set")
         check_same_global_batch(path, meta, self.cfg.batch_size, self.dist.world_size, self.cfg.grad_accum)
+        check_same_objective_and_size(path, tensors, meta, self.schedule, self.cfg, self.cfg.to_unet_kwargs(self.dataset))
         saved_ae = (meta.get("latent") or {}).get("sha256")
         if self.latent is not None and saved_ae and saved_ae != self.latent.sha256:
             raise DiffkitError(f"{path} was trained on the latents of another autoencoder file than "
@@ -332,6 +421,8 @@ class Trainer:
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
         ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         torch.set_rng_state(tensors["rng.torch"])
         self.generator.set_state(tensors["rng.generator"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -456,14 +547,18 @@ class Trainer:
         cfg = self.cfg
         if cfg.training_load_weight:
             self.load(cfg.training_load_weight)
+            if self.step >= self.total_steps:
+                raise DiffkitError(f"{cfg.training_load_weight} is at step {self.step}, and this run ends at step "
+                                   f"{self.total_steps}: nothing to train; give more steps (--steps above {self.step})")
             self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (checkpoint_step(p) or 0) > self.step)
+        if later:
+            self.log(f"note: {self.out_dir} holds checkpoints past step {self.step} from another run "
+                     f"({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}); they are kept, and replaced "
+                     f"if this run reaches the same step")
         log_path = self.out_dir / "train_log.csv"
-        new_log = not log_path.exists() or self.step == 0
-        log_file = open(log_path if self.dist.is_main else os.devnull, "w" if new_log else "a", newline="")
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(["step", "epoch", "loss", "lr", "images_per_second"])
+        train_log = _TrainLog(log_path, self.step, self.dist.is_main)
         self.model.train()
         start, images_seen, last_loss = time.perf_counter(), 0, float("nan")
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not self.progress,
@@ -487,9 +582,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{smoothed:.4f}" if smoothed is not None else "nan",
                                         img_s=f"{rate:.0f}")
                         if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                            writer.writerow([self.step, self.epoch, f"{last_loss:.6f}",
+                            train_log.write([self.step, self.epoch, f"{last_loss:.6f}",
                                              f"{self.optimizer.param_groups[0]['lr']:.3e}", f"{rate:.1f}"])
-                            log_file.flush()
                         if guard.requested is not None:
                             self.save()
                             bar.close()
@@ -504,7 +598,7 @@ class Trainer:
                             self.save()
         finally:
             bar.close()
-            log_file.close()
+            train_log.close()
         path = self.save()
         seconds = time.perf_counter() - start
         if self.dist.is_main:

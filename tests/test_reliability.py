@@ -621,12 +621,12 @@ def test_unwritable_or_uncreatable_output_is_refused_before_work(tmp_path, capsy
 def test_disk_full_during_training_is_one_line_and_leaves_no_partial_files(tmp_path, monkeypatch, capsys):
     real_fdopen, calls = os.fdopen, {"n": 0}
 
-    def fdopen_full_after_4(fd, *a, **k):  # writes 1-4 (the first checkpoint pair and more) succeed
+    def fdopen_full_after_5(fd, *a, **k):  # writes 1-5 (the training log's header, two checkpoint pairs) succeed
         calls["n"] += 1
-        if calls["n"] <= 4:
+        if calls["n"] <= 5:
             return real_fdopen(fd, *a, **k)
         return _failing_fdopen(real_fdopen, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))(fd, *a, **k)
-    monkeypatch.setattr(os, "fdopen", fdopen_full_after_4)
+    monkeypatch.setattr(os, "fdopen", fdopen_full_after_5)
     code = main(["train", *folder_train_args(tmp_path, steps=40)])
     monkeypatch.undo()
     err = capsys.readouterr().err.strip()
@@ -657,3 +657,132 @@ def test_sampling_is_deterministic_and_independent_of_batch_size(workspace, tmp_
                  "--no-progress", "--out", str(tmp_path / "e.png"), "--individual", str(tmp_path / "e")]) == 0
     for i in range(2):
         assert (tmp_path / "e" / f"sample_{i:05d}.png").read_bytes() == (tmp_path / "a" / f"sample_{i:05d}.png").read_bytes()
+
+
+# ------------------------------------------------------------------ 8. run folders, resume, workers
+def test_data_set_smaller_than_one_step_is_refused_in_one_line(tmp_path, capsys):
+    # the loader drops incomplete batches: this run used to loop forever, rewriting step 0
+    code = main(["train", *folder_train_args(tmp_path, steps=3), "--set", "batch_size=12", "--set", "grad_accum=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "16 images, fewer than one optimiser step takes (batch_size 12 x grad_accum 2 = 24)" in err, err
+
+
+def test_sigterm_to_the_process_group_with_workers_checkpoints(tmp_path):
+    # systemd, Slurm and `kill -TERM -PGID` signal every process: the DataLoader workers must
+    # leave it to the main process, which checkpoints (a killed worker used to abort the run)
+    folder = tmp_path / "run" / "checkpoints"
+    latest = folder / "latest.safetensors"
+    out, err = open(tmp_path / "pg.out", "w"), open(tmp_path / "pg.err", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train", *folder_train_args(tmp_path, steps=400),
+                             "--set", "num_workers=2"], cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=err,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: latest.exists() or proc.poll() is not None)
+        assert proc.poll() is None, (tmp_path / "pg.err").read_text()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    text = (tmp_path / "pg.err").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    step = int(re.search(r"stopped by SIGTERM at step (\d+)", text).group(1))
+    assert ckpt.load_checkpoint(latest)[1]["step"] == step and "Traceback" not in text
+
+
+def test_train_log_keeps_rows_up_to_the_resumed_step_and_disk_full_is_one_line(tmp_path):
+    from diffkit.training import _TrainLog
+    path = tmp_path / "train_log.csv"
+    path.write_text("step,epoch,loss,lr,images_per_second\n1,0,0.5,1e-3,9\n2,0,0.4,1e-3,9\n3,0,0.3,1e-3,9\n")
+    log = _TrainLog(path, step=2, enabled=True)  # a run killed after step 3 resumes from step 2's checkpoint
+    log.write([3, 0, "0.31", "1e-3", "9"])
+    log.close()
+    assert [r.split(",")[0] for r in path.read_text().splitlines()] == ["step", "1", "2", "3"]
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    log = _TrainLog(path, step=0, enabled=True)
+    log.file.close()
+    log.file = FullDisk()
+    import csv
+    log.writer = csv.writer(log.file)
+    with pytest.raises(DiffkitError, match="could not write the training log .*No space left on device") as info:
+        log.write([1, 0, "0.5", "1e-3", "9"])
+    assert len(str(info.value).splitlines()) == 1
+    log.close()  # closing after the error is quiet
+
+
+def test_rotation_keeps_this_runs_checkpoints_and_leaves_later_ones_of_another_run(tmp_path):
+    cfg = make_cfg(tmp_path, max_steps=6, keep_last=2, save_every_epochs=1)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    foreign = folder / "ckpt_00000050.safetensors"  # an earlier, longer run in the same folder
+    foreign.write_bytes(b"not ours")
+    logs = []
+    Trainer(cfg, tiny_dataset(), progress=False, log=logs.append).run()  # 2 steps per epoch: saves 2, 4, 6
+    kept = sorted(p.name for p in folder.glob("ckpt_*.safetensors"))
+    assert kept == ["ckpt_00000004.safetensors", "ckpt_00000006.safetensors", "ckpt_00000050.safetensors"]
+    assert ckpt.load_checkpoint(folder / "latest.safetensors")[1]["step"] == 6
+    assert any("past step 0 from another run (ckpt_00000050.safetensors)" in line for line in logs), logs
+
+
+@pytest.mark.parametrize("change, message", [({"T": 120}, "another noise schedule (T=100"),
+                                             ({"beta_T": 0.03}, "another noise schedule"),
+                                             ({"img_size": 16}, "img_size=8, this run has img_size=16")])
+def test_resume_refuses_another_schedule_or_image_size(tmp_path, change, message):
+    Trainer(make_cfg(tmp_path, max_steps=2), tiny_dataset(), progress=False).run()
+    latest = tmp_path / "ckpt" / "latest.safetensors"
+    dataset = tiny_dataset()
+    if "img_size" in change:
+        dataset = InMemoryImageDataset(torch.zeros(16, 1, 16, 16, dtype=torch.uint8), torch.arange(16) % 2, 2)
+    trainer = Trainer(make_cfg(tmp_path / "b", max_steps=4, training_load_weight=str(latest), **change), dataset,
+                      progress=False)
+    with pytest.raises(DiffkitError, match=re.escape(message)):
+        trainer.run()
+
+
+def test_resume_without_out_continues_in_the_checkpoints_folder(tmp_path, monkeypatch, capsys):
+    assert main(["train", *folder_train_args(tmp_path, steps=2)]) == 0
+    latest = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the stored folders are absolute here; make them relative, as a user's are
+    tensors, meta = ckpt.load_checkpoint(latest)
+    meta["config"]["save_weight_dir"], meta["config"]["sampled_dir"] = "run/checkpoints", "run/samples"
+    ckpt.save_checkpoint(latest, tensors, meta)
+    assert main(["train", "--resume", str(latest), "--steps", "4", "--no-progress"]) == 0, capsys.readouterr().err
+    assert ckpt.load_checkpoint(latest)[1]["step"] == 4
+    assert (tmp_path / "run" / "samples").is_dir() and list(elsewhere.iterdir()) == []
+
+
+def test_grad_scaler_state_is_saved_and_resumed(tmp_path):
+    # fp16 runs on CUDA keep a GradScaler; its scale and growth tracker are part of an exact resume
+    state = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 7, "_growth_tracker": 3}
+    trainer = Trainer(make_cfg(tmp_path, max_steps=2), tiny_dataset(), progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu")
+    trainer.scaler.load_state_dict(state)
+    path = trainer.save()
+    resumed = Trainer(make_cfg(tmp_path, max_steps=2), tiny_dataset(), progress=False)
+    resumed.scaler = torch.amp.GradScaler("cpu")
+    resumed.load(path)
+    assert resumed.scaler.state_dict() == state
+
+
+def test_flips_do_not_depend_on_the_number_of_workers():
+    from diffkit.data import flip_coin, make_loader
+    dataset = InMemoryImageDataset(torch.randint(0, 256, (24, 1, 4, 4), dtype=torch.uint8), torch.zeros(24), 1,
+                                   hflip=True)
+    batches = {w: [b[0] for b in make_loader(dataset, 8, seed=5, num_workers=w)] for w in (0, 2)}
+    for a, b in zip(batches[0], batches[2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    coins = [flip_coin(123, i) for i in range(20000)]
+    assert abs(sum(coins) / len(coins) - 0.5) < 0.015  # fair (4 standard deviations: 0.014)
+    assert coins != [flip_coin(124, i) for i in range(20000)]

@@ -1,7 +1,8 @@
 """``diffkit train``: train a U-Net (DDPM Algorithm 1), then sample a grid.
 
 ``--resume CHECKPOINT`` alone continues a run exactly: the configuration is read from the
-checkpoint (``--config``, flags and ``--set`` still override it). SIGINT or SIGTERM writes a
+checkpoint (``--config``, flags and ``--set`` still override it), and without ``--out`` the run
+goes on in the checkpoint's own folder, wherever the command is started. SIGINT or SIGTERM writes a
 checkpoint, prints the command that resumes and exits with status 130 / 143; a second signal
 exits at once (status 128 + signal) and leaves the last checkpoint intact.
 """
@@ -55,10 +56,31 @@ def config_from_args(args):
     if args.out:
         flags["save_weight_dir"] = str(Path(args.out) / "checkpoints")
         flags["sampled_dir"] = str(Path(args.out) / "samples")
+    elif args.resume and not args.config:
+        flags.update(resumed_run_folders(args.resume, cfg))
     data = cfg.to_dict()
     data.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.from_dict(data)
     return apply_overrides(cfg, args.overrides)
+
+
+def check_no_run_in(folder) -> None:
+    """A new run must not write over another run's checkpoints: refuse a folder that already
+    holds a ``latest.safetensors``, and say how to continue that run instead."""
+    latest = Path(folder) / "latest.safetensors"
+    if latest.is_file():
+        from ..errors import DiffkitError
+        raise DiffkitError(f"{folder} already holds a run ({latest.name}); continue it with --resume "
+                           f"{shlex.quote(str(latest))}, or give another --out (or delete that folder)")
+
+
+def resumed_run_folders(path, cfg) -> dict:
+    """Where a resumed run without ``--out`` writes: in the folder of the checkpoint it resumes
+    from, and its samples where they were relative to that folder. (The folders stored in the
+    checkpoint may be relative to the directory the run was started from.)"""
+    checkpoints = Path(path) if Path(path).is_dir() else Path(path).parent
+    samples = os.path.normpath(checkpoints / os.path.relpath(cfg.sampled_dir, cfg.save_weight_dir))
+    return {"save_weight_dir": str(checkpoints), "sampled_dir": samples}
 
 
 def resumable_config(path) -> dict:
@@ -82,6 +104,8 @@ def run(args) -> int:
     if args.sample:
         from ..sampling import resolve_sampler
         resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) fails now, not after training
+    if not cfg.training_load_weight:
+        check_no_run_in(cfg.save_weight_dir)
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")  # creates it: after every other check
     if args.sample:
         check_writable_dir(cfg.sampled_dir, "sample directory")
