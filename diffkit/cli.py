@@ -2,7 +2,8 @@
 
 Each sub-command lives in ``diffkit/commands/<name>.py`` and defines ``register(subparsers)``,
 which adds its parser and sets ``func``. User mistakes (:class:`~diffkit.errors.DiffkitError`)
-print one line ``diffkit: error: ...`` and exit with status 2; nothing else is caught.
+print one line ``diffkit: error: ...`` and exit with status 2, as does running out of memory
+(a model or batch too large for the machine); nothing else is caught.
 """
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("diffkit: interrupted\n")
         return 130
+    except (MemoryError, RuntimeError) as err:  # a model or batch too large for this machine
+        text = str(err)
+        if not isinstance(err, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            first = (text.strip().splitlines() or ["MemoryError"])[0][:200]
+            sys.stderr.write(f"diffkit {args.command}: error: out of memory ({first}); use a smaller model or "
+                             f"batch size\n")
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,3 +50,18 @@ def check_positive_int_list(name: str, value: Any) -> list[int]:
             or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in value)):
         raise DiffkitError(f"{name}={value!r} is not allowed; use a non-empty list of positive integers")
     return [int(m) for m in value]
+
+
+def read_json_object(path, what: str = "file") -> dict:
+    """The JSON object (dict) in the file ``path``; a one-line DiffkitError if it cannot be read,
+    is not JSON, or holds something other than an object."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise DiffkitError(f"{what} {str(path)!r} cannot be read as JSON: "
+                           f"{getattr(err, 'strerror', None) or str(err).splitlines()[0]}") from None
+    if not isinstance(value, dict):
+        raise DiffkitError(f"{what} {str(path)!r} holds a JSON {type(value).__name__}; expected an object {{...}}")
+    return value

@@ -94,6 +94,10 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
     final = final or info.default_final
     if nfe is not None:
         steps = info.steps_for_nfe(nfe, final)
+        if steps > denoiser.schedule.num_timesteps:
+            raise DiffkitError(f"nfe={nfe} takes {steps} steps of {info.name!r}, more than the schedule's "
+                               f"{denoiser.schedule.num_timesteps} timesteps; allowed: nfe up to "
+                               f"{info.nfe(denoiser.schedule.num_timesteps, final)}")
     steps = 50 if steps is None else steps
     check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
     return make_grid(denoiser.schedule, steps, spacing or info.default_spacing, final,

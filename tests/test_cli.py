@@ -64,6 +64,13 @@ def test_train_then_sample_end_to_end(tmp_path, capsys, monkeypatch):
     (["sample", "--checkpoint", "x", "--sampler", "heun", "--nfe", "8"], "nfe=8"),
     (["eval", "--checkpoint", "x", "--metrics", "nll", "--sampler", "ddim@bogus"], "bogus"),
     (["sample", "--checkpoint", "x", "--steps", "-3"], "-3"),
+    (["sample", "--checkpoint", "x", "--sampler", "ddim@"], "spacing=''"),
+    (["sample", "--checkpoint", "x", "--sampler", "ddim:"], "final=''"),
+    (["experiment", "sampler-table", "--checkpoint", "x", "--name", "../escape"], "'../escape' is not allowed"),
+    (["experiment", "ddim-table", "--checkpoint", "x", "--name", ""], "'' is not allowed"),
+    (["eval", "--checkpoint", "x", "--metrics", "nll", "--out", "results.txt"], "must end in .json"),
+    (["train-evaluator", "--seed", "99999999999999999999999"], "out of range"),
+    (["train-classifier", "--seed", "-5"], "out of range"),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -71,7 +78,8 @@ def test_bad_input_gives_one_line_error_and_exit_2(args, pattern, capsys, tmp_pa
         import torch
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
-    with pytest.raises(SystemExit) if args[1] == "--batch-size" or "-3" in args else _nullctx() as exc:
+    argparse_error = args[1] == "--batch-size" or "-3" in args or "--name" in args or "--seed" in args
+    with pytest.raises(SystemExit) if argparse_error else _nullctx() as exc:
         code = main(args)
     err = capsys.readouterr().err.strip()
     if exc is not None and hasattr(exc, "value"):
@@ -110,3 +118,87 @@ class _nullctx:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_run")
+    assert main(["train", "--out", str(root / "run"), "--steps", "2", "--no-progress", "--no-sample",
+                 "--device", "cpu", *TINY]) == 0
+    return root / "run" / "checkpoints" / "latest.safetensors"
+
+
+def test_outputs_never_overwrite_a_training_checkpoint(trained_run, tmp_path, capsys):
+    before = trained_run.read_bytes()
+    for args in (["train-classifier", "--steps", "1", "--out", str(trained_run)],
+                 ["train-evaluator", "--epochs", "1", "--out", str(trained_run)],
+                 ["train-autoencoder", "--steps", "1", "--out", str(trained_run)],
+                 ["convert", "--checkpoint", str(trained_run), "--out",
+                  str(trained_run.parent / f"ckpt_{2:08d}.safetensors")]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and "is a diffusion training checkpoint" in err and len(err.strip().splitlines()) == 1, err
+    assert trained_run.read_bytes() == before
+    (tmp_path / "d.safetensors").mkdir()
+    code, out, err = run_cli(capsys, "train-evaluator", "--epochs", "1", "--out", str(tmp_path / "d.safetensors"))
+    assert code == 2 and "is a folder" in err, err
+
+
+def test_a_new_run_does_not_write_over_a_folder_holding_a_run(trained_run, capsys):
+    run = trained_run.parent.parent
+    code, out, err = run_cli(capsys, "train", "--out", str(run), "--steps", "2", "--no-progress", *TINY)
+    assert code == 2 and "already holds a run" in err and f"--resume {trained_run}" in err, err
+
+
+def test_resume_to_a_step_already_reached_is_refused(trained_run, capsys):
+    code, out, err = run_cli(capsys, "train", "--resume", str(trained_run), "--steps", "1", "--no-progress")
+    assert code == 2 and "is at step 2, and this run ends at step 1: nothing to train" in err, err
+
+
+def test_sample_checks_its_two_grid_files_before_sampling(trained_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    same = str(tmp_path / "x.png")
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--steps", "2", "--num", "2",
+                             "--out", same, "--noise-out", same, "--no-progress")
+    assert code == 2 and "would both be" in err, err
+    (tmp_path / "d.png").mkdir()
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--steps", "2", "--num", "2",
+                             "--out", str(tmp_path / "d.png"), "--no-progress")
+    assert code == 2 and "is a folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png"]  # no noise grid was written first
+
+
+def test_an_nfe_beyond_the_schedule_names_the_largest_allowed(trained_run, capsys):
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--nfe", "5000", "--num", "1",
+                             "--no-progress")
+    assert code == 2 and "nfe=5000 takes 5000 steps of 'ddim'" in err and "nfe up to 1000" in err, err
+
+
+def test_unreadable_inputs_are_one_line_errors(trained_run, tmp_path, capsys):
+    from diffkit.errors import DiffkitError, read_json_object
+    from diffkit.metrics.features import iterate_image_folder
+    bad_evaluator = tmp_path / "ev.safetensors"
+    bad_evaluator.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(trained_run), "--metrics", "fd-classifier",
+                             "--num", "2", "--steps", "2", "--evaluator", str(bad_evaluator),
+                             "--out", str(tmp_path / "e.json"))
+    assert code == 2 and "is corrupt or not an evaluator" in err and len(err.strip().splitlines()) == 1, err
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_text("not a png")
+    with pytest.raises(DiffkitError, match="a.png' cannot be read"):
+        next(iterate_image_folder(folder, 4))
+    for text, pattern in (("[1, 2]", "holds a JSON list"), ("{bad", "cannot be read as JSON")):
+        (tmp_path / "c.json").write_text(text)
+        with pytest.raises(DiffkitError, match=pattern):
+            read_json_object(tmp_path / "c.json", "config")
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    import diffkit.commands.samplers as samplers_command
+
+    def too_big(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] . DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1099511627776 bytes.\nmore")
+    monkeypatch.setattr(samplers_command, "run", too_big)
+    code, out, err = run_cli(capsys, "samplers")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "out of memory" in err, err

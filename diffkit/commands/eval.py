@@ -8,9 +8,9 @@ estimate: every t below --nll-dense-below, then every --nll-stride-th t).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
-from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_writable_dir, positive_int
+from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
+                      check_writable_dir, positive_int, seed_int)
 
 
 def add_source_flags(p) -> None:
@@ -23,7 +23,7 @@ def add_source_flags(p) -> None:
     p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (fid/is/kid/pr); "
                                                "default $DIFFKIT_INCEPTION_WEIGHTS or ~/.cache/diffkit/")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
-    p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
+    p.add_argument("--seed", type=seed_int, default=0, help="sample i starts from the noise of seed + i")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     add_mixed_precision_flag(p)
     add_compile_flag(p)
@@ -70,7 +70,7 @@ def run(args) -> int:
     if args.eta is not None:
         parse_eta(args.eta)
     device = str(resolve_device(args.device))
-    check_writable_dir(Path(args.out).parent if str(Path(args.out).parent) else Path("."), "output directory")
+    check_output_file(args.out, "--out", ".json")
     if args.save_samples:
         check_writable_dir(args.save_samples, "sample directory")
     if args.cache_dir is not None:

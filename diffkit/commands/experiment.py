@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_writable_dir, positive_int
+from ._common import check_writable_dir, file_stem, positive_int
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
         q.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default 1000)")
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
         q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
-        q.add_argument("--name", default=name, help=f"file name stem (default {name})")
+        q.add_argument("--name", type=file_stem, default=name, help=f"file name stem (default {name})")
         q.add_argument("--ledger", help="JSON file of finished cells: cells already there (same weights, "
                        "evaluator, reference, settings, --num and --seed) are taken from it, each new cell is "
                        "added as it finishes; small enough to commit, so a table can be finished over many runs")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import DiffkitError
 from ..timesteps import FINALS, SPACINGS
 from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
 
@@ -287,6 +288,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         labels, num, nrow = guidance.labels(num_classes, num, nrow)
     out = Path(out) if out else Path(cfg.get("sampled_dir", ".")) / cfg.get("sampledImgName", "samples.png")
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
+    check_grid_files(out, noise_out if decoder is None else None)
     unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
 
@@ -330,6 +332,18 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe - nfe_before} network evaluations{what}){noise_note}")
     return images
+
+
+def check_grid_files(out: Path, noise_out: Optional[Path]) -> None:
+    """Before any sampling: the grid (and noise grid) files are two different, writable files."""
+    if noise_out is not None and out.resolve() == noise_out.resolve():
+        raise DiffkitError(f"the sample grid and the noise grid would both be {str(out)!r}; give another --noise-out")
+    for path in (out, noise_out):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise DiffkitError(f"{str(path)!r} is a folder; give a .png file name")
+        check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
 
 
 def prompt_rows(count: int, num: Optional[int], nrow: int):

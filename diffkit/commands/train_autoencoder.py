@@ -9,9 +9,8 @@ losses, the reconstruction PSNR and the latent scale factor stored in the checkp
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-from ._common import add_progress_flag, check_writable_dir, non_negative_float, positive_int
+from ._common import add_progress_flag, check_output_file, non_negative_float, positive_int
 
 # Downsampling factor f -> channel_mult (f = 2 ** (levels - 1)); f=4 and f=8 as LDM's KL-f4 / KL-f8.
 FACTOR_MULTS = {1: [1], 2: [1, 2], 4: [1, 2, 2], 8: [1, 2, 2, 4], 16: [1, 2, 2, 4, 4]}
@@ -82,7 +81,7 @@ def run(args) -> int:
         num_res_blocks=args.num_res_blocks, latent_channels=args.latent_channels, regularizer=args.regularizer,
         codebook_size=args.codebook_size, commitment_beta=args.commitment_beta, attn_middle=args.attn_middle)
     resolve_device(args.device)
-    check_writable_dir(Path(args.out).parent, "output directory")
+    check_output_file(args.out, "--out", ".safetensors")
     from ..data import load_dataset
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True)
     model_cfg = cfg.model_config(data.channels)

@@ -8,9 +8,8 @@ without it the flags say them. Use the result with
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-from ._common import add_progress_flag, check_writable_dir, positive_int
+from ._common import add_progress_flag, check_output_file, positive_int, seed_int
 
 
 def register(sub) -> None:
@@ -30,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--channel-mult", type=_int_list, default=[1, 2, 2], help="e.g. 1,2,2 (default)")
     p.add_argument("--attn", type=_int_list, default=[1], help="levels with self-attention, e.g. 1 (default)")
     p.add_argument("--num-res-blocks", type=positive_int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     add_progress_flag(p)
     p.set_defaults(func=run)
@@ -53,7 +52,7 @@ def run(args) -> int:
     from ..schedule import NoiseSchedule
 
     resolve_device(args.device)
-    check_writable_dir(Path(args.out).parent, "output directory")
+    check_output_file(args.out, "--out", ".safetensors")
     dataset, data_dir, img_size = args.dataset, args.data_dir, args.img_size
     if args.like:
         if args.schedule or args.T:

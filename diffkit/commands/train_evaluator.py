@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import check_writable_dir, positive_int
+from ._common import check_output_file, positive_int, seed_int
 
 EVALUATOR_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
                                                           "must equal the size of the images you evaluate")
     p.add_argument("--num-train", type=positive_int, help="use only the first N training images")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.set_defaults(func=run)
 
@@ -35,7 +35,7 @@ def run(args) -> int:
     check_choice("dataset", args.dataset, EVALUATOR_DATASETS)
     device = str(resolve_device(args.device))
     out = Path(args.out)
-    check_writable_dir(out.parent if str(out.parent) else Path("."), "output directory")
+    check_output_file(out, "--out", ".safetensors")
     images, labels = reference_images(args.dataset, args.data_dir, train=True, img_size=args.img_size,
                                       limit=args.num_train)
     test_images, test_labels = reference_images(args.dataset, args.data_dir, train=False, img_size=args.img_size)

@@ -29,7 +29,7 @@ _EXPORTS = {
     "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
 }
 
-__all__ = sorted(_EXPORTS) + ["require"]
+__all__ = sorted(_EXPORTS) + ["from_pretrained", "require"]
 
 
 def require(module: str = "diffusers"):
@@ -39,6 +39,16 @@ def require(module: str = "diffusers"):
     except ImportError:
         raise DiffkitError(f"this needs the optional package {module!r}; install it with "
                            f"pip install diffkit[diffusers]") from None
+
+
+def from_pretrained(cls, directory, **kwargs):
+    """``cls.from_pretrained(directory, **kwargs)`` (local files only) with a one-line DiffkitError
+    when the folder's weights or configuration are missing or unreadable."""
+    try:
+        return cls.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: {first[:200]}") from None
 
 
 def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers

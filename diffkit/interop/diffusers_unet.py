@@ -39,11 +39,11 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, read_json_object
 from ..models.layers import norm_groups
 from ..models.unet import UNet, UNetConfig
 from ..schedule import NoiseSchedule
-from . import require
+from . import from_pretrained, require
 from .schedulers import schedule_from_diffusers, scheduler_config
 
 _RES = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj", "norm2": "norm2",
@@ -370,13 +370,13 @@ def _read_folder(directory: Path):
     unet_dir = directory / "unet" if (directory / "unet").is_dir() else directory
     if not (unet_dir / "config.json").is_file():
         raise DiffkitError(f"{directory} is not a diffusers folder (no unet/config.json or config.json)")
-    model_config = json.loads((unet_dir / "config.json").read_text())
+    model_config = read_json_object(unet_dir / "config.json", "diffusers config")
     if model_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel "
                            f"(for Stable Diffusion folders use diffkit.interop.load_stable_diffusion)")
-    model = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
+    model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False)
     sched_file = directory / "scheduler" / "scheduler_config.json"
-    sched = json.loads(sched_file.read_text()) if sched_file.is_file() else {}
+    sched = read_json_object(sched_file, "scheduler config") if sched_file.is_file() else {}
     return model, sched
 
 

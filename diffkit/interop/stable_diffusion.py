@@ -18,17 +18,16 @@ registered sampler (``diffkit samplers``) works; images come back in [0, 1] (as 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_choice
+from ..errors import DiffkitError, check_choice, read_json_object
 from ..guidance import ClassifierFreeGuidance
 from ..schedule import NoiseSchedule
-from . import require
+from . import from_pretrained, require
 from .denoiser import diffusers_denoiser
 from .schedulers import grid_from_diffusers, schedule_from_diffusers
 
@@ -131,8 +130,9 @@ def _read_index(directory: Path) -> dict:
     index_file = directory / "model_index.json"
     if not index_file.is_file():
         raise DiffkitError(f"{directory} is not a diffusers folder (no model_index.json)")
-    index = json.loads(index_file.read_text())
-    missing = [c for c in COMPONENTS if not index.get(c) or index[c][0] is None or not (directory / c).is_dir()]
+    index = read_json_object(index_file, "diffusers index")
+    missing = [c for c in COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2 or index[c][0] is None
+               or not (directory / c).is_dir()]
     if missing:
         raise DiffkitError(f"{directory} lacks the Stable Diffusion component(s) {', '.join(missing)}; allowed: a folder "
                            f"with {', '.join(COMPONENTS)}")
@@ -146,16 +146,16 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     index = _read_index(directory)
     device = torch.device(device)
     common = {"local_files_only": True, "torch_dtype": dtype}
-    unet = diffusers.UNet2DConditionModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False, **common)
-    vae = diffusers.AutoencoderKL.from_pretrained(directory / "vae", low_cpu_mem_usage=False, **common)
-    text_cls = getattr(transformers, index["text_encoder"][1], transformers.CLIPTextModel)
-    text_encoder = text_cls.from_pretrained(directory / "text_encoder", **common)
-    tok_cls = getattr(transformers, index["tokenizer"][1], transformers.CLIPTokenizer)
-    tokenizer = tok_cls.from_pretrained(directory / "tokenizer", local_files_only=True)
+    unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
+    vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
+    text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
+    text_encoder = from_pretrained(text_cls, directory / "text_encoder", **common)
+    tok_cls = getattr(transformers, str(index["tokenizer"][1]), transformers.CLIPTokenizer)
+    tokenizer = from_pretrained(tok_cls, directory / "tokenizer", local_files_only=True)
     sched_file = directory / "scheduler" / "scheduler_config.json"
     if not sched_file.is_file():
         raise DiffkitError(f"{sched_file} does not exist")
-    scheduler_config = json.loads(sched_file.read_text())
+    scheduler_config = read_json_object(sched_file, "scheduler config")
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     for module in (unet, vae, text_encoder):
         module.to(device).eval().requires_grad_(False)
@@ -223,8 +223,8 @@ def is_stable_diffusion_folder(path: Union[str, Path]) -> bool:
     if not index_file.is_file():
         return False
     try:
-        index = json.loads(index_file.read_text())
-    except (OSError, ValueError):
+        index = read_json_object(index_file)
+    except DiffkitError:
         return False
     unet = index.get("unet") or [None, None]
     return isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DConditionModel"

@@ -128,13 +128,20 @@ def load_evaluator(path: str | os.PathLike, device="cpu") -> EvaluatorNet:
     if not Path(path).is_file():
         raise DiffkitError(f"evaluator file {str(path)!r} does not exist; train one with "
                            "train_evaluator() and save it with save_evaluator()")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if _METADATA_KEY not in metadata:
-            raise DiffkitError(f"{str(path)!r} is not a diffkit evaluator (no {_METADATA_KEY!r} metadata)")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-    raw = json.loads(metadata[_METADATA_KEY])
-    net = EvaluatorNet(EvaluatorConfig(**{**raw, "channels": tuple(raw["channels"])}))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if _METADATA_KEY not in metadata:
+                raise DiffkitError(f"{str(path)!r} is not a diffkit evaluator (no {_METADATA_KEY!r} metadata)")
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        raw = json.loads(metadata[_METADATA_KEY])
+        config = EvaluatorConfig(**{**raw, "channels": tuple(raw["channels"])})
+    except DiffkitError:
+        raise
+    except Exception as err:  # safetensors' own errors, bad JSON, wrong fields: a corrupt or foreign file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DiffkitError(f"evaluator file {str(path)!r} is corrupt or not an evaluator ({first[:120]})") from None
+    net = EvaluatorNet(config)
     missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
     if missing or unexpected:
         raise DiffkitError(f"evaluator file {str(path)!r} has missing keys {sorted(missing)[:4]} "

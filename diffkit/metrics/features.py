@@ -39,12 +39,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _open_image(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except (OSError, ValueError) as err:
+        raise DiffkitError(f"image {str(path)!r} cannot be read: {str(err).splitlines()[0][:120]}") from None
+
+
 def _check_same_size(files: Sequence[Path]) -> tuple[tuple[int, int], str]:
     """All images must share one size (read from headers only); returns (size, mode)."""
-    with Image.open(files[0]) as first:
+    with _open_image(files[0]) as first:
         size, mode = first.size, ("L" if first.mode in GREY_MODES else "RGB")
     for path in files[1:]:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             if image.size != size:
                 raise DiffkitError(
                     f"image {path.name} is {image.size[0]}x{image.size[1]} but {files[0].name} is "
@@ -69,8 +76,11 @@ def load_image_batch(files: Sequence[Path], mode: str) -> torch.Tensor:
     (16-bit grey) to [-1, 1]."""
     arrays = []
     for path in files:
-        with Image.open(path) as image:
-            array = _pixels(image, mode)
+        try:
+            with _open_image(path) as image:
+                array = _pixels(image, mode)
+        except (OSError, ValueError) as err:  # not an image, truncated (PIL's UnidentifiedImageError is an OSError)
+            raise DiffkitError(f"image {str(path)!r} cannot be read: {str(err).splitlines()[0][:120]}") from None
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
 

@@ -105,11 +105,11 @@ def split_sampler_spec(spec: str) -> tuple:
     ``"unipc@logsnr"``, ``"unipc:zero"``; an unknown spacing or final is a one-line error (the name
     is not checked: callers decide whether an unknown sampler is an error)."""
     from ..timesteps import FINALS, SPACINGS
-    head, _, final = spec.partition(":")
-    name, _, spacing = head.partition("@")
-    if spacing:
-        check_choice("spacing", spacing, SPACINGS)
-    if final:
+    head, colon, final = spec.partition(":")
+    name, at, spacing = head.partition("@")
+    if at or spacing:
+        check_choice("spacing", spacing, SPACINGS)  # "ddim@" names no spacing: an error, not the default
+    if colon or final:
         check_choice("final", final, FINALS)
     return name, spacing or None, final or None
 
