@@ -99,7 +99,7 @@ class AutoencoderTrainConfig:
     def __post_init__(self):
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("steps", self.steps, 1, integer=True)
-        check_range("lr", self.lr, 0.0, None, low_inclusive=False)
+        check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)  # larger rates only diverge (to NaN)
         check_range("warmup_steps", self.warmup_steps, 0, integer=True)
         check_range("weight_decay", self.weight_decay, 0.0)
         if self.grad_clip is not None:

@@ -68,7 +68,7 @@ class ClassifierTrainConfig:
     def __post_init__(self):
         check_range("steps", self.steps, 1, None, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
-        check_range("lr", self.lr, 0.0, None, low_inclusive=False)
+        check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)  # larger rates only diverge (to NaN)
         check_range("weight_decay", self.weight_decay, 0.0, None)
         check_range("log_every", self.log_every, 1, None, integer=True)
 

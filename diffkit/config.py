@@ -206,6 +206,13 @@ class TrainConfig:
         if self.autoencoder and self.hflip:
             raise DiffkitError("hflip=True cannot be used with an autoencoder: the latents are encoded once at the "
                                "start, so images cannot be flipped per batch")
+        for key in ("sampledImgName", "sampledNoisyImgName"):  # file names in sampled_dir, written as PNG
+            name = getattr(self, key)
+            if not name.lower().endswith(".png") or len(name) <= 4 or "/" in name or "\\" in name:
+                raise DiffkitError(f"{key}={name!r} is not allowed; give a plain .png file name such as "
+                                   f"'samples.png'")
+            if self.sampledImgName == self.sampledNoisyImgName:
+                raise DiffkitError(f"sampledImgName and sampledNoisyImgName are both {name!r}; give two names")
 
     # ------------------------------------------------------------------ I/O
     @classmethod

@@ -65,3 +65,9 @@ def read_json_object(path, what: str = "file") -> dict:
     if not isinstance(value, dict):
         raise DiffkitError(f"{what} {str(path)!r} holds a JSON {type(value).__name__}; expected an object {{...}}")
     return value
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to about ``limit`` characters with '...' (user text quoted in one-line messages)."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit - 3] + "...")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import DiffkitError, check_choice, check_range
+from .samplers.ddim import parse_eta  # noqa: F401  (the CLI and experiments parse etas from here)
 
 INCEPTION_METRICS = ("fid", "is", "kid", "pr")
 EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "confidence")
@@ -109,10 +110,30 @@ def sample_labels(denoiser, num: int) -> Optional[torch.Tensor]:
     return None if not num_classes else torch.arange(num) % num_classes
 
 
+def image_shape(denoiser) -> tuple[int, int]:
+    """(channels, side) of the images a loaded denoiser makes: the U-Net's own, or for a latent
+    model the decoder's (the latent side times the autoencoder's downsampling factor)."""
+    unet = denoiser.meta["unet"]
+    decoder = getattr(denoiser, "decoder", None)
+    if decoder is None:
+        return unet["in_channels"], unet["img_size"]
+    config = decoder.model.config
+    return config.in_channels, unet["img_size"] * config.downsampling_factor
+
+
+def check_not_text_conditional(denoiser, what) -> None:
+    """Evaluation samples unconditional and class-conditional models; a text-conditional one needs
+    prompts, which ``diffkit sample --prompt`` takes (its images can then be scored as a folder)."""
+    if getattr(denoiser, "prompt_encoder", None) is not None:
+        raise DiffkitError(f"{what} is text-conditional; evaluation samples unconditional or class-conditional "
+                           f"models (sample it with 'diffkit sample --prompt' and evaluate the images with --samples)")
+
+
 def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
                      progress: bool = False, cache=None, **options) -> torch.Tensor:
-    """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`.
+    """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`; a latent
+    model's samples are decoded to images.
 
     Sample i starts from the noise of seed ``seed + i`` whatever the batch size, so two samplers
     evaluated with the same seed start from the same x_T. ``cache``: a
@@ -147,6 +168,9 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
         gens = generators_from_seed(seed + 10_000_019 + start, count)
         cond = None if batch_labels is None else {"y": batch_labels.to(device)}
         x = sample(denoiser, noise, sampler, steps, generator=gens, cond=cond, progress=progress, **options)
+        if getattr(denoiser, "decoder", None) is not None:  # latent diffusion: x = D(z / scale_factor)
+            with torch.no_grad():
+                x = denoiser.decoder(x)
         out.append(x.float().cpu().clamp(-1, 1))
         if cache is not None:
             cache.save(settings, start, count, seed, out[-1], batch_labels,
@@ -346,17 +370,6 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------- front door
-def parse_eta(text) -> float | str:
-    """A DDIM eta: a number >= 0 or ``"sigma_hat"`` (DDIM Table 1's sigma-hat process)."""
-    if isinstance(text, str) and text.strip().lower() in ("sigma_hat", "sigma-hat", "hat"):
-        return "sigma_hat"
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise DiffkitError(f"eta={text!r} is not allowed; use a number >= 0 or 'sigma_hat'") from None
-    return check_range("eta", value, 0.0, None)
-
-
 def load_evaluator_for(path, device="cpu"):
     """:func:`diffkit.metrics.load_evaluator` with an error that says how to make the file."""
     from .metrics import load_evaluator
@@ -420,8 +433,12 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                                  compile=compile)
         check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
-        unet, cfg = denoiser.meta["unet"], denoiser.meta.get("config", {})
-        channels, size = unet["in_channels"], unet["img_size"]
+        cfg = denoiser.meta.get("config", {})
+        channels, size = image_shape(denoiser)
+        check_not_text_conditional(denoiser, checkpoint)
+        if denoiser.decoder is not None and set(names) & set(NLL_METRICS):
+            raise DiffkitError(f"nll bounds the likelihood of a pixel-space model's images; {checkpoint} is a latent "
+                               f"model (its bound would be of the latents); use the sample metrics")
         if ref is None:
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
         settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps, final),

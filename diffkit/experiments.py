@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .errors import DiffkitError, check_range
-from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, sample_labels, write_json
+from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels, write_json
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
 DDIM_STEPS = (10, 20, 50, 100, 1000)
@@ -283,8 +283,9 @@ def parse_list(text: str, what: str, kind=int) -> list:
     for item in items:
         try:
             out.append(kind(item))
-        except (TypeError, ValueError) as err:
-            raise DiffkitError(f"{what} entry {item!r} is not allowed: {err}") from None
+        except (TypeError, ValueError):
+            expected = {int: "an integer", float: "a number"}.get(kind, getattr(kind, "__name__", "a value"))
+            raise DiffkitError(f"{what} entry {item!r} is not allowed; expected {expected}") from None
     return out
 
 
@@ -292,8 +293,8 @@ def experiment_scorer(metric: str, denoiser, *, ref: Optional[str] = None, data_
                       ref_num: Optional[int] = None, evaluator=None, inception_weights=None,
                       batch_size: int = 250, device="cpu"):
     """A :class:`~diffkit.evaluation.SampleScorer` for one metric against the reference test split."""
-    from .evaluation import (EVALUATOR_METRICS, INCEPTION_METRICS, SampleScorer, load_evaluator_for,
-                             parse_metrics, reference_images)
+    from .evaluation import (EVALUATOR_METRICS, INCEPTION_METRICS, SampleScorer, check_not_text_conditional,
+                             load_evaluator_for, parse_metrics, reference_images)
     names = parse_metrics(metric)
     if len(names) != 1 or names[0] in NLL_METRICS:
         raise DiffkitError(f"metric={metric!r} is not allowed; a table takes one sample metric "
@@ -304,9 +305,10 @@ def experiment_scorer(metric: str, denoiser, *, ref: Optional[str] = None, data_
         inception = load_inception(inception_weights, device=device)
     if names[0] in EVALUATOR_METRICS:
         net = load_evaluator_for(evaluator, device)
-    unet, cfg = denoiser.meta["unet"], denoiser.meta.get("config", {})
+    check_not_text_conditional(denoiser, "the checkpoint")
+    cfg = denoiser.meta.get("config", {})
     if ref is None:
         ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
-    reference, _ = reference_images(ref, data_dir, train=False, img_size=unet["img_size"],
-                                    channels=unet["in_channels"], limit=ref_num)
+    channels, size = image_shape(denoiser)  # a latent model's: the decoded images'
+    reference, _ = reference_images(ref, data_dir, train=False, img_size=size, channels=channels, limit=ref_num)
     return SampleScorer(names, reference, evaluator=net, inception=inception, batch_size=batch_size, device=device)

@@ -32,6 +32,20 @@ def load_model(path: str | Path, use_ema: bool = True, device="cpu", config=None
     return _load(path, use_ema, device, config)[:3]
 
 
+def chosen_weights(path, tensors: dict, meta: dict, use_ema: bool) -> dict:
+    """The network weights of a checkpoint: the EMA ones where it has them (``use_ema``, the
+    default) or the raw ones. A weights-only export of the EMA weights has no raw set: asking it
+    for them (``use_ema=False``, ``--no-ema``) is a one-line error."""
+    if not use_ema and (meta.get("exported_from") or {}).get("weights") == "ema":
+        raise DiffkitError(f"{path} holds only the EMA weights (a diffkit convert export); the raw weights "
+                           f"(--no-ema) are in the training checkpoint it came from")
+    weights = ckpt.split_prefix(tensors, "model")
+    if use_ema:
+        ema = ckpt.split_prefix(tensors, "ema")
+        weights = {k: ema.get(k, v) for k, v in weights.items()}
+    return weights
+
+
 def _load(path, use_ema: bool, device, config):
     """(model, metadata, schedule, latent decoder or None)."""
     if is_legacy_checkpoint(path):
@@ -49,10 +63,7 @@ def _load(path, use_ema: bool, device, config):
     if meta.get("text"):
         from .text import TextConditionedUNet
         model = TextConditionedUNet.from_meta(model, meta["text"])
-    weights = ckpt.split_prefix(tensors, "model")
-    if use_ema:
-        ema = ckpt.split_prefix(tensors, "ema")
-        weights = {k: ema.get(k, v) for k, v in weights.items()}
+    weights = chosen_weights(path, tensors, meta, use_ema)
     ckpt.load_state_dict_checked(model, weights, str(path))
     model.to(device).eval()
     decoder = None
@@ -128,10 +139,7 @@ def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> P
     tensors, meta = ckpt.load_checkpoint(path)
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
-    weights = ckpt.split_prefix(tensors, "model")
-    if use_ema:
-        ema = ckpt.split_prefix(tensors, "ema")
-        weights = {k: ema.get(k, v) for k, v in weights.items()}
+    weights = chosen_weights(path, tensors, meta, use_ema)
     kept = {k: v for k, v in tensors.items() if not k.startswith(("model.", *_RESUME_PREFIXES))}
     kept.update({f"model.{k}": v for k, v in weights.items()})
     info = {k: v for k, v in meta.items() if k not in _RESUME_META}

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, check_range, shorten
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -176,7 +176,7 @@ class WordTokenizer:
         for text in texts:
             words = split_words(text)
             if len(words) + 2 > self.max_tokens:
-                raise DiffkitError(f"prompt {text!r} has {len(words)} words; allowed: at most "
+                raise DiffkitError(f"prompt {shorten(text)} has {len(words)} words; allowed: at most "
                                    f"{self.max_tokens - 2} (max_prompt_tokens={self.max_tokens} counts <bos> and <eos>)")
             ids = [self.bos_id] + [self.index.get(w, self.unk_id) for w in words] + [self.eos_id]
             rows.append(ids + [self.pad_id] * (self.max_tokens - len(ids)))

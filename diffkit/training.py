@@ -166,6 +166,14 @@ class _SignalGuard:
 
 
 # ---------------------------------------------------------------- the loop
+def rank_step_seed(seed: int, rank: int, step: int) -> int:
+    """The global-RNG seed of rank ``rank`` > 0 at optimiser step ``step``, which its dropout masks
+    come from. Rank 0 keeps the run's own stream (saved in checkpoints), so one process trains as
+    it always did; the other ranks draw masks of their own (not copies of rank 0's), and since
+    theirs are a function of the step, a resume on the same number of processes stays exact."""
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
+
+
 def checkpoint_step(path: Path) -> Optional[int]:
     """The step in a ``ckpt_<step>.safetensors`` name; None for any other name."""
     digits = path.name[len("ckpt_"):-len(".safetensors")]
@@ -480,6 +488,8 @@ class Trainer:
 
     def train_step(self, micro_batches) -> Optional[float]:
         """One optimiser step over ``grad_accum`` micro-batches; None if skipped (non-finite)."""
+        if self.dist.rank > 0:  # its own dropout masks, a function of (seed, rank, step): see rank_step_seed
+            torch.manual_seed(rank_step_seed(self.cfg.seed, self.dist.rank, self.step))
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.total_steps, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)

@@ -202,3 +202,35 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(samplers_command, "run", too_big)
     code, out, err = run_cli(capsys, "samplers")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "out of memory" in err, err
+
+
+def test_more_mistakes_are_one_line_errors(trained_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ck = str(trained_run)
+    cases = [
+        (["train", "--out", "r", "--steps", "1", *TINY, "--set", "sampledImgName=x.jpg"], "plain .png file name"),
+        (["convert", "--checkpoint", ck, "--out", "w.safetensors", "--clip-sample"], "goes with --to-diffusers"),
+        (["experiment", "sampler-table", "--checkpoint", ck, "--samplers", "ddim,dddim", "--steps", "2"],
+         "sampler='dddim'"),
+        (["experiment", "ddim-table", "--checkpoint", ck, "--steps", "2,abc"], "'abc' is not allowed; expected an integer"),
+        (["train-classifier", "--steps", "1", "--lr", "1e10", "--out", "c.safetensors"], "lr="),
+        (["train-autoencoder", "--steps", "1", "--lr", "inf", "--out", "a.safetensors"], "lr="),
+    ]
+    for args, pattern in cases:
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and pattern in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "w.safetensors").exists()
+    # a weights-only export holds the EMA weights alone: --no-ema asks for what it does not have
+    assert main(["convert", "--checkpoint", ck, "--out", "w.safetensors"]) == 0
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", "w.safetensors", "--no-ema", "--steps", "2",
+                             "--num", "1", "--out", "s.png", "--no-progress")
+    assert code == 2 and "holds only the EMA weights" in err, err
+
+
+def test_sample_takes_the_sigma_hat_eta(trained_run, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--steps", "3", "--eta", "sigma_hat",
+                             "--num", "2", "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0 and (tmp_path / "s.png").exists(), err
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", str(trained_run), "--eta", "nan"])
+    assert "eta='nan' is not allowed" in capsys.readouterr().err

@@ -357,6 +357,18 @@ def test_sample_cli_bad_input_one_liners(trained, tmp_path, capsys):
                  str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "allowed: at most" in err and len(err.strip().splitlines()) == 1
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "zzz " * 500, "--out", str(tmp_path / "x.png"),
+                 "--no-progress"])  # a long prompt is quoted shortened, its unknown words are not all listed
+    err = capsys.readouterr().err
+    assert code == 2 and len(err) < 400 and "word(s) 'zzz' are" in err, err
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "a", "--prompt", "b", "--prompt", "c",
+                 "--num", "2", "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--num 2 is fewer than the 3 prompts given" in err, err
+    code = main(["eval", "--checkpoint", str(path), "--metrics", "nll", "--num", "4", "--out",
+                 str(tmp_path / "e.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is text-conditional; evaluation samples unconditional" in err, err
     # --prompt on a model without text conditioning
     trainer = Trainer(TrainConfig.from_dict({**TINY, "text_conditioning": False, "img_size": 16, "max_steps": 1,
                                              "save_weight_dir": str(tmp_path / "pix")}), small_digits(), progress=False)
@@ -386,3 +398,22 @@ def test_a_text_conditioned_network_takes_the_bf16_layout_inside_its_wrapper(tmp
     assert all(m.memory_format is bf16_layout for m in loaded.modules() if isinstance(m, UNet))
     assert all(m.memory_format is torch.channels_last for m in load_denoiser(result.checkpoint).model.modules()
                if isinstance(m, UNet))
+
+
+def test_eval_scores_a_latent_model_on_its_decoded_images(autoencoder_file, tmp_path):
+    from diffkit.evaluation import evaluate, generate_samples
+    from diffkit.metrics import EvaluatorConfig, EvaluatorNet, save_evaluator
+    cfg = TrainConfig.from_dict({**TINY, "text_conditioning": False, "autoencoder": str(autoencoder_file),
+                                 "max_steps": 1, "save_weight_dir": str(tmp_path / "ckpt")})
+    path = Trainer(cfg, small_digits(), progress=False).run().checkpoint
+    denoiser = load_denoiser(path)
+    assert denoiser.meta["unet"]["img_size"] == 8  # f = 2 latents of 16x16 digits
+    images = generate_samples(denoiser, 3, sampler="ddim", steps=2)
+    assert images.shape == (3, 1, 16, 16)  # decoded, as the sample command writes them
+    torch.manual_seed(0)
+    save_evaluator(EvaluatorNet(EvaluatorConfig(in_channels=1, image_size=16, channels=(4,), feature_dim=8)),
+                   tmp_path / "ev.safetensors")
+    result = evaluate("confidence", checkpoint=path, evaluator=tmp_path / "ev.safetensors", num=4, steps=2)
+    assert 0 < result["metrics"]["confidence"]["value"] <= 1
+    with pytest.raises(DiffkitError, match="is a latent model"):
+        evaluate("nll", checkpoint=path, num=4)

@@ -213,3 +213,32 @@ def test_the_network_computes_in_the_layout_preferred_for_its_precision(tmp_path
         assert tr.optimizer.state[p]["exp_avg"].stride() == p.stride()
     for p, shadow in zip(tr.model.parameters(), tr.ema.params):
         assert shadow.stride() == p.stride()
+
+
+def test_ranks_above_0_draw_their_own_dropout_masks_from_the_step(tmp_path):
+    """Under DDP every rank used to seed the global RNG alike, so all ranks dropped the same units.
+    A rank > 0 now reseeds from (seed, rank, step) before each step: its masks differ from rank 0's
+    and do not depend on what ran before (a resumed rank draws the same masks)."""
+    import dataclasses
+
+    from diffkit.training import rank_step_seed
+
+    def trainer(rank):
+        cfg = TrainConfig.from_dict({**TINY, "dropout": 0.5, "save_weight_dir": str(tmp_path / f"r{rank}")})
+        t = Trainer(cfg, tiny_dataset(), progress=False)
+        t.dist = dataclasses.replace(t.dist, rank=rank)  # world size 1: only the seeding differs
+        return t
+
+    images = torch.rand(8, 1, 8, 8) * 2 - 1
+    labels = torch.zeros(8, dtype=torch.long)
+    weights = {}
+    for name, rank, warm in (("rank0", 0, 0), ("rank1", 1, 0), ("rank1-after-other-draws", 1, 5)):
+        t = trainer(rank)
+        for step in range(3):  # from the second step on the zero-initialised convolutions see the masks
+            torch.rand(warm)  # other use of the global RNG between steps
+            t.train_step([(images, labels)])
+            t.step += 1
+        weights[name] = torch.cat([p.detach().flatten() for p in t.model.parameters()])
+    assert not torch.equal(weights["rank0"], weights["rank1"])
+    torch.testing.assert_close(weights["rank1"], weights["rank1-after-other-draws"], rtol=0, atol=0)
+    assert rank_step_seed(0, 1, 5) != rank_step_seed(0, 2, 5) != rank_step_seed(0, 1, 6)

@@ -64,6 +64,15 @@ def file_stem(text: str) -> str:
     return text
 
 
+def eta_value(text: str):
+    """A DDIM eta: a number >= 0 or ``sigma_hat`` (:func:`diffkit.samplers.ddim.parse_eta`)."""
+    from ..samplers.ddim import parse_eta
+    try:
+        return parse_eta(text)
+    except DiffkitError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)

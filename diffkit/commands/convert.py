@@ -34,6 +34,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.clip_sample and args.to_diffusers is None:
+        raise DiffkitError("--clip-sample sets the exported DDPMScheduler: it goes with --to-diffusers DIR")
+    if not args.ema and args.from_diffusers is not None:
+        raise DiffkitError("--no-ema chooses which weights of --checkpoint are exported; a diffusers import has one set")
     if args.checkpoint is not None and args.out is not None and args.to_diffusers is None \
             and args.from_diffusers is None:
         return _weights_only(args)

@@ -58,6 +58,9 @@ def run(args) -> int:
     steps_list = parse_list(args.steps, "steps")
     etas = parse_list(args.etas, "etas", parse_eta) if args.table == "ddim-table" else None
     names = parse_list(args.samplers, "samplers", str) if args.table == "sampler-table" else None
+    from ..sampling import resolve_sampler
+    for name in names or ():
+        resolve_sampler(name)  # a typo fails now, not as a note in the finished table
     device = str(resolve_device(args.device))
     check_writable_dir(args.out, "output directory")
     if args.cache_dir is not None:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, shorten
 from ..timesteps import FINALS, SPACINGS
-from ._common import add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, int_in, non_negative_float, positive_int, seed_int
+from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
+                      check_writable_dir, eta_value, int_in, non_negative_float, positive_int, seed_int)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -44,7 +45,7 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
-    p.add_argument("--eta", type=non_negative_float, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     p.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
                    + ", ".join(SPACINGS))
     p.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min (the "
@@ -188,6 +189,9 @@ class GuidanceRequest:
         if len(classes) == 1:
             num = num or 64
             return torch.full((num,), classes[0], dtype=torch.long), num, nrow
+        if self.classes and num is not None and num < len(classes):  # asked for, and some would get no image
+            raise DiffkitError(f"--num {num} is fewer than the {len(classes)} classes given with --class; "
+                               f"give --num {len(classes)} or more")
         num = num or len(classes) * nrow
         per_class = -(-num // len(classes))
         labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)[:num]
@@ -430,10 +434,14 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     prompts = list(request.prompts) if request.prompts else (
         [captions.prompt(k) for k in range(captions.num_classes)] if captions is not None else [""])
     for text in prompts:
-        unknown = model.tokenizer.unknown_words(text)
+        unknown = list(dict.fromkeys(model.tokenizer.unknown_words(text)))  # each word once
         if unknown:
-            print(f"diffkit: warning: prompt {text!r}: word(s) {', '.join(repr(w) for w in unknown)} are not in the "
+            shown = ", ".join(repr(w) for w in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+            print(f"diffkit: warning: prompt {shorten(text)}: word(s) {shown} are not in the "
                   f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
+    if request.prompts and num is not None and num < len(prompts):  # asked for, and some would get no image
+        raise DiffkitError(f"--num {num} is fewer than the {len(prompts)} prompts given; give --num {len(prompts)} "
+                           f"or more")
     context = denoiser.prompt_encoder(prompts, device)
     index, num, nrow = prompt_rows(len(prompts), num, nrow)
     if request.guidance_scale is not None:

@@ -94,6 +94,7 @@ def run(args) -> int:
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; final losses (running mean): {losses}")
     n_eval = min(cfg.eval_images, len(eval_data if eval_data is not None else data))
-    print(f"reconstruction PSNR {result.psnr:.2f} dB on {n_eval} {result.psnr_split} images; "
-          f"latent scale factor {result.scale_factor:.5f}; checkpoint {result.path}")
+    measured = (f"reconstruction PSNR {result.psnr:.2f} dB on {n_eval} {result.psnr_split} images" if n_eval
+                else "no reconstruction PSNR (--eval-images 0)")
+    print(f"{measured}; latent scale factor {result.scale_factor:.5f}; checkpoint {result.path}")
     return 0

@@ -17,6 +17,20 @@ def ddim_sigma(alpha_bar_t, alpha_bar_s, eta: float):
     return eta * torch.sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) * torch.sqrt(1 - alpha_bar_t / alpha_bar_s)
 
 
+def parse_eta(text) -> Union[float, str]:
+    """A DDIM eta from user text: a finite number >= 0 or ``"sigma_hat"`` (DDIM Table 1's sigma-hat
+    process; also ``sigma-hat`` / ``hat``)."""
+    if isinstance(text, str) and text.strip().lower() in ("sigma_hat", "sigma-hat", "hat"):
+        return "sigma_hat"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise DiffkitError(f"eta={text!r} is not allowed; use a number >= 0 or 'sigma_hat'") from None
+    if value != value or value == float("inf"):
+        raise DiffkitError(f"eta={text!r} is not allowed; use a finite number >= 0 or 'sigma_hat'")
+    return check_range("eta", value, 0.0, None)
+
+
 def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str] = 0.0,
          cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False) -> torch.Tensor:
     """DDIM eq. 12 for each grid step t -> s:
