@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -117,7 +118,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if path.is_dir():
             path = path / "latest.safetensors"
         if not path.is_file():
-            raise DiffkitError(f"checkpoint {path} does not exist")
+            raise DiffkitError(f"checkpoint {path} {'is not a regular file' if path.exists() else 'does not exist'}")
         if path.suffix in LEGACY_SUFFIXES:
             return load_legacy_checkpoint(path), {}
         data = path.read_bytes()
@@ -144,14 +145,35 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, metadata
 
 
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's first line for a one-line message: terminal colour codes removed, cut at a
+    word boundary near ``limit`` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return first
+
+
+def _looks_like_safetensors(path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length and then '{'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
 def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A plain PyTorch state dict (e.g. the seed's ``ckpt_199.pt``), loaded with
     ``torch.load(weights_only=True)``: a pickle that would run code is refused, never executed."""
+    if _looks_like_safetensors(path):
+        raise DiffkitError(f"{path} is a safetensors file, not a PyTorch pickle; give it the .safetensors suffix")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler refuses unsafe globals with UnpicklingError/RuntimeError
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise DiffkitError(f"refusing to load {path}: not a plain tensor state dict ({first})") from None
+        raise DiffkitError(f"refusing to load {path}: not a plain tensor state dict ({_first_line(err)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

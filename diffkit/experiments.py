@@ -283,6 +283,8 @@ def parse_list(text: str, what: str, kind=int) -> list:
     for item in items:
         try:
             out.append(kind(item))
+        except DiffkitError:  # the parser's own one-line message
+            raise
         except (TypeError, ValueError):
             expected = {int: "an integer", float: "a number"}.get(kind, getattr(kind, "__name__", "a value"))
             raise DiffkitError(f"{what} entry {item!r} is not allowed; expected {expected}") from None

@@ -234,3 +234,21 @@ def test_sample_takes_the_sigma_hat_eta(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", str(trained_run), "--eta", "nan"])
     assert "eta='nan' is not allowed" in capsys.readouterr().err
+
+
+def test_checkpoint_file_mistakes_say_what_the_file_is(trained_run, tmp_path, capsys):
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(trained_run.read_bytes())  # a safetensors file under a pickle suffix
+    (tmp_path / "c.json").write_text("{}")
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(renamed), "--config", str(tmp_path / "c.json"),
+                             "--num", "1")
+    assert code == 2 and "is a safetensors file, not a PyTorch pickle" in err, err
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", "/dev/null", "--num", "1")
+    assert code == 2 and "is not a regular file" in err, err
+
+
+def test_a_failed_train_leaves_no_empty_run_folder(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"),
+                             "--out", str(tmp_path / "run" / "a"), "--steps", "1", *TINY)
+    assert code == 2 and "nothing" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -365,6 +365,10 @@ def test_sample_cli_bad_input_one_liners(trained, tmp_path, capsys):
                  "--num", "2", "--out", str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "--num 2 is fewer than the 3 prompts given" in err, err
+    code = main(["sample", "--checkpoint", str(path), "--noise-out", str(tmp_path / "n.png"), "--out",
+                 str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "drop --noise-out" in err and not (tmp_path / "x.png").exists(), err
     code = main(["eval", "--checkpoint", str(path), "--metrics", "nll", "--num", "4", "--out",
                  str(tmp_path / "e.json"), "--no-progress"])
     err = capsys.readouterr().err

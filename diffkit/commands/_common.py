@@ -100,6 +100,25 @@ def check_writable_dir(path: str | Path, what: str = "output directory") -> Path
     return path
 
 
+def missing_dirs(path) -> list[Path]:
+    """The folders on the way to ``path`` (itself included) that do not exist yet, deepest first:
+    what :func:`check_writable_dir` will create, for :func:`remove_if_empty` after a failure."""
+    out, path = [], Path(path)
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_if_empty(dirs) -> None:
+    """Remove the folders of ``dirs`` (deepest first) that are empty; leave anything with content."""
+    for path in sorted(set(dirs), key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or gone
+            pass
+
+
 def check_output_file(path: str | Path, what: str, suffix: str) -> Path:
     """Check an output file before any work: it must end in ``suffix``, must not be a folder, and
     must not be a diffusion training checkpoint (writing over one would lose the run); its folder

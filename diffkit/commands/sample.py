@@ -290,6 +290,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                "this one is not")
         denoiser, num_classes, classifier = guided_denoiser(denoiser, guidance, device)
         labels, num, nrow = guidance.labels(num_classes, num, nrow)
+    if noise_out and decoder is not None:
+        raise DiffkitError("--noise-out: a latent checkpoint starts from noise in its latent space, which has no "
+                           "image grid; drop --noise-out")
     out = Path(out) if out else Path(cfg.get("sampled_dir", ".")) / cfg.get("sampledImgName", "samples.png")
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
     check_grid_files(out, noise_out if decoder is None else None)

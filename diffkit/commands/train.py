@@ -13,7 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._common import add_progress_flag, check_writable_dir, positive_int
+from ..errors import DiffkitError
+from ._common import add_progress_flag, check_writable_dir, missing_dirs, positive_int, remove_if_empty
 
 
 def register(sub) -> None:
@@ -69,7 +70,6 @@ def check_no_run_in(folder) -> None:
     holds a ``latest.safetensors``, and say how to continue that run instead."""
     latest = Path(folder) / "latest.safetensors"
     if latest.is_file():
-        from ..errors import DiffkitError
         raise DiffkitError(f"{folder} already holds a run ({latest.name}); continue it with --resume "
                            f"{shlex.quote(str(latest))}, or give another --out (or delete that folder)")
 
@@ -86,7 +86,6 @@ def resumed_run_folders(path, cfg) -> dict:
 def resumable_config(path) -> dict:
     """The training config stored in a diffkit checkpoint (checked to be a training checkpoint)."""
     from ..checkpoint import LEGACY_SUFFIXES, load_checkpoint
-    from ..errors import DiffkitError
     if Path(path).suffix in LEGACY_SUFFIXES:
         raise DiffkitError(f"cannot resume training from {path}: a plain state dict has no optimiser, EMA or step; "
                            f"resume from a .safetensors training checkpoint (sample from it with "
@@ -106,6 +105,7 @@ def run(args) -> int:
         resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) fails now, not after training
     if not cfg.training_load_weight:
         check_no_run_in(cfg.save_weight_dir)
+    new_dirs = missing_dirs(cfg.save_weight_dir) + (missing_dirs(cfg.sampled_dir) if args.sample else [])
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")  # creates it: after every other check
     if args.sample:
         check_writable_dir(cfg.sampled_dir, "sample directory")
@@ -117,7 +117,11 @@ def run(args) -> int:
                                     cfg.batch_size, args.nproc, cfg.grad_accum)
         return relaunch_with_torchrun(args.nproc)
     flags = [f for f, on in (("--no-sample", not args.sample), ("--no-progress", not args.progress)) if on]
-    return train_and_sample(cfg, progress=args.progress, sample=args.sample, resume_flags=flags)
+    try:
+        return train_and_sample(cfg, progress=args.progress, sample=args.sample, resume_flags=flags)
+    except DiffkitError:  # a mistake found while loading the data or the model: no empty run folder stays
+        remove_if_empty(new_dirs)
+        raise
 
 
 def resume_command(cfg, flags=()) -> str:
