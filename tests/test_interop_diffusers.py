@@ -405,3 +405,18 @@ def test_sample_command_runs_a_stable_diffusion_folder(tiny_sd, tmp_path, capsys
     assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--prompt" in err[0]
+
+
+def test_a_folder_with_pickled_weights_or_bad_json_is_refused_in_one_line(tmp_path, capsys):
+    """Imports read .safetensors weights only (a .bin is a pickle, never loaded), and a config that
+    is not a JSON object is one line, not a traceback."""
+    small_unet2d().save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert (tmp_path / "pickled" / "diffusion_pytorch_model.bin").is_file()
+    for folder, text in (("pickled", None), ("listcfg", "[1]"), ("badcfg", "{bad")):
+        if text is not None:
+            (tmp_path / folder).mkdir()
+            (tmp_path / folder / "config.json").write_text(text)
+        code = cli_main(["convert", "--from-diffusers", str(tmp_path / folder), "--out", str(tmp_path / "x.safetensors")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -43,7 +43,8 @@ def require(module: str = "diffusers"):
 
 def from_pretrained(cls, directory, **kwargs):
     """``cls.from_pretrained(directory, **kwargs)`` (local files only) with a one-line DiffkitError
-    when the folder's weights or configuration are missing or unreadable."""
+    when the folder's weights or configuration are missing or unreadable. diffkit's callers pass
+    ``use_safetensors=True``: weights come from ``.safetensors`` files only, never from a pickle."""
     try:
         return cls.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files

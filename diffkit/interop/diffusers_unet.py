@@ -374,7 +374,8 @@ def _read_folder(directory: Path):
     if model_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel "
                            f"(for Stable Diffusion folders use diffkit.interop.load_stable_diffusion)")
-    model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False)
+    model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False,
+                            use_safetensors=True)  # never a pickle (.bin) from a folder
     sched_file = directory / "scheduler" / "scheduler_config.json"
     sched = read_json_object(sched_file, "scheduler config") if sched_file.is_file() else {}
     return model, sched

@@ -145,7 +145,7 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     directory = Path(directory)
     index = _read_index(directory)
     device = torch.device(device)
-    common = {"local_files_only": True, "torch_dtype": dtype}
+    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle (.bin)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
