@@ -128,6 +128,10 @@ class ClassifierFreeGuidance(_Wrapper):
             if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
                 raise DiffkitError(f"guidance interval={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi")
             interval = (float(interval[0]), float(interval[1]))
+            top = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
+            if top is not None and not -1.0 <= interval[0] <= interval[1] <= top:
+                raise DiffkitError(f"guidance interval={interval!r} is not allowed; the times lie in [-1, {top}] "
+                                   f"(training timesteps)")
         self.interval = interval
         self.null_class = null_class if null_class is not None else _num_classes_of(denoiser)
         if self.null_class is None and null_context is None:

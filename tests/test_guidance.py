@@ -166,6 +166,7 @@ def test_cfg_works_with_every_registered_sampler():
     ({"scale": 1.0, "convention": "cfg++"}, "convention"),
     ({"scale": 1.0, "rescale": 1.5}, "rescale"),
     ({"scale": 1.0, "interval": (500, 100)}, "interval"),
+    ({"scale": 1.0, "interval": (-5, 5000)}, "the times lie in"),
 ])
 def test_cfg_bad_settings_are_one_line_errors(kwargs, pattern):
     with pytest.raises(DiffkitError, match=pattern) as err:
