@@ -86,6 +86,9 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     cache = open_cache(cache_dir, denoiser)
     if ledger_only and ledger_path is None:
         raise DiffkitError("ledger_only needs a ledger file (--ledger FILE) to read the cells from")
+    if ledger_only and not Path(ledger_path).is_file():  # an empty table would replace the last one written
+        raise DiffkitError(f"ledger {str(ledger_path)!r} does not exist; --ledger-only shows the cells of an existing "
+                           f"ledger")
     ledger = open_ledger(ledger_path, denoiser, scorer)
     missing = []
     values = [[None] * len(steps_list) for _ in rows]
