@@ -429,3 +429,6 @@ def test_train_classifier_command(tmp_path, capsys, monkeypatch):
     assert meta["num_classes"] == 10 and meta["dataset"] == "digits" and schedule.num_timesteps == 1000
     code, res = run_cli(capsys, "train-classifier", "--like", tmp_path / "missing.safetensors", "--out", out)
     assert code == 2 and "missing.safetensors" in res.err
+    like = write_model_checkpoint(tmp_path / "like.safetensors", 3)  # an 8x8 model
+    code, res = run_cli(capsys, "train-classifier", "--like", like, "--img-size", 32, "--out", out)
+    assert code == 2 and "--img-size 32 differs from the checkpoint's 8" in res.err, res.err

@@ -60,11 +60,19 @@ def run(args) -> int:
         tensors, meta = load_checkpoint(args.like)
         if "schedule.betas" not in tensors or "config" not in meta:
             raise DiffkitError(f"{args.like} is not a diffusion training checkpoint (no config/schedule)")
+        if meta.get("latent") or meta.get("text"):
+            raise DiffkitError(f"{args.like} is a latent or text-conditional model; classifier guidance is for "
+                               f"class-conditional or unconditional pixel-space models")
         schedule = NoiseSchedule(tensors["schedule.betas"])
         cfg = meta["config"]
+        like_size = meta.get("unet", {}).get("img_size") or cfg.get("img_size")
+        for flag, given, own in (("--dataset", dataset, cfg.get("dataset")), ("--img-size", img_size, like_size)):
+            if given is not None and own is not None and given != own:  # the classifier must see the model's images
+                raise DiffkitError(f"{flag} {given} differs from the checkpoint's {own}; --like takes it from the "
+                                   f"checkpoint: drop {flag}")
         dataset = dataset or cfg.get("dataset")
         data_dir = data_dir or cfg.get("data_dir")
-        img_size = img_size or meta.get("unet", {}).get("img_size") or cfg.get("img_size")
+        img_size = img_size or like_size
     else:
         schedule = NoiseSchedule.from_name(args.schedule or "linear", args.T or 1000)
     ccfg = ClassifierTrainConfig(dataset=dataset or "digits", data_dir=data_dir, img_size=img_size,
