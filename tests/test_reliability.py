@@ -726,10 +726,12 @@ def test_rotation_keeps_this_runs_checkpoints_and_leaves_later_ones_of_another_r
     folder.mkdir()
     foreign = folder / "ckpt_00000050.safetensors"  # an earlier, longer run in the same folder
     foreign.write_bytes(b"not ours")
+    (folder / "ckpt_best.safetensors").write_bytes(b"a user's own name")
     logs = []
     Trainer(cfg, tiny_dataset(), progress=False, log=logs.append).run()  # 2 steps per epoch: saves 2, 4, 6
     kept = sorted(p.name for p in folder.glob("ckpt_*.safetensors"))
-    assert kept == ["ckpt_00000004.safetensors", "ckpt_00000006.safetensors", "ckpt_00000050.safetensors"]
+    assert kept == ["ckpt_00000004.safetensors", "ckpt_00000006.safetensors", "ckpt_00000050.safetensors",
+                    "ckpt_best.safetensors"]
     assert ckpt.load_checkpoint(folder / "latest.safetensors")[1]["step"] == 6
     assert any("past step 0 from another run (ckpt_00000050.safetensors)" in line for line in logs), logs
 
