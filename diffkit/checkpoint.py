@@ -165,6 +165,22 @@ def _looks_like_safetensors(path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
+def peek_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The JSON metadata of a diffkit checkpoint read from its header alone (no tensors, no
+    checksum), or None for anything else: a cheap look at what a file is before writing over it."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
+        meta = header.get("__metadata__") or {}
+        if meta.get("format") != FORMAT:
+            return None
+        value = json.loads(meta.get("metadata", "{}"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A plain PyTorch state dict (e.g. the seed's ``ckpt_199.pt``), loaded with
     ``torch.load(weights_only=True)``: a pickle that would run code is refused, never executed."""

@@ -123,29 +123,17 @@ def check_output_file(path: str | Path, what: str, suffix: str) -> Path:
     """Check an output file before any work: it must end in ``suffix``, must not be a folder, and
     must not be a diffusion training checkpoint (writing over one would lose the run); its folder
     is created and probed for writing."""
+    from ..checkpoint import peek_metadata  # torch: imported when a command runs, not for --help
     path = Path(path)
     if path.suffix != suffix:
         raise DiffkitError(f"{what} {str(path)!r} must end in {suffix}")
     if path.is_dir():
         raise DiffkitError(f"{what} {str(path)!r} is a folder; give a file name ending in {suffix}")
-    if path.is_file() and path.suffix == ".safetensors" and _is_training_checkpoint(path):
+    if path.is_file() and path.suffix == ".safetensors" and "step" in (peek_metadata(path) or {}):
         raise DiffkitError(f"{what} {str(path)!r} is a diffusion training checkpoint; writing over it would lose "
                            f"the run; choose another file")
     check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
     return path
-
-
-def _is_training_checkpoint(path: Path) -> bool:
-    """Whether ``path``'s safetensors header names a training step (header only, no tensors read)."""
-    import json
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
-        meta = json.loads((header.get("__metadata__") or {}).get("metadata", "{}"))
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(meta, dict) and "step" in meta and "config" in meta
 
 
 def add_mixed_precision_flag(parser: argparse.ArgumentParser) -> None:
