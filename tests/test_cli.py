@@ -252,3 +252,14 @@ def test_a_failed_train_leaves_no_empty_run_folder(tmp_path, capsys):
                              "--out", str(tmp_path / "run" / "a"), "--steps", "1", *TINY)
     assert code == 2 and "nothing" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_sample_leaves_no_empty_folder(trained_run, tmp_path, capsys, monkeypatch):
+    import diffkit.commands.sample as sample_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sample_command, "sample_to_files", interrupted)
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--individual",
+                             str(tmp_path / "each" / "png"), "--out", str(tmp_path / "g.png"))
+    assert code == 130 and not (tmp_path / "each").exists()

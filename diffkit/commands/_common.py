@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -117,6 +118,17 @@ def remove_if_empty(dirs) -> None:
             path.rmdir()
         except OSError:  # not empty, or gone
             pass
+
+
+@contextlib.contextmanager
+def removed_if_empty_on_failure(dirs):
+    """Run the block; if it fails or is interrupted, remove the folders of ``dirs`` (made for it)
+    that are still empty, so a failed command leaves no empty output folder behind."""
+    try:
+        yield
+    except BaseException:
+        remove_if_empty(dirs)
+        raise
 
 
 def check_output_file(path: str | Path, what: str, suffix: str) -> Path:

@@ -28,7 +28,8 @@ from typing import Optional
 from ..errors import DiffkitError, shorten
 from ..timesteps import FINALS, SPACINGS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
-                      check_writable_dir, eta_value, int_in, non_negative_float, positive_int, seed_int)
+                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, positive_int,
+                      removed_if_empty_on_failure, seed_int)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -110,14 +111,16 @@ def run(args) -> int:
             raise DiffkitError(f"{flag}={path!r} must be a .png file")
         if path:
             check_writable_dir(Path(path).parent or ".")
+    new_dirs = missing_dirs(args.individual) if args.individual else []
     if args.individual:
         check_writable_dir(args.individual)
     guidance = GuidanceRequest.from_args(args, info.name)
-    sample_to_files(args.checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
-                    nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
-                    seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
-                    spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
-                    config=config, mixed_precision=args.mixed_precision, compile=args.compile, **options)
+    with removed_if_empty_on_failure(new_dirs):
+        sample_to_files(args.checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
+                        nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
+                        seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
+                        spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
+                        config=config, mixed_precision=args.mixed_precision, compile=args.compile, **options)
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import add_progress_flag, check_writable_dir, missing_dirs, positive_int, remove_if_empty
+from ._common import add_progress_flag, check_writable_dir, missing_dirs, positive_int, removed_if_empty_on_failure
 
 
 def register(sub) -> None:
@@ -117,11 +117,8 @@ def run(args) -> int:
                                     cfg.batch_size, args.nproc, cfg.grad_accum)
         return relaunch_with_torchrun(args.nproc)
     flags = [f for f, on in (("--no-sample", not args.sample), ("--no-progress", not args.progress)) if on]
-    try:
+    with removed_if_empty_on_failure(new_dirs):  # e.g. a mistake found while loading the data
         return train_and_sample(cfg, progress=args.progress, sample=args.sample, resume_flags=flags)
-    except DiffkitError:  # a mistake found while loading the data or the model: no empty run folder stays
-        remove_if_empty(new_dirs)
-        raise
 
 
 def resume_command(cfg, flags=()) -> str:
