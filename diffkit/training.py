@@ -598,6 +598,9 @@ class Trainer:
                         if guard.requested is not None:
                             self.save()
                             bar.close()
+                            if self.step >= self.total_steps and self.dist.is_main:  # the run is complete
+                                train_log.close()
+                                plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
                             raise TrainingInterrupted(guard.requested, self.out_dir / "latest.safetensors", self.step)
                         if self.step >= min(self.total_steps, stop_at or self.total_steps):
                             break

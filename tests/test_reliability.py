@@ -788,3 +788,21 @@ def test_flips_do_not_depend_on_the_number_of_workers():
     coins = [flip_coin(123, i) for i in range(20000)]
     assert abs(sum(coins) / len(coins) - 0.5) < 0.015  # fair (4 standard deviations: 0.014)
     assert coins != [flip_coin(124, i) for i in range(20000)]
+
+
+def test_a_signal_with_the_last_step_says_training_is_complete(tmp_path, monkeypatch, capsys):
+    real_step = Trainer.train_step
+
+    def step_then_signal(self, group):
+        loss = real_step(self, group)
+        if self.step + 1 == self.total_steps:  # SIGTERM arrives during the last step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    code = main(["train", *folder_train_args(tmp_path, steps=4)])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM, err
+    assert "SIGTERM after the last step: trained all 4 steps" in err and "resume with" not in err, err
+    folder = tmp_path / "run" / "checkpoints"
+    assert ckpt.load_checkpoint(folder / "latest.safetensors")[1]["step"] == 4
+    assert (folder / "loss_curve.png").is_file()

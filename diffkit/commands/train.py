@@ -149,9 +149,14 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
         if not trainer.dist.is_main:
             return 128 + stop.signum
         sys.stdout.flush()
-        sys.stderr.write(f"diffkit train: stopped by {signal.Signals(stop.signum).name} at step {stop.step} of "
-                         f"{trainer.total_steps}; checkpoint {stop.checkpoint}; resume with: "
-                         f"{resume_command(cfg, resume_flags)}\n")
+        name = signal.Signals(stop.signum).name
+        if stop.step >= trainer.total_steps:  # the signal came with the last step: training is complete
+            sys.stderr.write(f"diffkit train: {name} after the last step: trained all {stop.step} steps; checkpoint "
+                             f"{stop.checkpoint}; the sample grid was skipped (diffkit sample --checkpoint "
+                             f"{shlex.quote(str(stop.checkpoint))})\n")
+        else:
+            sys.stderr.write(f"diffkit train: stopped by {name} at step {stop.step} of {trainer.total_steps}; "
+                             f"checkpoint {stop.checkpoint}; resume with: {resume_command(cfg, resume_flags)}\n")
         sys.stderr.flush()
         return 128 + stop.signum
     if not trainer.dist.is_main:
