@@ -7,6 +7,7 @@ only denoisers, never networks. Wrappers (guidance, thresholding) are denoisers 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -56,6 +57,11 @@ class Denoiser:
                  learned_variance: bool = False, mixed_precision: str = "no", data_scale: Optional[float] = None):
         check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
         check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
+        if not callable(net):
+            raise DiffkitError(f"net of type {type(net).__name__} is not allowed; give a network net(x, t, **cond)")
+        if not isinstance(schedule, NoiseSchedule):
+            raise DiffkitError(f"schedule of type {type(schedule).__name__} is not allowed; give a "
+                               f"diffkit.NoiseSchedule (e.g. NoiseSchedule.from_name('linear', 1000))")
         self.net = net
         self.schedule = schedule
         self.prediction_type = prediction_type
@@ -63,9 +69,12 @@ class Denoiser:
         self.mixed_precision = mixed_precision
         if data_scale is not None:
             check_range("data_scale", data_scale, 0.0, None, low_inclusive=False)
+            if not math.isfinite(data_scale):
+                raise DiffkitError(f"data_scale={data_scale} is not allowed; give a finite scale > 0 or None")
         self.data_scale = data_scale
         self.nfe = 0
         self._coefficient_cache: dict = {}
+        self._input_checked: dict = {}  # (dtype, device) of x -> the dtype the network takes
         self.compiled = "no"
 
     def compile(self, mode: str = "default", backend="inductor") -> "Denoiser":
@@ -81,6 +90,7 @@ class Denoiser:
         check_choice("compile", mode, COMPILE_MODES)
         if mode != "no" and self.compiled == "no":
             self.net = torch.compile(self.net, mode=None if mode == "default" else mode, backend=backend)
+            self._input_checked.clear()
             self.compiled = mode
         return self
 
@@ -111,6 +121,20 @@ class Denoiser:
             raise DiffkitError(f"the network cannot be evaluated at t={t.min().item()} < 0 (clean data)")
         return t.to(device=x.device, dtype=torch.float32)
 
+    def _network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the dtype of the network's weights (a float64 or float32 sampling state meets
+        a float32 or bf16 network), and a one-line error when they are on different devices."""
+        key = (x.dtype, x.device)
+        known = self._input_checked.get(key)
+        if known is None:
+            weight = next(iter(self.net.parameters()), None) if isinstance(self.net, torch.nn.Module) else None
+            if weight is not None and weight.device != x.device and weight.device.type != "meta":
+                raise DiffkitError(f"the samples are on {x.device} but the network is on {weight.device}; pass "
+                                   f"device= to diffkit.sample (or move the network)")
+            known = self._input_checked[key] = (weight.dtype if weight is not None and weight.is_floating_point()
+                                                else x.dtype)
+        return x if known == x.dtype else x.to(known)
+
     def _scalar_coefficients(self, t: float, x: torch.Tensor):
         """(float32 time, alpha, sigma) for one time shared by the batch, cached per time: samplers
         call with the same grid times over and over, and this keeps the schedule off the per-step
@@ -140,19 +164,22 @@ class Denoiser:
             t64 = t_net.detach().cpu().to(torch.float64)
             alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         if self.mixed_precision == "no":
-            out = self.net(x, t_net, **cond)
+            out = self.net(self._network_input(x), t_net, **cond)
         else:
             with self.precision(x.device.type):
                 out = self.net(x, t_net, **cond)
+        if not isinstance(out, torch.Tensor):
+            raise DiffkitError(f"the network returned a {type(out).__name__}; expected a tensor shaped like its "
+                               f"input {tuple(x.shape)} (unwrap e.g. diffusers' output with return_dict=False)")
         # a CUDA graph (compile mode reduce-overhead) writes every replay's output into the same
         # buffer: multistep samplers keep earlier outputs, so those are copied out of it
         out = out.to(x.dtype, copy=self.compiled == "reduce-overhead" and out.device.type == "cuda")
         self.nfe += 1
         var_values = None
         if self.learned_variance:
-            if out.shape[1] != 2 * x.shape[1]:
-                raise DiffkitError(f"learned_variance=True needs {2 * x.shape[1]} output channels; "
-                                   f"the network gave {out.shape[1]}")
+            if out.shape != (x.shape[0], 2 * x.shape[1], *x.shape[2:]):
+                raise DiffkitError(f"learned_variance=True needs an output of shape "
+                                   f"{(x.shape[0], 2 * x.shape[1], *x.shape[2:])}; the network gave {tuple(out.shape)}")
             out, var_values = out.chunk(2, dim=1)
         elif out.shape != x.shape:
             raise DiffkitError(f"network output shape {tuple(out.shape)} differs from input shape "

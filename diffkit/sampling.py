@@ -1,7 +1,9 @@
 """The front door: ``diffkit.sample(denoiser, shape_or_noise, sampler="ddim", steps=50, ...)``."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import inspect
+import operator
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -36,32 +38,140 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         thresholding: ``None``, ``"clip"`` or ``"dynamic"`` on the predicted x_0.
         options: sampler-specific options (e.g. ``eta`` for ddim).
     """
+    if not hasattr(denoiser, "schedule") or not callable(denoiser):
+        raise DiffkitError(f"denoiser of type {type(denoiser).__name__} is not allowed; wrap the network with "
+                           f"diffkit.Denoiser(net, schedule, prediction_type=...)")
     # diffusers' grid options, accepted under their names: they choose the grid, not the update.
     karras = "karras" if options.pop("use_karras_sigmas", False) else None
     spacing = _given_once("spacing", spacing, "use_karras_sigmas=True", karras)
     final = _given_once("final", final, "final_sigmas_type", options.pop("final_sigmas_type", None))
     info, spacing, final = resolve_sampler(sampler, spacing, final)
+    check_options(info, options)
     if grid is None:
         grid = sampler_grid(denoiser, info, steps, nfe, spacing, final)
+    else:
+        given = [name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing), ("final", final))
+                 if value is not None]
+        if given:
+            raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(given)}")
+        grid = check_grid(grid, denoiser.schedule.num_timesteps)
+    check_zero_terminal_snr(denoiser.schedule, info, grid)
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
+    if seed is not None:
+        check_range("seed", seed, 0, 2**63 - 1, integer=True)
     if isinstance(shape_or_noise, torch.Tensor):
-        x = shape_or_noise
+        x = check_noise(shape_or_noise)
         if seed is not None:
             generator = generators_from_seed(seed, x.shape[0])
     else:
-        shape = tuple(int(s) for s in shape_or_noise)
+        try:
+            shape = tuple(operator.index(s) for s in shape_or_noise)
+        except TypeError:
+            raise DiffkitError(f"shape_or_noise={shape_or_noise!r} is not allowed; give a batch shape of integers "
+                               f"such as (16, 3, 32, 32) or the noise tensor") from None
         if len(shape) < 2 or any(s < 1 for s in shape):
             raise DiffkitError(f"shape={shape} must be (batch, ...) with every size >= 1")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DiffkitError(f"dtype={dtype!r} is not allowed; give a floating torch dtype such as torch.float32")
         if seed is not None:
             generator = generators_from_seed(seed, shape[0])
-        x = randn(shape, generator, device=device, dtype=dtype)
+        x = check_noise(randn(shape, generator, device=device, dtype=dtype))
+    check_generators(generator, x.shape[0])
+    if cond is not None:
+        check_cond(cond, x.shape[0])
     if thresholding is not None:
         denoiser = ThresholdedDenoiser(denoiser, thresholding)
     kwargs = {**info.options, **options}
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)
+
+
+_SAMPLER_ARGUMENTS = ("denoiser", "x", "grid", "cond", "generator", "callback", "progress")
+
+
+def check_options(info: SamplerInfo, options: dict) -> None:
+    """Every sampler-specific option must be one the sampler takes (one line naming those it does)."""
+    params = inspect.signature(info.fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [name for name in params if name not in _SAMPLER_ARGUMENTS]
+    unknown = [name for name in options if name not in params or name in _SAMPLER_ARGUMENTS]
+    if unknown:
+        raise DiffkitError(f"option {unknown[0]!r} is not one sampler {info.name!r} takes; it takes "
+                           f"{', '.join(accepted) if accepted else 'none'}")
+
+
+def check_grid(grid, num_timesteps: int) -> torch.Tensor:
+    """An explicit time grid: 1-D, at least two finite times, strictly decreasing, in [-1, T-1]."""
+    try:
+        grid = torch.as_tensor(grid, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise DiffkitError(f"grid={grid!r} is not allowed; give a 1-D sequence of decreasing times") from None
+    if grid.ndim != 1 or grid.numel() < 2 or not torch.isfinite(grid).all():
+        raise DiffkitError(f"grid of shape {tuple(grid.shape)} is not allowed; give at least two finite times, "
+                           f"the first the noisiest")
+    if not (grid[1:] < grid[:-1]).all():
+        raise DiffkitError(f"grid={grid.tolist()[:6]}... must decrease strictly (from noise to data)")
+    if grid[0] > num_timesteps - 1 or grid[-1] < -1:
+        raise DiffkitError(f"grid times must lie in [-1, {num_timesteps - 1}]; got [{grid[-1].item():g}, "
+                           f"{grid[0].item():g}]")
+    return grid
+
+
+# samplers that start at infinite noise: they work in x-space and never need the noise level's
+# logarithm or the Karras sigma at the first time
+_INFINITE_NOISE_START = ("ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps")
+
+
+def check_zero_terminal_snr(schedule, info: SamplerInfo, grid: torch.Tensor) -> None:
+    """A zero-terminal-SNR schedule (Lin et al. 2024) has alpha_bar = 0 at its last time: samplers
+    in sigma or log-SNR space cannot start there (sigma and -log-SNR are infinite)."""
+    start = float(grid[0])
+    if info.name in _INFINITE_NOISE_START or float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) > 0:
+        return
+    raise DiffkitError(f"sampler {info.name!r} works in sigma / log-SNR space and cannot start at t={start:g}, "
+                       f"where this zero-terminal-SNR schedule has alpha_bar = 0 (infinite noise); use one of "
+                       f"{', '.join(_INFINITE_NOISE_START)}")
+
+
+def check_noise(x: torch.Tensor) -> torch.Tensor:
+    """Starting noise: a floating tensor (batch, ...) of finite values. Half-precision noise is
+    promoted to float32: the solvers' arithmetic (a difference of nearly equal terms near t = T)
+    needs it; the network still runs in its own dtype (``Denoiser``, ``mixed_precision``)."""
+    if not x.is_floating_point() or x.is_complex():
+        raise DiffkitError(f"noise of dtype {str(x.dtype).replace('torch.', '')} is not allowed; give a floating tensor")
+    if x.ndim < 2 or x.numel() == 0:
+        raise DiffkitError(f"noise of shape {tuple(x.shape)} is not allowed; give (batch, ...) with every size >= 1")
+    if not bool(torch.isfinite(x).all()):
+        raise DiffkitError("the noise holds NaN or infinite values")
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def check_generators(generator, batch: int) -> None:
+    """``generator``: None, one torch.Generator, or one per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise DiffkitError(f"generator of type {type(generator).__name__} is not allowed; give a torch.Generator "
+                           f"or a list of one per sample")
+    if len(generator) != batch:
+        raise DiffkitError(f"got {len(generator)} generators for a batch of {batch}; give one per sample")
+
+
+def check_cond(cond, batch: int) -> None:
+    """``cond``: keyword arguments for the network; class labels ``y`` are integers, one per sample."""
+    if not isinstance(cond, Mapping):
+        raise DiffkitError(f"cond of type {type(cond).__name__} is not allowed; give a dict such as {{'y': labels}}")
+    y = cond.get("y")
+    if isinstance(y, torch.Tensor):
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise DiffkitError(f"class labels y of dtype {str(y.dtype).replace('torch.', '')} are not allowed; "
+                               f"give integer labels")
+        if y.shape != (batch,):
+            raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; give ({batch},), one per "
+                               f"sample")
 
 
 def resolve_sampler(sampler: str, spacing: Optional[str] = None,

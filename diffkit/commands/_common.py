@@ -141,7 +141,8 @@ def check_output_file(path: str | Path, what: str, suffix: str) -> Path:
         raise DiffkitError(f"{what} {str(path)!r} must end in {suffix}")
     if path.is_dir():
         raise DiffkitError(f"{what} {str(path)!r} is a folder; give a file name ending in {suffix}")
-    if path.is_file() and path.suffix == ".safetensors" and "step" in (peek_metadata(path) or {}):
+    meta = peek_metadata(path) if path.is_file() and path.suffix == ".safetensors" else None
+    if meta and "step" in meta and "unet" in meta and "ema_updates" in meta:  # what Trainer.save writes
         raise DiffkitError(f"{what} {str(path)!r} is a diffusion training checkpoint; writing over it would lose "
                            f"the run; choose another file")
     check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
