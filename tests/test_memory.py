@@ -105,7 +105,8 @@ def test_sample_with_auto_batch_equals_fixed_batches(tmp_path, capsys, monkeypat
     monkeypatch.setattr(memory, "MAX_AUTO_BATCH", {"cpu": 4})  # so that 7 samples take two batches
     from diffkit.commands.sample import sample_to_files
     auto = sample_to_files(ck, sampler="dpm-solver++-2m", steps=4, num=7, out=tmp_path / "a.png", progress=False)
-    assert "(7 samples, dpm-solver++-2m, 8 network evaluations)" in capsys.readouterr().out  # 2 batches x 4 steps
+    assert ("(7 samples, dpm-solver++-2m, 4 network evaluations per sample (8 calls in 2 batches))"
+            in capsys.readouterr().out)  # 2 batches x 4 steps
     fixed = sample_to_files(ck, sampler="dpm-solver++-2m", steps=4, num=7, out=tmp_path / "b.png", progress=False,
                             batch_size=7)
     torch.testing.assert_close(auto, fixed, atol=1e-5, rtol=0)

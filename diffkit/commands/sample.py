@@ -340,7 +340,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if prompt_index is not None:
         what = f", prompts {prompts}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
-    print(f"wrote {out} ({num} samples, {sampler}, {denoiser.nfe - nfe_before} network evaluations{what}){noise_note}")
+    calls, batches = denoiser.nfe - nfe_before, len(results)
+    per_sample = f"{calls // batches} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
+                                                                        if batches > 1 else "")
+    print(f"wrote {out} ({num} samples, {sampler}, {per_sample}{what}){noise_note}")
     return images
 
 
