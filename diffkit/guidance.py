@@ -133,7 +133,13 @@ class ClassifierFreeGuidance(_Wrapper):
                 raise DiffkitError(f"guidance interval={interval!r} is not allowed; the times lie in [-1, {top}] "
                                    f"(training timesteps)")
         self.interval = interval
-        self.null_class = null_class if null_class is not None else _num_classes_of(denoiser)
+        classes = _num_classes_of(denoiser)
+        if null_class is not None and (isinstance(null_class, bool) or not isinstance(null_class, int)
+                                       or null_class < 0 or (classes is not None and null_class > classes)):
+            allowed = f"0..{classes}" if classes is not None else "an integer >= 0"
+            raise DiffkitError(f"null_class={null_class!r} is not allowed; allowed: {allowed} (the network's "
+                               f"unconditional label)")
+        self.null_class = null_class if null_class is not None else classes
         if self.null_class is None and null_context is None:
             raise DiffkitError("classifier-free guidance needs a class-conditional model (its network has no "
                                "num_classes); pass null_class= for a custom network")

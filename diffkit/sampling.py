@@ -48,6 +48,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     info, spacing, final = resolve_sampler(sampler, spacing, final)
     check_options(info, options)
     if grid is None:
+        check_zero_terminal_snr(denoiser.schedule, info, denoiser.schedule.num_timesteps - 1)
         grid = sampler_grid(denoiser, info, steps, nfe, spacing, final)
     else:
         given = [name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing), ("final", final))
@@ -55,7 +56,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         if given:
             raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(given)}")
         grid = check_grid(grid, denoiser.schedule.num_timesteps)
-    check_zero_terminal_snr(denoiser.schedule, info, grid)
+        check_zero_terminal_snr(denoiser.schedule, info, float(grid[0]))
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
     if seed is not None:
@@ -76,6 +77,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
             raise DiffkitError(f"dtype={dtype!r} is not allowed; give a floating torch dtype such as torch.float32")
         if seed is not None:
             generator = generators_from_seed(seed, shape[0])
+        check_generators(generator, shape[0])
         x = check_noise(randn(shape, generator, device=device, dtype=dtype))
     check_generators(generator, x.shape[0])
     if cond is not None:
@@ -125,10 +127,9 @@ def check_grid(grid, num_timesteps: int) -> torch.Tensor:
 _INFINITE_NOISE_START = ("ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps")
 
 
-def check_zero_terminal_snr(schedule, info: SamplerInfo, grid: torch.Tensor) -> None:
+def check_zero_terminal_snr(schedule, info: SamplerInfo, start: float) -> None:
     """A zero-terminal-SNR schedule (Lin et al. 2024) has alpha_bar = 0 at its last time: samplers
     in sigma or log-SNR space cannot start there (sigma and -log-SNR are infinite)."""
-    start = float(grid[0])
     if info.name in _INFINITE_NOISE_START or float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) > 0:
         return
     raise DiffkitError(f"sampler {info.name!r} works in sigma / log-SNR space and cannot start at t={start:g}, "

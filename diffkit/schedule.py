@@ -18,6 +18,7 @@ Quantities (all float64 on the CPU; callers cast to their device and dtype):
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Sequence
 
@@ -112,7 +113,13 @@ class NoiseSchedule:
                   **kwargs) -> "NoiseSchedule":
         """Build by name: one of ``linear``, ``cosine``, ``scaled_linear``, ``sigmoid``."""
         check_choice("schedule", name, SCHEDULE_NAMES)
-        schedule = getattr(cls, name)(num_timesteps, **kwargs)
+        builder = getattr(cls, name)
+        accepted = [p for p in inspect.signature(builder).parameters if p != "num_timesteps"]
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            raise DiffkitError(f"option {unknown[0]!r} is not one the {name} schedule takes; it takes "
+                               f"{', '.join(accepted) or 'none'}")
+        schedule = builder(num_timesteps, **kwargs)
         return schedule.rescale_zero_terminal_snr() if zero_terminal_snr else schedule
 
     def rescale_zero_terminal_snr(self) -> "NoiseSchedule":

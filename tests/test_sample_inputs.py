@@ -1,0 +1,112 @@
+"""diffkit.sample and Denoiser refuse bad input up front, in one line (a Python-API audit's findings)."""
+import re
+
+import pytest
+import torch
+
+import diffkit
+from diffkit import Denoiser, DiffkitError, NoiseSchedule
+from diffkit.samplers.registry import REGISTRY
+
+S = NoiseSchedule.linear(100)
+
+
+def gaussian_eps(x, t):
+    """The exact noise predictor of N(0, I) data: eps* = sigma x / (alpha^2 + sigma^2) = sigma x."""
+    sigma = S.sigma(t.double()).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return sigma * x
+
+
+DEN = Denoiser(gaussian_eps, S)
+
+
+def one_line(match, fn, *args, **kwargs):
+    with pytest.raises(DiffkitError, match=match) as err:
+        fn(*args, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"grid": [0.0, 50.0, 99.0]}, "must decrease strictly"),
+    ({"grid": [99.0, 99.0, -1.0]}, "must decrease strictly"),
+    ({"grid": [99.0]}, "at least two finite times"),
+    ({"grid": []}, "at least two finite times"),
+    ({"grid": [[99.0, 0.0]]}, "at least two finite times"),
+    ({"grid": [99.0, float("nan")]}, "at least two finite times"),
+    ({"grid": [500.0, 0.0]}, r"grid times must lie in \[-1, 99\]"),
+    ({"grid": [99.0, 50.0, -1.0], "nfe": 7}, "drop nfe"),
+    ({"grid": [99.0, 50.0, -1.0], "spacing": "karras"}, "drop spacing"),
+    ({"steps": 3, "bogus": 1}, "option 'bogus' is not one sampler 'ddim' takes; it takes eta"),
+    ({"steps": 3, "generator": [torch.Generator()] * 3}, "got 3 generators for a batch of 4"),
+    ({"steps": 3, "generator": 5}, "generator of type int"),
+    ({"steps": 3, "cond": [1]}, "cond of type list"),
+    ({"steps": 3, "cond": {"y": torch.zeros(3, dtype=torch.long)}}, r"shape \(3,\) are not allowed; give \(4,\)"),
+    ({"steps": 3, "cond": {"y": torch.zeros(4)}}, "dtype float32 are not allowed"),
+    ({"steps": 3, "seed": 2**70}, "seed"),
+])
+def test_bad_sampling_arguments_are_one_line_errors(kwargs, match):
+    one_line(match, diffkit.sample, DEN, (4, 2), "ddim", progress=False, **kwargs)
+
+
+def test_bad_noise_shapes_and_types_are_one_line_errors():
+    bad = torch.randn(4, 2)
+    bad[0, 0] = float("nan")
+    one_line("NaN or infinite", diffkit.sample, DEN, bad, "ddim", steps=3, progress=False)
+    one_line("dtype int64", diffkit.sample, DEN, torch.zeros(4, 2, dtype=torch.long), "ddim", steps=3, progress=False)
+    one_line(r"shape \(4,\)", diffkit.sample, DEN, torch.randn(4), "ddim", steps=3, progress=False)
+    one_line("shape_or_noise=4", diffkit.sample, DEN, 4, "ddim", steps=3, progress=False)
+    one_line("dtype=torch.int64", diffkit.sample, DEN, (4, 2), "ddim", steps=3, progress=False, dtype=torch.int64)
+    one_line("wrap the network", diffkit.sample, gaussian_eps, (4, 2), "ddim", steps=3, progress=False)
+
+
+def test_a_denoiser_checks_its_network_schedule_and_output():
+    one_line("net of type int", Denoiser, 5, S)
+    one_line("schedule of type str", Denoiser, gaussian_eps, "linear")
+    one_line("data_scale=inf", Denoiser, gaussian_eps, S, data_scale=float("inf"))
+    one_line("returned a tuple", diffkit.sample, Denoiser(lambda x, t: (x,), S), (2, 2), "ddim", steps=2,
+             progress=False)
+    narrow = Denoiser(lambda x, t: torch.cat([x, x], 1)[:, :, :1], S, learned_variance=True)
+    one_line(r"needs an output of shape \(2, 2, 3\)", diffkit.sample, narrow, (2, 1, 3), "ddpm", steps=2,
+             progress=False)
+
+
+def test_the_network_gets_its_own_dtype_and_half_noise_is_solved_in_float32():
+    class Net(torch.nn.Module):  # float32 weights
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 1)
+
+        def forward(self, x, t):
+            assert x.dtype == torch.float32
+            return self.conv(x)
+    d = Denoiser(Net(), S)
+    out = diffkit.sample(d, torch.randn(2, 1, 4, 4, dtype=torch.float64), "ddim", steps=3, progress=False)
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    reference = diffkit.sample(DEN, noise.double(), "dpm-solver", steps=10, progress=False)
+    half = diffkit.sample(DEN, noise.bfloat16(), "dpm-solver", steps=10, progress=False)
+    assert half.dtype == torch.float32  # the solver's state: bf16 lost up to 0.7 here (a cancellation at t = T)
+    assert (half.double() - reference).abs().max() < 0.02  # the bf16 rounding of the noise itself
+
+
+def test_zero_terminal_snr_schedules_name_the_samplers_that_can_start_there():
+    ztsnr = NoiseSchedule.from_name("linear", 100, zero_terminal_snr=True)
+    d = Denoiser(gaussian_eps, ztsnr, prediction_type="epsilon")
+    working = {"ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps"}
+    for name, info in REGISTRY.items():
+        steps = 2 * info.calls_per_step if name in ("pndm", "fon") else 4
+        if name in working:  # they start in x-space at infinite noise and run through
+            assert torch.isfinite(diffkit.sample(d, (2, 2), name, steps=steps, seed=0, progress=False)).all(), name
+            continue
+        one_line(re.escape(f"sampler '{name}' works in sigma / log-SNR space"), diffkit.sample, d, (2, 2), name,
+                 steps=steps, progress=False)
+    assert working <= set(REGISTRY)
+
+
+def test_guidance_null_class_and_schedule_options_are_checked():
+    from diffkit.guidance import ClassifierFreeGuidance
+    one_line("null_class=-1 is not allowed", ClassifierFreeGuidance, DEN, 2.0, null_class=-1)
+    one_line("null_class='a' is not allowed", ClassifierFreeGuidance, DEN, 2.0, null_class="a")
+    one_line("option 'foo' is not one the linear schedule takes", NoiseSchedule.from_name, "linear", 10, foo=1)
+    one_line("option 'beta_start' is not one the cosine schedule takes", NoiseSchedule.from_name, "cosine", 10,
+             beta_start=0.1)
