@@ -7,7 +7,10 @@ is read with ``torch.load(weights_only=True)`` and never unpickles code.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch
 
 from . import checkpoint as ckpt
 from .denoiser import Denoiser
@@ -112,6 +115,11 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     checkpoints, else None): the frozen autoencoder, ``decoder(z)`` = D(z / scale_factor).
     ``config``: only for a legacy state dict (see :func:`load_model`). ``mixed_precision``: the
     network's autocast dtype, ``compile`` a ``torch.compile`` mode (:meth:`Denoiser.compile`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise DiffkitError(f"path of type {type(path).__name__} is not allowed; give the checkpoint's path")
+    if not isinstance(device, torch.device):
+        from .config import resolve_device
+        device = resolve_device(str(device))  # a one-line error for a device this machine lacks
     model, meta, schedule, decoder = _load(path, use_ema, device, config)
     # the layout the network computes fastest in at this precision (models.layers.preferred_memory_format)
     use_memory_format(model, preferred_memory_format(next(model.parameters()).device, mixed_precision))

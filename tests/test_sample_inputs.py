@@ -110,3 +110,9 @@ def test_guidance_null_class_and_schedule_options_are_checked():
     one_line("option 'foo' is not one the linear schedule takes", NoiseSchedule.from_name, "linear", 10, foo=1)
     one_line("option 'beta_start' is not one the cosine schedule takes", NoiseSchedule.from_name, "cosine", 10,
              beta_start=0.1)
+
+
+def test_load_denoiser_names_a_bad_path_or_device(tmp_path):
+    from diffkit.loading import load_denoiser
+    one_line("path of type NoneType", load_denoiser, None)
+    one_line("device='bogus' is not allowed", load_denoiser, tmp_path / "x.safetensors", device="bogus")
