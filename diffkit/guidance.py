@@ -185,6 +185,9 @@ class ClassifierFreeGuidance(_Wrapper):
     def _rescaled(self, x, t64, eps, x0, eps_c, x0_c):
         """Lin et al. 2024, Sec. 3.4: v_rescaled = v_cfg std(v_pos)/std(v_cfg);
         v_final = phi v_rescaled + (1 - phi) v_cfg, per sample, in ``rescale_space``."""
+        if x[0].numel() < 2:
+            raise DiffkitError("guidance rescale matches each sample's standard deviation, which needs samples of "
+                               "more than one value; drop the rescale")
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         phi = self.rescale
         if self.rescale_space == "x0":

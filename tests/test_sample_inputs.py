@@ -116,3 +116,10 @@ def test_load_denoiser_names_a_bad_path_or_device(tmp_path):
     from diffkit.loading import load_denoiser
     one_line("path of type NoneType", load_denoiser, None)
     one_line("device='bogus' is not allowed", load_denoiser, tmp_path / "x.safetensors", device="bogus")
+
+
+def test_guidance_rescale_needs_more_than_one_value_per_sample():
+    from diffkit.guidance import ClassifierFreeGuidance
+    g = ClassifierFreeGuidance(Denoiser(lambda x, t, y=None: 0.1 * x, S), 2.0, rescale=0.7, null_class=3)
+    one_line("more than one value", diffkit.sample, g, (4, 1), "ddim", steps=2, progress=False,
+             cond={"y": torch.zeros(4, dtype=torch.long)})
