@@ -420,3 +420,9 @@ def test_a_folder_with_pickled_weights_or_bad_json_is_refused_in_one_line(tmp_pa
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_grid_from_a_scheduler_before_set_timesteps_is_one_line():
+    for scheduler in (diffusers.DDIMScheduler(), diffusers.PNDMScheduler()):
+        with pytest.raises(DiffkitError, match="call scheduler.set_timesteps"):
+            grid_from_diffusers(scheduler)

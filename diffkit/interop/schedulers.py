@@ -144,7 +144,8 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     timestep twice, the second stage of an improved-Euler step) followed by the target of the
     last step, -1 (clean data, ``final_alpha_cumprod = 1``) or 0 (``alphas_cumprod[0]``)."""
     times = getattr(scheduler, "timesteps", None)
-    if times is None or len(times) == 0:
+    # before set_timesteps a scheduler holds all T training timesteps and no num_inference_steps
+    if times is None or len(times) == 0 or getattr(scheduler, "num_inference_steps", 0) is None:
         raise DiffkitError("the scheduler has no timesteps; call scheduler.set_timesteps(steps) first")
     times = torch.as_tensor(times).to(torch.float64).cpu()
     keep = torch.cat([torch.ones(1, dtype=torch.bool), times[1:] != times[:-1]])
