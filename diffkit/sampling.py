@@ -42,7 +42,10 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         raise DiffkitError(f"denoiser of type {type(denoiser).__name__} is not allowed; wrap the network with "
                            f"diffkit.Denoiser(net, schedule, prediction_type=...)")
     # diffusers' grid options, accepted under their names: they choose the grid, not the update.
-    karras = "karras" if options.pop("use_karras_sigmas", False) else None
+    use_karras = options.pop("use_karras_sigmas", False)
+    if not isinstance(use_karras, bool):
+        raise DiffkitError(f"use_karras_sigmas={use_karras!r} is not allowed; give True or False")
+    karras = "karras" if use_karras else None
     spacing = _given_once("spacing", spacing, "use_karras_sigmas=True", karras)
     final = _given_once("final", final, "final_sigmas_type", options.pop("final_sigmas_type", None))
     info, spacing, final = resolve_sampler(sampler, spacing, final)
@@ -103,6 +106,9 @@ def check_options(info: SamplerInfo, options: dict) -> None:
     if unknown:
         raise DiffkitError(f"option {unknown[0]!r} is not one sampler {info.name!r} takes; it takes "
                            f"{', '.join(accepted) if accepted else 'none'}")
+    for name, value in options.items():  # a flag given as "no" or 0 would read as True / False
+        if isinstance(params[name].default, bool) and not isinstance(value, bool):
+            raise DiffkitError(f"{name}={value!r} is not allowed; give True or False")
 
 
 def check_grid(grid, num_timesteps: int) -> torch.Tensor:

@@ -123,3 +123,10 @@ def test_guidance_rescale_needs_more_than_one_value_per_sample():
     g = ClassifierFreeGuidance(Denoiser(lambda x, t, y=None: 0.1 * x, S), 2.0, rescale=0.7, null_class=3)
     one_line("more than one value", diffkit.sample, g, (4, 1), "ddim", steps=2, progress=False,
              cond={"y": torch.zeros(4, dtype=torch.long)})
+
+
+def test_flag_options_take_booleans_only():
+    one_line("lower_order_final='no' is not allowed; give True or False", diffkit.sample, DEN, (2, 2),
+             "dpm-solver++-2m", steps=3, progress=False, lower_order_final="no")
+    out = diffkit.sample(DEN, (2, 2), "dpm-solver++-2m", steps=3, progress=False, lower_order_final=False, seed=0)
+    assert torch.isfinite(out).all()
