@@ -83,6 +83,9 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
         top = float(T - 1 if t_max is None else t_max)
         n = S + 1 if final == "sigma_min" else S
         if spacing == "karras":
+            check_range("rho", rho, 0.0, None, low_inclusive=False)
+            if not math.isfinite(rho):
+                raise DiffkitError(f"rho={rho} is not allowed; give a finite rho > 0 (EDM uses 7)")
             smax, smin = schedule.karras_sigma(top).item(), schedule.karras_sigma(0.0).item()
             ts = schedule.t_from_karras_sigma(karras_sigmas(n, smin, smax, rho))
         elif spacing == "logsnr":
@@ -115,6 +118,8 @@ def _finish(evaluated: torch.Tensor, t_end: float, T: int, name: str) -> torch.T
     """Validate the evaluation times and append the final target."""
     if evaluated.numel() < 1:
         raise DiffkitError(f"{name} spacing produced no evaluation times")
+    if not torch.isfinite(evaluated).all():
+        raise DiffkitError(f"{name} timesteps must be finite; got {evaluated.tolist()[:6]}")
     if (evaluated < 0).any() or (evaluated > T - 1).any():
         raise DiffkitError(f"{name} timesteps must lie in [0, {T - 1}]; got {evaluated.tolist()[:6]}")
     if (evaluated[1:] >= evaluated[:-1]).any():

@@ -130,3 +130,10 @@ def test_flag_options_take_booleans_only():
              "dpm-solver++-2m", steps=3, progress=False, lower_order_final="no")
     out = diffkit.sample(DEN, (2, 2), "dpm-solver++-2m", steps=3, progress=False, lower_order_final=False, seed=0)
     assert torch.isfinite(out).all()
+
+
+def test_direct_grid_options_are_checked():
+    from diffkit.timesteps import make_grid
+    one_line("rho=0", make_grid, S, 10, "karras", rho=0)
+    one_line("rho=nan", make_grid, S, 10, "karras", rho=float("nan"))
+    one_line("must be finite", make_grid, S, 3, "linear", custom=[90, float("nan"), 10])
