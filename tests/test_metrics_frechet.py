@@ -132,3 +132,24 @@ def test_distance_grows_monotonically_with_added_noise():
             random_features, noisy, progress=False)))
     assert all(a < b for a, b in zip(distances, distances[1:])), distances
     assert distances[0] < 0.1 * distances[-1]
+
+
+def test_malformed_inputs_are_one_line_errors():
+    import numpy as np
+    import pytest
+    import torch
+
+    from diffkit.errors import DiffkitError
+    from diffkit.metrics import feature_statistics, frechet_distance, kernel_inception_distance
+    with pytest.raises(DiffkitError, match="shapes"):
+        frechet_distance(np.zeros((2, 2)), np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(DiffkitError, match="sigma1 is not symmetric"):
+        frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2))
+    with pytest.raises(DiffkitError, match="dim >= 1"):
+        feature_statistics(np.zeros((5, 0)))
+    with pytest.raises(DiffkitError, match="complex"):
+        feature_statistics(np.zeros((5, 2), dtype=complex))
+    stats = feature_statistics(torch.randn(5, 2, requires_grad=True))  # a tensor that requires grad is fine
+    assert stats.sigma.shape == (2, 2)
+    with pytest.raises(DiffkitError, match="dim >= 1"):
+        kernel_inception_distance(np.zeros((5, 0)), np.zeros((5, 0)))

@@ -67,13 +67,31 @@ def check_sample_count(num_samples: int, dim: int, what: str = "features") -> No
                       "feature dimensions)", RuntimeWarning, stacklevel=3)
 
 
+def as_feature_array(array, what: str = "features") -> np.ndarray:
+    """An (n, d) float64 array of real, finite values with d >= 1 from a numpy array or a tensor
+    (detached); a one-line DiffkitError otherwise. Every metric's input goes through it."""
+    if hasattr(array, "detach"):  # a torch tensor, possibly requiring grad
+        array = array.detach().cpu()
+        if array.is_complex():
+            raise DiffkitError(f"{what} are complex; expected real values")
+        array = array.double().numpy()
+    if np.iscomplexobj(array):
+        raise DiffkitError(f"{what} are complex; expected real values")
+    try:
+        out = np.asarray(array, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DiffkitError(f"{what} of type {type(array).__name__} are not allowed; give an (num_samples, dim) "
+                           f"array of numbers") from None
+    if out.ndim != 2 or out.shape[1] < 1:
+        raise DiffkitError(f"{what} shape {out.shape} is not allowed; expected (num_samples, dim) with dim >= 1")
+    if not np.all(np.isfinite(out)):
+        raise DiffkitError(f"{what} contain NaN or infinite values; check the images and the extractor")
+    return out
+
+
 def feature_statistics(features, what: str = "features") -> GaussianStats:
     """Mean and unbiased covariance (divide by n - 1, as ``np.cov``) of an (n, d) feature array."""
-    feats = np.asarray(features, dtype=np.float64)
-    if feats.ndim != 2:
-        raise DiffkitError(f"{what} shape {feats.shape} is not allowed; expected (num_samples, dim)")
-    if not np.all(np.isfinite(feats)):
-        raise DiffkitError(f"{what} contain NaN or infinite values; check the images and the extractor")
+    feats = as_feature_array(features, what)
     check_sample_count(feats.shape[0], feats.shape[1], what)
     mu = feats.mean(axis=0)
     centred = feats - mu
@@ -101,12 +119,15 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
     sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     dim = mu1.shape[0]
-    if mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
+    if mu1.ndim != 1 or mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
         raise DiffkitError(f"statistics shapes mu1 {mu1.shape}, sigma1 {sigma1.shape}, mu2 "
                            f"{mu2.shape}, sigma2 {sigma2.shape} do not match; expected (d,), (d, d)")
     for name, arr in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.all(np.isfinite(arr)):
             raise DiffkitError(f"{name} contains NaN or infinite values")
+    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):  # a covariance is symmetric
+        if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(sigma).max()))):
+            raise DiffkitError(f"{name} is not symmetric; expected a covariance matrix")
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
     return float(max(value, 0.0))

@@ -19,6 +19,7 @@ from scipy.special import logsumexp
 import torch
 
 from ..errors import DiffkitError, check_range
+from .frechet import as_feature_array
 
 
 class MeanStd(NamedTuple):
@@ -33,17 +34,6 @@ class PrecisionRecall(NamedTuple):
     recall: float
 
 
-def _as_2d_float64(array, what: str) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().double().numpy()
-    out = np.asarray(array, dtype=np.float64)
-    if out.ndim != 2:
-        raise DiffkitError(f"{what} shape {out.shape} is not allowed; expected (num_samples, dim)")
-    if not np.all(np.isfinite(out)):
-        raise DiffkitError(f"{what} contain NaN or infinite values")
-    return out
-
-
 def inception_score(logits, splits: int = 10) -> MeanStd:
     """Inception Score from classifier logits (n, num_classes): mean and std over ``splits``.
 
@@ -54,7 +44,7 @@ def inception_score(logits, splits: int = 10) -> MeanStd:
     (openai/improved-gan); log p(y) is a log-sum-exp, so classes whose probability underflows
     to 0 add 0 instead of NaN.
     """
-    logits = _as_2d_float64(logits, "logits")
+    logits = as_feature_array(logits, "logits")
     check_range("splits", splits, 1, None, integer=True)
     n = logits.shape[0]
     if n < splits:
@@ -91,8 +81,8 @@ def kernel_inception_distance(features1, features2, num_subsets: int = 100,
     Each subset draws ``subset_size`` samples (clipped to the smaller set's size) without
     replacement from each set; the generator is seeded so the value is reproducible.
     """
-    x = _as_2d_float64(features1, "first features")
-    y = _as_2d_float64(features2, "second features")
+    x = as_feature_array(features1, "first features")
+    y = as_feature_array(features2, "second features")
     if x.shape[1] != y.shape[1]:
         raise DiffkitError(f"feature dimensions {x.shape[1]} and {y.shape[1]} differ; "
                            "both sets must come from the same extractor")
@@ -143,8 +133,8 @@ def precision_recall(real_features, fake_features, k: int = 3, batch_size: int =
     """
     check_range("k", k, 1, None, integer=True)
     check_range("batch_size", batch_size, 1, None, integer=True)
-    real = torch.from_numpy(_as_2d_float64(real_features, "real features"))
-    fake = torch.from_numpy(_as_2d_float64(fake_features, "fake features"))
+    real = torch.from_numpy(as_feature_array(real_features, "real features"))
+    fake = torch.from_numpy(as_feature_array(fake_features, "fake features"))
     if real.shape[1] != fake.shape[1]:
         raise DiffkitError(f"feature dimensions {real.shape[1]} and {fake.shape[1]} differ; "
                            "both sets must come from the same extractor")
