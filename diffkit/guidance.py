@@ -216,10 +216,23 @@ def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.
     training-timestep units. Gradients are enabled locally, so this works inside ``no_grad``."""
     batch = x.shape[0]
     t_net = _times64(t, batch).to(device=x.device, dtype=torch.float32)
-    y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(batch)
+    y = torch.as_tensor(y, device=x.device).long().reshape(-1)
+    if y.numel() not in (1, batch):
+        raise DiffkitError(f"{y.numel()} class labels for a batch of {batch}; give one label or one per sample")
+    y = y.expand(batch)
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         logits = classifier(x_in, t_net)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 2:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise DiffkitError(f"the classifier gave {shape}; classifier guidance needs logits (batch, classes) "
+                               f"= ({batch}, K) with K >= 2")
+        if not logits.requires_grad:
+            raise DiffkitError("the classifier's logits do not depend on x (no gradient): guidance needs a "
+                               "differentiable classifier(x, t)")
+        labels_ok = bool(((y >= 0) & (y < logits.shape[1])).all())
+        if not labels_ok:
+            raise DiffkitError(f"class labels must lie in 0..{logits.shape[1] - 1} for this classifier")
         log_p = torch.log_softmax(logits, dim=-1)
         chosen = log_p.gather(1, y.to(log_p.device)[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, x_in)

@@ -137,3 +137,19 @@ def test_direct_grid_options_are_checked():
     one_line("rho=0", make_grid, S, 10, "karras", rho=0)
     one_line("rho=nan", make_grid, S, 10, "karras", rho=float("nan"))
     one_line("must be finite", make_grid, S, 3, "linear", custom=[90, float("nan"), 10])
+
+
+def test_classifier_guidance_checks_its_classifier_and_labels():
+    from diffkit.guidance import classifier_log_prob_grad
+    x, t = torch.randn(4, 2), 50.0
+    linear = torch.nn.Linear(2, 3)
+    one_line(r"gave \(4,\)", classifier_log_prob_grad, lambda x, t: x.sum(1), x, t, torch.zeros(4, dtype=torch.long))
+    one_line(r"gave \(4, 1\)", classifier_log_prob_grad, lambda x, t: x[:, :1], x, t, torch.zeros(4, dtype=torch.long))
+    one_line("gave tuple", classifier_log_prob_grad, lambda x, t: (x,), x, t, torch.zeros(4, dtype=torch.long))
+    one_line("do not depend on x", classifier_log_prob_grad, lambda x, t: linear(x).detach(), x, t,
+             torch.zeros(4, dtype=torch.long))
+    one_line(r"lie in 0..2", classifier_log_prob_grad, lambda x, t: linear(x), x, t, torch.full((4,), 5))
+    one_line("3 class labels for a batch of 4", classifier_log_prob_grad, lambda x, t: linear(x), x, t,
+             torch.zeros(3, dtype=torch.long))
+    grad = classifier_log_prob_grad(lambda x, t: linear(x), x, t, torch.zeros(4, dtype=torch.long))
+    assert grad.shape == x.shape and torch.isfinite(grad).all()
