@@ -10,7 +10,7 @@ import torch
 from .denoiser import ThresholdedDenoiser, precision_context
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
-from .samplers.registry import SamplerInfo, get_sampler, split_sampler_spec
+from .samplers.registry import REGISTRY, SamplerInfo, get_sampler, split_sampler_spec
 from .timesteps import FINALS, SPACINGS, grade_sigmas_for, make_grid
 
 
@@ -68,6 +68,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         x = check_noise(shape_or_noise)
         if seed is not None:
             generator = generators_from_seed(seed, x.shape[0])
+        check_generators(generator, x.shape[0])
     else:
         try:
             shape = tuple(operator.index(s) for s in shape_or_noise)
@@ -82,7 +83,6 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
             generator = generators_from_seed(seed, shape[0])
         check_generators(generator, shape[0])
         x = check_noise(randn(shape, generator, device=device, dtype=dtype))
-    check_generators(generator, x.shape[0])
     if cond is not None:
         check_cond(cond, x.shape[0])
     if thresholding is not None:
@@ -128,19 +128,15 @@ def check_grid(grid, num_timesteps: int) -> torch.Tensor:
     return grid
 
 
-# samplers that start at infinite noise: they work in x-space and never need the noise level's
-# logarithm or the Karras sigma at the first time
-_INFINITE_NOISE_START = ("ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps")
-
-
 def check_zero_terminal_snr(schedule, info: SamplerInfo, start: float) -> None:
     """A zero-terminal-SNR schedule (Lin et al. 2024) has alpha_bar = 0 at its last time: samplers
-    in sigma or log-SNR space cannot start there (sigma and -log-SNR are infinite)."""
-    if info.name in _INFINITE_NOISE_START or float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) > 0:
+    in sigma or log-SNR space cannot start there (sigma and -log-SNR are infinite); those that can
+    say so in the registry (``SamplerInfo.infinite_noise_start``)."""
+    if info.infinite_noise_start or float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) > 0:
         return
+    able = ", ".join(name for name, other in REGISTRY.items() if other.infinite_noise_start)
     raise DiffkitError(f"sampler {info.name!r} works in sigma / log-SNR space and cannot start at t={start:g}, "
-                       f"where this zero-terminal-SNR schedule has alpha_bar = 0 (infinite noise); use one of "
-                       f"{', '.join(_INFINITE_NOISE_START)}")
+                       f"where this zero-terminal-SNR schedule has alpha_bar = 0 (infinite noise); use one of {able}")
 
 
 def check_noise(x: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,9 @@ def test_the_network_gets_its_own_dtype_and_half_noise_is_solved_in_float32():
 def test_zero_terminal_snr_schedules_name_the_samplers_that_can_start_there():
     ztsnr = NoiseSchedule.from_name("linear", 100, zero_terminal_snr=True)
     d = Denoiser(gaussian_eps, ztsnr, prediction_type="epsilon")
-    working = {"ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps"}
+    working = {name for name, info in REGISTRY.items() if info.infinite_noise_start}
+    assert working == {"ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps",
+                       "unipc-eps-bh1"}
     for name, info in REGISTRY.items():
         steps = 2 * info.calls_per_step if name in ("pndm", "fon") else 4
         if name in working:  # they start in x-space at infinite noise and run through
