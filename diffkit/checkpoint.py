@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import DiffkitError
+from .errors import DiffkitError, first_line
 
 FORMAT = "diffkit-checkpoint-1"
 LEGACY_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -132,7 +131,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         header = json.loads(data[8:8 + header_len])
         meta = header.get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, OSError, json.JSONDecodeError) as err:
-        raise DiffkitError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0][:80]}); "
+        raise DiffkitError(f"checkpoint {path} is corrupt or truncated ({first_line(err, 80)}); "
                            f"use an earlier checkpoint") from None
     if meta.get("format") != FORMAT:
         raise DiffkitError(f"{path} is not a diffkit checkpoint (format={meta.get('format')!r})")
@@ -143,16 +142,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except json.JSONDecodeError:
         raise DiffkitError(f"checkpoint {path} has corrupt metadata") from None
     return tensors, metadata
-
-
-def _first_line(err: BaseException, limit: int = 120) -> str:
-    """An exception's first line for a one-line message: terminal colour codes removed, cut at a
-    word boundary near ``limit`` characters."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).strip()
-    first = text.splitlines()[0] if text else type(err).__name__
-    if len(first) > limit:
-        first = first[:limit].rsplit(" ", 1)[0] + " ..."
-    return first
 
 
 def _looks_like_safetensors(path) -> bool:
@@ -189,7 +178,7 @@ def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler refuses unsafe globals with UnpicklingError/RuntimeError
-        raise DiffkitError(f"refusing to load {path}: not a plain tensor state dict ({_first_line(err)})") from None
+        raise DiffkitError(f"refusing to load {path}: not a plain tensor state dict ({first_line(err)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from .errors import DiffkitError
+from .errors import DiffkitError, first_line
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
 COMMANDS = ["demo", "train", "sample", "samplers", "train_classifier", "train_autoencoder", "train_evaluator", "eval", "experiment", "convert"]
@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
             raise
         if os.environ.get("RANK", "0") == "0":
-            first = (text.strip().splitlines() or ["MemoryError"])[0][:200]
-            sys.stderr.write(f"diffkit {args.command}: error: out of memory ({first}); use a smaller model or "
-                             f"batch size\n")
+            sys.stderr.write(f"diffkit {args.command}: error: out of memory ({first_line(err, 200)}); use a smaller "
+                             f"model or batch size\n")
         return 2
 
 

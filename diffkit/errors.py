@@ -61,7 +61,7 @@ def read_json_object(path, what: str = "file") -> dict:
             value = json.load(handle)
     except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise DiffkitError(f"{what} {str(path)!r} cannot be read as JSON: "
-                           f"{getattr(err, 'strerror', None) or str(err).splitlines()[0]}") from None
+                           f"{getattr(err, 'strerror', None) or first_line(err)}") from None
     if not isinstance(value, dict):
         raise DiffkitError(f"{what} {str(path)!r} holds a JSON {type(value).__name__}; expected an object {{...}}")
     return value
@@ -71,3 +71,14 @@ def shorten(text: str, limit: int = 60) -> str:
     """``repr(text)``, cut to about ``limit`` characters with '...' (user text quoted in one-line messages)."""
     text = str(text)
     return repr(text) if len(text) <= limit else repr(text[:limit - 3] + "...")
+
+
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """An exception's first line for a one-line message: its type name if it has no text, terminal
+    colour codes removed, cut at a word boundary near ``limit`` characters."""
+    import re
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return first

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DiffkitError, check_range, shorten
+from .errors import DiffkitError, check_range, first_line, shorten
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -383,10 +383,10 @@ class CLIPPromptEncoder:
         tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-            self.model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True)
+            self.model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True,
+                                                       use_safetensors=True)  # never a pickled .bin
         except (OSError, ValueError) as err:
-            raise DiffkitError(f"cannot load a CLIP text encoder from {str(root)!r}: "
-                               f"{str(err).strip().splitlines()[0][:160]}") from None
+            raise DiffkitError(f"cannot load a CLIP text encoder from {str(root)!r}: {first_line(err, 160)}") from None
         self.model.requires_grad_(False).eval().to(device)
         self.max_length = int(max_length or min(self.tokenizer.model_max_length,
                                                 self.model.config.max_position_embeddings))

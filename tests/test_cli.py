@@ -263,3 +263,11 @@ def test_an_interrupted_sample_leaves_no_empty_folder(trained_run, tmp_path, cap
     code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--individual",
                              str(tmp_path / "each" / "png"), "--out", str(tmp_path / "g.png"))
     assert code == 130 and not (tmp_path / "each").exists()
+
+
+def test_first_line_of_an_error_is_plain_and_short():
+    from diffkit.errors import first_line
+    assert first_line(ValueError("\x1b[1mbold\x1b[0m text\nsecond line")) == "bold text"
+    assert first_line(OSError()) == "OSError"
+    cut = first_line(RuntimeError("word " * 60), limit=30)
+    assert cut.endswith(" ...") and len(cut) <= 34 and "wor ..." not in cut

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, first_line
 
 _EXPORTS = {
     "schedule_from_diffusers": "schedulers", "scheduler_config": "schedulers",
@@ -48,8 +48,8 @@ def from_pretrained(cls, directory, **kwargs):
     try:
         return cls.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: {first[:200]}") from None
+        raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: "
+                           f"{first_line(err, 200)}") from None
 
 
 def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..errors import DiffkitError, check_range
+from ..errors import DiffkitError, check_range, first_line
 from .features import extract_features
 from .frechet import frechet_distance_of_features
 from .scores import MeanStd, inception_score
@@ -139,8 +139,7 @@ def load_evaluator(path: str | os.PathLike, device="cpu") -> EvaluatorNet:
     except DiffkitError:
         raise
     except Exception as err:  # safetensors' own errors, bad JSON, wrong fields: a corrupt or foreign file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DiffkitError(f"evaluator file {str(path)!r} is corrupt or not an evaluator ({first[:120]})") from None
+        raise DiffkitError(f"evaluator file {str(path)!r} is corrupt or not an evaluator ({first_line(err)})") from None
     net = EvaluatorNet(config)
     missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
     if missing or unexpected:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import DiffkitError, check_range
+from ..errors import DiffkitError, check_range, first_line
 from ..images import as_float_images
 from .frechet import GaussianStats, feature_statistics
 from .inception import default_cache_dir
@@ -43,7 +43,7 @@ def _open_image(path: Path) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, ValueError) as err:
-        raise DiffkitError(f"image {str(path)!r} cannot be read: {str(err).splitlines()[0][:120]}") from None
+        raise DiffkitError(f"image {str(path)!r} cannot be read: {first_line(err)}") from None
 
 
 def _check_same_size(files: Sequence[Path]) -> tuple[tuple[int, int], str]:
@@ -80,7 +80,7 @@ def load_image_batch(files: Sequence[Path], mode: str) -> torch.Tensor:
             with _open_image(path) as image:
                 array = _pixels(image, mode)
         except (OSError, ValueError) as err:  # not an image, truncated (PIL's UnidentifiedImageError is an OSError)
-            raise DiffkitError(f"image {str(path)!r} cannot be read: {str(err).splitlines()[0][:120]}") from None
+            raise DiffkitError(f"image {str(path)!r} cannot be read: {first_line(err)}") from None
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     return torch.from_numpy(np.stack(arrays)) / 127.5 - 1.0
 

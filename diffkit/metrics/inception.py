@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, first_line
 from ..images import as_float_images
 
 WEIGHTS_FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -349,7 +349,7 @@ def load_inception(weights: str | os.PathLike | dict | None = None, device="cpu"
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt file, or not a plain tensor pickle
             raise DiffkitError(f"could not read Inception weights {str(path)!r}: "
-                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                               f"{type(err).__name__}: {first_line(err)}") from err
         what = f"weights file {str(path)!r}"
     model = FIDInceptionV3(unbiased_logits=unbiased_logits)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

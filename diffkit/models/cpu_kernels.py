@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import first_line
+
 __all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch", "strictly_channels_last"]
 
 _SOURCES = ("_cpu_kernels.cpp", "_winograd_kernels.cpp", "_winograd_2x2_kernels.cpp", "_group_norm_kernels.cpp",
@@ -137,7 +139,7 @@ def cpu_kernels():
             _state["extension"] = build(name, flags)
         except Exception as error:  # no compiler, no ninja, no headers: PyTorch's operators stay
             warnings.warn(f"diffkit: CPU kernels unavailable ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}); using PyTorch's convolutions, "
+                          f"{first_line(error)}); using PyTorch's convolutions, "
                           "GroupNorm and dropout", stacklevel=3)
         _state["tried"] = True
     return _state["extension"]
