@@ -145,6 +145,12 @@ def test_malformed_inputs_are_one_line_errors():
         frechet_distance(np.zeros((2, 2)), np.eye(2), np.zeros(2), np.eye(2))
     with pytest.raises(DiffkitError, match="sigma1 is not symmetric"):
         frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2))
+    # eigenvalues 3 and -1: symmetric but not a covariance (the clipped square root hid it)
+    with pytest.raises(DiffkitError, match=r"sigma2 has a negative eigenvalue \(-1\)"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[1.0, 2.0], [2.0, 1.0]]))
+    # a rank-deficient sample covariance (3 samples in 5-d) and its round-off are accepted
+    few = feature_statistics(np.random.default_rng(0).normal(size=(3, 5)))
+    assert frechet_distance(few.mu, few.sigma, few.mu, few.sigma) < 1e-9
     with pytest.raises(DiffkitError, match="dim >= 1"):
         feature_statistics(np.zeros((5, 0)))
     with pytest.raises(DiffkitError, match="complex"):

@@ -99,6 +99,23 @@ def feature_statistics(features, what: str = "features") -> GaussianStats:
     return GaussianStats(mu, sigma, feats.shape[0])
 
 
+def check_covariance(name: str, sigma: np.ndarray) -> None:
+    """Refuse a matrix that is not a covariance: not symmetric, or with an eigenvalue below
+    -1e-6 of its largest diagonal entry (round-off of a sample covariance is ~1e-12 of it).
+    Positive semi-definiteness is tested by a Cholesky factorisation of ``sigma + tol I``,
+    which succeeds exactly when no eigenvalue is below ``-tol`` (a third of an ``eigh``'s cost)."""
+    scale = max(float(np.abs(np.diag(sigma)).max()), float(np.abs(sigma).max()), 1e-300)
+    if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(1.0, scale)):
+        raise DiffkitError(f"{name} is not symmetric; expected a covariance matrix")
+    tol = 1e-6 * scale
+    try:
+        np.linalg.cholesky((sigma + sigma.T) / 2 + tol * np.eye(sigma.shape[0]))
+    except np.linalg.LinAlgError:
+        low = float(np.linalg.eigvalsh((sigma + sigma.T) / 2)[0])
+        raise DiffkitError(f"{name} has a negative eigenvalue ({low:.3g}); expected a positive "
+                           "semi-definite covariance matrix") from None
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     """Square root of a symmetric PSD matrix via eigh; round-off negatives clipped to 0."""
     eigvals, eigvecs = np.linalg.eigh((matrix + matrix.T) / 2)
@@ -125,9 +142,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     for name, arr in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.all(np.isfinite(arr)):
             raise DiffkitError(f"{name} contains NaN or infinite values")
-    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):  # a covariance is symmetric
-        if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(sigma).max()))):
-            raise DiffkitError(f"{name} is not symmetric; expected a covariance matrix")
+    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
+        check_covariance(name, sigma)
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
     return float(max(value, 0.0))
