@@ -71,13 +71,19 @@ class ClassifierTrainConfig:
         check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)  # larger rates only diverge (to NaN)
         check_range("weight_decay", self.weight_decay, 0.0, None)
         check_range("log_every", self.log_every, 1, None, integer=True)
+        # the trunk settings are checked now, before any data is read (the data set fixes only
+        # img_size when it is None, in_channels and num_classes)
+        levels = len(self.channel_mult) if isinstance(self.channel_mult, (list, tuple)) else 1
+        self._trunk(self.img_size or 2 ** max(levels - 1, 0), in_channels=1, num_classes=2)
+
+    def _trunk(self, img_size: int, in_channels: int, num_classes: int) -> ClassifierConfig:
+        return ClassifierConfig(channel=self.channel, channel_mult=list(self.channel_mult), attn=list(self.attn),
+                                num_res_blocks=self.num_res_blocks, dropout=self.dropout, img_size=img_size,
+                                in_channels=in_channels, num_heads=self.num_heads,
+                                scale_shift_norm=self.scale_shift_norm, num_classes=num_classes)
 
     def classifier_config(self, dataset) -> ClassifierConfig:
-        return ClassifierConfig(channel=self.channel, channel_mult=list(self.channel_mult), attn=list(self.attn),
-                                num_res_blocks=self.num_res_blocks, dropout=self.dropout, img_size=dataset.img_size,
-                                in_channels=dataset.channels, num_heads=self.num_heads,
-                                scale_shift_norm=self.scale_shift_norm,
-                                num_classes=dataset.num_classes)
+        return self._trunk(dataset.img_size, dataset.channels, dataset.num_classes)
 
 
 def learning_rate(step: int, cfg: ClassifierTrainConfig) -> float:
