@@ -217,15 +217,27 @@ class _LazyPrediction(Prediction):
 
 class ThresholdedDenoiser:
     """Clips (``clip``) or dynamically thresholds (``dynamic``, Imagen) the predicted x_0, and
-    recomputes eps from it so that every sampler sees a consistent pair."""
+    recomputes eps from it so that every sampler sees a consistent pair.
 
-    def __init__(self, inner, mode: str, ratio: float = 0.995, max_value: float = 1.0):
+    ``clip``: x0 clipped to [-max_value, max_value] (default 1). ``dynamic`` (Saharia et al. 2022,
+    Sec. 2.3): per sample s = max(1, the ``ratio`` quantile of |x0|), capped at ``max_value``
+    (default: no cap, as in Imagen; diffusers' ``sample_max_value`` defaults to 1.0, which makes
+    its dynamic thresholding the same as clip), then x0 -> clip(x0, -s, s) / s. A learned
+    variance passes through unchanged."""
+
+    def __init__(self, inner, mode: str, ratio: float = 0.995, max_value: Optional[float] = None):
         check_choice("thresholding", mode, [m for m in THRESHOLDING if m])
+        check_range("dynamic_thresholding_ratio", ratio, 0.0, 1.0)
+        if max_value is None:
+            max_value = 1.0 if mode == "clip" else math.inf
+        check_range("sample_max_value", max_value, 1.0 if mode == "dynamic" else 0.0, None,
+                    low_inclusive=mode == "dynamic")
         self.inner, self.mode, self.ratio, self.max_value = inner, mode, ratio, max_value
 
     schedule = property(lambda self: self.inner.schedule)
     nfe = property(lambda self: self.inner.nfe)
     data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
+    learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
 
     def reset_nfe(self) -> None:
         self.inner.reset_nfe()

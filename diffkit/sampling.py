@@ -35,7 +35,10 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         seed: per-sample generators ``seed + i`` (sample i does not depend on the batch size);
             or pass ``generator`` (one generator or one per sample).
         cond: keyword arguments for the network (``y`` class labels, ``context``).
-        thresholding: ``None``, ``"clip"`` or ``"dynamic"`` on the predicted x_0.
+        thresholding: ``None``, ``"clip"`` or ``"dynamic"`` on the predicted x_0
+            (:class:`~diffkit.denoiser.ThresholdedDenoiser`), with diffusers' options
+            ``sample_max_value`` (clip bound, default 1; cap of the dynamic threshold, default
+            none, as in Imagen) and ``dynamic_thresholding_ratio`` (quantile, default 0.995).
         options: sampler-specific options (e.g. ``eta`` for ddim).
     """
     if not hasattr(denoiser, "schedule") or not callable(denoiser):
@@ -49,6 +52,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     spacing = _given_once("spacing", spacing, "use_karras_sigmas=True", karras)
     final = _given_once("final", final, "final_sigmas_type", options.pop("final_sigmas_type", None))
     info, spacing, final = resolve_sampler(sampler, spacing, final)
+    threshold_options = {name: options.pop(name) for name in _THRESHOLD_OPTIONS if name in options}
     check_options(info, options)
     if grid is None:
         check_zero_terminal_snr(denoiser.schedule, info, denoiser.schedule.num_timesteps - 1)
@@ -86,13 +90,17 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     if cond is not None:
         check_cond(cond, x.shape[0])
     if thresholding is not None:
-        denoiser = ThresholdedDenoiser(denoiser, thresholding)
+        denoiser = ThresholdedDenoiser(denoiser, thresholding,
+                                       **{_THRESHOLD_OPTIONS[k]: v for k, v in threshold_options.items()})
+    elif threshold_options:
+        raise DiffkitError(f"{', '.join(threshold_options)} goes with thresholding='clip' or 'dynamic'")
     kwargs = {**info.options, **options}
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)
 
 
+_THRESHOLD_OPTIONS = {"sample_max_value": "max_value", "dynamic_thresholding_ratio": "ratio"}
 _SAMPLER_ARGUMENTS = ("denoiser", "x", "grid", "cond", "generator", "callback", "progress")
 
 
