@@ -61,6 +61,26 @@ def test_inverse_maps_round_trip(name):
     torch.testing.assert_close(s.t_from_karras_sigma(s.karras_sigma(t)), t, atol=1e-7, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine", "scaled_linear", "sigmoid"])
+@pytest.mark.parametrize("T", [10, 20, 50, 500, 2000])
+def test_round_trip_at_the_top_stays_in_range_and_every_continuous_grid_builds(name, T):
+    """t -> log-SNR -> t at t = T - 1 may land a few ulps past the range (linear T = 10 with
+    betas to 0.5 did, and then no continuous grid could be made): it is clamped, not refused."""
+    from diffkit.timesteps import make_grid
+    schedules = [NoiseSchedule.from_name(name, T)]
+    if name == "linear":
+        schedules.append(NoiseSchedule.linear(T, 0.01, 0.5))
+    for s in schedules:
+        top = torch.tensor([T - 1.0], dtype=torch.float64)
+        assert s.t_from_log_snr(s.log_snr(top)).item() == pytest.approx(T - 1.0, abs=1e-6)
+        assert s.t_from_karras_sigma(s.karras_sigma(top)).item() == pytest.approx(T - 1.0, abs=1e-6)
+        for spacing in ("karras", "logsnr", "logsnr_graded", "logsnr_skip"):
+            for steps in {1, 2, 5, min(T, 20)}:
+                assert make_grid(s, steps, spacing).numel() == steps + 1
+    with pytest.raises(DiffkitError, match="outside the schedule's range"):
+        schedules[0].t_from_log_alpha(torch.tensor([0.1], dtype=torch.float64))
+
+
 def test_respace_keeps_alpha_bar_on_the_subsequence():
     s = NoiseSchedule.linear()
     ts = [0, 99, 199, 599, 999]
