@@ -55,7 +55,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     threshold_options = {name: options.pop(name) for name in _THRESHOLD_OPTIONS if name in options}
     check_options(info, options)
     if grid is None:
-        check_zero_terminal_snr(denoiser.schedule, info, denoiser.schedule.num_timesteps - 1)
+        check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
         grid = sampler_grid(denoiser, info, steps, nfe, spacing, final)
     else:
         given = [name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing), ("final", final))
@@ -63,7 +63,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         if given:
             raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(given)}")
         grid = check_grid(grid, denoiser.schedule.num_timesteps)
-        check_zero_terminal_snr(denoiser.schedule, info, float(grid[0]))
+    check_zero_terminal_snr(denoiser, info, float(grid[0]))
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
     if seed is not None:
@@ -136,15 +136,45 @@ def check_grid(grid, num_timesteps: int) -> torch.Tensor:
     return grid
 
 
-def check_zero_terminal_snr(schedule, info: SamplerInfo, start: float) -> None:
-    """A zero-terminal-SNR schedule (Lin et al. 2024) has alpha_bar = 0 at its last time: samplers
-    in sigma or log-SNR space cannot start there (sigma and -log-SNR are infinite); those that can
-    say so in the registry (``SamplerInfo.infinite_noise_start``)."""
-    if info.infinite_noise_start or float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) > 0:
+# spacings that place their first time by sigma or log-SNR, which are infinite where alpha_bar = 0
+_SIGMA_SPACINGS = ("karras", "logsnr", "logsnr_skip", "logsnr_graded")
+
+
+def _starts_at_infinite_noise(schedule, start: float) -> bool:
+    return float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) == 0.0
+
+
+def check_spacing_can_start(schedule, spacing: str) -> None:
+    """The sigma / log-SNR spacings start at t = T-1; on a zero-terminal-SNR schedule (Lin et al.
+    2024: alpha_bar = 0 there) their first sigma is infinite, so they cannot be built."""
+    top = schedule.num_timesteps - 1
+    if spacing in _SIGMA_SPACINGS and _starts_at_infinite_noise(schedule, top):
+        raise DiffkitError(f"spacing={spacing!r} is placed in sigma / log-SNR, which are infinite at t={top}, "
+                           f"where this zero-terminal-SNR schedule has alpha_bar = 0; use one of the "
+                           f"timestep spacings linear, leading, trailing, linspace or quadratic")
+
+
+def check_zero_terminal_snr(denoiser, info: SamplerInfo, start: float) -> None:
+    """A grid that starts where alpha_bar = 0 (a zero-terminal-SNR schedule's last time, reached by
+    the 'trailing' and 'linspace' spacings) starts at infinite noise. Only samplers whose first step
+    is an x-space step from the network's own x0 and eps prediction can take it
+    (``SamplerInfo.infinite_noise_start``: ddpm, ddim), and only from a network that predicts v or
+    x0 (Lin et al. 2024, Sec. 3.2): an epsilon network's x0 = (x - sigma eps)/alpha is undefined there."""
+    schedule = denoiser.schedule
+    if not _starts_at_infinite_noise(schedule, start):
         return
-    able = ", ".join(name for name, other in REGISTRY.items() if other.infinite_noise_start)
-    raise DiffkitError(f"sampler {info.name!r} works in sigma / log-SNR space and cannot start at t={start:g}, "
-                       f"where this zero-terminal-SNR schedule has alpha_bar = 0 (infinite noise); use one of {able}")
+    below = "or a grid that starts below it (spacing 'linear' or 'leading')"
+    if not info.infinite_noise_start:
+        able = ", ".join(name for name, other in REGISTRY.items() if other.infinite_noise_start)
+        raise DiffkitError(f"sampler {info.name!r} cannot start at t={start:g}, where this zero-terminal-SNR "
+                           f"schedule has alpha_bar = 0 (infinite noise); start there with {able} {below}")
+    inner = denoiser
+    while not hasattr(inner, "prediction_type") and hasattr(inner, "inner"):
+        inner = inner.inner
+    if getattr(inner, "prediction_type", None) == "epsilon":
+        raise DiffkitError(f"an epsilon-prediction network cannot start at t={start:g}, where alpha_bar = 0: "
+                           f"x0 = (x - sigma eps)/alpha is undefined there; use a v_prediction or sample "
+                           f"network (Lin et al. 2024) {below}")
 
 
 def check_noise(x: torch.Tensor) -> torch.Tensor:

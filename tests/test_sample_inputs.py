@@ -89,20 +89,55 @@ def test_the_network_gets_its_own_dtype_and_half_noise_is_solved_in_float32():
     assert (half.double() - reference).abs().max() < 0.02  # the bf16 rounding of the noise itself
 
 
-def test_zero_terminal_snr_schedules_name_the_samplers_that_can_start_there():
+def _ztsnr_denoiser(prediction_type: str):
+    """The exact predictor of N(0, 0.5^2 I) data on a zero-terminal-SNR schedule (Lin et al. 2024):
+    x0* = alpha s^2 x / (alpha^2 s^2 + sigma^2), eps* = (x - alpha x0*)/sigma, v = alpha eps - sigma x0."""
     ztsnr = NoiseSchedule.from_name("linear", 100, zero_terminal_snr=True)
-    d = Denoiser(gaussian_eps, ztsnr, prediction_type="epsilon")
-    working = {name for name, info in REGISTRY.items() if info.infinite_noise_start}
-    assert working == {"ddpm", "ddim", "pndm", "plms", "plms-3", "s-pndm", "fon", "pndm-skip-prk", "unipc-eps",
-                       "unipc-eps-bh1"}
+
+    def net(x, t):
+        shape = (-1, *([1] * (x.ndim - 1)))
+        a = ztsnr.alpha(t.double()).to(x.dtype).reshape(shape)
+        s = ztsnr.sigma(t.double()).to(x.dtype).reshape(shape)
+        x0 = a * 0.25 * x / (a * a * 0.25 + s * s)
+        eps = (x - a * x0) / s
+        return {"v_prediction": a * eps - s * x0, "sample": x0, "epsilon": eps}[prediction_type]
+    return Denoiser(net, ztsnr, prediction_type=prediction_type)
+
+
+def test_zero_terminal_snr_schedules_run_every_sampler_that_can_and_name_the_rest():
+    d = _ztsnr_denoiser("v_prediction")
+    able = {name for name, info in REGISTRY.items() if info.infinite_noise_start}
+    assert able == {"ddpm", "ddim"}
     for name, info in REGISTRY.items():
-        steps = 2 * info.calls_per_step if name in ("pndm", "fon") else 4
-        if name in working:  # they start in x-space at infinite noise and run through
-            assert torch.isfinite(diffkit.sample(d, (2, 2), name, steps=steps, seed=0, progress=False)).all(), name
-            continue
-        one_line(re.escape(f"sampler '{name}' works in sigma / log-SNR space"), diffkit.sample, d, (2, 2), name,
-                 steps=steps, progress=False)
-    assert working <= set(REGISTRY)
+        steps = 2 * info.calls_per_step if info.calls_per_step > 1 else 4
+        # a timestep grid that starts below T-1 (alpha_bar > 0): every sampler runs
+        out = diffkit.sample(d, (2, 2), name, steps=steps, spacing="linear", final="zero", seed=0, progress=False)
+        assert torch.isfinite(out).all(), name
+        # the trailing grid starts at T-1, at infinite noise: only the x-space first steps can
+        if name in able:
+            out = diffkit.sample(d, (2, 2), name, steps=steps, spacing="trailing", seed=0, progress=False)
+            assert torch.isfinite(out).all(), name
+        else:
+            one_line(re.escape(f"sampler '{name}' cannot start at t=99, where this zero-terminal-SNR schedule has "
+                               "alpha_bar = 0 (infinite noise); start there with ddpm, ddim"),
+                     diffkit.sample, d, (2, 2), name, steps=steps, spacing="trailing", progress=False)
+        if info.default_spacing in ("karras", "logsnr", "logsnr_skip", "logsnr_graded"):
+            one_line(re.escape(f"spacing='{info.default_spacing}' is placed in sigma / log-SNR, which are infinite"),
+                     diffkit.sample, d, (2, 2), name, steps=steps, progress=False)
+
+
+def test_ddim_from_infinite_noise_reaches_the_data_and_refuses_an_epsilon_network():
+    """DDIM on the trailing grid from t = T-1 (alpha_bar = 0), as Lin et al. sample: with the exact
+    v / x0 predictor of N(0, 0.25 I) data, 100 steps give the data's variance."""
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for kind in ("v_prediction", "sample"):
+        out = diffkit.sample(_ztsnr_denoiser(kind), noise.clone(), "ddim", steps=100, spacing="trailing",
+                             progress=False)
+        assert abs(out.var().item() - 0.25) < 0.02, (kind, out.var().item())
+    one_line("an epsilon-prediction network cannot start at t=99, where alpha_bar = 0",
+             diffkit.sample, _ztsnr_denoiser("epsilon"), (2, 2), "ddim", steps=4, spacing="trailing", progress=False)
+    one_line("an epsilon-prediction network cannot start at t=99", diffkit.sample, _ztsnr_denoiser("epsilon"),
+             (2, 2), "ddpm", grid=[99.0, 50.0, -1.0], progress=False)
 
 
 def test_guidance_null_class_and_schedule_options_are_checked():

@@ -29,8 +29,9 @@ class SamplerInfo:
     default_spacing: str = "linear"
     default_final: str = "zero"
     options: dict = field(default_factory=dict)
-    # its update can start where alpha_bar = 0 (a zero-terminal-SNR schedule's last time): it works
-    # in x-space and needs neither sigma nor log-SNR there (tests/test_sample_inputs.py runs them all)
+    # its first step can start where alpha_bar = 0 (a zero-terminal-SNR schedule's last time, where
+    # 'trailing' grids start): an x-space step from the network's own x0 and eps, with no division
+    # by alpha or sigma there (tests/test_sample_inputs.py runs every sampler from there)
     infinite_noise_start: bool = False
     # For samplers whose NFE is not calls_per_step * steps: nfe_of_steps(steps, final) (the grid's
     # final target matters to samplers whose step into clean data needs fewer calls).
@@ -142,31 +143,25 @@ register(SamplerInfo("pndm", pndm, order=4, calls_per_step=4, stochastic=False,
                      description="F-PNDM (Liu et al. 2022, Alg. 2): 3 pseudo Runge-Kutta steps, then PLMS",
                      default_spacing="linear", default_final="zero",
                      nfe_of_steps=lambda steps, final: steps + 3 * min(3, steps - (final == "zero")),
-                     nfe_rule="steps+3*min(3,steps-1) [zero]; steps+3*min(3,steps) [sigma_min]",
-                     infinite_noise_start=True))
+                     nfe_rule="steps+3*min(3,steps-1) [zero]; steps+3*min(3,steps) [sigma_min]"))
 register(SamplerInfo("plms", plms, order=4, calls_per_step=1, stochastic=False,
                      description="PLMS (PNDM eq. 13) with Adams-Bashforth orders 1-3 as warm-up",
-                     default_spacing="linear", default_final="zero", options={"order": 4},
-                     infinite_noise_start=True))
+                     default_spacing="linear", default_final="zero", options={"order": 4}))
 register(SamplerInfo("plms-3", plms, order=3, calls_per_step=1, stochastic=False,
                      description="PLMS with 3rd-order Adams-Bashforth, (23 e_t - 16 e_t-d + 5 e_t-2d)/12",
-                     default_spacing="linear", default_final="zero", options={"order": 3},
-                     infinite_noise_start=True))
+                     default_spacing="linear", default_final="zero", options={"order": 3}))
 register(SamplerInfo("s-pndm", s_pndm, order=2, calls_per_step=1, stochastic=False,
                      description="S-PNDM: pseudo improved Euler first step, then 2nd-order PLMS",
                      default_spacing="linear", default_final="zero", nfe_of_steps=_heun_first_step,
-                     nfe_rule="steps+1 (1 if steps=1 [zero])",
-                     infinite_noise_start=True))
+                     nfe_rule="steps+1 (1 if steps=1 [zero])"))
 register(SamplerInfo("pndm-skip-prk", pndm_skip_prk, order=4, calls_per_step=1, stochastic=False,
                      description="diffusers' PNDMScheduler(skip_prk_steps=True): improved-Euler first step, PLMS 2-4",
                      default_spacing="linear", default_final="zero", nfe_of_steps=_heun_first_step,
-                     nfe_rule="steps+1 (1 if steps=1 [zero])",
-                     infinite_noise_start=True))
+                     nfe_rule="steps+1 (1 if steps=1 [zero])"))
 register(SamplerInfo("fon", fon, order=4, calls_per_step=4, stochastic=False,
                      description="FON: classical RK4 on the probability-flow ODE in x and t (PNDM baseline)",
                      default_spacing="linear", default_final="zero",
-                     nfe_of_steps=_last_step_single(4), nfe_rule="4*steps-3 [zero]; 4*steps [sigma_min]",
-                     infinite_noise_start=True))
+                     nfe_of_steps=_last_step_single(4), nfe_rule="4*steps-3 [zero]; 4*steps [sigma_min]"))
 
 register(SamplerInfo("dpm-solver", dpm_solver_singlestep, order=3, calls_per_step=1, stochastic=False,
                      description="DPM-Solver-fast (Lu et al. 2022): singlestep order-3 chunks, remainder lower",
@@ -234,10 +229,8 @@ register(SamplerInfo("unipc-bh1", unipc, order=3, calls_per_step=1, stochastic=F
 register(SamplerInfo("unipc-eps", unipc, order=2, calls_per_step=1, stochastic=False,
                      description="UniPC-bh2 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
                      default_spacing="linear", default_final="zero",
-                     options={"solver_order": 2, "solver_type": "bh2", "predict_x0": False},
-                     infinite_noise_start=True))
+                     options={"solver_order": 2, "solver_type": "bh2", "predict_x0": False}))
 register(SamplerInfo("unipc-eps-bh1", unipc, order=2, calls_per_step=1, stochastic=False,
                      description="UniPC-bh1 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
                      default_spacing="linear", default_final="zero",
-                     options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False},
-                     infinite_noise_start=True))
+                     options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False}))
