@@ -10,11 +10,15 @@ by :mod:`diffkit.models.dropout`) and their bindings (``_cpu_kernels.cpp``). The
 kernel runs on the CPU in fp32 or bf16, with a one-line note on stderr. The kernels are compiled
 with OpenMP, so that ``at::parallel_for`` spreads their loops over torch's threads (without
 ``-fopenmp`` it silently runs them on one).
+A build runs under an OS file lock on its folder (``fcntl.flock``: released by the system when the
+holder dies, so a build killed half-way never blocks the next run; torch's own ``lock`` file, which
+such a build leaves behind and on which every later load would wait for ever, is removed under it).
 Without a C++ compiler or ninja the build fails once, with one warning, and every layer keeps
 PyTorch's own operators. ``DIFFKIT_CPU_KERNELS=0`` never builds or uses them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -109,6 +113,32 @@ def _announce_a_first_build(name: str) -> None:
           "(once; about 30 s)", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _build_folder_lock(name: str):
+    """Hold an exclusive OS lock on the build folder of ``name`` (one line on stderr while another
+    process holds it); under it, a torch ``lock`` file is stale (left by a killed build) and removed."""
+    try:
+        import fcntl
+        from torch.utils.cpp_extension import _get_build_directory
+        folder = Path(_get_build_directory(name, False))
+        handle = open(folder / "diffkit_build.flock", "a")
+    except Exception:  # no fcntl (Windows), torch's private helper gone, a read-only cache: torch's lock alone
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"diffkit: waiting for another process that is building its CPU kernels in {folder}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (folder / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build(name: str, flags: list[str]):
     """Compile (or load from torch's cache) the kernels as module ``name`` with ``flags``. torch
     rebuilds a cached module when a source or a flag changes, not a header: the headers' digest
@@ -135,8 +165,9 @@ def cpu_kernels():
             if shutil.which("ninja") is None and (Path(venv_bin) / "ninja").exists():
                 os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
             name, flags = _build_name_and_flags()
-            _announce_a_first_build(name)
-            _state["extension"] = build(name, flags)
+            with _build_folder_lock(name):
+                _announce_a_first_build(name)
+                _state["extension"] = build(name, flags)
         except Exception as error:  # no compiler, no ninja, no headers: PyTorch's operators stay
             warnings.warn(f"diffkit: CPU kernels unavailable ({type(error).__name__}: "
                           f"{first_line(error)}); using PyTorch's convolutions, "
