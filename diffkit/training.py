@@ -270,6 +270,14 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
     if saved_size is not None and saved_size != unet_kwargs.get("img_size"):
         raise DiffkitError(f"{path} was trained at img_size={saved_size}, this run has img_size="
                            f"{unet_kwargs.get('img_size')}; an exact resume needs the same value")
+    # settings that change what the same weights compute (num_heads, head_channels, scale_shift_norm,
+    # ...): dropout is a training setting and may change
+    saved_unet = meta.get("unet") or {}
+    for key in sorted(set(saved_unet) & set(unet_kwargs) - {"dropout"}):
+        was, now = saved_unet[key], unet_kwargs[key]
+        if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now) if isinstance(now, (list, tuple)) else now):
+            raise DiffkitError(f"{path} was trained with {key}={was!r}, this run has {key}={now!r}; an exact "
+                               f"resume needs the same network (drop the change, or start a new run)")
 
 
 class Trainer:

@@ -738,7 +738,8 @@ def test_rotation_keeps_this_runs_checkpoints_and_leaves_later_ones_of_another_r
 
 @pytest.mark.parametrize("change, message", [({"T": 120}, "another noise schedule (T=100"),
                                              ({"beta_T": 0.03}, "another noise schedule"),
-                                             ({"img_size": 16}, "img_size=8, this run has img_size=16")])
+                                             ({"img_size": 16}, "img_size=8, this run has img_size=16"),
+                                             ({"num_heads": 2}, "num_heads=1, this run has num_heads=2")])
 def test_resume_refuses_another_schedule_or_image_size(tmp_path, change, message):
     Trainer(make_cfg(tmp_path, max_steps=2), tiny_dataset(), progress=False).run()
     latest = tmp_path / "ckpt" / "latest.safetensors"
@@ -763,6 +764,29 @@ def test_resume_without_out_continues_in_the_checkpoints_folder(tmp_path, monkey
     assert main(["train", "--resume", str(latest), "--steps", "4", "--no-progress"]) == 0, capsys.readouterr().err
     assert ckpt.load_checkpoint(latest)[1]["step"] == 4
     assert (tmp_path / "run" / "samples").is_dir() and list(elsewhere.iterdir()) == []
+
+
+def test_a_resume_never_writes_over_another_run(tmp_path, monkeypatch, capsys):
+    assert main(["train", *folder_train_args(tmp_path, steps=2)]) == 0
+    latest = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    other = tmp_path / "other"
+    assert main(["train", *folder_train_args(other, steps=2)]) == 0
+    victim = other / "run" / "checkpoints" / "latest.safetensors"
+    before = victim.read_bytes()
+    capsys.readouterr()
+    # --out into a folder holding another run: refused, nothing written
+    code = main(["train", "--resume", str(latest), "--out", str(other / "run"), "--steps", "4", "--no-sample",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds another run" in err and len(err.strip().splitlines()) == 1, err
+    assert victim.read_bytes() == before
+    # --config without --out: the resume continues in its checkpoint's folder, not the config's
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**TINY, "in_channels": 1, "dataset": "folder", "data_dir": str(image_folder(tmp_path)),
+                                  "save_weight_dir": str(other / "run" / "checkpoints")}))
+    assert main(["train", "--resume", str(latest), "--config", str(config), "--steps", "4", "--no-sample",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    assert ckpt.load_checkpoint(latest)[1]["step"] == 4 and victim.read_bytes() == before
 
 
 def test_grad_scaler_state_is_saved_and_resumed(tmp_path):

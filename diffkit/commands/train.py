@@ -57,7 +57,7 @@ def config_from_args(args):
     if args.out:
         flags["save_weight_dir"] = str(Path(args.out) / "checkpoints")
         flags["sampled_dir"] = str(Path(args.out) / "samples")
-    elif args.resume and not args.config:
+    elif args.resume:  # a resume continues in its checkpoint's folder (a --config's folders are for new runs)
         flags.update(resumed_run_folders(args.resume, cfg))
     data = cfg.to_dict()
     data.update({k: v for k, v in flags.items() if v is not None})
@@ -65,13 +65,21 @@ def config_from_args(args):
     return apply_overrides(cfg, args.overrides)
 
 
-def check_no_run_in(folder) -> None:
-    """A new run must not write over another run's checkpoints: refuse a folder that already
-    holds a ``latest.safetensors``, and say how to continue that run instead."""
+def check_no_run_in(folder, resumed=None) -> None:
+    """A run must not write over another run's checkpoints: refuse a folder that already holds a
+    ``latest.safetensors`` (and say how to continue that run instead), unless it is the folder of
+    the checkpoint being resumed (``resumed``)."""
     latest = Path(folder) / "latest.safetensors"
-    if latest.is_file():
-        raise DiffkitError(f"{folder} already holds a run ({latest.name}); continue it with --resume "
-                           f"{shlex.quote(str(latest))}, or give another --out (or delete that folder)")
+    if not latest.is_file():
+        return
+    if resumed is not None:
+        own = Path(resumed) if Path(resumed).is_dir() else Path(resumed).parent
+        if own.resolve() == Path(folder).resolve():
+            return
+        raise DiffkitError(f"{folder} holds another run ({latest.name}); resuming {resumed} there would write over "
+                           f"its checkpoints; give another --out, or drop --out to continue in {own}")
+    raise DiffkitError(f"{folder} already holds a run ({latest.name}); continue it with --resume "
+                       f"{shlex.quote(str(latest))}, or give another --out (or delete that folder)")
 
 
 def resumed_run_folders(path, cfg) -> dict:
@@ -103,8 +111,7 @@ def run(args) -> int:
     if args.sample:
         from ..sampling import resolve_sampler
         resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) fails now, not after training
-    if not cfg.training_load_weight:
-        check_no_run_in(cfg.save_weight_dir)
+    check_no_run_in(cfg.save_weight_dir, cfg.training_load_weight or None)
     new_dirs = missing_dirs(cfg.save_weight_dir) + (missing_dirs(cfg.sampled_dir) if args.sample else [])
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")  # creates it: after every other check
     if args.sample:
