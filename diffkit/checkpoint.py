@@ -4,8 +4,11 @@ A checkpoint is one ``.safetensors`` file. Tensors: ``model.*`` (weights), ``ema
 weights), ``optim.<param index>.<name>`` (optimiser state), ``schedule.betas``, ``rng.*``
 (random-generator states) and any extra state. The header's metadata holds JSON: the training
 config, step, epoch, position in the epoch, optimiser hyper-parameters, the library version, and
-a sha256 over every tensor's bytes, which :func:`load_checkpoint` checks, so a corrupt or
-truncated file is refused with a clear message.
+a sha256 over every tensor's bytes and one over the metadata's JSON text, which
+:func:`load_checkpoint` checks, so a corrupt or truncated file (a flipped bit in a weight or in
+the step, learning rate or config) is refused with a clear message. Files written before the
+metadata checksum existed (diffkit of 5 December 2026 and earlier) have only the tensors' one,
+and still load.
 
 Writing goes to a temporary file in the same folder, is fsynced and then renamed over the
 target (``os.replace``, atomic on POSIX), so a kill at any moment leaves either the old or the
@@ -105,8 +108,9 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
     """Save tensors and JSON-serialisable metadata atomically (see module doc)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     from . import __version__
+    text = json.dumps(metadata, sort_keys=True)
     meta = {"format": FORMAT, "diffkit_version": __version__, "sha256": tensors_digest(tensors),
-            "metadata": json.dumps(metadata, sort_keys=True)}
+            "metadata": text, "metadata_sha256": hashlib.sha256(text.encode()).hexdigest()}
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
@@ -137,8 +141,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise DiffkitError(f"{path} is not a diffkit checkpoint (format={meta.get('format')!r})")
     if meta.get("sha256") != tensors_digest(tensors):
         raise DiffkitError(f"checkpoint {path} fails its checksum (corrupt); use an earlier checkpoint")
+    text = meta.get("metadata", "{}")
+    if "metadata_sha256" in meta and meta["metadata_sha256"] != hashlib.sha256(text.encode()).hexdigest():
+        raise DiffkitError(f"checkpoint {path} fails the checksum of its metadata (corrupt); use an earlier checkpoint")
     try:
-        metadata = json.loads(meta.get("metadata", "{}"))
+        metadata = json.loads(text)
     except json.JSONDecodeError:
         raise DiffkitError(f"checkpoint {path} has corrupt metadata") from None
     return tensors, metadata

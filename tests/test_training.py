@@ -138,6 +138,28 @@ def test_corrupt_and_truncated_checkpoints_are_refused(tmp_path):
     assert ckpt.load_checkpoint(path)[1] == {"step": 1}
 
 
+def test_a_flipped_bit_in_the_metadata_is_refused(tmp_path):
+    """The step, learning rate or config live in the header's JSON: a bit flipped there (step 3 -> 7)
+    must fail like one in a weight. A file without the metadata checksum (older diffkit) still loads."""
+    import json
+    import struct
+
+    path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.arange(4.0)}, {"step": 3, "lr": 1e-4})
+    data = path.read_bytes()
+    flipped = data.replace(b'\\"step\\": 3', b'\\"step\\": 7')
+    assert flipped != data and len(flipped) == len(data)
+    (tmp_path / "flip.safetensors").write_bytes(flipped)
+    with pytest.raises(DiffkitError, match="fails the checksum of its metadata"):
+        ckpt.load_checkpoint(tmp_path / "flip.safetensors")
+    # an older file: the same header without metadata_sha256
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    del header["__metadata__"]["metadata_sha256"]
+    text = json.dumps(header).encode()
+    (tmp_path / "old.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    assert ckpt.load_checkpoint(tmp_path / "old.safetensors")[1] == {"step": 3, "lr": 1e-4}
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
