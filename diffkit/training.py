@@ -344,6 +344,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.skipped_steps = 0  # non-finite steps skipped in the whole run
         self.consecutive_skipped = 0
+        self.stop_signal: Optional[int] = None  # the stop signal, agreed between ranks in each step
         self.out_dir = Path(cfg.save_weight_dir)
         self.forward = self.model
         if self.dist.enabled:
@@ -510,6 +511,8 @@ class Trainer:
             else:
                 loss.backward()
             total += loss.item()
+        if self.dist.enabled:  # the global batch's loss (not rank 0's shard), and one stop decision for all
+            total, self.stop_signal = self._agree(total, self.stop_signal)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -542,6 +545,14 @@ class Trainer:
             self.optimizer.step()
         self.ema.update(self.model)
         return total
+
+    def _agree(self, loss: float, signum: Optional[int]) -> tuple[float, Optional[int]]:
+        """Every rank's (mean loss over the ranks, the largest stop signal any rank received): with
+        these every rank skips the same non-finite steps and stops at the same step, whichever rank
+        the signal reached (one all-gather of two numbers per step)."""
+        mine = torch.tensor([[loss, float(signum or 0)]], dtype=torch.float64, device=self.device)
+        every = distributed.all_gather_cat(mine, self.dist).cpu()
+        return float(every[:, 0].mean()), (int(every[:, 1].max()) or None)
 
     # ------------------------------------------------------------ the run
     def _epoch_batches(self, epoch: int):
@@ -589,7 +600,11 @@ class Trainer:
                     for i, group in enumerate(self._epoch_batches(self.epoch)):
                         if i < self.batch_in_epoch:
                             continue  # exact resume: skip what this epoch already consumed
+                        self.stop_signal = guard.requested
                         loss = self.train_step(group)
+                        # one process: a signal at any time; several: the signal the ranks agreed on in
+                        # the step (a later one is agreed on in the next), so that all stop together
+                        requested = self.stop_signal if self.dist.enabled else guard.requested
                         self.step += 1
                         self.batch_in_epoch = i + 1
                         images_seen += sum(len(b[0]) for b in group)
@@ -603,13 +618,13 @@ class Trainer:
                         if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                             train_log.write([self.step, self.epoch, f"{last_loss:.6f}",
                                              f"{self.optimizer.param_groups[0]['lr']:.3e}", f"{rate:.1f}"])
-                        if guard.requested is not None:
+                        if requested is not None:
                             self.save()
                             bar.close()
                             if self.step >= self.total_steps and self.dist.is_main:  # the run is complete
                                 train_log.close()
                                 plot_loss_curve(log_path, self.out_dir / "loss_curve.png")
-                            raise TrainingInterrupted(guard.requested, self.out_dir / "latest.safetensors", self.step)
+                            raise TrainingInterrupted(requested, self.out_dir / "latest.safetensors", self.step)
                         if self.step >= min(self.total_steps, stop_at or self.total_steps):
                             break
                     else:  # the epoch ran to its end

@@ -39,6 +39,54 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     files = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
     assert res.stdout.count("trained 3 steps") == 1
+    # the logged loss is the global batch's (the mean over the ranks), not rank 0's half of it
+    logged = [[float(r.split(",")[2]) for r in (tmp_path / run / "checkpoints" / "train_log.csv").read_text()
+               .splitlines()[1:]] for run in ("one", "two")]
+    assert len(logged[0]) >= 1 and len(logged[1]) == len(logged[0])
+    torch.testing.assert_close(torch.tensor(logged[1]), torch.tensor(logged[0]), rtol=1e-4, atol=1e-6)
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """SIGTERM to rank 1 alone (a node's OOM killer, a scheduler): the ranks agree on the stop in
+    the next step, rank 0 checkpoints that step, all exit 143, and the resume command has --nproc."""
+    import os
+    import re
+    import signal
+    import time
+    import uuid
+
+    import pytest
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc to find rank 1")
+    mark = uuid.uuid4().hex
+    run = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--steps", "3")]
+    proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train", "--nproc", "2", "--out", str(run),
+                             "--batch-size", "4", "--steps", "100000", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "DIFFKIT_TEST_MARK": mark})
+    log, rank1, deadline = run / "checkpoints" / "train_log.csv", None, time.time() + 240
+    try:
+        while time.time() < deadline and (rank1 is None or not log.is_file() or len(log.read_text().splitlines()) < 4):
+            time.sleep(0.5)
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if f"DIFFKIT_TEST_MARK={mark}".encode() in env and b"RANK=1" in env:
+                    rank1 = int(pid)
+        assert rank1 is not None, "rank 1 was not found"
+        os.kill(rank1, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    message = [line for line in err.splitlines() if line.startswith("diffkit train:")]
+    assert len(message) == 1 and "stopped by SIGTERM at step" in message[0] and "--nproc 2" in message[0], err[-2000:]
+    step = int(re.search(r"at step (\d+)", message[0]).group(1))
+    assert ckpt.load_checkpoint(run / "checkpoints" / "latest.safetensors")[1]["step"] == step
+    assert (run / "checkpoints" / f"ckpt_{step:08d}.safetensors").is_file()
 
 
 def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path):

@@ -162,8 +162,9 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                              f"{stop.checkpoint}; the sample grid was skipped (diffkit sample --checkpoint "
                              f"{shlex.quote(str(stop.checkpoint))})\n")
         else:
+            flags = [*resume_flags, *([f"--nproc {trainer.dist.world_size}"] if trainer.dist.enabled else [])]
             sys.stderr.write(f"diffkit train: stopped by {name} at step {stop.step} of {trainer.total_steps}; "
-                             f"checkpoint {stop.checkpoint}; resume with: {resume_command(cfg, resume_flags)}\n")
+                             f"checkpoint {stop.checkpoint}; resume with: {resume_command(cfg, flags)}\n")
         sys.stderr.flush()
         return 128 + stop.signum
     if not trainer.dist.is_main:
@@ -187,6 +188,7 @@ def relaunch_with_torchrun(nproc: int) -> int:
     import logging
     import sys
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run as torchrun
     argv = sys.argv[1:]
@@ -209,6 +211,8 @@ def relaunch_with_torchrun(nproc: int) -> int:
     except ChildFailedError as err:
         _, failure = err.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    except SignalException as err:  # SIGINT/SIGTERM to the launcher: it passed the signal on to the ranks,
+        return 128 + int(err.sigval)  # which checkpointed and said how to resume
     return 0
 
 
