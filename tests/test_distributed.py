@@ -126,3 +126,13 @@ def test_a_mistake_under_nproc_is_one_line_from_rank_0_and_exit_2(tmp_path):
                  "--out", str(tmp_path / "run"))
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().splitlines() == [f"diffkit train: error: data directory not found: {tmp_path / 'none'}"]
+    assert not (tmp_path / "run").exists()  # no empty output folders left behind
+
+
+def test_the_ranks_command_line_spells_out_abbreviations_for_torchrun():
+    from diffkit.cli import build_parser
+    from diffkit.commands.train import ranks_argv
+    build_parser()  # registers train's options
+    assert ranks_argv(["train", "--npro", "2", "--st", "3", "--batch=4", "--out", "r", "--nproc=3", "--set", "lr=1"]) \
+        == ["train", "--steps", "3", "--batch-size=4", "--out", "r", "--set", "lr=1"]
+    assert ranks_argv(["train", "--no", "x"]) == ["train", "--no", "x"]  # ambiguous: left to argparse

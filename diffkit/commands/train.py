@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import add_progress_flag, check_writable_dir, missing_dirs, positive_int, removed_if_empty_on_failure
+from ._common import (add_progress_flag, check_writable_dir, missing_dirs, positive_int, remove_if_empty,
+                      removed_if_empty_on_failure)
 
 
 def register(sub) -> None:
@@ -33,11 +34,16 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set lr=2e-4 --set channel_mult=[1,2,2]")
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
+    _OPTIONS[:] = []  # filled below: the option names, for relaunch_with_torchrun
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="processes for data-parallel training (re-runs itself under torchrun; "
                         "batch_size is per process)")
     add_progress_flag(p)
     p.set_defaults(func=run)
+    _OPTIONS.extend(o for action in p._actions for o in action.option_strings if o.startswith("--"))
+
+
+_OPTIONS: list[str] = []
 
 
 def config_from_args(args):
@@ -107,7 +113,12 @@ def resumable_config(path) -> dict:
 def run(args) -> int:
     from ..config import resolve_device
     cfg = config_from_args(args)
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
+        import torch
+        if args.nproc > torch.cuda.device_count():
+            raise DiffkitError(f"--nproc {args.nproc} needs {args.nproc} GPUs (one per process); this machine has "
+                               f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or --device cpu")
     if args.sample:
         from ..sampling import resolve_sampler
         resolve_sampler(cfg.sampler)  # a bad sampler (or its grid) fails now, not after training
@@ -122,7 +133,10 @@ def run(args) -> int:
             from ..training import check_same_global_batch
             check_same_global_batch(cfg.training_load_weight, load_checkpoint(cfg.training_load_weight)[1],
                                     cfg.batch_size, args.nproc, cfg.grad_accum)
-        return relaunch_with_torchrun(args.nproc)
+        code = relaunch_with_torchrun(args.nproc)
+        if code != 0 and not (Path(cfg.save_weight_dir) / "latest.safetensors").is_file():
+            remove_if_empty(new_dirs)  # e.g. a mistake the ranks found while loading the data
+        return code
     flags = [f for f, on in (("--no-sample", not args.sample), ("--no-progress", not args.progress)) if on]
     with removed_if_empty_on_failure(new_dirs):  # e.g. a mistake found while loading the data
         return train_and_sample(cfg, progress=args.progress, sample=args.sample, resume_flags=flags)
@@ -181,6 +195,31 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     return 0
 
 
+def ranks_argv(argv: list[str]) -> list[str]:
+    """The command line for the ranks: this one without ``--nproc N``, and with abbreviations that
+    argparse took here (``--st`` for ``--steps``) written out, since torchrun's own parser, which
+    reads the line first, would take them for its options (``--standalone``, ``--start-method``)."""
+    full_names = []
+    for a in argv:
+        name, eq, value = a.partition("=")
+        if name.startswith("--") and name not in _OPTIONS:
+            matches = [o for o in _OPTIONS if o.startswith(name)]
+            a = matches[0] + eq + value if len(matches) == 1 else a
+        full_names.append(a)
+    cleaned, skip = [], False
+    for a in full_names:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    return cleaned
+
+
 def relaunch_with_torchrun(nproc: int) -> int:
     """Run this same command under ``torchrun --standalone --nproc_per_node nproc`` (PyTorch's
     launcher, called in this process). A rank's exit status is returned as the command's (2 for a
@@ -191,18 +230,7 @@ def relaunch_with_torchrun(nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run as torchrun
-    argv = sys.argv[1:]
-    cleaned, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
+    cleaned = ranks_argv(sys.argv[1:])
     launcher = ["--standalone", f"--nproc_per_node={nproc}", "-m", "diffkit", *cleaned]
     print("running: torchrun", " ".join(launcher), flush=True)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the ranks speak for themselves
