@@ -426,3 +426,44 @@ def test_grid_from_a_scheduler_before_set_timesteps_is_one_line():
     for scheduler in (diffusers.DDIMScheduler(), diffusers.PNDMScheduler()):
         with pytest.raises(DiffkitError, match="call scheduler.set_timesteps"):
             grid_from_diffusers(scheduler)
+
+
+def _diffusers_loop(model, scheduler, x):
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            out = model(scheduler.scale_model_input(x, t), t).sample
+        x = scheduler.step(out, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("scheduler, sampler", [
+    (lambda: diffusers.PNDMScheduler(steps_offset=1), "pndm"),  # PRK warm-up: its base grid, not its half steps
+    (lambda: diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"), "dpm-solver++-2m"),
+    (lambda: diffusers.DPMSolverMultistepScheduler(final_sigmas_type="zero"), "dpm-solver++-2m"),
+])
+def test_grids_from_schedulers_reproduce_their_loops(scheduler, sampler):
+    """The grid of grid_from_diffusers and the same method in diffkit give diffusers' own loop:
+    the last step of final_sigmas_type='sigma_min' ends at t = 0 (it went to clean data)."""
+    model, scheduler = small_unet2d(), scheduler()
+    scheduler.set_timesteps(6)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    theirs = _diffusers_loop(model, scheduler, x.clone())
+    grid = grid_from_diffusers(scheduler)
+    ours = diffkit.sample(diffusers_denoiser(model, scheduler), x.clone(), sampler, grid=grid, progress=False)
+    assert relative_error(ours, theirs) < 1e-5  # the other final target is 7e-5 away here
+
+
+def test_schedulers_without_betas_and_kdpm2_grids_are_refused():
+    for other in (diffusers.FlowMatchEulerDiscreteScheduler(), diffusers.EDMEulerScheduler()):
+        with pytest.raises(DiffkitError, match="has no beta schedule"):
+            schedule_from_diffusers(other)
+    with pytest.raises(DiffkitError, match="num_train_timesteps=1.5"):
+        schedule_from_diffusers({"beta_schedule": "linear", "num_train_timesteps": 1.5})
+    kdpm2 = diffusers.KDPM2DiscreteScheduler()
+    kdpm2.set_timesteps(4)
+    with pytest.raises(DiffkitError, match="interleave its midpoint"):
+        grid_from_diffusers(kdpm2)
+    trailing = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    trailing.set_timesteps(6)  # 6 does not divide 1000: DDIM steps by 166 between times 166-167 apart
+    with pytest.raises(DiffkitError, match="use a step count that divides num_train_timesteps=1000"):
+        grid_from_diffusers(trailing)

@@ -48,7 +48,15 @@ def _config_of(scheduler_or_config) -> Mapping[str, Any]:
 def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
     """(NoiseSchedule, prediction_type) of a diffusers scheduler or its config (dict or object)."""
     cfg = _config_of(scheduler_or_config)
-    T = int(cfg.get("num_train_timesteps", 1000))
+    name = cfg.get("_class_name") or type(scheduler_or_config).__name__
+    if cfg and "beta_schedule" not in cfg and cfg.get("trained_betas") is None:
+        # FlowMatchEulerDiscreteScheduler, EDM*Scheduler, ...: no DDPM betas to build a schedule from
+        raise DiffkitError(f"{name} has no beta schedule (beta_schedule or trained_betas): it is not a DDPM-family "
+                           f"scheduler (flow matching and EDM schedulers are not diffusion schedules diffkit can "
+                           f"sample); allowed: schedulers such as DDPMScheduler, DDIMScheduler, PNDMScheduler")
+    T = cfg.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
     prediction_type = cfg.get("prediction_type", "epsilon")
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     trained = cfg.get("trained_betas")
@@ -139,30 +147,44 @@ def scheduler_from_schedule(schedule: NoiseSchedule, prediction_type: str = "eps
 
 
 def grid_from_diffusers(scheduler) -> torch.Tensor:
-    """diffkit's time grid for a diffusers DDIM/PNDM/DDPM scheduler after ``set_timesteps``:
-    its evaluation timesteps (repeats removed: PNDM's skip_prk_steps evaluates its second
-    timestep twice, the second stage of an improved-Euler step) followed by the target of the
-    last step, -1 (clean data, ``final_alpha_cumprod = 1``) or 0 (``alphas_cumprod[0]``)."""
+    """diffkit's time grid for a diffusers scheduler after ``set_timesteps``: its evaluation
+    timesteps (repeats removed: PNDM's skip_prk_steps evaluates its second timestep twice, the
+    second stage of an improved-Euler step, and Heun each of its inner times twice; for PNDM with
+    PRK steps its base grid, whose half steps diffkit's ``pndm`` makes itself) followed by the
+    target of the last step: -1 (clean data: ``final_alpha_cumprod = 1``, ``final_sigmas_type =
+    "zero"``) or 0 (``alphas_cumprod[0]``, ``final_sigmas_type = "sigma_min"``). KDPM2's grid,
+    which interleaves midpoints, is refused (diffkit's ``dpm2`` makes its own)."""
     times = getattr(scheduler, "timesteps", None)
     # before set_timesteps a scheduler holds all T training timesteps and no num_inference_steps
     if times is None or len(times) == 0 or getattr(scheduler, "num_inference_steps", 0) is None:
         raise DiffkitError("the scheduler has no timesteps; call scheduler.set_timesteps(steps) first")
+    name = type(scheduler).__name__
+    if name.startswith("KDPM2"):
+        raise DiffkitError(f"{name}'s timesteps interleave its midpoint evaluations; use diffkit's 'dpm2' sampler "
+                           f"(spacing='karras' for its Karras sigmas) instead of the scheduler's grid")
+    config = scheduler.config
+    if name == "PNDMScheduler" and not config.get("skip_prk_steps", False):
+        times = sorted(set(int(t) for t in scheduler._timesteps), reverse=True)  # PRK's base grid, not its half steps
     times = torch.as_tensor(times).to(torch.float64).cpu()
     keep = torch.cat([torch.ones(1, dtype=torch.bool), times[1:] != times[:-1]])
     times = times[keep]
     final_alpha = getattr(scheduler, "final_alpha_cumprod", None)
     if final_alpha is not None and len(times) > 1:  # DDIM / PNDM step from t to t - T // S
-        stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        T = config.num_train_timesteps
+        stride = T // scheduler.num_inference_steps
         gaps = (times[:-1] - times[1:]).unique().tolist()
         if gaps != [stride]:
             raise DiffkitError(f"the scheduler's timesteps are not spaced by T // steps = {stride} (gaps {gaps[:4]}); "
-                               f"diffusers steps from t to t - {stride}, which is not the next timestep; use "
-                               f"timestep_spacing 'leading' or 'trailing'")
+                               f"{name} steps from t to t - {stride}, which is not its next timestep; use a step "
+                               f"count that divides num_train_timesteps={T}, or timestep_spacing 'leading'")
     final_alpha = 1.0 if final_alpha is None else final_alpha
     end = -1.0 if float(final_alpha) == 1.0 else 0.0
+    if config.get("final_sigmas_type") == "sigma_min":  # DPMSolver*, UniPC, ...: the last step ends at t = 0's sigma
+        end = 0.0
     if times[-1] <= end:
-        raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final "
-                           f"alpha_bar; use set_alpha_to_one=True or steps_offset=1")
+        raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final noise "
+                           f"level (t = {end:g}); use set_alpha_to_one=True, steps_offset=1 or "
+                           f"final_sigmas_type='zero'")
     return torch.cat([times, torch.tensor([end], dtype=torch.float64)])
 
 
