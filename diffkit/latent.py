@@ -35,7 +35,8 @@ def file_sha256(path) -> str:
 
 
 class FrozenAutoencoder:
-    """``encode(x) = s * E(x)`` and ``decode(z) = D(z / s)`` with gradients off.
+    """``encode(x) = s * E(x)`` and ``decode(z) = D(z / s)`` (VQ: ``D(quantize(z / s))``) with
+    gradients off.
 
     Args:
         model: a :class:`diffkit.models.autoencoder.Autoencoder`.
@@ -73,8 +74,12 @@ class FrozenAutoencoder:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """x = D(z / s), in [-1, 1]."""
-        return self.model.decode(latents.to(self.device) / self.scale_factor)
+        """x = D(z / s), in [-1, 1]; a VQ autoencoder first snaps z / s to its codebook, as LDM
+        decodes a diffusion sample (``VQModelInterface.decode`` with ``force_not_quantize=False``)."""
+        z = latents.to(self.device) / self.scale_factor
+        if getattr(self.model, "quantizer", None) is not None:
+            z = self.model.quantize(z)
+        return self.model.decode(z)
 
     __call__ = decode
 

@@ -275,6 +275,9 @@ def test_cli_end_to_end_on_digits(tmp_path, capsys):
     (["--dataset", "fashion-mnist", "--factor", "8"], "img_size=28"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
     (["--device", "bogus"], "device"),
+    (["--codebook-size", "16"], "--codebook-size goes with --regularizer vq; this autoencoder is kl"),
+    (["--commitment-beta", "0.5"], "--commitment-beta goes with --regularizer vq"),
+    (["--regularizer", "vq", "--kl-weight", "1e-3"], "--kl-weight goes with --regularizer kl"),
 ])
 def test_cli_bad_flags_exit_2_with_one_line(args, pattern, tmp_path, capsys):
     code = main(["train-autoencoder", "--steps", "1", "--out", str(tmp_path / "x.safetensors"), *args])
@@ -298,3 +301,22 @@ def test_training_config_model_defaults_are_the_model_configs():
     a, b = AutoencoderTrainConfig(), AutoencoderTrainConfig()
     a.channel_mult.append(4)
     assert list(b.channel_mult) == list(AutoencoderConfig().channel_mult)
+
+
+def test_the_latent_decoder_quantises_a_vq_sample_as_ldm_does():
+    """A diffusion sample is a free latent: LDM snaps it to the codebook (nearest entries) before
+    decoding; the frozen decoder of a VQ latent model must do the same, a KL one decodes as given."""
+    from diffkit.latent import FrozenAutoencoder
+    vq = tiny("vq")
+    nn.init.normal_(vq.quantizer.codebook.weight)
+    frozen = FrozenAutoencoder(vq, scale_factor=0.5)
+    z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    free = z / 0.5
+    flat = free.permute(0, 2, 3, 1).reshape(-1, 3)
+    nearest = torch.cdist(flat, vq.quantizer.codebook.weight.detach()).argmin(1)
+    snapped = vq.quantizer.codebook.weight.detach()[nearest].reshape(2, 4, 4, 3).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen.decode(z), vq.decode(snapped))
+        assert (frozen.decode(z) - vq.decode(free)).abs().max() > 1e-3
+        kl = tiny("kl")
+        torch.testing.assert_close(FrozenAutoencoder(kl, 0.5).decode(z), kl.decode(free))

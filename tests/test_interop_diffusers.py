@@ -189,6 +189,34 @@ def test_export_import_cli_round_trip(tmp_path, capsys):
     assert "--to-diffusers go together" in capsys.readouterr().err
 
 
+def test_a_bare_unet_folder_reads_its_sibling_scheduler_and_exports_need_an_empty_folder(tmp_path, capsys):
+    unet = randomize(UNet(UNetConfig(channel=128, channel_mult=[1, 2], attn=[1], num_res_blocks=1, img_size=8,
+                                     in_channels=1))).eval()
+    schedule = NoiseSchedule.cosine(1000)
+    write_checkpoint(tmp_path / "a.safetensors", unet, schedule, "v_prediction")
+    hf = tmp_path / "hf"
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers", str(hf)]) == 0
+    # hf/unet alone: its scheduler is ../scheduler (it became DDPM linear, epsilon)
+    _, back, prediction_type = import_diffusers(hf / "unet")
+    assert prediction_type == "v_prediction"
+    torch.testing.assert_close(back.betas, schedule.betas, rtol=1e-12, atol=0)
+    lone = tmp_path / "lone"
+    (hf / "unet").rename(lone)
+    with pytest.warns(UserWarning, match="no scheduler config .* assuming DDPM's linear schedule"):
+        import_diffusers(lone)
+    # an existing, non-empty folder is not written into (a Stable Diffusion folder would be left mixed)
+    capsys.readouterr()
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers", str(hf)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    # a pipeline with more than a unet and a scheduler (LDMPipeline: + vqvae) is not a pixel model
+    (tmp_path / "ldm").mkdir()
+    (tmp_path / "ldm" / "model_index.json").write_text(json.dumps(
+        {"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "vqvae": ["diffusers", "VQModel"],
+         "scheduler": ["diffusers", "DDIMScheduler"]}))
+    with pytest.raises(DiffkitError, match="is a LDMPipeline with vqvae: not a pixel-space U-Net pipeline"):
+        import_diffusers(tmp_path / "ldm")
+
+
 def test_import_from_model_object_and_scheduler():
     model = randomize(diffusers.UNet2DModel(block_out_channels=(128, 256), layers_per_block=1, sample_size=8,
                                             in_channels=2, out_channels=4, attention_head_dim=None,

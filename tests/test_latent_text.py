@@ -421,3 +421,17 @@ def test_eval_scores_a_latent_model_on_its_decoded_images(autoencoder_file, tmp_
     assert 0 < result["metrics"]["confidence"]["value"] <= 1
     with pytest.raises(DiffkitError, match="is a latent model"):
         evaluate("nll", checkpoint=path, num=4)
+
+
+def test_a_latent_model_is_not_exported_as_a_pixel_pipeline(tmp_path, autoencoder_file, capsys):
+    """A DDPMPipeline of a latent U-Net would sample its latents as images (no autoencoder in it)."""
+    pytest.importorskip("diffusers")
+    from diffkit.cli import main
+    pixelless = {k: v for k, v in TINY.items() if not k.startswith(("text", "context"))}
+    cfg = TrainConfig.from_dict({**pixelless, "max_steps": 1, "autoencoder": str(autoencoder_file),
+                                 "save_weight_dir": str(tmp_path / "ckpt"), "sampled_dir": str(tmp_path / "s")})
+    checkpoint = Trainer(cfg, small_digits(), progress=False).run().checkpoint
+    code = main(["convert", "--checkpoint", str(checkpoint), "--to-diffusers", str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a latent diffusion model" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "hf").exists()

@@ -47,9 +47,9 @@ def register(sub) -> None:
     p.add_argument("--latent-channels", type=positive_int, default=4, help="latent channels c (default 4)")
     p.add_argument("--no-attn-middle", dest="attn_middle", action="store_false",
                    help="no self-attention in the bottleneck")
-    p.add_argument("--codebook-size", type=positive_int, default=256, help="VQ codebook entries (default 256)")
-    p.add_argument("--commitment-beta", type=non_negative_float, default=0.25, help="VQ-VAE eq. 3 beta (default 0.25)")
-    p.add_argument("--kl-weight", type=non_negative_float, default=1e-6, help="KL weight (default 1e-6, LDM)")
+    p.add_argument("--codebook-size", type=positive_int, help="VQ codebook entries (default 256)")
+    p.add_argument("--commitment-beta", type=non_negative_float, help="VQ-VAE eq. 3 beta (default 0.25)")
+    p.add_argument("--kl-weight", type=non_negative_float, help="KL weight (default 1e-6, LDM)")
     p.add_argument("--recon-loss", default="l2", help="l2 (default) or l1 (LDM's choice)")
     p.add_argument("--disc-start", type=_non_negative_int,
                    help="step from which the PatchGAN discriminator is on (default: off)")
@@ -73,6 +73,16 @@ def run(args) -> int:
     if args.factor is not None:
         check_choice("factor", args.factor, sorted(FACTOR_MULTS))
     mult = args.channel_mult if args.channel_mult is not None else FACTOR_MULTS[args.factor or 4]
+    check_choice("regularizer", args.regularizer, ["kl", "vq"])
+    own = {"kl": ["--kl-weight"], "vq": ["--codebook-size", "--commitment-beta"]}
+    for flag, value in (("--kl-weight", args.kl_weight), ("--codebook-size", args.codebook_size),
+                        ("--commitment-beta", args.commitment_beta)):
+        if value is not None and flag not in own[args.regularizer]:
+            raise DiffkitError(f"{flag} goes with --regularizer {'kl' if flag == '--kl-weight' else 'vq'}; this "
+                               f"autoencoder is {args.regularizer}")
+    args.kl_weight = 1e-6 if args.kl_weight is None else args.kl_weight
+    args.codebook_size = 256 if args.codebook_size is None else args.codebook_size
+    args.commitment_beta = 0.25 if args.commitment_beta is None else args.commitment_beta
     cfg = AutoencoderTrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size, batch_size=args.batch_size,
         steps=args.steps, lr=args.lr, kl_weight=args.kl_weight, recon_loss=args.recon_loss,

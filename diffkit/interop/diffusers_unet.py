@@ -34,6 +34,7 @@ GroupNorm-SiLU-conv.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -343,11 +344,17 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     from ..checkpoint import atomic_write_bytes
     from ..loading import load_model
     require("diffusers")  # before any work: a missing extra is a one-line error
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
+                           f"this model with what it holds; give a new or empty folder")
     model, meta, schedule = load_model(checkpoint_path, use_ema=use_ema)
+    if meta.get("latent"):
+        raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "
+                           f"images without the autoencoder; only pixel-space U-Nets can be exported to diffusers")
     cfg = model.config
     unet_cfg = unet2d_config(cfg)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict_to_diffusers(cfg, model.state_dict()).items()}
-    out = Path(out_dir)
     sched = scheduler_config(schedule, meta.get("prediction_type", "epsilon"), kind="ddpm",
                              learned_variance=cfg.learned_variance, clip_sample=clip_sample)
     files = {
@@ -367,6 +374,15 @@ def _read_folder(directory: Path):
     """(UNet2DModel, scheduler config dict) from a diffusers pipeline folder or a unet/ folder."""
     diffusers = require("diffusers")
     directory = Path(directory)
+    index_file = directory / "model_index.json"
+    if index_file.is_file():
+        index = read_json_object(index_file, "model_index.json")
+        others = sorted(k for k, v in index.items() if not k.startswith("_") and k not in ("unet", "scheduler")
+                        and isinstance(v, list) and v and v[0] is not None)
+        if others:  # LDMPipeline (unet + vqvae), Stable Diffusion (vae, text_encoder, ...)
+            raise DiffkitError(f"{directory} is a {index.get('_class_name', 'pipeline')} with {', '.join(others)}: not a "
+                               f"pixel-space U-Net pipeline; allowed: DDPMPipeline / DDIMPipeline folders (unet + "
+                               f"scheduler); Stable Diffusion folders load with diffkit.interop.load_stable_diffusion")
     unet_dir = directory / "unet" if (directory / "unet").is_dir() else directory
     if not (unet_dir / "config.json").is_file():
         raise DiffkitError(f"{directory} is not a diffusers folder (no unet/config.json or config.json)")
@@ -376,9 +392,18 @@ def _read_folder(directory: Path):
                            f"(for Stable Diffusion folders use diffkit.interop.load_stable_diffusion)")
     model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False,
                             use_safetensors=True)  # never a pickle (.bin) from a folder
-    sched_file = directory / "scheduler" / "scheduler_config.json"
-    sched = read_json_object(sched_file, "scheduler config") if sched_file.is_file() else {}
-    return model, sched
+    # the pipeline's scheduler, or for a bare unet/ folder its sibling ../scheduler
+    candidates = [directory / "scheduler" / "scheduler_config.json"]
+    if unet_dir == directory:
+        candidates.append(directory.parent / "scheduler" / "scheduler_config.json")
+    sched_file = next((c for c in candidates if c.is_file()), None)
+    if sched_file is None:
+        where = "scheduler/ or ../scheduler/" if unet_dir == directory else "scheduler/"
+        warnings.warn(f"{directory} has no scheduler config ({where}scheduler_config.json): assuming DDPM's linear "
+                      f"schedule (1e-4..0.02, T=1000) and epsilon prediction; pass the scheduler if the model was "
+                      f"trained otherwise", stacklevel=3)
+        return model, {}
+    return model, read_json_object(sched_file, "scheduler config")
 
 
 def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = None,
