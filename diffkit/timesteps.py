@@ -8,10 +8,14 @@ the network is evaluated at times >= 0 only, and the last entry is the target: `
 
 Spacings (``T`` = training steps, ``S`` = sampling steps):
     linear      DDIM (Song et al. 2021, Sec. 5): tau_i = floor(c i), i = 0..S-1, c = T/S
-    quadratic   DDIM: tau_i = floor(c i^2), c = 0.8 T/(S-1)^2 (as in the DDIM reference code)
+    quadratic   DDIM: tau_i = floor(c i^2), c = 0.8 T/(S-1)^2 (as in the DDIM reference code);
+                where that repeats a time (small i when S > sqrt(0.8 T), e.g. S >= 30 at T = 1000;
+                the reference code then takes zero-length steps) tau_i = tau_{i-1} + 1 instead
     leading     diffusers: tau_i = i * (T // S) + offset
     trailing    diffusers / Lin et al. 2024 Table 2: round(T - i T/S) - 1, i = 0..S-1
-    linspace    diffusers: round(linspace(0, T-1, S+1)) without its 0
+    linspace    diffusers' DPMSolver/UniPC/DEIS schedulers: round(linspace(0, T-1, S+1)) without
+                its 0 (its DDIM/DDPM/PNDM schedulers' 'linspace' is round(linspace(0, T-1, S)),
+                which evaluates at t = 0: pass that as a custom grid)
     karras      EDM sigmas (Karras et al. 2022, eq. 5) with rho = 7, mapped to t
     logsnr      uniform in log-SNR lambda (DPM-Solver 'logSNR' skip type)
     logsnr_skip   t_max, then uniform in lambda from sigma~ = ``skip_sigma`` (default 20) to t = 0: the
@@ -71,7 +75,10 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
             evaluated = torch.zeros(1, dtype=_F64)
         else:
             c = 0.8 * T / (S - 1) ** 2
-            evaluated = torch.floor(c * torch.arange(S, dtype=_F64) ** 2).flip(0)
+            taus = torch.floor(c * torch.arange(S, dtype=_F64) ** 2)
+            for i in range(1, S):  # distinct times: a repeat moves up by one (only at the small end)
+                taus[i] = max(taus[i], taus[i - 1] + 1)
+            evaluated = taus.flip(0)
     elif spacing == "leading":
         check_range("offset", offset, 0, T - 1, integer=True)
         evaluated = (torch.arange(S, dtype=_F64) * (T // S) + offset).flip(0)

@@ -83,6 +83,16 @@ def test_ddim_subsequences_are_the_seed_definitions():
     assert quad[:-1].flip(0).tolist() == [math.floor(c * i * i) for i in range(10)]
     trailing = make_grid(S, 4, "trailing")
     assert trailing.tolist() == [999, 749, 499, 249, -1]
+    # DDIM's CIFAR-10 table uses quadratic at S = 50 and 100, where floor(c i^2) repeats 0 and 1 at
+    # the small end: those move up by one, every other time is the formula's
+    for steps in (50, 100):
+        c = 0.8 * 1000 / (steps - 1) ** 2
+        taus = make_grid(S, steps, "quadratic")[:-1].flip(0).tolist()
+        assert len(taus) == steps and all(b > a for a, b in zip(taus, taus[1:]))
+        formula = [math.floor(c * i ** 2) for i in range(steps)]
+        moved = [i for i in range(steps) if taus[i] != formula[i]]
+        assert moved and all(taus[i] == taus[i - 1] + 1 and formula[i] <= taus[i - 1] for i in moved)
+        assert taus[-1] == formula[-1] == 800
 
 
 def _mixture_tolerances(gm, n, gen):

@@ -53,7 +53,8 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
     ``sde-dpmsolver++`` (DPM-Solver++ Sec. 5 SDE variant, diffusers 'sde-dpmsolver++'), order <= 2:
         x_s = (sigma_s/sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (D0 + 0.5 D1) + sigma_s sqrt(1 - e^{-2h}) z.
     The first steps use lower orders (warm-up); with ``lower_order_final`` the step order never
-    exceeds the number of remaining steps (so the last step is first order, as in diffusers).
+    exceeds the number of remaining steps, at every step count (diffusers' DPMSolverMultistep does
+    so only below 15 steps; docs/samplers.md).
     """
     check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
     check_choice("solver_type", solver_type, SOLVER_TYPES)
@@ -123,9 +124,10 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
 def singlestep_orders(num_intervals: int, solver_order: int, clean_final: bool) -> list:
     """The order of each singlestep chunk for a grid of ``num_intervals`` intervals (= NFE).
 
-    DPM-Solver's 'fast' split (Lu et al. 2022, Sec. 3.4 and the reference
-    ``get_orders_and_timesteps_for_singlestep_solver``): as many steps of ``solver_order`` as fit,
-    the remainder as one lower-order step at the end. A chunk of order k spans k grid intervals,
+    As many steps of ``solver_order`` as fit, the remainder as one lower-order step at the end.
+    (Not the reference 'fast' split, ``get_orders_and_timesteps_for_singlestep_solver`` of Lu et
+    al. 2022, Sec. 3.4, which takes NFE//3 + 1 equal outer steps ending in orders 2, 1: a split of
+    a non-uniform fine grid; docs/samplers.md.) A chunk of order k spans k grid intervals,
     its inner grid times are its intermediate evaluation times. When the grid ends at clean data
     the last interval is its own first-order step (the chunk polynomials cannot reach lambda = inf).
     """
