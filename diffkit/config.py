@@ -313,11 +313,11 @@ _FIELD_TYPES: dict[str, Any] = {}  # filled below from the annotations
 # name: (low, high, low_inclusive, high_inclusive); None = unbounded
 _RANGES = {
     "epoch": (1, None, True, True), "batch_size": (1, None, True, True), "T": (1, None, True, True),
-    "channel": (1, None, True, True), "num_res_blocks": (0, None, True, True),
+    "channel": (2, None, True, True), "num_res_blocks": (1, None, True, True),
     "dropout": (0.0, 1.0, True, False), "lr": (0.0, 1.0, False, True), "multiplier": (1.0, 100.0, True, True),
     "beta_1": (0.0, 1.0, False, False), "beta_T": (0.0, 1.0, False, False), "img_size": (1, None, True, True),
     "grad_clip": (0.0, None, False, True), "nrow": (1, None, True, True), "in_channels": (1, None, True, True),
-    "num_workers": (0, None, True, True), "hybrid_lambda": (0.0, None, False, True),
+    "num_workers": (0, 256, True, True), "hybrid_lambda": (0.0, None, False, True),
     "min_snr_gamma": (0.0, None, False, True), "offset_noise": (0.0, None, True, True),
     "num_classes": (1, None, True, True), "p_uncond": (0.0, 1.0, True, True), "num_heads": (1, None, True, True),
     "ema_decay": (0.0, 1.0, True, False), "weight_decay": (0.0, None, True, True),

@@ -95,7 +95,12 @@ def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
     """The U-Net that ``cfg`` describes (seed 000 key names); with ``text_conditioning``, the
     U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
     vocabulary that of the data set's captions (:meth:`~diffkit.text.CaptionSet.for_dataset`)."""
-    unet = UNet(UNetConfig(**cfg.to_unet_kwargs(dataset)))
+    kwargs = cfg.to_unet_kwargs(dataset)
+    classes = getattr(dataset, "num_classes", None)
+    if kwargs.get("num_classes") and classes and classes > kwargs["num_classes"]:  # labels would index past it
+        raise DiffkitError(f"num_classes={kwargs['num_classes']} is fewer than the {classes} classes of "
+                           f"dataset={cfg.dataset!r}; use num_classes={classes} (or leave it unset)")
+    unet = UNet(UNetConfig(**kwargs))
     if not cfg.text_conditioning:
         return unet
     from .text import CaptionSet, build_text_model

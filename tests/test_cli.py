@@ -215,6 +215,9 @@ def test_more_mistakes_are_one_line_errors(trained_run, tmp_path, capsys, monkey
         (["experiment", "ddim-table", "--checkpoint", ck, "--steps", "2,abc"], "'abc' is not allowed; expected an integer"),
         (["train-classifier", "--steps", "1", "--lr", "1e10", "--out", "c.safetensors"], "lr="),
         (["train-autoencoder", "--steps", "1", "--lr", "inf", "--out", "a.safetensors"], "lr="),
+        (["train", "--out", "r", "--steps", "1", *TINY, "--set", "state=eval"], "state='eval'"),
+        (["train", "--out", "r", "--steps", "1", *TINY, "--conditional", "--set", "num_classes=2"],
+         "num_classes=2 is fewer than the 10 classes of dataset='digits'"),
         # architecture flags are checked before the data is read (the folder does not exist)
         (["train-classifier", "--dataset", "mnist", "--data-dir", "missing", "--attn", "7",
           "--out", "c.safetensors"], "attn level 7"),

@@ -162,6 +162,7 @@ BAD_VALUES = [
     ("text_conditioning", "yes", "text_conditioning='yes'"), ("text_pooled", 1, "text_pooled=1"), ("context_dim", 0, "context_dim=0"),
     ("text_width", 0, "text_width=0"), ("text_layers", -1, "text_layers=-1"), ("text_heads", 0, "text_heads=0"),
     ("max_prompt_tokens", 2, "max_prompt_tokens=2"),
+    ("channel", 1, "channel=1"), ("num_res_blocks", 0, "num_res_blocks=0"), ("num_workers", 100000, "num_workers="),
 ]
 
 

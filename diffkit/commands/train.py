@@ -113,6 +113,9 @@ def resumable_config(path) -> dict:
 def run(args) -> int:
     from ..config import resolve_device
     cfg = config_from_args(args)
+    if cfg.state == "eval":  # the seed's modelConfig runs its sampler when state is "eval"
+        raise DiffkitError("the config has state='eval' (the seed's sampling mode); 'diffkit train' trains: set "
+                           "state='train', or sample a trained run with 'diffkit sample --checkpoint CKPT'")
     device = resolve_device(cfg.device)
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch

@@ -72,7 +72,7 @@ class TrunkConfig:
     resblock_updown: bool = False
 
     def __post_init__(self):
-        check_range("channel", self.channel, 1, integer=True)
+        check_range("channel", self.channel, 2, integer=True)  # the time embedding needs a sin/cos pair
         self.channel_mult = check_positive_int_list("channel_mult", self.channel_mult)
         levels = len(self.channel_mult)
         attn = self.attn
