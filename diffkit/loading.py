@@ -151,5 +151,9 @@ def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> P
     kept = {k: v for k, v in tensors.items() if not k.startswith(("model.", *_RESUME_PREFIXES))}
     kept.update({f"model.{k}": v for k, v in weights.items()})
     info = {k: v for k, v in meta.items() if k not in _RESUME_META}
-    info["exported_from"] = {"step": meta.get("step"), "weights": "ema" if use_ema else "raw"}
+    if meta.get("exported_from"):  # an export of an export holds the same weights as it: keep its label
+        info["exported_from"] = meta["exported_from"]
+    else:
+        has_ema = any(k.startswith("ema.") for k in tensors)
+        info["exported_from"] = {"step": meta.get("step"), "weights": "ema" if use_ema and has_ema else "raw"}
     return ckpt.save_checkpoint(out, kept, info)

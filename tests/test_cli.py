@@ -231,6 +231,12 @@ def test_more_mistakes_are_one_line_errors(trained_run, tmp_path, capsys, monkey
     code, out, err = run_cli(capsys, "sample", "--checkpoint", "w.safetensors", "--no-ema", "--steps", "2",
                              "--num", "1", "--out", "s.png", "--no-progress")
     assert code == 2 and "holds only the EMA weights" in err, err
+    # an export of the raw weights, exported again, still says raw and keeps the step
+    from diffkit import checkpoint as ckpt
+    assert main(["convert", "--checkpoint", ck, "--no-ema", "--out", "raw.safetensors"]) == 0
+    assert main(["convert", "--checkpoint", "raw.safetensors", "--no-ema", "--out", "raw2.safetensors"]) == 0
+    first, second = (ckpt.load_checkpoint(f)[1]["exported_from"] for f in ("raw.safetensors", "raw2.safetensors"))
+    assert first == second and first["weights"] == "raw" and first["step"] is not None
 
 
 def test_sample_takes_the_sigma_hat_eta(trained_run, tmp_path, capsys):
