@@ -433,6 +433,9 @@ def test_sample_command_runs_a_stable_diffusion_folder(tiny_sd, tmp_path, capsys
     assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--prompt" in err[0]
+    assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--noise-out",
+                 str(tmp_path / "n.png"), "--out", str(tmp_path / "x.png")]) == 2  # it was ignored
+    assert "--noise-out" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
 
 
 def test_a_folder_with_pickled_weights_or_bad_json_is_refused_in_one_line(tmp_path, capsys):
@@ -495,3 +498,34 @@ def test_schedulers_without_betas_and_kdpm2_grids_are_refused():
     trailing.set_timesteps(6)  # 6 does not divide 1000: DDIM steps by 166 between times 166-167 apart
     with pytest.raises(DiffkitError, match="use a step count that divides num_train_timesteps=1000"):
         grid_from_diffusers(trailing)
+
+
+def test_sd_xl_inpainting_and_bad_sizes_are_refused_in_one_line(tiny_sd, tmp_path):
+    from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image
+    pipe, sd = tiny_sd
+    pipe.save_pretrained(tmp_path / "sd")
+    config_file = tmp_path / "sd" / "unet" / "config.json"
+    original = json.loads(config_file.read_text())
+    for change, match in (({"addition_embed_type": "text_time"}, "addition_embed_type='text_time'"),
+                          ({"in_channels": 9}, "in_channels=9 and out_channels=4")):
+        config_file.write_text(json.dumps({**original, **change}))
+        with pytest.raises(DiffkitError, match=match):
+            load_stable_diffusion(tmp_path / "sd")
+    with pytest.raises(DiffkitError, match="height=0"):
+        text_to_image(sd, "hot", steps=2, height=0)
+    with pytest.raises(DiffkitError, match=r"latents of shape \(1, 3, 8, 8\) are not allowed; expected \(1, 4, h, w\)"):
+        text_to_image(sd, "hot", steps=2, latents=torch.randn(1, 3, 8, 8))
+
+
+def test_scheduler_variance_types():
+    model = small_unet2d(out_channels=2)
+    with pytest.raises(DiffkitError, match="variance_type='learned' .* is not diffkit's learned variance"):
+        diffusers_denoiser(model, diffusers.DDPMScheduler(variance_type="learned"))
+    assert diffusers_denoiser(model, diffusers.DDPMScheduler(variance_type="learned_range")).learned_variance
+    with pytest.warns(UserWarning, match="variance_type='fixed_large' is a sampling choice"):
+        convertible = diffusers.UNet2DModel(block_out_channels=(128, 256), layers_per_block=1, sample_size=8,
+                                            in_channels=1, out_channels=1, attention_head_dim=None,
+                                            down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+                                            up_block_types=("UpBlock2D", "AttnUpBlock2D"))
+        unet = import_diffusers(convertible, diffusers.DDPMScheduler(variance_type="fixed_large"))[0]
+        assert not unet.config.learned_variance

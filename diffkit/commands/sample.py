@@ -272,6 +272,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                "Diffusion folder runs in the dtype its weights are stored in")
         if compile != "no":
             raise DiffkitError(f"--compile {compile} applies to diffkit checkpoints, not to a Stable Diffusion folder")
+        if noise_out:
+            raise DiffkitError("--noise-out: a Stable Diffusion folder starts from noise in its latent space, which "
+                               "has no image grid; drop --noise-out")
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,

@@ -20,7 +20,7 @@ import torch
 from ..denoiser import Denoiser
 from ..errors import DiffkitError
 from ..schedule import NoiseSchedule
-from .schedulers import schedule_from_diffusers
+from .schedulers import learned_variance_of, schedule_from_diffusers
 
 
 class DiffusersNet(torch.nn.Module):
@@ -62,6 +62,8 @@ def diffusers_denoiser(model, scheduler=None, *, schedule: Optional[NoiseSchedul
         sched_schedule, sched_prediction = schedule_from_diffusers(scheduler)
         schedule = schedule or sched_schedule
         prediction_type = prediction_type or sched_prediction
+        if learned_variance_of(scheduler) and learned_variance is None:  # 'learned' (the variance itself): refused
+            learned_variance = True
     if schedule is None:
         raise DiffkitError("pass the diffusers scheduler (or its config) or schedule= so the denoiser "
                            "knows the noise schedule the model was trained with")

@@ -45,7 +45,7 @@ from ..models.layers import norm_groups
 from ..models.unet import UNet, UNetConfig
 from ..schedule import NoiseSchedule
 from . import from_pretrained, require
-from .schedulers import schedule_from_diffusers, scheduler_config
+from .schedulers import learned_variance_of, schedule_from_diffusers, scheduler_config
 
 _RES = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj", "norm2": "norm2",
         "conv2": "conv2", "skip": "conv_shortcut"}
@@ -422,15 +422,8 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
     else:
         model, sched = dir_or_model, scheduler if scheduler is not None else {}
     sched_cfg = dict(sched) if isinstance(sched, Mapping) else dict(getattr(sched, "config", {}))
-    variance = sched_cfg.get("variance_type", "fixed_small")
-    if variance not in ("fixed_small", "fixed_small_log", "learned", "learned_range"):
-        raise DiffkitError(f"scheduler variance_type={variance!r} has no diffkit equivalent; allowed: fixed_small, "
-                           f"learned_range")
-    if learned_variance is None and variance in ("learned", "learned_range"):
+    if learned_variance_of(sched_cfg) and learned_variance is None:
         learned_variance = True
-    if variance == "learned":
-        raise DiffkitError("scheduler variance_type='learned' (the variance itself) is not diffkit's learned "
-                           "variance; allowed: learned_range (Improved DDPM eq. 15)")
     unet = from_diffusers(model, learned_variance=learned_variance).eval()
     schedule, prediction_type = schedule_from_diffusers(sched_cfg)
     if out is not None:

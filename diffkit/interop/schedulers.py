@@ -23,6 +23,7 @@ diffkit's final ``t = -1``) or ``alphas_cumprod[0]`` (diffkit's ``t = 0``, ``fin
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Optional
 
 import torch
@@ -77,6 +78,27 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
     if cfg.get("rescale_betas_zero_snr", False):
         schedule = schedule.rescale_zero_terminal_snr()
     return schedule, prediction_type
+
+
+def learned_variance_of(scheduler_or_config) -> Optional[bool]:
+    """Whether a diffusers scheduler's ``variance_type`` means diffkit's learned variance (True for
+    ``learned_range``, Improved DDPM eq. 15), a fixed one (False), or says nothing (None);
+    ``learned`` (the network outputs the variance itself) has no diffkit equivalent and is
+    refused. ``fixed_large`` is a sampling choice in diffkit (``ddpm``'s ``variance_type``):
+    a warning says so."""
+    cfg = _config_of(scheduler_or_config) if scheduler_or_config is not None else {}
+    variance = cfg.get("variance_type")
+    if variance is None:
+        return None
+    allowed = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range")
+    if variance == "learned":
+        raise DiffkitError("scheduler variance_type='learned' (the variance itself) is not diffkit's learned "
+                           "variance; allowed: learned_range (Improved DDPM eq. 15) or a fixed variance")
+    check_choice("scheduler variance_type", variance, allowed)
+    if variance.startswith("fixed_large"):
+        warnings.warn(f"the scheduler's variance_type={variance!r} is a sampling choice in diffkit: its 'ddpm' "
+                      "sampler uses fixed_small unless given variance_type='fixed_large'", stacklevel=3)
+    return variance == "learned_range"
 
 
 def _named_schedule(schedule: NoiseSchedule) -> Optional[dict]:
@@ -188,5 +210,5 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     return torch.cat([times, torch.tensor([end], dtype=torch.float64)])
 
 
-__all__ = ["BETA_SCHEDULES", "schedule_from_diffusers", "scheduler_config", "scheduler_from_schedule",
+__all__ = ["BETA_SCHEDULES", "schedule_from_diffusers", "learned_variance_of", "scheduler_config", "scheduler_from_schedule",
            "grid_from_diffusers"]

@@ -66,7 +66,11 @@ class StableDiffusion:
         f = self.vae_scale_factor
         size = self.unet.config.sample_size
         size = size if isinstance(size, int) else size[0]
-        height, width = height or size * f, width or size * f
+        height = size * f if height is None else height
+        width = size * f if width is None else width
+        if isinstance(height, bool) or isinstance(width, bool) or not (isinstance(height, int) and isinstance(width, int)
+                                                                       and height > 0 and width > 0):
+            raise DiffkitError(f"height={height!r}, width={width!r} are not allowed; give positive multiples of {f}")
         if height % f or width % f:
             raise DiffkitError(f"height x width {height}x{width} must be multiples of the VAE factor {f}")
         return (batch, self.unet.config.in_channels, height // f, width // f)
@@ -139,6 +143,22 @@ def _read_index(directory: Path) -> dict:
     return index
 
 
+def check_stable_diffusion_unet(config: dict, directory) -> None:
+    """The text-to-image UNet2DConditionModel that :func:`text_to_image` drives: conditioned on
+    the text encoder's states alone, on the VAE's latents. SD-XL (``addition_embed_type``: pooled
+    text and size conditioning), class / time-embedding conditions and inpainting or depth UNets
+    (extra input channels) need inputs diffkit does not give: refused here, before loading."""
+    extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type",
+                                                  "time_cond_proj_dim") if config.get(key) is not None]
+    if extra:
+        raise DiffkitError(f"{directory} has a UNet with {', '.join(extra)} (e.g. SD-XL); diffkit samples Stable "
+                           f"Diffusion 1.x/2.x-style UNets conditioned on the text encoder alone")
+    in_channels, out_channels = config.get("in_channels", 4), config.get("out_channels", 4)
+    if in_channels != out_channels:
+        raise DiffkitError(f"{directory} has a UNet with in_channels={in_channels} and out_channels={out_channels} "
+                           f"(an inpainting or depth model takes extra inputs); allowed: in_channels = out_channels")
+
+
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads)."""
     diffusers, transformers = require("diffusers"), require("transformers")
@@ -146,6 +166,7 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     index = _read_index(directory)
     device = torch.device(device)
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle (.bin)
+    check_stable_diffusion_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
@@ -204,8 +225,10 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         shape = sd.latent_shape(batch, height, width)
         noise = shape
     else:
-        if latents.shape[0] != batch:
-            raise DiffkitError(f"latents have batch {latents.shape[0]} for {batch} prompts")
+        expected = sd.latent_shape(batch, height, width)
+        if latents.ndim != 4 or latents.shape[0] != batch or latents.shape[1] != expected[1]:
+            raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected ({batch}, "
+                               f"{expected[1]}, h, w) for {batch} prompts")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=sd.cond(context),
                 progress=progress, device=sd.device, dtype=sd.dtype, **options)
