@@ -419,7 +419,6 @@ def test_cli_bad_guidance_input_is_one_line_exit_2(extra, pattern, checkpoints, 
 
 
 def test_train_classifier_command(tmp_path, capsys, monkeypatch):
-    import diffkit.cli as cli
     out = tmp_path / "clf.safetensors"
     code, res = run_cli(capsys, "train-classifier", "--dataset", "digits", "--img-size", 8, "--steps", 2,
                         "--channel", 8, "--channel-mult", "1,2", "--attn", "", "--batch-size", 8, "--out", out,

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from diffkit.errors import DiffkitError
 from diffkit.metrics import inception_score, kernel_inception_distance, precision_recall

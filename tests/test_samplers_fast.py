@@ -230,7 +230,7 @@ class _Scripted:
 
 
 def _phi(schedule, x, e, t, s):
-    (a_t, s_t), (a_s, s_s) = _alpha_sigma(schedule, t), _alpha_sigma(schedule, s)
+    (a_t, _), (a_s, _) = _alpha_sigma(schedule, t), _alpha_sigma(schedule, s)
     # PNDM eq. 9: x_s = sqrt(abar_s/abar_t) x_t - (abar_s - abar_t) e /
     #                   (sqrt(abar_t) (sqrt((1 - abar_s) abar_t) + sqrt((1 - abar_t) abar_s)))
     ab_t, ab_s = a_t ** 2, a_s ** 2
@@ -373,7 +373,6 @@ def test_singlestep_order_split_follows_the_fast_method():
 # ------------------------------------------------------------------ batches, precision, NFE
 @pytest.mark.parametrize("name", FAST)
 def test_batch_size_invariance(schedule, mixture, name):
-    info = REGISTRY[name]
     den = Denoiser(mixture.network(schedule), schedule)
     noise = torch.randn(16, 3, generator=torch.Generator().manual_seed(8), dtype=F64)
     steps = 6

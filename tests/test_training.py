@@ -2,7 +2,6 @@
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -141,7 +140,6 @@ def test_corrupt_and_truncated_checkpoints_are_refused(tmp_path):
 def test_a_flipped_bit_in_the_metadata_is_refused(tmp_path):
     """The step, learning rate or config live in the header's JSON: a bit flipped there (step 3 -> 7)
     must fail like one in a weight. A file without the metadata checksum (older diffkit) still loads."""
-    import json
     import struct
 
     path = ckpt.save_checkpoint(tmp_path / "c.safetensors", {"w": torch.arange(4.0)}, {"step": 3, "lr": 1e-4})
