@@ -158,6 +158,11 @@ class TrainConfig:
                 _check_bounds(name, value, low, high, low_incl, high_incl)
         for name, allowed in _CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
+        for name in ("save_weight_dir", "sampled_dir", "data_dir"):  # "" would quietly mean the current folder
+            if getattr(self, name) == "":
+                raise DiffkitError(f"{name}='' is not allowed; give a folder ('.' for the current one)")
+        if self.in_channels is not None:  # images (the autoencoder's input in a latent model): grey or RGB
+            check_choice("in_channels", self.in_channels, (1, 3))
         if not _DEVICE_RE.fullmatch(self.device):
             raise DiffkitError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
         self._check_cross_fields()
@@ -226,7 +231,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        """Read ``.json``, ``.toml`` (tomllib) or ``.yaml``/``.yml`` (PyYAML safe loader)."""
+        """Read ``.json``, ``.toml`` (tomllib) or ``.yaml``/``.yml`` (PyYAML safe loader); a key
+        given twice is refused in each."""
         path = Path(path)
         if not path.is_file():
             raise DiffkitError(f"config file not found: {path}")
@@ -235,14 +241,14 @@ class TrainConfig:
         try:
             text = path.read_text(encoding="utf-8")
             if suffix == ".json":
-                data = json.loads(text)
+                data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
             elif suffix == ".toml":
                 data = _tomllib().loads(text)
             else:
                 import yaml
                 data = yaml.load(text, Loader=_yaml_loader())
-        except DiffkitError:
-            raise
+        except DiffkitError as err:
+            raise DiffkitError(f"{path}: {err}") from None
         except Exception as err:  # each parser has its own error class; report any as one line
             raise DiffkitError(f"cannot parse {path}: {err}") from None
         return cls.from_dict(data if data is not None else {})
@@ -538,12 +544,26 @@ def _to_toml(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _no_duplicate_keys(pairs: list) -> dict:
+    """A mapping from (key, value) pairs that refuses a key given twice (JSON and YAML would keep
+    the last one silently; TOML refuses it itself)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DiffkitError(f"key {key!r} is given twice; give each setting once")
+        seen.add(key)
+    return dict(pairs)
+
+
 def _yaml_loader():
     """PyYAML's SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 needs a dot: ``1.0e-4``)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+            _no_duplicate_keys([(key, None) for key in keys])
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",

@@ -102,6 +102,12 @@ def test_file_errors(tmp_path):
     one_line_error(lambda: TrainConfig.from_file(tmp_path / "list.yaml"), "mapping")
     (tmp_path / "evil.yaml").write_text("lr: !!python/object/apply:os.system ['true']\n")
     one_line_error(lambda: TrainConfig.from_file(tmp_path / "evil.yaml"), "evil.yaml")
+    # a setting given twice (JSON and YAML kept the last one silently)
+    for name, text in (("dup.json", '{"lr": 1e-4, "lr": 2e-4}'), ("dup.yaml", "lr: 1.0e-4\nlr: 2.0e-4\n"),
+                       ("dup.toml", "lr = 1e-4\nlr = 2e-4\n")):
+        (tmp_path / name).write_text(text)
+        one_line_error(lambda: TrainConfig.from_file(tmp_path / name), name)
+    assert "given twice" in one_line_error(lambda: TrainConfig.from_file(tmp_path / "dup.yaml"))
     # TOML has no null: a None whose default is not None cannot be written.
     cfg = TrainConfig(grad_clip=None)
     one_line_error(lambda: cfg.to_file(tmp_path / "c.toml"), "grad_clip")
@@ -162,6 +168,7 @@ BAD_VALUES = [
     ("text_conditioning", "yes", "text_conditioning='yes'"), ("text_pooled", 1, "text_pooled=1"), ("context_dim", 0, "context_dim=0"),
     ("text_width", 0, "text_width=0"), ("text_layers", -1, "text_layers=-1"), ("text_heads", 0, "text_heads=0"),
     ("max_prompt_tokens", 2, "max_prompt_tokens=2"),
+    ("save_weight_dir", "", "save_weight_dir=''"), ("data_dir", "", "data_dir=''"), ("in_channels", 2, "in_channels=2"),
     ("channel", 1, "channel=1"), ("num_res_blocks", 0, "num_res_blocks=0"), ("num_workers", 100000, "num_workers="),
 ]
 
