@@ -283,3 +283,27 @@ def test_first_line_of_an_error_is_plain_and_short():
     assert first_line(OSError()) == "OSError"
     cut = first_line(RuntimeError("word " * 60), limit=30)
     assert cut.endswith(" ...") and len(cut) <= 34 and "wor ..." not in cut
+
+
+def test_a_demo_rerun_replaces_the_earlier_demo_run_and_nothing_else(tmp_path):
+    """Running the Quick start twice: the second run starts fresh (the first one's checkpoints of
+    later steps used to stay beside it); a folder holding any other run is refused."""
+    import torch
+
+    from diffkit import checkpoint as ckpt
+    from diffkit.commands.demo import DEMO_CONFIG, replace_earlier_demo_run
+    from diffkit.errors import DiffkitError
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    assert not replace_earlier_demo_run(folder)
+    for name in ("latest.safetensors", "ckpt_00001500.safetensors"):
+        ckpt.save_checkpoint(folder / name, {"w": torch.zeros(1)}, {"config": dict(DEMO_CONFIG), "step": 1500})
+    (folder / "train_log.csv").write_text("step\n")
+    (folder / "notes.txt").write_text("mine")
+    assert replace_earlier_demo_run(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    ckpt.save_checkpoint(folder / "latest.safetensors", {"w": torch.zeros(1)},
+                         {"config": {**DEMO_CONFIG, "channel": 128}, "step": 3})
+    with pytest.raises(DiffkitError, match="already holds a run"):
+        replace_earlier_demo_run(folder)
+    assert (folder / "latest.safetensors").is_file()

@@ -42,9 +42,29 @@ def demo_config(out: str, steps=None, device=None):
     return TrainConfig.from_dict(data)
 
 
+def replace_earlier_demo_run(folder) -> bool:
+    """A demo run starts fresh: an earlier demo run in its checkpoint folder (recognised by the
+    demo's data set and network in its ``latest.safetensors``) is removed, files the demo writes
+    only; a folder holding any other run is refused, as ``diffkit train`` refuses it."""
+    from ..checkpoint import peek_metadata
+    from .train import check_no_run_in
+    folder = Path(folder)
+    latest = folder / "latest.safetensors"
+    if not latest.is_file():
+        return False
+    saved = (peek_metadata(latest) or {}).get("config") or {}
+    if any(saved.get(key) != DEMO_CONFIG[key] for key in ("dataset", "img_size", "channel", "channel_mult", "attn")):
+        check_no_run_in(folder)  # not a demo run: refused with the --resume command
+    for path in [latest, folder / "train_log.csv", folder / "loss_curve.png", *folder.glob("ckpt_*.safetensors")]:
+        path.unlink(missing_ok=True)
+    return True
+
+
 def run(args) -> int:
     from .train import train_and_sample
     cfg = demo_config(args.out, args.steps, args.device)
+    if replace_earlier_demo_run(cfg.save_weight_dir):
+        print(f"replacing the earlier demo run in {args.out}", flush=True)
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")
     check_writable_dir(cfg.sampled_dir, "sample directory")
     code = train_and_sample(cfg, progress=args.progress, scale=4)  # 16x16 digits: show them 4x larger
