@@ -191,6 +191,9 @@ class TrainConfig:
             if width % self.num_heads:
                 raise DiffkitError(f"num_heads={self.num_heads} must divide the {width} channels of attention "
                                    f"level {level} (channel * channel_mult[{level}])")
+        if self.loss == "hybrid" and not self.learned_variance:
+            raise DiffkitError("loss='hybrid' needs learned_variance=True: its L_vlb term trains the variance "
+                               "output (Improved DDPM, Sec. 3.1); with a fixed variance use loss='simple'")
         if self.learned_variance and self.loss != "hybrid":
             raise DiffkitError("learned_variance=True needs loss='hybrid': L_simple gives the variance output no "
                                "gradient (Improved DDPM, Sec. 3.1)")

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import diffusion
-from .errors import check_choice
+from .errors import DiffkitError, check_choice
 from .schedule import NoiseSchedule
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
@@ -102,7 +102,8 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     """Per-example training loss for a batch at integer timesteps ``t`` (DDPM Alg. 1, line 5).
 
     ``loss_type``: ``simple`` (L_simple), ``hybrid`` (L_simple + lambda L_vlb, needs a learned
-    variance) or ``vlb`` (L_vlb alone). L_vlb is estimated by T times the sampled term in
+    variance; the L_vlb term with a stop-gradient on the mean) or ``vlb`` (L_vlb alone, which trains
+    the mean and the variance). L_vlb is estimated by T times the sampled term in
     bits/dim, so lambda = 0.001 reproduces improved-diffusion's ``vb * T/1000``.
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
@@ -125,9 +126,11 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     if loss_type == "simple":
         return LossOutput(loss=mse, mse=mse)
     if var_values is None:
-        raise ValueError(f"loss_type={loss_type!r} needs a network with a learned variance")
-    # Stop-gradient on the mean: the VLB term trains only the variance (Improved DDPM Sec. 3.1).
-    _, x0_pred = diffusion.eps_x0_from_output(out.detach(), x_t, alpha, sigma, prediction_type)
+        raise DiffkitError(f"loss_type={loss_type!r} needs a network with a learned variance")
+    # In L_hybrid the VLB term trains only the variance, L_simple the mean: a stop-gradient on the
+    # mean (Improved DDPM Sec. 3.1); L_vlb alone trains both.
+    mean_out = out.detach() if loss_type == "hybrid" else out
+    _, x0_pred = diffusion.eps_x0_from_output(mean_out, x_t, alpha, sigma, prediction_type)
     vlb = vlb_term_bpd(schedule, x0, x_t, t64, x0_pred, "learned_range", var_values)
     vlb = vlb * schedule.num_timesteps  # T x one term (bits/dim) estimates the full L_vlb
     if loss_type == "vlb":

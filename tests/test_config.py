@@ -187,6 +187,7 @@ def test_cross_field_rules():
     one_line_error(lambda: TrainConfig(learned_variance=True), "learned_variance", "hybrid")
     assert TrainConfig(learned_variance=True, loss="hybrid").learned_variance
     one_line_error(lambda: TrainConfig(zero_terminal_snr=True), "zero_terminal_snr", "v_prediction")
+    one_line_error(lambda: TrainConfig(loss="hybrid"), "loss='hybrid' needs learned_variance=True")
     assert TrainConfig(zero_terminal_snr=True, prediction_type="v_prediction").zero_terminal_snr
     one_line_error(lambda: TrainConfig(img_size=28, channel_mult=[1, 2, 2, 2]), "img_size=28", "8")
     assert TrainConfig(img_size=28, channel_mult=[1, 2, 2], attn=[1]).img_size == 28

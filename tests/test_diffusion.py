@@ -134,6 +134,33 @@ def test_l_simple_is_zero_for_the_true_target_and_hybrid_adds_lambda_T_vlb():
     assert (out.vlb[1:] >= 0).all()
 
 
+def test_the_stop_gradient_on_the_mean_is_hybrids_alone():
+    """Improved DDPM Sec. 3.1: in L_hybrid, L_vlb trains only the variance (the mean is detached
+    there); L_vlb alone must train the mean too. A linear 'network' out = a * x_t, v = b."""
+    x0, noise, t = rand(3, 1, 2, 2), rand(3, 1, 2, 2), torch.tensor([1, 37, 600])
+    a = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+
+    def net(x_t, tt):
+        return torch.cat([a * x_t, b * torch.ones_like(x_t)], 1)
+
+    def vlb_sum(a_value):  # L_vlb at a given a, for a finite difference (no autograd)
+        with torch.no_grad():
+            def fixed(x_t, tt):
+                return torch.cat([a_value * x_t, b * torch.ones_like(x_t)], 1)
+            return losses.training_losses(fixed, S, x0, t, noise, loss_type="vlb", learned_variance=True).loss.sum()
+
+    losses.training_losses(net, S, x0, t, noise, loss_type="vlb", learned_variance=True).loss.sum().backward()
+    h = 1e-6
+    expected = (vlb_sum(0.7 + h) - vlb_sum(0.7 - h)) / (2 * h)
+    assert expected.abs() > 1e-3 and a.grad.item() == pytest.approx(expected.item(), rel=1e-5)
+    a.grad = None
+    out = losses.training_losses(net, S, x0, t, noise, loss_type="hybrid", learned_variance=True)
+    out.vlb.sum().backward()
+    assert a.grad is None or a.grad.item() == 0.0  # the mean gets no gradient from L_vlb in L_hybrid
+    assert b.grad.abs().item() > 0
+
+
 def test_min_snr_weights():
     t = torch.tensor([1.0, 500.0])
     snr = S.alpha_bar(t) / (1 - S.alpha_bar(t))
