@@ -10,7 +10,10 @@ Batches are filed under a folder named by a digest of everything that decides th
 network's (and a latent decoder's) weights (:func:`diffkit.checkpoint.tensors_digest`), the
 denoiser's settings (schedule, prediction type, mixed precision, compile mode), the device type,
 and the sampler, its steps and options. The batch's first index, size and seed name the file (so
-only a run with the same batch size reuses it), and its class labels are checked on load. The
+only a run with the same batch size reuses it), and its class labels are checked on load. A
+batch file is a diffkit checkpoint (:mod:`diffkit.checkpoint`: sha256 over its tensors and
+metadata), so a damaged one fails its checksum and is sampled again (batches cached before the
+checksums, up to 5 December 2026, are read without one). The
 digest does not cover diffkit's or PyTorch's own code: clear the folder after upgrading either if
 exact reproducibility matters.
 """
@@ -24,9 +27,8 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from .checkpoint import atomic_write_bytes, tensors_digest
+from .checkpoint import atomic_write_bytes, load_checkpoint, peek_metadata, save_checkpoint, tensors_digest
 from .errors import DiffkitError
 
 
@@ -94,8 +96,11 @@ class SampleCache:
         if not path.exists():
             return None
         try:
-            tensors = st_load(path.read_bytes())
-        except (OSError, SafetensorError):
+            if peek_metadata(path) is not None:  # written with checksums: a damaged file is sampled again
+                tensors, _ = load_checkpoint(path)
+            else:  # a batch cached before the checksums (unverified) or a file that does not parse
+                tensors = st_load(path.read_bytes())
+        except (OSError, SafetensorError, DiffkitError):
             return None
         images = tensors.get("images")
         if images is None or images.shape[0] != count:
@@ -117,7 +122,7 @@ class SampleCache:
             tensors["labels"] = labels.detach().cpu().contiguous()
         path = self._folder(settings) / self._name(start, count, seed)
         try:
-            atomic_write_bytes(path, st_save(tensors))
+            save_checkpoint(path, tensors, {"kind": "samples"})  # atomic, with sha256 checksums
         except DiffkitError as err:
             raise DiffkitError(f"sample cache: {err}") from None
         self.saved += 1

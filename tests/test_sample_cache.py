@@ -92,6 +92,14 @@ def test_a_damaged_batch_file_is_sampled_again(checkpoint, tmp_path):
     cache = SampleCache(tmp_path, d)
     images, _ = draw(d, cache)
     assert (cache.loaded, cache.saved) == (2, 1) and torch.equal(images, plain)
+    # flipped bits inside the images (the file still parses): the checksum catches them
+    second = sorted(tmp_path.glob("*/samples-*"))[1]
+    data = bytearray(second.read_bytes())
+    data[-9] ^= 0x20
+    second.write_bytes(bytes(data))
+    cache = SampleCache(tmp_path, d)
+    images, _ = draw(d, cache)
+    assert (cache.loaded, cache.saved) == (2, 1) and torch.equal(images, plain)
 
 
 def test_experiment_cache_dir_reuses_batches_through_the_cli(checkpoint, tmp_path, capsys):
