@@ -103,7 +103,11 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
             found = None if ledger is None else ledger.get(settings, num, seed)
             if found is not None:
                 scores, nfe[i][j] = found
-                values[i][j] = scores[metric][PRIMARY_FIELD[metric]]
+                value = (scores.get(metric) or {}).get(PRIMARY_FIELD[metric])
+                if value is None:
+                    raise DiffkitError(f"score ledger {ledger_path} has a damaged cell ({_row_name(row)} at {steps} "
+                                       f"steps has no {metric}); mend or remove that cell, or give another --ledger path")
+                values[i][j] = value
                 if progress:
                     print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g} "
                           f"(from the ledger)", flush=True)

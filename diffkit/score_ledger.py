@@ -91,6 +91,11 @@ class ScoreLedger:
                                f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
                                f"{LEDGER_FORMAT!r}); give another --ledger path")
         data.setdefault("identities", {})
+        if not isinstance(data["identities"], dict) or not isinstance(data.get("cells", {}), dict):
+            raise DiffkitError(f"score ledger {self.path} is damaged ('identities' and 'cells' must be objects); "
+                               "move it away or give another --ledger path")
+        for cell in data.get("cells", {}).values():
+            self._check_scores(cell)
         # the keys are re-derived from what each cell stores, so they follow canonical_settings (a
         # cell stores its time grid written out, so a later change of a sampler's default grid
         # does not make it a cell of the new grid)
@@ -101,6 +106,21 @@ class ScoreLedger:
             raise DiffkitError(f"score ledger {self.path} has a damaged cell (no {err}); "
                                "mend or remove that cell, or give another --ledger path") from None
         return data
+
+    def _check_scores(self, cell) -> None:
+        """A cell's scores: {metric: {field: number}}; null (how JSON writes NaN) reads as NaN."""
+        scores = cell.get("scores") if isinstance(cell, dict) else None
+        ok = isinstance(scores, dict) and scores and all(isinstance(v, dict) for v in scores.values())
+        if ok:
+            for fields in scores.values():
+                for name, value in fields.items():
+                    if value is None:
+                        fields[name] = float("nan")
+                    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                        ok = False
+        if not ok:
+            raise DiffkitError(f"score ledger {self.path} has a damaged cell (its scores are {scores!r:.60}); "
+                               "mend or remove that cell, or give another --ledger path")
 
     def _key(self, settings: dict, num: int, seed: int, identity: Optional[str] = None) -> str:
         from .samplers.registry import canonical_settings

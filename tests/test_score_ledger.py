@@ -199,3 +199,38 @@ def test_a_damaged_cell_is_a_one_line_error(checkpoint, tmp_path):
     ledger.write_text(json.dumps(data))
     with pytest.raises(DiffkitError, match="damaged cell .*'sampling'"):
         table(d, ledger)
+
+
+@pytest.mark.parametrize("damage", ["no scores", "empty scores", "a string", "identities a list", "no metric"])
+def test_every_kind_of_hand_damage_is_a_one_line_error(checkpoint, tmp_path, damage):
+    ledger = tmp_path / "ledger.json"
+    d = load_denoiser(checkpoint)
+    table(d, ledger)
+    data = json.loads(ledger.read_text())
+    cell = next(iter(data["cells"].values()))
+    if damage == "no scores":
+        cell.pop("scores")
+    elif damage == "empty scores":
+        cell["scores"] = {}
+    elif damage == "a string":
+        cell["scores"]["confidence"] = {k: "high" for k in cell["scores"]["confidence"]}
+    elif damage == "identities a list":
+        data["identities"] = []
+    else:
+        cell["scores"] = {"other-metric": {"value": 1.0}}
+    ledger.write_text(json.dumps(data))
+    with pytest.raises(DiffkitError, match="damaged") as err:
+        table(d, ledger)
+    assert "\n" not in str(err.value)
+
+
+def test_a_nan_cell_written_as_null_reads_back_as_nan(checkpoint, tmp_path):
+    ledger = tmp_path / "ledger.json"
+    d = load_denoiser(checkpoint)
+    table(d, ledger)
+    data = json.loads(ledger.read_text())
+    for cell in data["cells"].values():
+        cell["scores"]["confidence"] = {k: None for k in cell["scores"]["confidence"]}  # json writes NaN as null
+    ledger.write_text(json.dumps(data))
+    result = table(d, ledger)
+    assert all(v != v for row in result.values for v in row)  # NaN, taken from the ledger, not re-sampled
