@@ -261,10 +261,35 @@ class SampleScorer:
                            f"train an evaluator at this size with 'diffkit train-evaluator --img-size "
                            f"{images.shape[-1]}' ({what})")
 
+    def check_request(self, num: int, labeled: bool) -> None:
+        """Refuse, before any sampling, a count or labelling these metrics cannot score: fewer than
+        ``MIN_EVAL_SAMPLES`` images, ``pr`` with at most ``PR_NEIGHBOURS``, ``class-accuracy``
+        without class labels."""
+        check_sample_count(int(num))
+        if "pr" in self.metrics and min(num, self.num_reference) <= PR_NEIGHBOURS:
+            raise DiffkitError(f"pr needs more than {PR_NEIGHBOURS} samples and reference images; "
+                               f"got {num} and {self.num_reference}")
+        if "class-accuracy" in self.metrics and not labeled:
+            raise DiffkitError("class-accuracy needs the class labels of the samples: use a "
+                               "class-conditional checkpoint (images from --samples have none)")
+
+    def _inception_score(self, logits: np.ndarray, what: str) -> dict:
+        """IS over ``is_splits`` splits of at least two samples each (a split of one sample scores
+        exactly 1, whatever the image): fewer splits, with a warning, for fewer than 2 x is_splits."""
+        from .metrics import inception_score
+        n = int(logits.shape[0])
+        splits = max(1, min(self.is_splits, n // 2))
+        if splits < self.is_splits:
+            warnings.warn(f"{what}: {n} samples give {splits} split(s) of >= 2 samples instead of "
+                          f"{self.is_splits}; use at least {2 * self.is_splits} samples (the score is usually "
+                          f"reported on 50,000)", RuntimeWarning, stacklevel=3)
+        score = inception_score(logits, splits=splits)
+        return {"mean": score.mean, "std": score.std, "num_samples": n, "splits": splits}
+
     def score(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, dict]:
         """{metric: {field: value}} for a tensor of images (N, C, H, W) in [-1, 1]."""
-        from .metrics import extract_features, inception_score, kernel_inception_distance, precision_recall
-        check_sample_count(int(images.shape[0]))
+        from .metrics import extract_features, kernel_inception_distance, precision_recall
+        self.check_request(int(images.shape[0]), labels is not None)
         out: dict[str, dict] = {}
         n = int(images.shape[0])
         if self.evaluator is not None and set(EVALUATOR_METRICS) & set(self.metrics):
@@ -276,12 +301,8 @@ class SampleScorer:
                 out["fd-classifier"] = _frechet(feats, self.reference_classifier, feats.shape[1],
                                                 "fd-classifier")
             if "classifier-score" in self.metrics:
-                score = inception_score(logits, splits=min(self.is_splits, n))
-                out["classifier-score"] = {"mean": score.mean, "std": score.std, "num_samples": n}
+                out["classifier-score"] = self._inception_score(logits, "classifier-score")
             if "class-accuracy" in self.metrics:
-                if labels is None:
-                    raise DiffkitError("class-accuracy needs the class labels of the samples: use a "
-                                       "class-conditional checkpoint (images from --samples have none)")
                 accuracy = float((logits.argmax(1) == np.asarray(labels)).mean())
                 out["class-accuracy"] = {"value": accuracy, "num_samples": n}
             if "confidence" in self.metrics:
@@ -291,16 +312,12 @@ class SampleScorer:
             if "fid" in self.metrics:
                 out["fid"] = _frechet(feats, self.reference_inception[1], feats.shape[1], "fid")
             if "is" in self.metrics:
-                score = inception_score(logits, splits=min(self.is_splits, n))
-                out["is"] = {"mean": score.mean, "std": score.std, "num_samples": n}
+                out["is"] = self._inception_score(logits, "is")
             if "kid" in self.metrics:
                 kid = kernel_inception_distance(feats, self.reference_inception[0],
                                                 subset_size=self.kid_subset_size)
                 out["kid"] = {"mean": kid.mean, "std": kid.std, "num_samples": n}
             if "pr" in self.metrics:
-                if min(n, self.num_reference) <= PR_NEIGHBOURS:
-                    raise DiffkitError(f"pr needs more than {PR_NEIGHBOURS} samples and reference images; "
-                                       f"got {n} and {self.num_reference}")
                 pr = precision_recall(self.reference_inception[0], feats, k=PR_NEIGHBOURS)
                 out["pr"] = {"precision": pr.precision, "recall": pr.recall, "num_samples": n}
         return {m: out[m] for m in self.metrics if m in out}
@@ -400,6 +417,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
     check_range("num", num, 1, None, integer=True)
     check_sample_count(num)
+    if set(names) & set(NLL_METRICS):  # before any sampling or scoring
+        check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
     inception = net = denoiser = None
     if set(names) & set(INCEPTION_METRICS):
         from .metrics import load_inception
@@ -459,6 +478,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     if sample_names:
         scorer = SampleScorer(sample_names, reference, evaluator=net, inception=inception,
                               batch_size=batch_size, device=device)
+        scorer.check_request(num if images is None else int(images.shape[0]),
+                             images is None and sample_labels(denoiser, 1) is not None)
         if images is None:
             labels = sample_labels(denoiser, num)
             start = time.perf_counter()
@@ -476,7 +497,6 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         results.update(scorer.score(images, labels))
     if set(names) & set(NLL_METRICS):
         nll_images = reference[:nll_num]
-        check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
         if "nll" in names:
             results["nll"] = nll_bits_per_dim(denoiser, nll_images, batch_size=batch_size, seed=seed, progress=progress)
         if "nll-strided" in names:

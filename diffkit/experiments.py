@@ -75,6 +75,7 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     metric = _check_metric(scorer)
     steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
     labels = sample_labels(denoiser, num)
+    scorer.check_request(num, labels is not None)  # before any cell is sampled
     if thresholding is not None:
         notes.append(f"predicted x0 thresholding: {thresholding}")
     if getattr(denoiser, "mixed_precision", "no") != "no":

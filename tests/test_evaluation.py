@@ -178,6 +178,34 @@ def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
                             "--evaluator", ev, "--out", tmp_path], "nll")
 
 
+def test_what_cannot_be_scored_is_refused_before_any_sampling(run_dir, tmp_path, capsys):
+    """A count or metric the scorer cannot take was refused only after sampling (and caching) a cell."""
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    ev = run_dir / "ev.safetensors"
+    cache = tmp_path / "cache"
+    common = ["experiment", "ddim-table", "--checkpoint", ckpt, "--etas", "0", "--steps", "2", "--evaluator", ev,
+              "--cache-dir", cache, "--out", tmp_path / "t", "--device", "cpu"]
+    one_line_error(capsys, [*common, "--num", 1], "too few")
+    one_line_error(capsys, [*common, "--num", 4, "--metric", "class-accuracy"], "class-conditional")
+    assert not list(cache.rglob("samples-*"))
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--evaluator", ev, "--metrics", "fd-classifier,nll-strided",
+                            "--nll-num", 1, "--num", 4, "--save-samples", tmp_path / "saved",
+                            "--out", tmp_path / "r.json"], "nll_num=1")
+    assert not (tmp_path / "saved").exists()
+
+
+def test_an_inception_score_of_few_samples_keeps_two_per_split(run_dir):
+    """With splits = min(10, n), n <= 10 gave splits of one sample, whose score is exactly 1."""
+    from diffkit.evaluation import SampleScorer
+    from diffkit.metrics import load_evaluator
+    scorer = SampleScorer(["classifier-score"], evaluator=load_evaluator(run_dir / "ev.safetensors"))
+    images, _ = reference_images("digits", train=False, img_size=8)
+    with pytest.warns(RuntimeWarning, match="7 samples give 3 split"):
+        score = scorer.score(images[:7])["classifier-score"]
+    assert score["splits"] == 3 and score["mean"] > 1.0 + 1e-4  # splits of one sample gave exactly 1
+    assert scorer.score(images[:40])["classifier-score"]["splits"] == 10
+
+
 def test_table_plots_use_a_log_scale_when_one_cell_diverged(tmp_path, monkeypatch):
     import matplotlib.axes
     from diffkit.experiments import ExperimentTable, plot_table

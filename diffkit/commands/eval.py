@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
-                      check_writable_dir, positive_int, seed_int)
+                      check_writable_dir, missing_dirs, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def add_source_flags(p) -> None:
@@ -71,11 +71,12 @@ def run(args) -> int:
         parse_eta(args.eta)
     device = str(resolve_device(args.device))
     check_output_file(args.out, "--out", ".json")
+    new_dirs = [d for folder in (args.save_samples, args.cache_dir) if folder for d in missing_dirs(folder)]
     if args.save_samples:
         check_writable_dir(args.save_samples, "sample directory")
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, removed_if_empty_on_failure(new_dirs):
         warnings.simplefilter("always", RuntimeWarning)
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
                           data_dir=args.data_dir, num=args.num, sampler=args.sampler, steps=args.steps,
