@@ -329,16 +329,19 @@ def nll_bits_per_dim(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequ
     """Mean VLB in bits/dim of ``images`` (in [-1, 1], 8-bit data), with its standard error.
 
     ``timesteps=None`` is the full bound (DDPM eq. 5; T network calls per batch); a strided list
-    (see :func:`strided_timesteps`) is the faster estimate.
+    (see :func:`strided_timesteps`) is the faster estimate. Image i's noise comes from its own
+    generator (seed ``seed + i``, :func:`diffkit.noise.generators_from_seed`), so the value does not
+    depend on ``batch_size``.
     """
     from .likelihood import variational_bound
+    from .noise import generators_from_seed
     check_sample_count(int(images.shape[0]), "NLL images")
     device = next(denoiser.model.parameters()).device if hasattr(denoiser, "model") else "cpu"
-    generator = torch.Generator().manual_seed(seed)
+    generators = generators_from_seed(seed, int(images.shape[0]))
     totals, start_time = [], time.perf_counter()
     for start in range(0, images.shape[0], batch_size):
         x0 = images[start:start + batch_size].to(device)
-        totals.append(variational_bound(denoiser, x0, timesteps=timesteps, generator=generator,
+        totals.append(variational_bound(denoiser, x0, timesteps=timesteps, generator=generators[start:start + batch_size],
                                         progress=progress).total)
     total = torch.cat(totals).double()
     n = int(total.numel())
@@ -472,7 +475,17 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     reference = None
     if ref is not None:
         reference, _ = reference_images(ref, data_dir, train=False, img_size=size, channels=channels, limit=ref_num)
-        settings.update(reference=ref, reference_split="test", num_reference=int(reference.shape[0]))
+        settings.update(reference=ref, reference_split="test", num_reference=int(reference.shape[0]),
+                        data_dir=None if data_dir is None else str(data_dir))
+    # the other inputs that change the numbers: the weights set, the scoring networks' files, the batch
+    from .latent import file_sha256
+    settings["batch_size"] = batch_size
+    if denoiser is not None:
+        settings["ema"] = bool(use_ema)
+    for name, path in (("evaluator", evaluator if net is not None else None),
+                       ("inception_weights", inception_weights if inception is not None else None)):
+        if path is not None and Path(path).is_file():
+            settings[name] = {"file": str(path), "sha256": file_sha256(path)}
     results: dict[str, dict] = {}
     sample_names = [m for m in names if m in SAMPLE_METRICS]
     if sample_names:

@@ -79,6 +79,9 @@ def test_eval_fd_classifier_matches_the_metric_on_the_saved_samples(run_dir, tmp
     assert fd["value"] == pytest.approx(expected, rel=0.02)
     assert 0.1 <= result["metrics"]["confidence"]["value"] <= 1.0
     assert 1.0 <= result["metrics"]["classifier-score"]["mean"] <= 10.0
+    # the settings name the evaluator file by its digest (another evaluator gives other numbers)
+    assert result["settings"]["evaluator"]["file"] == str(run_dir / "ev.safetensors")
+    assert len(result["settings"]["evaluator"]["sha256"]) == 64
 
 
 def test_eval_of_the_reference_images_themselves_is_zero_distance(run_dir, tmp_path, capsys):
@@ -101,14 +104,19 @@ def test_nll_is_finite_and_the_strided_estimate_is_close(run_dir):
     assert math.isfinite(full["bpd"]) and full["bpd"] > 0
     assert full["timesteps_evaluated"] == 100 and strided["timesteps_evaluated"] == len(ts)
     assert abs(strided["bpd"] - full["bpd"]) < 0.02 * full["bpd"]
+    # each image's noise is its own (seed + i): the batch size does not change the estimate
+    by_five = nll_bits_per_dim(denoiser, images, timesteps=ts, seed=0, batch_size=5)
+    assert by_five["bpd"] == pytest.approx(strided["bpd"], rel=1e-6)
 
 
 def test_eval_nll_through_the_cli(run_dir, tmp_path, capsys):
     out = tmp_path / "nll.json"
     assert main(["eval", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--metrics", "nll,nll-strided",
                  "--nll-num", 4, "--out", out, "--device", "cpu", "--no-progress"]) == 0
-    metrics = json.loads(out.read_text())["metrics"]
+    result = json.loads(out.read_text())
+    metrics = result["metrics"]
     assert metrics["nll"]["num_images"] == 4
+    assert result["settings"]["ema"] is True and result["settings"]["batch_size"] > 0
     assert metrics["nll-strided"]["minus_full"] == pytest.approx(metrics["nll-strided"]["bpd"] - metrics["nll"]["bpd"])
     assert "nll-strided" in capsys.readouterr().out
 
