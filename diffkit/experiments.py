@@ -262,12 +262,25 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
         ax.legend(title=table.row_label, fontsize=8)
     ax.set_title(caption, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    import io
+
+    from .checkpoint import atomic_write_bytes
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())  # a stop mid-way leaves the old file or none
+
+
+TABLE_SUFFIXES = (".md", ".csv", ".json", ".png")
+
+
+def check_table_outputs(out_dir: str | Path, stem: str) -> None:
+    """Before a table is computed: none of the files :func:`write_table` writes may be a folder."""
+    for suffix in TABLE_SUFFIXES:
+        path = Path(out_dir) / f"{stem}{suffix}"
+        if path.is_dir():
+            raise DiffkitError(f"{str(path)!r} is a folder; the table writes a file there (give another --out or "
+                               f"--name)")
 
 
 def write_table(table: ExperimentTable, out_dir: str | Path, stem: str, kind: str = "heatmap") -> dict[str, Path]:

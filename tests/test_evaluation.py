@@ -194,6 +194,9 @@ def test_what_cannot_be_scored_is_refused_before_any_sampling(run_dir, tmp_path,
     common = ["experiment", "ddim-table", "--checkpoint", ckpt, "--etas", "0", "--steps", "2", "--evaluator", ev,
               "--cache-dir", cache, "--out", tmp_path / "t", "--device", "cpu"]
     one_line_error(capsys, [*common, "--num", 1], "too few")
+    (tmp_path / "t" / "ddim_table.png").mkdir(parents=True)  # an output that is a folder: refused up front
+    one_line_error(capsys, [*common, "--num", 4], "ddim_table.png' is a folder")
+    (tmp_path / "t" / "ddim_table.png").rmdir()
     one_line_error(capsys, [*common, "--num", 4, "--metric", "class-accuracy"], "class-conditional")
     assert not list(cache.rglob("samples-*"))
     one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--evaluator", ev, "--metrics", "fd-classifier,nll-strided",

@@ -62,6 +62,8 @@ def run(args) -> int:
     for name in names or ():
         resolve_sampler(name)  # a typo fails now, not as a note in the finished table
     device = str(resolve_device(args.device))
+    from ..experiments import check_table_outputs
+    check_table_outputs(args.out, args.name)  # before hours of sampling, not after
     check_writable_dir(args.out, "output directory")
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
