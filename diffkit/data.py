@@ -173,15 +173,17 @@ def resize_images(images: torch.Tensor, size: int, mode: str = "bicubic") -> tor
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """Gray -> RGB by repetition, RGB -> gray by ITU-R 601-2 luma (Pillow's ``L``)."""
+    """Gray -> RGB by repetition, RGB -> gray by ITU-R 601-2 luma exactly as Pillow's ``L`` computes
+    it on uint8 pixels: (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
     have = images.shape[1]
     if channels == have:
         return images
     if have == 1 and channels == 3:
         return images.expand(-1, 3, -1, -1).contiguous()
     if have == 3 and channels == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (images.to(torch.float32) * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(1, 3, 1, 1)
+        luma = ((images.to(torch.int64) * weights).sum(1, keepdim=True) + (1 << 15)) >> 16
+        return luma.clamp_(0, 255).to(torch.uint8)
     raise DiffkitError(f"channels={channels} cannot be made from {have}-channel images; allowed: 1 or 3")
 
 
@@ -233,7 +235,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
     if found != magic:
         raise DiffkitError(f"{path} has IDX magic number {found}; expected {magic}")
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python integers: a forged header cannot wrap around
     if len(data) - header_len != expected:
         raise DiffkitError(f"{path} holds {len(data) - header_len} data bytes; header shape {shape} needs {expected}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)
@@ -381,13 +383,15 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
                         hflip: bool = False) -> InMemoryImageDataset:
     """Every image under ``directory``; the class is the sub-folder name (sorted), Pillow decoding.
 
-    Images lying directly in ``directory`` (no sub-folders) form one class. Images are converted
-    to ``RGB`` (channels=3) or ``L`` (channels=1). Any image that is not ``img_size`` square is
+    Images lying directly in ``directory`` (no sub-folders) form one class; when sub-folders hold
+    images, images directly in ``directory`` are ignored. Images are converted to ``RGB``
+    (channels=3) or ``L`` (channels=1); 16-bit grey PNGs are scaled from [0, 65535]. Any image that is not ``img_size`` square is
     resized (short side, bicubic) and centre-cropped; without ``img_size`` all images must
     already share one square size.
     """
     from PIL import Image, UnidentifiedImageError
 
+    from .metrics.features import WIDE_MODES
     check_choice("channels", channels, (1, 3))
     directory = Path(directory)
     if not directory.is_dir():
@@ -405,13 +409,16 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
         for file in files:
             try:
                 with Image.open(file) as image:
+                    if image.mode in WIDE_MODES:  # 16-bit grey: Pillow's convert clips it; scale 0..65535 instead
+                        grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+                        image = Image.fromarray(np.rint(grey).clip(0, 255).astype(np.uint8), "L")
                     image = image.convert("RGB" if channels == 3 else "L")
                     if img_size is not None and image.size != (img_size, img_size):
                         image = _center_square(image, img_size)
                     array = np.asarray(image, dtype=np.uint8)
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 raise DiffkitError(f"cannot read image {file}: {err}") from None
-            if img_size is None and (array.shape[0] != array.shape[1] or (arrays and array.shape != arrays[0].shape)):
+            if img_size is None and (array.shape[0] != array.shape[1] or (arrays and array.shape[:2] != arrays[0].shape[:2])):
                 raise DiffkitError(f"image {file} is {array.shape[1]}x{array.shape[0]} but others differ or it is "
                                    f"not square; pass img_size to resize all images")
             arrays.append(array.reshape(array.shape[0], array.shape[1], channels))
@@ -456,6 +463,9 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
     elif name == "cifar10":
         dataset = load_cifar10_dataset(directory, train, img_size, hflip, resize)
     else:
+        if resize != "auto":
+            raise DiffkitError(f"resize={resize!r} applies to digits, mnist, fashion-mnist and cifar10; an image "
+                               f"folder is resized by its short side and centre-cropped (resize='auto')")
         return load_folder_dataset(directory, img_size, channels or 3, hflip)
     if channels is not None and channels != dataset.channels:
         dataset.images = convert_channels(dataset.images, channels)

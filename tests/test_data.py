@@ -239,6 +239,38 @@ def test_folder_dataset_from_pngs(tmp_path):
     assert_one_line_error(excinfo, "img_size")
 
 
+def test_grey_folders_without_img_size_and_16_bit_pngs(tmp_path):
+    """channels=1 without img_size compared (H, W) with (H, W, 1) and refused every second image;
+    16-bit grey PNGs came out white (Pillow's conversion to L clips them)."""
+    from PIL import Image
+    ramp = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 0 .. 63000 of 65535
+    for i in range(2):
+        Image.fromarray(ramp).save(tmp_path / f"{i}.png")
+    assert Image.open(tmp_path / "0.png").mode.startswith("I")
+    for channels in (1, 3):
+        data = load_dataset("folder", tmp_path, channels=channels)
+        assert tuple(data.images.shape) == (2, channels, 8, 8)
+        expected = torch.from_numpy(np.rint(ramp * 255.0 / 65535.0).astype(np.uint8))
+        assert torch.equal(data.images[1, 0], expected)
+
+
+def test_rgb_to_grey_is_pillows_l_exactly_and_a_forged_idx_header_is_one_line(tmp_path):
+    import gzip
+    import struct
+
+    from PIL import Image
+
+    from diffkit.data import convert_channels, read_idx
+    rgb = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pillow = np.asarray(Image.fromarray(rgb[0].permute(1, 2, 0).numpy(), "RGB").convert("L"))
+    assert np.array_equal(convert_channels(rgb, 1)[0, 0].numpy(), pillow)
+    forged = tmp_path / "x.gz"  # 2^31 x 2^31 x 4 bytes: the int64 product wrapped to 0 = the empty body
+    forged.write_bytes(gzip.compress(struct.pack(">IIII", 2051, 2**31, 2**31, 4)))
+    with pytest.raises(DiffkitError) as excinfo:
+        read_idx(forged, 2051)
+    assert_one_line_error(excinfo, "holds 0 data bytes")
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(DiffkitError) as excinfo:
         load_dataset("folder", tmp_path / "missing")
