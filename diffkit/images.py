@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import atomic_write_bytes
-from .errors import DiffkitError
+from .errors import DiffkitError, check_range
 
 
 def as_float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
@@ -24,18 +25,33 @@ def as_float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
     return images.float()
 
 
+def _check_images(images) -> torch.Tensor:
+    """(B >= 1, C in {1, 3}, H, W) float images in [-1, 1] (uint8 ones are scaled); non-finite
+    pixels are drawn black, with a warning."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1 or images.shape[1] not in (1, 3):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DiffkitError(f"images must be (batch >= 1, 1 or 3 channels, height, width); got {shape}")
+    images = as_float_images(images.detach())
+    bad = ~torch.isfinite(images).flatten(1).all(1)
+    if bool(bad.any()):
+        warnings.warn(f"{int(bad.sum())} of {images.shape[0]} images hold NaN or infinite values (a diverged "
+                      "sampler?); those pixels are drawn black", RuntimeWarning, stacklevel=3)
+        images = torch.nan_to_num(images, nan=-1.0, posinf=1.0, neginf=-1.0)
+    return images
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounding (x + 1) * 127.5."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """(B, C, H, W) in [-1, 1] (or uint8) -> (B, H, W, C) uint8, rounding (x + 1) * 127.5."""
+    x = ((_check_images(images).cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
 
 
 def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
     """Tile (B, C, H, W) images in [-1, 1] into one (H', W', C) uint8 array, ``nrow`` per row."""
-    if images.ndim != 4:
-        raise DiffkitError(f"images must be (batch, channels, height, width); got shape {tuple(images.shape)}")
-    if nrow < 1:
-        raise DiffkitError(f"nrow={nrow} must be >= 1")
+    images = _check_images(images)
+    check_range("nrow", nrow, 1, None, integer=True)
+    check_range("padding", padding, 0, None, integer=True)
+    check_range("pad_value", pad_value, -1.0, 1.0)
     b, c, h, w = images.shape
     cols = min(nrow, b)
     rows = math.ceil(b / cols)
@@ -50,6 +66,7 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: 
 
 def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
     """PNG bytes of an (H, W, C) uint8 array (C = 1 or 3), optionally upscaled (nearest)."""
+    check_range("scale", scale, 1, None, integer=True)
     arr = array[..., 0] if array.shape[-1] == 1 else array
     img = Image.fromarray(arr)
     if scale > 1:

@@ -411,3 +411,27 @@ def test_download_file_verifies_checksum_and_writes_atomically(tmp_path):
     assert download_file((tmp_path / "gone").as_uri(), dest, sha) == dest  # present and valid: no fetch
     with pytest.raises(DiffkitError):
         download_file((tmp_path / "gone").as_uri(), tmp_path / "other.bin", md5, "md5")
+
+
+# ------------------------------------------------------------------------- grids
+def test_the_grid_writer_checks_its_input_and_scales_uint8():
+    import warnings as _warnings
+
+    from diffkit.images import make_grid, png_bytes
+    images = torch.linspace(-1, 1, 2 * 3 * 2 * 2).reshape(2, 3, 2, 2)
+    grid = make_grid(images, nrow=2, padding=1, pad_value=-1.0)
+    assert grid.shape == (4, 7, 3) and grid[0, 0, 0] == 0  # padding of -1 is black
+    assert np.array_equal(grid[1:3, 1:3], ((images[0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy())
+    as_bytes = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)  # uint8 0..255, not [-1, 1]
+    assert make_grid(as_bytes, padding=0)[0, :, 0].tolist() == [0, 255]
+    for call, match in ((lambda: make_grid(images[:0]), "batch >= 1"), (lambda: make_grid(images, nrow=2.5), "nrow"),
+                        (lambda: make_grid(images, pad_value=5), "pad_value=5"),
+                        (lambda: make_grid(images, padding=-1), "padding=-1"),
+                        (lambda: make_grid(torch.zeros(1, 2, 2, 2)), "1 or 3 channels"),
+                        (lambda: png_bytes(grid, scale=0), "scale=0"), (lambda: png_bytes(grid, scale=1.5), "scale=1.5")):
+        with pytest.raises(DiffkitError, match=match):
+            call()
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        nan = make_grid(torch.full((1, 1, 2, 2), float("nan")), padding=0)
+    assert nan.max() == 0 and "NaN" in str(caught[0].message)

@@ -549,3 +549,22 @@ def test_layout_functions_refuse_bad_values_in_one_line():
         resolve_memory_format("nhwc", "cpu")
     with pytest.raises(DiffkitError, match="memory_format=torch.preserve_format is not allowed"):
         use_memory_format(UNet(small_config()), torch.preserve_format)
+
+
+def test_class_labels_are_checked_in_one_line():
+    """y out of range indexed past the embedding (IndexError), a wrong length or a float y gave
+    raw RuntimeErrors; num_classes itself is the null label of classifier-free guidance."""
+    import pytest
+
+    from diffkit.errors import DiffkitError
+    from diffkit.models import UNet, UNetConfig
+    unet = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[], num_res_blocks=1, img_size=8, in_channels=1,
+                           num_classes=3))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 2.0])
+    for y, match in ((torch.tensor([0, 4]), "class label 4 is out of range; allowed: 0..2"),
+                     (torch.tensor([0, -1]), "class label -1 is out of range"),
+                     (torch.tensor([0]), r"shape \(1,\) are not allowed; give \(2,\)"),
+                     (torch.tensor([0.0, 1.0]), "torch.float32 are not allowed")):
+        with pytest.raises(DiffkitError, match=match):
+            unet(x, t, y=y)
+    assert unet(x, t, y=torch.tensor([0, 3])).shape == x.shape  # 3 = the null label

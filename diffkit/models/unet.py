@@ -116,10 +116,26 @@ class UNet(nn.Module):
         if self.class_embed is not None:
             if y is None:
                 y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
+            else:
+                self._check_labels(y, batch)
             emb = emb + self.class_embed(y)
         elif y is not None:
             raise DiffkitError("y was given but the UNet is unconditional; set num_classes in its config")
         return emb
+
+    def _check_labels(self, y, batch: int) -> None:
+        """y: integer labels, one per sample, in 0..num_classes (num_classes = the null label of
+        classifier-free guidance). The range test costs a host sync; compiled graphs skip it."""
+        n = self.config.num_classes
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise DiffkitError(f"class labels y of type {getattr(y, 'dtype', type(y).__name__)} are not allowed; give "
+                               f"an integer tensor of {batch} labels in 0..{n - 1} ({n}: unconditional)")
+        if y.shape != (batch,):
+            raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; give ({batch},), one per sample")
+        from .cpu_kernels import compiling
+        if not compiling() and y.numel() and (int(y.min()) < 0 or int(y.max()) > n):
+            raise DiffkitError(f"class label {int(y.min()) if int(y.min()) < 0 else int(y.max())} is out of range; "
+                               f"allowed: 0..{n - 1} ({n}: unconditional)")
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
