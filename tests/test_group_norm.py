@@ -297,6 +297,27 @@ def test_the_environment_switch(monkeypatch, value, enabled):
     assert cpu_kernels.environment_switch("DIFFKIT_CPU_KERNELS") is enabled
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_a_large_mean_does_not_cancel_the_variance(layout):
+    """Float sums of x and x^2 gave the variance of a group whose mean is 3000 standard deviations
+    (activations offset by 3000) wrong by O(1): such groups are summed again in double. The error
+    left is float's resolution of x itself (6e-8 * 3000), as in PyTorch's own GroupNorm."""
+    if cpu_kernels.cpu_kernels() is None:
+        pytest.skip("the CPU kernels cannot be built here")
+    norm = _norm(4, 16)
+    x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1)) + 3000
+    x = (_channels_last(x) if layout == "channels_last" else x).requires_grad_(True)
+    assert fused_group_norm_applies(norm, x)
+    y = norm.forward_silu(x)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+    (y * g).sum().backward()
+    x64 = x.detach().double().requires_grad_(True)
+    y64 = F.silu(F.group_norm(x64, 4, norm.weight.double(), norm.bias.double()))
+    (y64 * g.double()).sum().backward()
+    assert (y.detach().double() - y64).abs().max() < 3e-3
+    assert (x.grad.double() - x64.grad).abs().max() < 3e-3
+
+
 def test_a_build_killed_half_way_does_not_block_the_next_load():
     """torch's build leaves a 'lock' file when it is killed (Ctrl-C during the first build), and
     every later load waited on it for ever; the OS lock around the build makes it stale and removed."""

@@ -112,6 +112,19 @@ void check_statistics(const torch::Tensor& mean, const torch::Tensor& rstd, int6
               "mean and rstd must be contiguous float32 (N, groups) tensors");
 }
 
+// Float sums of x and x^2 lose the variance to cancellation where the mean dwarfs the spread: the
+// variance comes out with a relative error of about 1e-7 * mean^2 / var. Such groups (mean^2 >
+// kSpread * var, i.e. |mean| > 10 standard deviations) are summed again in double, whose error is
+// 1e-16 * mean^2 / var, as are groups whose float sums overflowed; ordinary activations never are.
+constexpr double kSpread = 100.0;
+inline bool needs_double(double s1, double s2, double count) {
+  if (!std::isfinite(s1) || !std::isfinite(s2)) return true;
+  const double mean = s1 / count;
+  return mean * mean > kSpread * (s2 / count - mean * mean);
+}
+// The same test from a group's forward statistics, for the backward sums (sum dz x - mean sum dz).
+inline bool needs_double_backward(double mean, double rstd) { return mean * mean * rstd * rstd > kSpread; }
+
 // mean and 1 / sqrt(var + eps) of a group from its sums s1 = sum x, s2 = sum x^2 over count values.
 // A negative var from rounding is 0; a nan stays nan, so non-finite input gives non-finite output.
 void group_statistics(double s1, double s2, double count, double eps, double& mean, double& rstd) {
@@ -203,8 +216,8 @@ void channels_last_forward(const T* xp, T* yp, float* mp, float* rp, const float
           s2 += p[C + c];
         }
       }
-      if (!std::isfinite(s1) || !std::isfinite(s2)) {  // float blocks overflowed (|x| > 1.8e19) or inf/nan:
-        s1 = s2 = 0.0;                                   // the group again, in double from the start
+      if (needs_double(s1, s2, count)) {  // float blocks overflowed (|x| > 1.8e19), inf/nan, or cancelled:
+        s1 = s2 = 0.0;                    // the group again, in double from the start
         for (int64_t r = 0; r < HW; ++r) {
           const T* row = xp + (n * HW + r) * C;
           for (int64_t c = g * D; c < (g + 1) * D; ++c) {
@@ -311,8 +324,11 @@ void channels_last_backward(const T* gp, const T* xp, T* dxp, float* dz_store, c
       }
     }
     for (int64_t c = 0; c < C; ++c) {
-      if (std::isfinite(sdz[c]) && std::isfinite(sdzx[c])) continue;
-      sdz[c] = sdzx[c] = 0.0;  // float blocks overflowed (or inf/nan): this channel again, in double
+      const int64_t g = c / D;
+      if (std::isfinite(sdz[c]) && std::isfinite(sdzx[c]) &&
+          !needs_double_backward(mp[n * groups + g], rp[n * groups + g]))
+        continue;
+      sdz[c] = sdzx[c] = 0.0;  // float blocks overflowed (or inf/nan), or x's mean cancels: again, in double
       const float a = scale[n * C + c], b = shift[n * C + c];
       for (int64_t r = 0; r < HW; ++r) {
         const double xv = load(xp[(n * HW + r) * C + c]);
@@ -477,7 +493,7 @@ void nchw_forward(const T* xp, T* yp, const float* w, const float* bias, float* 
       T* __restrict__ y = yp + task * M;
       double s1 = 0.0, s2 = 0.0;
       pair_sums(x, x, M, s1, s2);
-      if (!std::isfinite(s1) || !std::isfinite(s2)) {  // float runs overflowed, or inf/nan: in double
+      if (needs_double(s1, s2, static_cast<double>(M))) {  // float runs overflowed, inf/nan, or cancelled
         s1 = s2 = 0.0;
         for (int64_t i = 0; i < M; ++i) {
           const double v = load(x[i]);
@@ -543,8 +559,8 @@ void nchw_backward(const T* gp, const T* xp, T* dxp, const float* w, const float
         } else {
           pair_sums(gc, xc, HW, s1, s2);
         }
-        if (!std::isfinite(s1) || !std::isfinite(s2)) {  // overflow in float, or inf/nan: in double
-          s1 = s2 = 0.0;
+        if (!std::isfinite(s1) || !std::isfinite(s2) || needs_double_backward(m, r)) {  // overflow, inf/nan or
+          s1 = s2 = 0.0;                                                                // cancellation: in double
           for (int64_t i = 0; i < HW; ++i) {
             const double xv = load(xc[i]);
             double v = load(gc[i]);
