@@ -194,9 +194,13 @@ def unet_config_from_diffusers(config: Mapping, *, learned_variance: bool | None
     groups = config.get("norm_num_groups", 32)
     attn_groups = config.get("attn_norm_num_groups")
     ours = {norm_groups(w) for w in _group_widths(cfg)}
-    if ours != {groups} or attn_groups not in (None, groups) or (attn_groups is None and shift != "default"):
+    if ours != {groups} or attn_groups not in (None, groups):
         raise DiffkitError(f"UNet2DModel norm_num_groups={groups} (attn_norm_num_groups={attn_groups}) differs from "
                            f"diffkit's GroupNorm rule for these widths ({sorted(ours)}); not convertible")
+    if attn_groups is None and shift != "default":
+        raise DiffkitError(f"UNet2DModel with resnet_time_scale_shift={shift!r} and attn_norm_num_groups=None: its "
+                           f"middle attention block has no GroupNorm (diffusers' UNetMidBlock2D), diffkit's has one; a "
+                           f"model with attn_norm_num_groups={groups} converts")
     return cfg
 
 
