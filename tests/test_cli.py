@@ -307,3 +307,12 @@ def test_a_demo_rerun_replaces_the_earlier_demo_run_and_nothing_else(tmp_path):
     with pytest.raises(DiffkitError, match="already holds a run"):
         replace_earlier_demo_run(folder)
     assert (folder / "latest.safetensors").is_file()
+
+
+def test_a_failed_sample_leaves_no_empty_output_folder(trained_run, tmp_path, capsys):
+    """--out's folder is made before sampling; a mistake found later (guidance on an unconditional
+    checkpoint) must not leave it behind."""
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--guidance-scale", "2",
+                             "--out", str(tmp_path / "new" / "deeper" / "a.png"), "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()

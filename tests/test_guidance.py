@@ -407,7 +407,7 @@ def test_cli_cfg_and_classifier_guidance_write_grids(checkpoints, capsys):
     (["--checkpoint", "cond", "--guidance-scale", "1", "--guidance-rescale", "2"], "--guidance-rescale"),
     (["--checkpoint", "cond", "--classifier-scale", "2"], "--classifier-scale needs --classifier"),
     (["--checkpoint", "uncond", "--classifier", "clf3", "--classifier-algorithm", "1"], "--sampler ddpm"),
-    (["--checkpoint", "cond", "--class", "0", "1", "2", "--num", "2"], "--num 2 is fewer than the 3 classes"),
+    (["--checkpoint", "cond", "--class", "0", "1", "2", "--num", "2"], "gives images to 2 of the 3 classes of --class"),
 ])
 def test_cli_bad_guidance_input_is_one_line_exit_2(extra, pattern, checkpoints, capsys):
     args = [str(checkpoints.get(a, a)) for a in extra]

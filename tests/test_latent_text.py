@@ -358,13 +358,21 @@ def test_sample_cli_bad_input_one_liners(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "allowed: at most" in err and len(err.strip().splitlines()) == 1
     code = main(["sample", "--checkpoint", str(path), "--prompt", "zzz " * 500, "--out", str(tmp_path / "x.png"),
-                 "--no-progress"])  # a long prompt is quoted shortened, its unknown words are not all listed
+                 "--no-progress"])  # a long prompt is quoted shortened; its length is the one mistake named
     err = capsys.readouterr().err
-    assert code == 2 and len(err) < 400 and "word(s) 'zzz' are" in err, err
+    assert code == 2 and len(err) < 400 and "allowed: at most" in err and len(err.strip().splitlines()) == 1, err
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "zzz seven", "--num", "2", "--steps", "2",
+                 "--out", str(tmp_path / "w.png"), "--no-progress"])  # unknown words: a warning, then the grid
+    err = capsys.readouterr().err
+    assert code == 0 and "word(s) 'zzz' are" in err, err
     code = main(["sample", "--checkpoint", str(path), "--prompt", "a", "--prompt", "b", "--prompt", "c",
                  "--num", "2", "--out", str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "--num 2 is fewer than the 3 prompts given" in err, err
+    assert code == 2 and "--num 2 in rows of 1 gives images to 2 of the 3 prompts of --prompt; give --num 3" in err, err
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "a", "--prompt", "b", "--prompt", "c",
+                 "--num", "4", "--out", str(tmp_path / "x.png"), "--no-progress"])  # rows of 2: c got none
+    err = capsys.readouterr().err
+    assert code == 2 and "gives images to 2 of the 3 prompts of --prompt; give --num 6" in err, err
     code = main(["sample", "--checkpoint", str(path), "--noise-out", str(tmp_path / "n.png"), "--out",
                  str(tmp_path / "x.png"), "--no-progress"])
     err = capsys.readouterr().err

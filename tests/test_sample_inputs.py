@@ -190,3 +190,21 @@ def test_classifier_guidance_checks_its_classifier_and_labels():
              torch.zeros(3, dtype=torch.long))
     grad = classifier_log_prob_grad(lambda x, t: linear(x), x, t, torch.zeros(4, dtype=torch.long))
     assert grad.shape == x.shape and torch.isfinite(grad).all()
+
+
+def test_steps_for_nfe_is_the_brute_force_answer_and_instant_for_huge_nfe():
+    """A bisection over the step count (nfe grows with steps): it looped over every count up to nfe
+    (a minute and gigabytes of memory for nfe = 10^8)."""
+    import time
+    for name, info in REGISTRY.items():
+        for final in ("zero", "sigma_min"):
+            for n in range(1, 40):
+                want = next((s for s in range(1, n + 1) if info.nfe(s, final) == n), None)
+                if want is None:
+                    one_line(f"cannot spend exactly nfe={n}", info.steps_for_nfe, n, final)
+                else:
+                    assert info.steps_for_nfe(n, final) == want, (name, final, n)
+    start = time.perf_counter()
+    one_line("cannot spend exactly nfe=100000000; it can spend 99999995", REGISTRY["heun"].steps_for_nfe, 10 ** 8)
+    assert REGISTRY["ddim"].steps_for_nfe(10 ** 9) == 10 ** 9
+    assert time.perf_counter() - start < 1.0

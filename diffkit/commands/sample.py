@@ -106,12 +106,14 @@ def run(args) -> int:
         from ..config import TrainConfig
         config = TrainConfig.from_file(args.config)
     device = resolve_device(args.device)
+    new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
         if path and Path(path).suffix.lower() != ".png":  # never overwrite a checkpoint with an image
             raise DiffkitError(f"{flag}={path!r} must be a .png file")
         if path:
+            new_dirs += missing_dirs(Path(path).parent or ".")
             check_writable_dir(Path(path).parent or ".")
-    new_dirs = missing_dirs(args.individual) if args.individual else []
+    new_dirs += missing_dirs(args.individual) if args.individual else []
     if args.individual:
         check_writable_dir(args.individual)
     guidance = GuidanceRequest.from_args(args, info.name)
@@ -189,16 +191,9 @@ class GuidanceRequest:
         for c in classes:
             if not 0 <= c < num_classes:
                 raise DiffkitError(f"--class {c} is out of range; allowed: 0..{num_classes - 1}")
-        if len(classes) == 1:
-            num = num or 64
-            return torch.full((num,), classes[0], dtype=torch.long), num, nrow
-        if self.classes and num is not None and num < len(classes):  # asked for, and some would get no image
-            raise DiffkitError(f"--num {num} is fewer than the {len(classes)} classes given with --class; "
-                               f"give --num {len(classes)} or more")
-        num = num or len(classes) * nrow
-        per_class = -(-num // len(classes))
-        labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)[:num]
-        return labels, num, per_class
+        index, num, nrow = condition_rows(len(classes), num, nrow, "classes of --class" if self.classes
+                                          else None)
+        return torch.tensor(classes, dtype=torch.long)[index], num, nrow
 
 
 def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
@@ -340,8 +335,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if individual:
         save_images(images, individual)
     what = "" if labels is None else f", classes {sorted(set(labels.tolist()))}"
-    if prompt_index is not None:
-        what = f", prompts {prompts}"
+    if prompt_index is not None:  # the prompts that got an image
+        what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = denoiser.nfe - nfe_before, len(results)
     per_sample = f"{calls // batches} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -362,16 +357,25 @@ def check_grid_files(out: Path, noise_out: Optional[Path]) -> None:
         check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
 
 
-def prompt_rows(count: int, num: Optional[int], nrow: int):
-    """(prompt index of each sample, num, nrow): one prompt fills all ``num`` images (default 64);
-    several get one row each (default ``nrow`` images a row; with ``num`` given, num / count a row)."""
+def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[str] = None):
+    """(index of each sample's condition, num, nrow) for ``count`` classes or prompts: one fills all
+    ``num`` images (default 64); several get one row each, of ceil(num / count) images (default
+    ``nrow``). Rows of that width leave the last conditions without an image when num is not more
+    than (count - 1) rows: refused when the user listed them (``given``, the flag's name), else the
+    summary line names the ones sampled."""
     import torch
+
+    from ..errors import DiffkitError
     if count == 1:
         num = num or 64
         return torch.zeros(num, dtype=torch.long), num, nrow
     num = num or count * nrow
-    nrow = -(-num // count)
-    return torch.arange(count).repeat_interleave(nrow)[:num], num, nrow
+    per_row = -(-num // count)
+    filled = -(-num // per_row)
+    if given and filled < count:
+        raise DiffkitError(f"--num {num} in rows of {per_row} gives images to {filled} of the {count} {given}; "
+                           f"give --num {count * per_row} (a row of {per_row} each)")
+    return torch.arange(count).repeat_interleave(per_row)[:num], num, per_row
 
 
 SD_DEFAULT_GUIDANCE = 6.5  # seed convention w; diffusers' s = 7.5, Stable Diffusion's usual setting
@@ -381,7 +385,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
-    folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`prompt_rows`, sample i
+    folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
     i.e. diffusers' s = 7.5). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
@@ -400,7 +404,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
     sd = load_stable_diffusion(directory, device)
     prompts = list(guidance.prompts)
-    index, num, nrow = prompt_rows(len(prompts), num, nrow or 8)
+    index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]
     if guidance.guidance_scale is None:
         scale_w, convention = SD_DEFAULT_GUIDANCE, "seed"
@@ -445,17 +449,14 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     captions = getattr(model, "captions", None)
     prompts = list(request.prompts) if request.prompts else (
         [captions.prompt(k) for k in range(captions.num_classes)] if captions is not None else [""])
-    for text in prompts:
+    index, num, nrow = condition_rows(len(prompts), num, nrow, "prompts of --prompt" if request.prompts else None)
+    context = denoiser.prompt_encoder(prompts, device)
+    for text in prompts:  # after the encoder's own checks (a prompt too long): one line for a mistake
         unknown = list(dict.fromkeys(model.tokenizer.unknown_words(text)))  # each word once
         if unknown:
             shown = ", ".join(repr(w) for w in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
             print(f"diffkit: warning: prompt {shorten(text)}: word(s) {shown} are not in the "
                   f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
-    if request.prompts and num is not None and num < len(prompts):  # asked for, and some would get no image
-        raise DiffkitError(f"--num {num} is fewer than the {len(prompts)} prompts given; give --num {len(prompts)} "
-                           f"or more")
-    context = denoiser.prompt_encoder(prompts, device)
-    index, num, nrow = prompt_rows(len(prompts), num, nrow)
     if request.guidance_scale is not None:
         null = denoiser.prompt_encoder([""], device)
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention, request.rescale,

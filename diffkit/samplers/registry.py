@@ -47,10 +47,13 @@ class SamplerInfo:
     def steps_for_nfe(self, nfe: int, final: Optional[str] = None) -> int:
         """The step count that spends exactly ``nfe`` evaluations, or a one-line error."""
         check_range("nfe", nfe, 1, None, integer=True)
-        for s in range(1, nfe + 1):
-            if self.nfe(s, final) == nfe:
-                return s
-        possible = sorted({self.nfe(s, final) for s in range(1, nfe + 2)})
+        lo, hi = 1, nfe  # nfe(s) grows with s and nfe(s) >= s: bisect for the first s with nfe(s) >= nfe
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if self.nfe(mid, final) < nfe else (lo, mid)
+        if self.nfe(lo, final) == nfe:
+            return lo
+        possible = sorted({self.nfe(s, final) for s in range(max(1, lo - 4), lo + 5)})
         near = [n for n in possible if abs(n - nfe) <= 3 * self.calls_per_step] or possible[:5]
         raise DiffkitError(f"sampler {self.name!r} cannot spend exactly nfe={nfe}; it can spend "
                            f"{', '.join(map(str, near))} (calls per step: {self.calls_per_step})")
