@@ -235,14 +235,26 @@ def _given_once(what: str, value: Optional[str], other_source: str, other: Optio
     return value if value is not None else other
 
 
+# timestep spacings whose last evaluation time is t = 0, which leaves no step to final="sigma_min"
+_ENDS_AT_ZERO = ("linear", "quadratic", "leading")
+
+
+def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:
+    """The sampler's default final target, unless a ``spacing`` given in its place ends at t = 0
+    (linear, quadratic, leading): then ``"zero"`` (``sigma_min`` would leave no step to take)."""
+    if info.default_final == "sigma_min" and spacing in _ENDS_AT_ZERO:
+        return "zero"
+    return info.default_final
+
+
 def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: Optional[int] = None,
                  spacing: Optional[str] = None, final: Optional[str] = None) -> torch.Tensor:
     """The time grid a sampler walks: ``steps`` (default 50) or the step count that spends ``nfe``
-    evaluations, on ``spacing`` / ``final`` or the sampler's defaults; ``logsnr_graded`` is graded at
+    evaluations, on ``spacing`` / ``final`` or the sampler's defaults (:func:`final_for`); ``logsnr_graded`` is graded at
     the denoiser's ``data_scale`` (:func:`diffkit.timesteps.grade_sigmas_for`)."""
     if steps is not None and nfe is not None:
         raise DiffkitError("give steps or nfe, not both")
-    final = final or info.default_final
+    final = final or final_for(info, spacing)
     if nfe is not None:
         steps = info.steps_for_nfe(nfe, final)
         if steps > denoiser.schedule.num_timesteps:

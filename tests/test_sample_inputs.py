@@ -192,6 +192,16 @@ def test_classifier_guidance_checks_its_classifier_and_labels():
     assert grad.shape == x.shape and torch.isfinite(grad).all()
 
 
+def test_a_timestep_spacing_ending_at_zero_sets_final_zero_unless_final_is_given():
+    """unipc (default final sigma_min) on spacing='linear' failed: the grid's last time is t = 0."""
+    for spacing in ("linear", "quadratic", "leading"):
+        DEN.reset_nfe()
+        out = diffkit.sample(DEN, (2, 2), "unipc", steps=5, spacing=spacing, seed=0, progress=False)
+        assert torch.isfinite(out).all() and DEN.nfe == REGISTRY["unipc"].nfe(5, "zero")
+    one_line("leaves no step to final=sigma_min", diffkit.sample, DEN, (2, 2), "unipc", steps=5, spacing="linear",
+             final="sigma_min", progress=False)
+
+
 def test_steps_for_nfe_is_the_brute_force_answer_and_instant_for_huge_nfe():
     """A bisection over the step count (nfe grows with steps): it looped over every count up to nfe
     (a minute and gigabytes of memory for nfe = 10^8)."""

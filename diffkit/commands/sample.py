@@ -92,10 +92,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..config import resolve_device
     from ..errors import DiffkitError
-    from ..sampling import resolve_sampler
+    from ..sampling import final_for, resolve_sampler
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
-        info.steps_for_nfe(args.nfe, final or info.default_final)
+        info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
     options = {}
     if args.eta is not None:
         if info.name != "ddim":
