@@ -108,7 +108,8 @@ class ScoreLedger:
         return data
 
     def _check_scores(self, cell) -> None:
-        """A cell's scores: {metric: {field: number}}; null (how JSON writes NaN) reads as NaN."""
+        """A cell's scores: {metric: {field: number or true/false}} (e.g. ``rank_deficient``); null
+        (how JSON writes NaN) reads as NaN; a string or an object in a field is damage."""
         scores = cell.get("scores") if isinstance(cell, dict) else None
         ok = isinstance(scores, dict) and scores and all(isinstance(v, dict) for v in scores.values())
         if ok:
@@ -116,7 +117,7 @@ class ScoreLedger:
                 for name, value in fields.items():
                     if value is None:
                         fields[name] = float("nan")
-                    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                    elif not isinstance(value, (bool, int, float)):
                         ok = False
         if not ok:
             raise DiffkitError(f"score ledger {self.path} has a damaged cell (its scores are {scores!r:.60}); "
