@@ -47,7 +47,7 @@ def bf16_errors():
         xh = x.permute(0, 2, 3, 1).contiguous()
         v = torch.empty(36, 4 * (size // 4) ** 2, channels)
         ext.input_transform(xh, v, 0)
-        m = torch.bmm(v.bfloat16().float(), winograd._weight_transform(w).bfloat16().float())
+        m = torch.bmm(v.bfloat16().float(), winograd._weight_transform(w, winograd.F4).bfloat16().float())
         y = torch.empty_like(xh)
         ext.output_transform(m, y, 0)
         rel = lambda t: ((t.double() - exact).norm() / exact.norm()).item()  # noqa: E731

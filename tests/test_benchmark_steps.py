@@ -131,3 +131,14 @@ def test_fd_anatomy_splits_the_excess_fd_and_measures_gaussian_variance():
     assert all(abs(e) < 0.01 for e in errors)  # 1000 DDIM steps follow the exact ODE map
     with pytest.raises(fd_anatomy.DiffkitError, match="stochastic"):
         fd_anatomy.run_sampler("ddpm", None, None, None, 5)
+
+
+def test_winograd_layers_runs_its_smallest_table(tmp_path, capsys):
+    """winograd_layers.py called a private transform with an old signature and crashed at once."""
+    import winograd_layers
+    from diffkit.models import winograd
+    if not winograd.winograd_available():
+        pytest.skip("the Winograd kernels cannot be built here")
+    winograd_layers.main(["--repeats", "1", "--batch", "1", "--sizes", "8", "--channels", "32",
+                          "--out", str(tmp_path / "w.json")])
+    assert "Winograd" in capsys.readouterr().out and (tmp_path / "w.json").is_file()
