@@ -52,6 +52,15 @@ QUICK = {"ae_steps": 40, "minutes": 0.5, "train_images": 2000, "evaluator_images
          "per_class": 4, "scales": "0,3", "sample_steps": 10, "test_images": 500}
 
 
+def endless_batches(trainer):
+    """The trainer's batches, epoch after epoch (a small --train-images has fewer than the probe's 6
+    batches in one epoch)."""
+    epoch = 0
+    while True:
+        yield from trainer._epoch_batches(epoch)
+        epoch += 1
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"))
@@ -70,9 +79,11 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if args.quick:
+    if args.quick:  # the quick settings, except where a flag was given explicitly
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
         for key, value in QUICK.items():
-            setattr(args, key, value)
+            if key not in given:
+                setattr(args, key, value)
     return args
 
 
@@ -123,7 +134,7 @@ def main() -> int:
             "save_every_epochs": 1000, "log_every": 50, "seed": args.seed, "device": "cpu", "keep_last": 1}
     probe = Trainer(TrainConfig.from_dict({**base, "max_steps": 10_000, "save_weight_dir": str(work / "probe")}),
                     dataset=latents, progress=False)
-    batches = probe._epoch_batches(0)
+    batches = endless_batches(probe)
     probe.train_step(next(batches))  # warm-up (allocations)
     start = time.perf_counter()
     for _ in range(5):
