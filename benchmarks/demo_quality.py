@@ -12,7 +12,9 @@ model itself trains on all 1797):
 (c) the test-set NLL in bits/dim: the full variational bound and strided estimates, with the
     error of each estimate against the full bound on the same images.
 
-Prints a table and writes benchmarks/out/demo_quality.json. A benchmark, not a CI test:
+Prints a table and writes benchmarks/out/demo_quality.json (``--out``); the demo run it trains
+goes to ``demo_run/`` beside that file (an earlier one there is replaced). A benchmark, not a CI
+test:
 
     python benchmarks/demo_quality.py                    # full demo training (1500 steps)
     python benchmarks/demo_quality.py --steps 300        # quick check
@@ -29,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffkit.commands.demo import DEMO_CONFIG, demo_config  # noqa: E402
+from diffkit.commands.demo import DEMO_CONFIG, demo_config, replace_earlier_demo_run  # noqa: E402
 from diffkit.config import resolve_device  # noqa: E402
 from diffkit.evaluation import (SampleScorer, generate_samples, nll_bits_per_dim, reference_images,  # noqa: E402
                                 strided_timesteps, write_json)
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
     report: dict = {"benchmark": "demo_quality", "device": str(device), "torch_threads": torch.get_num_threads()}
     checkpoint = args.checkpoint
     if checkpoint is None:
-        cfg = demo_config(str(OUT / "demo_run"), args.steps, args.device)
+        cfg = demo_config(str(Path(args.out).parent / "demo_run"), args.steps, args.device)
+        replace_earlier_demo_run(cfg.save_weight_dir)
         result = Trainer(cfg, progress=False).run()
         checkpoint = result.checkpoint
         report["training"] = {"steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
