@@ -391,7 +391,7 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
     """
     from PIL import Image, UnidentifiedImageError
 
-    from .metrics.features import WIDE_MODES
+    from .images import image_pixels
     check_choice("channels", channels, (1, 3))
     directory = Path(directory)
     if not directory.is_dir():
@@ -408,11 +408,9 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
     for label, (_, files) in enumerate(groups):
         for file in files:
             try:
-                with Image.open(file) as image:
-                    if image.mode in WIDE_MODES:  # 16-bit grey: Pillow's convert clips it; scale 0..65535 instead
-                        grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
-                        image = Image.fromarray(np.rint(grey).clip(0, 255).astype(np.uint8), "L")
-                    image = image.convert("RGB" if channels == 3 else "L")
+                mode = "RGB" if channels == 3 else "L"
+                with Image.open(file) as image:  # 8-bit pixels (16-bit grey scaled, not clipped as convert does)
+                    image = Image.fromarray(np.rint(image_pixels(image, mode)).clip(0, 255).astype(np.uint8), mode)
                     if img_size is not None and image.size != (img_size, img_size):
                         image = _center_square(image, img_size)
                     array = np.asarray(image, dtype=np.uint8)

@@ -14,6 +14,20 @@ from .checkpoint import atomic_write_bytes
 from .errors import DiffkitError, check_range
 
 
+GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")   # Pillow's modes of grey PNGs (8, 1, 16 bit)
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")               # 16-bit grey, read as 0..65535
+
+
+def image_pixels(image: Image.Image, mode: str) -> np.ndarray:
+    """An image's pixels as float32 on the 8-bit scale [0, 255], (H, W) for "L", (H, W, 3) for "RGB".
+
+    16-bit grey PNGs are scaled by 255 / 65535 (Pillow's own conversion to "L" clips them)."""
+    if image.mode in WIDE_MODES:
+        grey = np.asarray(image, dtype=np.float32) * np.float32(255.0 / 65535.0)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert(mode), dtype=np.float32)
+
+
 def as_float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
     """Float32 images in [-1, 1]: uint8 (0..255) is scaled by x / 127.5 - 1, floats pass as they are
     (assumed in [-1, 1]); any other dtype gets a one-line error."""

@@ -11,7 +11,7 @@ from .denoiser import ThresholdedDenoiser, precision_context
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import REGISTRY, SamplerInfo, get_sampler, split_sampler_spec
-from .timesteps import FINALS, SPACINGS, grade_sigmas_for, make_grid
+from .timesteps import ENDS_AT_ZERO, FINALS, SIGMA_SPACINGS, SPACINGS, grade_sigmas_for, make_grid
 
 
 def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler: str = "ddim",
@@ -136,10 +136,6 @@ def check_grid(grid, num_timesteps: int) -> torch.Tensor:
     return grid
 
 
-# spacings that place their first time by sigma or log-SNR, which are infinite where alpha_bar = 0
-_SIGMA_SPACINGS = ("karras", "logsnr", "logsnr_skip", "logsnr_graded")
-
-
 def _starts_at_infinite_noise(schedule, start: float) -> bool:
     return float(schedule.alpha(torch.tensor([start], dtype=torch.float64))[0]) == 0.0
 
@@ -148,7 +144,7 @@ def check_spacing_can_start(schedule, spacing: str) -> None:
     """The sigma / log-SNR spacings start at t = T-1; on a zero-terminal-SNR schedule (Lin et al.
     2024: alpha_bar = 0 there) their first sigma is infinite, so they cannot be built."""
     top = schedule.num_timesteps - 1
-    if spacing in _SIGMA_SPACINGS and _starts_at_infinite_noise(schedule, top):
+    if spacing in SIGMA_SPACINGS and _starts_at_infinite_noise(schedule, top):
         raise DiffkitError(f"spacing={spacing!r} is placed in sigma / log-SNR, which are infinite at t={top}, "
                            f"where this zero-terminal-SNR schedule has alpha_bar = 0; use one of the "
                            f"timestep spacings linear, leading, trailing, linspace or quadratic")
@@ -235,14 +231,10 @@ def _given_once(what: str, value: Optional[str], other_source: str, other: Optio
     return value if value is not None else other
 
 
-# timestep spacings whose last evaluation time is t = 0, which leaves no step to final="sigma_min"
-_ENDS_AT_ZERO = ("linear", "quadratic", "leading")
-
-
 def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:
     """The sampler's default final target, unless a ``spacing`` given in its place ends at t = 0
     (linear, quadratic, leading): then ``"zero"`` (``sigma_min`` would leave no step to take)."""
-    if info.default_final == "sigma_min" and spacing in _ENDS_AT_ZERO:
+    if info.default_final == "sigma_min" and spacing in ENDS_AT_ZERO:
         return "zero"
     return info.default_final
 

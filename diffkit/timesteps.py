@@ -47,6 +47,11 @@ from .schedule import NoiseSchedule
 
 SPACINGS = ("linear", "quadratic", "leading", "trailing", "linspace", "karras", "logsnr", "logsnr_skip",
             "logsnr_graded", "time_uniform")
+# spacings placed by sigma / log-SNR: their first time is t_max = T - 1, where a zero-terminal-SNR
+# schedule's sigma and -log SNR are infinite
+SIGMA_SPACINGS = ("karras", "logsnr", "logsnr_skip", "logsnr_graded")
+# timestep spacings whose last evaluation time is t = 0 (no step is left to final="sigma_min")
+ENDS_AT_ZERO = ("linear", "quadratic", "leading")
 SKIP_SIGMA = 20.0
 GRADE_SIGMAS = (1.0, 0.1)  # (sigma~_hi, sigma~_lo) of logsnr_graded: unit-scale data
 GRADE_POWER = 3.0          # q of logsnr_graded: local error ~ h^3 (second-order steps)

@@ -19,13 +19,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import DiffkitError, check_range, first_line
-from ..images import as_float_images
+from ..images import GREY_MODES, as_float_images, image_pixels
 from .frechet import GaussianStats, feature_statistics
 from .inception import default_cache_dir
 
 IMAGE_SUFFIXES = (".png",)
-GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")   # Pillow's modes of grey PNGs (8, 1, 16 bit)
-WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")               # 16-bit grey, read as 0..65535
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -61,16 +59,6 @@ def _check_same_size(files: Sequence[Path]) -> tuple[tuple[int, int], str]:
     return size, mode
 
 
-def _pixels(image: Image.Image, mode: str) -> np.ndarray:
-    """An image's pixels as float32 on the 8-bit scale [0, 255], (H, W) for "L", (H, W, 3) for "RGB".
-
-    16-bit grey PNGs are scaled by 255 / 65535 (Pillow's own conversion to "L" clips them)."""
-    if image.mode in WIDE_MODES:
-        grey = np.asarray(image, dtype=np.float32) * np.float32(255.0 / 65535.0)
-        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
-    return np.asarray(image.convert(mode), dtype=np.float32)
-
-
 def load_image_batch(files: Sequence[Path], mode: str) -> torch.Tensor:
     """Read PNGs as a float tensor (B, C, H, W) scaled from [0, 255] (8 bit) or [0, 65535]
     (16-bit grey) to [-1, 1]."""
@@ -78,7 +66,7 @@ def load_image_batch(files: Sequence[Path], mode: str) -> torch.Tensor:
     for path in files:
         try:
             with _open_image(path) as image:
-                array = _pixels(image, mode)
+                array = image_pixels(image, mode)
         except (OSError, ValueError) as err:  # not an image, truncated (PIL's UnidentifiedImageError is an OSError)
             raise DiffkitError(f"image {str(path)!r} cannot be read: {first_line(err)}") from None
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
