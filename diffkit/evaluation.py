@@ -186,6 +186,13 @@ def check_sample_count(num: int, what: str = "samples") -> None:
                            f"(and more than the feature dimension for a reliable Frechet distance)")
 
 
+def check_labels_for(metrics: Sequence[str], labeled: bool) -> None:
+    """``class-accuracy`` scores samples against the labels they were drawn for."""
+    if "class-accuracy" in metrics and not labeled:
+        raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "
+                           "checkpoint (unconditional models and images from --samples have none)")
+
+
 def _check_image_shape(images: torch.Tensor, channels: int, size: int, what: str, hint: str) -> None:
     if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
         raise DiffkitError(f"{what} takes {channels}x{size}x{size} images but got "
@@ -269,9 +276,7 @@ class SampleScorer:
         if "pr" in self.metrics and min(num, self.num_reference) <= PR_NEIGHBOURS:
             raise DiffkitError(f"pr needs more than {PR_NEIGHBOURS} samples and reference images; "
                                f"got {num} and {self.num_reference}")
-        if "class-accuracy" in self.metrics and not labeled:
-            raise DiffkitError("class-accuracy needs the class labels of the samples: use a "
-                               "class-conditional checkpoint (images from --samples have none)")
+        check_labels_for(self.metrics, labeled)
 
     def _inception_score(self, logits: np.ndarray, what: str) -> dict:
         """IS over ``is_splits`` splits of at least two samples each (a split of one sample scores
@@ -465,9 +470,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
         settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps, final),
                         num_samples=num, mixed_precision=mixed_precision, compile=compile, **options)
-    if "class-accuracy" in names and (denoiser is None or sample_labels(denoiser, 1) is None):
-        raise DiffkitError("class-accuracy needs the class labels of the samples: use a class-conditional "
-                           "checkpoint (unconditional models and images from --samples have none)")
+    check_labels_for(names, denoiser is not None and sample_labels(denoiser, 1) is not None)  # before any loading
     if net is not None:
         _check_image_shape(torch.empty(1, channels, size, size), net.config.in_channels, net.config.image_size,
                            "the evaluator", f"train one at the samples' size with 'diffkit train-evaluator "
