@@ -34,13 +34,12 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set lr=2e-4 --set channel_mult=[1,2,2]")
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
-    _OPTIONS[:] = []  # filled below: the option names, for relaunch_with_torchrun
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="processes for data-parallel training (re-runs itself under torchrun; "
                         "batch_size is per process)")
     add_progress_flag(p)
     p.set_defaults(func=run)
-    _OPTIONS.extend(o for action in p._actions for o in action.option_strings if o.startswith("--"))
+    _OPTIONS[:] = [o for action in p._actions for o in action.option_strings if o.startswith("--")]  # for ranks_argv
 
 
 _OPTIONS: list[str] = []
@@ -137,8 +136,8 @@ def run(args) -> int:
             check_same_global_batch(cfg.training_load_weight, load_checkpoint(cfg.training_load_weight)[1],
                                     cfg.batch_size, args.nproc, cfg.grad_accum)
         code = relaunch_with_torchrun(args.nproc)
-        if code != 0 and not (Path(cfg.save_weight_dir) / "latest.safetensors").is_file():
-            remove_if_empty(new_dirs)  # e.g. a mistake the ranks found while loading the data
+        if code != 0:
+            remove_if_empty(new_dirs)  # e.g. a mistake the ranks found while loading the data (kept if not empty)
         return code
     flags = [f for f, on in (("--no-sample", not args.sample), ("--no-progress", not args.progress)) if on]
     with removed_if_empty_on_failure(new_dirs):  # e.g. a mistake found while loading the data
