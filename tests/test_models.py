@@ -568,3 +568,36 @@ def test_class_labels_are_checked_in_one_line():
         with pytest.raises(DiffkitError, match=match):
             unet(x, t, y=y)
     assert unet(x, t, y=torch.tensor([0, 3])).shape == x.shape  # 3 = the null label
+
+
+def _second_derivative(fn, x):
+    (g,) = torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)
+    g.square().sum().backward()
+    return x.grad
+
+
+def test_second_derivatives_through_the_cpu_kernels_are_refused_not_wrong():
+    """The autograd Functions whose backward keeps intermediate results without their graph
+    (bf16 attention's probabilities, the layout-copy GroupNorm's mean and rstd, Winograd's cast
+    input) would give wrong second derivatives: PyTorch refuses them in one line instead."""
+    from diffkit.models import attention as attention_module, group_norm as group_norm_module
+    from diffkit.models.cpu_kernels import cpu_kernels
+    from diffkit.models.winograd import winograd_conv3x3
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 16, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert attention_module.uses_matmuls(q, q, q)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        _second_derivative(lambda t: attention_module.attention(t, t, t, heads=2), q)
+
+    norm = group_norm_module.GroupNorm(2, 8).to(torch.bfloat16)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert group_norm_module.fused_group_norm_layout(norm, x, False) is None  # the layout-copy path
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        _second_derivative(norm, x)
+
+    if cpu_kernels() is not None:
+        w = torch.randn(4, 8, 3, 3)
+        x = torch.randn(1, 8, 8, 8, requires_grad=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            _second_derivative(lambda t: winograd_conv3x3(t, w), x)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # Largest L_q * L_k per head attended with matrix products on the CPU (a 16x16 map attending to
 # itself: 128 KiB of bf16 probabilities per sample and head kept for the backward pass); larger
@@ -39,6 +40,7 @@ class _KeptProbabilitiesAttention(torch.autograd.Function):
         return torch.bmm(probs, v)
 
     @staticmethod
+    @once_differentiable  # P is kept without its graph: second derivatives would be wrong
     def backward(ctx, grad_out):
         q, k, v, probs = ctx.saved_tensors
         grad_q = grad_k = grad_v = None

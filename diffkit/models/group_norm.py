@@ -152,6 +152,7 @@ class _GroupNormViaContiguous(torch.autograd.Function):
         return y.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
+    @once_differentiable  # mean and rstd are kept without their graph: second derivatives would be wrong
     def backward(ctx, grad):
         x, weight, mean, rstd = ctx.saved_tensors
         n, c, height, width = x.shape

@@ -43,6 +43,7 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..errors import DiffkitError
 from .cpu_kernels import compiling, cpu_autocast, cpu_kernels, environment_switch, strictly_channels_last
@@ -270,6 +271,7 @@ class _WinogradConv3x3(torch.autograd.Function):
             return _in_layout_of(x, y.permute(0, 3, 1, 2))
 
     @staticmethod
+    @once_differentiable  # second derivatives would miss x -> xv; PyTorch says so in one line
     def backward(ctx, dy):
         ext, variant = _extension(), ctx.variant
         xv, weight = ctx.saved_tensors
