@@ -529,3 +529,34 @@ def test_scheduler_variance_types():
                                             up_block_types=("UpBlock2D", "AttnUpBlock2D"))
         unet = import_diffusers(convertible, diffusers.DDPMScheduler(variance_type="fixed_large"))[0]
         assert not unet.config.learned_variance
+
+
+def test_a_failed_diffusers_load_is_one_line_and_a_good_one_keeps_the_librarys_warnings(tmp_path, capfd):
+    """A folder holding only fp16-variant weights: diffusers logs its own error line before raising;
+    diffkit's one line is all that shows. Warnings of a load that succeeds still show."""
+    import logging
+
+    from diffkit.interop import _library_logs_held
+
+    small_unet2d().save_pretrained(tmp_path / "unet", variant="fp16")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    capfd.readouterr()
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no file named diffusion_pytorch_model.safetensors" in err, err
+    assert not (tmp_path / "x.safetensors").exists()
+
+    shown = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        with _library_logs_held():
+            logging.getLogger("diffusers.models.modeling_utils").warning("a library warning")
+            assert shown == []
+        with pytest.raises(DiffkitError), _library_logs_held():
+            logging.getLogger("diffusers.models.modeling_utils").error("a failed load's line")
+            raise DiffkitError("the load failed")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert shown == ["a library warning"]

@@ -13,7 +13,9 @@ See docs/interop.md.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 
 from ..errors import DiffkitError, first_line
 
@@ -41,12 +43,36 @@ def require(module: str = "diffusers"):
                            f"pip install diffkit[diffusers]") from None
 
 
+@contextlib.contextmanager
+def _library_logs_held():
+    """What diffusers and transformers log inside: shown once the block succeeds, dropped when it
+    raises (the one-line error says it; diffusers logs its error as a line of its own first)."""
+    held = []
+
+    def hold(record):
+        if record not in held:  # once, however many handlers see it
+            held.append(record)
+        return False
+
+    handlers = [h for name in ("diffusers", "transformers") for h in logging.getLogger(name).handlers]
+    for handler in handlers:
+        handler.addFilter(hold)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hold)
+    for record in held:
+        logging.getLogger(record.name).handle(record)
+
+
 def from_pretrained(cls, directory, **kwargs):
     """``cls.from_pretrained(directory, **kwargs)`` (local files only) with a one-line DiffkitError
     when the folder's weights or configuration are missing or unreadable. diffkit's callers pass
     ``use_safetensors=True``: weights come from ``.safetensors`` files only, never from a pickle."""
     try:
-        return cls.from_pretrained(directory, **kwargs)
+        with _library_logs_held():
+            return cls.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files
         raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: "
                            f"{first_line(err, 200)}") from None
