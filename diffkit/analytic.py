@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from .errors import DiffkitError
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, as_cpu_times
 
 _F64 = torch.float64
 
@@ -160,7 +160,7 @@ class AnalyticNetwork:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         t64 = _per_sample(t, x)
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        x64 = x.detach().to("cpu", _F64)
+        x64 = x.detach().cpu().to(_F64)  # mps has no float64: to the CPU first
         eps = self.mixture.eps(x64, alpha, sigma, y)
         if self.learned_variance:
             from .diffusion import clipped_log_variance, posterior_coefficients
@@ -190,7 +190,7 @@ def gaussian_ode_solution(mean, cov, x_t: torch.Tensor, alpha_t, sigma_t, alpha_
 
 def _per_sample(value, x: torch.Tensor) -> torch.Tensor:
     """(B,) values, or a single value when the whole batch shares it (the common case)."""
-    value = torch.as_tensor(value, dtype=_F64).detach().cpu().reshape(-1)
+    value = as_cpu_times(value).reshape(-1)
     if value.numel() > 1 and bool((value == value[0]).all()):
         return value[:1]
     return value

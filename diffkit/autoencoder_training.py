@@ -43,6 +43,7 @@ from .config import resolve_device
 from .data import DATASET_CHANNELS, DATASET_IMG_SIZE, load_dataset, make_loader
 from .errors import DiffkitError, check_choice, check_range
 from .models.autoencoder import LOGVAR_MAX, LOGVAR_MIN, Autoencoder, AutoencoderConfig, estimate_scale_factor
+from .models.layers import to_device
 
 KIND = "autoencoder"
 RECON_LOSSES = ("l1", "l2")
@@ -262,7 +263,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
     model = Autoencoder(model_cfg)
     if model_cfg.regularizer == "kl" and cfg.logvar_init is not None:
         nn.init.constant_(model.quant_conv.bias[model_cfg.latent_channels:], cfg.logvar_init)
-    model = model.to(device)
+    model = to_device(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
     disc = disc_opt = None
     if cfg.disc_start is not None:
@@ -353,4 +354,4 @@ def load_autoencoder(path: str | Path, device="cpu") -> tuple[Autoencoder, float
         raise DiffkitError(f"{path} has an autoencoder config this diffkit does not know ({err})") from None
     ckpt.load_state_dict_checked(model, ckpt.split_prefix(tensors, "model"), f"autoencoder checkpoint {path}")
     model.requires_grad_(False)
-    return model.to(device).eval(), float(meta["scale_factor"])
+    return to_device(model, device).eval(), float(meta["scale_factor"])

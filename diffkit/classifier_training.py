@@ -28,6 +28,7 @@ from .data import load_dataset
 from .diffusion import q_sample
 from .errors import DiffkitError, check_range
 from .models.classifier import ClassifierConfig, EncoderClassifier
+from .models.layers import to_device
 from .schedule import NoiseSchedule
 
 KIND = "classifier"
@@ -138,7 +139,7 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule: NoiseSchedule, datase
         raise DiffkitError(f"a classifier needs a labelled data set with >= 2 classes; "
                            f"{cfg.dataset} has {getattr(dataset, 'num_classes', 0)}")
     torch.manual_seed(cfg.seed)
-    model = EncoderClassifier(cfg.classifier_config(dataset)).to(device)
+    model = to_device(EncoderClassifier(cfg.classifier_config(dataset)), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     model.train()
@@ -194,7 +195,7 @@ def load_classifier(path: str | Path, device="cpu") -> tuple[EncoderClassifier, 
     model = EncoderClassifier(ClassifierConfig(**meta["classifier"]))
     model.load_state_dict(ckpt.split_prefix(tensors, "model"))
     model.requires_grad_(False)
-    return model.to(device).eval(), meta, NoiseSchedule(tensors["schedule.betas"])
+    return to_device(model, device).eval(), meta, NoiseSchedule(tensors["schedule.betas"])
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import torch
 from . import diffusion
 from .config import MIXED_PRECISION
 from .errors import DiffkitError, check_choice, check_range
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, as_cpu_times
 
 THRESHOLDING = (None, "clip", "dynamic")
 COMPILE_MODES = ("no", "default", "reduce-overhead", "max-autotune")  # torch.compile modes
@@ -112,7 +112,7 @@ class Denoiser:
 
     def network_times(self, t, x: torch.Tensor) -> torch.Tensor:
         """Times as the (B,) float tensor on x's device that the network receives."""
-        t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+        t = as_cpu_times(t)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
@@ -248,11 +248,24 @@ class ThresholdedDenoiser:
             x0 = diffusion.clip_x0(pred.x0, self.max_value)
         else:
             x0 = diffusion.dynamic_threshold(pred.x0, self.ratio, self.max_value)
-        t64 = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+        t64 = as_cpu_times(t)
         t64 = t64.expand(x.shape[0]) if t64.ndim == 0 else t64
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         eps = diffusion.eps_from_x0(x, x0, alpha, sigma)
         return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
+
+
+def network_device(denoiser) -> torch.device:
+    """The device of the network inside any wrappers (objects with ``.inner``): its ``model``
+    (what :func:`diffkit.load_denoiser` attaches) or ``net``; the CPU for parameter-free networks."""
+    while not isinstance(denoiser, Denoiser) and hasattr(denoiser, "inner"):
+        denoiser = denoiser.inner
+    for module in (getattr(denoiser, "model", None), getattr(denoiser, "net", None)):
+        if isinstance(module, torch.nn.Module):
+            weight = next(iter(module.parameters()), None)
+            if weight is not None:
+                return weight.device
+    return torch.device("cpu")
 
 
 def precision_context(denoiser, device_type: str):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .errors import check_choice
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, as_cpu_times
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
@@ -30,7 +30,7 @@ def expand(coef, x: torch.Tensor) -> torch.Tensor:
 
 def _times(t, x: torch.Tensor) -> torch.Tensor:
     """Times as a float64 CPU tensor: a scalar (shared by the batch) or (B,)."""
-    return torch.as_tensor(t).detach().to("cpu", torch.float64)
+    return as_cpu_times(t)
 
 
 # ---------------------------------------------------------------- forward process
@@ -56,8 +56,8 @@ def posterior_coefficients(schedule: NoiseSchedule, t, s=None):
         var  = beta-tilde = (1 - abar_s)/(1 - abar_t) beta_{t|s}.
     Returns ``(coef_x0, coef_xt, variance, beta_ts)``.
     """
-    t = torch.as_tensor(t, dtype=torch.float64)
-    s = t - 1 if s is None else torch.as_tensor(s, dtype=torch.float64)
+    t = as_cpu_times(t)
+    s = t - 1 if s is None else as_cpu_times(s)
     abar_t, abar_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
     beta_ts = 1 - abar_t / abar_s
     one_minus_abar_t = -torch.expm1(torch.log(abar_t))
@@ -83,7 +83,7 @@ def posterior_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torc
 def clipped_log_variance(schedule: NoiseSchedule, t, s) -> torch.Tensor:
     """log beta-tilde_{t|s}, with the zero variance at s = -1 replaced by the variance of the step
     from t=1 to t=0 (improved-diffusion's ``posterior_log_variance_clipped``)."""
-    t, s = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+    t, s = as_cpu_times(t), as_cpu_times(s)
     variance = posterior_coefficients(schedule, t, s)[2]
     if schedule.num_timesteps > 1:
         fallback = posterior_coefficients(schedule, torch.tensor(1.0, dtype=torch.float64),
@@ -184,7 +184,7 @@ def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_va
     with the network output ``var_values`` in [-1, 1] mapped to v = (var_values + 1)/2.
     """
     check_choice("variance_type", variance_type, VARIANCE_TYPES)
-    t, s = torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)
+    t, s = as_cpu_times(t), as_cpu_times(s)
     log_small = clipped_log_variance(schedule, t, s)
     beta_ts = posterior_coefficients(schedule, t, s)[3]
     if variance_type == "fixed_small":

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import DiffkitError
+
 
 @dataclass
 class DistInfo:
@@ -30,12 +32,20 @@ class DistInfo:
         return self.world_size > 1
 
 
+DISTRIBUTED_DEVICES = ("cpu", "cuda")  # gloo and nccl; mps has no process-group backend
+
+
 def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group that torchrun describes in the environment (no-op otherwise)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if device.type == "cuda" and device.index is not None:  # cuda:N: its allocations and pinned-memory copies go there
+            torch.cuda.set_device(device)
         return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type not in DISTRIBUTED_DEVICES:
+        raise DiffkitError(f"distributed training needs device cpu (gloo) or cuda (nccl); {device.type} has no "
+                           f"process-group backend: run one process or use device cpu")
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

@@ -338,10 +338,11 @@ def nll_bits_per_dim(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequ
     generator (seed ``seed + i``, :func:`diffkit.noise.generators_from_seed`), so the value does not
     depend on ``batch_size``.
     """
+    from .denoiser import network_device
     from .likelihood import variational_bound
     from .noise import generators_from_seed
     check_sample_count(int(images.shape[0]), "NLL images")
-    device = next(denoiser.model.parameters()).device if hasattr(denoiser, "model") else "cpu"
+    device = network_device(denoiser)
     generators = generators_from_seed(seed, int(images.shape[0]))
     totals, start_time = [], time.perf_counter()
     for start in range(0, images.shape[0], batch_size):

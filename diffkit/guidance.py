@@ -30,6 +30,7 @@ from . import diffusion
 from .denoiser import Prediction
 from .errors import DiffkitError, check_choice, check_range
 from .noise import randn_like
+from .schedule import as_cpu_times
 from .samplers.common import report, steps
 
 CONVENTIONS = ("seed", "diffusers")
@@ -38,7 +39,7 @@ RESCALE_SPACES = ("x0", "eps")
 
 def _times64(t, batch: int) -> torch.Tensor:
     """Times as float64 CPU (B,)."""
-    t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+    t = as_cpu_times(t)
     return t.expand(batch) if t.ndim == 0 else t.reshape(batch)
 
 
@@ -220,7 +221,9 @@ def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.
     if y.numel() not in (1, batch):
         raise DiffkitError(f"{y.numel()} class labels for a batch of {batch}; give one label or one per sample")
     y = y.expand(batch)
-    with torch.enable_grad():
+    # in the samples' precision, as in Algorithm 1's path: diffkit.sample holds the denoiser's
+    # autocast open around the whole loop, and the classifier is not the denoiser
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
         x_in = x.detach().requires_grad_(True)
         logits = classifier(x_in, t_net)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 2:

@@ -95,13 +95,14 @@ class FrozenAutoencoder:
     def from_checkpoint(cls, tensors: dict, meta: dict, device="cpu", what: str = "checkpoint") -> "FrozenAutoencoder":
         """Rebuild from the ``autoencoder.*`` tensors and ``meta["latent"]`` of a checkpoint."""
         from .models.autoencoder import Autoencoder, AutoencoderConfig
+        from .models.layers import to_device
         info = meta["latent"]
         model = Autoencoder(AutoencoderConfig(**info["config"]))
         weights = ckpt.split_prefix(tensors, "autoencoder")
         if not weights:
             raise DiffkitError(f"{what} describes a latent model but holds no autoencoder weights")
         ckpt.load_state_dict_checked(model, weights, f"{what} (autoencoder)")
-        return cls(model.to(device), info["scale_factor"], info.get("source"), info.get("sha256"))
+        return cls(to_device(model, device), info["scale_factor"], info.get("source"), info.get("sha256"))
 
 
 class LatentDataset(Dataset):

@@ -57,8 +57,8 @@ def variational_bound(denoiser, x0: torch.Tensor, *, variance_type: Optional[str
         x_t = diffusion.q_sample(schedule, x0, t, randn_like(x0, generator))
         pred = denoiser(x_t, t, **cond)
         var_values = pred.var_values if variance_type == "learned_range" else None
-        terms[:, j] = vlb_term_bpd(schedule, x0, x_t, t, pred.x0, variance_type, var_values).double().cpu()
-    prior = prior_bpd(schedule, x0).double().cpu()
+        terms[:, j] = vlb_term_bpd(schedule, x0, x_t, t, pred.x0, variance_type, var_values).cpu().double()
+    prior = prior_bpd(schedule, x0).cpu().double()  # float64 on the CPU (mps has none)
     total = prior + (terms * weights[None]).sum(1)
     return VLBResult(total=total, prior=prior, terms=terms, timesteps=ts, weights=weights)
 

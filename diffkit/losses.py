@@ -18,7 +18,7 @@ import torch
 
 from . import diffusion
 from .errors import DiffkitError, check_choice
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, as_cpu_times
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
 
@@ -66,7 +66,7 @@ def vlb_term_bpd(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t
                  x0_pred: torch.Tensor, variance_type: str, var_values=None) -> torch.Tensor:
     """The VLB term at integer t, per example in bits/dim: L_{t-1} = KL(q || p_theta) for t > 0,
     and the decoder NLL L_0 = -log p_theta(x_0 | x_1) for t = 0 (DDPM eq. 5 and 13)."""
-    t = torch.as_tensor(t, dtype=torch.float64).cpu()
+    t = as_cpu_times(t)
     true_mean, _, true_log_var = diffusion.posterior_mean_variance(schedule, x0, x_t, t)
     mean, log_var = diffusion.p_mean_variance(schedule, x_t, x0_pred, t, None, variance_type, var_values)
     kl = _bits(normal_kl(true_mean, true_log_var, mean, log_var))
@@ -86,7 +86,7 @@ class LossOutput:
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Min-SNR-gamma weighting (Hang et al. 2023, eq. 8), expressed for each target:
     eps: min(SNR, gamma)/SNR; x0: min(SNR, gamma); v: min(SNR, gamma)/(SNR + 1)."""
-    snr = torch.exp(2 * schedule.log_snr(torch.as_tensor(t, dtype=torch.float64).cpu()))
+    snr = torch.exp(2 * schedule.log_snr(as_cpu_times(t)))
     clipped = torch.minimum(snr, torch.full_like(snr, gamma))
     if prediction_type == "epsilon":
         return clipped / snr

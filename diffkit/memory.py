@@ -114,7 +114,8 @@ def peak_bytes(fn: Callable[[], object], device) -> int:
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        result = fn()
+        with _eager():  # a compiled network would compile (and record CUDA graphs) for the probe's sizes
+            result = fn()
         torch.cuda.synchronize(device)
         del result
         return max(0, torch.cuda.max_memory_allocated(device) - baseline)
@@ -204,10 +205,17 @@ def auto_batch_size(probe: Callable[[int], object], device, *, limit: int, sampl
     return max(1, min(ceiling, int(budget // per_sample)))
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """An accelerator's out of memory: CUDA's ``torch.OutOfMemoryError``, or the plain
+    RuntimeError of the mps allocator ("MPS backend out of memory")."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError)
+                                                       and str(err).startswith("MPS backend out of memory"))
+
+
 def batches_with_oom_retry(generate: Callable, num: int, batch_size: int) -> Iterator[tuple]:
     """Yield ``(start, *generate(start, n))`` over ``num`` samples in batches of ``batch_size``.
 
-    When a batch runs out of accelerator memory (``torch.OutOfMemoryError``), the batch size is
+    When a batch runs out of accelerator memory (:func:`is_out_of_memory`), the batch size is
     halved and the same samples are drawn again, with a warning; samples that depend only on
     their index (per-sample generators, ``seed + i``) come out the same. A CPU out of memory is
     not caught: the kernel may end the process before torch sees it."""
@@ -217,13 +225,17 @@ def batches_with_oom_retry(generate: Callable, num: int, batch_size: int) -> Ite
         n = min(batch_size, num - start)
         try:
             result = generate(start, n)
-        except torch.OutOfMemoryError:
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
             if n == 1:
                 raise DiffkitError("out of memory with a batch of one sample; free the device or use a smaller "
                                    "model or precision (--mixed-precision)") from None
             batch_size = max(1, n // 2)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                torch.mps.empty_cache()
             print(f"diffkit: warning: out of memory with a batch of {n}; retrying with {batch_size}", file=sys.stderr)
             continue
         yield (start, *result)

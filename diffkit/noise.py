@@ -1,8 +1,9 @@
 """Gaussian noise with per-sample generators, so that sample i never depends on batch size.
 
 ``generator`` may be ``None`` (global RNG), one ``torch.Generator`` for the whole batch, or a
-list of generators, one per sample. Noise is drawn on the CPU in float32 and moved to the target
-device, so the same seed gives the same samples on cpu, cuda and mps.
+list of generators, one per sample. Noise is drawn in float32 on each generator's own device and
+moved to the target device: CPU generators (diffkit's own, :func:`generators_from_seed`) give the
+same samples on cpu, cuda and mps; CUDA generators (diffusers' habit) draw on the GPU.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float3
     generator = list(generator)
     if len(generator) != shape[0]:
         raise DiffkitError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample")
-    noise = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32).to(device=device)
+                         for g in generator])  # a generator draws on its own device (diffusers' convention)
     return noise.to(device=device, dtype=dtype)
 
 

@@ -34,7 +34,9 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         grid: an explicit grid of ``steps + 1`` decreasing times (overrides steps/spacing/final).
         seed: per-sample generators ``seed + i`` (sample i does not depend on the batch size);
             or pass ``generator`` (one generator or one per sample).
-        cond: keyword arguments for the network (``y`` class labels, ``context``).
+        cond: keyword arguments for the network (``y`` class labels, ``context``); tensors are
+            moved to the samples' device.
+        device, dtype: where and in which dtype the noise is drawn; ``device`` also moves given noise.
         thresholding: ``None``, ``"clip"`` or ``"dynamic"`` on the predicted x_0
             (:class:`~diffkit.denoiser.ThresholdedDenoiser`), with diffusers' options
             ``sample_max_value`` (clip bound, default 1; cap of the dynamic threshold, default
@@ -69,7 +71,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     if seed is not None:
         check_range("seed", seed, 0, 2**63 - 1, integer=True)
     if isinstance(shape_or_noise, torch.Tensor):
-        x = check_noise(shape_or_noise)
+        x = check_noise(shape_or_noise if device is None else shape_or_noise.to(device))
         if seed is not None:
             generator = generators_from_seed(seed, x.shape[0])
         check_generators(generator, x.shape[0])
@@ -89,6 +91,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         x = check_noise(randn(shape, generator, device=device, dtype=dtype))
     if cond is not None:
         check_cond(cond, x.shape[0])
+        cond = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}  # beside x
     if thresholding is not None:
         denoiser = ThresholdedDenoiser(denoiser, thresholding,
                                        **{_THRESHOLD_OPTIONS[k]: v for k, v in threshold_options.items()})

@@ -31,10 +31,11 @@ SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")
 _F64 = torch.float64
 
 
-def _as_time(t) -> torch.Tensor:
-    """Any scalar / sequence / tensor of times as a float64 CPU tensor."""
+def as_cpu_times(t) -> torch.Tensor:
+    """Any scalar / sequence / tensor of times as a float64 CPU tensor. A device tensor is copied
+    to the CPU before the cast: mps has no float64 (and a list of floats is never read as float32)."""
     if isinstance(t, torch.Tensor):
-        return t.detach().to("cpu", _F64)
+        return t.detach().cpu().to(_F64)
     return torch.as_tensor(t, dtype=_F64)
 
 
@@ -155,7 +156,7 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ continuous time
     def log_alpha(self, t) -> torch.Tensor:
         """log alpha_t = 0.5 log alpha_bar_t, piecewise linear in t over [-1, T-1]."""
-        t = _as_time(t)
+        t = as_cpu_times(t)
         if (t < -1).any() or (t > self.num_timesteps - 1).any() or torch.isnan(t).any():
             raise DiffkitError(f"time t={_first_bad(t, -1, self.num_timesteps - 1)} is out of range; "
                                f"allowed: [-1, {self.num_timesteps - 1}] (-1 = clean data)")
@@ -189,7 +190,7 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ inverse maps
     def t_from_log_alpha(self, log_alpha) -> torch.Tensor:
         """Inverse of :meth:`log_alpha` (the piecewise-linear interpolation inverted exactly)."""
-        la = _as_time(log_alpha)
+        la = as_cpu_times(log_alpha)
         grid = self._log_alpha_grid  # decreasing in t, grid[0] = 0 at t = -1
         finite = torch.isfinite(grid)
         lo_bound = grid[finite][-1]
@@ -209,13 +210,13 @@ class NoiseSchedule:
 
     def t_from_log_snr(self, log_snr) -> torch.Tensor:
         """Inverse of :meth:`log_snr`: alpha = sigmoid(2 lambda)^(1/2), then invert log alpha."""
-        lam = _as_time(log_snr)
+        lam = as_cpu_times(log_snr)
         log_alpha = -0.5 * torch.nn.functional.softplus(-2.0 * lam)
         return self.t_from_log_alpha(log_alpha)
 
     def t_from_karras_sigma(self, karras_sigma) -> torch.Tensor:
         """Inverse of :meth:`karras_sigma` (sigma = 0 gives t = -1)."""
-        s = _as_time(karras_sigma)
+        s = as_cpu_times(karras_sigma)
         if (s < 0).any():
             raise DiffkitError(f"karras sigma={s.flatten()[0].item()!r} must be >= 0")
         return self.t_from_log_snr(-torch.log(s))

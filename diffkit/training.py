@@ -376,6 +376,8 @@ class Trainer:
         tensors["rng.generator"] = self.generator.get_state()
         if torch.cuda.is_available() and self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.device.type == "mps":  # dropout on mps draws from the mps generator
+            tensors["rng.mps"] = torch.mps.get_rng_state()
         for k, v in self.timesteps.state_dict().items():
             tensors[f"timesteps.{k}"] = v
         from . import __version__
@@ -411,6 +413,7 @@ class Trainer:
         if not self.dist.is_main:
             return path
         tensors, meta = self.state_tensors()
+        tensors = {k: v.detach().cpu() for k, v in tensors.items()}  # one copy off the device for both files
         bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.")) and v.is_floating_point()
                and not torch.isfinite(v).all()]
         if bad:
@@ -454,6 +457,8 @@ class Trainer:
         self.generator.set_state(tensors["rng.generator"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if "rng.mps" in tensors and self.device.type == "mps":
+            torch.mps.set_rng_state(tensors["rng.mps"])
         ts_state = ckpt.split_prefix(tensors, "timesteps")
         if ts_state:
             self.timesteps.load_state_dict(ts_state)
@@ -519,7 +524,8 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-            total += loss.item()
+            total = total + loss.detach().double()  # no host sync between micro-batches
+        total = float(total)
         if self.dist.enabled:  # the global batch's loss (not rank 0's shard), and one stop decision for all
             total, self.stop_signal = self._agree(total, self.stop_signal)
         if self.scaler is not None:

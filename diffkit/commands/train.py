@@ -111,11 +111,15 @@ def resumable_config(path) -> dict:
 
 def run(args) -> int:
     from ..config import resolve_device
+    from ..distributed import DISTRIBUTED_DEVICES
     cfg = config_from_args(args)
     if cfg.state == "eval":  # the seed's modelConfig runs its sampler when state is "eval"
         raise DiffkitError("the config has state='eval' (the seed's sampling mode); 'diffkit train' trains: set "
                            "state='train', or sample a trained run with 'diffkit sample --checkpoint CKPT'")
     device = resolve_device(cfg.device)
+    if args.nproc > 1 and device.type not in DISTRIBUTED_DEVICES:
+        raise DiffkitError(f"--nproc {args.nproc} needs device cpu (gloo) or cuda (nccl); {device.type} has no "
+                           f"process-group backend: use --nproc 1 or --device cpu")
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch
         if args.nproc > torch.cuda.device_count():
@@ -161,6 +165,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     and returns 128 + signal (130 / 143)."""
     import signal
 
+    from .. import distributed
     from ..training import Trainer, TrainingInterrupted
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -169,6 +174,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     try:
         result = trainer.run()
     except TrainingInterrupted as stop:
+        distributed.cleanup(trainer.dist)
         if not trainer.dist.is_main:
             return 128 + stop.signum
         sys.stdout.flush()
@@ -183,6 +189,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                              f"checkpoint {stop.checkpoint}; resume with: {resume_command(cfg, flags)}\n")
         sys.stderr.flush()
         return 128 + stop.signum
+    distributed.cleanup(trainer.dist)  # rank 0 samples alone
     if not trainer.dist.is_main:
         return 0
     trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} images/s); "

@@ -30,7 +30,7 @@ import torch
 
 from ..diffusion import PREDICTION_TYPES
 from ..errors import DiffkitError, check_choice
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, as_cpu_times
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 SCHEDULER_KINDS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler"}
@@ -187,7 +187,7 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     config = scheduler.config
     if name == "PNDMScheduler" and not config.get("skip_prk_steps", False):
         times = sorted(set(int(t) for t in scheduler._timesteps), reverse=True)  # PRK's base grid, not its half steps
-    times = torch.as_tensor(times).to(torch.float64).cpu()
+    times = as_cpu_times(times)
     keep = torch.cat([torch.ones(1, dtype=torch.bool), times[1:] != times[:-1]])
     times = times[keep]
     final_alpha = getattr(scheduler, "final_alpha_cumprod", None)

@@ -334,7 +334,7 @@ def estimate_scale_factor(autoencoder: Autoencoder, images: torch.Tensor, batch_
     try:
         for start in range(0, images.shape[0], batch_size):
             z = autoencoder.encode_latents(images[start:start + batch_size].to(device), generator=generator,
-                                           sample=sample).double()
+                                           sample=sample).detach().cpu().double()  # mps has no float64
             total += z.sum().item()
             total_sq += z.pow(2).sum().item()
             count += z.numel()

@@ -219,6 +219,12 @@ def _contiguous_state(module, state_dict, prefix, _metadata):
             state_dict[key] = value.contiguous()
 
 
+def to_device(module: nn.Module, device, mixed_precision: str = "no") -> nn.Module:
+    """``module`` on ``device`` in the layout it runs fastest in there (:func:`preferred_memory_format`;
+    diffkit's networks are built channels_last, the CPU's layout)."""
+    return use_memory_format(module.to(device), preferred_memory_format(device, mixed_precision))
+
+
 def use_memory_format(module: nn.Module, memory_format: torch.memory_format = torch.channels_last) -> nn.Module:
     """Store ``module``'s convolution weights in ``memory_format`` and make its forward lay its
     input out the same way (``module.memory_format``, read by :func:`to_compute_layout`).

@@ -133,9 +133,9 @@ class UNet(nn.Module):
         if y.shape != (batch,):
             raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; give ({batch},), one per sample")
         from .cpu_kernels import compiling
-        if not compiling() and y.numel() and (int(y.min()) < 0 or int(y.max()) > n):
-            raise DiffkitError(f"class label {int(y.min()) if int(y.min()) < 0 else int(y.max())} is out of range; "
-                               f"allowed: 0..{n - 1} ({n}: unconditional)")
+        if not compiling() and bool(((y < 0) | (y > n)).any()):  # one host sync
+            bad = y[(y < 0) | (y > n)][0].item()
+            raise DiffkitError(f"class label {bad} is out of range; allowed: 0..{n - 1} ({n}: unconditional)")
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
