@@ -443,3 +443,17 @@ def test_a_latent_model_is_not_exported_as_a_pixel_pipeline(tmp_path, autoencode
     err = capsys.readouterr().err
     assert code == 2 and "is a latent diffusion model" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "hf").exists()
+
+
+def test_train_then_sample_a_latent_model_on_the_command_line(autoencoder_file, tmp_path, capsys):
+    """README's `diffkit train ... --set autoencoder=ae.safetensors` trains and then samples its
+    grid (it ended with "--noise-out: a latent checkpoint ...", a flag the user never gave)."""
+    from diffkit.cli import main as cli_main
+
+    flags = [f"--set={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in TINY.items() if k not in ("dataset", "max_steps", "batch_size")]
+    code = cli_main(["train", "--dataset", "digits", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "ldm"),
+                     "--no-progress", f"--set=autoencoder={autoencoder_file}", "--set=sample_steps=2", *flags])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (tmp_path / "ldm" / "samples" / "SampledNoGuidanceImgs.png").is_file()
+    assert not (tmp_path / "ldm" / "samples" / "NoisyNoGuidanceImgs.png").exists()

@@ -199,7 +199,8 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
         sample_to_files(Path(cfg.save_weight_dir) / "latest.safetensors", sampler=cfg.sampler,
                         steps=cfg.sample_steps, num=num_samples, nrow=cfg.nrow,
                         out=Path(cfg.sampled_dir) / cfg.sampledImgName,
-                        noise_out=Path(cfg.sampled_dir) / cfg.sampledNoisyImgName,
+                        # a latent model's noise lives in its latent space: no noise grid
+                        noise_out=None if cfg.autoencoder else Path(cfg.sampled_dir) / cfg.sampledNoisyImgName,
                         device=str(trainer.device), progress=progress, scale=scale)
     return 0
 
