@@ -231,7 +231,7 @@ class ThresholdedDenoiser:
         if max_value is None:
             max_value = 1.0 if mode == "clip" else math.inf
         check_range("sample_max_value", max_value, 1.0 if mode == "dynamic" else 0.0, None,
-                    low_inclusive=mode == "dynamic")
+                    low_inclusive=mode == "dynamic", finite=False)  # inf: no cap
         self.inner, self.mode, self.ratio, self.max_value = inner, mode, ratio, max_value
 
     schedule = property(lambda self: self.inner.schedule)

@@ -25,12 +25,16 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
 
 
 def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
-                *, integer: bool = False, low_inclusive: bool = True, high_inclusive: bool = True) -> Any:
-    """Return ``value`` if it is a number in the given range, else raise a one-line DiffkitError."""
-    kind = "an integer" if integer else "a number"
+                *, integer: bool = False, low_inclusive: bool = True, high_inclusive: bool = True,
+                finite: bool = True) -> Any:
+    """Return ``value`` if it is a number in the given range, else raise a one-line DiffkitError.
+    NaN is never allowed, +-inf only with ``finite=False`` (where inf means "no bound")."""
+    kind = "an integer" if integer else ("a finite number" if finite else "a number")
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         raise DiffkitError(f"{name}={value!r} must be {kind}")
+    if value != value or (finite and value in (float("inf"), float("-inf"))):
+        raise DiffkitError(f"{name}={value!r} is not allowed; give {kind}")
     lo_ok = low is None or (value >= low if low_inclusive else value > low)
     hi_ok = high is None or (value <= high if high_inclusive else value < high)
     if not (lo_ok and hi_ok):

@@ -41,12 +41,12 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str
     full schedule is DDPM with beta-tilde. ``eta="sigma_hat"`` is DDIM Table 1's sigma-hat
     process: DDPM ancestral steps with the larger variance sigma-hat^2 = 1 - abar_t/abar_s.
     """
-    if isinstance(eta, str):
-        if eta != "sigma_hat":
-            raise DiffkitError(f"eta={eta!r} is not allowed; use a number >= 0 or 'sigma_hat'")
+    if isinstance(eta, bool):
+        raise DiffkitError(f"eta={eta!r} is not allowed; use a finite number >= 0 or 'sigma_hat'")
+    eta = parse_eta(eta)
+    if eta == "sigma_hat":
         return ddpm(denoiser, x, grid, variance_type="fixed_large", cond=cond, generator=generator,
                     callback=callback, progress=progress)
-    check_range("eta", eta, 0.0, None)
     cond = cond or {}
     c = GridCoefficients.of(denoiser.schedule, grid)
     # per-step coefficients once per grid, as Python floats (no tensor work on the step path)
