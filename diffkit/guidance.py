@@ -34,7 +34,7 @@ from .schedule import as_cpu_times
 from .samplers.common import report, steps
 
 CONVENTIONS = ("seed", "diffusers")
-RESCALE_SPACES = ("x0", "eps")
+RESCALE_SPACES = ("x0", "eps", "v")
 
 
 def _times64(t, batch: int) -> torch.Tensor:
@@ -98,8 +98,10 @@ class ClassifierFreeGuidance(_Wrapper):
         rescale: phi of guidance rescale (Lin et al. 2024, Sec. 3.4): the guided prediction is
             scaled per sample to the standard deviation of the conditional one and mixed,
             phi * rescaled + (1 - phi) * guided; 0 disables it.
-        rescale_space: ``x0`` (rescale the predicted x_0) or ``eps`` (the noise prediction, as
-            diffusers' ``rescale_noise_cfg``); the other quantity is recomputed from it.
+        rescale_space: ``x0`` (rescale the predicted x_0), ``eps`` (the noise prediction) or ``v``
+            (the velocity alpha eps - sigma x_0); the others are recomputed from it. diffusers'
+            ``rescale_noise_cfg`` rescales the network's output: ``eps`` for an epsilon network,
+            ``v`` for a v-prediction one.
         interval: ``(t_lo, t_hi)`` in training-timestep units: guide only where
             t_lo <= t <= t_hi, elsewhere return the conditional model with one network call of
             batch B (Kynkaanniemi et al. 2024; see :func:`interval_from_karras_sigmas`).
@@ -194,6 +196,10 @@ class ClassifierFreeGuidance(_Wrapper):
         if self.rescale_space == "x0":
             x0 = phi * x0 * _std_per_sample(x0_c) / _std_per_sample(x0) + (1 - phi) * x0
             return diffusion.eps_from_x0(x, x0, alpha, sigma), x0
+        if self.rescale_space == "v":
+            v, v_c = (diffusion.target_for("v_prediction", a, e, alpha, sigma) for a, e in ((x0, eps), (x0_c, eps_c)))
+            v = phi * v * _std_per_sample(v_c) / _std_per_sample(v) + (1 - phi) * v
+            return diffusion.eps_x0_from_output(v, x, alpha, sigma, "v_prediction")
         eps = phi * eps * _std_per_sample(eps_c) / _std_per_sample(eps) + (1 - phi) * eps
         return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
 

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import diffusion
-from .errors import DiffkitError, check_choice
+from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule, as_cpu_times
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
@@ -108,8 +108,11 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
+    check_range("hybrid_lambda", hybrid_lambda, 0.0, None)
+    if min_snr_gamma is not None:
+        check_range("min_snr_gamma", min_snr_gamma, 0.0, None, low_inclusive=False)
     cond = cond or {}
-    t64 = torch.as_tensor(t).detach().cpu().to(torch.float64)
+    t64 = as_cpu_times(t)
     alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
     x_t = diffusion.q_sample(schedule, x0, t64, noise)
     out = net(x_t, t64.to(device=x0.device, dtype=torch.float32), **cond)

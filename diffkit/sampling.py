@@ -1,4 +1,4 @@
-"""The front door: ``diffkit.sample(denoiser, shape_or_noise, sampler="ddim", steps=50, ...)``."""
+"""The front door: ``diffkit.sample(denoiser, shape_or_noise, sampler="ddim", steps=None (50), nfe=None, ...)``."""
 from __future__ import annotations
 
 import inspect
@@ -31,7 +31,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         spacing, final: the time grid (see :mod:`diffkit.timesteps`); defaults per sampler.
             ``logsnr_graded`` is graded at the denoiser's ``data_scale`` when it has one
             (:func:`diffkit.timesteps.grade_sigmas_for`; diffkit checkpoints record it).
-        grid: an explicit grid of ``steps + 1`` decreasing times (overrides steps/spacing/final).
+        grid: an explicit grid of ``steps + 1`` strictly decreasing times in [-1, T - 1] (-1: clean
+            data), given instead of steps/nfe/spacing/final (combining them is refused).
         seed: per-sample generators ``seed + i`` (sample i does not depend on the batch size);
             or pass ``generator`` (one generator or one per sample).
         cond: keyword arguments for the network (``y`` class labels, ``context``); tensors are
@@ -41,7 +42,14 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
             (:class:`~diffkit.denoiser.ThresholdedDenoiser`), with diffusers' options
             ``sample_max_value`` (clip bound, default 1; cap of the dynamic threshold, default
             none, as in Imagen) and ``dynamic_thresholding_ratio`` (quantile, default 0.995).
+        progress: a tqdm bar (default on here; the sampler functions default to off).
+        callback: called after each step with ``{"step", "t", "s", "x", "x0"}``: the grid index
+            the step starts from, its times t -> s, the new state and the x_0 prediction at t
+            (singlestep DPM-Solver: once per chunk of ``order`` intervals).
         options: sampler-specific options (e.g. ``eta`` for ddim).
+
+    Returns the samples at the grid's last time, shaped like the noise (float32 for half-precision
+    noise: the solver state is float32).
     """
     if not hasattr(denoiser, "schedule") or not callable(denoiser):
         raise DiffkitError(f"denoiser of type {type(denoiser).__name__} is not allowed; wrap the network with "
@@ -70,6 +78,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         raise DiffkitError("give seed or generator, not both")
     if seed is not None:
         check_range("seed", seed, 0, 2**63 - 1, integer=True)
+    if device is not None:
+        device = available_device(device)
     if isinstance(shape_or_noise, torch.Tensor):
         x = check_noise(shape_or_noise if device is None else shape_or_noise.to(device))
         if seed is not None:
@@ -174,6 +184,19 @@ def check_zero_terminal_snr(denoiser, info: SamplerInfo, start: float) -> None:
         raise DiffkitError(f"an epsilon-prediction network cannot start at t={start:g}, where alpha_bar = 0: "
                            f"x0 = (x - sigma eps)/alpha is undefined there; use a v_prediction or sample "
                            f"network (Lin et al. 2024) {below}")
+
+
+def available_device(device) -> torch.device:
+    """``device`` (a name or ``torch.device``) as a ``torch.device``; a cpu/cuda/mps device this
+    machine lacks is a one-line error (:func:`diffkit.config.resolve_device`), not torch's assertion."""
+    from .config import resolve_device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DiffkitError(f"device={device!r} is not allowed; choose cpu, cuda, cuda:N or mps") from None
+    if dev.type in ("cpu", "mps"):
+        return resolve_device(dev.type)
+    return resolve_device(str(dev)) if dev.type == "cuda" else dev
 
 
 def check_noise(x: torch.Tensor) -> torch.Tensor:

@@ -431,3 +431,28 @@ def test_train_classifier_command(tmp_path, capsys, monkeypatch):
     like = write_model_checkpoint(tmp_path / "like.safetensors", 3)  # an 8x8 model
     code, res = run_cli(capsys, "train-classifier", "--like", like, "--img-size", 32, "--out", out)
     assert code == 2 and "--img-size 32 differs from the checkpoint's 8" in res.err, res.err
+
+
+@pytest.mark.parametrize("prediction_type, space", [("epsilon", "eps"), ("v_prediction", "v")])
+def test_cfg_rescale_in_the_network_output_space_is_diffusers_rescale_noise_cfg(prediction_type, space):
+    """diffusers' StableDiffusionPipeline: noise_pred = rescale_noise_cfg(noise_cfg, noise_pred_text, phi) on the
+    network's output (eps or v): std_text / std_cfg per sample over every non-batch dim, then the
+    phi mix; the result is then converted to eps / x0 by the scheduler."""
+    den = Denoiser(tiny_unet(), SCHEDULE, prediction_type=prediction_type)
+    x, y = batch()
+    t, w, phi = 400, 4.0, 0.7
+    with torch.no_grad():
+        out_c = den.net(x, torch.full((x.shape[0],), float(t)), y=y)
+        out_u = den.net(x, torch.full((x.shape[0],), float(t)), y=torch.full_like(y, 3))  # the null class
+        got = ClassifierFreeGuidance(den, w, rescale=phi, rescale_space=space)(x, t, y=y)
+    out_cfg = out_u + (1 + w) * (out_c - out_u)  # diffusers' s = 1 + w
+    std_c = out_c.std(dim=list(range(1, out_c.ndim)), keepdim=True)
+    std_cfg = out_cfg.std(dim=list(range(1, out_cfg.ndim)), keepdim=True)
+    out = phi * out_cfg * (std_c / std_cfg) + (1 - phi) * out_cfg
+    alpha, sigma = SCHEDULE.alpha(torch.tensor(float(t))).item(), SCHEDULE.sigma(torch.tensor(float(t))).item()
+    if prediction_type == "epsilon":
+        eps, x0 = out, (x - sigma * out) / alpha
+    else:
+        eps, x0 = sigma * x + alpha * out, alpha * x - sigma * out
+    torch.testing.assert_close(got.eps, eps, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got.x0, x0, atol=2e-5, rtol=1e-4)

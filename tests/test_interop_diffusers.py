@@ -347,7 +347,7 @@ def test_sd_loads_shapes_and_prompts(tiny_sd):
     torch.testing.assert_close(ours[1:], negative)
 
 
-def _pipeline_and_ours(tiny_sd, scheduler, ours_fn, steps=4, scale=5.0, output_type="pt"):
+def _pipeline_and_ours(tiny_sd, scheduler, ours_fn, steps=4, scale=5.0, output_type="pt", **pipe_options):
     """diffusers' StableDiffusionPipeline and ``ours_fn`` on the same prompts, latents z_T and
     guidance scale; ``output_type`` "pt" (images in [0, 1]) or "latent" (z_0)."""
     from diffkit.interop.stable_diffusion import text_to_image
@@ -357,7 +357,7 @@ def _pipeline_and_ours(tiny_sd, scheduler, ours_fn, steps=4, scale=5.0, output_t
     pipe.scheduler = scheduler
     with torch.no_grad():
         theirs = pipe(prompts, num_inference_steps=steps, guidance_scale=scale, latents=latents.clone(), eta=0.0,
-                      output_type=output_type).images
+                      output_type=output_type, **pipe_options).images
     ours = ours_fn(sd, prompts, latents, steps, scale, text_to_image, output_type == "latent")
     return ours, theirs
 
@@ -375,6 +375,28 @@ def test_sd_ddim_matches_stable_diffusion_pipeline(tiny_sd):
     assert ours.shape == theirs.shape == (2, 3, 16, 16)
     assert 0 <= ours.min() and ours.max() <= 1
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_sd_guidance_rescale_and_nfe_match_the_pipeline(tiny_sd):
+    """``guidance_rescale`` as StableDiffusionPipeline applies it (on the network's output); and
+    ``nfe=`` alone spends that many calls (the default steps no longer collide with it)."""
+    scheduler = diffusers.DDIMScheduler.from_config(tiny_sd[0].scheduler.config)
+
+    def ours_fn(sd, prompts, latents, steps, scale, t2i, return_latents):
+        return t2i(sd, prompts, sampler="ddim", steps=steps, grid="scheduler", guidance_scale=scale, latents=latents,
+                   eta=0.0, guidance_rescale=0.7, return_latents=return_latents)
+
+    z_ours, z_theirs = _pipeline_and_ours(tiny_sd, scheduler, ours_fn, output_type="latent", guidance_rescale=0.7)
+    assert relative_error(z_ours, z_theirs) < 1e-5
+    plain, _ = _pipeline_and_ours(tiny_sd, scheduler, lambda sd, p, z, n, s, t2i, r: t2i(
+        sd, p, sampler="ddim", steps=n, grid="scheduler", guidance_scale=s, latents=z, return_latents=True),
+        output_type="latent")
+    assert relative_error(plain, z_theirs) > 1e-3  # the rescale changes the result
+    from diffkit.interop.stable_diffusion import text_to_image
+    _, sd = tiny_sd
+    sd.denoiser.reset_nfe()
+    text_to_image(sd, ["hot"], sampler="heun", nfe=5, return_latents=True)
+    assert sd.denoiser.nfe == 5
 
 
 def test_sd_pndm_skip_prk_matches_improved_euler_then_plms(tiny_sd):

@@ -185,16 +185,22 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
 
 
 def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sampler: str = "ddim",
-                  steps: Optional[int] = 50, nfe: Optional[int] = None, guidance_scale: float = 7.5,
-                  convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
+                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: float = 7.5,
+                  convention: str = "diffusers", guidance_rescale: float = 0.0,
+                  negative_prompt: Union[None, str, Sequence[str]] = None,
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
+    steps / nfe: the step count or the network evaluations to spend (default 50 steps).
     guidance_scale: in ``convention`` (``diffusers``: s, 1 = unguided, SD's usual 7.5;
         ``seed``: w = s - 1). The null condition is the empty prompt, or ``negative_prompt``.
+        s < 1 is applied as the formula says (eps_u + s (eps_c - eps_u)); diffusers' pipeline
+        turns guidance off for any s <= 1 instead.
+    guidance_rescale: phi of Lin et al. 2024 (Sec. 3.4), on the network's output as diffusers'
+        pipeline applies it (eps, or v for a v-prediction folder).
     latents: the starting noise z_T (B, C, h, w); default N(0, I) from per-sample ``seed + i``.
     grid: ``None`` (the sampler's default diffkit grid), ``"scheduler"`` (the timesteps diffusers
         would use with the folder's scheduler config, :meth:`StableDiffusion.scheduler_grid`) or
@@ -215,9 +221,12 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per prompt")
     context = sd.encode_prompts(prompts)
     null_context = sd.encode_prompts(negatives)
-    denoiser = sd.guided(guidance_scale, null_context, convention)
+    denoiser = sd.guided(guidance_scale, null_context, convention, rescale=guidance_rescale,
+                         rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")
     if isinstance(grid, str):
         check_choice("grid", grid, ["scheduler"])
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
         grid = sd.scheduler_grid(steps or 50)
     if grid is not None:
         steps = None

@@ -168,8 +168,10 @@ def dpm_solver_singlestep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solv
     bar = iter(steps(torch.zeros(len(orders) + 1), progress, f"{algorithm_type}-singlestep"))
     for k in orders:
         next(bar)
+        x_t = x
         x, m0 = _singlestep_chunk(denoiser, x, c, i, k, cond, data)
-        report(callback, i, c.t[i], c.t[i + k], x, m0 if data else None)
+        if callback is not None:  # the x0 prediction at t, whichever the solver works with
+            report(callback, i, c.t[i], c.t[i + k], x, m0 if data else (x_t - c.sigma[i] * m0) / c.alpha[i])
         i += k
     return x
 
