@@ -319,7 +319,8 @@ class TextConditionedUNet(nn.Module):
         table, counts, null = self._caption_table
         labels = labels.long().cpu()
         if labels.numel() and (labels.min() < 0 or labels.max() >= table.shape[0]):
-            raise DiffkitError(f"label {int(labels.max())} has no captions; allowed: 0..{table.shape[0] - 1}")
+            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+            raise DiffkitError(f"label {bad} has no captions; allowed: 0..{table.shape[0] - 1}")
         index = torch.minimum((u.cpu() * counts[labels]).long(), counts[labels] - 1)
         ids = table[labels, index]
         if drop is not None:

@@ -457,3 +457,17 @@ def test_train_then_sample_a_latent_model_on_the_command_line(autoencoder_file, 
     assert code == 0, err
     assert (tmp_path / "ldm" / "samples" / "SampledNoGuidanceImgs.png").is_file()
     assert not (tmp_path / "ldm" / "samples" / "NoisyNoGuidanceImgs.png").exists()
+
+
+def test_a_malformed_context_or_caption_label_is_one_line(trained):
+    trainer, _ = trained
+    unet = trainer.model.unet
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([500.0, 500.0])
+    good = torch.randn(2, 5, unet.config.context_dim)
+    with torch.no_grad():
+        unet(x, t, context=good)
+        for context in (good[:1], good[..., :8], good[0]):
+            with pytest.raises(DiffkitError, match=r"context of shape .* is not allowed; give \(batch, tokens, "):
+                unet(x, t, context=context)
+    with pytest.raises(DiffkitError, match="label -1 has no captions"):
+        trainer.model.caption_tokens(torch.tensor([-1, 3]), torch.rand(2))

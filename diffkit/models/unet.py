@@ -145,9 +145,14 @@ class UNet(nn.Module):
         factor = 2 ** (len(cfg.channel_mult) - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
             raise DiffkitError(f"x has spatial size {tuple(x.shape[2:])}; allowed: multiples of {factor}")
-        if context is not None and cfg.context_dim is None:
-            raise DiffkitError("context was given but the UNet has no cross-attention; set context_dim in its config")
         batch = x.shape[0]
+        if context is not None:
+            if cfg.context_dim is None:
+                raise DiffkitError("context was given but the UNet has no cross-attention; set context_dim in its config")
+            if (not isinstance(context, torch.Tensor) or context.ndim != 3 or context.shape[0] != batch
+                    or context.shape[2] != cfg.context_dim):
+                raise DiffkitError(f"context of shape {tuple(getattr(context, 'shape', ()))} is not allowed; give "
+                                   f"(batch, tokens, context_dim) = ({batch}, L, {cfg.context_dim})")
         emb = self.embedding(broadcast_time(t, batch, x.device), y, batch)
         if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.2)
             emb = emb + self.context_embed(context.mean(dim=1).to(emb.dtype))
