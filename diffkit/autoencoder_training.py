@@ -56,7 +56,8 @@ class AutoencoderTrainConfig:
     """What :func:`train_autoencoder` trains and how.
 
     Data: ``dataset``, ``data_dir``, ``img_size`` (None: the set's own size; must be a multiple of f).
-    Model: the :class:`AutoencoderConfig` fields (``in_channels`` None: the data set's channels).
+    Model: the :class:`AutoencoderConfig` fields (``in_channels`` 1 or 3 converts the images to grey
+    or RGB; None: the data set's channels).
     Objective: ``recon_loss`` (l1 | l2), ``kl_weight`` (LDM's 1e-6), ``disc_start`` (step from which
     the patch discriminator is on; None: never), ``disc_weight`` (multiplies the adaptive weight).
     Optimisation: AdamW, ``lr`` (constant after a linear warm-up over ``warmup_steps``), betas
@@ -111,6 +112,12 @@ class AutoencoderTrainConfig:
         check_choice("recon_loss", self.recon_loss, RECON_LOSSES)
         if self.disc_start is not None:
             check_range("disc_start", self.disc_start, 0, integer=True)
+            if self.disc_start >= self.steps:
+                raise DiffkitError(f"disc_start={self.disc_start} is not below steps={self.steps}: the discriminator "
+                                   f"would never train; give disc_start < steps or leave it out")
+            if self.channel < 2:  # the patch discriminator's first GroupNorm has channel * 2 / 4 groups
+                raise DiffkitError(f"channel={self.channel} is too small for the patch discriminator (--disc-start); "
+                                   f"give channel >= 2")
         check_range("disc_weight", self.disc_weight, 0.0)
         check_range("seed", self.seed, 0, integer=True)
         check_range("eval_images", self.eval_images, 0, integer=True)
@@ -232,7 +239,7 @@ SPLIT_DATASETS = ("mnist", "fashion-mnist", "cifar10")  # the named sets with a 
 def load_eval_dataset(cfg: AutoencoderTrainConfig):
     """The test split of ``cfg.dataset`` where it has one (else None)."""
     if cfg.dataset in SPLIT_DATASETS and cfg.eval_images:
-        return load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=False)
+        return load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=False, channels=cfg.in_channels)
     return None
 
 
@@ -246,7 +253,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
     of the training images (``psnr_split`` in the result says which)."""
     device = resolve_device(cfg.device)
     if dataset is None:
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True)
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True, channels=cfg.in_channels)
         if eval_dataset is None:
             eval_dataset = load_eval_dataset(cfg)
     if len(dataset) < 1:

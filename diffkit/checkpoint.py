@@ -161,20 +161,45 @@ def _looks_like_safetensors(path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
-def peek_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
-    """The JSON metadata of a diffkit checkpoint read from its header alone (no tensors, no
-    checksum), or None for anything else: a cheap look at what a file is before writing over it."""
+def peek_header_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file's header ({} for anything else)."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
         meta = header.get("__metadata__") or {}
-        if meta.get("format") != FORMAT:
-            return None
-        value = json.loads(meta.get("metadata", "{}"))
     except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def peek_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The JSON metadata of a diffkit checkpoint read from its header alone (no tensors, no
+    checksum), or None for anything else: a cheap look at what a file is before writing over it."""
+    meta = peek_header_metadata(path)
+    if meta.get("format") != FORMAT:
+        return None
+    try:
+        value = json.loads(meta.get("metadata", "{}"))
+    except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def file_kind(path: str | os.PathLike) -> Optional[str]:
+    """What a diffkit file holds, from its header alone: ``training checkpoint``, ``classifier``,
+    ``autoencoder``, ``samples``, ``diffusion weights`` (a weights-only or imported model),
+    ``evaluator``; None for a missing file or anything else."""
+    if not Path(path).is_file():
+        return None
+    meta = peek_metadata(path)
+    if meta is None:
+        return "evaluator" if "diffkit_evaluator" in peek_header_metadata(path) else None
+    if "step" in meta and "unet" in meta and "ema_updates" in meta:  # what Trainer.save writes
+        return "training checkpoint"
+    if isinstance(meta.get("kind"), str):
+        return meta["kind"]
+    return "diffusion weights" if "unet" in meta else "diffkit file"
 
 
 def load_legacy_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

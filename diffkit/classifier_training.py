@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import resolve_device
-from .data import load_dataset
+from .data import DATASET_IMG_SIZE, load_dataset
 from .diffusion import q_sample
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, check_range, first_line
 from .models.classifier import ClassifierConfig, EncoderClassifier
 from .models.layers import to_device
 from .schedule import NoiseSchedule
@@ -38,7 +38,9 @@ KIND = "classifier"
 class ClassifierTrainConfig:
     """What :func:`train_classifier` trains and how.
 
-    Data: ``dataset``, ``data_dir``, ``img_size`` (None: the set's native size).
+    Data: ``dataset``, ``data_dir``, ``img_size`` (None: the set's native size), ``in_channels``
+    (1 or 3 converts the images to grey or RGB, as the diffusion model's ``in_channels``; None:
+    the set's own).
     Trunk (:class:`~diffkit.models.classifier.ClassifierConfig` names): ``channel``,
     ``channel_mult``, ``attn``, ``num_res_blocks``, ``dropout``, ``num_heads``, ``scale_shift_norm``
     (ADM's AdaGN, on by default: with plain additive embeddings, a GroupNorm of one channel per
@@ -50,6 +52,7 @@ class ClassifierTrainConfig:
     dataset: str = "digits"
     data_dir: Optional[str] = None
     img_size: Optional[int] = None
+    in_channels: Optional[int] = None
     channel: int = 32
     channel_mult: Sequence[int] = field(default_factory=lambda: [1, 2, 2])
     attn: Sequence[int] = field(default_factory=lambda: [1])
@@ -74,8 +77,11 @@ class ClassifierTrainConfig:
         check_range("log_every", self.log_every, 1, None, integer=True)
         # the trunk settings are checked now, before any data is read (the data set fixes only
         # img_size when it is None, in_channels and num_classes)
+        if self.in_channels not in (None, 1, 3):
+            raise DiffkitError(f"in_channels={self.in_channels!r} is not allowed; choose 1 (grey) or 3 (RGB)")
         levels = len(self.channel_mult) if isinstance(self.channel_mult, (list, tuple)) else 1
-        self._trunk(self.img_size or 2 ** max(levels - 1, 0), in_channels=1, num_classes=2)
+        self._trunk(self.img_size or DATASET_IMG_SIZE.get(self.dataset) or 2 ** max(levels - 1, 0), in_channels=1,
+                    num_classes=2)
 
     def _trunk(self, img_size: int, in_channels: int, num_classes: int) -> ClassifierConfig:
         return ClassifierConfig(channel=self.channel, channel_mult=list(self.channel_mult), attn=list(self.attn),
@@ -132,7 +138,7 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule: NoiseSchedule, datase
     so they mix all noise levels. Writes a checkpoint to ``out`` when given."""
     device = resolve_device(cfg.device)
     if dataset is None:
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True)
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True, channels=cfg.in_channels)
     if len(dataset) < 1:
         raise DiffkitError("the data set is empty")
     if getattr(dataset, "num_classes", 0) < 2:
@@ -192,8 +198,15 @@ def load_classifier(path: str | Path, device="cpu") -> tuple[EncoderClassifier, 
     tensors, meta = ckpt.load_checkpoint(path)
     if meta.get("kind") != KIND or "classifier" not in meta:
         raise DiffkitError(f"{path} is not a classifier checkpoint; train one with 'diffkit train-classifier'")
-    model = EncoderClassifier(ClassifierConfig(**meta["classifier"]))
-    model.load_state_dict(ckpt.split_prefix(tensors, "model"))
+    if "schedule.betas" not in tensors:
+        raise DiffkitError(f"{path} holds no noise schedule (schedule.betas); train it again with "
+                           f"'diffkit train-classifier'")
+    try:
+        model = EncoderClassifier(ClassifierConfig(**meta["classifier"]))
+    except (TypeError, DiffkitError) as err:
+        raise DiffkitError(f"{path} has a classifier config this diffkit does not know "
+                           f"({first_line(err, 160)})") from None
+    ckpt.load_state_dict_checked(model, ckpt.split_prefix(tensors, "model"), f"classifier checkpoint {path}")
     model.requires_grad_(False)
     return to_device(model, device).eval(), meta, NoiseSchedule(tensors["schedule.betas"])
 

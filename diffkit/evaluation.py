@@ -490,6 +490,14 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                        ("inception_weights", inception_weights if inception is not None else None)):
         if path is not None and Path(path).is_file():
             settings[name] = {"file": str(path), "sha256": file_sha256(path)}
+    if "evaluator" in settings:
+        from .metrics import evaluator_provenance
+        trained_on = evaluator_provenance(evaluator)
+        if trained_on:
+            settings["evaluator"]["trained_on"] = trained_on
+        if trained_on.get("dataset") and ref is not None and trained_on["dataset"] != ref:
+            warnings.warn(f"the evaluator was trained on {trained_on['dataset']} and the reference images are "
+                          f"{ref}: its features and classes may not fit these images")
     results: dict[str, dict] = {}
     sample_names = [m for m in names if m in SAMPLE_METRICS]
     if sample_names:

@@ -316,3 +316,57 @@ def test_a_failed_sample_leaves_no_empty_output_folder(trained_run, tmp_path, ca
                              "--out", str(tmp_path / "new" / "deeper" / "a.png"), "--no-progress")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "new").exists()
+
+
+def test_outputs_never_overwrite_another_kind_of_diffkit_file(trained_run, tmp_path, capsys):
+    """An evaluator written over the autoencoder a latent run depends on (or any kind over another)
+    is refused; the same kind may be written again. The evaluator records what it was trained on."""
+    from diffkit.metrics import evaluator_provenance
+    evaluator = tmp_path / "e.safetensors"
+    evaluator_args = ["train-evaluator", "--dataset", "digits", "--img-size", "8", "--epochs", "1", "--num-train",
+                      "64", "--device", "cpu", "--out", str(evaluator)]
+    assert run_cli(capsys, *evaluator_args)[0] == 0
+    before = evaluator.read_bytes()
+    for args in (["train-classifier", "--steps", "1", "--out", str(evaluator)],
+                 ["train-autoencoder", "--steps", "1", "--out", str(evaluator)],
+                 ["convert", "--checkpoint", str(trained_run), "--out", str(evaluator)]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and "holds a diffkit evaluator" in err and len(err.strip().splitlines()) == 1, err
+    assert evaluator.read_bytes() == before
+    assert run_cli(capsys, *evaluator_args)[0] == 0  # the same kind again
+    trained_on = evaluator_provenance(evaluator)
+    assert trained_on["dataset"] == "digits" and trained_on["img_size"] == 8 and 0 <= trained_on["test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["train-classifier", "--lr", "nan"], "lr="),
+    (["train-evaluator", "--img-size", "3"], "image_size=3"),
+    (["train-autoencoder", "--channel", "1", "--disc-start", "0"], "channel=1 is too small for the patch discriminator"),
+    (["train-autoencoder", "--steps", "5", "--disc-start", "5"], "disc_start=5 is not below steps=5"),
+])
+def test_a_failed_auxiliary_training_leaves_no_folder(args, pattern, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "file.safetensors"
+    code, _, err = run_cli(capsys, *args, "--out", str(out), "--device", "cpu")
+    assert code == 2 and pattern in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_classifier_and_autoencoder_take_the_models_channels(tmp_path, capsys):
+    """--like copies the diffusion model's in_channels (an RGB model of grey digits); the
+    autoencoder takes --in-channels."""
+    from diffkit.autoencoder_training import load_autoencoder
+    from diffkit.classifier_training import load_classifier
+    run = tmp_path / "rgb"
+    assert main(["train", "--out", str(run), "--steps", "1", "--no-progress", "--no-sample", "--device", "cpu",
+                 *TINY, "--set", "in_channels=3"]) == 0
+    clf = tmp_path / "clf.safetensors"
+    code, _, err = run_cli(capsys, "train-classifier", "--like", str(run / "checkpoints" / "latest.safetensors"),
+                           "--steps", "1", "--channel", "8", "--channel-mult", "1,2", "--attn", "", "--batch-size", "4",
+                           "--no-progress", "--device", "cpu", "--out", str(clf))
+    assert code == 0, err
+    assert load_classifier(clf)[0].config.in_channels == 3
+    ae = tmp_path / "ae.safetensors"
+    code, _, err = run_cli(capsys, "train-autoencoder", "--in-channels", "3", "--steps", "1", "--channel", "8",
+                           "--batch-size", "4", "--eval-images", "4", "--no-progress", "--device", "cpu", "--out", str(ae))
+    assert code == 0, err
+    assert load_autoencoder(ae)[0].config.in_channels == 3

@@ -82,6 +82,17 @@ def test_eval_fd_classifier_matches_the_metric_on_the_saved_samples(run_dir, tmp
     # the settings name the evaluator file by its digest (another evaluator gives other numbers)
     assert result["settings"]["evaluator"]["file"] == str(run_dir / "ev.safetensors")
     assert len(result["settings"]["evaluator"]["sha256"]) == 64
+    assert result["settings"]["evaluator"]["trained_on"]["dataset"] == "digits"  # what train-evaluator recorded
+
+
+def test_an_evaluator_trained_on_other_data_is_warned_about(run_dir, tmp_path):
+    from diffkit.metrics import load_evaluator as load, save_evaluator
+    other = tmp_path / "fashion.safetensors"
+    save_evaluator(load(run_dir / "ev.safetensors"), other, provenance={"dataset": "fashion-mnist", "img_size": 8})
+    with pytest.warns(UserWarning, match="trained on fashion-mnist and the reference images are digits"):
+        result = evaluate("fd-classifier", checkpoint=run_dir / "ckpt" / "latest.safetensors", num=16, steps=2,
+                          evaluator=other, batch_size=16, device="cpu")
+    assert result["settings"]["evaluator"]["trained_on"]["dataset"] == "fashion-mnist"
 
 
 def test_eval_of_the_reference_images_themselves_is_zero_distance(run_dir, tmp_path, capsys):

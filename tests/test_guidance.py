@@ -456,3 +456,22 @@ def test_cfg_rescale_in_the_network_output_space_is_diffusers_rescale_noise_cfg(
         eps, x0 = sigma * x + alpha * out, alpha * x - sigma * out
     torch.testing.assert_close(got.eps, eps, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got.x0, x0, atol=2e-5, rtol=1e-4)
+
+
+def test_a_classifier_file_of_another_shape_is_one_line(tmp_path):
+    """A classifier file whose config this diffkit does not know, or whose weights do not fit its
+    config, or without its schedule: a one-line error (was a TypeError / RuntimeError traceback)."""
+    from diffkit import checkpoint as ckpt
+    model = EncoderClassifier(ClassifierConfig(channel=8, channel_mult=[1, 2], attn=[], num_res_blocks=1, img_size=8,
+                                               in_channels=1, num_classes=3))
+    good = save_classifier(tmp_path / "good.safetensors", model, SCHEDULE)
+    tensors, meta = ckpt.load_checkpoint(good)
+    cases = {"extra": (tensors, {**meta, "classifier": {**meta["classifier"], "pool": "spatial"}}),
+             "missing": ({k: v for k, v in tensors.items() if k != "model.out.weight" and not k.endswith("pool.positional")},
+                         meta),
+             "no_schedule": ({k: v for k, v in tensors.items() if k != "schedule.betas"}, meta)}
+    for name, (t, m) in cases.items():
+        path = ckpt.save_checkpoint(tmp_path / f"{name}.safetensors", t, m)
+        with pytest.raises(DiffkitError) as err:
+            load_classifier(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value), (name, err.value)

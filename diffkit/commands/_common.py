@@ -131,20 +131,25 @@ def removed_if_empty_on_failure(dirs):
         raise
 
 
-def check_output_file(path: str | Path, what: str, suffix: str) -> Path:
+def check_output_file(path: str | Path, what: str, suffix: str, writes: str | None = None) -> Path:
     """Check an output file before any work: it must end in ``suffix``, must not be a folder, and
-    must not be a diffusion training checkpoint (writing over one would lose the run); its folder
-    is created and probed for writing."""
-    from ..checkpoint import peek_metadata  # torch: imported when a command runs, not for --help
+    must not be a diffusion training checkpoint (writing over one would lose the run) or another
+    kind of diffkit file than the one written (``writes``: a :func:`diffkit.checkpoint.file_kind`;
+    e.g. an evaluator over the autoencoder a latent run depends on); its folder is created and
+    probed for writing."""
+    from ..checkpoint import file_kind  # torch: imported when a command runs, not for --help
     path = Path(path)
     if path.suffix != suffix:
         raise DiffkitError(f"{what} {str(path)!r} must end in {suffix}")
     if path.is_dir():
         raise DiffkitError(f"{what} {str(path)!r} is a folder; give a file name ending in {suffix}")
-    meta = peek_metadata(path) if path.is_file() and path.suffix == ".safetensors" else None
-    if meta and "step" in meta and "unet" in meta and "ema_updates" in meta:  # what Trainer.save writes
+    kind = file_kind(path) if path.suffix == ".safetensors" else None
+    if kind == "training checkpoint":
         raise DiffkitError(f"{what} {str(path)!r} is a diffusion training checkpoint; writing over it would lose "
                            f"the run; choose another file")
+    if kind is not None and kind != writes:
+        raise DiffkitError(f"{what} {str(path)!r} holds a diffkit {kind}; writing {'a ' + writes if writes else 'this'} "
+                           f"over it would lose it; choose another file")
     check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
     return path
 

@@ -58,7 +58,7 @@ def run(args) -> int:
         raise DiffkitError("--from-diffusers and --out go together")
     if not Path(args.from_diffusers).is_dir():
         raise DiffkitError(f"--from-diffusers {args.from_diffusers!r} is not a folder")
-    check_output_file(args.out, "--out", ".safetensors")
+    check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
     unet, schedule, prediction_type = diffusers_unet.import_diffusers(args.from_diffusers, out=args.out)
     sys.stdout.write(f"wrote diffkit checkpoint {args.out} ({unet.num_parameters():,} parameters, "
                      f"T={schedule.num_timesteps}, prediction_type={prediction_type})\n")
@@ -69,7 +69,7 @@ def _weights_only(args) -> int:
     from ..loading import export_weights
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise DiffkitError(f"--out {args.out!r} is the checkpoint itself; write the weights to another file")
-    check_output_file(args.out, "--out", ".safetensors")
+    check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
     out = export_weights(args.checkpoint, args.out, use_ema=args.ema)
     size = out.stat().st_size / 2**20
     sys.stdout.write(f"wrote weights-only checkpoint {out} ({size:.1f} MiB, {'EMA' if args.ema else 'raw'} weights)\n")

@@ -9,8 +9,10 @@ losses, the reconstruction PSNR and the latent scale factor stored in the checkp
 """
 from __future__ import annotations
 
+from pathlib import Path
 
-from ._common import add_progress_flag, check_output_file, non_negative_float, positive_int
+from ._common import (add_progress_flag, check_output_file, missing_dirs,
+                      non_negative_float, positive_int, removed_if_empty_on_failure)
 
 # Downsampling factor f -> channel_mult (f = 2 ** (levels - 1)); f=4 and f=8 as LDM's KL-f4 / KL-f8.
 FACTOR_MULTS = {1: [1], 2: [1, 2], 4: [1, 2, 2], 8: [1, 2, 2, 4], 16: [1, 2, 2, 4, 4]}
@@ -35,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10, folder")
     p.add_argument("--data-dir", help="folder with the data set files")
     p.add_argument("--img-size", type=positive_int, help="image side (default: the data set's own); a multiple of f")
+    p.add_argument("--in-channels", type=int, choices=(1, 3),
+                   help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
     p.add_argument("--out", default="runs/autoencoder/autoencoder.safetensors", help="checkpoint file to write")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
@@ -64,6 +68,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    with removed_if_empty_on_failure(missing_dirs(Path(args.out).parent)):  # a failed run leaves no empty folder
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..autoencoder_training import AutoencoderTrainConfig, load_eval_dataset, train_autoencoder
     from ..config import resolve_device
     from ..errors import DiffkitError, check_choice
@@ -84,16 +93,17 @@ def run(args) -> int:
     args.codebook_size = 256 if args.codebook_size is None else args.codebook_size
     args.commitment_beta = 0.25 if args.commitment_beta is None else args.commitment_beta
     cfg = AutoencoderTrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size, batch_size=args.batch_size,
+        dataset=args.dataset, data_dir=args.data_dir, img_size=args.img_size, in_channels=args.in_channels,
+        batch_size=args.batch_size,
         steps=args.steps, lr=args.lr, kl_weight=args.kl_weight, recon_loss=args.recon_loss,
         disc_start=args.disc_start, disc_weight=args.disc_weight, seed=args.seed, device=args.device,
         out=args.out, eval_images=args.eval_images, channel=args.channel, channel_mult=mult,
         num_res_blocks=args.num_res_blocks, latent_channels=args.latent_channels, regularizer=args.regularizer,
         codebook_size=args.codebook_size, commitment_beta=args.commitment_beta, attn_middle=args.attn_middle)
     resolve_device(args.device)
-    check_output_file(args.out, "--out", ".safetensors")
+    check_output_file(args.out, "--out", ".safetensors", writes="autoencoder")
     from ..data import load_dataset
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True, channels=cfg.in_channels)
     model_cfg = cfg.model_config(data.channels)
     latent = model_cfg.latent_shape(data.img_size)
     print(f"training a {cfg.regularizer.upper()} autoencoder (f={model_cfg.downsampling_factor}, latent "

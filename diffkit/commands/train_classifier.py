@@ -2,23 +2,28 @@
 
 The classifier sees x_t ~ q(x_t | x_0) with t uniform over the diffusion model's T steps and is
 trained with cross-entropy (Dhariwal & Nichol 2021, Sec. 4.1). ``--like CKPT`` copies the data
-set, image size and noise schedule from a diffusion checkpoint, which is what guidance needs;
+set, image size, channels and noise schedule from a diffusion checkpoint, which is what guidance needs;
 without it the flags say them. Use the result with
 ``diffkit sample --classifier OUT --classifier-scale S``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 
-from ._common import add_progress_flag, check_output_file, positive_int, seed_int
+from ._common import (add_progress_flag, check_output_file, missing_dirs,
+                      positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def register(sub) -> None:
     p = sub.add_parser("train-classifier", help="train a noisy-image classifier for classifier guidance",
                        description=__doc__)
-    p.add_argument("--like", metavar="CKPT", help="diffusion checkpoint whose data set, image size and schedule to use")
+    p.add_argument("--like", metavar="CKPT",
+                   help="diffusion checkpoint whose data set, image size, channels and schedule to use")
     p.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, cifar10, folder")
     p.add_argument("--data-dir", help="folder with the data set files")
     p.add_argument("--img-size", type=positive_int, help="image side (default: the data set's own)")
+    p.add_argument("--in-channels", type=int, choices=(1, 3),
+                   help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
     p.add_argument("--schedule", help="noise schedule: linear (default), cosine, scaled_linear, sigmoid")
     p.add_argument("--T", dest="T", type=positive_int, help="diffusion steps (default 1000)")
     p.add_argument("--out", default="runs/classifier/classifier.safetensors", help="checkpoint file to write")
@@ -44,6 +49,11 @@ def _int_list(text: str) -> list[int]:
 
 
 def run(args) -> int:
+    with removed_if_empty_on_failure(missing_dirs(Path(args.out).parent)):  # a failed run leaves no empty folder
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..checkpoint import load_checkpoint
     from ..classifier_training import ClassifierTrainConfig, train_classifier
     from ..config import resolve_device
@@ -52,8 +62,8 @@ def run(args) -> int:
     from ..schedule import NoiseSchedule
 
     resolve_device(args.device)
-    check_output_file(args.out, "--out", ".safetensors")
-    dataset, data_dir, img_size = args.dataset, args.data_dir, args.img_size
+    check_output_file(args.out, "--out", ".safetensors", writes="classifier")
+    dataset, data_dir, img_size, in_channels = args.dataset, args.data_dir, args.img_size, args.in_channels
     if args.like:
         if args.schedule or args.T:
             raise DiffkitError("--like takes the schedule from the checkpoint; drop --schedule/--T")
@@ -66,20 +76,23 @@ def run(args) -> int:
         schedule = NoiseSchedule(tensors["schedule.betas"])
         cfg = meta["config"]
         like_size = meta.get("unet", {}).get("img_size") or cfg.get("img_size")
-        for flag, given, own in (("--dataset", dataset, cfg.get("dataset")), ("--img-size", img_size, like_size)):
+        like_channels = meta.get("unet", {}).get("in_channels") or cfg.get("in_channels")
+        for flag, given, own in (("--dataset", dataset, cfg.get("dataset")), ("--img-size", img_size, like_size),
+                                 ("--in-channels", in_channels, like_channels)):
             if given is not None and own is not None and given != own:  # the classifier must see the model's images
                 raise DiffkitError(f"{flag} {given} differs from the checkpoint's {own}; --like takes it from the "
                                    f"checkpoint: drop {flag}")
         dataset = dataset or cfg.get("dataset")
         data_dir = data_dir or cfg.get("data_dir")
         img_size = img_size or like_size
+        in_channels = in_channels or like_channels
     else:
         schedule = NoiseSchedule.from_name(args.schedule or "linear", args.T or 1000)
-    ccfg = ClassifierTrainConfig(dataset=dataset or "digits", data_dir=data_dir, img_size=img_size,
+    ccfg = ClassifierTrainConfig(dataset=dataset or "digits", data_dir=data_dir, img_size=img_size, in_channels=in_channels,
                                  channel=args.channel, channel_mult=args.channel_mult, attn=args.attn,
                                  num_res_blocks=args.num_res_blocks, steps=args.steps, batch_size=args.batch_size,
                                  lr=args.lr, seed=args.seed, device=args.device)
-    data = load_dataset(ccfg.dataset, ccfg.data_dir, ccfg.img_size, train=True)
+    data = load_dataset(ccfg.dataset, ccfg.data_dir, ccfg.img_size, train=True, channels=ccfg.in_channels)
     print(f"training a noisy classifier on {ccfg.dataset} ({len(data)} images, {data.num_classes} classes, "
           f"{data.img_size}x{data.img_size}) for {ccfg.steps} steps; schedule T={schedule.num_timesteps}")
     result = train_classifier(ccfg, schedule, data, out=args.out, progress=args.progress)

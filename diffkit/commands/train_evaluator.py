@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import check_output_file, positive_int, seed_int
+from ._common import check_output_file, missing_dirs, positive_int, removed_if_empty_on_failure, seed_int
 
 EVALUATOR_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -28,6 +28,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    with removed_if_empty_on_failure(missing_dirs(Path(args.out).parent)):  # a failed run leaves no empty folder
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..config import resolve_device
     from ..errors import check_choice
     from ..evaluation import reference_images
@@ -35,7 +40,7 @@ def run(args) -> int:
     check_choice("dataset", args.dataset, EVALUATOR_DATASETS)
     device = str(resolve_device(args.device))
     out = Path(args.out)
-    check_output_file(out, "--out", ".safetensors")
+    check_output_file(out, "--out", ".safetensors", writes="evaluator")
     images, labels = reference_images(args.dataset, args.data_dir, train=True, img_size=args.img_size,
                                       limit=args.num_train)
     test_images, test_labels = reference_images(args.dataset, args.data_dir, train=False, img_size=args.img_size)
@@ -44,7 +49,9 @@ def run(args) -> int:
                           seed=args.seed, device=device)
     seconds = time.perf_counter() - start
     accuracy = evaluator_accuracy(net, test_images, test_labels, device=device)
-    save_evaluator(net.cpu(), out)
+    save_evaluator(net.cpu(), out, provenance={"dataset": args.dataset, "img_size": int(images.shape[-1]),
+                                               "train_images": len(images), "epochs": args.epochs,
+                                               "test_accuracy": round(float(accuracy), 5)})
     print(f"trained on {len(images)} {args.dataset} images ({tuple(images.shape[1:])}) for {args.epochs} "
           f"epoch(s) in {seconds:.1f} s; test accuracy {accuracy:.4f} on {len(test_images)} images; wrote {out}")
     return 0

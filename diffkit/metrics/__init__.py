@@ -10,8 +10,8 @@
 * :mod:`.evaluator` - a small CNN trained in seconds for data far from ImageNet (MNIST...).
 """
 from .evaluator import (EvaluatorConfig, EvaluatorNet, classifier_frechet_distance,
-                        classifier_score, evaluator_accuracy, load_evaluator, save_evaluator,
-                        train_evaluator)
+                        classifier_score, evaluator_accuracy, evaluator_provenance, load_evaluator,
+                        save_evaluator, train_evaluator)
 from .features import cached_reference_statistics, extract_features, fingerprint_files
 from .fid import InceptionMetrics, fid, inception_metrics
 from .frechet import (MIN_SAMPLES, GaussianStats, feature_statistics, frechet_distance,
@@ -25,7 +25,7 @@ __all__ = [
     "EvaluatorConfig", "EvaluatorNet", "FIDInceptionV3", "GaussianStats", "InceptionMetrics",
     "InceptionOutput", "MIN_SAMPLES", "MeanStd", "PrecisionRecall", "cached_reference_statistics",
     "classifier_frechet_distance", "classifier_score", "download_inception_weights",
-    "evaluator_accuracy", "extract_features", "feature_statistics", "fid", "find_inception_weights",
+    "evaluator_accuracy", "evaluator_provenance", "extract_features", "feature_statistics", "fid", "find_inception_weights",
     "fingerprint_files", "frechet_distance", "frechet_distance_of_features",
     "frechet_distance_of_stats", "inception_metrics", "inception_score",
     "kernel_inception_distance", "load_evaluator", "load_inception", "precision_recall",

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from ..errors import DiffkitError, check_range, first_line
@@ -27,6 +28,7 @@ from .frechet import frechet_distance_of_features
 from .scores import MeanStd, inception_score
 
 _METADATA_KEY = "diffkit_evaluator"
+_PROVENANCE_KEY = "diffkit_evaluator_trained_on"
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,27 @@ def train_evaluator(images, labels, num_classes: int, epochs: int = 1, *, batch_
     return net.eval()
 
 
-def save_evaluator(net: EvaluatorNet, path: str | os.PathLike) -> None:
-    """Write the weights as safetensors, the config as JSON in the file's metadata."""
+def save_evaluator(net: EvaluatorNet, path: str | os.PathLike, provenance: Optional[dict] = None) -> None:
+    """Write the weights as safetensors, the config as JSON in the file's metadata, atomically;
+    ``provenance`` (what it was trained on: data set, image size, test accuracy) goes beside it
+    for the record (``evaluator_provenance``)."""
+    from ..checkpoint import atomic_write_bytes
     config = asdict(net.config)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={_METADATA_KEY: json.dumps(config)})
+    metadata = {_METADATA_KEY: json.dumps(config)}
+    if provenance:
+        metadata[_PROVENANCE_KEY] = json.dumps(provenance)
+    atomic_write_bytes(path, save(state, metadata=metadata))
+
+
+def evaluator_provenance(path: str | os.PathLike) -> dict:
+    """What :func:`save_evaluator` recorded of an evaluator's training ({} for older files)."""
+    from ..checkpoint import peek_header_metadata
+    try:
+        value = json.loads(peek_header_metadata(path).get(_PROVENANCE_KEY, "{}"))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def load_evaluator(path: str | os.PathLike, device="cpu") -> EvaluatorNet:

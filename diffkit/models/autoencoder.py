@@ -2,9 +2,12 @@
 
 An encoder E maps an image x (C, H, W) to a latent z = E(x) of shape (c, H/f, W/f), with the
 downsampling factor f = 2**(len(channel_mult) - 1); a decoder D maps it back, x_hat = D(z).
-Diffusion then runs on z. The network is LDM's / Stable Diffusion's first stage
+Diffusion then runs on z. The network follows LDM's / Stable Diffusion's first stage
 (``ldm/modules/diffusionmodules/model.py``: ``Encoder`` / ``Decoder``), built from the blocks in
-:mod:`diffkit.models.layers`:
+:mod:`diffkit.models.layers`; it is not weight-compatible with it (its stride-2 convolutions pad
+1 on every side where LDM pads (0, 1, 0, 1), its GroupNorm has ``norm_groups`` groups and eps
+1e-5 where LDM has 32 and 1e-6, and each residual block's second conv starts at zero). Stable
+Diffusion folders use diffusers' own ``AutoencoderKL`` (:mod:`diffkit.interop.stable_diffusion`):
 
 - encoder: 3x3 conv in; per level ``i`` ``num_res_blocks`` residual blocks (GroupNorm, SiLU,
   3x3 conv; no time embedding) at ``channel * channel_mult[i]`` channels, then a stride-2 conv
