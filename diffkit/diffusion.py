@@ -11,9 +11,11 @@ dtype; a coefficient of shape (B,) is broadcast over the trailing dimensions of 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .errors import check_choice
+from .errors import DiffkitError, check_choice
 from .schedule import NoiseSchedule, as_cpu_times
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -164,9 +166,10 @@ def clip_x0(x0: torch.Tensor, limit: float = 1.0) -> torch.Tensor:
     return x0.clamp(-limit, limit)
 
 
-def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 1.0) -> torch.Tensor:
+def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = math.inf) -> torch.Tensor:
     """Dynamic thresholding (Saharia et al. 2022, Imagen Sec. 2.3): per sample, s = the ``ratio``
-    quantile of |x0|, clamped to [1, max_value]; x0 is clipped to [-s, s] and divided by s."""
+    quantile of |x0|, clamped to [1, max_value] (default no cap, as Imagen); x0 is clipped to
+    [-s, s] and divided by s."""
     flat = x0.reshape(x0.shape[0], -1).abs().float()
     s = torch.quantile(flat, ratio, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
     s = expand(s, x0)
@@ -179,7 +182,8 @@ def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_va
     """log Sigma of p(x_s | x_t) for a reverse step from t to s (s < t).
 
     ``fixed_small``: beta-tilde_{t|s} (clipped, see :func:`clipped_log_variance`);
-    ``fixed_large``: beta_{t|s}, with beta-tilde at the last step (DDPM sec. 3.2, sigma^2 = beta);
+    ``fixed_large``: beta_{t|s} (DDPM Sec. 3.2, sigma^2 = beta), with beta-tilde_1 (the posterior
+    variance of the step t=1 -> 0, as improved-diffusion) at the step to clean data;
     ``learned_range``: Improved DDPM eq. 15, Sigma = exp(v log beta + (1 - v) log beta-tilde),
     with the network output ``var_values`` in [-1, 1] mapped to v = (var_values + 1)/2.
     """
@@ -196,7 +200,8 @@ def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_va
         log_large = torch.log(torch.where(s < 0, first_step_var.expand_as(beta_ts), beta_ts))
         return log_large if like is None else expand(log_large, like)
     if var_values is None:
-        raise ValueError("variance_type='learned_range' needs the network's variance output")
+        raise DiffkitError("variance_type='learned_range' needs a network with a learned variance "
+                           "(learned_variance=True); use fixed_small or fixed_large")
     frac = (var_values + 1) / 2
     return frac * expand(torch.log(beta_ts), var_values) + (1 - frac) * expand(log_small, var_values)
 

@@ -67,13 +67,15 @@ def ddim_invert(denoiser, x0: torch.Tensor, grid: torch.Tensor, *, fixed_point_i
                 cond: Optional[dict] = None, callback=None, progress: bool = False) -> torch.Tensor:
     """Deterministic DDIM inversion (eta = 0 run backwards): the grid's steps in reverse order,
     x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps_hat, with eps_hat evaluated at the step's
-    destination time t on the current x and x0_hat from the current level (Song et al. 2021, Sec. 5.4; Dhariwal & Nichol 2021 eq. 13).
+    destination time t on the current x and x0_hat from the current level (Song et al. 2021, DDIM
+    eq. 13 run from t to t + dt, Sec. 5.4; ADM's ``ddim_reverse_sample``).
     Returns the latent x at grid[0] that DDIM with the same grid maps back to x0.
 
     That explicit step is only a first-order inverse of the DDIM step (which evaluates eps at
     the *destination*). ``fixed_point_iters`` > 0 solves the implicit equation
     x_dest = DDIM-step^{-1}(x_src; eps(x_dest, t_dest)) by fixed-point iteration (Pan et al. 2023,
     AIDI), each iteration costing one more network call per step; 0 is the classic inversion.
+    The default 1 costs two network calls per step.
     """
     check_range("fixed_point_iters", fixed_point_iters, 0, None, integer=True)
     cond = cond or {}

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .. import diffusion
-from ..errors import check_choice
+from ..errors import DiffkitError, check_choice
 from ..noise import randn_like
 from .common import report, steps
 
@@ -26,12 +26,16 @@ def ddpm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variance_type: Option
     if variance_type is None:
         variance_type = "learned_range" if getattr(denoiser, "learned_variance", False) else "fixed_small"
     check_choice("variance_type", variance_type, diffusion.VARIANCE_TYPES)
+    no_variance = DiffkitError("variance_type='learned_range' needs a denoiser with learned_variance=True; use "
+                               "fixed_small or fixed_large")
+    if variance_type == "learned_range" and not getattr(denoiser, "learned_variance", False):
+        raise no_variance
     for i in steps(grid, progress, "ddpm"):
         t, s = grid[i], grid[i + 1]
         pred = denoiser(x, t, **cond)
         var_values = pred.var_values if variance_type == "learned_range" else None
         if variance_type == "learned_range" and var_values is None:
-            raise ValueError("variance_type='learned_range' needs a denoiser with learned_variance=True")
+            raise no_variance
         mean, log_var = diffusion.p_mean_variance(schedule, x, pred.x0, t, s, variance_type, var_values)
         x = mean + torch.exp(0.5 * log_var) * randn_like(x, generator) if s >= 0 else mean
         report(callback, i, t, s, x, pred.x0)
