@@ -68,6 +68,9 @@ def strided_timesteps(num_timesteps: int, dense_below: int = 20, stride: int = 1
     The VLB terms fall by orders of magnitude over the first few t (most bits are decided at low
     noise), so dense small t and sparse large t keep the trapezoid-rule error small.
     """
+    check_range("num_timesteps", num_timesteps, 1, None, integer=True)
+    check_range("dense_below", dense_below, 0, None, integer=True)
+    check_range("stride", stride, 1, None, integer=True)
     check_range("stride", stride, 1, None, integer=True)
     check_range("dense_below", dense_below, 1, None, integer=True)
     ts = list(range(min(dense_below, num_timesteps)))

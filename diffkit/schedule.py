@@ -47,7 +47,11 @@ class NoiseSchedule:
     """
 
     def __init__(self, betas: Sequence[float] | torch.Tensor):
-        betas = torch.as_tensor(betas, dtype=_F64).detach().cpu().clone()
+        try:
+            betas = as_cpu_times(betas).clone()
+        except (TypeError, ValueError, RuntimeError):
+            raise DiffkitError(f"betas of type {type(betas).__name__} are not allowed; give a 1-D sequence of "
+                               f"floats in (0, 1]") from None
         if betas.ndim != 1 or betas.numel() < 1:
             raise DiffkitError(f"betas must be a non-empty 1-D array; got shape {tuple(betas.shape)}")
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
@@ -242,6 +246,8 @@ def _check_T(num_timesteps) -> None:
 def _check_beta_pair(beta_start, beta_end) -> None:
     check_range("beta_start (beta_1)", beta_start, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
     check_range("beta_end (beta_T)", beta_end, 0.0, 1.0, low_inclusive=False)
+    if beta_end < beta_start:  # the noise would fall over time; TrainConfig refuses it too
+        raise DiffkitError(f"beta_end={beta_end} is below beta_start={beta_start}; the betas must not decrease")
 
 
 def _first_bad(t: torch.Tensor, low: float, high: float) -> float:

@@ -213,6 +213,10 @@ def parse_grade_sigmas(text: str) -> list:
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """EDM's noise levels (Karras et al. 2022, eq. 5): n values from sigma_max down to sigma_min."""
+    check_range("n", n, 1, None, integer=True)
+    check_range("sigma_min", sigma_min, 0.0, None, low_inclusive=False)
+    check_range("sigma_max", sigma_max, sigma_min, None)
+    check_range("rho", rho, 0.0, None, low_inclusive=False)
     ramp = torch.linspace(0, 1, n, dtype=_F64)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 

@@ -370,3 +370,30 @@ def test_classifier_and_autoencoder_take_the_models_channels(tmp_path, capsys):
                            "--batch-size", "4", "--eval-images", "4", "--no-progress", "--device", "cpu", "--out", str(ae))
     assert code == 0, err
     assert load_autoencoder(ae)[0].config.in_channels == 3
+
+
+def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):
+    """Two runs started into one fresh --out at the same moment both passed the "folder holds a
+    run" check (no latest yet) and wrote over each other; the folder is locked for the run now.
+    The lock is held here as a running `diffkit train` holds it. The demo is refused the same
+    way, and a refused demo keeps the earlier demo run (it removed it before its checks)."""
+    import torch
+
+    from diffkit import checkpoint as ckpt
+    from diffkit.commands._common import run_folder_lock
+    from diffkit.commands.demo import DEMO_CONFIG
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    with run_folder_lock(folder):
+        import os
+        os.environ.pop("DIFFKIT_RUN_FOLDER_LOCKED")  # as another process sees it
+        code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                               "--device", "cpu", *TINY)
+        assert code == 2 and "another diffkit run is writing into" in err and len(err.strip().splitlines()) == 1, err
+        code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                               "--device", "cpu")
+        assert code == 2 and "another diffkit run is writing into" in err, err
+    assert list(folder.iterdir()) == []
+    ckpt.save_checkpoint(folder / "latest.safetensors", {"w": torch.zeros(1)}, {"config": dict(DEMO_CONFIG), "step": 9})
+    code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cuda:7")
+    assert code == 2 and "cuda:7" in err and (folder / "latest.safetensors").is_file(), err

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 from ..errors import DiffkitError
 
@@ -129,6 +135,35 @@ def removed_if_empty_on_failure(dirs):
     except BaseException:
         remove_if_empty(dirs)
         raise
+
+
+RUN_LOCK_ENV = "DIFFKIT_RUN_FOLDER_LOCKED"  # set while a process (and the ranks it starts) holds the lock
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder):
+    """Hold an exclusive lock (``flock``) on a run's checkpoint folder for the block, so that a
+    second run into the same folder at the same moment is refused in one line (the check for an
+    existing run cannot see a run that has not saved yet). The lock goes with the process: a kill
+    releases it. The ranks of ``--nproc N`` run under their launcher's lock; under a plain
+    ``torchrun`` rank 0 takes it."""
+    if fcntl is None or os.environ.get(RUN_LOCK_ENV) or int(os.environ.get("RANK", "0") or 0) > 0:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DiffkitError(f"another diffkit run is writing into {folder} right now; wait for it to end or "
+                               f"give another --out") from None
+        os.environ[RUN_LOCK_ENV] = "1"
+        try:
+            yield
+        finally:
+            os.environ.pop(RUN_LOCK_ENV, None)
+    finally:
+        os.close(fd)
 
 
 def check_output_file(path: str | Path, what: str, suffix: str, writes: str | None = None) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import add_progress_flag, check_writable_dir, positive_int
+from ._common import add_progress_flag, check_writable_dir, positive_int, run_folder_lock
 
 DEMO_CONFIG = {
     "dataset": "digits", "img_size": 16, "channel": 32, "channel_mult": [1, 2, 2], "attn": [1],
@@ -42,10 +42,11 @@ def demo_config(out: str, steps=None, device=None):
     return TrainConfig.from_dict(data)
 
 
-def replace_earlier_demo_run(folder) -> bool:
+def replace_earlier_demo_run(folder, remove: bool = True) -> bool:
     """A demo run starts fresh: an earlier demo run in its checkpoint folder (recognised by the
     demo's data set and network in its ``latest.safetensors``) is removed, files the demo writes
-    only; a folder holding any other run is refused, as ``diffkit train`` refuses it."""
+    only; a folder holding any other run is refused, as ``diffkit train`` refuses it. With
+    ``remove=False`` only the check is made. Returns whether there was an earlier demo run."""
     from ..checkpoint import peek_metadata
     from .train import check_no_run_in
     folder = Path(folder)
@@ -55,18 +56,24 @@ def replace_earlier_demo_run(folder) -> bool:
     saved = (peek_metadata(latest) or {}).get("config") or {}
     if any(saved.get(key) != DEMO_CONFIG[key] for key in ("dataset", "img_size", "channel", "channel_mult", "attn")):
         check_no_run_in(folder)  # not a demo run: refused with the --resume command
+    if not remove:
+        return True
     for path in [latest, folder / "train_log.csv", folder / "loss_curve.png", *folder.glob("ckpt_*.safetensors")]:
         path.unlink(missing_ok=True)
     return True
 
 
 def run(args) -> int:
+    from ..config import resolve_device
     from .train import train_and_sample
     cfg = demo_config(args.out, args.steps, args.device)
-    if replace_earlier_demo_run(cfg.save_weight_dir):
-        print(f"replacing the earlier demo run in {args.out}", flush=True)
+    resolve_device(cfg.device)  # every check before the earlier demo run is replaced
+    replace_earlier_demo_run(cfg.save_weight_dir, remove=False)
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")
     check_writable_dir(cfg.sampled_dir, "sample directory")
-    code = train_and_sample(cfg, progress=args.progress, scale=4)  # 16x16 digits: show them 4x larger
+    with run_folder_lock(cfg.save_weight_dir):  # a demo running into this folder now is left alone
+        if replace_earlier_demo_run(cfg.save_weight_dir):
+            print(f"replacing the earlier demo run in {args.out}", flush=True)
+        code = train_and_sample(cfg, progress=args.progress, scale=4)  # 16x16 digits: show them 4x larger
     print(f"demo done: look at {Path(cfg.sampled_dir) / cfg.sampledImgName}")
     return code

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import DiffkitError
 from ._common import (add_progress_flag, check_writable_dir, missing_dirs, positive_int, remove_if_empty,
-                      removed_if_empty_on_failure)
+                      removed_if_empty_on_failure, run_folder_lock)
 
 
 def register(sub) -> None:
@@ -133,6 +133,12 @@ def run(args) -> int:
     check_writable_dir(cfg.save_weight_dir, "checkpoint directory")  # creates it: after every other check
     if args.sample:
         check_writable_dir(cfg.sampled_dir, "sample directory")
+    with run_folder_lock(cfg.save_weight_dir):
+        check_no_run_in(cfg.save_weight_dir, cfg.training_load_weight or None)  # again: under the lock
+        return _launch(args, cfg, new_dirs)
+
+
+def _launch(args, cfg, new_dirs) -> int:
     if args.nproc > 1:
         if cfg.training_load_weight:  # the mistakes a resume can make, said once, before N processes start
             from ..checkpoint import load_checkpoint

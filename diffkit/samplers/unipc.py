@@ -21,12 +21,13 @@ order at the number of remaining steps, and a step into clean data (lambda = +in
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import check_choice, check_range
+from ..errors import DiffkitError, check_choice, check_range
 from .common import GridScalars, noise_step_coefficient, report, steps
 
 SOLVER_TYPES = ("bh1", "bh2")
@@ -67,7 +68,13 @@ def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 
     check_range("solver_order", solver_order, 1, 3, integer=True)
     check_choice("solver_type", solver_type, SOLVER_TYPES)
     cond = cond or {}
-    skip_corrector = set(int(k) for k in disable_corrector)
+    try:
+        if isinstance(disable_corrector, (str, bytes)) or any(isinstance(k, bool) for k in disable_corrector):
+            raise TypeError
+        skip_corrector = set(operator.index(k) for k in disable_corrector)
+    except TypeError:
+        raise DiffkitError(f"disable_corrector={disable_corrector!r} is not allowed; give a list of step "
+                           f"indices") from None
     c = GridScalars.of(denoiser.schedule, grid)
     lam = c.log_snr
     n = len(grid) - 1
