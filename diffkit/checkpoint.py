@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import DiffkitError, first_line
+from .errors import DiffkitError, WriteError, first_line
 
 FORMAT = "diffkit-checkpoint-1"
 LEGACY_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -58,7 +58,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except (OSError, ValueError) as err:  # ValueError: NUL byte / unencodable character in the path
-        raise DiffkitError(f"cannot write to {str(path.parent)!r}: {getattr(err, 'strerror', None) or err}") from None
+        raise WriteError(f"cannot write to {str(path.parent)!r}: {getattr(err, 'strerror', None) or err}") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -74,7 +74,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         except OSError:
             pass
         if isinstance(err, OSError):
-            raise DiffkitError(f"could not write {path}: {err.strerror or err} (nothing was left behind; "
+            raise WriteError(f"could not write {path}: {err.strerror or err} (nothing was left behind; "
                                f"the previous file, if any, is intact)") from None
         raise
     try:

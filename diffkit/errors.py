@@ -16,6 +16,11 @@ class DiffkitError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+class WriteError(DiffkitError):
+    """A file could not be written (disk full, no permission): the run's outcome, never a detail
+    of one table cell."""
+
+
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``, else raise a one-line DiffkitError."""
     allowed = list(allowed)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, WriteError, check_range
 from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels, write_json
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
@@ -122,6 +122,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
                                           batch_size=batch_size, labels=labels, device=device, cache=cache,
                                           **options)
+            except WriteError:
+                raise  # a full disk ends the run (one line, status 2); it is not this cell's note
             except DiffkitError as err:
                 notes.append(f"{_row_name(row)} at {steps} steps not run: {err}")
                 continue
@@ -274,13 +276,18 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
 TABLE_SUFFIXES = (".md", ".csv", ".json", ".png")
 
 
-def check_table_outputs(out_dir: str | Path, stem: str) -> None:
-    """Before a table is computed: none of the files :func:`write_table` writes may be a folder."""
+def check_table_outputs(out_dir: str | Path, stem: str, keep=()) -> None:
+    """Before a table is computed: none of the files :func:`write_table` writes may be a folder or
+    one of the files in ``keep`` (the score ledger: the table's JSON would replace it)."""
+    kept = {Path(p).resolve() for p in keep if p is not None}
     for suffix in TABLE_SUFFIXES:
         path = Path(out_dir) / f"{stem}{suffix}"
         if path.is_dir():
             raise DiffkitError(f"{str(path)!r} is a folder; the table writes a file there (give another --out or "
                                f"--name)")
+        if path.resolve() in kept:
+            raise DiffkitError(f"the table would write {str(path)!r}, which is the score ledger; give the ledger "
+                               f"another name, or another --out or --name")
 
 
 def write_table(table: ExperimentTable, out_dir: str | Path, stem: str, kind: str = "heatmap") -> dict[str, Path]:

@@ -95,8 +95,23 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int 
     return atomic_write_bytes(path, png_bytes(make_grid(images, nrow), scale))
 
 
-def save_images(images: torch.Tensor, directory: str | Path, prefix: str = "sample") -> list[Path]:
-    """Write each image as its own PNG: ``<prefix>_00000.png``..."""
+def check_image_folder(directory: str | Path, count: int, prefix: str = "sample") -> None:
+    """Before :func:`save_images` writes ``count`` images: the folder must not hold images of an
+    earlier run that they would not replace (``<prefix>_NNNNN.png`` from ``count`` on), or the
+    folder would mix two runs (and score as one)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        return
+    stale = sorted(p.name for p in directory.glob(f"{prefix}_*.png")
+                   if p.stem[len(prefix) + 1:].isdigit() and int(p.stem[len(prefix) + 1:]) >= count)
+    if stale:
+        raise DiffkitError(f"{str(directory)!r} holds {len(stale)} images of an earlier run that {count} new images "
+                           f"would not replace ({stale[0]}, ...); give an empty folder or remove them")
+
+
+def save_images(images: torch.Tensor, directory: str | Path, prefix: str = "sample") -> list[Path]:
+    """Write each image as its own PNG: ``<prefix>_00000.png``... (see :func:`check_image_folder`)."""
+    directory = Path(directory)
+    check_image_folder(directory, int(images.shape[0]), prefix)
     return [atomic_write_bytes(directory / f"{prefix}_{i:05d}.png", png_bytes(a))
             for i, a in enumerate(to_uint8(images))]

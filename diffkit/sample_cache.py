@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, peek_metadata, save_checkpoint, tensors_digest
-from .errors import DiffkitError
+from .errors import DiffkitError, WriteError
 
 
 def key_digest(obj) -> str:
@@ -123,7 +123,7 @@ class SampleCache:
         path = self._folder(settings) / self._name(start, count, seed)
         try:
             save_checkpoint(path, tensors, {"kind": "samples"})  # atomic, with sha256 checksums
-        except DiffkitError as err:
-            raise DiffkitError(f"sample cache: {err}") from None
+        except WriteError as err:
+            raise WriteError(f"sample cache: {err}") from None
         self.saved += 1
         return path

@@ -397,3 +397,31 @@ def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, capsys):
     ckpt.save_checkpoint(folder / "latest.safetensors", {"w": torch.zeros(1)}, {"config": dict(DEMO_CONFIG), "step": 9})
     code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path / "run"), "--steps", "1", "--device", "cuda:7")
     assert code == 2 and "cuda:7" in err and (folder / "latest.safetensors").is_file(), err
+
+
+def test_an_image_folder_of_an_earlier_run_is_not_mixed_into(trained_run, tmp_path, capsys):
+    """--individual into a folder with more images of an earlier run: the folder held images of
+    two runs (and `eval --samples` scored them as one). Refused before sampling; the same count
+    again replaces them."""
+    folder = tmp_path / "each"
+    args = ["sample", "--checkpoint", str(trained_run), "--individual", str(folder), "--out", str(tmp_path / "g.png"),
+            "--steps", "2", "--no-progress", "--device", "cpu"]
+    assert run_cli(capsys, *args, "--num", "4")[0] == 0
+    code, _, err = run_cli(capsys, *args, "--num", "2", "--seed", "5")
+    assert code == 2 and "holds 2 images of an earlier run" in err and "sample_00002.png" in err, err
+    assert run_cli(capsys, *args, "--num", "4", "--seed", "5")[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == [f"sample_{i:05d}.png" for i in range(4)]
+
+
+def test_sample_without_out_writes_beside_the_run_wherever_it_is_started(tmp_path, capsys, monkeypatch):
+    """A run trained with a relative --out keeps its samples relative to its checkpoints: sampling it
+    from another directory wrote (and could overwrite) a grid under that directory instead."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", "run", "--steps", "1", "--no-progress", "--no-sample", "--device", "cpu", *TINY]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = run_cli(capsys, "sample", "--checkpoint", "../run/checkpoints/latest.safetensors", "--num", "2",
+                           "--steps", "2", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "run" / "samples" / "SampledNoGuidanceImgs.png").is_file()
+    assert list((tmp_path / "elsewhere").iterdir()) == []

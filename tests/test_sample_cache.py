@@ -125,6 +125,26 @@ def test_experiment_cache_dir_reuses_batches_through_the_cli(checkpoint, tmp_pat
     blocker.write_text("x")
     one_line_error(capsys, [*common, "--cache-dir", blocker / "sub", "--out", tmp_path / "c"],
                    "sample cache directory", str(blocker / "sub"))
+    # a ledger where the table's JSON goes would be replaced by it: refused before any work
+    one_line_error(capsys, [*common, "--ledger", tmp_path / "d" / "ddim_table.json", "--out", tmp_path / "d"],
+                   "which is the score ledger")
+    # a refused table leaves none of the folders it would have made
+    one_line_error(capsys, [*common, "--ledger-only", "--ledger", tmp_path / "l" / "none.json",
+                            "--out", tmp_path / "newx" / "tables"], "none.json")
+    assert not (tmp_path / "newx").exists() and not (tmp_path / "l").exists()
+    # a full disk under the cache ends the run in one line (it became every cell's note, exit 0,
+    # and an empty table written over the earlier one)
+    import errno
+    import os
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    before = (tmp_path / "a" / "ddim_table.json").read_bytes()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fdopen", full)
+        one_line_error(capsys, [*common, "--cache-dir", tmp_path / "cache2", "--out", tmp_path / "a"],
+                       "No space left on device")
+    assert (tmp_path / "a" / "ddim_table.json").read_bytes() == before
 
 
 def test_eval_cache_dir_reuses_batches(checkpoint, tmp_path):

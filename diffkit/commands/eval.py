@@ -73,7 +73,9 @@ def run(args) -> int:
     check_output_file(args.out, "--out", ".json")
     new_dirs = [d for folder in (args.save_samples, args.cache_dir) if folder for d in missing_dirs(folder)]
     if args.save_samples:
+        from ..images import check_image_folder
         check_writable_dir(args.save_samples, "sample directory")
+        check_image_folder(args.save_samples, args.num)  # before sampling, not after
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
     with warnings.catch_warnings(record=True) as caught, removed_if_empty_on_failure(new_dirs):

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_writable_dir, file_stem, positive_int
+from ._common import check_writable_dir, file_stem, missing_dirs, positive_int, removed_if_empty_on_failure
 
 
 def register(sub) -> None:
@@ -49,6 +49,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    ledger_dir = Path(args.ledger).parent if args.ledger else None
+    new_dirs = [d for folder in (args.out, args.cache_dir, ledger_dir) if folder for d in missing_dirs(folder)]
+    with removed_if_empty_on_failure(new_dirs):  # a refused or failed table leaves no empty folder
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..config import resolve_device
     from ..evaluation import parse_eta, parse_metrics
     from ..experiments import ddim_table, experiment_scorer, parse_list, sampler_table, to_markdown, write_table
@@ -63,7 +70,7 @@ def run(args) -> int:
         resolve_sampler(name)  # a typo fails now, not as a note in the finished table
     device = str(resolve_device(args.device))
     from ..experiments import check_table_outputs
-    check_table_outputs(args.out, args.name)  # before hours of sampling, not after
+    check_table_outputs(args.out, args.name, keep=[args.ledger])  # before hours of sampling, not after
     check_writable_dir(args.out, "output directory")
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")

@@ -21,6 +21,7 @@ same command gives the same PNG bytes run after run on the CPU. A legacy plain s
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -115,7 +116,9 @@ def run(args) -> int:
             check_writable_dir(Path(path).parent or ".")
     new_dirs += missing_dirs(args.individual) if args.individual else []
     if args.individual:
+        from ..images import check_image_folder
         check_writable_dir(args.individual)
+        check_image_folder(args.individual, args.num)  # before sampling, not after
     guidance = GuidanceRequest.from_args(args, info.name)
     with removed_if_empty_on_failure(new_dirs):
         sample_to_files(args.checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
@@ -239,6 +242,17 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
     return denoiser, num_classes, classifier
 
 
+def run_sample_dir(checkpoint, cfg: dict) -> Path:
+    """Where a run's samples go without --out: its config's ``sampled_dir``; a relative one is
+    taken relative to the checkpoint's folder as ``save_weight_dir`` was (the run may have been
+    started elsewhere), not to the working directory."""
+    sampled, saved = cfg.get("sampled_dir", "."), cfg.get("save_weight_dir")
+    if os.path.isabs(sampled) or not saved or os.path.isabs(saved):
+        return Path(sampled)
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    return Path(os.path.normpath(folder / os.path.relpath(sampled, saved)))
+
+
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
@@ -294,7 +308,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if noise_out and decoder is not None:
         raise DiffkitError("--noise-out: a latent checkpoint starts from noise in its latent space, which has no "
                            "image grid; drop --noise-out")
-    out = Path(out) if out else Path(cfg.get("sampled_dir", ".")) / cfg.get("sampledImgName", "samples.png")
+    out = Path(out) if out else run_sample_dir(checkpoint, cfg) / cfg.get("sampledImgName", "samples.png")
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
     check_grid_files(out, noise_out if decoder is None else None)
     unet = meta["unet"]
