@@ -215,6 +215,25 @@ def test_a_bare_unet_folder_reads_its_sibling_scheduler_and_exports_need_an_empt
          "scheduler": ["diffusers", "DDIMScheduler"]}))
     with pytest.raises(DiffkitError, match="is a LDMPipeline with vqvae: not a pixel-space U-Net pipeline"):
         import_diffusers(tmp_path / "ldm")
+    # the folder appears whole or not at all: an export that fails half-way (a kill, a full disk)
+    # leaves nothing that blocks the rerun; into an empty folder it works and keeps the folder mode
+    from diffkit import checkpoint as ckpt_module
+    calls = []
+
+    def fails_second(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise DiffkitError("could not write: No space left on device")
+        return ckpt_module.atomic_write_bytes(path, data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ckpt_module, "atomic_write_bytes", fails_second)
+        assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers",
+                         str(tmp_path / "hf2")]) == 2
+    assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir() if "hf2" in p.name) == []
+    (tmp_path / "hf2").mkdir()
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers",
+                     str(tmp_path / "hf2")]) == 0
+    assert (tmp_path / "hf2" / "model_index.json").is_file() and (tmp_path / "hf2").stat().st_mode & 0o055
 
 
 def test_import_from_model_object_and_scheduler():

@@ -34,6 +34,9 @@ GroupNorm-SiLU-conv.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -362,15 +365,27 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     sched = scheduler_config(schedule, meta.get("prediction_type", "epsilon"), kind="ddpm",
                              learned_variance=cfg.learned_variance, clip_sample=clip_sample)
     files = {
-        out / "unet" / "config.json": {"_class_name": "UNet2DModel", "_diffusers_version": _DIFFUSERS_VERSION, **unet_cfg},
-        out / "scheduler" / "scheduler_config.json": {**sched, "_diffusers_version": _DIFFUSERS_VERSION},
-        out / "model_index.json": {"_class_name": "DDPMPipeline", "_diffusers_version": _DIFFUSERS_VERSION,
-                                   "unet": ["diffusers", "UNet2DModel"],
-                                   "scheduler": ["diffusers", sched["_class_name"]]},
+        "unet/config.json": {"_class_name": "UNet2DModel", "_diffusers_version": _DIFFUSERS_VERSION, **unet_cfg},
+        "scheduler/scheduler_config.json": {**sched, "_diffusers_version": _DIFFUSERS_VERSION},
+        "model_index.json": {"_class_name": "DDPMPipeline", "_diffusers_version": _DIFFUSERS_VERSION,
+                             "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", sched["_class_name"]]},
     }
-    atomic_write_bytes(out / "unet" / "diffusion_pytorch_model.safetensors", st_save(state, metadata={"format": "pt"}))
-    for path, content in files.items():
-        atomic_write_bytes(path, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
+    # the whole folder appears at once: written beside it under a hidden name, then renamed (a kill
+    # half-way leaves only that hidden folder, which does not block a rerun)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it 0700: give the usual folder mode
+    try:
+        atomic_write_bytes(partial / "unet" / "diffusion_pytorch_model.safetensors",
+                           st_save(state, metadata={"format": "pt"}))
+        for name, content in files.items():
+            atomic_write_bytes(partial / name, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
+        os.replace(partial, out)  # onto a new or empty folder
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return out
 
 
