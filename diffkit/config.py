@@ -65,7 +65,7 @@ class TrainConfig:
     ``text_conditioning`` (captions from the labels through a jointly trained text encoder;
     ``p_uncond`` drops them to ""), ``context_dim``, ``text_width``, ``text_layers``,
     ``text_heads``, ``max_prompt_tokens``, ``text_pooled`` (also add the pooled text embedding
-    to the timestep embedding, Imagen Sec. 2.2; ``UNetConfig.context_pooled``).
+    to the timestep embedding, Imagen Sec. 2.5; ``UNetConfig.context_pooled``).
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----

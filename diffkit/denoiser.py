@@ -1,4 +1,4 @@
-"""Denoiser: "given x_t at time t, what are eps and x_0?" (DESIGN.md, abstraction 3).
+"""Denoiser: "given x_t at time t, what are eps and x_0?" (README "Design"; the team's design sketch, abstraction 3).
 
 A :class:`Denoiser` wraps any network ``net(x, t, **cond)`` with its prediction type and the
 schedule, counts network evaluations (NFE), and answers with a :class:`Prediction`. Samplers see

@@ -53,7 +53,7 @@ def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t):
 def posterior_coefficients(schedule: NoiseSchedule, t, s=None):
     """Coefficients of q(x_s | x_t, x_0) for s < t (s = t - 1 by default), in float64.
 
-    With beta_{t|s} = 1 - abar_t/abar_s (the respaced beta, seed 004), DDPM eq. 6-7 generalise to
+    With beta_{t|s} = 1 - abar_t/abar_s (the respaced beta, seed 002), DDPM eq. 6-7 generalise to
         mean = sqrt(abar_s) beta_{t|s}/(1 - abar_t) x_0 + sqrt(abar_t/abar_s) (1 - abar_s)/(1 - abar_t) x_t
         var  = beta-tilde = (1 - abar_s)/(1 - abar_t) beta_{t|s}.
     Returns ``(coef_x0, coef_xt, variance, beta_ts)``.
@@ -209,7 +209,7 @@ def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_va
 def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.Tensor, t, s=None,
                     variance_type: str = "fixed_small", var_values=None):
     """Mean and log-variance of p_theta(x_s | x_t): the posterior mean at the predicted x_0
-    (DDPM eq. 11 written through x_0) and the variance of :func:`model_log_variance`."""
+    (DDPM eq. 7 at the predicted x_0; eq. 11 for an eps network) and the variance of :func:`model_log_variance`."""
     t = _times(t, x_t)
     s = t - 1 if s is None else _times(s, x_t)
     coef_x0, coef_xt, _, _ = posterior_coefficients(schedule, t, s)

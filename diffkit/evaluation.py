@@ -1,5 +1,5 @@
 """Evaluate a model or a folder of images: one call, one table of metrics (the arrow
-"images -> metrics" of DESIGN.md, plus the test-set likelihood of a checkpoint).
+"images -> metrics" of README's "Design", plus the test-set likelihood of a checkpoint).
 
 Metric names (``METRICS``):
 

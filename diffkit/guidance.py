@@ -1,4 +1,4 @@
-"""Guidance: denoisers that wrap a denoiser (DESIGN.md, abstraction 3).
+"""Guidance: denoisers that wrap a denoiser (README "Design"; the team's design sketch, abstraction 3).
 
 * :class:`ClassifierFreeGuidance` - Ho & Salimans 2022 (seed 002):
   eps-bar = (1 + w) eps(x_t, y) - w eps(x_t, null), with the conditional and the null-class

@@ -20,8 +20,9 @@ from .noise import randn_like
 
 @dataclass
 class VLBResult:
-    """Per-example bound: ``total`` = ``prior`` + sum over t of ``terms`` (B, T), bits/dim.
-    With a strided estimate, ``timesteps`` are the evaluated t and ``weights`` their multiplicity."""
+    """Per-example bound in bits/dim: ``total`` = ``prior`` + sum_j ``weights[j]`` * ``terms[:, j]``,
+    ``terms`` (B, len(timesteps)) at the evaluated ``timesteps`` (all T of them, weights 1, unless
+    strided: then ``weights`` are the trapezoid rule's)."""
 
     total: torch.Tensor
     prior: torch.Tensor

@@ -1,6 +1,7 @@
-"""The noise schedule: one object every loss and sampler reads (DESIGN.md, abstraction 1).
+"""The noise schedule: one object every loss and sampler reads (README "Design"; the team's design sketch, abstraction 1).
 
-A discrete variance-preserving schedule is built from betas (DDPM, Ho et al. 2020, eq. 2):
+A discrete variance-preserving schedule is built from betas (DDPM, Ho et al. 2020, eq. 2; alpha_bar as
+defined before eq. 4):
 ``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` for training timesteps ``t = 0 .. T-1``.
 
 Time convention (used everywhere in diffkit): time is measured in *training-timestep units*.
@@ -13,7 +14,7 @@ quantity is defined for any continuous ``t`` in ``[-1, T-1]`` and the maps inver
 Quantities (all float64 on the CPU; callers cast to their device and dtype):
     alpha_t  = sqrt(alpha_bar_t)               (signal scale)
     sigma_t  = sqrt(1 - alpha_bar_t)           (noise scale)
-    lambda_t = log(alpha_t / sigma_t)          (log-SNR, DPM-Solver eq. 3.2)
+    lambda_t = log(alpha_t / sigma_t)          (half the log-SNR: SNR = exp(2 lambda); DPM-Solver Sec. 3.1)
     karras_sigma_t = sigma_t / alpha_t         (EDM / k-diffusion sigma, Karras et al. 2022)
 """
 from __future__ import annotations
@@ -145,7 +146,7 @@ class NoiseSchedule:
         """The schedule restricted to an increasing subsequence of integer timesteps.
 
         Its betas are ``1 - alpha_bar_{tau_i} / alpha_bar_{tau_{i-1}}`` (Nichol & Dhariwal 2021,
-        Sec. 4; seed 004), so DDPM ancestral sampling runs on S < T steps; its step i is the
+        Sec. 4; seed 002), so DDPM ancestral sampling runs on S < T steps; its step i is the
         original timestep ``timesteps[i]``.
         """
         ts = torch.as_tensor(timesteps, dtype=torch.long).flatten()
@@ -183,7 +184,7 @@ class NoiseSchedule:
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
     def log_snr(self, t) -> torch.Tensor:
-        """lambda_t = log(alpha_t / sigma_t) (DPM-Solver eq. 3.2); +inf at t = -1."""
+        """lambda_t = log(alpha_t / sigma_t), half the log-SNR (DPM-Solver Sec. 3.1); +inf at t = -1."""
         la = self.log_alpha(t)
         return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
 

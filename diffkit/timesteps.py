@@ -7,9 +7,9 @@ the network is evaluated at times >= 0 only, and the last entry is the target: `
 ``final_sigmas_type``).
 
 Spacings (``T`` = training steps, ``S`` = sampling steps):
-    linear      DDIM (Song et al. 2021, Sec. 5): tau_i = floor(c i), i = 0..S-1, c = T/S
+    linear      DDIM (Song et al. 2021, Sec. 5 and App. D.2): tau_i = floor(c i), i = 0..S-1, c = T/S
     quadratic   DDIM: tau_i = floor(c i^2), c = 0.8 T/(S-1)^2 (as in the DDIM reference code);
-                where that repeats a time (small i when S > sqrt(0.8 T), e.g. S >= 30 at T = 1000;
+                where that repeats a time (small i when S - 1 > sqrt(0.8 T), e.g. S >= 30 at T = 1000;
                 the reference code then takes zero-length steps) tau_i = tau_{i-1} + 1 instead
     leading     diffusers: tau_i = i * (T // S) + offset
     trailing    diffusers / Lin et al. 2024 Table 2: round(T - i T/S) - 1, i = 0..S-1
@@ -30,7 +30,8 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
                 lambda between sigma~ = ``grade_sigmas[1]`` (0.1) and ``grade_sigmas[0]`` (1), with
                 steps growing geometrically-in-sigma outside that band, from t_max to t = 0
     time_uniform  uniform in continuous t (DPM-Solver 'time_uniform')
-    custom      any user list of evaluation times
+    custom      (the ``custom=`` argument of :func:`make_grid`, not a spacing name) any user list of
+                evaluation times
 The first five give integer evaluation times (what the network was trained on); the continuous
 spacings (karras, logsnr, logsnr_skip, logsnr_graded, time_uniform) give continuous times, which the
 schedule's interpolation supports.
@@ -63,7 +64,14 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
               rho: float = 7.0, offset: int = 0, t_max: Optional[float] = None,
               custom: Optional[Sequence[float]] = None, skip_sigma: float = SKIP_SIGMA,
               grade_sigmas: Sequence[float] = GRADE_SIGMAS, grade_power: float = GRADE_POWER) -> torch.Tensor:
-    """The ``steps + 1`` decreasing grid times for ``steps`` sampler steps (see module doc)."""
+    """The ``steps + 1`` decreasing grid times for ``steps`` sampler steps (see module doc).
+
+    ``final``: ``zero`` ends at t = -1 (clean data), ``sigma_min`` at t = 0 (the schedule's last
+    sigma). ``rho``: the Karras spacing's exponent (EDM's 7). ``offset``: added to every time of
+    ``leading`` (diffusers' ``steps_offset``). ``t_max``: the first time (default T - 1).
+    ``custom``: the evaluation times themselves (decreasing; ``spacing`` and ``steps`` unused).
+    ``skip_sigma``: where ``logsnr_skip`` starts (sigma~ at or below it). ``grade_sigmas`` (high,
+    low) and ``grade_power``: the band and the growth outside it of ``logsnr_graded``."""
     T = schedule.num_timesteps
     check_choice("final", final, FINALS)
     t_end = -1.0 if final == "zero" else 0.0

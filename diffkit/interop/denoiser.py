@@ -1,4 +1,4 @@
-"""Any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser` (DESIGN.md: "a diffusers
+"""Any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser` (README "Design": "a diffusers
 UNet ... is just another Denoiser").
 
 diffusers models are called ``model(sample, timestep, ...)``; diffkit's Denoiser calls

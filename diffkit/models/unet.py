@@ -154,7 +154,7 @@ class UNet(nn.Module):
                 raise DiffkitError(f"context of shape {tuple(getattr(context, 'shape', ()))} is not allowed; give "
                                    f"(batch, tokens, context_dim) = ({batch}, L, {cfg.context_dim})")
         emb = self.embedding(broadcast_time(t, batch, x.device), y, batch)
-        if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.2)
+        if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.5)
             emb = emb + self.context_embed(context.mean(dim=1).to(emb.dtype))
         emb = F.silu(emb)
         skips = [self.input_conv(to_compute_layout(x, self.memory_format))]

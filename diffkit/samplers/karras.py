@@ -88,7 +88,7 @@ def euler(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0
 def heun(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
          s_tmax: float = float("inf"), s_noise: float = 1.0, cond: Optional[dict] = None, generator=None,
          callback=None, progress: bool = False) -> torch.Tensor:
-    """Heun's 2nd-order method (EDM Algorithm 2, lines 7-10): Euler to sigma_s, then
+    """Heun's 2nd-order method (EDM Algorithm 2, lines 7-11): Euler to sigma_s, then
     x~_s = x~ + (sigma_s - sigma_hat) (d + d')/2 with d' the slope at the Euler point. The step
     to sigma = 0 is plain Euler (EDM Alg. 2 line 9: no correction when sigma_{i+1} = 0)."""
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
@@ -192,7 +192,7 @@ def lms_coefficients(sigmas, i: int, order: int) -> list:
 
 def lms(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: Optional[dict] = None,
         generator=None, callback=None, progress: bool = False) -> torch.Tensor:
-    """K-LMS (k-diffusion ``sample_lms``; Stable Diffusion's default): the Adams-Bashforth-type
+    """K-LMS (k-diffusion ``sample_lms``; the scheduler of early Stable Diffusion examples): the Adams-Bashforth-type
     update x~_s = x~ + sum_j c_j d_{i-j}, with the weights of :func:`lms_coefficients` (order up to 4,
     lower while the history fills)."""
     check_range("order", order, 1, 4, integer=True)

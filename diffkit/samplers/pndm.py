@@ -158,7 +158,8 @@ def _log_alpha_slope(schedule, times: torch.Tensor, side: str) -> list:
 def fon(denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict] = None, generator=None,
         callback=None, progress: bool = False) -> torch.Tensor:
     """FON: classical 4th-order Runge-Kutta on the probability-flow ODE in x and t (PNDM Sec. 4's
-    baseline; Song et al. 2021 eq. 13). With log alpha piecewise linear in t,
+    baseline; the ODE of the score-SDE paper, Song, Sohl-Dickstein et al. 2021, eq. 13). With log
+    alpha piecewise linear in t,
 
         dx/dt = (d log alpha/dt) (x - eps(x, t)/sigma_t)        (= -beta(t)/2 (x - eps/sigma) in DDPM terms),
 
