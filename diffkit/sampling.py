@@ -54,24 +54,26 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     if not hasattr(denoiser, "schedule") or not callable(denoiser):
         raise DiffkitError(f"denoiser of type {type(denoiser).__name__} is not allowed; wrap the network with "
                            f"diffkit.Denoiser(net, schedule, prediction_type=...)")
-    # diffusers' grid options, accepted under their names: they choose the grid, not the update.
-    use_karras = options.pop("use_karras_sigmas", False)
-    if not isinstance(use_karras, bool):
-        raise DiffkitError(f"use_karras_sigmas={use_karras!r} is not allowed; give True or False")
-    karras = "karras" if use_karras else None
-    spacing = _given_once("spacing", spacing, "use_karras_sigmas=True", karras)
-    final = _given_once("final", final, "final_sigmas_type", options.pop("final_sigmas_type", None))
+    # diffusers' option names, accepted where the idea is the same (docs/samplers.md, "diffusers' names")
+    grid_names = {name: name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing),
+                                                 ("final", final)) if value is not None}
+    spacing, final, thresholding = _diffusers_names(options, spacing, final, thresholding, grid_names)
+    offset = options.pop("steps_offset", 0)
+    check_range("steps_offset", offset, 0, None, integer=True)
     info, spacing, final = resolve_sampler(sampler, spacing, final)
+    if offset and (spacing or info.default_spacing) != "leading":
+        raise DiffkitError(f"steps_offset={offset} shifts the 'leading' spacing only; the grid here is "
+                           f"{spacing or info.default_spacing!r}")
     threshold_options = {name: options.pop(name) for name in _THRESHOLD_OPTIONS if name in options}
     check_options(info, options)
     if grid is None:
         check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
-        grid = sampler_grid(denoiser, info, steps, nfe, spacing, final)
+        grid = sampler_grid(denoiser, info, steps, nfe, spacing, final, offset=offset)
     else:
-        given = [name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing), ("final", final))
-                 if value is not None]
-        if given:
-            raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(given)}")
+        if offset:
+            grid_names["steps_offset"] = "steps_offset"
+        if grid_names:
+            raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(grid_names.values())}")
         grid = check_grid(grid, denoiser.schedule.num_timesteps)
     check_zero_terminal_snr(denoiser, info, float(grid[0]))
     if seed is not None and generator is not None:
@@ -251,6 +253,41 @@ def resolve_sampler(sampler: str, spacing: Optional[str] = None,
             _given_once("final", final, f"sampler={sampler!r}", spec_final))
 
 
+def _diffusers_names(options: dict, spacing, final, thresholding, given: dict):
+    """Take diffusers' names for diffkit's options out of ``options``: ``timestep_spacing`` and
+    ``use_karras_sigmas=True`` (spacing), ``final_sigmas_type`` (final), ``clip_sample=True`` /
+    ``thresholding=True`` (thresholding 'clip' / 'dynamic') and ``clip_sample_range`` (the clip
+    bound, diffkit's ``sample_max_value`` for 'clip'). ``given`` records each grid option under
+    the name the caller used, for messages."""
+    use_karras = options.pop("use_karras_sigmas", False)
+    if not isinstance(use_karras, bool):
+        raise DiffkitError(f"use_karras_sigmas={use_karras!r} is not allowed; give True or False")
+    for name, value in (("use_karras_sigmas", "karras" if use_karras else None),
+                        ("timestep_spacing", options.pop("timestep_spacing", None))):
+        spacing = _given_once("spacing", spacing, name, value)
+        if value is not None:
+            given["spacing"] = name
+    final_type = options.pop("final_sigmas_type", None)
+    final = _given_once("final", final, "final_sigmas_type", final_type)
+    if final_type is not None:
+        given["final"] = "final_sigmas_type"
+    clip = options.pop("clip_sample", False)
+    if not isinstance(clip, bool):
+        raise DiffkitError(f"clip_sample={clip!r} is not allowed; give True or False")
+    if thresholding is True:  # diffusers' boolean: dynamic thresholding
+        thresholding = "dynamic"
+    elif thresholding is False:
+        thresholding = None
+    thresholding = _given_once("thresholding", thresholding, "clip_sample=True", "clip" if clip else None)
+    if "clip_sample_range" in options:
+        if thresholding != "clip":
+            raise DiffkitError("clip_sample_range goes with clip_sample=True (or thresholding='clip')")
+        if "sample_max_value" in options:
+            raise DiffkitError("give clip_sample_range or sample_max_value, not both")
+        options["sample_max_value"] = options.pop("clip_sample_range")
+    return spacing, final, thresholding
+
+
 def _given_once(what: str, value: Optional[str], other_source: str, other: Optional[str]) -> Optional[str]:
     if value is not None and other is not None and value != other:
         raise DiffkitError(f"{what}={value!r} contradicts {other_source} ({what} {other!r}); give it once")
@@ -266,7 +303,7 @@ def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:
 
 
 def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: Optional[int] = None,
-                 spacing: Optional[str] = None, final: Optional[str] = None) -> torch.Tensor:
+                 spacing: Optional[str] = None, final: Optional[str] = None, offset: int = 0) -> torch.Tensor:
     """The time grid a sampler walks: ``steps`` (default 50) or the step count that spends ``nfe``
     evaluations, on ``spacing`` / ``final`` or the sampler's defaults (:func:`final_for`); ``logsnr_graded`` is graded at
     the denoiser's ``data_scale`` (:func:`diffkit.timesteps.grade_sigmas_for`)."""
@@ -281,5 +318,5 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
                                f"{info.nfe(denoiser.schedule.num_timesteps, final)}")
     steps = 50 if steps is None else steps
     check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
-    return make_grid(denoiser.schedule, steps, spacing or info.default_spacing, final,
+    return make_grid(denoiser.schedule, steps, spacing or info.default_spacing, final, offset=offset,
                      grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))

@@ -37,6 +37,12 @@ def one_line(match, fn, *args, **kwargs):
     ({"grid": [500.0, 0.0]}, r"grid times must lie in \[-1, 99\]"),
     ({"grid": [99.0, 50.0, -1.0], "nfe": 7}, "drop nfe"),
     ({"grid": [99.0, 50.0, -1.0], "spacing": "karras"}, "drop spacing"),
+    ({"grid": [99.0, 50.0, -1.0], "use_karras_sigmas": True}, "drop use_karras_sigmas"),
+    ({"grid": [99.0, 50.0, -1.0], "timestep_spacing": "trailing"}, "drop timestep_spacing"),
+    ({"steps": 3, "spacing": "linear", "timestep_spacing": "trailing"}, "spacing='linear' contradicts timestep_spacing"),
+    ({"steps": 3, "steps_offset": 1}, "steps_offset=1 shifts the 'leading' spacing only"),
+    ({"steps": 3, "clip_sample": True, "thresholding": "dynamic"}, "contradicts clip_sample=True"),
+    ({"steps": 3, "clip_sample_range": 2.0}, "clip_sample_range goes with clip_sample=True"),
     ({"steps": 3, "bogus": 1}, "option 'bogus' is not one sampler 'ddim' takes; it takes eta"),
     ({"steps": 3, "generator": [torch.Generator()] * 3}, "got 3 generators for a batch of 4"),
     ({"steps": 3, "generator": 5}, "generator of type int"),
@@ -221,3 +227,23 @@ def test_steps_for_nfe_is_the_brute_force_answer_and_a_bisection_for_huge_nfe():
     one_line("cannot spend exactly nfe=100000000; it can spend 99999995", counting.steps_for_nfe, 10 ** 8)
     assert len(calls) < 40, len(calls)
     assert REGISTRY["ddim"].steps_for_nfe(10 ** 9) == 10 ** 9
+
+
+def test_diffusers_option_names_mean_what_they_mean_in_diffusers():
+    """timestep_spacing / steps_offset / use_karras_sigmas choose the grid as diffusers' schedulers
+    do (compared with DDIMScheduler's own timesteps), clip_sample[_range] is thresholding='clip'
+    with that bound, thresholding=True is dynamic thresholding."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.interop.schedulers import grid_from_diffusers
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+
+    def run(**kwargs):
+        return diffkit.sample(DEN, noise, "ddim", progress=False, **kwargs)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=100, timestep_spacing="leading", steps_offset=1)
+    scheduler.set_timesteps(10)
+    assert torch.equal(run(steps=10, spacing="leading", steps_offset=1), run(grid=grid_from_diffusers(scheduler)))
+    assert torch.equal(run(steps=10, timestep_spacing="trailing"), run(steps=10, spacing="trailing"))
+    assert torch.equal(run(steps=10, clip_sample=True, clip_sample_range=0.5),
+                       run(steps=10, thresholding="clip", sample_max_value=0.5))
+    assert not torch.equal(run(steps=10, clip_sample=True, clip_sample_range=0.5), run(steps=10))
+    assert torch.equal(run(steps=10, thresholding=True), run(steps=10, thresholding="dynamic"))

@@ -1,0 +1,410 @@
+"""Samplers, schedules, the pooled U-Net context and the analytic ground truth against references
+that are not diffkit's own code: the papers' equations written out here from the schedule's
+betas (DDPM eq. 7/11, Improved DDPM eq. 15, DDIM Table 1, k-diffusion's ancestral step, EDM
+Algorithm 2), diffusers (DPMSolverMultistepScheduler, DDPMScheduler's sigmoid betas), the
+closed-form Gaussian posterior and torch.distributions / autograd for the mixture densities.
+
+Noise: diffkit draws z with ``diffkit.noise.randn_like``: float32 from the (CPU) generator, cast
+to x's dtype; with one generator for the batch it is ``torch.randn(x.shape, generator=g)``, so
+the hand-written steps below draw the same z from a generator seeded the same way.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import diffkit
+from diffkit import Denoiser, NoiseSchedule
+from diffkit.analytic import GaussianMixture
+from diffkit.noise import generators_from_seed
+from diffkit.samplers.ddim import ddim
+from diffkit.samplers.ddpm import ddpm
+from diffkit.samplers.karras import euler, euler_ancestral
+from diffkit.timesteps import make_grid
+
+F64 = torch.float64
+S = NoiseSchedule.linear()
+ABAR = torch.cumprod(1.0 - torch.linspace(1e-4, 0.02, 1000, dtype=F64), 0)  # DDPM's schedule, by hand
+
+
+def z_of(seed: int, shape) -> torch.Tensor:
+    """The standard normal draw diffkit makes from one CPU generator seeded ``seed`` (float32, cast)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(F64)
+
+
+class LinearEps:
+    """eps(x, t) = tanh(t/T) W x (and, with ``v``, the Improved DDPM variance output v next to it)."""
+
+    def __init__(self, dim: int, seed: int = 0, v: torch.Tensor | None = None, time_dependent: bool = True):
+        self.W = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=F64) / dim
+        self.v, self.time_dependent = v, time_dependent
+
+    def eps(self, x, t):
+        scale = torch.tanh(torch.as_tensor(t, dtype=F64) / 1000).reshape(-1, 1) if self.time_dependent else 1.0
+        return scale * (x @ self.W.T)
+
+    def __call__(self, x, t):
+        eps = self.eps(x, t.to(F64))
+        if self.v is None:
+            return eps
+        return torch.cat([eps, self.v.expand_as(eps)], dim=1)
+
+
+def x_start(batch: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+# ------------------------------------------------------------------ DDPM, learned variance
+V_VALUES = torch.tensor([1.0, -1.0, 0.4, -0.7], dtype=F64)  # v = +1 (beta), -1 (beta-tilde), between
+
+
+@pytest.mark.parametrize("t, s", [(300, 299), (600, 400)])
+def test_ddpm_learned_range_step_is_improved_ddpm_eq_15(t, s):
+    """One DDPM step t -> s with a learned variance against Improved DDPM eq. 15 written out from
+    the betas: x_s = mu + exp(0.5 log Sigma) z, Sigma = exp(f log beta_{t|s} + (1 - f) log beta-tilde),
+    f = (v + 1)/2, so v = +1 gives sqrt(beta) z, v = -1 sqrt(beta-tilde) z; mu = DDPM eq. 11 on the
+    respaced beta_{t|s} = 1 - abar_t/abar_s (Nichol & Dhariwal Sec. 4), z from the same generator."""
+    net = LinearEps(4, seed=1, v=V_VALUES)
+    d = Denoiser(net, S, learned_variance=True)
+    x = x_start(3, 4, 2)
+    out = ddpm(d, x, torch.tensor([float(t), float(s)], dtype=F64), generator=torch.Generator().manual_seed(5))
+    abar_t, abar_s = ABAR[t], ABAR[s]
+    beta = 1 - abar_t / abar_s
+    beta_tilde = (1 - abar_s) / (1 - abar_t) * beta
+    eps = net.eps(x, float(t))
+    mu = (x - beta / torch.sqrt(1 - abar_t) * eps) / torch.sqrt(1 - beta)
+    f = (V_VALUES + 1) / 2
+    sigma2 = torch.exp(f * torch.log(beta) + (1 - f) * torch.log(beta_tilde))
+    torch.testing.assert_close(sigma2[0], beta, rtol=1e-12, atol=0)          # v = +1: sigma^2 = beta
+    torch.testing.assert_close(sigma2[1], beta_tilde, rtol=1e-12, atol=0)    # v = -1: sigma^2 = beta-tilde
+    expected = mu + sigma2.sqrt() * z_of(5, (3, 4))
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ DDIM sigma-hat
+def test_ddim_sigma_hat_is_ddpm_with_beta_and_its_step_variance_is_one_minus_abar_ratio():
+    """DDIM Table 1's sigma-hat process: (a) one step t -> s against the formula written out,
+    x_s = mu + sqrt(1 - abar_t/abar_s) z (the larger variance, not beta-tilde); (b) a 10-step run
+    is bitwise DDPM with fixed_large (sigma^2 = beta, DDPM Sec. 3.2) under the same per-sample
+    generators."""
+    net = LinearEps(4, seed=3)
+    d = Denoiser(net, S)
+    x = x_start(3, 4, 4)
+    t, s = 600, 400
+    out = ddim(d, x, torch.tensor([float(t), float(s)], dtype=F64), eta="sigma_hat",
+               generator=torch.Generator().manual_seed(8))
+    abar_t, abar_s = ABAR[t], ABAR[s]
+    eps = net.eps(x, float(t))
+    x0 = (x - torch.sqrt(1 - abar_t) * eps) / torch.sqrt(abar_t)
+    beta = 1 - abar_t / abar_s
+    mu = torch.sqrt(abar_s) * beta / (1 - abar_t) * x0 + torch.sqrt(abar_t / abar_s) * (1 - abar_s) / (1 - abar_t) * x
+    torch.testing.assert_close(out, mu + torch.sqrt(beta) * z_of(8, (3, 4)), rtol=1e-10, atol=1e-12)
+
+    grid = make_grid(S, 10, "linear")
+    a = ddim(d, x, grid, eta="sigma_hat", generator=generators_from_seed(20, 3))
+    b = ddpm(d, x, grid, variance_type="fixed_large", generator=generators_from_seed(20, 3))
+    small = ddpm(d, x, grid, variance_type="fixed_small", generator=generators_from_seed(20, 3))
+    assert torch.equal(a, b)
+    assert (a - small).abs().max() > 1e-3  # the two variances really give different samples here
+
+
+# ------------------------------------------------------------------ sigmoid betas
+@pytest.mark.parametrize("T, beta_start, beta_end", [(1000, 1e-4, 0.02), (500, 2e-4, 0.03)])
+def test_sigmoid_betas_equal_diffusers(T, beta_start, beta_end):
+    """NoiseSchedule.sigmoid against diffusers' DDPMScheduler(beta_schedule="sigmoid") (GeoDiff:
+    sigmoid(linspace(-6, 6, T)) (beta_end - beta_start) + beta_start), with the same T, beta_start
+    and beta_end; diffusers computes in float32, so the betas agree to a few float32 roundings."""
+    diffusers = pytest.importorskip("diffusers")
+    theirs = diffusers.DDPMScheduler(beta_schedule="sigmoid", num_train_timesteps=T, beta_start=beta_start,
+                                     beta_end=beta_end).betas.to(F64)
+    ours = NoiseSchedule.sigmoid(T, beta_start, beta_end).betas
+    assert ours.shape == theirs.shape
+    assert ((ours - theirs).abs() <= 8 * torch.finfo(torch.float32).eps * theirs).all(), (ours - theirs).abs().max()
+    ours_by_name = NoiseSchedule.from_name("sigmoid", T, beta_start=beta_start, beta_end=beta_end).betas
+    assert torch.equal(ours_by_name, ours)
+
+
+# ------------------------------------------------------------------ DPM-Solver(++) 3M
+@pytest.mark.parametrize("sampler, algorithm_type, final, end", [("dpm-solver++-3m", "dpmsolver++", "zero", -1.0),
+                                                                ("dpm-solver++-3m", "dpmsolver++", "sigma_min", 0.0),
+                                                                ("dpm-solver-3m", "dpmsolver", "sigma_min", 0.0)])
+def test_dpm_solver_3m_equals_diffusers_third_order_multistep(sampler, algorithm_type, final, end):
+    """diffkit's 3M against diffusers' DPMSolverMultistepScheduler(solver_order=3) on its own grid
+    (grid_from_diffusers), both driven by the exact eps* of a Gaussian mixture: relative error
+    < 1e-5 (diffusers works in float32). 10 steps with lower_order_final (diffusers applies it
+    below 15 steps; diffkit at every count): orders 1, 2, 3 x 6, 2, 1, so six steps use the
+    third-order term D2 (counted on diffusers' side). diffusers' noise-prediction solver ends at
+    t = 0 only (final_sigmas_type="sigma_min"; its grid ends at 0 here too)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.interop.schedulers import grid_from_diffusers, schedule_from_diffusers
+    scheduler = diffusers.DPMSolverMultistepScheduler(solver_order=3, algorithm_type=algorithm_type,
+                                                      lower_order_final=True, final_sigmas_type=final,
+                                                      prediction_type="epsilon", thresholding=False)
+    scheduler.set_timesteps(10)
+    schedule, _ = schedule_from_diffusers(scheduler)
+    gm = GaussianMixture.random(3, 3, seed=5, spread=1.0, scale=0.4)
+    net = gm.network(schedule)
+    third = {"calls": 0}
+    inner = scheduler.multistep_dpm_solver_third_order_update
+
+    def counted(*args, **kwargs):
+        third["calls"] += 1
+        return inner(*args, **kwargs)
+    scheduler.multistep_dpm_solver_third_order_update = counted
+    x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(7), dtype=F64)
+    x = x_T.float()
+    for t in scheduler.timesteps:
+        x = scheduler.step(net(x, t.reshape(1).expand(x.shape[0])), t, x).prev_sample
+    assert third["calls"] == 6
+    grid = grid_from_diffusers(scheduler)
+    assert grid[-1] == end and len(grid) == 11
+    ours = diffkit.sample(Denoiser(net, schedule), x_T.clone(), sampler, grid=grid, progress=False)
+    rel = ((ours - x.to(F64)).abs().max() / x.abs().max()).item()
+    assert rel < 1e-5, rel
+
+
+# ------------------------------------------------------------------ Karras: ancestral and churn
+def karras_sigma(t: int) -> float:
+    """EDM/k-diffusion sigma of the VP time t: sqrt((1 - abar)/abar)."""
+    return math.sqrt((1 - ABAR[t].item()) / ABAR[t].item())
+
+
+def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
+    """k-diffusion's ``get_ancestral_step`` (sampling.py), transcribed."""
+    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+    return sigma_down, sigma_up
+
+
+@pytest.mark.parametrize("t, s, eta, s_noise", [(600, 350, 1.0, 1.0), (300, 200, 0.6, 1.0), (500, 100, 1.0, 0.9)])
+def test_euler_ancestral_step_is_k_diffusion(t, s, eta, s_noise):
+    """One step of k-diffusion's sample_euler_ancestral written out, in its variables
+    x~ = x_t/alpha_t, sigma = sqrt((1 - abar)/abar), with d = (x~ - D(x~; sigma))/sigma = eps(x_t, t):
+    x~_s = x~ + (sigma_down - sigma_t) d + s_noise sigma_up z, mapped back as x_s = alpha_s x~_s."""
+    net = LinearEps(4, seed=2)
+    d = Denoiser(net, S)
+    x = x_start(3, 4, 6)
+    out = euler_ancestral(d, x, torch.tensor([float(t), float(s)], dtype=F64), eta=eta, s_noise=s_noise,
+                          generator=torch.Generator().manual_seed(11))
+    sig_t, sig_s = karras_sigma(t), karras_sigma(s)
+    sigma_down, sigma_up = get_ancestral_step(sig_t, sig_s, eta)
+    x_tilde = x / ABAR[t].sqrt()
+    expected_tilde = x_tilde + (sigma_down - sig_t) * net.eps(x, float(t)) + s_noise * sigma_up * z_of(11, (3, 4))
+    torch.testing.assert_close(out, ABAR[s].sqrt() * expected_tilde, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("s_churn, s_noise, expected_gamma", [(0.3, 1.007, 0.3), (5.0, 1.0, math.sqrt(2) - 1)])
+def test_churn_step_is_edm_algorithm_2(s_churn, s_noise, expected_gamma):
+    """EDM Algorithm 2 lines 4-6 and 7-8 (Euler) on one step (N = 1), written out: gamma =
+    min(S_churn/N, sqrt 2 - 1), sigma_hat = sigma (1 + gamma), x~_hat = x~ + sqrt(sigma_hat^2 -
+    sigma^2) S_noise z, then x~_s = x~_hat + (sigma_s - sigma_hat) d(x~_hat; sigma_hat). The network
+    here does not depend on t, so d at sigma_hat is eps(alpha_hat x~_hat) with alpha_hat =
+    1/sqrt(1 + sigma_hat^2). Outside [S_tmin, S_tmax] there is no churn: the step is plain Euler."""
+    net = LinearEps(4, seed=4, time_dependent=False)
+    d = Denoiser(net, S)
+    x = x_start(3, 4, 9)
+    t, s = 300, 150
+    grid = torch.tensor([float(t), float(s)], dtype=F64)
+    out = euler(d, x, grid, s_churn=s_churn, s_noise=s_noise, generator=torch.Generator().manual_seed(13))
+    sigma, sigma_s = karras_sigma(t), karras_sigma(s)
+    sigma_hat = sigma * (1 + expected_gamma)
+    x_hat = x / ABAR[t].sqrt() + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * z_of(13, (3, 4))
+    eps = net.eps(x_hat / math.sqrt(1 + sigma_hat ** 2), None)
+    expected = ABAR[s].sqrt() * (x_hat + (sigma_s - sigma_hat) * eps)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    # S_tmax below sigma: gamma = 0, the plain Euler step x~ + (sigma_s - sigma) eps(x_t)
+    gated = euler(d, x, grid, s_churn=s_churn, s_noise=s_noise, s_tmax=0.5 * sigma,
+                  generator=torch.Generator().manual_seed(13))
+    plain = ABAR[s].sqrt() * (x / ABAR[t].sqrt() + (sigma_s - sigma) * net.eps(x, None))
+    torch.testing.assert_close(gated, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_euler_ancestral_200_karras_steps_sample_gaussian_data():
+    """With the exact eps* of Gaussian data N(m, C), euler-ancestral on 200 Karras steps samples
+    N(m_N, C_N), the law of the discretised chain, computed here in closed form: in C's eigenbasis
+    (eigenvalue c) the exact denoiser is linear, D(x~; sigma) = m + c/(c + sigma^2)(x~ - m), so each
+    k-diffusion step (get_ancestral_step above) maps the variance v of x~ - m to
+    k^2 v + sigma_up^2 with k = 1 + (sigma_down - sigma) sigma/(c + sigma^2), from v = 1 + sigma_0^2
+    (x_T ~ N(0, I)). Sample mean and covariance (n = 4000) are within 4.5 standard errors of the
+    Gaussian law's (SE of cov_ij = sqrt((C_ii C_jj + C_ij^2)/n)); and that law is the data's up to
+    the method's first-order bias (about 6% of the variance at 200 steps, 1/N-like)."""
+    gm = GaussianMixture.random(dim=2, num_components=1, seed=4, spread=0.8, scale=0.6)
+    n = 4000
+    grid = make_grid(S, 200, "karras")
+    sig = S.karras_sigma(grid).tolist()
+    assert sig[-1] == 0.0 and len(sig) == 201
+    c, U = torch.linalg.eigh(gm.cov())
+    v = torch.full_like(c, 1 + sig[0] ** 2)
+    shrink = torch.ones_like(c)  # the mean of x~ - m: -m times the product of the k's
+    for sigma, sigma_to in zip(sig[:-1], sig[1:]):
+        sigma_down, sigma_up = get_ancestral_step(sigma, sigma_to) if sigma_to > 0 else (0.0, 0.0)
+        k = 1 + (sigma_down - sigma) * sigma / (c + sigma ** 2)
+        v, shrink = k ** 2 * v + sigma_up ** 2, k * shrink
+    mean_N = gm.mean() - U @ (shrink * (U.T @ gm.mean()))
+    cov_N = U @ torch.diag(v) @ U.T
+    assert ((cov_N - gm.cov()).abs() <= 0.07 * c.max()).all() and ((mean_N - gm.mean()).abs() < 1e-3).all()
+    d = Denoiser(gm.network(S), S)
+    x = diffkit.sample(d, (n, 2), "euler-ancestral", grid=grid, generator=torch.Generator().manual_seed(3),
+                       dtype=F64, progress=False)
+    assert d.nfe == 200
+    diag = torch.diagonal(cov_N)
+    se_mean = (diag / n).sqrt()
+    se_cov = ((diag[:, None] * diag[None, :] + cov_N ** 2) / n).sqrt()
+    assert ((x.mean(0) - mean_N).abs() <= 4.5 * se_mean).all(), (x.mean(0), mean_N, se_mean)
+    assert ((torch.cov(x.T) - cov_N).abs() <= 4.5 * se_cov).all(), (torch.cov(x.T), cov_N, se_cov)
+
+
+# ------------------------------------------------------------------ pooled context in the U-Net
+def test_pooled_context_embedding_is_a_linear_map_of_the_token_mean():
+    """With context_pooled, the embedding that reaches the U-Net's blocks is
+    silu(time_embedding + W mean_tokens(context)) (bias zeroed; Imagen Sec. 2.2 pooling), checked
+    on the embedding the first down block receives; two contexts with the same token mean but
+    different tokens give the same embedding."""
+    from diffkit.models import UNet, UNetConfig
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(channel=16, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, img_size=8,
+                            context_dim=6, context_pooled=True)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.context_embed.weight.copy_(torch.randn(model.context_embed.weight.shape, generator=g))
+        model.context_embed.bias.zero_()
+    seen = {}
+    model.time_embed.register_forward_hook(lambda m, i, out: seen.__setitem__("time", out.detach()))
+    model.down[0].register_forward_pre_hook(lambda m, args: seen.__setitem__("emb", args[1].detach()))
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    context = torch.randn(2, 5, 6, generator=g)
+    with torch.no_grad():
+        model(x, torch.tensor([10.0, 700.0]), context=context)
+    W = model.context_embed.weight.detach()
+    expected = torch.nn.functional.silu(seen["time"] + context.mean(dim=1) @ W.T)
+    torch.testing.assert_close(seen["emb"], expected, rtol=1e-5, atol=1e-5)
+    emb = seen["emb"]
+    # same mean over the tokens, different tokens (and a different first token)
+    shuffled = context.flip(1) + torch.tensor([1.0, -2.0, 0.0, 2.0, -1.0])[None, :, None]
+    with torch.no_grad():
+        model(x, torch.tensor([10.0, 700.0]), context=shuffled)
+    torch.testing.assert_close(seen["emb"], emb, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ diffkit.analytic itself
+@pytest.fixture(scope="module")
+def mixture():
+    return GaussianMixture.random(3, 3, seed=7, spread=1.0, scale=0.5)
+
+
+def _components(gm, alpha, sigma):
+    """torch.distributions.MultivariateNormal of each component at noise level (alpha, sigma):
+    N(alpha m_k, alpha^2 C_k + sigma^2 I) (the VP marginal of one Gaussian)."""
+    eye = torch.eye(gm.dim, dtype=F64)
+    return [torch.distributions.MultivariateNormal(alpha * gm.means[k], alpha ** 2 * gm.covs[k] + sigma ** 2 * eye)
+            for k in range(gm.num_components)]
+
+
+@pytest.mark.parametrize("t", [50, 400, 900])
+def test_mixture_log_prob_score_and_eps_against_torch_distributions_and_autograd(mixture, t):
+    """log p_t = logsumexp_k (log w_k + log N(x; alpha m_k, alpha^2 C_k + sigma^2 I)) from
+    torch.distributions; score = autograd of that log density; eps* = -sigma score (seed 002);
+    the class-conditional score = autograd of log N_k."""
+    alpha, sigma = ABAR[t].sqrt(), (1 - ABAR[t]).sqrt()
+    x = (alpha * mixture.sample(16, torch.Generator().manual_seed(t))[0]
+         + sigma * torch.randn(16, 3, generator=torch.Generator().manual_seed(t + 1), dtype=F64))
+    comps = _components(mixture, alpha, sigma)
+    xg = x.clone().requires_grad_(True)
+    log_joint = torch.stack([c.log_prob(xg) for c in comps], 1) + mixture.weights.log()
+    log_p = torch.logsumexp(log_joint, 1)
+    score_ref, = torch.autograd.grad(log_p.sum(), xg)
+    torch.testing.assert_close(mixture.log_prob(x, alpha, sigma), log_p.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mixture.score(x, alpha, sigma), score_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(mixture.eps(x, alpha, sigma), -sigma * score_ref, rtol=1e-9, atol=1e-9)
+    y = torch.tensor([0, 1, 2, 1] * 4)
+    xg = x.clone().requires_grad_(True)
+    log_cond = torch.stack([comps[int(k)].log_prob(xg[i]) for i, k in enumerate(y)])
+    cond_ref, = torch.autograd.grad(log_cond.sum(), xg)
+    torch.testing.assert_close(mixture.score(x, alpha, sigma, y), cond_ref, rtol=1e-9, atol=1e-9)
+
+
+def test_mixture_with_per_sample_noise_levels_matches_one_level_at_a_time(mixture):
+    """(B,) alpha, sigma: row i equals the density/score at its own level (torch.distributions)."""
+    ts = [10, 300, 650, 999]
+    alpha, sigma = ABAR[ts].sqrt(), (1 - ABAR[ts]).sqrt()
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    lp, sc = mixture.log_prob(x, alpha, sigma), mixture.score(x, alpha, sigma)
+    for i in range(4):
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        comps = _components(mixture, alpha[i], sigma[i])
+        ref = torch.logsumexp(torch.stack([c.log_prob(xi) for c in comps], 1) + mixture.weights.log(), 1)
+        grad, = torch.autograd.grad(ref.sum(), xi)
+        torch.testing.assert_close(lp[i:i + 1], ref.detach(), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(sc[i:i + 1], grad, rtol=1e-9, atol=1e-9)
+
+
+def test_class_log_posterior_is_bayes_rule(mixture):
+    """log p(y = k | x_t) = log w_k + log N_k(x_t) - log sum_j w_j N_j(x_t), the densities from
+    torch.distributions; rows are normalised."""
+    t = 500
+    alpha, sigma = ABAR[t].sqrt(), (1 - ABAR[t]).sqrt()
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(4), dtype=F64) * 0.8
+    comps = _components(mixture, alpha, sigma)
+    joint = torch.stack([c.log_prob(x) for c in comps], 1) + mixture.weights.log()
+    expected = joint - torch.logsumexp(joint, 1, keepdim=True)
+    got = mixture.class_log_posterior(x, alpha, sigma)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.exp().sum(1), torch.ones(10, dtype=F64), rtol=1e-12, atol=1e-12)
+
+
+def _posterior_reference(gm, x, alpha, sigma):
+    """diag Var[x0 | x_t] with explicit matrices: per component S = alpha^2 C + sigma^2 I,
+    E = m + alpha C S^-1 (x - alpha m), Cov = C - alpha^2 C S^-1 C; responsibilities by Bayes'
+    rule; law of total variance over the components."""
+    eye = torch.eye(gm.dim, dtype=F64)
+    comps = _components(gm, alpha, sigma)
+    resp = torch.softmax(torch.stack([c.log_prob(x) for c in comps], 1) + gm.weights.log(), 1)
+    means, variances = [], []
+    for k in range(gm.num_components):
+        C, m = gm.covs[k], gm.means[k]
+        Sinv = torch.linalg.inv(alpha ** 2 * C + sigma ** 2 * eye)
+        means.append(m + alpha * (x - alpha * m) @ (C @ Sinv).T)
+        variances.append(torch.diagonal(C - alpha ** 2 * C @ Sinv @ C).expand(x.shape[0], -1))
+    means, variances = torch.stack(means, 1), torch.stack(variances, 1)
+    first = (resp[:, :, None] * means).sum(1)
+    return (resp[:, :, None] * (variances + means ** 2)).sum(1) - first ** 2
+
+
+@pytest.mark.parametrize("t", [20, 300, 800])
+def test_posterior_x0_variance_is_the_gaussian_closed_form(mixture, t):
+    """Var[x0 | x_t] for one Gaussian: diag(C - alpha^2 C S^-1 C), S = alpha^2 C + sigma^2 I
+    (independent of x_t); for a mixture, the law of total variance over explicit per-component
+    posteriors (_posterior_reference)."""
+    alpha, sigma = ABAR[t].sqrt(), (1 - ABAR[t]).sqrt()
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(t), dtype=F64)
+    C = torch.tensor([[0.5, 0.2, 0.0], [0.2, 0.3, -0.1], [0.0, -0.1, 0.8]], dtype=F64)
+    single = GaussianMixture([1.0], [[0.3, -0.2, 0.5]], C[None])
+    S_t = alpha ** 2 * C + sigma ** 2 * torch.eye(3, dtype=F64)
+    closed = torch.diagonal(C - alpha ** 2 * C @ torch.linalg.solve(S_t, C))
+    torch.testing.assert_close(single.posterior_x0_variance(x, alpha, sigma), closed.expand(6, 3),
+                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(mixture.posterior_x0_variance(x, alpha, sigma),
+                               _posterior_reference(mixture, x, alpha, sigma), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("t", [1, 40, 500])
+def test_learned_variance_output_gives_the_exact_reverse_kernel_for_isotropic_gaussian_data(t):
+    """AnalyticNetwork(learned_variance=True) for data N(m, c I): the variance its v gives through
+    Improved DDPM eq. 15 (written out here) equals Var[x_{t-1} | x_t] of the joint Gaussian:
+    V_{t-1} - alpha_t V_{t-1}^2 / V_t with V_s = abar_s c + 1 - abar_s (x_t = sqrt(alpha_t) x_{t-1} +
+    sqrt(beta_t) noise)."""
+    c = 0.3
+    gm = GaussianMixture([1.0], [[0.5, -0.5]], (c * torch.eye(2, dtype=F64))[None])
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(t), dtype=F64)
+    out = gm.network(S, learned_variance=True)(x, torch.full((5,), float(t), dtype=F64))
+    v = out[:, 2:]
+    abar_t, abar_s = ABAR[t], ABAR[t - 1]
+    beta = 1 - abar_t / abar_s
+    beta_tilde = (1 - abar_s) / (1 - abar_t) * beta
+    f = (v + 1) / 2
+    sigma2 = torch.exp(f * torch.log(beta) + (1 - f) * torch.log(beta_tilde))
+    V_s, V_t = abar_s * c + 1 - abar_s, abar_t * c + 1 - abar_t
+    exact = V_s - (1 - beta) * V_s ** 2 / V_t
+    torch.testing.assert_close(sigma2, exact.expand(5, 2), rtol=1e-9, atol=0)
