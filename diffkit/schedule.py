@@ -160,7 +160,9 @@ class NoiseSchedule:
 
     # ------------------------------------------------------------------ continuous time
     def log_alpha(self, t) -> torch.Tensor:
-        """log alpha_t = 0.5 log alpha_bar_t, piecewise linear in t over [-1, T-1]."""
+        """log alpha_t = 0.5 log alpha_bar_t, piecewise linear in t over [-1, T-1]; on the last
+        interval of a zero-terminal-SNR schedule (alpha_{T-1} = 0, log alpha = -inf) alpha itself
+        is linear, alpha_t = alpha_{T-2} (T - 1 - t), so it stays positive until T - 1."""
         t = as_cpu_times(t)
         if (t < -1).any() or (t > self.num_timesteps - 1).any() or torch.isnan(t).any():
             raise DiffkitError(f"time t={_first_bad(t, -1, self.num_timesteps - 1)} is out of range; "
@@ -169,7 +171,9 @@ class NoiseSchedule:
         lo = pos.floor().clamp(0, self.num_timesteps - 1).long()
         frac = pos - lo.to(_F64)
         a, b = self._log_alpha_grid[lo], self._log_alpha_grid[(lo + 1).clamp(max=self.num_timesteps)]
-        return torch.where(frac == 0, a, a + frac * (b - a))
+        out = torch.where(frac == 0, a, a + frac * (b - a))
+        to_zero = torch.isinf(b) & torch.isfinite(a) & (frac > 0)  # the zero-terminal-SNR interval
+        return torch.where(to_zero, a + torch.log1p(-frac.clamp(max=1.0)), out) if to_zero.any() else out
 
     def alpha(self, t) -> torch.Tensor:
         """alpha_t = sqrt(alpha_bar_t)."""
@@ -199,19 +203,24 @@ class NoiseSchedule:
         grid = self._log_alpha_grid  # decreasing in t, grid[0] = 0 at t = -1
         finite = torch.isfinite(grid)
         lo_bound = grid[finite][-1]
+        zero_terminal = not bool(finite.all())  # alpha_{T-1} = 0: log alpha reaches -inf on the last interval
         # a round trip t -> log SNR -> log alpha may land a few ulps outside the range: clamp those
         tol = 1e-12 * max(1.0, abs(lo_bound.item()))
-        outside = (la > tol) | (la < lo_bound - tol)
+        outside = (la > tol) | ((la < lo_bound - tol) if not zero_terminal else torch.isnan(la))
         if outside.any():
+            low = "-inf" if zero_terminal else f"{lo_bound.item():.6g}"
             raise DiffkitError(f"log_alpha={la[outside].flatten()[0].item()!r} is outside the schedule's range "
-                               f"[{lo_bound.item():.6g}, 0]")
+                               f"[{low}, 0]")
+        last = la < lo_bound  # only on a zero-terminal-SNR schedule: alpha linear in t there (see log_alpha)
+        t_last = (finite.sum() - 2).to(_F64) - torch.expm1(la - lo_bound)
         la = la.clamp(lo_bound, 0.0)
         # searchsorted needs increasing values: flip the decreasing grid.
         flipped = (-grid[finite]).contiguous()
         idx = torch.searchsorted(flipped, (-la).contiguous(), right=False).clamp(1, flipped.numel() - 1)
         x0, x1 = flipped[idx - 1], flipped[idx]
         frac = ((-la) - x0) / (x1 - x0)
-        return (idx - 1).to(_F64) + frac - 1.0
+        t = (idx - 1).to(_F64) + frac - 1.0
+        return torch.where(last, t_last, t) if last.any() else t
 
     def t_from_log_snr(self, log_snr) -> torch.Tensor:
         """Inverse of :meth:`log_snr`: alpha = sigmoid(2 lambda)^(1/2), then invert log alpha."""

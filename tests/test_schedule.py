@@ -106,3 +106,20 @@ def test_bad_input_is_one_line_error(call):
 def test_unknown_schedule_message_names_value_and_choices():
     with pytest.raises(ValueError, match=r"schedule='foo'.*linear, cosine"):
         NoiseSchedule.from_name("foo")
+
+
+def test_the_last_interval_of_a_zero_terminal_snr_schedule_keeps_alpha_positive():
+    """log alpha_{T-1} = -inf: interpolating log alpha made alpha = 0 on all of (T-2, T-1] (and a
+    DDPM step into that interval 0/0 = NaN). alpha is linear there: alpha_{T-2} (T - 1 - t)."""
+    sch = NoiseSchedule.from_name("linear", 1000, zero_terminal_snr=True)
+    a998 = float(sch.alpha(torch.tensor(998.0)))
+    t = torch.tensor([998.001, 998.5, 998.999], dtype=torch.float64)
+    torch.testing.assert_close(sch.alpha(t), a998 * (999.0 - t), rtol=1e-12, atol=0)
+    assert float(sch.alpha(torch.tensor(999.0))) == 0.0
+    for forward, inverse in ((sch.log_alpha, sch.t_from_log_alpha), (sch.log_snr, sch.t_from_log_snr),
+                             (sch.karras_sigma, sch.t_from_karras_sigma)):
+        torch.testing.assert_close(inverse(forward(t)), t, rtol=0, atol=1e-6)
+    import diffkit
+    den = diffkit.Denoiser(lambda x, t: torch.zeros_like(x), sch, prediction_type="v_prediction")
+    out = diffkit.sample(den, (2, 2), sampler="ddpm", grid=[999, 998.5, 500, -1], seed=0, progress=False)
+    assert torch.isfinite(out).all()
