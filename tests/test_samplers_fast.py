@@ -141,7 +141,8 @@ def test_default_grids_converge_to_the_ode_of_an_imperfect_model(schedule, mixtu
 
 def test_fon_is_fourth_order_where_log_alpha_is_linear(gaussian):
     # With a constant beta, log alpha_t is linear in t, so the ODE in t has no kinks and RK4 shows
-    # its classical order (the piecewise-linear interpolation of other schedules caps it near 2).
+    # its classical order (with other schedules the right-hand side jumps at every integer t and
+    # the error stops falling at that order; docs/samplers.md, `fon`).
     # The grid stops at t = 99, away from the singular point t = -1 of the ODE in t.
     sched = NoiseSchedule.from_betas(torch.full((1000,), 0.01, dtype=F64))
     den = Denoiser(gaussian.network(sched), sched)
