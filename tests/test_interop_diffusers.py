@@ -275,14 +275,15 @@ def test_every_sampler_runs_a_diffusers_unet():
         assert torch.equal(out[0], out[1]), name
 
 
-@pytest.mark.parametrize("prediction_type, set_alpha_to_one, steps_offset",
-                         [("epsilon", True, 0), ("v_prediction", False, 1)])
-def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, set_alpha_to_one, steps_offset):
+@pytest.mark.parametrize("prediction_type, set_alpha_to_one, steps_offset, T, steps",
+                         [("epsilon", True, 0, 1000, 6), ("v_prediction", False, 1, 1000, 6),
+                          ("epsilon", True, 1, 10, 9)])  # stride 1: the last step goes to t = 0, not clean data
+def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, set_alpha_to_one, steps_offset, T, steps):
     model = small_unet2d()
     scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                        clip_sample=False, prediction_type=prediction_type,
+                                        clip_sample=False, prediction_type=prediction_type, num_train_timesteps=T,
                                         set_alpha_to_one=set_alpha_to_one, steps_offset=steps_offset)
-    scheduler.set_timesteps(6)
+    scheduler.set_timesteps(steps)
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     x = noise.clone()
     with torch.no_grad():
@@ -290,9 +291,10 @@ def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, set_alpha_to_one,
             x = scheduler.step(model(x, t).sample, t, x, eta=0.0).prev_sample
     denoiser = diffusers_denoiser(model, scheduler)
     grid = grid_from_diffusers(scheduler)
-    assert grid[-1] == (-1.0 if set_alpha_to_one else 0.0)
+    last = int(scheduler.timesteps[-1]) - T // steps
+    assert grid[-1] == (last if last >= 0 else -1.0 if set_alpha_to_one else 0.0)
     ours = diffkit.sample(denoiser, noise.clone(), "ddim", grid=grid, progress=False)
-    assert denoiser.nfe == 6
+    assert denoiser.nfe == steps
     assert relative_error(ours, x) < 1e-5
 
 

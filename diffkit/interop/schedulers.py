@@ -199,8 +199,12 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
             raise DiffkitError(f"the scheduler's timesteps are not spaced by T // steps = {stride} (gaps {gaps[:4]}); "
                                f"{name} steps from t to t - {stride}, which is not its next timestep; use a step "
                                f"count that divides num_train_timesteps={T}, or timestep_spacing 'leading'")
+    ddim_like = final_alpha is not None
     final_alpha = 1.0 if final_alpha is None else final_alpha
     end = -1.0 if float(final_alpha) == 1.0 else 0.0
+    if ddim_like and len(times) > 1 and times[-1] - stride >= 0:
+        # DDIM / PNDM's last step also goes to t - T // S; final_alpha_cumprod only where that is < 0
+        end = float(times[-1] - stride)
     if config.get("final_sigmas_type") == "sigma_min":  # DPMSolver*, UniPC, ...: the last step ends at t = 0's sigma
         end = 0.0
     if times[-1] <= end:
