@@ -6,6 +6,7 @@ either; the CLI prints its message on one line and exits with status 2 (no trace
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Iterable
 
 
@@ -35,9 +36,10 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
     """Return ``value`` if it is a number in the given range, else raise a one-line DiffkitError.
     NaN is never allowed, +-inf only with ``finite=False`` (where inf means "no bound")."""
     kind = "an integer" if integer else ("a finite number" if finite else "a number")
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok_type = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real)
     if isinstance(value, bool) or not ok_type:
         raise DiffkitError(f"{name}={value!r} must be {kind}")
+    value = int(value) if integer else value  # numpy integers included
     if value != value or (finite and value in (float("inf"), float("-inf"))):
         raise DiffkitError(f"{name}={value!r} is not allowed; give {kind}")
     lo_ok = low is None or (value >= low if low_inclusive else value > low)

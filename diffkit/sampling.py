@@ -296,7 +296,8 @@ def _given_once(what: str, value: Optional[str], other_source: str, other: Optio
 
 def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:
     """The sampler's default final target, unless a ``spacing`` given in its place ends at t = 0
-    (linear, quadratic, leading): then ``"zero"`` (``sigma_min`` would leave no step to take)."""
+    (linear, quadratic, leading): then ``"zero"`` (``sigma_min`` would leave no step to take).
+    :func:`sampler_grid` also switches when trailing / linspace end at t = 0 at the step count used."""
     if info.default_final == "sigma_min" and spacing in ENDS_AT_ZERO:
         return "zero"
     return info.default_final
@@ -309,14 +310,22 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
     the denoiser's ``data_scale`` (:func:`diffkit.timesteps.grade_sigmas_for`)."""
     if steps is not None and nfe is not None:
         raise DiffkitError("give steps or nfe, not both")
-    final = final or final_for(info, spacing)
-    if nfe is not None:
-        steps = info.steps_for_nfe(nfe, final)
-        if steps > denoiser.schedule.num_timesteps:
-            raise DiffkitError(f"nfe={nfe} takes {steps} steps of {info.name!r}, more than the schedule's "
-                               f"{denoiser.schedule.num_timesteps} timesteps; allowed: nfe up to "
-                               f"{info.nfe(denoiser.schedule.num_timesteps, final)}")
-    steps = 50 if steps is None else steps
-    check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
-    return make_grid(denoiser.schedule, steps, spacing or info.default_spacing, final, offset=offset,
+    T, spacing_used = denoiser.schedule.num_timesteps, spacing or info.default_spacing
+    final_given, final = final, final or final_for(info, spacing)
+
+    def step_count(final):
+        if nfe is None:
+            return 50 if steps is None else steps
+        count = info.steps_for_nfe(nfe, final)
+        if count > T:
+            raise DiffkitError(f"nfe={nfe} takes {count} steps of {info.name!r}, more than the schedule's {T} "
+                               f"timesteps; allowed: nfe up to {info.nfe(T, final)}")
+        return count
+    count = step_count(final)
+    check_range("steps", count, 1, T, integer=True)
+    if final_given is None and final == "sigma_min" and spacing_used in ("trailing", "linspace") and \
+            float(make_grid(denoiser.schedule, count, spacing_used, "zero")[-2]) == 0.0:
+        final = "zero"  # this many steps of that spacing end at t = 0 too (trailing from 2T/3 steps on)
+        count = step_count(final)
+    return make_grid(denoiser.schedule, count, spacing_used, final, offset=offset,
                      grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from .errors import DiffkitError, check_choice, check_range
@@ -95,10 +96,10 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
     elif spacing == "leading":
         check_range("offset", offset, 0, T - 1, integer=True)
         evaluated = (torch.arange(S, dtype=_F64) * (T // S) + offset).flip(0)
-    elif spacing == "trailing":
-        evaluated = torch.round(torch.arange(T, 0, -T / S, dtype=_F64))[:S] - 1
+    elif spacing == "trailing":  # numpy, as diffusers computes it (torch's arange rounds some ties the other way)
+        evaluated = torch.from_numpy(np.round(np.arange(T, 0, -T / S)).astype(np.float64))[:S] - 1
     elif spacing == "linspace":
-        evaluated = torch.round(torch.linspace(0, T - 1, S + 1, dtype=_F64)).flip(0)[:-1]
+        evaluated = torch.from_numpy(np.linspace(0, T - 1, S + 1).round()[::-1][:-1].copy())
     else:  # continuous spacings between t_max and t = 0
         top = float(T - 1 if t_max is None else t_max)
         n = S + 1 if final == "sigma_min" else S

@@ -603,3 +603,17 @@ def test_a_failed_diffusers_load_is_one_line_and_a_good_one_keeps_the_librarys_w
     finally:
         logging.getLogger("diffusers").removeHandler(handler)
     assert shown == ["a library warning"]
+
+
+@pytest.mark.parametrize("spacing, steps", [("trailing", 48), ("trailing", 96), ("trailing", 112), ("linspace", 26),
+                                            ("linspace", 27), ("trailing", 7), ("linspace", 50)])
+def test_trailing_and_linspace_round_as_diffusers_does(spacing, steps):
+    """The spacings that round (trailing: DDIM/PNDM/Euler's; linspace: DPMSolver/UniPC's) give
+    diffusers' timesteps exactly, ties included (torch's arange rounded some the other way:
+    trailing at 48 steps gave 937 for diffusers' 936; linspace at 26 gave 500 for 499)."""
+    from diffkit.timesteps import make_grid
+    scheduler = (diffusers.DDIMScheduler if spacing == "trailing" else diffusers.DPMSolverMultistepScheduler)(
+        timestep_spacing=spacing)
+    scheduler.set_timesteps(steps)
+    ours = make_grid(NoiseSchedule.linear(1000), steps, spacing, "zero")[:-1]
+    assert ours.long().tolist() == scheduler.timesteps.tolist()[:steps]

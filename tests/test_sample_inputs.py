@@ -43,6 +43,9 @@ def one_line(match, fn, *args, **kwargs):
     ({"steps": 3, "steps_offset": 1}, "steps_offset=1 shifts the 'leading' spacing only"),
     ({"steps": 3, "clip_sample": True, "thresholding": "dynamic"}, "contradicts clip_sample=True"),
     ({"steps": 3, "clip_sample_range": 2.0}, "clip_sample_range goes with clip_sample=True"),
+    ({"steps": 4, "eta": 1.5}, r"eta=1.5 makes a step's noise larger .* allowed on this grid: eta <= 1.0"),
+    ({"steps": 4, "eta": float("inf")}, "eta=inf is not allowed"),
+    ({"steps": 4, "eta": 1e300}, "allowed on this grid"),
     ({"steps": 3, "bogus": 1}, "option 'bogus' is not one sampler 'ddim' takes; it takes eta"),
     ({"steps": 3, "generator": [torch.Generator()] * 3}, "got 3 generators for a batch of 4"),
     ({"steps": 3, "generator": 5}, "generator of type int"),
@@ -207,6 +210,14 @@ def test_a_timestep_spacing_ending_at_zero_sets_final_zero_unless_final_is_given
         assert torch.isfinite(out).all() and DEN.nfe == REGISTRY["unipc"].nfe(5, "zero")
     one_line("leaves no step to final=sigma_min", diffkit.sample, DEN, (2, 2), "unipc", steps=5, spacing="linear",
              final="sigma_min", progress=False)
+    # trailing ends at t = 0 from 2T/3 steps on (T = 100: 67 steps), and then switches the same way
+    for steps, final in ((66, "sigma_min"), (67, "zero"), (100, "zero")):
+        DEN.reset_nfe()
+        diffkit.sample(DEN, (2, 2), "unipc", steps=steps, spacing="trailing", seed=0, progress=False)
+        assert DEN.nfe == REGISTRY["unipc"].nfe(steps, final), (steps, DEN.nfe)
+    DEN.reset_nfe()
+    diffkit.sample(DEN, (2, 2), "unipc", nfe=80, spacing="trailing", seed=0, progress=False)
+    assert DEN.nfe == 80
 
 
 def test_steps_for_nfe_is_the_brute_force_answer_and_a_bisection_for_huge_nfe():
@@ -247,3 +258,10 @@ def test_diffusers_option_names_mean_what_they_mean_in_diffusers():
                        run(steps=10, thresholding="clip", sample_max_value=0.5))
     assert not torch.equal(run(steps=10, clip_sample=True, clip_sample_range=0.5), run(steps=10))
     assert torch.equal(run(steps=10, thresholding=True), run(steps=10, thresholding="dynamic"))
+
+
+def test_numpy_integers_are_integers_and_bad_singlestep_orders_are_one_line():
+    import numpy as np
+    out = diffkit.sample(DEN, (2, 2), "ddim", steps=np.int64(4), seed=0, progress=False)
+    assert torch.equal(out, diffkit.sample(DEN, (2, 2), "ddim", steps=4, seed=0, progress=False))
+    one_line("must be 1, 2 or 3 each", diffkit.sample, DEN, (2, 2), "dpm-solver", steps=4, orders="31", progress=False)

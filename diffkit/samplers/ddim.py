@@ -52,6 +52,12 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: Union[float, str
     # per-step coefficients once per grid, as Python floats (no tensor work on the step path)
     sigmas = (ddim_sigma(c.alpha_bar[:-1], c.alpha_bar[1:], eta) if eta > 0
               else torch.zeros(len(grid) - 1, dtype=torch.float64))
+    room = 1 - c.alpha_bar[1:]  # the noise variance left at s: sigma_{t->s}^2 must not exceed it
+    if eta > 1 and bool((sigmas ** 2 > room * (1 + 1e-9)).any()):
+        a_t, a_s = c.alpha_bar[:-1][room > 0], c.alpha_bar[1:][room > 0]
+        limit = float(torch.sqrt((1 - a_t) * a_s / (a_s - a_t)).min())
+        raise DiffkitError(f"eta={eta:g} makes a step's noise larger than the noise its target time holds "
+                           f"(sigma^2 > 1 - abar_s); allowed on this grid: eta <= {limit:.4g}")
     direction = torch.sqrt((1 - c.alpha_bar[1:] - sigmas ** 2).clamp(min=0)).tolist()
     sqrt_abar_s, sigmas, times = c.alpha_bar[1:].sqrt().tolist(), sigmas.tolist(), c.t.tolist()
     for i in steps(grid, progress, "ddim"):

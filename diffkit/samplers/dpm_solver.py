@@ -161,7 +161,8 @@ def dpm_solver_singlestep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solv
     n = len(grid) - 1
     clean_final = math.isinf(c.log_snr[-1])
     orders = list(orders) if orders is not None else singlestep_orders(n, solver_order, clean_final)
-    if sum(orders) != n or any(k not in (1, 2, 3) for k in orders) or (clean_final and orders[-1] != 1):
+    if (any(isinstance(k, bool) or k not in (1, 2, 3) for k in orders) or sum(orders) != n
+            or (clean_final and orders[-1] != 1)):
         raise DiffkitError(f"orders={orders} must be 1, 2 or 3 each, sum to the grid's {n} intervals and "
                            "end with 1 when the grid ends at clean data")
     i = 0
