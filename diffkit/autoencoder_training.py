@@ -296,14 +296,15 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
             out = model(x, generator=generator)
             rec = reconstruction_loss(x, out.reconstruction, cfg.recon_loss, reduction)
             loss = rec + reg_weight * out.reg_loss
-            logs = {"rec": rec.item() / (pixels if reduction == "sum" else 1), "reg": out.reg_loss.item()}
+            # the logged values stay on the device until the step is queued: one host sync per step
+            logs = {"rec": rec.detach() / (pixels if reduction == "sum" else 1), "reg": out.reg_loss.detach()}
             gan_on = disc is not None and step >= cfg.disc_start
             if gan_on:
                 disc.requires_grad_(False)
                 g_loss = -disc(out.reconstruction).mean()
                 d_weight = adaptive_weight(rec, g_loss, model.decoder.last_layer, cfg.disc_weight)
                 loss = loss + d_weight * g_loss
-                logs.update(g=g_loss.item(), d_weight=d_weight.item())
+                logs.update(g=g_loss.detach(), d_weight=torch.as_tensor(d_weight).detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -317,8 +318,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
                 disc_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 disc_opt.step()
-                logs["d"] = d_loss.item()
-            logs["total"] = loss.item()
+                logs["d"] = d_loss.detach()
+            logs["total"] = loss.detach()
+            logs = dict(zip(logs, torch.stack([v.float().reshape(()).to(x.device) for v in logs.values()]).tolist()))
             if not all(math.isfinite(v) for v in logs.values()):
                 raise DiffkitError(f"the loss became non-finite at step {step + 1} ({logs}); lower lr={cfg.lr}")
             for k, v in logs.items():
