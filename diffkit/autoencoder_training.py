@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import resolve_device
-from .data import DATASET_CHANNELS, DATASET_IMG_SIZE, load_dataset, make_loader
+from .data import DATASET_CHANNELS, DATASET_IMG_SIZE, SPLIT_DATASETS, load_dataset, make_loader
 from .errors import DiffkitError, check_choice, check_range
 from .models.autoencoder import LOGVAR_MAX, LOGVAR_MIN, Autoencoder, AutoencoderConfig, estimate_scale_factor
 from .models.layers import to_device
@@ -231,9 +231,6 @@ def _lr(step: int, cfg: AutoencoderTrainConfig) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     return cfg.lr
-
-
-SPLIT_DATASETS = ("mnist", "fashion-mnist", "cifar10")  # the named sets with a test split
 
 
 def load_eval_dataset(cfg: AutoencoderTrainConfig):

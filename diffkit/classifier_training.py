@@ -127,15 +127,28 @@ class ClassifierTrainResult:
     final_loss: float
     final_accuracy: float
     seconds: float
+    heldout_accuracy: dict = field(default_factory=dict)  # {t: accuracy on held-out images at t}
+
+
+HELDOUT_IMAGES = 1000
+
+
+def heldout_times(num_timesteps: int) -> list[int]:
+    """The noise levels of the held-out report: t = 0, T/4, T/2, 3T/4 (ADM's classifier logs its
+    validation accuracy by quarter of t)."""
+    return sorted({0, num_timesteps // 4, num_timesteps // 2, 3 * num_timesteps // 4})
 
 
 def train_classifier(cfg: ClassifierTrainConfig, schedule: NoiseSchedule, dataset=None, *,
                      out: Optional[str | Path] = None, progress: bool = True,
-                     log: Callable[[str], None] = print) -> ClassifierTrainResult:
+                     log: Callable[[str], None] = print, heldout=None) -> ClassifierTrainResult:
     """Train an :class:`EncoderClassifier` on noisy x_t of ``schedule`` with cross-entropy.
 
     Reported loss/accuracy are running averages (0.98 smoothing) over noisy training batches,
-    so they mix all noise levels. Writes a checkpoint to ``out`` when given."""
+    so they mix all noise levels. With ``heldout`` (a data set of other images, e.g. the test
+    split) the trained classifier's accuracy on its first ``HELDOUT_IMAGES`` images is measured at
+    each of :func:`heldout_times` and recorded in the checkpoint (``heldout_accuracy``). Writes a
+    checkpoint to ``out`` when given."""
     device = resolve_device(cfg.device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.img_size, train=True, channels=cfg.in_channels)
@@ -176,12 +189,19 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule: NoiseSchedule, datase
             log(f"step {step + 1}/{cfg.steps}: loss {smooth_loss:.4f}, noisy accuracy {smooth_acc:.3f}")
     bar.close()
     model.eval()
+    heldout_accuracy = {}
+    if heldout is not None and len(heldout):
+        images, labels = _images(heldout, torch.arange(min(len(heldout), HELDOUT_IMAGES)))
+        heldout_accuracy = {t: noisy_accuracy(model, schedule, images, labels, t, seed=cfg.seed)
+                            for t in heldout_times(schedule.num_timesteps)}
     path = None
     if out is not None:
         meta = {"dataset": cfg.dataset, "img_size": dataset.img_size, "train": asdict(cfg), "step": cfg.steps,
-                "class_names": list(getattr(dataset, "class_names", []) or [])}
+                "class_names": list(getattr(dataset, "class_names", []) or []),
+                "heldout_accuracy": {str(t): a for t, a in heldout_accuracy.items()}}
         path = save_classifier(out, model, schedule, meta)
-    return ClassifierTrainResult(model, path, float(smooth_loss), float(smooth_acc), time.perf_counter() - start)
+    return ClassifierTrainResult(model, path, float(smooth_loss), float(smooth_acc), time.perf_counter() - start,
+                                 heldout_accuracy)
 
 
 def save_classifier(path: str | Path, model: EncoderClassifier, schedule: NoiseSchedule, meta: Optional[dict] = None) -> Path:

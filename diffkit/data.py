@@ -60,6 +60,7 @@ CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 DATASET_CHANNELS = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "folder": 3}
 DATASET_NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 DATASET_IMG_SIZE = {"digits": 16, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
+SPLIT_DATASETS = ("mnist", "fashion-mnist", "cifar10")  # the named sets with a test split (digits has none)
 
 
 # ---------------------------------------------------------------------------- the data set

@@ -55,9 +55,9 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from ..checkpoint import load_checkpoint
-    from ..classifier_training import ClassifierTrainConfig, train_classifier
+    from ..classifier_training import HELDOUT_IMAGES, ClassifierTrainConfig, train_classifier
     from ..config import resolve_device
-    from ..data import load_dataset
+    from ..data import SPLIT_DATASETS, load_dataset
     from ..errors import DiffkitError
     from ..schedule import NoiseSchedule
 
@@ -95,7 +95,13 @@ def _run(args) -> int:
     data = load_dataset(ccfg.dataset, ccfg.data_dir, ccfg.img_size, train=True, channels=ccfg.in_channels)
     print(f"training a noisy classifier on {ccfg.dataset} ({len(data)} images, {data.num_classes} classes, "
           f"{data.img_size}x{data.img_size}) for {ccfg.steps} steps; schedule T={schedule.num_timesteps}")
-    result = train_classifier(ccfg, schedule, data, out=args.out, progress=args.progress)
+    heldout = None
+    if ccfg.dataset in SPLIT_DATASETS:  # accuracy on images it never saw
+        heldout = load_dataset(ccfg.dataset, ccfg.data_dir, data.img_size, train=False, channels=ccfg.in_channels)
+    result = train_classifier(ccfg, schedule, data, out=args.out, progress=args.progress, heldout=heldout)
     print(f"trained in {result.seconds:.0f} s; noisy-batch loss {result.final_loss:.4f}, accuracy "
           f"{result.final_accuracy:.3f} (all t mixed); checkpoint {result.checkpoint}")
+    if result.heldout_accuracy:
+        print(f"held-out accuracy ({min(len(heldout), HELDOUT_IMAGES)} test images): " +
+              ", ".join(f"t={t}: {a:.3f}" for t, a in result.heldout_accuracy.items()))
     return 0
