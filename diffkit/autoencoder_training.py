@@ -182,6 +182,29 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "l1", 
 
 
 @torch.no_grad()
+@torch.no_grad()
+def codebook_usage(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 256) -> dict:
+    """A VQ autoencoder's use of its codebook on ``images``: ``used`` (entries chosen at least
+    once), ``perplexity`` exp(H(p)) of the code frequencies p (= the codebook size when every
+    entry is chosen equally often; VQ-VAE / taming report it to detect codebook collapse)."""
+    if autoencoder.quantizer is None:
+        raise DiffkitError("codebook_usage needs a VQ autoencoder (regularizer='vq')")
+    check_range("batch_size", batch_size, 1, integer=True)
+    device = next(autoencoder.parameters()).device
+    counts = torch.zeros(autoencoder.config.codebook_size, dtype=torch.float64)
+    was_training = autoencoder.training
+    autoencoder.eval()
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            codes = autoencoder.quantizer(autoencoder._moments(images[start:start + batch_size].to(device)))[2]
+            counts += torch.bincount(codes.flatten().cpu(), minlength=counts.numel()).to(torch.float64)
+    finally:
+        autoencoder.train(was_training)
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"used": int((counts > 0).sum()), "size": counts.numel(), "perplexity": float(entropy.exp())}
+
+
 def reconstruction_psnr(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 256) -> float:
     """Mean over images of PSNR = 10 log10(1 / MSE) in dB, on the [0, 1] pixel scale.
 
@@ -225,6 +248,7 @@ class AutoencoderTrainResult:
     psnr_split: str         # "test" or "train"
     scale_factor: float
     seconds: float
+    codebook: Optional[dict] = None  # VQ: :func:`codebook_usage` on the eval images
 
 
 def _lr(step: int, cfg: AutoencoderTrainConfig) -> float:
@@ -331,12 +355,15 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
     model.eval()
     psnr = reconstruction_psnr(model, dataset_images(eval_set, max(1, cfg.eval_images))) if cfg.eval_images else float("nan")
     scale = estimate_scale_factor(model, dataset_images(dataset, cfg.scale_images))
+    codebook = (codebook_usage(model, dataset_images(eval_set, max(1, cfg.eval_images)))
+                if model.quantizer is not None else None)
     path = None
     if cfg.out is not None:
         meta = {"dataset": cfg.dataset, "img_size": int(x_probe.shape[-1]), "train": asdict(cfg), "step": step,
-                "psnr": psnr, "psnr_split": split}
+                "psnr": psnr, "psnr_split": split, **({"codebook": codebook} if codebook else {})}
         path = save_autoencoder(cfg.out, model, scale, meta)
-    return AutoencoderTrainResult(model, path, step, dict(smooth), psnr, split, scale, time.perf_counter() - start)
+    return AutoencoderTrainResult(model, path, step, dict(smooth), psnr, split, scale, time.perf_counter() - start,
+                                  codebook)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -320,3 +320,19 @@ def test_the_latent_decoder_quantises_a_vq_sample_as_ldm_does():
         assert (frozen.decode(z) - vq.decode(free)).abs().max() > 1e-3
         kl = tiny("kl")
         torch.testing.assert_close(FrozenAutoencoder(kl, 0.5).decode(z), kl.decode(free))
+
+
+def test_codebook_usage_counts_the_codes_chosen_and_their_perplexity(monkeypatch):
+    """Codes 0, 0, 1, 2 over four positions: 3 of 4 entries used, p = (1/2, 1/4, 1/4, 0),
+    perplexity exp(H) = exp(ln 2 / 2 + ln 4 / 2) = 2 sqrt 2."""
+    from diffkit.autoencoder_training import codebook_usage
+    model = Autoencoder(AutoencoderConfig(in_channels=1, regularizer="vq", **{**TINY, "codebook_size": 4}))
+    with torch.no_grad():
+        model.quantizer.codebook.weight.copy_(torch.eye(4, 3) * 10)  # entry k: 10 e_k (entry 3: zero)
+    z_e = torch.tensor([[10.0, 0, 0], [9.0, 0, 0], [0, 10.0, 0], [0, 0, 11.0]]).T.reshape(1, 3, 2, 2)
+    monkeypatch.setattr(model, "_moments", lambda x: z_e.expand(x.shape[0], -1, -1, -1))
+    usage = codebook_usage(model, torch.zeros(2, 1, 8, 8))
+    assert usage["used"] == 3 and usage["size"] == 4
+    assert usage["perplexity"] == pytest.approx(2 * math.sqrt(2), rel=1e-12)
+    with pytest.raises(DiffkitError, match="VQ"):
+        codebook_usage(Autoencoder(AutoencoderConfig(in_channels=1, **TINY)), torch.zeros(1, 1, 8, 8))

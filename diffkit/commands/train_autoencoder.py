@@ -117,4 +117,7 @@ def _run(args) -> int:
     measured = (f"reconstruction PSNR {result.psnr:.2f} dB on {n_eval} {result.psnr_split} images" if n_eval
                 else "no reconstruction PSNR (--eval-images 0)")
     print(f"{measured}; latent scale factor {result.scale_factor:.5f}; checkpoint {result.path}")
+    if result.codebook:
+        print(f"codebook: {result.codebook['used']} of {result.codebook['size']} entries used, perplexity "
+              f"{result.codebook['perplexity']:.1f} (on the PSNR images; a small share means codebook collapse)")
     return 0
