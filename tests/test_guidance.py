@@ -495,3 +495,23 @@ def test_train_classifier_reports_its_accuracy_on_held_out_images_by_noise_level
     heldout = {int(t): a for t, a in load_classifier(out)[1]["heldout_accuracy"].items()}
     assert sorted(heldout) == [0, 250, 500, 750]
     assert heldout[0] > 0.25 and heldout[0] > heldout[750] + 0.1, heldout
+
+
+def test_cli_guidance_flags_take_effect_as_their_definitions_say(checkpoints, capsys):
+    """Each guidance flag changes the grid, and its identities hold on the command line:
+    --guidance-convention diffusers with s = 1 + W is the seed convention's W; an interval that
+    covers every sampled time is no interval; an interval that covers none is the conditional
+    model (--guidance-scale 0); --guidance-rescale changes the images."""
+    d = checkpoints["dir"]
+
+    def grid(name, *flags):
+        code, out = run_cli(capsys, "sample", "--checkpoint", checkpoints["cond"], "--steps", 3, "--num", 3,
+                            "--out", d / f"{name}.png", "--no-progress", "--device", "cpu", *flags)
+        assert code == 0, out.err
+        return (d / f"{name}.png").read_bytes()
+    seed_w2 = grid("w2", "--guidance-scale", 2)
+    assert grid("s3", "--guidance-scale", 3, "--guidance-convention", "diffusers") == seed_w2
+    assert grid("all", "--guidance-scale", 2, "--guidance-interval", -1, 999) == seed_w2
+    assert grid("none", "--guidance-scale", 2, "--guidance-interval", -1, -0.5) == grid("w0", "--guidance-scale", 0)
+    assert grid("w0", "--guidance-scale", 0) != seed_w2
+    assert grid("rescaled", "--guidance-scale", 2, "--guidance-rescale", 0.7) != seed_w2
