@@ -74,10 +74,10 @@ def _run(args) -> int:
     check_writable_dir(args.out, "output directory")
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
+    if args.ledger is None and args.ledger_only:
+        raise DiffkitError("--ledger-only needs --ledger FILE (the cells to show)")
     if args.ledger is not None and not args.ledger_only:  # --ledger-only reads it: a read-only ledger will do
         check_writable_dir(Path(args.ledger).parent, "score ledger directory")
-    elif args.ledger_only:
-        raise DiffkitError("--ledger-only needs --ledger FILE (the cells to show)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device,
