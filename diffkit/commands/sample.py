@@ -118,7 +118,8 @@ def run(args) -> int:
     if args.individual:
         from ..images import check_image_folder
         check_writable_dir(args.individual)
-        check_image_folder(args.individual, args.num)  # before sampling, not after
+        if args.num is not None:  # (with the default count it is checked when the images are written)
+            check_image_folder(args.individual, args.num)  # before sampling, not after
     guidance = GuidanceRequest.from_args(args, info.name)
     with removed_if_empty_on_failure(new_dirs):
         sample_to_files(args.checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
