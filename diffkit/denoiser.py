@@ -112,6 +112,11 @@ class Denoiser:
 
     def network_times(self, t, x: torch.Tensor) -> torch.Tensor:
         """Times as the (B,) float tensor on x's device that the network receives."""
+        return self._network_times_cpu(t, x).to(x.device)
+
+    def _network_times_cpu(self, t, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`network_times` on the CPU (float32): alpha and sigma are read from it there, with
+        no copy back from the device."""
         t = as_cpu_times(t)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -119,7 +124,7 @@ class Denoiser:
             raise DiffkitError(f"t has shape {tuple(t.shape)}; expected a scalar or ({x.shape[0]},)")
         if (t < 0).any():
             raise DiffkitError(f"the network cannot be evaluated at t={t.min().item()} < 0 (clean data)")
-        return t.to(device=x.device, dtype=torch.float32)
+        return t.to(torch.float32)
 
     def _network_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the dtype of the network's weights (a float64 or float32 sampling state meets
@@ -160,8 +165,8 @@ class Denoiser:
         if isinstance(t, (float, int)) or (isinstance(t, torch.Tensor) and t.ndim == 0):
             t_net, alpha, sigma = self._scalar_coefficients(float(t), x)
         else:
-            t_net = self.network_times(t, x)
-            t64 = t_net.detach().cpu().to(torch.float64)
+            t_cpu = self._network_times_cpu(t, x)
+            t64, t_net = t_cpu.to(torch.float64), t_cpu.to(x.device)
             alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         if self.mixed_precision == "no":
             out = self.net(self._network_input(x), t_net, **cond)

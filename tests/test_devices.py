@@ -23,6 +23,7 @@ class StandInAccelerator(TorchDispatchMode):
         super().__init__()
         self.float64 = []
         self.syncs = collections.Counter()
+        self.copies_back = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -32,6 +33,7 @@ class StandInAccelerator(TorchDispatchMode):
             self.syncs["".join(traceback.format_stack(limit=6)[:2])] += 1
             return True if inputs[0].dtype == torch.bool else 0.5
         if func is torch.ops.aten._to_copy.default and on_device and kwargs.get("device") == torch.device("cpu"):
+            self.copies_back += 1
             return torch.zeros(inputs[0].shape, dtype=kwargs.get("dtype") or inputs[0].dtype)  # the copy back
         out = func(*args, **kwargs)
         for t in tree_leaves(out):
@@ -162,3 +164,14 @@ def test_classifier_guidance_runs_the_classifier_in_the_samples_precision():
         under_autocast = classifier_log_prob_grad(classifier, x, 10.0, y)
     assert dtypes == [torch.float32, torch.float32]
     torch.testing.assert_close(under_autocast, plain, rtol=0, atol=0)
+
+
+def test_a_denoiser_call_with_per_sample_times_copies_nothing_back():
+    """(B,) times (the VLB, loss-aware schedules, guidance halves): alpha and sigma are read on the
+    CPU copy the network's times are made from (they went to the device and back, a sync per call)."""
+    denoiser = diffkit.Denoiser(half, SCHEDULE)
+    x = torch.randn(2, 1, 4, 4, device="meta")
+    mode = StandInAccelerator()
+    with mode:
+        denoiser(x, torch.tensor([3.0, 40.0]))
+    assert mode.copies_back == 0 and sum(mode.syncs.values()) == 0 and not mode.float64
