@@ -181,8 +181,9 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule: NoiseSchedule, datase
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        acc = (logits.argmax(1).cpu() == labels).float().mean().item()
-        smooth_loss = loss.item() if smooth_loss is None else 0.98 * smooth_loss + 0.02 * loss.item()
+        loss_value, acc = torch.stack([loss.detach().float(), (logits.detach().argmax(1) == labels.to(logits.device))
+                                       .float().mean()]).tolist()  # one host sync per step
+        smooth_loss = loss_value if smooth_loss is None else 0.98 * smooth_loss + 0.02 * loss_value
         smooth_acc = acc if smooth_acc is None else 0.98 * smooth_acc + 0.02 * acc
         bar.set_postfix(loss=f"{smooth_loss:.3f}", acc=f"{smooth_acc:.3f}")
         if (step + 1) % cfg.log_every == 0 and not progress:
