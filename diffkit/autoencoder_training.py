@@ -105,7 +105,7 @@ class AutoencoderTrainConfig:
         check_range("warmup_steps", self.warmup_steps, 0, integer=True)
         check_range("weight_decay", self.weight_decay, 0.0)
         if self.grad_clip is not None:
-            check_range("grad_clip", self.grad_clip, 0.0, None, low_inclusive=False)
+            check_range("grad_clip", self.grad_clip, 0.0, None, low_inclusive=False, finite=False)
         if self.logvar_init is not None:
             check_range("logvar_init", self.logvar_init, LOGVAR_MIN, LOGVAR_MAX)
         check_range("kl_weight", self.kl_weight, 0.0)
@@ -182,7 +182,6 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "l1", 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def codebook_usage(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 256) -> dict:
     """A VQ autoencoder's use of its codebook on ``images``: ``used`` (entries chosen at least
     once), ``perplexity`` exp(H(p)) of the code frequencies p (= the codebook size when every
@@ -205,6 +204,7 @@ def codebook_usage(autoencoder: Autoencoder, images: torch.Tensor, batch_size: i
     return {"used": int((counts > 0).sum()), "size": counts.numel(), "perplexity": float(entropy.exp())}
 
 
+@torch.no_grad()
 def reconstruction_psnr(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 256) -> float:
     """Mean over images of PSNR = 10 log10(1 / MSE) in dB, on the [0, 1] pixel scale.
 

@@ -103,7 +103,8 @@ def check_image_folder(directory: str | Path, count: int, prefix: str = "sample"
     if not directory.is_dir():
         return
     stale = sorted(p.name for p in directory.glob(f"{prefix}_*.png")
-                   if p.stem[len(prefix) + 1:].isdigit() and int(p.stem[len(prefix) + 1:]) >= count)
+                   if p.stem[len(prefix) + 1:].isdecimal() and p.stem[len(prefix) + 1:].isascii()
+                   and int(p.stem[len(prefix) + 1:]) >= count)
     if stale:
         raise DiffkitError(f"{str(directory)!r} holds {len(stale)} images of an earlier run that {count} new images "
                            f"would not replace ({stale[0]}, ...); give an empty folder or remove them")

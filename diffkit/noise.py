@@ -34,8 +34,11 @@ def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float3
     generator = list(generator)
     if len(generator) != shape[0]:
         raise DiffkitError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample")
-    noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32).to(device=device)
-                         for g in generator])  # a generator draws on its own device (diffusers' convention)
+    if all(g.device.type == "cpu" for g in generator):  # drawn on the CPU, moved in one copy
+        noise = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    else:  # a generator draws on its own device (diffusers' convention)
+        noise = torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32).to(device=device)
+                             for g in generator])
     return noise.to(device=device, dtype=dtype)
 
 

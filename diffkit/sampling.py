@@ -255,9 +255,10 @@ def resolve_sampler(sampler: str, spacing: Optional[str] = None,
 
 def _diffusers_names(options: dict, spacing, final, thresholding, given: dict):
     """Take diffusers' names for diffkit's options out of ``options``: ``timestep_spacing`` and
-    ``use_karras_sigmas=True`` (spacing), ``final_sigmas_type`` (final), ``clip_sample=True`` /
-    ``thresholding=True`` (thresholding 'clip' / 'dynamic') and ``clip_sample_range`` (the clip
-    bound, diffkit's ``sample_max_value`` for 'clip'). ``given`` records each grid option under
+    ``use_karras_sigmas=True`` (spacing), ``final_sigmas_type`` (final), ``clip_sample=True``
+    (thresholding 'clip', bound ``clip_sample_range``) and ``thresholding=True`` (diffusers'
+    dynamic thresholding: capped at ``sample_max_value`` = 1.0 unless given, and taking
+    precedence over ``clip_sample`` as in diffusers' schedulers). ``given`` records each grid option under
     the name the caller used, for messages."""
     use_karras = options.pop("use_karras_sigmas", False)
     if not isinstance(use_karras, bool):
@@ -274,8 +275,10 @@ def _diffusers_names(options: dict, spacing, final, thresholding, given: dict):
     clip = options.pop("clip_sample", False)
     if not isinstance(clip, bool):
         raise DiffkitError(f"clip_sample={clip!r} is not allowed; give True or False")
-    if thresholding is True:  # diffusers' boolean: dynamic thresholding
-        thresholding = "dynamic"
+    if thresholding is True:  # diffusers' boolean: dynamic thresholding, capped at its default
+        thresholding = "dynamic"  # sample_max_value = 1.0, and taking precedence over clip_sample
+        options.setdefault("sample_max_value", 1.0)
+        clip = False
     elif thresholding is False:
         thresholding = None
     thresholding = _given_once("thresholding", thresholding, "clip_sample=True", "clip" if clip else None)

@@ -113,7 +113,7 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
             lam = torch.linspace(schedule.log_snr(top).item(), schedule.log_snr(0.0).item(), n, dtype=_F64)
             ts = schedule.t_from_log_snr(lam)
         elif spacing == "logsnr_skip":
-            check_range("skip_sigma", skip_sigma, 0.0, None, low_inclusive=False)
+            check_range("skip_sigma", skip_sigma, 0.0, None, low_inclusive=False, finite=False)  # inf: no skip
             lam_top, lam_end = schedule.log_snr(top).item(), schedule.log_snr(0.0).item()
             lam_skip = -math.log(skip_sigma)
             if n < 3 or not lam_top < lam_skip < lam_end:

@@ -524,7 +524,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-            total = total + loss.detach().double()  # no host sync between micro-batches
+            total = total + loss.detach().float()  # no host sync between micro-batches (float32: mps has no float64)
         total = float(total)
         if self.dist.enabled:  # the global batch's loss (not rank 0's shard), and one stop decision for all
             total, self.stop_signal = self._agree(total, self.stop_signal)

@@ -425,3 +425,17 @@ def test_sample_without_out_writes_beside_the_run_wherever_it_is_started(tmp_pat
     assert code == 0, err
     assert (tmp_path / "run" / "samples" / "SampledNoGuidanceImgs.png").is_file()
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, capsys, monkeypatch):
+    """NFS without lockd answers flock with ENOLCK: the run goes on (it gave a traceback)."""
+    import errno
+    import fcntl
+
+    def no_locks(*a, **k):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock the run folder"):
+        code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "nfs"), "--steps", "1", "--no-progress",
+                               "--no-sample", "--device", "cpu", *TINY)
+    assert code == 0, err

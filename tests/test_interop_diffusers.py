@@ -234,6 +234,17 @@ def test_a_bare_unet_folder_reads_its_sibling_scheduler_and_exports_need_an_empt
     assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers",
                      str(tmp_path / "hf2")]) == 0
     assert (tmp_path / "hf2" / "model_index.json").is_file() and (tmp_path / "hf2").stat().st_mode & 0o055
+    # "." (an empty working folder, or a mount point: no rename onto it) and an export killed before
+    # its last file (unet/ without model_index.json) are written in place
+    (tmp_path / "here").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path / "here")
+        assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers", "."]) == 0
+    assert (tmp_path / "here" / "model_index.json").is_file()
+    (tmp_path / "here" / "model_index.json").unlink()
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"), "--to-diffusers",
+                     str(tmp_path / "here")]) == 0
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["model_index.json", "scheduler", "unet"]
 
 
 def test_import_from_model_object_and_scheduler():
@@ -479,6 +490,13 @@ def test_sample_command_runs_a_stable_diffusion_folder(tiny_sd, tmp_path, capsys
     assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--noise-out",
                  str(tmp_path / "n.png"), "--out", str(tmp_path / "x.png")]) == 2  # it was ignored
     assert "--noise-out" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
+    # --guidance-rescale: the pipeline's guidance_rescale (was refused for Stable Diffusion folders)
+    assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--num", "2", "--steps", "3",
+                 "--guidance-scale", "2", "--guidance-rescale", "0.7", "--seed", "5", "--out", str(out),
+                 "--no-progress"]) == 0
+    save_grid(text_to_image(sd, ["hot", "hot"], steps=3, guidance_scale=2.0, convention="seed", guidance_rescale=0.7,
+                            seed=5, output_range="-1,1"), tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
 
 
 def test_a_folder_with_pickled_weights_or_bad_json_is_refused_in_one_line(tmp_path, capsys):

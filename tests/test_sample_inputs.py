@@ -243,7 +243,8 @@ def test_steps_for_nfe_is_the_brute_force_answer_and_a_bisection_for_huge_nfe():
 def test_diffusers_option_names_mean_what_they_mean_in_diffusers():
     """timestep_spacing / steps_offset / use_karras_sigmas choose the grid as diffusers' schedulers
     do (compared with DDIMScheduler's own timesteps), clip_sample[_range] is thresholding='clip'
-    with that bound, thresholding=True is dynamic thresholding."""
+    with that bound, thresholding=True is diffusers' dynamic thresholding (capped at its default
+    sample_max_value = 1.0, and taking precedence over clip_sample)."""
     diffusers = pytest.importorskip("diffusers")
     from diffkit.interop.schedulers import grid_from_diffusers
     noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
@@ -257,7 +258,10 @@ def test_diffusers_option_names_mean_what_they_mean_in_diffusers():
     assert torch.equal(run(steps=10, clip_sample=True, clip_sample_range=0.5),
                        run(steps=10, thresholding="clip", sample_max_value=0.5))
     assert not torch.equal(run(steps=10, clip_sample=True, clip_sample_range=0.5), run(steps=10))
-    assert torch.equal(run(steps=10, thresholding=True), run(steps=10, thresholding="dynamic"))
+    assert torch.equal(run(steps=10, thresholding=True), run(steps=10, thresholding="dynamic", sample_max_value=1.0))
+    assert torch.equal(run(steps=10, thresholding=True, clip_sample=True), run(steps=10, thresholding=True))
+    assert torch.equal(run(steps=10, thresholding=True, sample_max_value=1.5),
+                       run(steps=10, thresholding="dynamic", sample_max_value=1.5))
 
 
 def test_numpy_integers_are_integers_and_bad_singlestep_orders_are_one_line():

@@ -157,6 +157,12 @@ def run_folder_lock(folder):
         except BlockingIOError:
             raise DiffkitError(f"another diffkit run is writing into {folder} right now; wait for it to end or "
                                f"give another --out") from None
+        except OSError as err:  # a file system without flock (NFS without lockd, some FUSE mounts)
+            import warnings
+            warnings.warn(f"{folder}: cannot lock the run folder ({err.strerror or err}); running without the "
+                          f"lock: do not start a second run into it")
+            yield
+            return
         os.environ[RUN_LOCK_ENV] = "1"
         try:
             yield

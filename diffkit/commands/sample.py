@@ -244,12 +244,15 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
 
 
 def run_sample_dir(checkpoint, cfg: dict) -> Path:
-    """Where a run's samples go without --out: its config's ``sampled_dir``; a relative one is
-    taken relative to the checkpoint's folder as ``save_weight_dir`` was (the run may have been
-    started elsewhere), not to the working directory."""
+    """Where a run's samples go without --out: its config's ``sampled_dir``; for a training
+    checkpoint (which lives in its ``save_weight_dir``) a relative one is taken relative to the
+    checkpoint's folder as ``save_weight_dir`` was (the run may have been started elsewhere), not
+    to the working directory."""
+    from ..checkpoint import file_kind
     sampled, saved = cfg.get("sampled_dir", "."), cfg.get("save_weight_dir")
-    if os.path.isabs(sampled) or not saved or os.path.isabs(saved):
-        return Path(sampled)
+    if os.path.isabs(sampled) or not saved or os.path.isabs(saved) or file_kind(
+            Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else checkpoint) != "training checkpoint":
+        return Path(sampled)  # a legacy .pt with --config, a moved export: as the config says, from here
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     return Path(os.path.normpath(folder / os.path.relpath(sampled, saved)))
 
@@ -414,7 +417,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
-                        ("--guidance-interval", guidance.interval), ("--guidance-rescale", guidance.rescale)):
+                        ("--guidance-interval", guidance.interval)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
     sd = load_stable_diffusion(directory, device)
@@ -430,7 +433,8 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
         how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
                                                 final=final, progress=progress)
         return (text_to_image(sd, per_sample[start:start + n], guidance_scale=scale_w, convention=convention,
-                              seed=seed + start, output_range="-1,1", **how, **({} if probe else options)),)
+                              guidance_rescale=guidance.rescale, seed=seed + start, output_range="-1,1", **how,
+                              **({} if probe else options)),)
 
     if batch_size == "auto":
         batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,

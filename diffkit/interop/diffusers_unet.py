@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ..errors import DiffkitError, read_json_object
+from ..errors import DiffkitError, WriteError, read_json_object
 from ..models.layers import norm_groups
 from ..models.unet import UNet, UNetConfig
 from ..schedule import NoiseSchedule
@@ -342,6 +342,9 @@ def from_diffusers(model, *, learned_variance: bool | None = None) -> UNet:
 
 
 # ----------------------------------------------------------------------------- folders
+_EXPORT_ENTRIES = ("unet", "scheduler", "model_index.json")  # what export_diffusers writes
+
+
 def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sample: bool = False) -> Path:
     """Write a diffusers-format DDPMPipeline folder for a diffkit checkpoint:
     ``model_index.json``, ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``,
@@ -352,7 +355,9 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     from ..loading import load_model
     require("diffusers")  # before any work: a missing extra is a one-line error
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    unfinished = out.is_dir() and not (out / "model_index.json").exists() and any(out.iterdir()) and all(
+        p.name in _EXPORT_ENTRIES for p in out.iterdir())  # an export killed before its last file
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not unfinished:
         raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
                            f"this model with what it holds; give a new or empty folder")
     model, meta, schedule = load_model(checkpoint_path, use_ema=use_ema)
@@ -370,19 +375,28 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
         "model_index.json": {"_class_name": "DDPMPipeline", "_diffusers_version": _DIFFUSERS_VERSION,
                              "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", sched["_class_name"]]},
     }
-    # the whole folder appears at once: written beside it under a hidden name, then renamed (a kill
+    contents = [("unet/diffusion_pytorch_model.safetensors", st_save(state, metadata={"format": "pt"}))] + [
+        (name, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode()) for name, content in files.items()]
+    if out.exists():  # an empty folder (".", a mount point) or an unfinished export: written in place,
+        for name in _EXPORT_ENTRIES:  # each file atomically, model_index.json (what marks it done) last
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name, data in contents:
+            atomic_write_bytes(out / name, data)
+        return out
+    # a new folder appears at once: written beside it under a hidden name, then renamed (a kill
     # half-way leaves only that hidden folder, which does not block a rerun)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise WriteError(f"cannot write to {str(out.parent)!r}: {err.strerror or err}") from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it 0700: give the usual folder mode
     try:
-        atomic_write_bytes(partial / "unet" / "diffusion_pytorch_model.safetensors",
-                           st_save(state, metadata={"format": "pt"}))
-        for name, content in files.items():
-            atomic_write_bytes(partial / name, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
-        os.replace(partial, out)  # onto a new or empty folder
+        for name, data in contents:
+            atomic_write_bytes(partial / name, data)
+        os.rename(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

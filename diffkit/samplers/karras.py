@@ -60,7 +60,7 @@ def _churn(kg: _KarrasGrid, i: int, x: torch.Tensor, n: int, s_churn: float, s_t
 
 
 def _check_churn(s_churn, s_tmin, s_tmax, s_noise):
-    check_range("s_churn", s_churn, 0.0, None)
+    check_range("s_churn", s_churn, 0.0, None, finite=False)  # inf: the largest churn, gamma = sqrt 2 - 1
     check_range("s_tmin", s_tmin, 0.0, None)
     check_range("s_tmax", s_tmax, 0.0, None, finite=False)  # inf: churn at every noise level
     check_range("s_noise", s_noise, 0.0, None)

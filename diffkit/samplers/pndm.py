@@ -152,7 +152,10 @@ def _log_alpha_slope(schedule, times: torch.Tensor, side: str) -> list:
     T = schedule.num_timesteps
     upper = torch.ceil(times) if side == "below" else torch.floor(times) + 1
     upper = upper.clamp(0, T - 1)
-    return (schedule.log_alpha(upper) - schedule.log_alpha(upper - 1)).tolist()
+    slope = schedule.log_alpha(upper) - schedule.log_alpha(upper - 1)
+    # a zero-terminal-SNR schedule's last interval has alpha linear, log alpha = c + log(T - 1 - t)
+    to_zero = torch.isinf(slope)
+    return torch.where(to_zero, -1.0 / (T - 1 - times.to(torch.float64)), slope).tolist()
 
 
 def fon(denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Optional[dict] = None, generator=None,

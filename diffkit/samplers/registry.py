@@ -103,8 +103,11 @@ def canonical_settings(settings: dict) -> dict:
 
     def at_default(key, value):
         return any(same(value, d) for d in defaults.get(key, ()))
-    return {k: v for k, v in with_grid(settings).items()
-            if k in ("sampler", "steps", "spacing", "final") or not at_default(k, v)}
+
+    def plain(value):  # numpy scalars as the Python numbers they equal (np.int64(50) is steps 50)
+        return value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
+    return {k: plain(v) for k, v in with_grid(settings).items()
+            if k in ("sampler", "steps", "spacing", "final") or not at_default(k, plain(v))}
 
 
 def split_sampler_spec(spec: str) -> tuple:

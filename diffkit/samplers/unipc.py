@@ -69,9 +69,12 @@ def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 
     check_choice("solver_type", solver_type, SOLVER_TYPES)
     cond = cond or {}
     try:
-        if isinstance(disable_corrector, (str, bytes)) or any(isinstance(k, bool) for k in disable_corrector):
+        if isinstance(disable_corrector, (str, bytes)):
             raise TypeError
-        skip_corrector = set(operator.index(k) for k in disable_corrector)
+        items = list(disable_corrector)  # once: a generator is read one time
+        if any(isinstance(k, bool) for k in items):
+            raise TypeError
+        skip_corrector = set(operator.index(k) for k in items)
     except TypeError:
         raise DiffkitError(f"disable_corrector={disable_corrector!r} is not allowed; give a list of step "
                            f"indices") from None
