@@ -336,3 +336,19 @@ def test_codebook_usage_counts_the_codes_chosen_and_their_perplexity(monkeypatch
     assert usage["perplexity"] == pytest.approx(2 * math.sqrt(2), rel=1e-12)
     with pytest.raises(DiffkitError, match="VQ"):
         codebook_usage(Autoencoder(AutoencoderConfig(in_channels=1, **TINY)), torch.zeros(1, 1, 8, 8))
+
+
+def test_the_psnr_and_codebook_measurements_build_no_graph(monkeypatch):
+    """They run after training, with the parameters still requiring gradients: without no_grad each
+    evaluation batch kept its graph (memory growing with --eval-images)."""
+    from diffkit.autoencoder_training import codebook_usage, reconstruction_psnr
+    model = Autoencoder(AutoencoderConfig(in_channels=1, regularizer="vq", **TINY))
+    seen = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda z: seen.append(torch.is_grad_enabled()) or decode(z))
+    reconstruction_psnr(model, torch.zeros(3, 1, 8, 8), batch_size=1)
+    assert seen == [False] * 3
+    moments = model._moments
+    monkeypatch.setattr(model, "_moments", lambda x: seen.append(torch.is_grad_enabled()) or moments(x))
+    codebook_usage(model, torch.zeros(2, 1, 8, 8), batch_size=1)
+    assert seen[3:] == [False, False]

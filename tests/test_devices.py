@@ -175,3 +175,20 @@ def test_a_denoiser_call_with_per_sample_times_copies_nothing_back():
     with mode:
         denoiser(x, torch.tensor([3.0, 40.0]))
     assert mode.copies_back == 0 and sum(mode.syncs.values()) == 0 and not mode.float64
+
+
+def test_a_training_step_keeps_its_loss_total_off_float64_on_the_device(tmp_path):
+    """The step's loss is summed over micro-batches on the device without a sync; in float64 that
+    sum failed on mps (the first step of every mps run)."""
+    from diffkit.config import TrainConfig
+    from diffkit.training import Trainer
+    cfg = TrainConfig.from_dict({"dataset": "digits", "img_size": 8, "channel": 16, "channel_mult": [1, 2],
+                                 "attn": [1], "num_res_blocks": 1, "batch_size": 4, "max_steps": 2, "device": "cpu",
+                                 "num_heads": 1, "grad_accum": 2, "save_weight_dir": str(tmp_path / "c"),
+                                 "sampled_dir": str(tmp_path / "s")})
+    trainer = Trainer(cfg, progress=False, log=lambda *_: None)
+    trainer._micro_batch_loss = lambda images, labels: torch.ones((), device="meta", requires_grad=True) * 0.5
+    mode = StandInAccelerator()
+    with mode:
+        loss = trainer.train_step([(None, None), (None, None)])
+    assert loss == 0.5 and not mode.float64
