@@ -48,6 +48,14 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def give_usual_mode(path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` less the process umask: what ``open``/``mkdir`` would have given it
+    (``tempfile.mkstemp``/``mkdtemp`` make 0600/0700 files and folders)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync dir.
 
@@ -60,9 +68,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except (OSError, ValueError) as err:  # ValueError: NUL byte / unencodable character in the path
         raise WriteError(f"cannot write to {str(path.parent)!r}: {getattr(err, 'strerror', None) or err}") from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        give_usual_mode(tmp, 0o666)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -351,7 +351,7 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     ``scheduler/scheduler_config.json`` (DDPMScheduler with the checkpoint's exact schedule and
     prediction type). ``DDPMPipeline.from_pretrained(out_dir)`` loads it. EMA weights by default."""
     from safetensors.torch import save as st_save
-    from ..checkpoint import atomic_write_bytes
+    from ..checkpoint import atomic_write_bytes, give_usual_mode
     from ..loading import load_model
     require("diffusers")  # before any work: a missing extra is a one-line error
     out = Path(out_dir)
@@ -390,9 +390,7 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
         partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as err:
         raise WriteError(f"cannot write to {str(out.parent)!r}: {err.strerror or err}") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it 0700: give the usual folder mode
+    give_usual_mode(partial, 0o777)  # mkdtemp makes it 0700
     try:
         for name, data in contents:
             atomic_write_bytes(partial / name, data)
