@@ -30,7 +30,7 @@ def measure(config: str, device: str, precision: str, check: int) -> dict:
     import torch
 
     from diffkit import Denoiser
-    from diffkit.memory import SAMPLER_STATE_COPIES, auto_batch_size, available_bytes, peak_bytes
+    from diffkit.memory import auto_batch_size, available_bytes, peak_bytes, probe_costs
     from diffkit.sampling import sample
     from diffkit.schedule import NoiseSchedule
     from speed_configs import CONFIGS, diffkit_unet
@@ -46,9 +46,7 @@ def measure(config: str, device: str, precision: str, check: int) -> dict:
         return sample(denoiser, torch.randn(n, *shape, device=device), "ddim", 1, progress=False)
 
     probe(1)  # warm-up: lazy initialisation is not a per-sample cost
-    one, two = peak_bytes(lambda: probe(1), device), peak_bytes(lambda: probe(2), device)
-    per_sample = max(two - one, 1) + SAMPLER_STATE_COPIES * 4 * numel
-    fixed = max(one - (two - one), 0)
+    fixed, per_sample = probe_costs(probe, device, numel)  # what auto_batch_size measures
     chosen = auto_batch_size(probe, device, limit=10**7, sample_numel=numel, cap=10**7)
     predicted = fixed + check * per_sample
     if device == "cuda":

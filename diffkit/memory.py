@@ -44,6 +44,27 @@ MAX_AUTO_BATCH = {"cpu": 256, "cuda": 1024, "mps": 256}  # larger batches buy no
 DEFAULT_CAP = 256
 SAMPLER_STATE_COPIES = 8  # x, noise, up to 4 stored model outputs, temporaries: per-sample state
 # what a probe samples: one ddim step (one network evaluation, as every sampler's step makes)
+_WORKSPACES: set = set()  # data pointers of kernels' persistent scratch buffers (see register_workspace)
+_TRACKERS: list = []  # the LiveTensorBytes contexts now open
+
+
+def register_workspace(tensor: torch.Tensor) -> None:
+    """Mark ``tensor`` as a kernel's persistent scratch buffer (allocated at a floor size, grown
+    when a call needs more, reused by every call: Winograd's per-thread workspaces). What it holds
+    is not seen as an operator's input by :class:`LiveTensorBytes`: the kernel reports the bytes
+    each call needs (:func:`note_workspace_use`), which grow with the batch. (Counted as an input,
+    the floor of a network that first takes such a path at 2 samples looked like the second
+    sample's cost: 65 MiB for 2.)"""
+    _WORKSPACES.add(tensor.untyped_storage().data_ptr())
+
+
+def note_workspace_use(key, nbytes: int) -> None:
+    """A kernel's call uses ``nbytes`` of its workspace ``key``: the open trackers count the
+    largest use of each workspace in their bound (what a buffer of exactly that size would cost)."""
+    for tracker in _TRACKERS:
+        tracker.workspace[key] = max(tracker.workspace.get(key, 0), int(nbytes))
+
+
 PROBE_SAMPLING = {"sampler": "ddim", "steps": 1, "nfe": None, "spacing": None, "final": None, "progress": False}
 
 
@@ -68,10 +89,19 @@ class LiveTensorBytes(TorchDispatchMode):
         self._with_inputs = 0
         self._old_inputs = 0
         self._known = WeakIdKeyDictionary()
+        self.workspace: dict = {}  # workspace key -> largest bytes a call used (note_workspace_use)
+
+    def __enter__(self):
+        _TRACKERS.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _TRACKERS.remove(self)
+        return super().__exit__(*exc)
 
     @property
     def bound(self) -> int:
-        return self._with_inputs + self._old_inputs
+        return self._with_inputs + self._old_inputs + sum(self.workspace.values())
 
     def _free(self, nbytes: int) -> None:
         self.live -= nbytes
@@ -94,7 +124,7 @@ class LiveTensorBytes(TorchDispatchMode):
             self.live += nbytes
             self.peak = max(self.peak, self.live)
         new = sum(s.nbytes() for s in inputs.values() if s in self._known)
-        old = sum(s.nbytes() for s in inputs.values() if s not in self._known)
+        old = sum(s.nbytes() for s in inputs.values() if s not in self._known and s.data_ptr() not in _WORKSPACES)
         self._with_inputs = max(self._with_inputs, self.live + new)
         self._old_inputs = max(self._old_inputs, old)
         return out
@@ -194,15 +224,24 @@ def auto_batch_size(probe: Callable[[int], object], device, *, limit: int, sampl
     available = available if available is not None else available_bytes(device)
     if available is None or ceiling == 1:
         return ceiling
-    one = peak_bytes(lambda: probe(1), device)
-    two = peak_bytes(lambda: probe(2), device)
-    per_sample = max(two - one, 1) + SAMPLER_STATE_COPIES * 4 * int(sample_numel)
-    fixed = max(one - (two - one), 0)
+    fixed, per_sample = probe_costs(probe, device, sample_numel)
     budget = share * available - fixed
     if budget < per_sample:
         raise DiffkitError(f"not enough memory on {device} to sample even one image: about "
                            f"{(fixed + per_sample) / 2**20:.0f} MiB needed, {available / 2**20:.0f} MiB available")
     return max(1, min(ceiling, int(budget // per_sample)))
+
+
+def probe_costs(probe: Callable[[int], object], device, sample_numel: int) -> tuple[int, int]:
+    """(fixed, per-sample) bytes of ``probe(n)`` (one sampling step of n samples) on ``device``:
+    the peaks at 1 and 2 samples, their difference per sample (plus the sampler's
+    :data:`SAMPLER_STATE_COPIES` float32 copies of a sample), the rest fixed. A first call of 2,
+    not measured, allocates what stays allocated (kernels' persistent workspaces,
+    :func:`register_workspace`) outside the measurements."""
+    probe(2)
+    one = peak_bytes(lambda: probe(1), device)
+    two = peak_bytes(lambda: probe(2), device)
+    return max(one - (two - one), 0), max(two - one, 1) + SAMPLER_STATE_COPIES * 4 * int(sample_numel)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -242,5 +281,5 @@ def batches_with_oom_retry(generate: Callable, num: int, batch_size: int) -> Ite
         start += n
 
 
-__all__ = ["LiveTensorBytes", "peak_bytes", "available_bytes", "auto_batch_size", "batches_with_oom_retry",
+__all__ = ["LiveTensorBytes", "peak_bytes", "probe_costs", "available_bytes", "auto_batch_size", "batches_with_oom_retry",
            "MEMORY_SHARE", "MAX_AUTO_BATCH", "PROBE_SAMPLING"]

@@ -116,3 +116,23 @@ def test_sample_with_auto_batch_equals_fixed_batches(tmp_path, capsys, monkeypat
         main(["sample", "--checkpoint", ck, "--batch-size", "many"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "'many'" in err and "auto" in err
+
+
+def test_a_kernels_persistent_workspace_counts_by_what_each_call_uses():
+    """A buffer allocated once at a floor size (Winograd's workspaces) and used by a network only
+    from 2 samples on looked like the second sample's cost (the whole floor: 65 MiB for an MNIST
+    network); what each call uses of it (growing with the batch) is counted instead."""
+    from diffkit.memory import note_workspace_use, probe_costs, register_workspace
+    floor = torch.empty(4 << 20)  # 16 MiB, allocated before any probe
+    register_workspace(floor)
+    per_image = 1 << 16  # bytes of workspace one image uses
+
+    def probe(n):
+        x = torch.zeros(n, 1000)  # 4000 bytes per image
+        if n >= 2:  # the path takes the workspace from 2 images on
+            note_workspace_use("w", n * per_image)
+            x = x + floor[: n * per_image // 4].sum()
+        return x * 2
+    fixed, per_sample = probe_costs(probe, "cpu", sample_numel=0)
+    assert per_sample < 4 * per_image, per_sample  # about per_image + the 4000-byte activations, not 16 MiB
+    assert per_sample >= per_image

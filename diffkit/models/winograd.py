@@ -177,9 +177,12 @@ def _buffer(slot: int, shape: tuple, dtype: torch.dtype = torch.float32) -> torc
     if buffers is None:
         buffers = _local.buffers = {}
     numel = shape[0] * shape[1] * shape[2]
+    from ..memory import note_workspace_use, register_workspace  # for --batch-size auto: grows with the batch
+    note_workspace_use((threading.get_ident(), slot, dtype), numel * torch.empty((), dtype=dtype).element_size())
     buf = buffers.get((slot, dtype))
     if buf is None or buf.numel() < numel:  # allocated once at full size: never freed and re-grown
         buf = buffers[(slot, dtype)] = torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=dtype)
+        register_workspace(buf)
     return buf[:numel].view(shape)
 
 
