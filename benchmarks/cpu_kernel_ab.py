@@ -156,12 +156,14 @@ def main(argv=None):
                     step()
             times[mode].append(time.perf_counter() - start)
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
-    what = f"layer fwd + bwd ({'bf16' if args.bf16 else 'fp32'})" if args.layer else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})"
+    layer_bf16 = args.bf16 or args.kernel == "bf16-group-norm"  # its layer is timed on bf16 maps
+    what = f"layer fwd + bwd ({'bf16' if layer_bf16 else 'fp32'})" if args.layer else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})"
     print(f"{args.kernel}, {what}, {args.threads} threads, median of {args.rounds}: "
           f"on {1e3 * on:.2f} ms, off {1e3 * off:.2f} ms, off / on {off / on:.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**vars(args), "on_s": times["on"], "off_s": times["off"], "ratio": off / on}, indent=1))
+    out.write_text(json.dumps({**vars(args), "bf16": args.bf16 or (args.layer and layer_bf16), "on_s": times["on"],
+                               "off_s": times["off"], "ratio": off / on}, indent=1))
     print(f"wrote {out}")
 
 

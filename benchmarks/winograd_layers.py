@@ -3,7 +3,7 @@
 Forward + backward of one 3x3 convolution (C -> C channels, batch 16, fp32, channels_last, the
 layout diffkit trains in on the CPU), Winograd on and off in the same process, interleaved,
 median of ``--repeats``. The rule in ``diffkit/models/winograd.py`` (``winograd_applies``) was
-read off this table; shapes outside the rule are timed too (``--all`` forces the path on).
+read off this table; shapes outside the rule are timed too (the path is forced on for every cell).
 Prints a table and writes ``benchmarks/out/winograd_layers.json``.
 
     PYTHONPATH=. python benchmarks/winograd_layers.py [--threads 2] [--repeats 5]

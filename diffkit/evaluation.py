@@ -472,8 +472,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                f"model (its bound would be of the latents); use the sample metrics")
         if ref is None:
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
-        settings.update(checkpoint=str(checkpoint), sampler=sampler, steps=steps, nfe=info.nfe(steps, final),
-                        num_samples=num, mixed_precision=mixed_precision, compile=compile, **options)
+        settings.update(checkpoint=str(checkpoint), mixed_precision=mixed_precision, compile=compile)
+        if set(names) & set(SAMPLE_METRICS):  # NLL alone samples nothing: no sampler settings to record
+            settings.update(sampler=sampler, steps=steps, nfe=info.nfe(steps, final), num_samples=num, **options)
     check_labels_for(names, denoiser is not None and sample_labels(denoiser, 1) is not None)  # before any loading
     if net is not None:
         _check_image_shape(torch.empty(1, channels, size, size), net.config.in_channels, net.config.image_size,

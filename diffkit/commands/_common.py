@@ -189,8 +189,9 @@ def check_output_file(path: str | Path, what: str, suffix: str, writes: str | No
         raise DiffkitError(f"{what} {str(path)!r} is a diffusion training checkpoint; writing over it would lose "
                            f"the run; choose another file")
     if kind is not None and kind != writes:
-        raise DiffkitError(f"{what} {str(path)!r} holds a diffkit {kind}; writing {'a ' + writes if writes else 'this'} "
-                           f"over it would lose it; choose another file")
+        raise DiffkitError(f"{what} {str(path)!r} holds a diffkit {kind}; writing "
+                           f"{'the ' + writes + ' file' if writes else 'this file'} over it would lose it; choose "
+                           f"another file")
     check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
     return path
 

@@ -2,7 +2,7 @@
 
 The whole run takes a few minutes on 2 CPU cores. The configuration is ``DEMO_CONFIG`` below:
 scikit-learn's 1797 handwritten 8x8 digits upscaled to 16x16, a 3-level U-Net with attention at
-8x8, DDPM's linear schedule, L_simple, AdamW with the seed's warm-up (x2 over the first tenth)
+8x8, DDPM's linear schedule, L_simple, AdamW with the seed's warm-up (x2 over the first 5% of the steps)
 and cosine decay, EMA; then DDIM with 50 steps for the 64-image grid (drawn 4x larger).
 """
 from __future__ import annotations
