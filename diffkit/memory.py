@@ -58,6 +58,11 @@ def register_workspace(tensor: torch.Tensor) -> None:
     _WORKSPACES.add(tensor.untyped_storage().data_ptr())
 
 
+def tracking() -> bool:
+    """Whether a :class:`LiveTensorBytes` context is open (kernels skip the bookkeeping otherwise)."""
+    return bool(_TRACKERS)
+
+
 def note_workspace_use(key, nbytes: int) -> None:
     """A kernel's call uses ``nbytes`` of its workspace ``key``: the open trackers count the
     largest use of each workspace in their bound (what a buffer of exactly that size would cost)."""

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import memory
 from ..errors import DiffkitError
 from .cpu_kernels import compiling, cpu_autocast, cpu_kernels, environment_switch, strictly_channels_last
 
@@ -177,12 +178,12 @@ def _buffer(slot: int, shape: tuple, dtype: torch.dtype = torch.float32) -> torc
     if buffers is None:
         buffers = _local.buffers = {}
     numel = shape[0] * shape[1] * shape[2]
-    from ..memory import note_workspace_use, register_workspace  # for --batch-size auto: grows with the batch
-    note_workspace_use((threading.get_ident(), slot, dtype), numel * torch.empty((), dtype=dtype).element_size())
+    if memory.tracking():  # --batch-size auto's probe: what this call uses grows with the batch
+        memory.note_workspace_use((threading.get_ident(), slot, dtype), numel * dtype.itemsize)
     buf = buffers.get((slot, dtype))
     if buf is None or buf.numel() < numel:  # allocated once at full size: never freed and re-grown
         buf = buffers[(slot, dtype)] = torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=dtype)
-        register_workspace(buf)
+        memory.register_workspace(buf)
     return buf[:numel].view(shape)
 
 
