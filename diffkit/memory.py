@@ -43,18 +43,20 @@ MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8, "mps": 0.5}  # of the available memory 
 MAX_AUTO_BATCH = {"cpu": 256, "cuda": 1024, "mps": 256}  # larger batches buy no throughput
 DEFAULT_CAP = 256
 SAMPLER_STATE_COPIES = 8  # x, noise, up to 4 stored model outputs, temporaries: per-sample state
-# what a probe samples: one ddim step (one network evaluation, as every sampler's step makes)
 _WORKSPACES: set = set()  # data pointers of kernels' persistent scratch buffers (see register_workspace)
 _TRACKERS: list = []  # the LiveTensorBytes contexts now open
 
 
-def register_workspace(tensor: torch.Tensor) -> None:
+def register_workspace(tensor: torch.Tensor, replaces: Optional[torch.Tensor] = None) -> None:
     """Mark ``tensor`` as a kernel's persistent scratch buffer (allocated at a floor size, grown
     when a call needs more, reused by every call: Winograd's per-thread workspaces). What it holds
     is not seen as an operator's input by :class:`LiveTensorBytes`: the kernel reports the bytes
     each call needs (:func:`note_workspace_use`), which grow with the batch. (Counted as an input,
     the floor of a network that first takes such a path at 2 samples looked like the second
-    sample's cost: 65 MiB for 2.)"""
+    sample's cost: 65 MiB for 2.) ``replaces``: the smaller buffer it grew from (its memory may
+    go to other tensors now)."""
+    if replaces is not None:
+        _WORKSPACES.discard(replaces.untyped_storage().data_ptr())
     _WORKSPACES.add(tensor.untyped_storage().data_ptr())
 
 
@@ -70,6 +72,7 @@ def note_workspace_use(key, nbytes: int) -> None:
         tracker.workspace[key] = max(tracker.workspace.get(key, 0), int(nbytes))
 
 
+# what a probe samples: one ddim step (one network evaluation, as every sampler's step makes)
 PROBE_SAMPLING = {"sampler": "ddim", "steps": 1, "nfe": None, "spacing": None, "final": None, "progress": False}
 
 

@@ -182,8 +182,9 @@ def _buffer(slot: int, shape: tuple, dtype: torch.dtype = torch.float32) -> torc
         memory.note_workspace_use((threading.get_ident(), slot, dtype), numel * dtype.itemsize)
     buf = buffers.get((slot, dtype))
     if buf is None or buf.numel() < numel:  # allocated once at full size: never freed and re-grown
-        buf = buffers[(slot, dtype)] = torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=dtype)
-        memory.register_workspace(buf)
+        old, buf = buf, torch.empty(max(numel, _WORKSPACE_FLOATS), dtype=dtype)
+        buffers[(slot, dtype)] = buf
+        memory.register_workspace(buf, replaces=old)
     return buf[:numel].view(shape)
 
 
