@@ -126,11 +126,6 @@ def score_from_eps(eps, sigma):
     return -eps / expand(sigma, eps)
 
 
-def eps_from_score(score, sigma):
-    """eps = -sqrt(1 - abar_t) * score."""
-    return -expand(sigma, score) * score
-
-
 def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str):
     """Convert a network output of the given prediction type to (eps, x0)."""
     if isinstance(alpha, float) and isinstance(sigma, float):  # one time for the batch: no tensors

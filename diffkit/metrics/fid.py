@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 from .features import extract_features
 from .frechet import GaussianStats, feature_statistics, frechet_distance_of_stats
 from .inception import FIDInceptionV3, load_inception
@@ -61,8 +59,3 @@ def fid(generated, reference, **kwargs) -> float:
     """FID of two image sets (or a set and reference statistics); see :func:`inception_metrics`."""
     return inception_metrics(generated, reference, **kwargs).fid
 
-
-@torch.no_grad()
-def inception_features(images: torch.Tensor, model: FIDInceptionV3) -> torch.Tensor:
-    """Pool3 features (B, 2048) of one batch of images in [-1, 1]."""
-    return model(images).features
