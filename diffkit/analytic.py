@@ -95,20 +95,20 @@ class GaussianMixture:
 
     def log_prob(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
         """log p_t(x) of the time-t marginal with signal scale alpha and noise scale sigma."""
-        alpha, sigma = _per_sample(alpha, x), _per_sample(sigma, x)
+        alpha, sigma = _per_sample(alpha), _per_sample(sigma)
         log_n, _ = self._component_terms(x, alpha, sigma)
         return torch.logsumexp(log_n + torch.log(self.weights)[None], dim=1)
 
     def class_log_posterior(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
         """log p(y = k | x_t) (B, K): the exact noisy-data classifier for guidance tests."""
-        alpha, sigma = _per_sample(alpha, x), _per_sample(sigma, x)
+        alpha, sigma = _per_sample(alpha), _per_sample(sigma)
         log_n, _ = self._component_terms(x, alpha, sigma)
         joint = log_n + torch.log(self.weights)[None]
         return joint - torch.logsumexp(joint, dim=1, keepdim=True)
 
     def score(self, x: torch.Tensor, alpha, sigma, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """grad_x log p_t(x) (or of p_t(x | y) when class labels ``y`` are given)."""
-        alpha, sigma = _per_sample(alpha, x), _per_sample(sigma, x)
+        alpha, sigma = _per_sample(alpha), _per_sample(sigma)
         log_n, solved = self._component_terms(x, alpha, sigma)
         if y is None:
             resp = torch.softmax(log_n + torch.log(self.weights)[None], dim=1)
@@ -118,14 +118,14 @@ class GaussianMixture:
 
     def eps(self, x: torch.Tensor, alpha, sigma, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The exact noise predictor eps* = -sigma_t grad log p_t(x_t) (seed 002)."""
-        sigma_b = _per_sample(sigma, x).reshape(-1, *([1] * (x.ndim - 1)))
+        sigma_b = _per_sample(sigma).reshape(-1, *([1] * (x.ndim - 1)))
         return -sigma_b * self.score(x, alpha, sigma, y)
 
     def posterior_x0_variance(self, x: torch.Tensor, alpha, sigma) -> torch.Tensor:
         """diag Cov[x_0 | x_t] (B, D) by the law of total variance over components, with
         Cov_k[x_0 | x_t] = U diag(l sigma^2/(alpha^2 l + sigma^2)) U^T and
         E_k[x_0 | x_t] = m_k + alpha C_k S_k^{-1} (x_t - alpha m_k)."""
-        alpha, sigma = _per_sample(alpha, x), _per_sample(sigma, x)
+        alpha, sigma = _per_sample(alpha), _per_sample(sigma)
         log_n, solved = self._component_terms(x, alpha, sigma)
         resp = torch.softmax(log_n + torch.log(self.weights)[None], dim=1)           # (B, K)
         a = alpha.reshape(-1, 1, 1)
@@ -158,7 +158,7 @@ class AnalyticNetwork:
         self.mixture, self.schedule, self.learned_variance = mixture, schedule, learned_variance
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        t64 = _per_sample(t, x)
+        t64 = _per_sample(t)
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         x64 = x.detach().cpu().to(_F64)  # mps has no float64: to the CPU first
         eps = self.mixture.eps(x64, alpha, sigma, y)
@@ -188,7 +188,7 @@ def gaussian_ode_solution(mean, cov, x_t: torch.Tensor, alpha_t, sigma_t, alpha_
     return (alpha_s * mean + (resid * ratio) @ U.T).reshape(x_t.shape)
 
 
-def _per_sample(value, x: torch.Tensor) -> torch.Tensor:
+def _per_sample(value) -> torch.Tensor:
     """(B,) values, or a single value when the whole batch shares it (the common case)."""
     value = as_cpu_times(value).reshape(-1)
     if value.numel() > 1 and bool((value == value[0]).all()):

@@ -30,21 +30,16 @@ def expand(coef, x: torch.Tensor) -> torch.Tensor:
     return coef.reshape(coef.shape[0], *([1] * (x.ndim - 1)))
 
 
-def _times(t, x: torch.Tensor) -> torch.Tensor:
-    """Times as a float64 CPU tensor: a scalar (shared by the batch) or (B,)."""
-    return as_cpu_times(t)
-
-
 # ---------------------------------------------------------------- forward process
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
     """Sample x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (DDPM eq. 4)."""
-    t = _times(t, x0)
+    t = as_cpu_times(t)
     return expand(schedule.alpha(t), x0) * x0 + expand(schedule.sigma(t), x0) * noise
 
 
 def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t):
     """Mean, variance and log-variance of q(x_t | x_0) (DDPM eq. 4)."""
-    t = _times(t, x0)
+    t = as_cpu_times(t)
     abar = schedule.alpha_bar(t)
     return expand(abar.sqrt(), x0) * x0, expand(1 - abar, x0), expand(torch.log1p(-abar), x0)
 
@@ -75,8 +70,8 @@ def posterior_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torc
     The log-variance is clipped as in Improved DDPM: at the last step (s = -1) the variance is 0,
     so its log is replaced by that of the next step's posterior variance.
     """
-    t = _times(t, x_t)
-    s = t - 1 if s is None else _times(s, x_t)
+    t = as_cpu_times(t)
+    s = t - 1 if s is None else as_cpu_times(s)
     coef_x0, coef_xt, variance, _ = posterior_coefficients(schedule, t, s)
     mean = expand(coef_x0, x_t) * x0 + expand(coef_xt, x_t) * x_t
     return mean, expand(variance, x_t), expand(clipped_log_variance(schedule, t, s), x_t)
@@ -205,8 +200,8 @@ def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.T
                     variance_type: str = "fixed_small", var_values=None):
     """Mean and log-variance of p_theta(x_s | x_t): the posterior mean at the predicted x_0
     (DDPM eq. 7 at the predicted x_0; eq. 11 for an eps network) and the variance of :func:`model_log_variance`."""
-    t = _times(t, x_t)
-    s = t - 1 if s is None else _times(s, x_t)
+    t = as_cpu_times(t)
+    s = t - 1 if s is None else as_cpu_times(s)
     coef_x0, coef_xt, _, _ = posterior_coefficients(schedule, t, s)
     mean = expand(coef_x0, x_t) * x0_pred + expand(coef_xt, x_t) * x_t
     log_var = model_log_variance(schedule, t, s, variance_type, var_values, like=x_t)
