@@ -220,7 +220,21 @@ class _LazyPrediction(Prediction):
         return out if kind == "sample" else self._convert()[1]
 
 
-class ThresholdedDenoiser:
+class Wrapper:
+    """Base of the denoisers around a denoiser (thresholding, guidance): forwards the parts of the
+    denoiser contract that a wrapper does not change to ``self.inner``."""
+
+    inner = None
+    schedule = property(lambda self: self.inner.schedule)
+    nfe = property(lambda self: self.inner.nfe)
+    learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
+    data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
+
+    def reset_nfe(self) -> None:
+        self.inner.reset_nfe()
+
+
+class ThresholdedDenoiser(Wrapper):
     """Clips (``clip``) or dynamically thresholds (``dynamic``, Imagen) the predicted x_0, and
     recomputes eps from it so that every sampler sees a consistent pair.
 
@@ -239,14 +253,6 @@ class ThresholdedDenoiser:
                     low_inclusive=mode == "dynamic", finite=False)  # inf: no cap
         self.inner, self.mode, self.ratio, self.max_value = inner, mode, ratio, max_value
 
-    schedule = property(lambda self: self.inner.schedule)
-    nfe = property(lambda self: self.inner.nfe)
-    data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
-    learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
-
-    def reset_nfe(self) -> None:
-        self.inner.reset_nfe()
-
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         pred = self.inner(x, t, **cond)
         if self.mode == "clip":
@@ -260,11 +266,17 @@ class ThresholdedDenoiser:
         return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
 
 
+def _innermost(denoiser):
+    """The denoiser inside any wrappers (objects with ``.inner``)."""
+    while not isinstance(denoiser, Denoiser) and hasattr(denoiser, "inner"):
+        denoiser = denoiser.inner
+    return denoiser
+
+
 def network_device(denoiser) -> torch.device:
     """The device of the network inside any wrappers (objects with ``.inner``): its ``model``
     (what :func:`diffkit.load_denoiser` attaches) or ``net``; the CPU for parameter-free networks."""
-    while not isinstance(denoiser, Denoiser) and hasattr(denoiser, "inner"):
-        denoiser = denoiser.inner
+    denoiser = _innermost(denoiser)
     for module in (getattr(denoiser, "model", None), getattr(denoiser, "net", None)):
         if isinstance(module, torch.nn.Module):
             weight = next(iter(module.parameters()), None)
@@ -276,6 +288,5 @@ def network_device(denoiser) -> torch.device:
 def precision_context(denoiser, device_type: str):
     """The :meth:`Denoiser.precision` context of the denoiser inside any wrappers (guidance,
     thresholding: objects with ``.inner``); a no-op for networks without mixed precision."""
-    while not isinstance(denoiser, Denoiser) and hasattr(denoiser, "inner"):
-        denoiser = denoiser.inner
+    denoiser = _innermost(denoiser)
     return denoiser.precision(device_type) if isinstance(denoiser, Denoiser) else contextlib.nullcontext()

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import diffusion
-from .denoiser import Prediction
+from .denoiser import Prediction, Wrapper
 from .errors import DiffkitError, check_choice, check_range
 from .noise import randn_like
 from .schedule import as_cpu_times
@@ -72,20 +72,7 @@ def interval_from_karras_sigmas(schedule, sigma_lo: float, sigma_hi: float) -> t
     return float(t[0]), float(t[1])
 
 
-class _Wrapper:
-    """Forwards the parts of the denoiser contract that a wrapper does not change."""
-
-    inner = None
-    schedule = property(lambda self: self.inner.schedule)
-    nfe = property(lambda self: self.inner.nfe)
-    learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
-    data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
-
-    def reset_nfe(self) -> None:
-        self.inner.reset_nfe()
-
-
-class ClassifierFreeGuidance(_Wrapper):
+class ClassifierFreeGuidance(Wrapper):
     """Classifier-free guidance (Ho & Salimans 2022; seed 002):
 
         eps-bar(x_t, y) = (1 + w) eps(x_t, y) - w eps(x_t, null).
@@ -248,7 +235,7 @@ def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.
     return grad.to(x.dtype)
 
 
-class ClassifierGuidance(_Wrapper):
+class ClassifierGuidance(Wrapper):
     """Classifier guidance through eps (Dhariwal & Nichol 2021, Algorithm 2; seed 000):
 
         eps-hat = eps_theta(x_t) - sqrt(1 - abar_t) * s * grad_x log p_phi(y | x_t),
