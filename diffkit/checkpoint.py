@@ -48,6 +48,15 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def hash_file(path, *hashes):
+    """Feed the bytes of the file ``path`` to each ``hashlib`` object, 1 MiB at a time; returns ``hashes``."""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            for h in hashes:
+                h.update(chunk)
+    return hashes
+
+
 def give_usual_mode(path, mode: int) -> None:
     """chmod ``path`` to ``mode`` less the process umask: what ``open``/``mkdir`` would have given it
     (``tempfile.mkstemp``/``mkdtemp`` make 0600/0700 files and folders)."""

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .checkpoint import hash_file
 from .errors import DiffkitError, check_choice, check_range
 
 DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
@@ -566,7 +567,7 @@ def download_file(url: str, dest: str | os.PathLike, checksum: str, algorithm: s
     """
     check_choice("algorithm", algorithm, ("sha256", "md5"))
     dest = Path(dest)
-    if dest.is_file() and _file_digest(dest, algorithm) == checksum:
+    if dest.is_file() and hash_file(dest, hashlib.new(algorithm))[0].hexdigest() == checksum:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -585,14 +586,6 @@ def download_file(url: str, dest: str | os.PathLike, checksum: str, algorithm: s
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return dest
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_mnist(root: str | os.PathLike = "data/mnist", base_url: str = MNIST_URL) -> Path:

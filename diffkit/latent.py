@@ -27,11 +27,7 @@ from .images import as_float_images
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return ckpt.hash_file(path, hashlib.sha256())[0].hexdigest()
 
 
 class FrozenAutoencoder:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..checkpoint import hash_file
 from ..errors import DiffkitError, check_range, first_line
 from ..images import GREY_MODES, as_float_images, image_pixels
 from .frechet import GaussianStats, feature_statistics
@@ -143,9 +144,7 @@ def fingerprint_files(paths: Sequence[str | os.PathLike]) -> str:
             raise DiffkitError(f"reference source {str(path)!r} does not exist or has no files")
         for file in files:
             digest.update((file.relative_to(path) if path.is_dir() else Path(file.name)).as_posix().encode())
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            hash_file(file, digest)
     return digest.hexdigest()
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import hash_file
 from ..errors import DiffkitError, first_line
 from ..images import as_float_images
 
@@ -359,15 +360,6 @@ def load_inception(weights: str | os.PathLike | dict | None = None, device="cpu"
     return model.eval().to(device)
 
 
-def _file_digests(path: Path) -> tuple[str, str]:
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return md5.hexdigest(), sha256.hexdigest()
-
-
 def download_inception_weights(destination: str | os.PathLike | None = None,
                                url: str = WEIGHTS_URL) -> Path:
     """Download the standard FID Inception weights (needs network; never called by tests).
@@ -383,7 +375,7 @@ def download_inception_weights(destination: str | os.PathLike | None = None,
     try:
         with urllib.request.urlopen(url) as response, open(tmp_name, "wb") as out:
             shutil.copyfileobj(response, out)
-        digests = _file_digests(Path(tmp_name))
+        digests = [h.hexdigest() for h in hash_file(tmp_name, hashlib.md5(), hashlib.sha256())]
         if not any(d.startswith(WEIGHTS_HASH_PREFIX) for d in digests):
             raise DiffkitError(f"downloaded file from {url} has md5 {digests[0]} / sha256 "
                                f"{digests[1][:16]}..., neither starts with {WEIGHTS_HASH_PREFIX}")
