@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .errors import DiffkitError, check_choice, check_range
-from .samplers.ddim import parse_eta  # noqa: F401  (the CLI and experiments parse etas from here)
+from .samplers.ddim import parse_eta
 
 INCEPTION_METRICS = ("fid", "is", "kid", "pr")
 EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "confidence")

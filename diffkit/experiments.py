@@ -264,8 +264,6 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
         ax.legend(title=table.row_label, fontsize=8)
     ax.set_title(caption, fontsize=9)
     fig.tight_layout()
-    import io
-
     from .checkpoint import atomic_write_bytes
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

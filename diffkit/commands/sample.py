@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DiffkitError, shorten
+from ..errors import DiffkitError, check_range, shorten
 from ..timesteps import FINALS, SPACINGS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, positive_int,
@@ -92,7 +92,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..errors import DiffkitError
     from ..sampling import final_for, resolve_sampler
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
@@ -156,7 +155,6 @@ class GuidanceRequest:
 
     def check(self, sampler: str) -> None:
         """Checks that need no checkpoint: flag combinations and ranges."""
-        from ..errors import DiffkitError, check_range
         from ..guidance import guidance_weight
         if self.prompts is not None:
             if self.classes:
@@ -185,8 +183,6 @@ class GuidanceRequest:
     def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int):
         """(labels or None, num, nrow): one class -> all images; several -> one row per class."""
         import torch
-
-        from ..errors import DiffkitError
         if num_classes is None:
             if self.classes:
                 raise DiffkitError("--class needs a class-conditional checkpoint or a --classifier")
@@ -207,7 +203,6 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
     classes, image shape or noise schedule differ from the model's."""
     import torch
 
-    from ..errors import DiffkitError
     from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
     meta = denoiser.meta
     model_classes = meta["unet"].get("num_classes")
@@ -271,14 +266,11 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     import torch
 
     from ..images import save_grid, save_images
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..loading import load_denoiser
     from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
     from ..noise import generators_from_seed, randn
     from ..sampling import sample
-
-    from ..errors import DiffkitError
-
-    from ..interop.stable_diffusion import is_stable_diffusion_folder
     if is_stable_diffusion_folder(checkpoint):
         if mixed_precision != "no":
             raise DiffkitError(f"--mixed-precision {mixed_precision} applies to diffkit checkpoints; a Stable "
@@ -382,8 +374,6 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
     than (count - 1) rows: refused when the user listed them (``given``, the flag's name), else the
     summary line names the ones sampled."""
     import torch
-
-    from ..errors import DiffkitError
     if count == 1:
         num = num or 64
         return torch.zeros(num, dtype=torch.long), num, nrow
@@ -408,7 +398,6 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     i.e. diffusers' s = 7.5). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
-    from ..errors import DiffkitError
     from ..images import save_grid, save_images
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
     from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
@@ -457,7 +446,6 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     The null condition of the guidance is the empty prompt's context. Unknown words: a warning."""
     import sys
 
-    from ..errors import DiffkitError
     from ..guidance import ClassifierFreeGuidance
     if request.classes:
         raise DiffkitError("--class needs a class-conditional checkpoint; this one is text-conditional: use --prompt TEXT")

@@ -241,7 +241,6 @@ def relaunch_with_torchrun(nproc: int) -> int:
     launcher, called in this process). A rank's exit status is returned as the command's (2 for a
     user mistake, whose one-line message rank 0 has printed), without the launcher's traceback."""
     import logging
-    import sys
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
