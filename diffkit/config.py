@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from .errors import DiffkitError, check_choice
+from .errors import DiffkitError, check_choice, check_range
 
 SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for eps / x0 / v
@@ -155,7 +155,8 @@ class TrainConfig:
         for name, (low, high, low_incl, high_incl) in _RANGES.items():
             value = getattr(self, name)
             if value is not None:
-                _check_bounds(name, value, low, high, low_incl, high_incl)
+                check_range(name, value, low, high, integer=_FIELD_TYPES[name][0] is int,
+                            low_inclusive=low_incl, high_inclusive=high_incl)
         for name, allowed in _CHOICES.items():
             check_choice(name, getattr(self, name), allowed)
         for name in ("save_weight_dir", "sampled_dir", "data_dir"):  # "" would quietly mean the current folder
@@ -388,15 +389,6 @@ def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return [int(v) for v in value]
     raise DiffkitError(f"{name}={value!r} has the wrong type ({type(value).__name__}); it must be {want}")
-
-
-def _check_bounds(name, value, low, high, low_incl, high_incl) -> None:
-    ok = (low is None or (value >= low if low_incl else value > low)) and \
-         (high is None or (value <= high if high_incl else value < high))
-    if not ok:
-        lb, hb = ("[" if low_incl else "("), ("]" if high_incl else ")")
-        raise DiffkitError(f"{name}={value!r} is out of range; allowed: {lb}{'-inf' if low is None else low}, "
-                           f"{'inf' if high is None else high}{hb}")
 
 
 # keys of earlier versions: what they became (from_dict reads them; a CLI override names the new one)
