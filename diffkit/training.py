@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,6 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig, resolve_device
 from .data import data_scale, load_dataset, make_loader
+from .denoiser import autocast
 from .errors import DiffkitError
 from .losses import training_losses
 from .models.layers import resolve_memory_format, use_memory_format
@@ -467,12 +467,6 @@ class Trainer:
         self.consecutive_skipped = meta.get("consecutive_skipped", 0)
 
     # ------------------------------------------------------------ one step
-    def _autocast(self):
-        if self.cfg.mixed_precision == "no":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.mixed_precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _micro_batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of this rank's shard of a global micro-batch. Timesteps, noise and label dropout
         are drawn for the whole global batch from the shared generator, then sharded, so every
@@ -499,7 +493,7 @@ class Trainer:
             cond["y"] = torch.where(distributed.shard(drop, info).to(self.device), torch.full_like(y, null), y)
         if tokens is not None:
             cond["tokens"] = distributed.shard(tokens, info).to(self.device)
-        with self._autocast():
+        with autocast(cfg.mixed_precision, self.device.type):
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,
                                   hybrid_lambda=cfg.hybrid_lambda, min_snr_gamma=cfg.min_snr_gamma, cond=cond)
