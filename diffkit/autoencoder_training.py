@@ -43,7 +43,7 @@ from .config import resolve_device
 from .data import DATASET_CHANNELS, DATASET_IMG_SIZE, SPLIT_DATASETS, load_dataset, make_loader
 from .errors import DiffkitError, check_choice, check_range
 from .models.autoencoder import LOGVAR_MAX, LOGVAR_MIN, Autoencoder, AutoencoderConfig, estimate_scale_factor
-from .models.layers import to_device
+from .models.layers import evaluating, to_device
 
 KIND = "autoencoder"
 RECON_LOSSES = ("l1", "l2")
@@ -191,14 +191,10 @@ def codebook_usage(autoencoder: Autoencoder, images: torch.Tensor, batch_size: i
     check_range("batch_size", batch_size, 1, integer=True)
     device = next(autoencoder.parameters()).device
     counts = torch.zeros(autoencoder.config.codebook_size, dtype=torch.float64)
-    was_training = autoencoder.training
-    autoencoder.eval()
-    try:
+    with evaluating(autoencoder):
         for start in range(0, images.shape[0], batch_size):
             codes = autoencoder.quantizer(autoencoder._moments(images[start:start + batch_size].to(device)))[2]
             counts += torch.bincount(codes.flatten().cpu(), minlength=counts.numel()).to(torch.float64)
-    finally:
-        autoencoder.train(was_training)
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return {"used": int((counts > 0).sum()), "size": counts.numel(), "perplexity": float(entropy.exp())}
@@ -215,17 +211,13 @@ def reconstruction_psnr(autoencoder: Autoencoder, images: torch.Tensor, batch_si
     if images.shape[0] < 1:
         raise DiffkitError("reconstruction_psnr needs at least one image")
     device = next(autoencoder.parameters()).device
-    was_training = autoencoder.training
-    autoencoder.eval()
     psnrs = []
-    try:
+    with evaluating(autoencoder):
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].to(device)
             x_hat = autoencoder.decode(autoencoder.encode_latents(x)).clamp(-1.0, 1.0)
             mse = ((x_hat.float() - x.float()) / 2.0).pow(2).reshape(x.shape[0], -1).mean(1).clamp_min(1e-10)
             psnrs.append(10.0 * torch.log10(1.0 / mse).cpu())
-    finally:
-        autoencoder.train(was_training)
     return float(torch.cat(psnrs).mean())
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
 from ..noise import GeneratorArg, randn_like
-from .layers import (AttentionBlock, BlockChain, Downsample, ResBlock, Upsample, group_norm,
+from .layers import (AttentionBlock, BlockChain, Downsample, ResBlock, Upsample, evaluating, group_norm,
                      to_compute_layout, use_memory_format)
 
 __all__ = ["AutoencoderConfig", "DiagonalGaussian", "VectorQuantizer", "AutoencoderOutput", "Autoencoder",
@@ -330,19 +330,15 @@ def estimate_scale_factor(autoencoder: Autoencoder, images: torch.Tensor, batch_
     if images.shape[0] < 1:
         raise DiffkitError("estimate_scale_factor needs at least one image")
     device = next(autoencoder.parameters()).device
-    was_training = autoencoder.training
-    autoencoder.eval()
     total = total_sq = 0.0
     count = 0
-    try:
+    with evaluating(autoencoder):
         for start in range(0, images.shape[0], batch_size):
             z = autoencoder.encode_latents(images[start:start + batch_size].to(device), generator=generator,
                                            sample=sample).detach().cpu().double()  # mps has no float64
             total += z.sum().item()
             total_sq += z.pow(2).sum().item()
             count += z.numel()
-    finally:
-        autoencoder.train(was_training)
     if count < 2:
         raise DiffkitError("estimate_scale_factor needs at least two latent entries")
     mean = total / count

@@ -14,6 +14,7 @@ token tensors laid out ``(batch, height*width, channels)``, which is a free view
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -217,6 +218,17 @@ def _contiguous_state(module, state_dict, prefix, _metadata):
     for key, value in state_dict.items():
         if key.startswith(prefix) and not isinstance(value, nn.Parameter) and not value.is_contiguous():
             state_dict[key] = value.contiguous()
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode inside the block; its previous train/eval mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def to_device(module: nn.Module, device, mixed_precision: str = "no") -> nn.Module:
