@@ -144,7 +144,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     ones are stored, so an interrupted run continues where it stopped with the same samples
     (a reused batch adds the network calls it cost to ``denoiser.nfe``).
     """
-    from .noise import generators_from_seed, randn
+    from .noise import randn, sample_generators
     from .sampling import sample
     check_range("num", num, 1, None, integer=True)
     meta = getattr(denoiser, "meta", {}) or {}
@@ -167,8 +167,8 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
                 denoiser.nfe += nfe  # the calls this batch cost when it was made
             continue
         nfe_before = getattr(denoiser, "nfe", 0)
-        noise = randn((count, *shape), generators_from_seed(seed + start, count), device=device)
-        gens = generators_from_seed(seed + 10_000_019 + start, count)
+        noise_gens, gens = sample_generators(seed, start, count)
+        noise = randn((count, *shape), noise_gens, device=device)
         cond = None if batch_labels is None else {"y": batch_labels.to(device)}
         x = sample(denoiser, noise, sampler, steps, generator=gens, cond=cond, progress=progress, **options)
         if getattr(denoiser, "decoder", None) is not None:  # latent diffusion: x = D(z / scale_factor)

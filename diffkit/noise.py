@@ -15,11 +15,19 @@ import torch
 from .errors import DiffkitError
 
 GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+STEP_SEED_OFFSET = 10_000_019  # sample i's stochastic steps draw from seed + STEP_SEED_OFFSET + i
 
 
 def generators_from_seed(seed: int, n: int) -> list[torch.Generator]:
     """One CPU generator per sample: sample i uses seed ``seed + i``."""
     return [torch.Generator().manual_seed(int(seed) + i) for i in range(n)]
+
+
+def sample_generators(seed: int, start: int, n: int) -> tuple[list[torch.Generator], list[torch.Generator]]:
+    """(x_T generators, step-noise generators) of samples ``start``..``start + n - 1`` of a run
+    seeded ``seed``: sample i's x_T from seed + i, its stochastic steps from seed + 10000019 + i
+    (docs/reliability.md, "Determinism"), so sample i never depends on the batch it is in."""
+    return generators_from_seed(seed + start, n), generators_from_seed(seed + STEP_SEED_OFFSET + start, n)
 
 
 def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -269,7 +269,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..loading import load_denoiser
     from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
-    from ..noise import generators_from_seed, randn
+    from ..noise import randn, sample_generators
     from ..sampling import sample
     if is_stable_diffusion_folder(checkpoint):
         if mixed_precision != "no":
@@ -312,8 +312,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
 
     def generate(start: int, n: int, probe: bool = False):
         """(noise, images) of samples start..start+n-1; ``probe``: one ddim step (memory probe)."""
-        chunk = randn((n, *shape), generators_from_seed(seed + start, n), device=device)
-        gens = generators_from_seed(seed + 10_000_019 + start, n)  # per-sample step noise
+        noise_gens, gens = sample_generators(seed, start, n)
+        chunk = randn((n, *shape), noise_gens, device=device)
         y = None if labels is None else labels[start:start + n].to(device)
         how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
                                                 final=final, progress=progress)
