@@ -35,7 +35,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffkit import Denoiser, NoiseSchedule, sample
