@@ -192,7 +192,7 @@ def check_output_file(path: str | Path, what: str, suffix: str, writes: str | No
         raise DiffkitError(f"{what} {str(path)!r} holds a diffkit {kind}; writing "
                            f"{'the ' + writes + ' file' if writes else 'this file'} over it would lose it; choose "
                            f"another file")
-    check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
+    check_writable_dir(path.parent, "output directory")
     return path
 
 

@@ -111,8 +111,8 @@ def run(args) -> int:
         if path and Path(path).suffix.lower() != ".png":  # never overwrite a checkpoint with an image
             raise DiffkitError(f"{flag}={path!r} must be a .png file")
         if path:
-            new_dirs += missing_dirs(Path(path).parent or ".")
-            check_writable_dir(Path(path).parent or ".")
+            new_dirs += missing_dirs(Path(path).parent)
+            check_writable_dir(Path(path).parent)
     new_dirs += missing_dirs(args.individual) if args.individual else []
     if args.individual:
         from ..images import check_image_folder
@@ -364,7 +364,7 @@ def check_grid_files(out: Path, noise_out: Optional[Path]) -> None:
             continue
         if path.is_dir():
             raise DiffkitError(f"{str(path)!r} is a folder; give a .png file name")
-        check_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
+        check_writable_dir(path.parent, "output directory")
 
 
 def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[str] = None):
