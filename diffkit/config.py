@@ -42,7 +42,8 @@ class TrainConfig:
 
     **Seed 000 ``modelConfig``** (exact names and values of the seed; the U-Net and schedule are
     those of DDPM, Ho et al. 2020, Sec. 4 / App. B: T = 1000, betas 1e-4 .. 0.02, channel 128,
-    dropout 0.1-0.3, attention at 16x16, gradient clip 1): ``state`` ("train"|"eval"),
+    dropout 0.1-0.3, gradient clip 1; DDPM puts attention at 16x16, while the seed's ``attn: [2]`` at
+    ``img_size`` 32 is the 8x8 level): ``state`` ("train"|"eval"),
     ``epoch``, ``batch_size``, ``T``, ``channel``, ``channel_mult``, ``attn`` (level indices into
     ``channel_mult`` with self-attention), ``num_res_blocks``, ``dropout``, ``lr``,
     ``multiplier`` (peak lr = ``lr * multiplier`` after warm-up, as the seed's
