@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .errors import DiffkitError, WriteError, check_range
+from .errors import DiffkitError, WriteError, check_choice, check_range
 from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels, write_json
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
 DDIM_STEPS = (10, 20, 50, 100, 1000)
+DDIM_SPACINGS = ("linear", "quadratic")  # DDIM Sec. 5: the two sub-sequences tau of its tables
 PNDM_SAMPLERS = ("ddim", "s-pndm", "pndm", "fon", "dpm-solver", "dpm-solver++-2m", "unipc")
 PNDM_STEPS = (10, 20, 50, 100, 250, 1000)
 
@@ -42,6 +43,7 @@ class ExperimentTable:
     num_samples: int
     notes: list = field(default_factory=list)
     seconds: float = 0.0
+    spacing: Optional[str] = None  # the time grid of every row (ddim_table); None: each row's own
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -149,16 +151,24 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
                steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                device=None, progress: bool = False, thresholding: Optional[str] = None,
-               cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
+               spacing: str = "linear", cache_dir=None, ledger_path=None,
+               ledger_only: bool = False) -> ExperimentTable:
     """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count.
+    ``spacing``: the sub-sequence tau of every row, ``linear`` (tau_i = floor(c i)) or ``quadratic``
+    (tau_i = floor(c i^2), what DDIM Sec. 5 / App. D.2 use for CIFAR-10; :mod:`diffkit.timesteps`).
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`);
     ``ledger_path``: a JSON file of finished cells, taken from and added to (:mod:`diffkit.score_ledger`);
     ``ledger_only``: show only the cells found there, sample nothing."""
-    return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
-                     seed=seed, batch_size=batch_size, device=device, progress=progress,
-                     title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
-                     thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path,
-                     ledger_only=ledger_only)
+    check_choice("spacing", spacing, DDIM_SPACINGS)
+    notes = [] if spacing == "linear" else [f"time grid: {spacing} sub-sequence tau (DDIM Sec. 5, App. D.2)"]
+    table = _run_grid(denoiser, scorer, list(etas), steps_list,
+                      lambda eta: ("ddim", {"eta": eta, "spacing": spacing}), num=num,
+                      seed=seed, batch_size=batch_size, device=device, progress=progress,
+                      title="DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau"),
+                      row_label="eta", notes=notes, thresholding=thresholding, cache_dir=cache_dir,
+                      ledger_path=ledger_path, ledger_only=ledger_only)
+    table.spacing = spacing
+    return table
 
 
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,

@@ -171,6 +171,42 @@ def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsy
     assert "sampler='no-such-sampler'" in capsys.readouterr().err
 
 
+def _network_times(denoiser):
+    """Record the time every network call of ``denoiser`` gets (one value per call)."""
+    times = []
+    denoiser.net.register_forward_pre_hook(lambda _, args: times.append(float(args[1][0])))
+    return times
+
+
+def test_ddim_table_quadratic_spacing_runs_every_row_on_the_quadratic_tau(run_dir, tmp_path, capsys):
+    """DDIM Sec. 5 / App. D.2 (seed 000): tau_i = floor(c i^2) with c = 0.8 T / (S - 1)^2, as the
+    reference code (ermongroup/ddim runners/diffusion.py) writes it: int(linspace(0, sqrt(0.8 T), S)^2)."""
+    from diffkit.experiments import ddim_table, experiment_scorer
+    denoiser = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    scorer = experiment_scorer("confidence", denoiser, evaluator=run_dir / "ev.safetensors")
+    T, S = denoiser.schedule.num_timesteps, 5
+    reference = sorted((int(v) for v in np.linspace(0, np.sqrt(0.8 * T), S) ** 2), reverse=True)
+    assert reference == sorted((math.floor(0.8 * T / (S - 1) ** 2 * i * i) for i in range(S)), reverse=True)
+    assert reference == [80, 45, 20, 5, 0]  # T = 100
+    times = _network_times(denoiser)
+    table = ddim_table(denoiser, scorer, etas=[0.0, 1.0, "sigma_hat"], steps_list=[S], num=4, batch_size=4,
+                       spacing="quadratic")
+    assert times == reference * 3  # one batch per row, every row on the quadratic grid
+    assert table.spacing == "quadratic" and table.as_dict()["spacing"] == "quadratic"
+    assert any("quadratic" in note for note in table.notes)
+    times.clear()
+    linear = ddim_table(denoiser, scorer, etas=[0.0], steps_list=[S], num=4, batch_size=4)
+    assert times == [80, 60, 40, 20, 0] and linear.spacing == "linear"  # floor(c i), c = T / S: the default
+    # the CLI flag, recorded in the JSON; an unknown spacing is refused by the parser
+    assert main(["experiment", "ddim-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--etas", "0",
+                 "--steps", S, "--num", 4, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence",
+                 "--spacing", "quadratic", "--out", tmp_path, "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "ddim_table.json").read_text())["spacing"] == "quadratic"
+    with pytest.raises(SystemExit):
+        main(["experiment", "ddim-table", "--checkpoint", "x", "--spacing", "trailing"])
+    assert "invalid choice: 'trailing'" in capsys.readouterr().err
+
+
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     missing = tmp_path / "nope.pth"

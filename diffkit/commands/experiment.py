@@ -1,6 +1,7 @@
 """``diffkit experiment``: tables of one metric over sampler settings for a checkpoint.
 
-``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000}.
+``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000};
+``--spacing quadratic`` puts every row on DDIM's quadratic sub-sequence (its CIFAR-10 choice).
 ``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, dpm-solver++-2m, unipc; those not
 registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
 ``--cache-dir DIR`` keeps every finished batch of samples; the same command run again reuses them, so a long
@@ -21,11 +22,14 @@ def register(sub) -> None:
     p = sub.add_parser("experiment", help="sampler x steps tables (DDIM Table 1, PNDM layout)",
                        description=__doc__)
     tables = p.add_subparsers(dest="table", metavar="TABLE", required=True)
-    from ..experiments import DDIM_ETAS, DDIM_STEPS, PNDM_SAMPLERS, PNDM_STEPS
+    from ..experiments import DDIM_ETAS, DDIM_SPACINGS, DDIM_STEPS, PNDM_SAMPLERS, PNDM_STEPS
     ddim = tables.add_parser("ddim-table", help="DDIM eta x steps", description=__doc__)
     ddim.add_argument("--etas", default=",".join("sigma_hat" if e == "sigma_hat" else f"{e:g}" for e in DDIM_ETAS),
                       help="comma-separated etas (numbers >= 0 or sigma_hat; default %(default)s)")
     ddim.add_argument("--steps", default=",".join(map(str, DDIM_STEPS)), help="step counts (default %(default)s)")
+    ddim.add_argument("--spacing", choices=DDIM_SPACINGS, default="linear",
+                      help="sub-sequence tau of every row: linear, floor(c i) (default), or quadratic, floor(c i^2) "
+                           "(DDIM's CIFAR-10 choice, Sec. 5 / App. D.2)")
     samplers = tables.add_parser("sampler-table", help="samplers x steps", description=__doc__)
     samplers.add_argument("--samplers", default=",".join(PNDM_SAMPLERS),
                           help="sampler names, or NAME[@SPACING][:FINAL] for another time grid or final "
@@ -89,7 +93,7 @@ def _run(args) -> int:
                       device=device, progress=args.progress, thresholding=args.thresholding,
                       cache_dir=args.cache_dir, ledger_path=args.ledger, ledger_only=args.ledger_only)
         if args.table == "ddim-table":
-            table = ddim_table(denoiser, scorer, etas=etas, **common)
+            table = ddim_table(denoiser, scorer, etas=etas, spacing=args.spacing, **common)
         else:
             table = sampler_table(denoiser, scorer, samplers=names, **common)
     warning_lines({str(w.message): w for w in caught}.values())
