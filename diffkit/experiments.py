@@ -158,15 +158,31 @@ def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETA
     (tau_i = floor(c i^2), what DDIM Sec. 5 / App. D.2 use for CIFAR-10; :mod:`diffkit.timesteps`).
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`);
     ``ledger_path``: a JSON file of finished cells, taken from and added to (:mod:`diffkit.score_ledger`);
-    ``ledger_only``: show only the cells found there, sample nothing."""
+    ``ledger_only``: show only the cells found there, sample nothing.
+    ``thresholding``: None (default) clips the sigma-hat row's predicted x0 to [-1, 1] and no other
+    row, as the DDIM authors' code does (ermongroup/ddim ``functions/denoising.py``: ``ddpm_steps``,
+    its sigma-hat process, clamps x0; ``generalized_steps``, its eta rows, does not); ``"none"``:
+    no row thresholded; ``"clip"`` / ``"dynamic"``: every row."""
     check_choice("spacing", spacing, DDIM_SPACINGS)
+    check_choice("thresholding", thresholding, (None, "none", "clip", "dynamic"))
     notes = [] if spacing == "linear" else [f"time grid: {spacing} sub-sequence tau (DDIM Sec. 5, App. D.2)"]
-    table = _run_grid(denoiser, scorer, list(etas), steps_list,
-                      lambda eta: ("ddim", {"eta": eta, "spacing": spacing}), num=num,
+    reference_clip = thresholding is None
+    if reference_clip and "sigma_hat" in etas:
+        notes.append("sigma_hat row: predicted x0 clipped to [-1, 1], as the DDIM reference code's sigma-hat sampler "
+                     "does (ermongroup/ddim ddpm_steps; its eta rows are not clipped); --thresholding none turns "
+                     "it off")
+    if thresholding == "none":
+        notes.append("predicted x0 thresholding: none (--thresholding none), the sigma_hat row included")
+
+    def settings_of(eta):
+        options = {"eta": eta, "spacing": spacing}
+        return "ddim", {**options, "thresholding": "clip"} if reference_clip and eta == "sigma_hat" else options
+
+    table = _run_grid(denoiser, scorer, list(etas), steps_list, settings_of, num=num,
                       seed=seed, batch_size=batch_size, device=device, progress=progress,
                       title="DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau"),
-                      row_label="eta", notes=notes, thresholding=thresholding, cache_dir=cache_dir,
-                      ledger_path=ledger_path, ledger_only=ledger_only)
+                      row_label="eta", notes=notes, thresholding=None if thresholding == "none" else thresholding,
+                      cache_dir=cache_dir, ledger_path=ledger_path, ledger_only=ledger_only)
     table.spacing = spacing
     return table
 

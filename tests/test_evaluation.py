@@ -207,6 +207,37 @@ def test_ddim_table_quadratic_spacing_runs_every_row_on_the_quadratic_tau(run_di
     assert "invalid choice: 'trailing'" in capsys.readouterr().err
 
 
+def test_ddim_table_clips_the_sigma_hat_row_as_the_reference_code_unless_told(run_dir, tmp_path, monkeypatch):
+    """ermongroup/ddim clamps x0 in ddpm_steps (its sigma-hat process) and not in generalized_steps
+    (the eta rows); that sampler itself is checked against the reference code in
+    test_sampler_references.py. Here: which rows the table runs with which thresholding."""
+    import diffkit.experiments as experiments
+    seen = []
+    real = experiments.generate_samples
+
+    def recording(denoiser, num, **kwargs):
+        seen.append((kwargs.get("eta"), kwargs.get("thresholding")))
+        return real(denoiser, num, **kwargs)
+
+    monkeypatch.setattr(experiments, "generate_samples", recording)
+    common = ["experiment", "ddim-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--etas",
+              "0,1,sigma_hat", "--steps", 2, "--num", 4, "--evaluator", run_dir / "ev.safetensors", "--metric",
+              "confidence", "--out", tmp_path, "--device", "cpu", "--no-progress"]
+    assert main(common) == 0
+    assert seen == [(0.0, None), (1.0, None), ("sigma_hat", "clip")]
+    notes = json.loads((tmp_path / "ddim_table.json").read_text())["notes"]
+    assert any("sigma_hat row: predicted x0 clipped to [-1, 1]" in n and "ddpm_steps" in n for n in notes)
+    for flag, expected in (("none", None), ("dynamic", "dynamic"), ("clip", "clip")):
+        seen.clear()
+        assert main([*common, "--thresholding", flag]) == 0
+        assert seen == [(0.0, expected), (1.0, expected), ("sigma_hat", expected)], flag
+        notes = json.loads((tmp_path / "ddim_table.json").read_text())["notes"]
+        assert not any("sigma_hat row:" in n for n in notes)
+    seen.clear()
+    assert main(["experiment", "sampler-table", *common[2:4], "--samplers", "ddim", *common[6:]]) == 0
+    assert seen == [(None, None)]  # the sampler table thresholds nothing unless told
+
+
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     missing = tmp_path / "nope.pth"

@@ -41,7 +41,12 @@ def register(sub) -> None:
         q.add_argument("--metric", default="fd-classifier", help="one sample metric (default fd-classifier)")
         q.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default 1000)")
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
-        q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+        if q is ddim:
+            q.add_argument("--thresholding", choices=("clip", "dynamic", "none"),
+                           help="clip the predicted x0 of every row; none: of no row (default: only the sigma_hat "
+                                "row is clipped, as the DDIM reference code does)")
+        else:
+            q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", type=file_stem, default=name, help=f"file name stem (default {name})")
         q.add_argument("--ledger", help="JSON file of finished cells: cells already there (same weights, "
                        "evaluator, reference, settings, --num and --seed) are taken from it, each new cell is "
