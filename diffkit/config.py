@@ -311,6 +311,21 @@ class TrainConfig:
             out.update(in_channels=dataset.channels, img_size=dataset.img_size)
         return out
 
+    def test_checkpoint(self) -> Path:
+        """The checkpoint the seed's ``state: "eval"`` mode loads: ``test_load_weight`` in
+        ``save_weight_dir`` (seed 000 names the bare file ``ckpt_199.pt`` beside ``./Checkpoints/``;
+        an absolute ``test_load_weight`` is taken as it is). A one-line error when it is unset or
+        the file does not exist."""
+        if not self.test_load_weight:
+            raise DiffkitError("the config's test_load_weight is not set; give --checkpoint, or set "
+                               "test_load_weight to a checkpoint file in save_weight_dir")
+        path = Path(self.save_weight_dir) / self.test_load_weight
+        if not path.is_file():
+            raise DiffkitError(f"test_load_weight {str(path)!r} does not exist (save_weight_dir "
+                               f"{self.save_weight_dir!r} + test_load_weight {self.test_load_weight!r}); give "
+                               f"--checkpoint or set test_load_weight to an existing checkpoint")
+        return path
+
     def dataset_kwargs(self, train: bool = True) -> dict[str, Any]:
         """Keyword arguments of :func:`diffkit.data.load_dataset` for this config."""
         return {"name": self.dataset, "data_dir": self.data_dir, "img_size": self.img_size, "train": train,
