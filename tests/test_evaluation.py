@@ -10,6 +10,7 @@ from PIL import Image
 
 from diffkit import cli
 from diffkit.config import TrainConfig
+from diffkit.errors import DiffkitError
 from diffkit.evaluation import (evaluate, reference_images, strided_timesteps, nll_bits_per_dim)
 from diffkit.loading import load_denoiser
 from diffkit.metrics import classifier_frechet_distance, load_evaluator
@@ -140,6 +141,28 @@ def test_eval_nll_through_the_cli(run_dir, tmp_path, capsys):
     assert result["settings"]["ema"] is True and result["settings"]["batch_size"] > 0
     assert metrics["nll-strided"]["minus_full"] == pytest.approx(metrics["nll-strided"]["bpd"] - metrics["nll"]["bpd"])
     assert "nll-strided" in capsys.readouterr().out
+
+
+def test_eval_nll_on_the_train_split(run_dir, tmp_path):
+    """DDPM Table 1/2 report NLL "Test (Train)": --nll-split train bounds the first --nll-num images of
+    the training split (digits: its first DIGITS_TRAIN_SIZE images), recorded in the JSON."""
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    results = {}
+    for split in ("train", "test"):
+        out = tmp_path / f"{split}.json"
+        assert main(["eval", "--checkpoint", ckpt, "--metrics", "nll", "--nll-num", 4, "--nll-split", split,
+                     "--out", out, "--device", "cpu", "--no-progress"]) == 0
+        results[split] = json.loads(out.read_text())
+        assert results[split]["settings"]["nll_split"] == split
+        assert results[split]["settings"]["nll_num_images"] == 4
+    denoiser = load_denoiser(ckpt)
+    for split, train in (("train", True), ("test", False)):
+        images, _ = reference_images("digits", train=train, img_size=8, limit=4)
+        expected = nll_bits_per_dim(denoiser, images, seed=0)["bpd"]
+        assert results[split]["metrics"]["nll"]["bpd"] == pytest.approx(expected, rel=1e-6)
+    assert results["train"]["metrics"]["nll"]["bpd"] != results["test"]["metrics"]["nll"]["bpd"]
+    with pytest.raises(DiffkitError, match="nll_split='val' is not allowed"):
+        evaluate("nll", checkpoint=ckpt, nll_num=4, nll_split="val")
 
 
 def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsys):
