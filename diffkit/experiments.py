@@ -190,12 +190,15 @@ def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETA
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                   device=None, progress: bool = False, thresholding: Optional[str] = None,
-                  cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
+                  eta: Union[float, str, None] = None, cache_dir=None, ledger_path=None,
+                  ledger_only: bool = False) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
     A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``),
     ``NAME:FINAL`` (or ``NAME@SPACING:FINAL``) to another final target (e.g. ``unipc:zero``).
+    ``eta``: DDIM's eta (or ``"sigma_hat"``) for every ``ddim`` row (e.g. ``ddim@quadratic``).
     ``cache_dir``, ``ledger_path`` and ``ledger_only`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
+    from .samplers.ddim import parse_eta
     from .samplers.registry import split_sampler_spec
     specs = {row: split_sampler_spec(row) for row in samplers}
     notes = [f"sampler {row!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
@@ -204,10 +207,16 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
                            f"{', '.join(REGISTRY)}")
+    if eta is not None:
+        eta = parse_eta(eta)
+        if not any(specs[row][0] == "ddim" for row in rows):
+            raise DiffkitError(f"eta={eta!r} applies to ddim rows, and none of the rows {', '.join(rows)} is ddim")
+        notes.append(f"ddim rows: eta = {_row_name(eta)}")
 
     def settings_of(row: str):
         name, spacing, final = specs[row]
-        return name, {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
+        options = {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
+        return name, {**options, "eta": eta} if eta is not None and name == "ddim" else options
 
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,

@@ -261,6 +261,25 @@ def test_ddim_table_clips_the_sigma_hat_row_as_the_reference_code_unless_told(ru
     assert seen == [(None, None)]  # the sampler table thresholds nothing unless told
 
 
+def test_sampler_table_passes_eta_to_its_ddim_rows(run_dir, tmp_path, monkeypatch, capsys):
+    import diffkit.experiments as experiments
+    seen = []
+    real = experiments.generate_samples
+
+    def recording(denoiser, num, **kwargs):
+        seen.append((kwargs["sampler"], kwargs.get("spacing"), kwargs.get("eta")))
+        return real(denoiser, num, **kwargs)
+
+    monkeypatch.setattr(experiments, "generate_samples", recording)
+    common = ["experiment", "sampler-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--steps", 3,
+              "--num", 4, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence", "--out", tmp_path,
+              "--device", "cpu", "--no-progress"]
+    assert main([*common, "--samplers", "ddim,ddim@quadratic,s-pndm", "--eta", "1"]) == 0
+    assert seen == [("ddim", None, 1.0), ("ddim", "quadratic", 1.0), ("s-pndm", None, None)]
+    assert "ddim rows: eta = 1" in json.loads((tmp_path / "sampler_table.json").read_text())["notes"]
+    one_line_error(capsys, [*common, "--samplers", "s-pndm", "--eta", "1"], "eta=1.0 applies to ddim rows")
+
+
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     missing = tmp_path / "nope.pth"

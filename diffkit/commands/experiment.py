@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_writable_dir, file_stem, missing_dirs, positive_int, removed_if_empty_on_failure
+from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, positive_int,
+                      removed_if_empty_on_failure)
 
 
 def register(sub) -> None:
@@ -35,6 +36,8 @@ def register(sub) -> None:
                           help="sampler names, or NAME[@SPACING][:FINAL] for another time grid or final "
                                "target (default %(default)s)")
     samplers.add_argument("--steps", default=",".join(map(str, PNDM_STEPS)), help="step counts (default %(default)s)")
+    samplers.add_argument("--eta", type=eta_value, help="DDIM eta (a number >= 0 or sigma_hat) for the ddim rows, "
+                          "e.g. --samplers ddim,ddim@quadratic --eta 1 (default 0)")
     from .eval import add_source_flags
     for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):
         q.add_argument("--checkpoint", required=True, help="a diffkit checkpoint (.safetensors)")
@@ -100,7 +103,7 @@ def _run(args) -> int:
         if args.table == "ddim-table":
             table = ddim_table(denoiser, scorer, etas=etas, spacing=args.spacing, **common)
         else:
-            table = sampler_table(denoiser, scorer, samplers=names, **common)
+            table = sampler_table(denoiser, scorer, samplers=names, eta=args.eta, **common)
     warning_lines({str(w.message): w for w in caught}.values())
     paths = write_table(table, args.out, args.name, "heatmap" if args.table == "ddim-table" else "lines")
     print(to_markdown(table))
