@@ -10,6 +10,8 @@
 # DDIM_STEPS / SAMPLER_STEPS override the step lists (a smoke run: DDIM_STEPS=10 SAMPLER_STEPS=10),
 # DDIM_ETAS / SAMPLERS the rows;
 # TABLES=ddim or TABLES=sampler runs one of the two tables (default both).
+# DDIM_THRESHOLDING=none|clip|dynamic is ddim-table's --thresholding (default: only the sigma_hat row
+# clipped, as the DDIM reference code; the committed sigma-hat row was sampled unclipped: none).
 # MIXED_PRECISION=bf16 runs the network under bf16 autocast (about 2x faster on a CPU with AMX;
 # FD-classifier within 0.5% of fp32 on 500 samples, DDIM 10 steps, eta 0 and 1).
 # CACHE_DIR=DIR keeps every finished batch of samples (diffkit experiment --cache-dir): the same
@@ -62,7 +64,7 @@ common=(--checkpoint "$CKPT" --evaluator "$EVALUATOR" --ref mnist --data-dir "$D
 TABLES=${TABLES:-ddim,sampler}
 case ",$TABLES," in *,ddim,*)
     "${DK[@]}" experiment ddim-table "${common[@]}" --steps "${DDIM_STEPS:-10,20,50,100,1000}" \
-        --etas "${DDIM_ETAS:-0,0.2,0.5,1,sigma_hat}";; esac
+        --etas "${DDIM_ETAS:-0,0.2,0.5,1,sigma_hat}" ${DDIM_THRESHOLDING:+--thresholding "$DDIM_THRESHOLDING"};; esac
 case ",$TABLES," in *,sampler,*)
     "${DK[@]}" experiment sampler-table "${common[@]}" --steps "${SAMPLER_STEPS:-10,20,50,100,250,1000}" \
         --samplers "${SAMPLERS:-ddim,s-pndm,pndm,fon,dpm-solver,dpm-solver++-2m,unipc}";; esac

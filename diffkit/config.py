@@ -42,7 +42,8 @@ class TrainConfig:
 
     **Seed 000 ``modelConfig``** (exact names and values of the seed; the U-Net and schedule are
     those of DDPM, Ho et al. 2020, Sec. 4 / App. B: T = 1000, betas 1e-4 .. 0.02, channel 128,
-    dropout 0.1-0.3, attention at 16x16, gradient clip 1): ``state`` ("train"|"eval"),
+    dropout 0.1-0.3, gradient clip 1; DDPM puts attention at 16x16, while the seed's ``attn: [2]`` at
+    ``img_size`` 32 is the 8x8 level): ``state`` ("train"|"eval"),
     ``epoch``, ``batch_size``, ``T``, ``channel``, ``channel_mult``, ``attn`` (level indices into
     ``channel_mult`` with self-attention), ``num_res_blocks``, ``dropout``, ``lr``,
     ``multiplier`` (peak lr = ``lr * multiplier`` after warm-up, as the seed's
@@ -310,6 +311,21 @@ class TrainConfig:
         if self.autoencoder and dataset is not None:
             out.update(in_channels=dataset.channels, img_size=dataset.img_size)
         return out
+
+    def test_checkpoint(self) -> Path:
+        """The checkpoint the seed's ``state: "eval"`` mode loads: ``test_load_weight`` in
+        ``save_weight_dir`` (seed 000 names the bare file ``ckpt_199.pt`` beside ``./Checkpoints/``;
+        an absolute ``test_load_weight`` is taken as it is). A one-line error when it is unset or
+        the file does not exist."""
+        if not self.test_load_weight:
+            raise DiffkitError("the config's test_load_weight is not set; give --checkpoint, or set "
+                               "test_load_weight to a checkpoint file in save_weight_dir")
+        path = Path(self.save_weight_dir) / self.test_load_weight
+        if not path.is_file():
+            raise DiffkitError(f"test_load_weight {str(path)!r} does not exist (save_weight_dir "
+                               f"{self.save_weight_dir!r} + test_load_weight {self.test_load_weight!r}); give "
+                               f"--checkpoint or set test_load_weight to an existing checkpoint")
+        return path
 
     def dataset_kwargs(self, train: bool = True) -> dict[str, Any]:
         """Keyword arguments of :func:`diffkit.data.load_dataset` for this config."""

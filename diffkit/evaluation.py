@@ -38,6 +38,7 @@ from .samplers.ddim import parse_eta
 INCEPTION_METRICS = ("fid", "is", "kid", "pr")
 EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "confidence")
 NLL_METRICS = ("nll", "nll-strided")
+NLL_SPLITS = ("test", "train")  # DDPM Table 1/2 report NLL "Test (Train)"
 SAMPLE_METRICS = INCEPTION_METRICS + EVALUATOR_METRICS
 METRICS = SAMPLE_METRICS + NLL_METRICS
 # the field of each metric's result that a one-number table shows
@@ -413,12 +414,14 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
-             progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None) -> dict:
+             progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
+             nll_split: str = "test") -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
     are the test split of ``ref`` (default: the checkpoint's training data set) at the samples'
-    size and channels; ``nll``/``nll-strided`` use its first ``nll_num`` images. Everything that
+    size and channels; ``nll``/``nll-strided`` use the first ``nll_num`` images of its ``nll_split``
+    (``test``, or ``train`` for DDPM Table 1/2's "Test (Train)" over-fitting check). Everything that
     can fail on user input (metric names, files, sizes) is checked before any sampling.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
     """
@@ -431,6 +434,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     check_sample_count(num)
     if set(names) & set(NLL_METRICS):  # before any sampling or scoring
         check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
+        check_choice("nll_split", nll_split, NLL_SPLITS)
     inception = net = denoiser = None
     if set(names) & set(INCEPTION_METRICS):
         from .metrics import load_inception
@@ -485,6 +489,14 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         reference, _ = reference_images(ref, data_dir, train=False, img_size=size, channels=channels, limit=ref_num)
         settings.update(reference=ref, reference_split="test", num_reference=int(reference.shape[0]),
                         data_dir=None if data_dir is None else str(data_dir))
+    nll_images = None
+    if set(names) & set(NLL_METRICS):  # loaded before any sampling: a missing train split fails first
+        if nll_split == "test":
+            nll_images = reference[:nll_num]
+        else:
+            nll_images, _ = reference_images(ref, data_dir, train=True, img_size=size, channels=channels,
+                                             limit=nll_num)
+        settings.update(nll_split=nll_split, nll_num_images=int(nll_images.shape[0]))
     # the other inputs that change the numbers: the weights set, the scoring networks' files, the batch
     from .latent import file_sha256
     settings["batch_size"] = batch_size
@@ -525,7 +537,6 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                 save_images(images, save_samples)
         results.update(scorer.score(images, labels))
     if set(names) & set(NLL_METRICS):
-        nll_images = reference[:nll_num]
         if "nll" in names:
             results["nll"] = nll_bits_per_dim(denoiser, nll_images, batch_size=batch_size, seed=seed, progress=progress)
         if "nll-strided" in names:

@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .errors import DiffkitError, WriteError, check_range
+from .errors import DiffkitError, WriteError, check_choice, check_range
 from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels, write_json
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
 DDIM_STEPS = (10, 20, 50, 100, 1000)
+DDIM_SPACINGS = ("linear", "quadratic")  # DDIM Sec. 5: the two sub-sequences tau of its tables
 PNDM_SAMPLERS = ("ddim", "s-pndm", "pndm", "fon", "dpm-solver", "dpm-solver++-2m", "unipc")
 PNDM_STEPS = (10, 20, 50, 100, 250, 1000)
 
@@ -42,6 +43,7 @@ class ExperimentTable:
     num_samples: int
     notes: list = field(default_factory=list)
     seconds: float = 0.0
+    spacing: Optional[str] = None  # the time grid of every row (ddim_table); None: each row's own
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -149,27 +151,54 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
                steps_list: Sequence[int] = DDIM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                device=None, progress: bool = False, thresholding: Optional[str] = None,
-               cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
+               spacing: str = "linear", cache_dir=None, ledger_path=None,
+               ledger_only: bool = False) -> ExperimentTable:
     """DDIM Table 1: the metric of DDIM with each eta (or the sigma-hat process) at each step count.
+    ``spacing``: the sub-sequence tau of every row, ``linear`` (tau_i = floor(c i)) or ``quadratic``
+    (tau_i = floor(c i^2), what DDIM Sec. 5 / App. D.2 use for CIFAR-10; :mod:`diffkit.timesteps`).
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`);
     ``ledger_path``: a JSON file of finished cells, taken from and added to (:mod:`diffkit.score_ledger`);
-    ``ledger_only``: show only the cells found there, sample nothing."""
-    return _run_grid(denoiser, scorer, list(etas), steps_list, lambda eta: ("ddim", {"eta": eta}), num=num,
-                     seed=seed, batch_size=batch_size, device=device, progress=progress,
-                     title="DDIM Table 1 layout (Song et al. 2021)", row_label="eta", notes=[],
-                     thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path,
-                     ledger_only=ledger_only)
+    ``ledger_only``: show only the cells found there, sample nothing.
+    ``thresholding``: None (default) clips the sigma-hat row's predicted x0 to [-1, 1] and no other
+    row, as the DDIM authors' code does (ermongroup/ddim ``functions/denoising.py``: ``ddpm_steps``,
+    its sigma-hat process, clamps x0; ``generalized_steps``, its eta rows, does not); ``"none"``:
+    no row thresholded; ``"clip"`` / ``"dynamic"``: every row."""
+    check_choice("spacing", spacing, DDIM_SPACINGS)
+    check_choice("thresholding", thresholding, (None, "none", "clip", "dynamic"))
+    notes = [] if spacing == "linear" else [f"time grid: {spacing} sub-sequence tau (DDIM Sec. 5, App. D.2)"]
+    reference_clip = thresholding is None
+    if reference_clip and "sigma_hat" in etas:
+        notes.append("sigma_hat row: predicted x0 clipped to [-1, 1], as the DDIM reference code's sigma-hat sampler "
+                     "does (ermongroup/ddim ddpm_steps; its eta rows are not clipped); --thresholding none turns "
+                     "it off")
+    if thresholding == "none":
+        notes.append("predicted x0 thresholding: none (--thresholding none), the sigma_hat row included")
+
+    def settings_of(eta):
+        options = {"eta": eta, "spacing": spacing}
+        return "ddim", {**options, "thresholding": "clip"} if reference_clip and eta == "sigma_hat" else options
+
+    table = _run_grid(denoiser, scorer, list(etas), steps_list, settings_of, num=num,
+                      seed=seed, batch_size=batch_size, device=device, progress=progress,
+                      title="DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau"),
+                      row_label="eta", notes=notes, thresholding=None if thresholding == "none" else thresholding,
+                      cache_dir=cache_dir, ledger_path=ledger_path, ledger_only=ledger_only)
+    table.spacing = spacing
+    return table
 
 
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
                   steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
                   device=None, progress: bool = False, thresholding: Optional[str] = None,
-                  cache_dir=None, ledger_path=None, ledger_only: bool = False) -> ExperimentTable:
+                  eta: Union[float, str, None] = None, cache_dir=None, ledger_path=None,
+                  ledger_only: bool = False) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
     A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``),
     ``NAME:FINAL`` (or ``NAME@SPACING:FINAL``) to another final target (e.g. ``unipc:zero``).
+    ``eta``: DDIM's eta (or ``"sigma_hat"``) for every ``ddim`` row (e.g. ``ddim@quadratic``).
     ``cache_dir``, ``ledger_path`` and ``ledger_only`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
+    from .samplers.ddim import parse_eta
     from .samplers.registry import split_sampler_spec
     specs = {row: split_sampler_spec(row) for row in samplers}
     notes = [f"sampler {row!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
@@ -178,10 +207,16 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
                            f"{', '.join(REGISTRY)}")
+    if eta is not None:
+        eta = parse_eta(eta)
+        if not any(specs[row][0] == "ddim" for row in rows):
+            raise DiffkitError(f"eta={eta!r} applies to ddim rows, and none of the rows {', '.join(rows)} is ddim")
+        notes.append(f"ddim rows: eta = {_row_name(eta)}")
 
     def settings_of(row: str):
         name, spacing, final = specs[row]
-        return name, {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
+        options = {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
+        return name, {**options, "eta": eta} if eta is not None and name == "ddim" else options
 
     return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,

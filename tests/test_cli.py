@@ -259,6 +259,48 @@ def test_checkpoint_file_mistakes_say_what_the_file_is(trained_run, tmp_path, ca
     assert code == 2 and "is not a regular file" in err, err
 
 
+def test_sample_with_only_a_config_loads_its_test_load_weight(trained_run, tmp_path, capsys, monkeypatch):
+    """Seed 000's modelConfig: save_weight_dir "./Checkpoints/" and test_load_weight "ckpt_199.pt", the
+    file its state "eval" samples. ``sample --config`` without --checkpoint samples that file."""
+    import json
+
+    import torch
+
+    from diffkit.models import UNet, UNetConfig
+    monkeypatch.chdir(tmp_path)
+    seed = {"state": "eval", "T": 100, "channel": 16, "channel_mult": [1, 2], "attn": [1], "num_res_blocks": 1,
+            "img_size": 8, "device": "cuda:0", "save_weight_dir": "./Checkpoints/", "test_load_weight": "ckpt_199.pt",
+            "nrow": 2}
+    (tmp_path / "Checkpoints").mkdir()
+    torch.save(UNet(UNetConfig(channel=16, channel_mult=[1, 2], attn=[1], num_res_blocks=1, img_size=8,
+                               in_channels=1)).state_dict(), tmp_path / "Checkpoints" / "ckpt_199.pt")
+    (tmp_path / "seed.json").write_text(json.dumps(seed))
+    args = ["--steps", "2", "--num", "2", "--no-progress", "--device", "cpu"]
+    code, out, err = run_cli(capsys, "sample", "--config", "seed.json", "--out", "a.png", *args)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "sample", "--config", "seed.json", "--checkpoint", "Checkpoints/ckpt_199.pt",
+                             "--out", "b.png", *args)
+    assert code == 0, err
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    # a diffkit checkpoint named by test_load_weight: loaded with its own config
+    (tmp_path / "run.json").write_text(json.dumps({"save_weight_dir": str(trained_run.parent),
+                                                   "test_load_weight": trained_run.name}))
+    code, out, err = run_cli(capsys, "sample", "--config", "run.json", "--out", "c.png", *args)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--out", "d.png", *args)
+    assert code == 0, err
+    assert (tmp_path / "c.png").read_bytes() == (tmp_path / "d.png").read_bytes()
+    # a missing file, an unset test_load_weight, neither flag: one line each
+    (tmp_path / "missing.json").write_text(json.dumps({**seed, "test_load_weight": "ckpt_42.pt"}))
+    (tmp_path / "unset.json").write_text(json.dumps({**seed, "test_load_weight": None}))
+    for extra, needle in ((["--config", "missing.json"], "Checkpoints/ckpt_42.pt' does not exist"),
+                          (["--config", "unset.json"], "test_load_weight is not set"),
+                          ([], "give --checkpoint CKPT, or --config CFG")):
+        code, out, err = run_cli(capsys, "sample", *extra, "--out", "e.png", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "e.png").exists()
+
+
 def test_a_failed_train_leaves_no_empty_run_folder(tmp_path, capsys):
     code, out, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"),
                              "--out", str(tmp_path / "run" / "a"), "--steps", "1", *TINY)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from diffkit import cli
 from diffkit.config import TrainConfig
+from diffkit.errors import DiffkitError
 from diffkit.evaluation import (evaluate, reference_images, strided_timesteps, nll_bits_per_dim)
 from diffkit.loading import load_denoiser
 from diffkit.metrics import classifier_frechet_distance, load_evaluator
@@ -142,6 +143,28 @@ def test_eval_nll_through_the_cli(run_dir, tmp_path, capsys):
     assert "nll-strided" in capsys.readouterr().out
 
 
+def test_eval_nll_on_the_train_split(run_dir, tmp_path):
+    """DDPM Table 1/2 report NLL "Test (Train)": --nll-split train bounds the first --nll-num images of
+    the training split (digits: its first DIGITS_TRAIN_SIZE images), recorded in the JSON."""
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    results = {}
+    for split in ("train", "test"):
+        out = tmp_path / f"{split}.json"
+        assert main(["eval", "--checkpoint", ckpt, "--metrics", "nll", "--nll-num", 4, "--nll-split", split,
+                     "--out", out, "--device", "cpu", "--no-progress"]) == 0
+        results[split] = json.loads(out.read_text())
+        assert results[split]["settings"]["nll_split"] == split
+        assert results[split]["settings"]["nll_num_images"] == 4
+    denoiser = load_denoiser(ckpt)
+    for split, train in (("train", True), ("test", False)):
+        images, _ = reference_images("digits", train=train, img_size=8, limit=4)
+        expected = nll_bits_per_dim(denoiser, images, seed=0)["bpd"]
+        assert results[split]["metrics"]["nll"]["bpd"] == pytest.approx(expected, rel=1e-6)
+    assert results["train"]["metrics"]["nll"]["bpd"] != results["test"]["metrics"]["nll"]["bpd"]
+    with pytest.raises(DiffkitError, match="nll_split='val' is not allowed"):
+        evaluate("nll", checkpoint=ckpt, nll_num=4, nll_split="val")
+
+
 def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsys):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     common = ["--checkpoint", ckpt, "--num", 6, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence",
@@ -169,6 +192,92 @@ def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsy
     # a misspelt sampler fails before any sampling (it used to become a note of the finished table)
     assert main(["experiment", "sampler-table", "--samplers", "ddim,no-such-sampler", "--steps", "3", *common]) == 2
     assert "sampler='no-such-sampler'" in capsys.readouterr().err
+
+
+def _network_times(denoiser):
+    """Record the time every network call of ``denoiser`` gets (one value per call)."""
+    times = []
+    denoiser.net.register_forward_pre_hook(lambda _, args: times.append(float(args[1][0])))
+    return times
+
+
+def test_ddim_table_quadratic_spacing_runs_every_row_on_the_quadratic_tau(run_dir, tmp_path, capsys):
+    """DDIM Sec. 5 / App. D.2 (seed 000): tau_i = floor(c i^2) with c = 0.8 T / (S - 1)^2, as the
+    reference code (ermongroup/ddim runners/diffusion.py) writes it: int(linspace(0, sqrt(0.8 T), S)^2)."""
+    from diffkit.experiments import ddim_table, experiment_scorer
+    denoiser = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    scorer = experiment_scorer("confidence", denoiser, evaluator=run_dir / "ev.safetensors")
+    T, S = denoiser.schedule.num_timesteps, 5
+    reference = sorted((int(v) for v in np.linspace(0, np.sqrt(0.8 * T), S) ** 2), reverse=True)
+    assert reference == sorted((math.floor(0.8 * T / (S - 1) ** 2 * i * i) for i in range(S)), reverse=True)
+    assert reference == [80, 45, 20, 5, 0]  # T = 100
+    times = _network_times(denoiser)
+    table = ddim_table(denoiser, scorer, etas=[0.0, 1.0, "sigma_hat"], steps_list=[S], num=4, batch_size=4,
+                       spacing="quadratic")
+    assert times == reference * 3  # one batch per row, every row on the quadratic grid
+    assert table.spacing == "quadratic" and table.as_dict()["spacing"] == "quadratic"
+    assert any("quadratic" in note for note in table.notes)
+    times.clear()
+    linear = ddim_table(denoiser, scorer, etas=[0.0], steps_list=[S], num=4, batch_size=4)
+    assert times == [80, 60, 40, 20, 0] and linear.spacing == "linear"  # floor(c i), c = T / S: the default
+    # the CLI flag, recorded in the JSON; an unknown spacing is refused by the parser
+    assert main(["experiment", "ddim-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--etas", "0",
+                 "--steps", S, "--num", 4, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence",
+                 "--spacing", "quadratic", "--out", tmp_path, "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "ddim_table.json").read_text())["spacing"] == "quadratic"
+    with pytest.raises(SystemExit):
+        main(["experiment", "ddim-table", "--checkpoint", "x", "--spacing", "trailing"])
+    assert "invalid choice: 'trailing'" in capsys.readouterr().err
+
+
+def test_ddim_table_clips_the_sigma_hat_row_as_the_reference_code_unless_told(run_dir, tmp_path, monkeypatch):
+    """ermongroup/ddim clamps x0 in ddpm_steps (its sigma-hat process) and not in generalized_steps
+    (the eta rows); that sampler itself is checked against the reference code in
+    test_sampler_references.py. Here: which rows the table runs with which thresholding."""
+    import diffkit.experiments as experiments
+    seen = []
+    real = experiments.generate_samples
+
+    def recording(denoiser, num, **kwargs):
+        seen.append((kwargs.get("eta"), kwargs.get("thresholding")))
+        return real(denoiser, num, **kwargs)
+
+    monkeypatch.setattr(experiments, "generate_samples", recording)
+    common = ["experiment", "ddim-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--etas",
+              "0,1,sigma_hat", "--steps", 2, "--num", 4, "--evaluator", run_dir / "ev.safetensors", "--metric",
+              "confidence", "--out", tmp_path, "--device", "cpu", "--no-progress"]
+    assert main(common) == 0
+    assert seen == [(0.0, None), (1.0, None), ("sigma_hat", "clip")]
+    notes = json.loads((tmp_path / "ddim_table.json").read_text())["notes"]
+    assert any("sigma_hat row: predicted x0 clipped to [-1, 1]" in n and "ddpm_steps" in n for n in notes)
+    for flag, expected in (("none", None), ("dynamic", "dynamic"), ("clip", "clip")):
+        seen.clear()
+        assert main([*common, "--thresholding", flag]) == 0
+        assert seen == [(0.0, expected), (1.0, expected), ("sigma_hat", expected)], flag
+        notes = json.loads((tmp_path / "ddim_table.json").read_text())["notes"]
+        assert not any("sigma_hat row:" in n for n in notes)
+    seen.clear()
+    assert main(["experiment", "sampler-table", *common[2:4], "--samplers", "ddim", *common[6:]]) == 0
+    assert seen == [(None, None)]  # the sampler table thresholds nothing unless told
+
+
+def test_sampler_table_passes_eta_to_its_ddim_rows(run_dir, tmp_path, monkeypatch, capsys):
+    import diffkit.experiments as experiments
+    seen = []
+    real = experiments.generate_samples
+
+    def recording(denoiser, num, **kwargs):
+        seen.append((kwargs["sampler"], kwargs.get("spacing"), kwargs.get("eta")))
+        return real(denoiser, num, **kwargs)
+
+    monkeypatch.setattr(experiments, "generate_samples", recording)
+    common = ["experiment", "sampler-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--steps", 3,
+              "--num", 4, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence", "--out", tmp_path,
+              "--device", "cpu", "--no-progress"]
+    assert main([*common, "--samplers", "ddim,ddim@quadratic,s-pndm", "--eta", "1"]) == 0
+    assert seen == [("ddim", None, 1.0), ("ddim", "quadratic", 1.0), ("s-pndm", None, None)]
+    assert "ddim rows: eta = 1" in json.loads((tmp_path / "sampler_table.json").read_text())["notes"]
+    one_line_error(capsys, [*common, "--samplers", "s-pndm", "--eta", "1"], "eta=1.0 applies to ddim rows")
 
 
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):

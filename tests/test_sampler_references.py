@@ -110,6 +110,33 @@ def test_ddim_sigma_hat_is_ddpm_with_beta_and_its_step_variance_is_one_minus_aba
     assert (a - small).abs().max() > 1e-3  # the two variances really give different samples here
 
 
+def test_sigma_hat_with_clip_is_the_ddim_reference_codes_ddpm_steps():
+    """The DDIM authors' sigma-hat sampler (ermongroup/ddim, functions/denoising.py, ``ddpm_steps``)
+    written out: x0 = sqrt(1/a_t) x - sqrt(1/a_t - 1) e clamped to [-1, 1], mean = (sqrt(a_s) beta x0
+    + sqrt(1 - beta) (1 - a_s) x) / (1 - a_t) with beta = 1 - a_t/a_s, plus sqrt(beta) z except on
+    the step from t = 0 (a_{-1} = 1). diffkit's ``eta="sigma_hat"`` with ``thresholding="clip"`` (what
+    ``diffkit experiment ddim-table`` runs for that row) is the same sampler."""
+    net = LinearEps(4, seed=5)
+    d = Denoiser(net, S)
+    x = 3 * x_start(3, 4, 6)
+    grid = torch.tensor([600.0, 300.0, 0.0, -1.0], dtype=F64)
+    gen = torch.Generator().manual_seed(8)
+    ref = x.clone()
+    for t, s in ((600, 300), (300, 0), (0, -1)):
+        a_t, a_s = ABAR[t], (ABAR[s] if s >= 0 else torch.tensor(1.0, dtype=F64))
+        beta = 1 - a_t / a_s
+        e = net.eps(ref, float(t))
+        x0 = ((1 / a_t).sqrt() * ref - (1 / a_t - 1).sqrt() * e).clamp(-1, 1)
+        mean = ((a_s.sqrt() * beta) * x0 + ((1 - beta).sqrt() * (1 - a_s)) * ref) / (1 - a_t)
+        ref = mean if t == 0 else mean + beta.sqrt() * torch.randn(ref.shape, generator=gen).to(F64)
+    ours = diffkit.sample(d, x, "ddim", grid=grid, eta="sigma_hat", thresholding="clip",
+                          generator=torch.Generator().manual_seed(8), progress=False)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    unclipped = diffkit.sample(d, x, "ddim", grid=grid, eta="sigma_hat", generator=torch.Generator().manual_seed(8),
+                               progress=False)
+    assert (unclipped - ref).abs().max() > 1e-2  # the clamp is active here
+
+
 # ------------------------------------------------------------------ sigmoid betas
 @pytest.mark.parametrize("T, beta_start, beta_end", [(1000, 1e-4, 0.02), (500, 2e-4, 0.03)])
 def test_sigmoid_betas_equal_diffusers(T, beta_start, beta_end):

@@ -1,4 +1,5 @@
-"""``diffkit eval``: metrics of a checkpoint's samples (or of a folder of PNGs) and its test-set NLL.
+"""``diffkit eval``: metrics of a checkpoint's samples (or of a folder of PNGs) and its NLL on the test
+set (``--nll-split train``: on the training set).
 
 Prints a table and writes JSON. Metrics: fid, is, kid, pr (need the Inception weights file),
 fd-classifier, classifier-score, class-accuracy, confidence (need an evaluator from
@@ -46,7 +47,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
-    p.add_argument("--nll-num", type=positive_int, default=256, help="test images for nll (default 256)")
+    p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
+    p.add_argument("--nll-split", choices=("test", "train"), default="test",
+                   help="data split of the nll images (default test; train: DDPM Table 1/2's Test (Train) check "
+                        "for over-fitting)")
     p.add_argument("--nll-stride", type=positive_int, default=10, help="nll-strided: every k-th t (default 10)")
     p.add_argument("--nll-dense-below", type=positive_int, default=20,
                    help="nll-strided: every t below this (default 20)")
@@ -84,7 +88,7 @@ def run(args) -> int:
                           data_dir=args.data_dir, num=args.num, sampler=args.sampler, steps=args.steps,
                           eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
-                          nll_dense_below=args.nll_dense_below, batch_size=args.batch_size, seed=args.seed,
+                          nll_dense_below=args.nll_dense_below, nll_split=args.nll_split, batch_size=args.batch_size, seed=args.seed,
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
                           save_samples=args.save_samples, mixed_precision=args.mixed_precision, compile=args.compile,
                           progress=args.progress, cache_dir=args.cache_dir)

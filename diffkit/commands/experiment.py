@@ -1,6 +1,7 @@
 """``diffkit experiment``: tables of one metric over sampler settings for a checkpoint.
 
-``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000}.
+``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000};
+``--spacing quadratic`` puts every row on DDIM's quadratic sub-sequence (its CIFAR-10 choice).
 ``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, dpm-solver++-2m, unipc; those not
 registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
 ``--cache-dir DIR`` keeps every finished batch of samples; the same command run again reuses them, so a long
@@ -14,30 +15,41 @@ import warnings
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_writable_dir, file_stem, missing_dirs, positive_int, removed_if_empty_on_failure
+from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, positive_int,
+                      removed_if_empty_on_failure)
 
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="sampler x steps tables (DDIM Table 1, PNDM layout)",
                        description=__doc__)
     tables = p.add_subparsers(dest="table", metavar="TABLE", required=True)
-    from ..experiments import DDIM_ETAS, DDIM_STEPS, PNDM_SAMPLERS, PNDM_STEPS
+    from ..experiments import DDIM_ETAS, DDIM_SPACINGS, DDIM_STEPS, PNDM_SAMPLERS, PNDM_STEPS
     ddim = tables.add_parser("ddim-table", help="DDIM eta x steps", description=__doc__)
     ddim.add_argument("--etas", default=",".join("sigma_hat" if e == "sigma_hat" else f"{e:g}" for e in DDIM_ETAS),
                       help="comma-separated etas (numbers >= 0 or sigma_hat; default %(default)s)")
     ddim.add_argument("--steps", default=",".join(map(str, DDIM_STEPS)), help="step counts (default %(default)s)")
+    ddim.add_argument("--spacing", choices=DDIM_SPACINGS, default="linear",
+                      help="sub-sequence tau of every row: linear, floor(c i) (default), or quadratic, floor(c i^2) "
+                           "(DDIM's CIFAR-10 choice, Sec. 5 / App. D.2)")
     samplers = tables.add_parser("sampler-table", help="samplers x steps", description=__doc__)
     samplers.add_argument("--samplers", default=",".join(PNDM_SAMPLERS),
                           help="sampler names, or NAME[@SPACING][:FINAL] for another time grid or final "
                                "target (default %(default)s)")
     samplers.add_argument("--steps", default=",".join(map(str, PNDM_STEPS)), help="step counts (default %(default)s)")
+    samplers.add_argument("--eta", type=eta_value, help="DDIM eta (a number >= 0 or sigma_hat) for the ddim rows, "
+                          "e.g. --samplers ddim,ddim@quadratic --eta 1 (default 0)")
     from .eval import add_source_flags
     for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):
         q.add_argument("--checkpoint", required=True, help="a diffkit checkpoint (.safetensors)")
         q.add_argument("--metric", default="fd-classifier", help="one sample metric (default fd-classifier)")
         q.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default 1000)")
         q.add_argument("--out", default="experiments", help="output folder (default experiments)")
-        q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+        if q is ddim:
+            q.add_argument("--thresholding", choices=("clip", "dynamic", "none"),
+                           help="clip the predicted x0 of every row; none: of no row (default: only the sigma_hat "
+                                "row is clipped, as the DDIM reference code does)")
+        else:
+            q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", type=file_stem, default=name, help=f"file name stem (default {name})")
         q.add_argument("--ledger", help="JSON file of finished cells: cells already there (same weights, "
                        "evaluator, reference, settings, --num and --seed) are taken from it, each new cell is "
@@ -89,9 +101,9 @@ def _run(args) -> int:
                       device=device, progress=args.progress, thresholding=args.thresholding,
                       cache_dir=args.cache_dir, ledger_path=args.ledger, ledger_only=args.ledger_only)
         if args.table == "ddim-table":
-            table = ddim_table(denoiser, scorer, etas=etas, **common)
+            table = ddim_table(denoiser, scorer, etas=etas, spacing=args.spacing, **common)
         else:
-            table = sampler_table(denoiser, scorer, samplers=names, **common)
+            table = sampler_table(denoiser, scorer, samplers=names, eta=args.eta, **common)
     warning_lines({str(w.message): w for w in caught}.values())
     paths = write_table(table, args.out, args.name, "heatmap" if args.table == "ddim-table" else "lines")
     print(to_markdown(table))

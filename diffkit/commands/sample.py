@@ -16,7 +16,9 @@ with the autoencoder stored in the checkpoint.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
-(``ckpt_199.pt``) needs ``--config`` with the config it was trained with (the seed's modelConfig).
+(``ckpt_199.pt``) needs ``--config`` with the config it was trained with (the seed's modelConfig);
+``--config`` without ``--checkpoint`` samples the config's ``test_load_weight`` in its
+``save_weight_dir``, the file the seed's ``state: "eval"`` mode loads.
 """
 from __future__ import annotations
 
@@ -39,9 +41,12 @@ GRID_LIMIT = 4096  # the grid PNGs show at most the first 4096 images (--individ
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
-    p.add_argument("--config", help="for a legacy .pt state dict only: the TOML/YAML/JSON training config "
-                                    "(the seed's modelConfig) that describes its U-Net and schedule")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run's checkpoint folder (default with "
+                                        "--config: its test_load_weight in its save_weight_dir)")
+    p.add_argument("--config", help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
+                                    "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
+                                    "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
+                                    "state 'eval' loads it")
     p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
                    "also sets the grid, e.g. unipc:zero")
     g = p.add_mutually_exclusive_group()
@@ -102,9 +107,18 @@ def run(args) -> int:
             raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
         options["eta"] = args.eta
     config = None
+    checkpoint = args.checkpoint
     if args.config:
         from ..config import TrainConfig
         config = TrainConfig.from_file(args.config)
+    if checkpoint is None:
+        if config is None:
+            raise DiffkitError("give --checkpoint CKPT, or --config CFG whose test_load_weight names the checkpoint "
+                               "in its save_weight_dir")
+        from ..loading import is_legacy_checkpoint
+        checkpoint = config.test_checkpoint()
+        if not is_legacy_checkpoint(checkpoint):
+            config = None  # a diffkit checkpoint carries its own config; this one only named the file
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
@@ -121,7 +135,7 @@ def run(args) -> int:
             check_image_folder(args.individual, args.num)  # before sampling, not after
     guidance = GuidanceRequest.from_args(args, info.name)
     with removed_if_empty_on_failure(new_dirs):
-        sample_to_files(args.checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
+        sample_to_files(checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
                         nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                         seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,

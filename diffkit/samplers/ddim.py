@@ -13,7 +13,9 @@ from .ddpm import ddpm
 
 
 def ddim_sigma(alpha_bar_t, alpha_bar_s, eta: float):
-    """sigma_{t->s}(eta) = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s) (DDIM eq. 16)."""
+    """sigma_{t->s}(eta) = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s) (DDIM eq. 16),
+    i.e. sigma^2 = eta^2 beta-tilde. Seed 000 writes sigma_t^2 = eta beta-tilde (equal only at eta 0
+    and 1); diffkit follows the paper, as seed 003 does (docs/samplers.md, "DDIM's eta")."""
     return eta * torch.sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) * torch.sqrt(1 - alpha_bar_t / alpha_bar_s)
 
 
