@@ -35,20 +35,27 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
 
 
 def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    """Phi(x) = erfc(-x / sqrt 2) / 2: accurate in the lower tail, where 1 + erf(x / sqrt 2) cancels."""
+    return 0.5 * torch.erfc(-x / math.sqrt(2.0))
 
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
     """log p(x) of 8-bit data in [-1, 1] under N(means, e^{2 log_scales}) integrated over each
-    pixel's bin of width 2/255, with the edge bins extended to -inf / +inf (DDPM eq. 13)."""
+    pixel's bin of width 2/255, with the edge bins extended to -inf / +inf (DDPM eq. 13); a bin
+    probability below 1e-12 counts as 1e-12 (improved-diffusion). Every probability is taken where
+    the CDFs are small (an inner bin mirrored to the mean's left, the top bin as Phi(-z)), so that
+    float32 does not subtract two numbers near 1."""
     centered = x - means
     inv_stdv = torch.exp(-log_scales)
-    cdf_plus = _standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
-    cdf_min = _standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_mid = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_mid))
+    half_bin = 1.0 / 255.0
+    left = -centered.abs()  # P(|X - m| in the bin) is the same on the mirrored side
+    mid = _standard_normal_cdf(inv_stdv * (left + half_bin)) - _standard_normal_cdf(inv_stdv * (left - half_bin))
+    bottom = _standard_normal_cdf(inv_stdv * (centered + half_bin))  # x = -1: P(X < -1 + 1/255)
+    top = _standard_normal_cdf(-inv_stdv * (centered - half_bin))  # x = 1: P(X > 1 - 1/255)
+
+    def log(p):
+        return torch.log(p.clamp(min=1e-12))
+    return torch.where(x < -0.999, log(bottom), torch.where(x > 0.999, log(top), log(mid)))
 
 
 def _bits(nats: torch.Tensor) -> torch.Tensor:
