@@ -26,7 +26,8 @@ from .errors import DiffkitError, check_choice, check_range
 
 SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for eps / x0 / v
-LOSSES = ("simple", "hybrid")
+LOSSES = ("simple", "hybrid", "vlb")
+FIXED_VARIANCES = ("fixed_small", "fixed_large")  # = diffkit.losses.FIXED_VARIANCES
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
 LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -55,6 +56,8 @@ class TrainConfig:
     **diffkit's fields**: ``schedule`` (DDPM linear; cosine of Improved DDPM, Nichol & Dhariwal
     2021 eq. 17), ``zero_terminal_snr`` (Lin et al. 2024), ``prediction_type`` (eps as DDPM),
     ``learned_variance`` / ``loss='hybrid'`` / ``hybrid_lambda=0.001`` (Improved DDPM Sec. 3.1),
+    ``loss='vlb'`` (the bound alone, DDPM eq. 5) with a learned variance or with
+    ``fixed_variance`` (beta-tilde or beta: DDPM Table 2's "L, fixed isotropic Sigma"),
     ``timestep_sampler`` ("loss-aware" = Improved DDPM Sec. 3.3), ``min_snr_gamma`` (Hang et al.
     2023, gamma 5 suggested), ``offset_noise`` (0 = off), ``ema_decay=0.9999`` (DDPM App. B),
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
@@ -106,6 +109,7 @@ class TrainConfig:
     learned_variance: bool = False
     loss: str = "simple"
     hybrid_lambda: float = 0.001
+    fixed_variance: str = "fixed_small"
     timestep_sampler: str = "uniform"
     min_snr_gamma: Optional[float] = None
     offset_noise: float = 0.0
@@ -195,10 +199,17 @@ class TrainConfig:
                                    f"level {level} (channel * channel_mult[{level}])")
         if self.loss == "hybrid" and not self.learned_variance:
             raise DiffkitError("loss='hybrid' needs learned_variance=True: its L_vlb term trains the variance "
-                               "output (Improved DDPM, Sec. 3.1); with a fixed variance use loss='simple'")
-        if self.learned_variance and self.loss != "hybrid":
-            raise DiffkitError("learned_variance=True needs loss='hybrid': L_simple gives the variance output no "
-                               "gradient (Improved DDPM, Sec. 3.1)")
+                               "output (Improved DDPM, Sec. 3.1); with a fixed variance use loss='simple' or 'vlb'")
+        if self.learned_variance and self.loss == "simple":
+            raise DiffkitError("learned_variance=True needs loss='hybrid' or 'vlb': L_simple gives the variance "
+                               "output no gradient (Improved DDPM, Sec. 3.1)")
+        if self.fixed_variance != "fixed_small" and (self.loss != "vlb" or self.learned_variance):
+            raise DiffkitError(f"fixed_variance={self.fixed_variance!r} is the Sigma of loss='vlb' without a learned "
+                               f"variance; it has no effect with loss={self.loss!r}, learned_variance="
+                               f"{self.learned_variance}: leave it 'fixed_small'")
+        if self.loss == "vlb" and self.min_snr_gamma is not None:
+            raise DiffkitError(f"min_snr_gamma={self.min_snr_gamma} weights L_simple, which loss='vlb' does not "
+                               f"contain; use loss='simple' or 'hybrid', or min_snr_gamma=None")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
                                "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
@@ -356,6 +367,7 @@ _RANGES = {
 }
 _CHOICES = {
     "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,
+    "fixed_variance": FIXED_VARIANCES,
     "timestep_sampler": TIMESTEP_SAMPLERS, "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISION,
     "dataset": DATASETS, "memory_format": MEMORY_FORMATS,
 }
@@ -588,4 +600,4 @@ def _yaml_loader():
 
 
 __all__ = ["TrainConfig", "apply_overrides", "parse_value", "resolve_device", "SCHEDULES", "PREDICTION_TYPES",
-           "LOSSES", "TIMESTEP_SAMPLERS", "LR_SCHEDULES", "MIXED_PRECISION"]
+           "LOSSES", "FIXED_VARIANCES", "TIMESTEP_SAMPLERS", "LR_SCHEDULES", "MIXED_PRECISION"]

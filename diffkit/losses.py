@@ -5,7 +5,10 @@
     L_hybrid = L_simple + lambda L_vlb, lambda = 0.001          (Improved DDPM eq. 16)
 with L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) and L_0 the discretised Gaussian decoder
 for 8-bit data scaled to [-1, 1] (DDPM eq. 13). In the hybrid loss the KL term only trains the
-variance: the mean goes through a stop-gradient (Improved DDPM Sec. 3.1).
+variance: the mean goes through a stop-gradient (Improved DDPM Sec. 3.1). L_vlb alone trains a
+learned variance (Improved DDPM Sec. 3.1) or, with a fixed Sigma, only the mean (DDPM Table 2's
+"L, fixed isotropic Sigma"; there L_{t-1} is eq. 8 plus a constant, for an eps network eq. 12's
+weighted eps-MSE).
 All per-example terms are in bits per dimension (nats / (D log 2)) unless named ``*_nats``.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule, as_cpu_times
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
+FIXED_VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -35,20 +39,27 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
 
 
 def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    """Phi(x) = erfc(-x / sqrt 2) / 2: accurate in the lower tail, where 1 + erf(x / sqrt 2) cancels."""
+    return 0.5 * torch.erfc(-x / math.sqrt(2.0))
 
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
     """log p(x) of 8-bit data in [-1, 1] under N(means, e^{2 log_scales}) integrated over each
-    pixel's bin of width 2/255, with the edge bins extended to -inf / +inf (DDPM eq. 13)."""
+    pixel's bin of width 2/255, with the edge bins extended to -inf / +inf (DDPM eq. 13); a bin
+    probability below 1e-12 counts as 1e-12 (improved-diffusion). Every probability is taken where
+    the CDFs are small (an inner bin mirrored to the mean's left, the top bin as Phi(-z)), so that
+    float32 does not subtract two numbers near 1."""
     centered = x - means
     inv_stdv = torch.exp(-log_scales)
-    cdf_plus = _standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
-    cdf_min = _standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_mid = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_mid))
+    half_bin = 1.0 / 255.0
+    left = -centered.abs()  # P(|X - m| in the bin) is the same on the mirrored side
+    mid = _standard_normal_cdf(inv_stdv * (left + half_bin)) - _standard_normal_cdf(inv_stdv * (left - half_bin))
+    bottom = _standard_normal_cdf(inv_stdv * (centered + half_bin))  # x = -1: P(X < -1 + 1/255)
+    top = _standard_normal_cdf(-inv_stdv * (centered - half_bin))  # x = 1: P(X > 1 - 1/255)
+
+    def log(p):
+        return torch.log(p.clamp(min=1e-12))
+    return torch.where(x < -0.999, log(bottom), torch.where(x > 0.999, log(top), log(mid)))
 
 
 def _bits(nats: torch.Tensor) -> torch.Tensor:
@@ -97,20 +108,31 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, predi
 
 def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
                     prediction_type: str = "epsilon", loss_type: str = "simple", learned_variance: bool = False,
-                    hybrid_lambda: float = 0.001, min_snr_gamma: Optional[float] = None,
-                    cond: Optional[dict] = None) -> LossOutput:
+                    fixed_variance: str = "fixed_small", hybrid_lambda: float = 0.001,
+                    min_snr_gamma: Optional[float] = None, cond: Optional[dict] = None) -> LossOutput:
     """Per-example training loss for a batch at integer timesteps ``t`` (DDPM Alg. 1, line 5).
 
     ``loss_type``: ``simple`` (L_simple), ``hybrid`` (L_simple + lambda L_vlb, needs a learned
-    variance; the L_vlb term with a stop-gradient on the mean) or ``vlb`` (L_vlb alone, which trains
-    the mean and the variance). L_vlb is estimated by T times the sampled term in
-    bits/dim, so lambda = 0.001 reproduces improved-diffusion's ``vb * T/1000``.
+    variance; the L_vlb term with a stop-gradient on the mean) or ``vlb`` (L_vlb alone: with a
+    learned variance it trains the mean and the variance; otherwise Sigma is ``fixed_variance``,
+    ``fixed_small`` = beta-tilde_t or ``fixed_large`` = beta_t, and it trains the mean).
+
+    L_vlb is estimated by T times the sampled term :func:`vlb_term_bpd` in bits/dim, so lambda =
+    0.001 reproduces improved-diffusion's ``vb * T/1000``. The term is the whole KL, its
+    constant included (with a fixed Sigma, DDPM eq. 8: ||mu-tilde - mu_theta||^2 / (2 sigma_t^2)
+    plus the part that does not depend on theta), and L_0 is the decoder NLL (eq. 13): for uniform t,
+    E_t[T L_t] = L_0 + ... + L_{T-1} is the bound of DDPM eq. 5 less its parameter-free prior term
+    L_T (:func:`prior_bpd`, below 1e-4 bits/dim for DDPM's T = 1000 linear schedule).
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
+    check_choice("fixed_variance", fixed_variance, FIXED_VARIANCES)
     check_range("hybrid_lambda", hybrid_lambda, 0.0, None)
     if min_snr_gamma is not None:
         check_range("min_snr_gamma", min_snr_gamma, 0.0, None, low_inclusive=False)
+        if loss_type == "vlb":
+            raise DiffkitError(f"min_snr_gamma={min_snr_gamma} weights L_simple, which loss_type='vlb' does not "
+                               f"contain; use loss_type 'simple' or 'hybrid', or min_snr_gamma=None")
     cond = cond or {}
     t64 = as_cpu_times(t)
     alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
@@ -128,13 +150,15 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
         mse = mse * min_snr_weight(schedule, t64, min_snr_gamma, prediction_type).to(mse.device, mse.dtype)
     if loss_type == "simple":
         return LossOutput(loss=mse, mse=mse)
-    if var_values is None:
-        raise DiffkitError(f"loss_type={loss_type!r} needs a network with a learned variance")
+    if loss_type == "hybrid" and var_values is None:
+        raise DiffkitError("loss_type='hybrid' needs a network with a learned variance (learned_variance=True); "
+                           "with a fixed variance use 'simple' or 'vlb'")
     # In L_hybrid the VLB term trains only the variance, L_simple the mean: a stop-gradient on the
     # mean (Improved DDPM Sec. 3.1); L_vlb alone trains both.
     mean_out = out.detach() if loss_type == "hybrid" else out
     _, x0_pred = diffusion.eps_x0_from_output(mean_out, x_t, alpha, sigma, prediction_type)
-    vlb = vlb_term_bpd(schedule, x0, x_t, t64, x0_pred, "learned_range", var_values)
+    variance_type = "learned_range" if var_values is not None else fixed_variance
+    vlb = vlb_term_bpd(schedule, x0, x_t, t64, x0_pred, variance_type, var_values)
     vlb = vlb * schedule.num_timesteps  # T x one term (bits/dim) estimates the full L_vlb
     if loss_type == "vlb":
         return LossOutput(loss=vlb, mse=mse, vlb=vlb)

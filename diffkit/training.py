@@ -496,7 +496,8 @@ class Trainer:
         with autocast(cfg.mixed_precision, self.device.type):
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,
-                                  hybrid_lambda=cfg.hybrid_lambda, min_snr_gamma=cfg.min_snr_gamma, cond=cond)
+                                  fixed_variance=cfg.fixed_variance, hybrid_lambda=cfg.hybrid_lambda,
+                                  min_snr_gamma=cfg.min_snr_gamma, cond=cond)
         if cfg.timestep_sampler != "uniform":  # every rank keeps the same loss history
             all_t = distributed.all_gather_cat(t.to(self.device), info).cpu()
             all_loss = distributed.all_gather_cat(out.loss.detach().float(), info).cpu()

@@ -151,7 +151,7 @@ BAD_VALUES = [
     ("save_weight_dir", None, "save_weight_dir=None"), ("nrow", 0, "nrow=0"), ("dataset", "imagenet", "'imagenet'"),
     ("in_channels", 0, "in_channels=0"), ("schedule", "quadratic", "'quadratic'"),
     ("prediction_type", "eps", "'eps'"), ("learned_variance", 1, "learned_variance=1"), ("loss", "l1", "'l1'"),
-    ("hybrid_lambda", 0.0, "hybrid_lambda=0.0"), ("timestep_sampler", "importance", "'importance'"),
+    ("hybrid_lambda", 0.0, "hybrid_lambda=0.0"), ("fixed_variance", "learned_range", "'learned_range'"), ("timestep_sampler", "importance", "'importance'"),
     ("min_snr_gamma", 0.0, "min_snr_gamma=0.0"), ("offset_noise", -0.1, "offset_noise=-0.1"),
     ("ema_decay", 1.0, "ema_decay=1.0"), ("ema_warmup", "yes", "ema_warmup='yes'"),
     ("weight_decay", -1e-4, "weight_decay=-0.0001"), ("warmup_fraction", 1.0, "warmup_fraction=1.0"),
@@ -186,6 +186,7 @@ def test_every_field_has_a_bad_value_case():
 def test_cross_field_rules():
     one_line_error(lambda: TrainConfig(learned_variance=True), "learned_variance", "hybrid")
     assert TrainConfig(learned_variance=True, loss="hybrid").learned_variance
+    assert TrainConfig(learned_variance=True, loss="vlb").learned_variance
     one_line_error(lambda: TrainConfig(zero_terminal_snr=True), "zero_terminal_snr", "v_prediction")
     one_line_error(lambda: TrainConfig(loss="hybrid"), "loss='hybrid' needs learned_variance=True")
     assert TrainConfig(zero_terminal_snr=True, prediction_type="v_prediction").zero_terminal_snr

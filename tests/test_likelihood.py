@@ -47,3 +47,22 @@ def test_loss_aware_probabilities_follow_rms_loss_after_warmup():
     # importance weights 1/(T p_t) make the weighted mean unbiased
     losses = torch.tensor([1.0, 2.0, 3.0, 4.0])[t]
     assert abs((w * losses).mean().item() - 2.5) < 0.05
+
+
+def test_float32_decoder_log_likelihood_matches_float64_normal_cdf_bins():
+    """DDPM eq. 13 in float32 against Normal cdf differences in float64, with the mean on either
+    side of the pixel and up to ~7 standard deviations away (bin probabilities down to ~1e-12):
+    float32 must not lose the probability of bins where both CDFs are near 1."""
+    from torch.distributions import Normal
+
+    from diffkit.losses import discretized_gaussian_log_likelihood
+    sd = 0.0074  # sqrt(beta-tilde_1) of DDPM's schedule: the decoder's scale
+    x = (torch.arange(256, dtype=torch.float64) / 127.5 - 1).repeat(41)
+    means = x + torch.linspace(-0.05, 0.05, 41, dtype=torch.float64).repeat_interleave(256)
+    dist = Normal(means, sd)
+    upper = torch.where(x > 0.999, torch.ones_like(x), dist.cdf(x + 1 / 255))
+    lower = torch.where(x < -0.999, torch.zeros_like(x), dist.cdf(x - 1 / 255))
+    want = (upper - lower).clamp(min=1e-12).log()
+    got = discretized_gaussian_log_likelihood(x.float(), means.float(), torch.full_like(x, math.log(sd)).float())
+    assert (want < -20).any() and (want > -1).any()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@
   min(SNR, gamma) ||x0 error||^2.
 * Numerical guards of docs/reliability.md: the NaN streak counter resets on a good step, a NaN loss
   never enters the loss-aware history, save() refuses non-finite weights.
-* The training options (conditional, learned variance, v / sample prediction, zero terminal SNR,
+* The training options (conditional, learned variance, vlb loss, v / sample prediction, zero terminal SNR,
   grad_accum, min_snr_gamma, offset noise, cosine schedule) run through the Trainer, each step's
   loss equal to the closed form recomputed from what the network received and returned.
 """
@@ -97,7 +97,8 @@ def decoder_nll_bits(x0, betas, x0_pred, var_out) -> torch.Tensor:
     """L_0 = -log p(x_0 | x_1) (DDPM eq. 13) for 8-bit data in [-1, 1]: N(mu, Sigma) integrated over
     each pixel's bin of width 2/255, the edge bins extended to -inf / +inf. At t = 0 the posterior
     mean coefficients are (1, 0), so mu = x0_pred; Sigma is eq. 15 with beta-tilde_0 = 0 replaced by
-    beta-tilde_1 (improved-diffusion's posterior_log_variance_clipped)."""
+    beta-tilde_1 (improved-diffusion's posterior_log_variance_clipped). A bin probability below
+    1e-12 counts as 1e-12."""
     abar = torch.cumprod(1 - betas, 0)
     beta_tilde_1 = (1 - abar[0]) / (1 - abar[1]) * betas[1]
     v = (var_out + 1) / 2
@@ -107,7 +108,7 @@ def decoder_nll_bits(x0, betas, x0_pred, var_out) -> torch.Tensor:
         return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
     upper, lower = cdf((x0 + 1 / 255 - x0_pred) / sd), cdf((x0 - 1 / 255 - x0_pred) / sd)
     p = torch.where(x0 < -0.999, upper, torch.where(x0 > 0.999, 1 - lower, upper - lower))
-    return -(p.log().flatten(1).mean(1)) / math.log(2)
+    return -(p.clamp(min=1e-12).log().flatten(1).mean(1)) / math.log(2)  # improved-diffusion's log(max(p, 1e-12))
 
 
 def gaussian_kl_bits(x0, x_t, t, betas, x0_pred, var_out) -> torch.Tensor:
@@ -365,7 +366,8 @@ def _record(tr):
 def closed_form_losses(call, x0, abar, cfg) -> torch.Tensor:
     """Per-example loss of one forward call, recomputed from x_t, t, the output and the known x0:
     noise = (x_t - alpha x0)/sigma (DDPM eq. 4 solved for eps); target eps / x0 / v; min-SNR
-    weight; + lambda T KL bits for the hybrid loss."""
+    weight; + lambda T KL bits for the hybrid loss; T KL bits alone for the vlb loss (a fixed
+    variance is beta-tilde_t, or beta_t with beta-tilde_1 at t = 0)."""
     t = call["t"].round().long()
     x_t, out = call["x_t"].double(), call["out"].double()
     x0 = x0.expand_as(x_t)
@@ -380,15 +382,22 @@ def closed_form_losses(call, x0, abar, cfg) -> torch.Tensor:
         snr = abar[t] / (1 - abar[t])
         clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
         mse = mse * {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}[cfg.prediction_type]
-    if cfg.loss != "hybrid":
+    if cfg.loss == "simple":
         return mse
     x0_pred = {"epsilon": (x_t - s * out) / a, "sample": out, "v_prediction": a * x_t - s * out}[cfg.prediction_type]
-    return mse + cfg.hybrid_lambda * len(abar) * vlb_term_bits(x0, x_t, t, betas_from_abar(abar), x0_pred, var_out)
+    if var_out is None:  # a fixed Sigma is eq. 15's end point: v = 0 beta-tilde_t, v = 1 beta_t (t >= 1)
+        large = cfg.fixed_variance == "fixed_large"
+        var_out = bcast(torch.where(t > 0, 1.0 if large else -1.0, -1.0).to(F64), x_t).expand_as(x_t)
+    vlb = len(abar) * vlb_term_bits(x0, x_t, t, betas_from_abar(abar), x0_pred, var_out)
+    return vlb if cfg.loss == "vlb" else mse + cfg.hybrid_lambda * vlb
 
 
 OPTIONS = {
     "conditional": {"conditional": True, "p_uncond": 0.5},
     "learned_variance_hybrid": {"learned_variance": True, "loss": "hybrid", "hybrid_lambda": 0.01},
+    "vlb_fixed_small_loss_aware": {"loss": "vlb", "timestep_sampler": "loss-aware"},
+    "vlb_fixed_large_sample": {"loss": "vlb", "fixed_variance": "fixed_large", "prediction_type": "sample"},
+    "vlb_learned_variance": {"loss": "vlb", "learned_variance": True},
     "v_prediction": {"prediction_type": "v_prediction"},
     "sample": {"prediction_type": "sample"},
     "zero_terminal_snr": {"zero_terminal_snr": True, "prediction_type": "v_prediction"},
