@@ -323,6 +323,16 @@ class TrainConfig:
             out.update(in_channels=dataset.channels, img_size=dataset.img_size)
         return out
 
+    def seed_resume_checkpoint(self) -> Optional[str]:
+        """``training_load_weight`` read as seed 000's code reads it: a relative name is a file in
+        ``save_weight_dir`` (its ``Train`` joins the two); when no such file exists, the path as
+        given (relative to the working directory, as ``--resume`` takes it)."""
+        name = self.training_load_weight
+        if not name or Path(name).is_absolute():
+            return name
+        in_save_dir = Path(self.save_weight_dir) / name
+        return str(in_save_dir) if in_save_dir.is_file() else name
+
     def test_checkpoint(self) -> Path:
         """The checkpoint the seed's ``state: "eval"`` mode loads: ``test_load_weight`` in
         ``save_weight_dir`` (seed 000 names the bare file ``ckpt_199.pt`` beside ``./Checkpoints/``;

@@ -481,3 +481,23 @@ def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, capsys, mon
         code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "nfs"), "--steps", "1", "--no-progress",
                                "--no-sample", "--device", "cpu", *TINY)
     assert code == 0, err
+
+
+def test_a_seed_config_resumes_from_its_training_load_weight_in_save_weight_dir(tmp_path, capsys, monkeypatch):
+    """Seed 000's code loads ``training_load_weight`` from ``save_weight_dir`` (a bare file name
+    there); a path that is not in that folder is taken as given."""
+    import json
+    monkeypatch.chdir(tmp_path)
+    base = {"dataset": "digits", "save_weight_dir": "./Checkpoints/", "sampled_dir": "./SampledImgs/",
+            "device": "cpu", "img_size": 8, "channel": 16, "channel_mult": [1, 2], "attn": [1],
+            "num_res_blocks": 1, "batch_size": 8, "num_heads": 1, "sample_steps": 3}
+    (tmp_path / "first.json").write_text(json.dumps(base))
+    code, out, err = run_cli(capsys, "train", "--config", "first.json", "--steps", "2", "--no-progress")
+    assert code == 0, err
+    (tmp_path / "again.json").write_text(json.dumps({**base, "training_load_weight": "latest.safetensors"}))
+    code, out, err = run_cli(capsys, "train", "--config", "again.json", "--steps", "3", "--no-progress")
+    assert code == 0, err
+    assert "resumed from Checkpoints/latest.safetensors at step 2" in out + err
+    (tmp_path / "elsewhere.json").write_text(json.dumps({**base, "training_load_weight": "nothing.safetensors"}))
+    code, out, err = run_cli(capsys, "train", "--config", "elsewhere.json", "--steps", "4", "--no-progress")
+    assert code == 2 and "nothing.safetensors" in err and len(err.strip().splitlines()) == 1, err

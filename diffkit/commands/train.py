@@ -56,7 +56,7 @@ def config_from_args(args):
         cfg = TrainConfig()
     flags = {"dataset": args.dataset, "data_dir": args.data_dir, "max_steps": args.steps,
              "epoch": args.epochs, "batch_size": args.batch_size, "device": args.device,
-             "training_load_weight": args.resume}
+             "training_load_weight": args.resume or (cfg.seed_resume_checkpoint() if args.config else None)}
     if args.conditional:
         flags["conditional"] = True
     if args.out:
