@@ -224,8 +224,8 @@ def _pair_generators(seed: Optional[int], generator, pairs: int) -> list:
     """One generator per pair: ``seed + p``, the caller's list, or pair seeds drawn from one
     generator (or from torch's global generator when neither is given)."""
     if seed is None and (generator is None or isinstance(generator, torch.Generator)):
-        draw = torch.randint(0, 2**62, (pairs,), generator=generator if generator is not None
-                             and generator.device.type == "cpu" else None)
+        device = None if generator is None else generator.device
+        draw = torch.randint(0, 2**62, (pairs,), generator=generator, device=device)
         return [torch.Generator().manual_seed(int(s)) for s in draw]
     return list(_generators(seed, generator, pairs))
 
