@@ -5,7 +5,7 @@ answer is the Gaussian conditional.
 Data N(mu, S), mu = (0.2, -0.1), S = 0.25 [[1, rho], [rho, 1]]; dim 0 kept at x_k = 0.6, dim 1
 repainted. The exact conditional is N(mu_u + S_uk/S_kk (x_k - mu_k), S_uu - S_uk^2/S_kk); the
 unconditional marginal N(mu_u, S_uu). For each sampler: the unconditional sample's moments (the
-sampler's own error) and the repainted dim's.
+sampler's own error) and the repainted dim's; then DDPM with RePaint's resampling.
 
     python benchmarks/inpainting_bias.py [--n 4000] [--rho 0.9]
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 RUNS = [("ddpm", 1000), ("ddpm", 100), ("euler-ancestral", 100), ("ddim", 1000), ("ddim", 100),
         ("unipc", 20), ("dpm-solver++-2m", 20), ("heun", 50)]
+RESAMPLED = [(50, 5, 1), (50, 5, 2), (50, 5, 5), (50, 5, 10), (100, 10, 10)]  # ddpm: steps, jump_length, jump_n_sample
 
 
 def main() -> None:
@@ -54,6 +55,13 @@ def main() -> None:
         out = diffkit.inpaint(den, known, mask, sampler, steps, generator=torch.Generator().manual_seed(0),
                               progress=False, value_range=None)[:, 1]
         print(f"| {sampler} | {steps} | {unc.mean():.3f} | {unc.var():.4f} | {out.mean():.3f} | {out.var():.4f} |")
+    print("\nRePaint resampling (ddpm):\n\n| steps | jump_length | jump_n_sample | network calls | repainted mean "
+          "| repainted var |\n| --- | --- | --- | --- | --- | --- |")
+    for steps, jump_length, jump_n_sample in RESAMPLED:
+        den.reset_nfe()
+        out = diffkit.inpaint(den, known, mask, "ddpm", steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
+                              generator=torch.Generator().manual_seed(0), progress=False, value_range=None)[:, 1]
+        print(f"| {steps} | {jump_length} | {jump_n_sample} | {den.nfe} | {out.mean():.3f} | {out.var():.4f} |")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ never the sampler (:class:`InpaintingDenoiser`).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from . import diffusion
 from .denoiser import Prediction, ThresholdedDenoiser, with_x0
@@ -170,10 +172,61 @@ class InpaintingDenoiser:
         return with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known, pred)
 
 
+def repaint_walk(steps: int, jump_length: int, jump_n_sample: int) -> list:
+    """RePaint's walk over the time indices S-1 (noisiest) ... 0 of an S-step grid (Lugmayr et al.
+    2022, Alg. 1 and App. B's jump schedule; diffusers' ``RePaintScheduler.set_timesteps`` before
+    its scaling): an index below the previous one is a denoising step evaluated there, one above
+    it a jump one step back up; every ``jump_length`` steps the walk goes ``jump_length`` steps
+    back up, ``jump_n_sample - 1`` times."""
+    check_range("jump_length", jump_length, 1, None, integer=True)
+    check_range("jump_n_sample", jump_n_sample, 1, None, integer=True)
+    jumps = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
+    walk, t = [], steps
+    while t >= 1:
+        t -= 1
+        walk.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                walk.append(t)
+    return walk
+
+
+def _resampled(denoiser, x, grid, walk, generator, cond, callback, progress, options):
+    """Run ``walk`` (:func:`repaint_walk`) on ``grid``: runs of denoising steps are DDPM ancestral
+    steps (:func:`diffkit.sample`, sampler ``ddpm``), runs of k steps back up one draw of the forward
+    process q(x_t | x_s) = N(sqrt(abar_t/abar_s) x_s, (1 - abar_t/abar_s) I) (RePaint Alg. 1, line 10;
+    diffusers' ``undo_step`` draws it beta by beta, from betas one step later than x's time)."""
+    position, last, runs = 0, len(grid) - 1, []  # the state is at grid[position]
+    for index in walk:
+        kind = "down" if index < last else "up"
+        if runs and runs[-1][0] == kind:
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+        last = index
+    for kind, count in tqdm(runs, desc="repaint", disable=not progress, leave=False):
+        if kind == "down":
+            report = None if callback is None else (
+                lambda d, offset=position: callback({**d, "step": d["step"] + offset}))
+            x = sample(denoiser, x, "ddpm", grid=grid[position:position + count + 1], generator=generator,
+                       cond=cond, progress=False, callback=report, **options)
+            position += count
+        else:
+            abar = denoiser.schedule.alpha_bar(grid[[position - count, position]])
+            ratio = float(abar[0] / abar[1])
+            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * randn(x.shape, generator, device=x.device,
+                                                                     dtype=x.dtype)
+            position -= count
+    return x
+
+
 def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, strength: float = 1.0,
-            spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None,
-            generator=None, cond: Optional[dict] = None, thresholding: Optional[str] = None,
-            progress: bool = True, callback=None, value_range=DATA_RANGE, **options) -> torch.Tensor:
+            jump_length: int = 10, jump_n_sample: int = 1, spacing: Optional[str] = None,
+            final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
+            thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
+            **options) -> torch.Tensor:
     """Repaint where ``mask`` is 1 (diffusers' convention: white = repaint, 0 = keep) with any
     sampler, through :class:`InpaintingDenoiser`; the known pixels are pasted into the output
     (m x + (1 - m) x_known, so kept pixels equal the image exactly).
@@ -182,17 +235,30 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     (:func:`strength_grid`, as :func:`img2img`): with ``strength`` 1 (default) x_start is the image
     with the repainted region zeroed (that region starts from noise alone, as diffusers'
     inpainting at strength 1); with ``strength`` < 1 x_start is the whole image (SDEdit inside the
-    mask). Other arguments as :func:`img2img`; thresholding acts on the network's x_0 before the
-    known pixels replace it."""
+    mask). ``jump_n_sample`` > 1 turns on RePaint's resampling (Lugmayr et al. 2022, Alg. 1, with
+    ``jump_length``; :func:`repaint_walk`), for ``sampler="ddpm"`` only: every ``jump_length``
+    steps the state is noised ``jump_length`` steps back up and denoised again,
+    ``jump_n_sample - 1`` times, so the repainted region can come to agree with the kept one (the
+    bias of plain replacement falls; docs/editing.md). Other arguments as :func:`img2img`;
+    thresholding acts on the network's x_0 before the known pixels replace it."""
     images = check_images(images, "images", value_range)
     mask = check_mask(mask, images)
+    repaint_walk(1, jump_length, jump_n_sample)  # checks the two before any work
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
+    if jump_n_sample > 1 and name != "ddpm":
+        raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) needs sampler='ddpm'; got "
+                           f"{sampler!r}")
     generator = _generators(seed, generator, images.shape[0])
     start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
     x = diffusion.q_sample(denoiser.schedule, start, grid[0], noise)
-    out = sample(InpaintingDenoiser(denoiser, images, mask), x, name, grid=grid, generator=generator,
-                 cond=cond, progress=progress, callback=callback, **options)
+    wrapped = InpaintingDenoiser(denoiser, images, mask)
+    if jump_n_sample > 1:
+        walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)
+        out = _resampled(wrapped, x, grid, walk, generator, cond, callback, progress, options)
+    else:
+        out = sample(wrapped, x, name, grid=grid, generator=generator, cond=cond, progress=progress,
+                     callback=callback, **options)
     return mask * out + (1 - mask) * images
 
 
@@ -296,5 +362,5 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
     return sample(denoiser, latents, "ddim", grid=grid, eta=0.0, cond=cond_all, progress=progress)
 
 
-__all__ = ["InpaintingDenoiser", "check_images", "check_mask", "img2img", "inpaint", "interpolate", "slerp",
-           "strength_grid"]
+__all__ = ["InpaintingDenoiser", "check_images", "check_mask", "img2img", "inpaint", "interpolate", "repaint_walk",
+           "slerp", "strength_grid"]
