@@ -78,6 +78,7 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--eta", "0.5", "--sampler", "unipc"], r"--eta applies to the ddim sampler"),
     (["--mask", "missing.png"], r"--mask 'missing.png' does not exist"),
     (["--class", "3"], r"--class needs a class-conditional checkpoint"),
+    (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):
     import re
@@ -87,6 +88,18 @@ def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):
     assert re.search(pattern, err), err
     assert err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_repaint_resampling_through_the_cli(run, tmp_path, capsys):
+    args = ["edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images", str(run / "pngs"), "--mask",
+            str(run / "mask.png"), "--steps", "6", "--jump-length", "2", "--jump-n-sample", "2", "--no-progress",
+            "--device", "cpu", "--out", str(tmp_path / "r")]
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and "jump_n_sample=2 (RePaint's resampling) needs sampler='ddpm'" in err
+    code, out, err = cli(capsys, *args, "--sampler", "ddpm")
+    assert code == 0, err
+    after, before = read(tmp_path / "r" / "edit_00000.png"), read(run / "pngs" / "in_0.png")
+    assert np.array_equal(after[:, :4], before[:, :4])
 
 
 def test_images_of_another_size_are_refused(run, tmp_path, capsys):

@@ -325,8 +325,10 @@ IMG = torch.zeros(2, 1, 4, 4)
      r"jump_length=0 is out of range"),
     (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5, 1.2]), r"weight=1.2 is out of range; allowed: .*\[0.0, 1.0\]"),
     (lambda: diffkit.interpolate(DEN, IMG, IMG, []), r"weights=\[\] is not allowed"),
-    (lambda: diffkit.interpolate(DEN, IMG, IMG[:1], [0.5]), r"a of shape \(2, 1, 4, 4\) and b of shape \(1, 1, 4, 4\) differ"),
-    (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5], "lerp"), r"method='lerp' is not allowed; choose one of: ddpm, ddim"),
+    (lambda: diffkit.interpolate(DEN, IMG, IMG[:1], [0.5]),
+     r"a of shape \(2, 1, 4, 4\) and b of shape \(1, 1, 4, 4\) differ"),
+    (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5], "lerp"),
+     r"method='lerp' is not allowed; choose one of: ddpm, ddim"),
     (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5], t=1000), r"t=1000 is out of range"),
     (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5], "ddim", t=5), r"t=5 applies to method='ddpm'"),
 ])

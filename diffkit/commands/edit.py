@@ -5,7 +5,8 @@
 model's channels). Without ``--mask`` each image is noised to the strength's time and denoised
 (``diffkit.img2img``; ``--strength`` default 0.8, diffusers' meaning); with ``--mask M.png`` (a
 grey PNG of the images' size: white = repaint, black = keep) the white region is repainted
-(``diffkit.inpaint``; ``--strength`` default 1). The results go to ``--out`` as
+(``diffkit.inpaint``; ``--strength`` default 1; ``--jump-n-sample R`` with ``--sampler ddpm``:
+RePaint's resampling). The results go to ``--out`` as
 ``edit_00000.png``, ... in the order of the input files; image i depends only on ``--seed`` + i.
 """
 from __future__ import annotations
@@ -39,6 +40,10 @@ def register(sub) -> None:
                    "also sets the grid")
     p.add_argument("--steps", type=positive_int, default=50, help="steps of the full grid (default 50)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--jump-n-sample", type=positive_int, default=1,
+                   help="with --mask and --sampler ddpm: RePaint's resampling, each jump this many times "
+                        "(default 1: none)")
+    p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
     p.add_argument("--class", dest="class_id", type=int, metavar="ID",
                    help="class-conditional checkpoints: the class every image is edited towards")
     p.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i (independent of batch size)")
@@ -81,6 +86,8 @@ def run(args) -> int:
         if info.name != "ddim":
             raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
         options["eta"] = args.eta
+    if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):
+        raise DiffkitError("--jump-n-sample / --jump-length (RePaint's resampling) go with --mask")
     out = Path(args.out)
     images_path = Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
@@ -127,7 +134,8 @@ def run(args) -> int:
                 edited = img2img(denoiser, batch, 0.8 if args.strength is None else args.strength, **common)
             else:
                 edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
-                                 else args.strength, **common)
+                                 else args.strength, jump_length=args.jump_length,
+                                 jump_n_sample=args.jump_n_sample, **common)
             results.append(edited.clamp(-1, 1).cpu())
         save_images(torch.cat(results), out, prefix="edit")
     what = "inpainted" if mask is not None else "edited"
