@@ -54,6 +54,20 @@ def check_images(images, what: str = "images", value_range=DATA_RANGE) -> torch.
     return images
 
 
+def check_fits(denoiser, images: torch.Tensor, what: str = "images") -> None:
+    """Images of the shape the network takes, where a loaded checkpoint says it (``meta["unet"]``:
+    channels and side; latents for a latent model); other denoisers are not checked here."""
+    inner = denoiser
+    while not hasattr(inner, "meta") and hasattr(inner, "inner"):
+        inner = inner.inner
+    unet = (getattr(inner, "meta", None) or {}).get("unet") or {}
+    if "in_channels" in unet and "img_size" in unet:
+        expected = (unet["in_channels"], unet["img_size"], unet["img_size"])
+        if tuple(images.shape[1:]) != expected:
+            raise DiffkitError(f"{what} of shape {tuple(images.shape)} do not fit the model, which takes "
+                               f"(batch, {', '.join(map(str, expected))})")
+
+
 def check_mask(mask, images: torch.Tensor) -> torch.Tensor:
     """A mask as diffusers' inpainting takes it: 1 (white) = repaint, 0 = keep, values in [0, 1]
     (bool, or uint8 0..255 scaled by 1/255), broadcastable to the images' shape (e.g. (B or 1,
@@ -139,6 +153,7 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
     ``cond``, ``thresholding``, ``progress``, ``callback`` and sampler ``options`` are those of
     :func:`diffkit.sample`. ``images``: see :func:`check_images`. Returns the edited batch."""
     images = check_images(images, "images", value_range)
+    check_fits(denoiser, images)
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
     generator = _generators(seed, generator, images.shape[0])
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
@@ -242,6 +257,7 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     bias of plain replacement falls; docs/editing.md). Other arguments as :func:`img2img`;
     thresholding acts on the network's x_0 before the known pixels replace it."""
     images = check_images(images, "images", value_range)
+    check_fits(denoiser, images)
     mask = check_mask(mask, images)
     repaint_walk(1, jump_length, jump_n_sample)  # checks the two before any work
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
@@ -326,6 +342,7 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
         raise DiffkitError(f"a of shape {tuple(a.shape)} and b of shape {tuple(b.shape)} differ; give pairs of "
                            f"images of one shape")
     b = b.to(device=a.device, dtype=a.dtype)
+    check_fits(denoiser, a, "a and b")
     weights = _check_weights(weights)
     pairs, count, schedule = a.shape[0], len(weights), denoiser.schedule
     cond_pairs = None if cond is None else {
@@ -362,5 +379,5 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
     return sample(denoiser, latents, "ddim", grid=grid, eta=0.0, cond=cond_all, progress=progress)
 
 
-__all__ = ["InpaintingDenoiser", "check_images", "check_mask", "img2img", "inpaint", "interpolate", "repaint_walk",
+__all__ = ["InpaintingDenoiser", "check_fits", "check_images", "check_mask", "img2img", "inpaint", "interpolate", "repaint_walk",
            "slerp", "strength_grid"]

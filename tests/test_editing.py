@@ -305,7 +305,7 @@ def test_ddpm_interpolation_decodes_the_exact_posterior_of_the_interpolated_late
 IMG = torch.zeros(2, 1, 4, 4)
 
 
-@pytest.mark.parametrize("call,message", [
+BAD = [
     (lambda: diffkit.img2img(DEN, IMG, 0.0), r"strength=0.0 is out of range; allowed: a finite number in \(0.0, 1.0\]"),
     (lambda: diffkit.img2img(DEN, IMG, 1.5), r"strength=1.5 is out of range"),
     (lambda: diffkit.img2img(DEN, IMG, 0.01, steps=50), r"strength=0.01 keeps int\(50 \* 0.01\) = 0 of 50 steps"),
@@ -331,7 +331,21 @@ IMG = torch.zeros(2, 1, 4, 4)
      r"method='lerp' is not allowed; choose one of: ddpm, ddim"),
     (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5], t=1000), r"t=1000 is out of range"),
     (lambda: diffkit.interpolate(DEN, IMG, IMG, [0.5], "ddim", t=5), r"t=5 applies to method='ddpm'"),
-])
+]
+
+
+def test_images_that_do_not_fit_a_loaded_model_are_one_line():
+    den = Denoiser(GAUSS.network(S), S)
+    den.meta = {"unet": {"in_channels": 1, "img_size": 4}}  # what load_denoiser attaches
+    for call in (lambda: diffkit.img2img(den, torch.zeros(2, 3, 4, 4), 0.5),
+                 lambda: diffkit.inpaint(den, torch.zeros(2, 1, 8, 8), torch.ones(1, 1, 8, 8)),
+                 lambda: diffkit.interpolate(den, torch.zeros(2, 1, 4, 5), torch.zeros(2, 1, 4, 5), [0.5])):
+        with pytest.raises(DiffkitError, match=r"of shape \(2, \d, \d, \d\) do not fit the model, which takes "
+                                               r"\(batch, 1, 4, 4\)"):
+            call()
+
+
+@pytest.mark.parametrize("call,message", BAD)
 def test_bad_input_is_one_line(call, message):
     with pytest.raises(DiffkitError, match=message) as err:
         call()
