@@ -373,8 +373,10 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
                            f"fixed_point_iters")
     grid = sampler_grid(denoiser, get_sampler("ddim"), 50 if steps is None else steps)
     with torch.no_grad():
-        za = ddim_invert(denoiser, a, grid, fixed_point_iters=fixed_point_iters, cond=cond_pairs)
-        zb = ddim_invert(denoiser, b, grid, fixed_point_iters=fixed_point_iters, cond=cond_pairs)
+        za = ddim_invert(denoiser, a, grid, fixed_point_iters=fixed_point_iters, cond=cond_pairs,
+                         progress=progress)
+        zb = ddim_invert(denoiser, b, grid, fixed_point_iters=fixed_point_iters, cond=cond_pairs,
+                         progress=progress)
     latents = torch.stack([slerp(za, zb, w) for w in weights], dim=1).flatten(0, 1)
     return sample(denoiser, latents, "ddim", grid=grid, eta=0.0, cond=cond_all, progress=progress)
 
