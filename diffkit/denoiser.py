@@ -265,11 +265,18 @@ class ThresholdedDenoiser(Wrapper):
             x0 = diffusion.clip_x0(pred.x0, self.max_value)
         else:
             x0 = diffusion.dynamic_threshold(pred.x0, self.ratio, self.max_value)
-        t64 = as_cpu_times(t)
-        t64 = t64.expand(x.shape[0]) if t64.ndim == 0 else t64
-        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        eps = diffusion.eps_from_x0(x, x0, alpha, sigma)
-        return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
+        return with_x0(self.schedule, x, t, x0, pred)
+
+
+def with_x0(schedule: NoiseSchedule, x: torch.Tensor, t, x0: torch.Tensor, pred: Prediction) -> Prediction:
+    """``pred`` with its x_0 replaced by ``x0`` and eps recomputed from it at (x_t, t),
+    eps = (x_t - alpha_t x_0) / sigma_t, so that every sampler sees a consistent pair (the
+    wrappers that edit x_0: thresholding, inpainting). A learned variance passes through."""
+    t64 = as_cpu_times(t)
+    t64 = t64.expand(x.shape[0]) if t64.ndim == 0 else t64
+    alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
+    eps = diffusion.eps_from_x0(x, x0, alpha, sigma)
+    return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
 
 
 def _innermost(denoiser):

@@ -51,30 +51,9 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     Returns the samples at the grid's last time, shaped like the noise (float32 for half-precision
     noise: the solver state is float32).
     """
-    if not hasattr(denoiser, "schedule") or not callable(denoiser):
-        raise DiffkitError(f"denoiser of type {type(denoiser).__name__} is not allowed; wrap the network with "
-                           f"diffkit.Denoiser(net, schedule, prediction_type=...)")
-    # diffusers' option names, accepted where the idea is the same (docs/samplers.md, "diffusers' names")
-    grid_names = {name: name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing),
-                                                 ("final", final)) if value is not None}
-    spacing, final, thresholding = _diffusers_names(options, spacing, final, thresholding, grid_names)
-    offset = options.pop("steps_offset", 0)
-    check_range("steps_offset", offset, 0, None, integer=True)
-    info, spacing, final = resolve_sampler(sampler, spacing, final)
-    if offset and (spacing or info.default_spacing) != "leading":
-        raise DiffkitError(f"steps_offset={offset} shifts the 'leading' spacing only; the grid here is "
-                           f"{spacing or info.default_spacing!r}")
-    threshold_options = {name: options.pop(name) for name in _THRESHOLD_OPTIONS if name in options}
-    check_options(info, options)
-    if grid is None:
-        check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
-        grid = sampler_grid(denoiser, info, steps, nfe, spacing, final, offset=offset)
-    else:
-        if offset:
-            grid_names["steps_offset"] = "steps_offset"
-        if grid_names:
-            raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(grid_names.values())}")
-        grid = check_grid(grid, denoiser.schedule.num_timesteps)
+    check_denoiser(denoiser)
+    info, grid, thresholding, threshold_options = plan(denoiser, sampler, steps, nfe, spacing, final, grid,
+                                                       thresholding, options)
     check_zero_terminal_snr(denoiser, info, float(grid[0]))
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
@@ -113,6 +92,45 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)
+
+
+def check_denoiser(denoiser) -> None:
+    """A denoiser (or a wrapper of one): callable, with the schedule it was trained on."""
+    if not hasattr(denoiser, "schedule") or not callable(denoiser):
+        raise DiffkitError(f"denoiser of type {type(denoiser).__name__} is not allowed; wrap the network with "
+                           f"diffkit.Denoiser(net, schedule, prediction_type=...)")
+
+
+def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Optional[int] = None,
+         spacing: Optional[str] = None, final: Optional[str] = None, grid=None, thresholding=None,
+         options: Optional[dict] = None) -> tuple:
+    """What :func:`sample` resolves before it draws: ``(sampler info, time grid, thresholding,
+    thresholding options)`` from its arguments; diffusers' names for grid and thresholding options
+    (and the thresholding options themselves) are taken out of ``options``, which keeps the
+    sampler's own options (checked against the sampler)."""
+    options = {} if options is None else options
+    # diffusers' option names, accepted where the idea is the same (docs/samplers.md, "diffusers' names")
+    grid_names = {name: name for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing),
+                                                 ("final", final)) if value is not None}
+    spacing, final, thresholding = _diffusers_names(options, spacing, final, thresholding, grid_names)
+    offset = options.pop("steps_offset", 0)
+    check_range("steps_offset", offset, 0, None, integer=True)
+    info, spacing, final = resolve_sampler(sampler, spacing, final)
+    if offset and (spacing or info.default_spacing) != "leading":
+        raise DiffkitError(f"steps_offset={offset} shifts the 'leading' spacing only; the grid here is "
+                           f"{spacing or info.default_spacing!r}")
+    threshold_options = {name: options.pop(name) for name in _THRESHOLD_OPTIONS if name in options}
+    check_options(info, options)
+    if grid is None:
+        check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
+        grid = sampler_grid(denoiser, info, steps, nfe, spacing, final, offset=offset)
+    else:
+        if offset:
+            grid_names["steps_offset"] = "steps_offset"
+        if grid_names:
+            raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(grid_names.values())}")
+        grid = check_grid(grid, denoiser.schedule.num_timesteps)
+    return info, grid, thresholding, threshold_options
 
 
 _THRESHOLD_OPTIONS = {"sample_max_value": "max_value", "dynamic_thresholding_ratio": "ratio"}

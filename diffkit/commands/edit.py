@@ -1,0 +1,143 @@
+"""``diffkit edit``: SDEdit img2img, or inpainting with ``--mask``, of PNG images with any sampler
+(docs/editing.md).
+
+``--images`` is one PNG or a folder of PNGs of the model's size (grey or RGB, converted to the
+model's channels). Without ``--mask`` each image is noised to the strength's time and denoised
+(``diffkit.img2img``; ``--strength`` default 0.8, diffusers' meaning); with ``--mask M.png`` (a
+grey PNG of the images' size: white = repaint, black = keep) the white region is repainted
+(``diffkit.inpaint``; ``--strength`` default 1; ``--jump-n-sample R`` with ``--sampler ddpm``:
+RePaint's resampling). The results go to ``--out`` as
+``edit_00000.png``, ... in the order of the input files; image i depends only on ``--seed`` + i.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import (add_progress_flag, check_writable_dir, eta_value, int_in, missing_dirs, positive_int,
+                      removed_if_empty_on_failure, seed_int)
+
+
+def strength_value(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: a number in (0, 1]")
+    return value
+
+
+def register(sub) -> None:
+    p = sub.add_parser("edit", help="img2img (SDEdit) or inpainting of PNG images", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
+    p.add_argument("--images", required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
+    p.add_argument("--mask", metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint")
+    p.add_argument("--strength", type=strength_value,
+                   help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8; "
+                        "1 with --mask)")
+    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
+                   "also sets the grid")
+    p.add_argument("--steps", type=positive_int, default=50, help="steps of the full grid (default 50)")
+    p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--jump-n-sample", type=positive_int, default=1,
+                   help="with --mask and --sampler ddpm: RePaint's resampling, each jump this many times "
+                        "(default 1: none)")
+    p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
+    p.add_argument("--class", dest="class_id", type=int, metavar="ID",
+                   help="class-conditional checkpoints: the class every image is edited towards")
+    p.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i (independent of batch size)")
+    p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ...")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_progress_flag(p)
+    p.set_defaults(func=run)
+
+
+def read_pngs(path, mode: str):
+    """(images (B, C, H, W) in [-1, 1] in ``mode`` "L" or "RGB", files) of one PNG or a folder."""
+    from ..errors import DiffkitError
+    from ..metrics.features import _check_same_size, list_images, load_image_batch
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DiffkitError(f"--images {str(path)!r} does not exist; give a PNG file or a folder of PNGs")
+    _check_same_size(files)
+    return load_image_batch(files, mode), files
+
+
+def run(args) -> int:
+    import torch
+
+    from ..config import resolve_device
+    from ..editing import img2img, inpaint
+    from ..errors import DiffkitError
+    from ..images import check_image_folder, save_images
+    from ..loading import load_denoiser
+    from ..sampling import resolve_sampler
+
+    info, _, _ = resolve_sampler(args.sampler)  # a bad sampler fails before loading
+    options = {}
+    if args.eta is not None:
+        if info.name != "ddim":
+            raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
+        options["eta"] = args.eta
+    if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):
+        raise DiffkitError("--jump-n-sample / --jump-length (RePaint's resampling) go with --mask")
+    out = Path(args.out)
+    images_path = Path(args.images)
+    if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
+        raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
+    device = resolve_device(args.device)
+    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device))
+    if denoiser.decoder is not None or denoiser.prompt_encoder is not None:
+        raise DiffkitError("diffkit edit works on pixel-space checkpoints; this one is a latent or text-conditional "
+                           "model")
+    unet = denoiser.meta["unet"]
+    channels, side = unet["in_channels"], unet["img_size"]
+    images, files = read_pngs(images_path, "L" if channels == 1 else "RGB")
+    if images.shape[1] != channels or images.shape[2:] != (side, side):
+        raise DiffkitError(f"the images are {images.shape[3]}x{images.shape[2]} with {images.shape[1]} channel(s); "
+                           f"the model makes {side}x{side} with {channels}; resize them first")
+    mask = None
+    if args.mask:
+        mask_path = Path(args.mask)
+        if not mask_path.is_file():
+            raise DiffkitError(f"--mask {args.mask!r} does not exist; give a grey PNG, white = repaint")
+        mask = (read_pngs(mask_path, "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
+        if mask.shape[2:] != images.shape[2:]:
+            raise DiffkitError(f"--mask is {mask.shape[3]}x{mask.shape[2]} but the images are "
+                               f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
+    num_classes = unet.get("num_classes")
+    if args.class_id is not None and num_classes is None:
+        raise DiffkitError("--class needs a class-conditional checkpoint")
+    if num_classes is not None:
+        if args.class_id is None:
+            raise DiffkitError(f"this checkpoint is class-conditional: give --class ID (0..{num_classes - 1})")
+        if not 0 <= args.class_id < num_classes:
+            raise DiffkitError(f"--class {args.class_id} is out of range; allowed: 0..{num_classes - 1}")
+    new_dirs = missing_dirs(out)
+    check_writable_dir(out)
+    check_image_folder(out, len(files), prefix="edit")
+    results = []
+    with removed_if_empty_on_failure(new_dirs):
+        for start in range(0, len(files), args.batch_size):
+            batch = images[start:start + args.batch_size].to(device)
+            cond = None if num_classes is None else {"y": torch.full((len(batch),), args.class_id, dtype=torch.long)}
+            common = dict(sampler=args.sampler, steps=args.steps, seed=args.seed + start, cond=cond,
+                          progress=args.progress, **options)
+            if mask is None:
+                edited = img2img(denoiser, batch, 0.8 if args.strength is None else args.strength, **common)
+            else:
+                edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
+                                 else args.strength, jump_length=args.jump_length,
+                                 jump_n_sample=args.jump_n_sample, **common)
+            results.append(edited.clamp(-1, 1).cpu())
+        save_images(torch.cat(results), out, prefix="edit")
+    what = "inpainted" if mask is not None else "edited"
+    print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps} steps)")
+    return 0

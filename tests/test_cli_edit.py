@@ -1,0 +1,109 @@
+"""``diffkit edit`` through the CLI on a tiny randomly initialised run: img2img and inpainting
+write one PNG per input, kept pixels of an inpainting stay the input's, and mistakes are one line."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffkit.cli import main
+
+TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
+        "--set", "num_res_blocks=1", "--set", "batch_size=8", "--set", "num_heads=1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edit_run")
+    assert main(["train", "--out", str(root / "run"), "--steps", "1", "--no-progress", "--no-sample",
+                 "--device", "cpu", *TINY]) == 0
+    pngs = root / "pngs"
+    pngs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(pngs / f"in_{i}.png")
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, 4:] = 255  # repaint the right half
+    Image.fromarray(mask, "L").save(root / "mask.png")
+    return root
+
+
+def cli(capsys, *args):
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's own flag errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read(path):
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def test_img2img_writes_one_png_per_input_and_is_seeded(run, tmp_path, capsys):
+    ck = run / "run" / "checkpoints"
+    args = ["edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), "--strength", "0.5", "--steps", "10",
+            "--sampler", "dpm-solver++-2m", "--no-progress", "--device", "cpu"]
+    code, out, err = cli(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["edit_00000.png", "edit_00001.png",
+                                                                  "edit_00002.png"]
+    assert "wrote 3 edited images" in out
+    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "b"), "--batch-size", "2")
+    assert code == 0, err
+    for i in range(3):  # image i depends on seed + i only, not on the batch size
+        assert np.array_equal(read(tmp_path / "a" / f"edit_0000{i}.png"), read(tmp_path / "b" / f"edit_0000{i}.png"))
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(run / "pngs" / "in_1.png"),
+                       "--strength", "0.5", "--steps", "10", "--sampler", "dpm-solver++-2m", "--seed", "1",
+                       "--no-progress", "--device", "cpu", "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    assert np.array_equal(read(tmp_path / "c" / "edit_00000.png"), read(tmp_path / "a" / "edit_00001.png"))
+
+
+def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
+    code, out, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images",
+                         str(run / "pngs"), "--mask", str(run / "mask.png"), "--sampler", "ddpm", "--steps", "5",
+                         "--no-progress", "--device", "cpu", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert "wrote 3 inpainted images" in out
+    for i in range(3):
+        before, after = read(run / "pngs" / f"in_{i}.png"), read(tmp_path / "o" / f"edit_0000{i}.png")
+        assert np.array_equal(after[:, :4], before[:, :4])
+        assert not np.array_equal(after[:, 4:], before[:, 4:])
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--strength", "0"], r"argument --strength: 0.0 is out of range; allowed: a number in \(0, 1\]"),
+    (["--strength", "0.01"], r"strength=0.01 keeps int\(50 \* 0.01\) = 0 of 50 steps"),
+    (["--sampler", "nope"], r"nope"),
+    (["--eta", "0.5", "--sampler", "unipc"], r"--eta applies to the ddim sampler"),
+    (["--mask", "missing.png"], r"--mask 'missing.png' does not exist"),
+    (["--class", "3"], r"--class needs a class-conditional checkpoint"),
+    (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),
+])
+def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):
+    import re
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images",
+                       str(run / "pngs"), "--no-progress", "--device", "cpu", "--out", str(tmp_path / "x"), *extra)
+    assert code == 2
+    assert re.search(pattern, err), err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_repaint_resampling_through_the_cli(run, tmp_path, capsys):
+    args = ["edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images", str(run / "pngs"), "--mask",
+            str(run / "mask.png"), "--steps", "6", "--jump-length", "2", "--jump-n-sample", "2", "--no-progress",
+            "--device", "cpu", "--out", str(tmp_path / "r")]
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and "jump_n_sample=2 (RePaint's resampling) needs sampler='ddpm'" in err
+    code, out, err = cli(capsys, *args, "--sampler", "ddpm")
+    assert code == 0, err
+    after, before = read(tmp_path / "r" / "edit_00000.png"), read(run / "pngs" / "in_0.png")
+    assert np.array_equal(after[:, :4], before[:, :4])
+
+
+def test_images_of_another_size_are_refused(run, tmp_path, capsys):
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8), "L").save(tmp_path / "big.png")
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images",
+                       str(tmp_path / "big.png"), "--no-progress", "--device", "cpu", "--out", str(tmp_path / "x"))
+    assert code == 2 and "the images are 16x16 with 1 channel(s); the model makes 8x8 with 1" in err
