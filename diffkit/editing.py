@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diffusion
-from .denoiser import Prediction, ThresholdedDenoiser, with_x0
+from .denoiser import Prediction, ThresholdedDenoiser, Wrapper, with_x0
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .sampling import _THRESHOLD_OPTIONS, check_denoiser, check_generators, plan, sample, sampler_grid
@@ -163,7 +163,7 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
 
 
 # ---------------------------------------------------------------- inpainting
-class InpaintingDenoiser:
+class InpaintingDenoiser(Wrapper):
     """The replacement (imputation) method as a denoiser: in the kept region the predicted x_0 is
     the known image, x0 = m x0_hat + (1 - m) x_known (m = 1 repaint), and eps is recomputed from it,
     eps = (x_t - alpha_t x0) / sigma_t, so every sampler runs unchanged (Song et al. 2021, score
@@ -172,14 +172,6 @@ class InpaintingDenoiser:
 
     def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor):
         self.inner, self.known, self.mask = inner, known, mask
-
-    schedule = property(lambda self: self.inner.schedule)
-    nfe = property(lambda self: self.inner.nfe)
-    data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
-    learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
-
-    def reset_nfe(self) -> None:
-        self.inner.reset_nfe()
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         pred = self.inner(x, t, **cond)
