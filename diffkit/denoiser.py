@@ -286,6 +286,16 @@ def _innermost(denoiser):
     return denoiser
 
 
+def model_variance_type(denoiser) -> str:
+    """The Sigma of the model's reverse process: ``learned_range`` for a learned variance, else
+    the ``fixed_variance`` its checkpoint was trained with (``loss="vlb"``; a loaded checkpoint's
+    ``meta["config"]``), else ``fixed_small`` (beta-tilde)."""
+    if getattr(denoiser, "learned_variance", False):
+        return "learned_range"
+    config = (getattr(_innermost(denoiser), "meta", None) or {}).get("config") or {}
+    return config.get("fixed_variance") or "fixed_small"
+
+
 def network_device(denoiser) -> torch.device:
     """The device of the network inside any wrappers (objects with ``.inner``): its ``model``
     (what :func:`diffkit.load_denoiser` attaches) or ``net``; the CPU for parameter-free networks."""

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diffusion
+from .denoiser import model_variance_type
 from .errors import DiffkitError
 from .losses import prior_bpd, vlb_term_bpd
 from .noise import randn_like
@@ -47,7 +48,7 @@ def variational_bound(denoiser, x0: torch.Tensor, *, variance_type: Optional[str
     T = schedule.num_timesteps
     cond = cond or {}
     if variance_type is None:
-        variance_type = "learned_range" if getattr(denoiser, "learned_variance", False) else "fixed_small"
+        variance_type = model_variance_type(denoiser)
     ts = torch.arange(T) if timesteps is None else torch.as_tensor(list(timesteps), dtype=torch.long)
     if ts.numel() < 1 or (ts[1:] <= ts[:-1]).any() or ts[0] != 0 or ts[-1] > T - 1:
         raise DiffkitError(f"timesteps must increase strictly from 0 to at most {T - 1}")

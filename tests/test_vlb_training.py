@@ -189,7 +189,21 @@ def test_cli_trains_with_loss_vlb_and_refuses_min_snr_in_one_line(tmp_path, caps
                  "--device", "cpu", *tiny, "--set", "loss=vlb", "--set", "fixed_variance=fixed_large"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert (tmp_path / "run" / "checkpoints" / "latest.safetensors").exists()
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    assert ckpt.exists()
+    # the checkpoint's bound and its DDPM sampler use the Sigma it was trained with (beta, not beta-tilde)
+    from diffkit.loading import load_denoiser
+    from diffkit.samplers.ddpm import ddpm
+    den = load_denoiser(ckpt)
+    x0 = quantised((2, 1, 8, 8), torch.Generator().manual_seed(0)).float()
+    bound = {v: variational_bound(den, x0, timesteps=[0, 1, 10, 49], variance_type=v,
+                                  generator=torch.Generator().manual_seed(1)).total for v in (None, "fixed_large", "fixed_small")}
+    assert torch.equal(bound[None], bound["fixed_large"]) and not torch.allclose(bound[None], bound["fixed_small"])
+    grid = torch.tensor([49.0, 30.0, 10.0, -1.0])
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    drawn = {v: ddpm(den, noise, grid, variance_type=v, generator=torch.Generator().manual_seed(3))
+             for v in (None, "fixed_large", "fixed_small")}
+    assert torch.equal(drawn[None], drawn["fixed_large"]) and not torch.allclose(drawn[None], drawn["fixed_small"])
     code = main(["train", "--out", str(tmp_path / "bad"), "--steps", "1", *tiny, "--set", "loss=vlb",
                  "--set", "min_snr_gamma=5"])
     err = capsys.readouterr().err.strip()

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from .. import diffusion
+from ..denoiser import model_variance_type
 from ..errors import DiffkitError, check_choice
 from ..noise import randn_like
 from .common import report, steps
@@ -18,13 +19,14 @@ def ddpm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variance_type: Option
 
     mu_theta is the posterior mean of q(x_s | x_t, x_0) at the predicted x_0 (DDPM eq. 7, 11);
     sigma^2 is beta-tilde (``fixed_small``), beta (``fixed_large``; DDIM Table 1's sigma-hat on a
-    subsequence) or learned (``learned_range``, Improved DDPM eq. 15; the default for networks
-    with a learned variance). No noise is added on the step to clean data (s = -1).
+    subsequence) or learned (``learned_range``, Improved DDPM eq. 15); by default the model's own
+    (:func:`diffkit.denoiser.model_variance_type`: learned, the ``fixed_variance`` of a
+    ``loss="vlb"`` checkpoint, else ``fixed_small``). No noise is added on the step to clean data (s = -1).
     """
     cond = cond or {}
     schedule = denoiser.schedule
     if variance_type is None:
-        variance_type = "learned_range" if getattr(denoiser, "learned_variance", False) else "fixed_small"
+        variance_type = model_variance_type(denoiser)
     check_choice("variance_type", variance_type, diffusion.VARIANCE_TYPES)
     no_variance = DiffkitError("variance_type='learned_range' needs a denoiser with learned_variance=True; use "
                                "fixed_small or fixed_large")
