@@ -173,6 +173,44 @@ def test_stale_temp_file_of_a_killed_write_is_never_read_and_removed_on_next_sav
     assert temp_files(folder) == []
 
 
+def _temp_name_of(target: str, pid: int) -> str:
+    """The temp file name atomic_write_bytes gives ``target`` in process ``pid`` on this host."""
+    return f".{target}.{pid}-{ckpt._host_tag()}.k1ll3d_x.tmp"
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_temp_files_of_killed_writers_are_swept_by_the_next_writer_live_ones_stay(workspace, tmp_path, command):
+    """kill -9 of `diffkit sample`/`eval` mid-write leaves hidden temp files; the next run writing
+    into that folder removes those whose writer's process id is dead, never a live writer's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        out = tmp_path / "out"
+        if command == "sample":
+            argv = ["sample", "--checkpoint", str(workspace / "ckpt" / "latest.safetensors"), "--sampler", "ddim",
+                    "--steps", "2", "--num", "2", "--out", str(out / "grid.png"), "--individual", str(out),
+                    "--no-progress", "--device", "cpu"]
+        else:
+            argv = ["eval", "--checkpoint", str(workspace / "ckpt" / "latest.safetensors"), "--metrics", "nll",
+                    "--nll-num", "2", "--out", str(out / "eval.json"), "--no-progress", "--device", "cpu"]
+        out.mkdir()
+        stale = [out / _temp_name_of(name, dead.pid) for name in ("grid.png", "sample_00000.png", "eval.json")]
+        kept = [out / _temp_name_of("grid.png", live.pid),  # a live writer's
+                out / f".grid.png.{dead.pid}-0123abcd.k1ll3d_x.tmp",  # another host's: its pid means nothing here
+                out / ".grid.png.k1ll3dxx.tmp"]  # an old-style name without a writer: not ours to judge
+        for p in stale + kept:
+            p.write_bytes(b"partial")
+        done = subprocess.run([sys.executable, "-m", "diffkit", *argv], cwd=tmp_path, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert [p.name for p in stale if p.exists()] == []
+        assert all(p.exists() for p in kept)
+    finally:
+        live.kill()
+        live.wait()
+
+
 # ------------------------------------------------------------------ 2. kill -9
 def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
     """SIGKILL `diffkit train` (6 trials, each resuming from the last): at a random moment after
