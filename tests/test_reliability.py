@@ -285,6 +285,40 @@ def test_signal_writes_checkpoint_and_prints_the_resume_command(tmp_path, sig, c
         assert ckpt.load_checkpoint(latest)[1]["step"] == 30
 
 
+def _torch_is_loading(pid: int) -> bool:
+    """True once process ``pid`` has mapped libtorch (its import then runs for about a second more)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="times the signal by /proc/<pid>/maps")
+@pytest.mark.parametrize("moment", ["importing torch", "loading data", "training"])
+def test_sigint_to_train_classifier_exits_130_at_any_moment(tmp_path, moment):
+    """Ctrl-C gives `diffkit: interrupted` and status 130 wherever it lands: it used to give a
+    traceback and -2 (killed by the signal) while `import diffkit` imported torch, before the
+    command line's handler was in place."""
+    out = open(tmp_path / "c.out", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train-classifier", "--steps", "100000", "--channel",
+                             "8", "--channel-mult", "1", "--attn", "", "--batch-size", "8", "--out",
+                             str(tmp_path / "c.safetensors"), "--no-progress", "--device", "cpu"],
+                            cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.PIPE, text=True)
+    text = lambda: (tmp_path / "c.out").read_text()  # noqa: E731
+    try:
+        when = {"importing torch": lambda: _torch_is_loading(proc.pid),
+                "loading data": lambda: "training a noisy classifier" in text(),
+                "training": lambda: "step 50/" in text()}[moment]
+        assert wait_for(lambda: proc.poll() is not None or when(), poll=0.001)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "diffkit: interrupted\n", (proc.returncode, err)
+    assert not (tmp_path / "c.safetensors").exists() and temp_files(tmp_path) == []
+
+
 def test_second_signal_exits_at_once_without_corrupting(tmp_path):
     folder = tmp_path / "run" / "checkpoints"
     latest = folder / "latest.safetensors"
