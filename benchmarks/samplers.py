@@ -17,7 +17,7 @@ Also: per-step overhead with a model that costs nothing, diffkit vs diffusers pe
 
 Run (about 30-45 minutes on 2 CPU cores; a third of that per seed):
     PYTHONPATH=. python benchmarks/samplers.py            # writes benchmarks/out/samplers.{json,md,png}
-    PYTHONPATH=. python benchmarks/samplers.py --quick    # 2k samples, one mixture, one seed (a smoke run)
+    PYTHONPATH=. python benchmarks/samplers.py --quick    # 2k samples, one mixture, the first seed (a smoke run)
     PYTHONPATH=. python benchmarks/samplers.py --noise-seeds 1234   # one 10k draw (the tables before 2026-12-02)
     PYTHONPATH=. python benchmarks/samplers.py --profile unipc-3@logsnr_skip:zero:15   # where the error comes from
     PYTHONPATH=. python benchmarks/samplers.py --nfes 15,20 --no-overhead   # only some NFEs
@@ -546,9 +546,36 @@ def _plot(results, nfes, path: Path):
     fig.savefig(path, dpi=110)
 
 
+def run_settings(args, parser) -> tuple:
+    """(samples per seed, noise seeds, NFEs, mixtures) of a benchmark run's flags. ``--quick``
+    shrinks the sizes (2k samples, one mixture, the first default seed); seeds given with
+    ``--noise-seeds`` are used as given."""
+    n = 2000 if args.quick else args.samples
+    try:
+        seeds = [int(v) for v in args.noise_seeds.split(",")] if args.noise_seeds else list(NOISE_SEEDS)
+    except ValueError:
+        parser.error(f"--noise-seeds must be comma-separated integers, got {args.noise_seeds!r}")
+    if args.quick and not args.noise_seeds:
+        seeds = seeds[:1]
+    try:
+        nfes = tuple(int(v) for v in args.nfes.split(","))
+        if min(nfes) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--nfes must be comma-separated positive integers, got {args.nfes!r}")
+    mixtures = MIXTURES[:1] if args.quick else MIXTURES
+    if args.mixtures:
+        try:
+            mixtures = [MIXTURES[int(i)] for i in args.mixtures.split(",")]
+        except (ValueError, IndexError):
+            parser.error(f"--mixtures must be comma-separated indices in 0..{len(MIXTURES) - 1}, got {args.mixtures!r}")
+    return n, seeds, nfes, mixtures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2k samples, one mixture")
+    parser.add_argument("--quick", action="store_true",
+                        help="2k samples, one mixture, and the first noise seed unless --noise-seeds is given")
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--profile", metavar="NAME[@SPACING][:FINAL]:NFE",
@@ -557,7 +584,7 @@ def main(argv=None):
     parser.add_argument("--mixture", type=int, default=0, choices=range(len(MIXTURES)),
                         help="mixture index for --profile")
     parser.add_argument("--mixtures", default=None, help="comma-separated mixture indices to run (default: all)")
-    parser.add_argument("--noise-seeds", default=",".join(map(str, NOISE_SEEDS)),
+    parser.add_argument("--noise-seeds",
                         help="comma-separated seeds of the starting noise, --samples draws each, pooled "
                              f"(default {','.join(map(str, NOISE_SEEDS))}); one seed shows how a single draw moves")
     parser.add_argument("--nfes", default=",".join(map(str, NFES)), help="comma-separated NFEs (default: %(default)s)")
@@ -586,25 +613,7 @@ def main(argv=None):
         write_outputs([], overhead(), NFES, args.out)
         print((args.out / "samplers.md").read_text())
         return
-    n = 2000 if args.quick else args.samples
-    try:
-        seeds = [int(v) for v in args.noise_seeds.split(",")]
-    except ValueError:
-        parser.error(f"--noise-seeds must be comma-separated integers, got {args.noise_seeds!r}")
-    try:
-        nfes = tuple(int(v) for v in args.nfes.split(","))
-        if min(nfes) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--nfes must be comma-separated positive integers, got {args.nfes!r}")
-    if args.quick:
-        seeds = seeds[:1]
-    mixtures = MIXTURES[:1] if args.quick else MIXTURES
-    if args.mixtures:
-        try:
-            mixtures = [MIXTURES[int(i)] for i in args.mixtures.split(",")]
-        except (ValueError, IndexError):
-            parser.error(f"--mixtures must be comma-separated indices in 0..{len(MIXTURES) - 1}, got {args.mixtures!r}")
+    n, seeds, nfes, mixtures = run_settings(args, parser)
     results = []
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)

@@ -2,14 +2,37 @@
 
 The data flow (see README "Design"):
 data -> training (objective + loop) -> checkpoint -> Denoiser -> sampler (+ guidance) -> images -> metrics
+
+The names below (and the submodules, e.g. ``diffkit.samplers``) are imported on first use
+(PEP 562), so that ``import diffkit`` does not import torch: the command line catches a Ctrl-C
+only once its own code runs, and torch's import takes about a second.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from .denoiser import Denoiser, Prediction  # noqa: E402
-from .editing import img2img, inpaint, interpolate  # noqa: E402
 from .errors import DiffkitError  # noqa: E402
-from .sampling import sample  # noqa: E402
-from .schedule import NoiseSchedule  # noqa: E402
+
+_LAZY = {"Denoiser": "denoiser", "Prediction": "denoiser", "sample": "sampling", "NoiseSchedule": "schedule",
+         "img2img": "editing", "inpaint": "editing", "interpolate": "editing"}
 
 __all__ = ["Denoiser", "DiffkitError", "NoiseSchedule", "Prediction", "img2img", "inpaint", "interpolate", "sample",
            "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

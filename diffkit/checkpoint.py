@@ -13,16 +13,22 @@ and still load.
 Writing goes to a temporary file in the same folder, is fsynced and then renamed over the
 target (``os.replace``, atomic on POSIX), so a kill at any moment leaves either the old or the
 new file, never a partial one. A process killed between the temp file's creation and the
-rename leaves a hidden ``.<name>.<random>.tmp`` file, which no loader ever reads;
-:func:`remove_stale_temp_files` deletes such leftovers (the trainer calls it before each save).
+rename leaves a hidden ``.<name>.<pid>-<host>.<random>.tmp`` file, which no loader ever reads:
+the first write of a process into a folder deletes the leftovers there whose writer is gone
+(:func:`remove_dead_writers_temp_files`: the process id is not alive on this host and PID namespace), and
+:func:`remove_stale_temp_files` deletes all of them (the trainer calls it before each save,
+holding the run folder's lock).
 Legacy ``.pt``/``.pth`` files load only through ``torch.load(weights_only=True)``: no pickle
 code runs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -65,15 +71,70 @@ def give_usual_mode(path, mode: int) -> None:
     os.chmod(path, mode & ~umask)
 
 
+@functools.lru_cache(maxsize=None)
+def _host_tag() -> str:
+    """8 hex digits naming this host and PID namespace in temp file names (a process id means
+    nothing on another host, or in another container on this one)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): the host name alone
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
+
+
+# .<target name>.<pid>-<host tag>.<mkstemp's 8 random characters>.tmp
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{8})\.[a-z0-9_]{8}\.tmp$")
+_swept_dirs: set = set()  # folders this process has already swept (once each)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # another user's process (or an odd number): keep
+        return True
+    return True
+
+
+def remove_dead_writers_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temp files of :func:`atomic_write_bytes` in ``directory`` whose writer is
+    gone: written on this host by a process id that is no longer alive (a ``kill -9`` mid-write).
+    A temp file of a live process, of another host, or without a process id in its name stays."""
+    removed, host = [], _host_tag()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if (match is None or match["host"] != host or int(match["pid"]) == os.getpid()
+                or _pid_alive(int(match["pid"]))):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync dir.
 
     On any failure (disk full, permission, an exception or signal mid-write) the temp file is
-    removed and ``path`` keeps its previous content; an OSError becomes a one-line DiffkitError."""
+    removed and ``path`` keeps its previous content; an OSError becomes a one-line DiffkitError.
+    The first write of a process into a folder first removes the temp files that killed writers
+    left there (:func:`remove_dead_writers_temp_files`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        folder = os.path.abspath(path.parent)
+        if folder not in _swept_dirs:
+            _swept_dirs.add(folder)
+            remove_dead_writers_temp_files(folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
+                                   dir=path.parent)
     except (OSError, ValueError) as err:  # ValueError: NUL byte / unencodable character in the path
         raise WriteError(f"cannot write to {str(path.parent)!r}: {getattr(err, 'strerror', None) or err}") from None
     try:

@@ -37,8 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # a Ctrl-C while the commands' modules are imported
+        sys.stderr.write("diffkit: interrupted\n")
+        return 130
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

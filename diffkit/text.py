@@ -371,8 +371,10 @@ class CLIPPromptEncoder:
     tokenizer files (``vocab.json``, ``merges.txt``), or the two in ``text_encoder/`` and
     ``tokenizer/`` sub-folders (the diffusers layout). Nothing is downloaded."""
 
-    def __init__(self, directory, device="cpu", max_length: Optional[int] = None):
+    def __init__(self, directory, device="cpu", max_length: Optional[int] = None, progress: bool = True):
         from pathlib import Path
+
+        from .interop import library_progress_bars
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
         except ImportError:
@@ -383,9 +385,10 @@ class CLIPPromptEncoder:
         model_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else root
         tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
         try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-            self.model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True,
-                                                       use_safetensors=True)  # never a pickled .bin
+            with library_progress_bars(progress, ("transformers",)):  # progress=False: no loading bar
+                self.tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+                self.model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True,
+                                                           use_safetensors=True)  # never a pickled .bin
         except (OSError, ValueError) as err:
             raise DiffkitError(f"cannot load a CLIP text encoder from {str(root)!r}: {first_line(err, 160)}") from None
         self.model.requires_grad_(False).eval().to(device)

@@ -336,3 +336,33 @@ def test_a_build_killed_half_way_does_not_block_the_next_load():
                           cwd=str(Path(cpu_kernels.__file__).parents[2]))
     assert done.returncode == 0, done.stderr
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("rank,held_s,speaks", [("0", 0.05, False), ("0", 0.6, True), ("1", 0.6, False)],
+                         ids=["short-wait", "long-wait-rank0", "long-wait-rank1"])
+def test_build_lock_wait_is_announced_only_when_long_and_by_rank_0(tmp_path, monkeypatch, capsys, rank, held_s,
+                                                                    speaks):
+    """Every load takes the build folder's lock, so the ranks of --nproc N queue on it for a moment
+    each: that used to print 'waiting for another process that is building' on every rank that
+    queued. Only a wait longer than WAIT_NOTE_AFTER_S (a real build elsewhere) is announced, by rank 0."""
+    import fcntl
+    import threading
+    import time
+
+    import torch.utils.cpp_extension as cpp_extension
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "WAIT_NOTE_AFTER_S", 0.3, raising=False)
+    monkeypatch.setenv("RANK", rank)
+    other = open(tmp_path / "diffkit_build.flock", "a")  # another open file: flock conflicts as with a process
+    fcntl.flock(other, fcntl.LOCK_EX)
+    threading.Timer(held_s, lambda: fcntl.flock(other, fcntl.LOCK_UN)).start()
+    start = time.monotonic()
+    with cpu_kernels._build_folder_lock("name"):
+        waited = time.monotonic() - start
+    other.close()
+    assert waited >= held_s * 0.9  # it did wait for the holder
+    err = capsys.readouterr().err
+    assert ("waiting for another process" in err) == speaks, err
+    assert not speaks or ("holds the CPU kernels' build lock" in err and "(building or loading them)" in err)
+    time.sleep(0.4)  # a cancelled note stays silent after the lock is taken
+    assert "waiting" not in capsys.readouterr().err

@@ -635,3 +635,28 @@ def test_trailing_and_linspace_round_as_diffusers_does(spacing, steps):
     scheduler.set_timesteps(steps)
     ours = make_grid(NoiseSchedule.linear(1000), steps, spacing, "zero")[:-1]
     assert ours.long().tolist() == scheduler.timesteps.tolist()[:steps]
+
+
+def test_no_progress_hides_the_libraries_loading_bars_and_restores_their_setting(tiny_sd, tmp_path, capfd):
+    """`diffkit sample --checkpoint SD_FOLDER --no-progress` showed transformers' "Loading weights"
+    bar while loading the folder; now the libraries' bars follow --no-progress for the load and
+    their own setting is back afterwards."""
+    import transformers
+    from diffkit.cli import main
+    pipe, _ = tiny_sd
+    pipe.save_pretrained(tmp_path / "sd")
+    argv = ["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "a photo", "--num", "1", "--steps", "1",
+            "--batch-size", "1", "--out", str(tmp_path / "grid.png")]
+    capfd.readouterr()
+    assert main([*argv, "--no-progress"]) == 0
+    assert "it/s" not in capfd.readouterr().err  # no tqdm bar of any library
+    assert transformers.utils.logging.is_progress_bar_enabled() and diffusers.utils.logging.is_progress_bar_enabled()
+    assert main(argv) == 0  # with progress on, the bars (the libraries' and ours) show as before
+    assert "it/s" in capfd.readouterr().err
+    transformers.utils.logging.disable_progress_bar()  # a user's own choice survives a load with progress on
+    try:
+        from diffkit.interop.stable_diffusion import load_stable_diffusion
+        load_stable_diffusion(tmp_path / "sd", progress=True)
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        transformers.utils.logging.enable_progress_bar()

@@ -323,6 +323,21 @@ def test_frozen_clip_text_encoder_from_a_local_directory(tmp_path):
         CLIPPromptEncoder(tmp_path / "missing")
 
 
+def test_clip_text_encoder_without_progress_shows_no_loading_bar(tmp_path, capfd):
+    """transformers' "Loading weights" bar showed even when progress was off."""
+    import transformers
+
+    from diffkit.text import CLIPPromptEncoder
+    (tmp_path / "clip").mkdir()
+    directory = _tiny_clip_dir(tmp_path / "clip")
+    capfd.readouterr()
+    CLIPPromptEncoder(directory, progress=False)
+    assert "it/s" not in capfd.readouterr().err
+    assert transformers.utils.logging.is_progress_bar_enabled()  # the library's own setting is back
+    CLIPPromptEncoder(directory)
+    assert "Loading weights" in capfd.readouterr().err  # with progress on, as before
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_config_refuses_bad_combinations_with_one_line():
     with pytest.raises(DiffkitError, match="exclude each other") as err:

@@ -423,7 +423,7 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
                         ("--guidance-interval", guidance.interval)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
-    sd = load_stable_diffusion(directory, device)
+    sd = load_stable_diffusion(directory, device, progress=progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]

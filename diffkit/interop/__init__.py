@@ -31,7 +31,7 @@ _EXPORTS = {
     "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
 }
 
-__all__ = sorted(_EXPORTS) + ["from_pretrained", "require"]
+__all__ = sorted(_EXPORTS) + ["from_pretrained", "library_progress_bars", "require"]
 
 
 def require(module: str = "diffusers"):
@@ -41,6 +41,28 @@ def require(module: str = "diffusers"):
     except ImportError:
         raise DiffkitError(f"this needs the optional package {module!r}; install it with "
                            f"pip install diffkit[diffusers]") from None
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool, libraries=("diffusers", "transformers")):
+    """Run the block with the progress bars of diffusers' and transformers' own loaders (e.g.
+    transformers' "Loading weights") on or off as diffkit's ``--no-progress`` says, and restore
+    each library's previous setting afterwards. A library that is not installed is skipped."""
+    restore = []
+    for name in libraries:
+        try:
+            logs = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        was = logs.is_progress_bar_enabled()
+        if was != enabled:
+            (logs.enable_progress_bar if enabled else logs.disable_progress_bar)()
+            restore.append((logs, was))
+    try:
+        yield
+    finally:
+        for logs, was in restore:
+            (logs.enable_progress_bar if was else logs.disable_progress_bar)()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from ..guidance import ClassifierFreeGuidance
 from ..schedule import NoiseSchedule
-from . import from_pretrained, require
+from . import from_pretrained, library_progress_bars, require
 from .denoiser import diffusers_denoiser
 from .schedulers import grid_from_diffusers, schedule_from_diffusers
 
@@ -159,10 +159,16 @@ def check_stable_diffusion_unet(config: dict, directory) -> None:
                            f"(an inpainting or depth model takes extra inputs); allowed: in_channels = out_channels")
 
 
-def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32) -> StableDiffusion:
-    """Load a diffusers-format Stable Diffusion folder from disk (never downloads)."""
+def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+                          progress: bool = True) -> StableDiffusion:
+    """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
+    hides diffusers' and transformers' loading bars."""
+    with library_progress_bars(progress):
+        return _load_stable_diffusion(Path(directory), device, dtype)
+
+
+def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype) -> StableDiffusion:
     diffusers, transformers = require("diffusers"), require("transformers")
-    directory = Path(directory)
     index = _read_index(directory)
     device = torch.device(device)
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle (.bin)

@@ -113,10 +113,21 @@ def _announce_a_first_build(name: str) -> None:
           "(once; about 30 s)", file=sys.stderr, flush=True)
 
 
+WAIT_NOTE_AFTER_S = 5.0  # a wait for the build lock longer than this is announced (loading takes well under 1 s)
+
+
+def _note_a_long_wait(folder: Path) -> None:
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under --nproc N the ranks queue here: rank 0 speaks for all
+        print(f"diffkit: waiting for another process that holds the CPU kernels' build lock in {folder} "
+              f"(building or loading them)", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _build_folder_lock(name: str):
-    """Hold an exclusive OS lock on the build folder of ``name`` (one line on stderr while another
-    process holds it); under it, a torch ``lock`` file is stale (left by a killed build) and removed."""
+    """Hold an exclusive OS lock on the build folder of ``name``; under it, a torch ``lock`` file
+    is stale (left by a killed build) and removed. Every load takes the lock (the ranks of
+    ``--nproc N`` take it in turn), so a wait is announced only once it has lasted
+    ``WAIT_NOTE_AFTER_S`` seconds (a build by another process), by rank 0 only."""
     try:
         import fcntl
         from torch.utils.cpp_extension import _get_build_directory
@@ -129,9 +140,13 @@ def _build_folder_lock(name: str):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            print(f"diffkit: waiting for another process that is building its CPU kernels in {folder}",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            note = threading.Timer(WAIT_NOTE_AFTER_S, _note_a_long_wait, (folder,))
+            note.daemon = True
+            note.start()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            finally:
+                note.cancel()
         try:
             (folder / "lock").unlink(missing_ok=True)
             yield
