@@ -70,6 +70,9 @@ def test_train_then_sample_end_to_end(tmp_path, capsys, monkeypatch):
     (["experiment", "ddim-table", "--checkpoint", "x", "--name", ""], "'' is not allowed"),
     (["eval", "--checkpoint", "x", "--metrics", "nll", "--out", "results.txt"], "must end in .json"),
     (["sample", "--checkpoint", "x", "--out", "grid.jpg"], "--out 'grid.jpg' must end in .png"),
+    (["sample", "--checkpoint", "x", "--sampler", "heun", "--eta", "0.5"], "eta=0.5 applies to the ddim sampler"),
+    (["eval", "--checkpoint", "x", "--metrics", "nll", "--sampler", "heun", "--eta", "1"],
+     "eta=1 applies to the ddim sampler, not 'heun'"),
     (["train-evaluator", "--seed", "99999999999999999999999"], "out of range"),
     (["train-classifier", "--seed", "-5"], "out of range"),
 ])

@@ -92,15 +92,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..sampling import final_for, resolve_sampler
+    from ..sampling import check_eta, final_for, resolve_sampler
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
-    options = {}
-    if args.eta is not None:
-        if info.name != "ddim":
-            raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
-        options["eta"] = args.eta
+    check_eta(info.name, args.eta)
+    options = {} if args.eta is None else {"eta": args.eta}
     config = None
     if args.config:
         from ..config import TrainConfig
