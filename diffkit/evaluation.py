@@ -456,14 +456,13 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         settings.update(samples=str(samples), num_samples=int(images.shape[0]))
     else:
         from .loading import load_denoiser
-        from .sampling import resolve_sampler
+        from .sampling import check_eta, resolve_sampler
         info, spacing, final = resolve_sampler(sampler)
         sampler = info.name
         options = {} if thresholding is None else {"thresholding": thresholding}
         options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
+        check_eta(sampler, eta)
         if eta is not None:
-            if sampler != "ddim":
-                raise DiffkitError(f"eta applies to the ddim sampler, not {sampler!r}")
             options["eta"] = parse_eta(eta)
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                                  compile=compile)

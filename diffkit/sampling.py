@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from .denoiser import ThresholdedDenoiser, precision_context
+from .denoiser import ThresholdedDenoiser, _innermost, precision_context
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import REGISTRY, SamplerInfo, get_sampler, split_sampler_spec
@@ -197,10 +197,7 @@ def check_zero_terminal_snr(denoiser, info: SamplerInfo, start: float) -> None:
         able = ", ".join(name for name, other in REGISTRY.items() if other.infinite_noise_start)
         raise DiffkitError(f"sampler {info.name!r} cannot start at t={start:g}, where this zero-terminal-SNR "
                            f"schedule has alpha_bar = 0 (infinite noise); start there with {able} {below}")
-    inner = denoiser
-    while not hasattr(inner, "prediction_type") and hasattr(inner, "inner"):
-        inner = inner.inner
-    if getattr(inner, "prediction_type", None) == "epsilon":
+    if getattr(_innermost(denoiser), "prediction_type", None) == "epsilon":
         raise DiffkitError(f"an epsilon-prediction network cannot start at t={start:g}, where alpha_bar = 0: "
                            f"x0 = (x - sigma eps)/alpha is undefined there; use a v_prediction or sample "
                            f"network (Lin et al. 2024) {below}")
@@ -313,6 +310,13 @@ def _given_once(what: str, value: Optional[str], other_source: str, other: Optio
     if value is not None and other is not None and value != other:
         raise DiffkitError(f"{what}={value!r} contradicts {other_source} ({what} {other!r}); give it once")
     return value if value is not None else other
+
+
+def check_eta(sampler: str, eta) -> None:
+    """An ``eta`` (DDIM's stochasticity, Song et al. 2021 eq. 16) is an option of the ddim sampler
+    only: a one-line error when it is given with another sampler."""
+    if eta is not None and sampler != "ddim":
+        raise DiffkitError(f"eta={eta} applies to the ddim sampler, not {sampler!r}")
 
 
 def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:

@@ -47,8 +47,6 @@ import torch
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule
 
-SPACINGS = ("linear", "quadratic", "leading", "trailing", "linspace", "karras", "logsnr", "logsnr_skip",
-            "logsnr_graded", "time_uniform")
 # spacings placed by sigma / log-SNR: their first time is t_max = T - 1, where a zero-terminal-SNR
 # schedule's sigma and -log SNR are infinite
 SIGMA_SPACINGS = ("karras", "logsnr", "logsnr_skip", "logsnr_graded")
@@ -77,62 +75,91 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
     check_choice("final", final, FINALS)
     t_end = -1.0 if final == "zero" else 0.0
     if custom is not None:
-        evaluated = torch.as_tensor(list(custom), dtype=_F64).flatten()
-        return _finish(evaluated, t_end, T, "custom")
+        return _finish(torch.as_tensor(list(custom), dtype=_F64).flatten(), t_end, T, "custom")
     check_choice("spacing", spacing, SPACINGS)
     check_range("steps", steps, 1, T, integer=True)
-    S = steps
-    if spacing == "linear":
-        evaluated = torch.floor(torch.arange(S, dtype=_F64) * (T / S)).flip(0)
-    elif spacing == "quadratic":
-        if S == 1:
-            evaluated = torch.zeros(1, dtype=_F64)
-        else:
-            c = 0.8 * T / (S - 1) ** 2
-            taus = torch.floor(c * torch.arange(S, dtype=_F64) ** 2)
-            for i in range(1, S):  # distinct times: a repeat moves up by one (only at the small end)
-                taus[i] = max(taus[i], taus[i - 1] + 1)
-            evaluated = taus.flip(0)
-    elif spacing == "leading":
-        check_range("offset", offset, 0, T - 1, integer=True)
-        evaluated = (torch.arange(S, dtype=_F64) * (T // S) + offset).flip(0)
-    elif spacing == "trailing":  # numpy, as diffusers computes it (torch's arange rounds some ties the other way)
-        evaluated = torch.from_numpy(np.round(np.arange(T, 0, -T / S)).astype(np.float64))[:S] - 1
-    elif spacing == "linspace":
-        evaluated = torch.from_numpy(np.linspace(0, T - 1, S + 1).round()[::-1][:-1].copy())
-    else:  # continuous spacings between t_max and t = 0
-        top = float(T - 1 if t_max is None else t_max)
-        n = S + 1 if final == "sigma_min" else S
-        if spacing == "karras":
-            check_range("rho", rho, 0.0, None, low_inclusive=False)
-            if not math.isfinite(rho):
-                raise DiffkitError(f"rho={rho} is not allowed; give a finite rho > 0 (EDM uses 7)")
-            smax, smin = schedule.karras_sigma(top).item(), schedule.karras_sigma(0.0).item()
-            ts = schedule.t_from_karras_sigma(karras_sigmas(n, smin, smax, rho))
-        elif spacing == "logsnr":
-            lam = torch.linspace(schedule.log_snr(top).item(), schedule.log_snr(0.0).item(), n, dtype=_F64)
-            ts = schedule.t_from_log_snr(lam)
-        elif spacing == "logsnr_skip":
-            check_range("skip_sigma", skip_sigma, 0.0, None, low_inclusive=False, finite=False)  # inf: no skip
-            lam_top, lam_end = schedule.log_snr(top).item(), schedule.log_snr(0.0).item()
-            lam_skip = -math.log(skip_sigma)
-            if n < 3 or not lam_top < lam_skip < lam_end:
-                lam = torch.linspace(lam_top, lam_end, n, dtype=_F64)
-            else:
-                lam = torch.cat([torch.tensor([lam_top], dtype=_F64),
-                                 torch.linspace(lam_skip, lam_end, n - 1, dtype=_F64)])
-            ts = schedule.t_from_log_snr(lam)
-        elif spacing == "logsnr_graded":
-            lam = graded_log_snr(n, schedule.log_snr(top).item(), schedule.log_snr(0.0).item(),
-                                 grade_sigmas, grade_power)
-            ts = schedule.t_from_log_snr(lam)
-        else:
-            ts = torch.linspace(top, 0.0, n, dtype=_F64)
-        ts[0], ts[-1] = top, 0.0  # remove round-off of the inverse maps at the ends
-        if final == "sigma_min":
-            return _finish(ts[:-1], 0.0, T, spacing)
-        return _finish(ts, -1.0, T, spacing)
-    return _finish(evaluated, t_end, T, spacing)
+    if spacing in _TIMESTEP_SPACINGS:
+        return _finish(_TIMESTEP_SPACINGS[spacing](T, steps, offset), t_end, T, spacing)
+    top = float(T - 1 if t_max is None else t_max)
+    n = steps + 1 if final == "sigma_min" else steps  # sigma_min: the point at t = 0 is the target
+    ts = _CONTINUOUS_SPACINGS[spacing](schedule, top, n, rho=rho, skip_sigma=skip_sigma,
+                                       grade_sigmas=grade_sigmas, grade_power=grade_power)
+    ts[0], ts[-1] = top, 0.0  # remove round-off of the inverse maps at the ends
+    return _finish(ts[:-1] if final == "sigma_min" else ts, t_end, T, spacing)
+
+
+# Timestep spacings: (T, S, offset) -> the S decreasing evaluation times.
+def _linear(T: int, S: int, offset: int) -> torch.Tensor:
+    return torch.floor(torch.arange(S, dtype=_F64) * (T / S)).flip(0)
+
+
+def _quadratic(T: int, S: int, offset: int) -> torch.Tensor:
+    if S == 1:
+        return torch.zeros(1, dtype=_F64)
+    c = 0.8 * T / (S - 1) ** 2
+    taus = torch.floor(c * torch.arange(S, dtype=_F64) ** 2)
+    for i in range(1, S):  # distinct times: a repeat moves up by one (only at the small end)
+        taus[i] = max(taus[i], taus[i - 1] + 1)
+    return taus.flip(0)
+
+
+def _leading(T: int, S: int, offset: int) -> torch.Tensor:
+    check_range("offset", offset, 0, T - 1, integer=True)
+    return (torch.arange(S, dtype=_F64) * (T // S) + offset).flip(0)
+
+
+def _trailing(T: int, S: int, offset: int) -> torch.Tensor:
+    # numpy, as diffusers computes it (torch's arange rounds some ties the other way)
+    return torch.from_numpy(np.round(np.arange(T, 0, -T / S)).astype(np.float64))[:S] - 1
+
+
+def _linspace(T: int, S: int, offset: int) -> torch.Tensor:
+    return torch.from_numpy(np.linspace(0, T - 1, S + 1).round()[::-1][:-1].copy())
+
+
+# Continuous spacings: (schedule, t_max, n, options) -> n decreasing times from t_max to 0 (the
+# ends are then set exactly).
+def _karras(schedule: NoiseSchedule, top: float, n: int, *, rho: float, **_) -> torch.Tensor:
+    check_range("rho", rho, 0.0, None, low_inclusive=False)
+    if not math.isfinite(rho):
+        raise DiffkitError(f"rho={rho} is not allowed; give a finite rho > 0 (EDM uses 7)")
+    smax, smin = schedule.karras_sigma(top).item(), schedule.karras_sigma(0.0).item()
+    return schedule.t_from_karras_sigma(karras_sigmas(n, smin, smax, rho))
+
+
+def _logsnr(schedule: NoiseSchedule, top: float, n: int, **_) -> torch.Tensor:
+    lam = torch.linspace(schedule.log_snr(top).item(), schedule.log_snr(0.0).item(), n, dtype=_F64)
+    return schedule.t_from_log_snr(lam)
+
+
+def _logsnr_skip(schedule: NoiseSchedule, top: float, n: int, *, skip_sigma: float, **_) -> torch.Tensor:
+    check_range("skip_sigma", skip_sigma, 0.0, None, low_inclusive=False, finite=False)  # inf: no skip
+    lam_top, lam_end = schedule.log_snr(top).item(), schedule.log_snr(0.0).item()
+    lam_skip = -math.log(skip_sigma)
+    if n < 3 or not lam_top < lam_skip < lam_end:
+        lam = torch.linspace(lam_top, lam_end, n, dtype=_F64)
+    else:
+        lam = torch.cat([torch.tensor([lam_top], dtype=_F64),
+                         torch.linspace(lam_skip, lam_end, n - 1, dtype=_F64)])
+    return schedule.t_from_log_snr(lam)
+
+
+def _logsnr_graded(schedule: NoiseSchedule, top: float, n: int, *, grade_sigmas: Sequence[float],
+                   grade_power: float, **_) -> torch.Tensor:
+    lam = graded_log_snr(n, schedule.log_snr(top).item(), schedule.log_snr(0.0).item(),
+                         grade_sigmas, grade_power)
+    return schedule.t_from_log_snr(lam)
+
+
+def _time_uniform(schedule: NoiseSchedule, top: float, n: int, **_) -> torch.Tensor:
+    return torch.linspace(top, 0.0, n, dtype=_F64)
+
+
+_TIMESTEP_SPACINGS = {"linear": _linear, "quadratic": _quadratic, "leading": _leading,
+                      "trailing": _trailing, "linspace": _linspace}
+_CONTINUOUS_SPACINGS = {"karras": _karras, "logsnr": _logsnr, "logsnr_skip": _logsnr_skip,
+                        "logsnr_graded": _logsnr_graded, "time_uniform": _time_uniform}
+SPACINGS = tuple(_TIMESTEP_SPACINGS) + tuple(_CONTINUOUS_SPACINGS)  # the names make_grid takes
 
 
 def _finish(evaluated: torch.Tensor, t_end: float, T: int, name: str) -> torch.Tensor:

@@ -69,6 +69,10 @@ def test_train_then_sample_end_to_end(tmp_path, capsys, monkeypatch):
     (["experiment", "sampler-table", "--checkpoint", "x", "--name", "../escape"], "'../escape' is not allowed"),
     (["experiment", "ddim-table", "--checkpoint", "x", "--name", ""], "'' is not allowed"),
     (["eval", "--checkpoint", "x", "--metrics", "nll", "--out", "results.txt"], "must end in .json"),
+    (["sample", "--checkpoint", "x", "--out", "grid.jpg"], "--out 'grid.jpg' must end in .png"),
+    (["sample", "--checkpoint", "x", "--sampler", "heun", "--eta", "0.5"], "eta=0.5 applies to the ddim sampler"),
+    (["eval", "--checkpoint", "x", "--metrics", "nll", "--sampler", "heun", "--eta", "1"],
+     "eta=1 applies to the ddim sampler, not 'heun'"),
     (["train-evaluator", "--seed", "99999999999999999999999"], "out of range"),
     (["train-classifier", "--seed", "-5"], "out of range"),
 ])
@@ -165,6 +169,9 @@ def test_sample_checks_its_two_grid_files_before_sampling(trained_run, tmp_path,
                              "--out", str(tmp_path / "d.png"), "--no-progress")
     assert code == 2 and "is a folder" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png"]  # no noise grid was written first
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--steps", "2", "--num", "2",
+                             "--out", "X.PNG", "--noise-out", "N.PNG", "--no-progress")  # any case of .png
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["N.PNG", "X.PNG", "d.png"], err
 
 
 def test_an_nfe_beyond_the_schedule_names_the_largest_allowed(trained_run, capsys):

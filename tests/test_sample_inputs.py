@@ -148,6 +148,13 @@ def test_ddim_from_infinite_noise_reaches_the_data_and_refuses_an_epsilon_networ
              diffkit.sample, _ztsnr_denoiser("epsilon"), (2, 2), "ddim", steps=4, spacing="trailing", progress=False)
     one_line("an epsilon-prediction network cannot start at t=99", diffkit.sample, _ztsnr_denoiser("epsilon"),
              (2, 2), "ddpm", grid=[99.0, 50.0, -1.0], progress=False)
+    from diffkit.denoiser import ThresholdedDenoiser
+    from diffkit.guidance import ClassifierFreeGuidance
+    for wrapped in (ThresholdedDenoiser(_ztsnr_denoiser("epsilon"), "dynamic"),  # the network inside wrappers
+                    ClassifierFreeGuidance(ThresholdedDenoiser(_ztsnr_denoiser("epsilon"), "dynamic"), 1.0,
+                                           null_class=2)):
+        one_line("an epsilon-prediction network cannot start at t=99", diffkit.sample, wrapped, (2, 2), "ddim",
+                 steps=4, spacing="trailing", progress=False)
 
 
 def test_guidance_null_class_and_schedule_options_are_checked():

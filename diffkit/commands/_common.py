@@ -177,14 +177,14 @@ def check_output_file(path: str | Path, what: str, suffix: str, writes: str | No
     must not be a diffusion training checkpoint (writing over one would lose the run) or another
     kind of diffkit file than the one written (``writes``: a :func:`diffkit.checkpoint.file_kind`;
     e.g. an evaluator over the autoencoder a latent run depends on); its folder is created and
-    probed for writing."""
+    probed for writing. The suffix is compared case-insensitively (``.PNG`` is a PNG)."""
     from ..checkpoint import file_kind  # torch: imported when a command runs, not for --help
     path = Path(path)
-    if path.suffix != suffix:
+    if path.suffix.lower() != suffix:
         raise DiffkitError(f"{what} {str(path)!r} must end in {suffix}")
     if path.is_dir():
         raise DiffkitError(f"{what} {str(path)!r} is a folder; give a file name ending in {suffix}")
-    kind = file_kind(path) if path.suffix == ".safetensors" else None
+    kind = file_kind(path) if suffix == ".safetensors" else None
     if kind == "training checkpoint":
         raise DiffkitError(f"{what} {str(path)!r} is a diffusion training checkpoint; writing over it would lose "
                            f"the run; choose another file")

@@ -31,8 +31,8 @@ from typing import Optional
 from ..errors import DiffkitError, check_range, shorten
 from ..timesteps import FINALS, SPACINGS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
-                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, positive_int,
-                      removed_if_empty_on_failure, seed_int)
+                      check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
+                      positive_int, removed_if_empty_on_failure, seed_int)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -97,15 +97,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..sampling import final_for, resolve_sampler
+    from ..sampling import check_eta, final_for, resolve_sampler
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
-    options = {}
-    if args.eta is not None:
-        if info.name != "ddim":
-            raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
-        options["eta"] = args.eta
+    check_eta(info.name, args.eta)
+    options = {} if args.eta is None else {"eta": args.eta}
     config = None
     checkpoint = args.checkpoint
     if args.config:
@@ -122,11 +119,9 @@ def run(args) -> int:
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
-        if path and Path(path).suffix.lower() != ".png":  # never overwrite a checkpoint with an image
-            raise DiffkitError(f"{flag}={path!r} must be a .png file")
-        if path:
+        if path:  # a .png (never overwrite a checkpoint with an image)
             new_dirs += missing_dirs(Path(path).parent)
-            check_writable_dir(Path(path).parent)
+            check_output_file(path, flag, ".png")
     new_dirs += missing_dirs(args.individual) if args.individual else []
     if args.individual:
         from ..images import check_image_folder
@@ -373,12 +368,9 @@ def check_grid_files(out: Path, noise_out: Optional[Path]) -> None:
     """Before any sampling: the grid (and noise grid) files are two different, writable files."""
     if noise_out is not None and out.resolve() == noise_out.resolve():
         raise DiffkitError(f"the sample grid and the noise grid would both be {str(out)!r}; give another --noise-out")
-    for path in (out, noise_out):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise DiffkitError(f"{str(path)!r} is a folder; give a .png file name")
-        check_writable_dir(path.parent, "output directory")
+    for what, path in (("sample grid", out), ("noise grid", noise_out)):
+        if path is not None:
+            check_output_file(path, what, ".png")
 
 
 def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[str] = None):
