@@ -10,7 +10,7 @@ from ..errors import DiffkitError, check_choice, check_range
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
-from .karras import dpm2, euler, euler_ancestral, heun, lms
+from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
 from .unipc import unipc
 
@@ -216,6 +216,15 @@ register(SamplerInfo("dpm2", dpm2, order=2, calls_per_step=2, stochastic=False,
                      description="DPM2 (k-diffusion): midpoint in log sigma; last step to sigma=0 is Euler",
                      default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
                      nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("dpm2-ancestral", dpm2_ancestral, order=2, calls_per_step=2, stochastic=True,
+                     description="DPM2 ancestral (k-diffusion sample_dpm_2_ancestral): DPM2 to sigma_down, noise sigma_up",
+                     default_spacing="karras", default_final="zero", options={"eta": 1.0},
+                     nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("dpm-solver++-2s-ancestral", dpmpp_2s_ancestral, order=2, calls_per_step=2, stochastic=True,
+                     description="DPM++ 2S a (k-diffusion sample_dpmpp_2s_ancestral): DPM-Solver++(2S) to sigma_down, "
+                                 "noise sigma_up",
+                     default_spacing="karras", default_final="zero", options={"eta": 1.0},
+                     nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("lms", lms, order=4, calls_per_step=1, stochastic=False,
                      description="K-LMS (k-diffusion): linear multistep in sigma, order 4",
                      default_spacing="karras", default_final="zero", options={"order": 4}))
@@ -240,3 +249,4 @@ register(SamplerInfo("unipc-eps-bh1", unipc, order=2, calls_per_step=1, stochast
                      description="UniPC-bh1 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
                      default_spacing="linear", default_final="zero",
                      options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False}))
+
