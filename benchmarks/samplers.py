@@ -208,9 +208,10 @@ def diffusers_configs():
                         {"solver_order": order, **sigmas[sname]}, True))
     for cls, label, det in (("EulerDiscreteScheduler", "Euler", True), ("HeunDiscreteScheduler", "Heun", True),
                             ("LMSDiscreteScheduler", "LMS", True), ("KDPM2DiscreteScheduler", "KDPM2", True),
-                            ("EulerAncestralDiscreteScheduler", "EulerA", False)):
+                            ("EulerAncestralDiscreteScheduler", "EulerA", False),
+                            ("KDPM2AncestralDiscreteScheduler", "KDPM2A", False)):
         for sname in ("", ",karras"):
-            if cls == "EulerAncestralDiscreteScheduler" and sname:
+            if not det and sname:  # the stochastic ones (FD only) on their default sigmas
                 continue
             cfg.append((f"{label}[{sname[1:] or 'default'}]", cls, dict(sigmas[sname]), det))
     return cfg

@@ -121,6 +121,7 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
                            f"{spacing or info.default_spacing!r}")
     threshold_options = {name: options.pop(name) for name in _THRESHOLD_OPTIONS if name in options}
     check_options(info, options)
+    info = info.with_options(options)  # pc's corrector_steps sets its calls per step, so its NFE
     if grid is None:
         check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
         grid = sampler_grid(denoiser, info, steps, nfe, spacing, final, offset=offset)

@@ -170,18 +170,20 @@ def dpm_solver_singlestep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solv
     for k in orders:
         next(bar)
         x_t = x
-        x, m0 = _singlestep_chunk(denoiser, x, c, i, k, cond, data)
+        x, m0 = singlestep_chunk(denoiser, x, c, i, k, cond, data)
         if callback is not None:  # the x0 prediction at t, whichever the solver works with
             report(callback, i, c.t[i], c.t[i + k], x, m0 if data else (x_t - c.sigma[i] * m0) / c.alpha[i])
         i += k
     return x
 
 
-def _singlestep_chunk(denoiser, x, c: GridScalars, i: int, k: int, cond: dict, data: bool):
-    """One singlestep update of order k from grid[i] to grid[i+k]; returns (x_s, model output at t)."""
+def singlestep_chunk(denoiser, x, c: GridScalars, i: int, k: int, cond: dict, data: bool, m0=None):
+    """One singlestep update of order k from grid[i] to grid[i+k]; returns (x_s, model output at t).
+    ``m0``: the model output at (x, grid[i]) when the caller has it (the ancestral DPM-Solver++(2S))."""
     lam = c.log_snr
     h = lam[i + k] - lam[i]
-    m0 = model_output(denoiser, x, c.t[i], cond, data)
+    if m0 is None:
+        m0 = model_output(denoiser, x, c.t[i], cond, data)
 
     def first_order(j, rh):
         """The order-1 transfer x_t -> grid[i+j] with lambda step rh, and its phi = expm1(+-rh)."""

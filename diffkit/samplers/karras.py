@@ -1,5 +1,6 @@
 """Karras-style samplers (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
-Generative Models" (EDM); Crowson's k-diffusion): Euler, Heun, Euler-ancestral, DPM2 and LMS.
+Generative Models" (EDM); Crowson's k-diffusion): Euler, Heun, Euler-ancestral, DPM2, LMS and the
+ancestral DPM2 and DPM-Solver++(2S).
 
 They integrate the probability-flow ODE in EDM's variables: ``x~ = x_t / alpha_t`` and
 ``sigma~ = sqrt((1 - abar)/abar) = sigma_t/alpha_t`` (``schedule.karras_sigma``), where it reads
@@ -24,6 +25,7 @@ import torch
 from ..errors import check_range
 from ..noise import randn_like
 from .common import GridScalars, report, steps
+from .dpm_solver import singlestep_chunk
 
 
 class _KarrasGrid:
@@ -38,6 +40,12 @@ class _KarrasGrid:
 
     def time_of(self, sigma: float) -> float:
         return float(self.schedule.t_from_karras_sigma(sigma))
+
+    def midpoint_time(self, i: int, sigma_mid: float) -> float:
+        """The time of a midpoint evaluation inside step i. sigma_mid >= sigma_{i+1} (DPM2's log-midpoint;
+        the ancestral ones' sqrt(sigma sigma_down) equals sigma_{i+1} at eta = 1, since sigma_down =
+        sigma_{i+1}^2/sigma there), so the max only removes rounding below the grid (t < 0 at sigma_min)."""
+        return max(self.time_of(sigma_mid), self.t[i + 1])
 
 
 def _eps(denoiser, x_tilde: torch.Tensor, t: float, sigma: float, cond: dict) -> torch.Tensor:
@@ -128,21 +136,77 @@ def euler_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float
     """Euler-ancestral (k-diffusion ``sample_euler_ancestral``): an Euler step down to sigma_down,
     then fresh noise of std sigma_up, so that the marginal variance at sigma_s matches (eta = 1)."""
     check_range("eta", eta, 0.0, None)
+    return _ancestral(denoiser, x, grid, "euler-ancestral", None, eta, s_noise, cond, generator, callback, progress)
+
+
+def dpm2_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                   cond: Optional[dict] = None, generator=None, callback=None,
+                   progress: bool = False) -> torch.Tensor:
+    """DPM2-ancestral (k-diffusion ``sample_dpm_2_ancestral``; diffusers' KDPM2AncestralDiscreteScheduler):
+    :func:`dpm2`'s log-midpoint step to sigma_down instead of sigma_s, then noise of std sigma_up
+    (:func:`ancestral_step`). The step to sigma = 0 (sigma_down = 0) is Euler. ``eta`` <= 1: above it
+    sigma_up can reach sigma_s, where k-diffusion takes a one-call Euler step (the NFE would vary)."""
+    check_range("eta", eta, 0.0, 1.0)
+
+    return _ancestral(denoiser, x, grid, "dpm2-ancestral", _dpm2_step, eta, s_noise, cond, generator, callback, progress)
+
+
+def dpmpp_2s_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+                       cond: Optional[dict] = None, generator=None, callback=None,
+                       progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2S) ancestral (k-diffusion ``sample_dpmpp_2s_ancestral``, "DPM++ 2S a"): one
+    DPM-Solver++(2S) step (Lu et al. 2022b, Alg. 1) from sigma to sigma_down with r = 1/2, i.e. its
+    inner evaluation at the log-midpoint sigma_mid = sqrt(sigma sigma_down), then noise of std
+    sigma_up (:func:`ancestral_step`). In x~ with h = log(sigma/sigma_down) that step is
+    x~_mid = (sigma_mid/sigma) x~ - expm1(-h/2) D0,  x~_down = (sigma_down/sigma) x~ - expm1(-h) D(x~_mid).
+    The step to sigma = 0 is Euler (x~ = D0). ``eta`` <= 1 as in :func:`dpm2_ancestral`."""
+    check_range("eta", eta, 0.0, 1.0)
+
+    return _ancestral(denoiser, x, grid, "dpm-solver++-2s-ancestral", _dpmpp_2s_step, eta, s_noise, cond, generator,
+                      callback, progress)
+
+
+def _ancestral(denoiser, x, grid, name, step, eta, s_noise, cond, generator, callback, progress):
+    """The ancestral loop shared by the k-diffusion ancestral samplers: d = eps at sigma, then
+    ``step(denoiser, kg, i, x~, d, sigma, sigma_down, cond)`` (None: Euler) to sigma_down, then s_noise sigma_up z.
+    A step to sigma_down = 0 is Euler, x~ + (0 - sigma) d = D(x~; sigma), as in k-diffusion."""
     check_range("s_noise", s_noise, 0.0, None)
     cond = cond or {}
     kg = _KarrasGrid(denoiser.schedule, grid)
     x = x / kg.alpha[0]
-    for i in steps(grid, progress, "euler-ancestral"):
+    for i in steps(grid, progress, name):
         sigma = kg.sigma[i]
         d = _eps(denoiser, x, kg.t[i], sigma, cond)
-        x_from, sigma_from = x, sigma
+        x_from = x
         sigma_down, sigma_up = ancestral_step(sigma, kg.sigma[i + 1], eta)
-        x = torch.add(x, d, alpha=sigma_down - sigma)
+        if step is None or sigma_down == 0.0:
+            x = torch.add(x, d, alpha=sigma_down - sigma)
+        else:
+            x = step(denoiser, kg, i, x, d, sigma, sigma_down, cond)
         if sigma_up > 0:
             x = torch.add(x, randn_like(x, generator), alpha=s_noise * sigma_up)
         if callback is not None:
-            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma * d)
     return kg.alpha[-1] * x
+
+
+def _dpmpp_2s_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_down: float, cond: dict):
+    """DPM-Solver++(2S) from sigma to sigma_down with r = 1/2: the singlestep solver's own order-2
+    chunk (:func:`~diffkit.samplers.dpm_solver.singlestep_chunk`) on the three times t,
+    t(sigma_mid), t(sigma_down), in VP variables, starting from the data prediction D0 = x~ - sigma d."""
+    times = [kg.t[i], kg.midpoint_time(i, math.sqrt(sigma * sigma_down)), kg.time_of(sigma_down)]
+    c = GridScalars.of(kg.schedule, times)
+    x_down, _ = singlestep_chunk(denoiser, kg.alpha[i] * x, c, 0, 2, cond, True, m0=x - sigma * d)
+    return x_down / c.alpha[2]
+
+
+def _dpm2_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_to: float, cond: dict) -> torch.Tensor:
+    """DPM2's step from sigma to sigma_to > 0 with d at sigma: Euler to the log-midpoint
+    sigma_mid = sqrt(sigma sigma_to), then x~ + (sigma_to - sigma) d(sigma_mid)."""
+    sigma_mid = math.exp(0.5 * (math.log(sigma) + math.log(sigma_to)))
+    x_mid = torch.add(x, d, alpha=sigma_mid - sigma)
+    d_mid = _eps(denoiser, x_mid, kg.midpoint_time(i, sigma_mid), sigma_mid, cond)
+    return torch.add(x, d_mid, alpha=sigma_to - sigma)
 
 
 def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
@@ -164,10 +228,7 @@ def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
         if sigma_s == 0.0:
             x = torch.add(x, d, alpha=sigma_s - sigma_hat)
         else:
-            sigma_mid = math.exp(0.5 * (math.log(sigma_hat) + math.log(sigma_s)))
-            x_mid = torch.add(x, d, alpha=sigma_mid - sigma_hat)
-            d_mid = _eps(denoiser, x_mid, kg.time_of(sigma_mid), sigma_mid, cond)
-            x = torch.add(x, d_mid, alpha=sigma_s - sigma_hat)
+            x = _dpm2_step(denoiser, kg, i, x, d, sigma_hat, sigma_s, cond)
         if callback is not None:
             report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x

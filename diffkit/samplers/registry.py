@@ -3,14 +3,15 @@ stochastic or not, default time grid). One table serves the CLI, the benchmarks 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from ..errors import DiffkitError, check_choice, check_range
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
-from .karras import dpm2, euler, euler_ancestral, heun, lms
+from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
+from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
 from .unipc import unipc
 
@@ -37,12 +38,22 @@ class SamplerInfo:
     # final target matters to samplers whose step into clean data needs fewer calls).
     nfe_of_steps: Optional[Callable[[int, str], int]] = None
     nfe_rule: str = ""  # the rule in words, for ``diffkit samplers``
+    # For samplers whose calls per step depend on an option (pc's corrector_steps):
+    # calls_per_step_of(options) with the registered options updated by the caller's
+    calls_per_step_of: Optional[Callable[[dict], int]] = None
 
     def nfe(self, steps: int, final: Optional[str] = None) -> int:
         """Network evaluations spent by ``steps`` steps on a grid ending at ``final``
         (default: the sampler's default final)."""
         final = final or self.default_final
         return self.nfe_of_steps(steps, final) if self.nfe_of_steps else self.calls_per_step * steps
+
+    def with_options(self, options: dict) -> "SamplerInfo":
+        """This sampler as it runs with ``options`` (the caller's, over the registered ones): its
+        calls per step, and so its NFE, where an option sets them."""
+        if self.calls_per_step_of is None:
+            return self
+        return replace(self, calls_per_step=self.calls_per_step_of({**self.options, **options}))
 
     def steps_for_nfe(self, nfe: int, final: Optional[str] = None) -> int:
         """The step count that spends exactly ``nfe`` evaluations, or a one-line error."""
@@ -216,6 +227,15 @@ register(SamplerInfo("dpm2", dpm2, order=2, calls_per_step=2, stochastic=False,
                      description="DPM2 (k-diffusion): midpoint in log sigma; last step to sigma=0 is Euler",
                      default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
                      nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("dpm2-ancestral", dpm2_ancestral, order=2, calls_per_step=2, stochastic=True,
+                     description="DPM2 ancestral (k-diffusion sample_dpm_2_ancestral): DPM2 to sigma_down, noise sigma_up",
+                     default_spacing="karras", default_final="zero", options={"eta": 1.0},
+                     nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("dpm-solver++-2s-ancestral", dpmpp_2s_ancestral, order=2, calls_per_step=2, stochastic=True,
+                     description="DPM++ 2S a (k-diffusion sample_dpmpp_2s_ancestral): DPM-Solver++(2S) to sigma_down, "
+                                 "noise sigma_up",
+                     default_spacing="karras", default_final="zero", options={"eta": 1.0},
+                     nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("lms", lms, order=4, calls_per_step=1, stochastic=False,
                      description="K-LMS (k-diffusion): linear multistep in sigma, order 4",
                      default_spacing="karras", default_final="zero", options={"order": 4}))
@@ -240,3 +260,15 @@ register(SamplerInfo("unipc-eps-bh1", unipc, order=2, calls_per_step=1, stochast
                      description="UniPC-bh1 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
                      default_spacing="linear", default_final="zero",
                      options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False}))
+
+
+def _pc_calls(options: dict) -> int:
+    return 1 + check_range("corrector_steps", options["corrector_steps"], 0, None, integer=True)
+
+
+register(SamplerInfo("pc", pc, order=1, calls_per_step=2, stochastic=True,
+                     description="predictor-corrector (Song et al. 2021, App. G Alg. 3, 5): reverse diffusion + "
+                                 "Langevin, snr 0.16",
+                     default_spacing="linear", default_final="zero",
+                     options={"snr": 0.16, "corrector_steps": 1, "predictor": "reverse_diffusion"},
+                     calls_per_step_of=_pc_calls, nfe_rule="steps*(1+corrector_steps)"))
