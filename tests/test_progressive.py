@@ -2,8 +2,10 @@
 of Gaussian data with the exact model (diffkit.analytic)."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import diffkit
 from diffkit import Denoiser, DiffkitError, NoiseSchedule
@@ -144,3 +146,19 @@ def test_rate_distortion_refuses_bad_input():
         rate_distortion(d, torch.zeros(4, dtype=torch.long))
     with pytest.raises(DiffkitError, match="timesteps"):
         rate_distortion(d, torch.zeros(2, 4), timesteps=[5, 10])
+
+
+def test_sample_progressive_writes_the_grid(tiny_checkpoint, tmp_path, capsys):
+    from diffkit.cli import main
+    out = tmp_path / "s.png"
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--num", "3", "--steps", "6", "--progressive", "4",
+                 "--out", str(out), "--device", "cpu", "--no-progress", "--batch-size", "2"]) == 0
+    grid = Image.open(tmp_path / "s_progressive.png")
+    assert grid.size == (4 * 10 + 2, 3 * 10 + 2)  # 8x8 images, padding 2: 4 columns (times), 3 rows
+    printed = capsys.readouterr().out
+    assert "s_progressive.png" in printed and "t = 83, 50, 16, -1" in printed  # the 6-step grid 83, 66, ..., 0, -1
+    samples = Image.open(out)  # the last column is the sample grid's images
+    assert np.array_equal(np.asarray(grid)[2:10, 32:40], np.asarray(samples)[2:10, 2:10])
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "6", "--progressive", "8", "--out",
+                 str(tmp_path / "t.png"), "--device", "cpu", "--no-progress"]) == 2
+    assert "--progressive=8" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
