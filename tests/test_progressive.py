@@ -1,5 +1,6 @@
 """DDPM Sec. 4.3: progressive generation (Fig. 6) and rate-distortion (Fig. 5) against closed forms
 of Gaussian data with the exact model (diffkit.analytic)."""
+import json
 import math
 
 import numpy as np
@@ -162,3 +163,17 @@ def test_sample_progressive_writes_the_grid(tiny_checkpoint, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "6", "--progressive", "8", "--out",
                  str(tmp_path / "t.png"), "--device", "cpu", "--no-progress"]) == 2
     assert "--progressive=8" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+
+
+def test_eval_rate_distortion_writes_table_and_plot(tiny_checkpoint, tmp_path, capsys):
+    from test_evaluation import main
+    out = tmp_path / "rd.json"
+    assert main(["eval", "--checkpoint", tiny_checkpoint, "--metrics", "rate-distortion,nll-strided", "--nll-num", 4,
+                 "--out", out, "--device", "cpu", "--no-progress"]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    rd = metrics["rate-distortion"]
+    assert rd["timesteps"][0] == 0 and rd["timesteps"][-1] == 99 and len(rd["rate_bpd"]) == len(rd["timesteps"])
+    assert rd["bpd"] == pytest.approx(metrics["nll-strided"]["bpd"], abs=1e-9)  # same images, t and noise
+    assert rd["plot"] == str(tmp_path / "rd_rate_distortion.png")
+    assert Image.open(rd["plot"]).size[0] > 0
+    assert "[" in capsys.readouterr().out
