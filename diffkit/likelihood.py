@@ -90,3 +90,23 @@ def _sum_weights(ts: torch.Tensor, T: int) -> torch.Tensor:
     w[-1] += 0.5 + (T - 1 - kl[-1])
     weights[1:] = w
     return weights
+
+
+def tail_sums(terms: torch.Tensor, ts: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, len(ts)): sum_{k > ts[j]}^{T-1} L_k for each evaluated t, the KL terms (columns 1..;
+    column 0 is L_0 at t = 0) read as the rule of :func:`_sum_weights` reads them: linear between
+    evaluated t, constant below the first and above the last. Between evaluated a < b (gap g) the
+    integer points a+1..b add L_a (g - 1)/2 + L_b (g + 1)/2, so the sum over every k >= 1 (the
+    first column) is exactly sum_{j >= 1} w_j L(t_j); with every t evaluated, the plain sums."""
+    kl, t = terms[:, 1:], ts[1:].to(terms.dtype)
+    out = torch.zeros_like(terms)
+    if kl.shape[1] == 0:
+        return out
+    gaps = t[1:] - t[:-1]
+    pieces = kl[:, :-1] * ((gaps - 1) / 2) + kl[:, 1:] * ((gaps + 1) / 2)  # (a, b] for each pair
+    above = kl[:, -1:] * (T - 1 - t[-1])  # constant above the last evaluated t
+    tails = pieces.flip(1).cumsum(1).flip(1)
+    out[:, 1:] = above + torch.cat([tails, torch.zeros_like(above)], 1)
+    out[:, 0] = out[:, 1] + kl[:, 0] * t[0]  # t = 1..t_1: constant at the first KL term
+    return out
+

@@ -167,12 +167,13 @@ def rate_distortion(denoiser, images: torch.Tensor, *, timesteps: Optional[Seque
     """DDPM Sec. 4.3 "Progressive lossy compression" (Fig. 5) on ``images`` (in [-1, 1], 8-bit data).
 
     One pass of :func:`diffkit.likelihood.variational_bound` (its terms and the x_0 prediction each
-    was computed from, as the DDPM code's ``calc_bpd_loop``): rate(t_j) = prior + sum_{i > j} w_i
-    L(t_i), exact with every t (``timesteps=None``), the trapezoid rule's partial sum for a strided
-    list (weights ``w``, which must start at 0). The distortion pools the squared error over
+    was computed from, as the DDPM code's ``calc_bpd_loop``): rate(t) = prior + sum_{k > t} L_k,
+    exact with every t (``timesteps=None``); a strided list (which must start at 0) reads the
+    terms between evaluated t as the bound's trapezoid rule does (:func:`diffkit.likelihood.tail_sums`),
+    so the rate after L_0 is the strided bound. The distortion pools the squared error over
     images and dimensions before the square root. Image i's noise comes from seed + i."""
     from .denoiser import network_device
-    from .likelihood import variational_bound
+    from .likelihood import tail_sums, variational_bound
     from .noise import generators_from_seed
     if not isinstance(images, torch.Tensor) or images.ndim < 2 or images.shape[0] < 1 or not images.is_floating_point():
         raise DiffkitError(f"images of shape {tuple(getattr(images, 'shape', ()))} are not allowed; give float "
@@ -188,14 +189,13 @@ def rate_distortion(denoiser, images: torch.Tensor, *, timesteps: Optional[Seque
         parts.append(variational_bound(denoiser, images[start:start + batch_size].to(device), timesteps=timesteps,
                                        generator=generators[start:start + batch_size], cond=part_cond,
                                        progress=progress))
-    prior = torch.cat([p.prior for p in parts])
-    terms = torch.cat([p.terms for p in parts]) * parts[0].weights[None]
-    after = terms.flip(1).cumsum(1).flip(1) - terms  # sum over i > j
-    rates = prior[:, None] + after
+    ts = parts[0].timesteps
+    rates = torch.cat([p.prior for p in parts])[:, None] + tail_sums(torch.cat([p.terms for p in parts]), ts,
+                                                                      denoiser.schedule.num_timesteps)
     n = rates.shape[0]
     sem = rates.std(0) / math.sqrt(n) if n > 1 else torch.full_like(rates[0], float("nan"))
     mse = torch.cat([p.x0_mse for p in parts]).mean(0)
-    return RateDistortion(timesteps=parts[0].timesteps, rate=rates.mean(0), rate_sem=sem,
+    return RateDistortion(timesteps=ts, rate=rates.mean(0), rate_sem=sem,
                           distortion=PIXEL_SCALE * mse.sqrt(),
                           nll=float(torch.cat([p.total for p in parts]).mean()), num_images=int(images.shape[0]))
 
@@ -217,7 +217,7 @@ def plot_rate_distortion(result: dict, path, num_timesteps: int, title: str = ""
     axes[0].set(xlabel="reverse process steps (T - t)", ylabel="distortion (RMSE, [0, 255])")
     axes[1].plot(steps, result["rate_bpd"])
     axes[1].set(xlabel="reverse process steps (T - t)", ylabel="rate (bits/dim)")
-    axes[2].plot([*result["rate_bpd"], result["bpd"]][::-1], [*result["distortion_rmse"], 0.0][::-1])
+    axes[2].plot([*result["rate_bpd"][::-1], result["bpd"]], [*result["distortion_rmse"][::-1], 0.0])
     axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE, [0, 255])")
     if title:
         fig.suptitle(title)

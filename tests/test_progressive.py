@@ -11,7 +11,8 @@ from PIL import Image
 import diffkit
 from diffkit import Denoiser, DiffkitError, NoiseSchedule
 from diffkit.analytic import GaussianMixture
-from diffkit.evaluation import nll_bits_per_dim
+from diffkit.evaluation import nll_bits_per_dim, strided_timesteps
+from diffkit.likelihood import _sum_weights, tail_sums
 from diffkit.progressive import FrameRecorder, frame_positions, progressive_x0, rate_distortion
 
 F64 = torch.float64
@@ -133,11 +134,32 @@ def test_rate_is_the_mutual_information_and_reaches_the_full_bound():
     for t in (0, 1, 5, 20, 50, 100, 200, T - 1):
         assert abs(rd.rate[t].item() - expected[t].item()) < 5 * rd.rate_sem[t].item() + 1e-6, (
             t, rd.rate[t].item(), expected[t].item(), rd.rate_sem[t].item())
-    ts = [0, 1, 2, 5, 10, 50, 200, T - 1]
+    # eval's strided grid (every t < 20, then every 10th): the rate reads the terms between evaluated
+    # t as the strided bound does; like that bound it errs upwards (the terms are convex in t):
+    # measured 0 .. +0.060 bits/dim (at most 2.2 standard errors) over the evaluated t
+    ts = strided_timesteps(T, 20, 10)
     strided = rate_distortion(d, x, timesteps=ts, seed=7, batch_size=100)
-    assert strided.rate[-1].item() == pytest.approx(expected[-1].item(), abs=5 * strided.rate_sem[-1].item() + 1e-6)
+    gap = strided.rate - expected[ts]
+    assert (gap > -3 * strided.rate_sem).all() and (gap < 0.07).all(), gap
     assert strided.nll == pytest.approx(nll_bits_per_dim(d, x, timesteps=ts, seed=7)["bpd"], abs=1e-12)
     assert strided.nll > strided.rate[0].item()
+
+
+def test_tail_sums_are_the_strided_bounds_partial_sums():
+    """The rate's partial sums of strided terms: exact for terms linear in t between evaluated t
+    (and constant outside them); over every t >= 1 they are the bound's own trapezoid sum
+    (weights of variational_bound) for any terms; with every t, plain sums."""
+    T, ts = 100, torch.tensor([0, 1, 2, 3, 10, 30, 60, 90])
+    lin = 2.0 + 0.5 * torch.arange(T, dtype=F64)
+    f = torch.where(torch.arange(T) < 90, lin, lin[90])  # constant above the last evaluated t
+    tails = tail_sums(f[ts][None], ts, T)[0]
+    exact = torch.stack([f[t + 1:].sum() if t > 0 else f[1:].sum() for t in ts.tolist()])
+    torch.testing.assert_close(tails, exact, rtol=1e-12, atol=1e-12)
+    terms = torch.rand(3, len(ts), generator=torch.Generator().manual_seed(0), dtype=F64)
+    torch.testing.assert_close(tail_sums(terms, ts, T)[:, 0], (terms * _sum_weights(ts, T))[:, 1:].sum(1))
+    every = torch.arange(T)
+    terms = torch.rand(2, T, generator=torch.Generator().manual_seed(1), dtype=F64)
+    torch.testing.assert_close(tail_sums(terms, every, T)[:, 5], terms[:, 6:].sum(1))
 
 
 def test_rate_distortion_refuses_bad_input():
