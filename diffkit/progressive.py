@@ -202,8 +202,9 @@ def rate_distortion(denoiser, images: torch.Tensor, *, timesteps: Optional[Seque
 
 def plot_rate_distortion(result: dict, path, num_timesteps: int, title: str = "") -> Path:
     """DDPM Fig. 5's three panels from :meth:`RateDistortion.as_dict`: distortion and rate against
-    reverse-process steps T - t, and distortion against rate (ending at the lossless point
-    (nll, 0)). Written atomically as a PNG."""
+    the reverse-process steps taken (T - 1 - t in diffkit's time: none while the receiver holds
+    x_{T-1}, DDPM's x_T), and distortion against rate (ending at the lossless point (nll, 0)).
+    Written atomically as a PNG."""
     import io
 
     import matplotlib
@@ -211,12 +212,12 @@ def plot_rate_distortion(result: dict, path, num_timesteps: int, title: str = ""
     import matplotlib.pyplot as plt
 
     from .checkpoint import atomic_write_bytes
-    steps = [num_timesteps - t for t in result["timesteps"]]
+    steps = [num_timesteps - 1 - t for t in result["timesteps"]]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     axes[0].plot(steps, result["distortion_rmse"])
-    axes[0].set(xlabel="reverse process steps (T - t)", ylabel="distortion (RMSE, [0, 255])")
+    axes[0].set(xlabel="reverse process steps", ylabel="distortion (RMSE, [0, 255])")
     axes[1].plot(steps, result["rate_bpd"])
-    axes[1].set(xlabel="reverse process steps (T - t)", ylabel="rate (bits/dim)")
+    axes[1].set(xlabel="reverse process steps", ylabel="rate (bits/dim)")
     axes[2].plot([*result["rate_bpd"][::-1], result["bpd"]], [*result["distortion_rmse"][::-1], 0.0])
     axes[2].set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE, [0, 255])")
     if title:
