@@ -13,6 +13,9 @@ Metric names (``METRICS``):
 * ``nll`` - the full variational bound in bits/dim on test images (DDPM eq. 5, T network calls
   per batch); ``nll-strided`` - the same bound with the KL terms summed by the trapezoid rule on
   all t < ``dense_below`` and every ``stride``-th t above (:func:`strided_timesteps`).
+* ``rate-distortion`` - DDPM Sec. 4.3 / Fig. 5 on the same images and strided t: the bits sent by
+  t against the RMSE of the x_0 prediction from x_t ([0, 255] scale), per t
+  (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound.
 
 Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
 no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
@@ -37,14 +40,14 @@ from .samplers.ddim import parse_eta
 
 INCEPTION_METRICS = ("fid", "is", "kid", "pr")
 EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "confidence")
-NLL_METRICS = ("nll", "nll-strided")
+NLL_METRICS = ("nll", "nll-strided", "rate-distortion")  # need the model and the NLL images
 NLL_SPLITS = ("test", "train")  # DDPM Table 1/2 report NLL "Test (Train)"
 SAMPLE_METRICS = INCEPTION_METRICS + EVALUATOR_METRICS
 METRICS = SAMPLE_METRICS + NLL_METRICS
 # the field of each metric's result that a one-number table shows
 PRIMARY_FIELD = {"fid": "value", "is": "mean", "kid": "mean", "pr": "precision", "fd-classifier": "value",
                  "classifier-score": "mean", "class-accuracy": "value", "confidence": "value",
-                 "nll": "bpd", "nll-strided": "bpd"}
+                 "nll": "bpd", "nll-strided": "bpd", "rate-distortion": "bpd"}
 LOWER_IS_BETTER = {"fid", "kid", "fd-classifier", "nll", "nll-strided"}
 MIN_EVAL_SAMPLES = 2  # the documented floor (a covariance needs two samples)
 DIGITS_TRAIN_SIZE = 1200  # the embedded digits have no split: images 0..1199 train, 1200..1796 test
@@ -362,6 +365,8 @@ def nll_bits_per_dim(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequ
 
 # ---------------------------------------------------------------------------- output
 def _format_value(value) -> str:
+    if isinstance(value, (list, tuple)):  # a per-t table (rate-distortion): in the JSON, not the table
+        return f"[{len(value)} values]"
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, float):
@@ -545,5 +550,13 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             results["nll-strided"].update(dense_below=nll_dense_below, stride=nll_stride)
             if "nll" in results:
                 results["nll-strided"]["minus_full"] = results["nll-strided"]["bpd"] - results["nll"]["bpd"]
+        if "rate-distortion" in names:
+            from .progressive import rate_distortion
+            start = time.perf_counter()
+            ts = strided_timesteps(denoiser.schedule.num_timesteps, nll_dense_below, nll_stride)
+            rd = rate_distortion(denoiser, nll_images, timesteps=ts, seed=seed, batch_size=batch_size, progress=progress)
+            results["rate-distortion"] = {**rd.as_dict(), "num_timesteps": denoiser.schedule.num_timesteps,
+                                          "dense_below": nll_dense_below, "stride": nll_stride,
+                                          "seconds": time.perf_counter() - start}
         results = {m: results[m] for m in names if m in results}
     return {"metrics": results, "settings": settings}

@@ -23,13 +23,16 @@ from .noise import randn_like
 class VLBResult:
     """Per-example bound in bits/dim: ``total`` = ``prior`` + sum_j ``weights[j]`` * ``terms[:, j]``,
     ``terms`` (B, len(timesteps)) at the evaluated ``timesteps`` (all T of them, weights 1, unless
-    strided: then ``weights`` are the trapezoid rule's)."""
+    strided: then ``weights`` are the trapezoid rule's). ``x0_mse`` (B, len(timesteps)): the mean
+    squared error per dimension of the x_0 prediction the term at each t was computed with (the
+    distortion of DDPM Sec. 4.3, as the DDPM code's ``calc_bpd_loop`` records it)."""
 
     total: torch.Tensor
     prior: torch.Tensor
     terms: torch.Tensor
     timesteps: torch.Tensor
     weights: torch.Tensor
+    x0_mse: torch.Tensor
 
 
 @torch.no_grad()
@@ -54,15 +57,18 @@ def variational_bound(denoiser, x0: torch.Tensor, *, variance_type: Optional[str
         raise DiffkitError(f"timesteps must increase strictly from 0 to at most {T - 1}")
     weights = _sum_weights(ts, T)
     terms = torch.zeros(x0.shape[0], ts.numel(), dtype=torch.float64)
+    x0_mse = torch.zeros_like(terms)
     for j in tqdm(range(ts.numel()), desc="vlb", disable=not progress, leave=False):
         t = torch.full((x0.shape[0],), float(ts[j]), dtype=torch.float64)
         x_t = diffusion.q_sample(schedule, x0, t, randn_like(x0, generator))
         pred = denoiser(x_t, t, **cond)
         var_values = pred.var_values if variance_type == "learned_range" else None
         terms[:, j] = vlb_term_bpd(schedule, x0, x_t, t, pred.x0, variance_type, var_values).cpu().double()
+        x0_mse[:, j] = (pred.x0.float() - x0.float()).square().flatten(1).mean(1).cpu().double()
     prior = prior_bpd(schedule, x0).cpu().double()  # float64 on the CPU (mps has none)
     total = prior + (terms * weights[None]).sum(1)
-    return VLBResult(total=total, prior=prior, terms=terms, timesteps=ts, weights=weights)
+    return VLBResult(total=total, prior=prior, terms=terms, timesteps=ts, weights=weights,
+                     x0_mse=x0_mse)
 
 
 def _sum_weights(ts: torch.Tensor, T: int) -> torch.Tensor:
@@ -84,3 +90,23 @@ def _sum_weights(ts: torch.Tensor, T: int) -> torch.Tensor:
     w[-1] += 0.5 + (T - 1 - kl[-1])
     weights[1:] = w
     return weights
+
+
+def tail_sums(terms: torch.Tensor, ts: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, len(ts)): sum_{k > ts[j]}^{T-1} L_k for each evaluated t, the KL terms (columns 1..;
+    column 0 is L_0 at t = 0) read as the rule of :func:`_sum_weights` reads them: linear between
+    evaluated t, constant below the first and above the last. Between evaluated a < b (gap g) the
+    integer points a+1..b add L_a (g - 1)/2 + L_b (g + 1)/2, so the sum over every k >= 1 (the
+    first column) is exactly sum_{j >= 1} w_j L(t_j); with every t evaluated, the plain sums."""
+    kl, t = terms[:, 1:], ts[1:].to(terms.dtype)
+    out = torch.zeros_like(terms)
+    if kl.shape[1] == 0:
+        return out
+    gaps = t[1:] - t[:-1]
+    pieces = kl[:, :-1] * ((gaps - 1) / 2) + kl[:, 1:] * ((gaps + 1) / 2)  # (a, b] for each pair
+    above = kl[:, -1:] * (T - 1 - t[-1])  # constant above the last evaluated t
+    tails = pieces.flip(1).cumsum(1).flip(1)
+    out[:, 1:] = above + torch.cat([tails, torch.zeros_like(above)], 1)
+    out[:, 0] = out[:, 1] + kl[:, 0] * t[0]  # t = 1..t_1: constant at the first KL term
+    return out
+

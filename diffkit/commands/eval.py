@@ -3,8 +3,10 @@ set (``--nll-split train``: on the training set).
 
 Prints a table and writes JSON. Metrics: fid, is, kid, pr (need the Inception weights file),
 fd-classifier, classifier-score, class-accuracy, confidence (need an evaluator from
-'diffkit train-evaluator'), nll (full variational bound, bits/dim) and nll-strided (faster
-estimate: every t below --nll-dense-below, then every --nll-stride-th t).
+'diffkit train-evaluator'), nll (full variational bound, bits/dim), nll-strided (faster
+estimate: every t below --nll-dense-below, then every --nll-stride-th t) and rate-distortion (DDPM
+Sec. 4.3, Fig. 5: bits sent by each of those t against the RMSE of the x_0 prediction, on the
+--nll-num images; its table goes into the JSON and its plot beside it, OUT_rate_distortion.png).
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def register(sub) -> None:
     source.add_argument("--checkpoint", help="a diffkit checkpoint (.safetensors)")
     source.add_argument("--samples", help="a folder of same-sized PNGs made elsewhere")
     p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
-                   "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided")
+                   "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided, "
+                   "rate-distortion")
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
     p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
                    "for another time grid, e.g. unipc:zero")
@@ -60,6 +63,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def rate_distortion_plot_path(out):
+    """The rate-distortion plot beside the JSON: ``eval.json`` -> ``eval_rate_distortion.png``."""
+    from pathlib import Path
+    out = Path(out)
+    return out.with_name(out.stem + "_rate_distortion.png")
+
+
 def warning_lines(caught) -> None:
     """Print caught warnings as one line each: ``diffkit: warning: ...``."""
     import sys
@@ -70,11 +80,14 @@ def warning_lines(caught) -> None:
 def run(args) -> int:
     from ..config import resolve_device
     from ..evaluation import evaluate, format_results, parse_eta, parse_metrics, write_json
-    parse_metrics(args.metrics)  # validate before loading anything
+    names = parse_metrics(args.metrics)  # validate before loading anything
     if args.eta is not None:
         parse_eta(args.eta)
     device = str(resolve_device(args.device))
     check_output_file(args.out, "--out", ".json")
+    rd_plot = rate_distortion_plot_path(args.out) if "rate-distortion" in names else None
+    if rd_plot is not None:
+        check_output_file(rd_plot, "rate-distortion plot", ".png")
     new_dirs = [d for folder in (args.save_samples, args.cache_dir) if folder for d in missing_dirs(folder)]
     if args.save_samples:
         from ..images import check_image_folder
@@ -100,6 +113,11 @@ def run(args) -> int:
           + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
           + (f" vs {settings['num_reference']} {settings['reference']} test images" if "reference" in settings else ""))
     print(format_results(result["metrics"]))
+    if rd_plot is not None:
+        from ..progressive import plot_rate_distortion
+        rd = result["metrics"]["rate-distortion"]
+        rd["plot"] = str(plot_rate_distortion(rd, rd_plot, rd["num_timesteps"], title=str(source)))
+        print(f"wrote {rd['plot']}")
     path = write_json(result, args.out)
     print(f"wrote {path}")
     return 0

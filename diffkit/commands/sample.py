@@ -66,6 +66,9 @@ def register(sub) -> None:
     p.add_argument("--out", help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
     p.add_argument("--noise-out", help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
     p.add_argument("--individual", help="also write each image as a PNG into this folder")
+    p.add_argument("--progressive", type=int_in(2, 1001), metavar="K",
+                   help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from t=T "
+                        "to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
     add_mixed_precision_flag(p)
@@ -129,12 +132,15 @@ def run(args) -> int:
         if args.num is not None:  # (with the default count it is checked when the images are written)
             check_image_folder(args.individual, args.num)  # before sampling, not after
     guidance = GuidanceRequest.from_args(args, info.name)
+    if args.progressive and guidance.classifier_algorithm == 1:
+        raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     with removed_if_empty_on_failure(new_dirs):
         sample_to_files(checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
                         nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                         seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
-                        config=config, mixed_precision=args.mixed_precision, compile=args.compile, **options)
+                        config=config, mixed_precision=args.mixed_precision, compile=args.compile,
+                        progressive=args.progressive, **options)
     return 0
 
 
@@ -264,14 +270,15 @@ def run_sample_dir(checkpoint, cfg: dict) -> Path:
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
-                    config=None, mixed_precision="no", compile="no", **options):
+                    config=None, mixed_precision="no", compile="no", progressive=None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
     guidance of ``guidance``; a legacy state dict needs ``config`` (see module doc).
     ``batch_size="auto"`` fits the batch to free memory (:func:`diffkit.memory.auto_batch_size`,
     probed with one ddim step of the same network, guidance and decoder); a batch that runs out of
-    GPU memory is retried at half the size (:func:`diffkit.memory.batches_with_oom_retry`)."""
+    GPU memory is retried at half the size (:func:`diffkit.memory.batches_with_oom_retry`).
+    ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`)."""
     import torch
 
     from ..images import save_grid, save_images
@@ -281,6 +288,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..noise import randn, sample_generators
     from ..sampling import sample
     if is_stable_diffusion_folder(checkpoint):
+        if progressive:
+            raise DiffkitError("--progressive applies to diffkit checkpoints, not to a Stable Diffusion folder")
         if mixed_precision != "no":
             raise DiffkitError(f"--mixed-precision {mixed_precision} applies to diffkit checkpoints; a Stable "
                                "Diffusion folder runs in the dtype its weights are stored in")
@@ -316,6 +325,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     out = Path(out) if out else run_sample_dir(checkpoint, cfg) / cfg.get("sampledImgName", "samples.png")
     noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
     check_grid_files(out, noise_out if decoder is None else None)
+    if progressive:  # a callback of every sampling call keeps the frames (docs/samplers.md)
+        from ..progressive import progressive_grid_path, recorder_for
+        options["callback"] = recorder = recorder_for(
+            denoiser, progressive, sampler, steps, nfe=nfe, spacing=spacing, final=final, max_rows=GRID_LIMIT // progressive,
+            to_cpu=True, what="--progressive", **options)
+        progressive_out = check_output_file(progressive_grid_path(out), "progressive grid", ".png")
     unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
 
@@ -361,6 +376,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     per_sample = f"{calls // batches} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
                                                                         if batches > 1 else "")
     print(f"wrote {out} ({num} samples, {sampler}, {per_sample}{what}){noise_note}")
+    if progressive:
+        from ..progressive import save_progressive_grid
+        save_progressive_grid(recorder.frames(), progressive_out, scale, decoder)
+        print(f"wrote {progressive_out} (x0 predictions at t = {', '.join(f'{t:g}' for t in recorder.times)})")
     return images
 
 
