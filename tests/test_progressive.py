@@ -185,6 +185,11 @@ def test_sample_progressive_writes_the_grid(tiny_checkpoint, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "6", "--progressive", "8", "--out",
                  str(tmp_path / "t.png"), "--device", "cpu", "--no-progress"]) == 2
     assert "--progressive=8" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "6", "--progressive", "2", "--out",
+                 str(tmp_path / "u.png"), "--noise-out", str(tmp_path / "u_progressive.png"), "--device", "cpu",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "would both be" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "u.png").exists()
 
 
 def test_eval_rate_distortion_writes_table_and_plot(tiny_checkpoint, tmp_path, capsys):

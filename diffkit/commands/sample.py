@@ -331,6 +331,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             denoiser, progressive, sampler, steps, nfe=nfe, spacing=spacing, final=final, max_rows=GRID_LIMIT // progressive,
             to_cpu=True, what="--progressive", **options)
         progressive_out = check_output_file(progressive_grid_path(out), "progressive grid", ".png")
+        if decoder is None and progressive_out.resolve() == noise_out.resolve():
+            raise DiffkitError(f"the progressive grid and the noise grid would both be {str(noise_out)!r}; give "
+                               f"another --noise-out")
     unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
 
