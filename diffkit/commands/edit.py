@@ -78,14 +78,11 @@ def run(args) -> int:
     from ..errors import DiffkitError
     from ..images import check_image_folder, save_images
     from ..loading import load_denoiser
-    from ..sampling import resolve_sampler
+    from ..sampling import check_eta, resolve_sampler
 
     info, _, _ = resolve_sampler(args.sampler)  # a bad sampler fails before loading
-    options = {}
-    if args.eta is not None:
-        if info.name != "ddim":
-            raise DiffkitError(f"--eta applies to the ddim sampler, not {info.name!r}")
-        options["eta"] = args.eta
+    check_eta(info.name, args.eta)
+    options = {} if args.eta is None else {"eta": args.eta}
     if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):
         raise DiffkitError("--jump-n-sample / --jump-length (RePaint's resampling) go with --mask")
     out = Path(args.out)
