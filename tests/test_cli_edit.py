@@ -107,3 +107,45 @@ def test_images_of_another_size_are_refused(run, tmp_path, capsys):
     code, _, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images",
                        str(tmp_path / "big.png"), "--no-progress", "--device", "cpu", "--out", str(tmp_path / "x"))
     assert code == 2 and "the images are 16x16 with 1 channel(s); the model makes 8x8 with 1" in err
+
+
+def test_interpolate_writes_one_grid_row_per_pair(run, tmp_path, capsys):
+    import shutil
+
+    from diffkit.editing import interpolate
+    from diffkit.images import save_grid
+    from diffkit.loading import load_denoiser
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for i, name in enumerate(["in_0.png", "in_1.png", "in_2.png", "in_0.png"]):
+        shutil.copy(run / "pngs" / name, pairs / f"p_{i}.png")
+    ck = run / "run" / "checkpoints"
+    base = ["edit", "--checkpoint", str(ck), "--images", str(pairs), "--interpolate", "3", "--no-progress",
+            "--device", "cpu"]
+    code, out, err = cli(capsys, *base, "--method", "ddpm", "--t", "20", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert "2 pair(s) x 3 weights (ddpm)" in out
+    grid = read(tmp_path / "a" / "interpolation.png")
+    assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)  # 8x8 images, padding 2: a row per pair, a column per weight
+    code, _, err = cli(capsys, *base, "--method", "ddpm", "--t", "20", "--batch-size", "1", "--out", str(tmp_path / "b"))
+    assert code == 0, err  # pair p depends on seed + p only
+    assert np.array_equal(grid, read(tmp_path / "b" / "interpolation.png"))
+    code, _, err = cli(capsys, *base, "--method", "ddim", "--steps", "8", "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    den = load_denoiser(ck / "latest.safetensors")
+    from diffkit.commands.edit import read_pngs
+    images, _ = read_pngs(pairs, "L")
+    expected = interpolate(den, images[0::2], images[1::2], [0.0, 0.5, 1.0], "ddim", steps=8, progress=False)
+    save_grid(expected.clamp(-1, 1), tmp_path / "expected.png", nrow=3)
+    assert np.array_equal(read(tmp_path / "c" / "interpolation.png"), read(tmp_path / "expected.png"))
+    for extra, needle in ((["--images", str(run / "pngs")], "an odd number"),
+                          (["--mask", str(run / "mask.png")], "--mask does not go with --interpolate"),
+                          (["--method", "ddpm", "--steps", "5"], "steps=5 applies to method='ddim'"),
+                          (["--sampler", "unipc"], "--sampler does not go with --interpolate")):
+        args = [a for a in base if a not in ("--images", str(pairs))] if "--images" in extra else base
+        code, _, err = cli(capsys, *args, *extra, "--out", str(tmp_path / "bad"))
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(pairs), "--method", "ddim",
+                       "--out", str(tmp_path / "bad"))
+    assert code == 2 and "--method goes with --interpolate" in err, err

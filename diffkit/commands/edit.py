@@ -1,5 +1,5 @@
-"""``diffkit edit``: SDEdit img2img, or inpainting with ``--mask``, of PNG images with any sampler
-(docs/editing.md).
+"""``diffkit edit``: SDEdit img2img, inpainting with ``--mask``, or latent interpolation with
+``--interpolate``, of PNG images with any sampler (docs/editing.md).
 
 ``--images`` is one PNG or a folder of PNGs of the model's size (grey or RGB, converted to the
 model's channels). Without ``--mask`` each image is noised to the strength's time and denoised
@@ -8,6 +8,10 @@ grey PNG of the images' size: white = repaint, black = keep) the white region is
 (``diffkit.inpaint``; ``--strength`` default 1; ``--jump-n-sample R`` with ``--sampler ddpm``:
 RePaint's resampling). The results go to ``--out`` as
 ``edit_00000.png``, ... in the order of the input files; image i depends only on ``--seed`` + i.
+With ``--interpolate K`` the images are taken in pairs (1st with 2nd, 3rd with 4th, ...) and
+``--out``/interpolation.png shows each pair's row of K images at weights 0, 1/(K-1), ..., 1
+(``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default 500; or ``ddim``,
+DDIM Sec. 5.4 on ``--steps``); pair p depends only on ``--seed`` + p.
 """
 from __future__ import annotations
 
@@ -36,9 +40,14 @@ def register(sub) -> None:
     p.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8; "
                         "1 with --mask)")
-    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
-                   "also sets the grid")
-    p.add_argument("--steps", type=positive_int, default=50, help="steps of the full grid (default 50)")
+    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL also sets the grid")
+    p.add_argument("--steps", type=positive_int, help="steps of the full grid (default 50)")
+    p.add_argument("--interpolate", type=int_in(2, 64), metavar="K",
+                   help="interpolate pairs of images at K weights from 0 to 1 (writes OUT/interpolation.png)")
+    p.add_argument("--method", choices=("ddpm", "ddim"),
+                   help="with --interpolate: ddpm (lerp at --t, DDPM Sec. 4.4; default) or ddim (inversion + slerp)")
+    p.add_argument("--t", type=int, metavar="T", help="with --interpolate --method ddpm: the time to noise to "
+                   "(default 500)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     p.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask and --sampler ddpm: RePaint's resampling, each jump this many times "
@@ -48,7 +57,7 @@ def register(sub) -> None:
                    help="class-conditional checkpoints: the class every image is edited towards")
     p.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i (independent of batch size)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ...")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_progress_flag(p)
@@ -80,7 +89,16 @@ def run(args) -> int:
     from ..loading import load_denoiser
     from ..sampling import check_eta, resolve_sampler
 
-    info, _, _ = resolve_sampler(args.sampler)  # a bad sampler fails before loading
+    if args.interpolate is None:
+        for flag, value in (("--method", args.method), ("--t", args.t)):
+            if value is not None:
+                raise DiffkitError(f"{flag} goes with --interpolate")
+    else:
+        for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--sampler", args.sampler),
+                            ("--eta", args.eta)):
+            if value is not None:
+                raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
+    info, _, _ = resolve_sampler(args.sampler or "ddim")  # a bad sampler fails before loading
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
     if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):
@@ -118,6 +136,8 @@ def run(args) -> int:
         if not 0 <= args.class_id < num_classes:
             raise DiffkitError(f"--class {args.class_id} is out of range; allowed: 0..{num_classes - 1}")
     new_dirs = missing_dirs(out)
+    if args.interpolate is not None:
+        return _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device)
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="edit")
     results = []
@@ -125,8 +145,8 @@ def run(args) -> int:
         for start in range(0, len(files), args.batch_size):
             batch = images[start:start + args.batch_size].to(device)
             cond = None if num_classes is None else {"y": torch.full((len(batch),), args.class_id, dtype=torch.long)}
-            common = dict(sampler=args.sampler, steps=args.steps, seed=args.seed + start, cond=cond,
-                          progress=args.progress, **options)
+            common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
+                          seed=args.seed + start, cond=cond, progress=args.progress, **options)
             if mask is None:
                 edited = img2img(denoiser, batch, 0.8 if args.strength is None else args.strength, **common)
             else:
@@ -136,5 +156,34 @@ def run(args) -> int:
             results.append(edited.clamp(-1, 1).cpu())
         save_images(torch.cat(results), out, prefix="edit")
     what = "inpainted" if mask is not None else "edited"
-    print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps} steps)")
+    print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps)")
+    return 0
+
+
+def _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device) -> int:
+    """``--interpolate K``: consecutive files as pairs, one grid row of K images per pair."""
+    import torch
+
+    from ..editing import interpolate
+    from ..errors import DiffkitError
+    from ..images import save_grid
+    from ._common import check_output_file
+    if len(files) % 2:
+        raise DiffkitError(f"--interpolate takes the images in pairs; --images holds {len(files)} (an odd number)")
+    method = args.method or "ddpm"
+    weights = [k / (args.interpolate - 1) for k in range(args.interpolate)]
+    check_writable_dir(out)
+    grid_file = check_output_file(out / "interpolation.png", "interpolation grid", ".png")
+    pairs = images.shape[0] // 2
+    results = []
+    with removed_if_empty_on_failure(new_dirs):
+        for start in range(0, pairs, args.batch_size):
+            a = images[2 * start:2 * (start + args.batch_size):2].to(device)
+            b = images[2 * start + 1:2 * (start + args.batch_size):2].to(device)
+            cond = None if num_classes is None else {"y": torch.full((len(a),), args.class_id, dtype=torch.long)}
+            seed = args.seed + start if method == "ddpm" else None  # ddim's inversion and decoding draw no noise
+            results.append(interpolate(denoiser, a, b, weights, method, t=args.t, steps=args.steps, seed=seed,
+                                       cond=cond, progress=args.progress).clamp(-1, 1).cpu())
+        save_grid(torch.cat(results), grid_file, nrow=args.interpolate)
+    print(f"wrote {grid_file}: {pairs} pair(s) x {args.interpolate} weights ({method})")
     return 0
