@@ -148,8 +148,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     ones are stored, so an interrupted run continues where it stopped with the same samples
     (a reused batch adds the network calls it cost to ``denoiser.nfe``).
     """
-    from .noise import randn, sample_generators
-    from .sampling import sample
+    from .drawing import draw_samples
     check_range("num", num, 1, None, integer=True)
     meta = getattr(denoiser, "meta", {}) or {}
     unet = meta.get("unet")
@@ -158,30 +157,31 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
     if device is None:
         device = next(denoiser.model.parameters()).device
+    settings = {"sampler": sampler, "steps": steps, **options}
     out = []
-    for start in range(0, num, batch_size):
-        count = min(batch_size, num - start)
-        batch_labels = None if labels is None else labels[start:start + count]
-        settings = {"sampler": sampler, "steps": steps, **options}
-        stored = None if cache is None else cache.load(settings, start, count, seed, batch_labels)
+
+    def batch_labels(start: int, n: int) -> Optional[torch.Tensor]:
+        return None if labels is None else labels[start:start + n]
+
+    def cached(start: int, n: int) -> bool:  # a batch finished before: its images, and the calls it cost
+        stored = None if cache is None else cache.load(settings, start, n, seed, batch_labels(start, n))
         if stored is not None:
             images, nfe = stored
             out.append(images)
             if nfe is not None and hasattr(denoiser, "nfe"):
                 denoiser.nfe += nfe  # the calls this batch cost when it was made
-            continue
-        nfe_before = getattr(denoiser, "nfe", 0)
-        noise_gens, gens = sample_generators(seed, start, count)
-        noise = randn((count, *shape), noise_gens, device=device)
-        cond = None if batch_labels is None else {"y": batch_labels.to(device)}
-        x = sample(denoiser, noise, sampler, steps, generator=gens, cond=cond, progress=progress, **options)
-        if getattr(denoiser, "decoder", None) is not None:  # latent diffusion: x = D(z / scale_factor)
-            with torch.no_grad():
-                x = denoiser.decoder(x)
-        out.append(x.float().cpu().clamp(-1, 1))
+        return stored is not None
+
+    def keep(batch) -> None:  # a batch drawn now: kept, and stored in the cache
+        images = batch.images.float().cpu().clamp(-1, 1)
+        out.append(images)
         if cache is not None:
-            cache.save(settings, start, count, seed, out[-1], batch_labels,
-                       getattr(denoiser, "nfe", nfe_before) - nfe_before)
+            count = images.shape[0]
+            cache.save(settings, batch.start, count, seed, images, batch_labels(batch.start, count), batch.nfe)
+
+    draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps,
+                 cond=None if labels is None else {"y": labels}, batch_size=batch_size, device=device,
+                 decode=getattr(denoiser, "decoder", None), skip=cached, sink=keep, progress=progress, **options)
     return torch.cat(out)
 
 

@@ -22,7 +22,6 @@ same command gives the same PNG bytes run after run on the CPU. A legacy plain s
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,12 +280,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`)."""
     import torch
 
+    from ..drawing import draw_samples
     from ..images import save_grid, save_images
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..loading import load_denoiser
-    from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
-    from ..noise import randn, sample_generators
-    from ..sampling import sample
     if is_stable_diffusion_folder(checkpoint):
         if progressive:
             raise DiffkitError("--progressive applies to diffkit checkpoints, not to a Stable Diffusion folder")
@@ -337,34 +334,23 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     unet = meta["unet"]
     shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
 
-    def generate(start: int, n: int, probe: bool = False):
-        """(noise, images) of samples start..start+n-1; ``probe``: one ddim step (memory probe)."""
-        noise_gens, gens = sample_generators(seed, start, n)
-        chunk = randn((n, *shape), noise_gens, device=device)
-        y = None if labels is None else labels[start:start + n].to(device)
-        how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
-                                                final=final, progress=progress)
-        if guidance.classifier and guidance.classifier_algorithm == 1:  # y to the network only if it is conditional
-            cond = {"y": y} if conditional_model else {}
-            return chunk, _algorithm_1(denoiser, classifier, chunk, y, guidance, how, gens, cond)
-        cond = {} if y is None else {"y": y}
-        if prompt_index is not None:  # the prompts' contexts, encoded once, one row per sample
-            cond = {"context": context[prompt_index[start:start + n].to(context.device)]}
-        latents = sample(denoiser, chunk, how["sampler"], how["steps"], nfe=how["nfe"], spacing=how["spacing"],
-                         final=how["final"], generator=gens, cond=cond, progress=how["progress"],
-                         **({} if probe else options))
-        with torch.no_grad():  # latent checkpoints: x = D(z / scale_factor)
-            return chunk, latents if decoder is None else decoder(latents).clamp(-1, 1)
+    def prompt_rows(start: int, n: int) -> dict:  # the prompts' contexts, encoded once, one row per sample
+        return {"context": context[prompt_index[start:start + n].to(context.device)]}
 
-    if batch_size == "auto":
-        batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,
-                                     sample_numel=math.prod(shape))
-    nfe_before = denoiser.nfe  # the probe's evaluations are not the samples'
+    cond = prompt_rows if prompt_index is not None else None if labels is None else {"y": labels}
+    sample_fn = None
+    if guidance.classifier and guidance.classifier_algorithm == 1:
+        sample_fn = _algorithm_1(classifier, guidance, conditional_model)
     results, noise_parts = [], []
-    for start, chunk, images in batches_with_oom_retry(generate, num, batch_size):
-        if start < GRID_LIMIT:
-            noise_parts.append(chunk[:GRID_LIMIT - start].cpu())
-        results.append(images.cpu())
+
+    def keep(batch):  # the images, and the noise of the grid's images
+        if batch.start < GRID_LIMIT:
+            noise_parts.append(batch.noise[:GRID_LIMIT - batch.start].cpu())
+        results.append(batch.images.cpu())
+
+    drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
+                         final=final, cond=cond, batch_size=batch_size, device=device, decode=decoder,
+                         sample_fn=sample_fn, sink=keep, progress=progress, **options)
     images = torch.cat(results)
     if decoder is None:
         save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
@@ -375,7 +361,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if prompt_index is not None:  # the prompts that got an image
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
-    calls, batches = denoiser.nfe - nfe_before, len(results)
+    calls, batches = drawn.nfe, drawn.batches
     per_sample = f"{calls // batches} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
                                                                         if batches > 1 else "")
     print(f"wrote {out} ({num} samples, {sampler}, {per_sample}{what}){noise_note}")
@@ -426,9 +412,9 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     i.e. diffusers' s = 7.5). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
+    from ..drawing import draw_samples
     from ..images import save_grid, save_images
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
-    from ..memory import PROBE_SAMPLING, auto_batch_size, batches_with_oom_retry
 
     guidance = guidance or GuidanceRequest()
     if not guidance.prompts:
@@ -446,17 +432,17 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
 
-    def generate(start: int, n: int, probe: bool = False):
-        how = PROBE_SAMPLING if probe else dict(sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
-                                                final=final, progress=progress)
-        return (text_to_image(sd, per_sample[start:start + n], guidance_scale=scale_w, convention=convention,
-                              guidance_rescale=guidance.rescale, seed=seed + start, output_range="-1,1", **how,
-                              **({} if probe else options)),)
+    def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
+        return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
+                             convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
+                             return_latents=True, **how)
 
-    if batch_size == "auto":
-        batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,
-                                     sample_numel=math.prod(sd.latent_shape(1, None, None)[1:]))
-    results = [images.cpu() for _, images in batches_with_oom_retry(generate, num, batch_size)]
+    results = []
+    draw_samples(sd.denoiser, num, sd.latent_shape(1, None, None)[1:], seed=seed, sampler=sampler, steps=steps,
+                 nfe=nfe, spacing=spacing, final=final, cond=lambda start, n: {"prompts": per_sample[start:start + n]},
+                 batch_size=batch_size, device=device, dtype=sd.dtype, decode=sd.decode, sample_fn=prompted,
+                 separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,
+                 **options)
     images = torch.cat(results)
     out = Path(out) if out else Path("samples.png")
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
@@ -499,16 +485,21 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     return denoiser, context, prompts, index, num, nrow
 
 
-def _algorithm_1(denoiser, classifier, x, labels, guidance, how: dict, generator, cond):
-    """Classifier guidance as the mean shift of the ddpm sampler (Dhariwal & Nichol 2021, Alg. 1);
-    ``how``: sampler, steps, nfe, spacing, final, progress as for :func:`diffkit.sample`."""
+def _algorithm_1(classifier, guidance: GuidanceRequest, conditional_model: bool):
+    """A ``sample_fn`` for :func:`diffkit.drawing.draw_samples`: classifier guidance as the mean
+    shift of the ddpm sampler (Dhariwal & Nichol 2021, Alg. 1). The labels ``cond["y"]`` go to the
+    classifier, and to the network only if it is conditional; the sampler's options do not apply."""
     import torch
 
     from ..guidance import classifier_guided_ddpm
     from ..sampling import resolve_sampler, sampler_grid
-    info, spacing, final = resolve_sampler(how["sampler"], how["spacing"], how["final"])
-    grid = sampler_grid(denoiser, info, how["steps"], how["nfe"], spacing, final)
     scale = 1.0 if guidance.classifier_scale is None else guidance.classifier_scale
-    with torch.no_grad():
-        return classifier_guided_ddpm(denoiser, classifier, x, grid, scale=scale, y=labels, cond=cond,
-                                      generator=generator, progress=how["progress"])
+
+    def sample_fn(denoiser, x, sampler, steps, *, nfe, spacing, final, generator, cond, progress, **_options):
+        info, spacing, final = resolve_sampler(sampler, spacing, final)
+        grid = sampler_grid(denoiser, info, steps, nfe, spacing, final)
+        with torch.no_grad():
+            return classifier_guided_ddpm(denoiser, classifier, x, grid, scale=scale, y=cond["y"],
+                                          cond=cond if conditional_model else {}, generator=generator,
+                                          progress=progress)
+    return sample_fn
