@@ -337,6 +337,12 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
     if steps is not None and nfe is not None:
         raise DiffkitError("give steps or nfe, not both")
     T, spacing_used = denoiser.schedule.num_timesteps, spacing or info.default_spacing
+    if info.adaptive:  # from t = T-1 to t = 0 (and on to clean data for final 'zero'); its own steps between
+        for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing)):
+            if value is not None:
+                info.check_fixed_steps(f"{name}={value!r}")
+        ends = [T - 1.0, 0.0] + ([-1.0] if (final or info.default_final) == "zero" else [])
+        return torch.tensor(ends[1:] if T == 1 else ends, dtype=torch.float64)
     final_given, final = final, final or final_for(info, spacing)
 
     def step_count(final):
