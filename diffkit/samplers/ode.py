@@ -47,23 +47,30 @@ class _Lockstep:
         self.evaluate, self.y0, self.span = evaluate, y0, (t0, t1)
         self.method, self.rtol, self.atol = method, rtol, atol
         n = y0.shape[0]
-        self.cond = threading.Condition()
-        self.asked = [False] * n
-        self.done = [False] * n
+        self.lock = threading.Lock()
+        self.all_asked = threading.Event()  # every running solve waits for an answer (or none runs)
+        self.answered = [threading.Event() for _ in range(n)]
+        self.asking: list = []
+        self.running = n
         self.answers: list = [None] * n
         self.ts, self.ys = np.full(n, t0), y0.copy()
         self.solutions: list = [None] * n
         self.errors: list = [None] * n
 
+    def _count(self) -> None:  # under self.lock
+        if len(self.asking) == self.running:
+            self.all_asked.set()
+
     def _ask(self, i: int, t: float, y: np.ndarray) -> np.ndarray:
-        with self.cond:
-            self.ts[i], self.ys[i], self.asked[i] = t, y, True
-            self.cond.notify_all()
-            self.cond.wait_for(lambda: self.answers[i] is not None)
-            answer, self.answers[i] = self.answers[i], None
-        if answer is _Stop:
+        with self.lock:
+            self.ts[i], self.ys[i] = t, y
+            self.asking.append(i)
+            self._count()
+        self.answered[i].wait()
+        self.answered[i].clear()
+        if self.answers[i] is _Stop:
             raise _Stop
-        return answer
+        return self.answers[i]
 
     def _work(self, i: int) -> None:
         from scipy.integrate import solve_ivp
@@ -72,37 +79,34 @@ class _Lockstep:
                                           method=self.method, rtol=self.rtol, atol=self.atol)
         except _Stop:
             pass
-        except Exception as err:  # noqa: BLE001 - reported by the main thread
+        except Exception as err:  # noqa: BLE001 - raised again by the main thread
             self.errors[i] = err
         finally:
-            with self.cond:
-                self.done[i] = True
-                self.cond.notify_all()
+            with self.lock:
+                self.running -= 1
+                self._count()
 
     def run(self) -> np.ndarray:
-        n = len(self.done)
-        workers = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(n)]
+        workers = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(len(self.answers))]
         for w in workers:
             w.start()
         try:
             while True:
-                with self.cond:
-                    self.cond.wait_for(lambda: all(a or d for a, d in zip(self.asked, self.done)))
-                    if all(self.done):
+                self.all_asked.wait()
+                with self.lock:
+                    self.all_asked.clear()
+                    if self.running == 0:
                         break
-                    waiting = [i for i in range(n) if self.asked[i]]
+                    asking, self.asking = self.asking, []
                     ts, ys = self.ts.copy(), self.ys.copy()
-                    for i in waiting:
-                        self.asked[i] = False
-                f = self.evaluate(ts, ys)
-                with self.cond:
-                    for i in waiting:
-                        self.answers[i] = f[i]
-                    self.cond.notify_all()
+                f = self.evaluate(ts, ys)  # rows whose solve has ended: at their last point, discarded
+                for i in asking:
+                    self.answers[i] = f[i]
+                    self.answered[i].set()
         except BaseException:
-            with self.cond:
-                self.answers = [_Stop] * n
-                self.cond.notify_all()
+            self.answers = [_Stop] * len(self.answers)
+            for event in self.answered:
+                event.set()
             for w in workers:
                 w.join()
             raise
