@@ -176,3 +176,24 @@ def test_samplers_command_prints_it_as_adaptive(capsys):
     assert main(["samplers"]) == 0
     line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("ode "))
     assert re.match(r"ode\s+adaptive\s+-\s+no\s+adaptive\s+zero\s+set by rtol/atol", line), line
+
+
+def test_a_failing_network_call_ends_every_solve_and_raises(gaussian):
+    import threading
+    net, calls = gaussian.network(SCHEDULE), []
+
+    def failing(x, t):
+        calls.append(1)
+        if len(calls) == 20:
+            raise RuntimeError("out of memory")
+        return net(x, t)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        diffkit.sample(Denoiser(failing, SCHEDULE), (5, 4), "ode", seed=0, progress=False)
+    assert len(calls) == 20 and not [t for t in threading.enumerate() if t.name.startswith("diffkit-ode")]
+
+
+def test_a_solve_that_cannot_meet_the_tolerance_is_a_one_line_error(gaussian):
+    net = gaussian.network(SCHEDULE)
+    nan_late = lambda x, t: net(x, t) * (float("nan") if float(t[0]) < 300 else 1.0)  # noqa: E731
+    one_line(r"the ODE solve of sample 0 failed \(RK45: Required step size", diffkit.sample,
+             Denoiser(nan_late, SCHEDULE), (2, 4), "ode", seed=0, progress=False)

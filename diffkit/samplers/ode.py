@@ -87,7 +87,7 @@ class _Lockstep:
                 self._count()
 
     def run(self) -> np.ndarray:
-        workers = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(len(self.answers))]
+        workers = [threading.Thread(target=self._work, args=(i,), name=f"diffkit-ode-{i}", daemon=True) for i in range(len(self.answers))]
         for w in workers:
             w.start()
         try:
