@@ -342,8 +342,11 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
         for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing)):
             if value is not None:
                 info.check_fixed_steps(f"{name}={value!r}")
-        ends = [T - 1.0, 0.0] + ([-1.0] if (final or info.default_final) == "zero" else [])
-        return torch.tensor(ends[1:] if T == 1 else ends, dtype=torch.float64)
+        zero = (final or info.default_final) == "zero"
+        if T == 1 and not zero:
+            raise DiffkitError("a one-timestep schedule starts at t = 0, which leaves no ODE to solve to final="
+                               "'sigma_min'; use final='zero'")
+        return torch.tensor(([T - 1.0] if T > 1 else []) + [0.0] + ([-1.0] if zero else []), dtype=torch.float64)
     final_given, final = final, final or final_for(info, spacing)
 
     def step_count(final):

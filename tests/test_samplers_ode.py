@@ -138,6 +138,8 @@ def test_bad_options_are_one_line_errors(gaussian):
     one_line("spacing='logsnr' does not apply", diffkit.sample, den, (2, 4), "ode@logsnr", progress=False)
     one_line("picks its own steps, so steps does not apply", REGISTRY["ode"].nfe, 10)
     one_line("nfe does not apply", REGISTRY["ode"].steps_for_nfe, 10)
+    one_line("leaves no ODE to solve to final='sigma_min'", diffkit.sample, Denoiser(lambda x, t: 0 * x,
+             NoiseSchedule.linear(1)), (2, 4), "ode", final="sigma_min", progress=False)
     ztsnr = NoiseSchedule.linear(100).rescale_zero_terminal_snr()
     one_line("cannot start at t=99", diffkit.sample, Denoiser(lambda x, t: 0 * x, ztsnr, prediction_type="v_prediction"),
              (2, 4), "ode", progress=False)
