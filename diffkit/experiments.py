@@ -204,6 +204,11 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     notes = [f"sampler {row!r} is not registered in this diffkit; skipped (registered: {', '.join(REGISTRY)})"
              for row in samplers if specs[row][0] not in REGISTRY]
     rows = [row for row in samplers if specs[row][0] in REGISTRY]
+    adaptive = [row for row in rows if REGISTRY[specs[row][0]].adaptive]
+    if adaptive:
+        raise DiffkitError(f"sampler {adaptive[0]!r} picks its own steps, so a samplers x steps table has no row for "
+                           f"it; run it alone with diffkit.sample(..., sampler={specs[adaptive[0]][0]!r}, rtol=..., "
+                           f"atol=...)")
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
                            f"{', '.join(REGISTRY)}")

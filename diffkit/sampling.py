@@ -27,7 +27,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         sampler: a name from ``diffkit samplers`` (``diffkit.samplers.REGISTRY``), or
             ``NAME[@SPACING][:FINAL]`` with the grid in it (``"unipc:zero"``, ``"ddim@trailing"``).
         steps / nfe: the step count, or the number of network evaluations to spend (one of the two;
-            default 50 steps).
+            default 50 steps). The adaptive ``ode`` sampler picks its own steps and takes neither
+            (nor ``spacing``): its ``rtol`` / ``atol`` options set its accuracy.
         spacing, final: the time grid (see :mod:`diffkit.timesteps`); defaults per sampler.
             ``logsnr_graded`` is graded at the denoiser's ``data_scale`` when it has one
             (:func:`diffkit.timesteps.grade_sigmas_for`; diffkit checkpoints record it).
@@ -337,6 +338,15 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
     if steps is not None and nfe is not None:
         raise DiffkitError("give steps or nfe, not both")
     T, spacing_used = denoiser.schedule.num_timesteps, spacing or info.default_spacing
+    if info.adaptive:  # from t = T-1 to t = 0 (and on to clean data for final 'zero'); its own steps between
+        for name, value in (("steps", steps), ("nfe", nfe), ("spacing", spacing)):
+            if value is not None:
+                info.check_fixed_steps(f"{name}={value!r}")
+        zero = (final or info.default_final) == "zero"
+        if T == 1 and not zero:
+            raise DiffkitError("a one-timestep schedule starts at t = 0, which leaves no ODE to solve to final="
+                               "'sigma_min'; use final='zero'")
+        return torch.tensor(([T - 1.0] if T > 1 else []) + [0.0] + ([-1.0] if zero else []), dtype=torch.float64)
     final_given, final = final, final or final_for(info, spacing)
 
     def step_count(final):

@@ -255,6 +255,23 @@ def test_sample_takes_the_sigma_hat_eta(trained_run, tmp_path, capsys):
     assert "eta='nan' is not allowed" in capsys.readouterr().err
 
 
+def test_sample_with_the_adaptive_ode_sampler(trained_run, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--sampler", "ode", "--num", "2",
+                             "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0 and (tmp_path / "s.png").exists() and "network evaluations per sample" in out, err
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--sampler", "ode:sigma_min",
+                             "--rtol", "1e-3", "--atol", "1e-3", "--num", "2", "--out", str(tmp_path / "s.png"),
+                             "--no-progress")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--sampler", "ode", "--steps", "5")
+    assert code == 2 and "picks its own steps, so --steps 5 does not apply" in err, err
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--rtol", "1e-3")
+    assert code == 2 and "--rtol sets the tolerance of the adaptive sampler ode, not of 'ddim'" in err, err
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", str(trained_run), "--sampler", "ode", "--rtol", "0"])
+    assert "must be a finite number > 0" in capsys.readouterr().err
+
+
 def test_checkpoint_file_mistakes_say_what_the_file_is(trained_run, tmp_path, capsys):
     renamed = tmp_path / "model.bin"
     renamed.write_bytes(trained_run.read_bytes())  # a safetensors file under a pickle suffix

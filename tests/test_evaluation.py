@@ -278,6 +278,8 @@ def test_sampler_table_passes_eta_to_its_ddim_rows(run_dir, tmp_path, monkeypatc
     assert seen == [("ddim", None, 1.0), ("ddim", "quadratic", 1.0), ("s-pndm", None, None)]
     assert "ddim rows: eta = 1" in json.loads((tmp_path / "sampler_table.json").read_text())["notes"]
     one_line_error(capsys, [*common, "--samplers", "s-pndm", "--eta", "1"], "eta=1.0 applies to ddim rows")
+    one_line_error(capsys, [*common, "--samplers", "ddim,ode"], "sampler 'ode' picks its own steps, so a samplers x "
+                   "steps table has no row for it")
 
 
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):

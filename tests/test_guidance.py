@@ -154,7 +154,9 @@ def test_cfg_interval_guides_only_inside():
 def test_cfg_works_with_every_registered_sampler():
     den = Denoiser(tiny_unet(), SCHEDULE)
     cfg = ClassifierFreeGuidance(den, 1.5)
-    for name in diffkit.samplers.REGISTRY:
+    for name, info in diffkit.samplers.REGISTRY.items():
+        if info.adaptive:  # ode takes no steps; through guidance: tests/test_samplers_ode.py
+            continue
         out = diffkit.sample(cfg, (3, 1, 8, 8), name, steps=3, seed=0, cond={"y": torch.tensor([0, 1, 2])},
                              progress=False)
         assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all(), name

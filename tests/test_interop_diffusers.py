@@ -280,6 +280,8 @@ def test_every_sampler_runs_a_diffusers_unet():
     denoiser = diffusers_denoiser(small_unet2d(), diffusers.DDPMScheduler())
     noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)).expand(2, 1, 8, 8).contiguous()
     for name in REGISTRY:
+        if REGISTRY[name].adaptive:  # ode takes no steps (tests/test_samplers_ode.py)
+            continue
         generators = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)]
         out = diffkit.sample(denoiser, noise.clone(), name, steps=2, generator=generators, progress=False)
         assert torch.isfinite(out).all(), name

@@ -203,6 +203,8 @@ def test_every_sampler_works_with_text_guidance_on_latents(trained):
     context = d.prompt_encoder(["the digit seven"] * 2)
     guided = ClassifierFreeGuidance(d, 3.0, null_context=d.prompt_encoder([""]))
     for name in REGISTRY:
+        if REGISTRY[name].adaptive:  # ode takes no steps; through guidance: tests/test_samplers_ode.py
+            continue
         z = sample(guided, (2, 2, 8, 8), name, 4, seed=0, cond={"context": context}, progress=False)
         images = d.decoder(z)
         assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all(), name

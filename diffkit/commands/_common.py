@@ -80,6 +80,14 @@ def eta_value(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a tolerance)."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)

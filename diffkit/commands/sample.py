@@ -31,7 +31,7 @@ from ..errors import DiffkitError, check_range, shorten
 from ..timesteps import FINALS, SPACINGS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
                       check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
-                      positive_int, removed_if_empty_on_failure, seed_int)
+                      positive_float, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -52,6 +52,9 @@ def register(sub) -> None:
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--rtol", type=positive_float, help="sampler ode: relative tolerance of its adaptive steps "
+                   "(default 1e-5)")
+    p.add_argument("--atol", type=positive_float, help="sampler ode: absolute tolerance (default 1e-5)")
     p.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
                    + ", ".join(SPACINGS))
     p.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min (the "
@@ -103,8 +106,15 @@ def run(args) -> int:
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
+    if args.steps is not None:
+        info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
+    for name in ("rtol", "atol"):
+        if getattr(args, name) is not None:
+            if not info.adaptive:
+                raise DiffkitError(f"--{name} sets the tolerance of the adaptive sampler ode, not of {info.name!r}")
+            options[name] = getattr(args, name)
     config = None
     checkpoint = args.checkpoint
     if args.config:

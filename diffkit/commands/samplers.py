@@ -20,7 +20,8 @@ def table() -> str:
     rows = [header]
     for info in REGISTRY.values():
         rule = info.nfe_rule or (f"{info.calls_per_step}*steps" if info.calls_per_step > 1 else "steps")
-        rows.append((info.name, str(info.order), str(info.calls_per_step), "yes" if info.stochastic else "no",
+        rows.append((info.name, str(info.order), "-" if info.adaptive else str(info.calls_per_step),
+                     "yes" if info.stochastic else "no",
                      info.default_spacing, info.default_final, rule, info.description))
     widths = [max(len(r[k]) for r in rows) for k in range(len(header) - 1)]
     lines = []

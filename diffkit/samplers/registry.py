@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ..errors import DiffkitError, check_choice, check_range
 from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
+from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
 from .unipc import unipc
@@ -23,7 +24,7 @@ class SamplerInfo:
 
     name: str
     fn: Callable
-    order: int
+    order: Union[int, str]  # "adaptive": the sampler picks its own steps (ode); steps / nfe do not apply
     calls_per_step: int
     stochastic: bool
     description: str
@@ -42,9 +43,21 @@ class SamplerInfo:
     # calls_per_step_of(options) with the registered options updated by the caller's
     calls_per_step_of: Optional[Callable[[dict], int]] = None
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether the sampler picks its own steps (its NFE is set by its tolerances, not by steps)."""
+        return self.order == "adaptive"
+
+    def check_fixed_steps(self, given: str = "steps") -> None:
+        """A one-line error when ``given`` (steps, nfe, spacing) is set for an adaptive sampler."""
+        if self.adaptive:
+            raise DiffkitError(f"sampler {self.name!r} picks its own steps, so {given} does not apply; set its "
+                               f"accuracy with rtol= and atol= (or give grid= for the times it passes)")
+
     def nfe(self, steps: int, final: Optional[str] = None) -> int:
         """Network evaluations spent by ``steps`` steps on a grid ending at ``final``
         (default: the sampler's default final)."""
+        self.check_fixed_steps()
         final = final or self.default_final
         return self.nfe_of_steps(steps, final) if self.nfe_of_steps else self.calls_per_step * steps
 
@@ -57,6 +70,7 @@ class SamplerInfo:
 
     def steps_for_nfe(self, nfe: int, final: Optional[str] = None) -> int:
         """The step count that spends exactly ``nfe`` evaluations, or a one-line error."""
+        self.check_fixed_steps("nfe")
         check_range("nfe", nfe, 1, None, integer=True)
         lo, hi = 1, nfe  # nfe(s) grows with s and nfe(s) >= s: bisect for the first s with nfe(s) >= nfe
         while lo < hi:
@@ -89,8 +103,8 @@ def with_grid(settings: dict) -> dict:
     info = REGISTRY.get(settings.get("sampler"))
     if info is None:
         return dict(settings)
-    return {**settings, "spacing": settings.get("spacing") or info.default_spacing,
-            "final": settings.get("final") or info.default_final}
+    spacing = {} if info.adaptive else {"spacing": settings.get("spacing") or info.default_spacing}
+    return {**settings, **spacing, "final": settings.get("final") or info.default_final}
 
 
 def canonical_settings(settings: dict) -> dict:
@@ -272,3 +286,10 @@ register(SamplerInfo("pc", pc, order=1, calls_per_step=2, stochastic=True,
                      default_spacing="linear", default_final="zero",
                      options={"snr": 0.16, "corrector_steps": 1, "predictor": "reverse_diffusion"},
                      calls_per_step_of=_pc_calls, nfe_rule="steps*(1+corrector_steps)"))
+
+
+register(SamplerInfo("ode", ode, order="adaptive", calls_per_step=0, stochastic=False,
+                     description="probability-flow ODE by scipy solve_ivp (RK45, rtol = atol = 1e-5; Song et al. "
+                                 "2021, Sec. 4.3), per sample, in log-SNR",
+                     default_spacing="adaptive", default_final="zero",
+                     nfe_rule="set by rtol/atol (adaptive)"))

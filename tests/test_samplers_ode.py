@@ -1,0 +1,201 @@
+"""The adaptive probability-flow ODE sampler ``ode`` against closed forms: the exact ODE map of
+Gaussian data (diffkit.analytic.gaussian_ode_solution) and the Gaussian posterior mean, an
+independent DOP853 solve of the ODE in EDM's variables on a 2-d mixture, per-sample step control
+(batch invariance, NFE = the largest per-sample count), bad options and half-precision outputs."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+import diffkit
+from diffkit import Denoiser, DiffkitError, NoiseSchedule
+from diffkit.analytic import GaussianMixture, gaussian_ode_solution
+from diffkit.samplers import REGISTRY
+
+F64 = torch.float64
+SCHEDULE = NoiseSchedule.linear()
+T = SCHEDULE.num_timesteps
+
+
+def one_line(pattern, func, *args, **kwargs):
+    with pytest.raises(DiffkitError) as err:
+        func(*args, **kwargs)
+    assert "\n" not in str(err.value) and re.search(pattern, str(err.value)), str(err.value)
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return GaussianMixture.random(4, 1, seed=3)
+
+
+def _exact(gaussian, x, t_end):
+    a = lambda t: SCHEDULE.alpha(torch.tensor(t, dtype=F64))  # noqa: E731
+    s = lambda t: SCHEDULE.sigma(torch.tensor(t, dtype=F64))  # noqa: E731
+    return gaussian_ode_solution(gaussian.means[0], gaussian.covs[0], x, a(T - 1.0), s(T - 1.0), a(t_end), s(t_end))
+
+
+@pytest.mark.parametrize("method", ["RK45", "DOP853"])
+def test_gaussian_endpoint_matches_the_exact_ode_map_to_the_tolerance(gaussian, method):
+    den = Denoiser(gaussian.network(SCHEDULE), SCHEDULE)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    exact = _exact(gaussian, x, 0.0)
+    errors, nfes = [], []
+    for tol in (1e-4, 1e-6, 1e-8):
+        den.reset_nfe()
+        out = diffkit.sample(den, x, "ode", final="sigma_min", rtol=tol, atol=tol, method=method, progress=False)
+        errors.append((out - exact).abs().max().item())
+        nfes.append(den.nfe)
+    assert errors[0] < 30 * 1e-4 and errors[-1] < 30 * 1e-8, errors
+    assert errors[0] > errors[1] > errors[2], errors
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+
+
+def test_default_tolerance_and_final_zero_end_with_the_posterior_mean(gaussian):
+    # final "zero": the ODE to t = 0, then the x0 prediction there (the step to sigma = 0 of DDIM /
+    # Euler), for Gaussian data E[x0 | x_t] = m + alpha C (alpha^2 C + sigma^2 I)^-1 (x_t - alpha m)
+    den = Denoiser(gaussian.network(SCHEDULE), SCHEDULE)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x_0 = _exact(gaussian, x, 0.0)
+    a, s = SCHEDULE.alpha(0.0).item(), SCHEDULE.sigma(0.0).item()
+    m, c = gaussian.means[0], gaussian.covs[0]
+    posterior = m + (x_0 - a * m) @ torch.linalg.solve(a * a * c + s * s * torch.eye(4, dtype=F64), a * c)
+    out = diffkit.sample(den, x, "ode", progress=False)  # rtol = atol = 1e-5, final "zero"
+    assert (out - posterior).abs().max().item() < 1e-4
+
+
+def _sigma_tilde_reference(mixture, x_T, t_end):
+    """An independent solve: dx~/dsigma~ = eps*(alpha x~) in EDM's variables (x~ = x/alpha,
+    sigma~ = sigma/alpha), the whole batch as one vector, DOP853 at rtol = atol = 1e-10."""
+    from scipy.integrate import solve_ivp
+    sig = lambda t: SCHEDULE.karras_sigma(torch.tensor(t, dtype=F64)).item()  # noqa: E731
+    shape = x_T.shape
+
+    def rhs(s, y):
+        a = 1.0 / math.sqrt(1.0 + s * s)
+        eps = mixture.eps(torch.from_numpy(y).reshape(shape) * a, torch.tensor(a, dtype=F64),
+                          torch.tensor(s * a, dtype=F64))
+        return eps.reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (sig(T - 1.0), sig(t_end)), (x_T / SCHEDULE.alpha(T - 1.0).item()).reshape(-1).numpy(),
+                    method="DOP853", rtol=1e-10, atol=1e-10)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape) * SCHEDULE.alpha(t_end).item()
+
+
+def test_two_d_mixture_agrees_with_an_independent_dop853_solve():
+    mixture = GaussianMixture.random(2, 8, seed=0)  # the benchmark's 2-d mixture
+    den = Denoiser(mixture.network(SCHEDULE), SCHEDULE)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    ref = _sigma_tilde_reference(mixture, x, 0.0)
+    # the Denoiser hands the network float32 times: the model differs from eps* at exact times by ~1e-7
+    tight = diffkit.sample(den, x, "ode", final="sigma_min", method="DOP853", rtol=1e-9, atol=1e-9, progress=False)
+    assert (tight - ref).abs().max().item() < 1e-6
+    default = diffkit.sample(den, x, "ode", final="sigma_min", progress=False)
+    assert (default - ref).abs().max().item() < 1e-3
+
+
+def test_each_sample_is_solved_alone_and_the_nfe_is_the_largest_count():
+    mixture = GaussianMixture.random(2, 8, seed=0)
+    den = Denoiser(mixture.network(SCHEDULE), SCHEDULE)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    seen = []
+    full = diffkit.sample(den, x, "ode", rtol=1e-4, atol=1e-4, progress=False, callback=seen.append)
+    batch_nfe = den.nfe
+    assert [d["nfe"] for d in seen][-1] == batch_nfe
+    alone = []
+    for i in range(6):
+        den.reset_nfe()
+        one = diffkit.sample(den, x[i:i + 1], "ode", rtol=1e-4, atol=1e-4, progress=False)
+        torch.testing.assert_close(one[0], full[i], rtol=1e-9, atol=1e-9)
+        alone.append(den.nfe)
+    assert batch_nfe == max(alone) and min(alone) < max(alone), alone
+
+
+def test_the_solver_restarts_at_the_grid_times_where_the_callback_reports(gaussian):
+    den = Denoiser(gaussian.network(SCHEDULE), SCHEDULE)
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(4), dtype=F64)
+    seen = []
+    out = diffkit.sample(den, x, "ode", grid=[999.0, 500.0, 100.0, 0.0], rtol=1e-8, atol=1e-8, progress=False,
+                         callback=seen.append)
+    assert [(d["t"], d["s"]) for d in seen] == [(999.0, 500.0), (500.0, 100.0), (100.0, 0.0)]
+    for d in seen:
+        assert (d["x"] - _exact(gaussian, x, d["s"])).abs().max().item() < 1e-6
+    torch.testing.assert_close(out, seen[-1]["x"])
+    assert seen[0]["nfe"] < seen[1]["nfe"] < seen[2]["nfe"] == den.nfe
+
+
+def test_bad_options_are_one_line_errors(gaussian):
+    den = Denoiser(gaussian.network(SCHEDULE), SCHEDULE)
+    for kwargs, pattern in (({"steps": 10}, "picks its own steps, so steps=10 does not apply; set its accuracy with "
+                                            "rtol= and atol="),
+                            ({"nfe": 20}, "nfe=20 does not apply"),
+                            ({"spacing": "logsnr"}, "spacing='logsnr' does not apply"),
+                            ({"rtol": 0.0}, "rtol"), ({"atol": -1.0}, "atol"), ({"rtol": float("nan")}, "rtol"),
+                            ({"method": "euler"}, "method='euler'"), ({"order": 2}, "option 'order' is not one")):
+        one_line(pattern, diffkit.sample, den, (2, 4), "ode", progress=False, **kwargs)
+    one_line("spacing='logsnr' does not apply", diffkit.sample, den, (2, 4), "ode@logsnr", progress=False)
+    one_line("picks its own steps, so steps does not apply", REGISTRY["ode"].nfe, 10)
+    one_line("nfe does not apply", REGISTRY["ode"].steps_for_nfe, 10)
+    one_line("leaves no ODE to solve to final='sigma_min'", diffkit.sample, Denoiser(lambda x, t: 0 * x,
+             NoiseSchedule.linear(1)), (2, 4), "ode", final="sigma_min", progress=False)
+    ztsnr = NoiseSchedule.linear(100).rescale_zero_terminal_snr()
+    one_line("cannot start at t=99", diffkit.sample, Denoiser(lambda x, t: 0 * x, ztsnr, prediction_type="v_prediction"),
+             (2, 4), "ode", progress=False)
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_half_precision_model_outputs_stay_finite_and_close(gaussian, low):
+    net = gaussian.network(SCHEDULE)
+    rounded = lambda x, t: net(x, t).to(low).to(x.dtype)  # noqa: E731
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
+    ref = diffkit.sample(Denoiser(net, SCHEDULE), x, "ode", final="sigma_min", progress=False)
+    den = Denoiser(rounded, SCHEDULE)
+    out = diffkit.sample(den, x, "ode", final="sigma_min", rtol=1e-3, atol=1e-3, progress=False)
+    assert torch.isfinite(out).all() and out.dtype == torch.float32
+    err = ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+    assert err < 12 * (2.0 ** -8 if low is torch.bfloat16 else 2.0 ** -11) + 1e-3, err
+    out = diffkit.sample(den, x.half(), "ode", final="sigma_min", progress=False)  # the default tolerance too
+    assert torch.isfinite(out).all()
+
+
+def test_ode_runs_through_guidance_and_thresholding(gaussian):
+    from diffkit.guidance import ClassifierFreeGuidance
+    net = gaussian.network(SCHEDULE)
+    den = Denoiser(lambda x, t, y: net(x, t) + 0.01 * y.to(x.dtype)[:, None], SCHEDULE)  # label 3: unconditional
+    cfg = ClassifierFreeGuidance(den, 1.5, null_class=3)
+    out = diffkit.sample(cfg, (3, 4), "ode", seed=0, cond={"y": torch.tensor([0, 1, 2])}, rtol=1e-3, atol=1e-3,
+                         progress=False)
+    assert out.shape == (3, 4) and torch.isfinite(out).all()
+    out = diffkit.sample(den, (3, 4), "ode", seed=0, cond={"y": torch.tensor([0, 1, 2])}, thresholding="clip",
+                         rtol=1e-3, atol=1e-3, progress=False)
+    assert out.abs().max() <= 1.0 + 1e-6
+
+
+def test_samplers_command_prints_it_as_adaptive(capsys):
+    from diffkit.cli import main
+    assert main(["samplers"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("ode "))
+    assert re.match(r"ode\s+adaptive\s+-\s+no\s+adaptive\s+zero\s+set by rtol/atol", line), line
+
+
+def test_a_failing_network_call_ends_every_solve_and_raises(gaussian):
+    import threading
+    net, calls = gaussian.network(SCHEDULE), []
+
+    def failing(x, t):
+        calls.append(1)
+        if len(calls) == 20:
+            raise RuntimeError("out of memory")
+        return net(x, t)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        diffkit.sample(Denoiser(failing, SCHEDULE), (5, 4), "ode", seed=0, progress=False)
+    assert len(calls) == 20 and not [t for t in threading.enumerate() if t.name.startswith("diffkit-ode")]
+
+
+def test_a_solve_that_cannot_meet_the_tolerance_is_a_one_line_error(gaussian):
+    net = gaussian.network(SCHEDULE)
+    nan_late = lambda x, t: net(x, t) * (float("nan") if float(t[0]) < 300 else 1.0)  # noqa: E731
+    one_line(r"the ODE solve of sample 0 failed \(RK45: Required step size", diffkit.sample,
+             Denoiser(nan_late, SCHEDULE), (2, 4), "ode", seed=0, progress=False)
