@@ -319,7 +319,7 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
     so an image grid with ``len(weights)`` columns shows one pair per row.
 
     ``ddpm`` (Ho et al. 2020, Sec. 4.4, Fig. 8): x_t, x'_t ~ q(x_t | x_0) at time ``t`` (default
-    500, the paper's), x-bar_t = (1 - w) x_t + w x'_t, decoded by DDPM ancestral sampling over
+    T // 2 - 1: the paper's t = 500 of T = 1000 in DDPM's 1-based time, 499 in diffkit's), x-bar_t = (1 - w) x_t + w x'_t, decoded by DDPM ancestral sampling over
     every timestep t, t-1, ..., 0; the noise is fixed across weights (each pair draws its forward
     and reverse noise from one generator, replayed for every weight). ``options``: those of the
     ddpm sampler (``variance_type``).
@@ -346,7 +346,7 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
         if steps is not None:
             raise DiffkitError(f"steps={steps} applies to method='ddim'; method='ddpm' decodes over every "
                                f"timestep from t")
-        t = 500 if t is None else t
+        t = schedule.num_timesteps // 2 - 1 if t is None else t
         check_range("t", t, 0, schedule.num_timesteps - 1, integer=True)
         gens = _pair_generators(seed, generator, pairs)
         xa = diffusion.q_sample(schedule, a, t, randn(a.shape, gens, device=a.device, dtype=a.dtype))

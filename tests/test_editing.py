@@ -279,6 +279,17 @@ def test_ddpm_interpolation_of_a_point_mass_returns_it():
     assert (out - mean.double()).abs().max() < 1e-3
 
 
+def test_ddpm_interpolation_defaults_to_the_middle_of_any_schedule():
+    """DDPM's t = 500 of T = 1000 (1-based) is t = T/2 - 1 in diffkit's time: 499, or 49 of T = 100,
+    decoded over t, t-1, ..., 0 and the step to clean data: t + 1 network calls."""
+    for T in (100, 1000):
+        sched = NoiseSchedule.linear(T)
+        den = Denoiser(GAUSS.network(sched), sched)
+        a = torch.zeros(1, 3, dtype=torch.float64)
+        diffkit.interpolate(den, a, a + 0.5, [0.0, 1.0], "ddpm", seed=0, **FREE)
+        assert den.nfe == T // 2
+
+
 def test_ddpm_interpolation_decodes_the_exact_posterior_of_the_interpolated_latent():
     """Isotropic Gaussian data N(m, c I) with the exact reverse kernel (learned variance): decoding
     x-bar_t by DDPM draws x_0 ~ q(x_0 | x-bar_t) = N(m + alpha c (x-bar_t - alpha m)/v, c sigma^2 / v),

@@ -10,7 +10,7 @@ RePaint's resampling). The results go to ``--out`` as
 ``edit_00000.png``, ... in the order of the input files; image i depends only on ``--seed`` + i.
 With ``--interpolate K`` the images are taken in pairs (1st with 2nd, 3rd with 4th, ...) and
 ``--out``/interpolation.png shows each pair's row of K images at weights 0, 1/(K-1), ..., 1
-(``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default 500; or ``ddim``,
+(``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default T/2 - 1; or ``ddim``,
 DDIM Sec. 5.4 on ``--steps``); pair p depends only on ``--seed`` + p.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--method", choices=("ddpm", "ddim"),
                    help="with --interpolate: ddpm (lerp at --t, DDPM Sec. 4.4; default) or ddim (inversion + slerp)")
     p.add_argument("--t", type=int, metavar="T", help="with --interpolate --method ddpm: the time to noise to "
-                   "(default 500)")
+                   "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     p.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask and --sampler ddpm: RePaint's resampling, each jump this many times "
