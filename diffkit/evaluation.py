@@ -489,7 +489,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                            "the evaluator", f"train one at the samples' size with 'diffkit train-evaluator "
                            f"--img-size {size}'")
     reference = None
-    if ref is not None:
+    only_train_nll = set(names) <= set(NLL_METRICS) and nll_split == "train"
+    if ref is not None and not only_train_nll:
         reference, _ = reference_images(ref, data_dir, train=False, img_size=size, channels=channels, limit=ref_num)
         settings.update(reference=ref, reference_split="test", num_reference=int(reference.shape[0]),
                         data_dir=None if data_dir is None else str(data_dir))

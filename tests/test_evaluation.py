@@ -143,7 +143,7 @@ def test_eval_nll_through_the_cli(run_dir, tmp_path, capsys):
     assert "nll-strided" in capsys.readouterr().out
 
 
-def test_eval_nll_on_the_train_split(run_dir, tmp_path):
+def test_eval_nll_on_the_train_split(run_dir, tmp_path, capsys):
     """DDPM Table 1/2 report NLL "Test (Train)": --nll-split train bounds the first --nll-num images of
     the training split (digits: its first DIGITS_TRAIN_SIZE images), recorded in the JSON."""
     ckpt = run_dir / "ckpt" / "latest.safetensors"
@@ -153,6 +153,9 @@ def test_eval_nll_on_the_train_split(run_dir, tmp_path):
         assert main(["eval", "--checkpoint", ckpt, "--metrics", "nll", "--nll-num", 4, "--nll-split", split,
                      "--out", out, "--device", "cpu", "--no-progress"]) == 0
         results[split] = json.loads(out.read_text())
+        header = capsys.readouterr().out.splitlines()[0]
+        assert f"no samples ({split} images: 4)" in header and ("test images" in header) == (split == "test"), header
+        assert ("reference" in results[split]["settings"]) == (split == "test")  # train NLL loads no test set
         assert results[split]["settings"]["nll_split"] == split
         assert results[split]["settings"]["nll_num_images"] == 4
     denoiser = load_denoiser(ckpt)

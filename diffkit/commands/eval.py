@@ -109,7 +109,7 @@ def run(args) -> int:
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")
-    print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings else "no samples (nll)")
+    print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings else f"no samples ({settings['nll_split']} images: {settings['nll_num_images']})")
           + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
           + (f" vs {settings['num_reference']} {settings['reference']} test images" if "reference" in settings else ""))
     print(format_results(result["metrics"]))
