@@ -324,11 +324,11 @@ class TrainConfig:
         return out
 
     def seed_resume_checkpoint(self) -> Optional[str]:
-        """``training_load_weight`` read as seed 000's code reads it: a relative name is a file in
-        ``save_weight_dir`` (its ``Train`` joins the two); when no such file exists, the path as
-        given (relative to the working directory, as ``--resume`` takes it)."""
+        """``training_load_weight`` as a path (relative to the working directory, as ``--resume``
+        takes it and earlier diffkit versions read it) when that file exists; otherwise as seed
+        000's code reads it, a file in ``save_weight_dir`` (its ``Train`` joins the two)."""
         name = self.training_load_weight
-        if not name or Path(name).is_absolute():
+        if not name or Path(name).is_absolute() or Path(name).exists():
             return name
         in_save_dir = Path(self.save_weight_dir) / name
         return str(in_save_dir) if in_save_dir.is_file() else name
