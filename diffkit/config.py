@@ -342,7 +342,7 @@ class TrainConfig:
             raise DiffkitError("the config's test_load_weight is not set; give --checkpoint, or set "
                                "test_load_weight to a checkpoint file in save_weight_dir")
         path = Path(self.save_weight_dir) / self.test_load_weight
-        if not path.is_file():
+        if not path.exists():  # a checkpoint file, or a run's checkpoint folder
             raise DiffkitError(f"test_load_weight {str(path)!r} does not exist (save_weight_dir "
                                f"{self.save_weight_dir!r} + test_load_weight {self.test_load_weight!r}); give "
                                f"--checkpoint or set test_load_weight to an existing checkpoint")

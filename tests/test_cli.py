@@ -314,6 +314,14 @@ def test_sample_with_only_a_config_loads_its_test_load_weight(trained_run, tmp_p
     code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--out", "d.png", *args)
     assert code == 0, err
     assert (tmp_path / "c.png").read_bytes() == (tmp_path / "d.png").read_bytes()
+    # ... whose grids go where that config says (its sampled_dir, image names), not the run's folder
+    (tmp_path / "named.json").write_text(json.dumps({"save_weight_dir": str(trained_run.parent),
+                                                     "test_load_weight": trained_run.name, "sampled_dir": "MySamples",
+                                                     "sampledImgName": "mine.png", "sampledNoisyImgName": "noisy.png"}))
+    code, out, err = run_cli(capsys, "sample", "--config", "named.json", *args)
+    assert code == 0, err
+    assert (tmp_path / "MySamples" / "mine.png").read_bytes() == (tmp_path / "c.png").read_bytes()
+    assert (tmp_path / "MySamples" / "noisy.png").exists()
     # a missing file, an unset test_load_weight, neither flag: one line each
     (tmp_path / "missing.json").write_text(json.dumps({**seed, "test_load_weight": "ckpt_42.pt"}))
     (tmp_path / "unset.json").write_text(json.dumps({**seed, "test_load_weight": None}))

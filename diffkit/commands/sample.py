@@ -115,7 +115,7 @@ def run(args) -> int:
             if not info.adaptive:
                 raise DiffkitError(f"--{name} sets the tolerance of the adaptive sampler ode, not of {info.name!r}")
             options[name] = getattr(args, name)
-    config = None
+    config = output_config = None
     checkpoint = args.checkpoint
     if args.config:
         from ..config import TrainConfig
@@ -126,8 +126,8 @@ def run(args) -> int:
                                "in its save_weight_dir")
         from ..loading import is_legacy_checkpoint
         checkpoint = config.test_checkpoint()
-        if not is_legacy_checkpoint(checkpoint):
-            config = None  # a diffkit checkpoint carries its own config; this one only named the file
+        if not is_legacy_checkpoint(checkpoint):  # it carries its own model config: this one named the file
+            output_config, config = config.to_dict(), None  # and says where the images go
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
@@ -147,6 +147,7 @@ def run(args) -> int:
         sample_to_files(checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
                         nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                         seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
+                        output_config=output_config,
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, **options)
@@ -279,7 +280,8 @@ def run_sample_dir(checkpoint, cfg: dict) -> Path:
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
-                    config=None, mixed_precision="no", compile="no", progressive=None, **options):
+                    config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
+                    **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -287,7 +289,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``batch_size="auto"`` fits the batch to free memory (:func:`diffkit.memory.auto_batch_size`,
     probed with one ddim step of the same network, guidance and decoder); a batch that runs out of
     GPU memory is retried at half the size (:func:`diffkit.memory.batches_with_oom_retry`).
-    ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`)."""
+    ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`).
+    ``output_config``: a seed config (dict) whose ``sampled_dir``, image names and ``nrow`` place the
+    grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint)."""
     import torch
 
     from ..drawing import draw_samples
@@ -313,7 +317,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                              mixed_precision=mixed_precision, compile=compile)
     meta = denoiser.meta
     cfg = meta.get("config", {})
-    nrow = nrow or cfg.get("nrow", 8)
+    names = output_config or cfg  # where the grids go and how wide they are
+    nrow = nrow or names.get("nrow", 8)
     guidance = guidance or GuidanceRequest()
     conditional_model = meta["unet"].get("num_classes") is not None
     decoder, prompt_index = denoiser.decoder, None
@@ -329,8 +334,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if noise_out and decoder is not None:
         raise DiffkitError("--noise-out: a latent checkpoint starts from noise in its latent space, which has no "
                            "image grid; drop --noise-out")
-    out = Path(out) if out else run_sample_dir(checkpoint, cfg) / cfg.get("sampledImgName", "samples.png")
-    noise_out = Path(noise_out) if noise_out else out.parent / cfg.get("sampledNoisyImgName", "noise.png")
+    folder = Path(names.get("sampled_dir", ".")) if output_config else run_sample_dir(checkpoint, cfg)
+    out = Path(out) if out else folder / names.get("sampledImgName", "samples.png")
+    noise_out = Path(noise_out) if noise_out else out.parent / names.get("sampledNoisyImgName", "noise.png")
     check_grid_files(out, noise_out if decoder is None else None)
     if progressive:  # a callback of every sampling call keeps the frames (docs/samplers.md)
         from ..progressive import progressive_grid_path, recorder_for
