@@ -73,13 +73,17 @@ def give_usual_mode(path, mode: int) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _host_tag() -> str:
-    """8 hex digits naming this host and PID namespace in temp file names (a process id means
-    nothing on another host, or in another container on this one)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:  # no /proc (macOS): the host name alone
-        namespace = ""
-    return hashlib.sha256(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
+    """8 hex digits naming this boot of this host and its PID namespace in temp file names (a
+    process id means nothing on another host, after a reboot, or in another container on this one;
+    two machines may share a host name and the initial namespace, not a boot id)."""
+    parts = [socket.gethostname()]
+    for name, read in (("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()),
+                       ("/proc/self/ns/pid", os.readlink)):
+        try:
+            parts.append(read(name))
+        except OSError:  # no /proc (macOS): the host name alone
+            parts.append("")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
 
 
 # .<target name>.<pid>-<host tag>.<mkstemp's 8 random characters>.tmp
@@ -100,8 +104,11 @@ def _pid_alive(pid: int) -> bool:
 def remove_dead_writers_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete the hidden temp files of :func:`atomic_write_bytes` in ``directory`` whose writer is
     gone: written on this host by a process id that is no longer alive (a ``kill -9`` mid-write).
-    A temp file of a live process, of another host, or without a process id in its name stays."""
+    A temp file of a live process, of another host or boot, or without a process id in its name
+    stays. Not on Windows, where ``os.kill(pid, 0)`` would send a Ctrl-C instead of asking."""
     removed, host = [], _host_tag()
+    if os.name == "nt":
+        return removed
     try:
         entries = list(os.scandir(directory))
     except OSError:

@@ -906,3 +906,21 @@ def test_a_signal_with_the_last_step_says_training_is_complete(tmp_path, monkeyp
     folder = tmp_path / "run" / "checkpoints"
     assert ckpt.load_checkpoint(folder / "latest.safetensors")[1]["step"] == 4
     assert (folder / "loss_curve.png").is_file()
+
+
+def test_temp_file_host_tag_tells_apart_boots_of_one_host_name(monkeypatch):
+    """Two machines named alike (cloned VMs) share a host name and the initial PID namespace, not a
+    boot id: their temp files must not look like each other's, or one would sweep the other's."""
+    import pathlib
+
+    from diffkit import checkpoint
+    monkeypatch.setattr(checkpoint.socket, "gethostname", lambda: "localhost")
+    tags = []
+    for boot in ("boot-a", "boot-b"):
+        real = pathlib.Path.read_text
+        monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, _b=boot, _r=real, **k:
+                            _b if str(self).endswith("boot_id") else _r(self, *a, **k))
+        checkpoint._host_tag.cache_clear()
+        tags.append(checkpoint._host_tag())
+    checkpoint._host_tag.cache_clear()
+    assert tags[0] != tags[1]
