@@ -1,11 +1,14 @@
-"""Guidance on MNIST: requested-class rate and FD versus the guidance scale (issue 5).
+"""Guidance on MNIST: requested-class rate, FD and classifier score versus the guidance scale (issue 5).
 
 Not part of CI. Budget: about 25 minutes on 2 CPU cores with the defaults (the run reported in
 docs/guidance.md: see there). Steps:
 
 1. MNIST (read from ``--data-dir``, default ../shared/data/mnist beside the repository), resized 28 -> 16.
 2. An independent clean-image evaluator (:func:`diffkit.metrics.evaluator.train_evaluator`);
-   its arg-max gives the requested-class rate, its 128-d features the FD against test images.
+   its arg-max gives the requested-class rate, its 128-d features the FD against test images and
+   its softmax the classifier score (the Inception Score exp E_x KL(p(y|x) || p(y)) of Salimans et
+   al. 2016 with the evaluator in place of Inception), the other side of guidance's FID-IS
+   trade-off (Ho & Salimans 2022, Fig. 2; Dhariwal & Nichol 2021, Table 4).
 3. A small class-conditional U-Net trained with label dropout p_uncond = 0.1
    (:class:`diffkit.training.Trainer`); with ``y = null`` it is also the unconditional model.
 4. A small noisy-image classifier on x_t of the same schedule (:mod:`diffkit.classifier_training`).
@@ -37,7 +40,8 @@ from diffkit.data import load_dataset  # noqa: E402
 from diffkit.denoiser import Denoiser  # noqa: E402
 from diffkit.guidance import ClassifierFreeGuidance, ClassifierGuidance  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
-from diffkit.metrics.evaluator import classifier_frechet_distance, evaluator_accuracy, train_evaluator  # noqa: E402
+from diffkit.metrics.evaluator import (classifier_frechet_distance, classifier_score, evaluator_accuracy,  # noqa: E402
+                                       train_evaluator)
 from diffkit.sampling import sample  # noqa: E402
 from diffkit.training import Trainer  # noqa: E402
 
@@ -78,7 +82,10 @@ def main() -> int:
     evaluator_test_acc = evaluator_accuracy(evaluator, test_images, test.labels)
     print(f"evaluator test accuracy {evaluator_test_acc:.4f}")
     reference = test_images[:2000]
-    fd_test_vs_test = classifier_frechet_distance(evaluator, test_images[2000:2000 + 10 * args.per_class], reference)
+    real_samples = test_images[2000:2000 + 10 * args.per_class]
+    fd_test_vs_test = classifier_frechet_distance(evaluator, real_samples, reference)
+    score_real = {"reference_2000": _score(evaluator, reference), "same_size": _score(evaluator, real_samples)}
+    print(f"classifier score of real test images: {score_real}")
     lap("evaluator")
 
     # -- 3. class-conditional U-Net with label dropout
@@ -126,6 +133,7 @@ def main() -> int:
         rate = evaluator_accuracy(evaluator, images, labels)
         fd = classifier_frechet_distance(evaluator, images, reference)
         row = {"guidance": kind, "scale": scale, "requested_class_rate": round(rate, 4), "fd": round(fd, 3),
+               "classifier_score": round(_score(evaluator, images), 3),
                "nfe": guided_denoiser.nfe, "seconds": round(seconds, 1)}
         rows.append(row)
         print(row, flush=True)
@@ -148,13 +156,20 @@ def main() -> int:
               "ddim_steps": args.sample_steps, "unet_steps": args.unet_steps, "unet_final_loss": result.final_loss,
               "classifier_steps": args.classifier_steps, "noisy_classifier_accuracy_by_t": clf_acc,
               "evaluator_test_accuracy": evaluator_test_acc, "fd_test_vs_test": fd_test_vs_test,
+              "classifier_score_real": score_real,
               "rows": rows, "timings_s": lap.timings, "load_average": os.getloadavg()}
     (out / "guidance_mnist.json").write_text(json.dumps(report, indent=2))
     table = _markdown(report)
     (out / "guidance_mnist.md").write_text(table)
     print(table)
-    _plot(rows, out / "guidance_mnist.png", fd_test_vs_test)
+    _plot(rows, out / "guidance_mnist.png", fd_test_vs_test, score_real["reference_2000"])
     return 0
+
+
+def _score(evaluator, images) -> float:
+    """Classifier score of ``images`` in one split: the samples come ordered by class, so the usual
+    10 splits would each hold one digit and score ~1; one split of 200 estimates p(y) from all of them."""
+    return classifier_score(evaluator, images, splits=1).mean
 
 
 class _NullClass:
@@ -178,34 +193,47 @@ def _markdown(report) -> str:
     lines = [f"MNIST {report['img_size']}x{report['img_size']}, {report['samples_per_setting']} samples per "
              f"setting (balanced classes), DDIM {report['ddim_steps']} steps; evaluator test accuracy "
              f"{report['evaluator_test_accuracy']:.4f}; FD of {report['samples_per_setting']} real test images (no "
-             f"model): {report['fd_test_vs_test']:.2f}; FD reference: 2000 test images",
-             "", "| guidance | scale | requested-class rate | FD (evaluator features) | NFE | seconds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"model): {report['fd_test_vs_test']:.2f}; FD reference: 2000 test images; classifier score (IS with the "
+             f"evaluator, one split, at most 10) of the 2000 reference images "
+             f"{report['classifier_score_real']['reference_2000']:.3f}, of the {report['samples_per_setting']} real "
+             f"images {report['classifier_score_real']['same_size']:.3f}",
+             "", "| guidance | scale | requested-class rate | FD (evaluator features) | classifier score | NFE | "
+             "seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["rows"]:
         scale = "uncond. (null class)" if r["guidance"] == "cfg" and r["scale"] == -1 else f"{r['scale']:g}"
         lines.append(f"| {r['guidance']} | {scale} | {r['requested_class_rate']:.3f} | {r['fd']:.2f} | "
-                     f"{r['nfe']} | {r['seconds']} |")
+                     f"{r['classifier_score']:.3f} | {r['nfe']} | {r['seconds']} |")
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows, path, fd_real):
+def _plot(rows, path, fd_real, score_real):
+    """Rate and FD versus the scale, and FD versus classifier score: the trade-off curve of Ho &
+    Salimans 2022, Fig. 2 (FID versus IS), one curve per guidance family."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), dpi=100)
     for kind, label, marker in (("cfg", "classifier-free (w)", "o"), ("classifier", "classifier (s)", "s")):
         sel = [r for r in rows if r["guidance"] == kind]
         xs = [r["scale"] for r in sel]
         axes[0].plot(xs, [r["requested_class_rate"] for r in sel], marker=marker, label=label)
         axes[1].plot(xs, [r["fd"] for r in sel], marker=marker, label=label)
+        axes[2].plot([r["classifier_score"] for r in sel], [r["fd"] for r in sel], marker=marker, label=label)
+        for r in sel:
+            axes[2].annotate(f"{r['scale']:g}", (r["classifier_score"], r["fd"]), fontsize=7,
+                             xytext=(3, 3), textcoords="offset points")
     axes[0].axhline(0.95, color="gray", ls=":", lw=1)
     axes[0].set(xlabel="guidance scale", ylabel="requested-class rate", ylim=(0, 1.02))
     axes[1].axhline(fd_real, color="gray", ls=":", lw=1, label="real vs real")
     axes[1].set(xlabel="guidance scale", ylabel="FD (evaluator features)")
     scales = sorted({r["scale"] for r in rows})
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xticks(scales, [f"{v:g}" for v in scales])
+    axes[2].axvline(score_real, color="gray", ls=":", lw=1, label="2000 real images")
+    axes[2].set(xlabel="classifier score (IS with the evaluator)", ylabel="FD (evaluator features)")
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
