@@ -27,7 +27,7 @@ from .errors import DiffkitError, check_choice, check_range
 SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for eps / x0 / v
 LOSSES = ("simple", "hybrid", "vlb")
-FIXED_VARIANCES = ("fixed_small", "fixed_large")  # = diffkit.losses.FIXED_VARIANCES
+FIXED_VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
 LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")

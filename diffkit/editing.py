@@ -14,10 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diffusion
-from .denoiser import Prediction, ThresholdedDenoiser, Wrapper, with_x0
+from .denoiser import Prediction, Wrapper, _innermost, with_x0
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
-from .sampling import _THRESHOLD_OPTIONS, check_denoiser, check_generators, plan, sample, sampler_grid
+from .sampling import check_denoiser, check_generators, plan, sample, sampler_grid, thresholded
 from .samplers.ddim import ddim_invert
 from .samplers.registry import get_sampler
 
@@ -57,10 +57,7 @@ def check_images(images, what: str = "images", value_range=DATA_RANGE) -> torch.
 def check_fits(denoiser, images: torch.Tensor, what: str = "images") -> None:
     """Images of the shape the network takes, where a loaded checkpoint says it (``meta["unet"]``:
     channels and side; latents for a latent model); other denoisers are not checked here."""
-    inner = denoiser
-    while not hasattr(inner, "meta") and hasattr(inner, "inner"):
-        inner = inner.inner
-    unet = (getattr(inner, "meta", None) or {}).get("unet") or {}
+    unet = (getattr(_innermost(denoiser), "meta", None) or {}).get("unet") or {}
     if "in_channels" in unet and "img_size" in unet:
         expected = (unet["in_channels"], unet["img_size"], unet["img_size"])
         if tuple(images.shape[1:]) != expected:
@@ -129,12 +126,7 @@ def _planned(denoiser, sampler, steps, spacing, final, thresholding, options, st
     check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
     info, grid, thresholding, threshold_options = plan(denoiser, sampler, steps, None, spacing, final, None,
                                                        thresholding, options)
-    if thresholding is not None:
-        denoiser = ThresholdedDenoiser(denoiser, thresholding,
-                                       **{_THRESHOLD_OPTIONS[k]: v for k, v in threshold_options.items()})
-    elif threshold_options:
-        raise DiffkitError(f"{', '.join(threshold_options)} goes with thresholding='clip' or 'dynamic'")
-    return info.name, strength_grid(grid, strength), denoiser
+    return info.name, strength_grid(grid, strength), thresholded(denoiser, thresholding, threshold_options)
 
 
 # ---------------------------------------------------------------- SDEdit

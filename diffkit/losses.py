@@ -20,11 +20,11 @@ from typing import Optional
 import torch
 
 from . import diffusion
+from .config import FIXED_VARIANCES  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule, as_cpu_times
 
 LOSS_TYPES = ("simple", "hybrid", "vlb")
-FIXED_VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

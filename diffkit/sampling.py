@@ -84,15 +84,22 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
     if cond is not None:
         check_cond(cond, x.shape[0])
         cond = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}  # beside x
-    if thresholding is not None:
-        denoiser = ThresholdedDenoiser(denoiser, thresholding,
-                                       **{_THRESHOLD_OPTIONS[k]: v for k, v in threshold_options.items()})
-    elif threshold_options:
-        raise DiffkitError(f"{', '.join(threshold_options)} goes with thresholding='clip' or 'dynamic'")
+    denoiser = thresholded(denoiser, thresholding, threshold_options)
     kwargs = {**info.options, **options}
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,
                        progress=progress, **kwargs)
+
+
+def thresholded(denoiser, thresholding: Optional[str], threshold_options: dict):
+    """``denoiser`` wrapped in :class:`~diffkit.denoiser.ThresholdedDenoiser` for ``thresholding``
+    (diffusers' option names in ``threshold_options``, as :func:`plan` returns them), or as it is."""
+    if thresholding is not None:
+        return ThresholdedDenoiser(denoiser, thresholding,
+                                   **{_THRESHOLD_OPTIONS[k]: v for k, v in threshold_options.items()})
+    if threshold_options:
+        raise DiffkitError(f"{', '.join(threshold_options)} goes with thresholding='clip' or 'dynamic'")
+    return denoiser
 
 
 def check_denoiser(denoiser) -> None:
