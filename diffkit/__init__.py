@@ -7,7 +7,7 @@ The names below (and the submodules, e.g. ``diffkit.samplers``) are imported on 
 (PEP 562), so that ``import diffkit`` does not import torch: the command line catches a Ctrl-C
 only once its own code runs, and torch's import takes about a second.
 """
-import importlib
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -22,12 +22,12 @@ __all__ = ["Denoiser", "DiffkitError", "NoiseSchedule", "Prediction", "img2img",
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
     if not name.startswith("__"):
         try:
-            return importlib.import_module(f".{name}", __name__)
+            return _importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as err:
             if err.name != f"{__name__}.{name}":
                 raise

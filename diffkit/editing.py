@@ -1,5 +1,5 @@
 """Editing real images with any sampler (docs/editing.md): SDEdit img2img, inpainting by
-replacement, and the latent interpolations of DDPM (Sec. 4.4) and DDIM (Sec. 5.4).
+replacement, and the latent interpolations of DDPM (Sec. 4.4) and DDIM (Sec. 5.3).
 
 All three start the reverse process from a noised or inverted image and run it with
 :func:`diffkit.sample` on (a part of) a sampler's own time grid; inpainting changes the denoiser,
@@ -264,7 +264,7 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
 
 # ---------------------------------------------------------------- interpolation
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
-    """Spherical linear interpolation per sample (Shoemake 1985; DDIM Sec. 5.4):
+    """Spherical linear interpolation per sample (Shoemake 1985; DDIM Sec. 5.3):
     sin((1 - w) theta)/sin(theta) a + sin(w theta)/sin(theta) b, theta the angle between a and b;
     linear where the two are (anti)parallel within float round-off."""
     fa, fb = a.flatten(1).double(), b.flatten(1).double()
@@ -315,7 +315,8 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
     every timestep t, t-1, ..., 0; the noise is fixed across weights (each pair draws its forward
     and reverse noise from one generator, replayed for every weight). ``options``: those of the
     ddpm sampler (``variance_type``).
-    ``ddim`` (Song et al. 2021, Sec. 5.4): both images inverted to x_T deterministically
+    ``ddim`` (Song et al. 2021, Sec. 5.3, which slerps sampled x_T; real images first get theirs
+    by DDIM's deterministic encoding, Sec. 5.4): both images inverted
     (:func:`~diffkit.samplers.ddim.ddim_invert` on DDIM's grid of ``steps``, default 50, with
     ``fixed_point_iters``), slerped (:func:`slerp`), decoded by DDIM with eta = 0 on the same grid.
     ``cond``: network keyword arguments per pair (repeated for every weight)."""

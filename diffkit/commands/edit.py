@@ -11,7 +11,7 @@ RePaint's resampling). The results go to ``--out`` as
 With ``--interpolate K`` the images are taken in pairs (1st with 2nd, 3rd with 4th, ...) and
 ``--out``/interpolation.png shows each pair's row of K images at weights 0, 1/(K-1), ..., 1
 (``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default T/2 - 1; or ``ddim``,
-DDIM Sec. 5.4 on ``--steps``); pair p depends only on ``--seed`` + p.
+DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
 """
 from __future__ import annotations
 

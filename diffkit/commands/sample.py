@@ -69,8 +69,8 @@ def register(sub) -> None:
     p.add_argument("--noise-out", help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
     p.add_argument("--individual", help="also write each image as a PNG into this folder")
     p.add_argument("--progressive", type=int_in(2, 1001), metavar="K",
-                   help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from t=T "
-                        "to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
+                   help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from the "
+                        "grid's first time to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     p.add_argument("--device", default="auto")
     add_mixed_precision_flag(p)
