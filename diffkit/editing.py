@@ -14,11 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diffusion
-from .denoiser import Prediction, Wrapper, _innermost, with_x0
+from .denoiser import Prediction, Wrapper, _innermost, model_variance_type, with_x0
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .sampling import check_denoiser, check_generators, plan, sample, sampler_grid, thresholded
-from .samplers.ddim import ddim_invert
+from .samplers.ddim import ddim_invert, parse_eta
 from .samplers.registry import get_sampler
 
 INTERPOLATIONS = ("ddpm", "ddim")
@@ -160,15 +160,60 @@ class InpaintingDenoiser(Wrapper):
     the known image, x0 = m x0_hat + (1 - m) x_known (m = 1 repaint), and eps is recomputed from it,
     eps = (x_t - alpha_t x0) / sigma_t, so every sampler runs unchanged (Song et al. 2021, score
     SDE, App. I.2; RePaint, Lugmayr et al. 2022, eq. 8, without resampling). The repainted region
-    is conditioned only through the network seeing the noised known pixels in x_t."""
+    is conditioned only through the network seeing the noised known pixels in x_t.
 
-    def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor):
-        self.inner, self.known, self.mask = inner, known, mask
+    The reverse variance is the posterior's, beta-tilde, in the kept region: x_0 is known there
+    and beta-tilde is the reverse variance for a known x_0 (Ho et al. 2020, Sec. 3.2), so a DDPM step
+    draws the kept region from q(x_s | x_t, x_known) and it stays a noised copy of the known pixels.
+    As Improved DDPM's variance output v (eq. 15: Sigma = exp(f log beta + (1 - f) log beta-tilde),
+    f = (v + 1)/2), v -> m v + (1 - m)(-1): a learned v is kept where repainted, and with
+    ``fixed_large`` (Sigma = beta, v = 1) the wrapper gives v = 2m - 1 itself, to be sampled with
+    ``variance_type="learned_range"`` (it then has ``learned_variance``)."""
+
+    def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor, fixed_large: bool = False):
+        self.inner, self.known, self.mask, self.fixed_large = inner, known, mask, fixed_large
+
+    learned_variance = property(lambda self: self.fixed_large or getattr(self.inner, "learned_variance", False))
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         pred = self.inner(x, t, **cond)
         mask, known = self.mask.to(x.dtype), self.known.to(x.dtype)
-        return with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known, pred)
+        out = with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known, pred)
+        if self.fixed_large:
+            out.var_values = torch.ones_like(x)
+        if out.var_values is not None:
+            out.var_values = mask * out.var_values - (1 - mask)
+        return out
+
+
+def kept_noise_options(name: str, options: dict, denoiser) -> tuple:
+    """(sampler name, options, fixed_large) with which every step keeps the kept region of the
+    state distributed as q(x_s | x_known) = N(alpha_s x_known, sigma_s^2 I) (docs/editing.md, "The
+    kept region's noise"; ``benchmarks/inpainting_kept_variance.py``). A step does where it draws
+    x_s from the posterior q(x_s | x_t, x_0 = x_known) or keeps x's noise: the ODE samplers, DDIM
+    with a number eta, the ancestral samplers and churn with ``s_noise`` 1, SDE-DPM-Solver++, and
+    DDPM through :class:`InpaintingDenoiser`'s variance: its ``variance_type`` (default the model's,
+    :func:`~diffkit.denoiser.model_variance_type`) is passed as ``learned_range``, with
+    ``fixed_large`` set for beta; ddim's ``eta="sigma_hat"`` (DDPM steps with beta) runs as that.
+    The Euler-Maruyama and Langevin steps of ``pc`` and an ``s_noise`` other than 1 drift: one-line
+    errors."""
+    options = dict(options)
+    if name == "ddim" and isinstance(options.get("eta"), str) and parse_eta(options["eta"]) == "sigma_hat":
+        name, options = "ddpm", {"variance_type": "fixed_large"}
+    fixed_large = False
+    if name == "ddpm":
+        variance = options.get("variance_type") or model_variance_type(denoiser)
+        fixed_large = variance == "fixed_large"
+        options["variance_type"] = "learned_range" if fixed_large else variance
+    allowed = "ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver++-2m"
+    if name == "pc":
+        raise DiffkitError(f"sampler 'pc' (Euler-Maruyama predictor and Langevin corrector) does not keep the kept "
+                           f"region distributed as q(x_t | x_known); inpainting takes {allowed}")
+    adds_noise = (name.endswith("ancestral") and options.get("eta", 1.0) != 0) or options.get("s_churn", 0) > 0
+    if adds_noise and options.get("s_noise", 1.0) != 1.0:
+        raise DiffkitError(f"s_noise={options['s_noise']} scales the added noise away from what keeps the kept "
+                           f"region distributed as q(x_t | x_known); inpainting takes s_noise=1")
+    return name, options, fixed_large
 
 
 def repaint_walk(steps: int, jump_length: int, jump_n_sample: int) -> list:
@@ -238,7 +283,9 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     ``jump_length``; :func:`repaint_walk`), for ``sampler="ddpm"`` only: every ``jump_length``
     steps the state is noised ``jump_length`` steps back up and denoised again,
     ``jump_n_sample - 1`` times, so the repainted region can come to agree with the kept one (the
-    bias of plain replacement falls; docs/editing.md). Other arguments as :func:`img2img`;
+    bias of plain replacement falls; docs/editing.md). The kept region of every state stays
+    distributed as q(x_t | x_known) (:func:`kept_noise_options`: DDPM's reverse variance is the
+    posterior's there; ``pc`` and ``s_noise`` != 1 are errors). Other arguments as :func:`img2img`;
     thresholding acts on the network's x_0 before the known pixels replace it."""
     images = check_images(images, "images", value_range)
     check_fits(denoiser, images)
@@ -248,11 +295,12 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     if jump_n_sample > 1 and name != "ddpm":
         raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) needs sampler='ddpm'; got "
                            f"{sampler!r}")
+    name, options, fixed_large = kept_noise_options(name, options, denoiser)
     generator = _generators(seed, generator, images.shape[0])
     start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
     x = diffusion.q_sample(denoiser.schedule, start, grid[0], noise)
-    wrapped = InpaintingDenoiser(denoiser, images, mask)
+    wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large)
     if jump_n_sample > 1:
         walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)
         out = _resampled(wrapped, x, grid, walk, generator, cond, callback, progress, options)
@@ -366,5 +414,6 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
     return sample(denoiser, latents, "ddim", grid=grid, eta=0.0, cond=cond_all, progress=progress)
 
 
-__all__ = ["InpaintingDenoiser", "check_fits", "check_images", "check_mask", "img2img", "inpaint", "interpolate", "repaint_walk",
+__all__ = ["InpaintingDenoiser", "check_fits", "check_images", "check_mask", "img2img", "inpaint", "interpolate",
+           "kept_noise_options", "repaint_walk",
            "slerp", "strength_grid"]

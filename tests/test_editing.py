@@ -419,3 +419,80 @@ def test_repaint_resampling_reduces_the_replacement_bias():
     (mean1, var1), (mean5, var5) = results[1], results[5]
     assert mean1 + 0.06 < mean5 < 0.26 and 0.19 < mean5
     assert 0.0475 * 0.9 < var5 < var1 - 0.015 and var5 < 0.056
+
+
+# ---------------------------------------------------------------- the kept region's noise
+def kept_variances(den, sampler, steps, n=4000, **options):
+    """[(s, v_s)] after every step into s >= 0: v_s = Var(x_s - alpha_s x_known) / sigma_s^2 over the
+    kept dims 0, 1 (dims 2, 3 repainted), which q(x_s | x_known) makes 1."""
+    known = torch.full((n, 4), 0.5, dtype=torch.float64)
+    states = []
+    diffkit.inpaint(den, known, KEEP_01, sampler, steps, generator=torch.Generator().manual_seed(2),
+                    callback=lambda d: d["s"] >= 0 and states.append((d["s"], d["x"][:, :2].clone())),
+                    **FREE, **options)
+    assert len(states) >= steps - 1
+    out = []
+    for s, x in states:
+        a, sig = alpha_sigma(s)
+        out.append((s, ((x - a * known[:, :2]) / sig).var().item()))
+    return out
+
+
+DEN_LEARNED = Denoiser(DIAG.network(S, learned_variance=True), S, learned_variance=True)
+DEN_VLB_LARGE = Denoiser(DIAG.network(S), S)
+DEN_VLB_LARGE.meta = {"config": {"fixed_variance": "fixed_large"}}  # a loss="vlb" checkpoint trained with beta
+
+
+@pytest.mark.parametrize("den,sampler,options", [
+    (DEN_LEARNED, "ddpm", {}), (DEN_LEARNED, "ddpm", {"variance_type": "learned_range"}),
+    (DEN_LEARNED, "ddpm", {"jump_length": 5, "jump_n_sample": 2}), (DEN_VLB_LARGE, "ddpm", {}),
+    (DEN_DIAG, "ddpm", {"variance_type": "fixed_large"}), (DEN_VLB_LARGE, "ddpm", {"jump_length": 5, "jump_n_sample": 2}),
+    (DEN_DIAG, "ddim", {"eta": "sigma_hat"}), (DEN_LEARNED, "ddpm", {"variance_type": "fixed_large"}),
+    (DEN_DIAG, "ddpm", {}), (DEN_DIAG, "ddim", {"eta": 1.0}), (DEN_DIAG, "euler-ancestral", {}),
+    (DEN_DIAG, "dpm2-ancestral", {}), (DEN_DIAG, "dpm-solver++-2s-ancestral", {}),
+    (DEN_DIAG, "sde-dpm-solver++-2m", {}), (DEN_DIAG, "euler", {"s_churn": 40.0}), (DEN_DIAG, "unipc", {}),
+    (DEN_DIAG, "dpm-solver++-2m", {}), (DEN_DIAG, "heun", {})])
+def test_the_kept_region_stays_a_noised_copy_of_the_known_pixels(den, sampler, options):
+    """x_s ~ q(x_s | x_known) in the kept region after every step (docs/editing.md, "The kept
+    region's noise"): the normalised variance within 5 standard errors of 1 (8000 values). Before
+    the fix ddpm with fixed_large, learned_range (the defaults of a learned-variance or a fixed_large
+    vlb model) and ddim's sigma_hat drifted to 40-61 at t = 0 (benchmarks/inpainting_kept_variance.py)."""
+    for s, v in kept_variances(den, sampler, 20, **options):
+        assert abs(v - 1) < 5 * math.sqrt(2 / 8000), (s, v)
+
+
+def test_the_reverse_variance_is_the_posterior_one_in_the_kept_region_only():
+    """var_values -> m v + (1 - m)(-1): beta-tilde where kept (v = -1), the model's where repainted
+    (learned v; fixed_large as v = 1, which is Sigma = beta: Improved DDPM eq. 15)."""
+    from diffkit.diffusion import model_log_variance
+    x = DIAG.sample(3, torch.Generator().manual_seed(0))[0]
+    mask = torch.tensor([0.0, 0.5, 1.0, 1.0], dtype=torch.float64).expand_as(x)
+    inner = DEN_LEARNED(x, 300.0)
+    pred = InpaintingDenoiser(DEN_LEARNED, torch.zeros_like(x), mask)(x, 300.0)
+    assert torch.equal(pred.var_values[:, 0], torch.full((3,), -1.0, dtype=torch.float64))
+    assert torch.allclose(pred.var_values[:, 1], 0.5 * inner.var_values[:, 1] - 0.5)
+    assert torch.equal(pred.var_values[:, 2:], inner.var_values[:, 2:])
+    large = InpaintingDenoiser(DEN_DIAG, torch.zeros_like(x), mask, fixed_large=True)
+    assert large.learned_variance and not InpaintingDenoiser(DEN_DIAG, x, mask).learned_variance
+    log_var = model_log_variance(S, torch.tensor(300.0), torch.tensor(280.0), "learned_range",
+                                 large(x, 300.0).var_values)
+    t, s = torch.tensor(300.0, dtype=torch.float64), torch.tensor(280.0, dtype=torch.float64)
+    small, beta = (model_log_variance(S, t, s, kind).item() for kind in ("fixed_small", "fixed_large"))
+    assert torch.allclose(log_var[:, 0], torch.tensor(small, dtype=torch.float64))
+    assert torch.allclose(log_var[:, 2:], torch.tensor(beta, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("sampler,options,message", [
+    ("pc", {}, r"sampler 'pc' .*does not keep the kept region distributed as q\(x_t \| x_known\); inpainting takes "
+               r"ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver\+\+-2m"),
+    ("pc", {"predictor": "ancestral"}, r"sampler 'pc'"),
+    ("euler-ancestral", {"s_noise": 1.05}, r"s_noise=1.05 .*inpainting takes s_noise=1"),
+    ("heun", {"s_churn": 10.0, "s_noise": 1.007}, r"s_noise=1.007"),
+    ("ddim", {"eta": "sigma_hat", "jump_n_sample": 2}, r"jump_n_sample=2 \(RePaint's resampling\) needs sampler='ddpm'")])
+def test_choices_whose_kept_region_drifts_are_one_line_errors(sampler, options, message):
+    """Measured (benchmarks/inpainting_kept_variance.py): pc reaches 61x the kept region's variance
+    at t = 0 (2.8x after 10 of 50 steps), s_noise 1.05 1.1x."""
+    known = torch.zeros(2, 4, dtype=torch.float64)
+    with pytest.raises(DiffkitError, match=message) as err:
+        diffkit.inpaint(DEN_DIAG, known, KEEP_01, sampler, 10, seed=0, **FREE, **options)
+    assert "\n" not in str(err.value)
