@@ -361,9 +361,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if prompt_index is not None:  # the prompts that got an image
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
-    calls, batches = drawn.nfe, drawn.batches
-    per_sample = f"{calls // batches} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
-                                                                        if batches > 1 else "")
+    calls, batches = drawn.calls, drawn.batches
+    per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
+                                                                    if batches > 1 else "")
     print(f"wrote {out} ({num} samples, {sampler}, {per_sample}{what}){noise_note}")
     if progressive:
         from ..progressive import save_progressive_grid
