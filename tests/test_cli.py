@@ -255,11 +255,11 @@ def test_sample_takes_the_sigma_hat_eta(trained_run, tmp_path, capsys):
     assert "eta='nan' is not allowed" in capsys.readouterr().err
 
 
-def test_a_decoder_out_of_memory_redraws_the_batch_once_in_the_grid_and_the_nfe(trained_run, tmp_path, capsys,
-                                                                              monkeypatch):
+def test_a_decoder_out_of_memory_redraws_the_batch_once_in_the_grids_and_the_nfe(trained_run, tmp_path, capsys,
+                                                                               monkeypatch):
     """A latent model's decoder runs after sampling; when it runs out of memory the batch is drawn
-    again at half the size: the same grid and the NFE per sample of the sampler, not counting the
-    abandoned attempt's calls."""
+    again at half the size: the same grids (the progressive one with each sample's row once) and
+    the NFE per sample of the sampler, not counting the abandoned attempt's calls."""
     import torch
 
     import diffkit.loading
@@ -285,9 +285,9 @@ def test_a_decoder_out_of_memory_redraws_the_batch_once_in_the_grid_and_the_nfe(
         out = tmp_path / f"{fail_once}" / "s.png"
         out.parent.mkdir()
         code, stdout, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--steps", "3", "--num", "4",
-                                    "--batch-size", "4", "--out", str(out), "--no-progress")
+                                    "--batch-size", "4", "--progressive", "3", "--out", str(out), "--no-progress")
         assert code == 0, err
-        grids[fail_once] = out.read_bytes()
+        grids[fail_once] = out.read_bytes(), (out.parent / "s_progressive.png").read_bytes()
     assert failures == [4] and "retrying with 2" in err
     assert grids[True] == grids[False]
     assert "3 network evaluations per sample (6 calls in 2 batches)" in stdout, stdout

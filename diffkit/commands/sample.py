@@ -343,10 +343,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         sample_fn = _algorithm_1(classifier, guidance, conditional_model)
     results, noise_parts = [], []
 
-    def keep(batch):  # the images, and the noise of the grid's images
+    def keep(batch):  # the images, the noise of the grid's images, and the batch's frames (--progressive)
         if batch.start < GRID_LIMIT:
             noise_parts.append(batch.noise[:GRID_LIMIT - batch.start].cpu())
         results.append(batch.images.cpu())
+        if progressive:
+            recorder.commit()
 
     drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
                          final=final, cond=cond, batch_size=batch_size, device=device, decode=decoder,
