@@ -26,17 +26,32 @@ class Batch:
     start: int
     noise: torch.Tensor  # their x_T (a latent model's z_T), on the sampling device
     images: torch.Tensor  # their samples: decoded and clamped to [-1, 1] with ``decode``, else as sampled
-    nfe: int  # the network evaluations they cost
+    nfe: int  # the network evaluations they cost (batched calls: each sample's NFE)
 
 
 @dataclass
 class Drawn:
-    """What :func:`draw_samples` did: the batch size it used, the batches it drew, and their
-    network evaluations (not the batch-size probe's)."""
+    """What :func:`draw_samples` did: the batch size it started with, the batches it finished,
+    their network calls and the network evaluations per sample (:func:`nfe_per_sample`). An
+    attempt that ran out of memory and the batch-size probe count in neither."""
 
     batch_size: int
     batches: int
-    nfe: int
+    calls: int
+    nfe: Optional[Union[int, float]]
+
+
+def nfe_per_sample(costs) -> Optional[Union[int, float]]:
+    """Network evaluations per sample of batches given as ``(samples, batched calls)`` pairs:
+    each sample of a batch is evaluated once per call, so the mean over samples of their batch's
+    calls (an int when it is one; None without batches). Batches of any size, e.g. after an
+    out-of-memory halving, count by their samples."""
+    costs = list(costs)
+    samples = sum(n for n, _ in costs)
+    if not samples:
+        return None
+    mean = sum(n * calls for n, calls in costs) / samples
+    return int(mean) if mean.is_integer() else mean
 
 
 def draw_samples(denoiser, num: int, shape, *, seed: int = 0, sampler: str = "ddim", steps: Optional[int] = None,
@@ -100,13 +115,13 @@ def draw_samples(denoiser, num: int, shape, *, seed: int = 0, sampler: str = "dd
     if batch_size == "auto":
         batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,
                                      sample_numel=math.prod(shape))
-    before, batches = network_calls(), 0
+    costs = []  # (samples, calls) of each finished batch
     for _, batch in batches_with_oom_retry(generate, num, batch_size):
         if batch is not None:
-            batches += 1
+            costs.append((batch.images.shape[0], batch.nfe))
             if sink is not None:
                 sink(batch)
-    return Drawn(batch_size, batches, network_calls() - before)
+    return Drawn(batch_size, len(costs), sum(calls for _, calls in costs), nfe_per_sample(costs))
 
 
-__all__ = ["Batch", "Drawn", "draw_samples"]
+__all__ = ["Batch", "Drawn", "draw_samples", "nfe_per_sample"]

@@ -138,7 +138,7 @@ def check_not_text_conditional(denoiser, what) -> None:
 
 def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
-                     progress: bool = False, cache=None, **options) -> torch.Tensor:
+                     progress: bool = False, cache=None, return_nfe: bool = False, **options):
     """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`; a latent
     model's samples are decoded to images.
 
@@ -146,9 +146,11 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     evaluated with the same seed start from the same x_T. ``cache``: a
     :class:`diffkit.sample_cache.SampleCache`; finished batches found there are reused and new
     ones are stored, so an interrupted run continues where it stopped with the same samples
-    (a reused batch adds the network calls it cost to ``denoiser.nfe``).
+    (a reused batch adds the network calls it cost to ``denoiser.nfe``). ``return_nfe``: return
+    (samples, network evaluations per sample) (:func:`diffkit.drawing.nfe_per_sample` of the
+    batches drawn and reused; attempts that ran out of memory not counted; None if unknown).
     """
-    from .drawing import draw_samples
+    from .drawing import draw_samples, nfe_per_sample
     check_range("num", num, 1, None, integer=True)
     meta = getattr(denoiser, "meta", {}) or {}
     unet = meta.get("unet")
@@ -158,7 +160,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     if device is None:
         device = next(denoiser.model.parameters()).device
     settings = {"sampler": sampler, "steps": steps, **options}
-    out = []
+    out, costs = [], []  # the images, and (samples, network calls) of each batch
 
     def batch_labels(start: int, n: int) -> Optional[torch.Tensor]:
         return None if labels is None else labels[start:start + n]
@@ -168,6 +170,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
         if stored is not None:
             images, nfe = stored
             out.append(images)
+            costs.append((images.shape[0], nfe))
             if nfe is not None and hasattr(denoiser, "nfe"):
                 denoiser.nfe += nfe  # the calls this batch cost when it was made
         return stored is not None
@@ -175,6 +178,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     def keep(batch) -> None:  # a batch drawn now: kept, and stored in the cache
         images = batch.images.float().cpu().clamp(-1, 1)
         out.append(images)
+        costs.append((images.shape[0], batch.nfe))
         if cache is not None:
             count = images.shape[0]
             cache.save(settings, batch.start, count, seed, images, batch_labels(batch.start, count), batch.nfe)
@@ -182,7 +186,10 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps,
                  cond=None if labels is None else {"y": labels}, batch_size=batch_size, device=device,
                  decode=getattr(denoiser, "decoder", None), skip=cached, sink=keep, progress=progress, **options)
-    return torch.cat(out)
+    if not return_nfe:
+        return torch.cat(out)
+    unknown = any(nfe is None for _, nfe in costs)  # a batch cached without its count
+    return torch.cat(out), None if unknown else nfe_per_sample(costs)
 
 
 # ---------------------------------------------------------------------------- scoring

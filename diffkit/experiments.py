@@ -118,18 +118,16 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
             if ledger_only:
                 missing.append(f"{_row_name(row)}@{steps}")
                 continue
-            denoiser.reset_nfe()
             try:
                 reused = cache.loaded if cache is not None else 0
-                images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
-                                          batch_size=batch_size, labels=labels, device=device, cache=cache,
-                                          **options)
+                images, nfe[i][j] = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
+                                                     batch_size=batch_size, labels=labels, device=device,
+                                                     cache=cache, return_nfe=True, **options)
             except WriteError:
                 raise  # a full disk ends the run (one line, status 2); it is not this cell's note
             except DiffkitError as err:
                 notes.append(f"{_row_name(row)} at {steps} steps not run: {err}")
                 continue
-            nfe[i][j] = denoiser.nfe // math.ceil(num / batch_size)  # network calls per sample
             scores = scorer.score(images, labels)
             values[i][j] = scores[metric][PRIMARY_FIELD[metric]]
             if ledger is not None:

@@ -32,11 +32,13 @@ def frame_positions(num_steps: int, frames: int, what: str = "frames") -> list[i
 
 class FrameRecorder:
     """A :func:`diffkit.sample` callback keeping the x_0 prediction at :func:`frame_positions` of
-    ``grid`` and the final sample; each finished sampling call adds its frames (B, K, ...) to
-    ``rows``. A position no step reports (singlestep DPM-Solver reports once per chunk of steps)
-    takes the last reported step before it. A call stopped part-way (an out-of-memory retry) is
-    dropped when the next starts. ``times``: the frames' times; ``max_rows``: keep at most that
-    many samples; ``to_cpu``: move frames to the CPU as they are taken."""
+    ``grid`` and the final sample; a finished sampling call holds its frames (B, K, ...) until
+    :meth:`commit` adds them to ``rows`` (when its batch is finished: a latent model's decoder
+    runs after sampling). A position no step reports (singlestep DPM-Solver reports once per
+    chunk of steps) takes the last reported step before it. A call stopped part-way, or finished
+    but not committed (an out-of-memory retry), is dropped when the next starts. ``times``: the
+    frames' times; ``max_rows``: keep at most that many samples; ``to_cpu``: move frames to the
+    CPU as they are taken."""
 
     def __init__(self, grid, frames: int, max_rows: Optional[int] = None, to_cpu: bool = False,
                  what: str = "frames"):
@@ -45,6 +47,7 @@ class FrameRecorder:
         self.end, self.max_rows, self.to_cpu = float(grid[-1]), max_rows, to_cpu
         self.rows: list[torch.Tensor] = []
         self.times: list[float] = []
+        self._finished = None  # the frames of the last finished call, not yet committed
         self._reset()
 
     def _reset(self) -> None:
@@ -65,23 +68,28 @@ class FrameRecorder:
     def __call__(self, info: dict) -> None:
         if info["step"] == 0:
             self._reset()
+            self._finished = None
         if self._last is not None:
             self._fill_until(info["step"])
         self._last = (info["step"], info["t"], self._take(info["x0"]))
         if info["s"] == self.end:
             self._fill_until(self.positions[-1])
             x = self._take(info["x"])
-            frames = torch.stack([*(f.to(x.dtype) for f in self._slots), x], dim=1)
+            self._finished = torch.stack([*(f.to(x.dtype) for f in self._slots), x], dim=1)
             self.times = [*self._slot_times, self.end]
-            kept = sum(r.shape[0] for r in self.rows)
-            if self.max_rows is None or kept < self.max_rows:
-                self.rows.append(frames if self.max_rows is None else frames[:self.max_rows - kept])
             self._reset()
 
+    def commit(self) -> None:
+        """Add the last finished call's frames to ``rows`` (once; nothing if none is held)."""
+        frames, self._finished = self._finished, None
+        kept = sum(r.shape[0] for r in self.rows)
+        if frames is not None and (self.max_rows is None or kept < self.max_rows):
+            self.rows.append(frames if self.max_rows is None else frames[:self.max_rows - kept])
+
     def frames(self) -> torch.Tensor:
-        """All finished samples' frames, (B, K, ...)."""
+        """All committed samples' frames, (B, K, ...)."""
         if not self.rows:
-            raise DiffkitError("no sampling call has finished: the recorder holds no frames")
+            raise DiffkitError("no finished sampling call was committed: the recorder holds no frames")
         return torch.cat(self.rows)
 
 
@@ -116,6 +124,7 @@ def progressive_x0(denoiser, shape_or_noise, sampler: str = "ddim", steps: Optio
         if callback is not None:
             callback(info)
     sample(denoiser, shape_or_noise, sampler, steps, callback=both, **kwargs)
+    recorder.commit()
     return recorder.frames()
 
 

@@ -272,6 +272,44 @@ def test_sample_with_the_adaptive_ode_sampler(trained_run, tmp_path, capsys):
     assert "must be a finite number > 0" in capsys.readouterr().err
 
 
+def test_a_decoder_out_of_memory_redraws_the_batch_once_in_the_grids_and_the_nfe(trained_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    """A latent model's decoder runs after sampling; when it runs out of memory the batch is drawn
+    again at half the size: the same grids (the progressive one with each sample's row once) and
+    the NFE per sample of the sampler, not counting the abandoned attempt's calls."""
+    import torch
+
+    import diffkit.loading
+    load = diffkit.loading.load_denoiser
+    failures = []
+
+    def with_decoder(fail_once):
+        def decoder(z):  # an identity "autoencoder"
+            if fail_once and not failures:
+                failures.append(z.shape[0])
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return z
+
+        def load_latent(*args, **kwargs):
+            d = load(*args, **kwargs)
+            d.decoder = decoder
+            return d
+        monkeypatch.setattr(diffkit.loading, "load_denoiser", load_latent)
+
+    grids = {}
+    for fail_once in (False, True):
+        with_decoder(fail_once)
+        out = tmp_path / f"{fail_once}" / "s.png"
+        out.parent.mkdir()
+        code, stdout, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--steps", "3", "--num", "4",
+                                    "--batch-size", "4", "--progressive", "3", "--out", str(out), "--no-progress")
+        assert code == 0, err
+        grids[fail_once] = out.read_bytes(), (out.parent / "s_progressive.png").read_bytes()
+    assert failures == [4] and "retrying with 2" in err
+    assert grids[True] == grids[False]
+    assert "3 network evaluations per sample (6 calls in 2 batches)" in stdout, stdout
+
+
 def test_checkpoint_file_mistakes_say_what_the_file_is(trained_run, tmp_path, capsys):
     renamed = tmp_path / "model.bin"
     renamed.write_bytes(trained_run.read_bytes())  # a safetensors file under a pickle suffix

@@ -43,7 +43,8 @@ def test_sample_i_comes_from_seed_plus_i_whatever_the_batch_size(schedule, sampl
         drawn, batches, images = collect(d, num, seed=seed, sampler=sampler, steps=4, batch_size=batch_size, **options)
         assert torch.equal(images, reference), batch_size
         assert drawn.batches == len(batches) and [b.start for b in batches] == list(range(0, num, drawn.batch_size))
-        assert drawn.nfe == sum(b.nfe for b in batches) == 4 * len(batches)  # one call per step and batch
+        assert drawn.calls == sum(b.nfe for b in batches) == 4 * len(batches)  # one call per step and batch
+        assert drawn.nfe == 4
 
 
 def test_steps_may_continue_the_noise_generators_as_diffkit_sample_seed_does(schedule):
@@ -80,7 +81,7 @@ def test_conditions_per_sample_skip_and_decode(schedule):
     assert not torch.equal(by_map, unconditional)
     drawn, batches, kept = collect(d, 6, sampler="ddim", steps=3, batch_size=2, cond={"y": labels},
                                    skip=lambda start, n: start == 2, decode=lambda z: 10 * z)
-    assert [b.start for b in batches] == [0, 4] and drawn.batches == 2 and drawn.nfe == 6
+    assert [b.start for b in batches] == [0, 4] and drawn.batches == 2 and drawn.calls == 6 and drawn.nfe == 3
     assert torch.equal(kept, (10 * by_map[[0, 1, 4, 5]]).clamp(-1, 1))
 
 
@@ -95,3 +96,28 @@ def test_a_batch_out_of_memory_is_drawn_again_at_half_the_size(schedule, capsys)
     drawn, batches, retried = collect(d, 5, sampler="ddpm", steps=3, batch_size=5, sample_fn=small_batches_only)
     assert torch.equal(plain, retried) and [b.start for b in batches] == [0, 2, 4]
     assert "retrying with 2" in capsys.readouterr().err
+
+
+def test_an_attempt_that_ran_out_of_memory_costs_no_nfe(schedule):
+    """The decoder runs out of memory once, after the batch of 5 was sampled (3 calls): the
+    samples are drawn again in batches of 2, 2, 1; each sample took 3 network evaluations."""
+    d = denoiser_of(GaussianMixture.random(3, 2, seed=2), schedule)
+    failed = []
+
+    def decode_once_out_of_memory(z):
+        if not failed:
+            failed.append(z.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return z
+    _, _, plain = collect(d, 5, sampler="ddim", steps=3, batch_size=5, decode=lambda z: z)
+    drawn, batches, retried = collect(d, 5, sampler="ddim", steps=3, batch_size=5, decode=decode_once_out_of_memory)
+    assert failed == [5] and torch.equal(plain, retried) and [b.start for b in batches] == [0, 2, 4]
+    assert [b.nfe for b in batches] == [3, 3, 3] and drawn.batches == 3 and drawn.calls == 9 and drawn.nfe == 3
+    assert d.nfe == 3 + 3 + 9  # the counter itself saw every call, the failed attempt's too
+
+
+def test_nfe_per_sample_weighs_batches_by_their_samples():
+    from diffkit.drawing import nfe_per_sample
+    assert nfe_per_sample([(4, 10), (2, 10), (2, 10)]) == 10 and isinstance(nfe_per_sample([(1, 10)]), int)
+    assert nfe_per_sample([(3, 10), (1, 20)]) == 12.5
+    assert nfe_per_sample([]) is None

@@ -74,8 +74,27 @@ def test_a_sampling_call_stopped_part_way_is_dropped():
     rec({"step": 0, "t": 9.0, "s": 6.0, "x": x, "x0": x + 1})  # out of memory after this step
     for i, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
         rec({"step": i, "t": t, "s": s, "x": x + 10 * i, "x0": x + 2})
+    rec.commit()
     assert len(rec.rows) == 1 and torch.equal(rec.frames()[:, 0], x + 2) and torch.equal(rec.frames()[:, 1], x + 20)
     assert rec.times == [9.0, -1.0]
+
+
+def test_a_finished_call_counts_only_once_its_batch_is_committed():
+    """diffkit sample decodes a latent batch after sampling: a decoder out of memory redraws the
+    batch, so the frames of the call before it are dropped; commit keeps a finished batch's."""
+    grid = torch.tensor([9.0, 6.0, 3.0, -1.0], dtype=F64)
+    rec = FrameRecorder(grid, 2)
+
+    def sampling_call(x):
+        for i, (t, s) in enumerate(zip(grid[:-1].tolist(), grid[1:].tolist())):
+            rec({"step": i, "t": t, "s": s, "x": x + 10 * i, "x0": x + 1})
+    sampling_call(torch.zeros(4, 1))  # finished, then the decoder ran out of memory: not committed
+    assert rec.rows == []
+    for n in (2, 2):  # the batch drawn again at half the size
+        sampling_call(torch.zeros(n, 1))
+        rec.commit()
+        rec.commit()  # nothing more: the call's frames are added once
+    assert [r.shape[0] for r in rec.rows] == [2, 2] and rec.frames().shape == (4, 2, 1)
 
 
 def _posterior_mse(cov: torch.Tensor, abar: float):

@@ -170,6 +170,25 @@ def test_the_same_sampling_is_one_cell_in_both_tables(checkpoint, tmp_path, monk
     assert plain_ddim.values == [[first.values[0][0]]]
 
 
+def test_nfe_after_an_out_of_memory_retry_is_the_nfe_per_sample(checkpoint, tmp_path):
+    """A network out of memory on batches over 2: the table's batches of 4 are drawn in batches of
+    2 (three, not two), with the same samples; the table and the ledger still say 2 network
+    evaluations per sample of 2 ddim steps."""
+    plain = table(load_denoiser(checkpoint), None)
+    d = load_denoiser(checkpoint)
+    net = d.net
+
+    def small_batches_only(x, t, **cond):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return net(x, t, **cond)
+    d.net = small_batches_only
+    ledger = tmp_path / "ledger.json"
+    retried = table(d, ledger)
+    assert retried.values == plain.values and retried.nfe == plain.nfe == [[2], [2]]
+    assert [c["nfe"] for c in json.loads(ledger.read_text())["cells"].values()] == [2, 2]
+
+
 def test_canonical_settings_drop_only_what_is_at_its_default():
     from diffkit.samplers.registry import canonical_settings
     ddim = {"sampler": "ddim", "steps": 10, "spacing": "linear", "final": "zero"}

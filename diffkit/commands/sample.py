@@ -359,10 +359,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         sample_fn = _algorithm_1(classifier, guidance, conditional_model)
     results, noise_parts = [], []
 
-    def keep(batch):  # the images, and the noise of the grid's images
+    def keep(batch):  # the images, the noise of the grid's images, and the batch's frames (--progressive)
         if batch.start < GRID_LIMIT:
             noise_parts.append(batch.noise[:GRID_LIMIT - batch.start].cpu())
         results.append(batch.images.cpu())
+        if progressive:
+            recorder.commit()
 
     drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
                          final=final, cond=cond, batch_size=batch_size, device=device, decode=decoder,
@@ -377,9 +379,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if prompt_index is not None:  # the prompts that got an image
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
-    calls, batches = drawn.nfe, drawn.batches
-    per_sample = f"{calls // batches} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
-                                                                        if batches > 1 else "")
+    calls, batches = drawn.calls, drawn.batches
+    per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
+                                                                    if batches > 1 else "")
     print(f"wrote {out} ({num} samples, {sampler}, {per_sample}{what}){noise_note}")
     if progressive:
         from ..progressive import save_progressive_grid
