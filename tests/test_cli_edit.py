@@ -149,3 +149,26 @@ def test_interpolate_writes_one_grid_row_per_pair(run, tmp_path, capsys):
     code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(pairs), "--method", "ddim",
                        "--out", str(tmp_path / "bad"))
     assert code == 2 and "--method goes with --interpolate" in err, err
+
+
+def test_a_batch_out_of_memory_is_halved_and_gives_the_same_images(run, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import diffkit.editing
+    ck = run / "run" / "checkpoints"
+    args = ["edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), "--strength", "0.5", "--steps", "6",
+            "--no-progress", "--device", "cpu", "--batch-size", "3"]
+    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    real = diffkit.editing.img2img
+
+    def small_memory(denoiser, images, *a, **k):
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(denoiser, images, *a, **k)
+
+    monkeypatch.setattr(diffkit.editing, "img2img", small_memory)
+    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "b"))
+    assert code == 0 and "retrying with 1" in err, err
+    for i in range(3):
+        assert np.array_equal(read(tmp_path / "a" / f"edit_0000{i}.png"), read(tmp_path / "b" / f"edit_0000{i}.png"))

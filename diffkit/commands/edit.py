@@ -86,6 +86,7 @@ def run(args) -> int:
     from ..editing import img2img, inpaint
     from ..errors import DiffkitError
     from ..images import check_image_folder, save_images
+    from ..memory import batches_with_oom_retry
     from ..loading import load_denoiser
     from ..sampling import check_eta, resolve_sampler
 
@@ -140,20 +141,21 @@ def run(args) -> int:
         return _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device)
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="edit")
-    results = []
-    with removed_if_empty_on_failure(new_dirs):
-        for start in range(0, len(files), args.batch_size):
-            batch = images[start:start + args.batch_size].to(device)
-            cond = None if num_classes is None else {"y": torch.full((len(batch),), args.class_id, dtype=torch.long)}
-            common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
-                          seed=args.seed + start, cond=cond, progress=args.progress, **options)
-            if mask is None:
-                edited = img2img(denoiser, batch, 0.8 if args.strength is None else args.strength, **common)
-            else:
-                edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
-                                 else args.strength, jump_length=args.jump_length,
-                                 jump_n_sample=args.jump_n_sample, **common)
-            results.append(edited.clamp(-1, 1).cpu())
+    def edit(start: int, n: int):
+        batch = images[start:start + n].to(device)
+        cond = None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
+        common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
+                      seed=args.seed + start, cond=cond, progress=args.progress, **options)
+        if mask is None:
+            edited = img2img(denoiser, batch, 0.8 if args.strength is None else args.strength, **common)
+        else:
+            edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
+                             else args.strength, jump_length=args.jump_length,
+                             jump_n_sample=args.jump_n_sample, **common)
+        return (edited.clamp(-1, 1).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, len(files), args.batch_size)]
         save_images(torch.cat(results), out, prefix="edit")
     what = "inpainted" if mask is not None else "edited"
     print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps)")
@@ -167,6 +169,7 @@ def _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, devi
     from ..editing import interpolate
     from ..errors import DiffkitError
     from ..images import save_grid
+    from ..memory import batches_with_oom_retry
     from ._common import check_output_file
     if len(files) % 2:
         raise DiffkitError(f"--interpolate takes the images in pairs; --images holds {len(files)} (an odd number)")
@@ -175,15 +178,15 @@ def _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, devi
     check_writable_dir(out)
     grid_file = check_output_file(out / "interpolation.png", "interpolation grid", ".png")
     pairs = images.shape[0] // 2
-    results = []
-    with removed_if_empty_on_failure(new_dirs):
-        for start in range(0, pairs, args.batch_size):
-            a = images[2 * start:2 * (start + args.batch_size):2].to(device)
-            b = images[2 * start + 1:2 * (start + args.batch_size):2].to(device)
-            cond = None if num_classes is None else {"y": torch.full((len(a),), args.class_id, dtype=torch.long)}
-            seed = args.seed + start if method == "ddpm" else None  # ddim's inversion and decoding draw no noise
-            results.append(interpolate(denoiser, a, b, weights, method, t=args.t, steps=args.steps, seed=seed,
-                                       cond=cond, progress=args.progress).clamp(-1, 1).cpu())
+    def between(start: int, n: int):
+        a, b = images[2 * start:2 * (start + n):2].to(device), images[2 * start + 1:2 * (start + n):2].to(device)
+        cond = None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
+        seed = args.seed + start if method == "ddpm" else None  # ddim's inversion and decoding draw no noise
+        return (interpolate(denoiser, a, b, weights, method, t=args.t, steps=args.steps, seed=seed, cond=cond,
+                            progress=args.progress).clamp(-1, 1).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + p)
+        results = [grid for _, grid in batches_with_oom_retry(between, pairs, args.batch_size)]
         save_grid(torch.cat(results), grid_file, nrow=args.interpolate)
     print(f"wrote {grid_file}: {pairs} pair(s) x {args.interpolate} weights ({method})")
     return 0
