@@ -1,4 +1,4 @@
-"""The adaptive probability-flow ODE sampler: a black-box Runge-Kutta solve of the VP model's
+"""The adaptive probability-flow ODE sampler: an adaptive Runge-Kutta solve of the VP model's
 probability-flow ODE (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Sec. 4.3
 and App. D.2, whose ``ode_sampler`` calls scipy's RK45 at rtol = atol = 1e-5; PNDM's "PF" baseline).
 
@@ -7,126 +7,126 @@ d log alpha / d lambda = sigma^2, the smoothest of the usual variables) the ODE 
 
     dx/dlambda = sigma^2 x - sigma eps_hat(x, t(lambda)) = alpha (x0_hat - alpha x),
 
-with alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda). It is solved by
-``scipy.integrate.solve_ivp`` (``method``, ``rtol``, ``atol``) from grid[0] through every grid
-time with sigma > 0 (the solver restarts at each, where the callback reports); a grid that ends
-at clean data (t = -1, lambda = +inf) ends with the x0 prediction at the time before, the step
-every other sampler takes there (DDIM / Euler to sigma = 0).
+with alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda). It is solved by Dormand-Prince 5(4)
+(``method="RK45"``, scipy's and score_sde's default; or Bogacki-Shampine 3(2), "RK23") from grid[0]
+through every grid time with sigma > 0 (the solver restarts at each, where the callback reports);
+a grid that ends at clean data (t = -1, lambda = +inf) ends with the x0 prediction at the time
+before, the step every other sampler takes there (DDIM / Euler to sigma = 0).
 
-Each sample is its own ODE with its own step-size control, so sample i does not depend on the
-batch; the samples' solvers run in lockstep, one thread each, and every network call evaluates
-the whole batch (each row at its own time; rows whose solve has ended are re-evaluated at their
-last point and discarded). The NFE is therefore the largest per-sample count of evaluations.
+Each sample is its own ODE with its own lambda, step size and error control, so sample i does not
+depend on the batch; every stage is one network call on the rows still solving, each at its own
+time (rows that have reached the end are not evaluated), so the NFE is the largest per-sample count.
 """
 from __future__ import annotations
 
 import math
-import threading
-from typing import Optional
+from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 
 from ..errors import DiffkitError, check_choice, check_range
 from .common import steps
 
-# scipy.integrate.solve_ivp's methods: explicit Runge-Kutta (RK23, RK45 = Dormand-Prince 5(4),
-# DOP853) and implicit ones, whose finite-difference Jacobian costs D + 1 calls per evaluation of it
-METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+class Tableau(NamedTuple):
+    """An explicit embedded Runge-Kutta pair with the first-same-as-last property: nodes ``c``,
+    stages ``a`` (row i: the weights of k_0..k_{i-1}; the last row is the solution's weights, so the
+    last stage is f at the new point, the next step's first), the solution's weights ``b`` and the
+    embedded ones ``b_hat``, whose difference estimates the local error of the lower order ``order``."""
+    name: str
+    c: tuple
+    a: tuple
+    b: tuple
+    b_hat: tuple
+    order: int
 
 
-class _Stop(Exception):
-    """Ends a worker's solve when the batched evaluation failed."""
+# Dormand & Prince 1980; Hairer, Norsett & Wanner, Solving ODEs I, Sec. II.5, Table 5.2 (DOPRI5)
+RK45 = Tableau(name="RK45", c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+               a=((),
+                  (1 / 5,),
+                  (3 / 40, 9 / 40),
+                  (44 / 45, -56 / 15, 32 / 9),
+                  (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+                  (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+                  (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)),
+               b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+               b_hat=(5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40), order=4)
+# Bogacki & Shampine 1989, "A 3(2) pair of Runge-Kutta formulas", Appl. Math. Lett. 2(4), 321-325
+RK23 = Tableau(name="RK23", c=(0.0, 1 / 2, 3 / 4, 1.0), a=((), (1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
+               b=(2 / 9, 1 / 3, 4 / 9, 0.0), b_hat=(7 / 24, 1 / 4, 1 / 3, 1 / 8), order=2)
+METHODS = {tab.name: tab for tab in (RK45, RK23)}  # scipy's names; its DOP853 and implicit methods are not offered
 
 
-class _Lockstep:
-    """Runs one ``solve_ivp`` per row, in threads, and answers their right-hand-side calls together:
-    ``evaluate(ts, ys) -> (B, D)`` gets every row's latest (t, y) once each row has asked (or ended)."""
+def rk_step(tab: Tableau, f, lam: torch.Tensor, y: torch.Tensor, h: torch.Tensor, k0: torch.Tensor):
+    """One step of the pair ``tab`` for every row, from (lam, y) with f(lam, y) = k0 by per-row steps h
+    (``lam``, ``h``: (B,); ``y``, ``k0``: (B, D)): (y1, f(lam + h, y1), the local error estimate
+    h sum (b_i - b_hat_i) k_i). One call of ``f`` per stage after the first, each on all the rows."""
+    hh = h.to(y)[:, None]
+    ks = [k0]
+    for i in range(1, len(tab.c)):
+        yi = y + hh * sum(a * k for a, k in zip(tab.a[i], ks) if a != 0.0)
+        ks.append(f(lam + tab.c[i] * h, yi))  # the last stage is at (lam + h, y1): the next step's first
+    return yi, ks[-1], hh * sum((b - bh) * k for b, bh, k in zip(tab.b, tab.b_hat, ks))
 
-    def __init__(self, evaluate, y0: np.ndarray, t0: float, t1: float, method: str, rtol: float, atol: float):
-        self.evaluate, self.y0, self.span = evaluate, y0, (t0, t1)
-        self.method, self.rtol, self.atol = method, rtol, atol
-        n = y0.shape[0]
-        self.lock = threading.Lock()
-        self.all_asked = threading.Event()  # every running solve waits for an answer (or none runs)
-        self.answered = [threading.Event() for _ in range(n)]
-        self.asking: list = []
-        self.running = n
-        self.answers: list = [None] * n
-        self.ts, self.ys = np.full(n, t0), y0.copy()
-        self.solutions: list = [None] * n
-        self.errors: list = [None] * n
 
-    def _count(self) -> None:  # under self.lock
-        if len(self.asking) == self.running:
-            self.all_asked.set()
+def _rms(v: torch.Tensor) -> torch.Tensor:
+    return v.pow(2).mean(dim=1).sqrt().cpu()
 
-    def _ask(self, i: int, t: float, y: np.ndarray) -> np.ndarray:
-        with self.lock:
-            self.ts[i], self.ys[i] = t, y
-            self.asking.append(i)
-            self._count()
-        self.answered[i].wait()
-        self.answered[i].clear()
-        if self.answers[i] is _Stop:
-            raise _Stop
-        return self.answers[i]
 
-    def _work(self, i: int) -> None:
-        from scipy.integrate import solve_ivp
-        try:
-            self.solutions[i] = solve_ivp(lambda t, y: self._ask(i, t, y), self.span, self.y0[i],
-                                          method=self.method, rtol=self.rtol, atol=self.atol)
-        except _Stop:
-            pass
-        except Exception as err:  # noqa: BLE001 - raised again by the main thread
-            self.errors[i] = err
-        finally:
-            with self.lock:
-                self.running -= 1
-                self._count()
+def _first_step(f, lam0, y0, k0, span: float, rtol: float, atol: float, order: int) -> torch.Tensor:
+    """Per-row initial step (Hairer, Norsett & Wanner I, Sec. II.4, as scipy's ``select_initial_step``):
+    h0 = 0.01 ||y0|| / ||f0||, one explicit Euler trial for ||f'||, h = min(100 h0, h1, the interval)."""
+    scale = atol + y0.abs() * rtol
+    d0, d1 = _rms(y0 / scale), _rms(k0 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).clamp(max=span)
+    d2 = _rms((f(lam0 + h0, y0 + h0.to(y0)[:, None] * k0) - k0) / scale) / h0
+    small = (d1 <= 1e-15) & (d2 <= 1e-15)
+    h1 = torch.where(small, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** (1 / (order + 1)))
+    return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, span))
 
-    def run(self) -> np.ndarray:
-        workers = [threading.Thread(target=self._work, args=(i,), name=f"diffkit-ode-{i}", daemon=True) for i in range(len(self.answers))]
-        for w in workers:
-            w.start()
-        try:
-            while True:
-                self.all_asked.wait()
-                with self.lock:
-                    self.all_asked.clear()
-                    if self.running == 0:
-                        break
-                    asking, self.asking = self.asking, []
-                    ts, ys = self.ts.copy(), self.ys.copy()
-                f = self.evaluate(ts, ys)  # rows whose solve has ended: at their last point, discarded
-                for i in asking:
-                    self.answers[i] = f[i]
-                    self.answered[i].set()
-        except BaseException:
-            self.answers = [_Stop] * len(self.answers)
-            for event in self.answered:
-                event.set()
-            for w in workers:
-                w.join()
-            raise
-        for i, (sol, err) in enumerate(zip(self.solutions, self.errors)):
-            if err is not None:
-                raise err
-            if not sol.success:
-                raise DiffkitError(f"the ODE solve of sample {i} failed ({self.method}: {sol.message}); "
-                                   f"loosen rtol/atol or try method='DOP853'")
-        return np.stack([sol.y[:, -1] for sol in self.solutions])
+
+def _solve(tab: Tableau, f, y: torch.Tensor, lam0: float, lam1: float, rtol: float, atol: float) -> torch.Tensor:
+    """Every row from lam0 to lam1 (lam1 > lam0) with its own step-size control (Hairer, Norsett &
+    Wanner I, Sec. II.4: err = ||(y1 - y1_hat) / (atol + rtol max(|y0|, |y1|))||_rms per row, h_new =
+    h min(10, max(0.2, 0.9 err^(-1/(q+1)))) for the embedded order q, no growth right after a
+    rejection: scipy's RK45 / RK23)."""
+    y, lam = y.clone(), torch.full((y.shape[0],), lam0, dtype=torch.float64)
+    k = f(lam, y, None)
+    h = _first_step(lambda l, v: f(l, v, None), lam, y, k, lam1 - lam0, rtol, atol, tab.order)
+    done, rejected = torch.zeros_like(lam, dtype=torch.bool), torch.zeros_like(lam, dtype=torch.bool)
+    while not done.all():
+        rows = (~done).nonzero()[:, 0]  # the rows still solving: only they are evaluated
+        at, ha = lam[rows], torch.minimum(h[rows], lam1 - lam[rows])
+        too_small = ha < 10 * (torch.nextafter(at, torch.full_like(at, math.inf)) - at)
+        if too_small.any():
+            i = int(rows[too_small][0])
+            raise DiffkitError(f"the ODE solve of sample {i} failed ({tab.name}: Required step size is less than "
+                               f"spacing between numbers at lambda={float(lam[i]):.6g}); loosen rtol/atol")
+        ya = y[rows.to(y.device)]
+        y1, k1, err = rk_step(tab, lambda l, v: f(l, v, rows), at, ya, ha, k[rows.to(y.device)])
+        norm = _rms(err / (atol + rtol * torch.maximum(ya.abs(), y1.abs())))
+        accept = norm < 1
+        grow = (0.9 * norm.pow(-1 / (tab.order + 1))).nan_to_num(nan=0.2, posinf=10.0)
+        factor = torch.where(accept, grow.clamp(max=10.0), grow.clamp(min=0.2))
+        factor = torch.where(accept & rejected[rows], factor.clamp(max=1.0), factor)
+        ok, okd, ad = rows[accept], rows[accept].to(y.device), accept.to(y.device)
+        y[okd], k[okd] = y1[ad], k1[ad]
+        lam[ok] = torch.where(ha == lam1 - at, lam1, at + ha)[accept]
+        done[ok] = lam[ok] == lam1
+        rejected[rows], h[rows] = ~accept, ha * factor
+    return y
 
 
 def ode(denoiser, x: torch.Tensor, grid: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
         method: str = "RK45", cond: Optional[dict] = None, generator=None, callback=None,
         progress: bool = False) -> torch.Tensor:
     """The probability-flow ODE (Song et al. 2021, eq. 13; in lambda: Lu et al. 2022, eq. 2.4) from
-    grid[0] to grid[-1] by ``scipy.integrate.solve_ivp(method=method, rtol=rtol, atol=atol)``,
-    per sample; the grid's inner times are where the solver restarts and the callback reports
-    (``{"step", "t", "s", "x", "x0", "nfe"}``: x0 predicted at t, network calls so far). The state
-    is float64; the network sees x's dtype. ``generator`` is unused (the sampler is deterministic)."""
+    grid[0] to grid[-1] by the embedded pair ``method`` (RK45: Dormand-Prince 5(4); RK23) at ``rtol``,
+    ``atol``, per sample; the grid's inner times are where the solver restarts and the callback
+    reports (``{"step", "t", "s", "x", "x0", "nfe"}``: x0 predicted at t, network calls so far). The
+    state is float64 (on the CPU for mps); the network sees x's dtype. ``generator`` is unused (the
+    sampler is deterministic)."""
     check_range("rtol", rtol, 0.0, None, low_inclusive=False)
     check_range("atol", atol, 0.0, None, low_inclusive=False)
     check_choice("method", method, METHODS)
@@ -138,35 +138,34 @@ def ode(denoiser, x: torch.Tensor, grid: torch.Tensor, *, rtol: float = 1e-5, at
         raise DiffkitError(f"the ODE cannot start at t={float(times[0]):g}, where alpha_bar = 0 (lambda = -inf); "
                            f"start below it")
     shape, batch = x.shape, x.shape[0]
-    y = x.detach().to(device="cpu", dtype=torch.float64).reshape(batch, -1).numpy()
+    work = torch.device("cpu") if x.device.type == "mps" else x.device  # mps has no float64
+    y = x.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
     calls, first_x0, span = [0], [None], [0.0, 0.0]
 
-    def evaluate(lams: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """dx/dlambda = sigma^2 x - sigma eps_hat for every row at its own lambda."""
-        lam_t = torch.from_numpy(lams)
-        t = schedule.t_from_log_snr(lam_t).clamp(*span)  # round-off of the inverse map: not past the ends
-        xt = torch.from_numpy(ys).reshape(shape).to(device=x.device, dtype=x.dtype)
-        pred = denoiser(xt, t, **cond)
+    def f(lams: torch.Tensor, ys: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
+        """dx/dlambda = sigma^2 x - sigma eps_hat for the given rows (None: all), each at its own lambda;
+        cond's per-sample tensors (first dimension the batch) are cut to those rows."""
+        t = schedule.t_from_log_snr(lams).clamp(*span)  # round-off of the inverse map: not past the ends
+        part = cond if rows is None or len(rows) == batch else {
+            k: v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
+            for k, v in cond.items()}
+        pred = denoiser(ys.reshape(-1, *shape[1:]).to(device=x.device, dtype=x.dtype), t, **part)
         calls[0] += 1
-        if first_x0[0] is None:  # the first call of a solve: every row at its start (RK's f(t0, y0))
+        if first_x0[0] is None:  # the first call of a solve: every row at its start
             first_x0[0] = pred.x0
-        eps = pred.eps.detach().to(device="cpu", dtype=torch.float64).reshape(batch, -1).numpy()
-        sigma = torch.sigmoid(-2.0 * lam_t).sqrt().numpy()[:, None]
-        return sigma * sigma * ys - sigma * eps
+        sigma = torch.sigmoid(-2.0 * lams).sqrt().to(work)[:, None]
+        return sigma * sigma * ys - sigma * pred.eps.detach().to(device=work, dtype=torch.float64).reshape(len(ys), -1)
 
     for i in steps(times, progress, "ode"):
         if math.isinf(lam[i + 1]):  # to clean data: the x0 prediction at grid[i]
-            pred = denoiser(torch.from_numpy(y).reshape(shape).to(device=x.device, dtype=x.dtype), float(times[i]),
-                            **cond)
+            x0 = denoiser(y.reshape(shape).to(device=x.device, dtype=x.dtype), float(times[i]), **cond).x0
             calls[0] += 1
-            x0 = pred.x0
-            y = x0.detach().to(device="cpu", dtype=torch.float64).reshape(batch, -1).numpy()
+            y = x0.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
         else:
             first_x0[0], span[:] = None, [float(times[i + 1]), float(times[i])]
-            y = _Lockstep(evaluate, y, lam[i], lam[i + 1], method, rtol, atol).run()
+            y = _solve(METHODS[method], f, y, lam[i], lam[i + 1], rtol, atol)
             x0 = first_x0[0]
         if callback is not None:
             callback({"step": i, "t": float(times[i]), "s": float(times[i + 1]),
-                      "x": torch.from_numpy(y).reshape(shape).to(device=x.device, dtype=x.dtype), "x0": x0,
-                      "nfe": calls[0]})
-    return torch.from_numpy(y).reshape(shape).to(device=x.device, dtype=x.dtype)
+                      "x": y.reshape(shape).to(device=x.device, dtype=x.dtype), "x0": x0, "nfe": calls[0]})
+    return y.reshape(shape).to(device=x.device, dtype=x.dtype)

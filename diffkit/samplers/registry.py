@@ -289,7 +289,7 @@ register(SamplerInfo("pc", pc, order=1, calls_per_step=2, stochastic=True,
 
 
 register(SamplerInfo("ode", ode, order="adaptive", calls_per_step=0, stochastic=False,
-                     description="probability-flow ODE by scipy solve_ivp (RK45, rtol = atol = 1e-5; Song et al. "
-                                 "2021, Sec. 4.3), per sample, in log-SNR",
+                     description="probability-flow ODE by Dormand-Prince RK45 (rtol = atol = 1e-5; Song et al. 2021, "
+                                 "Sec. 4.3), per-sample steps, in log-SNR",
                      default_spacing="adaptive", default_final="zero",
                      nfe_rule="set by rtol/atol (adaptive)"))
