@@ -13,6 +13,9 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
                 the reference code then takes zero-length steps) tau_i = tau_{i-1} + 1 instead
     leading     diffusers: tau_i = i * (T // S) + offset
     trailing    diffusers / Lin et al. 2024 Table 2: round(T - i T/S) - 1, i = 0..S-1
+    strided     improved-diffusion / guided-diffusion's ``timestep_respacing="ddimS"``: tau_i = i k with
+                the smallest integer stride k for which range(0, T, k) has exactly S times (k = T // S
+                when S divides T, then equal to ``leading``); S that no stride gives is an error
     linspace    diffusers' DPMSolver/UniPC/DEIS schedulers: round(linspace(0, T-1, S+1)) without
                 its 0 (its DDIM/DDPM/PNDM schedulers' 'linspace' is round(linspace(0, T-1, S)),
                 which evaluates at t = 0: pass that as a custom grid)
@@ -32,7 +35,7 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
     time_uniform  uniform in continuous t (DPM-Solver 'time_uniform')
     custom      (the ``custom=`` argument of :func:`make_grid`, not a spacing name) any user list of
                 evaluation times
-The first five give integer evaluation times (what the network was trained on); the continuous
+The first six give integer evaluation times (what the network was trained on); the continuous
 spacings (karras, logsnr, logsnr_skip, logsnr_graded, time_uniform) give continuous times, which the
 schedule's interpolation supports.
 """
@@ -51,7 +54,7 @@ from .schedule import NoiseSchedule
 # schedule's sigma and -log SNR are infinite
 SIGMA_SPACINGS = ("karras", "logsnr", "logsnr_skip", "logsnr_graded")
 # timestep spacings whose last evaluation time is t = 0 (no step is left to final="sigma_min")
-ENDS_AT_ZERO = ("linear", "quadratic", "leading")
+ENDS_AT_ZERO = ("linear", "quadratic", "leading", "strided")
 SKIP_SIGMA = 20.0
 GRADE_SIGMAS = (1.0, 0.1)  # (sigma~_hi, sigma~_lo) of logsnr_graded: unit-scale data
 GRADE_POWER = 3.0          # q of logsnr_graded: local error ~ h^3 (second-order steps)
@@ -108,6 +111,17 @@ def _leading(T: int, S: int, offset: int) -> torch.Tensor:
     return (torch.arange(S, dtype=_F64) * (T // S) + offset).flip(0)
 
 
+def _strided(T: int, S: int, offset: int) -> torch.Tensor:
+    # len(range(0, T, k)) = ceil(T / k) for the strides k = 1..T-1 that improved-diffusion tries; the smallest wins
+    counts = {-(-T // k): k for k in range(max(T - 1, 1), 0, -1)}
+    if S not in counts:
+        near = sorted(counts, key=lambda c: (abs(c - S), c))[:2]
+        raise DiffkitError(f"steps={S}: no integer stride k gives exactly {S} times range(0, {T}, k) (the "
+                           f"'strided' spacing, improved-diffusion's 'ddim{S}'); allowed near it: "
+                           f"{', '.join(map(str, sorted(near)))}")
+    return torch.arange(0, T, counts[S], dtype=_F64).flip(0)
+
+
 def _trailing(T: int, S: int, offset: int) -> torch.Tensor:
     # numpy, as diffusers computes it (torch's arange rounds some ties the other way)
     return torch.from_numpy(np.round(np.arange(T, 0, -T / S)).astype(np.float64))[:S] - 1
@@ -156,7 +170,7 @@ def _time_uniform(schedule: NoiseSchedule, top: float, n: int, **_) -> torch.Ten
 
 
 _TIMESTEP_SPACINGS = {"linear": _linear, "quadratic": _quadratic, "leading": _leading,
-                      "trailing": _trailing, "linspace": _linspace}
+                      "trailing": _trailing, "linspace": _linspace, "strided": _strided}
 _CONTINUOUS_SPACINGS = {"karras": _karras, "logsnr": _logsnr, "logsnr_skip": _logsnr_skip,
                         "logsnr_graded": _logsnr_graded, "time_uniform": _time_uniform}
 SPACINGS = tuple(_TIMESTEP_SPACINGS) + tuple(_CONTINUOUS_SPACINGS)  # the names make_grid takes

@@ -95,6 +95,31 @@ def test_ddim_subsequences_are_the_seed_definitions():
         assert taus[-1] == formula[-1] == 800
 
 
+def improved_diffusion_ddim_respacing(num_timesteps, desired_count):
+    """improved-diffusion's ``space_timesteps(T, "ddimN")`` (respace.py), transcribed: the first
+    stride whose range has exactly N times, or None where it raises."""
+    for i in range(1, num_timesteps):
+        if len(range(0, num_timesteps, i)) == desired_count:
+            return sorted(range(0, num_timesteps, i))
+    return list(range(num_timesteps)) if desired_count == num_timesteps else None
+
+
+@pytest.mark.parametrize("T", [1000, 100, 37])
+def test_strided_spacing_is_improved_diffusions_ddim_respacing(T):
+    sched = NoiseSchedule.linear(T)
+    for steps in range(1, T + 1):
+        expected = improved_diffusion_ddim_respacing(T, steps)
+        if expected is None:
+            with pytest.raises(DiffkitError, match=f"steps={steps}: no integer stride"):
+                make_grid(sched, steps, "strided")
+            continue
+        grid = make_grid(sched, steps, "strided")
+        assert grid[:-1].flip(0).tolist() == expected and grid[-1] == -1
+        if T % steps == 0:  # then it is diffusers' leading
+            assert torch.equal(grid, make_grid(sched, steps, "leading"))
+    assert make_grid(NoiseSchedule.linear(1000), 30, "strided")[:2].tolist() == [986, 952]  # stride 34
+
+
 def _mixture_tolerances(gm, n, gen):
     """4.5 standard errors of the sample mean and covariance, from a large true sample."""
     ref, _ = gm.sample(200_000, gen)
