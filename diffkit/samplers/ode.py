@@ -14,8 +14,10 @@ a grid that ends at clean data (t = -1, lambda = +inf) ends with the x0 predicti
 before, the step every other sampler takes there (DDIM / Euler to sigma = 0).
 
 Each sample is its own ODE with its own lambda, step size and error control, so sample i does not
-depend on the batch; every stage is one network call on the rows still solving, each at its own
-time (rows that have reached the end are not evaluated), so the NFE is the largest per-sample count.
+depend on the batch; every stage is one network call on the whole batch, each row at its own time
+(a row that has reached the end is evaluated there by a step of 0 and its result unused, so the
+network and any wrapper with per-sample state always see every row), and the NFE is the largest
+per-sample count.
 """
 from __future__ import annotations
 
@@ -92,29 +94,31 @@ def _solve(tab: Tableau, f, y: torch.Tensor, lam0: float, lam1: float, rtol: flo
     h min(10, max(0.2, 0.9 err^(-1/(q+1)))) for the embedded order q, no growth right after a
     rejection: scipy's RK45 / RK23)."""
     y, lam = y.clone(), torch.full((y.shape[0],), lam0, dtype=torch.float64)
-    k = f(lam, y, None)
-    h = _first_step(lambda l, v: f(l, v, None), lam, y, k, lam1 - lam0, rtol, atol, tab.order)
+    k = f(lam, y)
+    h = _first_step(f, lam, y, k, lam1 - lam0, rtol, atol, tab.order)
     done, rejected = torch.zeros_like(lam, dtype=torch.bool), torch.zeros_like(lam, dtype=torch.bool)
     while not done.all():
-        rows = (~done).nonzero()[:, 0]  # the rows still solving: only they are evaluated
-        at, ha = lam[rows], torch.minimum(h[rows], lam1 - lam[rows])
-        too_small = ha < 10 * (torch.nextafter(at, torch.full_like(at, math.inf)) - at)
+        # every row is evaluated (a finished one at its end, by a step of 0, its result unused): the
+        # network and any wrapper always see the whole batch, whatever per-sample state they hold
+        active = ~done
+        ha = torch.where(active, torch.minimum(h, lam1 - lam), torch.zeros_like(h))
+        too_small = active & (ha < 10 * (torch.nextafter(lam, torch.full_like(lam, math.inf)) - lam))
         if too_small.any():
-            i = int(rows[too_small][0])
+            i = int(too_small.nonzero()[0, 0])
             raise DiffkitError(f"the ODE solve of sample {i} failed ({tab.name}: Required step size is less than "
                                f"spacing between numbers at lambda={float(lam[i]):.6g}); loosen rtol/atol")
-        ya = y[rows.to(y.device)]
-        y1, k1, err = rk_step(tab, lambda l, v: f(l, v, rows), at, ya, ha, k[rows.to(y.device)])
-        norm = _rms(err / (atol + rtol * torch.maximum(ya.abs(), y1.abs())))
-        accept = norm < 1
+        y1, k1, err = rk_step(tab, f, lam, y, ha, k)
+        norm = _rms(err / (atol + rtol * torch.maximum(y.abs(), y1.abs())))
+        accept = (norm < 1) & active
         grow = (0.9 * norm.pow(-1 / (tab.order + 1))).nan_to_num(nan=0.2, posinf=10.0)
         factor = torch.where(accept, grow.clamp(max=10.0), grow.clamp(min=0.2))
-        factor = torch.where(accept & rejected[rows], factor.clamp(max=1.0), factor)
-        ok, okd, ad = rows[accept], rows[accept].to(y.device), accept.to(y.device)
-        y[okd], k[okd] = y1[ad], k1[ad]
-        lam[ok] = torch.where(ha == lam1 - at, lam1, at + ha)[accept]
-        done[ok] = lam[ok] == lam1
-        rejected[rows], h[rows] = ~accept, ha * factor
+        factor = torch.where(accept & rejected, factor.clamp(max=1.0), factor)
+        ad = accept.to(y.device)
+        y[ad], k[ad] = y1[ad], k1[ad]
+        lam = torch.where(accept, torch.where(ha == lam1 - lam, torch.full_like(lam, lam1), lam + ha), lam)
+        done |= accept & (lam == lam1)
+        rejected = torch.where(active, ~accept, rejected)
+        h = torch.where(active, ha * factor, h)
     return y
 
 
@@ -142,14 +146,10 @@ def ode(denoiser, x: torch.Tensor, grid: torch.Tensor, *, rtol: float = 1e-5, at
     y = x.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
     calls, first_x0, span = [0], [None], [0.0, 0.0]
 
-    def f(lams: torch.Tensor, ys: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
-        """dx/dlambda = sigma^2 x - sigma eps_hat for the given rows (None: all), each at its own lambda;
-        cond's per-sample tensors (first dimension the batch) are cut to those rows."""
+    def f(lams: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """dx/dlambda = sigma^2 x - sigma eps_hat for every row, each at its own lambda."""
         t = schedule.t_from_log_snr(lams).clamp(*span)  # round-off of the inverse map: not past the ends
-        part = cond if rows is None or len(rows) == batch else {
-            k: v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
-            for k, v in cond.items()}
-        pred = denoiser(ys.reshape(-1, *shape[1:]).to(device=x.device, dtype=x.dtype), t, **part)
+        pred = denoiser(ys.reshape(-1, *shape[1:]).to(device=x.device, dtype=x.dtype), t, **cond)
         calls[0] += 1
         if first_x0[0] is None:  # the first call of a solve: every row at its start
             first_x0[0] = pred.x0
