@@ -26,7 +26,7 @@ class Batch:
     start: int
     noise: torch.Tensor  # their x_T (a latent model's z_T), on the sampling device
     images: torch.Tensor  # their samples: decoded and clamped to [-1, 1] with ``decode``, else as sampled
-    nfe: int  # the network evaluations they cost (batched calls: each sample's NFE)
+    nfe: int  # the batched network calls they cost (each sample's NFE; for ode, the largest of theirs)
 
 
 @dataclass

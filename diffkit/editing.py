@@ -207,7 +207,7 @@ def kept_noise_options(name: str, options: dict, denoiser) -> tuple:
         options["variance_type"] = "learned_range" if fixed_large else variance
     allowed = "ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver++-2m"
     if name == "pc":
-        raise DiffkitError(f"sampler 'pc' (Euler-Maruyama predictor and Langevin corrector) does not keep the kept "
+        raise DiffkitError(f"sampler 'pc' (its predictor's and Langevin corrector's noise) does not keep the kept "
                            f"region distributed as q(x_t | x_known); inpainting takes {allowed}")
     adds_noise = (name.endswith("ancestral") and options.get("eta", 1.0) != 0) or options.get("s_churn", 0) > 0
     if adds_noise and options.get("s_noise", 1.0) != 1.0:
@@ -387,7 +387,7 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
         if steps is not None:
             raise DiffkitError(f"steps={steps} applies to method='ddim'; method='ddpm' decodes over every "
                                f"timestep from t")
-        t = schedule.num_timesteps // 2 - 1 if t is None else t
+        t = max(schedule.num_timesteps // 2 - 1, 0) if t is None else t
         check_range("t", t, 0, schedule.num_timesteps - 1, integer=True)
         gens = _pair_generators(seed, generator, pairs)
         xa = diffusion.q_sample(schedule, a, t, randn(a.shape, gens, device=a.device, dtype=a.dtype))

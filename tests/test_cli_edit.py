@@ -76,6 +76,7 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--strength", "0.01"], r"strength=0.01 keeps int\(50 \* 0.01\) = 0 of 50 steps"),
     (["--sampler", "nope"], r"nope"),
     (["--eta", "0.5", "--sampler", "unipc"], r"eta=0.5 applies to the ddim sampler"),
+    (["--sampler", "ode"], r"sampler 'ode' picks its own steps: give a fixed-step sampler"),
     (["--mask", "missing.png"], r"--mask 'missing.png' does not exist"),
     (["--class", "3"], r"--class needs a class-conditional checkpoint"),
     (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),

@@ -166,6 +166,8 @@ def test_eval_nll_on_the_train_split(run_dir, tmp_path, capsys):
     assert results["train"]["metrics"]["nll"]["bpd"] != results["test"]["metrics"]["nll"]["bpd"]
     with pytest.raises(DiffkitError, match="nll_split='val' is not allowed"):
         evaluate("nll", checkpoint=ckpt, nll_num=4, nll_split="val")
+    with pytest.raises(DiffkitError, match="sampler 'ode' picks its own steps: give a fixed-step sampler"):
+        evaluate("confidence", checkpoint=ckpt, sampler="ode", evaluator=run_dir / "ev.safetensors", num=4)
 
 
 def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsys):

@@ -203,7 +203,7 @@ def test_the_solver_restarts_at_the_grid_times_where_the_callback_reports(gaussi
 def test_bad_options_are_one_line_errors(gaussian):
     den = Denoiser(gaussian.network(SCHEDULE), SCHEDULE)
     for kwargs, pattern in (({"steps": 10}, "picks its own steps, so steps=10 does not apply; set its accuracy with "
-                                            "rtol= and atol="),
+                                            "rtol / atol"),
                             ({"nfe": 20}, "nfe=20 does not apply"),
                             ({"spacing": "logsnr"}, "spacing='logsnr' does not apply"),
                             ({"rtol": 0.0}, "rtol"), ({"atol": -1.0}, "atol"), ({"rtol": float("nan")}, "rtol"),

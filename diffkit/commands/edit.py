@@ -1,5 +1,5 @@
 """``diffkit edit``: SDEdit img2img, inpainting with ``--mask``, or latent interpolation with
-``--interpolate``, of PNG images with any sampler (docs/editing.md).
+``--interpolate``, of PNG images with any fixed-step sampler (docs/editing.md).
 
 ``--images`` is one PNG or a folder of PNGs of the model's size (grey or RGB, converted to the
 model's channels). Without ``--mask`` each image is noised to the strength's time and denoised
@@ -100,6 +100,9 @@ def run(args) -> int:
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
     info, _, _ = resolve_sampler(args.sampler or "ddim")  # a bad sampler fails before loading
+    if info.adaptive:
+        raise DiffkitError(f"diffkit edit runs the strength's part of a grid of --steps; sampler {info.name!r} picks "
+                           f"its own steps: give a fixed-step sampler (diffkit samplers)")
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
     if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):

@@ -52,7 +52,7 @@ class SamplerInfo:
         """A one-line error when ``given`` (steps, nfe, spacing) is set for an adaptive sampler."""
         if self.adaptive:
             raise DiffkitError(f"sampler {self.name!r} picks its own steps, so {given} does not apply; set its "
-                               f"accuracy with rtol= and atol= (or give grid= for the times it passes)")
+                               f"accuracy with rtol / atol (--rtol / --atol)")
 
     def nfe(self, steps: int, final: Optional[str] = None) -> int:
         """Network evaluations spent by ``steps`` steps on a grid ending at ``final``
