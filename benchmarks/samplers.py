@@ -276,7 +276,8 @@ def overhead(repeats: int = 7) -> dict:
              "dpm-solver": ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
              "unipc": ("UniPCMultistepScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
              "heun": ("HeunDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
-             "euler-ancestral": ("EulerAncestralDiscreteScheduler", {})}
+             "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+             "dpm2": ("KDPM2DiscreteScheduler", {}), "dpm2-ancestral": ("KDPM2AncestralDiscreteScheduler", {})}
 
     def run_diffkit(name, steps):
         t0 = time.perf_counter()

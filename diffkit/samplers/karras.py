@@ -37,9 +37,19 @@ class _KarrasGrid:
         self.sigma = [0.0 if a == 1.0 and s == 0.0 else s / a for a, s in zip(g.alpha, g.sigma)]
         self.schedule = schedule
         self.sigma_max = schedule.karras_sigma(schedule.num_timesteps - 1).item()
+        self._times: dict = {}
+
+    def know(self, sigmas) -> None:
+        """Map the sigma~ a loop will ask :meth:`time_of` for in one vectorised call (the inverse map
+        costs about 130 us per scalar call on a CPU, 0.4 us per element of a vector)."""
+        new = sorted({s for s in sigmas if s > 0.0 and s not in self._times})
+        if new:
+            ts = self.schedule.t_from_karras_sigma(torch.tensor(new, dtype=torch.float64)).tolist()
+            self._times.update(zip(new, ts))
 
     def time_of(self, sigma: float) -> float:
-        return float(self.schedule.t_from_karras_sigma(sigma))
+        t = self._times.get(sigma)
+        return float(self.schedule.t_from_karras_sigma(sigma)) if t is None else t
 
     def midpoint_time(self, i: int, sigma_mid: float) -> float:
         """The time of a midpoint evaluation inside step i. sigma_mid >= sigma_{i+1} (DPM2's log-midpoint;
@@ -173,12 +183,15 @@ def _ancestral(denoiser, x, grid, name, step, eta, s_noise, cond, generator, cal
     check_range("s_noise", s_noise, 0.0, None)
     cond = cond or {}
     kg = _KarrasGrid(denoiser.schedule, grid)
+    splits = [ancestral_step(kg.sigma[i], kg.sigma[i + 1], eta) for i in range(len(grid) - 1)]
+    if step is not None:
+        kg.know(s for i, (down, _) in enumerate(splits) if down > 0.0 for s in step.asks(kg.sigma[i], down))
     x = x / kg.alpha[0]
     for i in steps(grid, progress, name):
         sigma = kg.sigma[i]
         d = _eps(denoiser, x, kg.t[i], sigma, cond)
         x_from = x
-        sigma_down, sigma_up = ancestral_step(sigma, kg.sigma[i + 1], eta)
+        sigma_down, sigma_up = splits[i]
         if step is None or sigma_down == 0.0:
             x = torch.add(x, d, alpha=sigma_down - sigma)
         else:
@@ -194,19 +207,26 @@ def _dpmpp_2s_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_
     """DPM-Solver++(2S) from sigma to sigma_down with r = 1/2: the singlestep solver's own order-2
     chunk (:func:`~diffkit.samplers.dpm_solver.singlestep_chunk`) on the three times t,
     t(sigma_mid), t(sigma_down), in VP variables, starting from the data prediction D0 = x~ - sigma d."""
-    times = [kg.t[i], kg.midpoint_time(i, math.sqrt(sigma * sigma_down)), kg.time_of(sigma_down)]
+    sigma_mid, _ = _dpmpp_2s_step.asks(sigma, sigma_down)
+    times = [kg.t[i], kg.midpoint_time(i, sigma_mid), kg.time_of(sigma_down)]
     c = GridScalars.of(kg.schedule, times)
     x_down, _ = singlestep_chunk(denoiser, kg.alpha[i] * x, c, 0, 2, cond, True, m0=x - sigma * d)
     return x_down / c.alpha[2]
 
 
+_dpmpp_2s_step.asks = lambda sigma, sigma_down: (math.sqrt(sigma * sigma_down), sigma_down)  # the sigma~ it maps
+
+
 def _dpm2_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_to: float, cond: dict) -> torch.Tensor:
     """DPM2's step from sigma to sigma_to > 0 with d at sigma: Euler to the log-midpoint
     sigma_mid = sqrt(sigma sigma_to), then x~ + (sigma_to - sigma) d(sigma_mid)."""
-    sigma_mid = math.exp(0.5 * (math.log(sigma) + math.log(sigma_to)))
+    sigma_mid, = _dpm2_step.asks(sigma, sigma_to)
     x_mid = torch.add(x, d, alpha=sigma_mid - sigma)
     d_mid = _eps(denoiser, x_mid, kg.midpoint_time(i, sigma_mid), sigma_mid, cond)
     return torch.add(x, d_mid, alpha=sigma_to - sigma)
+
+
+_dpm2_step.asks = lambda sigma, sigma_to: (math.exp(0.5 * (math.log(sigma) + math.log(sigma_to))),)  # its log-midpoint
 
 
 def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
@@ -219,6 +239,7 @@ def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
     cond = cond or {}
     kg = _KarrasGrid(denoiser.schedule, grid)
     n = len(grid) - 1
+    kg.know(_dpm2_step.asks(kg.sigma[i], kg.sigma[i + 1])[0] for i in range(n) if kg.sigma[i + 1] > 0.0)  # unchurned
     x = x / kg.alpha[0]
     for i in steps(grid, progress, "dpm2"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
