@@ -471,9 +471,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         from .sampling import check_eta, resolve_sampler
         info, spacing, final = resolve_sampler(sampler)
         sampler = info.name
-        if info.adaptive and set(names) & set(SAMPLE_METRICS):
-            raise DiffkitError(f"eval samples with a step count (--steps); sampler {sampler!r} picks its own steps: "
-                               f"give a fixed-step sampler (diffkit samplers)")
+        if set(names) & set(SAMPLE_METRICS):
+            info.check_not_adaptive("eval")
         options = {} if thresholding is None else {"thresholding": thresholding}
         options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
         check_eta(sampler, eta)

@@ -29,6 +29,16 @@ S = NoiseSchedule.linear()
 ABAR = torch.cumprod(1.0 - torch.linspace(1e-4, 0.02, 1000, dtype=F64), 0)  # DDPM's schedule, by hand
 
 
+def assert_gaussian_moments(x, mean, cov, k: float = 4.5):
+    """The sample mean and covariance of ``x`` (n, D) within k standard errors of a Gaussian's: the
+    mean's sqrt(C_ii / n), the covariance's sqrt((C_ii C_jj + C_ij^2) / n)."""
+    n, diag = x.shape[0], torch.diagonal(cov)
+    se_mean = (diag / n).sqrt()
+    se_cov = ((diag[:, None] * diag[None, :] + cov ** 2) / n).sqrt()
+    assert ((x.mean(0) - mean).abs() <= k * se_mean).all(), (x.mean(0), mean, se_mean)
+    assert ((torch.cov(x.T) - cov).abs() <= k * se_cov).all(), (torch.cov(x.T), cov, se_cov)
+
+
 def z_of(seed: int, shape) -> torch.Tensor:
     """The standard normal draw diffkit makes from one CPU generator seeded ``seed`` (float32, cast)."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(F64)
@@ -276,11 +286,7 @@ def test_euler_ancestral_200_karras_steps_sample_gaussian_data():
     x = diffkit.sample(d, (n, 2), "euler-ancestral", grid=grid, generator=torch.Generator().manual_seed(3),
                        dtype=F64, progress=False)
     assert d.nfe == 200
-    diag = torch.diagonal(cov_N)
-    se_mean = (diag / n).sqrt()
-    se_cov = ((diag[:, None] * diag[None, :] + cov_N ** 2) / n).sqrt()
-    assert ((x.mean(0) - mean_N).abs() <= 4.5 * se_mean).all(), (x.mean(0), mean_N, se_mean)
-    assert ((torch.cov(x.T) - cov_N).abs() <= 4.5 * se_cov).all(), (torch.cov(x.T), cov_N, se_cov)
+    assert_gaussian_moments(x, mean_N, cov_N)
 
 
 # ------------------------------------------------------------------ DPM2 / DPM++(2S) ancestral
@@ -444,11 +450,7 @@ def test_two_call_ancestral_samplers_sample_gaussian_data(sampler, gain):
     x = diffkit.sample(d, (n, 2), sampler, grid=grid, generator=torch.Generator().manual_seed(3),
                        dtype=F64, progress=False)
     assert d.nfe == 99
-    diag = torch.diagonal(cov_N)
-    se_mean = (diag / n).sqrt()
-    se_cov = ((diag[:, None] * diag[None, :] + cov_N ** 2) / n).sqrt()
-    assert ((x.mean(0) - mean_N).abs() <= 4.5 * se_mean).all(), (x.mean(0), mean_N, se_mean)
-    assert ((torch.cov(x.T) - cov_N).abs() <= 4.5 * se_cov).all(), (torch.cov(x.T), cov_N, se_cov)
+    assert_gaussian_moments(x, mean_N, cov_N)
 
 
 # ------------------------------------------------------------------ predictor-corrector (score SDE)

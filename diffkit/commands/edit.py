@@ -100,9 +100,7 @@ def run(args) -> int:
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
     info, _, _ = resolve_sampler(args.sampler or "ddim")  # a bad sampler fails before loading
-    if info.adaptive:
-        raise DiffkitError(f"diffkit edit runs the strength's part of a grid of --steps; sampler {info.name!r} picks "
-                           f"its own steps: give a fixed-step sampler (diffkit samplers)")
+    info.check_not_adaptive("diffkit edit")
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
     if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):

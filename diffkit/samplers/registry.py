@@ -54,6 +54,12 @@ class SamplerInfo:
             raise DiffkitError(f"sampler {self.name!r} picks its own steps, so {given} does not apply; set its "
                                f"accuracy with rtol / atol (--rtol / --atol)")
 
+    def check_not_adaptive(self, user: str) -> None:
+        """A one-line error when ``user`` (a command that spends a step count) is given an adaptive sampler."""
+        if self.adaptive:
+            raise DiffkitError(f"{user} samples with a step count (--steps); sampler {self.name!r} picks its own "
+                               f"steps: give a fixed-step sampler (diffkit samplers)")
+
     def nfe(self, steps: int, final: Optional[str] = None) -> int:
         """Network evaluations spent by ``steps`` steps on a grid ending at ``final``
         (default: the sampler's default final)."""
