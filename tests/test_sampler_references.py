@@ -202,6 +202,59 @@ def test_dpm_solver_3m_equals_diffusers_third_order_multistep(sampler, algorithm
     assert rel < 1e-5, rel
 
 
+# ------------------------------------------------------------------ DEIS
+def _run_diffusers_deis(order: int, steps: int, spacing: str, float64: bool):
+    """(x_T, diffusers' DEISMultistepScheduler(solver_order=order) output, its grid, schedule, network)
+    on the exact eps* of a Gaussian mixture; ``float64``: its sigmas replaced by float64 ones of the
+    same timesteps, so its own update formulas (ind_fn) run in float64."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.interop.schedulers import grid_from_diffusers, schedule_from_diffusers
+    scheduler = diffusers.DEISMultistepScheduler(solver_order=order, timestep_spacing=spacing, lower_order_final=True)
+    scheduler.set_timesteps(steps)
+    schedule, _ = schedule_from_diffusers(scheduler)
+    grid = grid_from_diffusers(scheduler)
+    assert grid[-1] == 0.0 and len(grid) == steps + 1  # DEIS ends at t = 0's sigma
+    if float64:
+        abar = schedule.alpha_bar(grid)
+        scheduler.sigmas = ((1 - abar) / abar).sqrt()
+    net = GaussianMixture.random(3, 3, seed=5, spread=1.0, scale=0.4).network(schedule)
+    x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(7), dtype=F64)
+    x = x_T.clone() if float64 else x_T.float()
+    for t in scheduler.timesteps:
+        x = scheduler.step(net(x, t.reshape(1).expand(x.shape[0])), t, x).prev_sample
+    return x_T, x.to(F64), grid, schedule, net
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_deis_equals_diffusers_deis_multistep(order, spacing):
+    """``deis`` against diffusers' DEISMultistepScheduler (tAB-DEIS, logrho) on its own grid, both
+    driven by a mixture's exact eps*: 10 steps (orders 1, 2, 3 x 6, 2, 1 with lower_order_final,
+    which diffusers applies below 15 steps) to 1e-5 relative (diffusers' float32), and 20 steps
+    without lower-order final steps to 1e-10 with its sigmas in float64 (its ind_fn coefficients,
+    differences of t log t terms, lose float32 digits at third order: ~2e-5 there)."""
+    x_T, theirs, grid, schedule, net = _run_diffusers_deis(order, 10, spacing, float64=False)
+    ours = diffkit.sample(Denoiser(net, schedule), x_T.clone(), "deis", grid=grid, solver_order=order,
+                          progress=False)
+    assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-5
+    x_T, theirs, grid, schedule, net = _run_diffusers_deis(order, 20, spacing, float64=True)
+    ours = diffkit.sample(Denoiser(net, schedule), x_T.clone(), "deis", grid=grid, solver_order=order,
+                          lower_order_final=False, progress=False)
+    assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-10
+
+
+def test_deis_2_is_multistep_dpm_solver_2_heun_in_noise_prediction():
+    """The exact integral of eps's linear interpolant in lambda against e^-lambda is DPM-Solver's
+    multistep second-order 'heun' update (Lu et al. 2022, reference code): the two agree to rounding."""
+    net = GaussianMixture.random(3, 3, seed=5).network(S)
+    den = Denoiser(net, S)
+    x = x_start(16, 3, 3)
+    grid = make_grid(S, 12, "logsnr", "zero")
+    a = diffkit.sample(den, x.clone(), "deis", grid=grid, progress=False)
+    b = diffkit.sample(den, x.clone(), "dpm-solver-2m", grid=grid, solver_type="heun", progress=False)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ Karras: ancestral and churn
 def karras_sigma(t: int) -> float:
     """EDM/k-diffusion sigma of the VP time t: sqrt((1 - abar)/abar)."""

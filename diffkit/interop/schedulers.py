@@ -174,7 +174,8 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     second stage of an improved-Euler step, and Heun each of its inner times twice; for PNDM with
     PRK steps its base grid, whose half steps diffkit's ``pndm`` makes itself) followed by the
     target of the last step: -1 (clean data: ``final_alpha_cumprod = 1``, ``final_sigmas_type =
-    "zero"``) or 0 (``alphas_cumprod[0]``, ``final_sigmas_type = "sigma_min"``). KDPM2's grid,
+    "zero"``) or 0 (``alphas_cumprod[0]``, ``final_sigmas_type = "sigma_min"``, and
+    ``DEISMultistepScheduler``, which has no other end). KDPM2's grid,
     which interleaves midpoints, is refused (diffkit's ``dpm2`` makes its own)."""
     times = getattr(scheduler, "timesteps", None)
     # before set_timesteps a scheduler holds all T training timesteps and no num_inference_steps
@@ -205,8 +206,8 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     if ddim_like and len(times) > 1 and times[-1] - stride >= 0:
         # DDIM / PNDM's last step also goes to t - T // S; final_alpha_cumprod only where that is < 0
         end = float(times[-1] - stride)
-    if config.get("final_sigmas_type") == "sigma_min":  # DPMSolver*, UniPC, ...: the last step ends at t = 0's sigma
-        end = 0.0
+    if config.get("final_sigmas_type") == "sigma_min" or name == "DEISMultistepScheduler":
+        end = 0.0  # DPMSolver*, UniPC, ... with sigma_min, and DEIS always: the last step ends at t = 0's sigma
     if times[-1] <= end:
         raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final noise "
                            f"level (t = {end:g}); use set_alpha_to_one=True, steps_offset=1 or "

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -70,3 +71,38 @@ def noise_step_coefficient(alpha_t: float, sigma_t: float, alpha_s: float, sigma
     t -> s (DPM-Solver eq. 4.1 / DDIM), written as alpha_s sigma_t / alpha_t when s is clean data
     (sigma_s = 0, h = inf), where the product form is 0 * inf."""
     return sigma_s * math.expm1(h) if sigma_s > 0 else alpha_s * sigma_t / alpha_t
+
+
+def multistep_orders(log_snr: list, solver_order: int, lower_order_final: bool) -> list:
+    """The order of each step of a multistep solver on a grid with log-SNR ``log_snr`` (one entry
+    per grid time): warm-up min(solver_order, i + 1) as history fills; with ``lower_order_final``
+    never more than the steps left (every step count; diffusers only below 15 steps); a step into
+    clean data (lambda = +inf) is first order (no polynomial in lambda reaches infinity)."""
+    n = len(log_snr) - 1
+    orders = []
+    for i in range(n):
+        order = min(solver_order, i + 1)
+        if lower_order_final:
+            order = min(order, n - i)
+        orders.append(1 if math.isinf(log_snr[i + 1]) else order)
+    return orders
+
+
+def exponential_adams_weights(r, hh: float, b_h: float = 1.0) -> list:
+    """Weights a_k of D_k = (m_k - m_0)/r_k that make sum_k a_k D_k integrate the polynomial in
+    lambda through m_0 (at r = 0) and the m_k (at r_k = (lambda_k - lambda_t)/h) exactly against
+    the exponential weight of the step (in units of ``b_h``): the order conditions
+    sum_k a_k r_k^(i-1) = i! hh phi_{i+1}(hh) / b_h, i = 1..len(r), with phi_{k+1}(z) =
+    (phi_k(z) - 1/k!)/z, phi_1(z) = expm1(z)/z (UniPC, Zhao et al. 2023, Theorem 3.1; hh = -h for
+    data prediction, h for noise prediction). With nodes at earlier times this is the exponential
+    Adams-Bashforth step (DEIS's tAB in lambda), with the new point r = 1 among them Adams-Moulton (UniC)."""
+    rows, rhs = [], []
+    h_phi_k = math.expm1(hh) / hh - 1.0
+    factorial = 1
+    nodes = np.asarray(r, dtype=np.float64)
+    for i in range(1, len(nodes) + 1):
+        rows.append(nodes ** (i - 1))
+        rhs.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    return np.linalg.solve(np.stack(rows), np.array(rhs)).tolist()

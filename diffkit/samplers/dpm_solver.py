@@ -29,7 +29,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_range
 from ..noise import randn_like
-from .common import GridScalars, model_output, noise_step_coefficient, report, steps
+from .common import GridScalars, model_output, multistep_orders, noise_step_coefficient, report, steps
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -63,17 +63,13 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
     data = algorithm_type != "dpmsolver"
     sde = algorithm_type == "sde-dpmsolver++"
     c = GridScalars.of(denoiser.schedule, grid)
-    n = len(grid) - 1
     outputs: list = []  # model outputs at grid[i], grid[i-1], grid[i-2] (newest first)
+    orders = multistep_orders(c.log_snr, solver_order, lower_order_final)
     for i in steps(grid, progress, algorithm_type):
         pred = denoiser(x, c.t[i], **cond)
         outputs.insert(0, pred.x0 if data else pred.eps)
         del outputs[3:]
-        order = min(solver_order, i + 1)
-        if lower_order_final:
-            order = min(order, n - i)
-        if math.isinf(c.log_snr[i + 1]):
-            order = 1
+        order = orders[i]
         lam_t, lam_s = c.log_snr[i], c.log_snr[i + 1]
         h = lam_s - lam_t
         a_t, s_t, a_s, s_s = c.alpha[i], c.sigma[i], c.alpha[i + 1], c.sigma[i + 1]

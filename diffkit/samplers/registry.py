@@ -9,6 +9,7 @@ from typing import Callable, Optional, Union
 from ..errors import DiffkitError, check_choice, check_range
 from .ddim import ddim
 from .ddpm import ddpm
+from .deis import deis
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
 from .ode import ode
@@ -232,6 +233,13 @@ register(SamplerInfo("sde-dpm-solver++-2m", dpm_solver_multistep, order=2, calls
                      description="SDE-DPM-Solver++(2M) (Lu et al. 2022b; diffusers 'sde-dpmsolver++')",
                      default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}))
+
+register(SamplerInfo("deis", deis, order=2, calls_per_step=1, stochastic=False,
+                     description="tAB-DEIS order 2 (Zhang & Chen 2023; diffusers DEISMultistepScheduler, logrho)",
+                     default_spacing="logsnr", default_final="zero", options={"solver_order": 2}))
+register(SamplerInfo("deis-3", deis, order=3, calls_per_step=1, stochastic=False,
+                     description="tAB-DEIS order 3: eps's quadratic in log rho through 3 steps, integrated exactly",
+                     default_spacing="logsnr", default_final="zero", options={"solver_order": 3}))
 
 register(SamplerInfo("euler", euler, order=1, calls_per_step=1, stochastic=False,
                      description="Euler in sigma = sqrt((1-abar)/abar) (Karras et al. 2022); churn optional",

@@ -24,11 +24,10 @@ import math
 import operator
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import DiffkitError, check_choice, check_range
-from .common import GridScalars, noise_step_coefficient, report, steps
+from .common import GridScalars, exponential_adams_weights, multistep_orders, noise_step_coefficient, report, steps
 
 SOLVER_TYPES = ("bh1", "bh2")
 
@@ -36,28 +35,19 @@ SOLVER_TYPES = ("bh1", "bh2")
 def unipc_weights(rks: Sequence[float], hh: float, variant: str, predictor: bool):
     """(B(h), weights) of UniP (``predictor=True``, weights for the k-1 earlier points) or UniC
     (weights for the k-1 earlier points then the new point), for order k = len(rks) + 1 with the
-    earlier points' r_k in ``rks`` (UniPC Theorem 3.1 and Appendix, as in the reference code)."""
-    order = len(rks) + 1
+    earlier points' r_k in ``rks`` (UniPC Theorem 3.1 and Appendix, as in the reference code): the
+    exact order conditions (:func:`~diffkit.samplers.common.exponential_adams_weights`) except
+    the reference's a_1 = 1/2 for UniP-2 and a_p = 1/2 for UniC-1."""
     b_h = hh if variant == "bh1" else math.expm1(hh)
-    r = np.array(list(rks) + [1.0])
-    rows, rhs = [], []
-    h_phi_k = math.expm1(hh) / hh - 1.0
-    factorial = 1
-    for i in range(1, order + 1):
-        rows.append(r ** (i - 1))
-        rhs.append(h_phi_k * factorial / b_h)
-        factorial *= i + 1
-        h_phi_k = h_phi_k / hh - 1.0 / factorial
-    R, b = np.stack(rows), np.array(rhs)
     if predictor:
-        if order == 1:
+        if not rks:
             return b_h, []
-        if order == 2:
+        if len(rks) == 1:
             return b_h, [0.5]
-        return b_h, np.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
-    if order == 1:
+        return b_h, exponential_adams_weights(rks, hh, b_h)
+    if not rks:
         return b_h, [0.5]
-    return b_h, np.linalg.solve(R, b).tolist()
+    return b_h, exponential_adams_weights(list(rks) + [1.0], hh, b_h)
 
 
 def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 2, solver_type: str = "bh2",
@@ -85,12 +75,7 @@ def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 
     x_prev = None        # state at grid[i-1], before the step i-1 -> i (for the corrector)
 
     # every step's orders and weights depend only on the grid: compute them once
-    orders = []
-    for i in range(n):
-        order = min(solver_order, i + 1)
-        if lower_order_final:
-            order = min(order, n - i)
-        orders.append(1 if math.isinf(lam[i + 1]) else order)
+    orders = multistep_orders(lam, solver_order, lower_order_final)
     pred_plan, corr_plan = [], [None]
     for i in range(n):
         h = lam[i + 1] - lam[i]
