@@ -202,6 +202,112 @@ def test_dpm_solver_3m_equals_diffusers_third_order_multistep(sampler, algorithm
     assert rel < 1e-5, rel
 
 
+# ------------------------------------------------------------------ SDE-DPM-Solver++(3M)
+def test_sde_dpm_solver_3m_is_k_diffusions_dpmpp_3m_sde_with_the_same_noise():
+    """``sde-dpm-solver++-3m`` against k-diffusion's ``sample_dpmpp_3m_sde`` (eta = 1, s_noise = 1)
+    transcribed here in its own variables: x~ = x/alpha, sigma~ the Karras sigma, lambda = -log sigma~,
+    h_eta = 2h, phi_2 = expm1(-h_eta)/h_eta + 1, phi_3 = phi_2/h_eta - 1/2, x~ += phi_2 d1 - phi_3 d2,
+    noise sigma~_next sqrt(-expm1(-2h)) z, and x~ = denoised on the step to sigma~ = 0. Its Brownian
+    tree is replaced by diffkit's draw, one z per step from one generator (k-diffusion takes no
+    lower-order final steps, so neither does diffkit here). Its second-order warm-up step is the
+    phi_2 ('heun') form, the registered solver_type (diffusers' default is 'midpoint')."""
+    net = GaussianMixture.random(3, 3, seed=5, spread=1.0, scale=0.4).network(S)
+    den = Denoiser(net, S)
+    grid = make_grid(S, 12, "linear", "zero")  # integer times: sigma~ from the hand-made ABAR
+    x_T = x_start(32, 3, 11)
+    ours = diffkit.sample(den, x_T.clone(), "sde-dpm-solver++-3m", grid=grid, lower_order_final=False,
+                          generator=torch.Generator().manual_seed(4), progress=False)
+    g = torch.Generator().manual_seed(4)
+    times = grid.tolist()
+    sig = [karras_sigma(int(t)) if t >= 0 else 0.0 for t in times]
+    x = x_T / math.sqrt(ABAR[int(times[0])].item())
+    den_1 = den_2 = h_1 = h_2 = None
+    h = None
+    for i in range(len(times) - 1):
+        alpha = 1 / math.sqrt(1 + sig[i] ** 2)  # the network sees x = alpha x~ and returns eps
+        denoised = x - sig[i] * net(alpha * x, torch.full((x.shape[0],), times[i], dtype=torch.float32))
+        if sig[i + 1] == 0:
+            x = denoised
+        else:
+            h = -math.log(sig[i + 1]) + math.log(sig[i])
+            h_eta = 2 * h
+            x = math.exp(-h_eta) * x + -math.expm1(-h_eta) * denoised
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0, d1_1 = (denoised - den_1) / r0, (den_1 - den_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - den_1) / (h_1 / h)
+            z = torch.randn(x.shape, generator=g, dtype=torch.float32).to(F64)
+            x = x + z * sig[i + 1] * math.sqrt(-math.expm1(-2 * h))
+        den_1, den_2 = denoised, den_1
+        h_1, h_2 = h, h_1
+    torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-9)
+
+
+def test_sde_dpm_solver_3m_equals_diffusers_up_to_its_third_order_d2_weight():
+    """diffusers' DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3) on
+    its grid with the same noise (diffusers draws z from the step's generator, float32, as diffkit
+    does; solver_type 'heun', the registered one): on 3 steps (orders 1, 2, 1) the two agree to 1e-5 (float32); on 10 steps its six
+    third-order steps give + alpha_s ((1 - e^{-2h} - 2h)/(2h)^2 - 1/2) D2, k-diffusion's
+    - alpha_s phi_3 D2 is + alpha_s ((1 - e^{-2h} - 2h)/(2h)^2 + 1/2) D2 (an O(h) weight; diffusers'
+    tends to -alpha_s, an O(1) weight on the O(h^2) D2): with alpha_s D2 added to each of its
+    third-order steps it agrees with diffkit to 1e-5, without it not (0.3 relative here)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.interop.schedulers import grid_from_diffusers, schedule_from_diffusers
+
+    def run(steps, add_alpha_d2):
+        scheduler = diffusers.DPMSolverMultistepScheduler(solver_order=3, algorithm_type="sde-dpmsolver++",
+                                                          solver_type="heun", final_sigmas_type="sigma_min",
+                                                          lower_order_final=True)
+        scheduler.set_timesteps(steps)
+        schedule, _ = schedule_from_diffusers(scheduler)
+        third = scheduler.multistep_dpm_solver_third_order_update
+        calls = []
+
+        def third_order(outputs, sample=None, noise=None):
+            calls.append(1)
+            x = third(outputs, sample=sample, noise=noise)
+            if not add_alpha_d2:
+                return x
+            i = scheduler.step_index
+            (a_s, s_s), *rest = [scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[j]) for j in (i + 1, i, i - 1, i - 2)]
+            lam = [math.log(a_s / s_s)] + [math.log(a / s) for a, s in rest]
+            h, r0, r1 = lam[0] - lam[1], (lam[1] - lam[2]), (lam[2] - lam[3])
+            r0, r1 = r0 / h, r1 / h
+            m0, m1, m2 = outputs[-1], outputs[-2], outputs[-3]
+            d2 = ((m0 - m1) / r0 - (m1 - m2) / r1) / (r0 + r1)
+            return x + a_s * d2
+        scheduler.multistep_dpm_solver_third_order_update = third_order
+        net = GaussianMixture.random(3, 3, seed=5, spread=1.0, scale=0.4).network(schedule)
+        x_T = x_start(64, 3, 7)
+        x, g = x_T.float(), torch.Generator().manual_seed(3)
+        for t in scheduler.timesteps:
+            x = scheduler.step(net(x, t.reshape(1).expand(x.shape[0])), t, x, generator=g).prev_sample
+        ours = diffkit.sample(Denoiser(net, schedule), x_T.clone(), "sde-dpm-solver++-3m",
+                              grid=grid_from_diffusers(scheduler), generator=torch.Generator().manual_seed(3),
+                              progress=False)
+        return ((ours - x.to(F64)).abs().max() / x.abs().max()).item(), len(calls)
+
+    assert run(3, add_alpha_d2=False) == (pytest.approx(0.0, abs=1e-5), 0)
+    rel, calls = run(10, add_alpha_d2=True)
+    assert rel < 1e-5 and calls == 6
+    rel, calls = run(10, add_alpha_d2=False)
+    assert rel > 0.05 and calls == 6
+
+
+def test_sde_dpm_solver_3m_many_steps_sample_the_gaussian_exactly():
+    """Gaussian data: with 200 log-SNR steps the samples' mean and covariance are the data's within
+    4.5 standard errors (4000 samples)."""
+    gaussian = GaussianMixture([1.0], [[1.0, -0.5]], [[[0.25, 0.1], [0.1, 0.16]]])
+    den = Denoiser(gaussian.network(S), S)
+    x = diffkit.sample(den, x_start(4000, 2, 12), "sde-dpm-solver++-3m", steps=200, seed=0, progress=False)
+    assert_gaussian_moments(x, gaussian.means[0], gaussian.covs[0])
+
+
 # ------------------------------------------------------------------ DEIS
 def _run_diffusers_deis(order: int, steps: int, spacing: str, float64: bool):
     """(x_T, diffusers' DEISMultistepScheduler(solver_order=order) output, its grid, schedule, network)

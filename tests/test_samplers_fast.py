@@ -400,9 +400,12 @@ def test_reduced_precision_model_output_stays_close(schedule, mixture, low):
         err = (out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()
         # A 10-step solver amplifies the output rounding u (bfloat16 2^-8, float16 2^-11) by a modest
         # factor, except noise-prediction singlestep solvers, whose differences of eps at large
-        # steps multiply it by expm1(h)/r (the instability DPM-Solver++ was made to remove).
+        # steps multiply it by expm1(h)/r (the instability DPM-Solver++ was made to remove), and the
+        # third-order SDE solver: its first x0 = (x - sigma eps)/alpha carry eps's rounding times
+        # sigma/alpha ~ 160 into D1 and D2, which it weights more than the ODE solvers do (measured
+        # 17 u in bfloat16, 3 of 32 samples off by 0.16-0.67; 4 u in float16; 0.35 u at 20 steps).
         unit = 2.0 ** -8 if low is torch.bfloat16 else 2.0 ** -11
-        factor = 80 if name in ("dpm-solver", "dpm-solver-2") else 12
+        factor = 80 if name in ("dpm-solver", "dpm-solver-2") else 24 if name == "sde-dpm-solver++-3m" else 12
         assert err < factor * unit, f"{name}: relative RMS {err:.3g}"
 
 

@@ -50,15 +50,19 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
     (D1, D2 the first/second divided differences in lambda, as in the reference implementation).
     Noise prediction, ``dpmsolver`` (DPM-Solver Sec. 3.3 multistep, reference code): the same with
     (alpha, sigma) swapped, phi = expm1(h) and eps in place of x0.
-    ``sde-dpmsolver++`` (DPM-Solver++ Sec. 5 SDE variant, diffusers 'sde-dpmsolver++'), order <= 2:
-        x_s = (sigma_s/sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (D0 + 0.5 D1) + sigma_s sqrt(1 - e^{-2h}) z.
+    ``sde-dpmsolver++`` (DPM-Solver++ Sec. 5 SDE variant, diffusers 'sde-dpmsolver++'; 3M is
+    k-diffusion's ``sample_dpmpp_3m_sde``, eta = 1), with phi_2 = 1 - (1 - e^{-2h})/(2h):
+        2M midpoint: x_s = (sigma_s/sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (D0 + 0.5 D1) + sigma_s sqrt(1 - e^{-2h}) z
+        2M heun, 3M: ... + alpha_s phi_2 D1 - alpha_s (phi_2/(2h) - 1/2) D2 + sigma_s sqrt(1 - e^{-2h}) z
+    (diffusers' third-order 'sde-dpmsolver++' writes + alpha_s (-(e^{-2h} - 1 + 2h)/(2h)^2 - 1/2) D2, which
+    differs by alpha_s D2, an O(h^2) term per step: docs/samplers.md).
     The first steps use lower orders (warm-up); with ``lower_order_final`` the step order never
     exceeds the number of remaining steps, at every step count (diffusers' DPMSolverMultistep does
     so only below 15 steps; docs/samplers.md).
     """
     check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
     check_choice("solver_type", solver_type, SOLVER_TYPES)
-    check_range("solver_order", solver_order, 1, 2 if algorithm_type == "sde-dpmsolver++" else 3, integer=True)
+    check_range("solver_order", solver_order, 1, 3, integer=True)
     cond = cond or {}
     data = algorithm_type != "dpmsolver"
     sde = algorithm_type == "sde-dpmsolver++"
@@ -88,8 +92,11 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
             decay = math.exp(-h)
             one_m = -math.expm1(-2.0 * h)
             x = (s_s / s_t * decay) * x + (a_s * one_m) * d0
+            phi_2 = 1.0 - one_m / (2.0 * h)  # k-diffusion's phi_2 at h_eta = 2h
             if d1 is not None:
-                x = x + (0.5 * a_s * one_m if solver_type == "midpoint" else a_s * (one_m / (-2.0 * h) + 1.0)) * d1
+                x = x + (0.5 * a_s * one_m if order == 2 and solver_type == "midpoint" else a_s * phi_2) * d1
+            if d2 is not None:
+                x = x - (a_s * (phi_2 / (2.0 * h) - 0.5)) * d2
             if s_s > 0:
                 x = x + (s_s * math.sqrt(one_m)) * randn_like(x, generator)
         elif data:

@@ -234,6 +234,10 @@ register(SamplerInfo("sde-dpm-solver++-2m", dpm_solver_multistep, order=2, calls
                      default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}))
 
+register(SamplerInfo("sde-dpm-solver++-3m", dpm_solver_multistep, order=3, calls_per_step=1, stochastic=True,
+                     description="SDE-DPM-Solver++(3M) (k-diffusion 'DPM++ 3M SDE', sample_dpmpp_3m_sde, eta=1)",
+                     default_spacing="logsnr", default_final="zero",
+                     options={"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}))
 register(SamplerInfo("deis", deis, order=2, calls_per_step=1, stochastic=False,
                      description="tAB-DEIS order 2 (Zhang & Chen 2023; diffusers DEISMultistepScheduler, logrho)",
                      default_spacing="logsnr", default_final="zero", options={"solver_order": 2}))
