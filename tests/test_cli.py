@@ -266,7 +266,7 @@ def test_sample_with_the_adaptive_ode_sampler(trained_run, tmp_path, capsys):
     code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--sampler", "ode", "--steps", "5")
     assert code == 2 and "picks its own steps, so --steps 5 does not apply" in err, err
     code, out, err = run_cli(capsys, "sample", "--checkpoint", str(trained_run), "--rtol", "1e-3")
-    assert code == 2 and "--rtol sets the tolerance of the adaptive sampler ode, not of 'ddim'" in err, err
+    assert code == 2 and "--rtol sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of 'ddim'" in err, err
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", str(trained_run), "--sampler", "ode", "--rtol", "0"])
     assert "must be a finite number > 0" in capsys.readouterr().err

@@ -52,9 +52,10 @@ def register(sub) -> None:
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    p.add_argument("--rtol", type=positive_float, help="sampler ode: relative tolerance of its adaptive steps "
-                   "(default 1e-5)")
-    p.add_argument("--atol", type=positive_float, help="sampler ode: absolute tolerance (default 1e-5)")
+    p.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their steps "
+                   "(default: ode 1e-5, dpm-adaptive 0.05)")
+    p.add_argument("--atol", type=positive_float, help="adaptive samplers: absolute tolerance (default: ode 1e-5, "
+                   "dpm-adaptive 0.0078)")
     p.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
                    + ", ".join(SPACINGS))
     p.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min (the "
@@ -113,7 +114,8 @@ def run(args) -> int:
     for name in ("rtol", "atol"):
         if getattr(args, name) is not None:
             if not info.adaptive:
-                raise DiffkitError(f"--{name} sets the tolerance of the adaptive sampler ode, not of {info.name!r}")
+                raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
+                                   f"{info.name!r}")
             options[name] = getattr(args, name)
     config = output_config = None
     checkpoint = args.checkpoint

@@ -2,6 +2,7 @@
 from .ddim import ddim, ddim_invert
 from .ddpm import ddpm
 from .deis import deis
+from .dpm_adaptive import dpm_adaptive
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
 from .ode import ode
@@ -10,6 +11,6 @@ from .pndm import fon, plms, pndm, s_pndm, transfer
 from .registry import REGISTRY, SamplerInfo, get_sampler, register
 from .unipc import unipc
 
-__all__ = ["ddim", "ddim_invert", "ddpm", "deis", "dpm_solver_multistep", "dpm_solver_singlestep", "dpm2", "dpm2_ancestral",
+__all__ = ["ddim", "ddim_invert", "ddpm", "deis", "dpm_adaptive", "dpm_solver_multistep", "dpm_solver_singlestep", "dpm2", "dpm2_ancestral",
            "dpmpp_2s_ancestral", "euler", "euler_ancestral", "heun", "lms", "ode", "fon", "plms", "pndm", "pc", "s_pndm",
            "transfer", "unipc", "REGISTRY", "SamplerInfo", "get_sampler", "register"]

@@ -66,10 +66,18 @@ def model_output(denoiser, x: torch.Tensor, t: float, cond: dict, data_predictio
     return pred.x0 if data_prediction else pred.eps
 
 
+def expm1(v):
+    """e^v - 1 of a Python float or, for per-sample step coefficients (dpm-adaptive), a tensor."""
+    return torch.expm1(v) if isinstance(v, torch.Tensor) else math.expm1(v)
+
+
 def noise_step_coefficient(alpha_t: float, sigma_t: float, alpha_s: float, sigma_s: float, h: float) -> float:
     """sigma_s (e^h - 1), the eps coefficient of the first-order exponential-integrator step
     t -> s (DPM-Solver eq. 4.1 / DDIM), written as alpha_s sigma_t / alpha_t when s is clean data
-    (sigma_s = 0, h = inf), where the product form is 0 * inf."""
+    (sigma_s = 0, h = inf), where the product form is 0 * inf. Per-sample tensor coefficients
+    (dpm-adaptive, whose steps never reach clean data) take the product form."""
+    if isinstance(h, torch.Tensor):
+        return sigma_s * torch.expm1(h)
     return sigma_s * math.expm1(h) if sigma_s > 0 else alpha_s * sigma_t / alpha_t
 
 

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_range
 from ..noise import randn_like
-from .common import GridScalars, model_output, multistep_orders, noise_step_coefficient, report, steps
+from .common import GridScalars, expm1, model_output, multistep_orders, noise_step_coefficient, report, steps
 
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
@@ -180,9 +180,13 @@ def dpm_solver_singlestep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solv
     return x
 
 
-def singlestep_chunk(denoiser, x, c: GridScalars, i: int, k: int, cond: dict, data: bool, m0=None):
-    """One singlestep update of order k from grid[i] to grid[i+k]; returns (x_s, model output at t).
-    ``m0``: the model output at (x, grid[i]) when the caller has it (the ancestral DPM-Solver++(2S))."""
+def singlestep_chunk(denoiser, x, c: GridScalars, i: int, k: int, cond: dict, data: bool, m0=None,
+                     lower: bool = False):
+    """One singlestep update of order k from grid[i] to grid[i+k]; returns (x_s, model output at t),
+    and with ``lower`` also the embedded order k-1 result from the same evaluations (DPM-Solver-1
+    for k = 2, DPM-Solver-2 at r1 for k = 3: the pairs of DPM-Solver-12 / 23, Lu et al. 2022,
+    Sec. 3.4 / App. C). ``m0``: the model output at (x, grid[i]) when the caller has it (the
+    ancestral DPM-Solver++(2S)). ``c``'s entries may be per-sample tensors (dpm-adaptive)."""
     lam = c.log_snr
     h = lam[i + k] - lam[i]
     if m0 is None:
@@ -191,7 +195,7 @@ def singlestep_chunk(denoiser, x, c: GridScalars, i: int, k: int, cond: dict, da
     def first_order(j, rh):
         """The order-1 transfer x_t -> grid[i+j] with lambda step rh, and its phi = expm1(+-rh)."""
         if data:
-            phi = math.expm1(-rh)
+            phi = expm1(-rh)
             return (c.sigma[i + j] / c.sigma[i]) * x - (c.alpha[i + j] * phi) * m0, phi
         phi_s = noise_step_coefficient(c.alpha[i], c.sigma[i], c.alpha[i + j], c.sigma[i + j], rh)
         return (c.alpha[i + j] / c.alpha[i]) * x - phi_s * m0, phi_s
@@ -201,23 +205,22 @@ def singlestep_chunk(denoiser, x, c: GridScalars, i: int, k: int, cond: dict, da
         return c.alpha[i + j] if data else -c.sigma[i + j]
 
     if k == 1:
-        return first_order(1, h)[0], m0
+        return (first_order(1, h)[0], m0) + ((x,) if lower else ())
     r1 = (lam[i + 1] - lam[i]) / h
     u1, _ = first_order(1, r1 * h)
     m1 = model_output(denoiser, u1, c.t[i + 1], cond, data)
     base, phi = first_order(k, h)
+    # DPM-Solver-2 (Alg. 1) / DPM-Solver++(2S) to grid[i+k]: - 1/(2 r1) * (coefficient of m0) * (m1 - m0)
+    second = base - ((c.alpha[i + k] * phi if data else phi) / (2.0 * r1)) * (m1 - m0) if k == 2 or lower else None
     if k == 2:
-        # DPM-Solver-2 (Alg. 1) / DPM-Solver++(2S): - 1/(2 r1) * (coefficient of m0) * (m1 - m0)
-        coef = c.alpha[i + 2] * phi if data else noise_step_coefficient(c.alpha[i], c.sigma[i], c.alpha[i + 2],
-                                                                         c.sigma[i + 2], h)
-        return base - (coef / (2.0 * r1)) * (m1 - m0), m0
+        return (second, m0) + ((base,) if lower else ())
     r2 = (lam[i + 2] - lam[i]) / h
     sgn = -1.0 if data else 1.0
     rh2 = r2 * h
-    phi_22 = math.expm1(sgn * rh2) / (sgn * rh2) - 1.0  # expm1(+-r2 h)/(+-r2 h) - 1
-    phi_2 = math.expm1(sgn * h) / (sgn * h) - 1.0
+    phi_22 = expm1(sgn * rh2) / (sgn * rh2) - 1.0  # expm1(+-r2 h)/(+-r2 h) - 1
+    phi_2 = expm1(sgn * h) / (sgn * h) - 1.0
     u2, _ = first_order(2, rh2)
     u2 = u2 + (scale(2) * (r2 / r1) * phi_22 * sgn) * (m1 - m0)
     m2 = model_output(denoiser, u2, c.t[i + 2], cond, data)
     x_s = base + (scale(3) * phi_2 * sgn / r2) * (m2 - m0)
-    return x_s, m0
+    return (x_s, m0) + ((second,) if lower else ())

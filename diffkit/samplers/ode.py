@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..errors import DiffkitError, check_choice, check_range
+from ..denoiser import Prediction
 from .common import steps
 
 
@@ -72,7 +73,8 @@ def rk_step(tab: Tableau, f, lam: torch.Tensor, y: torch.Tensor, h: torch.Tensor
     return yi, ks[-1], hh * sum((b - bh) * k for b, bh, k in zip(tab.b, tab.b_hat, ks))
 
 
-def _rms(v: torch.Tensor) -> torch.Tensor:
+def rms(v: torch.Tensor) -> torch.Tensor:
+    """Per-row root mean square of a (B, D) tensor, on the CPU."""
     return v.pow(2).mean(dim=1).sqrt().cpu()
 
 
@@ -80,12 +82,32 @@ def _first_step(f, lam0, y0, k0, span: float, rtol: float, atol: float, order: i
     """Per-row initial step (Hairer, Norsett & Wanner I, Sec. II.4, as scipy's ``select_initial_step``):
     h0 = 0.01 ||y0|| / ||f0||, one explicit Euler trial for ||f'||, h = min(100 h0, h1, the interval)."""
     scale = atol + y0.abs() * rtol
-    d0, d1 = _rms(y0 / scale), _rms(k0 / scale)
+    d0, d1 = rms(y0 / scale), rms(k0 / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).clamp(max=span)
-    d2 = _rms((f(lam0 + h0, y0 + h0.to(y0)[:, None] * k0) - k0) / scale) / h0
+    d2 = rms((f(lam0 + h0, y0 + h0.to(y0)[:, None] * k0) - k0) / scale) / h0
     small = (d1 <= 1e-15) & (d2 <= 1e-15)
     h1 = torch.where(small, (h0 * 1e-3).clamp(min=1e-6), (0.01 / torch.maximum(d1, d2)) ** (1 / (order + 1)))
     return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, span))
+
+
+def check_step(name: str, active: torch.Tensor, lam: torch.Tensor, h: torch.Tensor) -> None:
+    """A one-line error when an active row's step ``h`` is below the float spacing at its ``lam``
+    (or not a number): the solve cannot meet its tolerance there."""
+    bad = active & ~(h >= 10 * (torch.nextafter(lam, torch.full_like(lam, math.inf)) - lam))
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise DiffkitError(f"the ODE solve of sample {i} failed ({name}: Required step size is less than "
+                           f"spacing between numbers at lambda={float(lam[i]):.6g}); loosen rtol/atol")
+
+
+def accept_rows(accept: torch.Tensor, lam: torch.Tensor, h: torch.Tensor, lam1: float, *pairs) -> torch.Tensor:
+    """The per-sample bookkeeping of an accepted step: rows where ``accept`` move to lam + h (to lam1
+    exactly when h was the rest of the interval) and take each (state, new state) pair's new rows
+    (in place); returns the new lam."""
+    rows = accept.to(pairs[0][0].device)
+    for state, new in pairs:
+        state[rows] = new[rows]
+    return torch.where(accept, torch.where(h == lam1 - lam, torch.full_like(lam, lam1), lam + h), lam)
 
 
 def _solve(tab: Tableau, f, y: torch.Tensor, lam0: float, lam1: float, rtol: float, atol: float) -> torch.Tensor:
@@ -102,24 +124,63 @@ def _solve(tab: Tableau, f, y: torch.Tensor, lam0: float, lam1: float, rtol: flo
         # network and any wrapper always see the whole batch, whatever per-sample state they hold
         active = ~done
         ha = torch.where(active, torch.minimum(h, lam1 - lam), torch.zeros_like(h))
-        too_small = active & (ha < 10 * (torch.nextafter(lam, torch.full_like(lam, math.inf)) - lam))
-        if too_small.any():
-            i = int(too_small.nonzero()[0, 0])
-            raise DiffkitError(f"the ODE solve of sample {i} failed ({tab.name}: Required step size is less than "
-                               f"spacing between numbers at lambda={float(lam[i]):.6g}); loosen rtol/atol")
+        check_step(tab.name, active, lam, ha)
         y1, k1, err = rk_step(tab, f, lam, y, ha, k)
-        norm = _rms(err / (atol + rtol * torch.maximum(y.abs(), y1.abs())))
+        norm = rms(err / (atol + rtol * torch.maximum(y.abs(), y1.abs())))
         accept = (norm < 1) & active
         grow = (0.9 * norm.pow(-1 / (tab.order + 1))).nan_to_num(nan=0.2, posinf=10.0)
         factor = torch.where(accept, grow.clamp(max=10.0), grow.clamp(min=0.2))
         factor = torch.where(accept & rejected, factor.clamp(max=1.0), factor)
-        ad = accept.to(y.device)
-        y[ad], k[ad] = y1[ad], k1[ad]
-        lam = torch.where(accept, torch.where(ha == lam1 - lam, torch.full_like(lam, lam1), lam + ha), lam)
+        lam = accept_rows(accept, lam, ha, lam1, (y, y1), (k, k1))
         done |= accept & (lam == lam1)
         rejected = torch.where(active, ~accept, rejected)
         h = torch.where(active, ha * factor, h)
     return y
+
+
+def solve_per_sample(denoiser, x: torch.Tensor, grid: torch.Tensor, cond: Optional[dict], callback,
+                     progress: bool, desc: str, solve) -> torch.Tensor:
+    """What the adaptive samplers share: the state in float64 (on the CPU for mps), (B, D); from
+    grid[0] through every grid time with sigma > 0, where ``solve(model, y, lam0, lam1)`` restarts
+    and the callback reports (``{"step", "t", "s", "x", "x0", "nfe"}``: x0 predicted at t, network
+    calls so far); a grid that ends at clean data ends with the x0 prediction at the time before.
+    ``model(ys, t)`` is one network call on all rows, row i at time t[i] (clamped to the interval:
+    round-off of the inverse map), returning eps and x0 as float64 (B, D) tensors."""
+    cond = cond or {}
+    schedule = denoiser.schedule
+    times = torch.as_tensor(grid, dtype=torch.float64)
+    lam = schedule.log_snr(times).tolist()
+    if not math.isfinite(lam[0]):
+        raise DiffkitError(f"the ODE cannot start at t={float(times[0]):g}, where alpha_bar = 0 (lambda = -inf); "
+                           f"start below it")
+    shape, batch = x.shape, x.shape[0]
+    work = torch.device("cpu") if x.device.type == "mps" else x.device  # mps has no float64
+    y = x.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
+    calls, first_x0, span = [0], [None], [0.0, 0.0]
+
+    def model(ys: torch.Tensor, t: torch.Tensor) -> Prediction:
+        pred = denoiser(ys.reshape(-1, *shape[1:]).to(device=x.device, dtype=x.dtype), t.clamp(*span), **cond)
+        calls[0] += 1
+        if first_x0[0] is None:  # the first call of a solve: every row at its start
+            first_x0[0] = pred.x0
+
+        def rows(v):
+            return v.detach().to(device=work, dtype=torch.float64).reshape(len(ys), -1)
+        return Prediction(eps=rows(pred.eps), x0=rows(pred.x0))
+
+    for i in steps(times, progress, desc):
+        if math.isinf(lam[i + 1]):  # to clean data: the x0 prediction at grid[i]
+            x0 = denoiser(y.reshape(shape).to(device=x.device, dtype=x.dtype), float(times[i]), **cond).x0
+            calls[0] += 1
+            y = x0.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
+        else:
+            first_x0[0], span[:] = None, [float(times[i + 1]), float(times[i])]
+            y = solve(model, y, lam[i], lam[i + 1])
+            x0 = first_x0[0]
+        if callback is not None:
+            callback({"step": i, "t": float(times[i]), "s": float(times[i + 1]),
+                      "x": y.reshape(shape).to(device=x.device, dtype=x.dtype), "x0": x0, "nfe": calls[0]})
+    return y.reshape(shape).to(device=x.device, dtype=x.dtype)
 
 
 def ode(denoiser, x: torch.Tensor, grid: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
@@ -134,38 +195,13 @@ def ode(denoiser, x: torch.Tensor, grid: torch.Tensor, *, rtol: float = 1e-5, at
     check_range("rtol", rtol, 0.0, None, low_inclusive=False)
     check_range("atol", atol, 0.0, None, low_inclusive=False)
     check_choice("method", method, METHODS)
-    cond = cond or {}
     schedule = denoiser.schedule
-    times = torch.as_tensor(grid, dtype=torch.float64)
-    lam = schedule.log_snr(times).tolist()
-    if not math.isfinite(lam[0]):
-        raise DiffkitError(f"the ODE cannot start at t={float(times[0]):g}, where alpha_bar = 0 (lambda = -inf); "
-                           f"start below it")
-    shape, batch = x.shape, x.shape[0]
-    work = torch.device("cpu") if x.device.type == "mps" else x.device  # mps has no float64
-    y = x.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
-    calls, first_x0, span = [0], [None], [0.0, 0.0]
 
-    def f(lams: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """dx/dlambda = sigma^2 x - sigma eps_hat for every row, each at its own lambda."""
-        t = schedule.t_from_log_snr(lams).clamp(*span)  # round-off of the inverse map: not past the ends
-        pred = denoiser(ys.reshape(-1, *shape[1:]).to(device=x.device, dtype=x.dtype), t, **cond)
-        calls[0] += 1
-        if first_x0[0] is None:  # the first call of a solve: every row at its start
-            first_x0[0] = pred.x0
-        sigma = torch.sigmoid(-2.0 * lams).sqrt().to(work)[:, None]
-        return sigma * sigma * ys - sigma * pred.eps.detach().to(device=work, dtype=torch.float64).reshape(len(ys), -1)
-
-    for i in steps(times, progress, "ode"):
-        if math.isinf(lam[i + 1]):  # to clean data: the x0 prediction at grid[i]
-            x0 = denoiser(y.reshape(shape).to(device=x.device, dtype=x.dtype), float(times[i]), **cond).x0
-            calls[0] += 1
-            y = x0.detach().to(device=work, dtype=torch.float64).reshape(batch, -1)
-        else:
-            first_x0[0], span[:] = None, [float(times[i + 1]), float(times[i])]
-            y = _solve(METHODS[method], f, y, lam[i], lam[i + 1], rtol, atol)
-            x0 = first_x0[0]
-        if callback is not None:
-            callback({"step": i, "t": float(times[i]), "s": float(times[i + 1]),
-                      "x": y.reshape(shape).to(device=x.device, dtype=x.dtype), "x0": x0, "nfe": calls[0]})
-    return y.reshape(shape).to(device=x.device, dtype=x.dtype)
+    def solve(model, y, lam0, lam1):
+        def f(lams: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+            """dx/dlambda = sigma^2 x - sigma eps_hat for every row, each at its own lambda."""
+            eps = model(ys, schedule.t_from_log_snr(lams)).eps
+            sigma = torch.sigmoid(-2.0 * lams).sqrt().to(ys)[:, None]
+            return sigma * sigma * ys - sigma * eps
+        return _solve(METHODS[method], f, y, lam0, lam1, rtol, atol)
+    return solve_per_sample(denoiser, x, grid, cond, callback, progress, "ode", solve)

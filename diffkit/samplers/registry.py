@@ -10,6 +10,7 @@ from ..errors import DiffkitError, check_choice, check_range
 from .ddim import ddim
 from .ddpm import ddpm
 from .deis import deis
+from .dpm_adaptive import dpm_adaptive
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
 from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
 from .ode import ode
@@ -25,7 +26,7 @@ class SamplerInfo:
 
     name: str
     fn: Callable
-    order: Union[int, str]  # "adaptive": the sampler picks its own steps (ode); steps / nfe do not apply
+    order: Union[int, str]  # "adaptive": the sampler picks its own steps (ode, dpm-adaptive); steps / nfe do not apply
     calls_per_step: int
     stochastic: bool
     description: str
@@ -309,5 +310,10 @@ register(SamplerInfo("pc", pc, order=1, calls_per_step=2, stochastic=True,
 register(SamplerInfo("ode", ode, order="adaptive", calls_per_step=0, stochastic=False,
                      description="probability-flow ODE by Dormand-Prince RK45 (rtol = atol = 1e-5; Song et al. 2021, "
                                  "Sec. 4.3), per-sample steps, in log-SNR",
+                     default_spacing="adaptive", default_final="zero",
+                     nfe_rule="set by rtol/atol (adaptive)"))
+register(SamplerInfo("dpm-adaptive", dpm_adaptive, order="adaptive", calls_per_step=0, stochastic=False,
+                     description="DPM-Solver-23 with adaptive steps in lambda (Lu et al. 2022, Alg. 4; rtol 0.05, "
+                                 "atol 0.0078), per-sample steps",
                      default_spacing="adaptive", default_final="zero",
                      nfe_rule="set by rtol/atol (adaptive)"))
