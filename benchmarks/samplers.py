@@ -180,6 +180,8 @@ def diffusers_configs():
                 {"solver_order": 2, "solver_type": "heun", "use_karras_sigmas": True}, True))
     cfg.append(("SDE-DPM++2M[zero,karras]", "DPMSolverMultistepScheduler",
                 {"solver_order": 2, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, False))
+    cfg.append(("SDE-DPM++3M[zero,karras]", "DPMSolverMultistepScheduler",  # (its D2 weight: docs/samplers.md)
+                {"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, False))
     for order in (2, 3):
         for sname in ("", ",karras"):
             cfg.append((f"DPM-single{order}[{sname[1:] or 'default'}]", "DPMSolverSinglestepScheduler",
@@ -277,7 +279,10 @@ def overhead(repeats: int = 7) -> dict:
              "unipc": ("UniPCMultistepScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
              "heun": ("HeunDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
              "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
-             "dpm2": ("KDPM2DiscreteScheduler", {}), "dpm2-ancestral": ("KDPM2AncestralDiscreteScheduler", {})}
+             "dpm2": ("KDPM2DiscreteScheduler", {}), "dpm2-ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+             "deis": ("DEISMultistepScheduler", {}),
+             "sde-dpm-solver++-3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "solver_type": "heun",
+                                                                     "algorithm_type": "sde-dpmsolver++"})}
 
     def run_diffkit(name, steps):
         t0 = time.perf_counter()

@@ -27,8 +27,8 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         sampler: a name from ``diffkit samplers`` (``diffkit.samplers.REGISTRY``), or
             ``NAME[@SPACING][:FINAL]`` with the grid in it (``"unipc:zero"``, ``"ddim@trailing"``).
         steps / nfe: the step count, or the number of network evaluations to spend (one of the two;
-            default 50 steps). The adaptive ``ode`` sampler picks its own steps and takes neither
-            (nor ``spacing``): its ``rtol`` / ``atol`` options set its accuracy.
+            default 50 steps). The adaptive ``ode`` and ``dpm-adaptive`` samplers pick their own steps and
+            take neither (nor ``spacing``): their ``rtol`` / ``atol`` options set their accuracy.
         spacing, final: the time grid (see :mod:`diffkit.timesteps`); defaults per sampler.
             ``logsnr_graded`` is graded at the denoiser's ``data_scale`` when it has one
             (:func:`diffkit.timesteps.grade_sigmas_for`; diffkit checkpoints record it).
