@@ -191,7 +191,7 @@ def kept_noise_options(name: str, options: dict, denoiser) -> tuple:
     state distributed as q(x_s | x_known) = N(alpha_s x_known, sigma_s^2 I) (docs/editing.md, "The
     kept region's noise"; ``benchmarks/inpainting_kept_variance.py``). A step does where it draws
     x_s from the posterior q(x_s | x_t, x_0 = x_known) or keeps x's noise: the ODE samplers, DDIM
-    with a number eta, the ancestral samplers and churn with ``s_noise`` 1, SDE-DPM-Solver++, and
+    with a number eta, the ancestral samplers and churn with ``s_noise`` 1, SDE-DPM-Solver++ (2M, 3M), and
     DDPM through :class:`InpaintingDenoiser`'s variance: its ``variance_type`` (default the model's,
     :func:`~diffkit.denoiser.model_variance_type`) is passed as ``learned_range``, with
     ``fixed_large`` set for beta; ddim's ``eta="sigma_hat"`` (DDPM steps with beta) runs as that.
@@ -205,7 +205,7 @@ def kept_noise_options(name: str, options: dict, denoiser) -> tuple:
         variance = options.get("variance_type") or model_variance_type(denoiser)
         fixed_large = variance == "fixed_large"
         options["variance_type"] = "learned_range" if fixed_large else variance
-    allowed = "ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver++-2m"
+    allowed = "ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver++-2m/-3m"
     if name == "pc":
         raise DiffkitError(f"sampler 'pc' (its predictor's and Langevin corrector's noise) does not keep the kept "
                            f"region distributed as q(x_t | x_known); inpainting takes {allowed}")

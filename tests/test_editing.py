@@ -451,7 +451,8 @@ DEN_VLB_LARGE.meta = {"config": {"fixed_variance": "fixed_large"}}  # a loss="vl
     (DEN_DIAG, "ddpm", {}), (DEN_DIAG, "ddim", {"eta": 1.0}), (DEN_DIAG, "euler-ancestral", {}),
     (DEN_DIAG, "dpm2-ancestral", {}), (DEN_DIAG, "dpm-solver++-2s-ancestral", {}),
     (DEN_DIAG, "sde-dpm-solver++-2m", {}), (DEN_DIAG, "euler", {"s_churn": 40.0}), (DEN_DIAG, "unipc", {}),
-    (DEN_DIAG, "dpm-solver++-2m", {}), (DEN_DIAG, "heun", {})])
+    (DEN_DIAG, "dpm-solver++-2m", {}), (DEN_DIAG, "heun", {}), (DEN_DIAG, "sde-dpm-solver++-3m", {}),
+    (DEN_DIAG, "deis-3", {})])
 def test_the_kept_region_stays_a_noised_copy_of_the_known_pixels(den, sampler, options):
     """x_s ~ q(x_s | x_known) in the kept region after every step (docs/editing.md, "The kept
     region's noise"): the normalised variance within 5 standard errors of 1 (8000 values). Before
@@ -484,7 +485,7 @@ def test_the_reverse_variance_is_the_posterior_one_in_the_kept_region_only():
 
 @pytest.mark.parametrize("sampler,options,message", [
     ("pc", {}, r"sampler 'pc' .*does not keep the kept region distributed as q\(x_t \| x_known\); inpainting takes "
-               r"ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver\+\+-2m"),
+               r"ddpm, ddim, an ODE sampler, an ancestral one or sde-dpm-solver\+\+-2m/-3m"),
     ("pc", {"predictor": "ancestral"}, r"sampler 'pc'"),
     ("euler-ancestral", {"s_noise": 1.05}, r"s_noise=1.05 .*inpainting takes s_noise=1"),
     ("heun", {"s_churn": 10.0, "s_noise": 1.007}, r"s_noise=1.007"),
