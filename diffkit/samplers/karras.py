@@ -16,6 +16,7 @@ sigma~ (the network is defined for t <= T-1 only). Default grid: ``spacing="karr
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -39,7 +40,6 @@ class _KarrasGrid:
         self.schedule = schedule
         self.sigma_max = schedule.karras_sigma(schedule.num_timesteps - 1).item()
         self._times: dict = {}
-        self._scales: dict = {}
         self._scale_as_tensor = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
         self._dtype = x.dtype
 
@@ -52,18 +52,11 @@ class _KarrasGrid:
             self._times.update(zip(new, ts))
 
     def vp_scale(self, sigma: float):
-        """alpha = 1/sqrt(1 + sigma~^2), the factor from x~ to the VP state alpha x~, made once per
-        sigma~: on the CPU, a 0-dim tensor of the state's dtype (float32 or float64). Multiplying by
-        it is bitwise multiplying by the Python float (the kernel casts that scalar to the state's
-        dtype as well) without wrapping a Python scalar into a tensor at every call (about 1.5 us of
-        a ~12 us Heun call, ``benchmarks/samplers.py --overhead-only``)."""
-        scale = self._scales.get(sigma)
-        if scale is None:
-            scale = 1.0 / math.sqrt(1.0 + sigma * sigma)
-            if self._scale_as_tensor:
-                scale = torch.tensor(scale, dtype=self._dtype)
-            self._scales[sigma] = scale
-        return scale
+        """alpha = 1/sqrt(1 + sigma~^2), the factor from x~ to the VP state alpha x~: on the CPU, a
+        0-dim tensor of the state's dtype (float32 or float64; :func:`_vp_scale_tensor`)."""
+        if self._scale_as_tensor:
+            return _vp_scale_tensor(sigma, self._dtype)
+        return 1.0 / math.sqrt(1.0 + sigma * sigma)
 
     def time_of(self, sigma: float) -> float:
         t = self._times.get(sigma)
@@ -74,6 +67,18 @@ class _KarrasGrid:
         the ancestral ones' sqrt(sigma sigma_down) equals sigma_{i+1} at eta = 1, since sigma_down =
         sigma_{i+1}^2/sigma there), so the max only removes rounding below the grid (t < 0 at sigma_min)."""
         return max(self.time_of(sigma_mid), self.t[i + 1])
+
+
+@functools.lru_cache(maxsize=8192)
+def _vp_scale_tensor(sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """1/sqrt(1 + sigma~^2) as a 0-dim CPU tensor of ``dtype``, made once per sigma~ (kept across
+    runs, as the Denoiser keeps its per-time coefficients: batches and runs on one grid reuse them).
+    Multiplying a state of that dtype by it is bitwise multiplying by the Python float (the kernel
+    casts that scalar to the state's dtype as well), without wrapping a Python scalar into a tensor
+    at every call (about 1.5 us of a ~12 us Heun call, ``benchmarks/samplers.py --overhead-only``).
+    Made outside inference mode, so a run with autograd may use what a run in inference mode made."""
+    with torch.inference_mode(False):
+        return torch.tensor(1.0 / math.sqrt(1.0 + sigma * sigma), dtype=dtype)
 
 
 def _eps(kg: _KarrasGrid, denoiser, x_tilde: torch.Tensor, t: float, sigma: float, cond: dict) -> torch.Tensor:
