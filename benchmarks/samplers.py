@@ -25,12 +25,15 @@ Run (about 30-45 minutes on 2 CPU cores; a third of that per seed):
     PYTHONPATH=. python benchmarks/samplers.py --mixtures 0 --out OUT0   (1 and 2 with --no-overhead)
     PYTHONPATH=. python benchmarks/samplers.py --merge OUT0/samplers.json OUT1/samplers.json OUT2/samplers.json
     PYTHONPATH=. python benchmarks/samplers.py --overhead-only --out OUTO   # alone, on a quiet machine
+    PYTHONPATH=. python benchmarks/samplers.py --overhead-only --overhead-clock thread --out OUTO   # a loaded one
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import random
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -265,10 +268,20 @@ def run_diffusers(cls_name: str, kwargs: dict, steps: int, x_T: torch.Tensor, ep
 
 
 # ---------------------------------------------------------------- overhead
-def overhead(repeats: int = 7) -> dict:
+OVERHEAD_CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def overhead(repeats: int = 15, clock: str = "wall") -> dict:
     """Per-step cost with a model that costs nothing (returns zeros), batch 4 x 16: the slope of
-    wall time between 20 and 100 model calls, so the once-per-run setup (grid, coefficients;
-    set_timesteps) is not counted; best of ``repeats``."""
+    time between 20 and 100 model calls (10 and 50 steps of the two-call samplers), so the
+    once-per-run setup (grid, coefficients; set_timesteps) is not counted. Each of ``repeats``
+    rounds times the four runs (diffkit and diffusers, few and many steps) once, in a random
+    order, and gives one slope per library; the figures are the medians over the rounds (a load
+    that comes and goes moves a few rounds, not the median; the best of each run count measured
+    apart, as before 5 December 2026, made slopes of 8 and 32 us from one code). ``clock``:
+    ``wall`` (time.perf_counter), or ``thread``, this thread's CPU time (time.thread_time; one
+    thread with OMP_NUM_THREADS=1): what other processes add by preempting the run is not counted."""
+    now = OVERHEAD_CLOCKS[clock]
     schedule = NoiseSchedule.linear()
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
     den = Denoiser(zero, schedule)
@@ -285,32 +298,42 @@ def overhead(repeats: int = 7) -> dict:
                                                                      "algorithm_type": "sde-dpmsolver++"})}
 
     def run_diffkit(name, steps):
-        t0 = time.perf_counter()
+        t0 = now()
         sample(den, x0, sampler=name, steps=steps, progress=False)
-        return time.perf_counter() - t0
+        return now() - t0
 
     def run_diffusers(cls_name, kw, steps):
         sched = make_scheduler(cls_name, kw)
-        t0 = time.perf_counter()
+        t0 = now()
         sched.set_timesteps(steps)
         x = x0 * sched.init_noise_sigma
         for t in sched.timesteps:
             xin = sched.scale_model_input(x, t)
             x = sched.step(zero(xin, t), t, x).prev_sample
-        return time.perf_counter() - t0, len(sched.timesteps)
+        return now() - t0, len(sched.timesteps)
 
     out = {}
+    order = random.Random(0)
     for name, (cls_name, kw) in pairs.items():
         info = REGISTRY[name]
         lo, hi = (10, 50) if info.calls_per_step == 2 else (20, 100)
-        dk = {s: min(run_diffkit(name, s) for _ in range(repeats)) for s in (lo, hi)}
-        df = {s: min(run_diffusers(cls_name, kw, s) for _ in range(repeats)) for s in (lo, hi)}
-        dk_per = (dk[hi] - dk[lo]) / (info.nfe(hi) - info.nfe(lo))
-        df_per = (df[hi][0] - df[lo][0]) / (df[hi][1] - df[lo][1])
-        out[name] = {"diffusers": cls_name, "diffkit_us_per_call": 1e6 * dk_per,
-                     "diffusers_us_per_call": 1e6 * df_per, "ratio": dk_per / df_per,
-                     "diffkit_setup_us": 1e6 * (dk[lo] - info.nfe(lo) * dk_per),
-                     "diffusers_setup_us": 1e6 * (df[lo][0] - df[lo][1] * df_per)}
+        runs = [("diffkit", lo), ("diffkit", hi), ("diffusers", lo), ("diffusers", hi)]
+        dk_per, df_per, dk_lo, df_lo = [], [], [], []
+        for _ in range(repeats):
+            took = {}
+            for lib, steps in order.sample(runs, len(runs)):
+                took[lib, steps] = ((run_diffkit(name, steps), info.nfe(steps)) if lib == "diffkit"
+                                    else run_diffusers(cls_name, kw, steps))
+            for lib, per, first in (("diffkit", dk_per, dk_lo), ("diffusers", df_per, df_lo)):
+                (t_lo, n_lo), (t_hi, n_hi) = took[lib, lo], took[lib, hi]
+                per.append((t_hi - t_lo) / (n_hi - n_lo))
+                first.append((t_lo, n_lo))
+        dk, df = statistics.median(dk_per), statistics.median(df_per)
+        out[name] = {"diffusers": cls_name, "diffkit_us_per_call": 1e6 * dk,
+                     "diffusers_us_per_call": 1e6 * df, "ratio": dk / df,
+                     "diffkit_setup_us": 1e6 * statistics.median(t - n * dk for t, n in dk_lo),
+                     "diffusers_setup_us": 1e6 * statistics.median(t - n * df for t, n in df_lo),
+                     "clock": clock, "rounds": repeats}
     return out
 
 
@@ -516,7 +539,8 @@ def write_outputs(results, over, nfes, out_dir: Path):
                     cells.append(f"{r['excess_fd']:.1e}" + (f" / {r['rms']:.1e}" if r["rms"] is not None else ""))
             md.append(f"| {lib} | {name} | " + " | ".join(cells) + " |")
         md += ["", "</details>", ""]
-    md += ["## Per-step overhead (model returning zeros, batch 4x16; slope between 20 and 100 calls)", "",
+    how = next((f"; median of {o['rounds']} rounds, {o['clock']} clock" for o in over.values() if "rounds" in o), "")
+    md += [f"## Per-step overhead (model returning zeros, batch 4x16; slope between 20 and 100 calls{how})", "",
            "| diffkit sampler | diffusers scheduler | diffkit us/call | diffusers us/call | ratio | "
            "diffkit setup us | diffusers setup us |", "|---|---|---|---|---|---|---|"]
     for name, o in over.items():
@@ -598,6 +622,9 @@ def main(argv=None):
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-step overhead measurement")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the per-step overhead (needs a quiet machine); --merge it with mixture runs")
+    parser.add_argument("--overhead-clock", choices=sorted(OVERHEAD_CLOCKS), default="wall",
+                        help="time the overhead by the wall clock (default) or by this thread's CPU time "
+                             "(what a loaded machine's other processes add is not counted)")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="only merge the samplers.json of separate runs (e.g. one per mixture) into --out")
     args = parser.parse_args(argv)
@@ -617,7 +644,7 @@ def main(argv=None):
         print((args.out / "samplers.md").read_text())
         return
     if args.overhead_only:
-        write_outputs([], overhead(), NFES, args.out)
+        write_outputs([], overhead(clock=args.overhead_clock), NFES, args.out)
         print((args.out / "samplers.md").read_text())
         return
     n, seeds, nfes, mixtures = run_settings(args, parser)
@@ -625,7 +652,7 @@ def main(argv=None):
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)
         results.append(benchmark(mix, n, nfes, lambda s: print(s, flush=True), seeds))
-    over = {} if args.no_overhead else overhead()
+    over = {} if args.no_overhead else overhead(clock=args.overhead_clock)
     write_outputs(results, over, nfes, args.out)
     print((args.out / "samplers.md").read_text())
 

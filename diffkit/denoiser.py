@@ -184,7 +184,9 @@ class Denoiser:
                                f"input {tuple(x.shape)} (unwrap e.g. diffusers' output with return_dict=False)")
         # a CUDA graph (compile mode reduce-overhead) writes every replay's output into the same
         # buffer: multistep samplers keep earlier outputs, so those are copied out of it
-        out = out.to(x.dtype, copy=self.compiled == "reduce-overhead" and out.device.type == "cuda")
+        copy = self.compiled == "reduce-overhead" and out.device.type == "cuda"
+        if copy or out.dtype != x.dtype:  # (a no-op .to still costs about 1 us a call)
+            out = out.to(x.dtype, copy=copy)
         self.nfe += 1
         var_values = None
         if self.learned_variance:

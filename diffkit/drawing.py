@@ -31,14 +31,16 @@ class Batch:
 
 @dataclass
 class Drawn:
-    """What :func:`draw_samples` did: the batch size it started with, the batches it finished,
-    their network calls and the network evaluations per sample (:func:`nfe_per_sample`). An
-    attempt that ran out of memory and the batch-size probe count in neither."""
+    """What :func:`draw_samples` did: the batch size it ended with (``first_batch_size`` halved
+    by each out of memory, :class:`diffkit.memory.RetryingBatches`), the batches it finished, their
+    network calls and the network evaluations per sample (:func:`nfe_per_sample`). An attempt that
+    ran out of memory and the batch-size probe count in neither."""
 
     batch_size: int
     batches: int
     calls: int
     nfe: Optional[Union[int, float]]
+    first_batch_size: int
 
 
 def nfe_per_sample(costs) -> Optional[Union[int, float]]:
@@ -116,12 +118,13 @@ def draw_samples(denoiser, num: int, shape, *, seed: int = 0, sampler: str = "dd
         batch_size = auto_batch_size(lambda n: generate(0, n, probe=True), device, limit=num,
                                      sample_numel=math.prod(shape))
     costs = []  # (samples, calls) of each finished batch
-    for _, batch in batches_with_oom_retry(generate, num, batch_size):
+    batches = batches_with_oom_retry(generate, num, batch_size)
+    for _, batch in batches:
         if batch is not None:
             costs.append((batch.images.shape[0], batch.nfe))
             if sink is not None:
                 sink(batch)
-    return Drawn(batch_size, len(costs), sum(calls for _, calls in costs), nfe_per_sample(costs))
+    return Drawn(batches.batch_size, len(costs), sum(calls for _, calls in costs), nfe_per_sample(costs), batch_size)
 
 
 __all__ = ["Batch", "Drawn", "draw_samples", "nfe_per_sample"]

@@ -15,7 +15,8 @@ Metric names (``METRICS``):
   all t < ``dense_below`` and every ``stride``-th t above (:func:`strided_timesteps`).
 * ``rate-distortion`` - DDPM Sec. 4.3 / Fig. 5 on the same images and strided t: the bits sent by
   t against the RMSE of the x_0 prediction from x_t ([0, 255] scale), per t
-  (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound.
+  (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound. Asked together,
+  the two are one pass of the strided bound (:func:`diffkit.likelihood.bound_in_batches`).
 
 Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
 no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
@@ -352,22 +353,20 @@ def nll_bits_per_dim(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequ
     generator (seed ``seed + i``, :func:`diffkit.noise.generators_from_seed`), so the value does not
     depend on ``batch_size``.
     """
-    from .denoiser import network_device
-    from .likelihood import variational_bound
-    from .noise import generators_from_seed
+    from .likelihood import bound_in_batches
     check_sample_count(int(images.shape[0]), "NLL images")
-    device = network_device(denoiser)
-    generators = generators_from_seed(seed, int(images.shape[0]))
-    totals, start_time = [], time.perf_counter()
-    for start in range(0, images.shape[0], batch_size):
-        x0 = images[start:start + batch_size].to(device)
-        totals.append(variational_bound(denoiser, x0, timesteps=timesteps, generator=generators[start:start + batch_size],
-                                        progress=progress).total)
-    total = torch.cat(totals).double()
+    start = time.perf_counter()
+    parts = bound_in_batches(denoiser, images, timesteps=timesteps, seed=seed, batch_size=batch_size, progress=progress)
+    return {**bound_summary(parts), "seconds": time.perf_counter() - start}
+
+
+def bound_summary(parts) -> dict:
+    """bpd (the mean bound), its standard error, the images and the t evaluated of a bound computed
+    in batches (:func:`diffkit.likelihood.bound_in_batches`)."""
+    total = torch.cat([p.total for p in parts]).double()
     n = int(total.numel())
-    num_t = denoiser.schedule.num_timesteps if timesteps is None else len(timesteps)
     return {"bpd": float(total.mean()), "sem": float(total.std() / math.sqrt(n)) if n > 1 else float("nan"),
-            "num_images": n, "timesteps_evaluated": num_t, "seconds": time.perf_counter() - start_time}
+            "num_images": n, "timesteps_evaluated": int(parts[0].timesteps.numel())}
 
 
 # ---------------------------------------------------------------------------- output
@@ -553,20 +552,20 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     if set(names) & set(NLL_METRICS):
         if "nll" in names:
             results["nll"] = nll_bits_per_dim(denoiser, nll_images, batch_size=batch_size, seed=seed, progress=progress)
-        if "nll-strided" in names:
-            ts = strided_timesteps(denoiser.schedule.num_timesteps, nll_dense_below, nll_stride)
-            results["nll-strided"] = nll_bits_per_dim(denoiser, nll_images, timesteps=ts, batch_size=batch_size,
-                                                  seed=seed, progress=progress)
-            results["nll-strided"].update(dense_below=nll_dense_below, stride=nll_stride)
-            if "nll" in results:
-                results["nll-strided"]["minus_full"] = results["nll-strided"]["bpd"] - results["nll"]["bpd"]
-        if "rate-distortion" in names:
-            from .progressive import rate_distortion
+        if {"nll-strided", "rate-distortion"} & set(names):  # one pass of the strided bound serves both
+            from .likelihood import bound_in_batches
+            from .progressive import rate_distortion_of
+            T = denoiser.schedule.num_timesteps
+            ts = strided_timesteps(T, nll_dense_below, nll_stride)
             start = time.perf_counter()
-            ts = strided_timesteps(denoiser.schedule.num_timesteps, nll_dense_below, nll_stride)
-            rd = rate_distortion(denoiser, nll_images, timesteps=ts, seed=seed, batch_size=batch_size, progress=progress)
-            results["rate-distortion"] = {**rd.as_dict(), "num_timesteps": denoiser.schedule.num_timesteps,
-                                          "dense_below": nll_dense_below, "stride": nll_stride,
-                                          "seconds": time.perf_counter() - start}
+            parts = bound_in_batches(denoiser, nll_images, timesteps=ts, seed=seed, batch_size=batch_size,
+                                     progress=progress)
+            strided = dict(dense_below=nll_dense_below, stride=nll_stride, seconds=time.perf_counter() - start)
+            if "nll-strided" in names:
+                results["nll-strided"] = {**bound_summary(parts), **strided}
+                if "nll" in results:
+                    results["nll-strided"]["minus_full"] = results["nll-strided"]["bpd"] - results["nll"]["bpd"]
+            if "rate-distortion" in names:
+                results["rate-distortion"] = {**rate_distortion_of(parts, T).as_dict(), "num_timesteps": T, **strided}
         results = {m: results[m] for m in names if m in results}
     return {"metrics": results, "settings": settings}

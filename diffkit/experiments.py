@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,7 +118,7 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 missing.append(f"{_row_name(row)}@{steps}")
                 continue
             try:
-                reused = cache.loaded if cache is not None else 0
+                reused, stored = (cache.loaded, cache.saved) if cache is not None else (0, 0)
                 images, nfe[i][j] = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
                                                      batch_size=batch_size, labels=labels, device=device,
                                                      cache=cache, return_nfe=True, **options)
@@ -133,8 +132,10 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
             if ledger is not None:
                 ledger.put(settings, num, seed, scores, nfe[i][j])
             if progress:
-                batches = math.ceil(num / batch_size)
-                note = f" ({cache.loaded - reused} of {batches} batches from the cache)" if cache is not None else ""
+                note = ""
+                if cache is not None:  # each batch read from it or stored in it (the sizes out-of-memory halvings left)
+                    loaded = cache.loaded - reused
+                    note = f" ({loaded} of {loaded + cache.saved - stored} batches from the cache)"
                 print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g}{note}", flush=True)
     if cache is not None:
         notes.append(f"sample cache {cache_dir}: {cache.loaded} batches reused, {cache.saved} sampled and stored")

@@ -71,6 +71,27 @@ def variational_bound(denoiser, x0: torch.Tensor, *, variance_type: Optional[str
                      x0_mse=x0_mse)
 
 
+def bound_in_batches(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequence[int]] = None, seed: int = 0,
+                     batch_size: int = 100, cond: Optional[dict] = None, progress: bool = False) -> list[VLBResult]:
+    """:func:`variational_bound` of ``images`` batch by batch (one :class:`VLBResult` each; ``cond``'s
+    tensors split with them). Image i's noise comes from its own generator (seed ``seed + i``,
+    :func:`diffkit.noise.generators_from_seed`), so nothing depends on ``batch_size``; one pass serves
+    both the bound (:func:`diffkit.evaluation.bound_summary`) and the rate-distortion curve
+    (:func:`diffkit.progressive.rate_distortion_of`)."""
+    from .denoiser import network_device
+    from .noise import generators_from_seed
+    device = network_device(denoiser)
+    generators = generators_from_seed(seed, int(images.shape[0]))
+    parts = []
+    for start in range(0, images.shape[0], batch_size):
+        part_cond = None if cond is None else {k: v[start:start + batch_size] if isinstance(v, torch.Tensor) else v
+                                               for k, v in cond.items()}
+        parts.append(variational_bound(denoiser, images[start:start + batch_size].to(device), timesteps=timesteps,
+                                       generator=generators[start:start + batch_size], cond=part_cond,
+                                       progress=progress))
+    return parts
+
+
 def _sum_weights(ts: torch.Tensor, T: int) -> torch.Tensor:
     """Weights w_j with sum_t f(t) ~ f(0) + sum_j w_j f(t_j) over t = 1..T-1: the trapezoid rule
     between evaluated points, plus half a step at each end and constant extension to 1 and T-1.

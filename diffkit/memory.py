@@ -259,35 +259,46 @@ def is_out_of_memory(err: BaseException) -> bool:
                                                        and str(err).startswith("MPS backend out of memory"))
 
 
-def batches_with_oom_retry(generate: Callable, num: int, batch_size: int) -> Iterator[tuple]:
-    """Yield ``(start, *generate(start, n))`` over ``num`` samples in batches of ``batch_size``.
+class RetryingBatches:
+    """``for start, *result in RetryingBatches(generate, num, batch_size)``: ``generate(start, n)``
+    over ``num`` samples in batches of ``batch_size``.
 
     When a batch runs out of accelerator memory (:func:`is_out_of_memory`), the batch size is
     halved and the same samples are drawn again, with a warning; samples that depend only on
-    their index (per-sample generators, ``seed + i``) come out the same. A CPU out of memory is
-    not caught: the kernel may end the process before torch sees it."""
-    check_range("batch_size", batch_size, 1, None, integer=True)
-    start = 0
-    while start < num:
-        n = min(batch_size, num - start)
-        try:
-            result = generate(start, n)
-        except RuntimeError as err:
-            if not is_out_of_memory(err):
-                raise
-            if n == 1:
-                raise DiffkitError("out of memory with a batch of one sample; free the device or use a smaller "
-                                   "model or precision (--mixed-precision)") from None
-            batch_size = max(1, n // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-                torch.mps.empty_cache()
-            print(f"diffkit: warning: out of memory with a batch of {n}; retrying with {batch_size}", file=sys.stderr)
-            continue
-        yield (start, *result)
-        start += n
+    their index (per-sample generators, ``seed + i``) come out the same. ``batch_size`` is the
+    size in use: the one given, or what the halvings left. A CPU out of memory is not caught: the
+    kernel may end the process before torch sees it."""
+
+    def __init__(self, generate: Callable, num: int, batch_size: int):
+        check_range("batch_size", batch_size, 1, None, integer=True)
+        self.generate, self.num, self.batch_size = generate, num, batch_size
+
+    def __iter__(self) -> Iterator[tuple]:
+        start = 0
+        while start < self.num:
+            n = min(self.batch_size, self.num - start)
+            try:
+                result = self.generate(start, n)
+            except RuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise
+                if n == 1:
+                    raise DiffkitError("out of memory with a batch of one sample; free the device or use a smaller "
+                                       "model or precision (--mixed-precision)") from None
+                self.batch_size = max(1, n // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                    torch.mps.empty_cache()
+                print(f"diffkit: warning: out of memory with a batch of {n}; retrying with {self.batch_size}",
+                      file=sys.stderr)
+                continue
+            yield (start, *result)
+            start += n
+
+
+batches_with_oom_retry = RetryingBatches  # the name its callers know
 
 
 __all__ = ["LiveTensorBytes", "peak_bytes", "probe_costs", "available_bytes", "auto_batch_size", "batches_with_oom_retry",
-           "MEMORY_SHARE", "MAX_AUTO_BATCH", "PROBE_SAMPLING"]
+           "RetryingBatches", "MEMORY_SHARE", "MAX_AUTO_BATCH", "PROBE_SAMPLING"]

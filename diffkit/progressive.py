@@ -181,32 +181,29 @@ def rate_distortion(denoiser, images: torch.Tensor, *, timesteps: Optional[Seque
     terms between evaluated t as the bound's trapezoid rule does (:func:`diffkit.likelihood.tail_sums`),
     so the rate after L_0 is the strided bound. The distortion pools the squared error over
     images and dimensions before the square root. Image i's noise comes from seed + i."""
-    from .denoiser import network_device
-    from .likelihood import tail_sums, variational_bound
-    from .noise import generators_from_seed
+    from .likelihood import bound_in_batches
     if not isinstance(images, torch.Tensor) or images.ndim < 2 or images.shape[0] < 1 or not images.is_floating_point():
         raise DiffkitError(f"images of shape {tuple(getattr(images, 'shape', ()))} are not allowed; give float "
                            f"(batch >= 1, ...) images in [-1, 1]")
     check_range("seed", seed, 0, 2**63 - 1, integer=True)
     check_range("batch_size", batch_size, 1, None, integer=True)
-    device = network_device(denoiser)
-    generators = generators_from_seed(seed, int(images.shape[0]))
-    parts = []
-    for start in range(0, images.shape[0], batch_size):
-        part_cond = None if cond is None else {k: v[start:start + batch_size] if isinstance(v, torch.Tensor) else v
-                                               for k, v in cond.items()}
-        parts.append(variational_bound(denoiser, images[start:start + batch_size].to(device), timesteps=timesteps,
-                                       generator=generators[start:start + batch_size], cond=part_cond,
-                                       progress=progress))
+    parts = bound_in_batches(denoiser, images, timesteps=timesteps, seed=seed, batch_size=batch_size, cond=cond,
+                             progress=progress)
+    return rate_distortion_of(parts, denoiser.schedule.num_timesteps)
+
+
+def rate_distortion_of(parts, num_timesteps: int) -> RateDistortion:
+    """The :class:`RateDistortion` of a bound computed in batches (:func:`diffkit.likelihood.bound_in_batches`)."""
+    from .likelihood import tail_sums
     ts = parts[0].timesteps
     rates = torch.cat([p.prior for p in parts])[:, None] + tail_sums(torch.cat([p.terms for p in parts]), ts,
-                                                                      denoiser.schedule.num_timesteps)
+                                                                      num_timesteps)
     n = rates.shape[0]
     sem = rates.std(0) / math.sqrt(n) if n > 1 else torch.full_like(rates[0], float("nan"))
     mse = torch.cat([p.x0_mse for p in parts]).mean(0)
     return RateDistortion(timesteps=ts, rate=rates.mean(0), rate_sem=sem,
                           distortion=PIXEL_SCALE * mse.sqrt(),
-                          nll=float(torch.cat([p.total for p in parts]).mean()), num_images=int(images.shape[0]))
+                          nll=float(torch.cat([p.total for p in parts]).mean()), num_images=n)
 
 
 def plot_rate_distortion(result: dict, path, num_timesteps: int, title: str = "") -> Path:

@@ -92,10 +92,12 @@ def test_a_batch_out_of_memory_is_drawn_again_at_half_the_size(schedule, capsys)
         if noise.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return diffkit.sample(denoiser, noise, *args, **kwargs)
-    _, _, plain = collect(d, 5, sampler="ddpm", steps=3, batch_size=5)
+    unhalved, _, plain = collect(d, 5, sampler="ddpm", steps=3, batch_size=5)
     drawn, batches, retried = collect(d, 5, sampler="ddpm", steps=3, batch_size=5, sample_fn=small_batches_only)
     assert torch.equal(plain, retried) and [b.start for b in batches] == [0, 2, 4]
     assert "retrying with 2" in capsys.readouterr().err
+    assert (drawn.first_batch_size, drawn.batch_size, drawn.batches) == (5, 2, 3)  # the size used after the halving
+    assert (unhalved.first_batch_size, unhalved.batch_size, unhalved.batches) == (5, 5, 1)
 
 
 def test_an_attempt_that_ran_out_of_memory_costs_no_nfe(schedule):

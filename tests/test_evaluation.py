@@ -235,6 +235,27 @@ def test_ddim_table_quadratic_spacing_runs_every_row_on_the_quadratic_tau(run_di
     assert "invalid choice: 'trailing'" in capsys.readouterr().err
 
 
+def test_experiment_cache_message_counts_the_batches_an_out_of_memory_halving_made(run_dir, tmp_path, capsys):
+    """4 samples at --batch-size 4 on a device that holds 2: two batches of 2 per cell, drawn and
+    stored, then both read back (the message used to count ceil(4 / 4) = 1 batch)."""
+    from diffkit.experiments import ddim_table, experiment_scorer
+    denoiser = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    scorer = experiment_scorer("confidence", denoiser, evaluator=run_dir / "ev.safetensors")
+    net = denoiser.net
+
+    def holds_two(x, *args, **kwargs):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return net(x, *args, **kwargs)
+    denoiser.net = holds_two
+    for loaded in (0, 2):
+        ddim_table(denoiser, scorer, etas=[0.0], steps_list=[2], num=4, batch_size=4, progress=True,
+                   cache_dir=tmp_path / "cache")
+        out = capsys.readouterr().out
+        assert f"({loaded} of 2 batches from the cache)" in out, out
+    assert len(list((tmp_path / "cache").glob("*/samples-*-00002-*"))) == 2
+
+
 def test_ddim_table_clips_the_sigma_hat_row_as_the_reference_code_unless_told(run_dir, tmp_path, monkeypatch):
     """ermongroup/ddim clamps x0 in ddpm_steps (its sigma-hat process) and not in generalized_steps
     (the eta rows); that sampler itself is checked against the reference code in

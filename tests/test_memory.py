@@ -81,8 +81,11 @@ def test_out_of_memory_halves_the_batch_and_draws_the_same_samples(capsys):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return (torch.arange(start, start + n),)
 
-    got = list(batches_with_oom_retry(generate, 10, 8))
+    batches = batches_with_oom_retry(generate, 10, 8)
+    assert batches.batch_size == 8
+    got = list(batches)
     assert [start for start, _ in got] == [0, 2, 4, 6, 8]  # 8 -> 4 -> 2: the batch halves until it fits
+    assert batches.batch_size == 2  # the size it ended with
     assert torch.equal(torch.cat([chunk for _, chunk in got]), torch.arange(10))
     assert "out of memory with a batch of 8; retrying with 4" in capsys.readouterr().err
 

@@ -223,3 +223,26 @@ def test_eval_rate_distortion_writes_table_and_plot(tiny_checkpoint, tmp_path, c
     assert rd["plot"] == str(tmp_path / "rd_rate_distortion.png")
     assert Image.open(rd["plot"]).size[0] > 0
     assert "[" in capsys.readouterr().out
+
+
+def test_eval_computes_the_strided_bound_once_for_rate_distortion_and_nll_strided(tiny_checkpoint, monkeypatch):
+    """Asked together, the two metrics share one pass of the strided bound: the network evaluations
+    of one metric alone (one per evaluated t and batch), and each figure as when asked alone."""
+    import diffkit.loading
+    from diffkit.evaluation import evaluate
+    loaded = []
+    load = diffkit.loading.load_denoiser
+    monkeypatch.setattr(diffkit.loading, "load_denoiser", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+
+    def run(metrics):
+        result = evaluate(metrics, checkpoint=tiny_checkpoint, nll_num=5, batch_size=3, device="cpu")["metrics"]
+        for figures in result.values():
+            figures.pop("seconds")
+        return result, loaded[-1].nfe
+    both, nfe = run("rate-distortion,nll-strided")
+    calls = len(strided_timesteps(loaded[-1].schedule.num_timesteps, 20, 10)) * 2  # two batches (3 + 2 images)
+    rd, rd_nfe = run("rate-distortion")
+    nll, nll_nfe = run("nll-strided")
+    assert nfe == rd_nfe == nll_nfe == calls  # it was 2 * calls with both
+    assert both == {**rd, **nll} and list(both) == ["rate-distortion", "nll-strided"]
+    assert both["rate-distortion"]["bpd"] == both["nll-strided"]["bpd"]

@@ -16,6 +16,7 @@ sigma~ (the network is defined for t <= T-1 only). Default grid: ``spacing="karr
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -29,15 +30,18 @@ from .dpm_solver import singlestep_chunk
 
 
 class _KarrasGrid:
-    """Grid scalars in EDM variables, computed once: sigma~ and alpha at every grid time."""
+    """Grid scalars in EDM variables, computed once: sigma~ and alpha at every grid time; ``x``: the
+    sampling state (its dtype and device decide the form of :meth:`vp_scale`)."""
 
-    def __init__(self, schedule, grid):
+    def __init__(self, schedule, grid, x: torch.Tensor):
         g = GridScalars.of(schedule, grid)
         self.t, self.alpha = g.t, g.alpha
         self.sigma = [0.0 if a == 1.0 and s == 0.0 else s / a for a, s in zip(g.alpha, g.sigma)]
         self.schedule = schedule
         self.sigma_max = schedule.karras_sigma(schedule.num_timesteps - 1).item()
         self._times: dict = {}
+        self._scale_as_tensor = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+        self._dtype = x.dtype
 
     def know(self, sigmas) -> None:
         """Map the sigma~ a loop will ask :meth:`time_of` for in one vectorised call (the inverse map
@@ -46,6 +50,13 @@ class _KarrasGrid:
         if new:
             ts = self.schedule.t_from_karras_sigma(torch.tensor(new, dtype=torch.float64)).tolist()
             self._times.update(zip(new, ts))
+
+    def vp_scale(self, sigma: float):
+        """alpha = 1/sqrt(1 + sigma~^2), the factor from x~ to the VP state alpha x~: on the CPU, a
+        0-dim tensor of the state's dtype (float32 or float64; :func:`_vp_scale_tensor`)."""
+        if self._scale_as_tensor:
+            return _vp_scale_tensor(sigma, self._dtype)
+        return 1.0 / math.sqrt(1.0 + sigma * sigma)
 
     def time_of(self, sigma: float) -> float:
         t = self._times.get(sigma)
@@ -58,10 +69,22 @@ class _KarrasGrid:
         return max(self.time_of(sigma_mid), self.t[i + 1])
 
 
-def _eps(denoiser, x_tilde: torch.Tensor, t: float, sigma: float, cond: dict) -> torch.Tensor:
-    """d = (x~ - D(x~; sigma~))/sigma~ = eps_hat at the VP state x = alpha x~ (alpha = 1/sqrt(1 + sigma~^2))."""
-    alpha = 1.0 / math.sqrt(1.0 + sigma * sigma)
-    return denoiser(alpha * x_tilde, t, **cond).eps
+@functools.lru_cache(maxsize=8192)
+def _vp_scale_tensor(sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """1/sqrt(1 + sigma~^2) as a 0-dim CPU tensor of ``dtype``, made once per sigma~ (kept across
+    runs, as the Denoiser keeps its per-time coefficients: batches and runs on one grid reuse them).
+    Multiplying a state of that dtype by it is bitwise multiplying by the Python float (the kernel
+    casts that scalar to the state's dtype as well), without wrapping a Python scalar into a tensor
+    at every call (about 1.5 us of a ~12 us Heun call, ``benchmarks/samplers.py --overhead-only``).
+    Made outside inference mode, so a run with autograd may use what a run in inference mode made."""
+    with torch.inference_mode(False):
+        return torch.tensor(1.0 / math.sqrt(1.0 + sigma * sigma), dtype=dtype)
+
+
+def _eps(kg: _KarrasGrid, denoiser, x_tilde: torch.Tensor, t: float, sigma: float, cond: dict) -> torch.Tensor:
+    """d = (x~ - D(x~; sigma~))/sigma~ = eps_hat at the VP state x = alpha x~ (alpha = 1/sqrt(1 + sigma~^2),
+    :meth:`_KarrasGrid.vp_scale`)."""
+    return denoiser(x_tilde * kg.vp_scale(sigma), t, **cond).eps
 
 
 def _churn(kg: _KarrasGrid, i: int, x: torch.Tensor, n: int, s_churn: float, s_tmin: float, s_tmax: float,
@@ -69,7 +92,9 @@ def _churn(kg: _KarrasGrid, i: int, x: torch.Tensor, n: int, s_churn: float, s_t
     """EDM Algorithm 2 lines 4-6: gamma = min(S_churn/N, sqrt(2) - 1) on [S_tmin, S_tmax]; returns
     (x_hat, sigma_hat, t_hat)."""
     sigma = kg.sigma[i]
-    gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if (s_churn > 0 and s_tmin <= sigma <= s_tmax) else 0.0
+    if not (s_churn > 0 and s_tmin <= sigma <= s_tmax):  # gamma = 0
+        return x, sigma, kg.t[i]
+    gamma = min(s_churn / n, math.sqrt(2.0) - 1.0)
     sigma_hat = min(sigma * (1.0 + gamma), kg.sigma_max)
     if sigma_hat <= sigma:
         return x, sigma, kg.t[i]
@@ -90,12 +115,12 @@ def euler(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0
     """Euler (EDM Algorithm 2 without the 2nd-order correction): x~_s = x~ + (sigma_s - sigma_hat) d."""
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     cond = cond or {}
-    kg = _KarrasGrid(denoiser.schedule, grid)
+    kg = _KarrasGrid(denoiser.schedule, grid, x)
     n = len(grid) - 1
     x = x / kg.alpha[0]
     for i in steps(grid, progress, "euler"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        d = _eps(denoiser, x, t_hat, sigma_hat, cond)
+        d = _eps(kg, denoiser, x, t_hat, sigma_hat, cond)
         x_from, sigma_from = x, sigma_hat
         x = torch.add(x, d, alpha=kg.sigma[i + 1] - sigma_hat)
         if callback is not None:
@@ -111,19 +136,19 @@ def heun(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
     to sigma = 0 is plain Euler (EDM Alg. 2 line 9: no correction when sigma_{i+1} = 0)."""
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     cond = cond or {}
-    kg = _KarrasGrid(denoiser.schedule, grid)
+    kg = _KarrasGrid(denoiser.schedule, grid, x)
     n = len(grid) - 1
     x = x / kg.alpha[0]
     for i in steps(grid, progress, "heun"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        d = _eps(denoiser, x, t_hat, sigma_hat, cond)
+        d = _eps(kg, denoiser, x, t_hat, sigma_hat, cond)
         x_from, sigma_from = x, sigma_hat
         dt = kg.sigma[i + 1] - sigma_hat
         x_euler = torch.add(x, d, alpha=dt)
         if kg.sigma[i + 1] == 0.0:
             x = x_euler
         else:
-            d_next = _eps(denoiser, x_euler, kg.t[i + 1], kg.sigma[i + 1], cond)
+            d_next = _eps(kg, denoiser, x_euler, kg.t[i + 1], kg.sigma[i + 1], cond)
             x = torch.add(x, d + d_next, alpha=0.5 * dt)
         if callback is not None:
             report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
@@ -182,14 +207,14 @@ def _ancestral(denoiser, x, grid, name, step, eta, s_noise, cond, generator, cal
     A step to sigma_down = 0 is Euler, x~ + (0 - sigma) d = D(x~; sigma), as in k-diffusion."""
     check_range("s_noise", s_noise, 0.0, None)
     cond = cond or {}
-    kg = _KarrasGrid(denoiser.schedule, grid)
+    kg = _KarrasGrid(denoiser.schedule, grid, x)
     splits = [ancestral_step(kg.sigma[i], kg.sigma[i + 1], eta) for i in range(len(grid) - 1)]
     if step is not None:
         kg.know(s for i, (down, _) in enumerate(splits) if down > 0.0 for s in step.asks(kg.sigma[i], down))
     x = x / kg.alpha[0]
     for i in steps(grid, progress, name):
         sigma = kg.sigma[i]
-        d = _eps(denoiser, x, kg.t[i], sigma, cond)
+        d = _eps(kg, denoiser, x, kg.t[i], sigma, cond)
         x_from = x
         sigma_down, sigma_up = splits[i]
         if step is None or sigma_down == 0.0:
@@ -222,7 +247,7 @@ def _dpm2_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_to: 
     sigma_mid = sqrt(sigma sigma_to), then x~ + (sigma_to - sigma) d(sigma_mid)."""
     sigma_mid, = _dpm2_step.asks(sigma, sigma_to)
     x_mid = torch.add(x, d, alpha=sigma_mid - sigma)
-    d_mid = _eps(denoiser, x_mid, kg.midpoint_time(i, sigma_mid), sigma_mid, cond)
+    d_mid = _eps(kg, denoiser, x_mid, kg.midpoint_time(i, sigma_mid), sigma_mid, cond)
     return torch.add(x, d_mid, alpha=sigma_to - sigma)
 
 
@@ -237,13 +262,13 @@ def dpm2(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
     The step to sigma = 0 is Euler."""
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     cond = cond or {}
-    kg = _KarrasGrid(denoiser.schedule, grid)
+    kg = _KarrasGrid(denoiser.schedule, grid, x)
     n = len(grid) - 1
     kg.know(_dpm2_step.asks(kg.sigma[i], kg.sigma[i + 1])[0] for i in range(n) if kg.sigma[i + 1] > 0.0)  # unchurned
     x = x / kg.alpha[0]
     for i in steps(grid, progress, "dpm2"):
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        d = _eps(denoiser, x, t_hat, sigma_hat, cond)
+        d = _eps(kg, denoiser, x, t_hat, sigma_hat, cond)
         x_from, sigma_from = x, sigma_hat
         sigma_s = kg.sigma[i + 1]
         if sigma_s == 0.0:
@@ -279,12 +304,12 @@ def lms(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: 
     lower while the history fills)."""
     check_range("order", order, 1, 4, integer=True)
     cond = cond or {}
-    kg = _KarrasGrid(denoiser.schedule, grid)
+    kg = _KarrasGrid(denoiser.schedule, grid, x)
     coeffs = [lms_coefficients(kg.sigma, i, min(i + 1, order)) for i in range(len(grid) - 1)]
     x = x / kg.alpha[0]
     history: list = []
     for i in steps(grid, progress, "lms"):
-        d = _eps(denoiser, x, kg.t[i], kg.sigma[i], cond)
+        d = _eps(kg, denoiser, x, kg.t[i], kg.sigma[i], cond)
         history.insert(0, d)
         del history[order:]
         x_from, sigma_from = x, kg.sigma[i]
