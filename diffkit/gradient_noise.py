@@ -1,6 +1,6 @@
 """The gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018, "An Empirical Model
-of Large-Batch Training", eq. 2.8): G is the true gradient of the expected loss, Sigma the covariance
-of one example's gradient. Improved DDPM (Nichol & Dhariwal 2021, Sec. 3.3, Fig. 2) uses it to show
+of Large-Batch Training", Sec. 2): G is the true gradient of the expected loss, Sigma the covariance
+of one example's gradient. Improved DDPM (Nichol & Dhariwal 2021, Sec. 3.3) uses it to show
 that L_vlb's gradients are much noisier than L_hybrid's, and that importance-sampled timesteps
 (eq. 18) lower L_vlb's noise.
 
@@ -30,7 +30,8 @@ from .errors import DiffkitError, check_choice, check_range
 @dataclass
 class NoiseScale:
     """|G|^2, tr(Sigma) and B_simple = tr(Sigma) / |G|^2 with standard errors (``*_se``); ``b_simple``
-    is None where |G|^2 is not above 0 (the noise swamps the mean gradient at this many batches)."""
+    is None where |G|^2 is not above 0 (the noise swamps the mean gradient at this many batches).
+    ``loss``: the mean loss over all the examples (None where the norms came without losses)."""
 
     grad_sq: float
     grad_sq_se: float
@@ -41,18 +42,21 @@ class NoiseScale:
     batches: int
     small_batch: int
     big_batch: int
+    loss: Optional[float] = None
+    loss_se: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def noise_scale_from_norms(small_sq: Sequence[float], big_sq: Sequence[float], small_batch: int,
-                           big_batch: int) -> NoiseScale:
+                           big_batch: int, losses: Optional[Sequence[float]] = None) -> NoiseScale:
     """B_simple from per-batch squared gradient norms |G_small|^2 and |G_big|^2 (McCandlish et al.
     App. A.1). Each batch gives unbiased estimates of |G|^2 and tr(Sigma); their means over the
     batches have standard errors from the batch-to-batch spread (std / sqrt(n)), and B_simple's
     is the delta method's for a ratio of two correlated means:
-    se(B)^2 = (var tr - 2 B cov(tr, |G|^2) + B^2 var |G|^2) / (n mean(|G|^2)^2)."""
+    se(B)^2 = (var tr - 2 B cov(tr, |G|^2) + B^2 var |G|^2) / (n mean(|G|^2)^2).
+    ``losses``: each big batch's mean loss, reported with its standard error."""
     small_sq, big_sq = np.asarray(small_sq, dtype=np.float64), np.asarray(big_sq, dtype=np.float64)
     n = small_sq.size
     if n < 2 or big_sq.size != n:
@@ -67,8 +71,12 @@ def noise_scale_from_norms(small_sq: Sequence[float], big_sq: Sequence[float], s
         b_simple = tr_mean / g_mean
         var = cov[0, 0] - 2 * b_simple * cov[0, 1] + b_simple ** 2 * cov[1, 1]
         b_se = math.sqrt(max(var, 0.0) / n) / g_mean
+    loss = loss_se = None
+    if losses is not None:
+        losses = np.asarray(losses, dtype=np.float64)
+        loss, loss_se = float(losses.mean()), float(losses.std(ddof=1) / math.sqrt(losses.size))
     return NoiseScale(g_mean, math.sqrt(cov[1, 1] / n), tr_mean, math.sqrt(cov[0, 0] / n), b_simple, b_se, n,
-                      small_batch, big_batch)
+                      small_batch, big_batch, loss, loss_se)
 
 
 def check_batch_sizes(batches: int, small_batch: int, big_batch: int) -> None:
@@ -89,6 +97,11 @@ def _trainable(params) -> list[torch.Tensor]:
     return params
 
 
+def _squared_norm(tensors) -> float:
+    """sum of squares of all entries, accumulated in float64 (one host sync)."""
+    return float(torch.stack([t.double().pow(2).sum() for t in tensors]).sum())
+
+
 def estimate_noise_scale(params, loss_fn: Callable[[int, torch.Generator], torch.Tensor], *, batches: int = 100,
                          small_batch: int = 8, big_batch: int = 64, seed: int = 0,
                          progress: Optional[Callable[[int], None]] = None) -> NoiseScale:
@@ -105,29 +118,32 @@ def estimate_noise_scale(params, loss_fn: Callable[[int, torch.Generator], torch
     saved = [None if p.grad is None else p.grad.detach().clone() for p in params]
     generator = torch.Generator().manual_seed(seed)
     chunks = big_batch // small_batch
-    small_sq, big_sq = [], []
+    small_sq, big_sq, losses = [], [], []
     try:
         for i in range(batches):
-            total, small = None, 0.0
+            total, small, mean_loss = None, 0.0, 0.0
             for _ in range(chunks):
                 loss = loss_fn(small_batch, generator)
                 if loss.ndim != 0:
                     raise DiffkitError(f"the loss closure returned shape {tuple(loss.shape)}; it must return the "
                                        f"batch's mean loss, a scalar")
                 if not bool(torch.isfinite(loss.detach())):
-                    raise DiffkitError(f"the loss is {float(loss.detach()):g} in batch {i}; B_simple needs finite losses")
+                    raise DiffkitError(f"the loss is {float(loss.detach()):g} in batch {i}; B_simple needs finite "
+                                       f"losses")
+                mean_loss += float(loss.detach()) / chunks
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
-                small += sum(float(g.double().pow(2).sum()) for g in grads) / chunks
+                small += _squared_norm(grads) / chunks
                 total = grads if total is None else torch._foreach_add(total, grads)
             small_sq.append(small)
-            big_sq.append(sum(float(g.double().pow(2).sum()) for g in total) / chunks ** 2)
+            losses.append(mean_loss)
+            big_sq.append(_squared_norm(total) / chunks ** 2)
             if progress is not None:
                 progress(i)
     finally:
         for p, g in zip(params, saved):
             p.grad = g
-    return noise_scale_from_norms(small_sq, big_sq, small_batch, big_batch)
+    return noise_scale_from_norms(small_sq, big_sq, small_batch, big_batch, losses)
 
 
 def per_example_noise_scale(model: torch.nn.Module, example_loss: Callable, *examples: torch.Tensor) -> dict:

@@ -80,11 +80,9 @@ def _run(args) -> int:
     if images.shape[0] < 1:
         raise DiffkitError(f"the {args.split} split of {dataset!r} is empty")
     start = time.perf_counter()
-    last = {}
 
     def progress(name, i):
-        if args.progress and (i + 1) % max(1, args.batches // 4) == 0 and last.get(name) != i:
-            last[name] = i
+        if args.progress and (i + 1) % max(1, args.batches // 4) == 0:
             print(f"  {name}: {i + 1}/{args.batches} batches ({time.perf_counter() - start:.0f} s)", flush=True)
     result = diffusion_noise_scales(denoiser, images, labels=labels, objectives=objectives, batches=args.batches,
                                     small_batch=args.small_batch, big_batch=args.big_batch, history=args.history,
