@@ -30,7 +30,8 @@ from .errors import DiffkitError, check_choice, check_range
 @dataclass
 class NoiseScale:
     """|G|^2, tr(Sigma) and B_simple = tr(Sigma) / |G|^2 with standard errors (``*_se``); ``b_simple``
-    is None where |G|^2 is not above 0 (the noise swamps the mean gradient at this many batches).
+    is None where |G|^2 is not above 0 (the noise swamps the mean gradient at this many batches);
+    ``b_simple_lower`` = tr(Sigma) / (|G|^2 + 2 se) is its lower bound at 2 standard errors.
     ``loss``: the mean loss over all the examples (None where the norms came without losses)."""
 
     grad_sq: float
@@ -42,6 +43,7 @@ class NoiseScale:
     batches: int
     small_batch: int
     big_batch: int
+    b_simple_lower: Optional[float] = None
     loss: Optional[float] = None
     loss_se: Optional[float] = None
 
@@ -75,8 +77,10 @@ def noise_scale_from_norms(small_sq: Sequence[float], big_sq: Sequence[float], s
     if losses is not None:
         losses = np.asarray(losses, dtype=np.float64)
         loss, loss_se = float(losses.mean()), float(losses.std(ddof=1) / math.sqrt(losses.size))
-    return NoiseScale(g_mean, math.sqrt(cov[1, 1] / n), tr_mean, math.sqrt(cov[0, 0] / n), b_simple, b_se, n,
-                      small_batch, big_batch, loss, loss_se)
+    g_se = math.sqrt(cov[1, 1] / n)
+    lower = tr_mean / (g_mean + 2 * g_se) if g_mean + 2 * g_se > 0 else None
+    return NoiseScale(g_mean, g_se, tr_mean, math.sqrt(cov[0, 0] / n), b_simple, b_se, n, small_batch, big_batch,
+                      lower, loss, loss_se)
 
 
 def check_batch_sizes(batches: int, small_batch: int, big_batch: int) -> None:

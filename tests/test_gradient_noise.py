@@ -118,6 +118,7 @@ def test_pure_noise_gives_no_b_simple():
     """|G|^2 = 0 estimated at or below 0: B_simple is None rather than a negative number."""
     est = noise_scale_from_norms([1.0, 1.2, 0.9], [0.5, 0.5, 0.45], 1, 2)  # |G|^2 = 2 big - small: 0, -0.2, 0
     assert est.b_simple is None and est.grad_sq <= 0 and math.isfinite(est.trace)
+    assert est.b_simple_lower == pytest.approx(est.trace / (est.grad_sq + 2 * est.grad_sq_se))
 
 
 @pytest.mark.parametrize("kwargs,pattern", [

@@ -90,10 +90,12 @@ def _run(args) -> int:
     result["settings"].update(checkpoint=str(args.checkpoint), dataset=dataset, split=args.split, ema=args.ema,
                               device=str(device), seconds=time.perf_counter() - start)
     print(format_noise_table(result))
-    unresolved = [name for name, r in result["objectives"].items() if r["b_simple"] is None]
-    if unresolved:
-        print(f"|G|^2 not resolved above 0 for {', '.join(unresolved)}: B_simple is beyond what {args.batches} "
-              f"batches of {args.big_batch} can measure (more --batches or a larger --big-batch)")
+    for name, r in result["objectives"].items():
+        if r["b_simple"] is None:
+            lower = r["b_simple_lower"]
+            bound = "no bound" if lower is None else f"B_simple > {lower:.4g} at 2 standard errors"
+            print(f"{name}: |G|^2 not resolved above 0 by {args.batches} batches of {args.big_batch} ({bound}); more "
+                  f"--batches or a larger --big-batch resolve it")
     path = write_json(result, args.out)
     print(f"wrote {path} ({result['settings']['seconds']:.0f} s)")
     return 0
