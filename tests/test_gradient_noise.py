@@ -201,10 +201,14 @@ def test_noise_scale_command_prints_the_table_and_writes_four_objectives(learned
     assert result["settings"]["learned_variance"] is True
 
 
-def test_noise_scale_command_bad_values_are_one_line_errors(learned_variance_checkpoint, tiny_checkpoint, tmp_path,
+def test_noise_scale_command_fixed_variance_and_bad_values(learned_variance_checkpoint, tiny_checkpoint, tmp_path,
                                                             capsys):
     from diffkit.cli import main
     lv, fixed = str(learned_variance_checkpoint), str(tiny_checkpoint)
+    code = main(["experiment", "noise-scale", "--checkpoint", fixed, "--batches", "2", "--small-batch", "1",
+                 "--big-batch", "2", "--history", "1", "--device", "cpu", "--out", str(tmp_path / "f.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "L_vlb (importance-sampled t)" in out and "no L_hybrid row" in out, out
     for args, pattern in (
             (["--checkpoint", lv, "--small-batch", "3", "--big-batch", "8"], "multiple"),
             (["--checkpoint", lv, "--batches", "1"], "batches=1"),

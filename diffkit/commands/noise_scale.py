@@ -90,6 +90,8 @@ def _run(args) -> int:
     result["settings"].update(checkpoint=str(args.checkpoint), dataset=dataset, split=args.split, ema=args.ema,
                               device=str(device), seconds=time.perf_counter() - start)
     print(format_noise_table(result))
+    if args.objectives is None and "hybrid" not in objectives:
+        print("no L_hybrid row: the checkpoint's variance is fixed (L_hybrid trains a learned variance)")
     for name, r in result["objectives"].items():
         if r["b_simple"] is None:
             lower = r["b_simple_lower"]
