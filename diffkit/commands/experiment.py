@@ -8,6 +8,8 @@ registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json a
 table (S = 1000 on a CPU) can be stopped and continued with exactly the samples of one uninterrupted run.
 ``--ledger FILE`` keeps only the finished cells' scores (small enough to commit): a later run, on another day or
 machine, computes only the cells missing from it.
+``noise-scale``: the gradient noise scale B_simple of L_simple, L_hybrid and L_vlb (uniform and importance-sampled
+timesteps) for a checkpoint (Improved DDPM Sec. 3.3); see ``diffkit experiment noise-scale --help``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, po
 
 
 def register(sub) -> None:
-    p = sub.add_parser("experiment", help="sampler x steps tables (DDIM Table 1, PNDM layout)",
+    p = sub.add_parser("experiment", help="sampler x steps tables (DDIM Table 1, PNDM layout); gradient noise scales",
                        description=__doc__)
     tables = p.add_subparsers(dest="table", metavar="TABLE", required=True)
     from ..experiments import DDIM_ETAS, DDIM_SPACINGS, DDIM_STEPS, PNDM_SAMPLERS, PNDM_STEPS
@@ -58,6 +60,8 @@ def register(sub) -> None:
                        help="show the cells found in --ledger and sample nothing (missing cells stay empty)")
         add_source_flags(q)
         q.set_defaults(func=run)
+    from .noise_scale import add_parser
+    add_parser(tables)
 
 
 def run(args) -> int:
