@@ -281,25 +281,30 @@ def test_compile_bad_mode_is_a_one_line_error():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_karras_samplers_vp_scale_multiplies_bitwise_as_the_python_float(dtype):
-    """The Karras samplers map x~ to the VP state with a 0-dim tensor made once per sigma~ (it skips
-    wrapping a Python float per call); PyTorch casts a Python scalar to the tensor's dtype in the
-    kernel, so the products are the same bits (what keeps those samplers' results unchanged)."""
+    """The Karras samplers map x~ to the VP state with 0-dim tensors made once per run for the
+    sigma~ they will meet (it skips wrapping a Python float per call); PyTorch casts a Python scalar
+    to the tensor's dtype in the kernel, so the products are the same bits (what keeps those
+    samplers' results unchanged). They are CPU tensors whatever the default device."""
     from diffkit.samplers.karras import _KarrasGrid
     x = 10 * torch.randn(4096, generator=torch.Generator().manual_seed(0), dtype=dtype)
     kg = _KarrasGrid(NoiseSchedule.linear(), torch.tensor([999.0, 500.0, 0.0]), x)
+    with torch.device("meta"):  # a default device elsewhere must not move the scales
+        kg._know_scales([0.123456789012345, 157.0])
     for sigma in (*kg.sigma, 0.123456789012345, 157.0):
         scale = kg.vp_scale(sigma)
-        assert isinstance(scale, torch.Tensor) and scale.dtype == dtype and kg.vp_scale(sigma) is scale
+        assert isinstance(scale, torch.Tensor) and scale.dtype == dtype and scale.device.type == "cpu"
+        assert kg.vp_scale(sigma) is scale
         assert torch.equal(x * scale, (1.0 / math.sqrt(1.0 + sigma * sigma)) * x), sigma
+    assert isinstance(kg.vp_scale(0.5), float)  # not known ahead (churn): the float, the same bits
     assert isinstance(_KarrasGrid(NoiseSchedule.linear(), torch.tensor([999.0, 0.0]), x.bfloat16()).vp_scale(1.0), float)
 
 
 def test_karras_scales_made_in_inference_mode_serve_a_run_with_autograd():
-    """The scales are kept across runs: one made under torch.inference_mode must not be an
-    inference tensor (autograd cannot save those for backward)."""
+    """Scale tensors are made outside inference mode: a run with autograd after one under
+    torch.inference_mode gives the same result and a gradient."""
     from diffkit.samplers.karras import heun
     den = Denoiser(lambda x, t: 0.1 * x, NoiseSchedule.linear())
-    grid = torch.tensor([987.25, 432.125, 0.0])  # times no other test uses: made here first
+    grid = torch.tensor([987.25, 432.125, 0.0])
     with torch.inference_mode():
         first = heun(den, torch.ones(2, 3), grid)
     x = torch.ones(2, 3, requires_grad=True)

@@ -16,7 +16,6 @@ sigma~ (the network is defined for t <= T-1 only). Default grid: ``spacing="karr
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -40,23 +39,40 @@ class _KarrasGrid:
         self.schedule = schedule
         self.sigma_max = schedule.karras_sigma(schedule.num_timesteps - 1).item()
         self._times: dict = {}
-        self._scale_as_tensor = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-        self._dtype = x.dtype
+        self._scales: dict = {}
+        self._scale_dtype = x.dtype if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) else None
+        self._know_scales(self.sigma)
 
     def know(self, sigmas) -> None:
         """Map the sigma~ a loop will ask :meth:`time_of` for in one vectorised call (the inverse map
-        costs about 130 us per scalar call on a CPU, 0.4 us per element of a vector)."""
+        costs about 130 us per scalar call on a CPU, 0.4 us per element of a vector), and make their
+        :meth:`vp_scale` tensors."""
         new = sorted({s for s in sigmas if s > 0.0 and s not in self._times})
         if new:
             ts = self.schedule.t_from_karras_sigma(torch.tensor(new, dtype=torch.float64)).tolist()
             self._times.update(zip(new, ts))
+            self._know_scales(new)
+
+    def _know_scales(self, sigmas) -> None:
+        """The :meth:`vp_scale` tensors of ``sigmas``, made in one call (about 0.5 us each, against
+        2.5 us for a 0-dim tensor made alone). Multiplying a state of that dtype by such a 0-dim
+        CPU tensor is bitwise multiplying by the Python float (the kernel casts that scalar to the
+        state's dtype as well), without wrapping a Python scalar into a tensor at every call (about
+        1.5 us of a ~12 us Heun call, ``benchmarks/samplers.py --overhead-only``). Made for this run
+        only, on the CPU whatever the default device, outside inference mode."""
+        new = [s for s in dict.fromkeys(sigmas) if s not in self._scales]
+        if self._scale_dtype is None or not new:
+            return
+        with torch.inference_mode(False):
+            scales = torch.tensor([1.0 / math.sqrt(1.0 + s * s) for s in new], dtype=self._scale_dtype, device="cpu")
+        self._scales.update(zip(new, scales.unbind(0)))
 
     def vp_scale(self, sigma: float):
-        """alpha = 1/sqrt(1 + sigma~^2), the factor from x~ to the VP state alpha x~: on the CPU, a
-        0-dim tensor of the state's dtype (float32 or float64; :func:`_vp_scale_tensor`)."""
-        if self._scale_as_tensor:
-            return _vp_scale_tensor(sigma, self._dtype)
-        return 1.0 / math.sqrt(1.0 + sigma * sigma)
+        """alpha = 1/sqrt(1 + sigma~^2), the factor from x~ to the VP state alpha x~: for a float32
+        or float64 state on the CPU, a 0-dim tensor of its dtype made once per sigma~ of the run
+        (:meth:`_know_scales`); otherwise, and for a sigma~ not known ahead (churn), the float."""
+        scale = self._scales.get(sigma)
+        return (1.0 / math.sqrt(1.0 + sigma * sigma)) if scale is None else scale
 
     def time_of(self, sigma: float) -> float:
         t = self._times.get(sigma)
@@ -67,18 +83,6 @@ class _KarrasGrid:
         the ancestral ones' sqrt(sigma sigma_down) equals sigma_{i+1} at eta = 1, since sigma_down =
         sigma_{i+1}^2/sigma there), so the max only removes rounding below the grid (t < 0 at sigma_min)."""
         return max(self.time_of(sigma_mid), self.t[i + 1])
-
-
-@functools.lru_cache(maxsize=8192)
-def _vp_scale_tensor(sigma: float, dtype: torch.dtype) -> torch.Tensor:
-    """1/sqrt(1 + sigma~^2) as a 0-dim CPU tensor of ``dtype``, made once per sigma~ (kept across
-    runs, as the Denoiser keeps its per-time coefficients: batches and runs on one grid reuse them).
-    Multiplying a state of that dtype by it is bitwise multiplying by the Python float (the kernel
-    casts that scalar to the state's dtype as well), without wrapping a Python scalar into a tensor
-    at every call (about 1.5 us of a ~12 us Heun call, ``benchmarks/samplers.py --overhead-only``).
-    Made outside inference mode, so a run with autograd may use what a run in inference mode made."""
-    with torch.inference_mode(False):
-        return torch.tensor(1.0 / math.sqrt(1.0 + sigma * sigma), dtype=dtype)
 
 
 def _eps(kg: _KarrasGrid, denoiser, x_tilde: torch.Tensor, t: float, sigma: float, cond: dict) -> torch.Tensor:
