@@ -111,3 +111,17 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     assert "is a consistency model" in capsys.readouterr().err
     assert main(["distill", "--out", "x"]) == 2
     assert "needs --teacher" in capsys.readouterr().err
+
+
+def test_guided_distillation_of_a_conditional_teacher(tmp_path):
+    """consistency_guidance = w distils the classifier-free-guided teacher (LCM eq. 8 with w fixed)."""
+    from diffkit.guidance import ClassifierFreeGuidance
+    teacher_cfg = make_cfg(tmp_path / "t", max_steps=2, conditional=True)
+    Trainer(teacher_cfg, tiny_dataset(), progress=False).run()
+    teacher = tmp_path / "t" / "ckpt" / "latest.safetensors"
+    tr = Trainer(_cd(tmp_path / "s", teacher, max_steps=2, conditional=True, consistency_guidance=1.5), tiny_dataset(),
+                 progress=False)
+    assert isinstance(tr.teacher, ClassifierFreeGuidance) and tr.teacher.w == 1.5
+    assert tr.run().steps == 2
+    den = load_denoiser(tmp_path / "s" / "ckpt" / "latest.safetensors")
+    assert den.meta["consistency"]["guidance"] == 1.5

@@ -57,7 +57,6 @@ def teacher_config(path) -> dict:
 
 
 def config_from_args(args):
-    from ..config import TrainConfig, apply_overrides
     from .train import config_from_args as train_config
     if args.resume:
         if args.teacher:
@@ -72,15 +71,20 @@ def config_from_args(args):
         raise DiffkitError("diffkit distill needs --teacher CKPT (a diffkit diffusion checkpoint) or --resume CKPT")
     if not args.out:
         raise DiffkitError("diffkit distill needs --out DIR (the run folder of the consistency model)")
-    teacher = Path(args.teacher)
+    flags = {"max_steps": args.steps, "batch_size": args.batch_size, "device": args.device}
+    return distill_config(args.teacher, args.out, args.overrides, **{k: v for k, v in flags.items() if v is not None})
+
+
+def distill_config(teacher, out, overrides=(), **fields):
+    """The TrainConfig of a distillation of ``teacher`` into the run folder ``out``: the teacher's
+    config with :data:`DISTILL_DEFAULTS`, then ``fields`` and the ``key=value`` ``overrides``."""
+    from ..config import TrainConfig, apply_overrides
+    teacher = Path(teacher)
     teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
     data = dict(teacher_config(teacher))
-    data.update(DISTILL_DEFAULTS, teacher=str(teacher), save_weight_dir=str(Path(args.out) / "checkpoints"),
-                sampled_dir=str(Path(args.out) / "samples"))
-    for key, value in (("max_steps", args.steps), ("batch_size", args.batch_size), ("device", args.device)):
-        if value is not None:
-            data[key] = value
-    return apply_overrides(TrainConfig.from_dict(data), args.overrides)
+    data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),
+                sampled_dir=str(Path(out) / "samples"), **fields)
+    return apply_overrides(TrainConfig.from_dict(data), overrides)
 
 
 def _train_args(args):
