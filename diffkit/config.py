@@ -73,8 +73,8 @@ class TrainConfig:
     ``consistency_distance`` (``pseudo-huber``, iCT; ``l2``), ``consistency_sigma_data`` and
     ``consistency_timestep_scaling`` (the boundary condition's 0.5 and 10, LCM),
     ``consistency_guidance`` (a fixed classifier-free guidance weight w of a conditional teacher,
-    seed convention; LCM's guided distillation). ``loss``, ``min_snr_gamma`` and
-    ``offset_noise`` belong to the diffusion objective.
+    seed convention; LCM's guided distillation). ``loss`` is not used by them, and
+    ``timestep_sampler`` / ``min_snr_gamma`` must keep their defaults.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
