@@ -22,7 +22,8 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--teacher", help="the diffusion checkpoint to distil (a diffkit .safetensors file or run folder)")
     p.add_argument("--out", help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
-    p.add_argument("--steps", type=positive_int, help="optimiser steps (default: the teacher config's max_steps, else its epochs)")
+    p.add_argument("--steps", type=positive_int,
+                   help="optimiser steps (default: the teacher config's max_steps, else its epochs)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", help="a distillation checkpoint to continue exactly")
