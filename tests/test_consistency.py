@@ -265,3 +265,30 @@ def test_distillation_from_the_exact_teacher_converges_to_its_ddim_consistency_f
     torch.testing.assert_close(one.std(0), fixed_point.std(0), atol=0.01, rtol=0)
     exact = GaussianConsistencyFunction(mu, s ** 2 * torch.eye(2, dtype=F64), S)(x_T, torch.full((20000,), 999.0))
     torch.testing.assert_close(one.mean(0), exact.mean(0), atol=0.01, rtol=0)  # the mean is right
+
+
+def test_training_loss_with_the_exact_consistency_function_has_its_closed_form_expectation():
+    """CT (no teacher, the same z at both times) with f* of N(mu, s^2 I): f*(x_t, t) = a_0 mu +
+    r_0 (a_t (x0 - mu) + sigma_t z) / r_t, so the l2 loss (mean over dimensions) has the expectation
+    r_0^2 [(a'/r' - a/r)^2 s^2 + (sigma'/r' - sigma/r)^2] (primes: t_next), O(k^2) in the skip k:
+    an unbiased but noisy estimate of the CD loss's zero (CM Thm. 2)."""
+    mu, s, g = _gaussian()
+    f_star = Denoiser(GaussianConsistencyFunction(mu, s ** 2 * torch.eye(2, dtype=F64), S), S, prediction_type="sample")
+    n = 100_000
+    x0 = g.sample(n, torch.Generator().manual_seed(0))[0]
+    z = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+
+    def coefficients(t):
+        a, sg = S.alpha(float(t)).item(), S.sigma(float(t)).item()
+        return a, sg, math.sqrt(a * a * s * s + sg * sg)
+
+    a0, s0, r0 = coefficients(0)
+    means = []
+    for k in (40, 20):
+        t_next = 500.0
+        loss = consistency_loss(f_star, x0, z, torch.full((n,), t_next), torch.full((n,), t_next - k), distance_kind="l2")
+        (a1, s1, r1), (a, sg, r) = coefficients(t_next), coefficients(t_next - k)
+        expected = r0 ** 2 * ((a1 / r1 - a / r) ** 2 * s * s + (s1 / r1 - sg / r) ** 2)
+        assert loss.mean().item() == pytest.approx(expected, rel=5 * math.sqrt(2 / n) * 3), (k, loss.mean(), expected)
+        means.append(expected)
+    assert 3.5 < means[0] / means[1] < 4.5  # O(k^2): about 4x per halving of k (4.36 here, higher orders)
