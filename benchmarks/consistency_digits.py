@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", help="the demo model's checkpoint (default: train one with DEMO_CONFIG)")
     p.add_argument("--teacher-steps", type=int, help="training steps of a new teacher (default DEMO_CONFIG's 1500)")
-    p.add_argument("--distill-steps", type=int, default=600, help="distillation steps (default 600)")
+    p.add_argument("--distill-steps", type=int, default=1500, help="distillation steps (default 1500)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="distillation config fields, e.g. --set lr=1e-4")
     p.add_argument("--num", type=int, default=1000, help="samples per method (default 1000)")
