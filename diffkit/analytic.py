@@ -178,14 +178,39 @@ def gaussian_ode_solution(mean, cov, x_t: torch.Tensor, alpha_t, sigma_t, alpha_
 
     Along the ODE the whitened residual is conserved: with S(t) = alpha^2 C + sigma^2 I,
     x_s = alpha_s m + S(s)^{1/2} S(t)^{-1/2} (x_t - alpha_t m) (all matrices commute).
+    The four coefficients are numbers or (B,) tensors (one per sample).
     """
     mean, cov = torch.as_tensor(mean, dtype=_F64), torch.as_tensor(cov, dtype=_F64)
     lam, U = torch.linalg.eigh(0.5 * (cov + cov.T))
     lam = lam.clamp(min=0)
+    alpha_t, sigma_t, alpha_s, sigma_s = (torch.as_tensor(v, dtype=_F64).reshape(-1, 1)
+                                          for v in (alpha_t, sigma_t, alpha_s, sigma_s))
     ratio = torch.sqrt((alpha_s ** 2 * lam + sigma_s ** 2) / (alpha_t ** 2 * lam + sigma_t ** 2))
     x = x_t.to(_F64).reshape(x_t.shape[0], -1)
     resid = (x - alpha_t * mean) @ U
     return (alpha_s * mean + (resid * ratio) @ U.T).reshape(x_t.shape)
+
+
+class GaussianConsistencyFunction:
+    """The exact consistency function of Gaussian data N(mean, cov) (Song et al. 2023, "Consistency
+    Models", Def. in Sec. 3) under ``schedule``, callable like a network ``net(x, t)`` (so
+    ``Denoiser(net, schedule, prediction_type="sample")`` answers x0 = f*): the probability-flow ODE
+    keeps S(t)^{-1/2} (x_t - alpha_t m) fixed (S(t) = alpha_t^2 C + sigma_t^2 I), so
+
+        f*(x_t, t) = alpha_0 m + S(0)^{1/2} S(t)^{-1/2} (x_t - alpha_t m),
+
+    the trajectory's point at the boundary t = 0 (:func:`gaussian_ode_solution` to t = 0);
+    f*(x, 0) = x."""
+
+    def __init__(self, mean, cov, schedule: NoiseSchedule):
+        self.mean, self.cov, self.schedule = torch.as_tensor(mean, dtype=_F64), torch.as_tensor(cov, dtype=_F64), schedule
+
+    def __call__(self, x: torch.Tensor, t, **_) -> torch.Tensor:
+        t64 = _per_sample(t)
+        zero = torch.zeros(1, dtype=_F64)
+        out = gaussian_ode_solution(self.mean, self.cov, x.detach().cpu(), self.schedule.alpha(t64),
+                                    self.schedule.sigma(t64), self.schedule.alpha(zero), self.schedule.sigma(zero))
+        return out.to(device=x.device, dtype=x.dtype)
 
 
 def _per_sample(value) -> torch.Tensor:

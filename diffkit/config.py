@@ -33,6 +33,8 @@ LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # diffkit.models.layers.resolve_memory_format
 STATES = ("train", "eval")
+OBJECTIVES = ("diffusion", "consistency-distillation", "consistency-training")  # = diffkit.consistency.OBJECTIVES
+CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCES
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
@@ -63,6 +65,16 @@ class TrainConfig:
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
     (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
     (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality).
+
+    **Consistency models** (docs/consistency.md; Song et al. 2023, Luo et al. 2023, Song & Dhariwal
+    2023): ``objective`` (``diffusion``, DDPM's; ``consistency-distillation`` from ``teacher``, a
+    diffkit diffusion checkpoint whose weights start the student; ``consistency-training``, no
+    teacher), ``consistency_skip`` (LCM's skipping step k in timesteps; None = T // 50),
+    ``consistency_distance`` (``pseudo-huber``, iCT; ``l2``), ``consistency_sigma_data`` and
+    ``consistency_timestep_scaling`` (the boundary condition's 0.5 and 10, LCM),
+    ``consistency_guidance`` (a fixed classifier-free guidance weight w of a conditional teacher,
+    seed convention; LCM's guided distillation). ``loss`` is not used by them, and
+    ``timestep_sampler`` / ``min_snr_gamma`` must keep their defaults.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
@@ -113,6 +125,14 @@ class TrainConfig:
     timestep_sampler: str = "uniform"
     min_snr_gamma: Optional[float] = None
     offset_noise: float = 0.0
+    # ---- consistency models (docs/consistency.md) ----
+    objective: str = "diffusion"
+    teacher: Optional[str] = None
+    consistency_skip: Optional[int] = None
+    consistency_distance: str = "pseudo-huber"
+    consistency_sigma_data: float = 0.5
+    consistency_timestep_scaling: float = 10.0
+    consistency_guidance: float = 0.0
     # ---- conditioning ----
     conditional: bool = False
     num_classes: Optional[int] = None
@@ -213,6 +233,7 @@ class TrainConfig:
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
                                "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
+        self._check_consistency()
         if self.sample_steps > self.T:
             raise DiffkitError(f"sample_steps={self.sample_steps} exceeds T={self.T}; allowed: 1..{self.T}")
         if not self.sampler:
@@ -234,6 +255,33 @@ class TrainConfig:
                                    f"'samples.png'")
             if self.sampledImgName == self.sampledNoisyImgName:
                 raise DiffkitError(f"sampledImgName and sampledNoisyImgName are both {name!r}; give two names")
+
+    def _check_consistency(self) -> None:
+        if self.objective == "consistency-distillation" and not self.teacher:
+            raise DiffkitError("objective='consistency-distillation' needs teacher=PATH, a diffkit diffusion checkpoint "
+                               "(diffkit distill --teacher CKPT)")
+        if self.teacher is not None and self.objective != "consistency-distillation":
+            raise DiffkitError(f"teacher={self.teacher!r} is used only by objective='consistency-distillation' "
+                               f"(this run has objective={self.objective!r}); drop it or change the objective")
+        if self.objective == "diffusion":
+            changed = [name for name in ("consistency_skip", "consistency_distance", "consistency_sigma_data",
+                                         "consistency_timestep_scaling", "consistency_guidance")
+                       if getattr(self, name) != _default(name)]
+            if changed:
+                raise DiffkitError(f"{changed[0]}={getattr(self, changed[0])!r} applies to the consistency objectives; "
+                                   f"this run has objective='diffusion'")
+            return
+        if self.consistency_skip is not None and not self.consistency_skip <= self.T - 1:
+            raise DiffkitError(f"consistency_skip={self.consistency_skip} is not allowed; give 1..{self.T - 1} "
+                               f"(timesteps between the teacher step's ends; T={self.T})")
+        for name, value in (("timestep_sampler", "uniform"), ("min_snr_gamma", None)):
+            if getattr(self, name) != value:
+                raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to the diffusion objective; objective="
+                                   f"{self.objective!r} draws its time pairs uniformly from its own grid: set {name}="
+                                   f"{value if value is None else repr(value)}")
+        if self.consistency_guidance and not (self.conditional and self.objective == "consistency-distillation"):
+            raise DiffkitError(f"consistency_guidance={self.consistency_guidance} guides a class-conditional teacher; "
+                               f"it needs objective='consistency-distillation' and conditional=True")
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -374,12 +422,15 @@ _RANGES = {
     "log_every": (1, None, True, True), "sample_steps": (1, None, True, True),
     "context_dim": (1, None, True, True), "text_width": (1, None, True, True), "text_layers": (0, None, True, True),
     "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),
+    "consistency_skip": (1, None, True, True), "consistency_sigma_data": (0.0, None, False, True),
+    "consistency_timestep_scaling": (0.0, None, False, True), "consistency_guidance": (0.0, None, True, True),
 }
 _CHOICES = {
     "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,
     "fixed_variance": FIXED_VARIANCES,
     "timestep_sampler": TIMESTEP_SAMPLERS, "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISION,
-    "dataset": DATASETS, "memory_format": MEMORY_FORMATS,
+    "dataset": DATASETS, "memory_format": MEMORY_FORMATS, "objective": OBJECTIVES,
+    "consistency_distance": CONSISTENCY_DISTANCES,
 }
 
 

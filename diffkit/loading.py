@@ -107,7 +107,9 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
 def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None,
                   mixed_precision: str = "no", compile: str = "no") -> Denoiser:
     """A :class:`Denoiser` for a checkpoint; ``.model``, ``.meta``, ``.prompt_encoder`` and
-    ``.decoder`` are attached.
+    ``.decoder`` are attached. A consistency model's checkpoint (``meta["consistency"]``, written by
+    ``diffkit distill``) comes wrapped in its consistency function,
+    :class:`~diffkit.consistency.ConsistencyDenoiser`, which answers the same attributes.
 
     ``prompt_encoder`` (text-conditional checkpoints, else None): prompts -> the context
     (B, max_tokens, context_dim) that the network takes as ``cond={"context": ...}``; encode
@@ -129,6 +131,9 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     d.compile(compile)
     d.model, d.meta, d.decoder = model, meta, decoder
     d.prompt_encoder = getattr(model, "encode_prompts", None)
+    if meta.get("consistency"):  # a consistency model answers x0 = f(x, t) (diffkit.consistency)
+        from .consistency import ConsistencyDenoiser
+        return ConsistencyDenoiser(d, meta["consistency"]["sigma_data"], meta["consistency"]["timestep_scaling"])
     return d
 
 

@@ -16,6 +16,10 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
     strided     improved-diffusion / guided-diffusion's ``timestep_respacing="ddimS"``: tau_i = i k with
                 the smallest integer stride k for which range(0, T, k) has exactly S times (k = T // S
                 when S divides T, then equal to ``leading``); S that no stride gives is an error
+    lcm         diffusers' LCMScheduler (Luo et al. 2023; original_inference_steps N = 50, or T when T < 50):
+                from its N training times t_n = n (T // N) - 1 (n = N..1, decreasing), the ones at the
+                indices floor(linspace(0, N, S, endpoint=False)); S <= N. The ``consistency`` sampler's
+                default, on the times consistency distillation trains on (diffkit.consistency)
     linspace    diffusers' DPMSolver/UniPC/DEIS schedulers: round(linspace(0, T-1, S+1)) without
                 its 0 (its DDIM/DDPM/PNDM schedulers' 'linspace' is round(linspace(0, T-1, S)),
                 which evaluates at t = 0: pass that as a custom grid)
@@ -35,7 +39,7 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
     time_uniform  uniform in continuous t (DPM-Solver 'time_uniform')
     custom      (the ``custom=`` argument of :func:`make_grid`, not a spacing name) any user list of
                 evaluation times
-The first six give integer evaluation times (what the network was trained on); the continuous
+The first seven give integer evaluation times (what the network was trained on); the continuous
 spacings (karras, logsnr, logsnr_skip, logsnr_graded, time_uniform) give continuous times, which the
 schedule's interpolation supports.
 """
@@ -127,6 +131,18 @@ def _trailing(T: int, S: int, offset: int) -> torch.Tensor:
     return torch.from_numpy(np.round(np.arange(T, 0, -T / S)).astype(np.float64))[:S] - 1
 
 
+LCM_ORIGINAL_STEPS = 50  # diffusers' LCMScheduler original_inference_steps
+
+
+def _lcm(T: int, S: int, offset: int) -> torch.Tensor:
+    N = min(LCM_ORIGINAL_STEPS, T)
+    if S > N:
+        raise DiffkitError(f"steps={S}: the 'lcm' spacing takes at most {N} steps (diffusers' LCMScheduler picks "
+                           f"them from its original_inference_steps={N} times); use fewer steps or another spacing")
+    origin = (torch.arange(N, 0, -1, dtype=_F64) * (T // N) - 1)  # decreasing: N k - 1, ..., k - 1
+    return origin[torch.from_numpy(np.floor(np.linspace(0, N, S, endpoint=False)).astype(np.int64))]
+
+
 def _linspace(T: int, S: int, offset: int) -> torch.Tensor:
     return torch.from_numpy(np.linspace(0, T - 1, S + 1).round()[::-1][:-1].copy())
 
@@ -170,7 +186,7 @@ def _time_uniform(schedule: NoiseSchedule, top: float, n: int, **_) -> torch.Ten
 
 
 _TIMESTEP_SPACINGS = {"linear": _linear, "quadratic": _quadratic, "leading": _leading,
-                      "trailing": _trailing, "linspace": _linspace, "strided": _strided}
+                      "trailing": _trailing, "linspace": _linspace, "strided": _strided, "lcm": _lcm}
 _CONTINUOUS_SPACINGS = {"karras": _karras, "logsnr": _logsnr, "logsnr_skip": _logsnr_skip,
                         "logsnr_graded": _logsnr_graded, "time_uniform": _time_uniform}
 SPACINGS = tuple(_TIMESTEP_SPACINGS) + tuple(_CONTINUOUS_SPACINGS)  # the names make_grid takes

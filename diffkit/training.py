@@ -330,6 +330,7 @@ class Trainer:
         # the layout the network computes in, fixed before the EMA copy and the optimiser's moments
         # take the weights' strides; auto: models.layers.preferred_memory_format
         use_memory_format(self.model, resolve_memory_format(cfg.memory_format, self.device, cfg.mixed_precision))
+        self.teacher = self._load_teacher() if cfg.objective == "consistency-distillation" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         # fused AdamW (one kernel for all parameters) on CPU and CUDA, channels_last weights handed
         # to the CPU kernel without its gradient copies (diffkit.optim); resumed optimiser state gets
@@ -364,6 +365,39 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if (cfg.mixed_precision == "fp16" and self.device.type == "cuda") else None
         if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
             raise DiffkitError("mixed_precision='fp16' needs a CUDA device; use 'bf16' on cpu/mps")
+        self.student = None  # the consistency objectives: f_theta around the trained network
+        if cfg.objective != "diffusion":
+            from .consistency import ConsistencyDenoiser, distillation_grid
+            from .denoiser import Denoiser
+            self.consistency_grid = distillation_grid(cfg.T, cfg.consistency_skip)
+            self.student = ConsistencyDenoiser(Denoiser(self.forward, self.schedule, cfg.prediction_type,
+                                                        cfg.learned_variance), cfg.consistency_sigma_data,
+                                               cfg.consistency_timestep_scaling)
+
+    def _load_teacher(self):
+        """The frozen teacher of consistency distillation (its EMA weights), checked to share the
+        student's schedule and prediction type; a fresh run's student starts from its weights (CM
+        Sec. 4; LCM Sec. 4.2). With ``consistency_guidance`` w the teacher is guided (LCM eq. 8)."""
+        from .loading import load_denoiser
+        cfg = self.cfg
+        teacher = load_denoiser(cfg.teacher, device=self.device)
+        if teacher.meta.get("consistency"):
+            raise DiffkitError(f"teacher={cfg.teacher!r} is a consistency model; distil from a diffusion checkpoint")
+        if teacher.schedule.betas.shape != self.schedule.betas.shape or not torch.allclose(
+                teacher.schedule.betas.double(), self.schedule.betas.double(), rtol=1e-6, atol=1e-12):
+            raise DiffkitError(f"teacher={cfg.teacher!r} was trained with another noise schedule than this run's "
+                               f"(T={cfg.T}, schedule={cfg.schedule!r}); distil with the teacher's schedule")
+        if teacher.prediction_type != cfg.prediction_type:
+            raise DiffkitError(f"teacher={cfg.teacher!r} predicts {teacher.prediction_type}, this run has "
+                               f"prediction_type={cfg.prediction_type!r}; the student starts from the teacher's weights: "
+                               f"use its prediction type")
+        teacher.model.requires_grad_(False)
+        if not cfg.training_load_weight:  # a resumed run loads its own weights
+            ckpt.load_state_dict_checked(self.model, teacher.model.state_dict(), f"teacher {cfg.teacher}")
+        if cfg.consistency_guidance:
+            from .guidance import ClassifierFreeGuidance
+            teacher = ClassifierFreeGuidance(teacher, cfg.consistency_guidance)
+        return teacher
 
     # ------------------------------------------------------------ state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -401,6 +435,13 @@ class Trainer:
             meta["latent"] = self.latent.meta()
         if self.cfg.text_conditioning:
             meta["text"] = self.model.text_meta()
+        if self.student is not None:  # loading.load_denoiser wraps such a checkpoint in f (diffkit.consistency)
+            meta["consistency"] = {"objective": self.cfg.objective, "teacher": self.cfg.teacher,
+                                   "sigma_data": self.cfg.consistency_sigma_data,
+                                   "timestep_scaling": self.cfg.consistency_timestep_scaling,
+                                   "grid": [int(t) for t in self.consistency_grid.tolist()],
+                                   "distance": self.cfg.consistency_distance,
+                                   "guidance": self.cfg.consistency_guidance}
         return tensors, meta
 
     def save(self) -> Path:
@@ -443,6 +484,11 @@ class Trainer:
                                f"{len(self.dataset)}; resume with the same data set")
         check_same_global_batch(path, meta, self.cfg.batch_size, self.dist.world_size, self.cfg.grad_accum)
         check_same_objective_and_size(path, tensors, meta, self.schedule, self.cfg, self.cfg.to_unet_kwargs(self.dataset))
+        saved_objective = (meta.get("config") or {}).get("objective", "diffusion")
+        if saved_objective != self.cfg.objective:
+            raise DiffkitError(f"{path} was trained with objective={saved_objective!r}, this run has "
+                               f"{self.cfg.objective!r}; an exact resume needs the same objective (to distil a "
+                               f"diffusion checkpoint: diffkit distill --teacher {path})")
         saved_ae = (meta.get("latent") or {}).get("sha256")
         if self.latent is not None and saved_ae and saved_ae != self.latent.sha256:
             raise DiffkitError(f"{path} was trained on the latents of another autoencoder file than "
@@ -473,7 +519,11 @@ class Trainer:
         world size sees the same randomness."""
         cfg, info = self.cfg, self.dist
         b = images.shape[0]
-        t, weights = self.timesteps.sample(b, self.generator)
+        if self.student is not None:  # consistency: a uniform pair (t_n, t_{n+1}) of the grid per sample
+            t = torch.randint(len(self.consistency_grid) - 1, (b,), generator=self.generator)
+            weights = torch.ones(b)
+        else:
+            t, weights = self.timesteps.sample(b, self.generator)
         noise = torch.randn(images.shape, generator=self.generator)
         if cfg.offset_noise > 0:  # offset noise (Guttenberg 2023): a per-channel constant shift
             noise = noise + cfg.offset_noise * torch.randn(b, images.shape[1], *([1] * (images.ndim - 2)),
@@ -493,6 +543,12 @@ class Trainer:
             cond["y"] = torch.where(distributed.shard(drop, info).to(self.device), torch.full_like(y, null), y)
         if tokens is not None:
             cond["tokens"] = distributed.shard(tokens, info).to(self.device)
+        if self.student is not None:
+            from .consistency import consistency_loss
+            with autocast(cfg.mixed_precision, self.device.type):
+                loss = consistency_loss(self.student, x0, noise, self.consistency_grid[t + 1], self.consistency_grid[t],
+                                        teacher=self.teacher, distance_kind=cfg.consistency_distance, cond=cond)
+            return loss.mean()
         with autocast(cfg.mixed_precision, self.device.type):
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,

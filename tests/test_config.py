@@ -137,6 +137,11 @@ def test_the_channels_last_key_of_older_configs_reads_as_memory_format():
 
 
 BAD_VALUES = [
+    ("objective", "flow", "objective='flow'"), ("teacher", 5, "teacher=5"), ("consistency_skip", 0, "consistency_skip=0"),
+    ("consistency_distance", "l1", "consistency_distance='l1'"),
+    ("consistency_sigma_data", 0.0, "consistency_sigma_data=0.0"),
+    ("consistency_timestep_scaling", -1.0, "consistency_timestep_scaling=-1.0"),
+    ("consistency_guidance", -1.0, "consistency_guidance=-1.0"),
     ("state", "test", "'test'"), ("epoch", 0, "epoch=0"), ("epoch", 2.0, "epoch=2.0"), ("epoch", True, "epoch=True"),
     ("batch_size", 0, "batch_size=0"), ("batch_size", "80", "batch_size='80'"), ("T", 0, "T=0"),
     ("channel", -1, "channel=-1"), ("channel_mult", [1, "2"], "channel_mult="), ("channel_mult", [], "channel_mult=[]"),

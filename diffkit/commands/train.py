@@ -110,9 +110,14 @@ def resumable_config(path) -> dict:
 
 
 def run(args) -> int:
+    return run_config(args, config_from_args(args))
+
+
+def run_config(args, cfg) -> int:
+    """Train as the validated ``cfg`` says (``args``: nproc, sample, progress; ``diffkit distill``
+    comes here with its own config)."""
     from ..config import resolve_device
     from ..distributed import DISTRIBUTED_DEVICES
-    cfg = config_from_args(args)
     if cfg.state == "eval":  # the seed's modelConfig runs its sampler when state is "eval"
         raise DiffkitError("the config has state='eval' (the seed's sampling mode); 'diffkit train' trains: set "
                            "state='train', or sample a trained run with 'diffkit sample --checkpoint CKPT'")

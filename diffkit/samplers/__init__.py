@@ -1,4 +1,5 @@
 """Samplers: plain functions over a Denoiser and a time grid, one family per module."""
+from .consistency import consistency
 from .ddim import ddim, ddim_invert
 from .ddpm import ddpm
 from .deis import deis
@@ -11,6 +12,7 @@ from .pndm import fon, plms, pndm, s_pndm, transfer
 from .registry import REGISTRY, SamplerInfo, get_sampler, register
 from .unipc import unipc
 
-__all__ = ["ddim", "ddim_invert", "ddpm", "deis", "dpm_adaptive", "dpm_solver_multistep", "dpm_solver_singlestep", "dpm2", "dpm2_ancestral",
+__all__ = ["consistency", "ddim", "ddim_invert", "ddpm", "deis", "dpm_adaptive", "dpm_solver_multistep",
+           "dpm_solver_singlestep", "dpm2", "dpm2_ancestral",
            "dpmpp_2s_ancestral", "euler", "euler_ancestral", "heun", "lms", "ode", "fon", "plms", "pndm", "pc", "s_pndm",
            "transfer", "unipc", "REGISTRY", "SamplerInfo", "get_sampler", "register"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Union
 
 from ..errors import DiffkitError, check_choice, check_range
+from .consistency import consistency
 from .ddim import ddim
 from .ddpm import ddpm
 from .deis import deis
@@ -163,6 +164,10 @@ register(SamplerInfo("ddpm", ddpm, order=1, calls_per_step=1, stochastic=True,
 register(SamplerInfo("ddim", ddim, order=1, calls_per_step=1, stochastic=False,
                      description="DDIM (Song et al. 2021, eq. 12); eta=0 deterministic, eta>0 stochastic",
                      infinite_noise_start=True))
+register(SamplerInfo("consistency", consistency, order=1, calls_per_step=1, stochastic=True,
+                     description="multistep consistency sampling (Song et al. 2023, Alg. 1; LCMScheduler) for "
+                                 "consistency models: f, then renoise to the next time",
+                     default_spacing="lcm", default_final="zero", infinite_noise_start=True))
 
 
 # ---------------------------------------------------------------- fast samplers

@@ -1,0 +1,101 @@
+"""``diffkit distill``: distil a diffusion checkpoint into a consistency model (one- and few-step
+sampling; docs/consistency.md), then sample a grid with ``--sampler consistency``.
+
+The student is the teacher's network, started from the teacher's (EMA) weights, trained with
+consistency distillation (Song et al. 2023, Alg. 2; Luo et al. 2023, Alg. 1) by diffkit's training
+loop: checkpoints, exact resume (``diffkit distill --resume CKPT`` or ``diffkit train --resume
+CKPT``), Ctrl-C, EMA and mixed precision are those of ``diffkit train``. The run's config is the
+teacher's, with objective='consistency-distillation', EMA warm-up on, and samples drawn with the
+``consistency`` sampler in 4 steps; ``--set`` changes any field (e.g. ``consistency_skip``,
+``consistency_distance``, ``lr``, ``consistency_guidance``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DiffkitError
+from ._common import add_progress_flag, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("distill", help="distil a diffusion checkpoint into a consistency model",
+                       description=__doc__)
+    p.add_argument("--teacher", help="the diffusion checkpoint to distil (a diffkit .safetensors file or run folder)")
+    p.add_argument("--out", help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
+    p.add_argument("--steps", type=positive_int,
+                   help="optimiser steps (default: the teacher config's max_steps, else its epochs)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--resume", help="a distillation checkpoint to continue exactly")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set consistency_skip=10 --set lr=5e-5")
+    p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
+    add_progress_flag(p)
+    p.set_defaults(func=run, nproc=1)
+
+
+# what a distillation run changes in the teacher's config (--set overrides any of them)
+DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": "consistency", "sample_steps": 4,
+                    "ema_warmup": True, "timestep_sampler": "uniform", "min_snr_gamma": None,
+                    "training_load_weight": None, "test_load_weight": None}
+
+
+def teacher_config(path) -> dict:
+    """The training config stored in the teacher checkpoint (one-line errors for anything else)."""
+    from ..checkpoint import LEGACY_SUFFIXES, load_checkpoint
+    if Path(path).suffix in LEGACY_SUFFIXES:
+        raise DiffkitError(f"teacher {path} is a plain state dict; distil from a diffkit .safetensors checkpoint "
+                           f"(convert it first: diffkit convert)")
+    try:
+        _, meta = load_checkpoint(path)
+    except DiffkitError as err:
+        raise DiffkitError(f"--teacher: {err}") from None
+    if not isinstance(meta.get("config"), dict) or "unet" not in meta:
+        raise DiffkitError(f"teacher {path} is not a diffkit diffusion checkpoint (no config / model description)")
+    if meta.get("consistency"):
+        raise DiffkitError(f"teacher {path} is a consistency model; distil from a diffusion checkpoint")
+    return meta["config"]
+
+
+def config_from_args(args):
+    from .train import config_from_args as train_config
+    if args.resume:
+        if args.teacher:
+            raise DiffkitError("--resume continues a distillation with its own teacher; drop --teacher")
+        train_args = _train_args(args)
+        cfg = train_config(train_args)
+        if cfg.objective == "diffusion":
+            raise DiffkitError(f"{args.resume} is a diffusion run; continue it with diffkit train --resume, or distil "
+                               f"it with diffkit distill --teacher {args.resume}")
+        return cfg
+    if not args.teacher:
+        raise DiffkitError("diffkit distill needs --teacher CKPT (a diffkit diffusion checkpoint) or --resume CKPT")
+    if not args.out:
+        raise DiffkitError("diffkit distill needs --out DIR (the run folder of the consistency model)")
+    flags = {"max_steps": args.steps, "batch_size": args.batch_size, "device": args.device}
+    return distill_config(args.teacher, args.out, args.overrides, **{k: v for k, v in flags.items() if v is not None})
+
+
+def distill_config(teacher, out, overrides=(), **fields):
+    """The TrainConfig of a distillation of ``teacher`` into the run folder ``out``: the teacher's
+    config with :data:`DISTILL_DEFAULTS`, then ``fields`` and the ``key=value`` ``overrides``."""
+    from ..config import TrainConfig, apply_overrides
+    teacher = Path(teacher)
+    teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
+    data = dict(teacher_config(teacher))
+    data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),
+                sampled_dir=str(Path(out) / "samples"), **fields)
+    return apply_overrides(TrainConfig.from_dict(data), overrides)
+
+
+def _train_args(args):
+    """The ``diffkit train`` arguments of a resumed distillation."""
+    import argparse
+    return argparse.Namespace(config=None, resume=args.resume, dataset=None, data_dir=None, out=args.out,
+                              steps=args.steps, epochs=None, batch_size=args.batch_size, device=args.device,
+                              conditional=False, overrides=args.overrides)
+
+
+def run(args) -> int:
+    from .train import run_config
+    return run_config(args, config_from_args(args))

@@ -1,0 +1,127 @@
+"""Consistency distillation / training in diffkit's Trainer and ``diffkit distill`` (tiny models,
+seconds on the CPU)."""
+import pytest
+import torch
+
+from diffkit import DiffkitError
+from diffkit import checkpoint as ckpt
+from diffkit.cli import main
+from diffkit.config import TrainConfig
+from diffkit.consistency import ConsistencyDenoiser
+from diffkit.loading import load_denoiser
+from diffkit.training import Trainer
+
+from test_training import TINY, make_cfg, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    Trainer(TrainConfig.from_dict({**TINY, "max_steps": 3, "save_weight_dir": str(root / "ckpt")}), tiny_dataset(),
+            progress=False).run()
+    return root / "ckpt" / "latest.safetensors"
+
+
+def _cd(tmp_path, teacher, **over):
+    return make_cfg(tmp_path, objective="consistency-distillation", teacher=str(teacher), ema_warmup=True, **over)
+
+
+def test_distillation_starts_from_the_teacher_and_writes_a_consistency_checkpoint(tmp_path, teacher):
+    tr = Trainer(_cd(tmp_path, teacher, max_steps=3), tiny_dataset(), progress=False)
+    teacher_weights = ckpt.split_prefix(ckpt.load_checkpoint(teacher)[0], "ema")
+    for name, p in tr.model.named_parameters():
+        assert torch.equal(p.detach(), teacher_weights[name]), name
+    result = tr.run()
+    _, meta = ckpt.load_checkpoint(result.checkpoint)
+    assert meta["consistency"]["objective"] == "consistency-distillation"
+    assert meta["consistency"]["grid"][:3] == [0, 19, 39] and meta["consistency"]["sigma_data"] == 0.5
+    den = load_denoiser(result.checkpoint)
+    assert isinstance(den, ConsistencyDenoiser) and den.meta == meta
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(den(x, 0).x0, x)  # the boundary condition of the loaded model
+    import diffkit
+    den.reset_nfe()
+    out = diffkit.sample(den, x, sampler="consistency", steps=2, seed=0, progress=False)
+    assert torch.isfinite(out).all() and den.nfe == 2
+
+
+@pytest.mark.parametrize("objective", ["consistency-distillation", "consistency-training"])
+def test_consistency_resume_equals_uninterrupted_bitwise(tmp_path, teacher, objective, assert_same_training_state):
+    def cfg(folder, **over):
+        extra = {"teacher": str(teacher)} if objective == "consistency-distillation" else {}
+        return make_cfg(tmp_path / folder, objective=objective, max_steps=7, consistency_skip=100, **extra, **over)
+    Trainer(cfg("a"), tiny_dataset(), progress=False).run()
+    Trainer(cfg("b"), tiny_dataset(), progress=False).run(stop_at=3)
+    Trainer(cfg("b", training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")), tiny_dataset(),
+            progress=False).run()
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
+                               tmp_path / "b" / "ckpt" / "latest.safetensors", 7)
+
+
+def test_resuming_across_objectives_is_refused(tmp_path, teacher):
+    with pytest.raises(DiffkitError, match="objective='diffusion', this run has 'consistency-distillation'") as err:
+        Trainer(_cd(tmp_path, teacher, training_load_weight=str(teacher)), tiny_dataset(), progress=False).run()
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"objective": "consistency-distillation"}, "needs teacher=PATH"),
+    ({"teacher": "t.safetensors"}, "used only by objective='consistency-distillation'"),
+    ({"consistency_skip": 10}, "applies to the consistency objectives"),
+    ({"objective": "consistency-training", "consistency_skip": 1000}, r"consistency_skip=1000 is not allowed; give 1\.\.999"),
+    ({"objective": "consistency-training", "consistency_skip": 0}, "consistency_skip=0"),
+    ({"objective": "consistency-training", "consistency_distance": "l1"}, "consistency_distance"),
+    ({"objective": "consistency-training", "timestep_sampler": "loss-aware"}, "belongs to the diffusion objective"),
+    ({"objective": "consistency-training", "consistency_guidance": 2.0}, "needs objective='consistency-distillation' and conditional"),
+    ({"objective": "flow"}, "objective"),
+])
+def test_bad_consistency_config_is_one_line_error(over, message):
+    with pytest.raises(DiffkitError, match=message) as err:
+        TrainConfig.from_dict({**TINY, **over})
+    assert "\n" not in str(err.value)
+
+
+def test_teacher_that_is_not_a_diffkit_checkpoint_is_one_line_error(tmp_path, teacher):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    for path, message in ((junk, "corrupt"), (tmp_path / "missing.safetensors", "does not exist")):
+        with pytest.raises(DiffkitError, match=message) as err:
+            Trainer(_cd(tmp_path, path), tiny_dataset(), progress=False)
+        assert "\n" not in str(err.value)
+    other = make_cfg(tmp_path / "o", max_steps=1, T=500)
+    Trainer(other, tiny_dataset(), progress=False).run()
+    with pytest.raises(DiffkitError, match="another noise schedule"):
+        Trainer(_cd(tmp_path, tmp_path / "o" / "ckpt" / "latest.safetensors"), tiny_dataset(), progress=False)
+
+
+def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", "--teacher", str(teacher), "--out", "cm", "--steps", "2", "--no-progress", "--no-sample",
+                 "--set", "consistency_skip=100"]) == 0
+    latest = tmp_path / "cm" / "checkpoints" / "latest.safetensors"
+    _, meta = ckpt.load_checkpoint(latest)
+    assert meta["config"]["objective"] == "consistency-distillation" and meta["config"]["sampler"] == "consistency"
+    assert meta["consistency"]["grid"][:3] == [0, 99, 199]
+    assert main(["sample", "--checkpoint", str(latest), "--sampler", "consistency", "--steps", "2", "--num", "4",
+                 "--out", "s.png", "--no-progress"]) == 0
+    assert (tmp_path / "s.png").exists() and "2 network evaluations per sample" in capsys.readouterr().out
+    assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
+    assert ckpt.load_checkpoint(latest)[1]["step"] == 3
+    assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher
+    assert "is a consistency model" in capsys.readouterr().err
+    assert main(["distill", "--out", "x"]) == 2
+    assert "needs --teacher" in capsys.readouterr().err
+
+
+def test_guided_distillation_of_a_conditional_teacher(tmp_path):
+    """consistency_guidance = w distils the classifier-free-guided teacher (LCM eq. 8 with w fixed)."""
+    from diffkit.guidance import ClassifierFreeGuidance
+    teacher_cfg = make_cfg(tmp_path / "t", max_steps=2, conditional=True)
+    Trainer(teacher_cfg, tiny_dataset(), progress=False).run()
+    teacher = tmp_path / "t" / "ckpt" / "latest.safetensors"
+    tr = Trainer(_cd(tmp_path / "s", teacher, max_steps=2, conditional=True, consistency_guidance=1.5), tiny_dataset(),
+                 progress=False)
+    assert isinstance(tr.teacher, ClassifierFreeGuidance) and tr.teacher.w == 1.5
+    assert tr.run().steps == 2
+    den = load_denoiser(tmp_path / "s" / "ckpt" / "latest.safetensors")
+    assert den.meta["consistency"]["guidance"] == 1.5
