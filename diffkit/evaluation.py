@@ -509,6 +509,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         else:
             nll_images, _ = reference_images(ref, data_dir, train=True, img_size=size, channels=channels,
                                              limit=nll_num)
+        check_sample_count(int(nll_images.shape[0]), "NLL images")  # before any sampling or bound pass
         settings.update(nll_split=nll_split, nll_num_images=int(nll_images.shape[0]))
     # the other inputs that change the numbers: the weights set, the scoring networks' files, the batch
     from .latent import file_sha256

@@ -389,3 +389,15 @@ def test_table_plots_use_a_log_scale_when_one_cell_diverged(tmp_path, monkeypatc
                             [[135.5, 111.9], [0.0, 92.6]], [[10, 20], [10, 20]], 2000, [], 0.0)
     plot_table(close, tmp_path / "close.png", "lines")
     assert scales == ["log"]  # within 10x (and a zero): linear
+
+
+@pytest.mark.parametrize("metrics", ["nll-strided", "rate-distortion", "nll-strided,rate-distortion", "nll"])
+def test_one_nll_image_is_refused_for_every_bound_metric(run_dir, tmp_path, metrics):
+    """A bound's standard error needs 2 images: one is a one-line error before any network call
+    (the shared strided pass of nll-strided and rate-distortion skipped the check once)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("L", (8, 8), 128).save(folder / "a.png")
+    with pytest.raises(DiffkitError, match="NLL images: 1 image"):
+        evaluate(metrics, checkpoint=run_dir / "ckpt" / "latest.safetensors", ref="folder", data_dir=str(folder),
+                 nll_split="train", nll_num=5, device="cpu")
