@@ -103,7 +103,7 @@ def exponential_adams_weights(r, hh: float, b_h: float = 1.0) -> list:
     sum_k a_k r_k^(i-1) = i! hh phi_{i+1}(hh) / b_h, i = 1..len(r), with phi_{k+1}(z) =
     (phi_k(z) - 1/k!)/z, phi_1(z) = expm1(z)/z (UniPC, Zhao et al. 2023, Theorem 3.1; hh = -h for
     data prediction, h for noise prediction). With nodes at earlier times this is the exponential
-    Adams-Bashforth step (DEIS's tAB in lambda), with the new point r = 1 among them Adams-Moulton (UniC)."""
+    Adams-Bashforth step (DEIS in log rho = -lambda), with the new point r = 1 among them Adams-Moulton (UniC)."""
     rows, rhs = [], []
     h_phi_k = math.expm1(hh) / hh - 1.0
     factorial = 1

@@ -1,13 +1,14 @@
 """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator"):
 the multistep exponential integrator with the noise prediction extrapolated by a polynomial
-through the last evaluations and integrated exactly, tAB-DEIS (Sec. 4, eq. 14-15), in the
-"logrho" form of diffusers' ``DEISMultistepScheduler``.
+through the last evaluations and integrated exactly: DEIS's exponential Adams-Bashforth (Sec. 4)
+as diffusers' ``DEISMultistepScheduler`` implements it ("logrho": the polynomial in log rho, where
+the paper's tAB interpolates in t).
 
 With rho = sigma/alpha (the Karras sigma) the probability-flow ODE is d(x/alpha)/d rho = eps, so
 
     x_s = alpha_s (x_t/alpha_t + int_{rho_t}^{rho_s} eps drho),
 
-and tAB-DEIS replaces eps by the Lagrange polynomial in log rho through eps at the last r + 1
+and DEIS (logrho) replaces eps by the Lagrange polynomial in log rho through eps at the last r + 1
 grid times (order r + 1). Since log rho = -lambda and drho = -e^{-lambda} dlambda, this is the
 noise-prediction exponential integrator of DPM-Solver (Lu et al. 2022, eq. 3.4) with the
 integrand an interpolating polynomial in lambda integrated exactly: the step is
@@ -31,7 +32,7 @@ from .common import GridScalars, exponential_adams_weights, multistep_orders, no
 
 def deis(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 2, lower_order_final: bool = True,
          cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False) -> torch.Tensor:
-    """tAB-DEIS of order 1-3 ("logrho"; one model call per step; order 1 is DDIM). Orders warm up
+    """DEIS of order 1-3 (diffusers' "logrho"; one model call per step; order 1 is DDIM). Orders warm up
     as history fills; ``lower_order_final`` caps the order at the steps left (at every step count;
     diffusers' DEIS only below 15 steps); a step into clean data is first order. Defaults follow
     diffusers' ``DEISMultistepScheduler`` (solver_order=2). ``generator`` is unused."""

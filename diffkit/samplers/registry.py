@@ -245,10 +245,10 @@ register(SamplerInfo("sde-dpm-solver++-3m", dpm_solver_multistep, order=3, calls
                      default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}))
 register(SamplerInfo("deis", deis, order=2, calls_per_step=1, stochastic=False,
-                     description="tAB-DEIS order 2 (Zhang & Chen 2023; diffusers DEISMultistepScheduler, logrho)",
+                     description="DEIS order 2: exponential Adams-Bashforth in log rho (Zhang & Chen 2023; diffusers' logrho DEIS)",
                      default_spacing="logsnr", default_final="zero", options={"solver_order": 2}))
 register(SamplerInfo("deis-3", deis, order=3, calls_per_step=1, stochastic=False,
-                     description="tAB-DEIS order 3: eps's quadratic in log rho through 3 steps, integrated exactly",
+                     description="DEIS order 3: eps's quadratic in log rho through 3 steps, integrated exactly",
                      default_spacing="logsnr", default_final="zero", options={"solver_order": 3}))
 
 register(SamplerInfo("euler", euler, order=1, calls_per_step=1, stochastic=False,
