@@ -662,3 +662,15 @@ def test_no_progress_hides_the_libraries_loading_bars_and_restores_their_setting
         assert not transformers.utils.logging.is_progress_bar_enabled()
     finally:
         transformers.utils.logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("option", ["use_karras_sigmas", "use_exponential_sigmas"])
+def test_deis_with_a_repeated_last_sigma_is_refused_with_deis_advice(option):
+    """With these options DEISMultistepScheduler repeats its last sigma (a zero-length last step):
+    the refusal names the option and diffkit's own Karras grid, not a final_sigmas_type DEIS lacks."""
+    from diffusers import DEISMultistepScheduler
+    scheduler = DEISMultistepScheduler(**{option: True})
+    scheduler.set_timesteps(10)
+    with pytest.raises(DiffkitError, match="repeats its last sigma.*spacing='karras'") as err:
+        grid_from_diffusers(scheduler)
+    assert "final_sigmas_type" not in str(err.value)

@@ -208,6 +208,10 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
         end = float(times[-1] - stride)
     if config.get("final_sigmas_type") == "sigma_min" or name == "DEISMultistepScheduler":
         end = 0.0  # DPMSolver*, UniPC, ... with sigma_min, and DEIS always: the last step ends at t = 0's sigma
+    if times[-1] <= end and name == "DEISMultistepScheduler":
+        raise DiffkitError(f"DEISMultistepScheduler's last timestep is {times[-1].item():g}: with use_karras_sigmas, "
+                           f"use_exponential_sigmas or use_beta_sigmas it repeats its last sigma (a last step of "
+                           f"length 0); give diffkit's deis spacing='karras' instead, or DEIS without those options")
     if times[-1] <= end:
         raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final noise "
                            f"level (t = {end:g}); use set_alpha_to_one=True, steps_offset=1 or "
