@@ -136,3 +136,38 @@ def test_the_ranks_command_line_spells_out_abbreviations_for_torchrun():
     assert ranks_argv(["train", "--npro", "2", "--st", "3", "--batch=4", "--out", "r", "--nproc=3", "--set", "lr=1"]) \
         == ["train", "--steps", "3", "--batch-size=4", "--out", "r", "--set", "lr=1"]
     assert ranks_argv(["train", "--no", "x"]) == ["train", "--no", "x"]  # ambiguous: left to argparse
+
+
+def _distill(out, teacher, nproc, batch):
+    cmd = [sys.executable, "-m", "diffkit", "distill", "--teacher", str(teacher), "--out", str(out), "--batch-size",
+           str(batch), "--steps", "2", "--set", "consistency_skip=100", "--no-sample", "--no-progress"]
+    if nproc > 1:
+        cmd[4:4] = ["--nproc", str(nproc)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_process_distillation_matches_one_process_with_the_same_global_batch(tmp_path):
+    """diffkit distill --nproc 2 (torchrun, gloo): the consistency loss's grid pairs, noise and the
+    stop-gradient target are the global batch's, so 2 x 4 equals 1 x 8; only rank 0 writes."""
+    _ok(_train(tmp_path / "teacher", 1, 8))
+    teacher = tmp_path / "teacher" / "checkpoints" / "latest.safetensors"
+    _ok(_distill(tmp_path / "one", teacher, 1, 8))
+    res = _ok(_distill(tmp_path / "two", teacher, 2, 4))
+    assert "running: torchrun" in res.stdout and res.stdout.count("trained 2 steps") == 1
+    a, _ = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.safetensors")
+    b, meta = ckpt.load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.safetensors")
+    assert meta["step"] == 2 and meta["world_size"] == 2 and meta["consistency"]["objective"] == "consistency-distillation"
+    for key in a:
+        if key.startswith(("model.", "ema.")):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
+
+
+def test_distills_command_line_for_the_ranks_spells_out_its_own_abbreviations():
+    from diffkit.cli import build_parser
+    from diffkit.commands.train import ranks_argv
+    build_parser()
+    assert ranks_argv(["distill", "--tea", "t.safetensors", "--npro", "2", "--st", "3", "--out", "r"]) \
+        == ["distill", "--teacher", "t.safetensors", "--steps", "3", "--out", "r"]

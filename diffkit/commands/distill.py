@@ -30,8 +30,13 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set consistency_skip=10 --set lr=5e-5")
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="processes for data-parallel distillation (re-runs itself under torchrun; "
+                        "batch_size is per process)")
     add_progress_flag(p)
-    p.set_defaults(func=run, nproc=1)
+    p.set_defaults(func=run)
+    from .train import remember_options
+    remember_options("distill", p)
 
 
 # what a distillation run changes in the teacher's config (--set overrides any of them)

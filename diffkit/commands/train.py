@@ -39,10 +39,15 @@ def register(sub) -> None:
                         "batch_size is per process)")
     add_progress_flag(p)
     p.set_defaults(func=run)
-    _OPTIONS[:] = [o for action in p._actions for o in action.option_strings if o.startswith("--")]  # for ranks_argv
+    remember_options("train", p)
 
 
-_OPTIONS: list[str] = []
+_OPTIONS: dict[str, list[str]] = {}  # each command's long options, for ranks_argv
+
+
+def remember_options(command: str, parser) -> None:
+    """Keep ``command``'s long option names for :func:`ranks_argv` (train and distill launch ranks)."""
+    _OPTIONS[command] = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
 
 
 def config_from_args(args):
@@ -220,11 +225,12 @@ def ranks_argv(argv: list[str]) -> list[str]:
     """The command line for the ranks: this one without ``--nproc N``, and with abbreviations that
     argparse took here (``--st`` for ``--steps``) written out, since torchrun's own parser, which
     reads the line first, would take them for its options (``--standalone``, ``--start-method``)."""
+    options = _OPTIONS.get(argv[0] if argv else "", [])
     full_names = []
     for a in argv:
         name, eq, value = a.partition("=")
-        if name.startswith("--") and name not in _OPTIONS:
-            matches = [o for o in _OPTIONS if o.startswith(name)]
+        if name.startswith("--") and name not in options:
+            matches = [o for o in options if o.startswith(name)]
             a = matches[0] + eq + value if len(matches) == 1 else a
         full_names.append(a)
     cleaned, skip = [], False
