@@ -35,6 +35,8 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # diffkit.models.layer
 STATES = ("train", "eval")
 OBJECTIVES = ("diffusion", "consistency-distillation", "consistency-training")  # = diffkit.consistency.OBJECTIVES
 CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCES
+CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
+CONSISTENCY_TIMESTEP_SCALING = 10.0
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
@@ -130,8 +132,8 @@ class TrainConfig:
     teacher: Optional[str] = None
     consistency_skip: Optional[int] = None
     consistency_distance: str = "pseudo-huber"
-    consistency_sigma_data: float = 0.5
-    consistency_timestep_scaling: float = 10.0
+    consistency_sigma_data: float = CONSISTENCY_SIGMA_DATA
+    consistency_timestep_scaling: float = CONSISTENCY_TIMESTEP_SCALING
     consistency_guidance: float = 0.0
     # ---- conditioning ----
     conditional: bool = False
@@ -271,9 +273,8 @@ class TrainConfig:
                 raise DiffkitError(f"{changed[0]}={getattr(self, changed[0])!r} applies to the consistency objectives; "
                                    f"this run has objective='diffusion'")
             return
-        if self.consistency_skip is not None and not self.consistency_skip <= self.T - 1:
-            raise DiffkitError(f"consistency_skip={self.consistency_skip} is not allowed; give 1..{self.T - 1} "
-                               f"(timesteps between the teacher step's ends; T={self.T})")
+        from .timesteps import lcm_skip
+        lcm_skip(self.T, self.consistency_skip)  # the one rule for the skip (1..T-1)
         for name, value in (("timestep_sampler", "uniform"), ("min_snr_gamma", None)):
             if getattr(self, name) != value:
                 raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to the diffusion objective; objective="

@@ -31,14 +31,14 @@ import torch
 
 from . import diffusion
 from .config import CONSISTENCY_DISTANCES as DISTANCES  # one list each, validated in TrainConfig
+from .config import CONSISTENCY_SIGMA_DATA as SIGMA_DATA  # LCM / diffusers' LCMScheduler (CM: 0.5 as well)
+from .config import CONSISTENCY_TIMESTEP_SCALING as TIMESTEP_SCALING  # LCMScheduler's ``timestep_scaling``
 from .config import OBJECTIVES
 from .denoiser import Prediction, Wrapper, with_x0
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import as_cpu_times
+from .timesteps import lcm_skip, lcm_times
 
-SIGMA_DATA = 0.5         # LCM / diffusers' LCMScheduler (CM uses 0.5 as well)
-TIMESTEP_SCALING = 10.0  # LCM / diffusers' LCMScheduler ``timestep_scaling``
-GRID_STEPS = 50          # LCM: N = 50 DDIM timesteps (skipping step k = T // 50 = 20 at T = 1000)
 
 
 def boundary_scalings(t, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING):
@@ -57,12 +57,15 @@ class ConsistencyDenoiser(Wrapper):
     consistent pair, and one DDIM step from t to clean data returns f). ``inner`` is the network's
     own denoiser (its prediction type converts the output to x0_hat). Attributes that the
     wrapper does not define (``model``, ``meta``, ``decoder``, ``compile``, ...) are the inner
-    denoiser's."""
+    denoiser's. ``skip``: the skipping step k of the grid it was distilled on (None: T // 50), which
+    the ``lcm`` spacing (the ``consistency`` sampler's default) samples on."""
 
-    def __init__(self, inner, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING):
+    def __init__(self, inner, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING,
+                 skip: Optional[int] = None):
         check_range("consistency_sigma_data", sigma_data, 0.0, None, low_inclusive=False)
         check_range("consistency_timestep_scaling", timestep_scaling, 0.0, None, low_inclusive=False)
         self.inner, self.sigma_data, self.timestep_scaling = inner, float(sigma_data), float(timestep_scaling)
+        self.consistency_skip = lcm_skip(inner.schedule.num_timesteps, skip)
 
     def __getattr__(self, name):
         if name == "inner":  # not set yet (copy / unpickle): no recursion
@@ -84,20 +87,15 @@ class ConsistencyDenoiser(Wrapper):
 
 
 def distillation_grid(num_timesteps: int, skip: Optional[int] = None) -> torch.Tensor:
-    """The increasing float64 times t_0 = 0 < t_1 < ... < t_N of the consistency losses:
-    t_n = n k - 1 (n = 1 .. T // k) and t_0 = 0, with the skipping step k = ``skip`` (LCM Sec. 4.3;
-    default T // 50, so N = 50 as LCM, t = 0, 19, 39, ..., 999 at T = 1000; for k = 1 every
-    training step). These are the timesteps of diffusers' ``LCMScheduler`` with
-    ``original_inference_steps`` = T // k, which the ``lcm`` spacing samples on, plus the boundary
-    t_0 = 0 (LCM's training script clamps t_1 - k = -1 to 0 there)."""
+    """The increasing float64 times t_0 = 0 < t_1 < ... < t_N of the consistency losses: LCM's
+    source times t_n = n k - 1 (n = 1 .. T // k; :func:`diffkit.timesteps.lcm_times`, the times
+    the ``lcm`` spacing samples from) and t_0 = 0, with the skipping step k = ``skip`` (LCM Sec.
+    4.3; default T // 50, so N = 50 as LCM, t = 0, 19, 39, ..., 999 at T = 1000; for k = 1 every
+    training step). t_0 = 0 is the boundary (LCM's training script clamps t_1 - k = -1 to 0)."""
     T = int(num_timesteps)
     if T < 2:
         raise DiffkitError(f"a consistency model needs a schedule of at least 2 timesteps; this one has T={T}")
-    k = max(1, T // GRID_STEPS) if skip is None else int(skip)
-    if k != skip and skip is not None or not 1 <= k <= T - 1:
-        raise DiffkitError(f"consistency_skip={skip!r} is not allowed; give an integer 1..{T - 1} (timesteps between "
-                           f"the teacher step's ends; LCM uses T // 50 = {max(1, T // GRID_STEPS)})")
-    times = torch.arange(1, T // k + 1, dtype=torch.float64) * k - 1
+    times = lcm_times(T, skip)
     return torch.cat([torch.zeros(1, dtype=torch.float64), times[times > 0]])
 
 
@@ -137,7 +135,9 @@ def consistency_loss(student, x0: torch.Tensor, noise: torch.Tensor, t_next, t_n
 
     ``student``: the :class:`ConsistencyDenoiser` being trained (its x0 is f_theta). ``target``:
     f_theta- evaluated without gradient; default the student itself, i.e. theta- = stopgrad(theta)
-    (iCT Sec. 3.2, EMA decay mu = 0). ``distance_kind``: see :func:`distance`."""
+    (iCT Sec. 3.2, EMA decay mu = 0). ``distance_kind``: see :func:`distance`. The target's and
+    the student's calls draw the same dropout masks (the random state is forked around the target
+    call, as the authors' ``consistency_losses`` does), so equal inputs give a zero loss."""
     cond = cond or {}
     target = student if target is None else target
     schedule = student.schedule
@@ -147,7 +147,10 @@ def consistency_loss(student, x0: torch.Tensor, noise: torch.Tensor, t_next, t_n
             x_hat = ddim_teacher_step(teacher, x_next, t_next, t_now, **cond).to(x0.dtype)
         else:
             x_hat = diffusion.q_sample(schedule, x0, t_now, noise)
-        f_target = target(x_hat, t_now, **cond).x0.detach()
+        device = x0.device
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device.index or 0],
+                                   device_type=None if device.type == "cpu" else device.type):
+            f_target = target(x_hat, t_now, **cond).x0.detach()
     f_student = student(x_next, t_next, **cond).x0
     return distance(f_student, f_target, distance_kind)
 

@@ -133,7 +133,8 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     d.prompt_encoder = getattr(model, "encode_prompts", None)
     if meta.get("consistency"):  # a consistency model answers x0 = f(x, t) (diffkit.consistency)
         from .consistency import ConsistencyDenoiser
-        return ConsistencyDenoiser(d, meta["consistency"]["sigma_data"], meta["consistency"]["timestep_scaling"])
+        entry = meta["consistency"]
+        return ConsistencyDenoiser(d, entry["sigma_data"], entry["timestep_scaling"], entry.get("skip"))
     return d
 
 

@@ -371,4 +371,5 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
         final = "zero"  # this many steps of that spacing end at t = 0 too (trailing from 2T/3 steps on)
         count = step_count(final)
     return make_grid(denoiser.schedule, count, spacing_used, final, offset=offset,
-                     grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)))
+                     grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)),
+                     lcm_skip=getattr(denoiser, "consistency_skip", None))  # a consistency model's own grid

@@ -372,7 +372,7 @@ class Trainer:
             self.consistency_grid = distillation_grid(cfg.T, cfg.consistency_skip)
             self.student = ConsistencyDenoiser(Denoiser(self.forward, self.schedule, cfg.prediction_type,
                                                         cfg.learned_variance), cfg.consistency_sigma_data,
-                                               cfg.consistency_timestep_scaling)
+                                               cfg.consistency_timestep_scaling, cfg.consistency_skip)
 
     def _load_teacher(self):
         """The frozen teacher of consistency distillation (its EMA weights), checked to share the
@@ -439,6 +439,7 @@ class Trainer:
             meta["consistency"] = {"objective": self.cfg.objective, "teacher": self.cfg.teacher,
                                    "sigma_data": self.cfg.consistency_sigma_data,
                                    "timestep_scaling": self.cfg.consistency_timestep_scaling,
+                                   "skip": self.student.consistency_skip,
                                    "grid": [int(t) for t in self.consistency_grid.tolist()],
                                    "distance": self.cfg.consistency_distance,
                                    "guidance": self.cfg.consistency_guidance}

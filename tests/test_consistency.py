@@ -293,3 +293,20 @@ def test_training_loss_with_the_exact_consistency_function_has_its_closed_form_e
         assert loss.mean().item() == pytest.approx(expected, rel=5 / math.sqrt(n)), (k, loss.mean(), expected)
         means.append(expected)
     assert 3.5 < means[0] / means[1] < 4.5  # O(k^2): about 4x per halving of k (4.36 here, higher orders)
+
+
+def test_the_target_and_the_student_draw_the_same_dropout_masks():
+    """With theta- = stopgrad(theta) and equal inputs (t_next = t_now, consistency training) the
+    loss is exactly 0 in training mode, dropout on: the target call's random state is forked so the
+    student's call draws the same masks (the authors' consistency_losses restores the RNG state).
+    Without that the loss has a floor of its own (the two calls below differ)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Dropout(0.5), torch.nn.Linear(64, 4)).double().train()
+    student = ConsistencyDenoiser(Denoiser(lambda x, t: net(x), NoiseSchedule.linear()))
+    x0 = torch.randn(16, 4, dtype=torch.float64)
+    noise = torch.randn(16, 4, dtype=torch.float64)
+    t = torch.full((16,), 499.0, dtype=torch.float64)
+    assert not torch.equal(student(x0, t).x0, student(x0, t).x0)  # dropout is on
+    for kind in ("l2", "pseudo-huber"):
+        loss = consistency_loss(student, x0, noise, t, t, distance_kind=kind)
+        assert loss.abs().max().item() < 1e-15, (kind, loss)

@@ -68,7 +68,7 @@ def test_resuming_across_objectives_is_refused(tmp_path, teacher):
     ({"objective": "consistency-distillation"}, "needs teacher=PATH"),
     ({"teacher": "t.safetensors"}, "used only by objective='consistency-distillation'"),
     ({"consistency_skip": 10}, "applies to the consistency objectives"),
-    ({"objective": "consistency-training", "consistency_skip": 1000}, r"consistency_skip=1000 is not allowed; give 1\.\.999"),
+    ({"objective": "consistency-training", "consistency_skip": 1000}, r"consistency_skip=1000 is not allowed; give an integer 1\.\.999"),
     ({"objective": "consistency-training", "consistency_skip": 0}, "consistency_skip=0"),
     ({"objective": "consistency-training", "consistency_distance": "l1"}, "consistency_distance"),
     ({"objective": "consistency-training", "timestep_sampler": "loss-aware"}, "belongs to the diffusion objective"),
@@ -125,3 +125,18 @@ def test_guided_distillation_of_a_conditional_teacher(tmp_path):
     assert tr.run().steps == 2
     den = load_denoiser(tmp_path / "s" / "ckpt" / "latest.safetensors")
     assert den.meta["consistency"]["guidance"] == 1.5
+
+
+@pytest.mark.parametrize("skip,first", [(30, 989.0), (100, 999.0), (None, 999.0)])
+def test_a_consistency_model_samples_on_the_grid_it_was_distilled_on(tmp_path, teacher, skip, first):
+    """The consistency sampler's lcm spacing takes the loaded model's skipping step: every time it
+    evaluates at is a time the distillation trained on (with skip 30 the top one is 989, not 999)."""
+    from diffkit.sampling import sampler_grid
+    from diffkit.samplers import get_sampler
+    over = {} if skip is None else {"consistency_skip": skip}
+    den = load_denoiser(Trainer(_cd(tmp_path, teacher, max_steps=1, **over), tiny_dataset(), progress=False)
+                        .run().checkpoint)
+    trained = set(float(t) for t in den.meta["consistency"]["grid"])
+    for steps in (1, 2, 4):
+        grid = sampler_grid(den, get_sampler("consistency"), steps=steps)
+        assert grid[0].item() == first and set(grid[:-1].tolist()) <= trained, (steps, grid)
