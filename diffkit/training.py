@@ -380,6 +380,9 @@ class Trainer:
         Sec. 4; LCM Sec. 4.2). With ``consistency_guidance`` w the teacher is guided (LCM eq. 8)."""
         from .loading import load_denoiser
         cfg = self.cfg
+        if not Path(cfg.teacher).exists():
+            raise DiffkitError(f"teacher={cfg.teacher!r} does not exist; give the teacher checkpoint's path "
+                               f"(diffkit distill --resume CKPT --set teacher=PATH)")
         teacher = load_denoiser(cfg.teacher, device=self.device)
         if teacher.meta.get("consistency"):
             raise DiffkitError(f"teacher={cfg.teacher!r} is a consistency model; distil from a diffusion checkpoint")
@@ -392,6 +395,7 @@ class Trainer:
                                f"prediction_type={cfg.prediction_type!r}; the student starts from the teacher's weights: "
                                f"use its prediction type")
         teacher.model.requires_grad_(False)
+        self.teacher_digest = ckpt.tensors_digest(teacher.model.state_dict())  # a resume checks it is the same
         if not cfg.training_load_weight:  # a resumed run loads its own weights
             ckpt.load_state_dict_checked(self.model, teacher.model.state_dict(), f"teacher {cfg.teacher}")
         if cfg.consistency_guidance:
@@ -436,13 +440,7 @@ class Trainer:
         if self.cfg.text_conditioning:
             meta["text"] = self.model.text_meta()
         if self.student is not None:  # loading.load_denoiser wraps such a checkpoint in f (diffkit.consistency)
-            meta["consistency"] = {"objective": self.cfg.objective, "teacher": self.cfg.teacher,
-                                   "sigma_data": self.cfg.consistency_sigma_data,
-                                   "timestep_scaling": self.cfg.consistency_timestep_scaling,
-                                   "skip": self.student.consistency_skip,
-                                   "grid": [int(t) for t in self.consistency_grid.tolist()],
-                                   "distance": self.cfg.consistency_distance,
-                                   "guidance": self.cfg.consistency_guidance}
+            meta["consistency"] = self._consistency_meta()
         return tensors, meta
 
     def save(self) -> Path:
@@ -490,6 +488,8 @@ class Trainer:
             raise DiffkitError(f"{path} was trained with objective={saved_objective!r}, this run has "
                                f"{self.cfg.objective!r}; an exact resume needs the same objective (to distil a "
                                f"diffusion checkpoint: diffkit distill --teacher {path})")
+        if self.student is not None:
+            self._check_same_consistency(path, meta)
         saved_ae = (meta.get("latent") or {}).get("sha256")
         if self.latent is not None and saved_ae and saved_ae != self.latent.sha256:
             raise DiffkitError(f"{path} was trained on the latents of another autoencoder file than "
@@ -514,6 +514,33 @@ class Trainer:
         self.consecutive_skipped = meta.get("consecutive_skipped", 0)
 
     # ------------------------------------------------------------ one step
+    def _check_same_consistency(self, path, meta: dict) -> None:
+        """A resumed consistency run keeps the function its weights stand for and what it learns
+        from: the boundary parameterisation, grid, distance and guidance, and the teacher's weights
+        (by digest: a teacher path such as latest.safetensors may have moved on)."""
+        saved, now = meta.get("consistency") or {}, self._consistency_meta()
+        for key, field in (("sigma_data", "consistency_sigma_data"), ("timestep_scaling", "consistency_timestep_scaling"),
+                           ("skip", "consistency_skip"), ("distance", "consistency_distance"),
+                           ("guidance", "consistency_guidance")):
+            if key in saved and saved[key] != now[key]:
+                raise DiffkitError(f"{path} was trained with {field}={saved[key]!r}, this run has {now[key]!r}; an "
+                                   f"exact resume needs the same {field} (the weights stand for that function)")
+        old, new = saved.get("teacher_sha256"), getattr(self, "teacher_digest", None)
+        if old and new and old != new:
+            raise DiffkitError(f"the teacher {self.cfg.teacher} is not the one {path} was distilled from (its weights "
+                               f"changed since: sha256 differs); resume with that teacher: --set teacher=PATH")
+
+    def _consistency_meta(self) -> dict:
+        """The ``consistency`` entry of this run's checkpoint metadata."""
+        return {"objective": self.cfg.objective, "teacher": self.cfg.teacher,
+                "teacher_sha256": getattr(self, "teacher_digest", None),
+                "sigma_data": self.cfg.consistency_sigma_data,
+                "timestep_scaling": self.cfg.consistency_timestep_scaling,
+                "skip": self.student.consistency_skip,
+                "grid": [int(t) for t in self.consistency_grid.tolist()],
+                "distance": self.cfg.consistency_distance,
+                "guidance": self.cfg.consistency_guidance}
+
     def _micro_batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of this rank's shard of a global micro-batch. Timesteps, noise and label dropout
         are drawn for the whole global batch from the shared generator, then sharded, so every

@@ -140,3 +140,58 @@ def test_a_consistency_model_samples_on_the_grid_it_was_distilled_on(tmp_path, t
     for steps in (1, 2, 4):
         grid = sampler_grid(den, get_sampler("consistency"), steps=steps)
         assert grid[0].item() == first and set(grid[:-1].tolist()) <= trained, (steps, grid)
+
+
+def test_a_resume_keeps_the_teacher_and_the_parameterisation(tmp_path, teacher):
+    """An exact resume of a distillation refuses a teacher whose weights changed (a latest.safetensors
+    that trained on), a moved teacher (with the flag that fixes it), and a changed boundary
+    parameterisation, skip, distance or guidance: each a one-line error."""
+    import shutil
+    mine = tmp_path / "teacher.safetensors"
+    shutil.copy(teacher, mine)
+    Trainer(_cd(tmp_path / "run", mine, max_steps=4), tiny_dataset(), progress=False).run(stop_at=2)
+    part = str(tmp_path / "run" / "ckpt" / "latest.safetensors")
+    for over, message in [({"consistency_timestep_scaling": 1.0}, "consistency_timestep_scaling=10.0, this run has 1.0"),
+                          ({"consistency_skip": 5}, "consistency_skip=20, this run has 5"),
+                          ({"consistency_distance": "l2"}, "consistency_distance='pseudo-huber', this run has 'l2'")]:
+        with pytest.raises(DiffkitError, match=message) as err:
+            Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part, **over), tiny_dataset(),
+                    progress=False).run()
+        assert "\n" not in str(err.value)
+    other = tmp_path / "other"
+    Trainer(TrainConfig.from_dict({**TINY, "max_steps": 1, "seed": 7, "save_weight_dir": str(other)}), tiny_dataset(),
+            progress=False).run()
+    shutil.copy(other / "latest.safetensors", mine)  # the teacher file moved on
+    with pytest.raises(DiffkitError, match="is not the one .* was distilled from"):
+        Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part), tiny_dataset(), progress=False).run()
+    mine.unlink()
+    with pytest.raises(DiffkitError, match="does not exist; .*--set teacher=PATH"):
+        Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part), tiny_dataset(), progress=False)
+    shutil.copy(teacher, mine)  # the same teacher again: the resume runs
+    assert Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part), tiny_dataset(),
+                   progress=False).run().steps == 4
+
+
+@pytest.mark.parametrize("objective", ["consistency-distillation", "consistency-training"])
+def test_the_trainers_loss_is_the_consistency_loss_of_its_draws(tmp_path, teacher, objective):
+    """The Trainer's batch loss is consistency_loss (tested against closed forms in
+    test_consistency.py) on a uniform grid pair (t_n, t_{n+1}) per sample, the student's f at
+    t_{n+1}, the teacher's DDIM step for distillation and none for training: a swapped pair, a lost
+    teacher or a zero-length pair would change the value."""
+    from diffkit.consistency import consistency_loss
+    extra = {"teacher": str(teacher)} if objective == "consistency-distillation" else {}
+    tr = Trainer(make_cfg(tmp_path, objective=objective, dropout=0.0, **extra), tiny_dataset(), progress=False)
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    state = tr.generator.get_state()
+    got = tr._micro_batch_loss(images, torch.zeros(8))
+    tr.generator.set_state(state)
+    n = torch.randint(len(tr.consistency_grid) - 1, (8,), generator=tr.generator)
+    noise = torch.randn(images.shape, generator=tr.generator)
+    t_now, t_next = tr.consistency_grid[n], tr.consistency_grid[n + 1]
+    assert (t_next > t_now).all()
+    want = consistency_loss(tr.student, images, noise, t_next, t_now, teacher=tr.teacher).mean()
+    assert (tr.teacher is None) == (objective == "consistency-training")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if tr.teacher is not None:  # (training's distance is symmetric in the pair)
+        swapped = consistency_loss(tr.student, images, noise, t_now, t_next, teacher=tr.teacher).mean()
+        assert not torch.equal(got, swapped)
