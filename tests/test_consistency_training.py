@@ -105,6 +105,9 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     assert main(["sample", "--checkpoint", str(latest), "--sampler", "consistency", "--steps", "2", "--num", "4",
                  "--out", "s.png", "--no-progress"]) == 0
     assert (tmp_path / "s.png").exists() and "2 network evaluations per sample" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(tmp_path / "cm" / "checkpoints"), "--num", "4", "--out", "d.png", "--no-progress"]) == 0
+    out = capsys.readouterr().out  # a consistency model's defaults: its sampler, its config's 4 steps
+    assert "consistency" in out and "4 network evaluations per sample" in out, out
     assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
     assert ckpt.load_checkpoint(latest)[1]["step"] == 3
     assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher

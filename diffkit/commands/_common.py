@@ -222,3 +222,22 @@ def add_compile_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def default_sampling(checkpoint, sampler, steps, nfe=None) -> tuple:
+    """(sampler, steps) with the defaults filled in for ``checkpoint``: a consistency model
+    (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), any other
+    checkpoint with ``ddim`` (steps None: the command's own default); what the user gave is kept.
+    Only the file's header is read."""
+    meta = None
+    if checkpoint is not None:
+        from ..checkpoint import peek_metadata
+        path = Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
+        meta = peek_metadata(path) if path.is_file() else None
+    consistency = bool(meta and meta.get("consistency"))
+    if sampler is None:
+        sampler = "consistency" if consistency else "ddim"
+    if steps is None and nfe is None and consistency and sampler.split("@")[0].split(":")[0] == "consistency":
+        steps = int((meta.get("config") or {}).get("sample_steps") or 4)
+    return sampler, steps
+

@@ -13,7 +13,8 @@ from __future__ import annotations
 import warnings
 
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
-                      check_writable_dir, missing_dirs, positive_int, removed_if_empty_on_failure, seed_int)
+                      check_writable_dir, default_sampling, missing_dirs, positive_int, removed_if_empty_on_failure,
+                      seed_int)
 
 
 def add_source_flags(p) -> None:
@@ -45,9 +46,10 @@ def register(sub) -> None:
                    "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided, "
                    "rate-distortion")
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
-    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
-                   "for another time grid, e.g. unipc:zero")
-    p.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
+                   "NAME@SPACING:FINAL for another time grid, e.g. unipc:zero")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
+                   "with the consistency sampler)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
@@ -97,8 +99,9 @@ def run(args) -> int:
         check_writable_dir(args.cache_dir, "sample cache directory")
     with warnings.catch_warnings(record=True) as caught, removed_if_empty_on_failure(new_dirs):
         warnings.simplefilter("always", RuntimeWarning)
+        sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
-                          data_dir=args.data_dir, num=args.num, sampler=args.sampler, steps=args.steps,
+                          data_dir=args.data_dir, num=args.num, sampler=sampler, steps=50 if steps is None else steps,
                           eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
                           nll_dense_below=args.nll_dense_below, nll_split=args.nll_split, batch_size=args.batch_size, seed=args.seed,

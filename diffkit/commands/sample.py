@@ -46,7 +46,8 @@ def register(sub) -> None:
                                     "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
                                     "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
                                     "state 'eval' loads it")
-    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL "
+    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
+                   "NAME@SPACING:FINAL "
                    "also sets the grid, e.g. unipc:zero")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
@@ -104,7 +105,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..config import resolve_device
     from ..sampling import check_eta, final_for, resolve_sampler
-    info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # validate before loading
+    from ._common import default_sampling
+    sampler, args.steps = default_sampling(args.checkpoint, args.sampler, args.steps, args.nfe)
+    info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
     if args.steps is not None:

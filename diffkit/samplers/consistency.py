@@ -15,7 +15,7 @@ def consistency(denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Optional
     """x0 = f(x_T, T); then for each later evaluation time t of the grid x = alpha_t x0 + sigma_t z
     (fresh noise) and x0 = f(x, t); returns the last x0 (CM Alg. 1). One network call per step;
     one step is one-step generation. f is the denoiser's x0 answer: a
-    :class:`~diffkit.consistency.ConsistencyDenoiser` (what :func:`diffkit.load_denoiser` gives
+    :class:`~diffkit.consistency.ConsistencyDenoiser` (what :func:`diffkit.loading.load_denoiser` gives
     for a consistency checkpoint); on a plain diffusion model this is the x0-prediction-and-renoise
     chain. The grid's last entry, the target, adds no noise: the sample is f at the last evaluation
     time (as diffusers' ``LCMScheduler``, whose last step returns its ``denoised``)."""
