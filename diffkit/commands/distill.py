@@ -94,11 +94,13 @@ def distill_config(teacher, out, overrides=(), **fields):
 
 
 def _train_args(args):
-    """The ``diffkit train`` arguments of a resumed distillation."""
-    import argparse
-    return argparse.Namespace(config=None, resume=args.resume, dataset=None, data_dir=None, out=args.out,
-                              steps=args.steps, epochs=None, batch_size=args.batch_size, device=args.device,
-                              conditional=False, overrides=args.overrides)
+    """The ``diffkit train`` arguments of a resumed distillation: train's own defaults (its parser),
+    with the flags the two commands share taken from ``args``."""
+    from ..cli import build_parser
+    train = build_parser().parse_args(["train"])
+    for name in ("resume", "out", "steps", "batch_size", "device", "overrides"):
+        setattr(train, name, getattr(args, name))
+    return train
 
 
 def run(args) -> int:
