@@ -215,8 +215,9 @@ def check_diffusion_model(denoiser) -> None:
     text-conditional one."""
     meta = getattr(denoiser, "meta", None) or {}
     if meta.get("consistency"):
-        objective = meta["consistency"].get("objective", "consistency")
-        raise DiffkitError(f"this checkpoint is a consistency model (objective={objective!r}); noise scales are "
+        objective = meta["consistency"].get("objective")  # None: imported from a diffusers LCMScheduler folder
+        trained = f" (objective={objective!r})" if objective else ""
+        raise DiffkitError(f"this checkpoint is a consistency model{trained}; noise scales are "
                            f"measured for the diffusion objectives (L_simple, L_hybrid, L_vlb), not its consistency "
                            f"loss; measure a diffusion checkpoint (e.g. its teacher)")
     if getattr(denoiser, "decoder", None) is not None or getattr(denoiser, "prompt_encoder", None) is not None:
