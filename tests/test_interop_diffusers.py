@@ -764,3 +764,22 @@ def test_a_distilled_checkpoint_with_another_sigma_data_is_refused(tmp_path):
     ckpt = make_consistency_checkpoint(tmp_path, consistency_sigma_data=0.25)
     with pytest.raises(DiffkitError, match=r"sigma_data=0\.25 cannot be expressed"):
         export_diffusers(ckpt, tmp_path / "hf")
+
+
+def test_a_consistency_model_with_another_skip_exports_its_grids_n(tmp_path):
+    """skip k = 100 (N = 10): LCMScheduler picks its steps from those 10 training times, and the
+    consistency sampler on that grid (diffkit's default ``lcm`` spacing is N = 50's) is its loop."""
+    from diffkit.consistency import distillation_grid
+    from diffkit.interop.diffusers_unet import export_diffusers
+    ckpt = _consistency_checkpoint(tmp_path / "cm.safetensors", grid=[int(t) for t in distillation_grid(1000, 100)],
+                                   timestep_scaling=4.0)
+    pipe = diffusers.DDPMPipeline.from_pretrained(export_diffusers(ckpt, tmp_path / "hf"))
+    assert pipe.scheduler.config.original_inference_steps == 10 and pipe.scheduler.config.timestep_scaling == 4.0
+    den = load_denoiser(ckpt)
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    theirs = _lcm_loop(pipe.unet, pipe.scheduler, x_T.clone(), 4, seed=5)
+    assert pipe.scheduler.timesteps.tolist() == [999, 799, 499, 299]
+    grid = torch.tensor([999.0, 799.0, 499.0, 299.0, -1.0], dtype=torch.float64)
+    ours = diffkit.sample(den, x_T.clone(), "consistency", grid=grid, generator=diffkit.noise.generators_from_seed(5, 2),
+                          progress=False)
+    assert relative_error(ours, theirs) < 1e-5
