@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import DiffkitError, check_choice, check_range
+from .errors import DiffkitError, check_range
 
 
 # ---------------------------------------------------------------------------- the estimator
@@ -83,14 +83,17 @@ def noise_scale_from_norms(small_sq: Sequence[float], big_sq: Sequence[float], s
                       lower, loss, loss_se)
 
 
-def check_batch_sizes(batches: int, small_batch: int, big_batch: int) -> None:
-    check_range("batches", batches, 2, None, integer=True)
-    check_range("small_batch", small_batch, 1, None, integer=True)
-    check_range("big_batch", big_batch, 2, None, integer=True)
+def check_batch_sizes(batches: int, small_batch: int, big_batch: int, names: Optional[dict] = None) -> None:
+    """One-line errors for bad settings; ``names`` maps the parameter names to the ones the user
+    typed (the command's ``--big-batch``, ...), which the messages then use."""
+    name = {"batches": "batches", "small_batch": "small_batch", "big_batch": "big_batch", **(names or {})}
+    check_range(name["batches"], batches, 2, None, integer=True)
+    check_range(name["small_batch"], small_batch, 1, None, integer=True)
+    check_range(name["big_batch"], big_batch, 2, None, integer=True)
     if big_batch <= small_batch or big_batch % small_batch:
-        raise DiffkitError(f"big_batch={big_batch} is not allowed with small_batch={small_batch}; the big batch must "
-                           f"be a multiple of the small one, at least twice it (e.g. {2 * small_batch} or "
-                           f"{8 * small_batch})")
+        raise DiffkitError(f"{name['big_batch']}={big_batch} is not allowed with {name['small_batch']}={small_batch}; "
+                           f"the big batch must be a multiple of the small one, at least twice it (e.g. "
+                           f"{2 * small_batch} or {8 * small_batch})")
 
 
 def _trainable(params) -> list[torch.Tensor]:
@@ -189,19 +192,37 @@ def _training_options(denoiser) -> dict:
             "hybrid_lambda": cfg.get("hybrid_lambda", 0.001)}
 
 
-def check_objectives(objectives: Optional[Sequence[str]], learned_variance: bool) -> list[str]:
-    """The objectives to measure: all four by default (``hybrid`` only for a learned variance)."""
+def check_objectives(objectives: Optional[Sequence[str]], learned_variance: bool, name: str = "objectives") -> list[str]:
+    """The objectives to measure: all four by default (``hybrid`` only for a learned variance).
+    ``name``: what the messages call the list (the command's ``--objectives``)."""
     if objectives is None:
         return [o for o in OBJECTIVES if learned_variance or o != "hybrid"]
     objectives = list(objectives)
     if not objectives:
-        raise DiffkitError(f"objectives is empty; choose from: {', '.join(OBJECTIVES)}")
-    for name in objectives:
-        check_choice("objective", name, OBJECTIVES)
+        raise DiffkitError(f"{name} is empty; choose from: {', '.join(OBJECTIVES)}")
+    for objective in objectives:
+        if objective not in OBJECTIVES:
+            raise DiffkitError(f"{name} has {objective!r}, which is not allowed; choose from: {', '.join(OBJECTIVES)}")
     if "hybrid" in objectives and not learned_variance:
-        raise DiffkitError("objective 'hybrid' needs a model with a learned variance (Improved DDPM Sec. 3.1); this "
-                           "checkpoint's variance is fixed: choose from simple, vlb, vlb-importance")
+        raise DiffkitError(f"{name} 'hybrid' needs a model with a learned variance (Improved DDPM Sec. 3.1); this "
+                           f"checkpoint's variance is fixed: choose from simple, vlb, vlb-importance")
     return objectives
+
+
+def check_diffusion_model(denoiser) -> None:
+    """Refuse, in one line, a checkpoint whose training loss is not one of the diffusion objectives
+    measured here: a consistency model (``meta["consistency"]``, diffkit.consistency), a latent or a
+    text-conditional one."""
+    meta = getattr(denoiser, "meta", None) or {}
+    if meta.get("consistency"):
+        objective = meta["consistency"].get("objective")  # None: imported from a diffusers LCMScheduler folder
+        trained = f" (objective={objective!r})" if objective else ""
+        raise DiffkitError(f"this checkpoint is a consistency model{trained}; noise scales are "
+                           f"measured for the diffusion objectives (L_simple, L_hybrid, L_vlb), not its consistency "
+                           f"loss; measure a diffusion checkpoint (e.g. its teacher)")
+    if getattr(denoiser, "decoder", None) is not None or getattr(denoiser, "prompt_encoder", None) is not None:
+        raise DiffkitError("noise scales are measured for pixel-space unconditional or class-conditional models; "
+                           "this checkpoint is a latent or text-conditional one")
 
 
 def measured_loss_aware_sampler(net, schedule, images: torch.Tensor, options: dict, *, labels=None,
@@ -271,12 +292,10 @@ def diffusion_noise_scales(denoiser, images: torch.Tensor, *, labels: Optional[t
     Returns ``{"objectives": {name: NoiseScale.as_dict()}, "settings": {...}, "timestep_probabilities": ...}``."""
     check_batch_sizes(batches, small_batch, big_batch)
     check_range("history", history, 1, None, integer=True)
+    check_diffusion_model(denoiser)
     options = _training_options(denoiser)
     objectives = check_objectives(objectives, options["learned_variance"])
     net = denoiser.model
-    if getattr(denoiser, "decoder", None) is not None or getattr(denoiser, "prompt_encoder", None) is not None:
-        raise DiffkitError("noise scales are measured for pixel-space unconditional or class-conditional models; "
-                           "this checkpoint is a latent or text-conditional one")
     channels, size = net.config.in_channels, net.config.img_size
     if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
         raise DiffkitError(f"images of shape {tuple(images.shape[1:])} do not fit the network's "

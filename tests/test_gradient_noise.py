@@ -211,11 +211,102 @@ def test_noise_scale_command_fixed_variance_and_bad_values(learned_variance_chec
     assert code == 0 and "L_vlb (importance-sampled t)" in out and "no L_hybrid row" in out, out
     for args, pattern in (
             (["--checkpoint", lv, "--small-batch", "3", "--big-batch", "8"], "multiple"),
-            (["--checkpoint", lv, "--batches", "1"], "batches=1"),
-            (["--checkpoint", lv, "--objectives", "simple,bogus"], "objective='bogus'"),
+            (["--checkpoint", lv, "--batches", "1"], "--batches=1"),
+            (["--checkpoint", lv, "--small-batch", "8", "--big-batch", "12"], "--big-batch=12 is not allowed with "
+                                                                              "--small-batch=8"),
+            (["--checkpoint", lv, "--objectives", "simple,bogus"], "--objectives has 'bogus'"),
             (["--checkpoint", fixed, "--objectives", "hybrid"], "learned variance"),
             (["--checkpoint", lv, "--out", str(tmp_path / "n.txt")], "must end in .json"),
             (["--checkpoint", str(tmp_path / "none.safetensors")], "none.safetensors")):
         code = main(["experiment", "noise-scale", "--device", "cpu", "--out", str(tmp_path / "n.json"), *args])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and pattern in err, (args, err)
+
+
+def test_python_api_errors_name_the_parameters():
+    """The command's messages name its flags (above); the Python API's name its parameters."""
+    from diffkit.gradient_noise import check_objectives
+    with pytest.raises(DiffkitError, match="^big_batch=12 is not allowed with small_batch=8"):
+        estimate_noise_scale(linear_model(torch.zeros(5, dtype=torch.float64)), None, small_batch=8, big_batch=12)
+    with pytest.raises(DiffkitError, match="^objectives has 'foo'"):
+        check_objectives(["foo"], learned_variance=True)
+
+
+def make_consistency_checkpoint(root, **over):
+    """A tiny consistency model: a 3-step diffusion teacher (T = 1000), distilled for 2 steps
+    (tests/test_consistency_training.py's recipe); ``over``: the distillation's config."""
+    from diffkit.training import Trainer
+    from test_training import TINY, make_cfg, tiny_dataset
+    teacher = root / "teacher"
+    Trainer(make_cfg(teacher, max_steps=3), tiny_dataset(), progress=False).run()
+    cfg = make_cfg(root / "cm", **{**dict(objective="consistency-distillation",
+                                          teacher=str(teacher / "ckpt" / "latest.safetensors"), ema_warmup=True,
+                                          max_steps=2, consistency_skip=100), **over})
+    assert TINY["img_size"] == 8
+    return Trainer(cfg, tiny_dataset(), progress=False).run().checkpoint
+
+
+@pytest.fixture(scope="module")
+def consistency_checkpoint(tmp_path_factory):
+    return make_consistency_checkpoint(tmp_path_factory.mktemp("cm"))
+
+
+def test_a_consistency_model_is_refused_in_one_line(consistency_checkpoint, tmp_path, capsys):
+    """Its loss is the consistency loss, not the diffusion objectives measured here."""
+    from diffkit.cli import main
+    from diffkit.gradient_noise import diffusion_noise_scales
+    from diffkit.loading import load_denoiser
+    with pytest.raises(DiffkitError, match="consistency model .*measured for the diffusion objectives"):
+        diffusion_noise_scales(load_denoiser(consistency_checkpoint), torch.zeros(4, 1, 8, 8), batches=2,
+                               small_batch=1, big_batch=2)
+    code = main(["experiment", "noise-scale", "--checkpoint", str(consistency_checkpoint), "--device", "cpu",
+                 "--batches", "2", "--small-batch", "1", "--big-batch", "2", "--out", str(tmp_path / "n.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "objective='consistency-distillation'" in err and "diffusion objectives" in err, err
+    assert not (tmp_path / "n.json").exists()
+
+
+class ModeNet(torch.nn.Module):
+    """A 1x1 convolution behind dropout, recording ``self.training`` at every call and consuming the
+    global RNG (dropout's mask) in training mode; ``fail_at``: the call that raises."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(in_channels=1, img_size=4, num_classes=None)
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+        self.modes, self.fail_at = [], fail_at
+
+    def forward(self, x, t, **cond):
+        self.modes.append(self.training)
+        if len(self.modes) == self.fail_at:
+            raise RuntimeError("the loss failed")
+        return self.conv(torch.nn.functional.dropout(x, 0.5, self.training))
+
+
+@pytest.mark.parametrize("start_training", [False, True])
+def test_noise_scales_run_the_network_in_training_mode_and_restore_its_mode_and_the_rng(start_training):
+    """The estimate is of the training-mode network (dropout on, as in training); the network's
+    mode and the global RNG (which dropout draws from) are as before, also after an error raised
+    inside the loss."""
+    from types import SimpleNamespace
+
+    from diffkit import NoiseSchedule
+    from diffkit.gradient_noise import diffusion_noise_scales
+    images = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for fail_at in (None, 3):
+        net = ModeNet(fail_at).train(start_training)
+        denoiser = SimpleNamespace(model=net, schedule=NoiseSchedule.linear(10), meta={})
+        torch.manual_seed(123)
+        state = torch.random.get_rng_state()
+        if fail_at is None:
+            result = diffusion_noise_scales(denoiser, images, objectives=["simple"], batches=2, small_batch=1,
+                                            big_batch=2)
+            assert result["objectives"]["simple"]["trace"] > 0
+        else:
+            with pytest.raises(RuntimeError, match="the loss failed"):
+                diffusion_noise_scales(denoiser, images, objectives=["simple"], batches=2, small_batch=1, big_batch=2)
+        assert net.modes and all(net.modes), net.modes  # every call in training mode
+        assert net.training is start_training
+        assert torch.equal(torch.random.get_rng_state(), state)

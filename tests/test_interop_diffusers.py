@@ -674,3 +674,112 @@ def test_deis_with_a_repeated_last_sigma_is_refused_with_deis_advice(option):
     with pytest.raises(DiffkitError, match="repeats its last sigma.*spacing='karras'") as err:
         grid_from_diffusers(scheduler)
     assert "final_sigmas_type" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- consistency models -> LCMScheduler
+def _consistency_checkpoint(path, prediction_type="epsilon", learned_variance=False, **entry):
+    """A random pixel U-Net saved as a consistency model (the metadata ``diffkit distill`` writes)."""
+    from diffkit.consistency import distillation_grid
+    cfg = UNetConfig(channel=128, channel_mult=[1, 2], attn=[1], num_res_blocks=1, img_size=8, in_channels=1,
+                     learned_variance=learned_variance)
+    consistency = {"objective": "consistency-distillation", "teacher": "teacher.safetensors", "sigma_data": 0.5,
+                   "timestep_scaling": 10.0, "grid": [int(t) for t in distillation_grid(1000).tolist()],
+                   "distance": "pseudo-huber", "guidance": None, **entry}
+    return write_checkpoint(path, randomize(UNet(cfg), seed=4).eval(), NoiseSchedule.linear(1000), prediction_type,
+                            consistency=consistency)
+
+
+def _lcm_loop(unet, scheduler, x, steps, seed):
+    scheduler.set_timesteps(steps)
+    gens = diffkit.noise.generators_from_seed(seed, x.shape[0])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x, generator=gens, return_dict=False)[0]
+    return x
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_a_consistency_model_exports_as_an_lcm_scheduler_pipeline_and_imports_back(tmp_path, prediction_type):
+    """LCMScheduler stepping the exported UNet2DModel is diffkit's ``consistency`` sampler on the
+    checkpoint (same x_T, same per-sample step noise) at 1 and 4 steps; --from-diffusers restores
+    the consistency entry from the LCMScheduler config."""
+    ckpt = _consistency_checkpoint(tmp_path / "cm.safetensors", prediction_type)
+    assert cli_main(["convert", "--checkpoint", str(ckpt), "--to-diffusers", str(tmp_path / "hf")]) == 0
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "hf")
+    assert isinstance(pipe.scheduler, diffusers.LCMScheduler)
+    assert pipe.scheduler.config.original_inference_steps == 50 and pipe.scheduler.config.timestep_scaling == 10.0
+    assert pipe.scheduler.config.prediction_type == prediction_type
+    den = load_denoiser(ckpt)
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    for steps in (1, 4):
+        theirs = _lcm_loop(pipe.unet, pipe.scheduler, x_T.clone(), steps, seed=7)
+        ours = diffkit.sample(den, x_T.clone(), "consistency", steps=steps,
+                              generator=diffkit.noise.generators_from_seed(7, 3), progress=False)
+        assert relative_error(ours, theirs) < 1e-5, (steps, relative_error(ours, theirs))
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "back.safetensors")]) == 0
+    back = load_denoiser(tmp_path / "back.safetensors")
+    entry = back.meta["consistency"]
+    assert (entry["sigma_data"], entry["timestep_scaling"], entry["grid"]) == (0.5, 10.0, den.meta["consistency"]["grid"])
+    for steps in (1, 4):
+        torch.testing.assert_close(
+            diffkit.sample(back, x_T.clone(), "consistency", steps=steps, seed=1, progress=False),
+            diffkit.sample(den, x_T.clone(), "consistency", steps=steps, seed=1, progress=False))
+
+
+def test_lcm_original_inference_steps_is_the_grids_n():
+    """diffkit's grid for skip k (t_0 = 0, t_n = n k - 1) is LCMScheduler's for N = T // k where
+    T // N == k; other grids are refused."""
+    from diffkit.consistency import distillation_grid
+    from diffkit.interop.diffusers_unet import consistency_from_lcm, lcm_original_steps
+    for T, k in ((1000, 20), (1000, 1), (1000, 100), (1000, 30), (100, 2), (1000, 500)):
+        grid = distillation_grid(T, k)
+        n = lcm_original_steps(grid, T)
+        ref = diffusers.LCMScheduler(num_train_timesteps=T, original_inference_steps=n)
+        ref.set_timesteps(n)
+        assert sorted({0, *ref.timesteps.tolist()}) == grid.tolist(), (T, k)
+        assert consistency_from_lcm({"original_inference_steps": n}, T)["grid"] == grid.tolist()
+    with pytest.raises(DiffkitError, match=r"grid \(0, 299, 599, 899; 4 times, T=1000\) is not") as err:
+        lcm_original_steps(distillation_grid(1000, 300), 1000)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"sigma_data": 0.25}, r"sigma_data=0\.25 cannot be expressed by diffusers' LCMScheduler .*sigma_data=0\.5"),
+    ({"learned_variance": True}, "learned_variance=True cannot be expressed by diffusers' LCMScheduler"),
+    ({"grid": [0, 299, 599, 899]}, r"consistency grid \(0, 299, 599, 899"),
+])
+def test_consistency_models_lcm_scheduler_cannot_express_are_refused(tmp_path, capsys, kw, match):
+    lv = kw.pop("learned_variance", False)
+    ckpt = _consistency_checkpoint(tmp_path / "cm.safetensors", learned_variance=lv, **kw)
+    assert cli_main(["convert", "--checkpoint", str(ckpt), "--to-diffusers", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and __import__("re").search(match, err), err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_distilled_checkpoint_with_another_sigma_data_is_refused(tmp_path):
+    """The checkpoint ``diffkit distill``'s Trainer writes (not a hand-made entry)."""
+    from diffkit.interop.diffusers_unet import export_diffusers
+    from test_gradient_noise import make_consistency_checkpoint
+    ckpt = make_consistency_checkpoint(tmp_path, consistency_sigma_data=0.25)
+    with pytest.raises(DiffkitError, match=r"sigma_data=0\.25 cannot be expressed"):
+        export_diffusers(ckpt, tmp_path / "hf")
+
+
+def test_a_consistency_model_with_another_skip_exports_its_grids_n(tmp_path):
+    """skip k = 100 (N = 10): LCMScheduler picks its steps from those 10 training times, and the
+    consistency sampler on that grid (diffkit's default ``lcm`` spacing is N = 50's) is its loop."""
+    from diffkit.consistency import distillation_grid
+    from diffkit.interop.diffusers_unet import export_diffusers
+    ckpt = _consistency_checkpoint(tmp_path / "cm.safetensors", grid=[int(t) for t in distillation_grid(1000, 100)],
+                                   timestep_scaling=4.0)
+    pipe = diffusers.DDPMPipeline.from_pretrained(export_diffusers(ckpt, tmp_path / "hf"))
+    assert pipe.scheduler.config.original_inference_steps == 10 and pipe.scheduler.config.timestep_scaling == 4.0
+    den = load_denoiser(ckpt)
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    theirs = _lcm_loop(pipe.unet, pipe.scheduler, x_T.clone(), 4, seed=5)
+    assert pipe.scheduler.timesteps.tolist() == [999, 799, 499, 299]
+    grid = torch.tensor([999.0, 799.0, 499.0, 299.0, -1.0], dtype=torch.float64)
+    ours = diffkit.sample(den, x_T.clone(), "consistency", grid=grid, generator=diffkit.noise.generators_from_seed(5, 2),
+                          progress=False)
+    assert relative_error(ours, theirs) < 1e-5

@@ -56,16 +56,20 @@ def _run(args) -> int:
     from ..config import resolve_device
     from ..evaluation import reference_images, write_json
     from ..experiments import parse_list
-    from ..gradient_noise import check_batch_sizes, check_objectives, diffusion_noise_scales, format_noise_table
+    from ..gradient_noise import (check_batch_sizes, check_diffusion_model, check_objectives, diffusion_noise_scales,
+                                  format_noise_table)
     from ..loading import load_denoiser
-    check_batch_sizes(args.batches, args.small_batch, args.big_batch)
-    objectives = None if args.objectives is None else parse_list(args.objectives, "objectives", str)
-    if objectives is not None:
-        check_objectives(objectives, learned_variance=True)  # names now; the variance once the checkpoint is read
+    # the messages name the flags typed (the Python API's name its parameters)
+    check_batch_sizes(args.batches, args.small_batch, args.big_batch,
+                      names={"batches": "--batches", "small_batch": "--small-batch", "big_batch": "--big-batch"})
+    objectives = None if args.objectives is None else parse_list(args.objectives, "--objectives", str)
+    if objectives is not None:  # names now; the variance once the checkpoint is read
+        check_objectives(objectives, learned_variance=True, name="--objectives")
     check_output_file(args.out, "--out", ".json")
     device = resolve_device(args.device)
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device)
-    objectives = check_objectives(objectives, bool(denoiser.meta.get("learned_variance", False)))
+    check_diffusion_model(denoiser)
+    objectives = check_objectives(objectives, bool(denoiser.meta.get("learned_variance", False)), name="--objectives")
     cfg = denoiser.meta.get("config", {})
     dataset = args.dataset or cfg.get("dataset", "digits")
     data_dir = args.data_dir or (cfg.get("data_dir") if args.dataset is None else None)

@@ -341,6 +341,69 @@ def from_diffusers(model, *, learned_variance: bool | None = None) -> UNet:
     return unet.to(next(model.parameters()).device).train(model.training)
 
 
+# ----------------------------------------------------------------------------- consistency models
+def _lcm_grid(T: int, n: int) -> list[int]:
+    """t_0 = 0 and LCMScheduler's training times t_m = m k - 1 (m = 1..n, k = T // n)."""
+    return sorted({0, *(m * (T // n) - 1 for m in range(1, n + 1))})
+
+
+def lcm_original_steps(grid, num_timesteps: int) -> int:
+    """diffusers' ``LCMScheduler.original_inference_steps`` N for a consistency model's grid (the
+    ``grid`` of its ``meta["consistency"]``, :func:`diffkit.consistency.distillation_grid`): LCM's
+    training times are t_n = n k - 1, n = 1..N, with k = T // N; diffkit's grid is those times and
+    the boundary t_0 = 0 (for k = 1, t_1 = 0 is the boundary itself). A grid not of that form (a
+    skip k with T // (T // k) != k, e.g. k = 300 at T = 1000) is a one-line DiffkitError."""
+    T = int(num_timesteps)
+    times = [int(t) for t in grid]
+    inner = sum(t > 0 for t in times)
+    for n in (inner, inner + 1):
+        if 1 <= n <= T and times == _lcm_grid(T, n):
+            return n
+    shown = ", ".join(map(str, times[:4])) + (", ..." if len(times) > 4 else "")
+    raise DiffkitError(f"the consistency grid ({shown}; {len(times)} times, T={T}) is not diffusers' LCMScheduler's "
+                       f"t_n = n k - 1 with k = T // original_inference_steps; LCMScheduler expresses grids from a "
+                       f"consistency_skip k with T // (T // k) == k (e.g. the default T // 50)")
+
+
+def lcm_scheduler_config(schedule: NoiseSchedule, prediction_type: str, consistency: Mapping, *,
+                         learned_variance: bool = False, clip_sample: bool = False) -> dict:
+    """diffusers ``LCMScheduler`` config for a consistency model (``consistency``: its checkpoint's
+    ``meta["consistency"]``): the schedule's betas and prediction type (as :func:`scheduler_config`),
+    ``timestep_scaling`` s, ``original_inference_steps`` from the grid (:func:`lcm_original_steps`).
+    LCMScheduler's step is CM Alg. 1 with LCM eq. 9's c_skip, c_out at sigma_data = 0.5 (fixed in
+    diffusers), on the network's own prediction: another sigma_data or a learned variance is a
+    one-line DiffkitError."""
+    sigma_data = consistency.get("sigma_data")
+    if sigma_data != 0.5:
+        raise DiffkitError(f"consistency sigma_data={sigma_data!r} cannot be expressed by diffusers' LCMScheduler (its "
+                           f"c_skip, c_out use sigma_data=0.5); only consistency models with sigma_data=0.5 export")
+    if learned_variance:
+        raise DiffkitError("a consistency model with learned_variance=True cannot be expressed by diffusers' "
+                           "LCMScheduler (it reads the whole UNet output as the prediction); only fixed-variance "
+                           "consistency models export")
+    config = scheduler_config(schedule, prediction_type, kind="ddim", clip_sample=clip_sample)
+    config.update({"_class_name": "LCMScheduler", "timestep_scaling": float(consistency["timestep_scaling"]),
+                   "original_inference_steps": lcm_original_steps(consistency["grid"], schedule.num_timesteps),
+                   "timestep_spacing": "leading", "thresholding": False})
+    return config
+
+
+def consistency_from_lcm(config: Mapping, num_timesteps: int) -> dict:
+    """The ``meta["consistency"]`` entry of a model imported with a diffusers ``LCMScheduler``
+    config: sigma_data 0.5, its timestep_scaling, the grid of its original_inference_steps
+    (:func:`lcm_original_steps` inverted); the objective, teacher, distance and guidance it was
+    trained with are not in the config: None."""
+    from ..consistency import GRID_STEPS, TIMESTEP_SCALING
+    T = int(num_timesteps)
+    n = config.get("original_inference_steps", GRID_STEPS)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
+        raise DiffkitError(f"LCMScheduler original_inference_steps={n!r} is not allowed; give an integer 1..{T} "
+                           f"(num_train_timesteps)")
+    return {"objective": None, "teacher": None, "sigma_data": 0.5,
+            "timestep_scaling": float(config.get("timestep_scaling", TIMESTEP_SCALING)), "grid": _lcm_grid(T, n),
+            "distance": None, "guidance": None}
+
+
 # ----------------------------------------------------------------------------- folders
 _EXPORT_ENTRIES = ("unet", "scheduler", "model_index.json")  # what export_diffusers writes
 
@@ -349,7 +412,8 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     """Write a diffusers-format DDPMPipeline folder for a diffkit checkpoint:
     ``model_index.json``, ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``,
     ``scheduler/scheduler_config.json`` (DDPMScheduler with the checkpoint's exact schedule and
-    prediction type). ``DDPMPipeline.from_pretrained(out_dir)`` loads it. EMA weights by default."""
+    prediction type; for a consistency model an LCMScheduler, :func:`lcm_scheduler_config`).
+    ``DDPMPipeline.from_pretrained(out_dir)`` loads it. EMA weights by default."""
     from safetensors.torch import save as st_save
     from ..checkpoint import atomic_write_bytes, give_usual_mode
     from ..loading import load_model
@@ -365,10 +429,15 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
         raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "
                            f"images without the autoencoder; only pixel-space U-Nets can be exported to diffusers")
     cfg = model.config
+    prediction_type = meta.get("prediction_type", "epsilon")
+    if meta.get("consistency"):  # f(x, t) = c_skip x + c_out x0_hat: diffusers' LCMScheduler (diffkit.consistency)
+        sched = lcm_scheduler_config(schedule, prediction_type, meta["consistency"],
+                                     learned_variance=cfg.learned_variance, clip_sample=clip_sample)
+    else:
+        sched = scheduler_config(schedule, prediction_type, kind="ddpm", learned_variance=cfg.learned_variance,
+                                 clip_sample=clip_sample)
     unet_cfg = unet2d_config(cfg)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict_to_diffusers(cfg, model.state_dict()).items()}
-    sched = scheduler_config(schedule, meta.get("prediction_type", "epsilon"), kind="ddpm",
-                             learned_variance=cfg.learned_variance, clip_sample=clip_sample)
     files = {
         "unet/config.json": {"_class_name": "UNet2DModel", "_diffusers_version": _DIFFUSERS_VERSION, **unet_cfg},
         "scheduler/scheduler_config.json": {**sched, "_diffusers_version": _DIFFUSERS_VERSION},
@@ -457,15 +526,25 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
         learned_variance = True
     unet = from_diffusers(model, learned_variance=learned_variance).eval()
     schedule, prediction_type = schedule_from_diffusers(sched_cfg)
+    consistency = None
+    if sched_cfg.get("_class_name", type(sched).__name__) == "LCMScheduler":
+        if unet.config.learned_variance:
+            raise DiffkitError("an LCMScheduler folder whose UNet2DModel has a learned variance (out_channels = 2 * "
+                               "in_channels) has no diffkit equivalent; LCMScheduler reads the whole output as the "
+                               "prediction")
+        consistency = consistency_from_lcm(sched_cfg, schedule.num_timesteps)
     if out is not None:
-        write_checkpoint(out, unet, schedule, prediction_type)
+        write_checkpoint(out, unet, schedule, prediction_type, consistency=consistency)
     return unet, schedule, prediction_type
 
 
-def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type: str) -> Path:
+def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type: str, *,
+                     consistency: Mapping | None = None) -> Path:
     """A diffkit checkpoint (weights, schedule, model description) that
     :func:`diffkit.loading.load_model` and ``diffkit sample --checkpoint`` read. It holds no
-    optimiser state (it cannot resume training)."""
+    optimiser state (it cannot resume training). ``consistency``: the ``meta["consistency"]`` entry
+    of a consistency model (:func:`diffkit.loading.load_denoiser` then wraps it in
+    :class:`~diffkit.consistency.ConsistencyDenoiser`)."""
     from dataclasses import asdict
     from ..checkpoint import save_checkpoint
     cfg = asdict(unet.config)
@@ -473,8 +552,11 @@ def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type:
     tensors["schedule.betas"] = schedule.betas
     meta = {"unet": cfg, "prediction_type": prediction_type, "learned_variance": unet.config.learned_variance,
             "source": "diffusers", "class_names": []}
+    if consistency is not None:
+        meta["consistency"] = dict(consistency)
     return save_checkpoint(path, tensors, meta)
 
 
 __all__ = ["unet2d_config", "unet_config_from_diffusers", "state_dict_to_diffusers", "state_dict_from_diffusers",
-           "to_diffusers", "from_diffusers", "export_diffusers", "import_diffusers", "write_checkpoint"]
+           "to_diffusers", "from_diffusers", "export_diffusers", "import_diffusers", "write_checkpoint",
+           "lcm_scheduler_config", "lcm_original_steps", "consistency_from_lcm"]
