@@ -767,8 +767,9 @@ def test_a_distilled_checkpoint_with_another_sigma_data_is_refused(tmp_path):
 
 
 def test_a_consistency_model_with_another_skip_exports_its_grids_n(tmp_path):
-    """skip k = 100 (N = 10): LCMScheduler picks its steps from those 10 training times, and the
-    consistency sampler on that grid (diffkit's default ``lcm`` spacing is N = 50's) is its loop."""
+    """skip k = 100 (N = 10): LCMScheduler picks its steps from those 10 training times, and so does
+    the consistency sampler's default grid on the loaded model (its skip read from its grid): the
+    same loop."""
     from diffkit.consistency import distillation_grid
     from diffkit.interop.diffusers_unet import export_diffusers
     ckpt = _consistency_checkpoint(tmp_path / "cm.safetensors", grid=[int(t) for t in distillation_grid(1000, 100)],
@@ -779,7 +780,7 @@ def test_a_consistency_model_with_another_skip_exports_its_grids_n(tmp_path):
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     theirs = _lcm_loop(pipe.unet, pipe.scheduler, x_T.clone(), 4, seed=5)
     assert pipe.scheduler.timesteps.tolist() == [999, 799, 499, 299]
-    grid = torch.tensor([999.0, 799.0, 499.0, 299.0, -1.0], dtype=torch.float64)
-    ours = diffkit.sample(den, x_T.clone(), "consistency", grid=grid, generator=diffkit.noise.generators_from_seed(5, 2),
+    assert den.consistency_skip == 100
+    ours = diffkit.sample(den, x_T.clone(), "consistency", steps=4, generator=diffkit.noise.generators_from_seed(5, 2),
                           progress=False)
     assert relative_error(ours, theirs) < 1e-5

@@ -393,15 +393,16 @@ def consistency_from_lcm(config: Mapping, num_timesteps: int) -> dict:
     config: sigma_data 0.5, its timestep_scaling, the grid of its original_inference_steps
     (:func:`lcm_original_steps` inverted); the objective, teacher, distance and guidance it was
     trained with are not in the config: None."""
-    from ..consistency import GRID_STEPS, TIMESTEP_SCALING
+    from ..consistency import TIMESTEP_SCALING
+    from ..timesteps import LCM_ORIGINAL_STEPS
     T = int(num_timesteps)
-    n = config.get("original_inference_steps", GRID_STEPS)
+    n = config.get("original_inference_steps", LCM_ORIGINAL_STEPS)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
         raise DiffkitError(f"LCMScheduler original_inference_steps={n!r} is not allowed; give an integer 1..{T} "
                            f"(num_train_timesteps)")
     return {"objective": None, "teacher": None, "sigma_data": 0.5,
             "timestep_scaling": float(config.get("timestep_scaling", TIMESTEP_SCALING)), "grid": _lcm_grid(T, n),
-            "distance": None, "guidance": None}
+            "skip": T // n, "distance": None, "guidance": None}
 
 
 # ----------------------------------------------------------------------------- folders
