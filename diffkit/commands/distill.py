@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import add_progress_flag, positive_int
+from ._common import positive_int
 
 
 def register(sub) -> None:
@@ -27,16 +27,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", help="a distillation checkpoint to continue exactly")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set consistency_skip=10 --set lr=5e-5")
-    p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
-    p.add_argument("--nproc", type=positive_int, default=1,
-                   help="processes for data-parallel distillation (re-runs itself under torchrun; "
-                        "batch_size is per process)")
-    add_progress_flag(p)
-    p.set_defaults(func=run)
-    from .train import remember_options
-    remember_options("distill", p)
+    from .train import add_run_flags
+    add_run_flags(p, "distill", run, "--set consistency_skip=10 --set lr=5e-5")
 
 
 # what a distillation run changes in the teacher's config (--set overrides any of them)

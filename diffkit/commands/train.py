@@ -31,23 +31,24 @@ def register(sub) -> None:
     p.add_argument("--conditional", action="store_true", help="class-conditional (label dropout p_uncond)")
     p.add_argument("--resume", help="checkpoint to resume from (the seed's training_load_weight); "
                                     "its config is used unless --config is given")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set lr=2e-4 --set channel_mult=[1,2,2]")
-    p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
-    p.add_argument("--nproc", type=positive_int, default=1,
-                   help="processes for data-parallel training (re-runs itself under torchrun; "
-                        "batch_size is per process)")
-    add_progress_flag(p)
-    p.set_defaults(func=run)
-    remember_options("train", p)
+    add_run_flags(p, "train", run, "--set lr=2e-4 --set channel_mult=[1,2,2]")
 
 
 _OPTIONS: dict[str, list[str]] = {}  # each command's long options, for ranks_argv
 
 
-def remember_options(command: str, parser) -> None:
-    """Keep ``command``'s long option names for :func:`ranks_argv` (train and distill launch ranks)."""
-    _OPTIONS[command] = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+def add_run_flags(p, command: str, func, set_example: str) -> None:
+    """The flags a training run's command ends with (train, distill): --set, --no-sample, --nproc and
+    the progress flag; then keeps the command's long option names for :func:`ranks_argv`."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"any config field, e.g. {set_example}")
+    p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="processes for data-parallel training (re-runs itself under torchrun; "
+                        "batch_size is per process)")
+    add_progress_flag(p)
+    p.set_defaults(func=func)
+    _OPTIONS[command] = [o for action in p._actions for o in action.option_strings if o.startswith("--")]
 
 
 def config_from_args(args):
