@@ -273,8 +273,8 @@ class TrainConfig:
                 raise DiffkitError(f"{changed[0]}={getattr(self, changed[0])!r} applies to the consistency objectives; "
                                    f"this run has objective='diffusion'")
             return
-        from .timesteps import lcm_skip
-        lcm_skip(self.T, self.consistency_skip)  # the one rule for the skip (1..T-1)
+        from .timesteps import lcm_times
+        lcm_times(self.T, self.consistency_skip)  # the one rule for the skip (1..T-1)
         for name, value in (("timestep_sampler", "uniform"), ("min_snr_gamma", None)):
             if getattr(self, name) != value:
                 raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to the diffusion objective; objective="

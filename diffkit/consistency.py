@@ -37,7 +37,7 @@ from .config import OBJECTIVES
 from .denoiser import Prediction, Wrapper, with_x0
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import as_cpu_times
-from .timesteps import lcm_skip, lcm_times
+from .timesteps import lcm_times
 
 
 
@@ -57,15 +57,19 @@ class ConsistencyDenoiser(Wrapper):
     consistent pair, and one DDIM step from t to clean data returns f). ``inner`` is the network's
     own denoiser (its prediction type converts the output to x0_hat). Attributes that the
     wrapper does not define (``model``, ``meta``, ``decoder``, ``compile``, ...) are the inner
-    denoiser's. ``skip``: the skipping step k of the grid it was distilled on (None: T // 50), which
-    the ``lcm`` spacing (the ``consistency`` sampler's default) samples on."""
+    denoiser's. ``grid``: the grid it was distilled on (:func:`distillation_grid`; None: the default
+    one); the ``lcm`` spacing (the ``consistency`` sampler's default) samples from its source times
+    (``consistency_times``, :func:`source_times`)."""
 
     def __init__(self, inner, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING,
-                 skip: Optional[int] = None):
+                 grid=None):
         check_range("consistency_sigma_data", sigma_data, 0.0, None, low_inclusive=False)
         check_range("consistency_timestep_scaling", timestep_scaling, 0.0, None, low_inclusive=False)
         self.inner, self.sigma_data, self.timestep_scaling = inner, float(sigma_data), float(timestep_scaling)
-        self.consistency_skip = lcm_skip(inner.schedule.num_timesteps, skip)
+        grid = distillation_grid(inner.schedule.num_timesteps) if grid is None else grid
+        self._source_times = source_times(grid)
+
+    consistency_times = property(lambda self: self._source_times)  # the lcm spacing's source times
 
     def __getattr__(self, name):
         if name == "inner":  # not set yet (copy / unpickle): no recursion
@@ -88,15 +92,25 @@ class ConsistencyDenoiser(Wrapper):
 
 def distillation_grid(num_timesteps: int, skip: Optional[int] = None) -> torch.Tensor:
     """The increasing float64 times t_0 = 0 < t_1 < ... < t_N of the consistency losses: LCM's
-    source times t_n = n k - 1 (n = 1 .. T // k; :func:`diffkit.timesteps.lcm_times`, the times
-    the ``lcm`` spacing samples from) and t_0 = 0, with the skipping step k = ``skip`` (LCM Sec.
-    4.3; default T // 50, so N = 50 as LCM, t = 0, 19, 39, ..., 999 at T = 1000; for k = 1 every
-    training step). t_0 = 0 is the boundary (LCM's training script clamps t_1 - k = -1 to 0)."""
+    source times (:func:`diffkit.timesteps.lcm_times`, the times the ``lcm`` spacing samples from:
+    t_n = n k - 1 for a skipping step k = ``skip``, LCM Sec. 4.3; by default diffusers' N = min(50, T)
+    times n (T // N) - 1, so t = 0, 19, 39, ..., 999 at T = 1000; for k = 1 every training step) and
+    t_0 = 0, the boundary (LCM's training script clamps t_1 - k = -1 to 0)."""
     T = int(num_timesteps)
     if T < 2:
         raise DiffkitError(f"a consistency model needs a schedule of at least 2 timesteps; this one has T={T}")
     times = lcm_times(T, skip)
     return torch.cat([torch.zeros(1, dtype=torch.float64), times[times > 0]])
+
+
+def source_times(grid) -> torch.Tensor:
+    """LCM's source times (increasing float64) of a distillation grid (:func:`distillation_grid`):
+    the grid without its boundary t_0 = 0, except for a skip of 1, where t_1 = 0 is a source time
+    itself (the grid is then evenly spaced from 0). Reads grids written by any diffkit version."""
+    grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    if len(grid) >= 3 and grid[1] - grid[0] == grid[2] - grid[1] == 1:
+        return grid
+    return grid[1:]
 
 
 def ddim_teacher_step(teacher, x: torch.Tensor, t, s, **cond) -> torch.Tensor:

@@ -237,6 +237,7 @@ class Wrapper:
     nfe = property(lambda self: self.inner.nfe)
     learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
     data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
+    consistency_times = property(lambda self: getattr(self.inner, "consistency_times", None))  # the lcm spacing's
 
     def reset_nfe(self) -> None:
         self.inner.reset_nfe()

@@ -133,11 +133,8 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     d.prompt_encoder = getattr(model, "encode_prompts", None)
     if meta.get("consistency"):  # a consistency model answers x0 = f(x, t) (diffkit.consistency)
         from .consistency import ConsistencyDenoiser
-        entry = meta["consistency"]
-        skip, grid = entry.get("skip"), entry.get("grid") or []
-        if skip is None and len(grid) >= 2:  # written before the skip was recorded: t_n = n k - 1 (k = 1: 0, 1, ...)
-            skip = int(grid[-1] - grid[-2])
-        return ConsistencyDenoiser(d, entry["sigma_data"], entry["timestep_scaling"], skip)
+        entry = meta["consistency"]  # it samples from the source times of the grid it was distilled on
+        return ConsistencyDenoiser(d, entry["sigma_data"], entry["timestep_scaling"], entry.get("grid") or None)
     return d
 
 

@@ -372,4 +372,4 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
         count = step_count(final)
     return make_grid(denoiser.schedule, count, spacing_used, final, offset=offset,
                      grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)),
-                     lcm_skip=getattr(denoiser, "consistency_skip", None))  # a consistency model's own grid
+                     lcm_source=getattr(denoiser, "consistency_times", None))  # a consistency model's own times

@@ -16,12 +16,11 @@ Spacings (``T`` = training steps, ``S`` = sampling steps):
     strided     improved-diffusion / guided-diffusion's ``timestep_respacing="ddimS"``: tau_i = i k with
                 the smallest integer stride k for which range(0, T, k) has exactly S times (k = T // S
                 when S divides T, then equal to ``leading``); S that no stride gives is an error
-    lcm         diffusers' LCMScheduler (Luo et al. 2023): from LCM's N = T // k source times
-                t_n = n k - 1 (n = N..1, decreasing; skipping step k = ``lcm_skip``, default T // 50,
-                i.e. original_inference_steps N = 50 at T = 1000), the ones at the indices
-                floor(linspace(0, N, S, endpoint=False)); S <= N. The ``consistency`` sampler's
-                default; a consistency model samples on its own k, the times its distillation
-                trained on (:func:`lcm_times`, diffkit.consistency)
+    lcm         diffusers' LCMScheduler (Luo et al. 2023): from LCM's N source times (default
+                original_inference_steps N = min(50, T): t_n = n (T // N) - 1), the ones at the
+                indices floor(linspace(0, N, S, endpoint=False)), decreasing; S <= N. The
+                ``consistency`` sampler's default; a consistency model samples from its own
+                source times, the ones its distillation trained on (:func:`lcm_times`)
     linspace    diffusers' DPMSolver/UniPC/DEIS schedulers: round(linspace(0, T-1, S+1)) without
                 its 0 (its DDIM/DDPM/PNDM schedulers' 'linspace' is round(linspace(0, T-1, S)),
                 which evaluates at t = 0: pass that as a custom grid)
@@ -72,7 +71,7 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
               rho: float = 7.0, offset: int = 0, t_max: Optional[float] = None,
               custom: Optional[Sequence[float]] = None, skip_sigma: float = SKIP_SIGMA,
               grade_sigmas: Sequence[float] = GRADE_SIGMAS, grade_power: float = GRADE_POWER,
-              lcm_skip: Optional[int] = None) -> torch.Tensor:
+              lcm_source: Optional[Sequence[float]] = None) -> torch.Tensor:
     """The ``steps + 1`` decreasing grid times for ``steps`` sampler steps (see module doc).
 
     ``final``: ``zero`` ends at t = -1 (clean data), ``sigma_min`` at t = 0 (the schedule's last
@@ -80,8 +79,9 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
     ``leading`` (diffusers' ``steps_offset``). ``t_max``: the first time (default T - 1).
     ``custom``: the evaluation times themselves (decreasing; ``spacing`` and ``steps`` unused).
     ``skip_sigma``: where ``logsnr_skip`` starts (sigma~ at or below it). ``grade_sigmas`` (high,
-    low) and ``grade_power``: the band and the growth outside it of ``logsnr_graded``. ``lcm_skip``:
-    the ``lcm`` spacing's skipping step k (a consistency model's own; default T // 50)."""
+    low) and ``grade_power``: the band and the growth outside it of ``logsnr_graded``. ``lcm_source``:
+    the increasing source times the ``lcm`` spacing picks from (a consistency model's own; default
+    :func:`lcm_times`)."""
     T = schedule.num_timesteps
     check_choice("final", final, FINALS)
     t_end = -1.0 if final == "zero" else 0.0
@@ -90,7 +90,7 @@ def make_grid(schedule: NoiseSchedule, steps: int, spacing: str = "linear", fina
     check_choice("spacing", spacing, SPACINGS)
     check_range("steps", steps, 1, T, integer=True)
     if spacing == "lcm":
-        return _finish(_lcm(T, steps, lcm_skip), t_end, T, spacing)
+        return _finish(_lcm(T, steps, lcm_source), t_end, T, spacing)
     if spacing in _TIMESTEP_SPACINGS:
         return _finish(_TIMESTEP_SPACINGS[spacing](T, steps, offset), t_end, T, spacing)
     top = float(T - 1 if t_max is None else t_max)
@@ -140,33 +140,31 @@ def _trailing(T: int, S: int, offset: int) -> torch.Tensor:
 LCM_ORIGINAL_STEPS = 50  # diffusers' LCMScheduler original_inference_steps
 
 
-def lcm_skip(T: int, skip: Optional[int] = None) -> int:
-    """LCM's skipping step k (Luo et al. 2023, Sec. 4.3): ``skip``, checked to be 1..T-1, or by
-    default T // 50 (at least 1): diffusers' ``original_inference_steps`` = 50 at T = 1000."""
-    if skip is None:
-        return max(1, T // LCM_ORIGINAL_STEPS)
-    if isinstance(skip, bool) or not isinstance(skip, int) or not 1 <= skip <= max(T - 1, 1):
-        raise DiffkitError(f"consistency_skip={skip!r} is not allowed; give an integer 1..{max(T - 1, 1)} (timesteps "
-                           f"between the teacher step's ends; LCM uses T // 50 = {max(1, T // LCM_ORIGINAL_STEPS)})")
-    return skip
+def lcm_original_times(T: int, original_steps: int) -> torch.Tensor:
+    """diffusers' ``LCMScheduler`` source times for ``original_inference_steps`` N: t_n = n (T // N) - 1,
+    n = 1 .. N, increasing float64 (LCM's training script's DDIM timesteps as well)."""
+    return torch.arange(1, original_steps + 1, dtype=_F64) * (T // original_steps) - 1
 
 
 def lcm_times(T: int, skip: Optional[int] = None) -> torch.Tensor:
-    """The increasing float64 source times t_n = n k - 1, n = 1 .. T // k, of LCM (k = :func:`lcm_skip`):
-    the times consistency distillation trains on (:func:`diffkit.consistency.distillation_grid`) and
-    the ``lcm`` spacing samples from; diffusers' ``LCMScheduler`` with ``original_inference_steps``
-    N = T // k has the same times when T // N = k (e.g. k = 20, N = 50 at T = 1000)."""
-    k = lcm_skip(T, skip)
-    return torch.arange(1, T // k + 1, dtype=_F64) * k - 1
+    """LCM's increasing float64 source times (Luo et al. 2023, Sec. 4.3): the times consistency
+    distillation trains on (:func:`diffkit.consistency.distillation_grid`) and the ``lcm`` spacing
+    samples from. ``skip`` None: diffusers' default, :func:`lcm_original_times` with N = min(50, T)
+    (k = T // N, e.g. 20 at T = 1000); a skipping step k (1..T-1): t_n = n k - 1, n = 1 .. T // k."""
+    if skip is None:
+        return lcm_original_times(T, min(LCM_ORIGINAL_STEPS, T))
+    if isinstance(skip, bool) or not isinstance(skip, int) or not 1 <= skip <= max(T - 1, 1):
+        raise DiffkitError(f"consistency_skip={skip!r} is not allowed; give an integer 1..{max(T - 1, 1)} (timesteps "
+                           f"between the teacher step's ends; LCM uses T // 50 = {max(1, T // LCM_ORIGINAL_STEPS)})")
+    return torch.arange(1, T // skip + 1, dtype=_F64) * skip - 1
 
 
-def _lcm(T: int, S: int, skip: Optional[int]) -> torch.Tensor:
-    origin = lcm_times(T, skip).flip(0)  # decreasing: N k - 1, ..., k - 1
+def _lcm(T: int, S: int, origin: Optional[Sequence[float]]) -> torch.Tensor:
+    origin = (lcm_times(T) if origin is None else torch.as_tensor(origin, dtype=_F64)).flip(0)  # decreasing
     N = len(origin)
     if S > N:
         raise DiffkitError(f"steps={S}: the 'lcm' spacing takes at most {N} steps (diffusers' LCMScheduler picks "
-                           f"them from its original_inference_steps={N} times, the skip {lcm_skip(T, skip)} "
-                           f"apart); use fewer steps or another spacing")
+                           f"them from its original_inference_steps={N} times); use fewer steps or another spacing")
     return origin[torch.from_numpy(np.floor(np.linspace(0, N, S, endpoint=False)).astype(np.int64))]
 
 

@@ -372,7 +372,7 @@ class Trainer:
             self.consistency_grid = distillation_grid(cfg.T, cfg.consistency_skip)
             self.student = ConsistencyDenoiser(Denoiser(self.forward, self.schedule, cfg.prediction_type,
                                                         cfg.learned_variance), cfg.consistency_sigma_data,
-                                               cfg.consistency_timestep_scaling, cfg.consistency_skip)
+                                               cfg.consistency_timestep_scaling, self.consistency_grid)
 
     def _load_teacher(self):
         """The frozen teacher of consistency distillation (its EMA weights), checked to share the
@@ -381,8 +381,8 @@ class Trainer:
         from .loading import load_denoiser
         cfg = self.cfg
         if not Path(cfg.teacher).exists():
-            raise DiffkitError(f"teacher={cfg.teacher!r} does not exist; give the teacher checkpoint's path "
-                               f"(diffkit distill --resume CKPT --set teacher=PATH)")
+            raise DiffkitError(f"teacher={cfg.teacher!r} does not exist; give the teacher checkpoint's path (teacher=PATH;"
+                               f" to resume a distillation: diffkit distill --resume CKPT --set teacher=PATH)")
         teacher = load_denoiser(cfg.teacher, device=self.device)
         if teacher.meta.get("consistency"):
             raise DiffkitError(f"teacher={cfg.teacher!r} is a consistency model; distil from a diffusion checkpoint")
@@ -520,11 +520,14 @@ class Trainer:
         (by digest: a teacher path such as latest.safetensors may have moved on)."""
         saved, now = meta.get("consistency") or {}, self._consistency_meta()
         for key, field in (("sigma_data", "consistency_sigma_data"), ("timestep_scaling", "consistency_timestep_scaling"),
-                           ("skip", "consistency_skip"), ("distance", "consistency_distance"),
+                           ("grid", "consistency_skip"), ("distance", "consistency_distance"),
                            ("guidance", "consistency_guidance")):
             if key in saved and saved[key] != now[key]:
-                raise DiffkitError(f"{path} was trained with {field}={saved[key]!r}, this run has {now[key]!r}; an "
-                                   f"exact resume needs the same {field} (the weights stand for that function)")
+                was, has = (saved[key], now[key]) if key != "grid" else (saved.get("skip"), now["skip"])
+                if key == "grid" and was == has:  # the same skip name, another grid (written by another version)
+                    was, has = f"a grid of {len(saved[key])} times", f"{len(now[key])}"
+                raise DiffkitError(f"{path} was trained with {field}={was!r}, this run has {has!r}; an exact resume "
+                                   f"needs the same {field} (the weights stand for that function)")
         old, new = saved.get("teacher_sha256"), getattr(self, "teacher_digest", None)
         if old and new and old != new:
             raise DiffkitError(f"the teacher {self.cfg.teacher} is not the one {path} was distilled from (its weights "
@@ -536,7 +539,7 @@ class Trainer:
                 "teacher_sha256": getattr(self, "teacher_digest", None),
                 "sigma_data": self.cfg.consistency_sigma_data,
                 "timestep_scaling": self.cfg.consistency_timestep_scaling,
-                "skip": self.student.consistency_skip,
+                "skip": self.cfg.consistency_skip,
                 "grid": [int(t) for t in self.consistency_grid.tolist()],
                 "distance": self.cfg.consistency_distance,
                 "guidance": self.cfg.consistency_guidance}

@@ -70,7 +70,8 @@ def test_consistency_denoiser_is_c_skip_x_plus_c_out_x0_with_consistent_eps():
 # ---------------------------------------------------------------- the sampler
 def test_lcm_spacing_is_diffusers_lcm_scheduler_timesteps():
     from diffusers import LCMScheduler
-    for T, steps in ((1000, 1), (1000, 2), (1000, 4), (1000, 7), (1000, 50), (100, 3), (30, 4)):
+    for T, steps in ((1000, 1), (1000, 2), (1000, 4), (1000, 7), (1000, 50), (100, 3), (30, 4), (120, 4), (75, 4),
+                     (999, 4), (1500, 4)):
         ref = LCMScheduler(num_train_timesteps=T, original_inference_steps=min(50, T))
         ref.set_timesteps(steps)
         grid = make_grid(NoiseSchedule.linear(T), steps, "lcm")
@@ -310,3 +311,25 @@ def test_the_target_and_the_student_draw_the_same_dropout_masks():
     for kind in ("l2", "pseudo-huber"):
         loss = consistency_loss(student, x0, noise, t, t, distance_kind=kind)
         assert loss.abs().max().item() < 1e-15, (kind, loss)
+
+
+@pytest.mark.parametrize("grid,times", [
+    ([0, 19, 39, 59], [19, 39, 59]), ([0, 1, 2, 3], [0, 1, 2, 3]), ([0, 599], [599]), ([0, 2, 5, 8], [2, 5, 8])])
+def test_source_times_of_a_distillation_grid(grid, times):
+    """The lcm spacing's source times of a stored grid: the grid without its boundary t_0 = 0, but
+    with it for a skip of 1 (t_1 = 0 is a source time); k > T/2 ([0, 599]) and diffusers' N = 300
+    (T // N = 3: 2, 5, 8, ...) included."""
+    from diffkit.consistency import source_times
+    assert source_times(grid).tolist() == [float(t) for t in times]
+
+
+def test_a_wrapped_consistency_model_still_samples_on_its_own_times():
+    """Guidance or thresholding around a consistency model keeps its source times (the lcm grid)."""
+    from diffkit.consistency import distillation_grid
+    from diffkit.guidance import ClassifierFreeGuidance
+    from diffkit.sampling import sampler_grid, thresholded
+    from diffkit.samplers import get_sampler
+    inner = Denoiser(lambda x, t, y=None: 0 * x, S)
+    cm = ConsistencyDenoiser(inner, grid=distillation_grid(1000, 100))
+    for den in (cm, ClassifierFreeGuidance(cm, 1.5, null_class=10), thresholded(cm, "clip", {})):
+        assert sampler_grid(den, get_sampler("consistency"), steps=4)[:-1].tolist() == [999, 799, 499, 299]

@@ -108,6 +108,12 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     assert main(["sample", "--checkpoint", str(tmp_path / "cm" / "checkpoints"), "--num", "4", "--out", "d.png", "--no-progress"]) == 0
     out = capsys.readouterr().out  # a consistency model's defaults: its sampler, its config's 4 steps
     assert "consistency" in out and "4 network evaluations per sample" in out, out
+    import json  # the same defaults when the checkpoint comes from a config's test_load_weight
+    (tmp_path / "c.json").write_text(json.dumps({**meta["config"], "test_load_weight": "latest.safetensors",
+                                                 "sampled_dir": "cs"}))
+    assert main(["sample", "--config", "c.json", "--num", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "consistency" in out and "4 network evaluations per sample" in out, out
     assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
     assert ckpt.load_checkpoint(latest)[1]["step"] == 3
     assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher
@@ -155,7 +161,7 @@ def test_a_resume_keeps_the_teacher_and_the_parameterisation(tmp_path, teacher):
     Trainer(_cd(tmp_path / "run", mine, max_steps=4), tiny_dataset(), progress=False).run(stop_at=2)
     part = str(tmp_path / "run" / "ckpt" / "latest.safetensors")
     for over, message in [({"consistency_timestep_scaling": 1.0}, "consistency_timestep_scaling=10.0, this run has 1.0"),
-                          ({"consistency_skip": 5}, "consistency_skip=20, this run has 5"),
+                          ({"consistency_skip": 5}, "consistency_skip=None, this run has 5"),
                           ({"consistency_distance": "l2"}, "consistency_distance='pseudo-huber', this run has 'l2'")]:
         with pytest.raises(DiffkitError, match=message) as err:
             Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part, **over), tiny_dataset(),

@@ -780,7 +780,23 @@ def test_a_consistency_model_with_another_skip_exports_its_grids_n(tmp_path):
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     theirs = _lcm_loop(pipe.unet, pipe.scheduler, x_T.clone(), 4, seed=5)
     assert pipe.scheduler.timesteps.tolist() == [999, 799, 499, 299]
-    assert den.consistency_skip == 100
+    assert den.consistency_times.tolist() == [100.0 * n - 1 for n in range(1, 11)]
     ours = diffkit.sample(den, x_T.clone(), "consistency", steps=4, generator=diffkit.noise.generators_from_seed(5, 2),
                           progress=False)
     assert relative_error(ours, theirs) < 1e-5
+
+
+@pytest.mark.parametrize("n", [300, 1, 7, 1000])
+def test_an_imported_lcm_scheduler_samples_on_its_own_timesteps(n):
+    """--from-diffusers of any original_inference_steps N (also T // (T // N) != N, e.g. 300: times
+    2, 5, ..., 899): the consistency sampler's default grid on the imported model is
+    LCMScheduler's timesteps (a review found N = 300 sampling at 998 and N = 1 failing to load)."""
+    from diffkit.consistency import ConsistencyDenoiser
+    from diffkit.interop.diffusers_unet import consistency_from_lcm
+    from diffkit.sampling import sampler_grid
+    entry = consistency_from_lcm({"original_inference_steps": n, "timestep_scaling": 10.0}, 1000)
+    cm = ConsistencyDenoiser(diffkit.Denoiser(lambda x, t: 0 * x, NoiseSchedule.linear(1000)), grid=entry["grid"])
+    for steps in sorted({1, min(4, n)}):
+        ref = diffusers.LCMScheduler(num_train_timesteps=1000, original_inference_steps=n)
+        ref.set_timesteps(steps)
+        assert sampler_grid(cm, REGISTRY["consistency"], steps=steps)[:-1].tolist() == ref.timesteps.tolist(), steps

@@ -50,7 +50,8 @@ def register(sub) -> None:
                    "NAME@SPACING:FINAL "
                    "also sets the grid, e.g. unipc:zero")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
+    g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
+                   "with the consistency sampler)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     p.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their steps "
@@ -106,20 +107,6 @@ def run(args) -> int:
     from ..config import resolve_device
     from ..sampling import check_eta, final_for, resolve_sampler
     from ._common import default_sampling
-    sampler, args.steps = default_sampling(args.checkpoint, args.sampler, args.steps, args.nfe)
-    info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
-    if args.nfe is not None:
-        info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
-    if args.steps is not None:
-        info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
-    check_eta(info.name, args.eta)
-    options = {} if args.eta is None else {"eta": args.eta}
-    for name in ("rtol", "atol"):
-        if getattr(args, name) is not None:
-            if not info.adaptive:
-                raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
-                                   f"{info.name!r}")
-            options[name] = getattr(args, name)
     config = output_config = None
     checkpoint = args.checkpoint
     if args.config:
@@ -133,6 +120,20 @@ def run(args) -> int:
         checkpoint = config.test_checkpoint()
         if not is_legacy_checkpoint(checkpoint):  # it carries its own model config: this one named the file
             output_config, config = config.to_dict(), None  # and says where the images go
+    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe)  # from its header
+    info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
+    if args.nfe is not None:
+        info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
+    if args.steps is not None:
+        info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
+    check_eta(info.name, args.eta)
+    options = {} if args.eta is None else {"eta": args.eta}
+    for name in ("rtol", "atol"):
+        if getattr(args, name) is not None:
+            if not info.adaptive:
+                raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
+                                   f"{info.name!r}")
+            options[name] = getattr(args, name)
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):

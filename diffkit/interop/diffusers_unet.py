@@ -343,8 +343,10 @@ def from_diffusers(model, *, learned_variance: bool | None = None) -> UNet:
 
 # ----------------------------------------------------------------------------- consistency models
 def _lcm_grid(T: int, n: int) -> list[int]:
-    """t_0 = 0 and LCMScheduler's training times t_m = m k - 1 (m = 1..n, k = T // n)."""
-    return sorted({0, *(m * (T // n) - 1 for m in range(1, n + 1))})
+    """t_0 = 0 and LCMScheduler's training times t_m = m k - 1 (m = 1..n, k = T // n;
+    :func:`diffkit.timesteps.lcm_original_times`)."""
+    from ..timesteps import lcm_original_times
+    return sorted({0, *(int(t) for t in lcm_original_times(T, n).tolist())})
 
 
 def lcm_original_steps(grid, num_timesteps: int) -> int:
@@ -402,7 +404,7 @@ def consistency_from_lcm(config: Mapping, num_timesteps: int) -> dict:
                            f"(num_train_timesteps)")
     return {"objective": None, "teacher": None, "sigma_data": 0.5,
             "timestep_scaling": float(config.get("timestep_scaling", TIMESTEP_SCALING)), "grid": _lcm_grid(T, n),
-            "skip": T // n, "distance": None, "guidance": None}
+            "skip": None, "distance": None, "guidance": None}
 
 
 # ----------------------------------------------------------------------------- folders
