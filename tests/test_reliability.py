@@ -306,10 +306,13 @@ def test_sigint_to_train_classifier_exits_130_at_any_moment(tmp_path, moment):
     traceback and -2 (killed by the signal) while `import diffkit` imported torch, before the
     command line's handler was in place."""
     out = open(tmp_path / "c.out", "w")
+    # a terminal's Ctrl-C: the child starts with SIGINT's default disposition even when this test runs
+    # as a shell's background job (which starts with SIGINT ignored, and Python then installs no handler)
     proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train-classifier", "--steps", "100000", "--channel",
                              "8", "--channel-mult", "1", "--attn", "", "--batch-size", "8", "--out",
                              str(tmp_path / "c.safetensors"), "--no-progress", "--device", "cpu"],
-                            cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     text = lambda: (tmp_path / "c.out").read_text()  # noqa: E731
     try:
         when = {"importing torch": lambda: _torch_is_loading(proc.pid),
