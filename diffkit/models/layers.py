@@ -138,6 +138,22 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of guidance weights w (seed convention), ``(batch,) -> (batch, dim)``:
+    LCM's w-conditioning (Luo et al. 2023, Sec. 4.2), exactly diffusers'
+    ``LatentConsistencyModelPipeline.get_guidance_scale_embedding`` (after VDM): of 1000 w,
+    ``emb[:, i] = sin(1000 w f_i)`` and ``emb[:, half + i] = cos(1000 w f_i)`` with
+    ``f_i = exp(-i log(10000) / (half - 1))``, ``half = dim // 2`` (sin first and half - 1, unlike
+    :func:`timestep_embedding`); an odd ``dim`` gets a zero last column. Computed in float32."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * (-math.log(10000.0) / (half - 1)))
+    args = (w.to(torch.float32) * 1000.0)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
 def norm_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
     """GroupNorm group count: the largest divisor of ``channels`` that is at most 32 and leaves at
     least 4 channels per group (32 groups for the usual >= 128 channels, as DDPM/ADM).
@@ -271,16 +287,24 @@ def _from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- blocks
 class TimeEmbedding(nn.Module):
-    """t -> sinusoidal(channel) -> Linear -> SiLU -> Linear (DDPM Appendix B), width ``4*channel``."""
+    """t -> sinusoidal(channel) -> Linear -> SiLU -> Linear (DDPM Appendix B), width ``4*channel``.
 
-    def __init__(self, channel: int, emb_dim: int):
+    ``cond_dim`` > 0 adds ``cond_proj`` (Linear(cond_dim, channel), no bias) of a condition
+    embedding to the sinusoidal features before ``linear_1``: diffusers' ``TimestepEmbedding``
+    with ``cond_proj_dim`` (LCM's guidance-scale input). It starts at zero here, so a network
+    given the teacher's other weights computes the teacher's function (docs/consistency.md)."""
+
+    def __init__(self, channel: int, emb_dim: int, cond_dim: int = 0):
         super().__init__()
         self.channel = channel
         self.linear_1 = nn.Linear(channel, emb_dim)
         self.linear_2 = nn.Linear(emb_dim, emb_dim)
+        self.cond_proj = zero_module(nn.Linear(cond_dim, channel, bias=False)) if cond_dim else None
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = timestep_embedding(t, self.channel).to(self.linear_1.weight.dtype)
+        if cond is not None:
+            emb = emb + self.cond_proj(cond.to(emb.dtype))
         return self.linear_2(F.silu(self.linear_1(emb)))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import DiffkitError, check_range
 from .layers import (BlockChain, ResBlock, TimeEmbedding, TrunkConfig, Upsample, attention_block,
-                     build_down_path, build_middle, group_norm, num_parameters, run_blocks,
+                     build_down_path, build_middle, group_norm, guidance_scale_embedding, num_parameters, run_blocks,
                      to_caller_layout, to_compute_layout, use_memory_format, zero_module)
 
 __all__ = ["UNetConfig", "UNet", "num_parameters"]
@@ -36,6 +36,12 @@ class UNetConfig(TrunkConfig):
         timestep embedding, as Imagen (Saharia et al. 2022, Sec. 2.2) and SD-XL (Podell et al.
         2023, Sec. 2.1) add a pooled text embedding; it lets a small model pick up the prompt as
         fast as a class embedding. Needs ``context_dim``.
+    guidance_embedding_dim: 0 (default: none) or the width (>= 4) of LCM's guidance-scale input
+        (Luo et al. 2023, Sec. 4.2): ``forward(..., w=...)`` embeds the guidance weight w (seed
+        convention) with :func:`~diffkit.models.layers.guidance_scale_embedding` and adds its
+        projection (``time_embed.cond_proj``, zero at start) to the timestep features, as
+        diffusers' ``UNet2DConditionModel(time_cond_proj_dim=...)``. Set by w-conditioned
+        consistency distillation (docs/consistency.md).
     """
 
     out_channels: int | None = None
@@ -43,6 +49,7 @@ class UNetConfig(TrunkConfig):
     num_classes: int | None = None
     context_dim: int | None = None
     context_pooled: bool = False
+    guidance_embedding_dim: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,6 +59,10 @@ class UNetConfig(TrunkConfig):
             check_range("num_classes", self.num_classes, 1, integer=True)
         if self.context_dim is not None:
             check_range("context_dim", self.context_dim, 1, integer=True)
+        check_range("guidance_embedding_dim", self.guidance_embedding_dim, 0, integer=True)
+        if 0 < self.guidance_embedding_dim < 4:  # diffusers' embedding divides by dim // 2 - 1
+            raise DiffkitError(f"guidance_embedding_dim={self.guidance_embedding_dim} is not allowed; give 0 (none) "
+                               f"or a width >= 4")
         if self.context_pooled and self.context_dim is None:
             raise DiffkitError("context_pooled=True needs context_dim (the width of the context it pools)")
 
@@ -74,7 +85,7 @@ def broadcast_time(t, batch: int, device: torch.device) -> torch.Tensor:
 
 
 class UNet(nn.Module):
-    """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None) -> (B, output_channels, H, W)``."""
+    """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None, w=None) -> (B, output_channels, H, W)``."""
 
     def __init__(self, config: UNetConfig | None = None, **overrides):
         super().__init__()
@@ -84,7 +95,7 @@ class UNet(nn.Module):
             raise DiffkitError(f"pass either a UNetConfig or keyword settings, not both (got {sorted(overrides)})")
         self.config = cfg = config
         emb_dim = 4 * cfg.channel
-        self.time_embed = TimeEmbedding(cfg.channel, emb_dim)
+        self.time_embed = TimeEmbedding(cfg.channel, emb_dim, cfg.guidance_embedding_dim)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
         self.context_embed = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pooled else None
         self.input_conv = nn.Conv2d(cfg.in_channels, cfg.channel, 3, padding=1)
@@ -110,9 +121,22 @@ class UNet(nn.Module):
         self.out_conv = zero_module(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
         use_memory_format(self)
 
-    def embedding(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Timestep (+ class) embedding, width ``4*channel`` (DDPM App. B; ADM Sec. 3)."""
-        emb = self.time_embed(t)
+    def embedding(self, t: torch.Tensor, y: torch.Tensor | None, batch: int, w=None) -> torch.Tensor:
+        """Timestep (+ guidance weight) (+ class) embedding, width ``4*channel`` (DDPM App. B; ADM
+        Sec. 3; LCM Sec. 4.2 for w)."""
+        dim = self.config.guidance_embedding_dim
+        if dim and w is None:
+            raise DiffkitError(f"this U-Net takes the guidance weight w as input (guidance_embedding_dim={dim}); pass "
+                               f"w (seed convention), e.g. cond={{'w': 3.0}}")
+        if w is not None and not dim:
+            raise DiffkitError("w was given but the U-Net has no guidance-scale input; set guidance_embedding_dim")
+        cond = None
+        if w is not None:
+            w_shape = tuple(getattr(w, "shape", ()))
+            if w_shape not in ((), (1,), (batch,)) or getattr(w, "is_complex", lambda: False)():
+                raise DiffkitError(f"w of shape {w_shape} is not allowed; give one guidance weight or ({batch},)")
+            cond = guidance_scale_embedding(broadcast_time(w, batch, t.device), dim)
+        emb = self.time_embed(t, cond)
         if self.class_embed is not None:
             if y is None:
                 y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
@@ -138,7 +162,7 @@ class UNet(nn.Module):
             raise DiffkitError(f"class label {bad} is out of range; allowed: 0..{n - 1} ({n}: unconditional)")
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, w=None) -> torch.Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise DiffkitError(f"x has shape {tuple(x.shape)}; allowed: (batch, {cfg.in_channels}, height, width)")
@@ -153,7 +177,7 @@ class UNet(nn.Module):
                     or context.shape[2] != cfg.context_dim):
                 raise DiffkitError(f"context of shape {tuple(getattr(context, 'shape', ()))} is not allowed; give "
                                    f"(batch, tokens, context_dim) = ({batch}, L, {cfg.context_dim})")
-        emb = self.embedding(broadcast_time(t, batch, x.device), y, batch)
+        emb = self.embedding(broadcast_time(t, batch, x.device), y, batch, w)
         if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.5)
             emb = emb + self.context_embed(context.mean(dim=1).to(emb.dtype))
         emb = F.silu(emb)
