@@ -75,7 +75,10 @@ class TrainConfig:
     ``consistency_distance`` (``pseudo-huber``, iCT; ``l2``), ``consistency_sigma_data`` and
     ``consistency_timestep_scaling`` (the boundary condition's 0.5 and 10, LCM),
     ``consistency_guidance`` (a fixed classifier-free guidance weight w of a conditional teacher,
-    seed convention; LCM's guided distillation). ``loss`` is not used by them, and
+    seed convention; LCM's guided distillation), or ``consistency_guidance_range`` [w_min, w_max]
+    (LCM Alg. 1: w uniform per example, seed convention, given to the student through its
+    guidance-scale input of width ``guidance_embedding_dim``, e.g. 256, diffusers' LCM script's
+    default). ``loss`` is not used by them, and
     ``timestep_sampler`` / ``min_snr_gamma`` must keep their defaults.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
@@ -135,6 +138,8 @@ class TrainConfig:
     consistency_sigma_data: float = CONSISTENCY_SIGMA_DATA
     consistency_timestep_scaling: float = CONSISTENCY_TIMESTEP_SCALING
     consistency_guidance: float = 0.0
+    consistency_guidance_range: Optional[list] = None  # LCM's w-conditioning: [w_min, w_max], seed convention
+    guidance_embedding_dim: int = 0  # the student's guidance-scale input (UNetConfig.guidance_embedding_dim)
     # ---- conditioning ----
     conditional: bool = False
     num_classes: Optional[int] = None
@@ -258,7 +263,30 @@ class TrainConfig:
             if self.sampledImgName == self.sampledNoisyImgName:
                 raise DiffkitError(f"sampledImgName and sampledNoisyImgName are both {name!r}; give two names")
 
+    def _check_guidance_range(self) -> None:
+        """LCM's w-conditioned distillation: [w_min, w_max] (seed convention), a class-conditional
+        teacher, a student with a guidance-scale input, and no fixed ``consistency_guidance``."""
+        rng, dim = self.consistency_guidance_range, self.guidance_embedding_dim
+        if rng is None:
+            if dim:
+                raise DiffkitError(f"guidance_embedding_dim={dim} is the guidance-scale input of a w-conditioned "
+                                   f"consistency model; it needs consistency_guidance_range=[w_min, w_max]")
+            return
+        if len(rng) != 2 or not 0 <= rng[0] <= rng[1]:
+            raise DiffkitError(f"consistency_guidance_range={rng!r} is not allowed; give [w_min, w_max] with "
+                               f"0 <= w_min <= w_max (seed convention; LCM's [2, 14])")
+        if not (self.conditional and self.objective == "consistency-distillation"):
+            raise DiffkitError(f"consistency_guidance_range={rng!r} guides a class-conditional teacher; it needs "
+                               f"objective='consistency-distillation' and conditional=True")
+        if self.consistency_guidance:
+            raise DiffkitError(f"consistency_guidance={self.consistency_guidance} and consistency_guidance_range="
+                               f"{rng!r} exclude each other: give one fixed w or the range")
+        if not dim:
+            raise DiffkitError(f"consistency_guidance_range={rng!r} gives w to the student, which needs a "
+                               f"guidance-scale input: set guidance_embedding_dim (e.g. 256)")
+
     def _check_consistency(self) -> None:
+        self._check_guidance_range()
         if self.objective == "consistency-distillation" and not self.teacher:
             raise DiffkitError("objective='consistency-distillation' needs teacher=PATH, a diffkit diffusion checkpoint "
                                "(diffkit distill --teacher CKPT)")
@@ -267,7 +295,8 @@ class TrainConfig:
                                f"(this run has objective={self.objective!r}); drop it or change the objective")
         if self.objective == "diffusion":
             changed = [name for name in ("consistency_skip", "consistency_distance", "consistency_sigma_data",
-                                         "consistency_timestep_scaling", "consistency_guidance")
+                                         "consistency_timestep_scaling", "consistency_guidance",
+                                         "consistency_guidance_range")
                        if getattr(self, name) != _default(name)]
             if changed:
                 raise DiffkitError(f"{changed[0]}={getattr(self, changed[0])!r} applies to the consistency objectives; "
@@ -360,6 +389,7 @@ class TrainConfig:
             "num_res_blocks": self.num_res_blocks, "dropout": self.dropout, "img_size": self.img_size,
             "in_channels": in_channels, "learned_variance": self.learned_variance, "num_classes": num_classes,
             "scale_shift_norm": self.scale_shift_norm, "num_heads": self.num_heads,
+            **({"guidance_embedding_dim": self.guidance_embedding_dim} if self.guidance_embedding_dim else {}),
             **self._latent_unet_kwargs(dataset),
         }
 
@@ -425,7 +455,9 @@ _RANGES = {
     "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),
     "consistency_skip": (1, None, True, True), "consistency_sigma_data": (0.0, None, False, True),
     "consistency_timestep_scaling": (0.0, None, False, True), "consistency_guidance": (0.0, None, True, True),
+    "guidance_embedding_dim": (0, None, True, True),
 }
+_FLOAT_LISTS = ("consistency_guidance_range",)  # list fields of numbers (the others hold integers)
 _CHOICES = {
     "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,
     "fixed_variance": FIXED_VARIANCES,
@@ -457,6 +489,12 @@ def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> Any:
             return None
         raise DiffkitError(f"{name}=None is not allowed; it must be {_TYPE_WORDS[base]}")
     want = _TYPE_WORDS[base] + (" or None" if optional else "")
+    if name in _FLOAT_LISTS:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    and math.isfinite(v) for v in value):
+            return [float(v) for v in value]
+        raise DiffkitError(f"{name}={value!r} has the wrong type; it must be a list of finite numbers"
+                           f"{' or None' if optional else ''}")
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -537,9 +575,11 @@ def parse_value(name: str, text: str) -> Any:
             return float(raw)
         if base is list:
             inner = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
-            return [int(part) for part in inner.split(",") if part.strip()]
+            number = float if name in _FLOAT_LISTS else int
+            return [number(part) for part in inner.split(",") if part.strip()]
     except ValueError:
-        raise DiffkitError(f"{name}={text!r} cannot be read as {_TYPE_WORDS[base]}") from None
+        word = "a list of numbers" if name in _FLOAT_LISTS else _TYPE_WORDS[base]
+        raise DiffkitError(f"{name}={text!r} cannot be read as {word}") from None
     return text
 
 

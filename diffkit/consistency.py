@@ -59,15 +59,19 @@ class ConsistencyDenoiser(Wrapper):
     wrapper does not define (``model``, ``meta``, ``decoder``, ``compile``, ...) are the inner
     denoiser's. ``grid``: the grid it was distilled on (:func:`distillation_grid`; None: the default
     one); the ``lcm`` spacing (the ``consistency`` sampler's default) samples from its source times
-    (``consistency_times``, :func:`source_times`)."""
+    (``consistency_times``, :func:`source_times`). ``guidance_range``: a w-conditioned model's
+    [w_min, w_max] (LCM Sec. 4.2; seed convention): a call without ``w`` in its cond gets the
+    middle of the range (``default_guidance``)."""
 
     def __init__(self, inner, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING,
-                 grid=None):
+                 grid=None, guidance_range=None):
         check_range("consistency_sigma_data", sigma_data, 0.0, None, low_inclusive=False)
         check_range("consistency_timestep_scaling", timestep_scaling, 0.0, None, low_inclusive=False)
         self.inner, self.sigma_data, self.timestep_scaling = inner, float(sigma_data), float(timestep_scaling)
         grid = distillation_grid(inner.schedule.num_timesteps) if grid is None else grid
         self._source_times = source_times(grid)
+        self.guidance_range = None if guidance_range is None else tuple(float(w) for w in guidance_range)
+        self.default_guidance = None if guidance_range is None else sum(self.guidance_range) / 2
 
     consistency_times = property(lambda self: self._source_times)  # the lcm spacing's source times
 
@@ -81,6 +85,8 @@ class ConsistencyDenoiser(Wrapper):
         return boundary_scalings(t, self.sigma_data, self.timestep_scaling)
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        if self.default_guidance is not None and "w" not in cond:
+            cond["w"] = self.default_guidance
         pred = self.inner(x, t, **cond)
         c_skip, c_out = self.scalings(t)
         if c_skip.ndim == 0:  # one time for the batch: Python floats, no tensor work
@@ -143,7 +149,9 @@ def consistency_loss(student, x0: torch.Tensor, noise: torch.Tensor, t_next, t_n
 
         x_{t_next} = q_sample(x0, t_next, z)
         x_hat      = one DDIM step of ``teacher`` from t_next to t_now      (distillation, CM Alg. 2 /
-                     LCM Alg. 1 with w fixed by the teacher denoiser given)
+                     LCM Alg. 1; w fixed by the teacher denoiser given, or per example in
+                     ``cond["w"]``, which a weight_input guided teacher and a w-conditioned
+                     student both read)
                    = q_sample(x0, t_now, z), the same z                     (training, teacher=None, CM Alg. 3)
         loss       = d(f_theta(x_{t_next}, t_next), f_theta-(x_hat, t_now))
 

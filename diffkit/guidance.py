@@ -4,6 +4,8 @@
   eps-bar = (1 + w) eps(x_t, y) - w eps(x_t, null), with the conditional and the null-class
   passes in one batched network call; optional guidance rescale (Lin et al. 2024, Sec. 3.4) and
   guidance interval (Kynkaanniemi et al. 2024).
+* :class:`GuidanceScaleInput` - a w-conditioned model (LCM, Luo et al. 2023, Sec. 4.2) given w as
+  an input: one network call per step.
 * :class:`ClassifierGuidance` - Dhariwal & Nichol 2021, Algorithm 2 (seed 000):
   eps-hat = eps(x_t) - sqrt(1 - abar_t) s grad_x log p_phi(y | x_t); usable by every sampler
   that reads eps/x0 from a denoiser.
@@ -98,6 +100,9 @@ class ClassifierFreeGuidance(Wrapper):
             cond is shared by both passes. With ``null_context`` and no class labels (a
             text-conditional model) the condition is the context alone:
             eps-bar = (1 + w) eps(x_t, c) - w eps(x_t, c_null), c_null = the empty prompt's context.
+        weight_input: take w per call and per sample from ``cond["w"]`` (seed convention; a number
+            or (B,)) instead of ``scale``; ``w`` is not passed on to the network. The guided teacher
+            of LCM's w-conditioned distillation (Alg. 1, eq. 8), whose student receives the same w.
 
     One call runs the network once on the batch ``cat([x, x])`` with labels ``cat([y, null])``
     and splits the output, so it counts as 1 in ``nfe`` (see the module docstring). With a
@@ -107,8 +112,9 @@ class ClassifierFreeGuidance(Wrapper):
 
     def __init__(self, denoiser, scale: float = 0.0, convention: str = "seed", rescale: float = 0.0,
                  interval: Optional[Sequence[float]] = None, *, rescale_space: str = "x0",
-                 null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None):
-        self.inner = denoiser
+                 null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None,
+                 weight_input: bool = False):
+        self.inner, self.weight_input = denoiser, bool(weight_input)
         self.convention = convention
         self.w = guidance_weight(scale, convention)
         check_range("guidance rescale", rescale, 0.0, 1.0)
@@ -142,6 +148,11 @@ class ClassifierFreeGuidance(Wrapper):
         return (t64 >= lo) & (t64 <= hi)
 
     def __call__(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None, **cond) -> Prediction:
+        weight = self.w
+        if self.weight_input:  # per-sample w (LCM Alg. 1)
+            if "w" not in cond:
+                raise DiffkitError("this guidance takes its weights from cond['w'] (weight_input=True); pass w")
+            weight = torch.as_tensor(cond.pop("w"), dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
         text_only = y is None and self.null_context is not None and "context" in cond
         if y is None and not text_only:
             raise DiffkitError("classifier-free guidance needs class labels: pass cond={'y': labels} "
@@ -151,7 +162,7 @@ class ClassifierFreeGuidance(Wrapper):
             y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(batch)
         t64 = _times64(t, batch)
         guided = self._guided_mask(t64)
-        if self.w == 0 or not guided.any():
+        if (not self.weight_input and self.w == 0) or not guided.any():
             return self.inner(x, t, **cond) if text_only else self.inner(x, t, y=y, **cond)
         both = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
                 for k, v in cond.items()}
@@ -165,7 +176,7 @@ class ClassifierFreeGuidance(Wrapper):
         eps_c, eps_u = pred.eps.chunk(2)
         x0_c, x0_u = pred.x0.chunk(2)
         var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]
-        w = diffusion.expand(torch.where(guided, self.w, 0.0), x)  # per-sample weight (interval)
+        w = diffusion.expand(torch.where(guided.to(x.device), weight, 0.0), x)  # per-sample weight (interval)
         eps = eps_c + w * (eps_c - eps_u)  # = (1 + w) eps_c - w eps_u   (seed 002)
         x0 = x0_c + w * (x0_c - x0_u)
         if self.rescale > 0:
@@ -189,6 +200,25 @@ class ClassifierFreeGuidance(Wrapper):
             return diffusion.eps_x0_from_output(v, x, alpha, sigma, "v_prediction")
         eps = phi * eps * _std_per_sample(eps_c) / _std_per_sample(eps) + (1 - phi) * eps
         return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
+
+
+class GuidanceScaleInput(Wrapper):
+    """A w-conditioned model (LCM Sec. 4.2; a U-Net with ``guidance_embedding_dim``) asked for
+    guidance weight ``w`` (seed convention; ``convention='diffusers'`` reads s = 1 + w): each call
+    passes ``w`` to the network in ``cond``, so a guided step is one call of batch B, not
+    classifier-free guidance's two. ``trained_range``: the model's [w_min, w_max]; a w outside
+    it is allowed (the network extrapolates) with a warning."""
+
+    def __init__(self, denoiser, scale: float, convention: str = "seed", trained_range=None):
+        self.inner, self.w = denoiser, guidance_weight(scale, convention)
+        if trained_range is not None and not float(trained_range[0]) <= self.w <= float(trained_range[1]):
+            import warnings
+            low, high = trained_range
+            warnings.warn(f"guidance weight w={self.w:g} (seed convention) lies outside the range [{low:g}, {high:g}] "
+                          f"this model was distilled on; it extrapolates there", stacklevel=2)
+
+    def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        return self.inner(x, t, **{**cond, "w": self.w})
 
 
 def _num_classes_of(denoiser) -> Optional[int]:

@@ -372,12 +372,15 @@ class Trainer:
             self.consistency_grid = distillation_grid(cfg.T, cfg.consistency_skip)
             self.student = ConsistencyDenoiser(Denoiser(self.forward, self.schedule, cfg.prediction_type,
                                                         cfg.learned_variance), cfg.consistency_sigma_data,
-                                               cfg.consistency_timestep_scaling, self.consistency_grid)
+                                               cfg.consistency_timestep_scaling, self.consistency_grid,
+                                               cfg.consistency_guidance_range)
 
     def _load_teacher(self):
         """The frozen teacher of consistency distillation (its EMA weights), checked to share the
         student's schedule and prediction type; a fresh run's student starts from its weights (CM
-        Sec. 4; LCM Sec. 4.2). With ``consistency_guidance`` w the teacher is guided (LCM eq. 8)."""
+        Sec. 4; LCM Sec. 4.2). With ``consistency_guidance`` w the teacher is guided (LCM eq. 8); with
+        ``consistency_guidance_range`` it is guided by each example's own w (``cond["w"]``, LCM Alg. 1),
+        and the student's guidance-scale input (``time_embed.cond_proj``) keeps its zero start."""
         from .loading import load_denoiser
         cfg = self.cfg
         if not Path(cfg.teacher).exists():
@@ -397,10 +400,15 @@ class Trainer:
         teacher.model.requires_grad_(False)
         self.teacher_digest = ckpt.tensors_digest(teacher.model.state_dict())  # a resume checks it is the same
         if not cfg.training_load_weight:  # a resumed run loads its own weights
-            ckpt.load_state_dict_checked(self.model, teacher.model.state_dict(), f"teacher {cfg.teacher}")
-        if cfg.consistency_guidance:
+            weights = teacher.model.state_dict()
+            if cfg.guidance_embedding_dim:  # the w input the teacher lacks starts at zero (the teacher's function)
+                weights = {**{k: v for k, v in self.model.state_dict().items() if k.endswith("cond_proj.weight")},
+                           **weights}
+            ckpt.load_state_dict_checked(self.model, weights, f"teacher {cfg.teacher}")
+        if cfg.consistency_guidance or cfg.consistency_guidance_range:
             from .guidance import ClassifierFreeGuidance
-            teacher = ClassifierFreeGuidance(teacher, cfg.consistency_guidance)
+            teacher = ClassifierFreeGuidance(teacher, cfg.consistency_guidance,
+                                             weight_input=cfg.consistency_guidance_range is not None)
         return teacher
 
     # ------------------------------------------------------------ state
@@ -521,7 +529,7 @@ class Trainer:
         saved, now = meta.get("consistency") or {}, self._consistency_meta()
         for key, field in (("sigma_data", "consistency_sigma_data"), ("timestep_scaling", "consistency_timestep_scaling"),
                            ("grid", "consistency_skip"), ("distance", "consistency_distance"),
-                           ("guidance", "consistency_guidance")):
+                           ("guidance", "consistency_guidance"), ("guidance_range", "consistency_guidance_range")):
             if key in saved and saved[key] != now[key]:
                 was, has = (saved[key], now[key]) if key != "grid" else (saved.get("skip"), now["skip"])
                 if key == "grid" and was == has:  # the same skip name, another grid (written by another version)
@@ -542,7 +550,8 @@ class Trainer:
                 "skip": self.cfg.consistency_skip,
                 "grid": [int(t) for t in self.consistency_grid.tolist()],
                 "distance": self.cfg.consistency_distance,
-                "guidance": self.cfg.consistency_guidance}
+                "guidance": self.cfg.consistency_guidance,
+                "guidance_range": self.cfg.consistency_guidance_range}
 
     def _micro_batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of this rank's shard of a global micro-batch. Timesteps, noise and label dropout
@@ -564,6 +573,10 @@ class Trainer:
         tokens = None
         if cfg.text_conditioning:  # a random caption per sample, "" where dropped (one shared generator)
             tokens = self.model.caption_tokens(labels, torch.rand(b, generator=self.generator), drop)
+        guidance_w = None
+        if cfg.consistency_guidance_range:  # LCM Alg. 1: w ~ U[w_min, w_max] per example (seed convention)
+            w_min, w_max = cfg.consistency_guidance_range
+            guidance_w = w_min + (w_max - w_min) * torch.rand(b, generator=self.generator, dtype=torch.float64)
         images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
         noise = noise.to(self.device)
@@ -574,6 +587,8 @@ class Trainer:
             cond["y"] = torch.where(distributed.shard(drop, info).to(self.device), torch.full_like(y, null), y)
         if tokens is not None:
             cond["tokens"] = distributed.shard(tokens, info).to(self.device)
+        if guidance_w is not None:  # to the guided teacher and the student alike
+            cond["w"] = distributed.shard(guidance_w, info).float().to(self.device)
         if self.student is not None:
             from .consistency import consistency_loss
             with autocast(cfg.mixed_precision, self.device.type):
