@@ -11,8 +11,10 @@ unconditional checkpoints. See docs/guidance.md.
 Text-conditional checkpoints (docs/latent.md) sample ``--prompt TEXT`` (several ``--prompt``:
 one row per prompt; default: each class's caption, e.g. "a photo of a sneaker"); with
 ``--guidance-scale W`` the empty prompt "" is the null condition. Words the model's vocabulary
-lacks are encoded as ``<unk>`` with a warning. Latent checkpoints sample latents and decode them
-with the autoencoder stored in the checkpoint.
+lacks are encoded as ``<unk>`` with a warning. A w-conditioned consistency model (LCM, docs/consistency.md)
+takes ``--guidance-scale W`` as its network input w: one call per step, no classifier-free pass
+(default: the middle of the range it was distilled on; a W outside it warns). Latent checkpoints
+sample latents and decode them with the autoencoder stored in the checkpoint.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -88,7 +90,8 @@ def register(sub) -> None:
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
     g.add_argument("--guidance-scale", type=float, metavar="W",
                    help="classifier-free guidance weight; seed convention (1+W) eps(x,y) - W eps(x,null): "
-                        "0 = conditional model, larger = stronger")
+                        "0 = conditional model, larger = stronger; a w-conditioned consistency model takes W "
+                        "as its input (one call per step; default: the middle of its trained range)")
     g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
                    help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
     g.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
@@ -234,10 +237,18 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
     classes, image shape or noise schedule differ from the model's."""
     import torch
 
-    from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+    from ..guidance import ClassifierFreeGuidance, ClassifierGuidance, GuidanceScaleInput
     meta = denoiser.meta
     model_classes = meta["unet"].get("num_classes")
-    if request.guidance_scale is not None:
+    trained_range = getattr(denoiser, "guidance_range", None)
+    if meta["unet"].get("guidance_embedding_dim") and request.guidance_scale is not None:
+        for flag, value, default in (("--guidance-rescale", request.rescale, 0.0),
+                                     ("--guidance-interval", request.interval, None)):
+            if value != default:
+                raise DiffkitError(f"{flag} is an option of classifier-free guidance; this w-conditioned model "
+                                   f"takes --guidance-scale as its input w (one call per step)")
+        denoiser = GuidanceScaleInput(denoiser, request.guidance_scale, request.convention, trained_range)
+    elif request.guidance_scale is not None:
         if model_classes is None:
             raise DiffkitError("--guidance-scale needs a class-conditional checkpoint (trained with --conditional); "
                                "this one is unconditional (use --classifier for classifier guidance)")

@@ -22,6 +22,8 @@ diffusers 0.42, and by equal outputs in tests/test_interop_diffusers.py):
     learned_variance                out_channels = 2 * in_channels (eps, then v; variance_type learned_range)
     dropout, img_size, in_channels  dropout, sample_size, in_channels
     context_dim                     not expressible (UNet2DModel has no cross-attention): refused
+    guidance_embedding_dim          not expressible (UNet2DModel has no time_cond_proj_dim; only
+                                    UNet2DConditionModel has, a text model diffkit does not export): refused
 
 Forward behaviour, identical: sinusoidal time embedding [cos, sin] with frequencies
 10000^(-i/half) (diffusers flip_sin_to_cos=True, freq_shift=0), Linear-SiLU-Linear to
@@ -81,6 +83,10 @@ def unet2d_config(cfg: UNetConfig) -> dict[str, Any]:
     if cfg.context_dim is not None:
         raise DiffkitError(f"context_dim={cfg.context_dim} (cross-attention) cannot be expressed by diffusers' "
                            f"UNet2DModel; only pixel-space U-Nets without context_dim can be exported")
+    if cfg.guidance_embedding_dim:
+        raise DiffkitError(f"guidance_embedding_dim={cfg.guidance_embedding_dim} (a w-conditioned consistency model's "
+                           f"guidance-scale input) cannot be expressed by diffusers' UNet2DModel, which has no "
+                           f"time_cond_proj_dim; distil with a fixed consistency_guidance to export")
     if cfg.channel_mult[0] != 1:
         raise DiffkitError(f"channel_mult[0]={cfg.channel_mult[0]} cannot be expressed by diffusers' UNet2DModel "
                            f"(its input convolution has block_out_channels[0] channels); allowed: channel_mult "
