@@ -142,6 +142,8 @@ BAD_VALUES = [
     ("consistency_sigma_data", 0.0, "consistency_sigma_data=0.0"),
     ("consistency_timestep_scaling", -1.0, "consistency_timestep_scaling=-1.0"),
     ("consistency_guidance", -1.0, "consistency_guidance=-1.0"),
+    ("consistency_guidance_range", [3.0], "consistency_guidance_range=[3.0]"),
+    ("guidance_embedding_dim", -4, "guidance_embedding_dim=-4"),
     ("state", "test", "'test'"), ("epoch", 0, "epoch=0"), ("epoch", 2.0, "epoch=2.0"), ("epoch", True, "epoch=True"),
     ("batch_size", 0, "batch_size=0"), ("batch_size", "80", "batch_size='80'"), ("T", 0, "T=0"),
     ("channel", -1, "channel=-1"), ("channel_mult", [1, "2"], "channel_mult="), ("channel_mult", [], "channel_mult=[]"),
