@@ -186,6 +186,8 @@ def test_a_w_model_samples_with_w_as_input_one_call_of_batch_b_per_step(w_model)
     assert diffusers_s.w == 3.0
     with pytest.warns(UserWarning, match=r"w=9 \(seed convention\) lies outside the range \[2, 6\]"):
         GuidanceScaleInput(den, 9.0, trained_range=den.guidance_range)
+    with pytest.raises(DiffkitError, match="takes the guidance weight w as its input .* GuidanceScaleInput"):
+        ClassifierFreeGuidance(den, 3.0)  # two calls, each at the default w, would be a silent mistake
 
 
 def test_sample_cli_passes_guidance_scale_to_a_w_model(w_model, tmp_path, capsys):
