@@ -116,7 +116,8 @@ class ClassifierFreeGuidance(Wrapper):
                  weight_input: bool = False):
         if getattr(denoiser, "guidance_range", None) is not None:
             raise DiffkitError("this consistency model takes the guidance weight w as its input (distilled with "
-                               "consistency_guidance_range); guide it with GuidanceScaleInput(model, w), one call per step")
+                               "consistency_guidance_range); guide it with GuidanceScaleInput(model, w), one call "
+                               "per step")
         self.inner, self.weight_input = denoiser, bool(weight_input)
         self.convention = convention
         self.w = guidance_weight(scale, convention)
