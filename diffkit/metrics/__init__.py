@@ -8,7 +8,11 @@
   cached reference statistics.
 * :mod:`.fid` - FID and IS of image sets in one pass.
 * :mod:`.evaluator` - a small CNN trained in seconds for data far from ImageNet (MNIST...).
+* :mod:`.ts2vec` - the TS2Vec time-series encoder and its hierarchical contrastive loss.
+* :mod:`.context_fid` - Context-FID: Frechet distance of TS2Vec embeddings (time series).
 """
+from .context_fid import (context_fid, context_fid_statistics,
+                          train_context_fid_encoder)
 from .evaluator import (EvaluatorConfig, EvaluatorNet, classifier_frechet_distance,
                         classifier_score, evaluator_accuracy, evaluator_provenance, load_evaluator,
                         save_evaluator, train_evaluator)
@@ -20,6 +24,8 @@ from .inception import (FIDInceptionV3, InceptionOutput, download_inception_weig
                         find_inception_weights, load_inception, read_manifest)
 from .scores import (MeanStd, PrecisionRecall, inception_score, kernel_inception_distance,
                      precision_recall)
+from .ts2vec import (TS2VecConfig, TS2VecEncoder, hierarchical_contrastive_loss, train_ts2vec,
+                     ts2vec_embeddings)
 
 __all__ = [
     "EvaluatorConfig", "EvaluatorNet", "FIDInceptionV3", "GaussianStats", "InceptionMetrics",
@@ -30,4 +36,6 @@ __all__ = [
     "frechet_distance_of_stats", "inception_metrics", "inception_score",
     "kernel_inception_distance", "load_evaluator", "load_inception", "precision_recall",
     "read_manifest", "save_evaluator", "train_evaluator",
+    "TS2VecConfig", "TS2VecEncoder", "context_fid", "context_fid_statistics", "hierarchical_contrastive_loss",
+    "train_context_fid_encoder", "train_ts2vec", "ts2vec_embeddings",
 ]

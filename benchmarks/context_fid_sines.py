@@ -1,0 +1,177 @@
+"""Context-FID on the Sines data set: real vs. real, a small time-series diffusion model, crude baselines.
+
+Context-FID (Jeha et al. 2022): TS2Vec (Yue et al. 2022) trained on the real series, embeddings
+max-pooled over time, Frechet distance of the Gaussian fits (diffkit.metrics.context_fid). Data:
+Sines (TimeGAN / Diffusion-TS: 5 channels, length 24, diffkit.timeseries.sines). As Diffusion-TS
+does, the metric sees the series in [0, 1] ((x + 1) / 2); the model is trained on [-1, 1].
+
+Rows (lower is better; each the mean +- std over ``--encoder-seeds`` encoders, all trained on the
+same real reference set, each scoring every row):
+
+    real (independent draw)   another seed of the generator: the floor set by sampling noise
+    diffusion <sampler>       a 1-D U-Net (diffkit.models.temporal) trained for ``--steps`` steps with
+                              diffkit's L_simple (diffkit.losses.training_losses, v-prediction,
+                              cosine schedule) in the loop below, EMA weights, sampled with
+                              diffkit.sample (DDIM 10 / 50 steps, DPM-Solver++ 2M 10 steps, and
+                              the last with x0 clipped to [-1, 1] as Diffusion-TS's sampler clips)
+    gaussian (full cov)       a Gaussian with the data's mean and full (C L)x(C L) covariance
+    gaussian (per step)       independent in time: per time step the data's mean and C x C covariance
+    shuffled time             real series with their time steps permuted (one permutation per series)
+
+The training loop is written out here (diffkit's Trainer builds its own image U-Net and data);
+it reuses diffkit's schedule, loss, timestep sampler and EMA. A benchmark, not a CI test:
+
+    python benchmarks/context_fid_sines.py                       # ~7 min of CPU time
+    python benchmarks/context_fid_sines.py --steps 200 --num 600 --encoder-seeds 1   # quick check
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import diffkit  # noqa: E402
+from diffkit import Denoiser, NoiseSchedule  # noqa: E402
+from diffkit.evaluation import write_json  # noqa: E402
+from diffkit.losses import training_losses  # noqa: E402
+from diffkit.metrics.context_fid import context_fid_statistics, train_context_fid_encoder  # noqa: E402
+from diffkit.metrics.frechet import frechet_distance_of_stats  # noqa: E402
+from diffkit.models import num_parameters  # noqa: E402
+from diffkit.models.temporal import TemporalUNet, TemporalUNetConfig  # noqa: E402
+from diffkit.timeseries import sines, to_unit_range  # noqa: E402
+from diffkit.timestep_sampling import UniformTimesteps  # noqa: E402
+from diffkit.training import EMA  # noqa: E402
+
+SAMPLERS = (("ddim", 10, None), ("ddim", 50, None), ("dpm-solver++-2m", 10, None), ("dpm-solver++-2m", 10, "clip"))
+
+
+def train_diffusion(data: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int, width: int):
+    """L_simple (v target) with uniform t, AdamW, linear warm-up over 100 steps, grad-norm clip 1,
+    EMA 0.999 with warm-up; returns the EMA network and the schedule."""
+    schedule = NoiseSchedule.from_name("cosine", 1000)
+    torch.manual_seed(seed)
+    net = TemporalUNet(TemporalUNetConfig(in_channels=data.shape[1], model_channels=width))
+    ema = EMA(net, 0.999, warmup=True)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    timesteps = UniformTimesteps(schedule.num_timesteps)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100)
+        x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=generator)]
+        t, weights = timesteps.sample(batch_size, generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        out = training_losses(net, schedule, x0, t, noise, prediction_type="v_prediction")
+        loss = (out.loss * weights).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimiser.step()
+        ema.update(net)
+        losses.append(loss.item())
+    ema.copy_to(net)
+    return net.eval(), schedule, sum(losses[-100:]) / min(100, len(losses))
+
+
+def gaussian_full(data: torch.Tensor, num: int, seed: int) -> torch.Tensor:
+    flat = data.reshape(data.shape[0], -1).double()
+    mean, cov = flat.mean(0), torch.cov(flat.T)
+    dist = torch.distributions.MultivariateNormal(mean, cov + 1e-9 * torch.eye(cov.shape[0], dtype=cov.dtype))
+    torch.manual_seed(seed)
+    return dist.sample((num,)).float().reshape(num, *data.shape[1:])
+
+
+def gaussian_per_step(data: torch.Tensor, num: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    out = torch.empty(num, *data.shape[1:])
+    for step in range(data.shape[2]):
+        values = data[:, :, step].double()
+        cov = torch.cov(values.T) + 1e-9 * torch.eye(data.shape[1], dtype=torch.float64)
+        out[:, :, step] = torch.distributions.MultivariateNormal(values.mean(0), cov).sample((num,)).float()
+    return out
+
+
+def shuffled_time(data: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.argsort(torch.rand(data.shape[0], data.shape[2], generator=generator), dim=1)
+    return torch.gather(data, 2, order[:, None, :].expand(-1, data.shape[1], -1))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=2000, help="series per evaluated set (default 2000)")
+    parser.add_argument("--train-num", type=int, default=10000, help="training series (Diffusion-TS: 10000)")
+    parser.add_argument("--steps", type=int, default=3000, help="diffusion training steps")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--width", type=int, default=32, help="U-Net base channels")
+    parser.add_argument("--encoder-seeds", type=int, default=3)
+    parser.add_argument("--encoder-iterations", type=int, default=200)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    train = sines(args.train_num, seed=123)               # Diffusion-TS's training seed
+    reference = train[:args.num]                          # the real set the encoder is trained on
+    sets = {"real (independent draw)": sines(args.num, seed=2024)}
+
+    tic = time.perf_counter()
+    net, schedule, final_loss = train_diffusion(train, args.steps, args.batch_size, args.lr, seed=0, width=args.width)
+    train_seconds = time.perf_counter() - tic
+    denoiser = Denoiser(net, schedule, prediction_type="v_prediction")
+    sample_seconds = {}
+    for sampler, steps, thresholding in SAMPLERS:
+        tic = time.perf_counter()
+        name = f"diffusion {sampler} {steps}" + (f" {thresholding}" if thresholding else "")
+        sets[name] = diffkit.sample(denoiser, (args.num, *train.shape[1:]), sampler=sampler, steps=steps,
+                                    seed=0, thresholding=thresholding, progress=False)
+        sample_seconds[name] = time.perf_counter() - tic
+    sets["gaussian (full cov)"] = gaussian_full(train, args.num, seed=1)
+    sets["gaussian (per step)"] = gaussian_per_step(train, args.num, seed=1)
+    sets["shuffled time"] = shuffled_time(sines(args.num, seed=2025), seed=1)
+
+    scores = {name: [] for name in sets}
+    tic = time.perf_counter()
+    for seed in range(args.encoder_seeds):
+        encoder = train_context_fid_encoder(to_unit_range(reference), args.encoder_iterations, seed=seed)
+        ref_stats = context_fid_statistics(encoder, to_unit_range(reference))
+        for name, series in sets.items():
+            stats = context_fid_statistics(encoder, to_unit_range(series))
+            scores[name].append(frechet_distance_of_stats(ref_stats, stats))
+    metric_seconds = time.perf_counter() - tic
+
+    rows = {}
+    print(f"Context-FID on Sines (5 x 24), {args.num} series per set, {args.encoder_seeds} TS2Vec encoders")
+    print(f"{'set':34s} {'Context-FID':>20s}  range of the set")
+    for name, values in scores.items():
+        t = torch.tensor(values, dtype=torch.float64)
+        std = float(t.std()) if len(values) > 1 else 0.0
+        rows[name] = {"context_fid_mean": float(t.mean()), "context_fid_std": std, "per_encoder": values,
+                      "min": float(sets[name].min()), "max": float(sets[name].max()),
+                      "sample_seconds": sample_seconds.get(name)}
+        print(f"{name:34s} {float(t.mean()):10.4f} +- {std:7.4f}  [{float(sets[name].min()):.2f}, "
+              f"{float(sets[name].max()):.2f}]")
+    report = {
+        "benchmark": "context_fid_sines", "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/context_fid_sines.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": vars(args), "unet_parameters": num_parameters(net), "final_train_loss": final_loss,
+        "train_seconds": train_seconds, "metric_seconds": metric_seconds,
+        "total_seconds": time.perf_counter() - started, "torch": torch.__version__, "rows": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_json(report, out / f"context_fid_sines_{report['date']}.json")
+    print(f"train {train_seconds:.0f} s, metric {metric_seconds:.0f} s, total {report['total_seconds']:.0f} s; "
+          f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A small 1-D U-Net denoiser for time series ``(B, C, L)``: ``net(x, t) -> (B, C, L)``.
+
+The DDPM U-Net (Ho et al. 2020, Appendix B) with 1-D convolutions over time: residual blocks
+(GroupNorm, SiLU, conv k=3, the timestep embedding added per channel, GroupNorm, SiLU, dropout,
+zero-initialised conv), stride-2 downsampling, nearest upsampling plus a conv, skip connections
+between levels. No attention: time series of tens of steps need none. It fits
+``diffkit.Denoiser(net, schedule, prediction_type=...)`` and so every sampler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import DiffkitError, check_range
+from .layers import norm_groups, timestep_embedding, zero_module
+
+
+@dataclass(frozen=True)
+class TemporalUNetConfig:
+    """Channels of the data, base width, width multiplier per level, residual blocks per level."""
+
+    in_channels: int = 5
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    dropout: float = 0.0
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels), channels, eps=1e-5)
+
+
+class _ResBlock1d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(in_channels), nn.SiLU(),
+                                       nn.Conv1d(in_channels, out_channels, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
+        self.out_layers = nn.Sequential(_norm(out_channels), nn.SiLU(), nn.Dropout(dropout),
+                                        zero_module(nn.Conv1d(out_channels, out_channels, 3, padding=1)))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv1d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x) + self.emb(emb)[:, :, None]
+        return self.skip(x) + self.out_layers(h)
+
+
+class TemporalUNet(nn.Module):
+    """1-D U-Net over time; series lengths must be multiples of 2^(levels - 1)."""
+
+    def __init__(self, config: TemporalUNetConfig = TemporalUNetConfig()):
+        super().__init__()
+        check_range("in_channels", config.in_channels, 1, None, integer=True)
+        check_range("model_channels", config.model_channels, 1, None, integer=True)
+        check_range("num_res_blocks", config.num_res_blocks, 1, None, integer=True)
+        if not config.channel_mult:
+            raise DiffkitError("channel_mult=() is not allowed; give at least one level, e.g. (1, 2, 2)")
+        self.config = config
+        mc = config.model_channels
+        emb_dim = 4 * mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv1d(config.in_channels, mc, 3, padding=1)
+        self.down = nn.ModuleList()
+        widths, width = [mc], mc
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                self.down.append(_ResBlock1d(width, mult * mc, emb_dim, config.dropout))
+                width = mult * mc
+                widths.append(width)
+            if level < len(config.channel_mult) - 1:
+                self.down.append(nn.Conv1d(width, width, 3, stride=2, padding=1))
+                widths.append(width)
+        self.middle = nn.ModuleList([_ResBlock1d(width, width, emb_dim, config.dropout) for _ in range(2)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for _ in range(config.num_res_blocks + 1):
+                self.up.append(_ResBlock1d(width + widths.pop(), mult * mc, emb_dim, config.dropout))
+                width = mult * mc
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                self.up.append(nn.Conv1d(width, width, 3, padding=1))
+        self.out = nn.Sequential(_norm(width), nn.SiLU(),
+                                 zero_module(nn.Conv1d(width, config.in_channels, 3, padding=1)))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        factor = 2 ** (len(self.config.channel_mult) - 1)
+        if x.ndim != 3 or x.shape[1] != self.config.in_channels or x.shape[2] % factor:
+            raise DiffkitError(f"series of shape {tuple(x.shape)} are not allowed; expected (batch, "
+                               f"{self.config.in_channels}, length) with length a multiple of {factor}")
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, _ResBlock1d) else layer(h)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb)
+        for layer in self.up:
+            h = layer(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(layer, _ResBlock1d) else layer(h)
+        return self.out(h)
+
