@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .errors import DiffkitError, WriteError, check_choice, check_range
-from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels, write_json
+from .evaluation import (LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels,
+                         write_json)
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
 DDIM_STEPS = (10, 20, 50, 100, 1000)
@@ -120,7 +121,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 value = (scores.get(metric) or {}).get(PRIMARY_FIELD[metric])
                 if value is None:
                     raise DiffkitError(f"score ledger {ledger_path} has a damaged cell ({_row_name(row)} at {steps} "
-                                       f"steps has no {metric}); mend or remove that cell, or give another --ledger path")
+                                       f"steps has no {metric}); mend or remove that cell, or give another --ledger "
+                                       f"path")
                 values[i][j] = value
                 if progress:
                     print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g} "
@@ -190,9 +192,9 @@ def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETA
         options = {"eta": eta, "spacing": spacing}
         return "ddim", {**options, "thresholding": "clip"} if reference_clip and eta == "sigma_hat" else options
 
+    title = "DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau")
     table = _run_grid(denoiser, scorer, list(etas), steps_list, settings_of, num=num,
-                      seed=seed, batch_size=batch_size, device=device, progress=progress,
-                      title="DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau"),
+                      seed=seed, batch_size=batch_size, device=device, progress=progress, title=title,
                       row_label="eta", notes=notes, thresholding=None if thresholding == "none" else thresholding,
                       cache_dir=cache_dir, ledger_path=ledger_path, ledger_only=ledger_only)
     table.spacing = spacing
