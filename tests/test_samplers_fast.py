@@ -63,7 +63,8 @@ def _eps(mix, schedule, x, t):
 # exponential transfer, which is exact only to O(h^2), so they are globally 2nd order here.
 # DPM-Solver-3M's second difference carries half the exact weight (order 2 measured); DEIS-3's
 # exact tAB weights measure ~3.9 (the warm-up steps, at high noise, cost little here).
-EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2, "dpm-solver-2m": 2,
+EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2,
+                  "dpm-solver-2m": 2,
                   "dpm-solver-3m": 2, "dpm-solver++-2s": 2, "dpm-solver++-2m": 2, "dpm-solver++-3m": 2,
                   "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3,
                   "unipc-eps": 3, "unipc-eps-bh1": 3, "deis": 2, "deis-3": 3,
