@@ -203,7 +203,8 @@ class GaussianConsistencyFunction:
     f*(x, 0) = x."""
 
     def __init__(self, mean, cov, schedule: NoiseSchedule):
-        self.mean, self.cov, self.schedule = torch.as_tensor(mean, dtype=_F64), torch.as_tensor(cov, dtype=_F64), schedule
+        self.mean, self.cov = torch.as_tensor(mean, dtype=_F64), torch.as_tensor(cov, dtype=_F64)
+        self.schedule = schedule
 
     def __call__(self, x: torch.Tensor, t, **_) -> torch.Tensor:
         t64 = _per_sample(t)

@@ -345,7 +345,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
                 print(f"step {step}/{cfg.steps}: " + ", ".join(f"{k} {v:.4g}" for k, v in smooth.items()), flush=True)
     bar.close()
     model.eval()
-    psnr = reconstruction_psnr(model, dataset_images(eval_set, max(1, cfg.eval_images))) if cfg.eval_images else float("nan")
+    psnr = (reconstruction_psnr(model, dataset_images(eval_set, max(1, cfg.eval_images))) if cfg.eval_images
+            else float("nan"))
     scale = estimate_scale_factor(model, dataset_images(dataset, cfg.scale_images))
     codebook = (codebook_usage(model, dataset_images(eval_set, max(1, cfg.eval_images)))
                 if model.quantizer is not None else None)
@@ -359,7 +360,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, dataset=None, progress: bool 
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save_autoencoder(path: str | Path, model: Autoencoder, scale_factor: float, metadata: Optional[dict] = None) -> Path:
+def save_autoencoder(path: str | Path, model: Autoencoder, scale_factor: float,
+                     metadata: Optional[dict] = None) -> Path:
     """Write the weights (``model.*``), config and scale factor atomically as a diffkit checkpoint
     (:func:`diffkit.checkpoint.save_checkpoint`: safetensors, checksummed)."""
     check_range("scale_factor", scale_factor, 0.0, None, low_inclusive=False)

@@ -312,7 +312,8 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: dict[str, torch
     problems = []
     for label, items in (("missing keys", missing), ("unexpected keys", extra), ("wrong shapes", wrong)):
         if items:
-            problems.append(f"{label}: {', '.join(items[:3])}" + (f", ... ({len(items)} in all)" if len(items) > 3 else ""))
+            more = f", ... ({len(items)} in all)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
         raise DiffkitError(f"{what} does not match the model described by its config ({'; '.join(problems)})")
     module.load_state_dict(state_dict)

@@ -205,7 +205,8 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule: NoiseSchedule, datase
                                  heldout_accuracy)
 
 
-def save_classifier(path: str | Path, model: EncoderClassifier, schedule: NoiseSchedule, meta: Optional[dict] = None) -> Path:
+def save_classifier(path: str | Path, model: EncoderClassifier, schedule: NoiseSchedule,
+                    meta: Optional[dict] = None) -> Path:
     """Write the classifier, its schedule and config atomically (see the module docstring)."""
     config = asdict(model.config)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}

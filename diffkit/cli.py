@@ -15,7 +15,8 @@ import sys
 from .errors import DiffkitError, first_line
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
-COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_classifier", "train_autoencoder", "train_evaluator", "eval", "experiment", "convert"]
+COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_classifier", "train_autoencoder",
+            "train_evaluator", "eval", "experiment", "convert"]
 
 
 class _Parser(argparse.ArgumentParser):

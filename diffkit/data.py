@@ -199,7 +199,8 @@ def load_digits_dataset(img_size: int = 16, hflip: bool = False, resize: str = "
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DiffkitError("dataset='digits' needs scikit-learn (a diffkit dependency): pip install scikit-learn") from None
+        raise DiffkitError("dataset='digits' needs scikit-learn (a diffkit dependency): pip install "
+                           "scikit-learn") from None
     bunch = load_digits()
     images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     images = resize_images(images, img_size, "bicubic" if resize == "auto" else resize)
@@ -387,9 +388,9 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
 
     Images lying directly in ``directory`` (no sub-folders) form one class; when sub-folders hold
     images, images directly in ``directory`` are ignored. Images are converted to ``RGB``
-    (channels=3) or ``L`` (channels=1); 16-bit grey PNGs are scaled from [0, 65535]. Any image that is not ``img_size`` square is
-    resized (short side, bicubic) and centre-cropped; without ``img_size`` all images must
-    already share one square size.
+    (channels=3) or ``L`` (channels=1); 16-bit grey PNGs are scaled from [0, 65535]. Any image
+    that is not ``img_size`` square is resized (short side, bicubic) and centre-cropped; without
+    ``img_size`` all images must already share one square size.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -418,7 +419,8 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
                     array = np.asarray(image, dtype=np.uint8)
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 raise DiffkitError(f"cannot read image {file}: {err}") from None
-            if img_size is None and (array.shape[0] != array.shape[1] or (arrays and array.shape[:2] != arrays[0].shape[:2])):
+            if img_size is None and (array.shape[0] != array.shape[1]
+                                     or (arrays and array.shape[:2] != arrays[0].shape[:2])):
                 raise DiffkitError(f"image {file} is {array.shape[1]}x{array.shape[0]} but others differ or it is "
                                    f"not square; pass img_size to resize all images")
             arrays.append(array.reshape(array.shape[0], array.shape[1], channels))
@@ -616,7 +618,8 @@ def download_cifar10(root: str | os.PathLike = "data/cifar10", url: str = CIFAR1
 
 
 __all__ = [
-    "DATASET_NAMES", "InMemoryImageDataset", "load_dataset", "make_loader", "data_scale", "resize_images", "convert_channels",
+    "DATASET_NAMES", "InMemoryImageDataset", "load_dataset", "make_loader", "data_scale", "resize_images",
+    "convert_channels",
     "read_idx", "read_cifar10_batch", "safe_unpickle", "load_digits_dataset", "load_idx_dataset",
     "load_cifar10_dataset", "load_folder_dataset", "download_file", "download_mnist", "download_fashion_mnist",
     "download_cifar10", "FASHION_MNIST_NAMES", "CIFAR10_NAMES", "DIGIT_NAMES",

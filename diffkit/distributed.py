@@ -39,7 +39,8 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the process group that torchrun describes in the environment (no-op otherwise)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        if device.type == "cuda" and device.index is not None:  # cuda:N: its allocations and pinned-memory copies go there
+        # cuda:N: its allocations and pinned-memory copies go there
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         return DistInfo(), device
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

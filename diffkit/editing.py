@@ -359,7 +359,8 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
     so an image grid with ``len(weights)`` columns shows one pair per row.
 
     ``ddpm`` (Ho et al. 2020, Sec. 4.4, Fig. 8): x_t, x'_t ~ q(x_t | x_0) at time ``t`` (default
-    T // 2 - 1: the paper's t = 500 of T = 1000 in DDPM's 1-based time, 499 in diffkit's), x-bar_t = (1 - w) x_t + w x'_t, decoded by DDPM ancestral sampling over
+    T // 2 - 1: the paper's t = 500 of T = 1000 in DDPM's 1-based time, 499 in diffkit's),
+    x-bar_t = (1 - w) x_t + w x'_t, decoded by DDPM ancestral sampling over
     every timestep t, t-1, ..., 0; the noise is fixed across weights (each pair draws its forward
     and reverse noise from one generator, replayed for every weight). ``options``: those of the
     ddpm sampler (``variance_type``).

@@ -139,7 +139,7 @@ def check_not_text_conditional(denoiser, what) -> None:
 
 def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
-                     progress: bool = False, cache=None, return_nfe: bool = False, **options):
+                     progress: bool = False, cache=None, return_nfe: bool = False, on_drawn=None, **options):
     """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`; a latent
     model's samples are decoded to images.
 
@@ -150,6 +150,8 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     (a reused batch adds the network calls it cost to ``denoiser.nfe``). ``return_nfe``: return
     (samples, network evaluations per sample) (:func:`diffkit.drawing.nfe_per_sample` of the
     batches drawn and reused; attempts that ran out of memory not counted; None if unknown).
+    ``on_drawn``: called with the :class:`diffkit.drawing.Drawn` record (the batch size an
+    out-of-memory halving left, for the next run to start from).
     """
     from .drawing import draw_samples, nfe_per_sample
     check_range("num", num, 1, None, integer=True)
@@ -184,9 +186,12 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
             count = images.shape[0]
             cache.save(settings, batch.start, count, seed, images, batch_labels(batch.start, count), batch.nfe)
 
-    draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps,
-                 cond=None if labels is None else {"y": labels}, batch_size=batch_size, device=device,
-                 decode=getattr(denoiser, "decoder", None), skip=cached, sink=keep, progress=progress, **options)
+    drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps,
+                         cond=None if labels is None else {"y": labels}, batch_size=batch_size, device=device,
+                         decode=getattr(denoiser, "decoder", None), skip=cached, sink=keep, progress=progress,
+                         **options)
+    if on_drawn is not None:
+        on_drawn(drawn)
     if not return_nfe:
         return torch.cat(out)
     unknown = any(nfe is None for _, nfe in costs)  # a batch cached without its count

@@ -6,7 +6,9 @@
   (ddim, s-pndm, pndm = F-PNDM, fon, dpm-solver, dpm-solver++-2m, unipc, as registered), columns steps.
 
 Every cell starts from the same noise (sample i from seed + i) and is scored against the same
-reference statistics, computed once (:class:`diffkit.evaluation.SampleScorer`). Tables are
+reference statistics, computed once (:class:`diffkit.evaluation.SampleScorer`). A cell that ran
+out of accelerator memory and halved its batch hands the size that fit to the cells after it
+(with a note in the table), which then draw the same samples without running out again. Tables are
 written as Markdown, CSV, JSON and a PNG (heat-map for the DDIM table, lines for samplers).
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .errors import DiffkitError, WriteError, check_choice, check_range
-from .evaluation import LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels, write_json
+from .evaluation import (LOWER_IS_BETTER, NLL_METRICS, PRIMARY_FIELD, generate_samples, image_shape, sample_labels,
+                         write_json)
 
 DDIM_ETAS: tuple = (0.0, 0.2, 0.5, 1.0, "sigma_hat")
 DDIM_STEPS = (10, 20, 50, 100, 1000)
@@ -96,6 +99,16 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()
+
+    def keep_what_fit(drawn) -> None:
+        """A cell that halved its batch for memory: the later cells start at the size that fit (their
+        samples do not depend on it: sample i from seed + i)."""
+        nonlocal batch_size
+        if drawn.batch_size < drawn.first_batch_size:
+            notes.append(f"out of memory with a batch of {drawn.first_batch_size} at {_row_name(row)}, {steps} steps: "
+                         f"batches of {drawn.batch_size} from there on")
+            batch_size = drawn.batch_size
+
     for i, row in enumerate(rows):
         sampler, options = settings_of(row)
         if thresholding is not None:
@@ -108,7 +121,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 value = (scores.get(metric) or {}).get(PRIMARY_FIELD[metric])
                 if value is None:
                     raise DiffkitError(f"score ledger {ledger_path} has a damaged cell ({_row_name(row)} at {steps} "
-                                       f"steps has no {metric}); mend or remove that cell, or give another --ledger path")
+                                       f"steps has no {metric}); mend or remove that cell, or give another --ledger "
+                                       f"path")
                 values[i][j] = value
                 if progress:
                     print(f"  {row_label}={_row_name(row)} steps={steps}: {metric}={values[i][j]:.4g} "
@@ -121,7 +135,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                 reused, stored = (cache.loaded, cache.saved) if cache is not None else (0, 0)
                 images, nfe[i][j] = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
                                                      batch_size=batch_size, labels=labels, device=device,
-                                                     cache=cache, return_nfe=True, **options)
+                                                     cache=cache, return_nfe=True, on_drawn=keep_what_fit,
+                                                     **options)
             except WriteError:
                 raise  # a full disk ends the run (one line, status 2); it is not this cell's note
             except DiffkitError as err:
@@ -177,9 +192,9 @@ def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETA
         options = {"eta": eta, "spacing": spacing}
         return "ddim", {**options, "thresholding": "clip"} if reference_clip and eta == "sigma_hat" else options
 
+    title = "DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau")
     table = _run_grid(denoiser, scorer, list(etas), steps_list, settings_of, num=num,
-                      seed=seed, batch_size=batch_size, device=device, progress=progress,
-                      title="DDIM Table 1 layout (Song et al. 2021)" + ("" if spacing == "linear" else f", {spacing} tau"),
+                      seed=seed, batch_size=batch_size, device=device, progress=progress, title=title,
                       row_label="eta", notes=notes, thresholding=None if thresholding == "none" else thresholding,
                       cache_dir=cache_dir, ledger_path=ledger_path, ledger_only=ledger_only)
     table.spacing = spacing

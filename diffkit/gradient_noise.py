@@ -192,7 +192,8 @@ def _training_options(denoiser) -> dict:
             "hybrid_lambda": cfg.get("hybrid_lambda", 0.001)}
 
 
-def check_objectives(objectives: Optional[Sequence[str]], learned_variance: bool, name: str = "objectives") -> list[str]:
+def check_objectives(objectives: Optional[Sequence[str]], learned_variance: bool,
+                     name: str = "objectives") -> list[str]:
     """The objectives to measure: all four by default (``hybrid`` only for a learned variance).
     ``name``: what the messages call the list (the command's ``--objectives``)."""
     if objectives is None:

@@ -300,5 +300,5 @@ class RetryingBatches:
 batches_with_oom_retry = RetryingBatches  # the name its callers know
 
 
-__all__ = ["LiveTensorBytes", "peak_bytes", "probe_costs", "available_bytes", "auto_batch_size", "batches_with_oom_retry",
-           "RetryingBatches", "MEMORY_SHARE", "MAX_AUTO_BATCH", "PROBE_SAMPLING"]
+__all__ = ["LiveTensorBytes", "peak_bytes", "probe_costs", "available_bytes", "auto_batch_size",
+           "batches_with_oom_retry", "RetryingBatches", "MEMORY_SHARE", "MAX_AUTO_BATCH", "PROBE_SAMPLING"]

@@ -230,7 +230,8 @@ def check_noise(x: torch.Tensor) -> torch.Tensor:
     promoted to float32: the solvers' arithmetic (a difference of nearly equal terms near t = T)
     needs it; the network still runs in its own dtype (``Denoiser``, ``mixed_precision``)."""
     if not x.is_floating_point() or x.is_complex():
-        raise DiffkitError(f"noise of dtype {str(x.dtype).replace('torch.', '')} is not allowed; give a floating tensor")
+        raise DiffkitError(f"noise of dtype {str(x.dtype).replace('torch.', '')} is not allowed; give a floating "
+                           f"tensor")
     if x.ndim < 2 or x.numel() == 0:
         raise DiffkitError(f"noise of shape {tuple(x.shape)} is not allowed; give (batch, ...) with every size >= 1")
     if not bool(torch.isfinite(x).all()):
@@ -340,8 +341,9 @@ def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:
 def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: Optional[int] = None,
                  spacing: Optional[str] = None, final: Optional[str] = None, offset: int = 0) -> torch.Tensor:
     """The time grid a sampler walks: ``steps`` (default 50) or the step count that spends ``nfe``
-    evaluations, on ``spacing`` / ``final`` or the sampler's defaults (:func:`final_for`); ``logsnr_graded`` is graded at
-    the denoiser's ``data_scale`` (:func:`diffkit.timesteps.grade_sigmas_for`)."""
+    evaluations, on ``spacing`` / ``final`` or the sampler's defaults (:func:`final_for`);
+    ``logsnr_graded`` is graded at the denoiser's ``data_scale``
+    (:func:`diffkit.timesteps.grade_sigmas_for`)."""
     if steps is not None and nfe is not None:
         raise DiffkitError("give steps or nfe, not both")
     T, spacing_used = denoiser.schedule.num_timesteps, spacing or info.default_spacing

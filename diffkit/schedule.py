@@ -1,4 +1,5 @@
-"""The noise schedule: one object every loss and sampler reads (README "Design"; the team's design sketch, abstraction 1).
+"""The noise schedule: one object every loss and sampler reads (README "Design"; the team's design
+sketch, abstraction 1).
 
 A discrete variance-preserving schedule is built from betas (DDPM, Ho et al. 2020, eq. 2; alpha_bar as
 defined before eq. 4):

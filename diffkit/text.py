@@ -177,7 +177,8 @@ class WordTokenizer:
             words = split_words(text)
             if len(words) + 2 > self.max_tokens:
                 raise DiffkitError(f"prompt {shorten(text)} has {len(words)} words; allowed: at most "
-                                   f"{self.max_tokens - 2} (max_prompt_tokens={self.max_tokens} counts <bos> and <eos>)")
+                                   f"{self.max_tokens - 2} (max_prompt_tokens={self.max_tokens} counts <bos> and "
+                                   f"<eos>)")
             ids = [self.bos_id] + [self.index.get(w, self.unk_id) for w in words] + [self.eos_id]
             rows.append(ids + [self.pad_id] * (self.max_tokens - len(ids)))
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.max_tokens)
@@ -303,7 +304,8 @@ class TextConditionedUNet(nn.Module):
         return cls(unet, TextEncoder(TextEncoderConfig(**meta["encoder"])),
                    WordTokenizer.from_dict(meta["tokenizer"]), captions)
 
-    def caption_tokens(self, labels: torch.Tensor, u: torch.Tensor, drop: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def caption_tokens(self, labels: torch.Tensor, u: torch.Tensor,
+                       drop: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token ids (B, L) of one caption per label: caption floor(u * count) of the label's
         captions (u ~ U[0, 1), drawn by the caller), the empty prompt where ``drop`` is True
         (label dropout for classifier-free guidance, Ho & Salimans 2022, Algorithm 1)."""

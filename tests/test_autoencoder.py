@@ -56,13 +56,15 @@ def test_diagonal_gaussian_kl_closed_form_and_torch_distributions():
     torch.testing.assert_close(post.kl(), closed)
     q = torch.distributions.Normal(mean, var.sqrt())
     p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
-    torch.testing.assert_close(post.kl(), torch.distributions.kl_divergence(q, p).flatten(1).sum(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(post.kl(), torch.distributions.kl_divergence(q, p).flatten(1).sum(1),
+                               rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(post.std, var.sqrt())
     # logvar is clamped to [-30, 20] as in LDM
     extreme = DiagonalGaussian(torch.cat([mean, torch.full_like(logvar, 50.0)], 1))
     assert torch.all(extreme.logvar == 20.0)
     # samples have the posterior's moments
-    many = DiagonalGaussian(torch.cat([torch.full((20000, 1, 1, 1), 1.5), torch.full((20000, 1, 1, 1), math.log(0.25))], 1))
+    many = DiagonalGaussian(torch.cat([torch.full((20000, 1, 1, 1), 1.5),
+                                       torch.full((20000, 1, 1, 1), math.log(0.25))], 1))
     s = many.sample(torch.Generator().manual_seed(0))
     assert abs(s.mean().item() - 1.5) < 0.02 and abs(s.std().item() - 0.5) < 0.02
 
@@ -139,7 +141,8 @@ def test_psnr_matches_definition():
     with torch.no_grad():
         rec = model.decode(model.encode_latents(images)).clamp(-1, 1)
     mse = (((rec + 1) / 2 - (images + 1) / 2) ** 2).flatten(1).mean(1)
-    assert reconstruction_psnr(model, images, batch_size=2) == pytest.approx((10 * torch.log10(1 / mse)).mean().item(), rel=1e-5)
+    expected = (10 * torch.log10(1 / mse)).mean().item()
+    assert reconstruction_psnr(model, images, batch_size=2) == pytest.approx(expected, rel=1e-5)
 
 
 def test_losses_closed_forms():
@@ -292,7 +295,8 @@ def test_diagonal_gaussian_matches_diffusers():
     ours, ref = DiagonalGaussian(params), vae.DiagonalGaussianDistribution(params)
     torch.testing.assert_close(ours.kl(), ref.kl())
     torch.testing.assert_close(ours.std, ref.std)
-    torch.testing.assert_close(ours.sample(torch.Generator().manual_seed(5)), ref.sample(torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(ours.sample(torch.Generator().manual_seed(5)),
+                               ref.sample(torch.Generator().manual_seed(5)))
 
 
 def test_training_config_model_defaults_are_the_model_configs():

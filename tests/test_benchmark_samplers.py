@@ -16,7 +16,8 @@ def samplers_benchmark(monkeypatch, tmp_path):
         import samplers
     calls = []
     monkeypatch.setattr(samplers, "benchmark", lambda mix, n, nfes, log, seeds: calls.append((mix, n, seeds)))
-    monkeypatch.setattr(samplers, "write_outputs", lambda results, over, nfes, out: (out / "samplers.md").write_text(""))
+    monkeypatch.setattr(samplers, "write_outputs",
+                        lambda results, over, nfes, out: (out / "samplers.md").write_text(""))
     yield lambda *argv: (samplers.main([*argv, "--no-overhead", "--out", str(tmp_path)]), calls)[1]
     sys.modules.pop("samplers", None)
 

@@ -71,7 +71,8 @@ def test_ode_convergence_runs_against_its_reference(tiny_checkpoint, tmp_path, c
 
     import ode_convergence
     assert ode_convergence.main(["--checkpoint", str(tiny_checkpoint), "--num", "3", "--ref-steps", "60",
-                                 "--steps", "3,12", "--samplers", "ddim,unipc@logsnr:zero", "--out", str(tmp_path)]) == 0
+                                 "--steps", "3,12", "--samplers", "ddim,unipc@logsnr:zero",
+                                 "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "ode_convergence.json").read_text())
     assert report["reference"] == "unipc-3@logsnr:zero, 60 steps"
     assert report["check"] == "dpm-solver++-3m@logsnr:zero, 60 steps"

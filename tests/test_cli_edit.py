@@ -128,7 +128,8 @@ def test_interpolate_writes_one_grid_row_per_pair(run, tmp_path, capsys):
     assert "2 pair(s) x 3 weights (ddpm)" in out
     grid = read(tmp_path / "a" / "interpolation.png")
     assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)  # 8x8 images, padding 2: a row per pair, a column per weight
-    code, _, err = cli(capsys, *base, "--method", "ddpm", "--t", "20", "--batch-size", "1", "--out", str(tmp_path / "b"))
+    code, _, err = cli(capsys, *base, "--method", "ddpm", "--t", "20", "--batch-size", "1",
+                       "--out", str(tmp_path / "b"))
     assert code == 0, err  # pair p depends on seed + p only
     assert np.array_equal(grid, read(tmp_path / "b" / "interpolation.png"))
     code, _, err = cli(capsys, *base, "--method", "ddim", "--steps", "8", "--out", str(tmp_path / "c"))

@@ -428,7 +428,8 @@ def test_the_grid_writer_checks_its_input_and_scales_uint8():
                         (lambda: make_grid(images, pad_value=5), "pad_value=5"),
                         (lambda: make_grid(images, padding=-1), "padding=-1"),
                         (lambda: make_grid(torch.zeros(1, 2, 2, 2)), "1 or 3 channels"),
-                        (lambda: png_bytes(grid, scale=0), "scale=0"), (lambda: png_bytes(grid, scale=1.5), "scale=1.5")):
+                        (lambda: png_bytes(grid, scale=0), "scale=0"),
+                        (lambda: png_bytes(grid, scale=1.5), "scale=1.5")):
         with pytest.raises(DiffkitError, match=match):
             call()
     with _warnings.catch_warnings(record=True) as caught:

@@ -34,12 +34,14 @@ def test_posterior_mean_two_seed_forms_agree():
     x0 = (x_t - col((1 - ABAR[t]).sqrt()) * eps) / col(ABAR[t].sqrt())
     mean, var, log_var = diffusion.posterior_mean_variance(S, x0, x_t, t)
     abar_prev = ABAR[t - 1]
-    eq7 = col(abar_prev.sqrt() * BETA[t] / (1 - ABAR[t])) * x0 + col((1 - BETA[t]).sqrt() * (1 - abar_prev) / (1 - ABAR[t])) * x_t
+    eq7 = (col(abar_prev.sqrt() * BETA[t] / (1 - ABAR[t])) * x0
+           + col((1 - BETA[t]).sqrt() * (1 - abar_prev) / (1 - ABAR[t])) * x_t)
     eq11 = (x_t - col(BETA[t] / (1 - ABAR[t]).sqrt()) * eps) / col((1 - BETA[t]).sqrt())
     torch.testing.assert_close(mean, eq7, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(mean, eq11, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(var.flatten(), (1 - abar_prev) / (1 - ABAR[t]) * BETA[t], rtol=1e-10, atol=0)
-    torch.testing.assert_close(log_var.flatten(), torch.log((1 - abar_prev) / (1 - ABAR[t]) * BETA[t]), rtol=1e-10, atol=0)
+    torch.testing.assert_close(log_var.flatten(), torch.log((1 - abar_prev) / (1 - ABAR[t]) * BETA[t]),
+                               rtol=1e-10, atol=0)
 
 
 def test_posterior_at_t0_is_x0_and_log_variance_is_clipped():
@@ -101,7 +103,8 @@ def test_normal_kl_matches_torch_distributions():
 def test_discretized_gaussian_likelihood_sums_to_one_over_256_bins():
     bins = torch.linspace(-1, 1, 256, dtype=torch.float64)
     for mean, log_scale in [(0.1, math.log(0.05)), (-0.9, math.log(0.3)), (0.999, math.log(0.01))]:
-        logp = losses.discretized_gaussian_log_likelihood(bins, torch.full_like(bins, mean), torch.full_like(bins, log_scale))
+        logp = losses.discretized_gaussian_log_likelihood(bins, torch.full_like(bins, mean),
+                                                          torch.full_like(bins, log_scale))
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
 
 

@@ -446,7 +446,8 @@ DEN_VLB_LARGE.meta = {"config": {"fixed_variance": "fixed_large"}}  # a loss="vl
 @pytest.mark.parametrize("den,sampler,options", [
     (DEN_LEARNED, "ddpm", {}), (DEN_LEARNED, "ddpm", {"variance_type": "learned_range"}),
     (DEN_LEARNED, "ddpm", {"jump_length": 5, "jump_n_sample": 2}), (DEN_VLB_LARGE, "ddpm", {}),
-    (DEN_DIAG, "ddpm", {"variance_type": "fixed_large"}), (DEN_VLB_LARGE, "ddpm", {"jump_length": 5, "jump_n_sample": 2}),
+    (DEN_DIAG, "ddpm", {"variance_type": "fixed_large"}),
+    (DEN_VLB_LARGE, "ddpm", {"jump_length": 5, "jump_n_sample": 2}),
     (DEN_DIAG, "ddim", {"eta": "sigma_hat"}), (DEN_LEARNED, "ddpm", {"variance_type": "fixed_large"}),
     (DEN_DIAG, "ddpm", {}), (DEN_DIAG, "ddim", {"eta": 1.0}), (DEN_DIAG, "euler-ancestral", {}),
     (DEN_DIAG, "dpm2-ancestral", {}), (DEN_DIAG, "dpm-solver++-2s-ancestral", {}),
@@ -489,7 +490,8 @@ def test_the_reverse_variance_is_the_posterior_one_in_the_kept_region_only():
     ("pc", {"predictor": "ancestral"}, r"sampler 'pc'"),
     ("euler-ancestral", {"s_noise": 1.05}, r"s_noise=1.05 .*inpainting takes s_noise=1"),
     ("heun", {"s_churn": 10.0, "s_noise": 1.007}, r"s_noise=1.007"),
-    ("ddim", {"eta": "sigma_hat", "jump_n_sample": 2}, r"jump_n_sample=2 \(RePaint's resampling\) needs sampler='ddpm'")])
+    ("ddim", {"eta": "sigma_hat", "jump_n_sample": 2},
+     r"jump_n_sample=2 \(RePaint's resampling\) needs sampler='ddpm'")])
 def test_choices_whose_kept_region_drifts_are_one_line_errors(sampler, options, message):
     """Measured (benchmarks/inpainting_kept_variance.py): pc reaches 61x the kept region's variance
     at t = 0 (2.8x after 10 of 50 steps), s_noise 1.05 1.1x."""

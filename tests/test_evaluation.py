@@ -256,6 +256,38 @@ def test_experiment_cache_message_counts_the_batches_an_out_of_memory_halving_ma
     assert len(list((tmp_path / "cache").glob("*/samples-*-00002-*"))) == 2
 
 
+def test_experiment_cells_after_an_out_of_memory_halving_start_at_the_size_that_fit(run_dir, capsys):
+    """On a device that holds 2 samples, --batch-size 4: the first cell runs out of memory once and
+    halves to 2; the later cells start at 2 (they used to try 4 again, each running out of memory).
+    Sample i comes from seed + i whatever the batch, so the table is exactly that of batch 2
+    throughout, and that of an unlimited device at batch 4 to float32 rounding."""
+    from diffkit.experiments import ddim_table, experiment_scorer
+    denoiser = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    scorer = experiment_scorer("confidence", denoiser, evaluator=run_dir / "ev.safetensors")
+    net = denoiser.net
+    sizes = []
+
+    def holds_two(x, *args, **kwargs):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return net(x, *args, **kwargs)
+    grid = dict(etas=[0.0, 1.0], steps_list=[2, 3], num=4, seed=5)
+    free = ddim_table(denoiser, scorer, batch_size=4, **grid)
+    halves = ddim_table(denoiser, scorer, batch_size=2, **grid)
+    denoiser.net = holds_two
+    table = ddim_table(denoiser, scorer, batch_size=4, **grid)
+    assert capsys.readouterr().err.count("out of memory with a batch of 4; retrying with 2") == 1
+    assert sizes.count(4) == 1 and set(sizes) == {2, 4}  # 4 samples in 2 + 2, every cell after the first at 2
+    assert len(sizes) == 1 + 2 * (2 + 3 + 2 + 3)  # the failed call, then 2 batches of each cell's steps
+    assert table.values == halves.values and table.nfe == free.nfe == [[2, 3], [2, 3]]
+    # batch 4 against 2 + 2: the same samples, to float32 rounding (the network's kernels round per batch shape)
+    torch.testing.assert_close(torch.tensor(table.values), torch.tensor(free.values), rtol=1e-6, atol=1e-9)
+    assert [n for n in table.notes if "out of memory" in n] == [
+        "out of memory with a batch of 4 at 0, 2 steps: batches of 2 from there on"]
+    assert not any("out of memory" in n for n in free.notes + halves.notes)
+
+
 def test_ddim_table_clips_the_sigma_hat_row_as_the_reference_code_unless_told(run_dir, tmp_path, monkeypatch):
     """ermongroup/ddim clamps x0 in ddpm_steps (its sigma-hat process) and not in generalized_steps
     (the eta rows); that sampler itself is checked against the reference code in

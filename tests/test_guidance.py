@@ -41,7 +41,8 @@ def tiny_unet(num_classes=3, seed=0, learned_variance=False):
     torch.manual_seed(seed)
     net = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[], num_res_blocks=1, dropout=0.0, img_size=8,
                           in_channels=1, num_classes=num_classes, learned_variance=learned_variance,
-                          scale_shift_norm=True))  # AdaGN: with 1 channel per group an added embedding is normalised away
+                          # AdaGN: with 1 channel per group an added embedding is normalised away
+                          scale_shift_norm=True))
     with torch.no_grad():  # re-draw the zero-initialised layers, or eps would be 0 and ignore y
         for p in net.parameters():
             if not p.any():
@@ -253,7 +254,8 @@ class MixtureWithNullClass:
 
 
 def test_cfg_with_exact_models_equals_classifier_guidance_with_scale_1_plus_w():
-    """eps(x|y) - eps(x) = -sigma grad log p(y|x_t), so (1+w) eps_c - w eps_u = eps_u - (1+w) sigma grad log p(y|x_t)."""
+    """eps(x|y) - eps(x) = -sigma grad log p(y|x_t), so
+    (1+w) eps_c - w eps_u = eps_u - (1+w) sigma grad log p(y|x_t)."""
     gm = mixture()
     cond = Denoiser(MixtureWithNullClass(gm), SCHEDULE)
     uncond = Denoiser(gm.network(SCHEDULE), SCHEDULE)
@@ -326,7 +328,8 @@ def test_noisy_batch_is_q_sample_and_training_learns_separable_classes(tmp_path)
     assert t.tolist() == [0.0, 999.0] and x_t.shape == x0.shape
     # two classes that differ in brightness (-0.8 vs +0.8): learnable from noisy x_t at small t
     labels = torch.arange(64) % 2
-    images = ((labels.float() * 2 - 1) * 0.8 * 127.5 + 127.5).round().to(torch.uint8).reshape(-1, 1, 1, 1).expand(64, 1, 8, 8)
+    images = ((labels.float() * 2 - 1) * 0.8 * 127.5 + 127.5).round().to(torch.uint8)
+    images = images.reshape(-1, 1, 1, 1).expand(64, 1, 8, 8)
     data = InMemoryImageDataset(images.contiguous(), labels, num_classes=2)
     cfg = ClassifierTrainConfig(channel=8, channel_mult=[1, 2], attn=[], steps=60, batch_size=32, lr=3e-3,
                                 device="cpu")
@@ -469,7 +472,8 @@ def test_a_classifier_file_of_another_shape_is_one_line(tmp_path):
     good = save_classifier(tmp_path / "good.safetensors", model, SCHEDULE)
     tensors, meta = ckpt.load_checkpoint(good)
     cases = {"extra": (tensors, {**meta, "classifier": {**meta["classifier"], "pool": "spatial"}}),
-             "missing": ({k: v for k, v in tensors.items() if k != "model.out.weight" and not k.endswith("pool.positional")},
+             "missing": ({k: v for k, v in tensors.items()
+                          if k != "model.out.weight" and not k.endswith("pool.positional")},
                          meta),
              "no_schedule": ({k: v for k, v in tensors.items() if k != "schedule.betas"}, meta)}
     for name, (t, m) in cases.items():

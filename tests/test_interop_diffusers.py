@@ -175,7 +175,8 @@ def test_export_import_cli_round_trip(tmp_path, capsys):
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5.0, 900.0]), torch.tensor([1, 2])
     with torch.no_grad():
         assert relative_error(pipe.unet(x, t, class_labels=y).sample, unet(x, t, y=y)) < 1e-5
-    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"),
+                     "--out", str(tmp_path / "b.safetensors")]) == 0
     back = load_denoiser(tmp_path / "b.safetensors")
     assert back.prediction_type == "v_prediction"
     torch.testing.assert_close(back.schedule.betas, schedule.betas, rtol=1e-12, atol=0)
@@ -510,7 +511,8 @@ def test_a_folder_with_pickled_weights_or_bad_json_is_refused_in_one_line(tmp_pa
         if text is not None:
             (tmp_path / folder).mkdir()
             (tmp_path / folder / "config.json").write_text(text)
-        code = cli_main(["convert", "--from-diffusers", str(tmp_path / folder), "--out", str(tmp_path / "x.safetensors")])
+        code = cli_main(["convert", "--from-diffusers", str(tmp_path / folder),
+                         "--out", str(tmp_path / "x.safetensors")])
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "x.safetensors").exists()
@@ -716,10 +718,12 @@ def test_a_consistency_model_exports_as_an_lcm_scheduler_pipeline_and_imports_ba
         ours = diffkit.sample(den, x_T.clone(), "consistency", steps=steps,
                               generator=diffkit.noise.generators_from_seed(7, 3), progress=False)
         assert relative_error(ours, theirs) < 1e-5, (steps, relative_error(ours, theirs))
-    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "back.safetensors")]) == 0
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"),
+                     "--out", str(tmp_path / "back.safetensors")]) == 0
     back = load_denoiser(tmp_path / "back.safetensors")
     entry = back.meta["consistency"]
-    assert (entry["sigma_data"], entry["timestep_scaling"], entry["grid"]) == (0.5, 10.0, den.meta["consistency"]["grid"])
+    assert ((entry["sigma_data"], entry["timestep_scaling"], entry["grid"])
+            == (0.5, 10.0, den.meta["consistency"]["grid"]))
     for steps in (1, 4):
         torch.testing.assert_close(
             diffkit.sample(back, x_T.clone(), "consistency", steps=steps, seed=1, progress=False),

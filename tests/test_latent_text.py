@@ -254,10 +254,12 @@ def test_checkpoint_round_trip_gives_identical_samples(trained, tmp_path):
     # from the checkpoint file, through the sample command's library function
     from diffkit.commands.sample import GuidanceRequest
     images = sample_to_files(path, sampler="ddim", steps=5, num=4, out=tmp_path / "a.png", seed=5, progress=False,
-                             guidance=GuidanceRequest(guidance_scale=2.0, prompts=["the digit seven", "a handwritten 3"]))
+                             guidance=GuidanceRequest(guidance_scale=2.0,
+                                                      prompts=["the digit seven", "a handwritten 3"]))
     torch.testing.assert_close(images, expected, atol=1e-6, rtol=0)
     again = sample_to_files(path, sampler="ddim", steps=5, num=4, out=tmp_path / "b.png", seed=5, progress=False,
-                            guidance=GuidanceRequest(guidance_scale=2.0, prompts=["the digit seven", "a handwritten 3"]))
+                            guidance=GuidanceRequest(guidance_scale=2.0,
+                                                     prompts=["the digit seven", "a handwritten 3"]))
     assert torch.equal(images, again)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
@@ -467,8 +469,10 @@ def test_train_then_sample_a_latent_model_on_the_command_line(autoencoder_file, 
     grid (it ended with "--noise-out: a latent checkpoint ...", a flag the user never gave)."""
     from diffkit.cli import main as cli_main
 
-    flags = [f"--set={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in TINY.items() if k not in ("dataset", "max_steps", "batch_size")]
-    code = cli_main(["train", "--dataset", "digits", "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "ldm"),
+    flags = [f"--set={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in TINY.items()
+             if k not in ("dataset", "max_steps", "batch_size")]
+    code = cli_main(["train", "--dataset", "digits", "--steps", "2", "--batch-size", "8",
+                     "--out", str(tmp_path / "ldm"),
                      "--no-progress", f"--set=autoencoder={autoencoder_file}", "--set=sample_steps=2", *flags])
     err = capsys.readouterr().err
     assert code == 0, err

@@ -260,7 +260,8 @@ def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
                     "--no-progress", "--set", f"max_steps={last_step + 2}"],
                    cwd=tmp_path, env=subprocess_env(), check=True, capture_output=True, timeout=120)
     assert temp_files(folder) == [] and ckpt.load_checkpoint(latest)[1]["step"] == last_step + 2
-    print(f"kill -9: {trial} trials, {hits} killed mid-write (temp file left), last step {last_step}, 0 checkpoints lost")
+    print(f"kill -9: {trial} trials, {hits} killed mid-write (temp file left), last step {last_step}, "
+          f"0 checkpoints lost")
 
 
 # ------------------------------------------------------------------ 3. signals
@@ -581,7 +582,8 @@ def test_fuzz_config_files_with_random_content(tmp_path_factory, suffix, content
         _assert_clean(str(err))
 
 
-SMALL = st.integers(-2, 12).map(str) | st.sampled_from(["", "abc", "1e3", "nan", "inf", "-0", "2.5", "99999999999999999999999"])
+SMALL = st.integers(-2, 12).map(str) | st.sampled_from(["", "abc", "1e3", "nan", "inf", "-0", "2.5",
+                                                        "99999999999999999999999"])
 # no absolute paths or '..' (the tests may run as root: never write outside the work folder)
 TEXT = st.text(max_size=6).filter(lambda s: not s.startswith("/") and ".." not in s)
 
@@ -589,7 +591,8 @@ TEXT = st.text(max_size=6).filter(lambda s: not s.startswith("/") and ".." not i
 def _paths(ws: Path):
     return st.sampled_from([str(ws / "ckpt" / "latest.safetensors"), str(ws / "ckpt"), str(ws / "missing.safetensors"),
                             str(ws / "notckpt.safetensors"), str(ws / "legacy.pt"), str(ws / "good.json"),
-                            str(ws / "bad.toml"), str(ws / "afile"), str(ws / "afile" / "x.png"), "out/x.png", ""]) | TEXT
+                            str(ws / "bad.toml"), str(ws / "afile"), str(ws / "afile" / "x.png"), "out/x.png",
+                            ""]) | TEXT
 
 
 def _argv(ws: Path):
@@ -737,7 +740,8 @@ def test_sampling_is_deterministic_and_independent_of_batch_size(workspace, tmp_
     assert main(["sample", "--checkpoint", ck, "--sampler", "ddpm", "--steps", "6", "--num", "2", "--seed", "11",
                  "--no-progress", "--out", str(tmp_path / "e.png"), "--individual", str(tmp_path / "e")]) == 0
     for i in range(2):
-        assert (tmp_path / "e" / f"sample_{i:05d}.png").read_bytes() == (tmp_path / "a" / f"sample_{i:05d}.png").read_bytes()
+        name = f"sample_{i:05d}.png"
+        assert (tmp_path / "e" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
 
 
 # ------------------------------------------------------------------ 8. run folders, resume, workers
@@ -863,7 +867,8 @@ def test_a_resume_never_writes_over_another_run(tmp_path, monkeypatch, capsys):
     assert victim.read_bytes() == before
     # --config without --out: the resume continues in its checkpoint's folder, not the config's
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({**TINY, "in_channels": 1, "dataset": "folder", "data_dir": str(image_folder(tmp_path)),
+    config.write_text(json.dumps({**TINY, "in_channels": 1, "dataset": "folder",
+                                  "data_dir": str(image_folder(tmp_path)),
                                   "save_weight_dir": str(other / "run" / "checkpoints")}))
     assert main(["train", "--resume", str(latest), "--config", str(config), "--steps", "4", "--no-sample",
                  "--no-progress"]) == 0, capsys.readouterr().err

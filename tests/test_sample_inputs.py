@@ -39,7 +39,8 @@ def one_line(match, fn, *args, **kwargs):
     ({"grid": [99.0, 50.0, -1.0], "spacing": "karras"}, "drop spacing"),
     ({"grid": [99.0, 50.0, -1.0], "use_karras_sigmas": True}, "drop use_karras_sigmas"),
     ({"grid": [99.0, 50.0, -1.0], "timestep_spacing": "trailing"}, "drop timestep_spacing"),
-    ({"steps": 3, "spacing": "linear", "timestep_spacing": "trailing"}, "spacing='linear' contradicts timestep_spacing"),
+    ({"steps": 3, "spacing": "linear", "timestep_spacing": "trailing"},
+     "spacing='linear' contradicts timestep_spacing"),
     ({"steps": 3, "steps_offset": 1}, "steps_offset=1 shifts the 'leading' spacing only"),
     ({"steps": 3, "clip_sample": True, "thresholding": "dynamic"}, "contradicts clip_sample=True"),
     ({"steps": 3, "clip_sample_range": 2.0}, "clip_sample_range goes with clip_sample=True"),
@@ -245,7 +246,8 @@ def test_steps_for_nfe_is_the_brute_force_answer_and_a_bisection_for_huge_nfe():
     # a bisection, not a walk over every step count: about log2(N) + 10 cost evaluations
     calls = []
     heun = REGISTRY["heun"]
-    counting = dataclasses.replace(heun, nfe_of_steps=lambda steps, final: calls.append(steps) or heun.nfe(steps, final))
+    counting = dataclasses.replace(heun,
+                                   nfe_of_steps=lambda steps, final: calls.append(steps) or heun.nfe(steps, final))
     one_line("cannot spend exactly nfe=100000000; it can spend 99999995", counting.steps_for_nfe, 10 ** 8)
     assert len(calls) < 40, len(calls)
     assert REGISTRY["ddim"].steps_for_nfe(10 ** 9) == 10 ** 9

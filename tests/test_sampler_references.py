@@ -251,7 +251,8 @@ def test_sde_dpm_solver_3m_is_k_diffusions_dpmpp_3m_sde_with_the_same_noise():
 def test_sde_dpm_solver_3m_equals_diffusers_up_to_its_third_order_d2_weight():
     """diffusers' DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3) on
     its grid with the same noise (diffusers draws z from the step's generator, float32, as diffkit
-    does; solver_type 'heun', the registered one): on 3 steps (orders 1, 2, 1) the two agree to 1e-5 (float32); on 10 steps its six
+    does; solver_type 'heun', the registered one): on 3 steps (orders 1, 2, 1) the two agree to 1e-5
+    (float32); on 10 steps its six
     third-order steps give + alpha_s ((1 - e^{-2h} - 2h)/(2h)^2 - 1/2) D2, k-diffusion's
     - alpha_s phi_3 D2 is + alpha_s ((1 - e^{-2h} - 2h)/(2h)^2 + 1/2) D2 (an O(h) weight; diffusers'
     tends to -alpha_s, an O(1) weight on the O(h^2) D2): with alpha_s D2 added to each of its
@@ -274,7 +275,8 @@ def test_sde_dpm_solver_3m_equals_diffusers_up_to_its_third_order_d2_weight():
             if not add_alpha_d2:
                 return x
             i = scheduler.step_index
-            (a_s, s_s), *rest = [scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[j]) for j in (i + 1, i, i - 1, i - 2)]
+            (a_s, s_s), *rest = [scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas[j])
+                                 for j in (i + 1, i, i - 1, i - 2)]
             lam = [math.log(a_s / s_s)] + [math.log(a / s) for a, s in rest]
             h, r0, r1 = lam[0] - lam[1], (lam[1] - lam[2]), (lam[2] - lam[3])
             r0, r1 = r0 / h, r1 / h
@@ -471,7 +473,8 @@ def test_dpm2_ancestral_step_is_k_diffusion(t, s, eta, s_noise):
     sigma_mid = math.exp(math.log(sig_t) + 0.5 * (math.log(sigma_down) - math.log(sig_t)))
     x_tilde = x / ABAR[t].sqrt()
     x_2 = x_tilde + (sigma_mid - sig_t) * net.eps(x, None)
-    expected = x_tilde + (sigma_down - sig_t) * _static_eps_at(net, x_2, sigma_mid) + s_noise * sigma_up * z_of(11, (3, 4))
+    expected = (x_tilde + (sigma_down - sig_t) * _static_eps_at(net, x_2, sigma_mid)
+                + s_noise * sigma_up * z_of(11, (3, 4)))
     torch.testing.assert_close(out, ABAR[s].sqrt() * expected, rtol=1e-10, atol=1e-12)
 
 
@@ -591,7 +594,8 @@ def _dpmpp_2s_gain(k, sigma, sigma_down):
     return full + (1 - full) * k(sigma_mid) * a
 
 
-@pytest.mark.parametrize("sampler, gain", [("dpm2-ancestral", _dpm2_gain), ("dpm-solver++-2s-ancestral", _dpmpp_2s_gain)])
+@pytest.mark.parametrize("sampler, gain", [("dpm2-ancestral", _dpm2_gain),
+                                           ("dpm-solver++-2s-ancestral", _dpmpp_2s_gain)])
 def test_two_call_ancestral_samplers_sample_gaussian_data(sampler, gain):
     """With the exact eps* of Gaussian data, 4000 samples of 50 Karras steps have the mean and
     covariance of the chain's closed-form law (:func:`_gaussian_chain_law`, written from the

@@ -163,9 +163,8 @@ def test_samples_do_not_depend_on_batch_size():
     gm = GaussianMixture.random(dim=2, num_components=2, seed=2)
     d = Denoiser(gm.network(S), S)
     for sampler in ["ddpm", "ddim"]:
-        big = diffkit.sample(d, (16, 2), sampler, 20, seed=40, dtype=torch.float64, progress=False, eta=0.7) \
-            if sampler == "ddim" else diffkit.sample(d, (16, 2), sampler, 20, seed=40, dtype=torch.float64, progress=False)
         kw = {"eta": 0.7} if sampler == "ddim" else {}
+        big = diffkit.sample(d, (16, 2), sampler, 20, seed=40, dtype=torch.float64, progress=False, **kw)
         one = diffkit.sample(d, (1, 2), sampler, 20, generator=generators_from_seed(45, 1),
                              dtype=torch.float64, progress=False, **kw)
         torch.testing.assert_close(one[0], big[5])
@@ -296,7 +295,8 @@ def test_the_karras_samplers_vp_scale_multiplies_bitwise_as_the_python_float(dty
         assert kg.vp_scale(sigma) is scale
         assert torch.equal(x * scale, (1.0 / math.sqrt(1.0 + sigma * sigma)) * x), sigma
     assert isinstance(kg.vp_scale(0.5), float)  # not known ahead (churn): the float, the same bits
-    assert isinstance(_KarrasGrid(NoiseSchedule.linear(), torch.tensor([999.0, 0.0]), x.bfloat16()).vp_scale(1.0), float)
+    bf16_grid = _KarrasGrid(NoiseSchedule.linear(), torch.tensor([999.0, 0.0]), x.bfloat16())
+    assert isinstance(bf16_grid.vp_scale(1.0), float)
 
 
 def test_karras_scales_made_in_inference_mode_serve_a_run_with_autograd():

@@ -3,6 +3,7 @@ the exact probability-flow ODE map for Gaussian data, first steps written out fr
 equations, DDIM, per-sample generators, reduced-precision model outputs and exact NFE counts."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 
@@ -62,7 +63,8 @@ def _eps(mix, schedule, x, t):
 # exponential transfer, which is exact only to O(h^2), so they are globally 2nd order here.
 # DPM-Solver-3M's second difference carries half the exact weight (order 2 measured); DEIS-3's
 # exact tAB weights measure ~3.9 (the warm-up steps, at high noise, cost little here).
-EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2, "dpm-solver-2m": 2,
+EXPECTED_ORDER = {"pndm": 2, "plms": 2, "plms-3": 2, "s-pndm": 2, "dpm-solver": 3, "dpm-solver-2": 2,
+                  "dpm-solver-2m": 2,
                   "dpm-solver-3m": 2, "dpm-solver++-2s": 2, "dpm-solver++-2m": 2, "dpm-solver++-3m": 2,
                   "euler": 1, "heun": 2, "dpm2": 2, "lms": 2, "unipc": 2, "unipc-3": 3, "unipc-bh1": 3,
                   "unipc-eps": 3, "unipc-eps-bh1": 3, "deis": 2, "deis-3": 3,
@@ -386,6 +388,23 @@ def test_batch_size_invariance(schedule, mixture, name):
     for i in (0, 5, 15):
         one = diffkit.sample(den, noise[i:i + 1], sampler=name, seed=100 + i, progress=False, **how)
         torch.testing.assert_close(one[0], full[i], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_deis_computes_every_step_coefficient_before_the_first_model_call(schedule, mixture, monkeypatch, order):
+    # the weights and the first-order coefficients depend only on the grid: no per-step solve or
+    # coefficient in the sampling loop (they are made once per grid, before the first call)
+    deis_module = importlib.import_module("diffkit.samplers.deis")  # the package's name deis is the function
+    made = []
+    for name in ("exponential_adams_weights", "noise_step_coefficient"):
+        real = getattr(deis_module, name)
+        monkeypatch.setattr(deis_module, name, lambda *a, _real=real, **k: made.append(1) or _real(*a, **k))
+    net = mixture.network(schedule)
+    seen = []
+    den = Denoiser(lambda x, t: seen.append(len(made)) or net(x, t), schedule)
+    deis_module.deis(den, torch.randn(4, 3, dtype=F64), make_grid(schedule, 8, "logsnr", "zero"),
+                     solver_order=order)
+    assert len(seen) == 8 and len(made) >= 8 and seen == [len(made)] * 8
 
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])

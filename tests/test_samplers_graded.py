@@ -49,7 +49,8 @@ def test_graded_grid_pieces_match_their_closed_forms():
     # above sigma_hi exp(lambda/q) is arithmetic, in the band lambda is, below sigma_lo exp(-2 lambda/q) is
     q, (hi, lo) = GRADE_POWER, GRADE_SIGMAS
     lam = graded_log_snr(41, -6.0, 5.0).numpy()
-    high, band, low = lam[lam < -math.log(hi)], lam[(lam > -math.log(hi)) & (lam < -math.log(lo))], lam[lam > -math.log(lo)]
+    high, low = lam[lam < -math.log(hi)], lam[lam > -math.log(lo)]
+    band = lam[(lam > -math.log(hi)) & (lam < -math.log(lo))]
     assert len(high) >= 3 and len(band) >= 3 and len(low) >= 3
     np.testing.assert_allclose(np.diff(np.exp(high / q)), np.diff(np.exp(high / q))[0], rtol=1e-9)
     np.testing.assert_allclose(np.diff(band), np.diff(band)[0], rtol=1e-9)

@@ -217,8 +217,8 @@ def test_bad_options_are_one_line_errors(gaussian):
     one_line("leaves no ODE to solve to final='sigma_min'", diffkit.sample, Denoiser(lambda x, t: 0 * x,
              NoiseSchedule.linear(1)), (2, 4), "ode", final="sigma_min", progress=False)
     ztsnr = NoiseSchedule.linear(100).rescale_zero_terminal_snr()
-    one_line("cannot start at t=99", diffkit.sample, Denoiser(lambda x, t: 0 * x, ztsnr, prediction_type="v_prediction"),
-             (2, 4), "ode", progress=False)
+    one_line("cannot start at t=99", diffkit.sample,
+             Denoiser(lambda x, t: 0 * x, ztsnr, prediction_type="v_prediction"), (2, 4), "ode", progress=False)
 
 
 @pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])

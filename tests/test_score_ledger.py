@@ -58,7 +58,8 @@ def test_cells_in_the_ledger_are_not_sampled_again(checkpoint, tmp_path, monkeyp
     assert any("not sampled (ledger only): 0@3, 1@3" in note for note in shown.notes)
     with pytest.raises(DiffkitError, match="ledger_only needs a ledger"):
         ddim_table(d, scorer(), etas=[0.0], steps_list=[2], num=6, ledger_only=True)
-    with pytest.raises(DiffkitError, match="does not exist; --ledger-only shows"):  # a typo must not write an empty table
+    # a typo must not write an empty table
+    with pytest.raises(DiffkitError, match="does not exist; --ledger-only shows"):
         ddim_table(d, scorer(), etas=[0.0], steps_list=[2], num=6, ledger_only=True,
                    ledger_path=str(ledger) + ".typo")
     monkeypatch.undo()

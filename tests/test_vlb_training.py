@@ -197,7 +197,8 @@ def test_cli_trains_with_loss_vlb_and_refuses_min_snr_in_one_line(tmp_path, caps
     den = load_denoiser(ckpt)
     x0 = quantised((2, 1, 8, 8), torch.Generator().manual_seed(0)).float()
     bound = {v: variational_bound(den, x0, timesteps=[0, 1, 10, 49], variance_type=v,
-                                  generator=torch.Generator().manual_seed(1)).total for v in (None, "fixed_large", "fixed_small")}
+                                  generator=torch.Generator().manual_seed(1)).total
+             for v in (None, "fixed_large", "fixed_small")}
     assert torch.equal(bound[None], bound["fixed_large"]) and not torch.allclose(bound[None], bound["fixed_small"])
     grid = torch.tensor([49.0, 30.0, 10.0, -1.0])
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))

@@ -1,6 +1,7 @@
 """The planar bf16 Winograd F(2x2, 3x3) prototype (``benchmarks/winograd_bf16_prototype.py``,
 issue 8) computes the convolution and both of its gradients, and agrees with the package's
-channels_last kernels: its figures in docs/performance.md are about a correct algorithm. Against float64 references of Lavin & Gray (2016) eq. 8 and the direct
+channels_last kernels: its figures in docs/performance.md are about a correct algorithm. Against
+float64 references of Lavin & Gray (2016) eq. 8 and the direct
 convolution; skipped where the CPU kernels cannot be built."""
 import sys
 from pathlib import Path

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert", help="convert between diffkit checkpoints and diffusers folders",
         description="Convert a diffkit pixel-space U-Net checkpoint to a diffusers DDPMPipeline folder "
-                    "(UNet2DModel + DDPMScheduler config; LCMScheduler for a consistency model), or a diffusers UNet2DModel folder back to a diffkit "
+                    "(UNet2DModel + DDPMScheduler config; LCMScheduler for a consistency model), or a diffusers "
+                    "UNet2DModel folder back to a diffkit "
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
                     "model description, no optimiser state).")
@@ -37,7 +38,8 @@ def run(args) -> int:
     if args.clip_sample and args.to_diffusers is None:
         raise DiffkitError("--clip-sample sets the exported DDPMScheduler: it goes with --to-diffusers DIR")
     if not args.ema and args.from_diffusers is not None:
-        raise DiffkitError("--no-ema chooses which weights of --checkpoint are exported; a diffusers import has one set")
+        raise DiffkitError("--no-ema chooses which weights of --checkpoint are exported; a diffusers import has one "
+                           "set")
     if args.checkpoint is not None and args.out is not None and args.to_diffusers is None \
             and args.from_diffusers is None:
         return _weights_only(args)

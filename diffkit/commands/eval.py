@@ -104,7 +104,8 @@ def run(args) -> int:
                           data_dir=args.data_dir, num=args.num, sampler=sampler, steps=50 if steps is None else steps,
                           eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
-                          nll_dense_below=args.nll_dense_below, nll_split=args.nll_split, batch_size=args.batch_size, seed=args.seed,
+                          nll_dense_below=args.nll_dense_below, nll_split=args.nll_split, batch_size=args.batch_size,
+                          seed=args.seed,
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
                           save_samples=args.save_samples, mixed_precision=args.mixed_precision, compile=args.compile,
                           progress=args.progress, cache_dir=args.cache_dir)
@@ -112,7 +113,8 @@ def run(args) -> int:
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")
-    print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings else f"no samples ({settings['nll_split']} images: {settings['nll_num_images']})")
+    print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings
+                           else f"no samples ({settings['nll_split']} images: {settings['nll_num_images']})")
           + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
           + (f" vs {settings['num_reference']} {settings['reference']} test images" if "reference" in settings else ""))
     print(format_results(result["metrics"]))

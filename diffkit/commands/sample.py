@@ -64,8 +64,8 @@ def register(sub) -> None:
                    + ", ".join(SPACINGS))
     p.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min (the "
                    "schedule's smallest noise level; diffusers' final_sigmas_type); default: the sampler's own")
-    p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models with several "
-                   "classes: one row of --nrow images per class)")
+    p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
+                   "with several classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
                    help="images per forward pass, or auto (default): the largest batch whose measured peak memory "
                         "fits in the free memory (at most 256 on the CPU, 1024 on a GPU)")
@@ -98,8 +98,10 @@ def register(sub) -> None:
                    help="guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
     g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
-    g.add_argument("--classifier", metavar="CKPT", help="noisy-image classifier checkpoint ('diffkit train-classifier')")
-    g.add_argument("--classifier-scale", type=non_negative_float, metavar="S", help="classifier gradient scale (default 1)")
+    g.add_argument("--classifier", metavar="CKPT",
+                   help="noisy-image classifier checkpoint ('diffkit train-classifier')")
+    g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
+                   help="classifier gradient scale (default 1)")
     g.add_argument("--classifier-algorithm", type=int, choices=[1, 2], default=2,
                    help="2: eps-hat, any sampler (default); 1: mean shift of the ddpm sampler")
     add_progress_flag(p)
@@ -181,7 +183,8 @@ class GuidanceRequest:
     def from_args(cls, args, sampler: str) -> "GuidanceRequest":
         """The request of ``diffkit sample``'s flags, checked for the sampler named ``sampler``."""
         req = cls(classes=args.classes, guidance_scale=args.guidance_scale, convention=args.guidance_convention,
-                  rescale=args.guidance_rescale, interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                  rescale=args.guidance_rescale,
+                  interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                   classifier=args.classifier, classifier_scale=args.classifier_scale,
                   classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None))
         req.check(sampler)
@@ -192,7 +195,8 @@ class GuidanceRequest:
         from ..guidance import guidance_weight
         if self.prompts is not None:
             if self.classes:
-                raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or class-conditional")
+                raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or "
+                                   "class-conditional")
             if self.classifier:
                 raise DiffkitError("--prompt cannot be combined with --classifier; use --guidance-scale "
                                    "(classifier-free guidance with the empty prompt)")
@@ -288,7 +292,8 @@ def run_sample_dir(checkpoint, cfg: dict) -> Path:
     from ..checkpoint import file_kind
     sampled, saved = cfg.get("sampled_dir", "."), cfg.get("save_weight_dir")
     if os.path.isabs(sampled) or not saved or os.path.isabs(saved) or file_kind(
-            Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else checkpoint) != "training checkpoint":
+            Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir()
+            else checkpoint) != "training checkpoint":
         return Path(sampled)  # a legacy .pt with --config, a moved export: as the config says, from here
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     return Path(os.path.normpath(folder / os.path.relpath(sampled, saved)))
@@ -358,8 +363,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if progressive:  # a callback of every sampling call keeps the frames (docs/samplers.md)
         from ..progressive import progressive_grid_path, recorder_for
         options["callback"] = recorder = recorder_for(
-            denoiser, progressive, sampler, steps, nfe=nfe, spacing=spacing, final=final, max_rows=GRID_LIMIT // progressive,
-            to_cpu=True, what="--progressive", **options)
+            denoiser, progressive, sampler, steps, nfe=nfe, spacing=spacing, final=final,
+            max_rows=GRID_LIMIT // progressive, to_cpu=True, what="--progressive", **options)
         progressive_out = check_output_file(progressive_grid_path(out), "progressive grid", ".png")
         if decoder is None and progressive_out.resolve() == noise_out.resolve():
             raise DiffkitError(f"the progressive grid and the noise grid would both be {str(noise_out)!r}; give "
@@ -453,7 +458,8 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
 
     guidance = guidance or GuidanceRequest()
     if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per prompt)")
+        raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
+                           f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
                         ("--guidance-interval", guidance.interval)):
         if value:
@@ -497,7 +503,8 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
 
     from ..guidance import ClassifierFreeGuidance
     if request.classes:
-        raise DiffkitError("--class needs a class-conditional checkpoint; this one is text-conditional: use --prompt TEXT")
+        raise DiffkitError("--class needs a class-conditional checkpoint; this one is text-conditional: use "
+                           "--prompt TEXT")
     if request.classifier:
         raise DiffkitError("--classifier guidance is not available for a text-conditional checkpoint; use "
                            "--guidance-scale")
@@ -510,7 +517,8 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
     for text in prompts:  # after the encoder's own checks (a prompt too long): one line for a mistake
         unknown = list(dict.fromkeys(model.tokenizer.unknown_words(text)))  # each word once
         if unknown:
-            shown = ", ".join(repr(w) for w in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            shown = ", ".join(repr(w) for w in unknown[:8]) + more
             print(f"diffkit: warning: prompt {shorten(text)}: word(s) {shown} are not in the "
                   f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
     if request.guidance_scale is not None:

@@ -88,7 +88,8 @@ def _run(args) -> int:
         in_channels = in_channels or like_channels
     else:
         schedule = NoiseSchedule.from_name(args.schedule or "linear", args.T or 1000)
-    ccfg = ClassifierTrainConfig(dataset=dataset or "digits", data_dir=data_dir, img_size=img_size, in_channels=in_channels,
+    ccfg = ClassifierTrainConfig(dataset=dataset or "digits", data_dir=data_dir, img_size=img_size,
+                                 in_channels=in_channels,
                                  channel=args.channel, channel_mult=args.channel_mult, attn=args.attn,
                                  num_res_blocks=args.num_res_blocks, steps=args.steps, batch_size=args.batch_size,
                                  lr=args.lr, seed=args.seed, device=args.device)

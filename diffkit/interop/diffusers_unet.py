@@ -111,7 +111,8 @@ def unet2d_config(cfg: UNetConfig) -> dict[str, Any]:
         head_dim = dims.pop()
     n = len(widths)
     updown = cfg.resblock_updown
-    plain_down, plain_up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown else ("DownBlock2D", "UpBlock2D")
+    plain_down, plain_up = (("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown
+                            else ("DownBlock2D", "UpBlock2D"))
     return {
         "sample_size": cfg.img_size, "in_channels": cfg.in_channels, "out_channels": cfg.output_channels,
         "center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 0,
@@ -162,7 +163,8 @@ def unet_config_from_diffusers(config: Mapping, *, learned_variance: bool | None
     down = list(config.get("down_block_types", ()))
     up = list(config.get("up_block_types", ()))
     updown = config.get("downsample_type", "conv") == "resnet"
-    plain_down, plain_up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown else ("DownBlock2D", "UpBlock2D")
+    plain_down, plain_up = (("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown
+                            else ("DownBlock2D", "UpBlock2D"))
     _expect(config, "upsample_type", ["resnet" if updown else "conv"], "conv")
     attn = [i for i, b in enumerate(down) if b == "AttnDownBlock2D"]
     want_down = [("AttnDownBlock2D" if i in attn else plain_down) for i in range(n)]
@@ -185,7 +187,8 @@ def unet_config_from_diffusers(config: Mapping, *, learned_variance: bool | None
     sample_size = config.get("sample_size") or 32
     if isinstance(sample_size, (list, tuple)):
         if len(set(sample_size)) != 1:
-            raise DiffkitError(f"UNet2DModel sample_size={list(sample_size)} is not square; diffkit's img_size is one number")
+            raise DiffkitError(f"UNet2DModel sample_size={list(sample_size)} is not square; diffkit's img_size is "
+                               f"one number")
         sample_size = sample_size[0]
     base_out = out_channels // 2 if learned_variance else out_channels
     head_channels = None if head_dim is None else int(head_dim)
@@ -334,7 +337,8 @@ def to_diffusers(unet: UNet):
     diffusers = require("diffusers")
     config = unet2d_config(unet.config)
     model = diffusers.UNet2DModel(**config)
-    state = {k: v.detach().clone().contiguous() for k, v in state_dict_to_diffusers(unet.config, unet.state_dict()).items()}
+    state = {k: v.detach().clone().contiguous()
+             for k, v in state_dict_to_diffusers(unet.config, unet.state_dict()).items()}
     _load_checked(model, state, "converted diffkit U-Net")
     return model.to(next(unet.parameters()).device).train(unet.training)
 
@@ -489,9 +493,10 @@ def _read_folder(directory: Path):
         others = sorted(k for k, v in index.items() if not k.startswith("_") and k not in ("unet", "scheduler")
                         and isinstance(v, list) and v and v[0] is not None)
         if others:  # LDMPipeline (unet + vqvae), Stable Diffusion (vae, text_encoder, ...)
-            raise DiffkitError(f"{directory} is a {index.get('_class_name', 'pipeline')} with {', '.join(others)}: not a "
-                               f"pixel-space U-Net pipeline; allowed: DDPMPipeline / DDIMPipeline folders (unet + "
-                               f"scheduler); Stable Diffusion folders load with diffkit.interop.load_stable_diffusion")
+            raise DiffkitError(f"{directory} is a {index.get('_class_name', 'pipeline')} with {', '.join(others)}: "
+                               f"not a pixel-space U-Net pipeline; allowed: DDPMPipeline / DDIMPipeline folders "
+                               f"(unet + scheduler); Stable Diffusion folders load with "
+                               f"diffkit.interop.load_stable_diffusion")
     unet_dir = directory / "unet" if (directory / "unet").is_dir() else directory
     if not (unet_dir / "config.json").is_file():
         raise DiffkitError(f"{directory} is not a diffusers folder (no unet/config.json or config.json)")

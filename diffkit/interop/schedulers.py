@@ -219,5 +219,5 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     return torch.cat([times, torch.tensor([end], dtype=torch.float64)])
 
 
-__all__ = ["BETA_SCHEDULES", "schedule_from_diffusers", "learned_variance_of", "scheduler_config", "scheduler_from_schedule",
-           "grid_from_diffusers"]
+__all__ = ["BETA_SCHEDULES", "schedule_from_diffusers", "learned_variance_of", "scheduler_config",
+           "scheduler_from_schedule", "grid_from_diffusers"]

@@ -68,8 +68,8 @@ class StableDiffusion:
         size = size if isinstance(size, int) else size[0]
         height = size * f if height is None else height
         width = size * f if width is None else width
-        if isinstance(height, bool) or isinstance(width, bool) or not (isinstance(height, int) and isinstance(width, int)
-                                                                       and height > 0 and width > 0):
+        if isinstance(height, bool) or isinstance(width, bool) or not (
+                isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
             raise DiffkitError(f"height={height!r}, width={width!r} are not allowed; give positive multiples of {f}")
         if height % f or width % f:
             raise DiffkitError(f"height x width {height}x{width} must be multiples of the VAE factor {f}")
@@ -138,8 +138,8 @@ def _read_index(directory: Path) -> dict:
     missing = [c for c in COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2 or index[c][0] is None
                or not (directory / c).is_dir()]
     if missing:
-        raise DiffkitError(f"{directory} lacks the Stable Diffusion component(s) {', '.join(missing)}; allowed: a folder "
-                           f"with {', '.join(COMPONENTS)}")
+        raise DiffkitError(f"{directory} lacks the Stable Diffusion component(s) {', '.join(missing)}; allowed: a "
+                           f"folder with {', '.join(COMPONENTS)}")
     return index
 
 

@@ -76,7 +76,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     if uses_matmuls(q, k, v):
         if heads == 1:  # (B, L, C) views of a fused qkv projection go in as they are
             return _KeptProbabilitiesAttention.apply(q, k, v, d ** -0.5)
-        split = [x.reshape(b, x.shape[1], heads, d).transpose(1, 2).reshape(b * heads, x.shape[1], d) for x in (q, k, v)]
+        split = [x.reshape(b, x.shape[1], heads, d).transpose(1, 2).reshape(b * heads, x.shape[1], d)
+                 for x in (q, k, v)]
         out = _KeptProbabilitiesAttention.apply(*split, d ** -0.5)
         return out.reshape(b, heads, lq, d).transpose(1, 2).reshape(b, lq, c)
     split = [x.reshape(b, x.shape[1], heads, d).transpose(1, 2) for x in (q, k, v)]

@@ -14,5 +14,5 @@ from .unipc import unipc
 
 __all__ = ["consistency", "ddim", "ddim_invert", "ddpm", "deis", "dpm_adaptive", "dpm_solver_multistep",
            "dpm_solver_singlestep", "dpm2", "dpm2_ancestral",
-           "dpmpp_2s_ancestral", "euler", "euler_ancestral", "heun", "lms", "ode", "fon", "plms", "pndm", "pc", "s_pndm",
-           "transfer", "unipc", "REGISTRY", "SamplerInfo", "get_sampler", "register"]
+           "dpmpp_2s_ancestral", "euler", "euler_ancestral", "heun", "lms", "ode", "fon", "plms", "pndm", "pc",
+           "s_pndm", "transfer", "unipc", "REGISTRY", "SamplerInfo", "get_sampler", "register"]

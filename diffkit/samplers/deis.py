@@ -41,22 +41,24 @@ def deis(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 2
     c = GridScalars.of(denoiser.schedule, grid)
     lam = c.log_snr
     orders = multistep_orders(lam, solver_order, lower_order_final)
-    # per step: the weights of (eps_k - eps_0), k = 1 .. order-1, computed once per grid
+    # every step's coefficients depend only on the grid: computed once, before the loop. Step i:
+    # x <- ratio x - first eps_0 + sum_k coef_k (eps_k - eps_0), k = 1 .. order-1
     plan = []
     for i, order in enumerate(orders):
+        a_t, s_t, a_s, s_s = c.alpha[i], c.sigma[i], c.alpha[i + 1], c.sigma[i + 1]
         h = lam[i + 1] - lam[i]
         rks = [(lam[i - k] - lam[i]) / h for k in range(1, order)]
         weights = exponential_adams_weights(rks, h) if rks else []
-        plan.append([-c.sigma[i + 1] * a / r for a, r in zip(weights, rks)])
+        plan.append((a_s / a_t, -noise_step_coefficient(a_t, s_t, a_s, s_s, h),
+                     [-s_s * a / r for a, r in zip(weights, rks)]))
     outputs: list = []  # eps at grid[i], grid[i-1], grid[i-2] (newest first)
     for i in steps(grid, progress, "deis"):
         pred = denoiser(x, c.t[i], **cond)
         outputs.insert(0, pred.eps)
         del outputs[solver_order:]
-        a_t, s_t, a_s, s_s = c.alpha[i], c.sigma[i], c.alpha[i + 1], c.sigma[i + 1]
-        x = torch.add(x * (a_s / a_t), outputs[0],
-                      alpha=-noise_step_coefficient(a_t, s_t, a_s, s_s, lam[i + 1] - lam[i]))
-        for k, coef in enumerate(plan[i], start=1):
+        ratio, first, coefs = plan[i]
+        x = torch.add(x * ratio, outputs[0], alpha=first)
+        for k, coef in enumerate(coefs, start=1):
             x = torch.add(x, outputs[k] - outputs[0], alpha=coef)
         report(callback, i, c.t[i], c.t[i + 1], x, pred.x0)
     return x

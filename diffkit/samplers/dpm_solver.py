@@ -52,7 +52,8 @@ def dpm_solver_multistep(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solve
     (alpha, sigma) swapped, phi = expm1(h) and eps in place of x0.
     ``sde-dpmsolver++`` (DPM-Solver++ Sec. 5 SDE variant, diffusers 'sde-dpmsolver++'; 3M is
     k-diffusion's ``sample_dpmpp_3m_sde``, eta = 1), with phi_2 = 1 - (1 - e^{-2h})/(2h):
-        2M midpoint: x_s = (sigma_s/sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (D0 + 0.5 D1) + sigma_s sqrt(1 - e^{-2h}) z
+        2M midpoint: x_s = (sigma_s/sigma_t) e^{-h} x + alpha_s (1 - e^{-2h}) (D0 + 0.5 D1)
+                           + sigma_s sqrt(1 - e^{-2h}) z
         2M heun, 3M: ... + alpha_s phi_2 D1 - alpha_s (phi_2/(2h) - 1/2) D2 + sigma_s sqrt(1 - e^{-2h}) z
     (diffusers' third-order 'sde-dpmsolver++' writes + alpha_s (-(e^{-2h} - 1 + 2h)/(2h)^2 - 1/2) D2, which
     differs by alpha_s D2, an O(h^2) term per step: docs/samplers.md).

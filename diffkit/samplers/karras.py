@@ -187,7 +187,8 @@ def dpm2_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float 
     sigma_up can reach sigma_s, where k-diffusion takes a one-call Euler step (the NFE would vary)."""
     check_range("eta", eta, 0.0, 1.0)
 
-    return _ancestral(denoiser, x, grid, "dpm2-ancestral", _dpm2_step, eta, s_noise, cond, generator, callback, progress)
+    return _ancestral(denoiser, x, grid, "dpm2-ancestral", _dpm2_step, eta, s_noise, cond, generator, callback,
+                      progress)
 
 
 def dpmpp_2s_ancestral(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,

@@ -2,7 +2,8 @@
 Manifolds", PNDM; seed 004): classical solvers applied to the *gradient part* eps while the
 *transfer part* phi is DDIM's exact step, plus FON, classical RK4 on the ODE in x and t.
 
-    phi(x_t, e, t, s) = (alpha_s/alpha_t) x_t - (alpha_s sigma_t/alpha_t - sigma_s) e     (PNDM eq. 9 / DDIM eq. 12, eta = 0)
+    phi(x_t, e, t, s) = (alpha_s/alpha_t) x_t - (alpha_s sigma_t/alpha_t - sigma_s) e       (PNDM eq. 9;
+                                                                                  DDIM eq. 12, eta = 0)
 
     PRK  (eq. 12, 4 calls): e1 = eps(x, t); x1 = phi(x, e1, t, m); e2 = eps(x1, m);
                             x2 = phi(x, e2, t, m); e3 = eps(x2, m); x3 = phi(x, e3, t, s);

@@ -245,7 +245,8 @@ register(SamplerInfo("sde-dpm-solver++-3m", dpm_solver_multistep, order=3, calls
                      default_spacing="logsnr", default_final="zero",
                      options={"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}))
 register(SamplerInfo("deis", deis, order=2, calls_per_step=1, stochastic=False,
-                     description="DEIS order 2: exponential Adams-Bashforth in log rho (Zhang & Chen 2023; diffusers' logrho DEIS)",
+                     description="DEIS order 2: exponential Adams-Bashforth in log rho (Zhang & Chen 2023; "
+                                 "diffusers' logrho DEIS)",
                      default_spacing="logsnr", default_final="zero", options={"solver_order": 2}))
 register(SamplerInfo("deis-3", deis, order=3, calls_per_step=1, stochastic=False,
                      description="DEIS order 3: eps's quadratic in log rho through 3 steps, integrated exactly",
@@ -266,7 +267,8 @@ register(SamplerInfo("dpm2", dpm2, order=2, calls_per_step=2, stochastic=False,
                      default_spacing="karras", default_final="zero", nfe_of_steps=_last_step_single(2),
                      nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("dpm2-ancestral", dpm2_ancestral, order=2, calls_per_step=2, stochastic=True,
-                     description="DPM2 ancestral (k-diffusion sample_dpm_2_ancestral): DPM2 to sigma_down, noise sigma_up",
+                     description="DPM2 ancestral (k-diffusion sample_dpm_2_ancestral): DPM2 to sigma_down, noise "
+                                 "sigma_up",
                      default_spacing="karras", default_final="zero", options={"eta": 1.0},
                      nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("dpm-solver++-2s-ancestral", dpmpp_2s_ancestral, order=2, calls_per_step=2, stochastic=True,
