@@ -304,14 +304,15 @@ class TrainConfig:
             for name in ("consistency_s0", "consistency_s1"):
                 if getattr(self, name) is not None:
                     raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to consistency_curriculum 'cm' or "
-                                       f"'ict'; this run has consistency_curriculum='fixed' (its grid: consistency_skip)")
+                                       f"'ict'; this run has consistency_curriculum='fixed' (its grid: "
+                                       f"consistency_skip)")
             return
         if self.objective != "consistency-training":
             raise DiffkitError(f"consistency_curriculum={kind!r} is a consistency-training schedule (CM App. C, iCT "
                                f"Sec. 3.4); objective={self.objective!r} uses consistency_curriculum='fixed'")
         if self.consistency_skip is not None:
-            raise DiffkitError(f"consistency_skip={self.consistency_skip} sets the 'fixed' grid; consistency_curriculum="
-                               f"{kind!r} grows its own grid: drop consistency_skip")
+            raise DiffkitError(f"consistency_skip={self.consistency_skip} sets the 'fixed' grid; "
+                               f"consistency_curriculum={kind!r} grows its own grid: drop consistency_skip")
         if kind == "ict" and self.consistency_target_ema:
             raise DiffkitError(f"consistency_target_ema={self.consistency_target_ema} is not allowed with "
                                f"consistency_curriculum='ict' (its target is stopgrad(theta), mu = 0, iCT Sec. 3.2); "

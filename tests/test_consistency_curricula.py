@@ -259,7 +259,8 @@ def test_a_resume_keeps_the_curriculum_and_the_target_decay(tmp_path):
     for over, message in [({"consistency_curriculum": "ict"}, "consistency_curriculum='cm', this run has 'ict'"),
                           ({"consistency_curriculum": "cm", "consistency_target_ema": 0.5},
                            "consistency_target_ema=0.9, this run has 0.5"),
-                          ({"consistency_curriculum": "cm", "consistency_s1": 40}, "consistency_s1=150, this run has 40"),
+                          ({"consistency_curriculum": "cm", "consistency_s1": 40},
+                           "consistency_s1=150, this run has 40"),
                           ({}, "consistency_curriculum='cm', this run has 'fixed'")]:
         with pytest.raises(DiffkitError, match=message) as err:
             Trainer(_ct(tmp_path, max_steps=4, training_load_weight=part, **over), tiny_dataset(), progress=False).run()
