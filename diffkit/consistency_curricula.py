@@ -150,7 +150,10 @@ class Curriculum:
         self.s0 = defaults[0] if s0 is None else int(s0)
         self.s1 = defaults[1] if s1 is None else int(s1)
         self.mu0 = defaults[2] if mu is None else float(mu)
-        self.skip = skip
+        self._fixed = None
+        if kind == "fixed":
+            from .consistency import distillation_grid
+            self._fixed = distillation_grid(self.T, skip)
         self._cache: dict[int, CurriculumStep] = {}
 
     @classmethod
@@ -165,10 +168,9 @@ class Curriculum:
 
     def intervals(self, k: int) -> int:
         """M(k) = N(k) - 1 intervals of step k (the fixed grid's own count), capped at T - 1."""
-        if self.kind == "fixed":
-            return len(self._fixed_grid()) - 1
-        points = cm_points(k, self.K, self.s0, self.s1) if self.kind == "cm" else ict_points(k, self.K, self.s0,
-                                                                                            self.s1)
+        if self._fixed is not None:
+            return len(self._fixed) - 1
+        points = (cm_points if self.kind == "cm" else ict_points)(k, self.K, self.s0, self.s1)
         return min(points - 1, self.T - 1)
 
     def mu(self, k: int) -> float:
@@ -177,15 +179,11 @@ class Curriculum:
             return cm_target_ema(k, self.K, self.s0, self.s1, self.mu0)
         return self.mu0 if self.kind == "fixed" else 0.0
 
-    def _fixed_grid(self) -> torch.Tensor:
-        from .consistency import distillation_grid
-        return distillation_grid(self.T, self.skip)
-
     def at(self, k: int) -> CurriculumStep:
         """The :class:`CurriculumStep` of optimiser step k (0-based)."""
         M = self.intervals(k)
         if M not in self._cache:
-            grid = self._fixed_grid() if self.kind == "fixed" else curriculum_grid(self.schedule, M)
+            grid = self._fixed if self._fixed is not None else curriculum_grid(self.schedule, M)
             probs = weights = None
             if self.kind == "ict":
                 sigmas = self.schedule.karras_sigma(grid)
