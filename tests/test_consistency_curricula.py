@@ -300,3 +300,16 @@ def test_bad_curriculum_config_is_one_line_error(over, message):
     with pytest.raises(DiffkitError, match=message) as err:
         TrainConfig.from_dict({**TINY, **over})
     assert "\n" not in str(err.value)
+
+
+def test_distillation_with_an_ema_target_starts_it_at_the_teachers_weights(tmp_path):
+    """CM Alg. 2: theta- starts at theta, which a distillation starts at the teacher's EMA weights."""
+    Trainer(make_cfg(tmp_path / "t", max_steps=1), tiny_dataset(), progress=False).run()
+    teacher = tmp_path / "t" / "ckpt" / "latest.safetensors"
+    tr = Trainer(make_cfg(tmp_path / "s", objective="consistency-distillation", teacher=str(teacher), max_steps=2,
+                          consistency_target_ema=0.95), tiny_dataset(), progress=False)
+    weights = ckpt.split_prefix(ckpt.load_checkpoint(teacher)[0], "ema")
+    for name, p in tr.target_model.named_parameters():
+        assert torch.equal(p, weights[name]), name
+    tensors, meta = ckpt.load_checkpoint(tr.run().checkpoint)
+    assert meta["consistency"]["target_ema"] == 0.95 and any(k.startswith("target.") for k in tensors)
