@@ -481,8 +481,8 @@ class Trainer:
             return path
         tensors, meta = self.state_tensors()
         tensors = {k: v.detach().cpu() for k, v in tensors.items()}  # one copy off the device for both files
-        bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.", "target.")) and v.is_floating_point()
-               and not torch.isfinite(v).all()]
+        bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.", "target."))
+               and v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             latest = ckpt.latest_checkpoint(self.out_dir)
             kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written"
@@ -545,8 +545,9 @@ class Trainer:
     # ------------------------------------------------------------ one step
     def _check_same_consistency(self, path, meta: dict) -> None:
         """A resumed consistency run keeps the function its weights stand for and what it learns
-        from: the boundary parameterisation, grid, distance and guidance, and the teacher's weights
-        (by digest: a teacher path such as latest.safetensors may have moved on)."""
+        from: the boundary parameterisation, grid (or curriculum, its s0 and s1) and target decay,
+        distance and guidance, and the teacher's weights (by digest: a teacher path such as
+        latest.safetensors may have moved on)."""
         saved, now = meta.get("consistency") or {}, self._consistency_meta()
         saved = {"curriculum": "fixed", "target_ema": 0.0, "s0": None, "s1": None, **saved}  # older checkpoints
         for key, field in (("curriculum", "consistency_curriculum"), ("target_ema", "consistency_target_ema"),
