@@ -35,6 +35,7 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # diffkit.models.layer
 STATES = ("train", "eval")
 OBJECTIVES = ("diffusion", "consistency-distillation", "consistency-training")  # = diffkit.consistency.OBJECTIVES
 CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCES
+CONSISTENCY_CURRICULA = ("fixed", "cm", "ict")  # = diffkit.consistency_curricula.CURRICULA
 CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
 CONSISTENCY_TIMESTEP_SCALING = 10.0
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
@@ -78,7 +79,12 @@ class TrainConfig:
     seed convention; LCM's guided distillation), or ``consistency_guidance_range`` [w_min, w_max]
     (LCM Alg. 1: w uniform per example, seed convention, given to the student through its
     guidance-scale input of width ``guidance_embedding_dim``, e.g. 256, diffusers' LCM script's
-    default). ``loss`` is not used by them, and
+    default), ``consistency_curriculum`` (``fixed``: the grid of
+    ``consistency_skip``; ``cm``: CM App. C's N(k), mu(k); ``ict``: iCT's N(k), lognormal pairs and
+    1/(sigma_{n+1} - sigma_n) weights; both consistency training only), ``consistency_target_ema``
+    (the target network's EMA decay mu, CM Alg. 2/3; with ``cm`` its mu0; None = 0, with ``cm`` 0.9),
+    ``consistency_s0`` / ``consistency_s1`` (the curricula's s0, s1; None = the paper's: cm 2, 150;
+    ict 10, 1280). ``loss`` is not used by them, and
     ``timestep_sampler`` / ``min_snr_gamma`` must keep their defaults.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
@@ -140,6 +146,10 @@ class TrainConfig:
     consistency_guidance: float = 0.0
     consistency_guidance_range: Optional[list] = None  # LCM's w-conditioning: [w_min, w_max], seed convention
     guidance_embedding_dim: int = 0  # the student's guidance-scale input (UNetConfig.guidance_embedding_dim)
+    consistency_curriculum: str = "fixed"
+    consistency_target_ema: Optional[float] = None
+    consistency_s0: Optional[int] = None
+    consistency_s1: Optional[int] = None
     # ---- conditioning ----
     conditional: bool = False
     num_classes: Optional[int] = None
@@ -296,7 +306,8 @@ class TrainConfig:
         if self.objective == "diffusion":
             changed = [name for name in ("consistency_skip", "consistency_distance", "consistency_sigma_data",
                                          "consistency_timestep_scaling", "consistency_guidance",
-                                         "consistency_guidance_range")
+                                         "consistency_guidance_range", "consistency_curriculum",
+                                         "consistency_target_ema", "consistency_s0", "consistency_s1")
                        if getattr(self, name) != _default(name)]
             if changed:
                 raise DiffkitError(f"{changed[0]}={getattr(self, changed[0])!r} applies to the consistency objectives; "
@@ -312,6 +323,34 @@ class TrainConfig:
         if self.consistency_guidance and not (self.conditional and self.objective == "consistency-distillation"):
             raise DiffkitError(f"consistency_guidance={self.consistency_guidance} guides a class-conditional teacher; "
                                f"it needs objective='consistency-distillation' and conditional=True")
+        self._check_curriculum()
+
+    def _check_curriculum(self) -> None:
+        """The curricula of diffkit.consistency_curricula: one-line errors naming the value."""
+        kind = self.consistency_curriculum
+        if kind == "fixed":
+            for name in ("consistency_s0", "consistency_s1"):
+                if getattr(self, name) is not None:
+                    raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to consistency_curriculum 'cm' or "
+                                       f"'ict'; this run has consistency_curriculum='fixed' (its grid: "
+                                       f"consistency_skip)")
+            return
+        if self.objective != "consistency-training":
+            raise DiffkitError(f"consistency_curriculum={kind!r} is a consistency-training schedule (CM App. C, iCT "
+                               f"Sec. 3.4); objective={self.objective!r} uses consistency_curriculum='fixed'")
+        if self.consistency_skip is not None:
+            raise DiffkitError(f"consistency_skip={self.consistency_skip} sets the 'fixed' grid; "
+                               f"consistency_curriculum={kind!r} grows its own grid: drop consistency_skip")
+        if kind == "ict" and self.consistency_target_ema:
+            raise DiffkitError(f"consistency_target_ema={self.consistency_target_ema} is not allowed with "
+                               f"consistency_curriculum='ict' (its target is stopgrad(theta), mu = 0, iCT Sec. 3.2); "
+                               f"use 'cm' or 'fixed' for an EMA target")
+        from .consistency_curricula import CM_S0, CM_S1, ICT_S0, ICT_S1
+        s0 = self.consistency_s0 if self.consistency_s0 is not None else (CM_S0 if kind == "cm" else ICT_S0)
+        s1 = self.consistency_s1 if self.consistency_s1 is not None else (CM_S1 if kind == "cm" else ICT_S1)
+        if s1 < s0:
+            raise DiffkitError(f"consistency_s1={s1} is below consistency_s0={s0}; the curriculum grows N from s0 "
+                               f"to s1: give s1 >= s0")
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -456,6 +495,8 @@ _RANGES = {
     "consistency_skip": (1, None, True, True), "consistency_sigma_data": (0.0, None, False, True),
     "consistency_timestep_scaling": (0.0, None, False, True), "consistency_guidance": (0.0, None, True, True),
     "guidance_embedding_dim": (0, None, True, True),
+    "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
+    "consistency_s1": (1, None, True, True),
 }
 _FLOAT_LISTS = ("consistency_guidance_range",)  # list fields of numbers (the others hold integers)
 _CHOICES = {
@@ -463,7 +504,7 @@ _CHOICES = {
     "fixed_variance": FIXED_VARIANCES,
     "timestep_sampler": TIMESTEP_SAMPLERS, "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISION,
     "dataset": DATASETS, "memory_format": MEMORY_FORMATS, "objective": OBJECTIVES,
-    "consistency_distance": CONSISTENCY_DISTANCES,
+    "consistency_distance": CONSISTENCY_DISTANCES, "consistency_curriculum": CONSISTENCY_CURRICULA,
 }
 
 

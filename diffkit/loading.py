@@ -140,8 +140,9 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
 
 
 # what a training checkpoint holds only for resuming (the optimiser, RNG and loss-aware timestep
-# sampler state, the EMA copy once it has replaced the weights) and the metadata that goes with it
-_RESUME_PREFIXES = ("ema.", "optim", "rng.", "timesteps.")
+# sampler state, the EMA copy once it has replaced the weights, a consistency run's EMA target network)
+# and the metadata that goes with it
+_RESUME_PREFIXES = ("ema.", "optim", "rng.", "timesteps.", "target.")
 _RESUME_META = ("step", "epoch", "batch_in_epoch", "total_steps", "dataset_size", "steps_per_epoch", "lr",
                 "ema_updates", "optimizer", "skipped_steps", "consecutive_skipped")
 

@@ -7,6 +7,7 @@ The objective comes from :mod:`diffkit.losses`; the timestep distribution from
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -366,14 +367,37 @@ class Trainer:
         if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
             raise DiffkitError("mixed_precision='fp16' needs a CUDA device; use 'bf16' on cpu/mps")
         self.student = None  # the consistency objectives: f_theta around the trained network
+        self.target = self.target_model = None  # f_theta- and its network (None: theta- = stopgrad(theta))
         if cfg.objective != "diffusion":
-            from .consistency import ConsistencyDenoiser, distillation_grid
+            from .consistency import ConsistencyDenoiser
+            from .consistency_curricula import Curriculum
             from .denoiser import Denoiser
-            self.consistency_grid = distillation_grid(cfg.T, cfg.consistency_skip)
-            self.student = ConsistencyDenoiser(Denoiser(self.forward, self.schedule, cfg.prediction_type,
-                                                        cfg.learned_variance), cfg.consistency_sigma_data,
-                                               cfg.consistency_timestep_scaling, self.consistency_grid,
-                                               cfg.consistency_guidance_range)
+            self.curriculum = Curriculum.from_config(cfg, self.schedule, self.total_steps)
+
+            def consistency_function(net):
+                return ConsistencyDenoiser(Denoiser(net, self.schedule, cfg.prediction_type, cfg.learned_variance),
+                                           cfg.consistency_sigma_data, cfg.consistency_timestep_scaling,
+                                           self.curriculum.at(0).grid, cfg.consistency_guidance_range)
+            self.student = consistency_function(self.forward)
+            if self.curriculum.uses_target_network:  # CM's EMA target theta-, starting at theta (CM Alg. 2/3)
+                self.target_model = copy.deepcopy(self.model).requires_grad_(False)
+                self.target = consistency_function(torch.compile(self.target_model) if cfg.compile
+                                                   else self.target_model)
+
+    @property
+    def consistency_grid(self) -> torch.Tensor:
+        """The consistency grid of the current step (:mod:`diffkit.consistency_curricula`)."""
+        return self.curriculum.at(self.step).grid
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """CM's target update after optimiser step k: theta- <- mu(k) theta- + (1 - mu(k)) theta
+        (Alg. 2/3; mu(k) of the curriculum, a function of the step only); buffers are copied."""
+        mu = self.curriculum.mu(self.step)
+        torch._foreach_lerp_(list(self.target_model.parameters()),
+                             [p.detach() for p in self.model.parameters()], 1.0 - mu)
+        for b_target, b in zip(self.target_model.buffers(), self.model.buffers()):
+            b_target.copy_(b)
 
     def _load_teacher(self):
         """The frozen teacher of consistency distillation (its EMA weights), checked to share the
@@ -449,6 +473,8 @@ class Trainer:
             meta["text"] = self.model.text_meta()
         if self.student is not None:  # loading.load_denoiser wraps such a checkpoint in f (diffkit.consistency)
             meta["consistency"] = self._consistency_meta()
+        if self.target_model is not None:  # CM's EMA target network theta-: resumes need it
+            tensors.update({f"target.{k}": v for k, v in self.target_model.state_dict().items()})
         return tensors, meta
 
     def save(self) -> Path:
@@ -462,8 +488,8 @@ class Trainer:
             return path
         tensors, meta = self.state_tensors()
         tensors = {k: v.detach().cpu() for k, v in tensors.items()}  # one copy off the device for both files
-        bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.")) and v.is_floating_point()
-               and not torch.isfinite(v).all()]
+        bad = [k for k, v in tensors.items() if k.startswith(("model.", "ema.", "target."))
+               and v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             latest = ckpt.latest_checkpoint(self.out_dir)
             kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was written"
@@ -503,6 +529,8 @@ class Trainer:
             raise DiffkitError(f"{path} was trained on the latents of another autoencoder file than "
                                f"{self.cfg.autoencoder} (sha256 differs); resume with the same autoencoder")
         ckpt.load_state_dict_checked(self.model, ckpt.split_prefix(tensors, "model"), str(path))
+        if self.target_model is not None:
+            ckpt.load_state_dict_checked(self.target_model, ckpt.split_prefix(tensors, "target"), f"{path} (target)")
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
         ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
@@ -524,12 +552,18 @@ class Trainer:
     # ------------------------------------------------------------ one step
     def _check_same_consistency(self, path, meta: dict) -> None:
         """A resumed consistency run keeps the function its weights stand for and what it learns
-        from: the boundary parameterisation, grid, distance and guidance, and the teacher's weights
-        (by digest: a teacher path such as latest.safetensors may have moved on)."""
+        from: the boundary parameterisation, grid (or curriculum, its s0 and s1) and target decay,
+        distance and guidance, and the teacher's weights (by digest: a teacher path such as
+        latest.safetensors may have moved on)."""
         saved, now = meta.get("consistency") or {}, self._consistency_meta()
-        for key, field in (("sigma_data", "consistency_sigma_data"), ("timestep_scaling", "consistency_timestep_scaling"),
+        saved = {"curriculum": "fixed", "target_ema": 0.0, "s0": None, "s1": None, **saved}  # older checkpoints
+        for key, field in (("curriculum", "consistency_curriculum"), ("target_ema", "consistency_target_ema"),
+                           ("s0", "consistency_s0"), ("s1", "consistency_s1"),
+                           ("sigma_data", "consistency_sigma_data"), ("timestep_scaling", "consistency_timestep_scaling"),
                            ("grid", "consistency_skip"), ("distance", "consistency_distance"),
                            ("guidance", "consistency_guidance"), ("guidance_range", "consistency_guidance_range")):
+            if key == "grid" and now["curriculum"] != "fixed":  # a function of the step: s0, s1 and K decide it
+                continue
             if key in saved and saved[key] != now[key]:
                 was, has = (saved[key], now[key]) if key != "grid" else (saved.get("skip"), now["skip"])
                 if key == "grid" and was == has:  # the same skip name, another grid (written by another version)
@@ -551,7 +585,7 @@ class Trainer:
                 "grid": [int(t) for t in self.consistency_grid.tolist()],
                 "distance": self.cfg.consistency_distance,
                 "guidance": self.cfg.consistency_guidance,
-                "guidance_range": self.cfg.consistency_guidance_range}
+                "guidance_range": self.cfg.consistency_guidance_range, **self.curriculum.meta()}
 
     def _micro_batch_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of this rank's shard of a global micro-batch. Timesteps, noise and label dropout
@@ -559,9 +593,9 @@ class Trainer:
         world size sees the same randomness."""
         cfg, info = self.cfg, self.dist
         b = images.shape[0]
-        if self.student is not None:  # consistency: a uniform pair (t_n, t_{n+1}) of the grid per sample
-            t = torch.randint(len(self.consistency_grid) - 1, (b,), generator=self.generator)
-            weights = torch.ones(b)
+        if self.student is not None:  # consistency: a pair (t_n, t_{n+1}) of the step's grid per sample
+            plan = self.curriculum.at(self.step)
+            t, weights = plan.draw(b, self.generator)
         else:
             t, weights = self.timesteps.sample(b, self.generator)
         noise = torch.randn(images.shape, generator=self.generator)
@@ -592,9 +626,9 @@ class Trainer:
         if self.student is not None:
             from .consistency import consistency_loss
             with autocast(cfg.mixed_precision, self.device.type):
-                loss = consistency_loss(self.student, x0, noise, self.consistency_grid[t + 1], self.consistency_grid[t],
-                                        teacher=self.teacher, distance_kind=cfg.consistency_distance, cond=cond)
-            return loss.mean()
+                loss = consistency_loss(self.student, x0, noise, plan.grid[t + 1], plan.grid[t], teacher=self.teacher,
+                                        target=self.target, distance_kind=cfg.consistency_distance, cond=cond)
+            return (loss * weights.to(loss.device)).mean()
         with autocast(cfg.mixed_precision, self.device.type):
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,
@@ -656,6 +690,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.ema.update(self.model)
+        if self.target_model is not None:
+            self.update_target()
         return total
 
     def _agree(self, loss: float, signum: Optional[int]) -> tuple[float, Optional[int]]:
@@ -702,6 +738,8 @@ class Trainer:
         log_path = self.out_dir / "train_log.csv"
         train_log = _TrainLog(log_path, self.step, self.dist.is_main)
         self.model.train()
+        if self.target_model is not None:  # the student's dropout, drawing the student's masks (consistency_loss)
+            self.target_model.train()
         start, images_seen, last_loss = time.perf_counter(), 0, float("nan")
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", disable=not self.progress,
                    dynamic_ncols=True)

@@ -89,14 +89,16 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture
 def assert_same_training_state():
     """``check(checkpoint_a, checkpoint_b, step)``: both checkpoints are at ``step`` and their
-    weights, EMA and optimiser state are bitwise equal (exact-resume tests)."""
+    weights, EMA, optimiser state and (consistency training with an EMA target) target network are
+    bitwise equal (exact-resume tests); both hold the same keys."""
     from diffkit import checkpoint as ckpt
 
     def check(path_a, path_b, step):
         a, meta_a = ckpt.load_checkpoint(path_a)
         b, meta_b = ckpt.load_checkpoint(path_b)
         assert meta_a["step"] == meta_b["step"] == step
+        assert sorted(a) == sorted(b)
         for key in a:
-            if key.startswith(("model.", "ema.", "optim.")):
+            if key.startswith(("model.", "ema.", "optim.", "target.")):
                 assert torch.equal(a[key], b[key]), key
     return check

@@ -172,3 +172,19 @@ def test_distills_command_line_for_the_ranks_spells_out_its_own_abbreviations():
     build_parser()
     assert ranks_argv(["distill", "--tea", "t.safetensors", "--npro", "2", "--st", "3", "--out", "r"]) \
         == ["distill", "--teacher", "t.safetensors", "--steps", "3", "--out", "r"]
+
+
+def test_two_process_consistency_training_with_cms_curriculum_and_ema_target_matches_one_process(tmp_path):
+    """CM's curriculum (N(k), mu(k) from the step) and EMA target under torchrun: the target network is
+    updated identically on every rank (from the all-reduced weights), so 2 x 4 equals 1 x 8, target too."""
+    extra = ("--set", "objective=consistency-training", "--set", "consistency_curriculum=cm", "--set",
+             "consistency_s1=20")
+    _ok(_train(tmp_path / "one", 1, 8, *extra))
+    _ok(_train(tmp_path / "two", 2, 4, *extra))
+    a, _ = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.safetensors")
+    b, meta = ckpt.load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.safetensors")
+    assert meta["world_size"] == 2 and meta["consistency"]["curriculum"] == "cm"
+    assert any(k.startswith("target.") for k in a) and sorted(a) == sorted(b)
+    for key in a:
+        if key.startswith(("model.", "ema.", "target.")):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
