@@ -294,6 +294,8 @@ class TrainConfig:
         if not dim:
             raise DiffkitError(f"consistency_guidance_range={rng!r} gives w to the student, which needs a "
                                f"guidance-scale input: set guidance_embedding_dim (e.g. 256)")
+        if dim < 4:  # diffusers' embedding divides by dim // 2 - 1 (UNetConfig refuses it too)
+            raise DiffkitError(f"guidance_embedding_dim={dim} is not allowed; give 0 (none) or at least 4 (e.g. 256)")
 
     def _check_consistency(self) -> None:
         self._check_guidance_range()

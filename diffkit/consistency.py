@@ -63,6 +63,8 @@ class ConsistencyDenoiser(Wrapper):
     [w_min, w_max] (LCM Sec. 4.2; seed convention): a call without ``w`` in its cond gets the
     middle of the range (``default_guidance``)."""
 
+    guidance_range = None  # set per instance (a plain attribute over Wrapper's forwarding property)
+
     def __init__(self, inner, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING,
                  grid=None, guidance_range=None):
         check_range("consistency_sigma_data", sigma_data, 0.0, None, low_inclusive=False)

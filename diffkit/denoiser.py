@@ -238,6 +238,7 @@ class Wrapper:
     learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
     data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
     consistency_times = property(lambda self: getattr(self.inner, "consistency_times", None))  # the lcm spacing's
+    guidance_range = property(lambda self: getattr(self.inner, "guidance_range", None))  # a w input's range
 
     def reset_nfe(self) -> None:
         self.inner.reset_nfe()

@@ -114,7 +114,7 @@ class ClassifierFreeGuidance(Wrapper):
                  interval: Optional[Sequence[float]] = None, *, rescale_space: str = "x0",
                  null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None,
                  weight_input: bool = False):
-        if getattr(denoiser, "guidance_range", None) is not None:
+        if getattr(denoiser, "guidance_range", None) is not None:  # also under other wrappers
             raise DiffkitError("this consistency model takes the guidance weight w as its input (distilled with "
                                "consistency_guidance_range); guide it with GuidanceScaleInput(model, w), one call "
                                "per step")
@@ -210,11 +210,16 @@ class GuidanceScaleInput(Wrapper):
     """A w-conditioned model (LCM Sec. 4.2; a U-Net with ``guidance_embedding_dim``) asked for
     guidance weight ``w`` (seed convention; ``convention='diffusers'`` reads s = 1 + w): each call
     passes ``w`` to the network in ``cond``, so a guided step is one call of batch B, not
-    classifier-free guidance's two. ``trained_range``: the model's [w_min, w_max]; a w outside
-    it is allowed (the network extrapolates) with a warning."""
+    classifier-free guidance's two. ``trained_range``: the model's [w_min, w_max] (default: the
+    range a loaded w-conditioned model was distilled on); a w outside it is allowed (the network
+    extrapolates) with a warning."""
+
+    guidance_range = None  # w is given: wrappers above this one see a model without a w input
 
     def __init__(self, denoiser, scale: float, convention: str = "seed", trained_range=None):
         self.inner, self.w = denoiser, guidance_weight(scale, convention)
+        if trained_range is None:
+            trained_range = getattr(denoiser, "guidance_range", None)
         if trained_range is not None and not float(trained_range[0]) <= self.w <= float(trained_range[1]):
             import warnings
             low, high = trained_range

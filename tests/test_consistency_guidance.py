@@ -11,7 +11,7 @@ from diffkit import DiffkitError
 from diffkit import checkpoint as ckpt
 from diffkit.config import TrainConfig
 from diffkit.consistency import ConsistencyDenoiser, consistency_loss, ddim_teacher_step
-from diffkit.denoiser import Denoiser
+from diffkit.denoiser import Denoiser, ThresholdedDenoiser
 from diffkit.guidance import ClassifierFreeGuidance, GuidanceScaleInput
 from diffkit.loading import load_denoiser
 from diffkit.models.layers import TimeEmbedding, guidance_scale_embedding, timestep_embedding
@@ -49,6 +49,9 @@ def test_guidance_scale_embedding_equals_diffusers():
     for dim in (4, 7, 32, 256):
         want = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
         torch.testing.assert_close(guidance_scale_embedding(w, dim), want, rtol=0, atol=0)
+    w64 = torch.tensor([2.0001, 7.123456789, 14.0], dtype=torch.float64)  # 1000 w is taken before the cast
+    want = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w64, embedding_dim=32)
+    torch.testing.assert_close(guidance_scale_embedding(w64, 32), want, rtol=0, atol=0)
 
 
 def test_time_embedding_with_guidance_input_equals_diffusers_cond_proj():
@@ -88,6 +91,12 @@ def test_a_network_without_the_input_is_unchanged_and_refuses_w():
         conditioned(x, 5.0, y=torch.tensor([0, 1]))
     with pytest.raises(DiffkitError, match=r"w of shape \(3,\) is not allowed"):
         conditioned(x, 5.0, y=torch.tensor([0, 1]), w=torch.ones(3))
+    with pytest.raises(DiffkitError, match=r"w of shape \(3,\) is not allowed"):
+        conditioned(x, 5.0, y=torch.tensor([0, 1]), w=[1.0, 2.0, 3.0])
+    with pytest.raises(DiffkitError, match=r"w='high' is not allowed; give guidance weights as a number"):
+        conditioned(x, 5.0, y=torch.tensor([0, 1]), w="high")
+    torch.testing.assert_close(conditioned(x, 5.0, y=torch.tensor([0, 1]), w=[2.0, 3.0]),
+                               conditioned(x, 5.0, y=torch.tensor([0, 1]), w=torch.tensor([2.0, 3.0])), rtol=0, atol=0)
     with pytest.raises(DiffkitError, match="guidance_embedding_dim=2 is not allowed"):
         UNetConfig(guidance_embedding_dim=2)
 
@@ -141,16 +150,23 @@ def test_distillation_draws_w_per_example_for_teacher_and_student(tmp_path, cond
     for name, p in tr.model.named_parameters():
         want = torch.zeros_like(p) if name == "time_embed.cond_proj.weight" else teacher_weights[name]
         assert torch.equal(p.detach(), want), name
+    with torch.no_grad():  # a w input that matters, so a student or target call without w would show
+        tr.model.time_embed.cond_proj.weight.normal_(generator=torch.Generator().manual_seed(5))
+    seen = []
+    hook = tr.model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs.get("w")),
+                                          with_kwargs=True)
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
     labels = torch.arange(8) % 4
     state = tr.generator.get_state()
     got = tr._micro_batch_loss(images, labels)
+    hook.remove()
     tr.generator.set_state(state)
     n = torch.randint(len(tr.consistency_grid) - 1, (8,), generator=tr.generator)
     noise = torch.randn(images.shape, generator=tr.generator)
     drop = torch.rand(8, generator=tr.generator) < tr.cfg.p_uncond
     w = RANGE[0] + (RANGE[1] - RANGE[0]) * torch.rand(8, generator=tr.generator, dtype=torch.float64)
     assert ((w >= RANGE[0]) & (w <= RANGE[1])).all() and len(set(w.tolist())) == 8
+    assert len(seen) == 2 and all(torch.equal(v, w.float()) for v in seen)  # the student and its target get each w
     y = torch.where(drop, torch.full_like(labels, 4), labels)
     t_now, t_next = tr.consistency_grid[n], tr.consistency_grid[n + 1]
     want = consistency_loss(tr.student, images, noise, t_next, t_now, teacher=tr.teacher,
@@ -185,19 +201,36 @@ def test_a_w_model_samples_with_w_as_input_one_call_of_batch_b_per_step(w_model)
     diffusers_s = GuidanceScaleInput(den, 4.0, convention="diffusers")  # s = 1 + w
     assert diffusers_s.w == 3.0
     with pytest.warns(UserWarning, match=r"w=9 \(seed convention\) lies outside the range \[2, 6\]"):
-        GuidanceScaleInput(den, 9.0, trained_range=den.guidance_range)
+        GuidanceScaleInput(den, 9.0)  # the loaded model's own range by default
+    with pytest.warns(UserWarning, match=r"lies outside the range \[2, 6\]"):
+        GuidanceScaleInput(ThresholdedDenoiser(den, "clip"), 9.0)
+    with pytest.raises(DiffkitError, match="takes the guidance weight w as its input"):
+        ClassifierFreeGuidance(ThresholdedDenoiser(den, "clip"), 3.0)  # also under another wrapper
+    ClassifierFreeGuidance(GuidanceScaleInput(den, 3.0), 1.0)  # w given below: two passes at that w are explicit
     with pytest.raises(DiffkitError, match="takes the guidance weight w as its input .* GuidanceScaleInput"):
         ClassifierFreeGuidance(den, 3.0)  # two calls, each at the default w, would be a silent mistake
 
 
-def test_sample_cli_passes_guidance_scale_to_a_w_model(w_model, tmp_path, capsys):
+def test_sample_cli_passes_guidance_scale_to_a_w_model(w_model, tmp_path, capsys, monkeypatch):
     from diffkit.cli import main
+    from diffkit.models.unet import UNet
+    calls, forward = [], UNet.forward
+
+    def recording_forward(self, x, t, *args, **kwargs):
+        w = kwargs.get("w")
+        calls.append((x.shape[0], None if w is None else torch.as_tensor(w).flatten().tolist()))
+        return forward(self, x, t, *args, **kwargs)
+    monkeypatch.setattr(UNet, "forward", recording_forward)
     out = tmp_path / "s.png"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert main(["sample", "--checkpoint", str(w_model), "--sampler", "consistency", "--steps", "2", "--num", "4",
-                     "--guidance-scale", "3", "--out", str(out), "--no-progress"]) == 0
-    assert out.exists()
+    for flags, want_w in ((["--guidance-scale", "3"], 3.0), ([], 4.0),  # no flag: the middle of [2, 6]
+                          (["--guidance-scale", "5", "--guidance-convention", "diffusers"], 4.0)):  # s = 1 + w
+        calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert main(["sample", "--checkpoint", str(w_model), "--sampler", "consistency", "--steps", "2", "--num",
+                         "4", *flags, "--out", str(out), "--no-progress", "--batch-size", "4"]) == 0
+        assert out.exists() and len(calls) == 2, flags  # one call of batch B per step
+        assert all(b == 4 and set(w) == {want_w} for b, w in calls), (flags, calls)
     assert main(["sample", "--checkpoint", str(w_model), "--num", "4", "--guidance-scale", "3",
                  "--guidance-rescale", "0.5", "--out", str(out), "--no-progress"]) == 2
     assert "--guidance-rescale is an option of classifier-free guidance" in capsys.readouterr().err
@@ -245,6 +278,8 @@ _DIST = {"objective": "consistency-distillation", "teacher": "t.safetensors", "c
     ({**_DIST, "guidance_embedding_dim": 8}, "guidance_embedding_dim=8 is the guidance-scale input .* needs "
                                              r"consistency_guidance_range=\[w_min, w_max\]"),
     ({"guidance_embedding_dim": -1}, "guidance_embedding_dim"),
+    ({**_DIST, "consistency_guidance_range": [2, 14], "guidance_embedding_dim": 3},
+     "guidance_embedding_dim=3 is not allowed; give 0 \\(none\\) or at least 4"),
 ])
 def test_bad_guidance_range_config_is_one_line_error(over, message):
     with pytest.raises(DiffkitError, match=message) as err:

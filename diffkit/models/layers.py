@@ -147,7 +147,7 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     :func:`timestep_embedding`); an odd ``dim`` gets a zero last column. Computed in float32."""
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * (-math.log(10000.0) / (half - 1)))
-    args = (w.to(torch.float32) * 1000.0)[:, None] * freqs[None, :]
+    args = (w * 1000.0).to(torch.float32)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))

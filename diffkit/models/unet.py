@@ -132,6 +132,12 @@ class UNet(nn.Module):
             raise DiffkitError("w was given but the U-Net has no guidance-scale input; set guidance_embedding_dim")
         cond = None
         if w is not None:
+            if not torch.is_tensor(w):
+                try:
+                    w = torch.as_tensor(w, dtype=torch.float32)
+                except (TypeError, ValueError, RuntimeError):
+                    raise DiffkitError(f"w={w!r} is not allowed; give guidance weights as a number or a tensor "
+                                       f"of shape ({batch},)") from None
             w_shape = tuple(getattr(w, "shape", ()))
             if w_shape not in ((), (1,), (batch,)) or getattr(w, "is_complex", lambda: False)():
                 raise DiffkitError(f"w of shape {w_shape} is not allowed; give one guidance weight or ({batch},)")
