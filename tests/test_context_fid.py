@@ -15,7 +15,8 @@ from diffkit import Denoiser, DiffkitError, NoiseSchedule
 from diffkit.analytic import GaussianMixture, gaussian_ode_solution
 from diffkit.losses import training_losses
 from diffkit.metrics.context_fid import context_fid, context_fid_statistics, train_context_fid_encoder
-from diffkit.metrics.ts2vec import (TS2VecConfig, TS2VecEncoder, hierarchical_contrastive_loss, random_crops,
+from diffkit.metrics.ts2vec import (TS2VecConfig, TS2VecEncoder, authors_iterations, hierarchical_contrastive_loss,
+                                    random_crops,
                                     ts2vec_embeddings)
 from diffkit.models.temporal import TemporalUNet, TemporalUNetConfig
 from diffkit.samplers.registry import REGISTRY
@@ -195,6 +196,72 @@ def test_encoder_training_is_seeded():
     assert not a.training and not any(p.requires_grad for p in a.parameters())
     with pytest.raises(DiffkitError, match="series of shape"):
         train_context_fid_encoder(torch.zeros(5, 24), iterations=1)
+
+
+def test_the_encoder_kept_is_the_mean_of_the_initial_weights_and_every_iterate(monkeypatch):
+    """The authors' TS2Vec.fit averages (AveragedModel) the initial weights and each iterate."""
+    snapshots, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        snapshots.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        return out
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    encoder = train_context_fid_encoder(sines(40, seed=1), iterations=4, seed=5, config=SMALL)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)  # the documented seeding of the initial weights
+        initial = [p.detach().clone() for p in TS2VecEncoder(SMALL).parameters()]
+    assert len(snapshots) == 4
+    for i, p in enumerate(encoder.parameters()):
+        torch.testing.assert_close(p, (initial[i] + sum(s[i] for s in snapshots)) / 5, rtol=1e-5, atol=1e-6)
+
+
+def test_iterations_follow_the_authors_rule_and_embeddings_use_eval_mode(monkeypatch, encoder):
+    assert (authors_iterations(100_000), authors_iterations(100_001)) == (200, 600)
+    assert authors_iterations(2000 * 5 * 24) == 600  # the Sines benchmark's real set
+    steps, step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
+    tiny = TS2VecConfig(input_dims=5, hidden_dims=4, output_dims=4, depth=1)
+    train_context_fid_encoder(sines(20, length=8, seed=1), seed=0, config=tiny)  # 800 values
+    assert len(steps) == 200
+    data = sines(30, seed=7)
+    want = ts2vec_embeddings(encoder, data)
+    encoder.train()  # masks and dropout must be off for the embeddings, and the mode restored
+    try:
+        np.testing.assert_array_equal(ts2vec_embeddings(encoder, data), want)
+        assert encoder.training
+    finally:
+        encoder.eval()
+
+
+def test_context_fid_refuses_non_finite_series_and_training_drops_all_nan_series(encoder):
+    real, fake = sines(50, seed=2), sines(50, seed=3)
+    fake[3, 1, 4] = float("nan")
+    with pytest.raises(DiffkitError, match="1 of 50 series hold NaN or infinite values"):
+        context_fid(encoder, real, fake)
+    with pytest.raises(DiffkitError, match="series of shape"):
+        context_fid(encoder, real, fake[:0])
+    data = sines(40, seed=1)
+    padded = torch.cat([data, torch.full((3, 5, 24), float("nan"))])
+    a = train_context_fid_encoder(padded, iterations=3, seed=5, config=SMALL)
+    b = train_context_fid_encoder(data, iterations=3, seed=5, config=SMALL)
+    np.testing.assert_array_equal(ts2vec_embeddings(a, data), ts2vec_embeddings(b, data))
+
+
+def test_bad_time_series_inputs_are_one_line_errors():
+    for bad in ({"hidden_dims": 0}, {"output_dims": 0}, {"kernel_size": 0}, {"dropout": 1.5}):
+        with pytest.raises(DiffkitError, match=next(iter(bad))):
+            TS2VecEncoder(TS2VecConfig(input_dims=5, **bad))
+    enc = TS2VecEncoder(SMALL)
+    with pytest.raises(DiffkitError, match=r"mask of shape \(2, 5\) is not allowed; expected \(2, 24\)"):
+        enc(sines(2, seed=0), mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(DiffkitError, match="temporal_unit=4 needs crops of at least 2\\^\\(temporal_unit \\+ 1\\) = 32"):
+        train_context_fid_encoder(sines(10, seed=0), iterations=1, config=SMALL, temporal_unit=4)
+    net = TemporalUNet(TemporalUNetConfig(in_channels=5, model_channels=8, channel_mult=(1, 2)))
+    with pytest.raises(DiffkitError, match=r"t has shape \(3,\)"):
+        net(torch.zeros(2, 5, 8), torch.zeros(3))
+    with pytest.raises(DiffkitError, match="dropout=2"):
+        TemporalUNet(TemporalUNetConfig(dropout=2.0))
 
 
 # --------------------------------------------------------------------------- sampling (B, C, L)

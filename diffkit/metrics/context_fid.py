@@ -30,8 +30,9 @@ def context_fid(encoder: TS2VecEncoder, real, generated, batch_size: int = 256) 
                                      context_fid_statistics(encoder, generated, batch_size))
 
 
-def train_context_fid_encoder(real, iterations: int = 200, *, seed: int = 0, device="cpu",
+def train_context_fid_encoder(real, iterations: Optional[int] = None, *, seed: int = 0, device="cpu",
                               config: Optional[TS2VecConfig] = None, **options) -> TS2VecEncoder:
     """The Context-FID encoder: TS2Vec trained on the real series (defaults of the authors' code:
-    200 iterations of batches of 8, AdamW lr 1e-3, 64 hidden / 320 output dims, depth 10)."""
+    200 iterations of batches of 8 for at most 100,000 values N C L, else 600, AdamW lr 1e-3,
+    64 hidden / 320 output dims, depth 10)."""
     return train_ts2vec(real, iterations, seed=seed, device=device, config=config, **options)

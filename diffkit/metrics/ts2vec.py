@@ -1,24 +1,25 @@
 """TS2Vec: the multivariate-time-series encoder that Context-FID uses in place of Inception.
 
-Yue et al. 2022, "TS2Vec: Towards Universal Representation of Time Series" (AAAI), Sec. 3:
+Yue et al. 2022, "TS2Vec: Towards Universal Representation of Time Series" (AAAI), Sec. 3.2-3.4:
 
-* input projection: a linear map of each timestamp's C values to ``hidden_dims`` (Sec. 3.1);
+* input projection: a linear map of each timestamp's C values to ``hidden_dims`` (Sec. 3.2);
 * timestamp masking: during training each timestamp's latent vector is zeroed with probability
-  1/2 (a Bernoulli mask per series and timestamp; Sec. 3.1);
+  1/2 (a Bernoulli mask per series and timestamp; Sec. 3.2);
 * a dilated-convolution encoder: ``depth + 1`` residual blocks, block i holding two GELU-then-conv
-  layers of kernel 3 and dilation 2^i with "same" padding (Sec. 3.1), a 1x1 projection on the skip
+  layers of kernel 3 and dilation 2^i with "same" padding (Sec. 3.2), a 1x1 projection on the skip
   path where the width changes and on the last block, then dropout 0.1 on the output;
 * random cropping: two overlapping windows [a1, b1] and [a2, b2] with 0 <= a1 <= a2 <= b1 <= b2 <= T
-  of each series; only the overlap [a2, b1] is contrasted (Sec. 3.1);
-* the hierarchical contrastive loss (Alg. 1): the dual loss of eq. (3), the temporal term eq. (1)
+  of each series; only the overlap [a2, b1] is contrasted (Sec. 3.3, contextual consistency);
+* the hierarchical contrastive loss (Sec. 3.4, Alg. 1): the dual loss of eq. (3), the temporal term eq. (1)
   plus the instance term eq. (2), at the full time resolution and again after each max-pooling of
   both views by 2 along time, averaged over the levels.
 
 Details of the authors' code (github.com/zhihanyue/ts2vec) that the paper leaves open are
 followed and named where they apply: each term averages both views as anchors, the two terms
 weigh ``alpha = 0.5`` and ``1 - alpha``, training uses AdamW (lr 1e-3), batches of 8 and 200
-iterations for small data sets, and the encoder used afterwards is the running equal-weight
-average of the training iterates (``torch.optim.swa_utils.AveragedModel``).
+iterations where the data hold at most 100,000 values (N C L), else 600, series that are all NaN are
+dropped, and the encoder used afterwards is the running equal-weight average of the initial weights
+and the training iterates (``torch.optim.swa_utils.AveragedModel``).
 
 Series enter in diffkit's layout ``(N, C, L)`` (channels, then time), like a 1-D image.
 """
@@ -69,7 +70,7 @@ class _DilatedBlock(nn.Module):
 
 
 class TS2VecEncoder(nn.Module):
-    """Timestamp-level representations ``(N, L, output_dims)`` of series ``(N, C, L)`` (TS2Vec Sec. 3.1).
+    """Timestamp-level representations ``(N, L, output_dims)`` of series ``(N, C, L)`` (TS2Vec Sec. 3.2).
 
     In training mode the timestamp mask and the dropout are applied; in eval mode neither."""
 
@@ -77,6 +78,9 @@ class TS2VecEncoder(nn.Module):
         super().__init__()
         check_range("input_dims", config.input_dims, 1, None, integer=True)
         check_range("depth", config.depth, 0, None, integer=True)
+        for name in ("hidden_dims", "output_dims", "kernel_size"):
+            check_range(name, getattr(config, name), 1, None, integer=True)
+        check_range("dropout", config.dropout, 0.0, 1.0, high_inclusive=False)
         check_range("mask_keep", config.mask_keep, 0.0, 1.0, low_inclusive=False)
         self.config = config
         self.input_fc = nn.Linear(config.input_dims, config.hidden_dims)
@@ -101,11 +105,14 @@ class TS2VecEncoder(nn.Module):
         x = x.transpose(1, 2)                                  # (N, L, C): one vector per timestamp
         observed = ~torch.isnan(x).any(dim=-1)
         h = self.input_fc(torch.where(observed[..., None], x, torch.zeros_like(x)))
+        if mask is not None and tuple(mask.shape) != tuple(h.shape[:2]):
+            raise DiffkitError(f"mask of shape {tuple(mask.shape)} is not allowed; expected {tuple(h.shape[:2])} "
+                               "(series, timestamps), True where kept")
         if mask is None:
             mask = (torch.rand(h.shape[:2], generator=generator) < self.config.mask_keep).to(h.device) \
                 if self.training else torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         mask = mask & observed
-        h = h * mask[..., None].to(h.dtype)                    # timestamp masking (Sec. 3.1)
+        h = h * mask[..., None].to(h.dtype)                    # timestamp masking (Sec. 3.2)
         return self.dropout(self.blocks(h.transpose(1, 2))).transpose(1, 2)
 
 
@@ -159,7 +166,7 @@ def hierarchical_contrastive_loss(z1: Tensor, z2: Tensor, alpha: float = 0.5, te
 
 # --------------------------------------------------------------------------- training
 def random_crops(length: int, batch: int, rng: np.random.Generator, min_length: int = 2):
-    """Two overlapping windows per series (TS2Vec Sec. 3.1, "contextual consistency"): overlap
+    """Two overlapping windows per series (TS2Vec Sec. 3.3, "contextual consistency"): overlap
     length l ~ U{min_length..T}, overlap [a2, b1) placed uniformly, view 1 = [a1, b1) with
     a1 ~ U{0..a2}, view 2 = [a2, b2) with b2 ~ U{b1..T}; both views of series n are shifted by one
     offset ~ U{-a1..T-b2} (authors' code). Returns (start1 (batch,), len1, start2 (batch,), len2, l):
@@ -179,7 +186,13 @@ def _windows(x: Tensor, starts: np.ndarray, width: int) -> Tensor:
     return torch.gather(x, 2, index[:, None, :].expand(-1, x.shape[1], -1))
 
 
-def train_ts2vec(series, iterations: int = 200, *, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
+def authors_iterations(num_values: int) -> int:
+    """The authors' number of training iterations (``TS2Vec.fit``): 200 for at most 100,000 values
+    (N C L of the training series), else 600."""
+    return 200 if num_values <= 100_000 else 600
+
+
+def train_ts2vec(series, iterations: Optional[int] = None, *, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
                  device="cpu", config: Optional[TS2VecConfig] = None, alpha: float = 0.5,
                  temporal_unit: int = 0) -> TS2VecEncoder:
     """Train a TS2Vec encoder on ``series`` (N, C, L) (the Context-FID recipe: on the real data)
@@ -187,12 +200,26 @@ def train_ts2vec(series, iterations: int = 200, *, batch_size: int = 8, lr: floa
 
     Each iteration takes the next ``batch_size`` series of a seeded shuffle, crops two overlapping
     views, masks and encodes them, and steps AdamW on :func:`hierarchical_contrastive_loss` of the
-    overlap. 200 iterations of 8 is the authors' default for data sets of up to 100,000 series."""
+    overlap. ``iterations`` None: the authors' rule, 200 (of batches of 8) where the series hold at
+    most 100,000 values (N C L), else 600. Series that are NaN throughout are dropped (the authors'
+    code); other NaNs are missing timestamps, masked."""
     series = torch.as_tensor(series, dtype=torch.float32)
     if series.ndim != 3 or series.shape[0] < 2 or series.shape[2] < 2:
         raise DiffkitError(f"series of shape {tuple(series.shape)} are not allowed; expected (num_series >= 2, "
                            "channels, length >= 2)")
+    if series.ndim == 3:
+        series = series[~torch.isnan(series).flatten(1).all(dim=1)]
+    if series.ndim != 3 or series.shape[0] < 2 or series.shape[2] < 2:
+        raise DiffkitError(f"series of shape {tuple(series.shape)} (after dropping all-NaN series) are not "
+                           "allowed; expected (num_series >= 2, channels, length >= 2)")
+    if torch.isinf(series).any():
+        raise DiffkitError("the series hold infinite values; give finite values (NaN marks a missing timestamp)")
+    iterations = authors_iterations(series.numel()) if iterations is None else iterations
     check_range("iterations", iterations, 1, None, integer=True)
+    check_range("temporal_unit", temporal_unit, 0, None, integer=True)
+    if 2 ** (temporal_unit + 1) > series.shape[2]:
+        raise DiffkitError(f"temporal_unit={temporal_unit} needs crops of at least 2^(temporal_unit + 1) = "
+                           f"{2 ** (temporal_unit + 1)} timestamps; the series have {series.shape[2]}")
     check_range("batch_size", batch_size, 2, None, integer=True)
     check_range("lr", lr, 0.0, None, low_inclusive=False)
     config = config or TS2VecConfig(input_dims=series.shape[1])
@@ -201,21 +228,23 @@ def train_ts2vec(series, iterations: int = 200, *, batch_size: int = 8, lr: floa
                            f"{series.shape[1]} channels")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # the caller's random state, on every device torch.manual_seed seeds, is kept
         torch.manual_seed(seed)
         net = TS2VecEncoder(config)
     net.to(device).train()
     averaged = torch.optim.swa_utils.AveragedModel(net)
+    averaged.update_parameters(net)  # the initial weights are the average's first member (authors' code)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr)
     order, cursor = rng.permutation(series.shape[0]), 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():
         torch.manual_seed(seed)  # the dropout masks
         for _ in range(iterations):
             if cursor + batch_size > len(order):
                 order, cursor = rng.permutation(series.shape[0]), 0
             batch = series[order[cursor:cursor + batch_size]].to(device)
             cursor += batch_size
-            start1, len1, start2, len2, overlap = random_crops(batch.shape[2], batch.shape[0], rng)
+            start1, len1, start2, len2, overlap = random_crops(batch.shape[2], batch.shape[0], rng,
+                                                               min_length=2 ** (temporal_unit + 1))
             out1 = net(_windows(batch, start1, len1), generator=generator)[:, -overlap:]
             out2 = net(_windows(batch, start2, len2), generator=generator)[:, :overlap]
             loss = hierarchical_contrastive_loss(out1, out2, alpha, temporal_unit)
@@ -231,8 +260,17 @@ def train_ts2vec(series, iterations: int = 200, *, batch_size: int = 8, lr: floa
 @torch.no_grad()
 def ts2vec_embeddings(encoder: TS2VecEncoder, series, batch_size: int = 256) -> np.ndarray:
     """Series-level embeddings (N, output_dims): the encoder's output max-pooled over all
-    timestamps (TS2Vec Sec. 3.3, "instance-level representation"; the Context-FID features), float64."""
+    timestamps (the instance-level representation of TS2Vec's classification protocol, Sec. 4.1;
+    the Context-FID features), float64. Series must be finite: a NaN here is a failed generator,
+    not a missing value, and would otherwise be scored."""
     series = torch.as_tensor(series, dtype=torch.float32)
+    if series.ndim != 3 or series.shape[0] < 1 or series.shape[2] < 1:
+        raise DiffkitError(f"series of shape {tuple(series.shape)} are not allowed; expected (num_series >= 1, "
+                           "channels, length >= 1)")
+    if not torch.isfinite(series).all():
+        bad = int((~torch.isfinite(series)).flatten(1).any(dim=1).sum())
+        raise DiffkitError(f"{bad} of {series.shape[0]} series hold NaN or infinite values; Context-FID needs "
+                           "finite series")
     check_range("batch_size", batch_size, 1, None, integer=True)
     device = next(encoder.parameters()).device
     was_training = encoder.training

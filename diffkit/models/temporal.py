@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import DiffkitError, check_range
 from .layers import norm_groups, timestep_embedding, zero_module
+from .unet import broadcast_time
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class TemporalUNet(nn.Module):
         check_range("in_channels", config.in_channels, 1, None, integer=True)
         check_range("model_channels", config.model_channels, 1, None, integer=True)
         check_range("num_res_blocks", config.num_res_blocks, 1, None, integer=True)
+        check_range("dropout", config.dropout, 0.0, 1.0, high_inclusive=False)
         if not config.channel_mult:
             raise DiffkitError("channel_mult=() is not allowed; give at least one level, e.g. (1, 2, 2)")
         self.config = config
@@ -89,7 +91,7 @@ class TemporalUNet(nn.Module):
         if x.ndim != 3 or x.shape[1] != self.config.in_channels or x.shape[2] % factor:
             raise DiffkitError(f"series of shape {tuple(x.shape)} are not allowed; expected (batch, "
                                f"{self.config.in_channels}, length) with length a multiple of {factor}")
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        t = broadcast_time(t, x.shape[0], x.device)  # one shared rule (and error) with the image U-Net
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
         h = self.conv_in(x)
         skips = [h]
