@@ -343,6 +343,12 @@ class TrainConfig:
         if self.consistency_skip is not None:
             raise DiffkitError(f"consistency_skip={self.consistency_skip} sets the 'fixed' grid; "
                                f"consistency_curriculum={kind!r} grows its own grid: drop consistency_skip")
+        if self.zero_terminal_snr:
+            raise DiffkitError(f"consistency_curriculum={kind!r} spaces its grid in sigma up to sigma(T - 1), "
+                               f"which zero_terminal_snr=True makes infinite; use zero_terminal_snr=False")
+        if kind == "cm" and self.consistency_s0 is not None and self.consistency_s0 < 2:
+            raise DiffkitError(f"consistency_s0={self.consistency_s0} is not allowed with consistency_curriculum='cm'; "
+                               f"N(0) = s0 points need s0 >= 2 (CM: 2)")
         if kind == "ict" and self.consistency_target_ema:
             raise DiffkitError(f"consistency_target_ema={self.consistency_target_ema} is not allowed with "
                                f"consistency_curriculum='ict' (its target is stopgrad(theta), mu = 0, iCT Sec. 3.2); "

@@ -66,12 +66,14 @@ class ConsistencyDenoiser(Wrapper):
     guidance_range = None  # set per instance (a plain attribute over Wrapper's forwarding property)
 
     def __init__(self, inner, sigma_data: float = SIGMA_DATA, timestep_scaling: float = TIMESTEP_SCALING,
-                 grid=None, guidance_range=None):
+                 grid=None, guidance_range=None, curriculum: str = "fixed"):
         check_range("consistency_sigma_data", sigma_data, 0.0, None, low_inclusive=False)
         check_range("consistency_timestep_scaling", timestep_scaling, 0.0, None, low_inclusive=False)
         self.inner, self.sigma_data, self.timestep_scaling = inner, float(sigma_data), float(timestep_scaling)
         grid = distillation_grid(inner.schedule.num_timesteps) if grid is None else grid
-        self._source_times = source_times(grid)
+        # a curriculum's grid (EDM spacing) starts 0, 1, 2, ... once it is fine: its boundary is no source time
+        self._source_times = source_times(grid) if curriculum == "fixed" else \
+            torch.as_tensor(grid, dtype=torch.float64).flatten()[1:]
         self.guidance_range = None if guidance_range is None else tuple(float(w) for w in guidance_range)
         self.default_guidance = None if guidance_range is None else sum(self.guidance_range) / 2
 

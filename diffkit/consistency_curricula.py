@@ -194,7 +194,8 @@ class Curriculum:
 
     def meta(self) -> dict:
         """The resolved fields, for the checkpoint's ``consistency`` entry."""
-        return {"curriculum": self.kind, "target_ema": self.mu0, "s0": self.s0, "s1": self.s1}
+        return {"curriculum": self.kind, "target_ema": self.mu0, "s0": self.s0, "s1": self.s1,
+                "total_steps": None if self.kind == "fixed" else self.K}
 
 
 __all__ = ["Curriculum", "CurriculumStep", "CURRICULA", "cm_points", "cm_target_ema", "ict_points",

@@ -135,7 +135,8 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
         from .consistency import ConsistencyDenoiser
         entry = meta["consistency"]  # it samples from the source times of the grid it was distilled on
         return ConsistencyDenoiser(d, entry["sigma_data"], entry["timestep_scaling"], entry.get("grid") or None,
-                                   entry.get("guidance_range"))  # a w-conditioned model's [w_min, w_max]
+                                   entry.get("guidance_range"),  # a w-conditioned model's [w_min, w_max]
+                                   curriculum=entry.get("curriculum", "fixed"))
     return d
 
 

@@ -377,7 +377,8 @@ class Trainer:
             def consistency_function(net):
                 return ConsistencyDenoiser(Denoiser(net, self.schedule, cfg.prediction_type, cfg.learned_variance),
                                            cfg.consistency_sigma_data, cfg.consistency_timestep_scaling,
-                                           self.curriculum.at(0).grid, cfg.consistency_guidance_range)
+                                           self.curriculum.at(0).grid, cfg.consistency_guidance_range,
+                                           cfg.consistency_curriculum)
             self.student = consistency_function(self.forward)
             if self.curriculum.uses_target_network:  # CM's EMA target theta-, starting at theta (CM Alg. 2/3)
                 self.target_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -568,8 +569,14 @@ class Trainer:
                 was, has = (saved[key], now[key]) if key != "grid" else (saved.get("skip"), now["skip"])
                 if key == "grid" and was == has:  # the same skip name, another grid (written by another version)
                     was, has = f"a grid of {len(saved[key])} times", f"{len(now[key])}"
+                why = ("the weights stand for that function" if key in ("sigma_data", "timestep_scaling", "grid")
+                       else "it decides what the run learns from")
                 raise DiffkitError(f"{path} was trained with {field}={was!r}, this run has {has!r}; an exact resume "
-                                   f"needs the same {field} (the weights stand for that function)")
+                                   f"needs the same {field} ({why})")
+        if now["curriculum"] != "fixed" and saved.get("total_steps") not in (None, now["total_steps"]):
+            raise DiffkitError(f"{path} follows consistency_curriculum={now['curriculum']!r} over K="
+                               f"{saved['total_steps']} steps, this run has K={now['total_steps']}; N(k) and mu(k) "
+                               f"depend on K: resume with the same total steps (--steps {saved['total_steps']})")
         old, new = saved.get("teacher_sha256"), getattr(self, "teacher_digest", None)
         if old and new and old != new:
             raise DiffkitError(f"the teacher {self.cfg.teacher} is not the one {path} was distilled from (its weights "
@@ -582,7 +589,8 @@ class Trainer:
                 "sigma_data": self.cfg.consistency_sigma_data,
                 "timestep_scaling": self.cfg.consistency_timestep_scaling,
                 "skip": self.cfg.consistency_skip,
-                "grid": [int(t) for t in self.consistency_grid.tolist()],
+                # the grid of the last step trained (a curriculum's grid changes with the step)
+                "grid": [int(t) for t in self.curriculum.at(max(self.step - 1, 0)).grid.tolist()],
                 "distance": self.cfg.consistency_distance,
                 "guidance": self.cfg.consistency_guidance,
                 "guidance_range": self.cfg.consistency_guidance_range, **self.curriculum.meta()}

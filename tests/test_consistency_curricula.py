@@ -13,6 +13,7 @@ from diffkit.config import TrainConfig
 from diffkit.consistency import consistency_loss, distillation_grid
 from diffkit.consistency_curricula import (Curriculum, CurriculumStep, cm_points, cm_target_ema, curriculum_grid,
                                            ict_points, ict_stage_steps, ict_weights, lognormal_pair_probabilities)
+from diffkit.loading import load_denoiser
 from diffkit.schedule import NoiseSchedule
 from diffkit.training import Trainer
 
@@ -249,8 +250,10 @@ def test_resume_in_the_middle_of_a_curriculum_is_bitwise(tmp_path, over, assert_
     assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
                                tmp_path / "b" / "ckpt" / "latest.safetensors", 7)
     final = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")[1]["consistency"]
-    if "consistency_curriculum" in over:  # the checkpoint's grid is the last one: s1 intervals
-        assert len(final["grid"]) == over["consistency_s1"] + 1
+    if over.get("consistency_curriculum") == "cm":  # the checkpoint's grid is the last step's (k = 6 of 7)
+        assert len(final["grid"]) == cm_points(6, 7, 2, 20) == 20  # N points, N - 1 intervals
+        assert load_denoiser(tmp_path / "a" / "ckpt" / "latest.safetensors").consistency_times.tolist() == \
+            final["grid"][1:]  # a curriculum's boundary t = 0 is no source time, however fine the grid
 
 
 def test_a_resume_keeps_the_curriculum_and_the_target_decay(tmp_path):
@@ -261,9 +264,13 @@ def test_a_resume_keeps_the_curriculum_and_the_target_decay(tmp_path):
                            "consistency_target_ema=0.9, this run has 0.5"),
                           ({"consistency_curriculum": "cm", "consistency_s1": 40},
                            "consistency_s1=150, this run has 40"),
-                          ({}, "consistency_curriculum='cm', this run has 'fixed'")]:
+                          ({"consistency_curriculum": "cm", "consistency_s0": 3}, "consistency_s0=2, this run has 3"),
+                          ({}, "consistency_curriculum='cm', this run has 'fixed'"),
+                          ({"consistency_curriculum": "cm", "max_steps": 8},
+                           r"over K=4 steps, this run has K=8; .* resume with the same total steps \(--steps 4\)")]:
         with pytest.raises(DiffkitError, match=message) as err:
-            Trainer(_ct(tmp_path, max_steps=4, training_load_weight=part, **over), tiny_dataset(), progress=False).run()
+            Trainer(_ct(tmp_path, **{"max_steps": 4, "training_load_weight": part, **over}), tiny_dataset(),
+                    progress=False).run()
         assert "\n" not in str(err.value)
 
 
@@ -291,6 +298,10 @@ def test_bf16_training_with_an_ema_target_runs_and_exports_without_it(tmp_path):
      "consistency_s1=10 is below consistency_s0=20"),
     ({"objective": "consistency-training", "consistency_curriculum": "ict", "consistency_target_ema": 0.9},
      "consistency_target_ema=0.9 is not allowed with consistency_curriculum='ict'"),
+    ({"objective": "consistency-training", "consistency_curriculum": "cm", "consistency_s0": 1},
+     "consistency_s0=1 is not allowed with consistency_curriculum='cm'"),
+    ({"objective": "consistency-training", "consistency_curriculum": "ict", "zero_terminal_snr": True,
+      "prediction_type": "v_prediction"}, "consistency_curriculum='ict' spaces its grid in sigma up to sigma"),
     ({"objective": "consistency-training", "consistency_curriculum": "ict", "consistency_skip": 20},
      "consistency_skip=20 sets the 'fixed' grid"),
     ({"objective": "consistency-distillation", "teacher": "t.safetensors", "consistency_curriculum": "cm"},
