@@ -17,6 +17,7 @@ from diffkit.loading import load_denoiser
 from diffkit.schedule import NoiseSchedule
 from diffkit.training import Trainer
 
+from test_consistency_training import batch_loss_and_uniform_draws
 from test_training import TINY, make_cfg, tiny_dataset
 
 
@@ -192,11 +193,7 @@ def test_the_batch_loss_uses_the_target_network_and_the_ict_weights(tmp_path):
     tr = Trainer(_ct(tmp_path, dropout=0.0, consistency_target_ema=0.5, max_steps=2), tiny_dataset(), progress=False)
     tr.train_step(next(iter(tr._epoch_batches(0))))  # theta- now differs from theta
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    state = tr.generator.get_state()
-    got = tr._micro_batch_loss(images, torch.zeros(8))
-    tr.generator.set_state(state)
-    n = torch.randint(len(tr.consistency_grid) - 1, (8,), generator=tr.generator)
-    noise = torch.randn(images.shape, generator=tr.generator)
+    got, n, noise, _ = batch_loss_and_uniform_draws(tr, images, torch.zeros(8))
     g = tr.consistency_grid
     want = consistency_loss(tr.student, images, noise, g[n + 1], g[n], target=tr.target).mean()
     torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -19,6 +19,7 @@ from diffkit.models.unet import UNet, UNetConfig
 from diffkit.schedule import NoiseSchedule
 from diffkit.training import Trainer
 
+from test_consistency_training import batch_loss_and_uniform_draws
 from test_training import TINY, make_cfg, tiny_dataset
 
 RANGE = [2.0, 6.0]
@@ -157,12 +158,8 @@ def test_distillation_draws_w_per_example_for_teacher_and_student(tmp_path, cond
                                           with_kwargs=True)
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
     labels = torch.arange(8) % 4
-    state = tr.generator.get_state()
-    got = tr._micro_batch_loss(images, labels)
+    got, n, noise, _ = batch_loss_and_uniform_draws(tr, images, labels)
     hook.remove()
-    tr.generator.set_state(state)
-    n = torch.randint(len(tr.consistency_grid) - 1, (8,), generator=tr.generator)
-    noise = torch.randn(images.shape, generator=tr.generator)
     drop = torch.rand(8, generator=tr.generator) < tr.cfg.p_uncond
     w = RANGE[0] + (RANGE[1] - RANGE[0]) * torch.rand(8, generator=tr.generator, dtype=torch.float64)
     assert ((w >= RANGE[0]) & (w <= RANGE[1])).all() and len(set(w.tolist())) == 8

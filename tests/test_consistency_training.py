@@ -181,6 +181,18 @@ def test_a_resume_keeps_the_teacher_and_the_parameterisation(tmp_path, teacher):
                    progress=False).run().steps == 4
 
 
+def batch_loss_and_uniform_draws(tr, images, labels):
+    """The Trainer's batch loss, then its generator rewound and its draws replayed by hand as the
+    documented order says: a uniform pair index n per sample of the step's grid, then the noise.
+    Returns (loss, n, noise, generator) with the generator positioned after the noise."""
+    state = tr.generator.get_state()
+    got = tr._micro_batch_loss(images, labels)
+    tr.generator.set_state(state)
+    n = torch.randint(len(tr.consistency_grid) - 1, (images.shape[0],), generator=tr.generator)
+    noise = torch.randn(images.shape, generator=tr.generator)
+    return got, n, noise, tr.generator
+
+
 @pytest.mark.parametrize("objective", ["consistency-distillation", "consistency-training"])
 def test_the_trainers_loss_is_the_consistency_loss_of_its_draws(tmp_path, teacher, objective):
     """The Trainer's batch loss is consistency_loss (tested against closed forms in
@@ -191,11 +203,7 @@ def test_the_trainers_loss_is_the_consistency_loss_of_its_draws(tmp_path, teache
     extra = {"teacher": str(teacher)} if objective == "consistency-distillation" else {}
     tr = Trainer(make_cfg(tmp_path, objective=objective, dropout=0.0, **extra), tiny_dataset(), progress=False)
     images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    state = tr.generator.get_state()
-    got = tr._micro_batch_loss(images, torch.zeros(8))
-    tr.generator.set_state(state)
-    n = torch.randint(len(tr.consistency_grid) - 1, (8,), generator=tr.generator)
-    noise = torch.randn(images.shape, generator=tr.generator)
+    got, n, noise, _ = batch_loss_and_uniform_draws(tr, images, torch.zeros(8))
     t_now, t_next = tr.consistency_grid[n], tr.consistency_grid[n + 1]
     assert (t_next > t_now).all()
     want = consistency_loss(tr.student, images, noise, t_next, t_now, teacher=tr.teacher).mean()
