@@ -165,7 +165,8 @@ def main(argv=None) -> None:
         "command": "python benchmarks/context_fid_sines.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": vars(args), "unet_parameters": num_parameters(net), "final_train_loss": final_loss,
         "train_seconds": train_seconds, "metric_seconds": metric_seconds,
-        "total_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(), "torch": torch.__version__, "rows": rows,
+        "total_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(),
+        "torch": torch.__version__, "rows": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -573,10 +573,11 @@ class Trainer:
                        else "it decides what the run learns from")
                 raise DiffkitError(f"{path} was trained with {field}={was!r}, this run has {has!r}; an exact resume "
                                    f"needs the same {field} ({why})")
-        if now["curriculum"] != "fixed" and saved.get("total_steps") not in (None, now["total_steps"]):
-            raise DiffkitError(f"{path} follows consistency_curriculum={now['curriculum']!r} over K="
-                               f"{saved['total_steps']} steps, this run has K={now['total_steps']}; N(k) and mu(k) "
-                               f"depend on K: resume with the same total steps (--steps {saved['total_steps']})")
+        saved_k = saved.get("total_steps", meta.get("total_steps"))  # (the run's own K, for earlier checkpoints)
+        if now["curriculum"] != "fixed" and saved_k not in (None, now["total_steps"]):
+            raise DiffkitError(f"{path} follows consistency_curriculum={now['curriculum']!r} over K={saved_k} steps, "
+                               f"this run has K={now['total_steps']}; N(k) and mu(k) depend on K: resume with the "
+                               f"same total steps (--steps {saved_k})")
         old, new = saved.get("teacher_sha256"), getattr(self, "teacher_digest", None)
         if old and new and old != new:
             raise DiffkitError(f"the teacher {self.cfg.teacher} is not the one {path} was distilled from (its weights "
@@ -734,8 +735,11 @@ class Trainer:
         if cfg.training_load_weight:
             self.load(cfg.training_load_weight)
             if self.step >= self.total_steps:
+                more = ("its consistency curriculum ends there (N(k), mu(k) depend on K): start a new run to train "
+                        "longer" if cfg.consistency_curriculum != "fixed" else f"give more steps (--steps above "
+                        f"{self.step})")
                 raise DiffkitError(f"{cfg.training_load_weight} is at step {self.step}, and this run ends at step "
-                                   f"{self.total_steps}: nothing to train; give more steps (--steps above {self.step})")
+                                   f"{self.total_steps}: nothing to train; {more}")
             self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (checkpoint_step(p) or 0) > self.step)

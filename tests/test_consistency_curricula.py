@@ -247,8 +247,9 @@ def test_resume_in_the_middle_of_a_curriculum_is_bitwise(tmp_path, over, assert_
     assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
                                tmp_path / "b" / "ckpt" / "latest.safetensors", 7)
     final = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")[1]["consistency"]
-    if over.get("consistency_curriculum") == "cm":  # the checkpoint's grid is the last step's (k = 6 of 7)
-        assert len(final["grid"]) == cm_points(6, 7, 2, 20) == 20  # N points, N - 1 intervals
+    if "consistency_curriculum" in over:  # the checkpoint's grid is the last step's (k = 6 of 7)
+        points = cm_points(6, 7, 2, 20) if over["consistency_curriculum"] == "cm" else ict_points(6, 7, 2, 16)
+        assert len(final["grid"]) == points == (20 if over["consistency_curriculum"] == "cm" else 17)
         assert load_denoiser(tmp_path / "a" / "ckpt" / "latest.safetensors").consistency_times.tolist() == \
             final["grid"][1:]  # a curriculum's boundary t = 0 is no source time, however fine the grid
 
@@ -271,7 +272,7 @@ def test_a_resume_keeps_the_curriculum_and_the_target_decay(tmp_path):
         assert "\n" not in str(err.value)
 
 
-def test_bf16_training_with_an_ema_target_runs_and_exports_without_it(tmp_path):
+def test_bf16_training_with_an_ema_target_runs_and_exports_without_it(tmp_path, capsys):
     """Mixed precision: the target's call runs under the same autocast; the sampled weights
     (the Trainer's EMA) export without the target network, which only a resume needs."""
     from diffkit.loading import export_weights, load_denoiser
@@ -281,6 +282,13 @@ def test_bf16_training_with_an_ema_target_runs_and_exports_without_it(tmp_path):
     out = export_weights(res.checkpoint, tmp_path / "w.safetensors")
     assert not any(k.startswith("target.") for k in ckpt.load_checkpoint(out)[0])
     assert load_denoiser(out).meta["consistency"]["curriculum"] == "cm"
+    from diffkit.cli import main
+    assert main(["convert", "--checkpoint", str(out), "--to-diffusers", str(tmp_path / "hf")]) == 2
+    assert "consistency_curriculum='cm' samples from its EDM-spaced grid" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(DiffkitError, match="its consistency curriculum ends there .* start a new run"):
+        Trainer(_ct(tmp_path, max_steps=2, mixed_precision="bf16", consistency_curriculum="cm",
+                    training_load_weight=str(res.checkpoint)), tiny_dataset(), progress=False).run()
 
 
 @pytest.mark.parametrize("over,message", [

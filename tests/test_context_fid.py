@@ -255,7 +255,7 @@ def test_bad_time_series_inputs_are_one_line_errors():
     enc = TS2VecEncoder(SMALL)
     with pytest.raises(DiffkitError, match=r"mask of shape \(2, 5\) is not allowed; expected \(2, 24\)"):
         enc(sines(2, seed=0), mask=torch.ones(2, 5, dtype=torch.bool))
-    with pytest.raises(DiffkitError, match="temporal_unit=4 needs crops of at least 2\\^\\(temporal_unit \\+ 1\\) = 32"):
+    with pytest.raises(DiffkitError, match=r"temporal_unit=4 needs crops of at least 2\^\(temporal_unit \+ 1\) = 32"):
         train_context_fid_encoder(sines(10, seed=0), iterations=1, config=SMALL, temporal_unit=4)
     net = TemporalUNet(TemporalUNetConfig(in_channels=5, model_channels=8, channel_mult=(1, 2)))
     with pytest.raises(DiffkitError, match=r"t has shape \(3,\)"):

@@ -389,6 +389,10 @@ def lcm_scheduler_config(schedule: NoiseSchedule, prediction_type: str, consiste
     if sigma_data != 0.5:
         raise DiffkitError(f"consistency sigma_data={sigma_data!r} cannot be expressed by diffusers' LCMScheduler (its "
                            f"c_skip, c_out use sigma_data=0.5); only consistency models with sigma_data=0.5 export")
+    if consistency.get("curriculum", "fixed") != "fixed":
+        raise DiffkitError(f"a consistency model trained with consistency_curriculum={consistency['curriculum']!r} "
+                           f"samples from its EDM-spaced grid, which diffusers' LCMScheduler (evenly spaced "
+                           f"original_inference_steps) cannot express; only 'fixed' grids export")
     if learned_variance:
         raise DiffkitError("a consistency model with learned_variance=True cannot be expressed by diffusers' "
                            "LCMScheduler (it reads the whole UNet output as the prediction); only fixed-variance "

@@ -207,14 +207,14 @@ def train_ts2vec(series, iterations: Optional[int] = None, *, batch_size: int = 
     if series.ndim != 3 or series.shape[0] < 2 or series.shape[2] < 2:
         raise DiffkitError(f"series of shape {tuple(series.shape)} are not allowed; expected (num_series >= 2, "
                            "channels, length >= 2)")
-    if series.ndim == 3:
-        series = series[~torch.isnan(series).flatten(1).all(dim=1)]
+    num_values = series.numel()  # the authors' iteration rule counts the data as given
+    series = series[~torch.isnan(series).flatten(1).all(dim=1)]
     if series.ndim != 3 or series.shape[0] < 2 or series.shape[2] < 2:
         raise DiffkitError(f"series of shape {tuple(series.shape)} (after dropping all-NaN series) are not "
                            "allowed; expected (num_series >= 2, channels, length >= 2)")
     if torch.isinf(series).any():
         raise DiffkitError("the series hold infinite values; give finite values (NaN marks a missing timestamp)")
-    iterations = authors_iterations(series.numel()) if iterations is None else iterations
+    iterations = authors_iterations(num_values) if iterations is None else iterations
     check_range("iterations", iterations, 1, None, integer=True)
     check_range("temporal_unit", temporal_unit, 0, None, integer=True)
     if 2 ** (temporal_unit + 1) > series.shape[2]:
@@ -228,16 +228,20 @@ def train_ts2vec(series, iterations: Optional[int] = None, *, batch_size: int = 
                            f"{series.shape[1]} channels")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():  # the caller's random state, on every device torch.manual_seed seeds, is kept
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's CPU random state is kept; the weights start on the CPU
+        torch.default_generator.manual_seed(seed)
         net = TS2VecEncoder(config)
     net.to(device).train()
     averaged = torch.optim.swa_utils.AveragedModel(net)
     averaged.update_parameters(net)  # the initial weights are the average's first member (authors' code)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr)
     order, cursor = rng.permutation(series.shape[0]), 0
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the dropout masks
+    dev = torch.device(device)  # the dropout masks: seeded on the training device, the caller's state kept
+    with torch.random.fork_rng(devices=[] if dev.type == "cpu" else [dev.index or 0],
+                               device_type=None if dev.type == "cpu" else dev.type):
+        torch.default_generator.manual_seed(seed)
+        if dev.type != "cpu":
+            getattr(torch, dev.type).manual_seed(seed)
         for _ in range(iterations):
             if cursor + batch_size > len(order):
                 order, cursor = rng.permutation(series.shape[0]), 0
