@@ -106,6 +106,7 @@ def test_lcm_folder_equals_latent_consistency_model_pipeline(lcm, tmp_path, unet
     ours = text_to_image(sd, PROMPTS, steps=steps, guidance_scale=scale, latents=latents, seed=3, return_latents=True)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
     assert [(b, t) for b, t, _ in unet_calls] == [(2, t) for t in their_times]
+    assert sd.scheduler_grid(steps)[:-1].tolist() == their_times
     w_embedding = pipe.get_guidance_scale_embedding(torch.tensor(scale - 1).repeat(2), COND_DIM)
     for *_, cond in unet_calls:
         torch.testing.assert_close(cond, w_embedding, rtol=0, atol=0)
@@ -218,3 +219,8 @@ def test_lcm_folders_refuse_bad_input_in_one_line(lcm, tmp_path, capsys):
         sched_file.write_text(json.dumps({**original, **change}))
         with pytest.raises(DiffkitError, match=match):
             load_stable_diffusion(tmp_path / "f")
+    sched_file.write_text(json.dumps(original))
+    unet_file = tmp_path / "f" / "unet" / "config.json"
+    unet_file.write_text(json.dumps({**json.loads(unet_file.read_text()), "time_cond_proj_dim": 3}))
+    with pytest.raises(DiffkitError, match=r"time_cond_proj_dim=3; allowed: an integer >= 4"):
+        load_stable_diffusion(tmp_path / "f")

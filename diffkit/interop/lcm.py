@@ -83,5 +83,5 @@ def lcm_denoiser(inner, consistency: Mapping):
                                grid=consistency["grid"])
 
 
-__all__ = ["is_lcm_scheduler", "is_lcm_folder", "folder_guidance_input", "lcm_consistency", "lcm_denoiser", "LCM_PIPELINE_GUIDANCE",
-           "LCM_LORA_GUIDANCE", "LCM_STEPS"]
+__all__ = ["is_lcm_scheduler", "is_lcm_folder", "folder_guidance_input", "lcm_consistency", "lcm_denoiser",
+           "LCM_PIPELINE_GUIDANCE", "LCM_LORA_GUIDANCE", "LCM_STEPS"]

@@ -204,10 +204,14 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False) -> N
     guidance input (``time_cond_proj_dim``) is an LCM's and needs ``lcm`` (an LCMScheduler folder)."""
     extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
              if config.get(key) is not None]
-    if config.get("time_cond_proj_dim") is not None and not lcm:
-        raise DiffkitError(f"{directory} has a UNet with time_cond_proj_dim={config['time_cond_proj_dim']!r} (a latent "
-                           f"consistency model's guidance input) but its scheduler is not an LCMScheduler; allowed: "
-                           f"such a UNet with scheduler/scheduler_config.json of an LCMScheduler")
+    dim = config.get("time_cond_proj_dim")
+    if dim is not None and not lcm:
+        raise DiffkitError(f"{directory} has a UNet with time_cond_proj_dim={dim!r} (a latent consistency model's "
+                           f"guidance input) but its scheduler is not an LCMScheduler; allowed: such a UNet with "
+                           f"scheduler/scheduler_config.json of an LCMScheduler")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 4):
+        raise DiffkitError(f"{directory} has a UNet with time_cond_proj_dim={dim!r}; allowed: an integer >= 4 (the "
+                           f"guidance embedding divides by dim // 2 - 1)")
     if extra:
         raise DiffkitError(f"{directory} has a UNet with {', '.join(extra)} (e.g. SD-XL); diffkit samples Stable "
                            f"Diffusion 1.x/2.x-style UNets conditioned on the text encoder alone")
