@@ -325,11 +325,11 @@ def _bytes_to_unicode():
     return [chr(c) for c in cs]
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    """A tiny random Stable Diffusion folder written by diffusers' save_pretrained, and the pipeline."""
+def tiny_sd_components(root, **unet_options):
+    """(unet, vae, text_encoder, tokenizer) of a tiny random Stable Diffusion (seeded, so equal
+    calls give equal weights); ``unet_options`` go to UNet2DConditionModel (e.g.
+    ``time_cond_proj_dim`` for an LCM). The tokenizer's files are written into ``root``."""
     transformers = pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("tiny_sd")
     chars = _bytes_to_unicode()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for suffix in ("", "</w>"):
@@ -345,13 +345,21 @@ def tiny_sd(tmp_path_factory):
     unet = diffusers.UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, **unet_options)
     vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                                   norm_num_groups=8, sample_size=16)
     text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=16))
+    return unet, vae, text_encoder, tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny random Stable Diffusion folder written by diffusers' save_pretrained, and the pipeline."""
+    root = tmp_path_factory.mktemp("tiny_sd")
+    unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
     scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                         clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -226,18 +226,22 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
 
 def default_sampling(checkpoint, sampler, steps, nfe=None) -> tuple:
     """(sampler, steps) with the defaults filled in for ``checkpoint``: a consistency model
-    (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), any other
-    checkpoint with ``ddim`` (steps None: the command's own default); what the user gave is kept.
-    Only the file's header is read."""
+    (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), as does a
+    Stable Diffusion folder with an LCMScheduler (4, LatentConsistencyModelPipeline's default), any
+    other checkpoint with ``ddim`` (steps None: the command's own default); what the user gave is
+    kept. Only the file's header (or the folder's JSON) is read."""
     meta = None
+    lcm_folder = False
     if checkpoint is not None:
         from ..checkpoint import peek_metadata
+        from ..interop.lcm import is_lcm_folder
         path = Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
         meta = peek_metadata(path) if path.is_file() else None
-    consistency = bool(meta and meta.get("consistency"))
+        lcm_folder = meta is None and is_lcm_folder(checkpoint)
+    consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None:
         sampler = "consistency" if consistency else "ddim"
     if steps is None and nfe is None and consistency and sampler.split("@")[0].split(":")[0] == "consistency":
-        steps = int((meta.get("config") or {}).get("sample_steps") or 4)
+        steps = int(((meta or {}).get("config") or {}).get("sample_steps") or 4)
     return sampler, steps
 

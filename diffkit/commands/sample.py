@@ -14,7 +14,9 @@ one row per prompt; default: each class's caption, e.g. "a photo of a sneaker");
 lacks are encoded as ``<unk>`` with a warning. A w-conditioned consistency model (LCM, docs/consistency.md)
 takes ``--guidance-scale W`` as its network input w: one call per step, no classifier-free pass
 (default: the middle of the range it was distilled on; a W outside it warns). Latent checkpoints
-sample latents and decode them with the autoencoder stored in the checkpoint.
+sample latents and decode them with the autoencoder stored in the checkpoint. A diffusers Stable
+Diffusion folder samples ``--prompt``; one with an LCMScheduler (a latent consistency model, e.g.
+LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md).
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -440,20 +442,21 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
     return torch.arange(count).repeat_interleave(per_row)[:num], num, per_row
 
 
-SD_DEFAULT_GUIDANCE = 6.5  # seed convention w; diffusers' s = 7.5, Stable Diffusion's usual setting
-
-
 def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
-    i.e. diffusers' s = 7.5). Writes the grid (and single PNGs); latents have no noise grid."""
+    i.e. diffusers' s = 7.5). An LCMScheduler folder (a latent consistency model) whose UNet takes
+    the guidance weight as input gets w as that input (default diffusers' LatentConsistencyModelPipeline
+    s = 8.5, w = 7.5); without that input (LCM-LoRA) classifier-free guidance as above, default off.
+    Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
     from ..images import save_grid, save_images
+    from ..interop.lcm import folder_guidance_input
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
 
     guidance = guidance or GuidanceRequest()
@@ -464,12 +467,16 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
                         ("--guidance-interval", guidance.interval)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
+    w_input = folder_guidance_input(directory)
+    if w_input and guidance.rescale:  # before loading the weights
+        raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
+                           f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
     sd = load_stable_diffusion(directory, device, progress=progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]
-    if guidance.guidance_scale is None:
-        scale_w, convention = SD_DEFAULT_GUIDANCE, "seed"
+    if guidance.guidance_scale is None:  # the pipeline's default: s = 7.5 (SD), 8.5 (LCM), 1 (LCM-LoRA)
+        scale_w, convention = sd.default_guidance_scale, "diffusers"
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
 

@@ -6,6 +6,8 @@
   (:func:`export_diffusers`, :func:`import_diffusers`).
 * :mod:`.denoiser` - any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser`.
 * :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
+* :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
+  without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
 
 diffusers (and transformers, for Stable Diffusion) are imported only when a function needs them;
 without them a one-line :class:`~diffkit.errors.DiffkitError` says what to install.
@@ -29,6 +31,7 @@ _EXPORTS = {
     "DiffusersNet": "denoiser", "diffusers_denoiser": "denoiser", "write_checkpoint": "diffusers_unet",
     "StableDiffusion": "stable_diffusion", "load_stable_diffusion": "stable_diffusion",
     "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
+    "is_lcm_folder": "lcm",
 }
 
 __all__ = sorted(_EXPORTS) + ["from_pretrained", "library_progress_bars", "require"]

@@ -8,8 +8,11 @@ diffusers' timestep unit too. The positional timestep embedding of diffusers
 fractional times (DPM-Solver, Karras grids) are embedded by the same formula as integer ones.
 
 ``cond`` keys: ``y`` -> ``class_labels`` (UNet2DModel with ``num_class_embeds``), ``context`` ->
-``encoder_hidden_states`` (UNet2DConditionModel, the text embedding of Stable Diffusion); any
-other key is passed through unchanged (e.g. ``added_cond_kwargs``).
+``encoder_hidden_states`` (UNet2DConditionModel, the text embedding of Stable Diffusion), ``w``
+(a UNet2DConditionModel with ``time_cond_proj_dim``, LCM's guidance input, Luo et al. 2023
+Sec. 4.2) -> ``timestep_cond`` = :func:`~diffkit.models.layers.guidance_scale_embedding` of w (seed
+convention: diffusers' pipelines embed their guidance_scale - 1, which is w); any other key is
+passed through unchanged (e.g. ``added_cond_kwargs``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError
+from ..models.layers import guidance_scale_embedding
 from ..schedule import NoiseSchedule
 from .schedulers import learned_variance_of, schedule_from_diffusers
 
@@ -28,7 +32,8 @@ class DiffusersNet(torch.nn.Module):
 
     ``uses_labels``: pass ``y`` on as ``class_labels`` (default: the model has a class
     embedding); otherwise ``y`` is ignored, which lets a classifier-free guidance wrapper mark
-    its conditional / null halves with labels while the condition itself is ``context``."""
+    its conditional / null halves with labels while the condition itself is ``context``.
+    ``guidance_dim``: the model's ``time_cond_proj_dim`` (0: none); such a model needs ``w``."""
 
     def __init__(self, model, uses_labels: Optional[bool] = None):
         super().__init__()
@@ -36,17 +41,38 @@ class DiffusersNet(torch.nn.Module):
         if uses_labels is None:
             uses_labels = getattr(model, "class_embedding", None) is not None
         self.uses_labels = bool(uses_labels)
+        self.guidance_dim = int(getattr(model, "config", {}).get("time_cond_proj_dim") or 0)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
-                context: Optional[torch.Tensor] = None, **extra) -> torch.Tensor:
+                context: Optional[torch.Tensor] = None, w=None, **extra) -> torch.Tensor:
         kwargs = dict(extra)
         if context is not None:
             kwargs["encoder_hidden_states"] = context
         if y is not None and self.uses_labels:
             kwargs["class_labels"] = y
         dtype = getattr(self.model, "dtype", x.dtype)
+        if w is not None or self.guidance_dim:
+            kwargs["timestep_cond"] = self.guidance_condition(w, x.shape[0], x.device).to(dtype)
         out = self.model(x.to(dtype), t, return_dict=False, **kwargs)[0]
         return out.to(x.dtype)
+
+    def guidance_condition(self, w, batch: int, device) -> torch.Tensor:
+        """diffusers' ``timestep_cond`` for guidance weights ``w`` (a number or (batch,)): the
+        embedding of w as float32, as ``LatentConsistencyModelPipeline`` embeds
+        ``torch.tensor(guidance_scale - 1)`` (1000 w is then rounded in float32 like diffusers')."""
+        if not self.guidance_dim:
+            raise DiffkitError("w was given but this diffusers UNet has no guidance input (time_cond_proj_dim); "
+                               "guide it with classifier-free guidance instead")
+        if w is None:
+            raise DiffkitError(f"this diffusers UNet takes the guidance weight w as input (time_cond_proj_dim="
+                               f"{self.guidance_dim}); pass w (seed convention, diffusers' guidance_scale - 1)")
+        try:
+            w = torch.as_tensor(w, dtype=torch.float32, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise DiffkitError(f"w={w!r} is not allowed; give guidance weights as a number or ({batch},)") from None
+        if w.shape not in ((), (1,), (batch,)):
+            raise DiffkitError(f"w of shape {tuple(w.shape)} is not allowed; give one guidance weight or ({batch},)")
+        return guidance_scale_embedding(w.reshape(-1).expand(batch), self.guidance_dim)
 
 
 def diffusers_denoiser(model, scheduler=None, *, schedule: Optional[NoiseSchedule] = None,

@@ -15,6 +15,10 @@ prompt's embedding its ``null_context``; the labels the wrapper requires only ma
 halves (the network ignores them). Everything runs through :func:`diffkit.sample`, so every
 registered sampler (``diffkit samplers``) works; images come back in [0, 1] (as diffusers'
 ``output_type="pt"``), or in [-1, 1] with ``output_range="-1,1"``.
+
+A folder whose scheduler is an ``LCMScheduler`` is a latent consistency model (:mod:`.lcm`): its
+denoiser is a :class:`~diffkit.consistency.ConsistencyDenoiser`, and a UNet with
+``time_cond_proj_dim`` takes the guidance weight w as its input instead of classifier-free guidance.
 """
 from __future__ import annotations
 
@@ -25,14 +29,16 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
-from ..guidance import ClassifierFreeGuidance
+from ..guidance import ClassifierFreeGuidance, GuidanceScaleInput
 from ..schedule import NoiseSchedule
 from . import from_pretrained, library_progress_bars, require
 from .denoiser import diffusers_denoiser
+from .lcm import LCM_LORA_GUIDANCE, LCM_PIPELINE_GUIDANCE, is_lcm_scheduler, lcm_consistency, lcm_denoiser
 from .schedulers import grid_from_diffusers, schedule_from_diffusers
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 OUTPUT_RANGES = ("0,1", "-1,1")
+SD_PIPELINE_GUIDANCE = 7.5  # StableDiffusionPipeline's default guidance_scale s (w = 6.5)
 
 
 @dataclass
@@ -48,6 +54,7 @@ class StableDiffusion:
     scheduler_config: dict
     device: torch.device
     dtype: torch.dtype = torch.float32
+    consistency: Optional[dict] = None  # an LCMScheduler folder: sigma_data, timestep_scaling, grid (.lcm)
     _denoiser: object = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ shapes
@@ -95,18 +102,56 @@ class StableDiffusion:
 
     # ------------------------------------------------------------------ denoisers
     @property
-    def denoiser(self):
-        """The unguided :class:`~diffkit.denoiser.Denoiser` (cond: ``context`` = prompt embeddings)."""
+    def guidance_embedding_dim(self) -> int:
+        """The UNet's ``time_cond_proj_dim`` (an LCM's guidance-scale input, LCM Sec. 4.2), 0 if none."""
+        return int(self.unet.config.get("time_cond_proj_dim") or 0)
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """diffusers' default s for this folder: 7.5 (StableDiffusionPipeline), 8.5 for an LCM
+        with a guidance input (LatentConsistencyModelPipeline), 1 (no guidance) for an LCM-LoRA."""
+        if self.consistency is None:
+            return SD_PIPELINE_GUIDANCE
+        return LCM_PIPELINE_GUIDANCE if self.guidance_embedding_dim else LCM_LORA_GUIDANCE
+
+    @property
+    def network_denoiser(self):
+        """The :class:`~diffkit.denoiser.Denoiser` of the UNet's output (cond: ``context`` = prompt
+        embeddings; ``w`` too with a guidance input)."""
         if self._denoiser is None:
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule, prediction_type=self.prediction_type,
                                                 learned_variance=False, uses_labels=False)
         return self._denoiser
 
+    def _model(self, inner):
+        return inner if self.consistency is None else lcm_denoiser(inner, self.consistency)
+
+    @property
+    def denoiser(self):
+        """The unguided denoiser (cond: ``context``): :attr:`network_denoiser`, or for an
+        LCMScheduler folder the consistency function around it (:func:`.lcm.lcm_denoiser`)."""
+        return self._model(self.network_denoiser)
+
     def guided(self, guidance_scale: float, null_context: torch.Tensor, convention: str = "diffusers", **options):
-        """Classifier-free guidance around :attr:`denoiser`; ``null_context`` is the empty /
-        negative prompt's embedding. Call it with ``cond=self.cond(context)``."""
-        return ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_class=1,
-                                      null_context=null_context, **options)
+        """Classifier-free guidance of the network's output (then the consistency function for an
+        LCMScheduler folder, as StableDiffusionPipeline feeds the guided output to LCMScheduler);
+        ``null_context`` is the empty / negative prompt's embedding. Call it with
+        ``cond=self.cond(context)``. A UNet with a guidance input is refused: see :meth:`with_weight`."""
+        if self.guidance_embedding_dim:
+            raise DiffkitError(f"this LCM UNet takes the guidance weight w as its input (time_cond_proj_dim="
+                               f"{self.guidance_embedding_dim}); use with_weight(w), one call per step, not "
+                               f"classifier-free guidance")
+        return self._model(ClassifierFreeGuidance(self.network_denoiser, guidance_scale, convention, null_class=1,
+                                                  null_context=null_context, **options))
+
+    def with_weight(self, guidance_scale: float, convention: str = "diffusers"):
+        """An LCM UNet with a guidance input asked for ``guidance_scale`` (diffusers' s, w = s - 1;
+        ``convention="seed"``: w): :class:`~diffkit.guidance.GuidanceScaleInput` around
+        :attr:`denoiser`, one call of batch B per step (cond: ``context``)."""
+        if not self.guidance_embedding_dim:
+            raise DiffkitError("this UNet has no guidance input (time_cond_proj_dim); use guided() (classifier-free "
+                               "guidance)")
+        return GuidanceScaleInput(self.denoiser, guidance_scale, convention)
 
     @staticmethod
     def cond(context: torch.Tensor) -> dict:
@@ -116,8 +161,16 @@ class StableDiffusion:
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
         """The time grid diffusers' DDIM would use with this folder's scheduler config
-        (timestep_spacing, steps_offset, set_alpha_to_one), as a diffkit grid."""
+        (timestep_spacing, steps_offset, set_alpha_to_one), as a diffkit grid; for an
+        LCMScheduler folder LCMScheduler's own timesteps, ending at clean data (-1)."""
         diffusers = require("diffusers")
+        if self.consistency is not None:
+            scheduler = diffusers.LCMScheduler.from_config(self.scheduler_config)
+            try:
+                scheduler.set_timesteps(steps)
+            except ValueError as err:  # more steps than original_inference_steps
+                raise DiffkitError(f"steps={steps} is not allowed for this LCMScheduler: {err}") from None
+            return torch.cat([scheduler.timesteps.to(torch.float64), torch.tensor([-1.0], dtype=torch.float64)])
         scheduler = diffusers.DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
         return grid_from_diffusers(scheduler)
@@ -143,13 +196,22 @@ def _read_index(directory: Path) -> dict:
     return index
 
 
-def check_stable_diffusion_unet(config: dict, directory) -> None:
+def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False) -> None:
     """The text-to-image UNet2DConditionModel that :func:`text_to_image` drives: conditioned on
     the text encoder's states alone, on the VAE's latents. SD-XL (``addition_embed_type``: pooled
     text and size conditioning), class / time-embedding conditions and inpainting or depth UNets
-    (extra input channels) need inputs diffkit does not give: refused here, before loading."""
-    extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type",
-                                                  "time_cond_proj_dim") if config.get(key) is not None]
+    (extra input channels) need inputs diffkit does not give: refused here, before loading. A
+    guidance input (``time_cond_proj_dim``) is an LCM's and needs ``lcm`` (an LCMScheduler folder)."""
+    extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
+             if config.get(key) is not None]
+    dim = config.get("time_cond_proj_dim")
+    if dim is not None and not lcm:
+        raise DiffkitError(f"{directory} has a UNet with time_cond_proj_dim={dim!r} (a latent consistency model's "
+                           f"guidance input) but its scheduler is not an LCMScheduler; allowed: such a UNet with "
+                           f"scheduler/scheduler_config.json of an LCMScheduler")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 4):
+        raise DiffkitError(f"{directory} has a UNet with time_cond_proj_dim={dim!r}; allowed: an integer >= 4 (the "
+                           f"guidance embedding divides by dim // 2 - 1)")
     if extra:
         raise DiffkitError(f"{directory} has a UNet with {', '.join(extra)} (e.g. SD-XL); diffkit samples Stable "
                            f"Diffusion 1.x/2.x-style UNets conditioned on the text encoder alone")
@@ -172,26 +234,28 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype) -> Stabl
     index = _read_index(directory)
     device = torch.device(device)
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle (.bin)
-    check_stable_diffusion_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory)
+    sched_file = directory / "scheduler" / "scheduler_config.json"
+    if not sched_file.is_file():
+        raise DiffkitError(f"{sched_file} does not exist")
+    scheduler_config = read_json_object(sched_file, "scheduler config")
+    schedule, prediction_type = schedule_from_diffusers(scheduler_config)
+    lcm = is_lcm_scheduler(scheduler_config)
+    consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
+    check_stable_diffusion_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
     text_encoder = from_pretrained(text_cls, directory / "text_encoder", **common)
     tok_cls = getattr(transformers, str(index["tokenizer"][1]), transformers.CLIPTokenizer)
     tokenizer = from_pretrained(tok_cls, directory / "tokenizer", local_files_only=True)
-    sched_file = directory / "scheduler" / "scheduler_config.json"
-    if not sched_file.is_file():
-        raise DiffkitError(f"{sched_file} does not exist")
-    scheduler_config = read_json_object(sched_file, "scheduler config")
-    schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     for module in (unet, vae, text_encoder):
         module.to(device).eval().requires_grad_(False)
     return StableDiffusion(unet, vae, text_encoder, tokenizer, schedule, prediction_type, scheduler_config,
-                           device, dtype)
+                           device, dtype, consistency)
 
 
-def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sampler: str = "ddim",
-                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: float = 7.5,
+def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
+                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
                   convention: str = "diffusers", guidance_rescale: float = 0.0,
                   negative_prompt: Union[None, str, Sequence[str]] = None,
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
@@ -200,11 +264,15 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
-    steps / nfe: the step count or the network evaluations to spend (default 50 steps).
+    sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
+    steps / nfe: the step count or the network evaluations to spend (default 50 steps; 4 with
+        the ``consistency`` sampler on an LCMScheduler folder, as LatentConsistencyModelPipeline).
     guidance_scale: in ``convention`` (``diffusers``: s, 1 = unguided, SD's usual 7.5;
-        ``seed``: w = s - 1). The null condition is the empty prompt, or ``negative_prompt``.
-        s < 1 is applied as the formula says (eps_u + s (eps_c - eps_u)); diffusers' pipeline
-        turns guidance off for any s <= 1 instead.
+        ``seed``: w = s - 1); default :attr:`StableDiffusion.default_guidance_scale`. The null
+        condition is the empty prompt, or ``negative_prompt``. s < 1 is applied as the formula
+        says (eps_u + s (eps_c - eps_u)); diffusers' pipeline turns guidance off for any s <= 1
+        instead. An LCM UNet with a guidance input gets w = s - 1 as that input instead
+        (:meth:`StableDiffusion.with_weight`; one call per step; no negative prompt or rescale).
     guidance_rescale: phi of Lin et al. 2024 (Sec. 3.4), on the network's output as diffusers'
         pipeline applies it (eps, or v for a v-prediction folder).
     latents: the starting noise z_T (B, C, h, w); default N(0, I) from per-sample ``seed + i``.
@@ -216,19 +284,36 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..sampling import sample
+    from .lcm import LCM_STEPS
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
-    if negative_prompt is None or isinstance(negative_prompt, str):
-        negatives = [negative_prompt or ""] * batch
-    else:
-        negatives = list(negative_prompt)
-        if len(negatives) != batch:
-            raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per prompt")
+    if guidance_scale is None:
+        guidance_scale, convention = sd.default_guidance_scale, "diffusers"
+    if sampler is None:
+        sampler = "ddim" if sd.consistency is None else "consistency"
+    if (sd.consistency is not None and steps is None and nfe is None and not isinstance(grid, torch.Tensor)
+            and sampler.split("@")[0].split(":")[0] == "consistency"):
+        steps = LCM_STEPS
     context = sd.encode_prompts(prompts)
-    null_context = sd.encode_prompts(negatives)
-    denoiser = sd.guided(guidance_scale, null_context, convention, rescale=guidance_rescale,
-                         rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")
+    if sd.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
+        for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
+            if value is not None:
+                raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as its "
+                                   f"input (time_cond_proj_dim={sd.guidance_embedding_dim}), with no classifier-free "
+                                   f"pass to rescale or to give a negative prompt")
+        denoiser, cond = sd.with_weight(guidance_scale, convention), {"context": context}
+    else:
+        if negative_prompt is None or isinstance(negative_prompt, str):
+            negatives = [negative_prompt or ""] * batch
+        else:
+            negatives = list(negative_prompt)
+            if len(negatives) != batch:
+                raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per "
+                                   f"prompt")
+        denoiser = sd.guided(guidance_scale, sd.encode_prompts(negatives), convention, rescale=guidance_rescale,
+                             rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")
+        cond = sd.cond(context)
     if isinstance(grid, str):
         check_choice("grid", grid, ["scheduler"])
         if nfe is not None:
@@ -245,7 +330,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected ({batch}, "
                                f"{expected[1]}, h, w) for {batch} prompts")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
-    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=sd.cond(context),
+    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd.device, dtype=sd.dtype, **options)
     if return_latents:
         return z0
