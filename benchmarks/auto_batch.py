@@ -55,9 +55,10 @@ def measure(config: str, device: str, precision: str, check: int) -> dict:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         probe(check)
         measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"config": config, "device": device, "precision": precision, "available_MiB": available_bytes(device) / 2**20,
-            "per_sample_MiB": per_sample / 2**20, "fixed_MiB": fixed / 2**20, "auto_batch_uncapped": chosen,
-            "check_batch": check, "predicted_MiB": predicted / 2**20, "measured_MiB": measured / 2**20}
+    return {"config": config, "device": device, "precision": precision,
+            "available_MiB": available_bytes(device) / 2**20, "per_sample_MiB": per_sample / 2**20,
+            "fixed_MiB": fixed / 2**20, "auto_batch_uncapped": chosen, "check_batch": check,
+            "predicted_MiB": predicted / 2**20, "measured_MiB": measured / 2**20}
 
 
 def main(argv=None) -> int:
@@ -78,12 +79,13 @@ def main(argv=None) -> int:
         return 0
     rows = []
     precisions = ["no", "bf16"] if args.bf16 else ["no"]
-    print("| config | precision | per sample MiB | fixed MiB | auto batch (no cap) | batch | predicted MiB | measured MiB | measured / predicted |")
+    print("| config | precision | per sample MiB | fixed MiB | auto batch (no cap) | batch | predicted MiB | "
+          "measured MiB | measured / predicted |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in args.configs.split(","):
         for precision in precisions:
-            out = subprocess.run([sys.executable, __file__, "--worker", f"{config}:{precision}", "--device", args.device,
-                                  "--check", str(args.check), "--threads", str(args.threads)],
+            out = subprocess.run([sys.executable, __file__, "--worker", f"{config}:{precision}",
+                                  "--device", args.device, "--check", str(args.check), "--threads", str(args.threads)],
                                  capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
                               "consistency_skip": cfg.consistency_skip, "distance": cfg.consistency_distance,
                               "grid_size": len(trainer.consistency_grid) - 1}
     print(f"distilled {result.steps} steps in {result.seconds:.0f} s (final loss {result.final_loss:.4f})")
-    models = {"teacher": load_denoiser(teacher, device=device), "student": load_denoiser(result.checkpoint, device=device)}
+    models = {"teacher": load_denoiser(teacher, device=device),
+              "student": load_denoiser(result.checkpoint, device=device)}
     unet = models["teacher"].meta["unet"]
     train_images, train_labels = reference_images("digits", train=True, img_size=unet["img_size"],
                                                    channels=unet["in_channels"])

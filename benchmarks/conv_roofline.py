@@ -69,7 +69,8 @@ def main(argv=None):
         peak = 2 * 2048 ** 3 / median_seconds(lambda: a @ b, args.repeats) / 1e9
         result[f"matmul_gflops_{str(dtype)[6:]}"] = peak
         print(f"{str(dtype)[6:]}: 2048^3 matrix product {peak:.0f} GFLOP/s ({args.threads} threads)")
-        print("| channels | size | conv fwd GFLOP/s (contiguous / channels_last) | of the matrix product | im2col GFLOP/s |")
+        print("| channels | size | conv fwd GFLOP/s (contiguous / channels_last) | of the matrix product | "
+              "im2col GFLOP/s |")
         print("|---:|---:|---|---:|---:|")
         for channels, side in SHAPES:
             x = torch.randn(args.batch, channels, side, side, dtype=dtype)

@@ -19,7 +19,8 @@ copies each such gradient first (not a kernel of diffkit's extension; the step o
 
 Medians of ``--rounds``. Writes ``benchmarks/out/cpu_kernel_ab.json``.
 
-    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|bf16-group-norm|bf16-winograd|attention|adamw-layout --config mnist
+    PYTHONPATH=. python benchmarks/cpu_kernel_ab.py
+        --kernel dropout|bf16-group-norm|bf16-winograd|attention|adamw-layout --config mnist
         [--bf16] [--rounds 15]
     PYTHONPATH=. python benchmarks/cpu_kernel_ab.py --kernel dropout|attention --layer [--bf16]
 """
@@ -117,7 +118,8 @@ def training_step(config: str, bf16: bool, memory_format: str = "auto"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd", "attention", "adamw-layout"), required=True)
+    parser.add_argument("--kernel", choices=("dropout", "bf16-group-norm", "bf16-winograd", "attention",
+                                             "adamw-layout"), required=True)
     parser.add_argument("--layer", action="store_true", help="the layer alone instead of a training step")
     parser.add_argument("--config", choices=("seed", "cifar10", "mnist"), default="mnist")
     parser.add_argument("--bf16", action="store_true", help="training step under bf16 autocast")
@@ -157,7 +159,8 @@ def main(argv=None):
             times[mode].append(time.perf_counter() - start)
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
     layer_bf16 = args.bf16 or args.kernel == "bf16-group-norm"  # its layer is timed on bf16 maps
-    what = f"layer fwd + bwd ({'bf16' if layer_bf16 else 'fp32'})" if args.layer else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})"
+    what = (f"layer fwd + bwd ({'bf16' if layer_bf16 else 'fp32'})" if args.layer
+            else f"{args.config} training step ({'bf16' if args.bf16 else 'fp32'})")
     print(f"{args.kernel}, {what}, {args.threads} threads, median of {args.rounds}: "
           f"on {1e3 * on:.2f} ms, off {1e3 * off:.2f} ms, off / on {off / on:.3f}")
     out = Path(args.out)

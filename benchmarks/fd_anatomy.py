@@ -13,7 +13,8 @@ covariance and the outward shift of the mean, over the trajectories that did not
 (one dimension), against the closed form of the ODE map (``analytic.gaussian_ode_solution``): the
 sampler is linear there, so one trajectory says it all.
 
-    PYTHONPATH=. python benchmarks/fd_anatomy.py --mixture 0 --nfe 10 --samplers "unipc,unipc:zero,plms-3,UniPC-bh2-3[default]"
+    PYTHONPATH=. python benchmarks/fd_anatomy.py --mixture 0 --nfe 10
+        --samplers "unipc,unipc:zero,plms-3,UniPC-bh2-3[default]"
     PYTHONPATH=. python benchmarks/fd_anatomy.py --gaussian --nfe 10 --samplers unipc,unipc:zero,dpm-solver++-3m
 
 Sampler names are diffkit's ``NAME[@SPACING][:FINAL]`` or the labels of diffusers settings in

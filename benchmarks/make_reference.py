@@ -101,7 +101,8 @@ def main(argv=None) -> int:
         return 2
     mismatched = [part for part in found if found[part] != manifest[part]["tensors_digest"]]
     for part, digest in found.items():
-        state = "matches" if part not in mismatched else f"DIFFERS from the manifest's {manifest[part]['tensors_digest'][:16]}"
+        state = ("matches" if part not in mismatched
+                 else f"DIFFERS from the manifest's {manifest[part]['tensors_digest'][:16]}")
         print(f"{part}: tensors digest {digest[:16]} {state}")
     if mismatched:
         print(f"warning: {', '.join(mismatched)} not bit-identical to the reference (other hardware or "

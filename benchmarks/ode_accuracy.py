@@ -64,7 +64,8 @@ def adaptive_on_the_mixture(n: int = 1000):
     den = Denoiser(mixture.network(schedule), schedule)
     x = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     ref = diffkit.sample(den, x, "ode", rtol=1e-9, atol=1e-9, progress=False)
-    for label, kwargs in (("default (rtol 0.05, atol 0.0078)", {}), ("rtol 5e-3, atol 7.8e-4", {"rtol": 5e-3, "atol": 7.8e-4}),
+    for label, kwargs in (("default (rtol 0.05, atol 0.0078)", {}),
+                          ("rtol 5e-3, atol 7.8e-4", {"rtol": 5e-3, "atol": 7.8e-4}),
                           ("order 2, default tolerance", {"order": 2})):
         den.reset_nfe()
         out = diffkit.sample(den, x, "dpm-adaptive", progress=False, **kwargs)

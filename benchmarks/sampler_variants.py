@@ -76,7 +76,8 @@ def run_variants(result: dict, variants, log=print, nfes=None, grades=None) -> l
             try:
                 final_ = final or info.default_final
                 steps = info.steps_for_nfe(nfe, final_)
-                grid = None if grade is None else make_grid(schedule, steps, "logsnr_graded", final_, grade_sigmas=grade)
+                grid = (None if grade is None
+                        else make_grid(schedule, steps, "logsnr_graded", final_, grade_sigmas=grade))
                 x = sample(den, x_T.clone(), sampler=name, steps=None if grid is not None else steps,
                            spacing=spacing, final=final, grid=grid, progress=False)
             except DiffkitError as err:  # an NFE this sampler/grid cannot spend

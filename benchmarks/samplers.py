@@ -388,7 +388,8 @@ def error_profile(mix_cfg: dict, n: int, sampler: str, nfe: int, spacing=None, f
     spread = (xf.var(0) / rf.var(0)).tolist()
     log(f"  FD {sample_fd(xf, mixture):.2e} (ODE solution {sample_fd(rf, mixture):.2e}); mean - ODE solution's mean "
         + " ".join(f"{v:+.1e}" for v in (xf.mean(0) - rf.mean(0)).tolist()[:8])
-        + "; variance / ODE solution's " + " ".join(f"{v:.3f}" for v in spread[:8]) + (" ..." if len(spread) > 8 else ""))
+        + "; variance / ODE solution's " + " ".join(f"{v:.3f}" for v in spread[:8])
+        + (" ..." if len(spread) > 8 else ""))
     log("  worst 1%, median error after each step: " + " ".join(f"{a:.3g}: {b:.1e}"
                                                               for (a, _), b in zip(prof, worst_prof)))
     return prof
@@ -417,7 +418,8 @@ def benchmark(mix_cfg: dict, n: int, nfes, log, noise_seeds=NOISE_SEEDS) -> dict
     ref_components = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
     fd_ref = sample_fd(ref, mixture)
     log(f"  reference ODE: {eps_fn.calls} evaluations, {time.time() - t0:.1f} s, FD = {fd_ref:.5f}, "
-        f"FD of {total} true samples = {sample_fd(mixture.sample(total, torch.Generator().manual_seed(5))[0], mixture):.5f}")
+        f"FD of {total} true samples = "
+        f"{sample_fd(mixture.sample(total, torch.Generator().manual_seed(5))[0], mixture):.5f}")
     rows = []
     for name, info in REGISTRY.items():
         for nfe in nfes:
@@ -471,14 +473,16 @@ def summarize(result: dict, nfes) -> list:
             if trimmed:  # runs before the eighth session did not record it
                 best_trim = min(trimmed, key=lambda r: r["rms_trimmed"])
                 best_median = min(trimmed, key=lambda r: r["median"])
-                entry[lib].update(best_rms_trimmed=best_trim["rms_trimmed"], best_rms_trimmed_sampler=best_trim["sampler"],
+                entry[lib].update(best_rms_trimmed=best_trim["rms_trimmed"],
+                                  best_rms_trimmed_sampler=best_trim["sampler"],
                                   best_rms_trimmed_flips=best_trim["flips"], best_rms_flips=best_rms.get("flips"),
                                   best_median=best_median["median"], best_median_sampler=best_median["sampler"])
         if "diffkit" in entry and "diffusers" in entry:
             entry["fd_ratio"] = entry["diffkit"]["best_excess_fd"] / max(entry["diffusers"]["best_excess_fd"], 1e-300)
             entry["rms_ratio"] = entry["diffkit"]["best_rms"] / entry["diffusers"]["best_rms"]
             if "best_rms_trimmed" in entry["diffkit"] and "best_rms_trimmed" in entry["diffusers"]:
-                entry["rms_trimmed_ratio"] = entry["diffkit"]["best_rms_trimmed"] / entry["diffusers"]["best_rms_trimmed"]
+                entry["rms_trimmed_ratio"] = (entry["diffkit"]["best_rms_trimmed"]
+                                              / entry["diffusers"]["best_rms_trimmed"])
                 entry["median_ratio"] = entry["diffkit"]["best_median"] / entry["diffusers"]["best_median"]
         lines.append(entry)
     return lines

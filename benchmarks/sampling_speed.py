@@ -171,7 +171,8 @@ def main(argv=None):
         ("dpm-solver++-2m", "diffusers-cl"): diffusers_dpm(theirs_cl, args.batch, args.dpm_nfe, 0, shape),
     }
     if args.bf16:
-        for sampler, kw in (("ddim", {"steps": args.ddim_steps, "eta": 0.0}), ("dpm-solver++-2m", {"nfe": args.dpm_nfe})):
+        for sampler, kw in (("ddim", {"steps": args.ddim_steps, "eta": 0.0}),
+                            ("dpm-solver++-2m", {"nfe": args.dpm_nfe})):
             runs[(sampler, "diffkit-bf16")] = diffkit_run(sampler, den=denoiser_bf16, **kw)
             for variant in ("diffusers", "diffusers-cl"):
                 runs[(sampler, f"{variant}-bf16")] = autocast_bf16(runs[(sampler, variant)])
@@ -181,7 +182,8 @@ def main(argv=None):
         for precision, den in (("", denoiser), ("-bf16", denoiser_bf16)) if args.bf16 else (("", denoiser),):
             den_c = diffkit.Denoiser(den.net, schedule, prediction_type="epsilon",
                                      mixed_precision=den.mixed_precision).compile(args.compile)
-            runs[("ddim", f"diffkit{precision}-compile")] = diffkit_run("ddim", den=den_c, steps=args.ddim_steps, eta=0.0)
+            runs[("ddim", f"diffkit{precision}-compile")] = diffkit_run("ddim", den=den_c, steps=args.ddim_steps,
+                                                                       eta=0.0)
             runs[("dpm-solver++-2m", f"diffkit{precision}-compile")] = diffkit_run("dpm-solver++-2m", den=den_c,
                                                                                   nfe=args.dpm_nfe)
             ddim_c = diffusers_ddim(theirs_compiled, args.batch, args.ddim_steps, 0)
@@ -234,7 +236,8 @@ def main(argv=None):
     out.write_text(json.dumps({
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "config": args.config, "model": cfg,
         "parameters": params, "same_weights": same, "max_eps_difference": check, "batch": args.batch,
-        "threads": args.threads, "device": str(device), "rounds": args.rounds, "warmup": args.warmup, "torch": torch.__version__,
+        "threads": args.threads, "device": str(device), "rounds": args.rounds, "warmup": args.warmup,
+        "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "loadavg_at_end": os.getloadavg(), "results": rows}, indent=2))
     print(f"wrote {out}")

@@ -80,8 +80,9 @@ def main(argv=None):
             rest[event.name] = rest.get(event.name, 0.0) + ms
         else:
             per_kind[kind] += ms
-    print(f"{args.config} {'bf16' if args.bf16 else 'fp32'}, {args.threads} threads: step {1e3 * statistics.median(walls):.1f} ms "
-          f"(median of {args.steps}, unprofiled); profiled self time per step {sum(per_kind.values()) + sum(rest.values()):.1f} ms, "
+    print(f"{args.config} {'bf16' if args.bf16 else 'fp32'}, {args.threads} threads: "
+          f"step {1e3 * statistics.median(walls):.1f} ms (median of {args.steps}, unprofiled); "
+          f"profiled self time per step {sum(per_kind.values()) + sum(rest.values()):.1f} ms, "
           f"{sum(e.count for e in events) / args.steps:.0f} operator calls")
     for kind, ms in per_kind.items():
         print(f"  {kind:20s} {ms:8.1f} ms")

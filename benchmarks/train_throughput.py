@@ -42,9 +42,10 @@ channels_last, fused AdamW as diffkit's Trainer, ``EMAModel(foreach=True)``;
 the reference of the ratio);
 ``--compile`` adds ``diffkit-compile`` and ``diffusers-cl-compile`` (torch.compile, inductor);
 ``--bf16`` adds ``diffkit-bf16`` (its Trainer lays the U-Net out channels_last where diffkit's
-CPU kernels are built, contiguous without them: ``models.layers.preferred_memory_format``), ``diffusers-bf16`` (the example with ``--mixed_precision bf16``)
-and ``diffusers-cl-bf16`` (bf16 autocast). A diffkit variant's ratio is against the faster of
-diffusers' two layouts at the same precision.
+CPU kernels are built, contiguous without them: ``models.layers.preferred_memory_format``),
+``diffusers-bf16`` (the example with ``--mixed_precision bf16``) and ``diffusers-cl-bf16`` (bf16
+autocast). A diffkit variant's ratio is against the faster of diffusers' two layouts at the same
+precision.
 CUDA variants: fp32, bf16 autocast, and bf16 autocast + compile for each library; diffusers
 tuned (fused AdamW, foreach EMA) in both layouts, ``diffusers-tuned`` (contiguous) and
 ``diffusers-cl`` (channels_last), the ratio against the faster (on the H200 the contiguous
@@ -387,7 +388,8 @@ def print_table(rows: list[dict], args) -> None:
         ex = (f"{r['speedup_vs_example']:9.2f}x {r['cpu_speedup_vs_example']:5.2f}x" if "speedup_vs_example" in r
               else f"{'':17s}")
         print(f"{r['config']:8s} {r['variant']:26s} {r['parameters']:11,d} {r['median_s']:7.3f} "
-              f"{r['images_per_s']:7.2f} {r['median_cpu_s']:7.3f} {speed} {cspeed} {r['peak_mib']:9.0f} {mem} {step_mem} {ex}"
+              f"{r['images_per_s']:7.2f} {r['median_cpu_s']:7.3f} {speed} {cspeed} {r['peak_mib']:9.0f} "
+              f"{mem} {step_mem} {ex}"
               f"  {r['reference'] or ''}")
 
 

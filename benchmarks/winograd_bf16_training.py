@@ -128,7 +128,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"network": NETWORK, "steps": args.steps, "seeds": seeds, "heldout_images": args.heldout,
                                "windows": rows,
-                               "heldout": {f"{seed}/{name}": results[(seed, name)]["heldout"] for seed, name in results},
+                               "heldout": {f"{seed}/{name}": results[(seed, name)]["heldout"]
+                                           for seed, name in results},
                                "curves": {f"{seed}/{name}": results[(seed, name)]["curve"] for seed, name in results}},
                               indent=1))
     print(f"wrote {out}")

@@ -69,8 +69,8 @@ def main(argv=None):
     bf16_errors()
     torch.set_num_threads(args.threads)
     rows = []
-    print(f"3x3 convolution C -> C, batch {args.batch}, fp32 channels_last, {args.threads} threads, forward + backward, "
-          f"median of {args.repeats} (ms)")
+    print(f"3x3 convolution C -> C, batch {args.batch}, fp32 channels_last, {args.threads} threads, "
+          f"forward + backward, median of {args.repeats} (ms)")
     print("| C | size | F.conv2d | Winograd | speed-up | used by default |")
     print("|---:|---:|---:|---:|---:|---|")
     for size in (int(s) for s in args.sizes.split(",")):

@@ -207,12 +207,14 @@ def test_distillation_loss_with_the_exact_teacher_and_student_falls_as_the_ddim_
     O(h^2) in the step h, so sqrt of the l2 loss falls 4x per halving of the skip."""
     mu, s, g = _gaussian()
     teacher = Denoiser(g.network(S), S)
-    student = Denoiser(GaussianConsistencyFunction(mu, s ** 2 * torch.eye(2, dtype=F64), S), S, prediction_type="sample")
+    student = Denoiser(GaussianConsistencyFunction(mu, s ** 2 * torch.eye(2, dtype=F64), S), S,
+                       prediction_type="sample")
     x0 = g.sample(4096, torch.Generator().manual_seed(0))[0]
     z = torch.randn(4096, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     t_next = torch.full((4096,), 500.0)
     skips = [80, 40, 20, 10]
-    rms = [consistency_loss(student, x0, z, t_next, t_next - k, teacher=teacher, distance_kind="l2").mean().sqrt().item()
+    rms = [consistency_loss(student, x0, z, t_next, t_next - k, teacher=teacher,
+                            distance_kind="l2").mean().sqrt().item()
            for k in skips]
     slope = np.polyfit(np.log(skips), np.log(rms), 1)[0]
     assert 1.8 < slope < 2.2, (slope, rms)
@@ -287,7 +289,8 @@ def test_training_loss_with_the_exact_consistency_function_has_its_closed_form_e
     means = []
     for k in (40, 20):
         t_next = 500.0
-        loss = consistency_loss(f_star, x0, z, torch.full((n,), t_next), torch.full((n,), t_next - k), distance_kind="l2")
+        loss = consistency_loss(f_star, x0, z, torch.full((n,), t_next), torch.full((n,), t_next - k),
+                                distance_kind="l2")
         (a1, s1, r1), (a, sg, r) = coefficients(t_next), coefficients(t_next - k)
         expected = r0 ** 2 * ((a1 / r1 - a / r) ** 2 * s * s + (s1 / r1 - sg / r) ** 2)
         # per sample the loss is (D_1^2 + D_2^2)/2 with D_i ~ N(0, expected): relative standard deviation 1

@@ -68,11 +68,13 @@ def test_resuming_across_objectives_is_refused(tmp_path, teacher):
     ({"objective": "consistency-distillation"}, "needs teacher=PATH"),
     ({"teacher": "t.safetensors"}, "used only by objective='consistency-distillation'"),
     ({"consistency_skip": 10}, "applies to the consistency objectives"),
-    ({"objective": "consistency-training", "consistency_skip": 1000}, r"consistency_skip=1000 is not allowed; give an integer 1\.\.999"),
+    ({"objective": "consistency-training", "consistency_skip": 1000},
+     r"consistency_skip=1000 is not allowed; give an integer 1\.\.999"),
     ({"objective": "consistency-training", "consistency_skip": 0}, "consistency_skip=0"),
     ({"objective": "consistency-training", "consistency_distance": "l1"}, "consistency_distance"),
     ({"objective": "consistency-training", "timestep_sampler": "loss-aware"}, "belongs to the diffusion objective"),
-    ({"objective": "consistency-training", "consistency_guidance": 2.0}, "needs objective='consistency-distillation' and conditional"),
+    ({"objective": "consistency-training", "consistency_guidance": 2.0},
+     "needs objective='consistency-distillation' and conditional"),
     ({"objective": "flow"}, "objective"),
 ])
 def test_bad_consistency_config_is_one_line_error(over, message):
@@ -105,7 +107,8 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     assert main(["sample", "--checkpoint", str(latest), "--sampler", "consistency", "--steps", "2", "--num", "4",
                  "--out", "s.png", "--no-progress"]) == 0
     assert (tmp_path / "s.png").exists() and "2 network evaluations per sample" in capsys.readouterr().out
-    assert main(["sample", "--checkpoint", str(tmp_path / "cm" / "checkpoints"), "--num", "4", "--out", "d.png", "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "cm" / "checkpoints"), "--num", "4", "--out", "d.png",
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out  # a consistency model's defaults: its sampler, its config's 4 steps
     assert "consistency" in out and "4 network evaluations per sample" in out, out
     import json  # the same defaults when the checkpoint comes from a config's test_load_weight
@@ -160,7 +163,8 @@ def test_a_resume_keeps_the_teacher_and_the_parameterisation(tmp_path, teacher):
     shutil.copy(teacher, mine)
     Trainer(_cd(tmp_path / "run", mine, max_steps=4), tiny_dataset(), progress=False).run(stop_at=2)
     part = str(tmp_path / "run" / "ckpt" / "latest.safetensors")
-    for over, message in [({"consistency_timestep_scaling": 1.0}, "consistency_timestep_scaling=10.0, this run has 1.0"),
+    for over, message in [({"consistency_timestep_scaling": 1.0},
+                           "consistency_timestep_scaling=10.0, this run has 1.0"),
                           ({"consistency_skip": 5}, "consistency_skip=None, this run has 5"),
                           ({"consistency_distance": "l2"}, "consistency_distance='pseudo-huber', this run has 'l2'")]:
         with pytest.raises(DiffkitError, match=message) as err:
@@ -172,7 +176,8 @@ def test_a_resume_keeps_the_teacher_and_the_parameterisation(tmp_path, teacher):
             progress=False).run()
     shutil.copy(other / "latest.safetensors", mine)  # the teacher file moved on
     with pytest.raises(DiffkitError, match="is not the one .* was distilled from"):
-        Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part), tiny_dataset(), progress=False).run()
+        Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part), tiny_dataset(),
+                progress=False).run()
     mine.unlink()
     with pytest.raises(DiffkitError, match="does not exist; .*--set teacher=PATH"):
         Trainer(_cd(tmp_path / "run", mine, max_steps=4, training_load_weight=part), tiny_dataset(), progress=False)

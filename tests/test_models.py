@@ -217,7 +217,8 @@ def test_group_norm_of_channels_last_input_equals_the_formula_in_value_gradient_
     y = norm(x)
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
     xd = x.detach().double().reshape(3, 4, -1)
-    ref = ((xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()).view(3, 16, 5, 7)
+    ref = ((xd - xd.mean(-1, keepdim=True))
+           / (xd.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()).view(3, 16, 5, 7)
     ref = ref * norm.weight.double().view(1, -1, 1, 1) + norm.bias.double().view(1, -1, 1, 1)
     tol = {torch.bfloat16: 3e-2, torch.float16: 4e-3}.get(dtype, 1e-5)
     assert (y.double() - ref).abs().max() < tol

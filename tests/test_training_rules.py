@@ -381,7 +381,8 @@ def closed_form_losses(call, x0, abar, cfg) -> torch.Tensor:
     if cfg.min_snr_gamma is not None:
         snr = abar[t] / (1 - abar[t])
         clipped = torch.clamp(snr, max=cfg.min_snr_gamma)
-        mse = mse * {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}[cfg.prediction_type]
+        mse = mse * {"epsilon": clipped / snr, "sample": clipped,
+                     "v_prediction": clipped / (snr + 1)}[cfg.prediction_type]
     if cfg.loss == "simple":
         return mse
     x0_pred = {"epsilon": (x_t - s * out) / a, "sample": out, "v_prediction": a * x_t - s * out}[cfg.prediction_type]

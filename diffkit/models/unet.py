@@ -161,7 +161,8 @@ class UNet(nn.Module):
             raise DiffkitError(f"class labels y of type {getattr(y, 'dtype', type(y).__name__)} are not allowed; give "
                                f"an integer tensor of {batch} labels in 0..{n - 1} ({n}: unconditional)")
         if y.shape != (batch,):
-            raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; give ({batch},), one per sample")
+            raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; "
+                               f"give ({batch},), one per sample")
         from .cpu_kernels import compiling
         if not compiling() and bool(((y < 0) | (y > n)).any()):  # one host sync
             bad = y[(y < 0) | (y > n)][0].item()
@@ -178,7 +179,8 @@ class UNet(nn.Module):
         batch = x.shape[0]
         if context is not None:
             if cfg.context_dim is None:
-                raise DiffkitError("context was given but the UNet has no cross-attention; set context_dim in its config")
+                raise DiffkitError("context was given but the UNet has no cross-attention; "
+                                   "set context_dim in its config")
             if (not isinstance(context, torch.Tensor) or context.ndim != 3 or context.shape[0] != batch
                     or context.shape[2] != cfg.context_dim):
                 raise DiffkitError(f"context of shape {tuple(getattr(context, 'shape', ()))} is not allowed; give "
