@@ -76,7 +76,7 @@ def _variant(pipe, folder, tmp_path, scheduler_options):
     return pipe, folder
 
 
-# timestep_scaling 10 (LCM's) makes c_skip(t) < 1e-7 at every sampled t >= 19, so these cases also
+# timestep_scaling 10 (LCM's) makes c_skip(t) < 1e-7 at every t these tests sample (>= 259), so they also
 # take a small one, where the boundary condition f = c_skip x + c_out x0_hat changes the result
 SMALL_SCALING = {"original_inference_steps": 20, "timestep_scaling": 0.0005}  # k = 50; c_skip(999) = 0.5
 
@@ -90,6 +90,7 @@ def _theirs(pipe, steps, scale, latents, seed, output_type="latent", **options):
 @pytest.mark.parametrize("steps,scale,scheduler_options", [
     (1, 8.5, {}), (4, 8.5, {}), (4, 3.3, {}),
     (3, 6.0, SMALL_SCALING),  # t = 999, 649, 349
+    (2, 8.5, {"prediction_type": "v_prediction"}), (2, 8.5, {"prediction_type": "sample"}),
 ])
 def test_lcm_folder_equals_latent_consistency_model_pipeline(lcm, tmp_path, unet_calls, steps, scale,
                                                              scheduler_options):
@@ -110,7 +111,7 @@ def test_lcm_folder_equals_latent_consistency_model_pipeline(lcm, tmp_path, unet
     w_embedding = pipe.get_guidance_scale_embedding(torch.tensor(scale - 1).repeat(2), COND_DIM)
     for *_, cond in unet_calls:
         torch.testing.assert_close(cond, w_embedding, rtol=0, atol=0)
-    if scheduler_options:  # the same chain without the boundary condition is another result
+    if "timestep_scaling" in scheduler_options:  # the same chain without the boundary condition differs
         plain = diffkit.sample(GuidanceScaleInput(sd.network_denoiser, scale, "diffusers"), latents.clone(),
                                "consistency", grid=sd.scheduler_grid(steps), seed=3, progress=False,
                                cond={"context": sd.encode_prompts(PROMPTS)})
@@ -146,6 +147,13 @@ def test_lcm_lora_folder_equals_stable_diffusion_pipeline_with_lcm_scheduler(lcm
     if scale == 1.0:  # the default for such a folder: no guidance
         torch.testing.assert_close(text_to_image(sd, PROMPTS, latents=latents, seed=5, return_latents=True), ours,
                                    rtol=0, atol=0)
+    if steps == 2:  # a negative prompt is the unconditional half, as in the pipeline
+        negative = ["cold", "wet"]
+        theirs = _theirs(pipe, steps, scale, latents, seed=5, guidance_rescale=rescale, negative_prompt=negative)
+        ours = text_to_image(sd, PROMPTS, sampler="consistency", steps=steps, guidance_scale=scale,
+                             guidance_rescale=rescale, negative_prompt=negative, latents=latents, seed=5,
+                             return_latents=True)
+        assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
 
 
 def test_sample_command_on_an_lcm_folder_defaults_to_consistency_with_w_as_input(lcm, tmp_path, monkeypatch,
@@ -186,6 +194,7 @@ def test_sample_command_on_an_lcm_lora_folder_guides_as_classifier_free_guidance
         assert main(["sample", "--checkpoint", str(lcm_lora[1]), "--prompt", "hot", "--num", "1", "--batch-size", "1",
                      "--steps", "2", "--out", str(out), "--no-progress", *extra]) == 0
         assert [b for b, *_ in unet_calls] == [batch, batch]  # no guidance by default: one call of B
+        assert [t for _, t, _ in unet_calls] == [999, 499]  # the consistency sampler's lcm times (ddim: 500, 0)
 
 
 def test_lcm_folders_refuse_bad_input_in_one_line(lcm, tmp_path, capsys):

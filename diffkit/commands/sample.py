@@ -442,7 +442,7 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
     return torch.arange(count).repeat_interleave(per_row)[:num], num, per_row
 
 
-def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
+def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
@@ -451,12 +451,14 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
     i.e. diffusers' s = 7.5). An LCMScheduler folder (a latent consistency model) whose UNet takes
     the guidance weight as input gets w as that input (default diffusers' LatentConsistencyModelPipeline
     s = 8.5, w = 7.5); without that input (LCM-LoRA) classifier-free guidance as above, default off.
-    Writes the grid (and single PNGs); latents have no noise grid."""
+    ``sampler`` / ``steps`` None: the folder's defaults (``ddim``; an LCM folder ``consistency`` in 4
+    steps). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
     from ..images import save_grid, save_images
-    from ..interop.lcm import folder_guidance_input
+    from ..interop.lcm import folder_guidance_input, is_lcm_folder
+    from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
 
     guidance = guidance or GuidanceRequest()
@@ -467,7 +469,8 @@ def sample_stable_diffusion(directory, *, sampler="ddim", steps=None, nfe=None, 
                         ("--guidance-interval", guidance.interval)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
-    w_input = folder_guidance_input(directory)
+    sampler, steps = default_sampling(directory, sampler, steps, nfe)
+    w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
     if w_input and guidance.rescale:  # before loading the weights
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
