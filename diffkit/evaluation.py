@@ -127,7 +127,7 @@ def image_shape(denoiser) -> tuple[int, int]:
     """(channels, side) of the images a loaded denoiser makes: the U-Net's own, or for a latent
     model the decoder's (the latent side times the autoencoder's downsampling factor)."""
     unet = denoiser.meta["unet"]
-    check_image_model(unet, "image_shape")
+    check_image_model(unet, "scoring images")
     decoder = getattr(denoiser, "decoder", None)
     if decoder is None:
         return unet["in_channels"], unet["img_size"]

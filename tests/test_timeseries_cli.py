@@ -180,3 +180,27 @@ def test_load_dataset_keeps_image_and_series_options_apart():
         load_dataset("digits", seq_length=8)
     test = load_dataset("sines", train=False, num_series=4, seq_length=6, channels=2)
     assert torch.equal(test.series, sines(4, 6, 2, seed=2024)) and test[1][1] == 0
+
+
+def test_two_gloo_processes_train_series_as_one_process(tmp_path):
+    """DDP (torchrun, gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout)."""
+    import os
+    import subprocess
+    import sys
+
+    def train(out, nproc, batch):
+        args = ["diffkit", "train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
+                "--device", "cpu", "--no-sample", "--no-progress", *[s for s in SET if "batch_size" not in s],
+                "--set=dropout=0.0"]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+        res = subprocess.run([*(launcher if nproc > 1 else [sys.executable, "-m"]), *args], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stderr[-2000:]
+        return ckpt.load_checkpoint(out / "checkpoints" / "latest.safetensors")
+
+    a, _ = train(tmp_path / "one", 1, 8)
+    b, meta = train(tmp_path / "two", 2, 4)
+    assert meta["step"] == 3 and meta["world_size"] == 2
+    for key in a:
+        if key.startswith(("model.", "ema.")):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
