@@ -146,8 +146,8 @@ def check_not_text_conditional(denoiser, what) -> None:
 def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
                      progress: bool = False, cache=None, return_nfe: bool = False, on_drawn=None, **options):
-    """``num`` samples (CPU tensor in [-1, 1], clamped; images, or series (N, C, L)) with :func:`diffkit.sample`; a latent
-    model's samples are decoded to images.
+    """``num`` samples (CPU tensor in [-1, 1], clamped: images, or series (N, C, L)) with
+    :func:`diffkit.sample`; a latent model's samples are decoded to images.
 
     Sample i starts from the noise of seed ``seed + i`` whatever the batch size, so two samplers
     evaluated with the same seed start from the same x_T. ``cache``: a

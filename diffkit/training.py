@@ -98,8 +98,8 @@ class EMA:
 
 
 def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
-    """The U-Net that ``cfg`` describes (seed 000 key names; a 1-D U-Net for time series); with ``text_conditioning``, the
-    U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
+    """The U-Net that ``cfg`` describes (seed 000 key names; the 1-D U-Net for time series); with
+    ``text_conditioning``, the U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
     vocabulary that of the data set's captions (:meth:`~diffkit.text.CaptionSet.for_dataset`)."""
     kwargs = cfg.to_unet_kwargs(dataset)
     if cfg.is_series:  # the data set implies the network: the 1-D U-Net (docs/data_and_config.md)

@@ -345,8 +345,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     names = output_config or cfg  # where the grids go and how wide they are
     from ..models.network import is_series_model
     if is_series_model(meta["unet"]):
-        out = Path(out) if out else ((Path(names.get("sampled_dir", ".")) if output_config
-                                      else run_sample_dir(checkpoint, cfg)) / names.get("sampledImgName", "samples.png"))
+        folder = Path(names.get("sampled_dir", ".")) if output_config else run_sample_dir(checkpoint, cfg)
+        out = Path(out) if out else folder / names.get("sampledImgName", "samples.png")
         return sample_series_to_files(denoiser, out, sampler=sampler, steps=steps, nfe=nfe, num=num, seed=seed,
                                       device=device, batch_size=batch_size, spacing=spacing, final=final,
                                       progress=progress, refused={"--noise-out": noise_out, "--individual": individual,
