@@ -204,3 +204,18 @@ def test_two_gloo_processes_train_series_as_one_process(tmp_path):
     for key in a:
         if key.startswith(("model.", "ema.")):
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_image_only_commands_refuse_a_series_checkpoint(series_run, tmp_path, capsys):
+    ck = str(series_run / "checkpoints" / "latest.safetensors")
+    (tmp_path / "imgs").mkdir()
+    for args, what in ((["convert", "--checkpoint", ck, "--to-diffusers", str(tmp_path / "dd")], "--to-diffusers"),
+                       (["train-classifier", "--like", ck, "--out", str(tmp_path / "c.safetensors")],
+                        "classifier guidance"),
+                       (["edit", "--checkpoint", ck, "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "e")],
+                        "diffkit edit"),
+                       (["experiment", "noise-scale", "--checkpoint", ck, "--out", str(tmp_path / "n.json")],
+                        "noise-scale")):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and what in err and "is a time-series model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "dd").exists()
