@@ -22,7 +22,7 @@ Until 6 December 2026 the training loop was written out here (batches drawn with
 it now runs through the Trainer (shuffled epochs; the same optimiser, warm-up, clip and EMA).
 A benchmark, not a CI test:
 
-    python benchmarks/context_fid_sines.py                       # ~7 min of CPU time
+    python benchmarks/context_fid_sines.py                       # ~5 min of CPU time
     python benchmarks/context_fid_sines.py --steps 200 --num 600 --encoder-seeds 1   # quick check
 """
 from __future__ import annotations
