@@ -38,7 +38,8 @@ CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCE
 CONSISTENCY_CURRICULA = ("fixed", "cm", "ict")  # = diffkit.consistency_curricula.CURRICULA
 CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
 CONSISTENCY_TIMESTEP_SCALING = 10.0
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")  # = diffkit.data.DATASET_NAMES
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines")  # = diffkit.data.DATASET_NAMES
+SERIES_DATASETS = ("sines",)  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
 
@@ -87,6 +88,17 @@ class TrainConfig:
     ict 10, 1280). ``loss`` is not used by them, and
     ``timestep_sampler`` / ``min_snr_gamma`` must keep their defaults.
 
+    **Time series** (docs/data_and_config.md): ``dataset = "sines"`` (generated, diffkit.timeseries)
+    trains diffkit's 1-D U-Net (:class:`~diffkit.models.temporal.TemporalUNet`) on series (C, L): the
+    data set implies the network. ``channel``, ``channel_mult``, ``num_res_blocks`` and ``dropout``
+    keep their meaning (base width, width per level, blocks per level, dropout); ``in_channels`` is
+    the number of channels (default 5), ``seq_length`` the steps per series (default 24, divisible by
+    2**(len(channel_mult) - 1)), ``num_series`` the size of the training set (default 10000, as
+    Diffusion-TS). The image-only fields (``img_size``, ``attn`` other than [], ``num_heads``,
+    ``scale_shift_norm``, ``hflip``, ``data_dir``, memory_format ``channels_last``) and what the 1-D
+    U-Net lacks (class, text or latent conditioning, a learned variance, loss 'hybrid'/'vlb', the
+    consistency objectives) are refused; ``seq_length`` / ``num_series`` are refused for images.
+
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
     ``text_conditioning`` (captions from the labels through a jointly trained text encoder;
@@ -124,6 +136,8 @@ class TrainConfig:
     data_dir: Optional[str] = None
     in_channels: Optional[int] = None
     hflip: bool = False
+    seq_length: int = 24  # time series only (dataset "sines")
+    num_series: int = 10000  # time series only
     num_workers: int = 0
     # ---- diffusion and objective ----
     schedule: str = "linear"
@@ -204,12 +218,41 @@ class TrainConfig:
         for name in ("save_weight_dir", "sampled_dir", "data_dir"):  # "" would quietly mean the current folder
             if getattr(self, name) == "":
                 raise DiffkitError(f"{name}='' is not allowed; give a folder ('.' for the current one)")
-        if self.in_channels is not None:  # images (the autoencoder's input in a latent model): grey or RGB
+        if self.in_channels is not None and not self.is_series:  # images (or an autoencoder's): grey or RGB
             check_choice("in_channels", self.in_channels, (1, 3))
         if not _DEVICE_RE.fullmatch(self.device):
             raise DiffkitError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
         self._check_cross_fields()
         return self
+
+    @property
+    def is_series(self) -> bool:
+        """True for a time-series data set (the 1-D U-Net; see the class docstring)."""
+        return self.dataset in SERIES_DATASETS
+
+    def _check_series(self) -> None:
+        """A time-series run: the fields the 1-D U-Net has no use for are refused, in one line each."""
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.seq_length % factor:
+            raise DiffkitError(f"seq_length={self.seq_length} must be divisible by {factor} = "
+                               f"2**(len(channel_mult)-1) for channel_mult={self.channel_mult!r}")
+        image_only = [(name, getattr(self, name)) for name in ("img_size", "num_heads", "scale_shift_norm", "hflip",
+                                                              "data_dir") if getattr(self, name) != _default(name)]
+        if self.attn not in ([], _default("attn")):
+            image_only.append(("attn", self.attn))
+        if self.memory_format == "channels_last":
+            image_only.append(("memory_format", self.memory_format))
+        if image_only:
+            name, value = image_only[0]
+            raise DiffkitError(f"{name}={value!r} applies to images; dataset={self.dataset!r} trains the 1-D U-Net on "
+                               f"series (its size: in_channels, seq_length, num_series): drop {name}")
+        lacking = [(name, getattr(self, name)) for name in (
+            "conditional", "text_conditioning", "autoencoder", "learned_variance", "guidance_embedding_dim",
+            "objective", "loss") if getattr(self, name) != _default(name)]
+        if lacking:
+            name, value = lacking[0]
+            raise DiffkitError(f"{name}={value!r} is not available for time series (dataset={self.dataset!r}): the "
+                               f"1-D U-Net is trained unconditionally with the diffusion objective and loss='simple'")
 
     def _check_cross_fields(self) -> None:
         if not self.channel_mult:
@@ -218,6 +261,19 @@ class TrainConfig:
             bad = [v for v in values if v < 1]
             if bad:
                 raise DiffkitError(f"{name}={values!r} has {bad[0]}; every multiplier must be an integer >= 1")
+        if self.is_series:
+            self._check_series()
+        else:
+            for name in ("seq_length", "num_series"):
+                if getattr(self, name) != _default(name):
+                    raise DiffkitError(f"{name}={getattr(self, name)!r} applies to time series (dataset "
+                                       f"{', '.join(SERIES_DATASETS)}); dataset={self.dataset!r} holds images")
+            self._check_image_network()
+        if not self.beta_1 < self.beta_T:
+            raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} (0 < beta_1 < beta_T < 1)")
+        self._check_objective()
+
+    def _check_image_network(self) -> None:
         levels = len(self.channel_mult)
         bad = [a for a in self.attn if not 0 <= a < levels]
         if bad:
@@ -227,13 +283,13 @@ class TrainConfig:
         if self.img_size % factor:
             raise DiffkitError(f"img_size={self.img_size} must be divisible by {factor} = 2**(len(channel_mult)-1) "
                                f"for channel_mult={self.channel_mult!r}")
-        if not self.beta_1 < self.beta_T:
-            raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} (0 < beta_1 < beta_T < 1)")
         for level in self.attn:
             width = self.channel * self.channel_mult[level]
             if width % self.num_heads:
                 raise DiffkitError(f"num_heads={self.num_heads} must divide the {width} channels of attention "
                                    f"level {level} (channel * channel_mult[{level}])")
+
+    def _check_objective(self) -> None:
         if self.loss == "hybrid" and not self.learned_variance:
             raise DiffkitError("loss='hybrid' needs learned_variance=True: its L_vlb term trains the variance "
                                "output (Improved DDPM, Sec. 3.1); with a fixed variance use loss='simple' or 'vlb'")
@@ -416,7 +472,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ consumers
     def to_unet_kwargs(self, dataset=None) -> dict[str, Any]:
-        """Keyword arguments of diffkit's U-Net (the seed's key names).
+        """Keyword arguments of diffkit's U-Net (the seed's key names); for time series the
+        description of the 1-D U-Net (:mod:`diffkit.models.network`).
 
         ``in_channels`` and ``num_classes`` left ``None`` are taken from ``dataset`` (anything
         with ``channels`` / ``num_classes``) or else from what the named data set is known to
@@ -425,6 +482,11 @@ class TrainConfig:
         from .data import DATASET_CHANNELS, DATASET_NUM_CLASSES
 
         in_channels = self.in_channels or getattr(dataset, "channels", None) or DATASET_CHANNELS[self.dataset]
+        if self.is_series:  # the 1-D U-Net (diffkit.models.network): TemporalUNetConfig's names, + the length
+            from .models.network import TEMPORAL_UNET
+            return {"network": TEMPORAL_UNET, "in_channels": in_channels, "model_channels": self.channel,
+                    "channel_mult": list(self.channel_mult), "num_res_blocks": self.num_res_blocks,
+                    "dropout": self.dropout, "seq_length": self.seq_length}
         num_classes = None
         if self.conditional:
             num_classes = self.num_classes or getattr(dataset, "num_classes", None) or DATASET_NUM_CLASSES.get(self.dataset)
@@ -476,6 +538,9 @@ class TrainConfig:
 
     def dataset_kwargs(self, train: bool = True) -> dict[str, Any]:
         """Keyword arguments of :func:`diffkit.data.load_dataset` for this config."""
+        if self.is_series:
+            return {"name": self.dataset, "train": train, "channels": self.in_channels,
+                    "num_series": self.num_series, "seq_length": self.seq_length}
         return {"name": self.dataset, "data_dir": self.data_dir, "img_size": self.img_size, "train": train,
                 "hflip": self.hflip, "channels": self.in_channels}
 
@@ -497,6 +562,7 @@ _RANGES = {
     "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),
     "seed": (0, 2**63 - 1, True, True), "max_steps": (1, None, True, True),
     "save_every_epochs": (1, None, True, True), "keep_last": (1, None, True, True),
+    "seq_length": (2, None, True, True), "num_series": (2, None, True, True),
     "log_every": (1, None, True, True), "sample_steps": (1, None, True, True),
     "context_dim": (1, None, True, True), "text_width": (1, None, True, True), "text_layers": (0, None, True, True),
     "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),

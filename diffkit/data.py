@@ -16,6 +16,9 @@ optional random horizontal flip (as DDPM used for CIFAR-10). One front door,
                    unpickler that only rebuilds dicts, lists, bytes and uint8 numpy arrays
                    (:func:`read_cifar10_batch`) and rejects anything else without running it.
 ``folder``         any folder of images; one class per sub-folder (sorted names), via Pillow.
+``sines``          not images: generated time series (N, C, L) (:mod:`diffkit.timeseries`), as a
+                   :class:`~diffkit.timeseries.SeriesDataset`; ``num_series``, ``seq_length``,
+                   ``channels`` (default 5) set its size.
 
 ``download_mnist``, ``download_fashion_mnist`` and ``download_cifar10`` fetch the canonical
 files for online users, verify their checksums and write atomically; nothing in diffkit calls
@@ -45,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import hash_file
 from .errors import DiffkitError, check_choice, check_range
 
-DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines")
 RESIZE_MODES = ("auto", "pad", "bilinear", "bicubic", "nearest")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -58,7 +61,7 @@ CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                  "truck")
 
 # Channels and classes of each named set, known without loading it (folder: RGB by default).
-DATASET_CHANNELS = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "folder": 3}
+DATASET_CHANNELS = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "folder": 3, "sines": 5}
 DATASET_NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 DATASET_IMG_SIZE = {"digits": 16, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
 SPLIT_DATASETS = ("mnist", "fashion-mnist", "cifar10")  # the named sets with a test split (digits has none)
@@ -437,8 +440,9 @@ def default_data_dir(name: str) -> Path:
 
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  train: bool = True, hflip: bool = False, channels: int | None = None,
-                 resize: str = "auto") -> InMemoryImageDataset:
-    """Load a named data set (see the module docstring) as an :class:`InMemoryImageDataset`.
+                 resize: str = "auto", num_series: int | None = None, seq_length: int | None = None):
+    """Load a named data set (see the module docstring) as an :class:`InMemoryImageDataset`
+    (a :class:`~diffkit.timeseries.SeriesDataset` for ``sines``).
 
     Args:
         name: one of ``DATASET_NAMES``.
@@ -448,8 +452,20 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         hflip: random horizontal flips (off by default: digits are not mirror-symmetric).
         channels: 1 or 3 to convert (gray <-> RGB); ``None`` keeps the set's own channels.
         resize: ``auto`` | ``pad`` | ``bilinear`` | ``bicubic`` | ``nearest`` (see :func:`resize_images`).
+        num_series, seq_length: time-series sets only (default 10000 series of 24 steps).
     """
     check_choice("dataset", name, DATASET_NAMES)
+    from .timeseries import SERIES_DATASETS, load_series_dataset
+    if name in SERIES_DATASETS:
+        for key, value, unset in (("img_size", img_size, None), ("hflip", hflip, False), ("resize", resize, "auto"),
+                                  ("data_dir", data_dir, None)):
+            if value != unset:
+                raise DiffkitError(f"{key}={value!r} applies to image data sets; dataset={name!r} is generated time "
+                                   f"series (set num_series, seq_length, channels)")
+        return load_series_dataset(name, num_series=num_series or 10000, seq_length=seq_length or 24,
+                                   channels=channels or DATASET_CHANNELS[name], train=train)
+    if num_series is not None or seq_length is not None:
+        raise DiffkitError(f"num_series / seq_length apply to time-series data sets; dataset={name!r} holds images")
     check_choice("resize", resize, RESIZE_MODES)
     if img_size is not None:
         check_range("img_size", img_size, 1, 4096, integer=True)

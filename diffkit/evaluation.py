@@ -17,6 +17,9 @@ Metric names (``METRICS``):
   t against the RMSE of the x_0 prediction from x_t ([0, 255] scale), per t
   (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound. Asked together,
   the two are one pass of the strided bound (:func:`diffkit.likelihood.bound_in_batches`).
+* ``context-fid`` - time-series checkpoints only, and only it for them: Context-FID (Jeha et al.
+  2022) of the samples against the training series under a TS2Vec encoder trained on them
+  (:mod:`diffkit.series_evaluation`).
 
 Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
 no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
@@ -37,19 +40,21 @@ import numpy as np
 import torch
 
 from .errors import DiffkitError, check_choice, check_range
+from .models.network import check_image_model, sample_shape
 from .samplers.ddim import parse_eta
+from .series_evaluation import SERIES_METRICS, check_metrics_fit
 
 INCEPTION_METRICS = ("fid", "is", "kid", "pr")
 EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "confidence")
 NLL_METRICS = ("nll", "nll-strided", "rate-distortion")  # need the model and the NLL images
 NLL_SPLITS = ("test", "train")  # DDPM Table 1/2 report NLL "Test (Train)"
 SAMPLE_METRICS = INCEPTION_METRICS + EVALUATOR_METRICS
-METRICS = SAMPLE_METRICS + NLL_METRICS
+METRICS = SAMPLE_METRICS + NLL_METRICS + SERIES_METRICS  # context-fid: time-series checkpoints only
 # the field of each metric's result that a one-number table shows
 PRIMARY_FIELD = {"fid": "value", "is": "mean", "kid": "mean", "pr": "precision", "fd-classifier": "value",
                  "classifier-score": "mean", "class-accuracy": "value", "confidence": "value",
-                 "nll": "bpd", "nll-strided": "bpd", "rate-distortion": "bpd"}
-LOWER_IS_BETTER = {"fid", "kid", "fd-classifier", "nll", "nll-strided"}
+                 "nll": "bpd", "nll-strided": "bpd", "rate-distortion": "bpd", "context-fid": "value"}
+LOWER_IS_BETTER = {"fid", "kid", "fd-classifier", "nll", "nll-strided", "context-fid"}
 MIN_EVAL_SAMPLES = 2  # the documented floor (a covariance needs two samples)
 DIGITS_TRAIN_SIZE = 1200  # the embedded digits have no split: images 0..1199 train, 1200..1796 test
 PR_NEIGHBOURS = 3
@@ -122,6 +127,7 @@ def image_shape(denoiser) -> tuple[int, int]:
     """(channels, side) of the images a loaded denoiser makes: the U-Net's own, or for a latent
     model the decoder's (the latent side times the autoencoder's downsampling factor)."""
     unet = denoiser.meta["unet"]
+    check_image_model(unet, "scoring images")
     decoder = getattr(denoiser, "decoder", None)
     if decoder is None:
         return unet["in_channels"], unet["img_size"]
@@ -140,8 +146,8 @@ def check_not_text_conditional(denoiser, what) -> None:
 def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
                      progress: bool = False, cache=None, return_nfe: bool = False, on_drawn=None, **options):
-    """``num`` samples (CPU tensor in [-1, 1], clamped) with :func:`diffkit.sample`; a latent
-    model's samples are decoded to images.
+    """``num`` samples (CPU tensor in [-1, 1], clamped: images, or series (N, C, L)) with
+    :func:`diffkit.sample`; a latent model's samples are decoded to images.
 
     Sample i starts from the noise of seed ``seed + i`` whatever the batch size, so two samplers
     evaluated with the same seed start from the same x_T. ``cache``: a
@@ -159,7 +165,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     unet = meta.get("unet")
     if unet is None:
         raise DiffkitError("the denoiser has no .meta['unet']; load it with diffkit.loading.load_denoiser")
-    shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
+    shape = sample_shape(unet)  # (C, H, W), or (C, L) for a time-series model
     if device is None:
         device = next(denoiser.model.parameters()).device
     settings = {"sampler": sampler, "steps": steps, **options}
@@ -431,7 +437,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
-             nll_split: str = "test") -> dict:
+             nll_split: str = "test", context_fid_iterations: int = 200) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -440,10 +446,21 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     (``test``, or ``train`` for DDPM Table 1/2's "Test (Train)" over-fitting check). Everything that
     can fail on user input (metric names, files, sizes) is checked before any sampling.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
+    A time-series checkpoint takes ``context-fid`` alone (:mod:`diffkit.series_evaluation`; its TS2Vec
+    encoder trains ``context_fid_iterations`` iterations, or comes from ``cache_dir``).
     """
     names = parse_metrics(metrics)
     if (checkpoint is None) == (samples is None):
         raise DiffkitError("give either a checkpoint (--checkpoint) or a folder of images (--samples), not both")
+    if check_metrics_fit(names, checkpoint, samples):
+        from .series_evaluation import evaluate_series
+        refused = {"--ref": ref, "--data-dir": data_dir, "--evaluator": evaluator,
+                   "--inception-weights": inception_weights, "--save-samples": save_samples}
+        return evaluate_series(names, checkpoint=checkpoint, num=num, sampler=sampler, steps=steps, eta=eta,
+                               thresholding=thresholding, ref_num=ref_num, batch_size=batch_size, seed=seed,
+                               device=device, use_ema=use_ema, mixed_precision=mixed_precision, compile=compile,
+                               progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
+                               refused=refused)
     if samples is not None and set(names) & set(NLL_METRICS):
         raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
     check_range("num", num, 1, None, integer=True)

@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .denoiser import Denoiser
 from .errors import DiffkitError
 from .models.layers import preferred_memory_format, use_memory_format
-from .models.unet import UNet, UNetConfig
+from .models.network import build_network
 from .schedule import NoiseSchedule
 
 
@@ -62,7 +62,7 @@ def _load(path, use_ema: bool, device, config):
     tensors, meta = ckpt.load_checkpoint(path)
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
-    model = UNet(UNetConfig(**meta["unet"]))
+    model = build_network(meta["unet"])
     if meta.get("text"):
         from .text import TextConditionedUNet
         model = TextConditionedUNet.from_meta(model, meta["text"])
@@ -96,7 +96,7 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
     first = state.get("input_conv.weight")
     if cfg.in_channels is None and first is not None and first.ndim == 4:
         unet["in_channels"] = int(first.shape[1])
-    model = UNet(UNetConfig(**unet))
+    model = build_network(unet)
     ckpt.load_state_dict_checked(model, state, str(path))
     model.to(device).eval()
     meta = {"config": cfg.to_dict(), "unet": unet, "prediction_type": cfg.prediction_type,

@@ -10,13 +10,24 @@ x_c(t) = sin(f_c t + phi_c), t = 0..L-1, with f_c, phi_c ~ U(0, 0.1) drawn per s
 (x + 1) / 2 and Diffusion-TS maps that to [-1, 1] with 2 y - 1, which gives back sin(f t + phi):
 the model sees the sine values themselves. Since f t + phi lies in [0, 0.1 L] (<= 2.4 < pi for
 L = 24), these values lie in [0, 1], the upper half of [-1, 1].
+
+For the Trainer and the CLI (``diffkit train --dataset sines``), :class:`SeriesDataset` holds the
+series in memory and yields ``(series (C, L), 0)`` like the image sets; :func:`plot_series` draws
+samples as line plots (the image grid's counterpart).
 """
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from .errors import check_range
+from .errors import DiffkitError, check_range
+
+SERIES_DATASETS = ("sines",)
+SINES_SEEDS = {True: 123, False: 2024}  # train: Diffusion-TS's seed; test: an independent draw
 
 
 def sines(num: int, length: int = 24, channels: int = 5, seed: int = 123) -> torch.Tensor:
@@ -37,3 +48,74 @@ def sines(num: int, length: int = 24, channels: int = 5, seed: int = 123) -> tor
 def to_unit_range(series: torch.Tensor) -> torch.Tensor:
     """(x + 1) / 2: the [0, 1] scale on which TimeGAN and Diffusion-TS report their metrics."""
     return (series + 1.0) * 0.5
+
+
+class SeriesDataset(Dataset):
+    """Time series held as one float32 tensor ``(N, C, L)``; items are ``(series (C, L), 0)`` (no classes)."""
+
+    num_classes = None
+    class_names = ()
+
+    def __init__(self, series: torch.Tensor, name: str = "series"):
+        series = torch.as_tensor(series, dtype=torch.float32)
+        if series.ndim != 3:
+            raise DiffkitError(f"series of shape {tuple(series.shape)} are not allowed; expected (N, C, L)")
+        self.series, self.name = series.contiguous(), name
+
+    @property
+    def channels(self) -> int:
+        return int(self.series.shape[1])
+
+    @property
+    def seq_length(self) -> int:
+        return int(self.series.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.series.shape[0])
+
+    def __getitem__(self, index: int):
+        return self.series[index], 0
+
+    def __repr__(self) -> str:
+        return f"SeriesDataset({self.name}, n={len(self)}, channels={self.channels}, length={self.seq_length})"
+
+
+def load_series_dataset(name: str = "sines", *, num_series: int = 10000, seq_length: int = 24,
+                        channels: int = 5, train: bool = True) -> SeriesDataset:
+    """A named time-series data set: ``sines`` (generated; ``train`` with Diffusion-TS's seed 123,
+    otherwise an independent draw, seed 2024)."""
+    if name not in SERIES_DATASETS:
+        raise DiffkitError(f"dataset={name!r} is not a time-series data set; allowed: {', '.join(SERIES_DATASETS)}")
+    return SeriesDataset(sines(num_series, seq_length, channels, seed=SINES_SEEDS[bool(train)]), name)
+
+
+def plot_series(series: torch.Tensor, path, max_series: int = 16, ncol: int = 4) -> Path:
+    """A PNG of the first ``max_series`` series (N, C, L): one panel per series, one line per channel
+    (matplotlib, headless), written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_write_bytes
+    series = torch.as_tensor(series).detach().float().cpu()
+    shown = series[:max_series]
+    ncol = min(ncol, shown.shape[0])
+    nrow = -(-shown.shape[0] // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 1.8 * nrow), dpi=100, sharex=True, sharey=True,
+                             squeeze=False)
+    low, high = float(shown.min()), float(shown.max())
+    pad = 0.05 * max(high - low, 1e-6)
+    for i, ax in enumerate(axes.flat):
+        if i >= shown.shape[0]:
+            ax.axis("off")
+            continue
+        for channel in shown[i]:
+            ax.plot(channel.numpy(), linewidth=1)
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_title(f"sample {i}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

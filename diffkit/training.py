@@ -30,6 +30,7 @@ from .denoiser import autocast
 from .errors import DiffkitError
 from .losses import training_losses
 from .models.layers import resolve_memory_format, use_memory_format
+from .models.network import build_network
 from .models.unet import UNet, UNetConfig
 from .optim import FusedAdamW
 from .schedule import NoiseSchedule
@@ -97,10 +98,12 @@ class EMA:
 
 
 def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
-    """The U-Net that ``cfg`` describes (seed 000 key names); with ``text_conditioning``, the
-    U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
+    """The U-Net that ``cfg`` describes (seed 000 key names; the 1-D U-Net for time series); with
+    ``text_conditioning``, the U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
     vocabulary that of the data set's captions (:meth:`~diffkit.text.CaptionSet.for_dataset`)."""
     kwargs = cfg.to_unet_kwargs(dataset)
+    if cfg.is_series:  # the data set implies the network: the 1-D U-Net (docs/data_and_config.md)
+        return build_network(kwargs)
     classes = getattr(dataset, "num_classes", None)
     if kwargs.get("num_classes") and classes and classes > kwargs["num_classes"]:  # labels would index past it
         raise DiffkitError(f"num_classes={kwargs['num_classes']} is fewer than the {classes} classes of "

@@ -180,6 +180,8 @@ BAD_VALUES = [
     ("max_prompt_tokens", 2, "max_prompt_tokens=2"),
     ("save_weight_dir", "", "save_weight_dir=''"), ("data_dir", "", "data_dir=''"), ("in_channels", 2, "in_channels=2"),
     ("channel", 1, "channel=1"), ("num_res_blocks", 0, "num_res_blocks=0"), ("num_workers", 100000, "num_workers="),
+    ("seq_length", 1, "seq_length=1"), ("seq_length", 16, "seq_length=16 applies to time series"),
+    ("num_series", 1, "num_series=1"), ("num_series", 5.0, "num_series=5.0"),
 ]
 
 

@@ -7,6 +7,9 @@ fd-classifier, classifier-score, class-accuracy, confidence (need an evaluator f
 estimate: every t below --nll-dense-below, then every --nll-stride-th t) and rate-distortion (DDPM
 Sec. 4.3, Fig. 5: bits sent by each of those t against the RMSE of the x_0 prediction, on the
 --nll-num images; its table goes into the JSON and its plot beside it, OUT_rate_distortion.png).
+A time-series checkpoint (``diffkit train --dataset sines``) takes context-fid alone: Context-FID of
+--num samples against as many of its training series (--ref-num), under a TS2Vec encoder trained on
+them with --seed (--context-fid-iterations; kept in --cache-dir and reused).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def register(sub) -> None:
     source.add_argument("--samples", help="a folder of same-sized PNGs made elsewhere")
     p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
                    "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided, "
-                   "rate-distortion")
+                   "rate-distortion; context-fid (time-series checkpoints)")
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
     p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL for another time grid, e.g. unipc:zero")
@@ -59,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--nll-stride", type=positive_int, default=10, help="nll-strided: every k-th t (default 10)")
     p.add_argument("--nll-dense-below", type=positive_int, default=20,
                    help="nll-strided: every t below this (default 20)")
+    p.add_argument("--context-fid-iterations", type=positive_int, default=200,
+                   help="context-fid: TS2Vec training iterations of batches of 8 (default 200, the authors')")
     p.add_argument("--save-samples", help="also write the samples as PNGs into this folder")
     p.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
     add_source_flags(p)
@@ -108,7 +113,8 @@ def run(args) -> int:
                           seed=args.seed,
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
                           save_samples=args.save_samples, mixed_precision=args.mixed_precision, compile=args.compile,
-                          progress=args.progress, cache_dir=args.cache_dir)
+                          progress=args.progress, cache_dir=args.cache_dir,
+                          context_fid_iterations=args.context_fid_iterations)
     warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
     settings = result["settings"]
@@ -116,7 +122,8 @@ def run(args) -> int:
     print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings
                            else f"no samples ({settings['nll_split']} images: {settings['nll_num_images']})")
           + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
-          + (f" vs {settings['num_reference']} {settings['reference']} test images" if "reference" in settings else ""))
+          + (f" vs {settings['num_reference']} {settings['reference']} {settings.get('reference_split', 'test')} "
+             f"{'series' if 'context-fid' in result['metrics'] else 'images'}" if "reference" in settings else ""))
     print(format_results(result["metrics"]))
     if rd_plot is not None:
         from ..progressive import plot_rate_distortion

@@ -59,6 +59,7 @@ def _run(args) -> int:
     from ..gradient_noise import (check_batch_sizes, check_diffusion_model, check_objectives, diffusion_noise_scales,
                                   format_noise_table)
     from ..loading import load_denoiser
+    from ..models.network import check_image_model
     # the messages name the flags typed (the Python API's name its parameters)
     check_batch_sizes(args.batches, args.small_batch, args.big_batch,
                       names={"batches": "--batches", "small_batch": "--small-batch", "big_batch": "--big-batch"})
@@ -74,6 +75,7 @@ def _run(args) -> int:
     dataset = args.dataset or cfg.get("dataset", "digits")
     data_dir = args.data_dir or (cfg.get("data_dir") if args.dataset is None else None)
     unet = denoiser.meta["unet"]
+    check_image_model(unet, "diffkit experiment noise-scale")
     if args.split == "train":  # every training image (the digits included: training uses all 1797)
         from ..data import load_dataset
         data = load_dataset(dataset, data_dir, img_size=unet["img_size"], train=True, channels=unet["in_channels"])

@@ -1,5 +1,8 @@
 """``diffkit sample``: draw an image grid from a checkpoint with any sampler.
 
+A time-series checkpoint (``dataset = "sines"``) writes its samples as OUT.npy (N, C, L) and a line
+plot of the first 16 to OUT (.png) instead of a grid.
+
 Class-conditional checkpoints sample the classes of ``--class`` (default: every class, one row
 per class). ``--guidance-scale W`` turns on classifier-free guidance in the seed's convention
 eps-bar = (1 + W) eps(x, y) - W eps(x, null), so W = 0 is the plain conditional model
@@ -342,6 +345,20 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     meta = denoiser.meta
     cfg = meta.get("config", {})
     names = output_config or cfg  # where the grids go and how wide they are
+    from ..models.network import is_series_model
+    if is_series_model(meta["unet"]):
+        folder = Path(names.get("sampled_dir", ".")) if output_config else run_sample_dir(checkpoint, cfg)
+        out = Path(out) if out else folder / names.get("sampledImgName", "samples.png")
+        return sample_series_to_files(denoiser, out, sampler=sampler, steps=steps, nfe=nfe, num=num, seed=seed,
+                                      device=device, batch_size=batch_size, spacing=spacing, final=final,
+                                      progress=progress, refused={"--noise-out": noise_out, "--individual": individual,
+                                                                  "--progressive": progressive, "--scale": scale != 1,
+                                                                  "--class": guidance and guidance.classes,
+                                                                  "--prompt": guidance and guidance.prompts,
+                                                                  "--classifier": guidance and guidance.classifier,
+                                                                  "--guidance-scale": guidance and
+                                                                  guidance.guidance_scale is not None},
+                                      **options)
     nrow = nrow or names.get("nrow", 8)
     guidance = guidance or GuidanceRequest()
     conditional_model = meta["unet"].get("num_classes") is not None
@@ -412,6 +429,42 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         save_progressive_grid(recorder.frames(), progressive_out, scale, decoder)
         print(f"wrote {progressive_out} (x0 predictions at t = {', '.join(f'{t:g}' for t in recorder.times)})")
     return images
+
+
+def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, nfe=None, num=None, seed=0,
+                           device="cpu", batch_size="auto", spacing=None, final=None, progress=True, refused=None,
+                           **options):
+    """A time-series checkpoint (docs/data_and_config.md): sample ``num`` series (default 64) and write
+    them, as sampled, to OUT.npy (float32 (N, C, L)) and a line plot of the first 16 to OUT (.png).
+    ``refused``: the image-only flags given ({flag: value}), each a one-line error."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from ..checkpoint import atomic_write_bytes
+    from ..drawing import draw_samples
+    from ..models.network import sample_shape
+    from ..timeseries import plot_series
+    given = [flag for flag, value in (refused or {}).items() if value]
+    if given:
+        raise DiffkitError(f"{given[0]} applies to image models; this checkpoint is a time-series model (it writes "
+                           f"the samples as .npy and a line plot)")
+    out = check_output_file(out, "sample plot", ".png")
+    array_out = check_output_file(out.with_suffix(".npy"), "sample array", ".npy")
+    num = num or 64
+    results = []
+    drawn = draw_samples(denoiser, num, sample_shape(denoiser.meta["unet"]), seed=seed, sampler=sampler, steps=steps,
+                         nfe=nfe, spacing=spacing, final=final, batch_size=batch_size, device=device,
+                         sink=lambda batch: results.append(batch.images.float().cpu()), progress=progress, **options)
+    series = torch.cat(results)
+    buffer = io.BytesIO()
+    np.save(buffer, series.numpy())
+    atomic_write_bytes(array_out, buffer.getvalue())
+    plot_series(series, out)
+    print(f"wrote {array_out} ({num} series {tuple(series.shape[1:])}, {sampler}, {drawn.nfe:g} network "
+          f"evaluations per sample) and {out}")
+    return series
 
 
 def check_grid_files(out: Path, noise_out: Optional[Path]) -> None:

@@ -1,4 +1,4 @@
-"""``diffkit train``: train a U-Net (DDPM Algorithm 1), then sample a grid.
+"""``diffkit train``: train a U-Net (DDPM Algorithm 1), then sample a grid (time series: .npy + line plot).
 
 ``--resume CHECKPOINT`` alone continues a run exactly: the configuration is read from the
 checkpoint (``--config``, flags and ``--set`` still override it), and without ``--out`` the run
@@ -21,7 +21,8 @@ from ._common import (add_progress_flag, check_writable_dir, missing_dirs, posit
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a diffusion model", description=__doc__)
     p.add_argument("--config", help="TOML/YAML/JSON file (the seed's modelConfig keys are accepted verbatim)")
-    p.add_argument("--dataset", help="digits (embedded default), mnist, fashion-mnist, cifar10, folder")
+    p.add_argument("--dataset", help="digits (embedded default), mnist, fashion-mnist, cifar10, folder; sines "
+                                     "(generated time series: a 1-D U-Net, docs/data_and_config.md)")
     p.add_argument("--data-dir", help="folder with the data set files")
     p.add_argument("--out", help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
     p.add_argument("--steps", type=positive_int, help="optimiser steps (overrides epoch)")
@@ -186,7 +187,8 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     from ..training import Trainer, TrainingInterrupted
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    trainer.log(f"training {n_params / 1e6:.2f}M-parameter U-Net on {cfg.dataset} ({len(trainer.dataset)} images, "
+    network, items = ("1-D U-Net", "series") if cfg.is_series else ("U-Net", "images")
+    trainer.log(f"training {n_params / 1e6:.2f}M-parameter {network} on {cfg.dataset} ({len(trainer.dataset)} {items}, "
           f"{tuple(trainer.dataset[0][0].shape)}) for {trainer.total_steps} steps on {trainer.device}")
     try:
         result = trainer.run()
@@ -217,7 +219,8 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                         steps=cfg.sample_steps, num=num_samples, nrow=cfg.nrow,
                         out=Path(cfg.sampled_dir) / cfg.sampledImgName,
                         # a latent model's noise lives in its latent space: no noise grid
-                        noise_out=None if cfg.autoencoder else Path(cfg.sampled_dir) / cfg.sampledNoisyImgName,
+                        noise_out=(None if cfg.autoencoder or cfg.is_series  # time series: no noise grid
+                                   else Path(cfg.sampled_dir) / cfg.sampledNoisyImgName),
                         device=str(trainer.device), progress=progress, scale=scale)
     return 0
 

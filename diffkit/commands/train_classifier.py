@@ -70,6 +70,8 @@ def _run(args) -> int:
         tensors, meta = load_checkpoint(args.like)
         if "schedule.betas" not in tensors or "config" not in meta:
             raise DiffkitError(f"{args.like} is not a diffusion training checkpoint (no config/schedule)")
+        from ..models.network import check_image_model
+        check_image_model(meta.get("unet") or {}, "classifier guidance")
         if meta.get("latent") or meta.get("text"):
             raise DiffkitError(f"{args.like} is a latent or text-conditional model; classifier guidance is for "
                                f"class-conditional or unconditional pixel-space models")

@@ -442,6 +442,8 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
         raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
                            f"this model with what it holds; give a new or empty folder")
     model, meta, schedule = load_model(checkpoint_path, use_ema=use_ema)
+    from ..models.network import check_image_model
+    check_image_model(meta["unet"], "--to-diffusers (a DDPMPipeline of a 2-D UNet)")
     if meta.get("latent"):
         raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "
                            f"images without the autoencoder; only pixel-space U-Nets can be exported to diffusers")

@@ -1,0 +1,50 @@
+"""The network a checkpoint's ``meta["unet"]`` describes: the image U-Net, or the 1-D U-Net of time series.
+
+A time-series run (``dataset = "sines"``, docs/data_and_config.md) records
+``{"network": "temporal-unet", "in_channels", "model_channels", "channel_mult", "num_res_blocks",
+"dropout", "seq_length"}``; every other description is the keyword arguments of
+:class:`~diffkit.models.unet.UNetConfig`. These helpers are the one place that tells them apart.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from torch import nn
+
+from ..errors import DiffkitError
+
+TEMPORAL_UNET = "temporal-unet"
+_SERIES_ONLY = ("network", "seq_length")  # description entries that are not TemporalUNetConfig fields
+
+
+def is_series_model(description: Mapping) -> bool:
+    """True for the description of a :class:`~diffkit.models.temporal.TemporalUNet` (series (C, L))."""
+    return (description or {}).get("network") == TEMPORAL_UNET
+
+
+def build_network(description: Mapping) -> nn.Module:
+    """The (untrained) network of a description: a TemporalUNet or a UNet."""
+    if is_series_model(description):
+        from .temporal import TemporalUNet, TemporalUNetConfig
+        fields = {k: v for k, v in description.items() if k not in _SERIES_ONLY}
+        fields["channel_mult"] = tuple(fields["channel_mult"])
+        return TemporalUNet(TemporalUNetConfig(**fields))
+    if "network" in description:
+        raise DiffkitError(f"network={description['network']!r} is not allowed; diffkit knows {TEMPORAL_UNET!r} "
+                           f"and the image U-Net (no 'network' entry)")
+    from .unet import UNet, UNetConfig
+    return UNet(UNetConfig(**description))
+
+
+def sample_shape(description: Mapping) -> tuple[int, ...]:
+    """The shape of one sample: (C, L) for a series model, (C, H, W) for an image U-Net."""
+    if is_series_model(description):
+        return (description["in_channels"], description["seq_length"])
+    return (description["in_channels"], description["img_size"], description["img_size"])
+
+
+def check_image_model(description: Mapping, what: str) -> None:
+    """A one-line error where ``what`` works on images and the checkpoint is a time-series model."""
+    if is_series_model(description):
+        raise DiffkitError(f"{what} works on image models; this checkpoint is a time-series model "
+                           f"({description['in_channels']} channels x {description['seq_length']} steps)")

@@ -1,0 +1,135 @@
+"""``diffkit eval --metrics context-fid``: Context-FID of a time-series checkpoint's samples.
+
+Context-FID (Jeha et al. 2022, Sec. 4; :mod:`diffkit.metrics.context_fid`): a TS2Vec encoder is
+trained on the real series, and the Frechet distance between the Gaussian fits of the max-pooled
+embeddings of real and generated series is reported. As Diffusion-TS (Yuan & Qiao 2024,
+``Utils/context_fid.py``) the real series are the model's training series (the run's own data set,
+length and channels; the first ``ref_num`` of them, default as many as the samples), and both sets
+are scored on the [0, 1] scale ((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). The
+encoder's seed is the evaluation's ``seed``; with ``cache_dir`` the trained encoder is kept there
+(named by a digest of everything that decides it) and reused by the same command.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import DiffkitError, check_range
+
+SERIES_METRICS = ("context-fid",)
+ENCODER_KIND = "context-fid encoder"
+
+
+def checkpoint_is_series(checkpoint) -> bool:
+    """True when a diffkit checkpoint (file or run folder) holds a time-series model (header only)."""
+    from .checkpoint import peek_metadata
+    from .models.network import is_series_model
+    path = Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
+    meta = peek_metadata(path) if path.is_file() else None
+    return bool(meta) and is_series_model(meta.get("unet") or {})
+
+
+def check_metrics_fit(names: Sequence[str], checkpoint, samples) -> bool:
+    """One-line errors for metrics that do not fit the source; True for a time-series checkpoint."""
+    asked = [m for m in names if m in SERIES_METRICS]
+    if checkpoint is None:
+        if asked:
+            raise DiffkitError(f"{asked[0]} scores the samples of a time-series checkpoint; use --checkpoint "
+                               f"(a folder of PNGs holds images)")
+        return False
+    series = checkpoint_is_series(checkpoint)
+    if series:
+        other = [m for m in names if m not in SERIES_METRICS]
+        if other:
+            raise DiffkitError(f"metric {other[0]!r} is for images; {checkpoint} is a time-series model: use "
+                               f"--metrics {','.join(SERIES_METRICS)}")
+    elif asked:
+        raise DiffkitError(f"metric {asked[0]!r} is for time series; {checkpoint} is an image model")
+    return series
+
+
+def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_dir=None, identity: dict):
+    """(TS2Vec encoder trained on ``reference`` in [0, 1], whether it came from the cache)."""
+    from . import checkpoint as ckpt
+    from .metrics.ts2vec import TS2VecConfig, TS2VecEncoder, train_ts2vec
+    from .sample_cache import key_digest
+    config = TS2VecConfig(input_dims=int(reference.shape[1]))
+    key = {**identity, "iterations": iterations, "seed": seed, "ts2vec": dataclasses.asdict(config),
+           "device": str(device).split(":")[0]}
+    path = None if cache_dir is None else Path(cache_dir) / f"context_fid_encoder_{key_digest(key)}.safetensors"
+    if path is not None and path.is_file():
+        tensors, meta = ckpt.load_checkpoint(path)
+        if meta.get("kind") == ENCODER_KIND and meta.get("key") == key:
+            encoder = TS2VecEncoder(config)
+            ckpt.load_state_dict_checked(encoder, tensors, str(path))
+            return encoder.to(device).requires_grad_(False).eval(), True
+    encoder = train_ts2vec(reference, iterations, seed=seed, device=device, config=config)
+    if path is not None:
+        ckpt.save_checkpoint(path, encoder.state_dict(), {"kind": ENCODER_KIND, "key": key})
+    return encoder, False
+
+
+def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str, steps: int, eta=None,
+                    thresholding: Optional[str] = None, ref_num: Optional[int] = None, batch_size: int = 250,
+                    seed: int = 0, device="cpu", use_ema: bool = True, mixed_precision: str = "no",
+                    compile: str = "no", progress: bool = False, cache_dir=None, encoder_iterations: int = 200,
+                    refused: Optional[dict] = None) -> dict:
+    """Context-FID of ``num`` samples of a time-series checkpoint (see the module doc); the result has
+    :func:`diffkit.evaluation.evaluate`'s form. ``refused``: image-only options given ({flag: value})."""
+    from .evaluation import _frechet, check_sample_count, generate_samples
+    from .loading import load_denoiser
+    from .metrics.context_fid import context_fid_statistics
+    from .metrics.ts2vec import ts2vec_embeddings
+    from .sample_cache import open_cache
+    from .samplers.ddim import parse_eta
+    from .sampling import check_eta, resolve_sampler
+    from .timeseries import load_series_dataset, to_unit_range
+    given = [flag for flag, value in (refused or {}).items() if value]
+    if given:
+        raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (Context-FID "
+                           f"uses its own training series)")
+    check_sample_count(num)
+    check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
+    info, spacing, final = resolve_sampler(sampler)
+    info.check_not_adaptive("eval")
+    check_eta(info.name, eta)
+    options = {} if thresholding is None else {"thresholding": thresholding}
+    options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
+    if eta is not None:
+        options["eta"] = parse_eta(eta)
+    denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
+                             compile=compile)
+    check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+    cfg, unet = denoiser.meta.get("config") or {}, denoiser.meta["unet"]
+    data = {"dataset": cfg.get("dataset", "sines"), "num_series": cfg.get("num_series", 10000),
+            "seq_length": unet["seq_length"], "channels": unet["in_channels"]}
+    train = load_series_dataset(data["dataset"], num_series=data["num_series"], seq_length=data["seq_length"],
+                                channels=data["channels"], train=True).series
+    reference = train[:ref_num or num]
+    check_sample_count(int(reference.shape[0]), "reference series")
+    start = time.perf_counter()
+    encoder, cached = context_fid_encoder(to_unit_range(reference), iterations=encoder_iterations, seed=seed,
+                                          device=device, cache_dir=cache_dir,
+                                          identity={**data, "num_reference": int(reference.shape[0])})
+    encoder_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = generate_samples(denoiser, num, sampler=info.name, steps=steps, seed=seed, batch_size=batch_size,
+                               device=device, progress=progress, cache=open_cache(cache_dir, denoiser), **options)
+    sampling_seconds = time.perf_counter() - start
+    with warnings.catch_warnings():  # _frechet warns once about too few series for 320-d features
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference_stats = context_fid_statistics(encoder, to_unit_range(reference), batch_size)
+    features = ts2vec_embeddings(encoder, to_unit_range(samples), batch_size)
+    result = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID")
+    result.update(encoder_iterations=encoder_iterations, encoder_seed=seed, encoder_cached=cached,
+                  encoder_seconds=encoder_seconds)
+    settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "sampler": info.name,
+                "steps": steps, "nfe": info.nfe(steps, final), "num_samples": num, **options,
+                "reference": data["dataset"], "reference_split": "train", "num_reference": int(reference.shape[0]),
+                "batch_size": batch_size, "ema": bool(use_ema), "mixed_precision": mixed_precision,
+                "compile": compile, "sampling_seconds": sampling_seconds,
+                **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})}
+    return {"metrics": {"context-fid": result}, "settings": settings}

@@ -1,0 +1,221 @@
+"""Time series end to end: ``dataset = "sines"`` through the Trainer (exact resume), load_denoiser,
+``diffkit sample`` (.npy + line plot) and ``diffkit eval --metrics context-fid``; one-line refusals."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffkit
+from diffkit import checkpoint as ckpt
+from diffkit.cli import main
+from diffkit.config import TrainConfig
+from diffkit.errors import DiffkitError
+from diffkit.models.temporal import TemporalUNet, TemporalUNetConfig
+from diffkit.timeseries import sines, to_unit_range
+from diffkit.training import Trainer
+
+SERIES = {"dataset": "sines", "num_series": 48, "seq_length": 8, "in_channels": 3, "channel": 8,
+          "channel_mult": [1, 2], "num_res_blocks": 1, "dropout": 0.1, "batch_size": 8, "T": 50, "sample_steps": 4,
+          "ema_decay": 0.9, "device": "cpu"}
+SET = [f"--set={k}={v if not isinstance(v, list) else ','.join(map(str, v))}" for k, v in SERIES.items()
+       if k not in ("dataset", "device")]
+
+
+def series_cfg(folder, **extra):
+    return TrainConfig.from_dict({**SERIES, "save_weight_dir": str(folder / "ckpt"),
+                                  "sampled_dir": str(folder / "s"), **extra})
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def series_run(tmp_path_factory):
+    """``diffkit train --dataset sines`` (30 steps of a tiny 1-D U-Net): the run folder."""
+    root = tmp_path_factory.mktemp("sines")
+    code = main(["train", "--dataset", "sines", "--out", str(root / "run"), "--steps", "30", "--no-progress",
+                 "--device", "cpu", *SET])
+    assert code == 0
+    return root / "run"
+
+
+def test_series_training_resumes_bitwise(tmp_path, assert_same_training_state):
+    """Stop at step 3 of 8 (mid-epoch: 48 series / batch 8 = 6 steps per epoch), resume: weights, EMA and
+    optimiser state equal an uninterrupted run's (dropout on, so the RNG state must come back too)."""
+    full = Trainer(series_cfg(tmp_path / "a", max_steps=8), progress=False)
+    assert isinstance(full.model, TemporalUNet)
+    assert torch.equal(full.dataset.series, sines(48, length=8, channels=3, seed=123))  # Diffusion-TS's seed
+    full.run()
+    Trainer(series_cfg(tmp_path / "b", max_steps=8), progress=False).run(stop_at=3)
+    resumed = Trainer(series_cfg(tmp_path / "b", max_steps=8,
+                                 training_load_weight=str(tmp_path / "b" / "ckpt" / "latest.safetensors")),
+                      progress=False)
+    resumed.run()
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors",
+                               tmp_path / "b" / "ckpt" / "latest.safetensors", 8)
+    _, meta = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
+    assert meta["unet"] == {"network": "temporal-unet", "in_channels": 3, "model_channels": 8,
+                            "channel_mult": [1, 2], "num_res_blocks": 1, "dropout": 0.1, "seq_length": 8}
+    # a resume with another length would change what the weights mean: refused in one line
+    other = Trainer(series_cfg(tmp_path / "c", max_steps=8, seq_length=16,
+                               training_load_weight=str(tmp_path / "b" / "ckpt" / "ckpt_00000003.safetensors")),
+                    progress=False)
+    with pytest.raises(DiffkitError, match="seq_length=8"):
+        other.run()
+
+
+def test_load_denoiser_rebuilds_the_temporal_unet_and_every_sampler_runs(series_run):
+    from diffkit.loading import load_denoiser
+    path = series_run / "checkpoints" / "latest.safetensors"
+    d = load_denoiser(path)
+    tensors, meta = ckpt.load_checkpoint(path)
+    # the reference: the network built by hand from TemporalUNetConfig with the checkpoint's EMA weights
+    ref = TemporalUNet(TemporalUNetConfig(in_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                          dropout=0.1))
+    ref.load_state_dict(ckpt.split_prefix(tensors, "ema"), strict=False)
+    ref.eval()
+    x, t = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 40])
+    with torch.no_grad():
+        torch.testing.assert_close(d.model(x, t), ref(x, t), rtol=0, atol=0)
+    assert d.prediction_type == "epsilon" and d.schedule.num_timesteps == 50
+    for name, steps in (("ddim", 4), ("ddpm", 4), ("dpm-solver++-2m", 4), ("unipc", 4), ("heun", 2), ("pndm", 5),
+                        ("deis", 4), ("ode", None)):
+        out = diffkit.sample(d, (3, 3, 8), sampler=name, steps=steps, seed=0, progress=False)
+        assert out.shape == (3, 3, 8) and torch.isfinite(out).all(), name
+
+
+def test_sample_cli_writes_npy_and_a_line_plot(series_run, tmp_path, capsys):
+    from PIL import Image
+    ck = series_run / "checkpoints" / "latest.safetensors"
+    # the end-of-run sample of training: the seed's image name, as .npy beside its plot, no noise grid
+    assert (series_run / "samples" / "SampledNoGuidanceImgs.png").exists()
+    assert np.load(series_run / "samples" / "SampledNoGuidanceImgs.npy").shape == (64, 3, 8)
+    assert not (series_run / "samples" / "NoisyNoGuidanceImgs.png").exists()
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--sampler", "dpm-solver++-2m", "--steps", "3",
+                             "--num", "5", "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0, err
+    series = np.load(tmp_path / "s.npy")
+    assert series.shape == (5, 3, 8) and series.dtype == np.float32 and np.isfinite(series).all()
+    with Image.open(tmp_path / "s.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    # sample i depends on seed + i only: the first 2 of 5 are the 2 of a --num 2 run
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--sampler", "dpm-solver++-2m", "--steps", "3",
+                             "--num", "2", "--batch-size", "1", "--out", str(tmp_path / "t.png"), "--no-progress")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), series[:2])
+    for flags in (["--individual", str(tmp_path / "each")], ["--noise-out", str(tmp_path / "n.png")],
+                  ["--progressive", "3"], ["--scale", "2"]):
+        code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--num", "2", "--out",
+                                 str(tmp_path / "u.png"), "--no-progress", *flags)
+        assert code == 2 and f"{flags[0]} applies to image models" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "each").exists() and not (tmp_path / "u.npy").exists()
+
+
+@pytest.mark.filterwarnings("ignore:TS2Vec embeddings")
+def test_eval_context_fid_is_the_metric_of_the_sampled_series(series_run, tmp_path, capsys):
+    """The CLI's value equals Context-FID computed by hand: a TS2Vec encoder trained (same seed and
+    iterations) on the first --num training series, scoring the series 'diffkit sample' draws."""
+    from diffkit.metrics.context_fid import context_fid, train_context_fid_encoder
+    ck = series_run / "checkpoints" / "latest.safetensors"
+    args = ["eval", "--checkpoint", str(ck), "--metrics", "context-fid", "--num", "24", "--steps", "3", "--seed", "5",
+            "--context-fid-iterations", "5", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    code, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "e.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())["metrics"]["context-fid"]
+    assert np.isfinite(result["value"]) and result["num_samples"] == result["num_reference"] == 24
+    assert not result["encoder_cached"] and "rank-deficient" in err
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--num", "24", "--steps", "3", "--seed", "5",
+                             "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0, err
+    samples = torch.from_numpy(np.load(tmp_path / "s.npy")).clamp(-1, 1)  # eval scores clamped samples
+    real = sines(48, length=8, channels=3, seed=123)[:24]
+    encoder = train_context_fid_encoder(to_unit_range(real), 5, seed=5)
+    expected = context_fid(encoder, to_unit_range(real), to_unit_range(samples))
+    assert result["value"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    code, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "again.json"))  # the cached encoder and samples
+    again = json.loads((tmp_path / "again.json").read_text())["metrics"]["context-fid"]
+    assert code == 0 and again["encoder_cached"] and again["value"] == result["value"]
+
+
+def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpoint, tmp_path, capsys):
+    ck = str(series_run / "checkpoints" / "latest.safetensors")
+    for args, message in (
+            (["--checkpoint", ck, "--metrics", "fid"], "metric 'fid' is for images"),
+            (["--checkpoint", ck, "--metrics", "context-fid,nll"], "metric 'nll' is for images"),
+            (["--checkpoint", ck, "--metrics", "context-fid", "--ref", "digits"], "--ref applies to image models"),
+            (["--checkpoint", str(tiny_checkpoint), "--metrics", "context-fid"], "is for time series"),
+            (["--samples", str(tmp_path), "--metrics", "context-fid"], "use --checkpoint")):
+        code, out, err = run_cli(capsys, "eval", *args, "--out", str(tmp_path / "x.json"), "--no-progress")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"attn": [1]}, "attn=[1] applies to images"),
+    ({"img_size": 16}, "img_size=16 applies to images"),
+    ({"num_heads": 2}, "num_heads=2 applies to images"),
+    ({"hflip": True}, "hflip=True applies to images"),
+    ({"memory_format": "channels_last"}, "memory_format='channels_last' applies to images"),
+    ({"conditional": True}, "conditional=True is not available for time series"),
+    ({"learned_variance": True, "loss": "hybrid"}, "learned_variance=True is not available"),
+    ({"seq_length": 9}, "seq_length=9 must be divisible by 2"),
+    ({"dataset": "digits"}, "seq_length=8 applies to time series"),
+])
+def test_config_refuses_what_series_cannot_use(overrides, message):
+    with pytest.raises(DiffkitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig.from_dict({**SERIES, **overrides})
+    # the defaults of the image fields (attn [2], img_size 32) are fine, and attn=[] too
+    assert TrainConfig(dataset="sines", attn=[]).to_unet_kwargs()["network"] == "temporal-unet"
+    assert TrainConfig(dataset="sines", in_channels=7).to_unet_kwargs()["in_channels"] == 7
+
+
+def test_load_dataset_keeps_image_and_series_options_apart():
+    from diffkit.data import load_dataset
+    with pytest.raises(DiffkitError, match="img_size=8 applies to image data sets"):
+        load_dataset("sines", img_size=8)
+    with pytest.raises(DiffkitError, match="num_series / seq_length apply to time-series"):
+        load_dataset("digits", seq_length=8)
+    test = load_dataset("sines", train=False, num_series=4, seq_length=6, channels=2)
+    assert torch.equal(test.series, sines(4, 6, 2, seed=2024)) and test[1][1] == 0
+
+
+def test_two_gloo_processes_train_series_as_one_process(tmp_path):
+    """DDP (torchrun, gloo) on series: 2 processes x 4 reach one process x 8's weights (no dropout)."""
+    import os
+    import subprocess
+    import sys
+
+    def train(out, nproc, batch):
+        args = ["diffkit", "train", "--dataset", "sines", "--out", str(out), "--batch-size", str(batch), "--steps", "3",
+                "--device", "cpu", "--no-sample", "--no-progress", *[s for s in SET if "batch_size" not in s],
+                "--set=dropout=0.0"]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+        res = subprocess.run([*(launcher if nproc > 1 else [sys.executable, "-m"]), *args], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stderr[-2000:]
+        return ckpt.load_checkpoint(out / "checkpoints" / "latest.safetensors")
+
+    a, _ = train(tmp_path / "one", 1, 8)
+    b, meta = train(tmp_path / "two", 2, 4)
+    assert meta["step"] == 3 and meta["world_size"] == 2
+    for key in a:
+        if key.startswith(("model.", "ema.")):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_image_only_commands_refuse_a_series_checkpoint(series_run, tmp_path, capsys):
+    ck = str(series_run / "checkpoints" / "latest.safetensors")
+    (tmp_path / "imgs").mkdir()
+    for args, what in ((["convert", "--checkpoint", ck, "--to-diffusers", str(tmp_path / "dd")], "--to-diffusers"),
+                       (["train-classifier", "--like", ck, "--out", str(tmp_path / "c.safetensors")],
+                        "classifier guidance"),
+                       (["edit", "--checkpoint", ck, "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "e")],
+                        "diffkit edit"),
+                       (["experiment", "noise-scale", "--checkpoint", ck, "--out", str(tmp_path / "n.json")],
+                        "noise-scale")):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and what in err and "is a time-series model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "dd").exists()
