@@ -75,7 +75,8 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
 def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str, steps: int, eta=None,
                     thresholding: Optional[str] = None, ref_num: Optional[int] = None, batch_size: int = 250,
                     seed: int = 0, device="cpu", use_ema: bool = True, mixed_precision: str = "no",
-                    compile: str = "no", progress: bool = False, cache_dir=None, encoder_iterations: int = 200,
+                    compile: str = "no", progress: bool = False, cache_dir=None,
+                    encoder_iterations: Optional[int] = None,
                     refused: Optional[dict] = None) -> dict:
     """Context-FID of ``num`` samples of a time-series checkpoint (see the module doc); the result has
     :func:`diffkit.evaluation.evaluate`'s form. ``refused``: image-only options given ({flag: value})."""
@@ -92,7 +93,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
         raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (Context-FID "
                            f"uses its own training series)")
     check_sample_count(num)
-    check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
+    if encoder_iterations is not None:
+        check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
     info, spacing, final = resolve_sampler(sampler)
     info.check_not_adaptive("eval")
     check_eta(info.name, eta)
@@ -110,6 +112,9 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                                 channels=data["channels"], train=True).series
     reference = train[:ref_num or num]
     check_sample_count(int(reference.shape[0]), "reference series")
+    if encoder_iterations is None:  # the authors' TS2Vec rule: 200 for <= 100,000 values, else 600
+        from .metrics.ts2vec import authors_iterations
+        encoder_iterations = authors_iterations(reference.numel())
     start = time.perf_counter()
     encoder, cached = context_fid_encoder(to_unit_range(reference), iterations=encoder_iterations, seed=seed,
                                           device=device, cache_dir=cache_dir,

@@ -62,8 +62,9 @@ def register(sub) -> None:
     p.add_argument("--nll-stride", type=positive_int, default=10, help="nll-strided: every k-th t (default 10)")
     p.add_argument("--nll-dense-below", type=positive_int, default=20,
                    help="nll-strided: every t below this (default 20)")
-    p.add_argument("--context-fid-iterations", type=positive_int, default=200,
-                   help="context-fid: TS2Vec training iterations of batches of 8 (default 200, the authors')")
+    p.add_argument("--context-fid-iterations", type=positive_int, default=None,
+                   help="context-fid: TS2Vec training iterations of batches of 8 (default: the authors' rule, "
+                        "200 for at most 100,000 values of reference series, else 600)")
     p.add_argument("--save-samples", help="also write the samples as PNGs into this folder")
     p.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
     add_source_flags(p)
