@@ -438,6 +438,14 @@ def default_data_dir(name: str) -> Path:
     return Path(os.environ.get("DIFFKIT_DATA", "data")) / name
 
 
+def check_image_dataset(name: str, what: str) -> None:
+    """One-line error when ``what`` (a command that trains on images) is given a time-series set."""
+    from .timeseries import SERIES_DATASETS
+    if name in SERIES_DATASETS:
+        images = [d for d in DATASET_NAMES if d not in SERIES_DATASETS]
+        raise DiffkitError(f"dataset={name!r} holds time series; {what} trains on images: {', '.join(images)}")
+
+
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  train: bool = True, hflip: bool = False, channels: int | None = None,
                  resize: str = "auto", num_series: int | None = None, seq_length: int | None = None):

@@ -21,6 +21,9 @@ from .errors import DiffkitError, check_range
 
 SERIES_METRICS = ("context-fid",)
 ENCODER_KIND = "context-fid encoder"
+# train_ts2vec's recipe (batch 8, AdamW lr 1e-3, alpha 0.5, crops, NaN rule, the averaged initial
+# weights): a cached encoder is reused only under the recipe it was trained with; bump on a change
+ENCODER_RECIPE = 2
 
 
 def checkpoint_is_series(checkpoint) -> bool:
@@ -57,7 +60,8 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
     from .metrics.ts2vec import TS2VecConfig, TS2VecEncoder, train_ts2vec
     from .sample_cache import key_digest
     config = TS2VecConfig(input_dims=int(reference.shape[1]))
-    key = {**identity, "iterations": iterations, "seed": seed, "ts2vec": dataclasses.asdict(config),
+    key = {**identity, "recipe": ENCODER_RECIPE, "iterations": iterations, "seed": seed,
+           "ts2vec": dataclasses.asdict(config),
            "device": str(device).split(":")[0]}
     path = None if cache_dir is None else Path(cache_dir) / f"context_fid_encoder_{key_digest(key)}.safetensors"
     if path is not None and path.is_file():
@@ -110,7 +114,12 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
             "seq_length": unet["seq_length"], "channels": unet["in_channels"]}
     train = load_series_dataset(data["dataset"], num_series=data["num_series"], seq_length=data["seq_length"],
                                 channels=data["channels"], train=True).series
-    reference = train[:ref_num or num]
+    wanted = ref_num or num
+    if wanted > train.shape[0]:
+        raise DiffkitError(f"{'--ref-num' if ref_num else '--num'} {wanted} asks for more reference series than the "
+                           f"run's {train.shape[0]} training series (num_series); give at most {train.shape[0]}"
+                           f"{'' if ref_num else ' with --ref-num'}")
+    reference = train[:wanted]
     check_sample_count(int(reference.shape[0]), "reference series")
     if encoder_iterations is None:  # the authors' TS2Vec rule: 200 for <= 100,000 values, else 600
         from .metrics.ts2vec import authors_iterations

@@ -148,7 +148,11 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
             (["--checkpoint", ck, "--metrics", "context-fid,nll"], "metric 'nll' is for images"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--ref", "digits"], "--ref applies to image models"),
             (["--checkpoint", str(tiny_checkpoint), "--metrics", "context-fid"], "is for time series"),
-            (["--samples", str(tmp_path), "--metrics", "context-fid"], "use --checkpoint")):
+            (["--samples", str(tmp_path), "--metrics", "context-fid"], "use --checkpoint"),
+            (["--checkpoint", ck, "--metrics", "context-fid", "--num", "49"],  # the run has 48 training series
+             "--num 49 asks for more reference series than the run's 48 training series"),
+            (["--checkpoint", ck, "--metrics", "context-fid", "--num", "8", "--ref-num", "60"],
+             "--ref-num 60 asks for more reference series")):
         code, out, err = run_cli(capsys, "eval", *args, "--out", str(tmp_path / "x.json"), "--no-progress")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
 
@@ -219,3 +223,7 @@ def test_image_only_commands_refuse_a_series_checkpoint(series_run, tmp_path, ca
         code, out, err = run_cli(capsys, *args)
         assert code == 2 and what in err and "is a time-series model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dd").exists()
+    for command, what in (("train-classifier", "the noisy classifier"), ("train-autoencoder", "the autoencoder")):
+        code, out, err = run_cli(capsys, command, "--dataset", "sines", "--out", str(tmp_path / "m.safetensors"))
+        assert code == 2 and f"dataset='sines' holds time series; {what} trains on images" in err, err
+    assert not (tmp_path / "m.safetensors").exists()
