@@ -377,6 +377,8 @@ def experiment_scorer(metric: str, denoiser, *, ref: Optional[str] = None, data_
     """A :class:`~diffkit.evaluation.SampleScorer` for one metric against the reference test split."""
     from .evaluation import (EVALUATOR_METRICS, INCEPTION_METRICS, SampleScorer, check_not_text_conditional,
                              load_evaluator_for, parse_metrics, reference_images)
+    from .models.network import check_image_model
+    check_image_model(denoiser.meta["unet"], "a sample-metric table")  # before asking for an evaluator
     names = parse_metrics(metric)
     if len(names) != 1 or names[0] in NLL_METRICS:
         raise DiffkitError(f"metric={metric!r} is not allowed; a table takes one sample metric "

@@ -219,7 +219,9 @@ def test_image_only_commands_refuse_a_series_checkpoint(series_run, tmp_path, ca
                        (["edit", "--checkpoint", ck, "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "e")],
                         "diffkit edit"),
                        (["experiment", "noise-scale", "--checkpoint", ck, "--out", str(tmp_path / "n.json")],
-                        "noise-scale")):
+                        "noise-scale"),
+                       (["experiment", "ddim-table", "--checkpoint", ck, "--out", str(tmp_path / "t.json")],
+                        "a sample-metric table")):
         code, out, err = run_cli(capsys, *args)
         assert code == 2 and what in err and "is a time-series model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dd").exists()
