@@ -226,6 +226,11 @@ class TrainConfig:
         return self
 
     @property
+    def example_noun(self) -> str:
+        """What one training example is called in messages: "series" or "images"."""
+        return "series" if self.is_series else "images"
+
+    @property
     def is_series(self) -> bool:
         """True for a time-series data set (the 1-D U-Net; see the class docstring)."""
         return self.dataset in SERIES_DATASETS

@@ -351,8 +351,8 @@ class Trainer:
         if len(self.dataset) < needed:  # the loader drops incomplete batches: no step could ever run
             how = f"batch_size {cfg.batch_size}" + (f" x {self.dist.world_size} processes" if self.dist.world_size > 1
                                                     else "") + (f" x grad_accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "")
-            raise DiffkitError(f"the data set has {len(self.dataset)} images, fewer than one optimiser step takes "
-                               f"({how} = {needed}); lower the batch size")
+            raise DiffkitError(f"the data set has {len(self.dataset)} {cfg.example_noun}, fewer than one optimiser "
+                               f"step takes ({how} = {needed}); lower the batch size")
         self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or cfg.epoch * self.steps_per_epoch
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -517,7 +517,8 @@ class Trainer:
         if "step" not in meta:
             raise DiffkitError(f"{path} is not a training checkpoint (no step); it cannot be resumed")
         if meta.get("dataset_size", len(self.dataset)) != len(self.dataset):
-            raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} images but this one has "
+            raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} {self.cfg.example_noun} "
+                               f"but this one has "
                                f"{len(self.dataset)}; resume with the same data set")
         check_same_global_batch(path, meta, self.cfg.batch_size, self.dist.world_size, self.cfg.grad_accum)
         check_same_objective_and_size(path, tensors, meta, self.schedule, self.cfg, self.cfg.to_unet_kwargs(self.dataset))
