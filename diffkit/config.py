@@ -275,7 +275,8 @@ class TrainConfig:
                                        f"{', '.join(SERIES_DATASETS)}); dataset={self.dataset!r} holds images")
             self._check_image_network()
         if not self.beta_1 < self.beta_T:
-            raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} (0 < beta_1 < beta_T < 1)")
+            raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} "
+                               f"(0 < beta_1 < beta_T < 1)")
         self._check_objective()
 
     def _check_image_network(self) -> None:
@@ -361,7 +362,8 @@ class TrainConfig:
     def _check_consistency(self) -> None:
         self._check_guidance_range()
         if self.objective == "consistency-distillation" and not self.teacher:
-            raise DiffkitError("objective='consistency-distillation' needs teacher=PATH, a diffkit diffusion checkpoint "
+            raise DiffkitError("objective='consistency-distillation' needs teacher=PATH, a diffkit diffusion "
+                               "checkpoint "
                                "(diffkit distill --teacher CKPT)")
         if self.teacher is not None and self.objective != "consistency-distillation":
             raise DiffkitError(f"teacher={self.teacher!r} is used only by objective='consistency-distillation' "
@@ -494,7 +496,8 @@ class TrainConfig:
                     "dropout": self.dropout, "seq_length": self.seq_length}
         num_classes = None
         if self.conditional:
-            num_classes = self.num_classes or getattr(dataset, "num_classes", None) or DATASET_NUM_CLASSES.get(self.dataset)
+            num_classes = (self.num_classes or getattr(dataset, "num_classes", None)
+                           or DATASET_NUM_CLASSES.get(self.dataset))
             if num_classes is None:
                 raise DiffkitError(f"conditional=True with dataset={self.dataset!r} needs num_classes "
                                    f"(or pass the loaded dataset)")
@@ -758,7 +761,8 @@ def _tomllib():
         try:
             import tomli as tomllib
         except ImportError:
-            raise DiffkitError("reading .toml needs Python >= 3.11 or the 'tomli' package; use .json or .yaml") from None
+            raise DiffkitError("reading .toml needs Python >= 3.11 or the 'tomli' package; "
+                               "use .json or .yaml") from None
     return tomllib
 
 

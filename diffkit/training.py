@@ -190,7 +190,8 @@ def rank_step_seed(seed: int, rank: int, step: int) -> int:
 def checkpoint_step(path: Path) -> Optional[int]:
     """The step in a ``ckpt_<step>.safetensors`` name; None for any other name."""
     digits = path.name[len("ckpt_"):-len(".safetensors")]
-    return int(digits) if path.name.startswith("ckpt_") and path.name.endswith(".safetensors") and digits.isdigit() else None
+    named = path.name.startswith("ckpt_") and path.name.endswith(".safetensors")
+    return int(digits) if named and digits.isdigit() else None
 
 
 class _TrainLog:
@@ -288,7 +289,8 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
     saved_unet = meta.get("unet") or {}
     for key in sorted(set(saved_unet) & set(unet_kwargs) - {"dropout"}):
         was, now = saved_unet[key], unet_kwargs[key]
-        if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now) if isinstance(now, (list, tuple)) else now):
+        if ((list(was) if isinstance(was, (list, tuple)) else was)
+                != (list(now) if isinstance(now, (list, tuple)) else now)):
             raise DiffkitError(f"{path} was trained with {key}={was!r}, this run has {key}={now!r}; an exact "
                                f"resume needs the same network (drop the change, or start a new run)")
 
@@ -349,8 +351,9 @@ class Trainer:
         self.global_batch = cfg.batch_size * self.dist.world_size  # per optimiser micro-step
         needed = self.global_batch * cfg.grad_accum
         if len(self.dataset) < needed:  # the loader drops incomplete batches: no step could ever run
-            how = f"batch_size {cfg.batch_size}" + (f" x {self.dist.world_size} processes" if self.dist.world_size > 1
-                                                    else "") + (f" x grad_accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "")
+            how = (f"batch_size {cfg.batch_size}"
+                   + (f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else "")
+                   + (f" x grad_accum {cfg.grad_accum}" if cfg.grad_accum > 1 else ""))
             raise DiffkitError(f"the data set has {len(self.dataset)} {cfg.example_noun}, fewer than one optimiser "
                                f"step takes ({how} = {needed}); lower the batch size")
         self.steps_per_epoch = max(1, len(self.dataset) // self.global_batch // cfg.grad_accum)
@@ -366,7 +369,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.forward = torch.compile(self.forward)
-        self.scaler = torch.amp.GradScaler("cuda") if (cfg.mixed_precision == "fp16" and self.device.type == "cuda") else None
+        fp16_cuda = cfg.mixed_precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if fp16_cuda else None
         if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
             raise DiffkitError("mixed_precision='fp16' needs a CUDA device; use 'bf16' on cpu/mps")
         self.student = None  # the consistency objectives: f_theta around the trained network
@@ -412,7 +416,8 @@ class Trainer:
         from .loading import load_denoiser
         cfg = self.cfg
         if not Path(cfg.teacher).exists():
-            raise DiffkitError(f"teacher={cfg.teacher!r} does not exist; give the teacher checkpoint's path (teacher=PATH;"
+            raise DiffkitError(f"teacher={cfg.teacher!r} does not exist; give the teacher checkpoint's path "
+                               f"(teacher=PATH;"
                                f" to resume a distillation: diffkit distill --resume CKPT --set teacher=PATH)")
         teacher = load_denoiser(cfg.teacher, device=self.device)
         if teacher.meta.get("consistency"):
@@ -423,7 +428,8 @@ class Trainer:
                                f"(T={cfg.T}, schedule={cfg.schedule!r}); distil with the teacher's schedule")
         if teacher.prediction_type != cfg.prediction_type:
             raise DiffkitError(f"teacher={cfg.teacher!r} predicts {teacher.prediction_type}, this run has "
-                               f"prediction_type={cfg.prediction_type!r}; the student starts from the teacher's weights: "
+                               f"prediction_type={cfg.prediction_type!r}; the student starts from the teacher's "
+                               f"weights: "
                                f"use its prediction type")
         teacher.model.requires_grad_(False)
         self.teacher_digest = ckpt.tensors_digest(teacher.model.state_dict())  # a resume checks it is the same
@@ -460,7 +466,8 @@ class Trainer:
                 "world_size": self.dist.world_size, "global_batch": self.global_batch,
                 "dataset_size": len(self.dataset), "steps_per_epoch": self.steps_per_epoch,
                 "data_scale": self.data_scale,
-                "lr": learning_rate(max(self.step - 1, 0), self.total_steps, self.cfg),  # of the last step, for information
+                # of the last step, for information
+                "lr": learning_rate(max(self.step - 1, 0), self.total_steps, self.cfg),
                 "diffkit_version": __version__, "torch_version": torch.__version__,
                 "ema_updates": self.ema.updates, "optimizer": opt_meta, "skipped_steps": self.skipped_steps,
                 "consecutive_skipped": self.consecutive_skipped,
@@ -521,7 +528,8 @@ class Trainer:
                                f"but this one has "
                                f"{len(self.dataset)}; resume with the same data set")
         check_same_global_batch(path, meta, self.cfg.batch_size, self.dist.world_size, self.cfg.grad_accum)
-        check_same_objective_and_size(path, tensors, meta, self.schedule, self.cfg, self.cfg.to_unet_kwargs(self.dataset))
+        check_same_objective_and_size(path, tensors, meta, self.schedule, self.cfg,
+                                      self.cfg.to_unet_kwargs(self.dataset))
         saved_objective = (meta.get("config") or {}).get("objective", "diffusion")
         if saved_objective != self.cfg.objective:
             raise DiffkitError(f"{path} was trained with objective={saved_objective!r}, this run has "
@@ -564,7 +572,8 @@ class Trainer:
         saved = {"curriculum": "fixed", "target_ema": 0.0, "s0": None, "s1": None, **saved}  # older checkpoints
         for key, field in (("curriculum", "consistency_curriculum"), ("target_ema", "consistency_target_ema"),
                            ("s0", "consistency_s0"), ("s1", "consistency_s1"),
-                           ("sigma_data", "consistency_sigma_data"), ("timestep_scaling", "consistency_timestep_scaling"),
+                           ("sigma_data", "consistency_sigma_data"),
+                           ("timestep_scaling", "consistency_timestep_scaling"),
                            ("grid", "consistency_skip"), ("distance", "consistency_distance"),
                            ("guidance", "consistency_guidance"), ("guidance_range", "consistency_guidance_range")):
             if key == "grid" and now["curriculum"] != "fixed":  # a function of the step: s0, s1 and K decide it

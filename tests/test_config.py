@@ -137,7 +137,8 @@ def test_the_channels_last_key_of_older_configs_reads_as_memory_format():
 
 
 BAD_VALUES = [
-    ("objective", "flow", "objective='flow'"), ("teacher", 5, "teacher=5"), ("consistency_skip", 0, "consistency_skip=0"),
+    ("objective", "flow", "objective='flow'"), ("teacher", 5, "teacher=5"),
+    ("consistency_skip", 0, "consistency_skip=0"),
     ("consistency_distance", "l1", "consistency_distance='l1'"),
     ("consistency_sigma_data", 0.0, "consistency_sigma_data=0.0"),
     ("consistency_timestep_scaling", -1.0, "consistency_timestep_scaling=-1.0"),
@@ -161,7 +162,8 @@ BAD_VALUES = [
     ("save_weight_dir", None, "save_weight_dir=None"), ("nrow", 0, "nrow=0"), ("dataset", "imagenet", "'imagenet'"),
     ("in_channels", 0, "in_channels=0"), ("schedule", "quadratic", "'quadratic'"),
     ("prediction_type", "eps", "'eps'"), ("learned_variance", 1, "learned_variance=1"), ("loss", "l1", "'l1'"),
-    ("hybrid_lambda", 0.0, "hybrid_lambda=0.0"), ("fixed_variance", "learned_range", "'learned_range'"), ("timestep_sampler", "importance", "'importance'"),
+    ("hybrid_lambda", 0.0, "hybrid_lambda=0.0"), ("fixed_variance", "learned_range", "'learned_range'"),
+    ("timestep_sampler", "importance", "'importance'"),
     ("min_snr_gamma", 0.0, "min_snr_gamma=0.0"), ("offset_noise", -0.1, "offset_noise=-0.1"),
     ("ema_decay", 1.0, "ema_decay=1.0"), ("ema_warmup", "yes", "ema_warmup='yes'"),
     ("weight_decay", -1e-4, "weight_decay=-0.0001"), ("warmup_fraction", 1.0, "warmup_fraction=1.0"),
@@ -175,7 +177,8 @@ BAD_VALUES = [
     ("scale_shift_norm", "true", "scale_shift_norm='true'"), ("num_heads", 0, "num_heads=0"),
     ("num_heads", 7, "num_heads=7"), ("zero_terminal_snr", "on", "zero_terminal_snr='on'"),
     ("autoencoder", "", "autoencoder=''"), ("autoencoder", 3, "autoencoder=3"),
-    ("text_conditioning", "yes", "text_conditioning='yes'"), ("text_pooled", 1, "text_pooled=1"), ("context_dim", 0, "context_dim=0"),
+    ("text_conditioning", "yes", "text_conditioning='yes'"), ("text_pooled", 1, "text_pooled=1"),
+    ("context_dim", 0, "context_dim=0"),
     ("text_width", 0, "text_width=0"), ("text_layers", -1, "text_layers=-1"), ("text_heads", 0, "text_heads=0"),
     ("max_prompt_tokens", 2, "max_prompt_tokens=2"),
     ("save_weight_dir", "", "save_weight_dir=''"), ("data_dir", "", "data_dir=''"), ("in_channels", 2, "in_channels=2"),

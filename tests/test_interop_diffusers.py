@@ -315,7 +315,8 @@ def test_ddim_equals_diffusers_ddim_scheduler(prediction_type, set_alpha_to_one,
 # --------------------------------------------------------------------------- Stable Diffusion
 def _bytes_to_unicode():
     """GPT-2 / CLIP byte -> printable character table (Radford et al. 2019 BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:

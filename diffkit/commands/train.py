@@ -211,7 +211,8 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     distributed.cleanup(trainer.dist)  # rank 0 samples alone
     if not trainer.dist.is_main:
         return 0
-    trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_second:.0f} {trainer.cfg.example_noun}/s); "
+    trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s "
+                f"({result.images_per_second:.0f} {trainer.cfg.example_noun}/s); "
           f"final loss {result.final_loss:.4f}; checkpoint {result.checkpoint}")
     if sample:
         from .sample import sample_to_files
