@@ -36,6 +36,7 @@ from .config import CONSISTENCY_TIMESTEP_SCALING as TIMESTEP_SCALING  # LCMSched
 from .config import OBJECTIVES
 from .denoiser import Prediction, Wrapper, with_x0
 from .errors import DiffkitError, check_choice, check_range
+from .noise import fork_device_rng
 from .schedule import as_cpu_times
 from .timesteps import lcm_times
 
@@ -174,8 +175,7 @@ def consistency_loss(student, x0: torch.Tensor, noise: torch.Tensor, t_next, t_n
         else:
             x_hat = diffusion.q_sample(schedule, x0, t_now, noise)
         device = x0.device
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device.index or 0],
-                                   device_type=None if device.type == "cpu" else device.type):
+        with fork_device_rng(device):
             f_target = target(x_hat, t_now, **cond).x0.detach()
     f_student = student(x_next, t_next, **cond).x0
     return distance(f_student, f_target, distance_kind)

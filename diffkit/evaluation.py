@@ -437,7 +437,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
-             nll_split: str = "test", context_fid_iterations: int = 200) -> dict:
+             nll_split: str = "test", context_fid_iterations: Optional[int] = None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -447,7 +447,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     can fail on user input (metric names, files, sizes) is checked before any sampling.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
     A time-series checkpoint takes ``context-fid`` alone (:mod:`diffkit.series_evaluation`; its TS2Vec
-    encoder trains ``context_fid_iterations`` iterations, or comes from ``cache_dir``).
+    encoder trains ``context_fid_iterations`` iterations, None: the authors' rule, or comes from
+    ``cache_dir``).
     """
     names = parse_metrics(metrics)
     if (checkpoint is None) == (samples is None):

@@ -53,3 +53,17 @@ def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float3
 def randn_like(x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
     """Noise shaped like ``x`` on its device and dtype."""
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
+
+
+def fork_device_rng(device):
+    """``torch.random.fork_rng`` of the CPU and of ``device`` (a GPU's own index, else the current
+    one): the global random state of both is restored on exit. Works on torch >= 2.1, whose
+    ``fork_rng`` needs a ``device_type`` string (``"cuda"`` with no devices touches no GPU)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[], device_type="cuda")
+    index = device.index
+    if index is None:
+        module = getattr(torch, device.type, None)
+        index = module.current_device() if hasattr(module, "current_device") else 0
+    return torch.random.fork_rng(devices=[index], device_type=device.type)

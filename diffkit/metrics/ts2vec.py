@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DiffkitError, check_range
+from ..noise import fork_device_rng
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def train_ts2vec(series, iterations: Optional[int] = None, *, batch_size: int = 
                            f"{series.shape[1]} channels")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # the caller's CPU random state is kept; the weights start on the CPU
+    with fork_device_rng("cpu"):  # the caller's CPU random state is kept; the weights start on the CPU
         torch.default_generator.manual_seed(seed)
         net = TS2VecEncoder(config)
     net.to(device).train()
@@ -237,10 +238,12 @@ def train_ts2vec(series, iterations: Optional[int] = None, *, batch_size: int = 
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr)
     order, cursor = rng.permutation(series.shape[0]), 0
     dev = torch.device(device)  # the dropout masks: seeded on the training device, the caller's state kept
-    with torch.random.fork_rng(devices=[] if dev.type == "cpu" else [dev.index or 0],
-                               device_type=None if dev.type == "cpu" else dev.type):
+    with fork_device_rng(dev):
         torch.default_generator.manual_seed(seed)
-        if dev.type != "cpu":
+        if dev.type == "cuda":  # the device fork_device_rng restores
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(seed)
+        elif dev.type != "cpu":
             getattr(torch, dev.type).manual_seed(seed)
         for _ in range(iterations):
             if cursor + batch_size > len(order):
