@@ -38,8 +38,8 @@ CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCE
 CONSISTENCY_CURRICULA = ("fixed", "cm", "ict")  # = diffkit.consistency_curricula.CURRICULA
 CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
 CONSISTENCY_TIMESTEP_SCALING = 10.0
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines")  # = diffkit.data.DATASET_NAMES
-SERIES_DATASETS = ("sines",)  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")  # = data.DATASET_NAMES
+SERIES_DATASETS = ("sines", "series")  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
 
@@ -98,6 +98,10 @@ class TrainConfig:
     ``scale_shift_norm``, ``hflip``, ``data_dir``, memory_format ``channels_last``) and what the 1-D
     U-Net lacks (class, text or latent conditioning, a learned variance, loss 'hybrid'/'vlb', the
     consistency objectives) are refused; ``seq_length`` / ``num_series`` are refused for images.
+    ``dataset = "series"`` trains on the user's file ``data_dir`` (a .csv with a header row or a .npy
+    (T, F); :mod:`diffkit.series_files`): windows of ``seq_length`` rows, stride 1, min-max scaled on
+    the training rows; ``test_fraction`` holds out the last rows (for ``diffkit eval``),
+    ``drop_columns`` names CSV columns to leave out (e.g. "date"); ``num_series`` does not apply.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
@@ -138,6 +142,8 @@ class TrainConfig:
     hflip: bool = False
     seq_length: int = 24  # time series only (dataset "sines")
     num_series: int = 10000  # time series only
+    test_fraction: float = 0.0  # dataset "series": the last fraction of the file's rows, held out
+    drop_columns: str = ""  # dataset "series": CSV columns to leave out, comma-separated (e.g. "date")
     num_workers: int = 0
     # ---- diffusion and objective ----
     schedule: str = "linear"
@@ -242,7 +248,8 @@ class TrainConfig:
             raise DiffkitError(f"seq_length={self.seq_length} must be divisible by {factor} = "
                                f"2**(len(channel_mult)-1) for channel_mult={self.channel_mult!r}")
         image_only = [(name, getattr(self, name)) for name in ("img_size", "num_heads", "scale_shift_norm", "hflip",
-                                                              "data_dir") if getattr(self, name) != _default(name)]
+                                                              "data_dir") if getattr(self, name) != _default(name)
+                      and not (name == "data_dir" and self.dataset == "series")]
         if self.attn not in ([], _default("attn")):
             image_only.append(("attn", self.attn))
         if self.memory_format == "channels_last":
@@ -258,6 +265,22 @@ class TrainConfig:
             name, value = lacking[0]
             raise DiffkitError(f"{name}={value!r} is not available for time series (dataset={self.dataset!r}): the "
                                f"1-D U-Net is trained unconditionally with the diffusion objective and loss='simple'")
+        self._check_series_file()
+
+    def _check_series_file(self) -> None:
+        """``dataset = "series"`` needs its file (data_dir); its fields are refused for the other data sets."""
+        if self.dataset != "series":
+            for name in ("test_fraction", "drop_columns"):
+                if getattr(self, name) != _default(name):
+                    raise DiffkitError(f"{name}={getattr(self, name)!r} applies to dataset='series' (a series file); "
+                                       f"dataset={self.dataset!r}: drop {name}")
+            return
+        if self.data_dir is None:
+            raise DiffkitError("dataset='series' needs its file: --data-dir FILE.csv (a header row, numeric "
+                               "columns) or FILE.npy (T, F)")
+        if self.num_series != _default("num_series"):
+            raise DiffkitError(f"num_series={self.num_series} applies to dataset='sines'; a series file gives "
+                               f"T - seq_length + 1 windows of its training rows: drop num_series")
 
     def _check_cross_fields(self) -> None:
         if not self.channel_mult:
@@ -269,6 +292,7 @@ class TrainConfig:
         if self.is_series:
             self._check_series()
         else:
+            self._check_series_file()
             for name in ("seq_length", "num_series"):
                 if getattr(self, name) != _default(name):
                     raise DiffkitError(f"{name}={getattr(self, name)!r} applies to time series (dataset "
@@ -488,7 +512,10 @@ class TrainConfig:
         """
         from .data import DATASET_CHANNELS, DATASET_NUM_CLASSES
 
-        in_channels = self.in_channels or getattr(dataset, "channels", None) or DATASET_CHANNELS[self.dataset]
+        in_channels = self.in_channels or getattr(dataset, "channels", None) or DATASET_CHANNELS.get(self.dataset)
+        if in_channels is None:  # dataset "series": its file decides
+            raise DiffkitError(f"dataset={self.dataset!r}: the channels come from the file; pass the loaded dataset "
+                               f"or set in_channels")
         if self.is_series:  # the 1-D U-Net (diffkit.models.network): TemporalUNetConfig's names, + the length
             from .models.network import TEMPORAL_UNET
             return {"network": TEMPORAL_UNET, "in_channels": in_channels, "model_channels": self.channel,
@@ -546,6 +573,10 @@ class TrainConfig:
 
     def dataset_kwargs(self, train: bool = True) -> dict[str, Any]:
         """Keyword arguments of :func:`diffkit.data.load_dataset` for this config."""
+        if self.dataset == "series":
+            return {"name": self.dataset, "data_dir": self.data_dir, "train": train, "channels": self.in_channels,
+                    "seq_length": self.seq_length, "test_fraction": self.test_fraction,
+                    "drop_columns": self.drop_columns}
         if self.is_series:
             return {"name": self.dataset, "train": train, "channels": self.in_channels,
                     "num_series": self.num_series, "seq_length": self.seq_length}
@@ -570,7 +601,7 @@ _RANGES = {
     "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),
     "seed": (0, 2**63 - 1, True, True), "max_steps": (1, None, True, True),
     "save_every_epochs": (1, None, True, True), "keep_last": (1, None, True, True),
-    "seq_length": (2, None, True, True), "num_series": (2, None, True, True),
+    "seq_length": (2, None, True, True), "num_series": (2, None, True, True), "test_fraction": (0.0, 1.0, True, False),
     "log_every": (1, None, True, True), "sample_steps": (1, None, True, True),
     "context_dim": (1, None, True, True), "text_width": (1, None, True, True), "text_layers": (0, None, True, True),
     "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),

@@ -19,6 +19,8 @@ optional random horizontal flip (as DDPM used for CIFAR-10). One front door,
 ``sines``          not images: generated time series (N, C, L) (:mod:`diffkit.timeseries`), as a
                    :class:`~diffkit.timeseries.SeriesDataset`; ``num_series``, ``seq_length``,
                    ``channels`` (default 5) set its size.
+``series``         not images: the user's own time series, one .csv or .npy file (``data_dir``), cut
+                   into windows of ``seq_length`` rows (:mod:`diffkit.series_files`).
 
 ``download_mnist``, ``download_fashion_mnist`` and ``download_cifar10`` fetch the canonical
 files for online users, verify their checksums and write atomically; nothing in diffkit calls
@@ -48,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import hash_file
 from .errors import DiffkitError, check_choice, check_range
 
-DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines")
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")
 RESIZE_MODES = ("auto", "pad", "bilinear", "bicubic", "nearest")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -448,7 +450,8 @@ def check_image_dataset(name: str, what: str) -> None:
 
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  train: bool = True, hflip: bool = False, channels: int | None = None,
-                 resize: str = "auto", num_series: int | None = None, seq_length: int | None = None):
+                 resize: str = "auto", num_series: int | None = None, seq_length: int | None = None,
+                 test_fraction: float = 0.0, drop_columns: str = ""):
     """Load a named data set (see the module docstring) as an :class:`InMemoryImageDataset`
     (a :class:`~diffkit.timeseries.SeriesDataset` for ``sines``).
 
@@ -461,8 +464,22 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         channels: 1 or 3 to convert (gray <-> RGB); ``None`` keeps the set's own channels.
         resize: ``auto`` | ``pad`` | ``bilinear`` | ``bicubic`` | ``nearest`` (see :func:`resize_images`).
         num_series, seq_length: time-series sets only (default 10000 series of 24 steps).
+        test_fraction, drop_columns: ``series`` only (:func:`diffkit.series_files.load_file_series`).
     """
     check_choice("dataset", name, DATASET_NAMES)
+    if name == "series":
+        from .series_files import load_file_series
+        for key, value, unset in (("img_size", img_size, None), ("hflip", hflip, False), ("resize", resize, "auto"),
+                                  ("num_series", num_series, None)):
+            if value != unset:
+                raise DiffkitError(f"{key}={value!r} does not apply to dataset='series' (a series file: data_dir, "
+                                   f"seq_length, test_fraction, drop_columns)")
+        if data_dir is None:
+            raise DiffkitError("dataset='series' needs data_dir: a .csv file (header row) or a .npy file (T, F)")
+        return load_file_series(data_dir, seq_length=seq_length or 24, test_fraction=test_fraction,
+                                drop_columns=drop_columns, train=train, channels=channels)
+    if test_fraction or drop_columns:
+        raise DiffkitError(f"test_fraction / drop_columns apply to dataset='series'; dataset={name!r} is another set")
     from .timeseries import SERIES_DATASETS, load_series_dataset
     if name in SERIES_DATASETS:
         for key, value, unset in (("img_size", img_size, None), ("hflip", hflip, False), ("resize", resize, "auto"),

@@ -6,7 +6,10 @@ embeddings of real and generated series is reported. As Diffusion-TS (Yuan & Qia
 ``Utils/context_fid.py``) the real series are the model's training series (the run's own data set,
 length and channels; the first ``ref_num`` of them, default as many as the samples), and both sets
 are scored on the [0, 1] scale ((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). The
-encoder's seed is the evaluation's ``seed``; with ``cache_dir`` the trained encoder is kept there
+encoder's seed is the evaluation's ``seed``. A run on a series file (``dataset = "series"``,
+:mod:`diffkit.series_files`) with ``test_fraction`` > 0 is scored against its held-out windows
+instead (scaled with the training rows' min and max); the file must be the one it was trained on
+(same SHA-256). The with ``cache_dir`` the trained encoder is kept there
 (named by a digest of everything that decides it) and reused by the same command.
 """
 from __future__ import annotations
@@ -76,6 +79,25 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
     return encoder, False
 
 
+def file_reference(cfg: dict, unet: dict, scaling: dict):
+    """(cache identity, reference windows, split) of a run on a series file: its held-out windows when
+    it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged."""
+    from .series_files import file_digest, load_file_series
+    path = cfg.get("data_dir")
+    if not path or not Path(path).is_file():
+        raise DiffkitError(f"the run's series file {path!r} is not there; Context-FID needs it (the reference windows)")
+    digest = file_digest(path)
+    if scaling.get("sha256") not in (None, digest):
+        raise DiffkitError(f"{path} is not the file this run was trained on (its SHA-256 differs); restore that file")
+    split = "test" if cfg.get("test_fraction", 0.0) > 0 else "train"
+    windows = load_file_series(path, seq_length=unet["seq_length"], test_fraction=cfg.get("test_fraction", 0.0),
+                               drop_columns=cfg.get("drop_columns", ""), train=split == "train").series
+    data = {"dataset": "series", "sha256": digest, "split": split, "seq_length": unet["seq_length"],
+            "channels": unet["in_channels"], "drop_columns": cfg.get("drop_columns", ""),
+            "test_fraction": cfg.get("test_fraction", 0.0)}
+    return data, windows, split
+
+
 def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str, steps: int, eta=None,
                     thresholding: Optional[str] = None, ref_num: Optional[int] = None, batch_size: int = 250,
                     seed: int = 0, device="cpu", use_ema: bool = True, mixed_precision: str = "no",
@@ -110,14 +132,20 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                              compile=compile)
     check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
     cfg, unet = denoiser.meta.get("config") or {}, denoiser.meta["unet"]
-    data = {"dataset": cfg.get("dataset", "sines"), "num_series": cfg.get("num_series", 10000),
-            "seq_length": unet["seq_length"], "channels": unet["in_channels"]}
-    train = load_series_dataset(data["dataset"], num_series=data["num_series"], seq_length=data["seq_length"],
-                                channels=data["channels"], train=True).series
+    split = "train"
+    if cfg.get("dataset") == "series":
+        data, train, split = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {})
+        what = f"{'held-out' if split == 'test' else 'training'} windows of {cfg['data_dir']}"
+    else:
+        data = {"dataset": cfg.get("dataset", "sines"), "num_series": cfg.get("num_series", 10000),
+                "seq_length": unet["seq_length"], "channels": unet["in_channels"]}
+        train = load_series_dataset(data["dataset"], num_series=data["num_series"], seq_length=data["seq_length"],
+                                    channels=data["channels"], train=True).series
+        what = "training series (num_series)"
     wanted = ref_num or num
     if wanted > train.shape[0]:
         raise DiffkitError(f"{'--ref-num' if ref_num else '--num'} {wanted} asks for more reference series than the "
-                           f"run's {train.shape[0]} training series (num_series); give at most {train.shape[0]}"
+                           f"run's {train.shape[0]} {what}; give at most {train.shape[0]}"
                            f"{'' if ref_num else ' with --ref-num'}")
     reference = train[:wanted]
     check_sample_count(int(reference.shape[0]), "reference series")
@@ -142,7 +170,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                   encoder_seconds=encoder_seconds)
     settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "sampler": info.name,
                 "steps": steps, "nfe": info.nfe(steps, final), "num_samples": num, **options,
-                "reference": data["dataset"], "reference_split": "train", "num_reference": int(reference.shape[0]),
+                "reference": data["dataset"], "reference_split": split, "num_reference": int(reference.shape[0]),
                 "batch_size": batch_size, "ema": bool(use_ema), "mixed_precision": mixed_precision,
                 "compile": compile, "sampling_seconds": sampling_seconds,
                 **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})}

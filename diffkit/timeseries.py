@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from .errors import DiffkitError, check_range
 
-SERIES_DATASETS = ("sines",)
+SERIES_DATASETS = ("sines", "series")  # series: a user's file, diffkit.series_files
 SINES_SEEDS = {True: 123, False: 2024}  # train: Diffusion-TS's seed; test: an independent draw
 
 
@@ -55,6 +55,8 @@ class SeriesDataset(Dataset):
 
     num_classes = None
     class_names = ()
+    scaling = None  # a series file's SeriesScaling (diffkit.series_files); None: the values are the data's own
+    source = None  # a series file's {"file", "sha256", "rows", "train_rows"}
 
     def __init__(self, series: torch.Tensor, name: str = "series"):
         series = torch.as_tensor(series, dtype=torch.float32)
@@ -84,8 +86,8 @@ def load_series_dataset(name: str = "sines", *, num_series: int = 10000, seq_len
                         channels: int = 5, train: bool = True) -> SeriesDataset:
     """A named time-series data set: ``sines`` (generated; ``train`` with Diffusion-TS's seed 123,
     otherwise an independent draw, seed 2024)."""
-    if name not in SERIES_DATASETS:
-        raise DiffkitError(f"dataset={name!r} is not a time-series data set; allowed: {', '.join(SERIES_DATASETS)}")
+    if name != "sines":  # "series" needs its file: diffkit.series_files.load_file_series
+        raise DiffkitError(f"dataset={name!r} is not a generated time-series data set; allowed: sines")
     return SeriesDataset(sines(num_series, seq_length, channels, seed=SINES_SEEDS[bool(train)]), name)
 
 

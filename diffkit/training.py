@@ -474,6 +474,8 @@ class Trainer:
                 "unet": self.cfg.to_unet_kwargs(self.dataset), "prediction_type": self.cfg.prediction_type,
                 "learned_variance": self.cfg.learned_variance,
                 "class_names": list(getattr(self.dataset, "class_names", []) or [])}
+        if getattr(self.dataset, "scaling", None) is not None:  # a series file: diffkit sample unnormalises with it
+            meta["series_scaling"] = {**self.dataset.scaling.meta(), **(self.dataset.source or {})}
         if self.scaler is not None:  # fp16: the loss scale and its growth tracker
             meta["grad_scaler"] = {k: (v.item() if isinstance(v, torch.Tensor) else v)
                                    for k, v in self.scaler.state_dict().items()}

@@ -1,7 +1,9 @@
 """``diffkit sample``: draw an image grid from a checkpoint with any sampler.
 
 A time-series checkpoint (``dataset = "sines"``) writes its samples as OUT.npy (N, C, L) and a line
-plot of the first 16 to OUT (.png) instead of a grid.
+plot of the first 16 to OUT (.png) instead of a grid; one trained on a series file (``dataset =
+"series"``) writes them in the file's original units (clamped to [-1, 1], then unnormalised with the
+min and max of its training rows stored in the checkpoint).
 
 Class-conditional checkpoints sample the classes of ``--class`` (default: every class, one row
 per class). ``--guidance-scale W`` turns on classifier-free guidance in the seed's convention
@@ -436,6 +438,9 @@ def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, n
                            **options):
     """A time-series checkpoint (docs/data_and_config.md): sample ``num`` series (default 64) and write
     them, as sampled, to OUT.npy (float32 (N, C, L)) and a line plot of the first 16 to OUT (.png).
+    A checkpoint of a series file (``series_scaling`` in its metadata) writes them in the file's units:
+    clamped to [-1, 1] as ``diffkit eval`` scores them, then :meth:`SeriesScaling.unnormalise`, so each
+    column lies in the [min, max] of the training rows.
     ``refused``: the image-only flags given ({flag: value}), each a one-line error."""
     import io
 
@@ -457,13 +462,18 @@ def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, n
     drawn = draw_samples(denoiser, num, sample_shape(denoiser.meta["unet"]), seed=seed, sampler=sampler, steps=steps,
                          nfe=nfe, spacing=spacing, final=final, batch_size=batch_size, device=device,
                          sink=lambda batch: results.append(batch.images.float().cpu()), progress=progress, **options)
-    series = torch.cat(results)
+    series, units = torch.cat(results), ""
+    scaling = denoiser.meta.get("series_scaling")
+    if scaling is not None:  # a series file: back to its own units (diffkit.series_files)
+        from ..series_files import SeriesScaling
+        series = SeriesScaling.from_meta(scaling).unnormalise(series.clamp(-1, 1).double()).float()
+        units = f", in the units of {scaling.get('file', 'the series file')}: columns {', '.join(scaling['columns'])}"
     buffer = io.BytesIO()
     np.save(buffer, series.numpy())
     atomic_write_bytes(array_out, buffer.getvalue())
     plot_series(series, out)
     print(f"wrote {array_out} ({num} series {tuple(series.shape[1:])}, {sampler}, {drawn.nfe:g} network "
-          f"evaluations per sample) and {out}")
+          f"evaluations per sample{units}) and {out}")
     return series
 
 

@@ -22,8 +22,9 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a diffusion model", description=__doc__)
     p.add_argument("--config", help="TOML/YAML/JSON file (the seed's modelConfig keys are accepted verbatim)")
     p.add_argument("--dataset", help="digits (embedded default), mnist, fashion-mnist, cifar10, folder; sines "
-                                     "(generated time series: a 1-D U-Net, docs/data_and_config.md)")
-    p.add_argument("--data-dir", help="folder with the data set files")
+                                     "(generated time series: a 1-D U-Net, docs/data_and_config.md), series (your "
+                                     "own time series: --data-dir FILE.csv or FILE.npy)")
+    p.add_argument("--data-dir", help="folder with the data set files (dataset series: the .csv or .npy file)")
     p.add_argument("--out", help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
     p.add_argument("--steps", type=positive_int, help="optimiser steps (overrides epoch)")
     p.add_argument("--epochs", type=positive_int, help="epochs (the seed's 'epoch')")

@@ -1,0 +1,219 @@
+"""A user's own multivariate time series (``dataset = "series"``): one CSV or .npy file of T rows
+(time steps) and F columns (features), turned into training windows as Diffusion-TS does.
+
+Diffusion-TS (Yuan & Qiao 2024, ``Utils/Data_utils/real_datasets.py``, ``CustomDataset``) reads
+the CSV (``read_data``), fits scikit-learn's ``MinMaxScaler`` per column, maps the scaled values
+to [-1, 1] with 2 y - 1 (``normalize_to_neg_one_to_one``), cuts windows of ``window`` rows with
+stride 1 (``__getsamples``) and unnormalises samples with (x + 1) / 2 then the scaler's inverse.
+TimeGAN (Yoon et al. 2019, ``data_loading.py``) does the same min-max per feature and stride-1
+windows. Two differences, both to keep the held-out part unseen: the min and max are fitted on the
+training rows only (Diffusion-TS fits them on every row), and ``test_fraction`` holds out the last
+rows of the file before windowing (Diffusion-TS's ``divide`` splits the windows, so the first test
+windows share rows with the last training ones).
+
+Windows are diffkit's ``(N, C, L)`` (channels = columns, then time): window i is rows i..i+L-1.
+A constant training column (min == max) is kept: it scales by 1 instead of 0 (scikit-learn's
+``MinMaxScaler`` rule), so it is -1 for the model, and :meth:`SeriesScaling.unnormalise` gives back
+the constant. Bad input (missing file, another suffix, an empty file, a non-numeric or non-finite
+value, fewer rows than ``seq_length``) is a one-line :class:`~diffkit.errors.DiffkitError`.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import DiffkitError, check_range
+
+SERIES_FILE_SUFFIXES = (".csv", ".npy")
+
+
+@dataclass(frozen=True)
+class SeriesScaling:
+    """Per-column min-max scaling fitted on the training rows, composed with Diffusion-TS's map to [-1, 1]."""
+
+    columns: tuple
+    minimum: tuple
+    maximum: tuple
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, columns: Sequence[str]) -> "SeriesScaling":
+        """Column minima and maxima of ``rows`` (T, F)."""
+        return cls(tuple(columns), tuple(float(v) for v in rows.min(axis=0)),
+                   tuple(float(v) for v in rows.max(axis=0)))
+
+    def _arrays(self, dims: int, axis: int):
+        shape = [1] * dims
+        shape[axis] = len(self.columns)
+        low, high = np.asarray(self.minimum).reshape(shape), np.asarray(self.maximum).reshape(shape)
+        return low, high
+
+    def normalise(self, values: np.ndarray, axis: int = -1) -> np.ndarray:
+        """2 (x - min) / (max - min) - 1 per column (``axis`` indexes the columns); max == min scales by 1."""
+        low, high = self._arrays(values.ndim, axis)
+        span = np.where(high > low, high - low, 1.0)
+        return (values - low) / span * 2.0 - 1.0
+
+    def unnormalise(self, values, axis: int = 1):
+        """The inverse, (x + 1) / 2 (max - min) + min, in the original units (a constant column: its value)."""
+        low, high = self._arrays(values.ndim, axis)
+        if isinstance(values, torch.Tensor):
+            low, high = torch.as_tensor(low, dtype=values.dtype), torch.as_tensor(high, dtype=values.dtype)
+        return (values + 1.0) * 0.5 * (high - low) + low
+
+    def meta(self) -> dict:
+        return {"columns": list(self.columns), "minimum": list(self.minimum), "maximum": list(self.maximum)}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "SeriesScaling":
+        return cls(tuple(meta["columns"]), tuple(meta["minimum"]), tuple(meta["maximum"]))
+
+
+def parse_columns(text: str) -> list:
+    """``"date, id"`` -> ["date", "id"] (the ``drop_columns`` field)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _check_file(path: Path) -> None:
+    if path.suffix.lower() not in SERIES_FILE_SUFFIXES:
+        raise DiffkitError(f"series file {str(path)!r} has the suffix {path.suffix or '(none)'!r}; allowed: "
+                           f"{', '.join(SERIES_FILE_SUFFIXES)} (CSV with a header row, or a numpy array (T, F))")
+    if not path.exists():
+        raise DiffkitError(f"series file {str(path)!r} does not exist (give it with --data-dir FILE)")
+    if not path.is_file():
+        raise DiffkitError(f"series file {str(path)!r} is not a file (give a .csv or .npy file with --data-dir)")
+    if path.stat().st_size == 0:
+        raise DiffkitError(f"series file {str(path)!r} is empty; it needs a header row and at least one row")
+
+
+def read_csv_series(path: Path, drop_columns: Sequence[str] = ()) -> tuple:
+    """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
+    A cell that is not a finite number is an error naming its column and line."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DiffkitError(f"series file {str(path)!r} has no header row; its first line must name the columns")
+        header = [h.strip() for h in header]
+        for i, name in enumerate(header):
+            if not name:
+                raise DiffkitError(f"{path}: column {i + 1} has no name in the header row; name every column")
+            if header.index(name) != i:
+                raise DiffkitError(f"{path}: column {name!r} is named twice in the header row; give unique names")
+        unknown = [name for name in drop_columns if name not in header]
+        if unknown:
+            raise DiffkitError(f"drop_columns names {unknown[0]!r}, which {path} does not have; its columns: "
+                               f"{', '.join(header)}")
+        keep = [i for i, name in enumerate(header) if name not in drop_columns]
+        if not keep:
+            raise DiffkitError(f"drop_columns={','.join(drop_columns)!r} drops every column of {path}; keep at least one")
+        rows = []
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue  # a blank line (e.g. at the end)
+            if len(row) != len(header):
+                raise DiffkitError(f"{path}, line {reader.line_num}: {len(row)} values for the {len(header)} columns "
+                                   f"of the header row")
+            values = []
+            for i in keep:
+                cell = row[i].strip()
+                try:
+                    value = float(cell)
+                except ValueError:
+                    raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}, not a "
+                                       f"number; every column must be numeric (drop one such as a date with "
+                                       f"--set drop_columns={header[i]})") from None
+                if not math.isfinite(value):
+                    raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}; values "
+                                       f"must be finite numbers (fill or remove such rows first)")
+                values.append(value)
+            rows.append(values)
+    if not rows:
+        raise DiffkitError(f"series file {str(path)!r} has a header row but no data rows")
+    return np.asarray(rows, dtype=np.float64), [header[i] for i in keep]
+
+
+def read_npy_series(path: Path) -> tuple:
+    """(values float64 (T, F), column names "0".."F-1") of a numeric .npy array (T, F) or (T,)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:  # a truncated or non-numpy file, or an object array
+        raise DiffkitError(f"cannot read {path} as a numeric numpy array: {str(err).splitlines()[0]}") from None
+    if array.dtype.kind not in "fiu":
+        raise DiffkitError(f"{path} holds {array.dtype} values; a series file needs numbers (float or int)")
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DiffkitError(f"{path} has shape {array.shape}; a series array must be (T, F): T time steps of F "
+                           f"features, both at least 1")
+    array = array.astype(np.float64)
+    bad = np.argwhere(~np.isfinite(array))
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        raise DiffkitError(f"{path}: row {row}, column {col} holds {array[row, col]}; values must be finite numbers "
+                           f"(fill or remove such rows first)")
+    return array, [str(i) for i in range(array.shape[1])]
+
+
+def read_series_file(path, drop_columns: Sequence[str] = ()) -> tuple:
+    """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc)."""
+    path = Path(path)
+    _check_file(path)
+    if path.suffix.lower() == ".npy":
+        if drop_columns:
+            raise DiffkitError(f"drop_columns applies to CSV files (by header name); {path} is an array: keep only "
+                               f"the wanted columns in it")
+        return read_npy_series(path)
+    return read_csv_series(path, drop_columns)
+
+
+def split_rows(num_rows: int, test_fraction: float) -> int:
+    """Training rows: the first T - floor(T * test_fraction); the last floor(T * test_fraction) are held out."""
+    return num_rows - int(math.floor(num_rows * test_fraction + 1e-9))
+
+
+def sliding_windows(values: np.ndarray, seq_length: int) -> np.ndarray:
+    """Windows of ``seq_length`` rows with stride 1, (T - L + 1, F, L): window i is rows i..i+L-1, transposed."""
+    return np.lib.stride_tricks.sliding_window_view(values, seq_length, axis=0)
+
+
+def file_digest(path) -> str:
+    """SHA-256 of the file's bytes (kept in the checkpoint to notice a changed file)."""
+    from .checkpoint import hash_file
+    return hash_file(path, hashlib.sha256())[0].hexdigest()
+
+
+def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_columns: str = "",
+                     train: bool = True, channels=None):
+    """The training (``train``) or held-out windows of a series file as a
+    :class:`~diffkit.timeseries.SeriesDataset` in [-1, 1], with ``scaling`` (fitted on the training rows)
+    and ``source`` (file, digest, rows) for the checkpoint."""
+    from .timeseries import SeriesDataset
+    check_range("seq_length", seq_length, 2, None, integer=True)
+    check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
+    values, columns = read_series_file(path, parse_columns(drop_columns))
+    if channels is not None and channels != len(columns):
+        raise DiffkitError(f"in_channels={channels} but {path} has {len(columns)} columns ({', '.join(columns)}); "
+                           f"leave in_channels unset for a series file")
+    rows = values.shape[0]
+    train_rows = split_rows(rows, test_fraction)
+    for part, count in (("training", train_rows), ("held-out", rows - train_rows)):
+        if (part == "training" or test_fraction > 0) and count < seq_length:
+            held = f" (test_fraction={test_fraction:g} holds out the last {rows - train_rows})" if test_fraction else ""
+            raise DiffkitError(f"{path} has {rows} rows{held}: {count} {part} rows, fewer than seq_length="
+                               f"{seq_length}; give a longer file or a smaller seq_length")
+    scaling = SeriesScaling.fit(values[:train_rows], columns)
+    part = values[:train_rows] if train else values[train_rows:]
+    if not train and not len(part):
+        raise DiffkitError(f"{path}: test_fraction=0 holds out no rows; there is no test split")
+    windows = sliding_windows(scaling.normalise(part), seq_length)
+    dataset = SeriesDataset(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)), "series")
+    dataset.scaling = scaling
+    dataset.source = {"file": str(path), "sha256": file_digest(path), "rows": rows, "train_rows": train_rows}
+    return dataset
