@@ -112,7 +112,8 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = ()) -> tuple:
                                f"{', '.join(header)}")
         keep = [i for i, name in enumerate(header) if name not in drop_columns]
         if not keep:
-            raise DiffkitError(f"drop_columns={','.join(drop_columns)!r} drops every column of {path}; keep at least one")
+            raise DiffkitError(f"drop_columns={','.join(drop_columns)!r} drops every column of {path}; keep at "
+                               f"least one")
         rows = []
         for row in reader:
             if not row or all(not cell.strip() for cell in row):

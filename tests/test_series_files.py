@@ -1,0 +1,185 @@
+"""``dataset = "series"``: a user's CSV / .npy file as Diffusion-TS prepares it (min-max per column on the
+training rows, stride-1 windows, 2 y - 1), the checkpoint's scaling, samples in the file's units,
+Context-FID against the held-out windows, and a one-line refusal of each bad file."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffkit import checkpoint as ckpt
+from diffkit.cli import main
+from diffkit.data import load_dataset
+from diffkit.errors import DiffkitError
+from diffkit.series_files import SeriesScaling
+
+# 9 rows: 6 training rows, 3 held out (test_fraction 1/3); "b" is constant on the training rows
+ROWS = [("2020-01-01", 1, 10), ("2020-01-02", 3, 10), ("2020-01-03", 5, 10), ("2020-01-04", 2, 10),
+        ("2020-01-05", 4, 10), ("2020-01-06", 9, 10), ("2020-01-07", 7, 10), ("2020-01-08", 11, 12),
+        ("2020-01-09", 0, 8)]
+
+
+def write_csv(path, header="date,a,b", rows=ROWS):
+    path.write_text(header + "\n" + "".join(",".join(str(v) for v in row) + "\n" for row in rows))
+    return path
+
+
+def test_windows_and_scaling_match_a_hand_computation(tmp_path):
+    csv = write_csv(tmp_path / "d.csv")
+    train = load_dataset("series", str(csv), seq_length=3, test_fraction=1 / 3, drop_columns="date")
+    # a: training min 1, max 9 -> 2 (x - 1) / 8 - 1 = (x - 5) / 4; b: constant 10 -> scaled by 1: 2 (x - 10) - 1
+    a = [-1.0, -0.5, 0.0, -0.75, -0.25, 1.0]
+    expected = torch.tensor([[a[i:i + 3], [-1.0] * 3] for i in range(4)])  # windows i = rows i..i+2, (N, C, L)
+    assert torch.equal(train.series, expected) and train.series.dtype == torch.float32
+    assert train.scaling == SeriesScaling(("a", "b"), (1.0, 10.0), (9.0, 10.0))
+    assert train.source == {"file": str(csv), "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "rows": 9,
+                            "train_rows": 6}
+    test = load_dataset("series", str(csv), seq_length=3, test_fraction=1 / 3, drop_columns="date", train=False)
+    # the held-out rows 7, 11, 0 / 10, 12, 8 with the training rows' min and max (outside [-1, 1] is kept)
+    assert torch.equal(test.series, torch.tensor([[[0.5, 1.5, -1.25], [-1.0, 3.0, -5.0]]]))
+    # unnormalise: (x + 1) / 2 (max - min) + min gives the rows back; the constant column its constant
+    back = train.scaling.unnormalise(train.series.double())
+    torch.testing.assert_close(back[:, 0], torch.tensor([[1, 3, 5], [3, 5, 2], [5, 2, 4], [2, 4, 9]]).double())
+    assert torch.equal(train.scaling.unnormalise(torch.full((1, 2, 3), 0.3).double())[0, 1],
+                       torch.full((3,), 10.0).double())
+    # the same values as a .npy (T, F) give the same windows; no split: every row is a training row
+    np.save(tmp_path / "d.npy", np.array([row[1:] for row in ROWS], dtype=np.float32))
+    npy = load_dataset("series", str(tmp_path / "d.npy"), seq_length=3, test_fraction=1 / 3)
+    assert torch.equal(npy.series, train.series) and npy.scaling.columns == ("0", "1")
+    whole = load_dataset("series", str(tmp_path / "d.npy"), seq_length=4)
+    assert len(whole) == 9 - 4 + 1 and whole.scaling.maximum == (11.0, 12.0)
+
+
+SMALL = ["--set=seq_length=8", "--set=channel=8", "--set=channel_mult=1,2", "--set=num_res_blocks=1",
+         "--set=batch_size=8", "--set=T=50", "--set=sample_steps=3", "--set=ema_decay=0.9", "--set=dropout=0"]
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory):
+    """``diffkit train --dataset series`` on a 3-column CSV of 80 rows (a date column dropped, the last
+    quarter held out), 10 steps of a tiny 1-D U-Net: (run folder, the CSV, its values)."""
+    root = tmp_path_factory.mktemp("series")
+    rng = np.random.default_rng(0)
+    t = np.arange(80)
+    values = np.stack([50 + 10 * np.sin(t / 4), 0.5 * t - 3, rng.normal(0, 2, 80)], axis=1)
+    csv = root / "data.csv"
+    csv.write_text("date,price,volume,noise\n" + "".join(f"d{i},{float(v[0])!r},{float(v[1])!r},{float(v[2])!r}\n"
+                                                          for i, v in enumerate(values)))
+    code = main(["train", "--dataset", "series", "--data-dir", str(csv), "--out", str(root / "run"), "--steps", "10",
+                 "--no-progress", "--device", "cpu", "--set=drop_columns=date", "--set=test_fraction=0.25", *SMALL])
+    assert code == 0
+    return root / "run", csv, values
+
+
+def test_checkpoint_keeps_the_scaling_of_the_training_rows(file_run):
+    run, csv, values = file_run
+    _, meta = ckpt.load_checkpoint(run / "checkpoints" / "latest.safetensors")
+    assert meta["series_scaling"] == {"columns": ["price", "volume", "noise"],
+                                      "minimum": values[:60].min(axis=0).tolist(),
+                                      "maximum": values[:60].max(axis=0).tolist(), "file": str(csv),
+                                      "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "rows": 80,
+                                      "train_rows": 60}
+    assert meta["unet"]["in_channels"] == 3 and meta["unet"]["seq_length"] == 8
+    assert meta["dataset_size"] == 60 - 8 + 1
+    cfg = meta["config"]
+    assert (cfg["dataset"], cfg["data_dir"], cfg["test_fraction"], cfg["drop_columns"]) == (
+        "series", str(csv), 0.25, "date")
+
+
+def test_samples_are_written_in_the_files_units(file_run, tmp_path, capsys):
+    from diffkit.evaluation import generate_samples
+    from diffkit.loading import load_denoiser
+    run, csv, values = file_run
+    ck = run / "checkpoints" / "latest.safetensors"
+    code = main(["sample", "--checkpoint", str(ck), "--num", "6", "--steps", "3", "--seed", "4", "--out",
+                 str(tmp_path / "s.png"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "columns price, volume, noise" in captured.out and (tmp_path / "s.png").is_file()
+    samples = np.load(tmp_path / "s.npy")
+    low, high = values[:60].min(axis=0)[None, :, None], values[:60].max(axis=0)[None, :, None]
+    assert samples.shape == (6, 3, 8) and samples.dtype == np.float32
+    assert (samples >= low - 1e-4).all() and (samples <= high + 1e-4).all()
+    # by hand: the model's samples for the same seeds, clamped, through (x + 1) / 2 (max - min) + min
+    model = generate_samples(load_denoiser(ck), 6, sampler="ddim", steps=3, seed=4).double().numpy()
+    np.testing.assert_allclose(samples, (model + 1) / 2 * (high - low) + low, rtol=1e-6, atol=1e-5)
+    assert np.ptp(samples[:, 0]) > 1  # price: original units (about 40..60), not [-1, 1]
+    # the end-of-run sample of training is in the same units
+    trained = np.load(run / "samples" / "SampledNoGuidanceImgs.npy")
+    assert (trained >= low - 1e-4).all() and (trained <= high + 1e-4).all()
+
+
+@pytest.mark.filterwarnings("ignore:TS2Vec embeddings")
+def test_context_fid_scores_against_the_held_out_windows(file_run, tmp_path, capsys):
+    from diffkit.metrics.context_fid import context_fid, train_context_fid_encoder
+    from diffkit.evaluation import generate_samples
+    from diffkit.loading import load_denoiser
+    from diffkit.timeseries import to_unit_range
+    run, csv, values = file_run
+    ck = run / "checkpoints" / "latest.safetensors"
+    code = main(["eval", "--checkpoint", str(ck), "--metrics", "context-fid", "--num", "12", "--steps", "3",
+                 "--seed", "2", "--context-fid-iterations", "3", "--no-progress", "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["settings"]["reference_split"] == "test" and result["settings"]["num_reference"] == 12
+    # by hand: the held-out rows 60..79 scaled with the training rows' min and max, windows 0..11
+    low, high = values[:60].min(axis=0), values[:60].max(axis=0)
+    held = (values[60:] - low) / (high - low) * 2 - 1
+    real = torch.tensor(np.stack([held[i:i + 8].T for i in range(12)]), dtype=torch.float32)
+    encoder = train_context_fid_encoder(to_unit_range(real), 3, seed=2)
+    samples = generate_samples(load_denoiser(ck), 12, sampler="ddim", steps=3, seed=2)
+    expected = context_fid(encoder, to_unit_range(real), to_unit_range(samples))
+    assert result["metrics"]["context-fid"]["value"] == pytest.approx(expected, rel=1e-5, abs=1e-8)
+    # 20 held-out rows give 13 windows of 8
+    code = main(["eval", "--checkpoint", str(ck), "--metrics", "context-fid", "--num", "14", "--no-progress",
+                 "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the run's 13 held-out windows of" in err and len(err.strip().splitlines()) == 1
+
+
+def _npy(path, array):
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize("make,extra,message", [
+    (lambda d: d / "none.csv", [], "does not exist"),
+    (lambda d: write_csv(d / "x.txt"), [], "has the suffix '.txt'; allowed: .csv, .npy"),
+    (lambda d: (d / "e.csv").write_text("") and None or d / "e.csv", [], "is empty"),
+    (lambda d: write_csv(d / "h.csv", rows=[]), [], "has a header row but no data rows"),
+    (lambda d: write_csv(d / "n.csv", "a,b", [(1, 2), (3, "nan"), (5, 6)]), [], "line 3: column 'b' holds 'nan'"),
+    (lambda d: write_csv(d / "i.csv", "a,b", [(1, 2), ("-inf", 4)]), [], "line 3: column 'a' holds '-inf'"),
+    (lambda d: write_csv(d / "m.csv", "a,b", [(1, 2), (3, "")]), [], "line 3: column 'b' holds '', not a number"),
+    (lambda d: write_csv(d / "t.csv"), [], "column 'date' holds '2020-01-01', not a number"),
+    (lambda d: write_csv(d / "u.csv"), ["--set=drop_columns=time"], "drop_columns names 'time'"),
+    (lambda d: write_csv(d / "s.csv"), ["--set=drop_columns=date", "--set=seq_length=16"],
+     "has 9 rows: 9 training rows, fewer than seq_length=16"),
+    (lambda d: write_csv(d / "f.csv"), ["--set=drop_columns=date", "--set=seq_length=4", "--set=test_fraction=0.3"],
+     "holds out the last 2): 2 held-out rows, fewer than seq_length=4"),
+    (lambda d: _npy(d / "3d.npy", np.zeros((4, 5, 2))), [], "has shape (4, 5, 2); a series array must be (T, F)"),
+    (lambda d: _npy(d / "nan.npy", np.array([[1.0, 2.0], [3.0, np.inf]])), [], "row 1, column 1 holds inf"),
+    (lambda d: _npy(d / "str.npy", np.array([["a", "b"]])), [], "a series file needs numbers"),
+    (lambda d: _npy(d / "c.npy", np.zeros((40, 2))), ["--set=drop_columns=a"], "drop_columns applies to CSV files"),
+])
+def test_bad_files_are_one_line_errors_and_leave_nothing(tmp_path, capsys, make, extra, message):
+    path = make(tmp_path)
+    code = main(["train", "--dataset", "series", "--data-dir", str(path), "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--no-progress", "--device", "cpu", *SMALL, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({}, "dataset='series' needs its file: --data-dir"),
+    ({"data_dir": "d.csv", "num_series": 50}, "num_series=50 applies to dataset='sines'"),
+    ({"dataset": "sines", "test_fraction": 0.2}, "test_fraction=0.2 applies to dataset='series'"),
+    ({"dataset": "digits", "drop_columns": "date"}, "drop_columns='date' applies to dataset='series'"),
+    ({"data_dir": "d.csv", "test_fraction": 1.0}, "test_fraction"),
+])
+def test_config_rules_of_a_series_file(fields, message):
+    from diffkit.config import TrainConfig
+    with pytest.raises(DiffkitError, match=message):
+        TrainConfig.from_dict({"dataset": "series", **fields})
