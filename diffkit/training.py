@@ -529,6 +529,10 @@ class Trainer:
             raise DiffkitError(f"{path} was trained on a data set of {meta['dataset_size']} {self.cfg.example_noun} "
                                f"but this one has "
                                f"{len(self.dataset)}; resume with the same data set")
+        saved, current = meta.get("series_scaling") or {}, getattr(self.dataset, "source", None) or {}
+        if saved.get("sha256") and current.get("sha256") and saved["sha256"] != current["sha256"]:
+            raise DiffkitError(f"{path} was trained on another version of {current['file']} (its SHA-256 differs); "
+                               f"resume with the same file, or start a new run")
         check_same_global_batch(path, meta, self.cfg.batch_size, self.dist.world_size, self.cfg.grad_accum)
         check_same_objective_and_size(path, tensors, meta, self.schedule, self.cfg,
                                       self.cfg.to_unet_kwargs(self.dataset))

@@ -185,6 +185,9 @@ BAD_VALUES = [
     ("channel", 1, "channel=1"), ("num_res_blocks", 0, "num_res_blocks=0"), ("num_workers", 100000, "num_workers="),
     ("seq_length", 1, "seq_length=1"), ("seq_length", 16, "seq_length=16 applies to time series"),
     ("num_series", 1, "num_series=1"), ("num_series", 5.0, "num_series=5.0"),
+    ("test_fraction", 1.0, "test_fraction=1.0"),
+    ("test_fraction", 0.2, "test_fraction=0.2 applies to dataset='series'"),
+    ("drop_columns", "date", "drop_columns='date' applies to dataset='series'"), ("drop_columns", 3, "drop_columns=3"),
 ]
 
 

@@ -139,6 +139,21 @@ def test_context_fid_scores_against_the_held_out_windows(file_run, tmp_path, cap
     assert code == 2 and "the run's 13 held-out windows of" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_resume_needs_the_same_file(tmp_path):
+    from diffkit.config import TrainConfig
+    from diffkit.training import Trainer
+    csv = write_csv(tmp_path / "d.csv", "a,b", [(i % 7, i * i % 5) for i in range(40)])
+    fields = {"dataset": "series", "data_dir": str(csv), "seq_length": 8, "channel": 8, "channel_mult": [1, 2],
+              "num_res_blocks": 1, "batch_size": 8, "T": 20, "sample_steps": 4, "max_steps": 4, "device": "cpu",
+              "save_weight_dir": str(tmp_path / "ckpt")}
+    Trainer(TrainConfig.from_dict(fields), progress=False).run(stop_at=2)
+    write_csv(csv, "a,b", [(i % 7, i * i % 5 + (i == 3)) for i in range(40)])  # one value changed, same size
+    resumed = Trainer(TrainConfig.from_dict({**fields, "training_load_weight": str(tmp_path / "ckpt")}),
+                      progress=False)
+    with pytest.raises(DiffkitError, match="was trained on another version of .*d.csv"):
+        resumed.run()
+
+
 def _npy(path, array):
     np.save(path, array)
     return path
