@@ -157,8 +157,8 @@ def read_npy_series(path: Path) -> tuple:
     bad = np.argwhere(~np.isfinite(array))
     if len(bad):
         row, col = (int(v) for v in bad[0])
-        raise DiffkitError(f"{path}: row {row}, column {col} holds {array[row, col]}; values must be finite numbers "
-                           f"(fill or remove such rows first)")
+        raise DiffkitError(f"{path}: row {row}, column {col} holds {array[row, col]} (indices from 0); values must "
+                           f"be finite numbers (fill or remove such rows first)")
     return array, [str(i) for i in range(array.shape[1])]
 
 
