@@ -153,3 +153,17 @@ def test_another_librarys_name_of_a_key_suggests_diffkits(key, suggestion, capsy
     if key == "learning_rate":
         line = one_line_error(capsys, "train", "--set", "learning_rate=1e-3", "--out", str(tmp_path / "run"))
         assert "did you mean 'lr'?" in line and not (tmp_path / "run").exists()
+
+
+def test_a_series_sample_to_an_npy_names_the_png_to_give(tmp_path, capsys):
+    """``--out x.npy`` (the series' own format) said only that --out must end in .png."""
+    line = one_line_error(capsys, "sample", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.npy"))
+    assert "must end in .png: a time-series model writes its line plot there and the series beside it as .npy " \
+           f"(give --out '{tmp_path / 'x.png'}')" in line, line
+
+
+def test_too_few_series_are_not_called_images():
+    """``eval --metrics context-fid --num 1`` on series said '1 image(s) is too few'."""
+    from diffkit.series_evaluation import evaluate_series
+    with pytest.raises(DiffkitError, match=r"samples: 1 series is too few; at least 2"):
+        evaluate_series(["context-fid"], checkpoint="unused.safetensors", num=1, sampler="ddim", steps=2)
