@@ -202,6 +202,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     try:
         if path.is_dir():
+            if not (path / "latest.safetensors").exists():
+                raise DiffkitError(_no_checkpoint_in(path))
             path = path / "latest.safetensors"
         if not path.is_file():
             raise DiffkitError(f"checkpoint {path} {'is not a regular file' if path.exists() else 'does not exist'}")
@@ -218,6 +220,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         header = json.loads(data[8:8 + header_len])
         meta = header.get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, OSError, json.JSONDecodeError) as err:
+        if path.suffix != ".safetensors" and not _looks_like_safetensors(path):
+            raise DiffkitError(f"checkpoint {path} is not a safetensors file ({first_line(err, 80)}); give a diffkit "
+                               f"checkpoint (.safetensors) or a run's checkpoint folder") from None
         raise DiffkitError(f"checkpoint {path} is corrupt or truncated ({first_line(err, 80)}); "
                            f"use an earlier checkpoint") from None
     if meta.get("format") != FORMAT:
@@ -232,6 +237,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except json.JSONDecodeError:
         raise DiffkitError(f"checkpoint {path} has corrupt metadata") from None
     return tensors, metadata
+
+
+def _no_checkpoint_in(folder: Path) -> str:
+    """The one-line message for a folder without ``latest.safetensors``: what the folder is instead."""
+    start = f"checkpoint folder {folder} has no latest.safetensors"
+    if (folder / "checkpoints" / "latest.safetensors").is_file():
+        return f"{start}; it is a run folder: give its checkpoint folder {folder / 'checkpoints'}"
+    if (folder / "model_index.json").is_file():
+        return (f"{start}; it is a diffusers folder, not a diffkit checkpoint (diffkit sample and eval read Stable "
+                f"Diffusion folders; diffkit convert --from-diffusers converts a DDPMPipeline)")
+    if any((folder / part).is_dir() for part in ("unet", "vae", "text_encoder", "scheduler")):
+        return f"{start}; it has diffusers components but no model_index.json, which a diffusers folder needs"
+    saved = sorted(folder.glob("ckpt_*.safetensors"))
+    if saved:
+        return f"{start}; its newest checkpoint is {saved[-1]}: give that file"
+    return f"{start} or ckpt_*.safetensors; give a .safetensors checkpoint or a run's checkpoint folder"
 
 
 def _looks_like_safetensors(path) -> bool:

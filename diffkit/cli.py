@@ -3,7 +3,8 @@
 Each sub-command lives in ``diffkit/commands/<name>.py`` and defines ``register(subparsers)``,
 which adds its parser and sets ``func``. User mistakes (:class:`~diffkit.errors.DiffkitError`)
 print one line ``diffkit: error: ...`` and exit with status 2, as does running out of memory
-(a model or batch too large for the machine); nothing else is caught.
+(a model or batch too large for the machine); nothing else is caught. diffkit's own warnings
+print as one line ``diffkit COMMAND: warning: ...`` (no source file and line).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from .errors import DiffkitError, first_line
 
@@ -25,6 +27,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
+
+
+def _one_line_warnings(command: str):
+    """A ``warnings.formatwarning`` that writes diffkit's own warnings as one line naming the
+    command; other libraries' warnings keep Python's format (their file and line locate them)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if os.path.abspath(str(filename)).startswith(package):
+            return f"diffkit {command}: warning: {' '.join(str(message).split())}\n"
+        return default(message, category, filename, lineno, line)
+    return formatwarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warnings(args.command)
     try:
         return int(args.func(args) or 0)
     except DiffkitError as err:
@@ -64,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"diffkit {args.command}: error: out of memory ({first_line(err, 200)}); use a smaller "
                              f"model or batch size\n")
         return 2
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":  # pragma: no cover

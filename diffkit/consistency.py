@@ -72,9 +72,7 @@ class ConsistencyDenoiser(Wrapper):
         check_range("consistency_timestep_scaling", timestep_scaling, 0.0, None, low_inclusive=False)
         self.inner, self.sigma_data, self.timestep_scaling = inner, float(sigma_data), float(timestep_scaling)
         grid = distillation_grid(inner.schedule.num_timesteps) if grid is None else grid
-        # a curriculum's grid (EDM spacing) starts 0, 1, 2, ... once it is fine: its boundary is no source time
-        self._source_times = source_times(grid) if curriculum == "fixed" else \
-            torch.as_tensor(grid, dtype=torch.float64).flatten()[1:]
+        self._source_times = source_times(grid, curriculum)
         self.guidance_range = None if guidance_range is None else tuple(float(w) for w in guidance_range)
         self.default_guidance = None if guidance_range is None else sum(self.guidance_range) / 2
 
@@ -114,12 +112,14 @@ def distillation_grid(num_timesteps: int, skip: Optional[int] = None) -> torch.T
     return torch.cat([torch.zeros(1, dtype=torch.float64), times[times > 0]])
 
 
-def source_times(grid) -> torch.Tensor:
+def source_times(grid, curriculum: str = "fixed") -> torch.Tensor:
     """LCM's source times (increasing float64) of a distillation grid (:func:`distillation_grid`):
     the grid without its boundary t_0 = 0, except for a skip of 1, where t_1 = 0 is a source time
-    itself (the grid is then evenly spaced from 0). Reads grids written by any diffkit version."""
+    itself (the grid is then evenly spaced from 0). Reads grids written by any diffkit version.
+    A curriculum's grid (``curriculum`` 'cm' / 'ict', EDM spacing) starts 0, 1, 2, ... once it is
+    fine: its boundary is never a source time."""
     grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
-    if len(grid) >= 3 and grid[1] - grid[0] == grid[2] - grid[1] == 1:
+    if curriculum == "fixed" and len(grid) >= 3 and grid[1] - grid[0] == grid[2] - grid[1] == 1:
         return grid
     return grid[1:]
 

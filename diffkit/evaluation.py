@@ -205,10 +205,10 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
 
 
 # ---------------------------------------------------------------------------- scoring
-def check_sample_count(num: int, what: str = "samples") -> None:
-    """Refuse fewer than ``MIN_EVAL_SAMPLES`` images (the documented floor)."""
+def check_sample_count(num: int, what: str = "samples", unit: str = "image(s)") -> None:
+    """Refuse fewer than ``MIN_EVAL_SAMPLES`` images (``unit``: or series; the documented floor)."""
     if num < MIN_EVAL_SAMPLES:
-        raise DiffkitError(f"{what}: {num} image(s) is too few; at least {MIN_EVAL_SAMPLES} are needed "
+        raise DiffkitError(f"{what}: {num} {unit} is too few; at least {MIN_EVAL_SAMPLES} are needed "
                            f"(and more than the feature dimension for a reliable Frechet distance)")
 
 

@@ -118,7 +118,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if given:
         raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (Context-FID "
                            f"uses its own training series)")
-    check_sample_count(num)
+    check_sample_count(num, unit="series")
     if encoder_iterations is not None:
         check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
     info, spacing, final = resolve_sampler(sampler)
@@ -148,7 +148,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                            f"run's {train.shape[0]} {what}; give at most {train.shape[0]}"
                            f"{'' if ref_num else ' with --ref-num'}")
     reference = train[:wanted]
-    check_sample_count(int(reference.shape[0]), "reference series")
+    check_sample_count(int(reference.shape[0]), "reference series", unit="series")
     if encoder_iterations is None:  # the authors' TS2Vec rule: 200 for <= 100,000 values, else 600
         from .metrics.ts2vec import authors_iterations
         encoder_iterations = authors_iterations(reference.numel())

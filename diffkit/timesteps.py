@@ -160,11 +160,14 @@ def lcm_times(T: int, skip: Optional[int] = None) -> torch.Tensor:
 
 
 def _lcm(T: int, S: int, origin: Optional[Sequence[float]]) -> torch.Tensor:
+    own = origin is not None  # a consistency model's (or LCM folder's) own source times
     origin = (lcm_times(T) if origin is None else torch.as_tensor(origin, dtype=_F64)).flip(0)  # decreasing
     N = len(origin)
     if S > N:
-        raise DiffkitError(f"steps={S}: the 'lcm' spacing takes at most {N} steps (diffusers' LCMScheduler picks "
-                           f"them from its original_inference_steps={N} times); use fewer steps or another spacing")
+        where = ("one per source time of the grid the model was trained on" if own else
+                 f"diffusers' LCMScheduler picks them from its original_inference_steps={N} times")
+        raise DiffkitError(f"steps={S}: the 'lcm' spacing takes at most {N} steps ({where}); use fewer steps or "
+                           f"another spacing")
     return origin[torch.from_numpy(np.floor(np.linspace(0, N, S, endpoint=False)).astype(np.int64))]
 
 

@@ -828,7 +828,8 @@ class Trainer:
 
 def plot_loss_curve(csv_path: Path, png_path: Path) -> Optional[Path]:
     """A PNG of loss against step from the training log (matplotlib, headless)."""
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
     if not rows:
         return None
     import matplotlib
@@ -840,7 +841,8 @@ def plot_loss_curve(csv_path: Path, png_path: Path) -> Optional[Path]:
     ax.plot(steps, losses)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    if any(loss > 0 for loss in losses):  # a log axis needs a positive value (a distillation's first loss is 0)
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

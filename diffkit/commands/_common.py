@@ -243,5 +243,9 @@ def default_sampling(checkpoint, sampler, steps, nfe=None) -> tuple:
         sampler = "consistency" if consistency else "ddim"
     if steps is None and nfe is None and consistency and sampler.split("@")[0].split(":")[0] == "consistency":
         steps = int(((meta or {}).get("config") or {}).get("sample_steps") or 4)
+        grid = ((meta or {}).get("consistency") or {}).get("grid")
+        if grid and "@" not in sampler:  # the lcm spacing: at most one step per source time of the model's grid
+            from ..consistency import source_times
+            steps = min(steps, len(source_times(grid, meta["consistency"].get("curriculum") or "fixed")))
     return sampler, steps
 

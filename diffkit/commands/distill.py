@@ -78,8 +78,8 @@ def distill_config(teacher, out, overrides=(), **fields):
     config with :data:`DISTILL_DEFAULTS`, then ``fields`` and the ``key=value`` ``overrides``."""
     from ..config import TrainConfig, apply_overrides
     teacher = Path(teacher)
+    data = dict(teacher_config(teacher))  # a folder: its latest.safetensors (load_checkpoint's errors)
     teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
-    data = dict(teacher_config(teacher))
     data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),
                 sampled_dir=str(Path(out) / "samples"), **fields)
     return apply_overrides(TrainConfig.from_dict(data), overrides)

@@ -150,6 +150,10 @@ def run(args) -> int:
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
         if path:  # a .png (never overwrite a checkpoint with an image)
+            if flag == "--out" and Path(path).suffix.lower() == ".npy":
+                png = str(Path(path).with_suffix(".png"))
+                raise DiffkitError(f"--out {path!r} must end in .png: a time-series model writes its line plot there "
+                                   f"and the series beside it as .npy (give --out {png!r})")
             new_dirs += missing_dirs(Path(path).parent)
             check_output_file(path, flag, ".png")
     new_dirs += missing_dirs(args.individual) if args.individual else []

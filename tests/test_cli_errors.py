@@ -1,0 +1,169 @@
+"""Mistakes a new user makes on the command line (the input audit of 6 December 2026): each is one
+line that names the bad value and what is allowed, exit status 2, nothing written."""
+import json
+import shutil
+import sys
+import warnings
+
+import pytest
+
+from diffkit import checkpoint as ckpt
+from diffkit.cli import main
+from diffkit.config import TrainConfig, apply_overrides
+from diffkit.errors import DiffkitError
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(capsys, *args):
+    code, out, err = run_cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (args, err)
+    return lines[0]
+
+
+def test_a_folder_without_latest_says_what_it_is(tiny_checkpoint, tmp_path, capsys):
+    """A run folder (not its checkpoints/), a folder of ckpt_* only, an empty folder, diffusers folders:
+    each message says what the folder is and what to give instead (it used to say only that
+    FOLDER/latest.safetensors does not exist)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, run / "checkpoints" / "latest.safetensors")
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(tiny_checkpoint, only / "ckpt_00000002.safetensors")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "parts" / "unet").mkdir(parents=True)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "model_index.json").write_text("{}")
+    for folder, message in ((run, f"it is a run folder: give its checkpoint folder {run / 'checkpoints'}"),
+                            (only, f"its newest checkpoint is {only / 'ckpt_00000002.safetensors'}: give that file"),
+                            (tmp_path / "empty", "has no latest.safetensors or ckpt_*.safetensors; give a "
+                                                 ".safetensors checkpoint or a run's checkpoint folder"),
+                            (tmp_path / "parts", "has diffusers components but no model_index.json"),
+                            (tmp_path / "hf", "it is a diffusers folder, not a diffkit checkpoint")):
+        with pytest.raises(DiffkitError, match="has no latest.safetensors") as err:
+            ckpt.load_checkpoint(folder)
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    out = tmp_path / "x.png"
+    for argv in (["sample", "--checkpoint", str(run), "--out", str(out), "--num", "1"],
+                 ["edit", "--checkpoint", str(tmp_path / "hf"), "--images", str(tmp_path),
+                  "--out", str(tmp_path / "e")],
+                 ["distill", "--teacher", str(run), "--out", str(tmp_path / "d")]):
+        assert "has no latest.safetensors; it is a" in one_line_error(capsys, *argv)
+    assert not out.exists() and not (tmp_path / "e").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_file_that_is_no_safetensors_is_not_called_a_truncated_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"T": 100}))
+    (tmp_path / "grid.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    for name in ("config.json", "grid.png"):
+        line = one_line_error(capsys, "sample", "--checkpoint", str(tmp_path / name), "--num", "1",
+                              "--out", str(tmp_path / "x.png"))
+        assert f"{tmp_path / name} is not a safetensors file" in line and "give a diffkit checkpoint" in line, line
+        assert "truncated" not in line
+    cut = tmp_path / "cut.safetensors"  # a truncated checkpoint still says so
+    cut.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    with pytest.raises(DiffkitError, match="is corrupt or truncated"):
+        ckpt.load_checkpoint(cut)
+
+
+@pytest.fixture(scope="module")
+def curriculum_checkpoint(tmp_path_factory):
+    """A consistency-training checkpoint of CM's curriculum after 1 of 1 steps: its grid is [0, T - 1],
+    one source time, and its config keeps the default sampler ddim and sample_steps 50."""
+    from diffkit.training import Trainer
+    from test_evaluation import TINY
+    root = tmp_path_factory.mktemp("cmct")
+    cfg = TrainConfig.from_dict({**TINY, "max_steps": 1, "objective": "consistency-training",
+                                 "consistency_curriculum": "cm", "save_weight_dir": str(root / "ckpt"),
+                                 "sampled_dir": str(root / "s")})
+    Trainer(cfg, progress=False, log=lambda *_: None).run()
+    return root / "ckpt" / "latest.safetensors"
+
+
+def test_a_curriculum_model_samples_by_default_within_its_grid(curriculum_checkpoint, tmp_path, capsys):
+    """``diffkit sample`` of a consistency model defaults to its run's sample_steps, here 50, which
+    the 1-time grid cannot give: the default is now capped at the grid's source times (it failed
+    with a message about diffusers' LCMScheduler); too many --steps name the model's grid."""
+    from diffkit.commands._common import default_sampling
+    assert ckpt.peek_metadata(curriculum_checkpoint)["consistency"]["grid"] == [0, 99]
+    assert default_sampling(curriculum_checkpoint, None, None) == ("consistency", 1)
+    assert default_sampling(curriculum_checkpoint, None, 3) == ("consistency", 3)  # what the user gave is kept
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(curriculum_checkpoint), "--num", "2",
+                             "--out", str(tmp_path / "a.png"), "--no-progress")
+    assert code == 0 and "consistency, 1 network evaluations per sample" in out, err
+    line = one_line_error(capsys, "sample", "--checkpoint", str(curriculum_checkpoint), "--num", "2", "--steps", "2",
+                          "--out", str(tmp_path / "b.png"), "--no-progress")
+    assert ("steps=2: the 'lcm' spacing takes at most 1 steps (one per source time of the grid the model was "
+            "trained on)") in line and "LCMScheduler" not in line, line
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_a_loss_curve_of_zero_losses_draws_without_a_warning(tmp_path):
+    """A distillation's first loss is exactly 0 (student = target): a one-step run's loss curve gave
+    matplotlib's 'Data has no positive values' warning, with a source line, on the terminal."""
+    from diffkit.training import plot_loss_curve
+    (tmp_path / "log.csv").write_text("step,loss\n1,0.0\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot_loss_curve(tmp_path / "log.csv", tmp_path / "curve.png").is_file()
+
+
+def test_diffkits_own_warnings_print_as_one_line(monkeypatch, capsys):
+    """A warning of diffkit's (e.g. a guidance weight outside an LCM model's range) printed Python's
+    two lines, the second a line of diffkit's source; now one line naming the command. Other
+    libraries' warnings keep their file and line."""
+    import warnings as w
+
+    import diffkit.commands.samplers as samplers_command
+    import diffkit.guidance
+    monkeypatch.setattr(w, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
+                        sys.stderr.write(w.formatwarning(message, category, filename, lineno, line)))
+
+    def warn_twice(args):
+        w.warn_explicit("guidance weight w=100 lies\noutside the range", UserWarning, diffkit.guidance.__file__, 7)
+        w.warn_explicit("an old option", FutureWarning, "/some/library/module.py", 3)
+        return 0
+    parser_register = samplers_command.register
+
+    def register(sub):
+        parser_register(sub)
+        sub.choices["samplers"].set_defaults(func=warn_twice)
+    monkeypatch.setattr(samplers_command, "register", register)
+    with w.catch_warnings():
+        w.simplefilter("always")
+        code, out, err = run_cli(capsys, "samplers")
+    lines = err.strip().splitlines()
+    assert code == 0 and lines[0] == "diffkit samplers: warning: guidance weight w=100 lies outside the range", err
+    assert lines[1].startswith("/some/library/module.py:3: FutureWarning: an old option"), err
+    assert w.formatwarning("x", UserWarning, diffkit.guidance.__file__, 7).startswith(diffkit.guidance.__file__)
+
+
+@pytest.mark.parametrize("key,suggestion", [("learning_rate", "lr"), ("steps", "max_steps"), ("epochs", "epoch"),
+                                            ("image_size", "img_size"), ("guidance_range",
+                                                                         "consistency_guidance_range")])
+def test_another_librarys_name_of_a_key_suggests_diffkits(key, suggestion, capsys, tmp_path):
+    with pytest.raises(DiffkitError, match=f"unknown config key '{key}' \\(did you mean '{suggestion}'\\?\\)"):
+        apply_overrides(TrainConfig(), [f"{key}=2"])
+    if key == "learning_rate":
+        line = one_line_error(capsys, "train", "--set", "learning_rate=1e-3", "--out", str(tmp_path / "run"))
+        assert "did you mean 'lr'?" in line and not (tmp_path / "run").exists()
+
+
+def test_a_series_sample_to_an_npy_names_the_png_to_give(tmp_path, capsys):
+    """``--out x.npy`` (the series' own format) said only that --out must end in .png."""
+    line = one_line_error(capsys, "sample", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.npy"))
+    assert "must end in .png: a time-series model writes its line plot there and the series beside it as .npy " \
+           f"(give --out '{tmp_path / 'x.png'}')" in line, line
+
+
+def test_too_few_series_are_not_called_images():
+    """``eval --metrics context-fid --num 1`` on series said '1 image(s) is too few'."""
+    from diffkit.series_evaluation import evaluate_series
+    with pytest.raises(DiffkitError, match=r"samples: 1 series is too few; at least 2"):
+        evaluate_series(["context-fid"], checkpoint="unused.safetensors", num=1, sampler="ddim", steps=2)
