@@ -209,8 +209,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = write_json(report, out / f"{args.name}_{report['date']}.json")
-    print(f"train {train_seconds:.0f} s, Context-FID {metric_seconds:.0f} s, GRU scores {rnn_seconds:.0f} s, total {report['total_seconds']:.0f} s; "
-          f"wrote {path}")
+    print(f"train {train_seconds:.0f} s, Context-FID {metric_seconds:.0f} s, GRU scores {rnn_seconds:.0f} s, "
+          f"total {report['total_seconds']:.0f} s; wrote {path}")
 
 
 if __name__ == "__main__":
