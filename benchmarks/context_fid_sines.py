@@ -1,12 +1,18 @@
-"""Context-FID on the Sines data set: real vs. real, a small time-series diffusion model, crude baselines.
+"""Context-FID and the other series metrics on the Sines data set: real vs. real, a small time-series
+diffusion model, crude baselines.
 
 Context-FID (Jeha et al. 2022): TS2Vec (Yue et al. 2022) trained on the real series, embeddings
 max-pooled over time, Frechet distance of the Gaussian fits (diffkit.metrics.context_fid). Data:
 Sines (TimeGAN / Diffusion-TS: 5 channels, length 24, diffkit.timeseries.sines). As Diffusion-TS
 does, the metric sees the series in [0, 1] ((x + 1) / 2); the model is trained on [-1, 1].
 
-Rows (lower is better; each the mean +- std over ``--encoder-seeds`` encoders, all trained on the
-same real reference set, each scoring every row):
+The same rows also get Diffusion-TS's correlational score (diffkit.metrics.correlational, on the
+whole sets) and TimeGAN's discriminative and predictive scores (diffkit.metrics.posthoc_rnn, the
+authors' 2000 / 5000 iterations of batches of 128 unless reduced; mean +- std over ``--rnn-seeds``
+runs), all against the same real reference set in [0, 1]; ``--skip-rnn`` leaves the last two out.
+
+Rows (lower is better; Context-FID the mean +- std over ``--encoder-seeds`` encoders, all trained on
+the same real reference set, each scoring every row):
 
     real (independent draw)   another seed of the generator: the floor set by sampling noise
     diffusion <sampler>       a 1-D U-Net (diffkit.models.temporal) trained for ``--steps`` steps with
@@ -22,8 +28,9 @@ Until 6 December 2026 the training loop was written out here (batches drawn with
 it now runs through the Trainer (shuffled epochs; the same optimiser, warm-up, clip and EMA).
 A benchmark, not a CI test:
 
-    python benchmarks/context_fid_sines.py                       # ~5 min of CPU time
-    python benchmarks/context_fid_sines.py --steps 200 --num 600 --encoder-seeds 1   # quick check
+    python benchmarks/context_fid_sines.py                       # ~15 min of CPU time
+    python benchmarks/context_fid_sines.py --steps 200 --num 600 --encoder-seeds 1 \
+        --discriminative-iterations 100 --predictive-iterations 100   # quick check
 """
 from __future__ import annotations
 
@@ -42,6 +49,8 @@ import diffkit  # noqa: E402
 from diffkit import Denoiser  # noqa: E402
 from diffkit.evaluation import write_json  # noqa: E402
 from diffkit.metrics.context_fid import context_fid_statistics, train_context_fid_encoder  # noqa: E402
+from diffkit.metrics.correlational import correlational_score  # noqa: E402
+from diffkit.metrics.posthoc_rnn import discriminative_score, predictive_score  # noqa: E402
 from diffkit.metrics.frechet import frechet_distance_of_stats  # noqa: E402
 from diffkit.models import num_parameters  # noqa: E402
 from diffkit.timeseries import sines, to_unit_range  # noqa: E402
@@ -108,6 +117,11 @@ def main(argv=None) -> None:
     parser.add_argument("--encoder-seeds", type=int, default=3)
     parser.add_argument("--encoder-iterations", type=int, default=None,
                         help="TS2Vec iterations (default: the authors' rule, 600 for 2000 x 5 x 24 values)")
+    parser.add_argument("--discriminative-iterations", type=int, default=2000, help="TimeGAN: 2000")
+    parser.add_argument("--predictive-iterations", type=int, default=5000, help="TimeGAN: 5000")
+    parser.add_argument("--rnn-seeds", type=int, default=1, help="runs of each post-hoc GRU score (papers: 5)")
+    parser.add_argument("--skip-rnn", action="store_true", help="leave out the discriminative and predictive scores")
+    parser.add_argument("--name", default="context_fid_sines", help="JSON file name before the date")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -144,30 +158,59 @@ def main(argv=None) -> None:
             scores[name].append(frechet_distance_of_stats(ref_stats, stats))
     metric_seconds = time.perf_counter() - tic
 
-    rows = {}
-    print(f"Context-FID on Sines (5 x 24), {args.num} series per set, {args.encoder_seeds} TS2Vec encoders")
-    print(f"{'set':34s} {'Context-FID':>20s}  range of the set")
-    for name, values in scores.items():
+    real = to_unit_range(reference)
+    other = {name: {"correlational": [correlational_score(real, to_unit_range(series))]}
+             for name, series in sets.items()}
+    tic = time.perf_counter()
+    for name, series in ([] if args.skip_rnn else sets.items()):
+        generated = to_unit_range(series)
+        other[name]["discriminative"] = [
+            discriminative_score(real, generated, iterations=args.discriminative_iterations, seed=seed)
+            for seed in range(args.rnn_seeds)]
+        other[name]["predictive"] = [predictive_score(real, generated, iterations=args.predictive_iterations, seed=seed)
+                                     for seed in range(args.rnn_seeds)]
+    rnn_seconds = time.perf_counter() - tic
+
+    def mean_std(values):
         t = torch.tensor(values, dtype=torch.float64)
-        std = float(t.std()) if len(values) > 1 else 0.0
-        rows[name] = {"context_fid_mean": float(t.mean()), "context_fid_std": std, "per_encoder": values,
+        return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+    rows = {}
+    print(f"Sines (5 x 24), {args.num} series per set; Context-FID: {args.encoder_seeds} TS2Vec encoders; "
+          f"post-hoc GRUs: {args.rnn_seeds} run(s) of {args.discriminative_iterations} / {args.predictive_iterations} "
+          "iterations")
+    print(f"{'set':34s} {'Context-FID':>20s} {'correlational':>13s} {'discriminative':>20s} {'predictive':>20s}"
+          "  range of the set")
+    for name, values in scores.items():
+        mean, std = mean_std(values)
+        rows[name] = {"context_fid_mean": mean, "context_fid_std": std, "per_encoder": values,
                       "min": float(sets[name].min()), "max": float(sets[name].max()),
                       "sample_seconds": sample_seconds.get(name)}
-        print(f"{name:34s} {float(t.mean()):10.4f} +- {std:7.4f}  [{float(sets[name].min()):.2f}, "
+        cells = [f"{other[name]['correlational'][0]:13.4f}"]
+        rows[name]["correlational"] = other[name]["correlational"][0]
+        for metric in ("discriminative", "predictive"):
+            if metric in other[name]:
+                m, sd = mean_std(other[name][metric])
+                rows[name].update({f"{metric}_mean": m, f"{metric}_std": sd,
+                                   f"{metric}_per_seed": other[name][metric]})
+                cells.append(f"{m:10.4f} +- {sd:7.4f}")
+            else:
+                cells.append(f"{'-':>20s}")
+        print(f"{name:34s} {mean:10.4f} +- {std:7.4f} {' '.join(cells)}  [{float(sets[name].min()):.2f}, "
               f"{float(sets[name].max()):.2f}]")
     report = {
         "benchmark": "context_fid_sines", "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/context_fid_sines.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": vars(args), "unet_parameters": num_parameters(net), "final_train_loss": final_loss,
-        "train_seconds": train_seconds, "metric_seconds": metric_seconds,
+        "train_seconds": train_seconds, "metric_seconds": metric_seconds, "rnn_seconds": rnn_seconds,
         "total_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(),
         "torch": torch.__version__, "rows": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = write_json(report, out / f"context_fid_sines_{report['date']}.json")
-    print(f"train {train_seconds:.0f} s, metric {metric_seconds:.0f} s, total {report['total_seconds']:.0f} s; "
-          f"wrote {path}")
+    path = write_json(report, out / f"{args.name}_{report['date']}.json")
+    print(f"train {train_seconds:.0f} s, Context-FID {metric_seconds:.0f} s, GRU scores {rnn_seconds:.0f} s, "
+          f"total {report['total_seconds']:.0f} s; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ Metric names (``METRICS``):
   t against the RMSE of the x_0 prediction from x_t ([0, 255] scale), per t
   (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound. Asked together,
   the two are one pass of the strided bound (:func:`diffkit.likelihood.bound_in_batches`).
-* ``context-fid`` - time-series checkpoints only, and only it for them: Context-FID (Jeha et al.
-  2022) of the samples against the training series under a TS2Vec encoder trained on them
-  (:mod:`diffkit.series_evaluation`).
+* ``context-fid``, ``correlational``, ``discriminative``, ``predictive`` - time-series checkpoints
+  only, and only these for them: Context-FID (Jeha et al. 2022) of the samples against the training
+  series under a TS2Vec encoder trained on them, Diffusion-TS's correlational score and TimeGAN's
+  discriminative and predictive scores (:mod:`diffkit.series_evaluation`).
 
 Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
 no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
@@ -49,12 +50,14 @@ EVALUATOR_METRICS = ("fd-classifier", "classifier-score", "class-accuracy", "con
 NLL_METRICS = ("nll", "nll-strided", "rate-distortion")  # need the model and the NLL images
 NLL_SPLITS = ("test", "train")  # DDPM Table 1/2 report NLL "Test (Train)"
 SAMPLE_METRICS = INCEPTION_METRICS + EVALUATOR_METRICS
-METRICS = SAMPLE_METRICS + NLL_METRICS + SERIES_METRICS  # context-fid: time-series checkpoints only
+METRICS = SAMPLE_METRICS + NLL_METRICS + SERIES_METRICS  # SERIES_METRICS: time-series checkpoints only
 # the field of each metric's result that a one-number table shows
 PRIMARY_FIELD = {"fid": "value", "is": "mean", "kid": "mean", "pr": "precision", "fd-classifier": "value",
                  "classifier-score": "mean", "class-accuracy": "value", "confidence": "value",
-                 "nll": "bpd", "nll-strided": "bpd", "rate-distortion": "bpd", "context-fid": "value"}
-LOWER_IS_BETTER = {"fid", "kid", "fd-classifier", "nll", "nll-strided", "context-fid"}
+                 "nll": "bpd", "nll-strided": "bpd", "rate-distortion": "bpd", "context-fid": "value",
+                 "correlational": "value", "discriminative": "value", "predictive": "value"}
+LOWER_IS_BETTER = {"fid", "kid", "fd-classifier", "nll", "nll-strided", "context-fid", "correlational",
+                   "discriminative", "predictive"}
 MIN_EVAL_SAMPLES = 2  # the documented floor (a covariance needs two samples)
 DIGITS_TRAIN_SIZE = 1200  # the embedded digits have no split: images 0..1199 train, 1200..1796 test
 PR_NEIGHBOURS = 3
@@ -437,7 +440,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
-             nll_split: str = "test", context_fid_iterations: Optional[int] = None) -> dict:
+             nll_split: str = "test", context_fid_iterations: Optional[int] = None,
+             discriminative_iterations: int = 2000, predictive_iterations: int = 5000) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -446,9 +450,10 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     (``test``, or ``train`` for DDPM Table 1/2's "Test (Train)" over-fitting check). Everything that
     can fail on user input (metric names, files, sizes) is checked before any sampling.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
-    A time-series checkpoint takes ``context-fid`` alone (:mod:`diffkit.series_evaluation`; its TS2Vec
-    encoder trains ``context_fid_iterations`` iterations, None: the authors' rule, or comes from
-    ``cache_dir``).
+    A time-series checkpoint takes only ``context-fid``, ``correlational``, ``discriminative`` and
+    ``predictive`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains ``context_fid_iterations``
+    iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
+    ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default).
     """
     names = parse_metrics(metrics)
     if (checkpoint is None) == (samples is None):
@@ -461,7 +466,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                thresholding=thresholding, ref_num=ref_num, batch_size=batch_size, seed=seed,
                                device=device, use_ema=use_ema, mixed_precision=mixed_precision, compile=compile,
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
-                               refused=refused)
+                               discriminative_iterations=discriminative_iterations,
+                               predictive_iterations=predictive_iterations, refused=refused)
     if samples is not None and set(names) & set(NLL_METRICS):
         raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
     check_range("num", num, 1, None, integer=True)

@@ -1,16 +1,25 @@
-"""``diffkit eval --metrics context-fid``: Context-FID of a time-series checkpoint's samples.
+"""``diffkit eval --metrics context-fid,correlational,discriminative,predictive``: the time-series metrics
+of a time-series checkpoint's samples.
 
-Context-FID (Jeha et al. 2022, Sec. 4; :mod:`diffkit.metrics.context_fid`): a TS2Vec encoder is
-trained on the real series, and the Frechet distance between the Gaussian fits of the max-pooled
-embeddings of real and generated series is reported. As Diffusion-TS (Yuan & Qiao 2024,
-``Utils/context_fid.py``) the real series are the model's training series (the run's own data set,
-length and channels; the first ``ref_num`` of them, default as many as the samples), and both sets
-are scored on the [0, 1] scale ((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). The
-encoder's seed is the evaluation's ``seed``. A run on a series file (``dataset = "series"``,
-:mod:`diffkit.series_files`) with ``test_fraction`` > 0 is scored against its held-out windows
-instead (scaled with the training rows' min and max); the file must be the one it was trained on
-(same SHA-256). The with ``cache_dir`` the trained encoder is kept there
-(named by a digest of everything that decides it) and reused by the same command.
+* ``context-fid`` (Jeha et al. 2022, Sec. 4; :mod:`diffkit.metrics.context_fid`): a TS2Vec encoder is
+  trained on the real series, and the Frechet distance between the Gaussian fits of the max-pooled
+  embeddings of real and generated series is reported. The encoder's seed is the evaluation's
+  ``seed``; with ``cache_dir`` the trained encoder is kept there (named by a digest of everything
+  that decides it) and reused by the same command.
+* ``correlational`` (Diffusion-TS, :mod:`diffkit.metrics.correlational`): the l1 distance of the lag-0
+  cross-correlations of the two sets, / 10.
+* ``discriminative`` and ``predictive`` (TimeGAN, :mod:`diffkit.metrics.posthoc_rnn`): a post-hoc GRU
+  told to separate real from generated (|accuracy - 1/2|), or trained on the generated series to
+  predict the last channel one step ahead and scored by its MAE on the real ones; seeded by the
+  evaluation's ``seed``, the authors' iterations (2000, 5000) unless given.
+
+As Diffusion-TS (Yuan & Qiao 2024, ``Utils/context_fid.py`` and ``Experiments/metric_*.ipynb``) the
+real series are the model's training series (the run's own data set, length and channels; the first
+``ref_num`` of them, default as many as the samples), and both sets are scored on the [0, 1] scale
+((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). Each metric is one run (the papers average 5).
+A run on a series file (``dataset = "series"``, :mod:`diffkit.series_files`) with ``test_fraction`` > 0
+is scored against its held-out windows instead (scaled with the training rows' min and max); the file
+must be the one it was trained on (same SHA-256).
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from typing import Optional, Sequence
 
 from .errors import DiffkitError, check_range
 
-SERIES_METRICS = ("context-fid",)
+SERIES_METRICS = ("context-fid", "correlational", "discriminative", "predictive")
 ENCODER_KIND = "context-fid encoder"
 # train_ts2vec's recipe (batch 8, AdamW lr 1e-3, alpha 0.5, crops, NaN rule, the averaged initial
 # weights): a cached encoder is reused only under the recipe it was trained with; bump on a change
@@ -102,13 +111,16 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     thresholding: Optional[str] = None, ref_num: Optional[int] = None, batch_size: int = 250,
                     seed: int = 0, device="cpu", use_ema: bool = True, mixed_precision: str = "no",
                     compile: str = "no", progress: bool = False, cache_dir=None,
-                    encoder_iterations: Optional[int] = None,
-                    refused: Optional[dict] = None) -> dict:
-    """Context-FID of ``num`` samples of a time-series checkpoint (see the module doc); the result has
-    :func:`diffkit.evaluation.evaluate`'s form. ``refused``: image-only options given ({flag: value})."""
+                    encoder_iterations: Optional[int] = None, discriminative_iterations: int = 2000,
+                    predictive_iterations: int = 5000, refused: Optional[dict] = None) -> dict:
+    """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
+    the result has :func:`diffkit.evaluation.evaluate`'s form. ``refused``: image-only options given
+    ({flag: value}). Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import _frechet, check_sample_count, generate_samples
     from .loading import load_denoiser
     from .metrics.context_fid import context_fid_statistics
+    from .metrics.correlational import correlational_score
+    from .metrics.posthoc_rnn import discriminative_score, predictive_score
     from .metrics.ts2vec import ts2vec_embeddings
     from .sample_cache import open_cache
     from .samplers.ddim import parse_eta
@@ -116,11 +128,13 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     from .timeseries import load_series_dataset, to_unit_range
     given = [flag for flag, value in (refused or {}).items() if value]
     if given:
-        raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (Context-FID "
-                           f"uses its own training series)")
+        raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (its metrics "
+                           f"use its own training series)")
     check_sample_count(num, unit="series")
     if encoder_iterations is not None:
         check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
+    check_range("discriminative_iterations", discriminative_iterations, 1, None, integer=True)
+    check_range("predictive_iterations", predictive_iterations, 1, None, integer=True)
     info, spacing, final = resolve_sampler(sampler)
     info.check_not_adaptive("eval")
     check_eta(info.name, eta)
@@ -149,29 +163,51 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                            f"{'' if ref_num else ' with --ref-num'}")
     reference = train[:wanted]
     check_sample_count(int(reference.shape[0]), "reference series", unit="series")
-    if encoder_iterations is None:  # the authors' TS2Vec rule: 200 for <= 100,000 values, else 600
-        from .metrics.ts2vec import authors_iterations
-        encoder_iterations = authors_iterations(reference.numel())
-    start = time.perf_counter()
-    encoder, cached = context_fid_encoder(to_unit_range(reference), iterations=encoder_iterations, seed=seed,
-                                          device=device, cache_dir=cache_dir,
-                                          identity={**data, "num_reference": int(reference.shape[0])})
-    encoder_seconds = time.perf_counter() - start
+    if "predictive" in names and data["channels"] < 2:
+        raise DiffkitError(f"predictive predicts the last channel from the others; {checkpoint} makes series of "
+                           f"{data['channels']} channel (at least 2 are needed)")
+    encoder = None
+    if "context-fid" in names:
+        if encoder_iterations is None:  # the authors' TS2Vec rule: 200 for <= 100,000 values, else 600
+            from .metrics.ts2vec import authors_iterations
+            encoder_iterations = authors_iterations(reference.numel())
+        start = time.perf_counter()
+        encoder, cached = context_fid_encoder(to_unit_range(reference), iterations=encoder_iterations, seed=seed,
+                                              device=device, cache_dir=cache_dir,
+                                              identity={**data, "num_reference": int(reference.shape[0])})
+        encoder_seconds = time.perf_counter() - start
     start = time.perf_counter()
     samples = generate_samples(denoiser, num, sampler=info.name, steps=steps, seed=seed, batch_size=batch_size,
                                device=device, progress=progress, cache=open_cache(cache_dir, denoiser), **options)
     sampling_seconds = time.perf_counter() - start
-    with warnings.catch_warnings():  # _frechet warns once about too few series for 320-d features
-        warnings.simplefilter("ignore", RuntimeWarning)
-        reference_stats = context_fid_statistics(encoder, to_unit_range(reference), batch_size)
-    features = ts2vec_embeddings(encoder, to_unit_range(samples), batch_size)
-    result = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID")
-    result.update(encoder_iterations=encoder_iterations, encoder_seed=seed, encoder_cached=cached,
-                  encoder_seconds=encoder_seconds)
+    real, generated = to_unit_range(reference), to_unit_range(samples)
+    counts = {"num_samples": int(samples.shape[0]), "num_reference": int(reference.shape[0])}
+    metrics = {}
+    for name in names:
+        start = time.perf_counter()
+        if name == "context-fid":
+            with warnings.catch_warnings():  # _frechet warns once about too few series for 320-d features
+                warnings.simplefilter("ignore", RuntimeWarning)
+                reference_stats = context_fid_statistics(encoder, real, batch_size)
+            features = ts2vec_embeddings(encoder, generated, batch_size)
+            metrics[name] = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID")
+            metrics[name].update(encoder_iterations=encoder_iterations, encoder_seed=seed, encoder_cached=cached,
+                                 encoder_seconds=encoder_seconds)
+        elif name == "correlational":
+            metrics[name] = {"value": correlational_score(real, generated), **counts}
+        elif name == "discriminative":
+            metrics[name] = {"value": discriminative_score(real, generated, iterations=discriminative_iterations,
+                                                           seed=seed, device=device),
+                             **counts, "iterations": discriminative_iterations, "seed": seed}
+        else:
+            metrics[name] = {"value": predictive_score(real, generated, iterations=predictive_iterations, seed=seed,
+                                                       device=device),
+                             **counts, "iterations": predictive_iterations, "seed": seed}
+        metrics[name]["seconds"] = time.perf_counter() - start
     settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "sampler": info.name,
                 "steps": steps, "nfe": info.nfe(steps, final), "num_samples": num, **options,
                 "reference": data["dataset"], "reference_split": split, "num_reference": int(reference.shape[0]),
                 "batch_size": batch_size, "ema": bool(use_ema), "mixed_precision": mixed_precision,
                 "compile": compile, "sampling_seconds": sampling_seconds,
                 **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})}
-    return {"metrics": {"context-fid": result}, "settings": settings}
+    return {"metrics": metrics, "settings": settings}

@@ -141,6 +141,32 @@ def test_eval_context_fid_is_the_metric_of_the_sampled_series(series_run, tmp_pa
     assert code == 0 and again["encoder_cached"] and again["value"] == result["value"]
 
 
+def test_eval_correlational_discriminative_predictive_are_the_metrics_of_the_sampled_series(series_run, tmp_path,
+                                                                                              capsys):
+    """The CLI's values equal the three scores computed by hand on the first --num training series and
+    the series 'diffkit sample' draws, both in [0, 1], the GRUs seeded by --seed; no encoder is trained."""
+    from diffkit.metrics import correlational_score, discriminative_score, predictive_score
+    ck = series_run / "checkpoints" / "latest.safetensors"
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(ck), "--metrics",
+                             "correlational,discriminative,predictive", "--num", "24", "--steps", "3", "--seed", "5",
+                             "--discriminative-iterations", "4", "--predictive-iterations", "3", "--no-progress",
+                             "--out", str(tmp_path / "e.json"))
+    assert code == 0, err
+    assert "24 samples (ddim, 3 steps) vs 24 sines train series" in out
+    result = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    assert list(result) == ["correlational", "discriminative", "predictive"]
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--num", "24", "--steps", "3", "--seed", "5",
+                             "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0, err
+    samples = to_unit_range(torch.from_numpy(np.load(tmp_path / "s.npy")).clamp(-1, 1))
+    real = to_unit_range(sines(48, length=8, channels=3, seed=123)[:24])
+    assert result["correlational"]["value"] == pytest.approx(correlational_score(real, samples), rel=1e-6, abs=1e-12)
+    assert result["discriminative"]["value"] == discriminative_score(real, samples, iterations=4, seed=5)
+    assert result["discriminative"]["iterations"] == 4 and result["predictive"]["iterations"] == 3
+    assert result["predictive"]["value"] == pytest.approx(predictive_score(real, samples, iterations=3, seed=5),
+                                                          rel=1e-6)
+
+
 def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpoint, tmp_path, capsys):
     ck = str(series_run / "checkpoints" / "latest.safetensors")
     for args, message in (
@@ -152,7 +178,14 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
             (["--checkpoint", ck, "--metrics", "context-fid", "--num", "49"],  # the run has 48 training series
              "--num 49 asks for more reference series than the run's 48 training series"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--num", "8", "--ref-num", "60"],
-             "--ref-num 60 asks for more reference series")):
+             "--ref-num 60 asks for more reference series"),
+            (["--checkpoint", ck, "--metrics", "predictive,fid"], "metric 'fid' is for images"),
+            (["--checkpoint", str(tiny_checkpoint), "--metrics", "correlational"],
+             "'correlational' is for time series"),
+            (["--checkpoint", str(tiny_checkpoint), "--metrics", "fid,discriminative"],
+             "'discriminative' is for time series"),
+            (["--samples", str(tmp_path), "--metrics", "predictive"],
+             "predictive scores the samples of a time-series")):
         code, out, err = run_cli(capsys, "eval", *args, "--out", str(tmp_path / "x.json"), "--no-progress")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
 

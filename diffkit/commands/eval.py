@@ -7,9 +7,11 @@ fd-classifier, classifier-score, class-accuracy, confidence (need an evaluator f
 estimate: every t below --nll-dense-below, then every --nll-stride-th t) and rate-distortion (DDPM
 Sec. 4.3, Fig. 5: bits sent by each of those t against the RMSE of the x_0 prediction, on the
 --nll-num images; its table goes into the JSON and its plot beside it, OUT_rate_distortion.png).
-A time-series checkpoint (``diffkit train --dataset sines``) takes context-fid alone: Context-FID of
---num samples against as many of its training series (--ref-num), under a TS2Vec encoder trained on
-them with --seed (--context-fid-iterations; kept in --cache-dir and reused).
+A time-series checkpoint (``diffkit train --dataset sines``) takes only context-fid, correlational,
+discriminative and predictive, of --num samples against as many of its training series (--ref-num):
+Context-FID under a TS2Vec encoder trained on them with --seed (--context-fid-iterations; kept in
+--cache-dir and reused), Diffusion-TS's correlational score, TimeGAN's discriminative and predictive
+scores (post-hoc GRUs seeded by --seed; --discriminative-iterations, --predictive-iterations).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def register(sub) -> None:
     source.add_argument("--samples", help="a folder of same-sized PNGs made elsewhere")
     p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
                    "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided, "
-                   "rate-distortion; context-fid (time-series checkpoints)")
+                   "rate-distortion; context-fid, correlational, discriminative, predictive (time-series checkpoints)")
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
     p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL for another time grid, e.g. unipc:zero")
@@ -65,6 +67,10 @@ def register(sub) -> None:
     p.add_argument("--context-fid-iterations", type=positive_int, default=None,
                    help="context-fid: TS2Vec training iterations of batches of 8 (default: the authors' rule, "
                         "200 for at most 100,000 values of reference series, else 600)")
+    p.add_argument("--discriminative-iterations", type=positive_int, default=2000,
+                   help="discriminative: Adam steps of the post-hoc GRU classifier (default 2000, TimeGAN's)")
+    p.add_argument("--predictive-iterations", type=positive_int, default=5000,
+                   help="predictive: Adam steps of the post-hoc GRU predictor (default 5000, TimeGAN's)")
     p.add_argument("--save-samples", help="also write the samples as PNGs into this folder")
     p.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
     add_source_flags(p)
@@ -88,6 +94,7 @@ def warning_lines(caught) -> None:
 def run(args) -> int:
     from ..config import resolve_device
     from ..evaluation import evaluate, format_results, parse_eta, parse_metrics, write_json
+    from ..series_evaluation import SERIES_METRICS
     names = parse_metrics(args.metrics)  # validate before loading anything
     if args.eta is not None:
         parse_eta(args.eta)
@@ -115,16 +122,19 @@ def run(args) -> int:
                           device=device, use_ema=args.ema, thresholding=args.thresholding,
                           save_samples=args.save_samples, mixed_precision=args.mixed_precision, compile=args.compile,
                           progress=args.progress, cache_dir=args.cache_dir,
-                          context_fid_iterations=args.context_fid_iterations)
+                          context_fid_iterations=args.context_fid_iterations,
+                          discriminative_iterations=args.discriminative_iterations,
+                          predictive_iterations=args.predictive_iterations)
     warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")
+    kind = "series" if set(result["metrics"]) & set(SERIES_METRICS) else "images"
     print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings
                            else f"no samples ({settings['nll_split']} images: {settings['nll_num_images']})")
           + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
           + (f" vs {settings['num_reference']} {settings['reference']} {settings.get('reference_split', 'test')} "
-             f"{'series' if 'context-fid' in result['metrics'] else 'images'}" if "reference" in settings else ""))
+             f"{kind}" if "reference" in settings else ""))
     print(format_results(result["metrics"]))
     if rd_plot is not None:
         from ..progressive import plot_rate_distortion
