@@ -11,11 +11,21 @@ TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,
         "--steps", "3", "--no-sample", "--no-progress"]
 
 
+def _in_process(argv):
+    """A one-process run in this process (as test_cli does): the reference the torchrun runs are compared
+    with needs no interpreter and torch import of its own. Returns what _ok reads of a finished process."""
+    from types import SimpleNamespace
+
+    from diffkit.cli import main
+    return SimpleNamespace(returncode=main(argv), stdout="", stderr="(in-process run: see the captured output)")
+
+
 def _train(out, nproc, batch, *extra):
     cmd = [sys.executable, "-m", "diffkit", "train", "--out", str(out), "--batch-size", str(batch), *TINY, *extra]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "diffkit", *cmd[3:]]
+    if nproc == 1:
+        return _in_process(cmd[3:])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "diffkit", *cmd[3:]]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     return res
@@ -141,8 +151,9 @@ def test_the_ranks_command_line_spells_out_abbreviations_for_torchrun():
 def _distill(out, teacher, nproc, batch):
     cmd = [sys.executable, "-m", "diffkit", "distill", "--teacher", str(teacher), "--out", str(out), "--batch-size",
            str(batch), "--steps", "2", "--set", "consistency_skip=100", "--no-sample", "--no-progress"]
-    if nproc > 1:
-        cmd[4:4] = ["--nproc", str(nproc)]
+    if nproc == 1:
+        return _in_process(cmd[3:])
+    cmd[4:4] = ["--nproc", str(nproc)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
