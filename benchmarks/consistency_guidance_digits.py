@@ -49,8 +49,7 @@ from consistency_digits import digit_scorer  # noqa: E402
 from diffkit.commands.demo import demo_config  # noqa: E402
 from diffkit.commands.distill import distill_config  # noqa: E402
 from diffkit.config import apply_overrides, resolve_device  # noqa: E402
-from diffkit.drawing import draw_samples  # noqa: E402
-from diffkit.evaluation import write_json  # noqa: E402
+from diffkit.evaluation import generate_samples, write_json  # noqa: E402
 from diffkit.guidance import ClassifierFreeGuidance, GuidanceScaleInput  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
@@ -82,13 +81,12 @@ def distil(teacher: str, run_dir: Path, overrides: list[str], steps: int, device
                                "guidance": cfg.consistency_guidance, "guidance_range": cfg.consistency_guidance_range}
 
 
-def draw(denoiser, shape, labels, sampler: str, steps: int, device) -> tuple[torch.Tensor, float]:
+def draw(denoiser, labels, sampler: str, steps: int, device) -> tuple[torch.Tensor, float]:
     """Samples i = 0..N-1 from seed i with labels ``labels`` (clamped to [-1, 1]), and the seconds taken."""
-    out = []
     start = time.perf_counter()
-    draw_samples(denoiser, len(labels), shape, seed=0, sampler=sampler, steps=steps, cond={"y": labels},
-                 batch_size=250, device=device, sink=lambda batch: out.append(batch.images.float().cpu().clamp(-1, 1)))
-    return torch.cat(out), time.perf_counter() - start
+    samples = generate_samples(denoiser, len(labels), sampler=sampler, steps=steps, seed=0, batch_size=250,
+                               labels=labels, device=device)
+    return samples, time.perf_counter() - start
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,7 +154,6 @@ def main(argv=None) -> int:
     unet = models["teacher"].meta["unet"]
     if not unet.get("num_classes"):
         raise SystemExit(f"the teacher {teacher} is not class-conditional")
-    shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
     labels = torch.arange(args.num) % unet["num_classes"]
     scorer, train_images, train_labels, report["classifier"] = digit_scorer(unet, METRICS, args.classifier_epochs,
                                                                            device)
@@ -182,7 +179,7 @@ def main(argv=None) -> int:
         if w in kept["samples"]:
             samples, seconds = kept["samples"][w]
         else:
-            samples, seconds = draw(ClassifierFreeGuidance(models["teacher"], w), shape, labels, "ddim", 50, device)
+            samples, seconds = draw(ClassifierFreeGuidance(models["teacher"], w), labels, "ddim", 50, device)
             kept["samples"][w] = (samples, seconds)
             torch.save(kept, saved)
         teacher_samples[w] = samples
@@ -192,11 +189,11 @@ def main(argv=None) -> int:
         return 0
     for w in ws:
         for steps in STUDENT_STEPS:
-            samples, seconds = draw(GuidanceScaleInput(models["w"], w), shape, labels, "consistency", steps, device)
+            samples, seconds = draw(GuidanceScaleInput(models["w"], w), labels, "consistency", steps, device)
             add("w-student", w, "consistency", steps, steps, samples, seconds,
                 reference=teacher_samples if steps == 1 else None)
     for steps in STUDENT_STEPS:
-        samples, seconds = draw(models["fixed"], shape, labels, "consistency", steps, device)
+        samples, seconds = draw(models["fixed"], labels, "consistency", steps, device)
         add("fixed-w student", fixed_w, "consistency", steps, steps, samples, seconds,
             reference=teacher_samples if steps == 1 else None)
     real = scorer.score(train_images[:args.num], train_labels[:args.num])
