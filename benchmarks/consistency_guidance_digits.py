@@ -23,7 +23,8 @@ class accuracy (the classifier's arg-max equals the requested label), FD-classif
 root-mean-square pixel difference (data in [-1, 1]) between a one-step sample and the teacher's
 DDIM-50 sample at that w from the same x_T and label. A one-step consistency model approximates
 the map x_T -> teacher ODE solution, so this is how closely it follows the guided teacher at
-each w. The teacher's samples are kept in OUT/teacher_cfg_samples.pt and reused by a later run
+each w; and how far w moves the samples (the RMS between the samples at the lowest and highest
+w, teacher and w-student). The teacher's samples are kept in OUT/teacher_cfg_samples.pt and reused by a later run
 with the same teacher and ``--num`` (``--teacher-only`` draws just them). Prints a table; writes
 ``consistency_guidance_digits.json`` and a ``.png`` (one row of samples per model and w) under
 ``--out``, the runs under OUT/teacher_run, OUT/w_run, OUT/fixed_run:
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     labels = torch.arange(args.num) % unet["num_classes"]
     scorer, train_images, train_labels, report["classifier"] = digit_scorer(unet, METRICS, args.classifier_epochs,
                                                                            device)
-    rows, grid, teacher_samples = [], [], {}
+    rows, grid, teacher_samples, drawn = [], [], {}, {}
 
     def add(model: str, w, sampler: str, steps: int, nfe: int, samples, seconds, reference=None) -> None:
         scores = scorer.score(samples, labels)
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
             row["rms_to_teacher"] = {f"{w_ref:g}": rms(samples, ref) for w_ref, ref in reference.items()}
         rows.append(row)
         grid.append(samples[:20])
+        drawn[model, steps, w] = samples
         print(f"  {model:<16} w={'' if w is None else f'{w:g}':<4} {sampler} {steps:>2}: accuracy "
               f"{row['class_accuracy']:.3f}, FD {row['fd_classifier']:.1f} ({seconds:.0f} s)", flush=True)
 
@@ -201,6 +203,9 @@ def main(argv=None) -> int:
                  "class_accuracy": real["class-accuracy"]["value"], "fd_classifier": real["fd-classifier"]["value"],
                  "confidence": real["confidence"]["value"], "num": min(args.num, len(train_images))})
     report["rows"] = rows
+    # how far w moves the samples from the same x_T: RMS between the samples at the lowest and highest w
+    report["rms_across_w"] = {f"{model}, {steps} steps": rms(drawn[model, steps, ws[0]], drawn[model, steps, ws[-1]])
+                              for model, steps in [("teacher CFG", 50)] + [("w-student", k) for k in STUDENT_STEPS]}
     print(f"\n{args.num} samples each; class accuracy under a digit classifier (held-out accuracy "
           f"{report['classifier']['held_out_accuracy']:.3f}), FD-classifier vs {scorer.num_reference} held-out "
           f"digits (lower is better), confidence; RMS to teacher: one-step sample vs the teacher's DDIM-50 sample "
@@ -211,6 +216,8 @@ def main(argv=None) -> int:
         to_teacher = " ".join(f"{v:.3f}" for v in row.get("rms_to_teacher", {}).values())
         print(f"{row['model']:<22} {w:>4} {row['nfe']:>4} {row['class_accuracy']:>9.3f} {row['fd_classifier']:>14.2f} "
               f"{row['confidence']:>11.3f}  {to_teacher}")
+    print(f"RMS between the samples at w = {ws[0]:g} and w = {ws[-1]:g} from the same x_T: "
+          + ", ".join(f"{name} {value:.3f}" for name, value in report["rms_across_w"].items()))
     png = save_grid(torch.cat(grid), out / "consistency_guidance_digits.png", nrow=20, scale=2)
     path = write_json(report, out / "consistency_guidance_digits.json")
     print(f"\nwrote {path} and {png} (one row per table row, in its order)")
