@@ -47,6 +47,19 @@ METHODS = [("teacher, DDIM", "teacher", "ddim", 1), ("teacher, DDIM", "teacher",
            ("consistency model", "student", "consistency", 4)]
 
 
+def digit_scorer(unet: dict, metrics, epochs: int, device):
+    """(a SampleScorer of ``metrics`` against the 597 held-out embedded digits, the training digits
+    0..1199 and their labels, {"held_out_accuracy": ...}) for a model whose ``meta["unet"]`` is ``unet``: a digit
+    classifier (diffkit.metrics.train_evaluator, seed 0) trained ``epochs`` epochs on the training digits."""
+    train_images, train_labels = reference_images("digits", train=True, img_size=unet["img_size"],
+                                                   channels=unet["in_channels"])
+    held_out, held_labels = reference_images("digits", train=False, img_size=unet["img_size"],
+                                             channels=unet["in_channels"])
+    net = train_evaluator(train_images, train_labels, 10, epochs=epochs, seed=0)
+    scorer = SampleScorer(metrics, held_out, evaluator=net, device=device)
+    return scorer, train_images, train_labels, {"held_out_accuracy": evaluator_accuracy(net, held_out, held_labels)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", help="the demo model's checkpoint (default: train one with DEMO_CONFIG)")
@@ -85,14 +98,9 @@ def main(argv=None) -> int:
     print(f"distilled {result.steps} steps in {result.seconds:.0f} s (final loss {result.final_loss:.4f})")
     models = {"teacher": load_denoiser(teacher, device=device),
               "student": load_denoiser(result.checkpoint, device=device)}
-    unet = models["teacher"].meta["unet"]
-    train_images, train_labels = reference_images("digits", train=True, img_size=unet["img_size"],
-                                                   channels=unet["in_channels"])
-    held_out, held_labels = reference_images("digits", train=False, img_size=unet["img_size"],
-                                             channels=unet["in_channels"])
-    net = train_evaluator(train_images, train_labels, 10, epochs=args.classifier_epochs, seed=0)
-    report["classifier"] = {"held_out_accuracy": evaluator_accuracy(net, held_out, held_labels)}
-    scorer = SampleScorer(["fd-classifier", "confidence"], held_out, evaluator=net, device=device)
+    scorer, train_images, _, report["classifier"] = digit_scorer(models["teacher"].meta["unet"],
+                                                             ["fd-classifier", "confidence"],
+                                                             args.classifier_epochs, device)
     rows, grid = [], []
     for label, which, sampler, steps in METHODS:
         start = time.perf_counter()
@@ -109,7 +117,7 @@ def main(argv=None) -> int:
                  "fd_classifier": real["fd-classifier"]["value"], "confidence": real["confidence"]["value"],
                  "num": min(args.num, len(train_images))})
     report["rows"] = rows
-    print(f"\nFD-classifier vs {len(held_out)} held-out digits (lower is better), mean max-softmax confidence; "
+    print(f"\nFD-classifier vs {scorer.num_reference} held-out digits (lower is better), mean max-softmax confidence; "
           f"classifier accuracy {report['classifier']['held_out_accuracy']:.3f}")
     print(f"{'model, sampler':<32} {'NFE':>4} {'FD-classifier':>14} {'confidence':>11} {'seconds':>8}")
     for row in rows:

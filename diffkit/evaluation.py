@@ -150,7 +150,8 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
                      batch_size: int = 256, labels: Optional[torch.Tensor] = None, device=None,
                      progress: bool = False, cache=None, return_nfe: bool = False, on_drawn=None, **options):
     """``num`` samples (CPU tensor in [-1, 1], clamped: images, or series (N, C, L)) with
-    :func:`diffkit.sample`; a latent model's samples are decoded to images.
+    :func:`diffkit.sample`; a latent model's samples are decoded to images. ``denoiser``: one
+    :func:`diffkit.loading.load_denoiser` returned, or wrappers around it (e.g. guidance).
 
     Sample i starts from the noise of seed ``seed + i`` whatever the batch size, so two samplers
     evaluated with the same seed start from the same x_T. ``cache``: a
@@ -164,13 +165,16 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     """
     from .drawing import draw_samples, nfe_per_sample
     check_range("num", num, 1, None, integer=True)
-    meta = getattr(denoiser, "meta", {}) or {}
+    loaded = denoiser  # a loaded denoiser, under any wrappers (guidance, thresholding): its meta, model, decoder
+    while getattr(loaded, "meta", None) is None and getattr(loaded, "inner", None) is not None:
+        loaded = loaded.inner
+    meta = getattr(loaded, "meta", {}) or {}
     unet = meta.get("unet")
     if unet is None:
         raise DiffkitError("the denoiser has no .meta['unet']; load it with diffkit.loading.load_denoiser")
     shape = sample_shape(unet)  # (C, H, W), or (C, L) for a time-series model
     if device is None:
-        device = next(denoiser.model.parameters()).device
+        device = next(loaded.model.parameters()).device
     settings = {"sampler": sampler, "steps": steps, **options}
     out, costs = [], []  # the images, and (samples, network calls) of each batch
 
@@ -197,7 +201,7 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
 
     drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps,
                          cond=None if labels is None else {"y": labels}, batch_size=batch_size, device=device,
-                         decode=getattr(denoiser, "decoder", None), skip=cached, sink=keep, progress=progress,
+                         decode=getattr(loaded, "decoder", None), skip=cached, sink=keep, progress=progress,
                          **options)
     if on_drawn is not None:
         on_drawn(drawn)

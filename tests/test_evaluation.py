@@ -433,3 +433,15 @@ def test_one_nll_image_is_refused_for_every_bound_metric(run_dir, tmp_path, metr
     with pytest.raises(DiffkitError, match="NLL images: 1 image"):
         evaluate(metrics, checkpoint=run_dir / "ckpt" / "latest.safetensors", ref="folder", data_dir=str(folder),
                  nll_split="train", nll_num=5, device="cpu")
+
+
+def test_generate_samples_takes_a_wrapped_loaded_denoiser(run_dir):
+    """A wrapper (here x0 clipped to [-0.05, 0.05]) has no meta of its own: the loaded model's is
+    used, and the wrapper is what samples (DDIM's last step returns the clipped x0)."""
+    from diffkit.denoiser import ThresholdedDenoiser
+    from diffkit.evaluation import generate_samples
+    den = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    plain = generate_samples(den, 6, steps=3, seed=0)
+    clipped = generate_samples(ThresholdedDenoiser(den, "clip", max_value=0.05), 6, steps=3, seed=0)
+    assert clipped.shape == plain.shape == (6, 1, 8, 8)
+    assert plain.abs().max() > 0.5 and clipped.abs().max() <= 0.05 + 1e-6
