@@ -42,7 +42,15 @@ _OUTPUT_META = ("unet", "prediction_type", "learned_variance", "latent", "text")
 
 
 def denoiser_identity(denoiser) -> dict:
-    """What decides a denoiser's outputs: weights digest, metadata, precision, compile mode, device type."""
+    """What decides a denoiser's outputs: weights digest, metadata, precision, compile mode, device type.
+
+    A wrapper that changes the outputs by settings of its own (guidance, thresholding, inpainting) is
+    refused: the key would not hold them. A consistency model's wrapper is decided by its checkpoint."""
+    from .consistency import ConsistencyDenoiser
+    from .denoiser import Wrapper
+    if isinstance(denoiser, Wrapper) and not isinstance(denoiser, ConsistencyDenoiser):
+        raise DiffkitError(f"a sample cache is keyed by the loaded denoiser; a {type(denoiser).__name__} around it "
+                           f"has settings the key does not hold: draw without a cache (cache_dir=None)")
     model = getattr(denoiser, "model", None) or denoiser.net
     device = next(model.parameters()).device.type
     schedule = denoiser.schedule

@@ -445,3 +445,14 @@ def test_generate_samples_takes_a_wrapped_loaded_denoiser(run_dir):
     clipped = generate_samples(ThresholdedDenoiser(den, "clip", max_value=0.05), 6, steps=3, seed=0)
     assert clipped.shape == plain.shape == (6, 1, 8, 8)
     assert plain.abs().max() > 0.5 and clipped.abs().max() <= 0.05 + 1e-6
+
+
+def test_a_sample_cache_refuses_a_wrapped_denoiser(run_dir, tmp_path):
+    """The cache key holds the loaded model, not a wrapper's settings: two clip levels would share
+    one cache entry, so a wrapped denoiser is refused in one line."""
+    from diffkit.denoiser import ThresholdedDenoiser
+    from diffkit.sample_cache import open_cache
+    den = load_denoiser(run_dir / "ckpt" / "latest.safetensors")
+    assert open_cache(tmp_path, den) is not None
+    with pytest.raises(DiffkitError, match="a ThresholdedDenoiser around it has settings the key does not hold"):
+        open_cache(tmp_path, ThresholdedDenoiser(den, "clip", max_value=0.05))
