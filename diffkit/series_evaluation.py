@@ -110,7 +110,7 @@ def file_reference(cfg: dict, unet: dict, scaling: dict):
         raise DiffkitError(f"{path} is not the file this run was trained on (its SHA-256 differs); restore that file")
     data = {"dataset": "series", "sha256": digest, "split": split, "seq_length": unet["seq_length"],
             "channels": unet["in_channels"], "drop_columns": cfg.get("drop_columns", ""),
-            "test_fraction": cfg.get("test_fraction", 0.0)}
+            "test_fraction": cfg.get("test_fraction", 0.0), "reference_windows": "evenly spaced"}
     return data, dataset.series, split, path
 
 
