@@ -265,7 +265,6 @@ class TrainConfig:
             name, value = lacking[0]
             raise DiffkitError(f"{name}={value!r} is not available for time series (dataset={self.dataset!r}): the "
                                f"1-D U-Net is trained unconditionally with the diffusion objective and loss='simple'")
-        self._check_series_file()
 
     def _check_series_file(self) -> None:
         """``dataset = "series"`` needs its file (data_dir); its fields are refused for the other data sets."""
@@ -289,10 +288,10 @@ class TrainConfig:
             bad = [v for v in values if v < 1]
             if bad:
                 raise DiffkitError(f"{name}={values!r} has {bad[0]}; every multiplier must be an integer >= 1")
+        self._check_series_file()
         if self.is_series:
             self._check_series()
         else:
-            self._check_series_file()
             for name in ("seq_length", "num_series"):
                 if getattr(self, name) != _default(name):
                     raise DiffkitError(f"{name}={getattr(self, name)!r} applies to time series (dataset "

@@ -467,28 +467,26 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         test_fraction, drop_columns: ``series`` only (:func:`diffkit.series_files.load_file_series`).
     """
     check_choice("dataset", name, DATASET_NAMES)
-    if name == "series":
-        from .series_files import load_file_series
-        for key, value, unset in (("img_size", img_size, None), ("hflip", hflip, False), ("resize", resize, "auto"),
-                                  ("num_series", num_series, None)):
-            if value != unset:
-                raise DiffkitError(f"{key}={value!r} does not apply to dataset='series' (a series file: data_dir, "
-                                   f"seq_length, test_fraction, drop_columns)")
-        if data_dir is None:
-            raise DiffkitError("dataset='series' needs data_dir: a .csv file (header row) or a .npy file (T, F)")
-        return load_file_series(data_dir, seq_length=seq_length or 24, test_fraction=test_fraction,
-                                drop_columns=drop_columns, train=train, channels=channels)
-    if test_fraction or drop_columns:
+    if name != "series" and (test_fraction or drop_columns):
         raise DiffkitError(f"test_fraction / drop_columns apply to dataset='series'; dataset={name!r} is another set")
     from .timeseries import SERIES_DATASETS, load_series_dataset
     if name in SERIES_DATASETS:
+        file = name == "series"
+        own = ("a series file: data_dir, seq_length, test_fraction, drop_columns" if file else
+               "generated time series: num_series, seq_length, channels")
         for key, value, unset in (("img_size", img_size, None), ("hflip", hflip, False), ("resize", resize, "auto"),
-                                  ("data_dir", data_dir, None)):
+                                  ("num_series", num_series, None) if file else ("data_dir", data_dir, None)):
             if value != unset:
-                raise DiffkitError(f"{key}={value!r} applies to image data sets; dataset={name!r} is generated time "
-                                   f"series (set num_series, seq_length, channels)")
-        return load_series_dataset(name, num_series=num_series or 10000, seq_length=seq_length or 24,
-                                   channels=channels or DATASET_CHANNELS[name], train=train)
+                raise DiffkitError(f"{key}={value!r} does not apply to dataset={name!r} ({own})")
+        seq_length = seq_length or 24
+        if not file:
+            return load_series_dataset(name, num_series=num_series or 10000, seq_length=seq_length,
+                                       channels=channels or DATASET_CHANNELS[name], train=train)
+        if data_dir is None:
+            raise DiffkitError("dataset='series' needs data_dir: a .csv file (header row) or a .npy file (T, F)")
+        from .series_files import load_file_series
+        return load_file_series(data_dir, seq_length=seq_length, test_fraction=test_fraction,
+                                drop_columns=drop_columns, train=train, channels=channels)
     if num_series is not None or seq_length is not None:
         raise DiffkitError(f"num_series / seq_length apply to time-series data sets; dataset={name!r} holds images")
     check_choice("resize", resize, RESIZE_MODES)

@@ -17,9 +17,10 @@ As Diffusion-TS (Yuan & Qiao 2024, ``Utils/context_fid.py`` and ``Experiments/me
 real series are the model's training series (the run's own data set, length and channels; the first
 ``ref_num`` of them, default as many as the samples), and both sets are scored on the [0, 1] scale
 ((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). Each metric is one run (the papers average 5).
-A run on a series file (``dataset = "series"``, :mod:`diffkit.series_files`) with ``test_fraction`` > 0
-is scored against its held-out windows instead (scaled with the training rows' min and max); the file
-must be the one it was trained on (same SHA-256).
+A run on a series file (``dataset = "series"``, :mod:`diffkit.series_files`) is scored against ``ref_num``
+windows evenly spaced over its training windows, or over its held-out windows with ``test_fraction`` > 0
+(scaled with the training rows' min and max; a warning when they leave [-1, 1]); the file must be the
+one it was trained on (same SHA-256).
 """
 from __future__ import annotations
 
@@ -89,22 +90,34 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
 
 
 def file_reference(cfg: dict, unet: dict, scaling: dict):
-    """(cache identity, reference windows, split) of a run on a series file: its held-out windows when
-    it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged."""
-    from .series_files import file_digest, load_file_series
-    path = cfg.get("data_dir")
-    if not path or not Path(path).is_file():
-        raise DiffkitError(f"the run's series file {path!r} is not there; Context-FID needs it (the reference windows)")
-    digest = file_digest(path)
+    """(cache identity, reference windows, split, path) of a run on a series file: its held-out windows when
+    it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged. The
+    file is ``data_dir`` as given to training, else (a relative path read from another folder) the
+    absolute path training resolved it to."""
+    from .series_files import load_file_series
+    given, resolved = cfg.get("data_dir"), scaling.get("resolved_file")
+    path = next((p for p in (given, resolved) if p and Path(p).is_file()), None)
+    if path is None:
+        relative = f" (relative to the folder training ran in: {resolved})" if given and resolved and \
+            not Path(given).is_absolute() else ""
+        raise DiffkitError(f"the run's series file {given!r} is not there{relative}; the metrics need it (the "
+                           f"reference windows): restore it")
+    split = "test" if cfg.get("test_fraction", 0.0) > 0 else "train"
+    dataset = load_file_series(path, seq_length=unet["seq_length"], test_fraction=cfg.get("test_fraction", 0.0),
+                               drop_columns=cfg.get("drop_columns", ""), train=split == "train")
+    digest = dataset.source["sha256"]
     if scaling.get("sha256") not in (None, digest):
         raise DiffkitError(f"{path} is not the file this run was trained on (its SHA-256 differs); restore that file")
-    split = "test" if cfg.get("test_fraction", 0.0) > 0 else "train"
-    windows = load_file_series(path, seq_length=unet["seq_length"], test_fraction=cfg.get("test_fraction", 0.0),
-                               drop_columns=cfg.get("drop_columns", ""), train=split == "train").series
     data = {"dataset": "series", "sha256": digest, "split": split, "seq_length": unet["seq_length"],
             "channels": unet["in_channels"], "drop_columns": cfg.get("drop_columns", ""),
-            "test_fraction": cfg.get("test_fraction", 0.0)}
-    return data, windows, split
+            "test_fraction": cfg.get("test_fraction", 0.0), "reference_windows": "evenly spaced"}
+    return data, dataset.series, split, path
+
+
+def spread_indices(count: int, wanted: int):
+    """``wanted`` of ``range(count)`` evenly spaced from the first to the last (round half up, so distinct)."""
+    import numpy as np
+    return np.floor(np.linspace(0, count - 1, wanted) + 0.5).astype(np.int64)
 
 
 def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str, steps: int, eta=None,
@@ -148,8 +161,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     cfg, unet = denoiser.meta.get("config") or {}, denoiser.meta["unet"]
     split = "train"
     if cfg.get("dataset") == "series":
-        data, train, split = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {})
-        what = f"{'held-out' if split == 'test' else 'training'} windows of {cfg['data_dir']}"
+        data, train, split, path = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {})
+        what = f"{'held-out' if split == 'test' else 'training'} windows of {path}"
     else:
         data = {"dataset": cfg.get("dataset", "sines"), "num_series": cfg.get("num_series", 10000),
                 "seq_length": unet["seq_length"], "channels": unet["in_channels"]}
@@ -161,7 +174,13 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
         raise DiffkitError(f"{'--ref-num' if ref_num else '--num'} {wanted} asks for more reference series than the "
                            f"run's {train.shape[0]} {what}; give at most {train.shape[0]}"
                            f"{'' if ref_num else ' with --ref-num'}")
-    reference = train[:wanted]
+    # sines: independent draws, the first ones; a file's stride-1 windows: spread over the whole split
+    # (its first N windows would cover only its first N + L - 1 rows)
+    reference = train[spread_indices(train.shape[0], wanted)] if data["dataset"] == "series" else train[:wanted]
+    if split == "test" and bool((reference.abs() > 1).any()):
+        warnings.warn(f"the held-out windows of {path} reach {float(reference.min()):.3g}..{float(reference.max()):.3g}"
+                      f" on the training rows' [-1, 1] scale while samples are clamped to [-1, 1]: the scores also "
+                      f"measure the shift between the training and held-out periods", RuntimeWarning)
     check_sample_count(int(reference.shape[0]), "reference series", unit="series")
     if "predictive" in names and data["channels"] < 2:
         raise DiffkitError(f"predictive predicts the last channel from the others; {checkpoint} makes series of "

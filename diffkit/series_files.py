@@ -13,14 +13,17 @@ windows share rows with the last training ones).
 
 Windows are diffkit's ``(N, C, L)`` (channels = columns, then time): window i is rows i..i+L-1.
 A constant training column (min == max) is kept: it scales by 1 instead of 0 (scikit-learn's
-``MinMaxScaler`` rule), so it is -1 for the model, and :meth:`SeriesScaling.unnormalise` gives back
-the constant. Bad input (missing file, another suffix, an empty file, a non-numeric or non-finite
-value, fewer rows than ``seq_length``) is a one-line :class:`~diffkit.errors.DiffkitError`.
+``MinMaxScaler`` rule), so it is -1 for the model, and :meth:`SeriesScaling.unnormalise` maps any
+value of it to the constant (so it is the inverse of ``normalise`` except on such a column). Bad input
+(missing file, a folder, another suffix, an empty file, a file that is not UTF-8 text or not a numpy
+array, a non-numeric or non-finite value, a column whose range overflows, fewer rows than
+``seq_length``) is a one-line :class:`~diffkit.errors.DiffkitError`.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +64,8 @@ class SeriesScaling:
         return (values - low) / span * 2.0 - 1.0
 
     def unnormalise(self, values, axis: int = 1):
-        """The inverse, (x + 1) / 2 (max - min) + min, in the original units (a constant column: its value)."""
+        """(x + 1) / 2 (max - min) + min, in the original units: the inverse of :meth:`normalise` except on a
+        constant column (max == min), where every value maps to the constant (a sample's value there is noise)."""
         low, high = self._arrays(values.ndim, axis)
         if isinstance(values, torch.Tensor):
             low, high = torch.as_tensor(low, dtype=values.dtype), torch.as_tensor(high, dtype=values.dtype)
@@ -81,6 +85,9 @@ def parse_columns(text: str) -> list:
 
 
 def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DiffkitError(f"series file {str(path)!r} is a folder, not a file; give a .csv or .npy file with "
+                           f"--data-dir")
     if path.suffix.lower() not in SERIES_FILE_SUFFIXES:
         raise DiffkitError(f"series file {str(path)!r} has the suffix {path.suffix or '(none)'!r}; allowed: "
                            f"{', '.join(SERIES_FILE_SUFFIXES)} (CSV with a header row, or a numpy array (T, F))")
@@ -94,47 +101,64 @@ def _check_file(path: Path) -> None:
 
 def read_csv_series(path: Path, drop_columns: Sequence[str] = ()) -> tuple:
     """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
-    A cell that is not a finite number is an error naming its column and line."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DiffkitError(f"series file {str(path)!r} has no header row; its first line must name the columns")
-        header = [h.strip() for h in header]
-        for i, name in enumerate(header):
-            if not name:
-                raise DiffkitError(f"{path}: column {i + 1} has no name in the header row; name every column")
-            if header.index(name) != i:
-                raise DiffkitError(f"{path}: column {name!r} is named twice in the header row; give unique names")
-        unknown = [name for name in drop_columns if name not in header]
-        if unknown:
-            raise DiffkitError(f"drop_columns names {unknown[0]!r}, which {path} does not have; its columns: "
-                               f"{', '.join(header)}")
-        keep = [i for i, name in enumerate(header) if name not in drop_columns]
-        if not keep:
-            raise DiffkitError(f"drop_columns={','.join(drop_columns)!r} drops every column of {path}; keep at "
-                               f"least one")
-        rows = []
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue  # a blank line (e.g. at the end)
-            if len(row) != len(header):
-                raise DiffkitError(f"{path}, line {reader.line_num}: {len(row)} values for the {len(header)} columns "
-                                   f"of the header row")
-            values = []
-            for i in keep:
-                cell = row[i].strip()
-                try:
-                    value = float(cell)
-                except ValueError:
-                    raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}, not a "
-                                       f"number; every column must be numeric (drop one such as a date with "
-                                       f"--set drop_columns={header[i]})") from None
-                if not math.isfinite(value):
-                    raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}; values "
-                                       f"must be finite numbers (fill or remove such rows first)")
-                values.append(value)
-            rows.append(values)
+    A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DiffkitError(f"{path}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text; save the CSV as "
+                           f"UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _parse_csv(path, reader, drop_columns)
+    except csv.Error as err:
+        raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
+
+
+def _parse_csv(path: Path, reader, drop_columns: Sequence[str]) -> tuple:
+    """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped."""
+    header = next(reader, None)
+    if not header or not any(h.strip() for h in header):
+        raise DiffkitError(f"series file {str(path)!r} has no header row; its first line must name the columns")
+    header = [h.strip() for h in header]
+    if len(header) == 1 and ";" in header[0]:
+        raise DiffkitError(f"{path}: the header row is one column, {header[0]!r}; values separated by ';' are "
+                           f"not read: save the file with commas between the values")
+    for i, name in enumerate(header):
+        if not name:
+            raise DiffkitError(f"{path}: column {i + 1} has no name in the header row; name every column")
+        if header.index(name) != i:
+            raise DiffkitError(f"{path}: column {name!r} is named twice in the header row; give unique names")
+    unknown = [name for name in drop_columns if name not in header]
+    if unknown:
+        raise DiffkitError(f"drop_columns names {unknown[0]!r}, which {path} does not have; its columns: "
+                           f"{', '.join(header)}")
+    keep = [i for i, name in enumerate(header) if name not in drop_columns]
+    if not keep:
+        raise DiffkitError(f"drop_columns={','.join(drop_columns)!r} drops every column of {path}; keep at "
+                           f"least one")
+    rows = []
+    for row in reader:
+        if not row or all(not cell.strip() for cell in row):
+            continue  # a blank line (e.g. at the end)
+        if len(row) != len(header):
+            raise DiffkitError(f"{path}, line {reader.line_num}: {len(row)} values for the {len(header)} columns "
+                               f"of the header row")
+        values = []
+        for i in keep:
+            cell = row[i].strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}, not a "
+                                   f"number; every column must be numeric (drop one such as a date with "
+                                   f"--set drop_columns={header[i]})") from None
+            if not math.isfinite(value):
+                raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}; values "
+                                   f"must be finite numbers (fill or remove such rows first)")
+            values.append(value)
+        rows.append(values)
     if not rows:
         raise DiffkitError(f"series file {str(path)!r} has a header row but no data rows")
     return np.asarray(rows, dtype=np.float64), [header[i] for i in keep]
@@ -146,6 +170,10 @@ def read_npy_series(path: Path) -> tuple:
         array = np.load(path, allow_pickle=False)
     except Exception as err:  # a truncated or non-numpy file, or an object array
         raise DiffkitError(f"cannot read {path} as a numeric numpy array: {str(err).splitlines()[0]}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive (np.load gives an NpzFile) renamed to .npy
+        getattr(array, "close", lambda: None)()
+        raise DiffkitError(f"{path} is a {type(array).__name__} (an .npz archive?), not one numpy array; save the "
+                           f"series with np.save as one array (T, F)")
     if array.dtype.kind not in "fiu":
         raise DiffkitError(f"{path} holds {array.dtype} values; a series file needs numbers (float or int)")
     if array.ndim == 1:
@@ -194,7 +222,7 @@ def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_
                      train: bool = True, channels=None):
     """The training (``train``) or held-out windows of a series file as a
     :class:`~diffkit.timeseries.SeriesDataset` in [-1, 1], with ``scaling`` (fitted on the training rows)
-    and ``source`` (file, digest, rows) for the checkpoint."""
+    and ``source`` (the file as given and as an absolute path, its SHA-256, rows) for the checkpoint."""
     from .timeseries import SeriesDataset
     check_range("seq_length", seq_length, 2, None, integer=True)
     check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
@@ -210,11 +238,18 @@ def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_
             raise DiffkitError(f"{path} has {rows} rows{held}: {count} {part} rows, fewer than seq_length="
                                f"{seq_length}; give a longer file or a smaller seq_length")
     scaling = SeriesScaling.fit(values[:train_rows], columns)
+    with np.errstate(over="ignore"):
+        span = np.subtract(scaling.maximum, scaling.minimum)
+    if not np.isfinite(span).all():
+        i = int(np.argmin(np.isfinite(span)))
+        raise DiffkitError(f"{path}: column {columns[i]!r} spans {scaling.minimum[i]:g} to {scaling.maximum[i]:g} "
+                           f"on the training rows, a range beyond float64; rescale that column first")
     part = values[:train_rows] if train else values[train_rows:]
     if not train and not len(part):
         raise DiffkitError(f"{path}: test_fraction=0 holds out no rows; there is no test split")
     windows = sliding_windows(scaling.normalise(part), seq_length)
     dataset = SeriesDataset(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)), "series")
     dataset.scaling = scaling
-    dataset.source = {"file": str(path), "sha256": file_digest(path), "rows": rows, "train_rows": train_rows}
+    dataset.source = {"file": str(path), "resolved_file": str(Path(path).resolve()), "sha256": file_digest(path),
+                      "rows": rows, "train_rows": train_rows}
     return dataset

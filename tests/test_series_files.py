@@ -33,8 +33,8 @@ def test_windows_and_scaling_match_a_hand_computation(tmp_path):
     expected = torch.tensor([[a[i:i + 3], [-1.0] * 3] for i in range(4)])  # windows i = rows i..i+2, (N, C, L)
     assert torch.equal(train.series, expected) and train.series.dtype == torch.float32
     assert train.scaling == SeriesScaling(("a", "b"), (1.0, 10.0), (9.0, 10.0))
-    assert train.source == {"file": str(csv), "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "rows": 9,
-                            "train_rows": 6}
+    assert train.source == {"file": str(csv), "resolved_file": str(csv.resolve()),
+                            "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "rows": 9, "train_rows": 6}
     test = load_dataset("series", str(csv), seq_length=3, test_fraction=1 / 3, drop_columns="date", train=False)
     # the held-out rows 7, 11, 0 / 10, 12, 8 with the training rows' min and max (outside [-1, 1] is kept)
     assert torch.equal(test.series, torch.tensor([[[0.5, 1.5, -1.25], [-1.0, 3.0, -5.0]]]))
@@ -78,6 +78,7 @@ def test_checkpoint_keeps_the_scaling_of_the_training_rows(file_run):
     assert meta["series_scaling"] == {"columns": ["price", "volume", "noise"],
                                       "minimum": values[:60].min(axis=0).tolist(),
                                       "maximum": values[:60].max(axis=0).tolist(), "file": str(csv),
+                                      "resolved_file": str(csv.resolve()),
                                       "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "rows": 80,
                                       "train_rows": 60}
     assert meta["unet"]["in_channels"] == 3 and meta["unet"]["seq_length"] == 8
@@ -122,12 +123,16 @@ def test_context_fid_scores_against_the_held_out_windows(file_run, tmp_path, cap
                  "--seed", "2", "--context-fid-iterations", "3", "--no-progress", "--out", str(tmp_path / "e.json")])
     err = capsys.readouterr().err
     assert code == 0, err
+    # volume rises past its training maximum: the held-out windows leave [-1, 1], said once in one line
+    assert err.count("warning: the held-out windows of") == 1 and "shift between the training and held-out" in err
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["settings"]["reference_split"] == "test" and result["settings"]["num_reference"] == 12
-    # by hand: the held-out rows 60..79 scaled with the training rows' min and max, windows 0..11
+    # by hand: the held-out rows 60..79 scaled with the training rows' min and max; of their 13 windows the
+    # 12 evenly spaced over all of them: round(k * 12 / 11) = 0..5 and 7..12
     low, high = values[:60].min(axis=0), values[:60].max(axis=0)
     held = (values[60:] - low) / (high - low) * 2 - 1
-    real = torch.tensor(np.stack([held[i:i + 8].T for i in range(12)]), dtype=torch.float32)
+    real = torch.tensor(np.stack([held[i:i + 8].T for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)]),
+                        dtype=torch.float32)
     encoder = train_context_fid_encoder(to_unit_range(real), 3, seed=2)
     samples = generate_samples(load_denoiser(ck), 12, sampler="ddim", steps=3, seed=2)
     expected = context_fid(encoder, to_unit_range(real), to_unit_range(samples))
@@ -159,6 +164,24 @@ def _npy(path, array):
     return path
 
 
+def _npz_as_npy(directory):
+    np.savez(directory / "z.npz", a=np.zeros((40, 2)))
+    return (directory / "z.npz").rename(directory / "z.npy")
+
+
+def _bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _folder(path):
+    path.mkdir()
+    return path
+
+
+LONG = [(i % 7, i * i % 5) for i in range(40)]  # 40 rows of two columns ("a", "b")
+
+
 @pytest.mark.parametrize("make,extra,message", [
     (lambda d: d / "none.csv", [], "does not exist"),
     (lambda d: write_csv(d / "x.txt"), [], "has the suffix '.txt'; allowed: .csv, .npy"),
@@ -177,6 +200,16 @@ def _npy(path, array):
     (lambda d: _npy(d / "nan.npy", np.array([[1.0, 2.0], [3.0, np.inf]])), [], "row 1, column 1 holds inf"),
     (lambda d: _npy(d / "str.npy", np.array([["a", "b"]])), [], "a series file needs numbers"),
     (lambda d: _npy(d / "c.npy", np.zeros((40, 2))), ["--set=drop_columns=a"], "drop_columns applies to CSV files"),
+    (_npz_as_npy, [], "z.npy is a NpzFile (an .npz archive?), not one numpy array"),
+    (lambda d: _bytes(d / "l.csv", "a,b\n1,2\n3,\xe9\n".encode("latin-1")), [], "line 3: byte 0xe9 is not UTF-8"),
+    (lambda d: _bytes(d / "g.csv", b"a,b\n1,2\n3," + b"4" * 200_000 + b"\n"), [], "not a readable CSV line (field"),
+    (lambda d: _folder(d / "data"), [], "is a folder, not a file"),
+    (lambda d: write_csv(d / "sc.csv", "a;b", [("1;2",)] * 40), [], "save the file with commas"),
+    (lambda d: write_csv(d / "o.csv", "a,b", [(1e308 * (-1) ** i, i) for i in range(40)]), [],
+     "column 'a' spans -1e+308 to 1e+308 on the training rows, a range beyond float64"),
+    (lambda d: write_csv(d / "c.csv", "a,b", LONG), ["--set=in_channels=5"], "in_channels=5 but"),
+    (lambda d: write_csv(d / "dup.csv", "a,b,a", [r + (0,) for r in LONG]), [], "column 'a' is named twice"),
+    (lambda d: write_csv(d / "r.csv", "a,b", [(1, 2), (3, 4, 5)] + LONG), [], "line 3: 3 values for the 2 columns"),
 ])
 def test_bad_files_are_one_line_errors_and_leave_nothing(tmp_path, capsys, make, extra, message):
     path = make(tmp_path)
@@ -198,3 +231,71 @@ def test_config_rules_of_a_series_file(fields, message):
     from diffkit.config import TrainConfig
     with pytest.raises(DiffkitError, match=message):
         TrainConfig.from_dict({"dataset": "series", **fields})
+
+
+@pytest.mark.parametrize("name,text", [
+    ("blank.csv", "a,b\n\n" + "".join(f"{a},{b}\n" + ("\n" if i == 20 else "") for i, (a, b) in enumerate(LONG))
+     + " , \n\n"),  # blank lines (one of spaces) at the start, in the middle and at the end
+    ("upper.CSV", None),
+    ("upper.NPY", None),
+])
+def test_files_that_mean_the_same_series_give_the_same_windows(tmp_path, name, text):
+    plain = load_dataset("series", str(write_csv(tmp_path / "plain.csv", "a,b", LONG)), seq_length=8)
+    path = tmp_path / name
+    if name.endswith(".NPY"):
+        with open(path, "wb") as handle:  # np.save would add ".npy"
+            np.save(handle, np.array(LONG, dtype=np.float64))
+    elif text is None:
+        write_csv(path, "a,b", LONG)
+    else:
+        path.write_text(text)
+    same = load_dataset("series", str(path), seq_length=8)
+    assert torch.equal(same.series, plain.series) and len(same) == 40 - 8 + 1
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"img_size": 8}, "img_size=8 does not apply to dataset='series'"),
+    ({"hflip": True}, "hflip=True does not apply to dataset='series'"),
+    ({"resize": "pad"}, "resize='pad' does not apply to dataset='series'"),
+    ({"num_series": 5}, "num_series=5 does not apply to dataset='series'"),
+    ({"data_dir": None}, "dataset='series' needs data_dir"),
+    ({"train": False}, "test_fraction=0 holds out no rows; there is no test split"),
+])
+def test_load_dataset_refuses_what_a_series_file_cannot_use(tmp_path, options, message):
+    csv = write_csv(tmp_path / "d.csv", "a,b", LONG)
+    with pytest.raises(DiffkitError, match=message.replace("(", r"\(")):
+        load_dataset("series", **{"data_dir": str(csv), "seq_length": 8, **options})
+
+
+def test_eval_refuses_a_changed_file(file_run, tmp_path, capsys):
+    run, csv, _ = file_run
+    original = csv.read_bytes()
+    try:
+        csv.write_bytes(original.replace(b"d3,", b"d3x,"))  # the dropped date column only: same windows, other file
+        code = main(["eval", "--checkpoint", str(run / "checkpoints" / "latest.safetensors"), "--metrics",
+                     "correlational", "--num", "4", "--no-progress", "--out", str(tmp_path / "e.json")])
+    finally:
+        csv.write_bytes(original)
+    err = capsys.readouterr().err
+    assert code == 2 and "is not the file this run was trained on (its SHA-256 differs)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "e.json").exists()
+
+
+def test_eval_finds_a_relative_data_dir_from_another_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    write_csv(tmp_path / "a" / "d.csv", "a,b", LONG)
+    assert main(["train", "--dataset", "series", "--data-dir", "d.csv", "--out", "run", "--steps", "2",
+                 "--no-progress", "--device", "cpu", *SMALL]) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    args = ["eval", "--checkpoint", str(tmp_path / "a" / "run" / "checkpoints" / "latest.safetensors"), "--metrics",
+            "correlational", "--num", "10", "--steps", "2", "--no-progress"]
+    capsys.readouterr()
+    assert main([*args, "--out", "e.json"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "e.json").read_text())["settings"]["num_reference"] == 10
+    (tmp_path / "a" / "d.csv").unlink()
+    capsys.readouterr()
+    assert main([*args, "--out", "f.json"]) == 2
+    err = capsys.readouterr().err
+    assert f"series file 'd.csv' is not there (relative to the folder training ran in: {tmp_path / 'a' / 'd.csv'})" \
+        in err and len(err.strip().splitlines()) == 1

@@ -211,7 +211,7 @@ def test_config_refuses_what_series_cannot_use(overrides, message):
 
 def test_load_dataset_keeps_image_and_series_options_apart():
     from diffkit.data import load_dataset
-    with pytest.raises(DiffkitError, match="img_size=8 applies to image data sets"):
+    with pytest.raises(DiffkitError, match="img_size=8 does not apply to dataset=.sines."):
         load_dataset("sines", img_size=8)
     with pytest.raises(DiffkitError, match="num_series / seq_length apply to time-series"):
         load_dataset("digits", seq_length=8)
