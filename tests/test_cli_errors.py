@@ -104,6 +104,20 @@ def test_a_curriculum_model_samples_by_default_within_its_grid(curriculum_checkp
     assert not (tmp_path / "b.png").exists()
 
 
+def test_the_default_steps_cap_applies_only_on_the_models_own_grid(curriculum_checkpoint, tmp_path, capsys):
+    """The cap at the grid's source times is the 'lcm' spacing's (the consistency sampler's
+    default): another --spacing (or consistency@SPACING) keeps the run's sample_steps, 50, as it
+    did before the cap; an explicit consistency@lcm is capped like the default."""
+    from diffkit.commands._common import default_sampling
+    assert default_sampling(curriculum_checkpoint, None, None, spacing="trailing") == ("consistency", 50)
+    assert default_sampling(curriculum_checkpoint, "consistency@trailing", None) == ("consistency@trailing", 50)
+    assert default_sampling(curriculum_checkpoint, "consistency@lcm", None) == ("consistency@lcm", 1)
+    assert default_sampling(curriculum_checkpoint, None, None, spacing="lcm") == ("consistency", 1)
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(curriculum_checkpoint), "--num", "1",
+                             "--spacing", "trailing", "--out", str(tmp_path / "a.png"), "--no-progress")
+    assert code == 0 and "consistency, 50 network evaluations per sample" in out, (out, err)
+
+
 def test_a_loss_curve_of_zero_losses_draws_without_a_warning(tmp_path):
     """A distillation's first loss is exactly 0 (student = target): a one-step run's loss curve gave
     matplotlib's 'Data has no positive values' warning, with a source line, on the terminal."""

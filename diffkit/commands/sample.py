@@ -132,7 +132,7 @@ def run(args) -> int:
         checkpoint = config.test_checkpoint()
         if not is_legacy_checkpoint(checkpoint):  # it carries its own model config: this one named the file
             output_config, config = config.to_dict(), None  # and says where the images go
-    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe)  # from its header
+    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
@@ -536,7 +536,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                         ("--guidance-interval", guidance.interval)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
-    sampler, steps = default_sampling(directory, sampler, steps, nfe)
+    sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
     w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
     if w_input and guidance.rescale:  # before loading the weights
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
