@@ -10,7 +10,7 @@ import pytest
 from diffkit import checkpoint as ckpt
 from diffkit.cli import main
 from diffkit.config import TrainConfig, apply_overrides
-from diffkit.errors import DiffkitError
+from diffkit.errors import DiffkitError, DiffkitWarning
 
 
 def run_cli(capsys, *args):
@@ -129,9 +129,10 @@ def test_a_loss_curve_of_zero_losses_draws_without_a_warning(tmp_path):
 
 
 def test_diffkits_own_warnings_print_as_one_line(monkeypatch, capsys):
-    """A warning of diffkit's (e.g. a guidance weight outside an LCM model's range) printed Python's
-    two lines, the second a line of diffkit's source; now one line naming the command. Other
-    libraries' warnings keep their file and line."""
+    """A warning of diffkit's (:class:`DiffkitWarning`, e.g. a guidance weight outside an LCM model's
+    range) printed Python's two lines, the second a line of diffkit's source; now one line naming the
+    command. Any other warning keeps its category, file and line, also one raised in diffkit's code
+    (numpy's divide by zero was printed as 'diffkit CMD: warning: divide by zero', its category lost)."""
     import warnings as w
 
     import diffkit.commands.samplers as samplers_command
@@ -139,23 +140,52 @@ def test_diffkits_own_warnings_print_as_one_line(monkeypatch, capsys):
     monkeypatch.setattr(w, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
                         sys.stderr.write(w.formatwarning(message, category, filename, lineno, line)))
 
-    def warn_twice(args):
-        w.warn_explicit("guidance weight w=100 lies\noutside the range", UserWarning, diffkit.guidance.__file__, 7)
+    def warn_thrice(args):
+        w.warn_explicit("guidance weight w=100 lies\noutside the range", DiffkitWarning, diffkit.guidance.__file__, 7)
+        w.warn_explicit("divide by zero encountered in log", RuntimeWarning, diffkit.guidance.__file__, 8)
         w.warn_explicit("an old option", FutureWarning, "/some/library/module.py", 3)
         return 0
     parser_register = samplers_command.register
 
     def register(sub):
         parser_register(sub)
-        sub.choices["samplers"].set_defaults(func=warn_twice)
+        sub.choices["samplers"].set_defaults(func=warn_thrice)
     monkeypatch.setattr(samplers_command, "register", register)
     with w.catch_warnings():
         w.simplefilter("always")
         code, out, err = run_cli(capsys, "samplers")
     lines = err.strip().splitlines()
     assert code == 0 and lines[0] == "diffkit samplers: warning: guidance weight w=100 lies outside the range", err
-    assert lines[1].startswith("/some/library/module.py:3: FutureWarning: an old option"), err
-    assert w.formatwarning("x", UserWarning, diffkit.guidance.__file__, 7).startswith(diffkit.guidance.__file__)
+    assert lines[1] == f"{diffkit.guidance.__file__}:8: RuntimeWarning: divide by zero encountered in log", err
+    assert any(line.startswith("/some/library/module.py:3: FutureWarning: an old option") for line in lines), err
+    assert w.formatwarning("x", DiffkitWarning, diffkit.guidance.__file__, 7).startswith(diffkit.guidance.__file__)
+
+
+def test_diffkits_messages_to_users_warn_as_diffkit_warnings(monkeypatch):
+    """The category the CLI prints as one line; still a UserWarning (a RuntimeWarning where it was)."""
+    from diffkit.errors import DiffkitRuntimeWarning
+    from diffkit.images import to_uint8
+    from diffkit.models.cpu_kernels import environment_switch
+    import torch
+    monkeypatch.setenv("DIFFKIT_TEST_SWITCH", "perhaps")
+    with pytest.warns(DiffkitWarning, match="'perhaps' is not one of"):
+        environment_switch("DIFFKIT_TEST_SWITCH")
+    with pytest.warns(DiffkitRuntimeWarning, match="hold NaN or infinite values"):
+        to_uint8(torch.full((1, 1, 2, 2), float("nan")))
+    assert issubclass(DiffkitWarning, UserWarning) and issubclass(DiffkitRuntimeWarning, RuntimeWarning)
+
+
+def test_a_warning_while_the_commands_are_imported_is_one_line():
+    """DIFFKIT_CPU_KERNELS=perhaps warns when the models are imported, which building the parser
+    does: that warning printed Python's two lines (the formatter came after the parser)."""
+    import os
+    import subprocess
+    env = {**os.environ, "DIFFKIT_CPU_KERNELS": "perhaps", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "diffkit", "samplers"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert res.returncode == 0 and res.stderr.splitlines() == [
+        "diffkit: warning: DIFFKIT_CPU_KERNELS='perhaps' is not one of 0/1/false/true/off/on/no/yes; it stays on"], \
+        res.stderr
 
 
 @pytest.mark.parametrize("key,suggestion", [("learning_rate", "lr"), ("steps", "max_steps"), ("epochs", "epoch"),

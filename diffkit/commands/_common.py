@@ -12,7 +12,7 @@ try:
 except ImportError:  # Windows: no advisory locks
     fcntl = None
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, DiffkitWarning
 
 
 MAX_COUNT = 10**9
@@ -168,7 +168,7 @@ def run_folder_lock(folder):
         except OSError as err:  # a file system without flock (NFS without lockd, some FUSE mounts)
             import warnings
             warnings.warn(f"{folder}: cannot lock the run folder ({err.strerror or err}); running without the "
-                          f"lock: do not start a second run into it")
+                          f"lock: do not start a second run into it", DiffkitWarning)
             yield
             return
         os.environ[RUN_LOCK_ENV] = "1"
