@@ -187,13 +187,6 @@ def rank_step_seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
 
 
-def checkpoint_step(path: Path) -> Optional[int]:
-    """The step in a ``ckpt_<step>.safetensors`` name; None for any other name."""
-    digits = path.name[len("ckpt_"):-len(".safetensors")]
-    named = path.name.startswith("ckpt_") and path.name.endswith(".safetensors")
-    return int(digits) if named and digits.isdigit() else None
-
-
 class _TrainLog:
     """``train_log.csv``, one row every ``log_every`` steps (rank 0 only; a no-op elsewhere).
 
@@ -515,7 +508,7 @@ class Trainer:
         # the last keep_last checkpoints up to this step (the one just written among them); those of
         # later steps belong to another run (a fresh run or an earlier resume in this folder) and stay
         earlier = sorted(p for p in self.out_dir.glob("ckpt_*.safetensors")
-                         if checkpoint_step(p) is not None and checkpoint_step(p) <= self.step)  # ckpt_best.* stays
+                         if ckpt.checkpoint_step(p) is not None and ckpt.checkpoint_step(p) <= self.step)  # ckpt_best.* stays
         for p in earlier[:-self.cfg.keep_last]:
             p.unlink(missing_ok=True)
         return path
@@ -761,7 +754,7 @@ class Trainer:
                                    f"{self.total_steps}: nothing to train; {more}")
             self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (checkpoint_step(p) or 0) > self.step)
+        later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (ckpt.checkpoint_step(p) or 0) > self.step)
         if later:
             self.log(f"note: {self.out_dir} holds checkpoints past step {self.step} from another run "
                      f"({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}); they are kept, and replaced "

@@ -58,6 +58,22 @@ def test_a_folder_without_latest_says_what_it_is(tiny_checkpoint, tmp_path, caps
     assert not out.exists() and not (tmp_path / "e").exists() and not (tmp_path / "d").exists()
 
 
+def test_the_newest_checkpoint_of_a_folder_is_the_highest_step(tiny_checkpoint, tmp_path):
+    """ckpt_best.safetensors sorts after ckpt_00000009 and 100_000_000 steps after 99_999_999 by
+    name: the message named ckpt_best as the newest; now the highest step (ckpt_best only when alone)."""
+    for name in ("ckpt_00000009.safetensors", "ckpt_100000000.safetensors", "ckpt_99999999.safetensors",
+                 "ckpt_best.safetensors"):
+        shutil.copy(tiny_checkpoint, tmp_path / name)
+    with pytest.raises(DiffkitError, match="has no latest.safetensors") as err:
+        ckpt.load_checkpoint(tmp_path)
+    assert f"its newest checkpoint is {tmp_path / 'ckpt_100000000.safetensors'}: give that file" in str(err.value)
+    best = tmp_path / "best"
+    best.mkdir()
+    shutil.copy(tiny_checkpoint, best / "ckpt_best.safetensors")
+    with pytest.raises(DiffkitError, match=f"has no latest.safetensors; it holds {best / 'ckpt_best.safetensors'}"):
+        ckpt.load_checkpoint(best)
+
+
 def test_a_file_that_is_no_safetensors_is_not_called_a_truncated_checkpoint(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"T": 100}))
     (tmp_path / "grid.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
