@@ -215,11 +215,13 @@ def test_another_librarys_name_of_a_key_suggests_diffkits(key, suggestion, capsy
         assert "did you mean 'lr'?" in line and not (tmp_path / "run").exists()
 
 
-def test_a_series_sample_to_an_npy_names_the_png_to_give(tmp_path, capsys):
-    """``--out x.npy`` (the series' own format) said only that --out must end in .png."""
-    line = one_line_error(capsys, "sample", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.npy"))
-    assert "must end in .png: a time-series model writes its line plot there and the series beside it as .npy " \
-           f"(give --out '{tmp_path / 'x.png'}')" in line, line
+def test_a_sample_to_an_npy_names_the_png_to_give(tiny_checkpoint, tmp_path, capsys):
+    """``--out x.npy`` (the series' own format) said only that --out must end in .png; then, also for
+    an image model, that a time-series model writes its line plot there."""
+    for checkpoint in (tmp_path / "none", tiny_checkpoint):  # checked before the checkpoint is read
+        line = one_line_error(capsys, "sample", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.npy"))
+        assert "must end in .png: an image model writes its grid there, a time-series model its line plot and the " \
+               f"series beside it as .npy (give --out '{tmp_path / 'x.png'}')" in line, line
 
 
 def test_too_few_series_are_not_called_images():

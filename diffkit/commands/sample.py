@@ -152,8 +152,9 @@ def run(args) -> int:
         if path:  # a .png (never overwrite a checkpoint with an image)
             if flag == "--out" and Path(path).suffix.lower() == ".npy":
                 png = str(Path(path).with_suffix(".png"))
-                raise DiffkitError(f"--out {path!r} must end in .png: a time-series model writes its line plot there "
-                                   f"and the series beside it as .npy (give --out {png!r})")
+                raise DiffkitError(f"--out {path!r} must end in .png: an image model writes its grid there, a "
+                                   f"time-series model its line plot and the series beside it as .npy (give --out "
+                                   f"{png!r})")
             new_dirs += missing_dirs(Path(path).parent)
             check_output_file(path, flag, ".png")
     new_dirs += missing_dirs(args.individual) if args.individual else []
