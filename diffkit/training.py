@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .checkpoint import checkpoint_step
 from . import distributed
 from .config import TrainConfig, resolve_device
 from .data import data_scale, load_dataset, make_loader
@@ -508,7 +509,7 @@ class Trainer:
         # the last keep_last checkpoints up to this step (the one just written among them); those of
         # later steps belong to another run (a fresh run or an earlier resume in this folder) and stay
         earlier = sorted(p for p in self.out_dir.glob("ckpt_*.safetensors")
-                         if ckpt.checkpoint_step(p) is not None and ckpt.checkpoint_step(p) <= self.step)  # ckpt_best.* stays
+                         if checkpoint_step(p) is not None and checkpoint_step(p) <= self.step)  # ckpt_best.* stays
         for p in earlier[:-self.cfg.keep_last]:
             p.unlink(missing_ok=True)
         return path
@@ -754,7 +755,7 @@ class Trainer:
                                    f"{self.total_steps}: nothing to train; {more}")
             self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (ckpt.checkpoint_step(p) or 0) > self.step)
+        later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (checkpoint_step(p) or 0) > self.step)
         if later:
             self.log(f"note: {self.out_dir} holds checkpoints past step {self.step} from another run "
                      f"({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}); they are kept, and replaced "
