@@ -11,13 +11,13 @@ import importlib as _importlib
 
 __version__ = "0.1.0"
 
-from .errors import DiffkitError  # noqa: E402
+from .errors import DiffkitError, DiffkitWarning  # noqa: E402
 
 _LAZY = {"Denoiser": "denoiser", "Prediction": "denoiser", "sample": "sampling", "NoiseSchedule": "schedule",
          "img2img": "editing", "inpaint": "editing", "interpolate": "editing"}
 
-__all__ = ["Denoiser", "DiffkitError", "NoiseSchedule", "Prediction", "img2img", "inpaint", "interpolate", "sample",
-           "__version__"]
+__all__ = ["Denoiser", "DiffkitError", "DiffkitWarning", "NoiseSchedule", "Prediction", "img2img", "inpaint",
+           "interpolate", "sample", "__version__"]
 
 
 def __getattr__(name: str):

@@ -239,6 +239,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, metadata
 
 
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The step in a ``ckpt_<step>.safetensors`` name; None for any other name (``ckpt_best``)."""
+    digits = path.name[len("ckpt_"):-len(".safetensors")]
+    named = path.name.startswith("ckpt_") and path.name.endswith(".safetensors")
+    return int(digits) if named and digits.isdigit() else None
+
+
 def _no_checkpoint_in(folder: Path) -> str:
     """The one-line message for a folder without ``latest.safetensors``: what the folder is instead."""
     start = f"checkpoint folder {folder} has no latest.safetensors"
@@ -249,9 +256,12 @@ def _no_checkpoint_in(folder: Path) -> str:
                 f"Diffusion folders; diffkit convert --from-diffusers converts a DDPMPipeline)")
     if any((folder / part).is_dir() for part in ("unet", "vae", "text_encoder", "scheduler")):
         return f"{start}; it has diffusers components but no model_index.json, which a diffusers folder needs"
-    saved = sorted(folder.glob("ckpt_*.safetensors"))
-    if saved:
-        return f"{start}; its newest checkpoint is {saved[-1]}: give that file"
+    saved = [path for path in folder.glob("ckpt_*.safetensors") if checkpoint_step(path) is not None]
+    if saved:  # by step, not name: ckpt_best.safetensors sorts after the steps and is no step
+        return f"{start}; its newest checkpoint is {max(saved, key=checkpoint_step)}: give that file"
+    others = sorted(folder.glob("ckpt_*.safetensors"))
+    if others:
+        return f"{start}; it holds {others[-1]}: give that file"
     return f"{start} or ckpt_*.safetensors; give a .safetensors checkpoint or a run's checkpoint folder"
 
 

@@ -4,7 +4,8 @@ Each sub-command lives in ``diffkit/commands/<name>.py`` and defines ``register(
 which adds its parser and sets ``func``. User mistakes (:class:`~diffkit.errors.DiffkitError`)
 print one line ``diffkit: error: ...`` and exit with status 2, as does running out of memory
 (a model or batch too large for the machine); nothing else is caught. diffkit's own warnings
-print as one line ``diffkit COMMAND: warning: ...`` (no source file and line).
+(:class:`~diffkit.errors.DiffkitWarning`) print as one line ``diffkit COMMAND: warning: ...`` (no
+source file and line), from the start (also those while the commands' modules are imported).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import os
 import sys
 import warnings
 
-from .errors import DiffkitError, first_line
+from .errors import DiffkitError, DiffkitWarning, first_line
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
 COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_classifier", "train_autoencoder",
@@ -29,15 +30,13 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _one_line_warnings(command: str):
-    """A ``warnings.formatwarning`` that writes diffkit's own warnings as one line naming the
-    command; other libraries' warnings keep Python's format (their file and line locate them)."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    default = warnings.formatwarning
-
+def _one_line_warnings(prog: str, default):
+    """A ``warnings.formatwarning`` that writes diffkit's own warnings (:class:`DiffkitWarning`)
+    as one line ``PROG: warning: ...``; any other warning, even one raised in diffkit's code (numpy's
+    divide by zero), keeps ``default``'s format, its category, file and line."""
     def formatwarning(message, category, filename, lineno, line=None):
-        if os.path.abspath(str(filename)).startswith(package):
-            return f"diffkit {command}: warning: {' '.join(str(message).split())}\n"
+        if issubclass(category, DiffkitWarning):
+            return f"{prog}: warning: {' '.join(str(message).split())}\n"
         return default(message, category, filename, lineno, line)
     return formatwarning
 
@@ -53,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warnings("diffkit", previous_format)  # before the imports' warnings
+    try:
+        return _run(argv, previous_format)
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _run(argv, previous_format) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warnings(args.command)
+    warnings.formatwarning = _one_line_warnings(f"diffkit {args.command}", previous_format)
     try:
         return int(args.func(args) or 0)
     except DiffkitError as err:
@@ -80,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"diffkit {args.command}: error: out of memory ({first_line(err, 200)}); use a smaller "
                              f"model or batch size\n")
         return 2
-    finally:
-        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":  # pragma: no cover

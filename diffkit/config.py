@@ -674,11 +674,10 @@ def _check_type(name: str, value: Any, spec: tuple[type, bool]) -> Any:
 
 # keys of earlier versions: what they became (from_dict reads them; a CLI override names the new one)
 _RENAMED = {"channels_last": "memory_format = 'channels_last'"}
-# other libraries' names of a field, which no spelling distance finds
-_SYNONYMS = {"learning_rate": "lr", "steps": "max_steps", "num_steps": "max_steps", "epochs": "epoch",
-             "num_epochs": "epoch", "timesteps": "T", "num_timesteps": "T", "num_train_timesteps": "T",
-             "image_size": "img_size", "resolution": "img_size", "series_length": "seq_length",
-             "guidance_range": "consistency_guidance_range", "w_range": "consistency_guidance_range"}
+# other libraries' names of a field where the spelling distance (difflib) finds none or a wrong one
+_SYNONYMS = {"learning_rate": ("lr",), "steps": ("max_steps", "sample_steps"), "num_epochs": ("epoch",),
+             "timesteps": ("T",), "num_timesteps": ("T",), "num_train_timesteps": ("T",), "resolution": ("img_size",),
+             "w_range": ("consistency_guidance_range",)}
 
 
 def _read_legacy_keys(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -704,8 +703,9 @@ def _reject_unknown(keys: Iterable[Any]) -> None:
     if unknown:
         parts = []
         for key in unknown:
-            close = [_SYNONYMS[key]] if key in _SYNONYMS else difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"now {_RENAMED[key]}" if key in _RENAMED else f"did you mean {close[0]!r}?" if close else ""
+            close = _SYNONYMS.get(key) or difflib.get_close_matches(str(key), valid, n=1)
+            hint = (f"now {_RENAMED[key]}" if key in _RENAMED
+                    else f"did you mean {' or '.join(map(repr, close))}?" if close else "")
             parts.append(f"{key!r}" + (f" ({hint})" if hint else ""))
         raise DiffkitError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
                            f"valid keys are the fields of diffkit.config.TrainConfig")

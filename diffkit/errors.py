@@ -3,6 +3,7 @@
 Every mistake a user can make (a bad flag, config value, file or argument) raises
 :class:`DiffkitError`. It subclasses :class:`ValueError`, so library callers can catch
 either; the CLI prints its message on one line and exits with status 2 (no traceback).
+What diffkit accepts but doubts warns with :class:`DiffkitWarning` (also one line on the CLI).
 """
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ class DiffkitError(ValueError):
 class WriteError(DiffkitError):
     """A file could not be written (disk full, no permission): the run's outcome, never a detail
     of one table cell."""
+
+
+class DiffkitWarning(UserWarning):
+    """A warning of diffkit's to its user (a value it accepts but doubts); the CLI prints it as one
+    line ``diffkit COMMAND: warning: ...``. Other libraries' warnings keep Python's format."""
+
+
+class DiffkitRuntimeWarning(DiffkitWarning, RuntimeWarning):
+    """A :class:`DiffkitWarning` about a result's numbers (too few samples, non-finite pixels); also
+    a RuntimeWarning, as it was."""
 
 
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:

@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import DiffkitError, check_choice, check_range
+from .errors import DiffkitError, DiffkitRuntimeWarning, DiffkitWarning, check_choice, check_range
 from .models.network import check_image_model, sample_shape
 from .samplers.ddim import parse_eta
 from .series_evaluation import SERIES_METRICS, check_metrics_fit
@@ -241,7 +241,7 @@ def _frechet(features, reference_stats, dim: int, what: str) -> dict:
     if deficient:
         warnings.warn(f"{what}: {features.shape[0]} samples and {reference_stats.num_samples} reference "
                       f"images for {dim}-d features give a rank-deficient covariance; the distance is "
-                      f"biased upwards (use more than {dim} of each)", RuntimeWarning, stacklevel=3)
+                      f"biased upwards (use more than {dim} of each)", DiffkitRuntimeWarning, stacklevel=3)
     return {"value": frechet_distance_of_stats(stats, reference_stats), "num_samples": int(features.shape[0]),
             "num_reference": int(reference_stats.num_samples), "feature_dim": dim, "rank_deficient": deficient}
 
@@ -320,7 +320,7 @@ class SampleScorer:
         if splits < self.is_splits:
             warnings.warn(f"{what}: {n} samples give {splits} split(s) of >= 2 samples instead of "
                           f"{self.is_splits}; use at least {2 * self.is_splits} samples (the score is usually "
-                          f"reported on 50,000)", RuntimeWarning, stacklevel=3)
+                          f"reported on 50,000)", DiffkitRuntimeWarning, stacklevel=3)
         score = inception_score(logits, splits=splits)
         return {"mean": score.mean, "std": score.std, "num_samples": n, "splits": splits}
 
@@ -560,7 +560,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             settings["evaluator"]["trained_on"] = trained_on
         if trained_on.get("dataset") and ref is not None and trained_on["dataset"] != ref:
             warnings.warn(f"the evaluator was trained on {trained_on['dataset']} and the reference images are "
-                          f"{ref}: its features and classes may not fit these images")
+                          f"{ref}: its features and classes may not fit these images", DiffkitWarning)
     results: dict[str, dict] = {}
     sample_names = [m for m in names if m in SAMPLE_METRICS]
     if sample_names:

@@ -30,7 +30,7 @@ import torch
 
 from . import diffusion
 from .denoiser import Prediction, Wrapper
-from .errors import DiffkitError, check_choice, check_range
+from .errors import DiffkitError, DiffkitWarning, check_choice, check_range
 from .noise import randn_like
 from .schedule import as_cpu_times
 from .samplers.common import report, steps
@@ -224,7 +224,7 @@ class GuidanceScaleInput(Wrapper):
             import warnings
             low, high = trained_range
             warnings.warn(f"guidance weight w={self.w:g} (seed convention) lies outside the range [{low:g}, {high:g}] "
-                          f"this model was distilled on; it extrapolates there", stacklevel=2)
+                          f"this model was distilled on; it extrapolates there", DiffkitWarning, stacklevel=2)
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         return self.inner(x, t, **{**cond, "w": self.w})

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import atomic_write_bytes
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, DiffkitRuntimeWarning, check_range
 
 
 GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I")   # Pillow's modes of grey PNGs (8, 1, 16 bit)
@@ -49,7 +49,7 @@ def _check_images(images) -> torch.Tensor:
     bad = ~torch.isfinite(images).flatten(1).all(1)
     if bool(bad.any()):
         warnings.warn(f"{int(bad.sum())} of {images.shape[0]} images hold NaN or infinite values (a diverged "
-                      "sampler?); those pixels are drawn black", RuntimeWarning, stacklevel=3)
+                      "sampler?); those pixels are drawn black", DiffkitRuntimeWarning, stacklevel=3)
         images = torch.nan_to_num(images, nan=-1.0, posinf=1.0, neginf=-1.0)
     return images
 

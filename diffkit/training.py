@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .checkpoint import checkpoint_step
 from . import distributed
 from .config import TrainConfig, resolve_device
 from .data import data_scale, load_dataset, make_loader
@@ -185,13 +186,6 @@ def rank_step_seed(seed: int, rank: int, step: int) -> int:
     it always did; the other ranks draw masks of their own (not copies of rank 0's), and since
     theirs are a function of the step, a resume on the same number of processes stays exact."""
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
-
-
-def checkpoint_step(path: Path) -> Optional[int]:
-    """The step in a ``ckpt_<step>.safetensors`` name; None for any other name."""
-    digits = path.name[len("ckpt_"):-len(".safetensors")]
-    named = path.name.startswith("ckpt_") and path.name.endswith(".safetensors")
-    return int(digits) if named and digits.isdigit() else None
 
 
 class _TrainLog:

@@ -326,6 +326,16 @@ def test_source_times_of_a_distillation_grid(grid, times):
     assert source_times(grid).tolist() == [float(t) for t in times]
 
 
+@pytest.mark.parametrize("curriculum", ["cm", "ict"])
+def test_a_curriculums_grid_never_has_its_boundary_as_a_source_time(curriculum):
+    """A curriculum's EDM-spaced grid starts 0, 1, 2, ... once it is fine, like a skip-1 grid, but its
+    boundary t = 0 is only a target (CM Alg. 3: n ~ U[1, N - 1], source time t_{n+1}): the source
+    times are the rest; a fixed grid with those first gaps keeps 0, as the skip-1 grid does."""
+    from diffkit.consistency import source_times
+    assert source_times([0, 1, 2, 5], curriculum).tolist() == [1.0, 2.0, 5.0]
+    assert source_times([0, 1, 2, 5]).tolist() == source_times([0, 1, 2, 5], "fixed").tolist() == [0.0, 1.0, 2.0, 5.0]
+
+
 def test_a_wrapped_consistency_model_still_samples_on_its_own_times():
     """Guidance or thresholding around a consistency model keeps its source times (the lcm grid)."""
     from diffkit.consistency import distillation_grid

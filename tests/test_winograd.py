@@ -177,7 +177,8 @@ def test_without_a_compiler_it_warns_once_and_uses_conv2d(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_state", {"enabled": True, "extension": None, "tried": False})
     conv = winograd.WinogradConv2d(128, 128, 3, padding=1)
     x = torch.randn(8, 128, 16, 16)
-    with pytest.warns(UserWarning, match="CPU kernels unavailable"):
+    from diffkit.errors import DiffkitWarning
+    with pytest.warns(DiffkitWarning, match="^CPU kernels unavailable"):  # the CLI prefixes 'diffkit CMD: warning:'
         assert not winograd.winograd_available()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

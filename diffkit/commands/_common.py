@@ -12,7 +12,7 @@ try:
 except ImportError:  # Windows: no advisory locks
     fcntl = None
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, DiffkitWarning
 
 
 MAX_COUNT = 10**9
@@ -168,7 +168,7 @@ def run_folder_lock(folder):
         except OSError as err:  # a file system without flock (NFS without lockd, some FUSE mounts)
             import warnings
             warnings.warn(f"{folder}: cannot lock the run folder ({err.strerror or err}); running without the "
-                          f"lock: do not start a second run into it")
+                          f"lock: do not start a second run into it", DiffkitWarning)
             yield
             return
         os.environ[RUN_LOCK_ENV] = "1"
@@ -224,12 +224,14 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
-def default_sampling(checkpoint, sampler, steps, nfe=None) -> tuple:
+def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tuple:
     """(sampler, steps) with the defaults filled in for ``checkpoint``: a consistency model
     (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), as does a
     Stable Diffusion folder with an LCMScheduler (4, LatentConsistencyModelPipeline's default), any
     other checkpoint with ``ddim`` (steps None: the command's own default); what the user gave is
-    kept. Only the file's header (or the folder's JSON) is read."""
+    kept. On the model's own grid (the ``lcm`` spacing, the consistency sampler's default; ``spacing``
+    is ``--spacing``) the default steps are at most its source times. Only the file's header (or the
+    folder's JSON) is read."""
     meta = None
     lcm_folder = False
     if checkpoint is not None:
@@ -241,10 +243,13 @@ def default_sampling(checkpoint, sampler, steps, nfe=None) -> tuple:
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None:
         sampler = "consistency" if consistency else "ddim"
-    if steps is None and nfe is None and consistency and sampler.split("@")[0].split(":")[0] == "consistency":
+    from ..samplers.registry import REGISTRY, split_sampler_spec
+    name, spec_spacing, _ = split_sampler_spec(sampler)
+    if steps is None and nfe is None and consistency and name == "consistency":
         steps = int(((meta or {}).get("config") or {}).get("sample_steps") or 4)
         grid = ((meta or {}).get("consistency") or {}).get("grid")
-        if grid and "@" not in sampler:  # the lcm spacing: at most one step per source time of the model's grid
+        if grid and (spacing or spec_spacing or REGISTRY[name].default_spacing) == "lcm":
+            # the model's own grid: at most one step per source time
             from ..consistency import source_times
             steps = min(steps, len(source_times(grid, meta["consistency"].get("curriculum") or "fixed")))
     return sampler, steps

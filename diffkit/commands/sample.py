@@ -132,7 +132,7 @@ def run(args) -> int:
         checkpoint = config.test_checkpoint()
         if not is_legacy_checkpoint(checkpoint):  # it carries its own model config: this one named the file
             output_config, config = config.to_dict(), None  # and says where the images go
-    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe)  # from its header
+    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
@@ -152,8 +152,9 @@ def run(args) -> int:
         if path:  # a .png (never overwrite a checkpoint with an image)
             if flag == "--out" and Path(path).suffix.lower() == ".npy":
                 png = str(Path(path).with_suffix(".png"))
-                raise DiffkitError(f"--out {path!r} must end in .png: a time-series model writes its line plot there "
-                                   f"and the series beside it as .npy (give --out {png!r})")
+                raise DiffkitError(f"--out {path!r} must end in .png: an image model writes its grid there, a "
+                                   f"time-series model its line plot and the series beside it as .npy (give --out "
+                                   f"{png!r})")
             new_dirs += missing_dirs(Path(path).parent)
             check_output_file(path, flag, ".png")
     new_dirs += missing_dirs(args.individual) if args.individual else []
@@ -536,7 +537,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                         ("--guidance-interval", guidance.interval)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
-    sampler, steps = default_sampling(directory, sampler, steps, nfe)
+    sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
     w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
     if w_input and guidance.rescale:  # before loading the weights
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "

@@ -45,7 +45,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ..errors import DiffkitError, WriteError, read_json_object
+from ..errors import DiffkitError, DiffkitWarning, WriteError, read_json_object
 from ..models.layers import norm_groups
 from ..models.unet import UNet, UNetConfig
 from ..schedule import NoiseSchedule
@@ -521,7 +521,7 @@ def _read_folder(directory: Path):
         where = "scheduler/ or ../scheduler/" if unet_dir == directory else "scheduler/"
         warnings.warn(f"{directory} has no scheduler config ({where}scheduler_config.json): assuming DDPM's linear "
                       f"schedule (1e-4..0.02, T=1000) and epsilon prediction; pass the scheduler if the model was "
-                      f"trained otherwise", stacklevel=3)
+                      f"trained otherwise", DiffkitWarning, stacklevel=3)
         return model, {}
     return model, read_json_object(sched_file, "scheduler config")
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..diffusion import PREDICTION_TYPES
-from ..errors import DiffkitError, check_choice
+from ..errors import DiffkitError, DiffkitWarning, check_choice
 from ..schedule import NoiseSchedule, as_cpu_times
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -97,7 +97,8 @@ def learned_variance_of(scheduler_or_config) -> Optional[bool]:
     check_choice("scheduler variance_type", variance, allowed)
     if variance.startswith("fixed_large"):
         warnings.warn(f"the scheduler's variance_type={variance!r} is a sampling choice in diffkit: its 'ddpm' "
-                      "sampler uses fixed_small unless given variance_type='fixed_large'", stacklevel=3)
+                      "sampler uses fixed_small unless given variance_type='fixed_large'", DiffkitWarning,
+                      stacklevel=3)
     return variance == "learned_range"
 
 

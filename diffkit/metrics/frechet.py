@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, DiffkitRuntimeWarning
 
 MIN_SAMPLES = 2  # the documented floor: a covariance needs at least two samples
 
@@ -64,7 +64,7 @@ def check_sample_count(num_samples: int, dim: int, what: str = "features") -> No
     if num_samples <= dim:
         warnings.warn(f"{what}: {num_samples} samples for {dim}-d features gives a rank-deficient "
                       "covariance; the Frechet distance will be biased (use more samples than "
-                      "feature dimensions)", RuntimeWarning, stacklevel=3)
+                      "feature dimensions)", DiffkitRuntimeWarning, stacklevel=3)
 
 
 def as_feature_array(array, what: str = "features") -> np.ndarray:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import first_line
+from ..errors import DiffkitWarning, first_line
 
 __all__ = ["compiling", "cpu_autocast", "cpu_kernels", "environment_switch", "strictly_channels_last"]
 
@@ -53,7 +53,7 @@ def environment_switch(variable: str, default: bool = True) -> bool:
     if value in _ON:
         return True
     warnings.warn(f"{variable}={value!r} is not one of 0/1/false/true/off/on/no/yes; it stays "
-                  f"{'on' if default else 'off'}", stacklevel=3)
+                  f"{'on' if default else 'off'}", DiffkitWarning, stacklevel=3)
     return default
 
 
@@ -184,8 +184,8 @@ def cpu_kernels():
                 _announce_a_first_build(name)
                 _state["extension"] = build(name, flags)
         except Exception as error:  # no compiler, no ninja, no headers: PyTorch's operators stay
-            warnings.warn(f"diffkit: CPU kernels unavailable ({type(error).__name__}: "
+            warnings.warn(f"CPU kernels unavailable ({type(error).__name__}: "
                           f"{first_line(error)}); using PyTorch's convolutions, "
-                          "GroupNorm and dropout", stacklevel=3)
+                          "GroupNorm and dropout", DiffkitWarning, stacklevel=3)
         _state["tried"] = True
     return _state["extension"]
