@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, DiffkitRuntimeWarning, check_range
 
 SERIES_METRICS = ("context-fid", "correlational", "discriminative", "predictive")
 ENCODER_KIND = "context-fid encoder"
@@ -180,7 +180,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if split == "test" and bool((reference.abs() > 1).any()):
         warnings.warn(f"the held-out windows of {path} reach {float(reference.min()):.3g}..{float(reference.max()):.3g}"
                       f" on the training rows' [-1, 1] scale while samples are clamped to [-1, 1]: the scores also "
-                      f"measure the shift between the training and held-out periods", RuntimeWarning)
+                      f"measure the shift between the training and held-out periods", DiffkitRuntimeWarning)
     check_sample_count(int(reference.shape[0]), "reference series", unit="series")
     if "predictive" in names and data["channels"] < 2:
         raise DiffkitError(f"predictive predicts the last channel from the others; {checkpoint} makes series of "
