@@ -508,8 +508,9 @@ class Trainer:
         ckpt.load_checkpoint(path)  # verify before pruning: raises if what is on disk is not what was written
         # the last keep_last checkpoints up to this step (the one just written among them); those of
         # later steps belong to another run (a fresh run or an earlier resume in this folder) and stay
-        earlier = sorted(p for p in self.out_dir.glob("ckpt_*.safetensors")
-                         if checkpoint_step(p) is not None and checkpoint_step(p) <= self.step)  # ckpt_best.* stays
+        earlier = sorted((p for p in self.out_dir.glob("ckpt_*.safetensors")
+                          if checkpoint_step(p) is not None and checkpoint_step(p) <= self.step),  # ckpt_best.* stays
+                         key=checkpoint_step)  # by step, not name: ckpt_100000000 is after ckpt_99999999
         for p in earlier[:-self.cfg.keep_last]:
             p.unlink(missing_ok=True)
         return path

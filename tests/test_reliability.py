@@ -818,6 +818,17 @@ def test_rotation_keeps_this_runs_checkpoints_and_leaves_later_ones_of_another_r
     assert any("past step 0 from another run (ckpt_00000050.safetensors)" in line for line in logs), logs
 
 
+def test_rotation_orders_checkpoints_by_step_not_by_name(tmp_path):
+    """An unpadded ckpt_3 sorts after ckpt_00000006 by name; by step it is the oldest and goes first."""
+    cfg = make_cfg(tmp_path, max_steps=6, keep_last=2, save_every_epochs=1)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "ckpt_3.safetensors").write_bytes(b"an earlier run's step 3")
+    Trainer(cfg, tiny_dataset(), progress=False).run()  # saves 2, 4, 6
+    assert sorted(p.name for p in folder.glob("ckpt_*.safetensors")) == ["ckpt_00000004.safetensors",
+                                                                          "ckpt_00000006.safetensors"]
+
+
 @pytest.mark.parametrize("change, message", [({"T": 120}, "another noise schedule (T=100"),
                                              ({"beta_T": 0.03}, "another noise schedule"),
                                              ({"img_size": 16}, "img_size=8, this run has img_size=16"),
