@@ -25,9 +25,9 @@ from .series_pair import check_series_pair
 
 
 def cross_correlations(series) -> torch.Tensor:
-    """rho_{c,c'} for c >= c' (row-major lower triangle with the diagonal, float64) of series
+    """rho_{c,c'} for c >= c' (row-major lower triangle with the diagonal, float64 on the CPU) of series
     (N, C, L): steps 1 and 2 of the module doc."""
-    x = torch.as_tensor(series).double().transpose(1, 2)          # (N, L, C), the authors' layout
+    x = torch.as_tensor(series).to("cpu", torch.float64).transpose(1, 2)  # (N, L, C), the authors' layout
     std = x.std(dim=(0, 1), keepdim=True)
     z = (x - x.mean(dim=(0, 1), keepdim=True)) / torch.where(std == 0, torch.ones_like(std), std)
     rows, cols = torch.tril_indices(x.shape[2], x.shape[2])
