@@ -14,7 +14,8 @@ As the authors compute it (Diffusion-TS ``Utils/cross_correlation.py``: ``cacf_t
 The diagonal terms are 1 - 1/(N L) in both sets up to the standardisation and nearly cancel. A
 channel constant over a whole set has std 0: there it is taken as 1 (its correlations are 0), where
 the authors' code would give NaN. The authors' notebook (``Experiments/metric_pytorch.ipynb``) scores
-5 random draws (with replacement) of N_real / 5 series of each set and reports mean +- std;
+5 random draws (with replacement) of N_real / 5 series of each set and reports their mean +- the 95%
+t-interval half-width (``Utils/metric_utils.py``, ``display_scores``: standard error times t(0.975, 4));
 :func:`correlational_score` scores the two sets it is given.
 """
 from __future__ import annotations

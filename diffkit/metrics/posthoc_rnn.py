@@ -8,7 +8,10 @@ NeurIPS, Sec. 5 "Evaluation and Analysis"; used unchanged by Diffusion-TS, Yuan 
   series, a linear map of its last state to one logit; 80 / 20 train / test split of each set
   (``utils.py``, ``train_test_divide``); 2000 Adam steps (lr 1e-3) on the sum of the two sigmoid
   cross-entropies, each a batch of 128 series of its set (a fresh random permutation's first 128,
-  ``batch_generator``); the accuracy over both test parts, a series called real where sigmoid > 1/2.
+  ``batch_generator``); the accuracy on the test parts, a series called real where sigmoid > 1/2. The
+  authors pool the two parts (sklearn ``accuracy_score``), which rewards calling everything real when
+  the real test part is the larger; here the balanced accuracy (acc_real + acc_generated) / 2, equal to
+  theirs for equal sizes (all their runs), so sets of any two sizes are scored fairly.
 * predictive score ("train on synthetic, test on real") - a GRU trained on the generated series
   predicts, at every step t < L, the last channel at t + 1 from the other channels up to t; the
   score is its mean absolute error on the real series. The authors' recipe
@@ -19,10 +22,14 @@ NeurIPS, Sec. 5 "Evaluation and Analysis"; used unchanged by Diffusion-TS, Yuan 
 
 Here in PyTorch, series (N, C, L) as elsewhere in diffkit; every setting a parameter with the
 authors' value as default. The hidden width is at least 1 (``int(C / 2)`` is 0 for one channel).
-``torch.nn.GRU`` with its default initialisation stands in for TF1's ``GRUCell`` (Glorot kernels,
-reset gate applied before the recurrent product): the same model family, not the same weights. The
-papers report each score as mean +- std over 5 runs (Diffusion-TS ``Experiments/metric_*.ipynb``);
-a call here is one run, seeded (weights and batches): deterministic on the CPU for a seed.
+``torch.nn.GRU`` with its default initialisation stands in for the authors' ``tf.compat.v1.nn.rnn_cell.GRUCell``
+(TF1's cell, also in Diffusion-TS): the same model family, not the same weights nor quite the same cell. That
+cell applies the reset gate to the state before the recurrent product (PyTorch, like Keras's ``GRUCell`` with
+``reset_after=True``: after it) and starts its gate biases at 1.0 (Glorot kernels; PyTorch: uniform
++-1/sqrt(hidden) for all). Diffusion-TS reports each score as the mean +- the 95% t-interval half-width of
+5 runs (``Utils/metric_utils.py``, ``display_scores``: the standard error times t(0.975, 4)); a call here is one
+run, seeded (split, batches, weights): deterministic on the CPU for a seed. The seed reaches only the CPU
+generator (forked, so the caller's random state is kept on every device) and a numpy generator.
 """
 from __future__ import annotations
 
