@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import tempfile
 import time
@@ -43,7 +44,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import diffkit  # noqa: E402
 from diffkit import Denoiser  # noqa: E402
@@ -201,7 +203,8 @@ def main(argv=None) -> None:
     report = {
         "benchmark": "context_fid_sines", "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/context_fid_sines.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": vars(args), "unet_parameters": num_parameters(net), "final_train_loss": final_loss,
+        "settings": {**vars(args), "out": os.path.relpath(Path(args.out).resolve(), ROOT)},  # no machine paths
+        "unet_parameters": num_parameters(net), "final_train_loss": final_loss,
         "train_seconds": train_seconds, "metric_seconds": metric_seconds, "rnn_seconds": rnn_seconds,
         "total_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(),
         "torch": torch.__version__, "rows": rows,

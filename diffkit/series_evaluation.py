@@ -9,7 +9,7 @@ of a time-series checkpoint's samples.
 * ``correlational`` (Diffusion-TS, :mod:`diffkit.metrics.correlational`): the l1 distance of the lag-0
   cross-correlations of the two sets, / 10.
 * ``discriminative`` and ``predictive`` (TimeGAN, :mod:`diffkit.metrics.posthoc_rnn`): a post-hoc GRU
-  told to separate real from generated (|accuracy - 1/2|), or trained on the generated series to
+  told to separate real from generated (|balanced accuracy - 1/2|), or trained on the generated series to
   predict the last channel one step ahead and scored by its MAE on the real ones; seeded by the
   evaluation's ``seed``, the authors' iterations (2000, 5000) unless given.
 

@@ -10,7 +10,8 @@ import torch
 
 from diffkit import DiffkitError
 from diffkit.metrics.correlational import correlational_score, cross_correlations
-from diffkit.metrics.posthoc_rnn import authors_hidden_dim, discriminative_score, predictive_score
+from diffkit.metrics import posthoc_rnn
+from diffkit.metrics.posthoc_rnn import PosthocGRU, authors_hidden_dim, discriminative_score, predictive_score
 from diffkit.timeseries import sines, to_unit_range
 
 
@@ -35,6 +36,10 @@ def test_correlational_score_is_the_authors_formula_on_a_tiny_example():
     expected = np.abs(_correlations_by_hand(fake) - _correlations_by_hand(real)).sum() / 10
     assert correlational_score(to_diffkit(real), to_diffkit(fake)) == pytest.approx(expected, rel=1e-6)
     assert correlational_score(to_diffkit(real), to_diffkit(real)) == 0.0
+    # float64 input is scored in float64: an offset of 1e4 leaves float32 only ~1e-3 of resolution for the noise
+    offset_real, offset_fake = 1e4 + 1e-3 * real, 1e4 + 1e-3 * fake
+    expected = np.abs(_correlations_by_hand(offset_fake) - _correlations_by_hand(offset_real)).sum() / 10
+    assert correlational_score(to_diffkit(offset_real), to_diffkit(offset_fake)) == pytest.approx(expected, rel=1e-6)
     # channels 0 and 1 equal, 2 their negative: correlations 1, 1, -1 (times 1 - 1 / (N L)) off the diagonal
     wave = rng.normal(size=(5, 1, 6))
     rho = cross_correlations(torch.from_numpy(np.concatenate([wave, wave, -wave], axis=1)))
@@ -64,6 +69,67 @@ def test_discriminative_score_is_near_half_for_two_distributions_and_determinist
     assert once == again
 
 
+def test_discriminative_score_is_scored_on_the_held_out_series():
+    """Two draws of one distribution and a classifier wide enough to learn its 32 + 32 training series by heart
+    (on them it is right about always, score about 1/2): on the 8 + 8 held-out series it is at chance."""
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(40, 4, 16, generator=gen), torch.rand(40, 4, 16, generator=gen)
+    assert discriminative_score(real, fake, hidden_dim=16, iterations=400, lr=1e-2, seed=0) < 0.2
+
+
+def test_discriminative_accuracy_is_balanced_over_the_two_test_parts():
+    """1000 real against 50 generated series of one distribution (test parts 200 and 10): a classifier that
+    calls nearly every series real is right on 95% of the pooled test series (score about 0.45) but on half
+    of each part (balanced accuracy 1/2, score 0), as with 50 against 50."""
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(1000, 2, 12, generator=gen), torch.rand(50, 2, 12, generator=gen)
+    recipe = dict(hidden_dim=8, iterations=300, lr=1e-2)
+    imbalanced = np.mean([discriminative_score(real, fake, seed=s, **recipe) for s in range(3)])
+    balanced = np.mean([discriminative_score(real[:50], fake, seed=s, **recipe) for s in range(3)])
+    assert imbalanced < 0.15 and abs(imbalanced - balanced) < 0.1
+
+
+def test_the_discriminator_reads_the_last_state_and_the_predictor_every_step():
+    """TimeGAN: the logit is a linear map of the GRU's last state (not pooled over time); the prediction at each
+    step a linear map of that step's output."""
+    x = torch.randn(3, 7, 4, generator=torch.Generator().manual_seed(0))
+    for per_step in (False, True):
+        torch.manual_seed(0)
+        net = PosthocGRU(4, 5, per_step)
+        outputs = net.gru(x)[0]                                            # (B, L, hidden)
+        expected = net.head(outputs if per_step else outputs[:, -1]).squeeze(-1)
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
+        assert net(x).shape == ((3, 7) if per_step else (3,))
+
+
+def test_the_seed_decides_the_split_and_batches_and_the_callers_random_state_is_kept(monkeypatch):
+    """With the initial weights held fixed (every seed's net built as seed 0's), a value still changes with the
+    seed (through the 80 / 20 split and the batches) and is the same for the same seed. The caller's random
+    state is kept: on the CPU, and no GPU generator is seeded at all (torch.manual_seed would seed all)."""
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(40, 4, 16, generator=gen), torch.rand(40, 4, 16, generator=gen)
+    built = posthoc_rnn._seeded_net
+    monkeypatch.setattr(posthoc_rnn, "_seeded_net", lambda *args: built(*args[:4], 0, *args[5:]))
+    recipe = dict(hidden_dim=16, iterations=60, lr=1e-2)
+    values = [discriminative_score(real, fake, seed=s, **recipe) for s in range(4)]
+    assert len(set(values)) > 1 and values[2] == discriminative_score(real, fake, seed=2, **recipe)
+    predictable = torch.rand(40, 3, 9, generator=gen)
+    values = [predictive_score(predictable, predictable, batch_size=8, iterations=10, lr=1e-2, seed=s)
+              for s in range(3)]
+    assert len(set(values)) == 3
+    monkeypatch.undo()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    seeded = []
+    for device_module in (torch.cuda, getattr(torch, "mps", None), getattr(torch, "xpu", None)):
+        for name in ("manual_seed", "manual_seed_all"):
+            if device_module is not None and hasattr(device_module, name):
+                monkeypatch.setattr(device_module, name, lambda seed, name=name: seeded.append(name))
+    discriminative_score(real, fake, iterations=2, seed=5)
+    predictive_score(real, fake, iterations=2, seed=5)
+    assert torch.equal(torch.get_rng_state(), state) and seeded == []
+
+
 def test_predictive_score_is_small_for_a_predictable_series_and_deterministic():
     gen = torch.Generator().manual_seed(0)
     driver = 0.2 + 0.6 * torch.rand(256, 1, 13, generator=gen)
@@ -73,6 +139,8 @@ def test_predictive_score_is_small_for_a_predictable_series_and_deterministic():
     bad = predictive_score(unpredictable[:128], unpredictable[128:], iterations=100, lr=1e-2, seed=0)
     assert good < 0.4 * bad and bad > 0.1
     assert good == predictive_score(predictable[:128], predictable[128:], iterations=100, lr=1e-2, seed=0)
+    # trained on the generated series, not the real ones: an unpredictable generator is scored worse
+    assert predictive_score(predictable[:128], unpredictable[128:], iterations=100, lr=1e-2, seed=0) > 1.5 * good
     assert authors_hidden_dim(1) == 1 and authors_hidden_dim(5) == 2
 
 
@@ -85,6 +153,11 @@ def test_predictive_score_is_small_for_a_predictable_series_and_deterministic():
     (lambda r, g: predictive_score(r, g[0]), r"generated series of shape \(3, 8\) are not allowed"),
     (lambda r, g: predictive_score(r, g, iterations=0), "iterations"),
     (lambda r, g: correlational_score(r, torch.full_like(g, float("nan"))), "4 of 4 generated series hold NaN"),
+    (lambda r, g: discriminative_score(r, g, seed=-1), r"seed=-1 is out of range; allowed: an integer in \[0, inf\)"),
+    (lambda r, g: predictive_score(r, g, seed=1.5), "seed=1.5 must be an integer"),
+    (lambda r, g: correlational_score([[[0.0, 1.0], [2.0]]], g), "real series given as list .* are not allowed; give a "
+     "tensor or array of real numbers"),
+    (lambda r, g: discriminative_score(r, "sines"), "generated series given as str 'sines' are not allowed"),
 ])
 def test_bad_input_is_refused_in_one_line(call, message):
     real, generated = torch.rand(6, 3, 8), torch.rand(4, 3, 8)

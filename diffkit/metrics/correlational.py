@@ -14,7 +14,8 @@ As the authors compute it (Diffusion-TS ``Utils/cross_correlation.py``: ``cacf_t
 The diagonal terms are 1 - 1/(N L) in both sets up to the standardisation and nearly cancel. A
 channel constant over a whole set has std 0: there it is taken as 1 (its correlations are 0), where
 the authors' code would give NaN. The authors' notebook (``Experiments/metric_pytorch.ipynb``) scores
-5 random draws (with replacement) of N_real / 5 series of each set and reports mean +- std;
+5 random draws (with replacement) of N_real / 5 series of each set and reports their mean +- the 95%
+t-interval half-width (``Utils/metric_utils.py``, ``display_scores``: standard error times t(0.975, 4));
 :func:`correlational_score` scores the two sets it is given.
 """
 from __future__ import annotations
@@ -25,9 +26,9 @@ from .series_pair import check_series_pair
 
 
 def cross_correlations(series) -> torch.Tensor:
-    """rho_{c,c'} for c >= c' (row-major lower triangle with the diagonal, float64) of series
+    """rho_{c,c'} for c >= c' (row-major lower triangle with the diagonal, float64 on the CPU) of series
     (N, C, L): steps 1 and 2 of the module doc."""
-    x = torch.as_tensor(series).double().transpose(1, 2)          # (N, L, C), the authors' layout
+    x = torch.as_tensor(series).to("cpu", torch.float64).transpose(1, 2)  # (N, L, C), the authors' layout
     std = x.std(dim=(0, 1), keepdim=True)
     z = (x - x.mean(dim=(0, 1), keepdim=True)) / torch.where(std == 0, torch.ones_like(std), std)
     rows, cols = torch.tril_indices(x.shape[2], x.shape[2])

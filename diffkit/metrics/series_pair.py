@@ -6,14 +6,28 @@ import torch
 from ..errors import DiffkitError
 
 
+def _brief(value, limit: int = 40) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_series_pair(real, generated, metric: str, *, min_series: int = 2, min_channels: int = 1,
                       min_length: int = 1):
-    """``real`` and ``generated`` as float tensors (N, C, L) of one C and one L, each with at least
-    ``min_series`` series, ``min_channels`` channels and ``min_length`` steps, all finite; else a
-    one-line :class:`DiffkitError` naming ``metric`` and the bad value."""
+    """``real`` and ``generated`` as real floating tensors (N, C, L) of one C and one L (a float dtype kept,
+    integers made float32), each with at least ``min_series`` series, ``min_channels`` channels and
+    ``min_length`` steps, all finite; else a one-line :class:`DiffkitError` naming ``metric`` and the bad value."""
     pair = []
-    for what, series in (("real", real), ("generated", generated)):
-        series = torch.as_tensor(series, dtype=torch.float32)
+    for what, given in (("real", real), ("generated", generated)):
+        try:
+            series = torch.as_tensor(given)
+        except (TypeError, ValueError, RuntimeError):  # a string, a ragged list, objects
+            series = None
+        if series is None or series.is_complex() or series.dtype == torch.bool:
+            shown = f"{type(given).__name__} {_brief(given)}" if series is None else f"dtype {series.dtype}"
+            raise DiffkitError(f"{metric}: {what} series given as {shown} are not allowed; give a tensor or array "
+                               "of real numbers (num_series, channels, length)")
+        if not series.is_floating_point():
+            series = series.float()
         if series.ndim != 3:
             raise DiffkitError(f"{metric}: {what} series of shape {tuple(series.shape)} are not allowed; expected "
                                "(num_series, channels, length)")
