@@ -234,7 +234,7 @@ class Wrapper:
 
     inner = None
     schedule = property(lambda self: self.inner.schedule)
-    nfe = property(lambda self: self.inner.nfe)
+    nfe = property(lambda self: self.inner.nfe, lambda self, value: setattr(self.inner, "nfe", value))  # one count
     learned_variance = property(lambda self: getattr(self.inner, "learned_variance", False))
     data_scale = property(lambda self: getattr(self.inner, "data_scale", None))
     consistency_times = property(lambda self: getattr(self.inner, "consistency_times", None))  # the lcm spacing's

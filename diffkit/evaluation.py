@@ -173,6 +173,9 @@ def generate_samples(denoiser, num: int, *, sampler: str = "ddim", steps: int = 
     if unet is None:
         raise DiffkitError("the denoiser has no .meta['unet']; load it with diffkit.loading.load_denoiser")
     shape = sample_shape(unet)  # (C, H, W), or (C, L) for a time-series model
+    if cache is not None and loaded is not denoiser:
+        from .sample_cache import denoiser_identity
+        denoiser_identity(denoiser)  # a wrapper's own settings are not in the cache's key: refused in one line
     if device is None:
         device = next(loaded.model.parameters()).device
     settings = {"sampler": sampler, "steps": steps, **options}

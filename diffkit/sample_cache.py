@@ -38,7 +38,7 @@ def key_digest(obj) -> str:
 
 
 # the checkpoint metadata that decides the network's outputs (not the training state or versions)
-_OUTPUT_META = ("unet", "prediction_type", "learned_variance", "latent", "text")
+_OUTPUT_META = ("unet", "prediction_type", "learned_variance", "latent", "text", "consistency")
 
 
 def denoiser_identity(denoiser) -> dict:

@@ -117,6 +117,17 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     assert main(["sample", "--config", "c.json", "--num", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "consistency" in out and "4 network evaluations per sample" in out, out
+    from diffkit.evaluation import generate_samples
+    from diffkit.loading import load_denoiser
+    from diffkit.sample_cache import open_cache
+    drawn = []  # eval's sample cache serves a consistency model: the second draw is read back, NFE counted
+    for _ in range(2):
+        den = load_denoiser(latest)
+        cache = open_cache(tmp_path / "cache", den)
+        images, nfe = generate_samples(den, 4, sampler="consistency", steps=2, seed=0, cache=cache, return_nfe=True)
+        drawn.append((images, nfe, cache.loaded))
+    assert torch.equal(drawn[0][0], drawn[1][0]) and drawn[0][1] == drawn[1][1] == 2
+    assert [d[2] for d in drawn] == [0, 1]
     assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
     assert ckpt.load_checkpoint(latest)[1]["step"] == 3
     assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher

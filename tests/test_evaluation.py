@@ -456,3 +456,22 @@ def test_a_sample_cache_refuses_a_wrapped_denoiser(run_dir, tmp_path):
     assert open_cache(tmp_path, den) is not None
     with pytest.raises(DiffkitError, match="a ThresholdedDenoiser around it has settings the key does not hold"):
         open_cache(tmp_path, ThresholdedDenoiser(den, "clip", max_value=0.05))
+    from diffkit.evaluation import generate_samples  # nor may a wrapper be drawn into the loaded model's cache
+    with pytest.raises(DiffkitError, match="a ThresholdedDenoiser around it"):
+        generate_samples(ThresholdedDenoiser(den, "clip", max_value=0.05), 2, steps=2, cache=open_cache(tmp_path, den))
+
+
+def test_eval_prints_its_warnings_also_when_it_fails(capsys):
+    """A warning raised before a command's error is printed (with the error), numpy's with its category."""
+    import warnings
+
+    from diffkit.commands.eval import printed_warnings
+    from diffkit.errors import DiffkitWarning
+    with pytest.raises(DiffkitError):
+        with printed_warnings():
+            warnings.warn("first diffkit note", DiffkitWarning)
+            warnings.warn("first diffkit note", DiffkitWarning)  # a repeat: printed once
+            np.log(np.zeros(1))  # numpy's RuntimeWarning: divide by zero
+            raise DiffkitError("then an error")
+    err = capsys.readouterr().err
+    assert err.count("DiffkitWarning: first diffkit note") == 1 and "RuntimeWarning: divide by zero" in err, err

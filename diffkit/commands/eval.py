@@ -15,6 +15,8 @@ scores (post-hoc GRUs seeded by --seed; --discriminative-iterations, --predictiv
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
@@ -84,11 +86,19 @@ def rate_distortion_plot_path(out):
     return out.with_name(out.stem + "_rate_distortion.png")
 
 
-def warning_lines(caught) -> None:
-    """Print caught warnings as one line each: ``diffkit: warning: ...``."""
-    import sys
-    for w in caught:
-        sys.stderr.write(f"diffkit: warning: {' '.join(str(w.message).split())}\n")
+@contextlib.contextmanager
+def printed_warnings():
+    """Record the warnings of a command's work (RuntimeWarnings every time, not once per place) and
+    print each distinct one when it ends, also when it fails, through ``warnings.formatwarning``: the
+    command line's format, one line for diffkit's own, category, file and line for any other."""
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            yield caught
+    finally:
+        for w in {str(w.message): w for w in caught}.values():
+            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
 
 
 def run(args) -> int:
@@ -110,8 +120,7 @@ def run(args) -> int:
         check_image_folder(args.save_samples, args.num)  # before sampling, not after
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
-    with warnings.catch_warnings(record=True) as caught, removed_if_empty_on_failure(new_dirs):
-        warnings.simplefilter("always", RuntimeWarning)
+    with printed_warnings() as caught, removed_if_empty_on_failure(new_dirs):
         sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
                           data_dir=args.data_dir, num=args.num, sampler=sampler, steps=50 if steps is None else steps,
@@ -125,7 +134,6 @@ def run(args) -> int:
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
                           predictive_iterations=args.predictive_iterations)
-    warning_lines(caught)
     result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")

@@ -13,7 +13,6 @@ timesteps) for a checkpoint (Improved DDPM Sec. 3.3); see ``diffkit experiment n
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from ..errors import DiffkitError
@@ -76,7 +75,7 @@ def _run(args) -> int:
     from ..evaluation import parse_eta, parse_metrics
     from ..experiments import ddim_table, experiment_scorer, parse_list, sampler_table, to_markdown, write_table
     from ..loading import load_denoiser
-    from .eval import warning_lines
+    from .eval import printed_warnings
     parse_metrics(args.metric)
     steps_list = parse_list(args.steps, "steps")
     etas = parse_list(args.etas, "etas", parse_eta) if args.table == "ddim-table" else None
@@ -94,8 +93,7 @@ def _run(args) -> int:
         raise DiffkitError("--ledger-only needs --ledger FILE (the cells to show)")
     if args.ledger is not None and not args.ledger_only:  # --ledger-only reads it: a read-only ledger will do
         check_writable_dir(Path(args.ledger).parent, "score ledger directory")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
+    with printed_warnings():
         denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=device,
                                  mixed_precision=args.mixed_precision, compile=args.compile)
         scorer = experiment_scorer(args.metric, denoiser, ref=args.ref, data_dir=args.data_dir, ref_num=args.ref_num,
@@ -108,7 +106,6 @@ def _run(args) -> int:
             table = ddim_table(denoiser, scorer, etas=etas, spacing=args.spacing, **common)
         else:
             table = sampler_table(denoiser, scorer, samplers=names, eta=args.eta, **common)
-    warning_lines({str(w.message): w for w in caught}.values())
     paths = write_table(table, args.out, args.name, "heatmap" if args.table == "ddim-table" else "lines")
     print(to_markdown(table))
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({table.seconds:.0f} s)")
