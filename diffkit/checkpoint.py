@@ -246,6 +246,13 @@ def checkpoint_step(path: Path) -> Optional[int]:
     return int(digits) if named and digits.isdigit() else None
 
 
+def step_checkpoints(folder) -> list[Path]:
+    """The ``ckpt_<step>.safetensors`` files in ``folder``, oldest step first (by step, not name: an
+    unpadded or 9-digit step sorts wrongly by name; ``ckpt_best`` and other names are not steps)."""
+    return sorted((p for p in Path(folder).glob("ckpt_*.safetensors") if checkpoint_step(p) is not None),
+                  key=checkpoint_step)
+
+
 def _no_checkpoint_in(folder: Path) -> str:
     """The one-line message for a folder without ``latest.safetensors``: what the folder is instead."""
     start = f"checkpoint folder {folder} has no latest.safetensors"
@@ -256,9 +263,9 @@ def _no_checkpoint_in(folder: Path) -> str:
                 f"Diffusion folders; diffkit convert --from-diffusers converts a DDPMPipeline)")
     if any((folder / part).is_dir() for part in ("unet", "vae", "text_encoder", "scheduler")):
         return f"{start}; it has diffusers components but no model_index.json, which a diffusers folder needs"
-    saved = [path for path in folder.glob("ckpt_*.safetensors") if checkpoint_step(path) is not None]
-    if saved:  # by step, not name: ckpt_best.safetensors sorts after the steps and is no step
-        return f"{start}; its newest checkpoint is {max(saved, key=checkpoint_step)}: give that file"
+    saved = step_checkpoints(folder)
+    if saved:
+        return f"{start}; its newest checkpoint is {saved[-1]}: give that file"
     others = sorted(folder.glob("ckpt_*.safetensors"))
     if others:
         return f"{start}; it holds {others[-1]}: give that file"

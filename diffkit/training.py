@@ -508,9 +508,7 @@ class Trainer:
         ckpt.load_checkpoint(path)  # verify before pruning: raises if what is on disk is not what was written
         # the last keep_last checkpoints up to this step (the one just written among them); those of
         # later steps belong to another run (a fresh run or an earlier resume in this folder) and stay
-        earlier = sorted((p for p in self.out_dir.glob("ckpt_*.safetensors")
-                          if checkpoint_step(p) is not None and checkpoint_step(p) <= self.step),  # ckpt_best.* stays
-                         key=checkpoint_step)  # by step, not name: ckpt_100000000 is after ckpt_99999999
+        earlier = [p for p in ckpt.step_checkpoints(self.out_dir) if checkpoint_step(p) <= self.step]
         for p in earlier[:-self.cfg.keep_last]:
             p.unlink(missing_ok=True)
         return path
@@ -756,7 +754,7 @@ class Trainer:
                                    f"{self.total_steps}: nothing to train; {more}")
             self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        later = sorted(p.name for p in self.out_dir.glob("ckpt_*.safetensors") if (checkpoint_step(p) or 0) > self.step)
+        later = [p.name for p in ckpt.step_checkpoints(self.out_dir) if checkpoint_step(p) > self.step]
         if later:
             self.log(f"note: {self.out_dir} holds checkpoints past step {self.step} from another run "
                      f"({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}); they are kept, and replaced "
