@@ -92,11 +92,17 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
 def file_reference(cfg: dict, unet: dict, scaling: dict):
     """(cache identity, reference windows, split, path) of a run on a series file: its held-out windows when
     it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged. The
-    file is ``data_dir`` as given to training, else (a relative path read from another folder) the
-    absolute path training resolved it to."""
-    from .series_files import load_file_series
+    file is the first of ``data_dir`` as given to training and the absolute path training resolved it to
+    whose SHA-256 is the one training recorded (a relative name read from another folder may be another file)."""
+    from .series_files import file_digest, load_file_series
     given, resolved = cfg.get("data_dir"), scaling.get("resolved_file")
-    path = next((p for p in (given, resolved) if p and Path(p).is_file()), None)
+    candidates = [p for p in dict.fromkeys((given, resolved)) if p and Path(p).is_file()]
+    expected = scaling.get("sha256")
+    path = next((p for p in candidates if expected is None or file_digest(p) == expected), None)
+    if candidates and path is None:  # hashed before parsing: a parse error must not hide this
+        others = f" (nor {candidates[1]})" if len(candidates) > 1 else ""
+        raise DiffkitError(f"{candidates[0]}{others} is not the file this run was trained on (its SHA-256 differs); "
+                           f"restore that file")
     if path is None:
         relative = f" (relative to the folder training ran in: {resolved})" if given and resolved and \
             not Path(given).is_absolute() else ""
@@ -106,8 +112,6 @@ def file_reference(cfg: dict, unet: dict, scaling: dict):
     dataset = load_file_series(path, seq_length=unet["seq_length"], test_fraction=cfg.get("test_fraction", 0.0),
                                drop_columns=cfg.get("drop_columns", ""), train=split == "train")
     digest = dataset.source["sha256"]
-    if scaling.get("sha256") not in (None, digest):
-        raise DiffkitError(f"{path} is not the file this run was trained on (its SHA-256 differs); restore that file")
     data = {"dataset": "series", "sha256": digest, "split": split, "seq_length": unet["seq_length"],
             "channels": unet["in_channels"], "drop_columns": cfg.get("drop_columns", ""),
             "test_fraction": cfg.get("test_fraction", 0.0), "reference_windows": "evenly spaced"}

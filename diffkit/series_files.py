@@ -21,6 +21,7 @@ array, a non-numeric or non-finite value, a column whose range overflows, fewer 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -103,8 +104,10 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = ()) -> tuple:
     """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
     A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8."""
     data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):  # stripped first so that an error's offset counts from the data's start
+        data = data[len(codecs.BOM_UTF8):]
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
         raise DiffkitError(f"{path}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text; save the CSV as "

@@ -202,6 +202,8 @@ LONG = [(i % 7, i * i % 5) for i in range(40)]  # 40 rows of two columns ("a", "
     (lambda d: _npy(d / "c.npy", np.zeros((40, 2))), ["--set=drop_columns=a"], "drop_columns applies to CSV files"),
     (_npz_as_npy, [], "z.npy is a NpzFile (an .npz archive?), not one numpy array"),
     (lambda d: _bytes(d / "l.csv", "a,b\n1,2\n3,\xe9\n".encode("latin-1")), [], "line 3: byte 0xe9 is not UTF-8"),
+    (lambda d: _bytes(d / "bom.csv", b"\xef\xbb\xbf" + "a,b\n1,2\n3,\xe9\n".encode("latin-1")), [],
+     "line 3: byte 0xe9 is not UTF-8"),  # the byte and line counted after the BOM
     (lambda d: _bytes(d / "g.csv", b"a,b\n1,2\n3," + b"4" * 200_000 + b"\n"), [], "not a readable CSV line (field"),
     (lambda d: _folder(d / "data"), [], "is a folder, not a file"),
     (lambda d: write_csv(d / "sc.csv", "a;b", [("1;2",)] * 40), [], "save the file with commas"),
@@ -293,9 +295,77 @@ def test_eval_finds_a_relative_data_dir_from_another_folder(tmp_path, monkeypatc
     capsys.readouterr()
     assert main([*args, "--out", "e.json"]) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "b" / "e.json").read_text())["settings"]["num_reference"] == 10
+    # another d.csv in b/ (not even a series): the one whose SHA-256 matches, a/d.csv, is used
+    (tmp_path / "b" / "d.csv").write_text("x\nnot a number\n")
+    assert main([*args, "--out", "g.json"]) == 0, capsys.readouterr().err
+    value = [json.loads((tmp_path / "b" / f"{n}.json").read_text())["metrics"]["correlational"]["value"] for n in "eg"]
+    assert value[0] == value[1]
+    # neither matches: the SHA-256 refusal naming both, not b/d.csv's parse error
+    write_csv(tmp_path / "a" / "d.csv", "a,b", LONG[::-1])
+    capsys.readouterr()
+    assert main([*args, "--out", "h.json"]) == 2
+    err = capsys.readouterr().err
+    assert f"d.csv (nor {tmp_path / 'a' / 'd.csv'}) is not the file this run was trained on (its SHA-256 differs)" \
+        in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "b" / "d.csv").unlink()
     (tmp_path / "a" / "d.csv").unlink()
     capsys.readouterr()
     assert main([*args, "--out", "f.json"]) == 2
     err = capsys.readouterr().err
     assert f"series file 'd.csv' is not there (relative to the folder training ran in: {tmp_path / 'a' / 'd.csv'})" \
         in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_without_a_split_scores_against_evenly_spaced_training_windows(tmp_path, capsys):
+    """test_fraction = 0: the reference is --num of the W training windows at round-half-up(k (W - 1) / (N - 1))."""
+    from diffkit.evaluation import generate_samples
+    from diffkit.loading import load_denoiser
+    from diffkit.metrics import correlational_score
+    from diffkit.series_evaluation import spread_indices
+    from diffkit.timeseries import to_unit_range
+    assert spread_indices(6, 3).tolist() == [0, 3, 5]  # 2.5 -> 3 (half up; half to even would give 2)
+    rows = LONG + [LONG[0]]  # 41 rows: W = 34 windows of 8
+    csv = write_csv(tmp_path / "d.csv", "a,b", rows)
+    assert main(["train", "--dataset", "series", "--data-dir", str(csv), "--out", str(tmp_path / "run"), "--steps",
+                 "2", "--no-progress", "--device", "cpu", *SMALL]) == 0
+    ck = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ck), "--metrics", "correlational", "--num", "7", "--steps", "2",
+                 "--seed", "3", "--no-progress", "--out", str(tmp_path / "e.json")]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["settings"]["reference_split"] == "train" and result["settings"]["num_reference"] == 7
+    # by hand: k * 33 / 6 = 0, 5.5, 11, 16.5, 22, 27.5, 33 -> windows 0, 6, 11, 17, 22, 28, 33 (16.5 -> 17: half up)
+    values = np.array(rows, dtype=np.float64)
+    low, high = values.min(axis=0), values.max(axis=0)
+    scaled = (values - low) / (high - low) * 2 - 1
+    real = torch.tensor(np.stack([scaled[i:i + 8].T for i in (0, 6, 11, 17, 22, 28, 33)]), dtype=torch.float32)
+    samples = generate_samples(load_denoiser(ck), 7, sampler="ddim", steps=2, seed=3)
+    expected = correlational_score(to_unit_range(real), to_unit_range(samples))
+    assert result["metrics"]["correlational"]["value"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:TS2Vec embeddings")
+def test_context_fid_encoder_cached_without_the_reference_rule_is_not_reused(file_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    """The cache key holds reference_windows: an encoder cached under a key without it (before the windows were
+    spread over the file) is trained again, not reused; the next run reuses the new one."""
+    from diffkit import series_evaluation
+    run, _, _ = file_run
+    args = ["eval", "--checkpoint", str(run / "checkpoints" / "latest.safetensors"), "--metrics", "context-fid",
+            "--num", "12", "--steps", "2", "--context-fid-iterations", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress"]
+    real_reference = series_evaluation.file_reference
+
+    def old_reference(*a):
+        data, *rest = real_reference(*a)
+        data.pop("reference_windows", None)
+        return (data, *rest)
+
+    monkeypatch.setattr(series_evaluation, "file_reference", old_reference)
+    assert main([*args, "--out", str(tmp_path / "old.json")]) == 0, capsys.readouterr().err
+    monkeypatch.setattr(series_evaluation, "file_reference", real_reference)
+    cached = []
+    for name in ("new", "again"):
+        assert main([*args, "--out", str(tmp_path / f"{name}.json")]) == 0, capsys.readouterr().err
+        cached.append(json.loads((tmp_path / f"{name}.json").read_text())["metrics"]["context-fid"]["encoder_cached"])
+    assert cached == [False, True] and len(list((tmp_path / "cache").glob("context_fid_encoder_*"))) == 2
