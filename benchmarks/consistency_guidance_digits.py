@@ -24,13 +24,16 @@ root-mean-square pixel difference (data in [-1, 1]) between a one-step sample an
 DDIM-50 sample at that w from the same x_T and label. A one-step consistency model approximates
 the map x_T -> teacher ODE solution, so this is how closely it follows the guided teacher at
 each w; and how far w moves the samples (the RMS between the samples at the lowest and highest
-w, teacher and w-student). The teacher's samples are kept in OUT/teacher_cfg_samples.pt and reused by a later run
-with the same teacher and ``--num`` (``--teacher-only`` draws just them). Prints a table; writes
+w, teacher and w-student). The real-digits row scores the first ``--num`` training digits, which the
+classifier was trained on (its training accuracy, not a held-out one). The teacher's samples are kept
+in OUT/teacher_cfg_samples.pt and reused by a later run with the same teacher (its loaded weights
+and metadata, :func:`diffkit.sample_cache.denoiser_identity`, whatever its path) and ``--num``
+(``--teacher-only`` draws just them). Prints a table; writes
 ``consistency_guidance_digits.json`` and a ``.png`` (one row of samples per model and w) under
 ``--out``, the runs under OUT/teacher_run, OUT/w_run, OUT/fixed_run:
 
-    python benchmarks/consistency_guidance_digits.py --teacher runs/cdemo/checkpoints
-    python benchmarks/consistency_guidance_digits.py --distill-steps 50 --num 100 --teacher-steps 50  # quick
+    python benchmarks/consistency_guidance_digits.py --teacher runs/cdemo/checkpoints  # from the repository root
+    python benchmarks/consistency_guidance_digits.py --distill-steps 50 --num 100 --teacher-steps 50 --out /tmp/q
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from consistency_digits import digit_scorer  # noqa: E402
 
+from diffkit.checkpoint import latest_checkpoint  # noqa: E402
 from diffkit.commands.demo import demo_config  # noqa: E402
 from diffkit.commands.distill import distill_config  # noqa: E402
 from diffkit.config import apply_overrides, resolve_device  # noqa: E402
@@ -54,6 +58,7 @@ from diffkit.evaluation import generate_samples, write_json  # noqa: E402
 from diffkit.guidance import ClassifierFreeGuidance, GuidanceScaleInput  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
+from diffkit.sample_cache import denoiser_identity  # noqa: E402
 from diffkit.training import Trainer  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -63,10 +68,6 @@ STUDENT_STEPS = (1, 2, 4)
 
 def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
-
-
-def latest(path) -> str:
-    return str(Path(path) / "latest.safetensors") if Path(path).is_dir() else str(path)
 
 
 def distil(teacher: str, run_dir: Path, overrides: list[str], steps: int, device: str) -> tuple[str, dict]:
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-student", help="an already distilled fixed-w checkpoint (skips its distillation)")
     p.add_argument("--teacher-only", action="store_true",
                    help="only draw the teacher's rows, kept in OUT/teacher_cfg_samples.pt for a later run (which "
-                        "reuses them for the same teacher and --num), e.g. while the students distil")
+                        "reuses them for a teacher with the same weights and --num), e.g. while the students distil")
     p.add_argument("--distill-steps", type=int, default=1000, help="distillation steps of each student (default 1000)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="distillation fields for both students (default batch_size=32, lr=5e-4, multiplier=1)")
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
         teacher = result.checkpoint
         report["teacher_training"] = {"steps": result.steps, "seconds": result.seconds}
         print(f"trained the teacher for {result.steps} steps in {result.seconds:.0f} s", flush=True)
-    teacher = latest(teacher)
+    teacher = str(latest_checkpoint(teacher) or teacher)  # a run folder: its latest.safetensors
     report["teacher"] = teacher
     common = ["batch_size=32", "lr=5e-4", "multiplier=1", *args.overrides]
     students = {"w": (args.w_student, [f"consistency_guidance_range={w_min},{w_max}", "guidance_embedding_dim=256"]),
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     paths = {}
     for name, (given, extra) in ({} if args.teacher_only else students).items():
         if given:
-            paths[name] = latest(given)
+            paths[name] = str(latest_checkpoint(given) or given)
             report[f"{name}_student"] = {"checkpoint": paths[name], "given": True}
         else:
             paths[name], report[f"{name}_student"] = distil(teacher, out / f"{name}_run", common + extra,
@@ -174,12 +175,15 @@ def main(argv=None) -> int:
               f"{row['class_accuracy']:.3f}, FD {row['fd_classifier']:.1f} ({seconds:.0f} s)", flush=True)
 
     saved = out / "teacher_cfg_samples.pt"  # the teacher's rows of an earlier run with the same teacher and num
-    key = {"teacher": teacher, "num": args.num}
+    # keyed by what decides the teacher's outputs (its loaded weights, metadata, device type), not by its path:
+    # a teacher retrained into the same folder draws anew, the same checkpoint by another path reuses the rows
+    key = {"identity": denoiser_identity(models["teacher"]), "num": args.num}
     kept = torch.load(saved) if saved.is_file() else {}
-    kept = kept if kept.get("key") == key else {"key": key, "samples": {}}
+    kept = kept if kept.get("key") == key else {"key": key, "teacher": teacher, "samples": {}}
     for w in ws:
         if w in kept["samples"]:
             samples, seconds = kept["samples"][w]
+            print(f"  (the teacher's samples at w = {w:g}: kept in {saved} by an earlier run of {kept['teacher']})")
         else:
             samples, seconds = draw(ClassifierFreeGuidance(models["teacher"], w), labels, "ddim", 50, device)
             kept["samples"][w] = (samples, seconds)
@@ -198,10 +202,12 @@ def main(argv=None) -> int:
         samples, seconds = draw(models["fixed"], labels, "consistency", steps, device)
         add("fixed-w student", fixed_w, "consistency", steps, steps, samples, seconds,
             reference=teacher_samples if steps == 1 else None)
-    real = scorer.score(train_images[:args.num], train_labels[:args.num])
-    rows.append({"model": "real digits (0..1199)", "w": None, "sampler": "", "steps": 0, "nfe": 0,
+    # the classifier's own training digits: its accuracy here is training accuracy, the FD a real-data floor
+    num_real = min(args.num, len(train_images))
+    real = scorer.score(train_images[:num_real], train_labels[:num_real])
+    rows.append({"model": f"real training digits 0..{num_real - 1}", "w": None, "sampler": "", "steps": 0, "nfe": 0,
                  "class_accuracy": real["class-accuracy"]["value"], "fd_classifier": real["fd-classifier"]["value"],
-                 "confidence": real["confidence"]["value"], "num": min(args.num, len(train_images))})
+                 "confidence": real["confidence"]["value"], "num": num_real})
     report["rows"] = rows
     # how far w moves the samples from the same x_T: RMS between the samples at the lowest and highest w
     report["rms_across_w"] = {f"{model}, {steps} steps": rms(drawn[model, steps, ws[0]], drawn[model, steps, ws[-1]])
@@ -209,7 +215,8 @@ def main(argv=None) -> int:
     print(f"\n{args.num} samples each; class accuracy under a digit classifier (held-out accuracy "
           f"{report['classifier']['held_out_accuracy']:.3f}), FD-classifier vs {scorer.num_reference} held-out "
           f"digits (lower is better), confidence; RMS to teacher: one-step sample vs the teacher's DDIM-50 sample "
-          f"from the same x_T at each w ({', '.join(f'{w:g}' for w in ws)})")
+          f"from the same x_T at each w ({', '.join(f'{w:g}' for w in ws)}); the real training digits are the "
+          f"classifier's own (training accuracy)")
     print(f"{'model':<22} {'w':>4} {'NFE':>4} {'accuracy':>9} {'FD-classifier':>14} {'confidence':>11}  RMS to teacher")
     for row in rows:
         w = "" if row["w"] is None else f"{row['w']:g}"

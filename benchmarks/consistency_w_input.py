@@ -25,10 +25,6 @@ from diffkit.guidance import ClassifierFreeGuidance, GuidanceScaleInput  # noqa:
 from diffkit.loading import load_denoiser  # noqa: E402
 
 
-def latest(path: str) -> str:
-    return str(Path(path) / "latest.safetensors") if Path(path).is_dir() else path
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--w-model", required=True, help="a w-conditioned consistency checkpoint")
@@ -39,10 +35,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(1)
-    w_model = load_denoiser(latest(args.w_model))
+    w_model = load_denoiser(args.w_model)
     models = {"w input (batch B)": GuidanceScaleInput(w_model, args.w, trained_range=w_model.guidance_range),
               "classifier-free (batch 2B)": ClassifierFreeGuidance(
-                  ConsistencyDenoiser(load_denoiser(latest(args.teacher))), args.w)}
+                  ConsistencyDenoiser(load_denoiser(args.teacher)), args.w)}
     shape = (args.batch, w_model.meta["unet"]["in_channels"], w_model.meta["unet"]["img_size"],
              w_model.meta["unet"]["img_size"])
     y = torch.arange(args.batch) % w_model.meta["unet"]["num_classes"]
