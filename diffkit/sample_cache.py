@@ -38,14 +38,15 @@ def key_digest(obj) -> str:
 
 
 # the checkpoint metadata that decides the network's outputs (not the training state or versions)
-_OUTPUT_META = ("unet", "prediction_type", "learned_variance", "latent", "text", "consistency")
+_OUTPUT_META = ("unet", "prediction_type", "learned_variance", "latent", "text")
 
 
 def denoiser_identity(denoiser) -> dict:
     """What decides a denoiser's outputs: weights digest, metadata, precision, compile mode, device type.
 
     A wrapper that changes the outputs by settings of its own (guidance, thresholding, inpainting) is
-    refused: the key would not hold them. A consistency model's wrapper is decided by its checkpoint."""
+    refused: the key would not hold them. A consistency model's wrapper adds its own settings (c_skip / c_out,
+    source times, w range: also for a wrapper built by hand around a diffusion model)."""
     from .consistency import ConsistencyDenoiser
     from .denoiser import Wrapper
     if isinstance(denoiser, Wrapper) and not isinstance(denoiser, ConsistencyDenoiser):
@@ -66,6 +67,10 @@ def denoiser_identity(denoiser) -> dict:
         "device": device,
         # the logsnr_graded grid follows it; absent (not None) for denoisers without one, as before
         **({"data_scale": denoiser.data_scale} if getattr(denoiser, "data_scale", None) is not None else {}),
+        **({"consistency": {"sigma_data": denoiser.sigma_data, "timestep_scaling": denoiser.timestep_scaling,
+                            "times": [float(t) for t in denoiser.consistency_times],
+                            "guidance_range": denoiser.guidance_range}}
+           if isinstance(denoiser, ConsistencyDenoiser) else {}),
     }
 
 

@@ -125,9 +125,14 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
         den = load_denoiser(latest)
         cache = open_cache(tmp_path / "cache", den)
         images, nfe = generate_samples(den, 4, sampler="consistency", steps=2, seed=0, cache=cache, return_nfe=True)
-        drawn.append((images, nfe, cache.loaded))
+        drawn.append((images, nfe, cache.loaded, den.nfe))
     assert torch.equal(drawn[0][0], drawn[1][0]) and drawn[0][1] == drawn[1][1] == 2
-    assert [d[2] for d in drawn] == [0, 1]
+    assert [d[2] for d in drawn] == [0, 1] and [d[3] for d in drawn] == [2, 2]  # the reused batch adds its 2 calls
+    from diffkit.consistency import ConsistencyDenoiser
+    from diffkit.sample_cache import denoiser_identity
+    plain = load_denoiser(latest).inner  # the same network under a hand-made wrapper of other settings: other key
+    keys = [denoiser_identity(ConsistencyDenoiser(plain, sigma_data=s)) for s in (0.5, 0.3)]
+    assert keys[0] != keys[1] and denoiser_identity(plain) not in keys
     assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
     assert ckpt.load_checkpoint(latest)[1]["step"] == 3
     assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher

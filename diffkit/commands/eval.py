@@ -134,7 +134,7 @@ def run(args) -> int:
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
                           predictive_iterations=args.predictive_iterations)
-    result["warnings"] = [" ".join(str(w.message).split()) for w in caught]
+    result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")
     kind = "series" if set(result["metrics"]) & set(SERIES_METRICS) else "images"
