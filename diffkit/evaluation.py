@@ -460,21 +460,22 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     A time-series checkpoint takes only ``context-fid``, ``correlational``, ``discriminative`` and
     ``predictive`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains ``context_fid_iterations``
     iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
-    ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default).
+    ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
+    on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded).
     """
     names = parse_metrics(metrics)
     if (checkpoint is None) == (samples is None):
         raise DiffkitError("give either a checkpoint (--checkpoint) or a folder of images (--samples), not both")
     if check_metrics_fit(names, checkpoint, samples):
         from .series_evaluation import evaluate_series
-        refused = {"--ref": ref, "--data-dir": data_dir, "--evaluator": evaluator,
+        refused = {"--ref": ref, "--evaluator": evaluator,
                    "--inception-weights": inception_weights, "--save-samples": save_samples}
         return evaluate_series(names, checkpoint=checkpoint, num=num, sampler=sampler, steps=steps, eta=eta,
                                thresholding=thresholding, ref_num=ref_num, batch_size=batch_size, seed=seed,
                                device=device, use_ema=use_ema, mixed_precision=mixed_precision, compile=compile,
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
-                               predictive_iterations=predictive_iterations, refused=refused)
+                               predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused)
     if samples is not None and set(names) & set(NLL_METRICS):
         raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
     check_range("num", num, 1, None, integer=True)

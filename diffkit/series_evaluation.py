@@ -89,15 +89,22 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
     return encoder, False
 
 
-def file_reference(cfg: dict, unet: dict, scaling: dict):
+def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None):
     """(cache identity, reference windows, split, path) of a run on a series file: its held-out windows when
     it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged. The
-    file is the first of ``data_dir`` as given to training and the absolute path training resolved it to
-    whose SHA-256 is the one training recorded (a relative name read from another folder may be another file)."""
-    from .series_files import file_digest, load_file_series
-    given, resolved = cfg.get("data_dir"), scaling.get("resolved_file")
-    candidates = [p for p in dict.fromkeys((given, resolved)) if p and Path(p).is_file()]
+    file is ``data_dir`` when given (the file moved since training), else the first of ``data_dir`` as given
+    to training and the absolute path training resolved it to whose SHA-256 is the one training recorded (a
+    relative name read from another folder may be another file)."""
+    from .series_files import check_series_file, file_digest, load_file_series
     expected = scaling.get("sha256")
+    if data_dir is not None:
+        check_series_file(Path(data_dir))
+        if expected is not None and file_digest(data_dir) != expected:
+            raise DiffkitError(f"--data-dir {str(data_dir)!r} is not the file this run was trained on (its SHA-256 "
+                               f"differs from the one in the checkpoint); give that file")
+    given, resolved = cfg.get("data_dir"), scaling.get("resolved_file")
+    candidates = [str(data_dir)] if data_dir is not None else \
+        [p for p in dict.fromkeys((given, resolved)) if p and Path(p).is_file()]
     path = next((p for p in candidates if expected is None or file_digest(p) == expected), None)
     if candidates and path is None:  # hashed before parsing: a parse error must not hide this
         others = f" (nor {candidates[1]})" if len(candidates) > 1 else ""
@@ -129,9 +136,10 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     seed: int = 0, device="cpu", use_ema: bool = True, mixed_precision: str = "no",
                     compile: str = "no", progress: bool = False, cache_dir=None,
                     encoder_iterations: Optional[int] = None, discriminative_iterations: int = 2000,
-                    predictive_iterations: int = 5000, refused: Optional[dict] = None) -> dict:
+                    predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
-    the result has :func:`diffkit.evaluation.evaluate`'s form. ``refused``: image-only options given
+    the result has :func:`diffkit.evaluation.evaluate`'s form. ``data_dir``: a run's series file where it is
+    now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import _frechet, check_sample_count, generate_samples
     from .loading import load_denoiser
@@ -164,8 +172,11 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
     cfg, unet = denoiser.meta.get("config") or {}, denoiser.meta["unet"]
     split = "train"
+    if data_dir is not None and cfg.get("dataset") != "series":
+        raise DiffkitError(f"--data-dir applies to image models and runs on a series file; {checkpoint} is a "
+                           f"{cfg.get('dataset', 'sines')} model (its metrics use its own training series)")
     if cfg.get("dataset") == "series":
-        data, train, split, path = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {})
+        data, train, split, path = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {}, data_dir)
         what = f"{'held-out' if split == 'test' else 'training'} windows of {path}"
     else:
         data = {"dataset": cfg.get("dataset", "sines"), "num_series": cfg.get("num_series", 10000),

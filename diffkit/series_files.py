@@ -85,7 +85,8 @@ def parse_columns(text: str) -> list:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _check_file(path: Path) -> None:
+def check_series_file(path: Path) -> None:
+    """One-line errors for a path that is not an existing, non-empty .csv / .npy file."""
     if path.is_dir():
         raise DiffkitError(f"series file {str(path)!r} is a folder, not a file; give a .csv or .npy file with "
                            f"--data-dir")
@@ -196,7 +197,7 @@ def read_npy_series(path: Path) -> tuple:
 def read_series_file(path, drop_columns: Sequence[str] = ()) -> tuple:
     """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc)."""
     path = Path(path)
-    _check_file(path)
+    check_series_file(path)
     if path.suffix.lower() == ".npy":
         if drop_columns:
             raise DiffkitError(f"drop_columns applies to CSV files (by header name); {path} is an array: keep only "

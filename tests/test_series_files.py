@@ -369,3 +369,36 @@ def test_context_fid_encoder_cached_without_the_reference_rule_is_not_reused(fil
         assert main([*args, "--out", str(tmp_path / f"{name}.json")]) == 0, capsys.readouterr().err
         cached.append(json.loads((tmp_path / f"{name}.json").read_text())["metrics"]["context-fid"]["encoder_cached"])
     assert cached == [False, True] and len(list((tmp_path / "cache").glob("context_fid_encoder_*"))) == 2
+
+
+@pytest.mark.filterwarnings("ignore:TS2Vec embeddings", "ignore:the held-out windows")
+def test_eval_reads_a_moved_file_given_with_data_dir(file_run, tmp_path, capsys):
+    """--data-dir replaces the stored paths (gone here): the same file gives the same values; another file is
+    refused in one line naming it, through the command and through evaluate()."""
+    from diffkit.evaluation import evaluate
+    run, csv, _ = file_run
+    ck = str(run / "checkpoints" / "latest.safetensors")
+    args = ["eval", "--checkpoint", ck, "--metrics", "context-fid,correlational", "--num", "12", "--steps", "2",
+            "--context-fid-iterations", "2", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "here.json")]) == 0, capsys.readouterr().err
+    (tmp_path / "moved").mkdir()
+    moved = tmp_path / "moved" / "other name.csv"
+    away = csv.with_name("away.csv")
+    csv.rename(away)
+    try:
+        moved.write_bytes(away.read_bytes())
+        assert main([*args, "--data-dir", str(moved), "--out", str(tmp_path / "moved.json")]) == 0, \
+            capsys.readouterr().err
+        capsys.readouterr()
+        moved.write_bytes(away.read_bytes().replace(b"d3,", b"d3x,"))  # same windows, another file
+        code = main([*args, "--data-dir", str(moved), "--out", str(tmp_path / "other.json")])
+        with pytest.raises(DiffkitError, match="is not the file this run was trained on"):
+            evaluate("correlational", checkpoint=ck, data_dir=moved, num=4, steps=2)
+    finally:
+        away.rename(csv)
+    err = capsys.readouterr().err
+    assert code == 2 and f"--data-dir {str(moved)!r} is not the file this run was trained on (its SHA-256" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "other.json").exists()
+    here, there = (json.loads((tmp_path / f"{n}.json").read_text())["metrics"] for n in ("here", "moved"))
+    assert [there[m]["value"] for m in ("context-fid", "correlational")] == \
+        [here[m]["value"] for m in ("context-fid", "correlational")]

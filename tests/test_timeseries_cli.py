@@ -173,6 +173,8 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
             (["--checkpoint", ck, "--metrics", "fid"], "metric 'fid' is for images"),
             (["--checkpoint", ck, "--metrics", "context-fid,nll"], "metric 'nll' is for images"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--ref", "digits"], "--ref applies to image models"),
+            (["--checkpoint", ck, "--metrics", "context-fid", "--data-dir", str(tmp_path)],
+             "--data-dir applies to image models and runs on a series file; "),
             (["--checkpoint", str(tiny_checkpoint), "--metrics", "context-fid"], "is for time series"),
             (["--samples", str(tmp_path), "--metrics", "context-fid"], "use --checkpoint"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--num", "49"],  # the run has 48 training series

@@ -28,7 +28,8 @@ def add_source_flags(p) -> None:
     """Flags shared by ``eval`` and ``experiment``: reference data, evaluator, Inception, device."""
     p.add_argument("--ref", help="reference data set (test split): digits, mnist, fashion-mnist, cifar10, "
                                  "folder (default: the checkpoint's training data set)")
-    p.add_argument("--data-dir", help="folder with the reference data set's files")
+    p.add_argument("--data-dir", help="folder with the reference data set's files (eval of a run on a series "
+                                      "file: that file where it is now, same SHA-256)")
     p.add_argument("--ref-num", type=positive_int, help="use only the first N reference images")
     p.add_argument("--evaluator", help="evaluator .safetensors from 'diffkit train-evaluator' (classifier metrics)")
     p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (fid/is/kid/pr); "
