@@ -243,7 +243,7 @@ def checkpoint_step(path: Path) -> Optional[int]:
     """The step in a ``ckpt_<step>.safetensors`` name; None for any other name (``ckpt_best``)."""
     digits = path.name[len("ckpt_"):-len(".safetensors")]
     named = path.name.startswith("ckpt_") and path.name.endswith(".safetensors")
-    return int(digits) if named and digits.isdigit() else None
+    return int(digits) if named and digits.isascii() and digits.isdigit() else None
 
 
 def step_checkpoints(folder) -> list[Path]:

@@ -97,16 +97,19 @@ def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None):
     relative name read from another folder may be another file)."""
     from .series_files import check_series_file, file_digest, load_file_series
     expected = scaling.get("sha256")
+    given, resolved = cfg.get("data_dir"), scaling.get("resolved_file")
     if data_dir is not None:
         check_series_file(Path(data_dir))
-        if expected is not None and file_digest(data_dir) != expected:
-            raise DiffkitError(f"--data-dir {str(data_dir)!r} is not the file this run was trained on (its SHA-256 "
-                               f"differs from the one in the checkpoint); give that file")
-    given, resolved = cfg.get("data_dir"), scaling.get("resolved_file")
-    candidates = [str(data_dir)] if data_dir is not None else \
-        [p for p in dict.fromkeys((given, resolved)) if p and Path(p).is_file()]
+        candidates = [str(data_dir)]
+    else:  # one name per file: a relative name and its resolved path are often the same file
+        candidates = [p for p in (given, resolved) if p and Path(p).is_file()]
+        if len(candidates) == 2 and Path(candidates[0]).resolve() == Path(candidates[1]).resolve():
+            candidates = candidates[:1]
     path = next((p for p in candidates if expected is None or file_digest(p) == expected), None)
     if candidates and path is None:  # hashed before parsing: a parse error must not hide this
+        if data_dir is not None:
+            raise DiffkitError(f"--data-dir {str(data_dir)!r} is not the file this run was trained on (its SHA-256 "
+                               f"differs from the one in the checkpoint); give that file")
         others = f" (nor {candidates[1]})" if len(candidates) > 1 else ""
         raise DiffkitError(f"{candidates[0]}{others} is not the file this run was trained on (its SHA-256 differs); "
                            f"restore that file")
