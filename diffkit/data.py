@@ -440,12 +440,12 @@ def default_data_dir(name: str) -> Path:
     return Path(os.environ.get("DIFFKIT_DATA", "data")) / name
 
 
-def check_image_dataset(name: str, what: str) -> None:
-    """One-line error when ``what`` (a command that trains on images) is given a time-series set."""
+def check_image_dataset(name: str, what: str, verb: str = "trains on") -> None:
+    """One-line error when ``what`` (a command that trains on, or ``verb``, images) is given a time-series set."""
     from .timeseries import SERIES_DATASETS
     if name in SERIES_DATASETS:
         images = [d for d in DATASET_NAMES if d not in SERIES_DATASETS]
-        raise DiffkitError(f"dataset={name!r} holds time series; {what} trains on images: {', '.join(images)}")
+        raise DiffkitError(f"dataset={name!r} holds time series; {what} {verb} images: {', '.join(images)}")
 
 
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,

@@ -217,7 +217,9 @@ def test_noise_scale_command_fixed_variance_and_bad_values(learned_variance_chec
             (["--checkpoint", lv, "--objectives", "simple,bogus"], "--objectives has 'bogus'"),
             (["--checkpoint", fixed, "--objectives", "hybrid"], "learned variance"),
             (["--checkpoint", lv, "--out", str(tmp_path / "n.txt")], "must end in .json"),
-            (["--checkpoint", str(tmp_path / "none.safetensors")], "none.safetensors")):
+            (["--checkpoint", str(tmp_path / "none.safetensors")], "none.safetensors"),
+            (["--checkpoint", fixed, "--dataset", "sines"],  # not "img_size=... does not apply to dataset='sines'"
+             "dataset='sines' holds time series; diffkit experiment noise-scale of an image model measures on images")):
         code = main(["experiment", "noise-scale", "--device", "cpu", "--out", str(tmp_path / "n.json"), *args])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and pattern in err, (args, err)

@@ -76,6 +76,8 @@ def _run(args) -> int:
     data_dir = args.data_dir or (cfg.get("data_dir") if args.dataset is None else None)
     unet = denoiser.meta["unet"]
     check_image_model(unet, "diffkit experiment noise-scale")
+    from ..data import check_image_dataset
+    check_image_dataset(dataset, "diffkit experiment noise-scale of an image model", verb="measures on")
     if args.split == "train":  # every training image (the digits included: training uses all 1797)
         from ..data import load_dataset
         data = load_dataset(dataset, data_dir, img_size=unet["img_size"], train=True, channels=unet["in_channels"])
