@@ -402,12 +402,15 @@ def _format_value(value) -> str:
 
 
 def format_results(results: dict[str, dict]) -> str:
-    """A plain-text table: one row per metric, its main value, then the other fields."""
+    """A plain-text table: one row per metric, its main value (mean +- interval of repeated runs), then the
+    other fields."""
     rows = [("metric", "value", "details")]
     for name, fields in results.items():
         main = PRIMARY_FIELD.get(name, "value")
-        rest = ", ".join(f"{k}={_format_value(v)}" for k, v in fields.items() if k != main)
-        rows.append((name, _format_value(fields.get(main)), rest))
+        shown = {main, "mean", "interval"} if "interval" in fields else {main}  # repeats: mean +- interval
+        rest = ", ".join(f"{k}={_format_value(v)}" for k, v in fields.items() if k not in shown)
+        value = _format_value(fields.get(main))
+        rows.append((name, value + (f" +- {_format_value(fields['interval'])}" if "interval" in fields else ""), rest))
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}".rstrip() for r in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
@@ -448,7 +451,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
              nll_split: str = "test", context_fid_iterations: Optional[int] = None,
-             discriminative_iterations: int = 2000, predictive_iterations: int = 5000) -> dict:
+             discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -461,9 +464,11 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     ``predictive`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains ``context_fid_iterations``
     iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
     ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
-    on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded).
+    on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
+    ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
     """
     names = parse_metrics(metrics)
+    check_range("repeats", repeats, 1, None, integer=True)
     if (checkpoint is None) == (samples is None):
         raise DiffkitError("give either a checkpoint (--checkpoint) or a folder of images (--samples), not both")
     if check_metrics_fit(names, checkpoint, samples):
@@ -475,7 +480,11 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                device=device, use_ema=use_ema, mixed_precision=mixed_precision, compile=compile,
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
-                               predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused)
+                               predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
+                               repeats=repeats)
+    if repeats != 1:
+        raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
+                           f"image metrics are one run: leave it at 1")
     if samples is not None and set(names) & set(NLL_METRICS):
         raise DiffkitError("nll needs the model: use --checkpoint (images alone have no likelihood)")
     check_range("num", num, 1, None, integer=True)

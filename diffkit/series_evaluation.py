@@ -16,7 +16,10 @@ of a time-series checkpoint's samples.
 As Diffusion-TS (Yuan & Qiao 2024, ``Utils/context_fid.py`` and ``Experiments/metric_*.ipynb``) the
 real series are the model's training series (the run's own data set, length and channels; the first
 ``ref_num`` of them, default as many as the samples), and both sets are scored on the [0, 1] scale
-((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). Each metric is one run (the papers average 5).
+((x + 1) / 2, :func:`diffkit.timeseries.to_unit_range`). Each metric is one run, or ``repeats`` runs
+seeded ``seed``, ``seed`` + 1, ... (:func:`repeated_runs`: the mean +- the 95% t-interval half-width, as
+Diffusion-TS ``Utils/metric_utils.py`` ``display_scores`` over its 5 runs); the samples are drawn once and
+only each metric's own randomness (encoder, GRUs) is redrawn, so correlational's runs are equal.
 A run on a series file (``dataset = "series"``, :mod:`diffkit.series_files`) is scored against ``ref_num``
 windows evenly spaced over its training windows, or over its held-out windows with ``test_fraction`` > 0
 (scaled with the training rows' min and max; a warning when they leave [-1, 1]); the file must be the
@@ -134,16 +137,30 @@ def spread_indices(count: int, wanted: int):
     return np.floor(np.linspace(0, count - 1, wanted) + 0.5).astype(np.int64)
 
 
+def repeated_runs(runs: Sequence[dict]) -> dict:
+    """``runs`` (one metric's result per seed, each with its ``value``) -> ``{"value": mean, "mean", "interval",
+    "runs"}``: ``interval`` is the 95% t-interval half-width t(0.975, n - 1) * std(ddof=1) / sqrt(n)
+    (Diffusion-TS ``Utils/metric_utils.py`` ``display_scores``)."""
+    import numpy as np
+    from scipy import stats
+    values = np.asarray([run["value"] for run in runs], dtype=np.float64)
+    mean = float(values.mean())
+    interval = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return {"value": mean, "mean": mean, "interval": interval, "runs": list(runs)}
+
+
 def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str, steps: int, eta=None,
                     thresholding: Optional[str] = None, ref_num: Optional[int] = None, batch_size: int = 250,
                     seed: int = 0, device="cpu", use_ema: bool = True, mixed_precision: str = "no",
                     compile: str = "no", progress: bool = False, cache_dir=None,
                     encoder_iterations: Optional[int] = None, discriminative_iterations: int = 2000,
-                    predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None) -> dict:
+                    predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None,
+                    repeats: int = 1) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
     the result has :func:`diffkit.evaluation.evaluate`'s form. ``data_dir``: a run's series file where it is
     now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
-    ({flag: value}). Everything that can fail on user input is checked before training or sampling."""
+    ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
+    (:func:`repeated_runs`). Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import _frechet, check_sample_count, generate_samples
     from .loading import load_denoiser
     from .metrics.context_fid import context_fid_statistics
@@ -159,6 +176,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
         raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (its metrics "
                            f"use its own training series)")
     check_sample_count(num, unit="series")
+    check_range("repeats", repeats, 1, None, integer=True)
     if encoder_iterations is not None:
         check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
     check_range("discriminative_iterations", discriminative_iterations, 1, None, integer=True)
@@ -203,48 +221,55 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if "predictive" in names and data["channels"] < 2:
         raise DiffkitError(f"predictive predicts the last channel from the others; {checkpoint} makes series of "
                            f"{data['channels']} channel (at least 2 are needed)")
-    encoder = None
+    encoders = {}  # run seed -> (encoder, cached, seconds)
+    seeds = [seed + i for i in range(repeats)]
     if "context-fid" in names:
         if encoder_iterations is None:  # the authors' TS2Vec rule: 200 for <= 100,000 values, else 600
             from .metrics.ts2vec import authors_iterations
             encoder_iterations = authors_iterations(reference.numel())
-        start = time.perf_counter()
-        encoder, cached = context_fid_encoder(to_unit_range(reference), iterations=encoder_iterations, seed=seed,
-                                              device=device, cache_dir=cache_dir,
-                                              identity={**data, "num_reference": int(reference.shape[0])})
-        encoder_seconds = time.perf_counter() - start
+        for run_seed in seeds:
+            start = time.perf_counter()
+            encoder, cached = context_fid_encoder(to_unit_range(reference), iterations=encoder_iterations,
+                                                  seed=run_seed, device=device, cache_dir=cache_dir,
+                                                  identity={**data, "num_reference": int(reference.shape[0])})
+            encoders[run_seed] = encoder, cached, time.perf_counter() - start
     start = time.perf_counter()
     samples = generate_samples(denoiser, num, sampler=info.name, steps=steps, seed=seed, batch_size=batch_size,
                                device=device, progress=progress, cache=open_cache(cache_dir, denoiser), **options)
     sampling_seconds = time.perf_counter() - start
     real, generated = to_unit_range(reference), to_unit_range(samples)
     counts = {"num_samples": int(samples.shape[0]), "num_reference": int(reference.shape[0])}
-    metrics = {}
-    for name in names:
+
+    def score(name: str, run_seed: int) -> dict:
         start = time.perf_counter()
         if name == "context-fid":
+            encoder, cached, encoder_seconds = encoders[run_seed]
             with warnings.catch_warnings():  # _frechet warns once about too few series for 320-d features
                 warnings.simplefilter("ignore", RuntimeWarning)
                 reference_stats = context_fid_statistics(encoder, real, batch_size)
             features = ts2vec_embeddings(encoder, generated, batch_size)
-            metrics[name] = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID")
-            metrics[name].update(encoder_iterations=encoder_iterations, encoder_seed=seed, encoder_cached=cached,
-                                 encoder_seconds=encoder_seconds)
+            result = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID")
+            result.update(encoder_iterations=encoder_iterations, encoder_seed=run_seed, encoder_cached=cached,
+                          encoder_seconds=encoder_seconds)
         elif name == "correlational":
-            metrics[name] = {"value": correlational_score(real, generated), **counts}
+            result = {"value": correlational_score(real, generated), **counts}
         elif name == "discriminative":
-            metrics[name] = {"value": discriminative_score(real, generated, iterations=discriminative_iterations,
-                                                           seed=seed, device=device),
-                             **counts, "iterations": discriminative_iterations, "seed": seed}
+            result = {"value": discriminative_score(real, generated, iterations=discriminative_iterations,
+                                                    seed=run_seed, device=device),
+                      **counts, "iterations": discriminative_iterations, "seed": run_seed}
         else:
-            metrics[name] = {"value": predictive_score(real, generated, iterations=predictive_iterations, seed=seed,
-                                                       device=device),
-                             **counts, "iterations": predictive_iterations, "seed": seed}
-        metrics[name]["seconds"] = time.perf_counter() - start
+            result = {"value": predictive_score(real, generated, iterations=predictive_iterations, seed=run_seed,
+                                                device=device),
+                      **counts, "iterations": predictive_iterations, "seed": run_seed}
+        result["seconds"] = time.perf_counter() - start
+        return result
+    metrics = {name: score(name, seed) if repeats == 1 else repeated_runs([score(name, s) for s in seeds])
+               for name in names}
     settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "sampler": info.name,
                 "steps": steps, "nfe": info.nfe(steps, final), "num_samples": num, **options,
                 "reference": data["dataset"], "reference_split": split, "num_reference": int(reference.shape[0]),
                 "batch_size": batch_size, "ema": bool(use_ema), "mixed_precision": mixed_precision,
                 "compile": compile, "sampling_seconds": sampling_seconds,
+                **({"repeats": repeats} if repeats > 1 else {}),
                 **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})}
     return {"metrics": metrics, "settings": settings}

@@ -167,6 +167,70 @@ def test_eval_correlational_discriminative_predictive_are_the_metrics_of_the_sam
                                                           rel=1e-6)
 
 
+def test_eval_repeats_are_runs_seeded_seed_plus_i_with_the_t_interval_of_their_mean(series_run, tmp_path, capsys):
+    """--repeats 3: each metric's runs equal the scores computed by hand on the same samples (drawn once, seed 5)
+    with seeds 5, 6, 7; mean and interval equal scipy's sem x t(0.975, 2); the table prints mean +- interval.
+    --repeats 1 writes what no flag writes (no runs, mean or interval)."""
+    from scipy import stats
+    from diffkit.metrics import correlational_score, discriminative_score, predictive_score
+    from diffkit.metrics.context_fid import context_fid, train_context_fid_encoder
+    ck = series_run / "checkpoints" / "latest.safetensors"
+    args = ["eval", "--checkpoint", str(ck), "--metrics", "context-fid,correlational,discriminative,predictive",
+            "--num", "24", "--steps", "3", "--seed", "5", "--context-fid-iterations", "3",
+            "--discriminative-iterations", "4", "--predictive-iterations", "3", "--no-progress"]
+    code, out, err = run_cli(capsys, *args, "--repeats", "3", "--out", str(tmp_path / "r.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["settings"]["repeats"] == 3
+    code, _, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--num", "24", "--steps", "3", "--seed", "5",
+                           "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0, err
+    samples = to_unit_range(torch.from_numpy(np.load(tmp_path / "s.npy")).clamp(-1, 1))
+    real = to_unit_range(sines(48, length=8, channels=3, seed=123)[:24])
+    by_hand = {"context-fid": [context_fid(train_context_fid_encoder(real, 3, seed=s), real, samples)
+                               for s in (5, 6, 7)],
+               "correlational": [correlational_score(real, samples)] * 3,
+               "discriminative": [discriminative_score(real, samples, iterations=4, seed=s) for s in (5, 6, 7)],
+               "predictive": [predictive_score(real, samples, iterations=3, seed=s) for s in (5, 6, 7)]}
+    for name, expected in by_hand.items():
+        metric = result["metrics"][name]
+        assert [run["value"] for run in metric["runs"]] == pytest.approx(expected, rel=1e-6, abs=1e-12), name
+        mean, half = np.mean(expected), stats.sem(expected) * stats.t.ppf(0.975, 2)
+        assert metric["mean"] == metric["value"] == pytest.approx(mean, rel=1e-6, abs=1e-12), name
+        assert metric["interval"] == pytest.approx(half, rel=1e-5, abs=1e-12), name
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert f"{metric['mean']:.4g} +- {metric['interval']:.4g}" in row, row
+    assert [run["seed"] for run in result["metrics"]["discriminative"]["runs"]] == [5, 6, 7]
+    assert [run["encoder_seed"] for run in result["metrics"]["context-fid"]["runs"]] == [5, 6, 7]
+    assert result["metrics"]["predictive"]["interval"] > 0 and result["metrics"]["context-fid"]["interval"] > 0
+    one = {}
+    for extra in ([], ["--repeats", "1"]):
+        code, out, err = run_cli(capsys, *args, *extra, "--out", str(tmp_path / "one.json"))
+        assert code == 0, err
+        data = json.loads((tmp_path / "one.json").read_text())
+        one[len(extra)] = ({k: {f: v for f, v in m.items() if "seconds" not in f} for k, m in data["metrics"].items()},
+                           {k: v for k, v in data["settings"].items() if "seconds" not in k},
+                           [line.split()[:2] for line in out.splitlines()])
+    assert one[0] == one[2] and "repeats" not in one[0][1] and "runs" not in one[0][0]["predictive"]
+    assert one[0][0]["discriminative"]["value"] == result["metrics"]["discriminative"]["runs"][0]["value"]
+
+
+def test_eval_refuses_bad_repeats(series_run, tiny_checkpoint, tmp_path, capsys):
+    from diffkit.evaluation import evaluate
+    ck = series_run / "checkpoints" / "latest.safetensors"
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(DiffkitError, match=r"^repeats=.* must be an integer|^repeats=.*out of range"):
+            evaluate("correlational", checkpoint=ck, num=8, steps=2, repeats=bad)
+    with pytest.raises(DiffkitError, match="repeats 2 applies to the time-series metrics"):
+        evaluate("fd-classifier", checkpoint=tiny_checkpoint, num=8, steps=2, repeats=2)
+    for bad in ("0", "1.5", "x"):
+        with pytest.raises(SystemExit):
+            main(["eval", "--checkpoint", str(ck), "--metrics", "correlational", "--repeats", bad,
+                  "--out", str(tmp_path / "x.json")])
+        err = capsys.readouterr().err
+        assert "--repeats" in err and not (tmp_path / "x.json").exists()
+
+
 def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpoint, tmp_path, capsys):
     ck = str(series_run / "checkpoints" / "latest.safetensors")
     for args, message in (

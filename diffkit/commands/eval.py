@@ -11,7 +11,8 @@ A time-series checkpoint (``diffkit train --dataset sines``) takes only context-
 discriminative and predictive, of --num samples against as many of its training series (--ref-num):
 Context-FID under a TS2Vec encoder trained on them with --seed (--context-fid-iterations; kept in
 --cache-dir and reused), Diffusion-TS's correlational score, TimeGAN's discriminative and predictive
-scores (post-hoc GRUs seeded by --seed; --discriminative-iterations, --predictive-iterations).
+scores (post-hoc GRUs seeded by --seed; --discriminative-iterations, --predictive-iterations). --repeats N
+scores each N times on the same samples (seeds --seed, --seed + 1, ...): mean +- the 95% t-interval half-width.
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def register(sub) -> None:
                    help="discriminative: Adam steps of the post-hoc GRU classifier (default 2000, TimeGAN's)")
     p.add_argument("--predictive-iterations", type=positive_int, default=5000,
                    help="predictive: Adam steps of the post-hoc GRU predictor (default 5000, TimeGAN's)")
+    p.add_argument("--repeats", type=positive_int, default=1,
+                   help="time-series metrics: compute each N times on the same samples, seeds --seed, --seed + 1, "
+                        "...; report mean +- the 95%% t-interval half-width and the runs (default 1)")
     p.add_argument("--save-samples", help="also write the samples as PNGs into this folder")
     p.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
     add_source_flags(p)
@@ -134,7 +138,7 @@ def run(args) -> int:
                           progress=args.progress, cache_dir=args.cache_dir,
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
-                          predictive_iterations=args.predictive_iterations)
+                          predictive_iterations=args.predictive_iterations, repeats=args.repeats)
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")
