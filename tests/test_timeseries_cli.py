@@ -221,6 +221,8 @@ def test_eval_refuses_bad_repeats(series_run, tiny_checkpoint, tmp_path, capsys)
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(DiffkitError, match=r"^repeats=.* must be an integer|^repeats=.*out of range"):
             evaluate("correlational", checkpoint=ck, num=8, steps=2, repeats=bad)
+    with pytest.raises(DiffkitError, match=r"^repeats=0 is out of range"):  # an image model: the range first
+        evaluate("fd-classifier", checkpoint=tiny_checkpoint, num=8, steps=2, repeats=0)
     with pytest.raises(DiffkitError, match="repeats 2 applies to the time-series metrics"):
         evaluate("fd-classifier", checkpoint=tiny_checkpoint, num=8, steps=2, repeats=2)
     for bad in ("0", "1.5", "x"):
