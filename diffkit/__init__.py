@@ -14,10 +14,11 @@ __version__ = "0.1.0"
 from .errors import DiffkitError, DiffkitWarning  # noqa: E402
 
 _LAZY = {"Denoiser": "denoiser", "Prediction": "denoiser", "sample": "sampling", "NoiseSchedule": "schedule",
-         "img2img": "editing", "inpaint": "editing", "interpolate": "editing"}
+         "img2img": "editing", "inpaint": "editing", "interpolate": "editing",
+         "forecast": "forecasting", "impute": "forecasting"}
 
-__all__ = ["Denoiser", "DiffkitError", "DiffkitWarning", "NoiseSchedule", "Prediction", "img2img", "inpaint",
-           "interpolate", "sample", "__version__"]
+__all__ = ["Denoiser", "DiffkitError", "DiffkitWarning", "NoiseSchedule", "Prediction", "forecast", "img2img",
+           "impute", "inpaint", "interpolate", "sample", "__version__"]
 
 
 def __getattr__(name: str):

@@ -146,7 +146,8 @@ class GaussianMixture:
 class AnalyticNetwork:
     """eps*(x_t, t) for a :class:`GaussianMixture`, callable like a trained network.
 
-    Inputs of any shape (B, ...) are flattened to (B, D); the output has x's dtype and device.
+    Inputs of any shape (B, ...) are flattened to (B, D); the output has x's shape (with
+    ``learned_variance`` twice its channels, dim 1), dtype and device, and is differentiable in x.
 
     With ``learned_variance`` the output is [eps*, v] along dim 1, where v is the Improved DDPM
     variance output (eq. 15) that gives the exact reverse kernel q(x_{t-1} | x_t) of the step
@@ -160,7 +161,7 @@ class AnalyticNetwork:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         t64 = _per_sample(t)
         alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        x64 = x.detach().cpu().to(_F64)  # mps has no float64: to the CPU first
+        x64 = x.cpu().to(_F64)  # mps has no float64: to the CPU first (differentiable: reconstruction guidance)
         eps = self.mixture.eps(x64, alpha, sigma, y)
         if self.learned_variance:
             from .diffusion import clipped_log_variance, posterior_coefficients
@@ -169,7 +170,7 @@ class AnalyticNetwork:
             var = small[:, None] + coef_x0[:, None] ** 2 * self.mixture.posterior_x0_variance(x64, alpha, sigma)
             log_small = clipped_log_variance(self.schedule, t64, t64 - 1)[:, None]
             frac = (torch.log(var) - log_small) / (torch.log(beta_ts)[:, None] - log_small)
-            eps = torch.cat([eps.reshape(x.shape[0], -1), (2 * frac - 1)], dim=1)
+            eps = torch.cat([eps.reshape(x.shape), (2 * frac - 1).reshape(x.shape)], dim=1)  # [eps, v] along dim 1
         return eps.to(device=x.device, dtype=x.dtype)
 
 

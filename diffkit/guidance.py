@@ -11,6 +11,9 @@
   that reads eps/x0 from a denoiser.
 * :func:`classifier_guided_ddpm` - Algorithm 1 (seed 000): ancestral sampling from
   N(mu + s Sigma grad_x log p_phi(y | x_t), Sigma).
+* :class:`ReconstructionGuidance` - Ho et al. 2022 ("Video Diffusion Models", Sec. 3.1):
+  x0-tilde = x0-hat - (w alpha_t / 2) grad_{x_t} ||x_known - x0-hat||^2 on the known part, for
+  inpainting / imputation / forecasting (:func:`diffkit.inpaint`, :mod:`diffkit.forecasting`).
 
 Every wrapper keeps the denoiser contract ``denoiser(x, t, **cond) -> Prediction`` with a
 consistent pair (x_t = alpha_t x0 + sigma_t eps holds for the returned eps and x0), and exposes
@@ -29,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import diffusion
-from .denoiser import Prediction, Wrapper
+from .denoiser import Prediction, Wrapper, with_x0
 from .errors import DiffkitError, DiffkitWarning, check_choice, check_range
 from .noise import randn_like
 from .schedule import as_cpu_times
@@ -345,3 +348,59 @@ def classifier_guided_ddpm(denoiser, classifier: Callable, x: torch.Tensor, grid
             x = mean + torch.exp(0.5 * log_var) * randn_like(x, generator) if s >= 0 else mean
             report(callback, i, t, s, x, pred.x0)
     return x
+
+
+class ReconstructionGuidance(Wrapper):
+    """Reconstruction guidance (Ho et al. 2022, "Video Diffusion Models", Sec. 3.1): the x_0 of the
+    part to generate (``mask`` 1) is corrected by the gradient of how badly the model's x_0
+    reconstructs the known part (``mask`` 0),
+
+        x0-tilde = x0-hat(x_t) - (w alpha_t / 2) m * grad_{x_t} || (1 - m) (x_known - x0-hat(x_t)) ||^2,
+
+    and eps is recomputed from it (:func:`~diffkit.denoiser.with_x0`), so every sampler runs it.
+    It follows from E[x^b | x_t, x^a] = E[x^b | x_t] + (sigma_t^2 / alpha_t) grad_{x_t^b} log q(x^a | x_t)
+    with q(x^a | x_t) approximated by N(x0-hat^a(x_t), (sigma_t^2 / alpha_t^2) I / w): w = 1 is
+    that Gaussian, larger w a sharper one (the paper uses w > 1). DPS (Chung et al. 2023, Alg. 1)
+    takes the same gradient, as a step on x; Diffusion-TS (Yuan & Qiao 2024) guides its forecasting
+    and imputation with it. The known part's x_0 is left as the model's: wrapped by
+    :class:`~diffkit.editing.InpaintingDenoiser` (``diffkit.inpaint(..., reconstruction_weight=w)``)
+    it is replaced by x_known, so w = 0 is plain replacement.
+
+    Each call runs the wrapped denoiser once with gradients (one network evaluation in ``nfe``) and
+    back-propagates through it once (counted in ``gradient_calls``): about 3 times the work of a
+    plain step. The denoiser must be differentiable in x (a diffkit network, or the exact
+    :mod:`diffkit.analytic` model).
+
+    Args:
+        denoiser: the (unconditional) denoiser.
+        known: the known values, shaped like the samples (B, ...); where ``mask`` is 1 unused.
+        mask: 1 = generate, 0 = known (diffkit.inpaint's convention), values in [0, 1], x's shape.
+        weight: w >= 0.
+    """
+
+    def __init__(self, denoiser, known: torch.Tensor, mask: torch.Tensor, weight: float = 1.0):
+        check_range("reconstruction weight", weight, 0.0, None)
+        if known.shape != mask.shape:
+            raise DiffkitError(f"known values of shape {tuple(known.shape)} and mask of shape {tuple(mask.shape)} "
+                               f"differ; give both shaped like the samples")
+        self.inner, self.known, self.mask, self.weight = denoiser, known, mask, float(weight)
+        self.gradient_calls = 0
+
+    def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        if self.weight == 0:
+            return self.inner(x, t, **cond)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            pred = self.inner(x_in, t, **cond)
+            x0 = pred.x0
+            if not x0.requires_grad:
+                raise DiffkitError("the denoiser's x0 does not depend on x (no gradient): reconstruction guidance "
+                                   "needs a differentiable network")
+            kept = 1 - self.mask.to(device=x.device, dtype=x0.dtype)
+            residual = kept * (self.known.to(device=x.device, dtype=x0.dtype) - x0)
+            (grad,) = torch.autograd.grad(residual.pow(2).sum(), x_in)  # samples are independent: per-sample grads
+        self.gradient_calls += 1
+        alpha = diffusion.expand(self.schedule.alpha(_times64(t, x.shape[0])), x).to(x.dtype)
+        x0 = x0.detach() - 0.5 * self.weight * alpha * self.mask.to(x.device, x.dtype) * grad.to(x.dtype)
+        var_values = None if pred.var_values is None else pred.var_values.detach()
+        return with_x0(self.schedule, x, t, x0, Prediction(eps=pred.eps.detach(), x0=x0, var_values=var_values))
