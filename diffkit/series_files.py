@@ -101,9 +101,10 @@ def check_series_file(path: Path) -> None:
         raise DiffkitError(f"series file {str(path)!r} is empty; it needs a header row and at least one row")
 
 
-def read_csv_series(path: Path, drop_columns: Sequence[str] = ()) -> tuple:
+def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing: bool = False) -> tuple:
     """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
-    A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8."""
+    A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8.
+    ``allow_missing``: an empty cell or NaN is read as NaN (a missing value to impute)."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):  # stripped first so that an error's offset counts from the data's start
         data = data[len(codecs.BOM_UTF8):]
@@ -115,12 +116,12 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = ()) -> tuple:
                            f"UTF-8") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        return _parse_csv(path, reader, drop_columns)
+        return _parse_csv(path, reader, drop_columns, allow_missing)
     except csv.Error as err:
         raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
 
 
-def _parse_csv(path: Path, reader, drop_columns: Sequence[str]) -> tuple:
+def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: bool = False) -> tuple:
     """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped."""
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
@@ -152,13 +153,15 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str]) -> tuple:
         values = []
         for i in keep:
             cell = row[i].strip()
+            if allow_missing and cell == "":
+                cell = "nan"
             try:
                 value = float(cell)
             except ValueError:
                 raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}, not a "
                                    f"number; every column must be numeric (drop one such as a date with "
                                    f"--set drop_columns={header[i]})") from None
-            if not math.isfinite(value):
+            if not math.isfinite(value) and not (allow_missing and math.isnan(value)):
                 raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}; values "
                                    f"must be finite numbers (fill or remove such rows first)")
             values.append(value)
@@ -168,8 +171,9 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str]) -> tuple:
     return np.asarray(rows, dtype=np.float64), [header[i] for i in keep]
 
 
-def read_npy_series(path: Path) -> tuple:
-    """(values float64 (T, F), column names "0".."F-1") of a numeric .npy array (T, F) or (T,)."""
+def read_npy_series(path: Path, allow_missing: bool = False) -> tuple:
+    """(values float64 (T, F), column names "0".."F-1") of a numeric .npy array (T, F) or (T,);
+    ``allow_missing``: NaN is kept (a missing value to impute)."""
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as err:  # a truncated or non-numpy file, or an object array
@@ -186,7 +190,7 @@ def read_npy_series(path: Path) -> tuple:
         raise DiffkitError(f"{path} has shape {array.shape}; a series array must be (T, F): T time steps of F "
                            f"features, both at least 1")
     array = array.astype(np.float64)
-    bad = np.argwhere(~np.isfinite(array))
+    bad = np.argwhere(~np.isfinite(array) & ~(allow_missing & np.isnan(array)))
     if len(bad):
         row, col = (int(v) for v in bad[0])
         raise DiffkitError(f"{path}: row {row}, column {col} holds {array[row, col]} (indices from 0); values must "
@@ -194,16 +198,17 @@ def read_npy_series(path: Path) -> tuple:
     return array, [str(i) for i in range(array.shape[1])]
 
 
-def read_series_file(path, drop_columns: Sequence[str] = ()) -> tuple:
-    """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc)."""
+def read_series_file(path, drop_columns: Sequence[str] = (), allow_missing: bool = False) -> tuple:
+    """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc);
+    ``allow_missing``: empty cells and NaN are read as NaN (``diffkit edit --series``'s imputation)."""
     path = Path(path)
     check_series_file(path)
     if path.suffix.lower() == ".npy":
         if drop_columns:
             raise DiffkitError(f"drop_columns applies to CSV files (by header name); {path} is an array: keep only "
                                f"the wanted columns in it")
-        return read_npy_series(path)
-    return read_csv_series(path, drop_columns)
+        return read_npy_series(path, allow_missing)
+    return read_csv_series(path, drop_columns, allow_missing)
 
 
 def split_rows(num_rows: int, test_fraction: float) -> int:

@@ -12,13 +12,19 @@ With ``--interpolate K`` the images are taken in pairs (1st with 2nd, 3rd with 4
 ``--out``/interpolation.png shows each pair's row of K images at weights 0, 1/(K-1), ..., 1
 (``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default T/2 - 1; or ``ddim``,
 DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
+
+With ``--series FILE.csv|.npy`` (instead of ``--images``) a time-series checkpoint forecasts the next
+``--horizon H`` rows after the file's rows, or, without ``--horizon``, imputes its empty / NaN cells
+(``diffkit.forecast`` / ``diffkit.impute``; ``--reconstruction-weight W``: reconstruction guidance,
+``--jump-n-sample R``: RePaint), writing ``--num`` samples to ``--out`` (.csv or .npy) in the file's
+units; see :mod:`diffkit.commands.edit_series`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_writable_dir, eta_value, int_in, missing_dirs, positive_int,
-                      removed_if_empty_on_failure, seed_int)
+from ._common import (add_progress_flag, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
+                      positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def strength_value(text: str) -> float:
@@ -35,7 +41,16 @@ def strength_value(text: str) -> float:
 def register(sub) -> None:
     p = sub.add_parser("edit", help="img2img (SDEdit) or inpainting of PNG images", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
-    p.add_argument("--images", required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
+    p.add_argument("--images", metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
+    p.add_argument("--series", metavar="CSV|NPY", help="time-series checkpoints: the rows to forecast from "
+                   "(--horizon) or to impute (empty / NaN cells), in the training file's columns and units")
+    p.add_argument("--horizon", type=positive_int, metavar="H",
+                   help="with --series: forecast H rows after the file's rows (1..seq_length - 1)")
+    p.add_argument("--num", type=int_in(1, 100_000), metavar="N",
+                   help="with --series: samples of the forecast / imputation (default 1; sample i uses --seed + i)")
+    p.add_argument("--reconstruction-weight", type=non_negative_float, default=0.0, metavar="W",
+                   help="with --series or --mask: reconstruction guidance weight w (Ho et al. 2022; 0 = replacement "
+                        "only, the default; each step then costs a network gradient)")
     p.add_argument("--mask", metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint")
     p.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8; "
@@ -57,7 +72,8 @@ def register(sub) -> None:
                    help="class-conditional checkpoints: the class every image is edited towards")
     p.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i (independent of batch size)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
+                   "with --series a .csv or .npy file)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_progress_flag(p)
@@ -91,6 +107,15 @@ def run(args) -> int:
     from ..models.network import check_image_model
     from ..sampling import check_eta, resolve_sampler
 
+    if args.series is not None:
+        return _series(args)
+    if args.images is None:
+        raise DiffkitError("give --images PNG|DIR (an image checkpoint) or --series CSV|NPY (a time-series one)")
+    for flag, value in (("--horizon", args.horizon), ("--num", args.num)):
+        if value is not None:
+            raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")
+    if args.reconstruction_weight and args.mask is None:
+        raise DiffkitError("--reconstruction-weight (reconstruction guidance) goes with --mask or --series")
     if args.interpolate is None:
         for flag, value in (("--method", args.method), ("--t", args.t)):
             if value is not None:
@@ -154,7 +179,8 @@ def run(args) -> int:
         else:
             edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
                              else args.strength, jump_length=args.jump_length,
-                             jump_n_sample=args.jump_n_sample, **common)
+                             jump_n_sample=args.jump_n_sample, reconstruction_weight=args.reconstruction_weight,
+                             **common)
         return (edited.clamp(-1, 1).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
@@ -163,6 +189,28 @@ def run(args) -> int:
     what = "inpainted" if mask is not None else "edited"
     print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps)")
     return 0
+
+
+def _series(args) -> int:
+    """``--series``: forecast or impute with a time-series checkpoint (:mod:`diffkit.commands.edit_series`)."""
+    from ..config import resolve_device
+    from ..errors import DiffkitError
+    from ..loading import load_denoiser
+    from ..models.network import is_series_model
+    from ..sampling import check_eta, resolve_sampler
+    from .edit_series import check_series_flags, run_series
+    check_series_flags(args)
+    info, _, _ = resolve_sampler(args.sampler or "ddim")  # a bad sampler fails before loading
+    info.check_not_adaptive("diffkit edit")
+    check_eta(info.name, args.eta)
+    options = {} if args.eta is None else {"eta": args.eta}
+    device = resolve_device(args.device)
+    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device))
+    if not is_series_model(denoiser.meta["unet"]):
+        raise DiffkitError("--series needs a time-series checkpoint (dataset sines or series); this one is an image "
+                           "model: use --images")
+    args.num = args.num or 1
+    return run_series(args, denoiser, info, options, device)
 
 
 def _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device) -> int:

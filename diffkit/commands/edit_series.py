@@ -1,0 +1,133 @@
+"""``diffkit edit --series FILE``: forecast (``--horizon H``) or impute (empty / NaN cells) one window of
+a time-series checkpoint's data (docs/editing.md, "Series: forecast and impute"), with
+:func:`diffkit.forecast` / :func:`diffkit.impute`.
+
+The file is a .csv (header row) or .npy ``(rows, columns)`` like the training file: its columns
+(after the checkpoint's ``drop_columns``) must be the model's, in order; a model of a series file
+reads and writes the file's own units (the checkpoint's ``series_scaling``), a Sines model its own
+values. Forecasting: the rows are the history (no missing value), at most ``seq_length - H`` of them;
+imputation: at most ``seq_length`` rows. ``--out`` (.csv or .npy) gets ``--num`` samples: a CSV with a
+``sample`` column then the model's columns (forecast: the H new rows of each sample; impute: every
+row, the given values exactly as read), or an array (num, rows, columns). Sample i uses ``--seed`` + i.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from ..errors import DiffkitError
+
+SERIES_OUT_SUFFIXES = (".csv", ".npy")
+
+
+def check_series_flags(args) -> None:
+    """Flags of the image edits refused with ``--series``, and the series flags' own checks (no checkpoint)."""
+    for flag, value in (("--images", args.images), ("--mask", args.mask), ("--strength", args.strength),
+                        ("--interpolate", args.interpolate), ("--method", args.method), ("--t", args.t),
+                        ("--class", args.class_id)):
+        if value is not None:
+            raise DiffkitError(f"{flag} applies to image edits; --series forecasts (--horizon) or imputes a series")
+    out = Path(args.out)
+    if out.suffix.lower() not in SERIES_OUT_SUFFIXES:
+        raise DiffkitError(f"--out {args.out!r} must end in .csv or .npy (the forecast or imputed series)")
+    path = Path(args.series)
+    if path.suffix.lower() not in SERIES_OUT_SUFFIXES:
+        raise DiffkitError(f"--series {args.series!r} has the suffix {path.suffix or '(none)'!r}; allowed: .csv "
+                           f"(header row) or .npy (rows, columns)")
+    if not path.is_file():
+        raise DiffkitError(f"--series {args.series!r} does not exist or is not a file; give a .csv or .npy file")
+    if out.resolve() == path.resolve():
+        raise DiffkitError(f"--out {args.out!r} is the --series file; give another file")
+
+
+def _header(path: Path) -> list:
+    """The header row of a CSV (stripped names), or [] when there is none to read."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [name.strip() for name in next(csv.reader(f), [])]
+
+
+def read_window(path: Path, meta: dict, allow_missing: bool):
+    """(values float64 (rows, F) in the file's units, column names, scaling or None) of ``--series``,
+    its columns checked against the model's."""
+    from ..series_files import SeriesScaling, parse_columns, read_series_file
+    scaling = meta.get("series_scaling")
+    channels = meta["unet"]["in_channels"]
+    drop = []
+    if path.suffix.lower() == ".csv":
+        dropped = parse_columns((meta.get("config") or {}).get("drop_columns") or "")
+        header = _header(path)
+        drop = [name for name in dropped if name in header]
+    values, columns = read_series_file(path, drop, allow_missing=allow_missing)
+    if scaling is not None:
+        expected = list(scaling["columns"])
+        if columns != expected:
+            raise DiffkitError(f"--series {str(path)!r} has the columns {', '.join(columns)}; the model was trained on "
+                               f"{', '.join(expected)} (in this order)")
+        return values, columns, SeriesScaling.from_meta(scaling)
+    if len(columns) != channels:
+        raise DiffkitError(f"--series {str(path)!r} has {len(columns)} columns; the model's series have {channels}")
+    return values, columns, None
+
+
+def run_series(args, denoiser, info, options, device) -> int:
+    """``diffkit edit --series``: after :func:`check_series_flags` and loading the checkpoint."""
+    import numpy as np
+    import torch
+
+    from ..checkpoint import atomic_write_bytes
+    from ..forecasting import forecast, impute
+    from ._common import check_output_file
+    meta = denoiser.meta
+    length = int(meta["unet"]["seq_length"])
+    path, out = Path(args.series), Path(args.out)
+    horizon = args.horizon
+    if horizon is not None and not 1 <= horizon < length:
+        raise DiffkitError(f"--horizon {horizon} is out of range; allowed: 1..{length - 1} (the model's windows are "
+                           f"{length} rows)")
+    values, columns, scaling = read_window(path, meta, allow_missing=horizon is None)
+    rows = values.shape[0]
+    if horizon is not None and rows > length - horizon:
+        raise DiffkitError(f"--series {str(path)!r} has {rows} history rows; with --horizon {horizon} the model's window "
+                           f"of {length} rows takes at most {length - horizon} (give the last {length - horizon})")
+    if horizon is None and rows > length:
+        raise DiffkitError(f"--series {str(path)!r} has {rows} rows; the model imputes windows of at most {length} rows "
+                           f"(split the file into windows)")
+    check_output_file(out, "--out", out.suffix.lower())
+    model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN
+    window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
+    num = args.num
+    results = []
+    for start in range(0, num, args.batch_size):
+        n = min(args.batch_size, num - start)
+        common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
+                      length=length, reconstruction_weight=args.reconstruction_weight, jump_length=args.jump_length,
+                      jump_n_sample=args.jump_n_sample, seed=args.seed + start, progress=args.progress, **options)
+        batch = window.expand(n, -1, -1).to(device)
+        drawn = forecast(denoiser, batch, horizon, **common) if horizon is not None else impute(denoiser, batch,
+                                                                                                  **common)
+        results.append(drawn.double().cpu())
+    drawn = torch.cat(results).permute(0, 2, 1).numpy()  # (num, rows, F): rows of time steps, as the file
+    if scaling is not None:  # back to the file's units; clamped to the model's range first, as diffkit sample
+        drawn = scaling.unnormalise(np.clip(drawn, -1.0, 1.0), axis=-1)
+    if horizon is None:  # the given values exactly as read
+        drawn = np.where(np.isnan(values)[None], drawn, values[None])
+    if out.suffix.lower() == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, drawn)
+        atomic_write_bytes(out, buffer.getvalue())
+    else:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["sample", *columns])
+        for i, sample in enumerate(drawn):
+            for row in sample:
+                writer.writerow([i, *(repr(float(v)) for v in row)])
+        atomic_write_bytes(out, text.getvalue().encode("utf-8"))
+    what = f"forecast {horizon} rows after {rows}" if horizon is not None else \
+        f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
+    units = "the file's units" if scaling is not None else "the model's units"
+    guidance = f", reconstruction guidance w={args.reconstruction_weight:g}" if args.reconstruction_weight else ""
+    print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
+          f"steps{guidance})")
+    return 0

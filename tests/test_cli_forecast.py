@@ -1,0 +1,130 @@
+"""``diffkit edit --series``: forecasting and imputation with a checkpoint trained on a CSV read and
+write the file's own units (equal to diffkit.forecast / diffkit.impute on the min-max scaled rows,
+done by hand), keep the given values exactly, and refuse bad input in one line without an output."""
+import csv
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import diffkit
+from diffkit.cli import main
+from diffkit.loading import load_denoiser
+
+SMALL = ["--set=seq_length=8", "--set=channel=8", "--set=channel_mult=1,2", "--set=num_res_blocks=1",
+         "--set=batch_size=8", "--set=T=50", "--set=sample_steps=3", "--set=ema_decay=0.9", "--set=dropout=0"]
+COLUMNS = ["price", "volume", "noise"]
+
+
+def write_rows(path, rows, header="date,price,volume,noise"):
+    path.write_text(header + "\n" + "".join(f"d{i}," + ",".join(cell if isinstance(cell, str) else repr(float(cell))
+                                                                  for cell in row) + "\n"
+                                            for i, row in enumerate(rows)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory):
+    """``diffkit train --dataset series`` on a 3-column CSV of 80 rows (a date column dropped), 10 steps of
+    a tiny 1-D U-Net (seq_length 8): (checkpoint, values, training min, max)."""
+    root = tmp_path_factory.mktemp("forecast")
+    t = np.arange(80)
+    values = np.stack([50 + 10 * np.sin(t / 4), 0.5 * t - 3, np.random.default_rng(0).normal(0, 2, 80)], axis=1)
+    data = write_rows(root / "data.csv", values)
+    code = main(["train", "--dataset", "series", "--data-dir", str(data), "--out", str(root / "run"), "--steps", "10",
+                 "--no-progress", "--no-sample", "--device", "cpu", "--set=drop_columns=date",
+                 "--set=test_fraction=0.25", *SMALL])
+    assert code == 0
+    return root / "run" / "checkpoints" / "latest.safetensors", values, values[:60].min(0), values[:60].max(0)
+
+
+def read_out(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], np.array([[float(v) for v in row] for row in rows[1:]])
+
+
+def test_forecast_round_trip_in_the_files_units(file_run, tmp_path, capsys):
+    ck, values, low, high = file_run
+    history = values[62:68]  # 6 held-out rows, beyond the training range (volume rises)
+    path = write_rows(tmp_path / "history.csv", history)
+    code = main(["edit", "--checkpoint", str(ck), "--series", str(path), "--horizon", "2", "--num", "3", "--seed",
+                 "7", "--steps", "4", "--out", str(tmp_path / "f.csv"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "forecast 2 rows after 6" in captured.out and "the file's units" in captured.out
+    header, table = read_out(tmp_path / "f.csv")
+    assert header == ["sample", *COLUMNS] and table.shape == (3 * 2, 4)
+    assert table[:, 0].tolist() == [0, 0, 1, 1, 2, 2]
+    # by hand: min-max scale the history with the checkpoint's training min / max, forecast, clamp, unscale
+    scaled = torch.from_numpy(2 * (history - low) / (high - low) - 1).float().T[None].expand(3, -1, -1)
+    model = diffkit.forecast(load_denoiser(ck), scaled, 2, "ddim", 4, seed=7, progress=False)
+    expected = (model.clamp(-1, 1).double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
+    np.testing.assert_allclose(table[:, 1:], expected.reshape(6, 3), rtol=1e-6, atol=1e-6)
+    assert (table[:, 1:] >= low - 1e-9).all() and (table[:, 1:] <= high + 1e-9).all()
+    assert np.ptp(table[:, 1]) > 1 or abs(table[:, 1].mean()) > 10  # price in its units (about 40..60)
+    # .npy: the same numbers as an array (num, rows, columns)
+    code = main(["edit", "--checkpoint", str(ck), "--series", str(path), "--horizon", "2", "--num", "3", "--seed",
+                 "7", "--steps", "4", "--out", str(tmp_path / "f.npy"), "--no-progress"])
+    assert code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy").reshape(6, 3), table[:, 1:])
+
+
+def test_impute_keeps_the_given_cells_and_fills_the_empty_ones(file_run, tmp_path, capsys):
+    ck, values, low, high = file_run
+    window = values[10:18]
+    cells = [[repr(float(v)) for v in row] for row in window]
+    cells[1][0], cells[4][2], cells[6][1] = "", "nan", "NaN"
+    path = tmp_path / "gaps.csv"
+    path.write_text("date,price,volume,noise\n" + "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells)))
+    code = main(["edit", "--checkpoint", str(ck), "--series", str(path), "--num", "2", "--steps", "4",
+                 "--reconstruction-weight", "1", "--out", str(tmp_path / "i.csv"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "imputed 3 missing values of 8 rows" in captured.out
+    header, table = read_out(tmp_path / "i.csv")
+    assert header == ["sample", *COLUMNS] and table.shape == (16, 4)
+    filled = table[:, 1:].reshape(2, 8, 3)
+    missing = np.zeros((8, 3), dtype=bool)
+    missing[1, 0] = missing[4, 2] = missing[6, 1] = True
+    assert (filled[:, ~missing] == window[~missing]).all()  # the given values exactly as read
+    scaled = torch.from_numpy(2 * (np.where(missing, np.nan, window) - low) / (high - low) - 1).float().T[None]
+    model = diffkit.impute(load_denoiser(ck), scaled.expand(2, -1, -1), None, "ddim", 4, seed=0,
+                           reconstruction_weight=1.0, progress=False)
+    expected = (model.clamp(-1, 1).double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
+    np.testing.assert_allclose(filled[:, missing], expected[:, missing], rtol=1e-6, atol=1e-6)
+
+
+BAD = [  # (rows of the file or None for the default 6, flags, message)
+    (7, ["--horizon", "2"], r"has 7 history rows; with --horizon 2 the model's window of 8 rows takes at most 6"),
+    (None, ["--horizon", "8"], r"--horizon 8 is out of range; allowed: 1..7"),
+    ("nan", ["--horizon", "2"], r"line 3: column 'price' holds 'nan'; values must be finite"),
+    ("columns", ["--horizon", "2"], r"has the columns price, volume, other; the model was trained on price, volume, "
+                                    r"noise"),
+    (9, [], r"has 9 rows; the model imputes windows of at most 8 rows"),
+    (None, ["--horizon", "2", "--mask", "m.png"], r"--mask applies to image edits"),
+    ("out", ["--horizon", "2"], r"--out .* must end in .csv or .npy"),
+    ("missing", ["--horizon", "2"], r"--series .* does not exist"),
+]
+
+
+@pytest.mark.parametrize("rows,flags,message", BAD)
+def test_bad_input_is_one_line_and_writes_nothing(file_run, tmp_path, capsys, rows, flags, message):
+    ck, values, _, _ = file_run
+    history = values[62:68] if not isinstance(rows, int) else values[:rows]
+    header = "date,price,volume,other" if rows == "columns" else "date,price,volume,noise"
+    cells = [[float(v) for v in row] for row in history]
+    if rows == "nan":
+        cells[1][0] = float("nan")
+    path = write_rows(tmp_path / "h.csv", cells, header)
+    if rows == "missing":
+        path = tmp_path / "absent.csv"
+    out = tmp_path / ("o.txt" if rows == "out" else "o.csv")
+    code = main(["edit", "--checkpoint", str(ck), "--series", str(path), *flags, "--steps", "2", "--out", str(out),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not out.exists()
