@@ -5,7 +5,8 @@ answer is the Gaussian conditional.
 Data N(mu, S), mu = (0.2, -0.1), S = 0.25 [[1, rho], [rho, 1]]; dim 0 kept at x_k = 0.6, dim 1
 repainted. The exact conditional is N(mu_u + S_uk/S_kk (x_k - mu_k), S_uu - S_uk^2/S_kk); the
 unconditional marginal N(mu_u, S_uu). For each sampler: the unconditional sample's moments (the
-sampler's own error) and the repainted dim's; then DDPM with RePaint's resampling.
+sampler's own error) and the repainted dim's; then DDPM with RePaint's resampling; then reconstruction
+guidance (Ho et al. 2022, Sec. 3.1; ``inpaint(..., reconstruction_weight=w)``) at several weights.
 
     python benchmarks/inpainting_bias.py [--n 4000] [--rho 0.9]
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 RUNS = [("ddpm", 1000), ("ddpm", 100), ("euler-ancestral", 100), ("ddim", 1000), ("ddim", 100),
         ("unipc", 20), ("dpm-solver++-2m", 20), ("heun", 50)]
 RESAMPLED = [(50, 5, 1), (50, 5, 2), (50, 5, 5), (50, 5, 10), (100, 10, 10)]  # ddpm: steps, jump_length, jump_n_sample
+GUIDED = [(sampler, 50, w) for sampler in ("ddpm", "ddim") for w in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)]
 
 
 def main() -> None:
@@ -62,6 +64,12 @@ def main() -> None:
         out = diffkit.inpaint(den, known, mask, "ddpm", steps, jump_length=jump_length, jump_n_sample=jump_n_sample,
                               generator=torch.Generator().manual_seed(0), progress=False, value_range=None)[:, 1]
         print(f"| {steps} | {jump_length} | {jump_n_sample} | {den.nfe} | {out.mean():.3f} | {out.var():.4f} |")
+    print("\nReconstruction guidance:\n\n| sampler | steps | weight w | repainted mean | repainted var |\n"
+          "| --- | --- | --- | --- | --- |")
+    for sampler, steps, weight in GUIDED:
+        out = diffkit.inpaint(den, known, mask, sampler, steps, reconstruction_weight=weight,
+                              generator=torch.Generator().manual_seed(0), progress=False, value_range=None)[:, 1]
+        print(f"| {sampler} | {steps} | {weight:g} | {out.mean():.3f} | {out.var():.4f} |")
 
 
 if __name__ == "__main__":
