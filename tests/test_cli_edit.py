@@ -80,6 +80,9 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--mask", "missing.png"], r"--mask 'missing.png' does not exist"),
     (["--class", "3"], r"--class needs a class-conditional checkpoint"),
     (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),
+    (["--reconstruction-weight", "2"], r"--reconstruction-weight \(reconstruction guidance\) goes with --mask or --series"),
+    (["--horizon", "2"], r"--horizon goes with --series \(a time-series checkpoint\)"),
+    (["--series", "h.csv"], r"--images applies to image edits; --series forecasts"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):
     import re
@@ -101,6 +104,32 @@ def test_repaint_resampling_through_the_cli(run, tmp_path, capsys):
     assert code == 0, err
     after, before = read(tmp_path / "r" / "edit_00000.png"), read(run / "pngs" / "in_0.png")
     assert np.array_equal(after[:, :4], before[:, :4])
+
+
+def test_reconstruction_guidance_through_the_cli_keeps_the_known_pixels(run, tmp_path, capsys, monkeypatch):
+    """--reconstruction-weight reaches diffkit.inpaint, whose guidance wrapper takes a gradient each step (the
+    1-step model's repainted pixels saturate, so the PNGs alone cannot tell the weight)."""
+    from diffkit.guidance import ReconstructionGuidance
+    calls = []
+    original = ReconstructionGuidance.__call__
+    monkeypatch.setattr(ReconstructionGuidance, "__call__",
+                        lambda self, x, t, **cond: calls.append(self.weight) or original(self, x, t, **cond))
+    code, out, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images",
+                         str(run / "pngs"), "--mask", str(run / "mask.png"), "--steps", "4", "--no-progress",
+                         "--device", "cpu", "--reconstruction-weight", "2", "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    assert calls == [2.0] * 4  # one batch of 3 images, 4 steps
+    guided, before = read(tmp_path / "g" / "edit_00000.png"), read(run / "pngs" / "in_0.png")
+    assert np.array_equal(guided[:, :4], before[:, :4])
+
+
+def test_series_needs_a_series_checkpoint(run, tmp_path, capsys):
+    (tmp_path / "h.csv").write_text("a\n1\n")
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--series",
+                       str(tmp_path / "h.csv"), "--horizon", "1", "--no-progress", "--device", "cpu", "--out",
+                       str(tmp_path / "o.csv"))
+    assert code == 2 and err.count("\n") == 1
+    assert "--series needs a time-series checkpoint (dataset sines or series); this one is an image model" in err
 
 
 def test_images_of_another_size_are_refused(run, tmp_path, capsys):

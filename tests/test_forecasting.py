@@ -105,6 +105,19 @@ def test_reconstruction_guidance_moves_the_forecast_toward_the_exact_conditional
         assert gap_guided < 0.25 * gap_replacement, (sampler, means, cond_mean)
 
 
+def test_reconstruction_guidance_composes_with_repaint_resampling():
+    """The AR(1) forecast above with RePaint (ddpm, 50 steps, jump_length 5, jump_n_sample 3): mean 0.280;
+    with reconstruction guidance w = 2 on top, 0.415 (the exact conditional mean 0.44; 2000 samples)."""
+    n = 2000
+    den = Denoiser(AR.network(S), S)
+    history = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64).expand(n, 1, 3)
+    cond_mean = (AR_MEAN[3] + RHO * (0.6 - AR_MEAN[2])).item()
+    means = {w: diffkit.forecast(den, history, 1, "ddpm", 50, jump_length=5, jump_n_sample=3, reconstruction_weight=w,
+                                 generator=torch.Generator().manual_seed(0), **FREE).mean().item() for w in (0.0, 2.0)}
+    assert cond_mean - means[0.0] > 0.1, means
+    assert abs(cond_mean - means[2.0]) < 0.5 * (cond_mean - means[0.0]), means
+
+
 def test_reconstruction_guidance_is_the_closed_form_x0_correction():
     """Gaussian data: x0-hat(x_t) = m + alpha K (x_t - alpha m), K = Sigma (alpha^2 Sigma + sigma^2 I)^-1,
     so the guided x_0 is x0-hat + w alpha^2 M K^T (1 - M) (x_known - x0-hat) (M = 1 where generated);
