@@ -8,6 +8,7 @@ same samples on cpu, cuda and mps; CUDA generators (diffusers' habit) draw on th
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -53,6 +54,23 @@ def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float3
 def randn_like(x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
     """Noise shaped like ``x`` on its device and dtype."""
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
+
+
+def brownian_path_noise(x: torch.Tensor, generator: GeneratorArg, times: Sequence[float]) -> list[torch.Tensor]:
+    """Normalised increments of one Brownian path W per sample, read at several times:
+    ``z_k = (W(times[k]) - W(times[0])) / sqrt(|times[k] - times[0]|)`` for k = 1 .. K, each
+    shaped like ``x``. The path is drawn exactly at those times: W(times[k]) - W(times[k-1]) are
+    independent N(0, |times[k] - times[k-1]|) (one standard normal per interval, in order, from
+    ``generator``), summed. So each z_k is standard normal and Cov(z_j, z_k) = sqrt(|t_j - t_0| /
+    |t_k - t_0|) for j <= k on a monotone ``times``: the joint law of the increments that a
+    Brownian tree (torchsde's, k-diffusion's ``BrownianTreeNoiseSampler``) returns for these
+    queries, without the tree. ``times`` must be monotone with times[k] != times[0] for k >= 1."""
+    total, out = None, []
+    for k in range(1, len(times)):
+        step = randn_like(x, generator) * math.sqrt(abs(times[k] - times[k - 1]))
+        total = step if total is None else total + step
+        out.append(total * (1.0 / math.sqrt(abs(times[k] - times[0]))))
+    return out
 
 
 def fork_device_rng(device):
