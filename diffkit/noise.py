@@ -56,20 +56,29 @@ def randn_like(x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
-def brownian_path_noise(x: torch.Tensor, generator: GeneratorArg, times: Sequence[float]) -> list[torch.Tensor]:
-    """Normalised increments of one Brownian path W per sample, read at several times:
-    ``z_k = (W(times[k]) - W(times[0])) / sqrt(|times[k] - times[0]|)`` for k = 1 .. K, each
-    shaped like ``x``. The path is drawn exactly at those times: W(times[k]) - W(times[k-1]) are
-    independent N(0, |times[k] - times[k-1]|) (one standard normal per interval, in order, from
-    ``generator``), summed. So each z_k is standard normal and Cov(z_j, z_k) = sqrt(|t_j - t_0| /
-    |t_k - t_0|) for j <= k on a monotone ``times``: the joint law of the increments that a
+def brownian_path_weights(times: Sequence[float]) -> list[list[float]]:
+    """Weights L with z_k = sum_j L[k-1][j] g_j, k = 1 .. K, for independent standard normals g_j
+    (one per interval of ``times``): z_k = (W(times[k]) - W(times[0])) / sqrt(|times[k] - times[0]|)
+    is the normalised increment of one Brownian path W read at those times, since
+    W(times[j+1]) - W(times[j]) = sqrt(|times[j+1] - times[j]|) g_j are its independent increments.
+    So each z_k is standard normal and Cov(z_j, z_k) = sqrt(|t_j - t_0| / |t_k - t_0|) for j <= k on a
+    monotone ``times`` (which must have times[k] != times[0] for k >= 1): the joint law of what a
     Brownian tree (torchsde's, k-diffusion's ``BrownianTreeNoiseSampler``) returns for these
-    queries, without the tree. ``times`` must be monotone with times[k] != times[0] for k >= 1."""
-    total, out = None, []
-    for k in range(1, len(times)):
-        step = randn_like(x, generator) * math.sqrt(abs(times[k] - times[k - 1]))
-        total = step if total is None else total + step
-        out.append(total * (1.0 / math.sqrt(abs(times[k] - times[0]))))
+    queries, without the tree."""
+    root = [math.sqrt(abs(b - a)) for a, b in zip(times[:-1], times[1:])]
+    return [[root[j] / math.sqrt(abs(times[k] - times[0])) for j in range(k)] for k in range(1, len(times))]
+
+
+def brownian_path_noise(x: torch.Tensor, generator: GeneratorArg, times: Sequence[float]) -> list[torch.Tensor]:
+    """The z_k of :func:`brownian_path_weights`, each shaped like ``x``, one path per sample: the
+    g_j are drawn in order from ``generator`` (per-sample generators give each sample its own path)."""
+    g = [randn_like(x, generator) for _ in range(len(times) - 1)]
+    out = []
+    for row in brownian_path_weights(times):
+        z = g[0] * row[0]
+        for w, g_j in zip(row[1:], g[1:]):
+            z = torch.add(z, g_j, alpha=w)
+        out.append(z)
     return out
 
 

@@ -64,13 +64,9 @@ class StaticLinear:
 
 
 def _denoised(net, x_tilde, sigma):
-    """D(x~; sigma~) of a time-independent eps network as the Denoiser forms it: the network sees
-    x = x~/sqrt(1 + sigma~^2) at the float32 time t(sigma~) it is handed, and x0 = (x - sigma_t eps)/alpha_t
-    with alpha_t, sigma_t at that time (the exact model lives at the float32 times; they differ from
-    1/sqrt(1 + sigma~^2) by about 1e-7 relative, times |x~| ~ 5 here)."""
-    t32 = torch.tensor(S.t_from_karras_sigma(torch.tensor(sigma, dtype=F64)).item(), dtype=torch.float32).to(F64)
-    x = x_tilde / math.sqrt(1 + sigma ** 2)
-    return (x - S.sigma(t32) * net.eps(x)) / S.alpha(t32)
+    """D(x~; sigma~) = x~ - sigma~ eps(x~/sqrt(1 + sigma~^2)) of a time-independent eps network
+    (k-diffusion's denoiser from the eps its to_d inverts)."""
+    return x_tilde - sigma * net.eps(x_tilde / math.sqrt(1 + sigma ** 2))
 
 
 # ------------------------------------------------------------------ DPM++ SDE: one step by hand

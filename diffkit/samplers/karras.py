@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import check_range
-from ..noise import brownian_path_noise, randn_like
+from ..noise import brownian_path_weights, randn_like
 from .common import GridScalars, report, steps
 from .dpm_solver import singlestep_chunk
 from .pndm import PLMS_COEFFICIENTS
@@ -268,47 +268,61 @@ def dpmpp_sde(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0
     sigma_mid), z_2 = (W(sigma_next) - W(sigma))/sqrt(sigma - sigma_next), so Cov(z_1, z_2) =
     sqrt((sigma - sigma_mid)/(sigma - sigma_next)), and paths of different steps are independent.
     k-diffusion reads them from a torchsde Brownian tree; diffkit draws the path exactly at the three
-    times (:func:`~diffkit.noise.brownian_path_noise`: two independent Gaussian increments per step
-    from the per-sample generators), so a seed does not give k-diffusion's bits but the joint law is
-    the same. The step to sigma = 0 is Euler, x~ -> D0 (one call, no noise)."""
+    times (:func:`~diffkit.noise.brownian_path_weights`: two independent Gaussian increments per step
+    from the per-sample generators, g_1 then g_2), so a seed does not give k-diffusion's bits but the
+    joint law is the same. The step to sigma = 0 is Euler, x~ -> D0 (one call, no noise). As in the
+    other Karras samplers the network's eps is the slope d, and D = x~ - sigma~ d."""
     check_range("eta", eta, 0.0, None)
     check_range("s_noise", s_noise, 0.0, None)
     check_range("r", r, 0.0, 1.0, low_inclusive=False)
     cond = cond or {}
     kg = _KarrasGrid(denoiser.schedule, grid, x)
-    n = len(grid) - 1
-    plan = []  # per step: None (Euler to sigma = 0) or (sigma_mid, (sd_1, su_1), (sd_2, su_2))
-    for i in range(n):
-        sigma, sigma_next = kg.sigma[i], kg.sigma[i + 1]
-        if sigma_next == 0.0:
-            plan.append(None)
-            continue
-        sigma_mid = math.exp(math.log(sigma) + r * (math.log(sigma_next) - math.log(sigma)))
-        plan.append((sigma_mid, ancestral_step(sigma, sigma_mid, eta), ancestral_step(sigma, sigma_next, eta)))
+    noisy = eta > 0.0 and s_noise > 0.0
+    plan = [_dpmpp_sde_plan(kg.sigma[i], kg.sigma[i + 1], eta, s_noise, r, noisy) for i in range(len(grid) - 1)]
     kg.know(p[0] for p in plan if p is not None)
-    fac = 1.0 / (2.0 * r)
     x = x / kg.alpha[0]
     for i in steps(grid, progress, "dpm-solver++-sde"):
         sigma = kg.sigma[i]
-        d0 = denoiser(x * kg.vp_scale(sigma), kg.t[i], **cond).x0
-        if plan[i] is None:
-            x_new = d0
+        d0 = _eps(kg, denoiser, x, kg.t[i], sigma, cond)
+        if plan[i] is None:  # sigma_next = 0: Euler, x~ + (0 - sigma) d0 = D0
+            x_new = torch.add(x, d0, alpha=-sigma)
         else:
-            sigma_mid, (sd_1, su_1), (sd_2, su_2) = plan[i]
-            noisy = eta > 0.0 and s_noise > 0.0
-            z_1, z_2 = brownian_path_noise(x, generator, [sigma, sigma_mid, kg.sigma[i + 1]]) if noisy else (0, 0)
-            x_mid = torch.add((sd_1 / sigma) * x, d0, alpha=1.0 - sd_1 / sigma)
+            sigma_mid, to_mid, k_x, k_d0, k_mid, k_dmid, noise = plan[i]
+            g = [randn_like(x, generator), randn_like(x, generator)] if noisy else None
+            x_mid = torch.add(x, d0, alpha=to_mid)  # (sd_1/sigma) x~ + (1 - sd_1/sigma) D0 = x~ + (sd_1 - sigma) d0
             if noisy:
-                x_mid = torch.add(x_mid, z_1, alpha=s_noise * su_1)
-            d_mid = denoiser(x_mid * kg.vp_scale(sigma_mid), kg.midpoint_time(i, sigma_mid), **cond).x0
-            d_r = d_mid if fac == 1.0 else torch.add((1.0 - fac) * d0, d_mid, alpha=fac)
-            x_new = torch.add((sd_2 / sigma) * x, d_r, alpha=1.0 - sd_2 / sigma)
+                x_mid = torch.add(x_mid, g[0], alpha=noise[0])
+            d_mid = _eps(kg, denoiser, x_mid, kg.midpoint_time(i, sigma_mid), sigma_mid, cond)
+            x_new = torch.add(x * k_x, x_mid, alpha=k_mid)
+            x_new = torch.add(x_new, d_mid, alpha=k_dmid)
+            if k_d0 != 0.0:
+                x_new = torch.add(x_new, d0, alpha=k_d0)
             if noisy:
-                x_new = torch.add(x_new, z_2, alpha=s_noise * su_2)
+                x_new = torch.add(torch.add(x_new, g[0], alpha=noise[1]), g[1], alpha=noise[2])
         if callback is not None:
-            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x_new, d0)
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x_new, x - sigma * d0)
         x = x_new
     return kg.alpha[-1] * x
+
+
+def _dpmpp_sde_plan(sigma: float, sigma_next: float, eta: float, s_noise: float, r: float, noisy: bool):
+    """The Python-float coefficients of one :func:`dpmpp_sde` step (None for the Euler step to sigma = 0):
+    sigma_mid, sd_1 - sigma, and x~' = k_x x~ + k_d0 d0 + k_mid x~_mid + k_dmid d_mid + noise, which is
+    (sd_2/sigma) x~ + (1 - sd_2/sigma) ((1 - fac) (x~ - sigma d0) + fac (x~_mid - sigma_mid d_mid)), fac = 1/(2r),
+    with the noise weights (s_noise su_1, s_noise su_2 L_21, s_noise su_2 L_22) of g_1, g_2 in x~_mid and
+    x~' (L: :func:`~diffkit.noise.brownian_path_weights` at sigma, sigma_mid, sigma_next)."""
+    if sigma_next == 0.0:
+        return None
+    sigma_mid = math.exp(math.log(sigma) + r * (math.log(sigma_next) - math.log(sigma)))
+    (sd_1, su_1), (sd_2, su_2) = ancestral_step(sigma, sigma_mid, eta), ancestral_step(sigma, sigma_next, eta)
+    fac = 1.0 / (2.0 * r)
+    keep = 1.0 - sd_2 / sigma  # the weight of D_r
+    k_x = sd_2 / sigma + keep * (1.0 - fac)
+    noise = None
+    if noisy:
+        (l_11,), (l_21, l_22) = brownian_path_weights([sigma, sigma_mid, sigma_next])
+        noise = (s_noise * su_1 * l_11, s_noise * su_2 * l_21, s_noise * su_2 * l_22)
+    return (sigma_mid, sd_1 - sigma, k_x, -keep * (1.0 - fac) * sigma, keep * fac, -keep * fac * sigma_mid, noise)
 
 
 def _dpm2_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_to: float, cond: dict) -> torch.Tensor:
