@@ -127,7 +127,7 @@ class ZeroDenoised:
 def test_dpmpp_sde_two_noises_of_a_step_have_the_brownian_covariance():
     """With D = 0 and x~ = 0 at sigma, the second call sees alpha_mid su_1 z_1 and the step returns
     alpha_next su_2 z_2: over 20000 draws both are standard normal and corr(z_1, z_2) =
-    sqrt((sigma - sigma_mid)/(sigma - sigma_next)) (0.75 here), within 4.5 standard errors
+    sqrt((sigma - sigma_mid)/(sigma - sigma_next)) (0.83 here), within 4.5 standard errors
     ((1 - rho^2)/sqrt(n) for the correlation). Independent draws (rho = 0) or one draw used twice
     (rho = 1) fail."""
     t, s = 600, 300
