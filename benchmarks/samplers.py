@@ -26,10 +26,12 @@ Run (about 30-45 minutes on 2 CPU cores; a third of that per seed):
     PYTHONPATH=. python benchmarks/samplers.py --merge OUT0/samplers.json OUT1/samplers.json OUT2/samplers.json
     PYTHONPATH=. python benchmarks/samplers.py --overhead-only --out OUTO   # alone, on a quiet machine
     PYTHONPATH=. python benchmarks/samplers.py --overhead-only --overhead-clock thread --out OUTO   # a loaded one
+    PYTHONPATH=. python benchmarks/samplers.py --overhead-only --overhead-samplers ipndm,lms --out OUTO  # some
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import random
@@ -223,8 +225,11 @@ def diffusers_configs():
 
 
 def make_scheduler(cls_name: str, kwargs: dict):
+    """The scheduler with the DDPM betas, where it takes them (IPNDMScheduler has its own trig schedule)."""
     import diffusers
-    return getattr(diffusers, cls_name)(**BETAS, **kwargs)
+    cls = getattr(diffusers, cls_name)
+    takes = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in BETAS.items() if k in takes}, **kwargs)
 
 
 def diffusers_steps_for_nfe(cls_name: str, kwargs: dict, nfe: int):
@@ -271,7 +276,7 @@ def run_diffusers(cls_name: str, kwargs: dict, steps: int, x_T: torch.Tensor, ep
 OVERHEAD_CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
-def overhead(repeats: int = 15, clock: str = "wall") -> dict:
+def overhead(repeats: int = 15, clock: str = "wall", names=None) -> dict:
     """Per-step cost with a model that costs nothing (returns zeros), batch 4 x 16: the slope of
     time between 20 and 100 model calls (10 and 50 steps of the two-call samplers), so the
     once-per-run setup (grid, coefficients; set_timesteps) is not counted. Each of ``repeats``
@@ -280,7 +285,9 @@ def overhead(repeats: int = 15, clock: str = "wall") -> dict:
     that comes and goes moves a few rounds, not the median; the best of each run count measured
     apart, as before 5 December 2026, made slopes of 8 and 32 us from one code). ``clock``:
     ``wall`` (time.perf_counter), or ``thread``, this thread's CPU time (time.thread_time; one
-    thread with OMP_NUM_THREADS=1): what other processes add by preempting the run is not counted."""
+    thread with OMP_NUM_THREADS=1): what other processes add by preempting the run is not counted.
+    ``names``: only these diffkit samplers (default: every pair). A diffusers counterpart that cannot
+    be built here (DPMSolverSDEScheduler needs torchsde) leaves its diffusers columns empty (None)."""
     now = OVERHEAD_CLOCKS[clock]
     schedule = NoiseSchedule.linear()
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
@@ -295,7 +302,12 @@ def overhead(repeats: int = 15, clock: str = "wall") -> dict:
              "dpm2": ("KDPM2DiscreteScheduler", {}), "dpm2-ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
              "deis": ("DEISMultistepScheduler", {}),
              "sde-dpm-solver++-3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "solver_type": "heun",
-                                                                     "algorithm_type": "sde-dpmsolver++"})}
+                                                                     "algorithm_type": "sde-dpmsolver++"}),
+             "dpm-solver++-sde": ("DPMSolverSDEScheduler", {}),
+             # a different schedule (v-diffusion's trig one), the same per-step work: AB1-4 on eps
+             "ipndm": ("IPNDMScheduler", {})}
+    if names is not None:
+        pairs = {name: pairs[name] for name in names}
 
     def run_diffkit(name, steps):
         t0 = now()
@@ -317,22 +329,31 @@ def overhead(repeats: int = 15, clock: str = "wall") -> dict:
     for name, (cls_name, kw) in pairs.items():
         info = REGISTRY[name]
         lo, hi = (10, 50) if info.calls_per_step == 2 else (20, 100)
-        runs = [("diffkit", lo), ("diffkit", hi), ("diffusers", lo), ("diffusers", hi)]
+        try:
+            make_scheduler(cls_name, kw)
+            libs = ("diffkit", "diffusers")
+        except ImportError:  # a scheduler whose extra dependency is not installed
+            libs = ("diffkit",)
+        runs = [(lib, steps) for lib in libs for steps in (lo, hi)]
         dk_per, df_per, dk_lo, df_lo = [], [], [], []
         for _ in range(repeats):
             took = {}
             for lib, steps in order.sample(runs, len(runs)):
                 took[lib, steps] = ((run_diffkit(name, steps), info.nfe(steps)) if lib == "diffkit"
                                     else run_diffusers(cls_name, kw, steps))
-            for lib, per, first in (("diffkit", dk_per, dk_lo), ("diffusers", df_per, df_lo)):
+            for lib, per, first in (("diffkit", dk_per, dk_lo), ("diffusers", df_per, df_lo))[:len(libs)]:
                 (t_lo, n_lo), (t_hi, n_hi) = took[lib, lo], took[lib, hi]
                 per.append((t_hi - t_lo) / (n_hi - n_lo))
                 first.append((t_lo, n_lo))
-        dk, df = statistics.median(dk_per), statistics.median(df_per)
-        out[name] = {"diffusers": cls_name, "diffkit_us_per_call": 1e6 * dk,
-                     "diffusers_us_per_call": 1e6 * df, "ratio": dk / df,
+        dk = statistics.median(dk_per)
+        df = statistics.median(df_per) if df_per else None
+        out[name] = {"diffusers": cls_name if df is not None else f"{cls_name} (not installed)",
+                     "diffkit_us_per_call": 1e6 * dk,
+                     "diffusers_us_per_call": None if df is None else 1e6 * df,
+                     "ratio": None if df is None else dk / df,
                      "diffkit_setup_us": 1e6 * statistics.median(t - n * dk for t, n in dk_lo),
-                     "diffusers_setup_us": 1e6 * statistics.median(t - n * df for t, n in df_lo),
+                     "diffusers_setup_us": None if df is None else
+                     1e6 * statistics.median(t - n * df for t, n in df_lo),
                      "clock": clock, "rounds": repeats}
     return out
 
@@ -547,9 +568,12 @@ def write_outputs(results, over, nfes, out_dir: Path):
     md += [f"## Per-step overhead (model returning zeros, batch 4x16; slope between 20 and 100 calls{how})", "",
            "| diffkit sampler | diffusers scheduler | diffkit us/call | diffusers us/call | ratio | "
            "diffkit setup us | diffusers setup us |", "|---|---|---|---|---|---|---|"]
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
     for name, o in over.items():
-        md.append(f"| {name} | {o['diffusers']} | {o['diffkit_us_per_call']:.1f} | {o['diffusers_us_per_call']:.1f} | "
-                  f"{o['ratio']:.2f} | {o['diffkit_setup_us']:.0f} | {o['diffusers_setup_us']:.0f} |")
+        md.append(f"| {name} | {o['diffusers']} | {o['diffkit_us_per_call']:.1f} | "
+                  f"{fmt(o['diffusers_us_per_call'], '.1f')} | {fmt(o['ratio'], '.2f')} | "
+                  f"{o['diffkit_setup_us']:.0f} | {fmt(o['diffusers_setup_us'], '.0f')} |")
     (out_dir / "samplers.md").write_text("\n".join(md) + "\n")
     if results:
         _plot(results, nfes, out_dir / "samplers.png")
@@ -626,6 +650,8 @@ def main(argv=None):
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-step overhead measurement")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the per-step overhead (needs a quiet machine); --merge it with mixture runs")
+    parser.add_argument("--overhead-samplers", type=lambda v: v.split(","), default=None, metavar="NAME,...",
+                        help="time the overhead of these diffkit samplers only (default: every family)")
     parser.add_argument("--overhead-clock", choices=sorted(OVERHEAD_CLOCKS), default="wall",
                         help="time the overhead by the wall clock (default) or by this thread's CPU time "
                              "(what a loaded machine's other processes add is not counted)")
@@ -648,7 +674,7 @@ def main(argv=None):
         print((args.out / "samplers.md").read_text())
         return
     if args.overhead_only:
-        write_outputs([], overhead(clock=args.overhead_clock), NFES, args.out)
+        write_outputs([], overhead(clock=args.overhead_clock, names=args.overhead_samplers), NFES, args.out)
         print((args.out / "samplers.md").read_text())
         return
     n, seeds, nfes, mixtures = run_settings(args, parser)
@@ -656,7 +682,7 @@ def main(argv=None):
     for mix in mixtures:
         print(f"mixture {mix}", flush=True)
         results.append(benchmark(mix, n, nfes, lambda s: print(s, flush=True), seeds))
-    over = {} if args.no_overhead else overhead(clock=args.overhead_clock)
+    over = {} if args.no_overhead else overhead(clock=args.overhead_clock, names=args.overhead_samplers)
     write_outputs(results, over, nfes, args.out)
     print((args.out / "samplers.md").read_text())
 

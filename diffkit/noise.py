@@ -8,6 +8,7 @@ same samples on cpu, cuda and mps; CUDA generators (diffusers' habit) draw on th
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -53,6 +54,32 @@ def randn(shape, generator: GeneratorArg = None, device=None, dtype=torch.float3
 def randn_like(x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
     """Noise shaped like ``x`` on its device and dtype."""
     return randn(x.shape, generator, device=x.device, dtype=x.dtype)
+
+
+def brownian_path_weights(times: Sequence[float]) -> list[list[float]]:
+    """Weights L with z_k = sum_j L[k-1][j] g_j, k = 1 .. K, for independent standard normals g_j
+    (one per interval of ``times``): z_k = (W(times[k]) - W(times[0])) / sqrt(|times[k] - times[0]|)
+    is the normalised increment of one Brownian path W read at those times, since
+    W(times[j+1]) - W(times[j]) = sqrt(|times[j+1] - times[j]|) g_j are its independent increments.
+    So each z_k is standard normal and Cov(z_j, z_k) = sqrt(|t_j - t_0| / |t_k - t_0|) for j <= k on a
+    monotone ``times`` (which must have times[k] != times[0] for k >= 1): the joint law of what a
+    Brownian tree (torchsde's, k-diffusion's ``BrownianTreeNoiseSampler``) returns for these
+    queries, without the tree."""
+    root = [math.sqrt(abs(b - a)) for a, b in zip(times[:-1], times[1:])]
+    return [[root[j] / math.sqrt(abs(times[k] - times[0])) for j in range(k)] for k in range(1, len(times))]
+
+
+def brownian_path_noise(x: torch.Tensor, generator: GeneratorArg, times: Sequence[float]) -> list[torch.Tensor]:
+    """The z_k of :func:`brownian_path_weights`, each shaped like ``x``, one path per sample: the
+    g_j are drawn in order from ``generator`` (per-sample generators give each sample its own path)."""
+    g = [randn_like(x, generator) for _ in range(len(times) - 1)]
+    out = []
+    for row in brownian_path_weights(times):
+        z = g[0] * row[0]
+        for w, g_j in zip(row[1:], g[1:]):
+            z = torch.add(z, g_j, alpha=w)
+        out.append(z)
+    return out
 
 
 def fork_device_rng(device):

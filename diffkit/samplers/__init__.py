@@ -5,7 +5,7 @@ from .ddpm import ddpm
 from .deis import deis
 from .dpm_adaptive import dpm_adaptive
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
-from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
+from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, euler, euler_ancestral, heun, ipndm, lms
 from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, s_pndm, transfer
@@ -14,5 +14,6 @@ from .unipc import unipc
 
 __all__ = ["consistency", "ddim", "ddim_invert", "ddpm", "deis", "dpm_adaptive", "dpm_solver_multistep",
            "dpm_solver_singlestep", "dpm2", "dpm2_ancestral",
-           "dpmpp_2s_ancestral", "euler", "euler_ancestral", "heun", "lms", "ode", "fon", "plms", "pndm", "pc",
+           "dpmpp_2s_ancestral", "dpmpp_sde", "euler", "euler_ancestral", "heun", "ipndm", "lms", "ode",
+           "fon", "plms", "pndm", "pc",
            "s_pndm", "transfer", "unipc", "REGISTRY", "SamplerInfo", "get_sampler", "register"]

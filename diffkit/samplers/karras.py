@@ -1,6 +1,6 @@
 """Karras-style samplers (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
-Generative Models" (EDM); Crowson's k-diffusion): Euler, Heun, Euler-ancestral, DPM2, LMS and the
-ancestral DPM2 and DPM-Solver++(2S).
+Generative Models" (EDM); Crowson's k-diffusion): Euler, Heun, Euler-ancestral, DPM2, LMS, iPNDM,
+the ancestral DPM2 and DPM-Solver++(2S), and DPM-Solver++ SDE.
 
 They integrate the probability-flow ODE in EDM's variables: ``x~ = x_t / alpha_t`` and
 ``sigma~ = sqrt((1 - abar)/abar) = sigma_t/alpha_t`` (``schedule.karras_sigma``), where it reads
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ..errors import check_range
-from ..noise import randn_like
+from ..noise import brownian_path_weights, randn_like
 from .common import GridScalars, report, steps
 from .dpm_solver import singlestep_chunk
+from .pndm import PLMS_COEFFICIENTS
 
 
 class _KarrasGrid:
@@ -247,6 +248,83 @@ def _dpmpp_2s_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_
 _dpmpp_2s_step.asks = lambda sigma, sigma_down: (math.sqrt(sigma * sigma_down), sigma_down)  # the sigma~ it maps
 
 
+def dpmpp_sde(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0, s_noise: float = 1.0,
+              r: float = 0.5, cond: Optional[dict] = None, generator=None, callback=None,
+              progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++ SDE (k-diffusion ``sample_dpmpp_sde``, "DPM++ SDE Karras"; diffusers'
+    ``DPMSolverSDEScheduler``): a stochastic singlestep second-order DPM-Solver++ (Lu et al. 2022b,
+    DPM-Solver++, Alg. 1 (2S) with the SDE solver of its Sec. 5), two calls per step. In x~ = x/alpha
+    and sigma~ (lambda = -log sigma~), from sigma to sigma_next with sigma_mid = sigma^(1-r) sigma_next^r,
+    D0 = D(x~; sigma) and (sd, su) = ancestral_step(sigma, target, eta) (:func:`ancestral_step`):
+
+        x~_mid = (sd_1/sigma) x~ + (1 - sd_1/sigma) D0 + s_noise su_1 z_1      (target sigma_mid)
+        D_r    = (1 - 1/(2r)) D0 + 1/(2r) D(x~_mid; sigma_mid)                 (= D(x~_mid; sigma_mid) at r = 1/2)
+        x~'    = (sd_2/sigma) x~ + (1 - sd_2/sigma) D_r + s_noise su_2 z_2      (target sigma_next)
+
+    Each line is the first-order DPM-Solver++ step to sd, (sd/sigma) x~ - expm1(-(lambda_sd - lambda)) D;
+    at eta = 1, sd = target^2/sigma and su = target sqrt(1 - target^2/sigma^2), i.e. the first-order
+    SDE-DPM-Solver++ step of log-SNR step 2h (the DDPM posterior). The noises are increments of ONE
+    Brownian path W in k-diffusion's Brownian time sigma~: z_1 = (W(sigma_mid) - W(sigma))/sqrt(sigma -
+    sigma_mid), z_2 = (W(sigma_next) - W(sigma))/sqrt(sigma - sigma_next), so Cov(z_1, z_2) =
+    sqrt((sigma - sigma_mid)/(sigma - sigma_next)), and paths of different steps are independent.
+    k-diffusion reads them from a torchsde Brownian tree; diffkit draws the path exactly at the three
+    times (:func:`~diffkit.noise.brownian_path_weights`: two independent Gaussian increments per step
+    from the per-sample generators, g_1 then g_2), so a seed does not give k-diffusion's bits but the
+    joint law is the same. The step to sigma = 0 is Euler, x~ -> D0 (one call, no noise). As in the
+    other Karras samplers the network's eps is the slope d, and D = x~ - sigma~ d."""
+    check_range("eta", eta, 0.0, None)
+    check_range("s_noise", s_noise, 0.0, None)
+    check_range("r", r, 0.0, 1.0, low_inclusive=False)
+    cond = cond or {}
+    kg = _KarrasGrid(denoiser.schedule, grid, x)
+    noisy = eta > 0.0 and s_noise > 0.0
+    plan = [_dpmpp_sde_plan(kg.sigma[i], kg.sigma[i + 1], eta, s_noise, r, noisy) for i in range(len(grid) - 1)]
+    kg.know(p[0] for p in plan if p is not None)
+    x = x / kg.alpha[0]
+    for i in steps(grid, progress, "dpm-solver++-sde"):
+        sigma = kg.sigma[i]
+        d0 = _eps(kg, denoiser, x, kg.t[i], sigma, cond)
+        if plan[i] is None:  # sigma_next = 0: Euler, x~ + (0 - sigma) d0 = D0
+            x_new = torch.add(x, d0, alpha=-sigma)
+        else:
+            sigma_mid, to_mid, k_x, k_d0, k_mid, k_dmid, noise = plan[i]
+            g = [randn_like(x, generator), randn_like(x, generator)] if noisy else None
+            x_mid = torch.add(x, d0, alpha=to_mid)  # (sd_1/sigma) x~ + (1 - sd_1/sigma) D0 = x~ + (sd_1 - sigma) d0
+            if noisy:
+                x_mid = torch.add(x_mid, g[0], alpha=noise[0])
+            d_mid = _eps(kg, denoiser, x_mid, kg.midpoint_time(i, sigma_mid), sigma_mid, cond)
+            x_new = torch.add(x * k_x, x_mid, alpha=k_mid)
+            x_new = torch.add(x_new, d_mid, alpha=k_dmid)
+            if k_d0 != 0.0:
+                x_new = torch.add(x_new, d0, alpha=k_d0)
+            if noisy:
+                x_new = torch.add(torch.add(x_new, g[0], alpha=noise[1]), g[1], alpha=noise[2])
+        if callback is not None:
+            report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x_new, x - sigma * d0)
+        x = x_new
+    return kg.alpha[-1] * x
+
+
+def _dpmpp_sde_plan(sigma: float, sigma_next: float, eta: float, s_noise: float, r: float, noisy: bool):
+    """The Python-float coefficients of one :func:`dpmpp_sde` step (None for the Euler step to sigma = 0):
+    sigma_mid, sd_1 - sigma, and x~' = k_x x~ + k_d0 d0 + k_mid x~_mid + k_dmid d_mid + noise, which is
+    (sd_2/sigma) x~ + (1 - sd_2/sigma) ((1 - fac) (x~ - sigma d0) + fac (x~_mid - sigma_mid d_mid)), fac = 1/(2r),
+    with the noise weights (s_noise su_1, s_noise su_2 L_21, s_noise su_2 L_22) of g_1, g_2 in x~_mid and
+    x~' (L: :func:`~diffkit.noise.brownian_path_weights` at sigma, sigma_mid, sigma_next)."""
+    if sigma_next == 0.0:
+        return None
+    sigma_mid = math.exp(math.log(sigma) + r * (math.log(sigma_next) - math.log(sigma)))
+    (sd_1, su_1), (sd_2, su_2) = ancestral_step(sigma, sigma_mid, eta), ancestral_step(sigma, sigma_next, eta)
+    fac = 1.0 / (2.0 * r)
+    keep = 1.0 - sd_2 / sigma  # the weight of D_r
+    k_x = sd_2 / sigma + keep * (1.0 - fac)
+    noise = None
+    if noisy:
+        (l_11,), (l_21, l_22) = brownian_path_weights([sigma, sigma_mid, sigma_next])
+        noise = (s_noise * su_1 * l_11, s_noise * su_2 * l_21, s_noise * su_2 * l_22)
+    return (sigma_mid, sd_1 - sigma, k_x, -keep * (1.0 - fac) * sigma, keep * fac, -keep * fac * sigma_mid, noise)
+
+
 def _dpm2_step(denoiser, kg: _KarrasGrid, i: int, x, d, sigma: float, sigma_to: float, cond: dict) -> torch.Tensor:
     """DPM2's step from sigma to sigma_to > 0 with d at sigma: Euler to the log-midpoint
     sigma_mid = sqrt(sigma sigma_to), then x~ + (sigma_to - sigma) d(sigma_mid)."""
@@ -302,18 +380,48 @@ def lms_coefficients(sigmas, i: int, order: int) -> list:
     return coeffs
 
 
+def ipndm_coefficients(sigmas, i: int, order: int) -> list:
+    """iPNDM's weights for the step sigmas[i] -> sigmas[i+1] (Zhang & Chen 2023, DEIS, Sec. 4 / App.:
+    PNDM's pseudo linear multistep applied to the ODE in sigma~ itself): h = sigma_{i+1} - sigma_i
+    times the fixed-step Adams-Bashforth weights of PNDM eq. 13 (:data:`~diffkit.samplers.pndm.PLMS_COEFFICIENTS`,
+    orders 1-4), whatever the grid's spacing. A step to sigma = 0 is Euler, x~ + (0 - sigma_i) d_i = D
+    (k-diffusion's ``sample_ipndm``: ``x_next = denoised``)."""
+    h = sigmas[i + 1] - sigmas[i]
+    if sigmas[i + 1] == 0.0:
+        return [h]
+    return [h * w for w in PLMS_COEFFICIENTS[order]]
+
+
 def lms(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: Optional[dict] = None,
         generator=None, callback=None, progress: bool = False) -> torch.Tensor:
     """K-LMS (k-diffusion ``sample_lms``; the scheduler of early Stable Diffusion examples): the Adams-Bashforth-type
     update x~_s = x~ + sum_j c_j d_{i-j}, with the weights of :func:`lms_coefficients` (order up to 4,
     lower while the history fills)."""
+    return _sigma_multistep(denoiser, x, grid, "lms", lms_coefficients, order, cond, callback, progress)
+
+
+def ipndm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: Optional[dict] = None,
+          generator=None, callback=None, progress: bool = False) -> torch.Tensor:
+    """iPNDM (improved PNDM; Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
+    Integrator" (DEIS), iPNDM; k-diffusion ``sample_ipndm``): x~_s = x~ + (sigma_s - sigma) sum_j w_j d_{i-j}
+    with d = eps and the fixed-step Adams-Bashforth weights w of PNDM eq. 13, orders 1, 2, 3, 4 while
+    the history fills (:func:`ipndm_coefficients`); one call per step. Unlike PLMS (``plms``), whose
+    weights act on eps inside DDIM's transfer, these integrate dx~/dsigma~ = eps directly, as K-LMS
+    does with exact variable-step weights."""
+    return _sigma_multistep(denoiser, x, grid, "ipndm", ipndm_coefficients, order, cond, callback, progress)
+
+
+def _sigma_multistep(denoiser, x, grid, name, weights, order, cond, callback, progress):
+    """The linear-multistep loop in sigma~ shared by :func:`lms` and :func:`ipndm`:
+    d_i = eps at (x~_i, sigma_i), x~_{i+1} = x~_i + sum_j c_ij d_{i-j} (newest first) with
+    c_i = weights(sigmas, i, min(i + 1, order)), computed once per grid before the first call."""
     check_range("order", order, 1, 4, integer=True)
     cond = cond or {}
     kg = _KarrasGrid(denoiser.schedule, grid, x)
-    coeffs = [lms_coefficients(kg.sigma, i, min(i + 1, order)) for i in range(len(grid) - 1)]
+    coeffs = [weights(kg.sigma, i, min(i + 1, order)) for i in range(len(grid) - 1)]
     x = x / kg.alpha[0]
     history: list = []
-    for i in steps(grid, progress, "lms"):
+    for i in steps(grid, progress, name):
         d = _eps(kg, denoiser, x, kg.t[i], kg.sigma[i], cond)
         history.insert(0, d)
         del history[order:]

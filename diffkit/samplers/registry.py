@@ -13,7 +13,7 @@ from .ddpm import ddpm
 from .deis import deis
 from .dpm_adaptive import dpm_adaptive
 from .dpm_solver import dpm_solver_multistep, dpm_solver_singlestep
-from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, euler, euler_ancestral, heun, lms
+from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, euler, euler_ancestral, heun, ipndm, lms
 from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
@@ -278,6 +278,15 @@ register(SamplerInfo("dpm-solver++-2s-ancestral", dpmpp_2s_ancestral, order=2, c
                      nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("lms", lms, order=4, calls_per_step=1, stochastic=False,
                      description="K-LMS (k-diffusion): linear multistep in sigma, order 4",
+                     default_spacing="karras", default_final="zero", options={"order": 4}))
+register(SamplerInfo("dpm-solver++-sde", dpmpp_sde, order=2, calls_per_step=2, stochastic=True,
+                     description="DPM++ SDE (k-diffusion sample_dpmpp_sde, eta=1, r=1/2): stochastic DPM-Solver++(2S), "
+                                 "noise from one Brownian path per step",
+                     default_spacing="karras", default_final="zero", options={"eta": 1.0},
+                     nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
+register(SamplerInfo("ipndm", ipndm, order=4, calls_per_step=1, stochastic=False,
+                     description="iPNDM (Zhang & Chen 2023; k-diffusion sample_ipndm): Adams-Bashforth 1-4 in sigma, "
+                                 "fixed-step weights",
                      default_spacing="karras", default_final="zero", options={"order": 4}))
 
 register(SamplerInfo("unipc", unipc, order=2, calls_per_step=1, stochastic=False,
