@@ -61,20 +61,28 @@ def brownian_path_weights(times: Sequence[float]) -> list[list[float]]:
     (one per interval of ``times``): z_k = (W(times[k]) - W(times[0])) / sqrt(|times[k] - times[0]|)
     is the normalised increment of one Brownian path W read at those times, since
     W(times[j+1]) - W(times[j]) = sqrt(|times[j+1] - times[j]|) g_j are its independent increments.
-    So each z_k is standard normal and Cov(z_j, z_k) = sqrt(|t_j - t_0| / |t_k - t_0|) for j <= k on a
-    monotone ``times`` (which must have times[k] != times[0] for k >= 1): the joint law of what a
-    Brownian tree (torchsde's, k-diffusion's ``BrownianTreeNoiseSampler``) returns for these
-    queries, without the tree."""
-    root = [math.sqrt(abs(b - a)) for a, b in zip(times[:-1], times[1:])]
+    So each z_k is standard normal and Cov(z_j, z_k) = sqrt(|t_j - t_0| / |t_k - t_0|) for j <= k: the
+    joint law of what a Brownian tree (torchsde's, k-diffusion's ``BrownianTreeNoiseSampler``)
+    returns for these queries, without the tree. That holds only on monotone ``times`` (on times
+    that turn back, 3, 1, 2, the increments overlap and these weights give a wrong law), so ``times``
+    must be monotone (a repeated time, as dpm-solver++-sde's sigma_mid = sigma_next at r = 1, is a
+    zero increment) with every time after the first different from it; a DiffkitError otherwise."""
+    steps = [b - a for a, b in zip(times[:-1], times[1:])]
+    monotone = all(h <= 0 for h in steps) or all(h >= 0 for h in steps)
+    if not monotone or any(not abs(t - times[0]) > 0 for t in times[1:]):
+        raise DiffkitError(f"Brownian path times {[float(t) for t in times]} must be monotone (decreasing or "
+                           "increasing), each after the first different from it")
+    root = [math.sqrt(abs(h)) for h in steps]
     return [[root[j] / math.sqrt(abs(times[k] - times[0])) for j in range(k)] for k in range(1, len(times))]
 
 
 def brownian_path_noise(x: torch.Tensor, generator: GeneratorArg, times: Sequence[float]) -> list[torch.Tensor]:
     """The z_k of :func:`brownian_path_weights`, each shaped like ``x``, one path per sample: the
     g_j are drawn in order from ``generator`` (per-sample generators give each sample its own path)."""
+    weights = brownian_path_weights(times)  # checks ``times`` before anything is drawn
     g = [randn_like(x, generator) for _ in range(len(times) - 1)]
     out = []
-    for row in brownian_path_weights(times):
+    for row in weights:
         z = g[0] * row[0]
         for w, g_j in zip(row[1:], g[1:]):
             z = torch.add(z, g_j, alpha=w)

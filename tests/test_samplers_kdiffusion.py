@@ -19,7 +19,7 @@ import torch
 import diffkit
 from diffkit import Denoiser, DiffkitError, NoiseSchedule
 from diffkit.analytic import GaussianMixture
-from diffkit.noise import brownian_path_noise
+from diffkit.noise import brownian_path_noise, brownian_path_weights
 from diffkit.samplers import REGISTRY
 from diffkit.samplers.dpm_solver import dpm_solver_singlestep
 from diffkit.samplers.karras import dpmpp_sde, ipndm
@@ -160,6 +160,21 @@ def test_brownian_path_noise_reads_one_path():
     expected = torch.tensor([[math.sqrt(min(a, b) / max(a, b)) for b in span] for a in span], dtype=F64)
     se = (1 + expected ** 2).sqrt() / math.sqrt(n)
     assert ((c - expected).abs() < 4.5 * se).all(), (c, expected)
+
+
+@pytest.mark.parametrize("times", [[3.0, 1.0, 2.0], [1.0, 2.0, 0.5], [3.0, 3.0, 1.0], [2.0, 1.0, float("nan")]])
+def test_brownian_path_times_that_turn_back_are_one_line_errors(times):
+    """Times that are not monotone (3, 1, 2 would silently give Cov(z_1, z_2) = sqrt(2/1), not a
+    correlation) or repeat the first (a division by zero) are refused, naming the times, before a
+    draw."""
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    for call in (lambda: brownian_path_weights(times), lambda: brownian_path_noise(torch.zeros(2, 1), g, times)):
+        with pytest.raises(DiffkitError, match=r"times \[.*\] must be monotone") as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert torch.equal(g.get_state(), state)
+    assert brownian_path_weights([3.0, 1.0, 1.0]) == [[1.0], [1.0, 0.0]]  # a repeated later time: no increment
 
 
 # ------------------------------------------------------------------ DPM++ SDE: the law on Gaussian data
