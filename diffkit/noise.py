@@ -76,20 +76,6 @@ def brownian_path_weights(times: Sequence[float]) -> list[list[float]]:
     return [[root[j] / math.sqrt(abs(times[k] - times[0])) for j in range(k)] for k in range(1, len(times))]
 
 
-def brownian_path_noise(x: torch.Tensor, generator: GeneratorArg, times: Sequence[float]) -> list[torch.Tensor]:
-    """The z_k of :func:`brownian_path_weights`, each shaped like ``x``, one path per sample: the
-    g_j are drawn in order from ``generator`` (per-sample generators give each sample its own path)."""
-    weights = brownian_path_weights(times)  # checks ``times`` before anything is drawn
-    g = [randn_like(x, generator) for _ in range(len(times) - 1)]
-    out = []
-    for row in weights:
-        z = g[0] * row[0]
-        for w, g_j in zip(row[1:], g[1:]):
-            z = torch.add(z, g_j, alpha=w)
-        out.append(z)
-    return out
-
-
 def fork_device_rng(device):
     """``torch.random.fork_rng`` of the CPU and of ``device`` (a GPU's own index, else the current
     one): the global random state of both is restored on exit. Works on torch >= 2.1, whose

@@ -5,9 +5,10 @@ weights, the closed-form law of the chain on Gaussian data, the Brownian covaria
 of a step, and DPM-Solver++(2S) (``dpm_solver_singlestep``, Lu et al. 2022b Alg. 1) at eta = 0.
 
 Noise: ``dpm-solver++-sde`` draws, per step and per generator, two float32 standard normals g_1, g_2
-(``diffkit.noise.brownian_path_noise``) and uses z_1 = g_1, z_2 = (sqrt(sigma - sigma_mid) g_1 +
-sqrt(sigma_mid - sigma_next) g_2)/sqrt(sigma - sigma_next): W(sigma_mid) - W(sigma) and W(sigma_next) -
-W(sigma_mid) of one Brownian path, normalised as k-diffusion's BrownianTreeNoiseSampler does.
+(``randn_like``, in that order) and uses z_1 = g_1, z_2 = (sqrt(sigma - sigma_mid) g_1 +
+sqrt(sigma_mid - sigma_next) g_2)/sqrt(sigma - sigma_next) (weights from
+``diffkit.noise.brownian_path_weights``): W(sigma_mid) - W(sigma) and W(sigma_next) - W(sigma), the
+increments of one Brownian path, normalised as k-diffusion's BrownianTreeNoiseSampler does.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 import diffkit
 from diffkit import Denoiser, DiffkitError, NoiseSchedule
 from diffkit.analytic import GaussianMixture
-from diffkit.noise import brownian_path_noise, brownian_path_weights
+from diffkit.noise import brownian_path_weights
 from diffkit.samplers import REGISTRY
 from diffkit.samplers.dpm_solver import dpm_solver_singlestep
 from diffkit.samplers.karras import dpmpp_sde, ipndm
@@ -150,30 +151,28 @@ def test_dpmpp_sde_two_noises_of_a_step_have_the_brownian_covariance():
     assert abs(corr - rho) < k * (1 - rho ** 2) / math.sqrt(n), (corr, rho)
 
 
-def test_brownian_path_noise_reads_one_path():
-    """diffkit.noise.brownian_path_noise at times 3, 2, 1.5, 0 (one path per sample): unit variances
-    and Cov(z_j, z_k) = sqrt(|t_j - t_0| / |t_k - t_0|), j <= k, within 4.5 standard errors."""
-    n, times = 40000, [3.0, 2.0, 1.5, 0.0]
-    zs = brownian_path_noise(torch.zeros(n, 1, dtype=F64), torch.Generator().manual_seed(5), times)
-    c = torch.cov(torch.stack([z.flatten() for z in zs]))
+def test_brownian_path_weights_give_the_brownian_covariance():
+    """diffkit.noise.brownian_path_weights at times 3, 2, 1.5, 0: the z_k = sum_j L_kj g_j have
+    Cov = L L^T = sqrt(|t_j - t_0| / |t_k - t_0|), j <= k (Brownian motion's min(s, t) normalised), and
+    L is lower triangular with the increments sqrt(|t_{j+1} - t_j|) / sqrt(|t_k - t_0|)."""
+    times = [3.0, 2.0, 1.5, 0.0]
+    rows = brownian_path_weights(times)
+    L = torch.zeros(3, 3, dtype=F64)
+    for k, row in enumerate(rows):
+        L[k, :len(row)] = torch.tensor(row, dtype=F64)
     span = [times[0] - u for u in times[1:]]
     expected = torch.tensor([[math.sqrt(min(a, b) / max(a, b)) for b in span] for a in span], dtype=F64)
-    se = (1 + expected ** 2).sqrt() / math.sqrt(n)
-    assert ((c - expected).abs() < 4.5 * se).all(), (c, expected)
+    torch.testing.assert_close(L @ L.T, expected, rtol=1e-14, atol=1e-14)
+    assert rows[2] == pytest.approx([1 / math.sqrt(3), math.sqrt(0.5 / 3), math.sqrt(1.5 / 3)], rel=1e-14)
 
 
 @pytest.mark.parametrize("times", [[3.0, 1.0, 2.0], [1.0, 2.0, 0.5], [3.0, 3.0, 1.0], [2.0, 1.0, float("nan")]])
 def test_brownian_path_times_that_turn_back_are_one_line_errors(times):
     """Times that are not monotone (3, 1, 2 would silently give Cov(z_1, z_2) = sqrt(2/1), not a
-    correlation) or repeat the first (a division by zero) are refused, naming the times, before a
-    draw."""
-    g = torch.Generator().manual_seed(0)
-    state = g.get_state()
-    for call in (lambda: brownian_path_weights(times), lambda: brownian_path_noise(torch.zeros(2, 1), g, times)):
-        with pytest.raises(DiffkitError, match=r"times \[.*\] must be monotone") as err:
-            call()
-        assert "\n" not in str(err.value)
-    assert torch.equal(g.get_state(), state)
+    correlation) or repeat the first (a division by zero) are refused, naming the times."""
+    with pytest.raises(DiffkitError, match=r"times \[.*\] must be monotone") as err:
+        brownian_path_weights(times)
+    assert "\n" not in str(err.value)
     assert brownian_path_weights([3.0, 1.0, 1.0]) == [[1.0], [1.0, 0.0]]  # a repeated later time: no increment
 
 
