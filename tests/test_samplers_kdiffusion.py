@@ -329,7 +329,8 @@ def test_nfe_and_command_line(tiny_checkpoint, tmp_path, capsys, name, good, bad
 
 def test_bad_options_are_one_line_errors():
     d = Denoiser(StaticLinear(2, seed=1), S)
-    for kwargs, word in (({"r": 0.0}, "r=0.0"), ({"eta": -1.0}, "eta=-1.0"), ({"s_noise": -0.5}, "s_noise=-0.5")):
+    for kwargs, word in (({"r": 0.0}, "r=0.0"), ({"r": 1.5}, r"r=1.5 .* in \(0, 1\].* between sigma and sigma_next"),
+                         ({"r": float("nan")}, "r=nan"), ({"eta": -1.0}, "eta=-1.0"), ({"s_noise": -0.5}, "s_noise=-0.5")):
         with pytest.raises(DiffkitError, match=word):
             diffkit.sample(d, (2, 2), "dpm-solver++-sde", steps=3, progress=False, **kwargs)
     with pytest.raises(DiffkitError, match="order=5"):

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import check_range
+from ..errors import DiffkitError, check_range
 from ..noise import brownian_path_weights, randn_like
 from .common import GridScalars, report, steps
 from .dpm_solver import singlestep_chunk
@@ -271,10 +271,17 @@ def dpmpp_sde(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 1.0
     times (:func:`~diffkit.noise.brownian_path_weights`: two independent Gaussian increments per step
     from the per-sample generators, g_1 then g_2), so a seed does not give k-diffusion's bits but the
     joint law is the same. The step to sigma = 0 is Euler, x~ -> D0 (one call, no noise). As in the
-    other Karras samplers the network's eps is the slope d, and D = x~ - sigma~ d."""
+    other Karras samplers the network's eps is the slope d, and D = x~ - sigma~ d. ``r`` must be in
+    (0, 1] (k-diffusion also takes r > 1): the Brownian weights read the path at sigma, sigma_mid,
+    sigma_next in that order and need sigma_mid between the two ends of the step (r = 1 puts it at
+    sigma_next, a zero second increment); r > 1 is a one-line DiffkitError."""
     check_range("eta", eta, 0.0, None)
     check_range("s_noise", s_noise, 0.0, None)
-    check_range("r", r, 0.0, 1.0, low_inclusive=False)
+    check_range("r", r)
+    if not 0.0 < r <= 1.0:
+        raise DiffkitError(f"r={r!r} is out of range; allowed: a number in (0, 1], so that sigma_mid = "
+                           "sigma^(1-r) sigma_next^r lies between sigma and sigma_next, where the step's "
+                           "Brownian noise reads the path (k-diffusion's tree also takes r > 1)")
     cond = cond or {}
     kg = _KarrasGrid(denoiser.schedule, grid, x)
     noisy = eta > 0.0 and s_noise > 0.0
