@@ -78,11 +78,13 @@ def test_dpmpp_sde_step_is_k_diffusion(t, s, eta, s_noise, r):
     t_fn(sigma_t), s_mid = t + h r, fac = 1/(2r); (sd, su) = get_ancestral_step(sigma, sigma_fn(s_mid));
     x~_2 = (sd/sigma) x~ - expm1(t - t_fn(sd)) D0 + s_noise su z_1; then with the step to sigma_s,
     x~' = (sd'/sigma) x~ - expm1(t - t_fn(sd')) ((1 - fac) D0 + fac D(x~_2; sigma_mid)) + s_noise su' z_2,
-    z_1, z_2 the normalised increments of one Brownian path (module docstring)."""
+    z_1, z_2 the normalised increments of one Brownian path (module docstring). The callback gets
+    the new state and the step's data prediction D0 (k-diffusion's ``denoised``)."""
     net = StaticLinear(4, seed=3)
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
+    seen = []
     out = dpmpp_sde(Denoiser(net, S), x, torch.tensor([float(t), float(s)], dtype=F64), eta=eta, s_noise=s_noise,
-                    r=r, generator=torch.Generator().manual_seed(12))
+                    r=r, generator=torch.Generator().manual_seed(12), callback=seen.append)
     sig, sig_next = karras_sigma(t), karras_sigma(s)
     lam, lam_next = t_fn(sig), t_fn(sig_next)
     h = lam_next - lam
@@ -100,6 +102,9 @@ def test_dpmpp_sde_step_is_k_diffusion(t, s, eta, s_noise, r):
     sd, su = get_ancestral_step(sig, sig_next, eta)
     expected = (sd / sig) * x_tilde - math.expm1(lam - t_fn(sd)) * D_d + s_noise * su * z2
     torch.testing.assert_close(out, ABAR[s].sqrt() * expected, rtol=1e-10, atol=1e-12)
+    assert [(c["step"], c["t"], c["s"]) for c in seen] == [(0, float(t), float(s))]
+    torch.testing.assert_close(seen[0]["x"], out, rtol=0, atol=0)
+    torch.testing.assert_close(seen[0]["x0"], D0, rtol=1e-10, atol=1e-12)
 
 
 def test_dpmpp_sde_step_into_clean_data_is_the_denoised_sample():
