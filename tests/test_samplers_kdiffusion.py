@@ -271,11 +271,12 @@ class Scripted:
 AB = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
-def test_ipndm_steps_are_adams_bashforth_1_to_4_in_sigma():
-    """k-diffusion's sample_ipndm on 6 Karras steps to sigma = 0 with scripted eps e_0 .. e_5:
-    x~_{i+1} = x~_i + (sigma_{i+1} - sigma_i) sum_j w_j e_{i-j}, w the fixed-step Adams-Bashforth
-    weights of order min(i + 1, 4) (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24),
-    and the step to sigma = 0 is x~ -> D = x~ - sigma e. One call per step."""
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_ipndm_steps_are_adams_bashforth_1_to_4_in_sigma(order):
+    """ComfyUI's k-diffusion sample_ipndm (max_order = ``order``) on 6 Karras steps to sigma = 0 with
+    scripted eps e_0 .. e_5: x~_{i+1} = x~_i + (sigma_{i+1} - sigma_i) sum_j w_j e_{i-j}, w the fixed-step
+    Adams-Bashforth weights of order min(i + 1, order) (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24,
+    -59/24, 37/24, -9/24), and the step to sigma = 0 is x~ -> D = x~ - sigma e. One call per step."""
     values = [torch.full((1, 2), v, dtype=F64) for v in (0.3, -0.7, 1.1, 0.2, -0.4, 0.9)]
     net = Scripted(values)
     grid = make_grid(S, 6, "karras")
@@ -283,14 +284,14 @@ def test_ipndm_steps_are_adams_bashforth_1_to_4_in_sigma():
     alpha = S.alpha(grid).tolist()
     seen = []
     x = torch.ones(1, 2, dtype=F64)
-    ipndm(Denoiser(net, S), x, grid, callback=lambda d: seen.append(d["x"].clone()))
+    ipndm(Denoiser(net, S), x, grid, order=order, callback=lambda d: seen.append(d["x"].clone()))
     assert net.calls == 6 and REGISTRY["ipndm"].nfe(6) == 6
     x_tilde = x / alpha[0]
     for i in range(6):
         if sig[i + 1] == 0:
             x_tilde = x_tilde - sig[i] * values[i]
         else:
-            w = AB[min(i + 1, 4)]
+            w = AB[min(i + 1, order)]
             x_tilde = x_tilde + (sig[i + 1] - sig[i]) * sum(w_j * values[i - j] for j, w_j in enumerate(w))
         torch.testing.assert_close(seen[i], alpha[i + 1] * x_tilde, rtol=1e-12, atol=1e-12)
 
