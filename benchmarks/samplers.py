@@ -31,7 +31,6 @@ Run (about 30-45 minutes on 2 CPU cores; a third of that per seed):
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import random
@@ -224,12 +223,14 @@ def diffusers_configs():
     return cfg
 
 
+OWN_SCHEDULE = ("IPNDMScheduler",)  # schedulers that take no betas (IPNDMScheduler: v-diffusion's trig schedule)
+
+
 def make_scheduler(cls_name: str, kwargs: dict):
-    """The scheduler with the DDPM betas, where it takes them (IPNDMScheduler has its own trig schedule)."""
+    """The scheduler with the DDPM betas, except those named in :data:`OWN_SCHEDULE` (by name, so that
+    a scheduler whose ``__init__`` takes ``**kwargs`` cannot silently run on its default betas)."""
     import diffusers
-    cls = getattr(diffusers, cls_name)
-    takes = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in BETAS.items() if k in takes}, **kwargs)
+    return getattr(diffusers, cls_name)(**({} if cls_name in OWN_SCHEDULE else BETAS), **kwargs)
 
 
 def diffusers_steps_for_nfe(cls_name: str, kwargs: dict, nfe: int):
@@ -276,6 +277,35 @@ def run_diffusers(cls_name: str, kwargs: dict, steps: int, x_T: torch.Tensor, ep
 OVERHEAD_CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
+# diffkit sampler -> the diffusers scheduler (and its options) whose per-step overhead it is timed against
+OVERHEAD_PAIRS = {
+    "ddim": ("DDIMScheduler", {}), "plms": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpm-solver++-2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm-solver": ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
+    "unipc": ("UniPCMultistepScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm2": ("KDPM2DiscreteScheduler", {}), "dpm2-ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "sde-dpm-solver++-3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "solver_type": "heun",
+                                                            "algorithm_type": "sde-dpmsolver++"}),
+    "dpm-solver++-sde": ("DPMSolverSDEScheduler", {}),
+    # a different schedule (v-diffusion's trig one), the same per-step work: AB1-4 on eps
+    "ipndm": ("IPNDMScheduler", {})}
+
+
+def overhead_names(names) -> list:
+    """``names`` (default: every key of :data:`OVERHEAD_PAIRS`), checked: a one-line DiffkitError names
+    the unknown ones and lists the allowed ones."""
+    if names is None:
+        return list(OVERHEAD_PAIRS)
+    unknown = [name for name in names if name not in OVERHEAD_PAIRS]
+    if unknown:
+        raise DiffkitError(f"--overhead-samplers: unknown {', '.join(map(repr, unknown))}; "
+                           f"allowed: {', '.join(OVERHEAD_PAIRS)}")
+    return list(names)
+
+
 def overhead(repeats: int = 15, clock: str = "wall", names=None) -> dict:
     """Per-step cost with a model that costs nothing (returns zeros), batch 4 x 16: the slope of
     time between 20 and 100 model calls (10 and 50 steps of the two-call samplers), so the
@@ -293,21 +323,7 @@ def overhead(repeats: int = 15, clock: str = "wall", names=None) -> dict:
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
     den = Denoiser(zero, schedule)
     x0 = torch.randn(4, 16)
-    pairs = {"ddim": ("DDIMScheduler", {}), "plms": ("PNDMScheduler", {"skip_prk_steps": True}),
-             "dpm-solver++-2m": ("DPMSolverMultistepScheduler", {}),
-             "dpm-solver": ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
-             "unipc": ("UniPCMultistepScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
-             "heun": ("HeunDiscreteScheduler", {}), "lms": ("LMSDiscreteScheduler", {}),
-             "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
-             "dpm2": ("KDPM2DiscreteScheduler", {}), "dpm2-ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
-             "deis": ("DEISMultistepScheduler", {}),
-             "sde-dpm-solver++-3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "solver_type": "heun",
-                                                                     "algorithm_type": "sde-dpmsolver++"}),
-             "dpm-solver++-sde": ("DPMSolverSDEScheduler", {}),
-             # a different schedule (v-diffusion's trig one), the same per-step work: AB1-4 on eps
-             "ipndm": ("IPNDMScheduler", {})}
-    if names is not None:
-        pairs = {name: pairs[name] for name in names}
+    pairs = {name: OVERHEAD_PAIRS[name] for name in overhead_names(names)}
 
     def run_diffkit(name, steps):
         t0 = now()
@@ -658,6 +674,10 @@ def main(argv=None):
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="only merge the samplers.json of separate runs (e.g. one per mixture) into --out")
     args = parser.parse_args(argv)
+    try:
+        overhead_names(args.overhead_samplers)
+    except DiffkitError as err:
+        parser.exit(2, f"error: {err}\n")
     if args.profile:
         try:
             name, nfe, spacing, final = parse_profile(args.profile)
