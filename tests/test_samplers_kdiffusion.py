@@ -1,5 +1,5 @@
-"""k-diffusion's DPM++ SDE (``dpm-solver++-sde``) and iPNDM (``ipndm``) against references that are not
-diffkit's own code: k-diffusion's steps written out here in its variables (x~ = x/alpha, sigma~ =
+"""k-diffusion's DPM++ SDE (``dpm-solver++-sde``) and ComfyUI's k-diffusion iPNDM (``ipndm``) against
+references that are not diffkit's own code: k-diffusion's steps written out here in its variables (x~ = x/alpha, sigma~ =
 sqrt((1 - abar)/abar), t_fn = -log sigma~, ``get_ancestral_step`` transcribed), the Adams-Bashforth
 weights, the closed-form law of the chain on Gaussian data, the Brownian covariance of the two noises
 of a step, and DPM-Solver++(2S) (``dpm_solver_singlestep``, Lu et al. 2022b Alg. 1) at eta = 0.

@@ -392,7 +392,7 @@ def ipndm_coefficients(sigmas, i: int, order: int) -> list:
     PNDM's pseudo linear multistep applied to the ODE in sigma~ itself): h = sigma_{i+1} - sigma_i
     times the fixed-step Adams-Bashforth weights of PNDM eq. 13 (:data:`~diffkit.samplers.pndm.PLMS_COEFFICIENTS`,
     orders 1-4), whatever the grid's spacing. A step to sigma = 0 is Euler, x~ + (0 - sigma_i) d_i = D
-    (k-diffusion's ``sample_ipndm``: ``x_next = denoised``)."""
+    (ComfyUI's branch of its k-diffusion ``sample_ipndm``: ``x_next = denoised``)."""
     h = sigmas[i + 1] - sigmas[i]
     if sigmas[i + 1] == 0.0:
         return [h]
@@ -410,7 +410,8 @@ def lms(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: 
 def ipndm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int = 4, cond: Optional[dict] = None,
           generator=None, callback=None, progress: bool = False) -> torch.Tensor:
     """iPNDM (improved PNDM; Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential
-    Integrator" (DEIS), iPNDM; k-diffusion ``sample_ipndm``): x~_s = x~ + (sigma_s - sigma) sum_j w_j d_{i-j}
+    Integrator" (DEIS), iPNDM; ComfyUI's k-diffusion ``sample_ipndm``, in comfy/k_diffusion/sampling.py,
+    from zju-pi/diff-sampler, not in crowsonkb/k-diffusion): x~_s = x~ + (sigma_s - sigma) sum_j w_j d_{i-j}
     with d = eps and the fixed-step Adams-Bashforth weights w of PNDM eq. 13, orders 1, 2, 3, 4 while
     the history fills (:func:`ipndm_coefficients`); one call per step. Unlike PLMS (``plms``), whose
     weights act on eps inside DDIM's transfer, these integrate dx~/dsigma~ = eps directly, as K-LMS
