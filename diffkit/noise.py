@@ -2,7 +2,9 @@
 
 ``generator`` may be ``None`` (global RNG), one ``torch.Generator`` for the whole batch, or a
 list of generators, one per sample. Noise is drawn in float32 on each generator's own device and
-moved to the target device: CPU generators (diffkit's own, :func:`generators_from_seed`) give the
+moved to the target device and dtype, except with ``None`` or one non-CPU generator for the whole
+batch, which draw directly in the target dtype (so their float16 or float64 noise is not their
+float32 noise rounded). CPU generators (diffkit's own, :func:`generators_from_seed`) give the
 same samples on cpu, cuda and mps; CUDA generators (diffusers' habit) draw on the GPU, and
 ``None`` draws from the target device's global RNG (neither matches across devices).
 """
