@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import samplers as bench  # noqa: E402
 from diffkit import Denoiser, NoiseSchedule, sample  # noqa: E402
 from diffkit.analytic import GaussianMixture  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
 
 
 def main(argv=None):
@@ -36,6 +37,16 @@ def main(argv=None):
     p.add_argument("--boot", type=int, default=2000)
     p.add_argument("--cache", type=Path, default=None, help="file to keep the reference ODE solution in")
     args = p.parse_args(argv)
+    configs = {label: (cls, kw) for label, cls, kw, det in bench.diffusers_configs() if det}
+    try:
+        for spec in args.diffkit.split(","):
+            bench.parse_profile(f"{spec}:{args.nfe}")
+        for label in args.diffusers.split(";"):
+            if label not in configs:
+                raise DiffkitError(f"--diffusers {label!r}: not a deterministic setting of samplers.diffusers_configs "
+                                   "(labels separated by ';', e.g. 'PNDM-PLMS[leading];DEIS-3[karras]')")
+    except DiffkitError as err:
+        p.exit(2, f"error: {err}\n")
     cfg = bench.MIXTURES[args.mixture]
     schedule = NoiseSchedule.linear()
     mixture = GaussianMixture.random(cfg["dim"], cfg["components"], seed=cfg["seed"])
@@ -48,7 +59,6 @@ def main(argv=None):
         ref = bench.reference_ode(eps_fn, schedule, x_T)
         if args.cache is not None:
             torch.save(ref, args.cache)
-    configs = {label: (cls, kw) for label, cls, kw, det in bench.diffusers_configs() if det}
     err = {"diffkit": {}, "diffusers": {}}
     for spec in args.diffkit.split(","):
         name, nfe, spacing, final = bench.parse_profile(f"{spec}:{args.nfe}")

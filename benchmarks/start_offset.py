@@ -30,6 +30,7 @@ import samplers as bench  # noqa: E402
 from flip_anatomy import continue_ode  # noqa: E402
 from diffkit import Denoiser, NoiseSchedule, sample  # noqa: E402
 from diffkit.analytic import GaussianMixture  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.samplers import REGISTRY  # noqa: E402
 from diffkit.sampling import sampler_grid  # noqa: E402
 
@@ -42,6 +43,18 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=10_000, help="per noise seed")
     p.add_argument("--cache", type=Path, default=None, help="file to keep the reference ODE solution in")
     args = p.parse_args(argv)
+    diffusers = {label: (cls, kw) for label, cls, kw, det in bench.diffusers_configs() if det}
+    for spec in args.specs:
+        try:
+            if "=" in spec:
+                label, nfe = spec.rsplit("=", 1)
+                if label not in diffusers or not nfe.isdigit():
+                    raise DiffkitError(f"{spec!r}: give LABEL=NFE with a deterministic diffusers label of "
+                                       f"samplers.diffusers_configs, e.g. 'PNDM-PLMS[leading]=20'")
+            else:
+                bench.parse_profile(spec)
+        except DiffkitError as err:
+            p.exit(2, f"error: {err}\n")
     cfg = bench.MIXTURES[args.mixture]
     schedule = NoiseSchedule.linear()
     mixture = GaussianMixture.random(cfg["dim"], cfg["components"], seed=cfg["seed"])
@@ -55,7 +68,6 @@ def main(argv=None):
         if args.cache is not None:
             torch.save(ref, args.cache)
     ref_comp = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
-    diffusers = {label: (cls, kw) for label, cls, kw, det in bench.diffusers_configs() if det}
     own = {}
     specs = list(args.specs)
     if args.all:
