@@ -78,8 +78,10 @@ def run_variants(result: dict, variants, log=print, nfes=None, grades=None) -> l
                 steps = info.steps_for_nfe(nfe, final_)
                 grid = (None if grade is None
                         else make_grid(schedule, steps, "logsnr_graded", final_, grade_sigmas=grade))
-                x = sample(den, x_T.clone(), sampler=name, steps=None if grid is not None else steps,
-                           spacing=spacing, final=final, grid=grid, progress=False)
+                own = grid is None  # a graded grid built here replaces the spacing and final named
+                x = sample(den, x_T.clone(), sampler=name, steps=steps if own else None,
+                           spacing=spacing if own else None, final=final if own else None, grid=grid,
+                           progress=False)
             except DiffkitError as err:  # an NFE this sampler/grid cannot spend
                 log(f"  {label} NFE {nfe}: {err}")
                 continue
