@@ -128,3 +128,19 @@ def test_bad_input_is_one_line_and_writes_nothing(file_run, tmp_path, capsys, ro
     assert len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_reconstruction_guidance_runs_under_inference_mode(file_run):
+    """torch.inference_mode() records no graph even under enable_grad: the guidance step leaves it (on
+    copies), so a forecast inside it equals one outside; weights made inside it are a one-line error."""
+    ck = file_run[0]
+    den = load_denoiser(ck)
+    history = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(0))
+    options = dict(sampler="ddpm", steps=3, reconstruction_weight=1.0, seed=0, progress=False)
+    expected = diffkit.forecast(den, history, 2, **options)
+    with torch.inference_mode():
+        torch.testing.assert_close(diffkit.forecast(den, history, 2, **options), expected, rtol=0, atol=0)
+        made_inside = load_denoiser(ck)
+        with pytest.raises(diffkit.DiffkitError, match=r"weights were made under torch.inference_mode\(\)") as err:
+            diffkit.forecast(made_inside, history, 2, **options)
+    assert "\n" not in str(err.value)
