@@ -139,6 +139,22 @@ def test_reconstruction_guidance_is_the_closed_form_x0_correction():
             torch.testing.assert_close(a * pred.x0 + s * pred.eps, x, rtol=0, atol=1e-9)
 
 
+def test_thresholding_clips_the_guided_x0_and_the_gradient_is_taken_unclipped():
+    """Known steps far outside [-1, 1] (mean 3, var 0.05; the generated step mean 0, correlated):
+    the known part's x_0 is always clipped, so a gradient taken through the clip would be 0 and
+    guidance would do nothing. Thresholding acts on the guided x_0 instead: the generated value's x_0
+    stays inside [-1, 1], so clip changes nothing and the guided forecast is the unclipped one."""
+    cov = 0.05 * RHO ** (torch.arange(L)[:, None] - torch.arange(L)[None]).abs().double()
+    den = Denoiser(GaussianMixture([1.0], torch.tensor([[3.0, 3.0, 3.0, 0.0]], dtype=torch.float64),
+                                   cov[None]).network(S), S)
+    history = torch.tensor([3.1, 3.2, 3.3], dtype=torch.float64).expand(50, 1, 3)
+    run = lambda w, th: diffkit.forecast(den, history, 1, "ddim", 20, reconstruction_weight=w, thresholding=th,  # noqa: E731
+                                         seed=0, **FREE)
+    guided = run(2.0, "clip")
+    torch.testing.assert_close(guided, run(2.0, None), rtol=0, atol=1e-12)
+    assert (guided - run(0.0, "clip")).mean() > 0.05  # toward the conditional mean 0.27
+
+
 # ---------------------------------------------------------------- input handling
 def test_impute_reads_nan_as_missing_and_a_shorter_window_is_padded():
     den = Denoiser(AR.network(S), S)
