@@ -100,6 +100,8 @@ BAD = [  # (rows of the file or None for the default 6, flags, message)
     (7, ["--horizon", "2"], r"has 7 history rows; with --horizon 2 the model's window of 8 rows takes at most 6"),
     (None, ["--horizon", "8"], r"--horizon 8 is out of range; allowed: 1..7"),
     ("nan", ["--horizon", "2"], r"line 3: column 'price' holds 'nan'; values must be finite"),
+    ("empty", ["--horizon", "2"], r"line 4: column 'volume' has a missing value; forecasting needs every history value "
+                                  r"\(leave out --horizon to impute the missing cells\)"),
     ("columns", ["--horizon", "2"], r"has the columns price, volume, other; the model was trained on price, volume, "
                                     r"noise"),
     (9, [], r"has 9 rows; the model imputes windows of at most 8 rows"),
@@ -117,6 +119,8 @@ def test_bad_input_is_one_line_and_writes_nothing(file_run, tmp_path, capsys, ro
     cells = [[float(v) for v in row] for row in history]
     if rows == "nan":
         cells[1][0] = float("nan")
+    if rows == "empty":
+        cells[2][1] = ""
     path = write_rows(tmp_path / "h.csv", cells, header)
     if rows == "missing":
         path = tmp_path / "absent.csv"

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import DiffkitError
 
 SERIES_OUT_SUFFIXES = (".csv", ".npy")
+FORECAST_MISSING = "forecasting needs every history value (leave out --horizon to impute the missing cells)"
 
 
 def check_series_flags(args) -> None:
@@ -58,7 +59,7 @@ def read_window(path: Path, meta: dict, allow_missing: bool):
         dropped = parse_columns((meta.get("config") or {}).get("drop_columns") or "")
         header = _header(path)
         drop = [name for name in dropped if name in header]
-    values, columns = read_series_file(path, drop, allow_missing=allow_missing)
+    values, columns = read_series_file(path, drop, allow_missing=allow_missing, missing_hint=FORECAST_MISSING)
     if scaling is not None:
         expected = list(scaling["columns"])
         if columns != expected:
