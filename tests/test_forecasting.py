@@ -238,6 +238,24 @@ def test_impute_reads_nan_as_missing_and_a_shorter_window_is_padded():
     assert out[0, 0, 0] == 0.1 and out[0, 0, 2] == 0.4
 
 
+def test_defaults_are_ddpm_with_reconstruction_guidance_1():
+    history = HISTORY.expand(4, 1, 3)
+    default = diffkit.forecast(DEN_AR, history, 1, steps=10, seed=0, **FREE)
+    torch.testing.assert_close(default, diffkit.forecast(DEN_AR, history, 1, "ddpm", 10, reconstruction_weight=1.0,
+                                                         seed=0, **FREE), rtol=0, atol=0)
+    assert not torch.equal(default, diffkit.forecast(DEN_AR, history, 1, "ddpm", 10, reconstruction_weight=0.0,
+                                                     seed=0, **FREE))
+
+
+def test_nothing_to_impute_returns_the_series_without_sampling_and_half_precision_comes_back_float32():
+    DEN_AR.reset_nfe()
+    series = torch.tensor([[[0.1, -0.2, 0.4]]], dtype=torch.float16)
+    out = diffkit.impute(DEN_AR, series, **FREE)
+    assert DEN_AR.nfe == 0 and out.dtype == torch.float32 and torch.equal(out, series.float())
+    out = diffkit.forecast(Denoiser(AR.network(S), S), series, 1, steps=2, seed=0, **FREE)
+    assert out.dtype == torch.float32
+
+
 HIST = torch.zeros(2, 1, 3, dtype=torch.float64)
 BAD = [
     (lambda: diffkit.forecast(DEN_AR, HIST, 4, **FREE), r"horizon=4 is out of range; allowed: an integer in \[1, 3\]"),
