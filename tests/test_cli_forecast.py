@@ -208,3 +208,22 @@ def test_series_defaults_are_ddpm_with_reconstruction_guidance_1(file_run, tmp_p
     replacement = run_edit(ck, path, tmp_path / "c.npy", "--horizon", "2", "--num", "2", "--sampler", "ddpm",
                            "--reconstruction-weight", "0")
     assert not np.array_equal(default, replacement)
+
+
+def test_a_batch_out_of_memory_is_halved_and_redrawn(file_run, tmp_path, monkeypatch, capsys):
+    """--series reuses memory.batches_with_oom_retry: a batch of more than one sample that runs out of
+    accelerator memory is redrawn in halves, with the same samples (sample i uses --seed + i)."""
+    ck, values, _, _ = file_run
+    path = write_rows(tmp_path / "h.csv", values[62:68])
+    flags = ["--horizon", "2", "--num", "3", "--seed", "5", "--batch-size", "4"]
+    expected = run_edit(ck, path, tmp_path / "a.npy", *flags)
+    real = diffkit.forecasting.forecast
+
+    def tight(denoiser, history, *args, **kwargs):
+        if history.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(denoiser, history, *args, **kwargs)
+
+    monkeypatch.setattr(diffkit.forecasting, "forecast", tight)
+    np.testing.assert_allclose(run_edit(ck, path, tmp_path / "b.npy", *flags), expected, rtol=1e-6)
+    assert "out of memory with a batch of 3; retrying with 1" in capsys.readouterr().err
