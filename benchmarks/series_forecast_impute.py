@@ -17,6 +17,11 @@ where a channel has none) and the mean (of the training windows, per channel and
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/series_forecast_impute.py     # ~10-15 min on 2 busy cores
     python benchmarks/series_forecast_impute.py --train-steps 200 --num 50 --samples 2   # quick check
+    python benchmarks/series_forecast_impute.py --table benchmarks/results/series_forecast_impute_2026-12-06.json
+
+The table (printed at the end of a run, or from a saved JSON with ``--table``; BENCHMARKS.md's) gives
+per method the mean of the ``--samples`` per-draw one-sample MSEs, [their min-max], and (the MSE of
+the mean of the samples).
 """
 from __future__ import annotations
 
@@ -77,6 +82,33 @@ def mse_unit(estimate: torch.Tensor, truth: torch.Tensor, missing: torch.Tensor)
     return float((diff ** 2).mean() / 4)
 
 
+NAIVE = {"last value": "last value (forecast) / linear interpolation (impute)",
+         "linear interpolation": "last value (forecast) / linear interpolation (impute)"}
+
+
+def cell(row: dict) -> str:
+    """A table cell: a baseline's MSE; a diffusion row's mean one-sample MSE over the draws [min-max]
+    (the MSE of the draws' mean)."""
+    draws = row.get("one_sample_per_draw")
+    if draws is None:
+        return f"{row['one_sample']:.5f}"
+    return f"{sum(draws) / len(draws):.5f} [{min(draws):.5f}-{max(draws):.5f}] ({row['mean']:.5f})"
+
+
+def table(rows: dict) -> str:
+    """The markdown table of a report's ``rows`` (task -> method -> row), methods in first-seen order."""
+    tasks = list(rows)
+    rows = {t: {NAIVE.get(name, name): row for name, row in rows[t].items()} for t in tasks}
+    methods = list(dict.fromkeys(name for task in tasks for name in rows[task]))
+    lines = ["| method | NFE / sample | " + " | ".join(tasks) + " |", "| --- | ---: |" + " ---: |" * len(tasks)]
+    for name in methods:
+        nfe = next((rows[t][name].get("nfe_per_sample") for t in tasks if name in rows[t]), None)
+        nfe = "-" if nfe is None else f"{nfe:.0f}" + (" (+ 1 backward each)" if "guidance" in name else "")
+        cells = [cell(rows[t][name]) if name in rows[t] else "-" for t in tasks]
+        lines.append(f"| {name} | {nfe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=100, help="held-out windows (default 100)")
@@ -88,7 +120,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="series_forecast_impute")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--table", metavar="JSON", help="only print the table of a saved report")
     args = parser.parse_args(argv)
+    if args.table:
+        import json
+        print(table(json.loads(Path(args.table).read_text())["rows"]))
+        return
     from context_fid_sines import train_diffusion
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -139,8 +176,8 @@ def main(argv=None) -> None:
                                 "nfe_per_sample": den.nfe / args.samples, "known_values_kept_exactly": kept,
                                 "seconds": time.perf_counter() - tick}
             row = rows[task][name]
-            print(f"  {name:52s} {row['one_sample']:.5f} (mean of {args.samples}: {row['mean']:.5f}; "
-                  f"{row['nfe_per_sample']:.0f} NFE, {row['seconds']:.0f} s)", flush=True)
+            print(f"  {name:52s} {cell(row)} (one-sample MSE: mean [min-max] of {args.samples} draws; (MSE of their "
+                  f"mean); {row['nfe_per_sample']:.0f} NFE, {row['seconds']:.0f} s)", flush=True)
     report = {
         "benchmark": args.name, "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/series_forecast_impute.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -152,7 +189,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = write_json(report, out / f"{args.name}_{report['date']}.json")
-    print(f"\ntotal {report['total_seconds']:.0f} s; wrote {path}")
+    print(f"\n{table(rows)}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -119,14 +119,16 @@ def strength_grid(grid: torch.Tensor, strength: float) -> torch.Tensor:
     return grid[count - kept:]
 
 
-def _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength):
+def _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength, wrap=None):
     """(sampler name, the strength's part of the sampler's own grid for ``steps``, the denoiser
-    with thresholding), the sampler options checked and left in ``options``."""
+    with thresholding, outside ``wrap(denoiser)`` if given), the sampler options checked and left
+    in ``options``."""
     check_denoiser(denoiser)
     check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
     info, grid, thresholding, threshold_options = plan(denoiser, sampler, steps, None, spacing, final, None,
                                                        thresholding, options)
-    return info.name, strength_grid(grid, strength), thresholded(denoiser, thresholding, threshold_options)
+    inner = denoiser if wrap is None else wrap(denoiser)
+    return info.name, strength_grid(grid, strength), thresholded(inner, thresholding, threshold_options)
 
 
 # ---------------------------------------------------------------- SDEdit
@@ -289,13 +291,19 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     adds reconstruction guidance (Ho et al. 2022, Sec. 3.1; :class:`~diffkit.guidance.ReconstructionGuidance`)
     to the repainted region's x_0, with any sampler and with RePaint: a gradient through the network
     each step (about 3x the work). Other arguments as :func:`img2img`; thresholding acts on the
-    network's x_0 before the known pixels replace it."""
+    (guided) x_0 before the known pixels replace it: the guidance's gradient is taken through the
+    network's own x_0, unclipped."""
     images = check_images(images, "images", value_range)
     check_fits(denoiser, images)
     mask = check_mask(mask, images)
     repaint_walk(1, jump_length, jump_n_sample)  # checks the two before any work
     check_range("reconstruction_weight", reconstruction_weight, 0.0, None)
-    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
+    guided = None
+    if reconstruction_weight > 0:  # inside the thresholding: a clipped x_0 would pass no gradient
+        from .guidance import ReconstructionGuidance
+        guided = lambda inner: ReconstructionGuidance(inner, images, mask, reconstruction_weight)  # noqa: E731
+    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength,
+                                    guided)
     if jump_n_sample > 1 and name != "ddpm":
         raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) needs sampler='ddpm'; got "
                            f"{sampler!r}")
@@ -304,9 +312,6 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
     x = diffusion.q_sample(denoiser.schedule, start, grid[0], noise)
-    if reconstruction_weight > 0:
-        from .guidance import ReconstructionGuidance
-        denoiser = ReconstructionGuidance(denoiser, images, mask, reconstruction_weight)
     wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large)
     if jump_n_sample > 1:
         walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)

@@ -54,18 +54,21 @@ def _generate(denoiser, window: torch.Tensor, repaint: torch.Tensor, sampler, st
     return inpaint(denoiser, window, repaint, sampler, steps, value_range=None, **options)
 
 
-def forecast(denoiser, history, horizon: int, sampler: str = "ddim", steps: int = 50, *,
-             length: Optional[int] = None, reconstruction_weight: float = 0.0, jump_length: int = 10,
+def forecast(denoiser, history, horizon: int, sampler: str = "ddpm", steps: int = 50, *,
+             length: Optional[int] = None, reconstruction_weight: float = 1.0, jump_length: int = 10,
              jump_n_sample: int = 1, **options) -> torch.Tensor:
     """The next ``horizon`` steps of each series of ``history`` (B, C, h), drawn from the model's
     windows of ``length`` L (default the checkpoint's ``seq_length``) whose first h steps are the
     history: (B, C, horizon). Allowed: 1 <= horizon <= L - 1 and h + horizon <= L (with h +
     horizon < L the window's last L - h - horizon steps are generated too and dropped: a shorter
-    context, the same model). The history must be finite.
+    context, the same model). The history must be finite; float16 / bfloat16 input is computed and
+    returned in float32 (other float dtypes as given).
 
-    ``reconstruction_weight`` (w >= 0, default 0: replacement), ``jump_length`` / ``jump_n_sample``
-    (RePaint, ``sampler="ddpm"``) and the other options (``seed``, ``generator``, ``eta``,
-    ``progress``, ...) are those of :func:`diffkit.inpaint`."""
+    Defaults: ``sampler="ddpm"`` and reconstruction guidance ``reconstruction_weight`` w = 1 (the
+    weight of Ho et al. 2022's Gaussian approximation; one backward pass through the network per
+    step, so the denoiser must be differentiable; w = 0 is plain replacement, :func:`diffkit.inpaint`'s
+    default). ``jump_length`` / ``jump_n_sample`` (RePaint, ``sampler="ddpm"``) and the other options
+    (``seed``, ``generator``, ``eta``, ``progress``, ...) are those of :func:`diffkit.inpaint`."""
     history = _check_series(history, "history")
     length = model_length(denoiser, length)
     check_range("horizon", horizon, 1, length - 1, integer=True)
@@ -85,15 +88,16 @@ def forecast(denoiser, history, horizon: int, sampler: str = "ddim", steps: int 
     return out[..., known:known + horizon]
 
 
-def impute(denoiser, series, observed_mask=None, sampler: str = "ddim", steps: int = 50, *,
-           length: Optional[int] = None, reconstruction_weight: float = 0.0, jump_length: int = 10,
+def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
+           length: Optional[int] = None, reconstruction_weight: float = 1.0, jump_length: int = 10,
            jump_n_sample: int = 1, **options) -> torch.Tensor:
     """``series`` (B, C, n) with its missing values drawn from the model given the observed ones:
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
     (default the checkpoint's ``seq_length``): n <= L (with n < L the window's last L - n steps
     are generated and dropped). The observed values are returned exactly; an observed value must be
-    finite. Options as :func:`forecast`."""
+    finite. With nothing missing the series is returned as given (a copy; float16 / bfloat16 as
+    float32) and nothing is sampled. Options and defaults as :func:`forecast`."""
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
     _check_channels(denoiser, series, "series")
@@ -117,6 +121,8 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddim", steps: i
         if not bool(torch.isfinite(series[observed]).all()):
             raise DiffkitError("series holds NaN or infinite values where observed_mask says observed; every "
                                "observed value must be finite")
+    if bool(observed.all()):  # nothing to impute: the sampler is not run
+        return series.clone()
     window = torch.zeros(batch, channels, length, dtype=series.dtype, device=series.device)
     window[..., :steps_given] = torch.where(observed, series, torch.zeros_like(series))
     repaint = torch.ones_like(window)

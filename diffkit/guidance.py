@@ -389,16 +389,29 @@ class ReconstructionGuidance(Wrapper):
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
         if self.weight == 0:
             return self.inner(x, t, **cond)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            pred = self.inner(x_in, t, **cond)
-            x0 = pred.x0
-            if not x0.requires_grad:
-                raise DiffkitError("the denoiser's x0 does not depend on x (no gradient): reconstruction guidance "
-                                   "needs a differentiable network")
-            kept = 1 - self.mask.to(device=x.device, dtype=x0.dtype)
-            residual = kept * (self.known.to(device=x.device, dtype=x0.dtype) - x0)
-            (grad,) = torch.autograd.grad(residual.pow(2).sum(), x_in)  # samples are independent: per-sample grads
+        # under torch.inference_mode() no graph is recorded even with enable_grad: leave it for this
+        # step, on copies (inference tensors cannot be saved for backward)
+        with torch.inference_mode(False), torch.enable_grad():
+            inference = torch.is_inference(x)
+            x_in = (x.clone() if inference else x.detach()).requires_grad_(True)
+            t_in, known, mask = (v.clone() if isinstance(v, torch.Tensor) and torch.is_inference(v) else v
+                                 for v in (t, self.known, self.mask))
+            cond_in = {k: v.clone() if isinstance(v, torch.Tensor) and torch.is_inference(v) else v
+                       for k, v in cond.items()}
+            try:
+                pred = self.inner(x_in, t_in, **cond_in)
+                x0 = pred.x0
+                if not x0.requires_grad:
+                    raise DiffkitError("the denoiser's x0 does not depend on x (no gradient): reconstruction "
+                                       "guidance needs a differentiable network")
+                kept = 1 - mask.to(device=x.device, dtype=x0.dtype)
+                residual = kept * (known.to(device=x.device, dtype=x0.dtype) - x0)
+                (grad,) = torch.autograd.grad(residual.pow(2).sum(), x_in)  # samples independent: per-sample grads
+            except RuntimeError as err:
+                if "Inference tensors cannot be saved for backward" not in str(err):
+                    raise
+                raise DiffkitError("reconstruction guidance needs gradients through the network, but its weights "
+                                   "were made under torch.inference_mode(); load the model outside it") from None
         self.gradient_calls += 1
         alpha = diffusion.expand(self.schedule.alpha(_times64(t, x.shape[0])), x).to(x.dtype)
         x0 = x0.detach() - 0.5 * self.weight * alpha * self.mask.to(x.device, x.dtype) * grad.to(x.dtype)

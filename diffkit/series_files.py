@@ -80,6 +80,9 @@ class SeriesScaling:
         return cls(tuple(meta["columns"]), tuple(meta["minimum"]), tuple(meta["maximum"]))
 
 
+TRAINING_MISSING = "a training file needs every value (fill or remove such rows first)"
+
+
 def parse_columns(text: str) -> list:
     """``"date, id"`` -> ["date", "id"] (the ``drop_columns`` field)."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -101,10 +104,12 @@ def check_series_file(path: Path) -> None:
         raise DiffkitError(f"series file {str(path)!r} is empty; it needs a header row and at least one row")
 
 
-def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing: bool = False) -> tuple:
+def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing: bool = False,
+                    missing_hint: str = TRAINING_MISSING) -> tuple:
     """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
     A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8.
-    ``allow_missing``: an empty cell or NaN is read as NaN (a missing value to impute)."""
+    ``allow_missing``: an empty cell or NaN is read as NaN (a missing value to impute); otherwise an empty
+    cell is "a missing value" followed by ``missing_hint``."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):  # stripped first so that an error's offset counts from the data's start
         data = data[len(codecs.BOM_UTF8):]
@@ -116,12 +121,13 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing:
                            f"UTF-8") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        return _parse_csv(path, reader, drop_columns, allow_missing)
+        return _parse_csv(path, reader, drop_columns, allow_missing, missing_hint)
     except csv.Error as err:
         raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
 
 
-def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: bool = False) -> tuple:
+def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: bool = False,
+               missing_hint: str = TRAINING_MISSING) -> tuple:
     """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped."""
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
@@ -153,7 +159,10 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
         values = []
         for i in keep:
             cell = row[i].strip()
-            if allow_missing and cell == "":
+            if cell == "":
+                if not allow_missing:
+                    raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} has a missing value; "
+                                       f"{missing_hint}")
                 cell = "nan"
             try:
                 value = float(cell)
@@ -198,9 +207,11 @@ def read_npy_series(path: Path, allow_missing: bool = False) -> tuple:
     return array, [str(i) for i in range(array.shape[1])]
 
 
-def read_series_file(path, drop_columns: Sequence[str] = (), allow_missing: bool = False) -> tuple:
+def read_series_file(path, drop_columns: Sequence[str] = (), allow_missing: bool = False,
+                     missing_hint: str = TRAINING_MISSING) -> tuple:
     """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc);
-    ``allow_missing``: empty cells and NaN are read as NaN (``diffkit edit --series``'s imputation)."""
+    ``allow_missing``: empty cells and NaN are read as NaN (``diffkit edit --series``'s imputation); otherwise
+    an empty CSV cell is an error ending in ``missing_hint`` (default: a training file's)."""
     path = Path(path)
     check_series_file(path)
     if path.suffix.lower() == ".npy":
@@ -208,7 +219,7 @@ def read_series_file(path, drop_columns: Sequence[str] = (), allow_missing: bool
             raise DiffkitError(f"drop_columns applies to CSV files (by header name); {path} is an array: keep only "
                                f"the wanted columns in it")
         return read_npy_series(path, allow_missing)
-    return read_csv_series(path, drop_columns, allow_missing)
+    return read_csv_series(path, drop_columns, allow_missing, missing_hint)
 
 
 def split_rows(num_rows: int, test_fraction: float) -> int:

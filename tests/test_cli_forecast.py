@@ -57,12 +57,13 @@ def test_forecast_round_trip_in_the_files_units(file_run, tmp_path, capsys):
     header, table = read_out(tmp_path / "f.csv")
     assert header == ["sample", *COLUMNS] and table.shape == (3 * 2, 4)
     assert table[:, 0].tolist() == [0, 0, 1, 1, 2, 2]
-    # by hand: min-max scale the history with the checkpoint's training min / max, forecast, clamp, unscale
+    # by hand: min-max scale the history with the checkpoint's training min / max, forecast with the API's
+    # defaults (ddpm, reconstruction guidance w = 1: the CLI's for --series), unscale; not clamped
     scaled = torch.from_numpy(2 * (history - low) / (high - low) - 1).float().T[None].expand(3, -1, -1)
-    model = diffkit.forecast(load_denoiser(ck), scaled, 2, "ddim", 4, seed=7, progress=False)
-    expected = (model.clamp(-1, 1).double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
+    model = diffkit.forecast(load_denoiser(ck), scaled, 2, steps=4, seed=7, progress=False)
+    expected = (model.double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
     np.testing.assert_allclose(table[:, 1:], expected.reshape(6, 3), rtol=1e-6, atol=1e-6)
-    assert (table[:, 1:] >= low - 1e-9).all() and (table[:, 1:] <= high + 1e-9).all()
+    assert ((table[:, 1:] < low) | (table[:, 1:] > high)).any()  # beyond the training range: written as generated
     assert np.ptp(table[:, 1]) > 1 or abs(table[:, 1].mean()) > 10  # price in its units (about 40..60)
     # .npy: the same numbers as an array (num, rows, columns)
     code = main(["edit", "--checkpoint", str(ck), "--series", str(path), "--horizon", "2", "--num", "3", "--seed",
@@ -90,9 +91,9 @@ def test_impute_keeps_the_given_cells_and_fills_the_empty_ones(file_run, tmp_pat
     missing[1, 0] = missing[4, 2] = missing[6, 1] = True
     assert (filled[:, ~missing] == window[~missing]).all()  # the given values exactly as read
     scaled = torch.from_numpy(2 * (np.where(missing, np.nan, window) - low) / (high - low) - 1).float().T[None]
-    model = diffkit.impute(load_denoiser(ck), scaled.expand(2, -1, -1), None, "ddim", 4, seed=0,
+    model = diffkit.impute(load_denoiser(ck), scaled.expand(2, -1, -1), None, "ddpm", 4, seed=0,
                            reconstruction_weight=1.0, progress=False)
-    expected = (model.clamp(-1, 1).double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
+    expected = (model.double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
     np.testing.assert_allclose(filled[:, missing], expected[:, missing], rtol=1e-6, atol=1e-6)
 
 
@@ -100,6 +101,8 @@ BAD = [  # (rows of the file or None for the default 6, flags, message)
     (7, ["--horizon", "2"], r"has 7 history rows; with --horizon 2 the model's window of 8 rows takes at most 6"),
     (None, ["--horizon", "8"], r"--horizon 8 is out of range; allowed: 1..7"),
     ("nan", ["--horizon", "2"], r"line 3: column 'price' holds 'nan'; values must be finite"),
+    ("empty", ["--horizon", "2"], r"line 4: column 'volume' has a missing value; forecasting needs every history value "
+                                  r"\(leave out --horizon to impute the missing cells\)"),
     ("columns", ["--horizon", "2"], r"has the columns price, volume, other; the model was trained on price, volume, "
                                     r"noise"),
     (9, [], r"has 9 rows; the model imputes windows of at most 8 rows"),
@@ -117,6 +120,8 @@ def test_bad_input_is_one_line_and_writes_nothing(file_run, tmp_path, capsys, ro
     cells = [[float(v) for v in row] for row in history]
     if rows == "nan":
         cells[1][0] = float("nan")
+    if rows == "empty":
+        cells[2][1] = ""
     path = write_rows(tmp_path / "h.csv", cells, header)
     if rows == "missing":
         path = tmp_path / "absent.csv"
@@ -128,3 +133,97 @@ def test_bad_input_is_one_line_and_writes_nothing(file_run, tmp_path, capsys, ro
     assert len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_reconstruction_guidance_runs_under_inference_mode(file_run):
+    """torch.inference_mode() records no graph even under enable_grad: the guidance step leaves it (on
+    copies), so a forecast inside it equals one outside; weights made inside it are a one-line error."""
+    ck = file_run[0]
+    den = load_denoiser(ck)
+    history = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(0))
+    options = dict(sampler="ddpm", steps=3, reconstruction_weight=1.0, seed=0, progress=False)
+    expected = diffkit.forecast(den, history, 2, **options)
+    with torch.inference_mode():
+        torch.testing.assert_close(diffkit.forecast(den, history, 2, **options), expected, rtol=0, atol=0)
+        made_inside = load_denoiser(ck)
+        with pytest.raises(diffkit.DiffkitError, match=r"weights were made under torch.inference_mode\(\)") as err:
+            diffkit.forecast(made_inside, history, 2, **options)
+    assert "\n" not in str(err.value)
+
+
+def run_edit(ck, series, out, *flags):
+    code = main(["edit", "--checkpoint", str(ck), "--series", str(series), "--steps", "3", "--out", str(out),
+                 "--no-progress", *flags])
+    assert code == 0
+    return np.load(out) if str(out).endswith(".npy") else read_out(out)[1]
+
+
+def test_samples_do_not_depend_on_the_batch_size(file_run, tmp_path):
+    """Sample i uses --seed + i: 3 samples in batches of 2 (the second batch starts at sample 2) are the
+    3 of one batch."""
+    ck, values, _, _ = file_run
+    path = write_rows(tmp_path / "h.csv", values[62:68])
+    flags = ["--horizon", "2", "--num", "3", "--seed", "5"]
+    one = run_edit(ck, path, tmp_path / "a.npy", *flags, "--batch-size", "16")
+    # equal up to float32 round-off of the batched network
+    np.testing.assert_allclose(run_edit(ck, path, tmp_path / "b.npy", *flags, "--batch-size", "2"), one, rtol=1e-6)
+
+
+def test_an_npy_history_takes_the_models_columns_in_order(file_run, tmp_path, capsys):
+    """An .npy has no column names: a CSV model takes its columns in the training order (only the count is
+    checked), so the array of a CSV's rows forecasts as the CSV does; another count is a one-line error."""
+    ck, values, _, _ = file_run
+    history = values[62:68]
+    flags = ["--horizon", "2", "--num", "2", "--seed", "3"]
+    from_csv = run_edit(ck, write_rows(tmp_path / "h.csv", history), tmp_path / "a.npy", *flags)
+    np.save(tmp_path / "h.npy", history)
+    np.testing.assert_array_equal(run_edit(ck, tmp_path / "h.npy", tmp_path / "b.csv", *flags)[:, 1:],
+                                  from_csv.reshape(-1, 3))
+    assert "price, volume, noise" in capsys.readouterr().out
+    np.save(tmp_path / "two.npy", history[:, :2])
+    code = main(["edit", "--checkpoint", str(ck), "--series", str(tmp_path / "two.npy"), *flags, "--out",
+                 str(tmp_path / "c.csv"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "has 2 columns; the model was trained on 3 (price, volume, noise, in this order)" in err
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_a_file_with_nothing_missing_is_written_back_unchanged(file_run, tmp_path, capsys):
+    ck, values, _, _ = file_run
+    window = values[10:18]
+    out = run_edit(ck, write_rows(tmp_path / "full.csv", window), tmp_path / "o.npy", "--num", "2")
+    assert "has no missing value, so nothing was sampled" in capsys.readouterr().out
+    np.testing.assert_array_equal(out, np.stack([window, window]))
+
+
+def test_series_defaults_are_ddpm_with_reconstruction_guidance_1(file_run, tmp_path):
+    """--series without --sampler / --reconstruction-weight is --sampler ddpm --reconstruction-weight 1."""
+    ck, values, _, _ = file_run
+    path = write_rows(tmp_path / "h.csv", values[62:68])
+    default = run_edit(ck, path, tmp_path / "a.npy", "--horizon", "2", "--num", "2")
+    explicit = run_edit(ck, path, tmp_path / "b.npy", "--horizon", "2", "--num", "2", "--sampler", "ddpm",
+                        "--reconstruction-weight", "1")
+    np.testing.assert_array_equal(default, explicit)
+    replacement = run_edit(ck, path, tmp_path / "c.npy", "--horizon", "2", "--num", "2", "--sampler", "ddpm",
+                           "--reconstruction-weight", "0")
+    assert not np.array_equal(default, replacement)
+
+
+def test_a_batch_out_of_memory_is_halved_and_redrawn(file_run, tmp_path, monkeypatch, capsys):
+    """--series reuses memory.batches_with_oom_retry: a batch of more than one sample that runs out of
+    accelerator memory is redrawn in halves, with the same samples (sample i uses --seed + i)."""
+    ck, values, _, _ = file_run
+    path = write_rows(tmp_path / "h.csv", values[62:68])
+    flags = ["--horizon", "2", "--num", "3", "--seed", "5", "--batch-size", "4"]
+    expected = run_edit(ck, path, tmp_path / "a.npy", *flags)
+    real = diffkit.forecasting.forecast
+
+    def tight(denoiser, history, *args, **kwargs):
+        if history.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(denoiser, history, *args, **kwargs)
+
+    monkeypatch.setattr(diffkit.forecasting, "forecast", tight)
+    np.testing.assert_allclose(run_edit(ck, path, tmp_path / "b.npy", *flags), expected, rtol=1e-6)
+    assert "out of memory with a batch of 3; retrying with 1" in capsys.readouterr().err

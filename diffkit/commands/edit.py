@@ -7,7 +7,7 @@ model's channels). Without ``--mask`` each image is noised to the strength's tim
 grey PNG of the images' size: white = repaint, black = keep) the white region is repainted
 (``diffkit.inpaint``; ``--strength`` default 1; ``--jump-n-sample R`` with ``--sampler ddpm``:
 RePaint's resampling). The results go to ``--out`` as
-``edit_00000.png``, ... in the order of the input files; image i depends only on ``--seed`` + i.
+``edit_00000.png``, ... in the order of the input files; output i depends only on ``--seed`` + i.
 With ``--interpolate K`` the images are taken in pairs (1st with 2nd, 3rd with 4th, ...) and
 ``--out``/interpolation.png shows each pair's row of K images at weights 0, 1/(K-1), ..., 1
 (``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default T/2 - 1; or ``ddim``,
@@ -16,8 +16,8 @@ DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
 With ``--series FILE.csv|.npy`` (instead of ``--images``) a time-series checkpoint forecasts the next
 ``--horizon H`` rows after the file's rows, or, without ``--horizon``, imputes its empty / NaN cells
 (``diffkit.forecast`` / ``diffkit.impute``; ``--reconstruction-weight W``: reconstruction guidance,
-``--jump-n-sample R``: RePaint), writing ``--num`` samples to ``--out`` (.csv or .npy) in the file's
-units; see :mod:`diffkit.commands.edit_series`.
+default 1 with ``--series`` and ``--sampler`` default ddpm; ``--jump-n-sample R``: RePaint), writing
+``--num`` samples to ``--out`` (.csv or .npy) in the file's units; see :mod:`diffkit.commands.edit_series`.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def strength_value(text: str) -> float:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("edit", help="img2img (SDEdit) or inpainting of PNG images", description=__doc__)
+    p = sub.add_parser("edit", help="img2img (SDEdit), inpainting or interpolation of PNG images; forecast / impute a series (--series)", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
     p.add_argument("--images", metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
     p.add_argument("--series", metavar="CSV|NPY", help="time-series checkpoints: the rows to forecast from "
@@ -48,14 +48,15 @@ def register(sub) -> None:
                    help="with --series: forecast H rows after the file's rows (1..seq_length - 1)")
     p.add_argument("--num", type=int_in(1, 100_000), metavar="N",
                    help="with --series: samples of the forecast / imputation (default 1; sample i uses --seed + i)")
-    p.add_argument("--reconstruction-weight", type=non_negative_float, default=0.0, metavar="W",
+    p.add_argument("--reconstruction-weight", type=non_negative_float, metavar="W",
                    help="with --series or --mask: reconstruction guidance weight w (Ho et al. 2022; 0 = replacement "
-                        "only, the default; each step then costs a network gradient)")
+                        "only; default 1 with --series, 0 with --mask; w > 0 costs a backward pass per step)")
     p.add_argument("--mask", metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint")
     p.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8; "
                         "1 with --mask)")
-    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL also sets the grid")
+    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; ddpm with --series); NAME@SPACING:FINAL "
+                   "also sets the grid")
     p.add_argument("--steps", type=positive_int, help="steps of the full grid (default 50)")
     p.add_argument("--interpolate", type=int_in(2, 64), metavar="K",
                    help="interpolate pairs of images at K weights from 0 to 1 (writes OUT/interpolation.png)")
@@ -65,13 +66,15 @@ def register(sub) -> None:
                    "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     p.add_argument("--jump-n-sample", type=positive_int, default=1,
-                   help="with --mask and --sampler ddpm: RePaint's resampling, each jump this many times "
-                        "(default 1: none)")
+                   help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
+                        "times (default 1: none)")
     p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
     p.add_argument("--class", dest="class_id", type=int, metavar="ID",
                    help="class-conditional checkpoints: the class every image is edited towards")
-    p.add_argument("--seed", type=seed_int, default=0, help="image i uses seed + i (independent of batch size)")
-    p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
+    p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
+                   "(independent of batch size)")
+    p.add_argument("--batch-size", type=int_in(1, 65536), default=16,
+                   help="images, pairs or --series samples per batch (default 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
                    "with --series a .csv or .npy file)")
     p.add_argument("--device", default="auto")
@@ -181,7 +184,7 @@ def run(args) -> int:
         else:
             edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
                              else args.strength, jump_length=args.jump_length,
-                             jump_n_sample=args.jump_n_sample, reconstruction_weight=args.reconstruction_weight,
+                             jump_n_sample=args.jump_n_sample, reconstruction_weight=args.reconstruction_weight or 0.0,
                              **common)
         return (edited.clamp(-1, 1).cpu(),)
 
@@ -202,7 +205,7 @@ def _series(args) -> int:
     from ..sampling import check_eta, resolve_sampler
     from .edit_series import check_series_flags, run_series
     check_series_flags(args)
-    info, _, _ = resolve_sampler(args.sampler or "ddim")  # a bad sampler fails before loading
+    info, _, _ = resolve_sampler(args.sampler or "ddpm")  # a bad sampler fails before loading
     info.check_not_adaptive("diffkit edit")
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}

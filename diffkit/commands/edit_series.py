@@ -2,13 +2,17 @@
 a time-series checkpoint's data (docs/editing.md, "Series: forecast and impute"), with
 :func:`diffkit.forecast` / :func:`diffkit.impute`.
 
-The file is a .csv (header row) or .npy ``(rows, columns)`` like the training file: its columns
-(after the checkpoint's ``drop_columns``) must be the model's, in order; a model of a series file
-reads and writes the file's own units (the checkpoint's ``series_scaling``), a Sines model its own
-values. Forecasting: the rows are the history (no missing value), at most ``seq_length - H`` of them;
-imputation: at most ``seq_length`` rows. ``--out`` (.csv or .npy) gets ``--num`` samples: a CSV with a
-``sample`` column then the model's columns (forecast: the H new rows of each sample; impute: every
-row, the given values exactly as read), or an array (num, rows, columns). Sample i uses ``--seed`` + i.
+The file is a .csv (header row) or .npy ``(rows, columns)`` like the training file: a CSV's columns
+(after the checkpoint's ``drop_columns``) must be the model's, by name and in order; an .npy's count
+must match and its columns are taken in the model's order. A model of a series file reads and writes
+the file's own units (the checkpoint's ``series_scaling``; the output is mapped back as generated,
+not clamped to the training range), a Sines model its own values. Forecasting: the rows are the
+history (no missing value), at most ``seq_length - H`` of them; imputation: at most ``seq_length``
+rows (a file with no missing value is written back unchanged, nothing sampled). ``--out`` (.csv or
+.npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
+new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
+rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
+halved and redrawn). Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 from ..errors import DiffkitError
 
 SERIES_OUT_SUFFIXES = (".csv", ".npy")
+FORECAST_MISSING = "forecasting needs every history value (leave out --horizon to impute the missing cells)"
 
 
 def check_series_flags(args) -> None:
@@ -58,9 +63,14 @@ def read_window(path: Path, meta: dict, allow_missing: bool):
         dropped = parse_columns((meta.get("config") or {}).get("drop_columns") or "")
         header = _header(path)
         drop = [name for name in dropped if name in header]
-    values, columns = read_series_file(path, drop, allow_missing=allow_missing)
+    values, columns = read_series_file(path, drop, allow_missing=allow_missing, missing_hint=FORECAST_MISSING)
     if scaling is not None:
         expected = list(scaling["columns"])
+        if path.suffix.lower() == ".npy":  # an array has no names: its columns are taken in the model's order
+            if len(columns) != len(expected):
+                raise DiffkitError(f"--series {str(path)!r} has {len(columns)} columns; the model was trained on "
+                                   f"{len(expected)} ({', '.join(expected)}, in this order)")
+            return values, expected, SeriesScaling.from_meta(scaling)
         if columns != expected:
             raise DiffkitError(f"--series {str(path)!r} has the columns {', '.join(columns)}; the model was trained on "
                                f"{', '.join(expected)} (in this order)")
@@ -77,6 +87,7 @@ def run_series(args, denoiser, info, options, device) -> int:
 
     from ..checkpoint import atomic_write_bytes
     from ..forecasting import forecast, impute
+    from ..memory import batches_with_oom_retry
     from ._common import check_output_file
     meta = denoiser.meta
     length = int(meta["unet"]["seq_length"])
@@ -96,20 +107,25 @@ def run_series(args, denoiser, info, options, device) -> int:
     check_output_file(out, "--out", out.suffix.lower())
     model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN
     window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
+    sampler = "ddpm" if args.sampler is None else args.sampler
+    weight = 1.0 if args.reconstruction_weight is None else args.reconstruction_weight
     num = args.num
-    results = []
-    for start in range(0, num, args.batch_size):
-        n = min(args.batch_size, num - start)
-        common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
-                      length=length, reconstruction_weight=args.reconstruction_weight, jump_length=args.jump_length,
-                      jump_n_sample=args.jump_n_sample, seed=args.seed + start, progress=args.progress, **options)
+    nothing_missing = horizon is None and not np.isnan(values).any()
+
+    def draw(start: int, n: int):
+        common = dict(sampler=sampler, steps=args.steps or 50, length=length, reconstruction_weight=weight,
+                      jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, seed=args.seed + start,
+                      progress=args.progress, **options)
         batch = window.expand(n, -1, -1).to(device)
         drawn = forecast(denoiser, batch, horizon, **common) if horizon is not None else impute(denoiser, batch,
                                                                                                   **common)
-        results.append(drawn.double().cpu())
+        return (drawn.double().cpu(),)
+
+    # a batch out of memory is halved and redrawn (sample i depends only on --seed + i)
+    results = [drawn for _, drawn in batches_with_oom_retry(draw, num, args.batch_size)]
     drawn = torch.cat(results).permute(0, 2, 1).numpy()  # (num, rows, F): rows of time steps, as the file
-    if scaling is not None:  # back to the file's units; clamped to the model's range first, as diffkit sample
-        drawn = scaling.unnormalise(np.clip(drawn, -1.0, 1.0), axis=-1)
+    if scaling is not None:  # back to the file's units, as generated: not clamped (beyond the training range
+        drawn = scaling.unnormalise(drawn, axis=-1)  # is extrapolation the model never saw)
     if horizon is None:  # the given values exactly as read
         drawn = np.where(np.isnan(values)[None], drawn, values[None])
     if out.suffix.lower() == ".npy":
@@ -124,10 +140,14 @@ def run_series(args, denoiser, info, options, device) -> int:
             for row in sample:
                 writer.writerow([i, *(repr(float(v)) for v in row)])
         atomic_write_bytes(out, text.getvalue().encode("utf-8"))
+    if nothing_missing:
+        print(f"wrote {out}: {num} copy(ies) of the {rows} rows as read: --series {str(path)!r} has no missing value, "
+              f"so nothing was sampled (give --horizon H to forecast)")
+        return 0
     what = f"forecast {horizon} rows after {rows}" if horizon is not None else \
         f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
     units = "the file's units" if scaling is not None else "the model's units"
-    guidance = f", reconstruction guidance w={args.reconstruction_weight:g}" if args.reconstruction_weight else ""
+    guidance = f", reconstruction guidance w={weight:g}" if weight else ""
     print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
           f"steps{guidance})")
     return 0
