@@ -82,28 +82,6 @@ def start_train(workdir: Path, args: list[str], name: str) -> subprocess.Popen:
                             stdout=out, stderr=err)
 
 
-# `diffkit train` in an interpreter that has imported torch, diffkit's command line and torch._dynamo (which
-# the first optimiser step imports) before it reads its arguments, one JSON line on stdin: the kill -9
-# trials start the next trial's interpreter while the current one trains (about 4 s of imports a trial,
-# off the critical path). What runs once the line arrives is `python -m diffkit train ARGS`'s main(ARGS).
-_WAITING_TRAIN = ("import json, sys; import torch, torch._dynamo, diffkit.training; from diffkit.cli import main; "
-                  "sys.exit(main(['train', *json.loads(sys.stdin.readline())]))")
-
-
-def prestart_train(workdir: Path, name: str) -> subprocess.Popen:
-    """A process that becomes `diffkit train ARGS` once :func:`go` sends ARGS; its output in NAME.out/.err."""
-    out = open(workdir / f"{name}.out", "w")
-    err = open(workdir / f"{name}.err", "w")
-    return subprocess.Popen([sys.executable, "-c", _WAITING_TRAIN], cwd=workdir, env=subprocess_env(),
-                            stdin=subprocess.PIPE, stdout=out, stderr=err, text=True)
-
-
-def go(proc: subprocess.Popen, args: list[str]) -> subprocess.Popen:
-    proc.stdin.write(json.dumps(args) + "\n")
-    proc.stdin.close()
-    return proc
-
-
 def wait_for(predicate, timeout=90.0, poll=0.01) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -247,39 +225,33 @@ def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
     base = folder_train_args(tmp_path, steps=400)
     last_step, hits, stale_before = 0, 0, []
     trial = -1
-    spare = prestart_train(tmp_path, "kill0")
-    try:
-        while (trial := trial + 1) < 6 or (hits == 0 and trial < 12):
-            args = ["--resume", str(latest), "--no-sample", "--no-progress"] if latest.exists() else base
-            inode = latest.stat().st_ino if latest.exists() else None
-            # this trial's process starts training; the next trial's imports meanwhile
-            proc, spare = go(spare, args), prestart_train(tmp_path, f"kill{trial + 1}")
-            try:
-                # wait until this process has replaced latest (a new inode), then a random moment more
-                assert wait_for(lambda: proc.poll() is not None or (
-                    latest.exists() and latest.stat().st_ino != inode)), "no checkpoint within the time limit"
-                assert proc.poll() is None, (tmp_path / f"kill{trial}.err").read_text()
-                if trial % 2 or trial >= 6:  # mid-write: kill as soon as a fresh temp file shows up
-                    wait_for(lambda: set(temp_files(folder)) - set(stale_before), timeout=20, poll=0.0005)
-                else:
-                    time.sleep(rng.uniform(0.0, 0.6))
-            finally:
-                proc.kill()
-                proc.wait()
-            assert proc.returncode == -signal.SIGKILL
-            left = [p for p in temp_files(folder) if f".{proc.pid}-" in p.name]  # this process's half-written files
-            hits += bool(left)
-            tensors, meta = ckpt.load_checkpoint(latest)  # always loads (checksum verified)
-            assert meta["step"] > last_step  # progress is never lost beyond the last checkpoint
-            last_step = meta["step"]
-            for p in folder.glob("ckpt_*.safetensors"):  # every kept checkpoint is whole as well
-                ckpt.load_checkpoint(p)
-                assert not p.name.startswith(".")
-            assert not any(p in temp_files(folder) for p in stale_before), "stale temp files survived a save"
-            stale_before = temp_files(folder)
-    finally:  # the last trial's spare, still waiting for its arguments
-        spare.kill()
-        spare.wait()
+    while (trial := trial + 1) < 6 or (hits == 0 and trial < 12):
+        args = ["--resume", str(latest), "--no-sample", "--no-progress"] if latest.exists() else base
+        inode = latest.stat().st_ino if latest.exists() else None
+        proc = start_train(tmp_path, args, f"kill{trial}")
+        try:
+            # wait until this process has replaced latest (a new inode), then a random moment more
+            assert wait_for(lambda: proc.poll() is not None or (
+                latest.exists() and latest.stat().st_ino != inode)), "no checkpoint within the time limit"
+            assert proc.poll() is None, (tmp_path / f"kill{trial}.err").read_text()
+            if trial % 2 or trial >= 6:  # mid-write: kill as soon as a fresh temp file shows up
+                wait_for(lambda: set(temp_files(folder)) - set(stale_before), timeout=20, poll=0.0005)
+            else:
+                time.sleep(rng.uniform(0.0, 0.6))
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        left = [p for p in temp_files(folder) if f".{proc.pid}-" in p.name]  # this process's half-written files
+        hits += bool(left)
+        tensors, meta = ckpt.load_checkpoint(latest)  # always loads (checksum verified)
+        assert meta["step"] > last_step  # progress is never lost beyond the last checkpoint
+        last_step = meta["step"]
+        for p in folder.glob("ckpt_*.safetensors"):  # every kept checkpoint is whole as well
+            ckpt.load_checkpoint(p)
+            assert not p.name.startswith(".")
+        assert not any(p in temp_files(folder) for p in stale_before), "stale temp files survived a save"
+        stale_before = temp_files(folder)
     assert hits >= 1, "no kill landed while a checkpoint was being written"
     # a last short resume to completion cleans up everything a kill left behind
     assert main(["train", "--resume", str(latest), "--no-sample", "--no-progress", "--set",
