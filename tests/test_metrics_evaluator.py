@@ -96,3 +96,10 @@ def test_load_and_input_errors_are_one_line(tmp_path):
         EvaluatorNet()(torch.zeros(2, 3, 28, 28))
     with pytest.raises(DiffkitError, match="labels span"):
         train_evaluator(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 5]), num_classes=3)
+    # raw pixels (what a data set's .images holds) would train on the wrong scale: refused in one line
+    with pytest.raises(DiffkitError, match="uint8 are not allowed"):
+        train_evaluator(torch.full((4, 1, 8, 8), 200, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), 2)
+    with pytest.raises(DiffkitError, match=r"images span \[0, 255\]; allowed: floats in \[-1, 1\]"):
+        train_evaluator(torch.linspace(0, 255, 256).reshape(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), 2)
+    with pytest.raises(DiffkitError, match="images span"):
+        train_evaluator(torch.full((4, 1, 8, 8), float("nan")), torch.tensor([0, 1, 0, 1]), 2)

@@ -84,11 +84,17 @@ def train_evaluator(images, labels, num_classes: int, epochs: int = 1, *, batch_
 
     ``images``: (N, C, H, W) floats in [-1, 1]; ``labels``: (N,) ints in 0..num_classes-1.
     """
+    if torch.is_tensor(images) and images.dtype == torch.uint8:
+        raise DiffkitError("images of dtype uint8 are not allowed; expected floats in [-1, 1] "
+                           "(pixels p in 0..255: p / 127.5 - 1)")
     images = torch.as_tensor(images, dtype=torch.float32)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise DiffkitError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} are not "
                            "allowed; expected (N, C, H, W) images and (N,) labels")
+    if images.numel() and not (images.min() >= -1 and images.max() <= 1):
+        raise DiffkitError(f"images span [{float(images.min()):g}, {float(images.max()):g}]; allowed: "
+                           "floats in [-1, 1] (pixels p in 0..255: p / 127.5 - 1)")
     check_range("num_classes", num_classes, 2, None, integer=True)
     check_range("epochs", epochs, 1, None, integer=True)
     check_range("batch_size", batch_size, 1, None, integer=True)
