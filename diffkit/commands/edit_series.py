@@ -80,30 +80,29 @@ def read_window(path: Path, meta: dict, allow_missing: bool):
     return values, columns, None
 
 
+def _list(starts) -> str:
+    """Window starts as text: all of them, or the first three and the last."""
+    return ", ".join(map(str, starts)) if len(starts) <= 4 else f"{starts[0]}, {starts[1]}, {starts[2]}, ..., {starts[-1]}"
+
+
 def run_series(args, denoiser, info, options, device) -> int:
     """``diffkit edit --series``: after :func:`check_series_flags` and loading the checkpoint."""
     import numpy as np
     import torch
 
     from ..checkpoint import atomic_write_bytes
-    from ..forecasting import forecast, impute
+    from ..forecasting import forecast, forecast_windows, impute, impute_windows
     from ..memory import batches_with_oom_retry
     from ._common import check_output_file
     meta = denoiser.meta
     length = int(meta["unet"]["seq_length"])
     path, out = Path(args.series), Path(args.out)
-    horizon = args.horizon
-    if horizon is not None and not 1 <= horizon < length:
-        raise DiffkitError(f"--horizon {horizon} is out of range; allowed: 1..{length - 1} (the model's windows are "
-                           f"{length} rows)")
+    horizon, chunk = args.horizon, args.chunk
+    if chunk is not None and not 1 <= chunk < length:
+        raise DiffkitError(f"--chunk {chunk} is out of range; allowed: 1..{length - 1} (the new rows of each of the "
+                           f"model's windows of {length} rows)")
     values, columns, scaling = read_window(path, meta, allow_missing=horizon is None)
     rows = values.shape[0]
-    if horizon is not None and rows > length - horizon:
-        raise DiffkitError(f"--series {str(path)!r} has {rows} history rows; with --horizon {horizon} the model's window "
-                           f"of {length} rows takes at most {length - horizon} (give the last {length - horizon})")
-    if horizon is None and rows > length:
-        raise DiffkitError(f"--series {str(path)!r} has {rows} rows; the model imputes windows of at most {length} rows "
-                           f"(split the file into windows)")
     check_output_file(out, "--out", out.suffix.lower())
     model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN
     window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
@@ -113,7 +112,7 @@ def run_series(args, denoiser, info, options, device) -> int:
     nothing_missing = horizon is None and not np.isnan(values).any()
 
     def draw(start: int, n: int):
-        common = dict(sampler=sampler, steps=args.steps or 50, length=length, reconstruction_weight=weight,
+        common = dict(sampler=sampler, steps=args.steps or 50, length=length, chunk=chunk, reconstruction_weight=weight,
                       jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, seed=args.seed + start,
                       progress=args.progress, **options)
         batch = window.expand(n, -1, -1).to(device)
@@ -144,8 +143,18 @@ def run_series(args, denoiser, info, options, device) -> int:
         print(f"wrote {out}: {num} copy(ies) of the {rows} rows as read: --series {str(path)!r} has no missing value, "
               f"so nothing was sampled (give --horizon H to forecast)")
         return 0
-    what = f"forecast {horizon} rows after {rows}" if horizon is not None else \
-        f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
+    if horizon is not None:
+        windows = forecast_windows(rows, length, horizon, chunk)
+        what = f"forecast {horizon} rows after {rows}" + (f" (from the last {windows[0][0]} as history)"
+                                                         if windows[0][0] < rows else "")
+        if len(windows) > 1:
+            what += (f", rolled in {len(windows)} windows of up to {max(k for _, k in windows)} new rows, each "
+                     f"conditioned on up to {length - windows[0][1]} rows before it, given or generated (errors compound)")
+    else:
+        what = f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
+        if rows > length:
+            starts = impute_windows(rows, length, chunk or length // 2)
+            what += f" in {len(starts)} windows of {length} rows starting at rows {_list(starts)}"
     units = "the file's units" if scaling is not None else "the model's units"
     guidance = f", reconstruction guidance w={weight:g}" if weight else ""
     print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
