@@ -263,6 +263,9 @@ BAD = [
     (lambda: diffkit.forecast(DEN_AR, HIST, 6, chunk=4, **FREE), r"chunk=4 is out of range; allowed: an integer in "
                                                                  r"\[1, 3\]"),
     (lambda: diffkit.forecast(DEN_AR, HIST, 6, chunk=0, **FREE), r"chunk=0 is out of range"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 6, chunk=1.5, **FREE), r"chunk=1.5 must be an integer"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 6, seed=0, generator=torch.Generator(), **FREE),
+     r"give seed or generator, not both"),
     (lambda: diffkit.impute(DEN_AR, torch.zeros(1, 1, 9), chunk=4, **FREE), r"chunk=4 is out of range"),
     (lambda: diffkit.forecast(DEN_AR, HIST + float("nan"), 1, **FREE), r"history holds NaN"),
     (lambda: diffkit.forecast(DEN_AR, HIST[0], 1, **FREE), r"history of shape \(1, 3\) is not allowed"),
