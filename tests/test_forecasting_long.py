@@ -8,12 +8,12 @@ import torch
 
 import diffkit
 import diffkit.forecasting as fc
-from diffkit import Denoiser, DiffkitError
+from diffkit import Denoiser
 from diffkit.analytic import gaussian_ode_solution
 from diffkit.forecasting import forecast_windows, impute_windows, random_missing_mask
 from diffkit.sampling import sampler_grid
 from diffkit.samplers.registry import get_sampler
-from test_forecasting import (AR, C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, S, alpha_sigma,
+from test_forecasting import (C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, S, alpha_sigma,
                               assert_moments, exact_moments)
 
 

@@ -15,7 +15,8 @@ DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
 
 With ``--series FILE.csv|.npy`` (instead of ``--images``) a time-series checkpoint forecasts the next
 ``--horizon H`` rows after the file's rows, or, without ``--horizon``, imputes its empty / NaN cells
-(a long file window by window, ``--chunk K`` new rows per window; ``diffkit.forecast`` / ``diffkit.impute``; ``--reconstruction-weight W``: reconstruction guidance,
+(``diffkit.forecast`` / ``diffkit.impute``; a horizon or a file beyond one window goes window by window,
+``--chunk K`` new rows each; ``--reconstruction-weight W``: reconstruction guidance,
 default 1 with ``--series`` and ``--sampler`` default ddpm; ``--jump-n-sample R``: RePaint), writing
 ``--num`` samples to ``--out`` (.csv or .npy) in the file's units; see :mod:`diffkit.commands.edit_series`.
 """

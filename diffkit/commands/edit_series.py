@@ -1,5 +1,5 @@
-"""``diffkit edit --series FILE``: forecast (``--horizon H``) or impute (empty / NaN cells) one window of
-a time-series checkpoint's data (docs/editing.md, "Series: forecast and impute"), with
+"""``diffkit edit --series FILE``: forecast (``--horizon H``) or impute (empty / NaN cells) a
+time-series checkpoint's data (docs/editing.md, "Series: forecast and impute"), with
 :func:`diffkit.forecast` / :func:`diffkit.impute`.
 
 The file is a .csv (header row) or .npy ``(rows, columns)`` like the training file: a CSV's columns
@@ -7,8 +7,10 @@ The file is a .csv (header row) or .npy ``(rows, columns)`` like the training fi
 must match and its columns are taken in the model's order. A model of a series file reads and writes
 the file's own units (the checkpoint's ``series_scaling``; the output is mapped back as generated,
 not clamped to the training range), a Sines model its own values. Forecasting: the rows are the
-history (no missing value), at most ``seq_length - H`` of them; imputation: at most ``seq_length``
-rows (a file with no missing value is written back unchanged, nothing sampled). ``--out`` (.csv or
+history (no missing value; the last ``seq_length - H`` are used), a horizon beyond ``seq_length - 1``
+rolled window after window (``--chunk K`` new rows each, default ``seq_length // 2``); imputation: a
+file longer than ``seq_length`` is imputed window by window (``--chunk K`` new rows each); a file with
+no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
 rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
