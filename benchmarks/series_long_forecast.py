@@ -8,10 +8,11 @@ a_c(t) = 0.8 a_c(t - 1) + 0.2 e(t), e ~ N(0, 1) (stationary sd 0.33). The model:
 --dataset series`` on it through diffkit's Trainer (``test_fraction`` 0.2: the last 800 rows held
 out; seq_length L = 32, TemporalUNet(32), channel_mult 1,2,2, v-prediction, cosine T = 1000, EMA
 0.999; ``--train-steps`` steps of batch 64). Forecast origins: ``--origins`` rows evenly spaced in the
-held-out rows, each with the whole file before it as its history (the forecast uses its last rows).
+held-out rows, each with the 128 rows before it as its history (the forecast uses its last ones).
 Horizons H = 8 (L / 4, Diffusion-TS's forecasting window: one window), 16 and 32 (2x and 4x): with the
-default chunk (a horizon of at most L - 1 = 31 in one window, else chunks of L // 2 = 16) and with
-``chunk`` 8 (every window keeps 24 rows of context; H = 8 is one window either way). Sampler: the
+default chunk (a horizon of at most L - 1 = 31 in one window, else chunks of L // 4 = 8, context 24)
+and with ``--chunks`` 16, 8 and 4 (every window keeps 16 / 24 / 28 rows of context; a horizon <= the
+chunk is one window). Sampler: the
 forecast defaults (ddpm, reconstruction guidance w = 1), ``--steps`` steps, ``--samples`` draws.
 
 Baselines: last value (per column); seasonal naive with the true period 24 (the value 24 rows before,
@@ -91,6 +92,50 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def impute_rows(den, scaling, values, span, first_test: int, args) -> dict:
+    """Long-series imputation: the held-out rows as 8 series of 100 rows (batch 8), each value missing
+    with probability 0.7; MSE over the missing values (unit scale) of diffkit.impute window by window
+    (each chunk of ``--impute-chunks``) and of linear interpolation (per series and column)."""
+    from diffkit.forecasting import impute_windows, random_missing_mask
+    truth = np.stack([values[first_test + 100 * i:first_test + 100 * (i + 1)] for i in range(8)])  # (8, 100, 2)
+    observed = random_missing_mask(truth.shape, 0.7, seed=args.seed + 1).numpy()
+    missing = ~observed
+    rows = {}
+
+    def score(estimate):
+        return float((((estimate - truth) / span) ** 2)[missing].mean())
+    steps = np.arange(truth.shape[1])
+    linear = truth.copy()
+    for b in range(truth.shape[0]):
+        for c in range(truth.shape[2]):
+            known = observed[b, :, c]
+            linear[b, :, c] = np.interp(steps, steps[known], truth[b, known, c])
+    rows["linear interpolation"] = {"mse": score(linear)}
+    given = torch.from_numpy(np.where(observed, scaling.normalise(truth), np.nan).transpose(0, 2, 1)).float()
+    for chunk in args.impute_chunks:
+        tick = time.perf_counter()
+        draws, kept = [], []
+        for k in range(args.samples):
+            out = diffkit.impute(den, given, None, steps=args.steps, chunk=chunk, seed=args.seed + 1000 * (k + 1),
+                                 progress=False)
+            kept.append(torch.equal(out[~torch.isnan(given)], given[~torch.isnan(given)]))  # in the model's units
+            draws.append(scaling.unnormalise(out.double().numpy(), axis=1).transpose(0, 2, 1))
+        kept = all(kept)
+        windows = impute_windows(truth.shape[1], LENGTH, chunk)
+        rows[f"diffusion, chunk {chunk}"] = {"per_draw": [score(d) for d in draws], "mse_of_mean": score(np.mean(draws, 0)),
+                                             "windows": len(windows), "observed_kept_exactly": kept,
+                                             "seconds": time.perf_counter() - tick}
+        print(f"impute chunk {chunk}: {len(windows)} windows: {cell(rows[f'diffusion, chunk {chunk}'])} (kept exactly: "
+              f"{kept}; {time.perf_counter() - tick:.0f} s)", flush=True)
+    return {"task": "8 series of 100 held-out rows, 70% of the values missing at random", "rows": rows}
+
+
+def impute_table(imputation: dict) -> str:
+    lines = [f"| method | {imputation['task']} |", "| --- | ---: |"]
+    lines += [f"| {name} | {cell(row)} |" for name, row in imputation["rows"].items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=1500)
@@ -98,12 +143,17 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunks", type=lambda text: [int(c) for c in text.split(",")], default=[16, 8, 4],
+                        help="chunk sizes compared with the default (comma-separated; default 16,8,4)")
+    parser.add_argument("--impute-chunks", type=lambda text: [int(c) for c in text.split(",")], default=[16, 8],
+                        help="chunk sizes of the long-series imputation (comma-separated; default 16,8)")
     parser.add_argument("--name", default="series_long_forecast")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--table", metavar="JSON", help="only print the table of a saved report")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())["rows"]))
+        report = json.loads(Path(args.table).read_text())
+        print(f"{table(report['rows'])}\n\n{impute_table(report['imputation'])}")
         return
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -139,7 +189,7 @@ def main(argv=None) -> None:
                                ("oracle (true conditional mean)", oracle)):
             unit, file_units = mse(estimate, h)
             rows[h][name] = {"mse": unit, "mse_file_units": file_units}
-        for label, chunk in (("default chunk", None), ("chunk 8", 8)):
+        for label, chunk in [("default chunk", None)] + [(f"chunk {c}", c) for c in args.chunks]:
             windows = forecast_windows(history.shape[-1], LENGTH, h, chunk)
             name = f"diffusion, {label}"
             tick = time.perf_counter()
@@ -156,6 +206,7 @@ def main(argv=None) -> None:
                   f"({rows[h][name]['seconds']:.0f} s)", flush=True)
         for name in list(rows[h])[:3]:
             print(f"H={h} {name}: {cell(rows[h][name])}")
+    imputation = impute_rows(den, scaling, values, span, first_test, args)
     report = {
         "benchmark": args.name, "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/series_long_forecast.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -165,11 +216,12 @@ def main(argv=None) -> None:
         "scale": "MSE over the forecast rows on the [0, 1] min-max scale of the training rows (file units: "
                  "*_file_units)",
         "rows": {str(h): row for h, row in rows.items()},
+        "imputation": imputation,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = write_json(report, out / f"{args.name}_{report['date']}.json")
-    print(f"\n{table(report['rows'])}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
+    print(f"\n{table(report['rows'])}\n\n{impute_table(imputation)}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def scaled_rows(rows, low, high):
 
 def test_a_long_file_forecasts_from_its_last_rows_and_rolls_past_one_window(file_run, tmp_path, capsys):
     """20 rows (seq_length 8): --horizon 2 forecasts from the last 6 (as a file of those 6 rows does, bit for
-    bit); --horizon 12 rolls in 3 windows of 4 new rows (the default chunk 8 // 2), equal to diffkit.forecast
+    bit); --horizon 12 rolls in 6 windows of 2 new rows (the default chunk 8 // 4), equal to diffkit.forecast
     of the scaled rows by hand; --chunk 3 makes it 4 windows."""
     ck, values, low, high = file_run
     rows = values[40:60]
@@ -249,8 +249,8 @@ def test_a_long_file_forecasts_from_its_last_rows_and_rolls_past_one_window(file
                                                  "--horizon", "2", *flags))
     capsys.readouterr()
     rolled = run_edit(ck, path, tmp_path / "c.npy", "--horizon", "12", *flags)
-    assert ("forecast 12 rows after 20 (from the last 4 as history), rolled in 3 windows of up to 4 new rows, each "
-            "conditioned on up to 4 rows before it") in capsys.readouterr().out
+    assert ("forecast 12 rows after 20 (from the last 6 as history), rolled in 6 windows of up to 2 new rows, each "
+            "conditioned on up to 6 rows before it") in capsys.readouterr().out
     assert rolled.shape == (2, 12, 3)
     model = diffkit.forecast(load_denoiser(ck), scaled_rows(rows, low, high).expand(2, -1, -1), 12, steps=3, seed=7,
                              progress=False)

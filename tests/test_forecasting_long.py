@@ -42,9 +42,11 @@ def record_windows(monkeypatch):
 def test_the_window_plans():
     assert forecast_windows(3, 4, 3) == [(1, 3)]  # fits one window: the last L - horizon history steps
     assert forecast_windows(1, 4, 2) == [(1, 2)]  # a short history: the window's last step dropped
-    assert forecast_windows(3, 4, 5) == [(2, 2), (2, 2), (3, 1)]  # default chunk L // 2; the last one shorter
+    assert forecast_windows(3, 4, 5, chunk=2) == [(2, 2), (2, 2), (3, 1)]  # the last chunk shorter, more context
+    assert forecast_windows(3, 4, 5) == [(3, 1)] * 5  # default chunk max(L // 4, 1)
     assert forecast_windows(1, 4, 4, chunk=3) == [(1, 3), (3, 1)]
-    assert forecast_windows(2, 24, 48) == [(2, 12), (12, 12), (12, 12), (12, 12)]
+    assert forecast_windows(2, 24, 30) == [(2, 6), (8, 6), (14, 6), (18, 6), (18, 6)]  # the history, then 18
+    assert forecast_windows(30, 24, 23) == [(1, 23)]  # one window: the last L - horizon history steps
     assert impute_windows(4, 4, 2) == [0] and impute_windows(3, 4, 2) == [0]
     assert impute_windows(11, 4, 2) == [0, 2, 4, 6, 7]  # the last window ends with the series
     assert impute_windows(8, 4, 2) == [0, 2, 4]
@@ -67,16 +69,17 @@ def test_a_rolled_forecast_of_independent_steps_is_the_exact_map_of_each_windows
     for width, new in forecast_windows(known, L, horizon, chunk):
         noise = torch.stack([torch.randn(C, L, generator=g) for g in generators]).double()
         expected.append(ode_map(noise, steps)[..., width:width + new])
-    assert (out - torch.cat(expected, dim=-1)).abs().max() < 1e-2
+    # 300 DDIM steps are within 0.013 of the exact map; a reused noise or a wrong position is off by O(0.1-1)
+    assert (out - torch.cat(expected, dim=-1)).abs().max() < 2e-2
 
 
 def test_each_chunk_is_conditioned_on_the_last_values_given_or_generated(monkeypatch):
-    """The windows of a rolled forecast (horizon 5 of an L = 4 model, default chunk 2, a history of 6):
+    """The windows of a rolled forecast (horizon 5 of an L = 4 model, chunk 2, a history of 6):
     each window's known part is the last L - new values of the history followed by the chunks already
     generated, the rest repainted, and the forecast is the windows' new values in order."""
     calls = record_windows(monkeypatch)
     history = torch.randn(3, 1, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = diffkit.forecast(DEN_AR, history, 5, "ddpm", 5, seed=0, **FREE)
+    out = diffkit.forecast(DEN_AR, history, 5, "ddpm", 5, chunk=2, seed=0, **FREE)
     assert len(calls) == 3
     so_far = history
     for (window, repaint, generated), (width, new) in zip(calls, [(2, 2), (2, 2), (3, 1)]):

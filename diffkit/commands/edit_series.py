@@ -8,8 +8,9 @@ must match and its columns are taken in the model's order. A model of a series f
 the file's own units (the checkpoint's ``series_scaling``; the output is mapped back as generated,
 not clamped to the training range), a Sines model its own values. Forecasting: the rows are the
 history (no missing value; the last ``seq_length - H`` are used), a horizon beyond ``seq_length - 1``
-rolled window after window (``--chunk K`` new rows each, default ``seq_length // 2``); imputation: a
-file longer than ``seq_length`` is imputed window by window (``--chunk K`` new rows each); a file with
+rolled window after window (``--chunk K`` new rows each, default ``seq_length // 4``); imputation: a
+file longer than ``seq_length`` is imputed window by window (``--chunk K`` new rows each, default
+``seq_length // 2``); a file with
 no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
@@ -107,6 +108,8 @@ def run_series(args, denoiser, info, options, device) -> int:
     rows = values.shape[0]
     check_output_file(out, "--out", out.suffix.lower())
     model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN
+    if horizon is not None:  # a forecast's windows never take more than the last L - 1 rows as context
+        model_values = model_values[-(length - 1):]
     window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
     sampler = "ddpm" if args.sampler is None else args.sampler
     weight = 1.0 if args.reconstruction_weight is None else args.reconstruction_weight
