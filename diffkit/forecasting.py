@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from .denoiser import _innermost
-from .editing import inpaint
+from .editing import _generators, inpaint
 from .errors import DiffkitError, check_range
 
 
@@ -54,15 +54,56 @@ def _generate(denoiser, window: torch.Tensor, repaint: torch.Tensor, sampler, st
     return inpaint(denoiser, window, repaint, sampler, steps, value_range=None, **options)
 
 
+def _window_options(options: dict, batch: int, **settings) -> dict:
+    """The options of every window of one call: ``seed`` becomes the per-sample generators (seed + i) once,
+    so that window after window continues each sample's random stream (the same seed in every window would
+    reuse the same noise); a caller's ``generator`` is used the same way."""
+    options = dict(options, **settings)
+    seed, generator = options.pop("seed", None), options.pop("generator", None)
+    if seed is not None or generator is not None:
+        options["generator"] = _generators(seed, generator, batch)
+    return options
+
+
+def default_chunk(length: int, horizon: int) -> int:
+    """The default ``chunk`` of a forecast of ``horizon`` steps with windows of ``length`` L: the whole
+    horizon when it fits one window (horizon <= L - 1, the one-window forecast), else max(L // 4, 1):
+    every window generates its last quarter from the three quarters before it, Diffusion-TS's
+    forecasting split (Yuan & Qiao 2024), the one-window task of benchmarks/series_forecast_impute.py;
+    benchmarks/series_long_forecast.py measured it below L // 2's MSE at 2x and 4x that horizon."""
+    return horizon if horizon <= length - 1 else max(length // 4, 1)
+
+
+def forecast_windows(known: int, length: int, horizon: int, chunk: Optional[int] = None) -> list:
+    """The windows of :func:`forecast` with ``known`` history steps: (context, new) per window, in order:
+    ``new`` = min(chunk, steps still to generate) and ``context`` = min(steps known so far, L - new),
+    the last ones (history and generated)."""
+    chunk = default_chunk(length, horizon) if chunk is None else chunk
+    windows, done = [], 0
+    while done < horizon:
+        new = min(chunk, horizon - done)
+        windows.append((min(known + done, length - new), new))
+        done += new
+    return windows
+
+
 def forecast(denoiser, history, horizon: int, sampler: str = "ddpm", steps: int = 50, *,
-             length: Optional[int] = None, reconstruction_weight: float = 1.0, jump_length: int = 10,
-             jump_n_sample: int = 1, **options) -> torch.Tensor:
+             length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
+             jump_length: int = 10, jump_n_sample: int = 1, **options) -> torch.Tensor:
     """The next ``horizon`` steps of each series of ``history`` (B, C, h), drawn from the model's
-    windows of ``length`` L (default the checkpoint's ``seq_length``) whose first h steps are the
-    history: (B, C, horizon). Allowed: 1 <= horizon <= L - 1 and h + horizon <= L (with h +
-    horizon < L the window's last L - h - horizon steps are generated too and dropped: a shorter
-    context, the same model). The history must be finite; float16 / bfloat16 input is computed and
-    returned in float32 (other float dtypes as given).
+    windows of ``length`` L (default the checkpoint's ``seq_length``): (B, C, horizon).
+
+    The forecast is generated ``chunk`` steps at a time (1 <= chunk <= L - 1; default
+    :func:`default_chunk`: the whole horizon when horizon <= L - 1, else max(L // 4, 1)): each chunk of k
+    steps (the last one may be shorter) is the inpainting of a window whose first steps are the last
+    min(n, L - k) known values, n of them known so far (the history, then the chunks already
+    generated, which count as known), and whose next k steps are generated (with fewer than L - k
+    known values the window's last steps are generated too and dropped: a shorter context, the same
+    model). So one window with horizon <= L - 1 uses the last L - horizon history steps; a longer
+    horizon rolls window after window, each chunk conditioned on its own generated predecessors, and
+    errors compound. The history must be finite; float16 / bfloat16 input is computed and returned in
+    float32 (other float dtypes as given). ``seed`` / ``generator`` seed the first window and
+    continue, per sample, through the next ones.
 
     Defaults: ``sampler="ddpm"`` and reconstruction guidance ``reconstruction_weight`` w = 1 (the
     weight of Ho et al. 2022's Gaussian approximation; one backward pass through the network per
@@ -71,65 +112,101 @@ def forecast(denoiser, history, horizon: int, sampler: str = "ddpm", steps: int 
     (``seed``, ``generator``, ``eta``, ``progress``, ...) are those of :func:`diffkit.inpaint`."""
     history = _check_series(history, "history")
     length = model_length(denoiser, length)
-    check_range("horizon", horizon, 1, length - 1, integer=True)
+    check_range("horizon", horizon, 1, None, integer=True)
+    chunk = default_chunk(length, horizon) if chunk is None else check_range("chunk", chunk, 1, length - 1,
+                                                                              integer=True)
     _check_channels(denoiser, history, "history")
-    batch, channels, known = history.shape
-    if known + horizon > length:
-        raise DiffkitError(f"history of {known} steps with horizon={horizon} does not fit the model's window of "
-                           f"{length} steps; allowed: at most {length - horizon} history steps (the last ones)")
     if not bool(torch.isfinite(history).all()):
         raise DiffkitError("history holds NaN or infinite values; forecasting needs every history value")
-    window = torch.zeros(batch, channels, length, dtype=history.dtype, device=history.device)
-    window[..., :known] = history
-    repaint = torch.ones_like(window)
-    repaint[..., :known] = 0
-    out = _generate(denoiser, window, repaint, sampler, steps, dict(
-        options, reconstruction_weight=reconstruction_weight, jump_length=jump_length, jump_n_sample=jump_n_sample))
-    return out[..., known:known + horizon]
+    batch, channels, _ = history.shape
+    options = _window_options(options, batch, reconstruction_weight=reconstruction_weight, jump_length=jump_length,
+                              jump_n_sample=jump_n_sample)
+    known, chunks = history, []
+    for width, new in forecast_windows(history.shape[-1], length, horizon, chunk):
+        window = torch.zeros(batch, channels, length, dtype=history.dtype, device=history.device)
+        window[..., :width] = known[..., known.shape[-1] - width:]
+        repaint = torch.ones_like(window)
+        repaint[..., :width] = 0
+        out = _generate(denoiser, window, repaint, sampler, steps, options)
+        chunks.append(out[..., width:width + new])
+        known = torch.cat([window[..., :width], chunks[-1]], dim=-1)  # the last L - 1 values at most are needed
+    return torch.cat(chunks, dim=-1)
+
+
+def _observed(series: torch.Tensor, observed_mask) -> torch.Tensor:
+    """The bool mask of ``series``' observed values (True = observed): ``observed_mask`` checked, or the finite ones."""
+    if observed_mask is None:
+        return torch.isfinite(series)
+    if not isinstance(observed_mask, torch.Tensor) or observed_mask.shape != series.shape:
+        shape = tuple(observed_mask.shape) if isinstance(observed_mask, torch.Tensor) else type(observed_mask).__name__
+        raise DiffkitError(f"observed_mask of {shape} is not allowed; give a bool tensor of the series' shape "
+                           f"{tuple(series.shape)} (True = observed)")
+    if observed_mask.dtype != torch.bool:
+        if not bool(((observed_mask == 0) | (observed_mask == 1)).all()):
+            raise DiffkitError("observed_mask holds values other than 0 and 1; give a bool mask (True = "
+                               "observed)")
+        observed_mask = observed_mask != 0
+    observed = observed_mask.to(series.device)
+    if not bool(torch.isfinite(series[observed]).all()):
+        raise DiffkitError("series holds NaN or infinite values where observed_mask says observed; every "
+                           "observed value must be finite")
+    return observed
+
+
+def impute_windows(steps_given: int, length: int, chunk: int) -> list:
+    """The start of each window of ``length`` L that :func:`impute` runs over a series of ``steps_given`` n
+    steps: 0 when n <= L; else 0, chunk, 2 chunk, ... while the window ends before n, then n - L (the
+    last window ends with the series)."""
+    if steps_given <= length:
+        return [0]
+    starts = list(range(0, steps_given - length, chunk))
+    return starts + [steps_given - length]
 
 
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
-           length: Optional[int] = None, reconstruction_weight: float = 1.0, jump_length: int = 10,
-           jump_n_sample: int = 1, **options) -> torch.Tensor:
+           length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
+           jump_length: int = 10, jump_n_sample: int = 1, **options) -> torch.Tensor:
     """``series`` (B, C, n) with its missing values drawn from the model given the observed ones:
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
-    (default the checkpoint's ``seq_length``): n <= L (with n < L the window's last L - n steps
-    are generated and dropped). The observed values are returned exactly; an observed value must be
-    finite. With nothing missing the series is returned as given (a copy; float16 / bfloat16 as
-    float32) and nothing is sampled. Options and defaults as :func:`forecast`."""
+    (default the checkpoint's ``seq_length``). With n <= L one window (its last L - n steps
+    generated and dropped). A longer series is imputed window by window (:func:`impute_windows`):
+    windows of L steps starting at 0, ``chunk``, 2 ``chunk``, ... and the last one ending with the
+    series (``chunk`` 1 .. L - 1, default L // 2: unlike a forecast's chunk, a window's new values also
+    have the observed values after them in the window, and benchmarks/series_long_forecast.py measured
+    L // 4 no better at 70% missing; ignored when n <= L); each window fills the missing
+    values not filled before, conditioned on every other value of the window, observed or filled by
+    an earlier window (which count as observed), so each window after the first conditions on at
+    least L - chunk steps before its new ones; a window with nothing left to fill is not sampled.
+    The observed values are returned exactly; an observed value must be finite. With nothing missing
+    the series is returned as given (a copy; float16 / bfloat16 as float32) and nothing is sampled.
+    ``seed`` / ``generator`` continue per sample from window to window. Options and defaults as
+    :func:`forecast`."""
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
+    chunk = length // 2 if chunk is None else check_range("chunk", chunk, 1, length - 1, integer=True)
     _check_channels(denoiser, series, "series")
-    batch, channels, steps_given = series.shape
-    if steps_given > length:
-        raise DiffkitError(f"series of {steps_given} steps is longer than the model's window of {length}; allowed: "
-                           f"at most {length} steps (impute a longer series window by window)")
-    if observed_mask is None:
-        observed = torch.isfinite(series)
-    else:
-        if not isinstance(observed_mask, torch.Tensor) or observed_mask.shape != series.shape:
-            shape = tuple(observed_mask.shape) if isinstance(observed_mask, torch.Tensor) else type(observed_mask).__name__
-            raise DiffkitError(f"observed_mask of {shape} is not allowed; give a bool tensor of the series' shape "
-                               f"{tuple(series.shape)} (True = observed)")
-        if observed_mask.dtype != torch.bool:
-            if not bool(((observed_mask == 0) | (observed_mask == 1)).all()):
-                raise DiffkitError("observed_mask holds values other than 0 and 1; give a bool mask (True = "
-                                   "observed)")
-            observed_mask = observed_mask != 0
-        observed = observed_mask.to(series.device)
-        if not bool(torch.isfinite(series[observed]).all()):
-            raise DiffkitError("series holds NaN or infinite values where observed_mask says observed; every "
-                               "observed value must be finite")
+    observed = _observed(series, observed_mask)
     if bool(observed.all()):  # nothing to impute: the sampler is not run
         return series.clone()
-    window = torch.zeros(batch, channels, length, dtype=series.dtype, device=series.device)
-    window[..., :steps_given] = torch.where(observed, series, torch.zeros_like(series))
-    repaint = torch.ones_like(window)
-    repaint[..., :steps_given] = (~observed).to(window.dtype)
-    out = _generate(denoiser, window, repaint, sampler, steps, dict(
-        options, reconstruction_weight=reconstruction_weight, jump_length=jump_length, jump_n_sample=jump_n_sample))
-    return torch.where(observed, series, out[..., :steps_given])
+    batch, channels, steps_given = series.shape
+    options = _window_options(options, batch, reconstruction_weight=reconstruction_weight, jump_length=jump_length,
+                              jump_n_sample=jump_n_sample)
+    filled = torch.where(observed, series, torch.zeros_like(series))
+    known = observed.clone()
+    for start in impute_windows(steps_given, length, chunk):
+        part = slice(start, min(start + length, steps_given))
+        if bool(known[..., part].all()):
+            continue  # nothing left to fill in this window
+        width = part.stop - part.start
+        window = torch.zeros(batch, channels, length, dtype=series.dtype, device=series.device)
+        window[..., :width] = filled[..., part]
+        repaint = torch.ones_like(window)
+        repaint[..., :width] = (~known[..., part]).to(window.dtype)
+        out = _generate(denoiser, window, repaint, sampler, steps, options)
+        filled[..., part] = torch.where(known[..., part], filled[..., part], out[..., :width])
+        known[..., part] = True
+    return torch.where(observed, series, filled)
 
 
 def forecast_mask(batch: int, channels: int, length: int, horizon: int) -> torch.Tensor:
@@ -148,4 +225,5 @@ def random_missing_mask(shape, missing: float, seed: int = 0) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=generator) >= missing
 
 
-__all__ = ["forecast", "forecast_mask", "impute", "model_length", "random_missing_mask"]
+__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_windows", "model_length",
+           "random_missing_mask"]

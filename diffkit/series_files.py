@@ -109,7 +109,7 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing:
     """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
     A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8.
     ``allow_missing``: an empty cell or NaN is read as NaN (a missing value to impute); otherwise an empty
-    cell is "a missing value" followed by ``missing_hint``."""
+    or NaN cell is "a missing value" followed by ``missing_hint``."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):  # stripped first so that an error's offset counts from the data's start
         data = data[len(codecs.BOM_UTF8):]
@@ -170,6 +170,9 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
                 raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}, not a "
                                    f"number; every column must be numeric (drop one such as a date with "
                                    f"--set drop_columns={header[i]})") from None
+            if math.isnan(value) and not allow_missing:  # NaN marks a missing value, as an empty cell does
+                raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} has a missing value "
+                                   f"({cell!r}); {missing_hint}")
             if not math.isfinite(value) and not (allow_missing and math.isnan(value)):
                 raise DiffkitError(f"{path}, line {reader.line_num}: column {header[i]!r} holds {cell!r}; values "
                                    f"must be finite numbers (fill or remove such rows first)")
@@ -180,9 +183,10 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
     return np.asarray(rows, dtype=np.float64), [header[i] for i in keep]
 
 
-def read_npy_series(path: Path, allow_missing: bool = False) -> tuple:
+def read_npy_series(path: Path, allow_missing: bool = False, missing_hint: str = TRAINING_MISSING) -> tuple:
     """(values float64 (T, F), column names "0".."F-1") of a numeric .npy array (T, F) or (T,);
-    ``allow_missing``: NaN is kept (a missing value to impute)."""
+    ``allow_missing``: NaN is kept (a missing value to impute); otherwise NaN is "a missing value"
+    followed by ``missing_hint``."""
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as err:  # a truncated or non-numpy file, or an object array
@@ -202,6 +206,9 @@ def read_npy_series(path: Path, allow_missing: bool = False) -> tuple:
     bad = np.argwhere(~np.isfinite(array) & ~(allow_missing & np.isnan(array)))
     if len(bad):
         row, col = (int(v) for v in bad[0])
+        if np.isnan(array[row, col]):
+            raise DiffkitError(f"{path}: row {row}, column {col} has a missing value (nan; indices from 0); "
+                               f"{missing_hint}")
         raise DiffkitError(f"{path}: row {row}, column {col} holds {array[row, col]} (indices from 0); values must "
                            f"be finite numbers (fill or remove such rows first)")
     return array, [str(i) for i in range(array.shape[1])]
@@ -211,14 +218,14 @@ def read_series_file(path, drop_columns: Sequence[str] = (), allow_missing: bool
                      missing_hint: str = TRAINING_MISSING) -> tuple:
     """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc);
     ``allow_missing``: empty cells and NaN are read as NaN (``diffkit edit --series``'s imputation); otherwise
-    an empty CSV cell is an error ending in ``missing_hint`` (default: a training file's)."""
+    an empty or NaN cell is an error ending in ``missing_hint`` (default: a training file's)."""
     path = Path(path)
     check_series_file(path)
     if path.suffix.lower() == ".npy":
         if drop_columns:
             raise DiffkitError(f"drop_columns applies to CSV files (by header name); {path} is an array: keep only "
                                f"the wanted columns in it")
-        return read_npy_series(path, allow_missing)
+        return read_npy_series(path, allow_missing, missing_hint)
     return read_csv_series(path, drop_columns, allow_missing, missing_hint)
 
 

@@ -98,14 +98,15 @@ def test_impute_keeps_the_given_cells_and_fills_the_empty_ones(file_run, tmp_pat
 
 
 BAD = [  # (rows of the file or None for the default 6, flags, message)
-    (7, ["--horizon", "2"], r"has 7 history rows; with --horizon 2 the model's window of 8 rows takes at most 6"),
-    (None, ["--horizon", "8"], r"--horizon 8 is out of range; allowed: 1..7"),
-    ("nan", ["--horizon", "2"], r"line 3: column 'price' holds 'nan'; values must be finite"),
+    (None, ["--horizon", "20", "--chunk", "8"], r"--chunk 8 is out of range; allowed: 1..7 \(the new rows of each of "
+                                                r"the model's windows of 8 rows\)"),
+    ("nan", ["--horizon", "2"], r"line 3: column 'price' has a missing value \('nan'\); forecasting needs every "
+                                r"history value \(leave out --horizon to impute the missing cells\)"),
     ("empty", ["--horizon", "2"], r"line 4: column 'volume' has a missing value; forecasting needs every history value "
                                   r"\(leave out --horizon to impute the missing cells\)"),
     ("columns", ["--horizon", "2"], r"has the columns price, volume, other; the model was trained on price, volume, "
                                     r"noise"),
-    (9, [], r"has 9 rows; the model imputes windows of at most 8 rows"),
+    (20, ["--chunk", "9"], r"--chunk 9 is out of range; allowed: 1..7"),
     (None, ["--horizon", "2", "--mask", "m.png"], r"--mask applies to image edits"),
     ("out", ["--horizon", "2"], r"--out .* must end in .csv or .npy"),
     ("missing", ["--horizon", "2"], r"--series .* does not exist"),
@@ -227,3 +228,57 @@ def test_a_batch_out_of_memory_is_halved_and_redrawn(file_run, tmp_path, monkeyp
     monkeypatch.setattr(diffkit.forecasting, "forecast", tight)
     np.testing.assert_allclose(run_edit(ck, path, tmp_path / "b.npy", *flags), expected, rtol=1e-6)
     assert "out of memory with a batch of 3; retrying with 1" in capsys.readouterr().err
+
+
+def scaled_rows(rows, low, high):
+    """The rows (T, F) min-max scaled as the checkpoint's training rows, as the API's (1, F, T) float32."""
+    return torch.from_numpy(2 * (rows - low) / (high - low) - 1).float().T[None]
+
+
+def test_a_long_file_forecasts_from_its_last_rows_and_rolls_past_one_window(file_run, tmp_path, capsys):
+    """20 rows (seq_length 8): --horizon 2 forecasts from the last 6 (as a file of those 6 rows does, bit for
+    bit); --horizon 12 rolls in 6 windows of 2 new rows (the default chunk 8 // 4), equal to diffkit.forecast
+    of the scaled rows by hand; --chunk 3 makes it 4 windows."""
+    ck, values, low, high = file_run
+    rows = values[40:60]
+    path = write_rows(tmp_path / "long.csv", rows)
+    flags = ["--num", "2", "--seed", "7"]
+    tail = run_edit(ck, path, tmp_path / "a.npy", "--horizon", "2", *flags)
+    assert "forecast 2 rows after 20 (from the last 6 as history)" in capsys.readouterr().out
+    np.testing.assert_array_equal(tail, run_edit(ck, write_rows(tmp_path / "six.csv", rows[-6:]), tmp_path / "b.npy",
+                                                 "--horizon", "2", *flags))
+    capsys.readouterr()
+    rolled = run_edit(ck, path, tmp_path / "c.npy", "--horizon", "12", *flags)
+    assert ("forecast 12 rows after 20 (from the last 6 as history), rolled in 6 windows of up to 2 new rows, each "
+            "conditioned on up to 6 rows before it") in capsys.readouterr().out
+    assert rolled.shape == (2, 12, 3)
+    model = diffkit.forecast(load_denoiser(ck), scaled_rows(rows, low, high).expand(2, -1, -1), 12, steps=3, seed=7,
+                             progress=False)
+    np.testing.assert_allclose(rolled, (model.double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low,
+                               rtol=1e-6, atol=1e-6)
+    assert np.isfinite(rolled).all()
+    run_edit(ck, path, tmp_path / "d.npy", "--horizon", "12", "--chunk", "3", *flags)
+    assert "rolled in 4 windows of up to 3 new rows, each conditioned on up to 5 rows" in capsys.readouterr().out
+
+
+def test_a_long_file_is_imputed_window_by_window(file_run, tmp_path, capsys):
+    """30 rows with 4 empty / NaN cells: every row is written back, the given cells exactly as read, the missing
+    ones filled as diffkit.impute (windows of 8 starting at rows 0, 4, ..., 20, 22) fills them by hand."""
+    ck, values, low, high = file_run
+    rows = values[5:35]
+    cells = [[repr(float(v)) for v in row] for row in rows]
+    missing = np.zeros(rows.shape, dtype=bool)
+    for r, c, text in ((1, 0, ""), (9, 2, "nan"), (17, 1, ""), (28, 0, "NaN")):
+        cells[r][c] = text
+        missing[r, c] = True
+    path = tmp_path / "gaps.csv"
+    path.write_text("date,price,volume,noise\n" + "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells)))
+    filled = run_edit(ck, path, tmp_path / "i.npy", "--num", "2")
+    assert ("imputed 4 missing values of 30 rows in 7 windows of 8 rows starting at rows 0, 4, 8, ..., 22"
+            in capsys.readouterr().out)
+    assert filled.shape == (2, 30, 3) and np.isfinite(filled).all()
+    assert (filled[:, ~missing] == rows[~missing]).all()  # the given values exactly as read
+    model = diffkit.impute(load_denoiser(ck), scaled_rows(np.where(missing, np.nan, rows), low, high).expand(2, -1, -1),
+                           None, "ddpm", 3, seed=0, progress=False)
+    expected = (model.double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
+    np.testing.assert_allclose(filled[:, missing], expected[:, missing], rtol=1e-6, atol=1e-6)

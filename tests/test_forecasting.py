@@ -258,17 +258,20 @@ def test_nothing_to_impute_returns_the_series_without_sampling_and_half_precisio
 
 HIST = torch.zeros(2, 1, 3, dtype=torch.float64)
 BAD = [
-    (lambda: diffkit.forecast(DEN_AR, HIST, 4, **FREE), r"horizon=4 is out of range; allowed: an integer in \[1, 3\]"),
     (lambda: diffkit.forecast(DEN_AR, HIST, 0, **FREE), r"horizon=0 is out of range"),
-    (lambda: diffkit.forecast(DEN_AR, HIST, 2, **FREE), r"history of 3 steps with horizon=2 does not fit the model's "
-                                                        r"window of 4 steps; allowed: at most 2 history steps"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 2.5, **FREE), r"horizon=2.5 must be an integer"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 6, chunk=4, **FREE), r"chunk=4 is out of range; allowed: an integer in "
+                                                                 r"\[1, 3\]"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 6, chunk=0, **FREE), r"chunk=0 is out of range"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 6, chunk=1.5, **FREE), r"chunk=1.5 must be an integer"),
+    (lambda: diffkit.forecast(DEN_AR, HIST, 6, seed=0, generator=torch.Generator(), **FREE),
+     r"give seed or generator, not both"),
+    (lambda: diffkit.impute(DEN_AR, torch.zeros(1, 1, 9), chunk=4, **FREE), r"chunk=4 is out of range"),
     (lambda: diffkit.forecast(DEN_AR, HIST + float("nan"), 1, **FREE), r"history holds NaN"),
     (lambda: diffkit.forecast(DEN_AR, HIST[0], 1, **FREE), r"history of shape \(1, 3\) is not allowed"),
     (lambda: diffkit.forecast(DEN_AR, HIST, 1), r"does not say its window length"),
     (lambda: diffkit.forecast(DEN_AR, HIST, 1, reconstruction_weight=-1, **FREE), r"reconstruction_weight=-1"),
     (lambda: diffkit.forecast(DEN_AR, HIST, 1, "ddim", jump_n_sample=3, **FREE), r"needs sampler='ddpm'"),
-    (lambda: diffkit.impute(DEN_AR, torch.zeros(1, 1, 5), **FREE), r"series of 5 steps is longer than the model's "
-                                                                   r"window of 4"),
     (lambda: diffkit.impute(DEN_AR, HIST, torch.ones(2, 1, 2), **FREE), r"observed_mask of \(2, 1, 2\) is not allowed"),
     (lambda: diffkit.impute(DEN_AR, HIST, torch.full((2, 1, 3), 0.5), **FREE), r"observed_mask holds values other"),
     (lambda: diffkit.impute(DEN_AR, HIST + float("nan"), torch.ones(2, 1, 3, dtype=torch.bool), **FREE),

@@ -15,7 +15,8 @@ DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
 
 With ``--series FILE.csv|.npy`` (instead of ``--images``) a time-series checkpoint forecasts the next
 ``--horizon H`` rows after the file's rows, or, without ``--horizon``, imputes its empty / NaN cells
-(``diffkit.forecast`` / ``diffkit.impute``; ``--reconstruction-weight W``: reconstruction guidance,
+(``diffkit.forecast`` / ``diffkit.impute``; a horizon or a file beyond one window goes window by window,
+``--chunk K`` new rows each; ``--reconstruction-weight W``: reconstruction guidance,
 default 1 with ``--series`` and ``--sampler`` default ddpm; ``--jump-n-sample R``: RePaint), writing
 ``--num`` samples to ``--out`` (.csv or .npy) in the file's units; see :mod:`diffkit.commands.edit_series`.
 """
@@ -45,7 +46,12 @@ def register(sub) -> None:
     p.add_argument("--series", metavar="CSV|NPY", help="time-series checkpoints: the rows to forecast from "
                    "(--horizon) or to impute (empty / NaN cells), in the training file's columns and units")
     p.add_argument("--horizon", type=positive_int, metavar="H",
-                   help="with --series: forecast H rows after the file's rows (1..seq_length - 1)")
+                   help="with --series: forecast H rows after the file's rows (from its last seq_length - H rows; "
+                        "H > seq_length - 1 rolls window after window, see --chunk)")
+    p.add_argument("--chunk", type=positive_int, metavar="K",
+                   help="with --series, a forecast or a file longer than one window: the new rows of each window "
+                        "(1..seq_length - 1; the other seq_length - K rows are its context; default: a horizon that "
+                        "fits one window in one, else seq_length // 4; imputation seq_length // 2)")
     p.add_argument("--num", type=int_in(1, 100_000), metavar="N",
                    help="with --series: samples of the forecast / imputation (default 1; sample i uses --seed + i)")
     p.add_argument("--reconstruction-weight", type=non_negative_float, metavar="W",
@@ -114,7 +120,7 @@ def run(args) -> int:
         return _series(args)
     if args.images is None:
         raise DiffkitError("give --images PNG|DIR (an image checkpoint) or --series CSV|NPY (a time-series one)")
-    for flag, value in (("--horizon", args.horizon), ("--num", args.num)):
+    for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")
     if args.reconstruction_weight and args.mask is None:

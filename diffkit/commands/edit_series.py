@@ -1,5 +1,5 @@
-"""``diffkit edit --series FILE``: forecast (``--horizon H``) or impute (empty / NaN cells) one window of
-a time-series checkpoint's data (docs/editing.md, "Series: forecast and impute"), with
+"""``diffkit edit --series FILE``: forecast (``--horizon H``) or impute (empty / NaN cells) a
+time-series checkpoint's data (docs/editing.md, "Series: forecast and impute"), with
 :func:`diffkit.forecast` / :func:`diffkit.impute`.
 
 The file is a .csv (header row) or .npy ``(rows, columns)`` like the training file: a CSV's columns
@@ -7,8 +7,11 @@ The file is a .csv (header row) or .npy ``(rows, columns)`` like the training fi
 must match and its columns are taken in the model's order. A model of a series file reads and writes
 the file's own units (the checkpoint's ``series_scaling``; the output is mapped back as generated,
 not clamped to the training range), a Sines model its own values. Forecasting: the rows are the
-history (no missing value), at most ``seq_length - H`` of them; imputation: at most ``seq_length``
-rows (a file with no missing value is written back unchanged, nothing sampled). ``--out`` (.csv or
+history (no missing value; the last ``seq_length - H`` are used), a horizon beyond ``seq_length - 1``
+rolled window after window (``--chunk K`` new rows each, default ``seq_length // 4``); imputation: a
+file longer than ``seq_length`` is imputed window by window (``--chunk K`` new rows each, default
+``seq_length // 2``); a file with
+no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
 rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
@@ -80,32 +83,33 @@ def read_window(path: Path, meta: dict, allow_missing: bool):
     return values, columns, None
 
 
+def _list(starts) -> str:
+    """Window starts as text: all of them, or the first three and the last."""
+    return ", ".join(map(str, starts)) if len(starts) <= 4 else f"{starts[0]}, {starts[1]}, {starts[2]}, ..., {starts[-1]}"
+
+
 def run_series(args, denoiser, info, options, device) -> int:
     """``diffkit edit --series``: after :func:`check_series_flags` and loading the checkpoint."""
     import numpy as np
     import torch
 
     from ..checkpoint import atomic_write_bytes
-    from ..forecasting import forecast, impute
+    from ..forecasting import forecast, forecast_windows, impute, impute_windows
     from ..memory import batches_with_oom_retry
     from ._common import check_output_file
     meta = denoiser.meta
     length = int(meta["unet"]["seq_length"])
     path, out = Path(args.series), Path(args.out)
-    horizon = args.horizon
-    if horizon is not None and not 1 <= horizon < length:
-        raise DiffkitError(f"--horizon {horizon} is out of range; allowed: 1..{length - 1} (the model's windows are "
-                           f"{length} rows)")
+    horizon, chunk = args.horizon, args.chunk
+    if chunk is not None and not 1 <= chunk < length:
+        raise DiffkitError(f"--chunk {chunk} is out of range; allowed: 1..{length - 1} (the new rows of each of the "
+                           f"model's windows of {length} rows)")
     values, columns, scaling = read_window(path, meta, allow_missing=horizon is None)
     rows = values.shape[0]
-    if horizon is not None and rows > length - horizon:
-        raise DiffkitError(f"--series {str(path)!r} has {rows} history rows; with --horizon {horizon} the model's window "
-                           f"of {length} rows takes at most {length - horizon} (give the last {length - horizon})")
-    if horizon is None and rows > length:
-        raise DiffkitError(f"--series {str(path)!r} has {rows} rows; the model imputes windows of at most {length} rows "
-                           f"(split the file into windows)")
     check_output_file(out, "--out", out.suffix.lower())
     model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN
+    if horizon is not None:  # a forecast's windows never take more than the last L - 1 rows as context
+        model_values = model_values[-(length - 1):]
     window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
     sampler = "ddpm" if args.sampler is None else args.sampler
     weight = 1.0 if args.reconstruction_weight is None else args.reconstruction_weight
@@ -113,7 +117,7 @@ def run_series(args, denoiser, info, options, device) -> int:
     nothing_missing = horizon is None and not np.isnan(values).any()
 
     def draw(start: int, n: int):
-        common = dict(sampler=sampler, steps=args.steps or 50, length=length, reconstruction_weight=weight,
+        common = dict(sampler=sampler, steps=args.steps or 50, length=length, chunk=chunk, reconstruction_weight=weight,
                       jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, seed=args.seed + start,
                       progress=args.progress, **options)
         batch = window.expand(n, -1, -1).to(device)
@@ -144,8 +148,18 @@ def run_series(args, denoiser, info, options, device) -> int:
         print(f"wrote {out}: {num} copy(ies) of the {rows} rows as read: --series {str(path)!r} has no missing value, "
               f"so nothing was sampled (give --horizon H to forecast)")
         return 0
-    what = f"forecast {horizon} rows after {rows}" if horizon is not None else \
-        f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
+    if horizon is not None:
+        windows = forecast_windows(rows, length, horizon, chunk)
+        what = f"forecast {horizon} rows after {rows}" + (f" (from the last {windows[0][0]} as history)"
+                                                         if windows[0][0] < rows else "")
+        if len(windows) > 1:
+            what += (f", rolled in {len(windows)} windows of up to {max(k for _, k in windows)} new rows, each "
+                     f"conditioned on up to {length - windows[0][1]} rows before it, given or generated (errors compound)")
+    else:
+        what = f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
+        if rows > length:
+            starts = impute_windows(rows, length, chunk or length // 2)
+            what += f" in {len(starts)} windows of {length} rows starting at rows {_list(starts)}"
     units = "the file's units" if scaling is not None else "the model's units"
     guidance = f", reconstruction guidance w={weight:g}" if weight else ""
     print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
