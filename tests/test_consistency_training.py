@@ -133,8 +133,10 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     plain = load_denoiser(latest).inner  # the same network under a hand-made wrapper of other settings: other key
     keys = [denoiser_identity(ConsistencyDenoiser(plain, sigma_data=s)) for s in (0.5, 0.3)]
     assert keys[0] != keys[1] and denoiser_identity(plain) not in keys
+    capsys.readouterr()
     assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
     assert ckpt.load_checkpoint(latest)[1]["step"] == 3
+    assert f"resumed from {latest} at step 2" in capsys.readouterr().out  # as diffkit train --resume says
     assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher
     assert "is a consistency model" in capsys.readouterr().err
     assert main(["distill", "--out", "x"]) == 2
