@@ -34,6 +34,10 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # diffkit.models.layers.resolve_memory_format
 STATES = ("train", "eval")
 OBJECTIVES = ("diffusion", "consistency-distillation", "consistency-training")  # = diffkit.consistency.OBJECTIVES
+# the end-of-run sample grid where a config leaves sampler / sample_steps out (or None), by objective
+# (objective_sampling): DDIM in 50 steps (DDIM Table 1); a consistency model: the consistency sampler in 4
+DIFFUSION_SAMPLING = {"sampler": "ddim", "sample_steps": 50}
+CONSISTENCY_SAMPLING = {"sampler": "consistency", "sample_steps": 4}
 CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCES
 CONSISTENCY_CURRICULA = ("fixed", "cm", "ict")  # = diffkit.consistency_curricula.CURRICULA
 CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
@@ -68,7 +72,9 @@ class TrainConfig:
     2023, gamma 5 suggested), ``offset_noise`` (0 = off), ``ema_decay=0.9999`` (DDPM App. B),
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
     (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
-    (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality).
+    (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality); with a consistency objective
+    ``sample_steps=4`` with ``sampler="consistency"`` (:func:`objective_sampling`: the two fields
+    left out of a mapping, or None, take their objective's defaults).
 
     **Consistency models** (docs/consistency.md; Song et al. 2023, Luo et al. 2023, Song & Dhariwal
     2023): ``objective`` (``diffusion``, DDPM's; ``consistency-distillation`` from ``teacher``, a
@@ -203,8 +209,8 @@ class TrainConfig:
     save_every_epochs: int = 1
     keep_last: int = 3
     log_every: int = 50
-    sample_steps: int = 50
-    sampler: str = "ddim"
+    sample_steps: Optional[int] = None  # None: the objective's (objective_sampling)
+    sampler: Optional[str] = None  # None: the objective's (objective_sampling)
 
     def __post_init__(self):
         self.validate()
@@ -214,6 +220,9 @@ class TrainConfig:
         """Coerce (int -> float, tuple -> list) and check every field and cross-field rule."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name]))
+        for name, value in objective_sampling(self.objective).items():  # the objective's, where not given
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name, (low, high, low_incl, high_incl) in _RANGES.items():
             value = getattr(self, name)
             if value is not None:
@@ -450,35 +459,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Build from a mapping (e.g. the seed's ``modelConfig``); unknown keys are an error."""
-        if not isinstance(data, Mapping):
-            raise DiffkitError(f"a config must be a mapping of key -> value; got {type(data).__name__}")
-        data = _read_legacy_keys(data)
-        _reject_unknown(data.keys())
-        return cls(**dict(data))
+        return cls(**given_fields(data))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
         """Read ``.json``, ``.toml`` (tomllib) or ``.yaml``/``.yml`` (PyYAML safe loader); a key
         given twice is refused in each."""
-        path = Path(path)
-        if not path.is_file():
-            raise DiffkitError(f"config file not found: {path}")
-        suffix = path.suffix.lower()
-        check_choice("config file type", suffix, (".json", ".toml", ".yaml", ".yml"))
-        try:
-            text = path.read_text(encoding="utf-8")
-            if suffix == ".json":
-                data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-            elif suffix == ".toml":
-                data = _tomllib().loads(text)
-            else:
-                import yaml
-                data = yaml.load(text, Loader=_yaml_loader())
-        except DiffkitError as err:
-            raise DiffkitError(f"{path}: {err}") from None
-        except Exception as err:  # each parser has its own error class; report any as one line
-            raise DiffkitError(f"cannot parse {path}: {err}") from None
-        return cls.from_dict(data if data is not None else {})
+        return cls.from_dict(read_config_file(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (lists copied); ``from_dict(cfg.to_dict()) == cfg``."""
@@ -745,8 +732,16 @@ def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any] | Iterable[st
     """A new config with ``overrides`` applied: a mapping or ``["key=value", ...]`` CLI strings.
 
     String values are parsed by the field's type (``lr=2e-4`` -> 0.0002, ``attn=1,2`` -> [1, 2],
-    ``grad_clip=none`` -> None); the result is validated as a whole.
+    ``grad_clip=none`` -> None); the result is validated as a whole. ``cfg``'s own values stay as
+    they are (its ``sampler`` too when ``objective`` changes); to let a field take the default of the
+    other fields given, build the config from the mapping of what was given (:func:`parse_overrides`).
     """
+    return TrainConfig.from_dict({**cfg.to_dict(), **parse_overrides(overrides)})
+
+
+def parse_overrides(overrides: Mapping[str, Any] | Iterable[str]) -> dict[str, Any]:
+    """``{key: value}`` of overrides given as a mapping or ``["key=value", ...]`` CLI strings, each
+    string parsed by its field's type (:func:`parse_value`); unknown keys are a one-line error."""
     if not isinstance(overrides, Mapping):
         pairs = {}
         for item in overrides:
@@ -756,10 +751,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any] | Iterable[st
             pairs[key.strip()] = value
         overrides = pairs
     _reject_unknown(overrides.keys())
-    data = cfg.to_dict()
-    for key, value in overrides.items():
-        data[key] = parse_value(key, value) if isinstance(value, str) else value
-    return TrainConfig.from_dict(data)
+    return {key: parse_value(key, value) if isinstance(value, str) else value for key, value in overrides.items()}
 
 
 def resolve_device(name: str = "auto"):
@@ -799,6 +791,47 @@ def _tomllib():
             raise DiffkitError("reading .toml needs Python >= 3.11 or the 'tomli' package; "
                                "use .json or .yaml") from None
     return tomllib
+
+
+def read_config_file(path: str | Path) -> Mapping[str, Any]:
+    """The mapping a config file gives (only the keys it names; :meth:`TrainConfig.from_file`
+    builds the config): ``.json``, ``.toml`` or ``.yaml``/``.yml``, a key given twice refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffkitError(f"config file not found: {path}")
+    suffix = path.suffix.lower()
+    check_choice("config file type", suffix, (".json", ".toml", ".yaml", ".yml"))
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        elif suffix == ".toml":
+            data = _tomllib().loads(text)
+        else:
+            import yaml
+            data = yaml.load(text, Loader=_yaml_loader())
+    except DiffkitError as err:
+        raise DiffkitError(f"{path}: {err}") from None
+    except Exception as err:  # each parser has its own error class; report any as one line
+        raise DiffkitError(f"cannot parse {path}: {err}") from None
+    return data if data is not None else {}
+
+
+def given_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a config mapping gives, in today's names (:func:`_read_legacy_keys`), checked to
+    be fields; the ones it leaves out take their defaults in :class:`TrainConfig`."""
+    if not isinstance(data, Mapping):
+        raise DiffkitError(f"a config must be a mapping of key -> value; got {type(data).__name__}")
+    data = _read_legacy_keys(data)
+    _reject_unknown(data.keys())
+    return dict(data)
+
+
+def objective_sampling(objective: str) -> dict[str, Any]:
+    """The ``sampler`` and ``sample_steps`` of an ``objective``'s end-of-run grid, for a config that
+    does not give them: ``ddim`` in 50 steps for diffusion, ``consistency`` in 4 steps for the
+    consistency objectives (``diffkit distill`` and ``diffkit train --set objective=...`` alike)."""
+    return dict(CONSISTENCY_SAMPLING if objective in OBJECTIVES[1:] else DIFFUSION_SAMPLING)
 
 
 def _default(name: str) -> Any:
@@ -860,5 +893,6 @@ def _yaml_loader():
     return Loader
 
 
-__all__ = ["TrainConfig", "apply_overrides", "parse_value", "resolve_device", "SCHEDULES", "PREDICTION_TYPES",
+__all__ = ["TrainConfig", "apply_overrides", "parse_overrides", "parse_value", "read_config_file",
+           "given_fields", "objective_sampling", "resolve_device", "SCHEDULES", "PREDICTION_TYPES",
            "LOSSES", "FIXED_VARIANCES", "TIMESTEP_SAMPLERS", "LR_SCHEDULES", "MIXED_PRECISION"]

@@ -235,7 +235,9 @@ def _check_image_shape(images: torch.Tensor, channels: int, size: int, what: str
                            f"{'x'.join(map(str, images.shape[1:]))}; {hint}")
 
 
-def _frechet(features, reference_stats, dim: int, what: str) -> dict:
+def _frechet(features, reference_stats, dim: int, what: str, unit: str = "images") -> dict:
+    """A Frechet distance's result fields; warns when either side has no more than ``dim`` examples
+    (``unit``: what they are, "images" or "series")."""
     from .metrics import feature_statistics, frechet_distance_of_stats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -243,7 +245,7 @@ def _frechet(features, reference_stats, dim: int, what: str) -> dict:
     deficient = features.shape[0] <= dim or reference_stats.num_samples <= dim
     if deficient:
         warnings.warn(f"{what}: {features.shape[0]} samples and {reference_stats.num_samples} reference "
-                      f"images for {dim}-d features give a rank-deficient covariance; the distance is "
+                      f"{unit} for {dim}-d features give a rank-deficient covariance; the distance is "
                       f"biased upwards (use more than {dim} of each)", DiffkitRuntimeWarning, stacklevel=3)
     return {"value": frechet_distance_of_stats(stats, reference_stats), "num_samples": int(features.shape[0]),
             "num_reference": int(reference_stats.num_samples), "feature_dim": dim, "rank_deficient": deficient}

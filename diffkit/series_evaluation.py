@@ -248,7 +248,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                 warnings.simplefilter("ignore", RuntimeWarning)
                 reference_stats = context_fid_statistics(encoder, real, batch_size)
             features = ts2vec_embeddings(encoder, generated, batch_size)
-            result = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID")
+            result = _frechet(features, reference_stats, encoder.config.output_dims, "Context-FID", "series")
             result.update(encoder_iterations=encoder_iterations, encoder_seed=run_seed, encoder_cached=cached,
                           encoder_seconds=encoder_seconds)
         elif name == "correlational":

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import DiffkitError, check_range
+from .errors import DiffkitError, DiffkitWarning, check_range
 
 SERIES_FILE_SUFFIXES = (".csv", ".npy")
 
@@ -141,6 +142,7 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
             raise DiffkitError(f"{path}: column {i + 1} has no name in the header row; name every column")
         if header.index(name) != i:
             raise DiffkitError(f"{path}: column {name!r} is named twice in the header row; give unique names")
+    _warn_if_numbers(path, header)
     unknown = [name for name in drop_columns if name not in header]
     if unknown:
         raise DiffkitError(f"drop_columns names {unknown[0]!r}, which {path} does not have; its columns: "
@@ -181,6 +183,22 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
     if not rows:
         raise DiffkitError(f"series file {str(path)!r} has a header row but no data rows")
     return np.asarray(rows, dtype=np.float64), [header[i] for i in keep]
+
+
+def _warn_if_numbers(path: Path, header: Sequence[str]) -> None:
+    """A header row of numbers only is most likely the first data row of a file without a header,
+    read as column names (so that row is lost to the data): a DiffkitWarning, not an error, since
+    numbers may name columns. pandas' names of unnamed columns, 0, 1, ..., F-1, are not warned about."""
+    def finite(cell: str) -> bool:
+        try:
+            return math.isfinite(float(cell))
+        except ValueError:
+            return False
+    if not all(finite(cell) for cell in header) or header == [str(i) for i in range(len(header))]:
+        return
+    shown = ", ".join(header[:3]) + (", ..." if len(header) > 3 else "")
+    warnings.warn(f"the header row of {path} is all numbers ({shown}): if the file has no header row, its first "
+                  f"row was read as column names; add a header line", DiffkitWarning, stacklevel=2)
 
 
 def read_npy_series(path: Path, allow_missing: bool = False, missing_hint: str = TRAINING_MISSING) -> tuple:

@@ -91,12 +91,14 @@ def test_a_file_that_is_no_safetensors_is_not_called_a_truncated_checkpoint(tiny
 @pytest.fixture(scope="module")
 def curriculum_checkpoint(tmp_path_factory):
     """A consistency-training checkpoint of CM's curriculum after 1 of 1 steps: its grid is [0, T - 1],
-    one source time, and its config keeps the default sampler ddim and sample_steps 50."""
+    one source time, and its config has sampler ddim and sample_steps 50 (the defaults of a consistency
+    run's config before the consistency objectives took sampler consistency and 4 steps)."""
     from diffkit.training import Trainer
     from test_evaluation import TINY
     root = tmp_path_factory.mktemp("cmct")
     cfg = TrainConfig.from_dict({**TINY, "max_steps": 1, "objective": "consistency-training",
-                                 "consistency_curriculum": "cm", "save_weight_dir": str(root / "ckpt"),
+                                 "consistency_curriculum": "cm", "sampler": "ddim", "sample_steps": 50,
+                                 "save_weight_dir": str(root / "ckpt"),
                                  "sampled_dir": str(root / "s")})
     Trainer(cfg, progress=False, log=lambda *_: None).run()
     return root / "ckpt" / "latest.safetensors"

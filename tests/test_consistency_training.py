@@ -133,8 +133,10 @@ def test_distill_cli_trains_samples_and_resumes(tmp_path, teacher, capsys, monke
     plain = load_denoiser(latest).inner  # the same network under a hand-made wrapper of other settings: other key
     keys = [denoiser_identity(ConsistencyDenoiser(plain, sigma_data=s)) for s in (0.5, 0.3)]
     assert keys[0] != keys[1] and denoiser_identity(plain) not in keys
+    capsys.readouterr()
     assert main(["distill", "--resume", str(latest), "--steps", "3", "--no-progress", "--no-sample"]) == 0
     assert ckpt.load_checkpoint(latest)[1]["step"] == 3
+    assert f"resumed from {latest} at step 2" in capsys.readouterr().out  # as diffkit train --resume says
     assert main(["distill", "--teacher", str(latest), "--out", "again"]) == 2  # a consistency model is no teacher
     assert "is a consistency model" in capsys.readouterr().err
     assert main(["distill", "--out", "x"]) == 2
@@ -233,3 +235,45 @@ def test_the_trainers_loss_is_the_consistency_loss_of_its_draws(tmp_path, teache
     if tr.teacher is not None:  # (training's distance is symmetric in the pair)
         swapped = consistency_loss(tr.student, images, noise, t_now, t_next, teacher=tr.teacher).mean()
         assert not torch.equal(got, swapped)
+
+
+def _train_config(*argv):
+    from diffkit.cli import build_parser
+    from diffkit.commands.train import config_from_args
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_the_consistency_objectives_default_to_the_consistency_sampler_unless_set(tmp_path, teacher):
+    """A config that does not give sampler / sample_steps takes its objective's (consistency, 4 steps
+    for both consistency objectives, as diffkit distill); what --set or a --config file gives is kept."""
+    ct = ["--set", "objective=consistency-training"]
+    assert (_train_config().sampler, _train_config().sample_steps) == ("ddim", 50)
+    cfg = _train_config(*ct)
+    assert (cfg.sampler, cfg.sample_steps) == ("consistency", 4)
+    cfg = _train_config(*ct, "--set", "sampler=ddim")
+    assert (cfg.sampler, cfg.sample_steps) == ("ddim", 4)
+    assert _train_config(*ct, "--set", "sample_steps=2").sample_steps == 2
+    import json
+    for extra, sampler in (({}, "consistency"), ({"sampler": "ddim"}, "ddim")):
+        (tmp_path / "c.json").write_text(json.dumps({"objective": "consistency-training", **extra}))
+        assert _train_config("--config", str(tmp_path / "c.json")).sampler == sampler
+    from diffkit.commands.distill import distill_config
+    cfg = distill_config(teacher, tmp_path / "cd")  # the teacher's ddim / 50 give way to the objective's
+    assert (cfg.sampler, cfg.sample_steps) == ("consistency", 4)
+    assert distill_config(teacher, tmp_path / "cd", ["sampler=ddim"]).sampler == "ddim"
+
+
+def test_consistency_training_samples_its_end_of_run_grid_with_the_consistency_sampler(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """diffkit train --set objective=consistency-training draws its grid as diffkit sample on the
+    checkpoint would: the consistency sampler, its 4 default steps at most one per source time (a
+    CM curriculum with s1 = 2 has 2)."""
+    monkeypatch.chdir(tmp_path)
+    tiny = [f"--set={pair}" for pair in ("img_size=8", "channel=16", "channel_mult=1,2", "attn=1", "num_res_blocks=1")]
+    base = ["train", "--steps", "2", "--device", "cpu", "--no-progress", "--set", "objective=consistency-training",
+            *tiny]
+    assert main([*base, "--out", "ct"]) == 0
+    assert "consistency, 4 network evaluations per sample" in capsys.readouterr().out
+    assert main([*base, "--out", "cm", "--set", "consistency_curriculum=cm", "--set", "consistency_s0=2",
+                 "--set", "consistency_s1=2"]) == 0
+    assert "consistency, 2 network evaluations per sample" in capsys.readouterr().out

@@ -154,7 +154,7 @@ def test_eval_nll_on_the_train_split(run_dir, tmp_path, capsys):
                      "--out", out, "--device", "cpu", "--no-progress"]) == 0
         results[split] = json.loads(out.read_text())
         header = capsys.readouterr().out.splitlines()[0]
-        assert f"no samples ({split} images: 4)" in header and ("test images" in header) == (split == "test"), header
+        assert header == f"{ckpt}: no samples; nll on 4 {'digits ' if split == 'test' else ''}{split} images", header
         assert ("reference" in results[split]["settings"]) == (split == "test")  # train NLL loads no test set
         assert results[split]["settings"]["nll_split"] == split
         assert results[split]["settings"]["nll_num_images"] == 4
@@ -475,3 +475,17 @@ def test_eval_prints_its_warnings_also_when_it_fails(capsys):
             raise DiffkitError("then an error")
     err = capsys.readouterr().err
     assert err.count("DiffkitWarning: first diffkit note") == 1 and "RuntimeWarning: divide by zero" in err, err
+
+
+def test_eval_header_names_the_samples_and_the_images_the_bound_is_on():
+    """The line above eval's table: samples against the reference; the NLL metrics' images, not the
+    reference set they were taken from (which nothing was compared with when no samples were drawn)."""
+    from diffkit.commands.eval import header_line
+    nll = {"nll_split": "test", "nll_num_images": 8, "reference": "digits", "num_reference": 597}
+    assert header_line({"settings": {"checkpoint": "c", **nll}, "metrics": {"rate-distortion": {}}}) \
+        == "c: no samples; rate-distortion on 8 digits test images"
+    both = {"checkpoint": "c", **nll, "num_samples": 24, "sampler": "ddim", "steps": 50}
+    assert header_line({"settings": both, "metrics": {"fid": {}, "nll": {}}}) \
+        == "c: 24 samples (ddim, 50 steps) vs 597 digits test images; nll on 8 digits test images"
+    assert header_line({"settings": {"samples": "s", "num_samples": 9, "reference": "digits", "num_reference": 597},
+                        "metrics": {"fid": {}}}) == "s: 9 samples vs 597 digits test images"

@@ -222,7 +222,9 @@ def test_eval_rate_distortion_writes_table_and_plot(tiny_checkpoint, tmp_path, c
     assert rd["bpd"] == pytest.approx(metrics["nll-strided"]["bpd"], abs=1e-9)  # same images, t and noise
     assert rd["plot"] == str(tmp_path / "rd_rate_distortion.png")
     assert Image.open(rd["plot"]).size[0] > 0
-    assert "[" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[" in out  # what was evaluated: the bound on 4 test images; no samples, so nothing against the 597
+    assert out.splitlines()[0] == f"{tiny_checkpoint}: no samples; rate-distortion, nll-strided on 4 digits test images"
 
 
 def test_eval_computes_the_strided_bound_once_for_rate_distortion_and_nll_strided(tiny_checkpoint, monkeypatch):

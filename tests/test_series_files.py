@@ -406,3 +406,33 @@ def test_eval_reads_a_moved_file_given_with_data_dir(file_run, tmp_path, capsys)
     here, there = (json.loads((tmp_path / f"{n}.json").read_text())["metrics"] for n in ("here", "moved"))
     assert [there[m]["value"] for m in ("context-fid", "correlational")] == \
         [here[m]["value"] for m in ("context-fid", "correlational")]
+
+
+def test_a_header_of_numbers_is_warned_about_as_a_missing_header(tmp_path, capsys, monkeypatch):
+    """A CSV without a header row has its first data row read as column names: a warning (one line
+    from the CLI) names the file and the numbers; pandas' 0, 1, ... column names and named columns
+    are read silently."""
+    import warnings
+    from diffkit.errors import DiffkitWarning
+    from diffkit.series_files import read_series_file
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("".join(f"{a}.5,{b}\n" for a, b in LONG))
+    with pytest.warns(DiffkitWarning, match=r"the header row of .*headerless\.csv is all numbers \(0\.5, 0\): if the "
+                                            r"file has no header row, its first row was read as column names"):
+        values, columns = read_series_file(headerless)
+    assert columns == ["0.5", "0"] and values.shape == (39, 2)  # the first row is lost to the data
+    for header in ("0,1", "a,b", "x,1e3"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DiffkitWarning)
+            read_series_file(write_csv(tmp_path / "named.csv", header, LONG))
+    monkeypatch.chdir(tmp_path)
+    import sys  # printed as the CLI prints it (pytest records warnings instead; as test_cli_errors does)
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
+                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["train", "--dataset", "series", "--data-dir", "headerless.csv", "--out", "run", "--steps", "2",
+                     "--no-progress", "--no-sample", "--device", "cpu", *SMALL]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "all numbers" in line]
+    assert warned == ["diffkit train: warning: the header row of headerless.csv is all numbers (0.5, 0): if the file "
+                      "has no header row, its first row was read as column names; add a header line"], warned

@@ -128,6 +128,7 @@ def test_eval_context_fid_is_the_metric_of_the_sampled_series(series_run, tmp_pa
     result = json.loads((tmp_path / "e.json").read_text())["metrics"]["context-fid"]
     assert np.isfinite(result["value"]) and result["num_samples"] == result["num_reference"] == 24
     assert not result["encoder_cached"] and "rank-deficient" in err
+    assert "24 reference series for 320-d features" in err and "images" not in err, err  # series, not images
     code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--num", "24", "--steps", "3", "--seed", "5",
                              "--out", str(tmp_path / "s.png"), "--no-progress")
     assert code == 0, err

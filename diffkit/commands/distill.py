@@ -31,8 +31,9 @@ def register(sub) -> None:
     add_run_flags(p, "distill", run, "--set consistency_skip=10 --set lr=5e-5")
 
 
-# what a distillation run changes in the teacher's config (--set overrides any of them)
-DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": "consistency", "sample_steps": 4,
+# what a distillation run changes in the teacher's config (--set overrides any of them); the teacher's
+# sample grid is dropped: None is the objective's (config.objective_sampling: consistency, 4 steps)
+DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": None, "sample_steps": None,
                     "ema_warmup": True, "timestep_sampler": "uniform", "min_snr_gamma": None,
                     "training_load_weight": None, "test_load_weight": None}
 

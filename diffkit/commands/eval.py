@@ -106,10 +106,29 @@ def printed_warnings():
             sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
 
 
+def header_line(result: dict) -> str:
+    """The line above the table: what was evaluated. The samples (sampler, steps) against the
+    reference's test split; the images the NLL metrics bound ("no samples" when they are all)."""
+    from ..evaluation import NLL_METRICS
+    from ..series_evaluation import SERIES_METRICS
+    settings, metrics = result["settings"], list(result["metrics"])
+    parts = [f"{settings['num_samples']} samples" if "num_samples" in settings else "no samples"]
+    if "sampler" in settings:
+        parts[0] += f" ({settings['sampler']}, {settings['steps']} steps)"
+    if "num_samples" in settings and "reference" in settings:
+        kind = "series" if set(metrics) & set(SERIES_METRICS) else "images"
+        parts[0] += (f" vs {settings['num_reference']} {settings['reference']} "
+                     f"{settings.get('reference_split', 'test')} {kind}")
+    nll = [m for m in metrics if m in NLL_METRICS]
+    if nll:  # their images: the first --nll-num of the reference's split (its name is known with a test set)
+        dataset = f"{settings['reference']} " if "reference" in settings else ""
+        parts.append(f"{', '.join(nll)} on {settings['nll_num_images']} {dataset}{settings['nll_split']} images")
+    return f"{settings.get('checkpoint') or settings.get('samples')}: " + "; ".join(parts)
+
+
 def run(args) -> int:
     from ..config import resolve_device
     from ..evaluation import evaluate, format_results, parse_eta, parse_metrics, write_json
-    from ..series_evaluation import SERIES_METRICS
     names = parse_metrics(args.metrics)  # validate before loading anything
     if args.eta is not None:
         parse_eta(args.eta)
@@ -142,12 +161,7 @@ def run(args) -> int:
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")
-    kind = "series" if set(result["metrics"]) & set(SERIES_METRICS) else "images"
-    print(f"{source}: " + (f"{settings['num_samples']} samples" if "num_samples" in settings
-                           else f"no samples ({settings['nll_split']} images: {settings['nll_num_images']})")
-          + (f" ({settings['sampler']}, {settings['steps']} steps)" if "sampler" in settings else "")
-          + (f" vs {settings['num_reference']} {settings['reference']} {settings.get('reference_split', 'test')} "
-             f"{kind}" if "reference" in settings else ""))
+    print(header_line(result))
     print(format_results(result["metrics"]))
     if rd_plot is not None:
         from ..progressive import plot_rate_distortion

@@ -54,14 +54,17 @@ def add_run_flags(p, command: str, func, set_example: str) -> None:
 
 
 def config_from_args(args):
-    """TrainConfig from --config plus flags plus --set overrides, validated."""
-    from ..config import TrainConfig, apply_overrides
+    """TrainConfig from --config plus flags plus --set overrides, validated. Built from what was
+    given, so a field none of them names takes its default for the others (the ``consistency``
+    sampler for ``--set objective=consistency-training``: ``config.objective_sampling``)."""
+    from ..config import TrainConfig, given_fields, parse_overrides, read_config_file
     if args.config:
-        cfg = TrainConfig.from_file(args.config)
-    elif args.resume:
-        cfg = TrainConfig.from_dict(resumable_config(args.resume))
+        given = given_fields(read_config_file(args.config))
+    elif args.resume:  # a checkpoint's config names every field
+        given = given_fields(resumable_config(args.resume))
     else:
-        cfg = TrainConfig()
+        given = {}
+    cfg = TrainConfig.from_dict(given)
     flags = {"dataset": args.dataset, "data_dir": args.data_dir, "max_steps": args.steps,
              "epoch": args.epochs, "batch_size": args.batch_size, "device": args.device,
              "training_load_weight": args.resume or (cfg.seed_resume_checkpoint() if args.config else None)}
@@ -72,10 +75,8 @@ def config_from_args(args):
         flags["sampled_dir"] = str(Path(args.out) / "samples")
     elif args.resume:  # a resume continues in its checkpoint's folder (a --config's folders are for new runs)
         flags.update(resumed_run_folders(args.resume, cfg))
-    data = cfg.to_dict()
-    data.update({k: v for k, v in flags.items() if v is not None})
-    cfg = TrainConfig.from_dict(data)
-    return apply_overrides(cfg, args.overrides)
+    given.update({k: v for k, v in flags.items() if v is not None}, **parse_overrides(args.overrides))
+    return TrainConfig.from_dict(given)
 
 
 def check_no_run_in(folder, resumed=None) -> None:
@@ -216,9 +217,13 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                 f"({result.images_per_second:.0f} {trainer.cfg.example_noun}/s); "
           f"final loss {result.final_loss:.4f}; checkpoint {result.checkpoint}")
     if sample:
+        from ._common import default_sampling
         from .sample import sample_to_files
-        sample_to_files(Path(cfg.save_weight_dir) / "latest.safetensors", sampler=cfg.sampler,
-                        steps=cfg.sample_steps, num=num_samples, nrow=cfg.nrow,
+        latest = Path(cfg.save_weight_dir) / "latest.safetensors"
+        # sample_steps as 'diffkit sample' takes it: a consistency model's at most one per source time of its grid
+        _, steps = default_sampling(latest, cfg.sampler, None)
+        sample_to_files(latest, sampler=cfg.sampler, steps=cfg.sample_steps if steps is None else steps,
+                        num=num_samples, nrow=cfg.nrow,
                         out=Path(cfg.sampled_dir) / cfg.sampledImgName,
                         # a latent model's noise lives in its latent space: no noise grid
                         noise_out=(None if cfg.autoencoder or cfg.is_series  # time series: no noise grid
