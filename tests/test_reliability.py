@@ -292,6 +292,34 @@ def test_signal_writes_checkpoint_and_prints_the_resume_command(tmp_path, sig, c
         assert ckpt.load_checkpoint(latest)[1]["step"] == 30
 
 
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_resume_command_is_one_bash_command_with_cwd_and_quoting(tmp_path, monkeypatch, relative):
+    """The printed resume command, run by bash itself from another folder, starts the interpreter
+    with exactly the intended argv in the intended folder: relative out/sample folders get a
+    `cd DIR && ` prefix (DIR being the training's cwd), and a space, `$` and `'` in the folders survive
+    bash's word splitting. The interpreter is replaced by a bash function that prints $PWD and its
+    argv NUL-separated (no Python is started)."""
+    from diffkit.commands.train import resume_command
+    odd = "run dir $HOME 'q'"
+    cwd = tmp_path / f"cwd {odd}"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the `diffkit` script: `<interpreter> -m diffkit`
+    base = "" if relative else f"{cwd}/"
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), "save_weight_dir": f"{base}{odd}/checkpoints",
+                                 "sampled_dir": f"{base}{odd}/samples", "data_dir": str(tmp_path / "data")})
+    command = resume_command(cfg, ["--no-sample"])
+    assert command.count(shlex.quote(sys.executable)) == 1, command
+    script = 'a(){ printf "%s\\0" "$PWD" "$@"; }; ' + command.replace(shlex.quote(sys.executable), "a", 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run(["bash", "-c", script], cwd=elsewhere, capture_output=True, check=True).stdout
+    pwd, *argv = out.decode().split("\0")[:-1]
+    assert Path(pwd).resolve() == (cwd if relative else elsewhere).resolve(), (command, pwd)
+    assert argv == ["-m", "diffkit", "train", "--resume", f"{base}{odd}/checkpoints/latest.safetensors",
+                    "--no-sample"], command
+
+
 def _torch_is_loading(pid: int) -> bool:
     """True once process ``pid`` has mapped libtorch (its import then runs for about a second more)."""
     try:
