@@ -7,6 +7,7 @@ RELIABILITY.md at the repository root tabulates these tests.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import errno
 import json
@@ -656,12 +657,32 @@ _PARSER = []
 
 def _built_once():
     """diffkit.cli.build_parser's parser, built on the first call and handed out again after it: parse_args
-    keeps no state in the parser (a fresh Namespace per call; --set's append copies its default), so every
+    keeps no state in the parser (a fresh Namespace per call; no append option has a list default:
+    test_one_parser_parses_twice_without_sharing_a_list), so every
     fuzzed command line parses as with a fresh parser, without rebuilding all the sub-commands (~15 ms) 300
     times."""
     if not _PARSER:  # build_parser as imported above, the real one (the fuzz tests put this one in its place)
         _PARSER.append(build_parser())
     return _PARSER[0]
+
+
+def test_one_parser_parses_twice_without_sharing_a_list():
+    """The fuzz tests reuse one parser: a list in one parse's result (an append option's default,
+    which argparse hands out as is when the option is absent) must not be the next parse's. No append
+    or extend option of any command has a default (None: the command uses ``or []``); and appending
+    to a first result's --set list leaves a second parse's alone."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if isinstance(action, (argparse._AppendAction, argparse._ExtendAction)):
+                assert action.default is None, (name, action.option_strings, action.default)
+    for argv in (["train"], ["distill"], ["train", "--set", "lr=1e-4"], ["distill", "--set", "lr=1e-4"]):
+        first = parser.parse_args(argv)
+        if first.overrides is not None:
+            first.overrides.append("leaked=1")
+        second = parser.parse_args(argv)
+        assert second.overrides == (["lr=1e-4"] if "--set" in argv else None), (argv, second.overrides)
 
 
 def _run_fuzzed(argv, ws, capsys):
