@@ -18,7 +18,6 @@ benchmark (seeds 1234, 99, 7777; ``--samples`` per seed) and its reference ODE s
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -29,9 +28,10 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import torch  # noqa: E402
 
+import mixture_probe as probe  # noqa: E402
 import samplers as bench  # noqa: E402
-from diffkit import Denoiser, NoiseSchedule, sample  # noqa: E402
-from diffkit.analytic import GaussianMixture  # noqa: E402
+from diffkit import sample  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.samplers import REGISTRY  # noqa: E402
 from diffkit.sampling import sampler_grid  # noqa: E402
 
@@ -103,28 +103,25 @@ def anatomy(spec: str, den, eps_fn, mixture, x_T, ref, ref_comp, worst_share=0.0
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = probe.Parser(description=__doc__.split("\n")[0])
     p.add_argument("--mixture", type=int, default=1, choices=range(len(bench.MIXTURES)))
     p.add_argument("--specs", required=True, help="comma-separated NAME[@SPACING][:FINAL]:NFE")
-    p.add_argument("--samples", type=int, default=10_000, help="per noise seed (default %(default)s)")
+    p.add_argument("--samples", type=probe.positive_int, default=10_000, help="per noise seed (default %(default)s)")
     p.add_argument("--cache", type=Path, default=None, help="file to keep the reference ODE solution in")
     args = p.parse_args(argv)
-    cfg = bench.MIXTURES[args.mixture]
-    schedule = NoiseSchedule.linear()
-    mixture = GaussianMixture.random(cfg["dim"], cfg["components"], seed=cfg["seed"])
-    eps_fn = bench.MixtureEps(mixture)
-    den = Denoiser(bench.diffkit_network(eps_fn, schedule), schedule, data_scale=mixture.data_scale())
-    x_T = bench.starting_noise(args.samples, mixture.dim, bench.NOISE_SEEDS)
-    t0 = time.time()
-    if args.cache is not None and args.cache.exists():
-        ref = torch.load(args.cache)
-    else:
-        ref = bench.reference_ode(eps_fn, schedule, x_T)
-        if args.cache is not None:
-            torch.save(ref, args.cache)
+    cfg, schedule, mixture, eps_fn, den = probe.mixture_setup(args.mixture)
+    specs = args.specs.split(",")
+    try:
+        for spec in specs:
+            probe.check_diffkit_spec(den, spec)
+        x_T = bench.starting_noise(args.samples, mixture.dim, bench.NOISE_SEEDS)
+        t0 = time.time()
+        ref = probe.reference(args.cache, args.mixture, args.samples, eps_fn, schedule, x_T)
+    except DiffkitError as err:
+        p.exit(2, f"error: {err}\n")
     print(f"mixture {cfg}: {x_T.shape[0]} trajectories, reference {time.time() - t0:.0f} s")
     ref_comp = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
-    for spec in args.specs.split(","):
+    for spec in specs:
         anatomy(spec, den, eps_fn, mixture, x_T, ref, ref_comp)
 
 

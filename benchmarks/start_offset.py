@@ -17,7 +17,6 @@ both ways: to the benchmark's answer (issue 4's cell) and to the exact endpoint 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,56 +25,47 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import torch  # noqa: E402
 
+import mixture_probe as probe  # noqa: E402
 import samplers as bench  # noqa: E402
 from flip_anatomy import continue_ode  # noqa: E402
-from diffkit import Denoiser, NoiseSchedule, sample  # noqa: E402
-from diffkit.analytic import GaussianMixture  # noqa: E402
+from diffkit import sample  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.samplers import REGISTRY  # noqa: E402
 from diffkit.sampling import sampler_grid  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = probe.Parser(description=__doc__.split("\n")[0])
     p.add_argument("--mixture", type=int, default=1, choices=range(len(bench.MIXTURES)))
     p.add_argument("--specs", nargs="+", default=[])
-    p.add_argument("--all", default=None, metavar="NFES", help="comma-separated NFEs: every deterministic sampler")
-    p.add_argument("--samples", type=int, default=10_000, help="per noise seed")
+    p.add_argument("--all", type=probe.nfe_list, default=None, metavar="NFES",
+                   help="comma-separated NFEs: every deterministic sampler")
+    p.add_argument("--samples", type=probe.positive_int, default=10_000, help="per noise seed")
     p.add_argument("--cache", type=Path, default=None, help="file to keep the reference ODE solution in")
     args = p.parse_args(argv)
-    diffusers = {label: (cls, kw) for label, cls, kw, det in bench.diffusers_configs() if det}
-    for spec in args.specs:
-        try:
+    cfg, schedule, mixture, eps_fn, den = probe.mixture_setup(args.mixture)
+    diffusers = probe.deterministic_diffusers()
+    specs = list(args.specs)
+    try:
+        if not specs and not args.all:
+            raise DiffkitError("give --specs SPEC ... or --all NFES")
+        for spec in specs:
             if "=" in spec:
                 label, nfe = spec.rsplit("=", 1)
-                if label not in diffusers or not nfe.isdigit():
-                    raise DiffkitError(f"{spec!r}: give LABEL=NFE with a deterministic diffusers label of "
-                                       f"samplers.diffusers_configs, e.g. 'PNDM-PLMS[leading]=20'")
+                if not nfe.isdigit() or int(nfe) < 1:
+                    raise DiffkitError(f"{spec!r}: give LABEL=NFE with an NFE >= 1, e.g. 'PNDM-PLMS[leading]=20'")
+                probe.check_diffusers_label(label, int(nfe), diffusers)
             else:
-                bench.parse_profile(spec)
-        except DiffkitError as err:
-            p.exit(2, f"error: {err}\n")
-    cfg = bench.MIXTURES[args.mixture]
-    schedule = NoiseSchedule.linear()
-    mixture = GaussianMixture.random(cfg["dim"], cfg["components"], seed=cfg["seed"])
-    eps_fn = bench.MixtureEps(mixture)
-    den = Denoiser(bench.diffkit_network(eps_fn, schedule), schedule, data_scale=mixture.data_scale())
-    x_T = bench.starting_noise(args.samples, mixture.dim, bench.NOISE_SEEDS)
-    if args.cache is not None and args.cache.exists():
-        ref = torch.load(args.cache)
-    else:
-        ref = bench.reference_ode(eps_fn, schedule, x_T)
-        if args.cache is not None:
-            torch.save(ref, args.cache)
+                probe.check_diffkit_spec(den, spec)
+        for nfe in args.all or ():
+            mine, theirs = probe.all_deterministic_specs(den, nfe, diffusers)
+            specs += mine + [f"{label}={nfe}" for label in theirs]
+        x_T = bench.starting_noise(args.samples, mixture.dim, bench.NOISE_SEEDS)
+        ref = probe.reference(args.cache, args.mixture, args.samples, eps_fn, schedule, x_T)
+    except DiffkitError as err:
+        p.exit(2, f"error: {err}\n")
     ref_comp = mixture.class_log_posterior(ref, 1.0, 0.0).argmax(1)
     own = {}
-    specs = list(args.specs)
-    if args.all:
-        for nfe in (int(v) for v in args.all.split(",")):
-            specs += [f"{name}:{nfe}" for name, info in REGISTRY.items()
-                      if not info.stochastic and not info.adaptive and _spends(info, nfe)]
-            specs += [f"{label}={nfe}" for label, (cls, kw) in diffusers.items()
-                      if bench.diffusers_steps_for_nfe(cls, kw, nfe) is not None]
     best = {}
     print(f"mixture {cfg}, {x_T.shape[0]} trajectories; RMS (flips)")
     for spec in specs:
@@ -112,14 +102,6 @@ def main(argv=None):
             if mine and theirs:
                 print(f"NFE {nfe}, RMS to {what}: diffkit best {mine[0]:.2e} ({mine[1]}), diffusers best "
                       f"{theirs[0]:.2e} ({theirs[1]}), ratio {mine[0] / theirs[0]:.2f}")
-
-
-def _spends(info, nfe: int) -> bool:
-    try:
-        info.steps_for_nfe(nfe)
-    except ValueError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from diffkit import checkpoint as ckpt
@@ -99,10 +100,11 @@ def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp
     assert (run / "checkpoints" / f"ckpt_{step:08d}.safetensors").is_file()
 
 
-def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, capsys):
+def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, capsys, monkeypatch):
     """Stop a 1 x 8 run at step 2 of 3, resume it under torchrun as 2 x 4: the weights and EMA
     equal those of the uninterrupted 1 x 8 run. A different global batch is refused in one line."""
     from diffkit.cli import main
+    from diffkit.commands import train as train_command
     from diffkit.commands.train import resumable_config
     from diffkit.config import TrainConfig
     from diffkit.training import Trainer
@@ -113,9 +115,16 @@ def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, cap
     Trainer(TrainConfig.from_dict(cfg), progress=False, log=lambda msg: None).run(stop_at=2)
     part = tmp_path / "part" / "checkpoints" / "latest.safetensors"
     # 2 x 8 = 16 images per step, not 8: refused by the launching process before any rank starts, so it
-    # runs in this process (a traceback would raise out of main; the one line is what it wrote on stderr)
+    # runs in this process (a traceback would raise out of main; the one line is what it wrote on stderr).
+    # No rank may start: torchrun's relaunch fails the test (without the pre-launch check it would start
+    # ranks from pytest's own sys.argv, which fail only by accident)
+    def relaunch(nproc):
+        pytest.fail(f"ranks started (--nproc {nproc}) before the refusal")
     capsys.readouterr()
-    code = main(["train", "--nproc", "2", "--resume", str(part), "--batch-size", "8", "--no-sample", "--no-progress"])
+    with monkeypatch.context() as patch:
+        patch.setattr(train_command, "relaunch_with_torchrun", relaunch)
+        code = main(["train", "--nproc", "2", "--resume", str(part), "--batch-size", "8", "--no-sample",
+                     "--no-progress"])
     refused = capsys.readouterr()
     assert code == 2 and "Traceback" not in refused.err
     assert refused.err.strip().splitlines() == [

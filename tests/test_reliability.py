@@ -7,6 +7,7 @@ RELIABILITY.md at the repository root tabulates these tests.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import errno
 import json
@@ -290,6 +291,34 @@ def test_signal_writes_checkpoint_and_prints_the_resume_command(tmp_path, sig, c
         assert words[:3] == [sys.executable, "-m", "diffkit"] and "&&" not in words, command
         assert main(words[3:]) == 0
         assert ckpt.load_checkpoint(latest)[1]["step"] == 30
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative", "absolute"])
+def test_resume_command_is_one_bash_command_with_cwd_and_quoting(tmp_path, monkeypatch, relative):
+    """The printed resume command, run by bash itself from another folder, starts the interpreter
+    with exactly the intended argv in the intended folder: relative out/sample folders get a
+    `cd DIR && ` prefix (DIR being the training's cwd), and a space, `$` and `'` in the folders survive
+    bash's word splitting. The interpreter is replaced by a bash function that prints $PWD and its
+    argv NUL-separated (no Python is started)."""
+    from diffkit.commands.train import resume_command
+    odd = "run dir $HOME 'q'"
+    cwd = tmp_path / f"cwd {odd}"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the `diffkit` script: `<interpreter> -m diffkit`
+    base = "" if relative else f"{cwd}/"
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), "save_weight_dir": f"{base}{odd}/checkpoints",
+                                 "sampled_dir": f"{base}{odd}/samples", "data_dir": str(tmp_path / "data")})
+    command = resume_command(cfg, ["--no-sample"])
+    assert command.count(shlex.quote(sys.executable)) == 1, command
+    script = 'a(){ printf "%s\\0" "$PWD" "$@"; }; ' + command.replace(shlex.quote(sys.executable), "a", 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run(["bash", "-c", script], cwd=elsewhere, capture_output=True, check=True).stdout
+    pwd, *argv = out.decode().split("\0")[:-1]
+    assert Path(pwd).resolve() == (cwd if relative else elsewhere).resolve(), (command, pwd)
+    assert argv == ["-m", "diffkit", "train", "--resume", f"{base}{odd}/checkpoints/latest.safetensors",
+                    "--no-sample"], command
 
 
 def _torch_is_loading(pid: int) -> bool:
@@ -628,12 +657,32 @@ _PARSER = []
 
 def _built_once():
     """diffkit.cli.build_parser's parser, built on the first call and handed out again after it: parse_args
-    keeps no state in the parser (a fresh Namespace per call; --set's append copies its default), so every
+    keeps no state in the parser (a fresh Namespace per call; no append option has a list default:
+    test_one_parser_parses_twice_without_sharing_a_list), so every
     fuzzed command line parses as with a fresh parser, without rebuilding all the sub-commands (~15 ms) 300
     times."""
     if not _PARSER:  # build_parser as imported above, the real one (the fuzz tests put this one in its place)
         _PARSER.append(build_parser())
     return _PARSER[0]
+
+
+def test_one_parser_parses_twice_without_sharing_a_list():
+    """The fuzz tests reuse one parser: a list in one parse's result (an append option's default,
+    which argparse hands out as is when the option is absent) must not be the next parse's. No append
+    or extend option of any command has a default (None: the command uses ``or []``); and appending
+    to a first result's --set list leaves a second parse's alone."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if isinstance(action, (argparse._AppendAction, argparse._ExtendAction)):
+                assert action.default is None, (name, action.option_strings, action.default)
+    for argv in (["train"], ["distill"], ["train", "--set", "lr=1e-4"], ["distill", "--set", "lr=1e-4"]):
+        first = parser.parse_args(argv)
+        if first.overrides is not None:
+            first.overrides.append("leaked=1")
+        second = parser.parse_args(argv)
+        assert second.overrides == (["lr=1e-4"] if "--set" in argv else None), (argv, second.overrides)
 
 
 def _run_fuzzed(argv, ws, capsys):

@@ -71,7 +71,8 @@ def config_from_args(args):
     if not args.out:
         raise DiffkitError("diffkit distill needs --out DIR (the run folder of the consistency model)")
     flags = {"max_steps": args.steps, "batch_size": args.batch_size, "device": args.device}
-    return distill_config(args.teacher, args.out, args.overrides, **{k: v for k, v in flags.items() if v is not None})
+    return distill_config(args.teacher, args.out, args.overrides or [],
+                          **{k: v for k, v in flags.items() if v is not None})
 
 
 def distill_config(teacher, out, overrides=(), **fields):

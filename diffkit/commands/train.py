@@ -42,7 +42,7 @@ _OPTIONS: dict[str, list[str]] = {}  # each command's long options, for ranks_ar
 def add_run_flags(p, command: str, func, set_example: str) -> None:
     """The flags a training run's command ends with (train, distill): --set, --no-sample, --nproc and
     the progress flag; then keeps the command's long option names for :func:`ranks_argv`."""
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help=f"any config field, e.g. {set_example}")
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
     p.add_argument("--nproc", type=positive_int, default=1,
@@ -75,7 +75,8 @@ def config_from_args(args):
         flags["sampled_dir"] = str(Path(args.out) / "samples")
     elif args.resume:  # a resume continues in its checkpoint's folder (a --config's folders are for new runs)
         flags.update(resumed_run_folders(args.resume, cfg))
-    given.update({k: v for k, v in flags.items() if v is not None}, **parse_overrides(args.overrides))
+    given.update({k: v for k, v in flags.items() if v is not None},
+                 **parse_overrides(args.overrides or []))  # None without --set: no list a parser could share
     return TrainConfig.from_dict(given)
 
 
