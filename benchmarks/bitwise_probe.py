@@ -8,7 +8,7 @@ after a change meant to leave every result bit unchanged) can be compared with `
 
 Covers: each sampler of ``diffkit.samplers.registry.REGISTRY`` (10 steps; the adaptive ones on their
 own grid) in float32 and float64, epsilon and v prediction, seed 0, plus DDPM on the full 1000 steps
-with each variance type and thresholded DDIM; the bound (:func:`diffkit.likelihood.variational_bound`)
+with each variance type (and the DDPM function on a bfloat16 state), DDIM's sigma-hat and thresholded DDIM; the bound (:func:`diffkit.likelihood.variational_bound`)
 with fixed and learned variance; the schedule maps at scalar / tensor / fractional times on a
 linear, a cosine and a zero-terminal-SNR schedule; the posterior coefficients and reverse-step
 variances of :mod:`diffkit.diffusion` (to clean data too); the training losses. A result that is an
@@ -25,6 +25,7 @@ from diffkit import Denoiser, NoiseSchedule, diffusion, sample
 from diffkit.analytic import GaussianMixture
 from diffkit.likelihood import variational_bound
 from diffkit.losses import training_losses, vlb_term_bpd
+from diffkit.samplers.ddpm import ddpm
 from diffkit.samplers.registry import REGISTRY
 
 
@@ -122,12 +123,19 @@ def probe(quick: bool = False) -> dict:
                     den, x_init.to(dtype), sampler=name, steps=steps, seed=0, progress=False))
             _record(out, f"sample.ddim-eta.{dtype}.{pred}", lambda: sample(
                 den, x_init.to(dtype), sampler="ddim", steps=20, seed=0, progress=False, eta=0.7))
+            _record(out, f"sample.ddim-sigma-hat.{dtype}.{pred}", lambda: sample(
+                den, x_init.to(dtype), sampler="ddim", steps=20, seed=0, progress=False, eta="sigma_hat"))
             _record(out, f"sample.ddim-thr.{dtype}.{pred}", lambda: sample(
                 den, x_init.to(dtype), sampler="ddim", steps=20, seed=0, progress=False, thresholding="dynamic"))
             zden = Denoiser(mix.network(zts), zts)  # zero terminal SNR: ddpm starts at alpha_bar = 0
-            for name in ("ddpm@trailing", "ddim", "unipc", "euler", "dpm-solver++-2m@trailing"):
+            for name in ("ddpm", "ddim", "unipc", "euler", "dpm-solver++-2m"):
                 _record(out, f"sample.zts.{name}.{dtype}.{pred}", lambda: sample(
                     zden, x_init.to(dtype), sampler=name, steps=10, seed=0, progress=False))
+    grid = torch.tensor([999.0, 900.0, 700.0, 500.0, 300.0, 100.0, 30.0, 5.0, 0.0, -1.0], dtype=torch.float64)
+    for vt in diffusion.VARIANCE_TYPES:  # the sampler itself on a bfloat16 state (sample() keeps float32)
+        den = Denoiser(mix.network(linear, learned_variance=True), linear, learned_variance=True)
+        _record(out, f"ddpm-fn.{vt}.bf16", lambda: ddpm(den, x_init.to(torch.bfloat16), grid, variance_type=vt,
+                                                        generator=torch.Generator().manual_seed(0)))
     for dtype in (torch.float32, torch.float64):
         den = Denoiser(mix.network(linear, learned_variance=True), linear, learned_variance=True)
         for vt in diffusion.VARIANCE_TYPES:

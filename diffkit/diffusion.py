@@ -201,22 +201,33 @@ def _model_log_variance(schedule: NoiseSchedule, s: torch.Tensor, coefficients, 
                         like) -> torch.Tensor:
     """:func:`model_log_variance` from the step's :func:`posterior_coefficients` (computed once per step)."""
     check_choice("variance_type", variance_type, VARIANCE_TYPES)
+    return _log_variance_of(_log_variance_parts(schedule, s, coefficients, variance_type), variance_type,
+                            var_values, like)
+
+
+def _log_variance_parts(schedule: NoiseSchedule, s: torch.Tensor, coefficients, variance_type: str):
+    """What :func:`model_log_variance` needs of the schedule: log Sigma (fixed types) or
+    (log beta_{t|s}, clipped log beta-tilde_{t|s}) (``learned_range``), float64 on the CPU."""
     _, _, variance, beta_ts = coefficients
     if variance_type == "fixed_large":
         # improved-diffusion: log(cat(posterior_variance[1], betas[1:])) -> at the first step use beta-tilde_1.
         if schedule.num_timesteps > 1 and bool((s < 0).any()):
-            log_large = torch.log(torch.where(s < 0, _first_step_variance(schedule).expand_as(beta_ts), beta_ts))
-        else:
-            log_large = torch.log(beta_ts)
-        return log_large if like is None else expand(log_large, like)
+            return torch.log(torch.where(s < 0, _first_step_variance(schedule).expand_as(beta_ts), beta_ts))
+        return torch.log(beta_ts)
     log_small = clip_log_variance(schedule, variance)
-    if variance_type == "fixed_small":
-        return log_small if like is None else expand(log_small, like)
+    return log_small if variance_type == "fixed_small" else (torch.log(beta_ts), log_small)
+
+
+def _log_variance_of(parts, variance_type: str, var_values, like) -> torch.Tensor:
+    """log Sigma from :func:`_log_variance_parts` (and, for ``learned_range``, the network's ``var_values``)."""
+    if variance_type != "learned_range":
+        return parts if like is None else expand(parts, like)
     if var_values is None:
         raise DiffkitError("variance_type='learned_range' needs a network with a learned variance "
                            "(learned_variance=True); use fixed_small or fixed_large")
+    log_beta, log_small = parts
     frac = (var_values + 1) / 2
-    return frac * expand(torch.log(beta_ts), var_values) + (1 - frac) * expand(log_small, var_values)
+    return frac * expand(log_beta, var_values) + (1 - frac) * expand(log_small, var_values)
 
 
 def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.Tensor, t, s=None,
@@ -234,6 +245,49 @@ def _p_mean_variance(schedule: NoiseSchedule, x_t, x0_pred, s, coefficients, var
     coef_x0, coef_xt, _, _ = coefficients
     mean = expand(coef_x0, x_t) * x0_pred + expand(coef_xt, x_t) * x_t
     return mean, _model_log_variance(schedule, s, coefficients, variance_type, var_values, like=x_t)
+
+
+class ReverseSteps:
+    """p_theta(x_s | x_t) for every step grid[i] -> grid[i+1] of a sampler's grid, with what the
+    steps take from the schedule computed once per grid: the posterior coefficients and the fixed
+    parts of the log-variance (:func:`posterior_coefficients`, :func:`model_log_variance`) for all
+    steps at once in float64 on the CPU, cast once to the samples' device and dtype.
+    :meth:`mean_log_variance` returns what :func:`p_mean_variance` returns at step i: the same
+    operations on the same values (elementwise, so computing them for the whole grid at once
+    changes no bit; ``benchmarks/bitwise_probe.py`` checks it)."""
+
+    def __init__(self, schedule: NoiseSchedule, grid, variance_type: str = "fixed_small"):
+        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        times = as_cpu_times(grid)
+        t, s = times[:-1], times[1:]
+        coefficients = posterior_coefficients(schedule, t, s)
+        self.variance_type = variance_type
+        self._parts = (coefficients[0], coefficients[1], _log_variance_parts(schedule, s, coefficients,
+                                                                            variance_type))
+        self._cast: dict = {}
+
+    def _at(self, like: torch.Tensor):
+        """(coef_x0, coef_xt, log-variance parts) in ``like``'s device and dtype (cast once each)."""
+        key = (like.device, like.dtype)
+        hit = self._cast.get(key)
+        if hit is None:
+            def cast(v):
+                return v.to(device=like.device, dtype=like.dtype)
+            coef_x0, coef_xt, parts = self._parts
+            hit = self._cast[key] = (cast(coef_x0), cast(coef_xt),
+                                     tuple(map(cast, parts)) if isinstance(parts, tuple) else cast(parts))
+        return hit
+
+    def mean_log_variance(self, i: int, x_t: torch.Tensor, x0_pred: torch.Tensor, var_values=None):
+        """(mean, log-variance) of p_theta(x_s | x_t) at step i (:func:`p_mean_variance`)."""
+        coef_x0, coef_xt, parts = self._at(x_t)
+        mean = coef_x0[i] * x0_pred + coef_xt[i] * x_t
+        if self.variance_type != "learned_range":
+            return mean, parts[i]
+        if var_values is None:
+            return mean, _log_variance_of(None, self.variance_type, None, None)  # its one-line error
+        log_beta, log_small = self._at(var_values)[2]
+        return mean, _log_variance_of((log_beta[i], log_small[i]), self.variance_type, var_values, None)
 
 
 def posterior_and_reverse(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, x0_pred: torch.Tensor, t,
