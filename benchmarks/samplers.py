@@ -291,7 +291,9 @@ OVERHEAD_PAIRS = {
                                                             "algorithm_type": "sde-dpmsolver++"}),
     "dpm-solver++-sde": ("DPMSolverSDEScheduler", {}),
     # a different schedule (v-diffusion's trig one), the same per-step work: AB1-4 on eps
-    "ipndm": ("IPNDMScheduler", {})}
+    "ipndm": ("IPNDMScheduler", {}),
+    # ancestral DDPM (fixed_small, both): the posterior mean and variance of each step
+    "ddpm": ("DDPMScheduler", {})}
 
 
 def overhead_names(names) -> list:

@@ -72,22 +72,37 @@ def posterior_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torc
     """
     t = as_cpu_times(t)
     s = t - 1 if s is None else as_cpu_times(s)
-    coef_x0, coef_xt, variance, _ = posterior_coefficients(schedule, t, s)
+    return _posterior_mean_variance(schedule, x0, x_t, posterior_coefficients(schedule, t, s))
+
+
+def _posterior_mean_variance(schedule: NoiseSchedule, x0, x_t, coefficients):
+    """:func:`posterior_mean_variance` from the step's :func:`posterior_coefficients`."""
+    coef_x0, coef_xt, variance, _ = coefficients
     mean = expand(coef_x0, x_t) * x0 + expand(coef_xt, x_t) * x_t
-    return mean, expand(variance, x_t), expand(clipped_log_variance(schedule, t, s), x_t)
+    return mean, expand(variance, x_t), expand(clip_log_variance(schedule, variance), x_t)
 
 
 def clipped_log_variance(schedule: NoiseSchedule, t, s) -> torch.Tensor:
     """log beta-tilde_{t|s}, with the zero variance at s = -1 replaced by the variance of the step
     from t=1 to t=0 (improved-diffusion's ``posterior_log_variance_clipped``)."""
     t, s = as_cpu_times(t), as_cpu_times(s)
-    variance = posterior_coefficients(schedule, t, s)[2]
+    return clip_log_variance(schedule, posterior_coefficients(schedule, t, s)[2])
+
+
+def clip_log_variance(schedule: NoiseSchedule, variance: torch.Tensor) -> torch.Tensor:
+    """:func:`clipped_log_variance` of the posterior ``variance`` (``posterior_coefficients(...)[2]``)
+    already at hand: log variance, its zeros (steps to clean data) replaced by the step 1 -> 0's."""
+    if bool((variance > 0).all()):  # no step to clean data: the fallback is not needed
+        return torch.log(variance)
+    return torch.log(torch.where(variance > 0, variance, _first_step_variance(schedule)))
+
+
+def _first_step_variance(schedule: NoiseSchedule) -> torch.Tensor:
+    """beta-tilde of the step t=1 -> t=0 (beta_0 on a one-step schedule)."""
     if schedule.num_timesteps > 1:
-        fallback = posterior_coefficients(schedule, torch.tensor(1.0, dtype=torch.float64),
-                                          torch.tensor(0.0, dtype=torch.float64))[2]
-    else:
-        fallback = schedule.betas[0]
-    return torch.log(torch.where(variance > 0, variance, fallback))
+        return posterior_coefficients(schedule, torch.tensor(1.0, dtype=torch.float64),
+                                      torch.tensor(0.0, dtype=torch.float64))[2]
+    return schedule.betas[0]
 
 
 # ---------------------------------------------------------------- parameterisations
@@ -179,21 +194,40 @@ def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_va
     """
     check_choice("variance_type", variance_type, VARIANCE_TYPES)
     t, s = as_cpu_times(t), as_cpu_times(s)
-    log_small = clipped_log_variance(schedule, t, s)
-    beta_ts = posterior_coefficients(schedule, t, s)[3]
-    if variance_type == "fixed_small":
-        return log_small if like is None else expand(log_small, like)
+    return _model_log_variance(schedule, s, posterior_coefficients(schedule, t, s), variance_type, var_values, like)
+
+
+def _model_log_variance(schedule: NoiseSchedule, s: torch.Tensor, coefficients, variance_type: str, var_values,
+                        like) -> torch.Tensor:
+    """:func:`model_log_variance` from the step's :func:`posterior_coefficients` (computed once per step)."""
+    check_choice("variance_type", variance_type, VARIANCE_TYPES)
+    return _log_variance_of(_log_variance_parts(schedule, s, coefficients, variance_type), variance_type,
+                            var_values, like)
+
+
+def _log_variance_parts(schedule: NoiseSchedule, s: torch.Tensor, coefficients, variance_type: str):
+    """What :func:`model_log_variance` needs of the schedule: log Sigma (fixed types) or
+    (log beta_{t|s}, clipped log beta-tilde_{t|s}) (``learned_range``), float64 on the CPU."""
+    _, _, variance, beta_ts = coefficients
     if variance_type == "fixed_large":
-        last = torch.tensor(1.0, dtype=torch.float64) if schedule.num_timesteps > 1 else None
         # improved-diffusion: log(cat(posterior_variance[1], betas[1:])) -> at the first step use beta-tilde_1.
-        first_step_var = posterior_coefficients(schedule, last, last - 1)[2] if last is not None else beta_ts
-        log_large = torch.log(torch.where(s < 0, first_step_var.expand_as(beta_ts), beta_ts))
-        return log_large if like is None else expand(log_large, like)
+        if schedule.num_timesteps > 1 and bool((s < 0).any()):
+            return torch.log(torch.where(s < 0, _first_step_variance(schedule).expand_as(beta_ts), beta_ts))
+        return torch.log(beta_ts)
+    log_small = clip_log_variance(schedule, variance)
+    return log_small if variance_type == "fixed_small" else (torch.log(beta_ts), log_small)
+
+
+def _log_variance_of(parts, variance_type: str, var_values, like) -> torch.Tensor:
+    """log Sigma from :func:`_log_variance_parts` (and, for ``learned_range``, the network's ``var_values``)."""
+    if variance_type != "learned_range":
+        return parts if like is None else expand(parts, like)
     if var_values is None:
         raise DiffkitError("variance_type='learned_range' needs a network with a learned variance "
                            "(learned_variance=True); use fixed_small or fixed_large")
+    log_beta, log_small = parts
     frac = (var_values + 1) / 2
-    return frac * expand(torch.log(beta_ts), var_values) + (1 - frac) * expand(log_small, var_values)
+    return frac * expand(log_beta, var_values) + (1 - frac) * expand(log_small, var_values)
 
 
 def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.Tensor, t, s=None,
@@ -202,7 +236,67 @@ def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.T
     (DDPM eq. 7 at the predicted x_0; eq. 11 for an eps network) and the variance of :func:`model_log_variance`."""
     t = as_cpu_times(t)
     s = t - 1 if s is None else as_cpu_times(s)
-    coef_x0, coef_xt, _, _ = posterior_coefficients(schedule, t, s)
+    return _p_mean_variance(schedule, x_t, x0_pred, s, posterior_coefficients(schedule, t, s), variance_type,
+                            var_values)
+
+
+def _p_mean_variance(schedule: NoiseSchedule, x_t, x0_pred, s, coefficients, variance_type, var_values):
+    """:func:`p_mean_variance` from the step's :func:`posterior_coefficients`."""
+    coef_x0, coef_xt, _, _ = coefficients
     mean = expand(coef_x0, x_t) * x0_pred + expand(coef_xt, x_t) * x_t
-    log_var = model_log_variance(schedule, t, s, variance_type, var_values, like=x_t)
-    return mean, log_var
+    return mean, _model_log_variance(schedule, s, coefficients, variance_type, var_values, like=x_t)
+
+
+class ReverseSteps:
+    """p_theta(x_s | x_t) for every step grid[i] -> grid[i+1] of a sampler's grid, with what the
+    steps take from the schedule computed once per grid: the posterior coefficients and the fixed
+    parts of the log-variance (:func:`posterior_coefficients`, :func:`model_log_variance`) for all
+    steps at once in float64 on the CPU, cast once to the samples' device and dtype.
+    :meth:`mean_log_variance` returns what :func:`p_mean_variance` returns at step i: the same
+    operations on the same values (elementwise, so computing them for the whole grid at once
+    changes no bit; ``benchmarks/bitwise_probe.py`` checks it)."""
+
+    def __init__(self, schedule: NoiseSchedule, grid, variance_type: str = "fixed_small"):
+        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        times = as_cpu_times(grid)
+        t, s = times[:-1], times[1:]
+        coefficients = posterior_coefficients(schedule, t, s)
+        self.variance_type = variance_type
+        self._parts = (coefficients[0], coefficients[1], _log_variance_parts(schedule, s, coefficients,
+                                                                            variance_type))
+        self._cast: dict = {}
+
+    def _at(self, like: torch.Tensor):
+        """(coef_x0, coef_xt, log-variance parts) in ``like``'s device and dtype (cast once each)."""
+        key = (like.device, like.dtype)
+        hit = self._cast.get(key)
+        if hit is None:
+            def cast(v):
+                return v.to(device=like.device, dtype=like.dtype)
+            coef_x0, coef_xt, parts = self._parts
+            hit = self._cast[key] = (cast(coef_x0), cast(coef_xt),
+                                     tuple(map(cast, parts)) if isinstance(parts, tuple) else cast(parts))
+        return hit
+
+    def mean_log_variance(self, i: int, x_t: torch.Tensor, x0_pred: torch.Tensor, var_values=None):
+        """(mean, log-variance) of p_theta(x_s | x_t) at step i (:func:`p_mean_variance`)."""
+        coef_x0, coef_xt, parts = self._at(x_t)
+        mean = coef_x0[i] * x0_pred + coef_xt[i] * x_t
+        if self.variance_type != "learned_range":
+            return mean, parts[i]
+        if var_values is None:
+            return mean, _log_variance_of(None, self.variance_type, None, None)  # its one-line error
+        log_beta, log_small = self._at(var_values)[2]
+        return mean, _log_variance_of((log_beta[i], log_small[i]), self.variance_type, var_values, None)
+
+
+def posterior_and_reverse(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, x0_pred: torch.Tensor, t,
+                          variance_type: str = "fixed_small", var_values=None):
+    """(mean, variance, log-variance) of q(x_{t-1} | x_t, x_0) (:func:`posterior_mean_variance`) and
+    (mean, log-variance) of p_theta(x_{t-1} | x_t) (:func:`p_mean_variance`), the two the VLB term
+    compares, from one computation of the step's coefficients."""
+    t = as_cpu_times(t)
+    s = t - 1
+    coefficients = posterior_coefficients(schedule, t, s)
+    return (_posterior_mean_variance(schedule, x0, x_t, coefficients),
+            _p_mean_variance(schedule, x_t, x0_pred, s, coefficients, variance_type, var_values))

@@ -78,8 +78,8 @@ def vlb_term_bpd(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t
     """The VLB term at integer t, per example in bits/dim: L_{t-1} = KL(q || p_theta) for t > 0,
     and the decoder NLL L_0 = -log p_theta(x_0 | x_1) for t = 0 (DDPM eq. 5 and 13)."""
     t = as_cpu_times(t)
-    true_mean, _, true_log_var = diffusion.posterior_mean_variance(schedule, x0, x_t, t)
-    mean, log_var = diffusion.p_mean_variance(schedule, x_t, x0_pred, t, None, variance_type, var_values)
+    (true_mean, _, true_log_var), (mean, log_var) = diffusion.posterior_and_reverse(
+        schedule, x0, x_t, x0_pred, t, variance_type, var_values)
     kl = _bits(normal_kl(true_mean, true_log_var, mean, log_var))
     nll = -_bits(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var))
     return torch.where((t == 0).to(kl.device), nll, kl)

@@ -68,6 +68,10 @@ class NoiseSchedule:
         self.num_timesteps = int(betas.numel())
         # log alpha_t on the grid t = -1, 0, ..., T-1 (index t + 1); -inf where alpha_bar = 0.
         self._log_alpha_grid = 0.5 * torch.log(torch.cat([torch.ones(1, dtype=_F64), self.alphas_cumprod]))
+        # the same grid as Python floats, and whether it reaches -inf (alpha_bar = 0: zero terminal SNR,
+        # or an underflow), for the scalar path of log_alpha (the schedule is never changed after this)
+        self._log_alpha_list = self._log_alpha_grid.tolist()
+        self._grid_has_inf = bool(torch.isinf(self._log_alpha_grid).any())
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -163,9 +167,21 @@ class NoiseSchedule:
     def log_alpha(self, t) -> torch.Tensor:
         """log alpha_t = 0.5 log alpha_bar_t, piecewise linear in t over [-1, T-1]; on the last
         interval of a zero-terminal-SNR schedule (alpha_{T-1} = 0, log alpha = -inf) alpha itself
-        is linear, alpha_t = alpha_{T-2} (T - 1 - t), so it stays positive until T - 1."""
+        is linear, alpha_t = alpha_{T-2} (T - 1 - t), so it stays positive until T - 1.
+
+        A single time (a number, or a tensor whose entries are all one time: what samplers and the
+        bound ask for at every step) on a schedule without alpha_bar = 0 takes a Python-float path
+        with the same IEEE operations as the tensor path (floor, then a + frac (b - a), each operation
+        rounded once), so its result has the same bits, in a float64 CPU tensor of the input's shape."""
+        if not self._grid_has_inf:
+            if type(t) is float or (type(t) is int and abs(t) <= 2 ** 53):
+                return self._scalar_log_alpha(float(t), ())
+            if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_complex():
+                return self._scalar_log_alpha(float(t.detach().cpu().to(_F64)), t.shape)
         t = as_cpu_times(t)
-        if (t < -1).any() or (t > self.num_timesteps - 1).any() or torch.isnan(t).any():
+        if not self._grid_has_inf and t.numel() > 1 and bool((t == t.flatten()[0]).all()):  # one time (B,)
+            return self._scalar_log_alpha(t.flatten()[0].item(), t.shape)
+        if not bool(((t >= -1) & (t <= self.num_timesteps - 1)).all()):  # NaN fails both
             raise DiffkitError(f"time t={_first_bad(t, -1, self.num_timesteps - 1)} is out of range; "
                                f"allowed: [-1, {self.num_timesteps - 1}] (-1 = clean data)")
         pos = t + 1.0
@@ -173,8 +189,22 @@ class NoiseSchedule:
         frac = pos - lo.to(_F64)
         a, b = self._log_alpha_grid[lo], self._log_alpha_grid[(lo + 1).clamp(max=self.num_timesteps)]
         out = torch.where(frac == 0, a, a + frac * (b - a))
+        if not self._grid_has_inf:
+            return out
         to_zero = torch.isinf(b) & torch.isfinite(a) & (frac > 0)  # the zero-terminal-SNR interval
         return torch.where(to_zero, a + torch.log1p(-frac.clamp(max=1.0)), out) if to_zero.any() else out
+
+    def _scalar_log_alpha(self, t: float, shape) -> torch.Tensor:
+        """:meth:`log_alpha` at one time ``t`` on a grid without -inf, as a tensor of ``shape``."""
+        T = self.num_timesteps
+        if not -1 <= t <= T - 1:  # NaN fails both
+            raise DiffkitError(f"time t={t!r} is out of range; allowed: [-1, {T - 1}] (-1 = clean data)")
+        pos = t + 1.0
+        lo = min(max(math.floor(pos), 0), T - 1)
+        frac = pos - lo
+        a = self._log_alpha_list[lo]
+        out = a if frac == 0 else a + frac * (self._log_alpha_list[min(lo + 1, T)] - a)
+        return torch.full(shape, out, dtype=_F64)
 
     def alpha(self, t) -> torch.Tensor:
         """alpha_t = sqrt(alpha_bar_t)."""

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffkit import NoiseSchedule, diffusion, losses
+from diffkit import DiffkitError, NoiseSchedule, diffusion, losses
 
 S = NoiseSchedule.linear()
 ABAR = S.alphas_cumprod
@@ -169,3 +169,29 @@ def test_min_snr_weights():
     snr = S.alpha_bar(t) / (1 - S.alpha_bar(t))
     w = losses.min_snr_weight(S, t, 5.0, "epsilon")
     torch.testing.assert_close(w, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr)
+
+
+@pytest.mark.parametrize("variance_type", diffusion.VARIANCE_TYPES)
+def test_reverse_steps_of_a_grid_are_p_mean_variance_bit_for_bit(variance_type):
+    """ReverseSteps (DDPM's per-grid coefficients, cast once per device and dtype) answers at every step
+    what p_mean_variance answers for that step alone, bit for bit, in float32 and then float64 from one
+    plan (the cast of one dtype is not served to the other), on a grid that ends at clean data; a plan
+    of another schedule gives that schedule's values."""
+    grid = torch.tensor([999.0, 700.5, 300.0, 42.0, 1.0, 0.0, -1.0], dtype=torch.float64)
+    for schedule in (S, NoiseSchedule.cosine()):
+        plan = diffusion.ReverseSteps(schedule, grid, variance_type)
+        for dtype in (torch.float32, torch.float64, torch.float32):
+            x, x0 = rand(3, 4).to(dtype), rand(3, 4).to(dtype)
+            vv = (torch.rand(3, 4, generator=G, dtype=torch.float64) * 2 - 1).to(dtype)
+            for i in range(len(grid) - 1):
+                mean, log_var = plan.mean_log_variance(i, x, x0, vv)
+                ref_mean, ref_log_var = diffusion.p_mean_variance(schedule, x, x0, grid[i], grid[i + 1],
+                                                                  variance_type, vv)
+                assert mean.dtype == dtype and torch.equal(mean, ref_mean), (schedule, dtype, i)
+                assert log_var.dtype == dtype and torch.equal(log_var, ref_log_var), (schedule, dtype, i)
+    linear, cosine = (diffusion.ReverseSteps(s, grid, variance_type) for s in (S, NoiseSchedule.cosine()))
+    x = rand(3, 4)
+    assert not torch.equal(linear.mean_log_variance(2, x, x, x)[0], cosine.mean_log_variance(2, x, x, x)[0])
+    if variance_type == "learned_range":
+        with pytest.raises(DiffkitError, match="learned_variance=True"):
+            linear.mean_log_variance(0, x, x, None)

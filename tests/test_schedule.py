@@ -123,3 +123,47 @@ def test_the_last_interval_of_a_zero_terminal_snr_schedule_keeps_alpha_positive(
     den = diffkit.Denoiser(lambda x, t: torch.zeros_like(x), sch, prediction_type="v_prediction")
     out = diffkit.sample(den, (2, 2), sampler="ddpm", grid=[999, 998.5, 500, -1], seed=0, progress=False)
     assert torch.isfinite(out).all()
+
+
+def test_one_time_has_the_bits_of_the_tensor_path_on_each_schedule():
+    """log_alpha at a single time (a number, a 0-dim or one-element tensor, or a (B,) tensor of one time)
+    takes a Python-float path: the same bits as the tensor path over many different times (the
+    element-wise interpolation), the input's shape, and the values of *its* schedule (two schedules
+    asked in turn). Integer times are the grid, 0.5 log alpha_bar, exactly."""
+    g = torch.Generator().manual_seed(0)
+    schedules = [NoiseSchedule.linear(), NoiseSchedule.cosine(), NoiseSchedule.linear().respace(range(0, 1000, 37)),
+                 NoiseSchedule.from_betas(torch.rand(50, generator=g, dtype=torch.float64) * 0.05 + 1e-4)]
+    for s in schedules:
+        T = s.num_timesteps
+        times = torch.cat([torch.tensor([-1.0, 0.0, T - 1.0, T - 1.5]), torch.rand(200, generator=g, dtype=torch.float64)
+                           * T - 1, torch.arange(-1, T, dtype=torch.float64)])
+        many = s.log_alpha(times)  # the tensor path (different times)
+        for other in schedules:  # the scalar path answers with its own schedule's grid
+            if other is not s:
+                other.log_alpha(min(times[5].item(), other.num_timesteps - 1.0))
+        for k in range(len(times)):
+            t = times[k].item()
+            one = s.log_alpha(t)
+            assert one.shape == () and one.dtype == torch.float64 and torch.equal(one, many[k]), (s, t)
+            assert torch.equal(s.log_alpha(times[k]), many[k])
+            batch = s.log_alpha(torch.full((3,), t, dtype=torch.float64))
+            assert batch.shape == (3,) and torch.equal(batch, many[k].expand(3))
+        assert s.log_alpha(torch.tensor([[2.5]])).shape == (1, 1)
+        ints = torch.arange(T)
+        assert torch.equal(torch.stack([s.log_alpha(int(k)) for k in ints]), 0.5 * torch.log(s.alphas_cumprod))
+        for bad in (-1.5, T * 1.0, float("nan")):
+            for given in (bad, torch.tensor(bad), torch.full((2,), bad)):
+                with pytest.raises(DiffkitError, match=f"time t={bad!r} is out of range; allowed: \\[-1, {T - 1}\\]"):
+                    s.log_alpha(given)
+
+
+def test_zero_terminal_schedule_keeps_alpha_linear_on_its_last_interval_at_one_time():
+    """The scalar path is not taken where alpha_bar reaches 0: at one time on the last interval alpha
+    is still alpha_{T-2} (T - 1 - t) (Lin et al. 2024 schedule; see log_alpha)."""
+    s = NoiseSchedule.linear().rescale_zero_terminal_snr()
+    T = s.num_timesteps
+    a = 0.5 * math.log(s.alphas_cumprod[T - 2].item())
+    for t in (T - 1.75, T - 1.5, T - 1.25):
+        for given in (t, torch.tensor(t), torch.full((2,), t)):
+            assert s.alpha(given).flatten()[0].item() == pytest.approx(math.exp(a) * (T - 1 - t), rel=1e-12)
+    assert s.alpha(T - 1.0).item() == 0.0
