@@ -172,18 +172,22 @@ class NoiseSchedule:
         A single time (a number, or a tensor whose entries are all one time: what samplers and the
         bound ask for at every step) on a schedule without alpha_bar = 0 takes a Python-float path
         with the same IEEE operations as the tensor path (floor, then a + frac (b - a), each operation
-        rounded once), so its result has the same bits, in a float64 CPU tensor of the input's shape."""
+        rounded once), so its result has the same bits, in a float64 CPU tensor of the input's shape.
+
+        Times are detached (read as float64 CPU values): the result is not differentiable in t."""
         if not self._grid_has_inf:
             if type(t) is float or (type(t) is int and abs(t) <= 2 ** 53):
                 return self._scalar_log_alpha(float(t), ())
             if isinstance(t, torch.Tensor) and t.numel() == 1 and not t.is_complex():
                 return self._scalar_log_alpha(float(t.detach().cpu().to(_F64)), t.shape)
         t = as_cpu_times(t)
-        if not self._grid_has_inf and t.numel() > 1 and bool((t == t.flatten()[0]).all()):  # one time (B,)
-            return self._scalar_log_alpha(t.flatten()[0].item(), t.shape)
+        if not self._grid_has_inf and t.numel() > 1:
+            flat = t.flatten()
+            # one time (B,)? The full pass only where the first and last entries agree (not a training batch).
+            if bool(flat[0] == flat[-1]) and bool((flat == flat[0]).all()):
+                return self._scalar_log_alpha(flat[0].item(), t.shape)
         if not bool(((t >= -1) & (t <= self.num_timesteps - 1)).all()):  # NaN fails both
-            raise DiffkitError(f"time t={_first_bad(t, -1, self.num_timesteps - 1)} is out of range; "
-                               f"allowed: [-1, {self.num_timesteps - 1}] (-1 = clean data)")
+            raise self._out_of_range(_first_bad(t, -1, self.num_timesteps - 1))
         pos = t + 1.0
         lo = pos.floor().clamp(0, self.num_timesteps - 1).long()
         frac = pos - lo.to(_F64)
@@ -198,13 +202,18 @@ class NoiseSchedule:
         """:meth:`log_alpha` at one time ``t`` on a grid without -inf, as a tensor of ``shape``."""
         T = self.num_timesteps
         if not -1 <= t <= T - 1:  # NaN fails both
-            raise DiffkitError(f"time t={t!r} is out of range; allowed: [-1, {T - 1}] (-1 = clean data)")
+            raise self._out_of_range(t)
         pos = t + 1.0
         lo = min(max(math.floor(pos), 0), T - 1)
         frac = pos - lo
         a = self._log_alpha_list[lo]
         out = a if frac == 0 else a + frac * (self._log_alpha_list[min(lo + 1, T)] - a)
         return torch.full(shape, out, dtype=_F64)
+
+    def _out_of_range(self, t: float) -> DiffkitError:
+        """The one-line error for a time ``t`` outside [-1, T-1]."""
+        return DiffkitError(f"time t={t!r} is out of range; allowed: [-1, {self.num_timesteps - 1}] "
+                            "(-1 = clean data)")
 
     def alpha(self, t) -> torch.Tensor:
         """alpha_t = sqrt(alpha_bar_t)."""

@@ -149,10 +149,20 @@ def test_one_time_has_the_bits_of_the_tensor_path_on_each_schedule():
             batch = s.log_alpha(torch.full((3,), t, dtype=torch.float64))
             assert batch.shape == (3,) and torch.equal(batch, many[k].expand(3))
         assert s.log_alpha(torch.tensor([[2.5]])).shape == (1, 1)
+        for dtype in (torch.float32, torch.int64, torch.bool):  # other time dtypes: the float64 values' bits
+            typed = times.to(dtype) if dtype is not torch.bool else torch.tensor([False, True, True, False])
+            ref = s.log_alpha(typed.double())  # different times: the tensor path
+            assert torch.equal(s.log_alpha(typed), ref), (s, dtype)
+            for k in range(0, len(typed), 7):
+                assert torch.equal(s.log_alpha(typed[k]), ref[k]) and torch.equal(s.log_alpha(typed[k:k + 1]), ref[k:k + 1])
+                assert torch.equal(s.log_alpha(typed[k].expand(3)), ref[k].expand(3)), (s, dtype, typed[k])
+        # first and last entries equal, the middle not: still the tensor path, entry by entry
+        ends = torch.tensor([2.0, 3.5, 2.0, -1.0, 2.0], dtype=torch.float64)
+        assert torch.equal(s.log_alpha(ends), torch.stack([s.log_alpha(v.item()) for v in ends]))
         ints = torch.arange(T)
         assert torch.equal(torch.stack([s.log_alpha(int(k)) for k in ints]), 0.5 * torch.log(s.alphas_cumprod))
         for bad in (-1.5, T * 1.0, float("nan")):
-            for given in (bad, torch.tensor(bad), torch.full((2,), bad)):
+            for given in (bad, torch.tensor(bad), torch.full((2,), bad), torch.tensor([2.0, bad, 2.0])):
                 with pytest.raises(DiffkitError, match=f"time t={bad!r} is out of range; allowed: \\[-1, {T - 1}\\]"):
                     s.log_alpha(given)
 
