@@ -164,11 +164,11 @@ class AnalyticNetwork:
         x64 = x.cpu().to(_F64)  # mps has no float64: to the CPU first (differentiable: reconstruction guidance)
         eps = self.mixture.eps(x64, alpha, sigma, y)
         if self.learned_variance:
-            from .diffusion import clip_log_variance, posterior_coefficients
+            from .diffusion import _clip_log_variance, posterior_coefficients
             t64 = t64.expand(x.shape[0])
             coef_x0, _, small, beta_ts = posterior_coefficients(self.schedule, t64, t64 - 1)
             var = small[:, None] + coef_x0[:, None] ** 2 * self.mixture.posterior_x0_variance(x64, alpha, sigma)
-            log_small = clip_log_variance(self.schedule, small)[:, None]
+            log_small = _clip_log_variance(self.schedule, small)[:, None]
             frac = (torch.log(var) - log_small) / (torch.log(beta_ts)[:, None] - log_small)
             eps = torch.cat([eps.reshape(x.shape), (2 * frac - 1).reshape(x.shape)], dim=1)  # [eps, v] along dim 1
         return eps.to(device=x.device, dtype=x.dtype)

@@ -12,6 +12,7 @@ dtype; a coefficient of shape (B,) is broadcast over the trailing dimensions of 
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import torch
 
@@ -78,18 +79,23 @@ def posterior_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torc
 def _posterior_mean_variance(schedule: NoiseSchedule, x0, x_t, coefficients):
     """:func:`posterior_mean_variance` from the step's :func:`posterior_coefficients`."""
     coef_x0, coef_xt, variance, _ = coefficients
-    mean = expand(coef_x0, x_t) * x0 + expand(coef_xt, x_t) * x_t
-    return mean, expand(variance, x_t), expand(clip_log_variance(schedule, variance), x_t)
+    mean = _mean(expand(coef_x0, x_t), x0, expand(coef_xt, x_t), x_t)
+    return mean, expand(variance, x_t), expand(_clip_log_variance(schedule, variance), x_t)
+
+
+def _mean(coef_x0, x0, coef_xt, x_t):
+    """The posterior mean coef_x0 x_0 + coef_xt x_t (DDPM eq. 7), the coefficients already shaped for x_t."""
+    return coef_x0 * x0 + coef_xt * x_t
 
 
 def clipped_log_variance(schedule: NoiseSchedule, t, s) -> torch.Tensor:
     """log beta-tilde_{t|s}, with the zero variance at s = -1 replaced by the variance of the step
     from t=1 to t=0 (improved-diffusion's ``posterior_log_variance_clipped``)."""
     t, s = as_cpu_times(t), as_cpu_times(s)
-    return clip_log_variance(schedule, posterior_coefficients(schedule, t, s)[2])
+    return _clip_log_variance(schedule, posterior_coefficients(schedule, t, s)[2])
 
 
-def clip_log_variance(schedule: NoiseSchedule, variance: torch.Tensor) -> torch.Tensor:
+def _clip_log_variance(schedule: NoiseSchedule, variance: torch.Tensor) -> torch.Tensor:
     """:func:`clipped_log_variance` of the posterior ``variance`` (``posterior_coefficients(...)[2]``)
     already at hand: log variance, its zeros (steps to clean data) replaced by the step 1 -> 0's."""
     if bool((variance > 0).all()):  # no step to clean data: the fallback is not needed
@@ -192,7 +198,6 @@ def model_log_variance(schedule: NoiseSchedule, t, s, variance_type: str, var_va
     ``learned_range``: Improved DDPM eq. 15, Sigma = exp(v log beta + (1 - v) log beta-tilde),
     with the network output ``var_values`` in [-1, 1] mapped to v = (var_values + 1)/2.
     """
-    check_choice("variance_type", variance_type, VARIANCE_TYPES)
     t, s = as_cpu_times(t), as_cpu_times(s)
     return _model_log_variance(schedule, s, posterior_coefficients(schedule, t, s), variance_type, var_values, like)
 
@@ -214,8 +219,14 @@ def _log_variance_parts(schedule: NoiseSchedule, s: torch.Tensor, coefficients, 
         if schedule.num_timesteps > 1 and bool((s < 0).any()):
             return torch.log(torch.where(s < 0, _first_step_variance(schedule).expand_as(beta_ts), beta_ts))
         return torch.log(beta_ts)
-    log_small = clip_log_variance(schedule, variance)
+    log_small = _clip_log_variance(schedule, variance)
     return log_small if variance_type == "fixed_small" else (torch.log(beta_ts), log_small)
+
+
+def _no_variance() -> NoReturn:
+    """Raise the one-line error for ``learned_range`` without the network's variance output."""
+    raise DiffkitError("variance_type='learned_range' needs a network with a learned variance "
+                       "(learned_variance=True); use fixed_small or fixed_large")
 
 
 def _log_variance_of(parts, variance_type: str, var_values, like) -> torch.Tensor:
@@ -223,8 +234,7 @@ def _log_variance_of(parts, variance_type: str, var_values, like) -> torch.Tenso
     if variance_type != "learned_range":
         return parts if like is None else expand(parts, like)
     if var_values is None:
-        raise DiffkitError("variance_type='learned_range' needs a network with a learned variance "
-                           "(learned_variance=True); use fixed_small or fixed_large")
+        _no_variance()
     log_beta, log_small = parts
     frac = (var_values + 1) / 2
     return frac * expand(log_beta, var_values) + (1 - frac) * expand(log_small, var_values)
@@ -243,7 +253,7 @@ def p_mean_variance(schedule: NoiseSchedule, x_t: torch.Tensor, x0_pred: torch.T
 def _p_mean_variance(schedule: NoiseSchedule, x_t, x0_pred, s, coefficients, variance_type, var_values):
     """:func:`p_mean_variance` from the step's :func:`posterior_coefficients`."""
     coef_x0, coef_xt, _, _ = coefficients
-    mean = expand(coef_x0, x_t) * x0_pred + expand(coef_xt, x_t) * x_t
+    mean = _mean(expand(coef_x0, x_t), x0_pred, expand(coef_xt, x_t), x_t)
     return mean, _model_log_variance(schedule, s, coefficients, variance_type, var_values, like=x_t)
 
 
@@ -281,11 +291,11 @@ class ReverseSteps:
     def mean_log_variance(self, i: int, x_t: torch.Tensor, x0_pred: torch.Tensor, var_values=None):
         """(mean, log-variance) of p_theta(x_s | x_t) at step i (:func:`p_mean_variance`)."""
         coef_x0, coef_xt, parts = self._at(x_t)
-        mean = coef_x0[i] * x0_pred + coef_xt[i] * x_t
+        mean = _mean(coef_x0[i], x0_pred, coef_xt[i], x_t)
         if self.variance_type != "learned_range":
             return mean, parts[i]
         if var_values is None:
-            return mean, _log_variance_of(None, self.variance_type, None, None)  # its one-line error
+            _no_variance()
         log_beta, log_small = self._at(var_values)[2]
         return mean, _log_variance_of((log_beta[i], log_small[i]), self.variance_type, var_values, None)
 

@@ -193,5 +193,20 @@ def test_reverse_steps_of_a_grid_are_p_mean_variance_bit_for_bit(variance_type):
     x = rand(3, 4)
     assert not torch.equal(linear.mean_log_variance(2, x, x, x)[0], cosine.mean_log_variance(2, x, x, x)[0])
     if variance_type == "learned_range":
-        with pytest.raises(DiffkitError, match="learned_variance=True"):
-            linear.mean_log_variance(0, x, x, None)
+        for no_variance in (lambda: linear.mean_log_variance(0, x, x, None),
+                            lambda: diffusion.p_mean_variance(S, x, x, 5, 4, variance_type, None)):
+            with pytest.raises(DiffkitError, match="variance_type='learned_range' needs a network with a learned "
+                                                   "variance \\(learned_variance=True\\); use fixed_small or fixed_large$"):
+                no_variance()
+
+
+def test_an_unknown_variance_type_is_one_line_error_on_each_entry():
+    """model_log_variance, p_mean_variance, posterior_and_reverse and ReverseSteps each name the bad
+    variance type and the allowed ones (the check runs once per call, in the shared private path)."""
+    x = rand(2, 3)
+    for call in (lambda: diffusion.model_log_variance(S, 5, 4, "fixed_tiny", like=x),
+                 lambda: diffusion.p_mean_variance(S, x, x, 5, 4, "fixed_tiny"),
+                 lambda: diffusion.posterior_and_reverse(S, x, x, x, 5, "fixed_tiny"),
+                 lambda: diffusion.ReverseSteps(S, [5, 4], "fixed_tiny")):
+        with pytest.raises(DiffkitError, match="fixed_tiny.*fixed_small"):
+            call()
