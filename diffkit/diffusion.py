@@ -262,6 +262,7 @@ class ReverseSteps:
     steps take from the schedule computed once per grid: the posterior coefficients and the fixed
     parts of the log-variance (:func:`posterior_coefficients`, :func:`model_log_variance`) for all
     steps at once in float64 on the CPU, cast once to the samples' device and dtype.
+    ``to_clean[i]`` says whether step i goes to clean data (s < 0; a sampler adds no noise there).
     :meth:`mean_log_variance` returns what :func:`p_mean_variance` returns at step i: the same
     operations on the same values (elementwise, so computing them for the whole grid at once
     changes no bit; ``benchmarks/bitwise_probe.py`` checks it)."""
@@ -272,6 +273,7 @@ class ReverseSteps:
         t, s = times[:-1], times[1:]
         coefficients = posterior_coefficients(schedule, t, s)
         self.variance_type = variance_type
+        self.to_clean = (s < 0).tolist()  # per step: is it the step to clean data (s = -1)?
         self._parts = (coefficients[0], coefficients[1], _log_variance_parts(schedule, s, coefficients,
                                                                             variance_type))
         self._cast: dict = {}

@@ -190,6 +190,7 @@ def test_reverse_steps_of_a_grid_are_p_mean_variance_bit_for_bit(variance_type):
                 assert mean.dtype == dtype and torch.equal(mean, ref_mean), (schedule, dtype, i)
                 assert log_var.dtype == dtype and torch.equal(log_var, ref_log_var), (schedule, dtype, i)
     linear, cosine = (diffusion.ReverseSteps(s, grid, variance_type) for s in (S, NoiseSchedule.cosine()))
+    assert linear.to_clean == [False] * (len(grid) - 2) + [True]  # only the last step reaches t = -1
     x = rand(3, 4)
     assert not torch.equal(linear.mean_log_variance(2, x, x, x)[0], cosine.mean_log_variance(2, x, x, x)[0])
     if variance_type == "learned_range":

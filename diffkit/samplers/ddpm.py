@@ -33,7 +33,6 @@ def ddpm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variance_type: Option
     if variance_type == "learned_range" and not getattr(denoiser, "learned_variance", False):
         raise no_variance
     plan = diffusion.ReverseSteps(schedule, grid, variance_type)  # the schedule's part, once per grid
-    noise_after = (torch.as_tensor(grid)[1:] >= 0).tolist()  # no noise on the step to clean data
     for i in steps(grid, progress, "ddpm"):
         t, s = grid[i], grid[i + 1]
         pred = denoiser(x, t, **cond)
@@ -41,6 +40,6 @@ def ddpm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variance_type: Option
         if variance_type == "learned_range" and var_values is None:
             raise no_variance
         mean, log_var = plan.mean_log_variance(i, x, pred.x0, var_values)
-        x = mean + torch.exp(0.5 * log_var) * randn_like(x, generator) if noise_after[i] else mean
+        x = mean if plan.to_clean[i] else mean + torch.exp(0.5 * log_var) * randn_like(x, generator)
         report(callback, i, t, s, x, pred.x0)
     return x
