@@ -163,6 +163,36 @@ def impute_windows(steps_given: int, length: int, chunk: int) -> list:
     return starts + [steps_given - length]
 
 
+def impute_plan(steps_given: int, length: int, chunk: int) -> list:
+    """(start, end) of each window of :func:`impute`: the window starting at ``start``
+    (:func:`impute_windows`) keeps the missing values it fills in ``start .. end - 1`` and nothing after.
+    Every window but the last keeps the steps before start + (L + chunk) // 2, so a value it keeps has
+    at least (L - chunk) // 2 steps after it in the window, and, from the second window on, as many
+    before it (the earlier windows kept up to its start + (L + chunk) // 2 - chunk); the rest of the
+    window is generated and dropped, left to the next windows. The last window keeps everything up to
+    the end of the series. The kept ranges are consecutive and cover 0 .. n - 1 once: each keeps at least
+    ``chunk`` steps, and the last regular window keeps past n - L because chunk <= L - 1."""
+    starts = impute_windows(steps_given, length, chunk)
+    keep = (length + chunk) // 2
+    return [(start, min(start + keep, steps_given) if j < len(starts) - 1 else min(start + length, steps_given))
+            for j, start in enumerate(starts)]
+
+
+def _subset(options: dict, index: list, batch: int) -> dict:
+    """The window options of the samples ``index`` of a batch of ``batch``: their own generators (a list
+    of per-sample generators is indexed; one shared generator is passed as is) and ``cond`` tensors, so
+    a sample draws the same values whichever other samples need the window."""
+    if len(index) == batch:
+        return options
+    options = dict(options)
+    if isinstance(options.get("generator"), (list, tuple)):
+        options["generator"] = [options["generator"][i] for i in index]
+    if isinstance(options.get("cond"), dict):
+        options["cond"] = {key: value[index] if isinstance(value, torch.Tensor) and value.ndim and len(value) == batch
+                           else value for key, value in options["cond"].items()}
+    return options
+
+
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
            length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
            jump_length: int = 10, jump_n_sample: int = 1, **options) -> torch.Tensor:
@@ -170,18 +200,21 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
     (default the checkpoint's ``seq_length``). With n <= L one window (its last L - n steps
-    generated and dropped). A longer series is imputed window by window (:func:`impute_windows`):
+    generated and dropped). A longer series is imputed window by window (:func:`impute_plan`):
     windows of L steps starting at 0, ``chunk``, 2 ``chunk``, ... and the last one ending with the
-    series (``chunk`` 1 .. L - 1, default L // 2: unlike a forecast's chunk, a window's new values also
-    have the observed values after them in the window, and benchmarks/series_long_forecast.py measured
-    L // 4 no better at 70% missing; ignored when n <= L); each window fills the missing
-    values not filled before, conditioned on every other value of the window, observed or filled by
-    an earlier window (which count as observed), so each window after the first conditions on at
-    least L - chunk steps before its new ones; a window with nothing left to fill is not sampled.
-    The observed values are returned exactly; an observed value must be finite. With nothing missing
-    the series is returned as given (a copy; float16 / bfloat16 as float32) and nothing is sampled.
-    ``seed`` / ``generator`` continue per sample from window to window. Options and defaults as
-    :func:`forecast`."""
+    series (``chunk`` 1 .. L - 1, default L // 2; ignored when n <= L). Each window draws every
+    missing value of the window not kept before, conditioned on the window's other values, observed
+    or kept by an earlier window (which count as observed), and keeps only those before
+    start + (L + chunk) // 2 (the last window: all), so a kept value has about (L - chunk) / 2 steps
+    of context on both sides (the first window's first steps and the last window's last ones have
+    less: the series' ends); the values drawn after that are dropped and drawn again by the next
+    window, with their right-hand side in view. Each missing value is kept from exactly one window.
+    A sample with nothing to keep in a window does not take part in it (its random stream is not
+    advanced), so sample i of a batch is the same as alone with ``seed`` + i, whatever the other
+    samples' masks; a window no sample needs is not sampled. The observed values are returned
+    exactly; an observed value must be finite. With nothing missing the series is returned as given
+    (a copy; float16 / bfloat16 as float32) and nothing is sampled. ``seed`` / ``generator`` continue
+    per sample from window to window. Options and defaults as :func:`forecast`."""
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
     chunk = length // 2 if chunk is None else check_range("chunk", chunk, 1, length - 1, integer=True)
@@ -194,18 +227,20 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                               jump_n_sample=jump_n_sample)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()
-    for start in impute_windows(steps_given, length, chunk):
-        part = slice(start, min(start + length, steps_given))
-        if bool(known[..., part].all()):
-            continue  # nothing left to fill in this window
+    for start, end in impute_plan(steps_given, length, chunk):
+        part, kept = slice(start, min(start + length, steps_given)), slice(start, end)
+        index = (~known[..., kept]).flatten(1).any(1).nonzero().flatten().tolist()  # the samples with values to keep
+        if not index:
+            continue  # nothing to keep from this window: it is not sampled
         width = part.stop - part.start
-        window = torch.zeros(batch, channels, length, dtype=series.dtype, device=series.device)
-        window[..., :width] = filled[..., part]
+        window = torch.zeros(len(index), channels, length, dtype=series.dtype, device=series.device)
+        window[..., :width] = filled[index][..., part]
         repaint = torch.ones_like(window)
-        repaint[..., :width] = (~known[..., part]).to(window.dtype)
-        out = _generate(denoiser, window, repaint, sampler, steps, options)
-        filled[..., part] = torch.where(known[..., part], filled[..., part], out[..., :width])
-        known[..., part] = True
+        repaint[..., :width] = (~known[index][..., part]).to(window.dtype)
+        out = _generate(denoiser, window, repaint, sampler, steps, _subset(options, index, batch))
+        new = out[..., :end - start]
+        filled[index, :, kept] = torch.where(known[index][..., kept], filled[index][..., kept], new)
+        known[index, :, kept] = True
     return torch.where(observed, series, filled)
 
 
@@ -225,5 +260,5 @@ def random_missing_mask(shape, missing: float, seed: int = 0) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=generator) >= missing
 
 
-__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_windows", "model_length",
-           "random_missing_mask"]
+__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_plan", "impute_windows",
+           "model_length", "random_missing_mask"]
