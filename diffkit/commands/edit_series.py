@@ -88,6 +88,23 @@ def _list(starts) -> str:
     return ", ".join(map(str, starts)) if len(starts) <= 4 else f"{starts[0]}, {starts[1]}, {starts[2]}, ..., {starts[-1]}"
 
 
+def _plan_note(rows: int, length: int, horizon, chunk) -> str:
+    """The line printed before sampling: the windows each sample takes, and whether ``--chunk`` is used
+    (a horizon of at most --chunk is one window; a file of at most seq_length rows is one window)."""
+    from ..forecasting import forecast_windows, impute_windows
+    if horizon is not None:
+        count = len(forecast_windows(rows, length, horizon, chunk))
+        what = f"forecasting {horizon} rows: {count} window(s) of {length} rows per sample"
+        unused = chunk is not None and horizon <= chunk
+        why = f"the horizon {horizon} is at most --chunk {chunk}: one window"
+    else:
+        count = len(impute_windows(rows, length, chunk or length // 2))
+        what = f"imputing {rows} rows: at most {count} window(s) of {length} rows per sample"
+        unused = chunk is not None and rows <= length
+        why = f"the file's {rows} rows fit one window of {length}"
+    return what + (f" (--chunk {chunk} is unused: {why})" if unused else "")
+
+
 def run_series(args, denoiser, info, options, device) -> int:
     """``diffkit edit --series``: after :func:`check_series_flags` and loading the checkpoint."""
     import numpy as np
@@ -125,6 +142,8 @@ def run_series(args, denoiser, info, options, device) -> int:
                                                                                                   **common)
         return (drawn.double().cpu(),)
 
+    if not nothing_missing:  # the plan before sampling: a long horizon or file is that many windows per sample
+        print(_plan_note(rows, length, horizon, chunk), flush=True)
     # a batch out of memory is halved and redrawn (sample i depends only on --seed + i)
     results = [drawn for _, drawn in batches_with_oom_retry(draw, num, args.batch_size)]
     drawn = torch.cat(results).permute(0, 2, 1).numpy()  # (num, rows, F): rows of time steps, as the file
@@ -158,8 +177,10 @@ def run_series(args, denoiser, info, options, device) -> int:
     else:
         what = f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
         if rows > length:
-            starts = impute_windows(rows, length, chunk or length // 2)
-            what += f" in {len(starts)} windows of {length} rows starting at rows {_list(starts)}"
+            k = chunk or length // 2
+            starts = impute_windows(rows, length, k)
+            what += (f" in {len(starts)} windows of {length} rows starting at rows {_list(starts)}, each keeping its "
+                     f"rows before start + {(length + k) // 2} (the last: all); a window no sample needs is skipped")
     units = "the file's units" if scaling is not None else "the model's units"
     guidance = f", reconstruction guidance w={weight:g}" if weight else ""
     print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
