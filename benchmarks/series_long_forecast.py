@@ -114,20 +114,29 @@ def impute_rows(den, scaling, values, span, first_test: int, args) -> dict:
             linear[b, :, c] = np.interp(steps, steps[known], truth[b, known, c])
     rows["linear interpolation"] = {"mse": score(linear)}
     given = torch.from_numpy(np.where(observed, scaling.normalise(truth), np.nan).transpose(0, 2, 1)).float()
-    for chunk in args.impute_chunks:
+    import diffkit.forecasting as forecasting
+    plans = [("", impute_plan)]
+    if args.compare_keep_all:  # the earlier plan: every window keeps all it draws (no right-hand context)
+        plans.append((", keep all", lambda n, length, chunk: [(start, min(start + length, n)) for start, _
+                                                               in impute_plan(n, length, chunk)]))
+    for (label, plan), chunk in [(p, c) for c in args.impute_chunks for p in plans]:
         tick = time.perf_counter()
         draws, kept = [], []
         for k in range(args.samples):
-            out = diffkit.impute(den, given, None, steps=args.steps, chunk=chunk, seed=args.seed + 1000 * (k + 1),
-                                 progress=False)
+            forecasting.impute_plan = plan
+            try:
+                out = diffkit.impute(den, given, None, steps=args.steps, chunk=chunk, seed=args.seed + 1000 * (k + 1),
+                                     progress=False)
+            finally:
+                forecasting.impute_plan = impute_plan
             kept.append(torch.equal(out[~torch.isnan(given)], given[~torch.isnan(given)]))  # in the model's units
             draws.append(scaling.unnormalise(out.double().numpy(), axis=1).transpose(0, 2, 1))
         kept = all(kept)
         windows = impute_plan(truth.shape[1], LENGTH, chunk)
-        rows[f"diffusion, chunk {chunk}"] = {"per_draw": [score(d) for d in draws], "mse_of_mean": score(np.mean(draws, 0)),
-                                             "windows": len(windows), "observed_kept_exactly": kept,
-                                             "seconds": time.perf_counter() - tick}
-        print(f"impute chunk {chunk}: {len(windows)} windows: {cell(rows[f'diffusion, chunk {chunk}'])} (kept exactly: "
+        name = f"diffusion, chunk {chunk}{label}"
+        rows[name] = {"per_draw": [score(d) for d in draws], "mse_of_mean": score(np.mean(draws, 0)),
+                      "windows": len(windows), "observed_kept_exactly": kept, "seconds": time.perf_counter() - tick}
+        print(f"impute chunk {chunk}{label}: {len(windows)} windows: {cell(rows[name])} (kept exactly: "
               f"{kept}; {time.perf_counter() - tick:.0f} s)", flush=True)
     return {"task": "8 series of 100 held-out rows, 70% of the values missing at random", "rows": rows}
 
@@ -152,6 +161,8 @@ def main(argv=None) -> None:
     parser.add_argument("--impute-only", action="store_true",
                         help="train the same model, forecast only H = 8 with the default chunk (a check that the model "
                              "is the full run's) and run the imputation; the report is named NAME_impute")
+    parser.add_argument("--compare-keep-all", action="store_true",
+                        help="also impute with the earlier plan (every window keeps all it draws) on the same model")
     parser.add_argument("--name", default="series_long_forecast")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--table", metavar="JSON", help="only print the table of a saved report")

@@ -8,10 +8,12 @@ must match and its columns are taken in the model's order. A model of a series f
 the file's own units (the checkpoint's ``series_scaling``; the output is mapped back as generated,
 not clamped to the training range), a Sines model its own values. Forecasting: the rows are the
 history (no missing value; the last ``seq_length - H`` are used), a horizon beyond ``seq_length - 1``
-rolled window after window (``--chunk K`` new rows each, default ``seq_length // 4``); imputation: a
-file longer than ``seq_length`` is imputed window by window (``--chunk K`` new rows each, default
-``seq_length // 2``); a file with
-no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). ``--out`` (.csv or
+rolled window after window (``--chunk K`` new rows each, default ``seq_length // 4``; a horizon above
+``seq_length / 4`` that fits one window measured better with ``--chunk seq_length//4`` too); imputation:
+a file longer than ``seq_length`` is imputed window by window (starts ``--chunk K`` rows apart, default
+``seq_length // 2``, each keeping its rows before start + (L + K) // 2); a file with
+no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). Before
+sampling a line gives the windows per sample and says when ``--chunk`` is unused (no horizon limit). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
 rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
