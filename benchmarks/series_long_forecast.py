@@ -24,6 +24,8 @@ other series benchmarks), or in file units in the JSON.
     OMP_NUM_THREADS=1 DIFFKIT_CPU_KERNELS=0 PYTHONPATH=. python benchmarks/series_long_forecast.py   # ~6-8 min
     python benchmarks/series_long_forecast.py --train-steps 100 --origins 20 --steps 10 --samples 1   # quick check
     python benchmarks/series_long_forecast.py --table benchmarks/results/series_long_forecast_2026-12-06.json
+    ... series_long_forecast.py --impute-only --impute-chunks 16,8,4   # the same model; imputation (and the
+        H = 8 default-chunk forecast only, to check the model is the full run's); writes *_impute_DATE.json
 """
 from __future__ import annotations
 
@@ -96,7 +98,7 @@ def impute_rows(den, scaling, values, span, first_test: int, args) -> dict:
     """Long-series imputation: the held-out rows as 8 series of 100 rows (batch 8), each value missing
     with probability 0.7; MSE over the missing values (unit scale) of diffkit.impute window by window
     (each chunk of ``--impute-chunks``) and of linear interpolation (per series and column)."""
-    from diffkit.forecasting import impute_windows, random_missing_mask
+    from diffkit.forecasting import impute_plan, random_missing_mask
     truth = np.stack([values[first_test + 100 * i:first_test + 100 * (i + 1)] for i in range(8)])  # (8, 100, 2)
     observed = random_missing_mask(truth.shape, 0.7, seed=args.seed + 1).numpy()
     missing = ~observed
@@ -112,20 +114,29 @@ def impute_rows(den, scaling, values, span, first_test: int, args) -> dict:
             linear[b, :, c] = np.interp(steps, steps[known], truth[b, known, c])
     rows["linear interpolation"] = {"mse": score(linear)}
     given = torch.from_numpy(np.where(observed, scaling.normalise(truth), np.nan).transpose(0, 2, 1)).float()
-    for chunk in args.impute_chunks:
+    import diffkit.forecasting as forecasting
+    plans = [("", impute_plan)]
+    if args.compare_keep_all:  # the earlier plan: every window keeps all it draws (no right-hand context)
+        plans.append((", keep all", lambda n, length, chunk: [(start, min(start + length, n)) for start, _
+                                                               in impute_plan(n, length, chunk)]))
+    for (label, plan), chunk in [(p, c) for c in args.impute_chunks for p in plans]:
         tick = time.perf_counter()
         draws, kept = [], []
         for k in range(args.samples):
-            out = diffkit.impute(den, given, None, steps=args.steps, chunk=chunk, seed=args.seed + 1000 * (k + 1),
-                                 progress=False)
+            forecasting.impute_plan = plan
+            try:
+                out = diffkit.impute(den, given, None, steps=args.steps, chunk=chunk, seed=args.seed + 1000 * (k + 1),
+                                     progress=False)
+            finally:
+                forecasting.impute_plan = impute_plan
             kept.append(torch.equal(out[~torch.isnan(given)], given[~torch.isnan(given)]))  # in the model's units
             draws.append(scaling.unnormalise(out.double().numpy(), axis=1).transpose(0, 2, 1))
         kept = all(kept)
-        windows = impute_windows(truth.shape[1], LENGTH, chunk)
-        rows[f"diffusion, chunk {chunk}"] = {"per_draw": [score(d) for d in draws], "mse_of_mean": score(np.mean(draws, 0)),
-                                             "windows": len(windows), "observed_kept_exactly": kept,
-                                             "seconds": time.perf_counter() - tick}
-        print(f"impute chunk {chunk}: {len(windows)} windows: {cell(rows[f'diffusion, chunk {chunk}'])} (kept exactly: "
+        windows = impute_plan(truth.shape[1], LENGTH, chunk)
+        name = f"diffusion, chunk {chunk}{label}"
+        rows[name] = {"per_draw": [score(d) for d in draws], "mse_of_mean": score(np.mean(draws, 0)),
+                      "windows": len(windows), "observed_kept_exactly": kept, "seconds": time.perf_counter() - tick}
+        print(f"impute chunk {chunk}{label}: {len(windows)} windows: {cell(rows[name])} (kept exactly: "
               f"{kept}; {time.perf_counter() - tick:.0f} s)", flush=True)
     return {"task": "8 series of 100 held-out rows, 70% of the values missing at random", "rows": rows}
 
@@ -147,6 +158,11 @@ def main(argv=None) -> None:
                         help="chunk sizes compared with the default (comma-separated; default 16,8,4)")
     parser.add_argument("--impute-chunks", type=lambda text: [int(c) for c in text.split(",")], default=[16, 8],
                         help="chunk sizes of the long-series imputation (comma-separated; default 16,8)")
+    parser.add_argument("--impute-only", action="store_true",
+                        help="train the same model, forecast only H = 8 with the default chunk (a check that the model "
+                             "is the full run's) and run the imputation; the report is named NAME_impute")
+    parser.add_argument("--compare-keep-all", action="store_true",
+                        help="also impute with the earlier plan (every window keeps all it draws) on the same model")
     parser.add_argument("--name", default="series_long_forecast")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--table", metavar="JSON", help="only print the table of a saved report")
@@ -179,7 +195,7 @@ def main(argv=None) -> None:
 
     history = torch.from_numpy(np.stack([scaling.normalise(values[o - 4 * LENGTH:o]).T for o in origins])).float()
     rows = {}
-    for h in HORIZONS:
+    for h in HORIZONS[:1] if args.impute_only else HORIZONS:
         steps_ahead = np.arange(1, h + 1)
         last = np.stack([np.repeat(values[o - 1:o], h, axis=0) for o in origins])
         seasonal = np.stack([values[o - PERIOD + (steps_ahead - 1) % PERIOD] for o in origins])
@@ -189,7 +205,8 @@ def main(argv=None) -> None:
                                ("oracle (true conditional mean)", oracle)):
             unit, file_units = mse(estimate, h)
             rows[h][name] = {"mse": unit, "mse_file_units": file_units}
-        for label, chunk in [("default chunk", None)] + [(f"chunk {c}", c) for c in args.chunks]:
+        for label, chunk in [("default chunk", None)] + [(f"chunk {c}", c) for c in
+                                                          ([] if args.impute_only else args.chunks)]:
             windows = forecast_windows(history.shape[-1], LENGTH, h, chunk)
             name = f"diffusion, {label}"
             tick = time.perf_counter()
@@ -220,7 +237,8 @@ def main(argv=None) -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = write_json(report, out / f"{args.name}_{report['date']}.json")
+    name = args.name + ("_impute" if args.impute_only else "")
+    path = write_json(report, out / f"{name}_{report['date']}.json")
     print(f"\n{table(report['rows'])}\n\n{impute_table(imputation)}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
 
 

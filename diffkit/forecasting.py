@@ -67,10 +67,15 @@ def _window_options(options: dict, batch: int, **settings) -> dict:
 
 def default_chunk(length: int, horizon: int) -> int:
     """The default ``chunk`` of a forecast of ``horizon`` steps with windows of ``length`` L: the whole
-    horizon when it fits one window (horizon <= L - 1, the one-window forecast), else max(L // 4, 1):
-    every window generates its last quarter from the three quarters before it, Diffusion-TS's
-    forecasting split (Yuan & Qiao 2024), the one-window task of benchmarks/series_forecast_impute.py;
-    benchmarks/series_long_forecast.py measured it below L // 2's MSE at 2x and 4x that horizon."""
+    horizon when it fits one window (horizon <= L - 1: the one-window forecast of Diffusion-TS's task,
+    Yuan & Qiao 2024, conditioned on the last L - horizon history steps), else max(L // 4, 1): every
+    window generates its last quarter from the three quarters before it, Diffusion-TS's forecasting
+    split. The default jumps at L: horizon L - 1 is one window with 1 step of context, horizon L rolls
+    in chunks of L // 4 with 3 L / 4 of context. Not the best measured for horizons above L / 4 that fit
+    one window: on benchmarks/series_long_forecast.py (L = 32, 2 draws) at 2x (horizon 16) chunk 8 =
+    L // 4 scored 0.0158 against 0.0189 for the default one window (ranges disjoint), and at 4x L // 4
+    scored 0.0165 against 0.0210 for L // 2; so for a horizon above L / 4 pass ``chunk=L // 4``
+    (``--chunk``), at ceil(horizon / chunk) windows instead of one."""
     return horizon if horizon <= length - 1 else max(length // 4, 1)
 
 
@@ -94,7 +99,8 @@ def forecast(denoiser, history, horizon: int, sampler: str = "ddpm", steps: int 
     windows of ``length`` L (default the checkpoint's ``seq_length``): (B, C, horizon).
 
     The forecast is generated ``chunk`` steps at a time (1 <= chunk <= L - 1; default
-    :func:`default_chunk`: the whole horizon when horizon <= L - 1, else max(L // 4, 1)): each chunk of k
+    :func:`default_chunk`: the whole horizon when horizon <= L - 1, else max(L // 4, 1); for a horizon
+    above L / 4, ``chunk=L // 4`` measured better than one window, see there): each chunk of k
     steps (the last one may be shorter) is the inpainting of a window whose first steps are the last
     min(n, L - k) known values, n of them known so far (the history, then the chunks already
     generated, which count as known), and whose next k steps are generated (with fewer than L - k
@@ -163,6 +169,36 @@ def impute_windows(steps_given: int, length: int, chunk: int) -> list:
     return starts + [steps_given - length]
 
 
+def impute_plan(steps_given: int, length: int, chunk: int) -> list:
+    """(start, end) of each window of :func:`impute`: the window starting at ``start``
+    (:func:`impute_windows`) keeps the missing values it fills in ``start .. end - 1`` and nothing after.
+    Every window but the last keeps the steps before start + (L + chunk) // 2, so a value it keeps has
+    at least (L - chunk) // 2 steps after it in the window, and, from the second window on, as many
+    before it (the earlier windows kept up to its start + (L + chunk) // 2 - chunk); the rest of the
+    window is generated and dropped, left to the next windows. The last window keeps everything up to
+    the end of the series. The kept ranges are consecutive and cover 0 .. n - 1 once: each keeps at least
+    ``chunk`` steps, and the last regular window keeps past n - L because chunk <= L - 1."""
+    starts = impute_windows(steps_given, length, chunk)
+    keep = (length + chunk) // 2
+    return [(start, min(start + keep, steps_given) if j < len(starts) - 1 else min(start + length, steps_given))
+            for j, start in enumerate(starts)]
+
+
+def _subset(options: dict, index: list, batch: int) -> dict:
+    """The window options of the samples ``index`` of a batch of ``batch``: their own generators (a list
+    of per-sample generators is indexed; one shared generator is passed as is) and ``cond`` tensors, so
+    a sample draws the same values whichever other samples need the window."""
+    if len(index) == batch:
+        return options
+    options = dict(options)
+    if isinstance(options.get("generator"), (list, tuple)):
+        options["generator"] = [options["generator"][i] for i in index]
+    if isinstance(options.get("cond"), dict):
+        options["cond"] = {key: value[index] if isinstance(value, torch.Tensor) and value.ndim and len(value) == batch
+                           else value for key, value in options["cond"].items()}
+    return options
+
+
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
            length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
            jump_length: int = 10, jump_n_sample: int = 1, **options) -> torch.Tensor:
@@ -170,18 +206,23 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
     (default the checkpoint's ``seq_length``). With n <= L one window (its last L - n steps
-    generated and dropped). A longer series is imputed window by window (:func:`impute_windows`):
+    generated and dropped). A longer series is imputed window by window (:func:`impute_plan`):
     windows of L steps starting at 0, ``chunk``, 2 ``chunk``, ... and the last one ending with the
-    series (``chunk`` 1 .. L - 1, default L // 2: unlike a forecast's chunk, a window's new values also
-    have the observed values after them in the window, and benchmarks/series_long_forecast.py measured
-    L // 4 no better at 70% missing; ignored when n <= L); each window fills the missing
-    values not filled before, conditioned on every other value of the window, observed or filled by
-    an earlier window (which count as observed), so each window after the first conditions on at
-    least L - chunk steps before its new ones; a window with nothing left to fill is not sampled.
-    The observed values are returned exactly; an observed value must be finite. With nothing missing
-    the series is returned as given (a copy; float16 / bfloat16 as float32) and nothing is sampled.
-    ``seed`` / ``generator`` continue per sample from window to window. Options and defaults as
-    :func:`forecast`."""
+    series (``chunk`` 1 .. L - 1, default L // 2, the fewest windows: on benchmarks/series_long_forecast.py
+    no chunk, nor this keep rule against keeping all, measured distinguishably better at 6 draws;
+    ignored when n <= L). Each window draws every
+    missing value of the window not kept before, conditioned on the window's other values, observed
+    or kept by an earlier window (which count as observed), and keeps only those before
+    start + (L + chunk) // 2 (the last window: all), so a kept value has about (L - chunk) / 2 steps
+    of context on both sides (the first window's first steps and the last window's last ones have
+    less: the series' ends); the values drawn after that are dropped and drawn again by the next
+    window, with their right-hand side in view. Each missing value is kept from exactly one window.
+    A sample with nothing to keep in a window does not take part in it (its random stream is not
+    advanced), so sample i of a batch is the same as alone with ``seed`` + i, whatever the other
+    samples' masks; a window no sample needs is not sampled. The observed values are returned
+    exactly; an observed value must be finite. With nothing missing the series is returned as given
+    (a copy; float16 / bfloat16 as float32) and nothing is sampled. ``seed`` / ``generator`` continue
+    per sample from window to window. Options and defaults as :func:`forecast`."""
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
     chunk = length // 2 if chunk is None else check_range("chunk", chunk, 1, length - 1, integer=True)
@@ -194,18 +235,20 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                               jump_n_sample=jump_n_sample)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()
-    for start in impute_windows(steps_given, length, chunk):
-        part = slice(start, min(start + length, steps_given))
-        if bool(known[..., part].all()):
-            continue  # nothing left to fill in this window
+    for start, end in impute_plan(steps_given, length, chunk):
+        part, kept = slice(start, min(start + length, steps_given)), slice(start, end)
+        index = (~known[..., kept]).flatten(1).any(1).nonzero().flatten().tolist()  # the samples with values to keep
+        if not index:
+            continue  # nothing to keep from this window: it is not sampled
         width = part.stop - part.start
-        window = torch.zeros(batch, channels, length, dtype=series.dtype, device=series.device)
-        window[..., :width] = filled[..., part]
+        window = torch.zeros(len(index), channels, length, dtype=series.dtype, device=series.device)
+        window[..., :width] = filled[index][..., part]
         repaint = torch.ones_like(window)
-        repaint[..., :width] = (~known[..., part]).to(window.dtype)
-        out = _generate(denoiser, window, repaint, sampler, steps, options)
-        filled[..., part] = torch.where(known[..., part], filled[..., part], out[..., :width])
-        known[..., part] = True
+        repaint[..., :width] = (~known[index][..., part]).to(window.dtype)
+        out = _generate(denoiser, window, repaint, sampler, steps, _subset(options, index, batch))
+        new = out[..., :end - start]
+        filled[index, :, kept] = torch.where(known[index][..., kept], filled[index][..., kept], new)
+        known[index, :, kept] = True
     return torch.where(observed, series, filled)
 
 
@@ -225,5 +268,5 @@ def random_missing_mask(shape, missing: float, seed: int = 0) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=generator) >= missing
 
 
-__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_windows", "model_length",
-           "random_missing_mask"]
+__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_plan", "impute_windows",
+           "model_length", "random_missing_mask"]

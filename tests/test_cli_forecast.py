@@ -237,7 +237,7 @@ def scaled_rows(rows, low, high):
 
 def test_a_long_file_forecasts_from_its_last_rows_and_rolls_past_one_window(file_run, tmp_path, capsys):
     """20 rows (seq_length 8): --horizon 2 forecasts from the last 6 (as a file of those 6 rows does, bit for
-    bit); --horizon 12 rolls in 6 windows of 2 new rows (the default chunk 8 // 4), equal to diffkit.forecast
+    bit); --horizon 12 rolls in 6 windows of 2 new rows (the default chunk 8 // 4, told before sampling), equal to diffkit.forecast
     of the scaled rows by hand; --chunk 3 makes it 4 windows."""
     ck, values, low, high = file_run
     rows = values[40:60]
@@ -258,7 +258,25 @@ def test_a_long_file_forecasts_from_its_last_rows_and_rolls_past_one_window(file
                                rtol=1e-6, atol=1e-6)
     assert np.isfinite(rolled).all()
     run_edit(ck, path, tmp_path / "d.npy", "--horizon", "12", "--chunk", "3", *flags)
-    assert "rolled in 4 windows of up to 3 new rows, each conditioned on up to 5 rows" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "rolled in 4 windows of up to 3 new rows, each conditioned on up to 5 rows" in printed
+    assert printed.startswith("forecasting 12 rows: 4 window(s) of 8 rows per sample\n")  # told before sampling
+
+
+def test_the_window_count_is_printed_before_sampling_and_an_unused_chunk_is_said(file_run, tmp_path, capsys):
+    """The plan line comes first (before any sample is drawn); --chunk with a horizon of at most --chunk, or
+    with a file of at most seq_length rows to impute, is one window and the note says --chunk is unused."""
+    ck, values, _, _ = file_run
+    path = write_rows(tmp_path / "h.csv", values[62:68])
+    run_edit(ck, path, tmp_path / "a.npy", "--horizon", "2", "--chunk", "3")
+    assert capsys.readouterr().out.startswith("forecasting 2 rows: 1 window(s) of 8 rows per sample (--chunk 3 is "
+                                              "unused: the horizon 2 is at most --chunk 3: one window)\n")
+    cells = values[62:68].tolist()
+    cells[1][0] = ""  # one empty cell
+    gaps = write_rows(tmp_path / "gaps.csv", cells)
+    run_edit(ck, gaps, tmp_path / "b.npy", "--chunk", "5")
+    assert capsys.readouterr().out.startswith("imputing 6 rows: at most 1 window(s) of 8 rows per sample (--chunk 5 "
+                                              "is unused: the file's 6 rows fit one window of 8)\n")
 
 
 def test_a_long_file_is_imputed_window_by_window(file_run, tmp_path, capsys):
@@ -274,8 +292,10 @@ def test_a_long_file_is_imputed_window_by_window(file_run, tmp_path, capsys):
     path = tmp_path / "gaps.csv"
     path.write_text("date,price,volume,noise\n" + "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells)))
     filled = run_edit(ck, path, tmp_path / "i.npy", "--num", "2")
-    assert ("imputed 4 missing values of 30 rows in 7 windows of 8 rows starting at rows 0, 4, 8, ..., 22"
-            in capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert printed.startswith("imputing 30 rows: at most 7 window(s) of 8 rows per sample\n")
+    assert ("imputed 4 missing values of 30 rows in 7 windows of 8 rows starting at rows 0, 4, 8, ..., 22, each keeping "
+            "its rows before start + 6 (the last: all)") in printed
     assert filled.shape == (2, 30, 3) and np.isfinite(filled).all()
     assert (filled[:, ~missing] == rows[~missing]).all()  # the given values exactly as read
     model = diffkit.impute(load_denoiser(ck), scaled_rows(np.where(missing, np.nan, rows), low, high).expand(2, -1, -1),

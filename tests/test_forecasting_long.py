@@ -51,6 +51,27 @@ def test_the_window_plans():
     assert impute_windows(11, 4, 2) == [0, 2, 4, 6, 7]  # the last window ends with the series
     assert impute_windows(8, 4, 2) == [0, 2, 4]
     assert impute_windows(9, 4, 3) == [0, 3, 5]
+    assert fc.impute_plan(11, 4, 2) == [(0, 3), (2, 5), (4, 7), (6, 9), (7, 11)]  # keep before start + (L + k) // 2
+    assert fc.impute_plan(9, 4, 3) == [(0, 3), (3, 6), (5, 9)] and fc.impute_plan(3, 4, 2) == [(0, 3)]
+    assert fc.impute_plan(100, 32, 16) == [(0, 24), (16, 40), (32, 56), (48, 72), (64, 88), (68, 100)]
+
+
+@pytest.mark.parametrize("length", [2, 3, 4, 7, 8, 32])
+def test_the_imputation_plan_keeps_every_step_once_with_context_on_both_sides(length):
+    """For every series length n and chunk k: the kept ranges are consecutive from 0 to n (each step kept
+    once), the last window keeps up to the end, and a step kept by a window other than the last has at
+    least (L - k) // 2 steps after it in the window and, from the second window on, before it."""
+    for chunk in range(1, length):
+        for n in range(1, 4 * length):
+            plan = fc.impute_plan(n, length, chunk)
+            assert [start for start, _ in plan] == impute_windows(n, length, chunk)
+            ends = [0] + [end for _, end in plan]
+            assert all(a < b for a, b in zip(ends, ends[1:])) and ends[-1] == n
+            assert plan[-1] == (max(n - length, 0), n)
+            for j, (start, end) in enumerate(plan[:-1]):
+                assert start + length - end >= (length - chunk) // 2
+                if j:
+                    assert ends[j] - start >= (length - chunk) // 2
 
 
 @pytest.mark.parametrize("known,horizon,chunk", [(2, 5, 2), (1, 6, None), (6, 7, 3)])
@@ -124,45 +145,130 @@ def test_the_second_chunk_has_the_exact_conditional_of_its_generated_context(sam
 
 
 def test_a_long_series_is_imputed_window_by_window(monkeypatch):
-    """A series of 11 steps (L = 4), half missing, chunk 2: windows start at 0, 2, 4, 6, 7; each missing
-    value is repainted in exactly one window (the first that covers it), every other value of a window is
-    the observed value or the one an earlier window filled (and is returned so), the observed values come
-    back bit for bit and every missing one is filled."""
+    """A series of 11 steps (L = 4), half missing, chunk 2: windows start at 0, 2, 4, 6, 7 and keep the
+    steps before 3, 5, 7, 9, 11; each missing value is repainted in every window that covers it until
+    it is kept, and kept from exactly one window (the first whose kept range holds it), with at least
+    (L - chunk) // 2 = 1 step after it in that window unless it is in the last one; every known value of
+    a window is the observed value or one an earlier window kept (and is returned so), the observed
+    values come back bit for bit and every missing one is filled."""
     calls = record_windows(monkeypatch)
     series = torch.randn(3, 1, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     observed = random_missing_mask(series.shape, 0.5, seed=1)
+    observed[..., [1, 3, 5, 7, 10]] = False  # every sample has a value to keep in every window
     given = torch.where(observed, series, torch.full_like(series, float("nan")))
     out = diffkit.impute(DEN_AR, given, None, "ddpm", 5, seed=0, **FREE)
     assert torch.equal(out[observed], series[observed]) and torch.isfinite(out).all()
-    starts = [0, 2, 4, 6, 7]
-    assert len(calls) == len(starts)
-    repainted = torch.zeros_like(series)
-    for (window, repaint, generated), start in zip(calls, starts):
-        part = slice(start, start + L)
-        assert torch.equal(window[repaint == 0], out[..., part][repaint == 0])  # observed or filled before
-        assert torch.equal(generated[repaint == 1], out[..., part][repaint == 1])  # filled here, returned so
-        repainted[..., part] += repaint
-    assert torch.equal(repainted, (~observed).double())  # each missing value filled once, nothing else
+    plan = [(0, 3), (2, 5), (4, 7), (6, 9), (7, 11)]
+    assert len(calls) == len(plan)
+    kept_from = torch.zeros_like(series)
+    for j, ((window, repaint, generated), (start, end)) in enumerate(zip(calls, plan)):
+        part, kept = slice(start, start + L), slice(0, end - start)
+        assert torch.equal(window[repaint == 0], out[..., part][repaint == 0])  # observed or kept before
+        assert torch.equal(repaint, (~observed[..., part]).double() - kept_from[..., part])  # the rest drawn
+        assert torch.equal(generated[..., kept][repaint[..., kept] == 1], out[..., start:end][repaint[..., kept] == 1])
+        kept_from[..., start:end] += repaint[..., kept]
+        if j < len(plan) - 1:
+            assert end - start <= L - (L - 2) // 2  # a kept value has a step after it in its window
+    assert torch.equal(kept_from, (~observed).double())  # each missing value kept once, nothing else
 
 
-def test_a_long_imputation_of_independent_steps_is_the_exact_map_of_each_windows_noise():
-    """DDIM on independent steps, a series of 7 (L = 4, chunk 2: windows 0, 2, 3): a value filled in window
-    j is the exact ODE map of the j-th noise of its sample's generator at its window position."""
-    n, steps, length = 4, 300, 7
+def impute_reference(series, observed, plan, seed, steps):
+    """The exact independent-steps imputation, sample by sample: sample i takes part in a window of
+    ``plan`` only when it has a missing value not kept yet in the window's kept range, and then draws the
+    window's noise as the next randn(C, L) of its generator (seed + i); the values kept are the exact DDIM
+    (ODE) map of that noise at their window positions."""
+    expected = series.clone()
+    for i in range(len(series)):
+        generator, known = torch.Generator().manual_seed(seed + i), observed[i].clone()
+        for start, end in plan:
+            if known[:, start:end].all():
+                continue
+            noise = torch.randn(1, C, L, generator=generator).double()
+            drawn = ode_map(noise, steps)[0, :, :end - start]
+            expected[i, :, start:end] = torch.where(known[:, start:end], expected[i, :, start:end], drawn)
+            known[:, start:end] = True
+    return expected
+
+
+def test_a_long_imputation_of_independent_steps_is_the_exact_map_of_each_samples_windows(monkeypatch):
+    """DDIM on independent steps, 4 series of 13 (L = 4, chunk 2: windows at 0, 2, 4, 6, 8, 9 keeping up to
+    3, 5, 7, 9, 11, 13), each sample with its own gaps (sample 0 at step 6 where no other sample needs that
+    window, sample 3 with nothing missing after step 3): a value kept in a window is the exact ODE map of the next noise of its
+    sample's own generator, drawn only in the windows where that sample has something to keep, so a sample
+    is the same in the batch and alone with seed + i (the reviewer's probe: a batch-wide skip was 9e-3 off)."""
+    calls = record_windows(monkeypatch)
+    n, steps, length = 4, 300, 13
     den = Denoiser(DIAG.network(S), S)
     series = torch.randn(n, C, length, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    observed = random_missing_mask(series.shape, 0.4, seed=5)
+    observed = torch.ones_like(series, dtype=torch.bool)
+    for i, steps_missing in enumerate([[1, 3, 6, 10, 12], [0, 4, 7, 9, 12], [2, 5, 8, 11], [1, 3]]):
+        observed[i, i % C, steps_missing] = False  # kept in windows 0 1 2 4 5 | 0 1 3 4 5 | 0 2 3 5 | 0 1
     out = diffkit.impute(den, series, observed, "ddim", steps, seed=3, reconstruction_weight=0.0, **FREE)
-    generators = [torch.Generator().manual_seed(3 + i) for i in range(n)]
-    expected, known = series.clone(), observed.clone()
-    for start in impute_windows(length, L, 2):
-        part = slice(start, start + L)
-        assert not known[..., part].all()  # every window has something to fill here
-        noise = torch.stack([torch.randn(C, L, generator=g) for g in generators]).double()
-        expected[..., part] = torch.where(known[..., part], expected[..., part], ode_map(noise, steps))
-        known[..., part] = True
+    plan = fc.impute_plan(length, L, 2)
+    assert plan == [(0, 3), (2, 5), (4, 7), (6, 9), (8, 11), (9, 13)]
+    assert [len(window) for window, _, _ in calls] == [4, 3, 2, 2, 2, 3]  # only the samples with something to keep
     assert torch.equal(out[observed], series[observed])
-    assert (out - expected).abs().max() < 1e-2
+    # 300 DDIM steps are within 0.013 of the exact map; another window's noise is off by O(0.1-1)
+    assert (out - impute_reference(series, observed, plan, 3, steps)).abs().max() < 2e-2
+    alone = diffkit.impute(den, series[:1], observed[:1], "ddim", steps, seed=3, reconstruction_weight=0.0, **FREE)
+    assert (out[:1] - alone).abs().max() < 1e-12
+
+
+def test_a_sample_is_the_same_in_a_batch_with_other_masks_with_guidance():
+    """ddpm with reconstruction guidance (the defaults), AR(1), 13 steps: sample 0 has an extra gap at
+    step 6 that samples 1 and 2 do not; each sample of the batch is that sample imputed alone with seed + i."""
+    series = torch.randn(3, 1, 13, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.3, seed=6)
+    observed[:, :, 5:8] = True
+    observed[0, :, 6] = False
+    out = diffkit.impute(DEN_AR, series, observed, steps=10, seed=7, **FREE)
+    for i in range(3):
+        alone = diffkit.impute(DEN_AR, series[i:i + 1], observed[i:i + 1], steps=10, seed=7 + i, **FREE)
+        assert (out[i:i + 1] - alone).abs().max() < 1e-12
+
+
+def test_windows_with_nothing_to_keep_are_not_sampled(monkeypatch):
+    """Gaps only in the first window's kept range (steps 0..2) and the last one's (11..12) of a series of
+    13 (L = 4, chunk 2): only those 2 windows are sampled (6 in the plan), and the values are the per-sample
+    exact maps of each sample's first two noises (a sampled middle window would have advanced the generators)."""
+    calls = record_windows(monkeypatch)
+    n, steps = 3, 300
+    den = Denoiser(DIAG.network(S), S)
+    series = torch.randn(n, C, 13, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    observed = torch.ones_like(series, dtype=torch.bool)
+    observed[0, 0, 1] = observed[1, 1, 2] = observed[2, :, 0] = False
+    observed[0, 1, 12] = observed[1, 0, 11] = observed[2, 0, 12] = False
+    out = diffkit.impute(den, series, observed, "ddim", steps, seed=5, reconstruction_weight=0.0, **FREE)
+    assert len(calls) == 2
+    assert (out - impute_reference(series, observed, fc.impute_plan(13, L, 2), 5, steps)).abs().max() < 2e-2
+
+
+def record_options(monkeypatch):
+    """The keyword options of every diffkit.inpaint call diffkit.forecasting makes."""
+    calls, real = [], fc.inpaint
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fc, "inpaint", spy)
+    return calls
+
+
+@pytest.mark.parametrize("task", ["forecast", "impute"])
+def test_every_window_gets_the_callers_guidance_and_repaint_settings(monkeypatch, task):
+    """Reconstruction guidance and RePaint's resampling apply to every window of a roll, not just the first."""
+    calls = record_options(monkeypatch)
+    settings = dict(reconstruction_weight=0.7, jump_length=2, jump_n_sample=2)
+    series = torch.randn(2, 1, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if task == "forecast":
+        diffkit.forecast(DEN_AR, series, 5, "ddpm", 4, chunk=2, seed=0, **settings, **FREE)
+    else:
+        observed = torch.ones_like(series, dtype=torch.bool)
+        observed[..., [1, 4, 6, 8]] = False  # L = 4, chunk 2: windows at 0, 2, 4, 5 keep up to 3, 5, 7, 9
+        diffkit.impute(DEN_AR, series, observed, "ddpm", 4, chunk=2, seed=0, **settings, **FREE)
+    assert len(calls) == (3 if task == "forecast" else 4)
+    for options in calls:
+        assert {key: options[key] for key in settings} == settings
 
 
 def test_a_long_series_with_nothing_missing_samples_nothing():

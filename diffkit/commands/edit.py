@@ -51,7 +51,8 @@ def register(sub) -> None:
     p.add_argument("--chunk", type=positive_int, metavar="K",
                    help="with --series, a forecast or a file longer than one window: the new rows of each window "
                         "(1..seq_length - 1; the other seq_length - K rows are its context; default: a horizon that "
-                        "fits one window in one, else seq_length // 4; imputation seq_length // 2)")
+                        "fits one window in one, else seq_length // 4; for a horizon above seq_length / 4, "
+                        "seq_length // 4 measured better; imputation: windows K apart, default seq_length // 2)")
     p.add_argument("--num", type=int_in(1, 100_000), metavar="N",
                    help="with --series: samples of the forecast / imputation (default 1; sample i uses --seed + i)")
     p.add_argument("--reconstruction-weight", type=non_negative_float, metavar="W",

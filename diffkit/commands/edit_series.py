@@ -8,10 +8,12 @@ must match and its columns are taken in the model's order. A model of a series f
 the file's own units (the checkpoint's ``series_scaling``; the output is mapped back as generated,
 not clamped to the training range), a Sines model its own values. Forecasting: the rows are the
 history (no missing value; the last ``seq_length - H`` are used), a horizon beyond ``seq_length - 1``
-rolled window after window (``--chunk K`` new rows each, default ``seq_length // 4``); imputation: a
-file longer than ``seq_length`` is imputed window by window (``--chunk K`` new rows each, default
-``seq_length // 2``); a file with
-no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). ``--out`` (.csv or
+rolled window after window (``--chunk K`` new rows each, default ``seq_length // 4``; a horizon above
+``seq_length / 4`` that fits one window measured better with ``--chunk seq_length//4`` too); imputation:
+a file longer than ``seq_length`` is imputed window by window (starts ``--chunk K`` rows apart, default
+``seq_length // 2``, each keeping its rows before start + (L + K) // 2); a file with
+no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forecasting`). Before
+sampling a line gives the windows per sample and says when ``--chunk`` is unused (no horizon limit). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
 rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
@@ -88,6 +90,23 @@ def _list(starts) -> str:
     return ", ".join(map(str, starts)) if len(starts) <= 4 else f"{starts[0]}, {starts[1]}, {starts[2]}, ..., {starts[-1]}"
 
 
+def _plan_note(rows: int, length: int, horizon, chunk) -> str:
+    """The line printed before sampling: the windows each sample takes, and whether ``--chunk`` is used
+    (a horizon of at most --chunk is one window; a file of at most seq_length rows is one window)."""
+    from ..forecasting import forecast_windows, impute_windows
+    if horizon is not None:
+        count = len(forecast_windows(rows, length, horizon, chunk))
+        what = f"forecasting {horizon} rows: {count} window(s) of {length} rows per sample"
+        unused = chunk is not None and horizon <= chunk
+        why = f"the horizon {horizon} is at most --chunk {chunk}: one window"
+    else:
+        count = len(impute_windows(rows, length, chunk or length // 2))
+        what = f"imputing {rows} rows: at most {count} window(s) of {length} rows per sample"
+        unused = chunk is not None and rows <= length
+        why = f"the file's {rows} rows fit one window of {length}"
+    return what + (f" (--chunk {chunk} is unused: {why})" if unused else "")
+
+
 def run_series(args, denoiser, info, options, device) -> int:
     """``diffkit edit --series``: after :func:`check_series_flags` and loading the checkpoint."""
     import numpy as np
@@ -125,6 +144,8 @@ def run_series(args, denoiser, info, options, device) -> int:
                                                                                                   **common)
         return (drawn.double().cpu(),)
 
+    if not nothing_missing:  # the plan before sampling: a long horizon or file is that many windows per sample
+        print(_plan_note(rows, length, horizon, chunk), flush=True)
     # a batch out of memory is halved and redrawn (sample i depends only on --seed + i)
     results = [drawn for _, drawn in batches_with_oom_retry(draw, num, args.batch_size)]
     drawn = torch.cat(results).permute(0, 2, 1).numpy()  # (num, rows, F): rows of time steps, as the file
@@ -158,8 +179,10 @@ def run_series(args, denoiser, info, options, device) -> int:
     else:
         what = f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
         if rows > length:
-            starts = impute_windows(rows, length, chunk or length // 2)
-            what += f" in {len(starts)} windows of {length} rows starting at rows {_list(starts)}"
+            k = chunk or length // 2
+            starts = impute_windows(rows, length, k)
+            what += (f" in {len(starts)} windows of {length} rows starting at rows {_list(starts)}, each keeping its "
+                     f"rows before start + {(length + k) // 2} (the last: all); a window no sample needs is skipped")
     units = "the file's units" if scaling is not None else "the model's units"
     guidance = f", reconstruction guidance w={weight:g}" if weight else ""
     print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
