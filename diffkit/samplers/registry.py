@@ -286,8 +286,7 @@ register(SamplerInfo("dpm-solver++-sde", dpmpp_sde, order=2, calls_per_step=2, s
                      nfe_of_steps=_last_step_single(2), nfe_rule="2*steps-1 [zero]; 2*steps [sigma_min]"))
 register(SamplerInfo("ipndm", ipndm, order=4, calls_per_step=1, stochastic=False,
                      description="iPNDM (Zhang & Chen 2023; ComfyUI's k-diffusion sample_ipndm): Adams-Bashforth 1-4 "
-                                 "in sigma, "
-                                 "fixed-step weights",
+                                 "in sigma, fixed-step weights",
                      default_spacing="karras", default_final="zero", options={"order": 4}))
 
 register(SamplerInfo("unipc", unipc, order=2, calls_per_step=1, stochastic=False,
