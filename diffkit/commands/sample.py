@@ -11,7 +11,10 @@ eps-bar = (1 + W) eps(x, y) - W eps(x, null), so W = 0 is the plain conditional 
 (``--guidance-convention diffusers`` reads the value as diffusers' s = 1 + W instead).
 ``--classifier CKPT --classifier-scale S`` adds classifier guidance (Dhariwal & Nichol 2021,
 Algorithm 2, or Algorithm 1 with ``--classifier-algorithm 1`` and the ddpm sampler), also for
-unconditional checkpoints. See docs/guidance.md.
+unconditional checkpoints. ``--clip-guidance TEXT --clip-model DIR --clip-scale S`` adds CLIP guidance
+(GLIDE, Nichol et al. 2022): the gradient of the cosine similarity of a local CLIP's image embedding
+of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and the prompt's text
+embedding, for models of RGB images. See docs/guidance.md.
 
 Text-conditional checkpoints (docs/latent.md) sample ``--prompt TEXT`` (several ``--prompt``:
 one row per prompt; default: each class's caption, e.g. "a photo of a sneaker"); with
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DiffkitError, check_range, shorten
+from ..guidance import CLIP_INPUTS
 from ..timesteps import FINALS, SPACINGS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
                       check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
@@ -111,6 +115,15 @@ def register(sub) -> None:
                    help="classifier gradient scale (default 1)")
     g.add_argument("--classifier-algorithm", type=int, choices=[1, 2], default=2,
                    help="2: eps-hat, any sampler (default); 1: mean shift of the ddpm sampler")
+    g.add_argument("--clip-guidance", metavar="TEXT",
+                   help="CLIP guidance towards this prompt (RGB image models; needs --clip-model)")
+    g.add_argument("--clip-model", metavar="DIR",
+                   help="a local CLIP folder (CLIPModel.save_pretrained + its tokenizer); nothing is downloaded")
+    g.add_argument("--clip-scale", type=non_negative_float, metavar="S",
+                   help="CLIP guidance scale s of eps - sqrt(1 - abar) s grad cos (default 1)")
+    g.add_argument("--clip-input", choices=list(CLIP_INPUTS), default="x0",
+                   help="x0: an ordinary CLIP on the predicted x_0, gradient through the network (default); "
+                        "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -146,6 +159,9 @@ def run(args) -> int:
                 raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
                                    f"{info.name!r}")
             options[name] = getattr(args, name)
+    guidance = GuidanceRequest.from_args(args, info.name)  # before any folder is made
+    if args.progressive and guidance.classifier_algorithm == 1:
+        raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
@@ -163,9 +179,6 @@ def run(args) -> int:
         check_writable_dir(args.individual)
         if args.num is not None:  # (with the default count it is checked when the images are written)
             check_image_folder(args.individual, args.num)  # before sampling, not after
-    guidance = GuidanceRequest.from_args(args, info.name)
-    if args.progressive and guidance.classifier_algorithm == 1:
-        raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     with removed_if_empty_on_failure(new_dirs):
         sample_to_files(checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
                         nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
@@ -190,6 +203,10 @@ class GuidanceRequest:
     classifier_scale: Optional[float] = None
     classifier_algorithm: int = 2
     prompts: Optional[list] = None
+    clip_prompt: Optional[str] = None
+    clip_model: Optional[str] = None
+    clip_scale: Optional[float] = None
+    clip_input: str = "x0"
 
     @classmethod
     def from_args(cls, args, sampler: str) -> "GuidanceRequest":
@@ -198,7 +215,9 @@ class GuidanceRequest:
                   rescale=args.guidance_rescale,
                   interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                   classifier=args.classifier, classifier_scale=args.classifier_scale,
-                  classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None))
+                  classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None),
+                  clip_prompt=args.clip_guidance, clip_model=args.clip_model, clip_scale=args.clip_scale,
+                  clip_input=args.clip_input)
         req.check(sampler)
         return req
 
@@ -229,6 +248,39 @@ class GuidanceRequest:
         elif self.classifier_algorithm == 1 and sampler != "ddpm":
             raise DiffkitError(f"--classifier-algorithm 1 (mean shift) needs --sampler ddpm, not {sampler!r}; "
                                f"algorithm 2 works with every sampler")
+        if self.clip_prompt is None:
+            for flag, value, default in (("--clip-model", self.clip_model, None), ("--clip-scale", self.clip_scale, None),
+                                         ("--clip-input", self.clip_input, "x0")):
+                if value != default:
+                    raise DiffkitError(f"{flag} needs --clip-guidance TEXT")
+        else:
+            if not self.clip_prompt.strip():
+                raise DiffkitError(f"--clip-guidance {shorten(self.clip_prompt)} is empty; give the prompt to guide "
+                                   f"towards")
+            if self.clip_model is None:
+                raise DiffkitError("--clip-guidance needs --clip-model DIR (a local CLIP folder; nothing is "
+                                   "downloaded)")
+            if self.clip_scale is not None:
+                check_range("--clip-scale", self.clip_scale, 0.0, None)
+
+    def clip_guided(self, denoiser, unet: dict, decoder, device="cpu", progress: bool = True):
+        """``denoiser`` with the CLIP guidance asked for (itself when none): one-line errors for a
+        latent checkpoint and for samples that are not RGB images, before the CLIP is loaded."""
+        if self.clip_prompt is None:
+            return denoiser
+        if decoder is not None:
+            raise DiffkitError("--clip-guidance applies to pixel-space checkpoints; this one is latent (its samples "
+                               "are autoencoder latents, not images CLIP can see)")
+        channels, size = unet.get("in_channels"), unet.get("img_size")
+        if channels != 3:
+            raise DiffkitError(f"--clip-guidance needs a model of RGB images (3 channels); this checkpoint makes "
+                               f"{channels}-channel {size}x{size} images")
+        from ..clip import load_clip
+        from ..guidance import CLIPGuidance
+        clip = load_clip(self.clip_model, device=device, progress=progress)
+        text = clip.text_embeddings([self.clip_prompt])[0]
+        return CLIPGuidance(denoiser, clip, text, 1.0 if self.clip_scale is None else self.clip_scale,
+                            on=self.clip_input)
 
     def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int):
         """(labels or None, num, nrow): one class -> all images; several -> one row per class."""
@@ -363,6 +415,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                                                   "--class": guidance and guidance.classes,
                                                                   "--prompt": guidance and guidance.prompts,
                                                                   "--classifier": guidance and guidance.classifier,
+                                                                  "--clip-guidance": guidance and guidance.clip_prompt,
                                                                   "--guidance-scale": guidance and
                                                                   guidance.guidance_scale is not None},
                                       **options)
@@ -379,6 +432,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                "this one is not")
         denoiser, num_classes, classifier = guided_denoiser(denoiser, guidance, device)
         labels, num, nrow = guidance.labels(num_classes, num, nrow)
+    denoiser = guidance.clip_guided(denoiser, meta["unet"], decoder, device, progress)
     if noise_out and decoder is not None:
         raise DiffkitError("--noise-out: a latent checkpoint starts from noise in its latent space, which has no "
                            "image grid; drop --noise-out")
@@ -426,6 +480,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     what = "" if labels is None else f", classes {sorted(set(labels.tolist()))}"
     if prompt_index is not None:  # the prompts that got an image
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
+    if guidance.clip_prompt is not None:
+        what += f", CLIP guidance {shorten(guidance.clip_prompt)} s={1.0 if guidance.clip_scale is None else guidance.clip_scale:g}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -534,7 +590,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
-                        ("--guidance-interval", guidance.interval)):
+                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt)):
         if value:
             raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
