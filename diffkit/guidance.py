@@ -443,7 +443,7 @@ class CLIPGuidance(Wrapper):
     the default because it works with any CLIP checkpoint: an ordinary CLIP never saw noisy
     images, so its gradient on x_t at high noise is that of an off-distribution input, and no
     noise-aware CLIP is published in transformers' format. The price is a backward pass through
-    the diffusion network each step (about 3 times a plain step, as reconstruction guidance).
+    the diffusion network each step, as in reconstruction guidance.
 
     In both modes sim is the cosine similarity, the unit embeddings' dot product (GLIDE's code
     multiplies it by CLIP's exp(logit_scale), about 100 for a trained CLIP: its scale s_GLIDE is
