@@ -246,8 +246,11 @@ def write_checkpoint(path, in_channels):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, clip_dir):
     d = tmp_path_factory.mktemp("clip_cli")
+    sd = d / "sd"  # a folder that names a Stable Diffusion UNet: refused before any weight is read
+    sd.mkdir()
+    (sd / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
     return {"rgb": write_checkpoint(d / "rgb.safetensors", 3), "gray": write_checkpoint(d / "gray.safetensors", 1),
-            "clip": clip_dir, "dir": d}
+            "clip": clip_dir, "dir": d, "sd": sd}
 
 
 def read_pngs(folder):
@@ -301,6 +304,8 @@ def test_cli_clip_guidance_round_trip(files, capsys):
     (["--clip-scale", "2"], "--clip-scale needs --clip-guidance TEXT"),
     (["--clip-input", "x_t"], "--clip-input needs --clip-guidance TEXT"),
     (["--clip-guidance", " ", "--clip-model", "clip"], "--clip-guidance ' ' is empty"),
+    (["--clip-guidance", PROMPT, "--clip-model", "clip", "--checkpoint", "sd", "--prompt", "a cat"],
+     "--clip-guidance does not apply to a Stable Diffusion folder"),
 ])
 def test_cli_bad_clip_input_is_one_line_exit_2(extra, pattern, files, capsys):
     args = [str(files.get(a, a)) for a in extra]
@@ -313,3 +318,10 @@ def test_cli_bad_clip_input_is_one_line_exit_2(extra, pattern, files, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and pattern in err and "Traceback" not in err, err
     assert not out_png.parent.exists()  # no partial files
+
+
+def test_a_latent_checkpoint_is_refused_before_the_clip_is_loaded():
+    from diffkit.commands.sample import GuidanceRequest
+    request = GuidanceRequest(clip_prompt=PROMPT, clip_model="/nonexistent")
+    with pytest.raises(DiffkitError, match="applies to pixel-space checkpoints; this one is latent"):
+        request.clip_guided(object(), {"in_channels": 4, "img_size": 8}, decoder=object())
