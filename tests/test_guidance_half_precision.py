@@ -72,56 +72,107 @@ def low_precision(precision):
     return (lambda net: rounded_output(net, dtype)), contextlib.nullcontext(), UNIT_ROUNDOFF[dtype]
 
 
-def assert_close_to_float32(run, precision, amplification):
-    """``run(wrap)`` (wrap: the network's precision) is finite, float32, not the float32 result and
-    within ``amplification * u`` of it in relative RMS; returns the deviation in units of u."""
+def deviation(run, precision):
+    """(output, float32 reference, relative RMS deviation in units of u) of ``run(wrap)``, wrap
+    giving the network the precision, run inside the precision's context."""
     reference = run(lambda net: net)
     wrap, context, unit = low_precision(precision)
     with context:
         out = run(wrap)
+    return out, reference, ((out - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()).item() / unit
+
+
+def assert_close_to_float32(run, precision, amplification):
+    """``run(wrap)`` is finite, float32, not the float32 result and within ``amplification * u`` of
+    it in relative RMS."""
+    out, reference, deviation_u = deviation(run, precision)
     assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
     assert not torch.equal(out, reference)  # the rounding reached the result
-    deviation = ((out - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()).item() / unit
-    assert deviation < amplification, f"{precision}: {deviation:.3g} u > {amplification} u"
-    return deviation
+    assert deviation_u < amplification, f"{precision}: {deviation_u:.3g} u > {amplification} u"
 
 
 def gauss_denoiser(wrap):
     return Denoiser(wrap(GAUSS.network(SCHEDULE)), SCHEDULE)
 
 
-# ------------------------------------------------------------------ guidance
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("sampler,options", [("ddim", {}), ("dpm-solver++-2m", {"rescale": 0.7})])
-def test_classifier_free_guidance(precision, sampler, options):
-    w = 2.0
+# ------------------------------------------------------------------ the paths
+W = 2.0  # classifier-free guidance weight
+GRID = sampler_grid(Denoiser(CLASSES.network(SCHEDULE), SCHEDULE), get_sampler("ddpm"), STEPS)
 
+
+def cfg(sampler, **options):
     def run(wrap):
-        cfg = ClassifierFreeGuidance(Denoiser(wrap(MixtureWithNullClass(CLASSES)), SCHEDULE), w, null_class=2,
-                                     **options)
-        return diffkit.sample(cfg, NOISE, sampler, STEPS, cond={"y": LABELS}, progress=False)
-    assert_close_to_float32(run, precision, 1 + 2 * w)
+        guided = ClassifierFreeGuidance(Denoiser(wrap(MixtureWithNullClass(CLASSES)), SCHEDULE), W, null_class=2,
+                                        **options)
+        return diffkit.sample(guided, NOISE, sampler, STEPS, cond={"y": LABELS}, progress=False)
+    return run
+
+
+def classifier_algorithm_2(wrap):
+    guided = ClassifierGuidance(Denoiser(wrap(CLASSES.network(SCHEDULE)), SCHEDULE), exact_classifier(CLASSES), 2.0)
+    return diffkit.sample(guided, NOISE, "ddim", STEPS, cond={"y": LABELS}, progress=False)
+
+
+def classifier_algorithm_1(wrap):
+    return classifier_guided_ddpm(Denoiser(wrap(CLASSES.network(SCHEDULE)), SCHEDULE), exact_classifier(CLASSES),
+                                  NOISE, GRID, scale=2.0, y=LABELS, generator=torch.Generator().manual_seed(1))
+
+
+def reconstruction_guidance(wrap):
+    guided = ReconstructionGuidance(gauss_denoiser(wrap), KNOWN, MASK, 2.0)
+    out = diffkit.sample(guided, NOISE, "ddim", STEPS, progress=False)
+    assert guided.gradient_calls == STEPS
+    return out
+
+
+def thresholded(mode, **options):
+    return lambda wrap: diffkit.sample(gauss_denoiser(wrap), NOISE, "ddim", STEPS, thresholding=mode,
+                                       progress=False, **options)
+
+
+def inpainted(sampler, **options):
+    def run(wrap):
+        out = diffkit.inpaint(gauss_denoiser(wrap), KNOWN, MASK, sampler, STEPS, seed=0, progress=False,
+                              value_range=None, **options)
+        assert torch.equal(out[:, 0], KNOWN[:, 0])  # the known pixels pasted back exactly
+        return out
+    return run
+
+
+# name: (run(wrap), amplification of u; the module docstring derives them)
+PATHS = {
+    "classifier-free w=2, ddim": (cfg("ddim"), 1 + 2 * W),
+    "classifier-free w=2 rescale 0.7, dpm-solver++-2m": (cfg("dpm-solver++-2m", rescale=0.7), 1 + 2 * W),
+    "classifier guidance s=2 (Alg. 2), ddim": (classifier_algorithm_2, 1),
+    "classifier guidance s=2 (Alg. 1), ddpm": (classifier_algorithm_1, 1),
+    "reconstruction guidance w=2, ddim": (reconstruction_guidance, 1),
+    "thresholding clip, ddim": (thresholded("clip"), 1),
+    "thresholding dynamic (ratio 0.6), ddim": (thresholded("dynamic", dynamic_thresholding_ratio=0.6), 1),
+    "inpaint, ddim": (inpainted("ddim"), 1),
+    "inpaint, ddpm": (inpainted("ddpm"), 1),
+    "RePaint (jump 5, 2 samples), ddpm": (inpainted("ddpm", jump_n_sample=2, jump_length=5), 1),
+    "inpaint + reconstruction w=2, ddim": (inpainted("ddim", reconstruction_weight=2.0), 1),
+    "inpaint + dynamic thresholding, ddim": (inpainted("ddim", thresholding="dynamic"), 1),
+    "SDEdit strength 0.6, ddim": (lambda wrap: diffkit.img2img(gauss_denoiser(wrap), KNOWN, 0.6, "ddim", STEPS, seed=0,
+                                                              progress=False, value_range=None), 1),
+}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_classifier_guidance_algorithm_2(precision):
-    def run(wrap):
-        den = ClassifierGuidance(Denoiser(wrap(CLASSES.network(SCHEDULE)), SCHEDULE), exact_classifier(CLASSES), 2.0)
-        return diffkit.sample(den, NOISE, "ddim", STEPS, cond={"y": LABELS}, progress=False)
-    assert_close_to_float32(run, precision, 1)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_each_path_stays_finite_and_close_to_float32(path, precision):
+    run, amplification = PATHS[path]
+    assert_close_to_float32(run, precision, amplification)
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_classifier_guidance_algorithm_1(precision):
-    grid = sampler_grid(Denoiser(CLASSES.network(SCHEDULE), SCHEDULE), get_sampler("ddpm"), STEPS)
-
-    def run(wrap):
-        den = Denoiser(wrap(CLASSES.network(SCHEDULE)), SCHEDULE)
-        return classifier_guided_ddpm(den, exact_classifier(CLASSES), NOISE, grid, scale=2.0, y=LABELS,
-                                      generator=torch.Generator().manual_seed(1))
-    assert_close_to_float32(run, precision, 1)
+def test_the_thresholding_acts_on_this_data():
+    plain = diffkit.sample(gauss_denoiser(lambda net: net), NOISE, "ddim", STEPS, progress=False)
+    for mode in ("clip", "dynamic"):
+        run = PATHS[next(name for name in PATHS if name.startswith(f"thresholding {mode}"))][0]
+        assert (run(lambda net: net) - plain).abs().max() > 0.1, mode
 
 
+# ------------------------------------------------------------------ the classifier's gradient; inputs' dtypes
 def linear_classifier_gradient(clf, x, t, y):
     """grad_x log softmax(W x + b t / 1000)_y = W_y - sum_k p_k W_k, in float64."""
     W, b = clf.W.double(), clf.b.double()
@@ -172,60 +223,10 @@ def test_algorithm_1_promotes_half_precision_noise_to_float32(dtype):
     """As diffkit.sample does (check_noise): the steps run in float32, not in the noise's dtype."""
     noise = NOISE.to(dtype)
     den = Denoiser(CLASSES.network(SCHEDULE), SCHEDULE)
-    grid = sampler_grid(den, get_sampler("ddpm"), STEPS)
-    out, expected = (classifier_guided_ddpm(den, exact_classifier(CLASSES), x, grid, scale=2.0, y=LABELS,
+    out, expected = (classifier_guided_ddpm(den, exact_classifier(CLASSES), x, GRID, scale=2.0, y=LABELS,
                                             generator=torch.Generator().manual_seed(1)) for x in (noise, noise.float()))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_reconstruction_guidance(precision):
-    def run(wrap):
-        guided = ReconstructionGuidance(gauss_denoiser(wrap), KNOWN, MASK, 2.0)
-        out = diffkit.sample(guided, NOISE, "ddim", STEPS, progress=False)
-        assert guided.gradient_calls == STEPS
-        return out
-    assert_close_to_float32(run, precision, 1)
-
-
-# ------------------------------------------------------------------ thresholding and editing
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("thresholding,options", [("clip", {}), ("dynamic", {"dynamic_thresholding_ratio": 0.6})])
-def test_thresholding(precision, thresholding, options):
-    def run(wrap):
-        return diffkit.sample(gauss_denoiser(wrap), NOISE, "ddim", STEPS, thresholding=thresholding,
-                              progress=False, **options)
-    reference = run(lambda net: net)
-    unclipped = diffkit.sample(gauss_denoiser(lambda net: net), NOISE, "ddim", STEPS, progress=False)
-    assert (reference - unclipped).abs().max() > 0.1  # the thresholding acts
-    assert_close_to_float32(run, precision, 1)
-
-
-EDITS = {
-    "inpaint ddim": lambda den: diffkit.inpaint(den, KNOWN, MASK, "ddim", STEPS, seed=0, progress=False,
-                                                value_range=None),
-    "inpaint ddpm": lambda den: diffkit.inpaint(den, KNOWN, MASK, "ddpm", STEPS, seed=0, progress=False,
-                                                value_range=None),
-    "repaint": lambda den: diffkit.inpaint(den, KNOWN, MASK, "ddpm", STEPS, jump_n_sample=2, jump_length=5, seed=0,
-                                           progress=False, value_range=None),
-    "inpaint reconstruction": lambda den: diffkit.inpaint(den, KNOWN, MASK, "ddim", STEPS, reconstruction_weight=2.0,
-                                                          seed=0, progress=False, value_range=None),
-    "inpaint dynamic": lambda den: diffkit.inpaint(den, KNOWN, MASK, "ddim", STEPS, thresholding="dynamic", seed=0,
-                                                   progress=False, value_range=None),
-    "sdedit": lambda den: diffkit.img2img(den, KNOWN, 0.6, "ddim", STEPS, seed=0, progress=False, value_range=None),
-}
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("edit", list(EDITS))
-def test_editing(precision, edit):
-    def run(wrap):
-        out = EDITS[edit](gauss_denoiser(wrap))
-        if edit != "sdedit":
-            assert torch.equal(out[:, 0], KNOWN[:, 0])  # the known pixels pasted back exactly
-        return out
-    assert_close_to_float32(run, precision, 1)
 
 
 def test_half_precision_images_and_masks_are_promoted():
