@@ -11,20 +11,21 @@ thresholding quantile and the gradients then run under autocast too). Each resul
 float32, not the float32 run's (the rounding reached it) and within ``amplification * u`` of it in
 relative RMS, u the format's unit roundoff (2^-11 float16, 2^-8 bfloat16).
 
-The tolerance. Rounding to nearest gives each model output a relative error of at most u/2. A
-20-step DDIM / DDPM run on Gaussian data carries it into the sample about once: step t -> s adds
-the rounding times the step's eps coefficient (sigma_s - alpha_s sigma_t / alpha_t for DDIM),
-those coefficients sum to about sigma_T = 1 over the grid, and the data's linear ODE map does not
-enlarge it; twice u/2, u, is the bound for an unguided path (amplification 1; measured at most
-0.58 u, docs/editing.md "Half precision"). Clipping and dynamic thresholding are 1-Lipschitz in
-x_0, inpainting's replacement and SDEdit's noising add nothing, and classifier guidance adds a
-float32 gradient: amplification 1 for all of them. Reconstruction guidance's gradient flows back
+The tolerance. Rounding to nearest gives each model output a relative error of at most u/2,
+u / (2 sqrt 3) in RMS. On the 20-step DDIM grid the eps error of step t -> s enters x_s with the
+factor c = alpha_s |sigma_s / alpha_s - sigma_t / alpha_t| and, for data of unit variance, the flow
+carries it to x_0 unchanged: the c sum to 6.1 (all roundings aligned: 3.1 u) and their root sum of
+squares is 1.53 (independent roundings: 1.53 u / (2 sqrt 3) = 0.44 u). An unguided path is allowed
+u, 2.3 times the independent-roundings figure (the DDPM and DPM-Solver++(2M) paths are held to
+the same; measured at most 0.58 u over all, docs/editing.md "Half precision"). Clipping and
+dynamic thresholding are 1-Lipschitz in x_0, inpainting's replacement and SDEdit's noising add
+nothing, and classifier guidance adds a float32 gradient: amplification 1 for all of them. Reconstruction guidance's gradient flows back
 through the rounded output, so the correction carries u/2 of its own size, which is small next to
 x_0: amplification 1. Classifier-free guidance mixes two independently rounded predictions with
 weights 1 + w and w: amplification 1 + 2w. The Gaussian data for the editing paths is a single
-correlated Gaussian: a mixture's flow map is steep between its modes (a two-mode mixture carried
-one sample in 16 there to 30 u); the guidance tests use the two-class mixture, whose guided
-samples are pulled into their class, away from that boundary.
+correlated Gaussian: a mixture's flow map is steep between its modes (there the rounding moved 4
+of 64 coordinates of a two-mode mixture's samples by up to 30 u); the guidance tests use the
+two-class mixture, whose guided samples are pulled into their class, away from that boundary.
 """
 import contextlib
 
