@@ -270,8 +270,8 @@ def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.
         raise DiffkitError(f"{y.numel()} class labels for a batch of {batch}; give one label or one per sample")
     y = y.expand(batch)
     # outside autocast (diffkit.sample holds the denoiser's open around the whole loop, and the
-    # classifier is not the denoiser), in the classifier's own precision: its weights' dtype, or
-    # float32 for half-precision samples, whose rounding would otherwise swamp the gradient
+    # classifier is not the denoiser), in the classifier's own precision: its weights' dtype (a
+    # float32 classifier refuses half or float64 input), or float32 for half-precision samples
     with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
         x_in = x.detach().to(_classifier_dtype(classifier, x)).requires_grad_(True)
         logits = classifier(x_in, t_net)
