@@ -38,6 +38,7 @@ from . import diffusion
 from .denoiser import Prediction, Wrapper, with_x0
 from .errors import DiffkitError, DiffkitWarning, check_choice, check_range
 from .noise import randn_like
+from .sampling import check_noise
 from .schedule import as_cpu_times
 from .samplers.common import report, steps
 
@@ -248,21 +249,34 @@ def _num_classes_of(denoiser) -> Optional[int]:
     return None
 
 
+def _classifier_dtype(classifier: Callable, x: torch.Tensor) -> torch.dtype:
+    """The dtype a classifier takes: its floating weights' (an ``nn.Module``), else ``x``'s with
+    float16 / bfloat16 promoted to float32."""
+    if isinstance(classifier, torch.nn.Module):
+        weight = next((p for p in classifier.parameters() if p.is_floating_point()), None)
+        if weight is not None:
+            return weight.dtype
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.Tensor) -> torch.Tensor:
     """grad_x log p_phi(y | x_t) for each sample, through ``log_softmax(classifier(x, t))``.
 
     ``classifier(x, t)`` returns logits (B, K); ``t`` is passed as a float (B,) tensor in
-    training-timestep units. Gradients are enabled locally, so this works inside ``no_grad``."""
+    training-timestep units. Gradients are enabled locally, so this works inside ``no_grad``.
+    The classifier runs outside any autocast, on x in the dtype of its weights (float32 for a
+    callable without weights given half-precision x); the gradient is returned in x's dtype."""
     batch = x.shape[0]
     t_net = _times64(t, batch).to(device=x.device, dtype=torch.float32)
     y = torch.as_tensor(y, device=x.device).long().reshape(-1)
     if y.numel() not in (1, batch):
         raise DiffkitError(f"{y.numel()} class labels for a batch of {batch}; give one label or one per sample")
     y = y.expand(batch)
-    # in the samples' precision, as in Algorithm 1's path: diffkit.sample holds the denoiser's
-    # autocast open around the whole loop, and the classifier is not the denoiser
+    # outside autocast (diffkit.sample holds the denoiser's open around the whole loop, and the
+    # classifier is not the denoiser), in the classifier's own precision: its weights' dtype (a
+    # float32 classifier refuses half or float64 input), or float32 for half-precision samples
     with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-        x_in = x.detach().requires_grad_(True)
+        x_in = x.detach().to(_classifier_dtype(classifier, x)).requires_grad_(True)
         logits = classifier(x_in, t_net)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -333,8 +347,11 @@ def classifier_guided_ddpm(denoiser, classifier: Callable, x: torch.Tensor, grid
     ``denoiser`` (posterior mean at the predicted x_0; Sigma beta-tilde, beta or learned, as in
     :func:`diffkit.samplers.ddpm`). ``cond`` goes to the denoiser; ``y`` to the classifier.
     On the step to clean data (s = -1) no noise is added but the mean is still shifted.
+    Half-precision ``x`` is promoted to float32, as :func:`diffkit.sample` does
+    (:func:`~diffkit.sampling.check_noise`).
     """
     check_range("classifier scale", scale, 0.0, None)
+    x = check_noise(x)
     cond = cond or {}
     schedule = denoiser.schedule
     if variance_type is None:

@@ -47,6 +47,13 @@ def pytest_make_collect_report(collector):
     _ci_must_not_skip(outcome.get_result())
 
 
+def rounded_output(net, dtype: torch.dtype):
+    """``net`` with its output rounded to ``dtype`` (float16 / bfloat16) and handed back in the
+    input's dtype: an exact model stored in half precision, for the reduced-precision tests
+    (``from conftest import rounded_output``). Gradients flow through the rounding."""
+    return lambda x, t, **cond: net(x, t, **cond).to(dtype).to(x.dtype)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def single_threaded_blas():
     try:

@@ -171,6 +171,19 @@ def test_min_snr_weights():
     torch.testing.assert_close(w, torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr)
 
 
+class _NoVarianceOutput:
+    """A denoiser that says it has a learned variance and gives none (the ddpm sampler's error
+    from inside its loop)."""
+
+    learned_variance = True
+
+    def __init__(self, inner):
+        self.inner, self.schedule = inner, inner.schedule
+
+    def __call__(self, x, t, **cond):
+        return self.inner(x, t, **cond)
+
+
 @pytest.mark.parametrize("variance_type", diffusion.VARIANCE_TYPES)
 def test_reverse_steps_of_a_grid_are_p_mean_variance_bit_for_bit(variance_type):
     """ReverseSteps (DDPM's per-grid coefficients, cast once per device and dtype) answers at every step
@@ -194,8 +207,13 @@ def test_reverse_steps_of_a_grid_are_p_mean_variance_bit_for_bit(variance_type):
     x = rand(3, 4)
     assert not torch.equal(linear.mean_log_variance(2, x, x, x)[0], cosine.mean_log_variance(2, x, x, x)[0])
     if variance_type == "learned_range":
+        from diffkit import Denoiser, sample
+        plain = Denoiser(lambda x, t: 0 * x, S)  # no variance output: refused before the first call
         for no_variance in (lambda: linear.mean_log_variance(0, x, x, None),
-                            lambda: diffusion.p_mean_variance(S, x, x, 5, 4, variance_type, None)):
+                            lambda: diffusion.p_mean_variance(S, x, x, 5, 4, variance_type, None),
+                            lambda: sample(plain, (2, 3), "ddpm", 2, variance_type=variance_type, progress=False),
+                            lambda: sample(_NoVarianceOutput(plain), (2, 3), "ddpm", 2, variance_type=variance_type,
+                                           progress=False)):
             with pytest.raises(DiffkitError, match="variance_type='learned_range' needs a network with a learned "
                                                    "variance \\(learned_variance=True\\); use fixed_small or fixed_large$"):
                 no_variance()

@@ -21,6 +21,7 @@ from diffkit.samplers.karras import heun, lms_coefficients
 from diffkit.samplers.pndm import plms, pndm, s_pndm
 from diffkit.samplers.unipc import unipc
 from diffkit.timesteps import make_grid
+from conftest import rounded_output
 
 F64 = torch.float64
 FAST = [name for name in REGISTRY if name not in ("ddpm", "ddim")]
@@ -411,7 +412,7 @@ def test_deis_computes_every_step_coefficient_before_the_first_model_call(schedu
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
 def test_reduced_precision_model_output_stays_close(schedule, mixture, low):
     net = mixture.network(schedule)
-    rounded = lambda x, t: net(x, t).to(low).to(x.dtype)  # noqa: E731
+    rounded = rounded_output(net, low)
     noise = torch.randn(32, 3, generator=torch.Generator().manual_seed(9))
     for name in FIXED:  # ode: tests/test_samplers_ode.py
         ref = diffkit.sample(Denoiser(net, schedule), noise, sampler=name, steps=10, seed=1, progress=False)

@@ -17,6 +17,7 @@ from diffkit import Denoiser, DiffkitError, NoiseSchedule
 from diffkit.analytic import GaussianMixture, gaussian_ode_solution
 from diffkit.samplers import REGISTRY
 from diffkit.samplers.ode import METHODS, RK23, RK45, rk_step
+from conftest import rounded_output
 
 F64 = torch.float64
 SCHEDULE = NoiseSchedule.linear()
@@ -224,7 +225,7 @@ def test_bad_options_are_one_line_errors(gaussian):
 @pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
 def test_half_precision_model_outputs_stay_finite_and_close(gaussian, low):
     net = gaussian.network(SCHEDULE)
-    rounded = lambda x, t: net(x, t).to(low).to(x.dtype)  # noqa: E731
+    rounded = rounded_output(net, low)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
     ref = diffkit.sample(Denoiser(net, SCHEDULE), x, "ode", final="sigma_min", progress=False)
     den = Denoiser(rounded, SCHEDULE)

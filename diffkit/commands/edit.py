@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
-                      positive_int, removed_if_empty_on_failure, seed_int)
+from ._common import (add_mixed_precision_flag, add_progress_flag, check_writable_dir, eta_value, int_in, missing_dirs,
+                      non_negative_float, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def strength_value(text: str) -> float:
@@ -86,6 +86,7 @@ def register(sub) -> None:
                    "with --series a .csv or .npy file)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_mixed_precision_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -146,7 +147,8 @@ def run(args) -> int:
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
-    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device))
+    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
+                             mixed_precision=args.mixed_precision)
     if denoiser.decoder is not None or denoiser.prompt_encoder is not None:
         raise DiffkitError("diffkit edit works on pixel-space checkpoints; this one is a latent or text-conditional "
                            "model")
@@ -217,7 +219,8 @@ def _series(args) -> int:
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
     device = resolve_device(args.device)
-    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device))
+    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
+                             mixed_precision=args.mixed_precision)
     if not is_series_model(denoiser.meta["unet"]):
         raise DiffkitError("--series needs a time-series checkpoint (dataset sines or series); this one is an image "
                            "model: use --images")

@@ -8,7 +8,7 @@ import torch
 
 from .. import diffusion
 from ..denoiser import model_variance_type
-from ..errors import DiffkitError, check_choice
+from ..errors import check_choice
 from ..noise import randn_like
 from .common import report, steps
 
@@ -28,17 +28,13 @@ def ddpm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variance_type: Option
     if variance_type is None:
         variance_type = model_variance_type(denoiser)
     check_choice("variance_type", variance_type, diffusion.VARIANCE_TYPES)
-    no_variance = DiffkitError("variance_type='learned_range' needs a denoiser with learned_variance=True; use "
-                               "fixed_small or fixed_large")
     if variance_type == "learned_range" and not getattr(denoiser, "learned_variance", False):
-        raise no_variance
+        diffusion._no_variance()  # before any network call; ReverseSteps raises it for a missing output
     plan = diffusion.ReverseSteps(schedule, grid, variance_type)  # the schedule's part, once per grid
     for i in steps(grid, progress, "ddpm"):
         t, s = grid[i], grid[i + 1]
         pred = denoiser(x, t, **cond)
         var_values = pred.var_values if variance_type == "learned_range" else None
-        if variance_type == "learned_range" and var_values is None:
-            raise no_variance
         mean, log_var = plan.mean_log_variance(i, x, pred.x0, var_values)
         x = mean if plan.to_clean[i] else mean + torch.exp(0.5 * log_var) * randn_like(x, generator)
         report(callback, i, t, s, x, pred.x0)
