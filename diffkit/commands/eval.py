@@ -122,7 +122,8 @@ def header_line(result: dict) -> str:
     nll = [m for m in metrics if m in NLL_METRICS]
     if nll:  # their images: the first --nll-num of the reference's split (its name is known with a test set)
         dataset = f"{settings['reference']} " if "reference" in settings else ""
-        parts.append(f"{', '.join(nll)} on {settings['nll_num_images']} {dataset}{settings['nll_split']} images")
+        parts.append(f"{', '.join(nll)} on {settings['nll_num_images']} {dataset}{settings['nll_split']} "
+                     f"{settings.get('nll_unit', 'images')}")
     return f"{settings.get('checkpoint') or settings.get('samples')}: " + "; ".join(parts)
 
 
