@@ -272,6 +272,7 @@ def labelled_run(tmp_path_factory):
                  "--set", "drop_columns=date", "--set", "learned_variance=true", "--set", "loss=hybrid",
                  "--set", "seq_length=4", "--set", "channel=8", "--set", "channel_mult=1,2", "--set", "T=20",
                  "--set", "batch_size=8", "--set", "sample_steps=2", "--set", "test_fraction=0.25",
+                 "--set", "ema_decay=0", "--set", "lr=1e-3",
                  "--no-sample"])
     assert code == 0
     return root / "run" / "checkpoints" / "latest.safetensors"
@@ -280,14 +281,24 @@ def labelled_run(tmp_path_factory):
 def test_sample_cli_takes_a_class_and_a_guidance_scale_for_a_labelled_series_model(labelled_run, tmp_path, capsys):
     d = load_denoiser(labelled_run)
     assert d.learned_variance and d.model.config.num_classes == 3
-    code = main(["sample", "--checkpoint", str(labelled_run), "--class", "2", "--guidance-scale", "2", "--num", "3",
-                 "--sampler", "ddpm", "--steps", "2", "--out", str(tmp_path / "g.png"), "--no-progress"])
+    code = main(["sample", "--checkpoint", str(labelled_run), "--class", "2", "--guidance-scale", "2", "--num", "2",
+                 "--sampler", "ddpm", "--steps", "1", "--out", str(tmp_path / "g.png"), "--no-progress"])
     assert code == 0, capsys.readouterr().err
-    assert np.load(tmp_path / "g_labels.npy").tolist() == [2, 2, 2] and np.load(tmp_path / "g.npy").shape == (3, 2, 4)
+    assert np.load(tmp_path / "g_labels.npy").tolist() == [2, 2] and np.load(tmp_path / "g.npy").shape == (2, 2, 4)
     code = main(["sample", "--checkpoint", str(labelled_run), "--class", "3", "--num", "2",
                  "--out", str(tmp_path / "h.png"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "--class 3 is out of range; allowed: 0..2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sample_cli_series_of_another_class_or_guidance_scale_differ_from_the_same_noise(labelled_run, tmp_path):
+    runs = {}
+    for name, flags in (("g", ["--class", "2", "--guidance-scale", "2"]), ("c0", ["--class", "0", "--guidance-scale",
+                                                                                  "2"]), ("w0", ["--class", "2"])):
+        assert main(["sample", "--checkpoint", str(labelled_run), *flags, "--num", "2", "--sampler", "ddim",
+                     "--steps", "1", "--out", str(tmp_path / f"{name}.png"), "--no-progress"]) == 0
+        runs[name] = np.load(tmp_path / f"{name}.npy")
+    assert not np.array_equal(runs["c0"], runs["g"]) and not np.array_equal(runs["w0"], runs["g"])
 
 
 def test_eval_nll_gives_the_bound_of_a_series_model_on_its_held_out_windows(labelled_run, tmp_path, capsys):
