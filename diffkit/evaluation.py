@@ -18,9 +18,10 @@ Metric names (``METRICS``):
   (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound. Asked together,
   the two are one pass of the strided bound (:func:`diffkit.likelihood.bound_in_batches`).
 * ``context-fid``, ``correlational``, ``discriminative``, ``predictive`` - time-series checkpoints
-  only, and only these and ``nll`` / ``nll-strided`` (the bound of the series) for them: Context-FID (Jeha et al. 2022) of the samples against the training
-  series under a TS2Vec encoder trained on them, Diffusion-TS's correlational score and TimeGAN's
-  discriminative and predictive scores (:mod:`diffkit.series_evaluation`).
+  only, and only these and ``nll`` / ``nll-strided`` (the bound of the series) for them: Context-FID
+  (Jeha et al. 2022) of the samples against the training series under a TS2Vec encoder trained on
+  them, Diffusion-TS's correlational score and TimeGAN's discriminative and predictive scores
+  (:mod:`diffkit.series_evaluation`).
 
 Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
 no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
@@ -463,8 +464,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     can fail on user input (metric names, files, sizes) is checked before any sampling.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
     A time-series checkpoint takes only ``context-fid``, ``correlational``, ``discriminative``,
-    ``predictive``, ``nll`` and ``nll-strided`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains ``context_fid_iterations``
-    iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
+    ``predictive``, ``nll`` and ``nll-strided`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains
+    ``context_fid_iterations`` iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
     ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
@@ -601,8 +602,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                 save_images(images, save_samples)
         results.update(scorer.score(images, labels))
     if set(names) & set(NLL_METRICS):
-        results.update(bound_metrics(names, denoiser, nll_images, nll_stride=nll_stride, nll_dense_below=nll_dense_below,
-                                     batch_size=batch_size, seed=seed, progress=progress))
+        results.update(bound_metrics(names, denoiser, nll_images, nll_stride=nll_stride,
+                                     nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed,
+                                     progress=progress))
         results = {m: results[m] for m in names if m in results}
     return {"metrics": results, "settings": settings}
 

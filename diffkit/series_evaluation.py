@@ -95,7 +95,9 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
 
 def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None, split=None):
     """(cache identity, reference windows, split, path) of a run on a series file: its held-out windows when
-    it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged. The
+    it was trained with ``test_fraction`` > 0, else its training windows (``split`` "test" / "train": those);
+    the labels of a ``label_column`` run are left out of the values and decide which windows are kept
+    (:func:`diffkit.series_files.load_file_series`); the file must be unchanged. The
     file is ``data_dir`` when given (the file moved since training), else the first of ``data_dir`` as given
     to training and the absolute path training resolved it to whose SHA-256 is the one training recorded (a
     relative name read from another folder may be another file)."""
@@ -163,10 +165,10 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     nll_dense_below: int = 20) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
     the result has :func:`diffkit.evaluation.evaluate`'s form. ``nll`` / ``nll-strided``: the model's
-    variational bound in bits per value (DDPM eq. 5; :func:`bound_series` says which series), one run
-    (``repeats`` does not apply), nothing sampled when only they are asked; a class-conditional model's
-    samples are drawn for the classes 0, 1, ..., K-1 in turn and its bound is that of the null class. ``data_dir``: a run's series file where it is
-    now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
+    variational bound in bits per value (DDPM eq. 5; :func:`bound_series` says which series), one run,
+    nothing sampled when only they are asked; a class-conditional model's samples are drawn for the classes
+    0, 1, ..., K-1 in turn and its bound is that of the null class. ``data_dir``: a run's series file where it
+    is now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
     (:func:`repeated_runs`). Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import (MIN_EVAL_SAMPLES, NLL_SPLITS, _frechet, bound_metrics, check_sample_count,
@@ -192,6 +194,9 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if bound_names:
         check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
         check_choice("nll_split", nll_split, NLL_SPLITS)
+    if repeats > 1 and not sample_names:
+        raise DiffkitError(f"repeats {repeats} applies to {', '.join(SERIES_METRICS)}; the bound "
+                           f"({', '.join(bound_names)}) is one run: leave it at 1")
     if encoder_iterations is not None:
         check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
     check_range("discriminative_iterations", discriminative_iterations, 1, None, integer=True)

@@ -317,3 +317,7 @@ def test_eval_nll_gives_the_bound_of_a_series_model_on_its_held_out_windows(labe
     assert result["metrics"]["nll"]["bpd"] == pytest.approx(float(parts[0].total.mean()), rel=1e-9)
     assert result["metrics"]["nll"]["timesteps_evaluated"] == 20
     assert result["metrics"]["nll-strided"]["timesteps_evaluated"] < 20
+    code = main(["eval", "--checkpoint", str(labelled_run), "--metrics", "nll", "--repeats", "2", "--nll-num", "4",
+                 "--out", str(tmp_path / "r.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "repeats 2 applies to context-fid" in err and len(err.strip().splitlines()) == 1

@@ -8,7 +8,9 @@ estimate: every t below --nll-dense-below, then every --nll-stride-th t) and rat
 Sec. 4.3, Fig. 5: bits sent by each of those t against the RMSE of the x_0 prediction, on the
 --nll-num images; its table goes into the JSON and its plot beside it, OUT_rate_distortion.png).
 A time-series checkpoint (``diffkit train --dataset sines``) takes only context-fid, correlational,
-discriminative and predictive, of --num samples against as many of its training series (--ref-num):
+discriminative and predictive, and nll / nll-strided (its bound in bits per value on --nll-num series of
+--nll-split: Sines' test draw or a file's held-out windows), the first four of --num samples against as many
+of its training series (--ref-num):
 Context-FID under a TS2Vec encoder trained on them with --seed (--context-fid-iterations; kept in
 --cache-dir and reused), Diffusion-TS's correlational score, TimeGAN's discriminative and predictive
 scores (post-hoc GRUs seeded by --seed; --discriminative-iterations, --predictive-iterations). --repeats N

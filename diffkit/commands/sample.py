@@ -3,7 +3,8 @@
 A time-series checkpoint (``dataset = "sines"``) writes its samples as OUT.npy (N, C, L) and a line
 plot of the first 16 to OUT (.png) instead of a grid; one trained on a series file (``dataset =
 "series"``) writes them in the file's original units (clamped to [-1, 1], then unnormalised with the
-min and max of its training rows stored in the checkpoint).
+min and max of its training rows stored in the checkpoint). A class-conditional series checkpoint (a file's
+``label_column``) takes ``--class`` and ``--guidance-scale`` as below and writes the labels to OUT_labels.npy.
 
 Class-conditional checkpoints sample the classes of ``--class`` (default: every class, one row
 per class). ``--guidance-scale W`` turns on classifier-free guidance in the seed's convention
