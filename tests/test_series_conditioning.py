@@ -21,6 +21,7 @@ from diffkit.loading import load_denoiser
 from diffkit.losses import training_losses
 from diffkit.models.network import build_network
 from diffkit.models.temporal import TemporalUNet, TemporalUNetConfig
+from diffkit.samplers.registry import REGISTRY
 from diffkit.schedule import NoiseSchedule
 from diffkit.series_files import load_file_series
 from diffkit.timeseries import SeriesDataset
@@ -142,6 +143,28 @@ def test_the_bound_of_a_series_model_reads_its_v_output_eq_15():
     assert torch.isfinite(small).all()
     torch.testing.assert_close(bound(-1.0), small, rtol=1e-9, atol=1e-9)
     assert not torch.allclose(bound(1.0), small, rtol=1e-3)
+
+
+def guided_series_model(v: float) -> ClassifierFreeGuidance:
+    """Classifier-free guidance (w = 2) of a learned-variance, 2-class series model answering eps = 0.1, v."""
+    return ClassifierFreeGuidance(Denoiser(constant_output_net(0.1, v, num_classes=2),
+                                           NoiseSchedule.from_name("linear", 20), learned_variance=True), 2.0)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_sampler_samples_a_guided_learned_variance_series_model(name):
+    info = REGISTRY[name]
+    steps = {} if info.adaptive else {"steps": max(2, info.calls_per_step)}
+    out = diffkit.sample(guided_series_model(0.3), (2, 3, 8), name, seed=0, cond={"y": torch.tensor([1, 0])},
+                         progress=False, **steps)
+    assert out.shape == (2, 3, 8) and torch.isfinite(out).all()
+
+
+def test_ddpm_draws_a_series_model_with_the_variance_of_its_v_output():
+    """Ancestral DDPM steps draw from N(mu, Sigma of eq. 15): beta (v = 1) and beta-tilde (v = -1) differ."""
+    small, large = (diffkit.sample(guided_series_model(v), (2, 3, 8), "ddpm", steps=4, seed=0,
+                                   cond={"y": torch.tensor([1, 0])}, progress=False) for v in (-1.0, 1.0))
+    assert not torch.allclose(small, large, atol=1e-3)
 
 
 # ------------------------------------------------------------------ classes and guidance
