@@ -100,14 +100,19 @@ class TrainConfig:
     keep their meaning (base width, width per level, blocks per level, dropout); ``in_channels`` is
     the number of channels (default 5), ``seq_length`` the steps per series (default 24, divisible by
     2**(len(channel_mult) - 1)), ``num_series`` the size of the training set (default 10000, as
-    Diffusion-TS). The image-only fields (``img_size``, ``attn`` other than [], ``num_heads``,
-    ``scale_shift_norm``, ``hflip``, ``data_dir``, memory_format ``channels_last``) and what the 1-D
-    U-Net lacks (class, text or latent conditioning, a learned variance, loss 'hybrid'/'vlb', the
-    consistency objectives) are refused; ``seq_length`` / ``num_series`` are refused for images.
+    Diffusion-TS). ``learned_variance`` with ``loss='hybrid'`` or ``'vlb'`` works as for images (the
+    1-D U-Net outputs [eps, v]); ``conditional`` with ``num_classes`` and ``p_uncond`` too, with the
+    labels of a series file's ``label_column`` (Sines has none). The image-only fields (``img_size``,
+    ``attn`` other than [], ``num_heads``, ``scale_shift_norm``, ``hflip``, ``data_dir``, memory_format
+    ``channels_last``) and what the 1-D U-Net lacks (text or latent conditioning, the consistency
+    objectives) are refused; ``seq_length`` / ``num_series`` are refused for images.
     ``dataset = "series"`` trains on the user's file ``data_dir`` (a .csv with a header row or a .npy
     (T, F); :mod:`diffkit.series_files`): windows of ``seq_length`` rows, stride 1, min-max scaled on
     the training rows; ``test_fraction`` holds out the last rows (for ``diffkit eval``),
-    ``drop_columns`` names CSV columns to leave out (e.g. "date"); ``num_series`` does not apply.
+    ``drop_columns`` names CSV columns to leave out (e.g. "date"); ``num_series`` does not apply;
+    ``label_column`` (with ``conditional``) names the CSV column of integer class labels 0..K-1, one per
+    row: a window takes the label its rows share, and windows whose rows carry two labels are left out
+    (:func:`diffkit.series_files.window_labels`).
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
@@ -150,6 +155,7 @@ class TrainConfig:
     num_series: int = 10000  # time series only
     test_fraction: float = 0.0  # dataset "series": the last fraction of the file's rows, held out
     drop_columns: str = ""  # dataset "series": CSV columns to leave out, comma-separated (e.g. "date")
+    label_column: str = ""  # dataset "series" with conditional: the CSV column of class labels 0..K-1
     num_workers: int = 0
     # ---- diffusion and objective ----
     schedule: str = "linear"
@@ -268,17 +274,22 @@ class TrainConfig:
             raise DiffkitError(f"{name}={value!r} applies to images; dataset={self.dataset!r} trains the 1-D U-Net on "
                                f"series (its size: in_channels, seq_length, num_series): drop {name}")
         lacking = [(name, getattr(self, name)) for name in (
-            "conditional", "text_conditioning", "autoencoder", "learned_variance", "guidance_embedding_dim",
-            "objective", "loss") if getattr(self, name) != _default(name)]
+            "text_conditioning", "autoencoder", "guidance_embedding_dim", "objective")
+            if getattr(self, name) != _default(name)]
         if lacking:
             name, value = lacking[0]
             raise DiffkitError(f"{name}={value!r} is not available for time series (dataset={self.dataset!r}): the "
-                               f"1-D U-Net is trained unconditionally with the diffusion objective and loss='simple'")
+                               f"1-D U-Net is trained with the diffusion objective, unconditionally or on class "
+                               f"labels (conditional with a series file's label_column)")
+        if self.conditional and not self.label_column:
+            how = ("name the file's column of class labels with label_column=NAME" if self.dataset == "series"
+                   else "dataset='sines' has no classes; train on a series file with label_column=NAME")
+            raise DiffkitError(f"conditional=True needs class labels: {how}")
 
     def _check_series_file(self) -> None:
         """``dataset = "series"`` needs its file (data_dir); its fields are refused for the other data sets."""
         if self.dataset != "series":
-            for name in ("test_fraction", "drop_columns"):
+            for name in ("test_fraction", "drop_columns", "label_column"):
                 if getattr(self, name) != _default(name):
                     raise DiffkitError(f"{name}={getattr(self, name)!r} applies to dataset='series' (a series file); "
                                        f"dataset={self.dataset!r}: drop {name}")
@@ -289,6 +300,15 @@ class TrainConfig:
         if self.num_series != _default("num_series"):
             raise DiffkitError(f"num_series={self.num_series} applies to dataset='sines'; a series file gives "
                                f"T - seq_length + 1 windows of its training rows: drop num_series")
+        if self.label_column:
+            from .series_files import parse_columns
+            if not self.conditional:
+                raise DiffkitError(f"label_column={self.label_column!r} gives the class labels of conditional=True; "
+                                   f"set conditional=true (to leave the column out unconditioned: drop_columns)")
+            if self.label_column in parse_columns(self.drop_columns):
+                raise DiffkitError(f"label_column={self.label_column!r} is also in drop_columns="
+                                   f"{self.drop_columns!r}; the labels are left out of the series anyway: drop it "
+                                   f"from drop_columns")
 
     def _check_cross_fields(self) -> None:
         if not self.channel_mult:
@@ -502,11 +522,6 @@ class TrainConfig:
         if in_channels is None:  # dataset "series": its file decides
             raise DiffkitError(f"dataset={self.dataset!r}: the channels come from the file; pass the loaded dataset "
                                f"or set in_channels")
-        if self.is_series:  # the 1-D U-Net (diffkit.models.network): TemporalUNetConfig's names, + the length
-            from .models.network import TEMPORAL_UNET
-            return {"network": TEMPORAL_UNET, "in_channels": in_channels, "model_channels": self.channel,
-                    "channel_mult": list(self.channel_mult), "num_res_blocks": self.num_res_blocks,
-                    "dropout": self.dropout, "seq_length": self.seq_length}
         num_classes = None
         if self.conditional:
             num_classes = (self.num_classes or getattr(dataset, "num_classes", None)
@@ -514,6 +529,13 @@ class TrainConfig:
             if num_classes is None:
                 raise DiffkitError(f"conditional=True with dataset={self.dataset!r} needs num_classes "
                                    f"(or pass the loaded dataset)")
+        if self.is_series:  # the 1-D U-Net (diffkit.models.network): TemporalUNetConfig's names, + the length
+            from .models.network import TEMPORAL_UNET
+            return {"network": TEMPORAL_UNET, "in_channels": in_channels, "model_channels": self.channel,
+                    "channel_mult": list(self.channel_mult), "num_res_blocks": self.num_res_blocks,
+                    "dropout": self.dropout, "seq_length": self.seq_length,
+                    **({"learned_variance": True} if self.learned_variance else {}),
+                    **({"num_classes": num_classes} if num_classes is not None else {})}
         return {
             "channel": self.channel, "channel_mult": list(self.channel_mult), "attn": list(self.attn),
             "num_res_blocks": self.num_res_blocks, "dropout": self.dropout, "img_size": self.img_size,
@@ -562,7 +584,7 @@ class TrainConfig:
         if self.dataset == "series":
             return {"name": self.dataset, "data_dir": self.data_dir, "train": train, "channels": self.in_channels,
                     "seq_length": self.seq_length, "test_fraction": self.test_fraction,
-                    "drop_columns": self.drop_columns}
+                    "drop_columns": self.drop_columns, "label_column": self.label_column}
         if self.is_series:
             return {"name": self.dataset, "train": train, "channels": self.in_channels,
                     "num_series": self.num_series, "seq_length": self.seq_length}

@@ -451,7 +451,7 @@ def check_image_dataset(name: str, what: str, verb: str = "trains on") -> None:
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  train: bool = True, hflip: bool = False, channels: int | None = None,
                  resize: str = "auto", num_series: int | None = None, seq_length: int | None = None,
-                 test_fraction: float = 0.0, drop_columns: str = ""):
+                 test_fraction: float = 0.0, drop_columns: str = "", label_column: str = ""):
     """Load a named data set (see the module docstring) as an :class:`InMemoryImageDataset`
     (a :class:`~diffkit.timeseries.SeriesDataset` for ``sines``).
 
@@ -464,15 +464,17 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         channels: 1 or 3 to convert (gray <-> RGB); ``None`` keeps the set's own channels.
         resize: ``auto`` | ``pad`` | ``bilinear`` | ``bicubic`` | ``nearest`` (see :func:`resize_images`).
         num_series, seq_length: time-series sets only (default 10000 series of 24 steps).
-        test_fraction, drop_columns: ``series`` only (:func:`diffkit.series_files.load_file_series`).
+        test_fraction, drop_columns, label_column: ``series`` only
+            (:func:`diffkit.series_files.load_file_series`).
     """
     check_choice("dataset", name, DATASET_NAMES)
-    if name != "series" and (test_fraction or drop_columns):
-        raise DiffkitError(f"test_fraction / drop_columns apply to dataset='series'; dataset={name!r} is another set")
+    if name != "series" and (test_fraction or drop_columns or label_column):
+        raise DiffkitError(f"test_fraction / drop_columns / label_column apply to dataset='series'; dataset={name!r} "
+                           f"is another set")
     from .timeseries import SERIES_DATASETS, load_series_dataset
     if name in SERIES_DATASETS:
         file = name == "series"
-        own = ("a series file: data_dir, seq_length, test_fraction, drop_columns" if file else
+        own = ("a series file: data_dir, seq_length, test_fraction, drop_columns, label_column" if file else
                "generated time series: num_series, seq_length, channels")
         for key, value, unset in (("img_size", img_size, None), ("hflip", hflip, False), ("resize", resize, "auto"),
                                   ("num_series", num_series, None) if file else ("data_dir", data_dir, None)):
@@ -486,7 +488,7 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
             raise DiffkitError("dataset='series' needs data_dir: a .csv file (header row) or a .npy file (T, F)")
         from .series_files import load_file_series
         return load_file_series(data_dir, seq_length=seq_length, test_fraction=test_fraction,
-                                drop_columns=drop_columns, train=train, channels=channels)
+                                drop_columns=drop_columns, label_column=label_column, train=train, channels=channels)
     if num_series is not None or seq_length is not None:
         raise DiffkitError(f"num_series / seq_length apply to time-series data sets; dataset={name!r} holds images")
     check_choice("resize", resize, RESIZE_MODES)

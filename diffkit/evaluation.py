@@ -18,9 +18,10 @@ Metric names (``METRICS``):
   (:func:`diffkit.progressive.rate_distortion`); its ``bpd`` is the strided bound. Asked together,
   the two are one pass of the strided bound (:func:`diffkit.likelihood.bound_in_batches`).
 * ``context-fid``, ``correlational``, ``discriminative``, ``predictive`` - time-series checkpoints
-  only, and only these for them: Context-FID (Jeha et al. 2022) of the samples against the training
-  series under a TS2Vec encoder trained on them, Diffusion-TS's correlational score and TimeGAN's
-  discriminative and predictive scores (:mod:`diffkit.series_evaluation`).
+  only, and only these and ``nll`` / ``nll-strided`` (the bound of the series) for them: Context-FID
+  (Jeha et al. 2022) of the samples against the training series under a TS2Vec encoder trained on
+  them, Diffusion-TS's correlational score and TimeGAN's discriminative and predictive scores
+  (:mod:`diffkit.series_evaluation`).
 
 Sample counts: fewer than ``MIN_EVAL_SAMPLES`` (2) images is refused; a Frechet distance from
 no more samples than feature dimensions (128 for the classifier, 2048 for Inception) is
@@ -462,9 +463,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     (``test``, or ``train`` for DDPM Table 1/2's "Test (Train)" over-fitting check). Everything that
     can fail on user input (metric names, files, sizes) is checked before any sampling.
     ``cache_dir``: keep finished sample batches there and reuse them (:mod:`diffkit.sample_cache`).
-    A time-series checkpoint takes only ``context-fid``, ``correlational``, ``discriminative`` and
-    ``predictive`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains ``context_fid_iterations``
-    iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
+    A time-series checkpoint takes only ``context-fid``, ``correlational``, ``discriminative``,
+    ``predictive``, ``nll`` and ``nll-strided`` (:mod:`diffkit.series_evaluation`; the TS2Vec encoder trains
+    ``context_fid_iterations`` iterations, None: the authors' rule, or comes from ``cache_dir``; the post-hoc GRUs train
     ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
@@ -478,6 +479,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         refused = {"--ref": ref, "--evaluator": evaluator,
                    "--inception-weights": inception_weights, "--save-samples": save_samples}
         return evaluate_series(names, checkpoint=checkpoint, num=num, sampler=sampler, steps=steps, eta=eta,
+                               nll_num=nll_num, nll_split=nll_split, nll_stride=nll_stride,
+                               nll_dense_below=nll_dense_below,
                                thresholding=thresholding, ref_num=ref_num, batch_size=batch_size, seed=seed,
                                device=device, use_ema=use_ema, mixed_precision=mixed_precision, compile=compile,
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
@@ -599,22 +602,33 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                 save_images(images, save_samples)
         results.update(scorer.score(images, labels))
     if set(names) & set(NLL_METRICS):
-        if "nll" in names:
-            results["nll"] = nll_bits_per_dim(denoiser, nll_images, batch_size=batch_size, seed=seed, progress=progress)
-        if {"nll-strided", "rate-distortion"} & set(names):  # one pass of the strided bound serves both
-            from .likelihood import bound_in_batches
-            from .progressive import rate_distortion_of
-            T = denoiser.schedule.num_timesteps
-            ts = strided_timesteps(T, nll_dense_below, nll_stride)
-            start = time.perf_counter()
-            parts = bound_in_batches(denoiser, nll_images, timesteps=ts, seed=seed, batch_size=batch_size,
-                                     progress=progress)
-            strided = dict(dense_below=nll_dense_below, stride=nll_stride, seconds=time.perf_counter() - start)
-            if "nll-strided" in names:
-                results["nll-strided"] = {**bound_summary(parts), **strided}
-                if "nll" in results:
-                    results["nll-strided"]["minus_full"] = results["nll-strided"]["bpd"] - results["nll"]["bpd"]
-            if "rate-distortion" in names:
-                results["rate-distortion"] = {**rate_distortion_of(parts, T).as_dict(), "num_timesteps": T, **strided}
+        results.update(bound_metrics(names, denoiser, nll_images, nll_stride=nll_stride,
+                                     nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed,
+                                     progress=progress))
         results = {m: results[m] for m in names if m in results}
     return {"metrics": results, "settings": settings}
+
+
+def bound_metrics(names: Sequence[str], denoiser, data: torch.Tensor, *, nll_stride: int = 10,
+                  nll_dense_below: int = 20, batch_size: int = 100, seed: int = 0, progress: bool = False) -> dict:
+    """The ``NLL_METRICS`` among ``names`` of ``data`` in [-1, 1] (images, or a time-series model's series):
+    ``nll`` (the full bound), ``nll-strided`` and ``rate-distortion`` (one pass of the strided bound serves
+    both; :func:`strided_timesteps`)."""
+    results: dict[str, dict] = {}
+    if "nll" in names:
+        results["nll"] = nll_bits_per_dim(denoiser, data, batch_size=batch_size, seed=seed, progress=progress)
+    if {"nll-strided", "rate-distortion"} & set(names):
+        from .likelihood import bound_in_batches
+        from .progressive import rate_distortion_of
+        T = denoiser.schedule.num_timesteps
+        ts = strided_timesteps(T, nll_dense_below, nll_stride)
+        start = time.perf_counter()
+        parts = bound_in_batches(denoiser, data, timesteps=ts, seed=seed, batch_size=batch_size, progress=progress)
+        strided = dict(dense_below=nll_dense_below, stride=nll_stride, seconds=time.perf_counter() - start)
+        if "nll-strided" in names:
+            results["nll-strided"] = {**bound_summary(parts), **strided}
+            if "nll" in results:
+                results["nll-strided"]["minus_full"] = results["nll-strided"]["bpd"] - results["nll"]["bpd"]
+        if "rate-distortion" in names:
+            results["rate-distortion"] = {**rate_distortion_of(parts, T).as_dict(), "num_timesteps": T, **strided}
+    return results

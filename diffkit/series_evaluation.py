@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 from .errors import DiffkitError, DiffkitRuntimeWarning, check_range
 
 SERIES_METRICS = ("context-fid", "correlational", "discriminative", "predictive")
+SERIES_BOUND_METRICS = ("nll", "nll-strided")  # of diffkit.evaluation.NLL_METRICS: a series model's own bound
 ENCODER_KIND = "context-fid encoder"
 # train_ts2vec's recipe (batch 8, AdamW lr 1e-3, alpha 0.5, crops, NaN rule, the averaged initial
 # weights): a cached encoder is reused only under the recipe it was trained with; bump on a change
@@ -61,10 +62,10 @@ def check_metrics_fit(names: Sequence[str], checkpoint, samples) -> bool:
         return False
     series = checkpoint_is_series(checkpoint)
     if series:
-        other = [m for m in names if m not in SERIES_METRICS]
+        other = [m for m in names if m not in SERIES_METRICS + SERIES_BOUND_METRICS]
         if other:
             raise DiffkitError(f"metric {other[0]!r} is for images; {checkpoint} is a time-series model: use "
-                               f"--metrics {','.join(SERIES_METRICS)}")
+                               f"--metrics {','.join(SERIES_METRICS + SERIES_BOUND_METRICS)}")
     elif asked:
         raise DiffkitError(f"metric {asked[0]!r} is for time series; {checkpoint} is an image model")
     return series
@@ -92,9 +93,11 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
     return encoder, False
 
 
-def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None):
+def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None, split=None):
     """(cache identity, reference windows, split, path) of a run on a series file: its held-out windows when
-    it was trained with ``test_fraction`` > 0, else its training windows; the file must be unchanged. The
+    it was trained with ``test_fraction`` > 0, else its training windows (``split`` "test" / "train": those);
+    the labels of a ``label_column`` run are left out of the values and decide which windows are kept
+    (:func:`diffkit.series_files.load_file_series`); the file must be unchanged. The
     file is ``data_dir`` when given (the file moved since training), else the first of ``data_dir`` as given
     to training and the absolute path training resolved it to whose SHA-256 is the one training recorded (a
     relative name read from another folder may be another file)."""
@@ -121,13 +124,16 @@ def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None):
             not Path(given).is_absolute() else ""
         raise DiffkitError(f"the run's series file {given!r} is not there{relative}; the metrics need it (the "
                            f"reference windows): restore it")
-    split = "test" if cfg.get("test_fraction", 0.0) > 0 else "train"
+    split = split or ("test" if cfg.get("test_fraction", 0.0) > 0 else "train")
+    label_column = cfg.get("label_column", "")
     dataset = load_file_series(path, seq_length=unet["seq_length"], test_fraction=cfg.get("test_fraction", 0.0),
-                               drop_columns=cfg.get("drop_columns", ""), train=split == "train")
+                               drop_columns=cfg.get("drop_columns", ""), label_column=label_column,
+                               train=split == "train")
     digest = dataset.source["sha256"]
     data = {"dataset": "series", "sha256": digest, "split": split, "seq_length": unet["seq_length"],
             "channels": unet["in_channels"], "drop_columns": cfg.get("drop_columns", ""),
-            "test_fraction": cfg.get("test_fraction", 0.0), "reference_windows": "evenly spaced"}
+            "test_fraction": cfg.get("test_fraction", 0.0), "reference_windows": "evenly spaced",
+            **({"label_column": label_column} if label_column else {})}
     return data, dataset.series, split, path
 
 
@@ -155,13 +161,19 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     compile: str = "no", progress: bool = False, cache_dir=None,
                     encoder_iterations: Optional[int] = None, discriminative_iterations: int = 2000,
                     predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None,
-                    repeats: int = 1) -> dict:
+                    repeats: int = 1, nll_num: int = 256, nll_split: str = "test", nll_stride: int = 10,
+                    nll_dense_below: int = 20) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
-    the result has :func:`diffkit.evaluation.evaluate`'s form. ``data_dir``: a run's series file where it is
-    now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
+    the result has :func:`diffkit.evaluation.evaluate`'s form. ``nll`` / ``nll-strided``: the model's
+    variational bound in bits per value (DDPM eq. 5; :func:`bound_series` says which series), one run,
+    nothing sampled when only they are asked; a class-conditional model's samples are drawn for the classes
+    0, 1, ..., K-1 in turn and its bound is that of the null class. ``data_dir``: a run's series file where it
+    is now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
     (:func:`repeated_runs`). Everything that can fail on user input is checked before training or sampling."""
-    from .evaluation import _frechet, check_sample_count, generate_samples
+    from .evaluation import (MIN_EVAL_SAMPLES, NLL_SPLITS, _frechet, bound_metrics, check_sample_count,
+                             generate_samples, sample_labels)
+    from .errors import check_choice
     from .loading import load_denoiser
     from .metrics.context_fid import context_fid_statistics
     from .metrics.correlational import correlational_score
@@ -175,8 +187,16 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if given:
         raise DiffkitError(f"{given[0]} applies to image models; {checkpoint} is a time-series model (its metrics "
                            f"use its own training series)")
+    sample_names = [m for m in names if m in SERIES_METRICS]
+    bound_names = [m for m in names if m in SERIES_BOUND_METRICS]
     check_sample_count(num, unit="series")
     check_range("repeats", repeats, 1, None, integer=True)
+    if bound_names:
+        check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
+        check_choice("nll_split", nll_split, NLL_SPLITS)
+    if repeats > 1 and not sample_names:
+        raise DiffkitError(f"repeats {repeats} applies to {', '.join(SERIES_METRICS)}; the bound "
+                           f"({', '.join(bound_names)}) is one run: leave it at 1")
     if encoder_iterations is not None:
         check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
     check_range("discriminative_iterations", discriminative_iterations, 1, None, integer=True)
@@ -190,12 +210,24 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
         options["eta"] = parse_eta(eta)
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                              compile=compile)
-    check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+    if sample_names:  # the bound alone samples nothing: its steps do not matter
+        check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
     cfg, unet = denoiser.meta.get("config") or {}, denoiser.meta["unet"]
     split = "train"
     if data_dir is not None and cfg.get("dataset") != "series":
         raise DiffkitError(f"--data-dir applies to image models and runs on a series file; {checkpoint} is a "
                            f"{cfg.get('dataset', 'sines')} model (its metrics use its own training series)")
+    bound_data = None
+    if bound_names:  # before any sampling: a missing split fails first
+        bound_data = bound_series(cfg, unet, denoiser.meta, nll_split, nll_num, checkpoint, data_dir)
+        check_sample_count(int(bound_data.shape[0]), "NLL series", unit="series")
+    if not sample_names:
+        metrics = bound_metrics(bound_names, denoiser, bound_data, nll_stride=nll_stride,
+                                nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed, progress=progress)
+        settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "batch_size": batch_size,
+                    "ema": bool(use_ema), "mixed_precision": mixed_precision, "compile": compile,
+                    "nll_split": nll_split, "nll_num_images": int(bound_data.shape[0]), "nll_unit": "series"}
+        return {"metrics": {m: metrics[m] for m in names}, "settings": settings}
     if cfg.get("dataset") == "series":
         data, train, split, path = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {}, data_dir)
         what = f"{'held-out' if split == 'test' else 'training'} windows of {path}"
@@ -235,7 +267,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
             encoders[run_seed] = encoder, cached, time.perf_counter() - start
     start = time.perf_counter()
     samples = generate_samples(denoiser, num, sampler=info.name, steps=steps, seed=seed, batch_size=batch_size,
-                               device=device, progress=progress, cache=open_cache(cache_dir, denoiser), **options)
+                               labels=sample_labels(denoiser, num), device=device, progress=progress,
+                               cache=open_cache(cache_dir, denoiser), **options)
     sampling_seconds = time.perf_counter() - start
     real, generated = to_unit_range(reference), to_unit_range(samples)
     counts = {"num_samples": int(samples.shape[0]), "num_reference": int(reference.shape[0])}
@@ -264,12 +297,37 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
         result["seconds"] = time.perf_counter() - start
         return result
     metrics = {name: score(name, seed) if repeats == 1 else repeated_runs([score(name, s) for s in seeds])
-               for name in names}
+               for name in sample_names}
+    if bound_names:
+        metrics.update(bound_metrics(bound_names, denoiser, bound_data, nll_stride=nll_stride,
+                                     nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed,
+                                     progress=progress))
+        metrics = {m: metrics[m] for m in names}
     settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "sampler": info.name,
                 "steps": steps, "nfe": info.nfe(steps, final), "num_samples": num, **options,
                 "reference": data["dataset"], "reference_split": split, "num_reference": int(reference.shape[0]),
                 "batch_size": batch_size, "ema": bool(use_ema), "mixed_precision": mixed_precision,
                 "compile": compile, "sampling_seconds": sampling_seconds,
                 **({"repeats": repeats} if repeats > 1 else {}),
+                **({"nll_split": nll_split, "nll_num_images": int(bound_data.shape[0]), "nll_unit": "series"}
+                   if bound_names else {}),
                 **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})}
     return {"metrics": metrics, "settings": settings}
+
+
+def bound_series(cfg: dict, unet: dict, meta: dict, split: str, limit: int, checkpoint, data_dir=None):
+    """The series (N, C, L) in [-1, 1] whose bound ``nll`` / ``nll-strided`` report: ``split`` "test" is Sines'
+    test draw (seed 2024, ``limit`` series) or a series file's held-out windows (``test_fraction`` > 0), "train"
+    the run's first ``limit`` training series or its training windows; of a file's windows ``limit`` evenly
+    spaced ones (:func:`spread_indices`). The decoder term is the discretised Gaussian of 8-bit data (DDPM
+    Sec. 3.3), so the value is the bound on the series quantised to 256 levels per value on [-1, 1]."""
+    from .timeseries import load_series_dataset
+    if cfg.get("dataset") == "series":
+        if split == "test" and not cfg.get("test_fraction", 0.0):
+            raise DiffkitError(f"{checkpoint} was trained with test_fraction=0: its file holds out no rows for the "
+                               f"bound; use --nll-split train (or train with test_fraction > 0)")
+        _, windows, _, _ = file_reference(cfg, unet, meta.get("series_scaling") or {}, data_dir, split=split)
+        return windows[spread_indices(windows.shape[0], min(limit, windows.shape[0]))]
+    count = limit if split == "test" else min(limit, cfg.get("num_series", 10000))
+    return load_series_dataset(cfg.get("dataset", "sines"), num_series=count, seq_length=unet["seq_length"],
+                               channels=unet["in_channels"], train=split == "train").series

@@ -111,6 +111,16 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing:
     A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8.
     ``allow_missing``: an empty cell or NaN is read as NaN (a missing value to impute); otherwise an empty
     or NaN cell is "a missing value" followed by ``missing_hint``."""
+    reader = _csv_reader(path)
+    try:
+        return _parse_csv(path, reader, drop_columns, allow_missing, missing_hint)
+    except csv.Error as err:
+        raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
+
+
+def _csv_reader(path: Path):
+    """A ``csv.reader`` over the UTF-8 text of ``path`` (a leading BOM dropped); text that is not UTF-8 is a
+    one-line error naming the line."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):  # stripped first so that an error's offset counts from the data's start
         data = data[len(codecs.BOM_UTF8):]
@@ -120,11 +130,49 @@ def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing:
         line = data[:err.start].count(b"\n") + 1
         raise DiffkitError(f"{path}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text; save the CSV as "
                            f"UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    return csv.reader(io.StringIO(text, newline=""))
+
+
+def read_label_column(path, column: str) -> np.ndarray:
+    """The class labels (int64 (T,), one per data row) in column ``column`` of a CSV series file with a header
+    row (``label_column``). A label is an integer >= 0 ("3" or "3.0"); a missing column, an empty cell, a
+    non-integer or negative value is a one-line error naming the value, its line and what is allowed. Blank
+    lines are skipped as :func:`read_csv_series` skips them, so label i belongs to row i of its values."""
+    path = Path(path)
+    check_series_file(path)
+    if path.suffix.lower() != ".csv":
+        raise DiffkitError(f"label_column={column!r} names a CSV column; {path} is an array without column names: "
+                           f"save the series with its label column as a CSV")
+    reader = _csv_reader(path)
     try:
-        return _parse_csv(path, reader, drop_columns, allow_missing, missing_hint)
+        header = [h.strip() for h in next(reader, None) or []]
+        if column not in header:
+            raise DiffkitError(f"label_column={column!r} is not a column of {path}; its columns: {', '.join(header)}")
+        index, labels = header.index(column), []
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            cell = row[index].strip() if index < len(row) else ""
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value == int(value) and value >= 0):
+                raise DiffkitError(f"{path}, line {reader.line_num}: label column {column!r} holds {cell!r}; a class "
+                                   f"label must be an integer 0, 1, ..., K-1 on every row")
+            labels.append(int(value))
     except csv.Error as err:
         raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
+    return np.asarray(labels, dtype=np.int64)
+
+
+def window_labels(labels: np.ndarray, seq_length: int) -> tuple:
+    """(kept, label) of the stride-1 windows of ``seq_length`` rows (:func:`sliding_windows`): window i is kept
+    when rows i..i+L-1 share one label, which becomes its label; a window across a change of label belongs
+    to no class and is left out."""
+    rows = np.lib.stride_tricks.sliding_window_view(labels, seq_length)
+    kept = (rows == rows[:, :1]).all(axis=1)
+    return kept, rows[kept, 0]
 
 
 def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: bool = False,
@@ -264,14 +312,18 @@ def file_digest(path) -> str:
 
 
 def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_columns: str = "",
-                     train: bool = True, channels=None):
+                     label_column: str = "", train: bool = True, channels=None):
     """The training (``train``) or held-out windows of a series file as a
     :class:`~diffkit.timeseries.SeriesDataset` in [-1, 1], with ``scaling`` (fitted on the training rows)
-    and ``source`` (the file as given and as an absolute path, its SHA-256, rows) for the checkpoint."""
+    and ``source`` (the file as given and as an absolute path, its SHA-256, rows) for the checkpoint.
+    ``label_column``: that CSV column gives class labels (:func:`read_label_column`), not values; only the
+    windows whose rows share one label are kept (:func:`window_labels`), and the data set's ``num_classes``
+    is the largest label in the file + 1 (the same for both splits)."""
     from .timeseries import SeriesDataset
     check_range("seq_length", seq_length, 2, None, integer=True)
     check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
-    values, columns = read_series_file(path, parse_columns(drop_columns))
+    row_labels = read_label_column(path, label_column) if label_column else None
+    values, columns = read_series_file(path, parse_columns(drop_columns) + ([label_column] if label_column else []))
     if channels is not None and channels != len(columns):
         raise DiffkitError(f"in_channels={channels} but {path} has {len(columns)} columns ({', '.join(columns)}); "
                            f"leave in_channels unset for a series file")
@@ -293,7 +345,18 @@ def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_
     if not train and not len(part):
         raise DiffkitError(f"{path}: test_fraction=0 holds out no rows; there is no test split")
     windows = sliding_windows(scaling.normalise(part), seq_length)
-    dataset = SeriesDataset(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)), "series")
+    labels = num_classes = None
+    if row_labels is not None:
+        kept, labels = window_labels(row_labels[:train_rows] if train else row_labels[train_rows:], seq_length)
+        if not kept.any():
+            raise DiffkitError(f"{path}: no window of seq_length={seq_length} {'training' if train else 'held-out'} "
+                               f"rows has one label in column {label_column!r} throughout; give a smaller seq_length "
+                               f"or longer runs of each label")
+        windows = windows[kept]
+        num_classes = int(row_labels.max()) + 1  # the file's labels decide, the same in both splits
+        labels = torch.from_numpy(labels)
+    dataset = SeriesDataset(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)), "series",
+                            labels=labels, num_classes=num_classes)
     dataset.scaling = scaling
     dataset.source = {"file": str(path), "resolved_file": str(Path(path).resolve()), "sha256": file_digest(path),
                       "rows": rows, "train_rows": train_rows}

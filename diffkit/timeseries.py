@@ -12,7 +12,8 @@ the model sees the sine values themselves. Since f t + phi lies in [0, 0.1 L] (<
 L = 24), these values lie in [0, 1], the upper half of [-1, 1].
 
 For the Trainer and the CLI (``diffkit train --dataset sines``), :class:`SeriesDataset` holds the
-series in memory and yields ``(series (C, L), 0)`` like the image sets; :func:`plot_series` draws
+series in memory and yields ``(series (C, L), label)`` like the image sets (label 0 where there are no
+classes); :func:`plot_series` draws
 samples as line plots (the image grid's counterpart).
 """
 from __future__ import annotations
@@ -51,18 +52,34 @@ def to_unit_range(series: torch.Tensor) -> torch.Tensor:
 
 
 class SeriesDataset(Dataset):
-    """Time series held as one float32 tensor ``(N, C, L)``; items are ``(series (C, L), 0)`` (no classes)."""
+    """Time series held as one float32 tensor ``(N, C, L)``; items are ``(series (C, L), label)``: with
+    ``labels`` (N,) integers in 0..num_classes-1 (``num_classes`` default: the largest + 1) the series' class,
+    else 0 (no classes, ``num_classes`` None)."""
 
-    num_classes = None
     class_names = ()
     scaling = None  # a series file's SeriesScaling (diffkit.series_files); None: the values are the data's own
     source = None  # a series file's {"file", "sha256", "rows", "train_rows"}
 
-    def __init__(self, series: torch.Tensor, name: str = "series"):
+    def __init__(self, series: torch.Tensor, name: str = "series", labels=None, num_classes=None):
         series = torch.as_tensor(series, dtype=torch.float32)
         if series.ndim != 3:
             raise DiffkitError(f"series of shape {tuple(series.shape)} are not allowed; expected (N, C, L)")
         self.series, self.name = series.contiguous(), name
+        self.labels, self.num_classes = None, None
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (series.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
+                raise DiffkitError(f"labels of shape {tuple(labels.shape)} and type {labels.dtype} are not allowed; "
+                                   f"give ({series.shape[0]},) integers, one class per series")
+            low, high = (int(labels.min()), int(labels.max())) if len(labels) else (0, -1)
+            num_classes = high + 1 if num_classes is None else num_classes
+            check_range("num_classes", num_classes, 1, None, integer=True)
+            if low < 0 or high >= num_classes:
+                bad = low if low < 0 else high
+                raise DiffkitError(f"class label {bad} is out of range; allowed: 0..{num_classes - 1}")
+            self.labels, self.num_classes = labels.long(), int(num_classes)
+        elif num_classes is not None:
+            raise DiffkitError("num_classes was given without labels; give labels, one class per series")
 
     @property
     def channels(self) -> int:
@@ -76,7 +93,7 @@ class SeriesDataset(Dataset):
         return int(self.series.shape[0])
 
     def __getitem__(self, index: int):
-        return self.series[index], 0
+        return self.series[index], 0 if self.labels is None else self.labels[index]
 
     def __repr__(self) -> str:
         return f"SeriesDataset({self.name}, n={len(self)}, channels={self.channels}, length={self.seq_length})"

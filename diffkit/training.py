@@ -103,12 +103,12 @@ def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
     ``text_conditioning``, the U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
     vocabulary that of the data set's captions (:meth:`~diffkit.text.CaptionSet.for_dataset`)."""
     kwargs = cfg.to_unet_kwargs(dataset)
-    if cfg.is_series:  # the data set implies the network: the 1-D U-Net (docs/data_and_config.md)
-        return build_network(kwargs)
     classes = getattr(dataset, "num_classes", None)
     if kwargs.get("num_classes") and classes and classes > kwargs["num_classes"]:  # labels would index past it
         raise DiffkitError(f"num_classes={kwargs['num_classes']} is fewer than the {classes} classes of "
                            f"dataset={cfg.dataset!r}; use num_classes={classes} (or leave it unset)")
+    if cfg.is_series:  # the data set implies the network: the 1-D U-Net (docs/data_and_config.md)
+        return build_network(kwargs)
     unet = UNet(UNetConfig(**kwargs))
     if not cfg.text_conditioning:
         return unet

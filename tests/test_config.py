@@ -188,6 +188,7 @@ BAD_VALUES = [
     ("test_fraction", 1.0, "test_fraction=1.0"),
     ("test_fraction", 0.2, "test_fraction=0.2 applies to dataset='series'"),
     ("drop_columns", "date", "drop_columns='date' applies to dataset='series'"), ("drop_columns", 3, "drop_columns=3"),
+    ("label_column", "state", "label_column='state' applies to dataset='series'"), ("label_column", 3, "label_column=3"),
 ]
 
 

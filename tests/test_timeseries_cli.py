@@ -239,7 +239,7 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
     ck = str(series_run / "checkpoints" / "latest.safetensors")
     for args, message in (
             (["--checkpoint", ck, "--metrics", "fid"], "metric 'fid' is for images"),
-            (["--checkpoint", ck, "--metrics", "context-fid,nll"], "metric 'nll' is for images"),
+            (["--checkpoint", ck, "--metrics", "context-fid,rate-distortion"], "metric 'rate-distortion' is for images"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--ref", "digits"], "--ref applies to image models"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--data-dir", str(tmp_path)],
              "--data-dir applies to image models and runs on a series file; "),
@@ -266,8 +266,8 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
     ({"num_heads": 2}, "num_heads=2 applies to images"),
     ({"hflip": True}, "hflip=True applies to images"),
     ({"memory_format": "channels_last"}, "memory_format='channels_last' applies to images"),
-    ({"conditional": True}, "conditional=True is not available for time series"),
-    ({"learned_variance": True, "loss": "hybrid"}, "learned_variance=True is not available"),
+    ({"conditional": True}, "conditional=True needs class labels: dataset='sines' has no classes"),
+    ({"text_conditioning": True}, "text_conditioning=True is not available for time series"),
     ({"seq_length": 9}, "seq_length=9 must be divisible by 2"),
     ({"dataset": "digits"}, "seq_length=8 applies to time series"),
 ])

@@ -8,7 +8,9 @@ estimate: every t below --nll-dense-below, then every --nll-stride-th t) and rat
 Sec. 4.3, Fig. 5: bits sent by each of those t against the RMSE of the x_0 prediction, on the
 --nll-num images; its table goes into the JSON and its plot beside it, OUT_rate_distortion.png).
 A time-series checkpoint (``diffkit train --dataset sines``) takes only context-fid, correlational,
-discriminative and predictive, of --num samples against as many of its training series (--ref-num):
+discriminative and predictive, and nll / nll-strided (its bound in bits per value on --nll-num series of
+--nll-split: Sines' test draw or a file's held-out windows), the first four of --num samples against as many
+of its training series (--ref-num):
 Context-FID under a TS2Vec encoder trained on them with --seed (--context-fid-iterations; kept in
 --cache-dir and reused), Diffusion-TS's correlational score, TimeGAN's discriminative and predictive
 scores (post-hoc GRUs seeded by --seed; --discriminative-iterations, --predictive-iterations). --repeats N
@@ -122,7 +124,8 @@ def header_line(result: dict) -> str:
     nll = [m for m in metrics if m in NLL_METRICS]
     if nll:  # their images: the first --nll-num of the reference's split (its name is known with a test set)
         dataset = f"{settings['reference']} " if "reference" in settings else ""
-        parts.append(f"{', '.join(nll)} on {settings['nll_num_images']} {dataset}{settings['nll_split']} images")
+        parts.append(f"{', '.join(nll)} on {settings['nll_num_images']} {dataset}{settings['nll_split']} "
+                     f"{settings.get('nll_unit', 'images')}")
     return f"{settings.get('checkpoint') or settings.get('samples')}: " + "; ".join(parts)
 
 

@@ -3,7 +3,8 @@
 A time-series checkpoint (``dataset = "sines"``) writes its samples as OUT.npy (N, C, L) and a line
 plot of the first 16 to OUT (.png) instead of a grid; one trained on a series file (``dataset =
 "series"``) writes them in the file's original units (clamped to [-1, 1], then unnormalised with the
-min and max of its training rows stored in the checkpoint).
+min and max of its training rows stored in the checkpoint). A class-conditional series checkpoint (a file's
+``label_column``) takes ``--class`` and ``--guidance-scale`` as below and writes the labels to OUT_labels.npy.
 
 Class-conditional checkpoints sample the classes of ``--class`` (default: every class, one row
 per class). ``--guidance-scale W`` turns on classifier-free guidance in the seed's convention
@@ -410,14 +411,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         out = Path(out) if out else folder / names.get("sampledImgName", "samples.png")
         return sample_series_to_files(denoiser, out, sampler=sampler, steps=steps, nfe=nfe, num=num, seed=seed,
                                       device=device, batch_size=batch_size, spacing=spacing, final=final,
-                                      progress=progress, refused={"--noise-out": noise_out, "--individual": individual,
-                                                                  "--progressive": progressive, "--scale": scale != 1,
-                                                                  "--class": guidance and guidance.classes,
-                                                                  "--prompt": guidance and guidance.prompts,
-                                                                  "--classifier": guidance and guidance.classifier,
-                                                                  "--clip-guidance": guidance and guidance.clip_prompt,
-                                                                  "--guidance-scale": guidance and
-                                                                  guidance.guidance_scale is not None},
+                                      progress=progress, guidance=guidance, nrow=nrow or names.get("nrow", 8),
+                                      refused={"--noise-out": noise_out, "--individual": individual,
+                                               "--progressive": progressive, "--scale": scale != 1,
+                                               "--prompt": guidance and guidance.prompts,
+                                               "--classifier": guidance and guidance.classifier,
+                                               "--clip-guidance": guidance and guidance.clip_prompt},
                                       **options)
     nrow = nrow or names.get("nrow", 8)
     guidance = guidance or GuidanceRequest()
@@ -496,9 +495,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
 
 def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, nfe=None, num=None, seed=0,
                            device="cpu", batch_size="auto", spacing=None, final=None, progress=True, refused=None,
-                           **options):
+                           guidance: Optional[GuidanceRequest] = None, nrow=8, **options):
     """A time-series checkpoint (docs/data_and_config.md): sample ``num`` series (default 64) and write
     them, as sampled, to OUT.npy (float32 (N, C, L)) and a line plot of the first 16 to OUT (.png).
+    A class-conditional checkpoint (``label_column``) takes ``--class`` and ``--guidance-scale`` as an
+    image model does (:meth:`GuidanceRequest.labels`: one class for all, or ``nrow`` series per class in
+    turn; classifier-free guidance); the labels are written to OUT_labels.npy.
     A checkpoint of a series file (``series_scaling`` in its metadata) writes them in the file's units:
     clamped to [-1, 1] as ``diffkit eval`` scores them, then :meth:`SeriesScaling.unnormalise`, so each
     column lies in the [min, max] of the training rows.
@@ -518,23 +520,31 @@ def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, n
                            f"the samples as .npy and a line plot)")
     out = check_output_file(out, "sample plot", ".png")
     array_out = check_output_file(out.with_suffix(".npy"), "sample array", ".npy")
-    num = num or 64
+    meta = denoiser.meta
+    denoiser, num_classes, _ = guided_denoiser(denoiser, guidance or GuidanceRequest(), device)
+    labels, num, _ = (guidance or GuidanceRequest()).labels(num_classes, num, nrow)
+    labels_out = None if labels is None else check_output_file(out.with_name(out.stem + "_labels.npy"),
+                                                                "sample labels", ".npy")
     results = []
-    drawn = draw_samples(denoiser, num, sample_shape(denoiser.meta["unet"]), seed=seed, sampler=sampler, steps=steps,
+    drawn = draw_samples(denoiser, num, sample_shape(meta["unet"]), seed=seed, sampler=sampler, steps=steps,
                          nfe=nfe, spacing=spacing, final=final, batch_size=batch_size, device=device,
+                         cond=None if labels is None else {"y": labels},
                          sink=lambda batch: results.append(batch.images.float().cpu()), progress=progress, **options)
     series, units = torch.cat(results), ""
-    scaling = denoiser.meta.get("series_scaling")
+    scaling = meta.get("series_scaling")
     if scaling is not None:  # a series file: back to its own units (diffkit.series_files)
         from ..series_files import SeriesScaling
         series = SeriesScaling.from_meta(scaling).unnormalise(series.clamp(-1, 1).double()).float()
         units = f", in the units of {scaling.get('file', 'the series file')}: columns {', '.join(scaling['columns'])}"
-    buffer = io.BytesIO()
-    np.save(buffer, series.numpy())
-    atomic_write_bytes(array_out, buffer.getvalue())
+    for path, array in ((array_out, series.numpy()), (labels_out, None if labels is None else labels.numpy())):
+        if path is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            atomic_write_bytes(path, buffer.getvalue())
     plot_series(series, out)
+    what = "" if labels is None else f", classes {sorted(set(labels.tolist()))} in {labels_out}"
     print(f"wrote {array_out} ({num} series {tuple(series.shape[1:])}, {sampler}, {drawn.nfe:g} network "
-          f"evaluations per sample{units}) and {out}")
+          f"evaluations per sample{units}{what}) and {out}")
     return series
 
 

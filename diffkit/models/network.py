@@ -2,7 +2,8 @@
 
 A time-series run (``dataset = "sines"``, docs/data_and_config.md) records
 ``{"network": "temporal-unet", "in_channels", "model_channels", "channel_mult", "num_res_blocks",
-"dropout", "seq_length"}``; every other description is the keyword arguments of
+"dropout", "seq_length"}``, plus ``"learned_variance": true`` and ``"num_classes"`` where set (a run with a
+learned variance or class labels); every other description is the keyword arguments of
 :class:`~diffkit.models.unet.UNetConfig`. These helpers are the one place that tells them apart.
 """
 from __future__ import annotations

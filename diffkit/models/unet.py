@@ -84,6 +84,40 @@ def broadcast_time(t, batch: int, device: torch.device) -> torch.Tensor:
     return t.to(torch.float32)
 
 
+def check_class_labels(y, batch: int, num_classes: int) -> None:
+    """y: integer labels, one per sample, in 0..num_classes (num_classes = the null label of
+    classifier-free guidance). The range test costs a host sync; compiled graphs skip it."""
+    n = num_classes
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise DiffkitError(f"class labels y of type {getattr(y, 'dtype', type(y).__name__)} are not allowed; give "
+                           f"an integer tensor of {batch} labels in 0..{n - 1} ({n}: unconditional)")
+    if y.shape != (batch,):
+        raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; "
+                           f"give ({batch},), one per sample")
+    from .cpu_kernels import compiling
+    if not compiling() and bool(((y < 0) | (y > n)).any()):  # one host sync
+        bad = y[(y < 0) | (y > n)][0].item()
+        raise DiffkitError(f"class label {bad} is out of range; allowed: 0..{n - 1} ({n}: unconditional)")
+
+
+def add_class_embedding(emb: torch.Tensor, class_embed: nn.Embedding | None, y, num_classes: int | None,
+                        network: str) -> torch.Tensor:
+    """``emb`` + the embedding of labels ``y`` (ADM Sec. 3; the image and the 1-D U-Net alike): ``y=None``
+    is the learned null class ``num_classes`` of classifier-free guidance (Ho & Salimans 2022, Sec. 3.2)
+    for every sample; labels are checked by :func:`check_class_labels`. An unconditional network
+    (``class_embed`` None) refuses labels in one line."""
+    if class_embed is None:
+        if y is not None:
+            raise DiffkitError(f"y was given but the {network} is unconditional; set num_classes in its config")
+        return emb
+    batch = emb.shape[0]
+    if y is None:
+        y = torch.full((batch,), num_classes, dtype=torch.long, device=emb.device)
+    else:
+        check_class_labels(y, batch, num_classes)
+    return emb + class_embed(y)
+
+
 class UNet(nn.Module):
     """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None, w=None) -> (B, output_channels, H, W)``."""
 
@@ -143,30 +177,7 @@ class UNet(nn.Module):
                 raise DiffkitError(f"w of shape {w_shape} is not allowed; give one guidance weight or ({batch},)")
             cond = guidance_scale_embedding(broadcast_time(w, batch, t.device), dim)
         emb = self.time_embed(t, cond)
-        if self.class_embed is not None:
-            if y is None:
-                y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=emb.device)
-            else:
-                self._check_labels(y, batch)
-            emb = emb + self.class_embed(y)
-        elif y is not None:
-            raise DiffkitError("y was given but the UNet is unconditional; set num_classes in its config")
-        return emb
-
-    def _check_labels(self, y, batch: int) -> None:
-        """y: integer labels, one per sample, in 0..num_classes (num_classes = the null label of
-        classifier-free guidance). The range test costs a host sync; compiled graphs skip it."""
-        n = self.config.num_classes
-        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise DiffkitError(f"class labels y of type {getattr(y, 'dtype', type(y).__name__)} are not allowed; give "
-                               f"an integer tensor of {batch} labels in 0..{n - 1} ({n}: unconditional)")
-        if y.shape != (batch,):
-            raise DiffkitError(f"class labels y of shape {tuple(y.shape)} are not allowed; "
-                               f"give ({batch},), one per sample")
-        from .cpu_kernels import compiling
-        if not compiling() and bool(((y < 0) | (y > n)).any()):  # one host sync
-            bad = y[(y < 0) | (y > n)][0].item()
-            raise DiffkitError(f"class label {bad} is out of range; allowed: 0..{n - 1} ({n}: unconditional)")
+        return add_class_embedding(emb, self.class_embed, y, self.config.num_classes, "UNet")
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, w=None) -> torch.Tensor:
