@@ -16,8 +16,11 @@ no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forec
 sampling a line gives the windows per sample and says when ``--chunk`` is unused (no horizon limit). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
-rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
-halved and redrawn). Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
+rows, columns), written sample by sample into a temp file renamed at the end (:func:`write_samples`).
+Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch-size`` counts windows
+per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
+an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
+together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
 """
 from __future__ import annotations
 
