@@ -31,7 +31,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -127,7 +127,13 @@ def remove_dead_writers_temp_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync dir.
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write_with`)."""
+    return atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` atomically with ``write(f)`` (a binary file it may write piece by piece, so
+    a large output need not be held in memory): temp file in the same folder, fsync, rename, fsync dir.
 
     On any failure (disk full, permission, an exception or signal mid-write) the temp file is
     removed and ``path`` keeps its previous content; an OSError becomes a one-line DiffkitError.
@@ -147,7 +153,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         give_usual_mode(tmp, 0o666)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

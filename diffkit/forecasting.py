@@ -185,23 +185,98 @@ def impute_plan(steps_given: int, length: int, chunk: int) -> list:
 
 
 def _subset(options: dict, index: list, batch: int) -> dict:
-    """The window options of the samples ``index`` of a batch of ``batch``: their own generators (a list
-    of per-sample generators is indexed; one shared generator is passed as is) and ``cond`` tensors, so
-    a sample draws the same values whichever other samples need the window."""
-    if len(index) == batch:
-        return options
+    """The window options of the rows ``index`` (sample numbers, repeats allowed) of a batch of ``batch``
+    samples: their ``cond`` tensors' rows, so a row draws the same values whatever the other rows.
+    Generators are given per row by the caller (:func:`_row_generators`)."""
     options = dict(options)
-    if isinstance(options.get("generator"), (list, tuple)):
-        options["generator"] = [options["generator"][i] for i in index]
     if isinstance(options.get("cond"), dict):
         options["cond"] = {key: value[index] if isinstance(value, torch.Tensor) and value.ndim and len(value) == batch
                            else value for key, value in options["cond"].items()}
     return options
 
 
+def impute_levels(missing: torch.Tensor, length: int, chunk: int) -> torch.Tensor:
+    """When each sample's windows of :func:`impute` can be drawn: a long (B, W) tensor over the
+    :func:`impute_plan` windows, -1 where the sample has nothing to keep in the window (not sampled),
+    else the window's level: 0 when none of the window's known values was filled by an earlier window
+    (it reads only given values), else 1 + the largest level of the earlier windows whose kept range
+    holds, inside this window, a value missing for this sample (values it reads that one of them fills).
+    ``missing`` (B, C, n) bool, True = missing. The windows of one level depend on no window of
+    their level (nor later): each level can be drawn in one batch once the levels below are done,
+    with the same result as one window after the other. Under the keep rule a window's kept range
+    reaches (L - chunk) // 2 steps into the next window, so with values missing at random windows are
+    sequential (level j for window j); windows whose overlaps hold only given values (gaps in blocks,
+    ``chunk`` L - 1 with L - chunk < 2) are independent."""
+    batch, steps_given = missing.shape[0], missing.shape[-1]
+    plan = impute_plan(steps_given, length, chunk)
+    counts = torch.zeros(batch, steps_given + 1, dtype=torch.long)
+    counts[:, 1:] = missing.reshape(batch, -1, steps_given).any(1).cpu().long().cumsum(1)
+
+    def holds(a: int, b: int) -> torch.Tensor:  # per sample: a missing value in steps a .. b - 1
+        return counts[:, max(b, a)] > counts[:, a]
+
+    firsts = [0] + [end for _, end in plan[:-1]]  # window j fills the missing values of firsts[j] .. end - 1
+    levels = torch.full((batch, len(plan)), -1, dtype=torch.long)
+    for j, (start, end) in enumerate(plan):
+        level = torch.zeros(batch, dtype=torch.long)
+        for i in range(j - 1, -1, -1):
+            if plan[i][1] <= start:  # kept ranges are in order: the earlier ones end before this window too
+                break
+            reads = holds(max(firsts[i], start), min(plan[i][1], start + length))
+            level = torch.where(reads, torch.maximum(level, levels[:, i] + 1), level)
+        levels[:, j] = torch.where(holds(firsts[j], end), level, torch.full_like(level, -1))
+    return levels
+
+
+def _row_generators(generator, batch: int, windows: int):
+    """``rng(sample, window)``: the generator of one sample's window (None: the global generator).
+    Window 0 uses the sample's own generator (``seed`` + i, or the caller's per-sample one), as a
+    one-window imputation always did; window j >= 1 its own generator, seeded with the j-th of
+    ``windows`` - 1 numbers drawn at the call's start from a copy of the sample's generator (the
+    sample's generator itself is not advanced by the draw). So a sample's windows do not share a
+    stream, and its values depend neither on which windows are drawn together nor on the batch size
+    nor on the other samples. One shared generator first gives each sample a seed of its own
+    (``batch`` numbers drawn from it)."""
+    if generator is None:
+        return lambda sample, window: None
+    if isinstance(generator, torch.Generator):
+        seeds = torch.randint(0, 2**63 - 1, (batch,), generator=generator, device=generator.device).tolist()
+        generator = [torch.Generator(generator.device).manual_seed(seed) for seed in seeds]
+    seeds = []
+    for own in generator:
+        copy = torch.Generator(own.device)
+        copy.set_state(own.get_state())
+        seeds.append(torch.randint(0, 2**63 - 1, (max(windows - 1, 0),), generator=copy, device=own.device).tolist())
+
+    def rng(sample: int, window: int):
+        if window == 0:
+            return generator[sample]
+        return torch.Generator(generator[sample].device).manual_seed(seeds[sample][window - 1])
+    return rng
+
+
+def series_batch_size(denoiser, channels: int, length: int, limit: int, device, options: dict) -> int:
+    """The memory-aware batch (windows of ``channels`` x ``length`` per sampler call, at most ``limit``):
+    :func:`diffkit.memory.auto_batch_size` probed with one ddim step of :func:`diffkit.inpaint` with the
+    call's reconstruction guidance, ``cond`` and thresholding (the guidance's backward pass is the
+    largest part of a guided step's memory)."""
+    from .memory import PROBE_SAMPLING, auto_batch_size
+    from .noise import generators_from_seed
+    kept = {key: options[key] for key in ("reconstruction_weight", "thresholding") if key in options}
+
+    def probe(n: int):
+        window = torch.zeros(n, channels, length, device=device)
+        batch = len(options["cond"][next(iter(options["cond"]))]) if options.get("cond") else n
+        extra = _subset(options, [0] * n, batch) if options.get("cond") else {}
+        return inpaint(denoiser, window, torch.ones_like(window), PROBE_SAMPLING["sampler"], PROBE_SAMPLING["steps"],
+                       value_range=None, progress=False, generator=generators_from_seed(0, n),
+                       **kept, **({"cond": extra["cond"]} if extra else {}))
+    return auto_batch_size(probe, device, limit=limit, sample_numel=channels * length)
+
+
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
            length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
-           jump_length: int = 10, jump_n_sample: int = 1, **options) -> torch.Tensor:
+           jump_length: int = 10, jump_n_sample: int = 1, batch_size=None, **options) -> torch.Tensor:
     """``series`` (B, C, n) with its missing values drawn from the model given the observed ones:
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
@@ -217,38 +292,69 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     of context on both sides (the first window's first steps and the last window's last ones have
     less: the series' ends); the values drawn after that are dropped and drawn again by the next
     window, with their right-hand side in view. Each missing value is kept from exactly one window.
-    A sample with nothing to keep in a window does not take part in it (its random stream is not
-    advanced), so sample i of a batch is the same as alone with ``seed`` + i, whatever the other
-    samples' masks; a window no sample needs is not sampled. The observed values are returned
+    A sample with nothing to keep in a window does not take part in it; a window no sample needs
+    is not sampled. The observed values are returned
     exactly; an observed value must be finite. With nothing missing the series is returned as given
-    (a copy; float16 / bfloat16 as float32) and nothing is sampled. ``seed`` / ``generator`` continue
-    per sample from window to window. Options and defaults as :func:`forecast`."""
+    (a copy; float16 / bfloat16 as float32) and nothing is sampled. Options and defaults as :func:`forecast`.
+
+    Batching: the (sample, window) pairs are drawn level by level (:func:`impute_levels`: a window
+    waits only for the earlier windows that fill values it reads), every pair of a level in batches
+    of ``batch_size`` windows (None: the whole level in one call; ``"auto"``: the memory-aware
+    :func:`series_batch_size`; a batch out of accelerator memory is halved and drawn again,
+    :class:`diffkit.memory.RetryingBatches`). Randomness: window 0 of sample i draws from its
+    generator (``seed`` + i, or the caller's), each later window from a generator of its own seeded
+    from that one (:func:`_row_generators`), so sample i is the same alone, with other samples, and
+    at any ``batch_size`` (up to the float round-off of batched matmuls)."""
+    from .memory import batches_with_oom_retry
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
     chunk = length // 2 if chunk is None else check_range("chunk", chunk, 1, length - 1, integer=True)
+    if batch_size is not None and batch_size != "auto":
+        check_range("batch_size", batch_size, 1, None, integer=True)
     _check_channels(denoiser, series, "series")
     observed = _observed(series, observed_mask)
     if bool(observed.all()):  # nothing to impute: the sampler is not run
         return series.clone()
     batch, channels, steps_given = series.shape
-    options = _window_options(options, batch, reconstruction_weight=reconstruction_weight, jump_length=jump_length,
-                              jump_n_sample=jump_n_sample)
+    options = dict(options, reconstruction_weight=reconstruction_weight, jump_length=jump_length,
+                   jump_n_sample=jump_n_sample)
+    seed, generator = options.pop("seed", None), options.pop("generator", None)
+    plan = impute_plan(steps_given, length, chunk)
+    rng = _row_generators(_generators(seed, generator, batch) if seed is not None or generator is not None else None,
+                          batch, len(plan))
+    levels = impute_levels(~observed, length, chunk)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()
-    for start, end in impute_plan(steps_given, length, chunk):
-        part, kept = slice(start, min(start + length, steps_given)), slice(start, end)
-        index = (~known[..., kept]).flatten(1).any(1).nonzero().flatten().tolist()  # the samples with values to keep
-        if not index:
-            continue  # nothing to keep from this window: it is not sampled
-        width = part.stop - part.start
-        window = torch.zeros(len(index), channels, length, dtype=series.dtype, device=series.device)
-        window[..., :width] = filled[index][..., part]
-        repaint = torch.ones_like(window)
-        repaint[..., :width] = (~known[index][..., part]).to(window.dtype)
-        out = _generate(denoiser, window, repaint, sampler, steps, _subset(options, index, batch))
-        new = out[..., :end - start]
-        filled[index, :, kept] = torch.where(known[index][..., kept], filled[index][..., kept], new)
-        known[index, :, kept] = True
+    largest = int(max((levels == level).sum() for level in range(int(levels.max()) + 1)))
+    if batch_size == "auto":
+        batch_size = series_batch_size(denoiser, channels, length, largest, series.device, options)
+    size = largest if batch_size is None else batch_size
+    for level in range(int(levels.max()) + 1):
+        pairs = (levels.T == level).nonzero().tolist()  # (window, sample), window by window
+
+        def draw(first: int, n: int, pairs=pairs):
+            rows = pairs[first:first + n]
+            window = torch.zeros(n, channels, length, dtype=series.dtype, device=series.device)
+            repaint = torch.ones_like(window)
+            for r, (j, i) in enumerate(rows):
+                start = plan[j][0]
+                width = min(start + length, steps_given) - start
+                window[r, :, :width] = filled[i, :, start:start + width]
+                repaint[r, :, :width] = (~known[i, :, start:start + width]).to(window.dtype)
+            row_options = _subset(options, [i for _, i in rows], batch)
+            gens = [rng(i, j) for j, i in rows]
+            if gens[0] is not None:
+                row_options["generator"] = gens
+            return (_generate(denoiser, window, repaint, sampler, steps, row_options),)
+
+        batches = batches_with_oom_retry(draw, len(pairs), size)
+        for first, out in batches:
+            for r, (j, i) in enumerate(pairs[first:first + len(out)]):
+                start, end = plan[j]
+                kept = known[i, :, start:end]
+                filled[i, :, start:end] = torch.where(kept, filled[i, :, start:end], out[r, :, :end - start])
+                known[i, :, start:end] = True
+        size = batches.batch_size
     return torch.where(observed, series, filled)
 
 
@@ -268,5 +374,5 @@ def random_missing_mask(shape, missing: float, seed: int = 0) -> torch.Tensor:
     return torch.rand(tuple(shape), generator=generator) >= missing
 
 
-__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_plan", "impute_windows",
-           "model_length", "random_missing_mask"]
+__all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_plan", "impute_levels",
+           "impute_windows", "model_length", "random_missing_mask"]

@@ -177,7 +177,9 @@ def window_labels(labels: np.ndarray, seq_length: int) -> tuple:
 
 def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: bool = False,
                missing_hint: str = TRAINING_MISSING) -> tuple:
-    """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped."""
+    """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped (with
+    ``allow_missing``, a row of empty cells of a file of several columns is a row of missing values: skipped,
+    it would shift the imputed rows against the file's; a one-column file's empty line stays blank)."""
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise DiffkitError(f"series file {str(path)!r} has no header row; its first line must name the columns")
@@ -201,8 +203,9 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
                            f"least one")
     rows = []
     for row in reader:
-        if not row or all(not cell.strip() for cell in row):
-            continue  # a blank line (e.g. at the end)
+        if not row or (all(not cell.strip() for cell in row) and not (allow_missing and len(header) > 1
+                                                                       and len(row) == len(header))):
+            continue  # a blank line (e.g. at the end); to impute, a row of empty cells ",,," is a row, all missing
         if len(row) != len(header):
             raise DiffkitError(f"{path}, line {reader.line_num}: {len(row)} values for the {len(header)} columns "
                                f"of the header row")

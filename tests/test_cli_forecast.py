@@ -302,3 +302,61 @@ def test_a_long_file_is_imputed_window_by_window(file_run, tmp_path, capsys):
                            None, "ddpm", 3, seed=0, progress=False)
     expected = (model.double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low
     np.testing.assert_allclose(filled[:, missing], expected[:, missing], rtol=1e-6, atol=1e-6)
+
+
+def gappy_file(tmp_path, values):
+    """24 rows (5 windows of seq_length 8) with cells missing at random (30%) and a block of 3 empty rows."""
+    rows = values[0:24]
+    missing = np.random.default_rng(3).random(rows.shape) < 0.3
+    missing[12:15] = True
+    cells = [["" if m else repr(float(v)) for v, m in zip(row, row_missing)] for row, row_missing in zip(rows, missing)]
+    return write_rows(tmp_path / "gappy.csv", cells), missing
+
+
+def test_a_long_imputation_does_not_depend_on_batch_size_or_num(file_run, tmp_path):
+    """Sample i of a long file (its windows drawn in batches of windows, level by level) is the same at
+    --batch-size 1 (one window per call) and auto (the default), and with --num 1 --seed 5 + i: equal up to the
+    float32 round-off of the batched network (rtol 1e-5; the file's values are 1-60)."""
+    ck, values, _, _ = file_run
+    path, missing = gappy_file(tmp_path, values)
+    flags = ["--num", "3", "--seed", "5", "--reconstruction-weight", "0"]
+    auto = run_edit(ck, path, tmp_path / "a.npy", *flags)
+    np.testing.assert_allclose(run_edit(ck, path, tmp_path / "1.npy", *flags, "--batch-size", "1"), auto, rtol=1e-5,
+                               atol=1e-5)
+    alone = run_edit(ck, path, tmp_path / "alone.npy", "--num", "1", "--seed", "6", "--reconstruction-weight", "0")
+    np.testing.assert_allclose(alone[0], auto[1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(auto[0][missing], auto[1][missing])  # the samples differ where drawn
+
+
+def test_the_csv_is_written_sample_by_sample_and_nothing_is_left_on_an_error(file_run, tmp_path, monkeypatch):
+    """The CSV output of a long imputation holds the .npy's values (each as repr(float)); an error while
+    the second sample is written leaves neither --out nor a temp file in its folder."""
+    ck, values, _, _ = file_run
+    path, _ = gappy_file(tmp_path, values)
+    flags = ["--num", "2", "--seed", "1", "--reconstruction-weight", "0"]
+    array = run_edit(ck, path, tmp_path / "o.npy", *flags)
+    run_edit(ck, path, tmp_path / "o.csv", *flags)
+    header, table = read_out(tmp_path / "o.csv")
+    assert header == ["sample", *COLUMNS] and table[:, 0].tolist() == [0] * 24 + [1] * 24
+    np.testing.assert_array_equal(table[:, 1:].reshape(2, 24, 3), array)
+    from diffkit.series_files import SeriesScaling
+    real, calls = SeriesScaling.unnormalise, []
+
+    def fails_on_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure mid-write")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(SeriesScaling, "unnormalise", fails_on_the_second)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RuntimeError, match="mid-write"):
+        main(["edit", "--checkpoint", str(ck), "--series", str(path), "--steps", "3", "--out",
+              str(tmp_path / "out" / "p.csv"), "--no-progress", *flags])
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_batch_size_auto_is_for_series(tmp_path, capsys):
+    code = main(["edit", "--checkpoint", str(tmp_path / "none.safetensors"), "--images", str(tmp_path),
+                 "--batch-size", "auto", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--batch-size auto goes with --series" in err and len(err.strip().splitlines()) == 1

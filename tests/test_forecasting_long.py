@@ -154,7 +154,9 @@ def test_a_long_series_is_imputed_window_by_window(monkeypatch):
     calls = record_windows(monkeypatch)
     series = torch.randn(3, 1, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     observed = random_missing_mask(series.shape, 0.5, seed=1)
-    observed[..., [1, 3, 5, 7, 10]] = False  # every sample has a value to keep in every window
+    # every sample has a value to keep in every window, and one in the overlap of each window with the kept
+    # range of the one before (steps 2, 4, 6, 7): the windows are sequential (impute_levels 0 1 2 3 4)
+    observed[..., [1, 2, 3, 4, 5, 6, 7, 8, 10]] = False
     given = torch.where(observed, series, torch.full_like(series, float("nan")))
     out = diffkit.impute(DEN_AR, given, None, "ddpm", 5, seed=0, **FREE)
     assert torch.equal(out[observed], series[observed]) and torch.isfinite(out).all()
@@ -172,15 +174,24 @@ def test_a_long_series_is_imputed_window_by_window(monkeypatch):
     assert torch.equal(kept_from, (~observed).double())  # each missing value kept once, nothing else
 
 
+def window_generators(seed, windows):
+    """Sample (seed) 's generators of the windows of a long imputation, as docs/editing.md states them:
+    window 0 draws from torch.Generator().manual_seed(seed); window j >= 1 from a generator seeded with
+    the j-th of windows - 1 int64 numbers drawn with torch.randint(0, 2**63 - 1) from a second generator
+    seeded the same."""
+    seeds = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [torch.Generator().manual_seed(seed)] + [torch.Generator().manual_seed(s) for s in seeds]
+
+
 def impute_reference(series, observed, plan, seed, steps):
-    """The exact independent-steps imputation, sample by sample: sample i takes part in a window of
+    """The exact independent-steps imputation, sample by sample: sample i takes part in a window j of
     ``plan`` only when it has a missing value not kept yet in the window's kept range, and then draws the
-    window's noise as the next randn(C, L) of its generator (seed + i); the values kept are the exact DDIM
-    (ODE) map of that noise at their window positions."""
+    window's noise as randn(C, L) from its window's generator (window_generators(seed + i)); the values
+    kept are the exact DDIM (ODE) map of that noise at their window positions."""
     expected = series.clone()
     for i in range(len(series)):
-        generator, known = torch.Generator().manual_seed(seed + i), observed[i].clone()
-        for start, end in plan:
+        generators, known = window_generators(seed + i, len(plan)), observed[i].clone()
+        for (start, end), generator in zip(plan, generators):
             if known[:, start:end].all():
                 continue
             noise = torch.randn(1, C, L, generator=generator).double()
@@ -206,7 +217,7 @@ def test_a_long_imputation_of_independent_steps_is_the_exact_map_of_each_samples
     out = diffkit.impute(den, series, observed, "ddim", steps, seed=3, reconstruction_weight=0.0, **FREE)
     plan = fc.impute_plan(length, L, 2)
     assert plan == [(0, 3), (2, 5), (4, 7), (6, 9), (8, 11), (9, 13)]
-    assert [len(window) for window, _, _ in calls] == [4, 3, 2, 2, 2, 3]  # only the samples with something to keep
+    assert sum(len(window) for window, _, _ in calls) == 4 + 3 + 2 + 2 + 2 + 3  # only the samples with something to keep
     assert torch.equal(out[observed], series[observed])
     # 300 DDIM steps are within 0.013 of the exact map; another window's noise is off by O(0.1-1)
     assert (out - impute_reference(series, observed, plan, 3, steps)).abs().max() < 2e-2
@@ -239,7 +250,7 @@ def test_windows_with_nothing_to_keep_are_not_sampled(monkeypatch):
     observed[0, 0, 1] = observed[1, 1, 2] = observed[2, :, 0] = False
     observed[0, 1, 12] = observed[1, 0, 11] = observed[2, 0, 12] = False
     out = diffkit.impute(den, series, observed, "ddim", steps, seed=5, reconstruction_weight=0.0, **FREE)
-    assert len(calls) == 2
+    assert sum(len(window) for window, _, _ in calls) == 2 * n  # windows 0 and 5, independent: one call
     assert (out - impute_reference(series, observed, fc.impute_plan(13, L, 2), 5, steps)).abs().max() < 2e-2
 
 
@@ -266,7 +277,9 @@ def test_every_window_gets_the_callers_guidance_and_repaint_settings(monkeypatch
         observed = torch.ones_like(series, dtype=torch.bool)
         observed[..., [1, 4, 6, 8]] = False  # L = 4, chunk 2: windows at 0, 2, 4, 5 keep up to 3, 5, 7, 9
         diffkit.impute(DEN_AR, series, observed, "ddpm", 4, chunk=2, seed=0, **settings, **FREE)
-    assert len(calls) == (3 if task == "forecast" else 4)
+    # impute: window 1 reads only given values (step 2 observed), windows 2 and 3 read steps 4 and 6 that
+    # windows 1 and 2 fill: levels 0 0 1 2, three calls
+    assert len(calls) == 3
     for options in calls:
         assert {key: options[key] for key in settings} == settings
 
@@ -275,3 +288,103 @@ def test_a_long_series_with_nothing_missing_samples_nothing():
     DEN_AR.reset_nfe()
     series = torch.randn(2, 1, 9, generator=torch.Generator().manual_seed(0))
     assert torch.equal(diffkit.impute(DEN_AR, series, **FREE), series) and DEN_AR.nfe == 0
+
+
+def test_the_levels_of_a_long_imputation():
+    """impute_levels by hand. L = 4, chunk 2, 11 steps: windows at 0, 2, 4, 6, 7 fill steps 0-2, 3-4, 5-6,
+    7-8, 9-10 and read (span) 0-3, 2-5, 4-7, 6-9, 7-10. A window waits for an earlier one only when a step
+    the earlier one fills, inside its span, is missing."""
+    def levels(steps_missing, n=11, chunk=2):
+        missing = torch.zeros(1, 2, n, dtype=torch.bool)
+        missing[0, 1, steps_missing] = True
+        return fc.impute_levels(missing, L, chunk)[0].tolist()
+    assert levels(list(range(11))) == [0, 1, 2, 3, 4]  # all missing: each window reads its predecessor's values
+    assert levels([1, 4, 6, 8, 10]) == [0, 0, 1, 2, 3]  # step 2 given: window 1 reads no filled value
+    assert levels([0, 4, 9]) == [0, 0, -1, -1, 0]  # gaps apart: independent; windows 2 and 3 have nothing to fill
+    assert levels([2, 3, 9]) == [0, 1, -1, -1, 0]  # step 2 filled by window 0 is in window 1's span
+    assert levels([7, 8]) == [-1, -1, -1, 0, -1]  # window 3 fills both; the last window has nothing to fill
+    assert levels([7, 8, 10]) == [-1, -1, -1, 0, 1]  # the last window reads steps 7-8 that window 3 fills
+    # chunk L - 1 = 3 (kept ranges of 3 = the chunk): a window's span starts where the last one's kept range
+    # ends, so windows 0-2 read only given values; the last one (8) reads step 8, filled by window 2 (6-8)
+    assert fc.impute_plan(12, L, 3) == [(0, 3), (3, 6), (6, 9), (8, 12)]
+    assert levels(list(range(12)), n=12, chunk=3) == [0, 0, 0, 1]
+    two = torch.zeros(2, 1, 11, dtype=torch.bool)  # per sample: sample 1's windows wait, sample 0's do not
+    two[0, 0, [0, 4, 9]] = True
+    two[1, 0, :] = True
+    assert fc.impute_levels(two, L, 2).tolist() == [[0, 0, -1, -1, 0], [0, 1, 2, 3, 4]]
+
+
+def sequential_impute(den, series, observed, chunk, seed, steps, **options):
+    """One window at a time, one sample at a time, in the plan's order, with diffkit.inpaint itself: sample
+    i's window j repaints the values of the window not observed and not kept before, from window_generators
+    (seed + i)[j], and keeps those of its kept range (the docs' semantics, with no levels and no batching)."""
+    plan = fc.impute_plan(series.shape[-1], L, chunk)
+    out = torch.where(observed, series, torch.zeros_like(series))
+    for i in range(len(series)):
+        generators, known = window_generators(seed + i, len(plan)), observed[i].clone()
+        for (start, end), generator in zip(plan, generators):
+            if known[:, start:end].all():
+                continue
+            width = min(start + L, series.shape[-1]) - start
+            window = torch.zeros(1, series.shape[1], L, dtype=series.dtype)
+            window[0, :, :width] = out[i, :, start:start + width]
+            repaint = torch.ones_like(window)
+            repaint[0, :, :width] = (~known[:, start:start + width]).to(series.dtype)
+            drawn = diffkit.inpaint(den, window, repaint, "ddpm", steps, value_range=None, generator=[generator],
+                                    progress=False, **options)
+            out[i, :, start:end] = torch.where(known[:, start:end], out[i, :, start:end], drawn[0, :, :end - start])
+            known[:, start:end] = True
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 3])
+def test_batched_imputation_is_the_one_window_at_a_time_result(batch_size):
+    """AR(1) (float64 exact model), ddpm with reconstruction guidance and RePaint, 3 series of 17 steps
+    (L = 4, chunk 2: 8 windows), one with gaps in blocks (independent windows drawn together), two with values
+    missing at random (sequential windows): impute, at any batch_size, equals sequential_impute to 1e-12
+    (float64: the only difference batching can make is the summation order of batched matmuls, ~1e-16)."""
+    series = torch.randn(3, 1, 17, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.4, seed=12)
+    observed[0] = True
+    observed[0, :, [1, 5, 9, 16]] = False
+    options = dict(reconstruction_weight=1.0, jump_length=2, jump_n_sample=2)
+    out = diffkit.impute(DEN_AR, series, observed, "ddpm", 6, chunk=2, seed=21, batch_size=batch_size, **options,
+                         **FREE)
+    expected = sequential_impute(DEN_AR, series, observed, 2, 21, 6, **options)
+    assert (out - expected).abs().max() < 1e-12
+    levels = fc.impute_levels(~observed, L, 2)
+    assert levels[0].max() == 0 and levels[1:].max() > 0  # both kinds of plan are exercised
+
+
+def test_sample_i_does_not_depend_on_num_or_batch_size():
+    """The same series given 4 times with different masks: sample 2 of the batch of 4 at batch sizes 1, 2 and
+    'auto' (the memory-aware one) equals the series imputed alone with seed + 2, and its first two samples
+    equal a batch of 2 (--num 2)."""
+    series = torch.randn(4, 1, 15, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.3, seed=14)
+    outs = [diffkit.impute(DEN_AR, series, observed, steps=5, seed=3, batch_size=size, **FREE)
+            for size in (1, 2, "auto")]
+    alone = diffkit.impute(DEN_AR, series[2:3], observed[2:3], steps=5, seed=5, **FREE)
+    two = diffkit.impute(DEN_AR, series[:2], observed[:2], steps=5, seed=3, **FREE)
+    for out in outs:
+        assert (out[2:3] - alone).abs().max() < 1e-12 and (out[:2] - two).abs().max() < 1e-12
+
+
+def test_a_batch_out_of_memory_is_halved_and_drawn_again(monkeypatch, capsys):
+    """A sampler call of more than 2 windows raises CUDA's out-of-memory error: impute halves the batch
+    (diffkit.memory.RetryingBatches), warns, keeps the smaller size for the next levels, and returns the
+    same values as with no limit."""
+    series = torch.randn(3, 1, 13, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.5, seed=16)
+    expected = diffkit.impute(DEN_AR, series, observed, steps=4, seed=1, **FREE)
+    sizes, real = [], fc._generate
+
+    def small_memory(denoiser, window, *args):
+        sizes.append(len(window))
+        if len(window) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(denoiser, window, *args)
+    monkeypatch.setattr(fc, "_generate", small_memory)
+    out = diffkit.impute(DEN_AR, series, observed, steps=4, seed=1, batch_size=3, **FREE)
+    assert (out - expected).abs().max() < 1e-12
+    assert sizes[0] == 3 and max(sizes[1:]) <= 2 and "retrying with 1" in capsys.readouterr().err

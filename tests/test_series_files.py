@@ -436,3 +436,17 @@ def test_a_header_of_numbers_is_warned_about_as_a_missing_header(tmp_path, capsy
     warned = [line for line in capsys.readouterr().err.splitlines() if "all numbers" in line]
     assert warned == ["diffkit train: warning: the header row of headerless.csv is all numbers (0.5, 0): if the file "
                       "has no header row, its first row was read as column names; add a header line"], warned
+
+
+def test_a_row_of_empty_cells_is_a_missing_row_when_imputing(tmp_path):
+    """To impute, ",," (every cell of the row empty) is a row of missing values, not a blank line: skipping it
+    would shift every later imputed row against the file's. Blank lines are still skipped; a training read
+    (no missing values allowed) skips the row as before."""
+    from diffkit.series_files import read_series_file
+    path = tmp_path / "gaps.csv"
+    path.write_text("a,b,c\n1,2,3\n,,\n\n4,,6\n")
+    values, columns = read_series_file(path, [], allow_missing=True)
+    assert columns == ["a", "b", "c"] and values.shape == (3, 3)
+    assert np.isnan(values[1]).all() and values[2, 0] == 4 and np.isnan(values[2, 1])
+    path.write_text("a,b,c\n1,2,3\n,,\n7,8,9\n")
+    assert read_series_file(path, [])[0].shape == (2, 3)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_mixed_precision_flag, add_progress_flag, check_writable_dir, eta_value, int_in, missing_dirs,
+from ._common import (add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, eta_value,
+                      int_in, missing_dirs,
                       non_negative_float, positive_int, removed_if_empty_on_failure, seed_int)
 
 
@@ -80,8 +81,9 @@ def register(sub) -> None:
                    help="class-conditional checkpoints: the class every image is edited towards")
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
                    "(independent of batch size)")
-    p.add_argument("--batch-size", type=int_in(1, 65536), default=16,
-                   help="images, pairs or --series samples per batch (default 16)")
+    p.add_argument("--batch-size", type=batch_size_or_auto,
+                   help="images or pairs per batch (default 16); with --series the windows per sampler call, or "
+                        "auto (the --series default): the largest batch that fits in free memory")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
                    "with --series a .csv or .npy file)")
     p.add_argument("--device", default="auto")
@@ -122,6 +124,9 @@ def run(args) -> int:
         return _series(args)
     if args.images is None:
         raise DiffkitError("give --images PNG|DIR (an image checkpoint) or --series CSV|NPY (a time-series one)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images or pairs per batch (default 16)")
+    args.batch_size = args.batch_size or 16
     for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")

@@ -16,8 +16,11 @@ no missing value is written back unchanged, nothing sampled (:mod:`diffkit.forec
 sampling a line gives the windows per sample and says when ``--chunk`` is unused (no horizon limit). ``--out`` (.csv or
 .npy) gets ``--num`` samples: a CSV with a ``sample`` column then the model's columns (forecast: the H
 new rows of each sample; impute: every row, the given values exactly as read), or an array (num,
-rows, columns). Sample i uses ``--seed`` + i, whatever ``--batch-size`` (a batch out of memory is
-halved and redrawn). Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
+rows, columns), written sample by sample into a temp file renamed at the end (:func:`write_samples`).
+Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch-size`` counts windows
+per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
+an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
+together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
 """
 from __future__ import annotations
 
@@ -107,13 +110,42 @@ def _plan_note(rows: int, length: int, horizon, chunk) -> str:
     return what + (f" (--chunk {chunk} is unused: {why})" if unused else "")
 
 
+def write_samples(out: Path, num: int, sample_rows, columns) -> None:
+    """Write ``num`` samples, ``sample_rows(i)`` (rows, F) float64 each, to ``out`` (.csv: a ``sample``
+    column then ``columns``; .npy: (num, rows, F), the bytes of ``np.save``) one sample at a time, into a
+    temp file in the same folder renamed over ``out`` at the end (:func:`diffkit.checkpoint.atomic_write_with`):
+    no partial file on an error, and no more than one sample's text in memory."""
+    import numpy as np
+
+    from ..checkpoint import atomic_write_with
+
+    def write(f) -> None:
+        first = sample_rows(0)
+        if out.suffix.lower() == ".npy":
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)), "fortran_order": False,
+                      "shape": (num, *first.shape)}
+            np.lib.format.write_array_header_1_0(f, header)
+        else:
+            f.write(("sample," + ",".join(columns) + "\n").encode("utf-8"))
+        for i in range(num):
+            one = first if i == 0 else sample_rows(i)
+            if out.suffix.lower() == ".npy":
+                f.write(np.ascontiguousarray(one, dtype=np.float64).tobytes())
+                continue
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            for row in one:
+                writer.writerow([i, *(repr(float(v)) for v in row)])
+            f.write(text.getvalue().encode("utf-8"))
+    atomic_write_with(out, write)
+
+
 def run_series(args, denoiser, info, options, device) -> int:
     """``diffkit edit --series``: after :func:`check_series_flags` and loading the checkpoint."""
     import numpy as np
     import torch
 
-    from ..checkpoint import atomic_write_bytes
-    from ..forecasting import forecast, forecast_windows, impute, impute_windows
+    from ..forecasting import forecast, forecast_windows, impute, impute_windows, series_batch_size
     from ..memory import batches_with_oom_retry
     from ._common import check_output_file
     meta = denoiser.meta
@@ -130,41 +162,45 @@ def run_series(args, denoiser, info, options, device) -> int:
     if horizon is not None:  # a forecast's windows never take more than the last L - 1 rows as context
         model_values = model_values[-(length - 1):]
     window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
+    del model_values
     sampler = "ddpm" if args.sampler is None else args.sampler
     weight = 1.0 if args.reconstruction_weight is None else args.reconstruction_weight
     num = args.num
-    nothing_missing = horizon is None and not np.isnan(values).any()
-
-    def draw(start: int, n: int):
-        common = dict(sampler=sampler, steps=args.steps or 50, length=length, chunk=chunk, reconstruction_weight=weight,
-                      jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, seed=args.seed + start,
-                      progress=args.progress, **options)
-        batch = window.expand(n, -1, -1).to(device)
-        drawn = forecast(denoiser, batch, horizon, **common) if horizon is not None else impute(denoiser, batch,
-                                                                                                  **common)
-        return (drawn.double().cpu(),)
+    missing = np.isnan(values) if horizon is None else None
+    nothing_missing = horizon is None and not missing.any()
+    common = dict(sampler=sampler, steps=args.steps or 50, length=length, chunk=chunk, reconstruction_weight=weight,
+                  jump_length=args.jump_length, jump_n_sample=args.jump_n_sample, progress=args.progress, **options)
+    batch_size = args.batch_size or "auto"
 
     if not nothing_missing:  # the plan before sampling: a long horizon or file is that many windows per sample
         print(_plan_note(rows, length, horizon, chunk), flush=True)
-    # a batch out of memory is halved and redrawn (sample i depends only on --seed + i)
-    results = [drawn for _, drawn in batches_with_oom_retry(draw, num, args.batch_size)]
-    drawn = torch.cat(results).permute(0, 2, 1).numpy()  # (num, rows, F): rows of time steps, as the file
-    if scaling is not None:  # back to the file's units, as generated: not clamped (beyond the training range
-        drawn = scaling.unnormalise(drawn, axis=-1)  # is extrapolation the model never saw)
-    if horizon is None:  # the given values exactly as read
-        drawn = np.where(np.isnan(values)[None], drawn, values[None])
-    if out.suffix.lower() == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, drawn)
-        atomic_write_bytes(out, buffer.getvalue())
-    else:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["sample", *columns])
-        for i, sample in enumerate(drawn):
-            for row in sample:
-                writer.writerow([i, *(repr(float(v)) for v in row)])
-        atomic_write_bytes(out, text.getvalue().encode("utf-8"))
+    if nothing_missing:
+        drawn = None
+    elif horizon is None:  # every (sample, window) pair in batches of windows, level by level (diffkit.impute)
+        drawn = impute(denoiser, window.expand(num, -1, -1).to(device), seed=args.seed, batch_size=batch_size,
+                       **common).cpu()
+    else:  # a forecast's windows follow each other: its samples are the batch
+        if batch_size == "auto":
+            batch_size = series_batch_size(denoiser, window.shape[1], length, num, device,
+                                           dict(options, reconstruction_weight=weight))
+
+        def draw(start: int, n: int):
+            batch = window.expand(n, -1, -1).to(device)
+            return (forecast(denoiser, batch, horizon, seed=args.seed + start, **common).cpu(),)
+        # a batch out of memory is halved and redrawn (sample i depends only on --seed + i)
+        drawn = torch.cat([part for _, part in batches_with_oom_retry(draw, num, batch_size)])
+
+    def sample_rows(i: int):
+        """Sample i as (rows, F) float64 in the file's units: mapped back as generated, not clamped (beyond
+        the training range is extrapolation the model never saw); imputed: the given values exactly as read."""
+        if drawn is None:
+            return values
+        one = drawn[i].double().T.numpy()
+        if scaling is not None:
+            one = scaling.unnormalise(one, axis=-1)
+        return one if horizon is not None else np.where(missing, one, values)
+
+    write_samples(out, num, sample_rows, columns)
     if nothing_missing:
         print(f"wrote {out}: {num} copy(ies) of the {rows} rows as read: --series {str(path)!r} has no missing value, "
               f"so nothing was sampled (give --horizon H to forecast)")
@@ -177,7 +213,7 @@ def run_series(args, denoiser, info, options, device) -> int:
             what += (f", rolled in {len(windows)} windows of up to {max(k for _, k in windows)} new rows, each "
                      f"conditioned on up to {length - windows[0][1]} rows before it, given or generated (errors compound)")
     else:
-        what = f"imputed {int(np.isnan(values).sum())} missing values of {rows} rows"
+        what = f"imputed {int(missing.sum())} missing values of {rows} rows"
         if rows > length:
             k = chunk or length // 2
             starts = impute_windows(rows, length, k)
