@@ -25,8 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._common import (add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, eta_value,
-                      int_in, missing_dirs,
-                      non_negative_float, positive_int, removed_if_empty_on_failure, seed_int)
+                      int_in, missing_dirs, non_negative_float, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def strength_value(text: str) -> float:
