@@ -19,7 +19,7 @@ beside them:
 
     python benchmarks/half_precision_guidance.py
 
-Prints markdown tables (about 5 s on one core).
+Prints markdown tables (about 5 s of CPU on one core).
 """
 from __future__ import annotations
 

@@ -15,12 +15,15 @@ call), u the format's unit roundoff (2^-11 float16, 2^-8 bfloat16).
 
 The float32 run, the reference of those columns, is held to a float64 result: for the guided paths
 the guidance formulas written out here from the mixture's exact eps (no wrapper code), for the
-others the path run in float64 (NOISE.double(); the analytic model computes in float64). A
-rounding in the wrappers' own arithmetic happens in the float32 run as in the half-precision ones,
-so only this check sees it. The bound is 16 u_fp32 (u_fp32 = 2^-24; 2^-12 u_bf16): the float32
-run rounds every operation, the same derivation as below gives about 0.44 u_fp32 per rounded
-quantity and a path has a few (measured 1.0 - 3.0 u_fp32), while one bfloat16 rounding of a
-quantity that reaches the samples costs u_bf16 / (2 sqrt 3), 18900 u_fp32, where it acts.
+others the path run in float64 (NOISE.double(); the analytic model computes in float64). A rounding
+in the guidance wrappers' own arithmetic happens in the float32 run as in the half-precision ones,
+so of these tests only this check sees it; for the other paths the float64 run shares the code, so
+this check sees float32's arithmetic, not a rounding made at every dtype (docs/editing.md "Half
+precision" says which mutation then fails only the float16 column). The bound is 16 u_fp32 (u_fp32 =
+2^-24; 2^-12 u_bf16): the float32 run rounds every operation, the same derivation as below gives
+about 0.44 u_fp32 per rounded quantity and a path has a few (measured 1.0 - 3.0 u_fp32), while one
+bfloat16 rounding of a quantity that reaches the samples costs u_bf16 / (2 sqrt 3), 18900 u_fp32,
+where it acts.
 
 The tolerance. Rounding to nearest gives each model output a relative error of at most u/2,
 u / (2 sqrt 3) in RMS. On the 20-step DDIM grid the eps error of step t -> s enters x_s with the
@@ -255,7 +258,8 @@ class ExactlyReconstructed:
         self.net, self.weight = GAUSS.network(SCHEDULE), weight
 
     def __call__(self, x, t):
-        alpha, sigma = (v(torch.as_tensor(t, dtype=torch.float64)).reshape(-1, 1) for v in (SCHEDULE.alpha, SCHEDULE.sigma))
+        alpha, sigma = (v(torch.as_tensor(t, dtype=torch.float64)).reshape(-1, 1)
+                        for v in (SCHEDULE.alpha, SCHEDULE.sigma))
         mask, known = MASK.double(), KNOWN.double()
         with torch.enable_grad():
             x_t = x.detach().requires_grad_(True)
@@ -287,9 +291,10 @@ def float32_deviation(path):
 
 @pytest.mark.parametrize("path", list(PATHS))
 def test_each_float32_path_is_the_float64_result(path):
-    """The float32 reference of the half-precision columns is itself right to float32 round-off,
-    so a bfloat16 rounding in the wrappers' own arithmetic (which the half-precision runs share with
-    it) cannot hide: one such rounding costs about u_bf16 / (2 sqrt 3) = 0.29 u_bf16 where it acts."""
+    """The float32 reference of the half-precision columns is itself right to float32 round-off
+    (16 u_fp32, the module docstring), so for the guided paths, whose float64 results share no code
+    with the wrappers, a bfloat16 rounding in the wrappers' arithmetic (which the half-precision runs
+    share with the float32 one) cannot hide: one costs about u_bf16 / (2 sqrt 3) where it acts."""
     assert float32_deviation(path) < FLOAT32_BOUND, f"{float32_deviation(path) / 2.0 ** -24:.3g} u_fp32"
 
 
