@@ -111,6 +111,7 @@ def run(args) -> int:
     import torch
 
     from ..config import resolve_device
+    from ..denoiser import autocast
     from ..editing import img2img, inpaint
     from ..errors import DiffkitError
     from ..images import check_image_folder, save_images
@@ -151,6 +152,7 @@ def run(args) -> int:
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
+    autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
                              mixed_precision=args.mixed_precision)
     if denoiser.decoder is not None or denoiser.prompt_encoder is not None:
@@ -212,6 +214,7 @@ def run(args) -> int:
 def _series(args) -> int:
     """``--series``: forecast or impute with a time-series checkpoint (:mod:`diffkit.commands.edit_series`)."""
     from ..config import resolve_device
+    from ..denoiser import autocast
     from ..errors import DiffkitError
     from ..loading import load_denoiser
     from ..models.network import is_series_model
@@ -223,6 +226,7 @@ def _series(args) -> int:
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
     device = resolve_device(args.device)
+    autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
                              mixed_precision=args.mixed_precision)
     if not is_series_model(denoiser.meta["unet"]):
