@@ -138,6 +138,10 @@ def test_the_label_column_is_dropped_and_its_label_is_the_class(labelled_run, tm
     assert "label column 'state' holds 0, 1 in the rows 0..5 (from 0) that the imputation reads; give --class K" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "mi.csv").exists()
     assert edit(labelled_run, mixed, tmp_path / "mi.csv", "--class", "1") == 0  # nothing missing: written back
+    # a row of empty cells is a row to impute, but it has no label
+    assert edit(labelled_run, write_csv(tmp_path / "e.csv", [1] * 6, ",,,\n"), tmp_path / "e_out.csv") == 2
+    assert "has 7 rows but 6 labels in column 'state'; every row needs its label" in capsys.readouterr().err
+    assert edit(labelled_run, tmp_path / "e.csv", tmp_path / "e_out.csv", "--class", "1") == 0
 
 
 @pytest.mark.parametrize("labels,flags,message", [
