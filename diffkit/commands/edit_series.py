@@ -21,6 +21,9 @@ Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch
 per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
 an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
+A class-conditional checkpoint takes ``--class K`` and ``--guidance-scale W`` as ``diffkit sample`` does
+(:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
+``--class``, gives the class when the rows read share one label (:func:`file_label`).
 """
 from __future__ import annotations
 
