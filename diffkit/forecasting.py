@@ -1,5 +1,5 @@
-"""Conditional generation of time series with an unconditional series model (docs/editing.md,
-"Series: forecast and impute"): forecasting (the first rows of a window given, the rest generated)
+"""Conditional generation of time series with a series model (docs/editing.md, "Series: forecast and
+impute"): forecasting (the first rows of a window given, the rest generated)
 and imputation (missing points filled in), as Diffusion-TS (Yuan & Qiao 2024) evaluates them.
 
 Both are inpainting of a window of the model's ``seq_length`` (:func:`diffkit.inpaint`, nothing of
@@ -8,7 +8,9 @@ RePaint's resampling (``jump_n_sample`` > 1, ``ddpm``) and/or reconstruction gui
 (``reconstruction_weight`` w > 0; :class:`~diffkit.guidance.ReconstructionGuidance`, Ho et al. 2022,
 Sec. 3.1). Series are diffkit's ``(batch, channels, length)`` in the model's own units (a series
 file's model: [-1, 1] after :class:`~diffkit.series_files.SeriesScaling`); values outside [-1, 1]
-are allowed (held-out data can leave the training range).
+are allowed (held-out data can leave the training range). A class-conditional model takes its classes
+as ``cond={"y": labels (B,)}`` (sample i's class for all its windows; without it the null class) and
+classifier-free guidance as the denoiser wrapped in :class:`~diffkit.guidance.ClassifierFreeGuidance`.
 """
 from __future__ import annotations
 
@@ -115,7 +117,8 @@ def forecast(denoiser, history, horizon: int, sampler: str = "ddpm", steps: int 
     weight of Ho et al. 2022's Gaussian approximation; one backward pass through the network per
     step, so the denoiser must be differentiable; w = 0 is plain replacement, :func:`diffkit.inpaint`'s
     default). ``jump_length`` / ``jump_n_sample`` (RePaint, ``sampler="ddpm"``) and the other options
-    (``seed``, ``generator``, ``eta``, ``progress``, ...) are those of :func:`diffkit.inpaint`."""
+    (``seed``, ``generator``, ``eta``, ``progress``, ``cond``, ...) are those of :func:`diffkit.inpaint`;
+    ``cond={"y": labels}`` gives a class-conditional model sample i's class (module doc)."""
     history = _check_series(history, "history")
     length = model_length(denoiser, length)
     check_range("horizon", horizon, 1, None, integer=True)

@@ -82,6 +82,7 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),
     (["--reconstruction-weight", "2"], r"--reconstruction-weight \(reconstruction guidance\) goes with --mask or --series"),
     (["--horizon", "2"], r"--horizon goes with --series \(a time-series checkpoint\)"),
+    (["--guidance-scale", "2"], r"--guidance-scale goes with --series \(a time-series checkpoint\)"),
     (["--series", "h.csv"], r"--images applies to image edits; --series forecasts"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):

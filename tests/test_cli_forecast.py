@@ -110,6 +110,10 @@ BAD = [  # (rows of the file or None for the default 6, flags, message)
     (None, ["--horizon", "2", "--mask", "m.png"], r"--mask applies to image edits"),
     ("out", ["--horizon", "2"], r"--out .* must end in .csv or .npy"),
     ("missing", ["--horizon", "2"], r"--series .* does not exist"),
+    (None, ["--horizon", "2", "--class", "1"], r"--class needs a class-conditional checkpoint \(trained with "
+                                                r"--conditional and a label_column\); this one is unconditional"),
+    (None, ["--guidance-scale", "2"], r"--guidance-scale needs a class-conditional checkpoint .* this one is "
+                                      r"unconditional"),
 ]
 
 

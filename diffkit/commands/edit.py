@@ -77,7 +77,11 @@ def register(sub) -> None:
                         "times (default 1: none)")
     p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
     p.add_argument("--class", dest="class_id", type=int, metavar="ID",
-                   help="class-conditional checkpoints: the class every image is edited towards")
+                   help="class-conditional checkpoints: the class every image is edited towards (with --series: "
+                        "every sample's class; default the file's label column, else the null class)")
+    p.add_argument("--guidance-scale", type=float, metavar="W",
+                   help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
+                        "diffkit sample (0 = conditional model)")
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
                    "(independent of batch size)")
     p.add_argument("--batch-size", type=batch_size_or_auto,
@@ -127,7 +131,8 @@ def run(args) -> int:
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images or pairs per batch (default 16)")
     args.batch_size = args.batch_size or 16
-    for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
+    for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk),
+                        ("--guidance-scale", args.guidance_scale)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")
     if args.reconstruction_weight and args.mask is None:

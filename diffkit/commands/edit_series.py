@@ -21,6 +21,9 @@ Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch
 per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
 an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
+A class-conditional checkpoint takes ``--class K`` and ``--guidance-scale W`` as ``diffkit sample`` does
+(:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
+``--class``, gives the class when the rows read share one label (:func:`file_label`).
 """
 from __future__ import annotations
 
@@ -37,8 +40,7 @@ FORECAST_MISSING = "forecasting needs every history value (leave out --horizon t
 def check_series_flags(args) -> None:
     """Flags of the image edits refused with ``--series``, and the series flags' own checks (no checkpoint)."""
     for flag, value in (("--images", args.images), ("--mask", args.mask), ("--strength", args.strength),
-                        ("--interpolate", args.interpolate), ("--method", args.method), ("--t", args.t),
-                        ("--class", args.class_id)):
+                        ("--interpolate", args.interpolate), ("--method", args.method), ("--t", args.t)):
         if value is not None:
             raise DiffkitError(f"{flag} applies to image edits; --series forecasts (--horizon) or imputes a series")
     out = Path(args.out)
@@ -62,15 +64,16 @@ def _header(path: Path) -> list:
 
 def read_window(path: Path, meta: dict, allow_missing: bool):
     """(values float64 (rows, F) in the file's units, column names, scaling or None) of ``--series``,
-    its columns checked against the model's."""
+    its columns checked against the model's; the checkpoint's ``drop_columns`` and ``label_column`` are left
+    out when the CSV has them (the labels are read by :func:`file_label`)."""
     from ..series_files import SeriesScaling, parse_columns, read_series_file
     scaling = meta.get("series_scaling")
     channels = meta["unet"]["in_channels"]
     drop = []
     if path.suffix.lower() == ".csv":
-        dropped = parse_columns((meta.get("config") or {}).get("drop_columns") or "")
+        dropped = parse_columns((meta.get("config") or {}).get("drop_columns") or "") + [label_column(meta)]
         header = _header(path)
-        drop = [name for name in dropped if name in header]
+        drop = [name for name in dropped if name and name in header]
     values, columns = read_series_file(path, drop, allow_missing=allow_missing, missing_hint=FORECAST_MISSING)
     if scaling is not None:
         expected = list(scaling["columns"])
@@ -86,6 +89,68 @@ def read_window(path: Path, meta: dict, allow_missing: bool):
     if len(columns) != channels:
         raise DiffkitError(f"--series {str(path)!r} has {len(columns)} columns; the model's series have {channels}")
     return values, columns, None
+
+
+def label_column(meta: dict) -> str:
+    """The CSV column of class labels the checkpoint was trained with (its config's ``label_column``), or ""."""
+    return (meta.get("config") or {}).get("label_column") or ""
+
+
+def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
+    """The class of ``--series``' label column (the checkpoint's ``label_column``) when the rows ``first`` ..
+    ``rows`` - 1 (those the forecast or imputation reads, from 0) share one label, as a training window takes
+    the label its rows share (:func:`diffkit.series_files.window_labels`); None when the file has no such
+    column. Rows of different labels, a row without its label, or a label outside the model's classes are
+    one-line errors (give ``--class K`` instead)."""
+    from ..series_files import read_label_column
+    column = label_column(meta)
+    if not column or path.suffix.lower() != ".csv" or column not in _header(path):
+        return None
+    labels = read_label_column(path, column)
+    if len(labels) != rows:
+        raise DiffkitError(f"--series {str(path)!r} has {rows} rows but {len(labels)} labels in column {column!r}; "
+                           f"every row needs its label (or give --class K)")
+    used = sorted(set(labels[first:].tolist()))
+    if len(used) > 1:
+        raise DiffkitError(f"--series {str(path)!r}: label column {column!r} holds {', '.join(map(str, used))} in the "
+                           f"rows {first}..{rows - 1} (from 0) that the {what} reads; give --class K (one class for "
+                           f"every sample) or rows of one label")
+    classes = meta["unet"]["num_classes"]
+    if used[0] >= classes:
+        raise DiffkitError(f"--series {str(path)!r}: label column {column!r} holds {used[0]}; the model's classes "
+                           f"are 0..{classes - 1}")
+    return used[0]
+
+
+def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str, sampler: str, device):
+    """(denoiser, class or None, note) of ``--class K`` / ``--guidance-scale W``, through ``diffkit sample``'s
+    :class:`~diffkit.commands.sample.GuidanceRequest` and :func:`~diffkit.commands.sample.guided_denoiser`
+    (classifier-free guidance (1 + W) eps(x, y) - W eps(x, null)). Without ``--class`` the class is the file's
+    label (:func:`file_label`), else none: a conditional model's null class (its unconditional output).
+    One-line errors: either flag on an unconditional model, ``--guidance-scale`` without a class, a class out
+    of range."""
+    from .sample import GuidanceRequest, guided_denoiser
+    classes = denoiser.meta["unet"].get("num_classes")
+    if classes is None:
+        for flag, value in (("--class", args.class_id), ("--guidance-scale", args.guidance_scale)):
+            if value is not None:
+                raise DiffkitError(f"{flag} needs a class-conditional checkpoint (trained with --conditional and a "
+                                   f"label_column); this one is unconditional")
+        return denoiser, None, ""
+    label, source = args.class_id, "--class"
+    if label is None:
+        label = file_label(path, denoiser.meta, first, rows, what)
+        source = f"label column {label_column(denoiser.meta)!r}"
+    if label is None:
+        if args.guidance_scale is not None:
+            raise DiffkitError(f"--guidance-scale needs a class to guide towards: give --class K (0..{classes - 1})")
+        return denoiser, None, "; the null class (unconditional; give --class K)"
+    request = GuidanceRequest(classes=[label], guidance_scale=args.guidance_scale)
+    request.check(sampler)
+    request.labels(classes, 1, 1)  # --class K out of range: a one-line error
+    guided, _, _ = guided_denoiser(denoiser, request, device)
+    guidance = "" if args.guidance_scale is None else f", guidance scale {args.guidance_scale:g}"
+    return guided, label, f"; class {label} ({source}{guidance})"
 
 
 def _list(starts) -> str:
@@ -157,13 +222,19 @@ def run_series(args, denoiser, info, options, device) -> int:
                            f"model's windows of {length} rows)")
     values, columns, scaling = read_window(path, meta, allow_missing=horizon is None)
     rows = values.shape[0]
+    first = 0 if horizon is None else rows - forecast_windows(rows, length, horizon, chunk)[0][0]
+    sampler = "ddpm" if args.sampler is None else args.sampler
+    denoiser, label, class_note = series_guidance(args, denoiser, path, first, rows,
+                                                  "imputation" if horizon is None else "forecast", sampler, device)
+
+    def cond(n: int):  # the class of every sample, or none (the keyword is left out)
+        return {} if label is None else {"cond": {"y": torch.full((n,), label, dtype=torch.long, device=device)}}
     check_output_file(out, "--out", out.suffix.lower())
     model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN
     if horizon is not None:  # a forecast's windows never take more than the last L - 1 rows as context
         model_values = model_values[-(length - 1):]
     window = torch.from_numpy(np.ascontiguousarray(model_values.T, dtype=np.float32))[None]  # (1, F, rows)
     del model_values
-    sampler = "ddpm" if args.sampler is None else args.sampler
     weight = 1.0 if args.reconstruction_weight is None else args.reconstruction_weight
     num = args.num
     missing = np.isnan(values) if horizon is None else None
@@ -178,15 +249,15 @@ def run_series(args, denoiser, info, options, device) -> int:
         drawn = None
     elif horizon is None:  # every (sample, window) pair in batches of windows, level by level (diffkit.impute)
         drawn = impute(denoiser, window.expand(num, -1, -1).to(device), seed=args.seed, batch_size=batch_size,
-                       **common).cpu()
+                       **common, **cond(num)).cpu()
     else:  # a forecast's windows follow each other: its samples are the batch
         if batch_size == "auto":
             batch_size = series_batch_size(denoiser, window.shape[1], length, num, device,
-                                           dict(options, reconstruction_weight=weight))
+                                           dict(options, reconstruction_weight=weight, **cond(num)))
 
         def draw(start: int, n: int):
             batch = window.expand(n, -1, -1).to(device)
-            return (forecast(denoiser, batch, horizon, seed=args.seed + start, **common).cpu(),)
+            return (forecast(denoiser, batch, horizon, seed=args.seed + start, **common, **cond(n)).cpu(),)
         # a batch out of memory is halved and redrawn (sample i depends only on --seed + i)
         drawn = torch.cat([part for _, part in batches_with_oom_retry(draw, num, batch_size)])
 
@@ -222,5 +293,5 @@ def run_series(args, denoiser, info, options, device) -> int:
     units = "the file's units" if scaling is not None else "the model's units"
     guidance = f", reconstruction guidance w={weight:g}" if weight else ""
     print(f"wrote {out}: {num} sample(s), {what} ({', '.join(columns)}; {units}; {info.name}, {args.steps or 50} "
-          f"steps{guidance})")
+          f"steps{guidance}{class_note})")
     return 0

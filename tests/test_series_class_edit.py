@@ -1,0 +1,162 @@
+"""Class labels and classifier-free guidance in forecasting and imputation of a class-conditional series model:
+``diffkit.forecast`` / ``diffkit.impute`` with ``cond={"y": ...}`` (and a :class:`ClassifierFreeGuidance`
+denoiser), and ``diffkit edit --series FILE --class K [--guidance-scale W]``, whose file may hold the
+checkpoint's ``label_column`` (dropped from the values; without ``--class`` its label is the class)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import diffkit
+from diffkit.cli import main
+from diffkit.denoiser import Denoiser, Wrapper
+from diffkit.guidance import ClassifierFreeGuidance
+from diffkit.models.temporal import TemporalUNet, TemporalUNetConfig
+from diffkit.schedule import NoiseSchedule
+import test_series_conditioning as conditioning
+from test_series_conditioning import TINY, randomised, write_csv
+
+labelled_run = conditioning.labelled_run  # the fixture: a 3-class series checkpoint (columns a, b; label "state")
+
+
+def conditional_denoiser(classes: int = 3) -> Denoiser:
+    """A 3-channel, ``classes``-class 1-D U-Net with every weight random, so its output depends on y."""
+    return Denoiser(randomised(TemporalUNet(TemporalUNetConfig(**TINY, num_classes=classes))),
+                    NoiseSchedule.from_name("linear", 20))
+
+
+HISTORY = torch.linspace(-0.8, 0.8, 2 * 3 * 5).reshape(2, 3, 5)
+
+
+def run_forecast(den, y=None, **kw):
+    cond = {} if y is None else {"cond": {"y": torch.tensor(y)}}
+    return diffkit.forecast(den, HISTORY[:len(y) if y is not None else 2], 3, steps=3, length=8, progress=False,
+                            **{"seed": 4, **kw}, **cond)
+
+
+def test_the_class_reaches_the_network_and_the_null_class_is_the_unconditional_forecast():
+    den = conditional_denoiser()
+    zero, one, null, plain = (run_forecast(den, y) for y in ([0, 0], [1, 1], [3, 3], None))
+    assert not torch.allclose(zero, one, atol=1e-4)
+    # y = num_classes is the network's null label, the one it takes without y: the same draws, so the class
+    # changes nothing of the randomness
+    torch.testing.assert_close(null, plain, rtol=0, atol=0)
+    series = torch.cat([HISTORY, torch.full((2, 3, 3), float("nan"))], dim=-1)
+    a, b = (diffkit.impute(den, series, steps=3, length=8, seed=4, progress=False, cond={"y": torch.tensor(y)})
+            for y in ([0, 0], [1, 1]))
+    assert not torch.allclose(a[..., 5:], b[..., 5:], atol=1e-4)
+
+
+def test_sample_i_depends_on_its_seed_and_class_only():
+    """Per-sample seeds (seed + i) and per-sample classes: sample 1 of a batch is sample 0 of a batch of one
+    with seed + 1 and its own class, for a forecast and an imputation (whose windows take their sample's class)."""
+    den = conditional_denoiser()
+    both = run_forecast(den, [0, 2])
+    torch.testing.assert_close(both[1:], diffkit.forecast(den, HISTORY[1:], 3, steps=3, length=8, seed=5,
+                                                          progress=False, cond={"y": torch.tensor([2])}),
+                               rtol=1e-5, atol=1e-6)
+    series = torch.cat([HISTORY, HISTORY], dim=-1).clone()  # 10 steps: two windows of 8
+    series[:, :, 3] = series[:, :, 8] = float("nan")
+    both = diffkit.impute(den, series, steps=3, length=8, chunk=2, seed=4, progress=False,
+                          cond={"y": torch.tensor([0, 2])})
+    alone = diffkit.impute(den, series[1:], steps=3, length=8, chunk=2, seed=5, progress=False,
+                           cond={"y": torch.tensor([2])})
+    torch.testing.assert_close(both[1:], alone, rtol=1e-5, atol=1e-6)
+
+
+class Recorder(Wrapper):
+    """Records the input and the output of the first call of the denoiser it wraps."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, x, t, **cond):
+        pred = self.inner(x, t, **cond)
+        self.calls.append((x.detach().clone(), torch.as_tensor(t).detach().clone(), cond["y"].clone(),
+                           pred.eps.detach().clone()))
+        return pred
+
+
+@pytest.mark.parametrize("reconstruction_weight", [0.0, 1.0])
+def test_a_guided_forecast_steps_with_1_plus_w_eps_c_minus_w_eps_null(reconstruction_weight):
+    """Ho & Salimans 2022 eq. 6 at the forecast's steps, against two plain calls of the model."""
+    den, w = conditional_denoiser(), 2.5
+    recorder = Recorder(ClassifierFreeGuidance(den, w))
+    run_forecast(recorder, [1, 2], reconstruction_weight=reconstruction_weight)
+    assert len(recorder.calls) == 3
+    for x, t, y, eps in recorder.calls:
+        assert y.tolist() == [1, 2]
+        with torch.no_grad():
+            eps_c, eps_u = den(x, t, y=y).eps, den(x, t).eps
+        torch.testing.assert_close(eps, (1 + w) * eps_c - w * eps_u, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ diffkit edit --series
+def edit(ckpt, path, out, *flags):
+    return main(["edit", "--checkpoint", str(ckpt), "--series", str(path), "--steps", "2", "--out", str(out),
+                 "--no-progress", *flags])
+
+
+def test_the_cli_forecasts_a_class_with_guidance_seeded_per_sample(labelled_run, tmp_path, capsys):
+    path = write_csv(tmp_path / "h.csv", [1] * 6)
+    runs = {}
+    for name, flags in (("c0", ["--class", "0"]), ("c1", ["--class", "1"]), ("g", ["--class", "1", "--guidance-scale",
+                                                                                   "3"])):
+        assert edit(labelled_run, path, tmp_path / f"{name}.npy", "--horizon", "2", "--num", "2", *flags) == 0
+        runs[name] = np.load(tmp_path / f"{name}.npy")
+    out = capsys.readouterr().out
+    assert "class 1 (--class, guidance scale 3)" in out
+    assert runs["c0"].shape == (2, 2, 2) and not np.allclose(runs["c0"], runs["c1"], atol=1e-6)
+    assert not np.allclose(runs["g"], runs["c1"], atol=1e-6)
+    # sample 1 of --seed 0 is sample 0 of --seed 1, with the class and guidance
+    assert edit(labelled_run, path, tmp_path / "one.npy", "--horizon", "2", "--seed", "1", "--class", "1",
+                "--guidance-scale", "3") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy")[0], runs["g"][1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_label_column_is_dropped_and_its_label_is_the_class(labelled_run, tmp_path, capsys):
+    labelled = write_csv(tmp_path / "l.csv", [2] * 6)  # date, a, b, state
+    text = labelled.read_text().splitlines()
+    plain = tmp_path / "p.csv"
+    plain.write_text("\n".join(",".join(line.split(",")[:3]) for line in text) + "\n")  # date, a, b
+    assert edit(labelled_run, plain, tmp_path / "k.csv", "--horizon", "2", "--class", "2") == 0
+    assert edit(labelled_run, labelled, tmp_path / "f.csv", "--horizon", "2") == 0
+    assert edit(labelled_run, labelled, tmp_path / "o.csv", "--horizon", "2", "--class", "0") == 0
+    assert edit(labelled_run, plain, tmp_path / "n.csv", "--horizon", "2") == 0
+    out = capsys.readouterr().out
+    assert "class 2 (label column 'state')" in out and "the null class" in out
+    k, f, o, n = ((tmp_path / f"{name}.csv").read_text() for name in "kfon")
+    assert k.splitlines()[0] == "sample,a,b" and f == k  # the file's label 2 is --class 2
+    assert o != k and n != k  # --class overrides the file's label; no label: the null class
+    # an imputation reads every row: its labels must agree; a forecast reads only the last rows
+    mixed = write_csv(tmp_path / "m.csv", [0, 0, 0, 1, 1, 1])
+    assert edit(labelled_run, mixed, tmp_path / "mf.csv", "--horizon", "1") == 0  # the last 3 rows: label 1
+    assert "class 1 (label column 'state')" in capsys.readouterr().out
+    assert edit(labelled_run, mixed, tmp_path / "mi.csv") == 2
+    err = capsys.readouterr().err
+    assert "label column 'state' holds 0, 1 in the rows 0..5 (from 0) that the imputation reads; give --class K" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "mi.csv").exists()
+    assert edit(labelled_run, mixed, tmp_path / "mi.csv", "--class", "1") == 0  # nothing missing: written back
+    # a row of empty cells is a row to impute, but it has no label
+    assert edit(labelled_run, write_csv(tmp_path / "e.csv", [1] * 6, ",,,\n"), tmp_path / "e_out.csv") == 2
+    assert "has 7 rows but 6 labels in column 'state'; every row needs its label" in capsys.readouterr().err
+    assert edit(labelled_run, tmp_path / "e.csv", tmp_path / "e_out.csv", "--class", "1") == 0
+
+
+@pytest.mark.parametrize("labels,flags,message", [
+    ([1] * 6, ["--class", "3"], r"--class 3 is out of range; allowed: 0\.\.2"),
+    ([1] * 6, ["--class", "-1", "--guidance-scale", "1"], r"--class -1 is out of range; allowed: 0\.\.2"),
+    ([5] * 6, [], r"label column 'state' holds 5; the model's classes are 0\.\.2"),
+    (None, ["--guidance-scale", "2"], r"--guidance-scale needs a class to guide towards: give --class K \(0\.\.2\)"),
+    ([1] * 6, ["--class", "1", "--guidance-scale", "-2"], r"guidance scale=-2\.0 is out of range; allowed: >= -1"),
+])
+def test_class_mistakes_are_one_line_errors(labelled_run, tmp_path, capsys, labels, flags, message):
+    import re
+    path = write_csv(tmp_path / "h.csv", labels or [0] * 6)
+    if labels is None:  # no label column
+        path.write_text("\n".join(",".join(line.split(",")[:3]) for line in path.read_text().splitlines()) + "\n")
+    assert edit(labelled_run, path, tmp_path / "o.csv", "--horizon", "2", *flags) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.csv").exists()
