@@ -427,7 +427,7 @@ class ReconstructionGuidance(Wrapper):
             kept = 1 - _usable(self.mask).to(device=x.device, dtype=x0.dtype)
             residual = kept * (_usable(self.known).to(device=x.device, dtype=x0.dtype) - x0)
             return residual.pow(2).sum()
-        pred, grad = gradient_through_denoiser(self.inner, x, t, cond, "reconstruction guidance", objective=error)
+        pred, grad = gradient_through_denoiser(self.inner, x, t, cond, error, "reconstruction guidance")
         self.gradient_calls += 1
         alpha = diffusion.expand(self.schedule.alpha(_times64(t, x.shape[0])), x).to(x.dtype)
         x0 = pred.x0 - 0.5 * self.weight * alpha * self.mask.to(x.device, x.dtype) * grad.to(x.dtype)
@@ -533,7 +533,7 @@ class CLIPGuidance(Wrapper):
             # the CLIP's gradient at x0-hat on its own, outside autocast, then pushed back through the
             # network (which runs as it runs, as in reconstruction guidance)
             pred, grad = gradient_through_denoiser(
-                self.inner, x, t, cond, "CLIP guidance on x0",
+                self.inner, x, t, cond, what="CLIP guidance on x0",
                 x0_gradient=lambda x0: _similarity_gradient(self.clip, x0, None, text, "CLIP guidance on x0"))
         else:
             pred = self.inner(x, t, **cond)
@@ -563,8 +563,8 @@ def _gradients(what: str, whose: str):
                                f"torch.inference_mode(); load it outside it") from None
 
 
-def gradient_through_denoiser(denoiser, x: torch.Tensor, t, cond: dict, what: str, *,
-                              objective: Optional[Callable] = None,
+def gradient_through_denoiser(denoiser, x: torch.Tensor, t, cond: dict, objective: Optional[Callable] = None,
+                              what: str = "guidance", *,
                               x0_gradient: Optional[Callable] = None) -> tuple[Prediction, torch.Tensor]:
     """(the denoiser's prediction, detached; grad_{x_t} J(x0-hat(x_t))) with the gradient taken
     through the network, as reconstruction guidance (Ho et al. 2022, Sec. 3.1) and CLIP guidance on
@@ -575,7 +575,7 @@ def gradient_through_denoiser(denoiser, x: torch.Tensor, t, cond: dict, what: st
     evaluation and one backward pass; works inside ``no_grad`` and ``torch.inference_mode()``
     (the step leaves inference mode, on copies). ``what`` names the guidance in the one-line errors."""
     if (objective is None) == (x0_gradient is None):
-        raise TypeError("give objective or x0_gradient")
+        raise TypeError("gradient_through_denoiser takes objective or x0_gradient, one of them")
     with _gradients(what, "the network"):
         x_in = (x.clone() if torch.is_inference(x) else x.detach()).requires_grad_(True)
         cond_in = {k: _usable(v) for k, v in cond.items()}
