@@ -15,6 +15,13 @@ similarity, for CLIP guidance (:class:`diffkit.guidance.CLIPGuidance`, docs/guid
   ``save_pretrained`` (``config.json`` of model_type ``clip``, safetensors weights,
   ``vocab.json`` + ``merges.txt``; the tokenizer may sit in ``tokenizer/``; an optional
   ``preprocessor_config.json`` gives the normalisation constants). Nothing is downloaded.
+  Only ``image_mean`` and ``image_std`` (a list of 3, or one number for all channels) are read
+  from ``preprocessor_config.json``: its ``size``, ``crop_size``, ``do_resize``,
+  ``do_center_crop``, ``do_normalize``, ``rescale_factor`` and ``resample`` are ignored, the image
+  size is the vision tower's ``vision_config.image_size``, and the steps are always resize
+  (bicubic), centre crop, [-1, 1] -> [0, 1], normalise. That is what OpenAI's CLIPs' processors
+  do (size = crop_size = image_size, rescale 1/255, normalise on); a folder whose processor
+  differs is preprocessed as OpenAI's would be.
 * :func:`write_random_clip` - a CLIP of *random* weights with a character-level tokenizer,
   written as such a folder: the stand-in of the tests and of benchmarks/clip_guidance_probe.py,
   which can show the mechanism of CLIP guidance but nothing about image quality.
@@ -22,13 +29,15 @@ similarity, for CLIP guidance (:class:`diffkit.guidance.CLIPGuidance`, docs/guid
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .errors import DiffkitError, first_line
+from .errors import DiffkitError, DiffkitWarning, first_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP; CLIPImageProcessor's image_mean
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # and image_std
@@ -98,8 +107,16 @@ class LocalCLIP:
         return F.normalize(features, dim=-1)
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Unit-length text embeddings (P, projection_dim), without gradients."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+        """Unit-length text embeddings (P, projection_dim), without gradients. A prompt longer than
+        the CLIP's context (``max_length`` tokens, start and end included: 77 for OpenAI's CLIPs) is
+        truncated, as CLIP was trained, with one warning per call naming the longest's length."""
+        prompts = list(prompts)
+        longest = max((len(ids) for ids in self.tokenizer(prompts, verbose=False).input_ids), default=0)
+        if longest > self.max_length:
+            warnings.warn(f"a prompt of {longest} tokens (start and end tokens included) is cut to the first "
+                          f"{self.max_length}: this CLIP reads at most {self.max_length} tokens", DiffkitWarning,
+                          stacklevel=2)
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                                 return_tensors="pt")
         with torch.no_grad():
             features = _features(self.model.get_text_features(input_ids=tokens.input_ids.to(self.device),
@@ -116,10 +133,11 @@ class LocalCLIP:
         return self.image_embeddings(images)
 
 
-def load_clip(directory, device="cpu", progress: bool = True) -> LocalCLIP:
-    """A :class:`LocalCLIP` from a local folder (see the module docstring); nothing is downloaded.
-    One-line errors for a missing folder, a folder that is not a whole CLIP (e.g. a CLIPTextModel
-    alone) and unreadable weights or tokenizer."""
+def check_clip_folder(directory) -> tuple[Path, Path]:
+    """(the folder, its tokenizer folder) after the checks that read no weights: the folder exists,
+    its ``config.json`` is a whole CLIP's (model_type ``clip``), safetensors weights and the
+    tokenizer's ``vocab.json`` + ``merges.txt`` are present. One-line errors otherwise; ``diffkit
+    sample`` runs this with its flags, before the checkpoint is read or any output folder made."""
     root = Path(directory)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
@@ -134,33 +152,68 @@ def load_clip(directory, device="cpu", progress: bool = True) -> LocalCLIP:
         raise DiffkitError(f"{str(root)!r} is not a CLIP model folder ({found}); CLIP guidance needs a whole CLIP "
                            f"(image and text towers: config.json with model_type 'clip', as CLIPModel.save_pretrained "
                            f"writes it)")
-    from .interop import library_progress_bars, require
-    transformers = require("transformers")
+    if not any((root / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise DiffkitError(f"no safetensors weights in {str(root)!r}: model.safetensors (or a sharded "
+                           f"model.safetensors.index.json), as CLIPModel.save_pretrained writes them, belongs beside "
+                           f"config.json")
     tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
     if not ((tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file()):
         # (transformers would make an empty tokenizer, and every prompt would be the same)
         raise DiffkitError(f"no CLIP tokenizer in {str(root)!r}: vocab.json and merges.txt (tokenizer.save_pretrained "
                            f"writes them) belong beside config.json or in tokenizer/")
+    return root, tok_dir
+
+
+def _normalisation(processor: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(image_mean, image_std) of a ``preprocessor_config.json``, CLIP's where it gives none; a
+    single number is every channel's, as CLIPImageProcessor takes it. One-line errors otherwise."""
+    try:
+        spec = json.loads(processor.read_text())
+    except (OSError, ValueError) as err:  # (UnicodeDecodeError is a ValueError)
+        raise DiffkitError(f"cannot read {str(processor)!r}: {first_line(err, 120)}") from None
+    if not isinstance(spec, dict):
+        raise DiffkitError(f"{str(processor)!r} is not a JSON object (it holds a {type(spec).__name__}); a "
+                           f"preprocessor_config.json maps names such as image_mean to values")
+    values = {}
+    for key, default in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
+        value = spec.get(key, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * 3
+        if (not isinstance(value, (list, tuple)) or len(value) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise DiffkitError(f"{str(processor)!r} gives {key} {value!r}; CLIP guidance needs 3 values each (RGB) "
+                               f"or one for all channels, finite numbers")
+        values[key] = tuple(float(v) for v in value)
+    if min(values["image_std"]) <= 0:
+        raise DiffkitError(f"{str(processor)!r} gives image_std {list(values['image_std'])!r}; image_std must be > 0 "
+                           f"(it divides)")
+    return values["image_mean"], values["image_std"]
+
+
+def load_clip(directory, device="cpu", progress: bool = True) -> LocalCLIP:
+    """A :class:`LocalCLIP` from a local folder (see the module docstring); nothing is downloaded.
+    One-line errors for a missing folder, a folder that is not a whole CLIP (e.g. a CLIPTextModel
+    alone; :func:`check_clip_folder`), unreadable weights (e.g. a truncated ``model.safetensors``)
+    or tokenizer, and a bad ``preprocessor_config.json``."""
+    root, tok_dir = check_clip_folder(directory)
+    from safetensors import SafetensorError
+
+    from .interop import library_progress_bars, require
+    transformers = require("transformers")
     try:
         with library_progress_bars(progress, ("transformers",)):
             model = transformers.CLIPModel.from_pretrained(str(root), local_files_only=True, use_safetensors=True)
             tokenizer = transformers.CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise DiffkitError(f"cannot load a CLIP model from {str(root)!r}: {first_line(err, 160)}") from None
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as err:
+        raise DiffkitError(f"cannot load a CLIP model from {str(root)!r}: {type(err).__name__}: "
+                           f"{first_line(err, 160)}") from None
     if len(tokenizer) > model.config.text_config.vocab_size:
         raise DiffkitError(f"the tokenizer in {str(tok_dir)!r} has {len(tokenizer)} tokens but the CLIP's text tower "
                            f"{model.config.text_config.vocab_size}; they are not one model's")
     mean, std = CLIP_MEAN, CLIP_STD
     processor = root / "preprocessor_config.json"
     if processor.is_file():
-        try:
-            spec = json.loads(processor.read_text())
-            mean, std = spec.get("image_mean", mean), spec.get("image_std", std)
-        except ValueError as err:
-            raise DiffkitError(f"cannot read {str(processor)!r}: {first_line(err, 120)}") from None
-        if len(mean) != 3 or len(std) != 3:
-            raise DiffkitError(f"{str(processor)!r} gives image_mean {mean!r} and image_std {std!r}; CLIP guidance "
-                               f"needs 3 values each (RGB)")
+        mean, std = _normalisation(processor)
     if model.config.vision_config.num_channels != 3:
         raise DiffkitError(f"the CLIP in {str(root)!r} takes {model.config.vision_config.num_channels}-channel "
                            f"images; CLIP guidance needs an RGB CLIP")
@@ -201,4 +254,5 @@ def write_random_clip(directory, *, image_size: int = 16, patch_size: int = 4, w
     return root
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "LocalCLIP", "clip_preprocess", "load_clip", "write_random_clip"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "LocalCLIP", "check_clip_folder", "clip_preprocess", "load_clip",
+           "write_random_clip"]

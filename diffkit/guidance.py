@@ -29,6 +29,7 @@ diffusion model and are counted separately in ``ClassifierGuidance.classifier_ca
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Optional, Sequence
 
@@ -249,13 +250,19 @@ def _num_classes_of(denoiser) -> Optional[int]:
     return None
 
 
-def _classifier_dtype(classifier: Callable, x: torch.Tensor) -> torch.dtype:
-    """The dtype a classifier takes: its floating weights' (an ``nn.Module``), else ``x``'s with
-    float16 / bfloat16 promoted to float32."""
-    if isinstance(classifier, torch.nn.Module):
-        weight = next((p for p in classifier.parameters() if p.is_floating_point()), None)
-        if weight is not None:
-            return weight.dtype
+def _guide_input_dtype(guide: Callable, x: torch.Tensor) -> torch.dtype:
+    """The dtype a classifier or a CLIP takes: an ``nn.Module``'s floating weights' (its parameters,
+    else its buffers), else a ``dtype`` attribute of its own (:class:`diffkit.clip.LocalCLIP`), else
+    ``x``'s with float16 / bfloat16 promoted to float32 (a float32 module refuses half or float64
+    input, and a half-precision one float32 input)."""
+    if isinstance(guide, torch.nn.Module):
+        for tensors in (guide.parameters(), guide.buffers()):
+            weight = next((p for p in tensors if p.is_floating_point()), None)
+            if weight is not None:
+                return weight.dtype
+    dtype = getattr(guide, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
@@ -276,7 +283,7 @@ def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.
     # classifier is not the denoiser), in the classifier's own precision: its weights' dtype (a
     # float32 classifier refuses half or float64 input), or float32 for half-precision samples
     with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-        x_in = x.detach().to(_classifier_dtype(classifier, x)).requires_grad_(True)
+        x_in = x.detach().to(_guide_input_dtype(classifier, x)).requires_grad_(True)
         logits = classifier(x_in, t_net)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch or logits.shape[1] < 2:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -292,6 +299,16 @@ def classifier_log_prob_grad(classifier: Callable, x: torch.Tensor, t, y: torch.
         chosen = log_p.gather(1, y.to(log_p.device)[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, x_in)
     return grad.to(x.dtype)
+
+
+def guided_eps_step(schedule, x: torch.Tensor, t64: torch.Tensor, pred: Prediction, scale: float,
+                    grad: torch.Tensor) -> Prediction:
+    """Dhariwal & Nichol 2021, Algorithm 2, line 3: eps-hat = eps - sqrt(1 - abar_t) s grad, with
+    x0-hat recomputed from eps-hat (a consistent pair); ``grad`` is cast to x's dtype. The step of
+    classifier guidance (grad log p(y | x_t)) and of CLIP guidance (grad of the CLIP similarity)."""
+    alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
+    eps = pred.eps - diffusion.expand(sigma, x) * scale * grad.to(x.dtype)
+    return Prediction(eps=eps, x0=diffusion.x0_from_eps(x, eps, alpha, sigma), var_values=pred.var_values)
 
 
 class ClassifierGuidance(Wrapper):
@@ -326,13 +343,9 @@ class ClassifierGuidance(Wrapper):
         pred = self.inner(x, t, **({"y": y} if self.conditional_model else {}), **cond)
         if self.scale == 0:
             return pred
-        t64 = _times64(t, x.shape[0])
-        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
         grad = classifier_log_prob_grad(self.classifier, x, t, y)
         self.classifier_calls += 1
-        eps = pred.eps - diffusion.expand(sigma, x) * self.scale * grad  # Algorithm 2, line 3
-        x0 = diffusion.x0_from_eps(x, eps, alpha, sigma)
-        return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
+        return guided_eps_step(self.schedule, x, _times64(t, x.shape[0]), pred, self.scale, grad)
 
 
 def classifier_guided_ddpm(denoiser, classifier: Callable, x: torch.Tensor, grid: torch.Tensor, *,
@@ -425,10 +438,10 @@ CLIP_INPUTS = ("x0", "x_t")
 
 
 def _cosine_similarity(clip: Callable, images: torch.Tensor, t, text: torch.Tensor) -> torch.Tensor:
-    """cos(clip(images, t), text) per sample (B,), from the (not necessarily unit) embeddings."""
+    """cos(clip(images, t), text) per sample (B,), from the (not necessarily unit) embeddings; the
+    caller runs it, and its backward, outside autocast."""
     batch = images.shape[0]
-    with torch.autocast(images.device.type, enabled=False):  # the CLIP is not the denoiser (as the classifier)
-        emb = clip(images, t)
+    emb = clip(images, t)
     if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != batch or emb.shape[1] != text.shape[-1]:
         shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
         raise DiffkitError(f"the CLIP image encoder gave {shape}; CLIP guidance needs embeddings (batch, dim) = "
@@ -436,8 +449,20 @@ def _cosine_similarity(clip: Callable, images: torch.Tensor, t, text: torch.Tens
     if not emb.requires_grad:
         raise DiffkitError("the CLIP image embedding does not depend on the images (no gradient): CLIP guidance "
                            "needs a differentiable image encoder")
-    text = text.to(device=emb.device, dtype=emb.dtype)
+    text = _usable(text).to(device=emb.device, dtype=emb.dtype)  # (a text embedding made under inference mode)
     return (torch.nn.functional.normalize(emb, dim=-1) * text).sum(dim=-1)
+
+
+def _similarity_gradient(clip: Callable, images: torch.Tensor, t, text: torch.Tensor, what: str) -> torch.Tensor:
+    """grad_images cos(clip(images, t), text) (summed over samples: per-sample gradients), in
+    ``images``' dtype. The CLIP runs forward *and* backward outside autocast (``diffkit.sample``
+    holds a mixed-precision denoiser's open around the whole loop; the CLIP is not the denoiser, as
+    the classifier of :func:`classifier_log_prob_grad`), on images in its own dtype
+    (:func:`_guide_input_dtype`). Works inside ``no_grad`` and ``torch.inference_mode()``."""
+    with _gradients(what, "the CLIP"), torch.autocast(images.device.type, enabled=False):
+        x_in = _usable(images.detach()).to(_guide_input_dtype(clip, images)).requires_grad_(True)
+        (grad,) = torch.autograd.grad(_cosine_similarity(clip, x_in, t, text).sum(), x_in)
+    return grad.to(images.dtype)
 
 
 class CLIPGuidance(Wrapper):
@@ -477,6 +502,11 @@ class CLIPGuidance(Wrapper):
 
     ``clip_calls`` counts CLIP forward+backward passes; ``nfe`` counts diffusion-model calls (one
     per call in both modes; with ``on="x0"`` it runs with gradients).
+
+    The CLIP runs forward and backward outside autocast, on images in its own dtype
+    (:func:`_guide_input_dtype`); with ``on="x0"`` its gradient g0 at the detached x0-hat is then
+    pushed through the network (grad_{x_t} = J^T g0), which runs as it runs. The step itself is
+    :func:`guided_eps_step`, classifier guidance's.
     """
 
     def __init__(self, denoiser, clip: Callable, text_embedding: torch.Tensor, scale: float = 1.0, *,
@@ -500,20 +530,17 @@ class CLIPGuidance(Wrapper):
         text = (self.text if self.text.ndim == 2 else self.text[None]).expand(batch, -1)
         t64 = _times64(t, batch)
         if self.on == "x0":
+            # the CLIP's gradient at x0-hat on its own, outside autocast, then pushed back through the
+            # network (which runs as it runs, as in reconstruction guidance)
             pred, grad = gradient_through_denoiser(
-                self.inner, x, t, cond, lambda x0: _cosine_similarity(self.clip, x0, None, text).sum(),
-                "CLIP guidance on x0")
+                self.inner, x, t, cond, what="CLIP guidance on x0",
+                x0_gradient=lambda x0: _similarity_gradient(self.clip, x0, None, text, "CLIP guidance on x0"))
         else:
             pred = self.inner(x, t, **cond)
-            with torch.inference_mode(False), torch.enable_grad():
-                x_in = (x.clone() if torch.is_inference(x) else x.detach()).requires_grad_(True)
-                t_net = t64.to(device=x.device, dtype=torch.float32)
-                (grad,) = torch.autograd.grad(_cosine_similarity(self.clip, x_in, t_net, text).sum(), x_in)
+            grad = _similarity_gradient(self.clip, x, t64.to(device=x.device, dtype=torch.float32), text,
+                                        "CLIP guidance on x_t")
         self.clip_calls += 1
-        alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
-        eps = pred.eps - diffusion.expand(sigma, x).to(x.dtype) * self.scale * grad.to(x.dtype)  # Alg. 2, line 3
-        x0 = diffusion.x0_from_eps(x, eps, alpha, sigma)
-        return Prediction(eps=eps, x0=x0, var_values=pred.var_values)
+        return guided_eps_step(self.schedule, x, t64, pred, self.scale, grad)  # Alg. 2, line 3
 
 
 def _usable(value):
@@ -521,29 +548,45 @@ def _usable(value):
     return value.clone() if isinstance(value, torch.Tensor) and torch.is_inference(value) else value
 
 
-def gradient_through_denoiser(denoiser, x: torch.Tensor, t, cond: dict, objective: Callable,
-                              what: str) -> tuple[Prediction, torch.Tensor]:
-    """(the denoiser's prediction, detached; grad_{x_t} objective(x0-hat(x_t))) with the gradient
-    taken through the network, as reconstruction guidance (Ho et al. 2022, Sec. 3.1) and CLIP
-    guidance on the predicted x_0 need it. ``objective(x0)`` returns a scalar (a sum over samples,
-    so the gradient is per sample). One network evaluation and one backward pass; works inside
-    ``no_grad`` and ``torch.inference_mode()`` (the step leaves inference mode, on copies).
-    ``what`` names the guidance in the one-line errors."""
-    # under torch.inference_mode() no graph is recorded even with enable_grad: leave it for this
-    # step, on copies (inference tensors cannot be saved for backward)
+@contextlib.contextmanager
+def _gradients(what: str, whose: str):
+    """Gradients on and inference mode off for one guidance gradient (under torch.inference_mode()
+    no graph is recorded even with enable_grad); the error of weights that are inference tensors
+    (they cannot be saved for backward) as one line naming ``whose`` weights."""
     with torch.inference_mode(False), torch.enable_grad():
-        x_in = (x.clone() if torch.is_inference(x) else x.detach()).requires_grad_(True)
-        cond_in = {k: _usable(v) for k, v in cond.items()}
         try:
-            pred = denoiser(x_in, _usable(t), **cond_in)
-            if not pred.x0.requires_grad:
-                raise DiffkitError(f"the denoiser's x0 does not depend on x (no gradient): {what} needs a "
-                                   f"differentiable network")
-            (grad,) = torch.autograd.grad(objective(pred.x0), x_in)
+            yield
         except RuntimeError as err:
             if "Inference tensors cannot be saved for backward" not in str(err):
                 raise
-            raise DiffkitError(f"{what} needs gradients through the network, but its weights were made under "
-                               f"torch.inference_mode(); load the model outside it") from None
+            raise DiffkitError(f"{what} needs gradients through {whose}, but its weights were made under "
+                               f"torch.inference_mode(); load it outside it") from None
+
+
+def gradient_through_denoiser(denoiser, x: torch.Tensor, t, cond: dict, objective: Optional[Callable] = None,
+                              what: str = "guidance", *,
+                              x0_gradient: Optional[Callable] = None) -> tuple[Prediction, torch.Tensor]:
+    """(the denoiser's prediction, detached; grad_{x_t} J(x0-hat(x_t))) with the gradient taken
+    through the network, as reconstruction guidance (Ho et al. 2022, Sec. 3.1) and CLIP guidance on
+    the predicted x_0 need it. Give ``objective(x0)``, J itself (a scalar: a sum over samples, so
+    the gradient is per sample), differentiated together with the network; or ``x0_gradient(x0)``,
+    grad_{x0} J at the (detached) x0-hat, computed as the caller wishes (CLIP guidance: outside
+    autocast), then pushed through the network as a vector-Jacobian product. One network
+    evaluation and one backward pass; works inside ``no_grad`` and ``torch.inference_mode()``
+    (the step leaves inference mode, on copies). ``what`` names the guidance in the one-line errors."""
+    if (objective is None) == (x0_gradient is None):
+        raise TypeError("gradient_through_denoiser takes objective or x0_gradient, one of them")
+    with _gradients(what, "the network"):
+        x_in = (x.clone() if torch.is_inference(x) else x.detach()).requires_grad_(True)
+        cond_in = {k: _usable(v) for k, v in cond.items()}
+        pred = denoiser(x_in, _usable(t), **cond_in)
+        if not pred.x0.requires_grad:
+            raise DiffkitError(f"the denoiser's x0 does not depend on x (no gradient): {what} needs a "
+                               f"differentiable network")
+        if objective is not None:
+            (grad,) = torch.autograd.grad(objective(pred.x0), x_in)
+        else:
+            g0 = x0_gradient(pred.x0.detach()).to(pred.x0.dtype)
+            (grad,) = torch.autograd.grad(pred.x0, x_in, grad_outputs=g0)
     var_values = None if pred.var_values is None else pred.var_values.detach()
     return Prediction(eps=pred.eps.detach(), x0=pred.x0.detach(), var_values=var_values), grad

@@ -64,14 +64,16 @@ def cosine_grad_u(u, g):
     return g_hat / norm - (u @ g_hat)[:, None] * u / norm ** 3
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("on", ["x0", "x_t"])
-def test_guided_eps_is_the_closed_form(on):
+def test_guided_eps_is_the_closed_form(on, prediction):
     """eps-hat = eps - sqrt(1 - abar_t) s grad_{x_t} cos(f(z), g(c)), z = x0-hat(x_t) (gradient
-    through the network: M^T W^T dcos/du) or z = x_t (W^T dcos/du), and x0-hat consistent."""
+    through the network: M^T W^T dcos/du) or z = x_t (W^T dcos/du), and x0-hat consistent. With
+    v-prediction the network's c A x_t is v: x0-hat = alpha x_t - sigma v, eps = sigma x_t + alpha v."""
     shape, emb = (3, 3, 2, 2), 5
     dim = 12
     net, clip = LinearEps(dim), LinearCLIP(dim, emb)
-    den = Denoiser(net, SCHEDULE)
+    den = Denoiser(net, SCHEDULE, prediction_type=prediction)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     text = torch.randn(emb, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     s, t = 7.0, 420
@@ -82,9 +84,12 @@ def test_guided_eps_is_the_closed_form(on):
     c = net.scale(torch.tensor(float(t), dtype=torch.float64)).item()
     A = net.A.detach()
     vec = x.reshape(3, -1)
-    eps = c * vec @ A.T
+    eye = torch.eye(dim, dtype=torch.float64)
+    if prediction == "epsilon":
+        eps, M = c * vec @ A.T, (eye - sigma * c * A) / alpha
+    else:
+        eps, M = sigma * vec + alpha * c * vec @ A.T, alpha * eye - sigma * c * A
     if on == "x0":
-        M = (torch.eye(dim, dtype=torch.float64) - sigma * c * A) / alpha
         u = vec @ M.T @ clip.W.T
         grad = cosine_grad_u(u, text) @ clip.W @ M  # rows: (M^T W^T dcos/du)^T
         assert clip.times[-1] is None  # a clean image: no time
@@ -95,6 +100,44 @@ def test_guided_eps_is_the_closed_form(on):
     expected = eps - sigma * s * grad
     torch.testing.assert_close(guided.eps.reshape(3, -1), expected, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(guided.x0.reshape(3, -1), (vec - sigma * expected) / alpha, rtol=1e-9, atol=1e-9)
+
+
+class LinearConditionalEps(LinearEps):
+    """eps(x_t, t, y) = c(t) A vec(x_t) + B[y]; label ``classes`` is the null class."""
+
+    def __init__(self, dim, classes, seed=0):
+        super().__init__(dim, seed)
+        g = torch.Generator().manual_seed(seed + 10)
+        self.B = torch.nn.Parameter(torch.randn(classes + 1, dim, generator=g, dtype=torch.float64))
+
+    def forward(self, x, t, y):
+        return super().forward(x, t) + self.B[y].reshape(x.shape)
+
+
+def test_clip_guidance_on_classifier_free_guidance_is_the_closed_form():
+    """CLIP guidance stacked on classifier-free guidance (as ``diffkit sample --guidance-scale W
+    --clip-guidance`` builds it): eps-bar = c A x + (1 + w) B[y] - w B[null], x0-hat = M x - (sigma /
+    alpha) b, and eps-hat = eps-bar - sigma s W^T M^T-chain of cos, through both passes of the network."""
+    from diffkit.guidance import ClassifierFreeGuidance
+    dim, emb, classes, w, s, t = 12, 5, 3, 2.0, 4.0, 350
+    net, clip = LinearConditionalEps(dim, classes), LinearCLIP(dim, emb)
+    cfg = ClassifierFreeGuidance(Denoiser(net, SCHEDULE), w, null_class=classes)
+    x = torch.randn(3, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])
+    text = torch.randn(emb, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        guided = CLIPGuidance(cfg, clip, text, s)(x, t, y=y)
+    abar = SCHEDULE.alphas_cumprod[t].item()
+    alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
+    c = net.scale(torch.tensor(float(t), dtype=torch.float64)).item()
+    A, B = net.A.detach(), net.B.detach()
+    vec = x.reshape(3, -1)
+    b = (1 + w) * B[y] - w * B[classes]
+    eps_bar = c * vec @ A.T + b
+    M = (torch.eye(dim, dtype=torch.float64) - sigma * c * A) / alpha
+    u = (vec @ M.T - sigma / alpha * b) @ clip.W.T
+    expected = eps_bar - sigma * s * cosine_grad_u(u, text) @ clip.W @ M
+    torch.testing.assert_close(guided.eps.reshape(3, -1), expected, rtol=1e-9, atol=1e-9)
 
 
 def test_scale_zero_is_the_denoiser_and_bad_settings_are_one_line():
@@ -293,18 +336,20 @@ def test_cli_clip_guidance_round_trip(files, capsys):
 
 
 @pytest.mark.parametrize("extra,pattern", [
-    (["--clip-guidance", PROMPT, "--clip-model", "missing"], "does not exist"),
-    (["--clip-guidance", PROMPT, "--clip-model", "rgb"], "is a file, not a folder"),
-    (["--clip-guidance", PROMPT, "--clip-model", "dir"], "is not a CLIP model folder (no config.json)"),
+    (["--clip-guidance", PROMPT, "--clip-model", "missing", "--clip-scale", "10"], "does not exist"),
+    (["--clip-guidance", PROMPT, "--clip-model", "rgb", "--clip-scale", "10"], "is a file, not a folder"),
+    (["--clip-guidance", PROMPT, "--clip-model", "dir", "--clip-scale", "10"],
+     "is not a CLIP model folder (no config.json)"),
     (["--clip-guidance", PROMPT, "--clip-model", "clip", "--clip-scale", "-1"], "--clip-scale"),
-    (["--clip-guidance", PROMPT, "--clip-model", "clip", "--checkpoint", "gray"],
+    (["--clip-guidance", PROMPT, "--clip-model", "clip", "--clip-scale", "10", "--checkpoint", "gray"],
      "needs a model of RGB images (3 channels); this checkpoint makes 1-channel 8x8 images"),
     (["--clip-guidance", PROMPT], "--clip-guidance needs --clip-model DIR"),
     (["--clip-model", "clip"], "--clip-model needs --clip-guidance TEXT"),
     (["--clip-scale", "2"], "--clip-scale needs --clip-guidance TEXT"),
     (["--clip-input", "x_t"], "--clip-input needs --clip-guidance TEXT"),
     (["--clip-guidance", " ", "--clip-model", "clip"], "--clip-guidance ' ' is empty"),
-    (["--clip-guidance", PROMPT, "--clip-model", "clip", "--checkpoint", "sd", "--prompt", "a cat"],
+    (["--clip-guidance", PROMPT, "--clip-model", "clip", "--clip-scale", "10", "--checkpoint", "sd",
+      "--prompt", "a cat"],
      "--clip-guidance does not apply to a Stable Diffusion folder"),
 ])
 def test_cli_bad_clip_input_is_one_line_exit_2(extra, pattern, files, capsys):
@@ -325,3 +370,242 @@ def test_a_latent_checkpoint_is_refused_before_the_clip_is_loaded():
     request = GuidanceRequest(clip_prompt=PROMPT, clip_model="/nonexistent")
     with pytest.raises(DiffkitError, match="applies to pixel-space checkpoints; this one is latent"):
         request.clip_guided(object(), {"in_channels": 4, "img_size": 8}, decoder=object())
+
+
+# ------------------------------------------------------------------ review fixes (session 30)
+def copy_clip(clip_dir, folder):
+    folder.mkdir()
+    for f in clip_dir.iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def test_truncated_weights_are_one_line_naming_the_folder(clip_dir, tmp_path):
+    folder = copy_clip(clip_dir, tmp_path / "truncated")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(DiffkitError) as err:
+        load_clip(folder, progress=False)
+    message = str(err.value)
+    assert "cannot load a CLIP model from" in message and str(folder) in message and "\n" not in message, message
+
+
+def test_a_scalar_preprocessor_mean_is_spread_to_rgb(clip_dir, tmp_path):
+    """transformers' CLIPImageProcessor takes a float image_mean / image_std for every channel."""
+    folder = copy_clip(clip_dir, tmp_path / "scalar")
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": 0.5, "image_std": [0.2, 0.4, 0.8]}))
+    clip = load_clip(folder, progress=False)
+    assert clip.mean == (0.5, 0.5, 0.5) and clip.std == (0.2, 0.4, 0.8)
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ("[1, 2]", "is not a JSON object"),
+    ("{not json", "cannot read"),
+    ('{"image_mean": [0.5, 0.5]}', "needs 3 values each"),
+    ('{"image_mean": "0.5"}', "needs 3 values each"),
+    ('{"image_std": [0.5, "a", 0.5]}', "needs 3 values each"),
+    ('{"image_std": [0.5, 0.0, 0.5]}', "image_std must be > 0"),
+])
+def test_a_bad_preprocessor_config_is_one_line(clip_dir, tmp_path, content, pattern):
+    folder = copy_clip(clip_dir, tmp_path / "bad")
+    (folder / "preprocessor_config.json").write_text(content)
+    with pytest.raises(DiffkitError) as err:
+        load_clip(folder, progress=False)
+    assert pattern in str(err.value) and "preprocessor_config.json" in str(err.value), err.value
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("on", ["x0", "x_t"])
+def test_a_text_embedding_made_under_inference_mode_guides(clip_dir, on):
+    """g(c) computed under torch.inference_mode() (as a script wrapping everything in it would) gives
+    the same guided eps as one computed normally, with the sampling itself under inference mode too."""
+    clip = load_clip(clip_dir, progress=False)
+    den = Denoiser(tiny_rgb_unet(), SCHEDULE)
+    text = clip.text_embeddings([PROMPT])[0]
+    with torch.inference_mode():
+        text_inf = clip.text_embeddings([PROMPT])[0]
+    assert torch.is_inference(text_inf)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = CLIPGuidance(den, clip, text, 100.0, on=on)(x, 500).eps
+        got = CLIPGuidance(den, clip, text_inf, 100.0, on=on)(x, 500).eps
+    with torch.inference_mode():
+        got_inf = CLIPGuidance(den, clip, text_inf, 100.0, on=on)(x.clone(), 500).eps
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got_inf, expected)
+
+
+class ElementwiseEps(torch.nn.Module):
+    """eps = c(t) a * x_t elementwise (no matmul: autocast leaves it in float32)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.linspace(0.3, 1.2, dim))
+
+    def forward(self, x, t):
+        return (x.reshape(x.shape[0], -1) * self.a * (0.5 + t.to(x.dtype)[:, None] / 1000)).reshape(x.shape)
+
+
+class MatmulCLIP(torch.nn.Module):
+    """A "CLIP" nn.Module: images -> W vec(images), a matmul that autocast would run in bfloat16;
+    W a parameter or (``buffer=True``) a buffer, in ``dtype``."""
+
+    def __init__(self, dim, emb, dtype=torch.float32, buffer=False):
+        super().__init__()
+        W = torch.randn(emb, dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+        if buffer:
+            self.register_buffer("W", W)
+        else:
+            self.W = torch.nn.Parameter(W, requires_grad=False)
+
+    def forward(self, images, t=None):
+        return images.reshape(images.shape[0], -1) @ self.W.T
+
+
+@pytest.mark.parametrize("on", ["x0", "x_t"])
+def test_clip_gradient_is_float32_under_autocast(on):
+    """diffkit.sample holds a mixed-precision denoiser's autocast open around the whole loop; the
+    CLIP's forward and backward still run in float32 (before the fix the backward ran in bfloat16:
+    the guided eps was off by ~u_bf16 = 4e-3 relative). The network here has no matmul, so its own
+    part is float32 either way."""
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    text = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    guided = CLIPGuidance(Denoiser(ElementwiseEps(48), SCHEDULE), MatmulCLIP(48, 8), text, 5.0, on=on)
+    with torch.no_grad():
+        expected = guided(x, 500).eps
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = guided(x, 500).eps
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("buffer", [False, True])
+@pytest.mark.parametrize("on", ["x0", "x_t"])
+def test_a_bfloat16_clip_module_gets_its_dtype_and_the_gradient_returns_in_x_dtype(on, buffer):
+    """A plain nn.Module CLIP in bfloat16 (weights as parameters, or as buffers only) receives
+    bfloat16 images (float32 ones made its matmul raise); the guided eps comes back in float32, close
+    to that of the same CLIP in float32 (one bfloat16 rounding of inputs and weights: ~u_bf16)."""
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    text = torch.randn(8, generator=torch.Generator().manual_seed(3))
+    den = Denoiser(ElementwiseEps(48), SCHEDULE)
+    with torch.no_grad():
+        plain = den(x, 500).eps
+        ref = CLIPGuidance(den, MatmulCLIP(48, 8), text, 5.0, on=on)(x, 500).eps
+        got = CLIPGuidance(den, MatmulCLIP(48, 8, torch.bfloat16, buffer), text, 5.0, on=on)(x, 500).eps
+    assert got.dtype == torch.float32
+    shift, ref_shift = got - plain, ref - plain
+    assert ref_shift.abs().max() > 1e-3  # the guidance moves eps
+    assert (shift - ref_shift).abs().max() < 0.05 * ref_shift.abs().max()
+
+
+def test_a_prompt_longer_than_the_context_warns(clip_dir):
+    """The random CLIP reads 16 tokens (start and end included); a longer prompt is truncated, with
+    one warning naming the count and the limit."""
+    from diffkit.errors import DiffkitWarning
+    clip = load_clip(clip_dir, progress=False)
+    long = "abcdefghijklmnopqrst"  # 20 characters -> 20 + 2 tokens with the character tokenizer
+    with pytest.warns(DiffkitWarning, match="22 tokens.*at most 16") as record:
+        clip.text_embeddings([long, PROMPT])
+    assert len(record) == 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clip.text_embeddings(["abcdefghijklmn"])  # 14 + 2 = 16 tokens: no warning
+
+
+def test_cli_clip_guidance_needs_a_scale(files, capsys):
+    """No default s: a cosine similarity's gradient at s = 1 barely moves a sample (GLIDE's scale
+    0.01 with a trained CLIP), so the message asks for one and says its magnitude."""
+    out_png = files["dir"] / "noscale" / "s.png"
+    code, out = run_cli(capsys, "sample", "--checkpoint", files["rgb"], "--clip-guidance", PROMPT, "--clip-model",
+                        files["clip"], "--steps", 1, "--num", 2, "--out", out_png, "--no-progress", "--device", "cpu")
+    err = out.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--clip-guidance needs --clip-scale S" in err and "100" in err, err
+    assert not out_png.parent.exists()
+
+
+@pytest.mark.parametrize("broken,pattern", [("weights", "no safetensors weights"), ("config", "model_type 'unet'"),
+                                            ("tokenizer", "no CLIP tokenizer in")])
+def test_cli_clip_folder_is_checked_before_the_checkpoint_is_loaded(files, tmp_path, capsys, monkeypatch, broken,
+                                                                     pattern):
+    """The CLIP folder's cheap checks run with the flags, before the model is loaded or the output
+    folder made (the loader is never called)."""
+    import diffkit.loading
+    loaded = []
+    monkeypatch.setattr(diffkit.loading, "load_denoiser", lambda *a, **k: loaded.append(a))
+    folder = copy_clip(files["clip"], tmp_path / "clip")
+    if broken == "weights":
+        (folder / "model.safetensors").unlink()
+    elif broken == "config":
+        (folder / "config.json").write_text(json.dumps({"model_type": "unet"}))
+    else:
+        (folder / "vocab.json").unlink()
+    out_png = tmp_path / "out" / "s.png"
+    code, out = run_cli(capsys, "sample", "--checkpoint", files["rgb"], "--clip-guidance", PROMPT,
+                        "--clip-model", folder, "--clip-scale", 10, "--steps", 1, "--num", 2, "--out", out_png,
+                        "--no-progress", "--device", "cpu")
+    err = out.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and pattern in err, err
+    assert loaded == [] and not out_png.parent.exists()
+
+
+def test_cli_refuses_clip_guidance_on_a_latent_checkpoint(files, capsys, monkeypatch):
+    """Through the command line: a checkpoint with a decoder (a latent model) is refused, one line."""
+    import diffkit.loading
+    load = diffkit.loading.load_denoiser
+
+    def load_latent(*args, **kwargs):
+        d = load(*args, **kwargs)
+        d.decoder = lambda z: z
+        return d
+    monkeypatch.setattr(diffkit.loading, "load_denoiser", load_latent)
+    out_png = files["dir"] / "latent" / "s.png"
+    code, out = run_cli(capsys, "sample", "--checkpoint", files["rgb"], "--clip-guidance", PROMPT, "--clip-model",
+                        files["clip"], "--clip-scale", 10, "--steps", 1, "--num", 2, "--out", out_png, "--no-progress",
+                        "--device", "cpu")
+    err = out.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "applies to pixel-space checkpoints; this one is latent" in err
+    assert not out_png.parent.exists()
+
+
+@pytest.mark.parametrize("on", ["x0", "x_t"])
+def test_clip_weights_made_under_inference_mode_are_one_line(on):
+    """A CLIP module built under torch.inference_mode() has inference-tensor weights, which autograd
+    cannot save for backward: one line naming the CLIP (not the network) and what to do."""
+    with torch.inference_mode():
+        clip = MatmulCLIP(48, 8)
+    guided = CLIPGuidance(Denoiser(ElementwiseEps(48), SCHEDULE), clip, torch.ones(8), 5.0, on=on)
+    with pytest.raises(DiffkitError) as err:
+        with torch.no_grad():
+            guided(torch.randn(2, 3, 4, 4), 500)
+    message = str(err.value)
+    assert f"CLIP guidance on {on} needs gradients through the CLIP" in message and "\n" not in message, message
+    assert "inference_mode" in message
+
+
+@pytest.mark.parametrize("kind", ["clip", "classifier"])
+def test_thresholding_clips_the_guided_x0(kind):
+    """The order docs/guidance.md states: diffkit.sample(thresholding='clip') wraps the guidance, so
+    the x0 a sampler sees is the *guided* x0-hat clipped (guided-diffusion clips before guiding and
+    leaves the guided x0 unclipped). The first step's guided x0 exceeds 1 here; the reported one is
+    clip(it, -1, 1) exactly, with the same unclipped x0 as without thresholding."""
+    from diffkit.guidance import ClassifierGuidance
+    den = Denoiser(LinearEps(12), SCHEDULE)
+    if kind == "clip":
+        guided, cond = CLIPGuidance(den, LinearCLIP(12, 5), torch.ones(5, dtype=torch.float64), 400.0), None
+    else:
+        clf = torch.nn.Linear(12, 3).double()
+        guided = ClassifierGuidance(den, lambda x, t: clf(x.reshape(x.shape[0], -1)), 400.0)
+        cond = {"y": torch.tensor([0, 1, 2])}
+    noise = torch.randn(3, 3, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = {}
+    for thresholding in (None, "clip"):
+        steps_x0 = []
+        diffkit.sample(guided, noise, "ddim", steps=3, thresholding=thresholding, cond=cond, progress=False,
+                       callback=lambda state: steps_x0.append(state["x0"].clone()))
+        seen[thresholding] = steps_x0[0]
+    assert seen[None].abs().max() > 1.5
+    torch.testing.assert_close(seen["clip"], seen[None].clamp(-1, 1), rtol=0, atol=1e-12)

@@ -121,7 +121,8 @@ def register(sub) -> None:
     g.add_argument("--clip-model", metavar="DIR",
                    help="a local CLIP folder (CLIPModel.save_pretrained + its tokenizer); nothing is downloaded")
     g.add_argument("--clip-scale", type=non_negative_float, metavar="S",
-                   help="CLIP guidance scale s of eps - sqrt(1 - abar) s grad cos (default 1)")
+                   help="CLIP guidance scale s of eps - sqrt(1 - abar) s grad cos (required with --clip-guidance; "
+                        "s = 100 is GLIDE's scale 1 with a trained CLIP)")
     g.add_argument("--clip-input", choices=list(CLIP_INPUTS), default="x0",
                    help="x0: an ordinary CLIP on the predicted x_0, gradient through the network (default); "
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
@@ -261,8 +262,13 @@ class GuidanceRequest:
             if self.clip_model is None:
                 raise DiffkitError("--clip-guidance needs --clip-model DIR (a local CLIP folder; nothing is "
                                    "downloaded)")
-            if self.clip_scale is not None:
-                check_range("--clip-scale", self.clip_scale, 0.0, None)
+            if self.clip_scale is None:
+                raise DiffkitError("--clip-guidance needs --clip-scale S (no default: the gradient of a cosine "
+                                   "similarity is small, s = 1 barely moves a sample; s = 100 is GLIDE's scale 1 "
+                                   "with a trained CLIP, whose exp(logit_scale) is 100)")
+            check_range("--clip-scale", self.clip_scale, 0.0, None)
+            from ..clip import check_clip_folder
+            check_clip_folder(self.clip_model)  # the cheap checks, before any folder is made
 
     def clip_guided(self, denoiser, unet: dict, decoder, device="cpu", progress: bool = True):
         """``denoiser`` with the CLIP guidance asked for (itself when none): one-line errors for a
@@ -280,8 +286,7 @@ class GuidanceRequest:
         from ..guidance import CLIPGuidance
         clip = load_clip(self.clip_model, device=device, progress=progress)
         text = clip.text_embeddings([self.clip_prompt])[0]
-        return CLIPGuidance(denoiser, clip, text, 1.0 if self.clip_scale is None else self.clip_scale,
-                            on=self.clip_input)
+        return CLIPGuidance(denoiser, clip, text, self.clip_scale, on=self.clip_input)
 
     def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int):
         """(labels or None, num, nrow): one class -> all images; several -> one row per class."""
@@ -480,7 +485,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if prompt_index is not None:  # the prompts that got an image
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     if guidance.clip_prompt is not None:
-        what += f", CLIP guidance {shorten(guidance.clip_prompt)} s={1.0 if guidance.clip_scale is None else guidance.clip_scale:g}"
+        what += f", CLIP guidance {shorten(guidance.clip_prompt)} s={guidance.clip_scale:g}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
