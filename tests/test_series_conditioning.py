@@ -4,6 +4,7 @@ classifier-free guidance (Ho & Salimans 2022), through the image U-Net's route: 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -238,11 +239,23 @@ def test_a_window_takes_the_label_its_rows_share_and_windows_across_a_change_are
     for series, start in zip(data.series, [0, 3, 4, 7]):
         np.testing.assert_allclose(series.numpy(), scaled[start:start + 3].T, rtol=0, atol=1e-6)
     assert data[1][1] == 1
-    # held out: the last 4 rows' labels [1, 2, 2, 2] -> one window [2, 2, 2]; the classes are the file's, and
-    # a label that only the held-out rows have still gets its class
-    test = load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=0.4,
+    # held out: the classes are the file's (K = 3 in both splits); here the last 4 rows [1, 1, 1, 1] give two
+    # windows of class 1, and the training rows have a window of each class (a label only the held-out rows
+    # have is an error: test_every_class_0_to_k_minus_1_needs_a_training_window)
+    path = write_csv(tmp_path / "t.csv", [0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1])
+    test = load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=0.31,
                             train=False)
-    assert test.labels.tolist() == [2] and test.num_classes == 3
+    assert test.labels.tolist() == [1, 1] and test.num_classes == 3
+
+
+def test_blank_lines_keep_each_label_on_its_own_row(tmp_path):
+    """Blank lines (in the middle, at the end) are skipped by both the values and the labels: row i keeps its
+    label, so the windows are [0,0,0] of rows 0..2 and [1,1,1] of rows 3..5 with their own values."""
+    path = tmp_path / "s.csv"
+    path.write_text("a,state\n1,0\n\n2,0\n3,0\n,\n4,1\n5,1\n\n6,1\n\n")
+    data = load_file_series(path, seq_length=3, label_column="state")
+    assert data.labels.tolist() == [0, 1]
+    np.testing.assert_allclose(data.series[:, 0].numpy(), [[-1, -0.6, -0.2], [0.2, 0.6, 1.0]], atol=1e-6)
 
 
 @pytest.mark.parametrize("labels,extra,message", [
@@ -251,12 +264,46 @@ def test_a_window_takes_the_label_its_rows_share_and_windows_across_a_change_are
     ([0, -1, 1, 1], "", "holds '-1'"),
     ([0, "", 1, 1], "", "line 3: label column 'state' holds ''"),
     ([0, 1, 0, 1], "", "no window of seq_length=3 training rows has one label"),
+    ([0, "1_0", 1, 1], "", "holds '1_0'; a class label must be an integer"),  # float() would read 10
+    ([0, "+1", 1, 1], "", "holds '+1'"),
+    ([0, "1e0", 1, 1], "", "holds '1e0'"),
+    ([0, "\uff11", 1, 1], "", "holds '\uff11'"),  # a full-width digit one, which int() reads
+    ([0, "9" * 30, 1, 1], "", "holds '" + "9" * 30 + "'"),  # beyond int64
+    ([0, 0, 0, 1], "\n0,0.5,0.5\n", "line 7: 3 values for the 4 columns of the header row"),  # the column count before the label
 ])
 def test_bad_labels_are_one_line_errors(tmp_path, labels, extra, message):
     path = write_csv(tmp_path / "s.csv", labels, extra)
-    with pytest.raises(DiffkitError, match=message.replace(".", r"\.").replace("(", r"\(")) as err:
+    with pytest.raises(DiffkitError, match=re.escape(message)) as err:
         load_file_series(path, seq_length=3, drop_columns="date", label_column="state")
     assert "\n" not in str(err.value)
+
+
+def test_labels_written_as_3_0_are_class_3(tmp_path):
+    path = write_csv(tmp_path / "s.csv", ["0.0", "0", "0.00", "1", "1.0", "1"])
+    assert load_file_series(path, seq_length=3, drop_columns="date", label_column="state").labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("labels,fraction,message", [
+    ([0] * 4 + [5] * 4, 0, "classes 1, 2, 3, 4 have no training window (never in the file); labels must be "
+     "0..K-1, each with at least one window of seq_length=3 rows in the training split"),
+    ([1] * 4 + [2] * 4, 0, "class 0 has no training window (never in the file)"),
+    ([0] * 6 + [1] * 6 + [2] * 4, 0.25, "class 2 has no training window (only in the held-out rows)"),
+    ([0, 0, 0, 1, 1, 2, 2, 2], 0, "class 1 has no training window (its runs in the training rows are shorter "
+     "than seq_length=3)"),
+    ([0] * 3 + [1, 1] + [4] * 3 + [3] * 4, 0.34, "classes 1, 2, 3 have no training window (2: never in the file; "
+     "3: only in the held-out rows; 1: its runs in the training rows are shorter than seq_length=3)"),
+    ([0] * 4 + [20240101] * 4, 0, "classes 1, 2, 3, 4, 5, ... (20240100 in all) have no training window "
+     "(never in the file)"),
+])
+def test_every_class_0_to_k_minus_1_needs_a_training_window(tmp_path, labels, fraction, message):
+    """K = the largest label + 1; a class of 0..K-1 without a training window would be an untrained embedding
+    (and a date-like label a 20-million-row one): one error names the classes and why, for both splits."""
+    path = write_csv(tmp_path / "s.csv", labels)
+    for train in (True, False) if fraction else (True,):
+        with pytest.raises(DiffkitError, match=re.escape(message)) as err:
+            load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=fraction,
+                             train=train)
+        assert "\n" not in str(err.value) and str(err.value).startswith("label_column 'state': class")
 
 
 def test_label_column_errors_name_the_value_and_what_is_allowed(tmp_path):
@@ -266,6 +313,14 @@ def test_label_column_errors_name_the_value_and_what_is_allowed(tmp_path):
     np.save(tmp_path / "s.npy", np.zeros((6, 2)))
     with pytest.raises(DiffkitError, match="label_column='state' names a CSV column"):
         load_file_series(tmp_path / "s.npy", seq_length=3, label_column="state")
+    # the message names what the user listed, and the label column apart
+    with pytest.raises(DiffkitError, match="^drop_columns='date,a,b' with label_column='state' \\(labels, not "
+                                           "values\\) leaves no value column of .*s.csv; keep at least one$"):
+        load_file_series(path, seq_length=3, drop_columns="date,a,b", label_column="state")
+    # spaces around the name are ignored, as drop_columns' are
+    assert load_file_series(path, seq_length=3, drop_columns="date", label_column=" state ").labels.tolist() == [0, 1]
+    assert TrainConfig.from_dict({"dataset": "series", "data_dir": str(path), "seq_length": 4, "channel_mult": [1, 2],
+                                  "conditional": True, "label_column": " state"}).label_column == "state"
     base = {"dataset": "series", "data_dir": str(path), "seq_length": 4, "channel_mult": [1, 2]}
     for extra, message in (
             ({"label_column": "state"}, "label_column='state' gives the class labels of conditional=True"),
