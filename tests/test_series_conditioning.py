@@ -391,11 +391,52 @@ def test_eval_nll_gives_the_bound_of_a_series_model_on_its_held_out_windows(labe
                             label_column="state", test_fraction=0.25, train=False)
     from diffkit.likelihood import bound_in_batches
     from diffkit.series_evaluation import spread_indices
-    parts = bound_in_batches(load_denoiser(labelled_run), data.series[spread_indices(len(data), 4)], seed=0)
+    # each window's bound given its own label (windows 0, 8, 15, 23 of 7 of class 1 then 17 of class 2)
+    index = spread_indices(len(data), 4)
+    assert data.labels[index].tolist() == [1, 2, 2, 2]
+    denoiser = load_denoiser(labelled_run)
+    parts = bound_in_batches(denoiser, data.series[index], seed=0, cond={"y": torch.tensor([1, 2, 2, 2])})
     assert result["metrics"]["nll"]["bpd"] == pytest.approx(float(parts[0].total.mean()), rel=1e-9)
+    assert result["settings"]["nll_condition"] == "each window's own label"
+    null = bound_in_batches(denoiser, data.series[index], seed=0)  # the null class (p_uncond 0.1 trained it a little)
+    assert abs(float(null[0].total.mean()) - result["metrics"]["nll"]["bpd"]) > 1e-6
     assert result["metrics"]["nll"]["timesteps_evaluated"] == 20
     assert result["metrics"]["nll-strided"]["timesteps_evaluated"] < 20
     code = main(["eval", "--checkpoint", str(labelled_run), "--metrics", "nll", "--repeats", "2", "--nll-num", "4",
                  "--out", str(tmp_path / "r.json"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "repeats 2 applies to context-fid" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_samples_a_labelled_series_model_with_the_reference_windows_labels(labelled_run, tmp_path, monkeypatch):
+    """The held-out windows (7 of class 1, then 17 of class 2; no class 0) are the reference: 6 samples take the
+    labels of the 6 evenly spaced reference windows 0, 5, 9, 14, 18, 23 -> 1, 1, 2, 2, 2, 2 (not 0, 1, 2, 0, 1, 2
+    in turn), so the classes have the reference's proportions."""
+    import json
+
+    import diffkit.evaluation
+    drawn = []
+    real = diffkit.evaluation.generate_samples
+
+    def recording(*args, labels=None, **kwargs):
+        drawn.append(labels)
+        return real(*args, labels=labels, **kwargs)
+    monkeypatch.setattr(diffkit.evaluation, "generate_samples", recording)
+    assert main(["eval", "--checkpoint", str(labelled_run), "--metrics", "correlational", "--num", "6",
+                 "--steps", "1", "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    assert len(drawn) == 1 and drawn[0].tolist() == [1, 1, 2, 2, 2, 2]
+    settings = json.loads((tmp_path / "e.json").read_text())["settings"]
+    assert settings["sample_labels"] == "the reference split's windows (evenly spaced)"
+
+
+def test_sample_labels_of_keeps_the_windows_proportions_for_any_number_of_samples():
+    from types import SimpleNamespace
+
+    from diffkit.series_evaluation import sample_labels_of
+    conditional, plain = SimpleNamespace(meta={"unet": {"num_classes": 2}}), SimpleNamespace(meta={"unet": {}})
+    windows = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    # windows floor(k * 9 / 4 + 1/2) = 0, 2, 5, 7, 9
+    assert sample_labels_of(conditional, 5, windows).tolist() == [0, 0, 1, 1, 1]
+    assert sample_labels_of(conditional, 10, windows).tolist() == windows.tolist()
+    assert sample_labels_of(conditional, 5).tolist() == [0, 1, 0, 1, 0]  # no labels known: in turn
+    assert sample_labels_of(plain, 5, windows) is None
