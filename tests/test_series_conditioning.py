@@ -440,3 +440,20 @@ def test_sample_labels_of_keeps_the_windows_proportions_for_any_number_of_sample
     assert sample_labels_of(conditional, 10, windows).tolist() == windows.tolist()
     assert sample_labels_of(conditional, 5).tolist() == [0, 1, 0, 1, 0]  # no labels known: in turn
     assert sample_labels_of(plain, 5, windows) is None
+
+
+@pytest.mark.parametrize("series", [True, False])
+def test_class_and_guidance_errors_of_an_unconditional_model_suggest_what_its_kind_takes(series):
+    """A time-series model takes no --classifier: its errors say to train with label_column, an image model's
+    still point to --classifier."""
+    from types import SimpleNamespace
+
+    from diffkit.commands.sample import GuidanceRequest, guided_denoiser
+    from diffkit.models.network import TEMPORAL_UNET
+    denoiser = SimpleNamespace(meta={"unet": {"network": TEMPORAL_UNET} if series else {"img_size": 8}})
+    with pytest.raises(DiffkitError, match="^--guidance-scale needs a class-conditional checkpoint") as err:
+        guided_denoiser(denoiser, GuidanceRequest(guidance_scale=2.0))
+    with pytest.raises(DiffkitError, match="^--class needs a class-conditional checkpoint") as class_err:
+        GuidanceRequest(classes=[1]).labels(None, 4, 2, series=series)
+    for message in (str(err.value), str(class_err.value)):
+        assert ("--classifier" in message) is not series and ("label_column=NAME" in message) is series
