@@ -110,8 +110,16 @@ def test_hybrid_loss_of_the_series_model_is_l_simple_plus_lambda_t_times_the_kl_
                 + (posterior_mean(x0d) - posterior_mean(x0_pred)) ** 2 * torch.exp(-log_model))
     vlb = T * kl.flatten(1).mean(1) / math.log(2)
     mse = ((noised - 0.2) ** 2).flatten(1).mean(1)
+    # each term on its own (lambda = 0.001 would hide a wrong L_vlb inside the sum's tolerance)
+    torch.testing.assert_close(out.vlb.double(), vlb, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out.mse.double(), mse, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(out.loss.double(), mse + lam * vlb, rtol=1e-4, atol=1e-7)
     assert (out.vlb > 0).all()
+    # loss = "vlb" is L_vlb alone: no L_simple term
+    alone = training_losses(constant_output_net(0.2, 0.5), schedule, x0, torch.full((2,), t), noise,
+                            loss_type="vlb", learned_variance=True)
+    torch.testing.assert_close(alone.loss.double(), vlb, rtol=1e-4, atol=1e-7)
+    assert ((alone.loss.double() - vlb).abs() < 0.1 * mse).all()  # the L_simple term would show
 
 
 def series_cfg(folder, **extra) -> TrainConfig:
