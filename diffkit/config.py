@@ -226,6 +226,7 @@ class TrainConfig:
         """Coerce (int -> float, tuple -> list) and check every field and cross-field rule."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name]))
+        self.label_column = self.label_column.strip()  # as drop_columns' names (parse_columns)
         for name, value in objective_sampling(self.objective).items():  # the objective's, where not given
             if getattr(self, name) is None:
                 setattr(self, name, value)

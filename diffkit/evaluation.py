@@ -369,18 +369,20 @@ class SampleScorer:
 
 # ---------------------------------------------------------------------------- likelihood
 def nll_bits_per_dim(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequence[int]] = None,
-                 batch_size: int = 100, seed: int = 0, progress: bool = False) -> dict:
+                 batch_size: int = 100, seed: int = 0, progress: bool = False, cond: Optional[dict] = None) -> dict:
     """Mean VLB in bits/dim of ``images`` (in [-1, 1], 8-bit data), with its standard error.
 
     ``timesteps=None`` is the full bound (DDPM eq. 5; T network calls per batch); a strided list
     (see :func:`strided_timesteps`) is the faster estimate. Image i's noise comes from its own
     generator (seed ``seed + i``, :func:`diffkit.noise.generators_from_seed`), so the value does not
-    depend on ``batch_size``.
+    depend on ``batch_size``. ``cond``: the network's conditioning, one entry per image (e.g. ``{"y":
+    labels}``; None: unconditional, or the null class of a class-conditional model).
     """
     from .likelihood import bound_in_batches
     check_sample_count(int(images.shape[0]), "NLL images")
     start = time.perf_counter()
-    parts = bound_in_batches(denoiser, images, timesteps=timesteps, seed=seed, batch_size=batch_size, progress=progress)
+    parts = bound_in_batches(denoiser, images, timesteps=timesteps, seed=seed, batch_size=batch_size, progress=progress,
+                             cond=cond)
     return {**bound_summary(parts), "seconds": time.perf_counter() - start}
 
 
@@ -610,20 +612,24 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
 
 
 def bound_metrics(names: Sequence[str], denoiser, data: torch.Tensor, *, nll_stride: int = 10,
-                  nll_dense_below: int = 20, batch_size: int = 100, seed: int = 0, progress: bool = False) -> dict:
+                  nll_dense_below: int = 20, batch_size: int = 100, seed: int = 0, progress: bool = False,
+                  cond: Optional[dict] = None) -> dict:
     """The ``NLL_METRICS`` among ``names`` of ``data`` in [-1, 1] (images, or a time-series model's series):
     ``nll`` (the full bound), ``nll-strided`` and ``rate-distortion`` (one pass of the strided bound serves
-    both; :func:`strided_timesteps`)."""
+    both; :func:`strided_timesteps`). ``cond``: the network's conditioning of each of ``data`` (a series
+    model's window labels, ``{"y": labels}``); images pass none."""
     results: dict[str, dict] = {}
     if "nll" in names:
-        results["nll"] = nll_bits_per_dim(denoiser, data, batch_size=batch_size, seed=seed, progress=progress)
+        results["nll"] = nll_bits_per_dim(denoiser, data, batch_size=batch_size, seed=seed, progress=progress,
+                                          cond=cond)
     if {"nll-strided", "rate-distortion"} & set(names):
         from .likelihood import bound_in_batches
         from .progressive import rate_distortion_of
         T = denoiser.schedule.num_timesteps
         ts = strided_timesteps(T, nll_dense_below, nll_stride)
         start = time.perf_counter()
-        parts = bound_in_batches(denoiser, data, timesteps=ts, seed=seed, batch_size=batch_size, progress=progress)
+        parts = bound_in_batches(denoiser, data, timesteps=ts, seed=seed, batch_size=batch_size, progress=progress,
+                                 cond=cond)
         strided = dict(dense_below=nll_dense_below, stride=nll_stride, seconds=time.perf_counter() - start)
         if "nll-strided" in names:
             results["nll-strided"] = {**bound_summary(parts), **strided}

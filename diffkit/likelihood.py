@@ -84,8 +84,8 @@ def bound_in_batches(denoiser, images: torch.Tensor, *, timesteps: Optional[Sequ
     generators = generators_from_seed(seed, int(images.shape[0]))
     parts = []
     for start in range(0, images.shape[0], batch_size):
-        part_cond = None if cond is None else {k: v[start:start + batch_size] if isinstance(v, torch.Tensor) else v
-                                               for k, v in cond.items()}
+        part_cond = None if cond is None else {
+            k: v[start:start + batch_size].to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
         parts.append(variational_bound(denoiser, images[start:start + batch_size].to(device), timesteps=timesteps,
                                        generator=generators[start:start + batch_size], cond=part_cond,
                                        progress=progress))

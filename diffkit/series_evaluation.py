@@ -94,10 +94,11 @@ def context_fid_encoder(reference, *, iterations: int, seed: int, device, cache_
 
 
 def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None, split=None):
-    """(cache identity, reference windows, split, path) of a run on a series file: its held-out windows when
-    it was trained with ``test_fraction`` > 0, else its training windows (``split`` "test" / "train": those);
-    the labels of a ``label_column`` run are left out of the values and decide which windows are kept
-    (:func:`diffkit.series_files.load_file_series`); the file must be unchanged. The
+    """(cache identity, reference windows, split, path, labels) of a run on a series file: its held-out windows
+    when it was trained with ``test_fraction`` > 0, else its training windows (``split`` "test" / "train":
+    those); the labels of a ``label_column`` run are left out of the values, decide which windows are kept
+    (:func:`diffkit.series_files.load_file_series`) and are returned, one per window (else None); the file
+    must be unchanged. The
     file is ``data_dir`` when given (the file moved since training), else the first of ``data_dir`` as given
     to training and the absolute path training resolved it to whose SHA-256 is the one training recorded (a
     relative name read from another folder may be another file)."""
@@ -134,7 +135,7 @@ def file_reference(cfg: dict, unet: dict, scaling: dict, data_dir=None, split=No
             "channels": unet["in_channels"], "drop_columns": cfg.get("drop_columns", ""),
             "test_fraction": cfg.get("test_fraction", 0.0), "reference_windows": "evenly spaced",
             **({"label_column": label_column} if label_column else {})}
-    return data, dataset.series, split, path
+    return data, dataset.series, split, path, dataset.labels
 
 
 def spread_indices(count: int, wanted: int):
@@ -166,13 +167,16 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
     the result has :func:`diffkit.evaluation.evaluate`'s form. ``nll`` / ``nll-strided``: the model's
     variational bound in bits per value (DDPM eq. 5; :func:`bound_series` says which series), one run,
-    nothing sampled when only they are asked; a class-conditional model's samples are drawn for the classes
-    0, 1, ..., K-1 in turn and its bound is that of the null class. ``data_dir``: a run's series file where it
+    nothing sampled when only they are asked. A class-conditional model (a file's ``label_column``) is sampled
+    with the labels of ``num`` windows evenly spaced over the reference split (:func:`sample_labels_of`: the
+    reference windows' own labels when ``num`` = ``ref_num``), so its classes keep the file's proportions,
+    and its bound is conditioned on each window's own label; without known labels the classes 0, 1, ..., K-1
+    are drawn in turn and the bound is the null class's. ``data_dir``: a run's series file where it
     is now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
     (:func:`repeated_runs`). Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import (MIN_EVAL_SAMPLES, NLL_SPLITS, _frechet, bound_metrics, check_sample_count,
-                             generate_samples, sample_labels)
+                             generate_samples)
     from .errors import check_choice
     from .loading import load_denoiser
     from .metrics.context_fid import context_fid_statistics
@@ -217,26 +221,30 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if data_dir is not None and cfg.get("dataset") != "series":
         raise DiffkitError(f"--data-dir applies to image models and runs on a series file; {checkpoint} is a "
                            f"{cfg.get('dataset', 'sines')} model (its metrics use its own training series)")
-    bound_data = None
+    bound_data = bound_cond = None
     if bound_names:  # before any sampling: a missing split fails first
-        bound_data = bound_series(cfg, unet, denoiser.meta, nll_split, nll_num, checkpoint, data_dir)
+        bound_data, bound_labels = bound_series(cfg, unet, denoiser.meta, nll_split, nll_num, checkpoint, data_dir)
         check_sample_count(int(bound_data.shape[0]), "NLL series", unit="series")
+        bound_cond = bound_condition(denoiser, bound_labels)
     if not sample_names:
         metrics = bound_metrics(bound_names, denoiser, bound_data, nll_stride=nll_stride,
-                                nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed, progress=progress)
+                                nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed, progress=progress,
+                                cond=bound_cond)
         settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "batch_size": batch_size,
                     "ema": bool(use_ema), "mixed_precision": mixed_precision, "compile": compile,
-                    "nll_split": nll_split, "nll_num_images": int(bound_data.shape[0]), "nll_unit": "series"}
+                    "nll_split": nll_split, "nll_num_images": int(bound_data.shape[0]), "nll_unit": "series",
+                    **bound_settings(bound_cond)}
         return {"metrics": {m: metrics[m] for m in names}, "settings": settings}
     if cfg.get("dataset") == "series":
-        data, train, split, path = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {}, data_dir)
+        data, train, split, path, train_labels = file_reference(cfg, unet, denoiser.meta.get("series_scaling") or {},
+                                                                data_dir)
         what = f"{'held-out' if split == 'test' else 'training'} windows of {path}"
     else:
         data = {"dataset": cfg.get("dataset", "sines"), "num_series": cfg.get("num_series", 10000),
                 "seq_length": unet["seq_length"], "channels": unet["in_channels"]}
         train = load_series_dataset(data["dataset"], num_series=data["num_series"], seq_length=data["seq_length"],
                                     channels=data["channels"], train=True).series
-        what = "training series (num_series)"
+        what, train_labels = "training series (num_series)", None
     wanted = ref_num or num
     if wanted > train.shape[0]:
         raise DiffkitError(f"{'--ref-num' if ref_num else '--num'} {wanted} asks for more reference series than the "
@@ -265,9 +273,10 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                                                   seed=run_seed, device=device, cache_dir=cache_dir,
                                                   identity={**data, "num_reference": int(reference.shape[0])})
             encoders[run_seed] = encoder, cached, time.perf_counter() - start
+    labels = sample_labels_of(denoiser, num, train_labels)
     start = time.perf_counter()
     samples = generate_samples(denoiser, num, sampler=info.name, steps=steps, seed=seed, batch_size=batch_size,
-                               labels=sample_labels(denoiser, num), device=device, progress=progress,
+                               labels=labels, device=device, progress=progress,
                                cache=open_cache(cache_dir, denoiser), **options)
     sampling_seconds = time.perf_counter() - start
     real, generated = to_unit_range(reference), to_unit_range(samples)
@@ -301,33 +310,66 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if bound_names:
         metrics.update(bound_metrics(bound_names, denoiser, bound_data, nll_stride=nll_stride,
                                      nll_dense_below=nll_dense_below, batch_size=batch_size, seed=seed,
-                                     progress=progress))
+                                     progress=progress, cond=bound_cond))
         metrics = {m: metrics[m] for m in names}
     settings = {"metrics": list(names), "seed": seed, "checkpoint": str(checkpoint), "sampler": info.name,
                 "steps": steps, "nfe": info.nfe(steps, final), "num_samples": num, **options,
                 "reference": data["dataset"], "reference_split": split, "num_reference": int(reference.shape[0]),
                 "batch_size": batch_size, "ema": bool(use_ema), "mixed_precision": mixed_precision,
                 "compile": compile, "sampling_seconds": sampling_seconds,
+                **({} if labels is None else {"sample_labels": "0..K-1 in turn" if train_labels is None else
+                                              "the reference split's windows (evenly spaced)"}),
                 **({"repeats": repeats} if repeats > 1 else {}),
-                **({"nll_split": nll_split, "nll_num_images": int(bound_data.shape[0]), "nll_unit": "series"}
-                   if bound_names else {}),
+                **({"nll_split": nll_split, "nll_num_images": int(bound_data.shape[0]), "nll_unit": "series",
+                    **bound_settings(bound_cond)} if bound_names else {}),
                 **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})}
     return {"metrics": metrics, "settings": settings}
 
 
+def sample_labels_of(denoiser, num: int, window_labels=None):
+    """The class labels of ``num`` samples of a class-conditional series model (None for an unconditional
+    one): with the labels of the reference split's windows known (``window_labels``), those of ``num``
+    windows evenly spaced over it (:func:`spread_indices`; the reference windows' own when ``num`` is their
+    number), so the samples' classes have the proportions of the windows they are scored against; otherwise
+    0, 1, ..., K-1 in turn (:func:`diffkit.evaluation.sample_labels`)."""
+    from .evaluation import sample_labels
+    labels = sample_labels(denoiser, num)
+    if labels is None or window_labels is None:
+        return labels
+    return window_labels[spread_indices(int(window_labels.shape[0]), num)].clone()
+
+
+def bound_condition(denoiser, labels):
+    """``cond`` of the bound of ``bound_series``' windows: ``{"y": labels}`` for a class-conditional model and
+    windows with known labels (each window's bound given its own class), else None (the unconditional model,
+    or the null class of a conditional one)."""
+    from .evaluation import sample_labels
+    return {"y": labels} if labels is not None and sample_labels(denoiser, 1) is not None else None
+
+
+def bound_settings(cond) -> dict:
+    """What the result's settings say about the bound's condition."""
+    return {} if cond is None else {"nll_condition": "each window's own label"}
+
+
 def bound_series(cfg: dict, unet: dict, meta: dict, split: str, limit: int, checkpoint, data_dir=None):
-    """The series (N, C, L) in [-1, 1] whose bound ``nll`` / ``nll-strided`` report: ``split`` "test" is Sines'
-    test draw (seed 2024, ``limit`` series) or a series file's held-out windows (``test_fraction`` > 0), "train"
-    the run's first ``limit`` training series or its training windows; of a file's windows ``limit`` evenly
-    spaced ones (:func:`spread_indices`). The decoder term is the discretised Gaussian of 8-bit data (DDPM
-    Sec. 3.3), so the value is the bound on the series quantised to 256 levels per value on [-1, 1]."""
+    """(series (N, C, L) in [-1, 1], their labels (N,) or None) whose bound ``nll`` / ``nll-strided`` report:
+    ``split`` "test" is Sines' test draw (seed 2024, ``limit`` series) or a series file's held-out windows
+    (``test_fraction`` > 0), "train" the run's first ``limit`` training series or its training windows; of a
+    file's windows ``limit`` evenly spaced ones (:func:`spread_indices`), with their labels for a
+    ``label_column`` run. The decoder term is DDPM's discretised Gaussian (Sec. 3.3, eq. 13): the probability
+    of a bin of width 2/255 centred on each value as it is (the values are not rounded to a grid of 256
+    levels), the bin of a value below -0.999 or above 0.999 open to -inf or +inf (held-out values, scaled with
+    the training rows' min and max, can leave [-1, 1] and get such open bins); so the value compares models
+    of the same data and scaling, and is not a continuous density."""
     from .timeseries import load_series_dataset
     if cfg.get("dataset") == "series":
         if split == "test" and not cfg.get("test_fraction", 0.0):
             raise DiffkitError(f"{checkpoint} was trained with test_fraction=0: its file holds out no rows for the "
                                f"bound; use --nll-split train (or train with test_fraction > 0)")
-        _, windows, _, _ = file_reference(cfg, unet, meta.get("series_scaling") or {}, data_dir, split=split)
-        return windows[spread_indices(windows.shape[0], min(limit, windows.shape[0]))]
+        _, windows, _, _, labels = file_reference(cfg, unet, meta.get("series_scaling") or {}, data_dir, split=split)
+        index = spread_indices(windows.shape[0], min(limit, windows.shape[0]))
+        return windows[index], None if labels is None else labels[index]
     count = limit if split == "test" else min(limit, cfg.get("num_series", 10000))
     return load_series_dataset(cfg.get("dataset", "sines"), num_series=count, seq_length=unet["seq_length"],
-                               channels=unet["in_channels"], train=split == "train").series
+                               channels=unet["in_channels"], train=split == "train").series, None

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,14 +107,15 @@ def check_series_file(path: Path) -> None:
 
 
 def read_csv_series(path: Path, drop_columns: Sequence[str] = (), allow_missing: bool = False,
-                    missing_hint: str = TRAINING_MISSING) -> tuple:
-    """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out.
+                    missing_hint: str = TRAINING_MISSING, label_column: str = "") -> tuple:
+    """(values float64 (T, F), column names) of a CSV with a header row; ``drop_columns`` are left out, and
+    so is ``label_column`` (class labels, :func:`read_label_column`; an error when the header lacks it).
     A cell that is not a finite number is an error naming its column and line; so is text that is not UTF-8.
     ``allow_missing``: an empty cell or NaN is read as NaN (a missing value to impute); otherwise an empty
     or NaN cell is "a missing value" followed by ``missing_hint``."""
     reader = _csv_reader(path)
     try:
-        return _parse_csv(path, reader, drop_columns, allow_missing, missing_hint)
+        return _parse_csv(path, reader, drop_columns, allow_missing, missing_hint, label_column)
     except csv.Error as err:
         raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
 
@@ -133,34 +135,45 @@ def _csv_reader(path: Path):
     return csv.reader(io.StringIO(text, newline=""))
 
 
-def read_label_column(path, column: str) -> np.ndarray:
-    """The class labels (int64 (T,), one per data row) in column ``column`` of a CSV series file with a header
-    row (``label_column``). A label is an integer >= 0 ("3" or "3.0"); a missing column, an empty cell, a
-    non-integer or negative value is a one-line error naming the value, its line and what is allowed. Blank
-    lines are skipped as :func:`read_csv_series` skips them, so label i belongs to row i of its values."""
-    path = Path(path)
-    check_series_file(path)
+LABEL_RE = re.compile(r"[0-9]+(\.0+)?")  # "3" or "3.0": digits, no sign, underscore or exponent
+MAX_LABEL = 2 ** 62  # far above any usable class count (each class needs a window); keeps int64 exact
+
+
+def _check_label_file(path: Path, column: str) -> None:
+    """``label_column`` names a CSV column: an .npy array has no column names."""
     if path.suffix.lower() != ".csv":
         raise DiffkitError(f"label_column={column!r} names a CSV column; {path} is an array without column names: "
                            f"save the series with its label column as a CSV")
+
+
+def _missing_label_column(path: Path, column: str, header: Sequence[str]) -> DiffkitError:
+    return DiffkitError(f"label_column={column!r} is not a column of {path}; its columns: {', '.join(header)}")
+
+
+def read_label_column(path, column: str) -> np.ndarray:
+    """The class labels (int64 (T,), one per data row) in column ``column`` (spaces around it ignored) of a
+    CSV series file with a header row (``label_column``). A label is an integer >= 0 written with digits only,
+    optionally followed by ".0" ("3" or "3.0"; not "+3", "3e0", "3_0" or "3.5"); a missing column, an empty
+    cell or any other text is a one-line error naming the value, its line and what is allowed. Blank lines are
+    skipped as :func:`read_csv_series` skips them, so label i belongs to row i of its values."""
+    path, column = Path(path), column.strip()
+    check_series_file(path)
+    _check_label_file(path, column)
     reader = _csv_reader(path)
     try:
         header = [h.strip() for h in next(reader, None) or []]
         if column not in header:
-            raise DiffkitError(f"label_column={column!r} is not a column of {path}; its columns: {', '.join(header)}")
+            raise _missing_label_column(path, column, header)
         index, labels = header.index(column), []
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
                 continue
             cell = row[index].strip() if index < len(row) else ""
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not (math.isfinite(value) and value == int(value) and value >= 0):
+            value = int(cell.split(".")[0]) if LABEL_RE.fullmatch(cell) else -1
+            if not 0 <= value < MAX_LABEL:
                 raise DiffkitError(f"{path}, line {reader.line_num}: label column {column!r} holds {cell!r}; a class "
-                                   f"label must be an integer 0, 1, ..., K-1 on every row")
-            labels.append(int(value))
+                                   f"label must be an integer 0, 1, ..., K-1 (digits, as 3 or 3.0) on every row")
+            labels.append(value)
     except csv.Error as err:
         raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None
     return np.asarray(labels, dtype=np.int64)
@@ -175,8 +188,47 @@ def window_labels(labels: np.ndarray, seq_length: int) -> tuple:
     return kept, rows[kept, 0]
 
 
+def check_classes_trained(row_labels: np.ndarray, train_rows: int, window_classes: np.ndarray, column: str,
+                          seq_length: int) -> None:
+    """With K = the largest label of the file + 1, every class 0..K-1 must have a training window (one of
+    ``window_classes``, the labels of the training windows), else a one-line error naming the classes without
+    one (the first few, and their number) and why: never in the file, only in the held-out rows, or runs
+    shorter than ``seq_length`` in the training rows. A class without a window would be an untrained
+    embedding that ``--class`` samples from all the same (labels {0, 5} would make 6 classes, a date-like
+    label 20240101 an embedding of 20 million rows)."""
+    every, in_training = np.unique(row_labels), np.unique(row_labels[:train_rows])
+    windowed = np.unique(window_classes)
+    num_classes = int(every[-1]) + 1
+    if len(windowed) == num_classes:
+        return
+    short = np.setdiff1d(in_training, windowed)
+    held_only = np.setdiff1d(every, in_training)
+    never_count = num_classes - len(every)
+    present, never = set(every.tolist()), []  # the first few of 0..K-1 not in the file (at most len(every) + 5 tries)
+    candidate = 0
+    while len(never) < 5 and candidate < num_classes:
+        if candidate not in present:
+            never.append(candidate)
+        candidate += 1
+
+    def listed(values, count=None) -> str:
+        count = len(values) if count is None else count
+        shown = ", ".join(str(int(v)) for v in sorted(values)[:5])
+        return shown + (f", ... ({count} in all)" if count > 5 else "")
+    reasons = [(values, count, why) for values, count, why in (
+        (never, never_count, "never in the file"), (list(held_only), len(held_only), "only in the held-out rows"),
+        (list(short), len(short), f"its runs in the training rows are shorter than seq_length={seq_length}"))
+        if count]
+    missing = sorted(v for values, _, _ in reasons for v in values)
+    total = sum(count for _, count, _ in reasons)
+    why = reasons[0][2] if len(reasons) == 1 else "; ".join(f"{listed(v, c)}: {w}" for v, c, w in reasons)
+    raise DiffkitError(f"label_column {column!r}: class{'es' if total > 1 else ''} {listed(missing, total)} "
+                       f"ha{'ve' if total > 1 else 's'} no training window ({why}); labels must be 0..K-1, each "
+                       f"with at least one window of seq_length={seq_length} rows in the training split")
+
+
 def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: bool = False,
-               missing_hint: str = TRAINING_MISSING) -> tuple:
+               missing_hint: str = TRAINING_MISSING, label_column: str = "") -> tuple:
     """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped (with
     ``allow_missing``, a row of empty cells of a file of several columns is a row of missing values: skipped,
     it would shift the imputed rows against the file's; a one-column file's empty line stays blank)."""
@@ -197,10 +249,13 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
     if unknown:
         raise DiffkitError(f"drop_columns names {unknown[0]!r}, which {path} does not have; its columns: "
                            f"{', '.join(header)}")
-    keep = [i for i, name in enumerate(header) if name not in drop_columns]
+    if label_column and label_column not in header:
+        raise _missing_label_column(path, label_column, header)
+    keep = [i for i, name in enumerate(header) if name not in drop_columns and name != label_column]
     if not keep:
-        raise DiffkitError(f"drop_columns={','.join(drop_columns)!r} drops every column of {path}; keep at "
-                           f"least one")
+        labels = f" with label_column={label_column!r} (labels, not values)" if label_column else ""
+        raise DiffkitError(f"drop_columns={','.join(drop_columns)!r}{labels} leaves no value column of {path}; "
+                           f"keep at least one")
     rows = []
     for row in reader:
         if not row or (all(not cell.strip() for cell in row) and not (allow_missing and len(header) > 1
@@ -284,18 +339,21 @@ def read_npy_series(path: Path, allow_missing: bool = False, missing_hint: str =
 
 
 def read_series_file(path, drop_columns: Sequence[str] = (), allow_missing: bool = False,
-                     missing_hint: str = TRAINING_MISSING) -> tuple:
+                     missing_hint: str = TRAINING_MISSING, label_column: str = "") -> tuple:
     """(values float64 (T, F), column names) of a .csv or .npy series file (checked; see the module doc);
     ``allow_missing``: empty cells and NaN are read as NaN (``diffkit edit --series``'s imputation); otherwise
-    an empty or NaN cell is an error ending in ``missing_hint`` (default: a training file's)."""
+    an empty or NaN cell is an error ending in ``missing_hint`` (default: a training file's).
+    ``label_column``: a CSV column of class labels, left out of the values (:func:`read_label_column`)."""
     path = Path(path)
     check_series_file(path)
+    if label_column:
+        _check_label_file(path, label_column)
     if path.suffix.lower() == ".npy":
         if drop_columns:
             raise DiffkitError(f"drop_columns applies to CSV files (by header name); {path} is an array: keep only "
                                f"the wanted columns in it")
         return read_npy_series(path, allow_missing, missing_hint)
-    return read_csv_series(path, drop_columns, allow_missing, missing_hint)
+    return read_csv_series(path, drop_columns, allow_missing, missing_hint, label_column)
 
 
 def split_rows(num_rows: int, test_fraction: float) -> int:
@@ -321,12 +379,14 @@ def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_
     and ``source`` (the file as given and as an absolute path, its SHA-256, rows) for the checkpoint.
     ``label_column``: that CSV column gives class labels (:func:`read_label_column`), not values; only the
     windows whose rows share one label are kept (:func:`window_labels`), and the data set's ``num_classes``
-    is the largest label in the file + 1 (the same for both splits)."""
+    K is the largest label in the file + 1 (the same for both splits); each class 0..K-1 must have a training
+    window (:func:`check_classes_trained`), else one error names the classes without one and why."""
     from .timeseries import SeriesDataset
     check_range("seq_length", seq_length, 2, None, integer=True)
     check_range("test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
+    label_column = label_column.strip()
+    values, columns = read_series_file(path, parse_columns(drop_columns), label_column=label_column)
     row_labels = read_label_column(path, label_column) if label_column else None
-    values, columns = read_series_file(path, parse_columns(drop_columns) + ([label_column] if label_column else []))
     if channels is not None and channels != len(columns):
         raise DiffkitError(f"in_channels={channels} but {path} has {len(columns)} columns ({', '.join(columns)}); "
                            f"leave in_channels unset for a series file")
@@ -350,11 +410,15 @@ def load_file_series(path, *, seq_length: int, test_fraction: float = 0.0, drop_
     windows = sliding_windows(scaling.normalise(part), seq_length)
     labels = num_classes = None
     if row_labels is not None:
-        kept, labels = window_labels(row_labels[:train_rows] if train else row_labels[train_rows:], seq_length)
-        if not kept.any():
-            raise DiffkitError(f"{path}: no window of seq_length={seq_length} {'training' if train else 'held-out'} "
-                               f"rows has one label in column {label_column!r} throughout; give a smaller seq_length "
-                               f"or longer runs of each label")
+        for split in ("training",) if train else ("training", "held-out"):
+            kept, labels = window_labels(row_labels[:train_rows] if split == "training" else row_labels[train_rows:],
+                                         seq_length)
+            if not kept.any():
+                raise DiffkitError(f"{path}: no window of seq_length={seq_length} {split} rows has one label in "
+                                   f"column {label_column!r} throughout; give a smaller seq_length or longer runs "
+                                   f"of each label")
+            if split == "training":  # the held-out split is checked against the classes training had
+                check_classes_trained(row_labels, train_rows, labels, label_column, seq_length)
         windows = windows[kept]
         num_classes = int(row_labels.max()) + 1  # the file's labels decide, the same in both splits
         labels = torch.from_numpy(labels)

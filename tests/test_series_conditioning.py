@@ -4,6 +4,7 @@ classifier-free guidance (Ho & Salimans 2022), through the image U-Net's route: 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -109,8 +110,16 @@ def test_hybrid_loss_of_the_series_model_is_l_simple_plus_lambda_t_times_the_kl_
                 + (posterior_mean(x0d) - posterior_mean(x0_pred)) ** 2 * torch.exp(-log_model))
     vlb = T * kl.flatten(1).mean(1) / math.log(2)
     mse = ((noised - 0.2) ** 2).flatten(1).mean(1)
+    # each term on its own (lambda = 0.001 would hide a wrong L_vlb inside the sum's tolerance)
+    torch.testing.assert_close(out.vlb.double(), vlb, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out.mse.double(), mse, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(out.loss.double(), mse + lam * vlb, rtol=1e-4, atol=1e-7)
     assert (out.vlb > 0).all()
+    # loss = "vlb" is L_vlb alone: no L_simple term
+    alone = training_losses(constant_output_net(0.2, 0.5), schedule, x0, torch.full((2,), t), noise,
+                            loss_type="vlb", learned_variance=True)
+    torch.testing.assert_close(alone.loss.double(), vlb, rtol=1e-4, atol=1e-7)
+    assert ((alone.loss.double() - vlb).abs() < 0.1 * mse).all()  # the L_simple term would show
 
 
 def series_cfg(folder, **extra) -> TrainConfig:
@@ -238,11 +247,23 @@ def test_a_window_takes_the_label_its_rows_share_and_windows_across_a_change_are
     for series, start in zip(data.series, [0, 3, 4, 7]):
         np.testing.assert_allclose(series.numpy(), scaled[start:start + 3].T, rtol=0, atol=1e-6)
     assert data[1][1] == 1
-    # held out: the last 4 rows' labels [1, 2, 2, 2] -> one window [2, 2, 2]; the classes are the file's, and
-    # a label that only the held-out rows have still gets its class
-    test = load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=0.4,
+    # held out: the classes are the file's (K = 3 in both splits); here the last 4 rows [1, 1, 1, 1] give two
+    # windows of class 1, and the training rows have a window of each class (a label only the held-out rows
+    # have is an error: test_every_class_0_to_k_minus_1_needs_a_training_window)
+    path = write_csv(tmp_path / "t.csv", [0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1])
+    test = load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=0.31,
                             train=False)
-    assert test.labels.tolist() == [2] and test.num_classes == 3
+    assert test.labels.tolist() == [1, 1] and test.num_classes == 3
+
+
+def test_blank_lines_keep_each_label_on_its_own_row(tmp_path):
+    """Blank lines (in the middle, at the end) are skipped by both the values and the labels: row i keeps its
+    label, so the windows are [0,0,0] of rows 0..2 and [1,1,1] of rows 3..5 with their own values."""
+    path = tmp_path / "s.csv"
+    path.write_text("a,state\n1,0\n\n2,0\n3,0\n,\n4,1\n5,1\n\n6,1\n\n")
+    data = load_file_series(path, seq_length=3, label_column="state")
+    assert data.labels.tolist() == [0, 1]
+    np.testing.assert_allclose(data.series[:, 0].numpy(), [[-1, -0.6, -0.2], [0.2, 0.6, 1.0]], atol=1e-6)
 
 
 @pytest.mark.parametrize("labels,extra,message", [
@@ -251,12 +272,46 @@ def test_a_window_takes_the_label_its_rows_share_and_windows_across_a_change_are
     ([0, -1, 1, 1], "", "holds '-1'"),
     ([0, "", 1, 1], "", "line 3: label column 'state' holds ''"),
     ([0, 1, 0, 1], "", "no window of seq_length=3 training rows has one label"),
+    ([0, "1_0", 1, 1], "", "holds '1_0'; a class label must be an integer"),  # float() would read 10
+    ([0, "+1", 1, 1], "", "holds '+1'"),
+    ([0, "1e0", 1, 1], "", "holds '1e0'"),
+    ([0, "\uff11", 1, 1], "", "holds '\uff11'"),  # a full-width digit one, which int() reads
+    ([0, "9" * 30, 1, 1], "", "holds '" + "9" * 30 + "'"),  # beyond int64
+    ([0, 0, 0, 1], "\n0,0.5,0.5\n", "line 7: 3 values for the 4 columns of the header row"),  # the column count before the label
 ])
 def test_bad_labels_are_one_line_errors(tmp_path, labels, extra, message):
     path = write_csv(tmp_path / "s.csv", labels, extra)
-    with pytest.raises(DiffkitError, match=message.replace(".", r"\.").replace("(", r"\(")) as err:
+    with pytest.raises(DiffkitError, match=re.escape(message)) as err:
         load_file_series(path, seq_length=3, drop_columns="date", label_column="state")
     assert "\n" not in str(err.value)
+
+
+def test_labels_written_as_3_0_are_class_3(tmp_path):
+    path = write_csv(tmp_path / "s.csv", ["0.0", "0", "0.00", "1", "1.0", "1"])
+    assert load_file_series(path, seq_length=3, drop_columns="date", label_column="state").labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("labels,fraction,message", [
+    ([0] * 4 + [5] * 4, 0, "classes 1, 2, 3, 4 have no training window (never in the file); labels must be "
+     "0..K-1, each with at least one window of seq_length=3 rows in the training split"),
+    ([1] * 4 + [2] * 4, 0, "class 0 has no training window (never in the file)"),
+    ([0] * 6 + [1] * 6 + [2] * 4, 0.25, "class 2 has no training window (only in the held-out rows)"),
+    ([0, 0, 0, 1, 1, 2, 2, 2], 0, "class 1 has no training window (its runs in the training rows are shorter "
+     "than seq_length=3)"),
+    ([0] * 3 + [1, 1] + [4] * 3 + [3] * 4, 0.34, "classes 1, 2, 3 have no training window (2: never in the file; "
+     "3: only in the held-out rows; 1: its runs in the training rows are shorter than seq_length=3)"),
+    ([0] * 4 + [20240101] * 4, 0, "classes 1, 2, 3, 4, 5, ... (20240100 in all) have no training window "
+     "(never in the file)"),
+])
+def test_every_class_0_to_k_minus_1_needs_a_training_window(tmp_path, labels, fraction, message):
+    """K = the largest label + 1; a class of 0..K-1 without a training window would be an untrained embedding
+    (and a date-like label a 20-million-row one): one error names the classes and why, for both splits."""
+    path = write_csv(tmp_path / "s.csv", labels)
+    for train in (True, False) if fraction else (True,):
+        with pytest.raises(DiffkitError, match=re.escape(message)) as err:
+            load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=fraction,
+                             train=train)
+        assert "\n" not in str(err.value) and str(err.value).startswith("label_column 'state': class")
 
 
 def test_label_column_errors_name_the_value_and_what_is_allowed(tmp_path):
@@ -266,6 +321,14 @@ def test_label_column_errors_name_the_value_and_what_is_allowed(tmp_path):
     np.save(tmp_path / "s.npy", np.zeros((6, 2)))
     with pytest.raises(DiffkitError, match="label_column='state' names a CSV column"):
         load_file_series(tmp_path / "s.npy", seq_length=3, label_column="state")
+    # the message names what the user listed, and the label column apart
+    with pytest.raises(DiffkitError, match="^drop_columns='date,a,b' with label_column='state' \\(labels, not "
+                                           "values\\) leaves no value column of .*s.csv; keep at least one$"):
+        load_file_series(path, seq_length=3, drop_columns="date,a,b", label_column="state")
+    # spaces around the name are ignored, as drop_columns' are
+    assert load_file_series(path, seq_length=3, drop_columns="date", label_column=" state ").labels.tolist() == [0, 1]
+    assert TrainConfig.from_dict({"dataset": "series", "data_dir": str(path), "seq_length": 4, "channel_mult": [1, 2],
+                                  "conditional": True, "label_column": " state"}).label_column == "state"
     base = {"dataset": "series", "data_dir": str(path), "seq_length": 4, "channel_mult": [1, 2]}
     for extra, message in (
             ({"label_column": "state"}, "label_column='state' gives the class labels of conditional=True"),
@@ -336,11 +399,69 @@ def test_eval_nll_gives_the_bound_of_a_series_model_on_its_held_out_windows(labe
                             label_column="state", test_fraction=0.25, train=False)
     from diffkit.likelihood import bound_in_batches
     from diffkit.series_evaluation import spread_indices
-    parts = bound_in_batches(load_denoiser(labelled_run), data.series[spread_indices(len(data), 4)], seed=0)
+    # each window's bound given its own label (windows 0, 8, 15, 23 of 7 of class 1 then 17 of class 2)
+    index = spread_indices(len(data), 4)
+    assert data.labels[index].tolist() == [1, 2, 2, 2]
+    denoiser = load_denoiser(labelled_run)
+    parts = bound_in_batches(denoiser, data.series[index], seed=0, cond={"y": torch.tensor([1, 2, 2, 2])})
     assert result["metrics"]["nll"]["bpd"] == pytest.approx(float(parts[0].total.mean()), rel=1e-9)
+    assert result["settings"]["nll_condition"] == "each window's own label"
+    null = bound_in_batches(denoiser, data.series[index], seed=0)  # the null class (p_uncond 0.1 trained it a little)
+    assert abs(float(null[0].total.mean()) - result["metrics"]["nll"]["bpd"]) > 1e-6
     assert result["metrics"]["nll"]["timesteps_evaluated"] == 20
     assert result["metrics"]["nll-strided"]["timesteps_evaluated"] < 20
     code = main(["eval", "--checkpoint", str(labelled_run), "--metrics", "nll", "--repeats", "2", "--nll-num", "4",
                  "--out", str(tmp_path / "r.json"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "repeats 2 applies to context-fid" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_samples_a_labelled_series_model_with_the_reference_windows_labels(labelled_run, tmp_path, monkeypatch):
+    """The held-out windows (7 of class 1, then 17 of class 2; no class 0) are the reference: 6 samples take the
+    labels of the 6 evenly spaced reference windows 0, 5, 9, 14, 18, 23 -> 1, 1, 2, 2, 2, 2 (not 0, 1, 2, 0, 1, 2
+    in turn), so the classes have the reference's proportions."""
+    import json
+
+    import diffkit.evaluation
+    drawn = []
+    real = diffkit.evaluation.generate_samples
+
+    def recording(*args, labels=None, **kwargs):
+        drawn.append(labels)
+        return real(*args, labels=labels, **kwargs)
+    monkeypatch.setattr(diffkit.evaluation, "generate_samples", recording)
+    assert main(["eval", "--checkpoint", str(labelled_run), "--metrics", "correlational", "--num", "6",
+                 "--steps", "1", "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    assert len(drawn) == 1 and drawn[0].tolist() == [1, 1, 2, 2, 2, 2]
+    settings = json.loads((tmp_path / "e.json").read_text())["settings"]
+    assert settings["sample_labels"] == "the reference split's windows (evenly spaced)"
+
+
+def test_sample_labels_of_keeps_the_windows_proportions_for_any_number_of_samples():
+    from types import SimpleNamespace
+
+    from diffkit.series_evaluation import sample_labels_of
+    conditional, plain = SimpleNamespace(meta={"unet": {"num_classes": 2}}), SimpleNamespace(meta={"unet": {}})
+    windows = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    # windows floor(k * 9 / 4 + 1/2) = 0, 2, 5, 7, 9
+    assert sample_labels_of(conditional, 5, windows).tolist() == [0, 0, 1, 1, 1]
+    assert sample_labels_of(conditional, 10, windows).tolist() == windows.tolist()
+    assert sample_labels_of(conditional, 5).tolist() == [0, 1, 0, 1, 0]  # no labels known: in turn
+    assert sample_labels_of(plain, 5, windows) is None
+
+
+@pytest.mark.parametrize("series", [True, False])
+def test_class_and_guidance_errors_of_an_unconditional_model_suggest_what_its_kind_takes(series):
+    """A time-series model takes no --classifier: its errors say to train with label_column, an image model's
+    still point to --classifier."""
+    from types import SimpleNamespace
+
+    from diffkit.commands.sample import GuidanceRequest, guided_denoiser
+    from diffkit.models.network import TEMPORAL_UNET
+    denoiser = SimpleNamespace(meta={"unet": {"network": TEMPORAL_UNET} if series else {"img_size": 8}})
+    with pytest.raises(DiffkitError, match="^--guidance-scale needs a class-conditional checkpoint") as err:
+        guided_denoiser(denoiser, GuidanceRequest(guidance_scale=2.0))
+    with pytest.raises(DiffkitError, match="^--class needs a class-conditional checkpoint") as class_err:
+        GuidanceRequest(classes=[1]).labels(None, 4, 2, series=series)
+    for message in (str(err.value), str(class_err.value)):
+        assert ("--classifier" in message) is not series and ("label_column=NAME" in message) is series

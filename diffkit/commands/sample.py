@@ -192,6 +192,11 @@ def run(args) -> int:
     return 0
 
 
+# an unconditional time-series model: --class / --guidance-scale need classes, which only a series file's
+# label column gives (no --classifier for series)
+SERIES_UNCONDITIONAL = ("a class-conditional checkpoint; this time-series model is unconditional (train one on a "
+                        "series file with --conditional --set label_column=NAME)")
+
 @dataclass
 class GuidanceRequest:
     """What the user asked for: classes and guidance settings (validated against the model later)."""
@@ -288,12 +293,14 @@ class GuidanceRequest:
         text = clip.text_embeddings([self.clip_prompt])[0]
         return CLIPGuidance(denoiser, clip, text, self.clip_scale, on=self.clip_input)
 
-    def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int):
-        """(labels or None, num, nrow): one class -> all images; several -> one row per class."""
+    def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int, series: bool = False):
+        """(labels or None, num, nrow): one class -> all images; several -> one row per class. ``series``: a
+        time-series model (which takes no --classifier: the error says how to train one with classes)."""
         import torch
         if num_classes is None:
             if self.classes:
-                raise DiffkitError("--class needs a class-conditional checkpoint or a --classifier")
+                how = SERIES_UNCONDITIONAL if series else "a class-conditional checkpoint or a --classifier"
+                raise DiffkitError(f"--class needs {how}")
             return None, num or 64, nrow
         classes = self.classes if self.classes else list(range(num_classes))
         for c in classes:
@@ -324,8 +331,11 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
         denoiser = GuidanceScaleInput(denoiser, request.guidance_scale, request.convention, trained_range)
     elif request.guidance_scale is not None:
         if model_classes is None:
-            raise DiffkitError("--guidance-scale needs a class-conditional checkpoint (trained with --conditional); "
-                               "this one is unconditional (use --classifier for classifier guidance)")
+            from ..models.network import is_series_model
+            how = SERIES_UNCONDITIONAL if is_series_model(meta["unet"]) else (
+                "a class-conditional checkpoint (trained with --conditional); this one is unconditional (use "
+                "--classifier for classifier guidance)")
+            raise DiffkitError(f"--guidance-scale needs {how}")
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention,
                                           request.rescale, request.interval, null_class=model_classes)
     classifier = None
@@ -527,7 +537,7 @@ def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, n
     array_out = check_output_file(out.with_suffix(".npy"), "sample array", ".npy")
     meta = denoiser.meta
     denoiser, num_classes, _ = guided_denoiser(denoiser, guidance or GuidanceRequest(), device)
-    labels, num, _ = (guidance or GuidanceRequest()).labels(num_classes, num, nrow)
+    labels, num, _ = (guidance or GuidanceRequest()).labels(num_classes, num, nrow, series=True)
     labels_out = None if labels is None else check_output_file(out.with_name(out.stem + "_labels.npy"),
                                                                 "sample labels", ".npy")
     results = []
