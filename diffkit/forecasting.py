@@ -320,6 +320,7 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                    jump_n_sample=jump_n_sample)
     seed, generator = options.pop("seed", None), options.pop("generator", None)
     plan = impute_plan(steps_given, length, chunk)
+    firsts = [0] + [end for _, end in plan[:-1]]  # window j keeps the missing values of firsts[j] .. end - 1
     rng = _row_generators(_generators(seed, generator, batch) if seed is not None or generator is not None else None,
                           batch, len(plan))
     levels = impute_levels(~observed, length, chunk)
@@ -339,8 +340,13 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
             for r, (j, i) in enumerate(rows):
                 start = plan[j][0]
                 width = min(start + length, steps_given) - start
-                window[r, :, :width] = filled[i, :, start:start + width]
-                repaint[r, :, :width] = (~known[i, :, start:start + width]).to(window.dtype)
+                # what window j sees one window at a time: the observed values and those windows < j kept
+                # (before firsts[j]); a later window of a lower level may have filled values after that
+                # already, which window j must draw itself, as if they were not there yet
+                given = known[i, :, start:start + width].clone()
+                given[:, max(firsts[j] - start, 0):] = observed[i, :, max(firsts[j], start):start + width]
+                window[r, :, :width] = torch.where(given, filled[i, :, start:start + width], 0.0)
+                repaint[r, :, :width] = (~given).to(window.dtype)
             row_options = _subset(options, [i for _, i in rows], batch)
             gens = [rng(i, j) for j, i in rows]
             if gens[0] is not None:

@@ -9,11 +9,11 @@ import torch
 import diffkit
 import diffkit.forecasting as fc
 from diffkit import Denoiser
-from diffkit.analytic import gaussian_ode_solution
+from diffkit.analytic import GaussianMixture, gaussian_ode_solution
 from diffkit.forecasting import forecast_windows, impute_windows, random_missing_mask
 from diffkit.sampling import sampler_grid
 from diffkit.samplers.registry import get_sampler
-from test_forecasting import (C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, S, alpha_sigma,
+from test_forecasting import (AR_VAR, C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, RHO, S, alpha_sigma,
                               assert_moments, exact_moments)
 
 
@@ -314,19 +314,19 @@ def test_the_levels_of_a_long_imputation():
     assert fc.impute_levels(two, L, 2).tolist() == [[0, 0, -1, -1, 0], [0, 1, 2, 3, 4]]
 
 
-def sequential_impute(den, series, observed, chunk, seed, steps, **options):
+def sequential_impute(den, series, observed, chunk, seed, steps, length=L, **options):
     """One window at a time, one sample at a time, in the plan's order, with diffkit.inpaint itself: sample
     i's window j repaints the values of the window not observed and not kept before, from window_generators
     (seed + i)[j], and keeps those of its kept range (the docs' semantics, with no levels and no batching)."""
-    plan = fc.impute_plan(series.shape[-1], L, chunk)
+    plan = fc.impute_plan(series.shape[-1], length, chunk)
     out = torch.where(observed, series, torch.zeros_like(series))
     for i in range(len(series)):
         generators, known = window_generators(seed + i, len(plan)), observed[i].clone()
         for (start, end), generator in zip(plan, generators):
             if known[:, start:end].all():
                 continue
-            width = min(start + L, series.shape[-1]) - start
-            window = torch.zeros(1, series.shape[1], L, dtype=series.dtype)
+            width = min(start + length, series.shape[-1]) - start
+            window = torch.zeros(1, series.shape[1], length, dtype=series.dtype)
             window[0, :, :width] = out[i, :, start:start + width]
             repaint = torch.ones_like(window)
             repaint[0, :, :width] = (~known[:, start:start + width]).to(series.dtype)
@@ -339,21 +339,57 @@ def sequential_impute(den, series, observed, chunk, seed, steps, **options):
 
 @pytest.mark.parametrize("batch_size", [None, 1, 3])
 def test_batched_imputation_is_the_one_window_at_a_time_result(batch_size):
-    """AR(1) (float64 exact model), ddpm with reconstruction guidance and RePaint, 3 series of 17 steps
+    """AR(1) (float64 exact model), ddpm with reconstruction guidance and RePaint, 4 series of 17 steps
     (L = 4, chunk 2: 8 windows), one with gaps in blocks (independent windows drawn together), two with values
-    missing at random (sequential windows): impute, at any batch_size, equals sequential_impute to 1e-12
-    (float64: the only difference batching can make is the summation order of batched matmuls, ~1e-16)."""
-    series = torch.randn(3, 1, 17, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    missing at random (sequential windows), one missing steps 2, 3 and 5 (levels 0 1 0: window 2 fills step 5
+    before window 1, which reads it and must draw it itself, as one window at a time it would): impute, at any
+    batch_size, equals sequential_impute to 1e-12 (float64: the only difference batching can make is the
+    summation order of batched matmuls, ~1e-16; window 1 seeing window 2's step 5 was 0.13 off)."""
+    series = torch.randn(4, 1, 17, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     observed = random_missing_mask(series.shape, 0.4, seed=12)
-    observed[0] = True
+    observed[0] = observed[3] = True
     observed[0, :, [1, 5, 9, 16]] = False
+    observed[3, :, [2, 3, 5]] = False
     options = dict(reconstruction_weight=1.0, jump_length=2, jump_n_sample=2)
     out = diffkit.impute(DEN_AR, series, observed, "ddpm", 6, chunk=2, seed=21, batch_size=batch_size, **options,
                          **FREE)
     expected = sequential_impute(DEN_AR, series, observed, 2, 21, 6, **options)
     assert (out - expected).abs().max() < 1e-12
     levels = fc.impute_levels(~observed, L, 2)
-    assert levels[0].max() == 0 and levels[1:].max() > 0  # both kinds of plan are exercised
+    assert levels[0].max() == 0 and levels[1:3].max() > 0  # both kinds of plan are exercised
+    assert levels[3, :3].tolist() == [0, 1, 0]  # a later window drawn first
+
+
+AR_MODELS = {}
+
+
+def ar_denoiser(length):
+    """The exact AR(1) Gaussian model (test_forecasting's RHO, AR_VAR, zero mean) of windows of ``length``."""
+    if length not in AR_MODELS:
+        cov = AR_VAR * RHO ** (torch.arange(length)[:, None] - torch.arange(length)[None]).abs().double()
+        model = GaussianMixture([1.0], torch.zeros(1, length, dtype=torch.float64), cov[None])
+        AR_MODELS[length] = Denoiser(model.network(S), S)
+    return AR_MODELS[length]
+
+
+def test_batched_imputation_is_the_sequential_result_on_random_masks():
+    """40 random cases (window length L 2..8, every kind of chunk, series of 1 .. 4 L steps, 2 samples, values
+    missing at random with probability 0.1 .. 0.9 or in blocks): impute on the exact AR(1) model of L steps
+    (ddpm, 2 steps, replacement) equals sequential_impute to 1e-12, whatever the levels put first."""
+    rng = torch.Generator().manual_seed(40)
+    for case in range(40):
+        length = int(torch.randint(2, 9, (1,), generator=rng))
+        chunk = int(torch.randint(1, length, (1,), generator=rng))
+        n = int(torch.randint(1, 4 * length + 1, (1,), generator=rng))
+        series = torch.randn(2, 1, n, generator=rng, dtype=torch.float64)
+        observed = torch.rand(2, 1, n, generator=rng) >= 0.1 + 0.8 * torch.rand(2, 1, 1, generator=rng)
+        if case % 4 == 3:  # gaps in blocks
+            observed = torch.rand(2, 1, (n + 2) // 3, generator=rng).repeat_interleave(3, -1)[..., :n] >= 0.3
+        den, options = ar_denoiser(length), dict(reconstruction_weight=0.0)
+        out = diffkit.impute(den, series, observed, "ddpm", 2, length=length, chunk=chunk, seed=case, progress=False,
+                             batch_size=None, **options)
+        expected = sequential_impute(den, series, observed, chunk, case, 2, length=length, **options)
+        assert (out - expected).abs().max() < 1e-12, (case, length, chunk, n, observed.int().tolist())
 
 
 def test_sample_i_does_not_depend_on_num_or_batch_size():
