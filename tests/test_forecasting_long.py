@@ -314,6 +314,44 @@ def test_the_levels_of_a_long_imputation():
     assert fc.impute_levels(two, L, 2).tolist() == [[0, 0, -1, -1, 0], [0, 1, 2, 3, 4]]
 
 
+def brute_force_levels(missing, plan, length):
+    """impute_levels step by step, per sample: window j fills the missing steps of its kept range not kept by
+    an earlier window; it waits for every earlier window i (any distance back) that fills a step inside
+    j's span start .. start + L - 1; level -1 when it fills nothing, else 1 + the largest level it waits for
+    (0 when none). Also the number of waits for a window two or more back."""
+    firsts = [0] + [end for _, end in plan[:-1]]
+    levels, far = [], 0
+    for sample in missing.any(1).tolist():  # a step is missing when any channel is
+        fills = [{t for t in range(first, end) if sample[t]} for first, (_, end) in zip(firsts, plan)]
+        row = []
+        for j, (start, _) in enumerate(plan):
+            waits = [i for i in range(j) if fills[i] & set(range(start, start + length))]
+            far += sum(i < j - 1 for i in waits)
+            waits = [row[i] for i in waits]
+            row.append(-1 if not fills[j] else 1 + max(waits, default=-1))
+        levels.append(row)
+    return levels, far
+
+
+def test_the_levels_are_the_brute_force_ones_for_every_chunk():
+    """impute_levels against brute_force_levels for L 2, 3, 4, 7, 12 and 24, every chunk, series lengths
+    from 1 to 5 L (4 per chunk, 5 L among them), 3 samples of 2 channels with 5%, 30% and 80% of the values
+    missing: with chunk < L / 3 a window's span reaches back past the previous window's kept range, so it can
+    wait for a window two or more back."""
+    rng = torch.Generator().manual_seed(2)
+    deep = 0
+    for length in (2, 3, 4, 7, 12, 24):
+        for chunk in range(1, length):
+            for n in [5 * length] + torch.randint(1, 5 * length, (3,), generator=rng).tolist():
+                missing = torch.rand(3, 2, n, generator=rng) < torch.tensor([0.05, 0.3, 0.8])[:, None, None]
+                plan = fc.impute_plan(n, length, chunk)
+                levels = fc.impute_levels(missing, length, chunk).tolist()
+                expected, far = brute_force_levels(missing, plan, length)
+                assert levels == expected, (length, chunk, n)
+                deep += far
+    assert deep > 100  # windows waiting for one two or more back are exercised
+
+
 def sequential_impute(den, series, observed, chunk, seed, steps, length=L, **options):
     """One window at a time, one sample at a time, in the plan's order, with diffkit.inpaint itself: sample
     i's window j repaints the values of the window not observed and not kept before, from window_generators
