@@ -259,24 +259,27 @@ def series_batch_size(denoiser, channels: int, length: int, limit: int, device, 
     """The memory-aware batch (windows of ``channels`` x ``length`` per sampler call, at most ``limit``):
     :func:`diffkit.memory.auto_batch_size` probed with one ddim step of :func:`diffkit.inpaint` with the
     call's reconstruction guidance, ``cond`` and thresholding (the guidance's backward pass is the
-    largest part of a guided step's memory)."""
+    largest part of a guided step's memory). ``cond`` tensors with a row per sample are probed with
+    sample 0's row repeated; other ``cond`` values are passed as they are."""
     from .memory import PROBE_SAMPLING, auto_batch_size
     from .noise import generators_from_seed
     kept = {key: options[key] for key in ("reconstruction_weight", "thresholding") if key in options}
 
+    cond = options.get("cond")
+    rows = next((len(value) for value in cond.values() if isinstance(value, torch.Tensor) and value.ndim),
+                None) if isinstance(cond, dict) else None  # the number of samples cond has rows for, if any
+
     def probe(n: int):
         window = torch.zeros(n, channels, length, device=device)
-        batch = len(options["cond"][next(iter(options["cond"]))]) if options.get("cond") else n
-        extra = _subset(options, [0] * n, batch) if options.get("cond") else {}
+        extra = {} if cond is None else {"cond": cond if rows is None else _subset(options, [0] * n, rows)["cond"]}
         return inpaint(denoiser, window, torch.ones_like(window), PROBE_SAMPLING["sampler"], PROBE_SAMPLING["steps"],
-                       value_range=None, progress=False, generator=generators_from_seed(0, n),
-                       **kept, **({"cond": extra["cond"]} if extra else {}))
+                       value_range=None, progress=False, generator=generators_from_seed(0, n), **kept, **extra)
     return auto_batch_size(probe, device, limit=limit, sample_numel=channels * length)
 
 
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
            length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
-           jump_length: int = 10, jump_n_sample: int = 1, batch_size=None, **options) -> torch.Tensor:
+           jump_length: int = 10, jump_n_sample: int = 1, batch_size="auto", **options) -> torch.Tensor:
     """``series`` (B, C, n) with its missing values drawn from the model given the observed ones:
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
@@ -299,9 +302,12 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
 
     Batching: the (sample, window) pairs are drawn level by level (:func:`impute_levels`: a window
     waits only for the earlier windows that fill values it reads), every pair of a level in batches
-    of ``batch_size`` windows (None: the whole level in one call; ``"auto"``: the memory-aware
-    :func:`series_batch_size`; a batch out of accelerator memory is halved and drawn again,
-    :class:`diffkit.memory.RetryingBatches`). Randomness: window 0 of sample i draws from its
+    of ``batch_size`` windows (``"auto"``, the default: the memory-aware :func:`series_batch_size`,
+    at most the largest level; an int; None: the whole level in one call, whatever its size, with no
+    memory check: a level can hold every sample's window of a long series, e.g. 64 x 1661 windows,
+    where the one-window-at-a-time code drew at most the B samples per call). A batch out of
+    accelerator memory is halved and drawn again (:class:`diffkit.memory.RetryingBatches`); on the CPU
+    an out-of-memory is not caught, so there only ``"auto"`` (or a small int) bounds the memory. Randomness: window 0 of sample i draws from its
     generator (``seed`` + i, or the caller's), each later window from a generator of its own seeded
     from that one (:func:`_row_generators`), so sample i is the same alone, with other samples, and
     at any ``batch_size`` (up to the float round-off of batched matmuls)."""

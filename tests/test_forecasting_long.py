@@ -13,7 +13,7 @@ from diffkit.analytic import GaussianMixture, gaussian_ode_solution
 from diffkit.forecasting import forecast_windows, impute_windows, random_missing_mask
 from diffkit.sampling import sampler_grid
 from diffkit.samplers.registry import get_sampler
-from test_forecasting import (AR_VAR, C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, RHO, S, alpha_sigma,
+from test_forecasting import (AR, AR_VAR, C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, RHO, S, alpha_sigma,
                               assert_moments, exact_moments)
 
 
@@ -276,7 +276,8 @@ def test_every_window_gets_the_callers_guidance_and_repaint_settings(monkeypatch
     else:
         observed = torch.ones_like(series, dtype=torch.bool)
         observed[..., [1, 4, 6, 8]] = False  # L = 4, chunk 2: windows at 0, 2, 4, 5 keep up to 3, 5, 7, 9
-        diffkit.impute(DEN_AR, series, observed, "ddpm", 4, chunk=2, seed=0, **settings, **FREE)
+        diffkit.impute(DEN_AR, series, observed, "ddpm", 4, chunk=2, seed=0, batch_size=None, **settings,
+                       **FREE)  # None: no memory probe (one ddim step, its own settings) among the calls
     # impute: window 1 reads only given values (step 2 observed), windows 2 and 3 read steps 4 and 6 that
     # windows 1 and 2 fill: levels 0 0 1 2, three calls
     assert len(calls) == 3
@@ -462,3 +463,37 @@ def test_a_batch_out_of_memory_is_halved_and_drawn_again(monkeypatch, capsys):
     out = diffkit.impute(DEN_AR, series, observed, steps=4, seed=1, batch_size=3, **FREE)
     assert (out - expected).abs().max() < 1e-12
     assert sizes[0] == 3 and max(sizes[1:]) <= 2 and "retrying with 1" in capsys.readouterr().err
+
+
+def test_the_default_batch_is_the_memory_aware_one(monkeypatch):
+    """impute's default batch_size is "auto": series_batch_size is asked for the batch (at most the largest
+    level: 3 samples x 2 independent windows = 6) and no sampler call draws more windows than it gives; the
+    values are those of batch_size None (the whole level in one call)."""
+    series = torch.randn(3, 1, 13, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    observed = torch.ones_like(series, dtype=torch.bool)
+    observed[..., [1, 12]] = False  # windows 0 and 5 only, independent: one level of 6 windows
+    expected = diffkit.impute(DEN_AR, series, observed, steps=4, seed=2, batch_size=None, **FREE)
+    asked, sizes, real = [], [], fc._generate
+    monkeypatch.setattr(fc, "series_batch_size", lambda *args: asked.append(args[3]) or 4)
+
+    def spy(denoiser, window, *args):
+        sizes.append(len(window))
+        return real(denoiser, window, *args)
+    monkeypatch.setattr(fc, "_generate", spy)
+    out = diffkit.impute(DEN_AR, series, observed, steps=4, seed=2, **FREE)
+    assert asked == [6] and sizes == [4, 2]
+    assert (out - expected).abs().max() < 1e-12
+
+
+def test_the_memory_probe_takes_cond_entries_that_are_not_per_sample_tensors():
+    """series_batch_size with a cond whose first entry is not a tensor: the probe passes it as it is and gives
+    the network sample 0's row of the per-sample tensor y, repeated."""
+    seen, network = [], AR.network(S)
+
+    def recording(x, t, y=None, scale=None):
+        seen.append((y.tolist(), scale))
+        return network(x, t)
+    den = Denoiser(recording, S)
+    options = {"cond": {"scale": 0.5, "y": torch.tensor([2, 0, 1])}, "reconstruction_weight": 1.0}
+    size = fc.series_batch_size(den, 1, L, 8, "cpu", options)
+    assert 1 <= size <= 8 and seen and all(scale == 0.5 and set(y) == {2} for y, scale in seen)
