@@ -228,25 +228,35 @@ def impute_levels(missing: torch.Tensor, length: int, chunk: int) -> torch.Tenso
     return levels
 
 
-def _row_generators(generator, batch: int, windows: int):
-    """``rng(sample, window)``: the generator of one sample's window (None: the global generator).
+def _row_generators(seed: Optional[int], generator, batch: int, windows: int):
+    """``rng(sample, window)``: the generator of one sample's window (None: the global generator);
+    ``generator``: :func:`diffkit.editing._generators` of the call's ``seed`` / ``generator``, or None.
     Window 0 uses the sample's own generator (``seed`` + i, or the caller's per-sample one), as a
     one-window imputation always did; window j >= 1 its own generator, seeded with the j-th of
-    ``windows`` - 1 numbers drawn at the call's start from a copy of the sample's generator (the
-    sample's generator itself is not advanced by the draw). So a sample's windows do not share a
-    stream, and its values depend neither on which windows are drawn together nor on the batch size
-    nor on the other samples. One shared generator first gives each sample a seed of its own
-    (``batch`` numbers drawn from it)."""
-    if generator is None:
+    ``windows`` - 1 int64 numbers drawn at the call's start from a stream of the sample's own that
+    its window-0 noise does not use: a generator seeded ``seed`` + i + :data:`~diffkit.noise.WINDOW_SEED_OFFSET`
+    (as :func:`diffkit.noise.sample_generators` separates a sample's step noise). One shared
+    ``generator`` first gives each sample a seed s_i (``batch`` numbers drawn from it), used as
+    ``seed`` + i. A caller's per-sample generators have no seed to offset: their windows' seeds are
+    drawn from a copy of each (the sample's generator itself is not advanced by the draw). So a
+    sample's windows do not share a stream, and its values depend neither on which windows are
+    drawn together nor on the batch size nor on the other samples."""
+    from .noise import WINDOW_SEED_OFFSET, generators_from_seed
+    if seed is None and generator is None:
         return lambda sample, window: None
     if isinstance(generator, torch.Generator):
         seeds = torch.randint(0, 2**63 - 1, (batch,), generator=generator, device=generator.device).tolist()
-        generator = [torch.Generator(generator.device).manual_seed(seed) for seed in seeds]
-    seeds = []
-    for own in generator:
-        copy = torch.Generator(own.device)
-        copy.set_state(own.get_state())
-        seeds.append(torch.randint(0, 2**63 - 1, (max(windows - 1, 0),), generator=copy, device=own.device).tolist())
+        generator = [torch.Generator(generator.device).manual_seed(s) for s in seeds]
+        streams = [torch.Generator().manual_seed(s + WINDOW_SEED_OFFSET) for s in seeds]
+    elif seed is not None:  # generator: generators_from_seed(seed, batch)
+        streams = generators_from_seed(seed + WINDOW_SEED_OFFSET, batch)
+    else:
+        streams = []
+        for own in generator:
+            streams.append(torch.Generator(own.device))
+            streams[-1].set_state(own.get_state())
+    seeds = [torch.randint(0, 2**63 - 1, (max(windows - 1, 0),), generator=stream, device=stream.device).tolist()
+             for stream in streams]
 
     def rng(sample: int, window: int):
         if window == 0:
@@ -327,8 +337,8 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     seed, generator = options.pop("seed", None), options.pop("generator", None)
     plan = impute_plan(steps_given, length, chunk)
     firsts = [0] + [end for _, end in plan[:-1]]  # window j keeps the missing values of firsts[j] .. end - 1
-    rng = _row_generators(_generators(seed, generator, batch) if seed is not None or generator is not None else None,
-                          batch, len(plan))
+    rng = _row_generators(seed, _generators(seed, generator, batch) if seed is not None or generator is not None
+                          else None, batch, len(plan))
     levels = impute_levels(~observed, length, chunk)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()

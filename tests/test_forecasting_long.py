@@ -178,8 +178,9 @@ def window_generators(seed, windows):
     """Sample (seed) 's generators of the windows of a long imputation, as docs/editing.md states them:
     window 0 draws from torch.Generator().manual_seed(seed); window j >= 1 from a generator seeded with
     the j-th of windows - 1 int64 numbers drawn with torch.randint(0, 2**63 - 1) from a second generator
-    seeded the same."""
-    seeds = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(seed)).tolist()
+    seeded seed + 20000003 (a stream window 0's noise does not use)."""
+    seeds = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(seed + 20_000_003))
+    seeds = seeds.tolist()
     return [torch.Generator().manual_seed(seed)] + [torch.Generator().manual_seed(s) for s in seeds]
 
 
@@ -353,14 +354,16 @@ def test_the_levels_are_the_brute_force_ones_for_every_chunk():
     assert deep > 100  # windows waiting for one two or more back are exercised
 
 
-def sequential_impute(den, series, observed, chunk, seed, steps, length=L, **options):
+def sequential_impute(den, series, observed, chunk, seed, steps, length=L, windows_of=None, **options):
     """One window at a time, one sample at a time, in the plan's order, with diffkit.inpaint itself: sample
     i's window j repaints the values of the window not observed and not kept before, from window_generators
-    (seed + i)[j], and keeps those of its kept range (the docs' semantics, with no levels and no batching)."""
+    (seed + i)[j] (or windows_of(i, W)[j]), and keeps those of its kept range (the docs' semantics, with no
+    levels and no batching)."""
     plan = fc.impute_plan(series.shape[-1], length, chunk)
     out = torch.where(observed, series, torch.zeros_like(series))
+    windows_of = windows_of or (lambda i, windows: window_generators(seed + i, windows))
     for i in range(len(series)):
-        generators, known = window_generators(seed + i, len(plan)), observed[i].clone()
+        generators, known = windows_of(i, len(plan)), observed[i].clone()
         for (start, end), generator in zip(plan, generators):
             if known[:, start:end].all():
                 continue
@@ -397,6 +400,29 @@ def test_batched_imputation_is_the_one_window_at_a_time_result(batch_size):
     levels = fc.impute_levels(~observed, L, 2)
     assert levels[0].max() == 0 and levels[1:3].max() > 0  # both kinds of plan are exercised
     assert levels[3, :3].tolist() == [0, 1, 0]  # a later window drawn first
+
+
+def test_a_callers_generators_seed_the_windows_as_documented():
+    """generator= instead of seed=: one shared generator gives sample i the seed s_i (the i-th of B int64
+    numbers torch.randint(0, 2**63 - 1) draws from it) and the windows of window_generators(s_i); a list of
+    per-sample generators g_i gives window 0 g_i itself and window j >= 1 the j-th int64 number of g_i's
+    stream (the same numbers window 0's noise then uses: no seed to offset)."""
+    series = torch.randn(2, 1, 11, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.5, seed=19)
+    args = (DEN_AR, series, observed, "ddpm", 3)
+    shared = diffkit.impute(*args, generator=torch.Generator().manual_seed(4), batch_size=None, **FREE)
+    seeds = torch.randint(0, 2**63 - 1, (2,), generator=torch.Generator().manual_seed(4)).tolist()
+    expected = sequential_impute(*args[:3], 2, None, 3, reconstruction_weight=1.0,
+                                 windows_of=lambda i, windows: window_generators(seeds[i], windows))
+    assert (shared - expected).abs().max() < 1e-12
+    own = diffkit.impute(*args, generator=[torch.Generator().manual_seed(7 + i) for i in range(2)], batch_size=None,
+                         **FREE)
+
+    def from_own(i, windows):
+        numbers = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(7 + i))
+        return [torch.Generator().manual_seed(7 + i)] + [torch.Generator().manual_seed(s) for s in numbers.tolist()]
+    expected = sequential_impute(*args[:3], 2, None, 3, reconstruction_weight=1.0, windows_of=from_own)
+    assert (own - expected).abs().max() < 1e-12
 
 
 AR_MODELS = {}
