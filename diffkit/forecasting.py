@@ -203,7 +203,8 @@ def impute_levels(missing: torch.Tensor, length: int, chunk: int) -> torch.Tenso
     holds, inside this window, a value missing for this sample (values it reads that one of them fills).
     ``missing`` (B, C, n) bool, True = missing. The windows of one level depend on no window of
     their level (nor later): each level can be drawn in one batch once the levels below are done,
-    with the same result as one window after the other. Under the keep rule a window's kept range
+    with the same result as one window after the other, provided window j does not read what a
+    later window of a lower level already filled (:func:`impute` repaints those cells in window j). Under the keep rule a window's kept range
     reaches (L - chunk) // 2 steps into the next window, so with values missing at random windows are
     sequential (level j for window j); windows whose overlaps hold only given values (gaps in blocks,
     ``chunk`` L - 1 with L - chunk < 2) are independent."""
@@ -311,16 +312,18 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     (a copy; float16 / bfloat16 as float32) and nothing is sampled. Options and defaults as :func:`forecast`.
 
     Batching: the (sample, window) pairs are drawn level by level (:func:`impute_levels`: a window
-    waits only for the earlier windows that fill values it reads), every pair of a level in batches
+    waits only for the earlier windows that fill values it reads, and sees the values of no later
+    window, as one window at a time), every pair of a level in batches
     of ``batch_size`` windows (``"auto"``, the default: the memory-aware :func:`series_batch_size`,
     at most the largest level; an int; None: the whole level in one call, whatever its size, with no
     memory check: a level can hold every sample's window of a long series, e.g. 64 x 1661 windows,
     where the one-window-at-a-time code drew at most the B samples per call). A batch out of
     accelerator memory is halved and drawn again (:class:`diffkit.memory.RetryingBatches`); on the CPU
-    an out-of-memory is not caught, so there only ``"auto"`` (or a small int) bounds the memory. Randomness: window 0 of sample i draws from its
-    generator (``seed`` + i, or the caller's), each later window from a generator of its own seeded
-    from that one (:func:`_row_generators`), so sample i is the same alone, with other samples, and
-    at any ``batch_size`` (up to the float round-off of batched matmuls)."""
+    an out-of-memory is not caught, so there only ``"auto"`` (or a small int) bounds the memory.
+    Randomness: window 0 of sample i draws from its generator (``seed`` + i, or the caller's), each
+    later window from a generator of its own, seeded from a stream of the sample's
+    (:func:`_row_generators`: with ``seed`` or one shared generator, one its window 0 does not use), so sample i is the same alone, with other samples, and at any
+    ``batch_size`` (up to the float round-off of batched matmuls)."""
     from .memory import batches_with_oom_retry
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
