@@ -204,10 +204,11 @@ def impute_levels(missing: torch.Tensor, length: int, chunk: int) -> torch.Tenso
     ``missing`` (B, C, n) bool, True = missing. The windows of one level depend on no window of
     their level (nor later): each level can be drawn in one batch once the levels below are done,
     with the same result as one window after the other, provided window j does not read what a
-    later window of a lower level already filled (:func:`impute` repaints those cells in window j). Under the keep rule a window's kept range
-    reaches (L - chunk) // 2 steps into the next window, so with values missing at random windows are
-    sequential (level j for window j); windows whose overlaps hold only given values (gaps in blocks,
-    ``chunk`` L - 1 with L - chunk < 2) are independent."""
+    later window of a lower level already filled (:func:`impute` repaints those cells in window j).
+    Under the keep rule a window's kept range reaches (L - chunk) // 2 steps into the next window, so
+    with values missing at random windows are sequential (level j for window j); windows whose
+    overlaps hold only given values (gaps in blocks, ``chunk`` L - 1 with L - chunk < 2) are
+    independent."""
     batch, steps_given = missing.shape[0], missing.shape[-1]
     plan = impute_plan(steps_given, length, chunk)
     counts = torch.zeros(batch, steps_given + 1, dtype=torch.long)
@@ -235,8 +236,9 @@ def _row_generators(seed: Optional[int], generator, batch: int, windows: int):
     Window 0 uses the sample's own generator (``seed`` + i, or the caller's per-sample one), as a
     one-window imputation always did; window j >= 1 its own generator, seeded with the j-th of
     ``windows`` - 1 int64 numbers drawn at the call's start from a stream of the sample's own that
-    its window-0 noise does not use: a generator seeded ``seed`` + i + :data:`~diffkit.noise.WINDOW_SEED_OFFSET`
-    (as :func:`diffkit.noise.sample_generators` separates a sample's step noise). One shared
+    its window-0 noise does not use: a generator seeded ``seed`` + i +
+    :data:`~diffkit.noise.WINDOW_SEED_OFFSET` (as :func:`diffkit.noise.sample_generators` separates a
+    sample's step noise). One shared
     ``generator`` first gives each sample a seed s_i (``batch`` numbers drawn from it), used as
     ``seed`` + i. A caller's per-sample generators have no seed to offset: their windows' seeds are
     drawn from a copy of each (the sample's generator itself is not advanced by the draw). So a
@@ -322,8 +324,9 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     an out-of-memory is not caught, so there only ``"auto"`` (or a small int) bounds the memory.
     Randomness: window 0 of sample i draws from its generator (``seed`` + i, or the caller's), each
     later window from a generator of its own, seeded from a stream of the sample's
-    (:func:`_row_generators`: with ``seed`` or one shared generator, one its window 0 does not use), so sample i is the same alone, with other samples, and at any
-    ``batch_size`` (up to the float round-off of batched matmuls)."""
+    (:func:`_row_generators`: with ``seed`` or one shared generator, one its window 0 does not use),
+    so sample i is the same alone, with other samples, and at any ``batch_size`` (up to the float
+    round-off of batched matmuls)."""
     from .memory import batches_with_oom_retry
     series = _check_series(series, "series")
     length = model_length(denoiser, length)

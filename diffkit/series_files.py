@@ -210,7 +210,8 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
             if allow_missing and len(header) == 1 and rows:
                 pending.append(reader.line_num)
             continue  # a blank line (e.g. at the end); to impute, a row of empty cells ",,," is a row, all missing
-        inside, pending = inside + pending, []
+        inside += pending
+        pending.clear()
         if len(row) != len(header):
             raise DiffkitError(f"{path}, line {reader.line_num}: {len(row)} values for the {len(header)} columns "
                                f"of the header row")
