@@ -206,10 +206,12 @@ def impute_levels(missing: torch.Tensor, length: int, chunk: int) -> torch.Tenso
     holds, inside this window, a value missing for this sample (values it reads that one of them fills).
     ``missing`` (B, C, n) bool, True = missing. The windows of one level depend on no window of
     their level (nor later): each level can be drawn in one batch once the levels below are done,
-    with the same result as one window after the other. Under the keep rule a window's kept range
-    reaches (L - chunk) // 2 steps into the next window, so with values missing at random windows are
-    sequential (level j for window j); windows whose overlaps hold only given values (gaps in blocks,
-    ``chunk`` L - 1 with L - chunk < 2) are independent."""
+    with the same result as one window after the other, provided window j does not read what a
+    later window of a lower level already filled (:func:`impute` repaints those cells in window j).
+    Under the keep rule a window's kept range reaches (L - chunk) // 2 steps into the next window, so
+    with values missing at random windows are sequential (level j for window j); windows whose
+    overlaps hold only given values (gaps in blocks, ``chunk`` L - 1 with L - chunk < 2) are
+    independent."""
     batch, steps_given = missing.shape[0], missing.shape[-1]
     plan = impute_plan(steps_given, length, chunk)
     counts = torch.zeros(batch, steps_given + 1, dtype=torch.long)
@@ -231,25 +233,36 @@ def impute_levels(missing: torch.Tensor, length: int, chunk: int) -> torch.Tenso
     return levels
 
 
-def _row_generators(generator, batch: int, windows: int):
-    """``rng(sample, window)``: the generator of one sample's window (None: the global generator).
+def _row_generators(seed: Optional[int], generator, batch: int, windows: int):
+    """``rng(sample, window)``: the generator of one sample's window (None: the global generator);
+    ``generator``: :func:`diffkit.editing._generators` of the call's ``seed`` / ``generator``, or None.
     Window 0 uses the sample's own generator (``seed`` + i, or the caller's per-sample one), as a
     one-window imputation always did; window j >= 1 its own generator, seeded with the j-th of
-    ``windows`` - 1 numbers drawn at the call's start from a copy of the sample's generator (the
-    sample's generator itself is not advanced by the draw). So a sample's windows do not share a
-    stream, and its values depend neither on which windows are drawn together nor on the batch size
-    nor on the other samples. One shared generator first gives each sample a seed of its own
-    (``batch`` numbers drawn from it)."""
-    if generator is None:
+    ``windows`` - 1 int64 numbers drawn at the call's start from a stream of the sample's own that
+    its window-0 noise does not use: a generator seeded ``seed`` + i +
+    :data:`~diffkit.noise.WINDOW_SEED_OFFSET` (as :func:`diffkit.noise.sample_generators` separates a
+    sample's step noise). One shared
+    ``generator`` first gives each sample a seed s_i (``batch`` numbers drawn from it), used as
+    ``seed`` + i. A caller's per-sample generators have no seed to offset: their windows' seeds are
+    drawn from a copy of each (the sample's generator itself is not advanced by the draw). So a
+    sample's windows do not share a stream, and its values depend neither on which windows are
+    drawn together nor on the batch size nor on the other samples."""
+    from .noise import WINDOW_SEED_OFFSET, generators_from_seed
+    if seed is None and generator is None:
         return lambda sample, window: None
     if isinstance(generator, torch.Generator):
         seeds = torch.randint(0, 2**63 - 1, (batch,), generator=generator, device=generator.device).tolist()
-        generator = [torch.Generator(generator.device).manual_seed(seed) for seed in seeds]
-    seeds = []
-    for own in generator:
-        copy = torch.Generator(own.device)
-        copy.set_state(own.get_state())
-        seeds.append(torch.randint(0, 2**63 - 1, (max(windows - 1, 0),), generator=copy, device=own.device).tolist())
+        generator = [torch.Generator(generator.device).manual_seed(s) for s in seeds]
+        streams = [torch.Generator().manual_seed(s + WINDOW_SEED_OFFSET) for s in seeds]
+    elif seed is not None:  # generator: generators_from_seed(seed, batch)
+        streams = generators_from_seed(seed + WINDOW_SEED_OFFSET, batch)
+    else:
+        streams = []
+        for own in generator:
+            streams.append(torch.Generator(own.device))
+            streams[-1].set_state(own.get_state())
+    seeds = [torch.randint(0, 2**63 - 1, (max(windows - 1, 0),), generator=stream, device=stream.device).tolist()
+             for stream in streams]
 
     def rng(sample: int, window: int):
         if window == 0:
@@ -262,24 +275,27 @@ def series_batch_size(denoiser, channels: int, length: int, limit: int, device, 
     """The memory-aware batch (windows of ``channels`` x ``length`` per sampler call, at most ``limit``):
     :func:`diffkit.memory.auto_batch_size` probed with one ddim step of :func:`diffkit.inpaint` with the
     call's reconstruction guidance, ``cond`` and thresholding (the guidance's backward pass is the
-    largest part of a guided step's memory)."""
+    largest part of a guided step's memory). ``cond`` tensors with a row per sample are probed with
+    sample 0's row repeated; other ``cond`` values are passed as they are."""
     from .memory import PROBE_SAMPLING, auto_batch_size
     from .noise import generators_from_seed
     kept = {key: options[key] for key in ("reconstruction_weight", "thresholding") if key in options}
 
+    cond = options.get("cond")
+    rows = next((len(value) for value in cond.values() if isinstance(value, torch.Tensor) and value.ndim),
+                None) if isinstance(cond, dict) else None  # the number of samples cond has rows for, if any
+
     def probe(n: int):
         window = torch.zeros(n, channels, length, device=device)
-        batch = len(options["cond"][next(iter(options["cond"]))]) if options.get("cond") else n
-        extra = _subset(options, [0] * n, batch) if options.get("cond") else {}
+        extra = {} if cond is None else {"cond": cond if rows is None else _subset(options, [0] * n, rows)["cond"]}
         return inpaint(denoiser, window, torch.ones_like(window), PROBE_SAMPLING["sampler"], PROBE_SAMPLING["steps"],
-                       value_range=None, progress=False, generator=generators_from_seed(0, n),
-                       **kept, **({"cond": extra["cond"]} if extra else {}))
+                       value_range=None, progress=False, generator=generators_from_seed(0, n), **kept, **extra)
     return auto_batch_size(probe, device, limit=limit, sample_numel=channels * length)
 
 
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
            length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
-           jump_length: int = 10, jump_n_sample: int = 1, batch_size=None, **options) -> torch.Tensor:
+           jump_length: int = 10, jump_n_sample: int = 1, batch_size="auto", **options) -> torch.Tensor:
     """``series`` (B, C, n) with its missing values drawn from the model given the observed ones:
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
@@ -301,13 +317,19 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     (a copy; float16 / bfloat16 as float32) and nothing is sampled. Options and defaults as :func:`forecast`.
 
     Batching: the (sample, window) pairs are drawn level by level (:func:`impute_levels`: a window
-    waits only for the earlier windows that fill values it reads), every pair of a level in batches
-    of ``batch_size`` windows (None: the whole level in one call; ``"auto"``: the memory-aware
-    :func:`series_batch_size`; a batch out of accelerator memory is halved and drawn again,
-    :class:`diffkit.memory.RetryingBatches`). Randomness: window 0 of sample i draws from its
-    generator (``seed`` + i, or the caller's), each later window from a generator of its own seeded
-    from that one (:func:`_row_generators`), so sample i is the same alone, with other samples, and
-    at any ``batch_size`` (up to the float round-off of batched matmuls)."""
+    waits only for the earlier windows that fill values it reads, and sees the values of no later
+    window, as one window at a time), every pair of a level in batches
+    of ``batch_size`` windows (``"auto"``, the default: the memory-aware :func:`series_batch_size`,
+    at most the largest level; an int; None: the whole level in one call, whatever its size, with no
+    memory check: a level can hold every sample's window of a long series, e.g. 64 x 1661 windows,
+    where the one-window-at-a-time code drew at most the B samples per call). A batch out of
+    accelerator memory is halved and drawn again (:class:`diffkit.memory.RetryingBatches`); on the CPU
+    an out-of-memory is not caught, so there only ``"auto"`` (or a small int) bounds the memory.
+    Randomness: window 0 of sample i draws from its generator (``seed`` + i, or the caller's), each
+    later window from a generator of its own, seeded from a stream of the sample's
+    (:func:`_row_generators`: with ``seed`` or one shared generator, one its window 0 does not use),
+    so sample i is the same alone, with other samples, and at any ``batch_size`` (up to the float
+    round-off of batched matmuls)."""
     from .memory import batches_with_oom_retry
     series = _check_series(series, "series")
     length = model_length(denoiser, length)
@@ -323,8 +345,9 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                    jump_n_sample=jump_n_sample)
     seed, generator = options.pop("seed", None), options.pop("generator", None)
     plan = impute_plan(steps_given, length, chunk)
-    rng = _row_generators(_generators(seed, generator, batch) if seed is not None or generator is not None else None,
-                          batch, len(plan))
+    firsts = [0] + [end for _, end in plan[:-1]]  # window j keeps the missing values of firsts[j] .. end - 1
+    rng = _row_generators(seed, _generators(seed, generator, batch) if seed is not None or generator is not None
+                          else None, batch, len(plan))
     levels = impute_levels(~observed, length, chunk)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()
@@ -342,8 +365,13 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
             for r, (j, i) in enumerate(rows):
                 start = plan[j][0]
                 width = min(start + length, steps_given) - start
-                window[r, :, :width] = filled[i, :, start:start + width]
-                repaint[r, :, :width] = (~known[i, :, start:start + width]).to(window.dtype)
+                # what window j sees one window at a time: the observed values and those windows < j kept
+                # (before firsts[j]); a later window of a lower level may have filled values after that
+                # already, which window j must draw itself, as if they were not there yet
+                given = known[i, :, start:start + width].clone()
+                given[:, max(firsts[j] - start, 0):] = observed[i, :, max(firsts[j], start):start + width]
+                window[r, :, :width] = torch.where(given, filled[i, :, start:start + width], 0.0)
+                repaint[r, :, :width] = (~given).to(window.dtype)
             row_options = _subset(options, [i for _, i in rows], batch)
             gens = [rng(i, j) for j, i in rows]
             if gens[0] is not None:

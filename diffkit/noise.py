@@ -19,6 +19,7 @@ from .errors import DiffkitError
 
 GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 STEP_SEED_OFFSET = 10_000_019  # sample i's stochastic steps draw from seed + STEP_SEED_OFFSET + i
+WINDOW_SEED_OFFSET = 20_000_003  # sample i's windows >= 1 of a long impute: seeds from seed + this + i
 
 
 def generators_from_seed(seed: int, n: int) -> list[torch.Generator]:

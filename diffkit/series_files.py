@@ -231,7 +231,9 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
                missing_hint: str = TRAINING_MISSING, label_column: str = "") -> tuple:
     """:func:`read_csv_series` on the rows of ``reader`` (a ``csv.reader``); blank lines are skipped (with
     ``allow_missing``, a row of empty cells of a file of several columns is a row of missing values: skipped,
-    it would shift the imputed rows against the file's; a one-column file's empty line stays blank)."""
+    it would shift the imputed rows against the file's; a row of empty cells at the end is a row too, imputed;
+    a one-column file's empty line cannot be told from a blank one: skipped, with a DiffkitWarning when data
+    rows follow it, since the rows after it move up: write nan for a missing value there)."""
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise DiffkitError(f"series file {str(path)!r} has no header row; its first line must name the columns")
@@ -256,11 +258,15 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
         labels = f" with label_column={label_column!r} (labels, not values)" if label_column else ""
         raise DiffkitError(f"drop_columns={','.join(drop_columns)!r}{labels} leaves no value column of {path}; "
                            f"keep at least one")
-    rows = []
+    rows, pending, inside = [], [], []  # blank lines of a one-column file since the last data row / between rows
     for row in reader:
         if not row or (all(not cell.strip() for cell in row) and not (allow_missing and len(header) > 1
                                                                        and len(row) == len(header))):
+            if allow_missing and len(header) == 1 and rows:
+                pending.append(reader.line_num)
             continue  # a blank line (e.g. at the end); to impute, a row of empty cells ",,," is a row, all missing
+        inside += pending
+        pending.clear()
         if len(row) != len(header):
             raise DiffkitError(f"{path}, line {reader.line_num}: {len(row)} values for the {len(header)} columns "
                                f"of the header row")
@@ -288,6 +294,10 @@ def _parse_csv(path: Path, reader, drop_columns: Sequence[str], allow_missing: b
         rows.append(values)
     if not rows:
         raise DiffkitError(f"series file {str(path)!r} has a header row but no data rows")
+    if inside:  # a one-column file's empty line between data rows: a missing value or a blank line?
+        warnings.warn(f"{path}, line {inside[0]}: an empty line in a one-column file is read as a blank line and "
+                      f"skipped ({len(inside)} between data rows), so the rows after it move up; to impute a missing "
+                      f"value there, write nan", DiffkitWarning, stacklevel=2)
     return np.asarray(rows, dtype=np.float64), [header[i] for i in keep]
 
 

@@ -50,8 +50,8 @@ def test_independent_values_are_imputed_with_their_exact_marginal_and_guidance_b
     den = Denoiser(DIAG.network(S, learned_variance=True), S, learned_variance=True)
     series = as_series(DIAG.sample(n, torch.Generator().manual_seed(1))[0])
     observed = random_missing_mask(series.shape, 0.5, seed=3)
-    out = diffkit.impute(den, series, observed, "ddpm", 100, reconstruction_weight=weight,
-                         generator=torch.Generator().manual_seed(5), **FREE)
+    out = diffkit.impute(den, series, observed, "ddpm", 100, reconstruction_weight=weight, batch_size=None,
+                         generator=torch.Generator().manual_seed(5), **FREE)  # None: 3000 in one call (auto: 256)
     assert torch.equal(out[observed], series[observed])  # kept exactly, bit for bit
     flat, missing = out.reshape(n, -1), (~observed).reshape(n, -1)
     for i in range(C * L):

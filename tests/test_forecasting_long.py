@@ -9,11 +9,11 @@ import torch
 import diffkit
 import diffkit.forecasting as fc
 from diffkit import Denoiser
-from diffkit.analytic import gaussian_ode_solution
+from diffkit.analytic import GaussianMixture, gaussian_ode_solution
 from diffkit.forecasting import forecast_windows, impute_windows, random_missing_mask
 from diffkit.sampling import sampler_grid
 from diffkit.samplers.registry import get_sampler
-from test_forecasting import (C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, S, alpha_sigma,
+from test_forecasting import (AR, AR_VAR, C, DEN_AR, DIAG, DIAG_MEAN, DIAG_VAR, FREE, HISTORY, L, RHO, S, alpha_sigma,
                               assert_moments, exact_moments)
 
 
@@ -178,8 +178,9 @@ def window_generators(seed, windows):
     """Sample (seed) 's generators of the windows of a long imputation, as docs/editing.md states them:
     window 0 draws from torch.Generator().manual_seed(seed); window j >= 1 from a generator seeded with
     the j-th of windows - 1 int64 numbers drawn with torch.randint(0, 2**63 - 1) from a second generator
-    seeded the same."""
-    seeds = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(seed)).tolist()
+    seeded seed + 20000003 (a stream window 0's noise does not use)."""
+    seeds = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(seed + 20_000_003))
+    seeds = seeds.tolist()
     return [torch.Generator().manual_seed(seed)] + [torch.Generator().manual_seed(s) for s in seeds]
 
 
@@ -276,7 +277,8 @@ def test_every_window_gets_the_callers_guidance_and_repaint_settings(monkeypatch
     else:
         observed = torch.ones_like(series, dtype=torch.bool)
         observed[..., [1, 4, 6, 8]] = False  # L = 4, chunk 2: windows at 0, 2, 4, 5 keep up to 3, 5, 7, 9
-        diffkit.impute(DEN_AR, series, observed, "ddpm", 4, chunk=2, seed=0, **settings, **FREE)
+        diffkit.impute(DEN_AR, series, observed, "ddpm", 4, chunk=2, seed=0, batch_size=None, **settings,
+                       **FREE)  # None: no memory probe (one ddim step, its own settings) among the calls
     # impute: window 1 reads only given values (step 2 observed), windows 2 and 3 read steps 4 and 6 that
     # windows 1 and 2 fill: levels 0 0 1 2, three calls
     assert len(calls) == 3
@@ -314,19 +316,59 @@ def test_the_levels_of_a_long_imputation():
     assert fc.impute_levels(two, L, 2).tolist() == [[0, 0, -1, -1, 0], [0, 1, 2, 3, 4]]
 
 
-def sequential_impute(den, series, observed, chunk, seed, steps, **options):
+def brute_force_levels(missing, plan, length):
+    """impute_levels step by step, per sample: window j fills the missing steps of its kept range not kept by
+    an earlier window; it waits for every earlier window i (any distance back) that fills a step inside
+    j's span start .. start + L - 1; level -1 when it fills nothing, else 1 + the largest level it waits for
+    (0 when none). Also the number of waits for a window two or more back."""
+    firsts = [0] + [end for _, end in plan[:-1]]
+    levels, far = [], 0
+    for sample in missing.any(1).tolist():  # a step is missing when any channel is
+        fills = [{t for t in range(first, end) if sample[t]} for first, (_, end) in zip(firsts, plan)]
+        row = []
+        for j, (start, _) in enumerate(plan):
+            waits = [i for i in range(j) if fills[i] & set(range(start, start + length))]
+            far += sum(i < j - 1 for i in waits)
+            waits = [row[i] for i in waits]
+            row.append(-1 if not fills[j] else 1 + max(waits, default=-1))
+        levels.append(row)
+    return levels, far
+
+
+def test_the_levels_are_the_brute_force_ones_for_every_chunk():
+    """impute_levels against brute_force_levels for L 2, 3, 4, 7, 12 and 24, every chunk, series lengths
+    from 1 to 5 L (4 per chunk, 5 L among them), 3 samples of 2 channels with 5%, 30% and 80% of the values
+    missing: with chunk < L / 3 a window's span reaches back past the previous window's kept range, so it can
+    wait for a window two or more back."""
+    rng = torch.Generator().manual_seed(2)
+    deep = 0
+    for length in (2, 3, 4, 7, 12, 24):
+        for chunk in range(1, length):
+            for n in [5 * length] + torch.randint(1, 5 * length, (3,), generator=rng).tolist():
+                missing = torch.rand(3, 2, n, generator=rng) < torch.tensor([0.05, 0.3, 0.8])[:, None, None]
+                plan = fc.impute_plan(n, length, chunk)
+                levels = fc.impute_levels(missing, length, chunk).tolist()
+                expected, far = brute_force_levels(missing, plan, length)
+                assert levels == expected, (length, chunk, n)
+                deep += far
+    assert deep > 100  # windows waiting for one two or more back are exercised
+
+
+def sequential_impute(den, series, observed, chunk, seed, steps, length=L, windows_of=None, **options):
     """One window at a time, one sample at a time, in the plan's order, with diffkit.inpaint itself: sample
     i's window j repaints the values of the window not observed and not kept before, from window_generators
-    (seed + i)[j], and keeps those of its kept range (the docs' semantics, with no levels and no batching)."""
-    plan = fc.impute_plan(series.shape[-1], L, chunk)
+    (seed + i)[j] (or windows_of(i, W)[j]), and keeps those of its kept range (the docs' semantics, with no
+    levels and no batching)."""
+    plan = fc.impute_plan(series.shape[-1], length, chunk)
     out = torch.where(observed, series, torch.zeros_like(series))
+    windows_of = windows_of or (lambda i, windows: window_generators(seed + i, windows))
     for i in range(len(series)):
-        generators, known = window_generators(seed + i, len(plan)), observed[i].clone()
+        generators, known = windows_of(i, len(plan)), observed[i].clone()
         for (start, end), generator in zip(plan, generators):
             if known[:, start:end].all():
                 continue
-            width = min(start + L, series.shape[-1]) - start
-            window = torch.zeros(1, series.shape[1], L, dtype=series.dtype)
+            width = min(start + length, series.shape[-1]) - start
+            window = torch.zeros(1, series.shape[1], length, dtype=series.dtype)
             window[0, :, :width] = out[i, :, start:start + width]
             repaint = torch.ones_like(window)
             repaint[0, :, :width] = (~known[:, start:start + width]).to(series.dtype)
@@ -339,21 +381,80 @@ def sequential_impute(den, series, observed, chunk, seed, steps, **options):
 
 @pytest.mark.parametrize("batch_size", [None, 1, 3])
 def test_batched_imputation_is_the_one_window_at_a_time_result(batch_size):
-    """AR(1) (float64 exact model), ddpm with reconstruction guidance and RePaint, 3 series of 17 steps
+    """AR(1) (float64 exact model), ddpm with reconstruction guidance and RePaint, 4 series of 17 steps
     (L = 4, chunk 2: 8 windows), one with gaps in blocks (independent windows drawn together), two with values
-    missing at random (sequential windows): impute, at any batch_size, equals sequential_impute to 1e-12
-    (float64: the only difference batching can make is the summation order of batched matmuls, ~1e-16)."""
-    series = torch.randn(3, 1, 17, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    missing at random (sequential windows), one missing steps 2, 3 and 5 (levels 0 1 0: window 2 fills step 5
+    before window 1, which reads it and must draw it itself, as one window at a time it would): impute, at any
+    batch_size, equals sequential_impute to 1e-12 (float64: the only difference batching can make is the
+    summation order of batched matmuls, ~1e-16; window 1 seeing window 2's step 5 was 0.13 off)."""
+    series = torch.randn(4, 1, 17, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     observed = random_missing_mask(series.shape, 0.4, seed=12)
-    observed[0] = True
+    observed[0] = observed[3] = True
     observed[0, :, [1, 5, 9, 16]] = False
+    observed[3, :, [2, 3, 5]] = False
     options = dict(reconstruction_weight=1.0, jump_length=2, jump_n_sample=2)
     out = diffkit.impute(DEN_AR, series, observed, "ddpm", 6, chunk=2, seed=21, batch_size=batch_size, **options,
                          **FREE)
     expected = sequential_impute(DEN_AR, series, observed, 2, 21, 6, **options)
     assert (out - expected).abs().max() < 1e-12
     levels = fc.impute_levels(~observed, L, 2)
-    assert levels[0].max() == 0 and levels[1:].max() > 0  # both kinds of plan are exercised
+    assert levels[0].max() == 0 and levels[1:3].max() > 0  # both kinds of plan are exercised
+    assert levels[3, :3].tolist() == [0, 1, 0]  # a later window drawn first
+
+
+def test_a_callers_generators_seed_the_windows_as_documented():
+    """generator= instead of seed=: one shared generator gives sample i the seed s_i (the i-th of B int64
+    numbers torch.randint(0, 2**63 - 1) draws from it) and the windows of window_generators(s_i); a list of
+    per-sample generators g_i gives window 0 g_i itself and window j >= 1 the j-th int64 number of g_i's
+    stream (the same numbers window 0's noise then uses: no seed to offset)."""
+    series = torch.randn(2, 1, 11, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.5, seed=19)
+    args = (DEN_AR, series, observed, "ddpm", 3)
+    shared = diffkit.impute(*args, generator=torch.Generator().manual_seed(4), batch_size=None, **FREE)
+    seeds = torch.randint(0, 2**63 - 1, (2,), generator=torch.Generator().manual_seed(4)).tolist()
+    expected = sequential_impute(*args[:3], 2, None, 3, reconstruction_weight=1.0,
+                                 windows_of=lambda i, windows: window_generators(seeds[i], windows))
+    assert (shared - expected).abs().max() < 1e-12
+    own = diffkit.impute(*args, generator=[torch.Generator().manual_seed(7 + i) for i in range(2)], batch_size=None,
+                         **FREE)
+
+    def from_own(i, windows):
+        numbers = torch.randint(0, 2**63 - 1, (windows - 1,), generator=torch.Generator().manual_seed(7 + i))
+        return [torch.Generator().manual_seed(7 + i)] + [torch.Generator().manual_seed(s) for s in numbers.tolist()]
+    expected = sequential_impute(*args[:3], 2, None, 3, reconstruction_weight=1.0, windows_of=from_own)
+    assert (own - expected).abs().max() < 1e-12
+
+
+AR_MODELS = {}
+
+
+def ar_denoiser(length):
+    """The exact AR(1) Gaussian model (test_forecasting's RHO, AR_VAR, zero mean) of windows of ``length``."""
+    if length not in AR_MODELS:
+        cov = AR_VAR * RHO ** (torch.arange(length)[:, None] - torch.arange(length)[None]).abs().double()
+        model = GaussianMixture([1.0], torch.zeros(1, length, dtype=torch.float64), cov[None])
+        AR_MODELS[length] = Denoiser(model.network(S), S)
+    return AR_MODELS[length]
+
+
+def test_batched_imputation_is_the_sequential_result_on_random_masks():
+    """40 random cases (window length L 2..8, every kind of chunk, series of 1 .. 3 L steps, 2 samples, values
+    missing at random with probability 0.1 .. 0.9 or in blocks): impute on the exact AR(1) model of L steps
+    (ddpm, 2 steps, replacement) equals sequential_impute to 1e-12, whatever the levels put first."""
+    rng = torch.Generator().manual_seed(40)
+    for case in range(40):
+        length = int(torch.randint(2, 9, (1,), generator=rng))
+        chunk = int(torch.randint(1, length, (1,), generator=rng))
+        n = int(torch.randint(1, 3 * length + 1, (1,), generator=rng))
+        series = torch.randn(2, 1, n, generator=rng, dtype=torch.float64)
+        observed = torch.rand(2, 1, n, generator=rng) >= 0.1 + 0.8 * torch.rand(2, 1, 1, generator=rng)
+        if case % 4 == 3:  # gaps in blocks
+            observed = torch.rand(2, 1, (n + 2) // 3, generator=rng).repeat_interleave(3, -1)[..., :n] >= 0.3
+        den, options = ar_denoiser(length), dict(reconstruction_weight=0.0)
+        out = diffkit.impute(den, series, observed, "ddpm", 2, length=length, chunk=chunk, seed=case, progress=False,
+                             batch_size=None, **options)
+        expected = sequential_impute(den, series, observed, chunk, case, 2, length=length, **options)
+        assert (out - expected).abs().max() < 1e-12, (case, length, chunk, n, observed.int().tolist())
 
 
 def test_sample_i_does_not_depend_on_num_or_batch_size():
@@ -388,3 +489,37 @@ def test_a_batch_out_of_memory_is_halved_and_drawn_again(monkeypatch, capsys):
     out = diffkit.impute(DEN_AR, series, observed, steps=4, seed=1, batch_size=3, **FREE)
     assert (out - expected).abs().max() < 1e-12
     assert sizes[0] == 3 and max(sizes[1:]) <= 2 and "retrying with 1" in capsys.readouterr().err
+
+
+def test_the_default_batch_is_the_memory_aware_one(monkeypatch):
+    """impute's default batch_size is "auto": series_batch_size is asked for the batch (at most the largest
+    level: 3 samples x 2 independent windows = 6) and no sampler call draws more windows than it gives; the
+    values are those of batch_size None (the whole level in one call)."""
+    series = torch.randn(3, 1, 13, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    observed = torch.ones_like(series, dtype=torch.bool)
+    observed[..., [1, 12]] = False  # windows 0 and 5 only, independent: one level of 6 windows
+    expected = diffkit.impute(DEN_AR, series, observed, steps=4, seed=2, batch_size=None, **FREE)
+    asked, sizes, real = [], [], fc._generate
+    monkeypatch.setattr(fc, "series_batch_size", lambda *args: asked.append(args[3]) or 4)
+
+    def spy(denoiser, window, *args):
+        sizes.append(len(window))
+        return real(denoiser, window, *args)
+    monkeypatch.setattr(fc, "_generate", spy)
+    out = diffkit.impute(DEN_AR, series, observed, steps=4, seed=2, **FREE)
+    assert asked == [6] and sizes == [4, 2]
+    assert (out - expected).abs().max() < 1e-12
+
+
+def test_the_memory_probe_takes_cond_entries_that_are_not_per_sample_tensors():
+    """series_batch_size with a cond whose first entry is not a tensor: the probe passes it as it is and gives
+    the network sample 0's row of the per-sample tensor y, repeated."""
+    seen, network = [], AR.network(S)
+
+    def recording(x, t, y=None, scale=None):
+        seen.append((y.tolist(), scale))
+        return network(x, t)
+    den = Denoiser(recording, S)
+    options = {"cond": {"scale": 0.5, "y": torch.tensor([2, 0, 1])}, "reconstruction_weight": 1.0}
+    size = fc.series_batch_size(den, 1, L, 8, "cpu", options)
+    assert 1 <= size <= 8 and seen and all(scale == 0.5 and set(y) == {2} for y, scale in seen)

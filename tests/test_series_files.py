@@ -450,3 +450,31 @@ def test_a_row_of_empty_cells_is_a_missing_row_when_imputing(tmp_path):
     assert np.isnan(values[1]).all() and values[2, 0] == 4 and np.isnan(values[2, 1])
     path.write_text("a,b,c\n1,2,3\n,,\n7,8,9\n")
     assert read_series_file(path, [])[0].shape == (2, 3)
+
+
+def test_a_one_column_files_empty_lines_are_blank_and_warned_about_when_imputing(tmp_path):
+    """A one-column file cannot tell an empty line (a missing value?) from a blank one: to impute, its empty
+    and whitespace-only lines are skipped as blank (not rows of missing values, as ",," is in a file of several
+    columns), and when data rows follow them one DiffkitWarning names the first and says to write nan (the
+    rows after them move up); trailing blank lines and a training read warn about nothing. A trailing row of
+    empty cells of a file of several columns is a row, imputed."""
+    import warnings
+    from diffkit.errors import DiffkitWarning
+    from diffkit.series_files import read_series_file
+    path = tmp_path / "one.csv"
+    path.write_text("a\n1\n\n  \n4\nnan\n\n")
+    with pytest.warns(DiffkitWarning) as caught:
+        values, columns = read_series_file(path, [], allow_missing=True)
+    assert columns == ["a"] and values.shape == (3, 1) and values[1, 0] == 4 and np.isnan(values[2, 0])
+    assert [str(w.message) for w in caught] == [
+        f"{path}, line 3: an empty line in a one-column file is read as a blank line and skipped (2 between data "
+        f"rows), so the rows after it move up; to impute a missing value there, write nan"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffkitWarning)
+        path.write_text("a\n1\nnan\n4\n\n\n")
+        assert read_series_file(path, [], allow_missing=True)[0].shape == (3, 1)
+        path.write_text("a\n1\n\n4\n")
+        assert read_series_file(path, [])[0].shape == (2, 1)
+        path.write_text("a,b\n1,2\n,\n\n")
+        values = read_series_file(path, [], allow_missing=True)[0]
+    assert values.shape == (2, 2) and np.isnan(values[1]).all()
