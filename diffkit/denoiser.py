@@ -25,11 +25,14 @@ _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast(mixed_precision: str, device_type: str):
     """The ``torch.autocast`` context of ``mixed_precision`` (no | bf16 | fp16) on ``device_type``
-    (a no-op for ``no``; fp16 needs CUDA)."""
+    (a no-op for ``no``; fp16 needs CUDA; bf16 on CUDA a device that supports it)."""
     if mixed_precision == "no":
         return contextlib.nullcontext()
     if mixed_precision == "fp16" and device_type != "cuda":
         raise DiffkitError("mixed_precision='fp16' needs a CUDA device; use 'bf16' on cpu/mps")
+    if mixed_precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DiffkitError("mixed_precision='bf16' needs a CUDA device with bfloat16 support; this one "
+                           "has none (torch.cuda.is_bf16_supported() is False): use 'fp16' or 'no'")
     return torch.autocast(device_type, dtype=_AUTOCAST_DTYPE[mixed_precision])
 
 

@@ -150,12 +150,14 @@ def _missing_label_column(path: Path, column: str, header: Sequence[str]) -> Dif
     return DiffkitError(f"label_column={column!r} is not a column of {path}; its columns: {', '.join(header)}")
 
 
-def read_label_column(path, column: str) -> np.ndarray:
+def read_label_column(path, column: str, first: int = 0, hint: str = "") -> np.ndarray:
     """The class labels (int64 (T,), one per data row) in column ``column`` (spaces around it ignored) of a
     CSV series file with a header row (``label_column``). A label is an integer >= 0 written with digits only,
     optionally followed by ".0" ("3" or "3.0"; not "+3", "3e0", "3_0" or "3.5"); a missing column, an empty
-    cell or any other text is a one-line error naming the value, its line and what is allowed. Blank lines are
-    skipped as :func:`read_csv_series` skips them, so label i belongs to row i of its values."""
+    cell or any other text is a one-line error naming the value, its line and what is allowed (then ``hint``).
+    Blank lines are skipped as :func:`read_csv_series` skips them, so label i belongs to row i of its values.
+    Training checks every row (``first`` = 0); ``diffkit edit --series`` passes the first row it reads: the
+    rows before it are counted but not checked, their labels -1."""
     path, column = Path(path), column.strip()
     check_series_file(path)
     _check_label_file(path, column)
@@ -168,11 +170,15 @@ def read_label_column(path, column: str) -> np.ndarray:
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
                 continue
+            if len(labels) < first:
+                labels.append(-1)
+                continue
             cell = row[index].strip() if index < len(row) else ""
             value = int(cell.split(".")[0]) if LABEL_RE.fullmatch(cell) else -1
             if not 0 <= value < MAX_LABEL:
                 raise DiffkitError(f"{path}, line {reader.line_num}: label column {column!r} holds {cell!r}; a class "
-                                   f"label must be an integer 0, 1, ..., K-1 (digits, as 3 or 3.0) on every row")
+                                   f"label must be an integer 0, 1, ..., K-1 (digits, as 3 or 3.0) on every row"
+                                   f"{hint}")
             labels.append(value)
     except csv.Error as err:
         raise DiffkitError(f"{path}, line {reader.line_num}: not a readable CSV line ({err})") from None

@@ -78,11 +78,13 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--eta", "0.5", "--sampler", "unipc"], r"eta=0.5 applies to the ddim sampler"),
     (["--sampler", "ode"], r"sampler 'ode' picks its own steps: give a fixed-step sampler"),
     (["--mask", "missing.png"], r"--mask 'missing.png' does not exist"),
-    (["--class", "3"], r"--class needs a class-conditional checkpoint"),
+    (["--class", "3"], r"--class needs a class-conditional checkpoint \(trained with --conditional\); this one is "
+                       r"unconditional"),
     (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),
     (["--reconstruction-weight", "2"], r"--reconstruction-weight \(reconstruction guidance\) goes with --mask or --series"),
     (["--horizon", "2"], r"--horizon goes with --series \(a time-series checkpoint\)"),
-    (["--guidance-scale", "2"], r"--guidance-scale goes with --series \(a time-series checkpoint\)"),
+    (["--guidance-scale", "2"], r"--guidance-scale is not available for --images \(image edits take --class without "
+                                r"guidance\); it goes with --series"),
     (["--series", "h.csv"], r"--images applies to image edits; --series forecasts"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):

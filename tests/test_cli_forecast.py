@@ -110,10 +110,11 @@ BAD = [  # (rows of the file or None for the default 6, flags, message)
     (None, ["--horizon", "2", "--mask", "m.png"], r"--mask applies to image edits"),
     ("out", ["--horizon", "2"], r"--out .* must end in .csv or .npy"),
     ("missing", ["--horizon", "2"], r"--series .* does not exist"),
-    (None, ["--horizon", "2", "--class", "1"], r"--class needs a class-conditional checkpoint \(trained with "
-                                                r"--conditional and a label_column\); this one is unconditional"),
-    (None, ["--guidance-scale", "2"], r"--guidance-scale needs a class-conditional checkpoint .* this one is "
-                                      r"unconditional"),
+    (None, ["--horizon", "2", "--class", "1"], r"--class needs a class-conditional checkpoint; this time-series "
+                                                r"model is unconditional \(train one on a series file with "
+                                                r"--conditional --set label_column=NAME\)"),
+    (None, ["--guidance-scale", "2"], r"--guidance-scale needs a class-conditional checkpoint; this "
+                                      r"time-series model is unconditional"),
 ]
 
 

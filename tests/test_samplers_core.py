@@ -224,6 +224,17 @@ def test_mixed_precision_bad_values_are_one_line_errors():
         Denoiser(lambda x, t: x, S, mixed_precision="fp16")(torch.randn(2, 3), 10.0)
 
 
+def test_bf16_on_a_cuda_device_without_bfloat16_is_a_one_line_error(monkeypatch):
+    """torch.autocast raises a plain RuntimeError there (a traceback from the CLI); diffkit says why in one
+    line. No GPU here: torch.cuda.is_bf16_supported is patched."""
+    from diffkit.denoiser import autocast
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(DiffkitError, match=r"^mixed_precision='bf16' needs a CUDA device with bfloat16 support; "
+                                           r"this one has none .*: use 'fp16' or 'no'$"):
+        autocast("bf16", "cuda")
+    autocast("bf16", "cpu")  # the CPU's bfloat16 autocast does not ask the GPU
+
+
 def test_sample_holds_one_autocast_context_for_a_mixed_precision_denoiser():
     # diffkit.sample keeps autocast open around the loop (weights cast once, not per step); the
     # state the sampler carries stays fp32 and the bf16 result is close to the fp32 one.

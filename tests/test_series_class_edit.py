@@ -4,6 +4,8 @@ denoiser), and ``diffkit edit --series FILE --class K [--guidance-scale W]``, wh
 checkpoint's ``label_column`` (dropped from the values; without ``--class`` its label is the class)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,99 @@ def test_class_mistakes_are_one_line_errors(labelled_run, tmp_path, capsys, labe
     err = capsys.readouterr().err
     assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.csv").exists()
+
+
+def _file_units(den, rows):
+    """(series (1, F, rows) in the model's units, scaling, values (rows, F)) of :func:`write_csv`'s first
+    ``rows`` rows (sin i, cos i to 4 places), scaled by the checkpoint's ``series_scaling`` (the training
+    file's min-max scaling, diffkit.series_files), not through the CLI."""
+    from diffkit.series_files import SeriesScaling
+    values = np.array([[round(math.sin(i), 4), round(math.cos(i), 4)] for i in range(rows)])
+    scaling = SeriesScaling.from_meta(den.meta["series_scaling"])
+    return torch.from_numpy(scaling.normalise(values).T.astype(np.float32))[None], scaling, values
+
+
+@pytest.mark.parametrize("flags,scale", [(["--class", "1"], None), (["--class", "1", "--guidance-scale", "3"], 3.0)])
+def test_the_cli_forecast_is_the_api_forecast_with_that_class_and_guidance(labelled_run, tmp_path, flags, scale):
+    """``--class 1 [--guidance-scale 3]`` is diffkit.forecast of ClassifierFreeGuidance(den, 3) (the null class
+    K = 3) with cond y = 1, in the file's units: a halved W, another class, or another null class differ."""
+    from diffkit.loading import load_denoiser
+    path = write_csv(tmp_path / "h.csv", [0] * 6)  # the file's label 0 is overridden by --class 1
+    assert edit(labelled_run, path, tmp_path / "o.npy", "--horizon", "2", "--num", "2", *flags) == 0
+    den = load_denoiser(labelled_run)
+    history, scaling, _ = _file_units(den, 6)
+    model = den if scale is None else ClassifierFreeGuidance(den, scale, null_class=3)
+    api = diffkit.forecast(model, history.expand(2, -1, -1), 2, steps=2, seed=0, progress=False,
+                           cond={"y": torch.tensor([1, 1])})
+    expected = scaling.unnormalise(api.double().numpy(), axis=1).transpose(0, 2, 1)  # (num, H, F)
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), expected, rtol=0, atol=1e-6)
+
+
+def test_the_cli_imputation_is_the_api_imputation_with_that_class_and_guidance(labelled_run, tmp_path):
+    from diffkit.loading import load_denoiser
+    path = write_csv(tmp_path / "h.csv", [1] * 6)
+    lines = path.read_text().splitlines()
+    lines[3] = "2,,-0.4161,1"  # row 2: a missing
+    lines[5] = "4,-0.7568,,1"  # row 4: b missing
+    path.write_text("\n".join(lines) + "\n")
+    assert edit(labelled_run, path, tmp_path / "o.npy", "--class", "1", "--guidance-scale", "3") == 0
+    den = load_denoiser(labelled_run)
+    series, scaling, values = _file_units(den, 6)
+    series[0, 0, 2] = series[0, 1, 4] = float("nan")
+    api = diffkit.impute(ClassifierFreeGuidance(den, 3.0, null_class=3), series, steps=2, seed=0, progress=False,
+                         cond={"y": torch.tensor([1])})
+    expected = scaling.unnormalise(api.double().numpy(), axis=1)[0].T
+    got = np.load(tmp_path / "o.npy")[0]
+    np.testing.assert_allclose(got[[2, 4], [0, 1]], expected[[2, 4], [0, 1]], rtol=0, atol=1e-6)
+    values[2, 0] = values[4, 1] = np.nan
+    known = ~np.isnan(values)
+    np.testing.assert_array_equal(got[known], values[known])  # the given values as read
+
+
+def test_a_class_with_a_batch_smaller_than_num_is_the_batch_auto_forecast(labelled_run, tmp_path):
+    path = write_csv(tmp_path / "h.csv", [2] * 6)
+    for name, batch in (("one", "1"), ("auto", "auto")):
+        assert edit(labelled_run, path, tmp_path / f"{name}.npy", "--horizon", "2", "--num", "3", "--class", "1",
+                    "--guidance-scale", "2", "--batch-size", batch) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), np.load(tmp_path / "auto.npy"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels,message", [
+    # seq_length 4, --horizon 1: the history is rows 3..5 (the last L - 1)
+    ([0, 0, 0, 1, 0, 0], "label column 'state' holds 0, 1 in the rows 3..5 (from 0) that the forecast reads"),
+    ([0, 0, 0, 0, 0, 1], "label column 'state' holds 0, 1 in the rows 3..5 (from 0) that the forecast reads"),
+    ([0, 0, 1, 0, 0, 0], "class 0 (label column 'state')"),  # row 2 is not read
+    (["", "x", 7, 2, 2, 2], "class 2 (label column 'state')"),  # nor are rows 0..2: any text, or none
+    ([2, 2, 2, "", 2, 2], "line 5: label column 'state' holds ''; a class label must be an integer 0, 1, ..., K-1 "
+                          "(digits, as 3 or 3.0) on every row that the forecast reads (or give --class K)"),
+])
+def test_a_forecast_reads_the_labels_of_its_history_rows_only(labelled_run, tmp_path, capsys, labels, message):
+    path = write_csv(tmp_path / "h.csv", labels)
+    code = edit(labelled_run, path, tmp_path / "o.csv", "--horizon", "1")
+    out, err = capsys.readouterr()
+    assert message in (out if message.startswith("class") else err), (out, err)
+    assert code == (0 if message.startswith("class") else 2)
+    if code:
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()
+
+
+def test_without_class_or_labels_a_model_trained_without_a_null_class_is_refused(labelled_run, tmp_path, capsys):
+    """p_uncond = 0: the null label's embedding was never trained, so the silent null class is refused; with
+    p_uncond > 0 it is used and the output note says so."""
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
+    tensors, meta = load_checkpoint(labelled_run)
+    assert meta["config"]["p_uncond"] == 0.1
+    meta["config"]["p_uncond"] = 0.0
+    never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
+    path = write_csv(tmp_path / "h.csv", [1] * 6)
+    plain = tmp_path / "p.csv"
+    plain.write_text("\n".join(",".join(line.split(",")[:3]) for line in path.read_text().splitlines()) + "\n")
+    assert edit(never, plain, tmp_path / "o.csv", "--horizon", "2") == 2
+    err = capsys.readouterr().err
+    assert ("this class-conditional checkpoint was trained with p_uncond=0, so it has no null class: give --class K "
+            "(0..2) or a label column 'state' in the file") in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.csv").exists()
+    assert edit(never, plain, tmp_path / "o.csv", "--horizon", "2", "--class", "1") == 0
+    assert edit(never, path, tmp_path / "o.csv", "--horizon", "2") == 0  # the file's label
+    assert edit(labelled_run, plain, tmp_path / "o.csv", "--horizon", "2") == 0
+    assert "the null class (unconditional; give --class K)" in capsys.readouterr().out

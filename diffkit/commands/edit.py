@@ -78,7 +78,8 @@ def register(sub) -> None:
     p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
     p.add_argument("--class", dest="class_id", type=int, metavar="ID",
                    help="class-conditional checkpoints: the class every image is edited towards (with --series: "
-                        "every sample's class; default the file's label column, else the null class)")
+                        "every sample's class; default the file's label column, else the null class, if trained: "
+                        "p_uncond > 0)")
     p.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
                         "diffkit sample (0 = conditional model)")
@@ -131,8 +132,10 @@ def run(args) -> int:
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images or pairs per batch (default 16)")
     args.batch_size = args.batch_size or 16
-    for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk),
-                        ("--guidance-scale", args.guidance_scale)):
+    if args.guidance_scale is not None:
+        raise DiffkitError("--guidance-scale is not available for --images (image edits take --class without "
+                           "guidance); it goes with --series")
+    for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")
     if args.reconstruction_weight and args.mask is None:
@@ -183,7 +186,8 @@ def run(args) -> int:
                                f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
     num_classes = unet.get("num_classes")
     if args.class_id is not None and num_classes is None:
-        raise DiffkitError("--class needs a class-conditional checkpoint")
+        raise DiffkitError("--class needs a class-conditional checkpoint (trained with --conditional); this one is "
+                           "unconditional")
     if num_classes is not None:
         if args.class_id is None:
             raise DiffkitError(f"this checkpoint is class-conditional: give --class ID (0..{num_classes - 1})")

@@ -23,7 +23,8 @@ an imputation draws all samples' windows in one :func:`diffkit.impute` (independ
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
 A class-conditional checkpoint takes ``--class K`` and ``--guidance-scale W`` as ``diffkit sample`` does
 (:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
-``--class``, gives the class when the rows read share one label (:func:`file_label`).
+``--class``, gives the class when the rows read share one label (:func:`file_label`); without either the
+null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
 """
 from __future__ import annotations
 
@@ -100,13 +101,14 @@ def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
     """The class of ``--series``' label column (the checkpoint's ``label_column``) when the rows ``first`` ..
     ``rows`` - 1 (those the forecast or imputation reads, from 0) share one label, as a training window takes
     the label its rows share (:func:`diffkit.series_files.window_labels`); None when the file has no such
-    column. Rows of different labels, a row without its label, or a label outside the model's classes are
-    one-line errors (give ``--class K`` instead)."""
+    column. Only those rows' labels are read (a forecast's earlier rows may hold any text, or none). Rows of
+    different labels, a row without its label, or a label outside the model's classes are one-line errors
+    (give ``--class K`` instead)."""
     from ..series_files import read_label_column
     column = label_column(meta)
     if not column or path.suffix.lower() != ".csv" or column not in _header(path):
         return None
-    labels = read_label_column(path, column)
+    labels = read_label_column(path, column, first, hint=f" that the {what} reads (or give --class K)")
     if len(labels) != rows:
         raise DiffkitError(f"--series {str(path)!r} has {rows} rows but {len(labels)} labels in column {column!r}; "
                            f"every row needs its label (or give --class K)")
@@ -129,13 +131,12 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
     label (:func:`file_label`), else none: a conditional model's null class (its unconditional output).
     One-line errors: either flag on an unconditional model, ``--guidance-scale`` without a class, a class out
     of range."""
-    from .sample import GuidanceRequest, guided_denoiser
+    from .sample import SERIES_UNCONDITIONAL, GuidanceRequest, guided_denoiser
     classes = denoiser.meta["unet"].get("num_classes")
     if classes is None:
         for flag, value in (("--class", args.class_id), ("--guidance-scale", args.guidance_scale)):
             if value is not None:
-                raise DiffkitError(f"{flag} needs a class-conditional checkpoint (trained with --conditional and a "
-                                   f"label_column); this one is unconditional")
+                raise DiffkitError(f"{flag} needs {SERIES_UNCONDITIONAL}")
         return denoiser, None, ""
     label, source = args.class_id, "--class"
     if label is None:
@@ -144,6 +145,11 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
     if label is None:
         if args.guidance_scale is not None:
             raise DiffkitError(f"--guidance-scale needs a class to guide towards: give --class K (0..{classes - 1})")
+        p_uncond = (denoiser.meta.get("config") or {}).get("p_uncond", 0.1)
+        if not p_uncond:  # the null label was never shown in training: its embedding is untrained
+            raise DiffkitError(f"this class-conditional checkpoint was trained with p_uncond=0, so it has no null "
+                               f"class: give --class K (0..{classes - 1}) or a label column "
+                               f"{label_column(denoiser.meta)!r} in the file")
         return denoiser, None, "; the null class (unconditional; give --class K)"
     request = GuidanceRequest(classes=[label], guidance_scale=args.guidance_scale)
     request.check(sampler)
