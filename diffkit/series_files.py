@@ -29,6 +29,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Sequence
 
@@ -135,8 +136,26 @@ def _csv_reader(path: Path):
     return csv.reader(io.StringIO(text, newline=""))
 
 
-LABEL_RE = re.compile(r"[0-9]+(\.0+)?")  # "3" or "3.0": digits, no sign, underscore or exponent
+LABEL_RE = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")  # "3", "3.", "3.0", "3e0", "3.0e+00": ASCII digits,
+# no sign, underscore, inf or nan (Python's float() and int() take those, and int() full-width digits too)
 MAX_LABEL = 2 ** 62  # far above any usable class count (each class needs a window); keeps int64 exact
+
+
+def label_value(cell: str) -> int:
+    """The class label written in ``cell`` (already stripped), or -1 when it is none: a decimal or exponent
+    form (``LABEL_RE``: as ``np.savetxt`` writes 3 with its default fmt, ``3.000000000000000000e+00``) whose value
+    is exactly an integer in 0..MAX_LABEL-1. The value is compared as a ``Decimal`` (exact, whatever the
+    number of digits) before any ``int()``: a cell of 4301+ digits is beyond ``int()``'s digit limit, and only
+    a value below MAX_LABEL (19 digits at most) is converted."""
+    if not LABEL_RE.fullmatch(cell):
+        return -1
+    try:
+        value = Decimal(cell)
+    except InvalidOperation:  # an exponent beyond Decimal's range (20+ digits): no label either way
+        return -1
+    if not value < MAX_LABEL or value != value.to_integral_value():
+        return -1
+    return int(value)
 
 
 def _check_label_file(path: Path, column: str) -> None:
@@ -152,8 +171,9 @@ def _missing_label_column(path: Path, column: str, header: Sequence[str]) -> Dif
 
 def read_label_column(path, column: str, first: int = 0, hint: str = "") -> np.ndarray:
     """The class labels (int64 (T,), one per data row) in column ``column`` (spaces around it ignored) of a
-    CSV series file with a header row (``label_column``). A label is an integer >= 0 written with digits only,
-    optionally followed by ".0" ("3" or "3.0"; not "+3", "3e0", "3_0" or "3.5"); a missing column, an empty
+    CSV series file with a header row (``label_column``). A label is an integer >= 0 in decimal or exponent
+    form (:func:`label_value`: "3", "3.", "3.0", "3e0", "3.000000000000000000e+00"; not "+3", "3_0", "3.5",
+    "inf" or "nan"); a missing column, an empty
     cell or any other text is a one-line error naming the value, its line and what is allowed (then ``hint``).
     Blank lines are skipped as :func:`read_csv_series` skips them, so label i belongs to row i of its values.
     Training checks every row (``first`` = 0); ``diffkit edit --series`` passes the first row it reads: the
@@ -174,10 +194,10 @@ def read_label_column(path, column: str, first: int = 0, hint: str = "") -> np.n
                 labels.append(-1)
                 continue
             cell = row[index].strip() if index < len(row) else ""
-            value = int(cell.split(".")[0]) if LABEL_RE.fullmatch(cell) else -1
-            if not 0 <= value < MAX_LABEL:
+            value = label_value(cell)
+            if value < 0:
                 raise DiffkitError(f"{path}, line {reader.line_num}: label column {column!r} holds {cell!r}; a class "
-                                   f"label must be an integer 0, 1, ..., K-1 (digits, as 3 or 3.0) on every row"
+                                   f"label must be an integer 0, 1, ..., K-1 (as 3, 3.0 or 3e0) on every row"
                                    f"{hint}")
             labels.append(value)
     except csv.Error as err:
@@ -188,10 +208,23 @@ def read_label_column(path, column: str, first: int = 0, hint: str = "") -> np.n
 def window_labels(labels: np.ndarray, seq_length: int) -> tuple:
     """(kept, label) of the stride-1 windows of ``seq_length`` rows (:func:`sliding_windows`): window i is kept
     when rows i..i+L-1 share one label, which becomes its label; a window across a change of label belongs
-    to no class and is left out."""
-    rows = np.lib.stride_tricks.sliding_window_view(labels, seq_length)
-    kept = (rows == rows[:, :1]).all(axis=1)
-    return kept, rows[kept, 0]
+    to no class and is left out. Rows i..i+L-1 share a label exactly when the run of equal labels that
+    row i is in goes on to row i+L-1 or beyond: with ``run_end[i]`` the row after that run, window i is kept
+    iff run_end[i] - i >= L (O(T) time and memory; no (T, L) array of the windows' rows)."""
+    labels = np.asarray(labels)
+    rows = len(labels)
+    count = max(rows - seq_length + 1, 0)  # the windows' starts 0..T-L
+    ends = np.append(np.flatnonzero(labels[1:] != labels[:-1]) + 1, rows)  # each run's end (exclusive)
+    run_end = np.repeat(ends, np.diff(ends, prepend=0))  # row i -> the end of its run
+    kept = run_end[:count] - np.arange(count) >= seq_length
+    return kept, labels[:count][kept]
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a 1-D integer array, sorted: np.unique's result by a sort and a mask (numpy
+    2.4's np.unique hashes first, ~10x slower for a million labels)."""
+    values = np.sort(values)
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
 
 
 def check_classes_trained(row_labels: np.ndarray, train_rows: int, window_classes: np.ndarray, column: str,
@@ -202,30 +235,26 @@ def check_classes_trained(row_labels: np.ndarray, train_rows: int, window_classe
     shorter than ``seq_length`` in the training rows. A class without a window would be an untrained
     embedding that ``--class`` samples from all the same (labels {0, 5} would make 6 classes, a date-like
     label 20240101 an embedding of 20 million rows)."""
-    every, in_training = np.unique(row_labels), np.unique(row_labels[:train_rows])
-    windowed = np.unique(window_classes)
+    every, in_training = _distinct(row_labels), _distinct(row_labels[:train_rows])
+    windowed = _distinct(window_classes)
     num_classes = int(every[-1]) + 1
     if len(windowed) == num_classes:
         return
-    short = np.setdiff1d(in_training, windowed)
-    held_only = np.setdiff1d(every, in_training)
+    short = np.setdiff1d(in_training, windowed, assume_unique=True)  # each sorted, as its first argument is
+    held_only = np.setdiff1d(every, in_training, assume_unique=True)
     never_count = num_classes - len(every)
-    present, never = set(every.tolist()), []  # the first few of 0..K-1 not in the file (at most len(every) + 5 tries)
-    candidate = 0
-    while len(never) < 5 and candidate < num_classes:
-        if candidate not in present:
-            never.append(candidate)
-        candidate += 1
+    # the first few of 0..K-1 not in the file: among the first len(every) + 5 (at most len(every) of them are in it)
+    never = np.setdiff1d(np.arange(min(num_classes, len(every) + 5)), every, assume_unique=True)[:5]
 
-    def listed(values, count=None) -> str:
-        count = len(values) if count is None else count
-        shown = ", ".join(str(int(v)) for v in sorted(values)[:5])
+    def listed(values, count) -> str:  # values: sorted, at least the first 5 of the count
+        shown = ", ".join(str(int(v)) for v in values[:5])
         return shown + (f", ... ({count} in all)" if count > 5 else "")
     reasons = [(values, count, why) for values, count, why in (
-        (never, never_count, "never in the file"), (list(held_only), len(held_only), "only in the held-out rows"),
-        (list(short), len(short), f"its runs in the training rows are shorter than seq_length={seq_length}"))
+        (never, never_count, "never in the file"), (held_only, len(held_only), "only in the held-out rows"),
+        (short, len(short), f"its runs in the training rows are shorter than seq_length={seq_length}"))
         if count]
-    missing = sorted(v for values, _, _ in reasons for v in values)
+    # the reasons' classes are disjoint and each sorted: the first 5 of all are among the first 5 of each
+    missing = np.sort(np.concatenate([values[:5] for values, _, _ in reasons]))
     total = sum(count for _, count, _ in reasons)
     why = reasons[0][2] if len(reasons) == 1 else "; ".join(f"{listed(v, c)}: {w}" for v, c, w in reasons)
     raise DiffkitError(f"label_column {column!r}: class{'es' if total > 1 else ''} {listed(missing, total)} "

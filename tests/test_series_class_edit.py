@@ -226,7 +226,7 @@ def test_a_class_with_a_batch_smaller_than_num_is_the_batch_auto_forecast(labell
     ([0, 0, 1, 0, 0, 0], "class 0 (label column 'state')"),  # row 2 is not read
     (["", "x", 7, 2, 2, 2], "class 2 (label column 'state')"),  # nor are rows 0..2: any text, or none
     ([2, 2, 2, "", 2, 2], "line 5: label column 'state' holds ''; a class label must be an integer 0, 1, ..., K-1 "
-                          "(digits, as 3 or 3.0) on every row that the forecast reads (or give --class K)"),
+                          "(as 3, 3.0 or 3e0) on every row that the forecast reads (or give --class K)"),
 ])
 def test_a_forecast_reads_the_labels_of_its_history_rows_only(labelled_run, tmp_path, capsys, labels, message):
     path = write_csv(tmp_path / "h.csv", labels)

@@ -24,7 +24,7 @@ from diffkit.models.network import build_network
 from diffkit.models.temporal import TemporalUNet, TemporalUNetConfig
 from diffkit.samplers.registry import REGISTRY
 from diffkit.schedule import NoiseSchedule
-from diffkit.series_files import load_file_series
+from diffkit.series_files import load_file_series, read_label_column, window_labels
 from diffkit.timeseries import SeriesDataset
 from diffkit.training import Trainer
 
@@ -274,9 +274,17 @@ def test_blank_lines_keep_each_label_on_its_own_row(tmp_path):
     ([0, 1, 0, 1], "", "no window of seq_length=3 training rows has one label"),
     ([0, "1_0", 1, 1], "", "holds '1_0'; a class label must be an integer"),  # float() would read 10
     ([0, "+1", 1, 1], "", "holds '+1'"),
-    ([0, "1e0", 1, 1], "", "holds '1e0'"),
+    ([0, "1.5e0", 1, 1], "", "holds '1.5e0'"),  # an exponent form that is not an integer
+    ([0, "15e-1", 1, 1], "", "holds '15e-1'"),
+    ([0, "inf", 1, 1], "", "holds 'inf'"),  # float() reads these
+    ([0, "nan", 1, 1], "", "holds 'nan'"),
+    ([0, "1e", 1, 1], "", "holds '1e'"),
+    ([0, ".5", 1, 1], "", "holds '.5'"),
     ([0, "\uff11", 1, 1], "", "holds '\uff11'"),  # a full-width digit one, which int() reads
     ([0, "9" * 30, 1, 1], "", "holds '" + "9" * 30 + "'"),  # beyond int64
+    ([0, "1e19", 1, 1], "", "holds '1e19'"),  # beyond MAX_LABEL = 2 ** 62, as an exponent
+    ([0, "1" * 4301, 1, 1], "", "holds '" + "1" * 4301 + "'"),  # beyond int()'s 4300-digit limit: no ValueError
+    ([0, "1e99999999999999999999", 1, 1], "", "holds '1e99999999999999999999'"),  # beyond Decimal's exponents
     ([0, 0, 0, 1], "\n0,0.5,0.5\n", "line 7: 3 values for the 4 columns of the header row"),  # the column count before the label
 ])
 def test_bad_labels_are_one_line_errors(tmp_path, labels, extra, message):
@@ -289,6 +297,53 @@ def test_bad_labels_are_one_line_errors(tmp_path, labels, extra, message):
 def test_labels_written_as_3_0_are_class_3(tmp_path):
     path = write_csv(tmp_path / "s.csv", ["0.0", "0", "0.00", "1", "1.0", "1"])
     assert load_file_series(path, seq_length=3, drop_columns="date", label_column="state").labels.tolist() == [0, 1]
+    # any decimal or exponent form whose value is exactly the integer: "3.", "3e0", "30e-1", "0.3E1", leading zeros
+    path = write_csv(tmp_path / "e.csv", ["0.", "0e0", "0E-5", "3.", "3e0", "30e-1", "0.3E1", "03", "3.000e+00"])
+    assert read_label_column(path, "state").tolist() == [0, 0, 0, 3, 3, 3, 3, 3, 3]
+
+
+def test_labels_written_by_np_savetxt_with_its_default_fmt_are_read(tmp_path):
+    """np.savetxt(..., delimiter=",") writes every value as %.18e: label 2 is 2.000000000000000000e+00."""
+    labels = np.array([0, 0, 0, 2, 2, 2, 1, 1, 1, 1])
+    values = np.column_stack([np.sin(np.arange(10.0)), labels])
+    path = tmp_path / "s.csv"
+    np.savetxt(path, values, delimiter=",", header="a,state", comments="")
+    assert "2.000000000000000000e+00" in path.read_text()
+    assert read_label_column(path, "state").tolist() == labels.tolist()
+    data = load_file_series(path, seq_length=3, label_column="state")
+    assert data.labels.tolist() == [0, 2, 1, 1] and data.num_classes == 3
+
+
+def test_window_labels_keeps_exactly_the_windows_whose_rows_share_one_label():
+    """Against the definition written out: window i (rows i..i+L-1) is kept iff all its labels equal row i's."""
+    def by_definition(labels, L):
+        starts = range(len(labels) - L + 1)
+        kept = [all(labels[j] == labels[i] for j in range(i, i + L)) for i in starts]
+        return kept, [labels[i] for i in starts if kept[i]]
+    rng = np.random.default_rng(0)
+    cases = [([0, 0], 2), ([0, 1], 2), ([5, 5, 5], 3), ([1, 1, 2, 2, 2], 3), ([0, 1, 0, 1, 0, 1], 2),
+             ([7] * 9, 4), ([0, 0, 0, 1, 1, 1, 0, 0, 0], 3), ([0, 0, 1, 1, 1, 1, 2, 2, 2], 4)]
+    for _ in range(200):  # runs of random lengths 1..6 of a few labels (a repeated label joins runs too)
+        lengths = rng.integers(1, 7, size=rng.integers(1, 8))
+        labels = np.repeat(rng.integers(0, 3, size=len(lengths)), lengths)
+        if len(labels) >= 2:
+            cases.append((labels.tolist(), int(rng.integers(2, len(labels) + 1))))
+    for labels, L in cases:
+        kept, classes = window_labels(np.asarray(labels, dtype=np.int64), L)
+        want_kept, want_classes = by_definition(labels, L)
+        assert kept.tolist() == want_kept and classes.tolist() == want_classes, (labels, L)
+        assert classes.dtype == np.int64
+
+
+def test_the_classes_without_a_window_are_the_first_five_over_every_reason(tmp_path):
+    """Classes 1, 3, ..., 11 never in the file, 2, 4, ..., 12 in runs of one row, 13 only held out: the first
+    five of all are 1..5, and each reason lists its own first five."""
+    path = write_csv(tmp_path / "s.csv", [0, 0, 0, 2, 4, 6, 8, 10, 12, 13, 13, 13])
+    message = ("classes 1, 2, 3, 4, 5, ... (13 in all) have no training window (1, 3, 5, 7, 9, ... (6 in all): "
+               "never in the file; 13: only in the held-out rows; 2, 4, 6, 8, 10, ... (6 in all): its runs in the "
+               "training rows are shorter than seq_length=3)")
+    with pytest.raises(DiffkitError, match=re.escape(message)):
+        load_file_series(path, seq_length=3, drop_columns="date", label_column="state", test_fraction=0.25)
 
 
 @pytest.mark.parametrize("labels,fraction,message", [
