@@ -571,6 +571,38 @@ def test_cli_refuses_clip_guidance_on_a_latent_checkpoint(files, capsys, monkeyp
     assert not out_png.parent.exists()
 
 
+@pytest.mark.parametrize("kind,pattern", [
+    ("sd", "--clip-guidance does not apply to a Stable Diffusion folder"),
+    ("series", "--clip-guidance applies to image models; this checkpoint is a time-series model"),
+    ("latent", "--clip-guidance applies to pixel-space checkpoints; this one is latent"),
+    ("gray", "--clip-guidance needs a model of RGB images (3 channels); this checkpoint makes 1-channel 8x8 images"),
+])
+@pytest.mark.parametrize("clip_flags", [[], ["--clip-model", "missing", "--clip-scale", "10"]])
+def test_cli_a_model_that_cannot_take_clip_guidance_is_refused_before_the_clip_flags(files, tmp_path, capsys,
+                                                                                   monkeypatch, kind, pattern,
+                                                                                   clip_flags):
+    """From the checkpoint's header (or the folder's model_index.json) alone: --clip-guidance on a Stable
+    Diffusion folder, a time-series, latent or gray model is refused first, not after asking for --clip-model,
+    --clip-scale or a valid CLIP folder; the loader is never called."""
+    import diffkit.loading
+    from diffkit.models.network import TEMPORAL_UNET
+    loaded = []
+    monkeypatch.setattr(diffkit.loading, "load_denoiser", lambda *a, **k: loaded.append(a))
+    headers = {"series": {"unet": {"network": TEMPORAL_UNET, "in_channels": 2, "seq_length": 8}},
+               "latent": {"unet": {"in_channels": 4, "img_size": 8}, "latent": {"scale_factor": 1.0}}}
+    checkpoint = files.get(kind)
+    if checkpoint is None:  # a header only: nothing past it is read
+        checkpoint = tmp_path / f"{kind}.safetensors"
+        save_checkpoint(checkpoint, {"schedule.betas": SCHEDULE.betas}, headers[kind])
+    out_png = tmp_path / "out" / "s.png"
+    code, out = run_cli(capsys, "sample", "--checkpoint", checkpoint, "--clip-guidance", PROMPT,
+                        *[str(tmp_path / f) if f == "missing" else f for f in clip_flags], "--steps", 1, "--num", 2,
+                        "--out", out_png, "--no-progress", "--device", "cpu")
+    err = out.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and pattern in err, err
+    assert loaded == [] and not out_png.parent.exists()
+
+
 @pytest.mark.parametrize("on", ["x0", "x_t"])
 def test_clip_weights_made_under_inference_mode_are_one_line(on):
     """A CLIP module built under torch.inference_mode() has inference-tensor weights, which autograd

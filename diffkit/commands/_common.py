@@ -224,6 +224,15 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
+def peek_checkpoint(checkpoint) -> dict | None:
+    """The metadata of a diffkit checkpoint (a file, or a folder's ``latest.safetensors``) read from its
+    header alone (:func:`diffkit.checkpoint.peek_metadata`: no tensors); None for anything else (a legacy
+    .pt, a Stable Diffusion folder, a missing path)."""
+    from ..checkpoint import peek_metadata
+    path = Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
+    return peek_metadata(path) if path.is_file() else None
+
+
 def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tuple:
     """(sampler, steps) with the defaults filled in for ``checkpoint``: a consistency model
     (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), as does a
@@ -235,10 +244,8 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tupl
     meta = None
     lcm_folder = False
     if checkpoint is not None:
-        from ..checkpoint import peek_metadata
         from ..interop.lcm import is_lcm_folder
-        path = Path(checkpoint) / "latest.safetensors" if Path(checkpoint).is_dir() else Path(checkpoint)
-        meta = peek_metadata(path) if path.is_file() else None
+        meta = peek_checkpoint(checkpoint)
         lcm_folder = meta is None and is_lcm_folder(checkpoint)
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None:

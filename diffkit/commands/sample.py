@@ -161,7 +161,7 @@ def run(args) -> int:
                 raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
                                    f"{info.name!r}")
             options[name] = getattr(args, name)
-    guidance = GuidanceRequest.from_args(args, info.name)  # before any folder is made
+    guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     device = resolve_device(args.device)
@@ -197,6 +197,18 @@ def run(args) -> int:
 SERIES_UNCONDITIONAL = ("a class-conditional checkpoint; this time-series model is unconditional (train one on a "
                         "series file with --conditional --set label_column=NAME)")
 
+
+def not_for_stable_diffusion(flag: str) -> DiffkitError:
+    """A flag of diffkit models given with a Stable Diffusion folder."""
+    return DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
+
+
+def image_only(flag: str) -> DiffkitError:
+    """A flag of image models given with a time-series checkpoint."""
+    return DiffkitError(f"{flag} applies to image models; this checkpoint is a time-series model (it writes the "
+                        f"samples as .npy and a line plot)")
+
+
 @dataclass
 class GuidanceRequest:
     """What the user asked for: classes and guidance settings (validated against the model later)."""
@@ -216,8 +228,9 @@ class GuidanceRequest:
     clip_input: str = "x0"
 
     @classmethod
-    def from_args(cls, args, sampler: str) -> "GuidanceRequest":
-        """The request of ``diffkit sample``'s flags, checked for the sampler named ``sampler``."""
+    def from_args(cls, args, sampler: str, checkpoint=None) -> "GuidanceRequest":
+        """The request of ``diffkit sample``'s flags, checked for the sampler named ``sampler`` (and, from
+        its header alone, for the kind of model ``checkpoint`` is: :meth:`check_model_kind`)."""
         req = cls(classes=args.classes, guidance_scale=args.guidance_scale, convention=args.guidance_convention,
                   rescale=args.guidance_rescale,
                   interval=tuple(args.guidance_interval) if args.guidance_interval else None,
@@ -225,8 +238,28 @@ class GuidanceRequest:
                   classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None),
                   clip_prompt=args.clip_guidance, clip_model=args.clip_model, clip_scale=args.clip_scale,
                   clip_input=args.clip_input)
+        req.check_model_kind(checkpoint)
         req.check(sampler)
         return req
+
+    def check_model_kind(self, checkpoint) -> None:
+        """--clip-guidance for a model that cannot take it, refused from what ``checkpoint`` says of itself
+        without loading a weight (a Stable Diffusion folder's model_index.json, a diffkit file's header:
+        a time-series, latent or not-RGB model), before the CLIP flags' own checks: a user is not asked for
+        --clip-scale or a CLIP folder only to learn then that --clip-guidance does not apply. A legacy .pt
+        has no header: it is checked once loaded (:meth:`clip_guided`)."""
+        if self.clip_prompt is None or checkpoint is None:
+            return
+        from ..interop.stable_diffusion import is_stable_diffusion_folder
+        from ._common import peek_checkpoint
+        if is_stable_diffusion_folder(checkpoint):
+            raise not_for_stable_diffusion("--clip-guidance")
+        meta = peek_checkpoint(checkpoint) or {}
+        if isinstance(meta.get("unet"), dict):
+            from ..models.network import is_series_model
+            if is_series_model(meta["unet"]):
+                raise image_only("--clip-guidance")
+            self.check_clip_model(meta["unet"], latent=bool(meta.get("latent")))  # the loader's test for a decoder
 
     def check(self, sampler: str) -> None:
         """Checks that need no checkpoint: flag combinations and ranges."""
@@ -280,18 +313,23 @@ class GuidanceRequest:
         latent checkpoint and for samples that are not RGB images, before the CLIP is loaded."""
         if self.clip_prompt is None:
             return denoiser
-        if decoder is not None:
+        self.check_clip_model(unet, latent=decoder is not None)
+        from ..clip import load_clip
+        from ..guidance import CLIPGuidance
+        clip = load_clip(self.clip_model, device=device, progress=progress)
+        text = clip.text_embeddings([self.clip_prompt])[0]
+        return CLIPGuidance(denoiser, clip, text, self.clip_scale, on=self.clip_input)
+
+    @staticmethod
+    def check_clip_model(unet: dict, latent: bool) -> None:
+        """--clip-guidance needs a pixel-space model (not ``latent``) of RGB images: a one-line error else."""
+        if latent:
             raise DiffkitError("--clip-guidance applies to pixel-space checkpoints; this one is latent (its samples "
                                "are autoencoder latents, not images CLIP can see)")
         channels, size = unet.get("in_channels"), unet.get("img_size")
         if channels != 3:
             raise DiffkitError(f"--clip-guidance needs a model of RGB images (3 channels); this checkpoint makes "
                                f"{channels}-channel {size}x{size} images")
-        from ..clip import load_clip
-        from ..guidance import CLIPGuidance
-        clip = load_clip(self.clip_model, device=device, progress=progress)
-        text = clip.text_embeddings([self.clip_prompt])[0]
-        return CLIPGuidance(denoiser, clip, text, self.clip_scale, on=self.clip_input)
 
     def labels(self, num_classes: Optional[int], num: Optional[int], nrow: int, series: bool = False):
         """(labels or None, num, nrow): one class -> all images; several -> one row per class. ``series``: a
@@ -531,8 +569,7 @@ def sample_series_to_files(denoiser, out: Path, *, sampler="ddim", steps=None, n
     from ..timeseries import plot_series
     given = [flag for flag, value in (refused or {}).items() if value]
     if given:
-        raise DiffkitError(f"{given[0]} applies to image models; this checkpoint is a time-series model (it writes "
-                           f"the samples as .npy and a line plot)")
+        raise image_only(given[0])
     out = check_output_file(out, "sample plot", ".png")
     array_out = check_output_file(out.with_suffix(".npy"), "sample array", ".npy")
     meta = denoiser.meta
@@ -617,7 +654,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
                         ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt)):
         if value:
-            raise DiffkitError(f"{flag} does not apply to a Stable Diffusion folder")
+            raise not_for_stable_diffusion(flag)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
     w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
     if w_input and guidance.rescale:  # before loading the weights
