@@ -149,6 +149,7 @@ def test_sample_i_does_not_depend_on_the_batch():
     (((0.1, 2.0, 2, 3), (0.1, 500.0, 1, 1)), 10, r"restarts\[1\]: the interval \[0.1, 500\] is outside"),
     (((0.001, 2.0, 2, 3),), 10, r"restarts\[0\]: the interval \[0.001, 2\] is outside"),
     (((0.1, 2.0, 2, 3),), 1, r"outside this grid"),
+    (None, 1, r"the default restart interval \[0.1, 2\] does not meet this grid's sigma~ range \[0.01, 0.01\] \(1 steps\)"),
     (((100.0, 120.0, 2, 3),), 2, r"nearest t_min=100 is 157.* not below t_max=120"),
 ])
 def test_bad_restart_settings_are_one_line_errors(restarts, steps, match):

@@ -75,6 +75,10 @@ def plan_restarts(sigmas: list, restarts) -> dict:
     low, high = positive[-1][1], sigmas[0]
     if restarts is None:
         restarts = [(max(t_min, low), min(t_max, high), times, n) for t_min, t_max, times, n in RESTARTS]
+        if any(not t_min < t_max for t_min, t_max, _, _ in restarts):
+            raise DiffkitError(f"the default restart interval [{RESTARTS[0][0]:g}, {RESTARTS[0][1]:g}] does not meet this "
+                               f"grid's sigma~ range [{low:.4g}, {high:.4g}] ({len(sigmas) - 1} steps); use more steps "
+                               "or give restarts")
     plan: dict = {}
     for k, (t_min, t_max, times, n) in enumerate(check_restarts(restarts)):
         if not (low <= t_min and t_max <= high):
