@@ -327,11 +327,11 @@ def _restart_nfe(options: dict):
 
 
 register(SamplerInfo("restart", restart, order=2, calls_per_step=2, stochastic=True,
-                     description="Restart (Xu et al. 2023, Alg. 1; ComfyUI sample_restart): Heun, and K=2 times "
-                                 "noise sigma~ 0.1 -> 2 and 3 Heun steps back",
+                     description="Restart (Xu et al. 2023, Alg. 1; ComfyUI sample_restart): Heun, with one restart: "
+                                 "noise sigma~ 0.1 -> 2, then 5 Heun steps back",
                      default_spacing="karras", default_final="zero", options={"restarts": None},
                      nfe_of_steps=_restart_nfe({"restarts": None}), nfe_of_steps_of=_restart_nfe,
-                     nfe_rule="2*steps-1+2nK [zero]; 2*steps+2nK [sigma_min]; 2nK=12"))
+                     nfe_rule="2*steps-1+2nK [zero]; 2*steps+2nK [sigma_min]; 2nK=10"))
 
 
 def _pc_calls(options: dict) -> int:
