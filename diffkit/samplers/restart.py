@@ -109,13 +109,14 @@ def restart(denoiser, x: torch.Tensor, grid: torch.Tensor, *, restarts=None, con
     kg = _KarrasGrid(denoiser.schedule, grid, x)
     plan = plan_restarts(kg.sigma, restarts)
     kg.know(s for runs in plan.values() for _, path in runs for s in path[:-1])
+    on_grid = dict(zip(kg.sigma, kg.t))  # a restart's ends on grid sigma~ (its t_min; a default t_max cut to sigma~_0)
     x = x / kg.alpha[0]
     for i in steps(grid, progress, "restart"):
         d = _eps(kg, denoiser, x, kg.t[i], kg.sigma[i], cond)
         x_from = x
         x = heun_step(denoiser, kg, x, d, kg.sigma[i], kg.sigma[i + 1], kg.t[i + 1], cond)
         for times, path in plan.get(i + 1, ()):
-            path_t = [kg.time_of(s) for s in path[:-1]] + [kg.t[i + 1]]
+            path_t = [on_grid.get(s, kg.time_of(s)) for s in path[:-1]] + [kg.t[i + 1]]
             for _ in range(times):
                 x = torch.add(x, randn_like(x, generator), alpha=math.sqrt(path[0] ** 2 - path[-1] ** 2))  # Alg. 1 l. 5
                 for j in range(len(path) - 1):
