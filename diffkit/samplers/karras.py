@@ -148,16 +148,24 @@ def heun(denoiser, x: torch.Tensor, grid: torch.Tensor, *, s_churn: float = 0.0,
         x, sigma_hat, t_hat = _churn(kg, i, x, n, s_churn, s_tmin, s_tmax, s_noise, generator)
         d = _eps(kg, denoiser, x, t_hat, sigma_hat, cond)
         x_from, sigma_from = x, sigma_hat
-        dt = kg.sigma[i + 1] - sigma_hat
-        x_euler = torch.add(x, d, alpha=dt)
-        if kg.sigma[i + 1] == 0.0:
-            x = x_euler
-        else:
-            d_next = _eps(kg, denoiser, x_euler, kg.t[i + 1], kg.sigma[i + 1], cond)
-            x = torch.add(x, d + d_next, alpha=0.5 * dt)
+        x = heun_step(denoiser, kg, x, d, sigma_hat, kg.sigma[i + 1], kg.t[i + 1], cond)
         if callback is not None:
             report(callback, i, kg.t[i], kg.t[i + 1], kg.alpha[i + 1] * x, x_from - sigma_from * d)
     return kg.alpha[-1] * x
+
+
+def heun_step(denoiser, kg: _KarrasGrid, x: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float,
+              t_next: float, cond: dict) -> torch.Tensor:
+    """One Heun step in sigma~ (EDM Algorithm 2, lines 7-11) from x~ at sigma, with its slope d there, to
+    sigma_next (network time t_next): x~_E = x~ + (sigma_next - sigma) d, then x~ + (sigma_next - sigma)
+    (d + d(x~_E))/2; into sigma_next = 0 it is the Euler point x~_E (line 9: no correction), one call
+    less. Shared by :func:`heun` and :func:`~diffkit.samplers.restart.restart`."""
+    dt = sigma_next - sigma
+    x_euler = torch.add(x, d, alpha=dt)
+    if sigma_next == 0.0:
+        return x_euler
+    d_next = _eps(kg, denoiser, x_euler, t_next, sigma_next, cond)
+    return torch.add(x, d + d_next, alpha=0.5 * dt)
 
 
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0):

@@ -17,6 +17,7 @@ from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, euler, 
 from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
+from .restart import restart, restart_calls
 from .unipc import unipc
 
 
@@ -45,6 +46,9 @@ class SamplerInfo:
     # For samplers whose calls per step depend on an option (pc's corrector_steps):
     # calls_per_step_of(options) with the registered options updated by the caller's
     calls_per_step_of: Optional[Callable[[dict], int]] = None
+    # For samplers whose NFE rule depends on an option (restart's intervals): nfe_of_steps_of(options)
+    # -> nfe_of_steps, with the registered options updated by the caller's
+    nfe_of_steps_of: Optional[Callable[[dict], Callable[[int, str], int]]] = None
 
     @property
     def adaptive(self) -> bool:
@@ -73,9 +77,13 @@ class SamplerInfo:
     def with_options(self, options: dict) -> "SamplerInfo":
         """This sampler as it runs with ``options`` (the caller's, over the registered ones): its
         calls per step, and so its NFE, where an option sets them."""
-        if self.calls_per_step_of is None:
-            return self
-        return replace(self, calls_per_step=self.calls_per_step_of({**self.options, **options}))
+        merged = {**self.options, **options}
+        changes = {}
+        if self.calls_per_step_of is not None:
+            changes["calls_per_step"] = self.calls_per_step_of(merged)
+        if self.nfe_of_steps_of is not None:
+            changes["nfe_of_steps"] = self.nfe_of_steps_of(merged)
+        return replace(self, **changes) if changes else self
 
     def steps_for_nfe(self, nfe: int, final: Optional[str] = None) -> int:
         """The step count that spends exactly ``nfe`` evaluations, or a one-line error."""
@@ -309,6 +317,21 @@ register(SamplerInfo("unipc-eps-bh1", unipc, order=2, calls_per_step=1, stochast
                      description="UniPC-bh1 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
                      default_spacing="linear", default_final="zero",
                      options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False}))
+
+
+def _restart_nfe(options: dict):
+    """restart's NFE rule: Heun's on the main grid plus the calls of its restart intervals."""
+    extra = restart_calls(options["restarts"])
+    heun_nfe = _last_step_single(2)
+    return lambda steps, final: heun_nfe(steps, final) + extra
+
+
+register(SamplerInfo("restart", restart, order=2, calls_per_step=2, stochastic=True,
+                     description="Restart (Xu et al. 2023, Alg. 1; ComfyUI sample_restart): Heun, with one restart: "
+                                 "noise sigma~ 0.1 -> 2, then 5 Heun steps back",
+                     default_spacing="karras", default_final="zero", options={"restarts": None},
+                     nfe_of_steps=_restart_nfe({"restarts": None}), nfe_of_steps_of=_restart_nfe,
+                     nfe_rule="2*steps-1+2nK [zero]; 2*steps+2nK [sigma_min]; 2nK=10"))
 
 
 def _pc_calls(options: dict) -> int:
