@@ -295,7 +295,7 @@ def peek_header_metadata(path: str | os.PathLike) -> dict[str, str]:
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
         meta = header.get("__metadata__") or {}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: a deeply nested JSON header
         return {}
     return meta if isinstance(meta, dict) else {}
 

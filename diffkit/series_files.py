@@ -151,7 +151,7 @@ def label_value(cell: str) -> int:
         return -1
     try:
         value = Decimal(cell)
-    except InvalidOperation:  # an exponent beyond Decimal's range (20+ digits): no label either way
+    except InvalidOperation:  # an exponent beyond Decimal's range (20+ digits): refused, even for a zero mantissa
         return -1
     if not value < MAX_LABEL or value != value.to_integral_value():
         return -1

@@ -1009,3 +1009,12 @@ def test_temp_file_host_tag_tells_apart_boots_of_one_host_name(monkeypatch):
         tags.append(checkpoint._host_tag())
     checkpoint._host_tag.cache_clear()
     assert tags[0] != tags[1]
+
+
+def test_a_deeply_nested_safetensors_header_peeks_as_no_metadata(tmp_path):
+    """A header of 200,000 nested lists overflows json's recursion: read as no metadata, not a traceback."""
+    from diffkit.checkpoint import peek_header_metadata
+    header = b"[" * 200_000 + b"]" * 200_000
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert peek_header_metadata(path) == {}

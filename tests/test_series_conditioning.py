@@ -283,6 +283,7 @@ def test_blank_lines_keep_each_label_on_its_own_row(tmp_path):
     ([0, "\uff11", 1, 1], "", "holds '\uff11'"),  # a full-width digit one, which int() reads
     ([0, "9" * 30, 1, 1], "", "holds '" + "9" * 30 + "'"),  # beyond int64
     ([0, "1e19", 1, 1], "", "holds '1e19'"),  # beyond MAX_LABEL = 2 ** 62, as an exponent
+    ([0, str(2 ** 62), 1, 1], "", f"holds '{2 ** 62}'"),  # MAX_LABEL itself (2 ** 62 - 1 is a label: below)
     ([0, "1" * 4301, 1, 1], "", "holds '" + "1" * 4301 + "'"),  # beyond int()'s 4300-digit limit: no ValueError
     ([0, "1e99999999999999999999", 1, 1], "", "holds '1e99999999999999999999'"),  # beyond Decimal's exponents
     ([0, 0, 0, 1], "\n0,0.5,0.5\n", "line 7: 3 values for the 4 columns of the header row"),  # the column count before the label
@@ -520,3 +521,10 @@ def test_class_and_guidance_errors_of_an_unconditional_model_suggest_what_its_ki
         GuidanceRequest(classes=[1]).labels(None, 4, 2, series=series)
     for message in (str(err.value), str(class_err.value)):
         assert ("--classifier" in message) is not series and ("label_column=NAME" in message) is series
+
+
+def test_the_largest_label_below_max_label_is_read_exactly():
+    from diffkit.series_files import MAX_LABEL, label_value
+    assert label_value(str(MAX_LABEL - 1)) == 2 ** 62 - 1
+    assert label_value(str(MAX_LABEL)) == -1
+    assert label_value("0e-999999999999999999") == 0  # a zero mantissa within Decimal's exponents
