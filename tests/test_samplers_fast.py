@@ -444,7 +444,10 @@ def test_nfe_matches_registry(schedule, mixture, name):
         for steps in (1, 2, 3, 4, 7):
             if name == "lms" and steps == 1 and final == "sigma_min":
                 continue
-            if name == "restart" and steps == 1 and final == "zero":  # its one-point Karras grid has no interval
+            if steps < info.min_steps and final == "zero":  # restart: the one-step grid holds one positive sigma~
+                with pytest.raises(DiffkitError, match="or at least 2 steps$"):
+                    diffkit.sample(den, noise, sampler=name, steps=steps, spacing=spacing, final=final, seed=0,
+                                   progress=False)
                 continue
             den.reset_nfe()
             diffkit.sample(den, noise, sampler=name, steps=steps, spacing=spacing, final=final, seed=0,

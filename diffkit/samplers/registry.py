@@ -17,7 +17,7 @@ from .karras import dpm2, dpm2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, euler, 
 from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
-from .restart import restart, restart_calls
+from .restart import RESTARTS, check_restarts, restart, restart_calls
 from .unipc import unipc
 
 
@@ -49,6 +49,11 @@ class SamplerInfo:
     # For samplers whose NFE rule depends on an option (restart's intervals): nfe_of_steps_of(options)
     # -> nfe_of_steps, with the registered options updated by the caller's
     nfe_of_steps_of: Optional[Callable[[dict], Callable[[int, str], int]]] = None
+    # The fewest steps it runs with at its default settings (restart: 2, as the one-step Karras grid to
+    # clean data has one positive sigma~, no room for a restart interval); steps_for_nfe picks no fewer.
+    # min_steps_of(options) for samplers where an option sets it (restart with restarts=() is Heun: 1)
+    min_steps: int = 1
+    min_steps_of: Optional[Callable[[dict], int]] = None
 
     @property
     def adaptive(self) -> bool:
@@ -83,22 +88,26 @@ class SamplerInfo:
             changes["calls_per_step"] = self.calls_per_step_of(merged)
         if self.nfe_of_steps_of is not None:
             changes["nfe_of_steps"] = self.nfe_of_steps_of(merged)
+        if self.min_steps_of is not None:
+            changes["min_steps"] = self.min_steps_of(merged)
         return replace(self, **changes) if changes else self
 
     def steps_for_nfe(self, nfe: int, final: Optional[str] = None) -> int:
         """The step count that spends exactly ``nfe`` evaluations, or a one-line error."""
         self.check_fixed_steps("nfe")
         check_range("nfe", nfe, 1, None, integer=True)
-        lo, hi = 1, nfe  # nfe(s) grows with s and nfe(s) >= s: bisect for the first s with nfe(s) >= nfe
-        while lo < hi:
+        lo, hi = self.min_steps, max(nfe, self.min_steps)  # nfe(s) grows with s and nfe(s) >= s: bisect for
+        while lo < hi:                                      # the first s >= min_steps with nfe(s) >= nfe
             mid = (lo + hi) // 2
             lo, hi = (mid + 1, hi) if self.nfe(mid, final) < nfe else (lo, mid)
         if self.nfe(lo, final) == nfe:
             return lo
-        possible = sorted({self.nfe(s, final) for s in range(max(1, lo - 4), lo + 5)})
+        possible = sorted({self.nfe(s, final) for s in range(max(self.min_steps, lo - 4), lo + 5)})
         near = [n for n in possible if abs(n - nfe) <= 3 * self.calls_per_step] or possible[:5]
+        smallest = self.nfe(self.min_steps, final)
+        below = f"; the smallest NFE it can spend is {smallest} ({self.min_steps} steps)" if nfe < smallest else ""
         raise DiffkitError(f"sampler {self.name!r} cannot spend exactly nfe={nfe}; it can spend "
-                           f"{', '.join(map(str, near))} (calls per step: {self.calls_per_step})")
+                           f"{', '.join(map(str, near))} (calls per step: {self.calls_per_step}){below}")
 
 
 REGISTRY: dict[str, SamplerInfo] = {}
@@ -326,12 +335,18 @@ def _restart_nfe(options: dict):
     return lambda steps, final: heun_nfe(steps, final) + extra
 
 
+def _restart_min_steps(options: dict) -> int:
+    """2 steps with a restart interval (a one-step grid to clean data holds one positive sigma~); 1 without."""
+    return 1 if len(check_restarts(RESTARTS if options["restarts"] is None else options["restarts"])) == 0 else 2
+
+
 register(SamplerInfo("restart", restart, order=2, calls_per_step=2, stochastic=True,
                      description="Restart (Xu et al. 2023, Alg. 1; ComfyUI sample_restart): Heun, with one restart: "
                                  "noise sigma~ 0.1 -> 2, then 5 Heun steps back",
                      default_spacing="karras", default_final="zero", options={"restarts": None},
                      nfe_of_steps=_restart_nfe({"restarts": None}), nfe_of_steps_of=_restart_nfe,
-                     nfe_rule="2*steps-1+2nK [zero]; 2*steps+2nK [sigma_min]; 2nK=10"))
+                     min_steps=2, min_steps_of=_restart_min_steps,
+                     nfe_rule="2*steps-1+2nK [zero]; 2*steps+2nK [sigma_min]; 2nK=10; steps >= 2"))
 
 
 def _pc_calls(options: dict) -> int:
