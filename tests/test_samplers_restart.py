@@ -122,6 +122,36 @@ def test_nfe_on_the_command_line(tiny_checkpoint, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and "nfe=16" in err and "15, 17" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b.png").exists()
+    code = main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "restart", "--nfe", "11", "--num", "2",
+                 "--out", str(tmp_path / "c.png"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "nfe=11" in err and "the smallest NFE it can spend is 13" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c.png").exists()
+
+
+def test_the_smallest_nfe_is_that_of_two_steps():
+    """A restart interval needs 2 steps (the one-step Karras grid to clean data, [t = 0, clean], has one positive
+    sigma~), so NFE 11 = 2*1 - 1 + 10 is not offered: 13 = 2*2 - 1 + 10 is the smallest; plain Heun
+    (restarts=()) keeps 1 step."""
+    info = REGISTRY["restart"]
+    assert info.min_steps == 2 and info.steps_for_nfe(13) == 2
+    with pytest.raises(DiffkitError, match=r"cannot spend exactly nfe=11; it can spend 13, 15, 17 \(calls per "
+                                           r"step: 2\); the smallest NFE it can spend is 13 \(2 steps\)$"):
+        info.steps_for_nfe(11)
+    for nfe in (1, 5, 12):
+        with pytest.raises(DiffkitError) as caught:
+            info.steps_for_nfe(nfe)
+        msg = str(caught.value)
+        assert "\n" not in msg and f"nfe={nfe}" in msg and "11" not in msg.replace(f"nfe={nfe}", "")
+        assert nfe != 12 or "it can spend 13, 15, 17 (" in msg
+    assert info.steps_for_nfe(14, "sigma_min") == 2
+    heun = info.with_options({"restarts": ()})
+    assert heun.min_steps == 1 and heun.steps_for_nfe(1) == 1 and heun.steps_for_nfe(3) == 2
+    den = Denoiser(ZeroEps(), S)
+    with pytest.raises(DiffkitError, match="the smallest NFE it can spend is 13"):
+        diffkit.sample(den, (2, 2), "restart", nfe=11, progress=False)
+    diffkit.sample(den, (2, 2), "restart", nfe=13, progress=False)
+    assert den.nfe == 13
 
 
 def test_sample_i_does_not_depend_on_the_batch():
@@ -149,7 +179,8 @@ def test_sample_i_does_not_depend_on_the_batch():
     (((0.1, 2.0, 2, 3), (0.1, 500.0, 1, 1)), 10, r"restarts\[1\]: the interval \[0.1, 500\] is outside"),
     (((0.001, 2.0, 2, 3),), 10, r"restarts\[0\]: the interval \[0.001, 2\] is outside"),
     (((0.1, 2.0, 2, 3),), 1, r"outside this grid"),
-    (None, 1, r"the default restart interval \[0.1, 2\] does not meet this grid's sigma~ range \[0.01, 0.01\] \(1 steps\)"),
+    (None, 1, r"the default restart interval \[0.1, 2\] has no room on this grid's sigma~ range \[0.01, 0.01\] "
+              r"\(1 steps\): it has one positive sigma~; give restarts=\(\) \(plain Heun\) or at least 2 steps$"),
     (((100.0, 120.0, 2, 3),), 2, r"nearest t_min=100 is 157.* not below t_max=120"),
 ])
 def test_bad_restart_settings_are_one_line_errors(restarts, steps, match):
@@ -176,3 +207,62 @@ def test_the_default_interval_is_cut_to_a_grid_that_starts_below_it():
     assert torch.equal(ours, given)
     with pytest.raises(DiffkitError, match="outside this grid"):
         diffkit.sample(den, x.clone(), "restart", grid=grid, progress=False, restarts=((0.1, 2.0, 2, 3),))
+
+
+@pytest.mark.parametrize("grid, match", [
+    ([20.0, 10.0, 0.0, -1.0], r"range \[0.01, 0.0794\] \(3 steps\): it starts below t_min=0.1; "
+                              r"give restarts=\(\) \(plain Heun\) or an interval"),
+    ([30.0, 20.0, 10.0, 0.0, -1.0], r"range \[0.01, 0.1115\] \(4 steps\): cut to \[0.1, 0.1115\], t_min snaps to "
+                                    r"the grid's sigma~ 0.1115, not below t_max; give restarts=\(\) \(plain Heun\) or"),
+    ([999.0, -1.0], r"range \[157.4, 157.4\] \(1 steps\): it has one positive sigma~; give restarts=\(\) \(plain "
+                    r"Heun\) or at least 2 steps$"),
+])
+def test_a_default_interval_that_has_no_room_says_so(grid, match):
+    """An edit from below sigma~ 0.1 (more steps cannot help) and one whose cut interval snaps t_min onto t_max: one
+    message about the default interval, suggesting restarts=() or an interval inside the range; no restarts[0],
+    "nearest t_min=" of an interval the user never gave; and a one-step grid from above sigma~ 2 to clean data."""
+    den = Denoiser(ZeroEps(), S)
+    head = r"^the default restart interval \[0.1, 2\] has no room on this grid's sigma~ "
+    with pytest.raises(DiffkitError, match=head + match) as caught:
+        diffkit.sample(den, (2, 2), "restart", grid=torch.tensor(grid, dtype=F64), progress=False)
+    msg = str(caught.value)
+    assert "\n" not in msg and "restarts[" not in msg and "more steps" not in msg and "nearest t_min" not in msg
+    diffkit.sample(den, (2, 2), "restart", grid=torch.tensor(grid, dtype=F64), progress=False, restarts=())
+
+
+class LogTimes(Denoiser):
+    """A denoiser recording the (float64) time of each call the sampler makes (the network gets them in float32)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.times = []
+
+    def __call__(self, x, t, **cond):
+        self.times.append(float(t))
+        return super().__call__(x, t, **cond)
+
+
+def test_restart_steps_are_karras_rho_7_from_t_max_to_the_grid_t_min():
+    """The network's times: Heun over the grid (t_i, then t_{i+1} unless clean data), and after the step onto the
+    grid sigma~ s nearest t_min, n = 3 Heun steps on EDM eq. 5's sigma_k = (t_max^(1/7) + k/n (s^(1/7) -
+    t_max^(1/7)))^7 (each at sigma_k and sigma_{k+1}), through the schedule's sigma~ -> t map, to 1e-12."""
+    grid = make_grid(S, 8, "karras")
+    t = grid.tolist()
+    sig = S.karras_sigma(grid[:-1]).tolist() + [0.0]
+    j = min(range(1, len(sig) - 1), key=lambda i: abs(sig[i] - 0.1))
+    n, t_max = 3, 2.0
+    rho = 7.0
+    path = [(t_max ** (1 / rho) + k / n * (sig[j] ** (1 / rho) - t_max ** (1 / rho))) ** rho for k in range(n + 1)]
+    path_t = S.t_from_karras_sigma(torch.tensor(path[:-1], dtype=F64)).tolist() + [t[j]]
+    expected = []
+    for i in range(len(t) - 1):
+        expected += [t[i]] + ([t[i + 1]] if sig[i + 1] > 0 else [])
+        if i + 1 == j:
+            for k in range(n):
+                expected += [path_t[k], path_t[k + 1]]
+    net = LogTimes(ZeroEps(), S)
+    diffkit.sample(net, (2, 2), "restart", grid=grid, restarts=((0.1, t_max, 1, n),), progress=False,
+                   dtype=F64)
+    assert 0 < path_t[1] < 1000 and len(net.times) == len(expected) == 2 * 8 - 1 + 2 * n
+    torch.testing.assert_close(torch.tensor(net.times, dtype=F64), torch.tensor(expected, dtype=F64),
+                               rtol=1e-12, atol=1e-12)

@@ -10,11 +10,15 @@ the exact forward process of the VE form,
 (in x~, x = alpha x~ is the VP state: x~ = x0 + sigma~ eps is that form), then the ODE is solved back from
 t_max to t_min on its own Karras grid of ``n`` Heun steps (EDM eq. 5, rho = 7), K times, and the main
 grid goes on. Both the exact ODE and the exact forward noising keep the marginal at each sigma~, so
-restarts cost nothing in the law; their noise contracts the errors accumulated before t_min
-(paper Sec. 4, Theorem 2).
+restarts cost nothing in the law; their noise contracts the errors accumulated before t_max
+(discretisation and, mainly, a learned score's; paper Sec. 4, Theorem 2).
 
-As in the references, t_min is the grid's sigma~ nearest to the given t_min (the restarts start where
-the main grid already is, so the main grid is the plain Heun grid); t_max is used exactly.
+As in the authors' ``generate_restart.py``, t_min is the grid's sigma~ nearest the given t_min (the
+restarts start where the main grid already is, so the main grid is the plain Heun grid) and t_max is used
+exactly. ComfyUI / A1111 also snap t_max to the grid, skip a restart that cannot be placed without a word,
+and shrink the main grid by restart_steps * K for their default; diffkit keeps the grid and raises a
+one-line error. The authors' code adds churn (restart_gamma = 0.05, on [S_min, S_max]) inside the restart
+steps, which Alg. 1 does not have; diffkit omits it.
 """
 from __future__ import annotations
 
@@ -75,18 +79,30 @@ def plan_restarts(sigmas: list, restarts) -> dict:
     below t_max; a one-line DiffkitError otherwise. ``restarts`` None: :data:`RESTARTS` cut to that range."""
     positive = [(j, s) for j, s in enumerate(sigmas) if s > 0.0]
     low, high = positive[-1][1], sigmas[0]
+
+    def nearest(t_min):  # the grid index whose positive sigma~ is nearest t_min
+        return min(positive, key=lambda p: abs(p[1] - t_min))[0]
     if restarts is None:
-        restarts = [(max(t_min, low), min(t_max, high), times, n) for t_min, t_max, times, n in RESTARTS]
-        if any(not t_min < t_max for t_min, t_max, _, _ in restarts):
-            raise DiffkitError(f"the default restart interval [{RESTARTS[0][0]:g}, {RESTARTS[0][1]:g}] does not meet this "
-                               f"grid's sigma~ range [{low:.4g}, {high:.4g}] ({len(sigmas) - 1} steps); use more steps "
-                               "or give restarts")
+        t_min, t_max, times, n = RESTARTS[0]
+        cut = (max(t_min, low), min(t_max, high), times, n)
+        if not (cut[0] < cut[1] and sigmas[nearest(cut[0])] < cut[1]):
+            if len(positive) == 1:  # a one-step grid to clean data: no interval fits, whatever its bounds
+                where, fix = "it has one positive sigma~", "give restarts=() (plain Heun) or at least 2 steps"
+            else:
+                where = (f"it starts below t_min={t_min:g}" if high <= t_min else
+                         f"its smallest positive sigma~ is above t_max={t_max:g}" if low >= t_max else
+                         f"cut to [{cut[0]:.4g}, {cut[1]:.4g}], t_min snaps to the grid's sigma~ "
+                         f"{sigmas[nearest(cut[0])]:.4g}, not below t_max")
+                fix = "give restarts=() (plain Heun) or an interval (t_min, t_max, K, n) inside that range"
+            raise DiffkitError(f"the default restart interval [{t_min:g}, {t_max:g}] has no room on this grid's "
+                               f"sigma~ range [{low:.4g}, {high:.4g}] ({len(sigmas) - 1} steps): {where}; {fix}")
+        restarts = [cut]
     plan: dict = {}
     for k, (t_min, t_max, times, n) in enumerate(check_restarts(restarts)):
         if not (low <= t_min and t_max <= high):
             raise DiffkitError(f"restarts[{k}]: the interval [{t_min:g}, {t_max:g}] is outside this grid's sigma~ "
                                f"range [{low:.4g}, {high:.4g}]; give an interval inside it")
-        j = min(positive, key=lambda p: abs(p[1] - t_min))[0]
+        j = nearest(t_min)
         if not sigmas[j] < t_max:
             raise DiffkitError(f"restarts[{k}]: the grid's sigma~ nearest t_min={t_min:g} is {sigmas[j]:.4g}, not below "
                                f"t_max={t_max:g} ({len(sigmas) - 1} steps); use more steps or a wider interval")
