@@ -67,6 +67,8 @@ def check_metrics_fit(names: Sequence[str], checkpoint, samples) -> bool:
             raise DiffkitError(f"metric {other[0]!r} is for images; {checkpoint} is a time-series model: use "
                                f"--metrics {','.join(SERIES_METRICS + SERIES_BOUND_METRICS)}")
     elif asked:
+        if not Path(checkpoint).exists():
+            raise DiffkitError(f"checkpoint {checkpoint} does not exist")
         raise DiffkitError(f"metric {asked[0]!r} is for time series; {checkpoint} is an image model")
     return series
 

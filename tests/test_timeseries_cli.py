@@ -244,6 +244,8 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
             (["--checkpoint", ck, "--metrics", "context-fid", "--data-dir", str(tmp_path)],
              "--data-dir applies to image models and runs on a series file; "),
             (["--checkpoint", str(tiny_checkpoint), "--metrics", "context-fid"], "is for time series"),
+            (["--checkpoint", str(tmp_path / "missing"), "--metrics", "context-fid"],
+             f"checkpoint {tmp_path / 'missing'} does not exist"),
             (["--samples", str(tmp_path), "--metrics", "context-fid"], "use --checkpoint"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--num", "49"],  # the run has 48 training series
              "--num 49 asks for more reference series than the run's 48 training series"),
