@@ -13,10 +13,10 @@ import torch
 import diffkit
 from diffkit import Denoiser, NoiseSchedule
 from diffkit.checkpoint import save_checkpoint
-from diffkit.cli import main
 from diffkit.errors import DiffkitError
 from diffkit.guidance import CLIPGuidance
 from diffkit.models.unet import UNet, UNetConfig
+from test_guidance import run_cli  # the CLI's exit code and captured output
 
 transformers = pytest.importorskip("transformers")
 from diffkit.clip import CLIP_MEAN, CLIP_STD, clip_preprocess, load_clip, write_random_clip  # noqa: E402
@@ -302,14 +302,6 @@ def read_pngs(folder):
     from PIL import Image
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def run_cli(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    return code, capsys.readouterr()
 
 
 def test_cli_clip_guidance_round_trip(files, capsys):
