@@ -99,9 +99,7 @@ def main(argv=None) -> None:
         "cos_between_the_two_prompts": prompt_cos,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_json(report, out / f"{args.name}_{report['date']}.json")
+    path = write_json(report, Path(args.out) / f"{args.name}_{report['date']}.json")
     print(f"wrote {path}")
 
 

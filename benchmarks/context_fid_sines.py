@@ -209,9 +209,7 @@ def main(argv=None) -> None:
         "total_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(),
         "torch": torch.__version__, "rows": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_json(report, out / f"{args.name}_{report['date']}.json")
+    path = write_json(report, Path(args.out) / f"{args.name}_{report['date']}.json")
     print(f"train {train_seconds:.0f} s, Context-FID {metric_seconds:.0f} s, GRU scores {rnn_seconds:.0f} s, "
           f"total {report['total_seconds']:.0f} s; wrote {path}")
 

@@ -69,9 +69,7 @@ def main(argv=None) -> None:
         "seconds": {f"w={w:g}": s for w, s in seconds.items()},
         "median_seconds": {f"w={w:g}": m for w, m in median.items()}, "ratio_w1_over_w0": ratio,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_json(report, out / f"{args.name}_{report['date']}.json")
+    path = write_json(report, Path(args.out) / f"{args.name}_{report['date']}.json")
     print(f"wrote {path}")
 
 

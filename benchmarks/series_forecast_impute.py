@@ -186,9 +186,7 @@ def main(argv=None) -> None:
         "total_seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(),
         "torch": torch.__version__, "scale": "MSE on the [0, 1] scale, missing values only", "rows": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_json(report, out / f"{args.name}_{report['date']}.json")
+    path = write_json(report, Path(args.out) / f"{args.name}_{report['date']}.json")
     print(f"\n{table(rows)}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
 
 

@@ -235,10 +235,8 @@ def main(argv=None) -> None:
         "rows": {str(h): row for h, row in rows.items()},
         "imputation": imputation,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = args.name + ("_impute" if args.impute_only else "")
-    path = write_json(report, out / f"{name}_{report['date']}.json")
+    path = write_json(report, Path(args.out) / f"{name}_{report['date']}.json")
     print(f"\n{table(report['rows'])}\n\n{impute_table(imputation)}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
 
 

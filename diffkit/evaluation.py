@@ -423,7 +423,7 @@ def format_results(results: dict[str, dict]) -> str:
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON atomically (NaN written as null)."""
+    """Write ``data`` as indented JSON atomically (NaN written as null), making its folder if needed."""
     from .checkpoint import atomic_write_bytes
 
     def clean(obj):
