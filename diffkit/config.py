@@ -69,7 +69,10 @@ class TrainConfig:
     ``loss='vlb'`` (the bound alone, DDPM eq. 5) with a learned variance or with
     ``fixed_variance`` (beta-tilde or beta: DDPM Table 2's "L, fixed isotropic Sigma"),
     ``timestep_sampler`` ("loss-aware" = Improved DDPM Sec. 3.3), ``min_snr_gamma`` (Hang et al.
-    2023, gamma 5 suggested), ``offset_noise`` (0 = off), ``ema_decay=0.9999`` (DDPM App. B),
+    2023, gamma 5 suggested) or ``p2_gamma`` / ``p2_k`` (P2, Choi et al. 2022 eq. 8; eps only),
+    ``offset_noise`` (0 = off), ``input_perturbation`` (Ning et al. 2023 Alg. 1; 0 = off),
+    ``ema_decay=0.9999`` (DDPM App. B) with the warm-up ``ema_warmup`` ((1 + n)/(10 + n)) or
+    ``ema_power`` / ``ema_inv_gamma`` (diffusers' EMAModel use_ema_warmup),
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
     (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
     (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality); with a consistency objective
