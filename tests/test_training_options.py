@@ -240,17 +240,17 @@ def test_trainer_ema_with_ema_power_follows_the_closed_form(tmp_path):
 @pytest.mark.parametrize("options", [{"ema_warmup": True},
                                      {"ema_power": 0.75, "input_perturbation": 0.1, "p2_gamma": 1.0}])
 def test_resume_with_the_options_equals_uninterrupted_bitwise(tmp_path, options, assert_same_training_state):
-    """Stop at step 3 of 6 and resume: weights, EMA (its decay depends on the update count, saved
+    """Stop at step 3 of 4 and resume: weights, EMA (its decay depends on the update count, saved
     as ema_updates) and optimiser state equal an uninterrupted run's; the config travels along."""
     from diffkit import checkpoint as ckpt
-    over = {"max_steps": 6, "deterministic": True, **options}
+    over = {"max_steps": 4, "deterministic": True, "channel": 8, "attn": [], **options}
     quiet_trainer(make_cfg(tmp_path / "a", **over), random_dataset(n=24)).run()
     quiet_trainer(make_cfg(tmp_path / "b", **over), random_dataset(n=24)).run(stop_at=3)
     latest = tmp_path / "b" / "ckpt" / "latest.safetensors"
     _, meta = ckpt.load_checkpoint(latest)
     assert meta["ema_updates"] == 3 and all(meta["config"][k] == v for k, v in options.items())
     quiet_trainer(make_cfg(tmp_path / "b", training_load_weight=str(latest), **over), random_dataset(n=24)).run()
-    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors", latest, 6)
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors", latest, 4)
 
 
 def test_options_off_are_the_defaults_and_recorded():
@@ -316,7 +316,7 @@ def test_cli_sets_the_options_and_refuses_bad_ones_before_any_folder(tmp_path, c
     from diffkit.cli import main
     tiny = [f"--set={kv}" for kv in ("img_size=8", "channel=16", "channel_mult=[1,2]", "attn=[]", "num_res_blocks=1",
                                      "batch_size=8", "T=50", "sample_steps=3")]
-    code = main(["train", "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress", "--no-sample",
+    code = main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress", "--no-sample",
                  "--device", "cpu", *tiny, "--set", "input_perturbation=0.1", "--set", "p2_gamma=1",
                  "--set", "ema_power=0.75"])
     assert code == 0, capsys.readouterr().err
