@@ -730,7 +730,8 @@ _RENAMED = {"channels_last": "memory_format = 'channels_last'"}
 # other libraries' names of a field where the spelling distance (difflib) finds none or a wrong one
 _SYNONYMS = {"learning_rate": ("lr",), "steps": ("max_steps", "sample_steps"), "num_epochs": ("epoch",),
              "timesteps": ("T",), "num_timesteps": ("T",), "num_train_timesteps": ("T",), "resolution": ("img_size",),
-             "w_range": ("consistency_guidance_range",)}
+             "w_range": ("consistency_guidance_range",), "use_ema_warmup": ("ema_power", "ema_warmup"),
+             "power": ("ema_power",), "inv_gamma": ("ema_inv_gamma",)}  # diffusers' EMAModel arguments
 
 
 def _read_legacy_keys(data: Mapping[str, Any]) -> Mapping[str, Any]:

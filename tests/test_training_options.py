@@ -290,6 +290,13 @@ def test_cross_field_rules_are_one_line_errors(fields, needles):
     one_line_error(lambda: TrainConfig.from_dict(fields), *needles)
 
 
+def test_diffusers_ema_argument_names_point_to_the_fields():
+    one_line_error(lambda: TrainConfig.from_dict({"use_ema_warmup": True}), "'ema_power' or 'ema_warmup'")
+    one_line_error(lambda: TrainConfig.from_dict({"power": 0.75}), "did you mean 'ema_power'")
+    one_line_error(lambda: TrainConfig.from_dict({"inv_gamma": 1.0}), "did you mean 'ema_inv_gamma'")
+    one_line_error(lambda: TrainConfig.from_dict({"input_pertub": 0.1}), "did you mean 'input_perturbation'")
+
+
 def test_training_losses_checks_p2_itself():
     x = torch.zeros(2, 1, 4, 4)
     t = torch.tensor([0, 5])
