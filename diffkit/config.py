@@ -69,7 +69,10 @@ class TrainConfig:
     ``loss='vlb'`` (the bound alone, DDPM eq. 5) with a learned variance or with
     ``fixed_variance`` (beta-tilde or beta: DDPM Table 2's "L, fixed isotropic Sigma"),
     ``timestep_sampler`` ("loss-aware" = Improved DDPM Sec. 3.3), ``min_snr_gamma`` (Hang et al.
-    2023, gamma 5 suggested), ``offset_noise`` (0 = off), ``ema_decay=0.9999`` (DDPM App. B),
+    2023, gamma 5 suggested) or ``p2_gamma`` / ``p2_k`` (P2, Choi et al. 2022 eq. 8; eps only),
+    ``offset_noise`` (0 = off), ``input_perturbation`` (Ning et al. 2023 Alg. 1; 0 = off),
+    ``ema_decay=0.9999`` (DDPM App. B) with the warm-up ``ema_warmup`` ((1 + n)/(10 + n)) or
+    ``ema_power`` / ``ema_inv_gamma`` (diffusers' EMAModel use_ema_warmup),
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
     (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
     (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality); with a consistency objective
@@ -167,7 +170,10 @@ class TrainConfig:
     fixed_variance: str = "fixed_small"
     timestep_sampler: str = "uniform"
     min_snr_gamma: Optional[float] = None
+    p2_gamma: Optional[float] = None  # P2 weighting (Choi et al. 2022, eq. 8); None = off
+    p2_k: float = 1.0
     offset_noise: float = 0.0
+    input_perturbation: float = 0.0  # Ning et al. 2023 (Alg. 1): x_t from eps + gamma xi; 0 = off
     # ---- consistency models (docs/consistency.md) ----
     objective: str = "diffusion"
     teacher: Optional[str] = None
@@ -201,6 +207,8 @@ class TrainConfig:
     # ---- optimisation ----
     ema_decay: float = 0.9999
     ema_warmup: bool = False
+    ema_power: Optional[float] = None  # diffusers EMAModel's warm-up 1 - (1 + n/inv_gamma)^-power; None = off
+    ema_inv_gamma: float = 1.0
     weight_decay: float = 0.0
     warmup_fraction: float = 0.1
     lr_schedule: str = "warmup-cosine"
@@ -359,9 +367,13 @@ class TrainConfig:
             raise DiffkitError(f"fixed_variance={self.fixed_variance!r} is the Sigma of loss='vlb' without a learned "
                                f"variance; it has no effect with loss={self.loss!r}, learned_variance="
                                f"{self.learned_variance}: leave it 'fixed_small'")
-        if self.loss == "vlb" and self.min_snr_gamma is not None:
-            raise DiffkitError(f"min_snr_gamma={self.min_snr_gamma} weights L_simple, which loss='vlb' does not "
-                               f"contain; use loss='simple' or 'hybrid', or min_snr_gamma=None")
+        check_loss_weighting(self.loss, self.prediction_type, self.min_snr_gamma, self.p2_gamma, self.p2_k)
+        if self.ema_power is None and self.ema_inv_gamma != 1.0:
+            raise DiffkitError(f"ema_inv_gamma={self.ema_inv_gamma} belongs to the power warm-up of the EMA; it "
+                               f"needs ema_power (e.g. 0.75), or leave ema_inv_gamma=1.0")
+        if self.ema_power is not None and self.ema_warmup:
+            raise DiffkitError(f"ema_power={self.ema_power} and ema_warmup=True are two EMA warm-ups that exclude "
+                               f"each other: (1 + n/ema_inv_gamma)^-ema_power or (1 + n)/(10 + n); give one")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
                                "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
@@ -433,6 +445,10 @@ class TrainConfig:
             return
         from .timesteps import lcm_times
         lcm_times(self.T, self.consistency_skip)  # the one rule for the skip (1..T-1)
+        for name, value in (("input_perturbation", 0.0), ("p2_gamma", None)):
+            if getattr(self, name) != value:
+                raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to the diffusion objective's loss; "
+                                   f"objective={self.objective!r} has its own: set {name}={value!r}")
         for name, value in (("timestep_sampler", "uniform"), ("min_snr_gamma", None)):
             if getattr(self, name) != value:
                 raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to the diffusion objective; objective="
@@ -593,6 +609,30 @@ class TrainConfig:
                 "hflip": self.hflip, "channels": self.in_channels}
 
 
+def check_loss_weighting(loss_type: str, prediction_type: str, min_snr_gamma: Optional[float],
+                         p2_gamma: Optional[float], p2_k: float = 1.0) -> None:
+    """The rules of the L_simple weightings, one line each (TrainConfig and training_losses)."""
+    if min_snr_gamma is not None:
+        check_range("min_snr_gamma", min_snr_gamma, 0.0, None, low_inclusive=False)
+    check_range("p2_k", p2_k, 0.0, None, low_inclusive=False)
+    if p2_gamma is None:
+        if p2_k != 1.0:
+            raise DiffkitError(f"p2_k={p2_k} is the k of P2 weighting; it needs p2_gamma (e.g. 1.0), or leave "
+                               f"p2_k=1.0")
+    else:
+        check_range("p2_gamma", p2_gamma, 0.0, None, low_inclusive=False)
+        if min_snr_gamma is not None:
+            raise DiffkitError(f"p2_gamma={p2_gamma} and min_snr_gamma={min_snr_gamma} exclude each other: both "
+                               f"weight L_simple by the SNR; give one of them")
+        if prediction_type != "epsilon":
+            raise DiffkitError(f"p2_gamma={p2_gamma} weights the eps loss (Choi et al. 2022, eq. 8); this run has "
+                               f"prediction_type={prediction_type!r}: use 'epsilon', or min_snr_gamma for x0 / v")
+    for name, value in (("min_snr_gamma", min_snr_gamma), ("p2_gamma", p2_gamma)):
+        if value is not None and loss_type == "vlb":
+            raise DiffkitError(f"{name}={value} weights L_simple, which loss='vlb' does not contain; use "
+                               f"loss='simple' or 'hybrid', or {name}=None")
+
+
 # ---------------------------------------------------------------------- field rules
 _FIELD_TYPES: dict[str, Any] = {}  # filled below from the annotations
 
@@ -605,6 +645,9 @@ _RANGES = {
     "grad_clip": (0.0, None, False, True), "nrow": (1, None, True, True), "in_channels": (1, None, True, True),
     "num_workers": (0, 256, True, True), "hybrid_lambda": (0.0, None, False, True),
     "min_snr_gamma": (0.0, None, False, True), "offset_noise": (0.0, None, True, True),
+    "p2_gamma": (0.0, None, False, True), "p2_k": (0.0, None, False, True),
+    "input_perturbation": (0.0, 1.0, True, True), "ema_power": (0.0, None, False, True),
+    "ema_inv_gamma": (0.0, None, False, True),
     "num_classes": (1, None, True, True), "p_uncond": (0.0, 1.0, True, True), "num_heads": (1, None, True, True),
     "ema_decay": (0.0, 1.0, True, False), "weight_decay": (0.0, None, True, True),
     "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),
@@ -687,7 +730,8 @@ _RENAMED = {"channels_last": "memory_format = 'channels_last'"}
 # other libraries' names of a field where the spelling distance (difflib) finds none or a wrong one
 _SYNONYMS = {"learning_rate": ("lr",), "steps": ("max_steps", "sample_steps"), "num_epochs": ("epoch",),
              "timesteps": ("T",), "num_timesteps": ("T",), "num_train_timesteps": ("T",), "resolution": ("img_size",),
-             "w_range": ("consistency_guidance_range",)}
+             "w_range": ("consistency_guidance_range",), "use_ema_warmup": ("ema_power", "ema_warmup"),
+             "power": ("ema_power",), "inv_gamma": ("ema_inv_gamma",)}  # diffusers' EMAModel arguments
 
 
 def _read_legacy_keys(data: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -3,6 +3,9 @@
     L_simple = E ||target - net(x_t, t)||^2                     (DDPM eq. 14; eps, x0 or v target)
     L_vlb    = L_0 + sum_t L_{t-1} + L_T                        (DDPM eq. 5)
     L_hybrid = L_simple + lambda L_vlb, lambda = 0.001          (Improved DDPM eq. 16)
+L_simple may be weighted per timestep: min-SNR-gamma (Hang et al. 2023) or P2 (Choi et al. 2022),
+and x_t may be made from perturbed noise (input perturbation, Ning et al. 2023); see
+:func:`training_losses`.
 with L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) and L_0 the discretised Gaussian decoder
 for 8-bit data scaled to [-1, 1] (DDPM eq. 13). In the hybrid loss the KL term only trains the
 variance: the mean goes through a stop-gradient (Improved DDPM Sec. 3.1). L_vlb alone trains a
@@ -21,6 +24,7 @@ import torch
 
 from . import diffusion
 from .config import FIXED_VARIANCES  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
+from .config import check_loss_weighting
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule, as_cpu_times
 
@@ -106,10 +110,18 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, predi
     return clipped / (snr + 1)
 
 
+def p2_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, k: float = 1.0) -> torch.Tensor:
+    """P2 weighting (Choi et al. 2022, eq. 8) of the eps loss L_simple: 1 / (k + SNR(t))^gamma,
+    SNR(t) = abar_t / (1 - abar_t); the paper's k = 1, gamma in {0.5, 1}."""
+    snr = torch.exp(2 * schedule.log_snr(as_cpu_times(t)))
+    return (k + snr) ** -gamma
+
+
 def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
                     prediction_type: str = "epsilon", loss_type: str = "simple", learned_variance: bool = False,
                     fixed_variance: str = "fixed_small", hybrid_lambda: float = 0.001,
-                    min_snr_gamma: Optional[float] = None, cond: Optional[dict] = None) -> LossOutput:
+                    min_snr_gamma: Optional[float] = None, p2_gamma: Optional[float] = None, p2_k: float = 1.0,
+                    input_noise: Optional[torch.Tensor] = None, cond: Optional[dict] = None) -> LossOutput:
     """Per-example training loss for a batch at integer timesteps ``t`` (DDPM Alg. 1, line 5).
 
     ``loss_type``: ``simple`` (L_simple), ``hybrid`` (L_simple + lambda L_vlb, needs a learned
@@ -123,20 +135,22 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     plus the part that does not depend on theta), and L_0 is the decoder NLL (eq. 13): for uniform t,
     E_t[T L_t] = L_0 + ... + L_{T-1} is the bound of DDPM eq. 5 less its parameter-free prior term
     L_T (:func:`prior_bpd`, below 1e-4 bits/dim for DDPM's T = 1000 linear schedule).
+
+    L_simple is weighted by :func:`min_snr_weight` (``min_snr_gamma``) or, for an eps network, by
+    :func:`p2_weight` (``p2_gamma``, ``p2_k``); in the hybrid loss only L_simple is, as P2's
+    guided-diffusion code does. ``input_noise``: the noise x_t is made from where it is not
+    ``noise``, while the target stays ``noise`` (input perturbation, Ning et al. 2023, Alg. 1:
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) (eps + gamma xi), loss ||eps - eps_theta(x_t, t)||^2).
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
     check_choice("fixed_variance", fixed_variance, FIXED_VARIANCES)
     check_range("hybrid_lambda", hybrid_lambda, 0.0, None)
-    if min_snr_gamma is not None:
-        check_range("min_snr_gamma", min_snr_gamma, 0.0, None, low_inclusive=False)
-        if loss_type == "vlb":
-            raise DiffkitError(f"min_snr_gamma={min_snr_gamma} weights L_simple, which loss_type='vlb' does not "
-                               f"contain; use loss_type 'simple' or 'hybrid', or min_snr_gamma=None")
+    check_loss_weighting(loss_type, prediction_type, min_snr_gamma, p2_gamma, p2_k)
     cond = cond or {}
     t64 = as_cpu_times(t)
     alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
-    x_t = diffusion.q_sample(schedule, x0, t64, noise)
+    x_t = diffusion.q_sample(schedule, x0, t64, noise if input_noise is None else input_noise)
     out = net(x_t, t64.to(device=x0.device, dtype=torch.float32), **cond)
     var_values = None
     if learned_variance:
@@ -148,6 +162,8 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     mse = mean_flat((target - out) ** 2)
     if min_snr_gamma is not None:
         mse = mse * min_snr_weight(schedule, t64, min_snr_gamma, prediction_type).to(mse.device, mse.dtype)
+    if p2_gamma is not None:
+        mse = mse * p2_weight(schedule, t64, p2_gamma, p2_k).to(mse.device, mse.dtype)
     if loss_type == "simple":
         return LossOutput(loss=mse, mse=mse)
     if loss_type == "hybrid" and var_values is None:

@@ -61,19 +61,32 @@ def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
 class EMA:
     """Exponential moving average of parameters (and a copy of buffers): ema = d ema + (1-d) w.
 
-    With ``warmup`` the decay is min(decay, (1 + n)/(10 + n)) at update n, so short runs are not
-    dominated by the initialisation (diffusers' EMAModel uses the same from its second update on;
-    its first update, n = 0, copies the weights where this one keeps 0.1 of the initial ones,
-    a difference below 1e-7 after 20 updates)."""
+    The decay at update n (0, 1, ... ; ``updates``, saved in checkpoints as ``ema_updates``) is
+    ``decay``, or with a warm-up min(decay, d_n):
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False):
-        self.decay, self.warmup, self.updates = decay, warmup, 0
+    * ``warmup``: d_n = (1 + n)/(10 + n), so short runs are not dominated by the initialisation
+      (diffusers' EMAModel without ``use_ema_warmup`` from its second update on; its first update,
+      n = 0, copies the weights where this one keeps 0.1 of the initial ones, a difference below
+      1e-7 after 20 updates);
+    * ``power`` p (with ``inv_gamma`` g): d_n = 1 - (1 + n/g)^-p, diffusers' EMAModel with
+      ``use_ema_warmup=True, inv_gamma=g, power=p`` (its ``get_decay``; d_0 = 0 copies the weights;
+      p = 2/3 reaches 0.999 at about 31.6K updates, p = 3/4 at 10K).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False,
+                 power: Optional[float] = None, inv_gamma: float = 1.0):
+        if warmup and power is not None:
+            raise DiffkitError(f"ema_power={power} and ema_warmup=True exclude each other; give one")
+        self.decay, self.warmup, self.power, self.inv_gamma, self.updates = decay, warmup, power, inv_gamma, 0
         self.params = [p.detach().clone() for p in model.parameters()]
 
     def current_decay(self) -> float:
+        n = self.updates
+        if self.power is not None:
+            return min(self.decay, 1.0 - (1.0 + n / self.inv_gamma) ** -self.power)
         if not self.warmup:
             return self.decay
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -331,7 +344,7 @@ class Trainer:
         # take the weights' strides; auto: models.layers.preferred_memory_format
         use_memory_format(self.model, resolve_memory_format(cfg.memory_format, self.device, cfg.mixed_precision))
         self.teacher = self._load_teacher() if cfg.objective == "consistency-distillation" else None
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_power, cfg.ema_inv_gamma)
         # fused AdamW (one kernel for all parameters) on CPU and CUDA, channels_last weights handed
         # to the CPU kernel without its gradient copies (diffkit.optim); resumed optimiser state gets
         # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs
@@ -623,6 +636,9 @@ class Trainer:
         if cfg.offset_noise > 0:  # offset noise (Guttenberg 2023): a per-channel constant shift
             noise = noise + cfg.offset_noise * torch.randn(b, images.shape[1], *([1] * (images.ndim - 2)),
                                                            generator=self.generator)
+        xi = None
+        if cfg.input_perturbation > 0:  # Ning et al. 2023, Alg. 1: x_t from eps + gamma xi, xi ~ N(0, I) fresh
+            xi = torch.randn(images.shape, generator=self.generator)
         dropping = cfg.conditional or cfg.text_conditioning
         drop = torch.rand(b, generator=self.generator) < cfg.p_uncond if dropping else None
         tokens = None
@@ -635,6 +651,9 @@ class Trainer:
         images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
         noise = noise.to(self.device)
+        input_noise = None
+        if xi is not None:  # the target stays noise (with its offset, as diffusers' train_text_to_image.py)
+            input_noise = noise + cfg.input_perturbation * distributed.shard(xi, info).to(self.device)
         cond = {}
         if cfg.conditional:
             y = labels.to(self.device).long()
@@ -654,7 +673,8 @@ class Trainer:
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,
                                   loss_type=cfg.loss, learned_variance=cfg.learned_variance,
                                   fixed_variance=cfg.fixed_variance, hybrid_lambda=cfg.hybrid_lambda,
-                                  min_snr_gamma=cfg.min_snr_gamma, cond=cond)
+                                  min_snr_gamma=cfg.min_snr_gamma, p2_gamma=cfg.p2_gamma, p2_k=cfg.p2_k,
+                                  input_noise=input_noise, cond=cond)
         if cfg.timestep_sampler != "uniform":  # every rank keeps the same loss history
             all_t = distributed.all_gather_cat(t.to(self.device), info).cpu()
             all_loss = distributed.all_gather_cat(out.loss.detach().float(), info).cpu()

@@ -813,3 +813,33 @@ def test_an_imported_lcm_scheduler_samples_on_its_own_timesteps(n):
         ref = diffusers.LCMScheduler(num_train_timesteps=1000, original_inference_steps=n)
         ref.set_timesteps(steps)
         assert sampler_grid(cm, REGISTRY["consistency"], steps=steps)[:-1].tolist() == ref.timesteps.tolist(), steps
+
+
+@pytest.mark.parametrize("power,inv_gamma,decay", [(2 / 3, 1.0, 0.9999), (0.75, 3.0, 0.5)])
+def test_ema_power_warmup_equals_diffusers_ema_model(power, inv_gamma, decay):
+    """diffkit's EMA with ema_power / ema_inv_gamma against diffusers' EMAModel(use_ema_warmup=True):
+    the same decay at every update and the same averaged weights (its first update copies them);
+    ema_warmup against EMAModel without use_ema_warmup: the same decays from the second update on."""
+    from diffusers.training_utils import EMAModel
+
+    from diffkit.training import EMA
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 4).double()
+    ours = EMA(model, decay, power=power, inv_gamma=inv_gamma)
+    theirs = EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, inv_gamma=inv_gamma, power=power)
+    warm, warm_theirs = EMA(model, decay, warmup=True), EMAModel(model.parameters(), decay=decay)
+    for n in range(15):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        d = ours.current_decay()
+        d_warm = warm.current_decay()
+        for ema in (ours, warm):
+            ema.update(model)
+        for ema in (theirs, warm_theirs):
+            ema.step(model.parameters())
+        assert d == pytest.approx(theirs.cur_decay_value, rel=1e-14, abs=1e-15), n
+        if n > 0:
+            assert d_warm == pytest.approx(warm_theirs.cur_decay_value, rel=1e-14), n
+        for a, b in zip(ours.params, theirs.shadow_params):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

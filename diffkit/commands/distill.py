@@ -34,7 +34,8 @@ def register(sub) -> None:
 # what a distillation run changes in the teacher's config (--set overrides any of them); the teacher's
 # sample grid is dropped: None is the objective's (config.objective_sampling: consistency, 4 steps)
 DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": None, "sample_steps": None,
-                    "ema_warmup": True, "timestep_sampler": "uniform", "min_snr_gamma": None,
+                    "ema_warmup": True, "ema_power": None, "ema_inv_gamma": 1.0, "timestep_sampler": "uniform",
+                    "min_snr_gamma": None, "p2_gamma": None, "p2_k": 1.0, "input_perturbation": 0.0,
                     "training_load_weight": None, "test_load_weight": None}
 
 
