@@ -79,8 +79,8 @@ def register(sub) -> None:
     p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
     p.add_argument("--class", dest="class_id", type=int, metavar="ID",
                    help="class-conditional checkpoints: the class every image is edited towards (with --series: "
-                        "every sample's class; default the file's label column, else the null class, if trained: "
-                        "p_uncond > 0)")
+                        "every sample's and window's class; default the file's label column (an imputation: each "
+                        "window its rows' label), else the null class, if trained: p_uncond > 0)")
     p.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
                         "diffkit sample (0 = conditional model)")

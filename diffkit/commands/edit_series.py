@@ -21,10 +21,12 @@ Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch
 per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
 an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
-A class-conditional checkpoint takes ``--class K`` and ``--guidance-scale W`` as ``diffkit sample`` does
-(:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
-``--class``, gives the class when the rows read share one label (:func:`file_label`); without either the
-null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
+A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--guidance-rescale PHI`` and
+``--guidance-interval T_LO T_HI`` as ``diffkit sample`` does (:func:`series_guidance`); its ``label_column``
+in the CSV is left out of the values and, without ``--class``, gives the classes (:func:`file_label`): a
+forecast's history rows must share one label; an imputation's windows each take the label their rows share
+(:func:`diffkit.forecasting.window_classes`), a window across a change of label the null class; without
+either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
 """
 from __future__ import annotations
 
