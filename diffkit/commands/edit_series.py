@@ -196,11 +196,13 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
 def _window_classes_note(labels, length: int, chunk: int, null: int) -> str:
     """The output note's count of the imputation windows of each class (:func:`diffkit.forecasting.window_classes`),
     e.g. "; windows: class 0 x 3, class 1 x 2, the null class x 2 (across a change of label)"."""
+    from collections import Counter
+
     from ..forecasting import window_classes
-    classes = window_classes(labels, len(labels), length, chunk, null).tolist()
-    counts = [f"class {c} x {classes.count(c)}" for c in sorted(set(classes) - {null})]
+    classes = Counter(window_classes(labels, len(labels), length, chunk, null).tolist())
+    counts = [f"class {c} x {classes[c]}" for c in sorted(set(classes) - {null})]
     if null in classes:
-        counts.append(f"the null class x {classes.count(null)} (across a change of label)")
+        counts.append(f"the null class x {classes[null]} (across a change of label)")
     return f"; windows: {', '.join(counts)}"
 
 
