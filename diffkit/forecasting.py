@@ -9,7 +9,8 @@ RePaint's resampling (``jump_n_sample`` > 1, ``ddpm``) and/or reconstruction gui
 Sec. 3.1). Series are diffkit's ``(batch, channels, length)`` in the model's own units (a series
 file's model: [-1, 1] after :class:`~diffkit.series_files.SeriesScaling`); values outside [-1, 1]
 are allowed (held-out data can leave the training range). A class-conditional model takes its classes
-as ``cond={"y": labels (B,)}`` (sample i's class for all its windows; without it the null class) and
+as ``cond={"y": labels (B,)}`` (sample i's class for all its windows; without it the null class), or, in
+:func:`impute`, as ``labels=`` per step (each window the class its steps share: :func:`window_classes`), and
 classifier-free guidance as the denoiser wrapped in :class:`~diffkit.guidance.ClassifierFreeGuidance`.
 """
 from __future__ import annotations
@@ -187,6 +188,54 @@ def impute_plan(steps_given: int, length: int, chunk: int) -> list:
             for j, start in enumerate(starts)]
 
 
+def null_class_trained(denoiser) -> bool:
+    """Whether a class-conditional checkpoint trained its null class: its config's ``p_uncond`` > 0 (0.1,
+    the default, when the config does not say; True for a denoiser without checkpoint metadata)."""
+    meta = getattr(_innermost(denoiser), "meta", None) or {}
+    return bool((meta.get("config") or {}).get("p_uncond", 0.1))
+
+
+def window_classes(labels, steps_given: int, length: int, chunk: int, null_class: int) -> torch.Tensor:
+    """The class of each :func:`impute_plan` window of a series of ``steps_given`` n steps whose step k has
+    the class ``labels[..., k]`` (integers, (n,) or (B, n)): the label that the window's steps start ..
+    start + min(L, n) - 1 share, as a training window takes the label its rows share
+    (:func:`diffkit.series_files.window_labels`); ``null_class`` for a window across a change of label
+    (training leaves those out: they belong to no class). Long, (W,) or (B, W), on the CPU."""
+    import numpy as np
+
+    from .series_files import window_labels
+    labels = torch.as_tensor(labels)
+    starts = [start for start, _ in impute_plan(steps_given, length, chunk)]
+    classes = []
+    for row in labels.reshape(-1, steps_given).cpu().numpy():
+        kept, _ = window_labels(row, min(length, steps_given))  # stride-1 windows: kept[s] = rows s.. share one
+        classes.append(np.where(kept[starts], row[starts], null_class))
+    return torch.as_tensor(np.stack(classes), dtype=torch.long).reshape(*labels.shape[:-1], len(starts))
+
+
+def _window_labels(denoiser, labels, options: dict, shape, length: int, chunk: int) -> torch.Tensor:
+    """:func:`window_classes` of :func:`impute`'s ``labels`` as (B, W), checked: integers (n,) or (B, n) in
+    0..K-1 of a class-conditional model (K its ``num_classes``, K also its null class), not with a ``cond``
+    ``y`` (one-line errors)."""
+    from .guidance import _num_classes_of
+    batch, _, steps_given = shape
+    classes = _num_classes_of(denoiser)
+    if classes is None:
+        raise DiffkitError("labels= needs a class-conditional model (its network has no num_classes)")
+    if isinstance(options.get("cond"), dict) and "y" in options["cond"]:
+        raise DiffkitError("labels= gives each window its class; cond={'y': ...} one class per sample: give one "
+                           "of them")
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex() \
+            or labels.shape not in ((steps_given,), (batch, steps_given)):
+        raise DiffkitError(f"labels of {labels.dtype} {tuple(labels.shape)} are not allowed; give integers "
+                           f"({steps_given},) or ({batch}, {steps_given}): the class of each step of the series")
+    if labels.numel() and not bool(((labels >= 0) & (labels < classes)).all()):
+        bad = int(labels[(labels < 0) | (labels >= classes)][0])
+        raise DiffkitError(f"labels hold {bad}; the model's classes are 0..{classes - 1}")
+    return window_classes(labels, steps_given, length, chunk, classes).expand(batch, -1)
+
+
 def _subset(options: dict, index: list, batch: int) -> dict:
     """The window options of the rows ``index`` (sample numbers, repeats allowed) of a batch of ``batch``
     samples: their ``cond`` tensors' rows, so a row draws the same values whatever the other rows.
@@ -295,7 +344,8 @@ def series_batch_size(denoiser, channels: int, length: int, limit: int, device, 
 
 def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: int = 50, *,
            length: Optional[int] = None, chunk: Optional[int] = None, reconstruction_weight: float = 1.0,
-           jump_length: int = 10, jump_n_sample: int = 1, batch_size="auto", **options) -> torch.Tensor:
+           jump_length: int = 10, jump_n_sample: int = 1, batch_size="auto", labels=None,
+           **options) -> torch.Tensor:
     """``series`` (B, C, n) with its missing values drawn from the model given the observed ones:
     ``observed_mask`` (bool or 0/1, ``series``' shape; 1 = observed) or, by default, the finite
     values are observed and NaN marks a missing one. Windows are the model's ``length`` L
@@ -315,6 +365,13 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     is not sampled. The observed values are returned
     exactly; an observed value must be finite. With nothing missing the series is returned as given
     (a copy; float16 / bfloat16 as float32) and nothing is sampled. Options and defaults as :func:`forecast`.
+
+    Classes: ``cond={"y": y}`` (B,) gives every window of sample i the class y[i]; ``labels`` (integers,
+    (n,) for every sample or (B, n)) the class of each step instead, and each window is conditioned on the
+    class its steps share (:func:`window_classes`, training's rule), a window across a change of label on
+    the model's null class K (its unconditional output; with classifier-free guidance, unguided: both
+    passes take K). A checkpoint trained with ``p_uncond`` = 0 has no null class: a window to draw across a
+    change of label is then a one-line error naming its steps, before anything is sampled.
 
     Batching: the (sample, window) pairs are drawn level by level (:func:`impute_levels`: a window
     waits only for the earlier windows that fill values it reads, and sees the values of no later
@@ -338,6 +395,8 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
         check_range("batch_size", batch_size, 1, None, integer=True)
     _check_channels(denoiser, series, "series")
     observed = _observed(series, observed_mask)
+    # (B, W): the class of each sample's window, checked even when nothing is missing
+    window_y = None if labels is None else _window_labels(denoiser, labels, options, series.shape, length, chunk)
     if bool(observed.all()):  # nothing to impute: the sampler is not run
         return series.clone()
     batch, channels, steps_given = series.shape
@@ -349,11 +408,15 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     rng = _row_generators(seed, _generators(seed, generator, batch) if seed is not None or generator is not None
                           else None, batch, len(plan))
     levels = impute_levels(~observed, length, chunk)
+    if window_y is not None:
+        _check_null_windows(denoiser, window_y, levels, labels, plan, length)
+        window_y = window_y.to(series.device)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()
     largest = int(max((levels == level).sum() for level in range(int(levels.max()) + 1)))
-    if batch_size == "auto":
-        batch_size = series_batch_size(denoiser, channels, length, largest, series.device, options)
+    if batch_size == "auto":  # (labels: probed with sample 0's window 0 class, as cond's sample 0 row)
+        batch_size = series_batch_size(denoiser, channels, length, largest, series.device, options if window_y is None
+                                       else dict(options, cond=dict(options.get("cond") or {}, y=window_y[:, 0])))
     size = largest if batch_size is None else batch_size
     for level in range(int(levels.max()) + 1):
         pairs = (levels.T == level).nonzero().tolist()  # (window, sample), window by window
@@ -373,6 +436,9 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                 window[r, :, :width] = torch.where(given, filled[i, :, start:start + width], 0.0)
                 repaint[r, :, :width] = (~given).to(window.dtype)
             row_options = _subset(options, [i for _, i in rows], batch)
+            if window_y is not None:  # each (sample, window) pair its own class
+                row_options["cond"] = dict(row_options.get("cond") or {},
+                                           y=window_y[[i for _, i in rows], [j for j, _ in rows]])
             gens = [rng(i, j) for j, i in rows]
             if gens[0] is not None:
                 row_options["generator"] = gens
@@ -387,6 +453,24 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                 known[i, :, start:end] = True
         size = batches.batch_size
     return torch.where(observed, series, filled)
+
+
+def _check_null_windows(denoiser, window_y: torch.Tensor, levels: torch.Tensor, labels, plan: list,
+                        length: int) -> None:
+    """A window to draw (level >= 0) across a change of label takes the null class: a one-line error naming
+    the first one's steps and labels when the checkpoint never trained that class (:func:`null_class_trained`)."""
+    from .guidance import _num_classes_of
+    null = (window_y.cpu() == _num_classes_of(denoiser)) & (levels >= 0)
+    if not bool(null.any()) or null_class_trained(denoiser):
+        return
+    sample, j = (int(k) for k in null.nonzero()[0])
+    labels = torch.as_tensor(labels)
+    start, steps_given = plan[j][0], labels.shape[-1]
+    stop = min(start + length, steps_given)
+    held = sorted(set(labels.reshape(-1, steps_given)[sample if labels.ndim == 2 else 0, start:stop].tolist()))
+    raise DiffkitError(f"the window of steps {start}..{stop - 1} (from 0) holds the labels {', '.join(map(str, held))}: "
+                       f"a window across a change of label takes the null class, which this checkpoint never "
+                       f"trained (p_uncond=0); give one class for every window (--class K; cond={{'y': ...}})")
 
 
 def forecast_mask(batch: int, channels: int, length: int, horizon: int) -> torch.Tensor:
@@ -406,4 +490,4 @@ def random_missing_mask(shape, missing: float, seed: int = 0) -> torch.Tensor:
 
 
 __all__ = ["default_chunk", "forecast", "forecast_mask", "forecast_windows", "impute", "impute_plan", "impute_levels",
-           "impute_windows", "model_length", "random_missing_mask"]
+           "impute_windows", "model_length", "null_class_trained", "random_missing_mask", "window_classes"]

@@ -85,6 +85,9 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--horizon", "2"], r"--horizon goes with --series \(a time-series checkpoint\)"),
     (["--guidance-scale", "2"], r"--guidance-scale is not available for --images \(image edits take --class without "
                                 r"guidance\); it goes with --series"),
+    (["--guidance-rescale", "0.7"], r"--guidance-rescale is not available for --images \(image edits take --class "
+                                    r"without guidance\); it goes with --series"),
+    (["--guidance-interval", "1", "5"], r"--guidance-interval is not available for --images"),
     (["--series", "h.csv"], r"--images applies to image edits; --series forecasts"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):

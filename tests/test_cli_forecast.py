@@ -115,6 +115,10 @@ BAD = [  # (rows of the file or None for the default 6, flags, message)
                                                 r"--conditional --set label_column=NAME\)"),
     (None, ["--guidance-scale", "2"], r"--guidance-scale needs a class-conditional checkpoint; this "
                                       r"time-series model is unconditional"),
+    (None, ["--guidance-rescale", "0.5"], r"--guidance-rescale needs --guidance-scale"),  # not silently ignored
+    (None, ["--guidance-interval", "1", "5"], r"--guidance-interval needs --guidance-scale"),
+    (None, ["--guidance-scale", "2", "--guidance-rescale", "0.5"], r"--guidance-scale needs a class-conditional "
+                                                                   r"checkpoint"),
 ]
 
 

@@ -3,12 +3,16 @@ series longer than the window (window by window), on the exact Gaussian series m
 test_forecasting: independent steps (each generated value is the exact probability-flow map of its own
 noise, whatever the context) and AR(1) (each chunk's exact conditional given its context follows from
 the float64 affine recursion ``exact_moments``)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import diffkit
 import diffkit.forecasting as fc
 from diffkit import Denoiser
+from diffkit.denoiser import Prediction, Wrapper
+from diffkit.errors import DiffkitError
 from diffkit.analytic import GaussianMixture, gaussian_ode_solution
 from diffkit.forecasting import forecast_windows, impute_windows, random_missing_mask
 from diffkit.sampling import sampler_grid
@@ -354,11 +358,12 @@ def test_the_levels_are_the_brute_force_ones_for_every_chunk():
     assert deep > 100  # windows waiting for one two or more back are exercised
 
 
-def sequential_impute(den, series, observed, chunk, seed, steps, length=L, windows_of=None, **options):
+def sequential_impute(den, series, observed, chunk, seed, steps, length=L, windows_of=None, window_cond=None,
+                      **options):
     """One window at a time, one sample at a time, in the plan's order, with diffkit.inpaint itself: sample
     i's window j repaints the values of the window not observed and not kept before, from window_generators
-    (seed + i)[j] (or windows_of(i, W)[j]), and keeps those of its kept range (the docs' semantics, with no
-    levels and no batching)."""
+    (seed + i)[j] (or windows_of(i, W)[j]), with the cond window_cond(i, j) if given, and keeps those of its
+    kept range (the docs' semantics, with no levels and no batching)."""
     plan = fc.impute_plan(series.shape[-1], length, chunk)
     out = torch.where(observed, series, torch.zeros_like(series))
     windows_of = windows_of or (lambda i, windows: window_generators(seed + i, windows))
@@ -372,6 +377,8 @@ def sequential_impute(den, series, observed, chunk, seed, steps, length=L, windo
             window[0, :, :width] = out[i, :, start:start + width]
             repaint = torch.ones_like(window)
             repaint[0, :, :width] = (~known[:, start:start + width]).to(series.dtype)
+            if window_cond is not None:
+                options["cond"] = window_cond(i, plan.index((start, end)))
             drawn = diffkit.inpaint(den, window, repaint, "ddpm", steps, value_range=None, generator=[generator],
                                     progress=False, **options)
             out[i, :, start:end] = torch.where(known[:, start:end], out[i, :, start:end], drawn[0, :, :end - start])
@@ -523,3 +530,95 @@ def test_the_memory_probe_takes_cond_entries_that_are_not_per_sample_tensors():
     options = {"cond": {"scale": 0.5, "y": torch.tensor([2, 0, 1])}, "reconstruction_weight": 1.0}
     size = fc.series_batch_size(den, 1, L, 8, "cpu", options)
     assert 1 <= size <= 8 and seen and all(scale == 0.5 and set(y) == {2} for y, scale in seen)
+
+
+# ------------------------------------------------------------------ per-window classes (labels=)
+class ShiftedByClass(Wrapper):
+    """The exact model of the Gaussian AR(1) series shifted by a class mean: x_0 ~ N(MEANS[y] 1, Sigma_AR), so
+    E[x_0 | x_t, y] = MEANS[y] + E_AR[x_0 | x_t - alpha_t MEANS[y]] (eps unchanged); y = K (the null class,
+    and no y) the unshifted AR model. Its network says num_classes = K, as a diffkit U-Net does."""
+
+    MEANS = (1.0, 3.0, -2.0)  # the null class: 0
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.net = SimpleNamespace(config=SimpleNamespace(num_classes=len(self.MEANS)))
+
+    def __call__(self, x, t, y=None, **cond):
+        shift = torch.zeros(len(x), dtype=x.dtype, device=x.device) if y is None else torch.tensor(
+            [*self.MEANS, 0.0], dtype=x.dtype)[torch.as_tensor(y).reshape(-1).expand(len(x))]
+        alpha = self.schedule.alpha(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(len(x))).to(x.dtype)
+        pred = self.inner(x - (alpha * shift)[:, None, None], t, **cond)
+        return Prediction(eps=pred.eps, x0=pred.x0 + shift[:, None, None], var_values=pred.var_values)
+
+
+def shared_label(labels, start, length):
+    """The class of the window of ``length`` steps at ``start``: the label all its steps hold, else the null
+    class 3 (written from the rule, not from diffkit's window_labels)."""
+    held = set(labels[start:start + length])
+    return held.pop() if len(held) == 1 else 3
+
+
+def test_each_window_is_conditioned_on_the_label_its_steps_share():
+    """labels= (one label per step: 7 steps of class 0, then 6 of class 1; L = 4, chunk 2: 6 windows at steps
+    0, 2, 4, 6, 8, 9): impute equals sequential_impute with window j given y = the label its 4 steps share,
+    and the null class for windows 4..7 and 6..9 (across the change), to 1e-12, at every batch size, with
+    reconstruction guidance (batch_size None and 3); the class shows (class 0's mean is 1, class 1's 3, the
+    null class's 0): one class for every window differs."""
+    den = ShiftedByClass(DEN_AR)
+    labels = [0] * 7 + [1] * 6
+    plan = fc.impute_plan(13, L, 2)
+    assert [shared_label(labels, start, L) for start, _ in plan] == [0, 0, 3, 3, 1, 1]
+    series = torch.randn(2, 1, 13, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    series += 3.0 * torch.tensor(labels, dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.5, seed=32)
+    options = dict(reconstruction_weight=1.0)
+    expected = sequential_impute(den, series, observed, 2, 5, 3, **options, window_cond=lambda i, j: {
+        "y": torch.tensor([shared_label(labels, plan[j][0], L)])})
+    for batch_size in (None, 3):
+        out = diffkit.impute(den, series, observed, "ddpm", 3, chunk=2, seed=5, batch_size=batch_size,
+                             labels=torch.tensor(labels), **options, **FREE)
+        assert (out - expected).abs().max() < 1e-12, batch_size
+    one = diffkit.impute(den, series, observed, "ddpm", 3, chunk=2, seed=5, cond={"y": torch.tensor([0, 0])},
+                         **options, **FREE)
+    late = ~observed[..., 10:]
+    assert (one[..., 10:][late] - out[..., 10:][late]).abs().mean() > 1.0  # class 0 there, not the rows' class 1
+
+
+def test_labels_per_sample_and_one_label_is_bit_for_bit_cond_y():
+    """labels (B, n): each sample's windows their own steps' classes (sample 0 classes 2 then 0, sample 1
+    class 1 throughout); one label for every step is bit for bit cond={"y": that class} (the one-class
+    path), and the class, not the batch, decides a sample's values (sample 1 alone, seed + 1)."""
+    den = ShiftedByClass(DEN_AR)
+    labels = torch.tensor([[2] * 5 + [0] * 8, [1] * 13])
+    plan = fc.impute_plan(13, L, 3)
+    series = torch.randn(2, 1, 13, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
+    observed = random_missing_mask(series.shape, 0.4, seed=34)
+    out = diffkit.impute(den, series, observed, "ddpm", 3, chunk=3, seed=7, labels=labels, **FREE)
+    expected = sequential_impute(den, series, observed, 3, 7, 3, reconstruction_weight=1.0, window_cond=lambda i, j: {
+        "y": torch.tensor([shared_label(labels[i].tolist(), plan[j][0], L)])})
+    assert (out - expected).abs().max() < 1e-12
+    alone = diffkit.impute(den, series[1:], observed[1:], "ddpm", 3, chunk=3, seed=8, labels=labels[1], **FREE)
+    as_y = diffkit.impute(den, series[1:], observed[1:], "ddpm", 3, chunk=3, seed=8, cond={"y": torch.tensor([1])},
+                          **FREE)
+    assert torch.equal(alone, as_y) and (alone - out[1:]).abs().max() < 1e-12
+    assert fc.window_classes(labels, 13, L, 3, 3).tolist() == [[2, 3, 0, 0], [1] * 4]  # windows at 0, 3, 6, 9
+
+
+def test_labels_mistakes_are_one_line_errors():
+    den = ShiftedByClass(DEN_AR)
+    series = torch.zeros(2, 1, 9, dtype=torch.float64)
+    series[:, :, 4] = float("nan")
+    cases = [
+        (dict(labels=torch.tensor([0] * 8)), r"labels of torch.int64 \(8,\) are not allowed; give integers \(9,\) or "
+                                            r"\(2, 9\)"),
+        (dict(labels=torch.zeros(9)), r"labels of torch.float32 \(9,\) are not allowed"),
+        (dict(labels=torch.tensor([0] * 8 + [3])), r"labels hold 3; the model's classes are 0\.\.2"),
+        (dict(labels=torch.tensor([0] * 9), cond={"y": torch.tensor([1, 1])}), r"labels= gives each window its class; "
+                                                                               r"cond=\{'y': \.\.\.\} one class"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(DiffkitError, match=message):
+            diffkit.impute(den, series, seed=0, **kwargs, **FREE)
+    with pytest.raises(DiffkitError, match="labels= needs a class-conditional model"):
+        diffkit.impute(DEN_AR, series, seed=0, labels=torch.tensor([0] * 9), **FREE)

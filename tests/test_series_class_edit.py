@@ -131,15 +131,12 @@ def test_the_label_column_is_dropped_and_its_label_is_the_class(labelled_run, tm
     k, f, o, n = ((tmp_path / f"{name}.csv").read_text() for name in "kfon")
     assert k.splitlines()[0] == "sample,a,b" and f == k  # the file's label 2 is --class 2
     assert o != k and n != k  # --class overrides the file's label; no label: the null class
-    # an imputation reads every row: its labels must agree; a forecast reads only the last rows
+    # a forecast reads only the last rows (those of its first window's history); an imputation's windows
+    # each take their own rows' label (test_each_window_of_a_long_imputation_takes_its_own_rows_class)
     mixed = write_csv(tmp_path / "m.csv", [0, 0, 0, 1, 1, 1])
     assert edit(labelled_run, mixed, tmp_path / "mf.csv", "--horizon", "1") == 0  # the last 3 rows: label 1
     assert "class 1 (label column 'state')" in capsys.readouterr().out
-    assert edit(labelled_run, mixed, tmp_path / "mi.csv") == 2
-    err = capsys.readouterr().err
-    assert "label column 'state' holds 0, 1 in the rows 0..5 (from 0) that the imputation reads; give --class K" in err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "mi.csv").exists()
-    assert edit(labelled_run, mixed, tmp_path / "mi.csv", "--class", "1") == 0  # nothing missing: written back
+    assert edit(labelled_run, mixed, tmp_path / "mi.csv") == 0  # nothing missing: written back
     # a row of empty cells is a row to impute, but it has no label
     assert edit(labelled_run, write_csv(tmp_path / "e.csv", [1] * 6, ",,,\n"), tmp_path / "e_out.csv") == 2
     assert "has 7 rows but 6 labels in column 'state'; every row needs its label" in capsys.readouterr().err
@@ -174,16 +171,22 @@ def _file_units(den, rows):
     return torch.from_numpy(scaling.normalise(values).T.astype(np.float32))[None], scaling, values
 
 
-@pytest.mark.parametrize("flags,scale", [(["--class", "1"], None), (["--class", "1", "--guidance-scale", "3"], 3.0)])
+RESCALED = ["--guidance-rescale", "0.7", "--guidance-interval", "3", "12"]
+
+
+@pytest.mark.parametrize("flags,scale", [(["--class", "1"], None), (["--class", "1", "--guidance-scale", "3"], 3.0),
+                                         (["--class", "1", "--guidance-scale", "3", *RESCALED], 3.0)])
 def test_the_cli_forecast_is_the_api_forecast_with_that_class_and_guidance(labelled_run, tmp_path, flags, scale):
-    """``--class 1 [--guidance-scale 3]`` is diffkit.forecast of ClassifierFreeGuidance(den, 3) (the null class
-    K = 3) with cond y = 1, in the file's units: a halved W, another class, or another null class differ."""
+    """``--class 1 [--guidance-scale 3 [--guidance-rescale 0.7 --guidance-interval 3 12]]`` is diffkit.forecast
+    of ClassifierFreeGuidance(den, 3[, rescale=0.7, interval=(3, 12)]) (the null class K = 3) with cond y = 1,
+    in the file's units: a halved W, another class, another null class, or no rescale / interval differ."""
     from diffkit.loading import load_denoiser
     path = write_csv(tmp_path / "h.csv", [0] * 6)  # the file's label 0 is overridden by --class 1
     assert edit(labelled_run, path, tmp_path / "o.npy", "--horizon", "2", "--num", "2", *flags) == 0
     den = load_denoiser(labelled_run)
     history, scaling, _ = _file_units(den, 6)
-    model = den if scale is None else ClassifierFreeGuidance(den, scale, null_class=3)
+    rescaled = dict(rescale=0.7, interval=(3, 12)) if "--guidance-rescale" in flags else {}
+    model = den if scale is None else ClassifierFreeGuidance(den, scale, null_class=3, **rescaled)
     api = diffkit.forecast(model, history.expand(2, -1, -1), 2, steps=2, seed=0, progress=False,
                            cond={"y": torch.tensor([1, 1])})
     expected = scaling.unnormalise(api.double().numpy(), axis=1).transpose(0, 2, 1)  # (num, H, F)
@@ -258,3 +261,91 @@ def test_without_class_or_labels_a_model_trained_without_a_null_class_is_refused
     assert edit(never, path, tmp_path / "o.csv", "--horizon", "2") == 0  # the file's label
     assert edit(labelled_run, plain, tmp_path / "o.csv", "--horizon", "2") == 0
     assert "the null class (unconditional; give --class K)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ a file whose label changes: each window its own
+def _segments(tmp_path, labels, missing):
+    """write_csv of ``labels`` with the cells ``missing`` ((row, column) pairs, column 0 = a) emptied."""
+    path = write_csv(tmp_path / "s.csv", labels)
+    lines = path.read_text().splitlines()
+    for row, column in missing:
+        cells = lines[row + 1].split(",")
+        cells[column + 1] = ""
+        lines[row + 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SEGMENTS = [0] * 6 + [2] * 6  # L = 4, chunk 2: windows at rows 0, 2, 4, 6, 8 (4..7 across the change)
+HOLES = [(1, 0), (3, 1), (5, 0), (6, 1), (8, 0), (10, 1), (11, 0)]
+
+
+@pytest.mark.parametrize("flags", [[], ["--guidance-scale", "3", *RESCALED]])
+def test_each_window_of_a_long_imputation_takes_its_own_rows_class(labelled_run, tmp_path, capsys, flags):
+    """A file of 6 rows of label 0 then 6 of label 2 (no --class): the CLI's imputation (2 samples) is
+    diffkit.impute with labels= the file's labels (each window the class its rows share, window 4..7 the null
+    class) of the checkpoint [wrapped in ClassifierFreeGuidance(den, 3, rescale=0.7, interval=(3, 12))], to
+    1e-6, and differs from --class 0 (one class for every window) where label 2's rows are imputed."""
+    from diffkit.loading import load_denoiser
+    path = _segments(tmp_path, SEGMENTS, HOLES)
+    assert edit(labelled_run, path, tmp_path / "o.npy", "--num", "2", *flags) == 0
+    out = capsys.readouterr().out
+    guidance = ", guidance scale 3, rescale 0.7, interval 3..12" if flags else ""
+    assert (f"each window the class of its rows (label column 'state'{guidance}); windows: class 0 x 2, class 2 x 2, "
+            f"the null class x 1 (across a change of label)") in out, out
+    den = load_denoiser(labelled_run)
+    series, scaling, values = _file_units(den, 12)
+    for row, column in HOLES:
+        series[0, column, row] = values[row, column] = float("nan")
+    model = ClassifierFreeGuidance(den, 3.0, null_class=3, rescale=0.7, interval=(3, 12)) if flags else den
+    api = diffkit.impute(model, series.expand(2, -1, -1), steps=2, seed=0, progress=False,
+                         labels=torch.tensor(SEGMENTS))
+    expected = scaling.unnormalise(api.double().numpy(), axis=1).transpose(0, 2, 1)
+    got = np.load(tmp_path / "o.npy")
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    known = ~np.isnan(values)
+    np.testing.assert_array_equal(got[:, known], np.broadcast_to(values[known], (2, known.sum())))
+    assert edit(labelled_run, path, tmp_path / "k.npy", "--num", "2", "--class", "0", *flags) == 0
+    late = [(row, column) for row, column in HOLES if row >= 8]  # kept by the windows of label 2's rows
+    rows, columns = zip(*late)
+    assert not np.allclose(np.load(tmp_path / "k.npy")[:, rows, columns], got[:, rows, columns], atol=1e-5)
+
+
+def test_a_window_across_a_change_of_label_needs_a_trained_null_class(labelled_run, tmp_path, capsys):
+    """p_uncond = 0: a window to draw across a change of label is refused, naming its rows; one that draws
+    nothing (its rows complete) is not drawn, so not refused; --class K gives every window K."""
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
+    tensors, meta = load_checkpoint(labelled_run)
+    meta["config"]["p_uncond"] = 0.0
+    never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
+    path = _segments(tmp_path, SEGMENTS, HOLES)
+    assert edit(never, path, tmp_path / "o.csv") == 2
+    err = capsys.readouterr().err
+    assert ("the window of steps 4..7 (from 0) holds the labels 0, 2: a window across a change of label takes the "
+            "null class, which this checkpoint never trained (p_uncond=0); give one class for every window (--class "
+            "K; cond={'y': ...})") in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.csv").exists()
+    assert edit(never, path, tmp_path / "o.csv", "--class", "2") == 0
+    # rows 4..7 complete and kept by windows before: the window at row 4 keeps rows 4..6, which hold nothing
+    # missing, and the next keeps 7.. (rows 1 and 10 missing)
+    complete = _segments(tmp_path, SEGMENTS, [(1, 0), (10, 1)])
+    assert edit(never, complete, tmp_path / "c.csv") == 0
+
+
+@pytest.mark.parametrize("flags", [
+    ["--guidance-rescale", "0.5"],
+    ["--guidance-interval", "2", "9"],
+    ["--class", "1", "--guidance-scale", "2", "--guidance-rescale", "1.5"],
+    ["--class", "1", "--guidance-scale", "2", "--guidance-interval", "9", "2"],
+    ["--class", "1", "--guidance-scale", "2", "--guidance-interval", "0", "99"],
+])
+def test_rescale_and_interval_mistakes_are_sample_s_one_line_errors(labelled_run, tmp_path, capsys, flags):
+    """The same one-line error as diffkit sample gives for the same flags, and no output."""
+    path = write_csv(tmp_path / "h.csv", [1] * 6)
+    assert edit(labelled_run, path, tmp_path / "o.csv", "--horizon", "2", *flags) == 2
+    err = capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(labelled_run), "--num", "1", "--steps", "1", "--no-progress",
+                 "--out", str(tmp_path / "s.png"), *flags]) == 2
+    sample_err = capsys.readouterr().err
+    assert err.replace("diffkit edit:", "") == sample_err.replace("diffkit sample:", "") and err.count("\n") == 1, err
+    assert not (tmp_path / "o.csv").exists() and not (tmp_path / "s.png").exists()

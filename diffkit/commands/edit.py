@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .sample import add_rescale_interval_flags
 from ._common import (add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, eta_value,
                       int_in, missing_dirs, non_negative_float, positive_int, removed_if_empty_on_failure, seed_int)
 
@@ -78,11 +79,12 @@ def register(sub) -> None:
     p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
     p.add_argument("--class", dest="class_id", type=int, metavar="ID",
                    help="class-conditional checkpoints: the class every image is edited towards (with --series: "
-                        "every sample's class; default the file's label column, else the null class, if trained: "
-                        "p_uncond > 0)")
+                        "every sample's and window's class; default the file's label column (an imputation: each "
+                        "window its rows' label), else the null class, if trained: p_uncond > 0)")
     p.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
                         "diffkit sample (0 = conditional model)")
+    add_rescale_interval_flags(p)  # diffkit sample's, with --series and --guidance-scale
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
                    "(independent of batch size)")
     p.add_argument("--batch-size", type=batch_size_or_auto,
@@ -132,9 +134,12 @@ def run(args) -> int:
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images or pairs per batch (default 16)")
     args.batch_size = args.batch_size or 16
-    if args.guidance_scale is not None:
-        raise DiffkitError("--guidance-scale is not available for --images (image edits take --class without "
-                           "guidance); it goes with --series")
+    for flag, value, default in (("--guidance-scale", args.guidance_scale, None),
+                                 ("--guidance-rescale", args.guidance_rescale, 0.0),
+                                 ("--guidance-interval", args.guidance_interval, None)):
+        if value != default:
+            raise DiffkitError(f"{flag} is not available for --images (image edits take --class without "
+                               f"guidance); it goes with --series")
     for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")

@@ -21,10 +21,12 @@ Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch
 per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
 an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
-A class-conditional checkpoint takes ``--class K`` and ``--guidance-scale W`` as ``diffkit sample`` does
-(:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
-``--class``, gives the class when the rows read share one label (:func:`file_label`); without either the
-null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
+A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--guidance-rescale PHI`` and
+``--guidance-interval T_LO T_HI`` as ``diffkit sample`` does (:func:`series_guidance`); its ``label_column``
+in the CSV is left out of the values and, without ``--class``, gives the classes (:func:`file_label`): a
+forecast's history rows must share one label; an imputation's windows each take the label their rows share
+(:func:`diffkit.forecasting.window_classes`), a window across a change of label the null class; without
+either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ def check_series_flags(args) -> None:
         raise DiffkitError(f"--series {args.series!r} does not exist or is not a file; give a .csv or .npy file")
     if out.resolve() == path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --series file; give another file")
+    guidance_request(args).check(args.sampler or "ddpm")  # --guidance-rescale / --guidance-interval need a scale
 
 
 def _header(path: Path) -> list:
@@ -97,13 +100,12 @@ def label_column(meta: dict) -> str:
     return (meta.get("config") or {}).get("label_column") or ""
 
 
-def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
-    """The class of ``--series``' label column (the checkpoint's ``label_column``) when the rows ``first`` ..
-    ``rows`` - 1 (those the forecast or imputation reads, from 0) share one label, as a training window takes
-    the label its rows share (:func:`diffkit.series_files.window_labels`); None when the file has no such
-    column. Only those rows' labels are read (a forecast's earlier rows may hold any text, or none). Rows of
-    different labels, a row without its label, or a label outside the model's classes are one-line errors
-    (give ``--class K`` instead)."""
+def file_labels(path: Path, meta: dict, first: int, rows: int, what: str):
+    """The labels (int64, one per row) of ``--series``' label column (the checkpoint's ``label_column``) in
+    the rows ``first`` .. ``rows`` - 1 (those the forecast or imputation reads, from 0), or None when the file
+    has no such column. Only those rows' labels are read (a forecast's earlier rows may hold any text, or
+    none). A row without its label or a label outside the model's classes is a one-line error (give
+    ``--class K`` instead)."""
     from ..series_files import read_label_column
     column = label_column(meta)
     if not column or path.suffix.lower() != ".csv" or column not in _header(path):
@@ -112,26 +114,52 @@ def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
     if len(labels) != rows:
         raise DiffkitError(f"--series {str(path)!r} has {rows} rows but {len(labels)} labels in column {column!r}; "
                            f"every row needs its label (or give --class K)")
-    used = sorted(set(labels[first:].tolist()))
-    if len(used) > 1:
-        raise DiffkitError(f"--series {str(path)!r}: label column {column!r} holds {', '.join(map(str, used))} in the "
-                           f"rows {first}..{rows - 1} (from 0) that the {what} reads; give --class K (one class for "
-                           f"every sample) or rows of one label")
-    classes = meta["unet"]["num_classes"]
-    if used[0] >= classes:
-        raise DiffkitError(f"--series {str(path)!r}: label column {column!r} holds {used[0]}; the model's classes "
-                           f"are 0..{classes - 1}")
-    return used[0]
+    labels, classes = labels[first:], meta["unet"]["num_classes"]
+    if labels.max() >= classes:
+        raise DiffkitError(f"--series {str(path)!r}: label column {column!r} holds {labels[labels >= classes][0]}; "
+                           f"the model's classes are 0..{classes - 1}")
+    return labels
+
+
+def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
+    """The labels of :func:`file_labels`: the one class they hold, as a training window takes the label its
+    rows share (:func:`diffkit.series_files.window_labels`); the labels themselves (an array) when an
+    imputation's rows hold several (:func:`run_series` gives each window its own,
+    :func:`diffkit.forecasting.window_classes`); None without a label column. A forecast's history rows of
+    different labels are a one-line error (give ``--class K`` or rows of one label)."""
+    labels = file_labels(path, meta, first, rows, what)
+    if labels is None:
+        return None
+    used = sorted(set(labels.tolist()))
+    if len(used) == 1:
+        return used[0]
+    if what == "imputation":
+        return labels
+    raise DiffkitError(f"--series {str(path)!r}: label column {label_column(meta)!r} holds {', '.join(map(str, used))} "
+                       f"in the rows {first}..{rows - 1} (from 0) that the {what} reads; give --class K (one class "
+                       f"for every sample) or rows of one label")
+
+
+def guidance_request(args, label=None):
+    """``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest` of ``--guidance-scale``,
+    ``--guidance-rescale`` and ``--guidance-interval`` (and the class ``label``, if one)."""
+    from .sample import GuidanceRequest
+    return GuidanceRequest(classes=None if label is None else [label], guidance_scale=args.guidance_scale,
+                           rescale=args.guidance_rescale,
+                           interval=tuple(args.guidance_interval) if args.guidance_interval else None)
 
 
 def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str, sampler: str, device):
-    """(denoiser, class or None, note) of ``--class K`` / ``--guidance-scale W``, through ``diffkit sample``'s
+    """(denoiser, class or None, note) of ``--class K`` / ``--guidance-scale W`` [``--guidance-rescale PHI``,
+    ``--guidance-interval T_LO T_HI``], through ``diffkit sample``'s
     :class:`~diffkit.commands.sample.GuidanceRequest` and :func:`~diffkit.commands.sample.guided_denoiser`
-    (classifier-free guidance (1 + W) eps(x, y) - W eps(x, null)). Without ``--class`` the class is the file's
-    label (:func:`file_label`), else none: a conditional model's null class (its unconditional output).
-    One-line errors: either flag on an unconditional model, ``--guidance-scale`` without a class, a class out
-    of range."""
-    from .sample import SERIES_UNCONDITIONAL, GuidanceRequest, guided_denoiser
+    (classifier-free guidance (1 + W) eps(x, y) - W eps(x, null), rescaled, in an interval). Without
+    ``--class`` the class is the file's label (:func:`file_label`; an imputation's rows of several labels:
+    the labels, an array, each window taking its own), else none: a conditional model's null class (its
+    unconditional output). One-line errors: a flag on an unconditional model, ``--guidance-scale`` without a
+    class, a class out of range."""
+    from ..forecasting import null_class_trained
+    from .sample import SERIES_UNCONDITIONAL, guided_denoiser
     classes = denoiser.meta["unet"].get("num_classes")
     if classes is None:
         for flag, value in (("--class", args.class_id), ("--guidance-scale", args.guidance_scale)):
@@ -145,18 +173,37 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
     if label is None:
         if args.guidance_scale is not None:
             raise DiffkitError(f"--guidance-scale needs a class to guide towards: give --class K (0..{classes - 1})")
-        p_uncond = (denoiser.meta.get("config") or {}).get("p_uncond", 0.1)
-        if not p_uncond:  # the null label was never shown in training: its embedding is untrained
+        if not null_class_trained(denoiser):  # the null label was never shown in training: its embedding is untrained
             raise DiffkitError(f"this class-conditional checkpoint was trained with p_uncond=0, so it has no null "
                                f"class: give --class K (0..{classes - 1}) or a label column "
                                f"{label_column(denoiser.meta)!r} in the file")
         return denoiser, None, "; the null class (unconditional; give --class K)"
-    request = GuidanceRequest(classes=[label], guidance_scale=args.guidance_scale)
+    several = not isinstance(label, int)  # an imputation's rows of several labels: one class per window
+    request = guidance_request(args, None if several else label)
     request.check(sampler)
-    request.labels(classes, 1, 1)  # --class K out of range: a one-line error
+    if not several:
+        request.labels(classes, 1, 1)  # --class K out of range: a one-line error
     guided, _, _ = guided_denoiser(denoiser, request, device)
     guidance = "" if args.guidance_scale is None else f", guidance scale {args.guidance_scale:g}"
+    guidance += f", rescale {args.guidance_rescale:g}" if args.guidance_rescale else ""
+    guidance += (f", interval {args.guidance_interval[0]:g}..{args.guidance_interval[1]:g}"
+                 if args.guidance_interval else "")
+    if several:
+        return guided, label, f"; each window the class of its rows ({source}{guidance})"
     return guided, label, f"; class {label} ({source}{guidance})"
+
+
+def _window_classes_note(labels, length: int, chunk: int, null: int) -> str:
+    """The output note's count of the imputation windows of each class (:func:`diffkit.forecasting.window_classes`),
+    e.g. "; windows: class 0 x 3, class 1 x 2, the null class x 2 (across a change of label)"."""
+    from collections import Counter
+
+    from ..forecasting import window_classes
+    classes = Counter(window_classes(labels, len(labels), length, chunk, null).tolist())
+    counts = [f"class {c} x {classes[c]}" for c in sorted(set(classes) - {null})]
+    if null in classes:
+        counts.append(f"the null class x {classes[null]} (across a change of label)")
+    return f"; windows: {', '.join(counts)}"
 
 
 def _list(starts) -> str:
@@ -232,8 +279,13 @@ def run_series(args, denoiser, info, options, device) -> int:
     sampler = "ddpm" if args.sampler is None else args.sampler
     denoiser, label, class_note = series_guidance(args, denoiser, path, first, rows,
                                                   "imputation" if horizon is None else "forecast", sampler, device)
+    row_labels = None if label is None or isinstance(label, int) else label
+    if row_labels is not None:  # the labels change along the file: each window its rows' class
+        class_note += _window_classes_note(row_labels, length, chunk or length // 2, meta["unet"]["num_classes"])
 
-    def cond(n: int):  # the class of every sample, or none (the keyword is left out)
+    def cond(n: int):  # the class of every sample (or of each row), or none (the keyword is left out)
+        if row_labels is not None:
+            return {"labels": torch.from_numpy(row_labels)}
         return {} if label is None else {"cond": {"y": torch.full((n,), label, dtype=torch.long, device=device)}}
     check_output_file(out, "--out", out.suffix.lower())
     model_values = scaling.normalise(values) if scaling is not None else values  # NaN stays NaN

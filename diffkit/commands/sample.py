@@ -106,10 +106,7 @@ def register(sub) -> None:
                         "as its input (one call per step; default: the middle of its trained range)")
     g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
                    help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
-    g.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
-                   help="guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
-    g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
-                   help="guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
+    add_rescale_interval_flags(g)
     g.add_argument("--classifier", metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -128,6 +125,15 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_progress_flag(p)
     p.set_defaults(func=run)
+
+
+def add_rescale_interval_flags(group) -> None:
+    """``--guidance-rescale PHI`` and ``--guidance-interval T_LO T_HI``, the classifier-free guidance options of
+    ``diffkit sample`` and ``diffkit edit --series`` (checked by :meth:`GuidanceRequest.check`)."""
+    group.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
+                       help="guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
+    group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
+                       help="guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
 
 
 def run(args) -> int:
