@@ -368,12 +368,7 @@ class TrainConfig:
                                f"variance; it has no effect with loss={self.loss!r}, learned_variance="
                                f"{self.learned_variance}: leave it 'fixed_small'")
         check_loss_weighting(self.loss, self.prediction_type, self.min_snr_gamma, self.p2_gamma, self.p2_k)
-        if self.ema_power is None and self.ema_inv_gamma != 1.0:
-            raise DiffkitError(f"ema_inv_gamma={self.ema_inv_gamma} belongs to the power warm-up of the EMA; it "
-                               f"needs ema_power (e.g. 0.75), or leave ema_inv_gamma=1.0")
-        if self.ema_power is not None and self.ema_warmup:
-            raise DiffkitError(f"ema_power={self.ema_power} and ema_warmup=True are two EMA warm-ups that exclude "
-                               f"each other: (1 + n/ema_inv_gamma)^-ema_power or (1 + n)/(10 + n); give one")
+        check_ema_warmup(self.ema_warmup, self.ema_power, self.ema_inv_gamma)
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
                                "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
@@ -610,8 +605,9 @@ class TrainConfig:
 
 
 def check_loss_weighting(loss_type: str, prediction_type: str, min_snr_gamma: Optional[float],
-                         p2_gamma: Optional[float], p2_k: float = 1.0) -> None:
-    """The rules of the L_simple weightings, one line each (TrainConfig and training_losses)."""
+                         p2_gamma: Optional[float], p2_k: float = 1.0, loss_name: str = "loss") -> None:
+    """The rules of the L_simple weightings, one line each (TrainConfig and training_losses);
+    ``loss_name``: what the caller calls ``loss_type`` (TrainConfig's ``loss``), for the messages."""
     if min_snr_gamma is not None:
         check_range("min_snr_gamma", min_snr_gamma, 0.0, None, low_inclusive=False)
     check_range("p2_k", p2_k, 0.0, None, low_inclusive=False)
@@ -629,8 +625,18 @@ def check_loss_weighting(loss_type: str, prediction_type: str, min_snr_gamma: Op
                                f"prediction_type={prediction_type!r}: use 'epsilon', or min_snr_gamma for x0 / v")
     for name, value in (("min_snr_gamma", min_snr_gamma), ("p2_gamma", p2_gamma)):
         if value is not None and loss_type == "vlb":
-            raise DiffkitError(f"{name}={value} weights L_simple, which loss='vlb' does not contain; use "
-                               f"loss='simple' or 'hybrid', or {name}=None")
+            raise DiffkitError(f"{name}={value} weights L_simple, which {loss_name}='vlb' does not contain; use "
+                               f"{loss_name}='simple' or 'hybrid', or {name}=None")
+
+
+def check_ema_warmup(warmup: bool, power: Optional[float], inv_gamma: float = 1.0) -> None:
+    """The rules of the EMA warm-ups, one line each (TrainConfig and training.EMA)."""
+    if power is None and inv_gamma != 1.0:
+        raise DiffkitError(f"ema_inv_gamma={inv_gamma} belongs to the power warm-up of the EMA; it needs "
+                           f"ema_power (e.g. 0.75), or leave ema_inv_gamma=1.0")
+    if power is not None and warmup:
+        raise DiffkitError(f"ema_power={power} and ema_warmup=True are two EMA warm-ups that exclude each other: "
+                           f"(1 + n/ema_inv_gamma)^-ema_power or (1 + n)/(10 + n); give one")
 
 
 # ---------------------------------------------------------------------- field rules

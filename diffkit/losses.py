@@ -146,7 +146,7 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
     check_choice("fixed_variance", fixed_variance, FIXED_VARIANCES)
     check_range("hybrid_lambda", hybrid_lambda, 0.0, None)
-    check_loss_weighting(loss_type, prediction_type, min_snr_gamma, p2_gamma, p2_k)
+    check_loss_weighting(loss_type, prediction_type, min_snr_gamma, p2_gamma, p2_k, loss_name="loss_type")
     cond = cond or {}
     t64 = as_cpu_times(t)
     alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .checkpoint import checkpoint_step
 from . import distributed
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig, check_ema_warmup, resolve_device
 from .data import data_scale, load_dataset, make_loader
 from .denoiser import autocast
 from .errors import DiffkitError
@@ -75,8 +75,7 @@ class EMA:
 
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False,
                  power: Optional[float] = None, inv_gamma: float = 1.0):
-        if warmup and power is not None:
-            raise DiffkitError(f"ema_power={power} and ema_warmup=True exclude each other; give one")
+        check_ema_warmup(warmup, power, inv_gamma)
         self.decay, self.warmup, self.power, self.inv_gamma, self.updates = decay, warmup, power, inv_gamma, 0
         self.params = [p.detach().clone() for p in model.parameters()]
 

@@ -290,6 +290,13 @@ def test_cross_field_rules_are_one_line_errors(fields, needles):
     one_line_error(lambda: TrainConfig.from_dict(fields), *needles)
 
 
+@pytest.mark.parametrize("ema,fields", [({"warmup": True, "power": 0.75}, {"ema_warmup": True, "ema_power": 0.75}),
+                                       ({"inv_gamma": 3.0}, {"ema_inv_gamma": 3.0})])
+def test_ema_refuses_what_the_config_refuses_in_the_same_words(ema, fields):
+    message = one_line_error(lambda: EMA(torch.nn.Linear(1, 1), 0.9, **ema))
+    assert message == one_line_error(lambda: TrainConfig.from_dict(fields))
+
+
 def test_diffusers_ema_argument_names_point_to_the_fields():
     one_line_error(lambda: TrainConfig.from_dict({"use_ema_warmup": True}), "'ema_power' or 'ema_warmup'")
     one_line_error(lambda: TrainConfig.from_dict({"power": 0.75}), "did you mean 'ema_power'")
@@ -308,6 +315,19 @@ def test_training_losses_checks_p2_itself():
                    "p2_gamma=1.0", "'sample'")
 
 
+@pytest.mark.parametrize("weighting", [{"min_snr_gamma": 5.0}, {"p2_gamma": 1.0}])
+def test_a_weighting_with_the_vlb_loss_is_refused_in_the_callers_own_words(weighting):
+    """TrainConfig's field is loss, training_losses' parameter loss_type: each message names its own."""
+    (name, value), = weighting.items()
+    x = torch.zeros(2, 1, 4, 4)
+    message = one_line_error(lambda: training_losses(_net(), NoiseSchedule.linear(10), x, torch.tensor([0, 5]), x,
+                                                     loss_type="vlb", **weighting),
+                             f"{name}={value}", "loss_type='vlb'", "use loss_type='simple' or 'hybrid'")
+    assert " loss=" not in message
+    one_line_error(lambda: TrainConfig.from_dict({"loss": "vlb", **weighting}), f"{name}={value}",
+                   "which loss='vlb'", "use loss='simple' or 'hybrid'")
+
+
 def test_a_distillation_of_a_teacher_trained_with_the_options_resets_them():
     """diffkit distill takes the teacher's config: the diffusion-only options go back to off, and
     the EMA warm-up it turns on is the (1 + n)/(10 + n) one (ema_power would contradict it)."""
@@ -316,6 +336,26 @@ def test_a_distillation_of_a_teacher_trained_with_the_options_resets_them():
                                      "ema_inv_gamma": 3.0})
     cfg = TrainConfig.from_dict({**teacher.to_dict(), **DISTILL_DEFAULTS, "teacher": "teacher.safetensors"})
     assert (cfg.input_perturbation, cfg.p2_gamma, cfg.ema_power, cfg.ema_warmup) == (0.0, None, None, True)
+
+
+@pytest.mark.parametrize("sets,warmup,power", [([], True, None), (["ema_power=0.75"], False, 0.75),
+                                               (["ema_power=0.75", "ema_warmup=false"], False, 0.75),
+                                               (["ema_power=none"], True, None)])
+def test_distill_with_ema_power_turns_its_default_ema_warmup_off(tmp_path, monkeypatch, sets, warmup, power):
+    """diffkit distill --set ema_power=P takes the power warm-up in place of distill's ema_warmup
+    (which the user did not set); asking for both is the config's one-line error."""
+    from diffkit.cli import build_parser
+    from diffkit.commands import distill
+    monkeypatch.setattr(distill, "teacher_config", lambda path: TrainConfig().to_dict())
+
+    def config(*pairs):
+        args = build_parser().parse_args(["distill", "--teacher", str(tmp_path / "t.safetensors"), "--out",
+                                          str(tmp_path / "cd"), *[f"--set={pair}" for pair in pairs]])
+        return distill.config_from_args(args)
+    cfg = config(*sets)
+    assert (cfg.ema_warmup, cfg.ema_power, cfg.objective) == (warmup, power, "consistency-distillation")
+    one_line_error(lambda: config(*sets, "ema_power=0.75", "ema_warmup=true"), "ema_power=0.75",
+                   "ema_warmup=True")
 
 
 def test_cli_sets_the_options_and_refuses_bad_ones_before_any_folder(tmp_path, capsys):

@@ -5,9 +5,10 @@ The student is the teacher's network, started from the teacher's (EMA) weights, 
 consistency distillation (Song et al. 2023, Alg. 2; Luo et al. 2023, Alg. 1) by diffkit's training
 loop: checkpoints, exact resume (``diffkit distill --resume CKPT`` or ``diffkit train --resume
 CKPT``), Ctrl-C, EMA and mixed precision are those of ``diffkit train``. The run's config is the
-teacher's, with objective='consistency-distillation', EMA warm-up on, and samples drawn with the
-``consistency`` sampler in 4 steps; ``--set`` changes any field (e.g. ``consistency_skip``,
-``consistency_distance``, ``lr``, ``consistency_guidance``).
+teacher's, with objective='consistency-distillation', EMA warm-up on (ema_warmup; ``--set
+ema_power=P`` takes the power warm-up instead), and samples drawn with the ``consistency`` sampler
+in 4 steps; ``--set`` changes any field (e.g. ``consistency_skip``, ``consistency_distance``,
+``lr``, ``consistency_guidance``).
 """
 from __future__ import annotations
 
@@ -78,14 +79,19 @@ def config_from_args(args):
 
 def distill_config(teacher, out, overrides=(), **fields):
     """The TrainConfig of a distillation of ``teacher`` into the run folder ``out``: the teacher's
-    config with :data:`DISTILL_DEFAULTS`, then ``fields`` and the ``key=value`` ``overrides``."""
-    from ..config import TrainConfig, apply_overrides
+    config with :data:`DISTILL_DEFAULTS`, then ``fields`` and the ``key=value`` ``overrides``; an
+    ``ema_power`` among them turns the default ``ema_warmup`` off (the two exclude each other)."""
+    from ..config import TrainConfig, apply_overrides, parse_overrides
     teacher = Path(teacher)
     data = dict(teacher_config(teacher))  # a folder: its latest.safetensors (load_checkpoint's errors)
     teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
+    given = parse_overrides(overrides)
     data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),
-                sampled_dir=str(Path(out) / "samples"), **fields)
-    return apply_overrides(TrainConfig.from_dict(data), overrides)
+                sampled_dir=str(Path(out) / "samples"))
+    if {**fields, **given}.get("ema_power") is not None:  # it replaces distill's default (1 + n)/(10 + n) warm-up
+        data["ema_warmup"] = False  # (an ema_warmup the caller gives still wins)
+    data.update(fields)
+    return apply_overrides(TrainConfig.from_dict(data), given)
 
 
 def _train_args(args):
