@@ -150,14 +150,28 @@ def test_ema_update_is_d_ema_plus_one_minus_d_w():
         prev = want
 
 
-def test_ema_warmup_decay_is_min_decay_and_1_plus_n_over_10_plus_n():
+# the two EMA warm-ups, d_n at update n = 0, 1, ...: (1 + n)/(10 + n) (ema_warmup), and diffusers'
+# EMAModel(use_ema_warmup=True, inv_gamma=g, power=p).get_decay, 1 - (1 + n/g)^-p (ema_power, ema_inv_gamma)
+EMA_WARMUPS = {
+    "warmup": ({"warmup": True}, lambda n: (1 + n) / (10 + n)),
+    "power-2/3": ({"power": 2 / 3}, lambda n: 1 - (1 + n) ** (-2 / 3)),
+    "power-3/4": ({"power": 0.75}, lambda n: 1 - (1 + n) ** -0.75),
+    "power-3/4-inv-gamma-5": ({"power": 0.75, "inv_gamma": 5.0}, lambda n: 1 - (1 + n / 5.0) ** -0.75),
+}
+
+
+@pytest.mark.parametrize("rule,decay", [("warmup", 0.5), ("power-2/3", 0.9999), ("power-3/4", 0.6),
+                                        ("power-3/4-inv-gamma-5", 0.9999)])
+def test_ema_warmup_decay_is_min_decay_and_d_n(rule, decay):
+    """d_n = min(decay, warm-up rule); the decays 0.5 and 0.6 are reached within the 12 updates."""
     torch.manual_seed(1)
     model = torch.nn.Linear(4, 2).double()
-    ema = EMA(model, decay=0.5, warmup=True)  # (1+n)/(10+n) < 0.5 for n < 8, then 0.5
+    options, d_n = EMA_WARMUPS[rule]
+    ema = EMA(model, decay=decay, **options)
     expected = [p.detach().clone() for p in model.parameters()]
-    for n in range(10):
-        d = min(0.5, (1 + n) / (10 + n))
-        assert ema.current_decay() == pytest.approx(d, rel=1e-15)
+    for n in range(12):
+        d = min(decay, d_n(n))
+        assert ema.current_decay() == pytest.approx(d, rel=1e-14, abs=1e-15)
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(torch.randn_like(p))
@@ -165,16 +179,20 @@ def test_ema_warmup_decay_is_min_decay_and_1_plus_n_over_10_plus_n():
         expected = [d * e + (1 - d) * w.detach() for e, w in zip(expected, model.parameters())]
         for got, exp in zip(ema.params, expected):
             torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+        if n == 0 and "power" in options:  # d_0 = 0: the first update copies the weights, as diffusers' EMAModel
+            assert all(torch.equal(e, w) for e, w in zip(ema.params, model.parameters()))
 
 
-def test_trainer_ema_with_ema_warmup_follows_the_closed_form(tmp_path):
-    """Trainer(ema_warmup=True): after optimiser steps n = 0, 1, 2 the EMA is the recursion with
-    d_n = min(ema_decay, (1 + n)/(10 + n)) over the weights the optimiser produced."""
-    tr = quiet_trainer(make_cfg(tmp_path, ema_warmup=True, ema_decay=0.9), random_dataset())
+@pytest.mark.parametrize("options,rule", [({"ema_warmup": True}, "warmup"),
+                                         ({"ema_power": 0.75, "ema_inv_gamma": 5.0}, "power-3/4-inv-gamma-5")])
+def test_trainer_ema_with_a_warmup_follows_the_closed_form(tmp_path, options, rule):
+    """Trainer with ema_warmup or ema_power: after optimiser steps n = 0, 1, 2 the EMA is the
+    recursion with d_n = min(ema_decay, warm-up rule) over the weights the optimiser produced."""
+    tr = quiet_trainer(make_cfg(tmp_path, ema_decay=0.9, **options), random_dataset())
     expected = [p.detach().clone() for p in tr.model.parameters()]
-    for n, group in enumerate(islice(tr._epoch_batches(0), 2)):
+    for n, group in enumerate(islice(tr._epoch_batches(0), 3)):
         assert tr.train_step(group) is not None
-        d = min(0.9, (1 + n) / (10 + n))
+        d = min(0.9, EMA_WARMUPS[rule][1](n))
         expected = [d * e + (1 - d) * w.detach() for e, w in zip(expected, tr.model.parameters())]
         for got, exp in zip(tr.ema.params, expected):
             torch.testing.assert_close(got, exp, rtol=1e-6, atol=1e-7)
