@@ -120,6 +120,12 @@ class TrainConfig:
     ``p_uncond`` drops them to ""), ``context_dim``, ``text_width``, ``text_layers``,
     ``text_heads``, ``max_prompt_tokens``, ``text_pooled`` (also add the pooled text embedding
     to the timestep embedding, Imagen Sec. 2.5; ``UNetConfig.context_pooled``).
+
+    **Super-resolution** (docs/super_resolution.md; improved-diffusion's ``SuperResModel``, SR3):
+    ``super_res_from`` (None, or a side S with 1 < S < img_size dividing img_size) trains an upscaler
+    S x S -> img_size x img_size: each training image is area-downsampled to S x S and the U-Net
+    (``UNetConfig.low_res_size``) takes it upsampled and concatenated to x_t. Diffusion objective,
+    unconditional, pixel space only.
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----
@@ -195,6 +201,8 @@ class TrainConfig:
     text_heads: int = 2
     max_prompt_tokens: int = 16
     text_pooled: bool = True
+    # ---- super-resolution (docs/super_resolution.md) ----
+    super_res_from: Optional[int] = None  # the low-resolution side: train an upscaler from it to img_size
     # ---- model extras ----
     scale_shift_norm: bool = False
     num_heads: int = 1
@@ -370,6 +378,7 @@ class TrainConfig:
             raise DiffkitError(f"sample_steps={self.sample_steps} exceeds T={self.T}; allowed: 1..{self.T}")
         if not self.sampler:
             raise DiffkitError("sampler='' must name a sampler, e.g. 'ddim'")
+        self._check_super_res()
         if self.text_conditioning and self.conditional:
             raise DiffkitError("text_conditioning=True and conditional=True exclude each other: captions replace "
                                "the class labels; set conditional=false")
@@ -387,6 +396,25 @@ class TrainConfig:
                                    f"'samples.png'")
             if self.sampledImgName == self.sampledNoisyImgName:
                 raise DiffkitError(f"sampledImgName and sampledNoisyImgName are both {name!r}; give two names")
+
+    def _check_super_res(self) -> None:
+        """``super_res_from``: a side that divides img_size and is smaller; what it does not combine with."""
+        low = self.super_res_from
+        if low is None:
+            return
+        if self.is_series:
+            raise DiffkitError(f"super_res_from={low} applies to images; dataset={self.dataset!r} holds time series")
+        if self.img_size % low or low >= self.img_size:
+            raise DiffkitError(f"super_res_from={low} is not allowed with img_size={self.img_size}; give a side "
+                               f"S with 1 < S < {self.img_size} that divides {self.img_size}")
+        others = [(name, getattr(self, name)) for name in ("conditional", "text_conditioning", "autoencoder",
+                                                             "objective", "guidance_embedding_dim")
+                  if getattr(self, name) != _default(name)]
+        if others:
+            name, value = others[0]
+            raise DiffkitError(f"super_res_from={low} does not combine with {name}={value!r}: an upscaler is trained "
+                               f"unconditionally (but for its low-resolution input) with the diffusion objective, "
+                               f"in pixel space")
 
     def _check_guidance_range(self) -> None:
         """LCM's w-conditioned distillation: [w_min, w_max] (seed convention), a class-conditional
@@ -543,6 +571,7 @@ class TrainConfig:
             "in_channels": in_channels, "learned_variance": self.learned_variance, "num_classes": num_classes,
             "scale_shift_norm": self.scale_shift_norm, "num_heads": self.num_heads,
             **({"guidance_embedding_dim": self.guidance_embedding_dim} if self.guidance_embedding_dim else {}),
+            **({"low_res_size": self.super_res_from} if self.super_res_from is not None else {}),
             **self._latent_unet_kwargs(dataset),
         }
 
@@ -616,7 +645,7 @@ _RANGES = {
     "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),
     "consistency_skip": (1, None, True, True), "consistency_sigma_data": (0.0, None, False, True),
     "consistency_timestep_scaling": (0.0, None, False, True), "consistency_guidance": (0.0, None, True, True),
-    "guidance_embedding_dim": (0, None, True, True),
+    "guidance_embedding_dim": (0, None, True, True), "super_res_from": (2, None, True, True),
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
 }

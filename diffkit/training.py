@@ -281,6 +281,9 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
     # settings that change what the same weights compute (num_heads, head_channels, scale_shift_norm,
     # ...): dropout is a training setting and may change
     saved_unet = meta.get("unet") or {}
+    if saved_unet and saved_unet.get("low_res_size") != unet_kwargs.get("low_res_size"):  # the input conv's width
+        raise DiffkitError(f"{path} was trained with super_res_from={saved_unet.get('low_res_size')}, this run has "
+                           f"super_res_from={unet_kwargs.get('low_res_size')}; an exact resume needs the same value")
     for key in sorted(set(saved_unet) & set(unet_kwargs) - {"dropout"}):
         was, now = saved_unet[key], unet_kwargs[key]
         if ((list(was) if isinstance(was, (list, tuple)) else was)
@@ -644,6 +647,9 @@ class Trainer:
             cond["tokens"] = distributed.shard(tokens, info).to(self.device)
         if guidance_w is not None:  # to the guided teacher and the student alike
             cond["w"] = distributed.shard(guidance_w, info).float().to(self.device)
+        if cfg.super_res_from is not None:  # the upscaler's input: x_0 area-downsampled (diffkit.super_res)
+            from .super_res import downsample
+            cond["low_res"] = downsample(x0, cfg.super_res_from)
         if self.student is not None:
             from .consistency import consistency_loss
             with autocast(cfg.mixed_precision, self.device.type):

@@ -1,0 +1,85 @@
+"""Super-resolution diffusion: a U-Net conditioned on a low-resolution image (docs/super_resolution.md).
+
+As improved-diffusion's ``SuperResModel`` (Nichol & Dhariwal 2021, the 64 -> 256 upsampler of
+Sec. 6 / App. A) and SR3 (Saharia et al. 2021, Sec. 2): the training image x_0 (H x W) is
+area-downsampled to the low-resolution image (:func:`downsample`, improved-diffusion's
+``F.interpolate(mode="area")``); the network learns eps(x_t, t | low_res), taking the low-resolution
+image upsampled bilinearly to H x W (:func:`upsample`) and concatenated to x_t on the channel axis
+(``UNetConfig.low_res_size``; ``cond={"low_res": ...}``, so the Denoiser and every sampler work as
+they are). :func:`upscale` samples x_0 given a low-resolution batch with any sampler.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DiffkitError
+
+
+def _check_factor(size: tuple, low: int, what: str) -> None:
+    if any(s % low or s <= low for s in size):
+        raise DiffkitError(f"{what} of size {size[0]}x{size[1]} cannot be area-downsampled to {low}x{low}: the low "
+                           f"resolution must divide the image size and be smaller than it")
+
+
+def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The (B, C, size, size) low-resolution images of (B, C, H, W) ``images``: the mean of each
+    (H / size) x (W / size) block (area downsampling, improved-diffusion's ``super_res`` data)."""
+    _check_factor(tuple(images.shape[-2:]), size, "images")
+    return F.interpolate(images, size=(size, size), mode="area")
+
+
+def upsample(low_res: torch.Tensor, size) -> torch.Tensor:
+    """``low_res`` (B, C, h, w) resized bilinearly to ``size`` (H, W) (half-pixel centres,
+    ``align_corners=False``, as improved-diffusion's ``SuperResModel.forward``)."""
+    return F.interpolate(low_res, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def concat_low_res(x: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
+    """The U-Net's input [x_t, upsample(low_res)] (channels of x_t first, improved-diffusion's order)."""
+    return torch.cat([x, upsample(low_res.to(x.dtype), x.shape[-2:])], dim=1)
+
+
+def _super_res_config(denoiser):
+    """The U-Net config of a super-resolution denoiser (inside any wrappers), or a one-line error."""
+    from .denoiser import _innermost
+    inner = _innermost(denoiser)
+    config = getattr(getattr(inner, "net", None), "config", None)
+    if config is None:  # a compiled network keeps the module in _orig_mod
+        config = getattr(getattr(getattr(inner, "net", None), "_orig_mod", None), "config", None)
+    if getattr(config, "low_res_size", None) is None:
+        raise DiffkitError("this model is not a super-resolution model (its U-Net takes no low-resolution image); "
+                           "train one with super_res_from=SIZE (docs/super_resolution.md)")
+    return config
+
+
+def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optional[int] = None, *,
+            nfe: Optional[int] = None, seed: Optional[int] = None, generator=None, progress: bool = False,
+            device=None, **options) -> torch.Tensor:
+    """Sample (B, C, img_size, img_size) images given ``low_res`` (B, C, low_res_size, low_res_size)
+    in [-1, 1] from a super-resolution denoiser, with any sampler of :func:`diffkit.sample`
+    (``sampler``, ``steps`` / ``nfe``, ``seed`` (image i uses seed + i), ``generator``, options such
+    as ``eta``). The low-resolution images are the network's ``low_res`` condition at every step."""
+    from .sampling import sample
+    config = _super_res_config(denoiser)
+    channels, low, side = config.in_channels, config.low_res_size, config.img_size
+    if not isinstance(low_res, torch.Tensor) or low_res.ndim != 4 or low_res.shape[0] < 1:
+        shape = tuple(low_res.shape) if isinstance(low_res, torch.Tensor) else type(low_res).__name__
+        raise DiffkitError(f"low_res of shape {shape} is not allowed; give (batch, {channels}, {low}, {low})")
+    if tuple(low_res.shape[1:]) != (channels, low, low):
+        raise DiffkitError(f"low_res of shape {tuple(low_res.shape)} is not allowed; this model upscales "
+                           f"{low}x{low} images with {channels} channel(s) to {side}x{side}: give "
+                           f"(batch, {channels}, {low}, {low})")
+    if not low_res.is_floating_point():
+        raise DiffkitError(f"low_res of dtype {str(low_res.dtype).replace('torch.', '')} is not allowed; give float "
+                           f"images in [-1, 1]")
+    if device is None:
+        device = low_res.device
+    shape = (low_res.shape[0], channels, side, side)
+    return sample(denoiser, shape, sampler, steps, nfe=nfe, seed=seed, generator=generator,
+                  cond={"low_res": low_res.float()}, progress=progress, device=device, **options)
+
+
+__all__ = ["downsample", "upsample", "concat_low_res", "upscale"]
