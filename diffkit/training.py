@@ -417,6 +417,8 @@ class Trainer:
                                f"(teacher=PATH;"
                                f" to resume a distillation: diffkit distill --resume CKPT --set teacher=PATH)")
         teacher = load_denoiser(cfg.teacher, device=self.device)
+        from .models.network import check_image_model
+        check_image_model(teacher.meta["unet"], "consistency distillation")
         if teacher.meta.get("consistency"):
             raise DiffkitError(f"teacher={cfg.teacher!r} is a consistency model; distil from a diffusion checkpoint")
         if teacher.schedule.betas.shape != self.schedule.betas.shape or not torch.allclose(

@@ -1,0 +1,283 @@
+"""Super-resolution diffusion (diffkit.super_res, UNetConfig.low_res_size, super_res_from, diffkit upscale)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffkit import Denoiser, DiffkitError
+from diffkit.analytic import GaussianMixture, gaussian_ode_solution
+from diffkit.checkpoint import tensors_digest
+from diffkit.cli import main
+from diffkit.config import TrainConfig
+from diffkit.models.unet import UNet, UNetConfig
+from diffkit.schedule import NoiseSchedule
+from diffkit.super_res import downsample, upsample, upscale
+
+TINY = dict(img_size=8, channel=16, channel_mult=(1, 2), attn=(1,), num_res_blocks=1, in_channels=1)
+
+
+# ------------------------------------------------------------------ resampling, by hand
+def test_downsample_is_the_mean_of_each_block():
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    for low in (2, 3, 4, 6):
+        k = 12 // low
+        want = torch.zeros(2, 3, low, low)
+        for i in range(low):
+            for j in range(low):
+                want[:, :, i, j] = sum(x[:, :, k * i + a, k * j + b] for a in range(k) for b in range(k)) / k ** 2
+        torch.testing.assert_close(downsample(x, low), want, rtol=0, atol=1e-6)
+    for bad in (5, 12, 13):  # must divide 12 and be smaller
+        with pytest.raises(DiffkitError, match=f"cannot be area-downsampled to {bad}x{bad}"):
+            downsample(x, bad)
+
+
+def test_upsample_is_bilinear_with_half_pixel_centres():
+    """Output pixel i samples the input at u = (i + 1/2) h / H - 1/2, clamped to [0, h - 1], and
+    interpolates linearly between its neighbours, in each axis (improved-diffusion's F.interpolate)."""
+    low = torch.randn(1, 2, 3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def weights(n_in, n_out):
+        w = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            u = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1)
+            lo = math.floor(u)
+            hi = min(lo + 1, n_in - 1)
+            w[i, lo] += 1 - (u - lo)
+            w[i, hi] += u - lo
+        return torch.from_numpy(w)
+
+    want = weights(3, 9) @ low @ weights(4, 12).T
+    torch.testing.assert_close(upsample(low, (9, 12)), want, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the network
+def perturbed(net):
+    """Deterministic non-zero weights (the output convolution starts at zero)."""
+    with torch.no_grad():
+        for k, p in enumerate(net.parameters()):
+            p.copy_(0.1 * torch.sin(torch.arange(p.numel(), dtype=torch.float32) * 0.37 + k).reshape(p.shape))
+    return net
+
+
+def test_plain_unet_is_unchanged():
+    """Weights and outputs of a U-Net without low_res_size, as recorded before super-resolution was
+    added (diffkit at 00ff974): old checkpoints load into the same network and compute the same."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(**TINY))
+    assert tensors_digest(net.state_dict()) == "7c1b94da55b16c8ded3f4e59fac8f26f22c44266803b3ae14d3b8c45ddbca97c"
+    x = torch.cos(torch.arange(2 * 64, dtype=torch.float32) * 0.21).reshape(2, 1, 8, 8)
+    with torch.no_grad():
+        out = perturbed(net)(x, torch.tensor([10.0, 500.0]))
+    assert out.double().sum().item() == pytest.approx(11.44286134839058, rel=1e-6)
+    torch.testing.assert_close(out[0, 0, 0, :4], torch.tensor([0.09748326241970062, 0.0824170857667923,
+                                                                0.08138620108366013, 0.06234702840447426]))
+    assert "low_res_size" not in TrainConfig().to_unet_kwargs()  # a plain run's checkpoint description
+    with pytest.raises(DiffkitError, match="not a super-resolution model"):
+        net(x, 10.0, low_res=torch.zeros(2, 1, 4, 4))
+
+
+def test_input_is_x_then_the_upsampled_low_res():
+    net = perturbed(UNet(UNetConfig(**TINY, low_res_size=4))).eval()
+    assert net.input_conv.weight.shape == (16, 2, 3, 3)  # in_channels x 2 inputs, in_channels outputs
+    assert net.config.output_channels == 1
+    seen = {}
+    net.input_conv.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0]))
+    g = torch.Generator().manual_seed(2)
+    x, low = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        out = net(x, 100.0, low_res=low)
+    assert out.shape == x.shape and seen["x"].shape == (3, 2, 8, 8)
+    torch.testing.assert_close(seen["x"][:, :1], x, rtol=0, atol=0)
+    torch.testing.assert_close(seen["x"][:, 1:], upsample(low, (8, 8)), rtol=0, atol=0)
+    with torch.no_grad():  # the low-resolution image is used: another one changes the output
+        assert (net(x, 100.0, low_res=-low) - out).abs().max() > 1e-3
+    with pytest.raises(DiffkitError, match="needs low_res"):
+        net(x, 100.0)
+    with pytest.raises(DiffkitError, match=r"give \(3, 1, 4, 4\)"):
+        net(x, 100.0, low_res=torch.zeros(3, 1, 2, 2))
+    for bad in (3, 8, 16):
+        with pytest.raises(DiffkitError, match=f"low_res_size={bad}"):
+            UNetConfig(**TINY, low_res_size=bad)
+
+
+# ------------------------------------------------------------------ exact conditional model
+class ConditionalGaussian:
+    """eps*(x_t, t | low_res) for x_0 ~ N(0, I) on side x side images and low_res = A x_0 (A: the block
+    means): given y, x_0 ~ N(A^+ y, I - P) with P = A^T (A A^T)^-1 A, so eps* is that of a Gaussian
+    (diffkit.analytic), shifted to the mean A^+ y. A is built here entry by entry."""
+
+    def __init__(self, schedule, side, low):
+        k = side // low
+        self.A = torch.zeros(low * low, side * side, dtype=torch.float64)
+        for i in range(side):
+            for j in range(side):
+                self.A[(i // k) * low + j // k, i * side + j] = 1 / k ** 2
+        self.pinv = self.A.T @ torch.linalg.inv(self.A @ self.A.T)
+        self.cov = torch.eye(side * side, dtype=torch.float64) - self.pinv @ self.A
+        self.centred = GaussianMixture([1.0], torch.zeros(1, side * side), (self.cov + 1e-12 * torch.eye(side * side))[None])
+        self.schedule, self.side = schedule, side
+
+    def mean(self, low_res):
+        return (low_res.to(torch.float64).flatten(1) @ self.pinv.T)
+
+    def __call__(self, x, t, low_res):
+        t64 = t.to(torch.float64)
+        alpha, sigma = self.schedule.alpha(t64)[:, None], self.schedule.sigma(t64)[:, None]
+        shifted = x.to(torch.float64).flatten(1) - alpha * self.mean(low_res)
+        return self.centred.eps(shifted, alpha[:, 0], sigma[:, 0]).reshape(x.shape).to(x.dtype)
+
+
+def test_upscale_follows_the_exact_conditional_ode():
+    """With the exact eps*(x_t | low_res) of Gaussian data, upscale's DDIM (eta 0) lands where the exact
+    probability-flow ODE of p(x_0 | low_res) takes the same noise, and every output area-downsamples to
+    its own low-resolution input."""
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    net = ConditionalGaussian(schedule, 4, 2)
+    net.config = UNetConfig(img_size=4, channel=8, channel_mult=(1,), attn=(), in_channels=1, low_res_size=2)
+    denoiser = Denoiser(net, schedule)
+    low = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(3))
+    steps = 200
+    out = upscale(denoiser, low, "ddim", steps, seed=7)
+    assert out.shape == (3, 1, 4, 4) and denoiser.nfe == steps
+    torch.testing.assert_close(downsample(out, 2), low, rtol=0, atol=1e-5)  # A x_0 = y exactly
+    from diffkit.noise import generators_from_seed, randn
+    noise = randn((3, 1, 4, 4), generators_from_seed(7, 3))
+    t0 = torch.tensor(999.0, dtype=torch.float64)
+    exact = torch.stack([gaussian_ode_solution(net.mean(low[b:b + 1])[0], net.cov, noise[b:b + 1],
+                                               schedule.alpha(t0), schedule.sigma(t0), 1.0, 0.0)[0]
+                         for b in range(3)])
+    assert (out.double() - exact).abs().max() < 0.02  # DDIM's discretisation error in 200 steps
+    other = upscale(denoiser, low.flip(0), "ddim", steps, seed=7)  # each output follows its own input
+    torch.testing.assert_close(downsample(other, 2), low.flip(0), rtol=0, atol=1e-5)
+
+
+def test_upscale_samples_the_conditional_distribution():
+    """ddpm samples of the exact model: mean A^+ y (each pixel its block's value), per-pixel variance
+    1 - 1/k^2 (= diag(I - P)), by Monte Carlo over 2000 samples."""
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    net = ConditionalGaussian(schedule, 4, 2)
+    net.config = UNetConfig(img_size=4, channel=8, channel_mult=(1,), attn=(), in_channels=1, low_res_size=2)
+    n = 2000
+    low = torch.tensor([[[[0.5, -1.0], [0.0, 2.0]]]]).expand(n, 1, 2, 2)
+    out = upscale(Denoiser(net, schedule), low, "ddpm", 100, seed=0).double()
+    nearest = low[0, 0].repeat_interleave(2, 0).repeat_interleave(2, 1).double()
+    assert (out.mean(0)[0] - nearest).abs().max() < 0.06  # 4 sigma of the mean of 2000 (sd 0.87 / sqrt(2000))
+    assert (out.var(0)[0] - 0.75).abs().max() < 0.12
+
+
+def test_upscale_refuses_bad_input():
+    net = UNet(UNetConfig(**TINY, low_res_size=4))
+    d = Denoiser(net, NoiseSchedule.from_name("linear", 100))
+    with pytest.raises(DiffkitError, match=r"give \(batch, 1, 4, 4\)"):
+        upscale(d, torch.zeros(2, 1, 8, 8))
+    with pytest.raises(DiffkitError, match="dtype"):
+        upscale(d, torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    with pytest.raises(DiffkitError, match="not a super-resolution model"):
+        upscale(Denoiser(UNet(UNetConfig(**TINY)), d.schedule), torch.zeros(2, 1, 4, 4))
+
+
+# ------------------------------------------------------------------ config
+def test_super_res_config_rules():
+    cfg = TrainConfig(img_size=8, channel_mult=[1, 2], attn=[1], super_res_from=4)
+    assert cfg.to_unet_kwargs()["low_res_size"] == 4
+    for value, needle in ((3, "super_res_from=3 is not allowed with img_size=8"),
+                          (8, "super_res_from=8 is not allowed"), (1, "super_res_from=1")):
+        with pytest.raises(DiffkitError, match=needle):
+            TrainConfig(img_size=8, channel_mult=[1, 2], attn=[1], super_res_from=value)
+    for extra, needle in (({"conditional": True}, "conditional=True"), ({"autoencoder": "ae.safetensors"},
+                                                                          "autoencoder=")):
+        with pytest.raises(DiffkitError, match=f"does not combine with {needle}"):
+            TrainConfig(img_size=8, channel_mult=[1, 2], attn=[1], super_res_from=4, **extra)
+    with pytest.raises(DiffkitError, match="applies to images"):
+        TrainConfig(dataset="sines", attn=[], super_res_from=4)
+
+
+def test_training_conditions_on_the_area_downsampled_batch(tmp_path):
+    """Each training step gives the network low_res = the block means of the step's own clean images."""
+    from diffkit.training import Trainer
+    cfg = TrainConfig(img_size=8, channel=16, channel_mult=[1, 2], attn=[1], num_res_blocks=1, batch_size=4,
+                      super_res_from=2, max_steps=1, device="cpu", save_weight_dir=str(tmp_path / "c"))
+    trainer = Trainer(cfg, progress=False, log=lambda *_: None)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["low_res"]), with_kwargs=True)
+    group = next(trainer._epoch_batches(0))
+    trainer.train_step(group)
+    assert len(seen) == 1
+    images = group[0][0]
+    want = images.reshape(4, 1, 2, 4, 2, 4).mean(dim=(3, 5))  # 4x4 blocks of the 8x8 images
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ command line
+CLI_TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
+            "--set", "num_res_blocks=1", "--set", "batch_size=8", "--set", "sample_steps=2", "--device", "cpu"]
+
+
+def run_cli(capsys, *args):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def upscaler(tmp_path_factory):
+    """A tiny 4 -> 8 upscaler trained 2 steps on the digits through the CLI, its end-of-run grid, and
+    three 4x4 PNGs."""
+    from diffkit.images import save_images
+    root = tmp_path_factory.mktemp("super_res")
+    assert main(["train", "--out", str(root / "run"), "--steps", "2", "--no-progress", *CLI_TINY,
+                 "--set", "super_res_from=4"]) == 0
+    low = downsample(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1, 4)
+    save_images(low, root / "low", prefix="low")
+    return root
+
+
+def test_train_and_upscale_through_the_cli(upscaler, capsys):
+    from PIL import Image
+    root = upscaler
+    grid = Image.open(root / "run" / "samples" / "SampledNoGuidanceImgs.png")  # 3 rows (bilinear, upscaled, original)
+    assert grid.size == (8 * 10 + 2, 2 * 3 * 10 + 2)  # x 2 chunks of 8 of the first 16 training images
+    code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
+                             root / "low", "--out", root / "up", "--steps", 2, "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert "3 upscaled images (4x4 -> 8x8)" in out
+    names = sorted(p.name for p in (root / "up").iterdir())
+    assert names == ["upscale_grid.png", "upscaled_00000.png", "upscaled_00001.png", "upscaled_00002.png"]
+    assert Image.open(root / "up" / "upscaled_00001.png").size == (8, 8)
+    code, _, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
+                           root / "low", "--out", root / "up1", "--steps", 2, "--no-progress", "--device", "cpu",
+                           "--batch-size", 1, "--sampler", "ddpm")
+    assert code == 0, err  # image i depends on seed + i only: one PNG alone matches
+    code, _, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
+                           root / "low" / "low_00002.png", "--out", root / "up2", "--steps", 2, "--no-progress",
+                           "--device", "cpu", "--seed", 2, "--sampler", "ddpm")
+    assert code == 0, err
+    assert (root / "up1" / "upscaled_00002.png").read_bytes() == (root / "up2" / "upscaled_00000.png").read_bytes()
+
+
+def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tmp_path):
+    root = upscaler
+    ck = root / "run" / "checkpoints"
+    cases = [
+        (["--checkpoint", tiny_checkpoint, "--images", root / "low"],
+         "not a super-resolution model"),
+        (["--checkpoint", ck, "--images", root / "run" / "samples"], "give 4x4 PNGs"),
+        (["--checkpoint", ck, "--images", tmp_path / "missing"], "does not exist"),
+        (["--checkpoint", tmp_path / "none.safetensors", "--images", root / "low"], "does not exist"),
+        (["--checkpoint", ck, "--images", root / "low", "--sampler", "nope"], "nope"),
+        (["--checkpoint", ck, "--images", root / "low", "--steps", 5000], "5000"),
+    ]
+    for args, needle in cases:
+        code, _, err = run_cli(capsys, "upscale", *args, "--out", tmp_path / "out", "--device", "cpu")
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+    code, _, err = run_cli(capsys, "sample", "--checkpoint", ck, "--out", tmp_path / "s" / "g.png", "--steps", 2,
+                           "--device", "cpu")
+    assert code == 2 and "use diffkit upscale" in err and not (tmp_path / "s").exists()
+    code, _, err = run_cli(capsys, "train", "--resume", ck / "latest.safetensors", "--steps", "3", "--no-progress",
+                           "--no-sample", "--set", "super_res_from=2")
+    assert code == 2 and "super_res_from=4, this run has super_res_from=2" in err, err
