@@ -2,7 +2,7 @@
 
 Not part of CI. Steps:
 
-1. A small upscaler (``super_res_from=14``, img_size 28) trained ``--steps`` steps on the MNIST
+1. A small upscaler (``super_res_from=14``, img_size 28; v-prediction) trained ``--steps`` steps on the MNIST
    training split (read from ``--data-dir``, default ../shared/data/mnist beside the repository) with
    :class:`diffkit.training.Trainer`.
 2. The first ``--num`` held-out test images, area-downsampled to 14x14 (:func:`diffkit.super_res.downsample`,
@@ -47,7 +47,10 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
-    p.add_argument("--steps", type=int, default=1200, help="training steps")
+    p.add_argument("--steps", type=int, default=800, help="training steps")
+    p.add_argument("--prediction-type", default="v_prediction", help="what the network predicts (an eps model of "
+                   "this size needs far more steps: its x_0 = (x_t - sigma eps) / alpha amplifies eps errors at high t)")
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channel", type=int, default=16)
     p.add_argument("--num", type=int, default=256, help="held-out test images")
@@ -72,7 +75,8 @@ def main() -> None:
     laps = Laps()
     cfg = TrainConfig(dataset="mnist", data_dir=args.data_dir, img_size=28, super_res_from=14, channel=args.channel,
                       channel_mult=[1, 2, 2], attn=[], num_res_blocks=1, dropout=0.0, batch_size=args.batch_size,
-                      max_steps=args.steps, lr=2e-4, multiplier=1.0, ema_decay=0.999, ema_warmup=True,
+                      max_steps=args.steps, lr=args.lr, multiplier=1.0,
+                      prediction_type=args.prediction_type, ema_decay=0.999, ema_warmup=True,
                       device="cpu", save_weight_dir=str(out / "super_res_run"), log_every=100)
     trainer = Trainer(cfg, progress=False)
     params = sum(p.numel() for p in trainer.model.parameters())
