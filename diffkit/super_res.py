@@ -61,7 +61,8 @@ def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optio
     """Sample (B, C, img_size, img_size) images given ``low_res`` (B, C, low_res_size, low_res_size)
     in [-1, 1] from a super-resolution denoiser, with any sampler of :func:`diffkit.sample`
     (``sampler``, ``steps`` / ``nfe``, ``seed`` (image i uses seed + i), ``generator``, options such
-    as ``eta``). The low-resolution images are the network's ``low_res`` condition at every step."""
+    as ``eta``); ``device``: where the noise is drawn (default: the network's). The low-resolution
+    images are the network's ``low_res`` condition at every step."""
     from .sampling import sample
     config = _super_res_config(denoiser)
     channels, low, side = config.in_channels, config.low_res_size, config.img_size
@@ -75,8 +76,9 @@ def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optio
     if not low_res.is_floating_point():
         raise DiffkitError(f"low_res of dtype {str(low_res.dtype).replace('torch.', '')} is not allowed; give float "
                            f"images in [-1, 1]")
-    if device is None:
-        device = low_res.device
+    if device is None:  # beside the network (the low-resolution images follow the samples there)
+        from .denoiser import network_device
+        device = network_device(denoiser)
     shape = (low_res.shape[0], channels, side, side)
     return sample(denoiser, shape, sampler, steps, nfe=nfe, seed=seed, generator=generator,
                   cond={"low_res": low_res.float()}, progress=progress, device=device, **options)
