@@ -125,7 +125,10 @@ class TrainConfig:
     ``super_res_from`` (None, or a side S with 1 < S < img_size dividing img_size) trains an upscaler
     S x S -> img_size x img_size: each training image is area-downsampled to S x S and the U-Net
     (``UNetConfig.low_res_size``) takes it upsampled and concatenated to x_t. Diffusion objective,
-    unconditional, pixel space only.
+    unconditional, pixel space only. ``super_res_noise`` K > 0 (at most T): conditioning augmentation
+    (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 4.1): each example's low-resolution image is
+    noised to a level s uniform in 0..K with the run's schedule (:func:`diffkit.super_res.augment`)
+    and the U-Net takes s as an input (``UNetConfig.low_res_noise``).
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----
@@ -203,6 +206,7 @@ class TrainConfig:
     text_pooled: bool = True
     # ---- super-resolution (docs/super_resolution.md) ----
     super_res_from: Optional[int] = None  # the low-resolution side: train an upscaler from it to img_size
+    super_res_noise: int = 0  # conditioning augmentation: the largest noise level (timesteps) of the low-res input
     # ---- model extras ----
     scale_shift_norm: bool = False
     num_heads: int = 1
@@ -401,7 +405,13 @@ class TrainConfig:
         """``super_res_from``: a side that divides img_size and is smaller; what it does not combine with."""
         low = self.super_res_from
         if low is None:
+            if self.super_res_noise:
+                raise DiffkitError(f"super_res_noise={self.super_res_noise} augments the low-resolution input of an "
+                                   f"upscaler; it needs super_res_from=S")
             return
+        if self.super_res_noise > self.T:
+            raise DiffkitError(f"super_res_noise={self.super_res_noise} exceeds T={self.T}; allowed: 0..{self.T} "
+                               f"(levels of the run's schedule)")
         if self.is_series:
             raise DiffkitError(f"super_res_from={low} applies to images; dataset={self.dataset!r} holds time series")
         if self.img_size % low or low >= self.img_size:
@@ -572,6 +582,7 @@ class TrainConfig:
             "scale_shift_norm": self.scale_shift_norm, "num_heads": self.num_heads,
             **({"guidance_embedding_dim": self.guidance_embedding_dim} if self.guidance_embedding_dim else {}),
             **({"low_res_size": self.super_res_from} if self.super_res_from is not None else {}),
+            **({"low_res_noise": True} if self.super_res_noise else {}),
             **self._latent_unet_kwargs(dataset),
         }
 
@@ -646,6 +657,7 @@ _RANGES = {
     "consistency_skip": (1, None, True, True), "consistency_sigma_data": (0.0, None, False, True),
     "consistency_timestep_scaling": (0.0, None, False, True), "consistency_guidance": (0.0, None, True, True),
     "guidance_embedding_dim": (0, None, True, True), "super_res_from": (2, None, True, True),
+    "super_res_noise": (0, None, True, True),
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
 }

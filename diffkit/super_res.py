@@ -42,6 +42,22 @@ def concat_low_res(x: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, upsample(low_res.to(x.dtype), x.shape[-2:])], dim=1)
 
 
+def augment(low_res: torch.Tensor, levels, schedule, noise: torch.Tensor) -> torch.Tensor:
+    """Conditioning augmentation (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 4.1): ``low_res``
+    noised to ``levels`` (per sample, integers 0..T) with the model's own schedule,
+    alpha_s low_res + sigma_s noise at time s = level - 1 (level 0: unchanged; level k: DDPM's
+    q(x_k | x_0), alpha_bar of k steps, as diffusers' upscaler adds noise of ``noise_level``)."""
+    levels = torch.as_tensor(levels, dtype=torch.float64).reshape(-1).expand(low_res.shape[0])
+    if bool(((levels < 0) | (levels > schedule.num_timesteps) | (levels != levels.round())).any()):
+        raise DiffkitError(f"noise levels {levels.tolist()} are not allowed; give integers in "
+                           f"0..{schedule.num_timesteps}")
+    t = levels.cpu() - 1
+    shape = (-1,) + (1,) * (low_res.ndim - 1)
+    alpha = schedule.alpha(t).reshape(shape).to(low_res.device, low_res.dtype)
+    sigma = schedule.sigma(t).reshape(shape).to(low_res.device, low_res.dtype)
+    return alpha * low_res + sigma * noise.to(low_res.dtype)
+
+
 def _super_res_config(denoiser):
     """The U-Net config of a super-resolution denoiser (inside any wrappers), or a one-line error."""
     from .denoiser import _innermost
@@ -57,12 +73,16 @@ def _super_res_config(denoiser):
 
 def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optional[int] = None, *,
             nfe: Optional[int] = None, seed: Optional[int] = None, generator=None, progress: bool = False,
-            device=None, **options) -> torch.Tensor:
+            device=None, noise_level: int = 0, **options) -> torch.Tensor:
     """Sample (B, C, img_size, img_size) images given ``low_res`` (B, C, low_res_size, low_res_size)
     in [-1, 1] from a super-resolution denoiser, with any sampler of :func:`diffkit.sample`
     (``sampler``, ``steps`` / ``nfe``, ``seed`` (image i uses seed + i), ``generator``, options such
     as ``eta``); ``device``: where the noise is drawn (default: the network's). The low-resolution
-    images are the network's ``low_res`` condition at every step."""
+    images are the network's ``low_res`` condition at every step. A model trained with conditioning
+    augmentation (``low_res_noise``) takes ``noise_level`` (0..its training ``super_res_noise``; default 0,
+    clean): the low-resolution images are noised to it (:func:`augment`) with noise drawn first from the
+    sample's own generator (image i still depends on seed + i alone), and the level is the network's
+    ``noise_level`` input."""
     from .sampling import sample
     config = _super_res_config(denoiser)
     channels, low, side = config.in_channels, config.low_res_size, config.img_size
@@ -80,8 +100,43 @@ def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optio
         from .denoiser import network_device
         device = network_device(denoiser)
     shape = (low_res.shape[0], channels, side, side)
-    return sample(denoiser, shape, sampler, steps, nfe=nfe, seed=seed, generator=generator,
-                  cond={"low_res": low_res.float()}, progress=progress, device=device, **options)
+    cond = {"low_res": low_res.float()}
+    trained = getattr(config, "low_res_noise", False)
+    if trained:
+        cond.update(_augmented(denoiser, low_res.float(), noise_level, seed, generator, device))
+        seed, generator = None, cond.pop("generator")
+    elif noise_level != 0:
+        raise DiffkitError(f"noise_level={noise_level!r} is not allowed: this upscaler was trained without "
+                           f"conditioning augmentation (super_res_noise); give 0")
+    return sample(denoiser, shape, sampler, steps, nfe=nfe, seed=seed, generator=generator, cond=cond,
+                  progress=progress, device=device, **options)
 
 
-__all__ = ["downsample", "upsample", "concat_low_res", "upscale"]
+def _augmented(denoiser, low_res, noise_level, seed, generator, device) -> dict:
+    """``cond`` entries of an augmentation-trained upscaler at ``noise_level``, and the generator(s)
+    the sampler goes on with (the low-resolution noise is drawn from them first)."""
+    from .noise import generators_from_seed, randn
+    from .sampling import check_generators
+    top = (getattr(_innermost_meta(denoiser), "get", lambda *_: None)("config") or {}).get("super_res_noise")
+    high = top if isinstance(top, int) else denoiser.schedule.num_timesteps
+    if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= high:
+        raise DiffkitError(f"noise_level={noise_level!r} is not allowed; give an integer in 0..{high} (the levels "
+                           f"this upscaler was trained on; 0: a clean low-resolution image)")
+    if seed is not None and generator is not None:
+        raise DiffkitError("give seed or generator, not both")
+    batch = low_res.shape[0]
+    if seed is not None:
+        generator = generators_from_seed(seed, batch)
+    check_generators(generator, batch)
+    noise = randn(tuple(low_res.shape), generator, device=device)
+    levels = torch.full((batch,), noise_level, dtype=torch.long)
+    return {"low_res": augment(low_res.to(noise.device), levels, denoiser.schedule, noise),
+            "noise_level": levels.to(noise.device), "generator": generator}
+
+
+def _innermost_meta(denoiser):
+    from .denoiser import _innermost
+    return getattr(_innermost(denoiser), "meta", None) or {}
+
+
+__all__ = ["downsample", "upsample", "concat_low_res", "augment", "upscale"]

@@ -637,6 +637,12 @@ class Trainer:
         if cfg.consistency_guidance_range:  # LCM Alg. 1: w ~ U[w_min, w_max] per example (seed convention)
             w_min, w_max = cfg.consistency_guidance_range
             guidance_w = w_min + (w_max - w_min) * torch.rand(b, generator=self.generator, dtype=torch.float64)
+        augmentation = None
+        if cfg.super_res_noise:  # conditioning augmentation: a level 0..K and the noise of each low-res image
+            low = cfg.super_res_from
+            augmentation = (torch.randint(0, cfg.super_res_noise + 1, (b,), generator=self.generator),
+                            torch.randn(b, images.shape[1], low, low, generator=self.generator))
+            augmentation = tuple(distributed.shard(v, info) for v in augmentation)
         images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
         noise = noise.to(self.device)
@@ -652,6 +658,11 @@ class Trainer:
         if cfg.super_res_from is not None:  # the upscaler's input: x_0 area-downsampled (diffkit.super_res)
             from .super_res import downsample
             cond["low_res"] = downsample(x0, cfg.super_res_from)
+            if augmentation is not None:
+                from .super_res import augment
+                levels, low_noise = augmentation
+                cond["low_res"] = augment(cond["low_res"], levels, self.schedule, low_noise.to(self.device))
+                cond["noise_level"] = levels.to(self.device)
         if self.student is not None:
             from .consistency import consistency_loss
             with autocast(cfg.mixed_precision, self.device.type):

@@ -12,7 +12,7 @@ from diffkit.cli import main
 from diffkit.config import TrainConfig
 from diffkit.models.unet import UNet, UNetConfig
 from diffkit.schedule import NoiseSchedule
-from diffkit.super_res import downsample, upsample, upscale
+from diffkit.super_res import augment, downsample, upsample, upscale
 
 TINY = dict(img_size=8, channel=16, channel_mult=(1, 2), attn=(1,), num_res_blocks=1, in_channels=1)
 
@@ -20,13 +20,14 @@ TINY = dict(img_size=8, channel=16, channel_mult=(1, 2), attn=(1,), num_res_bloc
 # ------------------------------------------------------------------ resampling, by hand
 def test_downsample_is_the_mean_of_each_block():
     x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    pixels = x.numpy()
     for low in (2, 3, 4, 6):
         k = 12 // low
-        want = torch.zeros(2, 3, low, low)
+        want = np.zeros((2, 3, low, low), dtype=np.float32)
         for i in range(low):
             for j in range(low):
-                want[:, :, i, j] = sum(x[:, :, k * i + a, k * j + b] for a in range(k) for b in range(k)) / k ** 2
-        torch.testing.assert_close(downsample(x, low), want, rtol=0, atol=1e-6)
+                want[:, :, i, j] = sum(pixels[:, :, k * i + a, k * j + b] for a in range(k) for b in range(k)) / k ** 2
+        torch.testing.assert_close(downsample(x, low), torch.from_numpy(want), rtol=0, atol=1e-6)
     for bad in (5, 12, 13):  # must divide 12 and be smaller
         with pytest.raises(DiffkitError, match=f"cannot be area-downsampled to {bad}x{bad}"):
             downsample(x, bad)
@@ -186,6 +187,88 @@ def test_upscale_refuses_bad_input():
         upscale(Denoiser(UNet(UNetConfig(**TINY)), d.schedule), torch.zeros(2, 1, 4, 4))
 
 
+# ------------------------------------------------------------------ conditioning augmentation
+def test_augment_is_q_sample_of_the_level():
+    """Level k: sqrt(alpha_bar_k) y + sqrt(1 - alpha_bar_k) e, alpha_bar_k = prod_{i<=k} (1 - beta_i) of
+    DDPM's linear betas (1e-4 .. 0.02 over T = 1000), computed here; level 0 leaves y as it is."""
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    g = torch.Generator().manual_seed(5)
+    y, e = torch.randn(4, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 1, 2, 2, generator=g,
+                                                                                     dtype=torch.float64)
+    levels = [0, 1, 350, 1000]
+    out = augment(y, torch.tensor(levels), schedule, e)
+    for b, k in enumerate(levels):
+        abar = float(np.prod(1 - betas[:k]))
+        torch.testing.assert_close(out[b], math.sqrt(abar) * y[b] + math.sqrt(1 - abar) * e[b], rtol=0, atol=1e-9)
+    for bad in (-1, 1001, 2.5):
+        with pytest.raises(DiffkitError, match="noise levels"):
+            augment(y, torch.tensor([bad] * 4), schedule, e)
+
+
+def test_noise_level_is_a_network_input():
+    net = perturbed(UNet(UNetConfig(**TINY, low_res_size=4, low_res_noise=True))).eval()
+    g = torch.Generator().manual_seed(6)
+    x, low = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        a, b = net(x, 100.0, low_res=low, noise_level=0), net(x, 100.0, low_res=low, noise_level=torch.tensor([0, 300]))
+    torch.testing.assert_close(a[0], b[0])
+    assert (a[1] - b[1]).abs().max() > 1e-3
+    with pytest.raises(DiffkitError, match="takes noise_level"):
+        net(x, 100.0, low_res=low)
+    with pytest.raises(DiffkitError, match="not trained with conditioning augmentation"):
+        UNet(UNetConfig(**TINY, low_res_size=4))(x, 100.0, low_res=low, noise_level=0)
+    with pytest.raises(DiffkitError, match="needs low_res_size"):
+        UNetConfig(**TINY, low_res_noise=True)
+
+
+class NoisyConditionalGaussian(ConditionalGaussian):
+    """eps*(x_t, t | y', k) for x_0 ~ N(0, I) and y' = a A x_0 + s e (level k: a, s of the schedule at
+    k - 1): x_0 | y' ~ N(a A^T V^-1 y', I - a^2 A^T V^-1 A), V = a^2 A A^T + s^2 I."""
+
+    def posterior(self, level):
+        t = torch.tensor(float(level) - 1, dtype=torch.float64)
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        v_inv = torch.linalg.inv(a ** 2 * self.A @ self.A.T + s ** 2 * torch.eye(self.A.shape[0], dtype=torch.float64))
+        return a * self.A.T @ v_inv, torch.eye(self.A.shape[1], dtype=torch.float64) - a ** 2 * self.A.T @ v_inv @ self.A
+
+    def __call__(self, x, t, low_res, noise_level):
+        gain, cov = self.posterior(int(noise_level[0]))
+        t64 = t.to(torch.float64)
+        alpha, sigma = self.schedule.alpha(t64)[:, None], self.schedule.sigma(t64)[:, None]
+        mean = low_res.to(torch.float64).flatten(1) @ gain.T
+        jitter = 1e-12 * torch.eye(cov.shape[0], dtype=torch.float64)  # level 0: I - P is singular
+        gaussian = GaussianMixture([1.0], torch.zeros(1, cov.shape[0]), (cov + jitter)[None])
+        return gaussian.eps(x.to(torch.float64).flatten(1) - alpha * mean, alpha[:, 0], sigma[:, 0]).reshape(
+            x.shape).to(x.dtype)
+
+
+def test_upscale_at_a_noise_level_follows_the_exact_ode():
+    """With conditioning augmentation, upscale noises the input to the level with noise drawn first from
+    each image's own generator, then samples given it: DDIM lands on the exact ODE map of p(x_0 | y')."""
+    from diffkit.noise import generators_from_seed, randn
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    net = NoisyConditionalGaussian(schedule, 4, 2)
+    net.config = UNetConfig(img_size=4, channel=8, channel_mult=(1,), attn=(), in_channels=1, low_res_size=2,
+                            low_res_noise=True)
+    low = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(3))
+    out = upscale(Denoiser(net, schedule), low, "ddim", 200, seed=7, noise_level=300)
+    gens = generators_from_seed(7, 3)
+    noised = augment(low, torch.full((3,), 300), schedule, randn((3, 1, 2, 2), gens))
+    noise = randn((3, 1, 4, 4), gens)
+    gain, cov = net.posterior(300)
+    t0 = torch.tensor(999.0, dtype=torch.float64)
+    exact = torch.stack([gaussian_ode_solution(gain @ noised[b].double().flatten(), cov, noise[b:b + 1],
+                                               schedule.alpha(t0), schedule.sigma(t0), 1.0, 0.0)[0]
+                         for b in range(3)])
+    error = (out.double() - exact).abs().max()
+    assert error < 0.01 * exact.abs().max(), error  # DDIM's discretisation error in 200 steps (1% here)
+    clean = upscale(Denoiser(net, schedule), low, "ddim", 200, seed=7)  # level 0: the clean conditional
+    torch.testing.assert_close(downsample(clean, 2), low, rtol=0, atol=1e-5)
+    with pytest.raises(DiffkitError, match="noise_level=1001"):
+        upscale(Denoiser(net, schedule), low, "ddim", 2, seed=7, noise_level=1001)
+
+
 # ------------------------------------------------------------------ config
 def test_super_res_config_rules():
     cfg = TrainConfig(img_size=8, channel_mult=[1, 2], attn=[1], super_res_from=4)
@@ -220,6 +303,30 @@ def test_training_conditions_on_the_area_downsampled_batch(tmp_path):
     torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
 
 
+def test_training_augments_the_low_res_input(tmp_path):
+    """super_res_noise=1: each example's low_res is its block means at level 0, or noised to level 1
+    (alpha_0 y + sigma_0 e, sigma_0 = sqrt(beta_1) = 0.01) at level 1, with that level as noise_level."""
+    from diffkit.data import InMemoryImageDataset
+    from diffkit.training import Trainer
+    cfg = TrainConfig(img_size=8, channel=16, channel_mult=[1, 2], attn=[1], num_res_blocks=1, batch_size=8,
+                      super_res_from=2, super_res_noise=1, max_steps=1, device="cpu",
+                      save_weight_dir=str(tmp_path / "c"))
+    images = torch.randint(0, 256, (8, 1, 8, 8), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    trainer = Trainer(cfg, InMemoryImageDataset(images, torch.zeros(8)), progress=False, log=lambda *_: None)
+    assert trainer.model.config.low_res_noise
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    group = next(trainer._epoch_batches(0))
+    trainer.train_step(group)
+    clean = group[0][0].reshape(8, 1, 2, 4, 2, 4).mean(dim=(3, 5))
+    levels, low = seen[0]["noise_level"], seen[0]["low_res"]
+    assert set(levels.tolist()) == {0, 1}  # both levels drawn in this batch
+    torch.testing.assert_close(low[levels == 0], clean[levels == 0], rtol=0, atol=1e-6)
+    alpha0, sigma0 = math.sqrt(1 - 1e-4), 0.01
+    residual = (low[levels == 1] - alpha0 * clean[levels == 1]) / sigma0
+    assert 0.3 < residual.std() < 3 and residual.abs().max() < 6  # standard normal noise, scaled by sigma_0
+
+
 # ------------------------------------------------------------------ command line
 CLI_TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
             "--set", "num_res_blocks=1", "--set", "batch_size=8", "--set", "sample_steps=2", "--device", "cpu"]
@@ -236,12 +343,14 @@ def run_cli(capsys, *args):
 
 @pytest.fixture(scope="module")
 def upscaler(tmp_path_factory):
-    """A tiny 4 -> 8 upscaler trained 2 steps on the digits through the CLI, its end-of-run grid, and
-    three 4x4 PNGs."""
+    """A tiny 4 -> 8 upscaler trained 2 steps on the digits through the CLI, its end-of-run grid, one
+    trained a step with conditioning augmentation (levels 0..100), and three 4x4 PNGs."""
     from diffkit.images import save_images
     root = tmp_path_factory.mktemp("super_res")
     assert main(["train", "--out", str(root / "run"), "--steps", "2", "--no-progress", *CLI_TINY,
                  "--set", "super_res_from=4"]) == 0
+    assert main(["train", "--out", str(root / "noisy"), "--steps", "1", "--no-progress", "--no-sample", *CLI_TINY,
+                 "--set", "super_res_from=4", "--set", "super_res_noise=100"]) == 0
     low = downsample(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1, 4)
     save_images(low, root / "low", prefix="low")
     return root
@@ -268,6 +377,10 @@ def test_train_and_upscale_through_the_cli(upscaler, capsys):
                            "--device", "cpu", "--seed", 2, "--sampler", "ddpm")
     assert code == 0, err
     assert (root / "up1" / "upscaled_00002.png").read_bytes() == (root / "up2" / "upscaled_00000.png").read_bytes()
+    code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "noisy" / "checkpoints", "--images",
+                             root / "low", "--out", root / "up3", "--steps", 2, "--no-progress", "--device", "cpu",
+                             "--noise-level", 60)
+    assert code == 0 and "inputs noised to level 60" in out, err
 
 
 def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tmp_path):
@@ -281,6 +394,9 @@ def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tm
         (["--checkpoint", tmp_path / "none.safetensors", "--images", root / "low"], "does not exist"),
         (["--checkpoint", ck, "--images", root / "low", "--sampler", "nope"], "nope"),
         (["--checkpoint", ck, "--images", root / "low", "--steps", 5000], "5000"),
+        (["--checkpoint", ck, "--images", root / "low", "--noise-level", 5], "trained without conditioning"),
+        (["--checkpoint", root / "noisy" / "checkpoints", "--images", root / "low", "--noise-level", 101],
+         "allowed: 0..100"),
     ]
     for args, needle in cases:
         code, _, err = run_cli(capsys, "upscale", *args, "--out", tmp_path / "out", "--device", "cpu")

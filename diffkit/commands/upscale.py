@@ -4,7 +4,9 @@ The checkpoint is a model trained with ``--set super_res_from=S`` (improved-diff
 ``SuperResModel``; SR3): it makes img_size x img_size images given S x S ones. ``--images`` is one
 PNG or a folder of PNGs of S x S pixels (grey or RGB, converted to the model's channels). Each is
 upscaled by sampling with the low-resolution image as the network's condition at every step, with
-any sampler (``--sampler``, ``--steps`` or ``--nfe``, ``--eta``). The results go to ``--out`` as
+any sampler (``--sampler``, ``--steps`` or ``--nfe``, ``--eta``); an upscaler trained with conditioning
+augmentation (``super_res_noise``) takes ``--noise-level K``, the level its inputs are noised to first
+(Ho et al. 2021, Sec. 4.1; diffusers' ``noise_level``). The results go to ``--out`` as
 ``upscaled_00000.png``, ... in the order of the input files, with ``upscale_grid.png``: rows of the
 inputs upsampled bilinearly, each followed by the row of their diffusion upscales. Output i depends
 only on ``--seed`` + i, never on ``--batch-size``.
@@ -32,6 +34,9 @@ def register(sub) -> None:
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--noise-level", type=int_in(0, 10**6), default=0, metavar="K",
+                   help="an upscaler trained with conditioning augmentation (super_res_noise): noise the inputs to "
+                        "level K of its schedule first (0..its super_res_noise; default 0: as they are)")
     p.add_argument("--seed", type=seed_int, default=0, help="output i uses seed + i (independent of batch size)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
     p.add_argument("--nrow", type=int_in(1, 1024), default=8, help="images per grid row (default 8)")
@@ -42,9 +47,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def super_res_description(checkpoint) -> dict:
-    """The U-Net description of a super-resolution checkpoint, read from its header alone; a
-    one-line error for any other checkpoint."""
+def super_res_description(checkpoint) -> tuple[dict, int]:
+    """(U-Net description, largest conditioning-augmentation level: 0 = none) of a super-resolution
+    checkpoint, read from its header alone; a one-line error for any other checkpoint."""
     from ..errors import DiffkitError
     meta = peek_checkpoint(checkpoint)
     if meta is None:
@@ -56,7 +61,7 @@ def super_res_description(checkpoint) -> dict:
     if unet.get("low_res_size") is None:
         raise DiffkitError(f"{checkpoint} is not a super-resolution model (trained without super_res_from); "
                            f"train one with --set super_res_from=S (docs/super_resolution.md)")
-    return unet
+    return unet, (meta.get("config") or {}).get("super_res_noise") or 0
 
 
 def comparison_grid(rows: list, nrow: int):
@@ -127,7 +132,13 @@ def run(args) -> int:
     info, _, _ = resolve_sampler(args.sampler)  # a bad sampler fails before anything is read
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
-    unet = super_res_description(args.checkpoint)
+    unet, top_level = super_res_description(args.checkpoint)
+    if args.noise_level and not top_level:
+        raise DiffkitError(f"--noise-level {args.noise_level}: {args.checkpoint} was trained without conditioning "
+                           f"augmentation (super_res_noise); drop --noise-level")
+    if args.noise_level > top_level:
+        raise DiffkitError(f"--noise-level {args.noise_level} is above the levels {args.checkpoint} was trained on; "
+                           f"allowed: 0..{top_level} (super_res_noise)")
     channels, low, side = unet["in_channels"], unet["low_res_size"], unet["img_size"]
     out, images_path = Path(args.out), Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
@@ -148,11 +159,12 @@ def run(args) -> int:
     with removed_if_empty_on_failure(new_dirs):
         upscaled = upscale_images(denoiser, images, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                                   seed=args.seed, batch_size=args.batch_size, device=device, progress=args.progress,
-                                  **options)
+                                  **options, **({"noise_level": args.noise_level} if top_level else {}))
         save_images(upscaled, out, prefix="upscaled")
         save_grid(comparison_grid([upsample(images, (side, side)).clamp(-1, 1), upscaled], args.nrow), grid_file,
                   nrow=min(args.nrow, len(files)))
     how = f"{args.nfe} NFE" if args.nfe else f"{args.steps or 50} steps"
+    how += f", inputs noised to level {args.noise_level}" if top_level else ""
     print(f"wrote {len(files)} upscaled images ({low}x{low} -> {side}x{side}) to {out} (upscaled_00000.png ...; "
           f"{GRID_NAME}); {args.sampler}, {how}")
     return 0
