@@ -281,9 +281,11 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
     # settings that change what the same weights compute (num_heads, head_channels, scale_shift_norm,
     # ...): dropout is a training setting and may change
     saved_unet = meta.get("unet") or {}
-    if saved_unet and saved_unet.get("low_res_size") != unet_kwargs.get("low_res_size"):  # the input conv's width
-        raise DiffkitError(f"{path} was trained with super_res_from={saved_unet.get('low_res_size')}, this run has "
-                           f"super_res_from={unet_kwargs.get('low_res_size')}; an exact resume needs the same value")
+    for key, field, default in (("low_res_size", "super_res_from", None), ("low_res_noise", "super_res_noise", 0)):
+        if saved_unet and saved_unet.get(key, default) != unet_kwargs.get(key, default):  # the input conv's width,
+            was, now = saved_cfg.get(field, default), getattr(cfg, field)  # the noise-level embedding
+            raise DiffkitError(f"{path} was trained with {field}={was}, this run has {field}={now}; an exact resume "
+                               f"needs the same network (drop the change, or start a new run)")
     for key in sorted(set(saved_unet) & set(unet_kwargs) - {"dropout"}):
         was, now = saved_unet[key], unet_kwargs[key]
         if ((list(was) if isinstance(was, (list, tuple)) else was)

@@ -408,3 +408,6 @@ def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tm
     code, _, err = run_cli(capsys, "train", "--resume", ck / "latest.safetensors", "--steps", "3", "--no-progress",
                            "--no-sample", "--set", "super_res_from=2")
     assert code == 2 and "super_res_from=4, this run has super_res_from=2" in err, err
+    code, _, err = run_cli(capsys, "train", "--resume", root / "noisy" / "checkpoints" / "latest.safetensors",
+                           "--steps", "3", "--no-progress", "--no-sample", "--set", "super_res_noise=0")
+    assert code == 2 and "super_res_noise=100, this run has super_res_noise=0" in err, err
