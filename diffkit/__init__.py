@@ -15,10 +15,10 @@ from .errors import DiffkitError, DiffkitWarning  # noqa: E402
 
 _LAZY = {"Denoiser": "denoiser", "Prediction": "denoiser", "sample": "sampling", "NoiseSchedule": "schedule",
          "img2img": "editing", "inpaint": "editing", "interpolate": "editing",
-         "forecast": "forecasting", "impute": "forecasting"}
+         "forecast": "forecasting", "impute": "forecasting", "upscale": "super_res"}
 
 __all__ = ["Denoiser", "DiffkitError", "DiffkitWarning", "NoiseSchedule", "Prediction", "forecast", "img2img",
-           "impute", "inpaint", "interpolate", "sample", "__version__"]
+           "impute", "inpaint", "interpolate", "sample", "upscale", "__version__"]
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ import warnings
 from .errors import DiffkitError, DiffkitWarning, first_line
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
-COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_classifier", "train_autoencoder",
+COMMANDS = ["demo", "train", "distill", "sample", "edit", "upscale", "samplers", "train_classifier", "train_autoencoder",
             "train_evaluator", "eval", "experiment", "convert"]
 
 

@@ -123,6 +123,15 @@ class TrainConfig:
     ``p_uncond`` drops them to ""), ``context_dim``, ``text_width``, ``text_layers``,
     ``text_heads``, ``max_prompt_tokens``, ``text_pooled`` (also add the pooled text embedding
     to the timestep embedding, Imagen Sec. 2.5; ``UNetConfig.context_pooled``).
+
+    **Super-resolution** (docs/super_resolution.md; improved-diffusion's ``SuperResModel``, SR3):
+    ``super_res_from`` (None, or a side S with 1 < S < img_size dividing img_size) trains an upscaler
+    S x S -> img_size x img_size: each training image is area-downsampled to S x S and the U-Net
+    (``UNetConfig.low_res_size``) takes it upsampled and concatenated to x_t. Diffusion objective,
+    unconditional, pixel space only. ``super_res_noise`` K > 0 (at most T): conditioning augmentation
+    (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 4.1): each example's low-resolution image is
+    noised to a level s uniform in 0..K with the run's schedule (:func:`diffkit.super_res.augment`)
+    and the U-Net takes s as an input (``UNetConfig.low_res_noise``).
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----
@@ -201,6 +210,9 @@ class TrainConfig:
     text_heads: int = 2
     max_prompt_tokens: int = 16
     text_pooled: bool = True
+    # ---- super-resolution (docs/super_resolution.md) ----
+    super_res_from: Optional[int] = None  # the low-resolution side: train an upscaler from it to img_size
+    super_res_noise: int = 0  # conditioning augmentation: the largest noise level (timesteps) of the low-res input
     # ---- model extras ----
     scale_shift_norm: bool = False
     num_heads: int = 1
@@ -377,6 +389,7 @@ class TrainConfig:
             raise DiffkitError(f"sample_steps={self.sample_steps} exceeds T={self.T}; allowed: 1..{self.T}")
         if not self.sampler:
             raise DiffkitError("sampler='' must name a sampler, e.g. 'ddim'")
+        self._check_super_res()
         if self.text_conditioning and self.conditional:
             raise DiffkitError("text_conditioning=True and conditional=True exclude each other: captions replace "
                                "the class labels; set conditional=false")
@@ -394,6 +407,31 @@ class TrainConfig:
                                    f"'samples.png'")
             if self.sampledImgName == self.sampledNoisyImgName:
                 raise DiffkitError(f"sampledImgName and sampledNoisyImgName are both {name!r}; give two names")
+
+    def _check_super_res(self) -> None:
+        """``super_res_from``: a side that divides img_size and is smaller; what it does not combine with."""
+        low = self.super_res_from
+        if low is None:
+            if self.super_res_noise:
+                raise DiffkitError(f"super_res_noise={self.super_res_noise} augments the low-resolution input of an "
+                                   f"upscaler; it needs super_res_from=S")
+            return
+        if self.super_res_noise > self.T:
+            raise DiffkitError(f"super_res_noise={self.super_res_noise} exceeds T={self.T}; allowed: 0..{self.T} "
+                               f"(levels of the run's schedule)")
+        if self.is_series:
+            raise DiffkitError(f"super_res_from={low} applies to images; dataset={self.dataset!r} holds time series")
+        if self.img_size % low or low >= self.img_size:
+            raise DiffkitError(f"super_res_from={low} is not allowed with img_size={self.img_size}; give a side "
+                               f"S with 1 < S < {self.img_size} that divides {self.img_size}")
+        others = [(name, getattr(self, name)) for name in ("conditional", "text_conditioning", "autoencoder",
+                                                             "objective", "guidance_embedding_dim")
+                  if getattr(self, name) != _default(name)]
+        if others:
+            name, value = others[0]
+            raise DiffkitError(f"super_res_from={low} does not combine with {name}={value!r}: an upscaler is trained "
+                               f"unconditionally (but for its low-resolution input) with the diffusion objective, "
+                               f"in pixel space")
 
     def _check_guidance_range(self) -> None:
         """LCM's w-conditioned distillation: [w_min, w_max] (seed convention), a class-conditional
@@ -554,6 +592,8 @@ class TrainConfig:
             "in_channels": in_channels, "learned_variance": self.learned_variance, "num_classes": num_classes,
             "scale_shift_norm": self.scale_shift_norm, "num_heads": self.num_heads,
             **({"guidance_embedding_dim": self.guidance_embedding_dim} if self.guidance_embedding_dim else {}),
+            **({"low_res_size": self.super_res_from} if self.super_res_from is not None else {}),
+            **({"low_res_noise": True} if self.super_res_noise else {}),
             **self._latent_unet_kwargs(dataset),
         }
 
@@ -665,7 +705,8 @@ _RANGES = {
     "text_heads": (1, None, True, True), "max_prompt_tokens": (3, 4096, True, True),
     "consistency_skip": (1, None, True, True), "consistency_sigma_data": (0.0, None, False, True),
     "consistency_timestep_scaling": (0.0, None, False, True), "consistency_guidance": (0.0, None, True, True),
-    "guidance_embedding_dim": (0, None, True, True),
+    "guidance_embedding_dim": (0, None, True, True), "super_res_from": (2, None, True, True),
+    "super_res_noise": (0, None, True, True),
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
 }

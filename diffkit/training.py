@@ -293,6 +293,11 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
     # settings that change what the same weights compute (num_heads, head_channels, scale_shift_norm,
     # ...): dropout is a training setting and may change
     saved_unet = meta.get("unet") or {}
+    for key, field, default in (("low_res_size", "super_res_from", None), ("low_res_noise", "super_res_noise", 0)):
+        if saved_unet and saved_unet.get(key, default) != unet_kwargs.get(key, default):  # the input conv's width,
+            was, now = saved_cfg.get(field, default), getattr(cfg, field)  # the noise-level embedding
+            raise DiffkitError(f"{path} was trained with {field}={was}, this run has {field}={now}; an exact resume "
+                               f"needs the same network (drop the change, or start a new run)")
     for key in sorted(set(saved_unet) & set(unet_kwargs) - {"dropout"}):
         was, now = saved_unet[key], unet_kwargs[key]
         if ((list(was) if isinstance(was, (list, tuple)) else was)
@@ -426,6 +431,8 @@ class Trainer:
                                f"(teacher=PATH;"
                                f" to resume a distillation: diffkit distill --resume CKPT --set teacher=PATH)")
         teacher = load_denoiser(cfg.teacher, device=self.device)
+        from .models.network import check_image_model
+        check_image_model(teacher.meta["unet"], "consistency distillation")
         if teacher.meta.get("consistency"):
             raise DiffkitError(f"teacher={cfg.teacher!r} is a consistency model; distil from a diffusion checkpoint")
         if teacher.schedule.betas.shape != self.schedule.betas.shape or not torch.allclose(
@@ -647,6 +654,12 @@ class Trainer:
         if cfg.consistency_guidance_range:  # LCM Alg. 1: w ~ U[w_min, w_max] per example (seed convention)
             w_min, w_max = cfg.consistency_guidance_range
             guidance_w = w_min + (w_max - w_min) * torch.rand(b, generator=self.generator, dtype=torch.float64)
+        augmentation = None
+        if cfg.super_res_noise:  # conditioning augmentation: a level 0..K and the noise of each low-res image
+            low = cfg.super_res_from
+            augmentation = (torch.randint(0, cfg.super_res_noise + 1, (b,), generator=self.generator),
+                            torch.randn(b, images.shape[1], low, low, generator=self.generator))
+            augmentation = tuple(distributed.shard(v, info) for v in augmentation)
         images, labels, t, weights, noise = (distributed.shard(v, info) for v in (images, labels, t, weights, noise))
         x0 = images.to(self.device, non_blocking=True)
         noise = noise.to(self.device)
@@ -662,6 +675,14 @@ class Trainer:
             cond["tokens"] = distributed.shard(tokens, info).to(self.device)
         if guidance_w is not None:  # to the guided teacher and the student alike
             cond["w"] = distributed.shard(guidance_w, info).float().to(self.device)
+        if cfg.super_res_from is not None:  # the upscaler's input: x_0 area-downsampled (diffkit.super_res)
+            from .super_res import downsample
+            cond["low_res"] = downsample(x0, cfg.super_res_from)
+            if augmentation is not None:
+                from .super_res import augment
+                levels, low_noise = augmentation
+                cond["low_res"] = augment(cond["low_res"], levels, self.schedule, low_noise.to(self.device))
+                cond["noise_level"] = levels.to(self.device)
         if self.student is not None:
             from .consistency import consistency_loss
             with autocast(cfg.mixed_precision, self.device.type):

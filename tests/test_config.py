@@ -192,6 +192,10 @@ BAD_VALUES = [
     ("test_fraction", 0.2, "test_fraction=0.2 applies to dataset='series'"),
     ("drop_columns", "date", "drop_columns='date' applies to dataset='series'"), ("drop_columns", 3, "drop_columns=3"),
     ("label_column", "state", "label_column='state' applies to dataset='series'"), ("label_column", 3, "label_column=3"),
+    ("super_res_from", 1, "super_res_from=1"), ("super_res_from", 5, "super_res_from=5 is not allowed with img_size=32"),
+    ("super_res_from", 32, "super_res_from=32"), ("super_res_from", 8.0, "super_res_from=8.0"),
+    ("super_res_noise", -1, "super_res_noise=-1"), ("super_res_noise", 5, "super_res_noise=5 augments"),
+    ("super_res_noise", 0.5, "super_res_noise=0.5"),
 ]
 
 

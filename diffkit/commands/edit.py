@@ -124,7 +124,7 @@ def run(args) -> int:
     from ..images import check_image_folder, save_images
     from ..memory import batches_with_oom_retry
     from ..loading import load_denoiser
-    from ..models.network import is_series_model
+    from ..models.network import check_image_model, is_series_model
     from ..sampling import check_eta, resolve_sampler
 
     if args.series is not None:
@@ -175,6 +175,7 @@ def run(args) -> int:
     if is_series_model(unet):
         raise DiffkitError(f"diffkit edit --images works on image models; this checkpoint is a time-series model "
                            f"({unet['in_channels']} channels x {unet['seq_length']} steps): give --series CSV|NPY")
+    check_image_model(unet, "diffkit edit --images")
     channels, side = unet["in_channels"], unet["img_size"]
     images, files = read_pngs(images_path, "L" if channels == 1 else "RGB")
     if images.shape[1] != channels or images.shape[2:] != (side, side):

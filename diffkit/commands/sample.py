@@ -477,6 +477,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                                "--classifier": guidance and guidance.classifier,
                                                "--clip-guidance": guidance and guidance.clip_prompt},
                                       **options)
+    from ..models.network import check_image_model
+    check_image_model(meta["unet"], "diffkit sample")
     nrow = nrow or names.get("nrow", 8)
     guidance = guidance or GuidanceRequest()
     conditional_model = meta["unet"].get("num_classes") is not None

@@ -217,7 +217,10 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s "
                 f"({result.images_per_second:.0f} {trainer.cfg.example_noun}/s); "
           f"final loss {result.final_loss:.4f}; checkpoint {result.checkpoint}")
-    if sample:
+    if sample and cfg.super_res_from is not None:  # an upscaler: its grid upscales training images
+        from .upscale import training_grid
+        training_grid(trainer, Path(cfg.sampled_dir) / cfg.sampledImgName, progress=progress)
+    elif sample:
         from ._common import default_sampling
         from .sample import sample_to_files
         latest = Path(cfg.save_weight_dir) / "latest.safetensors"

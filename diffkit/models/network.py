@@ -45,7 +45,13 @@ def sample_shape(description: Mapping) -> tuple[int, ...]:
 
 
 def check_image_model(description: Mapping, what: str) -> None:
-    """A one-line error where ``what`` works on images and the checkpoint is a time-series model."""
+    """A one-line error where ``what`` works on images and the checkpoint is a time-series model, or a
+    super-resolution model (it samples only given a low-resolution image: ``diffkit upscale``)."""
     if is_series_model(description):
         raise DiffkitError(f"{what} works on image models; this checkpoint is a time-series model "
                            f"({description['in_channels']} channels x {description['seq_length']} steps)")
+    low = description.get("low_res_size")
+    if low is not None:
+        raise DiffkitError(f"{what} works on models that sample from noise alone; this checkpoint is a "
+                           f"super-resolution model ({low}x{low} -> {description['img_size']}x"
+                           f"{description['img_size']}): use diffkit upscale (docs/super_resolution.md)")

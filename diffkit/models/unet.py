@@ -42,6 +42,15 @@ class UNetConfig(TrunkConfig):
         projection (``time_embed.cond_proj``, zero at start) to the timestep features, as
         diffusers' ``UNet2DConditionModel(time_cond_proj_dim=...)``. Set by w-conditioned
         consistency distillation (docs/consistency.md).
+    low_res_size: None (default) or the side of a super-resolution model's low-resolution input
+        (improved-diffusion's ``SuperResModel``; SR3, Saharia et al. 2021): ``forward(..., low_res=...)``
+        takes (B, in_channels, low_res_size, low_res_size), upsamples it bilinearly to x's size and
+        concatenates it after x on the channel axis, so the input convolution takes
+        ``2 * in_channels`` channels (:mod:`diffkit.super_res`; docs/super_resolution.md).
+    low_res_noise: a super-resolution model trained with conditioning augmentation (Ho et al. 2021,
+        "Cascaded Diffusion Models", Sec. 4.1; diffusers' upscaler ``noise_level``): ``forward(...,
+        noise_level=...)`` takes the augmentation level of ``low_res`` (a number or (B,), in timesteps)
+        and adds its embedding (``noise_level_embed``, a timestep embedding) to the timestep's.
     """
 
     out_channels: int | None = None
@@ -50,6 +59,8 @@ class UNetConfig(TrunkConfig):
     context_dim: int | None = None
     context_pooled: bool = False
     guidance_embedding_dim: int = 0
+    low_res_size: int | None = None
+    low_res_noise: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,6 +74,14 @@ class UNetConfig(TrunkConfig):
         if 0 < self.guidance_embedding_dim < 4:  # diffusers' embedding divides by dim // 2 - 1
             raise DiffkitError(f"guidance_embedding_dim={self.guidance_embedding_dim} is not allowed; give 0 (none) "
                                f"or a width >= 4")
+        if self.low_res_size is not None:
+            check_range("low_res_size", self.low_res_size, 1, integer=True)
+            if self.img_size % self.low_res_size or self.low_res_size >= self.img_size:
+                raise DiffkitError(f"low_res_size={self.low_res_size} is not allowed; give a side that divides "
+                                   f"img_size={self.img_size} and is smaller than it")
+        if self.low_res_noise and self.low_res_size is None:
+            raise DiffkitError("low_res_noise=True (conditioning augmentation) needs low_res_size (a super-resolution "
+                               "model)")
         if self.context_pooled and self.context_dim is None:
             raise DiffkitError("context_pooled=True needs context_dim (the width of the context it pools)")
 
@@ -119,7 +138,8 @@ def add_class_embedding(emb: torch.Tensor, class_embed: nn.Embedding | None, y, 
 
 
 class UNet(nn.Module):
-    """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None, w=None) -> (B, output_channels, H, W)``."""
+    """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None, w=None, low_res=None, noise_level=None)
+    -> (B, output_channels, H, W)``."""
 
     def __init__(self, config: UNetConfig | None = None, **overrides):
         super().__init__()
@@ -132,7 +152,9 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(cfg.channel, emb_dim, cfg.guidance_embedding_dim)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
         self.context_embed = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_pooled else None
-        self.input_conv = nn.Conv2d(cfg.in_channels, cfg.channel, 3, padding=1)
+        self.noise_level_embed = TimeEmbedding(cfg.channel, emb_dim) if cfg.low_res_noise else None
+        inputs = cfg.in_channels * (2 if cfg.low_res_size is not None else 1)  # [x_t, upsampled low_res]
+        self.input_conv = nn.Conv2d(inputs, cfg.channel, 3, padding=1)
         self.down, skip_channels = build_down_path(cfg, emb_dim, cfg.context_dim)
         self.middle = build_middle(cfg, emb_dim, cfg.context_dim)
         self.up = nn.ModuleList()
@@ -180,7 +202,8 @@ class UNet(nn.Module):
         return add_class_embedding(emb, self.class_embed, y, self.config.num_classes, "UNet")
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, w=None) -> torch.Tensor:
+                context: torch.Tensor | None = None, w=None, low_res: torch.Tensor | None = None,
+                noise_level=None) -> torch.Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise DiffkitError(f"x has shape {tuple(x.shape)}; allowed: (batch, {cfg.in_channels}, height, width)")
@@ -199,14 +222,44 @@ class UNet(nn.Module):
         emb = self.embedding(broadcast_time(t, batch, x.device), y, batch, w)
         if self.context_embed is not None and context is not None:  # pooled context (Imagen Sec. 2.5)
             emb = emb + self.context_embed(context.mean(dim=1).to(emb.dtype))
+        if self.noise_level_embed is not None or noise_level is not None:  # conditioning augmentation's level
+            emb = emb + self._noise_level_embedding(noise_level, batch, x.device)
         emb = F.silu(emb)
-        skips = [self.input_conv(to_compute_layout(x, self.memory_format))]
+        x_in = x if cfg.low_res_size is None and low_res is None else self._with_low_res(x, low_res)
+        skips = [self.input_conv(to_compute_layout(x_in, self.memory_format))]
         skips += run_blocks(self.down, skips[0], emb, context)
         h = self.middle(skips[-1], emb, context)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
         out = self.out_conv(self.out_norm.forward_silu(h))
         return to_caller_layout(out, x)
+
+    def _noise_level_embedding(self, noise_level, batch: int, device) -> torch.Tensor:
+        """The embedding of the augmentation level of ``low_res`` (``low_res_noise``)."""
+        if self.noise_level_embed is None:
+            raise DiffkitError("noise_level was given but the U-Net was not trained with conditioning augmentation; "
+                               "set low_res_noise in its config (super_res_noise when training)")
+        if noise_level is None:
+            raise DiffkitError("this super-resolution U-Net takes noise_level, the augmentation level of low_res "
+                               "(0: a clean low-resolution image; diffkit upscale --noise-level)")
+        return self.noise_level_embed(broadcast_time(noise_level, batch, device))
+
+    def _with_low_res(self, x: torch.Tensor, low_res) -> torch.Tensor:
+        """[x, upsampled low_res] of a super-resolution U-Net (:func:`diffkit.super_res.concat_low_res`)."""
+        from ..super_res import concat_low_res
+        cfg = self.config
+        if cfg.low_res_size is None:
+            raise DiffkitError("low_res was given but the U-Net is not a super-resolution model; set low_res_size in "
+                               "its config")
+        # the trained ratio img_size / low_res_size (at img_size: low_res_size x low_res_size)
+        want = (x.shape[0], cfg.in_channels, *(s * cfg.low_res_size // cfg.img_size for s in x.shape[2:]))
+        if low_res is None:
+            raise DiffkitError(f"this U-Net is a super-resolution model: it needs low_res, the low-resolution images "
+                               f"{want} (cond={{'low_res': ...}}; diffkit upscale, diffkit.super_res.upscale)")
+        if not isinstance(low_res, torch.Tensor) or tuple(low_res.shape) != want:
+            raise DiffkitError(f"low_res of shape {tuple(getattr(low_res, 'shape', ()))} is not allowed; give {want} "
+                               f"for x of shape {tuple(x.shape)} (the trained ratio {cfg.img_size}/{cfg.low_res_size})")
+        return concat_low_res(x, low_res)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalar parameters."""

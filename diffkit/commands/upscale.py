@@ -1,0 +1,170 @@
+"""``diffkit upscale``: upscale low-resolution PNGs with a super-resolution checkpoint (docs/super_resolution.md).
+
+The checkpoint is a model trained with ``--set super_res_from=S`` (improved-diffusion's
+``SuperResModel``; SR3): it makes img_size x img_size images given S x S ones. ``--images`` is one
+PNG or a folder of PNGs of S x S pixels (grey or RGB, converted to the model's channels). Each is
+upscaled by sampling with the low-resolution image as the network's condition at every step, with
+any sampler (``--sampler``, ``--steps`` or ``--nfe``, ``--eta``); an upscaler trained with conditioning
+augmentation (``super_res_noise``) takes ``--noise-level K``, the level its inputs are noised to first
+(Ho et al. 2021, Sec. 4.1; diffusers' ``noise_level``). The results go to ``--out`` as
+``upscaled_00000.png``, ... in the order of the input files, with ``upscale_grid.png``: rows of the
+inputs upsampled bilinearly, each followed by the row of their diffusion upscales. Output i depends
+only on ``--seed`` + i, never on ``--batch-size``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import (add_mixed_precision_flag, add_progress_flag, check_output_file, check_writable_dir, eta_value,
+                      int_in, missing_dirs, peek_checkpoint, positive_int, removed_if_empty_on_failure, seed_int)
+
+GRID_NAME = "upscale_grid.png"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("upscale", help="upscale low-resolution PNGs with a super-resolution checkpoint",
+                       description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="a super-resolution .safetensors checkpoint or its run's "
+                   "checkpoint folder (trained with --set super_res_from=S)")
+    p.add_argument("--images", required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
+    p.add_argument("--out", required=True, metavar="DIR", help=f"folder for upscaled_00000.png, ... and {GRID_NAME}")
+    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL also "
+                   "sets the grid")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
+    g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
+    p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--noise-level", type=int_in(0, 10**6), default=0, metavar="K",
+                   help="an upscaler trained with conditioning augmentation (super_res_noise): noise the inputs to "
+                        "level K of its schedule first (0..its super_res_noise; default 0: as they are)")
+    p.add_argument("--seed", type=seed_int, default=0, help="output i uses seed + i (independent of batch size)")
+    p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
+    p.add_argument("--nrow", type=int_in(1, 1024), default=8, help="images per grid row (default 8)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_mixed_precision_flag(p)
+    add_progress_flag(p)
+    p.set_defaults(func=run)
+
+
+def super_res_description(checkpoint) -> tuple[dict, int]:
+    """(U-Net description, largest conditioning-augmentation level: 0 = none) of a super-resolution
+    checkpoint, read from its header alone; a one-line error for any other checkpoint."""
+    from ..errors import DiffkitError
+    meta = peek_checkpoint(checkpoint)
+    if meta is None:
+        if not Path(checkpoint).exists():
+            raise DiffkitError(f"--checkpoint {str(checkpoint)!r} does not exist")
+        raise DiffkitError(f"--checkpoint {str(checkpoint)!r} is not a diffkit .safetensors checkpoint; diffkit "
+                           f"upscale takes a super-resolution model trained with --set super_res_from=S")
+    unet = meta.get("unet") or {}
+    if unet.get("low_res_size") is None:
+        raise DiffkitError(f"{checkpoint} is not a super-resolution model (trained without super_res_from); "
+                           f"train one with --set super_res_from=S (docs/super_resolution.md)")
+    return unet, (meta.get("config") or {}).get("super_res_noise") or 0
+
+
+def comparison_grid(rows: list, nrow: int):
+    """One tensor of the images of ``rows`` (equal-shaped batches) interleaved in chunks of ``nrow``:
+    chunk k of rows[0], chunk k of rows[1], ..., so that :func:`diffkit.images.save_grid` with
+    ``nrow`` shows each chunk's rows one under the other."""
+    import torch
+    parts = []
+    for start in range(0, rows[0].shape[0], nrow):
+        chunk = [r[start:start + nrow] for r in rows]
+        pad = nrow - chunk[0].shape[0]  # the last chunk: padded with white so the rows stay aligned
+        if pad and rows[0].shape[0] > nrow:
+            chunk = [torch.cat([c, torch.ones(pad, *c.shape[1:], dtype=c.dtype)]) for c in chunk]
+        parts.extend(chunk)
+    return torch.cat(parts)
+
+
+def upscale_images(denoiser, low_res, *, sampler="ddim", steps=None, nfe=None, seed=0, batch_size=16, device="cpu",
+                   progress=False, **options):
+    """(B, C, img_size, img_size) upscales of ``low_res`` in [-1, 1], clamped, on the CPU; image i
+    uses seed + i; a batch out of accelerator memory is halved and redrawn."""
+    import torch
+
+    from ..memory import batches_with_oom_retry
+    from ..super_res import upscale
+
+    def draw(start: int, n: int):
+        batch = low_res[start:start + n].to(device)
+        return (upscale(denoiser, batch, sampler, steps, nfe=nfe, seed=seed + start, progress=progress,
+                        **options).clamp(-1, 1).cpu(),)
+
+    return torch.cat([x for _, x in batches_with_oom_retry(draw, low_res.shape[0], batch_size)])
+
+
+def training_grid(trainer, out, num: int = 16, progress: bool = True):
+    """The end of ``diffkit train`` for an upscaler: the first ``num`` training images area-downsampled
+    and upscaled with the run's sampler and sample_steps (the latest EMA weights), written to ``out``
+    as rows of: the low-resolution input upsampled bilinearly, the diffusion upscale, the original."""
+    import torch
+
+    from ..images import save_grid
+    from ..loading import load_denoiser
+    from ..super_res import downsample, upsample
+    cfg = trainer.cfg
+    originals = torch.stack([trainer.dataset[i][0] for i in range(min(num, len(trainer.dataset)))]).float()
+    low_res = downsample(originals, cfg.super_res_from)
+    denoiser = load_denoiser(Path(cfg.save_weight_dir) / "latest.safetensors", device=trainer.device)
+    upscaled = upscale_images(denoiser, low_res, sampler=cfg.sampler, steps=cfg.sample_steps, device=trainer.device,
+                              progress=progress)
+    nrow = min(cfg.nrow, len(originals))
+    path = save_grid(comparison_grid([upsample(low_res, originals.shape[-2:]).clamp(-1, 1), upscaled, originals],
+                                     nrow), out, nrow=nrow)
+    trainer.log(f"wrote {path}: rows of {len(originals)} training images downsampled to {cfg.super_res_from}x"
+                f"{cfg.super_res_from} (bilinear), upscaled ({cfg.sampler}, {cfg.sample_steps} steps), original")
+    return path
+
+
+def run(args) -> int:
+    from ..config import resolve_device
+    from ..denoiser import autocast
+    from ..errors import DiffkitError
+    from ..images import check_image_folder, save_grid, save_images
+    from ..loading import load_denoiser
+    from ..sampling import check_eta, plan, resolve_sampler
+    from ..super_res import upsample
+    from .edit import read_pngs
+
+    info, _, _ = resolve_sampler(args.sampler)  # a bad sampler fails before anything is read
+    check_eta(info.name, args.eta)
+    options = {} if args.eta is None else {"eta": args.eta}
+    unet, top_level = super_res_description(args.checkpoint)
+    if args.noise_level and not top_level:
+        raise DiffkitError(f"--noise-level {args.noise_level}: {args.checkpoint} was trained without conditioning "
+                           f"augmentation (super_res_noise); drop --noise-level")
+    if args.noise_level > top_level:
+        raise DiffkitError(f"--noise-level {args.noise_level} is above the levels {args.checkpoint} was trained on; "
+                           f"allowed: 0..{top_level} (super_res_noise)")
+    channels, low, side = unet["in_channels"], unet["low_res_size"], unet["img_size"]
+    out, images_path = Path(args.out), Path(args.images)
+    if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
+        raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
+    images, files = read_pngs(images_path, "L" if channels == 1 else "RGB")
+    if images.shape[2:] != (low, low):
+        raise DiffkitError(f"the images are {images.shape[3]}x{images.shape[2]}; this model upscales {low}x{low} "
+                           f"images to {side}x{side}: give {low}x{low} PNGs")
+    device = resolve_device(args.device)
+    autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
+    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
+                             mixed_precision=args.mixed_precision)
+    plan(denoiser, args.sampler, args.steps, args.nfe, options=dict(options))  # steps, nfe, grid: checked now
+    new_dirs = missing_dirs(out)
+    check_writable_dir(out)
+    check_image_folder(out, len(files), prefix="upscaled")
+    grid_file = check_output_file(out / GRID_NAME, "upscale grid", ".png")
+    with removed_if_empty_on_failure(new_dirs):
+        upscaled = upscale_images(denoiser, images, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
+                                  seed=args.seed, batch_size=args.batch_size, device=device, progress=args.progress,
+                                  **options, **({"noise_level": args.noise_level} if top_level else {}))
+        save_images(upscaled, out, prefix="upscaled")
+        save_grid(comparison_grid([upsample(images, (side, side)).clamp(-1, 1), upscaled], args.nrow), grid_file,
+                  nrow=min(args.nrow, len(files)))
+    how = f"{args.nfe} NFE" if args.nfe else f"{args.steps or 50} steps"
+    how += f", inputs noised to level {args.noise_level}" if top_level else ""
+    print(f"wrote {len(files)} upscaled images ({low}x{low} -> {side}x{side}) to {out} (upscaled_00000.png ...; "
+          f"{GRID_NAME}); {args.sampler}, {how}")
+    return 0
