@@ -33,7 +33,7 @@ class UNetConfig(TrunkConfig):
     context_dim: add cross-attention (spatial transformer) blocks at the attention levels and
         the middle, attending to ``context`` of shape (batch, seq_len, context_dim).
     context_pooled: also add a linear map of the context's mean over the sequence to the
-        timestep embedding, as Imagen (Saharia et al. 2022, Sec. 2.2) and SD-XL (Podell et al.
+        timestep embedding, as Imagen (Saharia et al. 2022, Sec. 2.5) and SD-XL (Podell et al.
         2023, Sec. 2.1) add a pooled text embedding; it lets a small model pick up the prompt as
         fast as a class embedding. Needs ``context_dim``.
     guidance_embedding_dim: 0 (default: none) or the width (>= 4) of LCM's guidance-scale input
