@@ -26,7 +26,8 @@ A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--
 in the CSV is left out of the values and, without ``--class``, gives the classes (:func:`file_label`): a
 forecast's history rows must share one label; an imputation's windows each take the label their rows share
 (:func:`diffkit.forecasting.window_classes`), a window across a change of label the null class; without
-either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
+either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained), as are
+a drawn window across a change of label (:func:`drawn_window_classes`) and ``--guidance-scale`` there.
 """
 from __future__ import annotations
 
