@@ -22,6 +22,7 @@ import torch
 from .denoiser import _innermost
 from .editing import _generators, inpaint
 from .errors import DiffkitError, check_range
+from .guidance import null_class_trained
 
 
 def model_length(denoiser, length: Optional[int] = None) -> int:
@@ -119,7 +120,14 @@ def forecast(denoiser, history, horizon: int, sampler: str = "ddpm", steps: int 
     step, so the denoiser must be differentiable; w = 0 is plain replacement, :func:`diffkit.inpaint`'s
     default). ``jump_length`` / ``jump_n_sample`` (RePaint, ``sampler="ddpm"``) and the other options
     (``seed``, ``generator``, ``eta``, ``progress``, ``cond``, ...) are those of :func:`diffkit.inpaint`;
-    ``cond={"y": labels}`` gives a class-conditional model sample i's class (module doc)."""
+    ``cond={"y": labels}`` gives a class-conditional model sample i's class (module doc); ``labels=`` (a
+    class per step) is :func:`impute`'s, a one-line error here."""
+    if "labels" in options:  # else the sampler's own "not an option" error, which does not say where it belongs
+        given = options["labels"]
+        given = (f"a tensor of shape {tuple(given.shape)}" if isinstance(given, torch.Tensor)
+                 else f"{given!r}" if len(repr(given)) <= 40 else f"a {type(given).__name__}")
+        raise DiffkitError(f"labels= ({given}) is an option of impute (a class per step); forecast takes one class "
+                           f"per sample as cond={{'y': labels}} with labels of shape (B,)")
     history = _check_series(history, "history")
     length = model_length(denoiser, length)
     check_range("horizon", horizon, 1, None, integer=True)
@@ -186,13 +194,6 @@ def impute_plan(steps_given: int, length: int, chunk: int) -> list:
     keep = (length + chunk) // 2
     return [(start, min(start + keep, steps_given) if j < len(starts) - 1 else min(start + length, steps_given))
             for j, start in enumerate(starts)]
-
-
-def null_class_trained(denoiser) -> bool:
-    """Whether a class-conditional checkpoint trained its null class: its config's ``p_uncond`` > 0 (0.1,
-    the default, when the config does not say; True for a denoiser without checkpoint metadata)."""
-    meta = getattr(_innermost(denoiser), "meta", None) or {}
-    return bool((meta.get("config") or {}).get("p_uncond", 0.1))
 
 
 def window_classes(labels, steps_given: int, length: int, chunk: int, null_class: int) -> torch.Tensor:
@@ -409,7 +410,7 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
                           else None, batch, len(plan))
     levels = impute_levels(~observed, length, chunk)
     if window_y is not None:
-        _check_null_windows(denoiser, window_y, levels, labels, plan, length)
+        check_null_windows(denoiser, window_y, levels, labels, plan, length)
         window_y = window_y.to(series.device)
     filled = torch.where(observed, series, torch.zeros_like(series))
     known = observed.clone()
@@ -455,10 +456,11 @@ def impute(denoiser, series, observed_mask=None, sampler: str = "ddpm", steps: i
     return torch.where(observed, series, filled)
 
 
-def _check_null_windows(denoiser, window_y: torch.Tensor, levels: torch.Tensor, labels, plan: list,
-                        length: int) -> None:
+def check_null_windows(denoiser, window_y: torch.Tensor, levels: torch.Tensor, labels, plan: list, length: int,
+                       cli: bool = False) -> None:
     """A window to draw (level >= 0) across a change of label takes the null class: a one-line error naming
-    the first one's steps and labels when the checkpoint never trained that class (:func:`null_class_trained`)."""
+    the first one's steps and labels when the checkpoint never trained that class (:func:`null_class_trained`),
+    in the API's words, or with ``cli`` in ``diffkit edit --series``' (rows, ``--class``)."""
     from .guidance import _num_classes_of
     null = (window_y.cpu() == _num_classes_of(denoiser)) & (levels >= 0)
     if not bool(null.any()) or null_class_trained(denoiser):
@@ -468,9 +470,11 @@ def _check_null_windows(denoiser, window_y: torch.Tensor, levels: torch.Tensor, 
     start, steps_given = plan[j][0], labels.shape[-1]
     stop = min(start + length, steps_given)
     held = sorted(set(labels.reshape(-1, steps_given)[sample if labels.ndim == 2 else 0, start:stop].tolist()))
-    raise DiffkitError(f"the window of steps {start}..{stop - 1} (from 0) holds the labels {', '.join(map(str, held))}: "
+    where, fix = (("rows", "give --class K (one class for every window)") if cli else
+                  ("steps", "give one class for every window (cond={'y': ...})"))
+    raise DiffkitError(f"the window of {where} {start}..{stop - 1} (from 0) holds the labels {', '.join(map(str, held))}: "
                        f"a window across a change of label takes the null class, which this checkpoint never "
-                       f"trained (p_uncond=0); give one class for every window (--class K; cond={{'y': ...}})")
+                       f"trained (p_uncond=0); {fix}")
 
 
 def forecast_mask(batch: int, channels: int, length: int, horizon: int) -> torch.Tensor:

@@ -250,6 +250,29 @@ def _num_classes_of(denoiser) -> Optional[int]:
     return None
 
 
+def null_trained(meta: Optional[dict]) -> bool:
+    """Whether a conditional checkpoint's metadata ``meta`` says it trained its null condition (the null
+    class K, or a text model's empty prompt): its config's ``p_uncond`` > 0 (0.1, the default, when the
+    config does not say, as in checkpoints older than the key; True without metadata)."""
+    return bool(((meta or {}).get("config") or {}).get("p_uncond", 0.1))
+
+
+def null_class_trained(denoiser) -> bool:
+    """:func:`null_trained` of the checkpoint metadata under a (possibly wrapped) denoiser."""
+    from .denoiser import _innermost
+    return null_trained(getattr(_innermost(denoiser), "meta", None))
+
+
+def check_null_trained(meta: Optional[dict], null: str = "null class") -> None:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) extrapolates away from eps(x, null): a one-line
+    error when ``meta`` says the checkpoint was trained with ``p_uncond`` = 0, so that ``null`` (the null
+    class; "empty prompt" for a text model) never was; the CLI's one check (``diffkit sample``,
+    ``diffkit edit --series``)."""
+    if not null_trained(meta):
+        raise DiffkitError(f"this checkpoint was trained with p_uncond=0, so its {null} is untrained; classifier-free "
+                           f"guidance needs a model trained with label dropout (p_uncond > 0)")
+
+
 def _guide_input_dtype(guide: Callable, x: torch.Tensor) -> torch.dtype:
     """The dtype a classifier or a CLIP takes: an ``nn.Module``'s floating weights' (its parameters,
     else its buffers), else a ``dtype`` attribute of its own (:class:`diffkit.clip.LocalCLIP`), else

@@ -605,6 +605,25 @@ def test_labels_per_sample_and_one_label_is_bit_for_bit_cond_y():
     assert fc.window_classes(labels, 13, L, 3, 3).tolist() == [[2, 3, 0, 0], [1] * 4]  # windows at 0, 3, 6, 9
 
 
+def test_labels_of_a_series_shorter_than_the_window():
+    """n = 3 < L = 4: one window, steps 0..2 (the rest generated and dropped); labels 0, 1, 1 change inside it,
+    so it takes the null class 3 (bit for bit cond y = 3), and labels 1, 1, 1 are bit for bit cond y = 1."""
+    den = ShiftedByClass(DEN_AR)
+    series = torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(35), dtype=torch.float64)
+    series[0, 0, 1] = series[1, 0, 2] = float("nan")
+    assert fc.window_classes(torch.tensor([0, 1, 1]), 3, L, 2, 3).tolist() == [3]
+    for labels, y in (([0, 1, 1], 3), ([1, 1, 1], 1)):
+        out = diffkit.impute(den, series, None, "ddpm", 3, seed=9, labels=torch.tensor(labels), **FREE)
+        as_y = diffkit.impute(den, series, None, "ddpm", 3, seed=9, cond={"y": torch.tensor([y, y])}, **FREE)
+        assert torch.equal(out, as_y), labels
+
+
+def test_forecast_refuses_labels_naming_cond_y():
+    with pytest.raises(DiffkitError, match=r"^labels= \(a tensor of shape \(3,\)\) is an option of impute \(a class per "
+                                           r"step\); forecast takes one class per sample as cond=\{'y': labels\}"):
+        diffkit.forecast(ShiftedByClass(DEN_AR), HISTORY.reshape(1, 1, 3), 1, labels=torch.tensor([0, 0, 0]), **FREE)
+
+
 def test_labels_mistakes_are_one_line_errors():
     den = ShiftedByClass(DEN_AR)
     series = torch.zeros(2, 1, 9, dtype=torch.float64)

@@ -344,13 +344,13 @@ def test_noisy_batch_is_q_sample_and_training_learns_separable_classes(tmp_path)
 
 
 # ------------------------------------------------------------------ command line
-def write_model_checkpoint(path, num_classes):
+def write_model_checkpoint(path, num_classes, **config):
     net = tiny_unet(num_classes=num_classes)
     unet = {"channel": 8, "channel_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0, "img_size": 8,
             "in_channels": 1, "num_classes": num_classes, "scale_shift_norm": True}
     tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
     tensors["schedule.betas"] = SCHEDULE.betas
-    meta = {"unet": unet, "config": {"nrow": 4}, "class_names": [str(i) for i in range(3)]}
+    meta = {"unet": unet, "config": {"nrow": 4, **config}, "class_names": [str(i) for i in range(3)]}
     save_checkpoint(path, tensors, meta)
     return path
 
@@ -421,6 +421,26 @@ def test_cli_bad_guidance_input_is_one_line_exit_2(extra, pattern, checkpoints, 
     err = out.err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and pattern in err and "Traceback" not in err, err
+
+
+def test_cli_guidance_of_a_model_trained_without_label_dropout_is_refused(checkpoints, tmp_path, capsys):
+    """p_uncond = 0: the null class eps(x, K) of (1 + W) eps(x, y) - W eps(x, K) was never trained, so
+    --guidance-scale is refused in one line before the --out folder is made; --class alone is sampled, and a
+    checkpoint whose config does not say p_uncond (older ones: 0.1) is guided (the "cond" checkpoint above)."""
+    never = write_model_checkpoint(tmp_path / "never.safetensors", 3, p_uncond=0.0)
+    code, out = run_cli(capsys, "sample", "--checkpoint", never, "--class", 1, "--guidance-scale", 2, "--steps", 1,
+                        "--num", 2, "--out", tmp_path / "new" / "g.png", "--no-progress", "--device", "cpu")
+    assert code == 2 and out.err.strip().splitlines() == [
+        "diffkit sample: error: this checkpoint was trained with p_uncond=0, so its null class is untrained; "
+        "classifier-free guidance needs a model trained with label dropout (p_uncond > 0)"], out.err
+    assert not (tmp_path / "new").exists()
+    code, out = run_cli(capsys, "sample", "--checkpoint", never, "--class", 1, "--steps", 1, "--num", 2,
+                        "--out", tmp_path / "c.png", "--no-progress", "--device", "cpu")
+    assert code == 0, out.err
+    dropped = write_model_checkpoint(tmp_path / "dropped.safetensors", 3, p_uncond=0.25)
+    code, out = run_cli(capsys, "sample", "--checkpoint", dropped, "--class", 1, "--guidance-scale", 2, "--steps", 1,
+                        "--num", 2, "--out", tmp_path / "d.png", "--no-progress", "--device", "cpu")
+    assert code == 0, out.err
 
 
 def test_train_classifier_command(tmp_path, capsys, monkeypatch):

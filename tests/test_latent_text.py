@@ -197,6 +197,24 @@ def test_sample_cli_with_prompts_writes_a_grid_of_the_right_size(trained, tmp_pa
     assert image.shape == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # 3 prompts x 2, decoded to 16x16 pixels
 
 
+def test_text_guidance_of_a_model_trained_without_caption_dropout_is_refused(trained, tmp_path, capsys):
+    """p_uncond = 0 never trained the empty prompt, the null condition of --guidance-scale: refused in one
+    line before the --out folder is made."""
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
+    tensors, meta = load_checkpoint(trained[1])
+    assert meta["config"]["text_conditioning"] and meta["config"]["p_uncond"] > 0
+    meta["config"]["p_uncond"] = 0.0
+    never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
+    code = main(["sample", "--checkpoint", str(never), "--prompt", "the digit seven", "--guidance-scale", "5",
+                 "--steps", "1", "--num", "1", "--out", str(tmp_path / "new" / "g.png"), "--no-progress",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "diffkit sample: error: this checkpoint was trained with p_uncond=0, so its empty prompt is untrained; "
+        "classifier-free guidance needs a model trained with label dropout (p_uncond > 0)"], err
+    assert not (tmp_path / "new").exists()
+
+
 def test_every_sampler_works_with_text_guidance_on_latents(trained):
     _, path = trained
     d = load_denoiser(path)

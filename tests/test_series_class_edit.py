@@ -320,16 +320,96 @@ def test_a_window_across_a_change_of_label_needs_a_trained_null_class(labelled_r
     never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
     path = _segments(tmp_path, SEGMENTS, HOLES)
     assert edit(never, path, tmp_path / "o.csv") == 2
-    err = capsys.readouterr().err
-    assert ("the window of steps 4..7 (from 0) holds the labels 0, 2: a window across a change of label takes the "
-            "null class, which this checkpoint never trained (p_uncond=0); give one class for every window (--class "
-            "K; cond={'y': ...})") in err and len(err.strip().splitlines()) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        "diffkit edit: error: the window of rows 4..7 (from 0) holds the labels 0, 2: a window across a change of "
+        "label takes the null class, which this checkpoint never trained (p_uncond=0); give --class K (one class "
+        "for every window)"] and out == ""  # refused before the plan line "imputing 12 rows: ..."
     assert not (tmp_path / "o.csv").exists()
+    from diffkit.errors import DiffkitError
+    from diffkit.loading import load_denoiser
+    series, _, _ = _file_units(load_denoiser(labelled_run), 12)
+    for row, column in HOLES:
+        series[0, column, row] = float("nan")
+    with pytest.raises(DiffkitError, match=r"^the window of steps 4\.\.7 \(from 0\) holds the labels 0, 2: .* never "
+                                           r"trained \(p_uncond=0\); give one class for every window \(cond=\{'y': "
+                                           r"\.\.\.\}\)$"):  # the API's own words
+        diffkit.impute(load_denoiser(never), series, steps=2, progress=False, labels=torch.tensor(SEGMENTS))
     assert edit(never, path, tmp_path / "o.csv", "--class", "2") == 0
     # rows 4..7 complete and kept by windows before: the window at row 4 keeps rows 4..6, which hold nothing
     # missing, and the next keeps 7.. (rows 1 and 10 missing)
     complete = _segments(tmp_path, SEGMENTS, [(1, 0), (10, 1)])
     assert edit(never, complete, tmp_path / "c.csv") == 0
+
+
+def test_the_windows_note_counts_only_the_windows_drawn(labelled_run, tmp_path, capsys):
+    """40 rows, label 0 then 2 from row 20 (L = 4, chunk 2: windows at rows 0, 2, ..., 36; the one at 18
+    across the change), holes only at rows 2 and 35: only the windows at 0 (class 0) and 34 (class 2) are
+    drawn, so the note counts those two and no null class, also for a p_uncond = 0 checkpoint."""
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
+    tensors, meta = load_checkpoint(labelled_run)
+    meta["config"]["p_uncond"] = 0.0
+    never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
+    path = _segments(tmp_path, [0] * 20 + [2] * 20, [(2, 0), (35, 1)])
+    for ckpt in (labelled_run, never):
+        assert edit(ckpt, path, tmp_path / "o.csv") == 0
+        out = capsys.readouterr().out
+        assert "(label column 'state'); windows: class 0 x 1, class 2 x 1)" in out and "null" not in out, out
+
+
+def test_a_labelled_file_shorter_than_the_window(labelled_run, tmp_path, capsys):
+    """3 rows (L = 4) labelled 0, 1, 1: one window, across the change: the null class (the API's labels= of the
+    file's labels); with --guidance-scale both passes take it, so a note says the scale has no effect (the output
+    is the unguided one up to round-off); a p_uncond = 0 checkpoint refuses it, naming rows 0..2."""
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
+    path = _segments(tmp_path, [0, 1, 1], [(1, 0)])
+    assert edit(labelled_run, path, tmp_path / "o.npy", "--num", "2") == 0
+    out = capsys.readouterr().out
+    assert "windows: the null class x 1 (across a change of label)" in out and "note:" not in out, out
+    assert edit(labelled_run, path, tmp_path / "g.npy", "--num", "2", "--guidance-scale", "3") == 0
+    out = capsys.readouterr().out
+    assert ("note: every window spans a change of label, so all take the null class and --guidance-scale has no "
+            "effect\n") in out, out
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), np.load(tmp_path / "o.npy"), rtol=0, atol=1e-5)
+    tensors, meta = load_checkpoint(labelled_run)
+    meta["config"]["p_uncond"] = 0.0
+    never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
+    assert edit(never, path, tmp_path / "n.npy") == 2
+    assert "the window of rows 0..2 (from 0) holds the labels 0, 1" in capsys.readouterr().err
+
+
+def test_edit_help_says_the_rescale_and_interval_need_series_and_a_guidance_scale(capsys):
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--guidance-rescale PHI with --series and --guidance-scale: guidance rescale phi" in text
+    assert "--guidance-interval T_LO T_HI with --series and --guidance-scale: guide only for" in text
+
+
+@pytest.mark.parametrize("command", ["edit", "sample"])
+def test_guidance_of_a_model_trained_without_label_dropout_is_refused(labelled_run, tmp_path, capsys, command):
+    """p_uncond = 0: --guidance-scale extrapolates from an untrained null class, refused in one line (edit
+    --series and sample, the same check) before any output; the key missing (older checkpoints) is accepted."""
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
+    tensors, meta = load_checkpoint(labelled_run)
+    meta["config"]["p_uncond"] = 0.0
+    never = save_checkpoint(tmp_path / "never.safetensors", tensors, meta)
+    del meta["config"]["p_uncond"]
+    old = save_checkpoint(tmp_path / "old.safetensors", tensors, meta)
+    path = write_csv(tmp_path / "h.csv", [1] * 6)
+
+    def run(ckpt, out):
+        if command == "edit":
+            return edit(ckpt, path, out / "o.csv", "--horizon", "2", "--class", "1", "--guidance-scale", "3")
+        return main(["sample", "--checkpoint", str(ckpt), "--class", "1", "--guidance-scale", "3", "--num", "2",
+                     "--sampler", "ddpm", "--steps", "1", "--out", str(out / "s.png"), "--no-progress"])
+    assert run(never, tmp_path / "new") == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"diffkit {command}: error: this checkpoint was trained with p_uncond=0, so "
+                                        f"its null class is untrained; classifier-free guidance needs a model trained "
+                                        f"with label dropout (p_uncond > 0)"], err
+    assert not (tmp_path / "new").exists()
+    assert run(old, tmp_path) == 0
 
 
 @pytest.mark.parametrize("flags", [

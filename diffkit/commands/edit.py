@@ -84,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
                         "diffkit sample (0 = conditional model)")
-    add_rescale_interval_flags(p)  # diffkit sample's, with --series and --guidance-scale
+    add_rescale_interval_flags(p, needs="with --series and --guidance-scale: ")  # diffkit sample's
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
                    "(independent of batch size)")
     p.add_argument("--batch-size", type=batch_size_or_auto,

@@ -26,7 +26,8 @@ A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--
 in the CSV is left out of the values and, without ``--class``, gives the classes (:func:`file_label`): a
 forecast's history rows must share one label; an imputation's windows each take the label their rows share
 (:func:`diffkit.forecasting.window_classes`), a window across a change of label the null class; without
-either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained).
+either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained), as are
+a drawn window across a change of label (:func:`drawn_window_classes`) and ``--guidance-scale`` there.
 """
 from __future__ import annotations
 
@@ -193,17 +194,34 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
     return guided, label, f"; class {label} ({source}{guidance})"
 
 
-def _window_classes_note(labels, length: int, chunk: int, null: int) -> str:
-    """The output note's count of the imputation windows of each class (:func:`diffkit.forecasting.window_classes`),
+def drawn_window_classes(denoiser, labels, missing, length: int, chunk: int, null: int):
+    """(class of each drawn imputation window, in order) of a file whose row k has the label ``labels[k]`` and
+    missing cells ``missing`` (bool (rows, F)): :func:`diffkit.forecasting.window_classes` of the windows that
+    :func:`diffkit.forecasting.impute` draws (every sample has the file's holes: level >= 0), after
+    :func:`diffkit.forecasting.check_null_windows` in the CLI's words (a p_uncond = 0 checkpoint and a drawn
+    window across a change of label: a one-line error before anything is printed or written)."""
+    import torch
+
+    from ..forecasting import check_null_windows, impute_levels, impute_plan, window_classes
+    classes = window_classes(labels, len(labels), length, chunk, null)[None]
+    levels = impute_levels(torch.from_numpy(missing.T.copy())[None], length, chunk)
+    check_null_windows(denoiser, classes, levels, labels, impute_plan(len(labels), length, chunk), length, cli=True)
+    return classes[levels >= 0].tolist()
+
+
+def _window_classes_note(classes: list, null: int) -> str:
+    """The output note's count of the drawn imputation windows of each class (:func:`drawn_window_classes`),
     e.g. "; windows: class 0 x 3, class 1 x 2, the null class x 2 (across a change of label)"."""
     from collections import Counter
-
-    from ..forecasting import window_classes
-    classes = Counter(window_classes(labels, len(labels), length, chunk, null).tolist())
+    classes = Counter(classes)
     counts = [f"class {c} x {classes[c]}" for c in sorted(set(classes) - {null})]
     if null in classes:
         counts.append(f"the null class x {classes[null]} (across a change of label)")
-    return f"; windows: {', '.join(counts)}"
+    return f"; windows: {', '.join(counts)}" if counts else ""
+
+
+ALL_NULL = ("note: every window spans a change of label, so all take the null class and --guidance-scale has no "
+            "effect")
 
 
 def _list(starts) -> str:
@@ -280,8 +298,13 @@ def run_series(args, denoiser, info, options, device) -> int:
     denoiser, label, class_note = series_guidance(args, denoiser, path, first, rows,
                                                   "imputation" if horizon is None else "forecast", sampler, device)
     row_labels = None if label is None or isinstance(label, int) else label
+    all_null = False
     if row_labels is not None:  # the labels change along the file: each window its rows' class
-        class_note += _window_classes_note(row_labels, length, chunk or length // 2, meta["unet"]["num_classes"])
+        null = meta["unet"]["num_classes"]
+        drawn_classes = drawn_window_classes(denoiser, row_labels, np.isnan(values), length, chunk or length // 2,
+                                             null)
+        class_note += _window_classes_note(drawn_classes, null)
+        all_null = bool(drawn_classes) and set(drawn_classes) == {null} and args.guidance_scale is not None
 
     def cond(n: int):  # the class of every sample (or of each row), or none (the keyword is left out)
         if row_labels is not None:
@@ -303,6 +326,8 @@ def run_series(args, denoiser, info, options, device) -> int:
 
     if not nothing_missing:  # the plan before sampling: a long horizon or file is that many windows per sample
         print(_plan_note(rows, length, horizon, chunk), flush=True)
+    if all_null:  # guidance with the null class in both passes is the unguided model
+        print(ALL_NULL, flush=True)
     if nothing_missing:
         drawn = None
     elif horizon is None:  # every (sample, window) pair in batches of windows, level by level (diffkit.impute)

@@ -127,13 +127,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_rescale_interval_flags(group) -> None:
+def add_rescale_interval_flags(group, needs: str = "") -> None:
     """``--guidance-rescale PHI`` and ``--guidance-interval T_LO T_HI``, the classifier-free guidance options of
-    ``diffkit sample`` and ``diffkit edit --series`` (checked by :meth:`GuidanceRequest.check`)."""
+    ``diffkit sample`` and ``diffkit edit --series`` (checked by :meth:`GuidanceRequest.check`); ``needs``
+    starts their help (e.g. edit's "with --series and --guidance-scale: ")."""
     group.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
-                       help="guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
+                       help=f"{needs}guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
     group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
-                       help="guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
+                       help=f"{needs}guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
 
 
 def run(args) -> int:
@@ -253,11 +254,16 @@ class GuidanceRequest:
         without loading a weight (a Stable Diffusion folder's model_index.json, a diffkit file's header:
         a time-series, latent or not-RGB model), before the CLIP flags' own checks: a user is not asked for
         --clip-scale or a CLIP folder only to learn then that --clip-guidance does not apply. A legacy .pt
-        has no header: it is checked once loaded (:meth:`clip_guided`)."""
-        if self.clip_prompt is None or checkpoint is None:
+        has no header: it is checked once loaded (:meth:`clip_guided`). So is --guidance-scale for a model
+        whose null condition never trained (:meth:`check_null_trained`), before any folder is made."""
+        if checkpoint is None:
+            return
+        from ._common import peek_checkpoint
+        if self.guidance_scale is not None:
+            self.check_null_trained(peek_checkpoint(checkpoint))
+        if self.clip_prompt is None:
             return
         from ..interop.stable_diffusion import is_stable_diffusion_folder
-        from ._common import peek_checkpoint
         if is_stable_diffusion_folder(checkpoint):
             raise not_for_stable_diffusion("--clip-guidance")
         meta = peek_checkpoint(checkpoint) or {}
@@ -266,6 +272,20 @@ class GuidanceRequest:
             if is_series_model(meta["unet"]):
                 raise image_only("--clip-guidance")
             self.check_clip_model(meta["unet"], latent=bool(meta.get("latent")))  # the loader's test for a decoder
+
+    def check_null_trained(self, meta) -> None:
+        """--guidance-scale (classifier-free guidance) on a class- or text-conditional checkpoint whose
+        metadata ``meta`` says it was trained with p_uncond = 0, so its null class (empty prompt) is untrained:
+        a one-line error (:func:`diffkit.guidance.check_null_trained`). A w-conditioned model takes W as its
+        input (no null pass) and a checkpoint without the key (older ones) is accepted."""
+        from ..guidance import check_null_trained
+        unet = (meta or {}).get("unet")
+        if self.guidance_scale is None or not isinstance(unet, dict) or unet.get("guidance_embedding_dim"):
+            return
+        if unet.get("num_classes") is not None:
+            check_null_trained(meta)
+        elif (meta.get("config") or {}).get("text_conditioning"):
+            check_null_trained(meta, "empty prompt")
 
     def check(self, sampler: str) -> None:
         """Checks that need no checkpoint: flag combinations and ranges."""
@@ -380,6 +400,7 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
                 "a class-conditional checkpoint (trained with --conditional); this one is unconditional (use "
                 "--classifier for classifier guidance)")
             raise DiffkitError(f"--guidance-scale needs {how}")
+        request.check_null_trained(meta)  # after loading too: a legacy .pt has no header to peek at
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention,
                                           request.rescale, request.interval, null_class=model_classes)
     classifier = None
@@ -726,6 +747,7 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
             print(f"diffkit: warning: prompt {shorten(text)}: word(s) {shown} are not in the "
                   f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
     if request.guidance_scale is not None:
+        request.check_null_trained(denoiser.meta)
         null = denoiser.prompt_encoder([""], device)
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention, request.rescale,
                                           request.interval, null_context=null)
