@@ -33,7 +33,9 @@ PNDM_STEPS = (10, 20, 50, 100, 250, 1000)
 
 @dataclass
 class ExperimentTable:
-    """``values[i][j]``: the metric for row ``rows[i]`` at ``steps[j]`` (None: not run, see notes)."""
+    """``values[i][j]``: the metric for row ``rows[i]`` at column ``steps[j]`` (None: not run, see notes).
+    ``columns``: what the column values ``steps`` are, step counts (``"steps"``) or network evaluations
+    per sample (``"nfe"``: each cell runs the step count that spends exactly that many, ``cell_steps``)."""
 
     title: str
     metric: str
@@ -46,6 +48,8 @@ class ExperimentTable:
     notes: list = field(default_factory=list)
     seconds: float = 0.0
     spacing: Optional[str] = None  # the time grid of every row (ddim_table); None: each row's own
+    columns: str = "steps"
+    cell_steps: Optional[list] = None  # columns "nfe": the step count of each cell (None: not run)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,20 +68,21 @@ def _check_metric(scorer) -> str:
     return metric
 
 
-def _check_steps(steps_list: Sequence[int], num_timesteps: int) -> list[int]:
+def _check_steps(steps_list: Sequence[int], num_timesteps: int, columns: str = "steps") -> list[int]:
     steps_list = list(steps_list)
     if not steps_list:
-        raise DiffkitError("steps list is empty; give at least one step count, e.g. 10,20,50")
+        raise DiffkitError(f"{columns} list is empty; give at least one " +
+                           ("step count, e.g. 10,20,50" if columns == "steps" else "NFE, e.g. 21,41,81"))
     for s in steps_list:
-        check_range("steps", s, 1, num_timesteps, integer=True)
+        check_range(columns, s, 1, num_timesteps if columns == "steps" else None, integer=True)
     return steps_list
 
 
 def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, batch_size, device, progress,
               title, row_label, notes, thresholding=None, cache_dir=None, ledger_path=None,
-              ledger_only=False) -> ExperimentTable:
+              ledger_only=False, columns="steps") -> ExperimentTable:
     metric = _check_metric(scorer)
-    steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps)
+    steps_list = _check_steps(steps_list, denoiser.schedule.num_timesteps, columns)
     labels = sample_labels(denoiser, num)
     scorer.check_request(num, labels is not None)  # before any cell is sampled
     if thresholding is not None:
@@ -98,6 +103,7 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     missing = []
     values = [[None] * len(steps_list) for _ in rows]
     nfe = [[None] * len(steps_list) for _ in rows]
+    cell_steps = [[None] * len(steps_list) for _ in rows]
     start = time.perf_counter()
 
     def keep_what_fit(drawn) -> None:
@@ -113,7 +119,16 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
         sampler, options = settings_of(row)
         if thresholding is not None:
             options = {**options, "thresholding": thresholding}
-        for j, steps in enumerate(steps_list):
+        for j, column in enumerate(steps_list):
+            steps = column
+            if columns == "nfe":  # the step count that spends exactly this NFE; the cell's key is by steps
+                from .sampling import steps_for_nfe
+                try:
+                    steps = steps_for_nfe(denoiser, sampler, column, **options)
+                except DiffkitError as err:
+                    notes.append(f"{_row_name(row)} at NFE {column} not run: {err}")
+                    continue
+            cell_steps[i][j] = steps
             settings = {"sampler": sampler, "steps": steps, **options}
             found = None if ledger is None else ledger.get(settings, num, seed)
             if found is not None:
@@ -129,7 +144,7 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
                           f"(from the ledger)", flush=True)
                 continue
             if ledger_only:
-                missing.append(f"{_row_name(row)}@{steps}")
+                missing.append(f"{_row_name(row)}@{steps}" + (f" (NFE {column})" if columns == "nfe" else ""))
                 continue
             try:
                 reused, stored = (cache.loaded, cache.saved) if cache is not None else (0, 0)
@@ -142,6 +157,9 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
             except DiffkitError as err:
                 notes.append(f"{_row_name(row)} at {steps} steps not run: {err}")
                 continue
+            if columns == "nfe" and nfe[i][j] is not None and nfe[i][j] != column:  # steps_for_nfe's grid is sample's
+                raise DiffkitError(f"{_row_name(row)} with {steps} steps spent {nfe[i][j]:g} network evaluations per "
+                                   f"sample, not the column's {column}")
             scores = scorer.score(images, labels)
             values[i][j] = scores[metric][PRIMARY_FIELD[metric]]
             if ledger is not None:
@@ -159,7 +177,8 @@ def _run_grid(denoiser, scorer, rows, steps_list, settings_of, *, num, seed, bat
     if missing:
         notes.append(f"not in the ledger, not sampled (ledger only): {', '.join(missing)}")
     return ExperimentTable(title, metric, row_label, [_row_name(r) for r in rows], steps_list, values, nfe,
-                           num, notes, time.perf_counter() - start)
+                           num, notes, time.perf_counter() - start, columns=columns,
+                           cell_steps=cell_steps if columns == "nfe" else None)
 
 
 def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETAS,
@@ -201,15 +220,35 @@ def ddim_table(denoiser, scorer, *, etas: Sequence[Union[float, str]] = DDIM_ETA
     return table
 
 
+def row_settings(row: str, *, eta=None, restarts=None) -> tuple[str, dict]:
+    """(sampler name, options) of a sampler-table row ``NAME[@SPACING][:FINAL]``: its grid, and ``eta`` for a
+    ddim row, ``restarts`` (checked, as lists) for a restart row when given."""
+    from .samplers.registry import split_sampler_spec
+    name, spacing, final = split_sampler_spec(row)
+    options = {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
+    if eta is not None and name == "ddim":
+        options["eta"] = eta
+    if restarts is not None and name == "restart":
+        options["restarts"] = restarts
+    return name, options
+
+
 def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
-                  steps_list: Sequence[int] = PNDM_STEPS, num: int = 1000, seed: int = 0, batch_size: int = 250,
+                  steps_list: Optional[Sequence[int]] = None, num: int = 1000, seed: int = 0, batch_size: int = 250,
                   device=None, progress: bool = False, thresholding: Optional[str] = None,
                   eta: Union[float, str, None] = None, cache_dir=None, ledger_path=None,
-                  ledger_only: bool = False) -> ExperimentTable:
+                  ledger_only: bool = False, nfe_list: Optional[Sequence[int]] = None,
+                  restarts=None) -> ExperimentTable:
     """Samplers x steps (PNDM Table 1 layout); names missing from the registry are skipped with a note.
     A row ``NAME@SPACING`` runs the sampler on another time grid (e.g. ``dpm-solver++-2m@logsnr_skip``),
     ``NAME:FINAL`` (or ``NAME@SPACING:FINAL``) to another final target (e.g. ``unipc:zero``).
     ``eta``: DDIM's eta (or ``"sigma_hat"``) for every ``ddim`` row (e.g. ``ddim@quadratic``).
+    ``steps_list``: the columns' step counts (default :data:`PNDM_STEPS`). ``nfe_list``: columns of network
+    evaluations per sample instead: each cell runs the step count that spends exactly that many
+    (:func:`diffkit.sampling.steps_for_nfe`), so samplers of different calls per step compare at equal cost;
+    a row that cannot spend it gets an empty cell and a note.
+    ``restarts``: the ``(t_min, t_max, K, n)`` intervals of every ``restart`` row
+    (:func:`diffkit.samplers.restart.restart`; None: its default).
     ``cache_dir``, ``ledger_path`` and ``ledger_only`` as in :func:`ddim_table`."""
     from .samplers import REGISTRY
     from .samplers.ddim import parse_eta
@@ -231,17 +270,26 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
         if not any(specs[row][0] == "ddim" for row in rows):
             raise DiffkitError(f"eta={eta!r} applies to ddim rows, and none of the rows {', '.join(rows)} is ddim")
         notes.append(f"ddim rows: eta = {_row_name(eta)}")
+    if restarts is not None:
+        from .samplers.restart import check_restarts
+        restarts = [list(r) for r in check_restarts(restarts)]  # lists: as the ledger's JSON keeps them
+        if not any(specs[row][0] == "restart" for row in rows):
+            raise DiffkitError(f"restarts={restarts!r} applies to restart rows, and none of the rows {', '.join(rows)} "
+                               f"is restart")
+        notes.append(f"restart rows: restarts (t_min, t_max, K, n) = {restarts}")
+    if nfe_list is not None and steps_list is not None:
+        raise DiffkitError("give steps_list or nfe_list, not both")
 
     def settings_of(row: str):
-        name, spacing, final = specs[row]
-        options = {key: value for key, value in (("spacing", spacing), ("final", final)) if value}
-        return name, {**options, "eta": eta} if eta is not None and name == "ddim" else options
+        return row_settings(row, eta=eta, restarts=restarts)
 
-    return _run_grid(denoiser, scorer, rows, steps_list, settings_of, num=num, seed=seed,
+    by_nfe = nfe_list is not None
+    columns = nfe_list if by_nfe else PNDM_STEPS if steps_list is None else steps_list
+    return _run_grid(denoiser, scorer, rows, columns, settings_of, num=num, seed=seed,
                      batch_size=batch_size, device=device, progress=progress,
-                     title="Samplers x steps (PNDM Table 1 layout, Liu et al. 2022)", row_label="sampler",
-                     notes=notes, thresholding=thresholding, cache_dir=cache_dir, ledger_path=ledger_path,
-                     ledger_only=ledger_only)
+                     title=f"Samplers x {'NFE' if by_nfe else 'steps'} (PNDM Table 1 layout, Liu et al. 2022)",
+                     row_label="sampler", notes=notes, thresholding=thresholding, cache_dir=cache_dir,
+                     ledger_path=ledger_path, ledger_only=ledger_only, columns="nfe" if by_nfe else "steps")
 
 
 # ---------------------------------------------------------------------------- output
@@ -253,7 +301,7 @@ def to_markdown(table: ExperimentTable) -> str:
     """The table as Markdown: a caption with the metric and sample count, one row per setting."""
     better = "lower is better" if table.metric in LOWER_IS_BETTER else "higher is better"
     lines = [f"**{table.title}**: {table.metric} ({better}), {table.num_samples} samples per cell.", "",
-             "| " + " | ".join([f"{table.row_label} \\ steps", *map(str, table.steps)]) + " |",
+             "| " + " | ".join([f"{table.row_label} \\ {table.columns}", *map(str, table.steps)]) + " |",
              "|" + "---|" * (len(table.steps) + 1)]
     for row, values in zip(table.rows, table.values):
         lines.append("| " + " | ".join([row, *map(_cell, values)]) + " |")
@@ -262,14 +310,18 @@ def to_markdown(table: ExperimentTable) -> str:
 
 
 def to_csv(table: ExperimentTable) -> str:
-    """Long format: one line per cell with its network evaluations per sample and the sample count."""
+    """Long format: one line per cell with its steps, network evaluations per sample and the sample count
+    (columns "nfe": the NFE column's value, the steps that spend it)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([table.row_label, "steps", "nfe", table.metric, "num_samples"])
-    for row, values, nfes in zip(table.rows, table.values, table.nfe):
-        for steps, value, nfe in zip(table.steps, values, nfes):
-            writer.writerow([row, steps, "" if nfe is None else nfe, "" if value is None else repr(value),
-                             table.num_samples])
+    by_nfe = table.columns == "nfe"
+    for i, (row, values, nfes) in enumerate(zip(table.rows, table.values, table.nfe)):
+        for j, (column, value, nfe) in enumerate(zip(table.steps, values, nfes)):
+            steps = table.cell_steps[i][j] if by_nfe else column
+            nfe = column if by_nfe else nfe
+            writer.writerow([row, "" if steps is None else steps, "" if nfe is None else nfe,
+                             "" if value is None else repr(value), table.num_samples])
     return buffer.getvalue()
 
 
@@ -291,7 +343,7 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
                           norm=LogNorm() if log_scale else None)
         ax.set_xticks(range(len(table.steps)), [str(s) for s in table.steps])
         ax.set_yticks(range(len(table.rows)), table.rows)
-        ax.set_xlabel("steps")
+        ax.set_xlabel(table.columns)
         ax.set_ylabel(table.row_label)
         if not finite.size:
             middle = 0.0
@@ -312,7 +364,7 @@ def plot_table(table: ExperimentTable, path: str | Path, kind: str = "heatmap") 
         if log_scale:
             ax.set_yscale("log")
         ax.set_xticks(table.steps, [str(s) for s in table.steps])
-        ax.set_xlabel("steps")
+        ax.set_xlabel(table.columns)
         ax.set_ylabel(table.metric)
         ax.grid(alpha=0.3)
         ax.legend(title=table.row_label, fontsize=8)

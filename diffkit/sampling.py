@@ -142,6 +142,15 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
     return info, grid, thresholding, threshold_options
 
 
+def steps_for_nfe(denoiser, sampler: str, nfe: int, **options) -> int:
+    """The step count with which ``sample(denoiser, ..., sampler, steps=..., **options)`` spends exactly
+    ``nfe`` network evaluations per sample (the grid :func:`plan` makes for ``nfe``); a one-line
+    DiffkitError listing the NFEs it can spend otherwise."""
+    options = dict(options)
+    grid_options = {name: options.pop(name, None) for name in ("spacing", "final", "thresholding")}
+    return len(plan(denoiser, sampler, nfe=nfe, options=options, **grid_options)[1]) - 1
+
+
 _THRESHOLD_OPTIONS = {"sample_max_value": "max_value", "dynamic_thresholding_ratio": "ratio"}
 _SAMPLER_ARGUMENTS = ("denoiser", "x", "grid", "cond", "generator", "callback", "progress")
 

@@ -340,6 +340,53 @@ def test_sampler_table_passes_eta_to_its_ddim_rows(run_dir, tmp_path, monkeypatc
                    "steps table has no row for it")
 
 
+def test_sampler_table_nfe_columns_spend_exactly_that_many(run_dir, tmp_path, monkeypatch, capsys):
+    """--nfe: each cell runs the step count whose network calls, counted while sampling, equal the column
+    (heun 2 s - 1, restart 2 s - 1 + 2 n K, ddim s); --restarts reaches the restart rows."""
+    import diffkit.experiments as experiments
+    seen = []
+    real = experiments.generate_samples
+
+    def recording(denoiser, num, **kwargs):
+        seen.append((kwargs["sampler"], kwargs["steps"], kwargs.get("restarts")))
+        return real(denoiser, num, **kwargs)
+
+    monkeypatch.setattr(experiments, "generate_samples", recording)
+    common = ["experiment", "sampler-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--num", 4,
+              "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence", "--out", tmp_path,
+              "--device", "cpu", "--no-progress"]
+    assert main([*common, "--samplers", "ddim,heun,restart", "--nfe", "9,8", "--restarts", "0.3:1.2:2:1"]) == 0
+    assert seen == [("ddim", 9, None), ("ddim", 8, None), ("heun", 5, None), ("restart", 3, [[0.3, 1.2, 2, 1]])]
+    table = json.loads((tmp_path / "sampler_table.json").read_text())
+    assert (table["columns"], table["steps"]) == ("nfe", [9, 8])
+    assert table["nfe"] == [[9, 8], [9, None], [9, None]]  # counted calls per sample, not the rule
+    assert table["cell_steps"] == [[9, 8], [5, None], [3, None]]
+    assert "restart rows: restarts (t_min, t_max, K, n) = [[0.3, 1.2, 2, 1]]" in table["notes"]
+    assert any("heun at NFE 8 not run" in note and "7, 9" in note for note in table["notes"])
+    rows = list(csv.DictReader(open(tmp_path / "sampler_table.csv")))
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [
+        ("ddim", "9", "9"), ("ddim", "8", "8"), ("heun", "5", "9"), ("heun", "", "8"), ("restart", "3", "9"),
+        ("restart", "", "8")]
+    assert "| sampler \\ nfe | 9 | 8 |" in (tmp_path / "sampler_table.md").read_text()
+    # an NFE cell is the step-count cell it runs: heun at NFE 9 equals heun at 5 steps, and restart with no
+    # interval ('none') is heun (bit-identical samples)
+    assert main([*common, "--samplers", "heun,restart", "--steps", "5", "--restarts", "none", "--name", "s"]) == 0
+    by_steps = json.loads((tmp_path / "s.json").read_text())["values"]
+    assert by_steps[0][0] == by_steps[1][0] == table["values"][1][0]
+    capsys.readouterr()
+    one_line_error(capsys, [*common, "--samplers", "heun", "--nfe", "9", "--restarts", "0.3:1.2:2:1"],
+                   "applies to restart rows")
+    for flags, needles in ((["--restarts", "0.5:1.5:2"], ["'0.5:1.5:2' is not an interval T_MIN:T_MAX:K:N"]),
+                           (["--restarts", "1.5:0.5:1:1"], ["t_min=1.5 >= t_max=0.5"]),
+                           (["--steps", "5"], ["--nfe", "--steps"])):  # argparse's one line, status 2
+        with pytest.raises(SystemExit) as exit_:
+            main([*common, "--samplers", "restart", "--nfe", "9", *flags])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and all(n in err for n in needles), err
+    one_line_error(capsys, [*common, "--samplers", "heun", "--nfe", "0"], "nfe=0")
+    assert len((tmp_path / "sampler_table.csv").read_text().splitlines()) == 7  # the refused runs wrote nothing
+
+
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     missing = tmp_path / "nope.pth"

@@ -80,6 +80,28 @@ def eta_value(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def restarts_value(text: str) -> list:
+    """Restart intervals ``T_MIN:T_MAX:K:N`` joined by ``+`` (``none``: no interval, plain Heun) as the
+    (t_min, t_max, K, n) list of :func:`diffkit.samplers.restart.check_restarts`."""
+    from ..samplers.restart import check_restarts
+    if text.strip().lower() == "none":
+        return []
+    intervals = []
+    for part in text.split("+"):
+        fields = part.strip().split(":")
+        try:
+            if len(fields) != 4:
+                raise ValueError
+            intervals.append((float(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not an interval T_MIN:T_MAX:K:N (numbers, K and N "
+                                             f"integers), e.g. 0.1:2:1:5; or 'none'") from None
+    try:
+        return check_restarts(intervals)
+    except DiffkitError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (a tolerance)."""
     value = non_negative_float(text)

@@ -3,7 +3,8 @@
 ``ddim-table``: DDIM Table 1 layout, eta in {0, 0.2, 0.5, 1, sigma_hat} x steps {10, 20, 50, 100, 1000};
 ``--spacing quadratic`` puts every row on DDIM's quadratic sub-sequence (its CIFAR-10 choice).
 ``sampler-table``: PNDM layout, samplers (ddim, s-pndm, pndm, fon, dpm-solver, dpm-solver++-2m, unipc; those not
-registered are skipped with a note) x steps. Writes OUT/<name>.md, .csv, .json and .png.
+registered are skipped with a note) x steps, or x NFE (``--nfe 21,41,81``: equal cost for samplers of different
+calls per step). Writes OUT/<name>.md, .csv, .json and .png.
 ``--cache-dir DIR`` keeps every finished batch of samples; the same command run again reuses them, so a long
 table (S = 1000 on a CPU) can be stopped and continued with exactly the samples of one uninterrupted run.
 ``--ledger FILE`` keeps only the finished cells' scores (small enough to commit): a later run, on another day or
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ..errors import DiffkitError
 from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, positive_int,
-                      removed_if_empty_on_failure)
+                      removed_if_empty_on_failure, restarts_value)
 
 
 def register(sub) -> None:
@@ -36,9 +37,17 @@ def register(sub) -> None:
     samplers.add_argument("--samplers", default=",".join(PNDM_SAMPLERS),
                           help="sampler names, or NAME[@SPACING][:FINAL] for another time grid or final "
                                "target (default %(default)s)")
-    samplers.add_argument("--steps", default=",".join(map(str, PNDM_STEPS)), help="step counts (default %(default)s)")
+    columns = samplers.add_mutually_exclusive_group()
+    columns.add_argument("--steps", help=f"step counts (default {','.join(map(str, PNDM_STEPS))})")
+    columns.add_argument("--nfe", help="network evaluations per sample instead of steps, e.g. 21,41,81: each cell "
+                         "runs the step count that spends exactly that many (a sampler that cannot gets an empty "
+                         "cell and a note; 'diffkit samplers' lists each sampler's NFE rule)")
     samplers.add_argument("--eta", type=eta_value, help="DDIM eta (a number >= 0 or sigma_hat) for the ddim rows, "
                           "e.g. --samplers ddim,ddim@quadratic --eta 1 (default 0)")
+    samplers.add_argument("--restarts", type=restarts_value, metavar="T_MIN:T_MAX:K:N[+...]",
+                          help="the restart intervals of the restart rows (sigma~ t_min < t_max, K restarts, N Heun "
+                               "steps each; '+' between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 "
+                               "(default 0.1:2:1:5)")
     from .eval import add_source_flags
     for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):
         q.add_argument("--checkpoint", required=True, help="a diffkit checkpoint (.safetensors)")
@@ -77,7 +86,8 @@ def _run(args) -> int:
     from ..loading import load_denoiser
     from .eval import printed_warnings
     parse_metrics(args.metric)
-    steps_list = parse_list(args.steps, "steps")
+    nfe_list = parse_list(args.nfe, "nfe") if getattr(args, "nfe", None) is not None else None
+    steps_list = None if nfe_list is not None or args.steps is None else parse_list(args.steps, "steps")
     etas = parse_list(args.etas, "etas", parse_eta) if args.table == "ddim-table" else None
     names = parse_list(args.samplers, "samplers", str) if args.table == "sampler-table" else None
     from ..sampling import resolve_sampler
@@ -99,13 +109,14 @@ def _run(args) -> int:
         scorer = experiment_scorer(args.metric, denoiser, ref=args.ref, data_dir=args.data_dir, ref_num=args.ref_num,
                                    evaluator=args.evaluator, inception_weights=args.inception_weights,
                                    batch_size=args.batch_size, device=device)
-        common = dict(steps_list=steps_list, num=args.num, seed=args.seed, batch_size=args.batch_size,
+        common = dict(num=args.num, seed=args.seed, batch_size=args.batch_size,
                       device=device, progress=args.progress, thresholding=args.thresholding,
                       cache_dir=args.cache_dir, ledger_path=args.ledger, ledger_only=args.ledger_only)
         if args.table == "ddim-table":
-            table = ddim_table(denoiser, scorer, etas=etas, spacing=args.spacing, **common)
+            table = ddim_table(denoiser, scorer, etas=etas, spacing=args.spacing, steps_list=steps_list, **common)
         else:
-            table = sampler_table(denoiser, scorer, samplers=names, eta=args.eta, **common)
+            table = sampler_table(denoiser, scorer, samplers=names, eta=args.eta, restarts=args.restarts,
+                                  nfe_list=nfe_list, steps_list=steps_list, **common)
     paths = write_table(table, args.out, args.name, "heatmap" if args.table == "ddim-table" else "lines")
     print(to_markdown(table))
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({table.seconds:.0f} s)")
