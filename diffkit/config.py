@@ -294,11 +294,9 @@ class TrainConfig:
             name, value = image_only[0]
             raise DiffkitError(f"{name}={value!r} applies to images; dataset={self.dataset!r} trains the 1-D U-Net on "
                                f"series (its size: in_channels, seq_length, num_series): drop {name}")
-        lacking = [(name, getattr(self, name)) for name in (
-            "text_conditioning", "autoencoder", "guidance_embedding_dim", "objective")
-            if getattr(self, name) != _default(name)]
+        lacking = self._first_changed("text_conditioning", "autoencoder", "guidance_embedding_dim", "objective")
         if lacking:
-            name, value = lacking[0]
+            name, value = lacking
             raise DiffkitError(f"{name}={value!r} is not available for time series (dataset={self.dataset!r}): the "
                                f"1-D U-Net is trained with the diffusion objective, unconditionally or on class "
                                f"labels (conditional with a series file's label_column)")
@@ -424,14 +422,17 @@ class TrainConfig:
         if self.img_size % low or low >= self.img_size:
             raise DiffkitError(f"super_res_from={low} is not allowed with img_size={self.img_size}; give a side "
                                f"S with 1 < S < {self.img_size} that divides {self.img_size}")
-        others = [(name, getattr(self, name)) for name in ("conditional", "text_conditioning", "autoencoder",
-                                                             "objective", "guidance_embedding_dim")
-                  if getattr(self, name) != _default(name)]
+        others = self._first_changed("conditional", "text_conditioning", "autoencoder", "objective",
+                                     "guidance_embedding_dim")
         if others:
-            name, value = others[0]
+            name, value = others
             raise DiffkitError(f"super_res_from={low} does not combine with {name}={value!r}: an upscaler is trained "
                                f"unconditionally (but for its low-resolution input) with the diffusion objective, "
                                f"in pixel space")
+
+    def _first_changed(self, *names: str) -> Optional[tuple]:
+        """(name, value) of the first of ``names`` set away from its default, or None."""
+        return next(((name, getattr(self, name)) for name in names if getattr(self, name) != _default(name)), None)
 
     def _check_guidance_range(self) -> None:
         """LCM's w-conditioned distillation: [w_min, w_max] (seed convention), a class-conditional

@@ -242,6 +242,34 @@ def add_compile_flag(parser: argparse.ArgumentParser) -> None:
                              "(default no; the first batch compiles, minutes on a CPU)")
 
 
+def add_solver_flags(parser: argparse.ArgumentParser) -> None:
+    """``--rtol`` / ``--atol`` (an adaptive sampler's tolerances, checked by :func:`tolerance_options`)
+    and ``--spacing`` / ``--final`` (the time grid, checked by ``resolve_sampler``)."""
+    from ..timesteps import FINALS, SPACINGS
+    parser.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their steps "
+                        "(default: ode 1e-5, dpm-adaptive 0.05)")
+    parser.add_argument("--atol", type=positive_float, help="adaptive samplers: absolute tolerance (default: ode "
+                        "1e-5, dpm-adaptive 0.0078)")
+    parser.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
+                        + ", ".join(SPACINGS))
+    parser.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min "
+                        "(the schedule's smallest noise level; diffusers' final_sigmas_type); default: the "
+                        "sampler's own")
+
+
+def tolerance_options(args, info) -> dict:
+    """The sampler options ``rtol`` / ``atol`` given by :func:`add_solver_flags`' flags; a one-line error
+    when the sampler (``info``) is not adaptive."""
+    options = {}
+    for name in ("rtol", "atol"):
+        if getattr(args, name) is not None:
+            if not info.adaptive:
+                raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
+                                   f"{info.name!r}")
+            options[name] = getattr(args, name)
+    return options
+
+
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 

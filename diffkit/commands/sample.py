@@ -42,10 +42,9 @@ from typing import Optional
 
 from ..errors import DiffkitError, check_range, shorten
 from ..guidance import CLIP_INPUTS
-from ..timesteps import FINALS, SPACINGS
-from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, batch_size_or_auto,
-                      check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
-                      positive_float, positive_int, removed_if_empty_on_failure, seed_int)
+from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+                      batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
+                      non_negative_float, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -68,14 +67,7 @@ def register(sub) -> None:
                    "with the consistency sampler)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    p.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their steps "
-                   "(default: ode 1e-5, dpm-adaptive 0.05)")
-    p.add_argument("--atol", type=positive_float, help="adaptive samplers: absolute tolerance (default: ode 1e-5, "
-                   "dpm-adaptive 0.0078)")
-    p.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
-                   + ", ".join(SPACINGS))
-    p.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min (the "
-                   "schedule's smallest noise level; diffusers' final_sigmas_type); default: the sampler's own")
+    add_solver_flags(p)
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
                    "with several classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
@@ -162,12 +154,7 @@ def run(args) -> int:
         info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
-    for name in ("rtol", "atol"):
-        if getattr(args, name) is not None:
-            if not info.adaptive:
-                raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
-                                   f"{info.name!r}")
-            options[name] = getattr(args, name)
+    options.update(tolerance_options(args, info))
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
