@@ -26,10 +26,11 @@ DATA_RANGE = (-1.0, 1.0)
 
 
 # ---------------------------------------------------------------- inputs
-def check_images(images, what: str = "images", value_range=DATA_RANGE) -> torch.Tensor:
+def check_images(images, what: str = "images", value_range=DATA_RANGE, skippable: bool = True) -> torch.Tensor:
     """Images to edit as a floating tensor (batch >= 1, ...): uint8 (0..255) is scaled to [-1, 1]
     (x / 127.5 - 1), half precision promoted to float32; finite, and within ``value_range``
-    (the network's data range, default [-1, 1]; ``None`` skips that check, e.g. for latents)."""
+    (the network's data range, default [-1, 1]; ``None`` skips that check, e.g. for latents;
+    ``skippable``: the caller takes ``value_range``, and the error says so)."""
     if not isinstance(images, torch.Tensor):
         raise DiffkitError(f"{what} of type {type(images).__name__} is not allowed; give a tensor (batch, ...)")
     images = images.detach()
@@ -49,8 +50,10 @@ def check_images(images, what: str = "images", value_range=DATA_RANGE) -> torch.
         low, high = value_range
         lo, hi = images.min().item(), images.max().item()
         if lo < low - 1e-6 or hi > high + 1e-6:
+            how = " (from [0, 1]: 2 x - 1; from [0, 255]: x / 127.5 - 1)" if (low, high) == DATA_RANGE else ""
             raise DiffkitError(f"{what} hold values in [{lo:.4g}, {hi:.4g}]; allowed: [{low:g}, {high:g}], the "
-                               f"network's data range (value_range=None skips this check)")
+                               f"network's data range{how}" + ("; value_range=None skips this check" if skippable
+                                                                else ""))
     return images
 
 

@@ -10,6 +10,7 @@ they are). :func:`upscale` samples x_0 given a low-resolution batch with any sam
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -46,7 +47,8 @@ def augment(low_res: torch.Tensor, levels, schedule, noise: torch.Tensor) -> tor
     """Conditioning augmentation (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 4.1): ``low_res``
     noised to ``levels`` (per sample, integers 0..T) with the model's own schedule,
     alpha_s low_res + sigma_s noise at time s = level - 1 (level 0: unchanged; level k: DDPM's
-    q(x_k | x_0), alpha_bar of k steps, as diffusers' upscaler adds noise of ``noise_level``)."""
+    q(x_k | x_0), alpha_bar of k steps). Note: diffusers' upscaler adds noise of ``noise_level`` k with
+    ``alphas_cumprod[k]``, alpha_bar of k + 1 steps, so diffkit's level k is diffusers' k - 1."""
     levels = torch.as_tensor(levels, dtype=torch.float64).reshape(-1).expand(low_res.shape[0])
     if bool(((levels < 0) | (levels > schedule.num_timesteps) | (levels != levels.round())).any()):
         raise DiffkitError(f"noise levels {levels.tolist()} are not allowed; give integers in "
@@ -96,20 +98,42 @@ def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optio
     if not low_res.is_floating_point():
         raise DiffkitError(f"low_res of dtype {str(low_res.dtype).replace('torch.', '')} is not allowed; give float "
                            f"images in [-1, 1]")
+    from .editing import check_images
+    check_images(low_res, "low_res", skippable=False)  # finite, in the data range [-1, 1]
     if device is None:  # beside the network (the low-resolution images follow the samples there)
         from .denoiser import network_device
         device = network_device(denoiser)
     shape = (low_res.shape[0], channels, side, side)
     cond = {"low_res": low_res.float()}
-    trained = getattr(config, "low_res_noise", False)
-    if trained:
+    check_noise_level(noise_level, _trained_levels(denoiser, config))
+    if getattr(config, "low_res_noise", False):
         cond.update(_augmented(denoiser, low_res.float(), noise_level, seed, generator, device))
         seed, generator = None, cond.pop("generator")
-    elif noise_level != 0:
-        raise DiffkitError(f"noise_level={noise_level!r} is not allowed: this upscaler was trained without "
-                           f"conditioning augmentation (super_res_noise); give 0")
     return sample(denoiser, shape, sampler, steps, nfe=nfe, seed=seed, generator=generator, cond=cond,
                   progress=progress, device=device, **options)
+
+
+def check_noise_level(noise_level, top: int, what: Optional[str] = None) -> None:
+    """A one-line error unless ``noise_level`` is an integer in 0..``top``, the largest level the upscaler
+    was trained on (its ``super_res_noise``; 0: trained without conditioning augmentation); ``what``
+    names the value (default ``noise_level=...``)."""
+    if not isinstance(noise_level, bool) and isinstance(noise_level, numbers.Integral) and 0 <= noise_level <= top:
+        return
+    what = what or f"noise_level={noise_level!r}"
+    if not top:
+        raise DiffkitError(f"{what} is not allowed: this upscaler was trained without conditioning augmentation "
+                           f"(super_res_noise); give 0")
+    raise DiffkitError(f"{what} is not allowed; allowed: 0..{top}, the levels this upscaler was trained on "
+                       f"(super_res_noise; 0: a clean low-resolution image)")
+
+
+def _trained_levels(denoiser, config) -> int:
+    """The largest conditioning-augmentation level of a super-resolution denoiser: its checkpoint's
+    ``super_res_noise`` (T when unknown), 0 for one trained without augmentation."""
+    if not getattr(config, "low_res_noise", False):
+        return 0
+    top = (getattr(_innermost_meta(denoiser), "get", lambda *_: None)("config") or {}).get("super_res_noise")
+    return top if isinstance(top, int) else denoiser.schedule.num_timesteps
 
 
 def _augmented(denoiser, low_res, noise_level, seed, generator, device) -> dict:
@@ -117,11 +141,6 @@ def _augmented(denoiser, low_res, noise_level, seed, generator, device) -> dict:
     the sampler goes on with (the low-resolution noise is drawn from them first)."""
     from .noise import generators_from_seed, randn
     from .sampling import check_generators
-    top = (getattr(_innermost_meta(denoiser), "get", lambda *_: None)("config") or {}).get("super_res_noise")
-    high = top if isinstance(top, int) else denoiser.schedule.num_timesteps
-    if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= high:
-        raise DiffkitError(f"noise_level={noise_level!r} is not allowed; give an integer in 0..{high} (the levels "
-                           f"this upscaler was trained on; 0: a clean low-resolution image)")
     if seed is not None and generator is not None:
         raise DiffkitError("give seed or generator, not both")
     batch = low_res.shape[0]
@@ -129,7 +148,7 @@ def _augmented(denoiser, low_res, noise_level, seed, generator, device) -> dict:
         generator = generators_from_seed(seed, batch)
     check_generators(generator, batch)
     noise = randn(tuple(low_res.shape), generator, device=device)
-    levels = torch.full((batch,), noise_level, dtype=torch.long)
+    levels = torch.full((batch,), int(noise_level), dtype=torch.long)
     return {"low_res": augment(low_res.to(noise.device), levels, denoiser.schedule, noise),
             "noise_level": levels.to(noise.device), "generator": generator}
 
@@ -139,4 +158,4 @@ def _innermost_meta(denoiser):
     return getattr(_innermost(denoiser), "meta", None) or {}
 
 
-__all__ = ["downsample", "upsample", "concat_low_res", "augment", "upscale"]
+__all__ = ["downsample", "upsample", "concat_low_res", "augment", "upscale", "check_noise_level"]

@@ -294,10 +294,10 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
     # ...): dropout is a training setting and may change
     saved_unet = meta.get("unet") or {}
     for key, field, default in (("low_res_size", "super_res_from", None), ("low_res_noise", "super_res_noise", 0)):
-        if saved_unet and saved_unet.get(key, default) != unet_kwargs.get(key, default):  # the input conv's width,
-            was, now = saved_cfg.get(field, default), getattr(cfg, field)  # the noise-level embedding
+        was, now = saved_cfg.get(field, default), getattr(cfg, field)  # the input conv's width, the noise-level
+        if saved_unet and (saved_unet.get(key, default) != unet_kwargs.get(key, default) or was != now):  # embedding, K
             raise DiffkitError(f"{path} was trained with {field}={was}, this run has {field}={now}; an exact resume "
-                               f"needs the same network (drop the change, or start a new run)")
+                               f"needs the same value (drop the change, or start a new run)")
     for key in sorted(set(saved_unet) & set(unet_kwargs) - {"dropout"}):
         was, now = saved_unet[key], unet_kwargs[key]
         if ((list(was) if isinstance(was, (list, tuple)) else was)

@@ -137,7 +137,7 @@ def test_upscale_follows_the_exact_conditional_ode():
     net = ConditionalGaussian(schedule, 4, 2)
     net.config = UNetConfig(img_size=4, channel=8, channel_mult=(1,), attn=(), in_channels=1, low_res_size=2)
     denoiser = Denoiser(net, schedule)
-    low = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(3))
+    low = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)  # the data range
     steps = 200
     out = upscale(denoiser, low, "ddim", steps, seed=7)
     assert out.shape == (3, 1, 4, 4) and denoiser.nfe == steps
@@ -163,7 +163,7 @@ def test_upscale_samples_the_conditional_distribution():
     net = ConditionalGaussian(schedule, 4, 2)
     net.config = UNetConfig(img_size=4, channel=8, channel_mult=(1,), attn=(), in_channels=1, low_res_size=2)
     n = 1000
-    low = torch.tensor([[[[0.5, -1.0], [0.0, 2.0]]]]).expand(n, 1, 2, 2)
+    low = torch.tensor([[[[0.5, -1.0], [0.0, 1.0]]]]).expand(n, 1, 2, 2)
     out = upscale(Denoiser(net, schedule), low, "ddpm", 100, seed=0).double().reshape(n, 16)
     nearest = low[0, 0].repeat_interleave(2, 0).repeat_interleave(2, 1).double().reshape(16)
     assert (out.mean(0) - nearest).abs().max() < 0.11  # 4 sigma of the mean of 1000 (sd 0.87 / sqrt(1000))
@@ -185,6 +185,10 @@ def test_upscale_refuses_bad_input():
         upscale(d, torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
     with pytest.raises(DiffkitError, match="not a super-resolution model"):
         upscale(Denoiser(UNet(UNetConfig(**TINY)), d.schedule), torch.zeros(2, 1, 4, 4))
+    with pytest.raises(DiffkitError, match=r"trained without conditioning augmentation"):
+        upscale(d, torch.zeros(2, 1, 4, 4), noise_level=5)
+    with pytest.raises(DiffkitError, match=r"low_res hold values in \[255, 255\]; allowed: \[-1, 1\].*x / 127.5 - 1\)$"):
+        upscale(d, torch.full((2, 1, 4, 4), 255.0))
 
 
 # ------------------------------------------------------------------ conditioning augmentation
@@ -251,7 +255,7 @@ def test_upscale_at_a_noise_level_follows_the_exact_ode():
     net = NoisyConditionalGaussian(schedule, 4, 2)
     net.config = UNetConfig(img_size=4, channel=8, channel_mult=(1,), attn=(), in_channels=1, low_res_size=2,
                             low_res_noise=True)
-    low = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(3))
+    low = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
     out = upscale(Denoiser(net, schedule), low, "ddim", 200, seed=7, noise_level=300)
     gens = generators_from_seed(7, 3)
     noised = augment(low, torch.full((3,), 300), schedule, randn((3, 1, 2, 2), gens))
@@ -344,16 +348,22 @@ def run_cli(capsys, *args):
 @pytest.fixture(scope="module")
 def upscaler(tmp_path_factory):
     """A tiny 4 -> 8 upscaler trained 2 steps on the digits through the CLI, its end-of-run grid, one
-    trained a step with conditioning augmentation (levels 0..100), and three 4x4 PNGs."""
+    trained a step with conditioning augmentation (levels 0..100; lr 0.01, so that its raw weights
+    already depend on the low-resolution input), and three 4x4 PNGs."""
     from diffkit.images import save_images
     root = tmp_path_factory.mktemp("super_res")
     assert main(["train", "--out", str(root / "run"), "--steps", "2", "--no-progress", *CLI_TINY,
                  "--set", "super_res_from=4"]) == 0
     assert main(["train", "--out", str(root / "noisy"), "--steps", "1", "--no-progress", "--no-sample", *CLI_TINY,
-                 "--set", "super_res_from=4", "--set", "super_res_noise=100"]) == 0
+                 "--set", "super_res_from=4", "--set", "super_res_noise=100", "--set", "lr=0.01"]) == 0
     low = downsample(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1, 4)
     save_images(low, root / "low", prefix="low")
     return root
+
+
+def png(path) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(path))
 
 
 def test_train_and_upscale_through_the_cli(upscaler, capsys):
@@ -364,23 +374,83 @@ def test_train_and_upscale_through_the_cli(upscaler, capsys):
     code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
                              root / "low", "--out", root / "up", "--steps", 2, "--no-progress", "--device", "cpu")
     assert code == 0, err
-    assert "3 upscaled images (4x4 -> 8x8)" in out
+    assert "3 upscaled images (4x4 -> 8x8)" in out and out.rstrip().endswith("ddim, 2 steps")
     names = sorted(p.name for p in (root / "up").iterdir())
     assert names == ["upscale_grid.png", "upscaled_00000.png", "upscaled_00001.png", "upscaled_00002.png"]
     assert Image.open(root / "up" / "upscaled_00001.png").size == (8, 8)
     code, _, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
                            root / "low", "--out", root / "up1", "--steps", 2, "--no-progress", "--device", "cpu",
-                           "--batch-size", 1, "--sampler", "ddpm")
-    assert code == 0, err  # image i depends on seed + i only: one PNG alone matches
+                           "--sampler", "ddpm")
+    assert code == 0, err  # image i depends on seed + i only: in a batch of 3 as alone in a batch of 1
     code, _, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
                            root / "low" / "low_00002.png", "--out", root / "up2", "--steps", 2, "--no-progress",
-                           "--device", "cpu", "--seed", 2, "--sampler", "ddpm")
+                           "--device", "cpu", "--seed", 2, "--sampler", "ddpm", "--batch-size", 1)
     assert code == 0, err
     assert (root / "up1" / "upscaled_00002.png").read_bytes() == (root / "up2" / "upscaled_00000.png").read_bytes()
+    assert (root / "up1" / "upscaled_00002.png").read_bytes() != (root / "up1" / "upscaled_00001.png").read_bytes()
+
+
+def test_upscale_grid_rows_are_bilinear_then_upscaled(upscaler, capsys):
+    """upscale_grid.png (save_grid: 2-pixel padding): row 0 the inputs upsampled bilinearly, row 1 the
+    upscaled PNGs, in the order of the inputs."""
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    root = upscaler
+    code, _, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
+                           root / "low", "--out", root / "grid", "--steps", 2, "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    grid = png(root / "grid" / "upscale_grid.png")
+    assert grid.shape[:2] == (2 * 10 + 2, 3 * 10 + 2)
+    low, _ = read_pngs(root / "low", "L")
+    save_images(upsample(low, (8, 8)).clamp(-1, 1), root / "bilinear", prefix="b")
+    for i in range(3):
+        cell = lambda row: grid[2 + 10 * row:10 + 10 * row, 2 + 10 * i:10 + 10 * i]  # noqa: E731
+        bilinear, upscaled = png(root / "bilinear" / f"b_{i:05d}.png"), png(root / "grid" / f"upscaled_{i:05d}.png")
+        assert not np.array_equal(bilinear, upscaled)
+        assert np.array_equal(cell(0)[..., 0] if cell(0).ndim == 3 else cell(0), bilinear)
+        assert np.array_equal(cell(1)[..., 0] if cell(1).ndim == 3 else cell(1), upscaled)
+
+
+def test_cli_noise_level_reaches_the_sampler(upscaler, capsys):
+    """--noise-level K: the CLI's PNGs are diffkit.upscale(..., noise_level=K) (clamped, to uint8), not
+    those of level 0; the API refuses levels above the checkpoint's super_res_noise and takes numpy integers."""
+    import diffkit
+    from diffkit.commands.edit import read_pngs
+    from diffkit.loading import load_denoiser
+    root = upscaler
     code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "noisy" / "checkpoints", "--images",
                              root / "low", "--out", root / "up3", "--steps", 2, "--no-progress", "--device", "cpu",
-                             "--noise-level", 60)
-    assert code == 0 and "inputs noised to level 60" in out, err
+                             "--noise-level", 60, "--no-ema")
+    assert code == 0 and out.rstrip().endswith("ddim, 2 steps, inputs noised to level 60"), err
+    den = load_denoiser(root / "noisy" / "checkpoints" / "latest.safetensors", use_ema=False)  # (the EMA: still
+    # the initial weights, whose zero output convolution ignores the input)
+    low, _ = read_pngs(root / "low", "L")
+
+    def as_png(level):
+        x = diffkit.upscale(den, low, "ddim", 2, seed=0, noise_level=level).clamp(-1, 1)
+        return ((x + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+
+    at_60 = as_png(np.int64(60))
+    for i in range(3):
+        assert np.array_equal(png(root / "up3" / f"upscaled_{i:05d}.png"), at_60[i])
+    assert not np.array_equal(at_60, as_png(0))
+    with pytest.raises(DiffkitError, match=r"noise_level=101 is not allowed; allowed: 0..100"):
+        diffkit.upscale(den, low, "ddim", 2, noise_level=101)
+
+
+def test_upscale_takes_adaptive_samplers_with_tolerances(upscaler, capsys):
+    root = upscaler
+    code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
+                             root / "low", "--out", root / "ode", "--sampler", "dpm-adaptive", "--rtol", "0.5",
+                             "--atol", "0.5", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert out.rstrip().endswith("; dpm-adaptive") and "steps" not in out
+    for spacing in ("trailing", "leading"):  # the grid reaches the sampler
+        code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "run" / "checkpoints", "--images",
+                                 root / "low", "--out", root / spacing, "--spacing", spacing, "--final", "zero",
+                                 "--steps", 2, "--no-progress", "--device", "cpu")
+        assert code == 0, err
+    assert not np.array_equal(png(root / "trailing" / "upscaled_00000.png"), png(root / "leading" / "upscaled_00000.png"))
 
 
 def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tmp_path):
@@ -397,6 +467,8 @@ def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tm
         (["--checkpoint", ck, "--images", root / "low", "--noise-level", 5], "trained without conditioning"),
         (["--checkpoint", root / "noisy" / "checkpoints", "--images", root / "low", "--noise-level", 101],
          "allowed: 0..100"),
+        (["--checkpoint", ck, "--images", root / "low", "--rtol", "0.1"], "--rtol sets the tolerance"),
+        (["--checkpoint", ck, "--images", root / "low", "--spacing", "nope"], "nope"),
     ]
     for args, needle in cases:
         code, _, err = run_cli(capsys, "upscale", *args, "--out", tmp_path / "out", "--device", "cpu")
@@ -411,3 +483,6 @@ def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tm
     code, _, err = run_cli(capsys, "train", "--resume", root / "noisy" / "checkpoints" / "latest.safetensors",
                            "--steps", "3", "--no-progress", "--no-sample", "--set", "super_res_noise=0")
     assert code == 2 and "super_res_noise=100, this run has super_res_noise=0" in err, err
+    code, _, err = run_cli(capsys, "train", "--resume", root / "noisy" / "checkpoints" / "latest.safetensors",
+                           "--steps", "3", "--no-progress", "--no-sample", "--set", "super_res_noise=50")
+    assert code == 2 and "super_res_noise=100, this run has super_res_noise=50" in err, err

@@ -4,7 +4,8 @@ The checkpoint is a model trained with ``--set super_res_from=S`` (improved-diff
 ``SuperResModel``; SR3): it makes img_size x img_size images given S x S ones. ``--images`` is one
 PNG or a folder of PNGs of S x S pixels (grey or RGB, converted to the model's channels). Each is
 upscaled by sampling with the low-resolution image as the network's condition at every step, with
-any sampler (``--sampler``, ``--steps`` or ``--nfe``, ``--eta``); an upscaler trained with conditioning
+any sampler (``--sampler``, ``--steps`` or ``--nfe``, ``--eta``, ``--rtol`` / ``--atol``, ``--spacing`` /
+``--final``, as ``diffkit sample`` takes them); an upscaler trained with conditioning
 augmentation (``super_res_noise``) takes ``--noise-level K``, the level its inputs are noised to first
 (Ho et al. 2021, Sec. 4.1; diffusers' ``noise_level``). The results go to ``--out`` as
 ``upscaled_00000.png``, ... in the order of the input files, with ``upscale_grid.png``: rows of the
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_mixed_precision_flag, add_progress_flag, check_output_file, check_writable_dir, eta_value,
-                      int_in, missing_dirs, peek_checkpoint, positive_int, removed_if_empty_on_failure, seed_int)
+from ._common import (add_mixed_precision_flag, add_progress_flag, add_solver_flags, check_output_file,
+                      check_writable_dir, eta_value, int_in, missing_dirs, peek_checkpoint, positive_int,
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
 
 GRID_NAME = "upscale_grid.png"
 
@@ -34,6 +36,7 @@ def register(sub) -> None:
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    add_solver_flags(p)
     p.add_argument("--noise-level", type=int_in(0, 10**6), default=0, metavar="K",
                    help="an upscaler trained with conditioning augmentation (super_res_noise): noise the inputs to "
                         "level K of its schedule first (0..its super_res_noise; default 0: as they are)")
@@ -114,8 +117,8 @@ def training_grid(trainer, out, num: int = 16, progress: bool = True):
     nrow = min(cfg.nrow, len(originals))
     path = save_grid(comparison_grid([upsample(low_res, originals.shape[-2:]).clamp(-1, 1), upscaled, originals],
                                      nrow), out, nrow=nrow)
-    trainer.log(f"wrote {path}: rows of {len(originals)} training images downsampled to {cfg.super_res_from}x"
-                f"{cfg.super_res_from} (bilinear), upscaled ({cfg.sampler}, {cfg.sample_steps} steps), original")
+    trainer.log(f"wrote {path}: rows of {len(originals)} training images area-downsampled to "
+                f"{cfg.super_res_from}x{cfg.super_res_from} (shown upsampled bilinearly), upscaled ({cfg.sampler}, {cfg.sample_steps} steps), original")
     return path
 
 
@@ -126,19 +129,15 @@ def run(args) -> int:
     from ..images import check_image_folder, save_grid, save_images
     from ..loading import load_denoiser
     from ..sampling import check_eta, plan, resolve_sampler
-    from ..super_res import upsample
+    from ..super_res import check_noise_level, upsample
     from .edit import read_pngs
 
-    info, _, _ = resolve_sampler(args.sampler)  # a bad sampler fails before anything is read
+    info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # fails before anything is read
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
+    options.update(tolerance_options(args, info))
     unet, top_level = super_res_description(args.checkpoint)
-    if args.noise_level and not top_level:
-        raise DiffkitError(f"--noise-level {args.noise_level}: {args.checkpoint} was trained without conditioning "
-                           f"augmentation (super_res_noise); drop --noise-level")
-    if args.noise_level > top_level:
-        raise DiffkitError(f"--noise-level {args.noise_level} is above the levels {args.checkpoint} was trained on; "
-                           f"allowed: 0..{top_level} (super_res_noise)")
+    check_noise_level(args.noise_level, top_level, f"--noise-level {args.noise_level}")
     channels, low, side = unet["in_channels"], unet["low_res_size"], unet["img_size"]
     out, images_path = Path(args.out), Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
@@ -151,7 +150,7 @@ def run(args) -> int:
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
                              mixed_precision=args.mixed_precision)
-    plan(denoiser, args.sampler, args.steps, args.nfe, options=dict(options))  # steps, nfe, grid: checked now
+    plan(denoiser, args.sampler, args.steps, args.nfe, spacing, final, options=dict(options))  # steps, nfe, grid: checked now
     new_dirs = missing_dirs(out)
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="upscaled")
@@ -159,12 +158,13 @@ def run(args) -> int:
     with removed_if_empty_on_failure(new_dirs):
         upscaled = upscale_images(denoiser, images, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                                   seed=args.seed, batch_size=args.batch_size, device=device, progress=args.progress,
+                                  spacing=spacing, final=final,
                                   **options, **({"noise_level": args.noise_level} if top_level else {}))
         save_images(upscaled, out, prefix="upscaled")
         save_grid(comparison_grid([upsample(images, (side, side)).clamp(-1, 1), upscaled], args.nrow), grid_file,
                   nrow=min(args.nrow, len(files)))
-    how = f"{args.nfe} NFE" if args.nfe else f"{args.steps or 50} steps"
-    how += f", inputs noised to level {args.noise_level}" if top_level else ""
+    how = [] if info.adaptive else [f"{args.nfe} NFE" if args.nfe else f"{args.steps or 50} steps"]
+    how += [f"inputs noised to level {args.noise_level}"] if top_level else []
     print(f"wrote {len(files)} upscaled images ({low}x{low} -> {side}x{side}) to {out} (upscaled_00000.png ...; "
-          f"{GRID_NAME}); {args.sampler}, {how}")
+          f"{GRID_NAME}); " + ", ".join([args.sampler] + how))
     return 0
