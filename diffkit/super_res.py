@@ -77,12 +77,14 @@ def upscale(denoiser, low_res: torch.Tensor, sampler: str = "ddim", steps: Optio
             nfe: Optional[int] = None, seed: Optional[int] = None, generator=None, progress: bool = False,
             device=None, noise_level: int = 0, **options) -> torch.Tensor:
     """Sample (B, C, img_size, img_size) images given ``low_res`` (B, C, low_res_size, low_res_size)
-    in [-1, 1] from a super-resolution denoiser, with any sampler of :func:`diffkit.sample`
+    in [-1, 1] (area-downsampled, as in training; other values are refused) from a super-resolution
+    denoiser, with any sampler of :func:`diffkit.sample`
     (``sampler``, ``steps`` / ``nfe``, ``seed`` (image i uses seed + i), ``generator``, options such
     as ``eta``); ``device``: where the noise is drawn (default: the network's). The low-resolution
     images are the network's ``low_res`` condition at every step. A model trained with conditioning
-    augmentation (``low_res_noise``) takes ``noise_level`` (0..its training ``super_res_noise``; default 0,
-    clean): the low-resolution images are noised to it (:func:`augment`) with noise drawn first from the
+    augmentation (``low_res_noise``) takes ``noise_level`` (an integer in 0..its training ``super_res_noise``;
+    default 0, clean; diffusers' level is one less, see :func:`augment`): the low-resolution images
+    are noised to it (:func:`augment`) with noise drawn first from the
     sample's own generator (image i still depends on seed + i alone), and the level is the network's
     ``noise_level`` input."""
     from .sampling import sample

@@ -7,7 +7,8 @@ upscaled by sampling with the low-resolution image as the network's condition at
 any sampler (``--sampler``, ``--steps`` or ``--nfe``, ``--eta``, ``--rtol`` / ``--atol``, ``--spacing`` /
 ``--final``, as ``diffkit sample`` takes them); an upscaler trained with conditioning
 augmentation (``super_res_noise``) takes ``--noise-level K``, the level its inputs are noised to first
-(Ho et al. 2021, Sec. 4.1; diffusers' ``noise_level``). The results go to ``--out`` as
+(Ho et al. 2021, Sec. 4.1; diffusers' ``noise_level`` k - 1: diffusers noises its level k with
+``alphas_cumprod[k]``). The results go to ``--out`` as
 ``upscaled_00000.png``, ... in the order of the input files, with ``upscale_grid.png``: rows of the
 inputs upsampled bilinearly, each followed by the row of their diffusion upscales. Output i depends
 only on ``--seed`` + i, never on ``--batch-size``.
@@ -118,7 +119,8 @@ def training_grid(trainer, out, num: int = 16, progress: bool = True):
     path = save_grid(comparison_grid([upsample(low_res, originals.shape[-2:]).clamp(-1, 1), upscaled, originals],
                                      nrow), out, nrow=nrow)
     trainer.log(f"wrote {path}: rows of {len(originals)} training images area-downsampled to "
-                f"{cfg.super_res_from}x{cfg.super_res_from} (shown upsampled bilinearly), upscaled ({cfg.sampler}, {cfg.sample_steps} steps), original")
+                f"{cfg.super_res_from}x{cfg.super_res_from} (shown upsampled bilinearly), upscaled ({cfg.sampler}, "
+                f"{cfg.sample_steps} steps), original")
     return path
 
 
@@ -150,7 +152,7 @@ def run(args) -> int:
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
                              mixed_precision=args.mixed_precision)
-    plan(denoiser, args.sampler, args.steps, args.nfe, spacing, final, options=dict(options))  # steps, nfe, grid: checked now
+    plan(denoiser, args.sampler, args.steps, args.nfe, spacing, final, options=dict(options))  # checked now
     new_dirs = missing_dirs(out)
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="upscaled")
