@@ -135,6 +135,9 @@ def run_config(args, cfg) -> int:
     if args.nproc > 1 and device.type not in DISTRIBUTED_DEVICES:
         raise DiffkitError(f"--nproc {args.nproc} needs device cpu (gloo) or cuda (nccl); {device.type} has no "
                            f"process-group backend: use --nproc 1 or --device cpu")
+    if args.nproc > 1 and device.type == "cpu" and args.nproc > (os.cpu_count() or 1):  # one core per rank
+        raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this machine has "
+                           f"{os.cpu_count() or 1} cores: use --nproc {os.cpu_count() or 1} or fewer")
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch
         if args.nproc > torch.cuda.device_count():

@@ -1,0 +1,15 @@
+"""The bad-input audit of train, distill, eval, experiment, convert and the train-* commands (session 31):
+each refusal is one line, exit status 2, and leaves nothing behind."""
+import pytest
+
+from diffkit.commands import train as train_command
+from test_cli_errors import one_line_error
+
+
+def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
+    """--nproc 100000 --device cpu started 100000 ranks (the machine ran out of memory)."""
+    monkeypatch.setattr(train_command.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_command, "relaunch_with_torchrun", lambda n: pytest.fail(f"{n} ranks started"))
+    line = one_line_error(capsys, "train", "--nproc", "3", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert "--nproc 3 starts 3 processes on the CPU; this machine has 2 cores: use --nproc 2 or fewer" in line
+    assert not (tmp_path / "r").exists()
