@@ -22,12 +22,24 @@ COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_cla
             "train_evaluator", "eval", "experiment", "convert"]
 
 
+# Options whose value is a file or folder: an empty value is refused (``--out ''`` trained into the
+# config's default folder, ``--resume ''`` trained afresh, ``--config ''`` took the defaults).
+PATH_OPTIONS = {"--out", "--data-dir", "--checkpoint", "--resume", "--config", "--teacher", "--like", "--to-diffusers",
+                "--from-diffusers", "--samples", "--save-samples", "--evaluator", "--inception-weights", "--cache-dir",
+                "--ledger"}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with status 2 and one line (no usage dump) on a bad flag."""
 
     def error(self, message):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
+
+    def _get_value(self, action, arg_string):
+        if arg_string == "" and PATH_OPTIONS.intersection(action.option_strings):
+            raise argparse.ArgumentError(action, "'' is an empty path; give a file or folder name")
+        return super()._get_value(action, arg_string)
 
 
 def _one_line_warnings(prog: str, default):

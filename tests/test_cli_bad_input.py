@@ -2,6 +2,7 @@
 each refusal is one line, exit status 2, and leaves nothing behind."""
 import pytest
 
+from diffkit.cli import main
 from diffkit.commands import train as train_command
 from test_cli_errors import one_line_error
 
@@ -13,3 +14,21 @@ def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_pat
     line = one_line_error(capsys, "train", "--nproc", "3", "--device", "cpu", "--out", str(tmp_path / "r"))
     assert "--nproc 3 starts 3 processes on the CPU; this machine has 2 cores: use --nproc 2 or fewer" in line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--out", ""], ["train", "--resume", ""], ["train", "--config", ""], ["train", "--data-dir", ""],
+    ["train-classifier", "--like", ""], ["distill", "--teacher", ""], ["eval", "--checkpoint", ""],
+    ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
+    ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, capsys, monkeypatch):
+    """``--out ''`` trained into ./Checkpoints (the config's default), ``--resume ''`` trained afresh,
+    ``--config ''`` took the defaults, ``--like ''`` trained without the checkpoint's schedule."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # argparse's refusal
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"argument {argv[-2]}: '' is an empty path; give a file or folder name" in err, err
+    assert list(tmp_path.iterdir()) == []
