@@ -22,11 +22,14 @@ COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_cla
             "train_evaluator", "eval", "experiment", "convert"]
 
 
-# Options whose value is a file or folder: an empty value is refused (``--out ''`` trained into the
-# config's default folder, ``--resume ''`` trained afresh, ``--config ''`` took the defaults).
-PATH_OPTIONS = {"--out", "--data-dir", "--checkpoint", "--resume", "--config", "--teacher", "--like", "--to-diffusers",
-                "--from-diffusers", "--samples", "--save-samples", "--evaluator", "--inception-weights", "--cache-dir",
-                "--ledger"}
+# Options whose empty value is refused, and what to give instead (``--out ''`` trained into the
+# config's default folder, ``--resume ''`` trained afresh, ``--config ''`` took the defaults,
+# ``demo --device ''`` picked a device).
+_PATH = "an empty path; give a file or folder name"
+EMPTY_REFUSED = {**dict.fromkeys(("--out", "--data-dir", "--checkpoint", "--resume", "--config", "--teacher", "--like",
+                                  "--to-diffusers", "--from-diffusers", "--samples", "--save-samples", "--evaluator",
+                                  "--inception-weights", "--cache-dir", "--ledger"), _PATH),
+                 "--device": "not a device; choose auto, cpu, cuda, cuda:N or mps"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +40,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
     def _get_value(self, action, arg_string):
-        if arg_string == "" and PATH_OPTIONS.intersection(action.option_strings):
-            raise argparse.ArgumentError(action, "'' is an empty path; give a file or folder name")
+        refused = [EMPTY_REFUSED[o] for o in action.option_strings if o in EMPTY_REFUSED]
+        if arg_string == "" and refused:
+            raise argparse.ArgumentError(action, f"'' is {refused[0]}")
         return super()._get_value(action, arg_string)
 
 

@@ -21,14 +21,17 @@ def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_pat
     ["train-classifier", "--like", ""], ["distill", "--teacher", ""], ["eval", "--checkpoint", ""],
     ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
     ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
+    ["demo", "--device", ""],
 ])
 def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, capsys, monkeypatch):
     """``--out ''`` trained into ./Checkpoints (the config's default), ``--resume ''`` trained afresh,
-    ``--config ''`` took the defaults, ``--like ''`` trained without the checkpoint's schedule."""
+    ``--config ''`` took the defaults, ``--like ''`` trained without the checkpoint's schedule,
+    ``demo --device ''`` ran the demo."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:  # argparse's refusal
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"argument {argv[-2]}: '' is an empty path; give a file or folder name" in err, err
+    allowed = "not a device; choose auto" if argv[-2] == "--device" else "an empty path; give a file or folder name"
+    assert f"argument {argv[-2]}: '' is {allowed}" in err, err
     assert list(tmp_path.iterdir()) == []
