@@ -35,3 +35,14 @@ def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, caps
     allowed = "not a device; choose auto" if argv[-2] == "--device" else "an empty path; give a file or folder name"
     assert f"argument {argv[-2]}: '' is {allowed}" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["train"], ["train-classifier"], ["train-autoencoder"], ["train-evaluator"]])
+def test_a_data_dir_without_a_dataset_is_not_ignored(command, tmp_path, capsys):
+    """--data-dir DIR without --dataset trained on the bundled digits (the folder was never read)."""
+    out = tmp_path / ("run" if command == ["train"] else "x.safetensors")
+    line = one_line_error(capsys, *command, "--data-dir", str(tmp_path / "mnist"), "--out", str(out),
+                          *(["--epochs"] if command == ["train-evaluator"] else ["--steps"]), "1", "--device", "cpu")
+    assert (f"data_dir={str(tmp_path / 'mnist')!r} does not apply to dataset='digits' (bundled with scikit-learn); to "
+            f"read that folder give dataset mnist, fashion-mnist, cifar10 or folder") in line, line
+    assert list(tmp_path.iterdir()) == []
