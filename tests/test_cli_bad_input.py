@@ -46,3 +46,14 @@ def test_a_data_dir_without_a_dataset_is_not_ignored(command, tmp_path, capsys):
     assert (f"data_dir={str(tmp_path / 'mnist')!r} does not apply to dataset='digits' (bundled with scikit-learn); to "
             f"read that folder give dataset mnist, fashion-mnist, cifar10 or folder") in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_a_folder_is_wanted_is_called_a_file(tiny_checkpoint, tmp_path, capsys):
+    """The message was "cannot be created: File exists" (what mkdir says), which reads as a folder that exists."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    for argv, what in ((["eval", "--checkpoint", str(tiny_checkpoint), "--cache-dir", str(afile)], "sample cache directory"),
+                       (["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(afile / "e.json")], "output directory")):
+        line = one_line_error(capsys, *argv)
+        assert f"{what} {str(afile)!r} is a file, not a folder; give a folder (new or existing)" in line, line
+    assert afile.read_text() == "keep" and sorted(tmp_path.iterdir()) == [afile]

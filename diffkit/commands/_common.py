@@ -102,6 +102,8 @@ def check_writable_dir(path: str | Path, what: str = "output directory") -> Path
     """Create ``path`` if needed and check that a file can be written there, before any work
     starts (a real probe file, so read-only mounts and full disks are caught, not only modes)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():  # mkdir's message was "File exists"
+        raise DiffkitError(f"{what} {str(path)!r} is a file, not a folder; give a folder (new or existing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as err:  # ValueError: NUL byte or unencodable character in the name
