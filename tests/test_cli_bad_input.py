@@ -1,7 +1,9 @@
 """The bad-input audit of train, distill, eval, experiment, convert and the train-* commands (session 31):
 each refusal is one line, exit status 2, and leaves nothing behind."""
 import pytest
+import torch
 
+from diffkit import checkpoint as ckpt
 from diffkit.cli import main
 from diffkit.commands import train as train_command
 from test_cli_errors import one_line_error
@@ -57,3 +59,37 @@ def test_a_file_where_a_folder_is_wanted_is_called_a_file(tiny_checkpoint, tmp_p
         line = one_line_error(capsys, *argv)
         assert f"{what} {str(afile)!r} is a file, not a folder; give a folder (new or existing)" in line, line
     assert afile.read_text() == "keep" and sorted(tmp_path.iterdir()) == [afile]
+
+
+@pytest.fixture(scope="module")
+def other_kinds(tmp_path_factory):
+    """Files of an autoencoder and a classifier (their header, as their save functions write it, over one
+    tensor) and a real 1-epoch evaluator on 8x8 digits."""
+    root = tmp_path_factory.mktemp("kinds")
+    for name, kind in (("ae", "autoencoder"), ("clf", "classifier")):
+        ckpt.save_checkpoint(root / f"{name}.safetensors", {"model.w": torch.zeros(2)}, {"kind": kind})
+    assert main(["train-evaluator", "--img-size", "8", "--epochs", "1", "--num-train", "32", "--device", "cpu",
+                 "--out", str(root / "ev.safetensors")]) == 0
+    return root
+
+
+@pytest.mark.parametrize("argv,wanted", [
+    (["eval", "--checkpoint", "{}", "--metrics", "nll"], "not a diffusion model checkpoint (diffkit train, distill or convert)"),
+    (["convert", "--checkpoint", "{}", "--out", "w.safetensors"], "not a diffusion model checkpoint"),
+    (["train", "--resume", "{}"], "not a training checkpoint to resume"),
+    (["distill", "--teacher", "{}", "--out", "d"], "not a diffusion model checkpoint"),
+    (["train-classifier", "--like", "{}", "--out", "c.safetensors"], "not a diffusion training checkpoint"),
+])
+def test_another_kind_of_diffkit_file_is_named(argv, wanted, other_kinds, tmp_path, capsys, monkeypatch):
+    """An autoencoder or classifier given for a diffusion model said "has no model description; is it a diffkit
+    training checkpoint?" (or "no config/schedule"), an evaluator "is not a diffkit checkpoint (format=None)"."""
+    monkeypatch.chdir(tmp_path)
+    for name, kind in (("ae", "autoencoder"), ("clf", "classifier")):
+        path = other_kinds / f"{name}.safetensors"
+        line = one_line_error(capsys, *[a.format(path) for a in argv])
+        assert f"{path} is a diffkit {kind} file, {wanted}" in line, line
+    path = other_kinds / "ev.safetensors"
+    line = one_line_error(capsys, *[a.format(path) for a in argv])
+    assert f"{path} is a diffkit evaluator (diffkit train-evaluator), not a model checkpoint; give it to --evaluator" \
+        in line, line
+    assert list(tmp_path.iterdir()) == []

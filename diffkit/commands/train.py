@@ -108,12 +108,13 @@ def resumed_run_folders(path, cfg) -> dict:
 
 def resumable_config(path) -> dict:
     """The training config stored in a diffkit checkpoint (checked to be a training checkpoint)."""
-    from ..checkpoint import LEGACY_SUFFIXES, load_checkpoint
+    from ..checkpoint import LEGACY_SUFFIXES, check_not_other_kind, load_checkpoint
     if Path(path).suffix in LEGACY_SUFFIXES:
         raise DiffkitError(f"cannot resume training from {path}: a plain state dict has no optimiser, EMA or step; "
                            f"resume from a .safetensors training checkpoint (sample from it with "
                            f"'diffkit sample --checkpoint {path} --config CONFIG')")
     _, meta = load_checkpoint(path)
+    check_not_other_kind(path, meta, "a training checkpoint to resume")
     if "step" not in meta or not isinstance(meta.get("config"), dict):
         raise DiffkitError(f"{path} is not a training checkpoint (no step/config); it cannot be resumed")
     return meta["config"]

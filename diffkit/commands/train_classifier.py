@@ -54,7 +54,7 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import check_not_other_kind, load_checkpoint
     from ..classifier_training import HELDOUT_IMAGES, ClassifierTrainConfig, train_classifier
     from ..config import resolve_device
     from ..data import SPLIT_DATASETS, load_dataset
@@ -68,6 +68,7 @@ def _run(args) -> int:
         if args.schedule or args.T:
             raise DiffkitError("--like takes the schedule from the checkpoint; drop --schedule/--T")
         tensors, meta = load_checkpoint(args.like)
+        check_not_other_kind(args.like, meta, "a diffusion training checkpoint")
         if "schedule.betas" not in tensors or "config" not in meta:
             raise DiffkitError(f"{args.like} is not a diffusion training checkpoint (no config/schedule)")
         from ..models.network import check_image_model
