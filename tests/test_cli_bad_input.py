@@ -93,3 +93,16 @@ def test_another_kind_of_diffkit_file_is_named(argv, wanted, other_kinds, tmp_pa
     assert f"{path} is a diffkit evaluator (diffkit train-evaluator), not a model checkpoint; give it to --evaluator" \
         in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_out_at_a_runs_checkpoint_folder_is_refused(command, tiny_checkpoint, tmp_path, capsys):
+    """--out RUN/checkpoints (the folder --resume names) started a second run in RUN/checkpoints/checkpoints."""
+    folder = tiny_checkpoint.parent
+    before = sorted(p.name for p in folder.iterdir())
+    extra = ["--teacher", str(tiny_checkpoint)] if command == "distill" else []
+    line = one_line_error(capsys, command, *extra, "--out", str(folder), "--steps", "1", "--no-sample",
+                          "--device", "cpu")
+    assert (f"{folder} is a run's checkpoint folder (it holds latest.safetensors); a run goes in a folder of its "
+            f"own: give another --out (to continue that run: --resume {tiny_checkpoint})") in line, line
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -85,6 +85,11 @@ def check_no_run_in(folder, resumed=None) -> None:
     ``latest.safetensors`` (and say how to continue that run instead), unless it is the folder of
     the checkpoint being resumed (``resumed``)."""
     latest = Path(folder) / "latest.safetensors"
+    inside = Path(folder).parent / "latest.safetensors"  # --out RUN/checkpoints wrote RUN/checkpoints/checkpoints
+    if not latest.is_file() and inside.is_file():
+        raise DiffkitError(f"{inside.parent} is a run's checkpoint folder (it holds {inside.name}); a run goes in a "
+                           f"folder of its own: give another --out (to continue that run: --resume "
+                           f"{shlex.quote(str(inside))})")
     if not latest.is_file():
         return
     if resumed is not None:
