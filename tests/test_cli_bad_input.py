@@ -107,3 +107,26 @@ def test_out_at_a_runs_checkpoint_folder_is_refused(command, tiny_checkpoint, tm
     assert (f"{folder} is a run's checkpoint folder (it holds latest.safetensors); a run goes in a folder of its "
             f"own: give another --out (to continue that run: --resume {tiny_checkpoint})") in line, line
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train-autoencoder", "--channel-mult", "1,,2"], "argument --channel-mult: '1,,2' is not a comma-separated list"),
+    (["train-classifier", "--attn", "1,"], "argument --attn: '1,' is not a comma-separated list of integers (e.g. 1,2,2)"),
+    (["experiment", "ddim-table", "--checkpoint", "x", "--etas", "0,,1"], "etas='0,,1' has an empty entry; give a "
+                                                                         "comma-separated list such as 10,20,50"),
+    (["experiment", "sampler-table", "--checkpoint", "x", "--steps", "10,20,"], "steps='10,20,' has an empty entry"),
+])
+def test_an_empty_list_entry_is_refused_not_skipped(argv, message, tmp_path, capsys, monkeypatch):
+    """"1,,2" was read as [1, 2] (a lost entry went unnoticed); "" stays the empty list (--attn "")."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        train = argv[0].startswith("train")
+        line = one_line_error(capsys, *argv, *(["--out", "o.safetensors", "--steps", "1", "--channel", "8", "--device",
+                                               "cpu", "--no-progress"] if train else ["--out", "o"]))
+    except SystemExit as stop:  # argparse's refusal
+        assert stop.code == 2
+        line = capsys.readouterr().err.strip()
+    assert message in line, line
+    assert list(tmp_path.iterdir()) == []
+    from diffkit.commands._common import int_list
+    assert int_list("") == [] and int_list("[1, 2,2]") == [1, 2, 2]

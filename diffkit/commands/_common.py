@@ -32,6 +32,21 @@ def int_in(low: int, high: int):
     return parse
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of integers (``1,2,2``, brackets allowed; ``""`` is the
+    empty list, e.g. ``--attn ""``); an empty entry (``1,,2``, ``1,2,``) is refused, not skipped."""
+    entries = text.replace("[", "").replace("]", "").split(",")
+    if not text.strip():
+        return []
+    try:
+        return [int(v) for v in entries]  # int("") fails: "1,,2" is refused, not read as [1, 2]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 1,2,2)") from None
+
+
+int_list.__name__ = "integer list"
+
+
 def positive_int(text: str) -> int:
     """An integer in 1..10^9 (larger counts are mistakes, not plans)."""
     return int_in(1, MAX_COUNT)(text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_output_file, missing_dirs,
+from ._common import (add_progress_flag, check_output_file, int_list, missing_dirs,
                       positive_int, removed_if_empty_on_failure, seed_int)
 
 
@@ -31,21 +31,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--channel", type=positive_int, default=32, help="base width of the trunk (default 32)")
-    p.add_argument("--channel-mult", type=_int_list, default=[1, 2, 2], help="e.g. 1,2,2 (default)")
-    p.add_argument("--attn", type=_int_list, default=[1], help="levels with self-attention, e.g. 1 (default)")
+    p.add_argument("--channel-mult", type=int_list, default=[1, 2, 2], help="e.g. 1,2,2 (default)")
+    p.add_argument("--attn", type=int_list, default=[1], help="levels with self-attention, e.g. 1 (default)")
     p.add_argument("--num-res-blocks", type=positive_int, default=1)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     add_progress_flag(p)
     p.set_defaults(func=run)
-
-
-def _int_list(text: str) -> list[int]:
-    import argparse
-    try:
-        return [int(v) for v in text.replace("[", "").replace("]", "").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def run(args) -> int:
