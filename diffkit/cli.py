@@ -24,13 +24,15 @@ COMMANDS = ["demo", "train", "distill", "sample", "edit", "samplers", "train_cla
 
 # Options whose empty value is refused, and what to give instead (``--out ''`` trained into the
 # config's default folder, ``--resume ''`` trained afresh, ``--config ''`` took the defaults,
-# ``demo --device ''`` picked a device, ``experiment noise-scale --dataset ''`` the checkpoint's).
+# ``demo --device ''`` picked a device, ``experiment noise-scale --dataset ''`` the checkpoint's, ``train-classifier
+# --schedule ''`` linear).
 _PATH = "an empty path; give a file or folder name"
 EMPTY_REFUSED = {**dict.fromkeys(("--out", "--data-dir", "--checkpoint", "--resume", "--config", "--teacher", "--like",
                                   "--to-diffusers", "--from-diffusers", "--samples", "--save-samples", "--evaluator",
                                   "--inception-weights", "--cache-dir", "--ledger"), _PATH),
                  "--device": "not a device; choose auto, cpu, cuda, cuda:N or mps",
-                 "--dataset": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder, sines or series"}
+                 "--dataset": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder, sines or series",
+                 "--schedule": "not a schedule; choose linear, cosine, scaled_linear or sigmoid"}
 
 
 class _Parser(argparse.ArgumentParser):

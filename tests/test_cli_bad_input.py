@@ -24,6 +24,7 @@ def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_pat
     ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
     ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
     ["demo", "--device", ""], ["experiment", "noise-scale", "--checkpoint", "x", "--dataset", ""],
+    ["train-classifier", "--schedule", ""],
 ])
 def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, capsys, monkeypatch):
     """``--out ''`` trained into ./Checkpoints (the config's default), ``--resume ''`` trained afresh,
@@ -34,7 +35,8 @@ def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, caps
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    allowed = {"--device": "not a device; choose auto", "--dataset": "not a data set; choose digits, mnist"}.get(
+    allowed = {"--device": "not a device; choose auto", "--dataset": "not a data set; choose digits, mnist",
+               "--schedule": "not a schedule; choose linear, cosine"}.get(
         argv[-2], "an empty path; give a file or folder name")
     assert f"argument {argv[-2]}: '' is {allowed}" in err, err
     assert list(tmp_path.iterdir()) == []
