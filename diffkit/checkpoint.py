@@ -232,6 +232,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise DiffkitError(f"checkpoint {path} is corrupt or truncated ({first_line(err, 80)}); "
                            f"use an earlier checkpoint") from None
     if meta.get("format") != FORMAT:
+        if "diffkit_evaluator" in meta:  # was "(format=None)"
+            raise DiffkitError(f"{path} is a diffkit evaluator (diffkit train-evaluator), not a model checkpoint; give it "
+                               f"to --evaluator")
         raise DiffkitError(f"{path} is not a diffkit checkpoint (format={meta.get('format')!r})")
     if meta.get("sha256") != tensors_digest(tensors):
         raise DiffkitError(f"checkpoint {path} fails its checksum (corrupt); use an earlier checkpoint")
@@ -311,6 +314,15 @@ def peek_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def check_not_other_kind(path, meta: dict, wanted: str) -> None:
+    """A one-line DiffkitError if ``meta`` is that of another kind of diffkit file (an autoencoder, a
+    classifier: their ``kind``) where ``wanted`` (e.g. "a diffusion model checkpoint") was given; the
+    callers' own messages ("no model description") did not say what the file is."""
+    kind = meta.get("kind")
+    if isinstance(kind, str):
+        raise DiffkitError(f"{path} is a diffkit {kind} file, not {wanted}")
 
 
 def file_kind(path: str | os.PathLike) -> Optional[str]:

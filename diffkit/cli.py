@@ -22,12 +22,31 @@ COMMANDS = ["demo", "train", "distill", "sample", "edit", "upscale", "samplers",
             "train_evaluator", "eval", "experiment", "convert"]
 
 
+# Options whose empty value is refused, and what to give instead (``--out ''`` trained into the
+# config's default folder, ``--resume ''`` trained afresh, ``--config ''`` took the defaults,
+# ``demo --device ''`` picked a device, ``experiment noise-scale --dataset ''`` the checkpoint's, ``train-classifier
+# --schedule ''`` linear).
+_PATH = "an empty path; give a file or folder name"
+EMPTY_REFUSED = {**dict.fromkeys(("--out", "--data-dir", "--checkpoint", "--resume", "--config", "--teacher", "--like",
+                                  "--to-diffusers", "--from-diffusers", "--samples", "--save-samples", "--evaluator",
+                                  "--inception-weights", "--cache-dir", "--ledger"), _PATH),
+                 "--device": "not a device; choose auto, cpu, cuda, cuda:N or mps",
+                 "--dataset": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder, sines or series",
+                 "--schedule": "not a schedule; choose linear, cosine, scaled_linear or sigmoid"}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with status 2 and one line (no usage dump) on a bad flag."""
 
     def error(self, message):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
+
+    def _get_value(self, action, arg_string):
+        refused = [EMPTY_REFUSED[o] for o in action.option_strings if o in EMPTY_REFUSED]
+        if arg_string == "" and refused:
+            raise argparse.ArgumentError(action, f"'' is {refused[0]}")
+        return super()._get_value(action, arg_string)
 
 
 def _one_line_warnings(prog: str, default):

@@ -496,6 +496,9 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         check_range("img_size", img_size, 1, 4096, integer=True)
     if channels is not None:
         check_choice("channels", channels, (1, 3))
+    if name == "digits" and data_dir is not None:  # it was ignored: a --data-dir without --dataset trained on digits
+        raise DiffkitError(f"data_dir={str(data_dir)!r} does not apply to dataset='digits' (bundled with scikit-learn); "
+                           f"to read that folder give dataset mnist, fashion-mnist, cifar10 or folder")
     directory = Path(data_dir) if data_dir is not None else default_data_dir(name)
     if name == "digits":
         dataset = load_digits_dataset(img_size or DATASET_IMG_SIZE["digits"], hflip, resize)

@@ -408,9 +408,11 @@ def write_table(table: ExperimentTable, out_dir: str | Path, stem: str, kind: st
 
 def parse_list(text: str, what: str, kind=int) -> list:
     """``"10,20,50"`` -> [10, 20, 50] with a one-line error naming the bad entry."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
         raise DiffkitError(f"{what}={text!r} is empty; give a comma-separated list")
+    if not all(items):  # "10,,50": a lost entry, not one to skip
+        raise DiffkitError(f"{what}={text!r} has an empty entry; give a comma-separated list such as 10,20,50")
     out = []
     for item in items:
         try:

@@ -60,6 +60,7 @@ def _load(path, use_ema: bool, device, config):
         raise DiffkitError(f"{path} is a diffkit checkpoint that carries its own config; drop --config "
                            f"(it is only for legacy .pt state dicts)")
     tensors, meta = ckpt.load_checkpoint(path)
+    ckpt.check_not_other_kind(path, meta, "a diffusion model checkpoint (diffkit train, distill or convert)")
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
     model = build_network(meta["unet"])
@@ -154,6 +155,7 @@ def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> P
     state, so it is a quarter of the size and cannot resume training. :func:`load_denoiser`
     gives the same network from either file (the same :func:`diffkit.checkpoint.tensors_digest`)."""
     tensors, meta = ckpt.load_checkpoint(path)
+    ckpt.check_not_other_kind(path, meta, "a diffusion model checkpoint (diffkit train, distill or convert)")
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
     weights = chosen_weights(path, tensors, meta, use_ema)

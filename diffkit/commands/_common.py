@@ -32,6 +32,21 @@ def int_in(low: int, high: int):
     return parse
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of integers (``1,2,2``, brackets allowed; ``""`` is the
+    empty list, e.g. ``--attn ""``); an empty entry (``1,,2``, ``1,2,``) is refused, not skipped."""
+    entries = text.replace("[", "").replace("]", "").split(",")
+    if not text.strip():
+        return []
+    try:
+        return [int(v) for v in entries]  # int("") fails: "1,,2" is refused, not read as [1, 2]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 1,2,2)") from None
+
+
+int_list.__name__ = "integer list"
+
+
 def positive_int(text: str) -> int:
     """An integer in 1..10^9 (larger counts are mistakes, not plans)."""
     return int_in(1, MAX_COUNT)(text)
@@ -124,6 +139,8 @@ def check_writable_dir(path: str | Path, what: str = "output directory") -> Path
     """Create ``path`` if needed and check that a file can be written there, before any work
     starts (a real probe file, so read-only mounts and full disks are caught, not only modes)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():  # mkdir's message was "File exists"
+        raise DiffkitError(f"{what} {str(path)!r} is a file, not a folder; give a folder (new or existing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as err:  # ValueError: NUL byte or unencodable character in the name

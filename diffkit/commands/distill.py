@@ -42,7 +42,7 @@ DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": None, "s
 
 def teacher_config(path) -> dict:
     """The training config stored in the teacher checkpoint (one-line errors for anything else)."""
-    from ..checkpoint import LEGACY_SUFFIXES, load_checkpoint
+    from ..checkpoint import LEGACY_SUFFIXES, check_not_other_kind, load_checkpoint
     if Path(path).suffix in LEGACY_SUFFIXES:
         raise DiffkitError(f"teacher {path} is a plain state dict; distil from a diffkit .safetensors checkpoint "
                            f"(convert it first: diffkit convert)")
@@ -50,6 +50,7 @@ def teacher_config(path) -> dict:
         _, meta = load_checkpoint(path)
     except DiffkitError as err:
         raise DiffkitError(f"--teacher: {err}") from None
+    check_not_other_kind(f"teacher {path}", meta, "a diffusion model checkpoint")
     if not isinstance(meta.get("config"), dict) or "unet" not in meta:
         raise DiffkitError(f"teacher {path} is not a diffkit diffusion checkpoint (no config / model description)")
     if meta.get("consistency"):

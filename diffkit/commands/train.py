@@ -85,6 +85,11 @@ def check_no_run_in(folder, resumed=None) -> None:
     ``latest.safetensors`` (and say how to continue that run instead), unless it is the folder of
     the checkpoint being resumed (``resumed``)."""
     latest = Path(folder) / "latest.safetensors"
+    inside = Path(folder).parent / "latest.safetensors"  # --out RUN/checkpoints wrote RUN/checkpoints/checkpoints
+    if not latest.is_file() and inside.is_file():
+        raise DiffkitError(f"{inside.parent} is a run's checkpoint folder (it holds {inside.name}); a run goes in a "
+                           f"folder of its own: give another --out (to continue that run: --resume "
+                           f"{shlex.quote(str(inside))})")
     if not latest.is_file():
         return
     if resumed is not None:
@@ -108,12 +113,13 @@ def resumed_run_folders(path, cfg) -> dict:
 
 def resumable_config(path) -> dict:
     """The training config stored in a diffkit checkpoint (checked to be a training checkpoint)."""
-    from ..checkpoint import LEGACY_SUFFIXES, load_checkpoint
+    from ..checkpoint import LEGACY_SUFFIXES, check_not_other_kind, load_checkpoint
     if Path(path).suffix in LEGACY_SUFFIXES:
         raise DiffkitError(f"cannot resume training from {path}: a plain state dict has no optimiser, EMA or step; "
                            f"resume from a .safetensors training checkpoint (sample from it with "
                            f"'diffkit sample --checkpoint {path} --config CONFIG')")
     _, meta = load_checkpoint(path)
+    check_not_other_kind(path, meta, "a training checkpoint to resume")
     if "step" not in meta or not isinstance(meta.get("config"), dict):
         raise DiffkitError(f"{path} is not a training checkpoint (no step/config); it cannot be resumed")
     return meta["config"]
@@ -135,6 +141,9 @@ def run_config(args, cfg) -> int:
     if args.nproc > 1 and device.type not in DISTRIBUTED_DEVICES:
         raise DiffkitError(f"--nproc {args.nproc} needs device cpu (gloo) or cuda (nccl); {device.type} has no "
                            f"process-group backend: use --nproc 1 or --device cpu")
+    if args.nproc > 1 and device.type == "cpu" and args.nproc > (os.cpu_count() or 1):  # one core per rank
+        raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this machine has "
+                           f"{os.cpu_count() or 1} cores: use --nproc {os.cpu_count() or 1} or fewer")
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch
         if args.nproc > torch.cuda.device_count():

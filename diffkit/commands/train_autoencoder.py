@@ -11,19 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_output_file, missing_dirs,
+from ._common import (add_progress_flag, check_output_file, int_list, missing_dirs,
                       non_negative_float, positive_int, removed_if_empty_on_failure)
 
 # Downsampling factor f -> channel_mult (f = 2 ** (levels - 1)); f=4 and f=8 as LDM's KL-f4 / KL-f8.
 FACTOR_MULTS = {1: [1], 2: [1, 2], 4: [1, 2, 2], 8: [1, 2, 2, 4], 16: [1, 2, 2, 4, 4]}
-
-
-def _int_list(text: str) -> list[int]:
-    import argparse
-    try:
-        return [int(v) for v in text.replace("[", "").replace("]", "").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _non_negative_int(text: str) -> int:
@@ -45,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     p.add_argument("--regularizer", default="kl", help="kl (default) or vq")
     p.add_argument("--factor", type=int, help="downsampling factor f: 4 (default), 8 or 16 (sets --channel-mult)")
-    p.add_argument("--channel-mult", type=_int_list, help="width multiplier per level, e.g. 1,2,2 (f=4)")
+    p.add_argument("--channel-mult", type=int_list, help="width multiplier per level, e.g. 1,2,2 (f=4)")
     p.add_argument("--channel", type=positive_int, default=32, help="base width (default 32)")
     p.add_argument("--num-res-blocks", type=positive_int, default=1, help="default 1")
     p.add_argument("--latent-channels", type=positive_int, default=4, help="latent channels c (default 4)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_output_file, missing_dirs,
+from ._common import (add_progress_flag, check_output_file, int_list, missing_dirs,
                       positive_int, removed_if_empty_on_failure, seed_int)
 
 
@@ -31,21 +31,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--channel", type=positive_int, default=32, help="base width of the trunk (default 32)")
-    p.add_argument("--channel-mult", type=_int_list, default=[1, 2, 2], help="e.g. 1,2,2 (default)")
-    p.add_argument("--attn", type=_int_list, default=[1], help="levels with self-attention, e.g. 1 (default)")
+    p.add_argument("--channel-mult", type=int_list, default=[1, 2, 2], help="e.g. 1,2,2 (default)")
+    p.add_argument("--attn", type=int_list, default=[1], help="levels with self-attention, e.g. 1 (default)")
     p.add_argument("--num-res-blocks", type=positive_int, default=1)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto")
     add_progress_flag(p)
     p.set_defaults(func=run)
-
-
-def _int_list(text: str) -> list[int]:
-    import argparse
-    try:
-        return [int(v) for v in text.replace("[", "").replace("]", "").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def run(args) -> int:
@@ -54,7 +46,7 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import check_not_other_kind, load_checkpoint
     from ..classifier_training import HELDOUT_IMAGES, ClassifierTrainConfig, train_classifier
     from ..config import resolve_device
     from ..data import SPLIT_DATASETS, load_dataset
@@ -68,6 +60,7 @@ def _run(args) -> int:
         if args.schedule or args.T:
             raise DiffkitError("--like takes the schedule from the checkpoint; drop --schedule/--T")
         tensors, meta = load_checkpoint(args.like)
+        check_not_other_kind(args.like, meta, "a diffusion training checkpoint")
         if "schedule.betas" not in tensors or "config" not in meta:
             raise DiffkitError(f"{args.like} is not a diffusion training checkpoint (no config/schedule)")
         from ..models.network import check_image_model

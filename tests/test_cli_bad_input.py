@@ -1,0 +1,134 @@
+"""The bad-input audit of train, distill, eval, experiment, convert and the train-* commands (session 31):
+each refusal is one line, exit status 2, and leaves nothing behind."""
+import pytest
+import torch
+
+from diffkit import checkpoint as ckpt
+from diffkit.cli import main
+from diffkit.commands import train as train_command
+from test_cli_errors import one_line_error
+
+
+def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
+    """--nproc 100000 --device cpu started 100000 ranks (the machine ran out of memory)."""
+    monkeypatch.setattr(train_command.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_command, "relaunch_with_torchrun", lambda n: pytest.fail(f"{n} ranks started"))
+    line = one_line_error(capsys, "train", "--nproc", "3", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert "--nproc 3 starts 3 processes on the CPU; this machine has 2 cores: use --nproc 2 or fewer" in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--out", ""], ["train", "--resume", ""], ["train", "--config", ""], ["train", "--data-dir", ""],
+    ["train-classifier", "--like", ""], ["distill", "--teacher", ""], ["eval", "--checkpoint", ""],
+    ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
+    ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
+    ["demo", "--device", ""], ["experiment", "noise-scale", "--checkpoint", "x", "--dataset", ""],
+    ["train-classifier", "--schedule", ""],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, capsys, monkeypatch):
+    """``--out ''`` trained into ./Checkpoints (the config's default), ``--resume ''`` trained afresh,
+    ``--config ''`` took the defaults, ``--like ''`` trained without the checkpoint's schedule,
+    ``demo --device ''`` ran the demo."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # argparse's refusal
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    allowed = {"--device": "not a device; choose auto", "--dataset": "not a data set; choose digits, mnist",
+               "--schedule": "not a schedule; choose linear, cosine"}.get(
+        argv[-2], "an empty path; give a file or folder name")
+    assert f"argument {argv[-2]}: '' is {allowed}" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["train"], ["train-classifier"], ["train-autoencoder"], ["train-evaluator"]])
+def test_a_data_dir_without_a_dataset_is_not_ignored(command, tmp_path, capsys):
+    """--data-dir DIR without --dataset trained on the bundled digits (the folder was never read)."""
+    out = tmp_path / ("run" if command == ["train"] else "x.safetensors")
+    line = one_line_error(capsys, *command, "--data-dir", str(tmp_path / "mnist"), "--out", str(out),
+                          *(["--epochs"] if command == ["train-evaluator"] else ["--steps"]), "1", "--device", "cpu")
+    assert (f"data_dir={str(tmp_path / 'mnist')!r} does not apply to dataset='digits' (bundled with scikit-learn); to "
+            f"read that folder give dataset mnist, fashion-mnist, cifar10 or folder") in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_a_folder_is_wanted_is_called_a_file(tiny_checkpoint, tmp_path, capsys):
+    """The message was "cannot be created: File exists" (what mkdir says), which reads as a folder that exists."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    for argv, what in ((["eval", "--checkpoint", str(tiny_checkpoint), "--cache-dir", str(afile)], "sample cache directory"),
+                       (["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(afile / "e.json")], "output directory")):
+        line = one_line_error(capsys, *argv)
+        assert f"{what} {str(afile)!r} is a file, not a folder; give a folder (new or existing)" in line, line
+    assert afile.read_text() == "keep" and sorted(tmp_path.iterdir()) == [afile]
+
+
+@pytest.fixture(scope="module")
+def other_kinds(tmp_path_factory):
+    """Files of an autoencoder and a classifier (their header, as their save functions write it, over one
+    tensor) and a real 1-epoch evaluator on 8x8 digits."""
+    root = tmp_path_factory.mktemp("kinds")
+    for name, kind in (("ae", "autoencoder"), ("clf", "classifier")):
+        ckpt.save_checkpoint(root / f"{name}.safetensors", {"model.w": torch.zeros(2)}, {"kind": kind})
+    assert main(["train-evaluator", "--img-size", "8", "--epochs", "1", "--num-train", "32", "--device", "cpu",
+                 "--out", str(root / "ev.safetensors")]) == 0
+    return root
+
+
+@pytest.mark.parametrize("argv,wanted", [
+    (["eval", "--checkpoint", "{}", "--metrics", "nll"], "not a diffusion model checkpoint (diffkit train, distill or convert)"),
+    (["convert", "--checkpoint", "{}", "--out", "w.safetensors"], "not a diffusion model checkpoint"),
+    (["train", "--resume", "{}"], "not a training checkpoint to resume"),
+    (["distill", "--teacher", "{}", "--out", "d"], "not a diffusion model checkpoint"),
+    (["train-classifier", "--like", "{}", "--out", "c.safetensors"], "not a diffusion training checkpoint"),
+])
+def test_another_kind_of_diffkit_file_is_named(argv, wanted, other_kinds, tmp_path, capsys, monkeypatch):
+    """An autoencoder or classifier given for a diffusion model said "has no model description; is it a diffkit
+    training checkpoint?" (or "no config/schedule"), an evaluator "is not a diffkit checkpoint (format=None)"."""
+    monkeypatch.chdir(tmp_path)
+    for name, kind in (("ae", "autoencoder"), ("clf", "classifier")):
+        path = other_kinds / f"{name}.safetensors"
+        line = one_line_error(capsys, *[a.format(path) for a in argv])
+        assert f"{path} is a diffkit {kind} file, {wanted}" in line, line
+    path = other_kinds / "ev.safetensors"
+    line = one_line_error(capsys, *[a.format(path) for a in argv])
+    assert f"{path} is a diffkit evaluator (diffkit train-evaluator), not a model checkpoint; give it to --evaluator" \
+        in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_out_at_a_runs_checkpoint_folder_is_refused(command, tiny_checkpoint, tmp_path, capsys):
+    """--out RUN/checkpoints (the folder --resume names) started a second run in RUN/checkpoints/checkpoints."""
+    folder = tiny_checkpoint.parent
+    before = sorted(p.name for p in folder.iterdir())
+    extra = ["--teacher", str(tiny_checkpoint)] if command == "distill" else []
+    line = one_line_error(capsys, command, *extra, "--out", str(folder), "--steps", "1", "--no-sample",
+                          "--device", "cpu")
+    assert (f"{folder} is a run's checkpoint folder (it holds latest.safetensors); a run goes in a folder of its "
+            f"own: give another --out (to continue that run: --resume {tiny_checkpoint})") in line, line
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train-autoencoder", "--channel-mult", "1,,2"], "argument --channel-mult: '1,,2' is not a comma-separated list"),
+    (["train-classifier", "--attn", "1,"], "argument --attn: '1,' is not a comma-separated list of integers (e.g. 1,2,2)"),
+    (["experiment", "ddim-table", "--checkpoint", "x", "--etas", "0,,1"], "etas='0,,1' has an empty entry; give a "
+                                                                         "comma-separated list such as 10,20,50"),
+    (["experiment", "sampler-table", "--checkpoint", "x", "--steps", "10,20,"], "steps='10,20,' has an empty entry"),
+])
+def test_an_empty_list_entry_is_refused_not_skipped(argv, message, tmp_path, capsys, monkeypatch):
+    """"1,,2" was read as [1, 2] (a lost entry went unnoticed); "" stays the empty list (--attn "")."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        train = argv[0].startswith("train")
+        line = one_line_error(capsys, *argv, *(["--out", "o.safetensors", "--steps", "1", "--channel", "8", "--device",
+                                               "cpu", "--no-progress"] if train else ["--out", "o"]))
+    except SystemExit as stop:  # argparse's refusal
+        assert stop.code == 2
+        line = capsys.readouterr().err.strip()
+    assert message in line, line
+    assert list(tmp_path.iterdir()) == []
+    from diffkit.commands._common import int_list
+    assert int_list("") == [] and int_list("[1, 2,2]") == [1, 2, 2]
