@@ -65,14 +65,14 @@ def test_plain_unet_is_unchanged():
     """Weights and outputs of a U-Net without low_res_size, as recorded before super-resolution was
     added (diffkit at 00ff974): old checkpoints load into the same network and compute the same."""
     torch.manual_seed(0)
-    net = UNet(UNetConfig(**TINY))
+    net = UNet(UNetConfig(**TINY)).eval()  # no dropout: the C++ and torch kernels draw it differently
     assert tensors_digest(net.state_dict()) == "7c1b94da55b16c8ded3f4e59fac8f26f22c44266803b3ae14d3b8c45ddbca97c"
     x = torch.cos(torch.arange(2 * 64, dtype=torch.float32) * 0.21).reshape(2, 1, 8, 8)
     with torch.no_grad():
         out = perturbed(net)(x, torch.tensor([10.0, 500.0]))
-    assert out.double().sum().item() == pytest.approx(11.44286134839058, rel=1e-6)
-    torch.testing.assert_close(out[0, 0, 0, :4], torch.tensor([0.09748326241970062, 0.0824170857667923,
-                                                                0.08138620108366013, 0.06234702840447426]))
+    assert out.double().sum().item() == pytest.approx(11.77030023932457, rel=1e-6)
+    torch.testing.assert_close(out[0, 0, 0, :4], torch.tensor([0.10952125489711761, 0.10742616653442383,
+                                                                0.10824057459831238, 0.10662135481834412]))
     assert "low_res_size" not in TrainConfig().to_unet_kwargs()  # a plain run's checkpoint description
     with pytest.raises(DiffkitError, match="not a super-resolution model"):
         net(x, 10.0, low_res=torch.zeros(2, 1, 4, 4))
