@@ -259,8 +259,8 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     rows = [row for row in samplers if specs[row][0] in REGISTRY]
     adaptive = [row for row in rows if REGISTRY[specs[row][0]].adaptive]
     if adaptive:
-        raise DiffkitError(f"sampler {adaptive[0]!r} picks its own steps, so a samplers x steps table has no row for "
-                           f"it; run it alone with diffkit.sample(..., sampler={specs[adaptive[0]][0]!r}, rtol=..., "
+        raise DiffkitError(f"sampler {adaptive[0]!r} picks its own steps, so a samplers x "
+                           f"{'NFE' if nfe_list is not None else 'steps'} table has no row for it; run it alone with diffkit.sample(..., sampler={specs[adaptive[0]][0]!r}, rtol=..., "
                            f"atol=...)")
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "

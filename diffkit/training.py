@@ -306,6 +306,22 @@ def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: Noi
                                f"resume needs the same network (drop the change, or start a new run)")
 
 
+def check_guided_teacher(cfg, meta: Optional[dict]) -> None:
+    """A guided consistency distillation (``consistency_guidance`` or ``consistency_guidance_range``)
+    extrapolates from the teacher's null class (CFG, Ho & Salimans 2022, eq. 6): a one-line error when the
+    teacher's metadata ``meta`` says it never trained it (:func:`diffkit.guidance.check_null_trained`)."""
+    if not (cfg.consistency_guidance or cfg.consistency_guidance_range):
+        return
+    from .guidance import check_null_trained
+    try:
+        check_null_trained(meta)
+    except DiffkitError as err:
+        setting = (f"consistency_guidance={cfg.consistency_guidance}" if cfg.consistency_guidance else
+                   f"consistency_guidance_range={cfg.consistency_guidance_range}")
+        raise DiffkitError(f"{setting} guides teacher={cfg.teacher!r}: {err} (or distil it unguided: "
+                           f"consistency_guidance=0)") from None
+
+
 class Trainer:
     """Trains a U-Net on a data set as ``cfg`` says; see :meth:`run`.
 
@@ -423,7 +439,8 @@ class Trainer:
         student's schedule and prediction type; a fresh run's student starts from its weights (CM
         Sec. 4; LCM Sec. 4.2). With ``consistency_guidance`` w the teacher is guided (LCM eq. 8); with
         ``consistency_guidance_range`` it is guided by each example's own w (``cond["w"]``, LCM Alg. 1),
-        and the student's guidance-scale input (``time_embed.cond_proj``) keeps its zero start."""
+        and the student's guidance-scale input (``time_embed.cond_proj``) keeps its zero start. A guided
+        teacher must have trained its null class (p_uncond > 0: :func:`diffkit.guidance.check_null_trained`)."""
         from .loading import load_denoiser
         cfg = self.cfg
         if not Path(cfg.teacher).exists():
@@ -444,6 +461,7 @@ class Trainer:
                                f"prediction_type={cfg.prediction_type!r}; the student starts from the teacher's "
                                f"weights: "
                                f"use its prediction type")
+        check_guided_teacher(cfg, teacher.meta)
         teacher.model.requires_grad_(False)
         self.teacher_digest = ckpt.tensors_digest(teacher.model.state_dict())  # a resume checks it is the same
         if not cfg.training_load_weight:  # a resumed run loads its own weights

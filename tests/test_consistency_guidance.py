@@ -290,3 +290,34 @@ def test_guidance_range_reads_from_the_command_line():
                           ["consistency_guidance_range=2,14.5", "guidance_embedding_dim=256"])
     assert cfg.consistency_guidance_range == [2.0, 14.5] and cfg.to_unet_kwargs()["guidance_embedding_dim"] == 256
     assert "guidance_embedding_dim" not in TrainConfig.from_dict(TINY).to_unet_kwargs()  # old models unchanged
+
+
+def test_a_guided_distillation_needs_a_teacher_that_trained_its_null_class(tmp_path, cond_teacher, capsys,
+                                                                           monkeypatch):
+    """CFG extrapolates from eps(x, null) (Ho & Salimans 2022, eq. 6): a teacher trained with p_uncond=0
+    never trained its null class, so guided distillation from it (fixed w or LCM's w range) is a one-line
+    error, from diffkit distill before its run folder is made; a teacher with p_uncond > 0 (cond_teacher:
+    the default 0.1) or one whose config predates the key (taken as 0.1, as diffkit sample does) is
+    accepted."""
+    from diffkit.cli import main
+    tensors, meta = ckpt.load_checkpoint(cond_teacher)
+    unguidable = ckpt.save_checkpoint(tmp_path / "p0.safetensors", tensors,
+                                      {**meta, "config": {**meta["config"], "p_uncond": 0.0}})
+    old = ckpt.save_checkpoint(tmp_path / "old.safetensors", tensors,
+                               {**meta, "config": {k: v for k, v in meta["config"].items() if k != "p_uncond"}})
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", "--teacher", str(unguidable), "--out", "cm", "--steps", "1",
+                 "--set", "consistency_guidance=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "consistency_guidance=2.0 guides teacher=" in err, err
+    assert "trained with p_uncond=0, so its null class is untrained" in err, err
+    assert not (tmp_path / "cm").exists()
+    from diffkit.commands.distill import distill_config
+    with pytest.raises(DiffkitError, match=r"consistency_guidance=2\.0 guides .*p_uncond=0"):  # the config refuses
+        distill_config(unguidable, tmp_path / "cm", ["consistency_guidance=2"])
+    with pytest.raises(DiffkitError, match=r"consistency_guidance_range=\[2\.0, 6\.0\] guides .*p_uncond=0"):
+        Trainer(_w_cfg(tmp_path, unguidable), tiny_dataset(), progress=False)
+    for teacher in (cond_teacher, old):
+        assert Trainer(_w_cfg(tmp_path, teacher), tiny_dataset(), progress=False).teacher is not None
+    Trainer(make_cfg(tmp_path, objective="consistency-distillation", teacher=str(unguidable), conditional=True),
+            tiny_dataset(), progress=False)  # unguided: the null class is not used

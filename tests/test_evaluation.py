@@ -378,13 +378,48 @@ def test_sampler_table_nfe_columns_spend_exactly_that_many(run_dir, tmp_path, mo
                    "applies to restart rows")
     for flags, needles in ((["--restarts", "0.5:1.5:2"], ["'0.5:1.5:2' is not an interval T_MIN:T_MAX:K:N"]),
                            (["--restarts", "1.5:0.5:1:1"], ["t_min=1.5 >= t_max=0.5"]),
+                           (["--restarts", "0.1:2:0:5"], ["'0.1:2:0:5': K=0", "K must be >= 1", "'none'"]),
                            (["--steps", "5"], ["--nfe", "--steps"])):  # argparse's one line, status 2
         with pytest.raises(SystemExit) as exit_:
             main([*common, "--samplers", "restart", "--nfe", "9", *flags])
         err = capsys.readouterr().err.strip()
         assert exit_.value.code == 2 and len(err.splitlines()) == 1 and all(n in err for n in needles), err
     one_line_error(capsys, [*common, "--samplers", "heun", "--nfe", "0"], "nfe=0")
+    one_line_error(capsys, [*common, "--samplers", "heun,ode", "--nfe", "9"], "sampler 'ode' picks its own steps, "
+                   "so a samplers x NFE table has no row for it")
     assert len((tmp_path / "sampler_table.csv").read_text().splitlines()) == 7  # the refused runs wrote nothing
+
+
+def test_sampler_table_nfe_refuses_a_cell_whose_counted_calls_miss_the_column(run_dir, tmp_path, monkeypatch,
+                                                                               capsys):
+    """The NFE a cell spends is counted while it samples; a step count that spends another NFE than its
+    column (here: steps_for_nfe broken to give heun 4 steps, 2 * 4 - 1 = 7 calls, for NFE 9) is a
+    one-line error, not a cell filed under the wrong column."""
+    import diffkit.sampling as sampling
+    monkeypatch.setattr(sampling, "steps_for_nfe", lambda denoiser, sampler, nfe, **options: 4)
+    one_line_error(capsys, ["experiment", "sampler-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors",
+                            "--num", 2, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence",
+                            "--out", tmp_path, "--device", "cpu", "--no-progress", "--samplers", "heun",
+                            "--nfe", "9"],
+                   "heun with 4 steps spent 7 network evaluations per sample, not the column's 9")
+    assert not (tmp_path / "sampler_table.json").exists()
+
+
+def test_sampler_table_ledger_keys_restart_cells_by_their_intervals(run_dir, tmp_path, capsys):
+    """A restart row's --restarts is part of its ledger key: the same row with other intervals is a new
+    cell, not the default's cell reused."""
+    common = ["experiment", "sampler-table", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--num", 2,
+              "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence", "--out", tmp_path,
+              "--device", "cpu", "--no-progress", "--samplers", "restart", "--steps", "2",
+              "--ledger", tmp_path / "ledger.json"]
+
+    def ledger_note(name):
+        notes = json.loads((tmp_path / f"{name}.json").read_text())["notes"]
+        return [note.split(": ", 1)[1] for note in notes if note.startswith("score ledger")]
+    assert main([*common, "--name", "a"]) == 0
+    assert ledger_note("a") == ["0 cells taken from it, 1 added"]
+    assert main([*common, "--restarts", "0.3:1.2:2:1", "--name", "b"]) == 0
+    assert ledger_note("b") == ["0 cells taken from it, 1 added"]
 
 
 def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, monkeypatch):

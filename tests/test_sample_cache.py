@@ -159,3 +159,24 @@ def test_eval_cache_dir_reuses_batches(checkpoint, tmp_path):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert (a["settings"]["cached_batches"], b["settings"]["cached_batches"]) == (0, 2)
     assert a["metrics"] == b["metrics"]
+
+
+def test_fd_bootstrap_reads_a_conditional_tables_batches_with_their_labels(checkpoint, tmp_path, monkeypatch):
+    """benchmarks/fd_bootstrap.py looks each cached batch up with the table's labels (sample i: class i mod
+    K, sliced per batch as generate_samples stores them); without them a class-conditional cell is
+    'not in the cache'."""
+    import importlib
+    from pathlib import Path
+
+    from diffkit import DiffkitError
+    from diffkit.sample_cache import open_cache
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    fd_bootstrap = importlib.import_module("fd_bootstrap")
+    cache = open_cache(tmp_path / "cache", load_denoiser(checkpoint))
+    settings, labels = {"sampler": "heun", "steps": 3}, torch.arange(10) % 4
+    images = torch.randn(10, 1, 8, 8)
+    for start in (0, 4, 8):
+        cache.save(settings, start, min(4, 10 - start), 0, images[start:start + 4], labels[start:start + 4])
+    torch.testing.assert_close(fd_bootstrap.cached_samples(cache, settings, 10, 4, 0, labels), images, rtol=0, atol=0)
+    with pytest.raises(DiffkitError, match="samples 0.. are not in the cache"):
+        fd_bootstrap.cached_samples(cache, settings, 10, 4, 0, None)

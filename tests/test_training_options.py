@@ -319,7 +319,7 @@ def test_distill_with_ema_power_turns_its_default_ema_warmup_off(tmp_path, monke
     (which the user did not set); asking for both is the config's one-line error."""
     from diffkit.cli import build_parser
     from diffkit.commands import distill
-    monkeypatch.setattr(distill, "teacher_config", lambda path: TrainConfig().to_dict())
+    monkeypatch.setattr(distill, "teacher_meta", lambda path: {"config": TrainConfig().to_dict()})
 
     def config(*pairs):
         args = build_parser().parse_args(["distill", "--teacher", str(tmp_path / "t.safetensors"), "--out",

@@ -97,7 +97,8 @@ def eta_value(text: str):
 
 def restarts_value(text: str) -> list:
     """Restart intervals ``T_MIN:T_MAX:K:N`` joined by ``+`` (``none``: no interval, plain Heun) as the
-    (t_min, t_max, K, n) list of :func:`diffkit.samplers.restart.check_restarts`."""
+    (t_min, t_max, K, n) list of :func:`diffkit.samplers.restart.check_restarts`; K >= 1 here (an interval
+    of K = 0 restarts nothing: ``none`` says that)."""
     from ..samplers.restart import check_restarts
     if text.strip().lower() == "none":
         return []
@@ -111,6 +112,9 @@ def restarts_value(text: str) -> list:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part.strip()!r} is not an interval T_MIN:T_MAX:K:N (numbers, K and N "
                                              f"integers), e.g. 0.1:2:1:5; or 'none'") from None
+        if intervals[-1][2] < 1:  # the library takes K = 0 (that interval does nothing); the flag says so
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: K={intervals[-1][2]} restarts; K must be >= 1 (use "
+                                             f"'none' for no restarts, plain Heun)")
     try:
         return check_restarts(intervals)
     except DiffkitError as err:

@@ -40,8 +40,9 @@ DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": None, "s
                     "training_load_weight": None, "test_load_weight": None}
 
 
-def teacher_config(path) -> dict:
-    """The training config stored in the teacher checkpoint (one-line errors for anything else)."""
+def teacher_meta(path) -> dict:
+    """The teacher checkpoint's metadata, its training config under ``"config"`` (one-line errors for
+    anything else)."""
     from ..checkpoint import LEGACY_SUFFIXES, check_not_other_kind, load_checkpoint
     if Path(path).suffix in LEGACY_SUFFIXES:
         raise DiffkitError(f"teacher {path} is a plain state dict; distil from a diffkit .safetensors checkpoint "
@@ -55,7 +56,7 @@ def teacher_config(path) -> dict:
         raise DiffkitError(f"teacher {path} is not a diffkit diffusion checkpoint (no config / model description)")
     if meta.get("consistency"):
         raise DiffkitError(f"teacher {path} is a consistency model; distil from a diffusion checkpoint")
-    return meta["config"]
+    return meta
 
 
 def config_from_args(args):
@@ -83,8 +84,10 @@ def distill_config(teacher, out, overrides=(), **fields):
     config with :data:`DISTILL_DEFAULTS`, then ``fields`` and the ``key=value`` ``overrides``; an
     ``ema_power`` among them turns the default ``ema_warmup`` off (the two exclude each other)."""
     from ..config import TrainConfig, apply_overrides, parse_overrides
+    from ..training import check_guided_teacher
     teacher = Path(teacher)
-    data = dict(teacher_config(teacher))  # a folder: its latest.safetensors (load_checkpoint's errors)
+    meta = teacher_meta(teacher)  # a folder: its latest.safetensors (load_checkpoint's errors)
+    data = dict(meta["config"])
     teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
     given = parse_overrides(overrides)
     data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),
@@ -92,7 +95,9 @@ def distill_config(teacher, out, overrides=(), **fields):
     if {**fields, **given}.get("ema_power") is not None:  # it replaces distill's default (1 + n)/(10 + n) warm-up
         data["ema_warmup"] = False  # (an ema_warmup the caller gives still wins)
     data.update(fields)
-    return apply_overrides(TrainConfig.from_dict(data), given)
+    cfg = apply_overrides(TrainConfig.from_dict(data), given)
+    check_guided_teacher(cfg, meta)  # before the run folder is made (the Trainer checks it again)
+    return cfg
 
 
 def _train_args(args):
