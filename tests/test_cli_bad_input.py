@@ -48,8 +48,9 @@ def test_a_data_dir_without_a_dataset_is_not_ignored(command, tmp_path, capsys):
     out = tmp_path / ("run" if command == ["train"] else "x.safetensors")
     line = one_line_error(capsys, *command, "--data-dir", str(tmp_path / "mnist"), "--out", str(out),
                           *(["--epochs"] if command == ["train-evaluator"] else ["--steps"]), "1", "--device", "cpu")
+    readers = "mnist, fashion-mnist or cifar10" if command == ["train-evaluator"] else "mnist, fashion-mnist, cifar10 or folder"
     assert (f"data_dir={str(tmp_path / 'mnist')!r} does not apply to dataset='digits' (bundled with scikit-learn); to "
-            f"read that folder give dataset mnist, fashion-mnist, cifar10 or folder") in line, line
+            f"read that folder give dataset {readers}") in line, line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -132,3 +133,18 @@ def test_an_empty_list_entry_is_refused_not_skipped(argv, message, tmp_path, cap
     assert list(tmp_path.iterdir()) == []
     from diffkit.commands._common import int_list
     assert int_list("") == [] and int_list("[1, 2,2]") == [1, 2, 2]
+
+
+def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evaluates(tiny_checkpoint, tmp_path):
+    """Before the refusal above, ``train --data-dir DIR`` without ``--dataset`` trained on digits and
+    stored data_dir=DIR; resume, eval nll and noise-scale must take such a checkpoint (DIR was never read)."""
+    tensors, meta = ckpt.load_checkpoint(tiny_checkpoint)
+    old = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    old.parent.mkdir(parents=True)
+    ckpt.save_checkpoint(old, tensors, {**meta, "config": {**meta["config"], "data_dir": "mydata"}})
+    assert ckpt.load_checkpoint(old)[1]["config"]["data_dir"] is None
+    assert ckpt.peek_metadata(old)["config"]["data_dir"] is None
+    assert main(["eval", "--checkpoint", str(old), "--metrics", "nll", "--nll-num", "2",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["train", "--resume", str(old), "--steps", str(meta["step"] + 1)]) == 0
+    assert ckpt.load_checkpoint(old)[1]["step"] == meta["step"] + 1

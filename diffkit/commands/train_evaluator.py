@@ -34,10 +34,12 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from ..config import resolve_device
+    from ..data import check_data_dir_applies
     from ..errors import check_choice
     from ..evaluation import reference_images
     from ..metrics import evaluator_accuracy, save_evaluator, train_evaluator
     check_choice("dataset", args.dataset, EVALUATOR_DATASETS)
+    check_data_dir_applies(args.dataset, args.data_dir, EVALUATOR_DATASETS[1:])
     device = str(resolve_device(args.device))
     out = Path(args.out)
     check_output_file(out, "--out", ".safetensors", writes="evaluator")
