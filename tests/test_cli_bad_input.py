@@ -135,6 +135,15 @@ def test_an_empty_list_entry_is_refused_not_skipped(argv, message, tmp_path, cap
     assert int_list("") == [] and int_list("[1, 2,2]") == [1, 2, 2]
 
 
+def test_an_int_list_of_empty_brackets_is_the_empty_list():
+    """``--attn '[]'`` meant no attention (as ``--attn ''``) before the empty-entry refusal; "[,]" is still refused."""
+    import argparse
+    from diffkit.commands._common import int_list
+    assert int_list("[]") == int_list(" [ ] ") == []
+    with pytest.raises(argparse.ArgumentTypeError, match="not a comma-separated list"):
+        int_list("[,]")
+
+
 def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evaluates(tiny_checkpoint, tmp_path):
     """Before the refusal above, ``train --data-dir DIR`` without ``--dataset`` trained on digits and
     stored data_dir=DIR; resume, eval nll and noise-scale must take such a checkpoint (DIR was never read)."""

@@ -35,9 +35,10 @@ def int_in(low: int, high: int):
 def int_list(text: str) -> list[int]:
     """An argparse type: a comma-separated list of integers (``1,2,2``, brackets allowed; ``""`` is the
     empty list, e.g. ``--attn ""``); an empty entry (``1,,2``, ``1,2,``) is refused, not skipped."""
-    entries = text.replace("[", "").replace("]", "").split(",")
-    if not text.strip():
+    inner = text.replace("[", "").replace("]", "")
+    if not inner.strip():  # "" and "[]": no entries
         return []
+    entries = inner.split(",")
     try:
         return [int(v) for v in entries]  # int("") fails: "1,,2" is refused, not read as [1, 2]
     except ValueError:
