@@ -9,13 +9,25 @@ from diffkit.commands import train as train_command
 from test_cli_errors import one_line_error
 
 
-def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
-    """--nproc 100000 --device cpu started 100000 ranks (the machine ran out of memory)."""
-    monkeypatch.setattr(train_command.os, "cpu_count", lambda: 2)
+def test_nproc_far_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
+    """--nproc 100000 --device cpu started 100000 ranks (the machine ran out of memory); up to 4 ranks a
+    core (gloo oversubscribed, as --nproc 4 on 2 cores ran) are started."""
+    monkeypatch.setattr(train_command, "usable_cores", lambda: 1)
     monkeypatch.setattr(train_command, "relaunch_with_torchrun", lambda n: pytest.fail(f"{n} ranks started"))
-    line = one_line_error(capsys, "train", "--nproc", "3", "--device", "cpu", "--out", str(tmp_path / "r"))
-    assert "--nproc 3 starts 3 processes on the CPU; this machine has 2 cores: use --nproc 2 or fewer" in line
+    line = one_line_error(capsys, "train", "--nproc", "5", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert ("--nproc 5 starts 5 processes on the CPU; this process may run on 1 core, and at most 4 processes a core "
+            "are allowed: use --nproc 4 or fewer") in line, line
     assert not (tmp_path / "r").exists()
+    started = []
+    monkeypatch.setattr(train_command, "relaunch_with_torchrun", lambda n: started.append(n) or 0)
+    assert main(["train", "--nproc", "4", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    assert started == [4]
+
+
+def test_usable_cores_counts_the_affinity_mask(monkeypatch):
+    monkeypatch.setattr(train_command.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    monkeypatch.setattr(train_command.os, "cpu_count", lambda: 64)
+    assert train_command.usable_cores() == 2
 
 
 @pytest.mark.parametrize("argv", [

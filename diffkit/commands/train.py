@@ -125,6 +125,18 @@ def resumable_config(path) -> dict:
     return meta["config"]
 
 
+CPU_RANKS_PER_CORE = 4  # --nproc above this many gloo processes per core is refused as a mistake
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (a container's or
+    taskset's limit), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def run(args) -> int:
     return run_config(args, config_from_args(args))
 
@@ -141,9 +153,13 @@ def run_config(args, cfg) -> int:
     if args.nproc > 1 and device.type not in DISTRIBUTED_DEVICES:
         raise DiffkitError(f"--nproc {args.nproc} needs device cpu (gloo) or cuda (nccl); {device.type} has no "
                            f"process-group backend: use --nproc 1 or --device cpu")
-    if args.nproc > 1 and device.type == "cpu" and args.nproc > (os.cpu_count() or 1):  # one core per rank
-        raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this machine has "
-                           f"{os.cpu_count() or 1} cores: use --nproc {os.cpu_count() or 1} or fewer")
+    if args.nproc > 1 and device.type == "cpu":  # oversubscribing works; --nproc 100000 ran out of memory
+        cores = usable_cores()
+        limit = CPU_RANKS_PER_CORE * cores
+        if args.nproc > limit:
+            raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this process may run on "
+                               f"{cores} core{'s' if cores != 1 else ''}, and at most {CPU_RANKS_PER_CORE} processes "
+                               f"a core are allowed: use --nproc {limit} or fewer")
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch
         if args.nproc > torch.cuda.device_count():
