@@ -36,7 +36,11 @@ def test_usable_cores_counts_the_affinity_mask(monkeypatch):
     ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
     ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
     ["demo", "--device", ""], ["experiment", "noise-scale", "--checkpoint", "x", "--dataset", ""],
-    ["train-classifier", "--schedule", ""],
+    ["train-classifier", "--schedule", ""], ["edit", "--checkpoint", "x", "--out", "o", "--images", ""],
+    ["upscale", "--checkpoint", "x", "--out", "o", "--images", ""], ["edit", "--checkpoint", "x", "--mask", ""],
+    ["sample", "--checkpoint", "x", "--noise-out", ""], ["edit", "--checkpoint", "x", "--series", ""],
+    ["sample", "--checkpoint", "x", "--classifier", ""], ["sample", "--checkpoint", "x", "--clip-model", ""],
+    ["sample", "--checkpoint", "x", "--individual", ""], ["eval", "--checkpoint", "x", "--ref", ""],
 ])
 def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, capsys, monkeypatch):
     """``--out ''`` trained into ./Checkpoints (the config's default), ``--resume ''`` trained afresh,
@@ -47,11 +51,58 @@ def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, caps
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    allowed = {"--device": "not a device; choose auto", "--dataset": "not a data set; choose digits, mnist",
-               "--schedule": "not a schedule; choose linear, cosine"}.get(
+    allowed = {"--device": "not a device; choose auto", "--schedule": "not a schedule; choose linear, cosine",
+               "--dataset": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder\n",
+               "--ref": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder\n"}.get(
         argv[-2], "an empty path; give a file or folder name")
     assert f"argument {argv[-2]}: '' is {allowed}" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, allowed", [
+    ("train", "digits, mnist, fashion-mnist, cifar10, folder, sines, series"),
+    ("train-classifier", "digits, mnist, fashion-mnist, cifar10, folder"),
+    ("train-autoencoder", "digits, mnist, fashion-mnist, cifar10, folder"),
+    ("train-evaluator", "digits, mnist, fashion-mnist, cifar10")])
+def test_an_empty_dataset_names_the_commands_own_data_sets(command, allowed, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--dataset", ""])
+    assert capsys.readouterr().err.endswith(f"argument --dataset: '' is not a data set; choose {allowed}\n")
+
+
+def _string_options():
+    """(command, option, action) for every option of every command that takes a string value."""
+    import argparse
+
+    from diffkit.cli import build_parser
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, prefix + [name])
+            elif action.option_strings and action.nargs != 0 and not action.choices:
+                yield " ".join(prefix), action.option_strings[-1], action
+    return list(walk(build_parser(), []))
+
+
+# string options where '' is text or a name checked by the command, not a path
+NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--clip-guidance", "--set", "--eta", "--etas",
+             "--metric", "--metrics", "--nfe", "--objectives", "--recon-loss", "--regularizer", "--sampler",
+             "--samplers", "--spacing", "--steps"}
+
+
+def test_every_string_option_is_a_path_a_data_set_or_known_text():
+    """A new path-valued option must refuse '' (type=path_arg): an untyped one is listed here or fails."""
+    from diffkit.commands import _common
+    from diffkit.data import DATASET_NAMES
+    from diffkit.timeseries import SERIES_DATASETS
+    assert _common.DATASET_NAMES == DATASET_NAMES
+    assert _common.IMAGE_DATASETS == tuple(d for d in DATASET_NAMES if d not in SERIES_DATASETS)
+    untyped = sorted({(c, o) for c, o, a in _string_options() if a.type is None and o not in NOT_PATHS})
+    assert untyped == [], untyped
+    paths = {o for c, o, a in _string_options() if a.type is _common.path_arg}
+    assert {"--out", "--images", "--mask", "--noise-out", "--series", "--classifier", "--clip-model"} <= paths
 
 
 @pytest.mark.parametrize("command", [["train"], ["train-classifier"], ["train-autoencoder"], ["train-evaluator"]])

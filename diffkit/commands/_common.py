@@ -48,6 +48,33 @@ def int_list(text: str) -> list[int]:
 int_list.__name__ = "integer list"
 
 
+# data.DATASET_NAMES and its image sets, here so that parsing imports no torch (test_cli_bad_input keeps them equal)
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")
+IMAGE_DATASETS = DATASET_NAMES[:5]
+
+
+def path_arg(text: str) -> str:
+    """An argparse type for a file or folder name: ``''`` is refused (``Path('')`` is the current
+    folder, and an empty value quietly meant the default or ``.``)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("'' is an empty path; give a file or folder name")
+    return text
+
+
+path_arg.__name__ = "path"
+
+
+def dataset_arg(allowed):
+    """An argparse type for a data set name: ``''`` is refused naming ``allowed`` (the command's own
+    sets); any other name passes on to the command's own check (its message names the sets too)."""
+    def parse(text: str) -> str:
+        if text == "":
+            raise argparse.ArgumentTypeError(f"'' is not a data set; choose {', '.join(allowed)}")
+        return text
+    parse.__name__ = "data set"
+    return parse
+
+
 def positive_int(text: str) -> int:
     """An integer in 1..10^9 (larger counts are mistakes, not plans)."""
     return int_in(1, MAX_COUNT)(text)
