@@ -218,5 +218,7 @@ def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evalu
     assert ckpt.peek_metadata(old)["config"]["data_dir"] is None
     assert main(["eval", "--checkpoint", str(old), "--metrics", "nll", "--nll-num", "2",
                  "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["experiment", "noise-scale", "--checkpoint", str(old), "--batches", "2", "--small-batch", "1",
+                 "--big-batch", "2", "--history", "1", "--device", "cpu", "--out", str(tmp_path / "n.json")]) == 0
     assert main(["train", "--resume", str(old), "--steps", str(meta["step"] + 1)]) == 0
     assert ckpt.load_checkpoint(old)[1]["step"] == meta["step"] + 1
