@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import resolve_device
-from .data import DATASET_CHANNELS, DATASET_IMG_SIZE, SPLIT_DATASETS, check_image_dataset, load_dataset, make_loader
+from .data import (DATASET_CHANNELS, DATASET_IMG_SIZE, SPLIT_DATASETS, check_data_dir_applies,
+                   check_image_dataset, load_dataset, make_loader)
 from .errors import DiffkitError, check_choice, check_range
 from .models.autoencoder import LOGVAR_MAX, LOGVAR_MIN, Autoencoder, AutoencoderConfig, estimate_scale_factor
 from .models.layers import evaluating, to_device
@@ -100,6 +101,7 @@ class AutoencoderTrainConfig:
 
     def __post_init__(self):
         check_image_dataset(self.dataset, "the autoencoder")
+        check_data_dir_applies(self.dataset, self.data_dir)
         check_range("batch_size", self.batch_size, 1, integer=True)
         check_range("steps", self.steps, 1, integer=True)
         check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)  # larger rates only diverge (to NaN)

@@ -245,7 +245,18 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         metadata = json.loads(text)
     except json.JSONDecodeError:
         raise DiffkitError(f"checkpoint {path} has corrupt metadata") from None
-    return tensors, metadata
+    return tensors, as_loaded(metadata)
+
+
+def as_loaded(metadata):
+    """Metadata as today's checks read it: a stored config with dataset 'digits' and a data_dir
+    (runs before 6 December 2026 took ``--data-dir DIR`` without ``--dataset``, never read DIR and
+    trained on the bundled digits) has its data_dir dropped, so resume, eval and the experiments
+    do not refuse it as a new run's would be."""
+    cfg = metadata.get("config") if isinstance(metadata, dict) else None
+    if isinstance(cfg, dict) and cfg.get("dataset", "digits") == "digits" and cfg.get("data_dir") is not None:
+        return {**metadata, "config": {**cfg, "data_dir": None}}
+    return metadata
 
 
 def checkpoint_step(path: Path) -> Optional[int]:
@@ -313,7 +324,7 @@ def peek_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
         value = json.loads(meta.get("metadata", "{}"))
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    return as_loaded(value) if isinstance(value, dict) else None
 
 
 def check_not_other_kind(path, meta: dict, wanted: str) -> None:

@@ -70,8 +70,9 @@ class ClassifierTrainConfig:
     log_every: int = 50
 
     def __post_init__(self):
-        from .data import check_image_dataset
+        from .data import check_data_dir_applies, check_image_dataset
         check_image_dataset(self.dataset, "the noisy classifier")
+        check_data_dir_applies(self.dataset, self.data_dir)
         check_range("steps", self.steps, 1, None, integer=True)
         check_range("batch_size", self.batch_size, 1, None, integer=True)
         check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)  # larger rates only diverge (to NaN)

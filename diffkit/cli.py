@@ -22,16 +22,11 @@ COMMANDS = ["demo", "train", "distill", "sample", "edit", "upscale", "samplers",
             "train_evaluator", "eval", "experiment", "convert"]
 
 
-# Options whose empty value is refused, and what to give instead (``--out ''`` trained into the
-# config's default folder, ``--resume ''`` trained afresh, ``--config ''`` took the defaults,
-# ``demo --device ''`` picked a device, ``experiment noise-scale --dataset ''`` the checkpoint's, ``train-classifier
-# --schedule ''`` linear).
-_PATH = "an empty path; give a file or folder name"
-EMPTY_REFUSED = {**dict.fromkeys(("--out", "--data-dir", "--checkpoint", "--resume", "--config", "--teacher", "--like",
-                                  "--to-diffusers", "--from-diffusers", "--samples", "--save-samples", "--evaluator",
-                                  "--inception-weights", "--cache-dir", "--ledger"), _PATH),
-                 "--device": "not a device; choose auto, cpu, cuda, cuda:N or mps",
-                 "--dataset": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder, sines or series",
+# Options whose empty value is refused, and what to give instead (``demo --device ''`` picked a device,
+# ``train-classifier --schedule ''`` trained with linear). Paths and data sets refuse '' in their
+# argparse type (_common.path_arg, dataset_arg): ``--out ''`` trained into the config's default folder,
+# ``--resume ''`` trained afresh, ``edit --images ''`` read the current folder.
+EMPTY_REFUSED = {"--device": "not a device; choose auto, cpu, cuda, cuda:N or mps",
                  "--schedule": "not a schedule; choose linear, cosine, scaled_linear or sigmoid"}
 
 

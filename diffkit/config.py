@@ -260,6 +260,8 @@ class TrainConfig:
         for name in ("save_weight_dir", "sampled_dir", "data_dir"):  # "" would quietly mean the current folder
             if getattr(self, name) == "":
                 raise DiffkitError(f"{name}='' is not allowed; give a folder ('.' for the current one)")
+        from .data import check_data_dir_applies
+        check_data_dir_applies(self.dataset, self.data_dir)  # a stored one is dropped on load (checkpoint.as_loaded)
         if self.in_channels is not None and not self.is_series:  # images (or an autoencoder's): grey or RGB
             check_choice("in_channels", self.in_channels, (1, 3))
         if not _DEVICE_RE.fullmatch(self.device):

@@ -448,6 +448,16 @@ def check_image_dataset(name: str, what: str, verb: str = "trains on") -> None:
         raise DiffkitError(f"dataset={name!r} holds time series; {what} {verb} images: {', '.join(images)}")
 
 
+def check_data_dir_applies(name: str, data_dir, readers=("mnist", "fashion-mnist", "cifar10", "folder")) -> None:
+    """A user's ``data_dir`` with ``name='digits'`` is refused in one line, naming the data sets
+    ``readers`` that read a folder (``--data-dir DIR`` without ``--dataset`` used to train on the
+    bundled digits; such old checkpoints' stored data_dir is dropped on load, see
+    :func:`diffkit.checkpoint.load_checkpoint`)."""
+    if name == "digits" and data_dir is not None:
+        raise DiffkitError(f"data_dir={str(data_dir)!r} does not apply to dataset='digits' (bundled with scikit-learn); "
+                           f"to read that folder give dataset {', '.join(readers[:-1])} or {readers[-1]}")
+
+
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,
                  train: bool = True, hflip: bool = False, channels: int | None = None,
                  resize: str = "auto", num_series: int | None = None, seq_length: int | None = None,
@@ -496,9 +506,7 @@ def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None
         check_range("img_size", img_size, 1, 4096, integer=True)
     if channels is not None:
         check_choice("channels", channels, (1, 3))
-    if name == "digits" and data_dir is not None:  # it was ignored: a --data-dir without --dataset trained on digits
-        raise DiffkitError(f"data_dir={str(data_dir)!r} does not apply to dataset='digits' (bundled with scikit-learn); "
-                           f"to read that folder give dataset mnist, fashion-mnist, cifar10 or folder")
+    check_data_dir_applies(name, data_dir)
     directory = Path(data_dir) if data_dir is not None else default_data_dir(name)
     if name == "digits":
         dataset = load_digits_dataset(img_size or DATASET_IMG_SIZE["digits"], hflip, resize)

@@ -9,13 +9,25 @@ from diffkit.commands import train as train_command
 from test_cli_errors import one_line_error
 
 
-def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
-    """--nproc 100000 --device cpu started 100000 ranks (the machine ran out of memory)."""
-    monkeypatch.setattr(train_command.os, "cpu_count", lambda: 2)
+def test_nproc_far_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_path, capsys, monkeypatch):
+    """--nproc 100000 --device cpu started 100000 ranks (the machine ran out of memory); up to 4 ranks a
+    core (gloo oversubscribed, as --nproc 4 on 2 cores ran) are started."""
+    monkeypatch.setattr(train_command, "usable_cores", lambda: 1)
     monkeypatch.setattr(train_command, "relaunch_with_torchrun", lambda n: pytest.fail(f"{n} ranks started"))
-    line = one_line_error(capsys, "train", "--nproc", "3", "--device", "cpu", "--out", str(tmp_path / "r"))
-    assert "--nproc 3 starts 3 processes on the CPU; this machine has 2 cores: use --nproc 2 or fewer" in line
+    line = one_line_error(capsys, "train", "--nproc", "5", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert ("--nproc 5 starts 5 processes on the CPU; this process may run on 1 core, and at most 4 processes a core "
+            "are allowed: use --nproc 4 or fewer") in line, line
     assert not (tmp_path / "r").exists()
+    started = []
+    monkeypatch.setattr(train_command, "relaunch_with_torchrun", lambda n: started.append(n) or 0)
+    assert main(["train", "--nproc", "4", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    assert started == [4]
+
+
+def test_usable_cores_counts_the_affinity_mask(monkeypatch):
+    monkeypatch.setattr(train_command.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    monkeypatch.setattr(train_command.os, "cpu_count", lambda: 64)
+    assert train_command.usable_cores() == 2
 
 
 @pytest.mark.parametrize("argv", [
@@ -24,7 +36,11 @@ def test_nproc_beyond_the_cpu_cores_is_refused_before_any_process_starts(tmp_pat
     ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
     ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
     ["demo", "--device", ""], ["experiment", "noise-scale", "--checkpoint", "x", "--dataset", ""],
-    ["train-classifier", "--schedule", ""],
+    ["train-classifier", "--schedule", ""], ["edit", "--checkpoint", "x", "--out", "o", "--images", ""],
+    ["upscale", "--checkpoint", "x", "--out", "o", "--images", ""], ["edit", "--checkpoint", "x", "--mask", ""],
+    ["sample", "--checkpoint", "x", "--noise-out", ""], ["edit", "--checkpoint", "x", "--series", ""],
+    ["sample", "--checkpoint", "x", "--classifier", ""], ["sample", "--checkpoint", "x", "--clip-model", ""],
+    ["sample", "--checkpoint", "x", "--individual", ""], ["eval", "--checkpoint", "x", "--ref", ""],
 ])
 def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, capsys, monkeypatch):
     """``--out ''`` trained into ./Checkpoints (the config's default), ``--resume ''`` trained afresh,
@@ -35,11 +51,58 @@ def test_an_empty_path_is_refused_not_taken_for_the_default(argv, tmp_path, caps
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
-    allowed = {"--device": "not a device; choose auto", "--dataset": "not a data set; choose digits, mnist",
-               "--schedule": "not a schedule; choose linear, cosine"}.get(
+    allowed = {"--device": "not a device; choose auto", "--schedule": "not a schedule; choose linear, cosine",
+               "--dataset": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder\n",
+               "--ref": "not a data set; choose digits, mnist, fashion-mnist, cifar10, folder\n"}.get(
         argv[-2], "an empty path; give a file or folder name")
     assert f"argument {argv[-2]}: '' is {allowed}" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, allowed", [
+    ("train", "digits, mnist, fashion-mnist, cifar10, folder, sines, series"),
+    ("train-classifier", "digits, mnist, fashion-mnist, cifar10, folder"),
+    ("train-autoencoder", "digits, mnist, fashion-mnist, cifar10, folder"),
+    ("train-evaluator", "digits, mnist, fashion-mnist, cifar10")])
+def test_an_empty_dataset_names_the_commands_own_data_sets(command, allowed, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--dataset", ""])
+    assert capsys.readouterr().err.endswith(f"argument --dataset: '' is not a data set; choose {allowed}\n")
+
+
+def _string_options():
+    """(command, option, action) for every option of every command that takes a string value."""
+    import argparse
+
+    from diffkit.cli import build_parser
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, prefix + [name])
+            elif action.option_strings and action.nargs != 0 and not action.choices:
+                yield " ".join(prefix), action.option_strings[-1], action
+    return list(walk(build_parser(), []))
+
+
+# string options where '' is text or a name checked by the command, not a path
+NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--clip-guidance", "--set", "--eta", "--etas",
+             "--metric", "--metrics", "--nfe", "--objectives", "--recon-loss", "--regularizer", "--sampler",
+             "--samplers", "--spacing", "--steps"}
+
+
+def test_every_string_option_is_a_path_a_data_set_or_known_text():
+    """A new path-valued option must refuse '' (type=path_arg): an untyped one is listed here or fails."""
+    from diffkit.commands import _common
+    from diffkit.data import DATASET_NAMES
+    from diffkit.timeseries import SERIES_DATASETS
+    assert _common.DATASET_NAMES == DATASET_NAMES
+    assert _common.IMAGE_DATASETS == tuple(d for d in DATASET_NAMES if d not in SERIES_DATASETS)
+    untyped = sorted({(c, o) for c, o, a in _string_options() if a.type is None and o not in NOT_PATHS})
+    assert untyped == [], untyped
+    paths = {o for c, o, a in _string_options() if a.type is _common.path_arg}
+    assert {"--out", "--images", "--mask", "--noise-out", "--series", "--classifier", "--clip-model"} <= paths
 
 
 @pytest.mark.parametrize("command", [["train"], ["train-classifier"], ["train-autoencoder"], ["train-evaluator"]])
@@ -48,8 +111,9 @@ def test_a_data_dir_without_a_dataset_is_not_ignored(command, tmp_path, capsys):
     out = tmp_path / ("run" if command == ["train"] else "x.safetensors")
     line = one_line_error(capsys, *command, "--data-dir", str(tmp_path / "mnist"), "--out", str(out),
                           *(["--epochs"] if command == ["train-evaluator"] else ["--steps"]), "1", "--device", "cpu")
+    readers = "mnist, fashion-mnist or cifar10" if command == ["train-evaluator"] else "mnist, fashion-mnist, cifar10 or folder"
     assert (f"data_dir={str(tmp_path / 'mnist')!r} does not apply to dataset='digits' (bundled with scikit-learn); to "
-            f"read that folder give dataset mnist, fashion-mnist, cifar10 or folder") in line, line
+            f"read that folder give dataset {readers}") in line, line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -132,3 +196,29 @@ def test_an_empty_list_entry_is_refused_not_skipped(argv, message, tmp_path, cap
     assert list(tmp_path.iterdir()) == []
     from diffkit.commands._common import int_list
     assert int_list("") == [] and int_list("[1, 2,2]") == [1, 2, 2]
+
+
+def test_an_int_list_of_empty_brackets_is_the_empty_list():
+    """``--attn '[]'`` meant no attention (as ``--attn ''``) before the empty-entry refusal; "[,]" is still refused."""
+    import argparse
+    from diffkit.commands._common import int_list
+    assert int_list("[]") == int_list(" [ ] ") == []
+    with pytest.raises(argparse.ArgumentTypeError, match="not a comma-separated list"):
+        int_list("[,]")
+
+
+def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evaluates(tiny_checkpoint, tmp_path):
+    """Before the refusal above, ``train --data-dir DIR`` without ``--dataset`` trained on digits and
+    stored data_dir=DIR; resume, eval nll and noise-scale must take such a checkpoint (DIR was never read)."""
+    tensors, meta = ckpt.load_checkpoint(tiny_checkpoint)
+    old = tmp_path / "run" / "checkpoints" / "latest.safetensors"
+    old.parent.mkdir(parents=True)
+    ckpt.save_checkpoint(old, tensors, {**meta, "config": {**meta["config"], "data_dir": "mydata"}})
+    assert ckpt.load_checkpoint(old)[1]["config"]["data_dir"] is None
+    assert ckpt.peek_metadata(old)["config"]["data_dir"] is None
+    assert main(["eval", "--checkpoint", str(old), "--metrics", "nll", "--nll-num", "2",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["experiment", "noise-scale", "--checkpoint", str(old), "--batches", "2", "--small-batch", "1",
+                 "--big-batch", "2", "--history", "1", "--device", "cpu", "--out", str(tmp_path / "n.json")]) == 0
+    assert main(["train", "--resume", str(old), "--steps", str(meta["step"] + 1)]) == 0
+    assert ckpt.load_checkpoint(old)[1]["step"] == meta["step"] + 1

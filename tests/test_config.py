@@ -69,7 +69,8 @@ def test_seed_model_config_is_accepted_verbatim():
 @pytest.mark.parametrize("suffix", [".json", ".toml", ".yaml", ".yml"])
 def test_round_trip_through_files(tmp_path, suffix):
     cfg = apply_overrides(TrainConfig.from_dict(SEED_MODEL_CONFIG),
-                          {"min_snr_gamma": 5.0, "attn": [], "data_dir": 'C:\\data "quoted"', "hflip": True})
+                          {"min_snr_gamma": 5.0, "attn": [], "dataset": "mnist", "data_dir": 'C:\\data "quoted"',
+                           "hflip": True})  # data_dir with the default digits is refused
     path = cfg.to_file(tmp_path / f"config{suffix}")
     assert TrainConfig.from_file(path) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -308,7 +308,8 @@ def test_resume_command_is_one_bash_command_with_cwd_and_quoting(tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["pytest"])  # not the `diffkit` script: `<interpreter> -m diffkit`
     base = "" if relative else f"{cwd}/"
     cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), "save_weight_dir": f"{base}{odd}/checkpoints",
-                                 "sampled_dir": f"{base}{odd}/samples", "data_dir": str(tmp_path / "data")})
+                                 "sampled_dir": f"{base}{odd}/samples", "dataset": "folder",
+                                 "data_dir": str(tmp_path / "data")})
     command = resume_command(cfg, ["--no-sample"])
     assert command.count(shlex.quote(sys.executable)) == 1, command
     script = 'a(){ printf "%s\\0" "$PWD" "$@"; }; ' + command.replace(shlex.quote(sys.executable), "a", 1)

@@ -35,9 +35,10 @@ def int_in(low: int, high: int):
 def int_list(text: str) -> list[int]:
     """An argparse type: a comma-separated list of integers (``1,2,2``, brackets allowed; ``""`` is the
     empty list, e.g. ``--attn ""``); an empty entry (``1,,2``, ``1,2,``) is refused, not skipped."""
-    entries = text.replace("[", "").replace("]", "").split(",")
-    if not text.strip():
+    inner = text.replace("[", "").replace("]", "")
+    if not inner.strip():  # "" and "[]": no entries
         return []
+    entries = inner.split(",")
     try:
         return [int(v) for v in entries]  # int("") fails: "1,,2" is refused, not read as [1, 2]
     except ValueError:
@@ -45,6 +46,33 @@ def int_list(text: str) -> list[int]:
 
 
 int_list.__name__ = "integer list"
+
+
+# data.DATASET_NAMES and its image sets, here so that parsing imports no torch (test_cli_bad_input keeps them equal)
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")
+IMAGE_DATASETS = DATASET_NAMES[:5]
+
+
+def path_arg(text: str) -> str:
+    """An argparse type for a file or folder name: ``''`` is refused (``Path('')`` is the current
+    folder, and an empty value quietly meant the default or ``.``)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("'' is an empty path; give a file or folder name")
+    return text
+
+
+path_arg.__name__ = "path"
+
+
+def dataset_arg(allowed):
+    """An argparse type for a data set name: ``''`` is refused naming ``allowed`` (the command's own
+    sets); any other name passes on to the command's own check (its message names the sets too)."""
+    def parse(text: str) -> str:
+        if text == "":
+            raise argparse.ArgumentTypeError(f"'' is not a data set; choose {', '.join(allowed)}")
+        return text
+    parse.__name__ = "data set"
+    return parse
 
 
 def positive_int(text: str) -> int:

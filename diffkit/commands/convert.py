@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_output_file
+from ._common import check_output_file, path_arg
 
 
 def register(subparsers) -> None:
@@ -22,12 +22,15 @@ def register(subparsers) -> None:
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
                     "model description, no optimiser state).")
-    parser.add_argument("--checkpoint", help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
-    parser.add_argument("--to-diffusers", metavar="DIR", help="write the diffusers folder here")
-    parser.add_argument("--from-diffusers", metavar="DIR", help="a diffusers folder (model_index.json + unet/ + "
-                                                               "scheduler/, or a UNet2DModel folder) to import")
-    parser.add_argument("--out", metavar="CKPT", help="write the diffkit checkpoint here (.safetensors): imported "
-                                                      "from --from-diffusers, or the weights of --checkpoint")
+    parser.add_argument("--checkpoint", type=path_arg,
+                        help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
+    parser.add_argument("--to-diffusers", type=path_arg, metavar="DIR", help="write the diffusers folder here")
+    parser.add_argument("--from-diffusers", type=path_arg,
+                        metavar="DIR", help="a diffusers folder (model_index.json + unet/ + "
+                                           "scheduler/, or a UNet2DModel folder) to import")
+    parser.add_argument("--out", type=path_arg,
+                        metavar="CKPT", help="write the diffkit checkpoint here (.safetensors): imported "
+                                             "from --from-diffusers, or the weights of --checkpoint")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA")
     parser.add_argument("--clip-sample", action="store_true",
                         help="exported DDPMScheduler clips x_0 to [-1, 1] (diffusers' default; diffkit's is off)")

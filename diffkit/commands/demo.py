@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import add_progress_flag, check_writable_dir, positive_int, run_folder_lock
+from ._common import add_progress_flag, check_writable_dir, path_arg, positive_int, run_folder_lock
 
 DEMO_CONFIG = {
     "dataset": "digits", "img_size": 16, "channel": 32, "channel_mult": [1, 2, 2], "attn": [1],
@@ -23,7 +23,7 @@ DEMO_CONFIG = {
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train on the embedded digits, then sample a grid", description=__doc__)
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--out", type=path_arg, default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--steps", type=positive_int, help=f"training steps (default {DEMO_CONFIG['max_steps']})")
     p.add_argument("--device", help="auto (default), cpu, cuda, mps")
     add_progress_flag(p)

@@ -15,19 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import positive_int
+from ._common import path_arg, positive_int
 
 
 def register(sub) -> None:
     p = sub.add_parser("distill", help="distil a diffusion checkpoint into a consistency model",
                        description=__doc__)
-    p.add_argument("--teacher", help="the diffusion checkpoint to distil (a diffkit .safetensors file or run folder)")
-    p.add_argument("--out", help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
+    p.add_argument("--teacher", type=path_arg,
+                   help="the diffusion checkpoint to distil (a diffkit .safetensors file or run folder)")
+    p.add_argument("--out", type=path_arg, help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
     p.add_argument("--steps", type=positive_int,
                    help="optimiser steps (default: the teacher config's max_steps, else its epochs)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--resume", help="a distillation checkpoint to continue exactly")
+    p.add_argument("--resume", type=path_arg, help="a distillation checkpoint to continue exactly")
     from .train import add_run_flags
     add_run_flags(p, "distill", run, "--set consistency_skip=10 --set lr=5e-5")
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .sample import add_rescale_interval_flags
 from ._common import (add_mixed_precision_flag, add_progress_flag, batch_size_or_auto, check_writable_dir, eta_value,
-                      int_in, missing_dirs, non_negative_float, positive_int, removed_if_empty_on_failure, seed_int)
+                      int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
+                      seed_int)
 
 
 def strength_value(text: str) -> float:
@@ -42,9 +43,11 @@ def strength_value(text: str) -> float:
 
 def register(sub) -> None:
     p = sub.add_parser("edit", help="img2img (SDEdit), inpainting or interpolation of PNG images; forecast / impute a series (--series)", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
-    p.add_argument("--images", metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
-    p.add_argument("--series", metavar="CSV|NPY", help="time-series checkpoints: the rows to forecast from "
+    p.add_argument("--checkpoint", type=path_arg,
+                   required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
+    p.add_argument("--images", type=path_arg, metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
+    p.add_argument("--series", type=path_arg,
+                   metavar="CSV|NPY", help="time-series checkpoints: the rows to forecast from "
                    "(--horizon) or to impute (empty / NaN cells), in the training file's columns and units")
     p.add_argument("--horizon", type=positive_int, metavar="H",
                    help="with --series: forecast H rows after the file's rows (from its last seq_length - H rows; "
@@ -59,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--reconstruction-weight", type=non_negative_float, metavar="W",
                    help="with --series or --mask: reconstruction guidance weight w (Ho et al. 2022; 0 = replacement "
                         "only; default 1 with --series, 0 with --mask; w > 0 costs a backward pass per step)")
-    p.add_argument("--mask", metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint")
+    p.add_argument("--mask", type=path_arg,
+                   metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint")
     p.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8; "
                         "1 with --mask)")
@@ -90,7 +94,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=batch_size_or_auto,
                    help="images or pairs per batch (default 16); with --series the windows per sampler call, or "
                         "auto (the --series default): the largest batch that fits in free memory")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
+    p.add_argument("--out", type=path_arg,
+                   required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
                    "with --series a .csv or .npy file)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")

@@ -22,37 +22,41 @@ import contextlib
 import sys
 import warnings
 
-from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
-                      check_writable_dir, default_sampling, missing_dirs, positive_int, removed_if_empty_on_failure,
-                      seed_int)
+from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
+                      check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg, positive_int,
+                      removed_if_empty_on_failure, seed_int)
 
 
 def add_source_flags(p) -> None:
     """Flags shared by ``eval`` and ``experiment``: reference data, evaluator, Inception, device."""
-    p.add_argument("--ref", help="reference data set (test split): digits, mnist, fashion-mnist, cifar10, "
-                                 "folder (default: the checkpoint's training data set)")
-    p.add_argument("--data-dir", help="folder with the reference data set's files (eval of a run on a series "
-                                      "file: that file where it is now, same SHA-256)")
+    p.add_argument("--ref", type=dataset_arg(IMAGE_DATASETS),
+                   help="reference data set (test split): digits, mnist, fashion-mnist, cifar10, "
+                        "folder (default: the checkpoint's training data set)")
+    p.add_argument("--data-dir", type=path_arg,
+                   help="folder with the reference data set's files (eval of a run on a series "
+                        "file: that file where it is now, same SHA-256)")
     p.add_argument("--ref-num", type=positive_int, help="use only the first N reference images")
-    p.add_argument("--evaluator", help="evaluator .safetensors from 'diffkit train-evaluator' (classifier metrics)")
-    p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (fid/is/kid/pr); "
-                                               "default $DIFFKIT_INCEPTION_WEIGHTS or ~/.cache/diffkit/")
+    p.add_argument("--evaluator", type=path_arg,
+                   help="evaluator .safetensors from 'diffkit train-evaluator' (classifier metrics)")
+    p.add_argument("--inception-weights", type=path_arg, help="pt_inception-2015-12-05-6726825d.pth (fid/is/kid/pr); "
+                                                              "default $DIFFKIT_INCEPTION_WEIGHTS or ~/.cache/diffkit/")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i starts from the noise of seed + i")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     add_mixed_precision_flag(p)
     add_compile_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
-    p.add_argument("--cache-dir", help="keep each finished batch of samples here; the same command run again "
-                                       "reuses them, so a stopped run continues where it stopped")
+    p.add_argument("--cache-dir", type=path_arg,
+                   help="keep each finished batch of samples here; the same command run again "
+                        "reuses them, so a stopped run continues where it stopped")
     add_progress_flag(p)
 
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or a folder of images", description=__doc__)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a diffkit checkpoint (.safetensors)")
-    source.add_argument("--samples", help="a folder of same-sized PNGs made elsewhere")
+    source.add_argument("--checkpoint", type=path_arg, help="a diffkit checkpoint (.safetensors)")
+    source.add_argument("--samples", type=path_arg, help="a folder of same-sized PNGs made elsewhere")
     p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
                    "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided, "
                    "rate-distortion; context-fid, correlational, discriminative, predictive (time-series checkpoints)")
@@ -80,8 +84,8 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=positive_int, default=1,
                    help="time-series metrics: compute each N times on the same samples, seeds --seed, --seed + 1, "
                         "...; report mean +- the 95%% t-interval half-width and the runs (default 1)")
-    p.add_argument("--save-samples", help="also write the samples as PNGs into this folder")
-    p.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
+    p.add_argument("--save-samples", type=path_arg, help="also write the samples as PNGs into this folder")
+    p.add_argument("--out", type=path_arg, default="eval.json", help="JSON file for the results (default eval.json)")
     add_source_flags(p)
     p.set_defaults(func=run)
 

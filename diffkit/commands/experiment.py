@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, positive_int,
+from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, path_arg, positive_int,
                       removed_if_empty_on_failure, restarts_value)
 
 
@@ -50,10 +50,10 @@ def register(sub) -> None:
                                "(default 0.1:2:1:5)")
     from .eval import add_source_flags
     for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):
-        q.add_argument("--checkpoint", required=True, help="a diffkit checkpoint (.safetensors)")
+        q.add_argument("--checkpoint", type=path_arg, required=True, help="a diffkit checkpoint (.safetensors)")
         q.add_argument("--metric", default="fd-classifier", help="one sample metric (default fd-classifier)")
         q.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default 1000)")
-        q.add_argument("--out", default="experiments", help="output folder (default experiments)")
+        q.add_argument("--out", type=path_arg, default="experiments", help="output folder (default experiments)")
         if q is ddim:
             q.add_argument("--thresholding", choices=("clip", "dynamic", "none"),
                            help="clip the predicted x0 of every row; none: of no row (default: only the sigma_hat "
@@ -61,7 +61,8 @@ def register(sub) -> None:
         else:
             q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
         q.add_argument("--name", type=file_stem, default=name, help=f"file name stem (default {name})")
-        q.add_argument("--ledger", help="JSON file of finished cells: cells already there (same weights, "
+        q.add_argument("--ledger", type=path_arg,
+                       help="JSON file of finished cells: cells already there (same weights, "
                        "evaluator, reference, settings, --num and --seed) are taken from it, each new cell is "
                        "added as it finishes; small enough to commit, so a table can be finished over many runs")
         q.add_argument("--ledger-only", action="store_true",

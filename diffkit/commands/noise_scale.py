@@ -13,17 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_output_file, missing_dirs, positive_int, removed_if_empty_on_failure, seed_int
+from ._common import (IMAGE_DATASETS, check_output_file, dataset_arg, missing_dirs, path_arg, positive_int,
+                      removed_if_empty_on_failure, seed_int)
 
 
 def add_parser(tables) -> None:
     from ..gradient_noise import OBJECTIVES
     p = tables.add_parser("noise-scale", help="gradient noise scale B_simple of each diffusion objective",
                           description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a diffkit checkpoint (.safetensors)")
-    p.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, folder (default: the checkpoint's "
-                                     "training data set)")
-    p.add_argument("--data-dir", help="folder with the data set's files (default: the checkpoint's)")
+    p.add_argument("--checkpoint", type=path_arg, required=True, help="a diffkit checkpoint (.safetensors)")
+    p.add_argument("--dataset", type=dataset_arg(IMAGE_DATASETS),
+                   help="digits, mnist, fashion-mnist, cifar10, folder (default: the checkpoint's "
+                        "training data set)")
+    p.add_argument("--data-dir", type=path_arg, help="folder with the data set's files (default: the checkpoint's)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="data split the examples are drawn from (default train, what the model was trained on)")
     p.add_argument("--objectives", default=None,
@@ -38,7 +40,8 @@ def add_parser(tables) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the data, noise and timesteps (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="the raw weights, not the EMA")
-    p.add_argument("--out", default="noise_scale.json", help="JSON file for the results (default noise_scale.json)")
+    p.add_argument("--out", type=path_arg,
+                   default="noise_scale.json", help="JSON file for the results (default noise_scale.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress lines")
     p.set_defaults(func=run)
 

@@ -44,7 +44,8 @@ from ..errors import DiffkitError, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
-                      non_negative_float, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
+                      tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -53,12 +54,14 @@ GRID_LIMIT = 4096  # the grid PNGs show at most the first 4096 images (--individ
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run's checkpoint folder (default with "
-                                        "--config: its test_load_weight in its save_weight_dir)")
-    p.add_argument("--config", help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
-                                    "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
-                                    "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
-                                    "state 'eval' loads it")
+    p.add_argument("--checkpoint", type=path_arg,
+                   help="a .safetensors checkpoint or a run's checkpoint folder (default with "
+                        "--config: its test_load_weight in its save_weight_dir)")
+    p.add_argument("--config", type=path_arg,
+                   help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
+                        "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
+                        "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
+                        "state 'eval' loads it")
     p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL "
                    "also sets the grid, e.g. unipc:zero")
@@ -74,9 +77,10 @@ def register(sub) -> None:
                    help="images per forward pass, or auto (default): the largest batch whose measured peak memory "
                         "fits in the free memory (at most 256 on the CPU, 1024 on a GPU)")
     p.add_argument("--nrow", type=int_in(1, 1024), help="grid columns (default: the checkpoint's nrow)")
-    p.add_argument("--out", help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
-    p.add_argument("--noise-out", help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
-    p.add_argument("--individual", help="also write each image as a PNG into this folder")
+    p.add_argument("--out", type=path_arg, help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
+    p.add_argument("--noise-out", type=path_arg,
+                   help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
+    p.add_argument("--individual", type=path_arg, help="also write each image as a PNG into this folder")
     p.add_argument("--progressive", type=int_in(2, 1001), metavar="K",
                    help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from the "
                         "grid's first time to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
@@ -99,7 +103,7 @@ def register(sub) -> None:
     g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
                    help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
     add_rescale_interval_flags(g)
-    g.add_argument("--classifier", metavar="CKPT",
+    g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
                    help="classifier gradient scale (default 1)")
@@ -107,7 +111,7 @@ def register(sub) -> None:
                    help="2: eps-hat, any sampler (default); 1: mean shift of the ddpm sampler")
     g.add_argument("--clip-guidance", metavar="TEXT",
                    help="CLIP guidance towards this prompt (RGB image models; needs --clip-model)")
-    g.add_argument("--clip-model", metavar="DIR",
+    g.add_argument("--clip-model", type=path_arg, metavar="DIR",
                    help="a local CLIP folder (CLIPModel.save_pretrained + its tokenizer); nothing is downloaded")
     g.add_argument("--clip-scale", type=non_negative_float, metavar="S",
                    help="CLIP guidance scale s of eps - sqrt(1 - abar) s grad cos (required with --clip-guidance; "

@@ -14,25 +14,28 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import (add_progress_flag, check_writable_dir, missing_dirs, positive_int, remove_if_empty,
-                      removed_if_empty_on_failure, run_folder_lock)
+from ._common import (DATASET_NAMES, add_progress_flag, check_writable_dir, dataset_arg, missing_dirs, path_arg,
+                      positive_int, remove_if_empty, removed_if_empty_on_failure, run_folder_lock)
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a diffusion model", description=__doc__)
-    p.add_argument("--config", help="TOML/YAML/JSON file (the seed's modelConfig keys are accepted verbatim)")
-    p.add_argument("--dataset", help="digits (embedded default), mnist, fashion-mnist, cifar10, folder; sines "
-                                     "(generated time series: a 1-D U-Net, docs/data_and_config.md), series (your "
-                                     "own time series: --data-dir FILE.csv or FILE.npy)")
-    p.add_argument("--data-dir", help="folder with the data set files (dataset series: the .csv or .npy file)")
-    p.add_argument("--out", help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
+    p.add_argument("--config", type=path_arg,
+                   help="TOML/YAML/JSON file (the seed's modelConfig keys are accepted verbatim)")
+    p.add_argument("--dataset", type=dataset_arg(DATASET_NAMES),
+                   help="digits (embedded default), mnist, fashion-mnist, cifar10, folder; sines "
+                        "(generated time series: a 1-D U-Net, docs/data_and_config.md), series (your "
+                        "own time series: --data-dir FILE.csv or FILE.npy)")
+    p.add_argument("--data-dir", type=path_arg,
+                   help="folder with the data set files (dataset series: the .csv or .npy file)")
+    p.add_argument("--out", type=path_arg, help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
     p.add_argument("--steps", type=positive_int, help="optimiser steps (overrides epoch)")
     p.add_argument("--epochs", type=positive_int, help="epochs (the seed's 'epoch')")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--conditional", action="store_true", help="class-conditional (label dropout p_uncond)")
-    p.add_argument("--resume", help="checkpoint to resume from (the seed's training_load_weight); "
-                                    "its config is used unless --config is given")
+    p.add_argument("--resume", type=path_arg, help="checkpoint to resume from (the seed's training_load_weight); "
+                                                   "its config is used unless --config is given")
     add_run_flags(p, "train", run, "--set lr=2e-4 --set channel_mult=[1,2,2]")
 
 
@@ -125,6 +128,18 @@ def resumable_config(path) -> dict:
     return meta["config"]
 
 
+CPU_RANKS_PER_CORE = 4  # --nproc above this many gloo processes per core is refused as a mistake
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (a container's or
+    taskset's limit), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def run(args) -> int:
     return run_config(args, config_from_args(args))
 
@@ -141,9 +156,13 @@ def run_config(args, cfg) -> int:
     if args.nproc > 1 and device.type not in DISTRIBUTED_DEVICES:
         raise DiffkitError(f"--nproc {args.nproc} needs device cpu (gloo) or cuda (nccl); {device.type} has no "
                            f"process-group backend: use --nproc 1 or --device cpu")
-    if args.nproc > 1 and device.type == "cpu" and args.nproc > (os.cpu_count() or 1):  # one core per rank
-        raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this machine has "
-                           f"{os.cpu_count() or 1} cores: use --nproc {os.cpu_count() or 1} or fewer")
+    if args.nproc > 1 and device.type == "cpu":  # oversubscribing works; --nproc 100000 ran out of memory
+        cores = usable_cores()
+        limit = CPU_RANKS_PER_CORE * cores
+        if args.nproc > limit:
+            raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this process may run on "
+                               f"{cores} core{'s' if cores != 1 else ''}, and at most {CPU_RANKS_PER_CORE} processes "
+                               f"a core are allowed: use --nproc {limit} or fewer")
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch
         if args.nproc > torch.cuda.device_count():

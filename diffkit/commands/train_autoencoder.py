@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_output_file, int_list, missing_dirs,
-                      non_negative_float, positive_int, removed_if_empty_on_failure)
+from ._common import (IMAGE_DATASETS, add_progress_flag, check_output_file, dataset_arg, int_list, missing_dirs,
+                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure)
 
 # Downsampling factor f -> channel_mult (f = 2 ** (levels - 1)); f=4 and f=8 as LDM's KL-f4 / KL-f8.
 FACTOR_MULTS = {1: [1], 2: [1, 2], 4: [1, 2, 2], 8: [1, 2, 2, 4], 16: [1, 2, 2, 4, 4]}
@@ -26,12 +26,14 @@ def _non_negative_int(text: str) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train-autoencoder", help="train the latent autoencoder (KL or VQ) for latent diffusion",
                        description=__doc__)
-    p.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10, folder")
-    p.add_argument("--data-dir", help="folder with the data set files")
+    p.add_argument("--dataset", type=dataset_arg(IMAGE_DATASETS),
+                   default="digits", help="digits (default), mnist, fashion-mnist, cifar10, folder")
+    p.add_argument("--data-dir", type=path_arg, help="folder with the data set files")
     p.add_argument("--img-size", type=positive_int, help="image side (default: the data set's own); a multiple of f")
     p.add_argument("--in-channels", type=int, choices=(1, 3),
                    help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
-    p.add_argument("--out", default="runs/autoencoder/autoencoder.safetensors", help="checkpoint file to write")
+    p.add_argument("--out", type=path_arg,
+                   default="runs/autoencoder/autoencoder.safetensors", help="checkpoint file to write")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")

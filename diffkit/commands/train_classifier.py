@@ -10,23 +10,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_progress_flag, check_output_file, int_list, missing_dirs,
-                      positive_int, removed_if_empty_on_failure, seed_int)
+from ._common import (IMAGE_DATASETS, add_progress_flag, check_output_file, dataset_arg, int_list, missing_dirs,
+                      path_arg, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def register(sub) -> None:
     p = sub.add_parser("train-classifier", help="train a noisy-image classifier for classifier guidance",
                        description=__doc__)
-    p.add_argument("--like", metavar="CKPT",
+    p.add_argument("--like", type=path_arg, metavar="CKPT",
                    help="diffusion checkpoint whose data set, image size, channels and schedule to use")
-    p.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, cifar10, folder")
-    p.add_argument("--data-dir", help="folder with the data set files")
+    p.add_argument("--dataset", type=dataset_arg(IMAGE_DATASETS),
+                   help="digits (default), mnist, fashion-mnist, cifar10, folder")
+    p.add_argument("--data-dir", type=path_arg, help="folder with the data set files")
     p.add_argument("--img-size", type=positive_int, help="image side (default: the data set's own)")
     p.add_argument("--in-channels", type=int, choices=(1, 3),
                    help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
     p.add_argument("--schedule", help="noise schedule: linear (default), cosine, scaled_linear, sigmoid")
     p.add_argument("--T", dest="T", type=positive_int, help="diffusion steps (default 1000)")
-    p.add_argument("--out", default="runs/classifier/classifier.safetensors", help="checkpoint file to write")
+    p.add_argument("--out", type=path_arg,
+                   default="runs/classifier/classifier.safetensors", help="checkpoint file to write")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._common import check_output_file, missing_dirs, positive_int, removed_if_empty_on_failure, seed_int
+from ._common import (check_output_file, dataset_arg, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure,
+                      seed_int)
 
 EVALUATOR_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -14,9 +15,11 @@ EVALUATOR_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 def register(sub) -> None:
     p = sub.add_parser("train-evaluator", help="train the classifier used by the fd-classifier metric",
                        description=__doc__)
-    p.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10")
-    p.add_argument("--data-dir", help="folder with the data set's files (not needed for digits)")
-    p.add_argument("--out", default="evaluator.safetensors", help="output file (default evaluator.safetensors)")
+    p.add_argument("--dataset", type=dataset_arg(EVALUATOR_DATASETS),
+                   default="digits", help="digits (default), mnist, fashion-mnist, cifar10")
+    p.add_argument("--data-dir", type=path_arg, help="folder with the data set's files (not needed for digits)")
+    p.add_argument("--out", type=path_arg,
+                   default="evaluator.safetensors", help="output file (default evaluator.safetensors)")
     p.add_argument("--epochs", type=positive_int, default=3, help="passes over the training images (default 3)")
     p.add_argument("--img-size", type=positive_int, help="image side (default: the data set's own); "
                                                           "must equal the size of the images you evaluate")
@@ -34,10 +37,12 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from ..config import resolve_device
+    from ..data import check_data_dir_applies
     from ..errors import check_choice
     from ..evaluation import reference_images
     from ..metrics import evaluator_accuracy, save_evaluator, train_evaluator
     check_choice("dataset", args.dataset, EVALUATOR_DATASETS)
+    check_data_dir_applies(args.dataset, args.data_dir, EVALUATOR_DATASETS[1:])
     device = str(resolve_device(args.device))
     out = Path(args.out)
     check_output_file(out, "--out", ".safetensors", writes="evaluator")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._common import (add_mixed_precision_flag, add_progress_flag, add_solver_flags, check_output_file,
-                      check_writable_dir, eta_value, int_in, missing_dirs, peek_checkpoint, positive_int,
+                      check_writable_dir, eta_value, int_in, missing_dirs, path_arg, peek_checkpoint, positive_int,
                       removed_if_empty_on_failure, seed_int, tolerance_options)
 
 GRID_NAME = "upscale_grid.png"
@@ -27,10 +27,13 @@ GRID_NAME = "upscale_grid.png"
 def register(sub) -> None:
     p = sub.add_parser("upscale", help="upscale low-resolution PNGs with a super-resolution checkpoint",
                        description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a super-resolution .safetensors checkpoint or its run's "
+    p.add_argument("--checkpoint", type=path_arg,
+                   required=True, help="a super-resolution .safetensors checkpoint or its run's "
                    "checkpoint folder (trained with --set super_res_from=S)")
-    p.add_argument("--images", required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
-    p.add_argument("--out", required=True, metavar="DIR", help=f"folder for upscaled_00000.png, ... and {GRID_NAME}")
+    p.add_argument("--images", type=path_arg,
+                   required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
+    p.add_argument("--out", type=path_arg,
+                   required=True, metavar="DIR", help=f"folder for upscaled_00000.png, ... and {GRID_NAME}")
     p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL also "
                    "sets the grid")
     g = p.add_mutually_exclusive_group()
