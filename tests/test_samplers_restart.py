@@ -266,3 +266,54 @@ def test_restart_steps_are_karras_rho_7_from_t_max_to_the_grid_t_min():
     assert 0 < path_t[1] < 1000 and len(net.times) == len(expected) == 2 * 8 - 1 + 2 * n
     torch.testing.assert_close(torch.tensor(net.times, dtype=F64), torch.tensor(expected, dtype=F64),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("flag, options", [("0.1:1:1:2", {"sampler": "restart", "restarts": [(0.1, 1.0, 1, 2)]}),
+                                           ("0.02:0.3:1:2+0.3:1.2:2:1", {"sampler": "restart",
+                                                                        "restarts": [(0.02, 0.3, 1, 2),
+                                                                                     (0.3, 1.2, 2, 1)]}),
+                                           ("none", {"sampler": "heun"})])
+def test_restarts_on_the_command_line_are_the_library_s(tiny_checkpoint, tmp_path, capsys, flag, options):
+    """``diffkit sample --sampler restart --restarts FLAG`` writes the images of ``diffkit.sample`` with those
+    intervals from the same noise (sample i: x_T from seed i, its step noise from seed 10000019 + i); ``none``:
+    plain Heun's."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.cli import main
+    from diffkit.images import to_uint8
+    from diffkit.loading import load_denoiser
+    from diffkit.models.network import sample_shape
+    from diffkit.noise import randn, sample_generators
+    code = main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "restart", "--restarts", flag,
+                 "--steps", "6", "--num", "2", "--batch-size", "2", "--device", "cpu", "--out",
+                 str(tmp_path / "g.png"), "--individual", str(tmp_path / "each"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    den = load_denoiser(tiny_checkpoint)
+    noise_gens, gens = sample_generators(0, 0, 2)
+    noise = randn((2, *sample_shape(den.meta["unet"])), noise_gens)
+    expected = to_uint8(diffkit.sample(den, noise, steps=6, generator=gens, progress=False, **options))
+    written = np.stack([np.asarray(Image.open(tmp_path / "each" / f"sample_{i:05d}.png")).reshape(expected[i].shape)
+                        for i in range(2)])
+    assert np.array_equal(written, expected)
+
+
+def test_restarts_need_the_restart_sampler_and_set_its_nfe(tiny_checkpoint, tmp_path, capsys):
+    from diffkit.cli import main
+    code = main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "heun", "--restarts", "0.1:1:1:2",
+                 "--out", str(tmp_path / "h.png"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "--restarts" in err and "'heun'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "h.png").exists()
+    with pytest.raises(SystemExit):  # argparse's error: one line, exit status 2
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "restart", "--restarts", "0.1:2:0:2"])
+    out, err = capsys.readouterr()
+    assert "K=0" in err and "'none'" in err and len(err.strip().splitlines()) == 1
+    # NFE = 2 steps - 1 + 2 n K: none is heun's 2 steps - 1 (3), one interval of n = 2, K = 1 adds 4 (7)
+    for flag, nfe in (("none", 3), ("0.1:1:1:2", 7)):
+        code = main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "restart", "--restarts", flag,
+                     "--nfe", str(nfe), "--num", "2", "--out", str(tmp_path / f"{nfe}.png"), "--no-progress"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert f"restart, {nfe} network evaluations" in out
