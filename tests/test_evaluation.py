@@ -433,6 +433,19 @@ def test_missing_inception_weights_say_where_and_how(run_dir, tmp_path, capsys, 
                    "DIFFKIT_INCEPTION_WEIGHTS", str(tmp_path / "cache"), "--inception-weights")
 
 
+def test_inception_weights_without_an_inception_metric_are_a_one_line_error(run_dir, tmp_path, capsys):
+    """--inception-weights with metrics none of which uses Inception (fid, is, kid, pr) is refused, naming
+    those metrics, before anything is written (not silently ignored)."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    for metrics in ("fd-classifier", "nll,classifier-score"):
+        one_line_error(capsys, ["eval", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--metrics", metrics,
+                                "--inception-weights", weights, "--evaluator", run_dir / "ev.safetensors",
+                                "--save-samples", tmp_path / "s" / "imgs", "--out", tmp_path / "o" / "r.json"],
+                       "--inception-weights", "fid, is, kid, pr", f"--metrics {metrics}")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
 def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     ev = run_dir / "ev.safetensors"
