@@ -6,6 +6,8 @@ print one line ``diffkit: error: ...`` and exit with status 2, as does running o
 (a model or batch too large for the machine); nothing else is caught. diffkit's own warnings
 (:class:`~diffkit.errors.DiffkitWarning`) print as one line ``diffkit COMMAND: warning: ...`` (no
 source file and line), from the start (also those while the commands' modules are imported).
+Progress notices of library code (the out-of-memory retry) print ``diffkit: warning: ...`` directly
+(:mod:`diffkit.errors`).
 """
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ Every mistake a user can make (a bad flag, config value, file or argument) raise
 :class:`DiffkitError`. It subclasses :class:`ValueError`, so library callers can catch
 either; the CLI prints its message on one line and exits with status 2 (no traceback).
 What diffkit accepts but doubts warns with :class:`DiffkitWarning` (also one line on the CLI).
+A progress notice of library code that must show every time it happens (the out-of-memory retry of
+:class:`diffkit.memory.RetryingBatches`, once per halved batch) is no warning: it prints
+``diffkit: warning: ...`` to stderr directly, not through :mod:`warnings`' filters.
 """
 from __future__ import annotations
 

@@ -193,6 +193,9 @@ def test_sample_cli_with_prompts_writes_a_grid_of_the_right_size(trained, tmp_pa
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "'zebra'" in captured.err and "<unk>" in captured.err  # the unknown word is reported
+    warned = [line for line in captured.err.splitlines() if "zebra" in line]  # once, as a DiffkitWarning
+    assert warned == ["diffkit sample: warning: prompt 'a photo of a zebra': word(s) 'zebra' are not in the model's "
+                      "vocabulary and are encoded as <unk>"], captured.err
     image = np.asarray(Image.open(out))
     assert image.shape == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # 3 prompts x 2, decoded to 16x16 pixels
 

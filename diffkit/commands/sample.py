@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DiffkitError, check_range, shorten
+from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
@@ -725,9 +725,10 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
 
     One prompt: every image; several: one row per prompt. Default prompts: each class's caption.
     The null condition of the guidance is the empty prompt's context. Unknown words: a warning."""
-    import sys
+    import warnings
 
     from ..guidance import ClassifierFreeGuidance
+    from .eval import printed_warnings
     if request.classes:
         raise DiffkitError("--class needs a class-conditional checkpoint; this one is text-conditional: use "
                            "--prompt TEXT")
@@ -740,13 +741,14 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
         [captions.prompt(k) for k in range(captions.num_classes)] if captions is not None else [""])
     index, num, nrow = condition_rows(len(prompts), num, nrow, "prompts of --prompt" if request.prompts else None)
     context = denoiser.prompt_encoder(prompts, device)
-    for text in prompts:  # after the encoder's own checks (a prompt too long): one line for a mistake
-        unknown = list(dict.fromkeys(model.tokenizer.unknown_words(text)))  # each word once
-        if unknown:
-            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-            shown = ", ".join(repr(w) for w in unknown[:8]) + more
-            print(f"diffkit: warning: prompt {shorten(text)}: word(s) {shown} are not in the "
-                  f"model's vocabulary and are encoded as <unk>", file=sys.stderr)
+    with printed_warnings():  # now, one line 'diffkit sample: warning: ...' per prompt
+        for text in prompts:  # after the encoder's own checks (a prompt too long): one line for a mistake
+            unknown = list(dict.fromkeys(model.tokenizer.unknown_words(text)))  # each word once
+            if unknown:
+                more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+                shown = ", ".join(repr(w) for w in unknown[:8]) + more
+                warnings.warn(f"prompt {shorten(text)}: word(s) {shown} are not in the model's vocabulary and are "
+                              f"encoded as <unk>", DiffkitWarning, stacklevel=2)
     if request.guidance_scale is not None:
         request.check_null_trained(denoiser.meta)
         null = denoiser.prompt_encoder([""], device)
