@@ -12,13 +12,12 @@ Prints the median of ``--repeats`` runs of each. Run:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 from diffkit.errors import DiffkitError
 from diffkit.series_files import check_classes_trained, window_labels
+from laps import median_seconds  # benchmarks/laps.py, beside this script
 
 
 def by_definition(labels: np.ndarray, seq_length: int):
@@ -26,15 +25,6 @@ def by_definition(labels: np.ndarray, seq_length: int):
     rows = np.lib.stride_tricks.sliding_window_view(labels, seq_length)
     kept = (rows == rows[:, :1]).all(axis=1)
     return kept, rows[kept, 0]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -14,22 +14,12 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from diffkit.models import winograd
-
-
-def median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from laps import median_seconds  # benchmarks/laps.py, beside this script
 
 
 def bf16_errors():
@@ -91,8 +81,8 @@ def main(argv=None):
 
             t_direct, t_fast = [], []
             for _ in range(args.repeats):
-                t_direct.append(median_seconds(direct, 1))
-                t_fast.append(median_seconds(fast, 1))
+                t_direct.append(median_seconds(direct, 1, warmup=True))
+                t_fast.append(median_seconds(fast, 1, warmup=True))
             d, w = statistics.median(t_direct), statistics.median(t_fast)
             rows.append({"channels": channels, "size": size, "direct_s": d, "winograd_s": w, "speedup": d / w,
                          "default": default})
