@@ -222,3 +222,26 @@ def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evalu
                  "--big-batch", "2", "--history", "1", "--device", "cpu", "--out", str(tmp_path / "n.json")]) == 0
     assert main(["train", "--resume", str(old), "--steps", str(meta["step"] + 1)]) == 0
     assert ckpt.load_checkpoint(old)[1]["step"] == meta["step"] + 1
+
+
+def test_train_classifier_t_is_bounded_before_anything_is_written(tmp_path, capsys):
+    """--T 10^9 passed the flag (1..10^9), and its schedule's tables need about 80 GB; the flag takes
+    1..MAX_TIMESTEPS (100000), named in the one-line refusal."""
+    from diffkit.commands._common import MAX_TIMESTEPS
+    assert MAX_TIMESTEPS == 100_000
+    for value in ("100001", "1000000000", "0"):
+        with pytest.raises(SystemExit) as stop:
+            main(["train-classifier", "--T", value, "--steps", "1", "--device", "cpu", "--out",
+                  str(tmp_path / "c" / "c.safetensors")])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.endswith(f"argument --T: {value} is out of range; allowed: 1..100000\n"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_evaluator_num_train_beyond_the_split_is_refused(tmp_path, capsys):
+    """--num-train 5000 on digits (1200 training images) trained on 1200 and said nothing."""
+    line = one_line_error(capsys, "train-evaluator", "--num-train", "1201", "--img-size", "8", "--epochs", "1",
+                          "--device", "cpu", "--out", str(tmp_path / "e" / "ev.safetensors"))
+    assert "--num-train 1201 is more than the 1200 training images of digits; allowed: 1..1200" in line, line
+    assert list(tmp_path.iterdir()) == []

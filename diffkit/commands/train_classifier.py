@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (IMAGE_DATASETS, add_progress_flag, check_output_file, dataset_arg, int_list, missing_dirs,
-                      path_arg, positive_int, removed_if_empty_on_failure, seed_int)
+from ._common import (IMAGE_DATASETS, MAX_TIMESTEPS, add_progress_flag, check_output_file, dataset_arg, int_in,
+                      int_list, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def register(sub) -> None:
@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--in-channels", type=int, choices=(1, 3),
                    help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
     p.add_argument("--schedule", help="noise schedule: linear (default), cosine, scaled_linear, sigmoid")
-    p.add_argument("--T", dest="T", type=positive_int, help="diffusion steps (default 1000)")
+    p.add_argument("--T", dest="T", type=int_in(1, MAX_TIMESTEPS), help=f"diffusion steps, 1..{MAX_TIMESTEPS} "
+                   f"(default 1000; the T of the model it will guide)")
     p.add_argument("--out", type=path_arg,
                    default="runs/classifier/classifier.safetensors", help="checkpoint file to write")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")

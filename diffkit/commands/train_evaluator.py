@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=3, help="passes over the training images (default 3)")
     p.add_argument("--img-size", type=positive_int, help="image side (default: the data set's own); "
                                                           "must equal the size of the images you evaluate")
-    p.add_argument("--num-train", type=positive_int, help="use only the first N training images")
+    p.add_argument("--num-train", type=positive_int, help="use only the first N training images (at most the "
+                   "split's: digits 1200, mnist / fashion-mnist 60000, cifar10 50000)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
@@ -38,7 +39,7 @@ def run(args) -> int:
 def _run(args) -> int:
     from ..config import resolve_device
     from ..data import check_data_dir_applies
-    from ..errors import check_choice
+    from ..errors import DiffkitError, check_choice
     from ..evaluation import reference_images
     from ..metrics import evaluator_accuracy, save_evaluator, train_evaluator
     check_choice("dataset", args.dataset, EVALUATOR_DATASETS)
@@ -46,8 +47,12 @@ def _run(args) -> int:
     device = str(resolve_device(args.device))
     out = Path(args.out)
     check_output_file(out, "--out", ".safetensors", writes="evaluator")
-    images, labels = reference_images(args.dataset, args.data_dir, train=True, img_size=args.img_size,
-                                      limit=args.num_train)
+    images, labels = reference_images(args.dataset, args.data_dir, train=True, img_size=args.img_size)
+    if args.num_train is not None:  # more than the split holds was silently all of it
+        if args.num_train > len(images):
+            raise DiffkitError(f"--num-train {args.num_train} is more than the {len(images)} training images of "
+                               f"{args.dataset}; allowed: 1..{len(images)}")
+        images, labels = images[:args.num_train], labels[:args.num_train]
     test_images, test_labels = reference_images(args.dataset, args.data_dir, train=False, img_size=args.img_size)
     start = time.perf_counter()
     net = train_evaluator(images, labels, num_classes=10, epochs=args.epochs, batch_size=args.batch_size,
