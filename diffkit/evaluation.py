@@ -65,6 +65,14 @@ PR_NEIGHBOURS = 3
 
 
 # ---------------------------------------------------------------------------- inputs
+def check_inception_weights_used(names: Sequence[str], inception_weights, flag: str = "--metrics") -> None:
+    """``--inception-weights`` with metrics (``names``, given as ``flag``) none of which uses Inception
+    (``INCEPTION_METRICS``) is a one-line error, not silently ignored (``diffkit eval`` and ``experiment``)."""
+    if inception_weights is not None and not set(names) & set(INCEPTION_METRICS):
+        raise DiffkitError(f"--inception-weights is used by the metrics {', '.join(INCEPTION_METRICS)}; {flag} "
+                           f"{','.join(names)} has none of them (drop the flag or use one of them)")
+
+
 def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     """``"fid,is"`` or a list -> validated names, in order, without repeats; one-line error otherwise."""
     names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics)]

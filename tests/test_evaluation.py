@@ -446,6 +446,21 @@ def test_inception_weights_without_an_inception_metric_are_a_one_line_error(run_
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("table", [["ddim-table", "--etas", "0", "--steps", "2"],
+                                   ["sampler-table", "--samplers", "ddim", "--steps", "2"]])
+def test_experiment_refuses_unused_inception_weights_as_eval_does(run_dir, tmp_path, capsys, table):
+    """experiment --metric fd-classifier --inception-weights W ran the table and ignored W; the refusal is
+    eval's own check (evaluation.check_inception_weights_used), naming --metric, before any folder is made."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    one_line_error(capsys, ["experiment", *table, "--checkpoint", run_dir / "ckpt" / "latest.safetensors",
+                            "--metric", "fd-classifier", "--num", "50", "--evaluator", run_dir / "ev.safetensors",
+                            "--inception-weights", weights, "--device", "cpu", "--no-progress",
+                            "--out", tmp_path / "o" / "t"],
+                   "--inception-weights is used by the metrics fid, is, kid, pr; --metric fd-classifier has none")
+    assert sorted(tmp_path.iterdir()) == [weights]
+
+
 def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     ev = run_dir / "ev.safetensors"

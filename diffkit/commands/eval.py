@@ -135,12 +135,10 @@ def header_line(result: dict) -> str:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..errors import DiffkitError
-    from ..evaluation import INCEPTION_METRICS, evaluate, format_results, parse_eta, parse_metrics, write_json
+    from ..evaluation import (check_inception_weights_used, evaluate, format_results, parse_eta, parse_metrics,
+                              write_json)
     names = parse_metrics(args.metrics)  # validate before loading anything
-    if args.inception_weights is not None and not set(names) & set(INCEPTION_METRICS):
-        raise DiffkitError(f"--inception-weights is used by the metrics {', '.join(INCEPTION_METRICS)}; --metrics "
-                           f"{','.join(names)} has none of them (drop the flag or add one)")
+    check_inception_weights_used(names, args.inception_weights)
     if args.eta is not None:
         parse_eta(args.eta)
     device = str(resolve_device(args.device))
