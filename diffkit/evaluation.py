@@ -65,6 +65,19 @@ PR_NEIGHBOURS = 3
 
 
 # ---------------------------------------------------------------------------- inputs
+def restart_options(info, restarts, options: dict) -> dict:
+    """Add ``restarts`` (None: the sampler's default), the restart sampler's intervals (t_min, t_max, K, n)
+    (Xu et al. 2023, Alg. 1), checked and as lists (as the JSON records them), to ``options`` and return
+    them; a one-line error for a sampler (``info``) other than restart. ``info.with_options`` of the result
+    has restart's NFE rule for those intervals."""
+    if restarts is not None:
+        from .samplers.restart import check_restarts
+        from .sampling import check_options
+        check_options(info, {"restarts": restarts})
+        options["restarts"] = [list(r) for r in check_restarts(restarts)]
+    return options
+
+
 def check_inception_weights_used(names: Sequence[str], inception_weights, flag: str = "--metrics") -> None:
     """``--inception-weights`` with metrics (``names``, given as ``flag``) none of which uses Inception
     (``INCEPTION_METRICS``) is a one-line error, not silently ignored (``diffkit eval`` and ``experiment``)."""
@@ -464,7 +477,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
              nll_split: str = "test", context_fid_iterations: Optional[int] = None,
-             discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1) -> dict:
+             discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
+             restarts=None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -479,6 +493,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
+    ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`).
     """
     names = parse_metrics(metrics)
     check_range("repeats", repeats, 1, None, integer=True)
@@ -496,7 +511,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
                                predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
-                               repeats=repeats)
+                               repeats=repeats, restarts=restarts)
     if repeats != 1:
         raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
                            f"image metrics are one run: leave it at 1")
@@ -538,6 +553,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         check_eta(sampler, eta)
         if eta is not None:
             options["eta"] = parse_eta(eta)
+        info = info.with_options(restart_options(info, restarts, options))
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                                  compile=compile)
         check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)

@@ -209,3 +209,36 @@ def test_a_batch_out_of_memory_is_halved_and_gives_the_same_images(run, tmp_path
     assert code == 0 and "retrying with 1" in err, err
     for i in range(3):
         assert np.array_equal(read(tmp_path / "a" / f"edit_0000{i}.png"), read(tmp_path / "b" / f"edit_0000{i}.png"))
+
+
+def test_restarts_reach_img2img_and_need_the_restart_sampler(run, tmp_path, capsys):
+    """edit --sampler restart --restarts T_MIN:T_MAX:K:N (sample's flag, registered by add_restarts_flag) writes
+    diffkit.img2img(..., sampler="restart", restarts=[...]) from the same seed; another sampler or --interpolate
+    with --restarts is a one-line error that writes nothing."""
+    import torch
+
+    import diffkit
+    from diffkit.commands.edit import read_pngs
+    from diffkit.loading import load_denoiser
+    ck = run / "run" / "checkpoints"
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), "--strength", "0.9",
+                       "--steps", "6", "--sampler", "restart", "--restarts", "0.1:1:1:2", "--no-progress",
+                       "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    images, _ = read_pngs(run / "pngs", "L")
+
+    def as_png(**options):
+        out = diffkit.img2img(load_denoiser(ck), images, 0.9, "restart", 6, seed=0, progress=False, **options)
+        return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+
+    want = as_png(restarts=[(0.1, 1.0, 1, 2)])
+    assert not np.array_equal(want, as_png())  # the default intervals (0.1:2:1:5) give other images
+    for i in range(3):
+        assert np.array_equal(read(tmp_path / "r" / f"edit_0000{i}.png"), want[i])
+    for extra, needle in ((["--sampler", "ddim"], "--restarts sets the intervals of the restart sampler, not of "
+                                                  "'ddim'; give --sampler restart"),
+                          (["--interpolate", "2"], "--restarts does not go with --interpolate")):
+        code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), "--restarts",
+                           "0.1:1:1:2", *extra, "--device", "cpu", "--out", str(tmp_path / "no"))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "no").exists()

@@ -446,6 +446,39 @@ def test_inception_weights_without_an_inception_metric_are_a_one_line_error(run_
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
 
 
+def test_eval_restarts_reach_the_samples_and_their_nfe(run_dir, tmp_path, capsys):
+    """eval --sampler restart --restarts 0.1:1:1:2 (sample's flag) scores the images of diffkit.sample(...,
+    sampler="restart", restarts=[...]) from the same noise (sample i: x_T from seed i, its step noise from
+    seed 10000019 + i), records the intervals, and its NFE is Heun's 2 steps - 1 plus 2 n K = 4; with
+    another sampler it is a one-line error that writes nothing."""
+    import diffkit
+    from diffkit.images import to_uint8
+    from diffkit.loading import load_denoiser
+    from diffkit.models.network import sample_shape
+    from diffkit.noise import randn, sample_generators
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    common = ["eval", "--checkpoint", ckpt, "--metrics", "fd-classifier", "--evaluator", run_dir / "ev.safetensors",
+              "--num", "4", "--steps", "3", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--sampler", "restart", "--restarts", "0.1:1:1:2", "--save-samples", tmp_path / "s",
+                 "--out", tmp_path / "r.json"]) == 0
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert settings["sampler"] == "restart" and settings["restarts"] == [[0.1, 1.0, 1, 2]]
+    assert settings["nfe"] == 2 * 3 - 1 + 2 * 2 * 1
+    den = load_denoiser(ckpt)
+    noise_gens, gens = sample_generators(0, 0, 4)
+    noise = randn((4, *sample_shape(den.meta["unet"])), noise_gens)
+    want = to_uint8(diffkit.sample(den, noise, sampler="restart", steps=3, generator=gens, progress=False,
+                                   restarts=[(0.1, 1.0, 1, 2)]))
+    written = np.stack([np.asarray(Image.open(p)).reshape(want[0].shape)
+                        for p in sorted((tmp_path / "s").glob("*.png"))])
+    assert np.array_equal(written, want)
+    capsys.readouterr()
+    one_line_error(capsys, [*common, "--sampler", "heun", "--restarts", "0.1:1:1:2", "--out",
+                            tmp_path / "o" / "x.json"],
+                   "--restarts sets the intervals of the restart sampler, not of 'heun'; give --sampler restart")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("table", [["ddim-table", "--etas", "0", "--steps", "2"],
                                    ["sampler-table", "--samplers", "ddim", "--steps", "2"]])
 def test_experiment_refuses_unused_inception_weights_as_eval_does(run_dir, tmp_path, capsys, table):

@@ -487,3 +487,34 @@ def test_cli_errors_come_before_any_output(upscaler, tiny_checkpoint, capsys, tm
     code, _, err = run_cli(capsys, "train", "--resume", root / "noisy" / "checkpoints" / "latest.safetensors",
                            "--steps", "3", "--no-progress", "--no-sample", "--set", "super_res_noise=50")
     assert code == 2 and "super_res_noise=100, this run has super_res_noise=50" in err, err
+
+
+def test_upscale_restarts_reach_the_sampler(upscaler, capsys):
+    """upscale --sampler restart --restarts T_MIN:T_MAX:K:N (add_solver_flags, as sample has it) writes
+    diffkit.upscale(..., "restart", restarts=[...]) from the same seeds; with another sampler it is a one-line
+    error that writes nothing."""
+    import diffkit
+    from diffkit.commands.edit import read_pngs
+    from diffkit.loading import load_denoiser
+    root = upscaler
+    code, out, err = run_cli(capsys, "upscale", "--checkpoint", root / "noisy" / "checkpoints", "--images",
+                             root / "low", "--out", root / "restart", "--sampler", "restart", "--restarts",
+                             "0.1:1:1:2", "--steps", 4, "--no-ema", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    den = load_denoiser(root / "noisy" / "checkpoints" / "latest.safetensors", use_ema=False)
+    low, _ = read_pngs(root / "low", "L")
+
+    def as_png(**options):
+        x = diffkit.upscale(den, low, "restart", 4, seed=0, **options).clamp(-1, 1)
+        return ((x + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+
+    want = as_png(restarts=[(0.1, 1.0, 1, 2)])
+    assert not np.array_equal(want, as_png())  # the default intervals give other images
+    for i in range(3):
+        assert np.array_equal(png(root / "restart" / f"upscaled_{i:05d}.png"), want[i])
+    code, _, err = run_cli(capsys, "upscale", "--checkpoint", root / "noisy" / "checkpoints", "--images",
+                           root / "low", "--out", root / "refused", "--sampler", "heun", "--restarts", "0.1:1:1:2",
+                           "--no-progress", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--restarts sets the intervals of the restart sampler, not of 'heun'; give --sampler restart" in err
+    assert not (root / "refused").exists()

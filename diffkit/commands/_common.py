@@ -294,9 +294,18 @@ def add_compile_flag(parser: argparse.ArgumentParser) -> None:
                              "(default no; the first batch compiles, minutes on a CPU)")
 
 
+def add_restarts_flag(parser) -> None:
+    """``--restarts T_MIN:T_MAX:K:N[+...]|none``: the restart sampler's intervals (:func:`restarts_value`;
+    checked against ``--sampler`` by :func:`tolerance_options`)."""
+    parser.add_argument("--restarts", type=restarts_value, metavar="T_MIN:T_MAX:K:N[+...]",
+                        help="--sampler restart: its intervals (sigma~ t_min < t_max, K restarts, N Heun steps each; "
+                             "'+' between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
+
+
 def add_solver_flags(parser: argparse.ArgumentParser) -> None:
-    """``--rtol`` / ``--atol`` (an adaptive sampler's tolerances, checked by :func:`tolerance_options`)
-    and ``--spacing`` / ``--final`` (the time grid, checked by ``resolve_sampler``)."""
+    """``--rtol`` / ``--atol`` (an adaptive sampler's tolerances) and ``--restarts`` (the restart sampler's
+    intervals, :func:`add_restarts_flag`), checked by :func:`tolerance_options`, and ``--spacing`` /
+    ``--final`` (the time grid, checked by ``resolve_sampler``)."""
     from ..timesteps import FINALS, SPACINGS
     parser.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their steps "
                         "(default: ode 1e-5, dpm-adaptive 0.05)")
@@ -307,18 +316,25 @@ def add_solver_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min "
                         "(the schedule's smallest noise level; diffusers' final_sigmas_type); default: the "
                         "sampler's own")
+    add_restarts_flag(parser)
 
 
 def tolerance_options(args, info) -> dict:
-    """The sampler options ``rtol`` / ``atol`` given by :func:`add_solver_flags`' flags; a one-line error
-    when the sampler (``info``) is not adaptive."""
+    """The sampler options given by :func:`add_solver_flags`' flags (those a command registered):
+    ``rtol`` / ``atol``, a one-line error when the sampler (``info``) is not adaptive, and ``restarts``,
+    one when it is not restart. With ``restarts``, ``info.with_options(options)`` has its NFE rule."""
     options = {}
     for name in ("rtol", "atol"):
-        if getattr(args, name) is not None:
+        if getattr(args, name, None) is not None:
             if not info.adaptive:
                 raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
                                    f"{info.name!r}")
             options[name] = getattr(args, name)
+    if getattr(args, "restarts", None) is not None:
+        if info.name != "restart":
+            raise DiffkitError(f"--restarts sets the intervals of the restart sampler, not of {info.name!r}; give "
+                               f"--sampler restart")
+        options["restarts"] = args.restarts
     return options
 
 

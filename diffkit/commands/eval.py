@@ -22,9 +22,9 @@ import contextlib
 import sys
 import warnings
 
-from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, check_output_file,
-                      check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int)
+from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_restarts_flag,
+                      check_output_file, check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg,
+                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def add_source_flags(p) -> None:
@@ -66,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
                    "with the consistency sampler)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
+    add_restarts_flag(p)
     p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
     p.add_argument("--nll-split", choices=("test", "train"), default="test",
@@ -137,10 +138,13 @@ def run(args) -> int:
     from ..config import resolve_device
     from ..evaluation import (check_inception_weights_used, evaluate, format_results, parse_eta, parse_metrics,
                               write_json)
+    from ..sampling import resolve_sampler
     names = parse_metrics(args.metrics)  # validate before loading anything
     check_inception_weights_used(names, args.inception_weights)
     if args.eta is not None:
         parse_eta(args.eta)
+    sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)  # its header alone
+    tolerance_options(args, resolve_sampler(sampler)[0])  # --restarts: the restart sampler's
     device = str(resolve_device(args.device))
     check_output_file(args.out, "--out", ".json")
     rd_plot = rate_distortion_plot_path(args.out) if "rate-distortion" in names else None
@@ -154,7 +158,6 @@ def run(args) -> int:
     if args.cache_dir is not None:
         check_writable_dir(args.cache_dir, "sample cache directory")
     with printed_warnings() as caught, removed_if_empty_on_failure(new_dirs):
-        sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
                           data_dir=args.data_dir, num=args.num, sampler=sampler, steps=50 if steps is None else steps,
                           eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
@@ -166,7 +169,8 @@ def run(args) -> int:
                           progress=args.progress, cache_dir=args.cache_dir,
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
-                          predictive_iterations=args.predictive_iterations, repeats=args.repeats)
+                          predictive_iterations=args.predictive_iterations, repeats=args.repeats,
+                          restarts=args.restarts)
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")

@@ -44,8 +44,8 @@ from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
-                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, restarts_value,
-                      seed_int, tolerance_options)
+                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
+                      tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -71,9 +71,6 @@ def register(sub) -> None:
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_solver_flags(p)
-    p.add_argument("--restarts", type=restarts_value, metavar="T_MIN:T_MAX:K:N[+...]",
-                   help="--sampler restart: its intervals (sigma~ t_min < t_max, K restarts, N Heun steps each; '+' "
-                        "between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
                    "with several classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
@@ -155,12 +152,8 @@ def run(args) -> int:
             output_config, config = config.to_dict(), None  # and says where the images go
     sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
-    options = {}
-    if args.restarts is not None:
-        if info.name != "restart":
-            raise DiffkitError(f"--restarts sets the intervals of the restart sampler, not of {info.name!r}; give "
-                               f"--sampler restart")
-        options["restarts"] = args.restarts
+    options = tolerance_options(args, info)  # --rtol / --atol, --restarts: each for its sampler
+    if "restarts" in options:
         info = info.with_options(options)  # its NFE rule (none: heun's)
     if args.nfe is not None:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
@@ -168,7 +161,6 @@ def run(args) -> int:
         info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
     check_eta(info.name, args.eta)
     options.update({} if args.eta is None else {"eta": args.eta})
-    options.update(tolerance_options(args, info))
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
