@@ -269,6 +269,27 @@ def check_same_global_batch(path, meta: dict, batch_size: int, world_size: int, 
                            f"resume needs the same value")
 
 
+# Training settings a resume may change (docs/reliability.md): they weight the loss, perturb its inputs, or
+# average the weights, so they change what the next steps optimise, not what the saved weights compute
+# (the schedule, prediction type and network are refused: check_same_objective_and_size). The resumed run
+# names each change in its log (resume_changes) and its checkpoints' config records the new value.
+RESUME_MAY_CHANGE = ("dropout", "min_snr_gamma", "p2_gamma", "p2_k", "input_perturbation", "ema_decay", "ema_warmup",
+                     "ema_power", "ema_inv_gamma")
+
+
+def resume_changes(meta: dict, cfg: TrainConfig) -> list[str]:
+    """``"key was -> now"`` for each of ``RESUME_MAY_CHANGE`` that this run's ``cfg`` sets otherwise than the
+    checkpoint's config (``meta``); a key the checkpoint predates counts as its default (as
+    ``TrainConfig.from_dict`` reads that checkpoint)."""
+    saved, defaults = meta.get("config") or {}, TrainConfig()
+    changes = []
+    for key in RESUME_MAY_CHANGE:
+        was, now = saved.get(key, getattr(defaults, key)), getattr(cfg, key)
+        if was != now:
+            changes.append(f"{key} {was!r} -> {now!r}")
+    return changes
+
+
 def check_same_objective_and_size(path, tensors: dict, meta: dict, schedule: NoiseSchedule, cfg: TrainConfig,
                                  unet_kwargs: dict) -> None:
     """An exact resume needs the checkpoint's noise schedule (its betas: T, schedule, beta_1,
@@ -597,6 +618,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         self.skipped_steps = meta.get("skipped_steps", 0)
         self.consecutive_skipped = meta.get("consecutive_skipped", 0)
+        self.resume_changes = resume_changes(meta, self.cfg)
 
     # ------------------------------------------------------------ one step
     def _check_same_consistency(self, path, meta: dict) -> None:
@@ -810,7 +832,8 @@ class Trainer:
                         f"{self.step})")
                 raise DiffkitError(f"{cfg.training_load_weight} is at step {self.step}, and this run ends at step "
                                    f"{self.total_steps}: nothing to train; {more}")
-            self.log(f"resumed from {cfg.training_load_weight} at step {self.step}")
+            changed = "; changed: " + ", ".join(self.resume_changes) if self.resume_changes else ""
+            self.log(f"resumed from {cfg.training_load_weight} at step {self.step}{changed}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         later = [p.name for p in ckpt.step_checkpoints(self.out_dir) if checkpoint_step(p) > self.step]
         if later:

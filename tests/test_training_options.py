@@ -20,7 +20,7 @@ import torch
 from diffkit.config import TrainConfig
 from diffkit.losses import training_losses
 from diffkit.schedule import NoiseSchedule
-from diffkit.training import EMA
+from diffkit.training import EMA, Trainer
 from test_config import one_line_error
 from test_training_rules import (bcast, closed_form_losses, constant_dataset, linear_betas, make_cfg, quiet_trainer,
                                  random_dataset, vlb_term_bits)
@@ -350,3 +350,34 @@ def test_cli_sets_the_options_and_refuses_bad_ones_before_any_folder(tmp_path, c
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_resume_may_change_the_options_and_names_each_change(tmp_path, no_loss_curve):
+    """The resume policy (training.RESUME_MAY_CHANGE, docs/reliability.md): the options weight the loss, perturb
+    its inputs or average the weights, like min_snr_gamma and dropout, so a resume may change them (the schedule,
+    prediction type and network it refuses). The log names each change, the new values are used (the weights
+    differ from a resume without the change) and the next checkpoint's config records them."""
+    import shutil
+
+    from diffkit import checkpoint as ckpt
+    over = {"max_steps": 2, "deterministic": True, "channel": 8, "attn": []}
+    quiet_trainer(make_cfg(tmp_path / "a", **over), random_dataset(n=24)).run(stop_at=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    changes = {"p2_gamma": 1.0, "p2_k": 2.0, "input_perturbation": 0.1, "ema_power": 0.75, "ema_inv_gamma": 2.0,
+               "min_snr_gamma": None}
+    lines = {}
+    for run, extra in (("a", {}), ("b", changes)):
+        latest = tmp_path / run / "ckpt" / "latest.safetensors"
+        cfg = make_cfg(tmp_path / run, training_load_weight=str(latest), **over, **extra)
+        lines[run] = []
+        Trainer(cfg, random_dataset(n=24), progress=False, log=lines[run].append).run()
+    resumed = [line for line in lines["b"] if line.startswith("resumed from")]
+    assert resumed == [f"resumed from {tmp_path / 'b' / 'ckpt' / 'latest.safetensors'} at step 1; changed: p2_gamma "
+                       f"None -> 1.0, p2_k 1.0 -> 2.0, input_perturbation 0.0 -> 0.1, ema_power None -> 0.75, "
+                       f"ema_inv_gamma 1.0 -> 2.0"], lines["b"]
+    assert [line for line in lines["a"] if line.startswith("resumed from")][0].endswith(" at step 1")  # no change
+    (a_tensors, _), (b_tensors, b_meta) = (ckpt.load_checkpoint(tmp_path / run / "ckpt" / "latest.safetensors")
+                                           for run in "ab")
+    assert b_meta["step"] == 2 and all(b_meta["config"][k] == v for k, v in changes.items())
+    for part in ("model.", "ema."):  # the loss options moved the weights, the EMA power their average
+        assert any(not torch.equal(v, b_tensors[k]) for k, v in a_tensors.items() if k.startswith(part)), part
