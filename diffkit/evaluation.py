@@ -78,12 +78,16 @@ def restart_options(info, restarts, options: dict) -> dict:
     return options
 
 
-def check_inception_weights_used(names: Sequence[str], inception_weights, flag: str = "--metrics") -> None:
-    """``--inception-weights`` with metrics (``names``, given as ``flag``) none of which uses Inception
-    (``INCEPTION_METRICS``) is a one-line error, not silently ignored (``diffkit eval`` and ``experiment``)."""
-    if inception_weights is not None and not set(names) & set(INCEPTION_METRICS):
-        raise DiffkitError(f"--inception-weights is used by the metrics {', '.join(INCEPTION_METRICS)}; {flag} "
-                           f"{','.join(names)} has none of them (drop the flag or use one of them)")
+def check_scoring_files_used(names: Sequence[str], flag: str = "--metrics", *, inception_weights=None,
+                             evaluator=None) -> None:
+    """``--inception-weights`` / ``--evaluator`` with metrics (``names``, given as ``flag``) none of which uses
+    that network (``INCEPTION_METRICS`` / ``EVALUATOR_METRICS``) is a one-line error, not silently ignored
+    (``diffkit eval`` and ``experiment``)."""
+    for option, path, users in (("--inception-weights", inception_weights, INCEPTION_METRICS),
+                                ("--evaluator", evaluator, EVALUATOR_METRICS)):
+        if path is not None and not set(names) & set(users):
+            raise DiffkitError(f"{option} is used by the metrics {', '.join(users)}; {flag} {','.join(names)} has "
+                               f"none of them (drop the flag or use one of them)")
 
 
 def parse_metrics(metrics: str | Sequence[str]) -> list[str]:

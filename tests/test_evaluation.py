@@ -483,7 +483,7 @@ def test_eval_restarts_reach_the_samples_and_their_nfe(run_dir, tmp_path, capsys
                                    ["sampler-table", "--samplers", "ddim", "--steps", "2"]])
 def test_experiment_refuses_unused_inception_weights_as_eval_does(run_dir, tmp_path, capsys, table):
     """experiment --metric fd-classifier --inception-weights W ran the table and ignored W; the refusal is
-    eval's own check (evaluation.check_inception_weights_used), naming --metric, before any folder is made."""
+    eval's own check (evaluation.check_scoring_files_used), naming --metric, before any folder is made."""
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
     one_line_error(capsys, ["experiment", *table, "--checkpoint", run_dir / "ckpt" / "latest.safetensors",
@@ -492,6 +492,20 @@ def test_experiment_refuses_unused_inception_weights_as_eval_does(run_dir, tmp_p
                             "--out", tmp_path / "o" / "t"],
                    "--inception-weights is used by the metrics fid, is, kid, pr; --metric fd-classifier has none")
     assert sorted(tmp_path.iterdir()) == [weights]
+
+
+def test_an_evaluator_no_metric_uses_is_refused_not_ignored(run_dir, tmp_path, capsys):
+    """eval --metrics nll --evaluator EV (and an experiment table of fid) loaded nothing from EV and said nothing;
+    like --inception-weights it is a one-line error naming the metrics that use it, before anything is written."""
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    users = "--evaluator is used by the metrics fd-classifier, classifier-score, class-accuracy, confidence"
+    one_line_error(capsys, ["eval", "--checkpoint", ckpt, "--metrics", "nll", "--nll-num", "4", "--evaluator",
+                            run_dir / "ev.safetensors", "--out", tmp_path / "o" / "r.json", "--no-progress"],
+                   f"{users}; --metrics nll has none of them")
+    one_line_error(capsys, ["experiment", "ddim-table", "--checkpoint", ckpt, "--etas", "0", "--steps", "2",
+                            "--metric", "fid", "--evaluator", run_dir / "ev.safetensors", "--out", tmp_path / "o"],
+                   f"{users}; --metric fid has none of them")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_input_is_a_one_line_error_with_status_2(run_dir, tmp_path, capsys):

@@ -136,11 +136,11 @@ def header_line(result: dict) -> str:
 
 def run(args) -> int:
     from ..config import resolve_device
-    from ..evaluation import (check_inception_weights_used, evaluate, format_results, parse_eta, parse_metrics,
+    from ..evaluation import (check_scoring_files_used, evaluate, format_results, parse_eta, parse_metrics,
                               write_json)
     from ..sampling import resolve_sampler
     names = parse_metrics(args.metrics)  # validate before loading anything
-    check_inception_weights_used(names, args.inception_weights)
+    check_scoring_files_used(names, inception_weights=args.inception_weights, evaluator=args.evaluator)
     if args.eta is not None:
         parse_eta(args.eta)
     sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)  # its header alone

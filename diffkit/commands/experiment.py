@@ -82,11 +82,12 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from ..config import resolve_device
-    from ..evaluation import check_inception_weights_used, parse_eta, parse_metrics
+    from ..evaluation import check_scoring_files_used, parse_eta, parse_metrics
     from ..experiments import ddim_table, experiment_scorer, parse_list, sampler_table, to_markdown, write_table
     from ..loading import load_denoiser
     from .eval import printed_warnings
-    check_inception_weights_used(parse_metrics(args.metric), args.inception_weights, "--metric")
+    check_scoring_files_used(parse_metrics(args.metric), "--metric", inception_weights=args.inception_weights,
+                             evaluator=args.evaluator)
     nfe_list = parse_list(args.nfe, "nfe") if getattr(args, "nfe", None) is not None else None
     steps_list = None if nfe_list is not None or args.steps is None else parse_list(args.steps, "steps")
     etas = parse_list(args.etas, "etas", parse_eta) if args.table == "ddim-table" else None
