@@ -646,3 +646,19 @@ def test_eval_header_names_the_samples_and_the_images_the_bound_is_on():
         == "c: 24 samples (ddim, 50 steps) vs 597 digits test images; nll on 8 digits test images"
     assert header_line({"settings": {"samples": "s", "num_samples": 9, "reference": "digits", "num_reference": 597},
                         "metrics": {"fid": {}}}) == "s: 9 samples vs 597 digits test images"
+
+
+@pytest.mark.parametrize("flag", [["--sampler", "heun"], ["--steps", "7"], ["--eta", "1"], ["--restarts", "none"],
+                                  ["--thresholding", "clip"], ["--save-samples", "SAVED"], ["--cache-dir", "CACHE"]])
+def test_sampling_flags_with_samples_are_refused_not_ignored(run_dir, tmp_path, capsys, flag):
+    """eval --samples DIR scores the PNGs as they are; a flag that sets how a checkpoint is sampled (or where its
+    samples go) was silently ignored."""
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    value = {"SAVED": tmp_path / "saved", "CACHE": tmp_path / "cache"}.get(flag[1], flag[1])
+    one_line_error(capsys, ["eval", "--samples", folder, "--ref", "digits", "--evaluator", run_dir / "ev.safetensors",
+                            flag[0], value, "--out", tmp_path / "o" / "r.json"],
+                   f"{flag[0]} applies to sampling a --checkpoint; --samples {str(folder)!r} are scored as they are")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pngs"]

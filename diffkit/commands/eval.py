@@ -136,6 +136,7 @@ def header_line(result: dict) -> str:
 
 def run(args) -> int:
     from ..config import resolve_device
+    from ..errors import DiffkitError
     from ..evaluation import (check_scoring_files_used, evaluate, format_results, parse_eta, parse_metrics,
                               write_json)
     from ..sampling import resolve_sampler
@@ -143,6 +144,13 @@ def run(args) -> int:
     check_scoring_files_used(names, inception_weights=args.inception_weights, evaluator=args.evaluator)
     if args.eta is not None:
         parse_eta(args.eta)
+    if args.samples is not None:  # nothing is sampled: these were ignored
+        for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--eta", args.eta),
+                            ("--restarts", args.restarts), ("--thresholding", args.thresholding),
+                            ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir)):
+            if value is not None:
+                raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
+                                   f"scored as they are (drop {flag})")
     sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)  # its header alone
     tolerance_options(args, resolve_sampler(sampler)[0])  # --restarts: the restart sampler's
     device = str(resolve_device(args.device))
