@@ -482,7 +482,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
              nll_split: str = "test", context_fid_iterations: Optional[int] = None,
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
-             restarts=None) -> dict:
+             restarts=None, spacing: Optional[str] = None, final: Optional[str] = None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -497,7 +497,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
-    ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`).
+    ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`);
+    ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it.
     """
     names = parse_metrics(metrics)
     check_range("repeats", repeats, 1, None, integer=True)
@@ -515,7 +516,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
                                predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
-                               repeats=repeats, restarts=restarts)
+                               repeats=repeats, restarts=restarts, spacing=spacing, final=final)
     if repeats != 1:
         raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
                            f"image metrics are one run: leave it at 1")
@@ -548,7 +549,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     else:
         from .loading import load_denoiser
         from .sampling import check_eta, resolve_sampler
-        info, spacing, final = resolve_sampler(sampler)
+        info, spacing, final = resolve_sampler(sampler, spacing, final)
         sampler = info.name
         if set(names) & set(SAMPLE_METRICS):
             info.check_not_adaptive("eval")

@@ -165,7 +165,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     encoder_iterations: Optional[int] = None, discriminative_iterations: int = 2000,
                     predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None,
                     repeats: int = 1, nll_num: int = 256, nll_split: str = "test", nll_stride: int = 10,
-                    nll_dense_below: int = 20, restarts=None) -> dict:
+                    nll_dense_below: int = 20, restarts=None, spacing: Optional[str] = None,
+                    final: Optional[str] = None) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
     the result has :func:`diffkit.evaluation.evaluate`'s form. ``nll`` / ``nll-strided``: the model's
     variational bound in bits per value (DDPM eq. 5; :func:`bound_series` says which series), one run,
@@ -176,7 +177,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     are drawn in turn and the bound is the null class's. ``data_dir``: a run's series file where it
     is now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
-    (:func:`repeated_runs`). ``restarts``: the restart sampler's intervals (:func:`diffkit.evaluation.restart_options`).
+    (:func:`repeated_runs`). ``restarts`` (the restart sampler's intervals), ``spacing``, ``final``: as
+    :func:`diffkit.evaluation.evaluate` takes them.
     Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import (MIN_EVAL_SAMPLES, NLL_SPLITS, _frechet, bound_metrics, check_sample_count,
                              generate_samples, restart_options)
@@ -208,7 +210,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
         check_range("encoder_iterations", encoder_iterations, 1, None, integer=True)
     check_range("discriminative_iterations", discriminative_iterations, 1, None, integer=True)
     check_range("predictive_iterations", predictive_iterations, 1, None, integer=True)
-    info, spacing, final = resolve_sampler(sampler)
+    info, spacing, final = resolve_sampler(sampler, spacing, final)
     info.check_not_adaptive("eval")
     check_eta(info.name, eta)
     options = {} if thresholding is None else {"thresholding": thresholding}

@@ -242,3 +242,35 @@ def test_restarts_reach_img2img_and_need_the_restart_sampler(run, tmp_path, caps
                            "0.1:1:1:2", *extra, "--device", "cpu", "--out", str(tmp_path / "no"))
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "no").exists()
+
+
+def test_spacing_and_final_flags_reach_img2img(run, tmp_path, capsys):
+    """edit --spacing / --final (add_solver_flags, as sample and upscale take them; before: only inside --sampler
+    NAME@SPACING:FINAL) write diffkit.img2img(..., spacing=, final=); a grid given both ways differently and
+    --spacing with --interpolate are one-line errors."""
+    import torch
+
+    import diffkit
+    from diffkit.commands.edit import read_pngs
+    from diffkit.loading import load_denoiser
+    ck = run / "run" / "checkpoints"
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), "--strength", "0.7",
+                       "--steps", "5", "--sampler", "dpm-solver++-2m", "--spacing", "trailing", "--final", "zero",
+                       "--no-progress", "--device", "cpu", "--out", str(tmp_path / "t"))
+    assert code == 0, err
+    images, _ = read_pngs(run / "pngs", "L")
+
+    def as_png(**grid):
+        out = diffkit.img2img(load_denoiser(ck), images, 0.7, "dpm-solver++-2m", 5, seed=0, progress=False, **grid)
+        return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+
+    want = as_png(spacing="trailing", final="zero")
+    assert not np.array_equal(want, as_png())
+    for i in range(3):
+        assert np.array_equal(read(tmp_path / "t" / f"edit_0000{i}.png"), want[i])
+    for extra, needle in ((["--sampler", "ddim@leading", "--spacing", "trailing"], "spacing"),
+                          (["--interpolate", "2", "--spacing", "trailing"], "--spacing does not go with --interpolate")):
+        code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), *extra,
+                           "--device", "cpu", "--out", str(tmp_path / "no"))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "no").exists()

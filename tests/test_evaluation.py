@@ -649,7 +649,8 @@ def test_eval_header_names_the_samples_and_the_images_the_bound_is_on():
 
 
 @pytest.mark.parametrize("flag", [["--sampler", "heun"], ["--steps", "7"], ["--eta", "1"], ["--restarts", "none"],
-                                  ["--thresholding", "clip"], ["--save-samples", "SAVED"], ["--cache-dir", "CACHE"]])
+                                  ["--spacing", "trailing"], ["--final", "zero"], ["--thresholding", "clip"],
+                                  ["--save-samples", "SAVED"], ["--cache-dir", "CACHE"]])
 def test_sampling_flags_with_samples_are_refused_not_ignored(run_dir, tmp_path, capsys, flag):
     """eval --samples DIR scores the PNGs as they are; a flag that sets how a checkpoint is sampled (or where its
     samples go) was silently ignored."""
@@ -662,3 +663,30 @@ def test_sampling_flags_with_samples_are_refused_not_ignored(run_dir, tmp_path, 
                             flag[0], value, "--out", tmp_path / "o" / "r.json"],
                    f"{flag[0]} applies to sampling a --checkpoint; --samples {str(folder)!r} are scored as they are")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pngs"]
+
+
+def test_eval_spacing_and_final_flags_reach_the_samples(run_dir, tmp_path, capsys):
+    """eval --spacing / --final (add_solver_flags, as sample takes them) score the images of diffkit.sample(...,
+    spacing=, final=) from the same noise and are recorded; before, the grid was only --sampler NAME@SPACING:FINAL."""
+    import diffkit
+    from diffkit.images import to_uint8
+    from diffkit.loading import load_denoiser
+    from diffkit.models.network import sample_shape
+    from diffkit.noise import randn, sample_generators
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    assert main(["eval", "--checkpoint", ckpt, "--metrics", "fd-classifier", "--evaluator", run_dir / "ev.safetensors",
+                 "--num", "4", "--steps", "3", "--sampler", "dpm-solver++-2m", "--spacing", "trailing", "--final",
+                 "zero", "--device", "cpu", "--no-progress", "--save-samples", tmp_path / "s",
+                 "--out", tmp_path / "r.json"]) == 0
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert (settings["sampler"], settings["spacing"], settings["final"]) == ("dpm-solver++-2m", "trailing", "zero")
+    den = load_denoiser(ckpt)
+    noise_gens, gens = sample_generators(0, 0, 4)
+    noise = randn((4, *sample_shape(den.meta["unet"])), noise_gens)
+    want = to_uint8(diffkit.sample(den, noise, sampler="dpm-solver++-2m", steps=3, generator=gens, progress=False,
+                                   spacing="trailing", final="zero"))
+    written = np.stack([np.asarray(Image.open(p)).reshape(want[0].shape)
+                        for p in sorted((tmp_path / "s").glob("*.png"))])
+    assert np.array_equal(written, want)
+    assert not np.array_equal(written, to_uint8(diffkit.sample(den, noise, sampler="dpm-solver++-2m", steps=3,
+                                                               generator=gens, progress=False)))

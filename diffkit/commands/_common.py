@@ -302,15 +302,16 @@ def add_restarts_flag(parser) -> None:
                              "'+' between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
 
 
-def add_solver_flags(parser: argparse.ArgumentParser) -> None:
-    """``--rtol`` / ``--atol`` (an adaptive sampler's tolerances) and ``--restarts`` (the restart sampler's
-    intervals, :func:`add_restarts_flag`), checked by :func:`tolerance_options`, and ``--spacing`` /
-    ``--final`` (the time grid, checked by ``resolve_sampler``)."""
+def add_solver_flags(parser: argparse.ArgumentParser, adaptive: bool = True) -> None:
+    """``--rtol`` / ``--atol`` (an adaptive sampler's tolerances; not for commands that refuse adaptive samplers,
+    ``adaptive=False``) and ``--restarts`` (the restart sampler's intervals, :func:`add_restarts_flag`), checked
+    by :func:`tolerance_options`, and ``--spacing`` / ``--final`` (the time grid, checked by ``resolve_sampler``)."""
     from ..timesteps import FINALS, SPACINGS
-    parser.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their steps "
-                        "(default: ode 1e-5, dpm-adaptive 0.05)")
-    parser.add_argument("--atol", type=positive_float, help="adaptive samplers: absolute tolerance (default: ode "
-                        "1e-5, dpm-adaptive 0.0078)")
+    if adaptive:
+        parser.add_argument("--rtol", type=positive_float, help="adaptive samplers: relative tolerance of their "
+                            "steps (default: ode 1e-5, dpm-adaptive 0.05)")
+        parser.add_argument("--atol", type=positive_float, help="adaptive samplers: absolute tolerance (default: "
+                            "ode 1e-5, dpm-adaptive 0.0078)")
     parser.add_argument("--spacing", help="time grid (default: the sampler's own, see 'diffkit samplers'): "
                         + ", ".join(SPACINGS))
     parser.add_argument("--final", choices=FINALS, help="the last step's target: zero (clean data) or sigma_min "

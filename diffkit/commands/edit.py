@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import add_rescale_interval_flags
-from ._common import (add_mixed_precision_flag, add_progress_flag, add_restarts_flag, batch_size_or_auto,
+from ._common import (add_mixed_precision_flag, add_progress_flag, add_solver_flags, batch_size_or_auto,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
                       removed_if_empty_on_failure, seed_int, tolerance_options)
 
@@ -77,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--t", type=int, metavar="T", help="with --interpolate --method ddpm: the time to noise to "
                    "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    add_restarts_flag(p)
+    add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (edits refuse adaptive samplers)
     p.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
@@ -120,6 +120,15 @@ def read_pngs(path, mode: str):
     return load_image_batch(files, mode), files
 
 
+def grid_options(args, info, spacing, final) -> dict:
+    """The sampler options of edit's flags: ``eta``, the time grid (``spacing`` / ``final``, given as flags
+    or in ``--sampler NAME@SPACING:FINAL``) and ``restarts`` (:func:`tolerance_options`: the restart sampler's)."""
+    options = {} if args.eta is None else {"eta": args.eta}
+    options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
+    options.update(tolerance_options(args, info))
+    return options
+
+
 def run(args) -> int:
     import torch
 
@@ -157,14 +166,14 @@ def run(args) -> int:
                 raise DiffkitError(f"{flag} goes with --interpolate")
     else:
         for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--sampler", args.sampler),
-                            ("--eta", args.eta), ("--restarts", args.restarts)):
+                            ("--eta", args.eta), ("--restarts", args.restarts), ("--spacing", args.spacing),
+                            ("--final", args.final)):
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
-    info, _, _ = resolve_sampler(args.sampler or "ddim")  # a bad sampler fails before loading
+    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)  # fails before loading
     info.check_not_adaptive("diffkit edit")
     check_eta(info.name, args.eta)
-    options = {} if args.eta is None else {"eta": args.eta}
-    options.update(tolerance_options(args, info))  # --restarts: the restart sampler's
+    options = grid_options(args, info, spacing, final)
     if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):
         raise DiffkitError("--jump-n-sample / --jump-length (RePaint's resampling) go with --mask")
     out = Path(args.out)
@@ -243,11 +252,10 @@ def _series(args) -> int:
     from ..sampling import check_eta, resolve_sampler
     from .edit_series import check_series_flags, run_series
     check_series_flags(args)
-    info, _, _ = resolve_sampler(args.sampler or "ddpm")  # a bad sampler fails before loading
+    info, spacing, final = resolve_sampler(args.sampler or "ddpm", args.spacing, args.final)  # fails before loading
     info.check_not_adaptive("diffkit edit")
     check_eta(info.name, args.eta)
-    options = {} if args.eta is None else {"eta": args.eta}
-    options.update(tolerance_options(args, info))  # --restarts: the restart sampler's
+    options = grid_options(args, info, spacing, final)
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),

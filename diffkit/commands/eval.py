@@ -22,7 +22,7 @@ import contextlib
 import sys
 import warnings
 
-from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_restarts_flag,
+from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       check_output_file, check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg,
                       positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
@@ -66,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
                    "with the consistency sampler)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
-    add_restarts_flag(p)
+    add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
     p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
     p.add_argument("--nll-split", choices=("test", "train"), default="test",
@@ -146,13 +146,15 @@ def run(args) -> int:
         parse_eta(args.eta)
     if args.samples is not None:  # nothing is sampled: these were ignored
         for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--eta", args.eta),
-                            ("--restarts", args.restarts), ("--thresholding", args.thresholding),
+                            ("--restarts", args.restarts), ("--spacing", args.spacing), ("--final", args.final),
+                            ("--thresholding", args.thresholding),
                             ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir)):
             if value is not None:
                 raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
                                    f"scored as they are (drop {flag})")
-    sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps)  # its header alone
-    tolerance_options(args, resolve_sampler(sampler)[0])  # --restarts: the restart sampler's
+    sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps, None, args.spacing)  # its header
+    info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)
+    tolerance_options(args, info)  # --restarts: the restart sampler's
     device = str(resolve_device(args.device))
     check_output_file(args.out, "--out", ".json")
     rd_plot = rate_distortion_plot_path(args.out) if "rate-distortion" in names else None
@@ -168,7 +170,8 @@ def run(args) -> int:
     with printed_warnings() as caught, removed_if_empty_on_failure(new_dirs):
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
                           data_dir=args.data_dir, num=args.num, sampler=sampler, steps=50 if steps is None else steps,
-                          eta=args.eta, evaluator=args.evaluator, inception_weights=args.inception_weights,
+                          spacing=spacing, final=final, eta=args.eta, evaluator=args.evaluator,
+                          inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
                           nll_dense_below=args.nll_dense_below, nll_split=args.nll_split, batch_size=args.batch_size,
                           seed=args.seed,
