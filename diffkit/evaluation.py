@@ -65,6 +65,17 @@ PR_NEIGHBOURS = 3
 
 
 # ---------------------------------------------------------------------------- inputs
+def steps_or_nfe(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int], options: dict) -> int:
+    """``steps`` checked against the schedule's T, or (``steps=None``) the step count that spends ``nfe``
+    network evaluations per sample with ``options`` (:func:`diffkit.sampling.steps_for_nfe`); one of the two."""
+    if (steps is None) == (nfe is None):
+        raise DiffkitError(f"give steps or nfe, not {'both' if steps is not None else 'neither'}")
+    if nfe is not None:
+        from .sampling import steps_for_nfe
+        return steps_for_nfe(denoiser, sampler, nfe, **options)
+    return check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+
+
 def restart_options(info, restarts, options: dict) -> dict:
     """Add ``restarts`` (None: the sampler's default), the restart sampler's intervals (t_min, t_max, K, n)
     (Xu et al. 2023, Alg. 1), checked and as lists (as the JSON records them), to ``options`` and return
@@ -475,14 +486,15 @@ def load_evaluator_for(path, device="cpu"):
 
 
 def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref: Optional[str] = None,
-             data_dir=None, num: int = 1000, sampler: str = "ddim", steps: int = 50, eta=None,
+             data_dir=None, num: int = 1000, sampler: str = "ddim", steps: Optional[int] = 50, eta=None,
              evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
              progress: bool = False, mixed_precision: str = "no", compile: str = "no", cache_dir=None,
              nll_split: str = "test", context_fid_iterations: Optional[int] = None,
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
-             restarts=None, spacing: Optional[str] = None, final: Optional[str] = None) -> dict:
+             restarts=None, spacing: Optional[str] = None, final: Optional[str] = None,
+             nfe: Optional[int] = None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -498,7 +510,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
     ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`);
-    ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it.
+    ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it. ``nfe`` (with
+    ``steps=None``): the step count that spends that many network evaluations per sample
+    (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``).
     """
     names = parse_metrics(metrics)
     check_range("repeats", repeats, 1, None, integer=True)
@@ -516,7 +530,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
                                predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
-                               repeats=repeats, restarts=restarts, spacing=spacing, final=final)
+                               repeats=repeats, restarts=restarts, spacing=spacing, final=final, nfe=nfe)
     if repeats != 1:
         raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
                            f"image metrics are one run: leave it at 1")
@@ -561,7 +575,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         info = info.with_options(restart_options(info, restarts, options))
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                                  compile=compile)
-        check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+        steps = steps_or_nfe(denoiser, sampler, steps, nfe, options)
         cfg = denoiser.meta.get("config", {})
         channels, size = image_shape(denoiser)
         check_not_text_conditional(denoiser, checkpoint)

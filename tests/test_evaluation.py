@@ -648,7 +648,8 @@ def test_eval_header_names_the_samples_and_the_images_the_bound_is_on():
                         "metrics": {"fid": {}}}) == "s: 9 samples vs 597 digits test images"
 
 
-@pytest.mark.parametrize("flag", [["--sampler", "heun"], ["--steps", "7"], ["--eta", "1"], ["--restarts", "none"],
+@pytest.mark.parametrize("flag", [["--sampler", "heun"], ["--steps", "7"], ["--nfe", "5"], ["--eta", "1"],
+                                  ["--restarts", "none"],
                                   ["--spacing", "trailing"], ["--final", "zero"], ["--thresholding", "clip"],
                                   ["--save-samples", "SAVED"], ["--cache-dir", "CACHE"]])
 def test_sampling_flags_with_samples_are_refused_not_ignored(run_dir, tmp_path, capsys, flag):
@@ -690,3 +691,20 @@ def test_eval_spacing_and_final_flags_reach_the_samples(run_dir, tmp_path, capsy
     assert np.array_equal(written, want)
     assert not np.array_equal(written, to_uint8(diffkit.sample(den, noise, sampler="dpm-solver++-2m", steps=3,
                                                                generator=gens, progress=False)))
+
+
+def test_eval_nfe_picks_the_steps_that_spend_it(run_dir, tmp_path, capsys):
+    """eval --nfe N (as sample and sampler-table take it): heun spends 2 steps - 1 calls, so --nfe 5 runs 3 steps;
+    restart with one interval of n = 2, K = 1 adds 2 n K = 4, so --nfe 9 runs 3 steps too. The settings record
+    steps and NFE; an NFE the sampler cannot spend (heun: odd only) is a one-line error before anything is written."""
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    common = ["eval", "--checkpoint", ckpt, "--metrics", "fd-classifier", "--evaluator", run_dir / "ev.safetensors",
+              "--num", "4", "--device", "cpu", "--no-progress"]
+    for extra, nfe in ((["--sampler", "heun"], 5), (["--sampler", "restart", "--restarts", "0.1:1:1:2"], 9)):
+        assert main([*common, *extra, "--nfe", str(nfe), "--out", tmp_path / f"{nfe}.json"]) == 0
+        settings = json.loads((tmp_path / f"{nfe}.json").read_text())["settings"]
+        assert (settings["steps"], settings["nfe"]) == (3, nfe), settings
+    capsys.readouterr()
+    one_line_error(capsys, [*common, "--sampler", "heun", "--nfe", "4", "--out", tmp_path / "o" / "x.json"],
+                   "sampler 'heun' cannot spend exactly nfe=4")
+    assert not (tmp_path / "o").exists()

@@ -63,8 +63,11 @@ def register(sub) -> None:
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
     p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL for another time grid, e.g. unipc:zero")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
                    "with the consistency sampler)")
+    g.add_argument("--nfe", type=positive_int, help="network evaluations per sample to spend (picks the step count, "
+                   "as diffkit sample --nfe)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
     p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
@@ -139,22 +142,25 @@ def run(args) -> int:
     from ..errors import DiffkitError
     from ..evaluation import (check_scoring_files_used, evaluate, format_results, parse_eta, parse_metrics,
                               write_json)
-    from ..sampling import resolve_sampler
+    from ..sampling import final_for, resolve_sampler
     names = parse_metrics(args.metrics)  # validate before loading anything
     check_scoring_files_used(names, inception_weights=args.inception_weights, evaluator=args.evaluator)
     if args.eta is not None:
         parse_eta(args.eta)
     if args.samples is not None:  # nothing is sampled: these were ignored
-        for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--eta", args.eta),
+        for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--nfe", args.nfe),
+                            ("--eta", args.eta),
                             ("--restarts", args.restarts), ("--spacing", args.spacing), ("--final", args.final),
                             ("--thresholding", args.thresholding),
                             ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir)):
             if value is not None:
                 raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
                                    f"scored as they are (drop {flag})")
-    sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps, None, args.spacing)  # its header
+    sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)
-    tolerance_options(args, info)  # --restarts: the restart sampler's
+    info = info.with_options(tolerance_options(args, info))  # --restarts: the restart sampler's (and its NFE rule)
+    if args.nfe is not None:  # before loading (the grid's own check follows in evaluate)
+        info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
     device = str(resolve_device(args.device))
     check_output_file(args.out, "--out", ".json")
     rd_plot = rate_distortion_plot_path(args.out) if "rate-distortion" in names else None
@@ -169,7 +175,8 @@ def run(args) -> int:
         check_writable_dir(args.cache_dir, "sample cache directory")
     with printed_warnings() as caught, removed_if_empty_on_failure(new_dirs):
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
-                          data_dir=args.data_dir, num=args.num, sampler=sampler, steps=50 if steps is None else steps,
+                          data_dir=args.data_dir, num=args.num, sampler=sampler,
+                          steps=50 if steps is None and args.nfe is None else steps, nfe=args.nfe,
                           spacing=spacing, final=final, eta=args.eta, evaluator=args.evaluator,
                           inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
