@@ -274,3 +274,16 @@ def test_spacing_and_final_flags_reach_img2img(run, tmp_path, capsys):
                            "--device", "cpu", "--out", str(tmp_path / "no"))
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "no").exists()
+
+
+def test_compile_reaches_the_denoiser(run, tmp_path, capsys, monkeypatch):
+    """edit takes --compile as sample and eval do (recorded here: compiling with inductor takes minutes on a CPU;
+    upscale: test_super_res.py)."""
+    from diffkit.denoiser import Denoiser
+    modes = []
+    monkeypatch.setattr(Denoiser, "compile", lambda self, mode="default", backend="inductor": modes.append(mode))
+    code, _, err = cli(capsys, "edit", "--checkpoint", str(run / "run" / "checkpoints"), "--images",
+                       str(run / "pngs"), "--steps", "2", "--compile", "reduce-overhead", "--no-progress",
+                       "--device", "cpu", "--out", str(tmp_path / "e"))
+    assert code == 0, err
+    assert modes == ["reduce-overhead"]

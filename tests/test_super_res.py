@@ -518,3 +518,15 @@ def test_upscale_restarts_reach_the_sampler(upscaler, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--restarts sets the intervals of the restart sampler, not of 'heun'; give --sampler restart" in err
     assert not (root / "refused").exists()
+
+
+def test_upscale_compile_reaches_the_denoiser(upscaler, capsys, monkeypatch):
+    """upscale takes --compile as sample, eval and edit do (recorded: compiling takes minutes on a CPU)."""
+    from diffkit.denoiser import Denoiser
+    modes = []
+    monkeypatch.setattr(Denoiser, "compile", lambda self, mode="default", backend="inductor": modes.append(mode))
+    code, _, err = run_cli(capsys, "upscale", "--checkpoint", upscaler / "run" / "checkpoints", "--images",
+                           upscaler / "low", "--out", upscaler / "compiled", "--steps", 2, "--compile", "reduce-overhead",
+                           "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert modes == ["reduce-overhead"]

@@ -25,9 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import add_rescale_interval_flags
-from ._common import (add_mixed_precision_flag, add_progress_flag, add_solver_flags, batch_size_or_auto,
-                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+                      batch_size_or_auto, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
+                      path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def strength_value(text: str) -> float:
@@ -101,6 +101,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_mixed_precision_flag(p)
+    add_compile_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -183,7 +184,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision)
+                             mixed_precision=args.mixed_precision, compile=args.compile)
     if denoiser.decoder is not None or denoiser.prompt_encoder is not None:
         raise DiffkitError("diffkit edit works on pixel-space checkpoints; this one is a latent or text-conditional "
                            "model")
@@ -259,7 +260,7 @@ def _series(args) -> int:
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision)
+                             mixed_precision=args.mixed_precision, compile=args.compile)
     if not is_series_model(denoiser.meta["unet"]):
         raise DiffkitError("--series needs a time-series checkpoint (dataset sines or series); this one is an image "
                            "model: use --images")

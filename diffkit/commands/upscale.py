@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_mixed_precision_flag, add_progress_flag, add_solver_flags, check_output_file,
-                      check_writable_dir, eta_value, int_in, missing_dirs, path_arg, peek_checkpoint, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+                      check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, path_arg, peek_checkpoint,
+                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 GRID_NAME = "upscale_grid.png"
 
@@ -50,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     add_mixed_precision_flag(p)
+    add_compile_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -154,7 +155,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision)
+                             mixed_precision=args.mixed_precision, compile=args.compile)
     plan(denoiser, args.sampler, args.steps, args.nfe, spacing, final, options=dict(options))  # checked now
     new_dirs = missing_dirs(out)
     check_writable_dir(out)
