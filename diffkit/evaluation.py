@@ -69,7 +69,7 @@ def steps_or_nfe(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int
     """``steps`` checked against the schedule's T, or (``steps=None``) the step count that spends ``nfe``
     network evaluations per sample with ``options`` (:func:`diffkit.sampling.steps_for_nfe`); one of the two."""
     if (steps is None) == (nfe is None):
-        raise DiffkitError(f"give steps or nfe, not {'both' if steps is not None else 'neither'}")
+        raise DiffkitError(f"give steps or nfe (then steps=None), not {'both' if steps is not None else 'neither'}")
     if nfe is not None:
         from .sampling import steps_for_nfe
         return steps_for_nfe(denoiser, sampler, nfe, **options)

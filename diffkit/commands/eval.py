@@ -149,9 +149,8 @@ def run(args) -> int:
         parse_eta(args.eta)
     if args.samples is not None:  # nothing is sampled: these were ignored
         for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--nfe", args.nfe),
-                            ("--eta", args.eta),
-                            ("--restarts", args.restarts), ("--spacing", args.spacing), ("--final", args.final),
-                            ("--thresholding", args.thresholding),
+                            ("--eta", args.eta), ("--restarts", args.restarts), ("--spacing", args.spacing),
+                            ("--final", args.final), ("--thresholding", args.thresholding),
                             ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir)):
             if value is not None:
                 raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
