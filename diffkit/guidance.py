@@ -340,11 +340,12 @@ class PerturbedAttentionGuidance(Wrapper):
 
 
 def _unet_of(denoiser):
-    """The network under a (possibly wrapped, compiled) denoiser: its ``net``, unwrapped from
-    ``torch.compile`` (``_orig_mod``)."""
+    """The U-Net under a (possibly wrapped, compiled) denoiser: its ``net``, unwrapped from
+    ``torch.compile`` (``_orig_mod``) and from a text-conditional model's text encoder (``unet``)."""
     from .denoiser import _innermost
     net = getattr(_innermost(denoiser), "net", None)
-    return getattr(net, "_orig_mod", net)
+    net = getattr(net, "_orig_mod", net)
+    return getattr(net, "unet", net)
 
 
 class GuidanceScaleInput(Wrapper):

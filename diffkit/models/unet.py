@@ -38,22 +38,26 @@ def self_attention_layer_names(attn: Sequence[int], levels: int) -> list[str]:
     return [f"down.{a}" for a in attn] + ["mid"] + [f"up.{a}" for a in reversed(attn)]
 
 
-def check_self_attention_layers(layers, attn: Sequence[int], levels: int, model: str = "this U-Net") -> list[str]:
+def check_self_attention_layers(layers, attn: Sequence[int] | None, levels: int | None,
+                                model: str = "this U-Net") -> list[str]:
     """``layers`` (names, or one comma-separated string) checked against a U-Net whose levels
     ``0..levels-1`` have self-attention at ``attn``: a one-line error for a name that is no layer name
-    (listing the valid ones) and for a level without self-attention; returns the names, deduplicated."""
+    (listing the valid ones) and for a level without self-attention; returns the names, deduplicated.
+    ``attn`` and ``levels`` None: the names' form alone (mid, down.L, up.L), before a model is known."""
     if isinstance(layers, str):
         layers = layers.split(",")
     names = [str(name).strip() for name in layers]
-    valid = self_attention_layer_names(attn, levels)
+    valid = None if attn is None else self_attention_layer_names(attn, levels)
+    form = "mid, or down.L / up.L for a level L" + ("" if levels is None else f" in 0..{levels - 1}") + \
+        " of channel_mult"
     if not names:
-        raise DiffkitError(f"no self-attention layer was named; give one or more of {', '.join(valid)}")
+        raise DiffkitError(f"no self-attention layer was named; give {form}")
     for name in names:
         match = _LAYER_NAME.fullmatch(name)
-        if match is None or (match.group(3) is not None and int(match.group(3)) >= levels):
-            raise DiffkitError(f"unknown self-attention layer {name!r}; {model} has {', '.join(valid)} (mid, or "
-                               f"down.L / up.L for a level L in 0..{levels - 1} of channel_mult)")
-        if name not in valid:
+        if match is None or (levels is not None and match.group(3) is not None and int(match.group(3)) >= levels):
+            has = "" if valid is None else f"{model} has {', '.join(valid)} "
+            raise DiffkitError(f"unknown self-attention layer {name!r}; {has}({form})")
+        if valid is not None and name not in valid:
             raise DiffkitError(f"{model} has no self-attention at {name} (level {match.group(3)} is not in its attn "
                                f"{sorted(set(int(a) for a in attn))}); its self-attention layers: {', '.join(valid)}")
     return list(dict.fromkeys(names))
