@@ -225,7 +225,7 @@ class ClassifierFreeGuidance(Wrapper):
         w = diffusion.expand(torch.where(guided.to(x.device), weight, 0.0), x)  # per-sample weight (interval)
         eps = eps_c + w * (eps_c - eps_u)  # = (1 + w) eps_c - w eps_u   (seed 002)
         x0 = x0_c + w * (x0_c - x0_u)
-        if perturbed is not None:  # + s (eps_c - eps-hat_c)   (PAG, Ahn et al. 2024, Sec. 3.3; diffusers' order)
+        if perturbed is not None:  # + s (eps_c - eps-hat_c)   (PAG, Ahn et al. 2024; diffusers' order)
             s = perturbed[0]._expanded(perturbed[1], x)
             eps = eps + s * (eps_c - pred.eps.chunk(3)[2])
             x0 = x0 + s * (x0_c - pred.x0.chunk(3)[2])
@@ -254,12 +254,12 @@ class ClassifierFreeGuidance(Wrapper):
 
 class PerturbedAttentionGuidance(Wrapper):
     """Perturbed-Attention Guidance (Ahn et al. 2024, "Self-Rectifying Diffusion Sampling with
-    Perturbed-Attention Guidance", Sec. 3.3):
+    Perturbed-Attention Guidance", arXiv:2403.17377, the method section; equation numbers not checked here):
 
         eps~(x_t) = eps(x_t) + s (eps(x_t) - eps-hat(x_t)),
 
     eps-hat the same network with the self-attention map softmax(Q K^T / sqrt(d)) of the chosen layers
-    replaced by the identity, so that those layers output out_proj(V) (Sec. 3.3, A_t = I;
+    replaced by the identity, so that those layers output out_proj(V) (the paper's A = I;
     :meth:`diffkit.models.unet.UNet.perturbed_self_attention`). It guides away from the structure-less
     prediction the perturbed network makes, without labels: it works for unconditional models.
 

@@ -1,4 +1,4 @@
-"""Perturbed-Attention Guidance (Ahn et al. 2024, Sec. 3.3; diffusers' StableDiffusionPAGPipeline): the
+"""Perturbed-Attention Guidance (Ahn et al. 2024, arXiv:2403.17377; diffusers' StableDiffusionPAGPipeline): the
 perturbed self-attention checked against out_proj(v_proj(x)) written out here, the guided prediction
 against eps + s (eps - eps-hat) (and eps_c + w (eps_c - eps_u) + s (eps_c - eps-hat_c) with classifier-free
 guidance) from separately computed passes, and the off path bit for bit."""
@@ -49,7 +49,7 @@ def untokens(tok, like):
 # ------------------------------------------------------------------ the perturbed layer
 @pytest.mark.parametrize("heads", [1, 2])
 def test_a_perturbed_attention_block_is_the_residual_plus_out_proj_of_v(heads):
-    """AttentionBlock with A = I: x + proj(v), v = the value third of qkv(GroupNorm(x)) (PAG Sec. 3.3)."""
+    """AttentionBlock with A = I: x + proj(v), v = the value third of qkv(GroupNorm(x)) (PAG's A = I)."""
     torch.manual_seed(0)
     block = redrawn(AttentionBlock(8, heads))
     x = torch.randn(2, 8, 4, 4)
@@ -287,7 +287,8 @@ def test_pag_is_refused_for_a_stable_diffusion_folder_and_a_time_series_model(tm
     assert "--pag-scale does not apply to a Stable Diffusion folder" in one_line_error(
         capsys, "sample", "--checkpoint", sd, "--pag-scale", 2, "--out", out, "--prompt", "a")
     cfg = TrainConfig.from_dict({"dataset": "sines", "num_series": 8, "seq_length": 8, "in_channels": 1, "channel": 8,
-                                 "channel_mult": [1, 2], "num_res_blocks": 1, "batch_size": 8, "T": 20, "sample_steps": 4, "max_steps": 1,
+                                 "channel_mult": [1, 2], "num_res_blocks": 1, "batch_size": 8, "T": 20,
+                                 "sample_steps": 4, "max_steps": 1,
                                  "device": "cpu", "save_weight_dir": str(tmp_path / "ckpt"),
                                  "sampled_dir": str(tmp_path / "s")})
     Trainer(cfg, progress=False, log=lambda *_: None).run()

@@ -89,8 +89,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
 def identity_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, identity) -> torch.Tensor:
     """Self-attention with the map softmax(Q K^T / sqrt(d)) replaced by the identity for the samples
     ``identity`` selects, so that their output is V itself: the perturbed self-attention of
-    Perturbed-Attention Guidance (Ahn et al. 2024, Sec. 3.3: A_t = I; diffusers'
-    ``PAGIdentitySelfAttnProcessor``). ``identity``: True (every sample) or a (B,) bool tensor; the
+    Perturbed-Attention Guidance (Ahn et al. 2024, arXiv:2403.17377: the map A = I;
+    diffusers' ``PAGIdentitySelfAttnProcessor``). ``identity``: True (every sample) or a (B,) bool tensor; the
     other samples get :func:`attention` unchanged, bit for bit (the attention of the whole batch is
     computed and the selected rows replaced, so no host sync picks the rows)."""
     if identity is True:

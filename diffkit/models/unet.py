@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffkitError, check_range
-from .layers import (AttentionBlock, BlockChain, ResBlock, SpatialTransformer, TimeEmbedding, TrunkConfig, Upsample, attention_block,
-                     build_down_path, build_middle, group_norm, guidance_scale_embedding, num_parameters, run_blocks,
-                     to_caller_layout, to_compute_layout, use_memory_format, zero_module)
+from .layers import (AttentionBlock, BlockChain, ResBlock, SpatialTransformer, TimeEmbedding, TrunkConfig, Upsample,
+                     attention_block, build_down_path, build_middle, group_norm, guidance_scale_embedding,
+                     num_parameters, run_blocks, to_caller_layout, to_compute_layout, use_memory_format, zero_module)
 
 __all__ = ["UNetConfig", "UNet", "num_parameters", "self_attention_layer_names", "check_self_attention_layers"]
 
@@ -326,7 +326,7 @@ class UNet(nn.Module):
         """Within the context, the self-attention of the layers named ``layers`` (``mid``, ``down.L``,
         ``up.L``: :func:`self_attention_layer_names`) has the identity as its attention map, so that its
         output is out_proj(V) (+ the block's residual): the perturbed network eps-hat of Perturbed-Attention
-        Guidance (Ahn et al. 2024, Sec. 3.3; :class:`diffkit.guidance.PerturbedAttentionGuidance`).
+        Guidance (Ahn et al. 2024, arXiv:2403.17377; :class:`diffkit.guidance.PerturbedAttentionGuidance`).
         Cross-attention is left as it is. ``identity``: True (every sample) or a (B,) bool tensor of the
         samples to perturb, so that plain and perturbed passes share one batched forward. Outside the
         context (the default) the blocks run as before, bit for bit: they test one attribute."""
