@@ -201,14 +201,19 @@ def test_pag_with_cfg_is_the_diffusers_sum_in_one_call_of_3b():
 
 def test_pag_scale_zero_and_outside_its_interval_is_the_wrapped_denoiser_bit_for_bit():
     net = unet(num_classes=3)
+    calls = []
     den = Denoiser(net, SCHEDULE)
     cfg = ClassifierFreeGuidance(den, 2.0)
     x, y = noisy(), torch.tensor([0, 1, 2])
     t = torch.tensor([50.0, 400.0, 800.0])
     with torch.no_grad():
+        hook = net.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
         assert torch.equal(PerturbedAttentionGuidance(cfg, 0.0)(x, t, y=y).eps, cfg(x, t, y=y).eps)
+        assert torch.equal(PerturbedAttentionGuidance(den, 0.0)(x, t, y=y).eps, den(x, t, y=y).eps)
         assert torch.equal(PerturbedAttentionGuidance(cfg, 3.0, interval=(900, 999))(x, t, y=y).eps,
                            cfg(x, t, y=y).eps)
+        hook.remove()
+        assert calls == [6, 6, 3, 3, 6, 6]  # s = 0 (or no t in the interval) costs nothing: no perturbed pass
         half = PerturbedAttentionGuidance(den, 3.0, interval=(0, 450))(x, t, y=y)
         full = PerturbedAttentionGuidance(den, 3.0)(x, t, y=y)
         plain = den(x, t, y=y)
