@@ -199,6 +199,23 @@ def test_pag_with_cfg_is_the_diffusers_sum_in_one_call_of_3b():
     torch.testing.assert_close(pred0.eps, cond.eps + s * (cond.eps - hat.eps), rtol=1e-5, atol=1e-5)
 
 
+def test_pag_with_text_cfg_perturbs_the_prompt_pass_of_a_cross_attention_unet():
+    """A text-conditional U-Net (spatial transformers; CFG's null condition the empty prompt's context): the
+    perturbed pass has the prompt's context, and its cross-attention is left as it is."""
+    net = unet(context_dim=4)
+    den = Denoiser(net, SCHEDULE)
+    g = torch.Generator().manual_seed(2)
+    x, t, w, s = noisy(), torch.tensor([50.0, 400.0, 800.0]), 1.0, 2.0
+    context, null = torch.randn(3, 2, 4, generator=g), torch.randn(1, 2, 4, generator=g)
+    with torch.no_grad():
+        cond, hat = separate(den, net, x, t, ("mid", "up.1"), context=context)
+        uncond = den(x, t, context=null.expand(3, 2, 4))
+        pred = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, null_context=null), s, "mid,up.1")(
+            x, t, context=context)
+    want = cond.eps + w * (cond.eps - uncond.eps) + s * (cond.eps - hat.eps)
+    torch.testing.assert_close(pred.eps, want, rtol=1e-5, atol=1e-5)
+
+
 def test_pag_scale_zero_and_outside_its_interval_is_the_wrapped_denoiser_bit_for_bit():
     net = unet(num_classes=3)
     calls = []
