@@ -4,6 +4,9 @@
   eps-bar = (1 + w) eps(x_t, y) - w eps(x_t, null), with the conditional and the null-class
   passes in one batched network call; optional guidance rescale (Lin et al. 2024, Sec. 3.4) and
   guidance interval (Kynkaanniemi et al. 2024).
+* :class:`PerturbedAttentionGuidance` - Ahn et al. 2024 (PAG): eps~ = eps(x_t) + s (eps(x_t) - eps-hat(x_t)),
+  eps-hat the network with the identity as the attention map of chosen self-attention layers; over
+  :class:`ClassifierFreeGuidance` the null, conditional and perturbed passes share one batched call.
 * :class:`GuidanceScaleInput` - a w-conditioned model (LCM, Luo et al. 2023, Sec. 4.2) given w as
   an input: one network call per step.
 * :class:`ClassifierGuidance` - Dhariwal & Nichol 2021, Algorithm 2 (seed 000):
@@ -82,6 +85,35 @@ def interval_from_karras_sigmas(schedule, sigma_lo: float, sigma_hi: float) -> t
     return float(t[0]), float(t[1])
 
 
+def _checked_interval(interval, denoiser, what: str = "guidance interval") -> Optional[tuple[float, float]]:
+    """A guidance interval (t_lo, t_hi) in training timesteps (Kynkaanniemi et al. 2024), checked: t_lo <= t_hi
+    within [-1, T] of ``denoiser``'s schedule; None stays None (guide everywhere)."""
+    if interval is None:
+        return None
+    if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
+        raise DiffkitError(f"{what}={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi")
+    interval = (float(interval[0]), float(interval[1]))
+    top = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
+    if top is not None and not -1.0 <= interval[0] <= interval[1] <= top:
+        raise DiffkitError(f"{what}={interval!r} is not allowed; the times lie in [-1, {top}] (training timesteps)")
+    return interval
+
+
+def _in_interval(interval: Optional[tuple[float, float]], t64: torch.Tensor) -> torch.Tensor:
+    """Per sample (B,) bool: t_lo <= t <= t_hi (everywhere without an interval)."""
+    if interval is None:
+        return torch.ones_like(t64, dtype=torch.bool)
+    lo, hi = interval
+    return (t64 >= lo) & (t64 <= hi)
+
+
+def _repeated(cond: dict, batch: int, copies: int) -> dict:
+    """``cond`` for a batch of ``copies`` concatenated copies of the samples: per-sample tensors (first
+    dimension ``batch``) repeated, anything else passed as it is."""
+    return {k: torch.cat([v] * copies) if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
+            for k, v in cond.items()}
+
+
 class ClassifierFreeGuidance(Wrapper):
     """Classifier-free guidance (Ho & Salimans 2022; seed 002):
 
@@ -132,15 +164,7 @@ class ClassifierFreeGuidance(Wrapper):
         check_range("guidance rescale", rescale, 0.0, 1.0)
         self.rescale = float(rescale)
         self.rescale_space = check_choice("rescale_space", rescale_space, RESCALE_SPACES)
-        if interval is not None:
-            if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
-                raise DiffkitError(f"guidance interval={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi")
-            interval = (float(interval[0]), float(interval[1]))
-            top = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
-            if top is not None and not -1.0 <= interval[0] <= interval[1] <= top:
-                raise DiffkitError(f"guidance interval={interval!r} is not allowed; the times lie in [-1, {top}] "
-                                   f"(training timesteps)")
-        self.interval = interval
+        self.interval = _checked_interval(interval, denoiser)
         classes = _num_classes_of(denoiser)
         if null_class is not None and (isinstance(null_class, bool) or not isinstance(null_class, int)
                                        or null_class < 0 or (classes is not None and null_class > classes)):
@@ -154,12 +178,16 @@ class ClassifierFreeGuidance(Wrapper):
         self.null_context = null_context
 
     def _guided_mask(self, t64: torch.Tensor) -> torch.Tensor:
-        if self.interval is None:
-            return torch.ones_like(t64, dtype=torch.bool)
-        lo, hi = self.interval
-        return (t64 >= lo) & (t64 <= hi)
+        return _in_interval(self.interval, t64)
 
     def __call__(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None, **cond) -> Prediction:
+        return self._guide(x, t, y, cond)
+
+    def _guide(self, x: torch.Tensor, t, y, cond: dict, perturbed=None) -> Prediction:
+        """Classifier-free guidance; with ``perturbed`` = (a :class:`PerturbedAttentionGuidance`, its
+        per-sample scale s) also PAG's perturbed conditional pass in the same batched call (diffusers'
+        order is null, cond, perturbed; here cond, null, perturbed):
+        eps = eps_c + w (eps_c - eps_u) + s (eps_c - eps_p)."""
         weight = self.w
         if self.weight_input:  # per-sample w (LCM Alg. 1)
             if "w" not in cond:
@@ -175,22 +203,32 @@ class ClassifierFreeGuidance(Wrapper):
         t64 = _times64(t, batch)
         guided = self._guided_mask(t64)
         if (not self.weight_input and self.w == 0) or not guided.any():
+            if perturbed is not None:  # PAG alone: the conditional and perturbed passes
+                return perturbed[0]._guide(self.inner, x, t, cond if text_only else {**cond, "y": y}, perturbed[1])
             return self.inner(x, t, **cond) if text_only else self.inner(x, t, y=y, **cond)
-        both = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.shape[:1] == (batch,) else v
-                for k, v in cond.items()}
+        copies = 2 if perturbed is None else 3  # [cond, null] (+ [perturbed cond])
+        both = _repeated(cond, batch, copies)
         if self.null_context is not None and "context" in cond:
             null = self.null_context.to(device=x.device, dtype=cond["context"].dtype)
-            both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"])])
-        t_both = torch.cat([t64, t64]) if torch.as_tensor(t).ndim else t
+            both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"]), cond["context"]][:copies])
+        t_both = torch.cat([t64] * copies) if torch.as_tensor(t).ndim else t
         if not text_only:
-            both["y"] = torch.cat([y, torch.full_like(y, self.null_class)])
-        pred = self.inner(torch.cat([x, x]), t_both, **both)
-        eps_c, eps_u = pred.eps.chunk(2)
-        x0_c, x0_u = pred.x0.chunk(2)
-        var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]
+            both["y"] = torch.cat([y, torch.full_like(y, self.null_class), y][:copies])
+        if perturbed is None:
+            pred = self.inner(torch.cat([x, x]), t_both, **both)
+        else:
+            with perturbed[0].perturbing(batch, copies, x.device):
+                pred = self.inner(torch.cat([x] * copies), t_both, **both)
+        eps_c, eps_u = pred.eps.chunk(copies)[:2]
+        x0_c, x0_u = pred.x0.chunk(copies)[:2]
+        var_values = None if pred.var_values is None else pred.var_values.chunk(copies)[0]
         w = diffusion.expand(torch.where(guided.to(x.device), weight, 0.0), x)  # per-sample weight (interval)
         eps = eps_c + w * (eps_c - eps_u)  # = (1 + w) eps_c - w eps_u   (seed 002)
         x0 = x0_c + w * (x0_c - x0_u)
+        if perturbed is not None:  # + s (eps_c - eps-hat_c)   (PAG, Ahn et al. 2024; diffusers' order)
+            s = perturbed[0]._expanded(perturbed[1], x)
+            eps = eps + s * (eps_c - pred.eps.chunk(3)[2])
+            x0 = x0 + s * (x0_c - pred.x0.chunk(3)[2])
         if self.rescale > 0:
             eps, x0 = self._rescaled(x, t64, eps, x0, eps_c, x0_c)
         return Prediction(eps=eps, x0=x0, var_values=var_values)
@@ -212,6 +250,102 @@ class ClassifierFreeGuidance(Wrapper):
             return diffusion.eps_x0_from_output(v, x, alpha, sigma, "v_prediction")
         eps = phi * eps * _std_per_sample(eps_c) / _std_per_sample(eps) + (1 - phi) * eps
         return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
+
+
+class PerturbedAttentionGuidance(Wrapper):
+    """Perturbed-Attention Guidance (Ahn et al. 2024, "Self-Rectifying Diffusion Sampling with
+    Perturbed-Attention Guidance", arXiv:2403.17377, the method section; equation numbers not checked here):
+
+        eps~(x_t) = eps(x_t) + s (eps(x_t) - eps-hat(x_t)),
+
+    eps-hat the same network with the self-attention map softmax(Q K^T / sqrt(d)) of the chosen layers
+    replaced by the identity, so that those layers output out_proj(V) (the paper's A = I;
+    :meth:`diffkit.models.unet.UNet.perturbed_self_attention`). It guides away from the structure-less
+    prediction the perturbed network makes, without labels: it works for unconditional models.
+
+    Over a :class:`ClassifierFreeGuidance` (``PerturbedAttentionGuidance(ClassifierFreeGuidance(...))``,
+    with nothing between them) the three passes run in one network call of batch 3B, as diffusers'
+    ``StableDiffusionPAGPipeline``:
+
+        eps = eps_c + w (eps_c - eps_u) + s (eps_c - eps-hat_c)
+
+    (seed convention; = eps_u + (1 + w)(eps_c - eps_u) + s (eps_c - eps-hat_c), diffusers' formula with
+    its guidance_scale 1 + w), the perturbed pass conditional (eps-hat_c: labels / context of eps_c), and
+    guidance rescale, if set, applied to the sum. Otherwise one call of batch 2B, [x, x] with the second
+    half perturbed. Each call counts 1 in ``nfe`` (as classifier-free guidance's; the module docstring).
+    x0 is mixed with the same weights as eps, so the pair stays consistent for every sampler.
+
+    Args:
+        denoiser: a denoiser of a diffkit :class:`~diffkit.models.unet.UNet` (latent ones included), or a
+            :class:`ClassifierFreeGuidance` of one.
+        scale: s >= 0; 0 is the wrapped denoiser itself, bit for bit (diffusers' ``pag_scale``; the
+            paper samples with s around 3 on Stable Diffusion).
+        layers: the self-attention layers to perturb, by name: ``mid`` (the default, as diffusers'),
+            ``down.L``, ``up.L`` for a level L (an index into ``channel_mult``) in the config's ``attn``
+            (:func:`diffkit.models.unet.self_attention_layer_names`; diffusers counts its up blocks from
+            the lowest resolution).
+        interval: ``(t_lo, t_hi)`` in training timesteps: guide only there, elsewhere the wrapped
+            denoiser (as :class:`ClassifierFreeGuidance`'s interval).
+        network: the U-Net to perturb; default the one under ``denoiser``.
+    """
+
+    def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None):
+        from .models.unet import UNet, check_self_attention_layers
+        check_range("perturbed-attention guidance scale", scale, 0.0, None)
+        self.inner, self.scale = denoiser, float(scale)
+        self.interval = _checked_interval(interval, denoiser, "perturbed-attention guidance interval")
+        self.net = _unet_of(denoiser) if network is None else network
+        if not isinstance(self.net, UNet):
+            raise DiffkitError(f"perturbed-attention guidance perturbs the self-attention of a diffkit U-Net; this "
+                               f"network ({type(self.net).__name__}) has none it can perturb")
+        cfg = self.net.config
+        self.layers = check_self_attention_layers(layers, cfg.attn, len(cfg.channel_mult))
+
+    @contextlib.contextmanager
+    def perturbing(self, batch: int, copies: int, device):
+        """The network's chosen self-attention layers perturbed for the last ``batch`` of ``copies * batch``
+        samples (the perturbed pass) within the context."""
+        identity = torch.arange(copies * batch, device=device) >= (copies - 1) * batch
+        with self.net.perturbed_self_attention(self.layers, identity):
+            yield
+
+    def _scales(self, t, batch: int):
+        """s per sample (B,) on the CPU (0 outside the interval)."""
+        return torch.where(_in_interval(self.interval, _times64(t, batch)), self.scale, 0.0)
+
+    @staticmethod
+    def _expanded(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return diffusion.expand(s.to(x.device), x)
+
+    def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        if self.scale == 0:
+            return self.inner(x, t, **cond)
+        s = self._scales(t, x.shape[0])
+        if not bool((s > 0).any()):
+            return self.inner(x, t, **cond)
+        if isinstance(self.inner, ClassifierFreeGuidance):
+            return self.inner._guide(x, t, cond.pop("y", None), cond, perturbed=(self, s))
+        return self._guide(self.inner, x, t, cond, s)
+
+    def _guide(self, inner, x: torch.Tensor, t, cond: dict, s: torch.Tensor) -> Prediction:
+        """eps + s (eps - eps-hat) from one call of ``inner`` on [x, x], the second half perturbed."""
+        batch = x.shape[0]
+        t_both = torch.cat([_times64(t, batch)] * 2) if torch.as_tensor(t).ndim else t
+        with self.perturbing(batch, 2, x.device):
+            pred = inner(torch.cat([x, x]), t_both, **_repeated(cond, batch, 2))
+        (eps, eps_p), (x0, x0_p) = pred.eps.chunk(2), pred.x0.chunk(2)
+        s = self._expanded(s, x)
+        var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]
+        return Prediction(eps=eps + s * (eps - eps_p), x0=x0 + s * (x0 - x0_p), var_values=var_values)
+
+
+def _unet_of(denoiser):
+    """The U-Net under a (possibly wrapped, compiled) denoiser: its ``net``, unwrapped from
+    ``torch.compile`` (``_orig_mod``) and from a text-conditional model's text encoder (``unet``)."""
+    from .denoiser import _innermost
+    net = getattr(_innermost(denoiser), "net", None)
+    net = getattr(net, "_orig_mod", net)
+    return getattr(net, "unet", net)
 
 
 class GuidanceScaleInput(Wrapper):

@@ -15,7 +15,10 @@ Algorithm 2, or Algorithm 1 with ``--classifier-algorithm 1`` and the ddpm sampl
 unconditional checkpoints. ``--clip-guidance TEXT --clip-model DIR --clip-scale S`` adds CLIP guidance
 (GLIDE, Nichol et al. 2022): the gradient of the cosine similarity of a local CLIP's image embedding
 of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and the prompt's text
-embedding, for models of RGB images. See docs/guidance.md.
+embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention Guidance (Ahn et al. 2024):
+eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
+(default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``), also for unconditional
+checkpoints; with ``--guidance-scale`` the three passes share one batched call. See docs/guidance.md.
 
 Text-conditional checkpoints (docs/latent.md) sample ``--prompt TEXT`` (several ``--prompt``:
 one row per prompt; default: each class's caption, e.g. "a photo of a sneaker"); with
@@ -103,6 +106,12 @@ def register(sub) -> None:
     g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
                    help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
     add_rescale_interval_flags(g)
+    g.add_argument("--pag-scale", type=float, metavar="S",
+                   help="perturbed-attention guidance scale s >= 0 of eps + s (eps - eps-hat), eps-hat with the "
+                        "identity as the self-attention map of --pag-layers (Ahn et al. 2024); 0 = off")
+    g.add_argument("--pag-layers", metavar="L,...",
+                   help="with --pag-scale: the self-attention layers to perturb, comma-separated: mid (default), "
+                        "down.L, up.L for a level L (an index into channel_mult) in the model's attn")
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -226,6 +235,8 @@ class GuidanceRequest:
     clip_model: Optional[str] = None
     clip_scale: Optional[float] = None
     clip_input: str = "x0"
+    pag_scale: Optional[float] = None
+    pag_layers: Optional[list] = None
 
     @classmethod
     def from_args(cls, args, sampler: str, checkpoint=None) -> "GuidanceRequest":
@@ -237,7 +248,8 @@ class GuidanceRequest:
                   classifier=args.classifier, classifier_scale=args.classifier_scale,
                   classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None),
                   clip_prompt=args.clip_guidance, clip_model=args.clip_model, clip_scale=args.clip_scale,
-                  clip_input=args.clip_input)
+                  clip_input=args.clip_input, pag_scale=getattr(args, "pag_scale", None),
+                  pag_layers=None if getattr(args, "pag_layers", None) is None else args.pag_layers.split(","))
         req.check_model_kind(checkpoint)
         req.check(sampler)
         return req
@@ -254,6 +266,8 @@ class GuidanceRequest:
         from ._common import peek_checkpoint
         if self.guidance_scale is not None:
             self.check_null_trained(peek_checkpoint(checkpoint))
+        if self.pag_scale is not None:
+            self.check_pag_model(checkpoint)
         if self.clip_prompt is None:
             return
         from ..interop.stable_diffusion import is_stable_diffusion_folder
@@ -265,6 +279,32 @@ class GuidanceRequest:
             if is_series_model(meta["unet"]):
                 raise image_only("--clip-guidance")
             self.check_clip_model(meta["unet"], latent=bool(meta.get("latent")))  # the loader's test for a decoder
+
+    def check_pag_model(self, checkpoint) -> None:
+        """--pag-scale for a model whose header says it cannot take it: a Stable Diffusion folder, a time-series
+        model (no self-attention), or --pag-layers naming a layer the U-Net has no self-attention in (the
+        names it has, listed). A legacy .pt (no header) is checked once loaded (:meth:`perturbed`)."""
+        from ..interop.stable_diffusion import is_stable_diffusion_folder
+        from ._common import peek_checkpoint
+        if is_stable_diffusion_folder(checkpoint):
+            raise not_for_stable_diffusion("--pag-scale")
+        unet = (peek_checkpoint(checkpoint) or {}).get("unet")
+        if isinstance(unet, dict):
+            from ..models.network import is_series_model
+            if is_series_model(unet):
+                raise DiffkitError("--pag-scale perturbs a U-Net's self-attention; this time-series model has none")
+            if isinstance(unet.get("attn"), list) and isinstance(unet.get("channel_mult"), list):
+                from ..models.unet import check_self_attention_layers
+                check_self_attention_layers(self.pag_layers or ["mid"], unet["attn"], len(unet["channel_mult"]),
+                                            "this checkpoint")
+
+    def perturbed(self, denoiser):
+        """``denoiser`` with the perturbed-attention guidance of --pag-scale (itself without it): directly over
+        classifier-free guidance, so that the three passes share one call."""
+        if not self.pag_scale:
+            return denoiser
+        from ..guidance import PerturbedAttentionGuidance
+        return PerturbedAttentionGuidance(denoiser, self.pag_scale, self.pag_layers or ["mid"])
 
     def check_null_trained(self, meta) -> None:
         """--guidance-scale (classifier-free guidance) on a class- or text-conditional checkpoint whose
@@ -299,6 +339,13 @@ class GuidanceRequest:
         else:
             guidance_weight(self.guidance_scale, self.convention)
             check_range("--guidance-rescale", self.rescale, 0.0, 1.0)
+        if self.pag_scale is None:
+            if self.pag_layers is not None:
+                raise DiffkitError("--pag-layers needs --pag-scale S")
+        else:
+            check_range("--pag-scale", self.pag_scale, 0.0, None)
+            from ..models.unet import check_self_attention_layers
+            check_self_attention_layers(self.pag_layers or ["mid"], None, None)  # the names' form
         if self.classifier is None:
             if self.classifier_scale is not None:
                 raise DiffkitError("--classifier-scale needs --classifier CKPT")
@@ -396,6 +443,7 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
         request.check_null_trained(meta)  # after loading too: a legacy .pt has no header to peek at
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention,
                                           request.rescale, request.interval, null_class=model_classes)
+    denoiser = request.perturbed(denoiser)
     classifier = None
     num_classes = model_classes
     if request.classifier:
@@ -556,6 +604,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     if guidance.clip_prompt is not None:
         what += f", CLIP guidance {shorten(guidance.clip_prompt)} s={guidance.clip_scale:g}"
+    if guidance.pag_scale:
+        what += f", perturbed-attention guidance s={guidance.pag_scale:g} at {','.join(guidance.pag_layers or ['mid'])}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -746,7 +796,7 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
         null = denoiser.prompt_encoder([""], device)
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention, request.rescale,
                                           request.interval, null_context=null)
-    return denoiser, context, prompts, index, num, nrow
+    return request.perturbed(denoiser), context, prompts, index, num, nrow
 
 
 def _algorithm_1(classifier, guidance: GuidanceRequest, conditional_model: bool):

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..errors import DiffkitError
+
 # Largest L_q * L_k per head attended with matrix products on the CPU (a 16x16 map attending to
 # itself: 128 KiB of bf16 probabilities per sample and head kept for the backward pass); larger
 # maps keep the fused kernel, which never holds the scores.
@@ -82,3 +84,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
         return out.reshape(b, heads, lq, d).transpose(1, 2).reshape(b, lq, c)
     split = [x.reshape(b, x.shape[1], heads, d).transpose(1, 2) for x in (q, k, v)]
     return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, lq, c)
+
+
+def identity_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, identity) -> torch.Tensor:
+    """Self-attention with the map softmax(Q K^T / sqrt(d)) replaced by the identity for the samples
+    ``identity`` selects, so that their output is V itself: the perturbed self-attention of
+    Perturbed-Attention Guidance (Ahn et al. 2024, arXiv:2403.17377: the map A = I;
+    diffusers' ``PAGIdentitySelfAttnProcessor``). ``identity``: True (every sample) or a (B,) bool tensor; the
+    other samples get :func:`attention` unchanged, bit for bit (the attention of the whole batch is
+    computed and the selected rows replaced, so no host sync picks the rows)."""
+    if identity is True:
+        return v
+    if not isinstance(identity, torch.Tensor) or identity.dtype != torch.bool or identity.shape != q.shape[:1]:
+        shape = tuple(identity.shape) if isinstance(identity, torch.Tensor) else type(identity).__name__
+        raise DiffkitError(f"a perturbed-attention mask of shape {shape} for a batch of {q.shape[0]}; give True or a "
+                           f"bool mask of shape ({q.shape[0]},), one per sample (a wrapper between the guidance and "
+                           f"the network changed the batch)")
+    return torch.where(identity[:, None, None], v, attention(q, k, v, heads))

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import MEMORY_FORMATS, MIXED_PRECISION
 from ..errors import DiffkitError, check_choice, check_positive_int_list, check_range
-from .attention import attention
+from .attention import attention, identity_attention
 from .cpu_kernels import cpu_kernels
 from .dropout import dropout
 from .group_norm import GroupNorm
@@ -367,6 +367,10 @@ class AttentionBlock(nn.Module):
     ``x + proj(attention(qkv(norm(x))))``; ``proj`` starts at zero.
     """
 
+    # Perturbed-Attention Guidance (UNet.perturbed_self_attention): None (plain attention), True or a
+    # (B,) bool mask of the samples whose attention map is the identity (attention.identity_attention)
+    identity_attention = None
+
     def __init__(self, channels: int, heads: int = 1):
         super().__init__()
         self.heads = heads
@@ -378,7 +382,9 @@ class AttentionBlock(nn.Module):
                 context: torch.Tensor | None = None) -> torch.Tensor:
         _, _, height, width = x.shape
         q, k, v = self.qkv(_to_tokens(self.norm(x))).chunk(3, dim=-1)
-        out = self.proj(attention(q, k, v, self.heads))
+        identity = self.identity_attention
+        out = self.proj(attention(q, k, v, self.heads) if identity is None
+                        else identity_attention(q, k, v, self.heads, identity))
         return x + _from_tokens(out, height, width)
 
 
@@ -402,8 +408,11 @@ class SpatialTransformer(nn.Module):
 
     tokens = proj_in(norm(x)); tokens += self-attn(LN); tokens += cross-attn(LN, context);
     tokens += GEGLU feed-forward(LN); ``x + proj_out(tokens)`` with ``proj_out`` zero at start.
-    Without a context (``context=None``) the cross-attention step is skipped.
+    Without a context (``context=None``) the cross-attention step is skipped. ``identity_attention``
+    (Perturbed-Attention Guidance, as :class:`AttentionBlock`'s) perturbs the self-attention only.
     """
+
+    identity_attention = None
 
     def __init__(self, channels: int, context_dim: int, heads: int = 1, dropout: float = 0.0):
         super().__init__()
@@ -426,7 +435,9 @@ class SpatialTransformer(nn.Module):
         _, _, height, width = x.shape
         h = self.proj_in(_to_tokens(self.norm(x)))
         q, k, v = self.qkv(self.norm_self(h)).chunk(3, dim=-1)
-        h = h + self.self_out(attention(q, k, v, self.heads))
+        identity = self.identity_attention
+        h = h + self.self_out(attention(q, k, v, self.heads) if identity is None
+                              else identity_attention(q, k, v, self.heads, identity))
         if context is not None:
             h = h + self.cross(self.norm_cross(h), context.to(h.dtype))
         value, gate = self.ff_in(self.norm_ff(h)).chunk(2, dim=-1)

@@ -8,18 +8,59 @@ seed's ``modelConfig`` keys (``channel``, ``channel_mult``, ``attn``, ``num_res_
 """
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffkitError, check_range
-from .layers import (BlockChain, ResBlock, TimeEmbedding, TrunkConfig, Upsample, attention_block,
-                     build_down_path, build_middle, group_norm, guidance_scale_embedding, num_parameters, run_blocks,
-                     to_caller_layout, to_compute_layout, use_memory_format, zero_module)
+from .layers import (AttentionBlock, BlockChain, ResBlock, SpatialTransformer, TimeEmbedding, TrunkConfig, Upsample,
+                     attention_block, build_down_path, build_middle, group_norm, guidance_scale_embedding,
+                     num_parameters, run_blocks, to_caller_layout, to_compute_layout, use_memory_format, zero_module)
 
-__all__ = ["UNetConfig", "UNet", "num_parameters"]
+__all__ = ["UNetConfig", "UNet", "num_parameters", "self_attention_layer_names", "check_self_attention_layers"]
+
+_LAYER_NAME = re.compile(r"(mid)|(down|up)\.(\d+)")
+
+
+def self_attention_layer_names(attn: Sequence[int], levels: int) -> list[str]:
+    """The names of a U-Net's self-attention layers, as Perturbed-Attention Guidance selects them
+    (:meth:`UNet.perturbed_self_attention`): ``down.L`` (the attention blocks of level L on the way down,
+    L an index into ``channel_mult`` as in the config's ``attn``: resolution img_size / 2^L), ``mid`` (the
+    middle block's, always there) and ``up.L`` (level L on the way up), for the levels in ``attn``.
+    diffusers' ``pag_applied_layers`` names them alike ("mid", "down.1", "up.0"), except that its up
+    blocks count from the lowest resolution: its ``up.0`` is diffkit's ``up.{levels-1}``."""
+    attn = sorted(set(int(a) for a in attn))
+    return [f"down.{a}" for a in attn] + ["mid"] + [f"up.{a}" for a in reversed(attn)]
+
+
+def check_self_attention_layers(layers, attn: Sequence[int] | None, levels: int | None,
+                                model: str = "this U-Net") -> list[str]:
+    """``layers`` (names, or one comma-separated string) checked against a U-Net whose levels
+    ``0..levels-1`` have self-attention at ``attn``: a one-line error for a name that is no layer name
+    (listing the valid ones) and for a level without self-attention; returns the names, deduplicated.
+    ``attn`` and ``levels`` None: the names' form alone (mid, down.L, up.L), before a model is known."""
+    if isinstance(layers, str):
+        layers = layers.split(",")
+    names = [str(name).strip() for name in layers]
+    valid = None if attn is None else self_attention_layer_names(attn, levels)
+    form = "mid, or down.L / up.L for a level L" + ("" if levels is None else f" in 0..{levels - 1}") + \
+        " of channel_mult"
+    if not names:
+        raise DiffkitError(f"no self-attention layer was named; give {form}")
+    for name in names:
+        match = _LAYER_NAME.fullmatch(name)
+        if match is None or (levels is not None and match.group(3) is not None and int(match.group(3)) >= levels):
+            has = "" if valid is None else f"{model} has {', '.join(valid)} "
+            raise DiffkitError(f"unknown self-attention layer {name!r}; {has}({form})")
+        if valid is not None and name not in valid:
+            raise DiffkitError(f"{model} has no self-attention at {name} (level {match.group(3)} is not in its attn "
+                               f"{sorted(set(int(a) for a in attn))}); its self-attention layers: {', '.join(valid)}")
+    return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -260,6 +301,49 @@ class UNet(nn.Module):
             raise DiffkitError(f"low_res of shape {tuple(getattr(low_res, 'shape', ()))} is not allowed; give {want} "
                                f"for x of shape {tuple(x.shape)} (the trained ratio {cfg.img_size}/{cfg.low_res_size})")
         return concat_low_res(x, low_res)
+
+    def self_attention_layers(self) -> dict[str, list[nn.Module]]:
+        """The self-attention blocks by layer name (:func:`self_attention_layer_names`): the
+        :class:`~diffkit.models.layers.AttentionBlock` or, with cross-attention, the
+        :class:`~diffkit.models.layers.SpatialTransformer` (whose self-attention alone is perturbed)."""
+        cfg = self.config
+        levels = len(cfg.channel_mult)
+        down_levels = [level for level in range(levels)
+                       for _ in range(cfg.num_res_blocks + (level != levels - 1))]  # res blocks, downsampler
+        up_levels = [level for level in reversed(range(levels)) for _ in range(cfg.num_res_blocks + 1)]
+        layers = {name: [] for name in self_attention_layer_names(cfg.attn, levels)}
+        for path, chains, chain_levels in (("down", self.down, down_levels), ("mid", [self.middle], [None]),
+                                           ("up", self.up, up_levels)):
+            for chain, level in zip(chains, chain_levels):
+                name = path if level is None else f"{path}.{level}"
+                found = [m for m in chain if isinstance(m, (AttentionBlock, SpatialTransformer))]
+                if found:
+                    layers[name] += found
+        return layers
+
+    @contextlib.contextmanager
+    def perturbed_self_attention(self, layers: Sequence[str] = ("mid",), identity=True):
+        """Within the context, the self-attention of the layers named ``layers`` (``mid``, ``down.L``,
+        ``up.L``: :func:`self_attention_layer_names`) has the identity as its attention map, so that its
+        output is out_proj(V) (+ the block's residual): the perturbed network eps-hat of Perturbed-Attention
+        Guidance (Ahn et al. 2024, arXiv:2403.17377; :class:`diffkit.guidance.PerturbedAttentionGuidance`).
+        Cross-attention is left as it is. ``identity``: True (every sample) or a (B,) bool tensor of the
+        samples to perturb, so that plain and perturbed passes share one batched forward. Outside the
+        context (the default) the blocks run as before, bit for bit: they test one attribute."""
+        cfg = self.config
+        blocks = [block for name in check_self_attention_layers(layers, cfg.attn, len(cfg.channel_mult))
+                  for block in self.self_attention_layers()[name]]
+        before = [block.__dict__.get("identity_attention") for block in blocks]
+        try:
+            for block in blocks:
+                block.identity_attention = identity
+            yield self
+        finally:
+            for block, value in zip(blocks, before):
+                if value is None:
+                    block.__dict__.pop("identity_attention", None)  # the class's None again
+                else:
+                    block.identity_attention = value
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalar parameters."""
