@@ -163,11 +163,7 @@ class ClassifierFreeGuidance(Wrapper):
             raise DiffkitError("classifier-free guidance needs a class-conditional model (its network has no "
                                "num_classes); pass null_class= for a custom network")
         self.null_context = null_context
-        self.apg_eta = float(check_range("APG eta", apg_eta, 0.0, 1.0))
-        self.apg_norm_threshold = float(check_range("APG norm threshold", apg_norm_threshold, 0.0, None,
-                                                    low_inclusive=False, finite=False))
-        self.apg_momentum = float(check_range("APG momentum", apg_momentum, -1.0, 1.0, low_inclusive=False,
-                                              high_inclusive=False))
+        self.apg_eta, self.apg_norm_threshold, self.apg_momentum = check_apg(apg_eta, apg_norm_threshold, apg_momentum)
         self.apg = (self.apg_eta, self.apg_norm_threshold, self.apg_momentum) != (1.0, math.inf, 0.0)
         self.reset_state()
 
@@ -267,6 +263,20 @@ class ClassifierFreeGuidance(Wrapper):
             return diffusion.eps_x0_from_output(v, x, alpha, sigma, "v_prediction")
         eps = phi * eps * _std_per_sample(eps_c) / _std_per_sample(eps) + (1 - phi) * eps
         return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
+
+
+APG_NAMES = ("APG eta", "APG norm threshold", "APG momentum")
+
+
+def check_apg(eta: float = 1.0, norm_threshold: float = math.inf, momentum: float = 0.0,
+              names: Sequence[str] = APG_NAMES) -> tuple[float, float, float]:
+    """APG's settings as floats, or a one-line error naming the bad one (``names``: the CLI's flags):
+    eta in [0, 1] (the weight of the parallel part: 1 keeps it, as CFG does, 0 drops it), the norm
+    threshold r in (0, inf] (inf: no rescaling), the momentum beta in (-1, 1) (the paper's is negative,
+    e.g. -0.5; |beta| < 1 keeps the running average bounded)."""
+    return (float(check_range(names[0], eta, 0.0, 1.0)),
+            float(check_range(names[1], norm_threshold, 0.0, None, low_inclusive=False, finite=False)),
+            float(check_range(names[2], momentum, -1.0, 1.0, low_inclusive=False, high_inclusive=False)))
 
 
 def adaptive_projected_update(diff: torch.Tensor, x0_cond: torch.Tensor, eta: float = 1.0,

@@ -15,6 +15,12 @@ from diffkit.analytic import GaussianMixture
 from diffkit.errors import DiffkitError
 from diffkit.guidance import ClassifierFreeGuidance, adaptive_projected_update
 
+from test_guidance import run_cli, write_model_checkpoint
+import test_series_conditioning as conditioning
+from test_series_conditioning import write_csv
+
+labelled_run = conditioning.labelled_run  # the fixture: a 3-class series checkpoint (columns a, b; label "state")
+
 SCHEDULE = NoiseSchedule.linear(1000)
 NULL = 2
 
@@ -254,3 +260,104 @@ def test_eta_0_removes_the_parallel_part_in_a_sampler_run_on_the_exact_model():
             assert cosines.mean() > 0.3
     distance = {k: (v - gm.means[y]).norm(dim=1).mean() for k, v in out.items()}
     assert distance["apg"] < 0.7 * distance["cfg"], distance
+
+
+# ------------------------------------------------------------------ the command line
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from diffkit.checkpoint import save_checkpoint
+    from diffkit.models.unet import UNet, UNetConfig
+    d = tmp_path_factory.mktemp("apg")
+    unet = {"channel": 8, "channel_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0, "img_size": 8,
+            "in_channels": 1, "num_classes": 3, "scale_shift_norm": True, "guidance_embedding_dim": 8}
+    torch.manual_seed(0)
+    tensors = {f"model.{k}": v for k, v in UNet(UNetConfig(**unet)).state_dict().items()}
+    tensors["schedule.betas"] = SCHEDULE.betas
+    w_input = save_checkpoint(d / "w.safetensors", tensors, {"unet": unet, "config": {"nrow": 4},
+                                                             "class_names": ["0", "1", "2"]})
+    return {"cond": write_model_checkpoint(d / "cond.safetensors", 3),
+            "never": write_model_checkpoint(d / "never.safetensors", 3, p_uncond=0.0), "w": w_input, "dir": d}
+
+
+def test_cli_apg_flags_take_effect_and_eta_1_is_plain_guidance(checkpoints, capsys):
+    d = checkpoints["dir"]
+
+    def grid(name, *flags):
+        code, out = run_cli(capsys, "sample", "--checkpoint", checkpoints["cond"], "--steps", 3, "--num", 3,
+                            "--guidance-scale", 6, "--out", d / f"{name}.png", "--no-progress", "--device", "cpu",
+                            *flags)
+        assert code == 0, out.err
+        return (d / f"{name}.png").read_bytes()
+    plain = grid("plain")
+    assert grid("eta1", "--apg-eta", 1, "--apg-momentum", 0, "--apg-norm-threshold", "inf") == plain
+    changed = {grid("eta0", "--apg-eta", 0), grid("r", "--apg-norm-threshold", 1),
+               grid("beta", "--apg-momentum", -0.5), grid("all", "--apg-eta", 0, "--apg-norm-threshold", 1,
+                                                          "--apg-momentum", -0.5, "--guidance-rescale", 0.7,
+                                                          "--guidance-interval", 100, 900)}
+    assert len(changed) == 4 and plain not in changed
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--apg-eta", "0"], "--apg-eta needs --guidance-scale"),
+    (["--apg-momentum", "-0.5"], "--apg-momentum needs --guidance-scale"),
+    (["--guidance-scale", "3", "--apg-eta", "1.5"], "--apg-eta=1.5 is out of range; allowed: a finite number in "
+                                                   "[0.0, 1.0]"),
+    (["--guidance-scale", "3", "--apg-norm-threshold", "0"], "--apg-norm-threshold=0.0 is out of range; allowed: "
+                                                             "a number in (0.0, inf)"),
+    (["--guidance-scale", "3", "--apg-norm-threshold", "nan"], "--apg-norm-threshold=nan is not allowed; give a number"),
+    (["--guidance-scale", "3", "--apg-momentum", "1"], "--apg-momentum=1.0 is out of range; allowed: a finite "
+                                                       "number in (-1.0, 1.0)"),
+    (["--checkpoint", "never", "--guidance-scale", "3", "--apg-eta", "0"], "this checkpoint was trained with p_uncond=0, so its null class is "
+     "untrained; classifier-free guidance needs a model trained with label dropout (p_uncond > 0)"),
+    (["--checkpoint", "w", "--guidance-scale", "3", "--apg-eta", "0"],
+     "--apg-eta is an option of classifier-free guidance; this w-conditioned model takes --guidance-scale as its "
+     "input w (one call per step)"),
+])
+def test_cli_apg_mistakes_are_one_line_errors_before_any_output(extra, message, checkpoints, capsys):
+    d = checkpoints["dir"]
+    checkpoint = [] if "--checkpoint" in extra else ["--checkpoint", checkpoints["cond"]]
+    extra = [str(checkpoints.get(a, a)) for a in extra]
+    code, out = run_cli(capsys, "sample", *checkpoint, *extra, "--steps", 1, "--num", 2, "--out",
+                        d / "new" / "bad.png", "--no-progress", "--device", "cpu")
+    assert code == 2 and out.err.strip().splitlines() == [f"diffkit sample: error: {message}"], out.err
+    assert not (d / "new").exists()
+
+
+def test_edit_refuses_apg_for_image_edits(checkpoints, capsys, tmp_path):
+    code, out = run_cli(capsys, "edit", "--checkpoint", checkpoints["cond"], "--images", tmp_path, "--apg-eta", 0,
+                        "--out", tmp_path / "o", "--no-progress")
+    assert code == 2 and out.err.strip().splitlines() == [
+        "diffkit edit: error: --apg-eta is not available for --images (image edits take --class without guidance); "
+        "it goes with --series"], out.err
+
+
+def test_edit_series_forecast_with_apg_is_the_api_forecast(labelled_run, tmp_path, capsys):
+    """``diffkit edit --series --class 1 --guidance-scale 3 --apg-eta 0 --apg-momentum -0.5`` is diffkit.forecast of
+    ClassifierFreeGuidance(den, 3, apg_eta=0, apg_momentum=-0.5) (null class 3); plain guidance differs."""
+    import numpy as np
+
+    from diffkit.loading import load_denoiser
+    from diffkit.series_files import SeriesScaling
+    path = write_csv(tmp_path / "h.csv", [1] * 6)
+    flags = ["--horizon", "2", "--num", "2", "--class", "1", "--guidance-scale", "3"]
+    runs = {}
+    for name, apg in (("plain", []), ("apg", ["--apg-eta", "0", "--apg-momentum", "-0.5"])):
+        assert main_edit(labelled_run, path, tmp_path / f"{name}.npy", *flags, *apg) == 0
+        runs[name] = np.load(tmp_path / f"{name}.npy")
+    assert "apg-eta 0, apg-momentum -0.5" in capsys.readouterr().out
+    assert not np.allclose(runs["plain"], runs["apg"], atol=1e-4)
+    den = load_denoiser(labelled_run)
+    scaling = SeriesScaling.from_meta(den.meta["series_scaling"])
+    rows = np.loadtxt(path, delimiter=",", skiprows=1)[:, 1:3]  # columns a, b (date and state dropped)
+    history = torch.from_numpy(scaling.normalise(rows).T.astype(np.float32))[None]
+    model = ClassifierFreeGuidance(den, 3.0, null_class=3, apg_eta=0.0, apg_momentum=-0.5)
+    api = diffkit.forecast(model, history.expand(2, -1, -1), 2, steps=2, seed=0, progress=False,
+                           cond={"y": torch.tensor([1, 1])})
+    expected = scaling.unnormalise(api.double().numpy(), axis=1).transpose(0, 2, 1)
+    np.testing.assert_allclose(runs["apg"], expected, rtol=0, atol=1e-6)
+
+
+def main_edit(ckpt, path, out, *flags):
+    from diffkit.cli import main
+    return main(["edit", "--checkpoint", str(ckpt), "--series", str(path), "--steps", "2", "--out", str(out),
+                 "--no-progress", *flags])
