@@ -26,8 +26,8 @@ NULL = 2
 
 
 class ScriptedNet:
-    """An x_0-predicting 'network' whose k-th call returns the k-th given (x0_cond, x0_uncond) pair:
-    rows with a real label get x0_cond, rows with the null label x0_uncond. ``config.num_classes`` = 2."""
+    """An x_0-predicting 'network' whose k-th call returns the k-th given (x0_cond, x0_uncond) pair, each
+    (B, 2): rows with a real label get x0_cond, rows with the null label x0_uncond. ``config.num_classes`` = 2."""
 
     class config:
         num_classes = NULL
@@ -39,7 +39,8 @@ class ScriptedNet:
     def __call__(self, x, t, y):
         cond, uncond = self.pairs[self.calls]
         self.calls += 1
-        return torch.where((y == NULL)[:, None], uncond, cond)
+        repeats = x.shape[0] // cond.shape[0]  # the batch [x, x] of a guided call: rows i and B + i are sample i
+        return torch.where((y == NULL)[:, None], uncond.repeat(repeats, 1), cond.repeat(repeats, 1))
 
 
 def scripted(pairs, **apg):
@@ -108,6 +109,14 @@ def test_momentum_counts_only_the_steps_inside_the_guidance_interval():
     assert torch.equal(guided(x, 900, y=y).x0, torch.tensor([c], dtype=torch.float64))
     assert torch.allclose(guided(x, 400, y=y).x0, torch.tensor([[1.0 + 3 * 1, 1.0]], dtype=torch.float64))
     assert torch.allclose(guided(x, 300, y=y).x0, torch.tensor([[1.0 - 3 * 0.5, 1.0 + 3 * 1]], dtype=torch.float64))
+    # per-sample times (t = 900 and 400, then 400 and 300): sample 0's first guided call starts its average
+    c2 = [c, c]
+    guided, x, y = scripted([(c2, [[-4.0, -4.0], [0.0, 1.0]]), (c2, [[0.0, 1.0], [1.0, 0.0]])], apg_momentum=-0.5,
+                            interval=(0, 500))
+    assert torch.allclose(guided(x, torch.tensor([900.0, 400.0]), y=y).x0,
+                          torch.tensor([c, [1.0 + 3 * 1, 1.0]], dtype=torch.float64))
+    assert torch.allclose(guided(x, torch.tensor([400.0, 300.0]), y=y).x0,
+                          torch.tensor([[1.0 + 3 * 1, 1.0], [1.0 - 3 * 0.5, 1.0 + 3 * 1]], dtype=torch.float64))
 
 
 def test_rescale_applies_to_the_apg_prediction():
