@@ -68,8 +68,10 @@ def test_rescaling_caps_each_samples_norm_at_r():
     projection onto D_c = (1, 0, 0) of the rescaled difference (eta = 0)."""
     diff = torch.tensor([[3.0, 4.0, 0.0], [0.0, 1.0, 0.0]])
     x0_c = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    assert torch.equal(adaptive_projected_update(diff, x0_c, 1.0, 2.5), torch.tensor([[1.5, 2.0, 0.0], [0.0, 1.0, 0.0]]))
-    assert torch.equal(adaptive_projected_update(diff, x0_c, 0.0, 2.5), torch.tensor([[0.0, 2.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert torch.equal(adaptive_projected_update(diff, x0_c, 1.0, 2.5),
+                       torch.tensor([[1.5, 2.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert torch.equal(adaptive_projected_update(diff, x0_c, 0.0, 2.5),
+                       torch.tensor([[0.0, 2.0, 0.0], [0.0, 1.0, 0.0]]))
     assert torch.equal(adaptive_projected_update(torch.zeros_like(diff), x0_c, 1.0, 2.5), torch.zeros_like(diff))
 
 
@@ -313,11 +315,13 @@ def test_cli_apg_flags_take_effect_and_eta_1_is_plain_guidance(checkpoints, caps
                                                    "[0.0, 1.0]"),
     (["--guidance-scale", "3", "--apg-norm-threshold", "0"], "--apg-norm-threshold=0.0 is out of range; allowed: "
                                                              "a number in (0.0, inf)"),
-    (["--guidance-scale", "3", "--apg-norm-threshold", "nan"], "--apg-norm-threshold=nan is not allowed; give a number"),
+    (["--guidance-scale", "3", "--apg-norm-threshold", "nan"],
+     "--apg-norm-threshold=nan is not allowed; give a number"),
     (["--guidance-scale", "3", "--apg-momentum", "1"], "--apg-momentum=1.0 is out of range; allowed: a finite "
                                                        "number in (-1.0, 1.0)"),
-    (["--checkpoint", "never", "--guidance-scale", "3", "--apg-eta", "0"], "this checkpoint was trained with p_uncond=0, so its null class is "
-     "untrained; classifier-free guidance needs a model trained with label dropout (p_uncond > 0)"),
+    (["--checkpoint", "never", "--guidance-scale", "3", "--apg-eta", "0"],
+     "this checkpoint was trained with p_uncond=0, so its null class is untrained; classifier-free guidance needs a "
+     "model trained with label dropout (p_uncond > 0)"),
     (["--checkpoint", "w", "--guidance-scale", "3", "--apg-eta", "0"],
      "--apg-eta is an option of classifier-free guidance; this w-conditioned model takes --guidance-scale as its "
      "input w (one call per step)"),

@@ -142,7 +142,8 @@ def run(args) -> int:
     for flag, value, default in (("--guidance-scale", args.guidance_scale, None),
                                  ("--guidance-rescale", args.guidance_rescale, 0.0),
                                  ("--guidance-interval", args.guidance_interval, None),
-                                 ("--apg-eta", args.apg_eta, None), ("--apg-norm-threshold", args.apg_norm_threshold, None),
+                                 ("--apg-eta", args.apg_eta, None),
+                                 ("--apg-norm-threshold", args.apg_norm_threshold, None),
                                  ("--apg-momentum", args.apg_momentum, None)):
         if value != default:
             raise DiffkitError(f"{flag} is not available for --images (image edits take --class without "

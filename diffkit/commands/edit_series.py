@@ -22,12 +22,13 @@ per sampler call (default ``auto``, the memory-aware size; a batch out of memory
 an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
 A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--guidance-rescale PHI``,
-``--guidance-interval T_LO T_HI`` and ``--apg-eta/--apg-norm-threshold/--apg-momentum`` as ``diffkit sample`` does (:func:`series_guidance`); its ``label_column``
-in the CSV is left out of the values and, without ``--class``, gives the classes (:func:`file_label`): a
-forecast's history rows must share one label; an imputation's windows each take the label their rows share
-(:func:`diffkit.forecasting.window_classes`), a window across a change of label the null class; without
-either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained), as are
-a drawn window across a change of label (:func:`drawn_window_classes`) and ``--guidance-scale`` there.
+``--guidance-interval T_LO T_HI`` and ``--apg-eta/--apg-norm-threshold/--apg-momentum`` as ``diffkit sample``
+does (:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
+``--class``, gives the classes (:func:`file_label`): a forecast's history rows must share one label; an
+imputation's windows each take the label their rows share (:func:`diffkit.forecasting.window_classes`), a
+window across a change of label the null class; without either the null class, refused when the checkpoint's
+``p_uncond`` is 0 (a null class never trained), as are a drawn window across a change of label
+(:func:`drawn_window_classes`) and ``--guidance-scale`` there.
 """
 from __future__ import annotations
 
