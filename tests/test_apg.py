@@ -199,6 +199,20 @@ def test_diffkit_sample_restarts_the_momentum_and_a_batch_of_another_shape_is_re
     assert "\n" not in str(err.value)
 
 
+def test_apg_with_momentum_runs_with_every_registered_sampler():
+    """Multistep, two-calls-per-step and stochastic samplers alike, one wrapper for all (the momentum restarts
+    with each run; a leftover state of another run would be refused or change the result: see
+    test_diffkit_sample_restarts_the_momentum_and_a_batch_of_another_shape_is_refused)."""
+    guided = ClassifierFreeGuidance(Denoiser(tiny_unet(), SCHEDULE), 3.0, apg_eta=0.0, apg_norm_threshold=2.0,
+                                    apg_momentum=-0.5)
+    for name, info in diffkit.samplers.REGISTRY.items():
+        if info.adaptive:  # ode / dpm-adaptive take no steps
+            continue
+        out = diffkit.sample(guided, (2, 1, 8, 8), name, steps=2, seed=0, cond={"y": torch.tensor([0, 2])},
+                             progress=False)
+        assert torch.isfinite(out).all(), name
+
+
 @pytest.mark.parametrize("kwargs,pattern", [
     ({"apg_eta": 1.5}, r"APG eta=1.5 is out of range; allowed: a finite number in \[0.0, 1.0\]"),
     ({"apg_eta": -0.1}, "APG eta"),
