@@ -293,6 +293,19 @@ def _innermost(denoiser):
     return denoiser
 
 
+def reset_states(denoiser) -> None:
+    """The start of a sampling run: each wrapper in the chain (``.inner``) that keeps state across
+    calls (a ``reset_state`` method of its class: APG's momentum in
+    :class:`~diffkit.guidance.ClassifierFreeGuidance`) starts afresh."""
+    seen = set()
+    while denoiser is not None and id(denoiser) not in seen:
+        seen.add(id(denoiser))
+        reset = getattr(type(denoiser), "reset_state", None)  # its own, not one forwarded by __getattr__
+        if callable(reset):
+            reset(denoiser)
+        denoiser = getattr(denoiser, "inner", None)
+
+
 def model_variance_type(denoiser) -> str:
     """The Sigma of the model's reverse process: ``learned_range`` for a learned variance, else
     the ``fixed_variance`` its checkpoint was trained with (``loss="vlb"``; a loaded checkpoint's

@@ -2,8 +2,9 @@
 
 * :class:`ClassifierFreeGuidance` - Ho & Salimans 2022 (seed 002):
   eps-bar = (1 + w) eps(x_t, y) - w eps(x_t, null), with the conditional and the null-class
-  passes in one batched network call; optional guidance rescale (Lin et al. 2024, Sec. 3.4) and
-  guidance interval (Kynkaanniemi et al. 2024).
+  passes in one batched network call; optional guidance rescale (Lin et al. 2024, Sec. 3.4),
+  guidance interval (Kynkaanniemi et al. 2024) and adaptive projected guidance (APG; Sadat et al.
+  2025: the update projected onto the conditional x_0, rescaled, with reverse momentum).
 * :class:`PerturbedAttentionGuidance` - Ahn et al. 2024 (PAG): eps~ = eps(x_t) + s (eps(x_t) - eps-hat(x_t)),
   eps-hat the network with the identity as the attention map of chosen self-attention layers; over
   :class:`ClassifierFreeGuidance` the null, conditional and perturbed passes share one batched call.
@@ -39,7 +40,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import diffusion
-from .denoiser import Prediction, Wrapper, with_x0
+from .denoiser import Prediction, Wrapper, reset_states, with_x0
 from .errors import DiffkitError, DiffkitWarning, check_choice, check_range
 from .noise import randn_like
 from .sampling import check_noise
@@ -143,6 +144,15 @@ class ClassifierFreeGuidance(Wrapper):
         weight_input: take w per call and per sample from ``cond["w"]`` (seed convention; a number
             or (B,)) instead of ``scale``; ``w`` is not passed on to the network. The guided teacher
             of LCM's w-conditioned distillation (Alg. 1, eq. 8), whose student receives the same w.
+        apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat, Hilliges &
+            Weber 2025, "Eliminating oversaturation and artifacts of high guidance scales in
+            diffusion models", Sec. 4, Alg. 1) on the predicted x_0: x0 = x0_c + w * update with
+            update = :func:`adaptive_projected_update` of the difference x0_c - x0_u (its component
+            parallel to x0_c weighted by eta in [0, 1], its norm capped at r > 0 per sample) after
+            the reverse momentum beta in (-1, 1) (:meth:`_momentum`). The defaults eta = 1, r = inf,
+            beta = 0 are plain classifier-free guidance (the APG code does not run). The momentum
+            is state across calls: :meth:`reset_state`, which :func:`diffkit.sample` calls at the
+            start of every run.
 
     One call runs the network once on the batch ``cat([x, x])`` with labels ``cat([y, null])``
     and splits the output, so it counts as 1 in ``nfe`` (see the module docstring). With a
@@ -153,7 +163,8 @@ class ClassifierFreeGuidance(Wrapper):
     def __init__(self, denoiser, scale: float = 0.0, convention: str = "seed", rescale: float = 0.0,
                  interval: Optional[Sequence[float]] = None, *, rescale_space: str = "x0",
                  null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None,
-                 weight_input: bool = False):
+                 weight_input: bool = False, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
+                 apg_momentum: float = 0.0):
         if getattr(denoiser, "guidance_range", None) is not None:  # also under other wrappers
             raise DiffkitError("this consistency model takes the guidance weight w as its input (distilled with "
                                "consistency_guidance_range); guide it with GuidanceScaleInput(model, w), one call "
@@ -176,6 +187,38 @@ class ClassifierFreeGuidance(Wrapper):
             raise DiffkitError("classifier-free guidance needs a class-conditional model (its network has no "
                                "num_classes); pass null_class= for a custom network")
         self.null_context = null_context
+        self.apg_eta, self.apg_norm_threshold, self.apg_momentum = check_apg(apg_eta, apg_norm_threshold, apg_momentum)
+        self.apg = (self.apg_eta, self.apg_norm_threshold, self.apg_momentum) != (1.0, math.inf, 0.0)
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget APG's momentum: the next guided call starts a new running average. :func:`diffkit.sample`
+        (and so every command) calls it at the start of each run; call it between runs of a sampler
+        function used directly."""
+        self._running = self._running_before = self._running_times = None
+
+    def _momentum(self, diff: torch.Tensor, t64: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+        """APG's reverse momentum (Sadat et al. 2025, Sec. 4, Alg. 1): the running average
+        D-bar_t = diff_t + beta D-bar_{t_prev} (D-bar = 0 before the first guided call), per sample.
+
+        One entry per distinct time: a call at the time of the previous call (Heun's corrector at
+        t_{i+1} then the next step's predictor there; PNDM's repeated times) replaces that time's
+        entry (it starts again from the average before it) instead of adding one, so a sampler's
+        second call per step does not count as a step. A sample outside the guidance interval keeps
+        its average unchanged. The state is the (B, ...) average: a batch of another shape without
+        :meth:`reset_state` is refused."""
+        if self._running is None:
+            self._running = self._running_before = torch.zeros_like(diff)
+            self._running_times = torch.full_like(t64, math.nan)
+        if self._running.shape != diff.shape:
+            raise DiffkitError(f"APG momentum holds a running average of shape {tuple(self._running.shape)}, not "
+                               f"{tuple(diff.shape)}: call reset_state() between sampling runs (diffkit.sample does)")
+        same_time = diffusion.expand(t64 == self._running_times, diff).to(torch.bool)
+        before = torch.where(same_time, self._running_before, self._running.to(diff.dtype))
+        running = torch.where(diffusion.expand(guided, diff).to(torch.bool), diff + self.apg_momentum * before,
+                              before)
+        self._running, self._running_before, self._running_times = running, before, t64
+        return running
 
     def _guided_mask(self, t64: torch.Tensor) -> torch.Tensor:
         return _in_interval(self.interval, t64)
@@ -223,8 +266,16 @@ class ClassifierFreeGuidance(Wrapper):
         x0_c, x0_u = pred.x0.chunk(copies)[:2]
         var_values = None if pred.var_values is None else pred.var_values.chunk(copies)[0]
         w = diffusion.expand(torch.where(guided.to(x.device), weight, 0.0), x)  # per-sample weight (interval)
-        eps = eps_c + w * (eps_c - eps_u)  # = (1 + w) eps_c - w eps_u   (seed 002)
-        x0 = x0_c + w * (x0_c - x0_u)
+        if self.apg:  # Sadat et al. 2025, Alg. 1, on x_0; eps from the same update: x_t = alpha x0 + sigma eps
+            diff = x0_c - x0_u
+            if self.apg_momentum != 0:
+                diff = self._momentum(diff, t64, guided.to(x.device))
+            update = adaptive_projected_update(diff, x0_c, self.apg_eta, self.apg_norm_threshold)
+            x0 = x0_c + w * update
+            eps = eps_c - w * diffusion.expand(self.schedule.alpha(t64) / self.schedule.sigma(t64), x) * update
+        else:
+            eps = eps_c + w * (eps_c - eps_u)  # = (1 + w) eps_c - w eps_u   (seed 002)
+            x0 = x0_c + w * (x0_c - x0_u)
         if perturbed is not None:  # + s (eps_c - eps-hat_c)   (PAG, Ahn et al. 2024; diffusers' order)
             s = perturbed[0]._expanded(perturbed[1], x)
             eps = eps + s * (eps_c - pred.eps.chunk(3)[2])
@@ -346,6 +397,44 @@ def _unet_of(denoiser):
     net = getattr(_innermost(denoiser), "net", None)
     net = getattr(net, "_orig_mod", net)
     return getattr(net, "unet", net)
+APG_NAMES = ("APG eta", "APG norm threshold", "APG momentum")
+
+
+def check_apg(eta: float = 1.0, norm_threshold: float = math.inf, momentum: float = 0.0,
+              names: Sequence[str] = APG_NAMES) -> tuple[float, float, float]:
+    """APG's settings as floats, or a one-line error naming the bad one (``names``: the CLI's flags):
+    eta in [0, 1] (the weight of the parallel part: 1 keeps it, as CFG does, 0 drops it), the norm
+    threshold r in (0, inf] (inf: no rescaling), the momentum beta in (-1, 1) (the paper's is negative,
+    e.g. -0.5; |beta| < 1 keeps the running average bounded)."""
+    return (float(check_range(names[0], eta, 0.0, 1.0)),
+            float(check_range(names[1], norm_threshold, 0.0, None, low_inclusive=False, finite=False)),
+            float(check_range(names[2], momentum, -1.0, 1.0, low_inclusive=False, high_inclusive=False)))
+
+
+def adaptive_projected_update(diff: torch.Tensor, x0_cond: torch.Tensor, eta: float = 1.0,
+                              norm_threshold: float = math.inf) -> torch.Tensor:
+    """The update of adaptive projected guidance (Sadat, Hilliges & Weber 2025, Sec. 4, Alg. 1), per
+    sample (norms and inner products over every dimension but the first):
+
+        diff     <- diff * min(1, r / ||diff||)                                  (rescaling)
+        diff_par  = (<diff, D_c> / <D_c, D_c>) D_c,   diff_orth = diff - diff_par   (projection onto D_c)
+        update    = diff_orth + eta * diff_par,
+
+    with ``diff`` = D_c - D_u of the denoised (x_0) predictions (after momentum) and D_c =
+    ``x0_cond``; the guided prediction is D_c + w * update in the seed convention (the paper's
+    D_c + (w_paper - 1) * update, w_paper = 1 + w). eta = 1 and r = inf give update = diff, plain
+    classifier-free guidance. The inner products run in float64 (float32 on MPS), as in the
+    paper's listing; a D_c of zero has no parallel part."""
+    if math.isfinite(norm_threshold):
+        norm = diff.flatten(1).norm(dim=1)
+        diff = diff * diffusion.expand(torch.clamp(norm_threshold / norm, max=1.0), diff)  # norm 0: factor 1
+    if eta == 1:
+        return diff
+    wide = torch.float32 if diff.device.type == "mps" else torch.float64
+    d, c = diff.flatten(1).to(wide), x0_cond.flatten(1).to(wide)
+    coef = (d * c).sum(dim=1) / (c * c).sum(dim=1).clamp_min(torch.finfo(wide).tiny)
+    parallel = (coef[:, None] * c).reshape(diff.shape)
+    return (diff.to(wide) - (1 - eta) * parallel).to(diff.dtype)  # diff_orth + eta diff_par
 
 
 class GuidanceScaleInput(Wrapper):
@@ -527,6 +616,7 @@ def classifier_guided_ddpm(denoiser, classifier: Callable, x: torch.Tensor, grid
     if variance_type is None:
         variance_type = "learned_range" if getattr(denoiser, "learned_variance", False) else "fixed_small"
     check_choice("variance_type", variance_type, diffusion.VARIANCE_TYPES)
+    reset_states(denoiser)  # a new run, as in diffkit.sample
     with torch.no_grad():
         for i in steps(grid, progress, "ddpm-classifier"):
             t, s = grid[i], grid[i + 1]

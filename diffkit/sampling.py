@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from .denoiser import ThresholdedDenoiser, _innermost, precision_context
+from .denoiser import ThresholdedDenoiser, _innermost, precision_context, reset_states
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import REGISTRY, SamplerInfo, get_sampler, split_sampler_spec
@@ -85,6 +85,7 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         check_cond(cond, x.shape[0])
         cond = {k: v.to(x.device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}  # beside x
     denoiser = thresholded(denoiser, thresholding, threshold_options)
+    reset_states(denoiser)  # a new run: APG's momentum starts from zero
     kwargs = {**info.options, **options}
     with torch.no_grad(), precision_context(denoiser, x.device.type):
         return info.fn(denoiser, x, grid, cond=cond, generator=generator, callback=callback,

@@ -152,7 +152,10 @@ def run(args) -> int:
     args.batch_size = args.batch_size or 16
     for flag, value, default in (("--guidance-scale", args.guidance_scale, None),
                                  ("--guidance-rescale", args.guidance_rescale, 0.0),
-                                 ("--guidance-interval", args.guidance_interval, None)):
+                                 ("--guidance-interval", args.guidance_interval, None),
+                                 ("--apg-eta", args.apg_eta, None),
+                                 ("--apg-norm-threshold", args.apg_norm_threshold, None),
+                                 ("--apg-momentum", args.apg_momentum, None)):
         if value != default:
             raise DiffkitError(f"{flag} is not available for --images (image edits take --class without "
                                f"guidance); it goes with --series")

@@ -21,13 +21,14 @@ Sample i uses ``--seed`` + i, whatever ``--batch-size`` and ``--num``: ``--batch
 per sampler call (default ``auto``, the memory-aware size; a batch out of memory is halved and redrawn);
 an imputation draws all samples' windows in one :func:`diffkit.impute` (independent windows batched
 together), a forecast batches its samples. Defaults: ``--sampler ddpm``, ``--reconstruction-weight 1``.
-A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--guidance-rescale PHI`` and
-``--guidance-interval T_LO T_HI`` as ``diffkit sample`` does (:func:`series_guidance`); its ``label_column``
-in the CSV is left out of the values and, without ``--class``, gives the classes (:func:`file_label`): a
-forecast's history rows must share one label; an imputation's windows each take the label their rows share
-(:func:`diffkit.forecasting.window_classes`), a window across a change of label the null class; without
-either the null class, refused when the checkpoint's ``p_uncond`` is 0 (a null class never trained), as are
-a drawn window across a change of label (:func:`drawn_window_classes`) and ``--guidance-scale`` there.
+A class-conditional checkpoint takes ``--class K``, ``--guidance-scale W``, ``--guidance-rescale PHI``,
+``--guidance-interval T_LO T_HI`` and ``--apg-eta/--apg-norm-threshold/--apg-momentum`` as ``diffkit sample``
+does (:func:`series_guidance`); its ``label_column`` in the CSV is left out of the values and, without
+``--class``, gives the classes (:func:`file_label`): a forecast's history rows must share one label; an
+imputation's windows each take the label their rows share (:func:`diffkit.forecasting.window_classes`), a
+window across a change of label the null class; without either the null class, refused when the checkpoint's
+``p_uncond`` is 0 (a null class never trained), as are a drawn window across a change of label
+(:func:`drawn_window_classes`) and ``--guidance-scale`` there.
 """
 from __future__ import annotations
 
@@ -143,11 +144,13 @@ def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
 
 def guidance_request(args, label=None):
     """``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest` of ``--guidance-scale``,
-    ``--guidance-rescale`` and ``--guidance-interval`` (and the class ``label``, if one)."""
+    ``--guidance-rescale``, ``--guidance-interval`` and the ``--apg-*`` flags (and the class ``label``, if one)."""
     from .sample import GuidanceRequest
     return GuidanceRequest(classes=None if label is None else [label], guidance_scale=args.guidance_scale,
                            rescale=args.guidance_rescale,
-                           interval=tuple(args.guidance_interval) if args.guidance_interval else None)
+                           interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                           apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
+                           apg_momentum=args.apg_momentum)
 
 
 def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str, sampler: str, device):
@@ -189,6 +192,9 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
     guidance += f", rescale {args.guidance_rescale:g}" if args.guidance_rescale else ""
     guidance += (f", interval {args.guidance_interval[0]:g}..{args.guidance_interval[1]:g}"
                  if args.guidance_interval else "")
+    guidance += "".join(f", {flag.lstrip('-')} {value:g}" for flag, value in zip(
+        ("--apg-eta", "--apg-norm-threshold", "--apg-momentum"), (args.apg_eta, args.apg_norm_threshold,
+                                                                  args.apg_momentum)) if value is not None)
     if several:
         return guided, label, f"; each window the class of its rows ({source}{guidance})"
     return guided, label, f"; class {label} ({source}{guidance})"

@@ -133,13 +133,22 @@ def register(sub) -> None:
 
 
 def add_rescale_interval_flags(group, needs: str = "") -> None:
-    """``--guidance-rescale PHI`` and ``--guidance-interval T_LO T_HI``, the classifier-free guidance options of
+    """``--guidance-rescale PHI``, ``--guidance-interval T_LO T_HI`` and adaptive projected guidance's
+    ``--apg-eta E``, ``--apg-norm-threshold R``, ``--apg-momentum B``: the classifier-free guidance options of
     ``diffkit sample`` and ``diffkit edit --series`` (checked by :meth:`GuidanceRequest.check`); ``needs``
     starts their help (e.g. edit's "with --series and --guidance-scale: ")."""
     group.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
                        help=f"{needs}guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
     group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                        help=f"{needs}guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
+    group.add_argument("--apg-eta", type=float, metavar="E",
+                       help=f"{needs}adaptive projected guidance (Sadat et al. 2025) on x_0: weight in [0, 1] of "
+                            f"the guidance update's part parallel to the conditional x_0 (1 = plain guidance)")
+    group.add_argument("--apg-norm-threshold", type=float, metavar="R",
+                       help=f"{needs}APG: cap each sample's guidance update at norm R > 0 (default: no cap)")
+    group.add_argument("--apg-momentum", type=float, metavar="B",
+                       help=f"{needs}APG: reverse momentum beta in (-1, 1) of the update's running average over "
+                            f"the steps (the paper: -0.5; default 0)")
 
 
 def run(args) -> int:
@@ -237,6 +246,22 @@ class GuidanceRequest:
     clip_input: str = "x0"
     pag_scale: Optional[float] = None
     pag_layers: Optional[list] = None
+    apg_eta: Optional[float] = None
+    apg_norm_threshold: Optional[float] = None
+    apg_momentum: Optional[float] = None
+
+    APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
+
+    def apg_options(self) -> dict:
+        """The APG keyword arguments of :class:`~diffkit.guidance.ClassifierFreeGuidance` that were given."""
+        names = ("apg_eta", "apg_norm_threshold", "apg_momentum")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def classifier_free_only(self) -> list:
+        """(flag, value, default) of the options of classifier-free guidance proper (not a w input)."""
+        return [("--guidance-rescale", self.rescale, 0.0), ("--guidance-interval", self.interval, None),
+                *((flag, getattr(self, name), None) for flag, name in zip(self.APG_FLAGS, (
+                    "apg_eta", "apg_norm_threshold", "apg_momentum")))]
 
     @classmethod
     def from_args(cls, args, sampler: str, checkpoint=None) -> "GuidanceRequest":
@@ -249,7 +274,9 @@ class GuidanceRequest:
                   classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None),
                   clip_prompt=args.clip_guidance, clip_model=args.clip_model, clip_scale=args.clip_scale,
                   clip_input=args.clip_input, pag_scale=getattr(args, "pag_scale", None),
-                  pag_layers=None if getattr(args, "pag_layers", None) is None else args.pag_layers.split(","))
+                  pag_layers=None if getattr(args, "pag_layers", None) is None else args.pag_layers.split(","),
+                  apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
+                  apg_momentum=args.apg_momentum)
         req.check_model_kind(checkpoint)
         req.check(sampler)
         return req
@@ -264,13 +291,17 @@ class GuidanceRequest:
         if checkpoint is None:
             return
         from ._common import peek_checkpoint
+        from ..interop.stable_diffusion import is_stable_diffusion_folder
         if self.guidance_scale is not None:
             self.check_null_trained(peek_checkpoint(checkpoint))
+            self.check_w_input((peek_checkpoint(checkpoint) or {}).get("unet"))
         if self.pag_scale is not None:
             self.check_pag_model(checkpoint)
+        if self.apg_options() and is_stable_diffusion_folder(checkpoint):
+            raise not_for_stable_diffusion(next(flag for flag, value, _ in self.classifier_free_only()[2:]
+                                                if value is not None))
         if self.clip_prompt is None:
             return
-        from ..interop.stable_diffusion import is_stable_diffusion_folder
         if is_stable_diffusion_folder(checkpoint):
             raise not_for_stable_diffusion("--clip-guidance")
         meta = peek_checkpoint(checkpoint) or {}
@@ -320,9 +351,19 @@ class GuidanceRequest:
         elif (meta.get("config") or {}).get("text_conditioning"):
             check_null_trained(meta, "empty prompt")
 
+    def check_w_input(self, unet) -> None:
+        """A w-conditioned model (``guidance_embedding_dim`` in its U-Net config ``unet``) takes --guidance-scale
+        as its input, one call per step: the options of classifier-free guidance proper are one-line errors."""
+        if not isinstance(unet, dict) or not unet.get("guidance_embedding_dim") or self.guidance_scale is None:
+            return
+        for flag, value, default in self.classifier_free_only():
+            if value != default:
+                raise DiffkitError(f"{flag} is an option of classifier-free guidance; this w-conditioned model "
+                                   f"takes --guidance-scale as its input w (one call per step)")
+
     def check(self, sampler: str) -> None:
         """Checks that need no checkpoint: flag combinations and ranges."""
-        from ..guidance import guidance_weight
+        from ..guidance import check_apg, guidance_weight
         if self.prompts is not None:
             if self.classes:
                 raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or "
@@ -331,14 +372,14 @@ class GuidanceRequest:
                 raise DiffkitError("--prompt cannot be combined with --classifier; use --guidance-scale "
                                    "(classifier-free guidance with the empty prompt)")
         if self.guidance_scale is None:
-            for flag, value, default in (("--guidance-rescale", self.rescale, 0.0),
-                                         ("--guidance-interval", self.interval, None),
+            for flag, value, default in (*self.classifier_free_only(),
                                          ("--guidance-convention", self.convention, "seed")):
                 if value != default:
                     raise DiffkitError(f"{flag} needs --guidance-scale")
         else:
             guidance_weight(self.guidance_scale, self.convention)
             check_range("--guidance-rescale", self.rescale, 0.0, 1.0)
+            check_apg(**{name[len('apg_'):]: v for name, v in self.apg_options().items()}, names=self.APG_FLAGS)
         if self.pag_scale is None:
             if self.pag_layers is not None:
                 raise DiffkitError("--pag-layers needs --pag-scale S")
@@ -427,11 +468,7 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
     model_classes = meta["unet"].get("num_classes")
     trained_range = getattr(denoiser, "guidance_range", None)
     if meta["unet"].get("guidance_embedding_dim") and request.guidance_scale is not None:
-        for flag, value, default in (("--guidance-rescale", request.rescale, 0.0),
-                                     ("--guidance-interval", request.interval, None)):
-            if value != default:
-                raise DiffkitError(f"{flag} is an option of classifier-free guidance; this w-conditioned model "
-                                   f"takes --guidance-scale as its input w (one call per step)")
+        request.check_w_input(meta["unet"])
         denoiser = GuidanceScaleInput(denoiser, request.guidance_scale, request.convention, trained_range)
     elif request.guidance_scale is not None:
         if model_classes is None:
@@ -442,7 +479,8 @@ def guided_denoiser(denoiser, request: GuidanceRequest, device="cpu"):
             raise DiffkitError(f"--guidance-scale needs {how}")
         request.check_null_trained(meta)  # after loading too: a legacy .pt has no header to peek at
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention,
-                                          request.rescale, request.interval, null_class=model_classes)
+                                          request.rescale, request.interval, null_class=model_classes,
+                                          **request.apg_options())
     denoiser = request.perturbed(denoiser)
     classifier = None
     num_classes = model_classes
@@ -724,8 +762,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
-                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt)):
-        if value:
+                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
+                        *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta, guidance.apg_norm_threshold,
+                                                         guidance.apg_momentum))):
+        if value is not None and value is not False:
             raise not_for_stable_diffusion(flag)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
     w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
@@ -795,7 +835,7 @@ def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], 
         request.check_null_trained(denoiser.meta)
         null = denoiser.prompt_encoder([""], device)
         denoiser = ClassifierFreeGuidance(denoiser, request.guidance_scale, request.convention, request.rescale,
-                                          request.interval, null_context=null)
+                                          request.interval, null_context=null, **request.apg_options())
     return request.perturbed(denoiser), context, prompts, index, num, nrow
 
 
