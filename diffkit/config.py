@@ -44,6 +44,13 @@ CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep
 CONSISTENCY_TIMESTEP_SCALING = 10.0
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")  # = data.DATASET_NAMES
 SERIES_DATASETS = ("sines", "series")  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
+# the fields that shape the network, its schedule and what it predicts: a fine-tuned run (diffkit train
+# --init-from) takes them from its source checkpoint (docs/fine_tuning.md); the others are training's
+NETWORK_FIELDS = ("T", "beta_1", "beta_T", "schedule", "zero_terminal_snr", "prediction_type", "learned_variance",
+                  "channel", "channel_mult", "attn", "num_res_blocks", "img_size", "in_channels", "scale_shift_norm",
+                  "num_heads", "conditional", "num_classes", "guidance_embedding_dim", "autoencoder",
+                  "text_conditioning", "context_dim", "text_width", "text_layers", "text_heads", "max_prompt_tokens",
+                  "text_pooled", "super_res_from", "super_res_noise", "seq_length")
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
 
@@ -237,6 +244,11 @@ class TrainConfig:
     log_every: int = 50
     sample_steps: Optional[int] = None  # None: the objective's (objective_sampling)
     sampler: Optional[str] = None  # None: the objective's (objective_sampling)
+    # ---- fine-tuning (docs/fine_tuning.md) ----
+    init_from: Optional[str] = None  # diffkit train --init-from: a checkpoint whose (EMA) weights start the run
+    lora_rank: int = 0  # LoRA (Hu et al. 2021, eq. 3) rank r; 0 = off (every weight trains)
+    lora_alpha: Optional[float] = None  # LoRA's alpha (scale alpha / r); None = lora_rank
+    lora_targets: str = "attention"  # comma-separated: attention, resblock (diffkit.lora.LORA_TARGETS)
 
     def __post_init__(self):
         self.validate()
@@ -260,6 +272,8 @@ class TrainConfig:
         for name in ("save_weight_dir", "sampled_dir", "data_dir"):  # "" would quietly mean the current folder
             if getattr(self, name) == "":
                 raise DiffkitError(f"{name}='' is not allowed; give a folder ('.' for the current one)")
+        if self.init_from == "":
+            raise DiffkitError("init_from='' is not allowed; give a diffkit checkpoint or a run's checkpoint folder")
         from .data import check_data_dir_applies
         check_data_dir_applies(self.dataset, self.data_dir)  # a stored one is dropped on load (checkpoint.as_loaded)
         if self.in_channels is not None and not self.is_series:  # images (or an autoencoder's): grey or RGB
@@ -351,6 +365,28 @@ class TrainConfig:
             raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} "
                                f"(0 < beta_1 < beta_T < 1)")
         self._check_objective()
+        self._check_fine_tuning()
+
+    def _check_fine_tuning(self) -> None:
+        """init_from fine-tunes a diffusion model; LoRA's fields (diffkit.lora): alpha and targets need
+        a rank; image diffusion models only."""
+        if self.init_from is not None and self.objective != "diffusion":
+            raise DiffkitError(f"init_from fine-tunes with objective='diffusion'; objective={self.objective!r} "
+                               f"starts from a teacher instead (diffkit distill --teacher CKPT)")
+        if not self.lora_rank:
+            for name in ("lora_alpha", "lora_targets"):
+                if getattr(self, name) != _default(name):
+                    raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to LoRA; it needs lora_rank > 0 "
+                                       f"(e.g. lora_rank=4), or leave {name} unset")
+            return
+        from .lora import parse_targets
+        parse_targets(self.lora_targets)
+        if self.is_series:
+            raise DiffkitError(f"lora_rank={self.lora_rank}: LoRA adapts the image U-Net's attention and residual "
+                               f"blocks; dataset={self.dataset!r} trains the 1-D U-Net: set lora_rank=0")
+        if self.objective != "diffusion":
+            raise DiffkitError(f"lora_rank={self.lora_rank} works with objective='diffusion'; "
+                               f"objective={self.objective!r}: set lora_rank=0")
 
     def _check_image_network(self) -> None:
         levels = len(self.channel_mult)
@@ -712,6 +748,7 @@ _RANGES = {
     "super_res_noise": (0, None, True, True),
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
+    "lora_rank": (0, None, True, True), "lora_alpha": (0.0, None, False, True),
 }
 _FLOAT_LISTS = ("consistency_guidance_range",)  # list fields of numbers (the others hold integers)
 _CHOICES = {
