@@ -222,7 +222,7 @@ def test_init_from_starts_a_new_run_at_the_source_weights(source, tmp_path):
 def test_refused_fine_tuning_combinations_are_one_line_and_leave_nothing(source, tmp_path, capsys, extra, needle):
     extra = [str(source) if a == "RUN" else a for a in extra]
     line = one_line_error(capsys, "train", "--init-from", str(source), "--out", str(tmp_path / "ft"), "--device", "cpu",
-                          *extra)
+                          "--steps", "1", "--no-sample", "--no-progress", *extra)
     assert needle in line, line
     assert not (tmp_path / "ft").exists()
 
