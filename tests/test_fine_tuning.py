@@ -216,11 +216,12 @@ def test_init_from_starts_a_new_run_at_the_source_weights(source, tmp_path):
     (["--conditional"], "conditional=True is not allowed with --init-from"),
     (["--set", "prediction_type=v_prediction"], "prediction_type='v_prediction' is not allowed"),
     (["--resume", "RUN"], "give one of them"),
+    (["--set", "training_load_weight=RUN"], "resumes one"),
     (["--dataset", "sines"], "does not fit --init-from"),
     (["--set", "objective=consistency-training"], "objective='consistency-training'"),
 ])
 def test_refused_fine_tuning_combinations_are_one_line_and_leave_nothing(source, tmp_path, capsys, extra, needle):
-    extra = [str(source) if a == "RUN" else a for a in extra]
+    extra = [a.replace("RUN", str(source)) for a in extra]
     line = one_line_error(capsys, "train", "--init-from", str(source), "--out", str(tmp_path / "ft"), "--device", "cpu",
                           "--steps", "1", "--no-sample", "--no-progress", *extra)
     assert needle in line, line

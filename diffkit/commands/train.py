@@ -103,6 +103,9 @@ def fine_tune_fields(path, given: dict) -> dict:
     from ..config import NETWORK_FIELDS, SERIES_DATASETS, TrainConfig
     from ..models.network import is_series_model
     from .distill import teacher_meta
+    if given.get("training_load_weight"):  # e.g. a seed config's training_load_weight: a resume
+        raise DiffkitError(f"--init-from starts a new run, and training_load_weight={given['training_load_weight']!r} "
+                           f"resumes one; drop training_load_weight from the config, or resume without --init-from")
     meta = teacher_meta(path, role="--init-from", flag="--init-from", verb="fine-tune")
     source = TrainConfig.from_dict(meta["config"])
     network = {k: getattr(source, k) for k in NETWORK_FIELDS}
