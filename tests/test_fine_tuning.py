@@ -141,9 +141,9 @@ def _cfg(tmp_path, name, **over):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """A 3-step run: the checkpoint fine-tuning starts from."""
+    """A 2-step run: the checkpoint fine-tuning starts from."""
     root = tmp_path_factory.mktemp("source")
-    tr = Trainer(_cfg(root, "src", max_steps=3), tiny_dataset(), progress=False)
+    tr = Trainer(_cfg(root, "src", max_steps=2), tiny_dataset(), progress=False)
     return tr.run().checkpoint
 
 
@@ -205,7 +205,7 @@ def test_init_from_starts_a_new_run_at_the_source_weights(source, tmp_path):
     changed = tr.model.state_dict()
     assert any(not torch.equal(changed[k], expected[k]) for k in changed)
     meta = ckpt.load_checkpoint(result.checkpoint)[1]
-    assert meta["step"] == 1 and meta["init_from"]["step"] == 3
+    assert meta["step"] == 1 and meta["init_from"]["step"] == 2
     assert meta["init_from"]["path"] == str((source.parent / "latest.safetensors").resolve())
     assert meta["init_from"]["sha256"] == ckpt.tensors_digest(expected)
 
@@ -236,10 +236,10 @@ def test_init_from_a_plain_state_dict_is_refused(tmp_path, capsys):
 
 def test_fine_tune_with_lora_on_the_command_line_then_sample(source, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert main(["train", "--init-from", str(source), "--out", str(out), "--steps", "2", "--no-progress",
+    assert main(["train", "--init-from", str(source), "--out", str(out), "--steps", "1", "--no-progress",
                  "--no-sample", "--device", "cpu", "--set", "batch_size=8", "--set", "lora_rank=2"]) == 0
     assert "LoRA rank 2" in capsys.readouterr().out
-    assert main(["sample", "--checkpoint", str(out / "checkpoints"), "--num", "2", "--steps", "2", "--out",
+    assert main(["sample", "--checkpoint", str(out / "checkpoints"), "--num", "2", "--steps", "1", "--out",
                  str(tmp_path / "s.png"), "--no-progress", "--device", "cpu"]) == 0
     assert (tmp_path / "s.png").is_file()
 
@@ -256,7 +256,8 @@ def test_a_lora_run_resumes_exactly(source, tmp_path):
     whole.run()
     first = Trainer(cfg("split"), tiny_dataset(), progress=False)
     path = first.run(stop_at=2).checkpoint
-    second = Trainer(cfg("split", training_load_weight=str(path)), tiny_dataset(), progress=False)
+    resume = TrainConfig.from_dict({**cfg("split").to_dict(), "training_load_weight": str(path)})
+    second = Trainer(resume, tiny_dataset(), progress=False)
     assert second.init_source is None
     second.run()
     a, b = whole.state_tensors()[0], second.state_tensors()[0]
