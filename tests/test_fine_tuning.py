@@ -266,3 +266,23 @@ def test_a_lora_run_resumes_exactly(source, tmp_path):
     for k in a:
         if not k.startswith("rng."):
             assert torch.equal(a[k], b[k]), k
+
+
+def test_cross_attention_layers_adapt_and_merge():
+    """A U-Net with cross-attention (context_dim): the spatial transformers' qkv, self_out and the
+    cross-attention's to_q, to_kv, to_out are adapted; B = 0 is the base bit for bit, merged = unmerged."""
+    net = _unet(context_dim=6)
+    x, t = _inputs()
+    context = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = net(x, t, context=context)
+        add_lora(net, 2)
+        assert torch.equal(net(x, t, context=context), before)
+        names = [n for n, _ in lora_layers(net)]
+        assert {n.rsplit(".", 1)[1] for n in names} == {"qkv", "self_out", "to_q", "to_kv", "to_out"}
+        assert all(".cross.to_" in n for n in names if ".to_" in n)
+        _randomise_b(net)
+        unmerged = net(x, t, context=context)
+        merged = merge_lora(net)(x, t, context=context)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(merged, before)
