@@ -139,6 +139,12 @@ class TrainConfig:
     (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 4.1): each example's low-resolution image is
     noised to a level s uniform in 0..K with the run's schedule (:func:`diffkit.super_res.augment`)
     and the U-Net takes s as an input (``UNetConfig.low_res_noise``).
+
+    **Fine-tuning** (docs/fine_tuning.md): ``init_from`` (set by ``diffkit train --init-from``: a
+    checkpoint whose EMA weights start a new run; the :data:`NETWORK_FIELDS` come from it),
+    ``lora_rank`` (LoRA, Hu et al. 2021 eq. 3: r > 0 trains rank-r adapters on the frozen network;
+    needs ``init_from``), ``lora_alpha`` (None = r; the adapters' scale is alpha / r) and
+    ``lora_targets`` (``attention``, ``resblock``, comma-separated; :mod:`diffkit.lora`).
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----
