@@ -44,6 +44,13 @@ CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep
 CONSISTENCY_TIMESTEP_SCALING = 10.0
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")  # = data.DATASET_NAMES
 SERIES_DATASETS = ("sines", "series")  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
+# the fields that shape the network, its schedule and what it predicts: a fine-tuned run (diffkit train
+# --init-from) takes them from its source checkpoint (docs/fine_tuning.md); the others are training's
+NETWORK_FIELDS = ("T", "beta_1", "beta_T", "schedule", "zero_terminal_snr", "prediction_type", "learned_variance",
+                  "channel", "channel_mult", "attn", "num_res_blocks", "img_size", "in_channels", "scale_shift_norm",
+                  "num_heads", "conditional", "num_classes", "guidance_embedding_dim", "autoencoder",
+                  "text_conditioning", "context_dim", "text_width", "text_layers", "text_heads", "max_prompt_tokens",
+                  "text_pooled", "super_res_from", "super_res_noise", "seq_length")
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
 
@@ -132,6 +139,12 @@ class TrainConfig:
     (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 4.1): each example's low-resolution image is
     noised to a level s uniform in 0..K with the run's schedule (:func:`diffkit.super_res.augment`)
     and the U-Net takes s as an input (``UNetConfig.low_res_noise``).
+
+    **Fine-tuning** (docs/fine_tuning.md): ``init_from`` (set by ``diffkit train --init-from``: a
+    checkpoint whose EMA weights start a new run; the :data:`NETWORK_FIELDS` come from it),
+    ``lora_rank`` (LoRA, Hu et al. 2021 eq. 3: r > 0 trains rank-r adapters on the frozen network;
+    needs ``init_from``), ``lora_alpha`` (None = r; the adapters' scale is alpha / r) and
+    ``lora_targets`` (``attention``, ``resblock``, comma-separated; :mod:`diffkit.lora`).
     """
 
     # ---- seed 000 modelConfig (verbatim names and default values) ----
@@ -237,6 +250,11 @@ class TrainConfig:
     log_every: int = 50
     sample_steps: Optional[int] = None  # None: the objective's (objective_sampling)
     sampler: Optional[str] = None  # None: the objective's (objective_sampling)
+    # ---- fine-tuning (docs/fine_tuning.md) ----
+    init_from: Optional[str] = None  # diffkit train --init-from: a checkpoint whose (EMA) weights start the run
+    lora_rank: int = 0  # LoRA (Hu et al. 2021, eq. 3) rank r; 0 = off (every weight trains)
+    lora_alpha: Optional[float] = None  # LoRA's alpha (scale alpha / r); None = lora_rank
+    lora_targets: str = "attention"  # comma-separated: attention, resblock (diffkit.lora.LORA_TARGETS)
 
     def __post_init__(self):
         self.validate()
@@ -260,6 +278,8 @@ class TrainConfig:
         for name in ("save_weight_dir", "sampled_dir", "data_dir"):  # "" would quietly mean the current folder
             if getattr(self, name) == "":
                 raise DiffkitError(f"{name}='' is not allowed; give a folder ('.' for the current one)")
+        if self.init_from == "":
+            raise DiffkitError("init_from='' is not allowed; give a diffkit checkpoint or a run's checkpoint folder")
         from .data import check_data_dir_applies
         check_data_dir_applies(self.dataset, self.data_dir)  # a stored one is dropped on load (checkpoint.as_loaded)
         if self.in_channels is not None and not self.is_series:  # images (or an autoencoder's): grey or RGB
@@ -351,6 +371,32 @@ class TrainConfig:
             raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} "
                                f"(0 < beta_1 < beta_T < 1)")
         self._check_objective()
+        self._check_fine_tuning()
+
+    def _check_fine_tuning(self) -> None:
+        """init_from fine-tunes a diffusion model; LoRA's fields (diffkit.lora): alpha and targets need
+        a rank; image diffusion models only."""
+        if self.init_from is not None and self.objective != "diffusion":
+            raise DiffkitError(f"init_from fine-tunes with objective='diffusion'; objective={self.objective!r} "
+                               f"starts from a teacher instead (diffkit distill --teacher CKPT)")
+        if not self.lora_rank:
+            for name in ("lora_alpha", "lora_targets"):
+                if getattr(self, name) != _default(name):
+                    raise DiffkitError(f"{name}={getattr(self, name)!r} belongs to LoRA; it needs lora_rank > 0 "
+                                       f"(e.g. lora_rank=4), or leave {name} unset")
+            return
+        from .lora import parse_targets
+        parse_targets(self.lora_targets)
+        if self.init_from is None:
+            raise DiffkitError(f"lora_rank={self.lora_rank} adapts a trained network: give it with --init-from CKPT "
+                               f"(a new network's output layer starts at zero and, frozen, would pass no gradient "
+                               f"to the adapters)")
+        if self.is_series:
+            raise DiffkitError(f"lora_rank={self.lora_rank}: LoRA adapts the image U-Net's attention and residual "
+                               f"blocks; dataset={self.dataset!r} trains the 1-D U-Net: set lora_rank=0")
+        if self.objective != "diffusion":
+            raise DiffkitError(f"lora_rank={self.lora_rank} works with objective='diffusion'; "
+                               f"objective={self.objective!r}: set lora_rank=0")
 
     def _check_image_network(self) -> None:
         levels = len(self.channel_mult)
@@ -712,6 +758,7 @@ _RANGES = {
     "super_res_noise": (0, None, True, True),
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
+    "lora_rank": (0, None, True, True), "lora_alpha": (0.0, None, False, True),
 }
 _FLOAT_LISTS = ("consistency_guidance_range",)  # list fields of numbers (the others hold integers)
 _CHOICES = {

@@ -49,6 +49,31 @@ def chosen_weights(path, tensors: dict, meta: dict, use_ema: bool) -> dict:
     return weights
 
 
+def load_weights(model, weights: dict, meta: dict, what: str) -> None:
+    """Load a checkpoint's network ``weights`` into ``model`` built from its ``meta["unet"]``; a LoRA
+    checkpoint's (``meta["lora"]``, diffkit.lora) adapters are added first, loaded, then merged into
+    the base weights (W0 + (alpha / r) B A), so the network is a plain one that samples at the base
+    network's cost."""
+    lora = meta.get("lora")
+    if lora:
+        from .lora import add_lora, merge_lora
+        if not isinstance(lora, dict) or not {"rank", "alpha", "targets"} <= set(lora):
+            raise DiffkitError(f"{what} has a malformed LoRA description (lora={lora!r})")
+        add_lora(model, lora["rank"], lora["alpha"], lora["targets"])
+    ckpt.load_state_dict_checked(model, weights, what)
+    if lora:
+        merge_lora(model)
+
+
+def _network(meta: dict):
+    """The untrained network a checkpoint's metadata describes (with its text encoder, if any)."""
+    model = build_network(meta["unet"])
+    if meta.get("text"):
+        from .text import TextConditionedUNet
+        model = TextConditionedUNet.from_meta(model, meta["text"])
+    return model
+
+
 def _load(path, use_ema: bool, device, config):
     """(model, metadata, schedule, latent decoder or None)."""
     if is_legacy_checkpoint(path):
@@ -63,12 +88,9 @@ def _load(path, use_ema: bool, device, config):
     ckpt.check_not_other_kind(path, meta, "a diffusion model checkpoint (diffkit train, distill or convert)")
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
-    model = build_network(meta["unet"])
-    if meta.get("text"):
-        from .text import TextConditionedUNet
-        model = TextConditionedUNet.from_meta(model, meta["text"])
+    model = _network(meta)
     weights = chosen_weights(path, tensors, meta, use_ema)
-    ckpt.load_state_dict_checked(model, weights, str(path))
+    load_weights(model, weights, meta, str(path))
     model.to(device).eval()
     decoder = None
     if meta.get("latent"):
@@ -152,16 +174,23 @@ _RESUME_META = ("step", "epoch", "batch_in_epoch", "total_steps", "dataset_size"
 def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> Path:
     """Write the weights-only checkpoint of a training checkpoint: the (EMA) network weights, the
     schedule and a latent model's autoencoder, with the model description; no optimiser or RNG
-    state, so it is a quarter of the size and cannot resume training. :func:`load_denoiser`
+    state, so it is a quarter of the size and cannot resume training. A LoRA checkpoint's adapters are
+    merged into the weights (the metadata keeps them as ``merged_lora``). :func:`load_denoiser`
     gives the same network from either file (the same :func:`diffkit.checkpoint.tensors_digest`)."""
     tensors, meta = ckpt.load_checkpoint(path)
     ckpt.check_not_other_kind(path, meta, "a diffusion model checkpoint (diffkit train, distill or convert)")
     if "unet" not in meta:
         raise DiffkitError(f"{path} has no model description; is it a diffkit training checkpoint?")
     weights = chosen_weights(path, tensors, meta, use_ema)
+    if meta.get("lora"):  # written merged: a plain network's weights, W0 + (alpha / r) B A
+        model = _network(meta)
+        load_weights(model, weights, meta, str(path))
+        weights = model.state_dict()
     kept = {k: v for k, v in tensors.items() if not k.startswith(("model.", *_RESUME_PREFIXES))}
     kept.update({f"model.{k}": v for k, v in weights.items()})
-    info = {k: v for k, v in meta.items() if k not in _RESUME_META}
+    info = {k: v for k, v in meta.items() if k not in _RESUME_META and k != "lora"}
+    if meta.get("lora"):
+        info["merged_lora"] = meta["lora"]
     if meta.get("exported_from"):  # an export of an export holds the same weights as it: keep its label
         info["exported_from"] = meta["exported_from"]
     else:

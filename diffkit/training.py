@@ -71,13 +71,22 @@ class EMA:
     * ``power`` p (with ``inv_gamma`` g): d_n = 1 - (1 + n/g)^-p, diffusers' EMAModel with
       ``use_ema_warmup=True, inv_gamma=g, power=p`` (its ``get_decay``; d_0 = 0 copies the weights;
       p = 2/3 reaches 0.999 at about 31.6K updates, p = 3/4 at 10K).
+
+    ``trainable_only`` (LoRA runs): average only the parameters that train (``requires_grad``), the
+    adapters; a frozen weight's average is the weight itself, so :func:`diffkit.loading.chosen_weights`
+    takes it from ``model.*`` and the checkpoint does not store it twice.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False,
-                 power: Optional[float] = None, inv_gamma: float = 1.0):
+                 power: Optional[float] = None, inv_gamma: float = 1.0, trainable_only: bool = False):
         check_ema_warmup(warmup, power, inv_gamma)
         self.decay, self.warmup, self.power, self.inv_gamma, self.updates = decay, warmup, power, inv_gamma, 0
-        self.params = [p.detach().clone() for p in model.parameters()]
+        self.trainable_only = trainable_only
+        self.params = [p.detach().clone() for _, p in self._tracked(model)]
+
+    def _tracked(self, model: torch.nn.Module) -> list:
+        """(name, parameter) of the parameters averaged, in the model's order."""
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad or not self.trainable_only]
 
     def current_decay(self) -> float:
         n = self.updates
@@ -90,23 +99,23 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         d = self.current_decay()
-        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - d)
+        torch._foreach_lerp_(self.params, [p.detach() for _, p in self._tracked(model)], 1.0 - d)
         self.updates += 1
 
     def state_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, _ in self._tracked(model)]
         out = {f"ema.{n}": p for n, p in zip(names, self.params)}
         out.update({f"ema.{n}": b for n, b in model.named_buffers()})
         return out
 
     def load(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         ema = ckpt.split_prefix(tensors, "ema")
-        for (name, _), p in zip(model.named_parameters(), self.params):
+        for (name, _), p in zip(self._tracked(model), self.params):
             p.copy_(ema[name])
 
     def copy_to(self, model: torch.nn.Module) -> None:
         with torch.no_grad():
-            for p, e in zip(model.parameters(), self.params):
+            for (_, p), e in zip(self._tracked(model), self.params):
                 p.copy_(e)
 
 
@@ -381,19 +390,25 @@ class Trainer:
         self.data_scale = data_scale(self.dataset)  # recorded for samplers' logsnr_graded grid
         self.schedule = build_schedule(cfg)
         self.model = build_model(cfg, self.dataset).to(self.device)
+        # diffkit train --init-from: {"path", "step", "sha256"} of the checkpoint whose weights start the run
+        self.init_source = self._init_weights() if cfg.init_from and not cfg.training_load_weight else None
+        if cfg.lora_rank:  # the base frozen, rank-r adapters trained (diffkit.lora; Hu et al. 2021, eq. 3)
+            from .lora import add_lora
+            add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         # the layout the network computes in, fixed before the EMA copy and the optimiser's moments
         # take the weights' strides; auto: models.layers.preferred_memory_format
         use_memory_format(self.model, resolve_memory_format(cfg.memory_format, self.device, cfg.mixed_precision))
         self.teacher = self._load_teacher() if cfg.objective == "consistency-distillation" else None
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_power, cfg.ema_inv_gamma)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_power, cfg.ema_inv_gamma,
+                       trainable_only=bool(cfg.lora_rank))
         # fused AdamW (one kernel for all parameters) on CPU and CUDA, channels_last weights handed
         # to the CPU kernel without its gradient copies (diffkit.optim); resumed optimiser state gets
         # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # all but a LoRA run's frozen base
         if self.device.type in ("cuda", "cpu"):
-            self.optimizer = FusedAdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.optimizer = FusedAdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                               foreach=True)
+            self.optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # noise and timesteps
         self.global_batch = cfg.batch_size * self.dist.world_size  # per optimiser micro-step
@@ -497,6 +512,24 @@ class Trainer:
                                              weight_input=cfg.consistency_guidance_range is not None)
         return teacher
 
+    def _init_weights(self) -> dict:
+        """Start the network from ``init_from`` (diffkit train --init-from): the weights sampling uses
+        (the EMA ones, a LoRA checkpoint's adapters merged), as diffusers' fine-tuning scripts start
+        from a pipeline's published weights; the EMA then starts from them too. Returns what the new
+        checkpoints record of the source."""
+        from .loading import is_legacy_checkpoint, load_model
+        path = self.cfg.init_from
+        if is_legacy_checkpoint(path):
+            raise DiffkitError(f"init_from={path!r} is a plain state dict; --init-from takes a diffkit checkpoint "
+                               f"(diffkit convert makes one)")
+        source, meta, _ = load_model(path)
+        if meta.get("consistency"):
+            raise DiffkitError(f"init_from={path!r} is a consistency model; fine-tune a diffusion checkpoint")
+        weights = source.state_dict()
+        ckpt.load_state_dict_checked(self.model, weights, f"init_from {path}")
+        step = meta.get("step", (meta.get("exported_from") or {}).get("step"))
+        return {"path": str(path), "step": step, "sha256": ckpt.tensors_digest(weights)}
+
     # ------------------------------------------------------------ state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -540,6 +573,11 @@ class Trainer:
             meta["consistency"] = self._consistency_meta()
         if self.target_model is not None:  # CM's EMA target network theta-: resumes need it
             tensors.update({f"target.{k}": v for k, v in self.target_model.state_dict().items()})
+        if self.init_source is not None:  # the checkpoint this run was fine-tuned from
+            meta["init_from"] = self.init_source
+        if self.cfg.lora_rank:  # diffkit.loading adds the adapters before loading model.*, then merges them
+            from .lora import lora_meta
+            meta["lora"] = lora_meta(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
         return tensors, meta
 
     def save(self) -> Path:
@@ -603,6 +641,7 @@ class Trainer:
             ckpt.load_state_dict_checked(self.target_model, ckpt.split_prefix(tensors, "target"), f"{path} (target)")
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
+        self.init_source = meta.get("init_from")
         ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         if self.scaler is not None and meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])

@@ -197,6 +197,10 @@ BAD_VALUES = [
     ("super_res_from", 32, "super_res_from=32"), ("super_res_from", 8.0, "super_res_from=8.0"),
     ("super_res_noise", -1, "super_res_noise=-1"), ("super_res_noise", 5, "super_res_noise=5 augments"),
     ("super_res_noise", 0.5, "super_res_noise=0.5"),
+    ("init_from", "", "init_from=''"), ("init_from", 3, "init_from=3"), ("lora_rank", -1, "lora_rank=-1"),
+    ("lora_rank", 1.5, "lora_rank=1.5"), ("lora_rank", 4, "--init-from"), ("lora_alpha", 0.0, "lora_alpha=0.0"),
+    ("lora_alpha", 8.0, "lora_alpha=8.0 belongs to LoRA"), ("lora_targets", "mlp", "lora_targets='mlp'"),
+    ("lora_targets", 3, "lora_targets=3"),
 ]
 
 

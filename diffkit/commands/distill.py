@@ -41,22 +41,23 @@ DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": None, "s
                     "training_load_weight": None, "test_load_weight": None}
 
 
-def teacher_meta(path) -> dict:
+def teacher_meta(path, role: str = "teacher", flag: str = "--teacher", verb: str = "distil from") -> dict:
     """The teacher checkpoint's metadata, its training config under ``"config"`` (one-line errors for
-    anything else)."""
+    anything else); ``role`` / ``flag`` / ``verb`` word them for another use of a diffusion checkpoint
+    (diffkit train --init-from)."""
     from ..checkpoint import LEGACY_SUFFIXES, check_not_other_kind, load_checkpoint
     if Path(path).suffix in LEGACY_SUFFIXES:
-        raise DiffkitError(f"teacher {path} is a plain state dict; distil from a diffkit .safetensors checkpoint "
+        raise DiffkitError(f"{role} {path} is a plain state dict; {verb} a diffkit .safetensors checkpoint "
                            f"(convert it first: diffkit convert)")
     try:
         _, meta = load_checkpoint(path)
     except DiffkitError as err:
-        raise DiffkitError(f"--teacher: {err}") from None
-    check_not_other_kind(f"teacher {path}", meta, "a diffusion model checkpoint")
+        raise DiffkitError(f"{flag}: {err}") from None
+    check_not_other_kind(f"{role} {path}", meta, "a diffusion model checkpoint")
     if not isinstance(meta.get("config"), dict) or "unet" not in meta:
-        raise DiffkitError(f"teacher {path} is not a diffkit diffusion checkpoint (no config / model description)")
+        raise DiffkitError(f"{role} {path} is not a diffkit diffusion checkpoint (no config / model description)")
     if meta.get("consistency"):
-        raise DiffkitError(f"teacher {path} is a consistency model; distil from a diffusion checkpoint")
+        raise DiffkitError(f"{role} {path} is a consistency model; {verb} a diffusion checkpoint")
     return meta
 
 

@@ -36,6 +36,10 @@ def register(sub) -> None:
     p.add_argument("--conditional", action="store_true", help="class-conditional (label dropout p_uncond)")
     p.add_argument("--resume", type=path_arg, help="checkpoint to resume from (the seed's training_load_weight); "
                                                    "its config is used unless --config is given")
+    p.add_argument("--init-from", type=path_arg,
+                   help="fine-tune: a new run (step 0, new optimiser) starting from this checkpoint's (EMA) weights; "
+                        "its network keys come from the checkpoint, the training keys from the command line "
+                        "(docs/fine_tuning.md; LoRA: --set lora_rank=4)")
     add_run_flags(p, "train", run, "--set lr=2e-4 --set channel_mult=[1,2,2]")
 
 
@@ -61,6 +65,10 @@ def config_from_args(args):
     given, so a field none of them names takes its default for the others (the ``consistency``
     sampler for ``--set objective=consistency-training``: ``config.objective_sampling``)."""
     from ..config import TrainConfig, given_fields, parse_overrides, read_config_file
+    init_from = getattr(args, "init_from", None)  # diffkit distill's arguments have none
+    if init_from and args.resume:
+        raise DiffkitError("--init-from starts a new run from a checkpoint's weights, --resume continues a run; "
+                           "give one of them")
     if args.config:
         given = given_fields(read_config_file(args.config))
     elif args.resume:  # a checkpoint's config names every field
@@ -78,9 +86,47 @@ def config_from_args(args):
         flags["sampled_dir"] = str(Path(args.out) / "samples")
     elif args.resume:  # a resume continues in its checkpoint's folder (a --config's folders are for new runs)
         flags.update(resumed_run_folders(args.resume, cfg))
+    if init_from:
+        flags["init_from"] = init_from
     given.update({k: v for k, v in flags.items() if v is not None},
                  **parse_overrides(args.overrides or []))  # None without --set: no list a parser could share
+    if given.get("init_from") and not args.resume:  # from --init-from, or a --config / --set init_from
+        given = fine_tune_fields(given["init_from"], given)
     return TrainConfig.from_dict(given)
+
+
+def fine_tune_fields(path, given: dict) -> dict:
+    """The fields of a run fine-tuned from the checkpoint ``path`` (diffkit train --init-from): the
+    network fields (:data:`~diffkit.config.NETWORK_FIELDS`) are the checkpoint's, the others those
+    ``given`` on the command line; a given network field that differs from the checkpoint's is a
+    one-line error naming it. ``init_from`` becomes the checkpoint file's absolute path."""
+    from ..config import NETWORK_FIELDS, SERIES_DATASETS, TrainConfig
+    from ..models.network import is_series_model
+    from .distill import teacher_meta
+    if given.get("training_load_weight"):  # e.g. a seed config's training_load_weight: a resume
+        raise DiffkitError(f"--init-from starts a new run, and training_load_weight={given['training_load_weight']!r} "
+                           f"resumes one; drop training_load_weight from the config, or resume without --init-from")
+    meta = teacher_meta(path, role="--init-from", flag="--init-from", verb="fine-tune")
+    source = TrainConfig.from_dict(meta["config"])
+    network = {k: getattr(source, k) for k in NETWORK_FIELDS}
+    network["in_channels"] = meta["unet"]["in_channels"]  # what the data set gave, where the config left it None
+    if source.conditional:
+        network["num_classes"] = meta["unet"].get("num_classes")
+    for key in NETWORK_FIELDS:
+        if key in given and given[key] != network[key]:
+            raise DiffkitError(f"{key}={given[key]!r} is not allowed with --init-from {path}: {key} shapes the "
+                               f"network, which comes from the checkpoint ({key}={network[key]!r}); drop it (to "
+                               f"change the network, train a new one without --init-from)")
+    fields = {k: v for k, v in given.items() if k not in NETWORK_FIELDS}
+    if "loss" not in fields and source.learned_variance:  # a learned variance trains with the source's loss
+        fields["loss"] = source.loss
+    file = Path(path) / "latest.safetensors" if Path(path).is_dir() else Path(path)
+    fields.update(network, init_from=str(file.resolve()))
+    if (fields.get("dataset", "digits") in SERIES_DATASETS) != is_series_model(meta["unet"]):
+        kind = "time series" if is_series_model(meta["unet"]) else "images"
+        raise DiffkitError(f"dataset={fields.get('dataset', 'digits')!r} does not fit --init-from {path}, a model of "
+                           f"{kind} (dataset={source.dataset!r}); give a data set of {kind} with --dataset")
+    return fields
 
 
 def check_no_run_in(folder, resumed=None) -> None:
@@ -219,6 +265,11 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     network, items = ("1-D U-Net", "series") if cfg.is_series else ("U-Net", "images")
+    if cfg.lora_rank:  # LoRA: only the adapters train
+        n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        network += f" (LoRA rank {cfg.lora_rank}: {n_lora:,} trainable parameters)"
+    if trainer.init_source:
+        network += f" from {trainer.init_source['path']} (step {trainer.init_source['step']})"
     trainer.log(f"training {n_params / 1e6:.2f}M-parameter {network} on {cfg.dataset} ({len(trainer.dataset)} {items}, "
           f"{tuple(trainer.dataset[0][0].shape)}) for {trainer.total_steps} steps on {trainer.device}")
     try:
