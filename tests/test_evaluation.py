@@ -708,3 +708,20 @@ def test_eval_nfe_picks_the_steps_that_spend_it(run_dir, tmp_path, capsys):
     one_line_error(capsys, [*common, "--sampler", "heun", "--nfe", "4", "--out", tmp_path / "o" / "x.json"],
                    "sampler 'heun' cannot spend exactly nfe=4")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_eval_leaves_no_empty_out_folder(run_dir, tmp_path, capsys):
+    """--out's folder was made by its check and kept when a later check (a --save-samples folder of an earlier
+    run) or the sampling (--restarts outside the grid's sigma~ range, known once the schedule is loaded) failed;
+    like --save-samples' and --cache-dir's own folders it is removed again while empty."""
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(stale / "sample_00009.png")
+    common = ["eval", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--metrics", "fd-classifier",
+              "--evaluator", run_dir / "ev.safetensors", "--num", "4", "--steps", "3", "--device", "cpu",
+              "--no-progress", "--out", tmp_path / "o" / "a" / "r.json"]
+    one_line_error(capsys, [*common, "--save-samples", stale], "holds 1 images of an earlier run")
+    one_line_error(capsys, [*common, "--sampler", "restart", "--restarts", "0.5:500:1:2", "--save-samples",
+                            tmp_path / "s"],
+                   "restarts[0]: the interval [0.5, 500] is outside this grid's sigma~ range")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stale"]
