@@ -227,7 +227,7 @@ def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evalu
 def test_train_classifier_t_is_bounded_before_anything_is_written(tmp_path, capsys):
     """--T 10^9 passed the flag (1..10^9), and its schedule's tables need about 80 GB; the flag takes
     1..MAX_TIMESTEPS (100000), named in the one-line refusal."""
-    from diffkit.commands._common import MAX_TIMESTEPS
+    from diffkit.config import MAX_TIMESTEPS
     assert MAX_TIMESTEPS == 100_000
     for value in ("100001", "1000000000", "0"):
         with pytest.raises(SystemExit) as stop:

@@ -16,9 +16,6 @@ from ..errors import DiffkitError, DiffkitWarning
 
 
 MAX_COUNT = 10**9
-# the most diffusion steps train-classifier --T takes: 25x Improved DDPM's T = 4000. A noise schedule keeps
-# about 80 bytes a step (float64 tables and a Python list of log alpha): T = 10^9 needed about 80 GB
-MAX_TIMESTEPS = 100_000
 
 
 def int_in(low: int, high: int):
