@@ -100,8 +100,7 @@ def register(sub) -> None:
                    help="classifier-free guidance weight; seed convention (1+W) eps(x,y) - W eps(x,null): "
                         "0 = conditional model, larger = stronger; a w-conditioned consistency model takes W "
                         "as its input (one call per step; default: the middle of its trained range)")
-    g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
-                   help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
+    add_guidance_convention_flag(g)
     add_rescale_interval_flags(g)
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
@@ -121,6 +120,14 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_progress_flag(p)
     p.set_defaults(func=run)
+
+
+def add_guidance_convention_flag(group, needs: str = "") -> None:
+    """``--guidance-convention seed|diffusers``, how ``--guidance-scale`` reads
+    (:func:`diffkit.guidance.guidance_weight`), in ``diffkit sample`` and ``diffkit edit --series`` (checked by
+    :meth:`GuidanceRequest.check`); ``needs`` as :func:`add_rescale_interval_flags` takes it."""
+    group.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
+                       help=f"{needs}read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
 
 
 def add_rescale_interval_flags(group, needs: str = "") -> None:
