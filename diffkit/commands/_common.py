@@ -291,6 +291,14 @@ def add_compile_flag(parser: argparse.ArgumentParser) -> None:
                              "(default no; the first batch compiles, minutes on a CPU)")
 
 
+def add_thresholding_flag(parser) -> None:
+    """``--thresholding clip|dynamic``: ``diffkit.sample(..., thresholding=)``, the predicted x_0 clipped to
+    [-1, 1] or dynamically thresholded (Saharia et al. 2022, Sec. 2.3) at every step (``diffkit sample`` and
+    ``eval``, ``experiment sampler-table``)."""
+    parser.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling "
+                        "(clip: to [-1, 1]; dynamic: Imagen's, per sample at its 99.5%% quantile of |x0|)")
+
+
 def add_restarts_flag(parser) -> None:
     """``--restarts T_MIN:T_MAX:K:N[+...]|none``: the restart sampler's intervals (:func:`restarts_value`;
     checked against ``--sampler`` by :func:`tolerance_options`)."""

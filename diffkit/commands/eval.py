@@ -24,8 +24,8 @@ import warnings
 from pathlib import Path
 
 from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      check_output_file, check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg,
-                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+                      add_thresholding_flag, check_output_file, check_writable_dir, dataset_arg, default_sampling,
+                      missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def add_source_flags(p) -> None:
@@ -71,7 +71,7 @@ def register(sub) -> None:
                    "as diffkit sample --nfe)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
-    p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+    add_thresholding_flag(p)
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
     p.add_argument("--nll-split", choices=("test", "train"), default="test",
                    help="data split of the nll images (default test; train: DDPM Table 1/2's Test (Train) check "

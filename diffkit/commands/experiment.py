@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, path_arg, positive_int,
-                      removed_if_empty_on_failure, restarts_value)
+from ._common import (add_thresholding_flag, check_writable_dir, eta_value, file_stem, missing_dirs, path_arg,
+                      positive_int, removed_if_empty_on_failure, restarts_value)
 
 
 def register(sub) -> None:
@@ -59,7 +59,7 @@ def register(sub) -> None:
                            help="clip the predicted x0 of every row; none: of no row (default: only the sigma_hat "
                                 "row is clipped, as the DDIM reference code does)")
         else:
-            q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+            add_thresholding_flag(q)
         q.add_argument("--name", type=file_stem, default=name, help=f"file name stem (default {name})")
         q.add_argument("--ledger", type=path_arg,
                        help="JSON file of finished cells: cells already there (same weights, "

@@ -43,7 +43,7 @@ from typing import Optional
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
+                      add_thresholding_flag, batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
                       non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
                       tolerance_options)
 
@@ -71,6 +71,7 @@ def register(sub) -> None:
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_solver_flags(p)
+    add_thresholding_flag(p)
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
                    "with several classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
@@ -168,9 +169,13 @@ def run(args) -> int:
         info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
     check_eta(info.name, args.eta)
     options.update({} if args.eta is None else {"eta": args.eta})
+    options.update({} if args.thresholding is None else {"thresholding": args.thresholding})
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
+    if args.thresholding and guidance.classifier_algorithm == 1:
+        raise DiffkitError(f"--thresholding {args.thresholding} needs --classifier-algorithm 2: algorithm 1's ddpm "
+                           f"loop takes no sampler options")
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
@@ -681,7 +686,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
-                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt)):
+                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
+                        ("--thresholding", options.get("thresholding"))):  # its latents are not in [-1, 1]
         if value:
             raise not_for_stable_diffusion(flag)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
