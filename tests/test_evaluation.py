@@ -725,3 +725,16 @@ def test_a_failed_eval_leaves_no_empty_out_folder(run_dir, tmp_path, capsys):
                             tmp_path / "s"],
                    "restarts[0]: the interval [0.5, 500] is outside this grid's sigma~ range")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stale"]
+
+
+def test_evaluate_takes_nfe_without_steps_none(run_dir):
+    """diffkit.evaluate(..., nfe=5) failed with 'give steps or nfe, not both' because steps defaulted to 50
+    (diffkit.sample's steps default to None); steps is 50 unless nfe is given (heun: NFE 2 steps - 1, so 3 steps),
+    and both together are a one-line error."""
+    common = dict(checkpoint=run_dir / "ckpt" / "latest.safetensors", evaluator=run_dir / "ev.safetensors", num=4,
+                  batch_size=4)
+    settings = evaluate("fd-classifier", sampler="heun", nfe=5, **common)["settings"]
+    assert (settings["steps"], settings["nfe"]) == (3, 5)
+    assert evaluate("fd-classifier", **common)["settings"]["steps"] == 50
+    with pytest.raises(DiffkitError, match=r"^give steps or nfe, not both$"):
+        evaluate("fd-classifier", sampler="heun", steps=3, nfe=5, **common)

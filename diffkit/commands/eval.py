@@ -178,7 +178,7 @@ def run(args) -> int:
     with printed_warnings() as caught, removed_if_empty_on_failure(new_dirs):
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
                           data_dir=args.data_dir, num=args.num, sampler=sampler,
-                          steps=50 if steps is None and args.nfe is None else steps, nfe=args.nfe,
+                          steps=steps, nfe=args.nfe,
                           spacing=spacing, final=final, eta=args.eta, evaluator=args.evaluator,
                           inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,
