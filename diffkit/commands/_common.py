@@ -299,12 +299,13 @@ def add_thresholding_flag(parser) -> None:
                         "(clip: to [-1, 1]; dynamic: Imagen's, per sample at its 99.5%% quantile of |x0|)")
 
 
-def add_restarts_flag(parser) -> None:
+def add_restarts_flag(parser, whose: str = "--sampler restart: its intervals") -> None:
     """``--restarts T_MIN:T_MAX:K:N[+...]|none``: the restart sampler's intervals (:func:`restarts_value`;
-    checked against ``--sampler`` by :func:`tolerance_options`)."""
+    checked against ``--sampler`` by :func:`tolerance_options`); ``whose`` starts the help (``experiment
+    sampler-table``: its restart rows')."""
     parser.add_argument("--restarts", type=restarts_value, metavar="T_MIN:T_MAX:K:N[+...]",
-                        help="--sampler restart: its intervals (sigma~ t_min < t_max, K restarts, N Heun steps each; "
-                             "'+' between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
+                        help=f"{whose} (sigma~ t_min < t_max, K restarts, N Heun steps each; '+' between intervals, "
+                             f"'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
 
 
 def add_solver_flags(parser: argparse.ArgumentParser, adaptive: bool = True) -> None:
