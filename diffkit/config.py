@@ -731,9 +731,13 @@ def check_ema_warmup(warmup: bool, power: Optional[float], inv_gamma: float = 1.
 # ---------------------------------------------------------------------- field rules
 _FIELD_TYPES: dict[str, Any] = {}  # filled below from the annotations
 
+# the most diffusion steps T takes (the config key, train-classifier --T): 25x Improved DDPM's T = 4000. A noise
+# schedule keeps about 80 bytes a step (float64 tables and a Python list of log alpha): T = 10^9 needed about 80 GB
+MAX_TIMESTEPS = 100_000
+
 # name: (low, high, low_inclusive, high_inclusive); None = unbounded
 _RANGES = {
-    "epoch": (1, None, True, True), "batch_size": (1, None, True, True), "T": (1, None, True, True),
+    "epoch": (1, None, True, True), "batch_size": (1, None, True, True), "T": (1, MAX_TIMESTEPS, True, True),
     "channel": (2, None, True, True), "num_res_blocks": (1, None, True, True),
     "dropout": (0.0, 1.0, True, False), "lr": (0.0, 1.0, False, True), "multiplier": (1.0, 100.0, True, True),
     "beta_1": (0.0, 1.0, False, False), "beta_T": (0.0, 1.0, False, False), "img_size": (1, None, True, True),

@@ -69,7 +69,7 @@ def steps_or_nfe(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int
     """``steps`` checked against the schedule's T, or (``steps=None``) the step count that spends ``nfe``
     network evaluations per sample with ``options`` (:func:`diffkit.sampling.steps_for_nfe`); one of the two."""
     if (steps is None) == (nfe is None):
-        raise DiffkitError(f"give steps or nfe (then steps=None), not {'both' if steps is not None else 'neither'}")
+        raise DiffkitError(f"give steps or nfe, not {'both' if steps is not None else 'neither'}")
     if nfe is not None:
         from .sampling import steps_for_nfe
         return steps_for_nfe(denoiser, sampler, nfe, **options)
@@ -486,7 +486,7 @@ def load_evaluator_for(path, device="cpu"):
 
 
 def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref: Optional[str] = None,
-             data_dir=None, num: int = 1000, sampler: str = "ddim", steps: Optional[int] = 50, eta=None,
+             data_dir=None, num: int = 1000, sampler: str = "ddim", steps: Optional[int] = None, eta=None,
              evaluator=None, inception_weights=None, ref_num: Optional[int] = None, nll_num: int = 256,
              nll_stride: int = 10, nll_dense_below: int = 20, batch_size: int = 250, seed: int = 0,
              device="cpu", use_ema: bool = True, thresholding: Optional[str] = None, save_samples=None,
@@ -510,11 +510,13 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
     ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`);
-    ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it. ``nfe`` (with
-    ``steps=None``): the step count that spends that many network evaluations per sample
-    (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``).
+    ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it. ``steps`` (default 50)
+    or ``nfe``: the step count that spends that many network evaluations per sample
+    (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``), not both.
     """
     names = parse_metrics(metrics)
+    if steps is None and nfe is None:
+        steps = 50
     check_range("repeats", repeats, 1, None, integer=True)
     if (checkpoint is None) == (samples is None):
         raise DiffkitError("give either a checkpoint (--checkpoint) or a folder of images (--samples), not both")

@@ -576,3 +576,41 @@ def test_a_seed_config_resumes_from_its_training_load_weight_in_save_weight_dir(
     (tmp_path / "elsewhere.json").write_text(json.dumps({**base, "training_load_weight": "nothing.safetensors"}))
     code, out, err = run_cli(capsys, "train", "--config", "elsewhere.json", "--steps", "4", "--no-progress")
     assert code == 2 and "nothing.safetensors" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("mode", ["clip", "dynamic"])
+def test_sample_thresholding_writes_the_images_of_diffkit_sample_with_it(tiny_checkpoint, tmp_path, capsys, mode):
+    """sample --thresholding (eval's and experiment's flag, one registration: add_thresholding_flag) had no
+    equivalent in sample: the PNGs are diffkit.sample(..., thresholding=MODE) from the same noise (sample i:
+    x_T from seed i), which differ from the unthresholded ones for this 2-step model; with classifier
+    algorithm 1, whose ddpm loop takes no sampler options, a one-line error before anything is written."""
+    import numpy as np
+    from PIL import Image
+
+    import diffkit
+    from diffkit.images import to_uint8
+    from diffkit.loading import load_denoiser
+    from diffkit.models.network import sample_shape
+    from diffkit.noise import randn, sample_generators
+    code, _, err = run_cli(capsys, "sample", "--checkpoint", str(tiny_checkpoint), "--thresholding", mode, "--steps",
+                           "3", "--num", "2", "--device", "cpu", "--out", str(tmp_path / "g.png"), "--individual",
+                           str(tmp_path / "each"), "--no-progress")
+    assert code == 0, err
+    den = load_denoiser(tiny_checkpoint)
+    noise_gens, gens = sample_generators(0, 0, 2)
+    noise = randn((2, *sample_shape(den.meta["unet"])), noise_gens)
+
+    def drawn(**options):
+        return to_uint8(diffkit.sample(den, noise, steps=3, generator=gens, progress=False, **options))
+
+    written = np.stack([np.asarray(Image.open(tmp_path / "each" / f"sample_{i:05d}.png")) for i in range(2)])
+    want = drawn(thresholding=mode)
+    assert np.array_equal(written.reshape(want.shape), want)
+    assert not np.array_equal(want, drawn())
+    code, _, err = run_cli(capsys, "sample", "--checkpoint", str(tiny_checkpoint), "--thresholding", mode,
+                           "--classifier", str(tmp_path / "c.safetensors"), "--classifier-algorithm", "1", "--sampler",
+                           "ddpm", "--out", str(tmp_path / "no" / "g.png"), "--no-progress")
+    assert code == 2 and err.strip().splitlines() == [
+        f"diffkit sample: error: --thresholding {mode} needs --classifier-algorithm 2: algorithm 1's ddpm loop takes "
+        f"no sampler options"], err
+    assert not (tmp_path / "no").exists()

@@ -227,7 +227,7 @@ def test_an_old_digits_checkpoint_with_a_stored_data_dir_still_resumes_and_evalu
 def test_train_classifier_t_is_bounded_before_anything_is_written(tmp_path, capsys):
     """--T 10^9 passed the flag (1..10^9), and its schedule's tables need about 80 GB; the flag takes
     1..MAX_TIMESTEPS (100000), named in the one-line refusal."""
-    from diffkit.commands._common import MAX_TIMESTEPS
+    from diffkit.config import MAX_TIMESTEPS
     assert MAX_TIMESTEPS == 100_000
     for value in ("100001", "1000000000", "0"):
         with pytest.raises(SystemExit) as stop:
@@ -245,3 +245,22 @@ def test_train_evaluator_num_train_beyond_the_split_is_refused(tmp_path, capsys)
                           "--device", "cpu", "--out", str(tmp_path / "e" / "ev.safetensors"))
     assert "--num-train 1201 is more than the 1200 training images of digits; allowed: 1..1200" in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_evaluator_num_train_reads_n_plus_one_training_images_not_the_split(tmp_path, capsys, monkeypatch):
+    """The bound on --num-train read the whole train split as float32 to count it (CIFAR-10 at 64x64: 2.4 GB)
+    where the first N sufficed before; it reads N + 1 (N + 1 found: N is within the split) and trains on N."""
+    from diffkit import evaluation
+    rows = []
+
+    def recorded(*args, **kwargs):
+        images, labels = real(*args, **kwargs)
+        rows.append((kwargs.get("train"), len(images)))
+        return images, labels
+
+    real = evaluation.reference_images
+    monkeypatch.setattr(evaluation, "reference_images", recorded)
+    assert main(["train-evaluator", "--num-train", "40", "--img-size", "8", "--epochs", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "ev.safetensors")]) == 0
+    assert "trained on 40 digits images" in capsys.readouterr().out
+    assert rows == [(True, 41), (False, 597)]

@@ -88,6 +88,7 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--guidance-rescale", "0.7"], r"--guidance-rescale is not available for --images \(image edits take --class "
                                     r"without guidance\); it goes with --series"),
     (["--guidance-interval", "1", "5"], r"--guidance-interval is not available for --images"),
+    (["--guidance-convention", "diffusers"], r"--guidance-convention is not available for --images"),
     (["--series", "h.csv"], r"--images applies to image edits; --series forecasts"),
 ])
 def test_mistakes_are_one_line(run, tmp_path, capsys, extra, pattern):

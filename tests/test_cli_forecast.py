@@ -369,3 +369,28 @@ def test_batch_size_auto_is_for_series(tmp_path, capsys):
                  "--batch-size", "auto", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--batch-size auto goes with --series" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_grid_flags_and_restarts_reach_the_forecast(file_run, tmp_path, capsys):
+    """edit --series takes --spacing / --final and --restarts as edit --images does (add_solver_flags): the file is
+    diffkit.forecast(..., spacing=, final=) / (..., "restart", restarts=[...]) of the scaled history, by hand; each
+    differs from the default grid's / intervals' forecast, so the flags are not ignored."""
+    ck, values, low, high = file_run
+    history = values[62:68]
+    path = write_rows(tmp_path / "history.csv", history)
+    scaled = torch.from_numpy(2 * (history - low) / (high - low) - 1).float().T[None].expand(2, -1, -1)
+    for i, (flags, sampler, options) in enumerate((
+            (["--sampler", "dpm-solver++-2m", "--spacing", "trailing", "--final", "zero"], "dpm-solver++-2m",
+             {"spacing": "trailing", "final": "zero"}),
+            (["--sampler", "restart", "--restarts", "0.1:0.5:1:2"], "restart", {"restarts": [(0.1, 0.5, 1, 2)]}))):
+        code = main(["edit", "--checkpoint", str(ck), "--series", str(path), "--horizon", "2", "--num", "2",
+                     "--steps", "4", *flags, "--out", str(tmp_path / f"f{i}.npy"), "--no-progress"])
+        assert code == 0, capsys.readouterr().err
+
+        def by_hand(**extra):
+            model = diffkit.forecast(load_denoiser(ck), scaled, 2, sampler, steps=4, seed=0, progress=False, **extra)
+            return ((model.double().permute(0, 2, 1).numpy() + 1) / 2 * (high - low) + low).astype(np.float32)
+
+        written = np.load(tmp_path / f"f{i}.npy")
+        np.testing.assert_allclose(written, by_hand(**options), rtol=1e-6, atol=1e-6)
+        assert not np.allclose(written, by_hand(), rtol=1e-6, atol=1e-6)

@@ -343,6 +343,8 @@ def test_cli_clip_guidance_round_trip(files, capsys):
     (["--clip-guidance", PROMPT, "--clip-model", "clip", "--clip-scale", "10", "--checkpoint", "sd",
       "--prompt", "a cat"],
      "--clip-guidance does not apply to a Stable Diffusion folder"),
+    (["--thresholding", "dynamic", "--checkpoint", "sd", "--prompt", "a cat"],  # its latents are not in [-1, 1]
+     "--thresholding does not apply to a Stable Diffusion folder"),
 ])
 def test_cli_bad_clip_input_is_one_line_exit_2(extra, pattern, files, capsys):
     args = [str(files.get(a, a)) for a in extra]

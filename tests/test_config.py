@@ -333,3 +333,18 @@ def test_seed_with_random_fields_raises_only_diffkit_errors(changes):
         assert "\n" not in str(err)
         return
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_t_is_bounded_by_max_timesteps_as_train_classifier_t_is(tmp_path, capsys):
+    """T had no upper limit: T = 10^9 passed the config and its noise schedule needed about 80 GB. T takes
+    1..MAX_TIMESTEPS (100000, the bound of train-classifier --T), as a field, a config key and through --set;
+    beyond it a one-line error before any folder is made."""
+    from diffkit.cli import main
+    from diffkit.config import MAX_TIMESTEPS
+    assert MAX_TIMESTEPS == 100_000 and TrainConfig(T=MAX_TIMESTEPS).T == MAX_TIMESTEPS
+    for make in (lambda: TrainConfig(T=MAX_TIMESTEPS + 1), lambda: TrainConfig.from_dict({"T": 10**9})):
+        one_line_error(make, "is out of range; allowed: an integer in [1, 100000]")
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "T=1000000000", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == ("diffkit train: error: T=1000000000 is out of range; allowed: an "
+                                               "integer in [1, 100000]")
+    assert list(tmp_path.iterdir()) == []

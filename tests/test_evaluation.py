@@ -708,3 +708,33 @@ def test_eval_nfe_picks_the_steps_that_spend_it(run_dir, tmp_path, capsys):
     one_line_error(capsys, [*common, "--sampler", "heun", "--nfe", "4", "--out", tmp_path / "o" / "x.json"],
                    "sampler 'heun' cannot spend exactly nfe=4")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_eval_leaves_no_empty_out_folder(run_dir, tmp_path, capsys):
+    """--out's folder was made by its check and kept when a later check (a --save-samples folder of an earlier
+    run) or the sampling (--restarts outside the grid's sigma~ range, known once the schedule is loaded) failed;
+    like --save-samples' and --cache-dir's own folders it is removed again while empty."""
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(stale / "sample_00009.png")
+    common = ["eval", "--checkpoint", run_dir / "ckpt" / "latest.safetensors", "--metrics", "fd-classifier",
+              "--evaluator", run_dir / "ev.safetensors", "--num", "4", "--steps", "3", "--device", "cpu",
+              "--no-progress", "--out", tmp_path / "o" / "a" / "r.json"]
+    one_line_error(capsys, [*common, "--save-samples", stale], "holds 1 images of an earlier run")
+    one_line_error(capsys, [*common, "--sampler", "restart", "--restarts", "0.5:500:1:2", "--save-samples",
+                            tmp_path / "s"],
+                   "restarts[0]: the interval [0.5, 500] is outside this grid's sigma~ range")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stale"]
+
+
+def test_evaluate_takes_nfe_without_steps_none(run_dir):
+    """diffkit.evaluate(..., nfe=5) failed with 'give steps or nfe, not both' because steps defaulted to 50
+    (diffkit.sample's steps default to None); steps is 50 unless nfe is given (heun: NFE 2 steps - 1, so 3 steps),
+    and both together are a one-line error."""
+    common = dict(checkpoint=run_dir / "ckpt" / "latest.safetensors", evaluator=run_dir / "ev.safetensors", num=4,
+                  batch_size=4)
+    settings = evaluate("fd-classifier", sampler="heun", nfe=5, **common)["settings"]
+    assert (settings["steps"], settings["nfe"]) == (3, 5)
+    assert evaluate("fd-classifier", **common)["settings"]["steps"] == 50
+    with pytest.raises(DiffkitError, match=r"^give steps or nfe, not both$"):
+        evaluate("fd-classifier", sampler="heun", steps=3, nfe=5, **common)

@@ -175,11 +175,15 @@ RESCALED = ["--guidance-rescale", "0.7", "--guidance-interval", "3", "12"]
 
 
 @pytest.mark.parametrize("flags,scale", [(["--class", "1"], None), (["--class", "1", "--guidance-scale", "3"], 3.0),
-                                         (["--class", "1", "--guidance-scale", "3", *RESCALED], 3.0)])
+                                         (["--class", "1", "--guidance-scale", "3", *RESCALED], 3.0),
+                                         (["--class", "1", "--guidance-scale", "4", "--guidance-convention",
+                                           "diffusers"], 3.0)])
 def test_the_cli_forecast_is_the_api_forecast_with_that_class_and_guidance(labelled_run, tmp_path, flags, scale):
     """``--class 1 [--guidance-scale 3 [--guidance-rescale 0.7 --guidance-interval 3 12]]`` is diffkit.forecast
     of ClassifierFreeGuidance(den, 3[, rescale=0.7, interval=(3, 12)]) (the null class K = 3) with cond y = 1,
-    in the file's units: a halved W, another class, another null class, or no rescale / interval differ."""
+    in the file's units: a halved W, another class, another null class, or no rescale / interval differ.
+    ``--guidance-scale 4 --guidance-convention diffusers`` (as diffkit sample reads it) is diffusers' s = 1 + W:
+    W = 3."""
     from diffkit.loading import load_denoiser
     path = write_csv(tmp_path / "h.csv", [0] * 6)  # the file's label 0 is overridden by --class 1
     assert edit(labelled_run, path, tmp_path / "o.npy", "--horizon", "2", "--num", "2", *flags) == 0
@@ -384,6 +388,7 @@ def test_edit_help_says_the_rescale_and_interval_need_series_and_a_guidance_scal
     text = " ".join(capsys.readouterr().out.split())
     assert "--guidance-rescale PHI with --series and --guidance-scale: guidance rescale phi" in text
     assert "--guidance-interval T_LO T_HI with --series and --guidance-scale: guide only for" in text
+    assert "--guidance-convention {seed,diffusers} with --series and --guidance-scale: read" in text
 
 
 @pytest.mark.parametrize("command", ["edit", "sample"])
@@ -414,6 +419,8 @@ def test_guidance_of_a_model_trained_without_label_dropout_is_refused(labelled_r
 
 @pytest.mark.parametrize("flags", [
     ["--guidance-rescale", "0.5"],
+    ["--guidance-convention", "diffusers"],
+    ["--class", "1", "--guidance-scale", "-0.5", "--guidance-convention", "diffusers"],
     ["--guidance-interval", "2", "9"],
     ["--class", "1", "--guidance-scale", "2", "--guidance-rescale", "1.5"],
     ["--class", "1", "--guidance-scale", "2", "--guidance-interval", "9", "2"],

@@ -337,3 +337,29 @@ def test_image_only_commands_refuse_a_series_checkpoint(series_run, tmp_path, ca
         code, out, err = run_cli(capsys, command, "--dataset", "sines", "--out", str(tmp_path / "m.safetensors"))
         assert code == 2 and f"dataset='sines' holds time series; {what} trains on images" in err, err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags", [["--sampler", "restart", "--restarts", "0.1:0.5:1:2", "--nfe", "9"],
+                                   ["--sampler", "dpm-solver++-2m", "--spacing", "trailing", "--final", "zero",
+                                    "--steps", "3"]])
+def test_eval_of_a_series_model_takes_the_grid_flags_restarts_and_nfe(series_run, tmp_path, capsys, flags):
+    """eval --restarts, --spacing / --final and --nfe on a time-series checkpoint (evaluation.evaluate_series):
+    the score is that of the series 'diffkit sample' draws with the same flags, and the settings record them
+    (restart, n = 2, K = 1: NFE 2 steps - 1 + 2 n K = 9 is 3 steps)."""
+    from diffkit.metrics import correlational_score
+    ck = series_run / "checkpoints" / "latest.safetensors"
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", str(ck), "--metrics", "correlational", "--num", "24",
+                             "--seed", "5", *flags, "--no-progress", "--out", str(tmp_path / "e.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    settings = result["settings"]
+    assert settings["steps"] == 3 and settings["nfe"] == (9 if "--nfe" in flags else 3)
+    assert (settings.get("restarts"), settings.get("spacing"), settings.get("final")) == (
+        ([[0.1, 0.5, 1, 2]], None, None) if "--restarts" in flags else (None, "trailing", "zero"))
+    code, out, err = run_cli(capsys, "sample", "--checkpoint", str(ck), "--num", "24", "--seed", "5", *flags,
+                             "--out", str(tmp_path / "s.png"), "--no-progress")
+    assert code == 0, err
+    samples = to_unit_range(torch.from_numpy(np.load(tmp_path / "s.npy")).clamp(-1, 1))
+    real = to_unit_range(sines(48, length=8, channels=3, seed=123)[:24])
+    assert result["metrics"]["correlational"]["value"] == pytest.approx(correlational_score(real, samples),
+                                                                         rel=1e-6, abs=1e-12)

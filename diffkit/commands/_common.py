@@ -16,9 +16,6 @@ from ..errors import DiffkitError, DiffkitWarning
 
 
 MAX_COUNT = 10**9
-# the most diffusion steps train-classifier --T takes: 25x Improved DDPM's T = 4000. A noise schedule keeps
-# about 80 bytes a step (float64 tables and a Python list of log alpha): T = 10^9 needed about 80 GB
-MAX_TIMESTEPS = 100_000
 
 
 def int_in(low: int, high: int):
@@ -294,12 +291,21 @@ def add_compile_flag(parser: argparse.ArgumentParser) -> None:
                              "(default no; the first batch compiles, minutes on a CPU)")
 
 
-def add_restarts_flag(parser) -> None:
+def add_thresholding_flag(parser) -> None:
+    """``--thresholding clip|dynamic``: ``diffkit.sample(..., thresholding=)``, the predicted x_0 clipped to
+    [-1, 1] or dynamically thresholded (Saharia et al. 2022, Sec. 2.3) at every step (``diffkit sample`` and
+    ``eval``, ``experiment sampler-table``)."""
+    parser.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling "
+                        "(clip: to [-1, 1]; dynamic: Imagen's, per sample at its 99.5%% quantile of |x0|)")
+
+
+def add_restarts_flag(parser, whose: str = "--sampler restart: its intervals") -> None:
     """``--restarts T_MIN:T_MAX:K:N[+...]|none``: the restart sampler's intervals (:func:`restarts_value`;
-    checked against ``--sampler`` by :func:`tolerance_options`)."""
+    checked against ``--sampler`` by :func:`tolerance_options`); ``whose`` starts the help (``experiment
+    sampler-table``: its restart rows')."""
     parser.add_argument("--restarts", type=restarts_value, metavar="T_MIN:T_MAX:K:N[+...]",
-                        help="--sampler restart: its intervals (sigma~ t_min < t_max, K restarts, N Heun steps each; "
-                             "'+' between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
+                        help=f"{whose} (sigma~ t_min < t_max, K restarts, N Heun steps each; '+' between intervals, "
+                             f"'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
 
 
 def add_solver_flags(parser: argparse.ArgumentParser, adaptive: bool = True) -> None:

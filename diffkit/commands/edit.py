@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sample import add_rescale_interval_flags
+from .sample import add_guidance_convention_flag, add_rescale_interval_flags
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       batch_size_or_auto, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
                       path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
@@ -88,8 +88,9 @@ def register(sub) -> None:
                         "window its rows' label), else the null class, if trained: p_uncond > 0)")
     p.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
-                        "diffkit sample (0 = conditional model)")
-    add_rescale_interval_flags(p, needs="with --series and --guidance-scale: ")  # diffkit sample's
+                        "diffkit sample (0 = conditional model; --guidance-convention diffusers: s = 1 + W)")
+    add_guidance_convention_flag(p, needs="with --series and --guidance-scale: ")  # diffkit sample's
+    add_rescale_interval_flags(p, needs="with --series and --guidance-scale: ")
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
                    "(independent of batch size)")
     p.add_argument("--batch-size", type=batch_size_or_auto,
@@ -151,6 +152,7 @@ def run(args) -> int:
         raise DiffkitError("--batch-size auto goes with --series; give the images or pairs per batch (default 16)")
     args.batch_size = args.batch_size or 16
     for flag, value, default in (("--guidance-scale", args.guidance_scale, None),
+                                 ("--guidance-convention", args.guidance_convention, "seed"),
                                  ("--guidance-rescale", args.guidance_rescale, 0.0),
                                  ("--guidance-interval", args.guidance_interval, None),
                                  ("--apg-eta", args.apg_eta, None),

@@ -144,10 +144,11 @@ def file_label(path: Path, meta: dict, first: int, rows: int, what: str):
 
 def guidance_request(args, label=None):
     """``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest` of ``--guidance-scale``,
-    ``--guidance-rescale``, ``--guidance-interval`` and the ``--apg-*`` flags (and the class ``label``, if one)."""
+    ``--guidance-convention``, ``--guidance-rescale``, ``--guidance-interval`` and the ``--apg-*`` flags (and the
+    class ``label``, if one)."""
     from .sample import GuidanceRequest
     return GuidanceRequest(classes=None if label is None else [label], guidance_scale=args.guidance_scale,
-                           rescale=args.guidance_rescale,
+                           convention=args.guidance_convention, rescale=args.guidance_rescale,
                            interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                            apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                            apg_momentum=args.apg_momentum)
@@ -189,6 +190,7 @@ def series_guidance(args, denoiser, path: Path, first: int, rows: int, what: str
         request.labels(classes, 1, 1)  # --class K out of range: a one-line error
     guided, _, _ = guided_denoiser(denoiser, request, device)
     guidance = "" if args.guidance_scale is None else f", guidance scale {args.guidance_scale:g}"
+    guidance += " (diffusers' s = 1 + W)" if args.guidance_convention == "diffusers" else ""
     guidance += f", rescale {args.guidance_rescale:g}" if args.guidance_rescale else ""
     guidance += (f", interval {args.guidance_interval[0]:g}..{args.guidance_interval[1]:g}"
                  if args.guidance_interval else "")

@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
+from pathlib import Path
 
 from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      check_output_file, check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg,
-                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+                      add_thresholding_flag, check_output_file, check_writable_dir, dataset_arg, default_sampling,
+                      missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def add_source_flags(p) -> None:
@@ -70,7 +71,7 @@ def register(sub) -> None:
                    "as diffkit sample --nfe)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
-    p.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+    add_thresholding_flag(p)
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
     p.add_argument("--nll-split", choices=("test", "train"), default="test",
                    help="data split of the nll images (default test; train: DDPM Table 1/2's Test (Train) check "
@@ -96,7 +97,6 @@ def register(sub) -> None:
 
 def rate_distortion_plot_path(out):
     """The rate-distortion plot beside the JSON: ``eval.json`` -> ``eval_rate_distortion.png``."""
-    from pathlib import Path
     out = Path(out)
     return out.with_name(out.stem + "_rate_distortion.png")
 
@@ -161,21 +161,24 @@ def run(args) -> int:
     if args.nfe is not None:  # before loading (the grid's own check follows in evaluate)
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
     device = str(resolve_device(args.device))
-    check_output_file(args.out, "--out", ".json")
-    rd_plot = rate_distortion_plot_path(args.out) if "rate-distortion" in names else None
-    if rd_plot is not None:
-        check_output_file(rd_plot, "rate-distortion plot", ".png")
-    new_dirs = [d for folder in (args.save_samples, args.cache_dir) if folder for d in missing_dirs(folder)]
-    if args.save_samples:
-        from ..images import check_image_folder
-        check_writable_dir(args.save_samples, "sample directory")
-        check_image_folder(args.save_samples, args.num)  # before sampling, not after
-    if args.cache_dir is not None:
-        check_writable_dir(args.cache_dir, "sample cache directory")
+    # the folders made from here on (--out's too): removed again, if still empty, when a check or the run fails
+    new_dirs = [d for folder in (Path(args.out).parent, args.save_samples, args.cache_dir) if folder
+                for d in missing_dirs(folder)]
+    with removed_if_empty_on_failure(new_dirs):
+        check_output_file(args.out, "--out", ".json")
+        rd_plot = rate_distortion_plot_path(args.out) if "rate-distortion" in names else None
+        if rd_plot is not None:
+            check_output_file(rd_plot, "rate-distortion plot", ".png")
+        if args.save_samples:
+            from ..images import check_image_folder
+            check_writable_dir(args.save_samples, "sample directory")
+            check_image_folder(args.save_samples, args.num)  # before sampling, not after
+        if args.cache_dir is not None:
+            check_writable_dir(args.cache_dir, "sample cache directory")
     with printed_warnings() as caught, removed_if_empty_on_failure(new_dirs):
         result = evaluate(args.metrics, checkpoint=args.checkpoint, samples=args.samples, ref=args.ref,
                           data_dir=args.data_dir, num=args.num, sampler=sampler,
-                          steps=50 if steps is None and args.nfe is None else steps, nfe=args.nfe,
+                          steps=steps, nfe=args.nfe,
                           spacing=spacing, final=final, eta=args.eta, evaluator=args.evaluator,
                           inception_weights=args.inception_weights,
                           ref_num=args.ref_num, nll_num=args.nll_num, nll_stride=args.nll_stride,

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import (check_writable_dir, eta_value, file_stem, missing_dirs, path_arg, positive_int,
-                      removed_if_empty_on_failure, restarts_value)
+from ._common import (add_restarts_flag, add_thresholding_flag, check_writable_dir, eta_value, file_stem, missing_dirs,
+                      path_arg, positive_int, removed_if_empty_on_failure)
 
 
 def register(sub) -> None:
@@ -44,10 +44,7 @@ def register(sub) -> None:
                          "cell and a note; 'diffkit samplers' lists each sampler's NFE rule)")
     samplers.add_argument("--eta", type=eta_value, help="DDIM eta (a number >= 0 or sigma_hat) for the ddim rows, "
                           "e.g. --samplers ddim,ddim@quadratic --eta 1 (default 0)")
-    samplers.add_argument("--restarts", type=restarts_value, metavar="T_MIN:T_MAX:K:N[+...]",
-                          help="the restart intervals of the restart rows (sigma~ t_min < t_max, K restarts, N Heun "
-                               "steps each; '+' between intervals, 'none' for plain Heun), e.g. 0.06:0.3:2:3 "
-                               "(default 0.1:2:1:5)")
+    add_restarts_flag(samplers, "the restart intervals of the restart rows")  # sample's flag
     from .eval import add_source_flags
     for q, name in ((ddim, "ddim_table"), (samplers, "sampler_table")):
         q.add_argument("--checkpoint", type=path_arg, required=True, help="a diffkit checkpoint (.safetensors)")
@@ -59,7 +56,7 @@ def register(sub) -> None:
                            help="clip the predicted x0 of every row; none: of no row (default: only the sigma_hat "
                                 "row is clipped, as the DDIM reference code does)")
         else:
-            q.add_argument("--thresholding", choices=("clip", "dynamic"), help="clip the predicted x0 while sampling")
+            add_thresholding_flag(q)
         q.add_argument("--name", type=file_stem, default=name, help=f"file name stem (default {name})")
         q.add_argument("--ledger", type=path_arg,
                        help="JSON file of finished cells: cells already there (same weights, "

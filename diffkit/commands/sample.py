@@ -46,9 +46,9 @@ from typing import Optional
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      batch_size_or_auto, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
-                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
-                      tolerance_options)
+                      add_thresholding_flag, batch_size_or_auto, check_output_file, check_writable_dir, eta_value,
+                      int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
+                      seed_int, tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -74,6 +74,7 @@ def register(sub) -> None:
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_solver_flags(p)
+    add_thresholding_flag(p)
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
                    "with several classes: one row of --nrow images per class)")
     p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
@@ -103,8 +104,7 @@ def register(sub) -> None:
                    help="classifier-free guidance weight; seed convention (1+W) eps(x,y) - W eps(x,null): "
                         "0 = conditional model, larger = stronger; a w-conditioned consistency model takes W "
                         "as its input (one call per step; default: the middle of its trained range)")
-    g.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
-                   help="read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
+    add_guidance_convention_flag(g)
     add_rescale_interval_flags(g)
     g.add_argument("--pag-scale", type=float, metavar="S",
                    help="perturbed-attention guidance scale s >= 0 of eps + s (eps - eps-hat), eps-hat with the "
@@ -130,6 +130,14 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_progress_flag(p)
     p.set_defaults(func=run)
+
+
+def add_guidance_convention_flag(group, needs: str = "") -> None:
+    """``--guidance-convention seed|diffusers``, how ``--guidance-scale`` reads
+    (:func:`diffkit.guidance.guidance_weight`), in ``diffkit sample`` and ``diffkit edit --series`` (checked by
+    :meth:`GuidanceRequest.check`); ``needs`` as :func:`add_rescale_interval_flags` takes it."""
+    group.add_argument("--guidance-convention", default="seed", choices=["seed", "diffusers"],
+                       help=f"{needs}read --guidance-scale as the seed's W (default) or diffusers' s = 1 + W")
 
 
 def add_rescale_interval_flags(group, needs: str = "") -> None:
@@ -179,9 +187,13 @@ def run(args) -> int:
         info.check_fixed_steps(f"--steps {args.steps}")  # ode picks its own steps
     check_eta(info.name, args.eta)
     options.update({} if args.eta is None else {"eta": args.eta})
+    options.update({} if args.thresholding is None else {"thresholding": args.thresholding})
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
+    if args.thresholding and guidance.classifier_algorithm == 1:
+        raise DiffkitError(f"--thresholding {args.thresholding} needs --classifier-algorithm 2: algorithm 1's ddpm "
+                           f"loop takes no sampler options")
     device = resolve_device(args.device)
     new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
     for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
@@ -763,6 +775,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                            f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
                         ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
+                        ("--thresholding", options.get("thresholding")),  # its latents are not in [-1, 1]
                         *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta, guidance.apg_norm_threshold,
                                                          guidance.apg_momentum))):
         if value is not None and value is not False:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (IMAGE_DATASETS, MAX_TIMESTEPS, add_progress_flag, check_output_file, dataset_arg, int_in,
-                      int_list, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int)
+from ..config import MAX_TIMESTEPS
+from ._common import (IMAGE_DATASETS, add_progress_flag, check_output_file, dataset_arg, int_in, int_list,
+                      missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int)
 
 
 def register(sub) -> None:

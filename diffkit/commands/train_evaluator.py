@@ -47,7 +47,9 @@ def _run(args) -> int:
     device = str(resolve_device(args.device))
     out = Path(args.out)
     check_output_file(out, "--out", ".safetensors", writes="evaluator")
-    images, labels = reference_images(args.dataset, args.data_dir, train=True, img_size=args.img_size)
+    # the first N + 1 images at most (not the whole split in float32): fewer than N means N is beyond the split
+    limit = None if args.num_train is None else args.num_train + 1
+    images, labels = reference_images(args.dataset, args.data_dir, train=True, img_size=args.img_size, limit=limit)
     if args.num_train is not None:  # more than the split holds was silently all of it
         if args.num_train > len(images):
             raise DiffkitError(f"--num-train {args.num_train} is more than the {len(images)} training images of "
