@@ -292,6 +292,7 @@ class PerturbedAttentionGuidance(Wrapper):
     def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None):
         from .models.unet import UNet, check_self_attention_layers
         check_range("perturbed-attention guidance scale", scale, 0.0, None)
+        _check_perturbable(denoiser)
         self.inner, self.scale = denoiser, float(scale)
         self.interval = _checked_interval(interval, denoiser, "perturbed-attention guidance interval")
         self.net = _unet_of(denoiser) if network is None else network
@@ -337,6 +338,23 @@ class PerturbedAttentionGuidance(Wrapper):
         s = self._expanded(s, x)
         var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]
         return Prediction(eps=eps + s * (eps - eps_p), x0=x0 + s * (x0 - x0_p), var_values=var_values)
+
+
+def _check_perturbable(denoiser) -> None:
+    """A one-line error for what PerturbedAttentionGuidance cannot wrap: another one (the inner call sets the
+    blocks' perturbation for its own batch over the outer's: overlapping layers silently drop the outer guidance,
+    others fail on the batch) or a ClassifierFreeGuidance under another wrapper (it doubles the batch under the
+    mask)."""
+    inner, depth = denoiser, 0
+    while inner is not None and depth < 16:
+        if isinstance(inner, PerturbedAttentionGuidance):
+            raise DiffkitError("perturbed-attention guidance over another PerturbedAttentionGuidance is not "
+                               "supported; give one PerturbedAttentionGuidance all the layers")
+        if depth and isinstance(inner, ClassifierFreeGuidance):
+            raise DiffkitError(f"perturbed-attention guidance goes directly over ClassifierFreeGuidance (one batched "
+                               f"call); here a {type(denoiser).__name__} lies between them: wrap it around the "
+                               f"PerturbedAttentionGuidance instead")
+        inner, depth = getattr(inner, "inner", None), depth + 1
 
 
 def _unet_of(denoiser):
