@@ -367,8 +367,8 @@ def test_sample_with_pag_scale_zero_writes_the_same_png_and_a_scale_runs(tiny_ch
     assert run_cli(capsys, *common, "--out", tmp_path / "plain.png")[0] == 0
     assert run_cli(capsys, *common, "--out", tmp_path / "zero.png", "--pag-scale", 0)[0] == 0
     code, out, _ = run_cli(capsys, *common, "--out", tmp_path / "pag.png", "--pag-scale", 3,
-                           "--pag-layers", "mid,up.1")
-    assert code == 0 and "perturbed-attention guidance s=3 at mid,up.1" in out
+                           "--pag-layers", "mid,up.1", "--pag-interval", 0, 50)
+    assert code == 0 and "perturbed-attention guidance s=3 at mid,up.1 for 0 <= t <= 50" in out
     assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "zero.png").read_bytes()
     # (after 2 training steps the zero-initialised attention projections are still ~0, so the guided PNG need not
     # differ at 8 bits: the guidance itself is checked above, on re-drawn weights)
@@ -385,6 +385,11 @@ def test_pag_flag_mistakes_are_one_line_errors_before_any_output(tiny_checkpoint
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "down.0")
     assert "this checkpoint has no self-attention at down.0" in line and "down.1, mid, up.1" in line
     assert "--pag-layers needs --pag-scale" in one_line_error(capsys, *common, "--pag-layers", "mid")
+    assert "--pag-interval needs --pag-scale" in one_line_error(capsys, *common, "--pag-interval", 0, 500)
+    assert "--pag-interval=(500.0, 100.0) must be (t_lo, t_hi) with t_lo <= t_hi" in one_line_error(
+        capsys, *common, "--pag-scale", 0, "--pag-interval", 500, 100)
+    assert "guidance interval=(0.0, 1000000.0) is not allowed" in one_line_error(
+        capsys, *common, "--pag-scale", 2, "--pag-interval", 0, 1e6)  # beyond T: checked once loaded
     assert not (tmp_path / "new").exists()
 
 
