@@ -271,9 +271,12 @@ class PerturbedAttentionGuidance(Wrapper):
 
     (seed convention; = eps_u + (1 + w)(eps_c - eps_u) + s (eps_c - eps-hat_c), diffusers' formula with
     its guidance_scale 1 + w), the perturbed pass conditional (eps-hat_c: labels / context of eps_c), and
-    guidance rescale, if set, applied to the sum. Otherwise one call of batch 2B, [x, x] with the second
-    half perturbed. Each call counts 1 in ``nfe`` (as classifier-free guidance's; the module docstring).
-    x0 is mixed with the same weights as eps, so the pair stays consistent for every sampler.
+    guidance rescale, if set, applied to the sum against eps_c (diffusers' ``rescale_noise_cfg(noise_pred,
+    noise_pred_text)`` after its PAG step). Otherwise one call of batch 2B, [x, x] with the second half
+    perturbed. Each call counts 1 in ``nfe`` (as classifier-free guidance's; the module docstring).
+    x0 is mixed with the same weights as eps, so the pair stays consistent for every sampler. Another
+    PerturbedAttentionGuidance under this one, or a ClassifierFreeGuidance under another wrapper, is
+    refused at construction (the blocks hold one perturbation, for one batch); other guidance wraps this.
 
     Args:
         denoiser: a denoiser of a diffkit :class:`~diffkit.models.unet.UNet` (latent ones included), or a
