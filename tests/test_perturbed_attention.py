@@ -380,6 +380,7 @@ def test_pag_flag_mistakes_are_one_line_errors_before_any_output(tiny_checkpoint
     assert "--pag-scale=-1.0 is out of range" in one_line_error(capsys, *common, "--pag-scale", -1)
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "middle")
     assert "unknown self-attention layer 'middle'" in line and "mid, or down.L / up.L" in line
+    assert "unknown self-attention layer ''" in one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "")
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "mid,up.7")
     assert "unknown self-attention layer 'up.7'; this checkpoint has down.1, mid, up.1" in line
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "down.0")
