@@ -405,6 +405,9 @@ def test_pag_is_refused_for_a_stable_diffusion_folder_and_a_time_series_model(tm
     out = tmp_path / "new" / "s.png"
     assert "--pag-scale does not apply to a Stable Diffusion folder" in one_line_error(
         capsys, "sample", "--checkpoint", sd, "--pag-scale", 2, "--out", out, "--prompt", "a")
+    from diffkit.commands.sample import GuidanceRequest, sample_stable_diffusion
+    with pytest.raises(DiffkitError, match="--pag-scale does not apply to a Stable Diffusion folder"):
+        sample_stable_diffusion(sd, out=out, guidance=GuidanceRequest(pag_scale=2.0, prompts=["a"]))  # was ignored
     cfg = TrainConfig.from_dict({"dataset": "sines", "num_series": 8, "seq_length": 8, "in_channels": 1, "channel": 8,
                                  "channel_mult": [1, 2], "num_res_blocks": 1, "batch_size": 8, "T": 20,
                                  "sample_steps": 4, "max_steps": 1,

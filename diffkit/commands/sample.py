@@ -735,7 +735,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
-                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt)):
+                        ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
+                        ("--pag-scale", guidance.pag_scale)):  # diffusers' U-Net: no perturbable blocks
         if value:
             raise not_for_stable_diffusion(flag)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
