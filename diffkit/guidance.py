@@ -322,9 +322,12 @@ class PerturbedAttentionGuidance(Wrapper):
 
     (seed convention; = eps_u + (1 + w)(eps_c - eps_u) + s (eps_c - eps-hat_c), diffusers' formula with
     its guidance_scale 1 + w), the perturbed pass conditional (eps-hat_c: labels / context of eps_c), and
-    guidance rescale, if set, applied to the sum. Otherwise one call of batch 2B, [x, x] with the second
-    half perturbed. Each call counts 1 in ``nfe`` (as classifier-free guidance's; the module docstring).
-    x0 is mixed with the same weights as eps, so the pair stays consistent for every sampler.
+    guidance rescale, if set, applied to the sum against eps_c (diffusers' ``rescale_noise_cfg(noise_pred,
+    noise_pred_text)`` after its PAG step). Otherwise one call of batch 2B, [x, x] with the second half
+    perturbed. Each call counts 1 in ``nfe`` (as classifier-free guidance's; the module docstring).
+    x0 is mixed with the same weights as eps, so the pair stays consistent for every sampler. Another
+    PerturbedAttentionGuidance under this one, or a ClassifierFreeGuidance under another wrapper, is
+    refused at construction (the blocks hold one perturbation, for one batch); other guidance wraps this.
 
     Args:
         denoiser: a denoiser of a diffkit :class:`~diffkit.models.unet.UNet` (latent ones included), or a
@@ -343,6 +346,7 @@ class PerturbedAttentionGuidance(Wrapper):
     def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None):
         from .models.unet import UNet, check_self_attention_layers
         check_range("perturbed-attention guidance scale", scale, 0.0, None)
+        _check_perturbable(denoiser)
         self.inner, self.scale = denoiser, float(scale)
         self.interval = _checked_interval(interval, denoiser, "perturbed-attention guidance interval")
         self.net = _unet_of(denoiser) if network is None else network
@@ -388,6 +392,23 @@ class PerturbedAttentionGuidance(Wrapper):
         s = self._expanded(s, x)
         var_values = None if pred.var_values is None else pred.var_values.chunk(2)[0]
         return Prediction(eps=eps + s * (eps - eps_p), x0=x0 + s * (x0 - x0_p), var_values=var_values)
+
+
+def _check_perturbable(denoiser) -> None:
+    """A one-line error for what PerturbedAttentionGuidance cannot wrap: another one (the inner call sets the
+    blocks' perturbation for its own batch over the outer's: overlapping layers silently drop the outer guidance,
+    others fail on the batch) or a ClassifierFreeGuidance under another wrapper (it doubles the batch under the
+    mask)."""
+    inner, depth = denoiser, 0
+    while inner is not None and depth < 16:
+        if isinstance(inner, PerturbedAttentionGuidance):
+            raise DiffkitError("perturbed-attention guidance over another PerturbedAttentionGuidance is not "
+                               "supported; give one PerturbedAttentionGuidance all the layers")
+        if depth and isinstance(inner, ClassifierFreeGuidance):
+            raise DiffkitError(f"perturbed-attention guidance goes directly over ClassifierFreeGuidance (one batched "
+                               f"call); here a {type(denoiser).__name__} lies between them: wrap it around the "
+                               f"PerturbedAttentionGuidance instead")
+        inner, depth = getattr(inner, "inner", None), depth + 1
 
 
 def _unet_of(denoiser):

@@ -88,8 +88,8 @@ def _string_options():
 
 # string options where '' is text or a name checked by the command, not a path
 NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--clip-guidance", "--set", "--eta", "--etas",
-             "--metric", "--metrics", "--nfe", "--objectives", "--recon-loss", "--regularizer", "--sampler",
-             "--samplers", "--spacing", "--steps"}
+             "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--recon-loss", "--regularizer",
+             "--sampler", "--samplers", "--spacing", "--steps"}
 
 
 def test_every_string_option_is_a_path_a_data_set_or_known_text():

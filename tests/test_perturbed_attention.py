@@ -255,6 +255,97 @@ def test_pag_samples_through_diffkit_sample_and_refuses_networks_without_self_at
         PerturbedAttentionGuidance(den, 1.0, ["down.0"])
 
 
+def test_pag_with_cfg_rescale_rescales_the_sum_against_the_conditional_pass():
+    """diffusers' PAG pipeline: noise_pred = the CFG + PAG sum, then rescale_noise_cfg(noise_pred, noise_pred_text)
+    (Lin et al. 2024, Sec. 3.4): phi * sum * std(eps_c) / std(sum) + (1 - phi) * sum, per sample, in eps space."""
+    net = unet(num_classes=3)
+    den = Denoiser(net, SCHEDULE)
+    x, t, y, w, s, phi = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1]), 2.0, 3.0, 0.7
+    with torch.no_grad():
+        cond, hat = separate(den, net, x, t, y=y)
+        null = den(x, t, y=torch.full_like(y, 3))
+        cfg = ClassifierFreeGuidance(den, w, rescale=phi, rescale_space="eps", null_class=3)
+        pred = PerturbedAttentionGuidance(cfg, s)(x, t, y=y)
+    total = cond.eps + w * (cond.eps - null.eps) + s * (cond.eps - hat.eps)
+    std = lambda e: e.flatten(1).std(dim=1)[:, None, None, None]  # noqa: E731
+    want = phi * total * std(cond.eps) / std(total) + (1 - phi) * total
+    torch.testing.assert_close(pred.eps, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pag_with_a_cfg_interval_guides_w_per_sample_and_keeps_s_everywhere():
+    """CFG's interval sets w = 0 for the samples outside it, PAG's s stays (the 3B call); with no sample inside
+    CFG's interval it is PAG alone on the conditional pass (a 2B call); a scalar t takes the same paths."""
+    net = unet(num_classes=3)
+    calls = []
+    den = Denoiser(lambda x, t, **c: calls.append(x.shape[0]) or net(x, t, **c), SCHEDULE)
+    x, t, y, w, s = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1]), 1.5, 2.0
+    with torch.no_grad():
+        cond, hat = separate(den, net, x, t, y=y)
+        null = den(x, t, y=torch.full_like(y, 3))
+        calls.clear()
+        pred = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, interval=(0, 500), null_class=3), s,
+                                          network=net)(x, t, y=y)
+        none = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, interval=(900, 950), null_class=3), s,
+                                          network=net)(x, t, y=y)
+        scalar = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, null_class=3), s, network=net)(
+            x[:1], 50.0, y=y[:1])
+    assert calls == [9, 6, 3]
+    inside = torch.tensor([1.0, 1.0, 0.0])[:, None, None, None]
+    want = cond.eps + w * inside * (cond.eps - null.eps) + s * (cond.eps - hat.eps)
+    torch.testing.assert_close(pred.eps, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(none.eps, cond.eps + s * (cond.eps - hat.eps), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scalar.eps, want[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_pag_returns_the_conditional_pass_s_learned_variance():
+    """A learned variance is not guided (as classifier-free guidance's): the unperturbed conditional pass's."""
+    torch.manual_seed(0)
+    net = redrawn(UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[1], num_res_blocks=1, img_size=8,
+                                  in_channels=1, num_classes=3, learned_variance=True)))
+    den = Denoiser(net, SCHEDULE, learned_variance=True)
+    x, t, y = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        cond, hat = separate(den, net, x, t, y=y)
+        alone = PerturbedAttentionGuidance(den, 2.0)(x, t, y=y)
+        both = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, 1.0), 2.0)(x, t, y=y)
+    assert not torch.allclose(cond.var_values, hat.var_values, atol=1e-4)  # the perturbed pass's differs
+    torch.testing.assert_close(alone.var_values, cond.var_values, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both.var_values, cond.var_values, rtol=1e-5, atol=1e-5)
+
+
+def test_a_forward_that_raises_leaves_no_perturbed_block_behind():
+    """The context restores the blocks when the forward inside it raises (a bad input mid-sampling), so the next
+    plain call is the unperturbed network, bit for bit."""
+    net = unet(num_classes=3)
+    den = Denoiser(net, SCHEDULE)
+    x, t, y = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        before = net(x, t, y=y)
+        with pytest.raises(DiffkitError, match="spatial size"):
+            PerturbedAttentionGuidance(ClassifierFreeGuidance(den, 1.0), 2.0, ["mid", "up.1"])(x[..., :7, :7], t, y=y)
+        with pytest.raises(DiffkitError, match="spatial size"):
+            with net.perturbed_self_attention(["mid", "down.1"], True):
+                net(x[..., :7, :7], t, y=y)
+        after = net(x, t, y=y)
+    assert all("identity_attention" not in m.__dict__ for m in net.modules())
+    assert torch.equal(before, after)
+
+
+def test_pag_over_another_pag_or_over_a_wrapped_cfg_is_refused_when_built():
+    """Each PAG owns the blocks' perturbation for its call: a second one under it would overwrite it (overlapping
+    layers: the outer guidance silently unperturbed) or hand the blocks a mask of the wrong batch; and a
+    ClassifierFreeGuidance under another wrapper doubles the batch under the mask. Both refused at construction."""
+    from diffkit.denoiser import ThresholdedDenoiser
+    net = unet(num_classes=3)
+    den = Denoiser(net, SCHEDULE)
+    with pytest.raises(DiffkitError, match="over another PerturbedAttentionGuidance"):
+        PerturbedAttentionGuidance(PerturbedAttentionGuidance(den, 1.0), 2.0)
+    with pytest.raises(DiffkitError, match="directly over ClassifierFreeGuidance"):
+        PerturbedAttentionGuidance(ThresholdedDenoiser(ClassifierFreeGuidance(den, 1.0), "clip"), 2.0)
+    PerturbedAttentionGuidance(ClassifierFreeGuidance(den, 1.0), 2.0)  # directly over it: fine
+    ClassifierFreeGuidance(PerturbedAttentionGuidance(den, 1.0), 1.0)  # PAG under CFG (both passes perturbed): fine
+
+
 # ------------------------------------------------------------------ the command line
 def run_cli(capsys, *args):
     from diffkit.cli import main
@@ -276,8 +367,8 @@ def test_sample_with_pag_scale_zero_writes_the_same_png_and_a_scale_runs(tiny_ch
     assert run_cli(capsys, *common, "--out", tmp_path / "plain.png")[0] == 0
     assert run_cli(capsys, *common, "--out", tmp_path / "zero.png", "--pag-scale", 0)[0] == 0
     code, out, _ = run_cli(capsys, *common, "--out", tmp_path / "pag.png", "--pag-scale", 3,
-                           "--pag-layers", "mid,up.1")
-    assert code == 0 and "perturbed-attention guidance s=3 at mid,up.1" in out
+                           "--pag-layers", "mid,up.1", "--pag-interval", 0, 50)
+    assert code == 0 and "perturbed-attention guidance s=3 at mid,up.1 for 0 <= t <= 50" in out
     assert (tmp_path / "plain.png").read_bytes() == (tmp_path / "zero.png").read_bytes()
     # (after 2 training steps the zero-initialised attention projections are still ~0, so the guided PNG need not
     # differ at 8 bits: the guidance itself is checked above, on re-drawn weights)
@@ -289,11 +380,17 @@ def test_pag_flag_mistakes_are_one_line_errors_before_any_output(tiny_checkpoint
     assert "--pag-scale=-1.0 is out of range" in one_line_error(capsys, *common, "--pag-scale", -1)
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "middle")
     assert "unknown self-attention layer 'middle'" in line and "mid, or down.L / up.L" in line
+    assert "unknown self-attention layer ''" in one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "")
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "mid,up.7")
     assert "unknown self-attention layer 'up.7'; this checkpoint has down.1, mid, up.1" in line
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "down.0")
     assert "this checkpoint has no self-attention at down.0" in line and "down.1, mid, up.1" in line
     assert "--pag-layers needs --pag-scale" in one_line_error(capsys, *common, "--pag-layers", "mid")
+    assert "--pag-interval needs --pag-scale" in one_line_error(capsys, *common, "--pag-interval", 0, 500)
+    assert "--pag-interval=(500.0, 100.0) must be (t_lo, t_hi) with t_lo <= t_hi" in one_line_error(
+        capsys, *common, "--pag-scale", 0, "--pag-interval", 500, 100)
+    assert "guidance interval=(0.0, 1000000.0) is not allowed" in one_line_error(
+        capsys, *common, "--pag-scale", 2, "--pag-interval", 0, 1e6)  # beyond T: checked once loaded
     assert not (tmp_path / "new").exists()
 
 
@@ -308,6 +405,9 @@ def test_pag_is_refused_for_a_stable_diffusion_folder_and_a_time_series_model(tm
     out = tmp_path / "new" / "s.png"
     assert "--pag-scale does not apply to a Stable Diffusion folder" in one_line_error(
         capsys, "sample", "--checkpoint", sd, "--pag-scale", 2, "--out", out, "--prompt", "a")
+    from diffkit.commands.sample import GuidanceRequest, sample_stable_diffusion
+    with pytest.raises(DiffkitError, match="--pag-scale does not apply to a Stable Diffusion folder"):
+        sample_stable_diffusion(sd, out=out, guidance=GuidanceRequest(pag_scale=2.0, prompts=["a"]))  # was ignored
     cfg = TrainConfig.from_dict({"dataset": "sines", "num_series": 8, "seq_length": 8, "in_channels": 1, "channel": 8,
                                  "channel_mult": [1, 2], "num_res_blocks": 1, "batch_size": 8, "T": 20,
                                  "sample_steps": 4, "max_steps": 1,

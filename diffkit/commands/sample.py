@@ -18,7 +18,8 @@ of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and 
 embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention Guidance (Ahn et al. 2024):
 eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
 (default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``), also for unconditional
-checkpoints; with ``--guidance-scale`` the three passes share one batched call. See docs/guidance.md.
+checkpoints; with ``--guidance-scale`` the three passes share one batched call; ``--pag-interval T_LO T_HI``
+limits it to those times. See docs/guidance.md.
 
 Text-conditional checkpoints (docs/latent.md) sample ``--prompt TEXT`` (several ``--prompt``:
 one row per prompt; default: each class's caption, e.g. "a photo of a sneaker"); with
@@ -112,6 +113,9 @@ def register(sub) -> None:
     g.add_argument("--pag-layers", metavar="L,...",
                    help="with --pag-scale: the self-attention layers to perturb, comma-separated: mid (default), "
                         "down.L, up.L for a level L (an index into channel_mult) in the model's attn")
+    g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
+                   help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
+                        "timesteps; as --guidance-interval)")
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -258,6 +262,7 @@ class GuidanceRequest:
     clip_input: str = "x0"
     pag_scale: Optional[float] = None
     pag_layers: Optional[list] = None
+    pag_interval: Optional[tuple] = None
     apg_eta: Optional[float] = None
     apg_norm_threshold: Optional[float] = None
     apg_momentum: Optional[float] = None
@@ -287,6 +292,7 @@ class GuidanceRequest:
                   clip_prompt=args.clip_guidance, clip_model=args.clip_model, clip_scale=args.clip_scale,
                   clip_input=args.clip_input, pag_scale=getattr(args, "pag_scale", None),
                   pag_layers=None if getattr(args, "pag_layers", None) is None else args.pag_layers.split(","),
+                  pag_interval=tuple(args.pag_interval) if getattr(args, "pag_interval", None) else None,
                   apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                   apg_momentum=args.apg_momentum)
         req.check_model_kind(checkpoint)
@@ -347,7 +353,7 @@ class GuidanceRequest:
         if not self.pag_scale:
             return denoiser
         from ..guidance import PerturbedAttentionGuidance
-        return PerturbedAttentionGuidance(denoiser, self.pag_scale, self.pag_layers or ["mid"])
+        return PerturbedAttentionGuidance(denoiser, self.pag_scale, self.pag_layers or ["mid"], self.pag_interval)
 
     def check_null_trained(self, meta) -> None:
         """--guidance-scale (classifier-free guidance) on a class- or text-conditional checkpoint whose
@@ -393,10 +399,13 @@ class GuidanceRequest:
             check_range("--guidance-rescale", self.rescale, 0.0, 1.0)
             check_apg(**{name[len('apg_'):]: v for name, v in self.apg_options().items()}, names=self.APG_FLAGS)
         if self.pag_scale is None:
-            if self.pag_layers is not None:
-                raise DiffkitError("--pag-layers needs --pag-scale S")
+            for flag, value in (("--pag-layers", self.pag_layers), ("--pag-interval", self.pag_interval)):
+                if value is not None:
+                    raise DiffkitError(f"{flag} needs --pag-scale S")
         else:
             check_range("--pag-scale", self.pag_scale, 0.0, None)
+            from ..guidance import _checked_interval
+            _checked_interval(self.pag_interval, None, "--pag-interval")  # t_lo <= t_hi; [-1, T] once loaded
             from ..models.unet import check_self_attention_layers
             check_self_attention_layers(self.pag_layers or ["mid"], None, None)  # the names' form
         if self.classifier is None:
@@ -656,6 +665,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         what += f", CLIP guidance {shorten(guidance.clip_prompt)} s={guidance.clip_scale:g}"
     if guidance.pag_scale:
         what += f", perturbed-attention guidance s={guidance.pag_scale:g} at {','.join(guidance.pag_layers or ['mid'])}"
+        if guidance.pag_interval is not None:
+            what += f" for {guidance.pag_interval[0]:g} <= t <= {guidance.pag_interval[1]:g}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -776,6 +787,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
                         ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
                         ("--thresholding", options.get("thresholding")),  # its latents are not in [-1, 1]
+                        ("--pag-scale", guidance.pag_scale),  # diffusers' U-Net: no perturbable blocks
                         *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta, guidance.apg_norm_threshold,
                                                          guidance.apg_momentum))):
         if value is not None and value is not False:

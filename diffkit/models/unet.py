@@ -329,7 +329,8 @@ class UNet(nn.Module):
         Guidance (Ahn et al. 2024, arXiv:2403.17377; :class:`diffkit.guidance.PerturbedAttentionGuidance`).
         Cross-attention is left as it is. ``identity``: True (every sample) or a (B,) bool tensor of the
         samples to perturb, so that plain and perturbed passes share one batched forward. Outside the
-        context (the default) the blocks run as before, bit for bit: they test one attribute."""
+        context (the default) the blocks run as before, bit for bit: they test one attribute. The state is
+        the blocks' (restored on exit, also when the forward raises): not for two threads running one U-Net."""
         cfg = self.config
         blocks = [block for name in check_self_attention_layers(layers, cfg.attn, len(cfg.channel_mult))
                   for block in self.self_attention_layers()[name]]
