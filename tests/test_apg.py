@@ -384,3 +384,58 @@ def main_edit(ckpt, path, out, *flags):
     from diffkit.cli import main
     return main(["edit", "--checkpoint", str(ckpt), "--series", str(path), "--steps", "2", "--out", str(out),
                  "--no-progress", *flags])
+
+
+# ------------------------------------------------------------------ with perturbed-attention guidance
+def attention_unet():
+    """A random conditional U-Net with self-attention at level 1 and in the middle, in float64 (3 classes, null 3)."""
+    from diffkit.models.unet import UNet, UNetConfig
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, img_size=8,
+                          in_channels=1, num_classes=3, scale_shift_norm=True))
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(std=0.2)
+    return net.double().eval()
+
+
+def test_apg_with_pag_is_the_hand_formula_over_separate_passes_with_momentum_and_interval():
+    """PerturbedAttentionGuidance(ClassifierFreeGuidance(..., apg_*), s), one batched call of 3B per step, against
+    the passes run one by one: x0 = D_c + w u + s (D_c - D-hat_c), eps = eps_c - w (alpha / sigma) u
+    + s (eps_c - eps-hat_c), u the paper's update (Alg. 1: momentum, then the norm cap, then the projection onto
+    D_c) written out here. Times 800 (outside the CFG interval [0, 600]: PAG alone, the momentum untouched),
+    500, 500 again (replaces that time's entry) and 200."""
+    from diffkit.guidance import PerturbedAttentionGuidance
+    net = attention_unet()
+    calls = []
+    den = Denoiser(lambda x, t, **c: calls.append(x.shape[0]) or net(x, t, **c), SCHEDULE)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y, w, s, eta, r, beta = torch.tensor([0, 2, 1]), 4.0, 2.0, 0.25, 3.0, -0.5
+    guided = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, interval=(0, 600), null_class=3, apg_eta=eta,
+                                                               apg_norm_threshold=r, apg_momentum=beta), s,
+                                        network=net)
+    average = {800.0: None, 500.0: 0.0}  # D-bar before each guided time: 0 at the first, then 500's at 200
+    for t in (800.0, 500.0, 500.0, 200.0):
+        with torch.no_grad():
+            cond, null = den(x, t, y=y), den(x, t, y=torch.full_like(y, 3))
+            with net.perturbed_self_attention(("mid",)):
+                hat = den(x, t, y=y)
+            calls.clear()
+            pred = guided(x, t, y=y)
+        pag_x0, pag_eps = s * (cond.x0 - hat.x0), s * (cond.eps - hat.eps)
+        if t > 600:  # outside the CFG interval: PAG on the conditional model, a batch of 2B
+            assert calls == [6]
+            assert torch.allclose(pred.x0, cond.x0 + pag_x0, atol=1e-10, rtol=0)
+            continue
+        assert calls == [9]
+        diff = (cond.x0 - null.x0) + beta * average[t]  # the running average D-bar_t
+        average[200.0] = diff
+        d, c = diff.flatten(1), cond.x0.flatten(1)
+        d = d * torch.clamp(r / d.norm(dim=1, keepdim=True), max=1.0)
+        parallel = (d * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True) * c
+        u = ((d - parallel) + eta * parallel).reshape(diff.shape)
+        alpha, sigma = SCHEDULE.alpha(torch.tensor(t)), SCHEDULE.sigma(torch.tensor(t))
+        assert torch.allclose(pred.x0, cond.x0 + w * u + pag_x0, atol=1e-10, rtol=0), t
+        assert torch.allclose(pred.eps, cond.eps - w * (alpha / sigma) * u + pag_eps, atol=1e-9, rtol=0), t
+        assert torch.allclose(alpha * pred.x0 + sigma * pred.eps, x, atol=1e-10, rtol=0)  # a consistent pair
