@@ -439,3 +439,22 @@ def test_apg_with_pag_is_the_hand_formula_over_separate_passes_with_momentum_and
         assert torch.allclose(pred.x0, cond.x0 + w * u + pag_x0, atol=1e-10, rtol=0), t
         assert torch.allclose(pred.eps, cond.eps - w * (alpha / sigma) * u + pag_eps, atol=1e-9, rtol=0), t
         assert torch.allclose(alpha * pred.x0 + sigma * pred.eps, x, atol=1e-10, rtol=0)  # a consistent pair
+
+
+def test_cli_with_pag_and_apg_builds_pag_over_apg_cfg(checkpoints, capsys):
+    """``--pag-scale`` with the ``--apg-*`` flags runs and builds PerturbedAttentionGuidance directly over the APG
+    ClassifierFreeGuidance (the three passes in one call; its formula: test_apg_with_pag_is_the_hand_formula_...)."""
+    from diffkit.commands.sample import GuidanceRequest, guided_denoiser
+    from diffkit.guidance import PerturbedAttentionGuidance
+    from diffkit.loading import load_denoiser
+    d = checkpoints["dir"]
+    code, out = run_cli(capsys, "sample", "--checkpoint", checkpoints["cond"], "--steps", 2, "--num", 3,
+                        "--guidance-scale", 4, "--out", d / "pag_apg.png", "--no-progress", "--device", "cpu",
+                        "--pag-scale", 2, "--apg-eta", 0, "--apg-norm-threshold", 2, "--apg-momentum", -0.5)
+    assert code == 0 and "perturbed-attention guidance s=2" in out.out, out.err
+    request = GuidanceRequest(guidance_scale=4.0, pag_scale=2.0, apg_eta=0.0, apg_norm_threshold=2.0,
+                              apg_momentum=-0.5)
+    guided = guided_denoiser(load_denoiser(checkpoints["cond"]), request)[0]
+    assert isinstance(guided, PerturbedAttentionGuidance) and isinstance(guided.inner, ClassifierFreeGuidance)
+    assert (guided.inner.w, guided.inner.apg_eta, guided.inner.apg_norm_threshold, guided.inner.apg_momentum) == (
+        4.0, 0.0, 2.0, -0.5)
