@@ -458,3 +458,15 @@ def test_cli_with_pag_and_apg_builds_pag_over_apg_cfg(checkpoints, capsys):
     assert isinstance(guided, PerturbedAttentionGuidance) and isinstance(guided.inner, ClassifierFreeGuidance)
     assert (guided.inner.w, guided.inner.apg_eta, guided.inner.apg_norm_threshold, guided.inner.apg_momentum) == (
         4.0, 0.0, 2.0, -0.5)
+
+
+def test_ddim_inversion_restarts_the_momentum():
+    """diffkit.interpolate's DDIM inversion calls the denoiser itself (not through diffkit.sample): each inversion
+    starts its own running average, so inverting the same images twice gives the same latents."""
+    from diffkit.samplers.ddim import ddim_invert
+    guided = ClassifierFreeGuidance(Denoiser(tiny_unet(), SCHEDULE), 3.0, apg_eta=0.0, apg_momentum=-0.5)
+    x0 = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grid = torch.tensor([800.0, 400.0, 0.0, -1.0], dtype=torch.float64)
+    with torch.no_grad():
+        first = ddim_invert(guided, x0, grid, cond={"y": torch.tensor([0, 2])})
+        assert torch.equal(ddim_invert(guided, x0, grid, cond={"y": torch.tensor([0, 2])}), first)
