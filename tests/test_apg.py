@@ -470,3 +470,16 @@ def test_ddim_inversion_restarts_the_momentum():
     with torch.no_grad():
         first = ddim_invert(guided, x0, grid, cond={"y": torch.tensor([0, 2])})
         assert torch.equal(ddim_invert(guided, x0, grid, cond={"y": torch.tensor([0, 2])}), first)
+
+
+def test_apg_flags_are_refused_for_a_stable_diffusion_folder_before_any_output(tmp_path, capsys):
+    import json
+    sd = tmp_path / "sd"
+    sd.mkdir()
+    (sd / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+    for flag, value in (("--apg-eta", 0), ("--apg-momentum", -0.5)):
+        code, out = run_cli(capsys, "sample", "--checkpoint", sd, "--guidance-scale", 5, flag, value, "--prompt", "a",
+                            "--out", tmp_path / "new" / "s.png")
+        assert code == 2 and out.err.strip().splitlines() == [
+            f"diffkit sample: error: {flag} does not apply to a Stable Diffusion folder"], out.err
+    assert not (tmp_path / "new").exists()
