@@ -398,6 +398,8 @@ def _unet_of(denoiser):
     net = getattr(_innermost(denoiser), "net", None)
     net = getattr(net, "_orig_mod", net)
     return getattr(net, "unet", net)
+
+
 APG_NAMES = ("APG eta", "APG norm threshold", "APG momentum")
 
 

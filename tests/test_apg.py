@@ -483,3 +483,27 @@ def test_apg_flags_are_refused_for_a_stable_diffusion_folder_before_any_output(t
         assert code == 2 and out.err.strip().splitlines() == [
             f"diffkit sample: error: {flag} does not apply to a Stable Diffusion folder"], out.err
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_the_apg_pair_is_the_guided_x0_and_its_eps_for_every_prediction_type_and_at_the_schedules_ends(
+        prediction_type):
+    """x0 = D_c + w u (u: the eta = 0 update, written out here) and eps = (x_t - alpha x0) / sigma, at t = 0
+    (alpha / sigma = 100) and mid-schedule; on a zero-terminal-SNR schedule at t = T - 1 (alpha = 0, x_t = eps:
+    the guidance acts on x0 alone) for the x0 and v networks (an eps network cannot predict x0 there)."""
+    ends = [(SCHEDULE, 0.0), (SCHEDULE, 500.0)]
+    if prediction_type != "epsilon":
+        ends.append((NoiseSchedule.linear(1000).rescale_zero_terminal_snr(), 999.0))
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y, w = torch.tensor([0, 2]), 3.0
+    for schedule, t in ends:
+        den = Denoiser(tiny_unet(), schedule, prediction_type=prediction_type)
+        with torch.no_grad():
+            cond, null = den(x, t, y=y), den(x, t, y=torch.full_like(y, 3))
+            pred = ClassifierFreeGuidance(den, w, apg_eta=0.0)(x, t, y=y)
+        d, c = (cond.x0 - null.x0).flatten(1), cond.x0.flatten(1)
+        u = (d - (d * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True) * c).reshape(x.shape)
+        alpha, sigma = schedule.alpha(torch.tensor(t)), schedule.sigma(torch.tensor(t))
+        assert torch.allclose(pred.x0, cond.x0 + w * u, atol=1e-10, rtol=0), (schedule, t)
+        assert torch.allclose(pred.eps, (x - alpha * pred.x0) / sigma, atol=1e-8, rtol=0), (schedule, t)
+        assert torch.isfinite(pred.eps).all() and torch.isfinite(pred.x0).all()
