@@ -507,3 +507,14 @@ def test_the_apg_pair_is_the_guided_x0_and_its_eps_for_every_prediction_type_and
         assert torch.allclose(pred.x0, cond.x0 + w * u, atol=1e-10, rtol=0), (schedule, t)
         assert torch.allclose(pred.eps, (x - alpha * pred.x0) / sigma, atol=1e-8, rtol=0), (schedule, t)
         assert torch.isfinite(pred.eps).all() and torch.isfinite(pred.x0).all()
+
+
+def test_classifier_guided_ddpm_restarts_the_momentum():
+    """Algorithm 1's own ddpm loop (not diffkit.sample) starts each run's average afresh: two runs agree."""
+    from diffkit.guidance import classifier_guided_ddpm
+    guided = ClassifierFreeGuidance(Denoiser(tiny_unet(), SCHEDULE), 3.0, apg_eta=0.0, apg_momentum=-0.5)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    grid = torch.tensor([900.0, 500.0, 100.0, -1.0], dtype=torch.float64)
+    runs = [classifier_guided_ddpm(guided, None, noise, grid, scale=0.0, y=None, cond={"y": torch.tensor([1, 2])},
+                                   generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
