@@ -518,3 +518,16 @@ def test_classifier_guided_ddpm_restarts_the_momentum():
     runs = [classifier_guided_ddpm(guided, None, noise, grid, scale=0.0, y=None, cond={"y": torch.tensor([1, 2])},
                                    generator=torch.Generator().manual_seed(0)) for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_diffkit_sample_restarts_the_momentum_under_pag():
+    """reset_states walks the chain: PerturbedAttentionGuidance over the APG guidance restarts its average each
+    run (two runs agree; a batch of another size is a new run, not refused)."""
+    from diffkit.guidance import PerturbedAttentionGuidance
+    guided = PerturbedAttentionGuidance(ClassifierFreeGuidance(Denoiser(attention_unet(), SCHEDULE), 3.0,
+                                                               apg_eta=0.0, apg_momentum=-0.5), 2.0)
+    run = lambda n: diffkit.sample(guided, (n, 1, 8, 8), "heun", steps=2, seed=0,  # noqa: E731
+                                   cond={"y": torch.arange(n) % 3}, progress=False, dtype=torch.float64)
+    first = run(2)
+    assert torch.equal(run(2), first)
+    assert torch.allclose(run(1), first[:1], atol=0, rtol=1e-12)
