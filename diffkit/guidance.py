@@ -203,8 +203,9 @@ class ClassifierFreeGuidance(Wrapper):
 
         One entry per distinct time: a call at the time of the previous call (Heun's corrector at
         t_{i+1} then the next step's predictor there; PNDM's repeated times) replaces that time's
-        entry (it starts again from the average before it) instead of adding one, so a sampler's
-        second call per step does not count as a step. A sample outside the guidance interval keeps
+        entry (it starts again from the average before it) instead of adding one, so Heun's second
+        call per step does not count as a step (a call at a new time does: DPM-Solver-2's midpoint,
+        Restart's jumps back up; docs/guidance.md). A sample outside the guidance interval keeps
         its average unchanged. The state is the (B, ...) average: a batch of another shape without
         :meth:`reset_state` is refused."""
         if self._running is None:
@@ -418,6 +419,8 @@ def _unet_of(denoiser):
     net = getattr(_innermost(denoiser), "net", None)
     net = getattr(net, "_orig_mod", net)
     return getattr(net, "unet", net)
+
+
 APG_NAMES = ("APG eta", "APG norm threshold", "APG momentum")
 
 

@@ -384,3 +384,150 @@ def main_edit(ckpt, path, out, *flags):
     from diffkit.cli import main
     return main(["edit", "--checkpoint", str(ckpt), "--series", str(path), "--steps", "2", "--out", str(out),
                  "--no-progress", *flags])
+
+
+# ------------------------------------------------------------------ with perturbed-attention guidance
+def attention_unet():
+    """A random conditional U-Net with self-attention at level 1 and in the middle, in float64 (3 classes, null 3)."""
+    from diffkit.models.unet import UNet, UNetConfig
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, img_size=8,
+                          in_channels=1, num_classes=3, scale_shift_norm=True))
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(std=0.2)
+    return net.double().eval()
+
+
+def test_apg_with_pag_is_the_hand_formula_over_separate_passes_with_momentum_and_interval():
+    """PerturbedAttentionGuidance(ClassifierFreeGuidance(..., apg_*), s), one batched call of 3B per step, against
+    the passes run one by one: x0 = D_c + w u + s (D_c - D-hat_c), eps = eps_c - w (alpha / sigma) u
+    + s (eps_c - eps-hat_c), u the paper's update (Alg. 1: momentum, then the norm cap, then the projection onto
+    D_c) written out here. Times 800 (outside the CFG interval [0, 600]: PAG alone, the momentum untouched),
+    500, 500 again (replaces that time's entry) and 200."""
+    from diffkit.guidance import PerturbedAttentionGuidance
+    net = attention_unet()
+    calls = []
+    den = Denoiser(lambda x, t, **c: calls.append(x.shape[0]) or net(x, t, **c), SCHEDULE)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y, w, s, eta, r, beta = torch.tensor([0, 2, 1]), 4.0, 2.0, 0.25, 3.0, -0.5
+    guided = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, interval=(0, 600), null_class=3, apg_eta=eta,
+                                                               apg_norm_threshold=r, apg_momentum=beta), s,
+                                        network=net)
+    average = {800.0: None, 500.0: 0.0}  # D-bar before each guided time: 0 at the first, then 500's at 200
+    for t in (800.0, 500.0, 500.0, 200.0):
+        with torch.no_grad():
+            cond, null = den(x, t, y=y), den(x, t, y=torch.full_like(y, 3))
+            with net.perturbed_self_attention(("mid",)):
+                hat = den(x, t, y=y)
+            calls.clear()
+            pred = guided(x, t, y=y)
+        pag_x0, pag_eps = s * (cond.x0 - hat.x0), s * (cond.eps - hat.eps)
+        if t > 600:  # outside the CFG interval: PAG on the conditional model, a batch of 2B
+            assert calls == [6]
+            assert torch.allclose(pred.x0, cond.x0 + pag_x0, atol=1e-10, rtol=0)
+            continue
+        assert calls == [9]
+        diff = (cond.x0 - null.x0) + beta * average[t]  # the running average D-bar_t
+        average[200.0] = diff
+        d, c = diff.flatten(1), cond.x0.flatten(1)
+        d = d * torch.clamp(r / d.norm(dim=1, keepdim=True), max=1.0)
+        parallel = (d * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True) * c
+        u = ((d - parallel) + eta * parallel).reshape(diff.shape)
+        alpha, sigma = SCHEDULE.alpha(torch.tensor(t)), SCHEDULE.sigma(torch.tensor(t))
+        assert torch.allclose(pred.x0, cond.x0 + w * u + pag_x0, atol=1e-10, rtol=0), t
+        assert torch.allclose(pred.eps, cond.eps - w * (alpha / sigma) * u + pag_eps, atol=1e-9, rtol=0), t
+        assert torch.allclose(alpha * pred.x0 + sigma * pred.eps, x, atol=1e-10, rtol=0)  # a consistent pair
+
+
+def test_cli_with_pag_and_apg_builds_pag_over_apg_cfg(checkpoints, capsys):
+    """``--pag-scale`` with the ``--apg-*`` flags runs and builds PerturbedAttentionGuidance directly over the APG
+    ClassifierFreeGuidance (the three passes in one call; its formula: test_apg_with_pag_is_the_hand_formula_...)."""
+    from diffkit.commands.sample import GuidanceRequest, guided_denoiser
+    from diffkit.guidance import PerturbedAttentionGuidance
+    from diffkit.loading import load_denoiser
+    d = checkpoints["dir"]
+    code, out = run_cli(capsys, "sample", "--checkpoint", checkpoints["cond"], "--steps", 2, "--num", 3,
+                        "--guidance-scale", 4, "--out", d / "pag_apg.png", "--no-progress", "--device", "cpu",
+                        "--pag-scale", 2, "--apg-eta", 0, "--apg-norm-threshold", 2, "--apg-momentum", -0.5)
+    assert code == 0 and "perturbed-attention guidance s=2" in out.out, out.err
+    request = GuidanceRequest(guidance_scale=4.0, pag_scale=2.0, apg_eta=0.0, apg_norm_threshold=2.0,
+                              apg_momentum=-0.5)
+    guided = guided_denoiser(load_denoiser(checkpoints["cond"]), request)[0]
+    assert isinstance(guided, PerturbedAttentionGuidance) and isinstance(guided.inner, ClassifierFreeGuidance)
+    assert (guided.inner.w, guided.inner.apg_eta, guided.inner.apg_norm_threshold, guided.inner.apg_momentum) == (
+        4.0, 0.0, 2.0, -0.5)
+
+
+def test_ddim_inversion_restarts_the_momentum():
+    """diffkit.interpolate's DDIM inversion calls the denoiser itself (not through diffkit.sample): each inversion
+    starts its own running average, so inverting the same images twice gives the same latents."""
+    from diffkit.samplers.ddim import ddim_invert
+    guided = ClassifierFreeGuidance(Denoiser(tiny_unet(), SCHEDULE), 3.0, apg_eta=0.0, apg_momentum=-0.5)
+    x0 = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    grid = torch.tensor([800.0, 400.0, 0.0, -1.0], dtype=torch.float64)
+    with torch.no_grad():
+        first = ddim_invert(guided, x0, grid, cond={"y": torch.tensor([0, 2])})
+        assert torch.equal(ddim_invert(guided, x0, grid, cond={"y": torch.tensor([0, 2])}), first)
+
+
+def test_apg_flags_are_refused_for_a_stable_diffusion_folder_before_any_output(tmp_path, capsys):
+    import json
+    sd = tmp_path / "sd"
+    sd.mkdir()
+    (sd / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+    for flag, value in (("--apg-eta", 0), ("--apg-momentum", -0.5)):
+        code, out = run_cli(capsys, "sample", "--checkpoint", sd, "--guidance-scale", 5, flag, value, "--prompt", "a",
+                            "--out", tmp_path / "new" / "s.png")
+        assert code == 2 and out.err.strip().splitlines() == [
+            f"diffkit sample: error: {flag} does not apply to a Stable Diffusion folder"], out.err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_the_apg_pair_is_the_guided_x0_and_its_eps_for_every_prediction_type_and_at_the_schedules_ends(
+        prediction_type):
+    """x0 = D_c + w u (u: the eta = 0 update, written out here) and eps = (x_t - alpha x0) / sigma, at t = 0
+    (alpha / sigma = 100) and mid-schedule; on a zero-terminal-SNR schedule at t = T - 1 (alpha = 0, x_t = eps:
+    the guidance acts on x0 alone) for the x0 and v networks (an eps network cannot predict x0 there)."""
+    ends = [(SCHEDULE, 0.0), (SCHEDULE, 500.0)]
+    if prediction_type != "epsilon":
+        ends.append((NoiseSchedule.linear(1000).rescale_zero_terminal_snr(), 999.0))
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y, w = torch.tensor([0, 2]), 3.0
+    for schedule, t in ends:
+        den = Denoiser(tiny_unet(), schedule, prediction_type=prediction_type)
+        with torch.no_grad():
+            cond, null = den(x, t, y=y), den(x, t, y=torch.full_like(y, 3))
+            pred = ClassifierFreeGuidance(den, w, apg_eta=0.0)(x, t, y=y)
+        d, c = (cond.x0 - null.x0).flatten(1), cond.x0.flatten(1)
+        u = (d - (d * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True) * c).reshape(x.shape)
+        alpha, sigma = schedule.alpha(torch.tensor(t)), schedule.sigma(torch.tensor(t))
+        assert torch.allclose(pred.x0, cond.x0 + w * u, atol=1e-10, rtol=0), (schedule, t)
+        assert torch.allclose(pred.eps, (x - alpha * pred.x0) / sigma, atol=1e-8, rtol=0), (schedule, t)
+        assert torch.isfinite(pred.eps).all() and torch.isfinite(pred.x0).all()
+
+
+def test_classifier_guided_ddpm_restarts_the_momentum():
+    """Algorithm 1's own ddpm loop (not diffkit.sample) starts each run's average afresh: two runs agree."""
+    from diffkit.guidance import classifier_guided_ddpm
+    guided = ClassifierFreeGuidance(Denoiser(tiny_unet(), SCHEDULE), 3.0, apg_eta=0.0, apg_momentum=-0.5)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    grid = torch.tensor([900.0, 500.0, 100.0, -1.0], dtype=torch.float64)
+    runs = [classifier_guided_ddpm(guided, None, noise, grid, scale=0.0, y=None, cond={"y": torch.tensor([1, 2])},
+                                   generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_diffkit_sample_restarts_the_momentum_under_pag():
+    """reset_states walks the chain: PerturbedAttentionGuidance over the APG guidance restarts its average each
+    run (two runs agree; a batch of another size is a new run, not refused)."""
+    from diffkit.guidance import PerturbedAttentionGuidance
+    guided = PerturbedAttentionGuidance(ClassifierFreeGuidance(Denoiser(attention_unet(), SCHEDULE), 3.0,
+                                                               apg_eta=0.0, apg_momentum=-0.5), 2.0)
+    run = lambda n: diffkit.sample(guided, (n, 1, 8, 8), "heun", steps=2, seed=0,  # noqa: E731
+                                   cond={"y": torch.arange(n) % 3}, progress=False, dtype=torch.float64)
+    first = run(2)
+    assert torch.equal(run(2), first)
+    assert torch.allclose(run(1), first[:1], atol=0, rtol=1e-12)

@@ -513,3 +513,15 @@ def test_a_malformed_context_or_caption_label_is_one_line(trained):
                 unet(x, t, context=context)
     with pytest.raises(DiffkitError, match="label -1 has no captions"):
         trainer.model.caption_tokens(torch.tensor([-1, 3]), torch.rand(2))
+
+
+def test_text_guidance_takes_the_apg_options(trained):
+    """``diffkit sample --prompt ... --guidance-scale W --apg-*`` on a text-conditional checkpoint: the empty-prompt
+    ClassifierFreeGuidance carries the APG settings (their formula: tests/test_apg.py)."""
+    from diffkit.commands.sample import GuidanceRequest, prompt_conditioning
+    _, path = trained
+    request = GuidanceRequest(guidance_scale=3.0, prompts=["the digit seven"], apg_eta=0.0, apg_norm_threshold=2.0,
+                              apg_momentum=-0.5)
+    guided = prompt_conditioning(load_denoiser(path), request, 2, 2)[0]
+    assert isinstance(guided, ClassifierFreeGuidance) and guided.null_context is not None
+    assert (guided.w, guided.apg_eta, guided.apg_norm_threshold, guided.apg_momentum) == (3.0, 0.0, 2.0, -0.5)

@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..denoiser import reset_states
 from ..errors import DiffkitError, check_range
 from ..noise import randn_like
 from .common import GridCoefficients, report, steps
@@ -83,10 +84,12 @@ def ddim_invert(denoiser, x0: torch.Tensor, grid: torch.Tensor, *, fixed_point_i
     the *destination*). ``fixed_point_iters`` > 0 solves the implicit equation
     x_dest = DDIM-step^{-1}(x_src; eps(x_dest, t_dest)) by fixed-point iteration (Pan et al. 2023,
     AIDI), each iteration costing one more network call per step; 0 is the classic inversion.
-    The default 1 costs two network calls per step.
+    The default 1 costs two network calls per step. Like :func:`diffkit.sample` it starts by resetting
+    the state of stateful wrappers (:func:`~diffkit.denoiser.reset_states`: APG's momentum).
     """
     check_range("fixed_point_iters", fixed_point_iters, 0, None, integer=True)
     cond = cond or {}
+    reset_states(denoiser)  # a new run, as in diffkit.sample (APG's momentum)
     up = torch.as_tensor(grid, dtype=torch.float64).flip(0)
     c = GridCoefficients.of(denoiser.schedule, up)
     x = x0
