@@ -136,12 +136,12 @@ def test_rescale_applies_to_the_apg_prediction():
 
 
 # ------------------------------------------------------------------ plain CFG, batches, runs
-def tiny_unet():
+def tiny_unet(attn=()):
     """A random conditional U-Net in float64 (3 classes, null class 3): batch-size round-off far below the
     tolerances."""
     from diffkit.models.unet import UNet, UNetConfig
     torch.manual_seed(0)
-    net = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[], num_res_blocks=1, dropout=0.0, img_size=8,
+    net = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=list(attn), num_res_blocks=1, dropout=0.0, img_size=8,
                           in_channels=1, num_classes=3, scale_shift_norm=True))
     with torch.no_grad():
         for p in net.parameters():
@@ -389,15 +389,7 @@ def main_edit(ckpt, path, out, *flags):
 # ------------------------------------------------------------------ with perturbed-attention guidance
 def attention_unet():
     """A random conditional U-Net with self-attention at level 1 and in the middle, in float64 (3 classes, null 3)."""
-    from diffkit.models.unet import UNet, UNetConfig
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(channel=8, channel_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, img_size=8,
-                          in_channels=1, num_classes=3, scale_shift_norm=True))
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(std=0.2)
-    return net.double().eval()
+    return tiny_unet(attn=[1])
 
 
 def test_apg_with_pag_is_the_hand_formula_over_separate_passes_with_momentum_and_interval():

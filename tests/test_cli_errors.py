@@ -14,7 +14,7 @@ from diffkit.errors import DiffkitError, DiffkitWarning
 
 
 def run_cli(capsys, *args):
-    code = main(list(args))
+    code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -12,6 +12,7 @@ from diffkit.errors import DiffkitError
 from diffkit.guidance import ClassifierFreeGuidance, PerturbedAttentionGuidance
 from diffkit.models.layers import AttentionBlock, SpatialTransformer
 from diffkit.models.unet import UNet, UNetConfig, self_attention_layer_names
+from test_cli_errors import one_line_error, run_cli
 
 SCHEDULE = NoiseSchedule.linear(1000)
 
@@ -347,20 +348,6 @@ def test_pag_over_another_pag_or_over_a_wrapped_cfg_is_refused_when_built():
 
 
 # ------------------------------------------------------------------ the command line
-def run_cli(capsys, *args):
-    from diffkit.cli import main
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(capsys, *args):
-    code, out, err = run_cli(capsys, *args)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (args, err)
-    return lines[0]
-
-
 def test_sample_with_pag_scale_zero_writes_the_same_png_and_a_scale_runs(tiny_checkpoint, tmp_path, capsys):
     common = ["sample", "--checkpoint", tiny_checkpoint, "--steps", 3, "--num", 4, "--no-progress",
               "--device", "cpu", "--batch-size", 4]
