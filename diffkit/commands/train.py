@@ -126,6 +126,12 @@ def fine_tune_fields(path, given: dict) -> dict:
         kind = "time series" if is_series_model(meta["unet"]) else "images"
         raise DiffkitError(f"dataset={fields.get('dataset', 'digits')!r} does not fit --init-from {path}, a model of "
                            f"{kind} (dataset={source.dataset!r}); give a data set of {kind} with --dataset")
+    dataset = fields.get("dataset", "digits")
+    if meta.get("text") and dataset != "folder":  # a folder's captions come with its class folders: Trainer checks
+        from ..data import CIFAR10_NAMES
+        from ..text import CaptionSet, check_same_vocabulary
+        captions = CaptionSet.for_dataset(dataset, CIFAR10_NAMES if dataset == "cifar10" else ())
+        check_same_vocabulary(meta["text"]["tokenizer"]["words"], captions, dataset, f"--init-from {path}")
     return fields
 
 
