@@ -7,6 +7,7 @@ from diffkit import checkpoint as ckpt
 from diffkit.cli import main
 from diffkit.commands.train import fine_tune_fields
 from diffkit.config import TrainConfig
+from diffkit.data import InMemoryImageDataset
 from diffkit.errors import DiffkitError
 from diffkit.loading import export_weights, load_model
 from diffkit.lora import add_lora, adapt_layer, lora_layers, merge_lora
@@ -286,3 +287,88 @@ def test_cross_attention_layers_adapt_and_merge():
         merged = merge_lora(net)(x, t, context=context)
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
     assert not torch.equal(merged, before)
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+@pytest.fixture(scope="module")
+def lora_checkpoint(source, tmp_path_factory):
+    """A 1-step LoRA run (attention and residual blocks) fine-tuned from ``source``."""
+    root = tmp_path_factory.mktemp("lora")
+    given = {**TINY, "dropout": 0.0, "lora_rank": 2, "lora_targets": "attention,resblock", "max_steps": 1,
+             "save_weight_dir": str(root / "checkpoints")}
+    return Trainer(TrainConfig.from_dict(fine_tune_fields(source, given)), tiny_dataset(), progress=False).run().checkpoint
+
+
+def test_a_loaded_lora_checkpoint_is_trainable_like_any_loaded_network(lora_checkpoint, source):
+    """add_lora froze the base; once merged at load, every weight requires a gradient again, as a plain
+    checkpoint's do (diffkit experiment noise-scale measures the gradients of the parameters that
+    require one: it used to find none and stop)."""
+    plain = load_model(source)[0]
+    loaded = load_model(lora_checkpoint)[0]
+    assert all(p.requires_grad for p in plain.parameters())
+    assert [n for n, p in loaded.named_parameters() if not p.requires_grad] == []
+
+
+def test_a_fine_tuned_teacher_distils(lora_checkpoint, tmp_path):
+    """diffkit distill --teacher LORA_CKPT: the student's config drops the teacher's own init_from and LoRA
+    fields (its weights are the teacher's merged ones); it used to be refused (init_from needs
+    objective='diffusion'). --set lora_rank with distillation names the objective, not --init-from."""
+    from diffkit.commands.distill import distill_config
+    cfg = distill_config(lora_checkpoint, tmp_path / "cm")
+    assert cfg.objective == "consistency-distillation"
+    assert (cfg.init_from, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) == (None, 0, None, "attention")
+    with pytest.raises(DiffkitError, match="lora_rank=2 works with objective='diffusion'"):
+        distill_config(lora_checkpoint, tmp_path / "cm", ["lora_rank=2"])
+
+
+TEXT = {"text_conditioning": True, "context_dim": 16, "text_width": 16, "text_layers": 1, "text_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def text_source(tmp_path_factory):
+    """A 1-step text-conditioned run on the digits' captions."""
+    root = tmp_path_factory.mktemp("text")
+    images = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10)
+    return Trainer(_cfg(root, "src", max_steps=1, **TEXT), data, progress=False).run().checkpoint
+
+
+def test_a_text_source_needs_the_same_vocabulary_before_any_folder(text_source, tmp_path, capsys):
+    """The text encoder's token embedding row i belongs to word i of the source's vocabulary: another data
+    set's captions (fashion-mnist: other words) are refused in one line before the run folder is made
+    (it used to fail on the embedding's shape after); the same captions (mnist, as digits) are accepted."""
+    line = one_line_error(capsys, "train", "--init-from", str(text_source), "--out", str(tmp_path / "ft"), "--device",
+                          "cpu", "--steps", "1", "--no-sample", "--no-progress", "--dataset", "fashion-mnist",
+                          "--data-dir", str(tmp_path / "none"))
+    assert "dataset='fashion-mnist' gives the captions another vocabulary" in line, line
+    assert "trouser" in line or "..." in line
+    assert not (tmp_path / "ft").exists()
+    fields = fine_tune_fields(text_source, {**TINY, "dataset": "mnist", "data_dir": str(tmp_path)})
+    assert fields["text_conditioning"] and fields["dataset"] == "mnist"
+
+
+def test_the_trainer_checks_the_vocabulary_of_a_text_source(text_source, tmp_path):
+    """A data set whose captions are known only with its data (a folder's class names) is checked by the
+    Trainer, before the weights are copied: class names of the same count but other words would read
+    other words' embeddings without any shape error."""
+    source_cfg = ckpt.load_checkpoint(text_source)[1]["config"]
+    network = {k: source_cfg[k] for k in ("channel", "channel_mult", "attn", "num_res_blocks", "img_size",
+                                          "num_heads", *TEXT)}
+    cfg = TrainConfig.from_dict({**TINY, **network, "dataset": "folder", "data_dir": str(tmp_path),
+                                 "init_from": str(text_source), "save_weight_dir": str(tmp_path / "c")})
+    images = torch.zeros(40, 1, 8, 8, dtype=torch.uint8)
+    words = [f"w{k}" for k in range(10)]  # ten classes, as the digits, with other names
+    data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10, class_names=words)
+    with pytest.raises(DiffkitError, match="dataset='folder' gives the captions another vocabulary"):
+        Trainer(cfg, data, progress=False)
+
+
+def test_a_vocabulary_of_the_same_size_with_other_words_is_refused():
+    """Same number of words, one of them other: row i of the embedding would be read for another word."""
+    from diffkit.text import CaptionSet, check_same_vocabulary
+    cats = CaptionSet((("a cat",), ("a dog",)), ("{}",))
+    cows = CaptionSet((("a cow",), ("a dog",)), ("{}",))
+    check_same_vocabulary(["a", "cat", "dog"], cats, "folder", "SRC")
+    with pytest.raises(DiffkitError, match=r"another vocabulary \(3 words\) than the text encoder of SRC \(3 words; "
+                                           r"differing: cat, cow\)"):
+        check_same_vocabulary(["a", "cat", "dog"], cows, "folder", "SRC")
