@@ -109,7 +109,8 @@ def fine_tune_fields(path, given: dict) -> dict:
     meta = teacher_meta(path, role="--init-from", flag="--init-from", verb="fine-tune")
     source = TrainConfig.from_dict(meta["config"])
     network = {k: getattr(source, k) for k in NETWORK_FIELDS}
-    network["in_channels"] = meta["unet"]["in_channels"]  # what the data set gave, where the config left it None
+    if not source.autoencoder:  # what the data set gave, where the config left it None (a latent U-Net's
+        network["in_channels"] = meta["unet"]["in_channels"]  # are the latents', the config's the images')
     if source.conditional:
         network["num_classes"] = meta["unet"].get("num_classes")
     for key in NETWORK_FIELDS:
