@@ -372,3 +372,14 @@ def test_a_vocabulary_of_the_same_size_with_other_words_is_refused():
     with pytest.raises(DiffkitError, match=r"another vocabulary \(3 words\) than the text encoder of SRC \(3 words; "
                                            r"differing: cat, cow\)"):
         check_same_vocabulary(["a", "cat", "dog"], cows, "folder", "SRC")
+
+
+def test_a_fine_tuning_run_warms_its_ema_up_unless_told_otherwise(source):
+    """The EMA of a fine-tuning run warms up (min(ema_decay, (1 + n)/(10 + n)), as diffusers' EMAModel in its
+    fine-tuning scripts): with ema_decay=0.9999 fixed, 2000 steps would leave 0.9999^2000 = 82% of the source
+    (B = 0 for LoRA) in the EMA weights diffkit sample takes. A given ema_warmup or ema_power wins."""
+    assert fine_tune_fields(source, {"lora_rank": 2})["ema_warmup"] is True
+    assert fine_tune_fields(source, {"ema_warmup": False})["ema_warmup"] is False
+    fields = fine_tune_fields(source, {"ema_power": 0.75})
+    assert "ema_warmup" not in fields and TrainConfig.from_dict(fields).ema_power == 0.75
+    assert 0.9999 ** 2000 == pytest.approx(0.8187, abs=1e-4)

@@ -121,6 +121,9 @@ def fine_tune_fields(path, given: dict) -> dict:
     fields = {k: v for k, v in given.items() if k not in NETWORK_FIELDS}
     if "loss" not in fields and source.learned_variance:  # a learned variance trains with the source's loss
         fields["loss"] = source.loss
+    if "ema_warmup" not in fields and fields.get("ema_power") is None:  # the EMA warms up, d_n = (1 + n)/(10 + n)
+        fields["ema_warmup"] = True  # capped at ema_decay, as diffusers' EMAModel in its fine-tuning scripts: a
+        # fixed 0.9999 would keep a 2000-step fine-tuning's EMA (what diffkit sample takes) 82% at the source
     file = Path(path) / "latest.safetensors" if Path(path).is_dir() else Path(path)
     fields.update(network, init_from=str(file.resolve()))
     if (fields.get("dataset", "digits") in SERIES_DATASETS) != is_series_model(meta["unet"]):
