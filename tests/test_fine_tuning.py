@@ -383,3 +383,21 @@ def test_a_fine_tuning_run_warms_its_ema_up_unless_told_otherwise(source):
     fields = fine_tune_fields(source, {"ema_power": 0.75})
     assert "ema_warmup" not in fields and TrainConfig.from_dict(fields).ema_power == 0.75
     assert 0.9999 ** 2000 == pytest.approx(0.8187, abs=1e-4)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora_alpha=4", "lora_alpha=4.0 is not allowed with --resume"),  # it used to rescale the adapters silently
+    ("lora_rank=4", "lora_rank=4 is not allowed with --resume"),
+    ("lora_targets=attention", "lora_targets='attention' is not allowed with --resume"),
+])
+def test_a_resumed_lora_run_keeps_its_adapters(lora_checkpoint, capsys, override, needle):
+    """The adapters' rank, targets and scale alpha / r are the checkpoint's: another is one line before the
+    run starts (alpha used to be taken, so the network jumped at the resume); the same values resume."""
+    from diffkit.cli import build_parser
+    from diffkit.commands.train import config_from_args
+    line = one_line_error(capsys, "train", "--resume", str(lora_checkpoint), "--steps", "3", "--no-sample",
+                          "--no-progress", "--set", override)
+    assert needle in line, line
+    same = build_parser().parse_args(["train", "--resume", str(lora_checkpoint), "--steps", "3", "--set",
+                                      "lora_alpha=2", "--set", "lora_targets=resblock,attention"])
+    assert config_from_args(same).lora_rank == 2

@@ -92,7 +92,34 @@ def config_from_args(args):
                  **parse_overrides(args.overrides or []))  # None without --set: no list a parser could share
     if given.get("init_from") and not args.resume:  # from --init-from, or a --config / --set init_from
         given = fine_tune_fields(given["init_from"], given)
-    return TrainConfig.from_dict(given)
+    cfg = TrainConfig.from_dict(given)
+    if args.resume:
+        check_same_adapters(args.resume, cfg)
+    return cfg
+
+
+def check_same_adapters(path, cfg) -> None:
+    """A resumed run keeps the LoRA adapters of its checkpoint (diffkit.lora): another ``lora_rank`` or
+    ``lora_targets`` would not load, another ``lora_alpha`` would rescale the trained adapters (the
+    network would jump at the resume, and its checkpoints would record a scale they were not trained
+    with); a one-line error names the field, before the run starts."""
+    from dataclasses import fields as dataclass_fields
+
+    from ..checkpoint import peek_metadata
+    from ..config import TrainConfig
+    from ..lora import parse_targets
+    file = Path(path) / "latest.safetensors" if Path(path).is_dir() else Path(path)
+    stored = (peek_metadata(file) or {}).get("config") or {}
+    defaults = {f.name: f.default for f in dataclass_fields(TrainConfig)}
+    for key in ("lora_rank", "lora_alpha", "lora_targets"):
+        old, new = stored.get(key, defaults[key]), getattr(cfg, key)
+        if key == "lora_alpha":  # None is alpha = r: the same scale as alpha given as r
+            rank = stored.get("lora_rank", defaults["lora_rank"])
+            old, new = (rank if old is None else old), (rank if new is None else new)
+        same = (set(parse_targets(new)) == set(parse_targets(old))) if key == "lora_targets" else new == old
+        if not same:
+            raise DiffkitError(f"{key}={new!r} is not allowed with --resume {path}: the run's adapters "
+                               f"were trained with {key}={old!r}; drop it (a new run starts with --init-from)")
 
 
 def fine_tune_fields(path, given: dict) -> dict:
