@@ -1,6 +1,7 @@
 """Fine-tuning (diffkit train --init-from) and LoRA adapters (diffkit.lora; Hu et al. 2021, eq. 3)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffkit import checkpoint as ckpt
@@ -401,3 +402,30 @@ def test_a_resumed_lora_run_keeps_its_adapters(lora_checkpoint, capsys, override
     same = build_parser().parse_args(["train", "--resume", str(lora_checkpoint), "--steps", "3", "--set",
                                       "lora_alpha=2", "--set", "lora_targets=resblock,attention"])
     assert config_from_args(same).lora_rank == 2
+
+
+def test_an_adapted_winograd_convolution_is_base_plus_scaled_b_a():
+    """A resblock conv whose base runs through diffkit's Winograd F(4x4, 3x3) kernel (fp32, 64 channels,
+    16x16, batch 8): output = F.conv2d(x, W0) + (alpha/r) conv1x1(conv3x3(x, A), B), and the adapters'
+    gradients are those of that formula, the frozen W0 getting none. Needs the CPU kernels (skipped with
+    DIFFKIT_CPU_KERNELS=0)."""
+    from diffkit.models import winograd
+    if not winograd.winograd_available():
+        pytest.skip("the CPU kernels are off or unavailable")
+    torch.manual_seed(0)
+    conv = adapt_layer(winograd.WinogradConv2d(64, 64, 3, padding=1).requires_grad_(False), 4, alpha=8.0)
+    with torch.no_grad():
+        conv.lora_B.normal_()
+    x = torch.randn(8, 64, 16, 16)
+    assert winograd.winograd_applies(conv, x.requires_grad_(True))
+    g = torch.randn(8, 64, 16, 16)
+    (conv(x) * g).sum().backward()
+    grads = conv.lora_A.grad.clone(), conv.lora_B.grad.clone()
+    conv.lora_A.grad = conv.lora_B.grad = None
+    a, b = conv.lora_A, conv.lora_B
+    expected = F.conv2d(x, conv.weight, conv.bias, padding=1) + 2.0 * F.conv2d(F.conv2d(x, a, padding=1), b)
+    (expected * g).sum().backward()
+    torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], b.grad, rtol=1e-5, atol=1e-5)
+    assert conv.weight.grad is None
