@@ -387,6 +387,9 @@ class TrainConfig:
             return
         from .lora import parse_targets
         parse_targets(self.lora_targets)
+        if self.objective != "diffusion":
+            raise DiffkitError(f"lora_rank={self.lora_rank} works with objective='diffusion'; "
+                               f"objective={self.objective!r}: set lora_rank=0")
         if self.init_from is None:
             raise DiffkitError(f"lora_rank={self.lora_rank} adapts a trained network: give it with --init-from CKPT "
                                f"(a new network's output layer starts at zero and, frozen, would pass no gradient "
@@ -394,9 +397,6 @@ class TrainConfig:
         if self.is_series:
             raise DiffkitError(f"lora_rank={self.lora_rank}: LoRA adapts the image U-Net's attention and residual "
                                f"blocks; dataset={self.dataset!r} trains the 1-D U-Net: set lora_rank=0")
-        if self.objective != "diffusion":
-            raise DiffkitError(f"lora_rank={self.lora_rank} works with objective='diffusion'; "
-                               f"objective={self.objective!r}: set lora_rank=0")
 
     def _check_image_network(self) -> None:
         levels = len(self.channel_mult)

@@ -61,8 +61,8 @@ def load_weights(model, weights: dict, meta: dict, what: str) -> None:
             raise DiffkitError(f"{what} has a malformed LoRA description (lora={lora!r})")
         add_lora(model, lora["rank"], lora["alpha"], lora["targets"])
     ckpt.load_state_dict_checked(model, weights, what)
-    if lora:
-        merge_lora(model)
+    if lora:  # add_lora froze the base; merged, every weight is trainable again, as any loaded network's
+        merge_lora(model).requires_grad_(True)
 
 
 def _network(meta: dict):

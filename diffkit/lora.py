@@ -8,7 +8,8 @@ B (d_out x r); its output becomes
 
 with A initialised randomly and B = 0, so an adapted network starts as the base network, bit for
 bit (adding ``(alpha / r) * 0`` leaves every float as it was). A is Kaiming-uniform as in the
-paper's reference code (loralib's ``kaiming_uniform_(a=sqrt(5))``, nn.Linear's own init), alpha
+paper's reference code (loralib's ``kaiming_uniform_(a=sqrt(5))``, nn.Linear's own init, peft's
+default; Sec. 4.1's text says "random Gaussian", diffusers' LoRA scripts use N(0, 1/r)), alpha
 defaults to r (scale 1). A 3x3 convolution is adapted as diffusers' ``LoRACompatibleConv`` does: A is
 an r-channel convolution with the base's kernel, stride and padding, B a 1x1 convolution from r
 channels, so B A is the kernel ``Delta W[o, i, :, :] = sum_k B[o, k] A[k, i, :, :]``.

@@ -350,6 +350,20 @@ class TextConditionedUNet(nn.Module):
         return self.text.position_embed.device
 
 
+def check_same_vocabulary(source_words: Sequence[str], captions: CaptionSet, dataset: str, source: str) -> None:
+    """A one-line error unless the words of ``captions`` (the vocabulary a new run on ``dataset``
+    would build, :meth:`WordTokenizer.from_texts`) are ``source_words``, the vocabulary of the
+    text encoder a run starts from (diffkit train --init-from): row i of its token embedding
+    belongs to word i, so another vocabulary would read the embeddings of other words, or not fit."""
+    words = WordTokenizer.from_texts(captions.all_captions()).tokens[len(SPECIAL_TOKENS):]
+    if list(words) != list(source_words):
+        other = sorted(set(words) ^ set(source_words))
+        raise DiffkitError(f"dataset={dataset!r} gives the captions another vocabulary ({len(words)} words) than the "
+                           f"text encoder of {source} ({len(source_words)} words; differing: "
+                           f"{', '.join(other[:5]) or 'the order'}{', ...' if len(other) > 5 else ''}); fine-tune a "
+                           f"text-conditioned model on a data set with the same captions")
+
+
 def build_text_model(unet: nn.Module, captions: CaptionSet, *, width: int = 64, layers: int = 2, heads: int = 2,
                      max_tokens: int = 16) -> TextConditionedUNet:
     """U-Net + a new text encoder whose vocabulary is the words of ``captions`` (every caption
@@ -405,5 +419,5 @@ class CLIPPromptEncoder:
         return self.model(ids.to(self.model.device)).last_hidden_state
 
 
-__all__ = ["CaptionSet", "WordTokenizer", "TextEncoderConfig", "TextEncoder", "TextConditionedUNet",
+__all__ = ["CaptionSet", "WordTokenizer", "check_same_vocabulary", "TextEncoderConfig", "TextEncoder", "TextConditionedUNet",
            "CLIPPromptEncoder", "build_text_model", "split_words", "digit_phrases"]

@@ -525,6 +525,10 @@ class Trainer:
         source, meta, _ = load_model(path)
         if meta.get("consistency"):
             raise DiffkitError(f"init_from={path!r} is a consistency model; fine-tune a diffusion checkpoint")
+        if meta.get("text") and getattr(self.model, "captions", None) is not None:  # the token embeddings' words
+            from .text import check_same_vocabulary
+            check_same_vocabulary(meta["text"]["tokenizer"]["words"], self.model.captions, self.cfg.dataset,
+                                  f"init_from {path}")
         weights = source.state_dict()
         ckpt.load_state_dict_checked(self.model, weights, f"init_from {path}")
         step = meta.get("step", (meta.get("exported_from") or {}).get("step"))

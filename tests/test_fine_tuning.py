@@ -1,12 +1,14 @@
 """Fine-tuning (diffkit train --init-from) and LoRA adapters (diffkit.lora; Hu et al. 2021, eq. 3)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffkit import checkpoint as ckpt
 from diffkit.cli import main
 from diffkit.commands.train import fine_tune_fields
 from diffkit.config import TrainConfig
+from diffkit.data import InMemoryImageDataset
 from diffkit.errors import DiffkitError
 from diffkit.loading import export_weights, load_model
 from diffkit.lora import add_lora, adapt_layer, lora_layers, merge_lora
@@ -263,9 +265,9 @@ def test_a_lora_run_resumes_exactly(source, tmp_path):
     a, b = whole.state_tensors()[0], second.state_tensors()[0]
     resumed = ckpt.load_checkpoint(second.out_dir / "latest.safetensors")[1]
     assert resumed["init_from"] == ckpt.load_checkpoint(path)[1]["init_from"]
-    for k in a:
-        if not k.startswith("rng."):
-            assert torch.equal(a[k], b[k]), k
+    assert a.keys() == b.keys() and any(k.startswith("rng.") for k in a)
+    for k in a:  # the RNG states too: the resumed run draws the same noise and timesteps
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_cross_attention_layers_adapt_and_merge():
@@ -286,3 +288,144 @@ def test_cross_attention_layers_adapt_and_merge():
         merged = merge_lora(net)(x, t, context=context)
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
     assert not torch.equal(merged, before)
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+@pytest.fixture(scope="module")
+def lora_checkpoint(source, tmp_path_factory):
+    """A 1-step LoRA run (attention and residual blocks) fine-tuned from ``source``."""
+    root = tmp_path_factory.mktemp("lora")
+    given = {**TINY, "dropout": 0.0, "lora_rank": 2, "lora_targets": "attention,resblock", "max_steps": 1,
+             "save_weight_dir": str(root / "checkpoints")}
+    return Trainer(TrainConfig.from_dict(fine_tune_fields(source, given)), tiny_dataset(), progress=False).run().checkpoint
+
+
+def test_a_loaded_lora_checkpoint_is_trainable_like_any_loaded_network(lora_checkpoint, source):
+    """add_lora froze the base; once merged at load, every weight requires a gradient again, as a plain
+    checkpoint's do (diffkit experiment noise-scale measures the gradients of the parameters that
+    require one: it used to find none and stop)."""
+    plain = load_model(source)[0]
+    loaded = load_model(lora_checkpoint)[0]
+    assert all(p.requires_grad for p in plain.parameters())
+    assert [n for n, p in loaded.named_parameters() if not p.requires_grad] == []
+
+
+def test_a_fine_tuned_teacher_distils(lora_checkpoint, tmp_path):
+    """diffkit distill --teacher LORA_CKPT: the student's config drops the teacher's own init_from and LoRA
+    fields (its weights are the teacher's merged ones); it used to be refused (init_from needs
+    objective='diffusion'). --set lora_rank with distillation names the objective, not --init-from."""
+    from diffkit.commands.distill import distill_config
+    cfg = distill_config(lora_checkpoint, tmp_path / "cm")
+    assert cfg.objective == "consistency-distillation"
+    assert (cfg.init_from, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) == (None, 0, None, "attention")
+    with pytest.raises(DiffkitError, match="lora_rank=2 works with objective='diffusion'"):
+        distill_config(lora_checkpoint, tmp_path / "cm", ["lora_rank=2"])
+
+
+TEXT = {"text_conditioning": True, "context_dim": 16, "text_width": 16, "text_layers": 1, "text_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def text_source(tmp_path_factory):
+    """A 1-step text-conditioned run on the digits' captions."""
+    root = tmp_path_factory.mktemp("text")
+    images = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10)
+    return Trainer(_cfg(root, "src", max_steps=1, **TEXT), data, progress=False).run().checkpoint
+
+
+def test_a_text_source_needs_the_same_vocabulary_before_any_folder(text_source, tmp_path, capsys):
+    """The text encoder's token embedding row i belongs to word i of the source's vocabulary: another data
+    set's captions (fashion-mnist: other words) are refused in one line before the run folder is made
+    (it used to fail on the embedding's shape after); the same captions (mnist, as digits) are accepted."""
+    line = one_line_error(capsys, "train", "--init-from", str(text_source), "--out", str(tmp_path / "ft"), "--device",
+                          "cpu", "--steps", "1", "--no-sample", "--no-progress", "--dataset", "fashion-mnist",
+                          "--data-dir", str(tmp_path / "none"))
+    assert "dataset='fashion-mnist' gives the captions another vocabulary" in line, line
+    assert "trouser" in line or "..." in line
+    assert not (tmp_path / "ft").exists()
+    fields = fine_tune_fields(text_source, {**TINY, "dataset": "mnist", "data_dir": str(tmp_path)})
+    assert fields["text_conditioning"] and fields["dataset"] == "mnist"
+
+
+def test_the_trainer_checks_the_vocabulary_of_a_text_source(text_source, tmp_path):
+    """A data set whose captions are known only with its data (a folder's class names) is checked by the
+    Trainer, before the weights are copied: class names of the same count but other words would read
+    other words' embeddings without any shape error."""
+    source_cfg = ckpt.load_checkpoint(text_source)[1]["config"]
+    network = {k: source_cfg[k] for k in ("channel", "channel_mult", "attn", "num_res_blocks", "img_size",
+                                          "num_heads", *TEXT)}
+    cfg = TrainConfig.from_dict({**TINY, **network, "dataset": "folder", "data_dir": str(tmp_path),
+                                 "init_from": str(text_source), "save_weight_dir": str(tmp_path / "c")})
+    images = torch.zeros(40, 1, 8, 8, dtype=torch.uint8)
+    words = [f"w{k}" for k in range(10)]  # ten classes, as the digits, with other names
+    data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10, class_names=words)
+    with pytest.raises(DiffkitError, match="dataset='folder' gives the captions another vocabulary"):
+        Trainer(cfg, data, progress=False)
+
+
+def test_a_vocabulary_of_the_same_size_with_other_words_is_refused():
+    """Same number of words, one of them other: row i of the embedding would be read for another word."""
+    from diffkit.text import CaptionSet, check_same_vocabulary
+    cats = CaptionSet((("a cat",), ("a dog",)), ("{}",))
+    cows = CaptionSet((("a cow",), ("a dog",)), ("{}",))
+    check_same_vocabulary(["a", "cat", "dog"], cats, "folder", "SRC")
+    with pytest.raises(DiffkitError, match=r"another vocabulary \(3 words\) than the text encoder of SRC \(3 words; "
+                                           r"differing: cat, cow\)"):
+        check_same_vocabulary(["a", "cat", "dog"], cows, "folder", "SRC")
+
+
+def test_a_fine_tuning_run_warms_its_ema_up_unless_told_otherwise(source):
+    """The EMA of a fine-tuning run warms up (min(ema_decay, (1 + n)/(10 + n)), as diffusers' EMAModel in its
+    fine-tuning scripts): with ema_decay=0.9999 fixed, 2000 steps would leave 0.9999^2000 = 82% of the source
+    (B = 0 for LoRA) in the EMA weights diffkit sample takes. A given ema_warmup or ema_power wins."""
+    assert fine_tune_fields(source, {"lora_rank": 2})["ema_warmup"] is True
+    assert fine_tune_fields(source, {"ema_warmup": False})["ema_warmup"] is False
+    fields = fine_tune_fields(source, {"ema_power": 0.75})
+    assert "ema_warmup" not in fields and TrainConfig.from_dict(fields).ema_power == 0.75
+    assert 0.9999 ** 2000 == pytest.approx(0.8187, abs=1e-4)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora_alpha=4", "lora_alpha=4.0 is not allowed with --resume"),  # it used to rescale the adapters silently
+    ("lora_rank=4", "lora_rank=4 is not allowed with --resume"),
+    ("lora_targets=attention", "lora_targets='attention' is not allowed with --resume"),
+])
+def test_a_resumed_lora_run_keeps_its_adapters(lora_checkpoint, capsys, override, needle):
+    """The adapters' rank, targets and scale alpha / r are the checkpoint's: another is one line before the
+    run starts (alpha used to be taken, so the network jumped at the resume); the same values resume."""
+    from diffkit.cli import build_parser
+    from diffkit.commands.train import config_from_args
+    line = one_line_error(capsys, "train", "--resume", str(lora_checkpoint), "--steps", "3", "--no-sample",
+                          "--no-progress", "--set", override)
+    assert needle in line, line
+    same = build_parser().parse_args(["train", "--resume", str(lora_checkpoint), "--steps", "3", "--set",
+                                      "lora_alpha=2", "--set", "lora_targets=resblock,attention"])
+    assert config_from_args(same).lora_rank == 2
+
+
+def test_an_adapted_winograd_convolution_is_base_plus_scaled_b_a():
+    """A resblock conv whose base runs through diffkit's Winograd F(4x4, 3x3) kernel (fp32, 64 channels,
+    16x16, batch 8): output = F.conv2d(x, W0) + (alpha/r) conv1x1(conv3x3(x, A), B), and the adapters'
+    gradients are those of that formula, the frozen W0 getting none. Needs the CPU kernels (skipped with
+    DIFFKIT_CPU_KERNELS=0)."""
+    from diffkit.models import winograd
+    if not winograd.winograd_available():
+        pytest.skip("the CPU kernels are off or unavailable")
+    torch.manual_seed(0)
+    conv = adapt_layer(winograd.WinogradConv2d(64, 64, 3, padding=1).requires_grad_(False), 4, alpha=8.0)
+    with torch.no_grad():
+        conv.lora_B.normal_()
+    x = torch.randn(8, 64, 16, 16)
+    assert winograd.winograd_applies(conv, x.requires_grad_(True))
+    g = torch.randn(8, 64, 16, 16)
+    (conv(x) * g).sum().backward()
+    grads = conv.lora_A.grad.clone(), conv.lora_B.grad.clone()
+    conv.lora_A.grad = conv.lora_B.grad = None
+    a, b = conv.lora_A, conv.lora_B
+    expected = F.conv2d(x, conv.weight, conv.bias, padding=1) + 2.0 * F.conv2d(F.conv2d(x, a, padding=1), b)
+    (expected * g).sum().backward()
+    torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], a.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], b.grad, rtol=1e-5, atol=1e-5)
+    assert conv.weight.grad is None

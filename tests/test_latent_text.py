@@ -525,3 +525,19 @@ def test_text_guidance_takes_the_apg_options(trained):
     guided = prompt_conditioning(load_denoiser(path), request, 2, 2)[0]
     assert isinstance(guided, ClassifierFreeGuidance) and guided.null_context is not None
     assert (guided.w, guided.apg_eta, guided.apg_norm_threshold, guided.apg_momentum) == (3.0, 0.0, 2.0, -0.5)
+
+
+def test_fine_tuning_a_latent_text_model_starts_from_its_weights(trained, tmp_path):
+    """diffkit train --init-from a latent source: its U-Net's in_channels are the latents' (2 here), the
+    config's in_channels the images' (None: the data set's); the run used to be refused with
+    in_channels=2 (allowed 1, 3). The new run starts at the source's EMA weights, text encoder included."""
+    from diffkit.commands.train import fine_tune_fields
+    from diffkit.loading import load_model
+    _, path = trained
+    fields = fine_tune_fields(path, {"dataset": "digits", "batch_size": 8, "max_steps": 1, "device": "cpu",
+                                     "lora_rank": 2, "save_weight_dir": str(tmp_path / "ckpt")})
+    assert fields["in_channels"] is None and fields["autoencoder"] == trained[0].cfg.autoencoder
+    trainer = Trainer(TrainConfig.from_dict(fields), small_digits(), progress=False)
+    expected = load_model(path)[0].state_dict()
+    state = {k: v for k, v in trainer.model.state_dict().items() if ".lora_" not in k}
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)

@@ -92,7 +92,34 @@ def config_from_args(args):
                  **parse_overrides(args.overrides or []))  # None without --set: no list a parser could share
     if given.get("init_from") and not args.resume:  # from --init-from, or a --config / --set init_from
         given = fine_tune_fields(given["init_from"], given)
-    return TrainConfig.from_dict(given)
+    cfg = TrainConfig.from_dict(given)
+    if args.resume:
+        check_same_adapters(args.resume, cfg)
+    return cfg
+
+
+def check_same_adapters(path, cfg) -> None:
+    """A resumed run keeps the LoRA adapters of its checkpoint (diffkit.lora): another ``lora_rank`` or
+    ``lora_targets`` would not load, another ``lora_alpha`` would rescale the trained adapters (the
+    network would jump at the resume, and its checkpoints would record a scale they were not trained
+    with); a one-line error names the field, before the run starts."""
+    from dataclasses import fields as dataclass_fields
+
+    from ..checkpoint import peek_metadata
+    from ..config import TrainConfig
+    from ..lora import parse_targets
+    file = Path(path) / "latest.safetensors" if Path(path).is_dir() else Path(path)
+    stored = (peek_metadata(file) or {}).get("config") or {}
+    defaults = {f.name: f.default for f in dataclass_fields(TrainConfig)}
+    for key in ("lora_rank", "lora_alpha", "lora_targets"):
+        old, new = stored.get(key, defaults[key]), getattr(cfg, key)
+        if key == "lora_alpha":  # None is alpha = r: the same scale as alpha given as r
+            rank = stored.get("lora_rank", defaults["lora_rank"])
+            old, new = (rank if old is None else old), (rank if new is None else new)
+        same = (set(parse_targets(new)) == set(parse_targets(old))) if key == "lora_targets" else new == old
+        if not same:
+            raise DiffkitError(f"{key}={new!r} is not allowed with --resume {path}: the run's adapters "
+                               f"were trained with {key}={old!r}; drop it (a new run starts with --init-from)")
 
 
 def fine_tune_fields(path, given: dict) -> dict:
@@ -109,7 +136,8 @@ def fine_tune_fields(path, given: dict) -> dict:
     meta = teacher_meta(path, role="--init-from", flag="--init-from", verb="fine-tune")
     source = TrainConfig.from_dict(meta["config"])
     network = {k: getattr(source, k) for k in NETWORK_FIELDS}
-    network["in_channels"] = meta["unet"]["in_channels"]  # what the data set gave, where the config left it None
+    if not source.autoencoder:  # what the data set gave, where the config left it None (a latent U-Net's
+        network["in_channels"] = meta["unet"]["in_channels"]  # are the latents', the config's the images')
     if source.conditional:
         network["num_classes"] = meta["unet"].get("num_classes")
     for key in NETWORK_FIELDS:
@@ -120,12 +148,21 @@ def fine_tune_fields(path, given: dict) -> dict:
     fields = {k: v for k, v in given.items() if k not in NETWORK_FIELDS}
     if "loss" not in fields and source.learned_variance:  # a learned variance trains with the source's loss
         fields["loss"] = source.loss
+    if "ema_warmup" not in fields and fields.get("ema_power") is None:  # the EMA warms up, d_n = (1 + n)/(10 + n)
+        fields["ema_warmup"] = True  # capped at ema_decay, as diffusers' EMAModel in its fine-tuning scripts: a
+        # fixed 0.9999 would keep a 2000-step fine-tuning's EMA (what diffkit sample takes) 82% at the source
     file = Path(path) / "latest.safetensors" if Path(path).is_dir() else Path(path)
     fields.update(network, init_from=str(file.resolve()))
     if (fields.get("dataset", "digits") in SERIES_DATASETS) != is_series_model(meta["unet"]):
         kind = "time series" if is_series_model(meta["unet"]) else "images"
         raise DiffkitError(f"dataset={fields.get('dataset', 'digits')!r} does not fit --init-from {path}, a model of "
                            f"{kind} (dataset={source.dataset!r}); give a data set of {kind} with --dataset")
+    dataset = fields.get("dataset", "digits")
+    if meta.get("text") and dataset != "folder":  # a folder's captions come with its class folders: Trainer checks
+        from ..data import CIFAR10_NAMES
+        from ..text import CaptionSet, check_same_vocabulary
+        captions = CaptionSet.for_dataset(dataset, CIFAR10_NAMES if dataset == "cifar10" else ())
+        check_same_vocabulary(meta["text"]["tokenizer"]["words"], captions, dataset, f"--init-from {path}")
     return fields
 
 
