@@ -177,15 +177,25 @@ def test_pag_is_eps_plus_s_times_eps_minus_eps_hat():
                                + sig[:, None, None, None] * pred.eps.double(), rtol=1e-4, atol=1e-4)
 
 
-def test_pag_with_cfg_is_the_diffusers_sum_in_one_call_of_3b():
+def conditional_passes():
+    """A 3-class U-Net (null class 3) whose denoiser records each call's batch size, three noisy images at
+    t = 50, 400, 800 with labels 0, 2, 1, and their conditional, perturbed-conditional and null passes
+    computed one by one (the record then cleared)."""
     net = unet(num_classes=3)
     calls = []
     den = Denoiser(lambda x, t, **c: calls.append(x.shape[0]) or net(x, t, **c), SCHEDULE)
-    x, t, y, w, s = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1]), 1.5, 3.0
+    x, t, y = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1])
     with torch.no_grad():
         cond, hat = separate(den, net, x, t, y=y)
         null = den(x, t, y=torch.full_like(y, 3))
-        calls.clear()
+    calls.clear()
+    return net, calls, den, x, t, y, cond, hat, null
+
+
+def test_pag_with_cfg_is_the_diffusers_sum_in_one_call_of_3b():
+    net, calls, den, x, t, y, cond, hat, null = conditional_passes()
+    w, s = 1.5, 3.0
+    with torch.no_grad():
         guided = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, null_class=3), s, network=net)
         pred = guided(x, t, y=y)
     assert calls == [9]
@@ -276,14 +286,9 @@ def test_pag_with_cfg_rescale_rescales_the_sum_against_the_conditional_pass():
 def test_pag_with_a_cfg_interval_guides_w_per_sample_and_keeps_s_everywhere():
     """CFG's interval sets w = 0 for the samples outside it, PAG's s stays (the 3B call); with no sample inside
     CFG's interval it is PAG alone on the conditional pass (a 2B call); a scalar t takes the same paths."""
-    net = unet(num_classes=3)
-    calls = []
-    den = Denoiser(lambda x, t, **c: calls.append(x.shape[0]) or net(x, t, **c), SCHEDULE)
-    x, t, y, w, s = noisy(), torch.tensor([50.0, 400.0, 800.0]), torch.tensor([0, 2, 1]), 1.5, 2.0
+    net, calls, den, x, t, y, cond, hat, null = conditional_passes()
+    w, s = 1.5, 2.0
     with torch.no_grad():
-        cond, hat = separate(den, net, x, t, y=y)
-        null = den(x, t, y=torch.full_like(y, 3))
-        calls.clear()
         pred = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, interval=(0, 500), null_class=3), s,
                                           network=net)(x, t, y=y)
         none = PerturbedAttentionGuidance(ClassifierFreeGuidance(den, w, interval=(900, 950), null_class=3), s,
