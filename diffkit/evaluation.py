@@ -494,7 +494,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              nll_split: str = "test", context_fid_iterations: Optional[int] = None,
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
              restarts=None, spacing: Optional[str] = None, final: Optional[str] = None,
-             nfe: Optional[int] = None) -> dict:
+             nfe: Optional[int] = None, lora=None, lora_any_base: bool = False) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -513,6 +513,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it. ``steps`` (default 50)
     or ``nfe``: the step count that spends that many network evaluations per sample
     (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``), not both.
+    ``lora``, ``lora_any_base``: LoRA adapter files merged into the checkpoint's weights
+    (:func:`diffkit.loading.load_denoiser`; image models), recorded in the settings.
     """
     names = parse_metrics(metrics)
     if steps is None and nfe is None:
@@ -523,7 +525,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     if check_metrics_fit(names, checkpoint, samples):
         from .series_evaluation import evaluate_series
         refused = {"--ref": ref, "--evaluator": evaluator,
-                   "--inception-weights": inception_weights, "--save-samples": save_samples}
+                   "--inception-weights": inception_weights, "--save-samples": save_samples, "--lora": lora}
         return evaluate_series(names, checkpoint=checkpoint, num=num, sampler=sampler, steps=steps, eta=eta,
                                nll_num=nll_num, nll_split=nll_split, nll_stride=nll_stride,
                                nll_dense_below=nll_dense_below,
@@ -576,7 +578,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             options["eta"] = parse_eta(eta)
         info = info.with_options(restart_options(info, restarts, options))
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
-                                 compile=compile)
+                                 compile=compile, lora=lora, lora_any_base=lora_any_base)
         steps = steps_or_nfe(denoiser, sampler, steps, nfe, options)
         cfg = denoiser.meta.get("config", {})
         channels, size = image_shape(denoiser)
@@ -587,6 +589,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         if ref is None:
             ref, data_dir = cfg.get("dataset", "digits"), data_dir or cfg.get("data_dir")
         settings.update(checkpoint=str(checkpoint), mixed_precision=mixed_precision, compile=compile)
+        if lora:
+            from .lora_files import adapter_list
+            settings["lora"] = [list(pair) for pair in adapter_list(lora)]
         if set(names) & set(SAMPLE_METRICS):  # NLL alone samples nothing: no sampler settings to record
             settings.update(sampler=sampler, steps=steps, nfe=info.nfe(steps, final), num_samples=num, **options)
     check_labels_for(names, denoiser is not None and sample_labels(denoiser, 1) is not None)  # before any loading

@@ -25,14 +25,16 @@ def is_legacy_checkpoint(path: str | Path) -> bool:
     return Path(path).suffix in ckpt.LEGACY_SUFFIXES
 
 
-def load_model(path: str | Path, use_ema: bool = True, device="cpu", config=None):
+def load_model(path: str | Path, use_ema: bool = True, device="cpu", config=None, lora=None,
+               lora_any_base: bool = False):
     """(U-Net in eval mode, metadata, schedule) from a checkpoint; EMA weights by default.
 
     ``config`` (a :class:`~diffkit.config.TrainConfig`, a mapping such as the seed's
     ``modelConfig``, or a config file path) is needed for a legacy state dict and must not be
     given for a diffkit checkpoint, which carries its own. A text-conditional checkpoint gives a
-    :class:`~diffkit.text.TextConditionedUNet` (U-Net + text encoder + tokenizer)."""
-    return _load(path, use_ema, device, config)[:3]
+    :class:`~diffkit.text.TextConditionedUNet` (U-Net + text encoder + tokenizer). ``lora``: adapter
+    files (paths or (path, scale) pairs) merged into the weights (:mod:`diffkit.lora_files`)."""
+    return _load(path, use_ema, device, config, lora, lora_any_base)[:3]
 
 
 def chosen_weights(path, tensors: dict, meta: dict, use_ema: bool) -> dict:
@@ -74,13 +76,18 @@ def _network(meta: dict):
     return model
 
 
-def _load(path, use_ema: bool, device, config):
-    """(model, metadata, schedule, latent decoder or None)."""
+def _load(path, use_ema: bool, device, config, lora=None, lora_any_base: bool = False):
+    """(model, metadata, schedule, latent decoder or None); ``lora``'s adapter files are merged on the
+    CPU before the model moves to ``device`` (as a LoRA checkpoint's own adapters are)."""
     if is_legacy_checkpoint(path):
         if config is None:
             raise DiffkitError(f"{path} is a plain state dict with no model description; pass the config it was "
                                f"trained with (e.g. --config modelConfig.json with the seed's modelConfig keys)")
-        return (*load_legacy_model(path, config, device), None)
+        if not lora:
+            return (*load_legacy_model(path, config, device), None)
+        model, meta, schedule = load_legacy_model(path, config, "cpu")
+        from .lora_files import merge_adapters
+        return merge_adapters(model, meta, lora, lora_any_base).to(device), meta, schedule, None
     if config is not None:
         raise DiffkitError(f"{path} is a diffkit checkpoint that carries its own config; drop --config "
                            f"(it is only for legacy .pt state dicts)")
@@ -91,6 +98,9 @@ def _load(path, use_ema: bool, device, config):
     model = _network(meta)
     weights = chosen_weights(path, tensors, meta, use_ema)
     load_weights(model, weights, meta, str(path))
+    if lora:  # adapter files (diffkit.lora_files): W0 + sum_i s_i (alpha_i / r_i) B_i A_i
+        from .lora_files import merge_adapters
+        merge_adapters(model, meta, lora, lora_any_base)
     model.to(device).eval()
     decoder = None
     if meta.get("latent"):
@@ -128,7 +138,8 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
 
 
 def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None,
-                  mixed_precision: str = "no", compile: str = "no") -> Denoiser:
+                  mixed_precision: str = "no", compile: str = "no", lora=None,
+                  lora_any_base: bool = False) -> Denoiser:
     """A :class:`Denoiser` for a checkpoint; ``.model``, ``.meta``, ``.prompt_encoder`` and
     ``.decoder`` are attached. A consistency model's checkpoint (``meta["consistency"]``, written by
     ``diffkit distill``) comes wrapped in its consistency function,
@@ -139,13 +150,16 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     the prompts (and the null prompt "") once per sampling call. ``decoder`` (latent
     checkpoints, else None): the frozen autoencoder, ``decoder(z)`` = D(z / scale_factor).
     ``config``: only for a legacy state dict (see :func:`load_model`). ``mixed_precision``: the
-    network's autocast dtype, ``compile`` a ``torch.compile`` mode (:meth:`Denoiser.compile`)."""
+    network's autocast dtype, ``compile`` a ``torch.compile`` mode (:meth:`Denoiser.compile`).
+    ``lora``: LoRA adapter files (``diffkit convert --lora-only``), paths or (path, scale) pairs, merged
+    into the weights at load, W = W0 + sum_i s_i (alpha_i / r_i) B_i A_i (:mod:`diffkit.lora_files`;
+    ``lora_any_base`` merges them onto other base weights of the same network)."""
     if not isinstance(path, (str, os.PathLike)):
         raise DiffkitError(f"path of type {type(path).__name__} is not allowed; give the checkpoint's path")
     if not isinstance(device, torch.device):
         from .config import resolve_device
         device = resolve_device(str(device))  # a one-line error for a device this machine lacks
-    model, meta, schedule, decoder = _load(path, use_ema, device, config)
+    model, meta, schedule, decoder = _load(path, use_ema, device, config, lora, lora_any_base)
     # the layout the network computes fastest in at this precision (models.layers.preferred_memory_format)
     use_memory_format(model, preferred_memory_format(next(model.parameters()).device, mixed_precision))
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -165,6 +166,46 @@ def non_negative_float(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
     return value
+
+
+def lora_arg(text: str) -> tuple[str, float]:
+    """An argparse type for ``--lora FILE[:SCALE]``: (FILE, SCALE), SCALE 1 when not given. The text
+    after the last ``:`` is the scale unless it holds a path separator (``C:\\a.safetensors``); it must
+    be a finite number (negative allowed, as diffusers' adapter weights)."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and "/" not in tail and "\\" not in tail:
+        path = head
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not a number; give FILE or FILE:SCALE "
+                                             f"(e.g. adapter.safetensors:0.8)") from None
+        if not math.isfinite(scale):
+            raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not allowed; give a finite number")
+    if path == "":
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty path; give FILE or FILE:SCALE")
+    return path, scale
+
+
+lora_arg.__name__ = "adapter file"
+
+
+def add_lora_flags(parser: argparse.ArgumentParser) -> None:
+    """``--lora FILE[:SCALE]`` (repeatable) and ``--lora-any-base``: LoRA adapter files merged into the
+    --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``)."""
+    parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
+                        help="a LoRA adapter file (diffkit convert --lora-only) merged into --checkpoint's weights "
+                             "at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
+    parser.add_argument("--lora-any-base", action="store_true",
+                        help="merge --lora adapters into base weights other than the ones they were trained on "
+                             "(same network; by default another base is refused)")
+
+
+def check_lora_flags(args) -> None:
+    """--lora-any-base goes with --lora."""
+    if getattr(args, "lora_any_base", False) and not getattr(args, "lora", None):
+        raise DiffkitError("--lora-any-base applies to --lora adapters; give --lora FILE[:SCALE] or drop it")
 
 
 def check_writable_dir(path: str | Path, what: str = "output directory") -> Path:

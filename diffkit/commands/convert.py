@@ -3,6 +3,7 @@
     diffkit convert --checkpoint CKPT --to-diffusers DIR     # DDPMPipeline folder (unet/, scheduler/)
     diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel (+ scheduler) -> diffkit checkpoint
     diffkit convert --checkpoint CKPT --out WEIGHTS          # training checkpoint -> weights only (EMA)
+    diffkit convert --checkpoint LORA_CKPT --lora-only --out ADAPTER   # a LoRA run's adapters alone
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
                     "UNet2DModel folder back to a diffkit "
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
-                    "model description, no optimiser state).")
+                    "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only).")
     parser.add_argument("--checkpoint", type=path_arg,
                         help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
     parser.add_argument("--to-diffusers", type=path_arg, metavar="DIR", help="write the diffusers folder here")
@@ -32,6 +33,9 @@ def register(subparsers) -> None:
                         metavar="CKPT", help="write the diffkit checkpoint here (.safetensors): imported "
                                              "from --from-diffusers, or the weights of --checkpoint")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights, not the EMA")
+    parser.add_argument("--lora-only", action="store_true",
+                        help="with --checkpoint LORA_CKPT --out FILE: write only the LoRA adapters (A, B; EMA unless "
+                             "--no-ema) and their base's identity, for diffkit sample --checkpoint BASE --lora FILE")
     parser.add_argument("--clip-sample", action="store_true",
                         help="exported DDPMScheduler clips x_0 to [-1, 1] (diffusers' default; diffkit's is off)")
     parser.set_defaults(func=run)
@@ -43,6 +47,9 @@ def run(args) -> int:
     if not args.ema and args.from_diffusers is not None:
         raise DiffkitError("--no-ema chooses which weights of --checkpoint are exported; a diffusers import has one "
                            "set")
+    if args.lora_only and (args.checkpoint is None or args.out is None or args.to_diffusers or args.from_diffusers):
+        raise DiffkitError("--lora-only goes with --checkpoint LORA_CKPT --out FILE (not with --to-diffusers or "
+                           "--from-diffusers)")
     if args.checkpoint is not None and args.out is not None and args.to_diffusers is None \
             and args.from_diffusers is None:
         return _weights_only(args)
@@ -71,9 +78,18 @@ def run(args) -> int:
 
 
 def _weights_only(args) -> int:
+    from ..checkpoint import save_checkpoint
     from ..loading import export_weights
+    from ..lora_files import KIND, adapter_of
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise DiffkitError(f"--out {args.out!r} is the checkpoint itself; write the weights to another file")
+    if args.lora_only:
+        adapters, info = adapter_of(args.checkpoint, use_ema=args.ema)  # read first: no LoRA, no folder made
+        check_output_file(args.out, "--out", ".safetensors", writes=KIND)
+        out = save_checkpoint(args.out, adapters, info)
+        sys.stdout.write(f"wrote LoRA adapter file {out} ({out.stat().st_size / 2**10:.1f} KiB, "
+                         f"{'EMA' if args.ema else 'raw'} adapters)\n")
+        return 0
     check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
     out = export_weights(args.checkpoint, args.out, use_ema=args.ema)
     size = out.stat().st_size / 2**20

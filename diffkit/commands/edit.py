@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
-from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+from ._common import (add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       batch_size_or_auto, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
                       path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
@@ -101,6 +101,7 @@ def register(sub) -> None:
                    "with --series a .csv or .npy file)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_lora_flags(p)
     add_mixed_precision_flag(p)
     add_compile_flag(p)
     add_progress_flag(p)
@@ -144,6 +145,7 @@ def run(args) -> int:
     from ..models.network import check_image_model, is_series_model
     from ..sampling import check_eta, resolve_sampler
 
+    check_lora_flags(args)
     if args.series is not None:
         return _series(args)
     if args.images is None:
@@ -189,7 +191,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision, compile=args.compile)
+                             mixed_precision=args.mixed_precision, compile=args.compile, lora=args.lora,
+                             lora_any_base=args.lora_any_base)
     if denoiser.decoder is not None or denoiser.prompt_encoder is not None:
         raise DiffkitError("diffkit edit works on pixel-space checkpoints; this one is a latent or text-conditional "
                            "model")
@@ -265,7 +268,8 @@ def _series(args) -> int:
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision, compile=args.compile)
+                             mixed_precision=args.mixed_precision, compile=args.compile, lora=args.lora,
+                             lora_any_base=args.lora_any_base)
     if not is_series_model(denoiser.meta["unet"]):
         raise DiffkitError("--series needs a time-series checkpoint (dataset sines or series); this one is an image "
                            "model: use --images")

@@ -23,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import (IMAGE_DATASETS, add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+from ._common import (IMAGE_DATASETS, add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       add_thresholding_flag, check_output_file, check_writable_dir, dataset_arg, default_sampling,
                       missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
@@ -58,6 +58,7 @@ def register(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=path_arg, help="a diffkit checkpoint (.safetensors)")
     source.add_argument("--samples", type=path_arg, help="a folder of same-sized PNGs made elsewhere")
+    add_lora_flags(p)
     p.add_argument("--metrics", default="fd-classifier", help="comma-separated list (default fd-classifier); "
                    "fid, is, kid, pr, fd-classifier, classifier-score, class-accuracy, confidence, nll, nll-strided, "
                    "rate-distortion; context-fid, correlational, discriminative, predictive (time-series checkpoints)")
@@ -143,6 +144,7 @@ def run(args) -> int:
     from ..evaluation import (check_scoring_files_used, evaluate, format_results, parse_eta, parse_metrics,
                               write_json)
     from ..sampling import final_for, resolve_sampler
+    check_lora_flags(args)
     names = parse_metrics(args.metrics)  # validate before loading anything
     check_scoring_files_used(names, inception_weights=args.inception_weights, evaluator=args.evaluator)
     if args.eta is not None:
@@ -151,7 +153,8 @@ def run(args) -> int:
         for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--nfe", args.nfe),
                             ("--eta", args.eta), ("--restarts", args.restarts), ("--spacing", args.spacing),
                             ("--final", args.final), ("--thresholding", args.thresholding),
-                            ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir)):
+                            ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir),
+                            ("--lora", args.lora)):
             if value is not None:
                 raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
                                    f"scored as they are (drop {flag})")
@@ -190,7 +193,7 @@ def run(args) -> int:
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
                           predictive_iterations=args.predictive_iterations, repeats=args.repeats,
-                          restarts=args.restarts)
+                          restarts=args.restarts, lora=args.lora, lora_any_base=args.lora_any_base)
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")

@@ -46,7 +46,7 @@ from typing import Optional
 
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
-from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+from ._common import (add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       add_thresholding_flag, batch_size_or_auto, check_output_file, check_writable_dir, eta_value,
                       int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
                       seed_int, tolerance_options)
@@ -94,6 +94,7 @@ def register(sub) -> None:
     add_mixed_precision_flag(p)
     add_compile_flag(p)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_lora_flags(p)
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
@@ -169,6 +170,7 @@ def run(args) -> int:
     from ._common import default_sampling
     config = output_config = None
     checkpoint = args.checkpoint
+    check_lora_flags(args)
     if args.config:
         from ..config import TrainConfig
         config = TrainConfig.from_file(args.config)
@@ -222,7 +224,7 @@ def run(args) -> int:
                         output_config=output_config,
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
-                        progressive=args.progressive, **options)
+                        progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base, **options)
     return 0
 
 
@@ -548,7 +550,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
-                    **options):
+                    lora=None, lora_any_base=False, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -558,7 +560,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     GPU memory is retried at half the size (:func:`diffkit.memory.batches_with_oom_retry`).
     ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`).
     ``output_config``: a seed config (dict) whose ``sampled_dir``, image names and ``nrow`` place the
-    grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint)."""
+    grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint). ``lora``,
+    ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`)."""
     import torch
 
     from ..drawing import draw_samples
@@ -566,6 +569,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..loading import load_denoiser
     if is_stable_diffusion_folder(checkpoint):
+        if lora:
+            raise DiffkitError("--lora applies to diffkit checkpoints; LoRA files for a Stable Diffusion folder are "
+                               "not supported")
         if progressive:
             raise DiffkitError("--progressive applies to diffkit checkpoints, not to a Stable Diffusion folder")
         if mixed_precision != "no":
@@ -581,7 +587,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, **options)
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
-                             mixed_precision=mixed_precision, compile=compile)
+                             mixed_precision=mixed_precision, compile=compile, lora=lora, lora_any_base=lora_any_base)
     meta = denoiser.meta
     cfg = meta.get("config", {})
     names = output_config or cfg  # where the grids go and how wide they are

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_compile_flag, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+from ._common import (add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
                       check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, path_arg, peek_checkpoint,
                       positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
@@ -49,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--nrow", type=int_in(1, 1024), default=8, help="images per grid row (default 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_lora_flags(p)
     add_mixed_precision_flag(p)
     add_compile_flag(p)
     add_progress_flag(p)
@@ -138,6 +139,7 @@ def run(args) -> int:
     from ..super_res import check_noise_level, upsample
     from .edit import read_pngs
 
+    check_lora_flags(args)
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # fails before anything is read
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
@@ -155,7 +157,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
     denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision, compile=args.compile)
+                             mixed_precision=args.mixed_precision, compile=args.compile, lora=args.lora,
+                             lora_any_base=args.lora_any_base)
     plan(denoiser, args.sampler, args.steps, args.nfe, spacing, final, options=dict(options))  # checked now
     new_dirs = missing_dirs(out)
     check_writable_dir(out)

@@ -1,0 +1,189 @@
+"""LoRA adapter files: the adapters of a LoRA checkpoint alone, loaded onto a base model with a scale.
+
+What diffusers does with ``pytorch_lora_weights.safetensors``, ``load_lora_weights``,
+``set_adapters(names, adapter_weights)`` and ``fuse_lora(lora_scale=s)``, for diffkit's LoRA
+(:mod:`diffkit.lora`, Hu et al. 2021, eq. 3). :func:`export_adapter` (``diffkit convert --checkpoint
+LORA_CKPT --lora-only --out A.safetensors``) writes the A and B matrices sampling would use (the EMA
+ones by default) with ``meta["lora"]`` (rank, alpha, targets) and ``meta["base"]``: the
+``diffkit.checkpoint.tensors_digest`` of the weights the LoRA run started from (its ``meta["init_from"]``),
+the base's path and step, and its network description (``meta["unet"]``).
+
+:func:`merge_adapters` (``diffkit sample --checkpoint BASE --lora A.safetensors:0.8 --lora B.safetensors``,
+``load_denoiser(BASE, lora=[...])``) folds adapters i = 1..n into the base weights,
+
+    W = W0 + sum_i s_i (alpha_i / r_i) B_i A_i                  (Hu et al. 2021, eq. 3, scaled as diffusers)
+
+where s_i is the adapter's scale (diffusers' ``adapter_weights`` / ``lora_scale``; 1 by default), so the
+network samples at the base's cost. Each adapter is added with :func:`diffkit.lora.add_lora`, filled
+from the file and merged with :func:`diffkit.lora.merge_lora` (the same arithmetic as a self-contained
+LoRA checkpoint: at scale 1 the same weights, bit for bit); a scale of 0 leaves the base untouched.
+
+A base other than the adapter's is refused: another network description (a key or shape the
+adapter lacks) always, other weights (another digest) unless ``any_base`` (``--lora-any-base``) is
+given. diffusers loads any base whose shapes match; here the default is the safe one, because an
+adapter learnt on other weights is a correction to weights that are not there.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from . import checkpoint as ckpt
+from .errors import DiffkitError
+
+KIND = "lora adapter"
+_HOW = "diffkit convert --checkpoint LORA_CKPT --lora-only --out FILE writes one"
+
+
+def export_adapter(path, out, use_ema: bool = True) -> Path:
+    """Write the adapters of the LoRA checkpoint ``path`` (its EMA ones, or the raw ones with
+    ``use_ema=False``) to ``out``: only the ``*.lora_A`` / ``*.lora_B`` tensors, with the adapters'
+    and the base's description (module doc). A checkpoint without LoRA is a one-line error."""
+    return ckpt.save_checkpoint(out, *adapter_of(path, use_ema))
+
+
+def adapter_of(path, use_ema: bool = True) -> tuple[dict, dict]:
+    """(tensors, metadata) of the adapter file of the LoRA checkpoint ``path`` (:func:`export_adapter`)."""
+    from .loading import chosen_weights
+    tensors, meta = ckpt.load_checkpoint(path)
+    ckpt.check_not_other_kind(path, meta, "a LoRA checkpoint (diffkit train --init-from CKPT --set lora_rank=R)")
+    if not meta.get("lora"):
+        what = "merged LoRA weights (a diffkit convert export)" if meta.get("merged_lora") else "no LoRA adapters"
+        raise DiffkitError(f"{path} has {what}; --lora-only takes a LoRA training checkpoint "
+                           f"(diffkit train --init-from CKPT --set lora_rank=R)")
+    init = meta.get("init_from") or {}
+    if not isinstance(init.get("sha256"), str):
+        raise DiffkitError(f"{path} does not record the base it was trained from (meta['init_from']); its adapters "
+                           f"cannot be checked against a base")
+    weights = chosen_weights(path, tensors, meta, use_ema)
+    adapters = {k: v for k, v in weights.items() if k.endswith((".lora_A", ".lora_B"))}
+    info = {"kind": KIND, "lora": meta["lora"],
+            "base": {"sha256": init["sha256"], "path": init.get("path"), "step": init.get("step"),
+                     "unet": meta["unet"]},
+            "exported_from": {"step": meta.get("step"), "weights": "ema" if use_ema else "raw"}}
+    return adapters, info
+
+
+def check_scale(scale, what: str = "LoRA scale") -> float:
+    """``scale`` as a float: a finite real number (negative allowed: it subtracts the adapter)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise DiffkitError(f"{what} {scale!r} is not allowed; give a finite number (1 = as trained, 0 = off)")
+    return float(scale)
+
+
+def read_adapter(path) -> tuple[dict, dict]:
+    """(tensors, metadata) of an adapter file, checked; one-line errors for anything else."""
+    tensors, meta = ckpt.load_checkpoint(path)
+    if meta.get("kind") != KIND:
+        if meta.get("lora") and "unet" in meta:
+            raise DiffkitError(f"--lora {path} is a LoRA checkpoint (base + adapters): give it as --checkpoint, or "
+                               f"write its adapters with diffkit convert --checkpoint {path} --lora-only --out FILE")
+        raise DiffkitError(f"--lora {path} is not a LoRA adapter file ({_HOW})")
+    lora, base = meta.get("lora"), meta.get("base")
+    if (not isinstance(lora, dict) or not {"rank", "alpha", "targets"} <= set(lora) or not isinstance(base, dict)
+            or not isinstance(base.get("sha256"), str) or not isinstance(base.get("unet"), dict)):
+        raise DiffkitError(f"--lora {path} has a malformed adapter description (lora={lora!r})")
+    return tensors, meta
+
+
+def _check_base(path, meta: dict, base_meta: dict, base_digest: str, any_base: bool) -> None:
+    base = meta["base"]
+    if base_meta.get("consistency"):
+        raise DiffkitError(f"--lora {path}: LoRA adapters apply to diffusion models; this --checkpoint is a consistency "
+                           f"model")
+    ours = base_meta.get("unet") or {}
+    diff = sorted(k for k in set(base["unet"]) | set(ours)  # dropout: training's, not the weights' shapes
+                  if k != "dropout" and base["unet"].get(k) != ours.get(k))
+    if diff:
+        k = diff[0]
+        raise DiffkitError(f"--lora {path} was trained on another network ({k}={base['unet'].get(k)!r}; this "
+                           f"--checkpoint has {k}={ours.get(k)!r})")
+    if base["sha256"] != base_digest and not any_base:
+        raise DiffkitError(f"--lora {path} was trained on other base weights (sha256 {base['sha256'][:12]}, "
+                           f"{base.get('path')} step {base.get('step')}; this --checkpoint's are {base_digest[:12]}; "
+                           f"--no-ema loads the raw ones); --lora-any-base merges it anyway")
+
+
+@torch.no_grad()
+def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: str = "adapter"):
+    """Fold one adapter into ``model`` in place: W += scale (alpha / r) B A on each adapted layer
+    (:func:`diffkit.lora.add_lora`, then :func:`diffkit.lora.merge_lora`). ``tensors``: the adapted
+    network's ``*.lora_A`` / ``*.lora_B`` state-dict entries; a key or shape the network lacks is a
+    one-line error, and the model is unchanged then. The global RNG state is left as it was
+    (add_lora draws A before it is overwritten). Returns ``model``."""
+    from .lora import add_lora, lora_layers, merge_lora
+    scale = check_scale(scale, f"{what}: scale")
+    if scale == 0.0:  # W0 + 0 * delta could turn a -0.0 weight into +0.0: the base as it is
+        return model
+    params = {n: p.requires_grad for n, p in model.named_parameters()}
+    with torch.random.fork_rng(devices=[]):
+        add_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"])
+    try:
+        state = {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+        missing, extra = sorted(state.keys() - tensors.keys()), sorted(tensors.keys() - state.keys())
+        if missing or extra:
+            raise DiffkitError(f"{what} does not fit this network: "
+                               + (f"it lacks {missing[0]}" if missing else f"this network has no {extra[0]}")
+                               + f" ({len(missing)} missing, {len(extra)} unexpected keys)")
+        for k, v in state.items():
+            if tuple(tensors[k].shape) != tuple(v.shape):
+                raise DiffkitError(f"{what} does not fit this network: {k} is {tuple(tensors[k].shape)}, the "
+                                   f"network's {tuple(v.shape)}")
+        for k, v in state.items():
+            v.copy_(tensors[k])
+        for _, layer in lora_layers(model):
+            layer.lora_scale = scale * layer.lora_scale
+        merge_lora(model)
+    except BaseException:
+        for _, layer in lora_layers(model):  # back to the base network (nothing was added to W yet)
+            del layer.lora_A, layer.lora_B, layer.lora_scale
+            layer.__class__ = type(layer).lora_base
+        raise
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(params[n])
+    return model
+
+
+def adapter_list(adapters) -> list[tuple[str, float]]:
+    """``adapters`` (a list of paths or (path, scale) pairs) as [(path, scale)], scales checked."""
+    if isinstance(adapters, (str, Path)) or not isinstance(adapters, (list, tuple)):
+        raise DiffkitError(f"lora={adapters!r} is not allowed; give a list of adapter files or (file, scale) pairs")
+    out = []
+    for item in adapters:
+        pair = (item, 1.0) if isinstance(item, (str, Path)) else item
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], (str, Path)):
+            raise DiffkitError(f"lora entry {item!r} is not allowed; give a path or a (path, scale) pair")
+        out.append((str(pair[0]), check_scale(pair[1], f"--lora {pair[0]}: scale")))
+    return out
+
+
+def merge_adapters(model, base_meta: dict, adapters: Iterable, any_base: bool = False):
+    """Fold adapter files into ``model`` (the base network described by ``base_meta``), in order:
+    W = W0 + sum_i s_i (alpha_i / r_i) B_i A_i. ``adapters``: paths or (path, scale) pairs. Each
+    file is read and checked against the base (network description; weights digest unless
+    ``any_base``) before the first is merged. Returns ``model``."""
+    read = []
+    digest = None
+    for path, scale in adapter_list(adapters):
+        tensors, meta = read_adapter(path)
+        if digest is None:
+            digest = ckpt.tensors_digest(model.state_dict())
+        _check_base(path, meta, base_meta, digest, any_base)
+        read.append((path, tensors, meta["lora"], scale))
+    for path, tensors, lora, scale in read:
+        merge_adapter(model, tensors, lora, scale, f"--lora {path}")
+    return model
+
+
+def apply_adapter_file(model, path, scale: float = 1.0, base_meta: dict | None = None, any_base: bool = False):
+    """Merge the adapter file ``path`` into ``model`` at ``scale``. With ``base_meta`` (the base
+    checkpoint's metadata) the base is checked as :func:`merge_adapters` does; without it only the
+    keys and shapes are (a network built in Python has no checkpoint to compare)."""
+    if base_meta is not None:
+        return merge_adapters(model, base_meta, [(path, scale)], any_base)
+    tensors, meta = read_adapter(path)
+    return merge_adapter(model, tensors, meta["lora"], scale, f"--lora {path}")
