@@ -31,14 +31,15 @@ def _run(root, name, **over):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A 2-step base run, two LoRA runs fine-tuned from it (rank 2, alpha 4, attention and residual
-    blocks; rank 1, alpha 1, attention) with a large learning rate and no EMA so B is far from 0, and
-    the adapter file of each."""
+    blocks, EMA decay 0.5; rank 1, alpha 1, attention, no EMA) with a large learning rate so B is far from 0,
+    and the adapter file of each."""
     root = tmp_path_factory.mktemp("lora_files")
     base = Trainer(TrainConfig.from_dict(_run(root, "base", max_steps=2)), tiny_dataset(), progress=False).run()
     out = {"root": root, "base": base.checkpoint}
-    for name, over in (("a", {"lora_rank": 2, "lora_alpha": 4.0, "lora_targets": "attention,resblock"}),
-                       ("b", {"lora_rank": 1, "lora_targets": "attention", "seed": 7})):
-        given = _run(root, name, max_steps=2, lr=5e-2, ema_decay=0.0, **over)
+    for name, over in (("a", {"lora_rank": 2, "lora_alpha": 4.0, "lora_targets": "attention,resblock",
+                              "ema_decay": 0.5}),
+                       ("b", {"lora_rank": 1, "lora_targets": "attention", "seed": 7, "ema_decay": 0.0})):
+        given = _run(root, name, max_steps=2, lr=5e-2, **over)
         cfg = TrainConfig.from_dict(fine_tune_fields(base.checkpoint, given))
         out[f"lora_{name}"] = Trainer(cfg, tiny_dataset(), progress=False).run().checkpoint
         out[name] = export_adapter(out[f"lora_{name}"], root / f"{name}.safetensors")
@@ -78,6 +79,9 @@ def test_the_adapter_file_holds_only_the_adapters_sampling_uses(runs):
     ema = {k[len("ema."):]: v for k, v in full.items() if k.startswith("ema.")}
     assert set(tensors) == set(ema) and all(k.endswith((".lora_A", ".lora_B")) for k in tensors)
     assert all(torch.equal(tensors[k], ema[k]) for k in tensors)
+    raw = export_adapter(runs["lora_a"], runs["root"] / "raw.safetensors", use_ema=False)  # --no-ema
+    assert all(torch.equal(v, full[f"model.{k}"]) and not torch.equal(v, ema[k]) for k, v in read_adapter(raw)[0].items()
+               if k.endswith("lora_B"))
     assert meta["lora"] == {"rank": 2, "alpha": 4.0, "targets": "attention,resblock"}
     assert meta["base"]["sha256"] == full_meta["init_from"]["sha256"] == ckpt.tensors_digest(_state(runs["base"]))
     assert meta["base"]["unet"] == full_meta["unet"]
@@ -104,9 +108,10 @@ def test_scale_zero_gives_the_base_bit_for_bit(runs):
     base, merged = _state(runs["base"]), _state(runs["base"], [(runs["a"], 0.0)])
     assert all(torch.equal(_bits(merged[k]), _bits(base[k])) for k in base)
     model, meta = load_model(runs["base"])[:2]
-    qkv = dict(model.named_modules())[next(iter(_delta(runs["a"]))).rsplit(".", 1)[0]]
-    with torch.no_grad():
-        qkv.weight[0, 0] = -0.0
+    key, delta = next(iter(_delta(runs["a"]).items()))
+    layer = dict(model.named_modules())[key.rsplit(".", 1)[0]]
+    with torch.no_grad():  # -0.0 where 0 * delta is +0.0
+        layer.weight[delta > 0] = -0.0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tensors, adapter_meta = read_adapter(runs["a"])
     merge_adapter(model, tensors, adapter_meta["lora"], 0.0)
