@@ -294,3 +294,26 @@ def test_a_stable_diffusion_folder_is_refused(runs, tmp_path, capsys):
                           "--out", str(tmp_path / "o" / "s.png"), "--device", "cpu")
     assert "--lora applies to diffkit checkpoints" in line, line
     assert not (tmp_path / "o").exists()
+
+
+def test_edit_merges_the_adapter_too(runs, tmp_path):
+    """The adapter's edits are the LoRA checkpoint's (the same PNG bytes), not the base's."""
+    from diffkit.images import save_images
+    save_images(torch.rand(4, 1, 8, 8) * 2 - 1, tmp_path / "in")
+    outs = {}
+    for name, argv in (("file", ["--checkpoint", str(runs["base"]), "--lora", str(runs["a"])]),
+                       ("ckpt", ["--checkpoint", str(runs["lora_a"])]), ("base", ["--checkpoint", str(runs["base"])])):
+        assert main(["edit", *argv, "--images", str(tmp_path / "in"), "--strength", "0.9", "--steps", "4",
+                     "--out", str(tmp_path / name), "--device", "cpu", "--no-progress"]) == 0
+        outs[name] = [p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))]
+    assert outs["file"] == outs["ckpt"] and outs["file"] != outs["base"] and outs["file"]
+
+
+def test_eval_merges_the_adapter_and_records_it(runs):
+    """The bound of base + adapter file is the LoRA checkpoint's; the settings name the files and scales."""
+    from diffkit.evaluation import evaluate
+    nll = dict(nll_num=2, nll_stride=500, nll_dense_below=1, batch_size=2)
+    result = evaluate("nll-strided", checkpoint=runs["base"], lora=[(runs["a"], 1.0)], **nll)
+    assert result["settings"]["lora"] == [[str(runs["a"]), 1.0]]
+    bpd = evaluate("nll-strided", checkpoint=runs["lora_a"], **nll)["metrics"]["nll-strided"]["bpd"]
+    assert result["metrics"]["nll-strided"]["bpd"] == bpd
