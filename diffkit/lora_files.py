@@ -101,10 +101,10 @@ def _check_base(path, meta: dict, base_meta: dict, base_digest: str, any_base: b
         k = diff[0]
         raise DiffkitError(f"--lora {path} was trained on another network ({k}={base['unet'].get(k)!r}; this "
                            f"--checkpoint has {k}={ours.get(k)!r})")
-    if base["sha256"] != base_digest and not any_base:
+    if not any_base and base["sha256"] != base_digest:
         raise DiffkitError(f"--lora {path} was trained on other base weights (sha256 {base['sha256'][:12]}, "
-                           f"{base.get('path')} step {base.get('step')}; this --checkpoint's are {base_digest[:12]}; "
-                           f"--no-ema loads the raw ones); --lora-any-base merges it anyway")
+                           f"{base.get('path')} step {base.get('step')}; this --checkpoint's {base_digest[:12]}, its "
+                           f"EMA weights unless --no-ema); --lora-any-base merges it anyway")
 
 
 @torch.no_grad()
@@ -120,7 +120,7 @@ def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: st
         return model
     params = {n: p.requires_grad for n, p in model.named_parameters()}
     with torch.random.fork_rng(devices=[]):
-        add_lora(model, int(lora["rank"]), float(lora["alpha"]), lora["targets"])
+        add_lora(model, lora["rank"], lora["alpha"], lora["targets"])  # their own one-line checks
     try:
         state = {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
         missing, extra = sorted(state.keys() - tensors.keys()), sorted(tensors.keys() - state.keys())
@@ -170,7 +170,7 @@ def merge_adapters(model, base_meta: dict, adapters: Iterable, any_base: bool = 
     digest = None
     for path, scale in adapter_list(adapters):
         tensors, meta = read_adapter(path)
-        if digest is None:
+        if digest is None and not any_base:  # the base's weights, as the LoRA run's init_from recorded them
             digest = ckpt.tensors_digest(model.state_dict())
         _check_base(path, meta, base_meta, digest, any_base)
         read.append((path, tensors, meta["lora"], scale))

@@ -221,6 +221,13 @@ def test_files_that_are_not_adapters_are_refused(runs):
     with pytest.raises(DiffkitError, match="has merged LoRA weights"):
         export_adapter(export_weights(runs["lora_a"], runs["root"] / "m.safetensors"), runs["root"] / "n.safetensors")
     assert not (runs["root"] / "none.safetensors").exists() and not (runs["root"] / "n.safetensors").exists()
+    tensors, meta = read_adapter(runs["a"])
+    for bad, needle in (({**meta, "base": {}}, "malformed adapter description"),
+                        ({**meta, "lora": {**meta["lora"], "rank": "two"}}, "lora_rank")):
+        ckpt.save_checkpoint(runs["root"] / "bad.safetensors", tensors, bad)
+        with pytest.raises(DiffkitError, match=needle) as err:
+            load_model(runs["base"], lora=[runs["root"] / "bad.safetensors"], lora_any_base=True)
+        assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ command line
