@@ -324,3 +324,19 @@ def test_eval_merges_the_adapter_and_records_it(runs):
     assert result["settings"]["lora"] == [[str(runs["a"]), 1.0]]
     bpd = evaluate("nll-strided", checkpoint=runs["lora_a"], **nll)["metrics"]["nll-strided"]["bpd"]
     assert result["metrics"]["nll-strided"]["bpd"] == bpd
+
+
+@pytest.mark.slow  # two text-conditioned runs: about 4 s
+def test_a_text_conditioned_base_takes_its_adapter_bit_for_bit(tmp_path):
+    """Cross-attention adapters (to_q, to_kv, to_out) under the TextConditionedUNet's unet. prefix."""
+    from diffkit.data import InMemoryImageDataset
+    text = {"text_conditioning": True, "context_dim": 16, "text_width": 16, "text_layers": 1, "text_heads": 2}
+    images = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10)
+    base = Trainer(TrainConfig.from_dict(_run(tmp_path, "base", max_steps=1, **text)), data, progress=False).run()
+    given = _run(tmp_path, "lora", max_steps=1, lr=5e-2, lora_rank=2, ema_decay=0.0, **text)
+    lora = Trainer(TrainConfig.from_dict(fine_tune_fields(base.checkpoint, given)), data, progress=False).run()
+    adapter = export_adapter(lora.checkpoint, tmp_path / "a.safetensors")
+    assert any(k.startswith("unet.") and ".cross.to_kv." in k for k in read_adapter(adapter)[0])
+    from_file, from_ckpt = _state(base.checkpoint, [adapter]), _state(lora.checkpoint)
+    assert all(torch.equal(_bits(from_file[k]), _bits(from_ckpt[k])) for k in from_ckpt)
