@@ -92,8 +92,8 @@ def read_adapter(path) -> tuple[dict, dict]:
 def _check_base(path, meta: dict, base_meta: dict, base_digest: str, any_base: bool) -> None:
     base = meta["base"]
     if base_meta.get("consistency"):
-        raise DiffkitError(f"--lora {path}: LoRA adapters apply to diffusion models; this --checkpoint is a consistency "
-                           f"model")
+        raise DiffkitError(f"--lora {path}: LoRA adapters apply to diffusion models; this --checkpoint is a "
+                           f"consistency model")
     ours = base_meta.get("unet") or {}
     diff = sorted(k for k in set(base["unet"]) | set(ours)  # dropout: training's, not the weights' shapes
                   if k != "dropout" and base["unet"].get(k) != ours.get(k))

@@ -80,8 +80,8 @@ def test_the_adapter_file_holds_only_the_adapters_sampling_uses(runs):
     assert set(tensors) == set(ema) and all(k.endswith((".lora_A", ".lora_B")) for k in tensors)
     assert all(torch.equal(tensors[k], ema[k]) for k in tensors)
     raw = export_adapter(runs["lora_a"], runs["root"] / "raw.safetensors", use_ema=False)  # --no-ema
-    assert all(torch.equal(v, full[f"model.{k}"]) and not torch.equal(v, ema[k]) for k, v in read_adapter(raw)[0].items()
-               if k.endswith("lora_B"))
+    raw_b = {k: v for k, v in read_adapter(raw)[0].items() if k.endswith("lora_B")}
+    assert all(torch.equal(v, full[f"model.{k}"]) and not torch.equal(v, ema[k]) for k, v in raw_b.items())
     assert meta["lora"] == {"rank": 2, "alpha": 4.0, "targets": "attention,resblock"}
     assert meta["base"]["sha256"] == full_meta["init_from"]["sha256"] == ckpt.tensors_digest(_state(runs["base"]))
     assert meta["base"]["unet"] == full_meta["unet"]
@@ -286,7 +286,8 @@ def test_refused_on_the_command_line_before_any_output(runs, tmp_path, capsys):
              "--lora applies to sampling a --checkpoint"),
             (["convert", "--checkpoint", str(runs["lora_a"]), "--lora-only", "--to-diffusers", str(tmp_path / "o")],
              "--lora-only goes with --checkpoint LORA_CKPT --out FILE"),
-            (["convert", "--checkpoint", str(runs["base"]), "--lora-only", "--out", str(tmp_path / "o" / "a.safetensors")],
+            (["convert", "--checkpoint", str(runs["base"]), "--lora-only", "--out",
+              str(tmp_path / "o" / "a.safetensors")],
              "has no LoRA adapters")):
         line = one_line_error(capsys, *argv, *(["--device", "cpu"] if argv[0] != "convert" else []))
         assert needle in line, line

@@ -25,9 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
-from ._common import (add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      batch_size_or_auto, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
-                      path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+                      batch_size_or_auto, check_lora_flags, check_writable_dir, eta_value, int_in, missing_dirs,
+                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
+                      tolerance_options)
 
 
 def strength_value(text: str) -> float:

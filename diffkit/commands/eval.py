@@ -23,9 +23,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import (IMAGE_DATASETS, add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      add_thresholding_flag, check_output_file, check_writable_dir, dataset_arg, default_sampling,
-                      missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (IMAGE_DATASETS, add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag,
+                      add_solver_flags, add_thresholding_flag, check_lora_flags, check_output_file, check_writable_dir,
+                      dataset_arg, default_sampling, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure,
+                      seed_int, tolerance_options)
 
 
 def add_source_flags(p) -> None:

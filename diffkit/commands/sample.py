@@ -46,10 +46,10 @@ from typing import Optional
 
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
-from ._common import (add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      add_thresholding_flag, batch_size_or_auto, check_output_file, check_writable_dir, eta_value,
-                      int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
-                      seed_int, tolerance_options)
+from ._common import (add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+                      add_thresholding_flag, batch_size_or_auto, check_lora_flags, check_output_file,
+                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed

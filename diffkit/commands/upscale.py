@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_compile_flag, add_lora_flags, check_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, path_arg, peek_checkpoint,
-                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
+                      check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
+                      path_arg, peek_checkpoint, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 GRID_NAME = "upscale_grid.png"
 
