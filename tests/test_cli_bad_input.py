@@ -264,3 +264,15 @@ def test_train_evaluator_num_train_reads_n_plus_one_training_images_not_the_spli
                  "--out", str(tmp_path / "ev.safetensors")]) == 0
     assert "trained on 40 digits images" in capsys.readouterr().out
     assert rows == [(True, 41), (False, 597)]
+
+
+@pytest.mark.parametrize("source,wanted", [(["--checkpoint", "{d}/junk.safetensors"], "is corrupt or truncated"),
+                                           (["--checkpoint", "{d}/none.safetensors"], "does not exist"),
+                                           (["--from-diffusers", "{d}"], "is not a diffusers folder")])
+def test_convert_that_fails_leaves_no_output_folder(source, wanted, tmp_path, capsys):
+    """convert --out NEW/DIR/F.safetensors made NEW/DIR before reading the source, and left it when that failed."""
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    out = tmp_path / "new" / "dir" / "w.safetensors"
+    line = one_line_error(capsys, "convert", *[a.format(d=tmp_path) for a in source], "--out", str(out))
+    assert wanted in line, line
+    assert not (tmp_path / "new").exists(), line

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffkitError
-from ._common import check_output_file, path_arg
+from ._common import check_output_file, missing_dirs, path_arg, removed_if_empty_on_failure
 
 
 def register(subparsers) -> None:
@@ -70,8 +70,9 @@ def run(args) -> int:
         raise DiffkitError("--from-diffusers and --out go together")
     if not Path(args.from_diffusers).is_dir():
         raise DiffkitError(f"--from-diffusers {args.from_diffusers!r} is not a folder")
-    check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
-    unet, schedule, prediction_type = diffusers_unet.import_diffusers(args.from_diffusers, out=args.out)
+    with removed_if_empty_on_failure(missing_dirs(Path(args.out).parent)):  # a failed read leaves no folder
+        check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
+        unet, schedule, prediction_type = diffusers_unet.import_diffusers(args.from_diffusers, out=args.out)
     sys.stdout.write(f"wrote diffkit checkpoint {args.out} ({unet.num_parameters():,} parameters, "
                      f"T={schedule.num_timesteps}, prediction_type={prediction_type})\n")
     return 0
@@ -90,8 +91,9 @@ def _weights_only(args) -> int:
         sys.stdout.write(f"wrote LoRA adapter file {out} ({out.stat().st_size / 2**10:.1f} KiB, "
                          f"{'EMA' if args.ema else 'raw'} adapters)\n")
         return 0
-    check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
-    out = export_weights(args.checkpoint, args.out, use_ema=args.ema)
+    with removed_if_empty_on_failure(missing_dirs(Path(args.out).parent)):  # a failed read leaves no folder
+        check_output_file(args.out, "--out", ".safetensors", writes="diffusion weights")
+        out = export_weights(args.checkpoint, args.out, use_ema=args.ema)
     size = out.stat().st_size / 2**20
     sys.stdout.write(f"wrote weights-only checkpoint {out} ({size:.1f} MiB, {'EMA' if args.ema else 'raw'} weights)\n")
     return 0
