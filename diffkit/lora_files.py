@@ -165,7 +165,9 @@ def merge_adapters(model, base_meta: dict, adapters: Iterable, any_base: bool = 
     """Fold adapter files into ``model`` (the base network described by ``base_meta``), in order:
     W = W0 + sum_i s_i (alpha_i / r_i) B_i A_i. ``adapters``: paths or (path, scale) pairs. Each
     file is read and checked against the base (network description; weights digest unless
-    ``any_base``) before the first is merged. Returns ``model``."""
+    ``any_base``) before the first is merged; if one does not fit (a key or shape), the weights the
+    earlier ones changed are put back, so a failure leaves ``model`` as it was. Returns ``model``."""
+    from .lora import target_layers
     read = []
     digest = None
     for path, scale in adapter_list(adapters):
@@ -174,8 +176,16 @@ def merge_adapters(model, base_meta: dict, adapters: Iterable, any_base: bool = 
             digest = ckpt.tensors_digest(model.state_dict())
         _check_base(path, meta, base_meta, digest, any_base)
         read.append((path, tensors, meta["lora"], scale))
-    for path, tensors, lora, scale in read:
-        merge_adapter(model, tensors, lora, scale, f"--lora {path}")
+    layers = {id(layer): layer for *_, lora, _ in read[:-1] for _, layer in target_layers(model, lora["targets"])}
+    saved = [(layer.weight, layer.weight.detach().clone()) for layer in layers.values()]  # what a merge changes
+    try:
+        for path, tensors, lora, scale in read:
+            merge_adapter(model, tensors, lora, scale, f"--lora {path}")
+    except BaseException:
+        with torch.no_grad():
+            for weight, w0 in saved:
+                weight.copy_(w0)
+        raise
     return model
 
 

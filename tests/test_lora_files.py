@@ -201,6 +201,20 @@ def test_a_key_or_shape_the_network_lacks_leaves_it_unchanged(runs):
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_a_later_adapter_that_does_not_fit_leaves_the_earlier_ones_unmerged(runs):
+    """merge_adapters(model, meta, [a, bad]): a failed in bad's key check left a merged into the weights."""
+    model, meta = load_model(runs["base"])[:2]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors, adapter = read_adapter(runs["b"])
+    bad = runs["root"] / "bad_key.safetensors"
+    ckpt.save_checkpoint(bad, {**tensors, "x.lora_A": next(iter(tensors.values())).clone()}, adapter)
+    with pytest.raises(DiffkitError, match="does not fit this network: this network has no x.lora_A"):
+        merge_adapters(model, meta, [(runs["a"], 0.5), runs["b"], bad])
+    assert not lora_layers(model) and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(_bits(v), _bits(before[k])) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize("scale", [math.nan, math.inf, -math.inf, "1", True, None])
 def test_a_scale_that_is_not_a_finite_number_is_refused(runs, scale):
     with pytest.raises(DiffkitError, match="give a finite number"):
