@@ -162,6 +162,33 @@ def test_the_python_api(runs):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in plain.state_dict().items())
 
 
+def test_the_base_given_as_its_run_folder_or_its_convert_export_is_the_same_base(runs):
+    """The digest is of the loaded (EMA) weights, not of a file: the run folder and the weights-only
+    export of the base take the adapter as the checkpoint file does, bit for bit."""
+    export = export_weights(runs["base"], runs["root"] / "base_weights.safetensors")
+    want = _state(runs["base"], [(runs["a"], 0.7)])
+    for base in (runs["base"].parent, export):
+        got = _state(base, [(runs["a"], 0.7)])
+        assert all(torch.equal(_bits(got[k]), _bits(want[k])) for k in want), base
+
+
+def test_an_adapter_trained_on_a_lora_checkpoint_merges_onto_it_with_its_own_alpha_over_r(runs):
+    """A LoRA run c started from the LoRA checkpoint a (rank 1, alpha 3: alpha/r 3, a's is 4/2): its base
+    is a's merged network, and --checkpoint LORA_A --lora C gives W_a + s (3/1) B_c A_c (the adapter's
+    rank and alpha, not the base checkpoint's)."""
+    given = _run(runs["root"], "c", max_steps=1, lr=5e-2, lora_rank=1, lora_alpha=3.0, seed=3)
+    lora_c = Trainer(TrainConfig.from_dict(fine_tune_fields(runs["lora_a"], given)), tiny_dataset(),
+                     progress=False).run().checkpoint
+    adapter = export_adapter(lora_c, runs["root"] / "c.safetensors")
+    base, merged, delta = _state(runs["lora_a"]), _state(runs["lora_a"], [(adapter, -0.5)]), _delta(adapter)
+    assert read_adapter(adapter)[1]["lora"]["alpha"] == 3.0 and delta
+    for key in base:
+        want = base[key].double() - 0.5 * delta[key] if key in delta else base[key]
+        torch.testing.assert_close(merged[key], want.float(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(DiffkitError, match="other base weights"):
+        load_model(runs["base"], lora=[adapter])  # the plain base is not the one c was trained on
+
+
 # ------------------------------------------------------------------------------------------ refused
 def test_another_base_is_refused_unless_any_base(runs):
     """Other weights of the same network (the b run's merged export): refused; --lora-any-base merges
