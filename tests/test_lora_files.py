@@ -34,6 +34,12 @@ def runs(tmp_path_factory):
     blocks, EMA decay 0.5; rank 1, alpha 1, attention, no EMA) with a large learning rate so B is far from 0,
     and the adapter file of each."""
     root = tmp_path_factory.mktemp("lora_files")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("diffkit.training.plot_loss_curve", lambda *args: None)  # matplotlib: most of a tiny run's time
+        return _train_runs(root)
+
+
+def _train_runs(root):
     base = Trainer(TrainConfig.from_dict(_run(root, "base", max_steps=1)), tiny_dataset(), progress=False).run()
     out = {"root": root, "base": base.checkpoint}
     for name, over in (("a", {"lora_rank": 2, "lora_alpha": 4.0, "lora_targets": "attention,resblock",
@@ -172,10 +178,11 @@ def test_the_base_given_as_its_run_folder_or_its_convert_export_is_the_same_base
         assert all(torch.equal(_bits(got[k]), _bits(want[k])) for k in want), base
 
 
-def test_an_adapter_trained_on_a_lora_checkpoint_merges_onto_it_with_its_own_alpha_over_r(runs):
+def test_an_adapter_trained_on_a_lora_checkpoint_merges_onto_it_with_its_own_alpha_over_r(runs, monkeypatch):
     """A LoRA run c started from the LoRA checkpoint a (rank 1, alpha 3: alpha/r 3, a's is 4/2): its base
     is a's merged network, and --checkpoint LORA_A --lora C gives W_a + s (3/1) B_c A_c (the adapter's
     rank and alpha, not the base checkpoint's)."""
+    monkeypatch.setattr("diffkit.training.plot_loss_curve", lambda *args: None)
     given = _run(runs["root"], "c", max_steps=1, lr=5e-2, lora_rank=1, lora_alpha=3.0, seed=3)
     lora_c = Trainer(TrainConfig.from_dict(fine_tune_fields(runs["lora_a"], given)), tiny_dataset(),
                      progress=False).run().checkpoint
@@ -368,10 +375,11 @@ def test_eval_merges_the_adapter_and_records_it(runs):
     assert result["metrics"]["nll-strided"]["bpd"] == bpd
 
 
-@pytest.mark.slow  # two text-conditioned runs: about 4 s
-def test_a_text_conditioned_base_takes_its_adapter_bit_for_bit(tmp_path):
-    """Cross-attention adapters (to_q, to_kv, to_out) under the TextConditionedUNet's unet. prefix."""
+def test_a_text_conditioned_base_takes_its_adapter_bit_for_bit(tmp_path, monkeypatch):
+    """Cross-attention adapters (to_q, to_kv, to_out) under the TextConditionedUNet's unet. prefix (no
+    longer slow: without the loss-curve plots the two 1-step runs take under a second)."""
     from diffkit.data import InMemoryImageDataset
+    monkeypatch.setattr("diffkit.training.plot_loss_curve", lambda *args: None)
     text = {"text_conditioning": True, "context_dim": 16, "text_width": 16, "text_layers": 1, "text_heads": 2}
     images = (torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10)
