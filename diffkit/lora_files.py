@@ -112,12 +112,10 @@ def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: st
     """Fold one adapter into ``model`` in place: W += scale (alpha / r) B A on each adapted layer
     (:func:`diffkit.lora.add_lora`, then :func:`diffkit.lora.merge_lora`). ``tensors``: the adapted
     network's ``*.lora_A`` / ``*.lora_B`` state-dict entries; a key or shape the network lacks is a
-    one-line error, and the model is unchanged then. The global RNG state is left as it was
-    (add_lora draws A before it is overwritten). Returns ``model``."""
+    one-line error (at scale 0 too), and the model is unchanged then. The global RNG state is left as
+    it was (add_lora draws A before it is overwritten). Returns ``model``."""
     from .lora import add_lora, lora_layers, merge_lora
     scale = check_scale(scale, f"{what}: scale")
-    if scale == 0.0:  # W0 + 0 * delta could turn a -0.0 weight into +0.0: the base as it is
-        return model
     params = {n: p.requires_grad for n, p in model.named_parameters()}
     with torch.random.fork_rng(devices=[]):
         add_lora(model, lora["rank"], lora["alpha"], lora["targets"])  # their own one-line checks
@@ -132,20 +130,29 @@ def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: st
             if tuple(tensors[k].shape) != tuple(v.shape):
                 raise DiffkitError(f"{what} does not fit this network: {k} is {tuple(tensors[k].shape)}, the "
                                    f"network's {tuple(v.shape)}")
+        if scale == 0.0:  # W0 + 0 * delta could turn a -0.0 weight into +0.0: the base as it is (checked)
+            _drop_adapters(model)
+            return model
         for k, v in state.items():
             v.copy_(tensors[k])
         for _, layer in lora_layers(model):
             layer.lora_scale = scale * layer.lora_scale
         merge_lora(model)
     except BaseException:
-        for _, layer in lora_layers(model):  # back to the base network (nothing was added to W yet)
-            del layer.lora_A, layer.lora_B, layer.lora_scale
-            layer.__class__ = type(layer).lora_base
+        _drop_adapters(model)  # back to the base network (nothing was added to W yet)
         raise
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(params[n])
     return model
+
+
+def _drop_adapters(model) -> None:
+    """Take the unmerged adapters off ``model``'s layers (their plain class again, W untouched)."""
+    from .lora import lora_layers
+    for _, layer in lora_layers(model):
+        del layer.lora_A, layer.lora_B, layer.lora_scale
+        layer.__class__ = type(layer).lora_base
 
 
 def adapter_list(adapters) -> list[tuple[str, float]]:

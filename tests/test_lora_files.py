@@ -3,6 +3,7 @@
 Checked against the closed form W = W0 + sum_i s_i (alpha_i / r_i) B_i A_i (Hu et al. 2021, eq. 3, with
 diffusers' adapter scale s_i) written here with einsum from the file's tensors, and against the
 self-contained LoRA checkpoint the adapters came from."""
+import itertools
 import math
 
 import pytest
@@ -226,11 +227,12 @@ def test_a_key_or_shape_the_network_lacks_leaves_it_unchanged(runs):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tensors, adapter = read_adapter(runs["a"])
     key = next(iter(tensors))
-    for bad, needle in (({k: v for k, v in tensors.items() if k != key}, f"it lacks {key}"),
-                        ({**tensors, "x.lora_A": tensors[key]}, "this network has no x.lora_A"),
-                        ({**tensors, key: tensors[key][:1]}, f"{key} is")):
+    for (bad, needle), scale in itertools.product(
+            (({k: v for k, v in tensors.items() if k != key}, f"it lacks {key}"),
+             ({**tensors, "x.lora_A": tensors[key]}, "this network has no x.lora_A"),
+             ({**tensors, key: tensors[key][:1]}, f"{key} is")), (1.0, 0.0)):  # scale 0 too: it skipped the check
         with pytest.raises(DiffkitError, match="does not fit this network: " + needle.replace(".", r"\.")):
-            merge_adapter(model, bad, adapter["lora"], 1.0)
+            merge_adapter(model, bad, adapter["lora"], scale)
         assert not lora_layers(model) and model.state_dict().keys() == before.keys()
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
