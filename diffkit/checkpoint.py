@@ -327,6 +327,12 @@ def peek_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
     return as_loaded(value) if isinstance(value, dict) else None
 
 
+def step_of(meta: dict):
+    """The training step a checkpoint's weights are from: its ``step``, or a weights-only export's
+    ``exported_from["step"]`` (None when neither is recorded)."""
+    return meta.get("step", (meta.get("exported_from") or {}).get("step"))
+
+
 def check_not_other_kind(path, meta: dict, wanted: str) -> None:
     """A one-line DiffkitError if ``meta`` is that of another kind of diffkit file (an autoencoder, a
     classifier: their ``kind``) where ``wanted`` (e.g. "a diffusion model checkpoint") was given; the

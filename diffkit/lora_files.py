@@ -103,8 +103,9 @@ def _check_base(path, meta: dict, base_meta: dict, base_digest: str, any_base: b
                            f"--checkpoint has {k}={ours.get(k)!r})")
     if not any_base and base["sha256"] != base_digest:
         raise DiffkitError(f"--lora {path} was trained on other base weights (sha256 {base['sha256'][:12]}, "
-                           f"{base.get('path')} step {base.get('step')}; this --checkpoint's {base_digest[:12]}, its "
-                           f"EMA weights unless --no-ema); --lora-any-base merges it anyway")
+                           f"{base.get('path')} step {base.get('step')}; this --checkpoint's {base_digest[:12]} (step "
+                           f"{ckpt.step_of(base_meta)}), its EMA weights unless --no-ema); --lora-any-base merges it "
+                           f"anyway")
 
 
 @torch.no_grad()

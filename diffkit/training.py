@@ -531,8 +531,7 @@ class Trainer:
                                   f"init_from {path}")
         weights = source.state_dict()
         ckpt.load_state_dict_checked(self.model, weights, f"init_from {path}")
-        step = meta.get("step", (meta.get("exported_from") or {}).get("step"))
-        return {"path": str(path), "step": step, "sha256": ckpt.tensors_digest(weights)}
+        return {"path": str(path), "step": ckpt.step_of(meta), "sha256": ckpt.tensors_digest(weights)}
 
     # ------------------------------------------------------------ state
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:

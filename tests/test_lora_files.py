@@ -205,6 +205,9 @@ def test_another_base_is_refused_unless_any_base(runs):
     with pytest.raises(DiffkitError, match="was trained on other base weights") as err:
         load_model(other, lora=[runs["a"]])
     assert "\n" not in str(err.value) and "--lora-any-base" in str(err.value)
+    base_digest = read_adapter(runs["a"])[1]["base"]["sha256"][:12]  # the base's step and this one's: a run that
+    assert f"(sha256 {base_digest}, {runs['base']} step 1; this --checkpoint's " in str(err.value)  # went on
+    assert f"{ckpt.tensors_digest(_state(other))[:12]} (step 2), its EMA weights" in str(err.value)
     with pytest.raises(DiffkitError, match="other base weights"):
         load_model(runs["base"], use_ema=False, lora=[runs["a"]])  # the raw weights are not the ones trained on
     base, merged, delta = _state(other), _state(other, [runs["a"]], lora_any_base=True), _delta(runs["a"])
