@@ -117,6 +117,9 @@ def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: st
     it was (add_lora draws A before it is overwritten). Returns ``model``."""
     from .lora import add_lora, lora_layers, merge_lora
     scale = check_scale(scale, f"{what}: scale")
+    if lora_layers(model):
+        raise DiffkitError(f"{what}: this network has unmerged LoRA adapters (a LoRA run's); merge them first "
+                           f"(diffkit.lora.merge_lora) or load its checkpoint, which merges them")
     params = {n: p.requires_grad for n, p in model.named_parameters()}
     with torch.random.fork_rng(devices=[]):
         add_lora(model, lora["rank"], lora["alpha"], lora["targets"])  # their own one-line checks

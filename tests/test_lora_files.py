@@ -240,6 +240,17 @@ def test_a_key_or_shape_the_network_lacks_leaves_it_unchanged(runs):
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_a_network_with_unmerged_adapters_is_refused_as_it_is(runs):
+    """apply_adapter_file on a network in LoRA training (adapters not merged) overwrote its lora_A / lora_B."""
+    from diffkit.lora import add_lora
+    model = add_lora(load_model(runs["base"])[0], 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DiffkitError, match="has unmerged LoRA adapters") as err:
+        apply_adapter_file(model, runs["a"])
+    assert "\n" not in str(err.value) and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_a_later_adapter_that_does_not_fit_leaves_the_earlier_ones_unmerged(runs):
     """merge_adapters(model, meta, [a, bad]): a failed in bad's key check left a merged into the weights."""
     model, meta = load_model(runs["base"])[:2]
