@@ -182,9 +182,9 @@ def test_the_base_given_as_its_run_folder_or_its_convert_export_is_the_same_base
 def test_an_adapter_trained_on_a_lora_checkpoint_merges_onto_it_with_its_own_alpha_over_r(runs, monkeypatch):
     """A LoRA run c started from the LoRA checkpoint a (rank 1, alpha 3: alpha/r 3, a's is 4/2): its base
     is a's merged network, and --checkpoint LORA_A --lora C gives W_a + s (3/1) B_c A_c (the adapter's
-    rank and alpha, not the base checkpoint's)."""
+    rank and alpha, not the base checkpoint's). c trains with dropout 0.2 (a's 0): not a network difference."""
     monkeypatch.setattr("diffkit.training.plot_loss_curve", lambda *args: None)
-    given = _run(runs["root"], "c", max_steps=1, lr=5e-2, lora_rank=1, lora_alpha=3.0, seed=3)
+    given = {**_run(runs["root"], "c", max_steps=1, lr=5e-2, lora_rank=1, lora_alpha=3.0, seed=3), "dropout": 0.2}
     lora_c = Trainer(TrainConfig.from_dict(fine_tune_fields(runs["lora_a"], given)), tiny_dataset(),
                      progress=False).run().checkpoint
     adapter = export_adapter(lora_c, runs["root"] / "c.safetensors")
