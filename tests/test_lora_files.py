@@ -322,6 +322,8 @@ def test_each_loading_command_takes_lora(command):
                                      + (["--images", "x", "--out", "y"] if command in ("edit", "upscale") else []))
     assert args.lora == [("a.safetensors", 0.5), ("c.safetensors", 1.0), ("C:\\d\\e.safetensors", 1.0)]
     assert lora_arg("x.safetensors:-2") == ("x.safetensors", -2.0)
+    assert lora_arg("runs/a:b/x.safetensors:0.5") == ("runs/a:b/x.safetensors", 0.5)  # the last ':' is the scale's
+    assert lora_arg("runs/a:b/x.safetensors") == ("runs/a:b/x.safetensors", 1.0)
 
 
 @pytest.mark.parametrize("value,needle", [("a.safetensors:nan", "scale 'nan' is not allowed"),
