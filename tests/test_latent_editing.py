@@ -234,7 +234,7 @@ def test_sd_folder_through_the_cli_is_the_img2img_pipeline(tiny_sd, tmp_path, ca
     code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
                          PROMPTS[1], "--strength", 0.5, "--steps", 4, "--spacing", "leading", "--final", "zero",
                          "--guidance-scale", 5, "--guidance-convention", "diffusers", "--seed", 10,
-                         "--out", tmp_path / "out")
+                         "--batch-size", 1, "--out", tmp_path / "out")  # image 1 alone, from seed 11
     assert code == 0, err
     assert "2 edited images" in out and "posterior sample" in out
     image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
