@@ -357,3 +357,19 @@ def test_prompts_and_latent_flags_on_a_pixel_checkpoint_are_refused(tmp_path, ca
         code, out, err = cli(capsys, *base, *extra, "--out", tmp_path / "never")
         assert code != 0 and len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists(), err
         assert re.search(pattern, err), err
+
+
+def test_a_pixel_space_text_checkpoint_takes_prompts_but_not_latent_flags(tmp_path, capsys):
+    from test_latent_text import TINY, small_digits
+
+    from diffkit.config import TrainConfig
+    from diffkit.training import Trainer
+    cfg = TrainConfig.from_dict({**TINY, "max_steps": 1, "save_weight_dir": str(tmp_path / "ckpt")})
+    ckpt = Trainer(cfg, small_digits(16), progress=False).run().checkpoint
+    pngs = write_pngs(tmp_path / "in", 1, 16, "L")
+    base = ["--checkpoint", ckpt, "--images", pngs, "--steps", 3]
+    code, out, err = cli(capsys, *base, "--prompt", "a digit one", "--guidance-scale", 2, "--out", tmp_path / "a")
+    assert code == 0 and "prompts ['a digit one']" in out and "latent space" not in out, err
+    assert (tmp_path / "a" / "edit_00000.png").is_file()
+    code, out, err = cli(capsys, *base, "--prompt", "a", "--posterior", "sample", "--out", tmp_path / "never")
+    assert code != 0 and "--posterior needs a latent checkpoint" in err and not (tmp_path / "never").exists()
