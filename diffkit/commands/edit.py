@@ -180,7 +180,8 @@ def run(args) -> int:
     for flag, value, default in guidance_flags if args.prompts is None else ():
         if value != default:
             raise DiffkitError(f"{flag} is not available for --images (image edits take --class without "
-                               f"guidance); it goes with --series")
+                               f"guidance); it goes with --series, or with --prompt (a text-conditional checkpoint "
+                               f"or a Stable Diffusion folder)")
     for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")
