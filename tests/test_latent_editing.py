@@ -280,6 +280,8 @@ def test_sd_folder_inpainting_and_mistakes_through_the_cli(tiny_sd, tmp_path, ca
         (["--prompt", "a", "--class", "1"], "--prompt and --class exclude each other"),
         (["--prompt", "a", "--mask", tmp_path / "small_mask.png"], "--mask is 12x12 but the images are 16x16"),
         (["--prompt", "a", "--no-ema"], "--no-ema does not apply to a Stable Diffusion folder"),
+        (["--prompt", "a", "--guidance-scale", "2", "--guidance-interval", "1", "500"],
+         "--guidance-interval does not apply to a Stable Diffusion folder"),
         (["--prompt", "a", "--paste-known"], "--paste-known .* goes with --mask"),
         (["--prompt", "a", "--posterior", "mode"], "invalid choice: 'mode'"),
     ]:

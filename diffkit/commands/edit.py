@@ -335,6 +335,9 @@ def _stable_diffusion(args, device):
     from ..interop.stable_diffusion import load_stable_diffusion
     from .sample import not_for_stable_diffusion
     for flag, value in (("--class", args.class_id), ("--no-ema", None if args.ema else True),
+                        ("--guidance-interval", args.guidance_interval),  # as diffkit sample refuses them
+                        ("--apg-eta", args.apg_eta), ("--apg-norm-threshold", args.apg_norm_threshold),
+                        ("--apg-momentum", args.apg_momentum),
                         ("--mixed-precision", None if args.mixed_precision == "no" else args.mixed_precision),
                         ("--compile", None if args.compile == "no" else args.compile)):
         if value is not None:
@@ -371,8 +374,7 @@ def _prompted(args, denoiser, request, count: int, device):
         scale, convention = ((sd.default_guidance_scale, "diffusers") if request.guidance_scale is None
                              else (request.guidance_scale, request.convention))
         guided = sd.guided(scale, sd.encode_prompts([""]), convention, rescale=request.rescale,
-                           interval=request.interval, **request.apg_options(),
-                           rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")
+                           rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")  # text_to_image's
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])
     from .sample import prompt_conditioning
     guided, context, _, index, _, _ = prompt_conditioning(denoiser, request, count, 1, device)
