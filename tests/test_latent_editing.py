@@ -269,13 +269,14 @@ def test_sd_folder_inpainting_and_mistakes_through_the_cli(tiny_sd, tmp_path, ca
     runs = {}
     for name, extra in (("default", []), ("7.5", ["--guidance-scale", 7.5, "--guidance-convention", "diffusers"]),
                         ("7", ["--guidance-scale", 7, "--guidance-convention", "diffusers"]),
-                        ("rescaled", ["--guidance-rescale", 0.7])):
+                        ("rescaled", ["--guidance-scale", 7.5, "--guidance-convention", "diffusers",
+                                      "--guidance-rescale", 0.7])):
         code, out, err = cli(capsys, *base, "--prompt", "a cat", *extra, "--out", tmp_path / name)
         assert code == 0, err
         runs[name] = [np.asarray(Image.open(tmp_path / name / f"edit_{i:05d}.png")) for i in range(3)]
     assert all(np.array_equal(a, b) for a, b in zip(runs["default"], runs["7.5"]))  # diffusers' default s = 7.5
     assert not all(np.array_equal(a, b) for a, b in zip(runs["default"], runs["7"]))
-    assert not all(np.array_equal(a, b) for a, b in zip(runs["default"], runs["rescaled"]))  # phi reaches it
+    assert not all(np.array_equal(a, b) for a, b in zip(runs["7.5"], runs["rescaled"]))  # phi reaches it
     for extra, pattern in [
         ([], "is a Stable Diffusion folder: give --prompt TEXT"),
         (["--prompt", "a", "--prompt", "b"], r"--prompt is given 2 times for 3 images; give it once"),
