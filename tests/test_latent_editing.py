@@ -301,17 +301,26 @@ def test_sd_folder_inpainting_and_mistakes_through_the_cli(tiny_sd, tmp_path, ca
 # ------------------------------------------------------------------ diffkit latent checkpoints
 @pytest.fixture(scope="module")
 def latent_text_checkpoint(tmp_path_factory):
-    """A 1-step latent text-conditional run (p_uncond > 0) on 16x16 digits with a tiny f=2 autoencoder."""
+    """A 1-step latent text-conditional run (p_uncond > 0) on 16x16 digits with a tiny f=2 autoencoder; its
+    zero-initialised (and near-zero) network weights made random, so that the prompt changes the output."""
     from test_latent_text import TINY, small_digits
 
     from diffkit.autoencoder_training import save_autoencoder
+    from diffkit.checkpoint import load_checkpoint, save_checkpoint
     from diffkit.config import TrainConfig
     from diffkit.training import Trainer
     root = tmp_path_factory.mktemp("latent_edit")
     save_autoencoder(root / "ae.safetensors", small_autoencoder().model, 0.7)
     cfg = TrainConfig.from_dict({**TINY, "autoencoder": str(root / "ae.safetensors"), "max_steps": 1,
                                  "save_weight_dir": str(root / "ckpt")})
-    return Trainer(cfg, small_digits(16), progress=False).run().checkpoint, root
+    checkpoint = Trainer(cfg, small_digits(16), progress=False).run().checkpoint
+    tensors, meta = load_checkpoint(checkpoint)
+    g = torch.Generator().manual_seed(0)
+    for key, value in tensors.items():
+        if key.startswith(("model.", "ema.")) and value.is_floating_point() and value.abs().max() < 1e-2:
+            tensors[key] = 0.1 * torch.randn(value.shape, generator=g, dtype=value.dtype)
+    save_checkpoint(checkpoint, tensors, meta)
+    return checkpoint, root
 
 
 def test_a_latent_text_checkpoint_is_edited_with_prompts_and_guidance(latent_text_checkpoint, tmp_path, capsys):
@@ -339,8 +348,16 @@ def test_a_latent_text_checkpoint_is_edited_with_prompts_and_guidance(latent_tex
     mask[4:12] = 255
     Image.fromarray(mask, "L").save(tmp_path / "mask.png")
     code, out, err = cli(capsys, *base, "--prompt", "a", "--prompt", "b", "--mask", tmp_path / "mask.png",
-                         "--posterior", "sample", "--out", tmp_path / "b")
+                         "--posterior", "sample", "--batch-size", 1, "--out", tmp_path / "b")  # image 1 alone
     assert code == 0 and "2 inpainted images" in out and "posterior sample" in out, err
+    contexts = den.prompt_encoder(["a", "b"])  # one prompt per image, white = repaint, strength 1, no guidance
+    for i in range(2):
+        inpainted = latent_inpaint(den, den.decoder, x[i:i + 1].float() / 127.5 - 1,
+                                   torch.from_numpy(mask)[None, None].float() / 255, "ddim", 4, posterior="sample",
+                                   seed=i, cond={"context": contexts[i:i + 1]}, progress=False)
+        png = np.asarray(Image.open(tmp_path / "b" / f"edit_{i:05d}.png")).astype(int)
+        expected = np.round((inpainted.clamp(-1, 1)[0, 0].numpy() + 1) * 127.5).astype(int)
+        assert np.abs(png - expected).max() <= 1
     for extra, pattern in [
         ([], "this checkpoint is text-conditional: give --prompt TEXT"),
         (["--class", "1"], "--class needs a class-conditional checkpoint .* text-conditional: use --prompt"),
