@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_editing import Recorder  # records every (x, t) a denoiser is evaluated at
 
 import diffkit
 from diffkit.cli import main
@@ -31,19 +32,6 @@ def small_autoencoder(seed=0, channels=1):
 
 def images(n=2, side=8, channels=1, seed=1):
     return torch.rand(n, channels, side, side, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-class Recorder:
-    """A denoiser wrapper recording every (x, t) it is evaluated at."""
-
-    def __init__(self, inner):
-        self.inner, self.calls = inner, []
-
-    schedule = property(lambda self: self.inner.schedule)
-
-    def __call__(self, x, t, **cond):
-        self.calls.append((x.clone(), float(t)))
-        return self.inner(x, t, **cond)
 
 
 def seeded_draws(seed, n, shape, draws):
