@@ -85,8 +85,10 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
     pastes the known pixels back, m x_out + (1 - m) x with the binarised pixel mask; diffusers does
     not by default. Encoding and noise as :func:`latent_img2img`. With DDIM (eta 0) the states are
     those of diffusers' ``StableDiffusionInpaintPipeline`` with a 4-channel UNet at strength < 1
-    (its kept region re-noised as ``add_noise(z, noise, t)`` with the first noise is where replacing
-    x_0 puts it); at strength 1 diffusers starts from pure noise, diffkit from q(z_T | (1 - m) z)."""
+    (after step i it blends in ``add_noise(z, noise, timesteps[i + 1])``, the first noise at the
+    next timestep, which is where replacing x_0 puts the kept region; after the last step z itself,
+    as the final paste); at strength 1 diffusers starts from pure noise, diffkit from
+    q(z_T | (1 - m) z)."""
     images = check_images(images, "images", DATA_RANGE, skippable=False)
     check_pixels(denoiser, autoencoder, images)
     if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[1] != 1:
@@ -101,8 +103,8 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
         return z
     out = autoencoder.decode(z)
     if paste:
-        kept = (pixel_mask >= 0.5).to(out.dtype).to(out.device)
-        out = kept * out + (1 - kept) * images.to(out.device, out.dtype)
+        repaint = (pixel_mask >= 0.5).to(out.dtype).to(out.device)
+        out = repaint * out + (1 - repaint) * images.to(out.device, out.dtype)
     return out
 
 
