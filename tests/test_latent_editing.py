@@ -368,9 +368,12 @@ def test_prompts_and_latent_flags_on_a_pixel_checkpoint_are_refused(tmp_path, ca
                  "--device", "cpu", *TINY]) == 0
     capsys.readouterr()
     pngs = write_pngs(tmp_path / "in", 1, 8, "L")
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8), "L").save(tmp_path / "mask.png")
     base = ["--checkpoint", tmp_path / "run" / "checkpoints", "--images", pngs]
     for extra, pattern in [(["--prompt", "a"], "--prompt needs a text-conditional checkpoint"),
                            (["--posterior", "mean"], "--posterior needs a latent checkpoint"),
+                           (["--paste-known", "--mask", tmp_path / "mask.png"], "--paste-known needs a latent "
+                                                                               "checkpoint"),
                            (["--prompt", "a", "--guidance-scale", "nan"], "guidance")]:
         code, out, err = cli(capsys, *base, *extra, "--out", tmp_path / "never")
         assert code != 0 and len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists(), err
