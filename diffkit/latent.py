@@ -63,10 +63,22 @@ class FrozenAutoencoder:
     def latent_shape(self, img_size: int) -> tuple:
         return tuple(self.model.config.latent_shape(img_size))
 
+    @property
+    def image_channels(self) -> int:
+        """The channels of the images E takes."""
+        return int(self.model.config.in_channels)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """f: an H x W image has an (H / f) x (W / f) latent."""
+        return int(self.model.config.downsampling_factor)
+
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """z = s * E(x) for images in [-1, 1] (deterministic: the posterior mean / VQ code)."""
-        return self.scale_factor * self.model.encode_latents(images.to(self.device), sample=False)
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = s * E(x) for images in [-1, 1]: the posterior mean (default, what a latent model is
+        trained on, :func:`encode_dataset`), or with ``sample`` a draw mean + std * eps from
+        ``generator`` (LDM's ``DiagonalGaussianDistribution.sample``); a VQ code is deterministic."""
+        return self.scale_factor * self.model.encode_latents(images.to(self.device), generator, sample=sample)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

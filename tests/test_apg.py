@@ -351,7 +351,7 @@ def test_edit_refuses_apg_for_image_edits(checkpoints, capsys, tmp_path):
                         "--out", tmp_path / "o", "--no-progress")
     assert code == 2 and out.err.strip().splitlines() == [
         "diffkit edit: error: --apg-eta is not available for --images (image edits take --class without guidance); "
-        "it goes with --series"], out.err
+        "it goes with --series, or with --prompt (a text-conditional checkpoint or a Stable Diffusion folder)"], out.err
 
 
 def test_edit_series_forecast_with_apg_is_the_api_forecast(labelled_run, tmp_path, capsys):

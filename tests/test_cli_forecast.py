@@ -108,6 +108,9 @@ BAD = [  # (rows of the file or None for the default 6, flags, message)
                                     r"noise"),
     (20, ["--chunk", "9"], r"--chunk 9 is out of range; allowed: 1..7"),
     (None, ["--horizon", "2", "--mask", "m.png"], r"--mask applies to image edits"),
+    (None, ["--horizon", "2", "--prompt", "a"], r"--prompt applies to image edits"),  # not silently ignored
+    (None, ["--horizon", "2", "--posterior", "sample"], r"--posterior applies to image edits"),
+    (None, ["--horizon", "2", "--paste-known"], r"--paste-known applies to image edits"),
     ("out", ["--horizon", "2"], r"--out .* must end in .csv or .npy"),
     ("missing", ["--horizon", "2"], r"--series .* does not exist"),
     (None, ["--horizon", "2", "--class", "1"], r"--class needs a class-conditional checkpoint; this time-series "

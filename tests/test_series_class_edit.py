@@ -382,13 +382,13 @@ def test_a_labelled_file_shorter_than_the_window(labelled_run, tmp_path, capsys)
     assert "the window of rows 0..2 (from 0) holds the labels 0, 1" in capsys.readouterr().err
 
 
-def test_edit_help_says_the_rescale_and_interval_need_series_and_a_guidance_scale(capsys):
+def test_edit_help_says_the_rescale_and_interval_need_series_or_a_prompt_and_a_guidance_scale(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--guidance-rescale PHI with --series and --guidance-scale: guidance rescale phi" in text
-    assert "--guidance-interval T_LO T_HI with --series and --guidance-scale: guide only for" in text
-    assert "--guidance-convention {seed,diffusers} with --series and --guidance-scale: read" in text
+    assert "--guidance-rescale PHI with --series or --prompt, and --guidance-scale: guidance rescale phi" in text
+    assert "--guidance-interval T_LO T_HI with --series or --prompt, and --guidance-scale: guide only for" in text
+    assert "--guidance-convention {seed,diffusers} with --series or --prompt, and --guidance-scale: read" in text
 
 
 @pytest.mark.parametrize("command", ["edit", "sample"])

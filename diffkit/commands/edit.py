@@ -13,6 +13,14 @@ With ``--interpolate K`` the images are taken in pairs (1st with 2nd, 3rd with 4
 (``diffkit.interpolate``: ``--method ddpm``, DDPM Sec. 4.4 at ``--t``, default T/2 - 1; or ``ddim``,
 DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
 
+A latent checkpoint (its autoencoder inside) or a Stable Diffusion folder (``--checkpoint SD_FOLDER``)
+is edited in its latent space, as diffusers' StableDiffusionImg2ImgPipeline and (4-channel UNet)
+StableDiffusionInpaintPipeline: the images are encoded (z = s E(x); ``--posterior mean|sample``), the
+latents edited as above (the mask nearest-downsampled to the latent size), and decoded
+(``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back). A text-conditional
+checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
+order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
+
 With ``--series FILE.csv|.npy`` (instead of ``--images``) a time-series checkpoint forecasts the next
 ``--horizon H`` rows after the file's rows, or, without ``--horizon``, imputes its empty / NaN cells
 (``diffkit.forecast`` / ``diffkit.impute``; a horizon or a file beyond one window goes window by window,
@@ -87,11 +95,22 @@ def register(sub) -> None:
                    help="class-conditional checkpoints: the class every image is edited towards (with --series: "
                         "every sample's and window's class; default the file's label column (an imputation: each "
                         "window its rows' label), else the null class, if trained: p_uncond > 0)")
+    p.add_argument("--prompt", dest="prompts", action="append", type=str, metavar="TEXT",
+                   help="text-conditional checkpoints and Stable Diffusion folders: the prompt every image is "
+                        "edited towards; repeat it once per image (in the files' order) for one each")
+    p.add_argument("--posterior", type=str, choices=("mean", "sample"),
+                   help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
+                        "the image's seed before its noise, as diffusers' img2img); default mean for a diffkit "
+                        "latent checkpoint (what it was trained on), sample for a Stable Diffusion folder")
+    p.add_argument("--paste-known", action="store_true",
+                   help="latent models with --mask: paste the kept pixels back into the decoded images (decoding "
+                        "changes them slightly; diffusers does not paste)")
     p.add_argument("--guidance-scale", type=float, metavar="W",
-                   help="with --series and a class: classifier-free guidance (1+W) eps(x,y) - W eps(x,null), as "
-                        "diffkit sample (0 = conditional model; --guidance-convention diffusers: s = 1 + W)")
-    add_guidance_convention_flag(p, needs="with --series and --guidance-scale: ")  # diffkit sample's
-    add_rescale_interval_flags(p, needs="with --series and --guidance-scale: ")
+                   help="with --series and a class, or --prompt: classifier-free guidance (1+W) eps(x,y) - "
+                        "W eps(x,null), as diffkit sample (0 = conditional model; --guidance-convention diffusers: "
+                        "s = 1 + W; a Stable Diffusion folder's default is diffusers' s = 7.5)")
+    add_guidance_convention_flag(p, needs="with --series or --prompt, and --guidance-scale: ")  # diffkit sample's
+    add_rescale_interval_flags(p, needs="with --series or --prompt, and --guidance-scale: ")
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
                    "(independent of batch size)")
     p.add_argument("--batch-size", type=batch_size_or_auto,
@@ -154,16 +173,18 @@ def run(args) -> int:
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images or pairs per batch (default 16)")
     args.batch_size = args.batch_size or 16
-    for flag, value, default in (("--guidance-scale", args.guidance_scale, None),
-                                 ("--guidance-convention", args.guidance_convention, "seed"),
-                                 ("--guidance-rescale", args.guidance_rescale, 0.0),
-                                 ("--guidance-interval", args.guidance_interval, None),
-                                 ("--apg-eta", args.apg_eta, None),
-                                 ("--apg-norm-threshold", args.apg_norm_threshold, None),
-                                 ("--apg-momentum", args.apg_momentum, None)):
+    guidance_flags = (("--guidance-scale", args.guidance_scale, None),
+                      ("--guidance-convention", args.guidance_convention, "seed"),
+                      ("--guidance-rescale", args.guidance_rescale, 0.0),
+                      ("--guidance-interval", args.guidance_interval, None),
+                      ("--apg-eta", args.apg_eta, None),
+                      ("--apg-norm-threshold", args.apg_norm_threshold, None),
+                      ("--apg-momentum", args.apg_momentum, None))
+    for flag, value, default in guidance_flags if args.prompts is None else ():
         if value != default:
             raise DiffkitError(f"{flag} is not available for --images (image edits take --class without "
-                               f"guidance); it goes with --series")
+                               f"guidance); it goes with --series, or with --prompt (a text-conditional checkpoint "
+                               f"or a Stable Diffusion folder)")
     for flag, value in (("--horizon", args.horizon), ("--num", args.num), ("--chunk", args.chunk)):
         if value is not None:
             raise DiffkitError(f"{flag} goes with --series (a time-series checkpoint)")
@@ -185,28 +206,52 @@ def run(args) -> int:
     options = grid_options(args, info, spacing, final)
     if args.mask is None and (args.jump_n_sample != 1 or args.jump_length != 10):
         raise DiffkitError("--jump-n-sample / --jump-length (RePaint's resampling) go with --mask")
+    if args.paste_known and args.mask is None:
+        raise DiffkitError("--paste-known (the kept pixels pasted back) goes with --mask")
+    request = _prompt_request(args, info.name)
     out = Path(args.out)
     images_path = Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
-    denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
-                             mixed_precision=args.mixed_precision, compile=args.compile, lora=args.lora,
-                             lora_any_base=args.lora_any_base)
-    if denoiser.decoder is not None or denoiser.prompt_encoder is not None:
-        raise DiffkitError("diffkit edit works on pixel-space checkpoints; this one is a latent or text-conditional "
-                           "model")
-    unet = denoiser.meta["unet"]
-    if is_series_model(unet):
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    if is_stable_diffusion_folder(args.checkpoint):
+        denoiser = autoencoder = _stable_diffusion(args, device)
+        unet = {}
+    else:
+        denoiser = load_denoiser(args.checkpoint, use_ema=args.ema, device=str(device),
+                                 mixed_precision=args.mixed_precision, compile=args.compile, lora=args.lora,
+                                 lora_any_base=args.lora_any_base)
+        unet, autoencoder = denoiser.meta["unet"], denoiser.decoder
+    sd_folder = autoencoder is denoiser  # a StableDiffusion: the network and the autoencoder
+    text = sd_folder or getattr(denoiser, "prompt_encoder", None) is not None
+    latent = autoencoder is not None or text
+    if latent and args.interpolate is not None:
+        raise DiffkitError("--interpolate works on pixel-space checkpoints; this one is a latent or text-conditional "
+                           "model (edit it with img2img or --mask)")
+    for flag, value in (("--posterior", args.posterior), ("--paste-known", args.paste_known or None)):
+        if value is not None and autoencoder is None:
+            raise DiffkitError(f"{flag} needs a latent checkpoint or a Stable Diffusion folder; this one is a "
+                               f"pixel-space model")
+    if request is not None and not text:
+        raise DiffkitError("--prompt needs a text-conditional checkpoint (trained with text_conditioning=true) or a "
+                           "Stable Diffusion folder; this one is not")
+    if unet and is_series_model(unet):
         raise DiffkitError(f"diffkit edit --images works on image models; this checkpoint is a time-series model "
                            f"({unet['in_channels']} channels x {unet['seq_length']} steps): give --series CSV|NPY")
-    check_image_model(unet, "diffkit edit --images")
-    channels, side = unet["in_channels"], unet["img_size"]
-    images, files = read_pngs(images_path, "L" if channels == 1 else "RGB")
-    if images.shape[1] != channels or images.shape[2:] != (side, side):
-        raise DiffkitError(f"the images are {images.shape[3]}x{images.shape[2]} with {images.shape[1]} channel(s); "
-                           f"the model makes {side}x{side} with {channels}; resize them first")
+    if unet:
+        check_image_model(unet, "diffkit edit --images")
+    if autoencoder is None:
+        channels, side = unet["in_channels"], unet["img_size"]
+        images, files = read_pngs(images_path, "L" if channels == 1 else "RGB")
+        if images.shape[1] != channels or images.shape[2:] != (side, side):
+            raise DiffkitError(f"the images are {images.shape[3]}x{images.shape[2]} with {images.shape[1]} channel(s); "
+                               f"the model makes {side}x{side} with {channels}; resize them first")
+    else:
+        from ..latent_editing import check_pixels
+        images, files = read_pngs(images_path, "L" if autoencoder.image_channels == 1 else "RGB")
+        check_pixels(denoiser, autoencoder, images)
     mask = None
     if args.mask:
         mask_path = Path(args.mask)
@@ -218,38 +263,127 @@ def run(args) -> int:
                                f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
     num_classes = unet.get("num_classes")
     if args.class_id is not None and num_classes is None:
-        raise DiffkitError("--class needs a class-conditional checkpoint (trained with --conditional); this one is "
-                           "unconditional")
+        raise DiffkitError(f"--class needs a class-conditional checkpoint (trained with --conditional); this one is "
+                           f"{'text-conditional: use --prompt TEXT' if text else 'unconditional'}")
     if num_classes is not None:
         if args.class_id is None:
             raise DiffkitError(f"this checkpoint is class-conditional: give --class ID (0..{num_classes - 1})")
         if not 0 <= args.class_id < num_classes:
             raise DiffkitError(f"--class {args.class_id} is out of range; allowed: 0..{num_classes - 1}")
+    if text:
+        denoiser, cond_for = _prompted(args, denoiser, request, len(files), device)
+    else:
+        def cond_for(start: int, n: int):
+            return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
     new_dirs = missing_dirs(out)
     if args.interpolate is not None:
         return _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device)
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="edit")
+    posterior = args.posterior or ("sample" if sd_folder else "mean")  # as diffusers; what it was trained on
     def edit(start: int, n: int):
+        from ..latent_editing import latent_img2img, latent_inpaint
         batch = images[start:start + n].to(device)
-        cond = None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
         common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
-                      seed=args.seed + start, cond=cond, progress=args.progress, **options)
+                      seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options)
+        latent = {} if autoencoder is None else dict(posterior=posterior)
         if mask is None:
-            edited = img2img(denoiser, batch, 0.8 if args.strength is None else args.strength, **common)
+            strength = 0.8 if args.strength is None else args.strength
+            edited = (img2img(denoiser, batch, strength, **common) if autoencoder is None else
+                      latent_img2img(denoiser, autoencoder, batch, strength, **latent, **common))
         else:
-            edited = inpaint(denoiser, batch, mask.to(device), strength=1.0 if args.strength is None
-                             else args.strength, jump_length=args.jump_length,
-                             jump_n_sample=args.jump_n_sample, reconstruction_weight=args.reconstruction_weight or 0.0,
-                             **common)
+            masked = dict(strength=1.0 if args.strength is None else args.strength, jump_length=args.jump_length,
+                          jump_n_sample=args.jump_n_sample, reconstruction_weight=args.reconstruction_weight or 0.0,
+                          **common)
+            edited = (inpaint(denoiser, batch, mask.to(device), **masked) if autoencoder is None else
+                      latent_inpaint(denoiser, autoencoder, batch, mask.to(device), paste=args.paste_known, **latent,
+                                     **masked))
         return (edited.clamp(-1, 1).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, len(files), args.batch_size)]
         save_images(torch.cat(results), out, prefix="edit")
     what = "inpainted" if mask is not None else "edited"
-    print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps)")
+    how = "" if autoencoder is None else f", in latent space (posterior {posterior})"
+    if request is not None:
+        how += f", prompts {request.prompts}"
+    print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps{how})")
     return 0
+
+
+def _prompt_request(args, sampler: str):
+    """``--prompt`` and the classifier-free guidance flags as ``diffkit sample``'s
+    :class:`~diffkit.commands.sample.GuidanceRequest` (checked before loading), or None without ``--prompt``."""
+    from ..errors import DiffkitError
+    from .sample import GuidanceRequest
+    if args.prompts is None:
+        return None
+    if args.class_id is not None:
+        raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or class-conditional")
+    if args.interpolate is not None:
+        raise DiffkitError("--prompt does not go with --interpolate (which works on pixel-space checkpoints)")
+    request = GuidanceRequest(guidance_scale=args.guidance_scale, convention=args.guidance_convention,
+                              rescale=args.guidance_rescale, prompts=list(args.prompts),
+                              interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                              apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
+                              apg_momentum=args.apg_momentum)
+    request.check(sampler)
+    return request
+
+
+def _stable_diffusion(args, device):
+    """The :class:`~diffkit.interop.stable_diffusion.StableDiffusion` of ``--checkpoint SD_FOLDER`` (it is
+    both the network and the autoencoder), after the flags that do not apply to it are refused."""
+    from ..errors import DiffkitError
+    from ..interop.lcm import is_lcm_folder
+    from ..interop.stable_diffusion import load_stable_diffusion
+    from .sample import not_for_stable_diffusion
+    for flag, value in (("--class", args.class_id), ("--no-ema", None if args.ema else True),
+                        ("--guidance-interval", args.guidance_interval),  # as diffkit sample refuses them
+                        ("--apg-eta", args.apg_eta), ("--apg-norm-threshold", args.apg_norm_threshold),
+                        ("--apg-momentum", args.apg_momentum),
+                        ("--mixed-precision", None if args.mixed_precision == "no" else args.mixed_precision),
+                        ("--compile", None if args.compile == "no" else args.compile),
+                        ("--lora", args.lora or None)):
+        if value is not None:
+            raise not_for_stable_diffusion(flag)
+    if is_lcm_folder(args.checkpoint):
+        raise DiffkitError(f"{args.checkpoint} is a latent consistency model (LCMScheduler); diffkit edit takes "
+                           f"Stable Diffusion folders whose scheduler is a diffusion model's (DDIM, PNDM, ...)")
+    if args.prompts is None:
+        raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
+                           f"image, or once per image)")
+    return load_stable_diffusion(args.checkpoint, device, progress=args.progress)
+
+
+def _prompted(args, denoiser, request, count: int, device):
+    """(denoiser with classifier-free guidance if asked, ``cond_for(start, n)``: the prompts' contexts
+    of images start..start + n - 1) for a text-conditional checkpoint or a Stable Diffusion folder
+    (``denoiser`` is then its :class:`~diffkit.interop.stable_diffusion.StableDiffusion`; guidance
+    default diffusers' s = 7.5, as ``diffkit sample``). One prompt: every image; else one per image."""
+    import torch
+
+    from ..errors import DiffkitError
+    from ..interop.stable_diffusion import StableDiffusion
+    if request is None:
+        raise DiffkitError("this checkpoint is text-conditional: give --prompt TEXT (once for every image, or once "
+                           "per image)")
+    prompts = request.prompts
+    if len(prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(prompts)} times for {count} images; give it once (every image) "
+                           f"or once per image ({count}, in the files' order)")
+    if isinstance(denoiser, StableDiffusion):
+        sd = denoiser
+        index = torch.zeros(count, dtype=torch.long) if len(prompts) == 1 else torch.arange(count)
+        context = sd.encode_prompts(prompts)
+        scale, convention = ((sd.default_guidance_scale, "diffusers") if request.guidance_scale is None
+                             else (request.guidance_scale, request.convention))
+        guided = sd.guided(scale, sd.encode_prompts([""]), convention, rescale=request.rescale,
+                           rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")  # text_to_image's
+        return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])
+    from .sample import prompt_conditioning
+    guided, context, _, index, _, _ = prompt_conditioning(denoiser, request, count, 1, device)
+    return guided, lambda start, n: {"context": context[index[start:start + n].to(context.device)]}
 
 
 def _series(args) -> int:

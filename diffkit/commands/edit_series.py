@@ -45,7 +45,9 @@ FORECAST_MISSING = "forecasting needs every history value (leave out --horizon t
 def check_series_flags(args) -> None:
     """Flags of the image edits refused with ``--series``, and the series flags' own checks (no checkpoint)."""
     for flag, value in (("--images", args.images), ("--mask", args.mask), ("--strength", args.strength),
-                        ("--interpolate", args.interpolate), ("--method", args.method), ("--t", args.t)):
+                        ("--interpolate", args.interpolate), ("--method", args.method), ("--t", args.t),
+                        ("--prompt", args.prompts), ("--posterior", args.posterior),
+                        ("--paste-known", args.paste_known or None)):
         if value is not None:
             raise DiffkitError(f"{flag} applies to image edits; --series forecasts (--horizon) or imputes a series")
     out = Path(args.out)

@@ -176,6 +176,26 @@ class StableDiffusion:
         return grid_from_diffusers(scheduler)
 
     # ------------------------------------------------------------------ images
+    @property
+    def image_channels(self) -> int:
+        """The channels of the images the VAE encodes (``vae.config.in_channels``)."""
+        return int(self.vae.config.in_channels)
+
+    downsampling_factor = vae_scale_factor  # the name diffkit's FrozenAutoencoder gives f
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = scaling_factor * E(x) for images in [-1, 1]: the posterior mean, or with ``sample`` a
+        draw mean + std * eps, eps from ``generator`` (one, or one per image) as diffusers'
+        ``retrieve_latents(vae.encode(x), generator)`` draws it in its img2img and inpainting
+        pipelines (``sample_mode="sample"``, their default; ``"argmax"`` is the mean)."""
+        from ..noise import randn
+        with torch.no_grad():
+            posterior = self.vae.encode(images.to(device=self.device, dtype=self.vae.dtype), return_dict=False)[0]
+            z = posterior.mean
+            if sample:
+                z = z + posterior.std * randn(z.shape, generator, device=z.device, dtype=z.dtype)
+        return (self.scaling_factor * z).float()
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor), in [-1, 1] (not clamped)."""
         with torch.no_grad():
