@@ -179,7 +179,7 @@ def test_resume_continues_the_power_emas_bitwise(tmp_path, assert_same_training_
         assert mb["posthoc_ema"]["run_id"] == meta_b["posthoc_ema"]["run_id"]
 
 
-def test_resume_refuses_other_widths(tmp_path):
+def test_resume_refuses_other_widths_and_may_change_the_interval(tmp_path):
     Trainer(posthoc_cfg(tmp_path, max_steps=7), tiny_dataset(), progress=False).run(stop_at=2)
     latest = str(tmp_path / "ckpt" / "latest.safetensors")
     for over in ({"posthoc_ema": [0.05, 0.2]}, {"posthoc_ema": None, "posthoc_ema_every": 1000}):
@@ -187,6 +187,12 @@ def test_resume_refuses_other_widths(tmp_path):
                                     "training_load_weight": latest, **over})
         with pytest.raises(DiffkitError, match="exact resume"):
             Trainer(cfg, tiny_dataset(), progress=False).run()
+    lines = []  # the snapshot interval may change (it only picks which t the snapshots have)
+    Trainer(make_cfg(tmp_path, posthoc_ema=[0.05, 0.10], posthoc_ema_every=3, max_steps=4,
+                     training_load_weight=latest), tiny_dataset(), progress=False, log=lines.append).run()
+    assert any(line.endswith("changed: posthoc_ema_every 2 -> 3") for line in lines), lines
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "posthoc").iterdir()) == [
+        "snapshot_00000002.safetensors", "snapshot_00000003.safetensors", "snapshot_00000004.safetensors"]
     plain = Trainer(make_cfg(tmp_path / "p", max_steps=7), tiny_dataset(), progress=False)
     plain.run(stop_at=2)
     with pytest.raises(DiffkitError, match="post-hoc EMA off, this run has posthoc_ema"):
