@@ -120,7 +120,8 @@ def test_a_width_in_between_is_close_to_its_directly_tracked_ema():
     """sigma_rel 0.075 from snapshots of 0.05 and 0.10 every T/20: the synthesised profile differs from the
     true one by ``error`` in L2 (closed form), so by Cauchy-Schwarz (the discrete EMA is exactly <p, theta~>
     for theta~ piecewise constant) |synthesised - tracked| <= error ||p|| ||theta~ - c|| for any c (the
-    coefficients sum to 1). Measured: 0.2% of the gap between the two tracked EMAs; asserted: 1%."""
+    coefficients sum to 1). Measured: profile error 0.23%, and 0.022% of the gap between the two tracked
+    EMAs; asserted: 0.1%."""
     trajectory, sigma_rels = smooth_trajectory(), [0.05, 0.10]
     direct, _ = track(trajectory, [0.075])
     tracked, snaps = track(trajectory, sigma_rels, snapshot_every=100)
@@ -132,7 +133,7 @@ def test_a_width_in_between_is_close_to_its_directly_tracked_ema():
     gap = (tracked[0] - tracked[1]).abs()
     assert 0 < error < 0.01
     assert ((out - direct[0]).abs() <= bound + 1e-12).all()
-    assert ((out - direct[0]).abs() <= 0.01 * gap).all()
+    assert ((out - direct[0]).abs() <= 0.001 * gap).all()
 
 
 # ---------------------------------------------------------------- (d) training: off, resume
