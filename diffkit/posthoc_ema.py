@@ -216,13 +216,10 @@ def synthesize(run, sigma_rel: float, step: Optional[int] = None,
                                    f"move the other run's snapshots out of {folder}")
         if m.get("unet") != metas[-1].get("unet"):
             raise DiffkitError(f"{p} holds another network than {files[-1]}; move it out of {folder}")
-    ts, gammas, which = [], [], []
+    ts, gammas = [], []  # one entry per (snapshot, tracked width), in the order the tensors are summed below
     for m in metas:
-        info = m["posthoc_ema"]
-        for k, (s, g) in enumerate(zip(info["sigma_rels"], info["gammas"])):
-            ts.append(info["updates"])
-            gammas.append(g)
-            which.append(k)
+        ts += [m["posthoc_ema"]["updates"]] * len(m["posthoc_ema"]["gammas"])
+        gammas += m["posthoc_ema"]["gammas"]
     t_r, gamma_r = metas[-1]["posthoc_ema"]["updates"], gamma_from_sigma_rel(sigma_rel)
     if min(ts) < 1:
         raise DiffkitError(f"{files[0]} was written before the first update (t=0); it holds no average")
@@ -232,7 +229,8 @@ def synthesize(run, sigma_rel: float, step: Optional[int] = None,
         within = f"sigma_rel {span[0]:.3f}..{span[1]:.3f}" if span else "no width"
         raise DiffkitError(f"--sigma-rel {sigma_rel} is out of the range these {len(files)} snapshots reconstruct: its "
                            f"profile's relative L2 error is {error:.1%} (> {max_error:.0%}); within {max_error:.0%}: "
-                           f"{within} (more snapshots, posthoc_ema_every, widen it; or raise --max-profile-error)")
+                           f"{within} (snapshots more often, a smaller posthoc_ema_every, widen it; or raise "
+                           f"--max-profile-error)")
     total: dict[str, torch.Tensor] = {}
     i = 0
     for p in files:
@@ -247,11 +245,11 @@ def synthesize(run, sigma_rel: float, step: Optional[int] = None,
     kept.update({f"model.{n}": v.to(dtypes[n]) for n, v in total.items()})
     meta = {k: v for k, v in metas[-1].items() if k not in ("kind", "posthoc_ema")}
     meta["synthesised_ema"] = {"sigma_rel": float(sigma_rel), "gamma": gamma_r, "step": step, "t": t_r,
-                           "profile_error": error, "run_id": metas[-1]["posthoc_ema"]["run_id"],
-                           "snapshots": [{"file": p.name, "step": m["step"], "t": m["posthoc_ema"]["updates"]}
-                                         for p, m in zip(files, metas)],
-                           "tracked_sigma_rels": metas[-1]["posthoc_ema"]["sigma_rels"],
-                           "coefficients": [float(v) for v in x]}
+                               "profile_error": error, "run_id": metas[-1]["posthoc_ema"]["run_id"],
+                               "snapshots": [{"file": p.name, "step": m["step"], "t": m["posthoc_ema"]["updates"]}
+                                             for p, m in zip(files, metas)],
+                               "tracked_sigma_rels": metas[-1]["posthoc_ema"]["sigma_rels"],
+                               "coefficients": [float(v) for v in x]}
     meta["exported_from"] = {"step": step, "weights": "ema"}
     return kept, meta
 

@@ -262,6 +262,15 @@ def test_command_refuses_bad_input_in_one_line(run_folder, tmp_path, capsys):
         load_denoiser(run_folder / "posthoc" / "snapshot_00000007.safetensors")
 
 
+def test_a_distillation_does_not_inherit_the_teachers_post_hoc_ema():
+    """diffkit distill starts from the teacher's config; its snapshots are asked for with --set posthoc_ema."""
+    from diffkit.commands.distill import DISTILL_DEFAULTS
+    from diffkit.config import TrainConfig
+    teacher = TrainConfig.from_dict({"posthoc_ema": [0.05, 0.10], "posthoc_ema_every": 50})
+    cfg = TrainConfig.from_dict({**teacher.to_dict(), **DISTILL_DEFAULTS, "teacher": "teacher.safetensors"})
+    assert (cfg.posthoc_ema, cfg.posthoc_ema_every) == (None, 1000)
+
+
 def test_config_refuses_bad_widths(tmp_path):
     for over, match in (({"posthoc_ema": [0.3]}, "out of range"), ({"posthoc_ema": [0.1, 0.1]}, "twice"),
                         ({"posthoc_ema": []}, "tracks nothing"), ({"posthoc_ema_every": 5}, "needs posthoc_ema"),
