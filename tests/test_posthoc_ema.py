@@ -142,9 +142,9 @@ def posthoc_cfg(root, **over):
 
 
 def test_off_by_default_and_it_does_not_change_training(tmp_path):
-    plain = Trainer(make_cfg(tmp_path / "a", max_steps=4), tiny_dataset(), progress=False)
+    plain = Trainer(make_cfg(tmp_path / "a", max_steps=3), tiny_dataset(), progress=False)
     plain.run()
-    on = Trainer(posthoc_cfg(tmp_path / "b", max_steps=4), tiny_dataset(), progress=False)
+    on = Trainer(posthoc_cfg(tmp_path / "b", max_steps=3), tiny_dataset(), progress=False)
     on.run()
     a, meta_a = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
     b, meta_b = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / "latest.safetensors")
@@ -153,26 +153,26 @@ def test_off_by_default_and_it_does_not_change_training(tmp_path):
     assert sorted(set(b) - set(a)) == sorted(k for k in b if k.startswith("posthoc."))
     for key in a:  # the same training: weights, EMA, optimiser, RNG
         assert torch.equal(a[key], b[key]), key
-    assert meta_b["posthoc_ema"]["updates"] == 4
+    assert meta_b["posthoc_ema"]["updates"] == 3
 
 
 def test_resume_continues_the_power_emas_bitwise(tmp_path, assert_same_training_state):
-    full = Trainer(posthoc_cfg(tmp_path / "a", max_steps=7), tiny_dataset(), progress=False)
+    full = Trainer(posthoc_cfg(tmp_path / "a", max_steps=5), tiny_dataset(), progress=False)
     full.run()
-    part = Trainer(posthoc_cfg(tmp_path / "b", max_steps=7), tiny_dataset(), progress=False)
+    part = Trainer(posthoc_cfg(tmp_path / "b", max_steps=5), tiny_dataset(), progress=False)
     part.run(stop_at=3)
     latest = tmp_path / "b" / "ckpt" / "latest.safetensors"
-    Trainer(posthoc_cfg(tmp_path / "b", max_steps=7, training_load_weight=str(latest)), tiny_dataset(),
+    Trainer(posthoc_cfg(tmp_path / "b", max_steps=5, training_load_weight=str(latest)), tiny_dataset(),
             progress=False).run()
-    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors", latest, 7)
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors", latest, 5)
     a, meta_a = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "latest.safetensors")
     b, meta_b = ckpt.load_checkpoint(latest)
-    assert meta_a["posthoc_ema"]["updates"] == meta_b["posthoc_ema"]["updates"] == 7
+    assert meta_a["posthoc_ema"]["updates"] == meta_b["posthoc_ema"]["updates"] == 5
     assert meta_a["posthoc_ema"]["run_id"] != meta_b["posthoc_ema"]["run_id"]  # two runs
     for key in (k for k in a if k.startswith("posthoc.")):
         assert torch.equal(a[key], b[key]), key
     names = [p.name for p in sorted((tmp_path / "a" / "ckpt" / "posthoc").iterdir())]
-    assert names == [f"snapshot_{s:08d}.safetensors" for s in (2, 4, 6, 7)]
+    assert names == [f"snapshot_{s:08d}.safetensors" for s in (2, 4, 5)]
     for name in names:  # the snapshots too (the resumed run's one run_id throughout)
         sa, _ = ckpt.load_checkpoint(tmp_path / "a" / "ckpt" / "posthoc" / name)
         sb, mb = ckpt.load_checkpoint(tmp_path / "b" / "ckpt" / "posthoc" / name)
