@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                         "checkpoint folder, or the snapshot folder")
     p.add_argument("--sigma-rel", type=sigma_rel_value, required=True,
                    help="the EMA width to synthesise: the relative standard deviation of its profile, "
-                        "0 < sigma_rel < 0.2887 (EDM2 eq. 3; EDM2's best are about 0.05-0.15)")
+                        "0 < sigma_rel < 0.2887 (EDM2 eq. 3; EDM2 tracks 0.05 and 0.10)")
     p.add_argument("--step", type=positive_int,
                    help="the training step of the EMA, one with a snapshot (default: the last snapshot's)")
     p.add_argument("--max-profile-error", type=error_fraction, default=0.1,
