@@ -208,7 +208,13 @@ def synthesize(run, sigma_rel: float, step: Optional[int] = None,
     elif step not in steps:
         raise DiffkitError(f"--step {step} has no snapshot in {folder}; steps with one: {_list(steps)}")
     last = steps.index(step)
-    files, metas = files[:last + 1], metas[:last + 1]
+    if metas[last]["posthoc_ema"]["updates"] < 1:
+        raise DiffkitError(f"--step {step}'s snapshot was written before the first update (t=0: every step so far "
+                           f"was skipped); it holds no average; give a later --step")
+    # the snapshots up to that step, less any written before the first update: they hold no average (t = 0;
+    # EDM2's reconstruct_phema drops them too)
+    kept = [i for i in range(last + 1) if metas[i]["posthoc_ema"]["updates"] >= 1]
+    files, metas = [files[i] for i in kept], [metas[i] for i in kept]
     for p, m in zip(files, metas):  # one run, one network
         for key, what in (("run_id", "another run"), ("sigma_rels", "other tracked widths")):
             if m["posthoc_ema"].get(key) != metas[-1]["posthoc_ema"].get(key):
@@ -221,8 +227,6 @@ def synthesize(run, sigma_rel: float, step: Optional[int] = None,
         ts += [m["posthoc_ema"]["updates"]] * len(m["posthoc_ema"]["gammas"])
         gammas += m["posthoc_ema"]["gammas"]
     t_r, gamma_r = metas[-1]["posthoc_ema"]["updates"], gamma_from_sigma_rel(sigma_rel)
-    if min(ts) < 1:
-        raise DiffkitError(f"{files[0]} was written before the first update (t=0); it holds no average")
     x, error = solve_coefficients(ts, gammas, t_r, gamma_r)
     if error > max_error:
         span = reconstructible_range(ts, gammas, t_r, max_error)

@@ -297,3 +297,70 @@ def test_coefficients_sum_to_one():
     gammas = [gamma_from_sigma_rel(s) for _ in range(2) for s in (0.05, 0.10)]
     x, error = solve_coefficients(ts, gammas, 10, gamma_from_sigma_rel(0.01))
     assert error > 0.3 and abs(x.sum() - 1) < 1e-12
+
+
+# ---------------------------------------------------------------- (g) the trainer's averages, end to end
+class Recording(Trainer):
+    """A Trainer that records the tracked weights theta_t after each optimiser step (None: a skipped step)."""
+
+    def __init__(self, *args, nan_steps=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.thetas, self.nan_steps, self.calls = [], set(nan_steps), 0
+
+    def _micro_batch_loss(self, images, labels):
+        self.calls += 1
+        loss = super()._micro_batch_loss(images, labels)
+        return loss * float("nan") if self.calls in self.nan_steps else loss
+
+    def train_step(self, group):
+        loss = super().train_step(group)
+        if loss is not None:
+            self.thetas.append({n: p.detach().double().clone() for n, p in self.model.named_parameters()})
+        return loss
+
+
+def closed_form_ema(thetas, gamma):
+    """EDM2 eq. 2 telescoped: sum_i w_i theta_i, w_i = (i^(g+1) - (i-1)^(g+1)) / t^(g+1), t = len(thetas)."""
+    t = len(thetas)
+    return {n: sum(((i ** (gamma + 1) - (i - 1) ** (gamma + 1)) / t ** (gamma + 1)) * th[n]
+                   for i, th in enumerate(thetas, start=1)) for n in thetas[0]}
+
+
+def test_the_trainers_snapshots_hold_each_widths_average_of_the_optimised_weights(tmp_path):
+    """Snapshot k of step s is eq. 2's average, over the weights after each optimiser step 1..t (t = s here),
+    of the width posthoc_ema[k]: the right profile under the right key, updated after the step, t from 1."""
+    sigma_rels = [0.10, 0.05]  # not sorted: key k is the k-th width given
+    tr = Recording(make_cfg(tmp_path, posthoc_ema=sigma_rels, posthoc_ema_every=1, max_steps=4), tiny_dataset(),
+                   progress=False)
+    tr.run()
+    for step in range(1, 5):
+        tensors, meta = ckpt.load_checkpoint(tmp_path / "ckpt" / "posthoc" / f"snapshot_{step:08d}.safetensors")
+        assert meta["step"] == meta["posthoc_ema"]["updates"] == step
+        for k, sigma_rel in enumerate(sigma_rels):
+            expected = closed_form_ema(tr.thetas[:step], gamma_from_sigma_rel(sigma_rel))
+            for name, value in expected.items():
+                assert torch.allclose(tensors[f"posthoc.{k}.{name}"].double(), value, rtol=0, atol=1e-6), (step, k)
+
+
+def test_synthesis_uses_each_snapshots_update_count_and_drops_one_before_any_update(tmp_path):
+    """A non-finite first step makes no update: the step-1 snapshot holds no average (t = 0; EDM2's
+    reconstruction drops such inputs), the later ones have t = step - 1, and the synthesis combines them with
+    App. C.3's coefficients for those t (the inner products are over the profiles on [0, t])."""
+    sigma_rels = [0.05, 0.10]
+    tr = Recording(make_cfg(tmp_path, posthoc_ema=sigma_rels, posthoc_ema_every=1, max_steps=5), tiny_dataset(),
+                   progress=False, nan_steps={1})
+    tr.run()
+    assert len(tr.thetas) == 4
+    tensors, meta = synthesize(tmp_path / "ckpt", 0.075)
+    info = meta["synthesised_ema"]
+    assert [s["step"] for s in info["snapshots"]] == [2, 3, 4, 5] and info["t"] == 4
+    ts = [t for t in (1, 2, 3, 4) for _ in sigma_rels]
+    gammas = [gamma_from_sigma_rel(s) for _ in range(4) for s in sigma_rels]
+    x, error = solve_coefficients(ts, gammas, 4, gamma_from_sigma_rel(0.075))
+    assert info["coefficients"] == pytest.approx(list(x), abs=1e-12) and info["profile_error"] == pytest.approx(error)
+    emas = [closed_form_ema(tr.thetas[:t], gamma_from_sigma_rel(s)) for t in (1, 2, 3, 4) for s in sigma_rels]
+    for name in tr.thetas[0]:
+        expected = sum(float(c) * e[name] for c, e in zip(x, emas))
+        assert torch.allclose(tensors[f"model.{name}"].double(), expected, rtol=0, atol=1e-6), name
+    with pytest.raises(DiffkitError, match="--step 1's snapshot was written before the first update"):
+        synthesize(tmp_path / "ckpt", 0.075, step=1)
