@@ -15,7 +15,7 @@ from diffkit.posthoc_ema import (SIGMA_REL_MAX, PowerEMA, gamma_from_sigma_rel, 
                                  solve_coefficients, synthesize)
 from diffkit.training import Trainer
 
-from test_training import make_cfg, tiny_dataset
+from test_training import TINY, make_cfg, tiny_dataset
 
 
 def eq3(gamma):
@@ -364,3 +364,29 @@ def test_synthesis_uses_each_snapshots_update_count_and_drops_one_before_any_upd
         assert torch.allclose(tensors[f"model.{name}"].double(), expected, rtol=0, atol=1e-6), name
     with pytest.raises(DiffkitError, match="--step 1's snapshot was written before the first update"):
         synthesize(tmp_path / "ckpt", 0.075, step=1)
+
+
+def test_a_lora_run_tracks_its_adapters_and_the_synthesised_checkpoint_merges_them(tmp_path):
+    """With LoRA only the adapters train: the power EMAs average them alone (the frozen base is stored once in
+    each snapshot), and the synthesised checkpoint loads as W0 + (alpha/r) B A of the averaged adapters."""
+    from diffkit.commands.train import fine_tune_fields
+    from diffkit.config import TrainConfig
+    from diffkit.loading import load_model
+    source = Trainer(make_cfg(tmp_path / "src", max_steps=1), tiny_dataset(), progress=False).run().checkpoint
+    given = {**TINY, "save_weight_dir": str(tmp_path / "lora" / "ckpt"), "lora_rank": 2, "max_steps": 3,
+             "posthoc_ema": [0.05, 0.10], "posthoc_ema_every": 1}
+    tr = Trainer(TrainConfig.from_dict(fine_tune_fields(source, given)), tiny_dataset(), progress=False)
+    tr.run()
+    snap, _ = ckpt.load_checkpoint(tmp_path / "lora" / "ckpt" / "posthoc" / "snapshot_00000003.safetensors")
+    averaged = ckpt.split_prefix(snap, "posthoc.1")
+    assert averaged and all(".lora_" in n for n in averaged)
+    assert not any(f"model.{n}" in snap for n in averaged)  # the averages replace the raw adapters
+    out = tmp_path / "e.safetensors"
+    assert main(["posthoc-ema", "--run", str(tmp_path / "lora" / "ckpt"), "--sigma-rel", "0.1", "--out", str(out)]) == 0
+    with torch.no_grad():
+        for n, p in tr.model.named_parameters():
+            if n in averaged:
+                p.copy_(averaged[n])
+        x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 7])
+        expected = tr.model.eval()(x, t)
+        torch.testing.assert_close(load_model(out)[0](x, t), expected, rtol=1e-5, atol=1e-5)
