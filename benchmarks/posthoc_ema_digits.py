@@ -6,13 +6,13 @@ change training: the run's weights and its usual EMA are the demo's, bit for bit
 ``--sigma-rels`` width from the snapshots (``diffkit.posthoc_ema.synthesize``, App. C.3's least squares) and
 scores every model as ``benchmarks/training_options.py`` does: ``--num`` DDIM-50 samples (sample i from noise
 seed i in every model), FD-classifier against the 597 held-out digits in the feature space of ``--evaluator``
-(``diffkit train-evaluator --dataset digits --epochs 10``), a paired bootstrap over the sample indices against
+(``diffkit train-evaluator --dataset digits --epochs 10 --device cpu``, trained here into that path when it is
+missing; seed 0: a fresh clone gets the same weights bit for bit), a paired bootstrap over the sample indices against
 the run's own EMA (the demo's ``ema_decay=0.999`` with warm-up), which is the first row. The bootstrap covers
 the draw of samples only, not the training run's noise (BENCHMARKS.md: a second training seed moved the
 demo's FD by 1.3).
 
-    PYTHONPATH=. python benchmarks/posthoc_ema_digits.py --evaluator EV --out-dir benchmarks/out/posthoc_ema \\
-        --json benchmarks/results/posthoc_ema_digits_2026-12-06.json
+    PYTHONPATH=. python benchmarks/posthoc_ema_digits.py --json benchmarks/results/posthoc_ema_digits_2026-12-06.json
 
 A finished run, synthesised checkpoints and sample features in OUT_DIR are reused; an interrupted run (Ctrl-C
 writes its checkpoint) is resumed exactly.
@@ -60,9 +60,19 @@ def trained_run(folder: Path, steps: int, every: int) -> Path:
     return latest
 
 
+def evaluator(path: Path) -> Path:
+    """``path``, the digit evaluator, trained there first (``diffkit train-evaluator``, seed 0) when it is missing."""
+    if not path.is_file():
+        from diffkit.cli import main as diffkit
+        if diffkit(["train-evaluator", "--dataset", "digits", "--epochs", "10", "--device", "cpu", "--out", str(path)]):
+            raise DiffkitError(f"training the evaluator {path} failed")
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--evaluator", required=True, help="diffkit train-evaluator --dataset digits's checkpoint")
+    p.add_argument("--evaluator", default="benchmarks/out/posthoc_ema/digits_ev.safetensors",
+                   help="diffkit train-evaluator --dataset digits's checkpoint (trained here when missing)")
     p.add_argument("--out-dir", default="benchmarks/out/posthoc_ema")
     p.add_argument("--steps", type=int, default=1500, help="training steps (the demo's 1500)")
     p.add_argument("--every", type=int, default=50, help="posthoc_ema_every: a snapshot every this many steps")
@@ -76,6 +86,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
+    args.evaluator = str(evaluator(Path(args.evaluator)))
     latest = trained_run(out / "run", args.steps, args.every)
     models = [("ema_decay 0.999 (the demo's EMA)", latest, {})]
     for text in args.sigma_rels.split(","):

@@ -390,3 +390,25 @@ def test_a_lora_run_tracks_its_adapters_and_the_synthesised_checkpoint_merges_th
         x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 7])
         expected = tr.model.eval()(x, t)
         torch.testing.assert_close(load_model(out)[0](x, t), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_benchmark_trains_its_missing_evaluator_once(tmp_path, monkeypatch):
+    """BENCHMARKS.md's one command reproduces the table from a fresh clone: benchmarks/posthoc_ema_digits.py
+    trains the digit evaluator (diffkit train-evaluator, seed 0) where --evaluator names no file, else reuses it."""
+    import importlib.util
+    from pathlib import Path
+    import diffkit.cli
+    spec = importlib.util.spec_from_file_location(
+        "posthoc_ema_digits", Path(__file__).resolve().parent.parent / "benchmarks" / "posthoc_ema_digits.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        Path(argv[argv.index("--out") + 1]).write_bytes(b"ev")
+        return 0
+    monkeypatch.setattr(diffkit.cli, "main", fake_main)
+    path = tmp_path / "ev.safetensors"
+    assert bench.evaluator(path) == path and bench.evaluator(path) == path
+    assert calls == [["train-evaluator", "--dataset", "digits", "--epochs", "10", "--device", "cpu", "--out", str(path)]]
