@@ -140,19 +140,29 @@ class PowerEMA:
                 "run_id": self.run_id}
 
     def load(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: Optional[dict], path) -> None:
-        """Restore what :meth:`state_tensors` and :meth:`meta` saved; a checkpoint without them, or
-        with other widths, is a one-line error (the profiles average from step 1: they cannot start later)."""
-        saved = (meta or {}).get("sigma_rels")
-        if saved != self.sigma_rels:
-            had = f"posthoc_ema={saved}" if saved else "post-hoc EMA off"
-            raise DiffkitError(f"{path} was trained with {had}, this run has posthoc_ema={self.sigma_rels}; the "
-                               f"power-function EMAs average from step 1, so an exact resume needs the same "
-                               f"posthoc_ema (or start a new run)")
+        """Restore what :meth:`state_tensors` and :meth:`meta` saved (:func:`check_resume` first)."""
+        check_resume(meta, self.sigma_rels, path)
         names = [n for n, _ in tracked_parameters(model, self.trainable_only)]
         for k, params in enumerate(self.profiles):
             for n, p in zip(names, params):
                 p.copy_(tensors[f"posthoc.{k}.{n}"])
         self.updates, self.run_id = int(meta["updates"]), str(meta["run_id"])
+
+
+def check_resume(saved: Optional[dict], sigma_rels: Optional[Sequence[float]], path) -> None:
+    """A resume keeps the checkpoint's post-hoc EMA widths (``saved``: its ``posthoc_ema`` metadata, None
+    where it had none): the power-function EMAs average from step 1, so they can neither start, stop nor
+    change width midway; else a one-line error. Every rank checks (rank 0 alone tracks them)."""
+    had = (saved or {}).get("sigma_rels")
+    now = [float(s) for s in sigma_rels] if sigma_rels else None
+    if had == now:
+        return
+    if not now:
+        raise DiffkitError(f"{path} was trained with posthoc_ema={had}, this run has it off; an exact resume keeps "
+                           f"the power-function EMAs going: drop the change")
+    raise DiffkitError(f"{path} was trained with {f'posthoc_ema={had}' if had else 'post-hoc EMA off'}, this run has "
+                       f"posthoc_ema={now}; the power-function EMAs average from step 1, so an exact resume needs "
+                       f"the same posthoc_ema (or start a new run)")
 
 
 def snapshot_path(checkpoint_dir, step: int) -> Path:

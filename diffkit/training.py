@@ -34,7 +34,7 @@ from .models.layers import resolve_memory_format, use_memory_format
 from .models.network import build_network
 from .models.unet import UNet, UNetConfig
 from .optim import FusedAdamW
-from .posthoc_ema import PowerEMA, snapshot_path, tracked_parameters
+from .posthoc_ema import PowerEMA, check_resume as check_posthoc_resume, snapshot_path, tracked_parameters
 from .schedule import NoiseSchedule
 from .timestep_sampling import make_timestep_sampler
 
@@ -670,11 +670,9 @@ class Trainer:
             ckpt.load_state_dict_checked(self.target_model, ckpt.split_prefix(tensors, "target"), f"{path} (target)")
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
+        check_posthoc_resume(meta.get("posthoc_ema"), self.cfg.posthoc_ema, path)  # every rank: none waits on rank 0
         if self.posthoc is not None:
             self.posthoc.load(self.model, tensors, meta.get("posthoc_ema"), path)
-        elif self.dist.is_main and meta.get("posthoc_ema"):
-            raise DiffkitError(f"{path} was trained with posthoc_ema={meta['posthoc_ema']['sigma_rels']}, this run has "
-                               f"it off; an exact resume keeps the power-function EMAs going: drop the change")
         self.init_source = meta.get("init_from")
         ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         if self.scaler is not None and meta.get("grad_scaler"):

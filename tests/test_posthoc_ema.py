@@ -412,3 +412,23 @@ def test_the_benchmark_trains_its_missing_evaluator_once(tmp_path, monkeypatch):
     path = tmp_path / "ev.safetensors"
     assert bench.evaluator(path) == path and bench.evaluator(path) == path
     assert calls == [["train-evaluator", "--dataset", "digits", "--epochs", "10", "--device", "cpu", "--out", str(path)]]
+
+
+def test_every_rank_refuses_a_resume_that_changes_the_widths(tmp_path, monkeypatch):
+    """Rank 0 alone tracks the power EMAs, but a resume that starts, stops or changes them is refused on every
+    rank (else the others would train on, waiting for rank 0 in the first collective)."""
+    from diffkit import distributed
+    Trainer(posthoc_cfg(tmp_path / "p", max_steps=4), tiny_dataset(), progress=False).run(stop_at=2)
+    Trainer(make_cfg(tmp_path / "o", max_steps=4), tiny_dataset(), progress=False).run(stop_at=2)
+    setup = distributed.setup
+    monkeypatch.setattr(distributed, "setup", lambda device: (distributed.DistInfo(rank=1), setup(device)[1]))
+    for run, over, match in (("p", {"posthoc_ema": [0.05, 0.2]}, "needs the same posthoc_ema"),
+                             ("p", {"posthoc_ema": None, "posthoc_ema_every": 1000}, "this run has it off"),
+                             ("o", {}, "post-hoc EMA off, this run has posthoc_ema")):
+        latest = str(tmp_path / run / "ckpt" / "latest.safetensors")
+        cfg = make_cfg(tmp_path / run, **{"posthoc_ema": [0.05, 0.10], "posthoc_ema_every": 2, "max_steps": 4,
+                                          "training_load_weight": latest, **over})
+        tr = Trainer(cfg, tiny_dataset(), progress=False)
+        assert tr.posthoc is None
+        with pytest.raises(DiffkitError, match=match):
+            tr.run()
