@@ -189,7 +189,17 @@ def _snapshot_meta(path: Path) -> dict:
     meta = ckpt.peek_metadata(path)
     if not meta or meta.get("kind") != SNAPSHOT_KIND or not isinstance(meta.get("posthoc_ema"), dict):
         raise DiffkitError(f"{path} is not a diffkit post-hoc EMA snapshot")
+    info = meta["posthoc_ema"]
+    widths = info.get("sigma_rels"), info.get("gammas")
+    if not (_count(meta.get("step")) and _count(info.get("updates"), 0) and all(isinstance(w, list) for w in widths)
+            and len(widths[0]) == len(widths[1]) > 0):
+        raise DiffkitError(f"{path} has malformed post-hoc EMA metadata (step, updates, sigma_rels, gammas); "
+                           f"move it out of {path.parent}")
     return meta
+
+
+def _count(value, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def reconstructible_range(ts, gammas, t_r: float, max_error: float) -> Optional[tuple[float, float]]:

@@ -432,3 +432,15 @@ def test_every_rank_refuses_a_resume_that_changes_the_widths(tmp_path, monkeypat
         assert tr.posthoc is None
         with pytest.raises(DiffkitError, match=match):
             tr.run()
+
+
+def test_a_snapshot_with_malformed_metadata_is_a_one_line_error(run_folder, tmp_path):
+    folder = tmp_path / "posthoc"
+    folder.mkdir()
+    tensors, meta = ckpt.load_checkpoint(run_folder / "posthoc" / "snapshot_00000002.safetensors")
+    for broken in ({"updates": None}, {"gammas": [1.0]}, {"sigma_rels": "0.05"}):
+        ckpt.save_checkpoint(folder / "snapshot_00000002.safetensors", tensors,
+                             {**meta, "posthoc_ema": {**meta["posthoc_ema"], **broken}})
+        with pytest.raises(DiffkitError, match="has malformed post-hoc EMA metadata") as err:
+            synthesize(folder, 0.05)
+        assert "\n" not in str(err.value)
