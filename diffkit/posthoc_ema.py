@@ -169,6 +169,11 @@ def snapshot_path(checkpoint_dir, step: int) -> Path:
     return Path(checkpoint_dir) / SNAPSHOT_FOLDER / f"snapshot_{step:08d}.safetensors"
 
 
+def snapshot_steps(folder) -> list[int]:
+    """The steps of the ``snapshot_<step>.safetensors`` files in ``folder``, oldest first."""
+    return sorted(int(m[1]) for p in Path(folder).glob("snapshot_*.safetensors") if (m := _SNAPSHOT_NAME.match(p.name)))
+
+
 # ---------------------------------------------------------------- after training
 def find_snapshots(run) -> tuple[Path, list[Path]]:
     """(folder, snapshot files oldest first) of ``run``: a run folder (``RUN/checkpoints/posthoc``), its

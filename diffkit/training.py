@@ -34,7 +34,8 @@ from .models.layers import resolve_memory_format, use_memory_format
 from .models.network import build_network
 from .models.unet import UNet, UNetConfig
 from .optim import FusedAdamW
-from .posthoc_ema import PowerEMA, check_resume as check_posthoc_resume, snapshot_path, tracked_parameters
+from .posthoc_ema import (SNAPSHOT_FOLDER, PowerEMA, check_resume as check_posthoc_resume, snapshot_path,
+                          snapshot_steps, tracked_parameters)
 from .schedule import NoiseSchedule
 from .timestep_sampling import make_timestep_sampler
 
@@ -913,6 +914,12 @@ class Trainer:
             self.log(f"note: {self.out_dir} holds checkpoints past step {self.step} from another run "
                      f"({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}); they are kept, and replaced "
                      f"if this run reaches the same step")
+        later = [s for s in snapshot_steps(self.out_dir / SNAPSHOT_FOLDER) if s > self.step] if self.posthoc else []
+        if later:  # diffkit posthoc-ema would combine them with this run's: they average another trajectory
+            self.log(f"note: {self.out_dir / SNAPSHOT_FOLDER} holds post-hoc EMA snapshots past step {self.step} from "
+                     f"before this resume (steps {', '.join(map(str, later[:3]))}{', ...' if len(later) > 3 else ''}); "
+                     f"this run replaces those at its own snapshot steps; move the others out if this resume "
+                     f"changed the training, else diffkit posthoc-ema combines them with this run's")
         log_path = self.out_dir / "train_log.csv"
         train_log = _TrainLog(log_path, self.step, self.dist.is_main)
         self.model.train()

@@ -444,3 +444,15 @@ def test_a_snapshot_with_malformed_metadata_is_a_one_line_error(run_folder, tmp_
         with pytest.raises(DiffkitError, match="has malformed post-hoc EMA metadata") as err:
             synthesize(folder, 0.05)
         assert "\n" not in str(err.value)
+
+
+def test_a_resume_from_an_earlier_checkpoint_names_the_later_snapshots(tmp_path):
+    """Snapshots past the resumed step come from the abandoned continuation; the log names them (a resume that
+    changes dropout, say, would otherwise have diffkit posthoc-ema combine two trajectories unnoticed)."""
+    Trainer(posthoc_cfg(tmp_path, max_steps=6), tiny_dataset(), progress=False).run(stop_at=2)
+    Trainer(posthoc_cfg(tmp_path, max_steps=6, training_load_weight=str(tmp_path / "ckpt" / "latest.safetensors")),
+            tiny_dataset(), progress=False).run(stop_at=5)
+    lines = []
+    Trainer(posthoc_cfg(tmp_path, max_steps=6, training_load_weight=str(tmp_path / "ckpt" / "ckpt_00000002.safetensors")),
+            tiny_dataset(), progress=False, log=lines.append).run(stop_at=3)
+    assert any("post-hoc EMA snapshots past step 2 from before this resume (steps 4)" in line for line in lines), lines
