@@ -80,6 +80,9 @@ class TrainConfig:
     ``offset_noise`` (0 = off), ``input_perturbation`` (Ning et al. 2023 Alg. 1; 0 = off),
     ``ema_decay=0.9999`` (DDPM App. B) with the warm-up ``ema_warmup`` ((1 + n)/(10 + n)) or
     ``ema_power`` / ``ema_inv_gamma`` (diffusers' EMAModel use_ema_warmup),
+    ``posthoc_ema`` (post-hoc EMA, Karras et al. 2024 Sec. 3: the widths sigma_rel of the power-function
+    EMAs tracked, e.g. [0.05, 0.10]; None = off) with ``posthoc_ema_every`` (a snapshot every N steps and
+    at the last; ``diffkit posthoc-ema`` synthesises any width from them, :mod:`diffkit.posthoc_ema`),
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``
     (classifier-free guidance, Ho & Salimans 2022), ``sample_steps=50`` with ``sampler="ddim"``
     (DDIM, Song et al. 2021, Table 1: S = 50 is near DDPM quality); with a consistency objective
@@ -234,6 +237,8 @@ class TrainConfig:
     ema_warmup: bool = False
     ema_power: Optional[float] = None  # diffusers EMAModel's warm-up 1 - (1 + n/inv_gamma)^-power; None = off
     ema_inv_gamma: float = 1.0
+    posthoc_ema: Optional[list] = None  # post-hoc EMA (EDM2 Sec. 3): sigma_rel of each tracked power EMA; None = off
+    posthoc_ema_every: int = 1000  # post-hoc EMA: a snapshot every this many steps (and at the last)
     weight_decay: float = 0.0
     warmup_fraction: float = 0.1
     lr_schedule: str = "warmup-cosine"
@@ -427,6 +432,7 @@ class TrainConfig:
                                f"{self.learned_variance}: leave it 'fixed_small'")
         check_loss_weighting(self.loss, self.prediction_type, self.min_snr_gamma, self.p2_gamma, self.p2_k)
         check_ema_warmup(self.ema_warmup, self.ema_power, self.ema_inv_gamma)
+        check_posthoc_ema(self.posthoc_ema, self.posthoc_ema_every)
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
                                "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
@@ -728,6 +734,24 @@ def check_ema_warmup(warmup: bool, power: Optional[float], inv_gamma: float = 1.
                            f"(1 + n/ema_inv_gamma)^-ema_power or (1 + n)/(10 + n); give one")
 
 
+def check_posthoc_ema(sigma_rels: Optional[list], every: int) -> None:
+    """Post-hoc EMA's fields: distinct widths each in (0, 1/sqrt(12)) (EDM2 eq. 3 with gamma > 0), at
+    least one; ``posthoc_ema_every`` only with them."""
+    if sigma_rels is None:
+        if every != _default("posthoc_ema_every"):
+            raise DiffkitError(f"posthoc_ema_every={every} sets the snapshot interval of post-hoc EMA; it needs "
+                               f"posthoc_ema (e.g. posthoc_ema=0.05,0.10)")
+        return
+    from .posthoc_ema import check_sigma_rel
+    if not sigma_rels:
+        raise DiffkitError("posthoc_ema=[] tracks nothing; give the widths sigma_rel, e.g. posthoc_ema=0.05,0.10 "
+                           "(EDM2's), or none to turn it off")
+    for value in sigma_rels:
+        check_sigma_rel(value, "posthoc_ema")
+    if len(set(sigma_rels)) != len(sigma_rels):
+        raise DiffkitError(f"posthoc_ema={sigma_rels} names a width twice; give distinct widths")
+
+
 # ---------------------------------------------------------------------- field rules
 _FIELD_TYPES: dict[str, Any] = {}  # filled below from the annotations
 
@@ -746,7 +770,7 @@ _RANGES = {
     "min_snr_gamma": (0.0, None, False, True), "offset_noise": (0.0, None, True, True),
     "p2_gamma": (0.0, None, False, True), "p2_k": (0.0, None, False, True),
     "input_perturbation": (0.0, 1.0, True, True), "ema_power": (0.0, None, False, True),
-    "ema_inv_gamma": (0.0, None, False, True),
+    "ema_inv_gamma": (0.0, None, False, True), "posthoc_ema_every": (1, None, True, True),
     "num_classes": (1, None, True, True), "p_uncond": (0.0, 1.0, True, True), "num_heads": (1, None, True, True),
     "ema_decay": (0.0, 1.0, True, False), "weight_decay": (0.0, None, True, True),
     "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),
@@ -764,7 +788,7 @@ _RANGES = {
     "consistency_s1": (1, None, True, True),
     "lora_rank": (0, None, True, True), "lora_alpha": (0.0, None, False, True),
 }
-_FLOAT_LISTS = ("consistency_guidance_range",)  # list fields of numbers (the others hold integers)
+_FLOAT_LISTS = ("consistency_guidance_range", "posthoc_ema")  # list fields of numbers (the others hold integers)
 _CHOICES = {
     "state": STATES, "schedule": SCHEDULES, "prediction_type": PREDICTION_TYPES, "loss": LOSSES,
     "fixed_variance": FIXED_VARIANCES,

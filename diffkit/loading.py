@@ -42,7 +42,8 @@ def chosen_weights(path, tensors: dict, meta: dict, use_ema: bool) -> dict:
     default) or the raw ones. A weights-only export of the EMA weights has no raw set: asking it
     for them (``use_ema=False``, ``--no-ema``) is a one-line error."""
     if not use_ema and (meta.get("exported_from") or {}).get("weights") == "ema":
-        raise DiffkitError(f"{path} holds only the EMA weights (a diffkit convert export); the raw weights "
+        made_by = "diffkit posthoc-ema" if meta.get("synthesised_ema") else "diffkit convert"
+        raise DiffkitError(f"{path} holds only the EMA weights (a {made_by} export); the raw weights "
                            f"(--no-ema) are in the training checkpoint it came from")
     weights = ckpt.split_prefix(tensors, "model")
     if use_ema:
@@ -178,11 +179,19 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
 
 
 # what a training checkpoint holds only for resuming (the optimiser, RNG and loss-aware timestep
-# sampler state, the EMA copy once it has replaced the weights, a consistency run's EMA target network)
-# and the metadata that goes with it
-_RESUME_PREFIXES = ("ema.", "optim", "rng.", "timesteps.", "target.")
+# sampler state, the EMA copy once it has replaced the weights, a consistency run's EMA target network,
+# the power-function EMAs of post-hoc EMA) and the metadata that goes with it
+_RESUME_PREFIXES = ("ema.", "optim", "rng.", "timesteps.", "target.", "posthoc.")
 _RESUME_META = ("step", "epoch", "batch_in_epoch", "total_steps", "dataset_size", "steps_per_epoch", "lr",
-                "ema_updates", "optimizer", "skipped_steps", "consecutive_skipped")
+                "ema_updates", "optimizer", "skipped_steps", "consecutive_skipped", "posthoc_ema")
+
+
+def without_resume_state(tensors: dict, meta: dict) -> tuple[dict, dict]:
+    """A training checkpoint's (tensors, metadata) less what only resuming needs (optimiser, RNG,
+    timestep-sampler and target-network state, the EMA copy, the step counters): the network's
+    weights, the schedule, a latent model's autoencoder and the model description."""
+    return ({k: v for k, v in tensors.items() if not k.startswith(_RESUME_PREFIXES)},
+            {k: v for k, v in meta.items() if k not in _RESUME_META})
 
 
 def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> Path:
@@ -200,9 +209,10 @@ def export_weights(path: str | Path, out: str | Path, use_ema: bool = True) -> P
         model = _network(meta)
         load_weights(model, weights, meta, str(path))
         weights = model.state_dict()
-    kept = {k: v for k, v in tensors.items() if not k.startswith(("model.", *_RESUME_PREFIXES))}
+    kept, info = without_resume_state(tensors, meta)
+    kept = {k: v for k, v in kept.items() if not k.startswith("model.")}
     kept.update({f"model.{k}": v for k, v in weights.items()})
-    info = {k: v for k, v in meta.items() if k not in _RESUME_META and k != "lora"}
+    info.pop("lora", None)
     if meta.get("lora"):
         info["merged_lora"] = meta["lora"]
     if meta.get("exported_from"):  # an export of an export holds the same weights as it: keep its label

@@ -34,6 +34,8 @@ from .models.layers import resolve_memory_format, use_memory_format
 from .models.network import build_network
 from .models.unet import UNet, UNetConfig
 from .optim import FusedAdamW
+from .posthoc_ema import (SNAPSHOT_FOLDER, PowerEMA, check_resume as check_posthoc_resume, snapshot_path,
+                          snapshot_steps, tracked_parameters)
 from .schedule import NoiseSchedule
 from .timestep_sampling import make_timestep_sampler
 
@@ -86,7 +88,7 @@ class EMA:
 
     def _tracked(self, model: torch.nn.Module) -> list:
         """(name, parameter) of the parameters averaged, in the model's order."""
-        return [(n, p) for n, p in model.named_parameters() if p.requires_grad or not self.trainable_only]
+        return tracked_parameters(model, self.trainable_only)
 
     def current_decay(self) -> float:
         n = self.updates
@@ -283,7 +285,7 @@ def check_same_global_batch(path, meta: dict, batch_size: int, world_size: int, 
 # (the schedule, prediction type and network are refused: check_same_objective_and_size). The resumed run
 # names each change in its log (resume_changes) and its checkpoints' config records the new value.
 RESUME_MAY_CHANGE = ("dropout", "min_snr_gamma", "p2_gamma", "p2_k", "input_perturbation", "ema_decay", "ema_warmup",
-                     "ema_power", "ema_inv_gamma")
+                     "ema_power", "ema_inv_gamma", "posthoc_ema_every")
 
 
 def resume_changes(meta: dict, cfg: TrainConfig) -> list[str]:
@@ -401,6 +403,10 @@ class Trainer:
         self.teacher = self._load_teacher() if cfg.objective == "consistency-distillation" else None
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_power, cfg.ema_inv_gamma,
                        trainable_only=bool(cfg.lora_rank))
+        # post-hoc EMA (EDM2 Sec. 3): power-function EMAs whose snapshots diffkit posthoc-ema combines; rank 0
+        # alone keeps them (it alone writes checkpoints and snapshots)
+        self.posthoc = (PowerEMA(self.model, cfg.posthoc_ema, trainable_only=bool(cfg.lora_rank))
+                        if cfg.posthoc_ema and self.dist.is_main else None)
         # fused AdamW (one kernel for all parameters) on CPU and CUDA, channels_last weights handed
         # to the CPU kernel without its gradient copies (diffkit.optim); resumed optimiser state gets
         # the parameters' strides (checkpoint.match_parameter_layout), which the fused kernel needs
@@ -537,6 +543,8 @@ class Trainer:
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self.ema.state_tensors(self.model))
+        if self.posthoc is not None:
+            tensors.update(self.posthoc.state_tensors(self.model))
         opt_tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer)
         tensors.update(opt_tensors)
         tensors["schedule.betas"] = self.schedule.betas
@@ -581,7 +589,25 @@ class Trainer:
         if self.cfg.lora_rank:  # diffkit.loading adds the adapters before loading model.*, then merges them
             from .lora import lora_meta
             meta["lora"] = lora_meta(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_targets)
+        if self.posthoc is not None:
+            meta["posthoc_ema"] = self.posthoc.meta()
         return tensors, meta
+
+    def save_posthoc_snapshot(self) -> Optional[Path]:
+        """Write ``posthoc/snapshot_<step>.safetensors`` in the checkpoint folder (atomically; rank 0):
+        the power-function EMAs (``posthoc.<k>.*``) with what a weights-only checkpoint needs besides
+        the averaged weights (buffers, a LoRA run's frozen base, the schedule, the model description),
+        for ``diffkit posthoc-ema`` (EDM2 App. C.3). None where post-hoc EMA is off or on rank > 0."""
+        if self.posthoc is None:
+            return None
+        from .loading import without_resume_state
+        from .posthoc_ema import SNAPSHOT_KIND
+        tensors, meta = without_resume_state(*self.state_tensors())
+        tracked = {f"model.{n}" for n, _ in tracked_parameters(self.model, self.posthoc.trainable_only)}
+        tensors = {k: v for k, v in tensors.items() if k not in tracked}  # the averages replace them
+        tensors.update(self.posthoc.state_tensors(self.model))
+        meta.update(kind=SNAPSHOT_KIND, step=self.step, posthoc_ema=self.posthoc.meta())
+        return ckpt.save_checkpoint(snapshot_path(self.out_dir, self.step), tensors, meta)
 
     def save(self) -> Path:
         """Write ckpt_<step>.safetensors and latest.safetensors atomically; keep the last K.
@@ -644,6 +670,9 @@ class Trainer:
             ckpt.load_state_dict_checked(self.target_model, ckpt.split_prefix(tensors, "target"), f"{path} (target)")
         self.ema.load(self.model, tensors)
         self.ema.updates = meta["ema_updates"]
+        check_posthoc_resume(meta.get("posthoc_ema"), self.cfg.posthoc_ema, path)  # every rank: none waits on rank 0
+        if self.posthoc is not None:
+            self.posthoc.load(self.model, tensors, meta.get("posthoc_ema"), path)
         self.init_source = meta.get("init_from")
         ckpt.optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         if self.scaler is not None and meta.get("grad_scaler"):
@@ -833,6 +862,8 @@ class Trainer:
         else:
             self.optimizer.step()
         self.ema.update(self.model)
+        if self.posthoc is not None:
+            self.posthoc.update(self.model)
         if self.target_model is not None:
             self.update_target()
         return total
@@ -882,6 +913,12 @@ class Trainer:
             self.log(f"note: {self.out_dir} holds checkpoints past step {self.step} from another run "
                      f"({', '.join(later[:3])}{', ...' if len(later) > 3 else ''}); they are kept, and replaced "
                      f"if this run reaches the same step")
+        later = [s for s in snapshot_steps(self.out_dir / SNAPSHOT_FOLDER) if s > self.step] if self.posthoc else []
+        if later:  # diffkit posthoc-ema would combine them with this run's: they average another trajectory
+            self.log(f"note: {self.out_dir / SNAPSHOT_FOLDER} holds post-hoc EMA snapshots past step {self.step} from "
+                     f"before this resume (steps {', '.join(map(str, later[:3]))}{', ...' if len(later) > 3 else ''}); "
+                     f"this run replaces those at its own snapshot steps; move the others out if this resume "
+                     f"changed the training, else diffkit posthoc-ema combines them with this run's")
         log_path = self.out_dir / "train_log.csv"
         train_log = _TrainLog(log_path, self.step, self.dist.is_main)
         self.model.train()
@@ -912,6 +949,9 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(loss=f"{smoothed:.4f}" if smoothed is not None else "nan",
                                         img_s=f"{rate:.0f}")
+                        if self.posthoc is not None and (self.step % cfg.posthoc_ema_every == 0
+                                                         or self.step == self.total_steps):
+                            self.save_posthoc_snapshot()
                         if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                             train_log.write([self.step, self.epoch, f"{last_loss:.6f}",
                                              f"{self.optimizer.param_groups[0]['lr']:.3e}", f"{rate:.1f}"])

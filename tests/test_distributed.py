@@ -213,3 +213,26 @@ def test_two_process_consistency_training_with_cms_curriculum_and_ema_target_mat
     for key in a:
         if key.startswith(("model.", "ema.", "target.")):
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_write_the_post_hoc_ema_snapshots_of_one_process(tmp_path):
+    """Post-hoc EMA under torchrun: rank 0 alone tracks the power-function EMAs and writes the snapshots
+    (diffkit.posthoc_ema); they and the checkpoint's averages are those of one process with the same global
+    batch, and diffkit posthoc-ema reads them."""
+    phema = ["--set", "posthoc_ema=0.05,0.10", "--set", "posthoc_ema_every=2"]
+    _ok(_train(tmp_path / "one", 1, 8, *phema))
+    _ok(_train(tmp_path / "two", 2, 4, *phema))
+    folders = [tmp_path / run / "checkpoints" / "posthoc" for run in ("one", "two")]
+    names = sorted(p.name for p in folders[1].iterdir())
+    assert names == sorted(p.name for p in folders[0].iterdir()) == ["snapshot_00000002.safetensors",
+                                                                     "snapshot_00000003.safetensors"]
+    for name in names:
+        a, _ = ckpt.load_checkpoint(folders[0] / name)
+        b, _ = ckpt.load_checkpoint(folders[1] / name)
+        assert sorted(a) == sorted(b)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    from diffkit.cli import main
+    assert main(["posthoc-ema", "--run", str(tmp_path / "two"), "--sigma-rel", "0.07", "--max-profile-error", "0.5",
+                 "--out", str(tmp_path / "e.safetensors")]) == 0

@@ -35,12 +35,13 @@ def register(sub) -> None:
 
 # what a distillation run changes in the teacher's config (--set overrides any of them); the teacher's
 # sample grid is dropped: None is the objective's (config.objective_sampling: consistency, 4 steps); a
-# fine-tuned teacher's init_from and LoRA fields are its own run's (the student starts from its merged weights)
+# fine-tuned teacher's init_from and LoRA fields are its own run's (the student starts from its merged weights),
+# and so is a teacher's post-hoc EMA (a distillation tracks power-function EMAs when --set posthoc_ema asks)
 DISTILL_DEFAULTS = {"objective": "consistency-distillation", "sampler": None, "sample_steps": None,
                     "ema_warmup": True, "ema_power": None, "ema_inv_gamma": 1.0, "timestep_sampler": "uniform",
                     "min_snr_gamma": None, "p2_gamma": None, "p2_k": 1.0, "input_perturbation": 0.0,
                     "training_load_weight": None, "test_load_weight": None, "init_from": None, "lora_rank": 0,
-                    "lora_alpha": None, "lora_targets": "attention"}
+                    "lora_alpha": None, "lora_targets": "attention", "posthoc_ema": None, "posthoc_ema_every": 1000}
 
 
 def teacher_meta(path, role: str = "teacher", flag: str = "--teacher", verb: str = "distil from") -> dict:
