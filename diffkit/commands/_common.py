@@ -332,6 +332,15 @@ def add_compile_flag(parser: argparse.ArgumentParser) -> None:
                              "(default no; the first batch compiles, minutes on a CPU)")
 
 
+def add_network_flags(parser: argparse.ArgumentParser) -> None:
+    """How a checkpoint's network is loaded and run: ``--device``, ``--no-ema``, ``--mixed-precision``
+    and ``--compile`` (``load_denoiser``'s device, use_ema, mixed_precision and compile)."""
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_mixed_precision_flag(parser)
+    add_compile_flag(parser)
+
+
 def add_thresholding_flag(parser) -> None:
     """``--thresholding clip|dynamic``: ``diffkit.sample(..., thresholding=)``, the predicted x_0 clipped to
     [-1, 1] or dynamically thresholded (Saharia et al. 2022, Sec. 2.3) at every step (``diffkit sample`` and

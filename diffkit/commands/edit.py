@@ -33,10 +33,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
-from ._common import (add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      batch_size_or_auto, check_lora_flags, check_writable_dir, eta_value, int_in, missing_dirs,
-                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
-                      tolerance_options)
+from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, batch_size_or_auto,
+                      check_lora_flags, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
+                      path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def strength_value(text: str) -> float:
@@ -119,11 +118,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=path_arg,
                    required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
                    "with --series a .csv or .npy file)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_network_flags(p)
     add_lora_flags(p)
-    add_mixed_precision_flag(p)
-    add_compile_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 

@@ -23,10 +23,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import (IMAGE_DATASETS, add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag,
-                      add_solver_flags, add_thresholding_flag, check_lora_flags, check_output_file, check_writable_dir,
-                      dataset_arg, default_sampling, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure,
-                      seed_int, tolerance_options)
+from ._common import (IMAGE_DATASETS, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
+                      add_thresholding_flag, check_lora_flags, check_output_file, check_writable_dir, dataset_arg,
+                      default_sampling, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
+                      tolerance_options)
 
 
 def add_source_flags(p) -> None:
@@ -44,10 +44,7 @@ def add_source_flags(p) -> None:
                                                               "default $DIFFKIT_INCEPTION_WEIGHTS or ~/.cache/diffkit/")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i starts from the noise of seed + i")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    add_mixed_precision_flag(p)
-    add_compile_flag(p)
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_network_flags(p)
     p.add_argument("--cache-dir", type=path_arg,
                    help="keep each finished batch of samples here; the same command run again "
                         "reuses them, so a stopped run continues where it stopped")

@@ -46,10 +46,10 @@ from typing import Optional
 
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
-from ._common import (add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      add_thresholding_flag, batch_size_or_auto, check_lora_flags, check_output_file,
-                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, add_thresholding_flag,
+                      batch_size_or_auto, check_lora_flags, check_output_file, check_writable_dir, eta_value,
+                      int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
+                      seed_int, tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -90,10 +90,7 @@ def register(sub) -> None:
                    help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from the "
                         "grid's first time to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
-    p.add_argument("--device", default="auto")
-    add_mixed_precision_flag(p)
-    add_compile_flag(p)
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_network_flags(p)
     add_lora_flags(p)
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")

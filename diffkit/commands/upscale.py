@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_compile_flag, add_lora_flags, add_mixed_precision_flag, add_progress_flag, add_solver_flags,
-                      check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
-                      path_arg, peek_checkpoint, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, check_lora_flags,
+                      check_output_file, check_writable_dir, eta_value, int_in, missing_dirs, path_arg,
+                      peek_checkpoint, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 
 GRID_NAME = "upscale_grid.png"
 
@@ -47,11 +47,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="output i uses seed + i (independent of batch size)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
     p.add_argument("--nrow", type=int_in(1, 1024), default=8, help="images per grid row (default 8)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
+    add_network_flags(p)
     add_lora_flags(p)
-    add_mixed_precision_flag(p)
-    add_compile_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
