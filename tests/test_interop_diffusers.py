@@ -443,6 +443,26 @@ def test_sd_guidance_rescale_and_nfe_match_the_pipeline(tiny_sd):
     assert sd.denoiser.nfe == 5
 
 
+def test_sd_guidance_rescale_of_a_v_prediction_folder_works_on_v(tiny_sd, tmp_path):
+    """A v-prediction folder (SD 2.x): the pipeline's ``rescale_noise_cfg`` rescales the UNet's own
+    output, v, and so does ``StableDiffusion.guided`` by default (text_to_image and diffkit edit)."""
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    pipe, _ = tiny_sd
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    pipe.scheduler = scheduler
+    pipe.save_pretrained(tmp_path / "sd_v")
+    sd_v = load_stable_diffusion(tmp_path / "sd_v")
+    assert sd_v.prediction_type == "v_prediction"
+
+    def ours_fn(sd, prompts, latents, steps, scale, t2i, return_latents):
+        return t2i(sd, prompts, sampler="ddim", steps=steps, grid="scheduler", guidance_scale=scale, latents=latents,
+                   eta=0.0, guidance_rescale=0.7, return_latents=return_latents)
+
+    z_ours, z_theirs = _pipeline_and_ours((pipe, sd_v), scheduler, ours_fn, output_type="latent",
+                                          guidance_rescale=0.7)
+    assert relative_error(z_ours, z_theirs) < 1e-5
+
+
 def test_sd_pndm_skip_prk_matches_improved_euler_then_plms(tiny_sd):
     """diffusers' PNDMScheduler(skip_prk_steps=True) = pseudo improved Euler on the first step, then
     PLMS of orders 2, 3, 4 with e_1 = eps(x_T, T) in the history (PNDM eq. 13 / Sec. 3.3): the

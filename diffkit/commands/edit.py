@@ -374,8 +374,7 @@ def _prompted(args, denoiser, request, count: int, device):
         context = sd.encode_prompts(prompts)
         scale, convention = ((sd.default_guidance_scale, "diffusers") if request.guidance_scale is None
                              else (request.guidance_scale, request.convention))
-        guided = sd.guided(scale, sd.encode_prompts([""]), convention, rescale=request.rescale,
-                           rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")  # text_to_image's
+        guided = sd.guided(scale, sd.encode_prompts([""]), convention, rescale=request.rescale)
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])
     from .sample import prompt_conditioning
     guided, context, _, index, _, _ = prompt_conditioning(denoiser, request, count, 1, device)

@@ -136,7 +136,10 @@ class StableDiffusion:
         """Classifier-free guidance of the network's output (then the consistency function for an
         LCMScheduler folder, as StableDiffusionPipeline feeds the guided output to LCMScheduler);
         ``null_context`` is the empty / negative prompt's embedding. Call it with
-        ``cond=self.cond(context)``. A UNet with a guidance input is refused: see :meth:`with_weight`."""
+        ``cond=self.cond(context)``. A UNet with a guidance input is refused: see :meth:`with_weight`.
+        ``rescale`` (Lin et al. 2024, eq. 15-16) works, as diffusers' ``rescale_noise_cfg``, on the UNet's own
+        output: the noise, or v for a v-prediction UNet (``rescale_space`` overrides)."""
+        options.setdefault("rescale_space", "v" if self.prediction_type == "v_prediction" else "eps")
         if self.guidance_embedding_dim:
             raise DiffkitError(f"this LCM UNet takes the guidance weight w as its input (time_cond_proj_dim="
                                f"{self.guidance_embedding_dim}); use with_weight(w), one call per step, not "
@@ -331,8 +334,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             if len(negatives) != batch:
                 raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per "
                                    f"prompt")
-        denoiser = sd.guided(guidance_scale, sd.encode_prompts(negatives), convention, rescale=guidance_rescale,
-                             rescale_space="v" if sd.prediction_type == "v_prediction" else "eps")
+        denoiser = sd.guided(guidance_scale, sd.encode_prompts(negatives), convention, rescale=guidance_rescale)
         cond = sd.cond(context)
     if isinstance(grid, str):
         check_choice("grid", grid, ["scheduler"])
