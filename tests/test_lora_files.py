@@ -330,6 +330,7 @@ def test_each_loading_command_takes_lora(command):
                                           ("a.safetensors:inf", "scale 'inf' is not allowed"),
                                           ("a.safetensors:big", "scale 'big' is not a number"),
                                           ("a.safetensors:", "scale '' is not a number"),
+                                          ("a:b.safetensors", "an explicit :SCALE, 'a:b.safetensors:1'"),
                                           ("", "empty path"), (":0.5", "empty path")])
 def test_bad_lora_values_are_one_line(runs, tmp_path, capsys, value, needle):
     with pytest.raises(SystemExit) as stop:  # argparse's refusal, one line (cli._Parser)

@@ -180,7 +180,8 @@ def lora_arg(text: str) -> tuple[str, float]:
             scale = float(tail)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not a number; give FILE or FILE:SCALE "
-                                             f"(e.g. adapter.safetensors:0.8)") from None
+                                             f"(e.g. adapter.safetensors:0.8; a FILE with a ':' in its name takes "
+                                             f"an explicit :SCALE, {text + ':1'!r})") from None
         if not math.isfinite(scale):
             raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not allowed; give a finite number")
     if path == "":
