@@ -7,7 +7,8 @@
   2025: the update projected onto the conditional x_0, rescaled, with reverse momentum).
 * :class:`PerturbedAttentionGuidance` - Ahn et al. 2024 (PAG): eps~ = eps(x_t) + s (eps(x_t) - eps-hat(x_t)),
   eps-hat the network with the identity as the attention map of chosen self-attention layers; over
-  :class:`ClassifierFreeGuidance` the null, conditional and perturbed passes share one batched call.
+  :class:`ClassifierFreeGuidance` the null, conditional and perturbed passes share one batched call;
+  optional diffusers' adaptive scale (:func:`adaptive_pag_scale`).
 * :class:`GuidanceScaleInput` - a w-conditioned model (LCM, Luo et al. 2023, Sec. 4.2) given w as
   an input: one network call per step.
 * :class:`ClassifierGuidance` - Dhariwal & Nichol 2021, Algorithm 2 (seed 000):
@@ -304,6 +305,24 @@ class ClassifierFreeGuidance(Wrapper):
         return eps, diffusion.x0_from_eps(x, eps, alpha, sigma)
 
 
+DIFFUSERS_TRAIN_TIMESTEPS = 1000  # the T diffusers' pag_adaptive_scale formula is written for
+
+
+def adaptive_pag_scale(scale: float, adaptive_scale: float, t, num_timesteps: int) -> torch.Tensor:
+    """diffusers' adaptive PAG scale (``PAGMixin._get_pag_scale``, ``pag_adaptive_scale``), per time (float64 CPU):
+
+        s_t = max(s - a (1000 - t'), 0),   t' = t * 1000 / T,
+
+    t in training timesteps of a schedule of T = ``num_timesteps`` (0 .. T-1; diffusers' integer timesteps when
+    T = 1000, where t' = t exactly and s_t are diffusers' numbers bit for bit). diffusers writes 1000 for its
+    number of training timesteps; here t is rescaled to it, so ``a`` means the same on any T: s falls by 1000 a
+    over the whole range of t, and reaches 0 at t = T (1 - s / (1000 a)). Not in the PAG paper (Ahn et al. 2024).
+    """
+    t64 = as_cpu_times(t)
+    return (scale - adaptive_scale * (DIFFUSERS_TRAIN_TIMESTEPS - t64 * (DIFFUSERS_TRAIN_TIMESTEPS / num_timesteps))
+            ).clamp(min=0.0)
+
+
 class PerturbedAttentionGuidance(Wrapper):
     """Perturbed-Attention Guidance (Ahn et al. 2024, "Self-Rectifying Diffusion Sampling with
     Perturbed-Attention Guidance", arXiv:2403.17377, the method section; equation numbers not checked here):
@@ -341,15 +360,26 @@ class PerturbedAttentionGuidance(Wrapper):
             the lowest resolution).
         interval: ``(t_lo, t_hi)`` in training timesteps: guide only there, elsewhere the wrapped
             denoiser (as :class:`ClassifierFreeGuidance`'s interval).
+        adaptive_scale: a >= 0, diffusers' ``pag_adaptive_scale``: the scale at t is
+            :func:`adaptive_pag_scale` s_t = max(s - a (1000 - 1000 t / T), 0), decaying towards t = 0 (inside
+            ``interval``; 0 outside it). 0 (the default): s at every t. Where s_t = 0 for every sample of a
+            call there is no perturbed pass (the wrapped denoiser's call, as outside the interval); diffusers
+            still runs the 3B (2B) batch there and adds 0 times the difference.
         network: the U-Net to perturb; default the one under ``denoiser``.
     """
 
-    def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None):
+    def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None,
+                 adaptive_scale: float = 0.0):
         from .models.unet import UNet, check_self_attention_layers
         check_range("perturbed-attention guidance scale", scale, 0.0, None)
+        check_range("perturbed-attention guidance adaptive scale", adaptive_scale, 0.0, None)
         _check_perturbable(denoiser)
-        self.inner, self.scale = denoiser, float(scale)
+        self.inner, self.scale, self.adaptive_scale = denoiser, float(scale), float(adaptive_scale)
         self.interval = _checked_interval(interval, denoiser, "perturbed-attention guidance interval")
+        self.num_timesteps = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
+        if self.adaptive_scale and self.num_timesteps is None:
+            raise DiffkitError("an adaptive perturbed-attention guidance scale needs the denoiser's schedule (its "
+                               "number of training timesteps T); this denoiser has none")
         self.net = _unet_of(denoiser) if network is None else network
         if not isinstance(self.net, UNet):
             raise DiffkitError(f"perturbed-attention guidance perturbs the self-attention of a diffkit U-Net; this "
@@ -366,8 +396,11 @@ class PerturbedAttentionGuidance(Wrapper):
             yield
 
     def _scales(self, t, batch: int):
-        """s per sample (B,) on the CPU (0 outside the interval)."""
-        return torch.where(_in_interval(self.interval, _times64(t, batch)), self.scale, 0.0)
+        """s per sample (B,) on the CPU (0 outside the interval; s_t with an adaptive scale)."""
+        t64 = _times64(t, batch)
+        scale = self.scale if not self.adaptive_scale else adaptive_pag_scale(
+            self.scale, self.adaptive_scale, t64, self.num_timesteps)
+        return torch.where(_in_interval(self.interval, t64), scale, 0.0)
 
     @staticmethod
     def _expanded(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention 
 eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
 (default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``), also for unconditional
 checkpoints; with ``--guidance-scale`` the three passes share one batched call; ``--pag-interval T_LO T_HI``
-limits it to those times. See docs/guidance.md.
+limits it to those times, ``--pag-adaptive-scale A`` decays it towards t = 0 (diffusers' ``pag_adaptive_scale``).
+See docs/guidance.md.
 
 Text-conditional checkpoints (docs/latent.md) sample ``--prompt TEXT`` (several ``--prompt``:
 one row per prompt; default: each class's caption, e.g. "a photo of a sneaker"); with
@@ -114,6 +115,9 @@ def register(sub) -> None:
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")
+    g.add_argument("--pag-adaptive-scale", type=float, metavar="A",
+                   help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at t is "
+                        "max(S - A (1000 - 1000 t / T), 0) for a model of T training timesteps; 0 = constant S")
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -262,6 +266,7 @@ class GuidanceRequest:
     pag_scale: Optional[float] = None
     pag_layers: Optional[list] = None
     pag_interval: Optional[tuple] = None
+    pag_adaptive_scale: Optional[float] = None
     apg_eta: Optional[float] = None
     apg_norm_threshold: Optional[float] = None
     apg_momentum: Optional[float] = None
@@ -292,6 +297,7 @@ class GuidanceRequest:
                   clip_input=args.clip_input, pag_scale=getattr(args, "pag_scale", None),
                   pag_layers=None if getattr(args, "pag_layers", None) is None else args.pag_layers.split(","),
                   pag_interval=tuple(args.pag_interval) if getattr(args, "pag_interval", None) else None,
+                  pag_adaptive_scale=getattr(args, "pag_adaptive_scale", None),
                   apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                   apg_momentum=args.apg_momentum)
         req.check_model_kind(checkpoint)
@@ -352,7 +358,8 @@ class GuidanceRequest:
         if not self.pag_scale:
             return denoiser
         from ..guidance import PerturbedAttentionGuidance
-        return PerturbedAttentionGuidance(denoiser, self.pag_scale, self.pag_layers or ["mid"], self.pag_interval)
+        return PerturbedAttentionGuidance(denoiser, self.pag_scale, self.pag_layers or ["mid"], self.pag_interval,
+                                          adaptive_scale=self.pag_adaptive_scale or 0.0)
 
     def check_null_trained(self, meta) -> None:
         """--guidance-scale (classifier-free guidance) on a class- or text-conditional checkpoint whose
@@ -398,11 +405,14 @@ class GuidanceRequest:
             check_range("--guidance-rescale", self.rescale, 0.0, 1.0)
             check_apg(**{name[len('apg_'):]: v for name, v in self.apg_options().items()}, names=self.APG_FLAGS)
         if self.pag_scale is None:
-            for flag, value in (("--pag-layers", self.pag_layers), ("--pag-interval", self.pag_interval)):
+            for flag, value in (("--pag-layers", self.pag_layers), ("--pag-interval", self.pag_interval),
+                                ("--pag-adaptive-scale", self.pag_adaptive_scale)):
                 if value is not None:
                     raise DiffkitError(f"{flag} needs --pag-scale S")
         else:
             check_range("--pag-scale", self.pag_scale, 0.0, None)
+            if self.pag_adaptive_scale is not None:
+                check_range("--pag-adaptive-scale", self.pag_adaptive_scale, 0.0, None)
             from ..guidance import _checked_interval
             _checked_interval(self.pag_interval, None, "--pag-interval")  # t_lo <= t_hi; [-1, T] once loaded
             from ..models.unet import check_self_attention_layers
@@ -670,6 +680,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         what += f", perturbed-attention guidance s={guidance.pag_scale:g} at {','.join(guidance.pag_layers or ['mid'])}"
         if guidance.pag_interval is not None:
             what += f" for {guidance.pag_interval[0]:g} <= t <= {guidance.pag_interval[1]:g}"
+        if guidance.pag_adaptive_scale:
+            what += f", adaptive a={guidance.pag_adaptive_scale:g}"
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
