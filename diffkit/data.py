@@ -387,6 +387,24 @@ def _center_square(image, size: int):
     return image.crop((left, top, left + size, top + size))
 
 
+def folder_classes(directory: str | os.PathLike) -> list[tuple[str, list[Path]]]:
+    """The classes of an image folder from its directory listing alone (no image is read): a
+    (name, image files) pair per sub-folder holding images, sorted by name, or the folder itself as
+    one class when none does. :func:`load_folder_dataset` labels its images so (label k = entry k)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DiffkitError(f"image folder not found: {directory}")
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and images_in(p))
+    groups = [(p.name, images_in(p)) for p in class_dirs] or [(directory.name, images_in(directory))]
+    if not groups[0][1]:
+        raise DiffkitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {directory} or its sub-folders")
+    return groups
+
+
 def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = None, channels: int = 3,
                         hflip: bool = False) -> InMemoryImageDataset:
     """Every image under ``directory``; the class is the sub-folder name (sorted), Pillow decoding.
@@ -401,17 +419,7 @@ def load_folder_dataset(directory: str | os.PathLike, img_size: int | None = Non
 
     from .images import image_pixels
     check_choice("channels", channels, (1, 3))
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DiffkitError(f"image folder not found: {directory}")
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and images_in(p))
-    groups = [(p.name, images_in(p)) for p in class_dirs] or [(directory.name, images_in(directory))]
-    if not groups[0][1]:
-        raise DiffkitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {directory} or its sub-folders")
+    groups = folder_classes(directory)
     arrays, labels = [], []
     for label, (_, files) in enumerate(groups):
         for file in files:
@@ -673,6 +681,6 @@ __all__ = [
     "DATASET_NAMES", "InMemoryImageDataset", "load_dataset", "make_loader", "data_scale", "resize_images",
     "convert_channels",
     "read_idx", "read_cifar10_batch", "safe_unpickle", "load_digits_dataset", "load_idx_dataset",
-    "load_cifar10_dataset", "load_folder_dataset", "download_file", "download_mnist", "download_fashion_mnist",
+    "load_cifar10_dataset", "folder_classes", "load_folder_dataset", "download_file", "download_mnist", "download_fashion_mnist",
     "download_cifar10", "FASHION_MNIST_NAMES", "CIFAR10_NAMES", "DIGIT_NAMES",
 ]
