@@ -349,9 +349,9 @@ def test_a_text_source_needs_the_same_vocabulary_before_any_folder(text_source, 
 
 
 def test_the_trainer_checks_the_vocabulary_of_a_text_source(text_source, tmp_path):
-    """A data set whose captions are known only with its data (a folder's class names) is checked by the
-    Trainer, before the weights are copied: class names of the same count but other words would read
-    other words' embeddings without any shape error."""
+    """The library-level guard (a Trainer built in Python, not through diffkit train) checks the captions
+    of the data set it is given, before the weights are copied: class names of the same count but other
+    words would read other words' embeddings without any shape error."""
     source_cfg = ckpt.load_checkpoint(text_source)[1]["config"]
     network = {k: source_cfg[k] for k in ("channel", "channel_mult", "attn", "num_res_blocks", "img_size",
                                           "num_heads", *TEXT)}
@@ -362,6 +362,48 @@ def test_the_trainer_checks_the_vocabulary_of_a_text_source(text_source, tmp_pat
     data = InMemoryImageDataset(images, torch.arange(40) % 10, num_classes=10, class_names=words)
     with pytest.raises(DiffkitError, match="dataset='folder' gives the captions another vocabulary"):
         Trainer(cfg, data, progress=False)
+
+
+@pytest.fixture(scope="module")
+def folder_text_source(tmp_path_factory):
+    """A 1-step text-conditioned run on an image folder of two classes, cat and dog."""
+    root = tmp_path_factory.mktemp("folder_text")
+    data = InMemoryImageDataset(torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8) % 2,
+                                class_names=("cat", "dog"))
+    cfg = _cfg(root, "src", max_steps=1, dataset="folder", data_dir=str(root), **TEXT)
+    return Trainer(cfg, data, progress=False).run().checkpoint
+
+
+def _image_folder(root, classes):
+    """Two 8x8 grey PNGs in a sub-folder per class."""
+    import numpy as np
+    from PIL import Image
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * k + i, np.uint8), "L").save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_other_classes_is_refused_before_the_run_folder(folder_text_source, tmp_path, capsys,
+                                                                     monkeypatch):
+    """A folder data set's captions come from its class-folder names (diffkit.data.folder_classes): a
+    vocabulary other than the source's is refused in one line naming the differing words, before the
+    run folder is made (it used to be found by the Trainer, after); the same classes train."""
+    from diffkit.commands import train as train_command
+    made, real = [], train_command.check_writable_dir  # the folders the command makes
+    monkeypatch.setattr(train_command, "check_writable_dir", lambda path, *a: made.append(path) or real(path, *a))
+    args = ["train", "--init-from", str(folder_text_source), "--device", "cpu", "--steps", "1", "--no-sample",
+            "--no-progress", "--dataset", "folder", "--batch-size", "2"]
+    line = one_line_error(capsys, *args, "--data-dir", _image_folder(tmp_path / "cows", ["cat", "cow"]),
+                          "--out", tmp_path / "ft")
+    assert "dataset='folder' gives the captions another vocabulary" in line and "differing: cow, dog)" in line, line
+    assert not made and not (tmp_path / "ft").exists()
+    pets = _image_folder(tmp_path / "pets", ["cat", "dog"])
+    (pets / "notes").mkdir()  # no images: not a class, for the loader and the check alike
+    (pets / "notes" / "readme.txt").write_text("x")
+    assert main([*map(str, args), "--data-dir", str(pets), "--out", str(tmp_path / "ok")]) == 0
+    assert (tmp_path / "ok" / "checkpoints" / "latest.safetensors").is_file()
 
 
 def test_a_vocabulary_of_the_same_size_with_other_words_is_refused():

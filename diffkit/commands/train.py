@@ -158,10 +158,14 @@ def fine_tune_fields(path, given: dict) -> dict:
         raise DiffkitError(f"dataset={fields.get('dataset', 'digits')!r} does not fit --init-from {path}, a model of "
                            f"{kind} (dataset={source.dataset!r}); give a data set of {kind} with --dataset")
     dataset = fields.get("dataset", "digits")
-    if meta.get("text") and dataset != "folder":  # a folder's captions come with its class folders: Trainer checks
-        from ..data import CIFAR10_NAMES
+    if meta.get("text"):  # the captions' vocabulary, before the run folder (the Trainer checks it again)
+        from ..data import CIFAR10_NAMES, default_data_dir, folder_classes
         from ..text import CaptionSet, check_same_vocabulary
-        captions = CaptionSet.for_dataset(dataset, CIFAR10_NAMES if dataset == "cifar10" else ())
+        if dataset == "folder":  # the class-folder names, as the data loader reads them (no image is read)
+            names = [name for name, _ in folder_classes(fields.get("data_dir") or default_data_dir(dataset))]
+        else:
+            names = CIFAR10_NAMES if dataset == "cifar10" else ()
+        captions = CaptionSet.for_dataset(dataset, names)
         check_same_vocabulary(meta["text"]["tokenizer"]["words"], captions, dataset, f"--init-from {path}")
     return fields
 
