@@ -681,6 +681,6 @@ __all__ = [
     "DATASET_NAMES", "InMemoryImageDataset", "load_dataset", "make_loader", "data_scale", "resize_images",
     "convert_channels",
     "read_idx", "read_cifar10_batch", "safe_unpickle", "load_digits_dataset", "load_idx_dataset",
-    "load_cifar10_dataset", "folder_classes", "load_folder_dataset", "download_file", "download_mnist", "download_fashion_mnist",
-    "download_cifar10", "FASHION_MNIST_NAMES", "CIFAR10_NAMES", "DIGIT_NAMES",
+    "load_cifar10_dataset", "folder_classes", "load_folder_dataset", "download_file", "download_mnist",
+    "download_fashion_mnist", "download_cifar10", "FASHION_MNIST_NAMES", "CIFAR10_NAMES", "DIGIT_NAMES",
 ]
