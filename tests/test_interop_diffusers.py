@@ -448,9 +448,13 @@ def test_sd_guidance_rescale_of_a_v_prediction_folder_works_on_v(tiny_sd, tmp_pa
     output, v, and so does ``StableDiffusion.guided`` by default (text_to_image and diffkit edit)."""
     from diffkit.interop.stable_diffusion import load_stable_diffusion
     pipe, _ = tiny_sd
-    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    pipe.scheduler = scheduler
-    pipe.save_pretrained(tmp_path / "sd_v")
+    eps_scheduler = pipe.scheduler  # the module's pipeline gets its scheduler back: later tests read its config
+    scheduler = diffusers.DDIMScheduler.from_config(eps_scheduler.config, prediction_type="v_prediction")
+    try:
+        pipe.scheduler = scheduler
+        pipe.save_pretrained(tmp_path / "sd_v")
+    finally:
+        pipe.scheduler = eps_scheduler
     sd_v = load_stable_diffusion(tmp_path / "sd_v")
     assert sd_v.prediction_type == "v_prediction"
 
@@ -458,8 +462,11 @@ def test_sd_guidance_rescale_of_a_v_prediction_folder_works_on_v(tiny_sd, tmp_pa
         return t2i(sd, prompts, sampler="ddim", steps=steps, grid="scheduler", guidance_scale=scale, latents=latents,
                    eta=0.0, guidance_rescale=0.7, return_latents=return_latents)
 
-    z_ours, z_theirs = _pipeline_and_ours((pipe, sd_v), scheduler, ours_fn, output_type="latent",
-                                          guidance_rescale=0.7)
+    try:
+        z_ours, z_theirs = _pipeline_and_ours((pipe, sd_v), scheduler, ours_fn, output_type="latent",
+                                              guidance_rescale=0.7)
+    finally:
+        pipe.scheduler = eps_scheduler
     assert relative_error(z_ours, z_theirs) < 1e-5
 
 
