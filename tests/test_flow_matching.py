@@ -179,11 +179,35 @@ def test_the_loss_regresses_u_eps_minus_x0_at_the_flow_state():
     def net(x, t):
         seen["x"], seen["t"] = x, t
         return torch.full_like(x, 0.5)
-    out = flow_matching_losses(net, x0, s, eps, T)
+    out = flow_matching_losses(net, x0, s, eps, 100)
     c = s.float().reshape(4, 1, 1, 1)
     assert torch.allclose(seen["x"], (1 - c) * x0 + c * eps)
-    assert torch.equal(seen["t"], torch.tensor([0.0, 250.0, 500.0, 1000.0]))
+    assert torch.equal(seen["t"], torch.tensor([0.0, 25.0, 50.0, 100.0]))  # s T, T = 100
     assert torch.allclose(out.loss, ((eps - x0 - 0.5) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_the_trainer_trains_at_its_flow_times(tmp_path, monkeypatch):
+    """The training loop draws s from FlowTimes (density, shift, m, s of the config) with its generator."""
+    import diffkit.training as training
+    from diffkit.data import InMemoryImageDataset
+    seen = []
+
+    def recording(net, x0, s, noise, num_timesteps, cond=None):
+        seen.append((s.clone(), num_timesteps))
+        return flow_matching_losses(net, x0, s, noise, num_timesteps, cond)
+    monkeypatch.setattr(training, "flow_matching_losses", recording)
+    cfg = TrainConfig.from_dict({"dataset": "digits", "img_size": 8, "channel": 16, "channel_mult": [1, 2],
+                                 "attn": [1], "num_res_blocks": 1, "batch_size": 8, "max_steps": 1, "T": 100,
+                                 "device": "cpu", "num_heads": 1, "prediction_type": "flow_prediction",
+                                 "schedule": "flow", "flow_shift": 3.0, "timestep_sampler": "logit-normal",
+                                 "logit_mean": 0.5, "logit_std": 0.8, "save_weight_dir": str(tmp_path / "c"),
+                                 "sampled_dir": str(tmp_path / "s")})
+    data = InMemoryImageDataset((torch.rand(16, 1, 8, 8) * 255).to(torch.uint8), torch.zeros(16, dtype=torch.long))
+    trainer = training.Trainer(cfg, data, progress=False, log=lambda *_: None)
+    trainer.train_step([(trainer.dataset[i][0][None].repeat(8, 1, 1, 1), torch.zeros(8, dtype=torch.long))
+                        for i in range(1)])
+    want, _ = FlowTimes("logit-normal", 3.0, 0.5, 0.8).sample(8, torch.Generator().manual_seed(cfg.seed + 1))
+    assert len(seen) == 1 and seen[0][1] == 100 and torch.equal(seen[0][0], want)
 
 
 @pytest.mark.parametrize("m, std, shift", [(0.0, 1.0, 1.0), (-0.5, 0.7, 1.0), (0.3, 1.2, 3.0)])
