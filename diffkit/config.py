@@ -79,6 +79,9 @@ class TrainConfig:
     ``timestep_sampler`` ("loss-aware" = Improved DDPM Sec. 3.3), ``min_snr_gamma`` (Hang et al.
     2023, gamma 5 suggested) or ``p2_gamma`` / ``p2_k`` (P2, Choi et al. 2022 eq. 8; eps only),
     ``offset_noise`` (0 = off), ``input_perturbation`` (Ning et al. 2023 Alg. 1; 0 = off),
+    flow matching (docs/flow_matching.md): ``prediction_type='flow_prediction'`` with
+    ``schedule='flow'``, ``flow_shift`` (SD3 eq. 23), ``timestep_sampler='logit-normal'`` with
+    ``logit_mean`` / ``logit_std`` (SD3 eq. 19),
     ``ema_decay=0.9999`` (DDPM App. B) with the warm-up ``ema_warmup`` ((1 + n)/(10 + n)) or
     ``ema_power`` / ``ema_inv_gamma`` (diffusers' EMAModel use_ema_warmup),
     ``warmup_fraction=0.1`` (the seed's warm-up of epoch // 10), ``p_uncond=0.1``

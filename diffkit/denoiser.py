@@ -126,7 +126,8 @@ class Denoiser:
         return autocast(self.mixed_precision, device_type)
 
     def network_times(self, t, x: torch.Tensor) -> torch.Tensor:
-        """Times as the (B,) float tensor on x's device that the network receives."""
+        """Times as the (B,) float tensor on x's device that a VP network receives (a
+        ``flow_prediction`` network receives its flow time s T instead: :meth:`__call__`)."""
         return self._network_times_cpu(t, x).to(x.device)
 
     def _network_times_cpu(self, t, x: torch.Tensor) -> torch.Tensor:
