@@ -210,6 +210,22 @@ def test_the_trainer_trains_at_its_flow_times(tmp_path, monkeypatch):
     assert len(seen) == 1 and seen[0][1] == 100 and torch.equal(seen[0][0], want)
 
 
+def test_a_flow_run_resumes_bitwise(tmp_path, assert_same_training_state):
+    """Stop at step 2 of 4, resume: the same weights, EMA and optimiser state as an uninterrupted run
+    (the flow times come from the run's saved generator)."""
+    from test_training import make_cfg, tiny_dataset
+
+    from diffkit.training import Trainer
+    flow = {"prediction_type": "flow_prediction", "schedule": "flow", "timestep_sampler": "logit-normal",
+            "flow_shift": 2.0, "max_steps": 4, "T": 100, "sample_steps": 2}
+    Trainer(make_cfg(tmp_path / "a", **flow), tiny_dataset(), progress=False, log=lambda *_: None).run()
+    Trainer(make_cfg(tmp_path / "b", **flow), tiny_dataset(), progress=False, log=lambda *_: None).run(stop_at=2)
+    resume = str(tmp_path / "b" / "ckpt" / "latest.safetensors")
+    Trainer(make_cfg(tmp_path / "b", training_load_weight=resume, **flow), tiny_dataset(), progress=False,
+            log=lambda *_: None).run()
+    assert_same_training_state(tmp_path / "a" / "ckpt" / "latest.safetensors", resume, 4)
+
+
 @pytest.mark.parametrize("m, std, shift", [(0.0, 1.0, 1.0), (-0.5, 0.7, 1.0), (0.3, 1.2, 3.0)])
 def test_logit_normal_times_follow_sd3_eq_19_and_the_shift(m, std, shift):
     """(c) the empirical CDF of the flow times against eq. 19's density integrated numerically,
