@@ -249,22 +249,44 @@ TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,
         "--set", "T=100"]
 
 
-def test_a_flow_run_trains_and_every_kind_of_sampler_samples_its_checkpoint(tmp_path, capsys):
-    """(d) diffkit train writes a flow checkpoint; diffkit sample runs it with several samplers."""
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def flow_checkpoint(tmp_path_factory):
+    """A class-conditional flow checkpoint written by diffkit train (2 steps, logit-normal, shift 2)."""
+    run = tmp_path_factory.mktemp("flow") / "run"
     assert main(["train", "--out", str(run), "--steps", "2", "--no-progress", "--no-sample", "--device", "cpu",
-                 *TINY, *FLOW, "--set", "timestep_sampler=logit-normal", "--set", "flow_shift=2.0"]) == 0
-    ckpt = run / "checkpoints" / "latest.safetensors"
+                 *TINY, *FLOW, "--set", "timestep_sampler=logit-normal", "--set", "flow_shift=2.0",
+                 "--conditional"]) == 0
+    return run / "checkpoints" / "latest.safetensors"
+
+
+def test_a_flow_run_trains_and_every_kind_of_sampler_samples_its_checkpoint(flow_checkpoint, tmp_path, capsys):
+    """(d) diffkit train writes a (class-conditional) flow checkpoint; diffkit sample runs it with
+    several samplers, and with classifier-free guidance."""
+    ckpt = flow_checkpoint
     loaded = load_denoiser(ckpt)
     assert loaded.prediction_type == "flow_prediction"
     assert torch.allclose(loaded.schedule.alphas_cumprod, NoiseSchedule.flow(100, shift=2.0).alphas_cumprod)
-    for sampler in ("ddim", "euler", "dpm-solver++-2m"):  # default grids: timestep, karras, log-SNR spacing
+    for sampler in ("ddim", "dpm-solver++-2m"):  # default grids: timestep, log-SNR spacing (karras: below)
         out = tmp_path / f"{sampler}.png"
         code = main(["sample", "--checkpoint", str(ckpt), "--sampler", sampler, "--steps", "3", "--num", "2", "--out", str(out), "--no-progress", "--device", "cpu"])
         assert code == 0 and out.is_file(), capsys.readouterr().err
     code = main(["sample", "--checkpoint", str(ckpt), "--sampler", "ddim@trailing", "--steps", "3", "--num", "2",
                  "--out", str(tmp_path / "top.png"), "--no-progress", "--device", "cpu"])  # from s = 1
     assert code == 0, capsys.readouterr().err
+    code = main(["sample", "--checkpoint", str(ckpt), "--sampler", "euler", "--steps", "3", "--num", "2",
+                 "--class", "3", "--guidance-scale", "2", "--out", str(tmp_path / "cfg.png"), "--no-progress",
+                 "--device", "cpu"])  # guided, its karras grid from T - 2 through the guidance wrapper
+    assert code == 0 and (tmp_path / "cfg.png").is_file(), capsys.readouterr().err
+
+
+def test_distilling_a_flow_teacher_is_a_one_line_refusal(flow_checkpoint, tmp_path, capsys):
+    """diffkit distill names flow matching (not the student's objective) and writes nothing."""
+    code = main(["distill", "--teacher", str(flow_checkpoint), "--out", str(tmp_path / "cd"), "--steps", "1",
+                 "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "is a flow-matching model (prediction_type='flow_prediction')" in err and "objective" not in err, err
+    assert not (tmp_path / "cd").exists()
 
 
 @pytest.mark.parametrize("over, needle", [
@@ -305,3 +327,42 @@ def test_the_vp_loss_refuses_a_flow_network():
     with pytest.raises(DiffkitError, match="flow_matching_losses"):
         training_losses(lambda x, t: x, NoiseSchedule.flow(10), torch.zeros(1, 2), torch.zeros(1),
                                        torch.zeros(1, 2), prediction_type="flow_prediction")
+
+
+def random_conditional_velocity(dim=3, classes=3, seed=9):
+    """A random nonlinear class-conditional velocity net(x_s, s T, y) (class ``classes`` = null)."""
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.randn(classes + 1, dim, dim, generator=g, dtype=F64)
+    biases = torch.randn(classes + 1, dim, generator=g, dtype=F64)
+
+    def net(x, t, y):
+        s = torch.as_tensor(t, dtype=F64).reshape(-1, 1) / T
+        return torch.tanh(torch.einsum("bij,bj->bi", weights[y], x) + biases[y] * s) + x * s
+    return net
+
+
+@pytest.mark.parametrize("w", [0.0, 1.5, 4.0])
+def test_classifier_free_guidance_of_a_flow_model_is_velocity_space_guidance(w):
+    """eps and x_0 are affine in u with the same coefficients for both passes (eps_x0_from_flow), so
+    guidance of eps / x_0, (1 + w) eps_c - w eps_u, is the flow model with the guided velocity
+    u_u + s (u_c - u_u), s = 1 + w (diffusers' SD3 pipeline): per call, and along a whole run."""
+    from diffkit.guidance import ClassifierFreeGuidance
+    net, null = random_conditional_velocity(), 3
+    sch = NoiseSchedule.flow(T, shift=3.0)
+
+    def guided_velocity(x, t, y):
+        u_c, u_u = net(x, t, y), net(x, t, torch.full_like(y, null))
+        return u_u + (1 + w) * (u_c - u_u)
+    cfg = ClassifierFreeGuidance(Denoiser(net, sch, "flow_prediction"), w, null_class=null)
+    ref = Denoiser(guided_velocity, sch, "flow_prediction")
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(10), dtype=F64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    for t in (0.0, 37.5, 500.0, 998.0, float(T - 1)):  # T - 1: s = 1
+        for tt in (t, torch.full((6,), t, dtype=F64)):
+            a, b = cfg(x, tt, y=y), ref(x, tt, y=y)
+            assert torch.allclose(a.eps, b.eps, rtol=1e-12, atol=1e-12), t
+            assert torch.allclose(a.x0, b.x0, rtol=1e-12, atol=1e-12), t
+    for sampler in ("ddim@trailing", "dpm-solver++-2m"):  # from s = 1; from T - 2 through the wrapper
+        runs = [diffkit.sample(d, x.clone(), sampler=sampler, steps=8, cond={"y": y}, progress=False, dtype=F64)
+                for d in (cfg, ref)]
+        assert torch.allclose(*runs, rtol=1e-10, atol=1e-10), sampler
