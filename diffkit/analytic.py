@@ -174,6 +174,31 @@ class AnalyticNetwork:
         return eps.to(device=x.device, dtype=x.dtype)
 
 
+class FlowVelocity:
+    """The exact rectified-flow velocity u*(x_s, s) = E[eps - x_0 | x_s] of a :class:`GaussianMixture`
+    on the path x_s = (1 - s) x_0 + s eps (Liu et al. 2023; Lipman et al. 2023, eq. 23 with
+    sigma_min = 0), callable like a flow network ``net(x, t)`` with ``t = s T`` (the time a
+    ``flow_prediction`` :class:`~diffkit.denoiser.Denoiser` gives it).
+
+    p_s is the mixture's marginal with signal scale 1 - s and noise scale s, so Tweedie's formula
+    gives E[eps | x_s] = -s grad log p_s(x_s) and E[x_0 | x_s] = (x_s - s E[eps | x_s]) / (1 - s);
+    at s = 1, x_s = eps carries nothing of x_0: E[x_0 | x_s] = E[x_0] and u* = x_s - E[x_0]."""
+
+    def __init__(self, mixture: GaussianMixture, num_timesteps: int):
+        self.mixture, self.num_timesteps = mixture, num_timesteps
+
+    def __call__(self, x: torch.Tensor, t, **_) -> torch.Tensor:
+        s = _per_sample(t) / self.num_timesteps
+        x64 = x.detach().cpu().to(_F64).reshape(x.shape[0], -1)
+        s_b = s.reshape(-1, 1)
+        at_one = s_b == 1.0
+        signal = torch.where(s == 1.0, 1.0, 1 - s)  # any value at s = 1, where the result is replaced
+        eps = -s_b * self.mixture.score(x64, signal, s)
+        x0 = (x64 - s_b * eps) / signal.reshape(-1, 1)
+        u = torch.where(at_one, x64 - self.mixture.mean(), eps - x0)
+        return u.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+
 def gaussian_ode_solution(mean, cov, x_t: torch.Tensor, alpha_t, sigma_t, alpha_s, sigma_s) -> torch.Tensor:
     """Exact probability-flow ODE map x_t -> x_s for Gaussian data N(mean, cov).
 

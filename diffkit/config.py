@@ -24,11 +24,11 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .errors import DiffkitError, check_choice, check_range
 
-SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # diffusers' names for eps / x0 / v
+SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow")  # = schedule.SCHEDULE_NAMES
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")  # diffusers' names: eps / x0 / v / u
 LOSSES = ("simple", "hybrid", "vlb")
 FIXED_VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
-TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
+TIMESTEP_SAMPLERS = ("uniform", "loss-aware", "logit-normal")  # logit-normal: flow matching's (SD3 eq. 19)
 LR_SCHEDULES = ("warmup-cosine", "warmup-constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")  # diffkit.models.layers.resolve_memory_format
@@ -46,7 +46,8 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "s
 SERIES_DATASETS = ("sines", "series")  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
 # the fields that shape the network, its schedule and what it predicts: a fine-tuned run (diffkit train
 # --init-from) takes them from its source checkpoint (docs/fine_tuning.md); the others are training's
-NETWORK_FIELDS = ("T", "beta_1", "beta_T", "schedule", "zero_terminal_snr", "prediction_type", "learned_variance",
+NETWORK_FIELDS = ("T", "beta_1", "beta_T", "schedule", "flow_shift", "zero_terminal_snr", "prediction_type",
+                  "learned_variance",
                   "channel", "channel_mult", "attn", "num_res_blocks", "img_size", "in_channels", "scale_shift_norm",
                   "num_heads", "conditional", "num_classes", "guidance_embedding_dim", "autoencoder",
                   "text_conditioning", "context_dim", "text_width", "text_layers", "text_heads", "max_prompt_tokens",
@@ -78,6 +79,9 @@ class TrainConfig:
     ``timestep_sampler`` ("loss-aware" = Improved DDPM Sec. 3.3), ``min_snr_gamma`` (Hang et al.
     2023, gamma 5 suggested) or ``p2_gamma`` / ``p2_k`` (P2, Choi et al. 2022 eq. 8; eps only),
     ``offset_noise`` (0 = off), ``input_perturbation`` (Ning et al. 2023 Alg. 1; 0 = off),
+    flow matching (docs/flow_matching.md): ``prediction_type='flow_prediction'`` with
+    ``schedule='flow'``, ``flow_shift`` (SD3 eq. 23), ``timestep_sampler='logit-normal'`` with
+    ``logit_mean`` / ``logit_std`` (SD3 eq. 19),
     ``ema_decay=0.9999`` (DDPM App. B) with the warm-up ``ema_warmup`` ((1 + n)/(10 + n)) or
     ``ema_power`` / ``ema_inv_gamma`` (diffusers' EMAModel use_ema_warmup),
     ``posthoc_ema`` (post-hoc EMA, Karras et al. 2024 Sec. 3: the widths sigma_rel of the power-function
@@ -194,6 +198,9 @@ class TrainConfig:
     hybrid_lambda: float = 0.001
     fixed_variance: str = "fixed_small"
     timestep_sampler: str = "uniform"
+    flow_shift: float = 1.0  # schedule "flow": SD3's timestep shift (Esser et al. 2024, eq. 23); 1 = none
+    logit_mean: float = 0.0  # timestep_sampler "logit-normal": SD3 eq. 19's m and s
+    logit_std: float = 1.0
     min_snr_gamma: Optional[float] = None
     p2_gamma: Optional[float] = None  # P2 weighting (Choi et al. 2022, eq. 8); None = off
     p2_k: float = 1.0
@@ -436,6 +443,7 @@ class TrainConfig:
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
             raise DiffkitError("zero_terminal_snr=True needs prediction_type 'v_prediction' or 'sample': at zero "
                                "SNR x0 cannot be recovered from an eps prediction (Lin et al. 2024, Sec. 3.2)")
+        self._check_flow()
         self._check_consistency()
         if self.sample_steps > self.T:
             raise DiffkitError(f"sample_steps={self.sample_steps} exceeds T={self.T}; allowed: 1..{self.T}")
@@ -459,6 +467,38 @@ class TrainConfig:
                                    f"'samples.png'")
             if self.sampledImgName == self.sampledNoisyImgName:
                 raise DiffkitError(f"sampledImgName and sampledNoisyImgName are both {name!r}; give two names")
+
+    def _check_flow(self) -> None:
+        """Flow matching (docs/flow_matching.md): prediction_type 'flow_prediction' on schedule 'flow',
+        trained with the velocity MSE at continuous flow times; one-line errors for what does not apply."""
+        flow, path = self.prediction_type == "flow_prediction", self.schedule == "flow"
+        if flow != path:
+            raise DiffkitError(f"prediction_type={self.prediction_type!r} with schedule={self.schedule!r}: flow matching "
+                               f"is prediction_type='flow_prediction' with schedule='flow', the two together")
+        if self.flow_shift != 1.0 and not path:
+            raise DiffkitError(f"flow_shift={self.flow_shift} shifts schedule='flow'; this run has schedule="
+                               f"{self.schedule!r}: leave flow_shift=1.0")
+        if self.timestep_sampler != "logit-normal":
+            for name in ("logit_mean", "logit_std"):
+                if getattr(self, name) != _default(name):
+                    raise DiffkitError(f"{name}={getattr(self, name)} belongs to timestep_sampler='logit-normal'; "
+                                       f"this run has timestep_sampler={self.timestep_sampler!r}")
+        if not flow:
+            if self.timestep_sampler == "logit-normal":
+                raise DiffkitError("timestep_sampler='logit-normal' draws continuous flow times; it needs "
+                                   "prediction_type='flow_prediction' with schedule='flow'")
+            return
+        fixed = (("zero_terminal_snr", False), ("loss", "simple"), ("learned_variance", False),
+                 ("min_snr_gamma", None), ("p2_gamma", None), ("input_perturbation", 0.0), ("objective", "diffusion"),
+                 ("super_res_from", None))
+        for name, value in fixed:
+            if getattr(self, name) != value:
+                raise DiffkitError(f"{name}={getattr(self, name)!r} does not apply to flow matching (prediction_type="
+                                   f"'flow_prediction': the velocity MSE on the flow path, which ends at zero SNR): "
+                                   f"set {name}={value!r}")
+        if self.timestep_sampler == "loss-aware":
+            raise DiffkitError("timestep_sampler='loss-aware' keeps losses per integer timestep; flow matching draws "
+                               "continuous times: use 'uniform' or 'logit-normal'")
 
     def _check_super_res(self) -> None:
         """``super_res_from``: a side that divides img_size and is smaller; what it does not combine with."""
@@ -771,6 +811,7 @@ _RANGES = {
     "p2_gamma": (0.0, None, False, True), "p2_k": (0.0, None, False, True),
     "input_perturbation": (0.0, 1.0, True, True), "ema_power": (0.0, None, False, True),
     "ema_inv_gamma": (0.0, None, False, True), "posthoc_ema_every": (1, None, True, True),
+    "flow_shift": (0.0, None, False, True), "logit_std": (0.0, None, False, True),
     "num_classes": (1, None, True, True), "p_uncond": (0.0, 1.0, True, True), "num_heads": (1, None, True, True),
     "ema_decay": (0.0, 1.0, True, False), "weight_decay": (0.0, None, True, True),
     "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),

@@ -52,7 +52,13 @@ class Denoiser:
     Args:
         net: the network (or any callable with that signature).
         schedule: the noise schedule the network was trained with.
-        prediction_type: ``epsilon``, ``sample`` (x_0) or ``v_prediction`` (diffusers names).
+        prediction_type: ``epsilon``, ``sample`` (x_0) or ``v_prediction`` (diffusers names), or
+            ``flow_prediction``: a rectified-flow network ``net(x_s, s * T)`` that predicts the
+            velocity u = eps - x_0 of the flow state x_s = (1 - s) x_0 + s eps (docs/flow_matching.md).
+            The denoiser answers for the VP state of equal SNR: it gives the network
+            x_s = x_t / (alpha_t + sigma_t) at flow time s = sigma_t / (alpha_t + sigma_t) in units
+            of T (s T: diffusers' and SD3's timestep for T = 1000) and converts u back to eps and
+            x_0 (:func:`diffkit.diffusion.eps_x0_from_flow`), so every sampler runs it unchanged.
         learned_variance: the network outputs 2C channels: the prediction, then v in [-1, 1].
         mixed_precision: ``no`` (default), ``bf16`` or ``fp16`` (CUDA only): the network runs
             under ``torch.autocast`` in that dtype and its output is cast back to ``x``'s dtype,
@@ -120,7 +126,8 @@ class Denoiser:
         return autocast(self.mixed_precision, device_type)
 
     def network_times(self, t, x: torch.Tensor) -> torch.Tensor:
-        """Times as the (B,) float tensor on x's device that the network receives."""
+        """Times as the (B,) float tensor on x's device that a VP network receives (a
+        ``flow_prediction`` network receives its flow time s T instead: :meth:`__call__`)."""
         return self._network_times_cpu(t, x).to(x.device)
 
     def _network_times_cpu(self, t, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +166,11 @@ class Denoiser:
                 raise DiffkitError(f"the network cannot be evaluated at t={t} < 0 (clean data)")
             t32 = torch.tensor(t, dtype=torch.float32)
             t64 = t32.to(torch.float64)
-            hit = (t32.item(), self.schedule.alpha(t64).item(), self.schedule.sigma(t64).item(), {})
+            alpha, sigma = self.schedule.alpha(t64).item(), self.schedule.sigma(t64).item()
+            if self.prediction_type == "flow_prediction":  # the network's time: s T (class docstring)
+                t32 = torch.tensor(diffusion.flow_time(alpha, sigma) * self.schedule.num_timesteps,
+                                   dtype=torch.float32)
+            hit = (t32.item(), alpha, sigma, {})
             if len(self._coefficient_cache) > 100_000:
                 self._coefficient_cache.clear()
             self._coefficient_cache[t] = hit
@@ -177,11 +188,14 @@ class Denoiser:
             t_cpu = self._network_times_cpu(t, x)
             t64, t_net = t_cpu.to(torch.float64), t_cpu.to(x.device)
             alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
+            if self.prediction_type == "flow_prediction":
+                t_net = (diffusion.flow_time(alpha, sigma) * self.schedule.num_timesteps).to(x.device, torch.float32)
+        x_net = x if self.prediction_type != "flow_prediction" else diffusion.flow_input(x, alpha, sigma)
         if self.mixed_precision == "no":
-            out = self.net(self._network_input(x), t_net, **cond)
+            out = self.net(self._network_input(x_net), t_net, **cond)
         else:
             with self.precision(x.device.type):
-                out = self.net(x, t_net, **cond)
+                out = self.net(x_net, t_net, **cond)
         if not isinstance(out, torch.Tensor):
             raise DiffkitError(f"the network returned a {type(out).__name__}; expected a tensor shaped like its "
                                f"input {tuple(x.shape)} (unwrap e.g. diffusers' output with return_dict=False)")

@@ -5,6 +5,7 @@ conversions between the eps / x0 / v / score parameterisations, and the reverse-
 variance p(x_s | x_t) for fixed or learned variance. References:
     DDPM   = Ho et al. 2020 (seed 001)        Improved DDPM = Nichol & Dhariwal 2021 (seed 002)
     v-pred = Salimans & Ho 2022               DDIM          = Song et al. 2021 (seeds 000, 003)
+    rectified flow = Liu et al. 2023; flow matching = Lipman et al. 2023; SD3 = Esser et al. 2024
 
 Coefficients are computed in float64 on the CPU from the schedule and cast to ``x``'s device and
 dtype; a coefficient of shape (B,) is broadcast over the trailing dimensions of ``x``.
@@ -19,7 +20,9 @@ import torch
 from .errors import DiffkitError, check_choice
 from .schedule import NoiseSchedule, as_cpu_times
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # networks of the VP state x_t at time t
+# "flow_prediction" (diffusers' name): a rectified-flow network u(x_s, s T) of the flow state (see flow_input)
+PREDICTION_TYPES = VP_PREDICTION_TYPES + ("flow_prediction",)
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 
 
@@ -137,6 +140,34 @@ def eps_from_v(x_t, v, alpha, sigma):
     return expand(sigma, x_t) * x_t + expand(alpha, x_t) * v
 
 
+def flow_time(alpha, sigma):
+    """The rectified-flow time s of the VP time with these (alpha_t, sigma_t): the flow path
+    x_s = (1 - s) x_0 + s eps (Liu et al. 2023, eq. 1; SD3 eq. 1 with a_t = 1 - t, b_t = t) has
+    SNR ((1 - s)/s)^2, equal to alpha_t^2/sigma_t^2 at s = sigma_t / (alpha_t + sigma_t)
+    (1 at alpha_t = 0, zero terminal SNR). Floats or tensors."""
+    return sigma / (alpha + sigma)
+
+
+def flow_input(x_t, alpha, sigma):
+    """The flow state x_s of the VP state x_t at equal SNR: x_s = x_t / (alpha_t + sigma_t)
+    (x_t = alpha_t x_0 + sigma_t eps, and (1 - s, s) = (alpha_t, sigma_t) / (alpha_t + sigma_t))."""
+    if isinstance(alpha, float) and isinstance(sigma, float):
+        return x_t * (1.0 / (alpha + sigma))
+    return x_t / expand(alpha + sigma, x_t)
+
+
+def eps_x0_from_flow(x_t, u, alpha, sigma):
+    """(eps, x_0) from a velocity u = eps - x_0 (Lipman et al. 2023, eq. 23 with sigma_min = 0;
+    SD3 eq. 3) at the VP state x_t: with x_s = x_t / (alpha_t + sigma_t) and s = flow_time,
+    x_0 = x_s - s u = (x_t - sigma_t u)/(alpha_t + sigma_t) and
+    eps = x_s + (1 - s) u = (x_t + alpha_t u)/(alpha_t + sigma_t)."""
+    if isinstance(alpha, float) and isinstance(sigma, float):
+        c = 1.0 / (alpha + sigma)
+        return (x_t + alpha * u) * c, (x_t - sigma * u) * c
+    c = expand(alpha + sigma, x_t)
+    return (x_t + expand(alpha, x_t) * u) / c, (x_t - expand(sigma, x_t) * u) / c
+
+
 def score_from_eps(eps, sigma):
     """Score grad log q(x_t) = -eps / sqrt(1 - abar_t) (seed 002; Song et al. 2021)."""
     return -eps / expand(sigma, eps)
@@ -151,6 +182,8 @@ def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str):
             return (x_t - alpha * output) / sigma, output
         if prediction_type == "v_prediction":
             return sigma * x_t + alpha * output, alpha * x_t - sigma * output
+    if prediction_type == "flow_prediction":
+        return eps_x0_from_flow(x_t, output, alpha, sigma)
     if prediction_type == "epsilon":
         return output, x0_from_eps(x_t, output, alpha, sigma)
     if prediction_type == "sample":
@@ -168,6 +201,8 @@ def target_for(prediction_type: str, x0, eps, alpha, sigma):
         return eps
     if prediction_type == "sample":
         return x0
+    if prediction_type == "flow_prediction":  # u = eps - x_0 (Lipman et al. 2023, eq. 23; SD3 eq. 3)
+        return eps - x0
     return v_from_eps_x0(eps, x0, alpha, sigma)
 
 

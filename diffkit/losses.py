@@ -3,6 +3,9 @@
     L_simple = E ||target - net(x_t, t)||^2                     (DDPM eq. 14; eps, x0 or v target)
     L_vlb    = L_0 + sum_t L_{t-1} + L_T                        (DDPM eq. 5)
     L_hybrid = L_simple + lambda L_vlb, lambda = 0.001          (Improved DDPM eq. 16)
+    L_flow   = E ||(eps - x_0) - u(x_s, s T)||^2, x_s = (1 - s) x_0 + s eps
+                                                               (flow matching: Lipman et al. 2023, eq. 23;
+                                                                SD3 eq. 3 and eq. 19's densities of s)
 L_simple may be weighted per timestep: min-SNR-gamma (Hang et al. 2023) or P2 (Choi et al. 2022),
 and x_t may be made from perturbed noise (input perturbation, Ning et al. 2023); see
 :func:`training_losses`.
@@ -147,6 +150,9 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     check_choice("fixed_variance", fixed_variance, FIXED_VARIANCES)
     check_range("hybrid_lambda", hybrid_lambda, 0.0, None)
     check_loss_weighting(loss_type, prediction_type, min_snr_gamma, p2_gamma, p2_k, loss_name="loss_type")
+    if prediction_type == "flow_prediction":
+        raise DiffkitError("prediction_type='flow_prediction' trains at continuous flow times: use "
+                           "diffkit.losses.flow_matching_losses")
     cond = cond or {}
     t64 = as_cpu_times(t)
     alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
@@ -179,3 +185,23 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     if loss_type == "vlb":
         return LossOutput(loss=vlb, mse=mse, vlb=vlb)
     return LossOutput(loss=mse + hybrid_lambda * vlb, mse=mse, vlb=vlb)
+
+
+def flow_matching_losses(net, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, num_timesteps: int,
+                         cond: Optional[dict] = None) -> LossOutput:
+    """Per-example conditional flow-matching loss at flow times ``s`` in [0, 1] (B,): the network
+    ``net(x_s, s T)`` regresses the velocity u = eps - x_0 of the rectified-flow path
+    x_s = (1 - s) x_0 + s eps (Lipman et al. 2023, eq. 23 with sigma_min = 0; Liu et al. 2023,
+    eq. 1; SD3, Esser et al. 2024, eq. 3 and Sec. 3.1), its time in units of ``num_timesteps`` (T)
+    as :class:`~diffkit.denoiser.Denoiser` gives it. ``s``'s density is the caller's
+    (:class:`~diffkit.timestep_sampling.FlowTimes`)."""
+    s64 = as_cpu_times(s)
+    if s64.shape != (x0.shape[0],) or not bool(((s64 >= 0) & (s64 <= 1)).all()):
+        raise DiffkitError(f"flow times must be a ({x0.shape[0]},) tensor in [0, 1]; got shape {tuple(s64.shape)}")
+    coef = diffusion.expand(s64, x0)
+    x_s = (1 - coef) * x0 + coef * noise
+    out = net(x_s, (s64 * num_timesteps).to(device=x0.device, dtype=torch.float32), **(cond or {}))
+    out = out.to(torch.promote_types(out.dtype, torch.float32))  # low-precision outputs: loss in fp32
+    target = diffusion.target_for("flow_prediction", x0, noise, None, None)
+    mse = mean_flat((target - out) ** 2)
+    return LossOutput(loss=mse, mse=mse)

@@ -132,7 +132,8 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
     check_options(info, options)
     info = info.with_options(options)  # pc's corrector_steps sets its calls per step, so its NFE
     if grid is None:
-        check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
+        if flow_top(denoiser) is None:
+            check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
         grid = sampler_grid(denoiser, info, steps, nfe, spacing, final, offset=offset)
     else:
         if offset:
@@ -200,6 +201,18 @@ def check_spacing_can_start(schedule, spacing: str) -> None:
         raise DiffkitError(f"spacing={spacing!r} is placed in sigma / log-SNR, which are infinite at t={top}, "
                            f"where this zero-terminal-SNR schedule has alpha_bar = 0; use one of the "
                            f"timestep spacings linear, leading, trailing, linspace or quadratic")
+
+
+def flow_top(denoiser) -> Optional[float]:
+    """Where a flow model's sigma / log-SNR grids and the adaptive samplers start: the last time of
+    finite SNR, T - 2 (flow time shift(1 - 1/T), where diffusers' DPMSolverMultistepScheduler starts
+    with ``use_flow_sigmas``), when its schedule ends at zero SNR (s = 1, where those grids cannot
+    be placed); None for every other denoiser (those grids start at T - 1)."""
+    schedule = denoiser.schedule
+    if (getattr(_innermost(denoiser), "prediction_type", None) != "flow_prediction" or schedule.num_timesteps < 3
+            or not _starts_at_infinite_noise(schedule, schedule.num_timesteps - 1)):
+        return None
+    return schedule.num_timesteps - 2.0
 
 
 def check_zero_terminal_snr(denoiser, info: SamplerInfo, start: float) -> None:
@@ -365,7 +378,9 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
         if T == 1 and not zero:
             raise DiffkitError("a one-timestep schedule starts at t = 0, which leaves no ODE to solve to final="
                                "'sigma_min'; use final='zero'")
-        return torch.tensor(([T - 1.0] if T > 1 else []) + [0.0] + ([-1.0] if zero else []), dtype=torch.float64)
+        top = flow_top(denoiser)
+        return torch.tensor(([T - 1.0 if top is None else top] if T > 1 else []) + [0.0] + ([-1.0] if zero else []),
+                            dtype=torch.float64)
     final_given, final = final, final or final_for(info, spacing)
 
     def step_count(final):
@@ -382,6 +397,6 @@ def sampler_grid(denoiser, info: SamplerInfo, steps: Optional[int] = None, nfe: 
             float(make_grid(denoiser.schedule, count, spacing_used, "zero")[-2]) == 0.0:
         final = "zero"  # this many steps of that spacing end at t = 0 too (trailing from 2T/3 steps on)
         count = step_count(final)
-    return make_grid(denoiser.schedule, count, spacing_used, final, offset=offset,
+    return make_grid(denoiser.schedule, count, spacing_used, final, offset=offset, t_max=flow_top(denoiser),
                      grade_sigmas=grade_sigmas_for(getattr(denoiser, "data_scale", None)),
                      lcm_source=getattr(denoiser, "consistency_times", None))  # a consistency model's own times

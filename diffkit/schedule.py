@@ -28,7 +28,7 @@ import torch
 
 from .errors import DiffkitError, check_choice, check_range
 
-SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid")
+SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow")
 
 _F64 = torch.float64
 
@@ -113,6 +113,20 @@ class NoiseSchedule:
         _check_beta_pair(beta_start, beta_end)
         x = torch.linspace(-6, 6, num_timesteps, dtype=_F64)
         return cls(torch.sigmoid(x) * (beta_end - beta_start) + beta_start)
+
+    @classmethod
+    def flow(cls, num_timesteps: int = 1000, shift: float = 1.0) -> "NoiseSchedule":
+        """The rectified-flow path x_s = (1 - s) x_0 + s eps (Liu et al. 2023; SD3, Esser et al.
+        2024, Sec. 3) as the VP schedule of the same SNR: step i is flow time
+        s_i = shift(i+1)/T, with SD3's shift (eq. 23, alpha = ``shift``) s -> shift s / (1 + (shift - 1) s),
+        the times of diffusers' FlowMatchEulerDiscreteScheduler (its sigmas), and
+        alpha_bar_i = (1 - s_i)^2 / ((1 - s_i)^2 + s_i^2). s_{T-1} = 1: zero terminal SNR."""
+        _check_T(num_timesteps)
+        check_range("flow_shift", shift, 0.0, None, low_inclusive=False)
+        s = flow_shift(torch.arange(1, num_timesteps + 1, dtype=_F64) / num_timesteps, shift)
+        alphas_cumprod = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+        alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+        return cls(1.0 - alphas)
 
     @classmethod
     def from_betas(cls, betas) -> "NoiseSchedule":
@@ -287,6 +301,14 @@ class NoiseSchedule:
     @classmethod
     def from_state_dict(cls, state: dict) -> "NoiseSchedule":
         return cls(state["betas"])
+
+
+def flow_shift(s, shift: float):
+    """SD3's timestep shift (Esser et al. 2024, eq. 23 with alpha = ``shift``; diffusers'
+    ``shift``): s -> shift s / (1 + (shift - 1) s), fixing 0 and 1; ``shift`` = 1 is the identity."""
+    if shift == 1.0:
+        return s
+    return shift * s / (1 + (shift - 1) * s)
 
 
 def _check_T(num_timesteps) -> None:

@@ -1,5 +1,7 @@
 """Which timesteps a training batch uses: uniform (DDPM Alg. 1) or loss-aware importance sampling
-(Improved DDPM Sec. 3.3, eq. 18: p_t proportional to sqrt(E[L_t^2]), from the last 10 losses)."""
+(Improved DDPM Sec. 3.3, eq. 18: p_t proportional to sqrt(E[L_t^2]), from the last 10 losses); for
+flow matching, continuous flow times s in [0, 1), uniform or logit-normal (SD3, Esser et al. 2024,
+eq. 19), then shifted (SD3 eq. 23): :class:`FlowTimes`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import check_choice, check_range
+from .schedule import flow_shift
 
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware")
 
@@ -76,6 +79,37 @@ class LossAwareTimesteps(UniformTimesteps):
     def load_state_dict(self, state: dict) -> None:
         self.loss_history = state["loss_history"].numpy().astype(np.float64).copy()
         self.loss_counts = state["loss_counts"].numpy().astype(np.int64).copy()
+
+
+class FlowTimes:
+    """Flow times s (float64, (B,)) for flow matching, weight 1: u ~ Uniform[0, 1) (``uniform``) or
+    u = sigmoid(m + s_ln z), z ~ N(0, 1) (``logit-normal``, SD3 eq. 19:
+    pi_ln(u; m, s_ln) = 1/(s_ln sqrt(2 pi)) 1/(u (1 - u)) exp(-(logit(u) - m)^2 / (2 s_ln^2))),
+    then s = shift(u) (SD3 eq. 23, :func:`diffkit.schedule.flow_shift`)."""
+
+    def __init__(self, density: str = "uniform", shift: float = 1.0, logit_mean: float = 0.0, logit_std: float = 1.0):
+        check_choice("flow time density", density, ("uniform", "logit-normal"))
+        check_range("flow_shift", shift, 0.0, None, low_inclusive=False)
+        check_range("logit_std", logit_std, 0.0, None, low_inclusive=False)
+        self.density, self.shift, self.logit_mean, self.logit_std = density, shift, logit_mean, logit_std
+
+    def sample(self, batch_size: int, generator: Optional[torch.Generator] = None):
+        """(s float64 tensor (B,) in [0, 1], weights (B,) of ones)."""
+        if self.density == "uniform":
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        else:
+            z = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+            u = torch.sigmoid(self.logit_mean + self.logit_std * z)
+        return flow_shift(u, self.shift), torch.ones(batch_size)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Fixed densities ignore losses."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def make_timestep_sampler(name: str, num_timesteps: int):

@@ -204,6 +204,11 @@ BAD_VALUES = [
     ("lora_rank", 1.5, "lora_rank=1.5"), ("lora_rank", 4, "--init-from"), ("lora_alpha", 0.0, "lora_alpha=0.0"),
     ("lora_alpha", 8.0, "lora_alpha=8.0 belongs to LoRA"), ("lora_targets", "mlp", "lora_targets='mlp'"),
     ("lora_targets", 3, "lora_targets=3"),
+    ("flow_shift", 0.0, "flow_shift=0.0"), ("flow_shift", 3.0, "flow_shift=3.0 shifts schedule='flow'"),
+    ("logit_mean", "0", "logit_mean='0'"), ("logit_mean", 0.5, "logit_mean=0.5 belongs to timestep_sampler"),
+    ("logit_std", 0.0, "logit_std=0.0"), ("prediction_type", "flow_prediction", "with schedule='flow'"),
+    ("schedule", "flow", "flow matching is prediction_type='flow_prediction'"),
+    ("timestep_sampler", "logit-normal", "needs prediction_type='flow_prediction'"),
 ]
 
 

@@ -93,6 +93,9 @@ def distill_config(teacher, out, overrides=(), **fields):
     teacher = Path(teacher)
     meta = teacher_meta(teacher)  # a folder: its latest.safetensors (load_checkpoint's errors)
     data = dict(meta["config"])
+    if data.get("prediction_type") == "flow_prediction":
+        raise DiffkitError(f"teacher {teacher} is a flow-matching model (prediction_type='flow_prediction'); "
+                           f"consistency distillation of flow-matching models is not supported (docs/flow_matching.md)")
     teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
     given = parse_overrides(overrides)
     data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..diffusion import PREDICTION_TYPES
+from ..diffusion import VP_PREDICTION_TYPES as PREDICTION_TYPES
 from ..errors import DiffkitError, DiffkitWarning, check_choice
 from ..schedule import NoiseSchedule, as_cpu_times
 
