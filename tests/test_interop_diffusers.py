@@ -586,9 +586,8 @@ def test_grids_from_schedulers_reproduce_their_loops(scheduler, sampler):
 
 
 def test_schedulers_without_betas_and_kdpm2_grids_are_refused():
-    for other in (diffusers.FlowMatchEulerDiscreteScheduler(), diffusers.EDMEulerScheduler()):
-        with pytest.raises(DiffkitError, match="has no beta schedule"):
-            schedule_from_diffusers(other)
+    with pytest.raises(DiffkitError, match="has no beta schedule"):
+        schedule_from_diffusers(diffusers.EDMEulerScheduler())
     with pytest.raises(DiffkitError, match="num_train_timesteps=1.5"):
         schedule_from_diffusers({"beta_schedule": "linear", "num_train_timesteps": 1.5})
     kdpm2 = diffusers.KDPM2DiscreteScheduler()
@@ -870,3 +869,101 @@ def test_ema_power_warmup_equals_diffusers_ema_model(power, inv_gamma, decay):
             assert d_warm == pytest.approx(warm_theirs.cur_decay_value, rel=1e-14), n
         for a, b in zip(ours.params, theirs.shadow_params):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- flow matching
+def _flow_checkpoint(path, shift, T=1000, seed=3):
+    """A random class-free flow-matching U-Net written as a diffkit checkpoint (NoiseSchedule.flow)."""
+    cfg = UNetConfig(channel=128, channel_mult=[1, 2], attn=[1], num_res_blocks=1, img_size=8, in_channels=1)
+    unet = randomize(UNet(cfg), seed=seed).eval()
+    write_checkpoint(path, unet, NoiseSchedule.flow(T, shift=shift), "flow_prediction", flow_shift=shift)
+    return unet
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_a_flow_checkpoint_exports_as_flow_match_euler_and_its_loop_is_diffkit_ddim(tmp_path, shift):
+    """The exported folder's FlowMatchEulerDiscreteScheduler has diffkit's flow sigmas, its
+    UNet2DModel gives diffkit's velocity at float flow times s * T (diffusers' timesteps sigma * T),
+    and diffusers' Euler loop on it is diffkit's DDIM on the VP times of its sigmas (equal SNR)."""
+    from test_flow_matching import T, ddim_states
+    unet = _flow_checkpoint(tmp_path / "flow.safetensors", shift)
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "flow.safetensors"),
+                     "--to-diffusers", str(tmp_path / "hf")]) == 0
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "hf")
+    scheduler = pipe.scheduler
+    assert isinstance(scheduler, diffusers.FlowMatchEulerDiscreteScheduler)
+    assert (scheduler.config.num_train_timesteps, scheduler.config.shift) == (T, shift)
+    assert not scheduler.config.use_dynamic_shifting
+    s = diffkit.diffusion.flow_time(NoiseSchedule.flow(T, shift).alpha(torch.arange(T, dtype=torch.float64)),
+                                    NoiseSchedule.flow(T, shift).sigma(torch.arange(T, dtype=torch.float64)))
+    torch.testing.assert_close(scheduler.sigmas.double().flip(0), s, rtol=1e-6, atol=1e-7)  # before set_timesteps: T sigmas
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    times = torch.tensor([1000.0, 612.37, 3.5]) * (T / 1000)  # float flow times s * T
+    with torch.no_grad():
+        assert relative_error(pipe.unet(x, times).sample, unet(x, times)) < 1e-5
+    scheduler.set_timesteps(5)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    xt = noise.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            xt = scheduler.step(pipe.unet(xt, t).sample, t, xt, return_dict=False)[0]
+        net = lambda x, t: unet(x.float(), t.float()).double()  # noqa: E731
+        ours = ddim_states(NoiseSchedule.flow(T, shift=shift), net, noise.double(),
+                           [float(v) for v in scheduler.sigmas])[-1]
+    assert relative_error(ours.float(), xt) < 1e-4, relative_error(ours.float(), xt)
+
+
+def test_a_flow_folder_imports_back_to_the_same_checkpoint(tmp_path):
+    """--to-diffusers then --from-diffusers: bitwise the same weights, the flow schedule, and
+    prediction_type / schedule / flow_shift in the metadata."""
+    from diffkit.checkpoint import load_checkpoint
+    _flow_checkpoint(tmp_path / "a.safetensors", 2.5, T=200)
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"),
+                     "--to-diffusers", str(tmp_path / "hf")]) == 0
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"),
+                     "--out", str(tmp_path / "b.safetensors")]) == 0
+    (a, meta_a), (b, meta_b) = (load_checkpoint(tmp_path / f"{n}.safetensors") for n in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("prediction_type", "schedule", "flow_shift", "unet"):
+        assert meta_b[key] == meta_a[key], key
+    assert (meta_b["prediction_type"], meta_b["schedule"], meta_b["flow_shift"]) == ("flow_prediction", "flow", 2.5)
+    assert load_denoiser(tmp_path / "b.safetensors").prediction_type == "flow_prediction"
+
+
+def test_a_trained_flow_checkpoints_shift_comes_from_its_config():
+    from diffkit.interop.diffusers_unet import flow_shift_of
+    assert flow_shift_of({"config": {"flow_shift": 3.0}}) == 3.0
+    assert flow_shift_of({"flow_shift": 2.0, "config": {}}) == 2.0
+    assert flow_shift_of({}) == 1.0
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("use_dynamic_shifting", True, "use_dynamic_shifting=True cannot be expressed"),
+    ("invert_sigmas", True, "invert_sigmas=True cannot be expressed"),
+    ("shift", 0.0, "shift=0.0 is not allowed"),
+    ("shift", "3", "shift='3' is not allowed"),
+])
+def test_a_flow_folder_diffkit_cannot_express_is_one_line(tmp_path, capsys, key, value, match):
+    _flow_checkpoint(tmp_path / "a.safetensors", 1.0, T=100)
+    assert cli_main(["convert", "--checkpoint", str(tmp_path / "a.safetensors"),
+                     "--to-diffusers", str(tmp_path / "hf")]) == 0
+    path = tmp_path / "hf" / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, key: value}))
+    capsys.readouterr()
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "b.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_flow_sampling_options_warn_and_a_foreign_schedule_is_refused():
+    from diffkit.errors import DiffkitWarning
+    from diffkit.interop.schedulers import flow_scheduler_config
+    with pytest.warns(DiffkitWarning, match="use_karras_sigmas=True"):
+        sch, pred = schedule_from_diffusers(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_karras_sigmas=True))
+    assert pred == "flow_prediction" and torch.equal(sch.betas, NoiseSchedule.flow(1000, 3.0).betas)
+    with pytest.raises(DiffkitError, match="not the flow schedule of T=1000, flow_shift=2.0"):
+        flow_scheduler_config(NoiseSchedule.flow(1000, 3.0), 2.0)
+    with pytest.raises(DiffkitError, match="flow-matching model .* use flow_scheduler_config"):
+        scheduler_config(NoiseSchedule.flow(1000), "flow_prediction")

@@ -50,7 +50,8 @@ from ..models.layers import norm_groups
 from ..models.unet import UNet, UNetConfig
 from ..schedule import NoiseSchedule
 from . import from_pretrained, require
-from .schedulers import learned_variance_of, schedule_from_diffusers, scheduler_config
+from .schedulers import (FLOW_SCHEDULER, flow_scheduler_config, flow_shift_from_diffusers, learned_variance_of,
+                         schedule_from_diffusers, scheduler_config)
 
 _RES = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj", "norm2": "norm2",
         "conv2": "conv2", "skip": "conv_shortcut"}
@@ -421,6 +422,13 @@ def consistency_from_lcm(config: Mapping, num_timesteps: int) -> dict:
             "skip": None, "distance": None, "guidance": None}
 
 
+def flow_shift_of(meta: Mapping) -> float:
+    """A flow checkpoint's ``flow_shift``: its training config's (``meta["config"]``), or the one
+    an import recorded (``meta["flow_shift"]``); 1.0 (no shift) when neither holds one."""
+    shift = meta.get("flow_shift", (meta.get("config") or {}).get("flow_shift", 1.0))
+    return float(shift)
+
+
 # ----------------------------------------------------------------------------- folders
 _EXPORT_ENTRIES = ("unet", "scheduler", "model_index.json")  # what export_diffusers writes
 
@@ -429,7 +437,9 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     """Write a diffusers-format DDPMPipeline folder for a diffkit checkpoint:
     ``model_index.json``, ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``,
     ``scheduler/scheduler_config.json`` (DDPMScheduler with the checkpoint's exact schedule and
-    prediction type; for a consistency model an LCMScheduler, :func:`lcm_scheduler_config`).
+    prediction type; for a consistency model an LCMScheduler, :func:`lcm_scheduler_config`; for a
+    flow-matching model a FlowMatchEulerDiscreteScheduler, :func:`~.schedulers.flow_scheduler_config`,
+    whose timesteps sigma * T are the flow network's time input s * T).
     ``DDPMPipeline.from_pretrained(out_dir)`` loads it. EMA weights by default."""
     from safetensors.torch import save as st_save
     from ..checkpoint import atomic_write_bytes, give_usual_mode
@@ -449,7 +459,9 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
                            f"images without the autoencoder; only pixel-space U-Nets can be exported to diffusers")
     cfg = model.config
     prediction_type = meta.get("prediction_type", "epsilon")
-    if meta.get("consistency"):  # f(x, t) = c_skip x + c_out x0_hat: diffusers' LCMScheduler (diffkit.consistency)
+    if prediction_type == "flow_prediction":  # u(x_s, s T): FlowMatchEulerDiscreteScheduler (docs/flow_matching.md)
+        sched = flow_scheduler_config(schedule, flow_shift_of(meta))
+    elif meta.get("consistency"):  # f(x, t) = c_skip x + c_out x0_hat: diffusers' LCMScheduler (diffkit.consistency)
         sched = lcm_scheduler_config(schedule, prediction_type, meta["consistency"],
                                      learned_variance=cfg.learned_variance, clip_sample=clip_sample)
     else:
@@ -546,7 +558,12 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
         learned_variance = True
     unet = from_diffusers(model, learned_variance=learned_variance).eval()
     schedule, prediction_type = schedule_from_diffusers(sched_cfg)
-    consistency = None
+    consistency = flow_shift = None
+    if prediction_type == "flow_prediction":
+        if unet.config.learned_variance:
+            raise DiffkitError(f"a {FLOW_SCHEDULER} folder whose UNet2DModel has a learned variance (out_channels = "
+                               f"2 * in_channels) has no diffkit equivalent; the flow network predicts the velocity only")
+        flow_shift = flow_shift_from_diffusers(sched_cfg)
     if sched_cfg.get("_class_name", type(sched).__name__) == "LCMScheduler":
         if unet.config.learned_variance:
             raise DiffkitError("an LCMScheduler folder whose UNet2DModel has a learned variance (out_channels = 2 * "
@@ -554,17 +571,18 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
                                "prediction")
         consistency = consistency_from_lcm(sched_cfg, schedule.num_timesteps)
     if out is not None:
-        write_checkpoint(out, unet, schedule, prediction_type, consistency=consistency)
+        write_checkpoint(out, unet, schedule, prediction_type, consistency=consistency, flow_shift=flow_shift)
     return unet, schedule, prediction_type
 
 
 def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type: str, *,
-                     consistency: Mapping | None = None) -> Path:
+                     consistency: Mapping | None = None, flow_shift: float | None = None) -> Path:
     """A diffkit checkpoint (weights, schedule, model description) that
     :func:`diffkit.loading.load_model` and ``diffkit sample --checkpoint`` read. It holds no
     optimiser state (it cannot resume training). ``consistency``: the ``meta["consistency"]`` entry
     of a consistency model (:func:`diffkit.loading.load_denoiser` then wraps it in
-    :class:`~diffkit.consistency.ConsistencyDenoiser`)."""
+    :class:`~diffkit.consistency.ConsistencyDenoiser`). ``flow_shift``: a flow-matching model's
+    shift, recorded as ``meta["schedule"] = "flow"``, ``meta["flow_shift"]``."""
     from dataclasses import asdict
     from ..checkpoint import save_checkpoint
     cfg = asdict(unet.config)
@@ -574,9 +592,11 @@ def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type:
             "source": "diffusers", "class_names": []}
     if consistency is not None:
         meta["consistency"] = dict(consistency)
+    if flow_shift is not None:
+        meta.update(schedule="flow", flow_shift=float(flow_shift))
     return save_checkpoint(path, tensors, meta)
 
 
 __all__ = ["unet2d_config", "unet_config_from_diffusers", "state_dict_to_diffusers", "state_dict_from_diffusers",
            "to_diffusers", "from_diffusers", "export_diffusers", "import_diffusers", "write_checkpoint",
-           "lcm_scheduler_config", "lcm_original_steps", "consistency_from_lcm"]
+           "lcm_scheduler_config", "lcm_original_steps", "consistency_from_lcm", "flow_shift_of"]

@@ -16,6 +16,11 @@ the betas agree to float32 rounding and ``alphas_cumprod`` to the float32 error 
 cumulative product (tests/test_interop_diffusers.py measures both). ``prediction_type`` has
 the same names in both libraries (``epsilon``, ``sample``, ``v_prediction``).
 
+Flow matching (docs/flow_matching.md): ``FlowMatchEulerDiscreteScheduler(num_train_timesteps=T,
+shift=shift)`` <-> ``NoiseSchedule.flow(T, shift)`` with ``prediction_type="flow_prediction"``: its
+sigmas s_i = shift((i + 1)/T) (SD3 eq. 23) are the flow times of diffkit's steps, and its timesteps
+s * T are the flow network's time input (:func:`flow_scheduler_config`, :func:`flow_shift_from_diffusers`).
+
 Time grids: diffusers' timestep ``k`` is diffkit's time ``t = k`` (both count training steps
 from 0). DDIM/PNDM's last step goes to ``final_alpha_cumprod``: 1 (``set_alpha_to_one=True``,
 diffkit's final ``t = -1``) or ``alphas_cumprod[0]`` (diffkit's ``t = 0``, ``final="sigma_min"``);
@@ -33,6 +38,12 @@ from ..errors import DiffkitError, DiffkitWarning, check_choice
 from ..schedule import NoiseSchedule, as_cpu_times
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+# FlowMatchEulerDiscreteScheduler options and the values under which its schedule is diffkit's flow schedule
+_FLOW_FIXED = {"use_dynamic_shifting": False, "invert_sigmas": False}
+# options that only change its inference grid or step (diffkit's sampler, grid and eta choose those)
+_FLOW_SAMPLING = {"shift_terminal": None, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                  "use_beta_sigmas": False, "stochastic_sampling": False}
 SCHEDULER_KINDS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler"}
 _TOL = 1e-12  # relative: a schedule "is" a named one when its float64 betas agree this closely
 
@@ -50,14 +61,17 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
     """(NoiseSchedule, prediction_type) of a diffusers scheduler or its config (dict or object)."""
     cfg = _config_of(scheduler_or_config)
     name = cfg.get("_class_name") or type(scheduler_or_config).__name__
-    if cfg and "beta_schedule" not in cfg and cfg.get("trained_betas") is None:
-        # FlowMatchEulerDiscreteScheduler, EDM*Scheduler, ...: no DDPM betas to build a schedule from
+    is_flow = name == FLOW_SCHEDULER
+    if cfg and not is_flow and "beta_schedule" not in cfg and cfg.get("trained_betas") is None:
+        # EDM*Scheduler, ...: no DDPM betas to build a schedule from
         raise DiffkitError(f"{name} has no beta schedule (beta_schedule or trained_betas): it is not a DDPM-family "
-                           f"scheduler (flow matching and EDM schedulers are not diffusion schedules diffkit can "
-                           f"sample); allowed: schedulers such as DDPMScheduler, DDIMScheduler, PNDMScheduler")
+                           f"scheduler (EDM schedulers are not diffusion schedules diffkit can sample); allowed: "
+                           f"schedulers such as DDPMScheduler, DDIMScheduler, PNDMScheduler, {FLOW_SCHEDULER}")
     T = cfg.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
+    if is_flow:
+        return NoiseSchedule.flow(T, flow_shift_from_diffusers(cfg)), "flow_prediction"
     prediction_type = cfg.get("prediction_type", "epsilon")
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     trained = cfg.get("trained_betas")
@@ -78,6 +92,48 @@ def schedule_from_diffusers(scheduler_or_config) -> tuple[NoiseSchedule, str]:
     if cfg.get("rescale_betas_zero_snr", False):
         schedule = schedule.rescale_zero_terminal_snr()
     return schedule, prediction_type
+
+
+def flow_shift_from_diffusers(scheduler_or_config) -> float:
+    """The ``flow_shift`` of a ``FlowMatchEulerDiscreteScheduler`` (its ``shift``, SD3 eq. 23)
+    whose training schedule is diffkit's ``NoiseSchedule.flow(T, shift)``. A resolution-dependent
+    shift (``use_dynamic_shifting``), inverted sigmas or a shift that is not a positive number is a
+    one-line DiffkitError naming the key; the options that only change diffusers' inference grid or
+    step (``shift_terminal``, Karras / exponential / beta sigmas, ``stochastic_sampling``) are not
+    kept: a warning names them (diffkit's sampler and grid choose those)."""
+    cfg = _config_of(scheduler_or_config)
+    for key, want in _FLOW_FIXED.items():
+        if cfg.get(key, want) != want:
+            raise DiffkitError(f"{FLOW_SCHEDULER} {key}={cfg[key]!r} cannot be expressed by diffkit's flow schedule "
+                               f"(one fixed shift of s = (i + 1)/T, SD3 eq. 23); allowed: {key}={want!r}")
+    shift = cfg.get("shift", 1.0)
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < float("inf"):
+        raise DiffkitError(f"{FLOW_SCHEDULER} shift={shift!r} is not allowed; expected a positive finite number "
+                           f"(SD3 eq. 23's shift, diffkit's flow_shift)")
+    dropped = [f"{k}={cfg[k]!r}" for k, default in _FLOW_SAMPLING.items() if cfg.get(k, default) != default]
+    if dropped:
+        warnings.warn(f"{FLOW_SCHEDULER} {', '.join(dropped)} only change(s) diffusers' inference grid or step; the "
+                      f"diffkit checkpoint keeps the training schedule (choose the grid with diffkit's sampler)",
+                      DiffkitWarning, stacklevel=3)
+    return float(shift)
+
+
+def flow_scheduler_config(schedule: NoiseSchedule, shift: float = 1.0) -> dict:
+    """diffusers ``FlowMatchEulerDiscreteScheduler`` config of a flow checkpoint's schedule:
+    ``num_train_timesteps = T``, ``shift`` (SD3 eq. 23), a fixed shift (no dynamic shifting, no
+    inverted, Karras, exponential or beta sigmas, deterministic steps), so diffusers' sigmas are
+    the flow times of ``NoiseSchedule.flow(T, shift)``; a schedule that is not that one (to float64
+    round-off) is a one-line DiffkitError."""
+    T = schedule.num_timesteps
+    flow = NoiseSchedule.flow(T, shift)
+    if not torch.allclose(flow.alphas_cumprod, schedule.alphas_cumprod, rtol=_TOL, atol=1e-15):
+        raise DiffkitError(f"the checkpoint's schedule is not the flow schedule of T={T}, flow_shift={shift!r} "
+                           f"(NoiseSchedule.flow), so {FLOW_SCHEDULER} cannot express it")
+    return {"_class_name": FLOW_SCHEDULER, "num_train_timesteps": T, "shift": float(shift),
+            "use_dynamic_shifting": False, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+            "max_image_seq_len": 4096, "invert_sigmas": False, "shift_terminal": None, "use_karras_sigmas": False,
+            "use_exponential_sigmas": False, "use_beta_sigmas": False, "time_shift_type": "exponential",
+            "stochastic_sampling": False}
 
 
 def learned_variance_of(scheduler_or_config) -> Optional[bool]:
@@ -132,6 +188,9 @@ def scheduler_config(schedule: NoiseSchedule, prediction_type: str = "epsilon", 
     same interpolation diffkit uses); otherwise ``fixed_small`` (beta-tilde, diffkit's default).
     ``clip_sample=False`` (default) keeps diffkit's unclipped x_0; diffusers' own default is True.
     """
+    if prediction_type == "flow_prediction":
+        raise DiffkitError(f"a flow-matching model (prediction_type='flow_prediction') has no DDPM-family scheduler; "
+                           f"use flow_scheduler_config ({FLOW_SCHEDULER})")
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
     check_choice("scheduler kind", kind, SCHEDULER_KINDS)
     config: dict[str, Any] = {"_class_name": SCHEDULER_KINDS[kind], "num_train_timesteps": schedule.num_timesteps}
@@ -220,5 +279,6 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     return torch.cat([times, torch.tensor([end], dtype=torch.float64)])
 
 
-__all__ = ["BETA_SCHEDULES", "schedule_from_diffusers", "learned_variance_of", "scheduler_config",
+__all__ = ["BETA_SCHEDULES", "FLOW_SCHEDULER", "schedule_from_diffusers", "flow_shift_from_diffusers",
+           "flow_scheduler_config", "learned_variance_of", "scheduler_config",
            "scheduler_from_schedule", "grid_from_diffusers"]
