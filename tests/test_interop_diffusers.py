@@ -933,6 +933,10 @@ def test_a_flow_folder_imports_back_to_the_same_checkpoint(tmp_path):
         assert meta_b[key] == meta_a[key], key
     assert (meta_b["prediction_type"], meta_b["schedule"], meta_b["flow_shift"]) == ("flow_prediction", "flow", 2.5)
     assert load_denoiser(tmp_path / "b.safetensors").prediction_type == "flow_prediction"
+    unet2d = diffusers.UNet2DModel.from_pretrained(tmp_path / "hf" / "unet")  # objects in memory: a scheduler
+    made = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=200, shift=2.5)  # whose config has no class
+    _, schedule, prediction_type = import_diffusers(unet2d, made)
+    assert prediction_type == "flow_prediction" and torch.equal(schedule.betas, NoiseSchedule.flow(200, 2.5).betas)
 
 
 def test_a_trained_flow_checkpoints_shift_comes_from_its_config():

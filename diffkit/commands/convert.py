@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert", help="convert between diffkit checkpoints and diffusers folders",
         description="Convert a diffkit pixel-space U-Net checkpoint to a diffusers DDPMPipeline folder "
-                    "(UNet2DModel + DDPMScheduler config; LCMScheduler for a consistency model), or a diffusers "
+                    "(UNet2DModel + DDPMScheduler config; LCMScheduler for a consistency model, "
+                    "FlowMatchEulerDiscreteScheduler for a flow-matching model), or a diffusers "
                     "UNet2DModel folder back to a diffkit "
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "

@@ -24,6 +24,7 @@ from ..errors import DiffkitError, first_line
 _EXPORTS = {
     "schedule_from_diffusers": "schedulers", "scheduler_config": "schedulers",
     "scheduler_from_schedule": "schedulers", "grid_from_diffusers": "schedulers",
+    "flow_scheduler_config": "schedulers",
     "unet2d_config": "diffusers_unet", "unet_config_from_diffusers": "diffusers_unet",
     "state_dict_to_diffusers": "diffusers_unet", "state_dict_from_diffusers": "diffusers_unet",
     "to_diffusers": "diffusers_unet", "from_diffusers": "diffusers_unet",

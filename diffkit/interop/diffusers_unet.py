@@ -554,6 +554,8 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
     else:
         model, sched = dir_or_model, scheduler if scheduler is not None else {}
     sched_cfg = dict(sched) if isinstance(sched, Mapping) else dict(getattr(sched, "config", {}))
+    if not isinstance(sched, Mapping):  # a scheduler object's config does not hold its class name
+        sched_cfg.setdefault("_class_name", type(sched).__name__)
     if learned_variance_of(sched_cfg) and learned_variance is None:
         learned_variance = True
     unet = from_diffusers(model, learned_variance=learned_variance).eval()
