@@ -80,7 +80,12 @@ def text_flow(tmp_path_factory):
 def test_a_text_conditional_flow_model_samples_with_prompts_and_guidance(text_flow, tmp_path, capsys):
     from PIL import Image
     assert is_flow(text_flow, T=100)
-    assert ckpt.load_checkpoint(text_flow)[1].get("text")
+    tensors, meta = ckpt.load_checkpoint(text_flow)
+    assert meta.get("text")
+    # the captions reached the flow loss: every parameter, the text encoder and cross-attention included,
+    # got a gradient and so has AdamW state (a parameter off the loss's graph has none)
+    params = sum(1 for _ in load_denoiser(text_flow).model.parameters())
+    assert len([k for k in tensors if k.startswith("optim.") and k.endswith(".step")]) == params > 0
     code = main(["sample", "--checkpoint", str(text_flow), "--prompt", "the digit seven", "--prompt",
                  "a handwritten 3", "--guidance-scale", "3", "--sampler", "dpm-solver++-2m", "--steps", "2",
                  "--num", "4", "--out", str(tmp_path / "p.png"), "--no-progress", "--device", "cpu"])
