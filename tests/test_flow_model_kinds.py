@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import diffkit
 from diffkit import checkpoint as ckpt
 from diffkit.autoencoder_training import save_autoencoder
 from diffkit.cli import main
@@ -21,7 +22,7 @@ FLOW = ["--set=prediction_type=flow_prediction", "--set=schedule=flow", "--set=f
 RUN = ["--no-progress", "--no-sample", "--device", "cpu"]
 SERIES = ["--set=num_series=32", "--set=seq_length=8", "--set=in_channels=3", "--set=channel=8",
           "--set=channel_mult=1,2", "--set=num_res_blocks=1", "--set=batch_size=8", "--set=T=50",
-          "--set=sample_steps=3", "--set=dropout=0"]
+          "--set=sample_steps=3", "--set=dropout=0", "--set=lr=0.05", "--set=warmup_fraction=0"]  # lr: its output layer leaves 0
 TEXT = ["--set=img_size=16", "--set=channel=16", "--set=channel_mult=[1,2]", "--set=attn=[1]",
         "--set=num_res_blocks=1", "--set=batch_size=8", "--set=num_heads=1", "--set=T=100", "--set=sample_steps=2",
         "--set=text_conditioning=true", "--set=context_dim=16", "--set=text_width=16", "--set=text_layers=1",
@@ -53,7 +54,8 @@ def test_a_time_series_flow_model_samples_and_forecasts(series_flow, tmp_path, c
     history = np.sin(np.arange(6)[:, None] / 2 + np.arange(3)[None]) * 0.5
     (tmp_path / "h.csv").write_text("a,b,c\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in history))
     code = main(["edit", "--checkpoint", str(series_flow), "--series", str(tmp_path / "h.csv"), "--horizon", "2",
-                 "--num", "2", "--steps", "3", "--out", str(tmp_path / "f.csv"), "--no-progress", "--device", "cpu"])
+                 "--num", "2", "--steps", "3", "--seed", "7", "--out", str(tmp_path / "f.csv"), "--no-progress",
+                 "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "forecast 2 rows after 6" in captured.out, captured.out
@@ -61,6 +63,11 @@ def test_a_time_series_flow_model_samples_and_forecasts(series_flow, tmp_path, c
         rows = list(csv.reader(f))
     table = np.array([[float(v) for v in row] for row in rows[1:]])
     assert rows[0] == ["sample", "a", "b", "c"] and table.shape == (2 * 2, 4) and np.isfinite(table).all()
+    # the CLI's defaults (ddpm, reconstruction weight 1) on the flow denoiser; sines: the model's units
+    api = diffkit.forecast(load_denoiser(series_flow), torch.from_numpy(history.T).float()[None].expand(2, -1, -1), 2,
+                           steps=3, seed=7, progress=False)
+    np.testing.assert_allclose(table[:, 1:], api.double().permute(0, 2, 1).reshape(4, 3).numpy(), rtol=1e-6, atol=1e-6)
+    assert np.ptp(table[:, 1:]) > 0
 
 
 @pytest.fixture(scope="module")
