@@ -173,15 +173,22 @@ class InpaintingDenoiser(Wrapper):
     As Improved DDPM's variance output v (eq. 15: Sigma = exp(f log beta + (1 - f) log beta-tilde),
     f = (v + 1)/2), v -> m v + (1 - m)(-1): a learned v is kept where repainted, and with
     ``fixed_large`` (Sigma = beta, v = 1) the wrapper gives v = 2m - 1 itself, to be sampled with
-    ``variance_type="learned_range"`` (it then has ``learned_variance``)."""
+    ``variance_type="learned_range"`` (it then has ``learned_variance``).
 
-    def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor, fixed_large: bool = False):
+    ``first_input``: what the network sees at its first evaluation instead of the state (then
+    dropped): :func:`inpaint`'s ``start="noise"``, pure noise where the state's kept region is
+    already q(x_T | x_known)."""
+
+    def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor, fixed_large: bool = False,
+                 first_input: Optional[torch.Tensor] = None):
         self.inner, self.known, self.mask, self.fixed_large = inner, known, mask, fixed_large
+        self.first_input = first_input
 
     learned_variance = property(lambda self: self.fixed_large or getattr(self.inner, "learned_variance", False))
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
-        pred = self.inner(x, t, **cond)
+        seen, self.first_input = (x if self.first_input is None else self.first_input.to(x)), None
+        pred = self.inner(seen, t, **cond)
         mask, known = self.mask.to(x.dtype), self.known.to(x.dtype)
         out = with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known, pred)
         if self.fixed_large:
@@ -271,8 +278,11 @@ def _resampled(denoiser, x, grid, walk, generator, cond, callback, progress, opt
     return x
 
 
+STARTS = ("image", "noise")
+
+
 def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, strength: float = 1.0,
-            jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0, spacing: Optional[str] = None,
+            start: str = "image", jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0, spacing: Optional[str] = None,
             final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
             thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
             **options) -> torch.Tensor:
@@ -284,7 +294,10 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     (:func:`strength_grid`, as :func:`img2img`): with ``strength`` 1 (default) x_start is the image
     with the repainted region zeroed (that region starts from noise alone, as diffusers'
     inpainting at strength 1); with ``strength`` < 1 x_start is the whole image (SDEdit inside the
-    mask). ``jump_n_sample`` > 1 turns on RePaint's resampling (Lugmayr et al. 2022, Alg. 1, with
+    mask). ``start="noise"`` (strength 1 only) starts as diffusers' ``StableDiffusionInpaintPipeline``
+    at strength 1 (``is_strength_max``): the network's first input is the pure noise n everywhere,
+    the state x_T = m n + (1 - m)(alpha_T x_known + sigma_T n), whose kept region is where
+    diffusers blends it after the first step. ``jump_n_sample`` > 1 turns on RePaint's resampling (Lugmayr et al. 2022, Alg. 1, with
     ``jump_length``; :func:`repaint_walk`), for ``sampler="ddpm"`` only: every ``jump_length``
     steps the state is noised ``jump_length`` steps back up and denoised again,
     ``jump_n_sample - 1`` times, so the repainted region can come to agree with the kept one (the
@@ -307,15 +320,21 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
         guided = lambda inner: ReconstructionGuidance(inner, images, mask, reconstruction_weight)  # noqa: E731
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength,
                                     guided)
+    check_choice("start", start, STARTS)
+    if start == "noise" and strength != 1:
+        raise DiffkitError(f"start='noise' (pure noise, diffusers' inpainting at strength 1) needs strength 1; got "
+                           f"strength={strength}")
     if jump_n_sample > 1 and name != "ddpm":
         raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) needs sampler='ddpm'; got "
                            f"{sampler!r}")
     name, options, fixed_large = kept_noise_options(name, options, denoiser)
     generator = _generators(seed, generator, images.shape[0])
-    start = (1 - mask) * images if strength == 1 else images
+    x_start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
-    x = diffusion.q_sample(denoiser.schedule, start, grid[0], noise)
-    wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large)
+    x = diffusion.q_sample(denoiser.schedule, x_start, grid[0], noise)
+    if start == "noise":  # the repainted region n itself, the kept one q(x_T | x_known) as before
+        x = mask * noise + (1 - mask) * x
+    wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large, noise if start == "noise" else None)
     if jump_n_sample > 1:
         walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)
         out = _resampled(wrapped, x, grid, walk, generator, cond, callback, progress, options)
@@ -431,5 +450,5 @@ def interpolate(denoiser, a, b, weights, method: str = "ddpm", *, t: Optional[in
 
 
 __all__ = ["InpaintingDenoiser", "check_fits", "check_images", "check_mask", "img2img", "inpaint", "interpolate",
-           "kept_noise_options", "repaint_walk",
+           "kept_noise_options", "repaint_walk", "STARTS",
            "slerp", "strength_grid"]

@@ -84,11 +84,11 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
     kept; then decoded. That decoding changes the kept pixels too (D(E(x)) != x): ``paste=True``
     pastes the known pixels back, m x_out + (1 - m) x with the binarised pixel mask; diffusers does
     not by default. Encoding and noise as :func:`latent_img2img`. With DDIM (eta 0) the states are
-    those of diffusers' ``StableDiffusionInpaintPipeline`` with a 4-channel UNet at strength < 1
-    (after step i it blends in ``add_noise(z, noise, timesteps[i + 1])``, the first noise at the
-    next timestep, which is where replacing x_0 puts the kept region; after the last step z itself,
-    as the final paste); at strength 1 diffusers starts from pure noise, diffkit from
-    q(z_T | (1 - m) z)."""
+    those of diffusers' ``StableDiffusionInpaintPipeline`` with a 4-channel UNet (after step i it
+    blends in ``add_noise(z, noise, timesteps[i + 1])``, the first noise at the next timestep,
+    which is where replacing x_0 puts the kept region; after the last step z itself, as the final
+    paste); at strength 1 (the default) both start from pure noise (:func:`diffkit.inpaint`'s
+    ``start="noise"``, diffusers' ``is_strength_max``), below it from the noised latents."""
     images = check_images(images, "images", DATA_RANGE, skippable=False)
     check_pixels(denoiser, autoencoder, images)
     if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[1] != 1:
@@ -98,7 +98,7 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
     generator = _generators(seed, generator, images.shape[0])
     z = encode_images(autoencoder, images, posterior, generator)
     z = inpaint(denoiser, z, latent_mask(pixel_mask, z.shape[2:]).expand_as(z), sampler, steps, strength=strength,
-                generator=generator, value_range=None, **options)
+                start="noise" if strength == 1 else "image", generator=generator, value_range=None, **options)
     if return_latents:
         return z
     out = autoencoder.decode(z)

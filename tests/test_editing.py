@@ -232,6 +232,21 @@ def test_inpainting_strength_below_one_noises_the_whole_image():
     assert torch.equal(out[:, :2], known[:, :2])
 
 
+def test_inpainting_from_pure_noise_starts_the_repainted_dims_at_the_noise():
+    """start="noise" (diffusers' strength-1 start): a repainted dim of Gaussian data follows the exact
+    ODE from n itself, not from sigma_T n (sigma_T = 0.8 here); the kept dims are the image's."""
+    schedule = NoiseSchedule.linear(1000, 1e-4, 2e-3)  # alpha_T = 0.59: the two starts far apart
+    den = Denoiser(DIAG.network(schedule), schedule)
+    known = DIAG.sample(5, torch.Generator().manual_seed(6))[0]
+    out = diffkit.inpaint(den, known, KEEP_01, "unipc", 50, start="noise", seed=2, **FREE)
+    full = sampler_grid(den, get_sampler("unipc"), 50).double()
+    start = seeded_noise(2, 5, (4,))[:, 2:]
+    ref = gaussian_ode_solution(DIAG_MEAN[2:], torch.diag(DIAG_VAR[2:]), start, schedule.alpha(full[0]),
+                                schedule.sigma(full[0]), schedule.alpha(full[-1]), schedule.sigma(full[-1]))
+    assert (out[:, 2:] - ref).abs().max() < 1e-3
+    assert torch.equal(out[:, :2], known[:, :2])
+
+
 # ---------------------------------------------------------------- interpolation
 def test_slerp_keeps_the_norm_of_orthogonal_equal_norm_latents():
     a = torch.tensor([[3.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
@@ -330,6 +345,10 @@ BAD = [
     (lambda: diffkit.inpaint(DEN, IMG, torch.ones(3, 1, 4, 4)), r"mask of shape \(3, 1, 4, 4\) does not broadcast"),
     (lambda: diffkit.inpaint(DEN, IMG, torch.full((1, 1, 4, 4), 1.5)), r"mask holds values in \[1.5, 1.5\]"),
     (lambda: diffkit.inpaint(DEN, IMG, torch.ones(1, 1, 4, 4), strength=2), r"strength=2 is out of range"),
+    (lambda: diffkit.inpaint(DEN, IMG, torch.ones(1, 1, 4, 4), start="zeros"),
+     r"start='zeros' is not allowed; choose one of: image, noise"),
+    (lambda: diffkit.inpaint(DEN, IMG, torch.ones(1, 1, 4, 4), strength=0.5, start="noise"),
+     r"start='noise' \(pure noise, diffusers' inpainting at strength 1\) needs strength 1; got strength=0.5"),
     (lambda: diffkit.inpaint(DEN, IMG, torch.ones(1, 1, 4, 4), jump_n_sample=3),
      r"jump_n_sample=3 \(RePaint's resampling\) needs sampler='ddpm'; got 'ddim'"),
     (lambda: diffkit.inpaint(DEN, IMG, torch.ones(1, 1, 4, 4), "ddpm", jump_length=0, jump_n_sample=3),
