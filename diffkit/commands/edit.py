@@ -16,7 +16,8 @@ DDIM Sec. 5.3 on ``--steps``); pair p depends only on ``--seed`` + p.
 A latent checkpoint (its autoencoder inside) or a Stable Diffusion folder (``--checkpoint SD_FOLDER``)
 is edited in its latent space, as diffusers' StableDiffusionImg2ImgPipeline and (4-channel UNet)
 StableDiffusionInpaintPipeline: the images are encoded (z = s E(x); ``--posterior mean|sample``), the
-latents edited as above (the mask nearest-downsampled to the latent size), and decoded
+latents edited as above (the mask nearest-downsampled to the latent size; inpainting at strength 1
+from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 (``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
