@@ -282,8 +282,8 @@ STARTS = ("image", "noise")
 
 
 def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, strength: float = 1.0,
-            start: str = "image", jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0, spacing: Optional[str] = None,
-            final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
+            start: str = "image", jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0,
+            spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
             thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
             **options) -> torch.Tensor:
     """Repaint where ``mask`` is 1 (diffusers' convention: white = repaint, 0 = keep) with any
@@ -292,13 +292,13 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
 
     The start is x_t0 ~ q(x_t0 | x_start) at the first time of the strength's grid
     (:func:`strength_grid`, as :func:`img2img`): with ``strength`` 1 (default) x_start is the image
-    with the repainted region zeroed (that region starts from noise alone, as diffusers'
-    inpainting at strength 1); with ``strength`` < 1 x_start is the whole image (SDEdit inside the
-    mask). ``start="noise"`` (strength 1 only) starts as diffusers' ``StableDiffusionInpaintPipeline``
-    at strength 1 (``is_strength_max``): the network's first input is the pure noise n everywhere,
-    the state x_T = m n + (1 - m)(alpha_T x_known + sigma_T n), whose kept region is where
-    diffusers blends it after the first step. ``jump_n_sample`` > 1 turns on RePaint's resampling (Lugmayr et al. 2022, Alg. 1, with
-    ``jump_length``; :func:`repaint_walk`), for ``sampler="ddpm"`` only: every ``jump_length``
+    with the repainted region zeroed (that region starts at sigma_T n, the noise alone); with
+    ``strength`` < 1 x_start is the whole image (SDEdit inside the mask). ``start="noise"`` (strength
+    1 only) starts as diffusers' ``StableDiffusionInpaintPipeline`` at strength 1
+    (``is_strength_max``): the network's first input is the pure noise n everywhere, the state
+    x_T = m n + (1 - m)(alpha_T x_known + sigma_T n), whose kept region is where diffusers blends it
+    after the first step. ``jump_n_sample`` > 1 turns on RePaint's resampling (Lugmayr et al. 2022,
+    Alg. 1, with ``jump_length``; :func:`repaint_walk`), for ``sampler="ddpm"`` only: every ``jump_length``
     steps the state is noised ``jump_length`` steps back up and denoised again,
     ``jump_n_sample - 1`` times, so the repainted region can come to agree with the kept one (the
     bias of plain replacement falls; docs/editing.md). The kept region of every state stays
