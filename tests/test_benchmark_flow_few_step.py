@@ -35,7 +35,7 @@ def test_bad_option_refused_before_any_folder(tmp_path, capsys):
     out = tmp_path / "out"
     for bad in (["--nfe", "0"], ["--samplers", "nope"], ["--variants", "x=nope=1"]):
         with pytest.raises(DiffkitError):
-            flow_few_step.main(["--evaluator", "missing.safetensors", "--out-dir", str(out), *bad])
+            flow_few_step.main(["--evaluator", "missing.safetensors", "--out-dir", str(out), "--steps", "1", *bad])
         assert not out.exists()
 
 
