@@ -94,6 +94,37 @@ def train_variant(folder: Path, steps: int, options: dict) -> tuple[Path, float]
     return latest, time.process_time() - start
 
 
+def bootstrap_picks(num: int, replicates: int) -> list:
+    """The resampled sample indices of every bootstrap replicate (seed 0): the same for every model (paired)."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, num, num) for _ in range(replicates)]
+
+
+def model_features(den, scorer, folder: Path, ckpt, sampler: str, sample_steps: int, num: int,
+                   batch_size: int) -> tuple[np.ndarray, float, object]:
+    """The evaluator features of ``num`` samples (sample i from noise seed i), their sampling CPU seconds and
+    network evaluations per sample (None when reused from a file that lacks it); kept in
+    ``folder/features_SAMPLER_STEPS_NUM.pt`` and reused from there."""
+    saved = folder / f"features_{sampler}_{sample_steps}_{num}.pt"
+    if saved.is_file():  # this model's samples were scored before (sample i from seed i: the same samples)
+        kept = torch.load(saved, weights_only=False)  # this script's own file (numpy features)
+        return kept["features"], kept["sample_cpu_s"], kept.get("nfe")
+    start = time.process_time()
+    images, nfe = generate_samples(den, num, sampler=sampler, steps=sample_steps, seed=0, batch_size=batch_size,
+                                   return_nfe=True)
+    sample_s = time.process_time() - start
+    features = extract_features(scorer.evaluator.features_and_logits, images, batch_size, "cpu", progress=False)[0]
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"features": features, "sample_cpu_s": sample_s, "checkpoint": str(ckpt), "nfe": nfe}, saved)
+    return features, sample_s, nfe
+
+
+def fd_and_bootstrap(features: np.ndarray, reference, picks: list) -> tuple[float, np.ndarray]:
+    """FD-classifier of ``features`` against the reference statistics, and its value on every replicate."""
+    point = frechet_distance_of_stats(feature_statistics(features), reference)
+    return point, np.array([frechet_distance_of_stats(feature_statistics(features[i]), reference) for i in picks])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--evaluator", required=True, help="diffkit train-evaluator --dataset digits's checkpoint")
@@ -115,29 +146,15 @@ def main(argv=None) -> int:
         if "checkpoint" not in options:
             variant_config(Path(args.out_dir) / name, args.steps, options)
     baseline = variants[0][0]
-    rng = np.random.default_rng(0)
-    picks = [rng.integers(0, args.num, args.num) for _ in range(args.replicates)]  # the same for every model
+    picks = bootstrap_picks(args.num, args.replicates)  # the same for every model
     point, boot, rows = {}, {}, []
     for name, options in variants:
         ckpt, train_s = train_variant(Path(args.out_dir) / name, args.steps, options)
         den = load_denoiser(ckpt, device="cpu")
         scorer = experiment_scorer("fd-classifier", den, evaluator=args.evaluator, batch_size=args.batch_size)
-        saved = Path(args.out_dir) / name / f"features_{args.sampler}_{args.sample_steps}_{args.num}.pt"
-        if saved.is_file():  # this model's samples were scored before (sample i from seed i: the same samples)
-            kept = torch.load(saved, weights_only=False)  # this script's own file (numpy features)
-            features, sample_s = kept["features"], kept["sample_cpu_s"]
-        else:
-            start = time.process_time()
-            images = generate_samples(den, args.num, sampler=args.sampler, steps=args.sample_steps, seed=0,
-                                      batch_size=args.batch_size)
-            sample_s = time.process_time() - start
-            features = extract_features(scorer.evaluator.features_and_logits, images, args.batch_size, "cpu",
-                                        progress=False)[0]
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"features": features, "sample_cpu_s": sample_s, "checkpoint": str(ckpt)}, saved)
-        ref = scorer.reference_classifier
-        point[name] = frechet_distance_of_stats(feature_statistics(features), ref)
-        boot[name] = np.array([frechet_distance_of_stats(feature_statistics(features[i]), ref) for i in picks])
+        features, sample_s, _ = model_features(den, scorer, Path(args.out_dir) / name, ckpt, args.sampler,
+                                               args.sample_steps, args.num, args.batch_size)
+        point[name], boot[name] = fd_and_bootstrap(features, scorer.reference_classifier, picks)
         row = {"variant": name, "options": options, "checkpoint": str(ckpt), "train_cpu_s": train_s,
                "sample_cpu_s": sample_s, "fd": point[name], "fd_sd": float(boot[name].std(ddof=1))}
         if args.nll_num:

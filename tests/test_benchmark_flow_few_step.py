@@ -1,0 +1,51 @@
+"""benchmarks/flow_few_step.py: its options are checked before anything is trained or written, and its
+scoring helpers (shared with training_options.py) pair the bootstrap across models."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import flow_few_step  # noqa: E402
+import training_options  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.metrics import feature_statistics  # noqa: E402
+
+
+def test_nfe_list_parsed_and_bad_values_named():
+    assert flow_few_step.parse_nfes("5,10,20") == [5, 10, 20]
+    for bad in ("0", "5,x", "", "-3"):
+        with pytest.raises(DiffkitError, match="--nfe") as err:
+            flow_few_step.parse_nfes(bad)
+        assert repr(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sampler_list_checked():
+    assert flow_few_step.parse_samplers("unipc, ddim@trailing") == ["unipc", "ddim@trailing"]
+    with pytest.raises(DiffkitError, match="no-such-sampler"):
+        flow_few_step.parse_samplers("unipc,no-such-sampler")
+    with pytest.raises(DiffkitError, match="--samplers"):
+        flow_few_step.parse_samplers(" , ")
+
+
+def test_bad_option_refused_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    for bad in (["--nfe", "0"], ["--samplers", "nope"], ["--variants", "x=nope=1"]):
+        with pytest.raises(DiffkitError):
+            flow_few_step.main(["--evaluator", "missing.safetensors", "--out-dir", str(out), "--steps", "1", *bad])
+        assert not out.exists()
+
+
+def test_bootstrap_is_paired_and_fd_is_zero_against_own_statistics():
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((40, 3))
+    picks = training_options.bootstrap_picks(40, 5)
+    assert all(np.array_equal(a, b) for a, b in zip(picks, training_options.bootstrap_picks(40, 5)))
+    point, boot = training_options.fd_and_bootstrap(features, feature_statistics(features), picks)
+    assert point == pytest.approx(0.0, abs=1e-6) and boot.shape == (5,) and (boot > 0).all()
+    shifted = features + np.array([2.0, 0.0, 0.0])  # FD of a mean shift of 2: |2|^2 = 4 (same covariance)
+    point, _ = training_options.fd_and_bootstrap(shifted, feature_statistics(features), picks)
+    assert point == pytest.approx(4.0, abs=1e-6)
