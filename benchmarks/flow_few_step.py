@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffkit.errors import DiffkitError  # noqa: E402
@@ -32,8 +31,8 @@ from diffkit.evaluation import write_json  # noqa: E402
 from diffkit.experiments import experiment_scorer  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
 from diffkit.sampling import resolve_sampler, steps_for_nfe  # noqa: E402
-from training_options import (bootstrap_picks, fd_and_bootstrap, model_features, parse_variants,  # noqa: E402
-                              train_variant, variant_config)
+from training_options import (bootstrap_picks, difference_text, fd_and_bootstrap, model_features,  # noqa: E402
+                              paired_difference, parse_variants, train_variant, variant_config)
 
 FLOW = "prediction_type=flow_prediction,schedule=flow"
 DEFAULT_VARIANTS = f"baseline=;flow={FLOW};flow-ln={FLOW},timestep_sampler=logit-normal"
@@ -102,15 +101,10 @@ def main(argv=None) -> int:
                 row = {"sampler": sampler, "nfe": nfe, "steps": steps, "measured_nfe": measured, "variant": name,
                        "checkpoint": str(ckpt), "sample_cpu_s": sample_s, "fd": point[name],
                        "fd_sd": float(boot[name].std(ddof=1))}
-                if name != baseline:
-                    diff = boot[name] - boot[baseline]
-                    low, high = np.percentile(diff, [2.5, 97.5])
-                    row.update(difference=point[name] - point[baseline], difference_sd=float(diff.std(ddof=1)),
-                               interval_95=[float(low), float(high)])
+                row.update(paired_difference(point, boot, name, baseline))
                 rows.append(row)
                 print(f"{sampler:16s} NFE {nfe:3d} {name:10s} FD {point[name]:7.2f} +- {row['fd_sd']:.2f}"
-                      + (f"  minus {baseline}: {row['difference']:+7.2f} +- {row['difference_sd']:.2f} "
-                         f"[{row['interval_95'][0]:+.2f}, {row['interval_95'][1]:+.2f}]" if name != baseline else "")
+                      + difference_text(row, baseline)
                       + f"  (sample {sample_s:.0f} s CPU)", flush=True)
             if args.json:  # after every cell: an interrupted run keeps what it scored
                 write_json({"steps": args.steps, "num": args.num, "replicates": args.replicates,

@@ -125,6 +125,25 @@ def fd_and_bootstrap(features: np.ndarray, reference, picks: list) -> tuple[floa
     return point, np.array([frechet_distance_of_stats(feature_statistics(features[i]), reference) for i in picks])
 
 
+def paired_difference(point: dict, boot: dict, name: str, baseline: str) -> dict:
+    """``name`` minus ``baseline``: the FD difference, its paired-bootstrap sd and 95% interval (empty for the
+    baseline itself), as the JSON rows record them."""
+    if name == baseline:
+        return {}
+    diff = boot[name] - boot[baseline]
+    low, high = np.percentile(diff, [2.5, 97.5])
+    return dict(difference=point[name] - point[baseline], difference_sd=float(diff.std(ddof=1)),
+                interval_95=[float(low), float(high)])
+
+
+def difference_text(row: dict, baseline: str) -> str:
+    """The printed "minus BASELINE: d +- sd [low, high]" of a row (empty for the baseline)."""
+    if "difference" not in row:
+        return ""
+    low, high = row["interval_95"]
+    return f"  minus {baseline}: {row['difference']:+7.2f} +- {row['difference_sd']:.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--evaluator", required=True, help="diffkit train-evaluator --dataset digits's checkpoint")
@@ -166,15 +185,9 @@ def main(argv=None) -> int:
                 nll = nll_bits_per_dim(den, data, timesteps=strided_timesteps(den.schedule.num_timesteps))
                 torch.save(nll, saved_nll)
             row.update(nll_bpd=nll["bpd"], nll_sem=nll["sem"], nll_num=nll["num_images"])
-        if name != baseline:
-            diff = boot[name] - boot[baseline]
-            low, high = np.percentile(diff, [2.5, 97.5])
-            row.update(difference=point[name] - point[baseline], difference_sd=float(diff.std(ddof=1)),
-                       interval_95=[float(low), float(high)])
+        row.update(paired_difference(point, boot, name, baseline))
         rows.append(row)
-        print(f"{name:16s} FD {row['fd']:7.2f} +- {row['fd_sd']:.2f}"
-              + (f"  minus {baseline}: {row['difference']:+7.2f} +- {row['difference_sd']:.2f} "
-                 f"[{row['interval_95'][0]:+.2f}, {row['interval_95'][1]:+.2f}]" if name != baseline else "")
+        print(f"{name:16s} FD {row['fd']:7.2f} +- {row['fd_sd']:.2f}" + difference_text(row, baseline)
               + (f"  NLL {row['nll_bpd']:.3f} +- {row['nll_sem']:.3f} bits/dim" if args.nll_num else "")
               + (f"  (train {train_s:.0f} s, sample {sample_s:.0f} s CPU)"), flush=True)
         if args.json:  # after every model: an interrupted run keeps what it scored

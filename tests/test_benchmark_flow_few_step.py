@@ -49,3 +49,14 @@ def test_bootstrap_is_paired_and_fd_is_zero_against_own_statistics():
     shifted = features + np.array([2.0, 0.0, 0.0])  # FD of a mean shift of 2: |2|^2 = 4 (same covariance)
     point, _ = training_options.fd_and_bootstrap(shifted, feature_statistics(features), picks)
     assert point == pytest.approx(4.0, abs=1e-6)
+
+
+def test_paired_difference_is_the_replicates_difference():
+    boot = {"base": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([2.0, 2.0, 5.0, 4.0])}
+    row = training_options.paired_difference({"base": 2.5, "b": 3.5}, boot, "b", "base")
+    diff = np.array([1.0, 0.0, 2.0, 0.0])
+    assert row["difference"] == 1.0 and row["difference_sd"] == pytest.approx(diff.std(ddof=1))
+    assert row["interval_95"] == pytest.approx(list(np.percentile(diff, [2.5, 97.5])))
+    assert training_options.paired_difference({"base": 2.5}, boot, "base", "base") == {}
+    assert training_options.difference_text(row, "base").startswith("  minus base:   +1.00 +- ")
+    assert training_options.difference_text({}, "base") == ""
