@@ -111,19 +111,33 @@ def _check_base(path, meta: dict, base_meta: dict, base_digest: str, any_base: b
 @torch.no_grad()
 def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: str = "adapter"):
     """Fold one adapter into ``model`` in place: W += scale (alpha / r) B A on each adapted layer
-    (:func:`diffkit.lora.add_lora`, then :func:`diffkit.lora.merge_lora`). ``tensors``: the adapted
+    (:func:`diffkit.lora.add_lora`, then :func:`merge_adapted`). ``tensors``: the adapted
     network's ``*.lora_A`` / ``*.lora_B`` state-dict entries; a key or shape the network lacks is a
     one-line error (at scale 0 too), and the model is unchanged then. The global RNG state is left as
     it was (add_lora draws A before it is overwritten). Returns ``model``."""
-    from .lora import add_lora, lora_layers, merge_lora
+    from .lora import add_lora
+    return merge_adapted(model, lambda: add_lora(model, lora["rank"], lora["alpha"], lora["targets"]), tensors,
+                         scale, what)
+
+
+@torch.no_grad()
+def merge_adapted(model, adapt, tensors: dict, scale: float = 1.0, what: str = "adapter"):
+    """Fold adapters into ``model`` in place, W += scale (alpha / r) B A (Hu et al. 2021, eq. 3):
+    ``adapt()`` puts unmerged adapters on the layers (:func:`diffkit.lora.add_lora`, or
+    :func:`diffkit.lora.adapt_layer` per layer, each with its rank and alpha), ``tensors`` fills their
+    ``<layer>.lora_A`` / ``<layer>.lora_B`` entries, and :func:`diffkit.lora.merge_lora` folds them in.
+    A key or shape that does not fit is a one-line error (at scale 0 too) and the model is unchanged
+    then; at scale 0 the weights are not touched (bit for bit). RNG state and ``requires_grad`` are
+    left as they were. Returns ``model``."""
+    from .lora import lora_layers, merge_lora
     scale = check_scale(scale, f"{what}: scale")
     if lora_layers(model):
         raise DiffkitError(f"{what}: this network has unmerged LoRA adapters (a LoRA run's); merge them first "
                            f"(diffkit.lora.merge_lora) or load its checkpoint, which merges them")
     params = {n: p.requires_grad for n, p in model.named_parameters()}
-    with torch.random.fork_rng(devices=[]):
-        add_lora(model, lora["rank"], lora["alpha"], lora["targets"])  # their own one-line checks
     try:
+        with torch.random.fork_rng(devices=[]):
+            adapt()  # their own one-line checks
         state = {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
         missing, extra = sorted(state.keys() - tensors.keys()), sorted(tensors.keys() - state.keys())
         if missing or extra:
@@ -149,6 +163,22 @@ def merge_adapter(model, tensors: dict, lora: dict, scale: float = 1.0, what: st
         for n, p in model.named_parameters():
             p.requires_grad_(params[n])
     return model
+
+
+def merge_in_order(merges: list) -> None:
+    """Run ``merges`` ([(layers, merge)]: the layers a ``merge()`` call changes) in order; if one fails,
+    the weights the earlier ones changed are put back (a failing merge leaves its own layers as they
+    were, :func:`merge_adapted`), so the networks end as they began."""
+    layers = {id(layer): layer for changed, _ in merges[:-1] for layer in changed}
+    saved = [(layer.weight, layer.weight.detach().clone()) for layer in layers.values()]  # what a merge changes
+    try:
+        for _, merge in merges:
+            merge()
+    except BaseException:
+        with torch.no_grad():
+            for weight, w0 in saved:
+                weight.copy_(w0)
+        raise
 
 
 def _drop_adapters(model) -> None:
@@ -187,16 +217,9 @@ def merge_adapters(model, base_meta: dict, adapters: Iterable, any_base: bool = 
             digest = ckpt.tensors_digest(model.state_dict())
         _check_base(path, meta, base_meta, digest, any_base)
         read.append((path, tensors, meta["lora"], scale))
-    layers = {id(layer): layer for *_, lora, _ in read[:-1] for _, layer in target_layers(model, lora["targets"])}
-    saved = [(layer.weight, layer.weight.detach().clone()) for layer in layers.values()]  # what a merge changes
-    try:
-        for path, tensors, lora, scale in read:
-            merge_adapter(model, tensors, lora, scale, f"--lora {path}")
-    except BaseException:
-        with torch.no_grad():
-            for weight, w0 in saved:
-                weight.copy_(w0)
-        raise
+    merge_in_order([([layer for _, layer in target_layers(model, lora["targets"])],
+                     lambda t=tensors, a=lora, s=scale, p=path: merge_adapter(model, t, a, s, f"--lora {p}"))
+                    for path, tensors, lora, scale in read])
     return model
 
 

@@ -361,13 +361,14 @@ def test_refused_on_the_command_line_before_any_output(runs, tmp_path, capsys):
         assert not (tmp_path / "o").exists(), argv
 
 
-def test_a_stable_diffusion_folder_is_refused(runs, tmp_path, capsys):
+def test_a_diffkit_adapter_on_a_stable_diffusion_folder_is_refused(runs, tmp_path, capsys):
+    """A Stable Diffusion folder takes diffusers / kohya LoRA files (tests/test_sd_lora.py), not diffkit's."""
     folder = tmp_path / "sd"
     folder.mkdir()
     (folder / "model_index.json").write_text('{"unet": ["diffusers", "UNet2DConditionModel"]}')
     line = one_line_error(capsys, "sample", "--checkpoint", str(folder), "--lora", str(runs["a"]), "--prompt", "a",
                           "--out", str(tmp_path / "o" / "s.png"), "--device", "cpu")
-    assert "--lora applies to diffkit checkpoints" in line, line
+    assert "is a diffkit file (an adapter of diffkit checkpoints); a Stable Diffusion folder takes" in line, line
     assert not (tmp_path / "o").exists()
 
 

@@ -576,9 +576,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..loading import load_denoiser
     if is_stable_diffusion_folder(checkpoint):
-        if lora:
-            raise DiffkitError("--lora applies to diffkit checkpoints; LoRA files for a Stable Diffusion folder are "
-                               "not supported")
+        if lora_any_base:
+            raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "
+                               "merged into any folder its keys and shapes fit: drop --lora-any-base")
         if progressive:
             raise DiffkitError("--progressive applies to diffkit checkpoints, not to a Stable Diffusion folder")
         if mixed_precision != "no":
@@ -592,7 +592,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
-                                       guidance=guidance, **options)
+                                       guidance=guidance, lora=lora, **options)
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
                              mixed_precision=mixed_precision, compile=compile, lora=lora, lora_any_base=lora_any_base)
     meta = denoiser.meta
@@ -778,7 +778,8 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
 
 def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
-                            scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, **options):
+                            scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
+                            **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -786,7 +787,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     the guidance weight as input gets w as that input (default diffusers' LatentConsistencyModelPipeline
     s = 8.5, w = 7.5); without that input (LCM-LoRA) classifier-free guidance as above, default off.
     ``sampler`` / ``steps`` None: the folder's defaults (``ddim``; an LCM folder ``consistency`` in 4
-    steps). Writes the grid (and single PNGs); latents have no noise grid."""
+    steps). ``lora``: Stable Diffusion LoRA files, (path, scale) pairs, merged into the UNet and text encoder
+    as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). Writes the grid (and
+    single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -812,7 +815,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     if w_input and guidance.rescale:  # before loading the weights
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
-    sd = load_stable_diffusion(directory, device, progress=progress)
+    sd = load_stable_diffusion(directory, device, progress=progress, lora=lora)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]

@@ -245,11 +245,17 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False) -> N
 
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                          progress: bool = True) -> StableDiffusion:
+                          progress: bool = True, lora=None) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
-    hides diffusers' and transformers' loading bars."""
+    hides diffusers' and transformers' loading bars. ``lora``: LoRA files (paths or (path, scale)
+    pairs, diffusers or kohya format) merged into the UNet and text encoder as diffusers'
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first)."""
+    from .sd_lora import merge_sd_loras, read_sd_loras
+    loras = read_sd_loras(lora) if lora else []
     with library_progress_bars(progress):
-        return _load_stable_diffusion(Path(directory), device, dtype)
+        sd = _load_stable_diffusion(Path(directory), device, dtype)
+    merge_sd_loras(sd, loras)
+    return sd
 
 
 def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype) -> StableDiffusion:

@@ -1,0 +1,188 @@
+"""Stable Diffusion LoRA files merged into a loaded folder's UNet and text encoder.
+
+What diffusers does with ``pipe.load_lora_weights(file)`` and ``pipe.fuse_lora(lora_scale=s)`` (several
+files: ``set_adapters(names, adapter_weights)`` then ``fuse_lora``): each adapted layer gets
+
+    W = W0 + sum_i s_i (alpha_i / r_i) B_i A_i                  (Hu et al. 2021, eq. 3)
+
+merged with diffkit's own adapter merge (:func:`diffkit.lora_files.merge_adapted`, :func:`diffkit.lora.adapt_layer`:
+a linear layer's A is (r, in), B (out, r); a convolution's A is an r-channel convolution with the layer's
+kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats, as real files come:
+
+* diffusers / PEFT (``StableDiffusionPipeline.save_lora_weights``): ``unet.<module>.lora_A.weight`` (A),
+  ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``; alpha from the file's
+  ``lora_adapter_metadata`` (peft's LoraConfig per component: ``lora_alpha``, ``alpha_pattern`` matched as
+  peft does, ``use_rslora``: alpha / sqrt(r) instead of alpha / r); without metadata alpha = r (scale 1),
+  as diffusers' ``get_peft_kwargs``.
+* kohya (sd-scripts, civitai): ``lora_unet_<module>.lora_down.weight`` (A), ``.lora_up.weight`` (B),
+  ``.alpha`` (default r), ``lora_te_<module>...`` for the text encoder, where ``<module>`` is the
+  diffusers module name with every ``.`` written ``_`` (sd-scripts' ``networks/lora.py``); the name is
+  found by writing the network's own Linear / Conv2d names that way (SD 1.x/2.x files, trained on
+  diffusers-named UNets). Conv LoRA (a 3x3 down, 1x1 up) included.
+
+Anything else (LoHa / LoKr / DoRA tensors, a second text encoder's ``lora_te2_``, a LoRA bias, an
+SGM-named ``input_blocks`` key) is a one-line error naming the first such key; so is a key naming a
+module the network lacks, or a shape that does not fit. Files are read and checked before anything
+is merged, and a failure leaves the networks as they were.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import DiffkitError
+
+COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_")}  # diffusers, kohya
+_PEFT = (".lora_A.weight", ".lora_B.weight")
+_KOHYA = ("lora_down.weight", "lora_up.weight", "alpha")
+
+
+def _layers(module) -> dict:
+    """name -> every nn.Linear / nn.Conv2d of ``module`` (what a LoRA file can adapt)."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+def _read(path) -> tuple[dict, dict]:
+    """(tensors, header metadata) of a safetensors LoRA file; one-line errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..checkpoint import FORMAT, peek_header_metadata
+    path = Path(path)
+    if not path.is_file():
+        raise DiffkitError(f"--lora {path} {'is not a regular file' if path.exists() else 'does not exist'}")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DiffkitError(f"--lora {path} is not a safetensors LoRA file ({str(err).splitlines()[0][:80]})") from None
+    meta = peek_header_metadata(path)
+    if meta.get("format") == FORMAT:
+        raise DiffkitError(f"--lora {path} is a diffkit file (an adapter of diffkit checkpoints); a Stable Diffusion "
+                           f"folder takes diffusers or kohya LoRA files")
+    if not tensors:
+        raise DiffkitError(f"--lora {path} holds no tensors")
+    return tensors, meta
+
+
+def _peft_alphas(path, meta: dict, component: str):
+    """alpha(module, rank) for ``component`` from diffusers' ``lora_adapter_metadata`` (peft LoraConfig)."""
+    raw = meta.get("lora_adapter_metadata")
+    try:
+        config = json.loads(raw) if raw else {}
+    except ValueError:
+        raise DiffkitError(f"--lora {path} has corrupt lora_adapter_metadata") from None
+    config = {k[len(component) + 1:]: v for k, v in config.items() if k.startswith(component + ".")} \
+        if isinstance(config, dict) else {}
+    if config.get("use_dora"):
+        raise DiffkitError(f"--lora {path} is a DoRA adapter ({component}.use_dora); allowed: LoRA files")
+    alpha, patterns = config.get("lora_alpha"), config.get("alpha_pattern") or {}
+    root = (lambda r: math.sqrt(r)) if config.get("use_rslora") else (lambda r: r)
+
+    def alpha_of(module: str, rank: int) -> float:  # peft's get_pattern_key: a key matching the name's tail
+        key = next((k for k in patterns if re.match(rf"(.*\.)?({k})$", module)), None)
+        value = patterns[key] if key is not None else alpha if alpha is not None else rank
+        return float(value) * rank / root(rank)  # diffkit scales by alpha / r: rsLoRA's alpha / sqrt(r)
+    return alpha_of
+
+
+def read_sd_lora(path) -> dict:
+    """The adapters of a Stable Diffusion LoRA file: {component: {name: [A, B, alpha or None]}} with
+    ``name`` a module name (diffusers format) or its underscore form (kohya, resolved by
+    :func:`merge_sd_loras`), and the per-module ``alpha_of(module, rank)`` of a diffusers file under
+    ``"alpha_of"``. One-line error at the first key that is not a LoRA matrix (or alpha) of the UNet or
+    the text encoder."""
+    tensors, meta = _read(path)
+    out = {c: {} for c in COMPONENTS}
+    kohya = any(k.startswith(("lora_unet_", "lora_te")) for k in tensors)
+    for key in sorted(tensors):
+        component = next((c for c, (peft, kh) in COMPONENTS.items() if key.startswith(kh if kohya else peft)), None)
+        if kohya:
+            name, _, part = key.partition(".")
+            slot = _KOHYA.index(part) if part in _KOHYA else None
+            name = name[len(COMPONENTS[component][1]):] if component else None
+        else:
+            slot = next((i for i, s in enumerate(_PEFT) if key.endswith(s)), None)
+            name = key[len(COMPONENTS[component][0]):-len(_PEFT[slot])] if component and slot is not None else None
+        if component is None or slot is None or not name:
+            raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./text_encoder. keys ending "
+                               f"in .lora_A.weight / .lora_B.weight (diffusers) or lora_unet_/lora_te_ keys ending in "
+                               f".lora_down.weight / .lora_up.weight / .alpha (kohya)")
+        out[component].setdefault(name, [None, None, None])[slot] = tensors[key]
+    for component, adapters in out.items():
+        for name, (down, up, alpha) in adapters.items():
+            if down is None or up is None:
+                raise DiffkitError(f"--lora {path}: {component} module {name} has no "
+                                   f"{'lora_A / lora_down' if down is None else 'lora_B / lora_up'} matrix")
+            if alpha is not None and (alpha.numel() != 1 or not float(alpha) > 0):
+                raise DiffkitError(f"--lora {path}: {COMPONENTS[component][1]}{name}.alpha is {alpha.tolist()}; "
+                                   f"allowed: one positive number")
+    out["kohya"] = kohya
+    out["alpha_of"] = {c: _peft_alphas(path, meta, c) for c in COMPONENTS}
+    return out
+
+
+def _resolve(path, read: dict, component: str, network) -> dict:
+    """{module name: (layer, A, B, alpha)} of ``component`` in ``network``; a one-line error for a
+    name the network has no Linear / Conv2d of."""
+    layers = _layers(network)
+    names = {n: n for n in layers}
+    if component == "text_encoder" and not hasattr(network, "text_model"):  # transformers 5 flattened CLIPTextModel:
+        names.update({f"text_model.{n}": n for n in layers})  # files name its modules text_model.encoder...
+    if read["kohya"]:
+        names = {k.replace(".", "_"): n for k, n in names.items()}
+    out = {}
+    for name, (down, up, alpha) in read[component].items():
+        if name not in names:
+            key = f"{COMPONENTS[component][1]}{name}.lora_down.weight" if read["kohya"] else \
+                f"{COMPONENTS[component][0]}{name}{_PEFT[0]}"
+            raise DiffkitError(f"--lora {path}: key {key!r} names no Linear or Conv2d layer of the {component}")
+        module, rank = names[name], down.shape[0] if down.ndim else 0
+        if rank < 1 or down.ndim not in (2, 4):
+            raise DiffkitError(f"--lora {path}: {component} module {module} has a down matrix of shape "
+                               f"{tuple(down.shape)}; allowed: (r, in) or (r, in, kh, kw)")
+        if alpha is not None:  # a kohya .alpha
+            alpha = float(alpha)
+        else:  # kohya without .alpha: alpha = r (sd-scripts); diffusers: its metadata, else r
+            alpha = float(rank) if read["kohya"] else read["alpha_of"][component](module, rank)
+        out[module] = (layers[module], down, up, alpha)
+    return out
+
+
+def read_sd_loras(adapters) -> list:
+    """[(path, scale, :func:`read_sd_lora`)] of ``adapters`` (paths or (path, scale) pairs, scale s_i as
+    diffusers' ``lora_scale`` / ``adapter_weights``): every file read and checked, before a folder loads."""
+    from ..lora_files import adapter_list
+    return [(path, scale, read_sd_lora(path)) for path, scale in adapter_list(adapters)]
+
+
+def merge_sd_loras(sd, loras: list) -> None:
+    """Merge LoRA files into ``sd``'s UNet and text encoder in place (module doc). ``loras``:
+    :func:`read_sd_loras` of them (``load_stable_diffusion(..., lora=[...])`` does both); scale 0: the
+    file changes nothing, bit for bit. Every file is matched to the networks before the first is merged; a failure leaves
+    them as they were."""
+    from ..lora import adapt_layer
+    from ..lora_files import merge_adapted, merge_in_order
+    merges = []
+    for path, scale, read in loras:
+        for component in COMPONENTS:
+            network = getattr(sd, component)
+            found = _resolve(path, read, component, network)
+            if not found:
+                continue
+            tensors = {f"{m}.{ab}": t for m, (layer, a, b, _) in found.items() for ab, t in (("lora_A", a), ("lora_B", b))}
+
+            def adapt(found=found):
+                for layer, a, _, alpha in found.values():
+                    adapt_layer(layer, a.shape[0], alpha)
+
+            merges.append(([layer for layer, *_ in found.values()],
+                           lambda n=network, a=adapt, t=tensors, s=scale, w=f"--lora {path} ({component})":
+                           merge_adapted(n, a, t, s, w)))
+    merge_in_order(merges)
+
+
+__all__ = ["read_sd_lora", "read_sd_loras", "merge_sd_loras"]
