@@ -221,3 +221,30 @@ def test_a_failed_merge_leaves_the_networks_as_they_were(sd_lora, tmp_path):
     for part, state in before.items():
         now = getattr(sd, part).state_dict()
         assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state), part
+
+
+def test_edit_command_merges_lora_files_as_the_img2img_pipeline(sd_lora, tmp_path, capsys):
+    """``diffkit edit --checkpoint SD --lora FILE:0.5``: StableDiffusionImg2ImgPipeline with the file loaded
+    and fused at 0.5 (to the PNGs' 1/255), as tests/test_latent_editing.py compares without LoRA."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import _generators, write_pngs
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    assert main(["edit", "--no-progress", "--device", "cpu", "--checkpoint", str(sd_lora["folder"]), "--images",
+                 str(pngs), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--strength", "0.5", "--steps", "4",
+                 "--spacing", "leading", "--final", "zero", "--guidance-scale", "5", "--guidance-convention",
+                 "diffusers", "--seed", "10", "--lora", f"{sd_lora['kohya']}:0.5", "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(sd_lora["folder"], local_files_only=True,
+                                                                    safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    pipe.load_lora_weights(str(sd_lora["diffusers"]))
+    pipe.fuse_lora(lora_scale=0.5)
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
+                      output_type="np", generator=_generators()).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1

@@ -341,7 +341,7 @@ def _stable_diffusion(args, device):
                         ("--apg-momentum", args.apg_momentum),
                         ("--mixed-precision", None if args.mixed_precision == "no" else args.mixed_precision),
                         ("--compile", None if args.compile == "no" else args.compile),
-                        ("--lora", args.lora or None)):
+                        ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
     if is_lcm_folder(args.checkpoint):
@@ -350,7 +350,7 @@ def _stable_diffusion(args, device):
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
-    return load_stable_diffusion(args.checkpoint, device, progress=args.progress)
+    return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora)
 
 
 def _prompted(args, denoiser, request, count: int, device):
