@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install diffkit with its test extras and the optional diffusers extra
-# (diffusers + transformers: the interop tests compare with them). Idempotent and quiet.
+# (diffusers + transformers + peft: the interop tests compare with them). Idempotent and quiet.
 # torch is pinned to 2.13.0: on these machines that is a local CPU build; any other
 # request would pull several GB of CUDA wheels.
 set -euo pipefail
