@@ -150,6 +150,21 @@ def test_each_part_of_the_file_matters(sd_lora, tmp_path):
         assert relative_error(_ours(sd_lora["folder"], [(only, 1.0)]), base) > 1e-3, part
 
 
+def test_rslora_metadata_scales_by_alpha_over_sqrt_r(sd_lora, tmp_path):
+    """``use_rslora`` in the file's LoraConfig (Kalajdzievski 2023): peft scales by alpha / sqrt(r); so do we."""
+    from safetensors import safe_open
+    with safe_open(sd_lora["diffusers"], "pt") as f:
+        header = f.metadata()
+    config = json.loads(header["lora_adapter_metadata"])
+    config.update({"unet.use_rslora": True, "text_encoder.use_rslora": True})
+    save_file(load_file(sd_lora["diffusers"]), tmp_path / "rs.safetensors",
+              metadata={**header, "lora_adapter_metadata": json.dumps(config)})
+    loras = [(tmp_path / "rs.safetensors", 0.5)]
+    ours = _ours(sd_lora["folder"], loras)
+    assert relative_error(ours, _theirs(sd_lora["folder"], loras)) < 1e-5
+    assert relative_error(ours, _ours(sd_lora["folder"], [(sd_lora["diffusers"], 0.5)])) > 1e-3
+
+
 def test_scale_zero_is_no_lora_and_two_files_add(sd_lora):
     from diffkit.interop.stable_diffusion import load_stable_diffusion
     base = load_stable_diffusion(sd_lora["folder"], progress=False)
