@@ -162,8 +162,8 @@ def read_sd_loras(adapters) -> list:
 def merge_sd_loras(sd, loras: list) -> None:
     """Merge LoRA files into ``sd``'s UNet and text encoder in place (module doc). ``loras``:
     :func:`read_sd_loras` of them (``load_stable_diffusion(..., lora=[...])`` does both); scale 0: the
-    file changes nothing, bit for bit. Every file is matched to the networks before the first is merged; a failure leaves
-    them as they were."""
+    file changes nothing, bit for bit. Every file is matched to the networks before the first is merged;
+    a failure leaves them as they were."""
     from ..lora import adapt_layer
     from ..lora_files import merge_adapted, merge_in_order
     merges = []
@@ -173,7 +173,8 @@ def merge_sd_loras(sd, loras: list) -> None:
             found = _resolve(path, read, component, network)
             if not found:
                 continue
-            tensors = {f"{m}.{ab}": t for m, (layer, a, b, _) in found.items() for ab, t in (("lora_A", a), ("lora_B", b))}
+            tensors = {f"{m}.{ab}": t for m, (_, a, b, _) in found.items()
+                       for ab, t in (("lora_A", a), ("lora_B", b))}
 
             def adapt(found=found):
                 for layer, a, _, alpha in found.values():
