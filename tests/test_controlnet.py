@@ -222,3 +222,75 @@ def test_bad_controlnet_input_is_one_line_before_any_output(tiny_controlnet_sd, 
         ControlNets(nets[:1], [torch.rand(1, 3, 16, 16) * 2 - 1])
     with pytest.raises(DiffkitError, match="controlnet scale"):
         ControlNets(nets[:1], [png], scales=-1.0)
+
+
+# --------------------------------------------------------------------------- img2img / inpainting
+DDIM_GRID = dict(spacing="leading", final="sigma_min", steps_offset=1, eta=0.0)  # the folder's DDIMScheduler
+
+
+def _edited(sd, nets, png, edit, *args, start=0.0, end=1.0, strength, **kw):
+    from diffkit.interop.controlnet import editing_grid
+    control = ControlNets(nets[:1], [png], 0.7, start, end)
+    grid = editing_grid(sd, "ddim", 4, strength, dict(DDIM_GRID))
+    controlled = control.controlling(sd, 16, 16, grid)
+    guided = controlled.guided(SCALE, sd.encode_prompts([""]), "diffusers")
+    return edit(guided, controlled, *args, posterior="sample", seed=10, cond=sd.cond(sd.encode_prompts(PROMPTS)),
+                progress=False, return_latents=True, strength=strength, sampler="ddim", steps=4, **DDIM_GRID, **kw)
+
+
+@pytest.mark.parametrize("strength, start, end", [(0.5, 0.0, 0.5), (1.0, 0.25, 1.0)])
+def test_controlnet_img2img_and_inpainting_match_the_pipelines(tiny_controlnet_sd, strength, start, end):
+    """latent_img2img / latent_inpaint (4-channel UNet) with the controlled SD = diffusers'
+    StableDiffusionControlNetImg2ImgPipeline / ControlNetInpaintPipeline: the window counts the strength's steps."""
+    from PIL import Image
+    from diffkit.latent_editing import latent_img2img, latent_inpaint
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 3:9] = 1
+    parts = {**pipe.components, "controlnet": nets[0]}
+    common = dict(control_image=Image.open(png).convert("RGB"), strength=strength, num_inference_steps=4,
+                  guidance_scale=SCALE, eta=0.0, output_type="latent", controlnet_conditioning_scale=0.7,
+                  control_guidance_start=start, control_guidance_end=end)
+    generators = lambda: [torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]  # noqa: E731
+    for cls, edit, extra in ((diffusers.StableDiffusionControlNetImg2ImgPipeline, latent_img2img, {}),
+                             (diffusers.StableDiffusionControlNetInpaintPipeline, latent_inpaint, {"mask": mask})):
+        other = cls(**parts)
+        other.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            theirs = other(PROMPTS, image=image, generator=generators(), **common,
+                           **({"mask_image": mask} if extra else {})).images
+        ours = _edited(sd, nets, png, edit, image * 2 - 1, *extra.values(), start=start, end=end, strength=strength)
+        assert relative_error(ours, theirs) < 1e-5, cls.__name__
+
+
+def test_edit_command_with_controlnet_is_the_controlnet_img2img_pipeline(tiny_controlnet_sd, tmp_path, capsys):
+    """``diffkit edit --controlnet DIR --control-image PNG``: the control image is resized to the images' size
+    (here it has it already); the PNGs are the pipeline's to one 8-bit level (image i from seed + i)."""
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    code, out, err = cli(capsys, "--checkpoint", root / "sd", "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                         PROMPTS[1], "--strength", 0.75, "--steps", 4, "--spacing", "leading", "--final", "zero",
+                         "--guidance-scale", 5, "--guidance-convention", "diffusers", "--seed", 10, "--controlnet",
+                         root / "cn0", "--control-image", png, "--control-guidance-start", 0.3, "--out",
+                         tmp_path / "out")
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    parts = {**pipe.components, "controlnet": nets[0]}
+    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
+                                                             set_alpha_to_one=True)
+    other = diffusers.StableDiffusionControlNetImg2ImgPipeline(**parts)
+    other.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = other(PROMPTS, image=image, control_image=Image.open(png).convert("RGB"), strength=0.75,
+                       num_inference_steps=4, guidance_scale=5.0, eta=0.0, output_type="np",
+                       controlnet_conditioning_scale=1.0, control_guidance_start=0.3,
+                       generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+    code, _, err = cli(capsys, "--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--controlnet",
+                       root / "cn0", "--out", tmp_path / "out2")
+    assert code == 2 and "0 --control-image for 1 --controlnet" in err and not (tmp_path / "out2").exists()

@@ -133,6 +133,14 @@ def sampler_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int
     return plan(denoiser, sampler, steps, nfe, how["spacing"], how["final"], None, how["thresholding"], rest)[1]
 
 
+def editing_grid(sd, sampler: str, steps: int, strength: float, options: dict) -> torch.Tensor:
+    """The grid :func:`diffkit.img2img` / :func:`diffkit.inpaint` run for ``strength`` (the strength's part
+    of the sampler's grid, :func:`~diffkit.editing.strength_grid`): diffusers' ControlNet img2img and
+    inpainting pipelines count the window's fractions over these steps."""
+    from ..editing import strength_grid
+    return strength_grid(sampler_grid(sd.denoiser, sampler, steps, None, None, options), strength)
+
+
 def step_windows(grid: torch.Tensor, start: float, end: float) -> torch.Tensor:
     """Per step i of the grid's N steps: controlled (True) iff start <= i / N and (i + 1) / N <= end,
     diffusers' ``controlnet_keep`` (the same float comparisons)."""
@@ -288,5 +296,5 @@ class ControlNets:
 
 
 __all__ = ["ControlNets", "ControlledNet", "load_controlnet", "prepare_control_image", "control_size",
-           "sampler_grid", "step_windows", "steps_of",
+           "sampler_grid", "editing_grid", "step_windows", "steps_of",
            "check_control_options", "check_controlnet_folder", "open_control_image"]
