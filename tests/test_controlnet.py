@@ -294,3 +294,21 @@ def test_edit_command_with_controlnet_is_the_controlnet_img2img_pipeline(tiny_co
     code, _, err = cli(capsys, "--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--controlnet",
                        root / "cn0", "--out", tmp_path / "out2")
     assert code == 2 and "0 --control-image for 1 --controlnet" in err and not (tmp_path / "out2").exists()
+
+
+def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
+    """A window with Heun (two calls a step, each by its time) runs and changes the result; adaptive
+    samplers (no steps to count) and LCM folders are refused in one line."""
+    import dataclasses
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    latents = _latents(sd)
+
+    def run(sampler, steps=3, **control):
+        return text_to_image(sd, PROMPTS, sampler=sampler, steps=steps, guidance_scale=SCALE, latents=latents,
+                             return_latents=True, controlnet=ControlNets(nets[:1], [png], **control))
+    windowed, whole = run("heun", start=0.4), run("heun")
+    assert torch.isfinite(windowed).all() and relative_error(windowed, whole) > 1e-3
+    with pytest.raises(DiffkitError, match="a control guidance window .* has no steps to count"):
+        run("ode", steps=None, end=0.5)
+    with pytest.raises(DiffkitError, match="latent consistency model"):
+        ControlNets(nets[:1], [png]).controlling(dataclasses.replace(sd, consistency={}), 16, 16)

@@ -130,7 +130,11 @@ def sampler_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int
     own = inspect.signature(sample).parameters  # sample's own arguments (seed, generator...) are not plan's
     rest = {k: v for k, v in options.items() if k not in own or k in ("spacing", "final", "thresholding")}
     how = {name: rest.pop(name, None) for name in ("spacing", "final", "thresholding")}
-    return plan(denoiser, sampler, steps, nfe, how["spacing"], how["final"], None, how["thresholding"], rest)[1]
+    info, grid = plan(denoiser, sampler, steps, nfe, how["spacing"], how["final"], None, how["thresholding"], rest)[:2]
+    if info.adaptive:
+        raise DiffkitError(f"sampler {info.name!r} picks its own steps, so a control guidance window (fractions of "
+                           f"the steps) has no steps to count; use a fixed-step sampler or the whole range 0-1")
+    return grid
 
 
 def editing_grid(sd, sampler: str, steps: int, strength: float, options: dict) -> torch.Tensor:
