@@ -19,8 +19,9 @@ def add_controlnet_flags(parser) -> None:
                    help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
                         "Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG",
-                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); the "
-                        "output has its size, rounded down to multiples of the VAE factor")
+                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); sample: "
+                        "the output takes its size, rounded down to multiples of the VAE factor; edit: it is resized "
+                        "to the images' size")
     g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,
                    metavar="S", help="controlnet_conditioning_scale: the residuals' weight (default 1; one, or one "
                                      "per --controlnet)")
