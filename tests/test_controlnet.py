@@ -218,6 +218,8 @@ def test_bad_controlnet_input_is_one_line_before_any_output(tiny_controlnet_sd, 
         _ours(sd, nets[:1], [png], torch.randn(2, 4, 8, 6))
     with pytest.raises(DiffkitError, match="a control image tensor of shape"):
         ControlNets(nets[:1], [torch.rand(2, 3, 16, 16)])
+    with pytest.raises(DiffkitError, match="a control image tensor of shape"):
+        ControlNets(nets[:1], [torch.rand(1, 1, 16, 16)])
     with pytest.raises(DiffkitError, match="must lie in"):
         ControlNets(nets[:1], [torch.rand(1, 3, 16, 16) * 2 - 1])
     with pytest.raises(DiffkitError, match="controlnet scale"):

@@ -102,7 +102,7 @@ def open_control_image(image):
     if isinstance(image, torch.Tensor):
         if image.ndim == 3:
             image = image[None]
-        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3) or not image.is_floating_point():
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3 or not image.is_floating_point():
             raise DiffkitError(f"a control image tensor of shape {tuple(image.shape)} is not allowed; give (1, 3, H, "
                                f"W) or (3, H, W) floats in [0, 1]")
         if image.min() < 0 or image.max() > 1:
@@ -200,7 +200,8 @@ class ControlledNet(torch.nn.Module):
             chosen = kept.nonzero().squeeze(1) if not bool(kept.all()) else None
             pick = (lambda v: v) if chosen is None else (lambda v: v[chosen])
             dtype = controlnet.dtype
-            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=pick(context).to(dtype),
+            prompt = None if context is None else pick(context).to(dtype)
+            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt,
                                    controlnet_cond=image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1),
                                    conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False)
             if chosen is not None:  # rows outside the window (or the null half in guess mode) get zeros
