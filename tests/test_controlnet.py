@@ -314,3 +314,24 @@ def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
         run("ode", steps=None, end=0.5)
     with pytest.raises(DiffkitError, match="latent consistency model"):
         ControlNets(nets[:1], [png]).controlling(dataclasses.replace(sd, consistency={}), 16, 16)
+
+
+def test_sample_command_with_two_controlnets_is_text_to_image(tiny_controlnet_sd, tmp_path):
+    """Repeated --controlnet / --control-image / --controlnet-scale / --control-guidance-end pair up in
+    order (Multi-ControlNet): the PNGs are text_to_image's with the same ControlNets, byte for byte."""
+    from diffkit.images import save_images
+    from diffkit.noise import generators_from_seed, randn
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    second = control_png(tmp_path / "second.png", seed=4)
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", root / "sd", "--prompt", "hot", "--num", "2", "--steps", "3", "--seed", "2",
+        "--controlnet", root / "cn0", "--control-image", png, "--controlnet", root / "cn1", "--control-image", second,
+        "--controlnet-scale", "1", "--controlnet-scale", "0.5", "--control-guidance-end", "1",
+        "--control-guidance-end", "0.6", "--out", tmp_path / "g.png", "--individual", tmp_path / "cli",
+        "--no-progress")]) == 0
+    images = text_to_image(sd, ["hot", "hot"], steps=3, latents=randn((2, 4, 8, 8), generators_from_seed(2, 2)),
+                           seed=2, output_range="-1,1",
+                           controlnet=ControlNets(nets, [png, second], scales=[1, 0.5], end=[1, 0.6]))
+    save_images(images, tmp_path / "lib")
+    for name in ("sample_00000.png", "sample_00001.png"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
