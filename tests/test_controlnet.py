@@ -335,3 +335,16 @@ def test_sample_command_with_two_controlnets_is_text_to_image(tiny_controlnet_sd
     save_images(images, tmp_path / "lib")
     for name in ("sample_00000.png", "sample_00001.png"):
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+
+
+def test_control_request_reads_every_flag(tiny_controlnet_sd):
+    from argparse import Namespace
+    from diffkit.commands._controlnet import ControlRequest
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    args = Namespace(controlnets=[str(root / "cn0"), str(root / "cn1")], control_images=[str(png)] * 2,
+                     controlnet_scales=[0.5], control_starts=[0.1, 0.2], control_ends=None, guess_mode=True)
+    control = ControlRequest.from_args(args, root / "sd").load(progress=False)
+    assert (control.scales, control.start, control.end, control.guess_mode) == ([0.5, 0.5], [0.1, 0.2], [1.0, 1.0],
+                                                                                True)
+    assert all(torch.equal(a, b) for a, b in zip(control.models[1].state_dict().values(),
+                                                 nets[1].state_dict().values()))
