@@ -34,6 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
+from ._controlnet import ControlRequest, add_controlnet_flags
 from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, batch_size_or_auto,
                       check_lora_flags, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
                       path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
@@ -121,6 +122,7 @@ def register(sub) -> None:
                    "with --series a .csv or .npy file)")
     add_network_flags(p)
     add_lora_flags(p)
+    add_controlnet_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -206,6 +208,7 @@ def run(args) -> int:
     if args.paste_known and args.mask is None:
         raise DiffkitError("--paste-known (the kept pixels pasted back) goes with --mask")
     request = _prompt_request(args, info.name)
+    control = ControlRequest.from_args(args, args.checkpoint)
     out = Path(args.out)
     images_path = Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
@@ -267,6 +270,13 @@ def run(args) -> int:
             raise DiffkitError(f"this checkpoint is class-conditional: give --class ID (0..{num_classes - 1})")
         if not 0 <= args.class_id < num_classes:
             raise DiffkitError(f"--class {args.class_id} is out of range; allowed: 0..{num_classes - 1}")
+    sampler = info.name if args.sampler is None else args.sampler
+    if control is not None:  # the SD UNet with ControlNet residuals; the control images take the images' size
+        from ..interop.controlnet import editing_grid
+        controlnets = control.load(device, denoiser.dtype, args.progress)
+        strength = args.strength if args.strength is not None else 0.8 if mask is None else 1.0
+        grid = editing_grid(denoiser, sampler, args.steps or 50, strength, options) if controlnets.windowed else None
+        denoiser = autoencoder = controlnets.controlling(denoiser, images.shape[2], images.shape[3], grid)
     if text:
         denoiser, cond_for = _prompted(args, denoiser, request, len(files), device)
     else:
@@ -281,7 +291,7 @@ def run(args) -> int:
     def edit(start: int, n: int):
         from ..latent_editing import latent_img2img, latent_inpaint
         batch = images[start:start + n].to(device)
-        common = dict(sampler=info.name if args.sampler is None else args.sampler, steps=args.steps or 50,
+        common = dict(sampler=sampler, steps=args.steps or 50,
                       seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options)
         latent = {} if autoencoder is None else dict(posterior=posterior)
         if mask is None:

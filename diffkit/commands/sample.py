@@ -47,6 +47,7 @@ from typing import Optional
 
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
+from ._controlnet import ControlRequest, add_controlnet_flags
 from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, add_thresholding_flag,
                       batch_size_or_auto, check_lora_flags, check_output_file, check_writable_dir, eta_value,
                       int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
@@ -134,6 +135,7 @@ def register(sub) -> None:
     g.add_argument("--clip-input", choices=list(CLIP_INPUTS), default="x0",
                    help="x0: an ordinary CLIP on the predicted x_0, gradient through the network (default); "
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
+    add_controlnet_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -196,6 +198,7 @@ def run(args) -> int:
     options.update({} if args.eta is None else {"eta": args.eta})
     options.update({} if args.thresholding is None else {"thresholding": args.thresholding})
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
+    control = ControlRequest.from_args(args, checkpoint)
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -225,7 +228,8 @@ def run(args) -> int:
                         output_config=output_config,
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
-                        progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base, **options)
+                        progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
+                        control=control, **options)
     return 0
 
 
@@ -557,7 +561,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
-                    lora=None, lora_any_base=False, **options):
+                    lora=None, lora_any_base=False, control: Optional[ControlRequest] = None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -568,7 +572,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`).
     ``output_config``: a seed config (dict) whose ``sampled_dir``, image names and ``nrow`` place the
     grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint). ``lora``,
-    ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`)."""
+    ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`). ``control``: the
+    ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`)."""
     import torch
 
     from ..drawing import draw_samples
@@ -592,7 +597,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
-                                       guidance=guidance, lora=lora, **options)
+                                       guidance=guidance, lora=lora, control=control, **options)
+    if control is not None:
+        raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} is not "
+                           f"one")
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
                              mixed_precision=mixed_precision, compile=compile, lora=lora, lora_any_base=lora_any_base)
     meta = denoiser.meta
@@ -779,7 +787,7 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
 def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
-                            **options):
+                            control: Optional[ControlRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -788,8 +796,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     s = 8.5, w = 7.5); without that input (LCM-LoRA) classifier-free guidance as above, default off.
     ``sampler`` / ``steps`` None: the folder's defaults (``ddim``; an LCM folder ``consistency`` in 4
     steps). ``lora``: Stable Diffusion LoRA files, (path, scale) pairs, merged into the UNet and text encoder
-    as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). Writes the grid (and
-    single PNGs); latents have no noise grid."""
+    as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). ``control``:
+    ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). Writes the grid
+    (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -816,6 +825,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
     sd = load_stable_diffusion(directory, device, progress=progress, lora=lora)
+    controlnet = None if control is None else control.load(device, sd.dtype, progress)
+    size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]
@@ -827,10 +838,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
         return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
-                             return_latents=True, **how)
+                             return_latents=True, controlnet=controlnet, **how)
 
     results = []
-    draw_samples(sd.denoiser, num, sd.latent_shape(1, None, None)[1:], seed=seed, sampler=sampler, steps=steps,
+    draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
                  nfe=nfe, spacing=spacing, final=final, cond=lambda start, n: {"prompts": per_sample[start:start + n]},
                  batch_size=batch_size, device=device, dtype=sd.dtype, decode=sd.decode, sample_fn=prompted,
                  separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,

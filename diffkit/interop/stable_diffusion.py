@@ -39,6 +39,7 @@ from .schedulers import grid_from_diffusers, schedule_from_diffusers
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 OUTPUT_RANGES = ("0,1", "-1,1")
 SD_PIPELINE_GUIDANCE = 7.5  # StableDiffusionPipeline's default guidance_scale s (w = 6.5)
+NULL_LABEL = 1  # the label marking the null half of a guided call (the conditional half: 0, see cond)
 
 
 @dataclass
@@ -144,8 +145,8 @@ class StableDiffusion:
             raise DiffkitError(f"this LCM UNet takes the guidance weight w as its input (time_cond_proj_dim="
                                f"{self.guidance_embedding_dim}); use with_weight(w), one call per step, not "
                                f"classifier-free guidance")
-        return self._model(ClassifierFreeGuidance(self.network_denoiser, guidance_scale, convention, null_class=1,
-                                                  null_context=null_context, **options))
+        return self._model(ClassifierFreeGuidance(self.network_denoiser, guidance_scale, convention,
+                                                  null_class=NULL_LABEL, null_context=null_context, **options))
 
     def with_weight(self, guidance_scale: float, convention: str = "diffusers"):
         """An LCM UNet with a guidance input asked for ``guidance_scale`` (diffusers' s, w = s - 1;
@@ -290,7 +291,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  **options) -> torch.Tensor:
+                  controlnet=None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
@@ -310,6 +311,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         an explicit grid tensor.
     output_range: ``"0,1"`` (diffusers' ``output_type="pt"``: (x + 1)/2 clamped) or ``"-1,1"``
         (clamped decoder output). ``return_latents``: return z_0 instead of images.
+    controlnet: a :class:`~diffkit.interop.controlnet.ControlNets`: the UNet gets their residuals
+        (StableDiffusionControlNetPipeline); height x width default to the control image's size.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..sampling import sample
@@ -324,6 +327,16 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     if (sd.consistency is not None and steps is None and nfe is None and not isinstance(grid, torch.Tensor)
             and sampler.split("@")[0].split(":")[0] == "consistency"):
         steps = LCM_STEPS
+    if isinstance(grid, str):
+        check_choice("grid", grid, ["scheduler"])
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
+        grid = sd.scheduler_grid(steps or 50)
+    if controlnet is not None:  # the UNet with the ControlNets' residuals (.controlnet)
+        from .controlnet import sampler_grid
+        height, width = controlnet.size(sd.vae_scale_factor, height, width)
+        window_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if controlnet.windowed else None
+        sd = controlnet.controlling(sd, height, width, window_grid)
     context = sd.encode_prompts(prompts)
     if sd.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
         for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
@@ -342,11 +355,6 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                                    f"prompt")
         denoiser = sd.guided(guidance_scale, sd.encode_prompts(negatives), convention, rescale=guidance_rescale)
         cond = sd.cond(context)
-    if isinstance(grid, str):
-        check_choice("grid", grid, ["scheduler"])
-        if nfe is not None:
-            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
-        grid = sd.scheduler_grid(steps or 50)
     if grid is not None:
         steps = None
     if latents is None:
@@ -357,6 +365,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         if latents.ndim != 4 or latents.shape[0] != batch or latents.shape[1] != expected[1]:
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected ({batch}, "
                                f"{expected[1]}, h, w) for {batch} prompts")
+        if controlnet is not None and tuple(latents.shape[2:]) != tuple(expected[2:]):
+            raise DiffkitError(f"latents of shape {tuple(latents.shape)} do not fit the {height}x{width} control "
+                               f"image; expected {expected}")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd.device, dtype=sd.dtype, **options)

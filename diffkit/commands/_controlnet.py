@@ -1,0 +1,95 @@
+"""The ControlNet flags of ``diffkit sample`` for a Stable Diffusion folder (:mod:`diffkit.interop.controlnet`):
+``--controlnet DIR --control-image PNG`` (repeat both for Multi-ControlNet), ``--controlnet-scale``,
+``--control-guidance-start`` / ``--control-guidance-end`` (one value for all, or one per ControlNet) and
+``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import DiffkitError
+from ._common import non_negative_float, path_arg
+
+CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-guidance-end", "--guess-mode")
+
+
+def add_controlnet_flags(parser) -> None:
+    g = parser.add_argument_group("ControlNet (Stable Diffusion folders; docs/interop.md)")
+    g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
+                   help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
+                        "Multi-ControlNet (their residuals add up)")
+    g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG",
+                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); sample: "
+                        "the output takes its size, rounded down to multiples of the VAE factor; edit: it is resized "
+                        "to the images' size")
+    g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,
+                   metavar="S", help="controlnet_conditioning_scale: the residuals' weight (default 1; one, or one "
+                                     "per --controlnet)")
+    g.add_argument("--control-guidance-start", dest="control_starts", action="append", type=float, metavar="F",
+                   help="the fraction of the steps before which the ControlNet is off (default 0)")
+    g.add_argument("--control-guidance-end", dest="control_ends", action="append", type=float, metavar="F",
+                   help="the fraction of the steps after which the ControlNet is off (default 1)")
+    g.add_argument("--guess-mode", action="store_true",
+                   help="residuals on the conditional half of classifier-free guidance only, scaled from 0.1 "
+                        "(shallowest block) to 1 (middle block), as diffusers' guess_mode")
+
+
+@dataclass
+class ControlRequest:
+    """The checked ControlNet flags; :meth:`load` gives the :class:`~diffkit.interop.controlnet.ControlNets`."""
+
+    folders: list
+    images: list
+    scales: list
+    starts: list
+    ends: list
+    guess_mode: bool = False
+
+    @classmethod
+    def from_args(cls, args, checkpoint) -> Optional["ControlRequest"]:
+        """None without ``--controlnet``; one line for a flag without it, a checkpoint that is not a
+        Stable Diffusion folder, counts that do not fit, a bad window, a missing folder or an image that
+        cannot be read (all before any output)."""
+        from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
+        from ..interop.stable_diffusion import is_stable_diffusion_folder
+        folders = list(getattr(args, "controlnets", None) or [])
+        images = list(getattr(args, "control_images", None) or [])
+        given = [flag for flag, value in zip(CONTROL_FLAGS, (args.controlnet_scales, args.control_starts,
+                                                              args.control_ends, args.guess_mode)) if value]
+        if not folders:
+            if images or given:
+                raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR")
+            return None
+        if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
+            raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
+                               f"is not one")
+        if len(images) != len(folders):
+            raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
+                               f"image per ControlNet, in the same order")
+        for folder in folders:
+            check_controlnet_folder(folder)
+        for image in images:
+            open_control_image(image)  # one line for a file that is not an image
+        request = cls(folders, images, *(cls._values(flag, values, len(folders), default) for flag, values, default in (
+            ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
+            ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode))
+        check_control_options(request.scales, request.starts, request.ends, len(folders))
+        return request
+
+    @staticmethod
+    def _values(flag: str, values, count: int, default: float) -> list:
+        values = list(values or [default])
+        if len(values) == 1:
+            return values * count
+        if len(values) != count:
+            raise DiffkitError(f"{flag} was given {len(values)} times for {count} --controlnet; give it once (all) or "
+                               f"once per ControlNet")
+        return values
+
+    def load(self, device="cpu", dtype=None, progress: bool = True):
+        import torch
+
+        from ..interop.controlnet import ControlNets, load_controlnet
+        models = [load_controlnet(folder, device, dtype or torch.float32, progress) for folder in self.folders]
+        return ControlNets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode)
+

@@ -1,0 +1,305 @@
+"""ControlNet (Zhang et al. 2023) for a Stable Diffusion folder, sampled with any diffkit sampler.
+
+A ControlNet is a trainable copy of the UNet's encoder and middle block that reads the noisy latents,
+the time, the prompt embedding and a control image c_f (edges, depth, pose...; RGB in [0, 1]) through
+zero convolutions (ControlNet eq. 1-2: y_c = F(x) + Z(F(x + Z(c)))). Its outputs are added, times the
+conditioning scale, to the UNet's skip connections (the down blocks' residuals) and to its middle
+block's output at every network call (ControlNet Sec. 3.2, Fig. 3). diffusers' ``ControlNetModel``
+computes those residuals; :class:`ControlledNet` adds them to the UNet through diffusers'
+``down_block_additional_residuals`` / ``mid_block_additional_residual``, so the same batch reaches both
+networks: with classifier-free guidance the conditional and the null halves (diffusers'
+``StableDiffusionControlNetPipeline``), or, in guess mode (ControlNet Sec. 4, "classifier-free guidance
+resolution weighting"), only the conditional half, the null half getting no residuals.
+
+``start`` / ``end`` are diffusers' ``control_guidance_start`` / ``_end``: step i of N (0 = noisiest) is
+controlled when start <= i / N and (i + 1) / N <= end (the pipeline's ``controlnet_keep``). A diffkit
+denoiser sees times, not step indices: :func:`step_windows` turns the window into the steps of the
+sampler's time grid, and a call at time t belongs to the step i with t_{i+1} < t <= t_i (a call at the
+grid's last time to the last step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import DiffkitError, check_range, read_json_object
+from . import from_pretrained, library_progress_bars, require
+from .denoiser import DiffusersNet
+from .stable_diffusion import NULL_LABEL
+
+MATCHING_CONFIG = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
+
+
+def check_controlnet_folder(directory: Union[str, Path]) -> None:
+    """A folder with the ``config.json`` of a diffusers ``ControlNetModel`` (one line otherwise)."""
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise DiffkitError(f"--controlnet {directory}: no config.json there; give a diffusers ControlNetModel folder "
+                           f"(config.json and diffusion_pytorch_model.safetensors)")
+    name = read_json_object(config_file, "controlnet config").get("_class_name")
+    if name != "ControlNetModel":
+        raise DiffkitError(f"--controlnet {directory} holds a {name!r}; allowed: a diffusers ControlNetModel folder")
+
+
+def load_controlnet(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+                    progress: bool = True):
+    """A diffusers ``ControlNetModel`` folder (``config.json`` + ``.safetensors``; never a pickle or a download)."""
+    check_controlnet_folder(directory)
+    diffusers = require("diffusers")
+    with library_progress_bars(progress):
+        model = from_pretrained(diffusers.ControlNetModel, directory, local_files_only=True, torch_dtype=dtype,
+                                use_safetensors=True, low_cpu_mem_usage=False)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def check_controlnet(controlnet, unet, factor: int, name: str = "controlnet") -> None:
+    """A ControlNet copies its UNet's encoder: its residuals fit only a UNet of the same blocks, and its
+    conditioning embedding must bring the control image down by the VAE factor f to the latents' size."""
+    for key in MATCHING_CONFIG:
+        ours, theirs = controlnet.config.get(key), unet.config.get(key)
+        if (list(ours) if isinstance(ours, (list, tuple)) else ours) != (
+                list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+            raise DiffkitError(f"{name} has {key}={ours!r} but the Stable Diffusion UNet has {theirs!r}; a ControlNet "
+                               f"fits only the UNet it was made from")
+    embedding = controlnet.config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
+    if 2 ** (len(embedding) - 1) != factor:
+        raise DiffkitError(f"{name} brings control images down {2 ** (len(embedding) - 1)}x but the VAE of this "
+                           f"Stable Diffusion folder by {factor}x; a ControlNet fits only its own model family")
+    channels = controlnet.config.get("conditioning_channels", 3)
+    if channels != 3:
+        raise DiffkitError(f"{name} takes {channels}-channel control images; allowed: 3 (RGB, as diffusers' pipeline "
+                           f"prepares them)")
+
+
+def control_size(image, factor: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+    """(height, width) of the output: given, or the control image's rounded down to multiples of the VAE
+    factor f (diffusers' ``VaeImageProcessor.get_default_height_width``)."""
+    image = open_control_image(image)
+    height = (image.height if hasattr(image, "height") else image.shape[-2]) if height is None else height
+    width = (image.width if hasattr(image, "width") else image.shape[-1]) if width is None else width
+    height, width = height - height % factor, width - width % factor
+    if height <= 0 or width <= 0:
+        raise DiffkitError(f"the control image gives an output of {height}x{width}; it must be at least {factor}x"
+                           f"{factor} (the VAE factor)")
+    return height, width
+
+
+def open_control_image(image):
+    """A path is opened with PIL (one line for a file that is not an image); a PIL image or tensor as it is."""
+    if isinstance(image, (str, Path)):
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+                return opened.copy()
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise DiffkitError(f"--control-image {image}: cannot be read as an image ({type(err).__name__}); give a "
+                               f"PNG or JPEG") from None
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3 or not image.is_floating_point():
+            raise DiffkitError(f"a control image tensor of shape {tuple(image.shape)} is not allowed; give (1, 3, H, "
+                               f"W) or (3, H, W) floats in [0, 1]")
+        if image.min() < 0 or image.max() > 1:
+            raise DiffkitError("a control image tensor must lie in [0, 1] (diffusers' ControlNet input)")
+    return image
+
+
+def prepare_control_image(image, height: int, width: int, factor: int) -> torch.Tensor:
+    """(1, 3, height, width) in [0, 1], float32: RGB, resized as diffusers' ControlNet pipeline prepares it
+    (its ``control_image_processor``: ``VaeImageProcessor(do_convert_rgb=True, do_normalize=False)``,
+    Lanczos for a PIL image)."""
+    diffusers = require("diffusers")
+    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=True,
+                                                            do_normalize=False)
+    return processor.preprocess(open_control_image(image), height=height, width=width).to(torch.float32)
+
+
+def sampler_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int], grid, options: dict):
+    """The time grid :func:`diffkit.sample` will use with these arguments (``grid`` itself where given)."""
+    import inspect
+
+    from ..sampling import check_grid, plan, sample
+    if grid is not None:
+        return check_grid(grid, denoiser.schedule.num_timesteps)
+    own = inspect.signature(sample).parameters  # sample's own arguments (seed, generator...) are not plan's
+    rest = {k: v for k, v in options.items() if k not in own or k in ("spacing", "final", "thresholding")}
+    how = {name: rest.pop(name, None) for name in ("spacing", "final", "thresholding")}
+    info, grid = plan(denoiser, sampler, steps, nfe, how["spacing"], how["final"], None, how["thresholding"], rest)[:2]
+    if info.adaptive:
+        raise DiffkitError(f"sampler {info.name!r} picks its own steps, so a control guidance window (fractions of "
+                           f"the steps) has no steps to count; use a fixed-step sampler or the whole range 0-1")
+    return grid
+
+
+def editing_grid(sd, sampler: str, steps: int, strength: float, options: dict) -> torch.Tensor:
+    """The grid :func:`diffkit.img2img` / :func:`diffkit.inpaint` run for ``strength`` (the strength's part
+    of the sampler's grid, :func:`~diffkit.editing.strength_grid`): diffusers' ControlNet img2img and
+    inpainting pipelines count the window's fractions over these steps."""
+    from ..editing import strength_grid
+    return strength_grid(sampler_grid(sd.denoiser, sampler, steps, None, None, options), strength)
+
+
+def step_windows(grid: torch.Tensor, start: float, end: float) -> torch.Tensor:
+    """Per step i of the grid's N steps: controlled (True) iff start <= i / N and (i + 1) / N <= end,
+    diffusers' ``controlnet_keep`` (the same float comparisons)."""
+    n = len(grid) - 1
+    return torch.tensor([not (i / n < start or (i + 1) / n > end) for i in range(n)])
+
+
+def steps_of(grid: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The step each time t belongs to: i with t_{i+1} < t <= t_i (compared in float32, the network's
+    time dtype); the grid's last time to the last step, times above t_0 to step 0."""
+    later = grid[1:].to(torch.float32).to(t.device)
+    return (later[None, :] >= t.to(torch.float32)[:, None]).sum(1).clamp(max=len(later) - 1)
+
+
+def _spread(values: torch.Tensor, batch: int, rows: torch.Tensor) -> torch.Tensor:
+    """(batch, ...) zeros with ``values`` at ``rows``."""
+    return torch.zeros((batch, *values.shape[1:]), dtype=values.dtype, device=values.device).index_copy(0, rows, values)
+
+
+class ControlledNet(torch.nn.Module):
+    """``net(x, t, y=None, context=None, **extra)``: the SD UNet (a :class:`DiffusersNet`) with the
+    residuals of one or more ControlNets added (Multi-ControlNet: their sum, in order, as diffusers'
+    ``MultiControlNetModel``). ``images``: one (1, 3, H, W) control image per ControlNet, expanded to
+    the batch; ``scales``: their conditioning scales; ``keeps``: per ControlNet, the controlled steps
+    of ``grid`` (None: every call). ``guess_mode``: only rows whose label ``y`` is not
+    :data:`NULL_LABEL` get residuals (all rows without labels)."""
+
+    def __init__(self, net: DiffusersNet, controlnets: Sequence, images: Sequence[torch.Tensor],
+                 scales: Sequence[float], guess_mode: bool = False, grid: Optional[torch.Tensor] = None,
+                 keeps: Optional[Sequence[torch.Tensor]] = None):
+        super().__init__()
+        self.net, self.controlnets = net, torch.nn.ModuleList(controlnets)
+        self.images, self.scales, self.guess_mode = list(images), [float(s) for s in scales], bool(guess_mode)
+        self.grid, self.keeps = grid, keeps
+
+    def _kept(self, index: int, t: torch.Tensor) -> torch.Tensor:
+        """(B,) 1.0 where ControlNet ``index`` acts at time t (its window), else 0.0."""
+        if self.keeps is None:
+            return torch.ones(t.shape[0], device=t.device)
+        return self.keeps[index].to(t.device)[steps_of(self.grid, t)].to(torch.float32)
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, y, context):
+        """(down-block residuals, mid-block residual) for the batch, or None where no ControlNet acts."""
+        batch = x.shape[0]
+        rows = torch.ones(batch, dtype=torch.bool, device=x.device)
+        if self.guess_mode and y is not None:
+            rows = torch.as_tensor(y, device=x.device).reshape(-1).expand(batch) != NULL_LABEL
+        total = None
+        for index, (controlnet, image, scale) in enumerate(zip(self.controlnets, self.images, self.scales)):
+            kept = self._kept(index, t) * rows
+            if scale == 0 or not kept.any():
+                continue  # adds zero: the UNet's own output, without this ControlNet's call
+            chosen = kept.nonzero().squeeze(1) if not bool(kept.all()) else None
+            pick = (lambda v: v) if chosen is None else (lambda v: v[chosen])
+            dtype = controlnet.dtype
+            prompt = None if context is None else pick(context).to(dtype)
+            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt,
+                                   controlnet_cond=image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1),
+                                   conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False)
+            if chosen is not None:  # rows outside the window (or the null half in guess mode) get zeros
+                down, mid = ([_spread(d, batch, chosen) for d in down], _spread(mid, batch, chosen))
+            if total is None:
+                total = (list(down), mid)
+            else:  # MultiControlNetModel's sum, in order
+                total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
+        return total
+
+    def forward(self, x: torch.Tensor, t, y=None, context=None, **extra) -> torch.Tensor:
+        t_rows = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        total = self.residuals(x, t_rows, y, context)
+        if total is not None:
+            extra = {**extra, "down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}
+        return self.net(x, t, y=y, context=context, **extra)
+
+
+def _each(name: str, value, count: int) -> list:
+    values = [value] * count if isinstance(value, (int, float)) else list(value)
+    if len(values) != count or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise DiffkitError(f"{name}={value!r} is not allowed; give one number, or one per ControlNet ({count})")
+    return [float(v) for v in values]
+
+
+def check_control_options(scales, starts, ends, count: int) -> tuple:
+    """(scales, starts, ends), one per ControlNet: scales >= 0, 0 <= start < end <= 1 (diffusers' checks)."""
+    scales, starts, ends = (_each(name, value, count) for name, value in (
+        ("controlnet scale", scales), ("control guidance start", starts), ("control guidance end", ends)))
+    for scale in scales:
+        check_range("controlnet scale", scale, 0.0, None)
+    for start, end in zip(starts, ends):
+        check_range("control guidance start", start, 0.0, 1.0)
+        check_range("control guidance end", end, 0.0, 1.0)
+        if start >= end:
+            raise DiffkitError(f"control guidance start {start:g} >= end {end:g}; allowed: 0 <= start < end <= 1")
+    return scales, starts, ends
+
+
+@dataclass
+class ControlNets:
+    """One or more loaded ControlNets with their control images and diffusers' options: the
+    ``controlnet_conditioning_scale`` (one per ControlNet, or one for all), ``control_guidance_start``
+    / ``_end`` (fractions of the steps) and ``guess_mode`` (forced by a ControlNet whose config has
+    ``global_pool_conditions``, as diffusers does)."""
+
+    models: list
+    images: list  # PIL images, paths or (1, 3, H, W) tensors in [0, 1]; prepared by prepare_control_image
+    scales: Union[float, Sequence[float]] = 1.0
+    start: Union[float, Sequence[float]] = 0.0
+    end: Union[float, Sequence[float]] = 1.0
+    guess_mode: bool = False
+
+    def __post_init__(self):
+        count = len(self.models)
+        if count == 0:
+            raise DiffkitError("give at least one ControlNet")
+        if len(self.images) != count:
+            raise DiffkitError(f"{len(self.images)} control images for {count} ControlNets; give one image per "
+                               f"--controlnet")
+        self.scales, self.start, self.end = check_control_options(self.scales, self.start, self.end, count)
+        self.images = [open_control_image(image) for image in self.images]
+        self.guess_mode = bool(self.guess_mode) or any(
+            bool(m.config.get("global_pool_conditions", False)) for m in self.models)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether some ControlNet acts on part of the steps only."""
+        return any(s > 0 or e < 1 for s, e in zip(self.start, self.end))
+
+    def size(self, factor: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """The output (height, width): given, or the first control image's (diffusers' default)."""
+        return control_size(self.images[0], factor, height, width)
+
+    def controlling(self, sd, height: int, width: int, grid: Optional[torch.Tensor] = None):
+        """A copy of the :class:`~diffkit.interop.stable_diffusion.StableDiffusion` ``sd`` whose network
+        denoiser is the UNet with these ControlNets' residuals (so ``sd.guided`` and every sampler see
+        it); ``grid``: the sampler's time grid (needed where a window is set)."""
+        if sd.consistency is not None or sd.guidance_embedding_dim:
+            raise DiffkitError("ControlNet applies to a Stable Diffusion folder sampled with classifier-free guidance; "
+                               "this is a latent consistency model (LCMScheduler)")
+        for index, model in enumerate(self.models):
+            check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
+        f = sd.vae_scale_factor
+        images = [prepare_control_image(image, height, width, f) for image in self.images]
+        keeps = None
+        if self.windowed:
+            if grid is None:
+                raise DiffkitError("a control guidance window needs the sampler's time grid")
+            keeps = [step_windows(grid, s, e) for s, e in zip(self.start, self.end)]
+        inner = sd.network_denoiser
+        net = ControlledNet(DiffusersNet(sd.unet, uses_labels=False), self.models, images, self.scales,
+                            self.guess_mode, grid, keeps)
+        denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
+        denoiser.model = sd.unet
+        return replace(sd, _denoiser=denoiser)
+
+
+__all__ = ["ControlNets", "ControlledNet", "load_controlnet", "prepare_control_image", "control_size",
+           "sampler_grid", "editing_grid", "step_windows", "steps_of",
+           "check_control_options", "check_controlnet_folder", "open_control_image"]

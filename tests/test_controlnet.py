@@ -1,0 +1,350 @@
+"""ControlNet (Zhang et al. 2023) on a tiny random Stable Diffusion folder against diffusers' own
+StableDiffusionControlNetPipeline: same prompts, z_T (``latents=``), DDIM scheduler and control image on
+both sides, compared on the final latents (``output_type="latent"``) and, through the CLI, on the PNG.
+The ControlNet is ``ControlNetModel.from_unet`` of the tiny UNet with its zero convolutions and
+conditioning embedding randomised (a fresh ControlNet adds exact zeros and would test nothing)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.controlnet import ControlNets, step_windows, steps_of  # noqa: E402
+from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot"]
+STEPS, SCALE = 4, 5.0
+
+
+def tiny_controlnet(unet, seed: int):
+    """ControlNetModel.from_unet with random zero convolutions and conditioning embedding (down 2x: the
+    tiny VAE's factor)."""
+    torch.manual_seed(seed)
+    controlnet = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():
+        for module in (controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+                       controlnet.controlnet_mid_block):
+            module.weight.normal_(0, 0.2)
+            module.bias.normal_(0, 0.2)
+    return controlnet.eval()
+
+
+def control_png(path, height=16, width=16, seed=0):
+    from PIL import Image
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet_sd(tmp_path_factory):
+    """(StableDiffusionControlNetPipeline with two ControlNets' worth of models, our SD, folders, PNG)."""
+    root = tmp_path_factory.mktemp("tiny_controlnet")
+    unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
+    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    nets = [tiny_controlnet(unet, seed) for seed in (1, 2)]
+    for index, net in enumerate(nets):
+        net.save_pretrained(root / f"cn{index}")
+    pipe = diffusers.StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=nets[0], scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(root / "sd")
+    (root / "sd" / "controlnet").rename(root / "sd_controlnet")  # a plain SD folder + a ControlNet folder
+    index = json.loads((root / "sd" / "model_index.json").read_text())
+    index.pop("controlnet")
+    (root / "sd" / "model_index.json").write_text(json.dumps(index))
+    sd = load_stable_diffusion(root / "sd", progress=False)
+    png = control_png(root / "control.png")
+    return pipe, nets, sd, root, png
+
+
+def _theirs(pipe, controlnet, image, latents, **options):
+    from PIL import Image
+    saved = pipe.controlnet
+    try:
+        pipe.controlnet = controlnet if not isinstance(controlnet, list) else diffusers.MultiControlNetModel(controlnet)
+        with torch.no_grad():
+            return pipe(PROMPTS, image=image if not isinstance(image, list) else image, num_inference_steps=STEPS,
+                        guidance_scale=SCALE, latents=latents.clone(), eta=0.0, output_type="latent",
+                        **options).images
+    finally:
+        pipe.controlnet = saved
+    del Image
+
+
+def _ours(sd, models, images, latents, **control):
+    return text_to_image(sd, PROMPTS, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=SCALE,
+                         latents=latents, eta=0.0, return_latents=True,
+                         controlnet=ControlNets(models, images, **control))
+
+
+def _latents(sd):
+    return torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("control, pipe_options", [
+    ({}, {}),
+    ({"scales": 0.5}, {"controlnet_conditioning_scale": 0.5}),
+    ({"start": 0.25, "end": 0.75}, {"control_guidance_start": 0.25, "control_guidance_end": 0.75}),
+    ({"guess_mode": True}, {"guess_mode": True}),
+])
+def test_controlnet_matches_the_pipeline(tiny_controlnet_sd, control, pipe_options):
+    from PIL import Image
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    image = Image.open(png).convert("RGB")
+    latents = _latents(sd)
+    theirs = _theirs(pipe, nets[0], image, latents, **pipe_options)
+    ours = _ours(sd, nets[:1], [png], latents, **control)
+    plain = text_to_image(sd, PROMPTS, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=SCALE,
+                          latents=latents, eta=0.0, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(plain, theirs) > 1e-3  # the ControlNet changes the result
+
+
+def test_multi_controlnet_with_scales_and_windows_matches_the_pipeline(tiny_controlnet_sd, tmp_path):
+    """Two ControlNets (diffusers' MultiControlNetModel: residuals summed in order), a scale and a
+    window each."""
+    from PIL import Image
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    second = control_png(tmp_path / "second.png", seed=1)
+    latents = _latents(sd)
+    images = [Image.open(p).convert("RGB") for p in (png, second)]
+    theirs = _theirs(pipe, nets, images, latents, controlnet_conditioning_scale=[1.0, 0.5],
+                     control_guidance_start=[0.0, 0.5], control_guidance_end=[0.75, 1.0])
+    ours = _ours(sd, nets, [png, second], latents, scales=[1.0, 0.5], start=[0.0, 0.5], end=[0.75, 1.0])
+    assert relative_error(ours, theirs) < 1e-5
+    first_only = _ours(sd, nets[:1], [png], latents, end=0.75)
+    assert relative_error(first_only, theirs) > 1e-3
+
+
+def test_scale_zero_is_plain_stable_diffusion_bit_for_bit(tiny_controlnet_sd):
+    """Scale 0 adds nothing: the ControlNet is not called (diffusers calls it and adds residuals times
+    0, which is the same sum: x + 0 = x exactly), so the latents are plain SD's, bit for bit; so are the
+    steps outside a window (checked by the window test against the pipeline)."""
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    latents = _latents(sd)
+    plain = text_to_image(sd, PROMPTS, sampler="dpm-solver++-2m", steps=3, guidance_scale=SCALE, latents=latents,
+                          return_latents=True)
+    zero = text_to_image(sd, PROMPTS, sampler="dpm-solver++-2m", steps=3, guidance_scale=SCALE, latents=latents,
+                         return_latents=True, controlnet=ControlNets(nets, [png, png], scales=0.0))
+    assert torch.equal(plain, zero)
+
+
+def test_steps_of_a_grid_and_the_windows_of_diffusers():
+    grid = torch.tensor([751.0, 501.0, 251.0, 1.0, 0.0], dtype=torch.float64)
+    assert steps_of(grid, torch.tensor([751.0, 600.0, 501.0, 251.0, 1.0, 0.0, 999.0])).tolist() == [0, 0, 1, 2, 3, 3, 0]
+    assert step_windows(grid, 0.25, 0.75).tolist() == [False, True, True, False]
+    assert step_windows(grid, 0.0, 0.3).tolist() == [True, False, False, False]  # step 1 ends past 0.3
+
+
+def _individual_pngs(folder):
+    from PIL import Image
+    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+                        for f in sorted(folder.glob("*.png"))]).float() / 255
+
+
+def test_sample_command_with_controlnet_matches_the_pipeline_png(tiny_controlnet_sd, tmp_path, capsys):
+    """``diffkit sample --controlnet DIR --control-image PNG``: a 17x21 control image gives 16x20 images
+    (rounded down to the VAE factor, as the pipeline's default size), which equal the pipeline's within
+    half an 8-bit level (PNG rounding); the default ddim grid is diffusers' DDIM with steps_offset=0, set_alpha_to_one."""
+    from PIL import Image
+    from diffkit.noise import generators_from_seed, randn
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    control = control_png(tmp_path / "odd.png", 17, 21, seed=3)
+    out, individual = tmp_path / "grid.png", tmp_path / "each"
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", root / "sd", "--prompt", "hot", "--num", "2", "--steps", "3", "--guidance-scale", "4",
+        "--seed", "5", "--controlnet", root / "cn0", "--control-image", control, "--controlnet-scale", "0.8",
+        "--control-guidance-end", "0.7", "--out", out, "--individual", individual, "--no-progress")]) == 0
+    ours = _individual_pngs(individual)
+    assert ours.shape == (2, 3, 16, 20)
+    latents = randn((2, 4, 8, 10), generators_from_seed(5, 2))
+    saved = pipe.scheduler, pipe.controlnet
+    try:
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(saved[0].config, steps_offset=0, set_alpha_to_one=True)
+        pipe.controlnet = nets[0]
+        with torch.no_grad():
+            theirs = pipe(["hot", "hot"], image=Image.open(control).convert("RGB"), num_inference_steps=3,
+                          guidance_scale=5.0, latents=latents, eta=0.0, output_type="pt",
+                          controlnet_conditioning_scale=0.8, control_guidance_end=0.7).images
+    finally:
+        pipe.scheduler, pipe.controlnet = saved
+    assert (ours - theirs).abs().max() <= 0.5 / 255 + 1e-4  # the PNG rounds to the nearest level
+    capsys.readouterr()
+
+
+def test_bad_controlnet_input_is_one_line_before_any_output(tiny_controlnet_sd, tmp_path, capsys):
+    from test_cli_errors import one_line_error
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not a png")
+    out = tmp_path / "new" / "grid.png"
+    base = ["sample", "--checkpoint", root / "sd", "--prompt", "hot", "--num", "1", "--steps", "2", "--out", out]
+    cn, image = ["--controlnet", root / "cn0"], ["--control-image", png]
+    for extra, match in (
+            (["--controlnet", tmp_path / "missing", *image], "no config.json there"),
+            ([*cn, "--control-image", garbage], "cannot be read as an image"),
+            ([*cn, "--control-image", tmp_path / "missing.png"], "cannot be read as an image"),
+            ([*cn, *image, "--control-guidance-start", "0.6", "--control-guidance-end", "0.4"],
+             "start 0.6 >= end 0.4"),
+            ([*cn, *image, "--control-guidance-end", "1.5"], "control guidance end"),
+            ([*cn], "0 --control-image for 1 --controlnet"),
+            ([*image], "--control-image needs --controlnet"),
+            (["--guess-mode"], "--guess-mode needs --controlnet"),
+            ([*cn, *image, "--controlnet-scale", "1", "--controlnet-scale", "2", "--controlnet-scale", "3"],
+             "--controlnet-scale was given 3 times for 1 --controlnet"),
+            (["--controlnet", root / "sd" / "unet", *image], "holds a 'UNet2DConditionModel'")):
+        line = one_line_error(capsys, *base, *extra)
+        assert match in line, (extra, line)
+        assert not out.parent.exists()
+    non_sd = ["sample", "--checkpoint", root / "cn0", "--num", "1", "--out", out, *cn, *image]
+    assert "applies to a Stable Diffusion folder" in one_line_error(capsys, *non_sd)
+    assert not out.parent.exists()
+    # the library: a ControlNet of another UNet, latents that do not fit the control image, a bad tensor
+    other = diffusers.ControlNetModel(block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D",
+                                      "DownBlock2D"), cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+                                      layers_per_block=1, conditioning_embedding_out_channels=(16, 32))
+    with pytest.raises(DiffkitError, match=r"block_out_channels=\(32, 32\) but the Stable Diffusion UNet has"):
+        _ours(sd, [other], [png], _latents(sd))
+    with pytest.raises(DiffkitError, match="do not fit the 16x16 control image"):
+        _ours(sd, nets[:1], [png], torch.randn(2, 4, 8, 6))
+    with pytest.raises(DiffkitError, match="a control image tensor of shape"):
+        ControlNets(nets[:1], [torch.rand(2, 3, 16, 16)])
+    with pytest.raises(DiffkitError, match="a control image tensor of shape"):
+        ControlNets(nets[:1], [torch.rand(1, 1, 16, 16)])
+    with pytest.raises(DiffkitError, match="must lie in"):
+        ControlNets(nets[:1], [torch.rand(1, 3, 16, 16) * 2 - 1])
+    with pytest.raises(DiffkitError, match="controlnet scale"):
+        ControlNets(nets[:1], [png], scales=-1.0)
+
+
+# --------------------------------------------------------------------------- img2img / inpainting
+DDIM_GRID = dict(spacing="leading", final="sigma_min", steps_offset=1, eta=0.0)  # the folder's DDIMScheduler
+
+
+def _edited(sd, nets, png, edit, *args, start=0.0, end=1.0, strength, **kw):
+    from diffkit.interop.controlnet import editing_grid
+    control = ControlNets(nets[:1], [png], 0.7, start, end)
+    grid = editing_grid(sd, "ddim", 4, strength, dict(DDIM_GRID))
+    controlled = control.controlling(sd, 16, 16, grid)
+    guided = controlled.guided(SCALE, sd.encode_prompts([""]), "diffusers")
+    return edit(guided, controlled, *args, posterior="sample", seed=10, cond=sd.cond(sd.encode_prompts(PROMPTS)),
+                progress=False, return_latents=True, strength=strength, sampler="ddim", steps=4, **DDIM_GRID, **kw)
+
+
+@pytest.mark.parametrize("strength, start, end", [(0.5, 0.0, 0.5), (1.0, 0.25, 1.0)])
+def test_controlnet_img2img_and_inpainting_match_the_pipelines(tiny_controlnet_sd, strength, start, end):
+    """latent_img2img / latent_inpaint (4-channel UNet) with the controlled SD = diffusers'
+    StableDiffusionControlNetImg2ImgPipeline / ControlNetInpaintPipeline: the window counts the strength's steps."""
+    from PIL import Image
+    from diffkit.latent_editing import latent_img2img, latent_inpaint
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 3:9] = 1
+    parts = {**pipe.components, "controlnet": nets[0]}
+    common = dict(control_image=Image.open(png).convert("RGB"), strength=strength, num_inference_steps=4,
+                  guidance_scale=SCALE, eta=0.0, output_type="latent", controlnet_conditioning_scale=0.7,
+                  control_guidance_start=start, control_guidance_end=end)
+    generators = lambda: [torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]  # noqa: E731
+    for cls, edit, extra in ((diffusers.StableDiffusionControlNetImg2ImgPipeline, latent_img2img, {}),
+                             (diffusers.StableDiffusionControlNetInpaintPipeline, latent_inpaint, {"mask": mask})):
+        other = cls(**parts)
+        other.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            theirs = other(PROMPTS, image=image, generator=generators(), **common,
+                           **({"mask_image": mask} if extra else {})).images
+        ours = _edited(sd, nets, png, edit, image * 2 - 1, *extra.values(), start=start, end=end, strength=strength)
+        assert relative_error(ours, theirs) < 1e-5, cls.__name__
+
+
+def test_edit_command_with_controlnet_is_the_controlnet_img2img_pipeline(tiny_controlnet_sd, tmp_path, capsys):
+    """``diffkit edit --controlnet DIR --control-image PNG``: the control image is resized to the images' size
+    (here it has it already); the PNGs are the pipeline's to one 8-bit level (image i from seed + i)."""
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    code, out, err = cli(capsys, "--checkpoint", root / "sd", "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                         PROMPTS[1], "--strength", 0.75, "--steps", 4, "--spacing", "leading", "--final", "zero",
+                         "--guidance-scale", 5, "--guidance-convention", "diffusers", "--seed", 10, "--controlnet",
+                         root / "cn0", "--control-image", png, "--control-guidance-start", 0.3, "--out",
+                         tmp_path / "out")
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    parts = {**pipe.components, "controlnet": nets[0]}
+    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
+                                                             set_alpha_to_one=True)
+    other = diffusers.StableDiffusionControlNetImg2ImgPipeline(**parts)
+    other.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = other(PROMPTS, image=image, control_image=Image.open(png).convert("RGB"), strength=0.75,
+                       num_inference_steps=4, guidance_scale=5.0, eta=0.0, output_type="np",
+                       controlnet_conditioning_scale=1.0, control_guidance_start=0.3,
+                       generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+    code, _, err = cli(capsys, "--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--controlnet",
+                       root / "cn0", "--out", tmp_path / "out2")
+    assert code == 2 and "0 --control-image for 1 --controlnet" in err and not (tmp_path / "out2").exists()
+
+
+def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
+    """A window with Heun (two calls a step, each by its time) runs and changes the result; adaptive
+    samplers (no steps to count) and LCM folders are refused in one line."""
+    import dataclasses
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    latents = _latents(sd)
+
+    def run(sampler, steps=3, **control):
+        return text_to_image(sd, PROMPTS, sampler=sampler, steps=steps, guidance_scale=SCALE, latents=latents,
+                             return_latents=True, controlnet=ControlNets(nets[:1], [png], **control))
+    windowed, whole = run("heun", start=0.4), run("heun")
+    assert torch.isfinite(windowed).all() and relative_error(windowed, whole) > 1e-3
+    with pytest.raises(DiffkitError, match="a control guidance window .* has no steps to count"):
+        run("ode", steps=None, end=0.5)
+    with pytest.raises(DiffkitError, match="latent consistency model"):
+        ControlNets(nets[:1], [png]).controlling(dataclasses.replace(sd, consistency={}), 16, 16)
+
+
+def test_sample_command_with_two_controlnets_is_text_to_image(tiny_controlnet_sd, tmp_path):
+    """Repeated --controlnet / --control-image / --controlnet-scale / --control-guidance-end pair up in
+    order (Multi-ControlNet): the PNGs are text_to_image's with the same ControlNets, byte for byte."""
+    from diffkit.images import save_images
+    from diffkit.noise import generators_from_seed, randn
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    second = control_png(tmp_path / "second.png", seed=4)
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", root / "sd", "--prompt", "hot", "--num", "2", "--steps", "3", "--seed", "2",
+        "--controlnet", root / "cn0", "--control-image", png, "--controlnet", root / "cn1", "--control-image", second,
+        "--controlnet-scale", "1", "--controlnet-scale", "0.5", "--control-guidance-end", "1",
+        "--control-guidance-end", "0.6", "--out", tmp_path / "g.png", "--individual", tmp_path / "cli",
+        "--no-progress")]) == 0
+    images = text_to_image(sd, ["hot", "hot"], steps=3, latents=randn((2, 4, 8, 8), generators_from_seed(2, 2)),
+                           seed=2, output_range="-1,1",
+                           controlnet=ControlNets(nets, [png, second], scales=[1, 0.5], end=[1, 0.6]))
+    save_images(images, tmp_path / "lib")
+    for name in ("sample_00000.png", "sample_00001.png"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+
+
+def test_control_request_reads_every_flag(tiny_controlnet_sd):
+    from argparse import Namespace
+    from diffkit.commands._controlnet import ControlRequest
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    args = Namespace(controlnets=[str(root / "cn0"), str(root / "cn1")], control_images=[str(png)] * 2,
+                     controlnet_scales=[0.5], control_starts=[0.1, 0.2], control_ends=None, guess_mode=True)
+    control = ControlRequest.from_args(args, root / "sd").load(progress=False)
+    assert (control.scales, control.start, control.end, control.guess_mode) == ([0.5, 0.5], [0.1, 0.2], [1.0, 1.0],
+                                                                                True)
+    assert all(torch.equal(a, b) for a, b in zip(control.models[1].state_dict().values(),
+                                                 nets[1].state_dict().values()))
