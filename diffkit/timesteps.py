@@ -52,6 +52,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .diffusion import flow_time
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule
 
@@ -321,8 +322,8 @@ def trained_flow_shift(schedule: NoiseSchedule) -> Optional[float]:
     T = schedule.num_timesteps
     if T < 2:
         return None
-    alpha, sigma = schedule.alpha(torch.zeros(1, dtype=_F64)), schedule.sigma(torch.zeros(1, dtype=_F64))
-    s0 = float(sigma / (alpha + sigma))
+    zero = torch.zeros(1, dtype=_F64)
+    s0 = float(flow_time(schedule.alpha(zero), schedule.sigma(zero)))
     shift = s0 * (T - 1) / (1.0 - s0)
     try:
         flow = NoiseSchedule.flow(T, shift)
