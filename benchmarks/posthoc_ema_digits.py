@@ -4,8 +4,8 @@ Trains the ``diffkit demo`` configuration (16x16 digits, 1.11M-parameter U-Net, 
 ``posthoc_ema=0.05,0.10`` and a snapshot every ``--every`` steps (the tracked power-function EMAs do not
 change training: the run's weights and its usual EMA are the demo's, bit for bit), synthesises the EMA of each
 ``--sigma-rels`` width from the snapshots (``diffkit.posthoc_ema.synthesize``, App. C.3's least squares) and
-scores every model as ``benchmarks/training_options.py`` does: ``--num`` DDIM-50 samples (sample i from noise
-seed i in every model), FD-classifier against the 597 held-out digits in the feature space of ``--evaluator``
+scores every model with ``benchmarks/training_options.py``'s helpers: ``--num`` DDIM-50 samples (sample i from
+noise seed i in every model), FD-classifier against the 597 held-out digits in the feature space of ``--evaluator``
 (``diffkit train-evaluator --dataset digits --epochs 10 --device cpu``, trained here into that path when it is
 missing; seed 0: a fresh clone gets the same weights bit for bit), a paired bootstrap over the sample indices against
 the run's own EMA (the demo's ``ema_decay=0.999`` with warm-up), which is the first row. The bootstrap covers
@@ -14,8 +14,8 @@ demo's FD by 1.3).
 
     PYTHONPATH=. python benchmarks/posthoc_ema_digits.py --json benchmarks/results/posthoc_ema_digits_2026-12-06.json
 
-A finished run, synthesised checkpoints and sample features in OUT_DIR are reused; an interrupted run (Ctrl-C
-writes its checkpoint) is resumed exactly.
+A finished run, synthesised checkpoints and sample features (OUT_DIR/features/MODEL/) in OUT_DIR are reused; an
+interrupted run (Ctrl-C writes its checkpoint) is resumed exactly.
 """
 from __future__ import annotations
 
@@ -24,21 +24,21 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffkit.checkpoint import load_checkpoint, peek_metadata, save_checkpoint  # noqa: E402
 from diffkit.commands.demo import demo_config  # noqa: E402
 from diffkit.config import TrainConfig  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.evaluation import generate_samples, write_json  # noqa: E402
+from diffkit.evaluation import write_json  # noqa: E402
 from diffkit.experiments import experiment_scorer  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
-from diffkit.metrics import extract_features, feature_statistics  # noqa: E402
-from diffkit.metrics.frechet import frechet_distance_of_stats  # noqa: E402
 from diffkit.posthoc_ema import synthesize  # noqa: E402
+from training_options import (bootstrap_picks, difference_text, fd_and_bootstrap, model_features,  # noqa: E402
+                              paired_difference)
 
 
 def trained_run(folder: Path, steps: int, every: int) -> Path:
@@ -98,35 +98,21 @@ def main(argv=None) -> int:
         models.append((f"post-hoc sigma_rel {sigma_rel:.3f}", path,
                        {"sigma_rel": sigma_rel, "gamma": info["gamma"], "profile_error": info["profile_error"],
                         "snapshots": len(info["snapshots"])}))
-    rng = np.random.default_rng(0)
-    picks = [rng.integers(0, args.num, args.num) for _ in range(args.replicates)]  # the same for every model
-    rows, boot = [], {}
+    baseline = models[0][0]
+    picks = bootstrap_picks(args.num, args.replicates)  # the same for every model (paired)
+    rows, point, boot = [], {}, {}
     for name, path, extra in models:
         den = load_denoiser(path, device="cpu")
         scorer = experiment_scorer("fd-classifier", den, evaluator=args.evaluator, batch_size=args.batch_size)
-        saved = path.parent / f"features_{path.stem}_{args.sample_steps}_{args.num}.pt"
-        if saved.is_file():
-            features = torch.load(saved, weights_only=False)["features"]  # this script's own file
-        else:
-            images = generate_samples(den, args.num, sampler="ddim", steps=args.sample_steps, seed=0,
-                                      batch_size=args.batch_size)
-            features = extract_features(scorer.evaluator.features_and_logits, images, args.batch_size, "cpu",
-                                        progress=False)[0]
-            torch.save({"features": features}, saved)
-        ref = scorer.reference_classifier
-        fd = frechet_distance_of_stats(feature_statistics(features), ref)
-        boot[name] = np.array([frechet_distance_of_stats(feature_statistics(features[i]), ref) for i in picks])
-        row = {"model": name, "checkpoint": str(path), "fd": fd, "fd_sd": float(boot[name].std(ddof=1)), **extra}
-        if rows:
-            diff = boot[name] - boot[models[0][0]]
-            low, high = np.percentile(diff, [2.5, 97.5])
-            row.update(difference=fd - rows[0]["fd"], difference_sd=float(diff.std(ddof=1)),
-                       interval_95=[float(low), float(high)])
+        features, sample_s, nfe = model_features(den, scorer, out / "features" / path.stem, path, "ddim",
+                                                 args.sample_steps, args.num, args.batch_size)
+        point[name], boot[name] = fd_and_bootstrap(features, scorer.reference_classifier, picks)
+        row = {"model": name, "checkpoint": str(path), "fd": point[name], "fd_sd": float(boot[name].std(ddof=1)),
+               "sample_cpu_s": sample_s, "measured_nfe": nfe, **extra}
+        row.update(paired_difference(point, boot, name, baseline))
         rows.append(row)
-        print(f"{name:36s} FD {fd:6.2f} +- {row['fd_sd']:.2f}" + (
-            f"  minus the demo's EMA {row['difference']:+.2f} +- {row['difference_sd']:.2f} "
-            f"[{row['interval_95'][0]:+.2f}, {row['interval_95'][1]:+.2f}]" if len(rows) > 1 else "")
-            + (f"  profile error {extra['profile_error']:.2%}" if extra else ""), flush=True)
+        print(f"{name:36s} FD {point[name]:6.2f} +- {row['fd_sd']:.2f}" + difference_text(row, "the demo's EMA")
+              + (f"  profile error {extra['profile_error']:.2%}" if extra else ""), flush=True)
         if args.json:
             write_json({"steps": args.steps, "every": args.every, "num": args.num, "sample_steps": args.sample_steps,
                         "replicates": args.replicates, "evaluator": args.evaluator, "rows": rows}, args.json)

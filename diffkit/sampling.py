@@ -11,7 +11,8 @@ from .denoiser import ThresholdedDenoiser, _innermost, precision_context, reset_
 from .errors import DiffkitError, check_choice, check_range
 from .noise import generators_from_seed, randn
 from .samplers.registry import REGISTRY, SamplerInfo, get_sampler, split_sampler_spec
-from .timesteps import ENDS_AT_ZERO, FINALS, SIGMA_SPACINGS, SPACINGS, grade_sigmas_for, make_grid
+from .timesteps import (ENDS_AT_ZERO, FINALS, SIGMA_SPACINGS, SPACINGS, grade_sigmas_for, make_grid,
+                        reshift_flow_grid)
 
 
 def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler: str = "ddim",
@@ -47,7 +48,9 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
         callback: called after each step with ``{"step", "t", "s", "x", "x0"}``: the grid index
             the step starts from, its times t -> s, the new state and the x_0 prediction at t
             (singlestep DPM-Solver: once per chunk of ``order`` intervals).
-        options: sampler-specific options (e.g. ``eta`` for ddim).
+        options: sampler-specific options (e.g. ``eta`` for ddim); and ``flow_shift=S``, a flow-matching
+            model's grid moved to the sampling shift S (SD3 eq. 23, diffusers' FlowMatchEulerDiscreteScheduler
+            ``shift``; :func:`diffkit.timesteps.reshift_flow_grid`; S = the training shift: the grid unchanged).
 
     Returns the samples at the grid's last time, shaped like the noise (float32 for half-precision
     noise: the solver state is float32).
@@ -124,6 +127,7 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
     spacing, final, thresholding = _diffusers_names(options, spacing, final, thresholding, grid_names)
     offset = options.pop("steps_offset", 0)
     check_range("steps_offset", offset, 0, None, integer=True)
+    shift = options.pop("flow_shift", None)
     info, spacing, final = resolve_sampler(sampler, spacing, final)
     if offset and (spacing or info.default_spacing) != "leading":
         raise DiffkitError(f"steps_offset={offset} shifts the 'leading' spacing only; the grid here is "
@@ -135,13 +139,29 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
         if flow_top(denoiser) is None:
             check_spacing_can_start(denoiser.schedule, spacing or info.default_spacing)
         grid = sampler_grid(denoiser, info, steps, nfe, spacing, final, offset=offset)
+        if shift is not None:
+            grid = sampling_flow_shift(denoiser, info, grid, shift)
     else:
         if offset:
             grid_names["steps_offset"] = "steps_offset"
+        if shift is not None:
+            grid_names["flow_shift"] = "flow_shift"
         if grid_names:
             raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(grid_names.values())}")
         grid = check_grid(grid, denoiser.schedule.num_timesteps)
     return info, grid, thresholding, threshold_options
+
+
+def sampling_flow_shift(denoiser, info: SamplerInfo, grid: torch.Tensor, shift) -> torch.Tensor:
+    """``grid`` moved to the sampling shift ``shift`` of a flow-matching model (SD3 eq. 23 at sampling time,
+    diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``; :func:`diffkit.timesteps.reshift_flow_grid`);
+    another model, or an adaptive sampler (it picks its own steps), is a one-line DiffkitError."""
+    if getattr(_innermost(denoiser), "prediction_type", None) != "flow_prediction":
+        raise DiffkitError(f"flow_shift={shift!r} re-places the grid of a flow-matching model (prediction_type "
+                           f"'flow_prediction'); this model predicts "
+                           f"{getattr(_innermost(denoiser), 'prediction_type', None)!r}")
+    info.check_fixed_steps(f"flow_shift={shift!r}")
+    return reshift_flow_grid(denoiser.schedule, grid, shift)
 
 
 def steps_for_nfe(denoiser, sampler: str, nfe: int, **options) -> int:

@@ -52,6 +52,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .diffusion import flow_time
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule
 
@@ -315,5 +316,50 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
+def trained_flow_shift(schedule: NoiseSchedule) -> Optional[float]:
+    """The shift S of a flow schedule (``NoiseSchedule.flow(T, S)``), read from its first flow time
+    s_0 = S u/(1 + (S - 1) u), u = 1/T (SD3 eq. 23); None when the schedule is not a flow schedule."""
+    T = schedule.num_timesteps
+    if T < 2:
+        return None
+    zero = torch.zeros(1, dtype=_F64)
+    s0 = float(flow_time(schedule.alpha(zero), schedule.sigma(zero)))
+    shift = s0 * (T - 1) / (1.0 - s0)
+    try:
+        flow = NoiseSchedule.flow(T, shift)
+    except DiffkitError:
+        return None
+    return shift if torch.allclose(flow.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-9, atol=1e-15) else None
+
+
+def reshift_flow_grid(schedule: NoiseSchedule, grid: torch.Tensor, shift: float) -> torch.Tensor:
+    """A flow model's time grid moved to the sampling shift ``shift`` (SD3 eq. 23 at sampling time, as
+    diffusers' ``FlowMatchEulerDiscreteScheduler(shift=S)`` applies it to its sigmas): every flow time s of
+    the grid, shift_train(u) on the training schedule, becomes shift_S(u). Shifts compose
+    (shift_a(shift_b(u)) = shift_ab(u): the odds s/(1 - s) are multiplied by the shift), so that is
+    shift_{S/S_train}(s), the log-SNR lowered by log(S/S_train); s = 1 (t = T - 1) and clean data (t = -1)
+    stay. A time moved below t = 0 (S < S_train) is held at t = 0, the schedule's smallest noise level (the
+    network is evaluated at t >= 0 only); two there is a one-line DiffkitError. ``shift`` equal to the training
+    shift returns ``grid`` itself. A schedule that is not ``NoiseSchedule.flow`` is a one-line DiffkitError."""
+    check_range("flow shift", shift, 0.0, math.inf, low_inclusive=False, high_inclusive=False)
+    trained = trained_flow_shift(schedule)
+    if trained is None:
+        raise DiffkitError(f"flow_shift={shift!r} re-places a flow-matching model's grid; this schedule is not a "
+                           f"flow schedule (NoiseSchedule.flow: a model trained with schedule=flow)")
+    if math.isclose(shift, trained, rel_tol=1e-9):
+        return grid
+    T = schedule.num_timesteps
+    inner = (grid > -1) & (grid < T - 1)  # s = 1 and clean data are fixed points of every shift
+    log_snr = schedule.log_snr(grid[inner]) - math.log(shift / trained)
+    out = grid.clone()
+    out[inner] = schedule.t_from_log_snr(log_snr).clamp(min=0.0)  # the network is evaluated at t >= 0 only
+    if not (out[1:] < out[:-1]).all():
+        below = int((schedule.t_from_log_snr(log_snr) < 0).sum())
+        raise DiffkitError(f"flow_shift={shift!r} (trained with {trained:g}) moves {below} grid times below t = 0, the "
+                           f"schedule's smallest noise level, where the network is not evaluated; use fewer steps or "
+                           f"a shift closer to {trained:g}")
+    return out
+
+
 __all__ = ["SPACINGS", "FINALS", "make_grid", "karras_sigmas", "graded_log_snr", "grade_sigmas_for",
-           "parse_grade_sigmas"]
+           "parse_grade_sigmas", "trained_flow_shift", "reshift_flow_grid"]

@@ -366,3 +366,69 @@ def test_classifier_free_guidance_of_a_flow_model_is_velocity_space_guidance(w):
         runs = [diffkit.sample(d, x.clone(), sampler=sampler, steps=8, cond={"y": y}, progress=False, dtype=F64)
                 for d in (cfg, ref)]
         assert torch.allclose(*runs, rtol=1e-10, atol=1e-10), sampler
+
+
+# ------------------------------------------------------------------ sampling-time shift (flow_shift=S)
+@pytest.mark.parametrize("trained, shift", [(1.0, 3.0), (2.0, 3.0), (0.5, 1.0)])
+def test_sampling_shift_gives_diffusers_flow_match_euler_sigmas(trained, shift):
+    """A grid whose flow times are shift_trained(u), u = linspace(1, u_min, n), moved to ``shift`` has the flow
+    times diffusers' FlowMatchEulerDiscreteScheduler(shift=S) makes from the same u: set_timesteps(sigmas=u)
+    (u_min = 1/T), and set_timesteps(n), whose u_min is its already shifted sigma_min (it shifts its last
+    sigma twice)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.timesteps import reshift_flow_grid
+    sch, n = NoiseSchedule.flow(T, shift=trained), 7
+    for sigmas, u_min in (("given", 1.0 / T), ("n", None)):
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
+        if sigmas == "given":
+            scheduler.set_timesteps(sigmas=torch.linspace(1, u_min, n, dtype=F64).numpy())
+        else:
+            scheduler.set_timesteps(n)
+            u_min = scheduler.sigma_min
+        u = torch.linspace(1, u_min, n, dtype=F64)
+        s = trained * u / (1 + (trained - 1) * u)  # the training schedule's flow times of those u
+        alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+        grid = torch.cat([sch.t_from_log_alpha(0.5 * alpha_bar.log()), torch.tensor([-1.0], dtype=F64)])
+        moved = reshift_flow_grid(sch, grid, shift)
+        alpha, sigma = sch.alpha(moved), sch.sigma(moved)
+        assert torch.allclose(sigma / (alpha + sigma), scheduler.sigmas.to(F64), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["ddim@trailing", "dpm-solver++-2m", "heun"])
+def test_sampling_shift_equal_to_the_training_shift_changes_nothing(sampler):
+    d = Denoiser(FlowVelocity(GaussianMixture.random(3, 2, seed=1), T), NoiseSchedule.flow(T, shift=3.0),
+                 "flow_prediction")
+    noise = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    plain = diffkit.sample(d, noise, sampler, steps=6, progress=False)
+    assert torch.equal(diffkit.sample(d, noise, sampler, steps=6, flow_shift=3.0, progress=False), plain)
+    assert not torch.allclose(diffkit.sample(d, noise, sampler, steps=6, flow_shift=1.0, progress=False), plain)
+
+
+def test_a_sampling_shift_below_the_training_shift_holds_the_last_time_at_zero():
+    from diffkit.sampling import plan
+    d = Denoiser(FlowVelocity(GaussianMixture.random(3, 2, seed=1), T), NoiseSchedule.flow(T, shift=3.0),
+                 "flow_prediction")
+    grid = plan(d, "dpm-solver++-2m", steps=5)[1]
+    moved = plan(d, "dpm-solver++-2m", steps=5, options={"flow_shift": 1.0})[1]
+    assert grid[-2] == 0.0 and moved[-2] == 0.0 and moved[-1] == -1.0  # t = 0 would move below 0: held there
+    lam, lam_moved = d.schedule.log_snr(grid[:-2]), d.schedule.log_snr(moved[:-2])
+    assert torch.allclose(lam_moved, lam + math.log(3.0), rtol=0, atol=1e-9)  # the others: log-SNR + log 3
+    with pytest.raises(DiffkitError, match="grid times below t = 0"):
+        plan(d, "ddim@trailing", steps=500, options={"flow_shift": 0.2})
+
+
+def test_sampling_shift_refused_in_one_line_where_it_does_not_apply(tmp_path, capsys, tiny_checkpoint):
+    flow = Denoiser(FlowVelocity(GaussianMixture.random(3, 2, seed=1), T), NoiseSchedule.flow(T), "flow_prediction")
+    eps = Denoiser(GaussianMixture.random(3, 2, seed=1).network(NoiseSchedule.linear()), NoiseSchedule.linear())
+    for den, kwargs, match in ((eps, {"steps": 4}, "flow-matching model"), (flow, {"sampler": "ode"}, "own steps"),
+                               (flow, {"grid": [900.0, 400.0, -1.0]}, "drop flow_shift"),
+                               (flow, {"steps": 4, "flow_shift": 0.0}, "flow shift")):
+        with pytest.raises(DiffkitError, match=match) as err:
+            diffkit.sample(den, (2, 3), **{"flow_shift": 2.0, **kwargs}, progress=False)
+        assert "\n" not in str(err.value)
+    out = tmp_path / "new" / "a.png"
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--flow-shift", "3", "--steps", "2", "--num", "1",
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--flow-shift 3" in err and "'epsilon'" in err and len(err.splitlines()) == 1
+    assert not out.parent.exists()

@@ -202,6 +202,35 @@ def test_dpm_solver_3m_equals_diffusers_third_order_multistep(sampler, algorithm
     assert rel < 1e-5, rel
 
 
+def test_dpm_solver_pp_2m_default_grid_is_diffusers_use_lu_lambdas():
+    """``dpm-solver++-2m``'s default grid (uniform log-SNR from t = T - 1 to t = 0, then clean data) is diffusers'
+    DPMSolverMultistepScheduler(use_lu_lambdas=True, final_sigmas_type="zero") at NFE 5: the same sigmas (to
+    diffusers' float32 alphas_cumprod), and on those sigmas the same steps (relative error < 1e-5, exact eps* of a
+    Gaussian mixture). The 85.5 FD of the demo model at NFE 5 (BENCHMARKS.md) is this method on this grid."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.interop.schedulers import schedule_from_diffusers
+    from diffkit.sampling import plan
+    scheduler = diffusers.DPMSolverMultistepScheduler(solver_order=2, algorithm_type="dpmsolver++",
+                                                      lower_order_final=True, final_sigmas_type="zero",
+                                                      use_lu_lambdas=True, thresholding=False)
+    scheduler.set_timesteps(5)
+    schedule, _ = schedule_from_diffusers(scheduler)
+    gm = GaussianMixture.random(3, 3, seed=5, spread=1.0, scale=0.4)
+    net = gm.network(schedule)
+    den = Denoiser(net, schedule)
+    grid = plan(den, "dpm-solver++-2m", nfe=5)[1]
+    sigmas = scheduler.sigmas.to(F64)
+    assert len(grid) == 6 and grid[-1] == -1.0 and sigmas[-1] == 0.0
+    assert torch.allclose(schedule.karras_sigma(grid[:-1]), sigmas[:-1], rtol=2e-4, atol=0)
+    times = schedule.t_from_karras_sigma(sigmas[:-1])  # diffusers' own sigmas, at continuous times
+    x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(7), dtype=F64)
+    x = x_T.float()
+    for t, t_net in zip(scheduler.timesteps, times):
+        x = scheduler.step(net(x, t_net.reshape(1).expand(x.shape[0])).float(), t, x).prev_sample
+    ours = diffkit.sample(den, x_T.clone(), "dpm-solver++-2m", grid=torch.cat([times, grid[-1:]]), progress=False)
+    assert ((ours - x.to(F64)).abs().max() / x.abs().max()).item() < 1e-5
+
+
 # ------------------------------------------------------------------ SDE-DPM-Solver++(3M)
 def test_sde_dpm_solver_3m_is_k_diffusions_dpmpp_3m_sde_with_the_same_noise():
     """``sde-dpm-solver++-3m`` against k-diffusion's ``sample_dpmpp_3m_sde`` (eta = 1, s_noise = 1)
