@@ -135,13 +135,11 @@ class NoiseSchedule:
         schedule of equal SNR: step i has Karras sigma_i = (sigma_min^(1/rho) + i/(T-1) (sigma_max^(1/rho)
         - sigma_min^(1/rho)))^rho, from sigma_min (t = 0) to sigma_max (t = T-1), and
         alpha_bar_i = 1/(1 + sigma_i^2): diffusers' EDMEulerScheduler sigmas after set_timesteps(T), reversed."""
+        from .timesteps import karras_sigmas  # (timesteps imports this module)
         _check_T(num_timesteps)
         check_range("sigma_min", sigma_min, 0.0, None, low_inclusive=False)
         check_range("sigma_max", sigma_max, sigma_min, None, low_inclusive=False)
-        check_range("rho", rho, 0.0, None, low_inclusive=False)
-        ramp = torch.linspace(0, 1, num_timesteps, dtype=_F64)
-        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-        sigmas = (lo + ramp * (hi - lo)) ** rho
+        sigmas = karras_sigmas(num_timesteps, sigma_min, sigma_max, rho).flip(0)
         alphas_cumprod = 1 / (1 + sigmas ** 2)
         alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
         return cls(1.0 - alphas)
