@@ -233,6 +233,16 @@ def test_the_trainer_draws_edm_sigmas_and_calls_edm_losses(tmp_path, monkeypatch
     assert len(seen) == 1 and seen[0][1] == 0.6 and torch.equal(seen[0][0], want)
 
 
+def test_a_config_builds_its_edm_schedule_and_a_checkpoint_gives_its_sigma_data():
+    from diffkit.loading import edm_sigma_data_of
+    from diffkit.training import build_schedule
+    cfg = TrainConfig.from_dict({"prediction_type": "edm", "schedule": "edm", "T": 100, "edm_sigma_min": 0.01,
+                                 "edm_sigma_max": 40.0, "edm_sigma_data": 0.7})
+    sigmas = build_schedule(cfg).karras_sigma(torch.arange(100, dtype=F64))
+    assert torch.allclose(sigmas, karras(100, 0.01, 40.0).flip(0), rtol=1e-10)
+    assert edm_sigma_data_of({"config": cfg.to_dict()}) == 0.7 and edm_sigma_data_of({}) == 0.5
+
+
 EDM = ["--set", "prediction_type=edm", "--set", "schedule=edm"]
 TINY = ["--set", "img_size=8", "--set", "channel=16", "--set", "channel_mult=[1,2]", "--set", "attn=[1]",
         "--set", "num_res_blocks=1", "--set", "batch_size=8", "--set", "sample_steps=3", "--set", "num_heads=1",
