@@ -370,3 +370,21 @@ def test_classifier_free_guidance_of_an_edm_model_is_guidance_of_f(w):
         a, b = cfg(x, t, y=y), ref(x, t, y=y)
         assert torch.allclose(a.x0, b.x0, rtol=1e-12, atol=1e-12) and torch.allclose(a.eps, b.eps, rtol=1e-12,
                                                                                        atol=1e-12), t
+
+
+@pytest.mark.slow  # two diffkit train runs
+def test_init_from_an_edm_checkpoint_keeps_its_edm_fields(edm_checkpoint, tmp_path, capsys):
+    """A fine-tuned run is the source's EDM model (prediction_type, schedule, sigma range, sigma_data) though none
+    is given; another edm_sigma_data is refused in one line, writing nothing."""
+    out = tmp_path / "ft"
+    assert main(["train", "--init-from", str(edm_checkpoint), "--out", str(out), "--steps", "1", "--no-progress",
+                 "--no-sample", "--device", "cpu", "--set", "batch_size=8"]) == 0
+    tuned = load_denoiser(out / "checkpoints" / "latest.safetensors")
+    assert tuned.prediction_type == "edm" and tuned.sigma_data == 0.6
+    assert torch.allclose(tuned.schedule.alphas_cumprod, NoiseSchedule.edm(100, sigma_max=40.0).alphas_cumprod)
+    capsys.readouterr()
+    code = main(["train", "--init-from", str(edm_checkpoint), "--out", str(tmp_path / "no"), "--steps", "1",
+                 "--no-progress", "--device", "cpu", "--set", "edm_sigma_data=0.5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "edm_sigma_data=0.5" in err, err
+    assert not (tmp_path / "no").exists()
