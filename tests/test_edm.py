@@ -185,6 +185,31 @@ def test_ddim_and_euler_on_the_edm_model_are_edms_euler_step(sampler):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_heun_on_the_edm_model_is_edms_algorithm_1():
+    """diffkit's heun on the converted model is EDM's deterministic sampler (Algorithm 1): Euler, then the
+    trapezoidal correction with D at (x_{i+1}, sigma_{i+1}) unless sigma_{i+1} = 0, in sigma on a hand grid."""
+    _, mu, var = gaussian(seed=11)
+    net, sd = GaussianF(mu, var), 0.5
+    sch = NoiseSchedule.edm(T)
+    sigmas = [80.0, 10.0, 1.5, 0.2, 0.0]
+
+    def denoise(x, s):
+        c_skip, c_out, c_in, c_noise = table1(torch.tensor(s, dtype=F64), sd)
+        return c_skip * x + c_out * net(c_in * x, c_noise.float().expand(x.shape[0]))
+    x = 80.0 * torch.randn(5, 3, generator=torch.Generator().manual_seed(12), dtype=F64)
+    start = x.clone()
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d = (x - denoise(x, s)) / s
+        x_next = x + (s_next - s) * d
+        if s_next != 0:
+            x_next = x + (s_next - s) * (d + (x_next - denoise(x_next, s_next)) / s_next) / 2
+        x = x_next
+    grid = torch.cat([sch.t_from_karras_sigma(torch.tensor(sigmas[:-1], dtype=F64)), torch.tensor([-1.0], dtype=F64)])
+    ours = diffkit.sample(Denoiser(net, sch, "edm"), start * float(sch.alpha(grid[0])), sampler="heun", grid=grid,
+                          dtype=F64, progress=False)
+    assert torch.allclose(ours, x, rtol=1e-5, atol=1e-5)
+
+
 def test_ddim_on_the_edm_model_equals_diffusers_edm_euler():
     """DDIM on the VP times of EDMEulerScheduler's sigmas equals its step loop (the network given
     scale_model_input's c_in x and the scheduler's timesteps c_noise)."""
