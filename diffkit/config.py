@@ -24,8 +24,9 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .errors import DiffkitError, check_choice, check_range
 
-SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow")  # = schedule.SCHEDULE_NAMES
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")  # diffusers' names: eps / x0 / v / u
+SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow", "edm")  # = schedule.SCHEDULE_NAMES
+# diffusers' names: eps / x0 / v / u; "edm": EDM's preconditioned F (Karras et al. 2022, Table 1; docs/edm.md)
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction", "edm")
 LOSSES = ("simple", "hybrid", "vlb")
 FIXED_VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t or beta_t (DDPM Sec. 3.2)
 TIMESTEP_SAMPLERS = ("uniform", "loss-aware", "logit-normal")  # logit-normal: flow matching's (SD3 eq. 19)
@@ -40,6 +41,7 @@ DIFFUSION_SAMPLING = {"sampler": "ddim", "sample_steps": 50}
 CONSISTENCY_SAMPLING = {"sampler": "consistency", "sample_steps": 4}
 CONSISTENCY_DISTANCES = ("pseudo-huber", "l2")  # = diffkit.consistency.DISTANCES
 CONSISTENCY_CURRICULA = ("fixed", "cm", "ict")  # = diffkit.consistency_curricula.CURRICULA
+EDM_SIGMA_DATA = 0.5  # EDM's sigma_data (Karras et al. 2022, Table 1): the Denoiser's default for an edm network
 CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
 CONSISTENCY_TIMESTEP_SCALING = 10.0
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")  # = data.DATASET_NAMES
@@ -47,7 +49,7 @@ SERIES_DATASETS = ("sines", "series")  # = diffkit.timeseries.SERIES_DATASETS: t
 # the fields that shape the network, its schedule and what it predicts: a fine-tuned run (diffkit train
 # --init-from) takes them from its source checkpoint (docs/fine_tuning.md); the others are training's
 NETWORK_FIELDS = ("T", "beta_1", "beta_T", "schedule", "flow_shift", "zero_terminal_snr", "prediction_type",
-                  "learned_variance",
+                  "learned_variance", "edm_sigma_min", "edm_sigma_max", "edm_sigma_data",
                   "channel", "channel_mult", "attn", "num_res_blocks", "img_size", "in_channels", "scale_shift_norm",
                   "num_heads", "conditional", "num_classes", "guidance_embedding_dim", "autoencoder",
                   "text_conditioning", "context_dim", "text_width", "text_layers", "text_heads", "max_prompt_tokens",
@@ -82,6 +84,9 @@ class TrainConfig:
     flow matching (docs/flow_matching.md): ``prediction_type='flow_prediction'`` with
     ``schedule='flow'``, ``flow_shift`` (SD3 eq. 23), ``timestep_sampler='logit-normal'`` with
     ``logit_mean`` / ``logit_std`` (SD3 eq. 19),
+    EDM (docs/edm.md; Karras et al. 2022, Table 1): ``prediction_type='edm'`` with ``schedule='edm'``,
+    ``edm_sigma_min`` / ``edm_sigma_max`` (the schedule's range, 0.002 .. 80), ``edm_sigma_data`` (0.5),
+    ``edm_p_mean`` / ``edm_p_std`` (the training density ln sigma ~ N(-1.2, 1.2^2)),
     ``ema_decay=0.9999`` (DDPM App. B) with the warm-up ``ema_warmup`` ((1 + n)/(10 + n)) or
     ``ema_power`` / ``ema_inv_gamma`` (diffusers' EMAModel use_ema_warmup),
     ``posthoc_ema`` (post-hoc EMA, Karras et al. 2024 Sec. 3: the widths sigma_rel of the power-function
@@ -201,6 +206,11 @@ class TrainConfig:
     flow_shift: float = 1.0  # schedule "flow": SD3's timestep shift (Esser et al. 2024, eq. 23); 1 = none
     logit_mean: float = 0.0  # timestep_sampler "logit-normal": SD3 eq. 19's m and s
     logit_std: float = 1.0
+    edm_sigma_min: float = 0.002  # schedule "edm": EDM's sigma range (Karras et al. 2022, Table 1)
+    edm_sigma_max: float = 80.0
+    edm_sigma_data: float = EDM_SIGMA_DATA  # prediction_type "edm": the preconditioning's sigma_data
+    edm_p_mean: float = -1.2  # prediction_type "edm": training sigma with ln sigma ~ N(P_mean, P_std^2)
+    edm_p_std: float = 1.2
     min_snr_gamma: Optional[float] = None
     p2_gamma: Optional[float] = None  # P2 weighting (Choi et al. 2022, eq. 8); None = off
     p2_k: float = 1.0
@@ -437,6 +447,7 @@ class TrainConfig:
             raise DiffkitError(f"fixed_variance={self.fixed_variance!r} is the Sigma of loss='vlb' without a learned "
                                f"variance; it has no effect with loss={self.loss!r}, learned_variance="
                                f"{self.learned_variance}: leave it 'fixed_small'")
+        self._check_edm()
         check_loss_weighting(self.loss, self.prediction_type, self.min_snr_gamma, self.p2_gamma, self.p2_k)
         check_ema_warmup(self.ema_warmup, self.ema_power, self.ema_inv_gamma)
         check_posthoc_ema(self.posthoc_ema, self.posthoc_ema_every)
@@ -499,6 +510,29 @@ class TrainConfig:
         if self.timestep_sampler == "loss-aware":
             raise DiffkitError("timestep_sampler='loss-aware' keeps losses per integer timestep; flow matching draws "
                                "continuous times: use 'uniform' or 'logit-normal'")
+
+    def _check_edm(self) -> None:
+        """EDM (docs/edm.md): prediction_type 'edm' on schedule 'edm', trained with EDM's loss at
+        ln sigma ~ N(edm_p_mean, edm_p_std^2); one-line errors for what does not apply."""
+        edm, path = self.prediction_type == "edm", self.schedule == "edm"
+        if edm != path:
+            raise DiffkitError(f"prediction_type={self.prediction_type!r} with schedule={self.schedule!r}: EDM is "
+                               f"prediction_type='edm' with schedule='edm', the two together")
+        for name in ("edm_sigma_min", "edm_sigma_max", "edm_sigma_data", "edm_p_mean", "edm_p_std"):
+            if not edm and getattr(self, name) != _default(name):
+                raise DiffkitError(f"{name}={getattr(self, name)} belongs to prediction_type='edm'; this run has "
+                                   f"prediction_type={self.prediction_type!r}")
+        if not edm:
+            return
+        if self.edm_sigma_max <= self.edm_sigma_min:
+            raise DiffkitError(f"edm_sigma_max={self.edm_sigma_max} must exceed edm_sigma_min={self.edm_sigma_min}")
+        fixed = (("zero_terminal_snr", False), ("loss", "simple"), ("learned_variance", False),
+                 ("min_snr_gamma", None), ("p2_gamma", None), ("input_perturbation", 0.0), ("objective", "diffusion"),
+                 ("super_res_from", None), ("timestep_sampler", "uniform"))
+        for name, value in fixed:
+            if getattr(self, name) != value:
+                raise DiffkitError(f"{name}={getattr(self, name)!r} does not apply to EDM (prediction_type='edm': "
+                                   f"its weighted loss at ln sigma ~ N(edm_p_mean, edm_p_std^2)): set {name}={value!r}")
 
     def _check_super_res(self) -> None:
         """``super_res_from``: a side that divides img_size and is smaller; what it does not combine with."""
@@ -812,6 +846,8 @@ _RANGES = {
     "input_perturbation": (0.0, 1.0, True, True), "ema_power": (0.0, None, False, True),
     "ema_inv_gamma": (0.0, None, False, True), "posthoc_ema_every": (1, None, True, True),
     "flow_shift": (0.0, None, False, True), "logit_std": (0.0, None, False, True),
+    "edm_sigma_min": (0.0, None, False, True), "edm_sigma_max": (0.0, None, False, True),
+    "edm_sigma_data": (0.0, None, False, True), "edm_p_std": (0.0, None, False, True),
     "num_classes": (1, None, True, True), "p_uncond": (0.0, 1.0, True, True), "num_heads": (1, None, True, True),
     "ema_decay": (0.0, 1.0, True, False), "weight_decay": (0.0, None, True, True),
     "warmup_fraction": (0.0, 1.0, True, False), "grad_accum": (1, None, True, True),

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from . import diffusion
-from .config import MIXED_PRECISION
+from .config import EDM_SIGMA_DATA, MIXED_PRECISION
 from .errors import DiffkitError, check_choice, check_range
 from .schedule import NoiseSchedule, as_cpu_times
 
@@ -59,6 +59,9 @@ class Denoiser:
             x_s = x_t / (alpha_t + sigma_t) at flow time s = sigma_t / (alpha_t + sigma_t) in units
             of T (s T: diffusers' and SD3's timestep for T = 1000) and converts u back to eps and
             x_0 (:func:`diffkit.diffusion.eps_x0_from_flow`), so every sampler runs it unchanged.
+            ``edm``: EDM's preconditioned network F (Karras et al. 2022, Table 1; docs/edm.md), which gets
+            c_in x at time c_noise = ln(sigma)/4 of the VE state x = x_t / alpha_t at sigma = sigma_t / alpha_t
+            (equal SNR) and answers x_0 = D = c_skip x + c_out F (:func:`diffkit.diffusion.eps_x0_from_edm`).
         learned_variance: the network outputs 2C channels: the prediction, then v in [-1, 1].
         mixed_precision: ``no`` (default), ``bf16`` or ``fp16`` (CUDA only): the network runs
             under ``torch.autocast`` in that dtype and its output is cast back to ``x``'s dtype,
@@ -70,10 +73,12 @@ class Denoiser:
         data_scale: the scale of the data the network was trained on (square root of the largest
             eigenvalue of its covariance, :func:`diffkit.data.data_scale`), or ``None``; it places
             the ``logsnr_graded`` grid (:func:`diffkit.timesteps.grade_sigmas_for`).
+        sigma_data: an ``edm`` network's sigma_data (EDM Table 1; 0.5 by default, as EDM); unused otherwise.
     """
 
     def __init__(self, net: Callable, schedule: NoiseSchedule, prediction_type: str = "epsilon",
-                 learned_variance: bool = False, mixed_precision: str = "no", data_scale: Optional[float] = None):
+                 learned_variance: bool = False, mixed_precision: str = "no", data_scale: Optional[float] = None,
+                 sigma_data: float = EDM_SIGMA_DATA):
         check_choice("prediction_type", prediction_type, diffusion.PREDICTION_TYPES)
         check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         if not callable(net):
@@ -91,6 +96,7 @@ class Denoiser:
             if not math.isfinite(data_scale):
                 raise DiffkitError(f"data_scale={data_scale} is not allowed; give a finite scale > 0 or None")
         self.data_scale = data_scale
+        self.sigma_data = check_range("sigma_data", sigma_data, 0.0, None, low_inclusive=False)
         self.nfe = 0
         self._coefficient_cache: dict = {}
         self._input_checked: dict = {}  # (dtype, device) of x -> the dtype the network takes
@@ -170,6 +176,9 @@ class Denoiser:
             if self.prediction_type == "flow_prediction":  # the network's time: s T (class docstring)
                 t32 = torch.tensor(diffusion.flow_time(alpha, sigma) * self.schedule.num_timesteps,
                                    dtype=torch.float32)
+            elif self.prediction_type == "edm":  # the network's time: c_noise = ln(sigma)/4 (EDM Table 1)
+                t32 = torch.tensor(diffusion.edm_preconditioning(diffusion.edm_sigma(alpha, sigma), 1.0)[3],
+                                   dtype=torch.float32)
             hit = (t32.item(), alpha, sigma, {})
             if len(self._coefficient_cache) > 100_000:
                 self._coefficient_cache.clear()
@@ -190,7 +199,14 @@ class Denoiser:
             alpha, sigma = self.schedule.alpha(t64), self.schedule.sigma(t64)
             if self.prediction_type == "flow_prediction":
                 t_net = (diffusion.flow_time(alpha, sigma) * self.schedule.num_timesteps).to(x.device, torch.float32)
-        x_net = x if self.prediction_type != "flow_prediction" else diffusion.flow_input(x, alpha, sigma)
+            elif self.prediction_type == "edm":
+                t_net = diffusion.edm_preconditioning(diffusion.edm_sigma(alpha, sigma), 1.0)[3].to(x.device,
+                                                                                                   torch.float32)
+        x_net = x
+        if self.prediction_type == "flow_prediction":
+            x_net = diffusion.flow_input(x, alpha, sigma)
+        elif self.prediction_type == "edm":
+            x_net = diffusion.edm_input(x, alpha, sigma, self.sigma_data)
         if self.mixed_precision == "no":
             out = self.net(self._network_input(x_net), t_net, **cond)
         else:
@@ -214,6 +230,9 @@ class Denoiser:
         elif out.shape != x.shape:
             raise DiffkitError(f"network output shape {tuple(out.shape)} differs from input shape "
                                f"{tuple(x.shape)} (learned variance needs learned_variance=True)")
+        if self.prediction_type == "edm":
+            eps, x0 = diffusion.eps_x0_from_edm(x, out, alpha, sigma, self.sigma_data)
+            return Prediction(eps=eps, x0=x0, var_values=var_values)
         if isinstance(alpha, float):
             return _LazyPrediction(out, x, alpha, sigma, self.prediction_type, var_values)
         eps, x0 = diffusion.eps_x0_from_output(out, x, alpha, sigma, self.prediction_type)

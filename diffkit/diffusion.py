@@ -6,6 +6,7 @@ variance p(x_s | x_t) for fixed or learned variance. References:
     DDPM   = Ho et al. 2020 (seed 001)        Improved DDPM = Nichol & Dhariwal 2021 (seed 002)
     v-pred = Salimans & Ho 2022               DDIM          = Song et al. 2021 (seeds 000, 003)
     rectified flow = Liu et al. 2023; flow matching = Lipman et al. 2023; SD3 = Esser et al. 2024
+    EDM    = Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models"
 
 Coefficients are computed in float64 on the CPU from the schedule and cast to ``x``'s device and
 dtype; a coefficient of shape (B,) is broadcast over the trailing dimensions of ``x``.
@@ -22,7 +23,8 @@ from .schedule import NoiseSchedule, as_cpu_times
 
 VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # networks of the VP state x_t at time t
 # "flow_prediction" (diffusers' name): a rectified-flow network u(x_s, s T) of the flow state (see flow_input)
-PREDICTION_TYPES = VP_PREDICTION_TYPES + ("flow_prediction",)
+# "edm": EDM's preconditioned network F(c_in x, c_noise), D = c_skip x + c_out F (see edm_preconditioning)
+PREDICTION_TYPES = VP_PREDICTION_TYPES + ("flow_prediction", "edm")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 
 
@@ -168,13 +170,67 @@ def eps_x0_from_flow(x_t, u, alpha, sigma):
     return (x_t + expand(alpha, x_t) * u) / c, (x_t - expand(sigma, x_t) * u) / c
 
 
+def edm_preconditioning(sigma, sigma_data: float):
+    """EDM's preconditioning at noise level sigma (Karras et al. 2022, Table 1, "Network and
+    preconditioning"; eq. 7): (c_skip, c_out, c_in, c_noise) with
+    c_skip = sd^2/(sigma^2 + sd^2), c_out = sigma sd/sqrt(sigma^2 + sd^2), c_in = 1/sqrt(sigma^2 + sd^2),
+    c_noise = ln(sigma)/4, sd = ``sigma_data``; the denoiser is D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)
+    of the VE state x = x_0 + sigma eps. Floats or tensors."""
+    lib = math if isinstance(sigma, float) else torch
+    total = sigma ** 2 + sigma_data ** 2
+    root = lib.sqrt(total)
+    return sigma_data ** 2 / total, sigma * sigma_data / root, 1 / root, 0.25 * lib.log(sigma)
+
+
+def edm_sigma(alpha, sigma):
+    """EDM's sigma of the VP time with these (alpha_t, sigma_t): the VE state x_t / alpha_t = x_0 + (sigma_t /
+    alpha_t) eps has the same SNR (the Karras sigma, ``NoiseSchedule.karras_sigma``). Floats or tensors."""
+    return sigma / alpha
+
+
+def edm_input(x_t, alpha, sigma, sigma_data: float):
+    """The network's input c_in x of the VE state x = x_t / alpha_t at sigma = sigma_t / alpha_t (EDM Table 1):
+    c_in x = x_t / sqrt(sigma_t^2 + alpha_t^2 sd^2) (alpha_t^2 + sigma_t^2 = 1)."""
+    if isinstance(alpha, float) and isinstance(sigma, float):
+        return x_t * (1.0 / math.sqrt(sigma ** 2 + alpha ** 2 * sigma_data ** 2))
+    return x_t / expand(torch.sqrt(sigma ** 2 + alpha ** 2 * sigma_data ** 2), x_t)
+
+
+def eps_x0_from_edm(x_t, out, alpha, sigma, sigma_data: float):
+    """(eps, x_0) from EDM's network output F at the VP state x_t: x_0 = D = c_skip x + c_out F (EDM eq. 7,
+    Table 1) of x = x_t / alpha_t at sigma = sigma_t / alpha_t, and eps = (x - D)/sigma. With
+    r = sqrt(sigma_t^2 + alpha_t^2 sd^2): x_0 = (alpha_t sd^2 / r^2) x_t + (sigma_t sd / r) F and
+    eps = (sigma_t / r^2) x_t - (alpha_t sd / r) F."""
+    if isinstance(alpha, float) and isinstance(sigma, float):
+        r2 = sigma ** 2 + alpha ** 2 * sigma_data ** 2
+        r = math.sqrt(r2)
+        return x_t * (sigma / r2) - out * (alpha * sigma_data / r), x_t * (alpha * sigma_data ** 2 / r2) + \
+            out * (sigma * sigma_data / r)
+    r2 = sigma ** 2 + alpha ** 2 * sigma_data ** 2
+    r = torch.sqrt(r2)
+    return (expand(sigma / r2, x_t) * x_t - expand(alpha * sigma_data / r, x_t) * out,
+            expand(alpha * sigma_data ** 2 / r2, x_t) * x_t + expand(sigma * sigma_data / r, x_t) * out)
+
+
+def edm_target(x0, noise, sigma, sigma_data: float):
+    """The regression target of EDM's F at x = x_0 + sigma eps: (x_0 - c_skip x)/c_out (EDM eq. 8 and Table 1),
+    ``sigma`` a (B,) tensor (EDM's, not the VP sigma_t)."""
+    c_skip, c_out, _, _ = edm_preconditioning(sigma, sigma_data)
+    x = x0 + expand(sigma, x0) * noise
+    return (x0 - expand(c_skip, x0) * x) / expand(c_out, x0)
+
+
 def score_from_eps(eps, sigma):
     """Score grad log q(x_t) = -eps / sqrt(1 - abar_t) (seed 002; Song et al. 2021)."""
     return -eps / expand(sigma, eps)
 
 
-def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str):
-    """Convert a network output of the given prediction type to (eps, x0)."""
+def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str, sigma_data: float | None = None):
+    """Convert a network output of the given prediction type to (eps, x0); ``sigma_data``: an ``edm`` network's."""
+    if prediction_type == "edm":
+        if sigma_data is None:
+            raise DiffkitError("prediction_type='edm' converts its output with EDM's sigma_data; give sigma_data")
+        return eps_x0_from_edm(x_t, output, alpha, sigma, sigma_data)
     if isinstance(alpha, float) and isinstance(sigma, float):  # one time for the batch: no tensors
         if prediction_type == "epsilon":
             return output, (x_t - sigma * output) / alpha
@@ -197,6 +253,8 @@ def eps_x0_from_output(output, x_t, alpha, sigma, prediction_type: str):
 def target_for(prediction_type: str, x0, eps, alpha, sigma):
     """The regression target of a network of the given prediction type."""
     check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if prediction_type == "edm":
+        raise DiffkitError("prediction_type='edm' regresses F at EDM's sigma: use diffkit.diffusion.edm_target")
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "sample":

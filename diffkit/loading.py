@@ -138,6 +138,13 @@ def load_legacy_model(path: str | Path, config, device="cpu"):
     return model, meta, build_schedule(cfg)
 
 
+def edm_sigma_data_of(meta: dict) -> float:
+    """An EDM checkpoint's sigma_data (its training config's ``edm_sigma_data``; docs/edm.md); EDM's 0.5 where
+    the config holds none (the Denoiser does not read it for other prediction types)."""
+    from .config import EDM_SIGMA_DATA
+    return float((meta.get("config") or {}).get("edm_sigma_data", EDM_SIGMA_DATA))
+
+
 def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=None,
                   mixed_precision: str = "no", compile: str = "no", lora=None,
                   lora_any_base: bool = False) -> Denoiser:
@@ -165,7 +172,7 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device="cpu", config=N
     use_memory_format(model, preferred_memory_format(next(model.parameters()).device, mixed_precision))
     d = Denoiser(model, schedule, prediction_type=meta.get("prediction_type", "epsilon"),
                  learned_variance=meta.get("learned_variance", False), mixed_precision=mixed_precision,
-                 data_scale=meta.get("data_scale"))
+                 data_scale=meta.get("data_scale"), sigma_data=edm_sigma_data_of(meta))
     d.compile(compile)
     d.model, d.meta, d.decoder = model, meta, decoder
     d.prompt_encoder = getattr(model, "encode_prompts", None)

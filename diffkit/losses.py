@@ -6,6 +6,8 @@
     L_flow   = E ||(eps - x_0) - u(x_s, s T)||^2, x_s = (1 - s) x_0 + s eps
                                                                (flow matching: Lipman et al. 2023, eq. 23;
                                                                 SD3 eq. 3 and eq. 19's densities of s)
+    L_edm    = E lambda(sigma) ||D(x_0 + sigma eps; sigma) - x_0||^2, ln sigma ~ N(P_mean, P_std^2)
+                                                               (EDM, Karras et al. 2022, eq. 8 and Table 1)
 L_simple may be weighted per timestep: min-SNR-gamma (Hang et al. 2023) or P2 (Choi et al. 2022),
 and x_t may be made from perturbed noise (input perturbation, Ning et al. 2023); see
 :func:`training_losses`.
@@ -153,6 +155,8 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     if prediction_type == "flow_prediction":
         raise DiffkitError("prediction_type='flow_prediction' trains at continuous flow times: use "
                            "diffkit.losses.flow_matching_losses")
+    if prediction_type == "edm":
+        raise DiffkitError("prediction_type='edm' trains at EDM's continuous sigma: use diffkit.losses.edm_losses")
     cond = cond or {}
     t64 = as_cpu_times(t)
     alpha, sigma = schedule.alpha(t64), schedule.sigma(t64)
@@ -185,6 +189,25 @@ def training_losses(net, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Ten
     if loss_type == "vlb":
         return LossOutput(loss=vlb, mse=mse, vlb=vlb)
     return LossOutput(loss=mse + hybrid_lambda * vlb, mse=mse, vlb=vlb)
+
+
+def edm_losses(net, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, sigma_data: float,
+               cond: Optional[dict] = None) -> LossOutput:
+    """Per-example EDM loss at noise levels ``sigma`` > 0 (B,) (Karras et al. 2022, eq. 8 and Table 1): the
+    network ``net(c_in x, c_noise)`` of x = x_0 + sigma eps regresses (x_0 - c_skip x)/c_out with unit weight,
+    which is lambda(sigma) ||D(x; sigma) - x_0||^2 with lambda = (sigma^2 + sd^2)/(sigma sd)^2 = 1/c_out^2
+    (:func:`diffkit.diffusion.edm_preconditioning`). ``sigma``'s density is the caller's
+    (:class:`~diffkit.timestep_sampling.EDMSigmas`). ``mse`` is the same per-example mean."""
+    sigma64 = as_cpu_times(sigma)
+    if sigma64.shape != (x0.shape[0],) or not bool((sigma64 > 0).all()) or not bool(torch.isfinite(sigma64).all()):
+        raise DiffkitError(f"EDM noise levels must be a ({x0.shape[0]},) tensor of finite sigma > 0; got shape "
+                           f"{tuple(sigma64.shape)}")
+    _, _, c_in, c_noise = diffusion.edm_preconditioning(sigma64, sigma_data)
+    x = x0 + diffusion.expand(sigma64, x0) * noise
+    out = net(diffusion.expand(c_in, x0) * x, c_noise.to(device=x0.device, dtype=torch.float32), **(cond or {}))
+    out = out.to(torch.promote_types(out.dtype, torch.float32))  # low-precision outputs: loss in fp32
+    mse = mean_flat((diffusion.edm_target(x0, noise, sigma64, sigma_data) - out) ** 2)
+    return LossOutput(loss=mse, mse=mse)
 
 
 def flow_matching_losses(net, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, num_timesteps: int,

@@ -67,6 +67,7 @@ def denoiser_identity(denoiser) -> dict:
         "device": device,
         # the logsnr_graded grid follows it; absent (not None) for denoisers without one, as before
         **({"data_scale": denoiser.data_scale} if getattr(denoiser, "data_scale", None) is not None else {}),
+        **({"sigma_data": denoiser.sigma_data} if getattr(denoiser, "prediction_type", None) == "edm" else {}),
         **({"consistency": {"sigma_data": denoiser.sigma_data, "timestep_scaling": denoiser.timestep_scaling,
                             "times": [float(t) for t in denoiser.consistency_times],
                             "guidance_range": denoiser.guidance_range}}

@@ -28,7 +28,7 @@ import torch
 
 from .errors import DiffkitError, check_choice, check_range
 
-SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow")
+SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow", "edm")
 
 _F64 = torch.float64
 
@@ -129,6 +129,22 @@ class NoiseSchedule:
         return cls(1.0 - alphas)
 
     @classmethod
+    def edm(cls, num_timesteps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0,
+            rho: float = 7.0) -> "NoiseSchedule":
+        """EDM's noise levels (Karras et al. 2022, eq. 5 and Table 1, "time steps", rho = 7) as the VP
+        schedule of equal SNR: step i has Karras sigma_i = (sigma_min^(1/rho) + i/(T-1) (sigma_max^(1/rho)
+        - sigma_min^(1/rho)))^rho, from sigma_min (t = 0) to sigma_max (t = T-1), and
+        alpha_bar_i = 1/(1 + sigma_i^2): diffusers' EDMEulerScheduler sigmas after set_timesteps(T), reversed."""
+        from .timesteps import karras_sigmas  # (timesteps imports this module)
+        _check_T(num_timesteps)
+        check_range("sigma_min", sigma_min, 0.0, None, low_inclusive=False)
+        check_range("sigma_max", sigma_max, sigma_min, None, low_inclusive=False)
+        sigmas = karras_sigmas(num_timesteps, sigma_min, sigma_max, rho).flip(0)
+        alphas_cumprod = 1 / (1 + sigmas ** 2)
+        alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+        return cls(1.0 - alphas)
+
+    @classmethod
     def from_betas(cls, betas) -> "NoiseSchedule":
         """Any user array of betas (each in (0, 1]; 1 only at the last step)."""
         return cls(betas)
@@ -136,7 +152,7 @@ class NoiseSchedule:
     @classmethod
     def from_name(cls, name: str, num_timesteps: int = 1000, *, zero_terminal_snr: bool = False,
                   **kwargs) -> "NoiseSchedule":
-        """Build by name: one of ``linear``, ``cosine``, ``scaled_linear``, ``sigmoid``."""
+        """Build by name: one of :data:`SCHEDULE_NAMES`."""
         check_choice("schedule", name, SCHEDULE_NAMES)
         builder = getattr(cls, name)
         accepted = [p for p in inspect.signature(builder).parameters if p != "num_timesteps"]

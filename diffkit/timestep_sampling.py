@@ -1,7 +1,8 @@
 """Which timesteps a training batch uses: uniform (DDPM Alg. 1) or loss-aware importance sampling
 (Improved DDPM Sec. 3.3, eq. 18: p_t proportional to sqrt(E[L_t^2]), from the last 10 losses); for
 flow matching, continuous flow times s in [0, 1), uniform or logit-normal (SD3, Esser et al. 2024,
-eq. 19), then shifted (SD3 eq. 23): :class:`FlowTimes`."""
+eq. 19), then shifted (SD3 eq. 23): :class:`FlowTimes`; for EDM, noise levels sigma with
+ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1): :class:`EDMSigmas`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -110,6 +111,22 @@ class FlowTimes:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class EDMSigmas(FlowTimes):
+    """EDM's training noise levels (Karras et al. 2022, Table 1, "Noise distribution"; Sec. 5):
+    ln sigma ~ N(P_mean, P_std^2), float64 (B,), weight 1 (the loss weight lambda(sigma) is in
+    :func:`diffkit.losses.edm_losses`)."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+        check_range("edm_p_mean", p_mean)
+        check_range("edm_p_std", p_std, 0.0, None, low_inclusive=False)
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def sample(self, batch_size: int, generator: Optional[torch.Generator] = None):
+        """(sigma float64 tensor (B,) > 0, weights (B,) of ones)."""
+        z = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+        return torch.exp(self.p_mean + self.p_std * z), torch.ones(batch_size)
 
 
 def make_timestep_sampler(name: str, num_timesteps: int):

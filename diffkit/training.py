@@ -29,7 +29,7 @@ from .config import TrainConfig, check_ema_warmup, resolve_device
 from .data import data_scale, load_dataset, make_loader
 from .denoiser import autocast
 from .errors import DiffkitError
-from .losses import flow_matching_losses, training_losses
+from .losses import edm_losses, flow_matching_losses, training_losses
 from .models.layers import resolve_memory_format, use_memory_format
 from .models.network import build_network
 from .models.unet import UNet, UNetConfig
@@ -37,7 +37,7 @@ from .optim import FusedAdamW
 from .posthoc_ema import (SNAPSHOT_FOLDER, PowerEMA, check_resume as check_posthoc_resume, snapshot_path,
                           snapshot_steps, tracked_parameters)
 from .schedule import NoiseSchedule
-from .timestep_sampling import FlowTimes, make_timestep_sampler
+from .timestep_sampling import EDMSigmas, FlowTimes, make_timestep_sampler
 
 
 # ---------------------------------------------------------------- pieces
@@ -150,6 +150,8 @@ def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
         kwargs = {"beta_start": cfg.beta_1, "beta_end": cfg.beta_T}
     elif cfg.schedule == "flow":
         kwargs = {"shift": cfg.flow_shift}
+    elif cfg.schedule == "edm":
+        kwargs = {"sigma_min": cfg.edm_sigma_min, "sigma_max": cfg.edm_sigma_max}
     else:
         kwargs = {}
     return NoiseSchedule.from_name(cfg.schedule, cfg.T, zero_terminal_snr=cfg.zero_terminal_snr, **kwargs)
@@ -419,6 +421,8 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         if cfg.prediction_type == "flow_prediction":  # continuous flow times (docs/flow_matching.md)
             self.timesteps = FlowTimes(cfg.timestep_sampler, cfg.flow_shift, cfg.logit_mean, cfg.logit_std)
+        elif cfg.prediction_type == "edm":  # EDM's continuous sigma (docs/edm.md)
+            self.timesteps = EDMSigmas(cfg.edm_p_mean, cfg.edm_p_std)
         else:
             self.timesteps = make_timestep_sampler(cfg.timestep_sampler, cfg.T)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)  # noise and timesteps
@@ -808,6 +812,10 @@ class Trainer:
         if cfg.prediction_type == "flow_prediction":  # t: flow times s in [0, 1]
             with autocast(cfg.mixed_precision, self.device.type):
                 out = flow_matching_losses(self.forward, x0, t, noise, cfg.T, cond=cond)
+            return (out.loss * weights.to(out.loss.device)).mean()
+        if cfg.prediction_type == "edm":  # t: EDM's sigma > 0
+            with autocast(cfg.mixed_precision, self.device.type):
+                out = edm_losses(self.forward, x0, t, noise, cfg.edm_sigma_data, cond=cond)
             return (out.loss * weights.to(out.loss.device)).mean()
         with autocast(cfg.mixed_precision, self.device.type):
             out = training_losses(self.forward, self.schedule, x0, t, noise, prediction_type=cfg.prediction_type,

@@ -209,6 +209,11 @@ BAD_VALUES = [
     ("logit_std", 0.0, "logit_std=0.0"), ("prediction_type", "flow_prediction", "with schedule='flow'"),
     ("schedule", "flow", "flow matching is prediction_type='flow_prediction'"),
     ("timestep_sampler", "logit-normal", "needs prediction_type='flow_prediction'"),
+    ("edm_sigma_min", 0.0, "edm_sigma_min=0.0"), ("edm_sigma_max", -1.0, "edm_sigma_max=-1.0"),
+    ("edm_sigma_data", 0.7, "edm_sigma_data=0.7 belongs to prediction_type='edm'"),
+    ("edm_p_mean", "0", "edm_p_mean='0'"),
+    ("edm_p_std", 0.0, "edm_p_std=0.0"), ("prediction_type", "edm", "EDM is prediction_type='edm' with schedule='edm'"),
+    ("schedule", "edm", "EDM is prediction_type='edm' with schedule='edm'"),
 ]
 
 

@@ -96,6 +96,9 @@ def distill_config(teacher, out, overrides=(), **fields):
     if data.get("prediction_type") == "flow_prediction":
         raise DiffkitError(f"teacher {teacher} is a flow-matching model (prediction_type='flow_prediction'); "
                            f"consistency distillation of flow-matching models is not supported (docs/flow_matching.md)")
+    if data.get("prediction_type") == "edm":
+        raise DiffkitError(f"teacher {teacher} is an EDM model (prediction_type='edm'); consistency distillation of "
+                           f"EDM models is not supported (docs/edm.md)")
     teacher = teacher / "latest.safetensors" if teacher.is_dir() else teacher
     given = parse_overrides(overrides)
     data.update(DISTILL_DEFAULTS, teacher=str(teacher.resolve()), save_weight_dir=str(Path(out) / "checkpoints"),

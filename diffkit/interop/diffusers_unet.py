@@ -459,6 +459,9 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
                            f"images without the autoencoder; only pixel-space U-Nets can be exported to diffusers")
     cfg = model.config
     prediction_type = meta.get("prediction_type", "epsilon")
+    if prediction_type == "edm":
+        raise DiffkitError(f"{checkpoint_path} is an EDM model (prediction_type='edm'); its export to diffusers "
+                           f"(EDMEulerScheduler) is not supported (docs/edm.md)")
     if prediction_type == "flow_prediction":  # u(x_s, s T): FlowMatchEulerDiscreteScheduler (docs/flow_matching.md)
         sched = flow_scheduler_config(schedule, flow_shift_of(meta))
     elif meta.get("consistency"):  # f(x, t) = c_skip x + c_out x0_hat: diffusers' LCMScheduler (diffkit.consistency)
