@@ -305,13 +305,16 @@ def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
     pipe, nets, sd, root, png = tiny_controlnet_sd
     latents = _latents(sd)
 
-    def run(sampler, steps=3, **control):
+    def run(sampler, steps=3, options=None, **control):
         return text_to_image(sd, PROMPTS, sampler=sampler, steps=steps, guidance_scale=SCALE, latents=latents,
-                             return_latents=True, controlnet=ControlNets(nets[:1], [png], **control))
+                             return_latents=True, controlnet=ControlNets(nets[:1], [png], **control), **(options or {}))
     windowed, whole = run("heun", start=0.4), run("heun")
     assert torch.isfinite(windowed).all() and relative_error(windowed, whole) > 1e-3
     with pytest.raises(DiffkitError, match="a control guidance window .* has no steps to count"):
         run("ode", steps=None, end=0.5)
+    for sampler in ("euler", "heun", "dpm2"):  # churn's raised times fall in the previous step's interval
+        with pytest.raises(DiffkitError, match="s_churn=1 raises each step's time above the grid's"):
+            run(sampler, end=0.5, options={"s_churn": 1.0})
     with pytest.raises(DiffkitError, match="latent consistency model"):
         ControlNets(nets[:1], [png]).controlling(dataclasses.replace(sd, consistency={}), 16, 16)
 
