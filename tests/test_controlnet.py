@@ -138,6 +138,23 @@ def test_scale_zero_is_plain_stable_diffusion_bit_for_bit(tiny_controlnet_sd):
     assert torch.equal(plain, zero)
 
 
+def test_global_pool_controlnet_forces_guess_mode_as_the_pipeline(tiny_controlnet_sd):
+    """A ControlNet whose config has ``global_pool_conditions`` (shuffle) gets guess mode without
+    --guess-mode, as the pipeline forces it: residuals mean-pooled, on the conditional half only."""
+    from PIL import Image
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    config = {k: v for k, v in nets[0].config.items() if not k.startswith("_")}  # _use_default_values too
+    pooled = diffusers.ControlNetModel.from_config({**config, "global_pool_conditions": True})
+    pooled.load_state_dict(nets[0].state_dict())
+    assert pooled.config.global_pool_conditions
+    latents = _latents(sd)
+    theirs = _theirs(pipe, pooled.eval(), Image.open(png).convert("RGB"), latents)
+    assert relative_error(_ours(sd, [pooled], [png], latents), theirs) < 1e-5
+    null_half_too = _theirs(pipe, pooled, Image.open(png).convert("RGB"), latents, guess_mode=False)
+    assert relative_error(null_half_too, theirs) == 0  # the pipeline's own forcing, not an option of ours
+    assert relative_error(_ours(sd, nets[:1], [png], latents, guess_mode=True), theirs) > 1e-3  # pooling matters
+
+
 def test_steps_of_a_grid_and_the_windows_of_diffusers():
     grid = torch.tensor([751.0, 501.0, 251.0, 1.0, 0.0], dtype=torch.float64)
     assert steps_of(grid, torch.tensor([751.0, 600.0, 501.0, 251.0, 1.0, 0.0, 999.0])).tolist() == [0, 0, 1, 2, 3, 3, 0]
