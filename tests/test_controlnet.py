@@ -368,3 +368,31 @@ def test_control_request_reads_every_flag(tiny_controlnet_sd):
                                                                                 True)
     assert all(torch.equal(a, b) for a, b in zip(control.models[1].state_dict().values(),
                                                  nets[1].state_dict().values()))
+
+
+def test_sd_lora_with_controlnet_matches_the_pipeline(tiny_controlnet_sd, tmp_path):
+    """``--lora`` and ``--controlnet`` together: the LoRA merged into the UNet and text encoder, the
+    ControlNet untouched = StableDiffusionControlNetPipeline with ``load_lora_weights`` + ``fuse_lora``."""
+    pytest.importorskip("peft")
+    from PIL import Image
+    from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    unet, _, text_encoder, _ = tiny_sd_components(tmp_path)
+    unet_state, unet_config = _add_lora(unet, 1, **UNET_LORA)
+    text_state, text_config = _add_lora(text_encoder, 11, **TEXT_LORA)
+    prefix = "" if hasattr(text_encoder, "text_model") else "text_model."
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "lora", weight_name="lora.safetensors", unet_lora_layers=unet_state,
+        unet_lora_adapter_metadata=unet_config, text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
+        text_encoder_lora_adapter_metadata=text_config)
+    lora = tmp_path / "lora" / "lora.safetensors"
+    theirs_pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
+        root / "sd", controlnet=nets[0], local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    theirs_pipe.load_lora_weights(str(lora))
+    theirs_pipe.fuse_lora(lora_scale=0.5)
+    latents = _latents(sd)
+    theirs = _theirs(theirs_pipe, nets[0], Image.open(png).convert("RGB"), latents, controlnet_conditioning_scale=0.8)
+    merged = load_stable_diffusion(root / "sd", progress=False, lora=[(lora, 0.5)])
+    assert relative_error(_ours(merged, nets[:1], [png], latents, scales=0.8), theirs) < 1e-5
+    assert relative_error(_ours(sd, nets[:1], [png], latents, scales=0.8), theirs) > 1e-3  # the LoRA matters
