@@ -155,6 +155,27 @@ def test_global_pool_controlnet_forces_guess_mode_as_the_pipeline(tiny_controlne
     assert relative_error(_ours(sd, nets[:1], [png], latents, guess_mode=True), theirs) > 1e-3  # pooling matters
 
 
+def test_window_with_a_multistep_solver_matches_the_pipeline(tiny_controlnet_sd):
+    """dpm-solver++-2m on the grid of diffusers' DPMSolverMultistepScheduler (grid_from_diffusers): the
+    window's steps by time are the pipeline's step indices (its call at t_i is step i's)."""
+    from PIL import Image
+    from diffkit.interop.schedulers import grid_from_diffusers
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(STEPS)
+    saved, pipe.scheduler = pipe.scheduler, scheduler
+    latents = _latents(sd)
+    try:
+        theirs = _theirs(pipe, nets[0], Image.open(png).convert("RGB"), latents, control_guidance_start=0.25,
+                         control_guidance_end=0.75)
+    finally:
+        pipe.scheduler = saved
+    ours = text_to_image(sd, PROMPTS, sampler="dpm-solver++-2m", grid=grid_from_diffusers(scheduler),
+                         guidance_scale=SCALE, latents=latents, return_latents=True,
+                         controlnet=ControlNets(nets[:1], [png], start=0.25, end=0.75))
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_steps_of_a_grid_and_the_windows_of_diffusers():
     grid = torch.tensor([751.0, 501.0, 251.0, 1.0, 0.0], dtype=torch.float64)
     assert steps_of(grid, torch.tensor([751.0, 600.0, 501.0, 251.0, 1.0, 0.0, 999.0])).tolist() == [0, 0, 1, 2, 3, 3, 0]
