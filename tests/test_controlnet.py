@@ -192,7 +192,8 @@ def _individual_pngs(folder):
 def test_sample_command_with_controlnet_matches_the_pipeline_png(tiny_controlnet_sd, tmp_path, capsys):
     """``diffkit sample --controlnet DIR --control-image PNG``: a 17x21 control image gives 16x20 images
     (rounded down to the VAE factor, as the pipeline's default size), which equal the pipeline's within
-    half an 8-bit level (PNG rounding); the default ddim grid is diffusers' DDIM with steps_offset=0, set_alpha_to_one."""
+    half an 8-bit level (PNG rounding); the default ddim grid is diffusers' DDIM with steps_offset=0,
+    set_alpha_to_one."""
     from PIL import Image
     from diffkit.noise import generators_from_seed, randn
     pipe, nets, sd, root, png = tiny_controlnet_sd
