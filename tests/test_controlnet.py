@@ -138,6 +138,44 @@ def test_scale_zero_is_plain_stable_diffusion_bit_for_bit(tiny_controlnet_sd):
     assert torch.equal(plain, zero)
 
 
+def test_global_pool_controlnet_forces_guess_mode_as_the_pipeline(tiny_controlnet_sd):
+    """A ControlNet whose config has ``global_pool_conditions`` (shuffle) gets guess mode without
+    --guess-mode, as the pipeline forces it: residuals mean-pooled, on the conditional half only."""
+    from PIL import Image
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    config = {k: v for k, v in nets[0].config.items() if not k.startswith("_")}  # _use_default_values too
+    pooled = diffusers.ControlNetModel.from_config({**config, "global_pool_conditions": True})
+    pooled.load_state_dict(nets[0].state_dict())
+    assert pooled.config.global_pool_conditions
+    latents = _latents(sd)
+    theirs = _theirs(pipe, pooled.eval(), Image.open(png).convert("RGB"), latents)
+    assert relative_error(_ours(sd, [pooled], [png], latents), theirs) < 1e-5
+    null_half_too = _theirs(pipe, pooled, Image.open(png).convert("RGB"), latents, guess_mode=False)
+    assert relative_error(null_half_too, theirs) == 0  # the pipeline's own forcing, not an option of ours
+    assert relative_error(_ours(sd, nets[:1], [png], latents, guess_mode=True), theirs) > 1e-3  # pooling matters
+
+
+def test_window_with_a_multistep_solver_matches_the_pipeline(tiny_controlnet_sd):
+    """dpm-solver++-2m on the grid of diffusers' DPMSolverMultistepScheduler (grid_from_diffusers): the
+    window's steps by time are the pipeline's step indices (its call at t_i is step i's)."""
+    from PIL import Image
+    from diffkit.interop.schedulers import grid_from_diffusers
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(STEPS)
+    saved, pipe.scheduler = pipe.scheduler, scheduler
+    latents = _latents(sd)
+    try:
+        theirs = _theirs(pipe, nets[0], Image.open(png).convert("RGB"), latents, control_guidance_start=0.25,
+                         control_guidance_end=0.75)
+    finally:
+        pipe.scheduler = saved
+    ours = text_to_image(sd, PROMPTS, sampler="dpm-solver++-2m", grid=grid_from_diffusers(scheduler),
+                         guidance_scale=SCALE, latents=latents, return_latents=True,
+                         controlnet=ControlNets(nets[:1], [png], start=0.25, end=0.75))
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_steps_of_a_grid_and_the_windows_of_diffusers():
     grid = torch.tensor([751.0, 501.0, 251.0, 1.0, 0.0], dtype=torch.float64)
     assert steps_of(grid, torch.tensor([751.0, 600.0, 501.0, 251.0, 1.0, 0.0, 999.0])).tolist() == [0, 0, 1, 2, 3, 3, 0]
@@ -154,7 +192,8 @@ def _individual_pngs(folder):
 def test_sample_command_with_controlnet_matches_the_pipeline_png(tiny_controlnet_sd, tmp_path, capsys):
     """``diffkit sample --controlnet DIR --control-image PNG``: a 17x21 control image gives 16x20 images
     (rounded down to the VAE factor, as the pipeline's default size), which equal the pipeline's within
-    half an 8-bit level (PNG rounding); the default ddim grid is diffusers' DDIM with steps_offset=0, set_alpha_to_one."""
+    half an 8-bit level (PNG rounding); the default ddim grid is diffusers' DDIM with steps_offset=0,
+    set_alpha_to_one."""
     from PIL import Image
     from diffkit.noise import generators_from_seed, randn
     pipe, nets, sd, root, png = tiny_controlnet_sd
@@ -305,13 +344,16 @@ def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
     pipe, nets, sd, root, png = tiny_controlnet_sd
     latents = _latents(sd)
 
-    def run(sampler, steps=3, **control):
+    def run(sampler, steps=3, options=None, **control):
         return text_to_image(sd, PROMPTS, sampler=sampler, steps=steps, guidance_scale=SCALE, latents=latents,
-                             return_latents=True, controlnet=ControlNets(nets[:1], [png], **control))
+                             return_latents=True, controlnet=ControlNets(nets[:1], [png], **control), **(options or {}))
     windowed, whole = run("heun", start=0.4), run("heun")
     assert torch.isfinite(windowed).all() and relative_error(windowed, whole) > 1e-3
     with pytest.raises(DiffkitError, match="a control guidance window .* has no steps to count"):
         run("ode", steps=None, end=0.5)
+    for sampler in ("euler", "heun", "dpm2"):  # churn's raised times fall in the previous step's interval
+        with pytest.raises(DiffkitError, match="s_churn=1 raises each step's time above the grid's"):
+            run(sampler, end=0.5, options={"s_churn": 1.0})
     with pytest.raises(DiffkitError, match="latent consistency model"):
         ControlNets(nets[:1], [png]).controlling(dataclasses.replace(sd, consistency={}), 16, 16)
 
@@ -348,3 +390,31 @@ def test_control_request_reads_every_flag(tiny_controlnet_sd):
                                                                                 True)
     assert all(torch.equal(a, b) for a, b in zip(control.models[1].state_dict().values(),
                                                  nets[1].state_dict().values()))
+
+
+def test_sd_lora_with_controlnet_matches_the_pipeline(tiny_controlnet_sd, tmp_path):
+    """``--lora`` and ``--controlnet`` together: the LoRA merged into the UNet and text encoder, the
+    ControlNet untouched = StableDiffusionControlNetPipeline with ``load_lora_weights`` + ``fuse_lora``."""
+    pytest.importorskip("peft")
+    from PIL import Image
+    from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    unet, _, text_encoder, _ = tiny_sd_components(tmp_path)
+    unet_state, unet_config = _add_lora(unet, 1, **UNET_LORA)
+    text_state, text_config = _add_lora(text_encoder, 11, **TEXT_LORA)
+    prefix = "" if hasattr(text_encoder, "text_model") else "text_model."
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "lora", weight_name="lora.safetensors", unet_lora_layers=unet_state,
+        unet_lora_adapter_metadata=unet_config, text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
+        text_encoder_lora_adapter_metadata=text_config)
+    lora = tmp_path / "lora" / "lora.safetensors"
+    theirs_pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
+        root / "sd", controlnet=nets[0], local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    theirs_pipe.load_lora_weights(str(lora))
+    theirs_pipe.fuse_lora(lora_scale=0.5)
+    latents = _latents(sd)
+    theirs = _theirs(theirs_pipe, nets[0], Image.open(png).convert("RGB"), latents, controlnet_conditioning_scale=0.8)
+    merged = load_stable_diffusion(root / "sd", progress=False, lora=[(lora, 0.5)])
+    assert relative_error(_ours(merged, nets[:1], [png], latents, scales=0.8), theirs) < 1e-5
+    assert relative_error(_ours(sd, nets[:1], [png], latents, scales=0.8), theirs) > 1e-3  # the LoRA matters

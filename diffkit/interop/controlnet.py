@@ -125,6 +125,10 @@ def sampler_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int
     import inspect
 
     from ..sampling import check_grid, plan, sample
+    churn = options.get("s_churn", 0)
+    if isinstance(churn, (int, float)) and churn > 0:
+        raise DiffkitError(f"s_churn={churn:g} raises each step's time above the grid's (EDM Algorithm 2), so a "
+                           f"network call no longer tells its step; drop s_churn or the control guidance window")
     if grid is not None:
         return check_grid(grid, denoiser.schedule.num_timesteps)
     own = inspect.signature(sample).parameters  # sample's own arguments (seed, generator...) are not plan's
