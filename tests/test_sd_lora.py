@@ -207,11 +207,18 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
     for name, value in bad.items():
         save_file(value, tmp_path / f"{name}.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for name, config in (("alpha_text", {"unet.lora_alpha": "abc"}), ("pattern", {"unet.alpha_pattern": {"to_q(": 2}}),
+                         ("alpha_zero", {"text_encoder.lora_alpha": 0})):  # corrupt peft LoraConfig metadata
+        save_file(load_file(sd_lora["diffusers"]), tmp_path / f"{name}.safetensors",
+                  metadata={"lora_adapter_metadata": json.dumps(config)})
     for name, needle in (("missing", "does not exist"), ("junk", "is not a safetensors LoRA file"),
                          ("unknown", "key 'lora_unet_x.hada_w1_a' is not supported"),
                          ("sdxl", "'lora_te2_text_model_x.lora_down.weight' is not supported"),
                          ("absent", "names no Linear or Conv2d layer of the unet"),
-                         ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix")):
+                         ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix"),
+                         ("alpha_text", "unet.lora_alpha is 'abc'; allowed: one positive number"),
+                         ("pattern", "unet.alpha_pattern key 'to_q(' is not a regular expression"),
+                         ("alpha_zero", "text_encoder.lora_alpha is 0; allowed: one positive number")):
         out = tmp_path / "o" / "s.png"
         code = _sample(sd_lora["folder"], out, "--lora", tmp_path / f"{name}.safetensors")
         err = capsys.readouterr().err.strip().splitlines()

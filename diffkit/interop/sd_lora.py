@@ -68,6 +68,13 @@ def _read(path) -> tuple[dict, dict]:
     return tensors, meta
 
 
+def _check_alpha(value, what: str) -> float:
+    """A LoRA alpha read from a file: a positive finite number, else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise DiffkitError(f"{what} is {value!r}; allowed: one positive number")
+    return float(value)
+
+
 def _peft_alphas(path, meta: dict, component: str):
     """alpha(module, rank) for ``component`` from diffusers' ``lora_adapter_metadata`` (peft LoraConfig)."""
     raw = meta.get("lora_adapter_metadata")
@@ -80,6 +87,17 @@ def _peft_alphas(path, meta: dict, component: str):
     if config.get("use_dora"):
         raise DiffkitError(f"--lora {path} is a DoRA adapter ({component}.use_dora); allowed: LoRA files")
     alpha, patterns = config.get("lora_alpha"), config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise DiffkitError(f"--lora {path}: {component}.alpha_pattern is {patterns!r}; allowed: a dict")
+    if alpha is not None:
+        _check_alpha(alpha, f"--lora {path}: {component}.lora_alpha")
+    for key, value in patterns.items():
+        _check_alpha(value, f"--lora {path}: {component}.alpha_pattern[{key!r}]")
+        try:
+            re.compile(key)
+        except re.error:
+            raise DiffkitError(f"--lora {path}: {component}.alpha_pattern key {key!r} is not a regular "
+                               f"expression") from None
     root = (lambda r: math.sqrt(r)) if config.get("use_rslora") else (lambda r: r)
 
     def alpha_of(module: str, rank: int) -> float:  # peft's get_pattern_key: a key matching the name's tail
@@ -117,7 +135,7 @@ def read_sd_lora(path) -> dict:
             if down is None or up is None:
                 raise DiffkitError(f"--lora {path}: {component} module {name} has no "
                                    f"{'lora_A / lora_down' if down is None else 'lora_B / lora_up'} matrix")
-            if alpha is not None and (alpha.numel() != 1 or not float(alpha) > 0):
+            if alpha is not None and (alpha.numel() != 1 or not 0 < float(alpha) < math.inf):
                 raise DiffkitError(f"--lora {path}: {COMPONENTS[component][1]}{name}.alpha is {alpha.tolist()}; "
                                    f"allowed: one positive number")
     out["kohya"] = kohya
