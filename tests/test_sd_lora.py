@@ -263,7 +263,8 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
            "absent": {**tensors, **{f"{absent}.{part}": tensors[f"{module}.{part}"].clone()
                                     for part in ("lora_down.weight", "lora_up.weight", "alpha")}},
            "shape": {**tensors, down: torch.zeros(tensors[down].shape[0], 5)},
-           "no_up": {k: v for k, v in tensors.items() if k != down.replace("lora_down", "lora_up")}}
+           "no_up": {k: v for k, v in tensors.items() if k != down.replace("lora_down", "lora_up")},
+           "kohya_alpha_zero": {**tensors, f"{module}.alpha": torch.tensor(0.0)}}  # sd-scripts: r, diffusers: 0
     for name, value in bad.items():
         save_file(value, tmp_path / f"{name}.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -278,7 +279,8 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
                          ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix"),
                          ("alpha_text", "unet.lora_alpha is 'abc'; allowed: one positive number"),
                          ("pattern", "unet.alpha_pattern key 'to_q(' is not a regular expression"),
-                         ("alpha_zero", "text_encoder.lora_alpha is 0; allowed: one positive number")):
+                         ("alpha_zero", "text_encoder.lora_alpha is 0; allowed: one positive number"),
+                         ("kohya_alpha_zero", ".alpha is 0.0; allowed: one positive number")):
         out = tmp_path / "o" / "s.png"
         code = _sample(sd_lora["folder"], out, "--lora", tmp_path / f"{name}.safetensors")
         err = capsys.readouterr().err.strip().splitlines()

@@ -20,9 +20,10 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
   found by writing the network's own Linear / Conv2d names that way (SD 1.x/2.x files, trained on
   diffusers-named UNets). Conv LoRA (a 3x3 down, 1x1 up) included.
 
-Anything else (LoHa / LoKr / DoRA tensors, a second text encoder's ``lora_te2_``, a LoRA bias, an
-SGM-named ``input_blocks`` key) is a one-line error naming the first such key; so is a key naming a
-module the network lacks, or a shape that does not fit. Files are read and checked before anything
+Anything else (LoHa / LoKr / DoRA tensors, a second text encoder's ``lora_te2_``, a LoRA bias) is a
+one-line error naming the first such key; so is a key naming a module the network lacks (an SGM-named
+``input_blocks`` key), a shape that does not fit, or an alpha that is not a positive number (a kohya
+``.alpha`` of 0: sd-scripts reads it as r, diffusers as 0). Files are read and checked before anything
 is merged, and a failure leaves the networks as they were.
 """
 from __future__ import annotations
