@@ -264,7 +264,9 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
                                     for part in ("lora_down.weight", "lora_up.weight", "alpha")}},
            "shape": {**tensors, down: torch.zeros(tensors[down].shape[0], 5)},
            "no_up": {k: v for k, v in tensors.items() if k != down.replace("lora_down", "lora_up")},
-           "kohya_alpha_zero": {**tensors, f"{module}.alpha": torch.tensor(0.0)}}  # sd-scripts: r, diffusers: 0
+           "kohya_alpha_zero": {**tensors, f"{module}.alpha": torch.tensor(0.0)},  # sd-scripts: r, diffusers: 0
+           "twice": {**tensors, **{k.replace("lora_te_text_model_", "lora_te_"): v.clone() for k, v in tensors.items()
+                                   if k.startswith("lora_te_text_model_")}}}  # transformers 4 and 5 names
     for name, value in bad.items():
         save_file(value, tmp_path / f"{name}.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -280,7 +282,8 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
                          ("alpha_text", "unet.lora_alpha is 'abc'; allowed: one positive number"),
                          ("pattern", "unet.alpha_pattern key 'to_q(' is not a regular expression"),
                          ("alpha_zero", "text_encoder.lora_alpha is 0; allowed: one positive number"),
-                         ("kohya_alpha_zero", ".alpha is 0.0; allowed: one positive number")):
+                         ("kohya_alpha_zero", ".alpha is 0.0; allowed: one positive number"),
+                         ("twice", "two text_encoder keys name the layer encoder.layers.")):
         out = tmp_path / "o" / "s.png"
         code = _sample(sd_lora["folder"], out, "--lora", tmp_path / f"{name}.safetensors")
         err = capsys.readouterr().err.strip().splitlines()

@@ -167,6 +167,8 @@ def _resolve(path, read: dict, component: str, network) -> dict:
             alpha = float(alpha)
         else:  # kohya without .alpha: alpha = r (sd-scripts); diffusers: its metadata, else r
             alpha = float(rank) if read["kohya"] else read["alpha_of"][component](module, rank)
+        if module in out:  # text_model.<name> and <name> both in the file: one layer, two adapters
+            raise DiffkitError(f"--lora {path}: two {component} keys name the layer {module}; allowed: one")
         out[module] = (layers[module], down, up, alpha)
     return out
 
