@@ -165,6 +165,66 @@ def test_rslora_metadata_scales_by_alpha_over_sqrt_r(sd_lora, tmp_path):
     assert relative_error(ours, _ours(sd_lora["folder"], [(sd_lora["diffusers"], 0.5)])) > 1e-3
 
 
+def test_files_without_alphas_scale_each_module_by_one_as_diffusers(sd_lora, tmp_path):
+    """A diffusers file without ``lora_adapter_metadata`` (as diffusers' training scripts wrote them before it
+    existed) and a kohya file without ``.alpha`` keys: alpha = r for each module (diffusers' get_peft_kwargs;
+    sd-scripts' create_network_from_weights), with ranks 4 and 2 in the same file."""
+    save_file(load_file(sd_lora["diffusers"]), tmp_path / "plain.safetensors")  # no metadata
+    save_file({k: v for k, v in load_file(sd_lora["kohya"]).items() if not k.endswith(".alpha")},
+              tmp_path / "kohya.safetensors")
+    theirs = _theirs(sd_lora["folder"], [(tmp_path / "plain.safetensors", 0.5)])
+    for name in ("plain", "kohya"):
+        assert relative_error(_ours(sd_lora["folder"], [(tmp_path / f"{name}.safetensors", 0.5)]), theirs) < 1e-5, name
+
+
+# kohya key stems as sd-scripts' networks/lora.py writes them for an SD 1.x UNet and CLIP text encoder (written
+# out, not derived), with the layer's (out, in, kernel; 0 = Linear) in the tiny folder: feed-forward, proj_out,
+# cross-attention, time embedding, a stride-2 conv, 1x1 shortcut, up-sampler, conv_in / conv_out
+KOHYA_UNET = {
+    "lora_unet_conv_in": (32, 4, 3), "lora_unet_time_embedding_linear_1": (128, 32, 0),
+    "lora_unet_down_blocks_0_attentions_0_proj_out": (32, 32, 1),
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (32, 32, 0),
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj": (256, 32, 0),
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2": (32, 128, 0),
+    "lora_unet_down_blocks_0_resnets_0_time_emb_proj": (32, 128, 0),
+    "lora_unet_down_blocks_0_downsamplers_0_conv": (32, 32, 3),
+    "lora_unet_down_blocks_1_resnets_0_conv2": (64, 64, 3),
+    "lora_unet_down_blocks_1_resnets_0_conv_shortcut": (64, 32, 1),
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v": (64, 32, 0),
+    "lora_unet_up_blocks_0_upsamplers_0_conv": (64, 64, 3),
+    "lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_attn1_to_out_0": (32, 32, 0),
+    "lora_unet_conv_out": (4, 32, 3)}
+KOHYA_TEXT = {  # kohya stem: (the diffusers / PEFT module name, out, in)
+    "lora_te_text_model_encoder_layers_1_self_attn_k_proj": ("text_model.encoder.layers.1.self_attn.k_proj", 32, 32),
+    "lora_te_text_model_encoder_layers_1_self_attn_out_proj":
+        ("text_model.encoder.layers.1.self_attn.out_proj", 32, 32),
+    "lora_te_text_model_encoder_layers_0_mlp_fc2": ("text_model.encoder.layers.0.mlp.fc2", 32, 37)}
+
+
+def test_kohya_names_of_every_layer_kind(sd_lora, tmp_path):
+    """One kohya file (UNet: rank 4, alpha 3; text encoder: rank 2, no .alpha) on the layers above equals
+    diffusers with its UNet part loaded through diffusers' own kohya converter and its text encoder part
+    as a diffusers file (the PEFT names above; diffusers' converter mishandles the text encoder, see above)."""
+    gen = torch.Generator().manual_seed(3)
+    unet, text, peft_text = {}, {}, {}
+    for stem, (out, inp, k) in KOHYA_UNET.items():
+        kernel = (k, k) if k else ()
+        unet[f"{stem}.lora_down.weight"] = torch.randn(4, inp, *kernel, generator=gen) * 0.2
+        unet[f"{stem}.lora_up.weight"] = torch.randn(out, 4, *((1, 1) if k else ()), generator=gen) * 0.2
+        unet[f"{stem}.alpha"] = torch.tensor(3.0)
+    for stem, (module, out, inp) in KOHYA_TEXT.items():
+        text[f"{stem}.lora_down.weight"] = down = torch.randn(2, inp, generator=gen) * 0.5
+        text[f"{stem}.lora_up.weight"] = up = torch.randn(out, 2, generator=gen) * 0.5
+        peft_text.update({f"text_encoder.{module}.lora_A.weight": down, f"text_encoder.{module}.lora_B.weight": up})
+    save_file({**unet, **text}, tmp_path / "kohya.safetensors")
+    save_file(unet, tmp_path / "kohya_unet.safetensors")
+    save_file(peft_text, tmp_path / "peft_text.safetensors")
+    ours = _ours(sd_lora["folder"], [(tmp_path / "kohya.safetensors", 0.6)])
+    theirs = _theirs(sd_lora["folder"], [(tmp_path / "kohya_unet.safetensors", 0.6),
+                                         (tmp_path / "peft_text.safetensors", 0.6)])
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_scale_zero_is_no_lora_and_two_files_add(sd_lora):
     from diffkit.interop.stable_diffusion import load_stable_diffusion
     base = load_stable_diffusion(sd_lora["folder"], progress=False)
@@ -203,15 +263,27 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
            "absent": {**tensors, **{f"{absent}.{part}": tensors[f"{module}.{part}"].clone()
                                     for part in ("lora_down.weight", "lora_up.weight", "alpha")}},
            "shape": {**tensors, down: torch.zeros(tensors[down].shape[0], 5)},
-           "no_up": {k: v for k, v in tensors.items() if k != down.replace("lora_down", "lora_up")}}
+           "no_up": {k: v for k, v in tensors.items() if k != down.replace("lora_down", "lora_up")},
+           "kohya_alpha_zero": {**tensors, f"{module}.alpha": torch.tensor(0.0)},  # sd-scripts: r, diffusers: 0
+           "twice": {**tensors, **{k.replace("lora_te_text_model_", "lora_te_"): v.clone() for k, v in tensors.items()
+                                   if k.startswith("lora_te_text_model_")}}}  # transformers 4 and 5 names
     for name, value in bad.items():
         save_file(value, tmp_path / f"{name}.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for name, config in (("alpha_text", {"unet.lora_alpha": "abc"}), ("pattern", {"unet.alpha_pattern": {"to_q(": 2}}),
+                         ("alpha_zero", {"text_encoder.lora_alpha": 0})):  # corrupt peft LoraConfig metadata
+        save_file(load_file(sd_lora["diffusers"]), tmp_path / f"{name}.safetensors",
+                  metadata={"lora_adapter_metadata": json.dumps(config)})
     for name, needle in (("missing", "does not exist"), ("junk", "is not a safetensors LoRA file"),
                          ("unknown", "key 'lora_unet_x.hada_w1_a' is not supported"),
                          ("sdxl", "'lora_te2_text_model_x.lora_down.weight' is not supported"),
                          ("absent", "names no Linear or Conv2d layer of the unet"),
-                         ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix")):
+                         ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix"),
+                         ("alpha_text", "unet.lora_alpha is 'abc'; allowed: one positive number"),
+                         ("pattern", "unet.alpha_pattern key 'to_q(' is not a regular expression"),
+                         ("alpha_zero", "text_encoder.lora_alpha is 0; allowed: one positive number"),
+                         ("kohya_alpha_zero", ".alpha is 0.0; allowed: one positive number"),
+                         ("twice", "two text_encoder keys name the layer encoder.layers.")):
         out = tmp_path / "o" / "s.png"
         code = _sample(sd_lora["folder"], out, "--lora", tmp_path / f"{name}.safetensors")
         err = capsys.readouterr().err.strip().splitlines()
@@ -222,20 +294,25 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
 
 
 def test_a_failed_merge_leaves_the_networks_as_they_were(sd_lora, tmp_path):
-    """The first file merged, the second does not fit: the first one's changes are put back."""
+    """The first file merged, the second's UNet part merged, its text encoder part does not fit: every
+    change is put back (the first file on the second's UNet layers, or on one other layer only)."""
     from diffkit.interop.sd_lora import merge_sd_loras, read_sd_loras
     from diffkit.interop.stable_diffusion import load_stable_diffusion
     tensors = load_file(sd_lora["diffusers"])
     key = next(k for k in tensors if k.startswith("text_encoder.") and k.endswith("lora_B.weight"))
     save_file({**tensors, key: torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])},
               tmp_path / "bad.safetensors")
+    kohya = load_file(sd_lora["kohya"])
+    stem = next(k for k in kohya if k.endswith("attn1_to_q.alpha"))[:-len("alpha")]
+    save_file({k: v for k, v in kohya.items() if k.startswith(stem)}, tmp_path / "one.safetensors")
     sd = load_stable_diffusion(sd_lora["folder"], progress=False)
     before = {p: {k: v.clone() for k, v in getattr(sd, p).state_dict().items()} for p in ("unet", "text_encoder")}
-    with pytest.raises(DiffkitError, match="does not fit"):
-        merge_sd_loras(sd, read_sd_loras([sd_lora["kohya"], tmp_path / "bad.safetensors"]))
-    for part, state in before.items():
-        now = getattr(sd, part).state_dict()
-        assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state), part
+    for first in (sd_lora["kohya"], tmp_path / "one.safetensors"):
+        with pytest.raises(DiffkitError, match="does not fit"):
+            merge_sd_loras(sd, read_sd_loras([first, tmp_path / "bad.safetensors"]))
+        for part, state in before.items():
+            now = getattr(sd, part).state_dict()
+            assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state), (first, part)
 
 
 def test_edit_command_merges_lora_files_as_the_img2img_pipeline(sd_lora, tmp_path, capsys):

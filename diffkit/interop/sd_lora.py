@@ -20,9 +20,10 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
   found by writing the network's own Linear / Conv2d names that way (SD 1.x/2.x files, trained on
   diffusers-named UNets). Conv LoRA (a 3x3 down, 1x1 up) included.
 
-Anything else (LoHa / LoKr / DoRA tensors, a second text encoder's ``lora_te2_``, a LoRA bias, an
-SGM-named ``input_blocks`` key) is a one-line error naming the first such key; so is a key naming a
-module the network lacks, or a shape that does not fit. Files are read and checked before anything
+Anything else (LoHa / LoKr / DoRA tensors, a second text encoder's ``lora_te2_``, a LoRA bias) is a
+one-line error naming the first such key; so is a key naming a module the network lacks (an SGM-named
+``input_blocks`` key), a shape that does not fit, or an alpha that is not a positive number (a kohya
+``.alpha`` of 0: sd-scripts reads it as r, diffusers as 0). Files are read and checked before anything
 is merged, and a failure leaves the networks as they were.
 """
 from __future__ import annotations
@@ -68,6 +69,13 @@ def _read(path) -> tuple[dict, dict]:
     return tensors, meta
 
 
+def _check_alpha(value, what: str) -> float:
+    """A LoRA alpha read from a file: a positive finite number, else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise DiffkitError(f"{what} is {value!r}; allowed: one positive number")
+    return float(value)
+
+
 def _peft_alphas(path, meta: dict, component: str):
     """alpha(module, rank) for ``component`` from diffusers' ``lora_adapter_metadata`` (peft LoraConfig)."""
     raw = meta.get("lora_adapter_metadata")
@@ -80,6 +88,17 @@ def _peft_alphas(path, meta: dict, component: str):
     if config.get("use_dora"):
         raise DiffkitError(f"--lora {path} is a DoRA adapter ({component}.use_dora); allowed: LoRA files")
     alpha, patterns = config.get("lora_alpha"), config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise DiffkitError(f"--lora {path}: {component}.alpha_pattern is {patterns!r}; allowed: a dict")
+    if alpha is not None:
+        _check_alpha(alpha, f"--lora {path}: {component}.lora_alpha")
+    for key, value in patterns.items():
+        _check_alpha(value, f"--lora {path}: {component}.alpha_pattern[{key!r}]")
+        try:
+            re.compile(key)
+        except re.error:
+            raise DiffkitError(f"--lora {path}: {component}.alpha_pattern key {key!r} is not a regular "
+                               f"expression") from None
     root = (lambda r: math.sqrt(r)) if config.get("use_rslora") else (lambda r: r)
 
     def alpha_of(module: str, rank: int) -> float:  # peft's get_pattern_key: a key matching the name's tail
@@ -117,7 +136,7 @@ def read_sd_lora(path) -> dict:
             if down is None or up is None:
                 raise DiffkitError(f"--lora {path}: {component} module {name} has no "
                                    f"{'lora_A / lora_down' if down is None else 'lora_B / lora_up'} matrix")
-            if alpha is not None and (alpha.numel() != 1 or not float(alpha) > 0):
+            if alpha is not None and (alpha.numel() != 1 or not 0 < float(alpha) < math.inf):
                 raise DiffkitError(f"--lora {path}: {COMPONENTS[component][1]}{name}.alpha is {alpha.tolist()}; "
                                    f"allowed: one positive number")
     out["kohya"] = kohya
@@ -148,6 +167,8 @@ def _resolve(path, read: dict, component: str, network) -> dict:
             alpha = float(alpha)
         else:  # kohya without .alpha: alpha = r (sd-scripts); diffusers: its metadata, else r
             alpha = float(rank) if read["kohya"] else read["alpha_of"][component](module, rank)
+        if module in out:  # text_model.<name> and <name> both in the file: one layer, two adapters
+            raise DiffkitError(f"--lora {path}: two {component} keys name the layer {module}; allowed: one")
         out[module] = (layers[module], down, up, alpha)
     return out
 
