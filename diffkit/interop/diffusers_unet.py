@@ -452,7 +452,11 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
         raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
                            f"this model with what it holds; give a new or empty folder")
     model, meta, schedule = load_model(checkpoint_path, use_ema=use_ema)
-    from ..models.network import check_image_model
+    from ..models.network import check_image_model, is_dit
+    if is_dit(meta["unet"]):
+        raise DiffkitError(f"{checkpoint_path} is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets, and "
+                           f"diffusers' DiTPipeline is latent-only: map the weights in Python with "
+                           f"diffkit.interop.dit (docs/models.md)")
     check_image_model(meta["unet"], "--to-diffusers (a DDPMPipeline of a 2-D UNet)")
     if meta.get("latent"):
         raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "

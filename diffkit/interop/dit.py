@@ -54,3 +54,67 @@ def to_diffusers_state(state: Mapping[str, torch.Tensor], cfg: DiTConfig) -> dic
         for kind in ("weight", "bias"):
             out[f"{theirs}.{kind}"] = state[f"{ours}.{kind}"].clone()
     return out
+
+
+def from_diffusers_state(state: Mapping[str, torch.Tensor], cfg: DiTConfig) -> dict[str, torch.Tensor]:
+    """A ``DiTTransformer2DModel`` state dict (of :func:`diffusers_config`'s shape) as a diffkit DiT's. The
+    blocks' timestep and class embedders must be equal (DiT shares one): a one-line error names the first
+    block whose embedder differs from block 0's."""
+    first = "transformer_blocks.0.norm1.emb."
+    for i in range(1, cfg.num_layers):
+        prefix = f"transformer_blocks.{i}.norm1.emb."
+        for key in (k[len(first):] for k in state if k.startswith(first)):
+            if not torch.equal(state[prefix + key], state[first + key]):
+                raise DiffkitError(f"block {i}'s timestep/class embedder ({prefix}{key}) differs from block 0's; "
+                                   f"diffkit's DiT shares one embedder (DiT Sec. 3.1), so this model has no "
+                                   f"diffkit equivalent")
+    out = {f"{ours}.{kind}": state[f"{first}{theirs}.{kind}"].clone()
+           for ours, theirs in _EMBEDDER.items() for kind in ("weight", "bias")}
+    if cfg.num_classes is not None:
+        out["class_embed.weight"] = state[f"{first}class_embedder.embedding_table.weight"].clone()
+    for i in range(cfg.num_layers):
+        for kind in ("weight", "bias"):
+            out[f"blocks.{i}.qkv.{kind}"] = torch.cat([state[f"transformer_blocks.{i}.attn1.{name}.{kind}"]
+                                                       for name in ("to_q", "to_k", "to_v")])
+            for ours, theirs in _BLOCK.items():
+                out[f"blocks.{i}.{ours}.{kind}"] = state[f"transformer_blocks.{i}.{theirs}.{kind}"].clone()
+    for ours, theirs in _TOP.items():
+        for kind in ("weight", "bias"):
+            out[f"{ours}.{kind}"] = state[f"{theirs}.{kind}"].clone()
+    return out
+
+
+def to_diffusers(net) -> "diffusers.DiTTransformer2DModel":  # noqa: F821
+    """A diffusers ``DiTTransformer2DModel`` computing what the diffkit DiT ``net`` computes (an unconditional
+    ``net``: call it with ``class_labels`` 0)."""
+    from . import require
+    model = require("diffusers").DiTTransformer2DModel(**diffusers_config(net.config))
+    model.load_state_dict(to_diffusers_state({k: v.detach().cpu() for k, v in net.state_dict().items()}, net.config))
+    return model.eval()
+
+
+def from_diffusers(model):
+    """The diffkit DiT of a diffusers ``DiTTransformer2DModel`` (class-conditional, its table's last row the null
+    label); a one-line error for settings diffkit's DiT does not have."""
+    from ..models.dit import DiT
+    c = model.config
+    fixed = {"activation_fn": "gelu-approximate", "attention_bias": True, "norm_type": "ada_norm_zero",
+             "norm_elementwise_affine": False, "norm_eps": NORM_EPS, "upcast_attention": False}
+    for name, value in fixed.items():
+        if c.get(name) != value:
+            raise DiffkitError(f"this DiTTransformer2DModel has {name}={c.get(name)!r}; diffkit's DiT has {value!r}")
+    out = c.out_channels if c.out_channels is not None else c.in_channels
+    if out not in (c.in_channels, 2 * c.in_channels):
+        raise DiffkitError(f"out_channels={out} with in_channels={c.in_channels}: diffkit's DiT outputs the input's "
+                           f"channels (or twice them, with a learned variance)")
+    table = model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.weight
+    if table.shape[0] != c.num_embeds_ada_norm + 1:
+        raise DiffkitError(f"the class table has {table.shape[0]} rows for {c.num_embeds_ada_norm} classes; diffkit's "
+                           f"DiT needs the null row of classifier-free guidance (num_classes + 1)")
+    cfg = DiTConfig(img_size=c.sample_size, in_channels=c.in_channels, patch_size=c.patch_size,
+                    num_layers=c.num_layers, num_attention_heads=c.num_attention_heads,
+                    attention_head_dim=c.attention_head_dim, learned_variance=out == 2 * c.in_channels,
+                    num_classes=c.num_embeds_ada_norm, freq_shift=1)
+    net = DiT(cfg)
+    net.load_state_dict(from_diffusers_state(model.state_dict(), cfg))
+    return net.eval()
