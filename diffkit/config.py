@@ -883,7 +883,8 @@ _RANGES = {
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
     "lora_rank": (0, None, True, True), "lora_alpha": (0.0, None, False, True),
-    "patch_size": (1, None, True, True), "num_layers": (1, None, True, True), "attention_head_dim": (1, None, True, True),
+    "patch_size": (1, None, True, True), "num_layers": (1, None, True, True),
+    "attention_head_dim": (1, None, True, True),
 }
 _FLOAT_LISTS = ("consistency_guidance_range", "posthoc_ema")  # list fields of numbers (the others hold integers)
 _CHOICES = {

@@ -102,7 +102,7 @@ def test_config_describes_a_dit_that_build_network_builds():
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["network=dit", "img_size=8", "patch_size=3"], "patch_size=3 must divide img_size=8"),
+    (["network=dit", "img_size=8", "patch_size=3"], "patch_size=3 must divide img_size=8 (network='dit' cuts"),
     (["network=dit", "num_heads=3", "attention_head_dim=3"], "= 9 must be a multiple of 4"),
     (["network=dit", "channel=64"], "channel=64 applies to the U-Net"),
     (["network=dit", "text_conditioning=true"], "text_conditioning=True is not available with network='dit'"),

@@ -84,7 +84,7 @@ def from_diffusers_state(state: Mapping[str, torch.Tensor], cfg: DiTConfig) -> d
     return out
 
 
-def to_diffusers(net) -> "diffusers.DiTTransformer2DModel":  # noqa: F821
+def to_diffusers(net):
     """A diffusers ``DiTTransformer2DModel`` computing what the diffkit DiT ``net`` computes (an unconditional
     ``net``: call it with ``class_labels`` 0)."""
     from . import require
