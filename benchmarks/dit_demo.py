@@ -1,18 +1,20 @@
-"""A small DiT against the demo U-Net on the digits: equal recipe, equal steps, similar parameter count.
+"""A small DiT against the demo U-Net on the digits: wall time per training step at a similar parameter count.
 
-Trains the ``diffkit demo`` configuration (``DEMO_CONFIG``: 16x16 digits, 1.11M-parameter U-Net, 1500 steps,
-batch 64, seed 0) and the same run with ``network=dit`` (DiT, Peebles & Xie 2023: patch 2, 4 blocks of 4 heads x
-32 = width 128, 1.27M parameters; every other setting the demo's, lr included), timing every training step
-(the median is reported), then scores both as ``benchmarks/training_options.py`` does: ``--num`` DDIM-50
-samples (sample i from noise seed i), FD-classifier against the 597 held-out digits in the feature space of
-``--evaluator`` (``diffkit train-evaluator --dataset digits``), with a paired bootstrap of the difference.
+The ``diffkit demo`` configuration (``DEMO_CONFIG``: 16x16 digits, batch 64, the 1.11M-parameter U-Net) and the
+same run with ``network=dit`` (DiT, Peebles & Xie 2023: patch 2, 4 blocks of 4 heads x 32 = width 128, 1.27M
+parameters; every other setting the demo's, lr included) are trained ``--steps`` steps each, ``--rounds`` times
+in turn (U-Net, DiT, U-Net, ...), timing every step; the median per network is reported. With ``--evaluator``
+(``diffkit train-evaluator --dataset digits``) each model is also scored as ``benchmarks/training_options.py``
+does: ``--num`` DDIM-50 samples (sample i from noise seed i), FD-classifier against the 597 held-out digits,
+with a paired bootstrap of the difference (use the demo's ``--steps 1500 --rounds 1`` for that).
 
-    OMP_NUM_THREADS=1 DIFFKIT_CPU_KERNELS=0 PYTHONPATH=. python benchmarks/dit_demo.py --evaluator EV \\
-        --out-dir benchmarks/out/dit_demo --json benchmarks/results/dit_demo_2026-12-06.json
+    OMP_NUM_THREADS=1 DIFFKIT_CPU_KERNELS=0 PYTHONPATH=. python benchmarks/dit_demo.py --steps 30 --rounds 3 \
+        --json benchmarks/results/dit_demo_step_time_2026-12-06.json
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -55,32 +57,46 @@ def train_timed(folder: Path, steps: int, options: dict) -> tuple[Path, int, lis
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--evaluator", required=True)
     p.add_argument("--out-dir", default="benchmarks/out/dit_demo")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=30, help="training steps per run (the demo trains 1500)")
+    p.add_argument("--rounds", type=int, default=3, help="runs per network, alternating")
+    p.add_argument("--evaluator", help="also score FD-classifier (the last round's models)")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--replicates", type=int, default=200)
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    picks = bootstrap_picks(args.num, args.replicates)
-    point, boot, rows = {}, {}, []
-    for name, options in VARIANTS:
-        folder = Path(args.out_dir) / name
-        ckpt, params, seconds = train_timed(folder, args.steps, options)
-        den = load_denoiser(ckpt, device="cpu")
-        scorer = experiment_scorer("fd-classifier", den, evaluator=args.evaluator, batch_size=500)
-        features, sample_s, _ = model_features(den, scorer, folder, ckpt, "ddim", 50, args.num, 500)
-        point[name], boot[name] = fd_and_bootstrap(features, scorer.reference_classifier, picks)
-        row = {"variant": name, "options": options, "parameters": params, "steps": len(seconds),
-               "step_median_s": statistics.median(seconds), "train_wall_s": sum(seconds), "sample_cpu_s": sample_s,
-               "fd": point[name], "fd_sd": float(boot[name].std(ddof=1)),
-               **paired_difference(point, boot, name, "unet")}
-        rows.append(row)
-        print(f"{name:5s} {params:,} parameters, step median {row['step_median_s'] * 1e3:.1f} ms, FD {row['fd']:.2f} "
-              f"+- {row['fd_sd']:.2f}" + difference_text(row, "unet"), flush=True)
-        if args.json:
-            write_json({"steps": args.steps, "num": args.num, "evaluator": args.evaluator, "rows": rows}, args.json)
+    seconds = {name: [] for name, _ in VARIANTS}
+    params, checkpoints = {}, {}
+    for round_ in range(args.rounds):
+        for name, options in VARIANTS:
+            folder = Path(args.out_dir) / f"{name}-{round_}"
+            if folder.exists():
+                shutil.rmtree(folder)
+            checkpoints[name], params[name], times = train_timed(folder, args.steps, options)
+            seconds[name] += times
+            print(f"round {round_} {name:5s} step median {statistics.median(times) * 1e3:.1f} ms", flush=True)
+    rows = [{"variant": name, "options": options, "parameters": params[name], "steps_timed": len(seconds[name]),
+             "step_median_s": statistics.median(seconds[name]), "step_seconds": seconds[name]}
+            for name, options in VARIANTS]
+    if args.evaluator:
+        picks = bootstrap_picks(args.num, args.replicates)
+        point, boot = {}, {}
+        for row in rows:
+            name = row["variant"]
+            den = load_denoiser(checkpoints[name], device="cpu")
+            scorer = experiment_scorer("fd-classifier", den, evaluator=args.evaluator, batch_size=500)
+            features, _, _ = model_features(den, scorer, checkpoints[name].parent.parent, checkpoints[name], "ddim",
+                                            50, args.num, 500)
+            point[name], boot[name] = fd_and_bootstrap(features, scorer.reference_classifier, picks)
+            row.update(fd=point[name], fd_sd=float(boot[name].std(ddof=1)),
+                       **paired_difference(point, boot, name, "unet"))
+            print(f"{name:5s} FD {row['fd']:.2f} +- {row['fd_sd']:.2f}" + difference_text(row, "unet"), flush=True)
+    for row in rows:
+        print(f"{row['variant']:5s} {row['parameters']:,} parameters: median {row['step_median_s'] * 1e3:.1f} ms per "
+              f"step of batch 64 ({row['steps_timed']} steps)")
+    if args.json:
+        write_json({"steps": args.steps, "rounds": args.rounds, "threads": 1, "rows": rows}, args.json)
     return 0
 
 

@@ -3,9 +3,9 @@
 
 The image is cut into p x p patches, each a token (DiT Sec. 3.1, "Patchify": a convolution with
 kernel = stride = p), plus the fixed 2-D sin-cos position embedding of MAE / ViT (Sec. 3.1). The
-conditioning c = MLP(sinusoidal(t)) + embed(y) (Sec. 3.1, "Timestep / class embedding"; the last
-of ``num_classes + 1`` rows is the null label of classifier-free guidance, Sec. 3.1 and Ho &
-Salimans 2022) drives N blocks with adaLN-Zero (Sec. 3.1, "adaLN-Zero block"): each block regresses
+conditioning c = MLP(sinusoidal(t)) + embed(y) (Sec. 3.1, "DiT block design": the timestep and class
+embeddings summed; the last of ``num_classes + 1`` rows is the null label of classifier-free guidance,
+Sec. 2 and Ho & Salimans 2022) drives N blocks with adaLN-Zero (Sec. 3.1, "adaLN-Zero block"): each block regresses
 shift, scale and gate for its attention and its MLP from c,
 
     x = x + gate_msa * Attn(LN(x) * (1 + scale_msa) + shift_msa)
@@ -14,7 +14,7 @@ shift, scale and gate for its attention and its MLP from c,
 with the regression zero-initialised, so every block starts as the identity. The final layer
 (adaLN, then a zero-initialised linear to p*p*C_out per token, Sec. 3.1 "Transformer decoder")
 is unpatchified back to (B, C_out, H, W). ``learned_variance`` outputs [eps, v] (2C channels) as
-DiT does for its hybrid loss (Sec. 3, "learn Sigma_theta", after Improved DDPM eq. 15-16).
+DiT does for its hybrid loss (Sec. 2: Sigma_theta learned with the full L, after Improved DDPM eq. 15-16).
 
 Weights map one to one onto diffusers' ``DiTTransformer2DModel`` (which repeats the timestep and
 class embedders inside every block's ``AdaLayerNormZero``; DiT shares one: :mod:`diffkit.interop.dit`).
