@@ -67,3 +67,15 @@ def test_weights_round_trip_and_a_model_whose_blocks_differ_is_refused():
         theirs.transformer_blocks[1].norm1.emb.timestep_embedder.linear_2.bias[0] += 1e-3
     with pytest.raises(DiffkitError, match="block 1's timestep/class embedder .* differs from block 0's"):
         from_diffusers(theirs)
+
+
+def test_convert_from_diffusers_refuses_a_dit_folder_in_one_line(tmp_path, capsys):
+    """diffkit convert imports UNet2DModel folders; a DiTTransformer2DModel folder gets one line that names it
+    and points to the Python map (no checkpoint written)."""
+    from diffkit.interop.dit import to_diffusers
+    from test_cli_errors import one_line_error
+    to_diffusers(DiT(DiTConfig(**TINY, num_classes=3))).save_pretrained(tmp_path / "dit")
+    line = one_line_error(capsys, "convert", "--from-diffusers", str(tmp_path / "dit"), "--out",
+                          str(tmp_path / "o" / "x.safetensors"))
+    assert "holds a DiTTransformer2DModel; allowed: UNet2DModel (a DiT: diffkit.interop.dit_from_diffusers" in line
+    assert not (tmp_path / "o").exists()

@@ -524,8 +524,10 @@ def _read_folder(directory: Path):
         raise DiffkitError(f"{directory} is not a diffusers folder (no unet/config.json or config.json)")
     model_config = read_json_object(unet_dir / "config.json", "diffusers config")
     if model_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel "
-                           f"(for Stable Diffusion folders use diffkit.interop.load_stable_diffusion)")
+        hint = ("a DiT: diffkit.interop.dit_from_diffusers maps its weights in Python"
+                if model_config.get("_class_name") == "DiTTransformer2DModel" else
+                "for Stable Diffusion folders use diffkit.interop.load_stable_diffusion")
+        raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel ({hint})")
     model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False,
                             use_safetensors=True)  # never a pickle (.bin) from a folder
     # the pipeline's scheduler, or for a bare unet/ folder its sibling ../scheduler
