@@ -26,7 +26,8 @@ def randomize(net, seed=0):
 def test_dit_computes_what_diffusers_computes_with_its_weights(conditional):
     """A diffkit DiT and diffusers' DiTTransformer2DModel holding the mapped weights (the shared embedder
     copied into every block) give the same output for the same x, t and labels, the null label (y=None)
-    included; the learned-variance head too."""
+    included; the learned-variance head too. On the CPU the two agree to the last bit (the timestep
+    frequencies rounded in diffusers' order); 1e-6 of the output's scale is asserted."""
     from diffkit.interop.dit import to_diffusers
     cfg = DiTConfig(**TINY, num_classes=10 if conditional else None, learned_variance=conditional)
     net = randomize(DiT(cfg)).eval()
@@ -40,11 +41,11 @@ def test_dit_computes_what_diffusers_computes_with_its_weights(conditional):
             expected = theirs(x, t, class_labels=labels).sample
             null = net(x, t)  # y=None: the null label for every sample
             np.testing.assert_allclose(null.numpy(), theirs(x, t, class_labels=torch.full((4,), 10)).sample.numpy(),
-                                       rtol=0, atol=1e-5 * null.abs().max().item())
+                                       rtol=0, atol=1e-6 * null.abs().max().item())
         else:
             ours, expected = net(x, t), theirs(x, t, class_labels=torch.zeros(4, dtype=torch.long)).sample
     assert ours.shape == (4, 6 if conditional else 3, 8, 8)
-    np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=0, atol=1e-5 * expected.abs().max().item())
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=0, atol=1e-6 * expected.abs().max().item())
 
 
 def test_position_embedding_is_maes_as_diffusers_computes_it():
