@@ -141,7 +141,7 @@ class TrainConfig:
     choice), ``conditional`` / ``num_classes`` / ``p_uncond`` work as for the U-Net. The U-Net's fields
     (``channel``, ``channel_mult``, ``attn``, ``num_res_blocks``, ``scale_shift_norm``) are refused away
     from their defaults, and so is what the DiT does not have yet (text, an autoencoder, super-resolution,
-    the consistency objectives, LoRA, ``init_from``); ``dropout`` is not used (DiT has none). The DiT's
+    the consistency objectives, LoRA); ``dropout`` is not used (DiT has none). The DiT's
     fields are refused with the U-Net.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
@@ -447,11 +447,11 @@ class TrainConfig:
             raise DiffkitError(f"num_heads * attention_head_dim = {self.num_heads} * {self.attention_head_dim} = "
                                f"{width} must be a multiple of 4 (the DiT's 2-D sin-cos position embedding)")
         lacking = self._first_changed("text_conditioning", "autoencoder", "super_res_from", "guidance_embedding_dim",
-                                      "objective", "lora_rank", "init_from")
+                                      "objective", "lora_rank")
         if lacking:
             name, value = lacking
-            raise DiffkitError(f"{name}={value!r} is not available with network='dit' (it trains from scratch with "
-                               f"the diffusion objective in pixel space, unconditional or class-conditional): "
+            raise DiffkitError(f"{name}={value!r} is not available with network='dit' (it trains with the "
+                               f"diffusion objective in pixel space, unconditional or class-conditional): "
                                f"drop {name} or use network='unet'")
 
     def _check_image_network(self) -> None:

@@ -94,6 +94,17 @@ def test_train_and_sample_an_unconditional_dit(tmp_path, capsys):
     assert (tmp_path / "s.png").is_file()
 
 
+def test_init_from_fine_tunes_a_dit(dit_run, tmp_path, capsys):
+    """--init-from takes the DiT's network fields from its checkpoint and starts from its EMA weights."""
+    from diffkit.loading import load_denoiser
+    run = tmp_path / "ft"
+    assert main(["train", "--init-from", str(dit_run), "--no-progress", "--no-sample", "--device", "cpu",
+                 "--dataset", "digits", "--steps", "1", "--set=sample_steps=2", "--out", str(run)]) == 0
+    assert f"DiT from {dit_run / 'latest.safetensors'}" in capsys.readouterr().out
+    tuned = load_denoiser(run / "checkpoints", use_ema=False)
+    assert isinstance(tuned.model, DiT) and tuned.meta["unet"] == load_denoiser(dit_run).meta["unet"]
+
+
 def test_convert_to_diffusers_refuses_a_dit_in_one_line(dit_run, tmp_path, capsys):
     pytest.importorskip("diffusers")
     out = tmp_path / "exported"
