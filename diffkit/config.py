@@ -44,6 +44,7 @@ CONSISTENCY_CURRICULA = ("fixed", "cm", "ict")  # = diffkit.consistency_curricul
 EDM_SIGMA_DATA = 0.5  # EDM's sigma_data (Karras et al. 2022, Table 1): the Denoiser's default for an edm network
 CONSISTENCY_SIGMA_DATA = 0.5  # the boundary condition's sigma_data and timestep scaling (LCM, diffusers' LCMScheduler)
 CONSISTENCY_TIMESTEP_SCALING = 10.0
+NETWORKS = ("unet", "dit")  # the image network: the DDPM/ADM U-Net, or a DiT (diffkit.models.dit)
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "sines", "series")  # = data.DATASET_NAMES
 SERIES_DATASETS = ("sines", "series")  # = diffkit.timeseries.SERIES_DATASETS: the data set implies a 1-D U-Net
 # the fields that shape the network, its schedule and what it predicts: a fine-tuned run (diffkit train
@@ -53,7 +54,8 @@ NETWORK_FIELDS = ("T", "beta_1", "beta_T", "schedule", "flow_shift", "zero_termi
                   "channel", "channel_mult", "attn", "num_res_blocks", "img_size", "in_channels", "scale_shift_norm",
                   "num_heads", "conditional", "num_classes", "guidance_embedding_dim", "autoencoder",
                   "text_conditioning", "context_dim", "text_width", "text_layers", "text_heads", "max_prompt_tokens",
-                  "text_pooled", "super_res_from", "super_res_noise", "seq_length")
+                  "text_pooled", "super_res_from", "super_res_noise", "seq_length", "network", "patch_size",
+                  "num_layers", "attention_head_dim")
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
 
@@ -135,6 +137,17 @@ class TrainConfig:
     ``label_column`` (with ``conditional``) names the CSV column of integer class labels 0..K-1, one per
     row: a window takes the label its rows share, and windows whose rows carry two labels are left out
     (:func:`diffkit.series_files.window_labels`).
+
+    **DiT** (docs/models.md; Peebles & Xie 2023): ``network = "dit"`` trains a Diffusion Transformer
+    (:class:`~diffkit.models.dit.DiT`) instead of the U-Net (``network = "unet"``, the default):
+    ``patch_size`` (p, dividing ``img_size``), ``num_layers`` (blocks), ``num_heads`` (attention heads)
+    and ``attention_head_dim`` (their width; the model width is num_heads * attention_head_dim, a multiple
+    of 4), as diffusers' ``DiTTransformer2DModel``. ``learned_variance`` (with ``loss='hybrid'``, DiT's
+    choice), ``conditional`` / ``num_classes`` / ``p_uncond`` work as for the U-Net. The U-Net's fields
+    (``channel``, ``channel_mult``, ``attn``, ``num_res_blocks``, ``scale_shift_norm``) are refused away
+    from their defaults, and so is what the DiT does not have yet (text, an autoencoder, super-resolution,
+    the consistency objectives, LoRA); ``dropout`` is not used (DiT has none). The DiT's
+    fields are refused with the U-Net.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
@@ -249,6 +262,11 @@ class TrainConfig:
     # ---- model extras ----
     scale_shift_norm: bool = False
     num_heads: int = 1
+    # ---- DiT (docs/models.md): network "dit" ----
+    network: str = "unet"
+    patch_size: int = 2
+    num_layers: int = 12  # DiT-S/B (DiT Table 1)
+    attention_head_dim: int = 64  # DiT's, every size (Table 1)
     # ---- optimisation ----
     ema_decay: float = 0.9999
     ema_warmup: bool = False
@@ -381,6 +399,9 @@ class TrainConfig:
             if bad:
                 raise DiffkitError(f"{name}={values!r} has {bad[0]}; every multiplier must be an integer >= 1")
         self._check_series_file()
+        if self.is_series and self.network != "unet":
+            raise DiffkitError(f"network={self.network!r} applies to images; dataset={self.dataset!r} trains the "
+                               f"1-D U-Net on series: drop network")
         if self.is_series:
             self._check_series()
         else:
@@ -388,7 +409,7 @@ class TrainConfig:
                 if getattr(self, name) != _default(name):
                     raise DiffkitError(f"{name}={getattr(self, name)!r} applies to time series (dataset "
                                        f"{', '.join(SERIES_DATASETS)}); dataset={self.dataset!r} holds images")
-            self._check_image_network()
+            self._check_dit() if self.network == "dit" else self._check_image_network()
         if not self.beta_1 < self.beta_T:
             raise DiffkitError(f"beta_1={self.beta_1!r} must be smaller than beta_T={self.beta_T!r} "
                                f"(0 < beta_1 < beta_T < 1)")
@@ -420,7 +441,35 @@ class TrainConfig:
             raise DiffkitError(f"lora_rank={self.lora_rank}: LoRA adapts the image U-Net's attention and residual "
                                f"blocks; dataset={self.dataset!r} trains the 1-D U-Net: set lora_rank=0")
 
+    def _check_dit(self) -> None:
+        """network='dit' (diffkit.models.dit): its shape, and the U-Net's fields and the features it lacks
+        refused in one line each."""
+        unet_only = self._first_changed("channel", "channel_mult", "attn", "num_res_blocks", "scale_shift_norm")
+        if unet_only:
+            name, value = unet_only
+            raise DiffkitError(f"{name}={value!r} applies to the U-Net; network='dit' is sized by patch_size, "
+                               f"num_layers, num_heads and attention_head_dim: drop {name}")
+        if self.img_size % self.patch_size:
+            raise DiffkitError(f"patch_size={self.patch_size} must divide img_size={self.img_size} (network='dit' "
+                               f"cuts the image into patch_size x patch_size patches)")
+        width = self.num_heads * self.attention_head_dim
+        if width % 4:
+            raise DiffkitError(f"num_heads * attention_head_dim = {self.num_heads} * {self.attention_head_dim} = "
+                               f"{width} must be a multiple of 4 (the DiT's 2-D sin-cos position embedding)")
+        lacking = self._first_changed("text_conditioning", "autoencoder", "super_res_from", "guidance_embedding_dim",
+                                      "objective", "lora_rank")
+        if lacking:
+            name, value = lacking
+            raise DiffkitError(f"{name}={value!r} is not available with network='dit' (it trains with the "
+                               f"diffusion objective in pixel space, unconditional or class-conditional): "
+                               f"drop {name} or use network='unet'")
+
     def _check_image_network(self) -> None:
+        dit_only = self._first_changed("patch_size", "num_layers", "attention_head_dim")
+        if dit_only:
+            name, value = dit_only
+            raise DiffkitError(f"{name}={value!r} applies to network='dit'; this run trains the U-Net: set "
+                               f"network=dit or drop {name}")
         levels = len(self.channel_mult)
         bad = [a for a in self.attn if not 0 <= a < levels]
         if bad:
@@ -708,13 +757,19 @@ class TrainConfig:
             if num_classes is None:
                 raise DiffkitError(f"conditional=True with dataset={self.dataset!r} needs num_classes "
                                    f"(or pass the loaded dataset)")
+        extras = {**({"learned_variance": True} if self.learned_variance else {}),
+                  **({"num_classes": num_classes} if num_classes is not None else {})}
+        if self.network == "dit":  # diffkit.models.dit.DiTConfig's names (diffusers' DiTTransformer2DModel's)
+            from .models.network import DIT
+            return {"network": DIT, "img_size": self.img_size, "in_channels": in_channels,
+                    "patch_size": self.patch_size, "num_layers": self.num_layers,
+                    "num_attention_heads": self.num_heads, "attention_head_dim": self.attention_head_dim,
+                    "freq_shift": 1, **extras}
         if self.is_series:  # the 1-D U-Net (diffkit.models.network): TemporalUNetConfig's names, + the length
             from .models.network import TEMPORAL_UNET
             return {"network": TEMPORAL_UNET, "in_channels": in_channels, "model_channels": self.channel,
                     "channel_mult": list(self.channel_mult), "num_res_blocks": self.num_res_blocks,
-                    "dropout": self.dropout, "seq_length": self.seq_length,
-                    **({"learned_variance": True} if self.learned_variance else {}),
-                    **({"num_classes": num_classes} if num_classes is not None else {})}
+                    "dropout": self.dropout, "seq_length": self.seq_length, **extras}
         return {
             "channel": self.channel, "channel_mult": list(self.channel_mult), "attn": list(self.attn),
             "num_res_blocks": self.num_res_blocks, "dropout": self.dropout, "img_size": self.img_size,
@@ -864,6 +919,8 @@ _RANGES = {
     "consistency_target_ema": (0.0, 1.0, True, False), "consistency_s0": (1, None, True, True),
     "consistency_s1": (1, None, True, True),
     "lora_rank": (0, None, True, True), "lora_alpha": (0.0, None, False, True),
+    "patch_size": (1, None, True, True), "num_layers": (1, None, True, True),
+    "attention_head_dim": (1, None, True, True),
 }
 _FLOAT_LISTS = ("consistency_guidance_range", "posthoc_ema")  # list fields of numbers (the others hold integers)
 _CHOICES = {
@@ -872,6 +929,7 @@ _CHOICES = {
     "timestep_sampler": TIMESTEP_SAMPLERS, "lr_schedule": LR_SCHEDULES, "mixed_precision": MIXED_PRECISION,
     "dataset": DATASETS, "memory_format": MEMORY_FORMATS, "objective": OBJECTIVES,
     "consistency_distance": CONSISTENCY_DISTANCES, "consistency_curriculum": CONSISTENCY_CURRICULA,
+    "network": NETWORKS,
 }
 
 

@@ -122,7 +122,8 @@ class EMA:
 
 
 def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
-    """The U-Net that ``cfg`` describes (seed 000 key names; the 1-D U-Net for time series); with
+    """The U-Net that ``cfg`` describes (seed 000 key names; the 1-D U-Net for time series; a DiT for
+    ``network = "dit"``); with
     ``text_conditioning``, the U-Net and a new text encoder as one :class:`~diffkit.text.TextConditionedUNet`, its
     vocabulary that of the data set's captions (:meth:`~diffkit.text.CaptionSet.for_dataset`)."""
     kwargs = cfg.to_unet_kwargs(dataset)
@@ -130,7 +131,7 @@ def build_model(cfg: TrainConfig, dataset=None) -> torch.nn.Module:
     if kwargs.get("num_classes") and classes and classes > kwargs["num_classes"]:  # labels would index past it
         raise DiffkitError(f"num_classes={kwargs['num_classes']} is fewer than the {classes} classes of "
                            f"dataset={cfg.dataset!r}; use num_classes={classes} (or leave it unset)")
-    if cfg.is_series:  # the data set implies the network: the 1-D U-Net (docs/data_and_config.md)
+    if cfg.is_series or cfg.network == "dit":  # the 1-D U-Net (docs/data_and_config.md), a DiT (docs/models.md)
         return build_network(kwargs)
     unet = UNet(UNetConfig(**kwargs))
     if not cfg.text_conditioning:

@@ -305,7 +305,8 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     from ..training import Trainer, TrainingInterrupted
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    network, items = ("1-D U-Net", "series") if cfg.is_series else ("U-Net", "images")
+    network, items = ("1-D U-Net", "series") if cfg.is_series else ("DiT" if cfg.network == "dit" else "U-Net",
+                                                                     "images")
     if cfg.lora_rank:  # LoRA: only the adapters train
         n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         network += f" (LoRA rank {cfg.lora_rank}: {n_lora:,} trainable parameters)"

@@ -4,6 +4,8 @@
 * :mod:`.diffusers_unet` - diffkit's pixel-space :class:`~diffkit.models.unet.UNet` <->
   diffusers ``UNet2DModel`` (config and state-dict name map), diffusers-format folders
   (:func:`export_diffusers`, :func:`import_diffusers`).
+* :mod:`.dit` - diffkit's :class:`~diffkit.models.dit.DiT` <-> diffusers ``DiTTransformer2DModel``
+  (config and state-dict name map: :func:`dit_to_diffusers`, :func:`dit_from_diffusers`).
 * :mod:`.denoiser` - any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser`.
 * :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
@@ -34,8 +36,9 @@ _EXPORTS = {
     "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
     "is_lcm_folder": "lcm",
 }
+_RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers")}
 
-__all__ = sorted(_EXPORTS) + ["from_pretrained", "library_progress_bars", "require"]
+__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "require"]
 
 
 def require(module: str = "diffusers"):
@@ -107,4 +110,7 @@ def from_pretrained(cls, directory, **kwargs):
 def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _RENAMED:
+        module, attr = _RENAMED[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -452,7 +452,11 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
         raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
                            f"this model with what it holds; give a new or empty folder")
     model, meta, schedule = load_model(checkpoint_path, use_ema=use_ema)
-    from ..models.network import check_image_model
+    from ..models.network import check_image_model, is_dit
+    if is_dit(meta["unet"]):
+        raise DiffkitError(f"{checkpoint_path} is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets, and "
+                           f"diffusers' DiTPipeline is latent-only: map the weights in Python with "
+                           f"diffkit.interop.dit (docs/models.md)")
     check_image_model(meta["unet"], "--to-diffusers (a DDPMPipeline of a 2-D UNet)")
     if meta.get("latent"):
         raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "
@@ -523,8 +527,10 @@ def _read_folder(directory: Path):
         raise DiffkitError(f"{directory} is not a diffusers folder (no unet/config.json or config.json)")
     model_config = read_json_object(unet_dir / "config.json", "diffusers config")
     if model_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel "
-                           f"(for Stable Diffusion folders use diffkit.interop.load_stable_diffusion)")
+        hint = ("a DiT: diffkit.interop.dit_from_diffusers maps its weights in Python"
+                if model_config.get("_class_name") == "DiTTransformer2DModel" else
+                "for Stable Diffusion folders use diffkit.interop.load_stable_diffusion")
+        raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel ({hint})")
     model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False,
                             use_safetensors=True)  # never a pickle (.bin) from a folder
     # the pipeline's scheduler, or for a bare unet/ folder its sibling ../scheduler

@@ -121,16 +121,21 @@ def attention_heads(channels: int, num_heads: int = 1, head_channels: int | None
 
 
 # --------------------------------------------------------------------------- small helpers
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: int = 0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) times, ``(batch,) -> (batch, dim)``.
 
     Transformer positional encoding (Vaswani et al. 2017, Sec. 3.5) as used by DDPM/ADM:
     ``emb[:, i] = cos(t * w_i)`` and ``emb[:, half + i] = sin(t * w_i)`` with
-    ``w_i = max_period ** (-i / half)``, ``half = dim // 2``; an odd ``dim`` gets a zero last
-    column. Computed in float32.
+    ``w_i = max_period ** (-i / (half - freq_shift))``, ``half = dim // 2``; an odd ``dim`` gets a
+    zero last column. Computed in float32. ``freq_shift`` is diffusers' ``downscale_freq_shift``
+    (0 here and in the DiT paper's code; 1 in diffusers' ``DiTTransformer2DModel``).
     """
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_period) / half))
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)
+    if freq_shift:  # rounded in diffusers' order, so a converted DiT computes its embedding to the last bit
+        freqs = torch.exp(-math.log(max_period) * steps / (half - freq_shift))
+    else:
+        freqs = torch.exp(steps * (-math.log(max_period) / half))
     args = t.to(torch.float32)[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
@@ -292,17 +297,18 @@ class TimeEmbedding(nn.Module):
     ``cond_dim`` > 0 adds ``cond_proj`` (Linear(cond_dim, channel), no bias) of a condition
     embedding to the sinusoidal features before ``linear_1``: diffusers' ``TimestepEmbedding``
     with ``cond_proj_dim`` (LCM's guidance-scale input). It starts at zero here, so a network
-    given the teacher's other weights computes the teacher's function (docs/consistency.md)."""
+    given the teacher's other weights computes the teacher's function (docs/consistency.md).
+    ``freq_shift``: :func:`timestep_embedding`'s (1 for diffusers' DiT)."""
 
-    def __init__(self, channel: int, emb_dim: int, cond_dim: int = 0):
+    def __init__(self, channel: int, emb_dim: int, cond_dim: int = 0, freq_shift: int = 0):
         super().__init__()
-        self.channel = channel
+        self.channel, self.freq_shift = channel, freq_shift
         self.linear_1 = nn.Linear(channel, emb_dim)
         self.linear_2 = nn.Linear(emb_dim, emb_dim)
         self.cond_proj = zero_module(nn.Linear(cond_dim, channel, bias=False)) if cond_dim else None
 
     def forward(self, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        emb = timestep_embedding(t, self.channel).to(self.linear_1.weight.dtype)
+        emb = timestep_embedding(t, self.channel, freq_shift=self.freq_shift).to(self.linear_1.weight.dtype)
         if cond is not None:
             emb = emb + self.cond_proj(cond.to(emb.dtype))
         return self.linear_2(F.silu(self.linear_1(emb)))

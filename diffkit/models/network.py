@@ -1,9 +1,10 @@
-"""The network a checkpoint's ``meta["unet"]`` describes: the image U-Net, or the 1-D U-Net of time series.
+"""The network a checkpoint's ``meta["unet"]`` describes: the image U-Net, a DiT, or the 1-D U-Net of time series.
 
 A time-series run (``dataset = "sines"``, docs/data_and_config.md) records
 ``{"network": "temporal-unet", "in_channels", "model_channels", "channel_mult", "num_res_blocks",
 "dropout", "seq_length"}``, plus ``"learned_variance": true`` and ``"num_classes"`` where set (a run with a
-learned variance or class labels); every other description is the keyword arguments of
+learned variance or class labels). A DiT run (``network = "dit"``, docs/models.md) records ``{"network": "dit"}``
+plus the fields of :class:`~diffkit.models.dit.DiTConfig`. Every other description is the keyword arguments of
 :class:`~diffkit.models.unet.UNetConfig`. These helpers are the one place that tells them apart.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from ..errors import DiffkitError
 
 TEMPORAL_UNET = "temporal-unet"
+DIT = "dit"
 _SERIES_ONLY = ("network", "seq_length")  # description entries that are not TemporalUNetConfig fields
 
 
@@ -23,16 +25,24 @@ def is_series_model(description: Mapping) -> bool:
     return (description or {}).get("network") == TEMPORAL_UNET
 
 
+def is_dit(description: Mapping) -> bool:
+    """True for the description of a :class:`~diffkit.models.dit.DiT` (images (C, H, W))."""
+    return (description or {}).get("network") == DIT
+
+
 def build_network(description: Mapping) -> nn.Module:
-    """The (untrained) network of a description: a TemporalUNet or a UNet."""
+    """The (untrained) network of a description: a TemporalUNet, a DiT or a UNet."""
     if is_series_model(description):
         from .temporal import TemporalUNet, TemporalUNetConfig
         fields = {k: v for k, v in description.items() if k not in _SERIES_ONLY}
         fields["channel_mult"] = tuple(fields["channel_mult"])
         return TemporalUNet(TemporalUNetConfig(**fields))
+    if is_dit(description):
+        from .dit import DiT, DiTConfig
+        return DiT(DiTConfig(**{k: v for k, v in description.items() if k != "network"}))
     if "network" in description:
-        raise DiffkitError(f"network={description['network']!r} is not allowed; diffkit knows {TEMPORAL_UNET!r} "
-                           f"and the image U-Net (no 'network' entry)")
+        raise DiffkitError(f"network={description['network']!r} is not allowed; diffkit knows {TEMPORAL_UNET!r}, "
+                           f"{DIT!r} and the image U-Net (no 'network' entry)")
     from .unet import UNet, UNetConfig
     return UNet(UNetConfig(**description))
 

@@ -1,0 +1,113 @@
+"""The DiT backbone (Peebles & Xie 2023; docs/models.md): adaLN-Zero's identity start, the config's
+one-line refusals, and diffkit train / sample end to end on a tiny DiT (tests/test_dit_diffusers.py: the
+forward against diffusers' DiTTransformer2DModel)."""
+import pytest
+import torch
+
+from diffkit.cli import main
+from diffkit.config import TrainConfig
+from diffkit.models.dit import DiT, DiTConfig
+from diffkit.models.network import build_network
+from test_cli_errors import one_line_error
+
+TINY = dict(img_size=8, in_channels=3, patch_size=2, num_layers=2, num_attention_heads=2, attention_head_dim=8)
+RUN = ["--no-progress", "--no-sample", "--device", "cpu", "--dataset", "digits", "--steps", "2"]
+DIT = ["--set=network=dit", "--set=img_size=8", "--set=patch_size=2", "--set=num_layers=1", "--set=num_heads=2",
+       "--set=attention_head_dim=4", "--set=batch_size=4", "--set=T=20", "--set=sample_steps=2"]
+
+
+def test_adaln_zero_starts_every_block_as_the_identity_and_the_output_at_zero():
+    """DiT Sec. 3.1: the zero-initialised modulation makes each block the identity and the final layer 0."""
+    net = DiT(DiTConfig(**TINY, num_classes=3))
+    h = torch.randn(2, 16, 16)
+    c = torch.randn(2, 16)
+    for block in net.blocks:
+        assert torch.equal(block(h, c), h)
+    assert torch.equal(net(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 3])),
+                       torch.zeros(2, 3, 8, 8))
+
+
+def test_config_describes_a_dit_that_build_network_builds():
+    cfg = TrainConfig(network="dit", img_size=8, num_heads=2, attention_head_dim=8, num_layers=3,
+                      conditional=True, learned_variance=True, loss="hybrid", in_channels=1)
+    description = cfg.to_unet_kwargs()
+    assert description == {"network": "dit", "img_size": 8, "in_channels": 1, "patch_size": 2, "num_layers": 3,
+                           "num_attention_heads": 2, "attention_head_dim": 8, "freq_shift": 1,
+                           "learned_variance": True, "num_classes": 10}
+    net = build_network(description)
+    assert isinstance(net, DiT) and net.config.hidden_size == 16 and net.class_embed.num_embeddings == 11
+    assert "network" not in TrainConfig().to_unet_kwargs()  # the U-Net's description is unchanged
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["network=dit", "img_size=8", "patch_size=3"], "patch_size=3 must divide img_size=8 (network='dit' cuts"),
+    (["network=dit", "num_heads=3", "attention_head_dim=3"], "= 9 must be a multiple of 4"),
+    (["network=dit", "channel=64"], "channel=64 applies to the U-Net"),
+    (["network=dit", "text_conditioning=true"], "text_conditioning=True is not available with network='dit'"),
+    (["network=dit", "img_size=16", "super_res_from=8"], "super_res_from=8 is not available with network='dit'"),
+    (["network=dit", "objective=consistency-training"], "objective='consistency-training' is not available"),
+    (["num_layers=4"], "num_layers=4 applies to network='dit'"),
+    (["network=vit"], "network='vit' is not allowed; choose one of: unet, dit"),
+])
+def test_bad_dit_settings_are_one_line_errors_before_any_output(sets, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = one_line_error(capsys, "train", *RUN, *[f"--set={s}" for s in sets], "--out", str(out))
+    assert message in line, line
+    assert not out.exists()
+
+
+def test_a_time_series_run_refuses_the_dit(tmp_path, capsys):
+    line = one_line_error(capsys, "train", "--dataset", "sines", "--set=network=dit", "--out", str(tmp_path / "r"))
+    assert "network='dit' applies to images" in line, line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def dit_run(tmp_path_factory):
+    """diffkit train of a tiny class-conditional DiT with a learned variance (DiT's hybrid loss), 2 steps."""
+    run = tmp_path_factory.mktemp("dit") / "run"
+    assert main(["train", *RUN, *DIT, "--set=conditional=true", "--set=learned_variance=true",
+                 "--set=loss=hybrid", "--out", str(run)]) == 0
+    return run / "checkpoints"
+
+
+def test_train_and_sample_a_class_conditional_dit(dit_run, tmp_path, capsys):
+    from diffkit.loading import load_denoiser
+    d = load_denoiser(dit_run)
+    assert isinstance(d.model, DiT) and d.learned_variance and d.model.config.num_classes == 10
+    assert d.meta["unet"]["network"] == "dit"
+    code = main(["sample", "--checkpoint", str(dit_run), "--steps", "2", "--num", "2", "--guidance-scale", "2",
+                 "--class", "3", "7", "--sampler", "ddpm", "--out", str(tmp_path / "s.png"), "--no-progress",
+                 "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (tmp_path / "s.png").is_file() and "classes [3, 7]" in captured.out, captured.out
+
+
+def test_train_and_sample_an_unconditional_dit(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *RUN, *DIT, "--out", str(run)]) == 0
+    assert "M-parameter DiT on digits" in capsys.readouterr().out
+    code = main(["sample", "--checkpoint", str(run / "checkpoints"), "--steps", "2", "--num", "2",
+                 "--out", str(tmp_path / "s.png"), "--no-progress", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_init_from_fine_tunes_a_dit(dit_run, tmp_path, capsys):
+    """--init-from takes the DiT's network fields from its checkpoint and starts from its EMA weights."""
+    from diffkit.loading import load_denoiser
+    run = tmp_path / "ft"
+    assert main(["train", "--init-from", str(dit_run), "--no-progress", "--no-sample", "--device", "cpu",
+                 "--dataset", "digits", "--steps", "1", "--set=sample_steps=2", "--out", str(run)]) == 0
+    assert f"DiT from {dit_run / 'latest.safetensors'}" in capsys.readouterr().out
+    tuned = load_denoiser(run / "checkpoints", use_ema=False)
+    assert isinstance(tuned.model, DiT) and tuned.meta["unet"] == load_denoiser(dit_run).meta["unet"]
+
+
+def test_convert_to_diffusers_refuses_a_dit_in_one_line(dit_run, tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "exported"
+    line = one_line_error(capsys, "convert", "--checkpoint", str(dit_run), "--to-diffusers", str(out))
+    assert "is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets" in line, line
+    assert not out.exists()
