@@ -413,3 +413,64 @@ def test_init_from_an_edm_checkpoint_keeps_its_edm_fields(edm_checkpoint, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "edm_sigma_data=0.5" in err, err
     assert not (tmp_path / "no").exists()
+
+
+def test_a_sigma_range_the_vp_schedule_cannot_hold_is_a_one_line_error(tmp_path, capsys):
+    """alpha_bar = 1/(1 + sigma^2) in float64 loses sigma_min below about 1e-5 (1 - alpha_bar ~ sigma^2 next to
+    1) and rounds it away below about 1e-8: refused in one line naming the range, before any file."""
+    assert torch.allclose(NoiseSchedule.edm(T, sigma_min=1e-5).karras_sigma(torch.arange(T, dtype=F64)),
+                          karras(T, 1e-5).flip(0), rtol=1e-6)
+    for low in (1e-6, 1e-7, 1e-9):
+        with pytest.raises(DiffkitError, match=f"sigma_min={low} .. sigma_max=80.0") as info:
+            NoiseSchedule.edm(T, sigma_min=low)
+        assert "\n" not in str(info.value)
+    with pytest.raises(DiffkitError, match="sigma_max=1e\\+30"):
+        NoiseSchedule.edm(T, sigma_max=1e30)
+    code = main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress", "--device", "cpu",
+                 *EDM, "--set", "edm_sigma_min=1e-7"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "edm_sigma_min" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def _samplers_with_steps():
+    from diffkit.samplers.registry import REGISTRY
+    return sorted(name for name in REGISTRY if name not in ("ode", "dpm-adaptive"))
+
+
+@pytest.mark.parametrize("sampler", _samplers_with_steps())
+def test_every_sampler_draws_from_the_exact_f_what_it_draws_from_the_exact_eps_model(sampler):
+    """The exact F of Gaussian data through the edm Denoiser is the exact eps model (GaussianMixture.network)
+    for every sampler: same noise, same samples (none calls the network at sigma = 0, where c_noise = -inf)."""
+    mix, mu, var = gaussian(seed=13)
+    sch = NoiseSchedule.edm(T)
+    edm = Denoiser(GaussianF(mu, var), sch, "edm")
+    a = diffkit.sample(edm, (16, 3), sampler=sampler, steps=8, seed=0, dtype=F64, progress=False)
+    b = diffkit.sample(Denoiser(mix.network(sch), sch, "epsilon"), (16, 3), sampler=sampler, steps=8, seed=0,
+                       dtype=F64, progress=False)
+    assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_variational_bound_of_the_exact_f_is_that_of_the_exact_eps_model():
+    """diffkit eval --metrics nll on an EDM model: the bound (DDPM eq. 5, every term and the prior) through the edm
+    Denoiser equals the exact eps model's on the same schedule and noise."""
+    from diffkit.likelihood import variational_bound
+    mix, mu, var = gaussian(seed=14)
+    sch = NoiseSchedule.edm(T)
+    x0 = torch.round((torch.rand(4, 3, generator=torch.Generator().manual_seed(15), dtype=F64) * 2 - 1) * 127.5) / 127.5
+    ts = list(range(10)) + list(range(10, T, 50))
+    a = variational_bound(Denoiser(GaussianF(mu, var), sch, "edm"), x0, timesteps=ts,
+                          generator=torch.Generator().manual_seed(16))
+    b = variational_bound(Denoiser(mix.network(sch), sch, "epsilon"), x0, timesteps=ts,
+                          generator=torch.Generator().manual_seed(16))
+    assert torch.allclose(a.terms, b.terms, rtol=1e-5, atol=1e-7) and torch.allclose(a.total, b.total, rtol=1e-6)
+    assert torch.equal(a.prior, b.prior)
+
+
+def test_the_sample_cache_key_holds_sigma_data():
+    """Two EDM denoisers of the same weights and schedule with other sigma_data draw other samples: other keys."""
+    from diffkit.sample_cache import denoiser_identity
+    net = torch.nn.Linear(3, 3)
+    sch = NoiseSchedule.edm(10)
+    keys = [denoiser_identity(Denoiser(net, sch, "edm", sigma_data=sd)) for sd in (0.5, 0.6)]
+    assert keys[0] != keys[1] and keys[0]["sigma_data"] == 0.5
