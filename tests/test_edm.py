@@ -258,6 +258,18 @@ def test_the_trainer_draws_edm_sigmas_and_calls_edm_losses(tmp_path, monkeypatch
     assert len(seen) == 1 and seen[0][1] == 0.6 and torch.equal(seen[0][0], want)
 
 
+def test_load_denoiser_gives_an_edm_checkpoint_its_sigma_data(tmp_path):
+    """A saved EDM run (no training step) loads as the EDM Denoiser of its edm_sigma_data and schedule."""
+    import diffkit.training as training
+    from test_training import make_cfg, tiny_dataset
+    cfg = make_cfg(tmp_path, prediction_type="edm", schedule="edm", edm_sigma_data=0.7, edm_sigma_max=40.0, T=100)
+    path = training.Trainer(cfg, tiny_dataset(), progress=False, log=lambda *_: None).save()
+    loaded = load_denoiser(path)
+    assert loaded.prediction_type == "edm" and loaded.sigma_data == 0.7
+    assert torch.allclose(loaded.schedule.karras_sigma(torch.arange(100, dtype=F64)), karras(100, 0.002, 40.0).flip(0),
+                          rtol=1e-10)
+
+
 def test_a_config_builds_its_edm_schedule_and_a_checkpoint_gives_its_sigma_data():
     from diffkit.loading import edm_sigma_data_of
     from diffkit.training import build_schedule
@@ -474,3 +486,59 @@ def test_the_sample_cache_key_holds_sigma_data():
     sch = NoiseSchedule.edm(10)
     keys = [denoiser_identity(Denoiser(net, sch, "edm", sigma_data=sd)) for sd in (0.5, 0.6)]
     assert keys[0] != keys[1] and keys[0]["sigma_data"] == 0.5
+
+
+@pytest.mark.slow  # three diffkit train runs of tiny nets
+def test_time_series_latent_and_mixed_precision_edm_models_train_sample_and_bound(tmp_path, capsys):
+    """docs/edm.md's other kinds of model: a time-series EDM model (sample, eval --metrics nll-strided), a latent
+    text-conditional one (sample with prompts and guidance), and bf16 training and sampling (CPU autocast)."""
+    import json
+
+    import numpy as np
+    from test_flow_model_kinds import RUN, SERIES, TEXT
+
+    from diffkit.autoencoder_training import save_autoencoder
+    from diffkit.data import load_dataset
+    from diffkit.models.autoencoder import Autoencoder, AutoencoderConfig, estimate_scale_factor
+    edm = ["--set=prediction_type=edm", "--set=schedule=edm"]
+    out = ["--no-progress", "--device", "cpu"]
+    for name, extra in (("series", []), ("bf16", ["--set=mixed_precision=bf16"])):
+        assert main(["train", "--dataset", "sines", "--out", str(tmp_path / name), "--steps", "2", *RUN, *SERIES,
+                     *edm, *extra]) == 0
+        checkpoint = str(tmp_path / name / "checkpoints" / "latest.safetensors")
+        assert load_denoiser(checkpoint).prediction_type == "edm"
+        code = main(["sample", "--checkpoint", checkpoint, "--sampler", "heun", "--steps", "3", "--num", "2",
+                     "--out", str(tmp_path / f"{name}.png"), *out,
+                     *(["--mixed-precision", "bf16"] if extra else [])])
+        assert code == 0, capsys.readouterr().err
+        series = np.load(tmp_path / f"{name}.npy")
+        assert series.shape == (2, 3, 8) and np.isfinite(series).all()
+    code = main(["eval", "--checkpoint", str(tmp_path / "series" / "checkpoints" / "latest.safetensors"), "--metrics",
+                 "nll-strided", "--nll-num", "16", "--out", str(tmp_path / "nll.json"), *out])
+    assert code == 0, capsys.readouterr().err
+    bpd = json.loads((tmp_path / "nll.json").read_text())["metrics"]["nll-strided"]["bpd"]
+    assert np.isfinite(bpd) and bpd > 0
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(in_channels=1, channel=8, channel_mult=[1, 2], num_res_blocks=1,
+                                       latent_channels=2, attn_middle=False))
+    save_autoencoder(tmp_path / "ae.safetensors", ae,
+                     estimate_scale_factor(ae, load_dataset("digits").images[:64].float() / 127.5 - 1))
+    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "latent"), "--steps", "2", *RUN, *TEXT, *edm,
+                 f"--set=autoencoder={tmp_path / 'ae.safetensors'}", "--set=edm_sigma_data=1.0"]) == 0
+    code = main(["sample", "--checkpoint", str(tmp_path / "latent" / "checkpoints" / "latest.safetensors"),
+                 "--prompt", "a 7", "--guidance-scale", "3", "--sampler", "dpm-solver++-2m", "--steps", "2", "--num",
+                 "2", "--out", str(tmp_path / "latent.png"), *out])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("thresholding", ["clip", "dynamic"])
+def test_thresholding_an_edm_model_is_thresholding_the_exact_eps_model(thresholding):
+    """Thresholding acts on x_0 (Imagen Sec. 2.3), so on the exact F it is the exact eps model's, sample for sample
+    (data far outside [-1, 1], so it bites)."""
+    mix, mu, var = gaussian(seed=17)
+    mu, sch = 3 * mu, NoiseSchedule.edm(T)
+    mix = GaussianMixture([1.0], mu[None], torch.diag(var)[None])
+    kw = dict(sampler="ddim", steps=8, seed=0, dtype=F64, progress=False, thresholding=thresholding)
+    a = diffkit.sample(Denoiser(GaussianF(mu, var), sch, "edm"), (16, 3), **kw)
+    b = diffkit.sample(Denoiser(mix.network(sch), sch, "epsilon"), (16, 3), **kw)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and a.abs().max() <= 1 + 1e-9
