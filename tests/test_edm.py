@@ -542,3 +542,15 @@ def test_thresholding_an_edm_model_is_thresholding_the_exact_eps_model(threshold
     a = diffkit.sample(Denoiser(GaussianF(mu, var), sch, "edm"), (16, 3), **kw)
     b = diffkit.sample(Denoiser(mix.network(sch), sch, "epsilon"), (16, 3), **kw)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and a.abs().max() <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("prediction_type, kind", [("edm", "an EDM"), ("flow_prediction", "a flow-matching")])
+def test_noise_scales_of_an_edm_or_flow_checkpoint_are_a_one_line_refusal(prediction_type, kind):
+    """diffkit experiment noise-scale measures L_simple / L_vlb at integer t: refused by name, not by the library's
+    'use diffkit.losses.edm_losses' from inside training_losses."""
+    from types import SimpleNamespace
+
+    from diffkit.gradient_noise import check_diffusion_model
+    with pytest.raises(DiffkitError, match=f"this checkpoint is {kind} model \\(prediction_type='{prediction_type}'\\)"):
+        check_diffusion_model(SimpleNamespace(meta={"prediction_type": prediction_type}, decoder=None))
+    check_diffusion_model(SimpleNamespace(meta={"prediction_type": "v_prediction"}, decoder=None))
