@@ -551,6 +551,7 @@ def test_noise_scales_of_an_edm_or_flow_checkpoint_are_a_one_line_refusal(predic
     from types import SimpleNamespace
 
     from diffkit.gradient_noise import check_diffusion_model
-    with pytest.raises(DiffkitError, match=f"this checkpoint is {kind} model \\(prediction_type='{prediction_type}'\\)"):
+    needle = f"this checkpoint is {kind} model \\(prediction_type='{prediction_type}'\\)"
+    with pytest.raises(DiffkitError, match=needle):
         check_diffusion_model(SimpleNamespace(meta={"prediction_type": prediction_type}, decoder=None))
     check_diffusion_model(SimpleNamespace(meta={"prediction_type": "v_prediction"}, decoder=None))
