@@ -555,3 +555,26 @@ def test_noise_scales_of_an_edm_or_flow_checkpoint_are_a_one_line_refusal(predic
     with pytest.raises(DiffkitError, match=needle):
         check_diffusion_model(SimpleNamespace(meta={"prediction_type": prediction_type}, decoder=None))
     check_diffusion_model(SimpleNamespace(meta={"prediction_type": "v_prediction"}, decoder=None))
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpm_solver_pp_2m_on_the_edm_model_equals_diffusers_edm_dpm_solver(steps):
+    """dpm-solver++-2m on the VP times of EDMDPMSolverMultistepScheduler's sigmas equals its step loop (DPM-Solver++
+    in lambda = -ln sigma: its alpha_t = 1 of the pre-scaled VE state); sigma_min clamped to t = 0 (the scheduler's
+    float32 0.002 lies a hair below the schedule's)."""
+    diffusers = pytest.importorskip("diffusers")
+    _, mu, var = gaussian(seed=18)
+    net = GaussianF(mu, var)
+    scheduler = diffusers.EDMDPMSolverMultistepScheduler()
+    scheduler.set_timesteps(steps)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(19), dtype=F64) * scheduler.init_noise_sigma
+    start = x.clone()
+    for t in scheduler.timesteps:
+        f = net(scheduler.scale_model_input(x, t), t.expand(4).to(F64))
+        x = scheduler.step(f, t, x, return_dict=False)[0].to(F64)
+    sch = NoiseSchedule.edm(T)
+    sigmas = scheduler.sigmas.to(F64)
+    grid = torch.cat([sch.t_from_karras_sigma(sigmas[:-1]).clamp(min=0), torch.tensor([-1.0], dtype=F64)])
+    ours = diffkit.sample(Denoiser(net, sch, "edm"), start * float(sch.alpha(grid[0])), sampler="dpm-solver++-2m",
+                          grid=grid, dtype=F64, progress=False)
+    assert torch.allclose(ours, x, rtol=1e-5, atol=1e-5)
