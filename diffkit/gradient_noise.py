@@ -212,8 +212,8 @@ def check_objectives(objectives: Optional[Sequence[str]], learned_variance: bool
 
 def check_diffusion_model(denoiser) -> None:
     """Refuse, in one line, a checkpoint whose training loss is not one of the diffusion objectives
-    measured here: a consistency model (``meta["consistency"]``, diffkit.consistency), a latent or a
-    text-conditional one."""
+    measured here: a consistency model (``meta["consistency"]``, diffkit.consistency), a flow-matching or EDM
+    one (docs/flow_matching.md, docs/edm.md), a latent or a text-conditional one."""
     meta = getattr(denoiser, "meta", None) or {}
     if meta.get("consistency"):
         objective = meta["consistency"].get("objective")  # None: imported from a diffusers LCMScheduler folder
@@ -221,6 +221,11 @@ def check_diffusion_model(denoiser) -> None:
         raise DiffkitError(f"this checkpoint is a consistency model{trained}; noise scales are "
                            f"measured for the diffusion objectives (L_simple, L_hybrid, L_vlb), not its consistency "
                            f"loss; measure a diffusion checkpoint (e.g. its teacher)")
+    prediction_type = meta.get("prediction_type", "epsilon")
+    if prediction_type in ("flow_prediction", "edm"):  # trained at continuous times with their own losses
+        raise DiffkitError(f"this checkpoint is {'an EDM' if prediction_type == 'edm' else 'a flow-matching'} model "
+                           f"(prediction_type={prediction_type!r}); noise scales are measured for the discrete-time "
+                           f"diffusion objectives (L_simple, L_hybrid, L_vlb), not its loss")
     if getattr(denoiser, "decoder", None) is not None or getattr(denoiser, "prompt_encoder", None) is not None:
         raise DiffkitError("noise scales are measured for pixel-space unconditional or class-conditional models; "
                            "this checkpoint is a latent or text-conditional one")

@@ -31,6 +31,8 @@ from .errors import DiffkitError, check_choice, check_range
 SCHEDULE_NAMES = ("linear", "cosine", "scaled_linear", "sigmoid", "flow", "edm")
 
 _F64 = torch.float64
+# NoiseSchedule.edm: how closely the VP schedule (alpha_bar = 1/(1 + sigma^2), float64) must give its sigmas back
+_EDM_SIGMA_RTOL = 1e-6
 
 
 def as_cpu_times(t) -> torch.Tensor:
@@ -141,8 +143,18 @@ class NoiseSchedule:
         check_range("sigma_max", sigma_max, sigma_min, None, low_inclusive=False)
         sigmas = karras_sigmas(num_timesteps, sigma_min, sigma_max, rho).flip(0)
         alphas_cumprod = 1 / (1 + sigmas ** 2)
-        alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
-        return cls(1.0 - alphas)
+        betas = 1.0 - torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+        error = math.inf
+        if bool(((betas > 0) & (betas < 1)).all()):  # else 1/(1 + sigma^2) rounds to 1 (or a ratio to 0)
+            schedule = cls(betas)
+            error = ((schedule.karras_sigma(torch.arange(num_timesteps, dtype=_F64)) - sigmas) / sigmas).abs().max()
+        if not error <= _EDM_SIGMA_RTOL:
+            how = ("has a beta of 0 or 1" if math.isinf(error) else
+                   f"gives its sigmas back {float(error):.1e} off (relative; allowed {_EDM_SIGMA_RTOL:g})")
+            raise DiffkitError(f"EDM's sigma range sigma_min={sigma_min} .. sigma_max={sigma_max} (edm_sigma_min, "
+                               f"edm_sigma_max) is not held by the VP schedule of equal SNR in float64: it {how}; "
+                               f"raise sigma_min or lower sigma_max")
+        return schedule
 
     @classmethod
     def from_betas(cls, betas) -> "NoiseSchedule":

@@ -258,6 +258,18 @@ def test_the_trainer_draws_edm_sigmas_and_calls_edm_losses(tmp_path, monkeypatch
     assert len(seen) == 1 and seen[0][1] == 0.6 and torch.equal(seen[0][0], want)
 
 
+def test_load_denoiser_gives_an_edm_checkpoint_its_sigma_data(tmp_path):
+    """A saved EDM run (no training step) loads as the EDM Denoiser of its edm_sigma_data and schedule."""
+    import diffkit.training as training
+    from test_training import make_cfg, tiny_dataset
+    cfg = make_cfg(tmp_path, prediction_type="edm", schedule="edm", edm_sigma_data=0.7, edm_sigma_max=40.0, T=100)
+    path = training.Trainer(cfg, tiny_dataset(), progress=False, log=lambda *_: None).save()
+    loaded = load_denoiser(path)
+    assert loaded.prediction_type == "edm" and loaded.sigma_data == 0.7
+    assert torch.allclose(loaded.schedule.karras_sigma(torch.arange(100, dtype=F64)), karras(100, 0.002, 40.0).flip(0),
+                          rtol=1e-10)
+
+
 def test_a_config_builds_its_edm_schedule_and_a_checkpoint_gives_its_sigma_data():
     from diffkit.loading import edm_sigma_data_of
     from diffkit.training import build_schedule
@@ -413,3 +425,156 @@ def test_init_from_an_edm_checkpoint_keeps_its_edm_fields(edm_checkpoint, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "edm_sigma_data=0.5" in err, err
     assert not (tmp_path / "no").exists()
+
+
+def test_a_sigma_range_the_vp_schedule_cannot_hold_is_a_one_line_error(tmp_path, capsys):
+    """alpha_bar = 1/(1 + sigma^2) in float64 loses sigma_min below about 1e-5 (1 - alpha_bar ~ sigma^2 next to
+    1) and rounds it away below about 1e-8: refused in one line naming the range, before any file."""
+    assert torch.allclose(NoiseSchedule.edm(T, sigma_min=1e-5).karras_sigma(torch.arange(T, dtype=F64)),
+                          karras(T, 1e-5).flip(0), rtol=1e-6)
+    for low in (1e-6, 1e-7, 1e-9):
+        with pytest.raises(DiffkitError, match=f"sigma_min={low} .. sigma_max=80.0") as info:
+            NoiseSchedule.edm(T, sigma_min=low)
+        assert "\n" not in str(info.value)
+    with pytest.raises(DiffkitError, match="sigma_max=1e\\+30"):
+        NoiseSchedule.edm(T, sigma_max=1e30)
+    code = main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress", "--device", "cpu",
+                 *EDM, "--set", "edm_sigma_min=1e-7"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "edm_sigma_min" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def _samplers_with_steps():
+    from diffkit.samplers.registry import REGISTRY
+    return sorted(name for name in REGISTRY if name not in ("ode", "dpm-adaptive"))
+
+
+@pytest.mark.parametrize("sampler", _samplers_with_steps())
+def test_every_sampler_draws_from_the_exact_f_what_it_draws_from_the_exact_eps_model(sampler):
+    """The exact F of Gaussian data through the edm Denoiser is the exact eps model (GaussianMixture.network)
+    for every sampler: same noise, same samples (none calls the network at sigma = 0, where c_noise = -inf)."""
+    mix, mu, var = gaussian(seed=13)
+    sch = NoiseSchedule.edm(T)
+    edm = Denoiser(GaussianF(mu, var), sch, "edm")
+    a = diffkit.sample(edm, (16, 3), sampler=sampler, steps=8, seed=0, dtype=F64, progress=False)
+    b = diffkit.sample(Denoiser(mix.network(sch), sch, "epsilon"), (16, 3), sampler=sampler, steps=8, seed=0,
+                       dtype=F64, progress=False)
+    assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_variational_bound_of_the_exact_f_is_that_of_the_exact_eps_model():
+    """diffkit eval --metrics nll on an EDM model: the bound (DDPM eq. 5, every term and the prior) through the edm
+    Denoiser equals the exact eps model's on the same schedule and noise."""
+    from diffkit.likelihood import variational_bound
+    mix, mu, var = gaussian(seed=14)
+    sch = NoiseSchedule.edm(T)
+    x0 = torch.round((torch.rand(4, 3, generator=torch.Generator().manual_seed(15), dtype=F64) * 2 - 1) * 127.5) / 127.5
+    ts = list(range(10)) + list(range(10, T, 50))
+    a = variational_bound(Denoiser(GaussianF(mu, var), sch, "edm"), x0, timesteps=ts,
+                          generator=torch.Generator().manual_seed(16))
+    b = variational_bound(Denoiser(mix.network(sch), sch, "epsilon"), x0, timesteps=ts,
+                          generator=torch.Generator().manual_seed(16))
+    assert torch.allclose(a.terms, b.terms, rtol=1e-5, atol=1e-7) and torch.allclose(a.total, b.total, rtol=1e-6)
+    assert torch.equal(a.prior, b.prior)
+
+
+def test_the_sample_cache_key_holds_sigma_data():
+    """Two EDM denoisers of the same weights and schedule with other sigma_data draw other samples: other keys."""
+    from diffkit.sample_cache import denoiser_identity
+    net = torch.nn.Linear(3, 3)
+    sch = NoiseSchedule.edm(10)
+    keys = [denoiser_identity(Denoiser(net, sch, "edm", sigma_data=sd)) for sd in (0.5, 0.6)]
+    assert keys[0] != keys[1] and keys[0]["sigma_data"] == 0.5
+
+
+@pytest.mark.slow  # three diffkit train runs of tiny nets
+def test_time_series_latent_and_mixed_precision_edm_models_train_sample_and_bound(tmp_path, capsys):
+    """docs/edm.md's other kinds of model: a time-series EDM model (sample, eval --metrics nll-strided), a latent
+    text-conditional one (sample with prompts and guidance), and bf16 training and sampling (CPU autocast)."""
+    import json
+
+    import numpy as np
+    from test_flow_model_kinds import RUN, SERIES, TEXT
+
+    from diffkit.autoencoder_training import save_autoencoder
+    from diffkit.data import load_dataset
+    from diffkit.models.autoencoder import Autoencoder, AutoencoderConfig, estimate_scale_factor
+    edm = ["--set=prediction_type=edm", "--set=schedule=edm"]
+    out = ["--no-progress", "--device", "cpu"]
+    for name, extra in (("series", []), ("bf16", ["--set=mixed_precision=bf16"])):
+        assert main(["train", "--dataset", "sines", "--out", str(tmp_path / name), "--steps", "2", *RUN, *SERIES,
+                     *edm, *extra]) == 0
+        checkpoint = str(tmp_path / name / "checkpoints" / "latest.safetensors")
+        assert load_denoiser(checkpoint).prediction_type == "edm"
+        code = main(["sample", "--checkpoint", checkpoint, "--sampler", "heun", "--steps", "3", "--num", "2",
+                     "--out", str(tmp_path / f"{name}.png"), *out,
+                     *(["--mixed-precision", "bf16"] if extra else [])])
+        assert code == 0, capsys.readouterr().err
+        series = np.load(tmp_path / f"{name}.npy")
+        assert series.shape == (2, 3, 8) and np.isfinite(series).all()
+    code = main(["eval", "--checkpoint", str(tmp_path / "series" / "checkpoints" / "latest.safetensors"), "--metrics",
+                 "nll-strided", "--nll-num", "16", "--out", str(tmp_path / "nll.json"), *out])
+    assert code == 0, capsys.readouterr().err
+    bpd = json.loads((tmp_path / "nll.json").read_text())["metrics"]["nll-strided"]["bpd"]
+    assert np.isfinite(bpd) and bpd > 0
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(in_channels=1, channel=8, channel_mult=[1, 2], num_res_blocks=1,
+                                       latent_channels=2, attn_middle=False))
+    save_autoencoder(tmp_path / "ae.safetensors", ae,
+                     estimate_scale_factor(ae, load_dataset("digits").images[:64].float() / 127.5 - 1))
+    assert main(["train", "--dataset", "digits", "--out", str(tmp_path / "latent"), "--steps", "2", *RUN, *TEXT, *edm,
+                 f"--set=autoencoder={tmp_path / 'ae.safetensors'}", "--set=edm_sigma_data=1.0"]) == 0
+    code = main(["sample", "--checkpoint", str(tmp_path / "latent" / "checkpoints" / "latest.safetensors"),
+                 "--prompt", "a 7", "--guidance-scale", "3", "--sampler", "dpm-solver++-2m", "--steps", "2", "--num",
+                 "2", "--out", str(tmp_path / "latent.png"), *out])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("thresholding", ["clip", "dynamic"])
+def test_thresholding_an_edm_model_is_thresholding_the_exact_eps_model(thresholding):
+    """Thresholding acts on x_0 (Imagen Sec. 2.3), so on the exact F it is the exact eps model's, sample for sample
+    (data far outside [-1, 1], so it bites)."""
+    mix, mu, var = gaussian(seed=17)
+    mu, sch = 3 * mu, NoiseSchedule.edm(T)
+    mix = GaussianMixture([1.0], mu[None], torch.diag(var)[None])
+    kw = dict(sampler="ddim", steps=8, seed=0, dtype=F64, progress=False, thresholding=thresholding)
+    a = diffkit.sample(Denoiser(GaussianF(mu, var), sch, "edm"), (16, 3), **kw)
+    b = diffkit.sample(Denoiser(mix.network(sch), sch, "epsilon"), (16, 3), **kw)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and a.abs().max() <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("prediction_type, kind", [("edm", "an EDM"), ("flow_prediction", "a flow-matching")])
+def test_noise_scales_of_an_edm_or_flow_checkpoint_are_a_one_line_refusal(prediction_type, kind):
+    """diffkit experiment noise-scale measures L_simple / L_vlb at integer t: refused by name, not by the library's
+    'use diffkit.losses.edm_losses' from inside training_losses."""
+    from types import SimpleNamespace
+
+    from diffkit.gradient_noise import check_diffusion_model
+    needle = f"this checkpoint is {kind} model \\(prediction_type='{prediction_type}'\\)"
+    with pytest.raises(DiffkitError, match=needle):
+        check_diffusion_model(SimpleNamespace(meta={"prediction_type": prediction_type}, decoder=None))
+    check_diffusion_model(SimpleNamespace(meta={"prediction_type": "v_prediction"}, decoder=None))
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpm_solver_pp_2m_on_the_edm_model_equals_diffusers_edm_dpm_solver(steps):
+    """dpm-solver++-2m on the VP times of EDMDPMSolverMultistepScheduler's sigmas equals its step loop (DPM-Solver++
+    in lambda = -ln sigma: its alpha_t = 1 of the pre-scaled VE state); sigma_min clamped to t = 0 (the scheduler's
+    float32 0.002 lies a hair below the schedule's)."""
+    diffusers = pytest.importorskip("diffusers")
+    _, mu, var = gaussian(seed=18)
+    net = GaussianF(mu, var)
+    scheduler = diffusers.EDMDPMSolverMultistepScheduler()
+    scheduler.set_timesteps(steps)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(19), dtype=F64) * scheduler.init_noise_sigma
+    start = x.clone()
+    for t in scheduler.timesteps:
+        f = net(scheduler.scale_model_input(x, t), t.expand(4).to(F64))
+        x = scheduler.step(f, t, x, return_dict=False)[0].to(F64)
+    sch = NoiseSchedule.edm(T)
+    sigmas = scheduler.sigmas.to(F64)
+    grid = torch.cat([sch.t_from_karras_sigma(sigmas[:-1]).clamp(min=0), torch.tensor([-1.0], dtype=F64)])
+    ours = diffkit.sample(Denoiser(net, sch, "edm"), start * float(sch.alpha(grid[0])), sampler="dpm-solver++-2m",
+                          grid=grid, dtype=F64, progress=False)
+    assert torch.allclose(ours, x, rtol=1e-5, atol=1e-5)
