@@ -204,6 +204,30 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
                              "(same network; by default another base is refused)")
 
 
+def textual_inversion_arg(text: str) -> tuple[str, "str | None"]:
+    """An argparse type for ``--textual-inversion FILE[:TOKEN]``: (FILE, TOKEN or None: the file's own).
+    The text after the last ``:`` is the token unless it holds a path separator (``C:\\a.pt``)."""
+    head, sep, tail = text.rpartition(":")
+    path, token = (head, tail) if sep and "/" not in tail and "\\" not in tail else (text, None)
+    if path == "" or token == "":
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty {'path' if path == '' else 'token'}; give FILE or "
+                                         f"FILE:TOKEN (e.g. learned_embeds.safetensors:<cat-toy>)")
+    return path, token
+
+
+textual_inversion_arg.__name__ = "embedding file"
+
+
+def add_textual_inversion_flag(parser: argparse.ArgumentParser) -> None:
+    """``--textual-inversion FILE[:TOKEN]`` (repeatable): embeddings added to a Stable Diffusion folder's
+    tokenizer and text encoder (``load_stable_diffusion(textual_inversion=...)``)."""
+    parser.add_argument("--textual-inversion", type=textual_inversion_arg, action="append", metavar="FILE[:TOKEN]",
+                        help="a textual-inversion embedding (diffusers learned_embeds .safetensors/.bin or A1111 "
+                             ".pt) added to a Stable Diffusion folder's tokenizer and text encoder as diffusers' "
+                             "load_textual_inversion, under TOKEN (default: the file's own); use the token in "
+                             "--prompt; repeatable (docs/interop.md)")
+
+
 def check_lora_flags(args) -> None:
     """--lora-any-base goes with --lora."""
     if getattr(args, "lora_any_base", False) and not getattr(args, "lora", None):

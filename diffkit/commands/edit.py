@@ -35,9 +35,10 @@ from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
 from ._controlnet import ControlRequest, add_controlnet_flags
-from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, batch_size_or_auto,
-                      check_lora_flags, check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float,
-                      path_arg, positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
+                      add_textual_inversion_flag, batch_size_or_auto, check_lora_flags, check_writable_dir, eta_value,
+                      int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
+                      seed_int, tolerance_options)
 
 
 def strength_value(text: str) -> float:
@@ -122,6 +123,7 @@ def register(sub) -> None:
                    "with --series a .csv or .npy file)")
     add_network_flags(p)
     add_lora_flags(p)
+    add_textual_inversion_flag(p)
     add_controlnet_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
@@ -165,6 +167,10 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
+        raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
+                           f"{args.checkpoint} is not one")
     if args.series is not None:
         return _series(args)
     if args.images is None:
@@ -215,7 +221,6 @@ def run(args) -> int:
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
     autocast(args.mixed_precision, device.type)  # fp16 off CUDA fails here, before any output folder is made
-    from ..interop.stable_diffusion import is_stable_diffusion_folder
     if is_stable_diffusion_folder(args.checkpoint):
         denoiser = autoencoder = _stable_diffusion(args, device)
         unet = {}
@@ -360,7 +365,8 @@ def _stable_diffusion(args, device):
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
-    return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora)
+    return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora,
+                                 textual_inversion=args.textual_inversion)
 
 
 def _prompted(args, denoiser, request, count: int, device):

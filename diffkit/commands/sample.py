@@ -49,6 +49,7 @@ from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, add_thresholding_flag,
+                      add_textual_inversion_flag,
                       batch_size_or_auto, check_lora_flags, check_output_file, check_writable_dir, eta_value,
                       int_in, missing_dirs, non_negative_float, path_arg, peek_checkpoint, positive_float,
                       positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
@@ -97,6 +98,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
     add_network_flags(p)
     add_lora_flags(p)
+    add_textual_inversion_flag(p)
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
@@ -235,7 +237,7 @@ def run(args) -> int:
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
-                        control=control, **options)
+                        textual_inversion=args.textual_inversion, control=control, **options)
     return 0
 
 
@@ -577,7 +579,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
-                    lora=None, lora_any_base=False, control: Optional[ControlRequest] = None, **options):
+                    lora=None, lora_any_base=False, textual_inversion=None, control: Optional[ControlRequest] = None,
+                    **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -588,7 +591,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``progressive=K``: also the grid of x0 predictions at K times (:mod:`diffkit.progressive`).
     ``output_config``: a seed config (dict) whose ``sampled_dir``, image names and ``nrow`` place the
     grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint). ``lora``,
-    ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`). ``control``: the
+    ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`).
+    ``textual_inversion``: a Stable Diffusion folder's embedding files, (path, token) pairs. ``control``: the
     ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`)."""
     import torch
 
@@ -613,7 +617,11 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         return sample_stable_diffusion(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
-                                       guidance=guidance, lora=lora, control=control, **options)
+                                       guidance=guidance, lora=lora, textual_inversion=textual_inversion,
+                                       control=control, **options)
+    if textual_inversion:
+        raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
+                           f"{checkpoint} is not one")
     if control is not None:
         raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} is not "
                            f"one")
@@ -803,7 +811,7 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
 def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
-                            control: Optional[ControlRequest] = None, **options):
+                            textual_inversion=None, control: Optional[ControlRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -812,7 +820,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     s = 8.5, w = 7.5); without that input (LCM-LoRA) classifier-free guidance as above, default off.
     ``sampler`` / ``steps`` None: the folder's defaults (``ddim``; an LCM folder ``consistency`` in 4
     steps). ``lora``: Stable Diffusion LoRA files, (path, scale) pairs, merged into the UNet and text encoder
-    as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). ``control``:
+    as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). ``textual_inversion``:
+    embedding files, (path, token or None) pairs, as diffusers' ``load_textual_inversion``
+    (:mod:`diffkit.interop.sd_textual_inversion`). ``control``:
     ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). Writes the grid
     (and single PNGs); latents have no noise grid."""
     import torch
@@ -840,7 +850,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     if w_input and guidance.rescale:  # before loading the weights
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
-    sd = load_stable_diffusion(directory, device, progress=progress, lora=lora)
+    sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)

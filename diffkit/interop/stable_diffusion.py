@@ -56,6 +56,7 @@ class StableDiffusion:
     device: torch.device
     dtype: torch.dtype = torch.float32
     consistency: Optional[dict] = None  # an LCMScheduler folder: sigma_data, timestep_scaling, grid (.lcm)
+    prompt_expansions: dict = field(default_factory=dict)  # multi-vector textual inversion (.sd_textual_inversion)
     _denoiser: object = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ shapes
@@ -86,12 +87,15 @@ class StableDiffusion:
     # ------------------------------------------------------------------ prompts
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """CLIP text embeddings (B, model_max_length, dim): the tokens padded to the tokenizer's
-        ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers)."""
+        ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers); a
+        multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`)."""
+        from .sd_textual_inversion import expand_prompt
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise DiffkitError("prompts must be a non-empty list of strings")
+        prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompts]
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         mask = None
@@ -246,15 +250,20 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False) -> N
 
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                          progress: bool = True, lora=None) -> StableDiffusion:
+                          progress: bool = True, lora=None, textual_inversion=None) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
     hides diffusers' and transformers' loading bars. ``lora``: LoRA files (paths or (path, scale)
     pairs, diffusers or kohya format) merged into the UNet and text encoder as diffusers'
-    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first)."""
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first).
+    ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to the tokenizer and
+    text encoder as diffusers' ``load_textual_inversion(path, token=token)`` (:mod:`.sd_textual_inversion`)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
+    from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     loras = read_sd_loras(lora) if lora else []
+    embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(Path(directory), device, dtype)
+    add_textual_inversions(sd, embeddings)
     merge_sd_loras(sd, loras)
     return sd
 
