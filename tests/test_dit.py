@@ -56,6 +56,20 @@ def test_initialisation_is_dits():
     assert table.shape == (1001, 256) and abs(table.std().item() / 0.02 - 1) < 0.03
 
 
+@pytest.mark.parametrize("freq_shift, denominator", [(0, 128), (1, 127)])
+def test_timestep_frequencies_of_dits_code_and_of_diffusers(freq_shift, denominator):
+    """256 features [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/128) in DiT's TimestepEmbedder (freq_shift 0) and
+    10000^(-i/127) in diffusers' (Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1))."""
+    from diffkit.models.layers import timestep_embedding
+    t = torch.tensor([0.0, 17.0, 999.0])
+    args = t.double()[:, None] * 10000.0 ** (-torch.arange(128, dtype=torch.float64) / denominator)
+    expected = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    torch.testing.assert_close(timestep_embedding(t, 256, freq_shift=freq_shift).double(), expected, rtol=0, atol=2e-4)
+    net = DiT(DiTConfig(**TINY, freq_shift=freq_shift))
+    assert torch.equal(net.time_embed(t), net.time_embed.linear_2(torch.nn.functional.silu(
+        net.time_embed.linear_1(timestep_embedding(t, 256, freq_shift=freq_shift)))))
+
+
 def test_config_describes_a_dit_that_build_network_builds():
     cfg = TrainConfig(network="dit", img_size=8, num_heads=2, attention_head_dim=8, num_layers=3,
                       conditional=True, learned_variance=True, loss="hybrid", in_channels=1)
