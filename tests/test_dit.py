@@ -158,3 +158,22 @@ def test_convert_to_diffusers_refuses_a_dit_in_one_line(dit_run, tmp_path, capsy
     line = one_line_error(capsys, "convert", "--checkpoint", str(dit_run), "--to-diffusers", str(out))
     assert "is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("sets, prediction", [
+    (["--set=prediction_type=edm", "--set=schedule=edm", "--set=conditional=true"], "edm"),
+    (["--set=prediction_type=flow_prediction", "--set=schedule=flow"], "flow_prediction"),
+    (["--set=prediction_type=v_prediction"], "v_prediction"),
+])
+def test_a_dit_trains_and_samples_with_edm_flow_and_v(sets, prediction, tmp_path, capsys):
+    """The DiT under the other parameterisations (EDM's preconditioning merged beside it included): the
+    checkpoint records the DiT and the prediction type, and diffkit sample draws from it (heun: EDM's sampler)."""
+    from diffkit.loading import load_denoiser
+    run = tmp_path / "run"
+    assert main(["train", *RUN, *DIT, *sets, "--out", str(run)]) == 0
+    d = load_denoiser(run / "checkpoints")
+    assert isinstance(d.model, DiT) and d.meta["config"]["prediction_type"] == prediction
+    code = main(["sample", "--checkpoint", str(run / "checkpoints"), "--steps", "2", "--num", "2", "--sampler", "heun",
+                 "--out", str(tmp_path / "s.png"), "--no-progress", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "s.png").is_file()
