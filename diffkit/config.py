@@ -146,8 +146,8 @@ class TrainConfig:
     choice), ``conditional`` / ``num_classes`` / ``p_uncond`` work as for the U-Net. The U-Net's fields
     (``channel``, ``channel_mult``, ``attn``, ``num_res_blocks``, ``scale_shift_norm``) are refused away
     from their defaults, and so is what the DiT does not have yet (text, an autoencoder, super-resolution,
-    the consistency objectives, LoRA); ``dropout`` is not used (DiT has none). The DiT's
-    fields are refused with the U-Net.
+    the consistency objectives, LoRA); ``dropout`` is not used (DiT has none): values other than 0 and the
+    default 0.15 (which cannot be told from an unset one) are refused. The DiT's fields are refused with the U-Net.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
     of a ``diffkit train-autoencoder`` checkpoint: the U-Net runs on its scaled latents),
@@ -456,6 +456,9 @@ class TrainConfig:
         if width % 4:
             raise DiffkitError(f"num_heads * attention_head_dim = {self.num_heads} * {self.attention_head_dim} = "
                                f"{width} must be a multiple of 4 (the DiT's 2-D sin-cos position embedding)")
+        if self.dropout not in (0.0, _default("dropout")):  # the default cannot be told from a user's 0.15
+            raise DiffkitError(f"dropout={self.dropout!r} is not used by network='dit' (DiT's blocks have no dropout, "
+                               f"Peebles & Xie 2023): drop dropout or set dropout=0")
         lacking = self._first_changed("text_conditioning", "autoencoder", "super_res_from", "guidance_embedding_dim",
                                       "objective", "lora_rank")
         if lacking:

@@ -27,6 +27,49 @@ def test_adaln_zero_starts_every_block_as_the_identity_and_the_output_at_zero():
                        torch.zeros(2, 3, 8, 8))
 
 
+def test_initialisation_is_dits():
+    """DiT's code (``initialize_weights``): every linear layer and the patch projection (as a (D, C p p) matrix)
+    Xavier-uniform, U(+-sqrt(6 / (fan_in + fan_out))), with zero biases; the timestep MLP's and the class table's
+    weights N(0, 0.02^2); the adaLN-Zero regressions and the output layer zero. A wide model, so that the
+    sample spread tells Xavier (std bound / sqrt 3) from PyTorch's default bound 1 / sqrt(fan_in)."""
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(img_size=8, in_channels=3, patch_size=2, num_layers=1, num_attention_heads=4,
+                        attention_head_dim=64, num_classes=1000))
+    zero = {"blocks.0.modulation", "out_modulation", "out_proj"}
+    normal = {"time_embed.linear_1", "time_embed.linear_2"}
+    checked = set()
+    for name, module in net.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        w = module.weight.detach().reshape(module.weight.shape[0], -1)
+        assert torch.equal(module.bias, torch.zeros_like(module.bias)), name
+        if name in zero:
+            assert torch.equal(w, torch.zeros_like(w)), name
+        elif name in normal:
+            assert abs(w.std().item() / 0.02 - 1) < 0.03 and abs(w.mean().item()) < 1e-3, name
+        else:
+            bound = (6 / (w.shape[0] + w.shape[1])) ** 0.5
+            assert w.abs().max().item() <= bound and abs(w.std().item() / (bound / 3 ** 0.5) - 1) < 0.03, name
+        checked.add(name)
+    assert {"patch_embed", "blocks.0.qkv", "blocks.0.proj", "blocks.0.mlp.0", "blocks.0.mlp.2"} < checked
+    table = net.class_embed.weight.detach()
+    assert table.shape == (1001, 256) and abs(table.std().item() / 0.02 - 1) < 0.03
+
+
+@pytest.mark.parametrize("freq_shift, denominator", [(0, 128), (1, 127)])
+def test_timestep_frequencies_of_dits_code_and_of_diffusers(freq_shift, denominator):
+    """256 features [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/128) in DiT's TimestepEmbedder (freq_shift 0) and
+    10000^(-i/127) in diffusers' (Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1))."""
+    from diffkit.models.layers import timestep_embedding
+    t = torch.tensor([0.0, 17.0, 999.0])
+    args = t.double()[:, None] * 10000.0 ** (-torch.arange(128, dtype=torch.float64) / denominator)
+    expected = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    torch.testing.assert_close(timestep_embedding(t, 256, freq_shift=freq_shift).double(), expected, rtol=0, atol=2e-4)
+    net = DiT(DiTConfig(**TINY, freq_shift=freq_shift))
+    assert torch.equal(net.time_embed(t), net.time_embed.linear_2(torch.nn.functional.silu(
+        net.time_embed.linear_1(timestep_embedding(t, 256, freq_shift=freq_shift)))))
+
+
 def test_config_describes_a_dit_that_build_network_builds():
     cfg = TrainConfig(network="dit", img_size=8, num_heads=2, attention_head_dim=8, num_layers=3,
                       conditional=True, learned_variance=True, loss="hybrid", in_channels=1)
@@ -37,6 +80,7 @@ def test_config_describes_a_dit_that_build_network_builds():
     net = build_network(description)
     assert isinstance(net, DiT) and net.config.hidden_size == 16 and net.class_embed.num_embeddings == 11
     assert "network" not in TrainConfig().to_unet_kwargs()  # the U-Net's description is unchanged
+    TrainConfig(network="dit", dropout=0.0)  # no dropout, as DiT: allowed (the demo's config has it)
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -46,6 +90,9 @@ def test_config_describes_a_dit_that_build_network_builds():
     (["network=dit", "text_conditioning=true"], "text_conditioning=True is not available with network='dit'"),
     (["network=dit", "img_size=16", "super_res_from=8"], "super_res_from=8 is not available with network='dit'"),
     (["network=dit", "objective=consistency-training"], "objective='consistency-training' is not available"),
+    (["network=dit", "scale_shift_norm=true"], "scale_shift_norm=True applies to the U-Net"),
+    (["network=dit", "lora_rank=4"], "lora_rank=4 is not available with network='dit'"),
+    (["network=dit", "dropout=0.3"], "dropout=0.3 is not used by network='dit' (DiT's blocks have no dropout"),
     (["num_layers=4"], "num_layers=4 applies to network='dit'"),
     (["network=vit"], "network='vit' is not allowed; choose one of: unet, dit"),
 ])
@@ -111,3 +158,22 @@ def test_convert_to_diffusers_refuses_a_dit_in_one_line(dit_run, tmp_path, capsy
     line = one_line_error(capsys, "convert", "--checkpoint", str(dit_run), "--to-diffusers", str(out))
     assert "is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("sets, prediction", [
+    (["--set=prediction_type=edm", "--set=schedule=edm", "--set=conditional=true"], "edm"),
+    (["--set=prediction_type=flow_prediction", "--set=schedule=flow"], "flow_prediction"),
+    (["--set=prediction_type=v_prediction"], "v_prediction"),
+])
+def test_a_dit_trains_and_samples_with_edm_flow_and_v(sets, prediction, tmp_path, capsys):
+    """The DiT under the other parameterisations (EDM's preconditioning merged beside it included): the
+    checkpoint records the DiT and the prediction type, and diffkit sample draws from it (heun: EDM's sampler)."""
+    from diffkit.loading import load_denoiser
+    run = tmp_path / "run"
+    assert main(["train", *RUN, *DIT, *sets, "--out", str(run)]) == 0
+    d = load_denoiser(run / "checkpoints")
+    assert isinstance(d.model, DiT) and d.meta["config"]["prediction_type"] == prediction
+    code = main(["sample", "--checkpoint", str(run / "checkpoints"), "--steps", "2", "--num", "2", "--sampler", "heun",
+                 "--out", str(tmp_path / "s.png"), "--no-progress", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "s.png").is_file()
