@@ -16,7 +16,7 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.controlnet import ControlNets, step_windows, steps_of  # noqa: E402
 from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
-from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E402
+from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_components  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot"]
 STEPS, SCALE = 4, 5.0
@@ -47,8 +47,7 @@ def tiny_controlnet_sd(tmp_path_factory):
     """(StableDiffusionControlNetPipeline with two ControlNets' worth of models, our SD, folders, PNG)."""
     root = tmp_path_factory.mktemp("tiny_controlnet")
     unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
-    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = sd_ddim_scheduler()
     nets = [tiny_controlnet(unet, seed) for seed in (1, 2)]
     for index, net in enumerate(nets):
         net.save_pretrained(root / f"cn{index}")

@@ -356,17 +356,27 @@ def tiny_sd_components(root, **unet_options):
     return unet, vae, text_encoder, tokenizer
 
 
+def sd_ddim_scheduler():
+    """Stable Diffusion v1's DDIM scheduler (scaled-linear betas 0.00085..0.012, steps_offset 1)."""
+    return diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def tiny_sd_pipeline(root):
+    """:func:`tiny_sd_components` in a StableDiffusionPipeline with :func:`sd_ddim_scheduler` (no bar)."""
+    unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=sd_ddim_scheduler(), safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     """A tiny random Stable Diffusion folder written by diffusers' save_pretrained, and the pipeline."""
     root = tmp_path_factory.mktemp("tiny_sd")
-    unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
-    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_sd_pipeline(root)
     pipe.save_pretrained(root / "sd")
     from diffkit.interop.stable_diffusion import is_stable_diffusion_folder, load_stable_diffusion
     assert is_stable_diffusion_folder(root / "sd") and not is_stable_diffusion_folder(root)

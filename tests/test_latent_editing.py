@@ -134,13 +134,11 @@ def test_bad_images_and_masks_are_one_line_errors():
 def tiny_sd(tmp_path_factory):
     """A tiny random Stable Diffusion folder (DDIM, as SD's scheduler config) and its img2img and inpainting pipelines."""
     diffusers = pytest.importorskip("diffusers")
-    from test_interop_diffusers import tiny_sd_components
+    from test_interop_diffusers import sd_ddim_scheduler, tiny_sd_components
     from diffkit.interop.stable_diffusion import load_stable_diffusion
     root = tmp_path_factory.mktemp("tiny_sd_edit")
     unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
-    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sd_ddim_scheduler(),
                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     img2img = diffusers.StableDiffusionImg2ImgPipeline(**parts)
     inpaint = diffusers.StableDiffusionInpaintPipeline(**parts)

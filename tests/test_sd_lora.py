@@ -14,7 +14,7 @@ from diffkit.errors import DiffkitError
 
 diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
-from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E402
+from test_interop_diffusers import relative_error, tiny_sd_components, tiny_sd_pipeline  # noqa: E402
 
 # UNet: attention projections, a 3x3 resnet convolution (conv LoRA) and the 1x1 proj_in; ranks / alphas differ
 UNET_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "proj_in"],
@@ -60,12 +60,8 @@ def _kohya(diffusers_file, out):
 def sd_lora(tmp_path_factory):
     """{"folder", "diffusers": LoRA file, "kohya": the same renamed, "second": another diffusers LoRA}."""
     root = tmp_path_factory.mktemp("sd_lora")
-    unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
-    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
+    pipe = tiny_sd_pipeline(root)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
     pipe.save_pretrained(root / "sd")  # the base, before any adapter
     out = {"folder": root / "sd"}
     for name, seed, text in (("diffusers", 1, True), ("second", 2, False)):
