@@ -145,8 +145,9 @@ class TrainConfig:
     of 4), as diffusers' ``DiTTransformer2DModel``. ``learned_variance`` (with ``loss='hybrid'``, DiT's
     choice), ``conditional`` / ``num_classes`` / ``p_uncond`` work as for the U-Net. The U-Net's fields
     (``channel``, ``channel_mult``, ``attn``, ``num_res_blocks``, ``scale_shift_norm``) are refused away
-    from their defaults, and so is what the DiT does not have yet (text, an autoencoder, super-resolution,
-    the consistency objectives, LoRA); ``dropout`` is not used (DiT has none): values other than 0 and the
+    from their defaults, and so is what the DiT does not have yet (text, super-resolution,
+    the consistency objectives, LoRA); with an ``autoencoder`` it runs on the latents as DiT does (``patch_size``
+    then divides the latent size); ``dropout`` is not used (DiT has none): values other than 0 and the
     default 0.15 (which cannot be told from an unset one) are refused. The DiT's fields are refused with the U-Net.
 
     **Latent diffusion and text** (docs/latent.md; Rombach et al. 2022): ``autoencoder`` (path
@@ -449,7 +450,7 @@ class TrainConfig:
             name, value = unet_only
             raise DiffkitError(f"{name}={value!r} applies to the U-Net; network='dit' is sized by patch_size, "
                                f"num_layers, num_heads and attention_head_dim: drop {name}")
-        if self.img_size % self.patch_size:
+        if self.img_size % self.patch_size and not self.autoencoder:  # latent: checked on the latents (training)
             raise DiffkitError(f"patch_size={self.patch_size} must divide img_size={self.img_size} (network='dit' "
                                f"cuts the image into patch_size x patch_size patches)")
         width = self.num_heads * self.attention_head_dim
@@ -459,13 +460,13 @@ class TrainConfig:
         if self.dropout not in (0.0, _default("dropout")):  # the default cannot be told from a user's 0.15
             raise DiffkitError(f"dropout={self.dropout!r} is not used by network='dit' (DiT's blocks have no dropout, "
                                f"Peebles & Xie 2023): drop dropout or set dropout=0")
-        lacking = self._first_changed("text_conditioning", "autoencoder", "super_res_from", "guidance_embedding_dim",
+        lacking = self._first_changed("text_conditioning", "super_res_from", "guidance_embedding_dim",
                                       "objective", "lora_rank")
         if lacking:
             name, value = lacking
             raise DiffkitError(f"{name}={value!r} is not available with network='dit' (it trains with the "
-                               f"diffusion objective in pixel space, unconditional or class-conditional): "
-                               f"drop {name} or use network='unet'")
+                               f"diffusion objective, in pixel or latent space, unconditional or class-conditional; "
+                               f"it has no cross-attention for text): drop {name} or use network='unet'")
 
     def _check_image_network(self) -> None:
         dit_only = self._first_changed("patch_size", "num_layers", "attention_head_dim")
@@ -767,7 +768,7 @@ class TrainConfig:
             return {"network": DIT, "img_size": self.img_size, "in_channels": in_channels,
                     "patch_size": self.patch_size, "num_layers": self.num_layers,
                     "num_attention_heads": self.num_heads, "attention_head_dim": self.attention_head_dim,
-                    "freq_shift": 1, **extras}
+                    "freq_shift": 1, **extras, **self._latent_unet_kwargs(dataset)}
         if self.is_series:  # the 1-D U-Net (diffkit.models.network): TemporalUNetConfig's names, + the length
             from .models.network import TEMPORAL_UNET
             return {"network": TEMPORAL_UNET, "in_channels": in_channels, "model_channels": self.channel,
@@ -785,8 +786,8 @@ class TrainConfig:
         }
 
     def _latent_unet_kwargs(self, dataset) -> dict[str, Any]:
-        """Cross-attention width with text conditioning; with an autoencoder, the U-Net runs on the
-        latents: channels and size of the encoded data set (``dataset`` a latent data set)."""
+        """Cross-attention width with text conditioning; with an autoencoder, the network (U-Net or DiT)
+        runs on the latents: channels and size of the encoded data set (``dataset`` a latent data set)."""
         out: dict[str, Any] = ({"context_dim": self.context_dim, "context_pooled": self.text_pooled}
                                if self.text_conditioning else {})
         if self.autoencoder and dataset is not None:

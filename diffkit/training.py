@@ -391,7 +391,11 @@ class Trainer:
             self.latent = FrozenAutoencoder.from_file(cfg.autoencoder, self.device)
             self.dataset = encode_dataset(self.latent, self.dataset)
             factor = 2 ** (len(cfg.channel_mult) - 1)
-            if self.dataset.img_size % factor:
+            if cfg.network == "dit" and self.dataset.img_size % cfg.patch_size:
+                raise DiffkitError(f"patch_size={cfg.patch_size} must divide the latent size {self.dataset.img_size} "
+                                   f"(the {self.dataset.img_size}x{self.dataset.img_size} latents of "
+                                   f"autoencoder={cfg.autoencoder}; network='dit' cuts them into patches)")
+            if cfg.network != "dit" and self.dataset.img_size % factor:
                 raise DiffkitError(f"the latents are {self.dataset.img_size}x{self.dataset.img_size}, not divisible "
                                    f"by {factor} = 2**(len(channel_mult)-1) for channel_mult={cfg.channel_mult!r}")
         self.data_scale = data_scale(self.dataset)  # recorded for samplers' logsnr_graded grid
