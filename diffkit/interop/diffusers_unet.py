@@ -455,8 +455,8 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     from ..models.network import check_image_model, is_dit
     if is_dit(meta["unet"]):
         raise DiffkitError(f"{checkpoint_path} is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets, and "
-                           f"diffusers' DiTPipeline is latent-only: map the weights in Python with "
-                           f"diffkit.interop.dit (docs/models.md)")
+                           f"a DiTPipeline needs diffusers' AutoencoderKL, which diffkit's autoencoder is not mapped to: map the "
+                           f"DiT's weights in Python with diffkit.interop.dit (docs/models.md)")
     check_image_model(meta["unet"], "--to-diffusers (a DDPMPipeline of a 2-D UNet)")
     if meta.get("latent"):
         raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "
