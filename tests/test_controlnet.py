@@ -458,3 +458,37 @@ def test_per_prompt_control_images_refused_in_one_line(tiny_controlnet_sd, tmp_p
                           controlnet=ControlNets(models, images))
     with pytest.raises(DiffkitError, match="give controlnet= too"):
         text_to_image(sd, PROMPTS, steps=2, latents=latents, control_rows=[0, 1])
+
+
+def test_sample_command_with_a_control_image_folder_gives_each_prompt_its_image(tiny_controlnet_sd, tmp_path,
+                                                                                 capsys):
+    """``--control-image DIR`` with two --prompt: the folder's PNGs in name order, one per prompt's row; the
+    PNGs are text_to_image's with control_rows = each sample's prompt, byte for byte."""
+    from diffkit.images import save_images
+    from diffkit.noise import generators_from_seed, randn
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    (tmp_path / "ctl").mkdir()
+    files = [control_png(tmp_path / "ctl" / f"{name}.png", seed=seed) for name, seed in (("a", 5), ("b", 6))]
+    argv = ["sample", "--checkpoint", root / "sd", "--prompt", "hot", "--prompt", "ph", "--num", "4", "--steps", "2",
+            "--controlnet", root / "cn0", "--control-image", tmp_path / "ctl", "--no-progress"]
+    assert main([str(a) for a in (*argv, "--batch-size", "3", "--out", tmp_path / "g.png", "--individual",
+                                  tmp_path / "cli")]) == 0  # batches of 3 and 1: the rows follow the batches
+    latents = randn((4, 4, 8, 8), generators_from_seed(0, 4))
+    images = text_to_image(sd, ["hot", "hot", "ph", "ph"], steps=2, latents=latents, output_range="-1,1",
+                           control_rows=[0, 0, 1, 1], controlnet=ControlNets(nets[:1], [files]))
+    save_images(images, tmp_path / "lib")
+    for i in range(4):
+        name = f"sample_{i:05d}.png"
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    capsys.readouterr()
+    control_png(tmp_path / "ctl" / "c.png", seed=7)
+    out = tmp_path / "new" / "g.png"
+    assert main([str(a) for a in (*argv, "--out", out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds 3 PNG(s) for 2 --prompt" in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists()
+    assert main([str(a) for a in ("edit", "--checkpoint", root / "sd", "--images", png, "--prompt", "hot",
+                                  "--controlnet", root / "cn0", "--control-image", tmp_path / "ctl",
+                                  "--out", tmp_path / "new" / "e")]) == 2
+    assert "is a folder; diffkit edit takes one control image file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

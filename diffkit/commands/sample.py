@@ -204,7 +204,7 @@ def run(args) -> int:
         check_flow_shift(checkpoint, info, args.flow_shift)
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
-    control = ControlRequest.from_args(args, checkpoint)
+    control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -849,14 +849,19 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
 
+    rows = None if controlnet is None or controlnet.per_prompt == 1 else index.tolist()  # each prompt's image
+
     def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
         return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
-                             return_latents=True, controlnet=controlnet, **how)
+                             return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
+                             **how)
 
     results = []
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
-                 nfe=nfe, spacing=spacing, final=final, cond=lambda start, n: {"prompts": per_sample[start:start + n]},
+                 nfe=nfe, spacing=spacing, final=final,
+                 cond=lambda start, n: {"prompts": per_sample[start:start + n],
+                                        **({} if rows is None else {"control_rows": rows[start:start + n]})},
                  batch_size=batch_size, device=device, dtype=sd.dtype, decode=sd.decode, sample_fn=prompted,
                  separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,
                  **options)
