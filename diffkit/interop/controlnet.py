@@ -208,15 +208,14 @@ class ControlledNet(torch.nn.Module):
             pick = (lambda v: v) if chosen is None else (lambda v: v[chosen])
             dtype = controlnet.dtype
             prompt = None if context is None else pick(context).to(dtype)
-            if image.shape[0] == 1:
-                image = image.expand(batch, -1, -1, -1)
+            if image.shape[0] == 1:  # one image for every row
+                image = image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1)
             elif control_rows is None:
                 raise DiffkitError(f"{image.shape[0]} control images (one per prompt) need cond['control_rows'], "
                                    f"each sample's image")
-            else:
-                image = image.to(x.device)[control_rows]
-            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt,
-                                   controlnet_cond=pick(image.to(x.device, dtype)),
+            else:  # each row's own
+                image = pick(image.to(x.device, dtype)[control_rows])
+            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt, controlnet_cond=image,
                                    conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False)
             if chosen is not None:  # rows outside the window (or the null half in guess mode) get zeros
                 down, mid = ([_spread(d, batch, chosen) for d in down], _spread(mid, batch, chosen))
