@@ -494,7 +494,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              nll_split: str = "test", context_fid_iterations: Optional[int] = None,
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
              restarts=None, spacing: Optional[str] = None, final: Optional[str] = None,
-             nfe: Optional[int] = None, lora=None, lora_any_base: bool = False) -> dict:
+             nfe: Optional[int] = None, lora=None, lora_any_base: bool = False,
+             flow_shift: Optional[float] = None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -514,7 +515,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     or ``nfe``: the step count that spends that many network evaluations per sample
     (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``), not both.
     ``lora``, ``lora_any_base``: LoRA adapter files merged into the checkpoint's weights
-    (:func:`diffkit.loading.load_denoiser`; image models), recorded in the settings.
+    (:func:`diffkit.loading.load_denoiser`; image models), recorded in the settings. ``flow_shift``: a
+    flow-matching model's sampling shift (``diffkit.sample(..., flow_shift=...)``), recorded in the settings.
     """
     names = parse_metrics(metrics)
     if steps is None and nfe is None:
@@ -534,7 +536,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
                                predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
-                               repeats=repeats, restarts=restarts, spacing=spacing, final=final, nfe=nfe)
+                               repeats=repeats, restarts=restarts, spacing=spacing, final=final, nfe=nfe,
+                               flow_shift=flow_shift)
     if repeats != 1:
         raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
                            f"image metrics are one run: leave it at 1")
@@ -577,6 +580,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         if eta is not None:
             options["eta"] = parse_eta(eta)
         info = info.with_options(restart_options(info, restarts, options))
+        if flow_shift is not None:
+            options["flow_shift"] = flow_shift
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                                  compile=compile, lora=lora, lora_any_base=lora_any_base)
         steps = steps_or_nfe(denoiser, sampler, steps, nfe, options)

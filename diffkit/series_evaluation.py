@@ -166,7 +166,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None,
                     repeats: int = 1, nll_num: int = 256, nll_split: str = "test", nll_stride: int = 10,
                     nll_dense_below: int = 20, restarts=None, spacing: Optional[str] = None,
-                    final: Optional[str] = None, nfe: Optional[int] = None) -> dict:
+                    final: Optional[str] = None, nfe: Optional[int] = None,
+                    flow_shift: Optional[float] = None) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
     the result has :func:`diffkit.evaluation.evaluate`'s form. ``nll`` / ``nll-strided``: the model's
     variational bound in bits per value (DDPM eq. 5; :func:`bound_series` says which series), one run,
@@ -177,8 +178,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     are drawn in turn and the bound is the null class's. ``data_dir``: a run's series file where it
     is now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
-    (:func:`repeated_runs`). ``restarts`` (the restart sampler's intervals), ``spacing``, ``final``, ``nfe``: as
-    :func:`diffkit.evaluation.evaluate` takes them.
+    (:func:`repeated_runs`). ``restarts`` (the restart sampler's intervals), ``spacing``, ``final``, ``nfe``,
+    ``flow_shift``: as :func:`diffkit.evaluation.evaluate` takes them.
     Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import (MIN_EVAL_SAMPLES, NLL_SPLITS, _frechet, bound_metrics, check_sample_count,
                              generate_samples, restart_options, steps_or_nfe)
@@ -218,6 +219,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     if eta is not None:
         options["eta"] = parse_eta(eta)
     info = info.with_options(restart_options(info, restarts, options))
+    if flow_shift is not None:
+        options["flow_shift"] = flow_shift
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,
                              compile=compile)
     if sample_names:  # the bound alone samples nothing: its steps do not matter

@@ -417,3 +417,77 @@ def test_sd_lora_with_controlnet_matches_the_pipeline(tiny_controlnet_sd, tmp_pa
     merged = load_stable_diffusion(root / "sd", progress=False, lora=[(lora, 0.5)])
     assert relative_error(_ours(merged, nets[:1], [png], latents, scales=0.8), theirs) < 1e-5
     assert relative_error(_ours(sd, nets[:1], [png], latents, scales=0.8), theirs) > 1e-3  # the LoRA matters
+
+
+@pytest.mark.parametrize("count, guess_mode", [(1, False), (2, False), (1, True)])
+def test_one_control_image_per_prompt_matches_the_pipeline(tiny_controlnet_sd, tmp_path, count, guess_mode):
+    """A list of control images per ControlNet, one per prompt (the pipeline's ``image=[a, b]``; with two
+    ControlNets, ours a list per ControlNet, the pipeline's nested list a list per prompt,
+    ``[[canny_1, pose_1], [canny_2, pose_2]]``): prompt i is controlled by image i; ``control_rows`` picks
+    another order."""
+    from PIL import Image
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    files = [[control_png(tmp_path / f"c{n}_{i}.png", seed=10 * n + i) for i in range(2)] for n in range(count)]
+    pil = [[Image.open(f).convert("RGB") for f in row] for row in files]
+    latents = _latents(sd)
+    models = nets[0] if count == 1 else nets[:2]
+    per_prompt = [list(t) for t in zip(*pil)]  # the pipeline's nesting: per prompt, then per ControlNet
+    theirs = _theirs(pipe, models, pil[0] if count == 1 else per_prompt, latents, guess_mode=guess_mode)
+    ours = _ours(sd, nets[:count], files, latents, guess_mode=guess_mode)
+    assert relative_error(ours, theirs) < 1e-5
+    swapped = _theirs(pipe, models, pil[0][::-1] if count == 1 else per_prompt[::-1], latents,
+                      guess_mode=guess_mode)
+    ours_swapped = text_to_image(sd, PROMPTS, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=SCALE,
+                                 latents=latents, eta=0.0, return_latents=True, control_rows=[1, 0],
+                                 controlnet=ControlNets(nets[:count], files, guess_mode=guess_mode))
+    assert relative_error(ours_swapped, swapped) < 1e-5
+    assert relative_error(ours_swapped, ours) > 1e-3  # each prompt's own image matters
+
+
+def test_per_prompt_control_images_refused_in_one_line(tiny_controlnet_sd, tmp_path):
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    three = [control_png(tmp_path / f"c{i}.png", seed=i) for i in range(3)]
+    latents = _latents(sd)
+    for images, models, rows, match in (([three], nets[:1], None, "3 control images for 2 prompts"),
+                                        ([three, three[:2]], nets[:2], None, "have 2 and 3 control images"),
+                                        ([three], nets[:1], [0, 3], r"control_rows \[0, 3\] is not allowed"),
+                                        ([png], nets[:1], [0, 0], "each ControlNet has one")):
+        with pytest.raises(DiffkitError, match=match):
+            text_to_image(sd, PROMPTS, steps=2, latents=latents, control_rows=rows,
+                          controlnet=ControlNets(models, images))
+    with pytest.raises(DiffkitError, match="give controlnet= too"):
+        text_to_image(sd, PROMPTS, steps=2, latents=latents, control_rows=[0, 1])
+
+
+def test_sample_command_with_a_control_image_folder_gives_each_prompt_its_image(tiny_controlnet_sd, tmp_path,
+                                                                                 capsys):
+    """``--control-image DIR`` with two --prompt: the folder's PNGs in name order, one per prompt's row; the
+    PNGs are text_to_image's with control_rows = each sample's prompt, byte for byte."""
+    from diffkit.images import save_images
+    from diffkit.noise import generators_from_seed, randn
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    (tmp_path / "ctl").mkdir()
+    files = [control_png(tmp_path / "ctl" / f"{name}.png", seed=seed) for name, seed in (("a", 5), ("b", 6))]
+    argv = ["sample", "--checkpoint", root / "sd", "--prompt", "hot", "--prompt", "ph", "--num", "4", "--steps", "2",
+            "--controlnet", root / "cn0", "--control-image", tmp_path / "ctl", "--no-progress"]
+    assert main([str(a) for a in (*argv, "--batch-size", "3", "--out", tmp_path / "g.png", "--individual",
+                                  tmp_path / "cli")]) == 0  # batches of 3 and 1: the rows follow the batches
+    latents = randn((4, 4, 8, 8), generators_from_seed(0, 4))
+    images = text_to_image(sd, ["hot", "hot", "ph", "ph"], steps=2, latents=latents, output_range="-1,1",
+                           control_rows=[0, 0, 1, 1], controlnet=ControlNets(nets[:1], [files]))
+    save_images(images, tmp_path / "lib")
+    for i in range(4):
+        name = f"sample_{i:05d}.png"
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    capsys.readouterr()
+    control_png(tmp_path / "ctl" / "c.png", seed=7)
+    out = tmp_path / "new" / "g.png"
+    assert main([str(a) for a in (*argv, "--out", out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds 3 PNG(s) for 2 --prompt" in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists()
+    assert main([str(a) for a in ("edit", "--checkpoint", root / "sd", "--images", png, "--prompt", "hot",
+                                  "--controlnet", root / "cn0", "--control-image", tmp_path / "ctl",
+                                  "--out", tmp_path / "new" / "e")]) == 2
+    assert "is a folder; diffkit edit takes one control image file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

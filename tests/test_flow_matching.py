@@ -1,6 +1,7 @@
 """Flow matching / rectified flow (docs/flow_matching.md) against closed forms: the velocity of
 Gaussian data, the flow Euler step, diffusers' FlowMatchEulerDiscreteScheduler, SD3's logit-normal
 density and shift, and the training loss's target."""
+import json
 import math
 
 import pytest
@@ -432,3 +433,77 @@ def test_sampling_shift_refused_in_one_line_where_it_does_not_apply(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "--flow-shift 3" in err and "'epsilon'" in err and len(err.splitlines()) == 1
     assert not out.parent.exists()
+
+
+def _read(folder):
+    from diffkit.evaluation import load_image_folder
+    return load_image_folder(folder)
+
+
+def test_eval_flow_shift_samples_what_the_library_draws_with_it(flow_checkpoint, tmp_path, capsys):
+    """``diffkit eval --flow-shift 3``: the samples it scores (--save-samples) are generate_samples(...,
+    flow_shift=3)'s, and the JSON records the shift; without the flag they differ (and the --cache-dir batches
+    drawn at shift 3 are not reused)."""
+    from diffkit.evaluation import generate_samples, sample_labels
+    from diffkit.images import save_images
+    from diffkit.metrics import EvaluatorConfig, EvaluatorNet, save_evaluator
+    torch.manual_seed(0)
+    save_evaluator(EvaluatorNet(EvaluatorConfig(in_channels=1, image_size=8, channels=(4,), feature_dim=8)),
+                   tmp_path / "ev.safetensors")
+    num, shift = 4, 3.0
+    for folder, flags in (("ours", ["--flow-shift", str(shift)]), ("ours_plain", [])):
+        assert main(["eval", "--checkpoint", str(flow_checkpoint), "--metrics", "fd-classifier", "--num", str(num),
+                     "--steps", "3", *flags, "--evaluator", str(tmp_path / "ev.safetensors"), "--cache-dir",
+                     str(tmp_path / "cache"), "--save-samples", str(tmp_path / folder), "--out",
+                     str(tmp_path / f"{folder}.json"), "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "ours.json").read_text())["settings"]["flow_shift"] == shift
+    den = load_denoiser(flow_checkpoint)
+    for name, options in (("shifted", {"flow_shift": shift}), ("plain", {})):
+        images = generate_samples(den, num, sampler="ddim", steps=3, seed=0, labels=sample_labels(den, num),
+                                  **options)
+        save_images(images, tmp_path / name)
+    assert torch.equal(_read(tmp_path / "ours"), _read(tmp_path / "shifted"))
+    assert not torch.equal(_read(tmp_path / "ours"), _read(tmp_path / "plain"))
+    assert torch.equal(_read(tmp_path / "ours_plain"), _read(tmp_path / "plain"))
+
+
+def test_edit_flow_shift_is_img2img_with_it(flow_checkpoint, tmp_path, capsys):
+    """``diffkit edit --flow-shift 3``: the images of diffkit.img2img(..., flow_shift=3) (the strength's part
+    of the moved grid); without the flag they differ."""
+    from test_latent_editing import write_pngs
+    from diffkit.commands.edit import read_pngs
+    from diffkit.editing import img2img
+    from diffkit.images import save_images
+    pngs = write_pngs(tmp_path / "in", 2, 8, "L")
+    assert main(["edit", "--checkpoint", str(flow_checkpoint), "--images", str(pngs), "--class", "3", "--strength",
+                 "0.6", "--steps", "5", "--flow-shift", "3", "--out", str(tmp_path / "ours"), "--device", "cpu",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    den, images = load_denoiser(flow_checkpoint), read_pngs(pngs, "L")[0]
+    y = {"y": torch.full((2,), 3, dtype=torch.long)}
+    for name, options in (("shifted", {"flow_shift": 3.0}), ("plain", {})):
+        save_images(img2img(den, images, 0.6, "ddim", 5, seed=0, cond=y, progress=False, **options).clamp(-1, 1),
+                    tmp_path / name, prefix="edit")
+    assert torch.equal(_read(tmp_path / "ours"), _read(tmp_path / "shifted"))
+    assert not torch.equal(_read(tmp_path / "ours"), _read(tmp_path / "plain"))
+
+
+def test_eval_and_edit_refuse_flow_shift_on_a_non_flow_checkpoint_before_any_output(tiny_checkpoint, tmp_path,
+                                                                                     capsys):
+    from test_latent_editing import write_pngs
+    pngs = write_pngs(tmp_path / "in", 1, 8, "L")
+    for argv in (["eval", "--checkpoint", str(tiny_checkpoint), "--metrics", "fd-classifier", "--num", "2",
+                  "--out", str(tmp_path / "new" / "r.json"), "--save-samples", str(tmp_path / "new" / "png")],
+                 ["edit", "--checkpoint", str(tiny_checkpoint), "--images", str(pngs), "--out",
+                  str(tmp_path / "new" / "out")]):
+        assert main([*argv, "--flow-shift", "3", "--steps", "2", "--device", "cpu", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--flow-shift 3" in err and "'epsilon'" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "new").exists()
+    assert main(["eval", "--samples", str(pngs), "--ref", "digits", "--flow-shift", "3",
+                 "--out", str(tmp_path / "new" / "r.json")]) == 2
+    assert "--flow-shift applies to sampling a --checkpoint" in capsys.readouterr().err
+    assert main(["edit", "--checkpoint", str(tiny_checkpoint), "--images", str(pngs), "--interpolate", "2",
+                 "--flow-shift", "3", "--out", str(tmp_path / "new" / "out")]) == 2
+    assert "--flow-shift does not go with --interpolate" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

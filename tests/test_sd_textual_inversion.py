@@ -5,7 +5,7 @@ tiny random folder: diffusers-format files ({token: tensor}, .safetensors and .b
 ``maybe_convert_prompt`` expands a multi-vector token in the prompt and the negative prompt)."""
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from diffkit.cli import main
 from diffkit.errors import DiffkitError
@@ -225,3 +225,47 @@ def test_textual_inversion_is_refused_for_diffkit_checkpoints(tmp_path, capsys):
                  "--out", str(tmp_path / "o" / "s.png"), "--no-progress", "--device", "cpu"]) == 2
     assert "--textual-inversion applies to a Stable Diffusion folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def ti_lora(tmp_path_factory):
+    """A LoRA file (UNet and text encoder, diffusers format) for the folder of ``sd_ti``: built on fresh copies
+    of the same tiny networks, as tests/test_sd_lora.py builds its own."""
+    pytest.importorskip("peft")
+    from test_sd_lora import TEXT_LORA, UNET_LORA, _add_lora
+    root = tmp_path_factory.mktemp("ti_lora")
+    unet, _, text_encoder, _ = tiny_sd_components(root)
+    unet_state, unet_config = _add_lora(unet, 3, **UNET_LORA)
+    text_state, text_config = _add_lora(text_encoder, 13, **TEXT_LORA)
+    prefix = "" if hasattr(text_encoder, "text_model") else "text_model."
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        root, weight_name="lora.safetensors", unet_lora_layers=unet_state, unet_lora_adapter_metadata=unet_config,
+        text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
+        text_encoder_lora_adapter_metadata=text_config)
+    return root / "lora.safetensors"
+
+
+def test_textual_inversion_with_a_lora_matches_diffusers(sd_ti, ti_lora):
+    """``load_stable_diffusion(textual_inversion=..., lora=...)``: z_0 equals diffusers' pipeline after
+    ``load_textual_inversion`` (each file) + ``load_lora_weights`` + ``fuse_lora(lora_scale=s)``; the LoRA and
+    its text-encoder part alone each change z_0."""
+    from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image
+    files, scale = [(sd_ti["multi"][0], None), (sd_ti["a1111_single"][0], "<b>")], 0.7
+    prompts = ["hot <multi> <b>", "<b> o"]
+
+    def ours(textual_inversion, lora):
+        sd = load_stable_diffusion(sd_ti["folder"], progress=False, textual_inversion=textual_inversion, lora=lora)
+        return text_to_image(sd, prompts, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=GUIDANCE,
+                             negative_prompt="x <multi>", latents=_latents(), eta=0.0, return_latents=True)
+    pipe = _pipe(sd_ti["folder"], files)
+    pipe.load_lora_weights(str(ti_lora))
+    pipe.fuse_lora(lora_scale=scale)
+    with torch.no_grad():
+        theirs = pipe(prompts, negative_prompt=["x <multi>"] * 2, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                      latents=_latents(), eta=0.0, output_type="latent").images
+    both = ours(files, [(ti_lora, scale)])
+    assert relative_error(both, theirs) < 1e-5
+    assert relative_error(both, ours(files, None)) > 1e-2  # the LoRA matters
+    text_only = [(ti_lora.parent / "text.safetensors", scale)]  # only the text encoder's adapters
+    save_file({k: v for k, v in load_file(ti_lora).items() if k.startswith("text_encoder.")}, text_only[0][0])
+    assert relative_error(ours(files, text_only), ours(files, None)) > 1e-3  # the text encoder's part matters

@@ -375,6 +375,25 @@ def add_thresholding_flag(parser) -> None:
                         "(clip: to [-1, 1]; dynamic: Imagen's, per sample at its 99.5%% quantile of |x0|)")
 
 
+def add_flow_shift_flag(parser) -> None:
+    """``--flow-shift S``: a flow-matching model's grid moved to the sampling shift S (SD3, Esser et al. 2024,
+    eq. 23; ``diffkit.sample(..., flow_shift=S)``, :func:`diffkit.timesteps.reshift_flow_grid`) in ``diffkit
+    sample``, ``eval`` and ``edit``; checked by :func:`check_flow_shift`."""
+    parser.add_argument("--flow-shift", type=positive_float, help="a flow-matching model only: move the grid to "
+                        "this sampling shift (SD3 eq. 23, diffusers' FlowMatchEulerDiscreteScheduler shift; default: "
+                        "the training flow_shift, the grid unchanged)")
+
+
+def check_flow_shift(checkpoint, info, shift: float) -> None:
+    """``--flow-shift``: a one-line error, before any output, unless the checkpoint is a flow-matching model (its
+    header says so; other checkpoints are checked when loaded) sampled on a fixed grid."""
+    info.check_fixed_steps(f"--flow-shift {shift:g}")
+    meta = peek_checkpoint(checkpoint)
+    if meta is not None and meta.get("prediction_type") != "flow_prediction":
+        raise DiffkitError(f"--flow-shift {shift:g} moves the grid of a flow-matching model (prediction_type "
+                           f"flow_prediction); {checkpoint} predicts {meta.get('prediction_type')!r}")
+
+
 def add_restarts_flag(parser, whose: str = "--sampler restart: its intervals") -> None:
     """``--restarts T_MIN:T_MAX:K:N[+...]|none``: the restart sampler's intervals (:func:`restarts_value`;
     checked against ``--sampler`` by :func:`tolerance_options`); ``whose`` starts the help (``experiment

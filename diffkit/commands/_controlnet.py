@@ -18,9 +18,10 @@ def add_controlnet_flags(parser) -> None:
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
                         "Multi-ControlNet (their residuals add up)")
-    g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG",
+    g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); sample: "
-                        "the output takes its size, rounded down to multiples of the VAE factor; edit: it is resized "
+                        "the output takes its size, rounded down to multiples of the VAE factor, and a folder of "
+                        "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
                         "to the images' size")
     g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,
                    metavar="S", help="controlnet_conditioning_scale: the residuals' weight (default 1; one, or one "
@@ -46,10 +47,11 @@ class ControlRequest:
     guess_mode: bool = False
 
     @classmethod
-    def from_args(cls, args, checkpoint) -> Optional["ControlRequest"]:
+    def from_args(cls, args, checkpoint, prompts: Optional[int] = None) -> Optional["ControlRequest"]:
         """None without ``--controlnet``; one line for a flag without it, a checkpoint that is not a
         Stable Diffusion folder, counts that do not fit, a bad window, a missing folder or an image that
-        cannot be read (all before any output)."""
+        cannot be read (all before any output). ``prompts``: ``diffkit sample``'s count of --prompt, where a
+        --control-image folder gives one image per prompt (its PNGs in name order); None: a folder is refused."""
         from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         folders = list(getattr(args, "controlnets", None) or [])
@@ -68,13 +70,32 @@ class ControlRequest:
                                f"image per ControlNet, in the same order")
         for folder in folders:
             check_controlnet_folder(folder)
+        images = [cls._per_prompt(image, prompts) for image in images]
         for image in images:
-            open_control_image(image)  # one line for a file that is not an image
+            for one in image if isinstance(image, list) else [image]:
+                open_control_image(one)  # one line for a file that is not an image
         request = cls(folders, images, *(cls._values(flag, values, len(folders), default) for flag, values, default in (
             ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode))
         check_control_options(request.scales, request.starts, request.ends, len(folders))
         return request
+
+    @staticmethod
+    def _per_prompt(image, prompts: Optional[int]):
+        """A --control-image file as it is; a folder: its PNGs (name order), one per prompt."""
+        from pathlib import Path
+
+        from ..metrics.features import list_images
+        if not Path(image).is_dir():
+            return image
+        if prompts is None:
+            raise DiffkitError(f"--control-image {image} is a folder; diffkit edit takes one control image file per "
+                               f"--controlnet")
+        files = [str(f) for f in list_images(image)]
+        if len(files) != prompts:
+            raise DiffkitError(f"--control-image {image} holds {len(files)} PNG(s) for {prompts} --prompt; give one "
+                               f"control image per prompt (in file-name order), or a single file for all")
+        return files
 
     @staticmethod
     def _values(flag: str, values, count: int, default: float) -> list:

@@ -35,10 +35,10 @@ from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
 from ._controlnet import ControlRequest, add_controlnet_flags
-from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
-                      add_textual_inversion_flag, batch_size_or_auto, check_lora_flags, check_writable_dir, eta_value,
-                      int_in, missing_dirs, non_negative_float, path_arg, positive_int, removed_if_empty_on_failure,
-                      seed_int, tolerance_options)
+from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
+                      add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
+                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def strength_value(text: str) -> float:
@@ -89,6 +89,7 @@ def register(sub) -> None:
                    "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (edits refuse adaptive samplers)
+    add_flow_shift_flag(p)
     p.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
@@ -146,10 +147,14 @@ def read_pngs(path, mode: str):
 
 def grid_options(args, info, spacing, final) -> dict:
     """The sampler options of edit's flags: ``eta``, the time grid (``spacing`` / ``final``, given as flags
-    or in ``--sampler NAME@SPACING:FINAL``) and ``restarts`` (:func:`tolerance_options`: the restart sampler's)."""
+    or in ``--sampler NAME@SPACING:FINAL``; ``flow_shift``, checked against the checkpoint's header) and
+    ``restarts`` (:func:`tolerance_options`: the restart sampler's)."""
     options = {} if args.eta is None else {"eta": args.eta}
     options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
     options.update(tolerance_options(args, info))
+    if args.flow_shift is not None:
+        check_flow_shift(args.checkpoint, info, args.flow_shift)
+        options["flow_shift"] = args.flow_shift
     return options
 
 
@@ -202,7 +207,7 @@ def run(args) -> int:
     else:
         for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--sampler", args.sampler),
                             ("--eta", args.eta), ("--restarts", args.restarts), ("--spacing", args.spacing),
-                            ("--final", args.final)):
+                            ("--final", args.final), ("--flow-shift", args.flow_shift)):
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
     info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)  # fails before loading

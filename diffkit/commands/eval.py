@@ -23,10 +23,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._common import (IMAGE_DATASETS, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
-                      add_thresholding_flag, check_lora_flags, check_output_file, check_writable_dir, dataset_arg,
-                      default_sampling, missing_dirs, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
-                      tolerance_options)
+from ._common import (IMAGE_DATASETS, add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag,
+                      add_solver_flags, add_thresholding_flag, check_flow_shift, check_lora_flags, check_output_file,
+                      check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg, positive_int,
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 def add_source_flags(p) -> None:
@@ -70,6 +70,7 @@ def register(sub) -> None:
                    "as diffkit sample --nfe)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
+    add_flow_shift_flag(p)
     add_thresholding_flag(p)
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
     p.add_argument("--nll-split", choices=("test", "train"), default="test",
@@ -150,7 +151,8 @@ def run(args) -> int:
     if args.samples is not None:  # nothing is sampled: these were ignored
         for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--nfe", args.nfe),
                             ("--eta", args.eta), ("--restarts", args.restarts), ("--spacing", args.spacing),
-                            ("--final", args.final), ("--thresholding", args.thresholding),
+                            ("--final", args.final), ("--flow-shift", args.flow_shift),
+                            ("--thresholding", args.thresholding),
                             ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir),
                             ("--lora", args.lora)):
             if value is not None:
@@ -161,6 +163,8 @@ def run(args) -> int:
     info = info.with_options(tolerance_options(args, info))  # --restarts: the restart sampler's (and its NFE rule)
     if args.nfe is not None:  # before loading (the grid's own check follows in evaluate)
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
+    if args.flow_shift is not None:
+        check_flow_shift(args.checkpoint, info, args.flow_shift)
     device = str(resolve_device(args.device))
     # the folders made from here on (--out's too): removed again, if still empty, when a check or the run fails
     new_dirs = [d for folder in (Path(args.out).parent, args.save_samples, args.cache_dir) if folder
@@ -191,7 +195,8 @@ def run(args) -> int:
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
                           predictive_iterations=args.predictive_iterations, repeats=args.repeats,
-                          restarts=args.restarts, lora=args.lora, lora_any_base=args.lora_any_base)
+                          restarts=args.restarts, lora=args.lora, lora_any_base=args.lora_any_base,
+                          flow_shift=args.flow_shift)
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")

@@ -48,11 +48,11 @@ from typing import Optional
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
-from ._common import (add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags, add_thresholding_flag,
-                      add_textual_inversion_flag,
-                      batch_size_or_auto, check_lora_flags, check_output_file, check_writable_dir, eta_value,
-                      int_in, missing_dirs, non_negative_float, path_arg, peek_checkpoint, positive_float,
-                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
+                      add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
+                      check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
+                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
+                      tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -78,9 +78,7 @@ def register(sub) -> None:
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_solver_flags(p)
-    p.add_argument("--flow-shift", type=positive_float, help="a flow-matching model only: move the grid to this "
-                   "sampling shift (SD3 eq. 23, diffusers' FlowMatchEulerDiscreteScheduler shift; default: the "
-                   "training flow_shift, the grid unchanged)")
+    add_flow_shift_flag(p)
     add_thresholding_flag(p)
     p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
                    "with several classes: one row of --nrow images per class)")
@@ -206,7 +204,7 @@ def run(args) -> int:
         check_flow_shift(checkpoint, info, args.flow_shift)
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
-    control = ControlRequest.from_args(args, checkpoint)
+    control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -565,16 +563,6 @@ def run_sample_dir(checkpoint, cfg: dict) -> Path:
     return Path(os.path.normpath(folder / os.path.relpath(sampled, saved)))
 
 
-def check_flow_shift(checkpoint, info, shift: float) -> None:
-    """``--flow-shift``: a one-line error, before any output, unless the checkpoint is a flow-matching model (its
-    header says so; other checkpoints are checked when loaded) sampled on a fixed grid."""
-    info.check_fixed_steps(f"--flow-shift {shift:g}")
-    meta = peek_checkpoint(checkpoint)
-    if meta is not None and meta.get("prediction_type") != "flow_prediction":
-        raise DiffkitError(f"--flow-shift {shift:g} moves the grid of a flow-matching model (prediction_type "
-                           f"flow_prediction); {checkpoint} predicts {meta.get('prediction_type')!r}")
-
-
 def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None,
                     noise_out=None, individual=None, seed=0, device="cpu", use_ema=True, batch_size="auto",
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
@@ -861,14 +849,19 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
 
+    rows = None if controlnet is None or controlnet.per_prompt == 1 else index.tolist()  # each prompt's image
+
     def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
         return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
-                             return_latents=True, controlnet=controlnet, **how)
+                             return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
+                             **how)
 
     results = []
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
-                 nfe=nfe, spacing=spacing, final=final, cond=lambda start, n: {"prompts": per_sample[start:start + n]},
+                 nfe=nfe, spacing=spacing, final=final,
+                 cond=lambda start, n: {"prompts": per_sample[start:start + n],
+                                        **({} if rows is None else {"control_rows": rows[start:start + n]})},
                  batch_size=batch_size, device=device, dtype=sd.dtype, decode=sd.decode, sample_fn=prompted,
                  separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,
                  **options)

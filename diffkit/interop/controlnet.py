@@ -169,12 +169,13 @@ def _spread(values: torch.Tensor, batch: int, rows: torch.Tensor) -> torch.Tenso
 
 
 class ControlledNet(torch.nn.Module):
-    """``net(x, t, y=None, context=None, **extra)``: the SD UNet (a :class:`DiffusersNet`) with the
-    residuals of one or more ControlNets added (Multi-ControlNet: their sum, in order, as diffusers'
-    ``MultiControlNetModel``). ``images``: one (1, 3, H, W) control image per ControlNet, expanded to
-    the batch; ``scales``: their conditioning scales; ``keeps``: per ControlNet, the controlled steps
-    of ``grid`` (None: every call). ``guess_mode``: only rows whose label ``y`` is not
-    :data:`NULL_LABEL` get residuals (all rows without labels)."""
+    """``net(x, t, y=None, context=None, control_rows=None, **extra)``: the SD UNet (a :class:`DiffusersNet`)
+    with the residuals of one or more ControlNets added (Multi-ControlNet: their sum, in order, as diffusers'
+    ``MultiControlNetModel``). ``images``: per ControlNet, (1, 3, H, W) (one control image, expanded to the
+    batch) or (K, 3, H, W) (one per prompt: row i of the batch takes image ``control_rows[i]``, a per-sample
+    tensor that classifier-free guidance repeats for its null half); ``scales``: their conditioning scales;
+    ``keeps``: per ControlNet, the controlled steps of ``grid`` (None: every call). ``guess_mode``: only rows
+    whose label ``y`` is not :data:`NULL_LABEL` get residuals (all rows without labels)."""
 
     def __init__(self, net: DiffusersNet, controlnets: Sequence, images: Sequence[torch.Tensor],
                  scales: Sequence[float], guess_mode: bool = False, grid: Optional[torch.Tensor] = None,
@@ -190,9 +191,11 @@ class ControlledNet(torch.nn.Module):
             return torch.ones(t.shape[0], device=t.device)
         return self.keeps[index].to(t.device)[steps_of(self.grid, t)].to(torch.float32)
 
-    def residuals(self, x: torch.Tensor, t: torch.Tensor, y, context):
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, y, context, control_rows=None):
         """(down-block residuals, mid-block residual) for the batch, or None where no ControlNet acts."""
         batch = x.shape[0]
+        if control_rows is not None:
+            control_rows = torch.as_tensor(control_rows, device=x.device).reshape(-1).expand(batch)
         rows = torch.ones(batch, dtype=torch.bool, device=x.device)
         if self.guess_mode and y is not None:
             rows = torch.as_tensor(y, device=x.device).reshape(-1).expand(batch) != NULL_LABEL
@@ -205,8 +208,14 @@ class ControlledNet(torch.nn.Module):
             pick = (lambda v: v) if chosen is None else (lambda v: v[chosen])
             dtype = controlnet.dtype
             prompt = None if context is None else pick(context).to(dtype)
-            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt,
-                                   controlnet_cond=image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1),
+            if image.shape[0] == 1:  # one image for every row
+                image = image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1)
+            elif control_rows is None:
+                raise DiffkitError(f"{image.shape[0]} control images (one per prompt) need cond['control_rows'], "
+                                   f"each sample's image")
+            else:  # each row's own
+                image = pick(image.to(x.device, dtype)[control_rows])
+            down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt, controlnet_cond=image,
                                    conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False)
             if chosen is not None:  # rows outside the window (or the null half in guess mode) get zeros
                 down, mid = ([_spread(d, batch, chosen) for d in down], _spread(mid, batch, chosen))
@@ -216,9 +225,9 @@ class ControlledNet(torch.nn.Module):
                 total = ([a + b for a, b in zip(total[0], down)], total[1] + mid)
         return total
 
-    def forward(self, x: torch.Tensor, t, y=None, context=None, **extra) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y=None, context=None, control_rows=None, **extra) -> torch.Tensor:
         t_rows = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        total = self.residuals(x, t_rows, y, context)
+        total = self.residuals(x, t_rows, y, context, control_rows)
         if total is not None:
             extra = {**extra, "down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}
         return self.net(x, t, y=y, context=context, **extra)
@@ -253,7 +262,8 @@ class ControlNets:
     ``global_pool_conditions``, as diffusers does)."""
 
     models: list
-    images: list  # PIL images, paths or (1, 3, H, W) tensors in [0, 1]; prepared by prepare_control_image
+    images: list  # per ControlNet: a PIL image, path or (1, 3, H, W) tensor in [0, 1], or a list of them (one per
+    # prompt, as diffusers' image=[...]); prepared by prepare_control_image
     scales: Union[float, Sequence[float]] = 1.0
     start: Union[float, Sequence[float]] = 0.0
     end: Union[float, Sequence[float]] = 1.0
@@ -267,7 +277,10 @@ class ControlNets:
             raise DiffkitError(f"{len(self.images)} control images for {count} ControlNets; give one image per "
                                f"--controlnet")
         self.scales, self.start, self.end = check_control_options(self.scales, self.start, self.end, count)
-        self.images = [open_control_image(image) for image in self.images]
+        self.images = [[open_control_image(image) for image in (entry if isinstance(entry, (list, tuple)) else
+                                                                [entry])] for entry in self.images]
+        if any(len(entry) == 0 for entry in self.images):
+            raise DiffkitError("an empty list of control images; give one image, or one per prompt")
         self.guess_mode = bool(self.guess_mode) or any(
             bool(m.config.get("global_pool_conditions", False)) for m in self.models)
 
@@ -278,7 +291,34 @@ class ControlNets:
 
     def size(self, factor: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """The output (height, width): given, or the first control image's (diffusers' default)."""
-        return control_size(self.images[0], factor, height, width)
+        return control_size(self.images[0][0], factor, height, width)
+
+    @property
+    def per_prompt(self) -> int:
+        """K where some ControlNet has one control image per prompt (K > 1), else 1."""
+        return max(len(entry) for entry in self.images)
+
+    def rows(self, batch: int, control_rows=None) -> Optional[torch.Tensor]:
+        """The ``cond["control_rows"]`` of a batch of ``batch`` prompts: None with one image per ControlNet;
+        with K per prompt, ``control_rows`` (each sample's image, in 0..K-1) or, by default, 0..batch-1, which
+        needs K = batch (diffusers' rule: as many images as prompts). Every list must have K images."""
+        count = self.per_prompt
+        sizes = sorted({len(entry) for entry in self.images} - {1})
+        if len(sizes) > 1:
+            raise DiffkitError(f"the ControlNets have {' and '.join(map(str, sizes))} control images; give each one "
+                               f"image, or the same number (one per prompt)")
+        if count == 1:
+            if control_rows is not None:
+                raise DiffkitError("control_rows picks among one control image per prompt; each ControlNet has one")
+            return None
+        if control_rows is None:
+            if batch != count:
+                raise DiffkitError(f"{count} control images for {batch} prompts; give one per prompt (or one for all)")
+            return torch.arange(batch)
+        rows = torch.as_tensor(control_rows, dtype=torch.long).reshape(-1)
+        if rows.shape[0] != batch or rows.min() < 0 or rows.max() >= count:
+            raise DiffkitError(f"control_rows {rows.tolist()} is not allowed; give {batch} indices in 0..{count - 1}")
+        return rows
 
     def controlling(self, sd, height: int, width: int, grid: Optional[torch.Tensor] = None):
         """A copy of the :class:`~diffkit.interop.stable_diffusion.StableDiffusion` ``sd`` whose network
@@ -290,7 +330,8 @@ class ControlNets:
         for index, model in enumerate(self.models):
             check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
         f = sd.vae_scale_factor
-        images = [prepare_control_image(image, height, width, f) for image in self.images]
+        images = [torch.cat([prepare_control_image(image, height, width, f) for image in entry])
+                  for entry in self.images]
         keeps = None
         if self.windowed:
             if grid is None:

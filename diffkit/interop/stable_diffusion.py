@@ -300,7 +300,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  controlnet=None, **options) -> torch.Tensor:
+                  controlnet=None, control_rows=None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
@@ -321,7 +321,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     output_range: ``"0,1"`` (diffusers' ``output_type="pt"``: (x + 1)/2 clamped) or ``"-1,1"``
         (clamped decoder output). ``return_latents``: return z_0 instead of images.
     controlnet: a :class:`~diffkit.interop.controlnet.ControlNets`: the UNet gets their residuals
-        (StableDiffusionControlNetPipeline); height x width default to the control image's size.
+        (StableDiffusionControlNetPipeline); height x width default to the control image's size. With a list of
+        control images per ControlNet (one per prompt, as the pipeline's ``image=[...]``), prompt i takes image i,
+        or image ``control_rows[i]`` where given (:meth:`~diffkit.interop.controlnet.ControlNets.rows`).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..sampling import sample
@@ -341,8 +343,12 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         if nfe is not None:
             raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
         grid = sd.scheduler_grid(steps or 50)
+    rows = None
+    if control_rows is not None and controlnet is None:
+        raise DiffkitError("control_rows picks each sample's control image; give controlnet= too")
     if controlnet is not None:  # the UNet with the ControlNets' residuals (.controlnet)
         from .controlnet import sampler_grid
+        rows = controlnet.rows(batch, control_rows)
         height, width = controlnet.size(sd.vae_scale_factor, height, width)
         window_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if controlnet.windowed else None
         sd = controlnet.controlling(sd, height, width, window_grid)
@@ -364,6 +370,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                                    f"prompt")
         denoiser = sd.guided(guidance_scale, sd.encode_prompts(negatives), convention, rescale=guidance_rescale)
         cond = sd.cond(context)
+    if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
+        cond["control_rows"] = rows.to(sd.device)
     if grid is not None:
         steps = None
     if latents is None:
