@@ -11,7 +11,7 @@ from diffkit.cli import main
 from diffkit.errors import DiffkitError
 
 diffusers = pytest.importorskip("diffusers")
-from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E402
+from test_interop_diffusers import relative_error, tiny_sd_components, tiny_sd_pipeline  # noqa: E402
 
 WIDTH = 32  # the tiny text encoder's hidden size
 PROMPTS = ["hot {} o", "{} ph"]
@@ -27,12 +27,7 @@ def _vectors(seed, n):
 def sd_ti(tmp_path_factory):
     """{"folder", name: (file, its own token)} for single / multi-vector files of both formats."""
     root = tmp_path_factory.mktemp("sd_ti")
-    unet, vae, text_encoder, tokenizer = tiny_sd_components(root)
-    scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                      scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                      requires_safety_checker=False).save_pretrained(root / "sd")
+    tiny_sd_pipeline(root).save_pretrained(root / "sd")
     out = {"folder": root / "sd"}
     save_file({"<cat-toy>": _vectors(1, 1)[0]}, root / "single.safetensors")  # (d,), diffusers' training script
     out["single"] = (root / "single.safetensors", "<cat-toy>")
