@@ -3,15 +3,12 @@ docs/models.md, docs/latent.md): diffkit train derives its in_channels / img_siz
 latent U-Net, diffkit sample decodes its samples (class-conditional, with guidance), and what it cannot do is
 refused in one line before any output. Tiny f=2 autoencoder (random weights) on the embedded digits."""
 import pytest
-import torch
 from PIL import Image
 
-from diffkit.autoencoder_training import save_autoencoder
 from diffkit.cli import main
-from diffkit.data import load_dataset
-from diffkit.models.autoencoder import Autoencoder, AutoencoderConfig, estimate_scale_factor
 from diffkit.models.dit import DiT
 from test_cli_errors import one_line_error
+from test_latent_text import tiny_autoencoder_file
 
 RUN = ["--no-progress", "--device", "cpu", "--dataset", "digits", "--steps", "2", "--batch-size", "8"]
 DIT = ["--set=network=dit", "--set=img_size=16", "--set=num_layers=1", "--set=num_heads=2",
@@ -21,13 +18,7 @@ DIT = ["--set=network=dit", "--set=img_size=16", "--set=num_layers=1", "--set=nu
 @pytest.fixture(scope="module")
 def autoencoder_file(tmp_path_factory):
     """A tiny f=2 KL autoencoder with 2 latent channels: 16x16 digits -> (2, 8, 8) latents."""
-    torch.manual_seed(0)
-    ae = Autoencoder(AutoencoderConfig(in_channels=1, channel=8, channel_mult=[1, 2], num_res_blocks=1,
-                                       latent_channels=2, attn_middle=False))
-    images = load_dataset("digits").images[:200].float() / 127.5 - 1
-    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
-    save_autoencoder(path, ae, estimate_scale_factor(ae, images))
-    return path
+    return tiny_autoencoder_file(tmp_path_factory.mktemp("ae"))
 
 
 def test_a_class_conditional_latent_dit_trains_and_samples_decoded_images(autoencoder_file, tmp_path, capsys):

@@ -40,16 +40,21 @@ def small_digits(n=96):
     return InMemoryImageDataset(full.images[:n].clone(), full.labels[:n].clone(), 10, full.class_names)
 
 
-@pytest.fixture(scope="module")
-def autoencoder_file(tmp_path_factory):
-    """A tiny f=2 KL autoencoder (random weights) with its data-estimated scale factor."""
+def tiny_autoencoder_file(folder):
+    """A tiny f=2 KL autoencoder (random weights, 2 latent channels: 16x16 digits -> (2, 8, 8)) with its
+    data-estimated scale factor, saved in ``folder``."""
     torch.manual_seed(0)
     ae = Autoencoder(AutoencoderConfig(in_channels=1, channel=8, channel_mult=[1, 2], num_res_blocks=1,
                                        latent_channels=2, attn_middle=False))
     images = load_dataset("digits").images[:200].float() / 127.5 - 1
-    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
+    path = folder / "ae.safetensors"
     save_autoencoder(path, ae, estimate_scale_factor(ae, images))
     return path
+
+
+@pytest.fixture(scope="module")
+def autoencoder_file(tmp_path_factory):
+    return tiny_autoencoder_file(tmp_path_factory.mktemp("ae"))
 
 
 @pytest.fixture(scope="module")
