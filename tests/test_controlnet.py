@@ -489,5 +489,87 @@ def test_sample_command_with_a_control_image_folder_gives_each_prompt_its_image(
     assert main([str(a) for a in ("edit", "--checkpoint", root / "sd", "--images", png, "--prompt", "hot",
                                   "--controlnet", root / "cn0", "--control-image", tmp_path / "ctl",
                                   "--out", tmp_path / "new" / "e")]) == 2
-    assert "is a folder; diffkit edit takes one control image file" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "holds 3 PNG(s) for 1 --images file(s)" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()
+
+
+def _controlled_edit(sd, nets, files, rows, images, strength, seed=10, context=None, mask=None, **grid):
+    """latent_img2img's (latent_inpaint's with a ``mask``) z_0 with one control image per edited image:
+    ``files`` (one ControlNet), image i controlled by ``files[rows[i]]`` through cond["control_rows"]."""
+    from diffkit.interop.controlnet import editing_grid
+    from diffkit.latent_editing import latent_img2img, latent_inpaint
+    grid = grid or dict(DDIM_GRID)
+    controlled = ControlNets(nets[:1], [files], 0.7).controlling(sd, 16, 16, editing_grid(sd, "ddim", 4, strength,
+                                                                                           dict(grid)))
+    guided = controlled.guided(SCALE, sd.encode_prompts([""]), "diffusers")
+    context = sd.encode_prompts(PROMPTS) if context is None else context
+    cond = {**sd.cond(context), "control_rows": torch.as_tensor(rows)}
+    how = dict(posterior="sample", seed=seed, cond=cond, progress=False, return_latents=True, **grid)
+    if mask is not None:
+        return latent_inpaint(guided, controlled, images, mask, "ddim", 4, strength=strength, **how)
+    return latent_img2img(guided, controlled, images, strength, "ddim", 4, **how)
+
+
+@pytest.mark.parametrize("inpainting", [False, True])
+def test_one_control_image_per_edited_image_is_the_controlnet_img2img_pipeline(tiny_controlnet_sd, tmp_path,
+                                                                               inpainting):
+    """A list of control images, one per edited image (cond["control_rows"], as text_to_image's per prompt):
+    latent_img2img's z_0 = StableDiffusionControlNetImg2ImgPipeline(image=[img0, img1], control_image=[c0, c1])
+    (latent_inpaint's = the ControlNet inpainting pipeline's, 4-channel UNet); rows [1, 0] = the pipeline's
+    reversed control list."""
+    from PIL import Image
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    files = [control_png(tmp_path / f"c{i}.png", seed=20 + i) for i in range(2)]
+    pixels = [np.random.default_rng(30 + i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(2)]
+    images = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p in pixels]).float() / 255 * 2 - 1
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 3:9] = 1
+    cls = (diffusers.StableDiffusionControlNetInpaintPipeline if inpainting else
+           diffusers.StableDiffusionControlNetImg2ImgPipeline)
+    other = cls(**{**pipe.components, "controlnet": nets[0]})
+    other.set_progress_bar_config(disable=True)
+
+    def theirs(controls):
+        with torch.no_grad():
+            return other(PROMPTS, image=[Image.fromarray(p) for p in pixels], strength=0.75,
+                         control_image=[Image.open(f).convert("RGB") for f in controls], num_inference_steps=4,
+                         guidance_scale=SCALE, eta=0.0, output_type="latent", controlnet_conditioning_scale=0.7,
+                         generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)],
+                         **({"mask_image": mask} if inpainting else {})).images
+
+    edit = dict(mask=mask if inpainting else None)
+    ours = _controlled_edit(sd, nets, files, [0, 1], images, 0.75, **edit)
+    assert relative_error(ours, theirs(files)) < 1e-5
+    swapped = _controlled_edit(sd, nets, files, [1, 0], images, 0.75, **edit)
+    assert relative_error(swapped, theirs(files[::-1])) < 1e-5
+    assert relative_error(swapped, ours) > 1e-3  # each image's own control image matters
+
+
+def test_edit_command_with_a_control_image_folder_gives_each_image_its_own(tiny_controlnet_sd, tmp_path, capsys):
+    """``diffkit edit --control-image DIR``: the folder's PNGs in name order, one per --images file; with
+    batches of 2 and 1 the PNGs are latent_img2img's with control_rows [0, 1, 2], byte for byte; a count
+    that does not fit is one line before any output."""
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    from test_latent_editing import cli, write_pngs
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    pngs = write_pngs(tmp_path / "in", 3, 16, "RGB", seed=4)
+    (tmp_path / "ctl").mkdir()
+    files = [control_png(tmp_path / "ctl" / f"{name}.png", seed=seed) for name, seed in (("a", 5), ("b", 6), ("c", 7))]
+    argv = ["--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--strength", 0.75, "--steps", 4,
+            "--spacing", "leading", "--final", "zero", "--guidance-scale", SCALE, "--guidance-convention", "diffusers",
+            "--seed", 10, "--controlnet", root / "cn0", "--control-image", tmp_path / "ctl", "--controlnet-scale", 0.7]
+    code, _, err = cli(capsys, *argv, "--batch-size", 2, "--out", tmp_path / "cli")
+    assert code == 0, err
+    images = read_pngs(pngs, "RGB")[0]
+    context = sd.encode_prompts(["hot"])[[0, 0, 0]]  # one --prompt: every image's context
+    z = _controlled_edit(sd, nets, files, [0, 1, 2], images, 0.75, context=context, spacing="leading", final="zero")
+    save_images(sd.decode(z).clamp(-1, 1), tmp_path / "lib", prefix="edit")
+    for i in range(3):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    control_png(tmp_path / "ctl" / "d.png", seed=8)
+    code, _, err = cli(capsys, *argv, "--out", tmp_path / "new" / "e")
+    assert code == 2 and "holds 4 PNG(s) for 3 --images file(s)" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "new").exists()

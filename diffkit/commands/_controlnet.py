@@ -22,7 +22,7 @@ def add_controlnet_flags(parser) -> None:
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor, and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
-                        "to the images' size")
+                        "to the images' size, and a folder gives one per --images file (both in file-name order)")
     g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,
                    metavar="S", help="controlnet_conditioning_scale: the residuals' weight (default 1; one, or one "
                                      "per --controlnet)")
@@ -47,11 +47,13 @@ class ControlRequest:
     guess_mode: bool = False
 
     @classmethod
-    def from_args(cls, args, checkpoint, prompts: Optional[int] = None) -> Optional["ControlRequest"]:
+    def from_args(cls, args, checkpoint, prompts: Optional[int] = None,
+                  edited: Optional[int] = None) -> Optional["ControlRequest"]:
         """None without ``--controlnet``; one line for a flag without it, a checkpoint that is not a
         Stable Diffusion folder, counts that do not fit, a bad window, a missing folder or an image that
-        cannot be read (all before any output). ``prompts``: ``diffkit sample``'s count of --prompt, where a
-        --control-image folder gives one image per prompt (its PNGs in name order); None: a folder is refused."""
+        cannot be read (all before any output). A --control-image folder gives one image per row (its PNGs in
+        name order): ``prompts``, ``diffkit sample``'s count of --prompt, or ``edited``, ``diffkit edit``'s count
+        of --images files; with neither a folder is refused."""
         from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         folders = list(getattr(args, "controlnets", None) or [])
@@ -70,7 +72,8 @@ class ControlRequest:
                                f"image per ControlNet, in the same order")
         for folder in folders:
             check_controlnet_folder(folder)
-        images = [cls._per_prompt(image, prompts) for image in images]
+        rows = (prompts, "--prompt", "prompt") if prompts is not None else (edited, "--images file(s)", "image")
+        images = [cls._per_row(image, *rows) for image in images]
         for image in images:
             for one in image if isinstance(image, list) else [image]:
                 open_control_image(one)  # one line for a file that is not an image
@@ -81,20 +84,19 @@ class ControlRequest:
         return request
 
     @staticmethod
-    def _per_prompt(image, prompts: Optional[int]):
-        """A --control-image file as it is; a folder: its PNGs (name order), one per prompt."""
+    def _per_row(image, count: Optional[int], what: str, row: str):
+        """A --control-image file as it is; a folder: its PNGs (name order), one per row (``count`` of ``what``)."""
         from pathlib import Path
 
         from ..metrics.features import list_images
         if not Path(image).is_dir():
             return image
-        if prompts is None:
-            raise DiffkitError(f"--control-image {image} is a folder; diffkit edit takes one control image file per "
-                               f"--controlnet")
+        if count is None:
+            raise DiffkitError(f"--control-image {image} is a folder; give one control image file per --controlnet")
         files = [str(f) for f in list_images(image)]
-        if len(files) != prompts:
-            raise DiffkitError(f"--control-image {image} holds {len(files)} PNG(s) for {prompts} --prompt; give one "
-                               f"control image per prompt (in file-name order), or a single file for all")
+        if len(files) != count:
+            raise DiffkitError(f"--control-image {image} holds {len(files)} PNG(s) for {count} {what}; give one "
+                               f"control image per {row} (in file-name order), or a single file for all")
         return files
 
     @staticmethod

@@ -219,9 +219,10 @@ def run(args) -> int:
     if args.paste_known and args.mask is None:
         raise DiffkitError("--paste-known (the kept pixels pasted back) goes with --mask")
     request = _prompt_request(args, info.name)
-    control = ControlRequest.from_args(args, args.checkpoint)
     out = Path(args.out)
     images_path = Path(args.images)
+    control = ControlRequest.from_args(args, args.checkpoint, edited=_count_pngs(images_path) if args.controlnets
+                                       else None)  # a --control-image folder: one PNG per --images file
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
@@ -292,6 +293,8 @@ def run(args) -> int:
     else:
         def cond_for(start: int, n: int):
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
+    if control is not None and controlnets.per_prompt > 1:  # image i's control image: cond["control_rows"]
+        cond_for = _with_control_rows(cond_for, controlnets.rows(len(files)).to(device))
     new_dirs = missing_dirs(out)
     if args.interpolate is not None:
         return _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device)
@@ -326,6 +329,18 @@ def run(args) -> int:
         how += f", prompts {request.prompts}"
     print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps{how})")
     return 0
+
+
+def _count_pngs(path: Path) -> int:
+    """The number of images ``--images`` names: a folder's PNGs (:func:`read_pngs`' files), else one."""
+    from ..metrics.features import list_images
+    return len(list_images(path)) if path.is_dir() else 1
+
+
+def _with_control_rows(cond_for, rows):
+    """``cond_for`` with ``cond["control_rows"]``: images start..start + n - 1 take control images ``rows`` there
+    (:meth:`~diffkit.interop.controlnet.ControlNets.rows`; classifier-free guidance repeats them)."""
+    return lambda start, n: {**cond_for(start, n), "control_rows": rows[start:start + n]}
 
 
 def _prompt_request(args, sampler: str):
