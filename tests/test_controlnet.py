@@ -573,3 +573,7 @@ def test_edit_command_with_a_control_image_folder_gives_each_image_its_own(tiny_
     code, _, err = cli(capsys, *argv, "--out", tmp_path / "new" / "e")
     assert code == 2 and "holds 4 PNG(s) for 3 --images file(s)" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "new").exists()
+    missing = [tmp_path / "none" if a == pngs else a for a in argv]  # the missing --images named first
+    code, _, err = cli(capsys, *missing, "--out", tmp_path / "new" / "e")
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()

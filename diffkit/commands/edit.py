@@ -130,17 +130,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_pngs(path, mode: str):
-    """(images (B, C, H, W) in [-1, 1] in ``mode`` "L" or "RGB", files) of one PNG or a folder."""
+def image_files(path) -> list:
+    """The PNGs ``--images`` names: a folder's (name order) or the one file; one line when it does not exist."""
     from ..errors import DiffkitError
-    from ..metrics.features import _check_same_size, list_images, load_image_batch
+    from ..metrics.features import list_images
     path = Path(path)
     if path.is_dir():
-        files = list_images(path)
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DiffkitError(f"--images {str(path)!r} does not exist; give a PNG file or a folder of PNGs")
+        return list_images(path)
+    if path.is_file():
+        return [path]
+    raise DiffkitError(f"--images {str(path)!r} does not exist; give a PNG file or a folder of PNGs")
+
+
+def read_pngs(path, mode: str):
+    """(images (B, C, H, W) in [-1, 1] in ``mode`` "L" or "RGB", files) of one PNG or a folder."""
+    from ..metrics.features import _check_same_size, load_image_batch
+    files = image_files(path)
     _check_same_size(files)
     return load_image_batch(files, mode), files
 
@@ -221,8 +226,8 @@ def run(args) -> int:
     request = _prompt_request(args, info.name)
     out = Path(args.out)
     images_path = Path(args.images)
-    control = ControlRequest.from_args(args, args.checkpoint, edited=_count_pngs(images_path) if args.controlnets
-                                       else None)  # a --control-image folder: one PNG per --images file
+    edited = len(image_files(images_path)) if args.controlnets else None  # a --control-image folder: one per file
+    control = ControlRequest.from_args(args, args.checkpoint, edited=edited)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
@@ -329,12 +334,6 @@ def run(args) -> int:
         how += f", prompts {request.prompts}"
     print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps{how})")
     return 0
-
-
-def _count_pngs(path: Path) -> int:
-    """The number of images ``--images`` names: a folder's PNGs (:func:`read_pngs`' files), else one."""
-    from ..metrics.features import list_images
-    return len(list_images(path)) if path.is_dir() else 1
 
 
 def _with_control_rows(cond_for, rows):
