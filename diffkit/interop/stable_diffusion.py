@@ -300,7 +300,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  controlnet=None, control_rows=None, **options) -> torch.Tensor:
+                  controlnet=None, control_rows=None, ip_adapter=None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
@@ -324,6 +324,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         (StableDiffusionControlNetPipeline); height x width default to the control image's size. With a list of
         control images per ControlNet (one per prompt, as the pipeline's ``image=[...]``), prompt i takes image i,
         or image ``control_rows[i]`` where given (:meth:`~diffkit.interop.controlnet.ControlNets.rows`).
+    ip_adapter: a :class:`~diffkit.interop.ip_adapter.IPAdapter`: the image prompt for every prompt (diffusers'
+        ``load_ip_adapter`` + ``set_ip_adapter_scale`` + ``ip_adapter_image``).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..sampling import sample
@@ -352,6 +354,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         height, width = controlnet.size(sd.vae_scale_factor, height, width)
         window_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if controlnet.windowed else None
         sd = controlnet.controlling(sd, height, width, window_grid)
+    if ip_adapter is not None:  # the UNet with an image prompt (.ip_adapter)
+        sd = ip_adapter.adapting(sd)
     context = sd.encode_prompts(prompts)
     if sd.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
         for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):

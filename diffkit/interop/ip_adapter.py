@@ -1,0 +1,271 @@
+"""IP-Adapter (Ye et al. 2023, "IP-Adapter: Text Compatible Image Prompt Adapter for Text-to-Image Diffusion
+Models", arXiv:2308.06721) for a Stable Diffusion folder, sampled with any diffkit sampler.
+
+An image prompt is encoded by a CLIP image encoder (``CLIPVisionModelWithProjection``) and projected to a few
+tokens c_i of the UNet's cross-attention width (Sec. 3.2.1: a linear layer and a LayerNorm, N = 4 tokens; IP-Adapter
+Plus: a Perceiver resampler over the encoder's penultimate hidden states, 16 tokens). Every cross-attention of
+the UNet gets a second attention over those tokens, with its own keys and values (decoupled cross-attention,
+eq. 5, with the weight lambda of Sec. 3.3):
+
+    Z_new = Attention(Q, K, V) + lambda Attention(Q, K', V'),   K = c_t W_k, V = c_t W_v, K' = c_i W'_k, V' = c_i W'_v.
+
+The adapter's files are diffusers' (``pipe.load_ip_adapter(folder, subfolder=..., weight_name=...)``): the
+modules are built by diffusers' own converters (``UNet2DConditionModel._convert_ip_adapter_attn_to_diffusers``,
+``_convert_ip_adapter_image_proj_to_diffusers``: ``IPAdapterAttnProcessor2_0``, ``ImageProjection`` /
+``IPAdapterPlusImageProjection``); lambda is ``set_ip_adapter_scale``. The image embedding is the pipeline's
+``encode_image``: basic, the encoder's ``image_embeds`` with zeros as the negative (classifier-free guidance's
+null half); Plus, ``hidden_states[-2]`` with the same of an all-zero image as the negative.
+:class:`IPAdaptedNet` puts the adapter's processors and projection into the UNet only for the length of its own
+calls, so the loaded folder is left as it was (its plain denoiser stays plain). Refused in one line: IP-Adapter
+Full-Face, FaceID / FaceID-Plus (an InsightFace embedding, LoRA in the UNet), SD-XL adapters (by shape).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import DiffkitError
+from . import from_pretrained, library_progress_bars, require
+from .stable_diffusion import NULL_LABEL
+
+FLAG = "--ip-adapter"
+KINDS = ("ip-adapter", "ip-adapter-plus")
+_REFUSED = (("proj.3.weight", "IP-Adapter Full-Face"), ("perceiver_resampler.proj_in.weight", "IP-Adapter FaceID-Plus"),
+            ("norm.weight", "IP-Adapter FaceID"))
+_PLUS_KEYS = ("latents", "proj_in.weight", "proj_out.weight")
+
+
+def _load(path: Path) -> dict:
+    """{"image_proj": {...}, "ip_adapter": {...}} of a file: safetensors keys ``image_proj.*`` / ``ip_adapter.*``
+    split as diffusers' ``load_ip_adapter``; any other suffix a weights-only pickle (diffusers' ``.bin``)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+        state = {"image_proj": {}, "ip_adapter": {}}
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    head, _, rest = key.partition(".")
+                    if head in state:
+                        state[head][rest] = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise DiffkitError(f"{FLAG} {path} is not a safetensors file ({str(err).splitlines()[0][:80]})") from None
+        return state
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+        raise DiffkitError(f"{FLAG} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
+
+
+def ip_adapter_kind(state: dict, name="the IP-Adapter") -> str:
+    """``ip-adapter`` (ImageProjection: ``image_proj.proj.weight``) or ``ip-adapter-plus`` (the resampler:
+    ``latents``, ``proj_in``, ``proj_out``); the other kinds diffusers knows are refused in one line."""
+    proj, attn = state.get("image_proj"), state.get("ip_adapter")
+    if not isinstance(proj, dict) or not isinstance(attn, dict) or not proj or not attn:
+        raise DiffkitError(f"{name} lacks image_proj or ip_adapter weights; allowed: an IP-Adapter file as diffusers' "
+                           f"load_ip_adapter reads it (keys image_proj.* and ip_adapter.*)")
+    if any("lora" in key for key in attn):
+        raise DiffkitError(f"{name} holds LoRA weights (an IP-Adapter FaceID file); allowed: {', '.join(KINDS)}")
+    if "proj.weight" in proj:  # diffusers' order of checks
+        return "ip-adapter"
+    for key, kind in _REFUSED:
+        if key in proj:
+            raise DiffkitError(f"{name} is an {kind} file (image_proj.{key}); allowed: {', '.join(KINDS)}")
+    if all(key in proj for key in _PLUS_KEYS):
+        return "ip-adapter-plus"
+    raise DiffkitError(f"{name} has image_proj keys {sorted(proj)[:3]}... of no known IP-Adapter; allowed: "
+                       f"{', '.join(KINDS)}")
+
+
+def read_ip_adapter(path) -> dict:
+    """The checked state dict of an IP-Adapter file (never a download)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffkitError(f"{FLAG} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
+    state = _load(path)
+    if not isinstance(state, dict):
+        raise DiffkitError(f"{FLAG} {path} holds a {type(state).__name__}; allowed: an IP-Adapter state dict")
+    ip_adapter_kind(state, f"{FLAG} {path}")
+    return state
+
+
+def default_image_encoder(path) -> Path:
+    """diffusers' default ``image_encoder_folder="image_encoder"``: the folder ``image_encoder`` beside the file
+    (h94/IP-Adapter's ``models/image_encoder``)."""
+    return Path(path).parent / "image_encoder"
+
+
+def load_image_encoder(directory, device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True):
+    """A ``CLIPVisionModelWithProjection`` folder (``config.json`` + ``.safetensors``; local only)."""
+    directory = image_encoder_folder(None, directory)
+    transformers = require("transformers")
+    with library_progress_bars(progress):
+        model = from_pretrained(transformers.CLIPVisionModelWithProjection, directory, local_files_only=True,
+                                torch_dtype=dtype, use_safetensors=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def open_image(image):
+    """A path opened with PIL (one line for a file that is not an image); a PIL image as it is."""
+    from .controlnet import open_control_image
+    if isinstance(image, (str, Path)):
+        try:
+            return open_control_image(image)
+        except DiffkitError:
+            raise DiffkitError(f"--ip-adapter-image {image}: cannot be read as an image; give a PNG or JPEG") from None
+    if isinstance(image, torch.Tensor):
+        raise DiffkitError("give the image prompt as a PIL image or a file (CLIPImageProcessor prepares it)")
+    return image
+
+
+class IPAdaptedNet(torch.nn.Module):
+    """``net(x, t, y=None, context=None, **extra)``: ``inner`` (the SD UNet's net, or a ControlNet's around it)
+    with ``added_cond_kwargs={"image_embeds": [e]}``, e per row: ``negative`` where the label ``y`` is
+    :data:`NULL_LABEL` (classifier-free guidance's null half), else ``positive`` (both (1, ...)). The adapter's
+    ``processors`` (name -> IPAdapterAttnProcessor2_0) and ``projection`` (a MultiIPAdapterImageProjection) are in
+    ``unet`` only during the call (as diffusers' ``_load_ip_adapter_weights`` puts them), then it is restored."""
+
+    def __init__(self, inner, unet, processors: dict, projection, positive: torch.Tensor, negative: torch.Tensor):
+        super().__init__()
+        self.inner, self.projection = inner, projection
+        self.processors, self._names = torch.nn.ModuleList(processors.values()), list(processors)
+        self._unet = [unet]  # not a submodule: its parameters are the inner net's
+        self.positive, self.negative = positive, negative
+
+    @contextlib.contextmanager
+    def installed(self):
+        unet = self._unet[0]
+        saved, hid, hid_type = unet.attn_processors, unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+        try:
+            unet.set_attn_processor({**saved, **dict(zip(self._names, self.processors))})
+            unet.encoder_hid_proj = self.projection
+            unet.config.encoder_hid_dim_type = "ip_image_proj"
+            yield
+        finally:  # the projection first: a Plus resampler's attentions count as the UNet's processors
+            unet.encoder_hid_proj = hid
+            unet.config.encoder_hid_dim_type = hid_type
+            unet.set_attn_processor(saved)
+
+    def image_embeds(self, batch: int, y, device) -> torch.Tensor:
+        """(batch, 1, ...) image embeddings: the negative on rows labelled :data:`NULL_LABEL`."""
+        positive = self.positive.to(device).expand(batch, *self.positive.shape[1:])
+        if y is None:
+            return positive[:, None]
+        null = (torch.as_tensor(y, device=device).reshape(-1).expand(batch) == NULL_LABEL)
+        null = null.reshape(batch, *[1] * (positive.ndim - 1))
+        return torch.where(null, self.negative.to(device), positive)[:, None]
+
+    def forward(self, x: torch.Tensor, t, y=None, context=None, **extra) -> torch.Tensor:
+        added = {**extra.pop("added_cond_kwargs", {}), "image_embeds": [self.image_embeds(x.shape[0], y, x.device)]}
+        with self.installed():
+            return self.inner(x, t, y=y, context=context, added_cond_kwargs=added, **extra)
+
+
+@dataclass
+class IPAdapter:
+    """A read IP-Adapter file, its image encoder, the image prompt and the scale lambda (diffusers'
+    ``set_ip_adapter_scale``; 0 leaves the UNet's output as it is, as diffusers' processor skips the image
+    attention then). :meth:`adapting` puts it on a loaded :class:`~.stable_diffusion.StableDiffusion`."""
+
+    state: dict
+    image_encoder: object
+    image: object  # a PIL image or a path
+    scale: float = 1.0
+
+    def __post_init__(self):
+        self.kind = ip_adapter_kind(self.state)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not abs(self.scale) < 1e308:
+            raise DiffkitError(f"IP-Adapter scale {self.scale!r} is not allowed; give a finite number")
+        self.scale = float(self.scale)
+        self.image = open_image(self.image)
+
+    def embeddings(self) -> tuple:
+        """(positive, negative) image embeddings as diffusers' ``encode_image`` makes them, (1, ...) each: the
+        image through ``CLIPImageProcessor(size=crop_size=image_size)`` (the pipeline's when it has no
+        feature_extractor; SD 1.x's own feature_extractor has the same settings at 224)."""
+        transformers = require("transformers")
+        encoder = self.image_encoder
+        size = encoder.config.image_size
+        pixels = transformers.CLIPImageProcessor(size=size, crop_size=size)(self.image, return_tensors="pt").pixel_values
+        param = next(encoder.parameters())
+        pixels = pixels.to(param.device, param.dtype)
+        with torch.no_grad():
+            if self.kind == "ip-adapter":
+                positive = encoder(pixels).image_embeds
+                return positive, torch.zeros_like(positive)
+            return tuple(encoder(p, output_hidden_states=True).hidden_states[-2]
+                         for p in (pixels, torch.zeros_like(pixels)))
+
+    def modules(self, unet) -> tuple:
+        """(IP processors of the cross-attentions, MultiIPAdapterImageProjection) built by diffusers from the
+        file, on the UNet's device and dtype, with the scale set; one line for a file that does not fit."""
+        diffusers = require("diffusers")
+        names = [n for n in unet.attn_processors if not n.endswith("attn1.processor")]
+        keys = {k.split(".")[0] for k in self.state["ip_adapter"]}
+        expected = {str(2 * i + 1) for i in range(len(names))}
+        if keys != expected:
+            raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} cross-attention layers, this "
+                               f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x / 2.x)")
+        try:
+            processors = unet._convert_ip_adapter_attn_to_diffusers([self.state], low_cpu_mem_usage=False)
+            projection = unet._convert_ip_adapter_image_proj_to_diffusers(self.state["image_proj"],
+                                                                         low_cpu_mem_usage=False)
+        except (RuntimeError, KeyError) as err:
+            raise DiffkitError(f"the IP-Adapter does not fit this UNet ({str(err).splitlines()[0][:120]}); an "
+                               f"IP-Adapter fits only its own model family") from None
+        processors = {n: processors[n] for n in names}
+        for processor in processors.values():
+            processor.scale = [self.scale]
+        projection = diffusers.models.embeddings.MultiIPAdapterImageProjection([projection])
+        dim = getattr(self.image_encoder.config, "projection_dim" if self.kind == "ip-adapter" else "hidden_size")
+        wanted = (projection.image_projection_layers[0].image_embeds.in_features if self.kind == "ip-adapter"
+                  else projection.image_projection_layers[0].proj_in.in_features)
+        if dim != wanted:
+            raise DiffkitError(f"the image encoder gives {dim}-wide embeddings but the IP-Adapter takes {wanted}; give "
+                               f"the --image-encoder it was trained with")
+        for module in (*processors.values(), projection):
+            module.to(unet.device, unet.dtype).eval().requires_grad_(False)
+        return processors, projection
+
+    def adapting(self, sd):
+        """A copy of ``sd`` whose network denoiser is :class:`IPAdaptedNet` around its own (a ControlNet's too),
+        so ``sd.guided`` and every sampler see it. A latent consistency model folder is refused."""
+        if sd.consistency is not None:
+            raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
+                               "guidance; this is a latent consistency model (LCMScheduler)")
+        processors, projection = self.modules(sd.unet)
+        positive, negative = (e.to(sd.unet.dtype) for e in self.embeddings())
+        inner = sd.network_denoiser
+        net = IPAdaptedNet(inner.net, sd.unet, processors, projection, positive, negative)
+        denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
+        denoiser.model = sd.unet
+        return replace(sd, _denoiser=denoiser)
+
+
+def load_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[None, str, Path] = None, device="cpu",
+                    dtype: torch.dtype = torch.float32, progress: bool = True) -> IPAdapter:
+    """An :class:`IPAdapter` from a file (``.safetensors``, or diffusers' ``.bin``) and the image encoder folder
+    (default :func:`default_image_encoder`), with the image prompt ``image`` and ``scale``."""
+    state = read_ip_adapter(path)
+    directory = image_encoder_folder(path, image_encoder)
+    return IPAdapter(state, load_image_encoder(directory, device, dtype, progress), image, scale)
+
+
+def image_encoder_folder(path, image_encoder: Optional[str]) -> Path:
+    """The image encoder folder to read (``image_encoder``, or :func:`default_image_encoder` of the file ``path``),
+    checked to hold a ``config.json``."""
+    directory = Path(default_image_encoder(path) if image_encoder is None else image_encoder)
+    if not (directory / "config.json").is_file():
+        how = "" if image_encoder is not None else " (the default, beside the IP-Adapter file)"
+        raise DiffkitError(f"--image-encoder {directory}: no config.json there{how}; give a "
+                           f"CLIPVisionModelWithProjection folder (config.json and model.safetensors)")
+    return directory
+
+
+__all__ = ["IPAdapter", "IPAdaptedNet", "load_ip_adapter", "read_ip_adapter", "ip_adapter_kind",
+           "load_image_encoder", "default_image_encoder", "image_encoder_folder"]

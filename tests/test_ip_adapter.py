@@ -1,0 +1,199 @@
+"""IP-Adapter (Ye et al. 2023) on a tiny random Stable Diffusion folder against diffusers' own
+StableDiffusionPipeline with ``load_ip_adapter`` (local files) + ``set_ip_adapter_scale`` + ``ip_adapter_image``:
+same prompts, z_T, DDIM scheduler and image prompt on both sides, compared on the final latents. The adapter
+files are random weights of the right structure in the original IP-Adapter key layout (``image_proj.*``,
+``ip_adapter.<2i+1>.to_k_ip.weight``), the image encoder a tiny random CLIPVisionModelWithProjection."""
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.ip_adapter import IPAdapter, load_ip_adapter, read_ip_adapter  # noqa: E402
+from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+from test_interop_diffusers import relative_error, tiny_sd_pipeline  # noqa: E402
+
+PROMPTS = ["a photo of a cat"]
+STEPS, SCALE = 3, 5.0
+
+
+def _cross_attention_widths(unet) -> list:
+    """The output width of each cross-attention (attn2), in diffusers' processor order."""
+    return [m.to_k.weight.shape[0] for n, m in unet.named_modules() if n.endswith("attn2")]
+
+
+def _plus_state(seed: int, embed_dims: int, output_dims: int) -> dict:
+    """IP-Adapter Plus resampler weights, original names (the inverse of diffusers' conversion)."""
+    torch.manual_seed(seed)
+    proj = diffusers.models.embeddings.IPAdapterPlusImageProjection(
+        embed_dims=embed_dims, output_dims=output_dims, hidden_dims=64, heads=1, num_queries=4)
+    state = {}
+    for key, value in proj.state_dict().items():
+        value = value + 0.1 * torch.randn_like(value) if key.endswith("bias") or "norm" in key or "ln" in key else value
+        parts = key.split(".")
+        if parts[0] != "layers":
+            state[key] = value
+            continue
+        i, rest = parts[1], ".".join(parts[2:])
+        if rest.startswith("ln"):
+            state[f"layers.{i}.0.norm{int(rest[2]) + 1}.{parts[-1]}"] = value
+        elif rest == "attn.to_q.weight":
+            state[f"layers.{i}.0.to_q.weight"] = value
+        elif rest == "attn.to_out.0.weight":
+            state[f"layers.{i}.0.to_out.weight"] = value
+        elif rest == "attn.to_k.weight":
+            state[f"layers.{i}.0.to_kv.weight"] = torch.cat([value, proj.state_dict()[key.replace("to_k", "to_v")]])
+        elif rest.startswith("ff."):
+            state[f"layers.{i}.1." + {"ff.0.weight": "0.weight", "ff.0.bias": "0.bias", "ff.1.net.0.proj.weight":
+                                      "1.weight", "ff.1.net.2.weight": "3.weight"}[rest]] = value
+    return state
+
+
+def ip_adapter_state(unet, encoder, kind="ip-adapter", seed=0) -> dict:
+    """{"image_proj": ..., "ip_adapter": ...} of random weights fitting ``unet`` and the image ``encoder``."""
+    generator = torch.Generator().manual_seed(seed)
+    dim = unet.config.cross_attention_dim
+    if kind == "ip-adapter":
+        e = encoder.config.projection_dim
+        proj = {"proj.weight": torch.randn(4 * dim, e, generator=generator) / e ** 0.5,
+                "proj.bias": 0.1 * torch.randn(4 * dim, generator=generator),
+                "norm.weight": 1 + 0.1 * torch.randn(dim, generator=generator),
+                "norm.bias": 0.1 * torch.randn(dim, generator=generator)}
+    else:
+        proj = _plus_state(seed, encoder.config.hidden_size, dim)
+    attn = {}
+    for i, width in enumerate(_cross_attention_widths(unet)):
+        for name in ("to_k_ip", "to_v_ip"):
+            attn[f"{2 * i + 1}.{name}.weight"] = torch.randn(width, dim, generator=generator) / dim ** 0.5
+    return {"image_proj": proj, "ip_adapter": attn}
+
+
+def save_ip_adapter(state: dict, path):
+    from safetensors.torch import save_file
+    if str(path).endswith(".safetensors"):
+        save_file({f"{part}.{k}": v.contiguous() for part in state for k, v in state[part].items()}, path)
+    else:
+        torch.save(state, path)
+    return path
+
+
+def image_png(path, size=20, seed=0):
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ip(tmp_path_factory):
+    """(pipeline, our SD, root with image_encoder/, ip.safetensors, plus.bin, image.png). The pipeline's UNet
+    gets an adapter in a test: each test unloads it again."""
+    root = tmp_path_factory.mktemp("tiny_ip")
+    pipe = tiny_sd_pipeline(root)
+    pipe.save_pretrained(root / "sd")
+    torch.manual_seed(0)
+    encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=28,
+        patch_size=7, projection_dim=24)).eval()
+    encoder.save_pretrained(root / "image_encoder")
+    save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors")
+    save_ip_adapter(ip_adapter_state(pipe.unet, encoder, "ip-adapter-plus", seed=1), root / "plus.bin")
+    sd = load_stable_diffusion(root / "sd", progress=False)
+    return pipe, sd, root, image_png(root / "image.png")
+
+
+def _latents(sd, batch=1):
+    return torch.randn(sd.latent_shape(batch), generator=torch.Generator().manual_seed(7))
+
+
+def _theirs(pipe, root, weight, image, latents, scale=1.0, guidance=SCALE, per_prompt=1):
+    from PIL import Image
+    pipe.load_ip_adapter(str(root), subfolder="", weight_name=weight, local_files_only=True)
+    try:
+        pipe.set_ip_adapter_scale(scale)
+        with torch.no_grad():
+            return pipe(PROMPTS, ip_adapter_image=Image.open(image).convert("RGB"), num_inference_steps=STEPS,
+                        guidance_scale=guidance, latents=latents.clone(), eta=0.0, output_type="latent",
+                        num_images_per_prompt=per_prompt).images
+    finally:
+        pipe.unload_ip_adapter()
+
+
+def _ours(sd, adapter, latents, guidance=SCALE, prompts=PROMPTS):
+    return text_to_image(sd, prompts, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=guidance,
+                         latents=latents, eta=0.0, return_latents=True, ip_adapter=adapter)
+
+
+@pytest.mark.parametrize("weight, scale, guidance", [
+    ("ip.safetensors", 1.0, SCALE), ("ip.safetensors", 0.6, 1.0), ("plus.bin", 0.7, SCALE)])
+def test_ip_adapter_matches_the_pipeline(tiny_ip, weight, scale, guidance):
+    """Basic (ImageProjection; negative image embeds zeros) and Plus (resampler; negative: an all-zero image
+    encoded), with classifier-free guidance (both halves) and without (guidance 1: the positive only)."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd)
+    theirs = _theirs(pipe, root, weight, png, latents, scale, guidance)
+    adapter = load_ip_adapter(root / weight, png, scale, progress=False)
+    assert adapter.kind == ("ip-adapter" if weight.endswith("safetensors") else "ip-adapter-plus")
+    ours = _ours(sd, adapter, latents, guidance)
+    plain = _ours(sd, None, latents, guidance)
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(plain, theirs) > 1e-3  # the image prompt changes the result
+
+
+def test_negative_image_embeds_matter_and_batch_rows(tiny_ip):
+    """Two samples of one prompt (num_images_per_prompt=2) share the image prompt; a positive-only null half
+    (the wrong negative) is far from the pipeline."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd, 2)
+    theirs = _theirs(pipe, root, "ip.safetensors", png, latents, per_prompt=2)
+    adapter = load_ip_adapter(root / "ip.safetensors", png, progress=False)
+    assert relative_error(_ours(sd, adapter, latents, prompts=PROMPTS * 2), theirs) < 1e-5
+    positive, _ = adapter.embeddings()
+    wrong = IPAdapter(adapter.state, adapter.image_encoder, png)
+    wrong.embeddings = lambda: (positive, positive)
+    assert relative_error(_ours(sd, wrong, latents, prompts=PROMPTS * 2), theirs) > 1e-3
+
+
+def test_scale_zero_is_plain_sd_and_the_folder_is_left_plain(tiny_ip):
+    """lambda = 0: diffusers' processor skips the image attention, so the latents are plain SD's (bit for bit
+    here); after an adapted run the folder's UNet is as it was (processors, no encoder_hid_proj)."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd)
+    before = {k: type(v) for k, v in sd.unet.attn_processors.items()}
+    plain = _ours(sd, None, latents)
+    zero = _ours(sd, load_ip_adapter(root / "ip.safetensors", png, 0.0, progress=False), latents)
+    assert torch.equal(plain, zero)
+    assert {k: type(v) for k, v in sd.unet.attn_processors.items()} == before
+    assert sd.unet.encoder_hid_proj is None and sd.unet.config.encoder_hid_dim_type is None
+    assert torch.equal(_ours(sd, None, latents), plain)
+
+
+def test_refused_files_and_kinds(tiny_ip, tmp_path):
+    pipe, sd, root, png = tiny_ip
+    state = read_ip_adapter(root / "ip.safetensors")
+    with pytest.raises(DiffkitError, match="does not exist"):
+        read_ip_adapter(tmp_path / "none.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(DiffkitError, match="not a safetensors file"):
+        read_ip_adapter(tmp_path / "bad.safetensors")
+    faceid = {"image_proj": {"proj.0.weight": torch.zeros(2, 2), "norm.weight": torch.zeros(2)},
+              "ip_adapter": state["ip_adapter"]}
+    with pytest.raises(DiffkitError, match="IP-Adapter FaceID file"):
+        read_ip_adapter(save_ip_adapter(faceid, tmp_path / "faceid.safetensors"))
+    full = {"image_proj": {"proj.3.weight": torch.zeros(2)}, "ip_adapter": state["ip_adapter"]}
+    with pytest.raises(DiffkitError, match="Full-Face"):
+        read_ip_adapter(save_ip_adapter(full, tmp_path / "full.bin"))
+    with pytest.raises(DiffkitError, match="lacks image_proj"):
+        read_ip_adapter(save_ip_adapter({"image_proj": state["image_proj"], "ip_adapter": {}}, tmp_path / "x.bin"))
+    short = {"image_proj": state["image_proj"], "ip_adapter": {k: v for k, v in state["ip_adapter"].items()
+                                                               if not k.startswith("1.")}}
+    adapter = load_ip_adapter(save_ip_adapter(short, tmp_path / "short.safetensors"), png,
+                              image_encoder=root / "image_encoder", progress=False)
+    with pytest.raises(DiffkitError, match="fits only its own model family"):
+        _ours(sd, adapter, _latents(sd))
+    with pytest.raises(DiffkitError, match="no config.json"):
+        load_ip_adapter(tmp_path / "short.safetensors", png, progress=False)  # no image_encoder/ beside it
+    with pytest.raises(DiffkitError, match="cannot be read as an image"):
+        load_ip_adapter(root / "ip.safetensors", root / "ip.safetensors", progress=False)
