@@ -197,3 +197,54 @@ def test_refused_files_and_kinds(tiny_ip, tmp_path):
         load_ip_adapter(tmp_path / "short.safetensors", png, progress=False)  # no image_encoder/ beside it
     with pytest.raises(DiffkitError, match="cannot be read as an image"):
         load_ip_adapter(root / "ip.safetensors", root / "ip.safetensors", progress=False)
+
+
+def test_sample_command_with_ip_adapter_is_text_to_image(tiny_ip, tmp_path):
+    """``diffkit sample --ip-adapter FILE:SCALE --ip-adapter-image PNG`` (the image encoder beside the file):
+    the PNGs are text_to_image's with the same IP-Adapter, byte for byte."""
+    from diffkit.images import save_images
+    from diffkit.noise import generators_from_seed, randn
+    pipe, sd, root, png = tiny_ip
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", root / "sd", "--prompt", "hot", "--num", "2", "--steps", "2", "--seed", "3",
+        "--ip-adapter", f"{root / 'plus.bin'}:0.5", "--ip-adapter-image", png, "--batch-size", "2",
+        "--out", tmp_path / "g.png", "--individual", tmp_path / "cli", "--no-progress")]) == 0
+    latents = randn((2, 4, 8, 8), generators_from_seed(3, 2))
+    adapter = load_ip_adapter(root / "plus.bin", png, 0.5, progress=False)
+    save_images(text_to_image(sd, ["hot", "hot"], steps=2, latents=latents, output_range="-1,1", ip_adapter=adapter),
+                tmp_path / "lib")
+    for i in range(2):
+        file = f"sample_{i:05d}.png"
+        assert (tmp_path / "cli" / file).read_bytes() == (tmp_path / "lib" / file).read_bytes()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ip-adapter-image", "{png}"], "--ip-adapter-image needs --ip-adapter FILE"),
+    (["--image-encoder", "{root}"], "--image-encoder needs --ip-adapter FILE"),
+    (["--ip-adapter", "{root}/ip.safetensors"], "needs --ip-adapter-image PNG"),
+    (["--ip-adapter", "{root}/none.bin", "--ip-adapter-image", "{png}"], "none.bin does not exist"),
+    (["--ip-adapter", "{root}/ip.safetensors", "--ip-adapter-image", "{root}/ip.safetensors"],
+     "cannot be read as an image"),
+    (["--ip-adapter", "{root}/ip.safetensors", "--ip-adapter-image", "{png}", "--image-encoder", "{root}/sd"],
+     "no config.json there"),
+])
+def test_sample_command_refuses_in_one_line(tiny_ip, tmp_path, capsys, extra, message):
+    pipe, sd, root, png = tiny_ip
+    out = tmp_path / "new" / "g.png"
+    argv = ["sample", "--checkpoint", str(root / "sd"), "--prompt", "hot", "--steps", "1", "--out", str(out),
+            *[a.format(root=root, png=png) for a in extra]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.parent.exists()
+    with pytest.raises(SystemExit):  # argparse: the scale must be a number
+        main([*argv[:-len(extra) or None], "--ip-adapter", f"{root}/ip.safetensors:x"])
+    assert "scale 'x' is not a number" in capsys.readouterr().err
+
+
+def test_sample_command_refuses_ip_adapter_on_other_checkpoints(tiny_ip, tmp_path, capsys):
+    pipe, sd, root, png = tiny_ip
+    assert main(["sample", "--checkpoint", str(root / "ip.safetensors"), "--ip-adapter", str(root / "ip.safetensors"),
+                 "--ip-adapter-image", str(png), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--ip-adapter applies to a Stable Diffusion folder" in err and len(err.splitlines()) == 1, err

@@ -48,6 +48,7 @@ from typing import Optional
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
+from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
@@ -139,6 +140,7 @@ def register(sub) -> None:
                    help="x0: an ordinary CLIP on the predicted x_0, gradient through the network (default); "
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_controlnet_flags(p)
+    add_ip_adapter_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -205,6 +207,7 @@ def run(args) -> int:
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
+    ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -235,7 +238,8 @@ def run(args) -> int:
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
-                        textual_inversion=args.textual_inversion, control=control, **options)
+                        textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
+                        **options)
     return 0
 
 
@@ -568,7 +572,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
                     lora=None, lora_any_base=False, textual_inversion=None, control: Optional[ControlRequest] = None,
-                    **options):
+                    ip_adapter: Optional[IPAdapterRequest] = None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -581,7 +585,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint). ``lora``,
     ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`).
     ``textual_inversion``: a Stable Diffusion folder's embedding files, (path, token) pairs. ``control``: the
-    ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`)."""
+    ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`); ``ip_adapter``:
+    its IP-Adapter (:class:`~diffkit.commands._ip_adapter.IPAdapterRequest`)."""
     import torch
 
     from ..drawing import draw_samples
@@ -606,13 +611,13 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
-                                       control=control, **options)
+                                       control=control, ip_adapter=ip_adapter, **options)
     if textual_inversion:
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
                            f"{checkpoint} is not one")
-    if control is not None:
-        raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} is not "
-                           f"one")
+    if control is not None or ip_adapter is not None:
+        raise DiffkitError(f"{'--controlnet' if control is not None else '--ip-adapter'} applies to a Stable "
+                           f"Diffusion folder (diffusers format); {checkpoint} is not one")
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, config=config,
                              mixed_precision=mixed_precision, compile=compile, lora=lora, lora_any_base=lora_any_base)
     meta = denoiser.meta
@@ -799,7 +804,8 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
 def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
-                            textual_inversion=None, control: Optional[ControlRequest] = None, **options):
+                            textual_inversion=None, control: Optional[ControlRequest] = None,
+                            ip_adapter: Optional[IPAdapterRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -811,7 +817,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). ``textual_inversion``:
     embedding files, (path, token or None) pairs, as diffusers' ``load_textual_inversion``
     (:mod:`diffkit.interop.sd_textual_inversion`). ``control``:
-    ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). Writes the grid
+    ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). ``ip_adapter``: an
+    IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). Writes the grid
     (and single PNGs); latents have no noise grid."""
     import torch
 
@@ -840,6 +847,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
     sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
@@ -855,7 +863,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                              return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                             **how)
+                             ip_adapter=adapter, **how)
 
     results = []
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,

@@ -191,7 +191,8 @@ class IPAdapter:
         transformers = require("transformers")
         encoder = self.image_encoder
         size = encoder.config.image_size
-        pixels = transformers.CLIPImageProcessor(size=size, crop_size=size)(self.image, return_tensors="pt").pixel_values
+        processor = transformers.CLIPImageProcessor(size=size, crop_size=size)
+        pixels = processor(self.image, return_tensors="pt").pixel_values
         param = next(encoder.parameters())
         pixels = pixels.to(param.device, param.dtype)
         with torch.no_grad():

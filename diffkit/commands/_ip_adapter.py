@@ -1,0 +1,68 @@
+"""The IP-Adapter flags of ``diffkit sample`` for a Stable Diffusion folder (:mod:`diffkit.interop.ip_adapter`):
+``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG [--image-encoder DIR]``: diffusers' ``load_ip_adapter`` (the
+file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import DiffkitError
+from ._common import lora_arg, path_arg
+
+
+def add_ip_adapter_flags(parser) -> None:
+    g = parser.add_argument_group("IP-Adapter (Stable Diffusion folders; docs/interop.md)")
+    g.add_argument("--ip-adapter", type=lora_arg, metavar="FILE[:SCALE]",
+                   help="an IP-Adapter file (ip-adapter or ip-adapter-plus, .safetensors or diffusers' .bin) made "
+                        "for this model family; SCALE is lambda of the image prompt's attention (default 1; 0 = "
+                        "plain text-to-image)")
+    g.add_argument("--ip-adapter-image", type=path_arg, metavar="PNG",
+                   help="the image prompt (with --ip-adapter), for every sample")
+    g.add_argument("--image-encoder", type=path_arg, metavar="DIR",
+                   help="the CLIPVisionModelWithProjection folder of --ip-adapter (default: image_encoder beside "
+                        "the file, as diffusers' load_ip_adapter)")
+
+
+@dataclass
+class IPAdapterRequest:
+    """The checked IP-Adapter flags; :meth:`load` gives the :class:`~diffkit.interop.ip_adapter.IPAdapter`."""
+
+    file: str
+    scale: float
+    image: str
+    image_encoder: str
+
+    @classmethod
+    def from_args(cls, args, checkpoint) -> Optional["IPAdapterRequest"]:
+        """None without ``--ip-adapter``; one line for a flag without it, a checkpoint that is not a Stable
+        Diffusion folder (or is a latent consistency model), no image, a file that is missing or of another
+        kind, no image encoder folder or an image that cannot be read (all before any output)."""
+        from ..interop.ip_adapter import image_encoder_folder, open_image, read_ip_adapter
+        from ..interop.lcm import is_lcm_folder
+        from ..interop.stable_diffusion import is_stable_diffusion_folder
+        given = getattr(args, "ip_adapter", None)
+        if given is None:
+            for flag, value in (("--ip-adapter-image", args.ip_adapter_image), ("--image-encoder", args.image_encoder)):
+                if value is not None:
+                    raise DiffkitError(f"{flag} needs --ip-adapter FILE[:SCALE]")
+            return None
+        if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
+            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
+                               f"is not one")
+        if is_lcm_folder(checkpoint):
+            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder sampled with classifier-free "
+                               f"guidance; {checkpoint} is a latent consistency model (LCMScheduler)")
+        if args.ip_adapter_image is None:
+            raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
+        file, scale = given
+        read_ip_adapter(file)
+        encoder = image_encoder_folder(file, args.image_encoder)
+        open_image(args.ip_adapter_image)
+        return cls(file, scale, args.ip_adapter_image, str(encoder))
+
+    def load(self, device="cpu", dtype=None, progress: bool = True):
+        import torch
+
+        from ..interop.ip_adapter import load_ip_adapter
+        return load_ip_adapter(self.file, self.image, self.scale, self.image_encoder, device, dtype or torch.float32,
+                               progress)
