@@ -248,3 +248,69 @@ def test_sample_command_refuses_ip_adapter_on_other_checkpoints(tiny_ip, tmp_pat
                  "--ip-adapter-image", str(png), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--ip-adapter applies to a Stable Diffusion folder" in err and len(err.splitlines()) == 1, err
+
+
+def test_ip_adapter_with_a_controlnet_matches_the_controlnet_pipeline(tiny_ip):
+    """IP-Adapter and ControlNet together (the ControlNet sees the text only, the UNet both): diffusers'
+    StableDiffusionControlNetPipeline with the same adapter loaded."""
+    from PIL import Image
+
+    from diffkit.interop.controlnet import ControlNets
+    from test_controlnet import tiny_controlnet
+    pipe, sd, root, png = tiny_ip
+    net = tiny_controlnet(sd.unet, 1)
+    control = Image.open(png).convert("RGB").resize((16, 16))
+    both = diffusers.StableDiffusionControlNetPipeline(**pipe.components, controlnet=net,
+                                                       requires_safety_checker=False)
+    both.set_progress_bar_config(disable=True)
+    latents = _latents(sd)
+    both.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    try:
+        both.set_ip_adapter_scale(0.8)
+        with torch.no_grad():
+            theirs = both(PROMPTS, image=control, ip_adapter_image=Image.open(png).convert("RGB"),
+                          num_inference_steps=STEPS, guidance_scale=SCALE, latents=latents.clone(), eta=0.0,
+                          output_type="latent").images
+    finally:
+        both.unload_ip_adapter()
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    ours = text_to_image(sd, PROMPTS, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=SCALE,
+                         latents=latents, eta=0.0, return_latents=True, ip_adapter=adapter,
+                         controlnet=ControlNets([net], [control]))
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(_ours(sd, adapter, latents), theirs) > 1e-3  # the ControlNet acts too
+
+
+def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_path, capsys):
+    """``diffkit edit --checkpoint SD --ip-adapter FILE:SCALE --ip-adapter-image PNG``: diffusers'
+    StableDiffusionImg2ImgPipeline with the adapter loaded (to the PNG's 1/255), as the textual-inversion test."""
+    from PIL import Image
+    pipe, sd, root, png = tiny_ip
+    (tmp_path / "in").mkdir()
+    pngs = image_png(tmp_path / "in" / "in_0.png", 16, seed=5).parent
+    assert main([str(a) for a in (
+        "edit", "--no-progress", "--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--strength",
+        "0.5", "--steps", "4", "--spacing", "leading", "--final", "zero", "--guidance-scale", "5",
+        "--guidance-convention", "diffusers", "--seed", "10", "--ip-adapter", f"{root / 'ip.safetensors'}:0.7",
+        "--ip-adapter-image", png, "--out", tmp_path / "out")]) == 0
+    capsys.readouterr()
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    img2img.set_progress_bar_config(disable=True)
+    img2img.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
+                                                            set_alpha_to_one=True)
+    img2img.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    try:
+        img2img.set_ip_adapter_scale(0.7)
+        image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            theirs = img2img(["hot"], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
+                             ip_adapter_image=Image.open(png).convert("RGB"), output_type="np",
+                             generator=[torch.Generator().manual_seed(10)]).images
+    finally:
+        img2img.unload_ip_adapter()
+    with torch.no_grad():
+        plain = img2img(["hot"], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
+                        output_type="np", generator=[torch.Generator().manual_seed(10)]).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
+    assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
+    assert np.abs(ours - np.round(plain * 255).astype(int)).max() > 8  # the image prompt changes the edit

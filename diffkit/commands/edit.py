@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
 from ._controlnet import ControlRequest, add_controlnet_flags
+from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
@@ -126,6 +127,7 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     add_controlnet_flags(p)
+    add_ip_adapter_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -228,6 +230,7 @@ def run(args) -> int:
     images_path = Path(args.images)
     edited = len(image_files(images_path)) if args.controlnets else None  # a --control-image folder: one per file
     control = ControlRequest.from_args(args, args.checkpoint, edited=edited)
+    ip_adapter = IPAdapterRequest.from_args(args, args.checkpoint)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
     device = resolve_device(args.device)
@@ -293,6 +296,8 @@ def run(args) -> int:
         strength = args.strength if args.strength is not None else 0.8 if mask is None else 1.0
         grid = editing_grid(denoiser, sampler, args.steps or 50, strength, options) if controlnets.windowed else None
         denoiser = autoencoder = controlnets.controlling(denoiser, images.shape[2], images.shape[3], grid)
+    if ip_adapter is not None:  # the SD UNet with the image prompt (diffusers' load_ip_adapter)
+        denoiser = autoencoder = ip_adapter.load(device, denoiser.dtype, args.progress).adapting(denoiser)
     if text:
         denoiser, cond_for = _prompted(args, denoiser, request, len(files), device)
     else:
