@@ -3,6 +3,8 @@ StableDiffusionPipeline with ``load_ip_adapter`` (local files) + ``set_ip_adapte
 same prompts, z_T, DDIM scheduler and image prompt on both sides, compared on the final latents. The adapter
 files are random weights of the right structure in the original IP-Adapter key layout (``image_proj.*``,
 ``ip_adapter.<2i+1>.to_k_ip.weight``), the image encoder a tiny random CLIPVisionModelWithProjection."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -195,6 +197,13 @@ def test_refused_files_and_kinds(tiny_ip, tmp_path):
         _ours(sd, adapter, _latents(sd))
     with pytest.raises(DiffkitError, match="no config.json"):
         load_ip_adapter(tmp_path / "short.safetensors", png, progress=False)  # no image_encoder/ beside it
+    narrow = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=20, num_attention_heads=2, num_hidden_layers=1, image_size=14,
+        patch_size=7, projection_dim=8))
+    with pytest.raises(DiffkitError, match="gives 8-wide embeddings but the IP-Adapter takes 24"):
+        _ours(sd, IPAdapter(state, narrow, png), _latents(sd))
+    with pytest.raises(DiffkitError, match="latent consistency model"):
+        IPAdapter(state, narrow, png).adapting(dataclasses.replace(sd, consistency={}))
     with pytest.raises(DiffkitError, match="cannot be read as an image"):
         load_ip_adapter(root / "ip.safetensors", root / "ip.safetensors", progress=False)
 

@@ -22,7 +22,7 @@ Full-Face, FaceID / FaceID-Plus (an InsightFace embedding, LoRA in the UNet), SD
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -176,6 +176,7 @@ class IPAdapter:
     image_encoder: object
     image: object  # a PIL image or a path
     scale: float = 1.0
+    _built: Optional[tuple] = field(default=None, init=False, repr=False)  # (unet, processors, projection, embeds)
 
     def __post_init__(self):
         self.kind = ip_adapter_kind(self.state)
@@ -239,8 +240,10 @@ class IPAdapter:
         if sd.consistency is not None:
             raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
                                "guidance; this is a latent consistency model (LCMScheduler)")
-        processors, projection = self.modules(sd.unet)
-        positive, negative = (e.to(sd.unet.dtype) for e in self.embeddings())
+        if self._built is None or self._built[0] is not sd.unet:  # built once per UNet (diffkit sample: per batch)
+            embeds = tuple(e.to(sd.unet.dtype) for e in self.embeddings())
+            self._built = (sd.unet, *self.modules(sd.unet), embeds)
+        _, processors, projection, (positive, negative) = self._built
         inner = sd.network_denoiser
         net = IPAdaptedNet(inner.net, sd.unet, processors, projection, positive, negative)
         denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
