@@ -367,6 +367,7 @@ def _stable_diffusion(args, device):
     both the network and the autoencoder), after the flags that do not apply to it are refused."""
     from ..errors import DiffkitError
     from ..interop.lcm import is_lcm_folder
+    from ..interop.sd_inpaint import check_inpainting_flags, is_inpainting_folder
     from ..interop.stable_diffusion import load_stable_diffusion
     from .sample import not_for_stable_diffusion
     for flag, value in (("--class", args.class_id), ("--no-ema", None if args.ema else True),
@@ -384,8 +385,11 @@ def _stable_diffusion(args, device):
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
+    inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
+    if inpainting:
+        check_inpainting_flags(args)
     return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora,
-                                 textual_inversion=args.textual_inversion)
+                                 textual_inversion=args.textual_inversion, inpainting=inpainting)
 
 
 def _prompted(args, denoiser, request, count: int, device):
