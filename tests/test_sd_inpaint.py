@@ -100,6 +100,33 @@ def test_the_unet_sees_latents_then_mask_then_masked_image_latents_in_both_halve
     assert mask[0, 0, 6:].sum() == 0 and mask[1, 0, :1].all()  # 0.3 -> keep, 0.7 -> repaint
 
 
+@pytest.mark.parametrize("strength, start", [(1.0, 0.25), (0.6, 0.0)])
+def test_9_channel_inpainting_with_a_controlnet_is_the_controlnet_inpaint_pipeline(inpaint_sd, tmp_path, strength,
+                                                                                   start):
+    """StableDiffusionControlNetInpaintPipeline with the 9-channel UNet: the ControlNet (in_channels 4) reads the
+    latents, the UNet the latents, mask and masked-image latents plus the residuals; the window counts the
+    strength's steps."""
+    from PIL import Image
+    from test_controlnet import control_png, tiny_controlnet
+    from diffkit.interop.controlnet import ControlNets, editing_grid
+    pipe, sd, _ = inpaint_sd
+    latent_unet = diffusers.UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 4})
+    net = tiny_controlnet(latent_unet, 1)
+    png = control_png(tmp_path / "control.png")
+    other = diffusers.StableDiffusionControlNetInpaintPipeline(**{**pipe.components, "controlnet": net})
+    other.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = other(PROMPTS, image=IMAGE, mask_image=MASK, control_image=Image.open(png).convert("RGB"),
+                       strength=strength, num_inference_steps=4, guidance_scale=5.0, eta=0.0, output_type="latent",
+                       controlnet_conditioning_scale=0.7, control_guidance_start=start,
+                       generator=_generators()).images
+    grid = editing_grid(sd, "ddim", 4, strength, dict(DDIM_GRID))
+    controlled = ControlNets([net], [png], 0.7, start).controlling(sd, 16, 16, grid)
+    ours = _ours(controlled, strength=strength)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
+    assert (ours - _ours(sd, strength=strength)).abs().max() > 1e-3  # the ControlNet acts
+
+
 def test_a_9_channel_unet_without_a_mask_is_refused(inpaint_sd):
     from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image
     _, sd, folder = inpaint_sd
@@ -146,16 +173,12 @@ def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_p
     _, _, folder = inpaint_sd
     pngs, mask_png, _ = _pngs(tmp_path)
     base = ["--checkpoint", folder, "--images", pngs, "--prompt", "a", "--steps", 2]
-    (tmp_path / "cn").mkdir()
-    (tmp_path / "cn" / "config.json").write_text('{"_class_name": "ControlNetModel"}')
     for extra, pattern in [
         ([], "has an inpainting UNet .* it only inpaints; give --mask PNG"),
         (["--mask", mask_png, "--jump-n-sample", 2, "--sampler", "ddpm"],
          "--jump-n-sample does not apply to an inpainting UNet"),
         (["--mask", mask_png, "--reconstruction-weight", 1],
          "--reconstruction-weight does not apply to an inpainting"),
-        (["--mask", mask_png, "--controlnet", tmp_path / "cn", "--control-image", pngs / "in_0.png"],
-         "--controlnet does not apply to an inpainting UNet"),
     ]:
         target = tmp_path / "never"
         code, out, err = cli(capsys, *base, *extra, "--out", target)

@@ -144,8 +144,7 @@ def check_inpainting_flags(args) -> None:
         raise DiffkitError(f"{args.checkpoint} has an inpainting UNet (latents + mask + masked-image latents in): it "
                            f"only inpaints; give --mask PNG (white = repaint)")
     for flag, value in (("--jump-n-sample", None if args.jump_n_sample == 1 else args.jump_n_sample),
-                        ("--reconstruction-weight", args.reconstruction_weight or None),
-                        ("--controlnet", getattr(args, "controlnets", None) or None)):
+                        ("--reconstruction-weight", args.reconstruction_weight or None)):
         if value is not None:
             raise DiffkitError(f"{flag} does not apply to an inpainting UNet ({args.checkpoint}: 9 input channels); "
                                f"it goes with an ordinary 4-channel Stable Diffusion folder")
