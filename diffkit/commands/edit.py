@@ -18,7 +18,9 @@ is edited in its latent space, as diffusers' StableDiffusionImg2ImgPipeline and 
 StableDiffusionInpaintPipeline: the images are encoded (z = s E(x); ``--posterior mean|sample``), the
 latents edited as above (the mask nearest-downsampled to the latent size; inpainting at strength 1
 from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
-(``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back). A text-conditional
+(``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back); a folder with a 9-channel
+inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
+image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
