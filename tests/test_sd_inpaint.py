@@ -44,24 +44,25 @@ def _ours(sd, sampler="ddim", scale=5.0, grid=DDIM_GRID, **kw):
                           cond=sd.cond(sd.encode_prompts(PROMPTS)), progress=False, return_latents=True, **grid, **kw)
 
 
-def _theirs(pipe, strength, scheduler=None):
+def _theirs(pipe, strength, scheduler=None, eta=0.0):
     original = pipe.scheduler
     pipe.scheduler = scheduler or original
     try:
         with torch.no_grad():
             return pipe(PROMPTS, image=IMAGE, mask_image=MASK, strength=strength, num_inference_steps=4,
-                        guidance_scale=5.0, eta=0.0, output_type="latent", generator=_generators()).images
+                        guidance_scale=5.0, eta=eta, output_type="latent", generator=_generators()).images
     finally:
         pipe.scheduler = original
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.6])
-def test_9_channel_inpainting_is_the_inpaint_pipeline(inpaint_sd, strength):
+@pytest.mark.parametrize("strength, eta", [(1.0, 0.0), (0.6, 0.0), (1.0, 0.7)])
+def test_9_channel_inpainting_is_the_inpaint_pipeline(inpaint_sd, strength, eta):
     """DDIM with classifier-free guidance: at strength 1 from pure noise (is_strength_max), at 0.6 from the image's
-    posterior sample noised to the strength's time; the masked image's latents drawn after the noise."""
+    posterior sample noised to the strength's time; the masked image's latents drawn after the noise, and (eta > 0)
+    the steps' noise after them, from each image's generator."""
     pipe, sd, _ = inpaint_sd
-    theirs = _theirs(pipe, strength)
-    ours = _ours(sd, strength=strength)
+    theirs = _theirs(pipe, strength, eta=eta)
+    ours = _ours(sd, strength=strength, grid={**DDIM_GRID, "eta": eta})
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
 
 
