@@ -88,7 +88,10 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
     blends in ``add_noise(z, noise, timesteps[i + 1])``, the first noise at the next timestep,
     which is where replacing x_0 puts the kept region; after the last step z itself, as the final
     paste); at strength 1 (the default) both start from pure noise (:func:`diffkit.inpaint`'s
-    ``start="noise"``, diffusers' ``is_strength_max``), below it from the noised latents."""
+    ``start="noise"``, diffusers' ``is_strength_max``), below it from the noised latents. A Stable Diffusion
+    folder with a 9-channel inpainting UNet (``autoencoder.inpainting_unet``) is inpainted as diffusers does
+    with it instead: the mask and the masked image's latents are the UNet's input, nothing is replaced
+    (:func:`~diffkit.interop.sd_inpaint.unet_inpaint`; RePaint and reconstruction guidance refused)."""
     images = check_images(images, "images", DATA_RANGE, skippable=False)
     check_pixels(denoiser, autoencoder, images)
     if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[1] != 1:
@@ -96,9 +99,15 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
                            f"(B or 1, 1, H, W), 1 = repaint")
     pixel_mask = check_mask(mask, images[:, :1])
     generator = _generators(seed, generator, images.shape[0])
-    z = encode_images(autoencoder, images, posterior, generator)
-    z = inpaint(denoiser, z, latent_mask(pixel_mask, z.shape[2:]).expand_as(z), sampler, steps, strength=strength,
-                start="noise" if strength == 1 else "image", generator=generator, value_range=None, **options)
+    if getattr(autoencoder, "inpainting_unet", False):  # a 9-channel UNet: no replacement (.interop.sd_inpaint)
+        from .interop.sd_inpaint import unet_inpaint
+        z = unet_inpaint(denoiser, autoencoder, images, pixel_mask, sampler, steps, strength=strength,
+                         posterior=posterior, generator=generator, **options)
+    else:
+        z = encode_images(autoencoder, images, posterior, generator)
+        z = inpaint(denoiser, z, latent_mask(pixel_mask, z.shape[2:]).expand_as(z), sampler, steps,
+                    strength=strength, start="noise" if strength == 1 else "image", generator=generator,
+                    value_range=None, **options)
     if return_latents:
         return z
     out = autoencoder.decode(z)

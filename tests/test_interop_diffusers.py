@@ -329,7 +329,8 @@ def _bytes_to_unicode():
 def tiny_sd_components(root, **unet_options):
     """(unet, vae, text_encoder, tokenizer) of a tiny random Stable Diffusion (seeded, so equal
     calls give equal weights); ``unet_options`` go to UNet2DConditionModel (e.g.
-    ``time_cond_proj_dim`` for an LCM). The tokenizer's files are written into ``root``."""
+    ``time_cond_proj_dim`` for an LCM, ``in_channels=9`` for an inpainting UNet). The tokenizer's files
+    are written into ``root``."""
     transformers = pytest.importorskip("transformers")
     chars = _bytes_to_unicode()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -344,9 +345,9 @@ def tiny_sd_components(root, **unet_options):
     tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16)
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, **unet_options)
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, **{"in_channels": 4, **unet_options})
     vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                                   norm_num_groups=8, sample_size=16)
@@ -617,7 +618,8 @@ def test_sd_xl_inpainting_and_bad_sizes_are_refused_in_one_line(tiny_sd, tmp_pat
     config_file = tmp_path / "sd" / "unet" / "config.json"
     original = json.loads(config_file.read_text())
     for change, match in (({"addition_embed_type": "text_time"}, "addition_embed_type='text_time'"),
-                          ({"in_channels": 9}, "in_channels=9 and out_channels=4")):
+                          ({"in_channels": 5}, "in_channels=5 and out_channels=4"),  # depth-to-image
+                          ({"in_channels": 9}, r"inpainting UNet \(in_channels=9.*it only inpaints")):  # sd_inpaint
         config_file.write_text(json.dumps({**original, **change}))
         with pytest.raises(DiffkitError, match=match):
             load_stable_diffusion(tmp_path / "sd")

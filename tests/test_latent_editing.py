@@ -189,6 +189,29 @@ def test_sd_inpainting_is_the_4_channel_inpaint_pipeline(tiny_sd):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
 
 
+def test_a_4_channel_folder_is_inpainted_by_replacement_as_before(tiny_sd):
+    """The 9-channel branch (diffkit.interop.sd_inpaint) leaves a plain UNet alone: latent_inpaint is still
+    encode + diffkit.inpaint bit for bit, and the network is the UNet's own."""
+    from diffkit.editing import inpaint
+    from diffkit.interop.denoiser import DiffusersNet
+    from diffkit.latent_editing import encode_images
+    from diffkit.noise import generators_from_seed
+    _, _, sd, _ = tiny_sd
+    assert not sd.inpainting_unet and type(sd.network_denoiser.net) is DiffusersNet
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 3:9] = 1
+    for strength in (0.75, 1.0):
+        ours = _ours(sd, latent_inpaint, image, mask, "ddim", 3, strength=strength)
+        generator = generators_from_seed(10, 2)
+        z = encode_images(sd, image, "sample", generator)
+        before = inpaint(sd.guided(5.0, sd.encode_prompts([""]), "diffusers"), z,
+                         latent_mask(mask, (8, 8)).expand_as(z), "ddim", 3, strength=strength,
+                         start="noise" if strength == 1 else "image", generator=generator, value_range=None,
+                         cond=sd.cond(sd.encode_prompts(PROMPTS)), progress=False, **DDIM_GRID)
+        assert torch.equal(ours, before)
+
+
 def write_pngs(folder, count, side, mode, seed=0):
     folder.mkdir()
     rng = np.random.default_rng(seed)

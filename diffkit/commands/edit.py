@@ -18,7 +18,9 @@ is edited in its latent space, as diffusers' StableDiffusionImg2ImgPipeline and 
 StableDiffusionInpaintPipeline: the images are encoded (z = s E(x); ``--posterior mean|sample``), the
 latents edited as above (the mask nearest-downsampled to the latent size; inpainting at strength 1
 from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
-(``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back). A text-conditional
+(``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back); a folder with a 9-channel
+inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
+image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
@@ -372,6 +374,7 @@ def _stable_diffusion(args, device):
     both the network and the autoencoder), after the flags that do not apply to it are refused."""
     from ..errors import DiffkitError
     from ..interop.lcm import is_lcm_folder
+    from ..interop.sd_inpaint import check_inpainting_flags, is_inpainting_folder
     from ..interop.stable_diffusion import load_stable_diffusion
     from .sample import not_for_stable_diffusion
     for flag, value in (("--class", args.class_id), ("--no-ema", None if args.ema else True),
@@ -389,8 +392,11 @@ def _stable_diffusion(args, device):
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
+    inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
+    if inpainting:
+        check_inpainting_flags(args)
     return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora,
-                                 textual_inversion=args.textual_inversion)
+                                 textual_inversion=args.textual_inversion, inpainting=inpainting)
 
 
 def _prompted(args, denoiser, request, count: int, device):

@@ -58,9 +58,14 @@ def load_controlnet(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
 
 def check_controlnet(controlnet, unet, factor: int, name: str = "controlnet") -> None:
     """A ControlNet copies its UNet's encoder: its residuals fit only a UNet of the same blocks, and its
-    conditioning embedding must bring the control image down by the VAE factor f to the latents' size."""
+    conditioning embedding must bring the control image down by the VAE factor f to the latents' size. With a
+    9-channel inpainting UNet (:mod:`.sd_inpaint`) the ControlNet reads the latents alone (its in_channels: the
+    UNet's out_channels), as diffusers' ``StableDiffusionControlNetInpaintPipeline``."""
+    from .sd_inpaint import is_inpainting_config
     for key in MATCHING_CONFIG:
         ours, theirs = controlnet.config.get(key), unet.config.get(key)
+        if key == "in_channels" and is_inpainting_config(unet.config):  # it reads the latents alone (.sd_inpaint)
+            theirs = unet.config.get("out_channels")
         if (list(ours) if isinstance(ours, (list, tuple)) else ours) != (
                 list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
             raise DiffkitError(f"{name} has {key}={ours!r} but the Stable Diffusion UNet has {theirs!r}; a ControlNet "
@@ -338,8 +343,11 @@ class ControlNets:
                 raise DiffkitError("a control guidance window needs the sampler's time grid")
             keeps = [step_windows(grid, s, e) for s, e in zip(self.start, self.end)]
         inner = sd.network_denoiser
-        net = ControlledNet(DiffusersNet(sd.unet, uses_labels=False), self.models, images, self.scales,
-                            self.guess_mode, grid, keeps)
+        unet_net = DiffusersNet(sd.unet, uses_labels=False)
+        if sd.inpainting_unet:  # the ControlNet reads the latents, the UNet also the mask and masked image
+            from .sd_inpaint import InpaintingUNetNet
+            unet_net = InpaintingUNetNet(unet_net)
+        net = ControlledNet(unet_net, self.models, images, self.scales, self.guess_mode, grid, keeps)
         denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
         denoiser.model = sd.unet
         return replace(sd, _denoiser=denoiser)

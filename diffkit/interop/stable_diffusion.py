@@ -120,9 +120,19 @@ class StableDiffusion:
         return LCM_PIPELINE_GUIDANCE if self.guidance_embedding_dim else LCM_LORA_GUIDANCE
 
     @property
+    def inpainting_unet(self) -> bool:
+        """A dedicated inpainting UNet (in_channels = 2 out_channels + 1: latents, mask, masked-image latents;
+        :mod:`.sd_inpaint`), loaded with ``inpainting=True``."""
+        from .sd_inpaint import is_inpainting_config
+        return is_inpainting_config(self.unet.config)
+
+    @property
     def network_denoiser(self):
         """The :class:`~diffkit.denoiser.Denoiser` of the UNet's output (cond: ``context`` = prompt
         embeddings; ``w`` too with a guidance input)."""
+        if self._denoiser is None and self.inpainting_unet:  # 9 input channels (.sd_inpaint)
+            from .sd_inpaint import inpainting_denoiser
+            self._denoiser = inpainting_denoiser(self.unet, self.schedule, self.prediction_type)
         if self._denoiser is None:
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule, prediction_type=self.prediction_type,
                                                 learned_variance=False, uses_labels=False)
@@ -224,12 +234,13 @@ def _read_index(directory: Path) -> dict:
     return index
 
 
-def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False) -> None:
+def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
     """The text-to-image UNet2DConditionModel that :func:`text_to_image` drives: conditioned on
     the text encoder's states alone, on the VAE's latents. SD-XL (``addition_embed_type``: pooled
     text and size conditioning), class / time-embedding conditions and inpainting or depth UNets
     (extra input channels) need inputs diffkit does not give: refused here, before loading. A
-    guidance input (``time_cond_proj_dim``) is an LCM's and needs ``lcm`` (an LCMScheduler folder)."""
+    guidance input (``time_cond_proj_dim``) is an LCM's and needs ``lcm`` (an LCMScheduler folder); a 9-channel
+    inpainting UNet (:mod:`.sd_inpaint`) needs ``inpainting``."""
     extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
              if config.get(key) is not None]
     dim = config.get("time_cond_proj_dim")
@@ -244,31 +255,36 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False) -> N
         raise DiffkitError(f"{directory} has a UNet with {', '.join(extra)} (e.g. SD-XL); diffkit samples Stable "
                            f"Diffusion 1.x/2.x-style UNets conditioned on the text encoder alone")
     in_channels, out_channels = config.get("in_channels", 4), config.get("out_channels", 4)
+    from .sd_inpaint import check_inpainting_unet
+    if check_inpainting_unet(config, directory, inpainting, lcm):
+        return
     if in_channels != out_channels:
         raise DiffkitError(f"{directory} has a UNet with in_channels={in_channels} and out_channels={out_channels} "
                            f"(an inpainting or depth model takes extra inputs); allowed: in_channels = out_channels")
 
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                          progress: bool = True, lora=None, textual_inversion=None) -> StableDiffusion:
+                          progress: bool = True, lora=None, textual_inversion=None,
+                          inpainting: bool = False) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
     hides diffusers' and transformers' loading bars. ``lora``: LoRA files (paths or (path, scale)
     pairs, diffusers or kohya format) merged into the UNet and text encoder as diffusers'
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first).
     ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to the tokenizer and
-    text encoder as diffusers' ``load_textual_inversion(path, token=token)`` (:mod:`.sd_textual_inversion`)."""
+    text encoder as diffusers' ``load_textual_inversion(path, token=token)`` (:mod:`.sd_textual_inversion`).
+    ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(Path(directory), device, dtype)
+        sd = _load_stable_diffusion(Path(directory), device, dtype, inpainting)
     add_textual_inversions(sd, embeddings)
     merge_sd_loras(sd, loras)
     return sd
 
 
-def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype) -> StableDiffusion:
+def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False) -> StableDiffusion:
     diffusers, transformers = require("diffusers"), require("transformers")
     index = _read_index(directory)
     device = torch.device(device)
@@ -280,7 +296,8 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype) -> Stabl
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     lcm = is_lcm_scheduler(scheduler_config)
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
-    check_stable_diffusion_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm)
+    check_stable_diffusion_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm,
+                                inpainting)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)

@@ -1,0 +1,159 @@
+"""Dedicated Stable Diffusion inpainting UNets (``runwayml/stable-diffusion-inpainting`` style): 9 input channels.
+
+Such a UNet was fine-tuned (LDM, Rombach et al. 2022, Sec. 4.3.2 / App. "Image inpainting"; the SD inpainting
+model card) to take, besides the noisy latent z_t (4 channels), the mask at the latent size (1 channel, 1 =
+repaint) and the latents of the masked image (4 channels): its input is ``cat([z_t, m, s E(x (1 - m))])``, in
+that order, and it predicts the noise of z_t alone (``out_channels = 4``). This module does what diffusers'
+``StableDiffusionInpaintPipeline`` does with such a UNet (``num_channels_unet == 9``):
+
+* the pixel mask is binarised at 0.5 (its ``mask_processor``), the masked image is ``image * (mask < 0.5)``
+  (the repainted pixels set to 0, mid-grey in [-1, 1]), its latents ``s E(.)`` (a posterior sample, drawn from
+  each image's generator after the starting noise, as ``prepare_mask_latents`` draws it; or the mean), and the
+  mask goes to the latent size by ``F.interpolate`` (nearest; :func:`~diffkit.latent_editing.latent_mask`);
+* the start: at strength 1 (``is_strength_max``) pure noise z_T = n, the image not encoded; below it SDEdit's
+  z_t0 = alpha_t0 s E(x) + sigma_t0 n (the image's posterior sample drawn before n), on the strength's part of
+  the grid (:func:`~diffkit.editing.strength_grid`, diffusers' ``get_timesteps``);
+* every network call (both halves of classifier-free guidance) gets the same mask and masked-image latents,
+  concatenated after the latents: diffusers scales only the latents (``scheduler.scale_model_input``) before
+  the concatenation. A diffkit sampler calls its :class:`~diffkit.denoiser.Denoiser` with the VP state z_t
+  (what ``scale_model_input`` gives for Euler-type schedulers), and :class:`InpaintingUNetNet` concatenates
+  inside the network, so the extra channels are never scaled, with any sampler;
+* unlike the 4-channel pipeline, nothing is blended back at each step: the UNet alone keeps the known region,
+  and the output is the decoded final latent (``paste=True``: the kept pixels pasted back, not diffusers'
+  default). ``padding_mask_crop`` (crop around the mask, then overlay) is not offered.
+
+With a ControlNet (:meth:`~diffkit.interop.controlnet.ControlNets.controlling`) the ControlNet reads the latents
+(4 channels) and its residuals go to this UNet, as ``StableDiffusionControlNetInpaintPipeline`` with a 9-channel
+UNet. RePaint and reconstruction guidance act on replacement, which this model does not use: refused.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import DiffkitError
+
+MASK_KEY, MASKED_KEY = "inpaint_mask", "masked_image_latents"  # the cond entries InpaintingUNetNet reads
+
+
+def is_inpainting_config(config: dict) -> bool:
+    """A UNet config of an inpainting model: in_channels = 2 * out_channels + 1 (9 for SD: latents 4, mask 1,
+    masked-image latents 4)."""
+    in_channels, out_channels = config.get("in_channels", 4), config.get("out_channels", 4)
+    return isinstance(out_channels, int) and in_channels == 2 * out_channels + 1
+
+
+def is_inpainting_folder(path) -> bool:
+    """True for a Stable Diffusion folder whose ``unet/config.json`` is an inpainting UNet's (read, not loaded)."""
+    config_file = Path(path) / "unet" / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and is_inpainting_config(config)
+
+
+def check_inpainting_unet(config: dict, directory, inpainting: bool, lcm: bool = False) -> bool:
+    """True for an inpainting UNet config that may be loaded (``inpainting``, not an LCMScheduler folder), False
+    for any other UNet; a one-line error for an inpainting UNet where it is not allowed."""
+    if not is_inpainting_config(config):
+        return False
+    what = (f"{directory} has an inpainting UNet (in_channels={config.get('in_channels')}: latents + mask + "
+            f"masked-image latents)")
+    if lcm:
+        raise DiffkitError(f"{what} with an LCMScheduler; allowed: an inpainting UNet with a diffusion scheduler "
+                           f"(DDIM, PNDM, ...)")
+    if not inpainting:
+        raise DiffkitError(f"{what}: it only inpaints; use diffkit edit --images ... --mask PNG (library: "
+                           f"load_stable_diffusion(..., inpainting=True) and latent_inpaint)")
+    return True
+
+
+class InpaintingUNetNet(torch.nn.Module):
+    """``net(x, t, inpaint_mask=m, masked_image_latents=c, **cond)`` = ``inner(cat([x, m, c], 1), t, **cond)``:
+    the UNet input of diffusers' 9-channel inpainting (``torch.cat([latent_model_input, mask,
+    masked_image_latents], dim=1)``). ``x`` is the network input the Denoiser gives (the VP latent z_t); m and c
+    are passed as they are (per-sample tensors in ``cond``, so classifier-free guidance repeats them for its null
+    half, as diffusers' ``torch.cat([mask] * 2)``)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, t, inpaint_mask=None, masked_image_latents=None, **cond) -> torch.Tensor:
+        if inpaint_mask is None or masked_image_latents is None:
+            raise DiffkitError("this is an inpainting UNet (latents + mask + masked-image latents in): it only "
+                               "inpaints; use latent_inpaint with a mask (diffkit edit --mask)")
+        extra = [inpaint_mask.to(x), masked_image_latents.to(x)]
+        if any(e.shape[0] != x.shape[0] or e.shape[2:] != x.shape[2:] for e in extra):
+            raise DiffkitError(f"inpaint_mask {tuple(inpaint_mask.shape)} / masked_image_latents "
+                               f"{tuple(masked_image_latents.shape)} do not fit the latents {tuple(x.shape)}")
+        return self.inner(torch.cat([x, *extra], dim=1), t, **cond)
+
+
+def inpainting_denoiser(unet, schedule, prediction_type: str) -> Denoiser:
+    """The :class:`~diffkit.denoiser.Denoiser` of an inpainting UNet: :class:`InpaintingUNetNet` around
+    :class:`~diffkit.interop.denoiser.DiffusersNet` (cond: ``context``, ``inpaint_mask``, ``masked_image_latents``)."""
+    from .denoiser import DiffusersNet
+    denoiser = Denoiser(InpaintingUNetNet(DiffusersNet(unet, uses_labels=False)), schedule, prediction_type,
+                        learned_variance=False)
+    denoiser.model = unet
+    return denoiser
+
+
+def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, sampler: str = "ddim",
+                 steps: int = 50, *, strength: float = 1.0, posterior: str = "mean", generator=None,
+                 cond: Optional[dict] = None, spacing=None, final=None, thresholding=None, progress: bool = True,
+                 callback=None, jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0,
+                 **options) -> torch.Tensor:
+    """The edited latents z_0 of a 9-channel inpainting UNet (module doc; called by
+    :func:`~diffkit.latent_editing.latent_inpaint`, which checks the images and mask, makes the per-image
+    ``generator`` and decodes). ``images`` in [-1, 1]; ``pixel_mask`` (B, 1, H, W), 1 = repaint.
+    ``denoiser``: the (guided) network of ``sd`` on latents; ``cond`` its prompts' contexts. With
+    ``posterior="sample"``, per-image generators and DDIM on the scheduler's grid this is diffusers'
+    ``StableDiffusionInpaintPipeline`` step for step (draws per image: [the image's posterior sample if strength
+    < 1], the noise, the masked image's posterior sample, then the sampler's)."""
+    from ..editing import _planned
+    from ..latent_editing import encode_images, latent_mask
+    from ..noise import randn
+    from ..sampling import sample
+    from .. import diffusion
+    for name, value, default in (("jump_n_sample", jump_n_sample, 1), ("reconstruction_weight",
+                                                                         reconstruction_weight, 0.0)):
+        if value != default:
+            raise DiffkitError(f"{name}={value!r} is not allowed with an inpainting UNet (9 input channels), which "
+                               f"keeps the known region itself (no replacement to resample or guide); allowed: "
+                               f"{default}")
+    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
+    keep = (pixel_mask < 0.5).to(images.dtype)
+    z = None if strength == 1 else encode_images(sd, images, posterior, generator)
+    shape = (images.shape[0], sd.unet.config.out_channels, images.shape[2] // sd.vae_scale_factor,
+             images.shape[3] // sd.vae_scale_factor)
+    noise = randn(shape, generator, device=sd.device, dtype=torch.float32)
+    x = noise if z is None else diffusion.q_sample(denoiser.schedule, z, grid[0], noise)
+    masked = encode_images(sd, images * keep, posterior, generator)
+    extra = {MASK_KEY: latent_mask(pixel_mask, shape[2:]).to(device=sd.device, dtype=torch.float32),
+             MASKED_KEY: masked}
+    return sample(denoiser, x, name, grid=grid, generator=generator, cond={**(cond or {}), **extra},
+                  progress=progress, callback=callback, **options)
+
+
+def check_inpainting_flags(args) -> None:
+    """``diffkit edit --checkpoint INPAINTING_SD_FOLDER``: the flags that do not apply, refused before loading."""
+    if args.mask is None:
+        raise DiffkitError(f"{args.checkpoint} has an inpainting UNet (latents + mask + masked-image latents in): it "
+                           f"only inpaints; give --mask PNG (white = repaint)")
+    for flag, value in (("--jump-n-sample", None if args.jump_n_sample == 1 else args.jump_n_sample),
+                        ("--reconstruction-weight", args.reconstruction_weight or None)):
+        if value is not None:
+            raise DiffkitError(f"{flag} does not apply to an inpainting UNet ({args.checkpoint}: 9 input channels); "
+                               f"it goes with an ordinary 4-channel Stable Diffusion folder")
+
+
+__all__ = ["InpaintingUNetNet", "inpainting_denoiser", "is_inpainting_config", "is_inpainting_folder",
+           "check_inpainting_unet",
+           "unet_inpaint", "check_inpainting_flags", "MASK_KEY", "MASKED_KEY"]
