@@ -1,0 +1,163 @@
+"""SD-XL folders (diffkit.interop.sd_xl): diffkit's text_to_image against diffusers' own
+StableDiffusionXLPipeline on a tiny random pipeline written by save_pretrained (nothing downloaded)."""
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+
+from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_components  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot"]
+
+
+def tiny_sd_xl_pipeline(root, force_zeros_for_empty_prompt=True):
+    """A tiny random StableDiffusionXLPipeline: the VAE, tokenizer and first text encoder (hidden 32) of
+    :func:`tiny_sd_components`; a second CLIPTextModelWithProjection of other sizes (hidden 24,
+    projection 20) with a tokenizer padding with "!" (as SD-XL's tokenizer_2); a UNet with
+    addition_embed_type="text_time", cross_attention_dim 32 + 24 and an added embedding of
+    6 * 8 + 20 inputs; SD-XL's VAE scaling factor 0.13025."""
+    _, vae, text_encoder, tokenizer = tiny_sd_components(root)
+    vae.register_to_config(scaling_factor=0.13025, force_upcast=True)
+    tokenizer_2 = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16,
+                                             pad_token="!")
+    torch.manual_seed(1)
+    text_encoder_2 = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=24, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=3, vocab_size=text_encoder.config.vocab_size, max_position_embeddings=16, projection_dim=20))
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=68,
+        cross_attention_dim=56)
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=sd_ddim_scheduler(),
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory):
+    """(pipeline, folder, loaded StableDiffusionXL) with force_zeros_for_empty_prompt=True, and the
+    folder of the same pipeline with it False."""
+    root = tmp_path_factory.mktemp("tiny_xl")
+    pipe = tiny_sd_xl_pipeline(root)
+    pipe.save_pretrained(root / "xl")
+    pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    pipe.save_pretrained(root / "xl_no_zeros")
+    pipe.register_to_config(force_zeros_for_empty_prompt=True)
+    return pipe, root, load_stable_diffusion(root / "xl", progress=False)
+
+
+def _latents(sd, batch=2, seed=7):
+    return torch.randn(sd.latent_shape(batch), generator=torch.Generator().manual_seed(seed))
+
+
+def _theirs(pipe, scheduler, latents, steps=4, scale=5.0, force_zeros=True, output_type="latent", prompts=PROMPTS,
+            **kw):
+    pipe.scheduler = scheduler
+    pipe.register_to_config(force_zeros_for_empty_prompt=force_zeros)
+    try:
+        with torch.no_grad():
+            return pipe(prompts, num_inference_steps=steps, guidance_scale=scale, latents=latents.clone(),
+                        output_type=output_type, **kw).images
+    finally:
+        pipe.register_to_config(force_zeros_for_empty_prompt=True)
+
+
+def test_sd_xl_folder_loads_and_encodes_as_the_pipeline(tiny_xl):
+    pipe, _, xl = tiny_xl
+    assert type(xl).__name__ == "StableDiffusionXL" and xl.force_zeros_for_empty_prompt
+    assert xl.scaling_factor == 0.13025 and xl.latent_shape(2) == (2, 4, 8, 8) and xl.default_guidance_scale == 5.0
+    context, pooled = xl.encode_prompts_xl(PROMPTS)
+    theirs, _, theirs_pooled, _ = pipe.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=False)
+    assert context.shape == (2, 16, 56) and pooled.shape == (2, 20)
+    torch.testing.assert_close(context, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
+    assert xl.time_ids((16, 16), (0, 0), (16, 16)).tolist() == [16, 16, 0, 0, 16, 16]
+
+
+@pytest.mark.parametrize("scheduler, sampler, kw", [
+    ("ddim", "ddim", {}),
+    ("ddim", "ddim", {"negative_prompt": "ugly"}),
+    ("ddim", "ddim", {"guidance_rescale": 0.7}),
+    ("euler", "euler", {}),
+])
+def test_sd_xl_matches_the_pipeline(tiny_xl, scheduler, sampler, kw):
+    """Same z_0 as StableDiffusionXLPipeline (DDIM eta 0 / Euler on the scheduler's timesteps, CFG
+    s = 5, the same latents): empty negative zeroed (force_zeros_for_empty_prompt), a negative prompt,
+    guidance rescale."""
+    pipe, _, xl = tiny_xl
+    latents = _latents(xl)
+    if scheduler == "ddim":
+        sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+        grid = "scheduler"
+    else:
+        sched = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
+        sched.set_timesteps(4)  # SD-XL's: z_T = latents * init_noise_sigma / sqrt(sigma_max^2 + 1) = latents
+        from diffkit.interop.schedulers import grid_from_diffusers
+        grid = grid_from_diffusers(sched)
+    theirs = _theirs(pipe, sched, latents, **kw)
+    ours = text_to_image(xl, PROMPTS, sampler=sampler, steps=4, grid=grid, guidance_scale=5.0, latents=latents,
+                         return_latents=True, **kw)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sd_xl_empty_negative_without_force_zeros_and_images(tiny_xl):
+    """force_zeros_for_empty_prompt=False (model_index.json): the empty prompt's embeddings are the
+    null half's; and the decoded images equal the pipeline's (output_type="pt")."""
+    pipe, root, _ = tiny_xl
+    xl = load_stable_diffusion(root / "xl_no_zeros", progress=False)
+    assert not xl.force_zeros_for_empty_prompt
+    latents = _latents(xl)
+    sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    theirs = _theirs(pipe, sched, latents, force_zeros=False)
+    ours = text_to_image(xl, PROMPTS, steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
+                         return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+    zeroed = _theirs(pipe, sched, latents)
+    assert relative_error(zeroed, theirs) > 1e-3  # the two null conditions differ
+    images = _theirs(pipe, sched, latents, force_zeros=False, output_type="pt")
+    ours = text_to_image(xl, PROMPTS, steps=4, grid="scheduler", guidance_scale=5.0, latents=latents)
+    torch.testing.assert_close(ours, images, rtol=0, atol=1e-5)
+
+
+def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
+    """original_size, crops_coords_top_left, target_size as the pipeline's; the negative ones with one
+    prompt (for B > 1 the pipeline's ``add_time_ids.repeat(B, 1)`` interleaves [negative, positive] rows
+    against its [negatives..., positives...] embeddings; diffkit gives each half its own ids)."""
+    pipe, _, xl = tiny_xl
+    sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    micro = dict(original_size=(64, 48), crops_coords_top_left=(3, 5), target_size=(16, 12))
+    negative = dict(negative_original_size=(8, 8), negative_target_size=(32, 16),
+                    negative_crops_coords_top_left=(1, 2))
+    for batch, conditions in ((2, micro), (1, {**micro, **negative})):
+        latents = _latents(xl, batch)
+        theirs = _theirs(pipe, sched, latents, prompts=PROMPTS[:batch], **conditions)
+        ours = text_to_image(xl, PROMPTS[:batch], steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
+                             return_latents=True, micro_conditioning=conditions)
+        assert relative_error(ours, theirs) < 1e-5
+        plain = text_to_image(xl, PROMPTS[:batch], steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
+                              return_latents=True, micro_conditioning=micro if batch == 1 else None)
+        assert relative_error(plain, theirs) > 1e-3
+    with pytest.raises(DiffkitError, match="negative_target_size"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"negative_original_size": (8, 8)})
+    with pytest.raises(DiffkitError, match=r"original_size=\(8,\) is not allowed"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
+    with pytest.raises(DiffkitError, match="keys \\['aesthetic_score'\\] are not allowed"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})
+
+
+def test_sd_xl_every_sampler_runs(tiny_xl):
+    _, _, xl = tiny_xl
+    for name in ("dpm-solver++-2m", "euler-ancestral", "unipc", "heun", "pndm-skip-prk"):
+        images = text_to_image(xl, ["a photo"], sampler=name, steps=3, seed=1, output_range="-1,1")
+        assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all(), name
