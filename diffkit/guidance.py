@@ -167,8 +167,8 @@ class ClassifierFreeGuidance(Wrapper):
     def __init__(self, denoiser, scale: float = 0.0, convention: str = "seed", rescale: float = 0.0,
                  interval: Optional[Sequence[float]] = None, *, rescale_space: str = "x0",
                  null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None,
-                 null_cond: Optional[dict] = None, weight_input: bool = False, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
-                 apg_momentum: float = 0.0):
+                 null_cond: Optional[dict] = None, weight_input: bool = False, apg_eta: float = 1.0,
+                 apg_norm_threshold: float = math.inf, apg_momentum: float = 0.0):
         if getattr(denoiser, "guidance_range", None) is not None:  # also under other wrappers
             raise DiffkitError("this consistency model takes the guidance weight w as its input (distilled with "
                                "consistency_guidance_range); guide it with GuidanceScaleInput(model, w), one call "

@@ -1,6 +1,7 @@
 """SD-XL folders (diffkit.interop.sd_xl): diffkit's text_to_image against diffusers' own
 StableDiffusionXLPipeline on a tiny random pipeline written by save_pretrained (nothing downloaded)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -161,3 +162,89 @@ def test_sd_xl_every_sampler_runs(tiny_xl):
     for name in ("dpm-solver++-2m", "euler-ancestral", "unipc", "heun", "pndm-skip-prk"):
         images = text_to_image(xl, ["a photo"], sampler=name, steps=3, seed=1, output_range="-1,1")
         assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all(), name
+
+
+def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
+    """`diffkit sample --checkpoint SDXL_FOLDER --prompt ... --negative-prompt ...`: the grid of
+    text_to_image's images (byte for byte), which are the pipeline's on the same z_T and timesteps
+    (PNG levels within half a level); default guidance s = 5."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.noise import generators_from_seed, randn
+    from diffkit.sampling import sampler_grid
+    from diffkit.samplers.registry import get_sampler
+    from PIL import Image
+    import numpy as np
+    pipe, root, xl = tiny_xl
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(root / "xl"), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+                 "--negative-prompt", "ugly", "--num", "4", "--nrow", "2", "--steps", "4", "--seed", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]  # one row per prompt, sample i from seed + i
+    latents = randn(xl.latent_shape(4), generators_from_seed(5, 4))
+    images = text_to_image(xl, prompts, steps=4, seed=5, negative_prompt="ugly", output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 2)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    grid = sampler_grid(xl.denoiser, get_sampler("ddim"), 4)  # DDIM = Euler on x / alpha: the pipeline's Euler
+    assert grid[-1] == -1 and (grid[:-1] == grid[:-1].round()).all()
+    sched = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
+    theirs = _theirs(pipe, sched, latents, output_type="np", prompts=prompts, negative_prompt="ugly",
+                     timesteps=grid[:-1].long().tolist())
+    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 2)
+    ours, ref = (np.asarray(Image.open(p), dtype=np.float64) for p in (out, tmp_path / "theirs.png"))
+    assert np.abs(ours - ref).max() <= 1  # round(255 x) of values 1e-5 apart: at most one level where one rounds up
+    assert np.abs((images.permute(0, 2, 3, 1).numpy() + 1) / 2 - theirs).max() < 0.5 / 255  # within half a level
+    capsys.readouterr()
+
+
+def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
+    """LoRA files, textual inversion, ControlNet, diffkit edit, refiner folders, an LCM scheduler, a
+    VAE with latents_mean, a missing text_encoder_2: one line each, before any weight or output."""
+    from diffkit.cli import main
+    from diffkit.commands.sample import GuidanceRequest, sample_to_files
+    from diffkit.interop.sd_xl import load_sd_xl
+    _, root, xl = tiny_xl
+    folder = str(root / "xl")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    for argv, match in (
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--lora", str(tmp_path / "x.safetensors")],
+             "LoRA files are not supported for SD-XL"),
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--textual-inversion",
+              str(tmp_path / "x.safetensors")], "textual-inversion embeddings are not supported for SD-XL"),
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--controlnet", str(tmp_path), "--control-image",
+              str(tmp_path / "c.png")], "--controlnet is not supported for SD-XL"),
+            (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot"],
+             "is an SD-XL folder; diffkit edit takes")):
+        assert main(argv + ["--out", str(tmp_path / "out" / "o.png"), "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(DiffkitError, match="--negative-prompt applies to a Stable Diffusion folder"):
+        sample_to_files(tmp_path / "none.safetensors", guidance=GuidanceRequest(negative_prompt="x"))
+    index = json.loads((root / "xl" / "model_index.json").read_text())
+    for name, change, match in (
+            ("refiner", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
+                         "tokenizer": [None, None], "requires_aesthetics_score": True}, "refiner-style folder"),
+            ("no_te2", {"text_encoder_2": [None, None]}, "lacks the SD-XL component"),
+            ("lcm", {}, "SD-XL latent consistency model"),
+            ("vae", {}, "VAE with latents_mean")):
+        shutil.copytree(root / "xl", tmp_path / name)
+        (tmp_path / name / "model_index.json").write_text(json.dumps({**index, **change}))
+        if name == "lcm":
+            config = json.loads((tmp_path / name / "scheduler" / "scheduler_config.json").read_text())
+            (tmp_path / name / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+                {**config, "_class_name": "LCMScheduler"}))
+        if name == "vae":
+            config = json.loads((tmp_path / name / "vae" / "config.json").read_text())
+            (tmp_path / name / "vae" / "config.json").write_text(json.dumps(
+                {**config, "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4}))
+        with pytest.raises(DiffkitError, match=match):
+            load_sd_xl(tmp_path / name, progress=False)
+    with pytest.raises(DiffkitError, match="needs the null half's context, text_embeds and time_ids"):
+        xl.guided(5.0, torch.zeros(1, 16, 56))
+    with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
+        from test_interop_diffusers import tiny_sd_pipeline
+        tiny_sd_pipeline(tmp_path).save_pretrained(tmp_path / "sd")
+        text_to_image(load_stable_diffusion(tmp_path / "sd", progress=False), "hot", steps=1,
+                      micro_conditioning={"original_size": (8, 8)})

@@ -378,6 +378,10 @@ def _stable_diffusion(args, device):
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
+    from ..interop.sd_xl import is_sd_xl_folder
+    if is_sd_xl_folder(args.checkpoint):
+        raise DiffkitError(f"{args.checkpoint} is an SD-XL folder; diffkit edit takes Stable Diffusion 1.x/2.x "
+                           f"folders (SD-XL: diffkit sample, text to image)")
     if is_lcm_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a latent consistency model (LCMScheduler); diffkit edit takes "
                            f"Stable Diffusion folders whose scheduler is a diffusion model's (DDIM, PNDM, ...)")
