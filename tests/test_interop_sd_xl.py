@@ -178,19 +178,19 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
     pipe, root, xl = tiny_xl
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(root / "xl"), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
-                 "--negative-prompt", "ugly", "--num", "4", "--nrow", "2", "--steps", "4", "--seed", "5",
-                 "--out", str(out), "--no-progress"]) == 0
-    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]  # one row per prompt, sample i from seed + i
-    latents = randn(xl.latent_shape(4), generators_from_seed(5, 4))
+                 "--negative-prompt", "ugly", "--num", "2", "--nrow", "1", "--steps", "4", "--seed", "5",
+                 "--batch-size", "2", "--out", str(out), "--no-progress"]) == 0
+    prompts = PROMPTS  # one row per prompt, sample i from seed + i
+    latents = randn(xl.latent_shape(2), generators_from_seed(5, 2))
     images = text_to_image(xl, prompts, steps=4, seed=5, negative_prompt="ugly", output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 2)
+    save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     grid = sampler_grid(xl.denoiser, get_sampler("ddim"), 4)  # DDIM = Euler on x / alpha: the pipeline's Euler
     assert grid[-1] == -1 and (grid[:-1] == grid[:-1].round()).all()
     sched = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
     theirs = _theirs(pipe, sched, latents, output_type="np", prompts=prompts, negative_prompt="ugly",
                      timesteps=grid[:-1].long().tolist())
-    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 2)
+    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 1)
     ours, ref = (np.asarray(Image.open(p), dtype=np.float64) for p in (out, tmp_path / "theirs.png"))
     assert np.abs(ours - ref).max() <= 1  # round(255 x) of values 1e-5 apart: at most one level where one rounds up
     assert np.abs((images.permute(0, 2, 3, 1).numpy() + 1) / 2 - theirs).max() < 0.5 / 255  # within half a level
@@ -243,8 +243,7 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
             load_sd_xl(tmp_path / name, progress=False)
     with pytest.raises(DiffkitError, match="needs the null half's context, text_embeds and time_ids"):
         xl.guided(5.0, torch.zeros(1, 16, 56))
+    from diffkit.interop.stable_diffusion import StableDiffusion
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
-        from test_interop_diffusers import tiny_sd_pipeline
-        tiny_sd_pipeline(tmp_path).save_pretrained(tmp_path / "sd")
-        text_to_image(load_stable_diffusion(tmp_path / "sd", progress=False), "hot", steps=1,
-                      micro_conditioning={"original_size": (8, 8)})
+        StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,
+                                        micro_conditioning={"original_size": (8, 8)})  # refused before any use
