@@ -247,3 +247,42 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
         StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,
                                         micro_conditioning={"original_size": (8, 8)})  # refused before any use
+
+
+def test_null_cond_swaps_only_the_null_half():
+    """ClassifierFreeGuidance(null_cond={key: value}): the unconditional pass gets ``value`` for ``key``
+    (rows broadcast), the conditional pass the cond's own: eps = eps_c + w (eps_c - eps_u) with
+    eps_u computed from the null values directly; without null_cond the key is shared."""
+    from diffkit.denoiser import Denoiser
+    from diffkit.guidance import ClassifierFreeGuidance
+    from diffkit.schedule import NoiseSchedule
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, context=None, text_embeds=None, y=None):
+            return x * context.mean((1, 2))[:, None, None, None] + text_embeds.sum(1)[:, None, None, None]
+
+    den = Denoiser(Net(), NoiseSchedule.linear(100), "epsilon")
+    x, t = torch.randn(2, 1, 2, 2), torch.tensor([50.0, 50.0])
+    cond = {"context": torch.randn(2, 3, 4), "text_embeds": torch.randn(2, 5), "y": torch.zeros(2, dtype=torch.long)}
+    null = {"context": torch.randn(1, 3, 4), "text_embeds": torch.randn(1, 5)}
+    guided = ClassifierFreeGuidance(den, 3.0, "diffusers", null_class=1, null_context=null["context"],
+                                    null_cond={"text_embeds": null["text_embeds"]})(x, t, **cond)
+    eps_c = den(x, t, context=cond["context"], text_embeds=cond["text_embeds"]).eps
+    eps_u = den(x, t, context=null["context"].expand(2, -1, -1), text_embeds=null["text_embeds"].expand(2, -1)).eps
+    torch.testing.assert_close(guided.eps, eps_u + 3.0 * (eps_c - eps_u), rtol=1e-6, atol=1e-6)
+    shared = ClassifierFreeGuidance(den, 3.0, "diffusers", null_class=1, null_context=null["context"])(x, t, **cond)
+    eps_u = den(x, t, context=null["context"].expand(2, -1, -1), text_embeds=cond["text_embeds"]).eps
+    torch.testing.assert_close(shared.eps, eps_u + 3.0 * (eps_c - eps_u), rtol=1e-6, atol=1e-6)
+
+
+def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
+    """As the pipeline's upcast: the float16 weights, computed in float32; the VAE stays float16."""
+    import copy
+    import dataclasses
+    _, _, xl = tiny_xl
+    half = copy.deepcopy(xl.vae).half()
+    z = _latents(xl, 1)
+    ours = dataclasses.replace(xl, vae=half).decode(z)
+    assert half.dtype == torch.float16 and ours.dtype == torch.float32
+    expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).decode(z)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
