@@ -198,8 +198,9 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """LoRA files, textual inversion, ControlNet, diffkit edit, refiner folders, an LCM scheduler, a
-    VAE with latents_mean, a missing text_encoder_2: one line each, before any weight or output."""
+    """LoRA files, textual inversion, ControlNet, refiner folders, an LCM scheduler, a
+    VAE with latents_mean, a missing text_encoder_2, diffkit edit --mask: one line each, before any weight or
+    output."""
     from diffkit.cli import main
     from diffkit.commands.sample import GuidanceRequest, sample_to_files
     from diffkit.interop.sd_xl import load_sd_xl
@@ -214,8 +215,8 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
               str(tmp_path / "x.safetensors")], "textual-inversion embeddings are not supported for SD-XL"),
             (["sample", "--checkpoint", folder, "--prompt", "hot", "--controlnet", str(tmp_path), "--control-image",
               str(tmp_path / "c.png")], "--controlnet is not supported for SD-XL"),
-            (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot"],
-             "is an SD-XL folder; diffkit edit takes")):
+            (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot", "--mask",
+              str(tmp_path / "m.png")], "is an SD-XL folder; diffkit edit gives SD-XL img2img only")):
         assert main(argv + ["--out", str(tmp_path / "out" / "o.png"), "--no-progress"]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
@@ -286,3 +287,48 @@ def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
     assert half.dtype == torch.float16 and ours.dtype == torch.float32
     expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).decode(z)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_sd_xl_img2img_is_the_img2img_pipeline(tiny_xl):
+    """latent_img2img with prompt_guidance's denoiser and cond (time ids of the images' size) is
+    StableDiffusionXLImg2ImgPipeline (requires_aesthetics_score False, DDIM, the same generators)."""
+    from diffkit.latent_editing import latent_img2img
+    pipe, _, xl = tiny_xl
+    parts = {**pipe.components, "scheduler": diffusers.DDIMScheduler.from_config(pipe.scheduler.config)}
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=False,
+                                                         add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="latent", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    ours = latent_img2img(guided, xl, image * 2 - 1, 0.5, "ddim", 4, posterior="sample", seed=10, cond=cond,
+                          progress=False, return_latents=True, spacing="leading", final="sigma_min", steps_offset=1,
+                          eta=0.0)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sd_xl_folder_through_diffkit_edit_is_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
+    """``diffkit edit --checkpoint SDXL --prompt`` on PNGs: StableDiffusionXLImg2ImgPipeline's images (to
+    the PNGs' 1/255), image i from seed + i, default s = 5; DDIM with steps_offset 0 and set_alpha_to_one."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pipe, root, _ = tiny_xl
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    code, out, err = cli(capsys, "--checkpoint", root / "xl", "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                         PROMPTS[1], "--strength", 0.5, "--steps", 4, "--spacing", "leading", "--final", "zero",
+                         "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="np", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
