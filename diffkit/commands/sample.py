@@ -819,8 +819,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     as diffusers' ``load_lora_weights`` + ``fuse_lora`` (:mod:`diffkit.interop.sd_lora`). ``textual_inversion``:
     embedding files, (path, token or None) pairs, as diffusers' ``load_textual_inversion``
     (:mod:`diffkit.interop.sd_textual_inversion`). ``control``:
-    ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). Writes the grid
-    (and single PNGs); latents have no noise grid."""
+    ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). An SD-XL folder
+    (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
+    null condition of every prompt. Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
