@@ -142,6 +142,9 @@ class ClassifierFreeGuidance(Wrapper):
             cond is shared by both passes. With ``null_context`` and no class labels (a
             text-conditional model) the condition is the context alone:
             eps-bar = (1 + w) eps(x_t, c) - w eps(x_t, c_null), c_null = the empty prompt's context.
+        null_cond: other ``cond`` keys whose unconditional pass takes another value (1 or B rows), as
+            ``null_context`` does for ``context``: e.g. SD-XL's pooled prompt embedding ``text_embeds``
+            and size conditions ``time_ids`` (:mod:`diffkit.interop.sd_xl`).
         weight_input: take w per call and per sample from ``cond["w"]`` (seed convention; a number
             or (B,)) instead of ``scale``; ``w`` is not passed on to the network. The guided teacher
             of LCM's w-conditioned distillation (Alg. 1, eq. 8), whose student receives the same w.
@@ -164,8 +167,8 @@ class ClassifierFreeGuidance(Wrapper):
     def __init__(self, denoiser, scale: float = 0.0, convention: str = "seed", rescale: float = 0.0,
                  interval: Optional[Sequence[float]] = None, *, rescale_space: str = "x0",
                  null_class: Optional[int] = None, null_context: Optional[torch.Tensor] = None,
-                 weight_input: bool = False, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
-                 apg_momentum: float = 0.0):
+                 null_cond: Optional[dict] = None, weight_input: bool = False, apg_eta: float = 1.0,
+                 apg_norm_threshold: float = math.inf, apg_momentum: float = 0.0):
         if getattr(denoiser, "guidance_range", None) is not None:  # also under other wrappers
             raise DiffkitError("this consistency model takes the guidance weight w as its input (distilled with "
                                "consistency_guidance_range); guide it with GuidanceScaleInput(model, w), one call "
@@ -188,6 +191,7 @@ class ClassifierFreeGuidance(Wrapper):
             raise DiffkitError("classifier-free guidance needs a class-conditional model (its network has no "
                                "num_classes); pass null_class= for a custom network")
         self.null_context = null_context
+        self.null_cond = dict(null_cond or {})
         self.apg_eta, self.apg_norm_threshold, self.apg_momentum = check_apg(apg_eta, apg_norm_threshold, apg_momentum)
         self.apg = (self.apg_eta, self.apg_norm_threshold, self.apg_momentum) != (1.0, math.inf, 0.0)
         self.reset_state()
@@ -256,6 +260,9 @@ class ClassifierFreeGuidance(Wrapper):
         if self.null_context is not None and "context" in cond:
             null = self.null_context.to(device=x.device, dtype=cond["context"].dtype)
             both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"]), cond["context"]][:copies])
+        for key in self.null_cond.keys() & cond.keys():  # e.g. SD-XL's pooled text embedding and time ids
+            null = self.null_cond[key].to(device=x.device, dtype=cond[key].dtype).expand_as(cond[key])
+            both[key] = torch.cat([cond[key], null, cond[key]][:copies])
         t_both = torch.cat([t64] * copies) if torch.as_tensor(t).ndim else t
         if not text_only:
             both["y"] = torch.cat([y, torch.full_like(y, self.null_class), y][:copies])

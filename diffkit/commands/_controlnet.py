@@ -67,6 +67,10 @@ class ControlRequest:
         if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                                f"is not one")
+        from ..interop.sd_xl import is_sd_xl_folder
+        if is_sd_xl_folder(checkpoint):
+            raise DiffkitError(f"--controlnet is not supported for SD-XL folders ({checkpoint}); diffkit drives "
+                               f"ControlNets of Stable Diffusion 1.x/2.x folders")
         if len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")

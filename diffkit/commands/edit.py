@@ -301,7 +301,7 @@ def run(args) -> int:
     if ip_adapter is not None:  # the SD UNet with the image prompt (diffusers' load_ip_adapter)
         denoiser = autoencoder = ip_adapter.load(device, denoiser.dtype, args.progress).adapting(denoiser)
     if text:
-        denoiser, cond_for = _prompted(args, denoiser, request, len(files), device)
+        denoiser, cond_for = _prompted(args, denoiser, request, len(files), device, tuple(images.shape[2:]))
     else:
         def cond_for(start: int, n: int):
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
@@ -386,6 +386,10 @@ def _stable_diffusion(args, device):
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
+    from ..interop.sd_xl import is_sd_xl_folder
+    if is_sd_xl_folder(args.checkpoint) and args.mask:
+        raise DiffkitError(f"--mask: {args.checkpoint} is an SD-XL folder; diffkit edit gives SD-XL img2img only "
+                           f"(inpainting: Stable Diffusion 1.x/2.x folders)")
     if is_lcm_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a latent consistency model (LCMScheduler); diffkit edit takes "
                            f"Stable Diffusion folders whose scheduler is a diffusion model's (DDIM, PNDM, ...)")
@@ -399,11 +403,12 @@ def _stable_diffusion(args, device):
                                  textual_inversion=args.textual_inversion, inpainting=inpainting)
 
 
-def _prompted(args, denoiser, request, count: int, device):
+def _prompted(args, denoiser, request, count: int, device, size=None):
     """(denoiser with classifier-free guidance if asked, ``cond_for(start, n)``: the prompts' contexts
     of images start..start + n - 1) for a text-conditional checkpoint or a Stable Diffusion folder
     (``denoiser`` is then its :class:`~diffkit.interop.stable_diffusion.StableDiffusion`; guidance
-    default diffusers' s = 7.5, as ``diffkit sample``). One prompt: every image; else one per image."""
+    default diffusers' s = 7.5, as ``diffkit sample``; SD-XL: its prompt_guidance, time ids of the images'
+    ``size``, s = 5). One prompt: every image; else one per image."""
     import torch
 
     from ..errors import DiffkitError
@@ -418,9 +423,13 @@ def _prompted(args, denoiser, request, count: int, device):
     if isinstance(denoiser, StableDiffusion):
         sd = denoiser
         index = torch.zeros(count, dtype=torch.long) if len(prompts) == 1 else torch.arange(count)
-        context = sd.encode_prompts(prompts)
         scale, convention = ((sd.default_guidance_scale, "diffusers") if request.guidance_scale is None
                              else (request.guidance_scale, request.convention))
+        if hasattr(sd, "encode_prompts_xl"):  # SD-XL (StableDiffusionXLImg2ImgPipeline): pooled text, time ids
+            guided, cond = sd.prompt_guidance(prompts, None, scale, convention, request.rescale, image_size=size)
+            return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
+                                             for key, value in cond.items()}
+        context = sd.encode_prompts(prompts)
         guided = sd.guided(scale, sd.encode_prompts([""]), convention, rescale=request.rescale)
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])
     from .sample import prompt_conditioning

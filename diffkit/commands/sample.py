@@ -103,6 +103,9 @@ def register(sub) -> None:
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
                    help="text-conditional checkpoints: the prompt; repeat for one row per prompt "
                         "(default: every class's caption)")
+    g.add_argument("--negative-prompt", metavar="TEXT",
+                   help="Stable Diffusion / SD-XL folders: the null condition of classifier-free guidance, for "
+                        "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt)")
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
     g.add_argument("--guidance-scale", type=float, metavar="W",
@@ -273,6 +276,7 @@ class GuidanceRequest:
     classifier_scale: Optional[float] = None
     classifier_algorithm: int = 2
     prompts: Optional[list] = None
+    negative_prompt: Optional[str] = None
     clip_prompt: Optional[str] = None
     clip_model: Optional[str] = None
     clip_scale: Optional[float] = None
@@ -307,6 +311,7 @@ class GuidanceRequest:
                   interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                   classifier=args.classifier, classifier_scale=args.classifier_scale,
                   classifier_algorithm=args.classifier_algorithm, prompts=getattr(args, "prompts", None),
+                  negative_prompt=getattr(args, "negative_prompt", None),
                   clip_prompt=args.clip_guidance, clip_model=args.clip_model, clip_scale=args.clip_scale,
                   clip_input=args.clip_input, pag_scale=getattr(args, "pag_scale", None),
                   pag_layers=None if getattr(args, "pag_layers", None) is None else args.pag_layers.split(","),
@@ -612,6 +617,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
                                        control=control, ip_adapter=ip_adapter, **options)
+    if guidance is not None and guidance.negative_prompt is not None:
+        raise DiffkitError(f"--negative-prompt applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
+                           f"is not one")
     if textual_inversion:
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
                            f"{checkpoint} is not one")
@@ -818,8 +826,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     embedding files, (path, token or None) pairs, as diffusers' ``load_textual_inversion``
     (:mod:`diffkit.interop.sd_textual_inversion`). ``control``:
     ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). ``ip_adapter``: an
-    IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). Writes the grid
-    (and single PNGs); latents have no noise grid."""
+    IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). An SD-XL folder
+    (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
+    null condition of every prompt. Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -862,6 +871,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
         return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
+                             negative_prompt=guidance.negative_prompt,
                              return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                              ip_adapter=adapter, **how)
 

@@ -8,6 +8,7 @@
   (config and state-dict name map: :func:`dit_to_diffusers`, :func:`dit_from_diffusers`).
 * :mod:`.denoiser` - any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser`.
 * :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
+* :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
 
@@ -35,6 +36,7 @@ _EXPORTS = {
     "StableDiffusion": "stable_diffusion", "load_stable_diffusion": "stable_diffusion",
     "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
     "is_lcm_folder": "lcm",
+    "StableDiffusionXL": "sd_xl", "load_sd_xl": "sd_xl", "is_sd_xl_folder": "sd_xl",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers")}
 

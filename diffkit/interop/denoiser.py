@@ -11,8 +11,9 @@ fractional times (DPM-Solver, Karras grids) are embedded by the same formula as 
 ``encoder_hidden_states`` (UNet2DConditionModel, the text embedding of Stable Diffusion), ``w``
 (a UNet2DConditionModel with ``time_cond_proj_dim``, LCM's guidance input, Luo et al. 2023
 Sec. 4.2) -> ``timestep_cond`` = :func:`~diffkit.models.layers.guidance_scale_embedding` of w (seed
-convention: diffusers' pipelines embed their guidance_scale - 1, which is w); any other key is
-passed through unchanged (e.g. ``added_cond_kwargs``).
+convention: diffusers' pipelines embed their guidance_scale - 1, which is w); ``text_embeds`` and
+``time_ids`` (SD-XL's pooled prompt embedding and size conditions, :mod:`.sd_xl`) -> ``added_cond_kwargs``;
+any other key is passed through unchanged.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class DiffusersNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
                 context: Optional[torch.Tensor] = None, w=None, **extra) -> torch.Tensor:
         kwargs = dict(extra)
+        added = {key: kwargs.pop(key) for key in ("text_embeds", "time_ids") if key in kwargs}
+        if added:  # SD-XL's addition_embed_type="text_time" (.sd_xl)
+            kwargs["added_cond_kwargs"] = added
         if context is not None:
             kwargs["encoder_hidden_states"] = context
         if y is not None and self.uses_labels:

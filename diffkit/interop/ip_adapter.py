@@ -240,6 +240,9 @@ class IPAdapter:
         if sd.consistency is not None:
             raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
                                "guidance; this is a latent consistency model (LCMScheduler)")
+        if getattr(sd, "text_encoder_2", None) is not None:  # SD-XL's UNet takes added_cond_kwargs of its own
+            raise DiffkitError("the IP-Adapter applies to a Stable Diffusion 1.x/2.x folder; SD-XL folders "
+                               "(text_encoder_2) are not supported with --ip-adapter")
         if self._built is None or self._built[0] is not sd.unet:  # built once per UNet (diffkit sample: per batch)
             embeds = tuple(e.to(sd.unet.dtype) for e in self.embeddings())
             self._built = (sd.unet, *self.modules(sd.unet), embeds)

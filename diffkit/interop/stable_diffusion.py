@@ -193,6 +193,27 @@ class StableDiffusion:
         scheduler.set_timesteps(steps)
         return grid_from_diffusers(scheduler)
 
+    def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
+                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
+        """(denoiser, cond) of :func:`text_to_image`: the prompts' embeddings, guided against the
+        empty or negative prompt (or, for an LCM UNet with a guidance input, w as that input).
+        ``image_size`` and ``micro_conditioning`` are SD-XL's (:mod:`.sd_xl`); SD 1.x/2.x has no such input."""
+        if micro_conditioning:
+            raise DiffkitError(f"micro_conditioning={micro_conditioning!r} is not allowed: it is SD-XL's size "
+                               f"conditioning; this Stable Diffusion UNet is conditioned on the text encoder alone")
+        context = self.encode_prompts(prompts)
+        if self.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
+            for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
+                if value is not None:
+                    raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
+                                       f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
+                                       f"classifier-free pass to rescale or to give a negative prompt")
+            return self.with_weight(guidance_scale, convention), {"context": context}
+        negatives = negative_prompts(negative_prompt, len(prompts))
+        denoiser = self.guided(guidance_scale, self.encode_prompts(negatives), convention, rescale=guidance_rescale)
+        cond = self.cond(context)
+        return denoiser, cond
+
     # ------------------------------------------------------------------ images
     @property
     def image_channels(self) -> int:
@@ -219,6 +240,28 @@ class StableDiffusion:
         with torch.no_grad():
             z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
             return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def negative_prompts(negative_prompt: Union[None, str, Sequence[str]], batch: int) -> list:
+    """One negative prompt per prompt: ``negative_prompt`` (None: the empty prompt) repeated, or a
+    list of ``batch`` of them."""
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return [negative_prompt or ""] * batch
+    negatives = list(negative_prompt)
+    if len(negatives) != batch:
+        raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per prompt")
+    return negatives
+
+
+def _image_size(sd: StableDiffusion, latents: Optional[torch.Tensor], height, width) -> tuple:
+    """(height, width) of the images: as given, else the latents' size times f, else the UNet's sample size times f."""
+    f = sd.vae_scale_factor
+    if latents is not None and latents.ndim == 4:
+        default = (latents.shape[2] * f, latents.shape[3] * f)
+    else:
+        default = tuple(sd.latent_shape(1)[2:])
+        default = (default[0] * f, default[1] * f)
+    return (default[0] if height is None else height, default[1] if width is None else width)
 
 
 def _read_index(directory: Path) -> dict:
@@ -275,6 +318,9 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
+    from .sd_xl import is_sd_xl_folder, load_sd_xl
+    if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
+        return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
@@ -284,7 +330,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     return sd
 
 
-def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False) -> StableDiffusion:
+def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False,
+                           check_unet=check_stable_diffusion_unet) -> StableDiffusion:
     diffusers, transformers = require("diffusers"), require("transformers")
     index = _read_index(directory)
     device = torch.device(device)
@@ -296,8 +343,7 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     lcm = is_lcm_scheduler(scheduler_config)
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
-    check_stable_diffusion_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm,
-                                inpainting)
+    check_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm, inpainting)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
@@ -317,7 +363,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  controlnet=None, control_rows=None, ip_adapter=None, **options) -> torch.Tensor:
+                  controlnet=None, control_rows=None, ip_adapter=None, micro_conditioning: Optional[dict] = None,
+                  **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
@@ -343,6 +390,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         or image ``control_rows[i]`` where given (:meth:`~diffkit.interop.controlnet.ControlNets.rows`).
     ip_adapter: a :class:`~diffkit.interop.ip_adapter.IPAdapter`: the image prompt for every prompt (diffusers'
         ``load_ip_adapter`` + ``set_ip_adapter_scale`` + ``ip_adapter_image``).
+    micro_conditioning: an SD-XL folder's size conditions (:func:`.sd_xl.StableDiffusionXL.prompt_guidance`).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..sampling import sample
@@ -373,24 +421,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = controlnet.controlling(sd, height, width, window_grid)
     if ip_adapter is not None:  # the UNet with an image prompt (.ip_adapter)
         sd = ip_adapter.adapting(sd)
-    context = sd.encode_prompts(prompts)
-    if sd.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
-        for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
-            if value is not None:
-                raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as its "
-                                   f"input (time_cond_proj_dim={sd.guidance_embedding_dim}), with no classifier-free "
-                                   f"pass to rescale or to give a negative prompt")
-        denoiser, cond = sd.with_weight(guidance_scale, convention), {"context": context}
-    else:
-        if negative_prompt is None or isinstance(negative_prompt, str):
-            negatives = [negative_prompt or ""] * batch
-        else:
-            negatives = list(negative_prompt)
-            if len(negatives) != batch:
-                raise DiffkitError(f"negative_prompt has {len(negatives)} entries for {batch} prompts; give one per "
-                                   f"prompt")
-        denoiser = sd.guided(guidance_scale, sd.encode_prompts(negatives), convention, rescale=guidance_rescale)
-        cond = sd.cond(context)
+    denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
+                                        image_size=_image_size(sd, latents, height, width),
+                                        micro_conditioning=micro_conditioning)
     if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
         cond["control_rows"] = rows.to(sd.device)
     if grid is not None:

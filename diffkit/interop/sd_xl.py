@@ -1,0 +1,242 @@
+"""An SD-XL diffusers folder (StableDiffusionXLPipeline), sampled with any diffkit sampler.
+
+SD-XL (Podell et al. 2023, "SDXL: Improving Latent Diffusion Models for High-Resolution Image
+Synthesis", Sec. 2.1-2.2) is Stable Diffusion (:mod:`.stable_diffusion`) with three more inputs,
+all as diffusers 0.42's ``StableDiffusionXLPipeline`` computes them:
+
+* two text encoders: ``text_encoder`` (CLIPTextModel) and ``text_encoder_2``
+  (CLIPTextModelWithProjection), each with its own tokenizer; the cross-attention context is the
+  *penultimate* hidden states of both (``hidden_states[-2]``), concatenated along the channels
+  (B, L, d_1 + d_2) (``encode_prompt``);
+* the pooled, projected embedding of encoder 2 alone (``text_embeds``, (B, projection_dim));
+* the size and crop conditions (Sec. 2.2, "micro-conditioning"): ``time_ids`` =
+  original_size + crops_coords_top_left + target_size = (h_orig, w_orig, top, left, h, w), by
+  default (H, W, 0, 0, H, W) for an H x W image (``_get_add_time_ids``).
+
+The UNet (``addition_embed_type="text_time"``) takes ``text_embeds`` and ``time_ids`` as
+``added_cond_kwargs``: diffkit's :class:`~.denoiser.DiffusersNet` routes the ``cond`` keys of those
+names there. Classifier-free guidance is diffkit's :class:`~diffkit.guidance.ClassifierFreeGuidance`
+with the null half's context and pooled embedding (``null_context`` and ``null_cond``); with no
+negative prompt and ``force_zeros_for_empty_prompt`` (model_index.json, True by default) both are
+zeros, otherwise the negative (or empty) prompt's embeddings; the null half's ``time_ids`` are the
+prompt's unless ``negative_original_size`` and ``negative_target_size`` are given. The default
+guidance scale is the pipeline's s = 5.
+
+Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
+``requires_aesthetics_score``), LCMScheduler folders, UNets with a guidance input or inpainting
+channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files and textual-inversion
+embeddings. ``clip_skip`` and ``prompt_2`` are not offered (the pipeline's defaults: none, and
+``prompt`` for both encoders).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, read_json_object
+from . import from_pretrained, library_progress_bars, require
+from .stable_diffusion import StableDiffusion, check_stable_diffusion_unet, negative_prompts
+
+XL_PIPELINE_GUIDANCE = 5.0  # StableDiffusionXLPipeline's default guidance_scale s (w = 4)
+XL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # besides stable_diffusion.COMPONENTS
+MICRO_CONDITIONS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
+                    "negative_crops_coords_top_left", "negative_target_size")
+
+
+@dataclass
+class StableDiffusionXL(StableDiffusion):
+    """The loaded components of an SD-XL folder (see :func:`load_sd_xl`): those of
+    :class:`~.stable_diffusion.StableDiffusion` and the second text encoder and tokenizer."""
+
+    text_encoder_2: object = None
+    tokenizer_2: object = None
+    force_zeros_for_empty_prompt: bool = True
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """StableDiffusionXLPipeline's default s = 5."""
+        return XL_PIPELINE_GUIDANCE
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompts_xl(self, prompts: Sequence[str]) -> tuple:
+        """(context (B, L, d_1 + d_2), pooled (B, projection_dim)) as the pipeline's ``encode_prompt``
+        (clip_skip None): each tokenizer pads to its ``model_max_length`` and truncates, each encoder's
+        penultimate hidden states, concatenated; the pooled, projected output of encoder 2."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise DiffkitError("prompts must be a non-empty list of strings")
+        states = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                               return_tensors="pt")
+            with torch.no_grad():
+                out = encoder(tokens.input_ids.to(self.device), output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+        return torch.cat(states, dim=-1).to(self.dtype), out.text_embeds.to(self.dtype)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """The cross-attention context of :meth:`encode_prompts_xl` alone."""
+        return self.encode_prompts_xl(prompts)[0]
+
+    def time_ids(self, original_size, crops_coords_top_left, target_size) -> torch.Tensor:
+        """The size conditions (6,) = original_size + crops_coords_top_left + target_size (Podell et
+        al. 2023, Sec. 2.2; the pipeline's ``_get_add_time_ids``), each a pair of integers."""
+        values = []
+        for name, pair in (("original_size", original_size), ("crops_coords_top_left", crops_coords_top_left),
+                           ("target_size", target_size)):
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)):
+                raise DiffkitError(f"{name}={pair!r} is not allowed; give a pair of integers >= 0 "
+                                   f"(height, width) or (top, left)")
+            values += list(pair)
+        return torch.tensor(values, dtype=self.dtype, device=self.device)
+
+    def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
+                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
+        """(denoiser, cond) of :func:`~.stable_diffusion.text_to_image` for SD-XL: cond holds
+        ``context``, ``text_embeds`` and ``time_ids`` (and the labels marking the conditional half);
+        the guided denoiser holds the null half's (see the module docstring). ``micro_conditioning``:
+        a dict of the pipeline's ``original_size``, ``crops_coords_top_left``, ``target_size`` and
+        their ``negative_`` forms (defaults: the image size ``image_size``, (0, 0), the image size)."""
+        micro = dict(micro_conditioning or {})
+        unknown = sorted(set(micro) - set(MICRO_CONDITIONS))
+        if unknown:
+            raise DiffkitError(f"micro_conditioning keys {unknown} are not allowed; allowed: "
+                               f"{', '.join(MICRO_CONDITIONS)}")
+        size = tuple(image_size)
+        ids = self.time_ids(micro.get("original_size", size), micro.get("crops_coords_top_left", (0, 0)),
+                            micro.get("target_size", size))
+        null_ids = ids
+        if micro.get("negative_original_size") is not None and micro.get("negative_target_size") is not None:
+            null_ids = self.time_ids(micro["negative_original_size"],
+                                     micro.get("negative_crops_coords_top_left", (0, 0)), micro["negative_target_size"])
+        elif any(micro.get(key) is not None for key in MICRO_CONDITIONS[3:]):
+            raise DiffkitError("negative size conditions need both negative_original_size and negative_target_size "
+                               "(the pipeline ignores them otherwise)")
+        context, pooled = self.encode_prompts_xl(prompts)
+        if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
+            null_context, null_pooled = torch.zeros_like(context[:1]), torch.zeros_like(pooled[:1])
+        else:
+            null_context, null_pooled = self.encode_prompts_xl(negative_prompts(negative_prompt, len(prompts)))
+        denoiser = self.guided(guidance_scale, {"context": null_context, "text_embeds": null_pooled,
+                                                "time_ids": null_ids[None]}, convention, rescale=guidance_rescale)
+        batch = context.shape[0]
+        return denoiser, {**self.cond(context), "text_embeds": pooled, "time_ids": ids.expand(batch, -1)}
+
+    def guided(self, guidance_scale: float, null: dict, convention: str = "diffusers", **options):
+        """Classifier-free guidance with the null half's ``null = {"context", "text_embeds",
+        "time_ids"}`` (:meth:`prompt_guidance` builds both); call it with that method's cond."""
+        if not isinstance(null, dict) or "context" not in null:
+            raise DiffkitError("an SD-XL folder's guidance needs the null half's context, text_embeds and time_ids: "
+                               "use prompt_guidance() (text_to_image does)")
+        extra = {key: value for key, value in null.items() if key != "context"}
+        return super().guided(guidance_scale, null["context"], convention, null_cond=extra, **options)
+
+    # ------------------------------------------------------------------ images
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z / scaling_factor) (0.13025 for SD-XL's VAE); a float16 VAE with ``force_upcast``
+        decodes in float32, as the pipeline upcasts it."""
+        if self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False):
+            self.vae.to(torch.float32)
+            try:
+                return super().decode(latents)
+            finally:
+                self.vae.to(torch.float16)
+        return super().decode(latents)
+
+
+def _index(path: Union[str, Path]) -> Optional[dict]:
+    index_file = Path(path) / "model_index.json"
+    if not index_file.is_file():
+        return None
+    try:
+        return read_json_object(index_file)
+    except DiffkitError:
+        return None
+
+
+def is_sd_xl_folder(path: Union[str, Path]) -> bool:
+    """True for a diffusers folder of an SD-XL pipeline: ``model_index.json`` names a
+    ``StableDiffusionXL...`` class or a ``text_encoder_2``."""
+    index = _index(path)
+    return index is not None and (str(index.get("_class_name", "")).startswith("StableDiffusionXL")
+                                  or "text_encoder_2" in index)
+
+
+def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
+    """The SD-XL UNet2DConditionModel :func:`text_to_image` drives: ``addition_embed_type="text_time"``
+    and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows, without an LCM's
+    guidance input (nor an SD-XL inpainting UNet: ``inpainting`` is always False here)."""
+    if lcm or config.get("time_cond_proj_dim") is not None:
+        raise DiffkitError(f"{directory} is an SD-XL latent consistency model (LCMScheduler or time_cond_proj_dim); "
+                           f"diffkit samples SD-XL folders with a diffusion scheduler (Euler, DDIM, ...)")
+    kind = config.get("addition_embed_type")
+    if kind != "text_time":
+        raise DiffkitError(f"{directory} is an SD-XL folder whose UNet has addition_embed_type={kind!r}; allowed: "
+                           f"'text_time' (pooled text and size conditions)")
+    check_stable_diffusion_unet({**config, "addition_embed_type": None}, directory, lcm, inpainting)
+
+
+def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
+               lora=None, textual_inversion=None) -> StableDiffusionXL:
+    """Load an SD-XL diffusers folder (``StableDiffusionXLPipeline``; never downloads). What diffkit
+    does not drive is refused in one line before any weight is read (module docstring)."""
+    from .stable_diffusion import _load_stable_diffusion
+    directory = Path(directory)
+    for name, value in (("LoRA files", lora), ("textual-inversion embeddings", textual_inversion)):
+        if value:
+            raise DiffkitError(f"{name} are not supported for SD-XL folders ({directory}); diffkit merges them into "
+                               f"Stable Diffusion 1.x/2.x folders only")
+    index = _index(directory) or {}
+    if index.get("requires_aesthetics_score") or not (index.get("text_encoder") or [None])[0]:
+        raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (no text_encoder or "
+                           f"requires_aesthetics_score={index.get('requires_aesthetics_score')!r}); diffkit samples "
+                           f"SD-XL base folders (text_encoder and text_encoder_2) from text")
+    missing = [c for c in XL_COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2
+               or index[c][0] is None or not (directory / c).is_dir()]
+    if missing:
+        raise DiffkitError(f"{directory} lacks the SD-XL component(s) {', '.join(missing)}")
+    vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
+        if (directory / "vae" / "config.json").is_file() else {}
+    for key in ("latents_mean", "latents_std"):
+        if vae_config.get(key) is not None:
+            raise DiffkitError(f"{directory} has a VAE with {key} (latents normalised per channel); diffkit decodes "
+                               f"z / scaling_factor only")
+    transformers = require("transformers")
+    with library_progress_bars(progress):
+        sd = _load_stable_diffusion(directory, device, dtype, check_unet=check_sd_xl_unet)
+        common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
+        text_cls = getattr(transformers, str(index["text_encoder_2"][1]), transformers.CLIPTextModelWithProjection)
+        text_encoder_2 = from_pretrained(text_cls, directory / "text_encoder_2", **common)
+        tok_cls = getattr(transformers, str(index["tokenizer_2"][1]), transformers.CLIPTokenizer)
+        tokenizer_2 = from_pretrained(tok_cls, directory / "tokenizer_2", local_files_only=True)
+    text_encoder_2.to(sd.device).eval().requires_grad_(False)
+    xl = StableDiffusionXL(**{f.name: getattr(sd, f.name) for f in fields(sd)}, text_encoder_2=text_encoder_2,
+                           tokenizer_2=tokenizer_2,
+                           force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
+    _check_dimensions(xl, directory)
+    return xl
+
+
+def _check_dimensions(xl: StableDiffusionXL, directory: Path) -> None:
+    """The UNet's inputs fit the encoders: cross_attention_dim = d_1 + d_2 and the added embedding's
+    input = 6 * addition_time_embed_dim + projection_dim (the pipeline's ``_get_add_time_ids`` check)."""
+    config = xl.unet.config
+    d1, d2 = xl.text_encoder.config.hidden_size, xl.text_encoder_2.config.hidden_size
+    projection = getattr(xl.text_encoder_2.config, "projection_dim", None)
+    if config.cross_attention_dim != d1 + d2:
+        raise DiffkitError(f"{directory}: the UNet's cross_attention_dim={config.cross_attention_dim} is not the text "
+                           f"encoders' hidden sizes {d1} + {d2}")
+    passed = 6 * int(config.addition_time_embed_dim or 0) + int(projection or 0)
+    expected = xl.unet.add_embedding.linear_1.in_features
+    if passed != expected:
+        raise DiffkitError(f"{directory}: the UNet's added embedding takes {expected} inputs, not 6 * "
+                           f"addition_time_embed_dim + projection_dim = {passed}")
+
+
+__all__ = ["StableDiffusionXL", "load_sd_xl", "is_sd_xl_folder", "check_sd_xl_unet", "XL_PIPELINE_GUIDANCE"]

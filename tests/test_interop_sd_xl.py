@@ -1,0 +1,339 @@
+"""SD-XL folders (diffkit.interop.sd_xl): diffkit's text_to_image against diffusers' own
+StableDiffusionXLPipeline on a tiny random pipeline written by save_pretrained (nothing downloaded)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+
+from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_components  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot"]
+
+
+def tiny_sd_xl_pipeline(root, force_zeros_for_empty_prompt=True):
+    """A tiny random StableDiffusionXLPipeline: the VAE, tokenizer and first text encoder (hidden 32) of
+    :func:`tiny_sd_components`; a second CLIPTextModelWithProjection of other sizes (hidden 24,
+    projection 20) with a tokenizer padding with "!" (as SD-XL's tokenizer_2); a UNet with
+    addition_embed_type="text_time", cross_attention_dim 32 + 24 and an added embedding of
+    6 * 8 + 20 inputs; SD-XL's VAE scaling factor 0.13025."""
+    _, vae, text_encoder, tokenizer = tiny_sd_components(root)
+    vae.register_to_config(scaling_factor=0.13025, force_upcast=True)
+    tokenizer_2 = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16,
+                                             pad_token="!")
+    torch.manual_seed(1)
+    text_encoder_2 = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=24, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=3, vocab_size=text_encoder.config.vocab_size, max_position_embeddings=16, projection_dim=20))
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=68,
+        cross_attention_dim=56)
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=sd_ddim_scheduler(),
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory):
+    """(pipeline, folder, loaded StableDiffusionXL) with force_zeros_for_empty_prompt=True, and the
+    folder of the same pipeline with it False."""
+    root = tmp_path_factory.mktemp("tiny_xl")
+    pipe = tiny_sd_xl_pipeline(root)
+    pipe.save_pretrained(root / "xl")
+    pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    pipe.save_pretrained(root / "xl_no_zeros")
+    pipe.register_to_config(force_zeros_for_empty_prompt=True)
+    return pipe, root, load_stable_diffusion(root / "xl", progress=False)
+
+
+def _latents(sd, batch=2, seed=7):
+    return torch.randn(sd.latent_shape(batch), generator=torch.Generator().manual_seed(seed))
+
+
+def _theirs(pipe, scheduler, latents, steps=4, scale=5.0, force_zeros=True, output_type="latent", prompts=PROMPTS,
+            **kw):
+    pipe.scheduler = scheduler
+    pipe.register_to_config(force_zeros_for_empty_prompt=force_zeros)
+    try:
+        with torch.no_grad():
+            return pipe(prompts, num_inference_steps=steps, guidance_scale=scale, latents=latents.clone(),
+                        output_type=output_type, **kw).images
+    finally:
+        pipe.register_to_config(force_zeros_for_empty_prompt=True)
+
+
+def test_sd_xl_folder_loads_and_encodes_as_the_pipeline(tiny_xl):
+    pipe, _, xl = tiny_xl
+    assert type(xl).__name__ == "StableDiffusionXL" and xl.force_zeros_for_empty_prompt
+    assert xl.scaling_factor == 0.13025 and xl.latent_shape(2) == (2, 4, 8, 8) and xl.default_guidance_scale == 5.0
+    context, pooled = xl.encode_prompts_xl(PROMPTS)
+    theirs, _, theirs_pooled, _ = pipe.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=False)
+    assert context.shape == (2, 16, 56) and pooled.shape == (2, 20)
+    torch.testing.assert_close(context, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
+    assert xl.time_ids((16, 16), (0, 0), (16, 16)).tolist() == [16, 16, 0, 0, 16, 16]
+
+
+@pytest.mark.parametrize("scheduler, sampler, kw", [
+    ("ddim", "ddim", {}),
+    ("ddim", "ddim", {"negative_prompt": "ugly"}),
+    ("ddim", "ddim", {"guidance_rescale": 0.7}),
+    ("euler", "euler", {}),
+])
+def test_sd_xl_matches_the_pipeline(tiny_xl, scheduler, sampler, kw):
+    """Same z_0 as StableDiffusionXLPipeline (DDIM eta 0 / Euler on the scheduler's timesteps, CFG
+    s = 5, the same latents): empty negative zeroed (force_zeros_for_empty_prompt), a negative prompt,
+    guidance rescale."""
+    pipe, _, xl = tiny_xl
+    latents = _latents(xl)
+    if scheduler == "ddim":
+        sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+        grid = "scheduler"
+    else:
+        sched = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
+        sched.set_timesteps(4)  # SD-XL's: z_T = latents * init_noise_sigma / sqrt(sigma_max^2 + 1) = latents
+        from diffkit.interop.schedulers import grid_from_diffusers
+        grid = grid_from_diffusers(sched)
+    theirs = _theirs(pipe, sched, latents, **kw)
+    ours = text_to_image(xl, PROMPTS, sampler=sampler, steps=4, grid=grid, guidance_scale=5.0, latents=latents,
+                         return_latents=True, **kw)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sd_xl_empty_negative_without_force_zeros_and_images(tiny_xl):
+    """force_zeros_for_empty_prompt=False (model_index.json): the empty prompt's embeddings are the
+    null half's; and the decoded images equal the pipeline's (output_type="pt")."""
+    pipe, root, _ = tiny_xl
+    xl = load_stable_diffusion(root / "xl_no_zeros", progress=False)
+    assert not xl.force_zeros_for_empty_prompt
+    latents = _latents(xl)
+    sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    theirs = _theirs(pipe, sched, latents, force_zeros=False)
+    ours = text_to_image(xl, PROMPTS, steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
+                         return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+    zeroed = _theirs(pipe, sched, latents)
+    assert relative_error(zeroed, theirs) > 1e-3  # the two null conditions differ
+    images = _theirs(pipe, sched, latents, force_zeros=False, output_type="pt")
+    ours = text_to_image(xl, PROMPTS, steps=4, grid="scheduler", guidance_scale=5.0, latents=latents)
+    torch.testing.assert_close(ours, images, rtol=0, atol=1e-5)
+
+
+def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
+    """original_size, crops_coords_top_left, target_size as the pipeline's; the negative ones with one
+    prompt (for B > 1 the pipeline's ``add_time_ids.repeat(B, 1)`` interleaves [negative, positive] rows
+    against its [negatives..., positives...] embeddings; diffkit gives each half its own ids)."""
+    pipe, _, xl = tiny_xl
+    sched = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    micro = dict(original_size=(64, 48), crops_coords_top_left=(3, 5), target_size=(16, 12))
+    negative = dict(negative_original_size=(8, 8), negative_target_size=(32, 16),
+                    negative_crops_coords_top_left=(1, 2))
+    for batch, conditions in ((2, micro), (1, {**micro, **negative})):
+        latents = _latents(xl, batch)
+        theirs = _theirs(pipe, sched, latents, prompts=PROMPTS[:batch], **conditions)
+        ours = text_to_image(xl, PROMPTS[:batch], steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
+                             return_latents=True, micro_conditioning=conditions)
+        assert relative_error(ours, theirs) < 1e-5
+        plain = text_to_image(xl, PROMPTS[:batch], steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
+                              return_latents=True, micro_conditioning=micro if batch == 1 else None)
+        assert relative_error(plain, theirs) > 1e-3
+    with pytest.raises(DiffkitError, match="negative_target_size"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"negative_original_size": (8, 8)})
+    with pytest.raises(DiffkitError, match=r"original_size=\(8,\) is not allowed"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
+    with pytest.raises(DiffkitError, match="keys \\['aesthetic_score'\\] are not allowed"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})
+
+
+def test_sd_xl_every_sampler_runs(tiny_xl):
+    _, _, xl = tiny_xl
+    for name in ("dpm-solver++-2m", "euler-ancestral", "unipc", "heun", "pndm-skip-prk"):
+        images = text_to_image(xl, ["a photo"], sampler=name, steps=3, seed=1, output_range="-1,1")
+        assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all(), name
+
+
+def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
+    """`diffkit sample --checkpoint SDXL_FOLDER --prompt ... --negative-prompt ...`: the grid of
+    text_to_image's images (byte for byte), which are the pipeline's on the same z_T and timesteps
+    (PNG levels within half a level); default guidance s = 5."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.noise import generators_from_seed, randn
+    from diffkit.sampling import sampler_grid
+    from diffkit.samplers.registry import get_sampler
+    from PIL import Image
+    import numpy as np
+    pipe, root, xl = tiny_xl
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(root / "xl"), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+                 "--negative-prompt", "ugly", "--num", "2", "--nrow", "1", "--steps", "4", "--seed", "5",
+                 "--batch-size", "2", "--out", str(out), "--no-progress"]) == 0
+    prompts = PROMPTS  # one row per prompt, sample i from seed + i
+    latents = randn(xl.latent_shape(2), generators_from_seed(5, 2))
+    images = text_to_image(xl, prompts, steps=4, seed=5, negative_prompt="ugly", output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    grid = sampler_grid(xl.denoiser, get_sampler("ddim"), 4)  # DDIM = Euler on x / alpha: the pipeline's Euler
+    assert grid[-1] == -1 and (grid[:-1] == grid[:-1].round()).all()
+    sched = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
+    theirs = _theirs(pipe, sched, latents, output_type="np", prompts=prompts, negative_prompt="ugly",
+                     timesteps=grid[:-1].long().tolist())
+    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 1)
+    ours, ref = (np.asarray(Image.open(p), dtype=np.float64) for p in (out, tmp_path / "theirs.png"))
+    assert np.abs(ours - ref).max() <= 1  # round(255 x) of values 1e-5 apart: at most one level where one rounds up
+    assert np.abs((images.permute(0, 2, 3, 1).numpy() + 1) / 2 - theirs).max() < 0.5 / 255  # within half a level
+    capsys.readouterr()
+
+
+def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
+    """LoRA files, textual inversion, ControlNet, IP-Adapter, refiner folders, an LCM scheduler, a
+    VAE with latents_mean, a missing text_encoder_2, diffkit edit --mask: one line each, before any weight or
+    output."""
+    from diffkit.cli import main
+    from diffkit.commands.sample import GuidanceRequest, sample_to_files
+    from diffkit.interop.sd_xl import load_sd_xl
+    _, root, xl = tiny_xl
+    folder = str(root / "xl")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    for argv, match in (
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--lora", str(tmp_path / "x.safetensors")],
+             "LoRA files are not supported for SD-XL"),
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--textual-inversion",
+              str(tmp_path / "x.safetensors")], "textual-inversion embeddings are not supported for SD-XL"),
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--controlnet", str(tmp_path), "--control-image",
+              str(tmp_path / "c.png")], "--controlnet is not supported for SD-XL"),
+            (["sample", "--checkpoint", folder, "--prompt", "hot", "--ip-adapter", str(tmp_path / "x.safetensors"),
+              "--ip-adapter-image", str(tmp_path / "c.png")], "--ip-adapter is not supported for SD-XL"),
+            (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot", "--mask",
+              str(tmp_path / "m.png")], "is an SD-XL folder; diffkit edit gives SD-XL img2img only")):
+        assert main(argv + ["--out", str(tmp_path / "out" / "o.png"), "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(DiffkitError, match="--negative-prompt applies to a Stable Diffusion folder"):
+        sample_to_files(tmp_path / "none.safetensors", guidance=GuidanceRequest(negative_prompt="x"))
+    index = json.loads((root / "xl" / "model_index.json").read_text())
+    for name, change, match in (
+            ("refiner", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
+                         "tokenizer": [None, None], "requires_aesthetics_score": True}, "refiner-style folder"),
+            ("no_te2", {"text_encoder_2": [None, None]}, "lacks the SD-XL component"),
+            ("lcm", {}, "SD-XL latent consistency model"),
+            ("vae", {}, "VAE with latents_mean")):
+        shutil.copytree(root / "xl", tmp_path / name)
+        (tmp_path / name / "model_index.json").write_text(json.dumps({**index, **change}))
+        if name == "lcm":
+            config = json.loads((tmp_path / name / "scheduler" / "scheduler_config.json").read_text())
+            (tmp_path / name / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+                {**config, "_class_name": "LCMScheduler"}))
+        if name == "vae":
+            config = json.loads((tmp_path / name / "vae" / "config.json").read_text())
+            (tmp_path / name / "vae" / "config.json").write_text(json.dumps(
+                {**config, "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4}))
+        with pytest.raises(DiffkitError, match=match):
+            load_sd_xl(tmp_path / name, progress=False)
+    with pytest.raises(DiffkitError, match="needs the null half's context, text_embeds and time_ids"):
+        xl.guided(5.0, torch.zeros(1, 16, 56))
+    from diffkit.interop.ip_adapter import IPAdapter
+    with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --ip-adapter"):
+        IPAdapter.adapting(None, xl)  # refused before the adapter is read
+    from diffkit.interop.stable_diffusion import StableDiffusion
+    with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
+        StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,
+                                        micro_conditioning={"original_size": (8, 8)})  # refused before any use
+
+
+def test_null_cond_swaps_only_the_null_half():
+    """ClassifierFreeGuidance(null_cond={key: value}): the unconditional pass gets ``value`` for ``key``
+    (rows broadcast), the conditional pass the cond's own: eps = eps_c + w (eps_c - eps_u) with
+    eps_u computed from the null values directly; without null_cond the key is shared."""
+    from diffkit.denoiser import Denoiser
+    from diffkit.guidance import ClassifierFreeGuidance
+    from diffkit.schedule import NoiseSchedule
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, context=None, text_embeds=None, y=None):
+            return x * context.mean((1, 2))[:, None, None, None] + text_embeds.sum(1)[:, None, None, None]
+
+    den = Denoiser(Net(), NoiseSchedule.linear(100), "epsilon")
+    x, t = torch.randn(2, 1, 2, 2), torch.tensor([50.0, 50.0])
+    cond = {"context": torch.randn(2, 3, 4), "text_embeds": torch.randn(2, 5), "y": torch.zeros(2, dtype=torch.long)}
+    null = {"context": torch.randn(1, 3, 4), "text_embeds": torch.randn(1, 5)}
+    guided = ClassifierFreeGuidance(den, 3.0, "diffusers", null_class=1, null_context=null["context"],
+                                    null_cond={"text_embeds": null["text_embeds"]})(x, t, **cond)
+    eps_c = den(x, t, context=cond["context"], text_embeds=cond["text_embeds"]).eps
+    eps_u = den(x, t, context=null["context"].expand(2, -1, -1), text_embeds=null["text_embeds"].expand(2, -1)).eps
+    torch.testing.assert_close(guided.eps, eps_u + 3.0 * (eps_c - eps_u), rtol=1e-6, atol=1e-6)
+    shared = ClassifierFreeGuidance(den, 3.0, "diffusers", null_class=1, null_context=null["context"])(x, t, **cond)
+    eps_u = den(x, t, context=null["context"].expand(2, -1, -1), text_embeds=cond["text_embeds"]).eps
+    torch.testing.assert_close(shared.eps, eps_u + 3.0 * (eps_c - eps_u), rtol=1e-6, atol=1e-6)
+
+
+def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
+    """As the pipeline's upcast: the float16 weights, computed in float32; the VAE stays float16."""
+    import copy
+    import dataclasses
+    _, _, xl = tiny_xl
+    half = copy.deepcopy(xl.vae).half()
+    z = _latents(xl, 1)
+    ours = dataclasses.replace(xl, vae=half).decode(z)
+    assert half.dtype == torch.float16 and ours.dtype == torch.float32
+    expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).decode(z)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_sd_xl_img2img_is_the_img2img_pipeline(tiny_xl):
+    """latent_img2img with prompt_guidance's denoiser and cond (time ids of the images' size) is
+    StableDiffusionXLImg2ImgPipeline (requires_aesthetics_score False, DDIM, the same generators)."""
+    from diffkit.latent_editing import latent_img2img
+    pipe, _, xl = tiny_xl
+    parts = {**pipe.components, "scheduler": diffusers.DDIMScheduler.from_config(pipe.scheduler.config)}
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=False,
+                                                         add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="latent", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    ours = latent_img2img(guided, xl, image * 2 - 1, 0.5, "ddim", 4, posterior="sample", seed=10, cond=cond,
+                          progress=False, return_latents=True, spacing="leading", final="sigma_min", steps_offset=1,
+                          eta=0.0)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sd_xl_folder_through_diffkit_edit_is_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
+    """``diffkit edit --checkpoint SDXL --prompt`` on PNGs: StableDiffusionXLImg2ImgPipeline's images (to
+    the PNGs' 1/255), image i from seed + i, default s = 5; DDIM with steps_offset 0 and set_alpha_to_one."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pipe, root, _ = tiny_xl
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    code, out, err = cli(capsys, "--checkpoint", root / "xl", "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                         PROMPTS[1], "--strength", 0.5, "--steps", 4, "--spacing", "leading", "--final", "zero",
+                         "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="np", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
