@@ -338,8 +338,7 @@ def test_edit_command_with_controlnet_is_the_controlnet_img2img_pipeline(tiny_co
 
 def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
     """A window with Heun (two calls a step, each by its time) runs and changes the result; adaptive
-    samplers (no steps to count) and LCM folders are refused in one line."""
-    import dataclasses
+    samplers (no steps to count) are refused in one line (LCM folders run: tests/test_controlnet_lcm.py)."""
     pipe, nets, sd, root, png = tiny_controlnet_sd
     latents = _latents(sd)
 
@@ -353,8 +352,6 @@ def test_windows_with_multi_call_samplers_and_refusals(tiny_controlnet_sd):
     for sampler in ("euler", "heun", "dpm2"):  # churn's raised times fall in the previous step's interval
         with pytest.raises(DiffkitError, match="s_churn=1 raises each step's time above the grid's"):
             run(sampler, end=0.5, options={"s_churn": 1.0})
-    with pytest.raises(DiffkitError, match="latent consistency model"):
-        ControlNets(nets[:1], [png]).controlling(dataclasses.replace(sd, consistency={}), 16, 16)
 
 
 def test_sample_command_with_two_controlnets_is_text_to_image(tiny_controlnet_sd, tmp_path):

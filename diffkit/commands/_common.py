@@ -158,6 +158,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (TCD's gamma)."""
+    from ..errors import check_range
+    try:
+        return check_range("value", float(text), 0.0, 1.0)
+    except (ValueError, DiffkitError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -423,8 +432,9 @@ def add_solver_flags(parser: argparse.ArgumentParser, adaptive: bool = True) -> 
 
 def tolerance_options(args, info) -> dict:
     """The sampler options given by :func:`add_solver_flags`' flags (those a command registered):
-    ``rtol`` / ``atol``, a one-line error when the sampler (``info``) is not adaptive, and ``restarts``,
-    one when it is not restart. With ``restarts``, ``info.with_options(options)`` has its NFE rule."""
+    ``rtol`` / ``atol``, a one-line error when the sampler (``info``) is not adaptive, ``gamma`` (a command's
+    ``--gamma``), one when it is not tcd, and ``restarts``, one when it is not restart. With ``restarts``,
+    ``info.with_options(options)`` has its NFE rule."""
     options = {}
     for name in ("rtol", "atol"):
         if getattr(args, name, None) is not None:
@@ -432,6 +442,11 @@ def tolerance_options(args, info) -> dict:
                 raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
                                    f"{info.name!r}")
             options[name] = getattr(args, name)
+    if getattr(args, "gamma", None) is not None:
+        if info.name != "tcd":
+            raise DiffkitError(f"--gamma {args.gamma:g} sets the stochasticity of the tcd sampler, not of "
+                               f"{info.name!r}; give --sampler tcd")
+        options["gamma"] = args.gamma
     if getattr(args, "restarts", None) is not None:
         if info.name != "restart":
             raise DiffkitError(f"--restarts sets the intervals of the restart sampler, not of {info.name!r}; give "
@@ -456,7 +471,8 @@ def peek_checkpoint(checkpoint) -> dict | None:
 def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tuple:
     """(sampler, steps) with the defaults filled in for ``checkpoint``: a consistency model
     (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), as does a
-    Stable Diffusion folder with an LCMScheduler (4, LatentConsistencyModelPipeline's default), any
+    Stable Diffusion folder with an LCMScheduler (4, LatentConsistencyModelPipeline's default; the
+    ``tcd`` sampler given there takes the same steps), any
     other checkpoint with ``ddim`` (steps None: the command's own default); what the user gave is
     kept. On the model's own grid (the ``lcm`` spacing, the consistency sampler's default; ``spacing``
     is ``--spacing``) the default steps are at most its source times. Only the file's header (or the
@@ -470,9 +486,9 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tupl
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None:
         sampler = "consistency" if consistency else "ddim"
-    from ..samplers.registry import REGISTRY, split_sampler_spec
+    from ..samplers.registry import CONSISTENCY_SAMPLERS, REGISTRY, split_sampler_spec
     name, spec_spacing, _ = split_sampler_spec(sampler)
-    if steps is None and nfe is None and consistency and name == "consistency":
+    if steps is None and nfe is None and consistency and name in CONSISTENCY_SAMPLERS:
         steps = int(((meta or {}).get("config") or {}).get("sample_steps") or 4)
         grid = ((meta or {}).get("consistency") or {}).get("grid")
         if grid and (spacing or spec_spacing or REGISTRY[name].default_spacing) == "lcm":

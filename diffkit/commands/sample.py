@@ -53,7 +53,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
                       non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
-                      tolerance_options)
+                      tolerance_options, unit_float)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -78,6 +78,8 @@ def register(sub) -> None:
                    "with the consistency sampler)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
+                   "diffusers' eta; 0 = deterministic)")
     add_solver_flags(p)
     add_flow_shift_flag(p)
     add_thresholding_flag(p)
@@ -195,7 +197,7 @@ def run(args) -> int:
             output_config, config = config.to_dict(), None  # and says where the images go
     sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
-    options = tolerance_options(args, info)  # --rtol / --atol, --restarts: each for its sampler
+    options = tolerance_options(args, info)  # --rtol / --atol, --gamma, --restarts: each for its sampler
     if "restarts" in options:
         info = info.with_options(options)  # its NFE rule (none: heun's)
     if args.nfe is not None:

@@ -328,10 +328,11 @@ class ControlNets:
     def controlling(self, sd, height: int, width: int, grid: Optional[torch.Tensor] = None):
         """A copy of the :class:`~diffkit.interop.stable_diffusion.StableDiffusion` ``sd`` whose network
         denoiser is the UNet with these ControlNets' residuals (so ``sd.guided`` and every sampler see
-        it); ``grid``: the sampler's time grid (needed where a window is set)."""
-        if sd.consistency is not None or sd.guidance_embedding_dim:
-            raise DiffkitError("ControlNet applies to a Stable Diffusion folder sampled with classifier-free guidance; "
-                               "this is a latent consistency model (LCMScheduler)")
+        it); ``grid``: the sampler's time grid (needed where a window is set). On a latent consistency model (an
+        LCMScheduler folder, :mod:`.lcm`) the consistency function wraps this denoiser (or its classifier-free
+        guidance, an LCM-LoRA), as StableDiffusionControlNetPipeline feeds the controlled UNet's output to
+        LCMScheduler; a guidance input w reaches the UNet only (the pipeline gives the ControlNet no
+        ``timestep_cond``)."""
         for index, model in enumerate(self.models):
             check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
         f = sd.vae_scale_factor

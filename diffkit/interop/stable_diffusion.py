@@ -369,7 +369,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
     steps / nfe: the step count or the network evaluations to spend (default 50 steps; 4 with
-        the ``consistency`` sampler on an LCMScheduler folder, as LatentConsistencyModelPipeline).
+        the ``consistency`` or ``tcd`` sampler on an LCMScheduler folder, as LatentConsistencyModelPipeline).
     guidance_scale: in ``convention`` (``diffusers``: s, 1 = unguided, SD's usual 7.5;
         ``seed``: w = s - 1); default :attr:`StableDiffusion.default_guidance_scale`. The null
         condition is the empty prompt, or ``negative_prompt``. s < 1 is applied as the formula
@@ -394,6 +394,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..sampling import sample
+    from ..samplers.registry import CONSISTENCY_SAMPLERS
     from .lcm import LCM_STEPS
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -403,7 +404,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     if sampler is None:
         sampler = "ddim" if sd.consistency is None else "consistency"
     if (sd.consistency is not None and steps is None and nfe is None and not isinstance(grid, torch.Tensor)
-            and sampler.split("@")[0].split(":")[0] == "consistency"):
+            and sampler.split("@")[0].split(":")[0] in CONSISTENCY_SAMPLERS):
         steps = LCM_STEPS
     if isinstance(grid, str):
         check_choice("grid", grid, ["scheduler"])

@@ -18,6 +18,7 @@ from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
 from .restart import RESTARTS, check_restarts, restart, restart_calls
+from .tcd import tcd
 from .unipc import unipc
 
 
@@ -185,6 +186,13 @@ register(SamplerInfo("consistency", consistency, order=1, calls_per_step=1, stoc
                      description="multistep consistency sampling (Song et al. 2023, Alg. 1; LCMScheduler) for "
                                  "consistency models: f, then renoise to the next time",
                      default_spacing="lcm", default_final="zero", infinite_noise_start=True))
+register(SamplerInfo("tcd", tcd, order=1, calls_per_step=1, stochastic=True,
+                     description="TCD's strategic stochastic sampling (Zheng et al. 2024; TCDScheduler): DDIM to "
+                                 "s = (1 - gamma) t', renoise to t'; gamma 0.3, 0 = DDIM, 1 = consistency",
+                     default_spacing="lcm", default_final="zero",
+                     infinite_noise_start=True))
+# the samplers of consistency models: on one (an LCM folder, a distilled checkpoint) they default to its own steps
+CONSISTENCY_SAMPLERS = ("consistency", "tcd")
 
 
 # ---------------------------------------------------------------- fast samplers
