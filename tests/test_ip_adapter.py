@@ -172,6 +172,28 @@ def test_scale_zero_is_plain_sd_and_the_folder_is_left_plain(tiny_ip):
     assert torch.equal(_ours(sd, None, latents), plain)
 
 
+def test_each_call_swaps_the_cross_attention_processors_without_walking_the_unet(tiny_ip, monkeypatch):
+    """The processors go into the cross-attentions found once, not by diffusers' attn_processors /
+    set_attn_processor walks of every module on every network call (17 ms a call at SD 1.5's size, BENCHMARKS.md);
+    the same latents, and afterwards the UNet's own processor objects."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd)
+    before = dict(sd.unet.attn_processors)
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.6, progress=False)
+    adapted = adapter.adapting(sd)
+    expected = _ours(adapted, None, latents)
+
+    def walked(*args, **kwargs):
+        raise AssertionError("the UNet was walked during sampling")
+    monkeypatch.setattr(type(sd.unet), "attn_processors", property(walked))
+    monkeypatch.setattr(type(sd.unet), "set_attn_processor", walked)
+    assert torch.equal(_ours(adapted, None, latents), expected)
+    monkeypatch.undo()
+    after = sd.unet.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert all("processor" not in m._modules for m in sd.unet.modules())
+
+
 def test_refused_files_and_kinds(tiny_ip, tmp_path):
     pipe, sd, root, png = tiny_ip
     state = read_ip_adapter(root / "ip.safetensors")

@@ -133,23 +133,30 @@ class IPAdaptedNet(torch.nn.Module):
     def __init__(self, inner, unet, processors: dict, projection, positive: torch.Tensor, negative: torch.Tensor):
         super().__init__()
         self.inner, self.projection = inner, projection
-        self.processors, self._names = torch.nn.ModuleList(processors.values()), list(processors)
-        self._unet = [unet]  # not a submodule: its parameters are the inner net's
+        self.processors = torch.nn.ModuleList(processors.values())
+        # not submodules (their parameters are the inner net's): the UNet and its cross-attentions, found once,
+        # so each call swaps 16 processors (SD 1.x) instead of walking the whole UNet (BENCHMARKS.md)
+        self._unet = [unet]
+        self._attentions = [unet.get_submodule(name.rsplit(".", 1)[0]) for name in processors]
         self.positive, self.negative = positive, negative
 
     @contextlib.contextmanager
     def installed(self):
         unet = self._unet[0]
-        saved, hid, hid_type = unet.attn_processors, unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+        saved = [attention.processor for attention in self._attentions]
+        hid, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
         try:
-            unet.set_attn_processor({**saved, **dict(zip(self._names, self.processors))})
+            for attention, processor in zip(self._attentions, self.processors):
+                attention.set_processor(processor)
             unet.encoder_hid_proj = self.projection
             unet.config.encoder_hid_dim_type = "ip_image_proj"
             yield
-        finally:  # the projection first: a Plus resampler's attentions count as the UNet's processors
+        finally:
             unet.encoder_hid_proj = hid
             unet.config.encoder_hid_dim_type = hid_type
-            unet.set_attn_processor(saved)
+            for attention, processor in zip(self._attentions, saved):
+                attention._modules.pop("processor", None)  # the adapter's (diffusers' set_processor logs its repr)
+                attention.processor = processor
 
     def image_embeds(self, batch: int, y, device) -> torch.Tensor:
         """(batch, 1, ...) image embeddings: the negative on rows labelled :data:`NULL_LABEL`."""
