@@ -194,6 +194,22 @@ def test_each_call_swaps_the_cross_attention_processors_without_walking_the_unet
     assert all("processor" not in m._modules for m in sd.unet.modules())
 
 
+def test_a_scale_or_image_set_after_a_run_is_the_one_used(tiny_ip, tmp_path):
+    """The modules and embeddings are built once per UNet, scale and image: ``adapter.scale = 0`` after a run
+    gives plain SD, a new image a new result, and a scale that is not a number is refused then too."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd)
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    first = _ours(sd, adapter, latents)
+    adapter.scale = 0
+    assert torch.equal(_ours(sd, adapter, latents), _ours(sd, None, latents))
+    adapter.scale, adapter.image = 0.8, image_png(tmp_path / "other.png", seed=3)
+    assert relative_error(_ours(sd, adapter, latents), first) > 1e-3
+    adapter.scale = "0.5"
+    with pytest.raises(DiffkitError, match="IP-Adapter scale '0.5' is not allowed"):
+        _ours(sd, adapter, latents)
+
+
 def test_refused_files_and_kinds(tiny_ip, tmp_path):
     pipe, sd, root, png = tiny_ip
     state = read_ip_adapter(root / "ip.safetensors")

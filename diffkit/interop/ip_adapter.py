@@ -183,10 +183,15 @@ class IPAdapter:
     image_encoder: object
     image: object  # a PIL image or a path
     scale: float = 1.0
-    _built: Optional[tuple] = field(default=None, init=False, repr=False)  # (unet, processors, projection, embeds)
+    _built: Optional[tuple] = field(default=None, init=False, repr=False)  # ((unet, scale, image), processors, ...)
 
     def __post_init__(self):
         self.kind = ip_adapter_kind(self.state)
+        self._check()
+
+    def _check(self):
+        """The scale checked (a finite number, made a float) and the image opened; again at each :meth:`adapting`,
+        so a ``scale`` or ``image`` set after loading is the one used."""
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not abs(self.scale) < 1e308:
             raise DiffkitError(f"IP-Adapter scale {self.scale!r} is not allowed; give a finite number")
         self.scale = float(self.scale)
@@ -247,9 +252,12 @@ class IPAdapter:
         if sd.consistency is not None:
             raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
                                "guidance; this is a latent consistency model (LCMScheduler)")
-        if self._built is None or self._built[0] is not sd.unet:  # built once per UNet (diffkit sample: per batch)
-            embeds = tuple(e.to(sd.unet.dtype) for e in self.embeddings())
-            self._built = (sd.unet, *self.modules(sd.unet), embeds)
+        self._check()
+        key = (sd.unet, self.scale, self.image)  # built once per UNet, scale and image (diffkit sample: per batch)
+        if self._built is None or not (self._built[0][0] is key[0] and self._built[0][1] == key[1]
+                                       and self._built[0][2] is key[2]):
+            embeds = tuple(e.to(sd.unet.device, sd.unet.dtype) for e in self.embeddings())
+            self._built = (key, *self.modules(sd.unet), embeds)
         _, processors, projection, (positive, negative) = self._built
         inner = sd.network_denoiser
         net = IPAdaptedNet(inner.net, sd.unet, processors, projection, positive, negative)
