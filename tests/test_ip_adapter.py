@@ -361,3 +361,38 @@ def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_p
     ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
     assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
     assert np.abs(ours - np.round(plain * 255).astype(int)).max() > 8  # the image prompt changes the edit
+
+
+def test_inpainting_two_prompts_with_one_image_prompt_as_the_inpaint_pipeline(tiny_ip):
+    """``latent_inpaint`` with the adapted folder: diffusers' StableDiffusionInpaintPipeline (4-channel UNet) with
+    the adapter loaded, two different prompts sharing the one image prompt (the pipeline spreads it over the
+    prompts), both classifier-free halves."""
+    from PIL import Image
+
+    from diffkit.latent_editing import latent_inpaint
+    pipe, sd, root, png = tiny_ip
+    prompts = ["a photo of a cat", "hot"]
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 3:9] = 1
+    inpaint = diffusers.StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+    inpaint.set_progress_bar_config(disable=True)
+    inpaint.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    try:
+        inpaint.set_ip_adapter_scale(0.8)
+        with torch.no_grad():
+            theirs = inpaint(prompts, image=image, mask_image=mask, strength=0.75, num_inference_steps=STEPS,
+                             guidance_scale=SCALE, eta=0.0, output_type="latent",
+                             ip_adapter_image=Image.open(png).convert("RGB"),
+                             generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]).images
+    finally:
+        inpaint.unload_ip_adapter()
+    adapted = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False).adapting(sd)
+
+    def ours(sd):
+        return latent_inpaint(sd.guided(SCALE, sd.encode_prompts([""])), sd, image * 2 - 1, mask, "ddim", STEPS,
+                              strength=0.75, posterior="sample", seed=10, cond=sd.cond(sd.encode_prompts(prompts)),
+                              progress=False, return_latents=True, spacing="leading", final="sigma_min",
+                              steps_offset=1, eta=0.0)
+    assert relative_error(ours(adapted), theirs) < 1e-5
+    assert relative_error(ours(sd), theirs) > 1e-3  # the image prompt changes the inpainting
