@@ -218,6 +218,13 @@ def test_refused_files_and_kinds(tiny_ip, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(DiffkitError, match="not a safetensors file"):
         read_ip_adapter(tmp_path / "bad.safetensors")
+    class RunsCode:  # a pickle that would call print(...) when unpickled without weights_only
+        def __reduce__(self):
+            return print, ("this ran",)
+    torch.save({"image_proj": state["image_proj"], "ip_adapter": RunsCode()}, tmp_path / "code.bin")
+    with pytest.raises(DiffkitError, match=r"--ip-adapter .*code.bin is not a plain tensor file \(torch.load "
+                                           r"weights_only: Weights only load failed"):
+        read_ip_adapter(tmp_path / "code.bin")
     faceid = {"image_proj": {"proj.0.weight": torch.zeros(2, 2), "norm.weight": torch.zeros(2)},
               "ip_adapter": state["ip_adapter"]}
     with pytest.raises(DiffkitError, match="IP-Adapter FaceID file"):

@@ -30,7 +30,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError
-from . import from_pretrained, library_progress_bars, require
+from . import from_pretrained, library_progress_bars, load_weights_pickle, require
 from .stable_diffusion import NULL_LABEL
 
 FLAG = "--ip-adapter"
@@ -55,11 +55,7 @@ def _load(path: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as err:
             raise DiffkitError(f"{FLAG} {path} is not a safetensors file ({str(err).splitlines()[0][:80]})") from None
         return state
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
-        raise DiffkitError(f"{FLAG} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
+    return load_weights_pickle(path, FLAG)
 
 
 def ip_adapter_kind(state: dict, name="the IP-Adapter") -> str:
