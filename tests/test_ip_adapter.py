@@ -82,9 +82,10 @@ def save_ip_adapter(state: dict, path):
     return path
 
 
-def image_png(path, size=20, seed=0):
+def image_png(path, size=20, seed=0, width=None):
     from PIL import Image
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    shape = (size, width or size, 3)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(path)
     return path
 
 
@@ -103,7 +104,7 @@ def tiny_ip(tmp_path_factory):
     save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors")
     save_ip_adapter(ip_adapter_state(pipe.unet, encoder, "ip-adapter-plus", seed=1), root / "plus.bin")
     sd = load_stable_diffusion(root / "sd", progress=False)
-    return pipe, sd, root, image_png(root / "image.png")
+    return pipe, sd, root, image_png(root / "image.png", width=26)  # not square: resized and cropped
 
 
 def _latents(sd, batch=1):
