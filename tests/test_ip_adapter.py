@@ -195,6 +195,29 @@ def test_each_call_swaps_the_cross_attention_processors_without_walking_the_unet
     assert all("processor" not in m._modules for m in sd.unet.modules())
 
 
+def test_an_error_inside_the_unet_leaves_it_plain(tiny_ip):
+    """An exception in the middle of an adapted call (here the UNet's second call) still takes the adapter's
+    processors and projection out: the UNet has its own processor objects and no encoder_hid_proj after it."""
+    pipe, sd, root, png = tiny_ip
+    before = dict(sd.unet.attn_processors)
+    calls = []
+
+    def second_call_fails(module, args, kwargs):
+        calls.append(kwargs.get("added_cond_kwargs"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    hook = sd.unet.register_forward_pre_hook(second_call_fails, with_kwargs=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _ours(sd, load_ip_adapter(root / "ip.safetensors", png, progress=False), _latents(sd))
+    finally:
+        hook.remove()
+    assert len(calls) == 2 and "image_embeds" in calls[1]
+    after = sd.unet.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert sd.unet.encoder_hid_proj is None and sd.unet.config.encoder_hid_dim_type is None
+
+
 def test_a_scale_or_image_set_after_a_run_is_the_one_used(tiny_ip, tmp_path):
     """The modules and embeddings are built once per UNet, scale and image: ``adapter.scale = 0`` after a run
     gives plain SD, a new image a new result, and a scale that is not a number is refused then too."""
