@@ -38,7 +38,8 @@ _EXPORTS = {
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers")}
 
-__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle", "require"]
+__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle",
+                                                  "require"]
 
 
 def require(module: str = "diffusers"):
