@@ -116,8 +116,11 @@ def load_weights_pickle(path, flag: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
-        raise DiffkitError(f"{flag} {path} is not a plain tensor file (torch.load weights_only: "
-                           f"{first_line(err, 100)})") from None
+        detail = first_line(err, 100)
+        marker = "WeightsUnpickler error:"  # a refused global: torch gives the reason after advice to load unsafely
+        if marker in str(err):
+            detail = str(err).split(marker, 1)[1].strip().split(". ")[0][:100]
+        raise DiffkitError(f"{flag} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
 
 
 def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers
