@@ -321,6 +321,21 @@ def test_sample_command_refuses_in_one_line(tiny_ip, tmp_path, capsys, extra, me
     assert "scale 'x' is not a number" in capsys.readouterr().err
 
 
+def test_the_command_flags_read_the_adapter_file_once(tiny_ip, monkeypatch):
+    """IPAdapterRequest keeps the state dict it checked, so loading does not read the file again (h94's
+    ip-adapter-plus_sd15.bin: 98 MB)."""
+    from argparse import Namespace
+
+    import diffkit.interop.ip_adapter as module
+    from diffkit.commands._ip_adapter import IPAdapterRequest
+    pipe, sd, root, png = tiny_ip
+    reads, real = [], module._load
+    monkeypatch.setattr(module, "_load", lambda path: reads.append(path) or real(path))
+    args = Namespace(ip_adapter=(str(root / "plus.bin"), 0.5), ip_adapter_image=str(png), image_encoder=None)
+    adapter = IPAdapterRequest.from_args(args, root / "sd").load(progress=False)
+    assert len(reads) == 1 and adapter.kind == "ip-adapter-plus" and adapter.scale == 0.5
+
+
 def test_sample_command_refuses_ip_adapter_on_other_checkpoints(tiny_ip, tmp_path, capsys):
     pipe, sd, root, png = tiny_ip
     assert main(["sample", "--checkpoint", str(root / "ip.safetensors"), "--ip-adapter", str(root / "ip.safetensors"),
