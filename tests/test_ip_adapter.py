@@ -82,9 +82,10 @@ def save_ip_adapter(state: dict, path):
     return path
 
 
-def image_png(path, size=20, seed=0):
+def image_png(path, size=20, seed=0, width=None):
     from PIL import Image
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    shape = (size, width or size, 3)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(path)
     return path
 
 
@@ -103,7 +104,7 @@ def tiny_ip(tmp_path_factory):
     save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors")
     save_ip_adapter(ip_adapter_state(pipe.unet, encoder, "ip-adapter-plus", seed=1), root / "plus.bin")
     sd = load_stable_diffusion(root / "sd", progress=False)
-    return pipe, sd, root, image_png(root / "image.png")
+    return pipe, sd, root, image_png(root / "image.png", width=26)  # not square: resized and cropped
 
 
 def _latents(sd, batch=1):
@@ -172,6 +173,67 @@ def test_scale_zero_is_plain_sd_and_the_folder_is_left_plain(tiny_ip):
     assert torch.equal(_ours(sd, None, latents), plain)
 
 
+def test_each_call_swaps_the_cross_attention_processors_without_walking_the_unet(tiny_ip, monkeypatch):
+    """The processors go into the cross-attentions found once, not by diffusers' attn_processors /
+    set_attn_processor walks of every module on every network call (17 ms a call at SD 1.5's size, BENCHMARKS.md);
+    the same latents, and afterwards the UNet's own processor objects."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd)
+    before = dict(sd.unet.attn_processors)
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.6, progress=False)
+    adapted = adapter.adapting(sd)
+    expected = _ours(adapted, None, latents)
+
+    def walked(*args, **kwargs):
+        raise AssertionError("the UNet was walked during sampling")
+    monkeypatch.setattr(type(sd.unet), "attn_processors", property(walked))
+    monkeypatch.setattr(type(sd.unet), "set_attn_processor", walked)
+    assert torch.equal(_ours(adapted, None, latents), expected)
+    monkeypatch.undo()
+    after = sd.unet.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert all("processor" not in m._modules for m in sd.unet.modules())
+
+
+def test_an_error_inside_the_unet_leaves_it_plain(tiny_ip):
+    """An exception in the middle of an adapted call (here the UNet's second call) still takes the adapter's
+    processors and projection out: the UNet has its own processor objects and no encoder_hid_proj after it."""
+    pipe, sd, root, png = tiny_ip
+    before = dict(sd.unet.attn_processors)
+    calls = []
+
+    def second_call_fails(module, args, kwargs):
+        calls.append(kwargs.get("added_cond_kwargs"))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    hook = sd.unet.register_forward_pre_hook(second_call_fails, with_kwargs=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _ours(sd, load_ip_adapter(root / "ip.safetensors", png, progress=False), _latents(sd))
+    finally:
+        hook.remove()
+    assert len(calls) == 2 and "image_embeds" in calls[1]
+    after = sd.unet.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert sd.unet.encoder_hid_proj is None and sd.unet.config.encoder_hid_dim_type is None
+
+
+def test_a_scale_or_image_set_after_a_run_is_the_one_used(tiny_ip, tmp_path):
+    """The modules and embeddings are built once per UNet, scale and image: ``adapter.scale = 0`` after a run
+    gives plain SD, a new image a new result, and a scale that is not a number is refused then too."""
+    pipe, sd, root, png = tiny_ip
+    latents = _latents(sd)
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    first = _ours(sd, adapter, latents)
+    adapter.scale = 0
+    assert torch.equal(_ours(sd, adapter, latents), _ours(sd, None, latents))
+    adapter.scale, adapter.image = 0.8, image_png(tmp_path / "other.png", seed=3)
+    assert relative_error(_ours(sd, adapter, latents), first) > 1e-3
+    adapter.scale = "0.5"
+    with pytest.raises(DiffkitError, match="IP-Adapter scale '0.5' is not allowed"):
+        _ours(sd, adapter, latents)
+
+
 def test_refused_files_and_kinds(tiny_ip, tmp_path):
     pipe, sd, root, png = tiny_ip
     state = read_ip_adapter(root / "ip.safetensors")
@@ -180,6 +242,14 @@ def test_refused_files_and_kinds(tiny_ip, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(DiffkitError, match="not a safetensors file"):
         read_ip_adapter(tmp_path / "bad.safetensors")
+    class RunsCode:  # a pickle that would call print(...) when unpickled without weights_only
+        def __reduce__(self):
+            return print, ("this ran",)
+    torch.save({"image_proj": state["image_proj"], "ip_adapter": RunsCode()}, tmp_path / "code.bin")
+    refused = r"Unsupported global: GLOBAL print was not an allowed global by default"
+    with pytest.raises(DiffkitError, match=rf"--ip-adapter .*code.bin is not a plain tensor file \(torch.load "
+                                           rf"weights_only: {refused}\)$"):
+        read_ip_adapter(tmp_path / "code.bin")
     faceid = {"image_proj": {"proj.0.weight": torch.zeros(2, 2), "norm.weight": torch.zeros(2)},
               "ip_adapter": state["ip_adapter"]}
     with pytest.raises(DiffkitError, match="IP-Adapter FaceID file"):
@@ -249,6 +319,21 @@ def test_sample_command_refuses_in_one_line(tiny_ip, tmp_path, capsys, extra, me
     with pytest.raises(SystemExit):  # argparse: the scale must be a number
         main([*argv[:-len(extra) or None], "--ip-adapter", f"{root}/ip.safetensors:x"])
     assert "scale 'x' is not a number" in capsys.readouterr().err
+
+
+def test_the_command_flags_read_the_adapter_file_once(tiny_ip, monkeypatch):
+    """IPAdapterRequest keeps the state dict it checked, so loading does not read the file again (h94's
+    ip-adapter-plus_sd15.bin: 98 MB)."""
+    from argparse import Namespace
+
+    import diffkit.interop.ip_adapter as module
+    from diffkit.commands._ip_adapter import IPAdapterRequest
+    pipe, sd, root, png = tiny_ip
+    reads, real = [], module._load
+    monkeypatch.setattr(module, "_load", lambda path: reads.append(path) or real(path))
+    args = Namespace(ip_adapter=(str(root / "plus.bin"), 0.5), ip_adapter_image=str(png), image_encoder=None)
+    adapter = IPAdapterRequest.from_args(args, root / "sd").load(progress=False)
+    assert len(reads) == 1 and adapter.kind == "ip-adapter-plus" and adapter.scale == 0.5
 
 
 def test_sample_command_refuses_ip_adapter_on_other_checkpoints(tiny_ip, tmp_path, capsys):
@@ -323,3 +408,38 @@ def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_p
     ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
     assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
     assert np.abs(ours - np.round(plain * 255).astype(int)).max() > 8  # the image prompt changes the edit
+
+
+def test_inpainting_two_prompts_with_one_image_prompt_as_the_inpaint_pipeline(tiny_ip):
+    """``latent_inpaint`` with the adapted folder: diffusers' StableDiffusionInpaintPipeline (4-channel UNet) with
+    the adapter loaded, two different prompts sharing the one image prompt (the pipeline spreads it over the
+    prompts), both classifier-free halves."""
+    from PIL import Image
+
+    from diffkit.latent_editing import latent_inpaint
+    pipe, sd, root, png = tiny_ip
+    prompts = ["a photo of a cat", "hot"]
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 3:9] = 1
+    inpaint = diffusers.StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
+    inpaint.set_progress_bar_config(disable=True)
+    inpaint.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    try:
+        inpaint.set_ip_adapter_scale(0.8)
+        with torch.no_grad():
+            theirs = inpaint(prompts, image=image, mask_image=mask, strength=0.75, num_inference_steps=STEPS,
+                             guidance_scale=SCALE, eta=0.0, output_type="latent",
+                             ip_adapter_image=Image.open(png).convert("RGB"),
+                             generator=[torch.Generator().manual_seed(10), torch.Generator().manual_seed(11)]).images
+    finally:
+        inpaint.unload_ip_adapter()
+    adapted = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False).adapting(sd)
+
+    def ours(sd):
+        return latent_inpaint(sd.guided(SCALE, sd.encode_prompts([""])), sd, image * 2 - 1, mask, "ddim", STEPS,
+                              strength=0.75, posterior="sample", seed=10, cond=sd.cond(sd.encode_prompts(prompts)),
+                              progress=False, return_latents=True, spacing="leading", final="sigma_min",
+                              steps_offset=1, eta=0.0)
+    assert relative_error(ours(adapted), theirs) < 1e-5
+    assert relative_error(ours(sd), theirs) > 1e-3  # the image prompt changes the inpainting

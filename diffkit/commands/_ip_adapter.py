@@ -3,7 +3,7 @@
 file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import DiffkitError
@@ -31,6 +31,7 @@ class IPAdapterRequest:
     scale: float
     image: str
     image_encoder: str
+    state: dict = field(default=None, repr=False, compare=False)  # the file's, read once by from_args
 
     @classmethod
     def from_args(cls, args, checkpoint) -> Optional["IPAdapterRequest"]:
@@ -59,14 +60,17 @@ class IPAdapterRequest:
         if args.ip_adapter_image is None:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
         file, scale = given
-        read_ip_adapter(file)
+        state = read_ip_adapter(file)
         encoder = image_encoder_folder(file, args.image_encoder)
         open_image(args.ip_adapter_image)
-        return cls(file, scale, args.ip_adapter_image, str(encoder))
+        return cls(file, scale, args.ip_adapter_image, str(encoder), state)
 
     def load(self, device="cpu", dtype=None, progress: bool = True):
         import torch
 
-        from ..interop.ip_adapter import load_ip_adapter
-        return load_ip_adapter(self.file, self.image, self.scale, self.image_encoder, device, dtype or torch.float32,
-                               progress)
+        from ..interop.ip_adapter import IPAdapter, load_image_encoder, load_ip_adapter
+        if self.state is None:
+            return load_ip_adapter(self.file, self.image, self.scale, self.image_encoder, device,
+                                   dtype or torch.float32, progress)
+        encoder = load_image_encoder(self.image_encoder, device, dtype or torch.float32, progress)
+        return IPAdapter(self.state, encoder, self.image, self.scale)

@@ -40,7 +40,8 @@ _EXPORTS = {
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers")}
 
-__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "require"]
+__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle",
+                                                  "require"]
 
 
 def require(module: str = "diffusers"):
@@ -107,6 +108,21 @@ def from_pretrained(cls, directory, **kwargs):
     except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files
         raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: "
                            f"{first_line(err, 200)}") from None
+
+
+def load_weights_pickle(path, flag: str):
+    """What a pickled adapter file (diffusers' ``.bin``: textual inversion, IP-Adapter) holds, read with
+    ``torch.load(weights_only=True)`` on the CPU, so no code in it runs; one line naming ``flag`` and the file
+    for anything else."""
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
+        detail = first_line(err, 100)
+        marker = "WeightsUnpickler error:"  # a refused global: torch gives the reason after advice to load unsafely
+        if marker in str(err):
+            detail = str(err).split(marker, 1)[1].strip().split(". ")[0][:100]
+        raise DiffkitError(f"{flag} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
 
 
 def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers

@@ -30,7 +30,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError
-from . import from_pretrained, library_progress_bars, require
+from . import from_pretrained, library_progress_bars, load_weights_pickle, require
 from .stable_diffusion import NULL_LABEL
 
 FLAG = "--ip-adapter"
@@ -55,11 +55,7 @@ def _load(path: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as err:
             raise DiffkitError(f"{FLAG} {path} is not a safetensors file ({str(err).splitlines()[0][:80]})") from None
         return state
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
-        raise DiffkitError(f"{FLAG} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
+    return load_weights_pickle(path, FLAG)
 
 
 def ip_adapter_kind(state: dict, name="the IP-Adapter") -> str:
@@ -133,23 +129,30 @@ class IPAdaptedNet(torch.nn.Module):
     def __init__(self, inner, unet, processors: dict, projection, positive: torch.Tensor, negative: torch.Tensor):
         super().__init__()
         self.inner, self.projection = inner, projection
-        self.processors, self._names = torch.nn.ModuleList(processors.values()), list(processors)
-        self._unet = [unet]  # not a submodule: its parameters are the inner net's
+        self.processors = torch.nn.ModuleList(processors.values())
+        # not submodules (their parameters are the inner net's): the UNet and its cross-attentions, found once,
+        # so each call swaps 16 processors (SD 1.x) instead of walking the whole UNet (BENCHMARKS.md)
+        self._unet = [unet]
+        self._attentions = [unet.get_submodule(name.rsplit(".", 1)[0]) for name in processors]
         self.positive, self.negative = positive, negative
 
     @contextlib.contextmanager
     def installed(self):
         unet = self._unet[0]
-        saved, hid, hid_type = unet.attn_processors, unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+        saved = [attention.processor for attention in self._attentions]
+        hid, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
         try:
-            unet.set_attn_processor({**saved, **dict(zip(self._names, self.processors))})
+            for attention, processor in zip(self._attentions, self.processors):
+                attention.set_processor(processor)
             unet.encoder_hid_proj = self.projection
             unet.config.encoder_hid_dim_type = "ip_image_proj"
             yield
-        finally:  # the projection first: a Plus resampler's attentions count as the UNet's processors
+        finally:
             unet.encoder_hid_proj = hid
             unet.config.encoder_hid_dim_type = hid_type
-            unet.set_attn_processor(saved)
+            for attention, processor in zip(self._attentions, saved):
+                attention._modules.pop("processor", None)  # the adapter's (diffusers' set_processor logs its repr)
+                attention.processor = processor
 
     def image_embeds(self, batch: int, y, device) -> torch.Tensor:
         """(batch, 1, ...) image embeddings: the negative on rows labelled :data:`NULL_LABEL`."""
@@ -176,10 +179,15 @@ class IPAdapter:
     image_encoder: object
     image: object  # a PIL image or a path
     scale: float = 1.0
-    _built: Optional[tuple] = field(default=None, init=False, repr=False)  # (unet, processors, projection, embeds)
+    _built: Optional[tuple] = field(default=None, init=False, repr=False)  # ((unet, scale, image), processors, ...)
 
     def __post_init__(self):
         self.kind = ip_adapter_kind(self.state)
+        self._check()
+
+    def _check(self):
+        """The scale checked (a finite number, made a float) and the image opened; again at each :meth:`adapting`,
+        so a ``scale`` or ``image`` set after loading is the one used."""
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not abs(self.scale) < 1e308:
             raise DiffkitError(f"IP-Adapter scale {self.scale!r} is not allowed; give a finite number")
         self.scale = float(self.scale)
@@ -243,9 +251,12 @@ class IPAdapter:
         if getattr(sd, "text_encoder_2", None) is not None:  # SD-XL's UNet takes added_cond_kwargs of its own
             raise DiffkitError("the IP-Adapter applies to a Stable Diffusion 1.x/2.x folder; SD-XL folders "
                                "(text_encoder_2) are not supported with --ip-adapter")
-        if self._built is None or self._built[0] is not sd.unet:  # built once per UNet (diffkit sample: per batch)
-            embeds = tuple(e.to(sd.unet.dtype) for e in self.embeddings())
-            self._built = (sd.unet, *self.modules(sd.unet), embeds)
+        self._check()
+        key = (sd.unet, self.scale, self.image)  # built once per UNet, scale and image (diffkit sample: per batch)
+        if self._built is None or not (self._built[0][0] is key[0] and self._built[0][1] == key[1]
+                                       and self._built[0][2] is key[2]):
+            embeds = tuple(e.to(sd.unet.device, sd.unet.dtype) for e in self.embeddings())
+            self._built = (key, *self.modules(sd.unet), embeds)
         _, processors, projection, (positive, negative) = self._built
         inner = sd.network_denoiser
         net = IPAdaptedNet(inner.net, sd.unet, processors, projection, positive, negative)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffkitError
+from . import load_weights_pickle
 
 FLAG = "--textual-inversion"
 
@@ -54,11 +55,7 @@ def _load(path: Path):
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise DiffkitError(f"{FLAG} {path} is not a safetensors file ({str(err).splitlines()[0][:80]})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
-        raise DiffkitError(f"{FLAG} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
+    return load_weights_pickle(path, FLAG)
 
 
 def read_textual_inversion(path, token=None) -> Embedding:
