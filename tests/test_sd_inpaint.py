@@ -278,3 +278,18 @@ def test_the_cli_with_a_controlnet_and_an_ip_adapter_on_a_9_channel_folder_is_th
     assert np.abs(png - expected).max() <= 0.5 + 1e-3
     for other in (adapter.adapting(sd), controlled):
         assert np.abs(png - edited(other)).max() > 2
+
+
+def test_a_controlnet_made_from_the_9_channel_unet_is_refused_in_one_line_naming_both(inpaint_sd):
+    """diffusers' ControlNet inpainting pipeline gives the ControlNet the 4 latent channels: a 9-channel ControlNet
+    (ControlNetModel.from_unet of the inpainting UNet) is refused, the message naming its in_channels and what it
+    gets, not "the UNet has 4"."""
+    from diffkit.interop.controlnet import check_controlnet
+    pipe, sd, _ = inpaint_sd
+    net = diffusers.ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    with pytest.raises(DiffkitError) as err:
+        check_controlnet(net, sd.unet, sd.vae_scale_factor)
+    message = str(err.value)
+    assert "\n" not in message and re.match(r"controlnet has in_channels=9 but the inpainting UNet \(in_channels=9\) "
+                                            r"gives a ControlNet the latents alone: in_channels=4; give a ControlNet "
+                                            r"of the base", message), message
