@@ -140,7 +140,7 @@ def test_a_9_channel_unet_without_a_mask_is_refused(inpaint_sd):
         text_to_image(sd, "a", steps=2)
     with pytest.raises(DiffkitError, match="it only inpaints; use latent_inpaint"):
         latent_img2img(sd.denoiser, sd, IMAGE * 2 - 1, 0.5, "ddim", 2, progress=False)
-    for option, value in (("jump_n_sample", 2), ("reconstruction_weight", 1.0)):
+    for option, value in (("jump_n_sample", 2), ("jump_length", 0), ("reconstruction_weight", 1.0)):
         with pytest.raises(DiffkitError, match=f"{option}=.* is not allowed with an inpainting UNet"):
             latent_inpaint(sd.denoiser, sd, IMAGE * 2 - 1, MASK, "ddpm", 2, progress=False, **{option: value})
 
@@ -181,6 +181,7 @@ def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_p
         ([], "has an inpainting UNet .* it only inpaints; give --mask PNG"),
         (["--mask", mask_png, "--jump-n-sample", 2, "--sampler", "ddpm"],
          "--jump-n-sample does not apply to an inpainting UNet"),
+        (["--mask", mask_png, "--jump-length", 5], "--jump-length does not apply to an inpainting UNet"),
         (["--mask", mask_png, "--reconstruction-weight", 1],
          "--reconstruction-weight does not apply to an inpainting"),
     ]:

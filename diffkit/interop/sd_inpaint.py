@@ -122,8 +122,8 @@ def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, s
     from ..noise import randn
     from ..sampling import sample
     from .. import diffusion
-    for name, value, default in (("jump_n_sample", jump_n_sample, 1), ("reconstruction_weight",
-                                                                         reconstruction_weight, 0.0)):
+    for name, value, default in (("jump_n_sample", jump_n_sample, 1), ("jump_length", jump_length, 10),
+                                 ("reconstruction_weight", reconstruction_weight, 0.0)):
         if value != default:
             raise DiffkitError(f"{name}={value!r} is not allowed with an inpainting UNet (9 input channels), which "
                                f"keeps the known region itself (no replacement to resample or guide); allowed: "
@@ -148,6 +148,7 @@ def check_inpainting_flags(args) -> None:
         raise DiffkitError(f"{args.checkpoint} has an inpainting UNet (latents + mask + masked-image latents in): it "
                            f"only inpaints; give --mask PNG (white = repaint)")
     for flag, value in (("--jump-n-sample", None if args.jump_n_sample == 1 else args.jump_n_sample),
+                        ("--jump-length", None if args.jump_length == 10 else args.jump_length),
                         ("--reconstruction-weight", args.reconstruction_weight or None)):
         if value is not None:
             raise DiffkitError(f"{flag} does not apply to an inpainting UNet ({args.checkpoint}: 9 input channels); "
