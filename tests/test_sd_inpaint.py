@@ -103,12 +103,12 @@ def test_the_unet_sees_latents_then_mask_then_masked_image_latents_in_both_halve
     assert mask[0, 0, 7].tolist() == [1, 1] + [0] * 6  # 0.5 -> repaint
 
 
-@pytest.mark.parametrize("strength, start", [(1.0, 0.25), (0.6, 0.0)])
+@pytest.mark.parametrize("strength, start, guess", [(1.0, 0.25, False), (0.6, 0.0, False), (0.6, 0.0, True)])
 def test_9_channel_inpainting_with_a_controlnet_is_the_controlnet_inpaint_pipeline(inpaint_sd, tmp_path, strength,
-                                                                                   start):
+                                                                                   start, guess):
     """StableDiffusionControlNetInpaintPipeline with the 9-channel UNet: the ControlNet (in_channels 4) reads the
     latents, the UNet the latents, mask and masked-image latents plus the residuals; the window counts the
-    strength's steps."""
+    strength's steps; guess mode (the ControlNet on the conditional half's latents alone)."""
     from PIL import Image
     from test_controlnet import control_png, tiny_controlnet
     from diffkit.interop.controlnet import ControlNets, editing_grid
@@ -121,10 +121,10 @@ def test_9_channel_inpainting_with_a_controlnet_is_the_controlnet_inpaint_pipeli
     with torch.no_grad():
         theirs = other(PROMPTS, image=IMAGE, mask_image=MASK, control_image=Image.open(png).convert("RGB"),
                        strength=strength, num_inference_steps=4, guidance_scale=5.0, eta=0.0, output_type="latent",
-                       controlnet_conditioning_scale=0.7, control_guidance_start=start,
+                       controlnet_conditioning_scale=0.7, control_guidance_start=start, guess_mode=guess,
                        generator=_generators()).images
     grid = editing_grid(sd, "ddim", 4, strength, dict(DDIM_GRID))
-    controlled = ControlNets([net], [png], 0.7, start).controlling(sd, 16, 16, grid)
+    controlled = ControlNets([net], [png], 0.7, start, guess_mode=guess).controlling(sd, 16, 16, grid)
     ours = _ours(controlled, strength=strength)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
     if start > 0:  # the ControlNet acts (its zero convolutions are random: tiny_controlnet)
