@@ -294,3 +294,15 @@ def test_a_controlnet_made_from_the_9_channel_unet_is_refused_in_one_line_naming
     assert "\n" not in message and re.match(r"controlnet has in_channels=9 but the inpainting UNet \(in_channels=9\) "
                                             r"gives a ControlNet the latents alone: in_channels=4; give a ControlNet "
                                             r"of the base", message), message
+
+
+def test_an_inpainting_unet_with_an_lcm_scheduler_is_refused_in_one_line(inpaint_sd):
+    """The check before loading: an LCMScheduler folder's 9-channel UNet is refused even with inpainting=True."""
+    from diffkit.interop.stable_diffusion import check_stable_diffusion_unet
+    pipe, _, _ = inpaint_sd
+    config = dict(pipe.unet.config)
+    check_stable_diffusion_unet(config, "sd", lcm=False, inpainting=True)
+    with pytest.raises(DiffkitError, match=r"^sd has an inpainting UNet \(in_channels=9.* with an LCMScheduler; "
+                                           r"allowed: .* diffusion scheduler") as err:
+        check_stable_diffusion_unet(config, "sd", lcm=True, inpainting=True)
+    assert "\n" not in str(err.value)
