@@ -89,6 +89,16 @@ def image_png(path, size=20, seed=0, width=None):
     return path
 
 
+def tiny_image_encoder(folder):
+    """A tiny random CLIPVisionModelWithProjection (seeded), saved into ``folder``."""
+    torch.manual_seed(0)
+    encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=28,
+        patch_size=7, projection_dim=24)).eval()
+    encoder.save_pretrained(folder)
+    return encoder
+
+
 @pytest.fixture(scope="module")
 def tiny_ip(tmp_path_factory):
     """(pipeline, our SD, root with image_encoder/, ip.safetensors, plus.bin, image.png). The pipeline's UNet
@@ -96,11 +106,7 @@ def tiny_ip(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_ip")
     pipe = tiny_sd_pipeline(root)
     pipe.save_pretrained(root / "sd")
-    torch.manual_seed(0)
-    encoder = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=28,
-        patch_size=7, projection_dim=24)).eval()
-    encoder.save_pretrained(root / "image_encoder")
+    encoder = tiny_image_encoder(root / "image_encoder")
     save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors")
     save_ip_adapter(ip_adapter_state(pipe.unet, encoder, "ip-adapter-plus", seed=1), root / "plus.bin")
     sd = load_stable_diffusion(root / "sd", progress=False)

@@ -36,21 +36,22 @@ MASK = torch.zeros(2, 1, 16, 16)
 MASK[:, :, 4:12, 3:9] = 1
 MASK[1, :, :3] = 0.7  # binarised to 1 by both
 MASK[0, :, 12:, :] = 0.3  # and to 0
+MASK[0, :, 14:, :4] = 0.5  # and to 1 (repainted: the masked image is image * (mask < 0.5))
 
 
-def _ours(sd, sampler="ddim", scale=5.0, grid=DDIM_GRID, **kw):
+def _ours(sd, sampler="ddim", scale=5.0, grid=DDIM_GRID, steps=4, **kw):
     guided = sd.guided(scale, sd.encode_prompts([""]), "diffusers")
-    return latent_inpaint(guided, sd, IMAGE * 2 - 1, MASK, sampler, 4, posterior="sample", seed=10,
+    return latent_inpaint(guided, sd, IMAGE * 2 - 1, MASK, sampler, steps, posterior="sample", seed=10,
                           cond=sd.cond(sd.encode_prompts(PROMPTS)), progress=False, return_latents=True, **grid, **kw)
 
 
-def _theirs(pipe, strength, scheduler=None, eta=0.0):
+def _theirs(pipe, strength, scheduler=None, eta=0.0, steps=4, **kw):
     original = pipe.scheduler
     pipe.scheduler = scheduler or original
     try:
         with torch.no_grad():
-            return pipe(PROMPTS, image=IMAGE, mask_image=MASK, strength=strength, num_inference_steps=4,
-                        guidance_scale=5.0, eta=eta, output_type="latent", generator=_generators()).images
+            return pipe(PROMPTS, image=IMAGE, mask_image=MASK, strength=strength, num_inference_steps=steps,
+                        guidance_scale=5.0, eta=eta, output_type="latent", generator=_generators(), **kw).images
     finally:
         pipe.scheduler = original
 
@@ -98,15 +99,16 @@ def test_the_unet_sees_latents_then_mask_then_masked_image_latents_in_both_halve
         assert torch.equal(cond_half, null_half)
         assert torch.equal(cond_half[:, 4:5], mask)
         torch.testing.assert_close(cond_half[:, 5:], masked, rtol=0, atol=1e-6)
-    assert mask[0, 0, 6:].sum() == 0 and mask[1, 0, :1].all()  # 0.3 -> keep, 0.7 -> repaint
+    assert mask[0, 0, 6].sum() == 0 and mask[1, 0, :1].all()  # 0.3 -> keep, 0.7 -> repaint
+    assert mask[0, 0, 7].tolist() == [1, 1] + [0] * 6  # 0.5 -> repaint
 
 
-@pytest.mark.parametrize("strength, start", [(1.0, 0.25), (0.6, 0.0)])
+@pytest.mark.parametrize("strength, start, guess", [(1.0, 0.25, False), (0.6, 0.0, False), (0.6, 0.0, True)])
 def test_9_channel_inpainting_with_a_controlnet_is_the_controlnet_inpaint_pipeline(inpaint_sd, tmp_path, strength,
-                                                                                   start):
+                                                                                   start, guess):
     """StableDiffusionControlNetInpaintPipeline with the 9-channel UNet: the ControlNet (in_channels 4) reads the
     latents, the UNet the latents, mask and masked-image latents plus the residuals; the window counts the
-    strength's steps."""
+    strength's steps; guess mode (the ControlNet on the conditional half's latents alone)."""
     from PIL import Image
     from test_controlnet import control_png, tiny_controlnet
     from diffkit.interop.controlnet import ControlNets, editing_grid
@@ -119,10 +121,10 @@ def test_9_channel_inpainting_with_a_controlnet_is_the_controlnet_inpaint_pipeli
     with torch.no_grad():
         theirs = other(PROMPTS, image=IMAGE, mask_image=MASK, control_image=Image.open(png).convert("RGB"),
                        strength=strength, num_inference_steps=4, guidance_scale=5.0, eta=0.0, output_type="latent",
-                       controlnet_conditioning_scale=0.7, control_guidance_start=start,
+                       controlnet_conditioning_scale=0.7, control_guidance_start=start, guess_mode=guess,
                        generator=_generators()).images
     grid = editing_grid(sd, "ddim", 4, strength, dict(DDIM_GRID))
-    controlled = ControlNets([net], [png], 0.7, start).controlling(sd, 16, 16, grid)
+    controlled = ControlNets([net], [png], 0.7, start, guess_mode=guess).controlling(sd, 16, 16, grid)
     ours = _ours(controlled, strength=strength)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
     if start > 0:  # the ControlNet acts (its zero convolutions are random: tiny_controlnet)
@@ -138,13 +140,13 @@ def test_a_9_channel_unet_without_a_mask_is_refused(inpaint_sd):
         text_to_image(sd, "a", steps=2)
     with pytest.raises(DiffkitError, match="it only inpaints; use latent_inpaint"):
         latent_img2img(sd.denoiser, sd, IMAGE * 2 - 1, 0.5, "ddim", 2, progress=False)
-    for option, value in (("jump_n_sample", 2), ("reconstruction_weight", 1.0)):
+    for option, value in (("jump_n_sample", 2), ("jump_length", 0), ("reconstruction_weight", 1.0)):
         with pytest.raises(DiffkitError, match=f"{option}=.* is not allowed with an inpainting UNet"):
             latent_inpaint(sd.denoiser, sd, IMAGE * 2 - 1, MASK, "ddpm", 2, progress=False, **{option: value})
 
 
-def _pngs(tmp_path):
-    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+def _pngs(tmp_path, count=2):
+    pngs = write_pngs(tmp_path / "in", count, 16, "RGB")
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[3:11, 6:] = 255
     Image.fromarray(mask, "L").save(tmp_path / "mask.png")
@@ -179,6 +181,7 @@ def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_p
         ([], "has an inpainting UNet .* it only inpaints; give --mask PNG"),
         (["--mask", mask_png, "--jump-n-sample", 2, "--sampler", "ddpm"],
          "--jump-n-sample does not apply to an inpainting UNet"),
+        (["--mask", mask_png, "--jump-length", 5], "--jump-length does not apply to an inpainting UNet"),
         (["--mask", mask_png, "--reconstruction-weight", 1],
          "--reconstruction-weight does not apply to an inpainting"),
     ]:
@@ -192,3 +195,114 @@ def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_p
     err = capsys.readouterr().err
     assert code != 0 and "it only inpaints" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "never.png").exists()
+
+
+def test_karras_dpm_solver_below_strength_1_is_the_pipeline_with_dpm_solver_karras(inpaint_sd):
+    """DPMSolverMultistepScheduler(use_karras_sigmas=True) at strength 0.6 of 10 steps: diffusers runs the last 6
+    of its Karras grid (get_timesteps, set_begin_index) from add_noise at the first one's Karras sigma; diffkit's
+    dpm-solver++-2m on spacing="karras" truncated by strength_grid, from q_sample at that sigma's continuous time.
+    diffusers gives the UNet the rounded timestep (its sigmas stay the Karras ones), diffkit the continuous time:
+    with the UNet's time rounded here the two agree to 1e-5 (measured 4e-6); unrounded they differ by ~3e-3 of
+    the largest latent on this random UNet, the time embedding's difference alone."""
+    pipe, sd, _ = inpaint_sd
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    theirs = _theirs(pipe, 0.6, dpm, steps=10)
+    hook = sd.unet.register_forward_pre_hook(lambda module, args: (args[0], torch.as_tensor(args[1]).round(),
+                                                                   *args[2:]))
+    try:
+        ours = _ours(sd, "dpm-solver++-2m", grid=dict(spacing="karras", final="zero"), strength=0.6, steps=10)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def inpaint_ip(inpaint_sd):
+    """An IP-Adapter file for the 9-channel UNet beside its folder, its tiny image encoder and an image prompt."""
+    from test_ip_adapter import image_png, ip_adapter_state, save_ip_adapter, tiny_image_encoder
+    pipe, _, folder = inpaint_sd
+    root = folder.parent
+    encoder = tiny_image_encoder(root / "image_encoder")
+    return root, save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors"), \
+        image_png(root / "image.png")
+
+
+def test_ip_adapter_with_a_9_channel_unet_is_the_inpaint_pipeline_with_the_adapter(inpaint_sd, inpaint_ip):
+    """IPAdapter.adapting wraps the inpainting net (IPAdaptedNet around InpaintingUNetNet): the UNet gets the 9
+    channels and the image embeddings, as StableDiffusionInpaintPipeline with load_ip_adapter (scale 0.7,
+    strength 0.6) to 1e-5 (measured 1.6e-6); the adapter acts."""
+    from diffkit.interop.ip_adapter import load_ip_adapter
+    pipe, sd, _ = inpaint_sd
+    root, weights, png = inpaint_ip
+    pipe.load_ip_adapter(str(root), subfolder="", weight_name=weights.name, local_files_only=True)
+    try:
+        pipe.set_ip_adapter_scale(0.7)
+        theirs = _theirs(pipe, 0.6, ip_adapter_image=Image.open(png).convert("RGB"))
+    finally:
+        pipe.unload_ip_adapter()
+    ours = _ours(load_ip_adapter(weights, png, 0.7, progress=False).adapting(sd), strength=0.6)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
+    assert (ours - _ours(sd, strength=0.6)).abs().max() > 1e-2 * theirs.abs().max()
+
+
+def test_the_cli_with_a_controlnet_and_an_ip_adapter_on_a_9_channel_folder_is_the_library(inpaint_sd, inpaint_ip,
+                                                                                            tmp_path, capsys):
+    """``diffkit edit --checkpoint INPAINT_SD --mask M --controlnet DIR --control-image PNG --ip-adapter FILE``:
+    the PNG within half a level of latent_inpaint on ControlNets.controlling + IPAdapter.adapting of the folder
+    (window start 0.25 of the strength-1 grid); the ControlNet and the adapter each change it."""
+    from test_controlnet import control_png, tiny_controlnet
+    from diffkit.interop.controlnet import ControlNets, editing_grid
+    from diffkit.interop.ip_adapter import load_ip_adapter
+    pipe, sd, folder = inpaint_sd
+    _, weights, image_prompt = inpaint_ip
+    model = tiny_controlnet(diffusers.UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 4}), 1)
+    model.save_pretrained(tmp_path / "cn")
+    control = control_png(tmp_path / "control.png")
+    pngs, mask_png, mask = _pngs(tmp_path, 1)
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--mask", mask_png, "--prompt", "a cat",
+                         "--steps", 3, "--seed", 4, "--controlnet", tmp_path / "cn", "--control-image", control,
+                         "--controlnet-scale", 0.7, "--control-guidance-start", 0.25, "--ip-adapter",
+                         f"{weights}:0.7", "--ip-adapter-image", image_prompt, "--out", tmp_path / "out")
+    assert code == 0, err
+    x = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    net = ControlNets([model], [control], 0.7, 0.25)
+    adapter = load_ip_adapter(weights, image_prompt, 0.7, progress=False)
+
+    def edited(model):
+        guided = model.guided(7.5, model.encode_prompts([""]), "diffusers")
+        image = latent_inpaint(guided, model, x, mask, "ddim", 3, posterior="sample", seed=4,
+                               cond=model.cond(model.encode_prompts(["a cat"])), progress=False)
+        return (image.clamp(-1, 1)[0].permute(1, 2, 0).numpy() + 1) * 127.5
+    controlled = net.controlling(sd, 16, 16, editing_grid(sd, "ddim", 3, 1.0, {}))
+    expected = edited(adapter.adapting(controlled))
+    png = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(float)
+    assert np.abs(png - expected).max() <= 0.5 + 1e-3
+    for other in (adapter.adapting(sd), controlled):
+        assert np.abs(png - edited(other)).max() > 2
+
+
+def test_a_controlnet_made_from_the_9_channel_unet_is_refused_in_one_line_naming_both(inpaint_sd):
+    """diffusers' ControlNet inpainting pipeline gives the ControlNet the 4 latent channels: a 9-channel ControlNet
+    (ControlNetModel.from_unet of the inpainting UNet) is refused, the message naming its in_channels and what it
+    gets, not "the UNet has 4"."""
+    from diffkit.interop.controlnet import check_controlnet
+    pipe, sd, _ = inpaint_sd
+    net = diffusers.ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    with pytest.raises(DiffkitError) as err:
+        check_controlnet(net, sd.unet, sd.vae_scale_factor)
+    message = str(err.value)
+    assert "\n" not in message and re.match(r"controlnet has in_channels=9 but the inpainting UNet \(in_channels=9\) "
+                                            r"gives a ControlNet the latents alone: in_channels=4; give a ControlNet "
+                                            r"of the base", message), message
+
+
+def test_an_inpainting_unet_with_an_lcm_scheduler_is_refused_in_one_line(inpaint_sd):
+    """The check before loading: an LCMScheduler folder's 9-channel UNet is refused even with inpainting=True."""
+    from diffkit.interop.stable_diffusion import check_stable_diffusion_unet
+    pipe, _, _ = inpaint_sd
+    config = dict(pipe.unet.config)
+    check_stable_diffusion_unet(config, "sd", lcm=False, inpainting=True)
+    with pytest.raises(DiffkitError, match=r"^sd has an inpainting UNet \(in_channels=9.* with an LCMScheduler; "
+                                           r"allowed: .* diffusion scheduler") as err:
+        check_stable_diffusion_unet(config, "sd", lcm=True, inpainting=True)
+    assert "\n" not in str(err.value)

@@ -64,12 +64,15 @@ def check_controlnet(controlnet, unet, factor: int, name: str = "controlnet") ->
     from .sd_inpaint import is_inpainting_config
     for key in MATCHING_CONFIG:
         ours, theirs = controlnet.config.get(key), unet.config.get(key)
+        what, advice = "the Stable Diffusion UNet has ", "a ControlNet fits only the UNet it was made from"
         if key == "in_channels" and is_inpainting_config(unet.config):  # it reads the latents alone (.sd_inpaint)
             theirs = unet.config.get("out_channels")
+            what = (f"the inpainting UNet (in_channels={unet.config.get('in_channels')}) gives a ControlNet the "
+                    f"latents alone: in_channels=")
+            advice = "give a ControlNet of the base (4-channel) model, as StableDiffusionControlNetInpaintPipeline"
         if (list(ours) if isinstance(ours, (list, tuple)) else ours) != (
                 list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
-            raise DiffkitError(f"{name} has {key}={ours!r} but the Stable Diffusion UNet has {theirs!r}; a ControlNet "
-                               f"fits only the UNet it was made from")
+            raise DiffkitError(f"{name} has {key}={ours!r} but {what}{theirs!r}; {advice}")
     embedding = controlnet.config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)
     if 2 ** (len(embedding) - 1) != factor:
         raise DiffkitError(f"{name} brings control images down {2 ** (len(embedding) - 1)}x but the VAE of this "

@@ -38,6 +38,8 @@ from ..denoiser import Denoiser
 from ..errors import DiffkitError
 
 MASK_KEY, MASKED_KEY = "inpaint_mask", "masked_image_latents"  # the cond entries InpaintingUNetNet reads
+# RePaint's resampling and reconstruction guidance act on replacement, which these UNets do not use: (option, default)
+REPLACEMENT_OPTIONS = (("jump_n_sample", 1), ("jump_length", 10), ("reconstruction_weight", 0.0))
 
 
 def is_inpainting_config(config: dict) -> bool:
@@ -122,8 +124,9 @@ def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, s
     from ..noise import randn
     from ..sampling import sample
     from .. import diffusion
-    for name, value, default in (("jump_n_sample", jump_n_sample, 1), ("reconstruction_weight",
-                                                                         reconstruction_weight, 0.0)):
+    given = {"jump_n_sample": jump_n_sample, "jump_length": jump_length, "reconstruction_weight": reconstruction_weight}
+    for name, default in REPLACEMENT_OPTIONS:
+        value = given[name]
         if value != default:
             raise DiffkitError(f"{name}={value!r} is not allowed with an inpainting UNet (9 input channels), which "
                                f"keeps the known region itself (no replacement to resample or guide); allowed: "
@@ -147,9 +150,9 @@ def check_inpainting_flags(args) -> None:
     if args.mask is None:
         raise DiffkitError(f"{args.checkpoint} has an inpainting UNet (latents + mask + masked-image latents in): it "
                            f"only inpaints; give --mask PNG (white = repaint)")
-    for flag, value in (("--jump-n-sample", None if args.jump_n_sample == 1 else args.jump_n_sample),
-                        ("--reconstruction-weight", args.reconstruction_weight or None)):
-        if value is not None:
+    for name, default in REPLACEMENT_OPTIONS:
+        flag, value = "--" + name.replace("_", "-"), getattr(args, name)
+        if value is not None and value != default:
             raise DiffkitError(f"{flag} does not apply to an inpainting UNet ({args.checkpoint}: 9 input channels); "
                                f"it goes with an ordinary 4-channel Stable Diffusion folder")
 
