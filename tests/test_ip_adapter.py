@@ -379,6 +379,8 @@ def test_ip_adapter_with_a_controlnet_matches_the_controlnet_pipeline(tiny_ip):
                          controlnet=ControlNets([net], [control]))
     assert relative_error(ours, theirs) < 1e-5
     assert relative_error(_ours(sd, adapter, latents), theirs) > 1e-3  # the ControlNet acts too
+    with pytest.raises(DiffkitError, match="already carries an IP-Adapter; add the ControlNets first"):
+        ControlNets([net], [control]).controlling(adapter.adapting(sd), 16, 16)  # would drop the adapter silently
 
 
 def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_path, capsys):

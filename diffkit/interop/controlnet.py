@@ -347,6 +347,10 @@ class ControlNets:
                 raise DiffkitError("a control guidance window needs the sampler's time grid")
             keeps = [step_windows(grid, s, e) for s, e in zip(self.start, self.end)]
         inner = sd.network_denoiser
+        from .ip_adapter import IPAdaptedNet
+        if isinstance(getattr(inner, "net", None), IPAdaptedNet):  # rebuilt below from the UNet: it would be lost
+            raise DiffkitError("this Stable Diffusion folder already carries an IP-Adapter; add the ControlNets first "
+                               "(ControlNets.controlling, then IPAdapter.adapting), as text_to_image does")
         unet_net = DiffusersNet(sd.unet, uses_labels=False)
         if sd.inpainting_unet:  # the ControlNet reads the latents, the UNet also the mask and masked image
             from .sd_inpaint import InpaintingUNetNet
