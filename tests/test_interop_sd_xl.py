@@ -282,7 +282,8 @@ def test_null_cond_swaps_only_the_null_half():
 
 
 def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
-    """As the pipeline's upcast: the float16 weights, computed in float32; the VAE stays float16."""
+    """As the pipeline's upcast: the float16 weights, computed in float32; the VAE stays float16. So
+    does encoding (StableDiffusionXLImg2ImgPipeline's prepare_latents: diffkit edit)."""
     import copy
     import dataclasses
     _, _, xl = tiny_xl
@@ -292,6 +293,25 @@ def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
     assert half.dtype == torch.float16 and ours.dtype == torch.float32
     expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).decode(z)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    ours = dataclasses.replace(xl, vae=half).encode(images, torch.Generator().manual_seed(4), sample=True)
+    assert half.dtype == torch.float16
+    expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).encode(images, torch.Generator().manual_seed(4),
+                                                                               sample=True)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_sd_xl_null_half_of_one_prompt_fits_any_slice_of_the_batch(tiny_xl):
+    """diffkit edit hands the guided denoiser slices of the prompts' cond (--batch-size below the
+    image count): with force_zeros_for_empty_prompt False the empty prompt's null half is one row, so
+    image 1 alone is image 1 of the whole batch."""
+    import dataclasses
+    xl = dataclasses.replace(tiny_xl[2], force_zeros_for_empty_prompt=False)
+    guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    x, t = _latents(xl), torch.tensor([500.0, 500.0])
+    whole = guided(x, t, **cond).eps
+    alone = guided(x[1:], t[1:], **{key: value[1:] for key, value in cond.items()}).eps
+    torch.testing.assert_close(alone, whole[1:], rtol=1e-5, atol=1e-5)
 
 
 def test_sd_xl_img2img_is_the_img2img_pipeline(tiny_xl):

@@ -30,6 +30,7 @@ embeddings. ``clip_skip`` and ``prompt_2`` are not offered (the pipeline's defau
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -121,8 +122,10 @@ class StableDiffusionXL(StableDiffusion):
         context, pooled = self.encode_prompts_xl(prompts)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
             null_context, null_pooled = torch.zeros_like(context[:1]), torch.zeros_like(pooled[:1])
-        else:
-            null_context, null_pooled = self.encode_prompts_xl(negative_prompts(negative_prompt, len(prompts)))
+        else:  # one row for a prompt shared by all: the wrapper broadcasts it to any slice (diffkit edit)
+            shared = negative_prompt is None or isinstance(negative_prompt, str)
+            null_context, null_pooled = self.encode_prompts_xl(
+                [negative_prompt or ""] if shared else negative_prompts(negative_prompt, len(prompts)))
         denoiser = self.guided(guidance_scale, {"context": null_context, "text_embeds": null_pooled,
                                                 "time_ids": null_ids[None]}, convention, rescale=guidance_rescale)
         batch = context.shape[0]
@@ -138,16 +141,30 @@ class StableDiffusionXL(StableDiffusion):
         return super().guided(guidance_scale, null["context"], convention, null_cond=extra, **options)
 
     # ------------------------------------------------------------------ images
+    @contextlib.contextmanager
+    def _upcast_vae(self):
+        """The pipelines' upcast: a float16 VAE with ``force_upcast`` runs in float32 (its float16
+        weights), and is float16 again afterwards."""
+        upcast = self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = scaling_factor E(x) (:meth:`~.stable_diffusion.StableDiffusion.encode`); a float16 VAE with
+        ``force_upcast`` encodes in float32, as StableDiffusionXLImg2ImgPipeline's ``prepare_latents``."""
+        with self._upcast_vae():
+            return super().encode(images, generator, sample)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor) (0.13025 for SD-XL's VAE); a float16 VAE with ``force_upcast``
         decodes in float32, as the pipeline upcasts it."""
-        if self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False):
-            self.vae.to(torch.float32)
-            try:
-                return super().decode(latents)
-            finally:
-                self.vae.to(torch.float16)
-        return super().decode(latents)
+        with self._upcast_vae():
+            return super().decode(latents)
 
 
 def _index(path: Union[str, Path]) -> Optional[dict]:
