@@ -335,16 +335,17 @@ def test_sd_xl_img2img_is_the_img2img_pipeline(tiny_xl):
 
 
 def test_sd_xl_folder_through_diffkit_edit_is_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
-    """``diffkit edit --checkpoint SDXL --prompt`` on PNGs: StableDiffusionXLImg2ImgPipeline's images (to
-    the PNGs' 1/255), image i from seed + i, default s = 5; DDIM with steps_offset 0 and set_alpha_to_one."""
+    """``diffkit edit --checkpoint SDXL --prompt --negative-prompt`` on PNGs: StableDiffusionXLImg2ImgPipeline's
+    images with its negative_prompt (to the PNGs' 1/255), image i from seed + i, default s = 5; DDIM with
+    steps_offset 0 and set_alpha_to_one (the zeroed null half: test_sd_xl_img2img_is_the_img2img_pipeline)."""
     import numpy as np
     from PIL import Image
     from test_latent_editing import cli, write_pngs
     pipe, root, _ = tiny_xl
     pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
     code, out, err = cli(capsys, "--checkpoint", root / "xl", "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
-                         PROMPTS[1], "--strength", 0.5, "--steps", 4, "--spacing", "leading", "--final", "zero",
-                         "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
+                         PROMPTS[1], "--negative-prompt", "ugly", "--strength", 0.5, "--steps", 4, "--spacing",
+                         "leading", "--final", "zero", "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
     assert code == 0, err
     image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
                          for i in range(2)]).float() / 255
@@ -354,6 +355,7 @@ def test_sd_xl_folder_through_diffkit_edit_is_the_img2img_pipeline(tiny_xl, tmp_
     img2img.set_progress_bar_config(disable=True)
     with torch.no_grad():
         theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
-                         output_type="np", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+                         negative_prompt="ugly", output_type="np",
+                         generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
     ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
     assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
