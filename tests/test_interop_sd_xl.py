@@ -149,7 +149,7 @@ def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
         plain = text_to_image(xl, PROMPTS[:batch], steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
                               return_latents=True, micro_conditioning=micro if batch == 1 else None)
         assert relative_error(plain, theirs) > 1e-3
-    with pytest.raises(DiffkitError, match="negative_target_size"):
+    with pytest.raises(DiffkitError, match=r"negative_original_size=\(8, 8\) is not allowed alone: .*target_size"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"negative_original_size": (8, 8)})
     with pytest.raises(DiffkitError, match=r"original_size=\(8,\) is not allowed"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
@@ -253,6 +253,23 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
         StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,
                                         micro_conditioning={"original_size": (8, 8)})  # refused before any use
+
+
+def test_a_unet_that_does_not_fit_the_encoders_is_refused(tiny_xl):
+    """cross_attention_dim = d_1 + d_2 and the added embedding's 6 * addition_time_embed_dim + projection_dim
+    inputs (the pipeline's _get_add_time_ids check): one line naming the values."""
+    import dataclasses
+    from types import SimpleNamespace
+    from diffkit.interop.sd_xl import _check_dimensions
+    xl = tiny_xl[2]
+    _check_dimensions(xl, "xl")  # 56 = 32 + 24, 68 = 6 * 8 + 20
+    for config, match in (({"cross_attention_dim": 64, "addition_time_embed_dim": 8},
+                           r"cross_attention_dim=64 is not the text encoders' hidden sizes 32 \+ 24"),
+                          ({"cross_attention_dim": 56, "addition_time_embed_dim": 7},
+                           r"added embedding takes 68 inputs, not .* = 62")):
+        unet = SimpleNamespace(config=SimpleNamespace(**config), add_embedding=xl.unet.add_embedding)
+        with pytest.raises(DiffkitError, match=match):
+            _check_dimensions(dataclasses.replace(xl, unet=unet), "xl")
 
 
 def test_null_cond_swaps_only_the_null_half():

@@ -117,8 +117,9 @@ class StableDiffusionXL(StableDiffusion):
             null_ids = self.time_ids(micro["negative_original_size"],
                                      micro.get("negative_crops_coords_top_left", (0, 0)), micro["negative_target_size"])
         elif any(micro.get(key) is not None for key in MICRO_CONDITIONS[3:]):
-            raise DiffkitError("negative size conditions need both negative_original_size and negative_target_size "
-                               "(the pipeline ignores them otherwise)")
+            given = ", ".join(f"{key}={micro[key]!r}" for key in MICRO_CONDITIONS[3:] if micro.get(key) is not None)
+            raise DiffkitError(f"{given} is not allowed alone: negative size conditions need both "
+                               f"negative_original_size and negative_target_size (the pipeline ignores them otherwise)")
         context, pooled = self.encode_prompts_xl(prompts)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
             null_context, null_pooled = torch.zeros_like(context[:1]), torch.zeros_like(pooled[:1])
