@@ -39,7 +39,8 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
-from .stable_diffusion import StableDiffusion, check_stable_diffusion_unet, negative_prompts
+from .stable_diffusion import (StableDiffusion, check_components, check_stable_diffusion_unet, negative_prompts,
+                               prompt_list)
 
 XL_PIPELINE_GUIDANCE = 5.0  # StableDiffusionXLPipeline's default guidance_scale s (w = 4)
 XL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # besides stable_diffusion.COMPONENTS
@@ -66,11 +67,7 @@ class StableDiffusionXL(StableDiffusion):
         """(context (B, L, d_1 + d_2), pooled (B, projection_dim)) as the pipeline's ``encode_prompt``
         (clip_skip None): each tokenizer pads to its ``model_max_length`` and truncates, each encoder's
         penultimate hidden states, concatenated; the pooled, projected output of encoder 2."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise DiffkitError("prompts must be a non-empty list of strings")
+        prompts = prompt_list(prompts)
         states = []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -215,10 +212,7 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
         raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (no text_encoder or "
                            f"requires_aesthetics_score={index.get('requires_aesthetics_score')!r}); diffkit samples "
                            f"SD-XL base folders (text_encoder and text_encoder_2) from text")
-    missing = [c for c in XL_COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2
-               or index[c][0] is None or not (directory / c).is_dir()]
-    if missing:
-        raise DiffkitError(f"{directory} lacks the SD-XL component(s) {', '.join(missing)}")
+    check_components(directory, index, XL_COMPONENTS, "SD-XL")
     vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
         if (directory / "vae" / "config.json").is_file() else {}
     for key in ("latents_mean", "latents_std"):
