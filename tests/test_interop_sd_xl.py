@@ -84,6 +84,14 @@ def test_sd_xl_folder_loads_and_encodes_as_the_pipeline(tiny_xl):
     torch.testing.assert_close(context, theirs, rtol=0, atol=0)
     torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
     assert xl.time_ids((16, 16), (0, 0), (16, 16)).tolist() == [16, 16, 0, 0, 16, 16]
+    # the null half: zeros for no negative prompt (force_zeros_for_empty_prompt), an explicit "" is encoded
+    for negative in (None, ""):
+        _, theirs_null, _, theirs_null_pooled = pipe.encode_prompt(PROMPTS, device="cpu", negative_prompt=negative)
+        guided, _ = xl.prompt_guidance(PROMPTS, negative, 5.0, "diffusers", 0.0, image_size=(16, 16))
+        torch.testing.assert_close(guided.null_context.expand_as(theirs_null), theirs_null, rtol=0, atol=1e-6)
+        torch.testing.assert_close(guided.null_cond["text_embeds"].expand_as(theirs_null_pooled), theirs_null_pooled,
+                                   rtol=0, atol=1e-6)
+        assert (theirs_null.abs().max() == 0) == (negative is None)
 
 
 @pytest.mark.parametrize("scheduler, sampler, kw", [
