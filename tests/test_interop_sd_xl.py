@@ -257,6 +257,9 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     from diffkit.interop.ip_adapter import IPAdapter
     with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --ip-adapter"):
         IPAdapter.adapting(None, xl)  # refused before the adapter is read
+    from diffkit.interop.controlnet import ControlNets
+    with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --controlnet"):
+        ControlNets.controlling(None, xl, 16, 16)  # text_to_image(xl, controlnet=...): refused before any use
     from diffkit.interop.stable_diffusion import StableDiffusion
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
         StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,
