@@ -84,6 +84,9 @@ def test_sd_xl_folder_loads_and_encodes_as_the_pipeline(tiny_xl):
     torch.testing.assert_close(context, theirs, rtol=0, atol=0)
     torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
     assert xl.time_ids((16, 16), (0, 0), (16, 16)).tolist() == [16, 16, 0, 0, 16, 16]
+    none = dict.fromkeys(("original_size", "crops_coords_top_left", "target_size", "negative_original_size"))
+    _, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 8), micro_conditioning=none)
+    assert cond["time_ids"].tolist() == [[16, 8, 0, 0, 16, 8]] * 2  # None is the default, as the pipeline's
     # the null half: zeros for no negative prompt (force_zeros_for_empty_prompt), an explicit "" is encoded
     for negative in (None, ""):
         _, theirs_null, _, theirs_null_pooled = pipe.encode_prompt(PROMPTS, device="cpu", negative_prompt=negative)

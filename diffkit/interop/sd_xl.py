@@ -106,6 +106,7 @@ class StableDiffusionXL(StableDiffusion):
         if unknown:
             raise DiffkitError(f"micro_conditioning keys {unknown} are not allowed; allowed: "
                                f"{', '.join(MICRO_CONDITIONS)}")
+        micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
         size = tuple(image_size)
         ids = self.time_ids(micro.get("original_size", size), micro.get("crops_coords_top_left", (0, 0)),
                             micro.get("target_size", size))
