@@ -540,12 +540,13 @@ def test_sample_command_runs_a_stable_diffusion_folder(tiny_sd, tmp_path, capsys
     assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--noise-out",
                  str(tmp_path / "n.png"), "--out", str(tmp_path / "x.png")]) == 2  # it was ignored
     assert "--noise-out" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
-    # --guidance-rescale: the pipeline's guidance_rescale (was refused for Stable Diffusion folders)
+    # --guidance-rescale: the pipeline's guidance_rescale (was refused for Stable Diffusion folders); and
+    # --negative-prompt: text_to_image's negative_prompt (the pipeline's: test_sd_textual_inversion.py)
     assert main(["sample", "--checkpoint", str(tmp_path / "sd"), "--prompt", "hot", "--num", "2", "--steps", "3",
-                 "--guidance-scale", "2", "--guidance-rescale", "0.7", "--seed", "5", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--guidance-scale", "2", "--guidance-rescale", "0.7", "--negative-prompt", "ugly", "--seed", "5",
+                 "--out", str(out), "--no-progress"]) == 0
     save_grid(text_to_image(sd, ["hot", "hot"], steps=3, guidance_scale=2.0, convention="seed", guidance_rescale=0.7,
-                            seed=5, output_range="-1,1"), tmp_path / "expected.png", 8)
+                            negative_prompt="ugly", seed=5, output_range="-1,1"), tmp_path / "expected.png", 8)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
 
 

@@ -203,6 +203,7 @@ def test_lcm_folders_refuse_bad_input_in_one_line(lcm, tmp_path, capsys):
     for argv, match in ((["--guidance-scale", "2", "--guidance-rescale", "0.5"],
                          r"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
                          r"--guidance-scale as its input w \(time_cond_proj_dim=256"),
+                        (["--negative-prompt", "ugly"], r"--negative-prompt is an option of classifier-free guidance"),
                         (["--steps", "60"], "the 'lcm' spacing takes at most 50 steps"),
                         (["--guidance-scale", "-2"], r"guidance scale=-2\.0 is out of range; allowed: >= -1")):
         code = main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--num", "1", "--batch-size", "1",

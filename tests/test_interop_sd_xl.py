@@ -84,6 +84,17 @@ def test_sd_xl_folder_loads_and_encodes_as_the_pipeline(tiny_xl):
     torch.testing.assert_close(context, theirs, rtol=0, atol=0)
     torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
     assert xl.time_ids((16, 16), (0, 0), (16, 16)).tolist() == [16, 16, 0, 0, 16, 16]
+    none = dict.fromkeys(("original_size", "crops_coords_top_left", "target_size", "negative_original_size"))
+    _, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 8), micro_conditioning=none)
+    assert cond["time_ids"].tolist() == [[16, 8, 0, 0, 16, 8]] * 2  # None is the default, as the pipeline's
+    # the null half: zeros for no negative prompt (force_zeros_for_empty_prompt), an explicit "" is encoded
+    for negative in (None, ""):
+        _, theirs_null, _, theirs_null_pooled = pipe.encode_prompt(PROMPTS, device="cpu", negative_prompt=negative)
+        guided, _ = xl.prompt_guidance(PROMPTS, negative, 5.0, "diffusers", 0.0, image_size=(16, 16))
+        torch.testing.assert_close(guided.null_context.expand_as(theirs_null), theirs_null, rtol=0, atol=1e-6)
+        torch.testing.assert_close(guided.null_cond["text_embeds"].expand_as(theirs_null_pooled), theirs_null_pooled,
+                                   rtol=0, atol=1e-6)
+        assert (theirs_null.abs().max() == 0) == (negative is None)
 
 
 @pytest.mark.parametrize("scheduler, sampler, kw", [
@@ -149,7 +160,7 @@ def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
         plain = text_to_image(xl, PROMPTS[:batch], steps=4, grid="scheduler", guidance_scale=5.0, latents=latents,
                               return_latents=True, micro_conditioning=micro if batch == 1 else None)
         assert relative_error(plain, theirs) > 1e-3
-    with pytest.raises(DiffkitError, match="negative_target_size"):
+    with pytest.raises(DiffkitError, match=r"negative_original_size=\(8, 8\) is not allowed alone: .*target_size"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"negative_original_size": (8, 8)})
     with pytest.raises(DiffkitError, match=r"original_size=\(8,\) is not allowed"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
@@ -249,10 +260,30 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     from diffkit.interop.ip_adapter import IPAdapter
     with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --ip-adapter"):
         IPAdapter.adapting(None, xl)  # refused before the adapter is read
+    from diffkit.interop.controlnet import ControlNets
+    with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --controlnet"):
+        ControlNets.controlling(None, xl, 16, 16)  # text_to_image(xl, controlnet=...): refused before any use
     from diffkit.interop.stable_diffusion import StableDiffusion
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
         StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,
                                         micro_conditioning={"original_size": (8, 8)})  # refused before any use
+
+
+def test_a_unet_that_does_not_fit_the_encoders_is_refused(tiny_xl):
+    """cross_attention_dim = d_1 + d_2 and the added embedding's 6 * addition_time_embed_dim + projection_dim
+    inputs (the pipeline's _get_add_time_ids check): one line naming the values."""
+    import dataclasses
+    from types import SimpleNamespace
+    from diffkit.interop.sd_xl import _check_dimensions
+    xl = tiny_xl[2]
+    _check_dimensions(xl, "xl")  # 56 = 32 + 24, 68 = 6 * 8 + 20
+    for config, match in (({"cross_attention_dim": 64, "addition_time_embed_dim": 8},
+                           r"cross_attention_dim=64 is not the text encoders' hidden sizes 32 \+ 24"),
+                          ({"cross_attention_dim": 56, "addition_time_embed_dim": 7},
+                           r"added embedding takes 68 inputs, not .* = 62")):
+        unet = SimpleNamespace(config=SimpleNamespace(**config), add_embedding=xl.unet.add_embedding)
+        with pytest.raises(DiffkitError, match=match):
+            _check_dimensions(dataclasses.replace(xl, unet=unet), "xl")
 
 
 def test_null_cond_swaps_only_the_null_half():
@@ -282,7 +313,8 @@ def test_null_cond_swaps_only_the_null_half():
 
 
 def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
-    """As the pipeline's upcast: the float16 weights, computed in float32; the VAE stays float16."""
+    """As the pipeline's upcast: the float16 weights, computed in float32; the VAE stays float16. So
+    does encoding (StableDiffusionXLImg2ImgPipeline's prepare_latents: diffkit edit)."""
     import copy
     import dataclasses
     _, _, xl = tiny_xl
@@ -292,6 +324,25 @@ def test_a_float16_vae_with_force_upcast_decodes_in_float32(tiny_xl):
     assert half.dtype == torch.float16 and ours.dtype == torch.float32
     expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).decode(z)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    ours = dataclasses.replace(xl, vae=half).encode(images, torch.Generator().manual_seed(4), sample=True)
+    assert half.dtype == torch.float16
+    expected = dataclasses.replace(xl, vae=copy.deepcopy(half).float()).encode(images, torch.Generator().manual_seed(4),
+                                                                               sample=True)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_sd_xl_null_half_of_one_prompt_fits_any_slice_of_the_batch(tiny_xl):
+    """diffkit edit hands the guided denoiser slices of the prompts' cond (--batch-size below the
+    image count): with force_zeros_for_empty_prompt False the empty prompt's null half is one row, so
+    image 1 alone is image 1 of the whole batch."""
+    import dataclasses
+    xl = dataclasses.replace(tiny_xl[2], force_zeros_for_empty_prompt=False)
+    guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    x, t = _latents(xl), torch.tensor([500.0, 500.0])
+    whole = guided(x, t, **cond).eps
+    alone = guided(x[1:], t[1:], **{key: value[1:] for key, value in cond.items()}).eps
+    torch.testing.assert_close(alone, whole[1:], rtol=1e-5, atol=1e-5)
 
 
 def test_sd_xl_img2img_is_the_img2img_pipeline(tiny_xl):
@@ -304,27 +355,30 @@ def test_sd_xl_img2img_is_the_img2img_pipeline(tiny_xl):
                                                          add_watermarker=False)
     img2img.set_progress_bar_config(disable=True)
     image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
-                         output_type="latent", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
     guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 16))
-    ours = latent_img2img(guided, xl, image * 2 - 1, 0.5, "ddim", 4, posterior="sample", seed=10, cond=cond,
-                          progress=False, return_latents=True, spacing="leading", final="sigma_min", steps_offset=1,
-                          eta=0.0)
-    assert relative_error(ours, theirs) < 1e-5
+    for strength in (0.5, 0.4):  # 0.4: the pipeline's int(steps * strength) = 1 of 4 steps (not round: 2)
+        with torch.no_grad():
+            theirs = img2img(PROMPTS, image=image, strength=strength, num_inference_steps=4, guidance_scale=5.0,
+                             output_type="latent",
+                             generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+        ours = latent_img2img(guided, xl, image * 2 - 1, strength, "ddim", 4, posterior="sample", seed=10, cond=cond,
+                              progress=False, return_latents=True, spacing="leading", final="sigma_min",
+                              steps_offset=1, eta=0.0)
+        assert relative_error(ours, theirs) < 1e-5
 
 
 def test_sd_xl_folder_through_diffkit_edit_is_the_img2img_pipeline(tiny_xl, tmp_path, capsys):
-    """``diffkit edit --checkpoint SDXL --prompt`` on PNGs: StableDiffusionXLImg2ImgPipeline's images (to
-    the PNGs' 1/255), image i from seed + i, default s = 5; DDIM with steps_offset 0 and set_alpha_to_one."""
+    """``diffkit edit --checkpoint SDXL --prompt --negative-prompt`` on PNGs: StableDiffusionXLImg2ImgPipeline's
+    images with its negative_prompt (to the PNGs' 1/255), image i from seed + i, default s = 5; DDIM with
+    steps_offset 0 and set_alpha_to_one (the zeroed null half: test_sd_xl_img2img_is_the_img2img_pipeline)."""
     import numpy as np
     from PIL import Image
     from test_latent_editing import cli, write_pngs
     pipe, root, _ = tiny_xl
     pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
     code, out, err = cli(capsys, "--checkpoint", root / "xl", "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
-                         PROMPTS[1], "--strength", 0.5, "--steps", 4, "--spacing", "leading", "--final", "zero",
-                         "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
+                         PROMPTS[1], "--negative-prompt", "ugly", "--strength", 0.5, "--steps", 4, "--spacing",
+                         "leading", "--final", "zero", "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
     assert code == 0, err
     image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
                          for i in range(2)]).float() / 255
@@ -334,6 +388,7 @@ def test_sd_xl_folder_through_diffkit_edit_is_the_img2img_pipeline(tiny_xl, tmp_
     img2img.set_progress_bar_config(disable=True)
     with torch.no_grad():
         theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
-                         output_type="np", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+                         negative_prompt="ugly", output_type="np",
+                         generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
     ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
     assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1

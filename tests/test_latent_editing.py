@@ -256,6 +256,34 @@ def test_sd_folder_through_the_cli_is_the_img2img_pipeline(tiny_sd, tmp_path, ca
     assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
 
 
+def test_sd_folder_edit_negative_prompt_is_the_pipelines(tiny_sd, tmp_path, capsys):
+    """``diffkit edit --checkpoint SD --prompt P --negative-prompt N``: StableDiffusionImg2ImgPipeline's
+    ``negative_prompt`` (to the PNG's 1/255); refused without --prompt and for a diffkit checkpoint (one line)."""
+    import diffusers
+    pipe, _, _, folder = tiny_sd
+    pngs = write_pngs(tmp_path / "in", 1, 16, "RGB")
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--negative-prompt",
+                         "ugly", "--strength", 0.5, "--steps", 4, "--spacing", "leading", "--final", "zero",
+                         "--guidance-scale", 5, "--guidance-convention", "diffusers", "--seed", 10, "--out",
+                         tmp_path / "out")
+    assert code == 0, err
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    scheduler = pipe.scheduler
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    try:
+        with torch.no_grad():
+            theirs = pipe(PROMPTS[:1], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
+                          negative_prompt=["ugly"], output_type="np", generator=_generators()[:1]).images
+    finally:
+        pipe.scheduler = scheduler
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None]
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+    code, _, err = cli(capsys, "--checkpoint", folder, "--negative-prompt", "ugly", "--images", pngs, "--out",
+                       tmp_path / "never")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--negative-prompt 'ugly' goes with --prompt" in err
+    assert not (tmp_path / "never").exists()
+
+
 def test_sd_folder_inpainting_and_mistakes_through_the_cli(tiny_sd, tmp_path, capsys):
     _, _, _, folder = tiny_sd
     pngs = write_pngs(tmp_path / "in", 3, 16, "RGB")
@@ -372,6 +400,7 @@ def test_a_latent_text_checkpoint_is_edited_with_prompts_and_guidance(latent_tex
         (["--prompt", "a", "--interpolate", "3"], "--prompt does not go with --interpolate"),
         (["--interpolate", "3"], "--interpolate works on pixel-space checkpoints"),
         (["--guidance-scale", "2"], "--guidance-scale is not available for --images"),
+        (["--prompt", "a", "--negative-prompt", "x"], "--negative-prompt applies to a Stable Diffusion folder"),
     ]:
         code, out, err = cli(capsys, *base, *extra, "--out", tmp_path / "never")
         assert code != 0 and len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists(), err

@@ -104,6 +104,10 @@ def register(sub) -> None:
     p.add_argument("--prompt", dest="prompts", action="append", type=str, metavar="TEXT",
                    help="text-conditional checkpoints and Stable Diffusion folders: the prompt every image is "
                         "edited towards; repeat it once per image (in the files' order) for one each")
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="Stable Diffusion / SD-XL folders with --prompt: the null condition of classifier-free "
+                        "guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
+                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt")
     p.add_argument("--posterior", type=str, choices=("mean", "sample"),
                    help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
                         "the image's seed before its noise, as diffusers' img2img); default mean for a diffkit "
@@ -355,6 +359,9 @@ def _prompt_request(args, sampler: str):
     from ..errors import DiffkitError
     from .sample import GuidanceRequest
     if args.prompts is None:
+        if args.negative_prompt is not None:
+            raise DiffkitError(f"--negative-prompt {args.negative_prompt!r} goes with --prompt (a Stable Diffusion "
+                               f"folder's classifier-free guidance)")
         return None
     if args.class_id is not None:
         raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or class-conditional")
@@ -362,6 +369,7 @@ def _prompt_request(args, sampler: str):
         raise DiffkitError("--prompt does not go with --interpolate (which works on pixel-space checkpoints)")
     request = GuidanceRequest(guidance_scale=args.guidance_scale, convention=args.guidance_convention,
                               rescale=args.guidance_rescale, prompts=list(args.prompts),
+                              negative_prompt=args.negative_prompt,
                               interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                               apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                               apg_momentum=args.apg_momentum)
@@ -408,7 +416,8 @@ def _prompted(args, denoiser, request, count: int, device, size=None):
     of images start..start + n - 1) for a text-conditional checkpoint or a Stable Diffusion folder
     (``denoiser`` is then its :class:`~diffkit.interop.stable_diffusion.StableDiffusion`; guidance
     default diffusers' s = 7.5, as ``diffkit sample``; SD-XL: its prompt_guidance, time ids of the images'
-    ``size``, s = 5). One prompt: every image; else one per image."""
+    ``size``, s = 5); ``request.negative_prompt``: the null half's prompt (folders only). One prompt: every
+    image; else one per image."""
     import torch
 
     from ..errors import DiffkitError
@@ -426,12 +435,17 @@ def _prompted(args, denoiser, request, count: int, device, size=None):
         scale, convention = ((sd.default_guidance_scale, "diffusers") if request.guidance_scale is None
                              else (request.guidance_scale, request.convention))
         if hasattr(sd, "encode_prompts_xl"):  # SD-XL (StableDiffusionXLImg2ImgPipeline): pooled text, time ids
-            guided, cond = sd.prompt_guidance(prompts, None, scale, convention, request.rescale, image_size=size)
+            guided, cond = sd.prompt_guidance(prompts, request.negative_prompt, scale, convention, request.rescale,
+                                              image_size=size)
             return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
                                              for key, value in cond.items()}
         context = sd.encode_prompts(prompts)
-        guided = sd.guided(scale, sd.encode_prompts([""]), convention, rescale=request.rescale)
+        guided = sd.guided(scale, sd.encode_prompts([request.negative_prompt or ""]), convention,
+                           rescale=request.rescale)
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])
+    if request.negative_prompt is not None:
+        raise DiffkitError(f"--negative-prompt applies to a Stable Diffusion folder (diffusers format); "
+                           f"{args.checkpoint} is not one")
     from .sample import prompt_conditioning
     guided, context, _, index, _, _ = prompt_conditioning(denoiser, request, count, 1, device)
     return guided, lambda start, n: {"context": context[index[start:start + n].to(context.device)]}

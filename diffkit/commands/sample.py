@@ -853,8 +853,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
             raise not_for_stable_diffusion(flag)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
     w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
-    if w_input and guidance.rescale:  # before loading the weights
-        raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
+    cfg_only = [flag for flag, value in (("--guidance-rescale", guidance.rescale),
+                                         ("--negative-prompt", guidance.negative_prompt is not None)) if value]
+    if w_input and cfg_only:  # before loading the weights
+        raise DiffkitError(f"{cfg_only[0]} is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
     sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     controlnet = None if control is None else control.load(device, sd.dtype, progress)

@@ -335,7 +335,10 @@ class ControlNets:
         LCMScheduler folder, :mod:`.lcm`) the consistency function wraps this denoiser (or its classifier-free
         guidance, an LCM-LoRA), as StableDiffusionControlNetPipeline feeds the controlled UNet's output to
         LCMScheduler; a guidance input w reaches the UNet only (the pipeline gives the ControlNet no
-        ``timestep_cond``)."""
+        ``timestep_cond``). An SD-XL folder is refused (its ControlNets take added_cond_kwargs, not passed here)."""
+        if getattr(sd, "text_encoder_2", None) is not None:
+            raise DiffkitError("ControlNets apply to a Stable Diffusion 1.x/2.x folder; SD-XL folders (text_encoder_2) "
+                               "are not supported with --controlnet")
         for index, model in enumerate(self.models):
             check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
         f = sd.vae_scale_factor

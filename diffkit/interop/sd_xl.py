@@ -30,6 +30,7 @@ embeddings. ``clip_skip`` and ``prompt_2`` are not offered (the pipeline's defau
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -38,7 +39,8 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
-from .stable_diffusion import StableDiffusion, check_stable_diffusion_unet, negative_prompts
+from .stable_diffusion import (StableDiffusion, check_components, check_stable_diffusion_unet, negative_prompts,
+                               prompt_list)
 
 XL_PIPELINE_GUIDANCE = 5.0  # StableDiffusionXLPipeline's default guidance_scale s (w = 4)
 XL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # besides stable_diffusion.COMPONENTS
@@ -65,11 +67,7 @@ class StableDiffusionXL(StableDiffusion):
         """(context (B, L, d_1 + d_2), pooled (B, projection_dim)) as the pipeline's ``encode_prompt``
         (clip_skip None): each tokenizer pads to its ``model_max_length`` and truncates, each encoder's
         penultimate hidden states, concatenated; the pooled, projected output of encoder 2."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise DiffkitError("prompts must be a non-empty list of strings")
+        prompts = prompt_list(prompts)
         states = []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -108,6 +106,7 @@ class StableDiffusionXL(StableDiffusion):
         if unknown:
             raise DiffkitError(f"micro_conditioning keys {unknown} are not allowed; allowed: "
                                f"{', '.join(MICRO_CONDITIONS)}")
+        micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
         size = tuple(image_size)
         ids = self.time_ids(micro.get("original_size", size), micro.get("crops_coords_top_left", (0, 0)),
                             micro.get("target_size", size))
@@ -116,13 +115,16 @@ class StableDiffusionXL(StableDiffusion):
             null_ids = self.time_ids(micro["negative_original_size"],
                                      micro.get("negative_crops_coords_top_left", (0, 0)), micro["negative_target_size"])
         elif any(micro.get(key) is not None for key in MICRO_CONDITIONS[3:]):
-            raise DiffkitError("negative size conditions need both negative_original_size and negative_target_size "
-                               "(the pipeline ignores them otherwise)")
+            given = ", ".join(f"{key}={micro[key]!r}" for key in MICRO_CONDITIONS[3:] if micro.get(key) is not None)
+            raise DiffkitError(f"{given} is not allowed alone: negative size conditions need both "
+                               f"negative_original_size and negative_target_size (the pipeline ignores them otherwise)")
         context, pooled = self.encode_prompts_xl(prompts)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
             null_context, null_pooled = torch.zeros_like(context[:1]), torch.zeros_like(pooled[:1])
-        else:
-            null_context, null_pooled = self.encode_prompts_xl(negative_prompts(negative_prompt, len(prompts)))
+        else:  # one row for a prompt shared by all: the wrapper broadcasts it to any slice (diffkit edit)
+            shared = negative_prompt is None or isinstance(negative_prompt, str)
+            null_context, null_pooled = self.encode_prompts_xl(
+                [negative_prompt or ""] if shared else negative_prompts(negative_prompt, len(prompts)))
         denoiser = self.guided(guidance_scale, {"context": null_context, "text_embeds": null_pooled,
                                                 "time_ids": null_ids[None]}, convention, rescale=guidance_rescale)
         batch = context.shape[0]
@@ -138,16 +140,30 @@ class StableDiffusionXL(StableDiffusion):
         return super().guided(guidance_scale, null["context"], convention, null_cond=extra, **options)
 
     # ------------------------------------------------------------------ images
+    @contextlib.contextmanager
+    def _upcast_vae(self):
+        """The pipelines' upcast: a float16 VAE with ``force_upcast`` runs in float32 (its float16
+        weights), and is float16 again afterwards."""
+        upcast = self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = scaling_factor E(x) (:meth:`~.stable_diffusion.StableDiffusion.encode`); a float16 VAE with
+        ``force_upcast`` encodes in float32, as StableDiffusionXLImg2ImgPipeline's ``prepare_latents``."""
+        with self._upcast_vae():
+            return super().encode(images, generator, sample)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor) (0.13025 for SD-XL's VAE); a float16 VAE with ``force_upcast``
         decodes in float32, as the pipeline upcasts it."""
-        if self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False):
-            self.vae.to(torch.float32)
-            try:
-                return super().decode(latents)
-            finally:
-                self.vae.to(torch.float16)
-        return super().decode(latents)
+        with self._upcast_vae():
+            return super().decode(latents)
 
 
 def _index(path: Union[str, Path]) -> Optional[dict]:
@@ -197,10 +213,7 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
         raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (no text_encoder or "
                            f"requires_aesthetics_score={index.get('requires_aesthetics_score')!r}); diffkit samples "
                            f"SD-XL base folders (text_encoder and text_encoder_2) from text")
-    missing = [c for c in XL_COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2
-               or index[c][0] is None or not (directory / c).is_dir()]
-    if missing:
-        raise DiffkitError(f"{directory} lacks the SD-XL component(s) {', '.join(missing)}")
+    check_components(directory, index, XL_COMPONENTS, "SD-XL")
     vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
         if (directory / "vae" / "config.json").is_file() else {}
     for key in ("latents_mean", "latents_std"):

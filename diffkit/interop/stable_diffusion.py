@@ -90,12 +90,7 @@ class StableDiffusion:
         ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers); a
         multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`)."""
         from .sd_textual_inversion import expand_prompt
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise DiffkitError("prompts must be a non-empty list of strings")
-        prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompts]
+        prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompt_list(prompts)]
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         mask = None
@@ -242,6 +237,14 @@ class StableDiffusion:
             return self.vae.decode(z, return_dict=False)[0].float()
 
 
+def prompt_list(prompts: Union[str, Sequence[str]]) -> list:
+    """``prompts`` as a non-empty list of strings (one string: a list of one)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise DiffkitError("prompts must be a non-empty list of strings")
+    return prompts
+
+
 def negative_prompts(negative_prompt: Union[None, str, Sequence[str]], batch: int) -> list:
     """One negative prompt per prompt: ``negative_prompt`` (None: the empty prompt) repeated, or a
     list of ``batch`` of them."""
@@ -269,12 +272,17 @@ def _read_index(directory: Path) -> dict:
     if not index_file.is_file():
         raise DiffkitError(f"{directory} is not a diffusers folder (no model_index.json)")
     index = read_json_object(index_file, "diffusers index")
-    missing = [c for c in COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2 or index[c][0] is None
+    check_components(directory, index, COMPONENTS, "Stable Diffusion")
+    return index
+
+
+def check_components(directory: Path, index: dict, components: Sequence[str], kind: str) -> None:
+    """Each of ``components`` is named in ``model_index.json`` (a [library, class] pair) and is a sub-folder."""
+    missing = [c for c in components if not isinstance(index.get(c), list) or len(index[c]) != 2 or index[c][0] is None
                or not (directory / c).is_dir()]
     if missing:
-        raise DiffkitError(f"{directory} lacks the Stable Diffusion component(s) {', '.join(missing)}; allowed: a "
-                           f"folder with {', '.join(COMPONENTS)}")
-    return index
+        raise DiffkitError(f"{directory} lacks the {kind} component(s) {', '.join(missing)}; allowed: a "
+                           f"folder with {', '.join(components)}")
 
 
 def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
