@@ -30,7 +30,9 @@ takes ``--guidance-scale W`` as its network input w: one call per step, no class
 (default: the middle of the range it was distilled on; a W outside it warns). Latent checkpoints
 sample latents and decode them with the autoencoder stored in the checkpoint. A diffusers Stable
 Diffusion folder samples ``--prompt``; one with an LCMScheduler (a latent consistency model, e.g.
-LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md).
+LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md); ``--scheduler lcm`` samples
+a plain folder (e.g. with an LCM-LoRA in ``--lora``) as diffusers' ``LCMScheduler.from_config`` would, ``tcd`` as
+``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`).
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -840,7 +842,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). An SD-XL folder
     (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
     null condition of every prompt. ``scheduler``: ``"lcm"`` / ``"tcd"``, the folder sampled as with diffusers'
-    ``LCMScheduler`` / ``TCDScheduler.from_config`` (:mod:`diffkit.interop.sd_scheduler`). Writes the grid (and single PNGs); latents have no noise grid."""
+    ``LCMScheduler`` / ``TCDScheduler.from_config`` (:mod:`diffkit.interop.sd_scheduler`). Writes the grid (and
+    single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -862,7 +865,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         if value is not None and value is not False:
             raise not_for_stable_diffusion(flag)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing, scheduler)
-    w_input = folder_guidance_input(directory) if is_lcm_folder(directory) or scheduler == "lcm" else 0  # else the loader refuses it
+    lcm = is_lcm_folder(directory) or scheduler == "lcm"
+    w_input = folder_guidance_input(directory) if lcm else 0  # else the loader refuses it
     if w_input and guidance.rescale:  # before loading the weights
         raise DiffkitError(f"--guidance-rescale is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")

@@ -76,13 +76,18 @@ def override_config(config: Mapping, name: str, directory="the folder", build: b
         return dict(config)
     diffusers = require("diffusers")
     base = getattr(diffusers, str(own), None)
-    loaded = base.from_config(config).config if isinstance(base, type) and hasattr(base, "from_config") else config
-    new = dict(getattr(diffusers, cls_name).from_config(loaded).config)
+    logs, level = diffusers.utils.logging, diffusers.utils.logging.get_verbosity()
+    logs.set_verbosity_error()  # the keys one class does not take (skip_prk_steps, ...): expected, not news
+    try:
+        loaded = base.from_config(config).config if isinstance(base, type) and hasattr(base, "from_config") else config
+        new = dict(getattr(diffusers, cls_name).from_config(loaded).config)
+    finally:
+        logs.set_verbosity(level)
     new.pop("_use_default_values", None)
     for key in ("clip_sample", "thresholding"):
         if new.get(key):
             raise DiffkitError(f"--scheduler {name}: {directory}'s scheduler config gives {cls_name} {key}=True, which "
-                               f"clamps x0_hat in diffusers' step and not in diffkit's samplers; allowed: a config with "
+                               f"clamps x0_hat in diffusers' step, not in diffkit's samplers; allowed: a config with "
                                f"{key} false (SD 1.5's and 2.1's)")
     if name == "tcd":  # the tcd sampler's lcm spacing picks from diffkit's default source times (no model grid)
         from ..timesteps import LCM_ORIGINAL_STEPS

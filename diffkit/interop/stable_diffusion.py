@@ -414,7 +414,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     if sampler is None:
         from .sd_scheduler import default_sampler
         sampler = default_sampler(sd.scheduler_override, sd.consistency is not None)
-    if ((sd.consistency is not None or sd.scheduler_override) and steps is None and nfe is None and not isinstance(grid, torch.Tensor)
+    if ((sd.consistency is not None or sd.scheduler_override) and steps is None and nfe is None
+            and not isinstance(grid, torch.Tensor)
             and sampler.split("@")[0].split(":")[0] in CONSISTENCY_SAMPLERS):
         steps = LCM_STEPS
     if isinstance(grid, str):
