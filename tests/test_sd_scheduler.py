@@ -119,6 +119,7 @@ def test_tcd_override_equals_pipeline_with_tcd_scheduler_from_config(plain, smal
     ours = text_to_image(sd, PROMPTS, sampler="tcd:sigma_min", steps=4, guidance_scale=scale, gamma=gamma,
                          latents=latents, seed=7, return_latents=True)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    assert sd.scheduler_grid(4)[:-1].tolist() == pipe.scheduler.timesteps.tolist()  # TCDScheduler's, then -1
     if scale == 1.0:  # the defaults: tcd (final zero: clean data), 4 steps, s = 1
         default = text_to_image(sd, PROMPTS, latents=latents, seed=7, return_latents=True)
         explicit = text_to_image(sd, PROMPTS, sampler="tcd", steps=4, guidance_scale=1.0, latents=latents, seed=7,
