@@ -468,7 +468,7 @@ def peek_checkpoint(checkpoint) -> dict | None:
     return peek_metadata(path) if path.is_file() else None
 
 
-def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tuple:
+def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, scheduler=None) -> tuple:
     """(sampler, steps) with the defaults filled in for ``checkpoint``: a consistency model
     (``diffkit distill``) samples with ``consistency`` in its config's ``sample_steps`` (4), as does a
     Stable Diffusion folder with an LCMScheduler (4, LatentConsistencyModelPipeline's default; the
@@ -476,16 +476,18 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None) -> tupl
     other checkpoint with ``ddim`` (steps None: the command's own default); what the user gave is
     kept. On the model's own grid (the ``lcm`` spacing, the consistency sampler's default; ``spacing``
     is ``--spacing``) the default steps are at most its source times. Only the file's header (or the
-    folder's JSON) is read."""
+    folder's JSON) is read. ``scheduler``: a Stable Diffusion folder's ``--scheduler lcm`` (as an LCMScheduler
+    folder) or ``tcd`` (the ``tcd`` sampler in 4 steps; :mod:`diffkit.interop.sd_scheduler`)."""
     meta = None
     lcm_folder = False
     if checkpoint is not None:
         from ..interop.lcm import is_lcm_folder
         meta = peek_checkpoint(checkpoint)
-        lcm_folder = meta is None and is_lcm_folder(checkpoint)
+        lcm_folder = meta is None and (scheduler is not None or is_lcm_folder(checkpoint))
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None:
-        sampler = "consistency" if consistency else "ddim"
+        from ..interop.sd_scheduler import default_sampler
+        sampler = default_sampler(scheduler if lcm_folder else None, consistency)
     from ..samplers.registry import CONSISTENCY_SAMPLERS, REGISTRY, split_sampler_spec
     name, spec_spacing, _ = split_sampler_spec(sampler)
     if steps is None and nfe is None and consistency and name in CONSISTENCY_SAMPLERS:

@@ -30,7 +30,9 @@ takes ``--guidance-scale W`` as its network input w: one call per step, no class
 (default: the middle of the range it was distilled on; a W outside it warns). Latent checkpoints
 sample latents and decode them with the autoencoder stored in the checkpoint. A diffusers Stable
 Diffusion folder samples ``--prompt``; one with an LCMScheduler (a latent consistency model, e.g.
-LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md).
+LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md); ``--scheduler lcm`` samples
+a plain folder (e.g. with an LCM-LoRA in ``--lora``) as diffusers' ``LCMScheduler.from_config`` would, ``tcd`` as
+``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`).
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -100,6 +102,10 @@ def register(sub) -> None:
     add_network_flags(p)
     add_lora_flags(p)
     add_textual_inversion_flag(p)
+    p.add_argument("--scheduler", choices=("lcm", "tcd"),
+                   help="Stable Diffusion folders: sample as diffusers' pipe.scheduler = LCMScheduler (lcm) / "
+                        "TCDScheduler (tcd) .from_config(pipe.scheduler.config), e.g. with an LCM-LoRA in --lora: "
+                        "default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/interop.md)")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
@@ -195,7 +201,10 @@ def run(args) -> int:
         checkpoint = config.test_checkpoint()
         if not is_legacy_checkpoint(checkpoint):  # it carries its own model config: this one named the file
             output_config, config = config.to_dict(), None  # and says where the images go
-    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # its header
+    from ..interop.sd_scheduler import check_scheduler_override
+    check_scheduler_override(checkpoint, args.scheduler)  # JSON only: before anything is loaded or written
+    sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing,
+                                           args.scheduler)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
     options = tolerance_options(args, info)  # --rtol / --atol, --gamma, --restarts: each for its sampler
     if "restarts" in options:
@@ -244,7 +253,7 @@ def run(args) -> int:
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
-                        **options)
+                        scheduler=args.scheduler, **options)
     return 0
 
 
@@ -579,7 +588,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
                     lora=None, lora_any_base=False, textual_inversion=None, control: Optional[ControlRequest] = None,
-                    ip_adapter: Optional[IPAdapterRequest] = None, **options):
+                    ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -593,13 +602,15 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`).
     ``textual_inversion``: a Stable Diffusion folder's embedding files, (path, token) pairs. ``control``: the
     ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`); ``ip_adapter``:
-    its IP-Adapter (:class:`~diffkit.commands._ip_adapter.IPAdapterRequest`)."""
+    its IP-Adapter (:class:`~diffkit.commands._ip_adapter.IPAdapterRequest`). ``scheduler``: its ``--scheduler``."""
     import torch
 
     from ..drawing import draw_samples
     from ..images import save_grid, save_images
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..loading import load_denoiser
+    from ..interop.sd_scheduler import check_scheduler_override
+    check_scheduler_override(checkpoint, scheduler)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "
@@ -618,7 +629,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
-                                       control=control, ip_adapter=ip_adapter, **options)
+                                       control=control, ip_adapter=ip_adapter, scheduler=scheduler, **options)
     if guidance is not None and guidance.negative_prompt is not None:
         raise DiffkitError(f"--negative-prompt applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                            f"is not one")
@@ -815,7 +826,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
                             textual_inversion=None, control: Optional[ControlRequest] = None,
-                            ip_adapter: Optional[IPAdapterRequest] = None, **options):
+                            ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -830,7 +841,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). ``ip_adapter``: an
     IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). An SD-XL folder
     (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
-    null condition of every prompt. Writes the grid (and single PNGs); latents have no noise grid."""
+    null condition of every prompt. ``scheduler``: ``"lcm"`` / ``"tcd"``, the folder sampled as with diffusers'
+    ``LCMScheduler`` / ``TCDScheduler.from_config`` (:mod:`diffkit.interop.sd_scheduler`). Writes the grid (and
+    single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -851,14 +864,16 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                                                          guidance.apg_momentum))):
         if value is not None and value is not False:
             raise not_for_stable_diffusion(flag)
-    sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing)
-    w_input = folder_guidance_input(directory) if is_lcm_folder(directory) else 0  # else the loader refuses it
+    sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing, scheduler)
+    lcm = is_lcm_folder(directory) or scheduler == "lcm"
+    w_input = folder_guidance_input(directory) if lcm else 0  # else the loader refuses it
     cfg_only = [flag for flag, value in (("--guidance-rescale", guidance.rescale),
                                          ("--negative-prompt", guidance.negative_prompt is not None)) if value]
     if w_input and cfg_only:  # before loading the weights
         raise DiffkitError(f"{cfg_only[0]} is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
-    sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
+    sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion,
+                               scheduler=scheduler)
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)

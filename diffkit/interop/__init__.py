@@ -11,6 +11,8 @@
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
+* :mod:`.sd_scheduler` - ``load_stable_diffusion(..., scheduler="lcm" / "tcd")``: a plain folder sampled as
+  diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config(pipe.scheduler.config)`` (LCM-LoRA, TCD-LoRA).
 
 diffusers (and transformers, for Stable Diffusion) are imported only when a function needs them;
 without them a one-line :class:`~diffkit.errors.DiffkitError` says what to install.

@@ -58,6 +58,7 @@ class StableDiffusion:
     consistency: Optional[dict] = None  # an LCMScheduler folder: sigma_data, timestep_scaling, grid (.lcm)
     prompt_expansions: dict = field(default_factory=dict)  # multi-vector textual inversion (.sd_textual_inversion)
     _denoiser: object = field(default=None, repr=False)
+    scheduler_override: Optional[str] = None  # load_stable_diffusion(scheduler=): "lcm" or "tcd" (.sd_scheduler)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -111,7 +112,7 @@ class StableDiffusion:
         """diffusers' default s for this folder: 7.5 (StableDiffusionPipeline), 8.5 for an LCM
         with a guidance input (LatentConsistencyModelPipeline), 1 (no guidance) for an LCM-LoRA."""
         if self.consistency is None:
-            return SD_PIPELINE_GUIDANCE
+            return LCM_LORA_GUIDANCE if self.scheduler_override else SD_PIPELINE_GUIDANCE
         return LCM_PIPELINE_GUIDANCE if self.guidance_embedding_dim else LCM_LORA_GUIDANCE
 
     @property
@@ -177,8 +178,8 @@ class StableDiffusion:
         (timestep_spacing, steps_offset, set_alpha_to_one), as a diffkit grid; for an
         LCMScheduler folder LCMScheduler's own timesteps, ending at clean data (-1)."""
         diffusers = require("diffusers")
-        if self.consistency is not None:
-            scheduler = diffusers.LCMScheduler.from_config(self.scheduler_config)
+        if self.consistency is not None or self.scheduler_override:  # LCMScheduler, TCDScheduler (.sd_scheduler)
+            scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
             try:
                 scheduler.set_timesteps(steps)
             except ValueError as err:  # more steps than original_inference_steps
@@ -316,30 +317,34 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpa
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                           progress: bool = True, lora=None, textual_inversion=None,
-                          inpainting: bool = False) -> StableDiffusion:
+                          inpainting: bool = False, scheduler: Optional[str] = None) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
     hides diffusers' and transformers' loading bars. ``lora``: LoRA files (paths or (path, scale)
     pairs, diffusers or kohya format) merged into the UNet and text encoder as diffusers'
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first).
     ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to the tokenizer and
     text encoder as diffusers' ``load_textual_inversion(path, token=token)`` (:mod:`.sd_textual_inversion`).
-    ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints)."""
+    ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints). ``scheduler``:
+    ``"lcm"`` / ``"tcd"`` samples the folder as diffusers' ``pipe.scheduler = LCMScheduler.from_config(
+    pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
+    from .sd_scheduler import check_scheduler_override
     from .sd_xl import is_sd_xl_folder, load_sd_xl
+    check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
         return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(Path(directory), device, dtype, inpainting)
+        sd = _load_stable_diffusion(Path(directory), device, dtype, inpainting, scheduler=scheduler)
     add_textual_inversions(sd, embeddings)
     merge_sd_loras(sd, loras)
     return sd
 
 
 def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False,
-                           check_unet=check_stable_diffusion_unet) -> StableDiffusion:
+                           check_unet=check_stable_diffusion_unet, scheduler: Optional[str] = None) -> StableDiffusion:
     diffusers, transformers = require("diffusers"), require("transformers")
     index = _read_index(directory)
     device = torch.device(device)
@@ -348,6 +353,9 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     if not sched_file.is_file():
         raise DiffkitError(f"{sched_file} does not exist")
     scheduler_config = read_json_object(sched_file, "scheduler config")
+    if scheduler is not None:  # LCMScheduler / TCDScheduler.from_config of it (.sd_scheduler)
+        from .sd_scheduler import override_config
+        scheduler_config = override_config(scheduler_config, scheduler, directory)
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     lcm = is_lcm_scheduler(scheduler_config)
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
@@ -361,7 +369,7 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     for module in (unet, vae, text_encoder):
         module.to(device).eval().requires_grad_(False)
     return StableDiffusion(unet, vae, text_encoder, tokenizer, schedule, prediction_type, scheduler_config,
-                           device, dtype, consistency)
+                           device, dtype, consistency, scheduler_override=scheduler)
 
 
 def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
@@ -375,9 +383,11 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
-    sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
+    sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
+        for ``scheduler="tcd"``.
     steps / nfe: the step count or the network evaluations to spend (default 50 steps; 4 with
-        the ``consistency`` or ``tcd`` sampler on an LCMScheduler folder, as LatentConsistencyModelPipeline).
+        the ``consistency`` or ``tcd`` sampler on an LCMScheduler folder, as LatentConsistencyModelPipeline, or
+        with a scheduler override).
     guidance_scale: in ``convention`` (``diffusers``: s, 1 = unguided, SD's usual 7.5;
         ``seed``: w = s - 1); default :attr:`StableDiffusion.default_guidance_scale`. The null
         condition is the empty prompt, or ``negative_prompt``. s < 1 is applied as the formula
@@ -410,8 +420,10 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     if guidance_scale is None:
         guidance_scale, convention = sd.default_guidance_scale, "diffusers"
     if sampler is None:
-        sampler = "ddim" if sd.consistency is None else "consistency"
-    if (sd.consistency is not None and steps is None and nfe is None and not isinstance(grid, torch.Tensor)
+        from .sd_scheduler import default_sampler
+        sampler = default_sampler(sd.scheduler_override, sd.consistency is not None)
+    if ((sd.consistency is not None or sd.scheduler_override) and steps is None and nfe is None
+            and not isinstance(grid, torch.Tensor)
             and sampler.split("@")[0].split(":")[0] in CONSISTENCY_SAMPLERS):
         steps = LCM_STEPS
     if isinstance(grid, str):
