@@ -175,3 +175,36 @@ def test_an_sd_1_controlnet_on_sd_xl_is_refused_in_one_line(tiny_xl_controlnet, 
     other = diffusers.ControlNetModel.from_config({**config, "addition_embed_type": None})
     with pytest.raises(DiffkitError, match="addition_embed_type=None but the Stable Diffusion UNet has 'text_time'"):
         ControlNets([other], pngs[:1]).controlling(xl, HEIGHT, WIDTH)
+
+
+def test_edit_command_with_sd_xl_controlnet_is_the_controlnet_img2img_pipeline(tiny_xl_controlnet, tmp_path, capsys):
+    """``diffkit edit --checkpoint SDXL --controlnet DIR --control-image PNG``: StableDiffusionXLControlNetImg2Img
+    Pipeline's images to one 8-bit level (image i from seed + i; DDIM with steps_offset 0, set_alpha_to_one)."""
+    from PIL import Image
+    from test_latent_editing import cli
+    pipe, nets, xl, root, pngs = tiny_xl_controlnet
+    (tmp_path / "in").mkdir()
+    image = torch.rand(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(4))
+    for i in range(2):
+        Image.fromarray((image[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            tmp_path / "in" / f"in_{i}.png")
+    code, out, err = cli(capsys, "--checkpoint", root / "xl", "--images", tmp_path / "in", "--prompt", PROMPTS[0],
+                         "--prompt", PROMPTS[1], "--strength", 0.75, "--steps", 4, "--spacing", "leading", "--final",
+                         "zero", "--seed", 10, "--controlnet", root / "cn0", "--control-image", pngs[0],
+                         "--controlnet-scale", 0.8, "--control-guidance-start", 0.3, "--out", tmp_path / "out")
+    assert code == 0, err
+    image = _pngs_of(tmp_path / "in")
+    parts = {**pipe.components, "controlnet": nets[0]}
+    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
+                                                             set_alpha_to_one=True)
+    other = diffusers.StableDiffusionXLControlNetImg2ImgPipeline(**parts, requires_aesthetics_score=False,
+                                                                 add_watermarker=False)
+    other.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = other(PROMPTS, image=image, control_image=Image.open(pngs[0]).convert("RGB"), strength=0.75,
+                       num_inference_steps=4, guidance_scale=SCALE, output_type="np",
+                       controlnet_conditioning_scale=0.8, control_guidance_start=0.3,
+                       generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert ours.shape == (2, HEIGHT, WIDTH, 3)
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
