@@ -168,13 +168,21 @@ def test_sd_xl_controlnet_img2img_is_the_pipeline(tiny_xl_controlnet):
     assert relative_error(ours, theirs) < 1e-5
 
 
-def test_an_sd_1_controlnet_on_sd_xl_is_refused_in_one_line(tiny_xl_controlnet, tmp_path):
-    """A ControlNet of another model (its cross_attention_dim or added embedding differ) is refused."""
+def test_an_sd_1_controlnet_on_sd_xl_is_refused_in_one_line(tiny_xl_controlnet, tmp_path, capsys):
+    """A ControlNet without SD-XL's added embedding is refused in one line (library and command, no output)."""
+    from diffkit.cli import main
     pipe, nets, xl, root, pngs = tiny_xl_controlnet
     config = json.loads((root / "cn0" / "config.json").read_text())
     other = diffusers.ControlNetModel.from_config({**config, "addition_embed_type": None})
-    with pytest.raises(DiffkitError, match="addition_embed_type=None but the Stable Diffusion UNet has 'text_time'"):
+    match = "addition_embed_type=None but the Stable Diffusion UNet has 'text_time'"
+    with pytest.raises(DiffkitError, match=match):
         ControlNets([other], pngs[:1]).controlling(xl, HEIGHT, WIDTH)
+    other.save_pretrained(tmp_path / "sd1_cn")
+    assert main([str(a) for a in ("sample", "--checkpoint", root / "xl", "--prompt", "hot", "--controlnet",
+                                  tmp_path / "sd1_cn", "--control-image", pngs[0], "--out", tmp_path / "o" / "g.png",
+                                  "--no-progress")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0] and not (tmp_path / "o").exists()
 
 
 def test_edit_command_with_sd_xl_controlnet_is_the_controlnet_img2img_pipeline(tiny_xl_controlnet, tmp_path, capsys):

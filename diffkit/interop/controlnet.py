@@ -10,6 +10,10 @@ computes those residuals; :class:`ControlledNet` adds them to the UNet through d
 networks: with classifier-free guidance the conditional and the null halves (diffusers'
 ``StableDiffusionControlNetPipeline``), or, in guess mode (ControlNet Sec. 4, "classifier-free guidance
 resolution weighting"), only the conditional half, the null half getting no residuals.
+On an SD-XL folder (:mod:`.sd_xl`) the ControlNet (``addition_embed_type="text_time"``) also takes the
+UNet's ``added_cond_kwargs``, the pooled text embedding and the size conditions (time ids) of the same
+rows, as diffusers' ``StableDiffusionXLControlNetPipeline``; the output size, and so the default time ids
+(h, w, 0, 0, h, w), follow the control image.
 
 ``start`` / ``end`` are diffusers' ``control_guidance_start`` / ``_end``: step i of N (0 = noisiest) is
 controlled when start <= i / N and (i + 1) / N <= end (the pipeline's ``controlnet_keep``). A diffkit
@@ -184,7 +188,8 @@ class ControlledNet(torch.nn.Module):
     batch) or (K, 3, H, W) (one per prompt: row i of the batch takes image ``control_rows[i]``, a per-sample
     tensor that classifier-free guidance repeats for its null half); ``scales``: their conditioning scales;
     ``keeps``: per ControlNet, the controlled steps of ``grid`` (None: every call). ``guess_mode``: only rows
-    whose label ``y`` is not :data:`NULL_LABEL` get residuals (all rows without labels)."""
+    whose label ``y`` is not :data:`NULL_LABEL` get residuals (all rows without labels). The ``extra`` keys
+    ``text_embeds`` / ``time_ids`` (SD-XL's ``added_cond_kwargs``) reach the ControlNets as well as the UNet."""
 
     def __init__(self, net: DiffusersNet, controlnets: Sequence, images: Sequence[torch.Tensor],
                  scales: Sequence[float], guess_mode: bool = False, grid: Optional[torch.Tensor] = None,
