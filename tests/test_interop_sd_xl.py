@@ -209,7 +209,7 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """LoRA files, textual inversion, ControlNet, IP-Adapter, refiner folders, an LCM scheduler, a
+    """LoRA files, textual inversion, IP-Adapter, refiner folders, an LCM scheduler, a
     VAE with latents_mean, a missing text_encoder_2, diffkit edit --mask: one line each, before any weight or
     output."""
     from diffkit.cli import main
@@ -224,8 +224,6 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
              "LoRA files are not supported for SD-XL"),
             (["sample", "--checkpoint", folder, "--prompt", "hot", "--textual-inversion",
               str(tmp_path / "x.safetensors")], "textual-inversion embeddings are not supported for SD-XL"),
-            (["sample", "--checkpoint", folder, "--prompt", "hot", "--controlnet", str(tmp_path), "--control-image",
-              str(tmp_path / "c.png")], "--controlnet is not supported for SD-XL"),
             (["sample", "--checkpoint", folder, "--prompt", "hot", "--ip-adapter", str(tmp_path / "x.safetensors"),
               "--ip-adapter-image", str(tmp_path / "c.png")], "--ip-adapter is not supported for SD-XL"),
             (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot", "--mask",
@@ -260,9 +258,6 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     from diffkit.interop.ip_adapter import IPAdapter
     with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --ip-adapter"):
         IPAdapter.adapting(None, xl)  # refused before the adapter is read
-    from diffkit.interop.controlnet import ControlNets
-    with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --controlnet"):
-        ControlNets.controlling(None, xl, 16, 16)  # text_to_image(xl, controlnet=...): refused before any use
     from diffkit.interop.stable_diffusion import StableDiffusion
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
         StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,

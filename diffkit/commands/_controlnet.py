@@ -1,7 +1,8 @@
 """The ControlNet flags of ``diffkit sample`` for a Stable Diffusion folder (:mod:`diffkit.interop.controlnet`):
 ``--controlnet DIR --control-image PNG`` (repeat both for Multi-ControlNet), ``--controlnet-scale``,
 ``--control-guidance-start`` / ``--control-guidance-end`` (one value for all, or one per ControlNet) and
-``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names."""
+``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
+StableDiffusionXLControlNetPipeline's)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,10 +68,6 @@ class ControlRequest:
         if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                                f"is not one")
-        from ..interop.sd_xl import is_sd_xl_folder
-        if is_sd_xl_folder(checkpoint):
-            raise DiffkitError(f"--controlnet is not supported for SD-XL folders ({checkpoint}); diffkit drives "
-                               f"ControlNets of Stable Diffusion 1.x/2.x folders")
         if len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")

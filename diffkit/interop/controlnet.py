@@ -10,6 +10,10 @@ computes those residuals; :class:`ControlledNet` adds them to the UNet through d
 networks: with classifier-free guidance the conditional and the null halves (diffusers'
 ``StableDiffusionControlNetPipeline``), or, in guess mode (ControlNet Sec. 4, "classifier-free guidance
 resolution weighting"), only the conditional half, the null half getting no residuals.
+On an SD-XL folder (:mod:`.sd_xl`) the ControlNet (``addition_embed_type="text_time"``) also takes the
+UNet's ``added_cond_kwargs``, the pooled text embedding and the size conditions (time ids) of the same
+rows, as diffusers' ``StableDiffusionXLControlNetPipeline``; the output size, and so the default time ids
+(h, w, 0, 0, h, w), follow the control image.
 
 ``start`` / ``end`` are diffusers' ``control_guidance_start`` / ``_end``: step i of N (0 = noisiest) is
 controlled when start <= i / N and (i + 1) / N <= end (the pipeline's ``controlnet_keep``). A diffkit
@@ -28,10 +32,11 @@ import torch
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_range, read_json_object
 from . import from_pretrained, library_progress_bars, require
-from .denoiser import DiffusersNet
+from .denoiser import ADDED_COND_KEYS, DiffusersNet
 from .stable_diffusion import NULL_LABEL
 
-MATCHING_CONFIG = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
+MATCHING_CONFIG = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim",
+                   "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
 
 
 def check_controlnet_folder(directory: Union[str, Path]) -> None:
@@ -183,7 +188,8 @@ class ControlledNet(torch.nn.Module):
     batch) or (K, 3, H, W) (one per prompt: row i of the batch takes image ``control_rows[i]``, a per-sample
     tensor that classifier-free guidance repeats for its null half); ``scales``: their conditioning scales;
     ``keeps``: per ControlNet, the controlled steps of ``grid`` (None: every call). ``guess_mode``: only rows
-    whose label ``y`` is not :data:`NULL_LABEL` get residuals (all rows without labels)."""
+    whose label ``y`` is not :data:`NULL_LABEL` get residuals (all rows without labels). The ``extra`` keys
+    ``text_embeds`` / ``time_ids`` (SD-XL's ``added_cond_kwargs``) reach the ControlNets as well as the UNet."""
 
     def __init__(self, net: DiffusersNet, controlnets: Sequence, images: Sequence[torch.Tensor],
                  scales: Sequence[float], guess_mode: bool = False, grid: Optional[torch.Tensor] = None,
@@ -199,9 +205,13 @@ class ControlledNet(torch.nn.Module):
             return torch.ones(t.shape[0], device=t.device)
         return self.keeps[index].to(t.device)[steps_of(self.grid, t)].to(torch.float32)
 
-    def residuals(self, x: torch.Tensor, t: torch.Tensor, y, context, control_rows=None):
-        """(down-block residuals, mid-block residual) for the batch, or None where no ControlNet acts."""
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, y, context, control_rows=None, added=None):
+        """(down-block residuals, mid-block residual) for the batch, or None where no ControlNet acts.
+        ``added``: the UNet's ``added_cond_kwargs`` (SD-XL's ``text_embeds`` and ``time_ids``, 1 or B rows),
+        which the ControlNet takes too, for the same rows (StableDiffusionXLControlNetPipeline)."""
         batch = x.shape[0]
+        added = {key: value.expand(batch, *value.shape[1:]) if value.shape[0] == 1 else value
+                 for key, value in (added or {}).items()}
         if control_rows is not None:
             control_rows = torch.as_tensor(control_rows, device=x.device).reshape(-1).expand(batch)
         rows = torch.ones(batch, dtype=torch.bool, device=x.device)
@@ -223,8 +233,9 @@ class ControlledNet(torch.nn.Module):
                                    f"each sample's image")
             else:  # each row's own
                 image = pick(image.to(x.device, dtype)[control_rows])
+            more = {"added_cond_kwargs": {key: pick(value) for key, value in added.items()}} if added else {}
             down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt, controlnet_cond=image,
-                                   conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False)
+                                   conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False, **more)
             if chosen is not None:  # rows outside the window (or the null half in guess mode) get zeros
                 down, mid = ([_spread(d, batch, chosen) for d in down], _spread(mid, batch, chosen))
             if total is None:
@@ -235,7 +246,8 @@ class ControlledNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t, y=None, context=None, control_rows=None, **extra) -> torch.Tensor:
         t_rows = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        total = self.residuals(x, t_rows, y, context, control_rows)
+        added = {key: extra[key] for key in ADDED_COND_KEYS if key in extra}  # SD-XL: to the UNet too
+        total = self.residuals(x, t_rows, y, context, control_rows, added)
         if total is not None:
             extra = {**extra, "down_block_additional_residuals": total[0], "mid_block_additional_residual": total[1]}
         return self.net(x, t, y=y, context=context, **extra)
@@ -335,10 +347,8 @@ class ControlNets:
         LCMScheduler folder, :mod:`.lcm`) the consistency function wraps this denoiser (or its classifier-free
         guidance, an LCM-LoRA), as StableDiffusionControlNetPipeline feeds the controlled UNet's output to
         LCMScheduler; a guidance input w reaches the UNet only (the pipeline gives the ControlNet no
-        ``timestep_cond``). An SD-XL folder is refused (its ControlNets take added_cond_kwargs, not passed here)."""
-        if getattr(sd, "text_encoder_2", None) is not None:
-            raise DiffkitError("ControlNets apply to a Stable Diffusion 1.x/2.x folder; SD-XL folders (text_encoder_2) "
-                               "are not supported with --controlnet")
+        ``timestep_cond``). On an SD-XL folder (:mod:`.sd_xl`) the ControlNets take the UNet's pooled text
+        embedding and time ids too (StableDiffusionXLControlNetPipeline; :meth:`ControlledNet.residuals`)."""
         for index, model in enumerate(self.models):
             check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
         f = sd.vae_scale_factor

@@ -28,6 +28,9 @@ from ..schedule import NoiseSchedule
 from .schedulers import learned_variance_of, schedule_from_diffusers
 
 
+ADDED_COND_KEYS = ("text_embeds", "time_ids")  # cond keys a diffusers UNet takes as added_cond_kwargs (SD-XL)
+
+
 class DiffusersNet(torch.nn.Module):
     """``net(x, t, y=None, context=None, **extra)`` over a diffusers U-Net (its output ``.sample``).
 
@@ -47,7 +50,7 @@ class DiffusersNet(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
                 context: Optional[torch.Tensor] = None, w=None, **extra) -> torch.Tensor:
         kwargs = dict(extra)
-        added = {key: kwargs.pop(key) for key in ("text_embeds", "time_ids") if key in kwargs}
+        added = {key: kwargs.pop(key) for key in ADDED_COND_KEYS if key in kwargs}
         if added:  # SD-XL's addition_embed_type="text_time" (.sd_xl)
             kwargs["added_cond_kwargs"] = added
         if context is not None:
