@@ -37,10 +37,18 @@ def _ok(res):
     return res
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    _ok(_train(tmp_path / "one", 1, 8))
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The plain 1 x 8, 3-step run (in this process), trained once for the module: the reference of the
+    2 x 4 runs and the teacher of the distillations. Read only."""
+    out = tmp_path_factory.mktemp("one_process") / "one"
+    _ok(_train(out, 1, 8))
+    return out
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, one_process_run):
     res = _ok(_train(tmp_path / "two", 2, 4))
-    a, _ = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.safetensors")
+    a, _ = ckpt.load_checkpoint(one_process_run / "checkpoints" / "latest.safetensors")
     b, meta = ckpt.load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.safetensors")
     assert meta["step"] == 3
     for key in a:
@@ -48,11 +56,11 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     # only rank 0 wrote files: one log, one set of checkpoints, and it printed once
     files = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
-    assert files == sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
+    assert files == sorted(p.name for p in (one_process_run / "checkpoints").iterdir())
     assert res.stdout.count("trained 3 steps") == 1
     # the logged loss is the global batch's (the mean over the ranks), not rank 0's half of it
-    logged = [[float(r.split(",")[2]) for r in (tmp_path / run / "checkpoints" / "train_log.csv").read_text()
-               .splitlines()[1:]] for run in ("one", "two")]
+    logged = [[float(r.split(",")[2]) for r in (run / "checkpoints" / "train_log.csv").read_text()
+               .splitlines()[1:]] for run in (one_process_run, tmp_path / "two")]
     assert len(logged[0]) >= 1 and len(logged[1]) == len(logged[0])
     torch.testing.assert_close(torch.tensor(logged[1]), torch.tensor(logged[0]), rtol=1e-4, atol=1e-6)
 
@@ -100,7 +108,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tmp
     assert (run / "checkpoints" / f"ckpt_{step:08d}.safetensors").is_file()
 
 
-def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, capsys, monkeypatch):
+def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, capsys, monkeypatch, one_process_run):
     """Stop a 1 x 8 run at step 2 of 3, resume it under torchrun as 2 x 4: the weights and EMA
     equal those of the uninterrupted 1 x 8 run. A different global batch is refused in one line."""
     from diffkit.cli import main
@@ -108,8 +116,7 @@ def test_a_one_process_checkpoint_resumes_exactly_on_two_processes(tmp_path, cap
     from diffkit.commands.train import resumable_config
     from diffkit.config import TrainConfig
     from diffkit.training import Trainer
-    _ok(_train(tmp_path / "one", 1, 8))
-    reference = tmp_path / "one" / "checkpoints" / "latest.safetensors"
+    reference = one_process_run / "checkpoints" / "latest.safetensors"
     cfg = dict(resumable_config(reference), save_weight_dir=str(tmp_path / "part" / "checkpoints"),
                sampled_dir=str(tmp_path / "part" / "samples"))
     Trainer(TrainConfig.from_dict(cfg), progress=False, log=lambda msg: None).run(stop_at=2)
@@ -172,11 +179,10 @@ def _distill(out, teacher, nproc, batch):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_two_process_distillation_matches_one_process_with_the_same_global_batch(tmp_path):
+def test_two_process_distillation_matches_one_process_with_the_same_global_batch(tmp_path, one_process_run):
     """diffkit distill --nproc 2 (torchrun, gloo): the consistency loss's grid pairs, noise and the
     stop-gradient target are the global batch's, so 2 x 4 equals 1 x 8; only rank 0 writes."""
-    _ok(_train(tmp_path / "teacher", 1, 8))
-    teacher = tmp_path / "teacher" / "checkpoints" / "latest.safetensors"
+    teacher = one_process_run / "checkpoints" / "latest.safetensors"
     _ok(_distill(tmp_path / "one", teacher, 1, 8))
     res = _ok(_distill(tmp_path / "two", teacher, 2, 4))
     assert "running: torchrun" in res.stdout and res.stdout.count("trained 2 steps") == 1

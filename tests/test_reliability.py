@@ -211,8 +211,10 @@ def test_temp_files_of_killed_writers_are_swept_by_the_next_writer_live_ones_sta
 
 
 # ------------------------------------------------------------------ 2. kill -9
-def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
-    """SIGKILL `diffkit train` (6 trials, each resuming from the last): at a random moment after
+@pytest.mark.parametrize("trials", [4, pytest.param(6, marks=pytest.mark.slow)])
+def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path, trials):
+    """SIGKILL `diffkit train` (4 trials in the default suite, 6 in `pytest -m slow`; each resuming from
+    the last, each a fresh interpreter and torch import): at a random moment after
     its first checkpoint, or (odd trials) the moment a checkpoint temp file appears, i.e. mid-write.
     latest.safetensors always loads, its step never goes back, temp files are never mistaken
     for checkpoints and a later save removes them. 16 images / batch 8 with a checkpoint every
@@ -226,7 +228,7 @@ def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
     base = folder_train_args(tmp_path, steps=400)
     last_step, hits, stale_before = 0, 0, []
     trial = -1
-    while (trial := trial + 1) < 6 or (hits == 0 and trial < 12):
+    while (trial := trial + 1) < trials or (hits == 0 and trial < trials + 6):
         args = ["--resume", str(latest), "--no-sample", "--no-progress"] if latest.exists() else base
         inode = latest.stat().st_ino if latest.exists() else None
         proc = start_train(tmp_path, args, f"kill{trial}")
@@ -235,7 +237,7 @@ def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
             assert wait_for(lambda: proc.poll() is not None or (
                 latest.exists() and latest.stat().st_ino != inode)), "no checkpoint within the time limit"
             assert proc.poll() is None, (tmp_path / f"kill{trial}.err").read_text()
-            if trial % 2 or trial >= 6:  # mid-write: kill as soon as a fresh temp file shows up
+            if trial % 2 or trial >= trials:  # mid-write: kill as soon as a fresh temp file shows up
                 wait_for(lambda: set(temp_files(folder)) - set(stale_before), timeout=20, poll=0.0005)
             else:
                 time.sleep(rng.uniform(0.0, 0.6))
@@ -340,8 +342,8 @@ def test_sigint_to_train_classifier_exits_130_at_any_moment(tmp_path, moment):
     # a terminal's Ctrl-C: the child starts with SIGINT's default disposition even when this test runs
     # as a shell's background job (which starts with SIGINT ignored, and Python then installs no handler)
     proc = subprocess.Popen([sys.executable, "-m", "diffkit", "train-classifier", "--steps", "100000", "--channel",
-                             "8", "--channel-mult", "1", "--attn", "", "--batch-size", "8", "--out",
-                             str(tmp_path / "c.safetensors"), "--no-progress", "--device", "cpu"],
+                             "8", "--channel-mult", "1", "--attn", "", "--batch-size", "8", "--img-size", "8",
+                             "--out", str(tmp_path / "c.safetensors"), "--no-progress", "--device", "cpu"],
                             cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     text = lambda: (tmp_path / "c.out").read_text()  # noqa: E731

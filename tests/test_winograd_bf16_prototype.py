@@ -2,7 +2,12 @@
 issue 8) computes the convolution and both of its gradients, and agrees with the package's
 channels_last kernels: its figures in docs/performance.md are about a correct algorithm. Against
 float64 references of Lavin & Gray (2016) eq. 8 and the direct
-convolution; skipped where the CPU kernels cannot be built."""
+convolution; skipped where the CPU kernels cannot be built.
+
+Slow (``pytest -m slow``): it compiles a second C++ extension, the benchmark's prototype (about a third of
+a minute on the 2-core CI machine, more under load), for code outside the package. The package's own bf16
+F(2x2, 3x3) kernels are checked in the default suite by tests/test_winograd_bf16.py (tile transforms against
+Lavin & Gray eq. 8, the layer against float64 F.conv2d, a U-Net under bf16 autocast)."""
 import sys
 from pathlib import Path
 
@@ -15,7 +20,8 @@ from diffkit.models.cpu_kernels import cpu_kernels
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="no C++ toolchain for the CPU kernels")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(cpu_kernels() is None, reason="no C++ toolchain for the CPU kernels")]
 
 
 @pytest.fixture(scope="module")
