@@ -48,11 +48,11 @@ from typing import Optional
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
-from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
-                      add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
-                      check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
-                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
-                      tolerance_options)
+from ._common import (add_flow_shift_flag, add_freeu_flag, add_lora_flags, add_network_flags, add_progress_flag,
+                      add_solver_flags, add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto,
+                      check_flow_shift, check_freeu_checkpoint, check_lora_flags, check_output_file,
+                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -139,6 +139,7 @@ def register(sub) -> None:
                    help="x0: an ordinary CLIP on the predicted x_0, gradient through the network (default); "
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_controlnet_flags(p)
+    add_freeu_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -204,6 +205,7 @@ def run(args) -> int:
         check_flow_shift(checkpoint, info, args.flow_shift)
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
+    check_freeu_checkpoint(checkpoint, args.freeu)
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
@@ -235,7 +237,7 @@ def run(args) -> int:
                         spacing=spacing, final=final, scale=args.scale, progress=args.progress, guidance=guidance,
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
-                        textual_inversion=args.textual_inversion, control=control, **options)
+                        textual_inversion=args.textual_inversion, control=control, freeu=args.freeu, **options)
     return 0
 
 
@@ -568,7 +570,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
                     lora=None, lora_any_base=False, textual_inversion=None, control: Optional[ControlRequest] = None,
-                    **options):
+                    freeu=None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -581,7 +583,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     grids instead of the checkpoint's own (``sample --config`` naming a diffkit checkpoint). ``lora``,
     ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`).
     ``textual_inversion``: a Stable Diffusion folder's embedding files, (path, token) pairs. ``control``: the
-    ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`)."""
+    ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`). ``freeu``: FreeU
+    factors (:mod:`diffkit.models.freeu`: a FreeU or "B1,B2,S1,S2") while sampling."""
     import torch
 
     from ..drawing import draw_samples
@@ -606,7 +609,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
-                                       control=control, **options)
+                                       control=control, freeu=freeu, **options)
     if textual_inversion:
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
                            f"{checkpoint} is not one")
@@ -629,7 +632,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                                "--progressive": progressive, "--scale": scale != 1,
                                                "--prompt": guidance and guidance.prompts,
                                                "--classifier": guidance and guidance.classifier,
-                                               "--clip-guidance": guidance and guidance.clip_prompt},
+                                               "--clip-guidance": guidance and guidance.clip_prompt,
+                                               "--freeu": freeu},
                                       **options)
     from ..models.network import check_image_model
     check_image_model(meta["unet"], "diffkit sample")
@@ -682,9 +686,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         if progressive:
             recorder.commit()
 
-    drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
-                         final=final, cond=cond, batch_size=batch_size, device=device, decode=decoder,
-                         sample_fn=sample_fn, sink=keep, progress=progress, **options)
+    from ..models.freeu import freeu_enabled, parse_freeu
+    freeu = None if freeu is None else parse_freeu(freeu)
+    with freeu_enabled(denoiser, freeu):  # FreeU in the U-Net's decoder while sampling (off: None)
+        drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe,
+                             spacing=spacing, final=final, cond=cond, batch_size=batch_size, device=device,
+                             decode=decoder, sample_fn=sample_fn, sink=keep, progress=progress, **options)
     images = torch.cat(results)
     if decoder is None:
         save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
@@ -702,6 +709,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             what += f" for {guidance.pag_interval[0]:g} <= t <= {guidance.pag_interval[1]:g}"
         if guidance.pag_adaptive_scale:
             what += f", adaptive a={guidance.pag_adaptive_scale:g}"
+    if freeu is not None:
+        what += ", FreeU b,s=" + ",".join(f"{v:g}" for v in freeu.as_list())
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -799,7 +808,8 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
 def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
-                            textual_inversion=None, control: Optional[ControlRequest] = None, **options):
+                            textual_inversion=None, control: Optional[ControlRequest] = None, freeu=None,
+                            **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -820,6 +830,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
+    from ..models.freeu import parse_freeu
 
     guidance = guidance or GuidanceRequest()
     if not guidance.prompts:
@@ -855,7 +866,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                              return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                             **how)
+                             freeu=freeu, **how)
 
     results = []
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
@@ -870,7 +881,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
-    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts})")
+    what = "" if freeu is None else ", FreeU b,s=" + ",".join(f"{v:g}" for v in parse_freeu(freeu).as_list())
+    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 
 

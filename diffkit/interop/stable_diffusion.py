@@ -300,7 +300,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  controlnet=None, control_rows=None, **options) -> torch.Tensor:
+                  controlnet=None, control_rows=None, freeu=None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder.
@@ -324,9 +324,13 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         (StableDiffusionControlNetPipeline); height x width default to the control image's size. With a list of
         control images per ControlNet (one per prompt, as the pipeline's ``image=[...]``), prompt i takes image i,
         or image ``control_rows[i]`` where given (:meth:`~diffkit.interop.controlnet.ControlNets.rows`).
+    freeu: FreeU (Si et al. 2024) while sampling: a :class:`~diffkit.models.freeu.FreeU` or ``"B1,B2,S1,S2"``,
+        through diffusers' own ``unet.enable_freeu(s1, s2, b1, b2)``, disabled again after.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
+    from ..models.freeu import freeu_enabled, parse_freeu
     from ..sampling import sample
+    freeu = None if freeu is None else parse_freeu(freeu)  # checked before any work
     from .lcm import LCM_STEPS
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -386,8 +390,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} do not fit the {height}x{width} control "
                                f"image; expected {expected}")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
-    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
-                progress=progress, device=sd.device, dtype=sd.dtype, **options)
+    with freeu_enabled(sd.unet, freeu):
+        z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
+                    progress=progress, device=sd.device, dtype=sd.dtype, **options)
     if return_latents:
         return z0
     images = sd.decode(z0)
