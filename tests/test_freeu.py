@@ -230,6 +230,7 @@ def test_sample_freeu_writes_the_grid_of_the_unet_with_freeu(checkpoint, tmp_pat
     from diffkit.sampling import sample
     from test_guidance import run_cli
     denoiser = load_denoiser(checkpoint, device="cpu")
+    grids = []
     for flag, freeu in (([], None), (["--freeu", "1.5,1.6,0.9,0.2"], FREEU)):
         code, out = run_cli(capsys, "sample", "--checkpoint", checkpoint, "--steps", 3, "--num", 4, "--out",
                             tmp_path / "grid.png", "--no-progress", "--device", "cpu", *flag)
@@ -240,6 +241,44 @@ def test_sample_freeu_writes_the_grid_of_the_unet_with_freeu(checkpoint, tmp_pat
             images = sample(denoiser, noise, "ddim", 3, seed=0, progress=False)
         save_grid(images.clamp(-1, 1), tmp_path / "expected.png", 4)
         assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes(), flag
+        grids.append((tmp_path / "grid.png").read_bytes())
+    assert grids[0] != grids[1]
+
+
+def test_sample_freeu_on_a_stable_diffusion_folder_is_text_to_images(tiny_sd, tmp_path, capsys):
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop.stable_diffusion import text_to_image
+    folder, sd = tiny_sd
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--num", "2", "--steps", "2",
+                 "--freeu", "1.5,1.6,0.9,0.2", "--out", str(tmp_path / "grid.png"), "--no-progress"]) == 0
+    assert "FreeU b,s=1.5,1.6,0.9,0.2" in capsys.readouterr().out
+    save_grid(text_to_image(sd, ["hot", "hot"], steps=2, seed=0, output_range="-1,1", freeu=FREEU),
+              tmp_path / "expected.png", 8)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert all(getattr(block, "b1", None) is None for block in sd.unet.up_blocks)
+
+
+def test_edit_freeu_runs_the_unet_with_freeu(checkpoint, tmp_path, capsys):
+    """`diffkit edit --freeu`: FreeU at 1,1,1,1 gives the plain edit (to FFT round-off, within one grey level),
+    strong factors another one."""
+    import numpy as np
+    from PIL import Image
+
+    from test_guidance import run_cli
+    (tmp_path / "pngs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(tmp_path / "pngs" / f"in_{i}.png")
+    edits = {}
+    for name, flag in (("plain", []), ("unit", ["--freeu", "1,1,1,1"]), ("strong", ["--freeu", "4,4,0.1,0.1"])):
+        code, out = run_cli(capsys, "edit", "--checkpoint", checkpoint, "--images", tmp_path / "pngs", "--strength",
+                            0.6, "--steps", 3, "--no-progress", "--device", "cpu", "--out", tmp_path / name, *flag)
+        assert code == 0, out.err
+        edits[name] = np.stack([np.asarray(Image.open(tmp_path / name / f"edit_0000{i}.png"), dtype=np.int16)
+                                for i in range(2)])
+    assert np.abs(edits["unit"] - edits["plain"]).max() <= 1
+    assert np.abs(edits["strong"] - edits["plain"]).max() > 1
 
 
 @pytest.mark.parametrize("value, match", [("1,2,3", "four positive numbers"), ("1,a,1,1", "b2='a'"),
@@ -251,3 +290,41 @@ def test_a_bad_freeu_is_one_line_before_any_file(checkpoint, tmp_path, capsys, v
     lines = out.err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and match in lines[0] and "--freeu" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_freeu_is_in_the_sample_cache_key(checkpoint, tmp_path):
+    """`diffkit eval --freeu` samples inside freeu_enabled with the cache opened there: FreeU's factors are in
+    the key (absent when off, so caches made before keep their folders), and a cached FreeU batch is never
+    served to a run without it."""
+    from diffkit.evaluation import generate_samples
+    from diffkit.loading import load_denoiser
+    from diffkit.sample_cache import denoiser_identity, open_cache
+    denoiser = load_denoiser(checkpoint, device="cpu")
+    assert "freeu" not in denoiser_identity(denoiser)
+    runs = {}
+    for freeu in (None, FREEU, None):
+        with freeu_enabled(denoiser, freeu):
+            cache = open_cache(tmp_path, denoiser)
+            images = generate_samples(denoiser, 4, sampler="ddim", steps=2, batch_size=4, cache=cache)
+        assert "freeu" not in denoiser_identity(denoiser)  # off again on exit
+        assert cache.identity.get("freeu") == (None if freeu is None else [1.5, 1.6, 0.9, 0.2])
+        runs.setdefault(freeu, []).append((images, cache.loaded))
+    (plain, loaded0), (again, loaded1) = runs[None]
+    assert loaded0 == 0 and loaded1 == 1 and torch.equal(plain, again)  # the plain batch, from the cache
+    assert runs[FREEU][0][1] == 0 and not torch.equal(runs[FREEU][0][0], plain)  # its own key: drawn anew
+    assert len([d for d in tmp_path.iterdir() if d.is_dir()]) == 2
+
+
+def test_eval_refuses_freeu_with_samples_and_for_a_dit(tmp_path, capsys):
+    from test_guidance import run_cli
+    (tmp_path / "pngs").mkdir()
+    code, out = run_cli(capsys, "eval", "--samples", tmp_path / "pngs", "--freeu", "1.5,1.6,0.9,0.2")
+    assert code == 2 and "--freeu applies to sampling a --checkpoint" in out.err
+    assert len(out.err.strip().splitlines()) == 1
+    from diffkit.checkpoint import save_checkpoint
+    from diffkit.commands._common import check_freeu_checkpoint
+    for unet, what in (({"network": "dit"}, "DiT"), ({"network": "temporal-unet"}, "time-series model")):
+        save_checkpoint(tmp_path / "m.safetensors", {"x": torch.zeros(1)}, {"unet": unet})
+        with pytest.raises(DiffkitError, match=f"this {what} has none"):
+            check_freeu_checkpoint(tmp_path / "m.safetensors", FREEU)
+        check_freeu_checkpoint(tmp_path / "m.safetensors", None)  # off: nothing to check

@@ -48,11 +48,12 @@ from typing import Optional
 from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
-from ._common import (add_flow_shift_flag, add_freeu_flag, add_lora_flags, add_network_flags, add_progress_flag,
-                      add_solver_flags, add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto,
-                      check_flow_shift, check_freeu_checkpoint, check_lora_flags, check_output_file,
-                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
+                      add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
+                      check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
+                      non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
+                      tolerance_options)
+from ._common import add_freeu_flag, check_freeu_checkpoint
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed

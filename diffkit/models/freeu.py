@@ -31,7 +31,8 @@ import torch
 
 from ..errors import DiffkitError
 
-__all__ = ["FreeU", "SD15_FREEU", "parse_freeu", "scale_backbone", "fourier_filter", "freeu_enabled", "freeu_of"]
+__all__ = ["FreeU", "SD15_FREEU", "parse_freeu", "scale_backbone", "fourier_filter", "set_freeu", "freeu_enabled",
+           "freeu_of"]
 
 
 @dataclass(frozen=True)
@@ -136,35 +137,44 @@ def freeu_of(model) -> FreeU | None:
     return net.__dict__.get("freeu") if isinstance(net, torch.nn.Module) else None
 
 
-@contextlib.contextmanager
-def freeu_enabled(model, freeu):
-    """Within the context, the U-Net of ``model`` samples with FreeU ``freeu`` (a :class:`FreeU`, or
-    ``"B1,B2,S1,S2"``; None: nothing changes). ``model``: a diffkit denoiser or U-Net (the U-Net's
+def set_freeu(model, freeu) -> FreeU | None:
+    """Turn FreeU on (``freeu``: a :class:`FreeU` or ``"B1,B2,S1,S2"``) or off (None) in the U-Net of ``model`` until
+    changed again; returns the FreeU it had (None: off). ``model``: a diffkit denoiser or U-Net (the U-Net's
     ``freeu`` attribute, read by its forward), or a diffusers ``UNet2DConditionModel`` (its own
-    ``enable_freeu(s1, s2, b1, b2)``, and ``disable_freeu()`` after). Restored on exit, also when the body
-    raises. A DiT or a time-series U-Net is refused in one line."""
-    if freeu is None:
-        yield model
-        return
-    freeu = parse_freeu(freeu)
+    ``enable_freeu(s1, s2, b1, b2)`` / ``disable_freeu()``). A DiT or a time-series U-Net is refused in one line.
+    :func:`freeu_enabled` is the context that restores the state."""
+    freeu = None if freeu is None else parse_freeu(freeu)
     net = _network(model)
     if hasattr(net, "enable_freeu"):  # diffusers' own implementation
-        net.enable_freeu(s1=freeu.s1, s2=freeu.s2, b1=freeu.b1, b2=freeu.b2)
-        try:
-            yield model
-        finally:
+        up = getattr(net, "up_blocks", [])
+        before = [getattr(up[0], name, None) for name in ("b1", "b2", "s1", "s2")] if len(up) else [None]
+        if freeu is None:
             net.disable_freeu()
-        return
+        else:
+            net.enable_freeu(s1=freeu.s1, s2=freeu.s2, b1=freeu.b1, b2=freeu.b2)
+        return None if None in before else FreeU(*before)
     from .unet import UNet
     if not isinstance(net, UNet):
         raise DiffkitError(f"FreeU re-weights the skip connections of a diffkit image U-Net's decoder; this network "
                            f"({type(net).__name__}) is not one")
     before = net.__dict__.get("freeu")
-    net.freeu = freeu
+    if freeu is None:
+        net.__dict__.pop("freeu", None)  # the class's None again
+    else:
+        net.freeu = freeu
+    return before
+
+
+@contextlib.contextmanager
+def freeu_enabled(model, freeu):
+    """Within the context, the U-Net of ``model`` samples with FreeU ``freeu`` (a :class:`FreeU`, or
+    ``"B1,B2,S1,S2"``; None: nothing changes); ``model`` as :func:`set_freeu` takes it. The state before is
+    restored on exit, also when the body raises."""
+    if freeu is None:
+        yield model
+        return
+    before = set_freeu(model, freeu)
     try:
         yield model
     finally:
-        if before is None:
-            net.__dict__.pop("freeu", None)
-        else:
-            net.freeu = before
+        set_freeu(model, before)
