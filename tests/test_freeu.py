@@ -144,6 +144,27 @@ def test_off_is_bit_identical_and_unit_factors_change_only_round_off():
         assert "freeu" not in ours.__dict__ and torch.equal(ours(x, t), off)
 
 
+def test_off_is_the_forward_before_freeu_bit_for_bit():
+    """FreeU off: the U-Net's output equals its forward as written before the FreeU hook (the decoder loop
+    without it), rebuilt here from the U-Net's own blocks."""
+    import torch.nn.functional as F
+
+    from diffkit.models.layers import run_blocks, to_caller_layout, to_compute_layout
+    from diffkit.models.unet import broadcast_time
+    unet = _unet(channel=32, channel_mult=[1, 2, 2], attn=[1], num_res_blocks=2, num_classes=3)
+    x, t = _inputs(unet.config)
+    y = torch.tensor([1, 3])
+    with torch.no_grad():
+        emb = F.silu(unet.embedding(broadcast_time(t, 2, x.device), y, 2))
+        skips = [unet.input_conv(to_compute_layout(x, unet.memory_format))]
+        skips += run_blocks(unet.down, skips[0], emb, None)
+        h = unet.middle(skips[-1], emb, None)
+        for block in unet.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, None)
+        before = to_caller_layout(unet.out_conv(unet.out_norm.forward_silu(h)), x)
+        assert torch.equal(unet(x, t, y=y), before)
+
+
 def test_freeu_reaches_the_unet_under_a_denoiser_and_is_refused_for_other_networks():
     from diffkit.denoiser import Denoiser
     from diffkit.models.dit import DiT, DiTConfig
