@@ -9,8 +9,8 @@ In the decoder stage l, before the backbone features h_l and the skip features s
 so that b_l > 1 strengthens the backbone (its denoising) and s_l < 1 damps the skip path's low frequencies
 (against the over-smoothing a stronger backbone brings). The paper's method section (equation numbers not
 checked here) writes the backbone factor as structure-related, alpha_l = (b_l - 1) (x_l - min x_l) /
-(max x_l - min x_l) + 1 with x_l the channel mean of h_l; its official code's first release and diffusers
-(``diffusers.utils.torch_utils.apply_freeu``, 0.42) scale by the constant b_l, and diffkit follows diffusers
+(max x_l - min x_l) + 1 with x_l the channel mean of h_l; diffusers (``diffusers.utils.torch_utils.apply_freeu``,
+0.42, "adapted from the official code repository") scales by the constant b_l, and diffkit follows diffusers
 exactly: :func:`scale_backbone` and :func:`fourier_filter` are its two operations (threshold 1: a 2x2 window
 around the centred zero frequency of ``fftshift``), tested equal to diffusers' on the same tensors.
 
