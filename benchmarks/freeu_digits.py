@@ -1,7 +1,7 @@
 """FreeU on the demo model: FD-classifier of samples with and without FreeU (Si et al. 2024; docs/guidance.md).
 
-Samples ``--num`` images (sample i from seed i in every cell, as ``diffkit sample`` and ``diffkit eval`` draw
-them) with ``--sampler``/``--steps``, plain and with each FreeU setting of ``--settings`` (B1,B2,S1,S2 entries
+Samples ``--num`` images (sample i from seed i in every cell, clamped to [-1, 1]: ``diffkit eval``'s
+``generate_samples``, as benchmarks/training_options.py) with ``--sampler``/``--steps``, plain and with each FreeU setting of ``--settings`` (B1,B2,S1,S2 entries
 joined by ';', :func:`diffkit.models.freeu.parse_freeu`; the U-Net's two lowest-resolution decoder stages),
 scores each cell's FD-classifier against the 597 held-out digits (the scorer of ``diffkit experiment``:
 ``experiment_scorer("fd-classifier", ...)``) and a paired bootstrap of each cell's difference to the plain cell
@@ -20,10 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from diffkit.drawing import draw_samples  # noqa: E402
-from diffkit.evaluation import write_json  # noqa: E402
+from diffkit.evaluation import generate_samples, write_json  # noqa: E402
 from diffkit.experiments import experiment_scorer  # noqa: E402
 from diffkit.loading import load_denoiser  # noqa: E402
 from diffkit.metrics import extract_features, feature_statistics  # noqa: E402
@@ -45,27 +43,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     settings = [None] + [parse_freeu(text) for text in args.settings.split(";") if text.strip()]
     den = load_denoiser(args.checkpoint, device="cpu")
-    unet = den.meta["unet"]
-    shape = (unet["in_channels"], unet["img_size"], unet["img_size"])
     scorer = experiment_scorer("fd-classifier", den, evaluator=args.evaluator, batch_size=args.batch_size)
     rng = np.random.default_rng(0)
     picks = [rng.integers(0, args.num, args.num) for _ in range(args.replicates)]  # the same for every cell
     boot, cells = [], []
     for freeu in settings:
-        parts = []
         start = time.perf_counter()
         with freeu_enabled(den, freeu):
-            drawn = draw_samples(den, args.num, shape, seed=0, sampler=args.sampler, steps=args.steps,
-                                 batch_size=args.batch_size, device="cpu", sink=lambda b: parts.append(b.images.cpu()))
+            images, nfe = generate_samples(den, args.num, sampler=args.sampler, steps=args.steps, seed=0,
+                                           batch_size=args.batch_size, return_nfe=True)
         seconds = time.perf_counter() - start
-        features = extract_features(scorer.evaluator.features_and_logits, torch.cat(parts), args.batch_size, "cpu",
+        features = extract_features(scorer.evaluator.features_and_logits, images, args.batch_size, "cpu",
                                     progress=False)[0]
         point = frechet_distance_of_stats(feature_statistics(features), scorer.reference_classifier)
         boot.append(np.array([frechet_distance_of_stats(feature_statistics(features[i]), scorer.reference_classifier)
                               for i in picks]))
         name = "off" if freeu is None else ",".join(f"{v:g}" for v in freeu.as_list())
         cell = {"freeu": None if freeu is None else freeu.as_list(), "fd": float(point),
-                "sd": float(boot[-1].std(ddof=1)), "nfe": drawn.nfe, "seconds": round(seconds, 1)}
+                "sd": float(boot[-1].std(ddof=1)), "nfe": nfe, "seconds": round(seconds, 1)}
         line = f"{name:18s} FD {point:7.3f} +- {cell['sd']:.3f}"
         if freeu is not None:
             diff = boot[-1] - boot[0]

@@ -349,3 +349,27 @@ def test_eval_refuses_freeu_with_samples_and_for_a_dit(tmp_path, capsys):
         with pytest.raises(DiffkitError, match=f"this {what} has none"):
             check_freeu_checkpoint(tmp_path / "m.safetensors", FREEU)
         check_freeu_checkpoint(tmp_path / "m.safetensors", None)  # off: nothing to check
+
+
+def test_eval_freeu_records_it_and_keys_the_cache_with_it(checkpoint, tmp_path, capsys):
+    """`diffkit eval --freeu`: the factors in the JSON's settings and in the cache's key.json; the same command
+    without it draws its own batches (none reused from the FreeU run)."""
+    import json
+
+    from diffkit.metrics.evaluator import EvaluatorConfig, EvaluatorNet, save_evaluator
+    from test_guidance import run_cli
+    torch.manual_seed(0)
+    save_evaluator(EvaluatorNet(EvaluatorConfig(image_size=8, channels=(4,), feature_dim=4)), tmp_path / "ev.st")
+    common = ["eval", "--checkpoint", checkpoint, "--metrics", "fd-classifier", "--num", 4, "--steps", 2,
+              "--evaluator", tmp_path / "ev.st", "--ref-num", 20, "--batch-size", 4, "--device", "cpu",
+              "--cache-dir", tmp_path / "cache", "--no-progress"]
+    code, out = run_cli(capsys, *common, "--freeu", "1.5,1.6,0.9,0.2", "--out", tmp_path / "on.json")
+    assert code == 0, out.err
+    assert json.loads((tmp_path / "on.json").read_text())["settings"]["freeu"] == [1.5, 1.6, 0.9, 0.2]
+    keys = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/key.json")]
+    assert [k["denoiser"].get("freeu") for k in keys] == [[1.5, 1.6, 0.9, 0.2]]
+    code, out = run_cli(capsys, *common, "--out", tmp_path / "off.json")
+    assert code == 0, out.err
+    settings = json.loads((tmp_path / "off.json").read_text())["settings"]
+    assert "freeu" not in settings and settings["cached_batches"] == 0
+    assert len(list((tmp_path / "cache").glob("*/key.json"))) == 2

@@ -330,8 +330,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     """
     from ..models.freeu import freeu_enabled, parse_freeu
     from ..sampling import sample
-    freeu = None if freeu is None else parse_freeu(freeu)  # checked before any work
     from .lcm import LCM_STEPS
+    freeu = None if freeu is None else parse_freeu(freeu)  # checked before any work
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
