@@ -495,7 +495,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
              restarts=None, spacing: Optional[str] = None, final: Optional[str] = None,
              nfe: Optional[int] = None, lora=None, lora_any_base: bool = False,
-             flow_shift: Optional[float] = None) -> dict:
+             flow_shift: Optional[float] = None, freeu=None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -517,7 +517,11 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     ``lora``, ``lora_any_base``: LoRA adapter files merged into the checkpoint's weights
     (:func:`diffkit.loading.load_denoiser`; image models), recorded in the settings. ``flow_shift``: a
     flow-matching model's sampling shift (``diffkit.sample(..., flow_shift=...)``), recorded in the settings.
+    ``freeu``: FreeU while sampling (:mod:`diffkit.models.freeu`: a FreeU or "B1,B2,S1,S2"; a diffkit U-Net), recorded
+    in the settings and in a sample cache's key; the NLL metrics bound the network without it.
     """
+    from .models.freeu import freeu_enabled, parse_freeu
+    freeu = None if freeu is None else parse_freeu(freeu)
     names = parse_metrics(metrics)
     if steps is None and nfe is None:
         steps = 50
@@ -527,7 +531,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     if check_metrics_fit(names, checkpoint, samples):
         from .series_evaluation import evaluate_series
         refused = {"--ref": ref, "--evaluator": evaluator,
-                   "--inception-weights": inception_weights, "--save-samples": save_samples, "--lora": lora}
+                   "--inception-weights": inception_weights, "--save-samples": save_samples, "--lora": lora,
+                   "--freeu": freeu}
         return evaluate_series(names, checkpoint=checkpoint, num=num, sampler=sampler, steps=steps, eta=eta,
                                nll_num=nll_num, nll_split=nll_split, nll_stride=nll_stride,
                                nll_dense_below=nll_dense_below,
@@ -599,6 +604,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             settings["lora"] = [list(pair) for pair in adapter_list(lora)]
         if set(names) & set(SAMPLE_METRICS):  # NLL alone samples nothing: no sampler settings to record
             settings.update(sampler=sampler, steps=steps, nfe=info.nfe(steps, final), num_samples=num, **options)
+            if freeu is not None:
+                settings["freeu"] = freeu.as_list()  # [b1, b2, s1, s2]
     check_labels_for(names, denoiser is not None and sample_labels(denoiser, 1) is not None)  # before any loading
     if net is not None:
         _check_image_shape(torch.empty(1, channels, size, size), net.config.in_channels, net.config.image_size,
@@ -647,10 +654,11 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
             labels = sample_labels(denoiser, num)
             start = time.perf_counter()
             from .sample_cache import open_cache
-            cache = open_cache(cache_dir, denoiser)
-            images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
-                                      batch_size=batch_size, labels=labels, device=device, progress=progress,
-                                      cache=cache, **options)
+            with freeu_enabled(denoiser, freeu):  # in the cache's key (sample_cache.denoiser_identity) too
+                cache = open_cache(cache_dir, denoiser)
+                images = generate_samples(denoiser, num, sampler=sampler, steps=steps, seed=seed,
+                                          batch_size=batch_size, labels=labels, device=device, progress=progress,
+                                          cache=cache, **options)
             if cache is not None:
                 settings.update(cache_dir=str(cache_dir), cached_batches=cache.loaded)
             settings["sampling_seconds"] = time.perf_counter() - start

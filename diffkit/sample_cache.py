@@ -8,7 +8,7 @@ of sampling them again. Because sample i always starts from the noise of seed ``
 
 Batches are filed under a folder named by a digest of everything that decides the samples: the
 network's (and a latent decoder's) weights (:func:`diffkit.checkpoint.tensors_digest`), the
-denoiser's settings (schedule, prediction type, mixed precision, compile mode), the device type,
+denoiser's settings (schedule, prediction type, mixed precision, compile mode, FreeU if on), the device type,
 and the sampler, its steps and options. The batch's first index, size and seed name the file (so
 only a run with the same batch size reuses it), and its class labels are checked on load. A
 batch file is a diffkit checkpoint (:mod:`diffkit.checkpoint`: sha256 over its tensors and
@@ -49,6 +49,7 @@ def denoiser_identity(denoiser) -> dict:
     source times, w range: also for a wrapper built by hand around a diffusion model)."""
     from .consistency import ConsistencyDenoiser
     from .denoiser import Wrapper
+    from .models.freeu import freeu_of
     if isinstance(denoiser, Wrapper) and not isinstance(denoiser, ConsistencyDenoiser):
         raise DiffkitError(f"a sample cache is keyed by the loaded denoiser; a {type(denoiser).__name__} around it "
                            f"has settings the key does not hold: draw without a cache (cache_dir=None)")
@@ -68,6 +69,8 @@ def denoiser_identity(denoiser) -> dict:
         # the logsnr_graded grid follows it; absent (not None) for denoisers without one, as before
         **({"data_scale": denoiser.data_scale} if getattr(denoiser, "data_scale", None) is not None else {}),
         **({"sigma_data": denoiser.sigma_data} if getattr(denoiser, "prediction_type", None) == "edm" else {}),
+        # FreeU in the U-Net's decoder (diffkit.models.freeu): absent when off, as before
+        **({"freeu": freeu.as_list()} if (freeu := freeu_of(denoiser)) is not None else {}),
         **({"consistency": {"sigma_data": denoiser.sigma_data, "timestep_scaling": denoiser.timestep_scaling,
                             "times": [float(t) for t in denoiser.consistency_times],
                             "guidance_range": denoiser.guidance_range}}

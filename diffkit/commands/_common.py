@@ -237,6 +237,44 @@ def add_textual_inversion_flag(parser: argparse.ArgumentParser) -> None:
                              "--prompt; repeatable (docs/interop.md)")
 
 
+def freeu_arg(text: str):
+    """An argparse type for ``--freeu B1,B2,S1,S2``: a :class:`diffkit.models.freeu.FreeU` (four positive
+    finite numbers)."""
+    from ..models.freeu import parse_freeu
+    try:
+        return parse_freeu(text)
+    except DiffkitError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+freeu_arg.__name__ = "FreeU factors"
+
+
+def add_freeu_flag(parser) -> None:
+    """``--freeu B1,B2,S1,S2``: FreeU (Si et al. 2024) in the U-Net's decoder while sampling
+    (:mod:`diffkit.models.freeu`)."""
+    parser.add_argument("--freeu", type=freeu_arg, metavar="B1,B2,S1,S2",
+                        help="FreeU while sampling (Si et al. 2024): backbone factors B1, B2 on half the channels "
+                             "and low-frequency skip factors S1, S2 in the two lowest-resolution decoder stages, "
+                             "e.g. 1.5,1.6,0.9,0.2 (diffusers' values for SD 1.5); a diffkit U-Net or a Stable "
+                             "Diffusion folder (docs/guidance.md)")
+
+
+def check_freeu_checkpoint(checkpoint, freeu) -> None:
+    """--freeu for a checkpoint whose header says it has no image U-Net (a DiT, a time-series model): one line,
+    before any work. A Stable Diffusion folder takes it (diffusers' enable_freeu); a legacy .pt is checked
+    once loaded."""
+    if freeu is None or checkpoint is None:
+        return
+    unet = (peek_checkpoint(checkpoint) or {}).get("unet")
+    if isinstance(unet, dict):
+        from ..models.network import is_dit, is_series_model
+        if is_series_model(unet) or is_dit(unet):
+            what = "time-series model" if is_series_model(unet) else "DiT"
+            raise DiffkitError(f"--freeu re-weights the decoder skip connections of an image U-Net; this {what} has "
+                               f"none (drop --freeu)")
+
+
 def check_lora_flags(args) -> None:
     """--lora-any-base goes with --lora."""
     if getattr(args, "lora_any_base", False) and not getattr(args, "lora", None):

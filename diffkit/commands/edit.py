@@ -42,6 +42,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
                       removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import add_freeu_flag, check_freeu_checkpoint
 
 
 def strength_value(text: str) -> float:
@@ -134,6 +135,7 @@ def register(sub) -> None:
     add_textual_inversion_flag(p)
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_freeu_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -189,6 +191,7 @@ def run(args) -> int:
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
                            f"{args.checkpoint} is not one")
+    check_freeu_checkpoint(args.checkpoint, args.freeu)  # a DiT or a time-series model: refused here
     if args.series is not None:
         return _series(args)
     if args.images is None:
@@ -249,6 +252,9 @@ def run(args) -> int:
                                  mixed_precision=args.mixed_precision, compile=args.compile, lora=args.lora,
                                  lora_any_base=args.lora_any_base)
         unet, autoencoder = denoiser.meta["unet"], denoiser.decoder
+    if args.freeu is not None:  # FreeU in the U-Net's decoder for every network call of this command
+        from ..models.freeu import set_freeu
+        set_freeu(getattr(denoiser, "unet", denoiser), args.freeu)  # (a StableDiffusion: its diffusers UNet)
     sd_folder = autoencoder is denoiser  # a StableDiffusion: the network and the autoencoder
     text = sd_folder or getattr(denoiser, "prompt_encoder", None) is not None
     latent = autoencoder is not None or text

@@ -27,6 +27,7 @@ from ._common import (IMAGE_DATASETS, add_flow_shift_flag, add_lora_flags, add_n
                       add_solver_flags, add_thresholding_flag, check_flow_shift, check_lora_flags, check_output_file,
                       check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg, positive_int,
                       removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import add_freeu_flag, check_freeu_checkpoint
 
 
 def add_source_flags(p) -> None:
@@ -72,6 +73,7 @@ def register(sub) -> None:
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
     add_flow_shift_flag(p)
     add_thresholding_flag(p)
+    add_freeu_flag(p)
     p.add_argument("--nll-num", type=positive_int, default=256, help="images for nll (default 256)")
     p.add_argument("--nll-split", choices=("test", "train"), default="test",
                    help="data split of the nll images (default test; train: DDPM Table 1/2's Test (Train) check "
@@ -154,7 +156,7 @@ def run(args) -> int:
                             ("--final", args.final), ("--flow-shift", args.flow_shift),
                             ("--thresholding", args.thresholding),
                             ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir),
-                            ("--lora", args.lora)):
+                            ("--lora", args.lora), ("--freeu", args.freeu)):
             if value is not None:
                 raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
                                    f"scored as they are (drop {flag})")
@@ -165,6 +167,7 @@ def run(args) -> int:
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
     if args.flow_shift is not None:
         check_flow_shift(args.checkpoint, info, args.flow_shift)
+    check_freeu_checkpoint(args.checkpoint, args.freeu)
     device = str(resolve_device(args.device))
     # the folders made from here on (--out's too): removed again, if still empty, when a check or the run fails
     new_dirs = [d for folder in (Path(args.out).parent, args.save_samples, args.cache_dir) if folder
@@ -196,7 +199,7 @@ def run(args) -> int:
                           discriminative_iterations=args.discriminative_iterations,
                           predictive_iterations=args.predictive_iterations, repeats=args.repeats,
                           restarts=args.restarts, lora=args.lora, lora_any_base=args.lora_any_base,
-                          flow_shift=args.flow_shift)
+                          flow_shift=args.flow_shift, freeu=args.freeu)
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]
     source = settings.get("checkpoint") or settings.get("samples")

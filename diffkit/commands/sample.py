@@ -56,6 +56,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
                       non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
                       tolerance_options, unit_float)
+from ._common import add_freeu_flag, check_freeu_checkpoint
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -152,6 +153,7 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_freeu_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -220,6 +222,7 @@ def run(args) -> int:
         check_flow_shift(checkpoint, info, args.flow_shift)
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
+    check_freeu_checkpoint(checkpoint, args.freeu)
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     if args.progressive and guidance.classifier_algorithm == 1:
@@ -253,7 +256,7 @@ def run(args) -> int:
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
-                        scheduler=args.scheduler, **options)
+                        scheduler=args.scheduler, freeu=args.freeu, **options)
     return 0
 
 
@@ -588,7 +591,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
                     lora=None, lora_any_base=False, textual_inversion=None, control: Optional[ControlRequest] = None,
-                    ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, **options):
+                    ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None, **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -602,7 +605,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``lora_any_base``: adapter files merged at load (:func:`diffkit.loading.load_denoiser`).
     ``textual_inversion``: a Stable Diffusion folder's embedding files, (path, token) pairs. ``control``: the
     ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`); ``ip_adapter``:
-    its IP-Adapter (:class:`~diffkit.commands._ip_adapter.IPAdapterRequest`). ``scheduler``: its ``--scheduler``."""
+    its IP-Adapter (:class:`~diffkit.commands._ip_adapter.IPAdapterRequest`). ``scheduler``: its ``--scheduler``.
+    ``freeu``: FreeU factors (:mod:`diffkit.models.freeu`: a FreeU or "B1,B2,S1,S2") while sampling."""
     import torch
 
     from ..drawing import draw_samples
@@ -629,7 +633,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        individual=individual, seed=seed, device=device, batch_size=batch_size,
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
-                                       control=control, ip_adapter=ip_adapter, scheduler=scheduler, **options)
+                                       control=control, ip_adapter=ip_adapter, scheduler=scheduler, freeu=freeu,
+                                       **options)
     if guidance is not None and guidance.negative_prompt is not None:
         raise DiffkitError(f"--negative-prompt applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                            f"is not one")
@@ -655,7 +660,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                                "--progressive": progressive, "--scale": scale != 1,
                                                "--prompt": guidance and guidance.prompts,
                                                "--classifier": guidance and guidance.classifier,
-                                               "--clip-guidance": guidance and guidance.clip_prompt},
+                                               "--clip-guidance": guidance and guidance.clip_prompt,
+                                               "--freeu": freeu},
                                       **options)
     from ..models.network import check_image_model
     check_image_model(meta["unet"], "diffkit sample")
@@ -708,9 +714,12 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         if progressive:
             recorder.commit()
 
-    drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
-                         final=final, cond=cond, batch_size=batch_size, device=device, decode=decoder,
-                         sample_fn=sample_fn, sink=keep, progress=progress, **options)
+    from ..models.freeu import freeu_enabled, parse_freeu
+    freeu = None if freeu is None else parse_freeu(freeu)
+    with freeu_enabled(denoiser, freeu):  # FreeU in the U-Net's decoder while sampling (off: None)
+        drawn = draw_samples(denoiser, num, shape, seed=seed, sampler=sampler, steps=steps, nfe=nfe,
+                             spacing=spacing, final=final, cond=cond, batch_size=batch_size, device=device,
+                             decode=decoder, sample_fn=sample_fn, sink=keep, progress=progress, **options)
     images = torch.cat(results)
     if decoder is None:
         save_grid(torch.cat(noise_parts).clamp(-1, 1), noise_out, nrow, scale)
@@ -728,6 +737,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             what += f" for {guidance.pag_interval[0]:g} <= t <= {guidance.pag_interval[1]:g}"
         if guidance.pag_adaptive_scale:
             what += f", adaptive a={guidance.pag_adaptive_scale:g}"
+    if freeu is not None:
+        what += ", FreeU b,s=" + ",".join(f"{v:g}" for v in freeu.as_list())
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -826,7 +837,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
                             textual_inversion=None, control: Optional[ControlRequest] = None,
-                            ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, **options):
+                            ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -851,6 +862,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
+    from ..models.freeu import parse_freeu
 
     guidance = guidance or GuidanceRequest()
     if not guidance.prompts:
@@ -892,7 +904,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                              convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt,
                              return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                             ip_adapter=adapter, **how)
+                             ip_adapter=adapter, freeu=freeu, **how)
 
     results = []
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
@@ -907,7 +919,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
-    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts})")
+    what = "" if freeu is None else ", FreeU b,s=" + ",".join(f"{v:g}" for v in parse_freeu(freeu).as_list())
+    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 
 

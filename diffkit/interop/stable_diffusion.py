@@ -380,7 +380,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_rows=None, ip_adapter=None, micro_conditioning: Optional[dict] = None,
-                  **options) -> torch.Tensor:
+                  freeu=None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -409,11 +409,15 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     ip_adapter: a :class:`~diffkit.interop.ip_adapter.IPAdapter`: the image prompt for every prompt (diffusers'
         ``load_ip_adapter`` + ``set_ip_adapter_scale`` + ``ip_adapter_image``).
     micro_conditioning: an SD-XL folder's size conditions (:func:`.sd_xl.StableDiffusionXL.prompt_guidance`).
+    freeu: FreeU (Si et al. 2024) while sampling: a :class:`~diffkit.models.freeu.FreeU` or ``"B1,B2,S1,S2"``,
+        through diffusers' own ``unet.enable_freeu(s1, s2, b1, b2)``, disabled again after.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
+    from ..models.freeu import freeu_enabled, parse_freeu
     from ..sampling import sample
     from ..samplers.registry import CONSISTENCY_SAMPLERS
     from .lcm import LCM_STEPS
+    freeu = None if freeu is None else parse_freeu(freeu)  # checked before any work
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
@@ -461,8 +465,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} do not fit the {height}x{width} control "
                                f"image; expected {expected}")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
-    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
-                progress=progress, device=sd.device, dtype=sd.dtype, **options)
+    with freeu_enabled(sd.unet, freeu):
+        z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
+                    progress=progress, device=sd.device, dtype=sd.dtype, **options)
     if return_latents:
         return z0
     images = sd.decode(z0)

@@ -182,6 +182,8 @@ class UNet(nn.Module):
     """DDPM/ADM U-Net: ``forward(x, t, y=None, context=None, w=None, low_res=None, noise_level=None)
     -> (B, output_channels, H, W)``."""
 
+    freeu = None  # a diffkit.models.freeu.FreeU while sampling with FreeU (diffkit.models.freeu.freeu_enabled)
+
     def __init__(self, config: UNetConfig | None = None, **overrides):
         super().__init__()
         if config is None:
@@ -270,8 +272,12 @@ class UNet(nn.Module):
         skips = [self.input_conv(to_compute_layout(x_in, self.memory_format))]
         skips += run_blocks(self.down, skips[0], emb, context)
         h = self.middle(skips[-1], emb, context)
-        for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+        freeu = self.freeu  # FreeU (.freeu; None: off, the U-Net as before)
+        for i, block in enumerate(self.up):
+            skip = skips.pop()
+            if freeu is not None:
+                h, skip = freeu.apply(freeu.stage_of(i, cfg.num_res_blocks), h, skip)
+            h = block(torch.cat([h, skip], dim=1), emb, context)
         out = self.out_conv(self.out_norm.forward_silu(h))
         return to_caller_layout(out, x)
 
