@@ -21,8 +21,8 @@ negative prompt too). An explicit token replaces the file's own. Pickles are rea
 one-tensor file on an SD-XL folder (or an SD-XL file on a folder with one text encoder), ``clip_l`` and
 ``clip_g`` of different vector counts, a file that is none of the above, a tensor that is not a finite
 (d,) / (n, d) float tensor, an embedding width that is not the text encoder's, a token (or an expanded
-one) already in the vocabulary or given twice. Files are read and checked before the folder loads and matched to it before anything changes, so a
-failure leaves the tokenizer and text encoder as they were.
+one) already in the vocabulary or given twice. Files are read and checked before the folder loads and
+matched to it before anything changes, so a failure leaves the tokenizer(s) and text encoder(s) as they were.
 """
 from __future__ import annotations
 
