@@ -209,9 +209,9 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """LoRA files, textual inversion, IP-Adapter, refiner folders, an LCM scheduler, a
-    VAE with latents_mean, a missing text_encoder_2, diffkit edit --mask: one line each, before any weight or
-    output."""
+    """IP-Adapter, refiner folders, an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2,
+    diffkit edit --mask: one line each, before any weight or output (LoRA files and textual inversion:
+    tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py)."""
     from diffkit.cli import main
     from diffkit.commands.sample import GuidanceRequest, sample_to_files
     from diffkit.interop.sd_xl import load_sd_xl
@@ -220,10 +220,6 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     (tmp_path / "x.safetensors").write_bytes(b"")
     (tmp_path / "images").mkdir()
     for argv, match in (
-            (["sample", "--checkpoint", folder, "--prompt", "hot", "--lora", str(tmp_path / "x.safetensors")],
-             "LoRA files are not supported for SD-XL"),
-            (["sample", "--checkpoint", folder, "--prompt", "hot", "--textual-inversion",
-              str(tmp_path / "x.safetensors")], "textual-inversion embeddings are not supported for SD-XL"),
             (["sample", "--checkpoint", folder, "--prompt", "hot", "--ip-adapter", str(tmp_path / "x.safetensors"),
               "--ip-adapter-image", str(tmp_path / "c.png")], "--ip-adapter is not supported for SD-XL"),
             (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot", "--mask",

@@ -149,6 +149,7 @@ def test_bad_files_are_one_line_errors_before_output(sd_ti, tmp_path, capsys):
     torch.save({"<s>": torch.zeros(1, 2, WIDTH)}, tmp_path / "ndim.bin")
     torch.save({"<n>": torch.full((WIDTH,), float("nan"))}, tmp_path / "nan.bin")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"clip_l": torch.zeros(WIDTH), "clip_g": torch.zeros(24)}, tmp_path / "xl.safetensors")  # SD-XL's
     multi = sd_ti["multi"][0]
     for files, needle in (([tmp_path / "missing.pt"], "does not exist"),
                           ([tmp_path / "junk.safetensors"], "is not a safetensors file"),
@@ -164,7 +165,9 @@ def test_bad_files_are_one_line_errors_before_output(sd_ti, tmp_path, capsys):
                           ([tmp_path / "int.bin"], "is a tensor of shape (32,) (torch.int64)"),
                           ([tmp_path / "ndim.bin"], "is a tensor of shape (1, 2, 32)"),
                           ([tmp_path / "nan.bin"], "holds non-finite values"),
-                          ([f"{multi}:a b"], "token 'a b' is not allowed")):
+                          ([f"{multi}:a b"], "token 'a b' is not allowed"),
+                          ([f"{tmp_path / 'xl.safetensors'}:<x>"], "is an SD-XL embedding (clip_l and clip_g); this "
+                                                                    "folder has one text encoder")):
         out = tmp_path / "o" / "s.png"
         code = _sample(sd_ti["folder"], out, *[a for f in files for a in ("--textual-inversion", f)])
         err = capsys.readouterr().err.strip().splitlines()

@@ -205,9 +205,9 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     """``--lora FILE[:SCALE]`` (repeatable) and ``--lora-any-base``: LoRA adapter files merged into the
     --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``)."""
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
-                        help="a LoRA adapter file (diffkit convert --lora-only; for a Stable Diffusion folder a "
-                             "diffusers or kohya LoRA .safetensors) merged into --checkpoint's weights at load, "
-                             "W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
+                        help="a LoRA adapter file (diffkit convert --lora-only; for a Stable Diffusion or SD-XL "
+                             "folder a diffusers or kohya LoRA .safetensors) merged into --checkpoint's weights at "
+                             "load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "
                              "(same network; by default another base is refused)")
@@ -232,7 +232,8 @@ def add_textual_inversion_flag(parser: argparse.ArgumentParser) -> None:
     tokenizer and text encoder (``load_stable_diffusion(textual_inversion=...)``)."""
     parser.add_argument("--textual-inversion", type=textual_inversion_arg, action="append", metavar="FILE[:TOKEN]",
                         help="a textual-inversion embedding (diffusers learned_embeds .safetensors/.bin or A1111 "
-                             ".pt) added to a Stable Diffusion folder's tokenizer and text encoder as diffusers' "
+                             ".pt; SD-XL: clip_l + clip_g) added to a Stable Diffusion folder's tokenizer(s) and text "
+                             "encoder(s) as diffusers' "
                              "load_textual_inversion, under TOKEN (default: the file's own); use the token in "
                              "--prompt; repeatable (docs/interop.md)")
 

@@ -1,4 +1,4 @@
-"""Stable Diffusion LoRA files merged into a loaded folder's UNet and text encoder.
+"""Stable Diffusion LoRA files merged into a loaded folder's UNet and text encoder(s) (SD 1.x/2.x, SD-XL).
 
 What diffusers does with ``pipe.load_lora_weights(file)`` and ``pipe.fuse_lora(lora_scale=s)`` (several
 files: ``set_adapters(names, adapter_weights)`` then ``fuse_lora``): each adapted layer gets
@@ -9,22 +9,25 @@ merged with diffkit's own adapter merge (:func:`diffkit.lora_files.merge_adapted
 a linear layer's A is (r, in), B (out, r); a convolution's A is an r-channel convolution with the layer's
 kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats, as real files come:
 
-* diffusers / PEFT (``StableDiffusionPipeline.save_lora_weights``): ``unet.<module>.lora_A.weight`` (A),
-  ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``; alpha from the file's
-  ``lora_adapter_metadata`` (peft's LoraConfig per component: ``lora_alpha``, ``alpha_pattern`` matched as
-  peft does, ``use_rslora``: alpha / sqrt(r) instead of alpha / r); without metadata alpha = r (scale 1),
-  as diffusers' ``get_peft_kwargs``.
+* diffusers / PEFT (``StableDiffusionPipeline.save_lora_weights``, SD-XL's
+  ``StableDiffusionXLPipeline.save_lora_weights``): ``unet.<module>.lora_A.weight`` (A),
+  ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``, SD-XL's ``text_encoder_2.<module>...``;
+  alpha from the file's ``lora_adapter_metadata`` (peft's LoraConfig per component: ``lora_alpha``,
+  ``alpha_pattern`` matched as peft does, ``use_rslora``: alpha / sqrt(r) instead of alpha / r); without
+  metadata alpha = r (scale 1), as diffusers' ``get_peft_kwargs``.
 * kohya (sd-scripts, civitai): ``lora_unet_<module>.lora_down.weight`` (A), ``.lora_up.weight`` (B),
-  ``.alpha`` (default r), ``lora_te_<module>...`` for the text encoder, where ``<module>`` is the
-  diffusers module name with every ``.`` written ``_`` (sd-scripts' ``networks/lora.py``); the name is
-  found by writing the network's own Linear / Conv2d names that way (SD 1.x/2.x files, trained on
-  diffusers-named UNets). Conv LoRA (a 3x3 down, 1x1 up) included.
+  ``.alpha`` (default r), ``lora_te_<module>...`` (SD-XL: ``lora_te1_``) for the text encoder and
+  ``lora_te2_<module>`` for SD-XL's second, where ``<module>`` is the module name with every ``.`` written
+  ``_`` (sd-scripts' ``networks/lora.py``); the name is found by writing the network's own Linear / Conv2d
+  names that way: diffusers' names (SD 1.x/2.x files, trained on diffusers-named UNets) or, for the UNet,
+  the LDM / SGM names sd-scripts' SD-XL UNet has (``input_blocks_4_1_...``; :mod:`.ldm_names`). Conv LoRA
+  (a 3x3 down, 1x1 up) included.
 
-Anything else (LoHa / LoKr / DoRA tensors, a second text encoder's ``lora_te2_``, a LoRA bias) is a
-one-line error naming the first such key; so is a key naming a module the network lacks (an SGM-named
-``input_blocks`` key), a shape that does not fit, or an alpha that is not a positive number (a kohya
-``.alpha`` of 0: sd-scripts reads it as r, diffusers as 0). Files are read and checked before anything
-is merged, and a failure leaves the networks as they were.
+Anything else (LoHa / LoKr / DoRA tensors, a LoRA bias) is a one-line error naming the first such key; so
+is a key naming a module the network lacks, ``text_encoder_2`` / ``lora_te2_`` keys on a folder with one
+text encoder, a shape that does not fit, or an alpha that is not a positive number (a kohya ``.alpha`` of
+0: sd-scripts reads it as r, diffusers as 0). Files are read and checked before anything is merged, and a
+failure leaves the networks as they were.
 """
 from __future__ import annotations
 
@@ -36,8 +39,12 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffkitError
+from .ldm_names import ldm_names
 
-COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_")}  # diffusers, kohya
+COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_"),  # diffusers, kohya
+              "text_encoder_2": ("text_encoder_2.", "lora_te2_")}  # SD-XL's second text encoder
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",  # te1: SD-XL files
+                  "lora_te2_": "text_encoder_2"}
 _PEFT = (".lora_A.weight", ".lora_B.weight")
 _KOHYA = ("lora_down.weight", "lora_up.weight", "alpha")
 
@@ -112,32 +119,36 @@ def read_sd_lora(path) -> dict:
     """The adapters of a Stable Diffusion LoRA file: {component: {name: [A, B, alpha or None]}} with
     ``name`` a module name (diffusers format) or its underscore form (kohya, resolved by
     :func:`merge_sd_loras`), and the per-module ``alpha_of(module, rank)`` of a diffusers file under
-    ``"alpha_of"``. One-line error at the first key that is not a LoRA matrix (or alpha) of the UNet or
-    the text encoder."""
+    ``"alpha_of"``; each adapter is [A, B, alpha or None, the key's prefix]. One-line error at the first key
+    that is not a LoRA matrix (or alpha) of the UNet or a text encoder."""
     tensors, meta = _read(path)
     out = {c: {} for c in COMPONENTS}
-    kohya = any(k.startswith(("lora_unet_", "lora_te")) for k in tensors)
+    kohya = any(k.startswith(tuple(KOHYA_PREFIXES)) for k in tensors)
     for key in sorted(tensors):
-        component = next((c for c, (peft, kh) in COMPONENTS.items() if key.startswith(kh if kohya else peft)), None)
         if kohya:
+            prefix = next((p for p in KOHYA_PREFIXES if key.startswith(p)), None)
+            component = KOHYA_PREFIXES.get(prefix)
             name, _, part = key.partition(".")
             slot = _KOHYA.index(part) if part in _KOHYA else None
-            name = name[len(COMPONENTS[component][1]):] if component else None
+            name = name[len(prefix):] if component else None
         else:
+            component = next((c for c, (peft, _) in COMPONENTS.items() if key.startswith(peft)), None)
+            prefix = COMPONENTS[component][0] if component else None
             slot = next((i for i, s in enumerate(_PEFT) if key.endswith(s)), None)
-            name = key[len(COMPONENTS[component][0]):-len(_PEFT[slot])] if component and slot is not None else None
+            name = key[len(prefix):-len(_PEFT[slot])] if component and slot is not None else None
         if component is None or slot is None or not name:
-            raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./text_encoder. keys ending "
-                               f"in .lora_A.weight / .lora_B.weight (diffusers) or lora_unet_/lora_te_ keys ending in "
-                               f".lora_down.weight / .lora_up.weight / .alpha (kohya)")
-        out[component].setdefault(name, [None, None, None])[slot] = tensors[key]
+            raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./text_encoder./"
+                               f"text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight (diffusers) or "
+                               f"lora_unet_/lora_te_/lora_te1_/lora_te2_ keys ending in .lora_down.weight / "
+                               f".lora_up.weight / .alpha (kohya)")
+        out[component].setdefault(name, [None, None, None, prefix])[slot] = tensors[key]
     for component, adapters in out.items():
-        for name, (down, up, alpha) in adapters.items():
+        for name, (down, up, alpha, prefix) in adapters.items():
             if down is None or up is None:
                 raise DiffkitError(f"--lora {path}: {component} module {name} has no "
                                    f"{'lora_A / lora_down' if down is None else 'lora_B / lora_up'} matrix")
             if alpha is not None and (alpha.numel() != 1 or not 0 < float(alpha) < math.inf):
-                raise DiffkitError(f"--lora {path}: {COMPONENTS[component][1]}{name}.alpha is {alpha.tolist()}; "
+                raise DiffkitError(f"--lora {path}: {prefix}{name}.alpha is {alpha.tolist()}; "
                                    f"allowed: one positive number")
     out["kohya"] = kohya
     out["alpha_of"] = {c: _peft_alphas(path, meta, c) for c in COMPONENTS}
@@ -151,13 +162,14 @@ def _resolve(path, read: dict, component: str, network) -> dict:
     names = {n: n for n in layers}
     if component == "text_encoder" and not hasattr(network, "text_model"):  # transformers 5 flattened CLIPTextModel:
         names.update({f"text_model.{n}": n for n in layers})  # files name its modules text_model.encoder...
+    if component == "unet" and read["kohya"]:  # sd-scripts' SD-XL UNet: LDM / SGM names (input_blocks_4_1_...)
+        names.update({ldm: n for n, ldm in ldm_names(network, layers).items()})
     if read["kohya"]:
         names = {k.replace(".", "_"): n for k, n in names.items()}
     out = {}
-    for name, (down, up, alpha) in read[component].items():
+    for name, (down, up, alpha, prefix) in read[component].items():
         if name not in names:
-            key = f"{COMPONENTS[component][1]}{name}.lora_down.weight" if read["kohya"] else \
-                f"{COMPONENTS[component][0]}{name}{_PEFT[0]}"
+            key = f"{prefix}{name}.lora_down.weight" if read["kohya"] else f"{prefix}{name}{_PEFT[0]}"
             raise DiffkitError(f"--lora {path}: key {key!r} names no Linear or Conv2d layer of the {component}")
         module, rank = names[name], down.shape[0] if down.ndim else 0
         if rank < 1 or down.ndim not in (2, 4):
@@ -190,7 +202,13 @@ def merge_sd_loras(sd, loras: list) -> None:
     merges = []
     for path, scale, read in loras:
         for component in COMPONENTS:
-            network = getattr(sd, component)
+            network = getattr(sd, component, None)
+            if network is None:  # text_encoder_2 of a one-encoder (SD 1.x/2.x) folder
+                if read[component]:
+                    raise DiffkitError(f"--lora {path} adapts SD-XL's second text encoder ("
+                                       f"{next(iter(read[component].values()))[3]}... keys); this folder has one "
+                                       f"text encoder: use the file with an SD-XL folder")
+                continue
             found = _resolve(path, read, component, network)
             if not found:
                 continue

@@ -24,9 +24,12 @@ guidance scale is the pipeline's s = 5.
 
 Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
 ``requires_aesthetics_score``), LCMScheduler folders, UNets with a guidance input or inpainting
-channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files and textual-inversion
-embeddings. ``clip_skip`` and ``prompt_2`` are not offered (the pipeline's defaults: none, and
-``prompt`` for both encoders).
+channels, VAEs with ``latents_mean`` / ``latents_std``. LoRA files (``unet.`` / ``text_encoder.`` /
+``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
+into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
+:mod:`.sd_textual_inversion`) added to both tokenizers and text encoders, as diffusers' ``load_lora_weights``
++ ``fuse_lora`` and ``load_textual_inversion`` do. ``clip_skip`` and ``prompt_2`` are not offered (the
+pipeline's defaults: none, and ``prompt`` for both encoders).
 """
 from __future__ import annotations
 
@@ -66,11 +69,14 @@ class StableDiffusionXL(StableDiffusion):
     def encode_prompts_xl(self, prompts: Sequence[str]) -> tuple:
         """(context (B, L, d_1 + d_2), pooled (B, projection_dim)) as the pipeline's ``encode_prompt``
         (clip_skip None): each tokenizer pads to its ``model_max_length`` and truncates, each encoder's
-        penultimate hidden states, concatenated; the pooled, projected output of encoder 2."""
+        penultimate hidden states, concatenated; the pooled, projected output of encoder 2. A multi-vector
+        textual-inversion token is expanded first, for each tokenizer (the pipeline's ``maybe_convert_prompt``)."""
+        from .sd_textual_inversion import expand_prompt
         prompts = prompt_list(prompts)
         states = []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            tokens = tokenizer([expand_prompt(p, tokenizer, self.prompt_expansions) for p in prompts],
+                               padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                return_tensors="pt")
             with torch.no_grad():
                 out = encoder(tokens.input_ids.to(self.device), output_hidden_states=True)
@@ -201,19 +207,21 @@ def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: boo
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
                lora=None, textual_inversion=None) -> StableDiffusionXL:
     """Load an SD-XL diffusers folder (``StableDiffusionXLPipeline``; never downloads). What diffkit
-    does not drive is refused in one line before any weight is read (module docstring)."""
+    does not drive is refused in one line before any weight is read (module docstring). ``lora``,
+    ``textual_inversion``: as :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked
+    before the folder loads)."""
+    from .sd_lora import merge_sd_loras, read_sd_loras
+    from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .stable_diffusion import _load_stable_diffusion
     directory = Path(directory)
-    for name, value in (("LoRA files", lora), ("textual-inversion embeddings", textual_inversion)):
-        if value:
-            raise DiffkitError(f"{name} are not supported for SD-XL folders ({directory}); diffkit merges them into "
-                               f"Stable Diffusion 1.x/2.x folders only")
     index = _index(directory) or {}
     if index.get("requires_aesthetics_score") or not (index.get("text_encoder") or [None])[0]:
         raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (no text_encoder or "
                            f"requires_aesthetics_score={index.get('requires_aesthetics_score')!r}); diffkit samples "
                            f"SD-XL base folders (text_encoder and text_encoder_2) from text")
     check_components(directory, index, XL_COMPONENTS, "SD-XL")
+    loras = read_sd_loras(lora) if lora else []
+    embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
         if (directory / "vae" / "config.json").is_file() else {}
     for key in ("latents_mean", "latents_std"):
@@ -233,6 +241,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                            tokenizer_2=tokenizer_2,
                            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
     _check_dimensions(xl, directory)
+    add_textual_inversions(xl, embeddings)  # clip_l / clip_g into both tokenizers and text encoders
+    merge_sd_loras(xl, loras)  # unet., text_encoder., text_encoder_2. (kohya lora_unet_, lora_te1_, lora_te2_)
     return xl
 
 
