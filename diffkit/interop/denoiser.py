@@ -51,8 +51,8 @@ class DiffusersNet(torch.nn.Module):
                 context: Optional[torch.Tensor] = None, w=None, **extra) -> torch.Tensor:
         kwargs = dict(extra)
         added = {key: kwargs.pop(key) for key in ADDED_COND_KEYS if key in kwargs}
-        if added:  # SD-XL's addition_embed_type="text_time" (.sd_xl)
-            kwargs["added_cond_kwargs"] = added
+        if added:  # SD-XL's addition_embed_type="text_time" (.sd_xl), beside an IP-Adapter's image_embeds
+            kwargs["added_cond_kwargs"] = {**kwargs.get("added_cond_kwargs", {}), **added}
         if context is not None:
             kwargs["encoder_hidden_states"] = context
         if y is not None and self.uses_labels:
