@@ -146,3 +146,37 @@ def test_an_adapter_of_another_model_family_is_refused_in_one_line(tiny_xl_ip, t
     with pytest.raises(DiffkitError, match="for 7 cross-attention layers, this UNet has 8"):
         _ours(xl, load_ip_adapter(save_ip_adapter(fewer, tmp_path / "f.safetensors"), png,
                                   image_encoder=root / "image_encoder", progress=False), _latents(xl))
+
+
+def test_edit_command_on_an_sd_xl_folder_with_the_ip_adapter_is_the_img2img_pipeline(tiny_xl_ip, tmp_path, capsys):
+    """``diffkit edit --checkpoint SDXL --ip-adapter FILE:SCALE --ip-adapter-image PNG``: diffusers'
+    StableDiffusionXLImg2ImgPipeline (requires_aesthetics_score False) with the adapter loaded, to the PNG's 1/255."""
+    import numpy as np
+    from PIL import Image
+    pipe, xl, root, png = tiny_xl_ip
+    (tmp_path / "in").mkdir()
+    pngs = image_png(tmp_path / "in" / "in_0.png", 16, seed=5).parent
+    assert main([str(a) for a in (
+        "edit", "--no-progress", "--checkpoint", root / "xl", "--images", pngs, "--prompt", "hot", "--strength",
+        "0.5", "--steps", "4", "--spacing", "leading", "--final", "zero", "--seed", "10",
+        "--ip-adapter", f"{root / 'ip.safetensors'}:0.7", "--ip-adapter-image", png, "--out", tmp_path / "out")]) == 0
+    capsys.readouterr()
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    options = dict(image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, output_type="np")
+    img2img.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    try:
+        img2img.set_ip_adapter_scale(0.7)
+        with torch.no_grad():
+            theirs = img2img(["hot"], ip_adapter_image=Image.open(png).convert("RGB"),
+                             generator=[torch.Generator().manual_seed(10)], **options).images
+    finally:
+        img2img.unload_ip_adapter()
+    with torch.no_grad():
+        plain = img2img(["hot"], generator=[torch.Generator().manual_seed(10)], **options).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
+    assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
+    assert np.abs(ours - np.round(plain * 255).astype(int)).max() > 8  # the image prompt changes the edit
