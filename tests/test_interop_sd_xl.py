@@ -209,9 +209,9 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """IP-Adapter, refiner folders, an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2,
-    diffkit edit --mask: one line each, before any weight or output (LoRA files and textual inversion:
-    tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py)."""
+    """Refiner folders, an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2, diffkit edit
+    --mask: one line each, before any weight or output (LoRA files and textual inversion: tests/test_sd_xl_lora.py;
+    ControlNet: tests/test_controlnet_sd_xl.py; IP-Adapter: tests/test_ip_adapter_sd_xl.py)."""
     from diffkit.cli import main
     from diffkit.commands.sample import GuidanceRequest, sample_to_files
     from diffkit.interop.sd_xl import load_sd_xl
@@ -220,10 +220,8 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     (tmp_path / "x.safetensors").write_bytes(b"")
     (tmp_path / "images").mkdir()
     for argv, match in (
-            (["sample", "--checkpoint", folder, "--prompt", "hot", "--ip-adapter", str(tmp_path / "x.safetensors"),
-              "--ip-adapter-image", str(tmp_path / "c.png")], "--ip-adapter is not supported for SD-XL"),
             (["edit", "--checkpoint", folder, "--images", str(tmp_path / "images"), "--prompt", "hot", "--mask",
-              str(tmp_path / "m.png")], "is an SD-XL folder; diffkit edit gives SD-XL img2img only")):
+              str(tmp_path / "m.png")], "is an SD-XL folder; diffkit edit gives SD-XL img2img only"),):
         assert main(argv + ["--out", str(tmp_path / "out" / "o.png"), "--no-progress"]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
@@ -251,9 +249,6 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
             load_sd_xl(tmp_path / name, progress=False)
     with pytest.raises(DiffkitError, match="needs the null half's context, text_embeds and time_ids"):
         xl.guided(5.0, torch.zeros(1, 16, 56))
-    from diffkit.interop.ip_adapter import IPAdapter
-    with pytest.raises(DiffkitError, match="SD-XL folders .text_encoder_2. are not supported with --ip-adapter"):
-        IPAdapter.adapting(None, xl)  # refused before the adapter is read
     from diffkit.interop.stable_diffusion import StableDiffusion
     with pytest.raises(DiffkitError, match="micro_conditioning=.* is not allowed: it is SD-XL's"):
         StableDiffusion.prompt_guidance(None, ["hot"], None, 5.0, "diffusers", 0.0,

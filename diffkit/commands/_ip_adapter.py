@@ -50,10 +50,6 @@ class IPAdapterRequest:
         if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
             raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                                f"is not one")
-        from ..interop.sd_xl import is_sd_xl_folder
-        if is_sd_xl_folder(checkpoint):
-            raise DiffkitError(f"--ip-adapter is not supported for SD-XL folders ({checkpoint}); diffkit drives "
-                               f"IP-Adapters of Stable Diffusion 1.x/2.x folders")
         if is_lcm_folder(checkpoint):
             raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder sampled with classifier-free "
                                f"guidance; {checkpoint} is a latent consistency model (LCMScheduler)")

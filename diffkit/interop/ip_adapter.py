@@ -16,8 +16,14 @@ modules are built by diffusers' own converters (``UNet2DConditionModel._convert_
 ``encode_image``: basic, the encoder's ``image_embeds`` with zeros as the negative (classifier-free guidance's
 null half); Plus, ``hidden_states[-2]`` with the same of an all-zero image as the negative.
 :class:`IPAdaptedNet` puts the adapter's processors and projection into the UNet only for the length of its own
-calls, so the loaded folder is left as it was (its plain denoiser stays plain). Refused in one line: IP-Adapter
-Full-Face, FaceID / FaceID-Plus (an InsightFace embedding, LoRA in the UNet), SD-XL adapters (by shape).
+calls, so the loaded folder is left as it was (its plain denoiser stays plain).
+
+SD-XL folders (:mod:`.sd_xl`) take SD-XL adapters (h94's ``sdxl_models``: the projection's width is the SD-XL UNet's
+cross_attention_dim, the image encoder whichever CLIPVisionModelWithProjection the file fits) exactly so, as
+diffusers' ``StableDiffusionXLPipeline`` (and ``StableDiffusionXLControlNetPipeline``): ``image_embeds`` join the
+``text_embeds`` / ``time_ids`` in the UNet's ``added_cond_kwargs`` (:class:`~.denoiser.DiffusersNet` merges them).
+Refused in one line: IP-Adapter Full-Face, FaceID / FaceID-Plus (an InsightFace embedding, LoRA in the UNet), an
+adapter of another model family (by shape).
 """
 from __future__ import annotations
 
@@ -124,7 +130,9 @@ class IPAdaptedNet(torch.nn.Module):
     with ``added_cond_kwargs={"image_embeds": [e]}``, e per row: ``negative`` where the label ``y`` is
     :data:`NULL_LABEL` (classifier-free guidance's null half), else ``positive`` (both (1, ...)). The adapter's
     ``processors`` (name -> IPAdapterAttnProcessor2_0) and ``projection`` (a MultiIPAdapterImageProjection) are in
-    ``unet`` only during the call (as diffusers' ``_load_ip_adapter_weights`` puts them), then it is restored."""
+    ``unet`` only during the call (as diffusers' ``_load_ip_adapter_weights`` puts them), then it is restored.
+    On SD-XL the ``extra`` keys ``text_embeds`` / ``time_ids`` pass on untouched (to the ControlNets too), and
+    :class:`~.denoiser.DiffusersNet` joins them to ``image_embeds`` in the UNet's one ``added_cond_kwargs``."""
 
     def __init__(self, inner, unet, processors: dict, projection, positive: torch.Tensor, negative: torch.Tensor):
         super().__init__()
@@ -220,14 +228,15 @@ class IPAdapter:
         expected = {str(2 * i + 1) for i in range(len(names))}
         if keys != expected:
             raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} cross-attention layers, this "
-                               f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x / 2.x)")
+                               f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x, 2.x or "
+                               f"SD-XL)")
         try:
             processors = unet._convert_ip_adapter_attn_to_diffusers([self.state], low_cpu_mem_usage=False)
             projection = unet._convert_ip_adapter_image_proj_to_diffusers(self.state["image_proj"],
                                                                          low_cpu_mem_usage=False)
         except (RuntimeError, KeyError) as err:
             raise DiffkitError(f"the IP-Adapter does not fit this UNet ({str(err).splitlines()[0][:120]}); an "
-                               f"IP-Adapter fits only its own model family") from None
+                               f"IP-Adapter fits only its own model family (SD 1.x, 2.x or SD-XL)") from None
         processors = {n: processors[n] for n in names}
         for processor in processors.values():
             processor.scale = [self.scale]
@@ -243,14 +252,12 @@ class IPAdapter:
         return processors, projection
 
     def adapting(self, sd):
-        """A copy of ``sd`` whose network denoiser is :class:`IPAdaptedNet` around its own (a ControlNet's too),
-        so ``sd.guided`` and every sampler see it. A latent consistency model folder is refused."""
+        """A copy of ``sd`` (Stable Diffusion or SD-XL) whose network denoiser is :class:`IPAdaptedNet` around its
+        own (a ControlNet's too), so ``sd.guided`` and every sampler see it. A latent consistency model folder is
+        refused."""
         if sd.consistency is not None:
             raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
                                "guidance; this is a latent consistency model (LCMScheduler)")
-        if getattr(sd, "text_encoder_2", None) is not None:  # SD-XL's UNet takes added_cond_kwargs of its own
-            raise DiffkitError("the IP-Adapter applies to a Stable Diffusion 1.x/2.x folder; SD-XL folders "
-                               "(text_encoder_2) are not supported with --ip-adapter")
         self._check()
         key = (sd.unet, self.scale, self.image)  # built once per UNet, scale and image (diffkit sample: per batch)
         if self._built is None or not (self._built[0][0] is key[0] and self._built[0][1] == key[1]
