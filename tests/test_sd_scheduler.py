@@ -214,3 +214,24 @@ def test_override_config_is_from_config_of_the_loaded_scheduler(config):
         assert ours == {k: v for k, v in cls.from_config(base.config).config.items() if k != "_use_default_values"}
         assert ours["clip_sample"] is False and ours["timestep_scaling"] == 10.0
         assert ours["original_inference_steps"] == 50 and ours["beta_schedule"] == "scaled_linear"
+
+
+def test_ip_adapter_with_the_lcm_override_is_refused_before_loading(plain, tmp_path, capsys, monkeypatch):
+    """``--scheduler lcm --ip-adapter``: one line naming --scheduler lcm, before the weights are loaded (it was
+    the library's refusal after loading, saying the plain folder was a latent consistency model); the library's
+    refusal names scheduler='lcm'."""
+    import diffkit.interop.stable_diffusion as stable_diffusion
+    from diffkit.interop.ip_adapter import IPAdapter
+    _, folder, lora = plain
+    monkeypatch.setattr(stable_diffusion, "_load_stable_diffusion", lambda *a, **k: pytest.fail("loaded"))
+    out = tmp_path / "x.png"
+    code = main(["sample", "--checkpoint", str(folder), "--scheduler", "lcm", "--prompt", "hot", "--out", str(out),
+                 "--ip-adapter", str(tmp_path / "ip.safetensors"), "--ip-adapter-image", str(tmp_path / "i.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(r"--scheduler lcm samples .* as a latent consistency model "
+                                                     r"\(LCMScheduler\): drop one of them", err[0]), err
+    assert not out.exists()
+    monkeypatch.undo()
+    sd = load_stable_diffusion(folder, scheduler="lcm", progress=False)
+    with pytest.raises(DiffkitError, match=r"latent consistency model \(LCMScheduler\) \(scheduler='lcm'\)$"):
+        IPAdapter.adapting(None, sd)  # refused before the adapter itself is read

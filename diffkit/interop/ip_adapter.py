@@ -246,8 +246,9 @@ class IPAdapter:
         """A copy of ``sd`` whose network denoiser is :class:`IPAdaptedNet` around its own (a ControlNet's too),
         so ``sd.guided`` and every sampler see it. A latent consistency model folder is refused."""
         if sd.consistency is not None:
-            raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
-                               "guidance; this is a latent consistency model (LCMScheduler)")
+            how = " (scheduler='lcm')" if getattr(sd, "scheduler_override", None) == "lcm" else ""
+            raise DiffkitError(f"the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
+                               f"guidance; this is a latent consistency model (LCMScheduler){how}")
         if getattr(sd, "text_encoder_2", None) is not None:  # SD-XL's UNet takes added_cond_kwargs of its own
             raise DiffkitError("the IP-Adapter applies to a Stable Diffusion 1.x/2.x folder; SD-XL folders "
                                "(text_encoder_2) are not supported with --ip-adapter")
