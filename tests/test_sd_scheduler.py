@@ -165,8 +165,9 @@ def test_sample_command_scheduler_png_equals_library(plain, tmp_path, monkeypatc
 
 def test_scheduler_override_refusals_are_one_line(plain, tmp_path, capsys):
     _, folder, lora = plain
-    lcm_folder, xl, bad_clip = tmp_path / "lcm", tmp_path / "xl", tmp_path / "clip"
-    for copy, change in ((lcm_folder, {"_class_name": "LCMScheduler"}), (bad_clip, {"clip_sample": True})):
+    lcm_folder, xl, bad_clip, n20 = tmp_path / "lcm", tmp_path / "xl", tmp_path / "clip", tmp_path / "n20"
+    for copy, change in ((lcm_folder, {"_class_name": "LCMScheduler"}), (bad_clip, {"clip_sample": True}),
+                         (n20, {"original_inference_steps": 20})):
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.safetensors"))
         config_file = copy / "scheduler" / "scheduler_config.json"
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
@@ -182,6 +183,7 @@ def test_scheduler_override_refusals_are_one_line(plain, tmp_path, capsys):
             (ckpt, "tcd", r"--scheduler tcd applies to a Stable Diffusion folder .* is not one"),
             (bad_clip, "lcm", r"--scheduler lcm: .* gives LCMScheduler clip_sample=True, .*allowed: a config with "
                               r"clip_sample false"),
+            (n20, "tcd", r"--scheduler tcd: .* gives TCDScheduler original_inference_steps=20; allowed: 50 "),
             (folder, "ddim", r"argument --scheduler: invalid choice: 'ddim' \(choose from '?lcm'?, '?tcd'?\)")):
         try:
             code = main(["sample", "--checkpoint", str(checkpoint), "--scheduler", name, "--prompt", "hot", "--num",
