@@ -237,3 +237,28 @@ def test_ip_adapter_with_the_lcm_override_is_refused_before_loading(plain, tmp_p
     sd = load_stable_diffusion(folder, scheduler="lcm", progress=False)
     with pytest.raises(DiffkitError, match=r"latent consistency model \(LCMScheduler\) \(scheduler='lcm'\)$"):
         IPAdapter.adapting(None, sd)  # refused before the adapter itself is read
+
+
+@pytest.mark.parametrize("name", ["lcm", "tcd"])
+def test_scheduler_override_with_a_controlnet_matches_the_controlnet_pipeline(plain, tmp_path, name):
+    """scheduler="lcm" / "tcd" + the LoRA + a ControlNet = StableDiffusionControlNetPipeline with
+    ``LCMScheduler`` / ``TCDScheduler.from_config`` and the fused LoRA (s = 1.5; tcd: eta 0.3, ``tcd:sigma_min``)."""
+    from PIL import Image
+
+    from diffkit.interop.controlnet import ControlNets
+    from test_controlnet import control_png, tiny_controlnet
+    fused, folder, lora = plain
+    net = tiny_controlnet(tiny_sd_components(tmp_path)[0], 3)  # a plain UNet's (the fused one carries peft layers)
+    png = control_png(tmp_path / "control.png")
+    cls = {"lcm": diffusers.LCMScheduler, "tcd": diffusers.TCDScheduler}[name]
+    pipe = diffusers.StableDiffusionControlNetPipeline(**{**fused.components, "controlnet": net,
+                                                          "scheduler": cls.from_config(fused.scheduler.config)})
+    pipe.set_progress_bar_config(disable=True)
+    sd = load_stable_diffusion(folder, lora=[lora], scheduler=name, progress=False)
+    latents = _latents(3)
+    extra = {"eta": 0.3} if name == "tcd" else {}
+    theirs = _theirs(pipe, 3, 1.5, latents, 5, image=Image.open(png).convert("RGB"), **extra)
+    ours = text_to_image(sd, PROMPTS, sampler="tcd:sigma_min" if name == "tcd" else None, steps=3,
+                         guidance_scale=1.5, latents=latents, seed=5, return_latents=True,
+                         controlnet=ControlNets([net], [png]))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
