@@ -89,6 +89,17 @@ def restart_options(info, restarts, options: dict) -> dict:
     return options
 
 
+def gamma_options(info, gamma, options: dict) -> dict:
+    """Add ``gamma`` (None: the sampler's default), the tcd sampler's stochasticity in [0, 1] (Zheng et al. 2024;
+    :mod:`diffkit.samplers.tcd`), to ``options`` and return them; a one-line error for a sampler (``info``) that
+    takes no gamma."""
+    if gamma is not None:
+        from .sampling import check_options
+        check_options(info, {"gamma": gamma})
+        options["gamma"] = check_range("gamma", gamma, 0.0, 1.0)
+    return options
+
+
 def check_scoring_files_used(names: Sequence[str], flag: str = "--metrics", *, inception_weights=None,
                              evaluator=None) -> None:
     """``--inception-weights`` / ``--evaluator`` with metrics (``names``, given as ``flag``) none of which uses
@@ -495,7 +506,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
              restarts=None, spacing: Optional[str] = None, final: Optional[str] = None,
              nfe: Optional[int] = None, lora=None, lora_any_base: bool = False,
-             flow_shift: Optional[float] = None, freeu=None) -> dict:
+             flow_shift: Optional[float] = None, freeu=None, gamma: Optional[float] = None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -510,7 +521,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     ``discriminative_iterations`` / ``predictive_iterations``, the authors' 2000 / 5000 by default); for a run
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
-    ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`);
+    ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`); ``gamma``:
+    the stochasticity of ``sampler="tcd"`` (:func:`gamma_options`), recorded in the settings;
     ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it. ``steps`` (default 50)
     or ``nfe``: the step count that spends that many network evaluations per sample
     (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``), not both.
@@ -541,7 +553,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
                                predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
-                               repeats=repeats, restarts=restarts, spacing=spacing, final=final, nfe=nfe,
+                               repeats=repeats, restarts=restarts, gamma=gamma, spacing=spacing, final=final, nfe=nfe,
                                flow_shift=flow_shift)
     if repeats != 1:
         raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
@@ -584,7 +596,7 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         check_eta(sampler, eta)
         if eta is not None:
             options["eta"] = parse_eta(eta)
-        info = info.with_options(restart_options(info, restarts, options))
+        info = info.with_options(restart_options(info, restarts, gamma_options(info, gamma, options)))
         if flow_shift is not None:
             options["flow_shift"] = flow_shift
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,

@@ -369,7 +369,9 @@ def check_eta(sampler: str, eta) -> None:
     """An ``eta`` (DDIM's stochasticity, Song et al. 2021 eq. 16) is an option of the ddim sampler
     only: a one-line error when it is given with another sampler."""
     if eta is not None and sampler != "ddim":
-        raise DiffkitError(f"eta={eta} applies to the ddim sampler, not {sampler!r}")
+        hint = ("; tcd's stochasticity (diffusers' TCDScheduler eta) is gamma: diffkit sample --gamma"
+                if sampler == "tcd" else "")
+        raise DiffkitError(f"eta={eta} applies to the ddim sampler, not {sampler!r}{hint}")
 
 
 def final_for(info: SamplerInfo, spacing: Optional[str] = None) -> str:

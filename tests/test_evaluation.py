@@ -479,6 +479,38 @@ def test_eval_restarts_reach_the_samples_and_their_nfe(run_dir, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_eval_gamma_reaches_the_tcd_samples_and_the_settings(run_dir, tmp_path, capsys):
+    """eval --sampler tcd --gamma 0.5 (sample's flag) scores the images of diffkit.sample(..., sampler="tcd",
+    gamma=0.5) from the same noise and records gamma (it was not settable: eval ran tcd at 0.3 only); with
+    another sampler it is a one-line error that writes nothing."""
+    import diffkit
+    from diffkit.images import to_uint8
+    from diffkit.loading import load_denoiser
+    from diffkit.models.network import sample_shape
+    from diffkit.noise import randn, sample_generators
+    ckpt = run_dir / "ckpt" / "latest.safetensors"
+    common = ["eval", "--checkpoint", ckpt, "--metrics", "fd-classifier", "--evaluator", run_dir / "ev.safetensors",
+              "--num", "4", "--steps", "3", "--device", "cpu", "--no-progress"]
+    assert main([*common, "--sampler", "tcd", "--gamma", "0.5", "--save-samples", tmp_path / "s",
+                 "--out", tmp_path / "r.json"]) == 0
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert settings["sampler"] == "tcd" and settings["gamma"] == 0.5 and settings["nfe"] == 3
+    den = load_denoiser(ckpt)
+    noise_gens, gens = sample_generators(0, 0, 4)
+    noise = randn((4, *sample_shape(den.meta["unet"])), noise_gens)
+    want = to_uint8(diffkit.sample(den, noise, sampler="tcd", steps=3, generator=gens, progress=False, gamma=0.5))
+    written = np.stack([np.asarray(Image.open(p)).reshape(want[0].shape)
+                        for p in sorted((tmp_path / "s").glob("*.png"))])
+    assert np.array_equal(written, want)
+    capsys.readouterr()
+    one_line_error(capsys, [*common, "--sampler", "heun", "--gamma", "0.5", "--out", tmp_path / "o" / "x.json"],
+                   "--gamma 0.5 sets the stochasticity of the tcd sampler, not of 'heun'; give --sampler tcd")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(DiffkitError, match=r"^option 'gamma' is not one sampler 'ddim' takes"):
+        evaluate("fd-classifier", checkpoint=ckpt, evaluator=run_dir / "ev.safetensors", num=4, steps=3, sampler="ddim",
+                 gamma=0.5)
+
+
 @pytest.mark.parametrize("table", [["ddim-table", "--etas", "0", "--steps", "2"],
                                    ["sampler-table", "--samplers", "ddim", "--steps", "2"]])
 def test_experiment_refuses_unused_inception_weights_as_eval_does(run_dir, tmp_path, capsys, table):
@@ -649,7 +681,7 @@ def test_eval_header_names_the_samples_and_the_images_the_bound_is_on():
 
 
 @pytest.mark.parametrize("flag", [["--sampler", "heun"], ["--steps", "7"], ["--nfe", "5"], ["--eta", "1"],
-                                  ["--restarts", "none"],
+                                  ["--restarts", "none"], ["--gamma", "0.5"],
                                   ["--spacing", "trailing"], ["--final", "zero"], ["--thresholding", "clip"],
                                   ["--save-samples", "SAVED"], ["--cache-dir", "CACHE"]])
 def test_sampling_flags_with_samples_are_refused_not_ignored(run_dir, tmp_path, capsys, flag):

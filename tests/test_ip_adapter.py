@@ -451,3 +451,32 @@ def test_inpainting_two_prompts_with_one_image_prompt_as_the_inpaint_pipeline(ti
                               steps_offset=1, eta=0.0)
     assert relative_error(ours(adapted), theirs) < 1e-5
     assert relative_error(ours(sd), theirs) > 1e-3  # the image prompt changes the inpainting
+
+
+def test_ip_adapter_with_the_tcd_scheduler_override_matches_the_pipeline(tiny_ip):
+    """``load_stable_diffusion(..., scheduler="tcd")`` with an IP-Adapter = StableDiffusionPipeline with
+    ``TCDScheduler.from_config`` + ``load_ip_adapter`` (eta 0.3, per-sample step noise), with and without
+    classifier-free guidance (``--scheduler lcm`` refuses an IP-Adapter: tests/test_sd_scheduler.py)."""
+    from PIL import Image
+
+    from diffkit.noise import generators_from_seed
+    pipe, _, root, png = tiny_ip
+    tcd = diffusers.TCDScheduler.from_config(pipe.scheduler.config)
+    tcd_pipe = type(pipe)(**{**pipe.components, "scheduler": tcd})
+    tcd_pipe.set_progress_bar_config(disable=True)
+    sd = load_stable_diffusion(root / "sd", scheduler="tcd", progress=False)
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    latents = _latents(sd, 2)
+    tcd_pipe.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
+    try:
+        tcd_pipe.set_ip_adapter_scale(0.8)
+        for guidance in (1.0, SCALE):
+            with torch.no_grad():
+                theirs = tcd_pipe(PROMPTS * 2, ip_adapter_image=Image.open(png).convert("RGB"), num_inference_steps=2,
+                                  guidance_scale=guidance, eta=0.3, latents=latents.clone(),
+                                  generator=generators_from_seed(5, 2), output_type="latent").images
+            ours = text_to_image(sd, PROMPTS * 2, sampler="tcd:sigma_min", steps=2, guidance_scale=guidance, gamma=0.3,
+                                 latents=latents, seed=5, return_latents=True, ip_adapter=adapter)
+            assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)  # measured 3.8e-7, 9.3e-7
+    finally:
+        tcd_pipe.unload_ip_adapter()

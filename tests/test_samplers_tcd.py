@@ -235,6 +235,8 @@ def test_sample_command_takes_gamma_for_tcd_only(lcm_lora, tmp_path, capsys, mon
     assert main(argv) == 0
     assert calls == [(4, 0.5), (4, None)]  # the LCM folder's 4 steps; gamma: the sampler's default 0.3
     for extra, match in ((["--gamma", "1.5"], r"argument --gamma: '1.5' is not a number in \[0, 1\]"),
+                         (["--eta", "0.3"], r"eta=0\.3 applies to the ddim sampler, not 'tcd'; tcd's stochasticity "
+                                            r"\(diffusers' TCDScheduler eta\) is gamma: diffkit sample --gamma$"),
                          (["--sampler", "ddim", "--gamma", "0.5"],
                           r"--gamma 0.5 sets the stochasticity of the tcd sampler, not of 'ddim'; give --sampler tcd")):
         out.unlink(missing_ok=True)

@@ -165,8 +165,9 @@ def test_sample_command_scheduler_png_equals_library(plain, tmp_path, monkeypatc
 
 def test_scheduler_override_refusals_are_one_line(plain, tmp_path, capsys):
     _, folder, lora = plain
-    lcm_folder, xl, bad_clip = tmp_path / "lcm", tmp_path / "xl", tmp_path / "clip"
-    for copy, change in ((lcm_folder, {"_class_name": "LCMScheduler"}), (bad_clip, {"clip_sample": True})):
+    lcm_folder, xl, bad_clip, n20 = tmp_path / "lcm", tmp_path / "xl", tmp_path / "clip", tmp_path / "n20"
+    for copy, change in ((lcm_folder, {"_class_name": "LCMScheduler"}), (bad_clip, {"clip_sample": True}),
+                         (n20, {"original_inference_steps": 20})):
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.safetensors"))
         config_file = copy / "scheduler" / "scheduler_config.json"
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
@@ -182,6 +183,7 @@ def test_scheduler_override_refusals_are_one_line(plain, tmp_path, capsys):
             (ckpt, "tcd", r"--scheduler tcd applies to a Stable Diffusion folder .* is not one"),
             (bad_clip, "lcm", r"--scheduler lcm: .* gives LCMScheduler clip_sample=True, .*allowed: a config with "
                               r"clip_sample false"),
+            (n20, "tcd", r"--scheduler tcd: .* gives TCDScheduler original_inference_steps=20; allowed: 50 "),
             (folder, "ddim", r"argument --scheduler: invalid choice: 'ddim' \(choose from '?lcm'?, '?tcd'?\)")):
         try:
             code = main(["sample", "--checkpoint", str(checkpoint), "--scheduler", name, "--prompt", "hot", "--num",
@@ -214,3 +216,49 @@ def test_override_config_is_from_config_of_the_loaded_scheduler(config):
         assert ours == {k: v for k, v in cls.from_config(base.config).config.items() if k != "_use_default_values"}
         assert ours["clip_sample"] is False and ours["timestep_scaling"] == 10.0
         assert ours["original_inference_steps"] == 50 and ours["beta_schedule"] == "scaled_linear"
+
+
+def test_ip_adapter_with_the_lcm_override_is_refused_before_loading(plain, tmp_path, capsys, monkeypatch):
+    """``--scheduler lcm --ip-adapter``: one line naming --scheduler lcm, before the weights are loaded (it was
+    the library's refusal after loading, saying the plain folder was a latent consistency model); the library's
+    refusal names scheduler='lcm'."""
+    import diffkit.interop.stable_diffusion as stable_diffusion
+    from diffkit.interop.ip_adapter import IPAdapter
+    _, folder, lora = plain
+    monkeypatch.setattr(stable_diffusion, "_load_stable_diffusion", lambda *a, **k: pytest.fail("loaded"))
+    out = tmp_path / "x.png"
+    code = main(["sample", "--checkpoint", str(folder), "--scheduler", "lcm", "--prompt", "hot", "--out", str(out),
+                 "--ip-adapter", str(tmp_path / "ip.safetensors"), "--ip-adapter-image", str(tmp_path / "i.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(r"--scheduler lcm samples .* as a latent consistency model "
+                                                     r"\(LCMScheduler\): drop one of them", err[0]), err
+    assert not out.exists()
+    monkeypatch.undo()
+    sd = load_stable_diffusion(folder, scheduler="lcm", progress=False)
+    with pytest.raises(DiffkitError, match=r"latent consistency model \(LCMScheduler\) \(scheduler='lcm'\)$"):
+        IPAdapter.adapting(None, sd)  # refused before the adapter itself is read
+
+
+@pytest.mark.parametrize("name", ["lcm", "tcd"])
+def test_scheduler_override_with_a_controlnet_matches_the_controlnet_pipeline(plain, tmp_path, name):
+    """scheduler="lcm" / "tcd" + the LoRA + a ControlNet = StableDiffusionControlNetPipeline with
+    ``LCMScheduler`` / ``TCDScheduler.from_config`` and the fused LoRA (s = 1.5; tcd: eta 0.3, ``tcd:sigma_min``)."""
+    from PIL import Image
+
+    from diffkit.interop.controlnet import ControlNets
+    from test_controlnet import control_png, tiny_controlnet
+    fused, folder, lora = plain
+    net = tiny_controlnet(tiny_sd_components(tmp_path)[0], 3)  # a plain UNet's (the fused one carries peft layers)
+    png = control_png(tmp_path / "control.png")
+    cls = {"lcm": diffusers.LCMScheduler, "tcd": diffusers.TCDScheduler}[name]
+    pipe = diffusers.StableDiffusionControlNetPipeline(**{**fused.components, "controlnet": net,
+                                                          "scheduler": cls.from_config(fused.scheduler.config)})
+    pipe.set_progress_bar_config(disable=True)
+    sd = load_stable_diffusion(folder, lora=[lora], scheduler=name, progress=False)
+    latents = _latents(3)
+    extra = {"eta": 0.3} if name == "tcd" else {}
+    theirs = _theirs(pipe, 3, 1.5, latents, 5, image=Image.open(png).convert("RGB"), **extra)
+    ours = text_to_image(sd, PROMPTS, sampler="tcd:sigma_min" if name == "tcd" else None, steps=3,
+                         guidance_scale=1.5, latents=latents, seed=5, return_latents=True,
+                         controlnet=ControlNets([net], [png]))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)

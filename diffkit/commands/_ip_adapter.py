@@ -53,6 +53,10 @@ class IPAdapterRequest:
         if is_lcm_folder(checkpoint):
             raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder sampled with classifier-free "
                                f"guidance; {checkpoint} is a latent consistency model (LCMScheduler)")
+        if getattr(args, "scheduler", None) == "lcm":  # sampled as an LCMScheduler folder (.interop.sd_scheduler)
+            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder sampled with classifier-free "
+                               f"guidance; --scheduler lcm samples {checkpoint} as a latent consistency model "
+                               f"(LCMScheduler): drop one of them (--scheduler tcd takes an IP-Adapter)")
         if args.ip_adapter_image is None:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
         file, scale = given

@@ -256,8 +256,9 @@ class IPAdapter:
         own (a ControlNet's too), so ``sd.guided`` and every sampler see it. A latent consistency model folder is
         refused."""
         if sd.consistency is not None:
-            raise DiffkitError("the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
-                               "guidance; this is a latent consistency model (LCMScheduler)")
+            how = " (scheduler='lcm')" if getattr(sd, "scheduler_override", None) == "lcm" else ""
+            raise DiffkitError(f"the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
+                               f"guidance; this is a latent consistency model (LCMScheduler){how}")
         self._check()
         key = (sd.unet, self.scale, self.image)  # built once per UNet, scale and image (diffkit sample: per batch)
         if self._built is None or not (self._built[0][0] is key[0] and self._built[0][1] == key[1]
