@@ -298,3 +298,32 @@ def test_wrong_files_for_sd_xl_are_one_line_errors_before_output(xl_lora, tmp_pa
         save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 24), "x": torch.zeros(1)},
                   tmp_path / "three.safetensors")
         read_textual_inversion(tmp_path / "three.safetensors", "<t>")
+
+
+def test_edit_command_with_lora_and_textual_inversion_on_sd_xl(xl_lora, tmp_path, capsys):
+    """`diffkit edit --checkpoint SDXL --lora KOHYA:S --textual-inversion F:TOKEN` on PNGs: the images of
+    StableDiffusionXLImg2ImgPipeline built from the pipeline with the diffusers file fused and both embeddings
+    loaded (to the PNGs' 1/255); the LoRA and the multi-vector token both change them."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pngs, prompt = write_pngs(tmp_path / "in", 1, 16, "RGB"), "a <t> cat"
+    base = ("--checkpoint", xl_lora["folder"], "--images", pngs, "--prompt", prompt, "--strength", 0.5, "--steps", 4,
+            "--spacing", "leading", "--final", "zero", "--seed", 10)
+    code, _, err = cli(capsys, *base, "--lora", f"{xl_lora['kohya']}:0.6", "--textual-inversion",
+                       f"{xl_lora['ti']['multi']}:<t>", "--out", tmp_path / "out")
+    assert code == 0, err
+    pipe = _pipe(xl_lora["folder"], [(xl_lora["diffusers"], 0.6)], [(xl_lora["ti"]["multi"], "<t>")])
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        theirs = img2img([prompt], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="np", generator=[torch.Generator().manual_seed(10)]).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    assert np.abs(ours - np.round(theirs[0] * 255).astype(int)).max() <= 1
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "plain")
+    assert code == 0, err
+    assert np.abs(ours - np.asarray(Image.open(tmp_path / "plain" / "edit_00000.png")).astype(int)).max() > 8
