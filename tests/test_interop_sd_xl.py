@@ -123,6 +123,22 @@ def test_sd_xl_matches_the_pipeline(tiny_xl, scheduler, sampler, kw):
     assert relative_error(ours, theirs) < 1e-5
 
 
+def test_sd_xl_freeu_matches_the_pipelines_enable_freeu(tiny_xl):
+    """``text_to_image(xl, freeu=...)`` is StableDiffusionXLPipeline with ``enable_freeu(s1, s2, b1, b2)`` (its
+    UNet's first two up blocks), and FreeU is off again after the call."""
+    pipe, _, xl = tiny_xl
+    latents, sched = _latents(xl), diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+    try:
+        theirs = _theirs(pipe, sched, latents)
+    finally:
+        pipe.disable_freeu()
+    run = dict(sampler="ddim", steps=4, grid="scheduler", guidance_scale=5.0, latents=latents, return_latents=True)
+    ours = text_to_image(xl, PROMPTS, freeu="1.5,1.6,0.9,0.2", **run)
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(text_to_image(xl, PROMPTS, **run), theirs) > 1e-3  # FreeU mattered, and is off again
+
+
 def test_sd_xl_empty_negative_without_force_zeros_and_images(tiny_xl):
     """force_zeros_for_empty_prompt=False (model_index.json): the empty prompt's embeddings are the
     null half's; and the decoded images equal the pipeline's (output_type="pt")."""
