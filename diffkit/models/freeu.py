@@ -84,9 +84,9 @@ def parse_freeu(text) -> FreeU:
     :class:`FreeU`; a one-line error naming the bad value otherwise."""
     if isinstance(text, FreeU):
         return text
-    parts = text.split(",") if isinstance(text, str) else list(text)
+    parts = text.split(",") if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
     form = "give four positive numbers B1,B2,S1,S2 (e.g. 1.5,1.6,0.9,0.2, diffusers' values for SD 1.5)"
-    if len(parts) != 4:
+    if parts is None or len(parts) != 4:
         raise DiffkitError(f"FreeU {text!r} is not allowed; {form}")
     values = []
     for name, part in zip(("b1", "b2", "s1", "s2"), parts):
