@@ -32,7 +32,8 @@ SGM = {"down_blocks.0.resnets.0": "input_blocks.1.0", "down_blocks.0.downsampler
        "up_blocks.0.attentions.1": "output_blocks.1.1", "up_blocks.0.upsamplers.0.conv": "output_blocks.1.2.conv",
        "up_blocks.1.resnets.0": "output_blocks.2.0", "up_blocks.1.resnets.1": "output_blocks.3.0",
        "conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.linear_1": "time_embed.0",
-       "add_embedding.linear_1": "label_emb.0.0"}
+       "add_embedding.linear_1": "label_emb.0.0", "time_embedding.linear_2": "time_embed.2",
+       "add_embedding.linear_2": "label_emb.0.2"}
 RESNET = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
           "conv_shortcut": "skip_connection"}
 
@@ -184,7 +185,8 @@ def test_sd_xl_lora_matches_load_lora_weights_and_fuse(xl_lora, fmt, scale):
 def test_kohya_sgm_unet_file_matches_diffusers_own_converter(xl_lora, tmp_path):
     """A kohya SD-XL UNet file on layers of every LDM / SGM kind (input / middle / output blocks, resnet convs,
     time projection, shortcut, down- and upsampler, attention, feed-forward, conv_in / conv_out, the time and
-    added-condition MLPs), one alpha: the z_0 of diffusers loading that very file (its SGM converter)."""
+    added-condition MLPs (both layers each), proj_in / proj_out, ff.net.0.proj / ff.net.2), one alpha: the z_0 of
+    diffusers loading that very file (its SGM converter)."""
     unet = diffusers.UNet2DConditionModel.from_pretrained(xl_lora["folder"] / "unet")
     modules = dict(unet.named_modules())
     gen, tensors = torch.Generator().manual_seed(4), {}
@@ -193,7 +195,9 @@ def test_kohya_sgm_unet_file_matches_diffusers_own_converter(xl_lora, tmp_path):
                    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
                    "mid_block.attentions.0.transformer_blocks.1.attn1.to_q", "mid_block.resnets.1.time_emb_proj",
                    "up_blocks.0.upsamplers.0.conv", "up_blocks.0.attentions.1.transformer_blocks.0.ff.net.2",
-                   "up_blocks.1.resnets.1.conv2", "conv_in", "conv_out"):
+                   "up_blocks.1.resnets.1.conv2", "conv_in", "conv_out", "time_embedding.linear_2",
+                   "add_embedding.linear_1", "add_embedding.linear_2", "up_blocks.0.attentions.0.proj_out",
+                   "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj"):
         layer, stem = modules[module], "lora_unet_" + _sgm(module).replace(".", "_")
         conv = isinstance(layer, torch.nn.Conv2d)
         inp, out = (layer.in_channels, layer.out_channels) if conv else (layer.in_features, layer.out_features)
