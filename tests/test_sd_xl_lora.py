@@ -331,3 +331,17 @@ def test_edit_command_with_lora_and_textual_inversion_on_sd_xl(xl_lora, tmp_path
     code, _, err = cli(capsys, *base, "--out", tmp_path / "plain")
     assert code == 0, err
     assert np.abs(ours - np.asarray(Image.open(tmp_path / "plain" / "edit_00000.png")).astype(int)).max() > 8
+
+
+def test_lora_te_and_lora_te1_keys_of_one_module_are_a_one_line_error(tmp_path):
+    """lora_te_ and lora_te1_ both name text_encoder: one module under both prefixes is refused naming both
+    keys (not one matrix silently taken from each)."""
+    from diffkit.interop.sd_lora import read_sd_lora
+    stem = "text_model_encoder_layers_0_mlp_fc1"
+    pair = {"lora_down.weight": torch.zeros(2, 4), "lora_up.weight": torch.zeros(4, 2)}
+    save_file({f"{prefix}{stem}.{part}": t.clone() for prefix in ("lora_te_", "lora_te1_") for part, t in pair.items()},
+              tmp_path / "both.safetensors")
+    with pytest.raises(DiffkitError, match=f"keys lora_te1_{stem}.lora_down.weight and lora_te_{stem}.lora_down.weight "
+                                           f"adapt the same text_encoder module") as err:
+        read_sd_lora(tmp_path / "both.safetensors")
+    assert "\n" not in str(err.value)
