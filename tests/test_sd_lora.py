@@ -38,18 +38,20 @@ def _add_lora(module, seed, **config):
     return state, config.to_dict()
 
 
-def _kohya(diffusers_file, out):
-    """The diffusers-format file renamed to kohya's keys, with each module's alpha as ``.alpha``."""
+def _kohya(diffusers_file, out, prefixes=None, rename=None):
+    """The diffusers-format file renamed to kohya's keys (``prefixes``: component -> key prefix; ``rename``:
+    (component, module) -> the module's name in the key), with each module's alpha as ``.alpha``."""
     from safetensors import safe_open
     with safe_open(diffusers_file, "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    prefixes = prefixes or {"unet": "lora_unet_", "text_encoder": "lora_te_"}
     tensors, renamed = load_file(diffusers_file), {}
     for key, value in tensors.items():
         component, _, rest = key.partition(".")
         module, part = rest.rsplit(".lora_", 1)
-        name = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component] + module.replace(".", "_")
+        name = prefixes[component] + (rename(component, module) if rename else module).replace(".", "_")
         renamed[f"{name}.lora_{'down' if part == 'A.weight' else 'up'}.weight"] = value
-        patterns = meta[f"{component}.alpha_pattern"]
+        patterns = meta.get(f"{component}.alpha_pattern") or {}
         alpha = next((v for k, v in patterns.items() if module.endswith("." + k)), meta[f"{component}.lora_alpha"])
         renamed[f"{name}.alpha"] = torch.tensor(float(alpha))
     save_file(renamed, out)
@@ -357,7 +359,8 @@ LDM_SD1 = {"conv_in": "input_blocks_0_0", "down_blocks.0.resnets.0.conv1": "inpu
 def test_kohya_ldm_names_on_an_sd1_folder(sd_lora, tmp_path):
     """A kohya UNet file under LDM names on an SD 1.x folder (an attention-less up block's upsampler at
     output_blocks.i.1.conv, which diffusers 0.42's converter maps to a missing up_blocks.1.1.conv and refuses)
-    equals diffusers loading the same adapters under sd-scripts' SD 1.x (diffusers) names through its own kohya converter."""
+    equals diffusers loading the same adapters under sd-scripts' SD 1.x (diffusers) names through its own kohya
+    converter."""
     unet = diffusers.UNet2DConditionModel.from_pretrained(sd_lora["folder"] / "unet")
     modules, gen, ldm, named = dict(unet.named_modules()), torch.Generator().manual_seed(5), {}, {}
     for module, stem in LDM_SD1.items():

@@ -3,7 +3,6 @@ against diffusers' own StableDiffusionXLPipeline: ``load_lora_weights`` + ``fuse
 ``load_textual_inversion`` calls (clip_g into text_encoder_2 / tokenizer_2, clip_l into text_encoder / tokenizer),
 on the tiny random SD-XL folder of test_interop_sd_xl (nothing downloaded)."""
 import copy
-import json
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd_xl import tiny_sd_xl_pipeline  # noqa: E402
-from test_sd_lora import UNET_LORA, _add_lora  # noqa: E402
+from test_sd_lora import UNET_LORA, _add_lora, _kohya  # noqa: E402
 
 TE1_LORA = dict(r=2, lora_alpha=1.0, target_modules=["q_proj", "v_proj", "fc1"])
 TE2_LORA = dict(r=3, lora_alpha=5.0, target_modules=["k_proj", "out_proj", "fc2"])
@@ -47,27 +46,12 @@ def _sgm(module):
     raise KeyError(module)
 
 
-def _alpha(meta, component, module):
-    patterns = meta.get(f"{component}.alpha_pattern") or {}
-    return next((v for k, v in patterns.items() if module.endswith("." + k)), meta[f"{component}.lora_alpha"])
-
-
 def _kohya_xl(diffusers_file, out):
     """The diffusers-format file under sd-scripts' SD-XL keys: lora_unet_<SGM name>, lora_te1_, lora_te2_,
     each module's alpha as .alpha."""
-    from safetensors import safe_open
-    with safe_open(diffusers_file, "pt") as f:
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-    renamed = {}
-    for key, value in load_file(diffusers_file).items():
-        component, _, rest = key.partition(".")
-        module, part = rest.rsplit(".lora_", 1)
-        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
-        name = prefix + (_sgm(module) if component == "unet" else module).replace(".", "_")
-        renamed[f"{name}.lora_{'down' if part == 'A.weight' else 'up'}.weight"] = value
-        renamed[f"{name}.alpha"] = torch.tensor(float(_alpha(meta, component, module)))
-    save_file(renamed, out)
-    return out
+    return _kohya(diffusers_file, out, {"unet": "lora_unet_", "text_encoder": "lora_te1_",
+                                        "text_encoder_2": "lora_te2_"},
+                  lambda component, module: _sgm(module) if component == "unet" else module)
 
 
 def _ti_vectors(seed, n, width):
