@@ -75,6 +75,10 @@ class FreeU:
         """[b1, b2, s1, s2], the CLI's order (``--freeu B1,B2,S1,S2``)."""
         return [self.b1, self.b2, self.s1, self.s2]
 
+    def label(self) -> str:
+        """``"FreeU b,s=B1,B2,S1,S2"``, as the commands report it."""
+        return "FreeU b,s=" + ",".join(f"{v:g}" for v in self.as_list())
+
 
 SD15_FREEU = FreeU(b1=1.5, b2=1.6, s1=0.9, s2=0.2)  # diffusers' docs for Stable Diffusion v1-5
 
