@@ -184,7 +184,9 @@ def test_freeu_reaches_the_unet_under_a_denoiser_and_is_refused_for_other_networ
 
 @pytest.mark.parametrize("text, match", [("1.5,1.6,0.9", "four positive"), ("1.5,x,0.9,0.2", "b2='x'"),
                                          ("1.5,1.6,0,0.2", "s1=0.0"), ("-1,1,1,1", "b1=-1.0"),
-                                         ("1,1,1,inf", "s2=inf"), ("1,1,1,nan", "s2=nan"), ("", "four")])
+                                         ("1,1,1,inf", "s2=inf"), ("1,1,1,nan", "s2=nan"), ("", "four"),
+                                         (1.5, "FreeU 1.5 is not allowed; give four"),
+                                         (None, "FreeU None is not allowed"), ((1, 1, 1), "FreeU \\(1, 1, 1\\)")])
 def test_bad_factors_are_one_line_errors(text, match):
     with pytest.raises(DiffkitError, match=match) as err:
         parse_freeu(text)

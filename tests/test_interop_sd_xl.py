@@ -123,6 +123,22 @@ def test_sd_xl_matches_the_pipeline(tiny_xl, scheduler, sampler, kw):
     assert relative_error(ours, theirs) < 1e-5
 
 
+def test_sd_xl_freeu_matches_the_pipelines_enable_freeu(tiny_xl):
+    """``text_to_image(xl, freeu=...)`` is StableDiffusionXLPipeline with ``enable_freeu(s1, s2, b1, b2)`` (its
+    UNet's first two up blocks), and FreeU is off again after the call."""
+    pipe, _, xl = tiny_xl
+    latents, sched = _latents(xl), diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+    try:
+        theirs = _theirs(pipe, sched, latents)
+    finally:
+        pipe.disable_freeu()
+    run = dict(sampler="ddim", steps=4, grid="scheduler", guidance_scale=5.0, latents=latents, return_latents=True)
+    ours = text_to_image(xl, PROMPTS, freeu="1.5,1.6,0.9,0.2", **run)
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(text_to_image(xl, PROMPTS, **run), theirs) > 1e-3  # FreeU mattered, and is off again
+
+
 def test_sd_xl_empty_negative_without_force_zeros_and_images(tiny_xl):
     """force_zeros_for_empty_prompt=False (model_index.json): the empty prompt's embeddings are the
     null half's; and the decoded images equal the pipeline's (output_type="pt")."""
@@ -166,6 +182,37 @@ def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
     with pytest.raises(DiffkitError, match="keys \\['aesthetic_score'\\] are not allowed"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})
+
+
+def test_sd_xl_folder_through_diffkit_edit_with_freeu(tiny_xl, tmp_path, capsys):
+    """``diffkit edit --checkpoint SDXL --freeu B1,B2,S1,S2``: StableDiffusionXLImg2ImgPipeline's image with its
+    UNet's ``enable_freeu`` (to the PNG's 1/255); the same edit without --freeu is another image."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pipe, root, _ = tiny_xl
+    pngs = write_pngs(tmp_path / "in", 1, 16, "RGB")
+    args = ("--checkpoint", root / "xl", "--images", pngs, "--prompt", PROMPTS[0], "--strength", 0.5, "--steps", 4,
+            "--spacing", "leading", "--final", "zero", "--seed", 10)
+    code, _, err = cli(capsys, *args, "--freeu", "1.5,1.6,0.9,0.2", "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    img2img.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+    try:
+        with torch.no_grad():
+            theirs = img2img(PROMPTS[:1], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                             output_type="np", generator=[torch.Generator().manual_seed(10)]).images
+    finally:
+        img2img.disable_freeu()  # the module's pipeline (its UNet) as it was
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    assert np.abs(ours - np.round(theirs[0] * 255).astype(int)).max() <= 1
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "plain")
+    assert code == 0, err
+    assert np.abs(ours - np.asarray(Image.open(tmp_path / "plain" / "edit_00000.png")).astype(int)).max() > 8
 
 
 def test_sd_xl_every_sampler_runs(tiny_xl):

@@ -38,18 +38,20 @@ def _add_lora(module, seed, **config):
     return state, config.to_dict()
 
 
-def _kohya(diffusers_file, out):
-    """The diffusers-format file renamed to kohya's keys, with each module's alpha as ``.alpha``."""
+def _kohya(diffusers_file, out, prefixes=None, rename=None):
+    """The diffusers-format file renamed to kohya's keys (``prefixes``: component -> key prefix; ``rename``:
+    (component, module) -> the module's name in the key), with each module's alpha as ``.alpha``."""
     from safetensors import safe_open
     with safe_open(diffusers_file, "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    prefixes = prefixes or {"unet": "lora_unet_", "text_encoder": "lora_te_"}
     tensors, renamed = load_file(diffusers_file), {}
     for key, value in tensors.items():
         component, _, rest = key.partition(".")
         module, part = rest.rsplit(".lora_", 1)
-        name = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component] + module.replace(".", "_")
+        name = prefixes[component] + (rename(component, module) if rename else module).replace(".", "_")
         renamed[f"{name}.lora_{'down' if part == 'A.weight' else 'up'}.weight"] = value
-        patterns = meta[f"{component}.alpha_pattern"]
+        patterns = meta.get(f"{component}.alpha_pattern") or {}
         alpha = next((v for k, v in patterns.items() if module.endswith("." + k)), meta[f"{component}.lora_alpha"])
         renamed[f"{name}.alpha"] = torch.tensor(float(alpha))
     save_file(renamed, out)
@@ -336,3 +338,42 @@ def test_edit_command_merges_lora_files_as_the_img2img_pipeline(sd_lora, tmp_pat
                       output_type="np", generator=_generators()).images
     ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
     assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+
+
+# The tiny SD 1.x UNet's layers under their LDM names (openaimodel.py; layers_per_block 1, down 0 = resnet +
+# attention + downsampler, down 1 = resnet; up 0 = two resnets then the upsampler at .1 (no attention), up 1 = two
+# resnets + attentions), written out by hand: some SD 1.x kohya files (converted from LDM checkpoints) name these
+LDM_SD1 = {"conv_in": "input_blocks_0_0", "down_blocks.0.resnets.0.conv1": "input_blocks_1_0_in_layers_2",
+           "down_blocks.0.attentions.0.proj_in": "input_blocks_1_1_proj_in",
+           "down_blocks.0.downsamplers.0.conv": "input_blocks_2_0_op",
+           "down_blocks.1.resnets.0.conv_shortcut": "input_blocks_3_0_skip_connection",
+           "mid_block.attentions.0.transformer_blocks.0.attn2.to_k": "middle_block_1_transformer_blocks_0_attn2_to_k",
+           "mid_block.resnets.1.time_emb_proj": "middle_block_2_emb_layers_1",
+           "up_blocks.0.upsamplers.0.conv": "output_blocks_1_1_conv",
+           "up_blocks.1.resnets.0.conv2": "output_blocks_2_0_out_layers_3",
+           "up_blocks.1.attentions.1.transformer_blocks.0.ff.net.0.proj":
+               "output_blocks_3_1_transformer_blocks_0_ff_net_0_proj",
+           "time_embedding.linear_1": "time_embed_0", "conv_out": "out_2"}
+
+
+def test_kohya_ldm_names_on_an_sd1_folder(sd_lora, tmp_path):
+    """A kohya UNet file under LDM names on an SD 1.x folder (an attention-less up block's upsampler at
+    output_blocks.i.1.conv, which diffusers 0.42's converter maps to a missing up_blocks.1.1.conv and refuses)
+    equals diffusers loading the same adapters under sd-scripts' SD 1.x (diffusers) names through its own kohya
+    converter."""
+    unet = diffusers.UNet2DConditionModel.from_pretrained(sd_lora["folder"] / "unet")
+    modules, gen, ldm, named = dict(unet.named_modules()), torch.Generator().manual_seed(5), {}, {}
+    for module, stem in LDM_SD1.items():
+        layer = modules[module]
+        conv = isinstance(layer, torch.nn.Conv2d)
+        inp, out = (layer.in_channels, layer.out_channels) if conv else (layer.in_features, layer.out_features)
+        pair = {"lora_down.weight": torch.randn(3, inp, *(layer.kernel_size if conv else ()), generator=gen),
+                "lora_up.weight": torch.randn(out, 3, *((1, 1) if conv else ()), generator=gen) * 0.1,
+                "alpha": torch.tensor(2.0)}
+        for table, name in ((ldm, stem), (named, module.replace(".", "_"))):
+            table.update({f"lora_unet_{name}.{part}": value for part, value in pair.items()})
+    save_file(ldm, tmp_path / "ldm.safetensors")
+    save_file(named, tmp_path / "named.safetensors")
+    ours = _ours(sd_lora["folder"], [(tmp_path / "ldm.safetensors", 0.7)])
+    assert relative_error(ours, _theirs(sd_lora["folder"], [(tmp_path / "named.safetensors", 0.7)])) < 1e-5
+    assert relative_error(ours, _theirs(sd_lora["folder"], [])) > 1e-2  # the LoRA matters

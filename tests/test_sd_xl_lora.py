@@ -3,7 +3,6 @@ against diffusers' own StableDiffusionXLPipeline: ``load_lora_weights`` + ``fuse
 ``load_textual_inversion`` calls (clip_g into text_encoder_2 / tokenizer_2, clip_l into text_encoder / tokenizer),
 on the tiny random SD-XL folder of test_interop_sd_xl (nothing downloaded)."""
 import copy
-import json
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd_xl import tiny_sd_xl_pipeline  # noqa: E402
-from test_sd_lora import UNET_LORA, _add_lora  # noqa: E402
+from test_sd_lora import UNET_LORA, _add_lora, _kohya  # noqa: E402
 
 TE1_LORA = dict(r=2, lora_alpha=1.0, target_modules=["q_proj", "v_proj", "fc1"])
 TE2_LORA = dict(r=3, lora_alpha=5.0, target_modules=["k_proj", "out_proj", "fc2"])
@@ -32,7 +31,8 @@ SGM = {"down_blocks.0.resnets.0": "input_blocks.1.0", "down_blocks.0.downsampler
        "up_blocks.0.attentions.1": "output_blocks.1.1", "up_blocks.0.upsamplers.0.conv": "output_blocks.1.2.conv",
        "up_blocks.1.resnets.0": "output_blocks.2.0", "up_blocks.1.resnets.1": "output_blocks.3.0",
        "conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.linear_1": "time_embed.0",
-       "add_embedding.linear_1": "label_emb.0.0"}
+       "add_embedding.linear_1": "label_emb.0.0", "time_embedding.linear_2": "time_embed.2",
+       "add_embedding.linear_2": "label_emb.0.2"}
 RESNET = {"conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "conv2": "out_layers.3",
           "conv_shortcut": "skip_connection"}
 
@@ -46,27 +46,12 @@ def _sgm(module):
     raise KeyError(module)
 
 
-def _alpha(meta, component, module):
-    patterns = meta.get(f"{component}.alpha_pattern") or {}
-    return next((v for k, v in patterns.items() if module.endswith("." + k)), meta[f"{component}.lora_alpha"])
-
-
 def _kohya_xl(diffusers_file, out):
     """The diffusers-format file under sd-scripts' SD-XL keys: lora_unet_<SGM name>, lora_te1_, lora_te2_,
     each module's alpha as .alpha."""
-    from safetensors import safe_open
-    with safe_open(diffusers_file, "pt") as f:
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-    renamed = {}
-    for key, value in load_file(diffusers_file).items():
-        component, _, rest = key.partition(".")
-        module, part = rest.rsplit(".lora_", 1)
-        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
-        name = prefix + (_sgm(module) if component == "unet" else module).replace(".", "_")
-        renamed[f"{name}.lora_{'down' if part == 'A.weight' else 'up'}.weight"] = value
-        renamed[f"{name}.alpha"] = torch.tensor(float(_alpha(meta, component, module)))
-    save_file(renamed, out)
-    return out
+    return _kohya(diffusers_file, out, {"unet": "lora_unet_", "text_encoder": "lora_te1_",
+                                        "text_encoder_2": "lora_te2_"},
+                  lambda component, module: _sgm(module) if component == "unet" else module)
 
 
 def _ti_vectors(seed, n, width):
@@ -184,7 +169,8 @@ def test_sd_xl_lora_matches_load_lora_weights_and_fuse(xl_lora, fmt, scale):
 def test_kohya_sgm_unet_file_matches_diffusers_own_converter(xl_lora, tmp_path):
     """A kohya SD-XL UNet file on layers of every LDM / SGM kind (input / middle / output blocks, resnet convs,
     time projection, shortcut, down- and upsampler, attention, feed-forward, conv_in / conv_out, the time and
-    added-condition MLPs), one alpha: the z_0 of diffusers loading that very file (its SGM converter)."""
+    added-condition MLPs (both layers each), proj_in / proj_out, ff.net.0.proj / ff.net.2), one alpha: the z_0 of
+    diffusers loading that very file (its SGM converter)."""
     unet = diffusers.UNet2DConditionModel.from_pretrained(xl_lora["folder"] / "unet")
     modules = dict(unet.named_modules())
     gen, tensors = torch.Generator().manual_seed(4), {}
@@ -193,7 +179,9 @@ def test_kohya_sgm_unet_file_matches_diffusers_own_converter(xl_lora, tmp_path):
                    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
                    "mid_block.attentions.0.transformer_blocks.1.attn1.to_q", "mid_block.resnets.1.time_emb_proj",
                    "up_blocks.0.upsamplers.0.conv", "up_blocks.0.attentions.1.transformer_blocks.0.ff.net.2",
-                   "up_blocks.1.resnets.1.conv2", "conv_in", "conv_out"):
+                   "up_blocks.1.resnets.1.conv2", "conv_in", "conv_out", "time_embedding.linear_2",
+                   "add_embedding.linear_1", "add_embedding.linear_2", "up_blocks.0.attentions.0.proj_out",
+                   "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj"):
         layer, stem = modules[module], "lora_unet_" + _sgm(module).replace(".", "_")
         conv = isinstance(layer, torch.nn.Conv2d)
         inp, out = (layer.in_channels, layer.out_channels) if conv else (layer.in_features, layer.out_features)
@@ -298,3 +286,46 @@ def test_wrong_files_for_sd_xl_are_one_line_errors_before_output(xl_lora, tmp_pa
         save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 24), "x": torch.zeros(1)},
                   tmp_path / "three.safetensors")
         read_textual_inversion(tmp_path / "three.safetensors", "<t>")
+
+
+def test_edit_command_with_lora_and_textual_inversion_on_sd_xl(xl_lora, tmp_path, capsys):
+    """`diffkit edit --checkpoint SDXL --lora KOHYA:S --textual-inversion F:TOKEN` on PNGs: the images of
+    StableDiffusionXLImg2ImgPipeline built from the pipeline with the diffusers file fused and both embeddings
+    loaded (to the PNGs' 1/255); the LoRA and the multi-vector token both change them."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pngs, prompt = write_pngs(tmp_path / "in", 1, 16, "RGB"), "a <t> cat"
+    base = ("--checkpoint", xl_lora["folder"], "--images", pngs, "--prompt", prompt, "--strength", 0.5, "--steps", 4,
+            "--spacing", "leading", "--final", "zero", "--seed", 10)
+    code, _, err = cli(capsys, *base, "--lora", f"{xl_lora['kohya']}:0.6", "--textual-inversion",
+                       f"{xl_lora['ti']['multi']}:<t>", "--out", tmp_path / "out")
+    assert code == 0, err
+    pipe = _pipe(xl_lora["folder"], [(xl_lora["diffusers"], 0.6)], [(xl_lora["ti"]["multi"], "<t>")])
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler},
+                                                         requires_aesthetics_score=False, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        theirs = img2img([prompt], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         output_type="np", generator=[torch.Generator().manual_seed(10)]).images
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    assert np.abs(ours - np.round(theirs[0] * 255).astype(int)).max() <= 1
+    code, _, err = cli(capsys, *base, "--out", tmp_path / "plain")
+    assert code == 0, err
+    assert np.abs(ours - np.asarray(Image.open(tmp_path / "plain" / "edit_00000.png")).astype(int)).max() > 8
+
+
+def test_lora_te_and_lora_te1_keys_of_one_module_are_a_one_line_error(tmp_path):
+    """lora_te_ and lora_te1_ both name text_encoder: one module under both prefixes is refused naming both
+    keys (not one matrix silently taken from each)."""
+    from diffkit.interop.sd_lora import read_sd_lora
+    stem = "text_model_encoder_layers_0_mlp_fc1"
+    pair = {"lora_down.weight": torch.zeros(2, 4), "lora_up.weight": torch.zeros(4, 2)}
+    save_file({f"{prefix}{stem}.{part}": t.clone() for prefix in ("lora_te_", "lora_te1_") for part, t in pair.items()},
+              tmp_path / "both.safetensors")
+    with pytest.raises(DiffkitError, match=f"keys lora_te1_{stem}.lora_down.weight and lora_te_{stem}.lora_down.weight "
+                                           f"adapt the same text_encoder module") as err:
+        read_sd_lora(tmp_path / "both.safetensors")
+    assert "\n" not in str(err.value)

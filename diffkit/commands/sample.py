@@ -738,7 +738,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         if guidance.pag_adaptive_scale:
             what += f", adaptive a={guidance.pag_adaptive_scale:g}"
     if freeu is not None:
-        what += ", FreeU b,s=" + ",".join(f"{v:g}" for v in freeu.as_list())
+        what += ", " + freeu.label()
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
     calls, batches = drawn.calls, drawn.batches
     per_sample = f"{drawn.nfe:g} network evaluations per sample" + (f" ({calls} calls in {batches} batches)"
@@ -919,7 +919,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
-    what = "" if freeu is None else ", FreeU b,s=" + ",".join(f"{v:g}" for v in parse_freeu(freeu).as_list())
+    what = "" if freeu is None else ", " + parse_freeu(freeu).label()
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 

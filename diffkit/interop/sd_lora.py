@@ -141,7 +141,11 @@ def read_sd_lora(path) -> dict:
                                f"text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight (diffusers) or "
                                f"lora_unet_/lora_te_/lora_te1_/lora_te2_ keys ending in .lora_down.weight / "
                                f".lora_up.weight / .alpha (kohya)")
-        out[component].setdefault(name, [None, None, None, prefix])[slot] = tensors[key]
+        entry = out[component].setdefault(name, [None, None, None, prefix])
+        if entry[slot] is not None:  # lora_te_ and lora_te1_ (both text_encoder) naming one module
+            raise DiffkitError(f"--lora {path}: keys {entry[3]}{name}.{part} and {key} adapt the same {component} "
+                               f"module; allowed: one of lora_te_ / lora_te1_ per module")
+        entry[slot] = tensors[key]
     for component, adapters in out.items():
         for name, (down, up, alpha, prefix) in adapters.items():
             if down is None or up is None:

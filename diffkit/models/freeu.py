@@ -75,6 +75,10 @@ class FreeU:
         """[b1, b2, s1, s2], the CLI's order (``--freeu B1,B2,S1,S2``)."""
         return [self.b1, self.b2, self.s1, self.s2]
 
+    def label(self) -> str:
+        """``"FreeU b,s=B1,B2,S1,S2"``, as the commands report it."""
+        return "FreeU b,s=" + ",".join(f"{v:g}" for v in self.as_list())
+
 
 SD15_FREEU = FreeU(b1=1.5, b2=1.6, s1=0.9, s2=0.2)  # diffusers' docs for Stable Diffusion v1-5
 
@@ -84,9 +88,9 @@ def parse_freeu(text) -> FreeU:
     :class:`FreeU`; a one-line error naming the bad value otherwise."""
     if isinstance(text, FreeU):
         return text
-    parts = text.split(",") if isinstance(text, str) else list(text)
+    parts = text.split(",") if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
     form = "give four positive numbers B1,B2,S1,S2 (e.g. 1.5,1.6,0.9,0.2, diffusers' values for SD 1.5)"
-    if len(parts) != 4:
+    if parts is None or len(parts) != 4:
         raise DiffkitError(f"FreeU {text!r} is not allowed; {form}")
     values = []
     for name, part in zip(("b1", "b2", "s1", "s2"), parts):
