@@ -86,10 +86,9 @@ def _latents():
     return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
 
 
-def _theirs(folder, loras):
-    """diffusers' pipeline z_0 with ``loras`` [(file, scale)] loaded and fused (DDIM, the folder's config)."""
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
+def fuse_loras(pipe, loras):
+    """``loras`` [(file, scale)] loaded into the diffusers ``pipe`` and fused: one file with
+    ``fuse_lora(lora_scale)``, several as ``set_adapters`` + ``fuse_lora`` (SD and SD-XL pipelines)."""
     names = []
     for i, (path, _) in enumerate(loras):
         pipe.load_lora_weights(str(path), adapter_name=f"a{i}")
@@ -99,6 +98,13 @@ def _theirs(folder, loras):
     elif loras:
         pipe.set_adapters(names, [s for _, s in loras])
         pipe.fuse_lora()
+
+
+def _theirs(folder, loras):
+    """diffusers' pipeline z_0 with ``loras`` [(file, scale)] loaded and fused (DDIM, the folder's config)."""
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    fuse_loras(pipe, loras)
     with torch.no_grad():
         return pipe(PROMPTS, num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=_latents(), eta=0.0,
                     output_type="latent").images

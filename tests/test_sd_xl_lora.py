@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 peft = pytest.importorskip("peft")
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd_xl import tiny_sd_xl_pipeline  # noqa: E402
-from test_sd_lora import UNET_LORA, _add_lora, _kohya  # noqa: E402
+from test_sd_lora import UNET_LORA, _add_lora, _kohya, fuse_loras  # noqa: E402
 
 TE1_LORA = dict(r=2, lora_alpha=1.0, target_modules=["q_proj", "v_proj", "fc1"])
 TE2_LORA = dict(r=3, lora_alpha=5.0, target_modules=["k_proj", "out_proj", "fc2"])
@@ -97,15 +97,7 @@ def _pipe(folder, loras=(), tis=()):
     loaded as diffusers documents SD-XL embeddings: clip_g with text_encoder_2, clip_l with text_encoder."""
     pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    names = []
-    for i, (path, _) in enumerate(loras):
-        pipe.load_lora_weights(str(path), adapter_name=f"a{i}")
-        names.append(f"a{i}")
-    if len(loras) == 1:
-        pipe.fuse_lora(lora_scale=loras[0][1])
-    elif loras:
-        pipe.set_adapters(names, [s for _, s in loras])
-        pipe.fuse_lora()
+    fuse_loras(pipe, loras)
     for path, token in tis:
         state = load_file(path)
         pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
