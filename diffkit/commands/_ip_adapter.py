@@ -36,10 +36,10 @@ class IPAdapterRequest:
     @classmethod
     def from_args(cls, args, checkpoint) -> Optional["IPAdapterRequest"]:
         """None without ``--ip-adapter``; one line for a flag without it, a checkpoint that is not a Stable
-        Diffusion folder (or is a latent consistency model), no image, a file that is missing or of another
-        kind, no image encoder folder or an image that cannot be read (all before any output)."""
+        Diffusion folder (an LCMScheduler folder and ``--scheduler lcm`` are fine), no image, a file that is
+        missing or of another kind, no image encoder folder or an image that cannot be read (all before any
+        output)."""
         from ..interop.ip_adapter import image_encoder_folder, open_image, read_ip_adapter
-        from ..interop.lcm import is_lcm_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         given = getattr(args, "ip_adapter", None)
         if given is None:
@@ -50,13 +50,6 @@ class IPAdapterRequest:
         if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
             raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                                f"is not one")
-        if is_lcm_folder(checkpoint):
-            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder sampled with classifier-free "
-                               f"guidance; {checkpoint} is a latent consistency model (LCMScheduler)")
-        if getattr(args, "scheduler", None) == "lcm":  # sampled as an LCMScheduler folder (.interop.sd_scheduler)
-            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder sampled with classifier-free "
-                               f"guidance; --scheduler lcm samples {checkpoint} as a latent consistency model "
-                               f"(LCMScheduler): drop one of them (--scheduler tcd takes an IP-Adapter)")
         if args.ip_adapter_image is None:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
         file, scale = given

@@ -253,12 +253,12 @@ class IPAdapter:
 
     def adapting(self, sd):
         """A copy of ``sd`` (Stable Diffusion or SD-XL) whose network denoiser is :class:`IPAdaptedNet` around its
-        own (a ControlNet's too), so ``sd.guided`` and every sampler see it. A latent consistency model folder is
-        refused."""
-        if sd.consistency is not None:
-            how = " (scheduler='lcm')" if getattr(sd, "scheduler_override", None) == "lcm" else ""
-            raise DiffkitError(f"the IP-Adapter applies to a Stable Diffusion folder sampled with classifier-free "
-                               f"guidance; this is a latent consistency model (LCMScheduler){how}")
+        own (a ControlNet's too), so ``sd.guided``, ``sd.with_weight`` and every sampler see it. On a latent
+        consistency model (an LCMScheduler folder or ``scheduler="lcm"``, :mod:`.lcm`) the consistency function
+        wraps this denoiser (or its classifier-free guidance, an LCM-LoRA at s > 1), as
+        LatentConsistencyModelPipeline / StableDiffusionPipeline feed the adapted UNet's output to LCMScheduler;
+        an LCM UNet's guidance input w passes through, and rows without a label (no classifier-free pass) get the
+        positive image embeds."""
         self._check()
         key = (sd.unet, self.scale, self.image)  # built once per UNet, scale and image (diffkit sample: per batch)
         if self._built is None or not (self._built[0][0] is key[0] and self._built[0][1] == key[1]
