@@ -278,8 +278,8 @@ def test_refused_files_and_kinds(tiny_ip, tmp_path):
         patch_size=7, projection_dim=8))
     with pytest.raises(DiffkitError, match="gives 8-wide embeddings but the IP-Adapter takes 24"):
         _ours(sd, IPAdapter(state, narrow, png), _latents(sd))
-    with pytest.raises(DiffkitError, match="latent consistency model"):
-        IPAdapter(state, narrow, png).adapting(dataclasses.replace(sd, consistency={}))
+    lcm = IPAdapter(state, adapter.image_encoder, png).adapting(dataclasses.replace(sd, consistency={}))
+    assert lcm.consistency == {}  # a latent consistency model keeps its consistency function (test_ip_adapter_lcm.py)
     with pytest.raises(DiffkitError, match="cannot be read as an image"):
         load_ip_adapter(root / "ip.safetensors", root / "ip.safetensors", progress=False)
 
@@ -456,7 +456,7 @@ def test_inpainting_two_prompts_with_one_image_prompt_as_the_inpaint_pipeline(ti
 def test_ip_adapter_with_the_tcd_scheduler_override_matches_the_pipeline(tiny_ip):
     """``load_stable_diffusion(..., scheduler="tcd")`` with an IP-Adapter = StableDiffusionPipeline with
     ``TCDScheduler.from_config`` + ``load_ip_adapter`` (eta 0.3, per-sample step noise), with and without
-    classifier-free guidance (``--scheduler lcm`` refuses an IP-Adapter: tests/test_sd_scheduler.py)."""
+    classifier-free guidance (``scheduler="lcm"``: tests/test_ip_adapter_lcm.py)."""
     from PIL import Image
 
     from diffkit.noise import generators_from_seed

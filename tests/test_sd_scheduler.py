@@ -218,25 +218,35 @@ def test_override_config_is_from_config_of_the_loaded_scheduler(config):
         assert ours["original_inference_steps"] == 50 and ours["beta_schedule"] == "scaled_linear"
 
 
-def test_ip_adapter_with_the_lcm_override_is_refused_before_loading(plain, tmp_path, capsys, monkeypatch):
-    """``--scheduler lcm --ip-adapter``: one line naming --scheduler lcm, before the weights are loaded (it was
-    the library's refusal after loading, saying the plain folder was a latent consistency model); the library's
-    refusal names scheduler='lcm'."""
-    import diffkit.interop.stable_diffusion as stable_diffusion
-    from diffkit.interop.ip_adapter import IPAdapter
+def test_ip_adapter_with_the_lcm_override_png_equals_library(plain, tmp_path, monkeypatch):
+    """``diffkit sample --scheduler lcm --lora FILE --ip-adapter FILE:SCALE --ip-adapter-image PNG`` (it was
+    refused): the PNG of the library's images with the same IP-Adapter (defaults: consistency, 4 steps, s = 1; the
+    library against diffusers' pipeline: tests/test_ip_adapter_lcm.py)."""
+    import diffkit.images
+    from diffkit.interop.ip_adapter import load_ip_adapter
+    from test_ip_adapter import image_png, ip_adapter_state, save_ip_adapter, tiny_image_encoder
+    save_grid, nrows = diffkit.images.save_grid, []
+    monkeypatch.setattr(diffkit.images, "save_grid", lambda images, out, nrow, *a: nrows.append(nrow) or save_grid(
+        images, out, nrow, *a))
     _, folder, lora = plain
-    monkeypatch.setattr(stable_diffusion, "_load_stable_diffusion", lambda *a, **k: pytest.fail("loaded"))
-    out = tmp_path / "x.png"
-    code = main(["sample", "--checkpoint", str(folder), "--scheduler", "lcm", "--prompt", "hot", "--out", str(out),
-                 "--ip-adapter", str(tmp_path / "ip.safetensors"), "--ip-adapter-image", str(tmp_path / "i.png")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and re.search(r"--scheduler lcm samples .* as a latent consistency model "
-                                                     r"\(LCMScheduler\): drop one of them", err[0]), err
-    assert not out.exists()
-    monkeypatch.undo()
-    sd = load_stable_diffusion(folder, scheduler="lcm", progress=False)
-    with pytest.raises(DiffkitError, match=r"latent consistency model \(LCMScheduler\) \(scheduler='lcm'\)$"):
-        IPAdapter.adapting(None, sd)  # refused before the adapter itself is read
+    encoder = tiny_image_encoder(tmp_path / "image_encoder")
+    adapter_file = save_ip_adapter(ip_adapter_state(tiny_sd_components(tmp_path)[0], encoder),
+                                   tmp_path / "ip.safetensors")
+    png = image_png(tmp_path / "image.png")
+    out = tmp_path / "lcm.png"
+    assert main(["sample", "--checkpoint", str(folder), "--lora", str(lora), "--scheduler", "lcm", "--prompt",
+                 PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2", "--nrow", "2", "--seed", "4", "--batch-size",
+                 "2", "--ip-adapter", f"{adapter_file}:0.7", "--ip-adapter-image", str(png), "--out", str(out),
+                 "--no-progress"]) == 0
+    sd = load_stable_diffusion(folder, lora=[lora], scheduler="lcm", progress=False)
+    adapter = load_ip_adapter(adapter_file, png, 0.7, progress=False)
+    for ip_adapter, name in ((adapter, "library.png"), (None, "plain.png")):
+        gens = generators_from_seed(4, 2)
+        images = text_to_image(sd, PROMPTS, latents=randn((2, 4, 8, 8), gens), seed=None, generator=gens,
+                               output_range="-1,1", ip_adapter=ip_adapter)
+        save_grid(images, tmp_path / name, nrows[-1], 1)
+    assert out.read_bytes() == (tmp_path / "library.png").read_bytes()
+    assert out.read_bytes() != (tmp_path / "plain.png").read_bytes()
 
 
 @pytest.mark.parametrize("name", ["lcm", "tcd"])
