@@ -16,7 +16,10 @@ modules are built by diffusers' own converters (``UNet2DConditionModel._convert_
 ``encode_image``: basic, the encoder's ``image_embeds`` with zeros as the negative (classifier-free guidance's
 null half); Plus, ``hidden_states[-2]`` with the same of an all-zero image as the negative.
 :class:`IPAdaptedNet` puts the adapter's processors and projection into the UNet only for the length of its own
-calls, so the loaded folder is left as it was (its plain denoiser stays plain).
+calls, so the loaded folder is left as it was (its plain denoiser stays plain). On a latent consistency model
+(:mod:`.lcm`: an LCMScheduler folder, an LCM-LoRA, ``scheduler="lcm"``) it sits below the consistency function, as
+``LatentConsistencyModelPipeline`` / ``StableDiffusionPipeline`` with ``load_ip_adapter`` feed the adapted UNet to
+``LCMScheduler``: without a classifier-free pass (a w-input UNet, or s = 1) every row gets the positive embedding.
 
 SD-XL folders (:mod:`.sd_xl`) take SD-XL adapters (h94's ``sdxl_models``: the projection's width is the SD-XL UNet's
 cross_attention_dim, the image encoder whichever CLIPVisionModelWithProjection the file fits) exactly so, as
