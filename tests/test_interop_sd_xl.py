@@ -265,7 +265,6 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     from diffkit.commands.sample import GuidanceRequest, sample_to_files
     from diffkit.interop.sd_xl import load_sd_xl
     _, root, xl = tiny_xl
-    folder = str(root / "xl")
     (tmp_path / "x.safetensors").write_bytes(b"")
     (tmp_path / "images").mkdir()
     shutil.copytree(root / "xl", tmp_path / "xl9")
