@@ -20,7 +20,9 @@ latents edited as above (the mask nearest-downsampled to the latent size; inpain
 from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 (``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back); a folder with a 9-channel
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
-image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). A text-conditional
+image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
+UNet) is edited the same way, as StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline
+(time ids of the images' size; ``diffkit.interop.sd_xl``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
@@ -400,10 +402,6 @@ def _stable_diffusion(args, device):
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
-    from ..interop.sd_xl import is_sd_xl_folder
-    if is_sd_xl_folder(args.checkpoint) and args.mask:
-        raise DiffkitError(f"--mask: {args.checkpoint} is an SD-XL folder; diffkit edit gives SD-XL img2img only "
-                           f"(inpainting: Stable Diffusion 1.x/2.x folders)")
     if is_lcm_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a latent consistency model (LCMScheduler); diffkit edit takes "
                            f"Stable Diffusion folders whose scheduler is a diffusion model's (DDIM, PNDM, ...)")

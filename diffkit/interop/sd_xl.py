@@ -20,7 +20,10 @@ with the null half's context and pooled embedding (``null_context`` and ``null_c
 negative prompt and ``force_zeros_for_empty_prompt`` (model_index.json, True by default) both are
 zeros, otherwise the negative (or empty) prompt's embeddings; the null half's ``time_ids`` are the
 prompt's unless ``negative_original_size`` and ``negative_target_size`` are given. The default
-guidance scale is the pipeline's s = 5.
+guidance scale is the pipeline's s = 5. Editing (:mod:`diffkit.latent_editing` with :meth:`prompt_guidance`'s
+denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``StableDiffusionXLImg2ImgPipeline`` and
+``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
+to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
 
 Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
 ``requires_aesthetics_score``), LCMScheduler folders, UNets with a guidance input or inpainting
@@ -193,10 +196,16 @@ def is_sd_xl_folder(path: Union[str, Path]) -> bool:
 def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
     """The SD-XL UNet2DConditionModel :func:`text_to_image` drives: ``addition_embed_type="text_time"``
     and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows, without an LCM's
-    guidance input (nor an SD-XL inpainting UNet: ``inpainting`` is always False here)."""
+    guidance input, nor a 9-channel SD-XL inpainting UNet (``inpainting`` is ignored: refused in one line; the
+    4-channel base UNet inpaints by replacement, :func:`~diffkit.latent_editing.latent_inpaint`)."""
     if lcm or config.get("time_cond_proj_dim") is not None:
         raise DiffkitError(f"{directory} is an SD-XL latent consistency model (LCMScheduler or time_cond_proj_dim); "
                            f"diffkit samples SD-XL folders with a diffusion scheduler (Euler, DDIM, ...)")
+    from .sd_inpaint import is_inpainting_config
+    if is_inpainting_config(config):  # inpainting goes by replacement with the 4-channel base UNet
+        raise DiffkitError(f"{directory} is an SD-XL inpainting UNet (in_channels={config.get('in_channels')}: latents "
+                           f"+ mask + masked-image latents), which diffkit does not drive; allowed: an SD-XL base "
+                           f"UNet (in_channels=4), which diffkit edit --mask inpaints by replacement")
     kind = config.get("addition_embed_type")
     if kind != "text_time":
         raise DiffkitError(f"{directory} is an SD-XL folder whose UNet has addition_embed_type={kind!r}; allowed: "
