@@ -101,17 +101,19 @@ def bootstrap_picks(num: int, replicates: int) -> list:
 
 
 def model_features(den, scorer, folder: Path, ckpt, sampler: str, sample_steps: int, num: int,
-                   batch_size: int) -> tuple[np.ndarray, float, object]:
+                   batch_size: int, flow_shift=None) -> tuple[np.ndarray, float, object]:
     """The evaluator features of ``num`` samples (sample i from noise seed i), their sampling CPU seconds and
     network evaluations per sample (None when reused from a file that lacks it); kept in
-    ``folder/features_SAMPLER_STEPS_NUM.pt`` and reused from there."""
-    saved = folder / f"features_{sampler}_{sample_steps}_{num}.pt"
+    ``folder/features_SAMPLER_STEPS_NUM.pt`` (``..._NUM_shiftS.pt`` with a sampling ``flow_shift`` S, SD3 eq. 23
+    at sampling time) and reused from there."""
+    shift = {} if flow_shift is None else {"flow_shift": flow_shift}
+    saved = folder / (f"features_{sampler}_{sample_steps}_{num}" + (f"_shift{flow_shift:g}" if shift else "") + ".pt")
     if saved.is_file():  # this model's samples were scored before (sample i from seed i: the same samples)
         kept = torch.load(saved, weights_only=False)  # this script's own file (numpy features)
         return kept["features"], kept["sample_cpu_s"], kept.get("nfe")
     start = time.process_time()
     images, nfe = generate_samples(den, num, sampler=sampler, steps=sample_steps, seed=0, batch_size=batch_size,
-                                   return_nfe=True)
+                                   return_nfe=True, **shift)
     sample_s = time.process_time() - start
     features = extract_features(scorer.evaluator.features_and_logits, images, batch_size, "cpu", progress=False)[0]
     saved.parent.mkdir(parents=True, exist_ok=True)

@@ -60,3 +60,29 @@ def test_paired_difference_is_the_replicates_difference():
     assert training_options.paired_difference({"base": 2.5}, boot, "base", "base") == {}
     assert training_options.difference_text(row, "base").startswith("  minus base:   +1.00 +- ")
     assert training_options.difference_text({}, "base") == ""
+
+
+def test_flow_shift_list_parsed_and_bad_values_named():
+    assert flow_few_step.parse_shifts("1,0.5,3") == [1.0, 0.5, 3.0] and flow_few_step.parse_shifts(None) == [None]
+    for bad in ("0", "1,x", "", "-2", "inf"):
+        with pytest.raises(DiffkitError, match="--flow-shifts") as err:
+            flow_few_step.parse_shifts(bad)
+        assert repr(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shift_columns_only_for_flow_models():
+    from types import SimpleNamespace
+    from diffkit.schedule import NoiseSchedule
+    flow, eps = (SimpleNamespace(schedule=s) for s in (NoiseSchedule.flow(50, 1.0), NoiseSchedule.linear(50)))
+    models = {"eps": (None, 0.0, eps, None), "flow": (None, 0.0, flow, None)}
+    assert flow_few_step.shift_columns(models, [1.0, 3.0]) == [("eps", "eps", None), ("flow~1", "flow", 1.0),
+                                                                ("flow~3", "flow", 3.0)]
+    assert flow_few_step.shift_columns(models, [None]) == [("eps", "eps", None), ("flow", "flow", None)]
+
+
+def test_bad_flow_shifts_refused_before_any_folder(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DiffkitError, match="--flow-shifts"):
+        flow_few_step.main(["--evaluator", "missing.safetensors", "--out-dir", str(out), "--steps", "1",
+                            "--flow-shifts", "0,1"])
+    assert not out.exists()
