@@ -150,7 +150,8 @@ def test_bad_lycoris_files_are_one_line_errors_and_change_nothing(tmp_path):
     _, lokr = _peft(peft.LoKrConfig(r=1, alpha=3.0, decompose_both=True, target_modules=["lin"]))
     _, dora = _peft(peft.LoraConfig(r=2, use_dora=True, init_lora_weights=False, target_modules=["lin"]))
     cases = {
-        "partner": ({"lin": {k: v for k, v in loha["lin"].items() if k != "hada_w2_b"}}, "has hada_w2_a but no hada_w2_b"),
+        "partner": ({"lin": {k: v for k, v in loha["lin"].items() if k != "hada_w2_b"}},
+                    "has hada_w2_a but no hada_w2_b"),
         "shape": ({"lin": {**loha["lin"], "hada_w2_b": torch.zeros(2, 15)}}, "(12, 16), hada_w2_a hada_w2_b (12, 15)"),
         "chain": ({"lin": {**loha["lin"], "hada_w1_b": torch.zeros(3, 16)}},
                   "hada_w1_a (12, 2) and hada_w1_b (3, 16) do not multiply"),
@@ -160,7 +161,7 @@ def test_bad_lycoris_files_are_one_line_errors_and_change_nothing(tmp_path):
         "magnitude": ({"lin": {**dora["lin"], "lora_magnitude_vector": torch.ones(7)}},
                       "dora_scale has shape (7,); allowed: (12,) or (12, 1) or (1, 16)"),
         "magnitude_only": ({"lin": {"lora_magnitude_vector": torch.ones(12)}}, "has a DoRA magnitude but no LoRA"),
-        "tucker": ({"c3": {k: v for k, v in loha["c3"].items()}, "lin": {**loha["lin"], "hada_t1": torch.zeros(2, 2, 1, 1)}},
+        "tucker": ({"c3": loha["c3"], "lin": {**loha["lin"], "hada_t1": torch.zeros(2, 2, 1, 1)}},
                    "has hada_t1 but no hada_t2"),
     }
     for name, (parts, needle) in cases.items():

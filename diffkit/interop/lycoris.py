@@ -26,7 +26,8 @@ DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", eq. 5) add
 
 with the norm over each output channel's weights (the (in, kh, kw) entries of one output row), as peft
 computes it (``DoraLinearLayer.get_weight_norm``, ``lora_magnitude_vector`` of shape (out,), a convolution's
-(1, out, 1, 1)); the scale s multiplies Delta W only, as peft's ``scaling`` under diffusers' ``fuse_lora(lora_scale=s)``.
+(1, out, 1, 1)); the scale s multiplies Delta W only, as peft's ``scaling`` under diffusers'
+``fuse_lora(lora_scale=s)``.
 kohya / LyCORIS files store m as ``dora_scale``: (out, 1, ...) is that output-channel norm (LyCORIS'
 ``wd_on_out``), (1, in, ...) LyCORIS' default, a norm over each input channel's (out, kh, kw) entries; both as
 LyCORIS' ``apply_weight_decompose`` with its eps (float32 eps added to the norm), a (1, n, 1, 1) convolution
@@ -83,7 +84,8 @@ def _mm(parts: dict, a: str, b: str, what: str) -> torch.Tensor:
 
 
 def _tucker(parts: dict, t: str, a: str, b: str, what: str) -> torch.Tensor:
-    """The Tucker product einsum("ijkl,ip,jr->prkl", t, w_a, w_b): (r, r, kh, kw), (r, out), (r, in) -> (out, in, kh, kw)."""
+    """The Tucker product einsum("ijkl,ip,jr->prkl", t, w_a, w_b) of (r, r, kh, kw), (r, out) and (r, in) factors:
+    (out, in, kh, kw)."""
     core, wa, wb = parts[t], parts[a], parts[b]
     if core.ndim != 4 or wa.ndim != 2 or wb.ndim != 2 or (wa.shape[0], wb.shape[0]) != tuple(core.shape[:2]):
         raise DiffkitError(f"{what}: {t} {tuple(core.shape)}, {a} {tuple(wa.shape)} and {b} {tuple(wb.shape)} do not "
