@@ -22,12 +22,18 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
   names that way: diffusers' names (SD 1.x/2.x files, trained on diffusers-named UNets) or, for the UNet,
   the LDM / SGM names sd-scripts' SD-XL UNet has (``input_blocks_4_1_...``; :mod:`.ldm_names`). Conv LoRA
   (a 3x3 down, 1x1 up) included.
+* LyCORIS LoHa / LoKr (kohya names: ``lora_unet_<module>.hada_w1_a`` ... ``.hada_t2``, ``.lokr_w1`` /
+  ``.lokr_w1_a`` ... ``.lokr_t2``, ``.alpha``) and DoRA magnitudes (diffusers / PEFT
+  ``unet.<module>.lora_magnitude_vector``, kohya / LyCORIS ``.dora_scale``, on LoRA, LoHa or LoKr): their
+  weight change, scale and decomposition are :mod:`.lycoris`'s (LoHa / LoKr: Yeh et al. 2023, Sec. 3; DoRA:
+  Liu et al. 2024, eq. 5), merged into W directly (every shape checked before the first merge).
 
-Anything else (LoHa / LoKr / DoRA tensors, a LoRA bias) is a one-line error naming the first such key; so
-is a key naming a module the network lacks, ``text_encoder_2`` / ``lora_te2_`` keys on a folder with one
-text encoder, a shape that does not fit, or an alpha that is not a positive number (a kohya ``.alpha`` of
-0: sd-scripts reads it as r, diffusers as 0). Files are read and checked before anything is merged, and a
-failure leaves the networks as they were.
+Anything else (LyCORIS' LoCon ``lora_mid``, OFT / BOFT / (IA)^3 / GLoRA tensors, a LoRA bias, peft-format
+LoHa / LoKr keys) is a one-line error naming the first such key; so is a module with a partner key missing
+(``hada_w1_a`` without ``hada_w1_b``) or two adapter kinds, a key naming a module the network lacks,
+``text_encoder_2`` / ``lora_te2_`` keys on a folder with one text encoder, a shape that does not fit, or an
+alpha that is not a positive number (a kohya ``.alpha`` of 0: sd-scripts reads it as r, diffusers as 0).
+Files are read and checked before anything is merged, and a failure leaves the networks as they were.
 """
 from __future__ import annotations
 
