@@ -56,13 +56,12 @@ def check_parts(parts: dict, lora: bool, what: str) -> None:
     if loha:
         needed = LOHA[:4] + (LOHA[4:] if set(LOHA[4:]) & set(loha) else ())
     elif lokr:
-        needed = tuple(p for side in ("1", "2") for p in (
-            (f"lokr_w{side}",) if f"lokr_w{side}" in parts else (f"lokr_w{side}_a", f"lokr_w{side}_b")))
-        if "lokr_w1" in parts and ("lokr_w1_a" in parts or "lokr_w1_b" in parts) or \
-                "lokr_w2" in parts and ("lokr_w2_a" in parts or "lokr_w2_b" in parts or "lokr_t2" in parts):
-            side = "1" if "lokr_w1" in parts and ("lokr_w1_a" in parts or "lokr_w1_b" in parts) else "2"
-            raise DiffkitError(f"{what} has lokr_w{side} and its factors; allowed: lokr_w{side} or "
-                               f"lokr_w{side}_a / lokr_w{side}_b")
+        needed = ()
+        for side, factors in (("1", LOKR[1:3]), ("2", LOKR[4:])):  # W1 / W2: the full matrix or its factors
+            if f"lokr_w{side}" in parts and set(factors) & set(parts):
+                raise DiffkitError(f"{what} has lokr_w{side} and its factors; allowed: lokr_w{side} or "
+                                   f"lokr_w{side}_a / lokr_w{side}_b")
+            needed += (f"lokr_w{side}",) if f"lokr_w{side}" in parts else factors[:2]
     else:
         needed = ()
     missing = [p for p in needed if p not in parts]
@@ -179,11 +178,11 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     def merge(scale: float) -> None:
         if scale == 0.0:  # the base as it is, bit for bit
             return
-        weight = layer.weight
-        delta, _ = delta_weight(parts, shape, what)
+        weight = layer.weight  # on the network's device; the file's tensors are read on the CPU
+        delta, _ = delta_weight({k: v.to(weight.device) for k, v in parts.items()}, shape, what)
         new = weight.float() + delta * (scale * factor)
         if magnitude is not None:
-            new = decompose(new, magnitude, axis, torch.finfo(torch.float32).eps if kohya else 0.0)
+            new = decompose(new, magnitude.to(weight.device), axis, torch.finfo(torch.float32).eps if kohya else 0.0)
         weight.copy_(new.to(weight.dtype))
     return merge
 
