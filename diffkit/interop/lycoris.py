@@ -43,7 +43,7 @@ from ..errors import DiffkitError
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 MAGNITUDE = ("dora_scale", "lora_magnitude_vector")  # kohya / LyCORIS, diffusers / peft
-PARTS = LOHA + LOKR + MAGNITUDE
+KOHYA_PARTS = LOHA + LOKR + MAGNITUDE[:1]  # what follows a kohya key's module name besides LoRA's own
 
 
 def check_parts(parts: dict, lora: bool, what: str) -> None:
@@ -187,4 +187,4 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     return merge
 
 
-__all__ = ["PARTS", "check_parts", "delta_weight", "decompose", "prepare"]
+__all__ = ["KOHYA_PARTS", "MAGNITUDE", "check_parts", "delta_weight", "decompose", "prepare"]

@@ -135,16 +135,14 @@ def read_sd_lora(path) -> dict:
             prefix = next((p for p in KOHYA_PREFIXES if key.startswith(p)), None)
             component = KOHYA_PREFIXES.get(prefix)
             name, _, part = key.partition(".")
-            slot = _KOHYA.index(part) if part in _KOHYA else part if part in lycoris.PARTS[:-1] else None
+            slot = _KOHYA.index(part) if part in _KOHYA else part if part in lycoris.KOHYA_PARTS else None
             name = name[len(prefix):] if component else None
         else:
             component = next((c for c, (peft, _) in COMPONENTS.items() if key.startswith(peft)), None)
             prefix = COMPONENTS[component][0] if component else None
-            part = key[key.rindex("."):] if "." in key else key
-            slot = next((i for i, s in enumerate(_PEFT) if key.endswith(s)), None) if part != _PEFT_MAGNITUDE \
-                else lycoris.PARTS[-1]
-            tail = _PEFT[slot] if isinstance(slot, int) else _PEFT_MAGNITUDE
-            name = key[len(prefix):-len(tail)] if component and slot is not None else None
+            part = next((s for s in _PEFT + (_PEFT_MAGNITUDE,) if key.endswith(s)), None)
+            slot = _PEFT.index(part) if part in _PEFT else part and part[1:]  # lora_magnitude_vector: by name
+            name = key[len(prefix):-len(part)] if component and part else None
         if component is None or slot is None or not name:
             raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./text_encoder./"
                                f"text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight / "
