@@ -45,16 +45,12 @@ def check_scheduler_name(name) -> str:
 
 def check_scheduler_override(checkpoint: Union[str, Path], name: Optional[str]) -> None:
     """Refuse ``--scheduler NAME`` where it makes no sense, reading JSON only: an unknown name, a
-    checkpoint that is not a Stable Diffusion folder (a diffkit checkpoint carries its own sampling), an
-    SD-XL folder, a folder whose scheduler is already an LCMScheduler (or the override named itself)."""
+    checkpoint that is not a Stable Diffusion folder (SD 1.x/2.x or SD-XL; a diffkit checkpoint carries its own
+    sampling), a folder whose scheduler is already an LCMScheduler."""
     if name is None:
         return
     check_scheduler_name(name)
-    from .sd_xl import is_sd_xl_folder
     from .stable_diffusion import is_stable_diffusion_folder
-    if is_sd_xl_folder(checkpoint):
-        raise DiffkitError(f"--scheduler {name}: {checkpoint} is an SD-XL folder; the scheduler override takes Stable "
-                           f"Diffusion 1.x/2.x folders")
     if not is_stable_diffusion_folder(checkpoint):
         raise DiffkitError(f"--scheduler {name} applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                            f"is not one")

@@ -167,6 +167,21 @@ class StableDiffusion:
                                "guidance)")
         return GuidanceScaleInput(self.denoiser, guidance_scale, convention)
 
+    def weight_input_guidance(self, guidance_scale: float, convention: str, negative_prompt=None,
+                              guidance_rescale: float = 0.0):
+        """:meth:`with_weight` for a UNet with a guidance input (``time_cond_proj_dim``), as diffusers'
+        pipelines (LatentConsistencyModelPipeline, StableDiffusionXLPipeline) embed ``guidance_scale - 1`` as
+        ``timestep_cond`` with no classifier-free pass, so a ``negative_prompt`` or ``guidance_rescale`` is
+        refused in one line; ``None`` for a UNet without one (classifier-free guidance: :meth:`guided`)."""
+        if not self.guidance_embedding_dim:
+            return None
+        for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
+            if value is not None:
+                raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
+                                   f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
+                                   f"classifier-free pass to rescale or to give a negative prompt")
+        return self.with_weight(guidance_scale, convention)
+
     @staticmethod
     def cond(context: torch.Tensor) -> dict:
         """The ``cond`` of a guided call: the prompt embeddings and the labels marking the
@@ -198,13 +213,9 @@ class StableDiffusion:
             raise DiffkitError(f"micro_conditioning={micro_conditioning!r} is not allowed: it is SD-XL's size "
                                f"conditioning; this Stable Diffusion UNet is conditioned on the text encoder alone")
         context = self.encode_prompts(prompts)
-        if self.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
-            for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
-                if value is not None:
-                    raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
-                                       f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
-                                       f"classifier-free pass to rescale or to give a negative prompt")
-            return self.with_weight(guidance_scale, convention), {"context": context}
+        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale)
+        if weighted is not None:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
+            return weighted, {"context": context}
         negatives = negative_prompts(negative_prompt, len(prompts))
         denoiser = self.guided(guidance_scale, self.encode_prompts(negatives), convention, rescale=guidance_rescale)
         cond = self.cond(context)
@@ -333,7 +344,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     from .sd_xl import is_sd_xl_folder, load_sd_xl
     check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
-        return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion)
+        return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
+                          scheduler=scheduler)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
