@@ -30,7 +30,8 @@ from test_sd_lora import UNET_LORA, _add_lora  # noqa: E402
 def _with_scheduler(folder, out, config, unet=None):
     """A copy of ``folder`` whose scheduler JSON is ``config`` (and whose UNet is ``unet``, saved, if given)."""
     shutil.copytree(folder, out, ignore=shutil.ignore_patterns(*(["unet"] if unet is not None else [])))
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(dict(config)))
+    config = {k: v for k, v in config.items() if k != "_use_default_values"}  # as save_pretrained writes it
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     if unet is not None:
         unet.save_pretrained(out / "unet")
     return out
@@ -41,7 +42,8 @@ def xl(tmp_path_factory):
     """{"pipe": the tiny SD-XL pipeline (EulerDiscreteScheduler of SD-XL base's config), "fused": a copy with the
     UNet LoRA fused, "folder": the plain folder, "lora": the LoRA file, "lcm_w": (pipeline, folder) of an
     LCMScheduler folder (SMALL_SCALING) whose UNet has time_cond_proj_dim 256, "lcm": (pipeline, folder) of the
-    plain UNet with an LCMScheduler (SMALL_SCALING), "small": the plain folder with timestep_scaling 0.0005}."""
+    plain UNet with an LCMScheduler (SMALL_SCALING), "tcd": the same with a TCDScheduler (timestep scaling
+    0.0005), "small": the plain folder with timestep_scaling 0.0005}."""
     root = tmp_path_factory.mktemp("lcm_sd_xl")
     pipe = tiny_sd_xl_pipeline(root)
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
@@ -56,11 +58,13 @@ def xl(tmp_path_factory):
     unet_w = diffusers.UNet2DConditionModel.from_config(pipe.unet.config, time_cond_proj_dim=COND_DIM)
     lcm_config = diffusers.LCMScheduler.from_config(pipe.scheduler.config, **SMALL_SCALING).config
     out = {"pipe": pipe, "fused": fused, "folder": root / "xl", "lora": root / "lora" / "lcm_lora.safetensors"}
-    for name, unet in (("lcm_w", unet_w), ("lcm", None)):
-        components = {**pipe.components, "scheduler": diffusers.LCMScheduler.from_config(lcm_config)}
+    tcd_config = diffusers.TCDScheduler.from_config(pipe.scheduler.config, timestep_scaling=5e-4).config
+    for name, unet, config in (("lcm_w", unet_w, lcm_config), ("lcm", None, lcm_config), ("tcd", None, tcd_config)):
+        cls = getattr(diffusers, config["_class_name"])
+        components = {**pipe.components, "scheduler": cls.from_config(config)}
         lcm_pipe = type(pipe)(**{**components, **({} if unet is None else {"unet": unet})})
         lcm_pipe.set_progress_bar_config(disable=True)
-        out[name] = (lcm_pipe, _with_scheduler(root / "xl", root / name, lcm_config, unet))
+        out[name] = (lcm_pipe, _with_scheduler(root / "xl", root / name, config, unet))
     small = {**json.loads((root / "xl" / "scheduler" / "scheduler_config.json").read_text()), "timestep_scaling": 5e-4}
     out["small"] = _with_scheduler(root / "xl", root / "small", small)
     return out
@@ -188,6 +192,29 @@ def test_tcd_override_on_sd_xl_equals_tcd_scheduler_from_config(xl, gamma, scale
         torch.testing.assert_close(default, explicit, rtol=0, atol=0)
 
 
+def test_a_tcd_scheduler_folder_is_sampled_as_scheduler_tcd(xl, tmp_path, capsys):
+    """An SD-XL folder whose own scheduler is a TCDScheduler: as ``scheduler="tcd"`` (its config unchanged), =
+    StableDiffusionXLPipeline with that scheduler (tcd:sigma_min, eta 0.3, s = 1); defaults tcd, 4 steps, s = 1,
+    also in ``diffkit sample``; original_inference_steps other than 50 refused in one line."""
+    pipe, folder = xl["tcd"]
+    sd = load_stable_diffusion(folder, progress=False)
+    assert sd.scheduler_override == "tcd" and sd.consistency is None and sd.default_guidance_scale == 1.0
+    assert sd.scheduler_config == {k: v for k, v in pipe.scheduler.config.items() if k != "_use_default_values"}
+    latents = _latents(5)
+    theirs = _theirs(pipe, 4, 1.0, latents, 7, eta=0.3)
+    ours = text_to_image(sd, PROMPTS, sampler="tcd:sigma_min", latents=latents, seed=7, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--num", "1", "--batch-size", "1",
+                 "--out", str(tmp_path / "x.png"), "--no-progress"]) == 0
+    assert "(1 samples, tcd, " in capsys.readouterr().out
+    shutil.copytree(folder, tmp_path / "n20", ignore=shutil.ignore_patterns("*.safetensors"))
+    config_file = tmp_path / "n20" / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "original_inference_steps": 20}))
+    with pytest.raises(DiffkitError, match=r"^a TCDScheduler folder: .* gives TCDScheduler "
+                                           r"original_inference_steps=20; allowed: 50 "):
+        load_stable_diffusion(tmp_path / "n20", progress=False)
+
+
 @pytest.mark.parametrize("name", ["lcm", "tcd"])
 def test_sample_command_scheduler_on_sd_xl_png_equals_library(xl, tmp_path, monkeypatch, name):
     """``diffkit sample --checkpoint SDXL --lora FILE --scheduler lcm|tcd``: the library's PNG for the command's
@@ -223,7 +250,8 @@ def test_sample_command_on_an_lcm_sd_xl_folder_gives_w_to_the_unet(xl, tmp_path,
 
 def test_lcm_sd_xl_refusals_are_one_line(xl, tmp_path, capsys):
     """A w-input UNet with --negative-prompt / --guidance-rescale (or the library's), with a scheduler other than an
-    LCMScheduler; --scheduler on an SD-XL LCMScheduler folder; diffkit edit of an SD-XL LCM folder (as SD 1.x's)."""
+    LCMScheduler; --scheduler on an SD-XL LCMScheduler folder; diffkit edit of an SD-XL LCM or TCD folder (as SD
+    1.x's)."""
     _, folder = xl["lcm_w"]
     (tmp_path / "images").mkdir()
     for argv, match in (
@@ -232,7 +260,9 @@ def test_lcm_sd_xl_refusals_are_one_line(xl, tmp_path, capsys):
             (["sample", "--checkpoint", str(folder), "--prompt", "hot", "--scheduler", "tcd"],
              r"--scheduler tcd: .* is already an LCMScheduler folder"),
             (["edit", "--checkpoint", str(xl["lcm"][1]), "--images", str(tmp_path / "images"), "--prompt", "hot"],
-             r"is a latent consistency model \(LCMScheduler\); diffkit edit takes")):
+             r"is a latent consistency model \(LCMScheduler\); diffkit edit takes"),
+            (["edit", "--checkpoint", str(xl["tcd"][1]), "--images", str(tmp_path / "images"), "--prompt", "hot"],
+             r"is a trajectory consistency model \(TCDScheduler\); diffkit edit takes")):
         code = main(argv + ["--out", str(tmp_path / "out" / "x.png"), "--no-progress"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and re.search(match, err[0]), err

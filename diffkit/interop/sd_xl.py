@@ -25,8 +25,13 @@ denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``Stable
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
 to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
 
+Latent consistency and TCD sampling (an LCMScheduler or TCDScheduler folder, a UNet with ``time_cond_proj_dim``
+and an LCMScheduler as latent-consistency/lcm-sdxl's, ``scheduler="lcm"`` / ``"tcd"``) is SD 1.x's (:mod:`.lcm`,
+:mod:`.sd_scheduler`): :meth:`prompt_guidance` adds the SD-XL conditioning to the guidance-input model
+(:meth:`~.stable_diffusion.StableDiffusion.weight_input_guidance`) or to classifier-free guidance.
+
 Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
-``requires_aesthetics_score``), LCMScheduler folders, UNets with a guidance input or inpainting
+``requires_aesthetics_score``), UNets with a guidance input without an LCMScheduler, UNets with inpainting
 channels, VAEs with ``latents_mean`` / ``latents_std``. LoRA files (``unet.`` / ``text_encoder.`` /
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,

@@ -58,7 +58,7 @@ class StableDiffusion:
     consistency: Optional[dict] = None  # an LCMScheduler folder: sigma_data, timestep_scaling, grid (.lcm)
     prompt_expansions: dict = field(default_factory=dict)  # multi-vector textual inversion (.sd_textual_inversion)
     _denoiser: object = field(default=None, repr=False)
-    scheduler_override: Optional[str] = None  # load_stable_diffusion(scheduler=): "lcm" or "tcd" (.sd_scheduler)
+    scheduler_override: Optional[str] = None  # load_stable_diffusion(scheduler=) "lcm" / "tcd", "tcd": a TCDScheduler's
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -337,7 +337,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     text encoder as diffusers' ``load_textual_inversion(path, token=token)`` (:mod:`.sd_textual_inversion`).
     ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints). ``scheduler``:
     ``"lcm"`` / ``"tcd"`` samples the folder as diffusers' ``pipe.scheduler = LCMScheduler.from_config(
-    pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`)."""
+    pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`; a folder
+    whose own scheduler is a TCDScheduler as ``"tcd"``). An SD-XL folder loads as :func:`.sd_xl.load_sd_xl`."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .sd_scheduler import check_scheduler_override
@@ -365,9 +366,12 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     if not sched_file.is_file():
         raise DiffkitError(f"{sched_file} does not exist")
     scheduler_config = read_json_object(sched_file, "scheduler config")
+    from .sd_scheduler import override_config, own_override
     if scheduler is not None:  # LCMScheduler / TCDScheduler.from_config of it (.sd_scheduler)
-        from .sd_scheduler import override_config
         scheduler_config = override_config(scheduler_config, scheduler, directory)
+    elif own_override(scheduler_config):  # a TCDScheduler folder: sampled as scheduler="tcd"
+        scheduler = own_override(scheduler_config)
+        scheduler_config = override_config(scheduler_config, scheduler, directory, source="a TCDScheduler folder")
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     lcm = is_lcm_scheduler(scheduler_config)
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
