@@ -144,9 +144,9 @@ class StableDiffusionXL(StableDiffusion):
             shared = negative_prompt is None or isinstance(negative_prompt, str)
             null_context, null_pooled = self.encode_prompts_xl(
                 [negative_prompt or ""] if shared else negative_prompts(negative_prompt, len(prompts)))
-        denoiser = weighted or self.guided(guidance_scale, {"context": null_context, "text_embeds": null_pooled,
-                                                            "time_ids": null_ids[None]}, convention,
-                                           rescale=guidance_rescale)  # weighted: an LCM UNet's w input
+        denoiser = weighted if weighted is not None else self.guided(  # weighted: an LCM UNet's w input
+            guidance_scale, {"context": null_context, "text_embeds": null_pooled, "time_ids": null_ids[None]},
+            convention, rescale=guidance_rescale)
         batch = context.shape[0]
         return denoiser, {**self.cond(context), "text_embeds": pooled, "time_ids": ids.expand(batch, -1)}
 
