@@ -269,3 +269,18 @@ def test_scheduler_override_with_a_controlnet_matches_the_controlnet_pipeline(pl
                          guidance_scale=1.5, latents=latents, seed=5, return_latents=True,
                          controlnet=ControlNets([net], [png]))
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+
+
+def test_a_tcd_scheduler_folder_is_the_tcd_override(plain, tmp_path):
+    """An SD 1.x folder whose own scheduler JSON is ``TCDScheduler.from_config`` of the DDIM one samples as the DDIM
+    folder with ``scheduler="tcd"``, bit for bit (same config, defaults tcd, 4 steps, s = 1)."""
+    _, folder, lora = plain
+    tcd = diffusers.TCDScheduler.from_config(diffusers.DDIMScheduler.from_pretrained(folder / "scheduler").config)
+    own = _copy(folder, tmp_path, {k: v for k, v in tcd.config.items() if k != "_use_default_values"})
+    ours, override = (load_stable_diffusion(f, lora=[lora], scheduler=s, progress=False)
+                      for f, s in ((own, None), (folder, "tcd")))
+    assert ours.scheduler_override == "tcd" and ours.scheduler_config == override.scheduler_config
+    latents = _latents(3)
+    torch.testing.assert_close(text_to_image(ours, PROMPTS, latents=latents, seed=7, return_latents=True),
+                               text_to_image(override, PROMPTS, latents=latents, seed=7, return_latents=True),
+                               rtol=0, atol=0)
