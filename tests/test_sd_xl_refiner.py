@@ -1,0 +1,102 @@
+"""SD-XL refiner folders and the base -> refiner hand-over (diffkit.interop.sd_xl_refiner, diffkit.handover)
+against diffusers' StableDiffusionXLImg2ImgPipeline (requires_aesthetics_score) and StableDiffusionXLPipeline
+(denoising_end) on tiny random pipelines written by save_pretrained (nothing downloaded)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_sd_xl import PROMPTS, tiny_sd_xl_pipeline  # noqa: E402
+
+
+def tiny_refiner(base):
+    """A tiny random refiner (StableDiffusionXLImg2ImgPipeline, requires_aesthetics_score): the base's VAE,
+    text_encoder_2, tokenizer_2 and scheduler, no text_encoder / tokenizer, a UNet of cross_attention_dim 24
+    (encoder 2 alone) and an added embedding of 5 * 8 + 20 inputs (time ids with the aesthetic score)."""
+    torch.manual_seed(2)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=60,
+        cross_attention_dim=24)
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
+        tokenizer_2=base.tokenizer_2, unet=unet, scheduler=base.scheduler, requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """(base pipeline, refiner pipeline, root, loaded base, loaded refiner)."""
+    root = tmp_path_factory.mktemp("tiny_refiner")
+    base = tiny_sd_xl_pipeline(root)
+    refiner = tiny_refiner(base)
+    base.save_pretrained(root / "base")
+    refiner.save_pretrained(root / "refiner")
+    return (base, refiner, root, load_stable_diffusion(root / "base", progress=False),
+            load_stable_diffusion(root / "refiner", progress=False))
+
+
+def _ddim(pipe, **kw):
+    return diffusers.DDIMScheduler.from_config(pipe.scheduler.config, **kw)
+
+
+def _gens(seeds=(10, 11)):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_refiner_folder_loads_and_encodes_as_the_pipeline(tiny_pair):
+    """text_encoder_2 alone: its penultimate states and pooled output, bit-identical to the pipeline's
+    encode_prompt; time ids original_size + crops + (aesthetic score,), 6 and 2.5 by default."""
+    _, refiner, _, _, xl = tiny_pair
+    assert xl.is_refiner and xl.requires_aesthetics_score and xl.text_encoder is None and xl.tokenizer is None
+    assert not xl.force_zeros_for_empty_prompt
+    context, pooled = xl.encode_prompts_xl(PROMPTS)
+    theirs, theirs_null, theirs_pooled, theirs_null_pooled = refiner.encode_prompt(PROMPTS, device="cpu")
+    assert context.shape == (2, 16, 24) and pooled.shape == (2, 20)
+    torch.testing.assert_close(context, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
+    guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 24))
+    torch.testing.assert_close(guided.null_context.expand_as(theirs_null), theirs_null, rtol=0, atol=1e-6)  # 1 row vs 2
+    assert cond["time_ids"].tolist() == [[16, 24, 0, 0, 6.0]] * 2
+    assert guided.null_cond["time_ids"].tolist() == [[16, 24, 0, 0, 2.5]]
+    ids, null_ids = refiner._get_add_time_ids((16, 24), (0, 0), (16, 24), 6.0, 2.5, (16, 24), (0, 0), (16, 24),
+                                              torch.float32, 20)
+    assert ids.tolist() == cond["time_ids"][:1].tolist() and null_ids.tolist() == guided.null_cond["time_ids"].tolist()
+    micro = dict(aesthetic_score=7.5, negative_aesthetic_score=1.0, original_size=(32, 32),
+                 crops_coords_top_left=(2, 3), negative_original_size=(8, 8))
+    guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 24),
+                                      micro_conditioning=micro)
+    assert cond["time_ids"][0].tolist() == [32, 32, 2, 3, 7.5]
+    assert guided.null_cond["time_ids"][0].tolist() == [8, 8, 0, 0, 1.0]  # the negative crop's default (0, 0)
+
+
+def test_refiner_img2img_is_the_img2img_pipeline(tiny_pair):
+    """latent_img2img with the refiner's prompt_guidance is StableDiffusionXLImg2ImgPipeline of the refiner
+    (aesthetic scores, DDIM, the same generators; strength 0.5 of 4 steps), also with other aesthetic scores."""
+    from diffkit.latent_editing import latent_img2img
+    _, refiner, _, _, xl = tiny_pair
+    refiner.scheduler = _ddim(refiner)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    for scores in ({}, {"aesthetic_score": 8.0, "negative_aesthetic_score": 1.0}):
+        with torch.no_grad():
+            theirs = refiner(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0,
+                             output_type="latent", generator=_gens(), **scores).images
+        guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 16),
+                                          micro_conditioning=scores)
+        ours = latent_img2img(guided, xl, image * 2 - 1, 0.5, "ddim", 4, posterior="sample", seed=10, cond=cond,
+                              progress=False, return_latents=True, spacing="leading", final="sigma_min",
+                              steps_offset=1, eta=0.0)
+        print("refiner img2img", scores, relative_error(ours, theirs), (ours - theirs).abs().max().item())
+        assert relative_error(ours, theirs) < 1e-5
