@@ -100,3 +100,84 @@ def test_refiner_img2img_is_the_img2img_pipeline(tiny_pair):
                               steps_offset=1, eta=0.0)
         print("refiner img2img", scores, relative_error(ours, theirs), (ours - theirs).abs().max().item())
         assert relative_error(ours, theirs) < 1e-5
+
+
+def _base_latents(xl, batch=2, seed=7):
+    return torch.randn(xl.latent_shape(batch), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("end", [0.6, 0.8])
+def test_denoising_end_is_the_base_pipelines(tiny_pair, end):
+    """text_to_image(denoising_end=f, return_latents=True) is StableDiffusionXLPipeline(denoising_end=f,
+    output_type="latent") on DDIM's 5 timesteps (801, 601, 401, 201, 1): the steps t >= int(round(1000 - 1000 f)),
+    then the state at the next timestep."""
+    base, _, _, xl, _ = tiny_pair
+    base.scheduler = _ddim(base)
+    latents = _base_latents(xl)
+    with torch.no_grad():
+        theirs = base(PROMPTS, num_inference_steps=5, guidance_scale=5.0, latents=latents.clone(),
+                      output_type="latent", denoising_end=end).images
+    ours = text_to_image(xl, PROMPTS, steps=5, grid="scheduler", guidance_scale=5.0, latents=latents,
+                         return_latents=True, denoising_end=end)
+    full = text_to_image(xl, PROMPTS, steps=5, grid="scheduler", guidance_scale=5.0, latents=latents,
+                         return_latents=True)
+    print("denoising_end", end, relative_error(ours, theirs), (ours - theirs).abs().max().item())
+    assert relative_error(ours, theirs) < 1e-5 and relative_error(full, theirs) > 1e-4
+
+
+def test_the_hand_over_is_the_pipelines(tiny_pair):
+    """base(denoising_end=0.7, output_type="latent") -> refiner(image=latents, denoising_start=0.7): diffkit's
+    refine() of the pipeline's own base latents equals the refiner pipeline's output, and ensemble() equals the
+    two pipelines in a row (DDIM, 5 steps: 801, 601, 401 on the base, 201, 1 on the refiner)."""
+    from diffkit.interop.sd_xl_refiner import ensemble, refine
+    base, refiner, _, xl, rx = tiny_pair
+    base.scheduler, refiner.scheduler = _ddim(base), _ddim(refiner)
+    latents = _base_latents(xl)
+    with torch.no_grad():
+        handed = base(PROMPTS, num_inference_steps=5, guidance_scale=5.0, latents=latents.clone(),
+                      output_type="latent", denoising_end=0.7).images
+        theirs = refiner(PROMPTS, image=handed, num_inference_steps=5, guidance_scale=5.0, output_type="latent",
+                         denoising_start=0.7, strength=0.3).images
+    grid = dict(spacing="leading", final="sigma_min", steps_offset=1)
+    ours = refine(rx, PROMPTS, handed, 0.7, sampler="ddim", steps=5, guidance_scale=5.0, return_latents=True,
+                  **grid)
+    print("refine", relative_error(ours, theirs), (ours - theirs).abs().max().item())
+    assert relative_error(ours, theirs) < 1e-5
+    both = ensemble(xl, rx, PROMPTS, handover=0.7, sampler="ddim", steps=5, guidance_scale=5.0, latents=latents,
+                    return_latents=True, **grid)
+    print("ensemble", relative_error(both, theirs), (both - theirs).abs().max().item())
+    assert relative_error(both, theirs) < 1e-5
+    with torch.no_grad():
+        images = refiner(PROMPTS, image=handed, num_inference_steps=5, guidance_scale=5.0, output_type="pt",
+                         denoising_start=0.7).images
+    ours = ensemble(xl, rx, PROMPTS, handover=0.7, sampler="ddim", steps=5, guidance_scale=5.0, latents=latents,
+                    **grid)
+    print("ensemble images", (ours - images).abs().max().item())
+    torch.testing.assert_close(ours, images, rtol=0, atol=1e-5)
+
+
+def test_the_hand_over_with_euler_is_the_pipelines(tiny_pair):
+    """EulerDiscreteScheduler (leading, steps_offset 1) in both pipelines, 5 steps, f = 0.7: diffusers' Euler
+    holds z_t / alpha_t = z_t sqrt(1 + sigma_t^2), diffkit's state z_t, so the base's hand-over latents agree
+    after that factor, and the refiner's final latents (sigma = 0) directly."""
+    from diffkit.interop.sd_xl_refiner import ensemble
+    base, refiner, _, xl, rx = tiny_pair
+    base.scheduler = diffusers.EulerDiscreteScheduler.from_config(base.scheduler.config, timestep_spacing="leading")
+    refiner.scheduler = diffusers.EulerDiscreteScheduler.from_config(refiner.scheduler.config,
+                                                                     timestep_spacing="leading")
+    latents = _base_latents(xl)
+    with torch.no_grad():
+        handed = base(PROMPTS, num_inference_steps=5, guidance_scale=5.0, latents=latents.clone(),
+                      output_type="latent", denoising_end=0.7).images
+        theirs = refiner(PROMPTS, image=handed, num_inference_steps=5, guidance_scale=5.0, output_type="latent",
+                         denoising_start=0.7).images
+    grid = dict(spacing="leading", final="zero", steps_offset=1)
+    ours = text_to_image(xl, PROMPTS, sampler="euler", steps=5, guidance_scale=5.0, latents=latents,
+                         return_latents=True, denoising_end=0.7, **grid)
+    sigma = base.scheduler.sigmas[3].item()  # the state after 3 of the 5 steps (801, 601, 401 >= 300)
+    print("euler hand-over", relative_error(ours * (1 + sigma ** 2) ** 0.5, handed))
+    assert relative_error(ours * (1 + sigma ** 2) ** 0.5, handed) < 1e-5
+    both = ensemble(xl, rx, PROMPTS, handover=0.7, sampler="euler", steps=5, guidance_scale=5.0, latents=latents,
+                    return_latents=True, **grid)
+    print("euler ensemble", relative_error(both, theirs), (both - theirs).abs().max().item())
+    assert relative_error(both, theirs) < 1e-5
