@@ -181,3 +181,26 @@ def test_the_hand_over_with_euler_is_the_pipelines(tiny_pair):
                     return_latents=True, **grid)
     print("euler ensemble", relative_error(both, theirs), (both - theirs).abs().max().item())
     assert relative_error(both, theirs) < 1e-5
+
+
+def test_sample_command_with_refiner_is_the_ensemble(tiny_pair, tmp_path, capsys):
+    """``diffkit sample --checkpoint BASE --refiner REFINER --denoising-end 0.6 --aesthetic-score 7``: the grid
+    of ensemble()'s images byte for byte (z_T from seed + i, default s = 5, the refiner's VAE decodes); the
+    default batch size (auto: a one-step probe) works too."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop.sd_xl_refiner import ensemble
+    from diffkit.noise import generators_from_seed, randn
+    _, _, root, xl, rx = tiny_pair
+    base = ["sample", "--checkpoint", str(root / "base"), "--refiner", str(root / "refiner"), "--prompt", PROMPTS[0],
+            "--prompt", PROMPTS[1], "--negative-prompt", "ugly", "--num", "2", "--nrow", "1", "--steps", "5",
+            "--seed", "5", "--denoising-end", "0.6", "--aesthetic-score", "7", "--no-progress"]
+    assert main(base + ["--batch-size", "2", "--out", str(tmp_path / "grid.png")]) == 0
+    assert "refiner" in capsys.readouterr().out
+    latents = randn(xl.latent_shape(2), generators_from_seed(5, 2))
+    images = ensemble(xl, rx, PROMPTS, handover=0.6, steps=5, negative_prompt="ugly", latents=latents,
+                      refiner_conditioning={"aesthetic_score": 7.0}, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert main(base + ["--out", str(tmp_path / "auto.png")]) == 0
+    assert (tmp_path / "auto.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
