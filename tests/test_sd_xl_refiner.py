@@ -2,6 +2,7 @@
 against diffusers' StableDiffusionXLImg2ImgPipeline (requires_aesthetics_score) and StableDiffusionXLPipeline
 (denoising_end) on tiny random pipelines written by save_pretrained (nothing downloaded)."""
 import json
+import re
 import shutil
 
 import pytest
@@ -202,5 +203,119 @@ def test_sample_command_with_refiner_is_the_ensemble(tiny_pair, tmp_path, capsys
                       refiner_conditioning={"aesthetic_score": 7.0}, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
-    assert main(base + ["--out", str(tmp_path / "auto.png")]) == 0
-    assert (tmp_path / "auto.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+def test_sample_command_with_refiner_and_auto_batch_size(tiny_pair, tmp_path):
+    """--batch-size auto (the default) probes one ddim step, which --refiner alone would refuse (no step for one
+    half): the probe runs the base's step alone."""
+    from diffkit.cli import main
+    root = tiny_pair[2]
+    auto = ["sample", "--checkpoint", str(root / "base"), "--refiner", str(root / "refiner"), "--prompt", "hot",
+            "--num", "1", "--steps", "2", "--denoising-end", "0.6", "--no-progress"]
+    assert main(auto + ["--out", str(tmp_path / "auto.png")]) == 0
+
+
+def test_edit_command_with_a_refiner_is_the_img2img_pipeline(tiny_pair, tmp_path, capsys):
+    """``diffkit edit --checkpoint REFINER --images --prompt --denoising-start 0.5 --aesthetic-score 8``: the
+    refiner pipeline's images with image=PNGs, denoising_start=0.5 (the posterior sample from the image's
+    generator, not noised; DDIM with steps_offset 0 and set_alpha_to_one), to the PNGs' 1/255."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    _, refiner, root, _, _ = tiny_pair
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    code, out, err = cli(capsys, "--checkpoint", root / "refiner", "--images", pngs, "--prompt", PROMPTS[0],
+                         "--prompt", PROMPTS[1], "--denoising-start", 0.5, "--aesthetic-score", 8,
+                         "--negative-aesthetic-score", 1, "--steps", 4, "--spacing", "leading", "--final", "zero",
+                         "--seed", 10, "--batch-size", 2, "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    refiner.scheduler = _ddim(refiner, steps_offset=0, set_alpha_to_one=True)
+    with torch.no_grad():
+        theirs = refiner(PROMPTS, image=image, denoising_start=0.5, num_inference_steps=4, guidance_scale=5.0,
+                         aesthetic_score=8.0, negative_aesthetic_score=1.0, output_type="np",
+                         generator=_gens()).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+
+
+def test_what_the_hand_over_refuses_in_one_line(tiny_pair, tmp_path, capsys):
+    """Fractions outside (0, 1) or of no step, a refiner from noise, noisy latents as images, aesthetic scores on
+    a base, a target size on a refiner, LoRA on a refiner, start >= end, an adaptive sampler; the commands' flags
+    without --refiner / on the wrong folders: one line each, before any output."""
+    from diffkit.editing import img2img
+    from diffkit.interop.sd_xl import load_sd_xl
+    from diffkit.interop.sd_xl_refiner import refine
+    _, _, root, xl, rx = tiny_pair
+    run = dict(steps=5, grid="scheduler", latents=_base_latents(xl), return_latents=True)
+    for bad in (0, 1, 1.5, -0.2, float("nan"), True, "0.8"):
+        with pytest.raises(DiffkitError, match=r"denoising_end=.* is not allowed; give a fraction .* strictly between"):
+            text_to_image(xl, PROMPTS, denoising_end=bad, **run)
+    with pytest.raises(DiffkitError, match=r"denoising_end=0.1 runs no step: its cut .* = 900 is above"):
+        text_to_image(xl, PROMPTS, denoising_end=0.1, **run)
+    with pytest.raises(DiffkitError, match="stops at noisy latents, which are not images: pass return_latents"):
+        text_to_image(xl, PROMPTS, denoising_end=0.8, steps=5)
+    with pytest.raises(DiffkitError, match="picks its own steps"):
+        text_to_image(xl, PROMPTS, sampler="ode", denoising_end=0.8, return_latents=True)
+    with pytest.raises(DiffkitError, match="refiner folder .* edits latents or images"):
+        text_to_image(rx, PROMPTS, steps=2)
+    latents = _base_latents(xl)
+    with pytest.raises(DiffkitError, match=r"denoising_start=0.9999 runs no step: no grid time is below its cut"):
+        refine(rx, PROMPTS, latents, 0.9999, steps=5)
+    with pytest.raises(DiffkitError, match=r"denoising_start=1.2 is not allowed"):
+        refine(rx, PROMPTS, latents, 1.2, steps=5)
+    with pytest.raises(DiffkitError, match=r"latents of shape \(1, 4, 8, 8\) are not allowed; expected \(2, 4"):
+        refine(rx, PROMPTS, latents[:1], 0.8, steps=5)
+    with pytest.raises(DiffkitError, match="denoising_start=0.8 is not allowed with denoising_end=0.5"):
+        img2img(xl.denoiser, latents, steps=5, denoising_start=0.8, denoising_end=0.5, value_range=None,
+                cond={"context": None})
+    with pytest.raises(DiffkitError, match="aesthetic_score=7 is not allowed: aesthetic scores condition a refiner"):
+        xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, (16, 16), {"aesthetic_score": 7})
+    with pytest.raises(DiffkitError, match=r"target_size=\(8, 8\) is not allowed: this refiner's UNet"):
+        rx.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, (16, 16), {"target_size": (8, 8)})
+    with pytest.raises(DiffkitError, match="aesthetic score inf is not allowed; give a finite number"):
+        rx.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, (16, 16), {"aesthetic_score": float("inf")})
+    with pytest.raises(DiffkitError, match="refiner-style folder .* --lora / --textual-inversion are offered for"):
+        load_sd_xl(root / "refiner", progress=False, lora=[str(tmp_path / "x.safetensors")])
+
+
+def test_what_the_refiner_flags_refuse_in_one_line(tiny_pair, tmp_path, capsys):
+    """diffkit sample's --refiner / --denoising-end / --aesthetic-score and diffkit edit's --denoising-start /
+    --aesthetic-score where they do not apply: one line each (exit 2), before any output."""
+    from diffkit.cli import main
+    from test_latent_editing import write_pngs
+    root = tiny_pair[2]
+    if not (root / "nobase").exists():  # a folder without text_encoder whose index does not ask for aesthetic scores
+        shutil.copytree(root / "refiner", root / "nobase")
+        index = json.loads((root / "nobase" / "model_index.json").read_text())
+        (root / "nobase" / "model_index.json").write_text(json.dumps({**index, "requires_aesthetics_score": False}))
+    sample = ["sample", "--prompt", "hot", "--steps", "5", "--no-progress"]
+    edit = ["edit", "--images", str(write_pngs(tmp_path / "pngs", 1, 16, "RGB")), "--prompt", "hot", "--no-progress"]
+    for argv, match in (
+            (sample + ["--checkpoint", str(root / "base"), "--denoising-end", "0.8"], "--denoising-end needs --refiner"),
+            (sample + ["--checkpoint", str(root / "base"), "--aesthetic-score", "5"], "--aesthetic-score needs --refin"),
+            (sample + ["--checkpoint", str(root / "refiner"), "--refiner", str(root / "refiner")],
+             "is an SD-XL refiner folder .* edits latents or images: use diffkit edit, or give it as --refiner"),
+            (sample + ["--checkpoint", str(root / "base"), "--refiner", str(tmp_path)], "applies to SD-XL folders"),
+            (sample + ["--checkpoint", str(root / "base"), "--refiner", str(root / "refiner"), "--denoising-end",
+                       "1"], "--denoising-end=1.0 is not allowed"),
+            (sample + ["--checkpoint", str(root / "base"), "--refiner", str(root / "base"), "--aesthetic-score",
+                       "5"], "--aesthetic-score applies to a refiner whose model_index.json"),
+            (sample + ["--checkpoint", str(root / "base"), "--refiner", str(root / "refiner"), "--denoising-end",
+                       "0.9999"], "leaves the refiner no step of the 5-step grid"),
+            (sample[:3] + ["--checkpoint", str(root / "base"), "--refiner", str(root / "refiner"), "--nfe", "5"],
+             "--nfe is not offered with --refiner"),
+            (sample + ["--checkpoint", str(root / "refiner")], "refiner folder .* edits latents or images"),
+            (sample + ["--checkpoint", str(root / "nobase"), "--refiner", str(root / "refiner")],
+             "nobase is an SD-XL refiner-style folder; give the base folder"),
+            (edit + ["--checkpoint", str(root / "base"), "--aesthetic-score", "5"],
+             "--aesthetic-score applies to an SD-XL refiner folder"),
+            (edit + ["--checkpoint", str(root / "refiner"), "--denoising-start", "0.5", "--strength", "0.3"],
+             "--denoising-start does not go with --strength"),
+            (edit + ["--checkpoint", str(root / "refiner"), "--denoising-start", "0"],
+             "--denoising-start=0.0 is not allowed")):
+        assert main(argv + ["--out", str(tmp_path / "out" / "o.png")]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (argv, err)
+        assert not (tmp_path / "out").exists()

@@ -20,10 +20,47 @@ def add_refiner_flags(parser) -> None:
     g.add_argument("--denoising-end", type=float, metavar="F",
                    help="with --refiner: the fraction F in (0, 1) of the denoising the base runs (its timesteps t "
                         ">= int(round(T - F T)); the refiner's denoising_start; default 0.8)")
-    g.add_argument("--aesthetic-score", type=float, metavar="A",
-                   help="with a refiner (requires_aesthetics_score): its aesthetic-score condition (default 6)")
-    g.add_argument("--negative-aesthetic-score", type=float, metavar="N",
-                   help="with a refiner: the null half's aesthetic score (default 2.5)")
+    _add_aesthetic_flags(g)
+
+
+def _add_aesthetic_flags(group) -> None:
+    group.add_argument("--aesthetic-score", type=float, metavar="A",
+                       help="an SD-XL refiner (requires_aesthetics_score): its aesthetic-score condition (default 6)")
+    group.add_argument("--negative-aesthetic-score", type=float, metavar="N",
+                       help="an SD-XL refiner: the null half's aesthetic score (default 2.5)")
+
+
+def add_edit_refiner_flags(parser) -> None:
+    """``diffkit edit``'s: ``--denoising-start`` and the aesthetic scores (:func:`edit_refiner_options`)."""
+    g = parser.add_argument_group("SD-XL refiner (docs/interop.md)")
+    g.add_argument("--denoising-start", type=float, metavar="F",
+                   help="Stable Diffusion / SD-XL folders, img2img: the images' latents are the state at the first "
+                        "grid time below int(round(T - F T)), not noised, and the rest of the grid is run "
+                        "(diffusers' denoising_start; replaces --strength)")
+    _add_aesthetic_flags(g)
+
+
+def edit_refiner_options(args) -> tuple:
+    """(micro_conditioning, {"denoising_start": F} or {}) of ``diffkit edit``'s refiner flags, checked against
+    ``--checkpoint``'s model_index.json before anything is loaded: one line for a flag that does not apply."""
+    from ..handover import check_fraction
+    from ..interop.sd_xl import _index
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
+    scores = {key: value for key, value in scores.items() if value is not None}
+    if scores and not (_index(args.checkpoint) or {}).get("requires_aesthetics_score"):
+        raise DiffkitError(f"--{next(iter(scores)).replace('_', '-')} applies to an SD-XL refiner folder "
+                           f"(requires_aesthetics_score in model_index.json); {args.checkpoint} is not one")
+    if args.denoising_start is None:
+        return scores, {}
+    for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--interpolate", args.interpolate)):
+        if value is not None:
+            raise DiffkitError(f"--denoising-start does not go with {flag} (it starts img2img at its own time, "
+                               f"without noise; diffusers ignores strength then)")
+    if not is_stable_diffusion_folder(args.checkpoint):
+        raise DiffkitError(f"--denoising-start applies to a Stable Diffusion / SD-XL folder; {args.checkpoint} is "
+                           f"not one")
+    return scores, {"denoising_start": check_fraction("--denoising-start", args.denoising_start)}
 
 
 @dataclass
@@ -42,6 +79,10 @@ class RefinerRequest:
         from ..handover import check_fraction
         from ..interop.sd_xl import _index, is_sd_xl_folder
         scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
+        if checkpoint is not None and (_index(checkpoint) or {}).get("requires_aesthetics_score"):
+            raise DiffkitError(f"{checkpoint} is an SD-XL refiner folder (requires_aesthetics_score), which edits "
+                               f"latents or images: use diffkit edit, or give it as --refiner with a base "
+                               f"--checkpoint")
         if args.refiner is None:
             for flag, value in (("--denoising-end", args.denoising_end), ("--aesthetic-score", args.aesthetic_score),
                                 ("--negative-aesthetic-score", args.negative_aesthetic_score)):
@@ -52,8 +93,7 @@ class RefinerRequest:
         if checkpoint is None or not is_sd_xl_folder(checkpoint) or not is_sd_xl_folder(args.refiner):
             bad = args.refiner if checkpoint is not None and is_sd_xl_folder(checkpoint) else checkpoint
             raise DiffkitError(f"--refiner applies to SD-XL folders (diffusers format): {bad} is not one")
-        index = _index(checkpoint) or {}
-        if index.get("requires_aesthetics_score") or not (index.get("text_encoder") or [None])[0]:
+        if not ((_index(checkpoint) or {}).get("text_encoder") or [None])[0]:
             raise DiffkitError(f"--checkpoint {checkpoint} is an SD-XL refiner-style folder; give the base folder "
                                f"(text_encoder and text_encoder_2) as --checkpoint and the refiner as --refiner")
         if not (_index(args.refiner) or {}).get("requires_aesthetics_score"):
