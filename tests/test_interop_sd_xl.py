@@ -181,8 +181,10 @@ def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"negative_original_size": (8, 8)})
     with pytest.raises(DiffkitError, match=r"original_size=\(8,\) is not allowed"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
-    with pytest.raises(DiffkitError, match="keys \\['aesthetic_score'\\] are not allowed"):
-        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})
+    with pytest.raises(DiffkitError, match="keys \\['aesthetic'\\] are not allowed"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic": 6.0})
+    with pytest.raises(DiffkitError, match="aesthetic_score=6.0 is not allowed: aesthetic scores condition a refiner"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})  # a base's UNet
 
 
 def test_sd_xl_folder_through_diffkit_edit_with_freeu(tiny_xl, tmp_path, capsys):
@@ -257,7 +259,7 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """Refiner folders, an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2, a 9-channel SD-XL
+    """A base UNet in a refiner-style folder (refiners: tests/test_sd_xl_refiner.py), an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2, a 9-channel SD-XL
     inpainting UNet (diffkit edit --mask): one line each, before any weight or output (LoRA files and textual
     inversion: tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py; IP-Adapter:
     tests/test_ip_adapter_sd_xl.py)."""
@@ -282,7 +284,8 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     index = json.loads((root / "xl" / "model_index.json").read_text())
     for name, change, match in (
             ("refiner", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
-                         "tokenizer": [None, None], "requires_aesthetics_score": True}, "refiner-style folder"),
+                         "tokenizer": [None, None], "requires_aesthetics_score": True},
+             r"cross_attention_dim=56 is not the text encoders' hidden sizes 24 \(text_encoder_2 alone\)"),
             ("no_te2", {"text_encoder_2": [None, None]}, "lacks the SD-XL component"),
             ("lcm", {}, "SD-XL latent consistency model"),
             ("vae", {}, "VAE with latents_mean")):
