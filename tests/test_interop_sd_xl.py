@@ -259,8 +259,8 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """A base UNet in a refiner-style folder (refiners: tests/test_sd_xl_refiner.py), an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2, a 9-channel SD-XL
-    inpainting UNet (diffkit edit --mask): one line each, before any weight or output (LoRA files and textual
+    """A base UNet in a refiner-style folder (refiners: tests/test_sd_xl_refiner.py), an LCM scheduler, a VAE
+    with latents_mean, a missing text_encoder_2, a 9-channel SD-XL inpainting UNet (diffkit edit --mask): one line each, before any weight or output (LoRA files and textual
     inversion: tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py; IP-Adapter:
     tests/test_ip_adapter_sd_xl.py)."""
     from diffkit.cli import main

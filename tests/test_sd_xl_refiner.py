@@ -293,8 +293,8 @@ def test_what_the_refiner_flags_refuse_in_one_line(tiny_pair, tmp_path, capsys):
     sample = ["sample", "--prompt", "hot", "--steps", "5", "--no-progress"]
     edit = ["edit", "--images", str(write_pngs(tmp_path / "pngs", 1, 16, "RGB")), "--prompt", "hot", "--no-progress"]
     for argv, match in (
-            (sample + ["--checkpoint", str(root / "base"), "--denoising-end", "0.8"], "--denoising-end needs --refiner"),
-            (sample + ["--checkpoint", str(root / "base"), "--aesthetic-score", "5"], "--aesthetic-score needs --refin"),
+            (sample + ["--checkpoint", str(root / "base"), "--denoising-end", "0.8"], "--denoising-end needs --ref"),
+            (sample + ["--checkpoint", str(root / "base"), "--aesthetic-score", "5"], "--aesthetic-score needs --"),
             (sample + ["--checkpoint", str(root / "refiner"), "--refiner", str(root / "refiner")],
              "is an SD-XL refiner folder .* edits latents or images: use diffkit edit, or give it as --refiner"),
             (sample + ["--checkpoint", str(root / "base"), "--refiner", str(tmp_path)], "applies to SD-XL folders"),

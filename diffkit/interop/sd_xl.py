@@ -25,9 +25,15 @@ denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``Stable
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
 to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
 
-Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
-``requires_aesthetics_score``), LCMScheduler folders, UNets with a guidance input or inpainting
-channels, VAEs with ``latents_mean`` / ``latents_std``. LoRA files (``unet.`` / ``text_encoder.`` /
+A refiner folder (``StableDiffusionXLImg2ImgPipeline`` of the refiner: no ``text_encoder`` / ``tokenizer``,
+``requires_aesthetics_score``) loads too (:attr:`StableDiffusionXL.is_refiner`): the context and pooled embedding of
+``text_encoder_2`` alone, time ids original_size + crops_coords_top_left + (aesthetic_score,)
+(:meth:`StableDiffusionXL.aesthetic_time_ids`; 6 and 2.5 for the null half by default); it edits images or the
+base's latents (``denoising_start``, the hand-over of :mod:`.sd_xl_refiner`), never from noise.
+
+Refused in one line (:func:`load_sd_xl`): LCMScheduler folders, UNets with a guidance input or inpainting
+channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files or textual inversions on a refiner folder, and
+(after loading) a UNet whose widths do not fit the encoders. LoRA files (``unet.`` / ``text_encoder.`` /
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
 :mod:`.sd_textual_inversion`) added to both tokenizers and text encoders, as diffusers' ``load_lora_weights``
