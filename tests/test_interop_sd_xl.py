@@ -18,6 +18,17 @@ from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_co
 PROMPTS = ["a photo of a cat", "hot"]
 
 
+def tiny_sd_xl_unet(cross_attention_dim: int, added_inputs: int):
+    """A tiny random SD-XL UNet (addition_embed_type="text_time", addition_time_embed_dim 8) of that context
+    width and added-embedding input width (time ids x 8 + the pooled projection's width)."""
+    return diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=added_inputs, cross_attention_dim=cross_attention_dim)
+
+
 def tiny_sd_xl_pipeline(root, force_zeros_for_empty_prompt=True):
     """A tiny random StableDiffusionXLPipeline: the VAE, tokenizer and first text encoder (hidden 32) of
     :func:`tiny_sd_components`; a second CLIPTextModelWithProjection of other sizes (hidden 24,
@@ -32,12 +43,7 @@ def tiny_sd_xl_pipeline(root, force_zeros_for_empty_prompt=True):
     text_encoder_2 = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=24, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=3, vocab_size=text_encoder.config.vocab_size, max_position_embeddings=16, projection_dim=20))
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=68,
-        cross_attention_dim=56)
+    unet = tiny_sd_xl_unet(cross_attention_dim=56, added_inputs=68)
     pipe = diffusers.StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=sd_ddim_scheduler(),

@@ -15,7 +15,7 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_interop_sd_xl import PROMPTS, tiny_sd_xl_pipeline  # noqa: E402
+from test_interop_sd_xl import PROMPTS, tiny_sd_xl_pipeline, tiny_sd_xl_unet  # noqa: E402
 
 
 def tiny_refiner(base):
@@ -23,12 +23,7 @@ def tiny_refiner(base):
     text_encoder_2, tokenizer_2 and scheduler, no text_encoder / tokenizer, a UNet of cross_attention_dim 24
     (encoder 2 alone) and an added embedding of 5 * 8 + 20 inputs (time ids with the aesthetic score)."""
     torch.manual_seed(2)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=60,
-        cross_attention_dim=24)
+    unet = tiny_sd_xl_unet(cross_attention_dim=24, added_inputs=60)
     pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
         vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
         tokenizer_2=base.tokenizer_2, unet=unet, scheduler=base.scheduler, requires_aesthetics_score=True,
