@@ -309,7 +309,9 @@ def test_what_the_refiner_flags_refuse_in_one_line(tiny_pair, tmp_path, capsys):
             (edit + ["--checkpoint", str(root / "refiner"), "--denoising-start", "0.5", "--strength", "0.3"],
              "--denoising-start does not go with --strength"),
             (edit + ["--checkpoint", str(root / "refiner"), "--denoising-start", "0"],
-             "--denoising-start=0.0 is not allowed")):
+             "--denoising-start=0.0 is not allowed"),
+            (edit + ["--checkpoint", str(root / "refiner"), "--controlnet", str(root / "base")],
+             "--controlnet is not offered with an SD-XL refiner folder")):
         assert main(argv + ["--out", str(tmp_path / "out" / "o.png")]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), (argv, err)

@@ -48,7 +48,15 @@ def edit_refiner_options(args) -> tuple:
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
     scores = {key: value for key, value in scores.items() if value is not None}
-    if scores and not (_index(args.checkpoint) or {}).get("requires_aesthetics_score"):
+    index = _index(args.checkpoint) or {}
+    if index.get("requires_aesthetics_score") or (index.get("text_encoder_2") and not (index.get("text_encoder")
+                                                                                      or [None])[0]):
+        for flag, value in (("--controlnet", getattr(args, "controlnets", None)),
+                            ("--ip-adapter", getattr(args, "ip_adapter", None))):
+            if value:
+                raise DiffkitError(f"{flag} is not offered with an SD-XL refiner folder ({args.checkpoint}); it "
+                                   f"goes with an SD-XL base folder")
+    if scores and not index.get("requires_aesthetics_score"):
         raise DiffkitError(f"--{next(iter(scores)).replace('_', '-')} applies to an SD-XL refiner folder "
                            f"(requires_aesthetics_score in model_index.json); {args.checkpoint} is not one")
     if args.denoising_start is None:
