@@ -138,7 +138,8 @@ def _planned(denoiser, sampler, steps, spacing, final, thresholding, options, st
 def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", steps: int = 50, *,
             spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None,
             generator=None, cond: Optional[dict] = None, thresholding: Optional[str] = None,
-            progress: bool = True, callback=None, value_range=DATA_RANGE, **options) -> torch.Tensor:
+            progress: bool = True, callback=None, value_range=DATA_RANGE, denoising_start: Optional[float] = None,
+            **options) -> torch.Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1): x_t0 ~ q(x_t0 | x_0) = N(alpha_t0 x_0, sigma_t0^2 I)
     (DDPM eq. 4), then the reverse process from t0 with any registered sampler.
 
@@ -148,13 +149,33 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
     their first time; strength 1 starts at the grid's first time. ``seed`` (per-sample
     generators ``seed + i``, drawing the forward noise and then the sampler's), ``generator``,
     ``cond``, ``thresholding``, ``progress``, ``callback`` and sampler ``options`` are those of
-    :func:`diffkit.sample`. ``images``: see :func:`check_images`. Returns the edited batch."""
+    :func:`diffkit.sample`. ``images``: see :func:`check_images`. Returns the edited batch.
+
+    ``denoising_start`` f in (0, 1): ``images`` are the state at the first grid time below diffusers'
+    cut int(round(T - f T)) and are not noised; the grid runs on from there (``strength`` ignored), as
+    ``StableDiffusionXLImg2ImgPipeline(denoising_start=f)`` (:func:`diffkit.handover.grid_from`): the second
+    half of a hand-over. ``denoising_end`` (an option) cuts the grid after that (and after ``strength``), as
+    the pipeline: :func:`diffkit.handover.grid_until`, the state returned; with both, start < end."""
     images = check_images(images, "images", value_range)
     check_fits(denoiser, images)
-    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
+    denoising_end = options.pop("denoising_end", None)
+    if denoising_start is not None and denoising_end is not None:
+        from .handover import check_fraction
+        if not check_fraction("denoising_start", denoising_start) < check_fraction("denoising_end", denoising_end):
+            raise DiffkitError(f"denoising_start={denoising_start!r} is not allowed with denoising_end="
+                               f"{denoising_end!r}; allowed: denoising_start < denoising_end")
+    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options,
+                                    strength if denoising_start is None else 1.0)
     generator = _generators(seed, generator, images.shape[0])
-    noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
-    x = diffusion.q_sample(denoiser.schedule, images, grid[0], noise)
+    if denoising_start is None:
+        noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
+        x = diffusion.q_sample(denoiser.schedule, images, grid[0], noise)
+    else:  # the hand-over: the images are the state already (the pipeline's add_noise=False), no noise drawn
+        from .handover import grid_from
+        grid, x = grid_from(grid, denoising_start, denoiser.schedule.num_timesteps), images
+    if denoising_end is not None:  # after strength / denoising_start, as the pipeline's step 9.1
+        from .handover import grid_until
+        grid = grid_until(grid, denoising_end, denoiser.schedule.num_timesteps)
     return sample(denoiser, x, name, grid=grid, generator=generator, cond=cond, progress=progress,
                   callback=callback, **options)
 

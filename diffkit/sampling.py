@@ -50,7 +50,10 @@ def sample(denoiser, shape_or_noise: Union[Sequence[int], torch.Tensor], sampler
             (singlestep DPM-Solver: once per chunk of ``order`` intervals).
         options: sampler-specific options (e.g. ``eta`` for ddim); and ``flow_shift=S``, a flow-matching
             model's grid moved to the sampling shift S (SD3 eq. 23, diffusers' FlowMatchEulerDiscreteScheduler
-            ``shift``; :func:`diffkit.timesteps.reshift_flow_grid`; S = the training shift: the grid unchanged).
+            ``shift``; :func:`diffkit.timesteps.reshift_flow_grid`; S = the training shift: the grid unchanged);
+            and ``denoising_end=f`` in (0, 1): only the grid's times t >= int(round(T - f T)) are run and the
+            state after them returned, as diffusers' ``StableDiffusionXLPipeline(denoising_end=f)``
+            (:func:`diffkit.handover.grid_until`; the first half of a hand-over).
 
     Returns the samples at the grid's last time, shaped like the noise (float32 for half-precision
     noise: the solver state is float32).
@@ -128,6 +131,7 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
     offset = options.pop("steps_offset", 0)
     check_range("steps_offset", offset, 0, None, integer=True)
     shift = options.pop("flow_shift", None)
+    denoising_end = options.pop("denoising_end", None)
     info, spacing, final = resolve_sampler(sampler, spacing, final)
     if offset and (spacing or info.default_spacing) != "leading":
         raise DiffkitError(f"steps_offset={offset} shifts the 'leading' spacing only; the grid here is "
@@ -149,7 +153,22 @@ def plan(denoiser, sampler: str = "ddim", steps: Optional[int] = None, nfe: Opti
         if grid_names:
             raise DiffkitError(f"grid= sets the time grid itself; drop {', '.join(grid_names.values())}")
         grid = check_grid(grid, denoiser.schedule.num_timesteps)
+    if denoising_end is not None:  # the first half of a hand-over (diffkit.handover)
+        from .handover import grid_until
+        if info.adaptive:
+            raise DiffkitError(f"denoising_end={denoising_end!r} cuts a fixed time grid; sampler {info.name!r} "
+                               f"picks its own steps: use a fixed-step sampler")
+        grid = grid_until(grid, denoising_end, denoiser.schedule.num_timesteps)
     return info, grid, thresholding, threshold_options
+
+
+def planned_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int], grid, options: dict) -> tuple:
+    """(sampler info, the time grid) :func:`sample` will use with these arguments (``grid`` itself where
+    given); ``options``: :func:`sample`'s keyword options, left as they are."""
+    own = inspect.signature(sample).parameters  # sample's own arguments (seed, generator...) are not plan's
+    rest = {k: v for k, v in options.items() if k not in own or k in ("spacing", "final", "thresholding")}
+    how = {name: rest.pop(name, None) for name in ("spacing", "final", "thresholding")}
+    return plan(denoiser, sampler, steps, nfe, how["spacing"], how["final"], grid, how["thresholding"], rest)[:2]
 
 
 def sampling_flow_shift(denoiser, info: SamplerInfo, grid: torch.Tensor, shift) -> torch.Tensor:

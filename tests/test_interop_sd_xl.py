@@ -18,6 +18,17 @@ from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_co
 PROMPTS = ["a photo of a cat", "hot"]
 
 
+def tiny_sd_xl_unet(cross_attention_dim: int, added_inputs: int):
+    """A tiny random SD-XL UNet (addition_embed_type="text_time", addition_time_embed_dim 8) of that context
+    width and added-embedding input width (time ids x 8 + the pooled projection's width)."""
+    return diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=added_inputs, cross_attention_dim=cross_attention_dim)
+
+
 def tiny_sd_xl_pipeline(root, force_zeros_for_empty_prompt=True):
     """A tiny random StableDiffusionXLPipeline: the VAE, tokenizer and first text encoder (hidden 32) of
     :func:`tiny_sd_components`; a second CLIPTextModelWithProjection of other sizes (hidden 24,
@@ -32,12 +43,7 @@ def tiny_sd_xl_pipeline(root, force_zeros_for_empty_prompt=True):
     text_encoder_2 = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=24, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=3, vocab_size=text_encoder.config.vocab_size, max_position_embeddings=16, projection_dim=20))
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=68,
-        cross_attention_dim=56)
+    unet = tiny_sd_xl_unet(cross_attention_dim=56, added_inputs=68)
     pipe = diffusers.StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=unet, scheduler=sd_ddim_scheduler(),
@@ -181,8 +187,10 @@ def test_sd_xl_micro_conditioning_matches_the_pipeline(tiny_xl):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"negative_original_size": (8, 8)})
     with pytest.raises(DiffkitError, match=r"original_size=\(8,\) is not allowed"):
         text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"original_size": (8,)})
-    with pytest.raises(DiffkitError, match="keys \\['aesthetic_score'\\] are not allowed"):
-        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})
+    with pytest.raises(DiffkitError, match="keys \\['aesthetic'\\] are not allowed"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic": 6.0})
+    with pytest.raises(DiffkitError, match="aesthetic_score=6.0 is not allowed: aesthetic scores condition a refiner"):
+        text_to_image(xl, PROMPTS, steps=2, micro_conditioning={"aesthetic_score": 6.0})  # a base's UNet
 
 
 def test_sd_xl_folder_through_diffkit_edit_with_freeu(tiny_xl, tmp_path, capsys):
@@ -257,8 +265,9 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """Refiner folders, a VAE with latents_mean, a missing text_encoder_2, a 9-channel SD-XL
-    inpainting UNet (diffkit edit --mask): one line each, before any weight or output (LoRA files and textual
+    """A base UNet in a refiner-style folder (refiners: tests/test_sd_xl_refiner.py), a VAE with latents_mean, a
+    missing text_encoder_2, a 9-channel SD-XL inpainting UNet (diffkit edit --mask): one line each, before any weight
+    or output (LoRA files and textual
     inversion: tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py; IP-Adapter:
     tests/test_ip_adapter_sd_xl.py; LCMScheduler folders and --scheduler lcm|tcd: tests/test_lcm_sd_xl.py)."""
     from diffkit.cli import main
@@ -282,7 +291,8 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     index = json.loads((root / "xl" / "model_index.json").read_text())
     for name, change, match in (
             ("refiner", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
-                         "tokenizer": [None, None], "requires_aesthetics_score": True}, "refiner-style folder"),
+                         "tokenizer": [None, None], "requires_aesthetics_score": True},
+             r"cross_attention_dim=56 is not the text encoders' hidden sizes 24 \(text_encoder_2 alone\)"),
             ("no_te2", {"text_encoder_2": [None, None]}, "lacks the SD-XL component"),
             ("vae", {}, "VAE with latents_mean")):
         shutil.copytree(root / "xl", tmp_path / name)

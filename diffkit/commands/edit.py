@@ -40,6 +40,7 @@ from pathlib import Path
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
+from ._refiner import add_edit_refiner_flags, edit_refiner_options
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
@@ -138,6 +139,7 @@ def register(sub) -> None:
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_freeu_flag(p)
+    add_edit_refiner_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -237,6 +239,7 @@ def run(args) -> int:
     if args.paste_known and args.mask is None:
         raise DiffkitError("--paste-known (the kept pixels pasted back) goes with --mask")
     request = _prompt_request(args, info.name)
+    micro, begin = edit_refiner_options(args)  # an SD-XL refiner's flags, from model_index.json
     out = Path(args.out)
     images_path = Path(args.images)
     edited = len(image_files(images_path)) if args.controlnets else None  # a --control-image folder: one per file
@@ -313,7 +316,8 @@ def run(args) -> int:
     if ip_adapter is not None:  # the SD UNet with the image prompt (diffusers' load_ip_adapter)
         denoiser = autoencoder = ip_adapter.load(device, denoiser.dtype, args.progress).adapting(denoiser)
     if text:
-        denoiser, cond_for = _prompted(args, denoiser, request, len(files), device, tuple(images.shape[2:]))
+        denoiser, cond_for = _prompted(args, denoiser, request, len(files), device, tuple(images.shape[2:]),
+                                       **({"micro_conditioning": micro} if micro else {}))
     else:
         def cond_for(start: int, n: int):
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
@@ -329,7 +333,7 @@ def run(args) -> int:
         from ..latent_editing import latent_img2img, latent_inpaint
         batch = images[start:start + n].to(device)
         common = dict(sampler=sampler, steps=args.steps or 50,
-                      seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options)
+                      seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options, **begin)
         latent = {} if autoencoder is None else dict(posterior=posterior)
         if mask is None:
             strength = 0.8 if args.strength is None else args.strength
@@ -418,7 +422,7 @@ def _stable_diffusion(args, device):
                                  textual_inversion=args.textual_inversion, inpainting=inpainting)
 
 
-def _prompted(args, denoiser, request, count: int, device, size=None):
+def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
     """(denoiser with classifier-free guidance if asked, ``cond_for(start, n)``: the prompts' contexts
     of images start..start + n - 1) for a text-conditional checkpoint or a Stable Diffusion folder
     (``denoiser`` is then its :class:`~diffkit.interop.stable_diffusion.StableDiffusion`; guidance
@@ -443,7 +447,7 @@ def _prompted(args, denoiser, request, count: int, device, size=None):
                              else (request.guidance_scale, request.convention))
         if hasattr(sd, "encode_prompts_xl"):  # SD-XL (StableDiffusionXLImg2ImgPipeline): pooled text, time ids
             guided, cond = sd.prompt_guidance(prompts, request.negative_prompt, scale, convention, request.rescale,
-                                              image_size=size)
+                                              image_size=size, **micro)
             return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
                                              for key, value in cond.items()}
         context = sd.encode_prompts(prompts)

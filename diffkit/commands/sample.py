@@ -51,6 +51,7 @@ from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
+from ._refiner import RefinerRequest, add_refiner_flags
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
@@ -153,6 +154,7 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_refiner_flags(p)
     add_freeu_flag(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
@@ -225,6 +227,7 @@ def run(args) -> int:
     check_freeu_checkpoint(checkpoint, args.freeu)
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
+    refiner = RefinerRequest.from_args(args, checkpoint)
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -256,7 +259,8 @@ def run(args) -> int:
                         config=config, mixed_precision=args.mixed_precision, compile=args.compile,
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
-                        scheduler=args.scheduler, freeu=args.freeu, **options)
+                        scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
+                        **options)
     return 0
 
 
@@ -837,7 +841,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
                             textual_inversion=None, control: Optional[ControlRequest] = None,
-                            ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None, **options):
+                            ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None,
+                            refiner: Optional[RefinerRequest] = None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -853,8 +858,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). An SD-XL folder
     (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
     null condition of every prompt. ``scheduler``: ``"lcm"`` / ``"tcd"``, the folder sampled as with diffusers'
-    ``LCMScheduler`` / ``TCDScheduler.from_config`` (:mod:`diffkit.interop.sd_scheduler`). Writes the grid (and
-    single PNGs); latents have no noise grid."""
+    ``LCMScheduler`` / ``TCDScheduler.from_config`` (:mod:`diffkit.interop.sd_scheduler`). ``refiner``: an SD-XL
+    refiner folder that takes over the base's latents at its cut (:mod:`diffkit.commands._refiner`). Writes the grid
+    (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -888,6 +894,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                                scheduler=scheduler)
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
+    refined = None if refiner is None else refiner.load(device, progress)
+    if refiner is not None:  # both halves get a step of the grid: one line before any sampling
+        refiner.check_steps(sd, refined, sampler, steps or 50, {"spacing": spacing, "final": final, **options})
     size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
@@ -900,18 +909,27 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     rows = None if controlnet is None or controlnet.per_prompt == 1 else index.tolist()  # each prompt's image
 
     def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
-        return text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
-                             convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
-                             negative_prompt=guidance.negative_prompt,
-                             return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                             ip_adapter=adapter, freeu=freeu, **how)
+        # the base's part (._refiner); one step is the batch-size probe's (check_steps refuses it with --refiner)
+        alone = refiner is None or steps == 1
+        handover = {} if alone else {"denoising_end": refiner.handover}
+        z = text_to_image(sd, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
+                          convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
+                          negative_prompt=guidance.negative_prompt,
+                          return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
+                          ip_adapter=adapter, freeu=freeu, **handover, **how)
+        if alone:
+            return z
+        guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,
+                       negative_prompt=guidance.negative_prompt)
+        return refiner.refined(refined, cond["prompts"], z, sampler, steps or 50, guiding, how)
 
     results = []
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
                  nfe=nfe, spacing=spacing, final=final,
                  cond=lambda start, n: {"prompts": per_sample[start:start + n],
                                         **({} if rows is None else {"control_rows": rows[start:start + n]})},
-                 batch_size=batch_size, device=device, dtype=sd.dtype, decode=sd.decode, sample_fn=prompted,
+                 batch_size=batch_size, device=device, dtype=sd.dtype,
+                 decode=sd.decode if refined is None else refined.decode, sample_fn=prompted,
                  separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,
                  **options)
     images = torch.cat(results)
@@ -920,6 +938,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     if individual:
         save_images(images, individual)
     what = "" if freeu is None else ", " + parse_freeu(freeu).label()
+    what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 

@@ -135,19 +135,14 @@ def prepare_control_image(image, height: int, width: int, factor: int) -> torch.
 
 def sampler_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int], grid, options: dict):
     """The time grid :func:`diffkit.sample` will use with these arguments (``grid`` itself where given)."""
-    import inspect
-
-    from ..sampling import check_grid, plan, sample
+    from ..sampling import check_grid, planned_grid
     churn = options.get("s_churn", 0)
     if isinstance(churn, (int, float)) and churn > 0:
         raise DiffkitError(f"s_churn={churn:g} raises each step's time above the grid's (EDM Algorithm 2), so a "
                            f"network call no longer tells its step; drop s_churn or the control guidance window")
     if grid is not None:
         return check_grid(grid, denoiser.schedule.num_timesteps)
-    own = inspect.signature(sample).parameters  # sample's own arguments (seed, generator...) are not plan's
-    rest = {k: v for k, v in options.items() if k not in own or k in ("spacing", "final", "thresholding")}
-    how = {name: rest.pop(name, None) for name in ("spacing", "final", "thresholding")}
-    info, grid = plan(denoiser, sampler, steps, nfe, how["spacing"], how["final"], None, how["thresholding"], rest)[:2]
+    info, grid = planned_grid(denoiser, sampler, steps, nfe, None, options)
     if info.adaptive:
         raise DiffkitError(f"sampler {info.name!r} picks its own steps, so a control guidance window (fractions of "
                            f"the steps) has no steps to count; use a fixed-step sampler or the whole range 0-1")

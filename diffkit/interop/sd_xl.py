@@ -25,14 +25,20 @@ denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``Stable
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
 to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
 
+A refiner folder (``StableDiffusionXLImg2ImgPipeline`` of the refiner: no ``text_encoder`` / ``tokenizer``,
+``requires_aesthetics_score``) loads too (:attr:`StableDiffusionXL.is_refiner`): the context and pooled embedding of
+``text_encoder_2`` alone, time ids original_size + crops_coords_top_left + (aesthetic_score,)
+(:meth:`StableDiffusionXL.aesthetic_time_ids`; 6 and 2.5 for the null half by default); it edits images or the
+base's latents (``denoising_start``, the hand-over of :mod:`.sd_xl_refiner`), never from noise.
+
 Latent consistency and TCD sampling (an LCMScheduler or TCDScheduler folder, a UNet with ``time_cond_proj_dim``
 and an LCMScheduler as latent-consistency/lcm-sdxl's, ``scheduler="lcm"`` / ``"tcd"``) is SD 1.x's (:mod:`.lcm`,
 :mod:`.sd_scheduler`): :meth:`prompt_guidance` adds the SD-XL conditioning to the guidance-input model
 (:meth:`~.stable_diffusion.StableDiffusion.weight_input_guidance`) or to classifier-free guidance.
 
-Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
-``requires_aesthetics_score``), UNets with a guidance input without an LCMScheduler, UNets with inpainting
-channels, VAEs with ``latents_mean`` / ``latents_std``. LoRA files (``unet.`` / ``text_encoder.`` /
+Refused in one line (:func:`load_sd_xl`): UNets with a guidance input without an LCMScheduler, UNets with inpainting
+channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files or textual inversions on a refiner folder, and
+(after loading) a UNet whose widths do not fit the encoders. LoRA files (``unet.`` / ``text_encoder.`` /
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
 :mod:`.sd_textual_inversion`) added to both tokenizers and text encoders, as diffusers' ``load_lora_weights``
@@ -42,6 +48,7 @@ pipeline's defaults: none, and ``prompt`` for both encoders).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -58,16 +65,26 @@ XL_PIPELINE_GUIDANCE = 5.0  # StableDiffusionXLPipeline's default guidance_scale
 XL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # besides stable_diffusion.COMPONENTS
 MICRO_CONDITIONS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
                     "negative_crops_coords_top_left", "negative_target_size")
+AESTHETIC_CONDITIONS = ("aesthetic_score", "negative_aesthetic_score")  # a refiner's (requires_aesthetics_score)
+AESTHETIC_DEFAULTS = (6.0, 2.5)  # StableDiffusionXLImg2ImgPipeline's aesthetic_score, negative_aesthetic_score
 
 
 @dataclass
 class StableDiffusionXL(StableDiffusion):
     """The loaded components of an SD-XL folder (see :func:`load_sd_xl`): those of
-    :class:`~.stable_diffusion.StableDiffusion` and the second text encoder and tokenizer."""
+    :class:`~.stable_diffusion.StableDiffusion` and the second text encoder and tokenizer. A refiner
+    (:attr:`is_refiner`) has no ``text_encoder`` / ``tokenizer`` (None) and ``requires_aesthetics_score``."""
 
     text_encoder_2: object = None
     tokenizer_2: object = None
     force_zeros_for_empty_prompt: bool = True
+    requires_aesthetics_score: bool = False  # model_index.json: time ids with aesthetic scores (a refiner's UNet)
+
+    @property
+    def is_refiner(self) -> bool:
+        """A refiner-style folder (StableDiffusionXLImg2ImgPipeline of the refiner): ``requires_aesthetics_score``
+        or no ``text_encoder``; it edits images (img2img, ``denoising_start``), not text to image."""
+        return self.requires_aesthetics_score or self.text_encoder is None
 
     @property
     def default_guidance_scale(self) -> float:
@@ -87,6 +104,8 @@ class StableDiffusionXL(StableDiffusion):
         prompts = prompt_list(prompts)
         states = []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            if encoder is None:  # a refiner: text_encoder_2 alone, as the pipeline's encode_prompt
+                continue
             tokens = tokenizer([expand_prompt(p, tokenizer, self.prompt_expansions) for p in prompts],
                                padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                return_tensors="pt")
@@ -112,20 +131,36 @@ class StableDiffusionXL(StableDiffusion):
             values += list(pair)
         return torch.tensor(values, dtype=self.dtype, device=self.device)
 
-    def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
-                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
-        """(denoiser, cond) of :func:`~.stable_diffusion.text_to_image` for SD-XL: cond holds
-        ``context``, ``text_embeds`` and ``time_ids`` (and the labels marking the conditional half);
-        the guided denoiser holds the null half's (see the module docstring). ``micro_conditioning``:
-        a dict of the pipeline's ``original_size``, ``crops_coords_top_left``, ``target_size`` and
-        their ``negative_`` forms (defaults: the image size ``image_size``, (0, 0), the image size)."""
-        micro = dict(micro_conditioning or {})
-        unknown = sorted(set(micro) - set(MICRO_CONDITIONS))
-        if unknown:
-            raise DiffkitError(f"micro_conditioning keys {unknown} are not allowed; allowed: "
-                               f"{', '.join(MICRO_CONDITIONS)}")
-        micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
-        size = tuple(image_size)
+    def aesthetic_time_ids(self, original_size, crops_coords_top_left, aesthetic_score) -> torch.Tensor:
+        """A refiner's conditions (5,) = original_size + crops_coords_top_left + (aesthetic_score,)
+        (StableDiffusionXLImg2ImgPipeline's ``_get_add_time_ids`` with ``requires_aesthetics_score``)."""
+        if isinstance(aesthetic_score, bool) or not isinstance(aesthetic_score, (int, float)) \
+                or not math.isfinite(aesthetic_score):
+            raise DiffkitError(f"aesthetic score {aesthetic_score!r} is not allowed; give a finite number (the "
+                               f"pipeline's defaults: {AESTHETIC_DEFAULTS[0]:g}, negative {AESTHETIC_DEFAULTS[1]:g})")
+        size = self.time_ids(original_size, crops_coords_top_left, (0, 0))[:4]
+        return torch.cat([size, torch.tensor([float(aesthetic_score)], dtype=self.dtype, device=self.device)])
+
+    def _time_id_pair(self, micro: dict, size: tuple) -> tuple:
+        """(time ids, the null half's) of :meth:`prompt_guidance` (``micro``: the given conditions)."""
+        if self.requires_aesthetics_score:  # the img2img pipeline's refiner branch: no target size
+            given = [key for key in ("target_size", "negative_target_size") if key in micro]
+            if given:
+                raise DiffkitError(f"{given[0]}={micro[given[0]]!r} is not allowed: this refiner's UNet "
+                                   f"(requires_aesthetics_score) takes original_size, crops_coords_top_left and "
+                                   f"{' and '.join(AESTHETIC_CONDITIONS)}, no target size")
+            original = micro.get("original_size", size)
+            ids = self.aesthetic_time_ids(original, micro.get("crops_coords_top_left", (0, 0)),
+                                          micro.get("aesthetic_score", AESTHETIC_DEFAULTS[0]))
+            null_ids = self.aesthetic_time_ids(micro.get("negative_original_size", original),
+                                               micro.get("negative_crops_coords_top_left", (0, 0)),
+                                               micro.get("negative_aesthetic_score", AESTHETIC_DEFAULTS[1]))
+            return ids, null_ids
+        scores = [key for key in AESTHETIC_CONDITIONS if key in micro]
+        if scores:
+            raise DiffkitError(f"{scores[0]}={micro[scores[0]]!r} is not allowed: aesthetic scores condition a "
+                               f"refiner's UNet (requires_aesthetics_score in model_index.json); this folder's UNet "
+                               f"takes target_size instead")
         ids = self.time_ids(micro.get("original_size", size), micro.get("crops_coords_top_left", (0, 0)),
                             micro.get("target_size", size))
         null_ids = ids
@@ -136,6 +171,25 @@ class StableDiffusionXL(StableDiffusion):
             given = ", ".join(f"{key}={micro[key]!r}" for key in MICRO_CONDITIONS[3:] if micro.get(key) is not None)
             raise DiffkitError(f"{given} is not allowed alone: negative size conditions need both "
                                f"negative_original_size and negative_target_size (the pipeline ignores them otherwise)")
+        return ids, null_ids
+
+    def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
+                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
+        """(denoiser, cond) of :func:`~.stable_diffusion.text_to_image` for SD-XL: cond holds
+        ``context``, ``text_embeds`` and ``time_ids`` (and the labels marking the conditional half);
+        the guided denoiser holds the null half's (see the module docstring). ``micro_conditioning``:
+        a dict of the pipeline's ``original_size``, ``crops_coords_top_left``, ``target_size`` and
+        their ``negative_`` forms (defaults: the image size ``image_size``, (0, 0), the image size); for a
+        refiner (``requires_aesthetics_score``) ``aesthetic_score`` / ``negative_aesthetic_score`` (6, 2.5)
+        instead of the target sizes (:meth:`aesthetic_time_ids`; the null half: ``negative_original_size``,
+        default original_size, and ``negative_crops_coords_top_left``, default (0, 0), as the img2img pipeline)."""
+        micro = dict(micro_conditioning or {})
+        unknown = sorted(set(micro) - set(MICRO_CONDITIONS + AESTHETIC_CONDITIONS))
+        if unknown:
+            raise DiffkitError(f"micro_conditioning keys {unknown} are not allowed; allowed: "
+                               f"{', '.join(MICRO_CONDITIONS + AESTHETIC_CONDITIONS)}")
+        micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
+        ids, null_ids = self._time_id_pair(micro, tuple(image_size))
         weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale)
         context, pooled = self.encode_prompts_xl(prompts)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
@@ -233,10 +287,12 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     from .stable_diffusion import _load_stable_diffusion
     directory = Path(directory)
     index = _index(directory) or {}
-    if index.get("requires_aesthetics_score") or not (index.get("text_encoder") or [None])[0]:
-        raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (no text_encoder or "
-                           f"requires_aesthetics_score={index.get('requires_aesthetics_score')!r}); diffkit samples "
-                           f"SD-XL base folders (text_encoder and text_encoder_2) from text")
+    with_text_encoder = bool((index.get("text_encoder") or [None])[0])  # a refiner: text_encoder_2 alone
+    aesthetics = bool(index.get("requires_aesthetics_score", False))
+    if (lora or textual_inversion) and (aesthetics or not with_text_encoder):
+        raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (text_encoder_2 alone, "
+                           f"requires_aesthetics_score={aesthetics}); --lora / --textual-inversion are offered for "
+                           f"SD-XL base folders (text_encoder and text_encoder_2)")
     check_components(directory, index, XL_COMPONENTS, "SD-XL")
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
@@ -248,7 +304,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                                f"z / scaling_factor only")
     transformers = require("transformers")
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(directory, device, dtype, check_unet=check_sd_xl_unet, scheduler=scheduler)
+        sd = _load_stable_diffusion(directory, device, dtype, check_unet=check_sd_xl_unet, scheduler=scheduler,
+                                    text_encoder=with_text_encoder)
         common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
         text_cls = getattr(transformers, str(index["text_encoder_2"][1]), transformers.CLIPTextModelWithProjection)
         text_encoder_2 = from_pretrained(text_cls, directory / "text_encoder_2", **common)
@@ -257,7 +314,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     text_encoder_2.to(sd.device).eval().requires_grad_(False)
     xl = StableDiffusionXL(**{f.name: getattr(sd, f.name) for f in fields(sd)}, text_encoder_2=text_encoder_2,
                            tokenizer_2=tokenizer_2,
-                           force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)))
+                           force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
+                           requires_aesthetics_score=aesthetics)
     _check_dimensions(xl, directory)
     add_textual_inversions(xl, embeddings)  # clip_l / clip_g into both tokenizers and text encoders
     merge_sd_loras(xl, loras)  # unet., text_encoder., text_encoder_2. (kohya lora_unet_, lora_te1_, lora_te2_)
@@ -265,19 +323,24 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
 
 
 def _check_dimensions(xl: StableDiffusionXL, directory: Path) -> None:
-    """The UNet's inputs fit the encoders: cross_attention_dim = d_1 + d_2 and the added embedding's
-    input = 6 * addition_time_embed_dim + projection_dim (the pipeline's ``_get_add_time_ids`` check)."""
+    """The UNet's inputs fit the encoders: cross_attention_dim = d_1 + d_2 (d_2 alone for a refiner) and the
+    added embedding's input = n * addition_time_embed_dim + projection_dim, n = 6 time ids (5 with
+    ``requires_aesthetics_score``; the pipelines' ``_get_add_time_ids`` check)."""
     config = xl.unet.config
-    d1, d2 = xl.text_encoder.config.hidden_size, xl.text_encoder_2.config.hidden_size
+    d1 = 0 if xl.text_encoder is None else xl.text_encoder.config.hidden_size
+    d2 = xl.text_encoder_2.config.hidden_size
     projection = getattr(xl.text_encoder_2.config, "projection_dim", None)
     if config.cross_attention_dim != d1 + d2:
+        sizes = f"{d1} + {d2}" if d1 else f"{d2} (text_encoder_2 alone)"
         raise DiffkitError(f"{directory}: the UNet's cross_attention_dim={config.cross_attention_dim} is not the text "
-                           f"encoders' hidden sizes {d1} + {d2}")
-    passed = 6 * int(config.addition_time_embed_dim or 0) + int(projection or 0)
+                           f"encoders' hidden sizes {sizes}")
+    count = 5 if xl.requires_aesthetics_score else 6
+    passed = count * int(config.addition_time_embed_dim or 0) + int(projection or 0)
     expected = xl.unet.add_embedding.linear_1.in_features
     if passed != expected:
-        raise DiffkitError(f"{directory}: the UNet's added embedding takes {expected} inputs, not 6 * "
-                           f"addition_time_embed_dim + projection_dim = {passed}")
+        raise DiffkitError(f"{directory}: the UNet's added embedding takes {expected} inputs, not {count} * "
+                           f"addition_time_embed_dim + projection_dim = {passed} (requires_aesthetics_score="
+                           f"{xl.requires_aesthetics_score} in model_index.json: {count} time ids)")
 
 
 __all__ = ["StableDiffusionXL", "load_sd_xl", "is_sd_xl_folder", "check_sd_xl_unet", "XL_PIPELINE_GUIDANCE"]

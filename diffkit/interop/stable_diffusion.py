@@ -37,6 +37,7 @@ from .lcm import LCM_LORA_GUIDANCE, LCM_PIPELINE_GUIDANCE, is_lcm_scheduler, lcm
 from .schedulers import grid_from_diffusers, schedule_from_diffusers
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+TEXTLESS_COMPONENTS = ("unet", "vae", "scheduler")  # an SD-XL refiner's, besides text_encoder_2 / tokenizer_2
 OUTPUT_RANGES = ("0,1", "-1,1")
 SD_PIPELINE_GUIDANCE = 7.5  # StableDiffusionPipeline's default guidance_scale s (w = 6.5)
 NULL_LABEL = 1  # the label marking the null half of a guided call (the conditional half: 0, see cond)
@@ -279,12 +280,12 @@ def _image_size(sd: StableDiffusion, latents: Optional[torch.Tensor], height, wi
     return (default[0] if height is None else height, default[1] if width is None else width)
 
 
-def _read_index(directory: Path) -> dict:
+def _read_index(directory: Path, components: Sequence[str] = COMPONENTS) -> dict:
     index_file = directory / "model_index.json"
     if not index_file.is_file():
         raise DiffkitError(f"{directory} is not a diffusers folder (no model_index.json)")
     index = read_json_object(index_file, "diffusers index")
-    check_components(directory, index, COMPONENTS, "Stable Diffusion")
+    check_components(directory, index, components, "Stable Diffusion")
     return index
 
 
@@ -357,9 +358,12 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
 
 
 def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False,
-                           check_unet=check_stable_diffusion_unet, scheduler: Optional[str] = None) -> StableDiffusion:
+                           check_unet=check_stable_diffusion_unet, scheduler: Optional[str] = None,
+                           text_encoder: bool = True) -> StableDiffusion:
+    """The folder's components; ``text_encoder=False``: without ``text_encoder`` / ``tokenizer`` (None; an
+    SD-XL refiner, :mod:`.sd_xl`)."""
     diffusers, transformers = require("diffusers"), require("transformers")
-    index = _read_index(directory)
+    index = _read_index(directory, COMPONENTS if text_encoder else TEXTLESS_COMPONENTS)
     device = torch.device(device)
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle (.bin)
     sched_file = directory / "scheduler" / "scheduler_config.json"
@@ -378,13 +382,16 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     check_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm, inpainting)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
-    text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
-    text_encoder = from_pretrained(text_cls, directory / "text_encoder", **common)
-    tok_cls = getattr(transformers, str(index["tokenizer"][1]), transformers.CLIPTokenizer)
-    tokenizer = from_pretrained(tok_cls, directory / "tokenizer", local_files_only=True)
-    for module in (unet, vae, text_encoder):
-        module.to(device).eval().requires_grad_(False)
-    return StableDiffusion(unet, vae, text_encoder, tokenizer, schedule, prediction_type, scheduler_config,
+    encoder = tokenizer = None
+    if text_encoder:
+        text_cls = getattr(transformers, str(index["text_encoder"][1]), transformers.CLIPTextModel)
+        encoder = from_pretrained(text_cls, directory / "text_encoder", **common)
+        tok_cls = getattr(transformers, str(index["tokenizer"][1]), transformers.CLIPTokenizer)
+        tokenizer = from_pretrained(tok_cls, directory / "tokenizer", local_files_only=True)
+    for module in (unet, vae, encoder):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
+    return StableDiffusion(unet, vae, encoder, tokenizer, schedule, prediction_type, scheduler_config,
                            device, dtype, consistency, scheduler_override=scheduler)
 
 
@@ -396,7 +403,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_rows=None, ip_adapter=None, micro_conditioning: Optional[dict] = None,
-                  freeu=None, **options) -> torch.Tensor:
+                  freeu=None, denoising_end: Optional[float] = None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -427,6 +434,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     micro_conditioning: an SD-XL folder's size conditions (:func:`.sd_xl.StableDiffusionXL.prompt_guidance`).
     freeu: FreeU (Si et al. 2024) while sampling: a :class:`~diffkit.models.freeu.FreeU` or ``"B1,B2,S1,S2"``,
         through diffusers' own ``unet.enable_freeu(s1, s2, b1, b2)``, disabled again after.
+    denoising_end: f in (0, 1), with ``return_latents``: only the grid's times t >= int(round(T - f T)), the noisy
+        latents after them returned, as ``StableDiffusionXLPipeline(denoising_end=f, output_type="latent")``: the
+        base's half of a hand-over to a refiner (:mod:`.sd_xl_refiner`, :mod:`diffkit.handover`).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..models.freeu import freeu_enabled, parse_freeu
@@ -434,6 +444,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     from ..samplers.registry import CONSISTENCY_SAMPLERS
     from .lcm import LCM_STEPS
     freeu = None if freeu is None else parse_freeu(freeu)  # checked before any work
+    if getattr(sd, "requires_aesthetics_score", False) or denoising_end is not None:
+        from .sd_xl_refiner import check_text_to_image
+        options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents, controlnet)
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)

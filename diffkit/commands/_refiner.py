@@ -1,0 +1,144 @@
+"""The SD-XL refiner flags of ``diffkit sample`` (:mod:`diffkit.interop.sd_xl_refiner`): ``--refiner FOLDER
+[--denoising-end F] [--aesthetic-score A] [--negative-aesthetic-score N]``: the base folder runs the grid's
+times t >= int(round(T - F T)) (``StableDiffusionXLPipeline(denoising_end=F, output_type="latent")``), the
+refiner the rest from those latents (``StableDiffusionXLImg2ImgPipeline(image=latents, denoising_start=F)``),
+with the same sampler, steps, grid, prompts and guidance, and its VAE decodes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import DiffkitError
+from ._common import path_arg
+
+
+def add_refiner_flags(parser) -> None:
+    g = parser.add_argument_group("SD-XL base + refiner (docs/interop.md)")
+    g.add_argument("--refiner", type=path_arg, metavar="FOLDER",
+                   help="SD-XL folders: an SD-XL refiner (or base) folder that denoises the last part of the grid "
+                        "from the base's latents, diffusers' ensemble of expert denoisers")
+    g.add_argument("--denoising-end", type=float, metavar="F",
+                   help="with --refiner: the fraction F in (0, 1) of the denoising the base runs (its timesteps t "
+                        ">= int(round(T - F T)); the refiner's denoising_start; default 0.8)")
+    _add_aesthetic_flags(g)
+
+
+def _add_aesthetic_flags(group) -> None:
+    group.add_argument("--aesthetic-score", type=float, metavar="A",
+                       help="an SD-XL refiner (requires_aesthetics_score): its aesthetic-score condition (default 6)")
+    group.add_argument("--negative-aesthetic-score", type=float, metavar="N",
+                       help="an SD-XL refiner: the null half's aesthetic score (default 2.5)")
+
+
+def add_edit_refiner_flags(parser) -> None:
+    """``diffkit edit``'s: ``--denoising-start`` and the aesthetic scores (:func:`edit_refiner_options`)."""
+    g = parser.add_argument_group("SD-XL refiner (docs/interop.md)")
+    g.add_argument("--denoising-start", type=float, metavar="F",
+                   help="Stable Diffusion / SD-XL folders, img2img: the images' latents are the state at the first "
+                        "grid time below int(round(T - F T)), not noised, and the rest of the grid is run "
+                        "(diffusers' denoising_start; replaces --strength)")
+    _add_aesthetic_flags(g)
+
+
+def edit_refiner_options(args) -> tuple:
+    """(micro_conditioning, {"denoising_start": F} or {}) of ``diffkit edit``'s refiner flags, checked against
+    ``--checkpoint``'s model_index.json before anything is loaded: one line for a flag that does not apply."""
+    from ..handover import check_fraction
+    from ..interop.sd_xl import _index
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
+    scores = {key: value for key, value in scores.items() if value is not None}
+    index = _index(args.checkpoint) or {}
+    if index.get("requires_aesthetics_score") or (index.get("text_encoder_2") and not (index.get("text_encoder")
+                                                                                      or [None])[0]):
+        for flag, value in (("--controlnet", getattr(args, "controlnets", None)),
+                            ("--ip-adapter", getattr(args, "ip_adapter", None))):
+            if value:
+                raise DiffkitError(f"{flag} is not offered with an SD-XL refiner folder ({args.checkpoint}); it "
+                                   f"goes with an SD-XL base folder")
+    if scores and not index.get("requires_aesthetics_score"):
+        raise DiffkitError(f"--{next(iter(scores)).replace('_', '-')} applies to an SD-XL refiner folder "
+                           f"(requires_aesthetics_score in model_index.json); {args.checkpoint} is not one")
+    if args.denoising_start is None:
+        return scores, {}
+    for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--interpolate", args.interpolate)):
+        if value is not None:
+            raise DiffkitError(f"--denoising-start does not go with {flag} (it starts img2img at its own time, "
+                               f"without noise; diffusers ignores strength then)")
+    if not is_stable_diffusion_folder(args.checkpoint):
+        raise DiffkitError(f"--denoising-start applies to a Stable Diffusion / SD-XL folder; {args.checkpoint} is "
+                           f"not one")
+    return scores, {"denoising_start": check_fraction("--denoising-start", args.denoising_start)}
+
+
+@dataclass
+class RefinerRequest:
+    """The checked refiner flags (:meth:`from_args`); :meth:`load` gives the refiner folder's StableDiffusionXL."""
+
+    folder: str
+    handover: float
+    conditioning: dict
+
+    @classmethod
+    def from_args(cls, args, checkpoint) -> Optional["RefinerRequest"]:
+        """None without ``--refiner``; one line, before anything is loaded, for a refiner flag without it, a
+        base that is not an SD-XL base folder, a refiner that is not an SD-XL folder, F outside (0, 1), and the
+        flags the hand-over does not take (--nfe, --controlnet, --ip-adapter, --scheduler)."""
+        from ..handover import check_fraction
+        from ..interop.sd_xl import _index, is_sd_xl_folder
+        scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
+        if checkpoint is not None and (_index(checkpoint) or {}).get("requires_aesthetics_score"):
+            raise DiffkitError(f"{checkpoint} is an SD-XL refiner folder (requires_aesthetics_score), which edits "
+                               f"latents or images: use diffkit edit, or give it as --refiner with a base "
+                               f"--checkpoint")
+        if args.refiner is None:
+            for flag, value in (("--denoising-end", args.denoising_end), ("--aesthetic-score", args.aesthetic_score),
+                                ("--negative-aesthetic-score", args.negative_aesthetic_score)):
+                if value is not None:
+                    raise DiffkitError(f"{flag} needs --refiner FOLDER (the base's latents at the cut, which are "
+                                       f"not an image, go to the refiner)")
+            return None
+        if checkpoint is None or not is_sd_xl_folder(checkpoint) or not is_sd_xl_folder(args.refiner):
+            bad = args.refiner if checkpoint is not None and is_sd_xl_folder(checkpoint) else checkpoint
+            raise DiffkitError(f"--refiner applies to SD-XL folders (diffusers format): {bad} is not one")
+        if not ((_index(checkpoint) or {}).get("text_encoder") or [None])[0]:
+            raise DiffkitError(f"--checkpoint {checkpoint} is an SD-XL refiner-style folder; give the base folder "
+                               f"(text_encoder and text_encoder_2) as --checkpoint and the refiner as --refiner")
+        if not (_index(args.refiner) or {}).get("requires_aesthetics_score"):
+            given = [flag for flag, value in zip(("--aesthetic-score", "--negative-aesthetic-score"),
+                                                 scores.values()) if value is not None]
+            if given:
+                raise DiffkitError(f"{given[0]} applies to a refiner whose model_index.json has "
+                                   f"requires_aesthetics_score true; {args.refiner} has not")
+        for flag, value in (("--nfe", args.nfe), ("--controlnet", getattr(args, "controlnet", None)),
+                            ("--ip-adapter", getattr(args, "ip_adapter", None)), ("--scheduler", args.scheduler)):
+            if value:
+                raise DiffkitError(f"{flag} is not offered with --refiner (the base and refiner share --steps on "
+                                   f"the folders' own diffusion schedulers)")
+        handover = check_fraction("--denoising-end", 0.8 if args.denoising_end is None else args.denoising_end)
+        return cls(str(args.refiner), handover, {key: value for key, value in scores.items() if value is not None})
+
+    def load(self, device="cpu", progress: bool = True):
+        from ..interop.sd_xl import load_sd_xl
+        return load_sd_xl(self.folder, device, progress=progress)
+
+    def check_steps(self, base, refiner, sampler: str, steps: int, options: dict) -> None:
+        """Both halves run at least one step of the grid of ``sampler`` / ``steps`` / ``options``, so at least
+        two steps (one line otherwise, before any sampling; :mod:`diffkit.handover`)."""
+        from ..handover import cutoff, grid_until
+        from ..sampling import planned_grid
+        grid_until(planned_grid(base.denoiser, sampler, steps, None, None, options)[1], self.handover,
+                   base.schedule.num_timesteps)
+        grid = planned_grid(refiner.denoiser, sampler, steps, None, None, options)[1]
+        if not bool((grid[:-1] < cutoff(self.handover, refiner.schedule.num_timesteps)).any()):
+            raise DiffkitError(f"--denoising-end {self.handover:g} leaves the refiner no step of the {steps}-step "
+                               f"grid (none of its times is below int(round(T - {self.handover:g} T))); give more "
+                               f"--steps or a smaller --denoising-end")
+
+    def refined(self, refiner, prompts, latents, sampler: str, steps: int, guidance: dict, how: dict):
+        """The refiner's half of the ensemble (:func:`~diffkit.interop.sd_xl_refiner.refine`) on the base's
+        ``latents``, with the base's ``guidance`` keywords and the draw's ``how`` (generators, grid options)."""
+        from ..interop.sd_xl_refiner import refine
+        how = {key: value for key, value in how.items() if key != "nfe"}
+        return refine(refiner, prompts, latents, self.handover, sampler=sampler, steps=steps,
+                      micro_conditioning=self.conditioning, return_latents=True, **guidance, **how)
