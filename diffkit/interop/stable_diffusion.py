@@ -86,17 +86,23 @@ class StableDiffusion:
         return (batch, self.unet.config.in_channels, height // f, width // f)
 
     # ------------------------------------------------------------------ prompts
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: Sequence[str], clip_skip: Optional[int] = None) -> torch.Tensor:
         """CLIP text embeddings (B, model_max_length, dim): the tokens padded to the tokenizer's
         ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers); a
-        multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`)."""
+        multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`).
+        ``clip_skip`` N: the final norm of the states N layers lower (:mod:`.sd_prompts`)."""
+        from .sd_prompts import check_clip_skip, skipped_last_states
         from .sd_textual_inversion import expand_prompt
+        clip_skip = check_clip_skip(clip_skip, [self.text_encoder])
         prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompt_list(prompts)]
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
+        if clip_skip is not None:
+            return skipped_last_states(self.text_encoder, tokens.input_ids.to(self.device), mask, clip_skip).to(
+                self.dtype)
         with torch.no_grad():
             out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return out.to(self.dtype)
@@ -190,14 +196,18 @@ class StableDiffusion:
         return grid_from_diffusers(scheduler)
 
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
-                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
-        """(denoiser, cond) of :func:`text_to_image`: the prompts' embeddings, guided against the
-        empty or negative prompt (or, for an LCM UNet with a guidance input, w as that input).
-        ``image_size`` and ``micro_conditioning`` are SD-XL's (:mod:`.sd_xl`); SD 1.x/2.x has no such input."""
+                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
+                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None) -> tuple:
+        """(denoiser, cond) of :func:`text_to_image`: the prompts' embeddings (``clip_skip``: :mod:`.sd_prompts`),
+        guided against the empty or negative prompt (or, for an LCM UNet with a guidance input, w as that input).
+        ``image_size``, ``micro_conditioning``, ``prompt_2`` and ``negative_prompt_2`` are SD-XL's (:mod:`.sd_xl`);
+        SD 1.x/2.x has no such input."""
+        from .sd_prompts import refuse_second_prompts
         if micro_conditioning:
             raise DiffkitError(f"micro_conditioning={micro_conditioning!r} is not allowed: it is SD-XL's size "
                                f"conditioning; this Stable Diffusion UNet is conditioned on the text encoder alone")
-        context = self.encode_prompts(prompts)
+        refuse_second_prompts(prompt_2, negative_prompt_2)
+        context = self.encode_prompts(prompts, clip_skip)
         if self.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
             for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
                 if value is not None:
@@ -380,7 +390,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_rows=None, ip_adapter=None, micro_conditioning: Optional[dict] = None,
-                  freeu=None, **options) -> torch.Tensor:
+                  freeu=None, clip_skip: Optional[int] = None, prompt_2: Union[None, str, Sequence[str]] = None,
+                  negative_prompt_2: Union[None, str, Sequence[str]] = None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -394,6 +405,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         says (eps_u + s (eps_c - eps_u)); diffusers' pipeline turns guidance off for any s <= 1
         instead. An LCM UNet with a guidance input gets w = s - 1 as that input instead
         (:meth:`StableDiffusion.with_weight`; one call per step; no negative prompt or rescale).
+    clip_skip: the context N layers below the pipeline's default (diffusers' ``clip_skip``; the prompts only, not
+        the null half; :mod:`.sd_prompts`). prompt_2 / negative_prompt_2: SD-XL's text of its second encoder (default:
+        ``prompts`` / ``negative_prompt``; :mod:`.sd_prompts`).
     guidance_rescale: phi of Lin et al. 2024 (Sec. 3.4), on the network's output as diffusers'
         pipeline applies it (eps, or v for a v-prediction folder).
     latents: the starting noise z_T (B, C, h, w); default N(0, I) from per-sample ``seed + i``.
@@ -448,7 +462,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = ip_adapter.adapting(sd)
     denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                         image_size=_image_size(sd, latents, height, width),
-                                        micro_conditioning=micro_conditioning)
+                                        micro_conditioning=micro_conditioning, clip_skip=clip_skip,
+                                        prompt_2=prompt_2, negative_prompt_2=negative_prompt_2)
     if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
         cond["control_rows"] = rows.to(sd.device)
     if grid is not None:
