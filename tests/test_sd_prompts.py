@@ -169,21 +169,27 @@ def _cli(capsys, *args):
 
 @pytest.mark.parametrize("xl", [False, True])
 def test_sample_takes_clip_skip_and_prompt_2(tiny_sd, tiny_xl, tmp_path, capsys, xl):
-    """``diffkit sample`` with --clip-skip (SD, SD-XL), --prompt-2 and --negative-prompt-2 (SD-XL): the library's
-    images byte for byte (the library is the pipelines', above)."""
+    """``diffkit sample`` with --clip-skip (SD, SD-XL), --prompt-2 once per --prompt and --negative-prompt-2 (SD-XL):
+    the library's images byte for byte (the library is the pipelines', above); one row per prompt, sample i from
+    seed + i, batches of 3 (so each sample's second prompt follows it across batches)."""
     from diffkit.images import save_grid
+    prompts = ["hot", "hot", "a cat", "a cat"]  # the rows of --prompt hot --prompt "a cat", --nrow 2
     if xl:
         _, folder, model = tiny_xl
-        flags = ["--clip-skip", 1, "--prompt-2", "a dog", "--negative-prompt", "ugly", "--negative-prompt-2", "dark"]
-        kw = {"clip_skip": 1, "prompt_2": "a dog", "negative_prompt": "ugly", "negative_prompt_2": "dark"}
+        flags = ["--clip-skip", 1, "--prompt-2", "a dog", "--prompt-2", "red", "--negative-prompt", "ugly",
+                 "--negative-prompt-2", "dark"]
+        kw = {"clip_skip": 1, "negative_prompt": "ugly", "negative_prompt_2": "dark"}
+        seconds = [{"prompt_2": ["a dog", "a dog", "red"]}, {"prompt_2": ["red"]}]
     else:
         _, folder, model = tiny_sd
-        flags, kw = ["--clip-skip", 1], {"clip_skip": 1}
+        flags, kw, seconds = ["--clip-skip", 1], {"clip_skip": 1}, [{}, {}]
     out = tmp_path / "grid.png"
-    code, err = _cli(capsys, "sample", "--checkpoint", folder, "--prompt", "hot", "--num", 2, "--steps", 2, "--seed",
-                     5, "--batch-size", 2, "--nrow", 2, *flags, "--out", out)
+    code, err = _cli(capsys, "sample", "--checkpoint", folder, "--prompt", "hot", "--prompt", "a cat", "--num", 4,
+                     "--steps", 2, "--seed", 5, "--batch-size", 3, "--nrow", 2, *flags, "--out", out)
     assert code == 0, err
-    save_grid(text_to_image(model, ["hot"] * 2, steps=2, seed=5, output_range="-1,1", **kw), tmp_path / "ours.png", 2)
+    images = [text_to_image(model, prompts[:3], steps=2, seed=5, output_range="-1,1", **kw, **seconds[0]),
+              text_to_image(model, prompts[3:], steps=2, seed=8, output_range="-1,1", **kw, **seconds[1])]
+    save_grid(torch.cat(images), tmp_path / "ours.png", 2)
     assert out.read_bytes() == (tmp_path / "ours.png").read_bytes()
 
 
