@@ -14,7 +14,9 @@ the prompt embedding is the ``context`` of the conditional half and the empty (o
 prompt's embedding its ``null_context``; the labels the wrapper requires only mark the two
 halves (the network ignores them). Everything runs through :func:`diffkit.sample`, so every
 registered sampler (``diffkit samplers``) works; images come back in [0, 1] (as diffusers'
-``output_type="pt"``), or in [-1, 1] with ``output_range="-1,1"``.
+``output_type="pt"``), or in [-1, 1] with ``output_range="-1,1"``. ``clip_skip`` (the pipeline's: the final norm of
+the text encoder's states N layers lower, the prompts only) and SD-XL's ``prompt_2`` / ``negative_prompt_2``:
+:mod:`.sd_prompts`.
 
 A folder whose scheduler is an ``LCMScheduler`` is a latent consistency model (:mod:`.lcm`): its
 denoiser is a :class:`~diffkit.consistency.ConsistencyDenoiser`, and a UNet with
