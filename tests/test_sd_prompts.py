@@ -36,24 +36,25 @@ def _with_text_model(encoder):
     return encoder
 
 
+def _saved(tmp_path_factory, build, name: str) -> tuple:
+    """(pipeline ``build(root)``, the folder it is saved to, that folder loaded by diffkit)."""
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    root = tmp_path_factory.mktemp(f"tiny_{name}_prompts")
+    pipe = build(root)
+    pipe.save_pretrained(root / name)
+    return pipe, root / name, load_stable_diffusion(root / name, progress=False)
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
-    """(StableDiffusionPipeline, its folder, the loaded StableDiffusion) of test_interop_diffusers' tiny pipeline."""
-    from diffkit.interop.stable_diffusion import load_stable_diffusion
-    root = tmp_path_factory.mktemp("tiny_sd_prompts")
-    pipe = tiny_sd_pipeline(root)
-    pipe.save_pretrained(root / "sd")
-    return pipe, root / "sd", load_stable_diffusion(root / "sd", progress=False)
+    """test_interop_diffusers' tiny StableDiffusionPipeline, its folder and the loaded StableDiffusion."""
+    return _saved(tmp_path_factory, tiny_sd_pipeline, "sd")
 
 
 @pytest.fixture(scope="module")
 def tiny_xl(tmp_path_factory):
-    """(StableDiffusionXLPipeline, its folder, the loaded StableDiffusionXL) of test_interop_sd_xl's tiny pipeline."""
-    from diffkit.interop.stable_diffusion import load_stable_diffusion
-    root = tmp_path_factory.mktemp("tiny_xl_prompts")
-    pipe = tiny_sd_xl_pipeline(root)
-    pipe.save_pretrained(root / "xl")
-    return pipe, root / "xl", load_stable_diffusion(root / "xl", progress=False)
+    """test_interop_sd_xl's tiny StableDiffusionXLPipeline, its folder and the loaded StableDiffusionXL."""
+    return _saved(tmp_path_factory, tiny_sd_xl_pipeline, "xl")
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +265,22 @@ def test_prompt_encoding_flags_are_refused_where_they_cannot_apply(tiny_sd, tiny
     code, err = _cli(capsys, "edit", "--checkpoint", sd, "--images", tmp_path, "--clip-skip", 1, "--out",
                      tmp_path / "never")
     assert code == 2 and "--clip-skip goes with --prompt" in err and not (tmp_path / "never").exists(), err
+
+
+def test_lcm_folder_clip_skip_is_the_latent_consistency_pipelines(tmp_path):
+    """An LCM folder (its UNet takes w): text_to_image(clip_skip=1) is LatentConsistencyModelPipeline(clip_skip=1),
+    whose encode_prompt is StableDiffusionPipeline's (the same encoder path as ControlNet, IP-Adapter, img2img)."""
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    from diffkit.noise import generators_from_seed
+    from test_interop_lcm import _save
+    pipe, folder = _save(tmp_path, "lcm")
+    _with_text_model(pipe.text_encoder)
+    sd = load_stable_diffusion(folder, progress=False)
+    latents = torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, num_inference_steps=2, guidance_scale=8.5, latents=latents.clone(), clip_skip=1,
+                      generator=generators_from_seed(3, 2), output_type="latent").images
+    ours = text_to_image(sd, PROMPTS, steps=2, latents=latents, seed=3, clip_skip=1, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+    plain = text_to_image(sd, PROMPTS, steps=2, latents=latents, seed=3, return_latents=True)
+    assert relative_error(plain, theirs) > 1e-3

@@ -28,7 +28,8 @@ def given_flags(request) -> list:
 
 def check_prompt_encoding(request, checkpoint) -> None:
     """One-line errors, before loading: the flags on a checkpoint that is not a Stable Diffusion folder, the
-    ``-2`` flags on a folder with one text encoder, ``--prompt-2`` neither once nor once per ``--prompt``."""
+    ``-2`` flags on a folder with one text encoder, ``--clip-skip`` beyond its text encoders' layers (their configs),
+    ``--prompt-2`` neither once nor once per ``--prompt``."""
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     given = given_flags(request)
@@ -41,6 +42,8 @@ def check_prompt_encoding(request, checkpoint) -> None:
     if second and not is_sd_xl_folder(checkpoint):
         raise DiffkitError(f"{second[0]} applies to an SD-XL folder (its second text encoder); {checkpoint} has one "
                            f"text encoder")
+    from ..interop.sd_prompts import check_clip_skip, folder_layer_counts
+    check_clip_skip(request.clip_skip, folder_layer_counts(checkpoint))  # N < the layers, from the configs
     count = len(request.prompts or [])
     if request.prompts_2 is not None and len(request.prompts_2) not in (1, count):
         raise DiffkitError(f"--prompt-2 is given {len(request.prompts_2)} times for {count} --prompt; give it once "

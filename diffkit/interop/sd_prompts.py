@@ -30,15 +30,35 @@ import torch
 from ..errors import DiffkitError
 
 
-def check_clip_skip(clip_skip, encoders: Sequence) -> Optional[int]:
-    """``clip_skip`` if it is None or an integer 0 <= N < the fewest layers of ``encoders``; else a one-line error."""
-    if clip_skip is None:
-        return None
-    layers = min(int(encoder.config.num_hidden_layers) for encoder in encoders)
+def check_clip_skip(clip_skip, layer_counts: Sequence[int]) -> Optional[int]:
+    """``clip_skip`` if it is None or an integer 0 <= N < the fewest of the text encoders' ``layer_counts``; else a
+    one-line error."""
+    if clip_skip is None or not layer_counts:
+        return clip_skip
+    layers = min(layer_counts)
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 0 <= clip_skip < layers:
         raise DiffkitError(f"clip_skip={clip_skip!r} is not allowed; give an integer 0 <= clip_skip < {layers} (the "
-                           f"text encoder{'s' if len(encoders) > 1 else ''}' {layers} layers; 0 = the default)")
+                           f"text encoder{'s' if len(layer_counts) > 1 else ''}' {layers} layers; 0 = the default)")
     return clip_skip
+
+
+def layer_counts(encoders: Sequence) -> list:
+    """The ``num_hidden_layers`` of loaded text encoders."""
+    return [int(encoder.config.num_hidden_layers) for encoder in encoders]
+
+
+def folder_layer_counts(directory) -> list:
+    """The ``num_hidden_layers`` of a folder's ``text_encoder`` (and ``text_encoder_2``) configs, read before any
+    weight loads (a config that is missing or says nothing: left out, the loaded encoders are checked later)."""
+    from pathlib import Path
+    from ..errors import read_json_object
+    counts = []
+    for name in ("text_encoder", "text_encoder_2"):
+        config = Path(directory) / name / "config.json"
+        layers = read_json_object(config, f"{name} config").get("num_hidden_layers") if config.is_file() else None
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            counts.append(layers)
+    return counts
 
 
 def skipped_last_states(encoder, input_ids: torch.Tensor, attention_mask, clip_skip: int) -> torch.Tensor:
@@ -83,4 +103,4 @@ def refuse_second_prompts(prompt_2, negative_prompt_2) -> None:
                                f"this Stable Diffusion folder has one text encoder")
 
 
-__all__ = ["check_clip_skip", "skipped_last_states", "xl_layer", "second_prompts", "refuse_second_prompts"]
+__all__ = ["check_clip_skip", "layer_counts", "folder_layer_counts", "skipped_last_states", "xl_layer", "second_prompts", "refuse_second_prompts"]

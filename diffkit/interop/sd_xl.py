@@ -76,10 +76,10 @@ class StableDiffusionXL(StableDiffusion):
         (``clip_skip`` N: N layers lower), concatenated; the pooled, projected output of encoder 2. ``prompts_2``:
         encoder 2's texts (default ``prompts``; :func:`.sd_prompts.second_prompts`). A multi-vector
         textual-inversion token is expanded first, for each tokenizer (the pipeline's ``maybe_convert_prompt``)."""
-        from .sd_prompts import check_clip_skip, second_prompts, xl_layer
+        from .sd_prompts import check_clip_skip, layer_counts, second_prompts, xl_layer
         from .sd_textual_inversion import expand_prompt
         prompts = prompt_list(prompts)
-        clip_skip = check_clip_skip(clip_skip, [self.text_encoder, self.text_encoder_2])
+        clip_skip = check_clip_skip(clip_skip, layer_counts([self.text_encoder, self.text_encoder_2]))
         states = []
         for texts, tokenizer, encoder in ((prompts, self.tokenizer, self.text_encoder),
                                           (second_prompts(prompts_2, prompts), self.tokenizer_2, self.text_encoder_2)):

@@ -93,9 +93,9 @@ class StableDiffusion:
         ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers); a
         multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`).
         ``clip_skip`` N: the final norm of the states N layers lower (:mod:`.sd_prompts`)."""
-        from .sd_prompts import check_clip_skip, skipped_last_states
+        from .sd_prompts import check_clip_skip, layer_counts, skipped_last_states
         from .sd_textual_inversion import expand_prompt
-        clip_skip = check_clip_skip(clip_skip, [self.text_encoder])
+        clip_skip = check_clip_skip(clip_skip, layer_counts([self.text_encoder]))
         prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompt_list(prompts)]
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
