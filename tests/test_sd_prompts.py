@@ -265,6 +265,10 @@ def test_prompt_encoding_flags_are_refused_where_they_cannot_apply(tiny_sd, tiny
     code, err = _cli(capsys, "edit", "--checkpoint", sd, "--images", tmp_path, "--clip-skip", 1, "--out",
                      tmp_path / "never")
     assert code == 2 and "--clip-skip goes with --prompt" in err and not (tmp_path / "never").exists(), err
+    (tmp_path / "s.csv").write_text("a\n1\n")
+    code, err = _cli(capsys, "edit", "--checkpoint", sd, "--series", tmp_path / "s.csv", "--prompt-2", "x", "--out",
+                     tmp_path / "never.csv")
+    assert code == 2 and "--prompt-2 applies to image edits" in err, err
 
 
 def test_lcm_folder_clip_skip_is_the_latent_consistency_pipelines(tmp_path):
