@@ -103,4 +103,5 @@ def refuse_second_prompts(prompt_2, negative_prompt_2) -> None:
                                f"this Stable Diffusion folder has one text encoder")
 
 
-__all__ = ["check_clip_skip", "layer_counts", "folder_layer_counts", "skipped_last_states", "xl_layer", "second_prompts", "refuse_second_prompts"]
+__all__ = ["check_clip_skip", "layer_counts", "folder_layer_counts", "skipped_last_states", "xl_layer",
+           "second_prompts", "refuse_second_prompts"]
