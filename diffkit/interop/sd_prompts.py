@@ -33,12 +33,14 @@ from ..errors import DiffkitError
 def check_clip_skip(clip_skip, layer_counts: Sequence[int]) -> Optional[int]:
     """``clip_skip`` if it is None or an integer 0 <= N < the fewest of the text encoders' ``layer_counts``; else a
     one-line error."""
-    if clip_skip is None or not layer_counts:
-        return clip_skip
-    layers = min(layer_counts)
-    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 0 <= clip_skip < layers:
-        raise DiffkitError(f"clip_skip={clip_skip!r} is not allowed; give an integer 0 <= clip_skip < {layers} (the "
-                           f"text encoder{'s' if len(layer_counts) > 1 else ''}' {layers} layers; 0 = the default)")
+    if clip_skip is None:
+        return None
+    layers = min(layer_counts) if layer_counts else None  # (none known yet: the loaded encoders are checked later)
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0 or (
+            layers is not None and clip_skip >= layers):
+        whose = "the text encoders'" if len(layer_counts) > 1 else "the text encoder's"
+        bound = "" if layers is None else f" < {layers} ({whose} {layers} layers; 0 = the default)"
+        raise DiffkitError(f"clip_skip={clip_skip!r} is not allowed; give an integer 0 <= clip_skip{bound}")
     return clip_skip
 
 
