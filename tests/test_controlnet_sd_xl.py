@@ -216,3 +216,25 @@ def test_edit_command_with_sd_xl_controlnet_is_the_controlnet_img2img_pipeline(t
     ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
     assert ours.shape == (2, HEIGHT, WIDTH, 3)
     assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("name, scale", [("lcm", 1.0), ("lcm", 1.5), ("tcd", 1.5)])
+def test_sd_xl_controlnet_with_a_scheduler_override_matches_the_pipeline(tiny_xl_controlnet, name, scale):
+    """``scheduler="lcm"`` / ``"tcd"`` with a ControlNet on SD-XL = StableDiffusionXLControlNetPipeline with
+    ``LCMScheduler`` / ``TCDScheduler.from_config`` (tcd: ``tcd:sigma_min``, eta 0.3), the same per-sample step
+    noise; the controlled UNet's output goes to the consistency function (lcm) or as it is (tcd)."""
+    from diffkit.noise import generators_from_seed
+    from PIL import Image
+    pipe, nets, _, root, pngs = tiny_xl_controlnet
+    cls = {"lcm": diffusers.LCMScheduler, "tcd": diffusers.TCDScheduler}[name]
+    theirs_pipe = type(pipe)(**{**pipe.components, "scheduler": cls.from_config(pipe.scheduler.config)})
+    theirs_pipe.set_progress_bar_config(disable=True)
+    xl = load_stable_diffusion(root / "xl", scheduler=name, progress=False)
+    latents = _latents()
+    with torch.no_grad():
+        theirs = theirs_pipe(PROMPTS, image=Image.open(pngs[0]).convert("RGB"), guidance_scale=scale,
+                             num_inference_steps=3, latents=latents.clone(), generator=generators_from_seed(4, 2),
+                             output_type="latent", **({"eta": 0.3} if name == "tcd" else {})).images
+    ours = text_to_image(xl, PROMPTS, sampler="tcd:sigma_min" if name == "tcd" else None, steps=3, guidance_scale=scale,
+                         latents=latents, seed=4, return_latents=True, controlnet=ControlNets(nets[:1], pngs[:1]))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)

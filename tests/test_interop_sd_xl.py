@@ -257,10 +257,10 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
-    """Refiner folders, an LCM scheduler, a VAE with latents_mean, a missing text_encoder_2, a 9-channel SD-XL
+    """Refiner folders, a VAE with latents_mean, a missing text_encoder_2, a 9-channel SD-XL
     inpainting UNet (diffkit edit --mask): one line each, before any weight or output (LoRA files and textual
     inversion: tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py; IP-Adapter:
-    tests/test_ip_adapter_sd_xl.py)."""
+    tests/test_ip_adapter_sd_xl.py; LCMScheduler folders and --scheduler lcm|tcd: tests/test_lcm_sd_xl.py)."""
     from diffkit.cli import main
     from diffkit.commands.sample import GuidanceRequest, sample_to_files
     from diffkit.interop.sd_xl import load_sd_xl
@@ -284,14 +284,9 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
             ("refiner", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
                          "tokenizer": [None, None], "requires_aesthetics_score": True}, "refiner-style folder"),
             ("no_te2", {"text_encoder_2": [None, None]}, "lacks the SD-XL component"),
-            ("lcm", {}, "SD-XL latent consistency model"),
             ("vae", {}, "VAE with latents_mean")):
         shutil.copytree(root / "xl", tmp_path / name)
         (tmp_path / name / "model_index.json").write_text(json.dumps({**index, **change}))
-        if name == "lcm":
-            config = json.loads((tmp_path / name / "scheduler" / "scheduler_config.json").read_text())
-            (tmp_path / name / "scheduler" / "scheduler_config.json").write_text(json.dumps(
-                {**config, "_class_name": "LCMScheduler"}))
         if name == "vae":
             config = json.loads((tmp_path / name / "vae" / "config.json").read_text())
             (tmp_path / name / "vae" / "config.json").write_text(json.dumps(

@@ -180,3 +180,23 @@ def test_edit_command_on_an_sd_xl_folder_with_the_ip_adapter_is_the_img2img_pipe
     ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
     assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
     assert np.abs(ours - np.round(plain * 255).astype(int)).max() > 8  # the image prompt changes the edit
+
+
+@pytest.mark.parametrize("guidance", [1.0, 1.5])
+def test_sd_xl_ip_adapter_with_the_lcm_override_matches_the_pipeline(tiny_xl_ip, guidance):
+    """``scheduler="lcm"`` with the basic adapter = StableDiffusionXLPipeline with ``LCMScheduler.from_config`` +
+    ``load_ip_adapter`` (3 steps, per-sample step noise): the adapted UNet's output under the consistency function."""
+    from diffkit.noise import generators_from_seed
+    pipe, _, root, png = tiny_xl_ip
+    xl = load_stable_diffusion(root / "xl", scheduler="lcm", progress=False)
+    latents = _latents(xl)
+    saved, pipe.scheduler = pipe.scheduler, diffusers.LCMScheduler.from_config(pipe.scheduler.config)
+    try:
+        theirs = _theirs(pipe, root, "ip.safetensors", png, latents, 0.8, guidance,
+                         generator=generators_from_seed(4, 2))
+    finally:
+        pipe.scheduler = saved
+    adapter = load_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    ours = text_to_image(xl, PROMPTS, steps=STEPS, guidance_scale=guidance, latents=latents, seed=4,
+                         return_latents=True, ip_adapter=adapter)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)

@@ -262,11 +262,12 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
     down = next(k for k in tensors if k.startswith("lora_unet_") and k.endswith("to_q.lora_down.weight"))
     module = down[:-len(".lora_down.weight")]
     absent = module.replace("down_blocks_0", "down_blocks_7")  # a block the tiny UNet does not have
-    bad = {"unknown": {**tensors, "lora_unet_x.hada_w1_a": torch.zeros(2, 2)},
+    bad = {"unknown": {**tensors, "lora_unet_x.oft_blocks": torch.zeros(2, 2)},
            "sdxl": {**tensors, **{f"lora_te2_text_model_x.lora_{p}.weight": torch.zeros(2, 2) for p in ("down", "up")}},
            "absent": {**tensors, **{f"{absent}.{part}": tensors[f"{module}.{part}"].clone()
                                     for part in ("lora_down.weight", "lora_up.weight", "alpha")}},
            "shape": {**tensors, down: torch.zeros(tensors[down].shape[0], 5)},
+           "loha_partner": {**tensors, "lora_unet_conv_in.hada_w1_a": torch.zeros(32, 2)},  # tests/test_sd_lycoris.py
            "no_up": {k: v for k, v in tensors.items() if k != down.replace("lora_down", "lora_up")},
            "kohya_alpha_zero": {**tensors, f"{module}.alpha": torch.tensor(0.0)},  # sd-scripts: r, diffusers: 0
            "twice": {**tensors, **{k.replace("lora_te_text_model_", "lora_te_"): v.clone() for k, v in tensors.items()
@@ -279,10 +280,11 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
         save_file(load_file(sd_lora["diffusers"]), tmp_path / f"{name}.safetensors",
                   metadata={"lora_adapter_metadata": json.dumps(config)})
     for name, needle in (("missing", "does not exist"), ("junk", "is not a safetensors LoRA file"),
-                         ("unknown", "key 'lora_unet_x.hada_w1_a' is not supported"),
+                         ("unknown", "key 'lora_unet_x.oft_blocks' is not supported"),
                          ("sdxl", "adapts SD-XL's second text encoder (lora_te2_... keys); this folder has one"),
                          ("absent", "names no Linear or Conv2d layer of the unet"),
                          ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix"),
+                         ("loha_partner", "unet module conv_in has hada_w1_a but no hada_w1_b"),
                          ("alpha_text", "unet.lora_alpha is 'abc'; allowed: one positive number"),
                          ("pattern", "unet.alpha_pattern key 'to_q(' is not a regular expression"),
                          ("alpha_zero", "text_encoder.lora_alpha is 0; allowed: one positive number"),

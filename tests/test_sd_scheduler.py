@@ -165,21 +165,18 @@ def test_sample_command_scheduler_png_equals_library(plain, tmp_path, monkeypatc
 
 def test_scheduler_override_refusals_are_one_line(plain, tmp_path, capsys):
     _, folder, lora = plain
-    lcm_folder, xl, bad_clip, n20 = tmp_path / "lcm", tmp_path / "xl", tmp_path / "clip", tmp_path / "n20"
+    lcm_folder, bad_clip, n20 = tmp_path / "lcm", tmp_path / "clip", tmp_path / "n20"
     for copy, change in ((lcm_folder, {"_class_name": "LCMScheduler"}), (bad_clip, {"clip_sample": True}),
                          (n20, {"original_inference_steps": 20})):
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.safetensors"))
         config_file = copy / "scheduler" / "scheduler_config.json"
         config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
-    xl.mkdir()
-    (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"")
     out = tmp_path / "x.png"
     for checkpoint, name, match in (
             (lcm_folder, "lcm", r"--scheduler lcm: .* is already an LCMScheduler folder .*drop --scheduler"),
             (lcm_folder, "tcd", r"--scheduler tcd: .* is already an LCMScheduler folder"),
-            (xl, "lcm", r"--scheduler lcm: .* is an SD-XL folder"),
             (ckpt, "tcd", r"--scheduler tcd applies to a Stable Diffusion folder .* is not one"),
             (bad_clip, "lcm", r"--scheduler lcm: .* gives LCMScheduler clip_sample=True, .*allowed: a config with "
                               r"clip_sample false"),
@@ -272,3 +269,18 @@ def test_scheduler_override_with_a_controlnet_matches_the_controlnet_pipeline(pl
                          guidance_scale=1.5, latents=latents, seed=5, return_latents=True,
                          controlnet=ControlNets([net], [png]))
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+
+
+def test_a_tcd_scheduler_folder_is_the_tcd_override(plain, tmp_path):
+    """An SD 1.x folder whose own scheduler JSON is ``TCDScheduler.from_config`` of the DDIM one samples as the DDIM
+    folder with ``scheduler="tcd"``, bit for bit (same config, defaults tcd, 4 steps, s = 1)."""
+    _, folder, lora = plain
+    tcd = diffusers.TCDScheduler.from_config(diffusers.DDIMScheduler.from_pretrained(folder / "scheduler").config)
+    own = _copy(folder, tmp_path, {k: v for k, v in tcd.config.items() if k != "_use_default_values"})
+    ours, override = (load_stable_diffusion(f, lora=[lora], scheduler=s, progress=False)
+                      for f, s in ((own, None), (folder, "tcd")))
+    assert ours.scheduler_override == "tcd" and ours.scheduler_config == override.scheduler_config
+    latents = _latents(3)
+    torch.testing.assert_close(text_to_image(ours, PROMPTS, latents=latents, seed=7, return_latents=True),
+                               text_to_image(override, PROMPTS, latents=latents, seed=7, return_latents=True),
+                               rtol=0, atol=0)

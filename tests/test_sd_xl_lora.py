@@ -321,3 +321,37 @@ def test_lora_te_and_lora_te1_keys_of_one_module_are_a_one_line_error(tmp_path):
                                            f"adapt the same text_encoder module") as err:
         read_sd_lora(tmp_path / "both.safetensors")
     assert "\n" not in str(err.value)
+
+
+def test_lycoris_and_dora_kohya_file_on_an_sd_xl_folder(xl_lora, tmp_path):
+    """One kohya / LyCORIS file on the SD-XL folder: a LoHa on the UNet under sd-scripts' SGM names (3x3 resnet
+    convs with Tucker cores, to_q, proj_in), a DoRA LoRA on text_encoder (lora_te1_, dora_scale) and a LoKr on
+    text_encoder_2 (lora_te2_): the merged networks equal peft's merge of the same adapters (tests/test_sd_lycoris.py
+    for each kind against peft on single layers)."""
+    import transformers
+    from test_sd_lycoris import _diff, _peft_merged, _randomise
+
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    folder = xl_lora["folder"]
+    nets = {"unet": diffusers.UNet2DConditionModel.from_pretrained(folder / "unet"),
+            "text_encoder": transformers.CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            "text_encoder_2": transformers.CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")}
+    configs = {"unet": peft.LoHaConfig(r=2, alpha=3.0, target_modules=["to_q", "conv1", "proj_in"],
+                                       init_weights=False, use_effective_conv2d=True),
+               "text_encoder": peft.LoraConfig(r=2, lora_alpha=3.0, use_dora=True, init_lora_weights=False,
+                                               target_modules=["q_proj", "fc1"]),
+               "text_encoder_2": peft.LoKrConfig(r=1, alpha=2.0, target_modules=["k_proj", "fc2"], init_weights=False,
+                                                 decompose_both=True)}
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    names = {"lora_A": "lora_down.weight", "lora_B": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
+    tensors = {}
+    for seed, (part, config) in enumerate(configs.items()):
+        for module, found in _randomise(nets[part], config, seed).items():
+            stem = prefixes[part] + (_sgm(module) if part == "unet" else module).replace(".", "_")
+            tensors.update({f"{stem}.{names.get(p, p)}": t for p, t in found.items()})
+            tensors[f"{stem}.alpha"] = torch.tensor(float(getattr(config, "alpha", None) or config.lora_alpha))
+    assert any(k.startswith("lora_unet_input_blocks_") and k.endswith("hada_t1") for k in tensors)
+    save_file(tensors, tmp_path / "lycoris.safetensors")
+    xl = load_stable_diffusion(folder, progress=False, lora=[(tmp_path / "lycoris.safetensors", 0.8)])
+    for part, network in nets.items():
+        assert _diff(xl, _peft_merged(network, 0.8), part) < 1e-5, part

@@ -516,12 +516,16 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
     kept. On the model's own grid (the ``lcm`` spacing, the consistency sampler's default; ``spacing``
     is ``--spacing``) the default steps are at most its source times. Only the file's header (or the
     folder's JSON) is read. ``scheduler``: a Stable Diffusion folder's ``--scheduler lcm`` (as an LCMScheduler
-    folder) or ``tcd`` (the ``tcd`` sampler in 4 steps; :mod:`diffkit.interop.sd_scheduler`)."""
+    folder) or ``tcd`` (the ``tcd`` sampler in 4 steps, also for a TCDScheduler folder;
+    :mod:`diffkit.interop.sd_scheduler`)."""
     meta = None
     lcm_folder = False
     if checkpoint is not None:
         from ..interop.lcm import is_lcm_folder
         meta = peek_checkpoint(checkpoint)
+        if meta is None and scheduler is None:  # a TCDScheduler folder: as --scheduler tcd
+            from ..interop.sd_scheduler import own_override
+            scheduler = own_override(checkpoint)
         lcm_folder = meta is None and (scheduler is not None or is_lcm_folder(checkpoint))
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None:

@@ -398,6 +398,7 @@ def _stable_diffusion(args, device):
     both the network and the autoencoder), after the flags that do not apply to it are refused."""
     from ..errors import DiffkitError
     from ..interop.lcm import is_lcm_folder
+    from ..interop.sd_scheduler import own_override
     from ..interop.sd_inpaint import check_inpainting_flags, is_inpainting_folder
     from ..interop.stable_diffusion import load_stable_diffusion
     from .sample import not_for_stable_diffusion
@@ -410,8 +411,10 @@ def _stable_diffusion(args, device):
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
-    if is_lcm_folder(args.checkpoint):
-        raise DiffkitError(f"{args.checkpoint} is a latent consistency model (LCMScheduler); diffkit edit takes "
+    if is_lcm_folder(args.checkpoint) or own_override(args.checkpoint):
+        kind = "a latent consistency model (LCMScheduler)" if is_lcm_folder(args.checkpoint) else \
+            "a trajectory consistency model (TCDScheduler)"
+        raise DiffkitError(f"{args.checkpoint} is {kind}; diffkit edit takes "
                            f"Stable Diffusion folders whose scheduler is a diffusion model's (DDIM, PNDM, ...)")
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "

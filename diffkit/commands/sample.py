@@ -31,8 +31,8 @@ takes ``--guidance-scale W`` as its network input w: one call per step, no class
 sample latents and decode them with the autoencoder stored in the checkpoint. A diffusers Stable
 Diffusion folder samples ``--prompt``; one with an LCMScheduler (a latent consistency model, e.g.
 LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md); ``--scheduler lcm`` samples
-a plain folder (e.g. with an LCM-LoRA in ``--lora``) as diffusers' ``LCMScheduler.from_config`` would, ``tcd`` as
-``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`).
+a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as diffusers' ``LCMScheduler.from_config``
+would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -105,7 +105,7 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--scheduler", choices=("lcm", "tcd"),
-                   help="Stable Diffusion folders: sample as diffusers' pipe.scheduler = LCMScheduler (lcm) / "
+                   help="Stable Diffusion / SD-XL folders: sample as diffusers' pipe.scheduler = LCMScheduler (lcm) / "
                         "TCDScheduler (tcd) .from_config(pipe.scheduler.config), e.g. with an LCM-LoRA in --lora: "
                         "default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/interop.md)")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")

@@ -1,5 +1,7 @@
 """Latent Consistency Model (LCM) Stable Diffusion folders (Luo et al. 2023): a Stable Diffusion
-folder whose scheduler is diffusers' ``LCMScheduler``.
+folder whose scheduler is diffusers' ``LCMScheduler`` (SD 1.x/2.x, or SD-XL, :mod:`.sd_xl`, where the pipeline is
+``StableDiffusionXLPipeline`` with the LCMScheduler, e.g. latent-consistency/lcm-sdxl's UNet or LCM-LoRA-SDXL: the
+same code, SD-XL adding only its ``text_embeds`` / ``time_ids``).
 
 * An LCM-distilled UNet (e.g. SimianLuo/LCM_Dreamshaper_v7, diffusers'
   ``LatentConsistencyModelPipeline``) has ``time_cond_proj_dim``: it takes the guidance weight w
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 from ..errors import DiffkitError, read_json_object
 
@@ -33,17 +35,23 @@ def is_lcm_scheduler(config: Mapping) -> bool:
     return config.get("_class_name") == LCM_SCHEDULER
 
 
-def is_lcm_folder(path: Union[str, Path]) -> bool:
-    """True for a Stable Diffusion folder whose ``scheduler/scheduler_config.json`` is an
-    LCMScheduler (``diffkit sample`` then defaults to the ``consistency`` sampler); reads JSON only."""
+def folder_scheduler_class(path: Union[str, Path]) -> Optional[str]:
+    """The ``_class_name`` of a Stable Diffusion folder's (SD 1.x/2.x or SD-XL) ``scheduler/scheduler_config.json``;
+    None for another checkpoint or an unreadable JSON (the loader then says why). Reads JSON only."""
     from .stable_diffusion import is_stable_diffusion_folder
     config_file = Path(path) / "scheduler" / "scheduler_config.json"
     if not is_stable_diffusion_folder(path) or not config_file.is_file():
-        return False
+        return None
     try:
-        return is_lcm_scheduler(read_json_object(config_file))
+        return read_json_object(config_file).get("_class_name")
     except DiffkitError:
-        return False
+        return None
+
+
+def is_lcm_folder(path: Union[str, Path]) -> bool:
+    """True for a Stable Diffusion folder whose ``scheduler/scheduler_config.json`` is an
+    LCMScheduler (``diffkit sample`` then defaults to the ``consistency`` sampler); reads JSON only."""
+    return folder_scheduler_class(path) == LCM_SCHEDULER
 
 
 def folder_guidance_input(path: Union[str, Path]) -> int:
@@ -83,5 +91,6 @@ def lcm_denoiser(inner, consistency: Mapping):
                                grid=consistency["grid"])
 
 
-__all__ = ["is_lcm_scheduler", "is_lcm_folder", "folder_guidance_input", "lcm_consistency", "lcm_denoiser",
+__all__ = ["is_lcm_scheduler", "is_lcm_folder", "folder_scheduler_class", "folder_guidance_input", "lcm_consistency",
+           "lcm_denoiser",
            "LCM_PIPELINE_GUIDANCE", "LCM_LORA_GUIDANCE", "LCM_STEPS"]

@@ -22,12 +22,18 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
   names that way: diffusers' names (SD 1.x/2.x files, trained on diffusers-named UNets) or, for the UNet,
   the LDM / SGM names sd-scripts' SD-XL UNet has (``input_blocks_4_1_...``; :mod:`.ldm_names`). Conv LoRA
   (a 3x3 down, 1x1 up) included.
+* LyCORIS LoHa / LoKr (kohya names: ``lora_unet_<module>.hada_w1_a`` ... ``.hada_t2``, ``.lokr_w1`` /
+  ``.lokr_w1_a`` ... ``.lokr_t2``, ``.alpha``) and DoRA magnitudes (diffusers / PEFT
+  ``unet.<module>.lora_magnitude_vector``, kohya / LyCORIS ``.dora_scale``, on LoRA, LoHa or LoKr): their
+  weight change, scale and decomposition are :mod:`.lycoris`'s (LoHa / LoKr: Yeh et al. 2023, Sec. 3; DoRA:
+  Liu et al. 2024, eq. 5), merged into W directly (every shape checked before the first merge).
 
-Anything else (LoHa / LoKr / DoRA tensors, a LoRA bias) is a one-line error naming the first such key; so
-is a key naming a module the network lacks, ``text_encoder_2`` / ``lora_te2_`` keys on a folder with one
-text encoder, a shape that does not fit, or an alpha that is not a positive number (a kohya ``.alpha`` of
-0: sd-scripts reads it as r, diffusers as 0). Files are read and checked before anything is merged, and a
-failure leaves the networks as they were.
+Anything else (LyCORIS' LoCon ``lora_mid``, OFT / BOFT / (IA)^3 / GLoRA tensors, a LoRA bias, peft-format
+LoHa / LoKr keys) is a one-line error naming the first such key; so is a module with a partner key missing
+(``hada_w1_a`` without ``hada_w1_b``) or two adapter kinds, a key naming a module the network lacks,
+``text_encoder_2`` / ``lora_te2_`` keys on a folder with one text encoder, a shape that does not fit, or an
+alpha that is not a positive number (a kohya ``.alpha`` of 0: sd-scripts reads it as r, diffusers as 0).
+Files are read and checked before anything is merged, and a failure leaves the networks as they were.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffkitError
+from . import lycoris
 from .ldm_names import ldm_names
 
 COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_"),  # diffusers, kohya
@@ -46,6 +53,7 @@ COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.",
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",  # te1: SD-XL files
                   "lora_te2_": "text_encoder_2"}
 _PEFT = (".lora_A.weight", ".lora_B.weight")
+_PEFT_MAGNITUDE = ".lora_magnitude_vector"  # a DoRA adapter's m (peft's get_peft_model_state_dict)
 _KOHYA = ("lora_down.weight", "lora_up.weight", "alpha")
 
 
@@ -92,8 +100,6 @@ def _peft_alphas(path, meta: dict, component: str):
         raise DiffkitError(f"--lora {path} has corrupt lora_adapter_metadata") from None
     config = {k[len(component) + 1:]: v for k, v in config.items() if k.startswith(component + ".")} \
         if isinstance(config, dict) else {}
-    if config.get("use_dora"):
-        raise DiffkitError(f"--lora {path} is a DoRA adapter ({component}.use_dora); allowed: LoRA files")
     alpha, patterns = config.get("lora_alpha"), config.get("alpha_pattern") or {}
     if not isinstance(patterns, dict):
         raise DiffkitError(f"--lora {path}: {component}.alpha_pattern is {patterns!r}; allowed: a dict")
@@ -129,26 +135,34 @@ def read_sd_lora(path) -> dict:
             prefix = next((p for p in KOHYA_PREFIXES if key.startswith(p)), None)
             component = KOHYA_PREFIXES.get(prefix)
             name, _, part = key.partition(".")
-            slot = _KOHYA.index(part) if part in _KOHYA else None
+            slot = _KOHYA.index(part) if part in _KOHYA else part if part in lycoris.KOHYA_PARTS else None
             name = name[len(prefix):] if component else None
         else:
             component = next((c for c, (peft, _) in COMPONENTS.items() if key.startswith(peft)), None)
             prefix = COMPONENTS[component][0] if component else None
-            slot = next((i for i, s in enumerate(_PEFT) if key.endswith(s)), None)
-            name = key[len(prefix):-len(_PEFT[slot])] if component and slot is not None else None
+            part = next((s for s in _PEFT + (_PEFT_MAGNITUDE,) if key.endswith(s)), None)
+            slot = _PEFT.index(part) if part in _PEFT else part and part[1:]  # lora_magnitude_vector: by name
+            name = key[len(prefix):-len(part)] if component and part else None
         if component is None or slot is None or not name:
             raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./text_encoder./"
-                               f"text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight (diffusers) or "
-                               f"lora_unet_/lora_te_/lora_te1_/lora_te2_ keys ending in .lora_down.weight / "
-                               f".lora_up.weight / .alpha (kohya)")
-        entry = out[component].setdefault(name, [None, None, None, prefix])
-        if entry[slot] is not None:  # lora_te_ and lora_te1_ (both text_encoder) naming one module
+                               f"text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight / "
+                               f".lora_magnitude_vector (diffusers) or lora_unet_/lora_te_/lora_te1_/lora_te2_ keys "
+                               f"ending in .lora_down.weight / .lora_up.weight / .alpha / .dora_scale / .hada_* / "
+                               f".lokr_* (kohya, LyCORIS)")
+        entry = out[component].setdefault(name, [None, None, None, prefix, {}])
+        if (entry[slot] if isinstance(slot, int) else entry[4].get(slot)) is not None:  # lora_te_ and lora_te1_
             raise DiffkitError(f"--lora {path}: keys {entry[3]}{name}.{part} and {key} adapt the same {component} "
                                f"module; allowed: one of lora_te_ / lora_te1_ per module")
-        entry[slot] = tensors[key]
+        if isinstance(slot, int):
+            entry[slot] = tensors[key]
+        else:  # LoHa / LoKr factors, a DoRA magnitude
+            entry[4][slot] = tensors[key]
     for component, adapters in out.items():
-        for name, (down, up, alpha, prefix) in adapters.items():
-            if down is None or up is None:
+        for name, (down, up, alpha, prefix, parts) in adapters.items():
+            if parts:
+                lycoris.check_parts(parts, down is not None or up is not None, f"--lora {path}: {component} module "
+                                    f"{name}")
+            if (down is None or up is None) and (down is not None or up is not None or not parts):
                 raise DiffkitError(f"--lora {path}: {component} module {name} has no "
                                    f"{'lora_A / lora_down' if down is None else 'lora_B / lora_up'} matrix")
             if alpha is not None and (alpha.numel() != 1 or not 0 < float(alpha) < math.inf):
@@ -160,8 +174,9 @@ def read_sd_lora(path) -> dict:
 
 
 def _resolve(path, read: dict, component: str, network) -> dict:
-    """{module name: (layer, A, B, alpha)} of ``component`` in ``network``; a one-line error for a
-    name the network has no Linear / Conv2d of."""
+    """{module name: (layer, A, B, alpha, parts)} of ``component`` in ``network`` (``parts``: LoHa / LoKr /
+    DoRA tensors, :mod:`.lycoris`; A and B None for LoHa / LoKr); a one-line error for a name the network has
+    no Linear / Conv2d of."""
     layers = _layers(network)
     names = {n: n for n in layers}
     if component == "text_encoder" and not hasattr(network, "text_model"):  # transformers 5 flattened CLIPTextModel:
@@ -171,11 +186,18 @@ def _resolve(path, read: dict, component: str, network) -> dict:
     if read["kohya"]:
         names = {k.replace(".", "_"): n for k, n in names.items()}
     out = {}
-    for name, (down, up, alpha, prefix) in read[component].items():
+    for name, (down, up, alpha, prefix, parts) in read[component].items():
         if name not in names:
-            key = f"{prefix}{name}.lora_down.weight" if read["kohya"] else f"{prefix}{name}{_PEFT[0]}"
+            tail = ".lora_down.weight" if read["kohya"] else _PEFT[0]
+            key = f"{prefix}{name}{tail if down is not None else '.' + next(iter(parts))}"
             raise DiffkitError(f"--lora {path}: key {key!r} names no Linear or Conv2d layer of the {component}")
-        module, rank = names[name], down.shape[0] if down.ndim else 0
+        module = names[name]
+        if module in out:  # text_model.<name> and <name> both in the file: one layer, two adapters
+            raise DiffkitError(f"--lora {path}: two {component} keys name the layer {module}; allowed: one")
+        if down is None:  # LoHa / LoKr: alpha / r from its factors (.lycoris)
+            out[module] = (layers[module], None, None, None if alpha is None else float(alpha), parts)
+            continue
+        rank = down.shape[0] if down.ndim else 0
         if rank < 1 or down.ndim not in (2, 4):
             raise DiffkitError(f"--lora {path}: {component} module {module} has a down matrix of shape "
                                f"{tuple(down.shape)}; allowed: (r, in) or (r, in, kh, kw)")
@@ -183,9 +205,7 @@ def _resolve(path, read: dict, component: str, network) -> dict:
             alpha = float(alpha)
         else:  # kohya without .alpha: alpha = r (sd-scripts); diffusers: its metadata, else r
             alpha = float(rank) if read["kohya"] else read["alpha_of"][component](module, rank)
-        if module in out:  # text_model.<name> and <name> both in the file: one layer, two adapters
-            raise DiffkitError(f"--lora {path}: two {component} keys name the layer {module}; allowed: one")
-        out[module] = (layers[module], down, up, alpha)
+        out[module] = (layers[module], down, up, alpha, parts)
     return out
 
 
@@ -214,13 +234,20 @@ def merge_sd_loras(sd, loras: list) -> None:
                                        f"text encoder: use the file with an SD-XL folder")
                 continue
             found = _resolve(path, read, component, network)
+            other = {m: lycoris.prepare(layer, {**parts, **({"lora_down": a, "lora_up": b} if a is not None else {})},
+                                        alpha, f"--lora {path}: {component} module {m}", read["kohya"])
+                     for m, (layer, a, b, alpha, parts) in found.items() if parts}  # LoHa, LoKr, DoRA
+            if other:
+                merges.append(([found[m][0] for m in other],
+                               lambda o=other, s=scale: [merge(s) for merge in o.values()]))
+            found = {m: f for m, f in found.items() if not f[4]}
             if not found:
                 continue
-            tensors = {f"{m}.{ab}": t for m, (_, a, b, _) in found.items()
+            tensors = {f"{m}.{ab}": t for m, (_, a, b, _, _) in found.items()
                        for ab, t in (("lora_A", a), ("lora_B", b))}
 
             def adapt(found=found):
-                for layer, a, _, alpha in found.values():
+                for layer, a, _, alpha, _ in found.values():
                     adapt_layer(layer, a.shape[0], alpha)
 
             merges.append(([layer for layer, *_ in found.values()],

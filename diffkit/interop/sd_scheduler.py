@@ -1,9 +1,10 @@
 """A scheduler override for a Stable Diffusion folder, as diffusers' ``pipe.scheduler =
 LCMScheduler.from_config(pipe.scheduler.config)`` (``diffkit sample --scheduler lcm``,
 ``load_stable_diffusion(..., scheduler="lcm")``): the LCM-LoRA workflow (Luo et al. 2023b, "LCM-LoRA:
-A Universal Stable-Diffusion Acceleration Module") of a plain SD 1.x/2.x folder (DDIM / PNDM scheduler)
-with an LCM-LoRA merged by ``lora=`` / ``--lora``, and TCD-LoRA's (Zheng et al. 2024) with
-``TCDScheduler.from_config``.
+A Universal Stable-Diffusion Acceleration Module") of a plain SD 1.x/2.x folder (DDIM / PNDM scheduler) or
+SD-XL folder (Euler scheduler, :mod:`.sd_xl`) with an LCM-LoRA merged by ``lora=`` / ``--lora``, and TCD-LoRA's
+(Zheng et al. 2024) with ``TCDScheduler.from_config``. A folder whose own scheduler is a ``TCDScheduler`` is
+sampled as ``scheduler="tcd"`` would (:func:`own_override`; ``diffkit edit`` refuses it, as it refuses LCM folders).
 
 The new config is diffusers' own: the folder's scheduler class built from its JSON, then
 ``LCMScheduler`` / ``TCDScheduler.from_config`` of that class's config. Its betas, ``num_train_timesteps``,
@@ -45,16 +46,12 @@ def check_scheduler_name(name) -> str:
 
 def check_scheduler_override(checkpoint: Union[str, Path], name: Optional[str]) -> None:
     """Refuse ``--scheduler NAME`` where it makes no sense, reading JSON only: an unknown name, a
-    checkpoint that is not a Stable Diffusion folder (a diffkit checkpoint carries its own sampling), an
-    SD-XL folder, a folder whose scheduler is already an LCMScheduler (or the override named itself)."""
+    checkpoint that is not a Stable Diffusion folder (SD 1.x/2.x or SD-XL; a diffkit checkpoint carries its own
+    sampling), a folder whose scheduler is already an LCMScheduler."""
     if name is None:
         return
     check_scheduler_name(name)
-    from .sd_xl import is_sd_xl_folder
     from .stable_diffusion import is_stable_diffusion_folder
-    if is_sd_xl_folder(checkpoint):
-        raise DiffkitError(f"--scheduler {name}: {checkpoint} is an SD-XL folder; the scheduler override takes Stable "
-                           f"Diffusion 1.x/2.x folders")
     if not is_stable_diffusion_folder(checkpoint):
         raise DiffkitError(f"--scheduler {name} applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                            f"is not one")
@@ -63,14 +60,29 @@ def check_scheduler_override(checkpoint: Union[str, Path], name: Optional[str]) 
         override_config(read_json_object(config_file, "scheduler config"), name, checkpoint, build=False)
 
 
-def override_config(config: Mapping, name: str, directory="the folder", build: bool = True) -> dict:
+def own_override(config_or_folder) -> Optional[str]:
+    """``"tcd"`` for a folder whose own scheduler is a ``TCDScheduler`` (``config_or_folder``: its scheduler config,
+    or the folder, JSON only), else None: such a folder is sampled as ``scheduler="tcd"`` would sample it
+    (``TCDScheduler.from_config`` of its config is that config), defaults and checks included."""
+    if isinstance(config_or_folder, Mapping):
+        own = config_or_folder.get("_class_name")
+    else:
+        from .lcm import folder_scheduler_class
+        own = folder_scheduler_class(config_or_folder)
+    return "tcd" if own == SCHEDULER_OVERRIDES["tcd"] else None
+
+
+def override_config(config: Mapping, name: str, directory="the folder", build: bool = True,
+                    source: Optional[str] = None) -> dict:
     """The scheduler config diffusers' ``{LCM,TCD}Scheduler.from_config(pipe.scheduler.config)`` gives for
     the folder's ``config`` (its JSON), as a dict (``_class_name`` the new class); ``build=False``: only
-    the checks (an LCMScheduler folder is refused: it is one already)."""
+    the checks (an LCMScheduler folder is refused: it is one already). ``source``: what the errors name
+    (default ``--scheduler NAME``)."""
     cls_name = SCHEDULER_OVERRIDES[check_scheduler_name(name)]
+    source = source or f"--scheduler {name}"
     own = config.get("_class_name")
     if own == "LCMScheduler":
-        raise DiffkitError(f"--scheduler {name}: {directory} is already an LCMScheduler folder (a latent consistency "
+        raise DiffkitError(f"{source}: {directory} is already an LCMScheduler folder (a latent consistency "
                            f"model, sampled as one); drop --scheduler (its tcd sampler: --sampler tcd)")
     if not build:
         return dict(config)
@@ -86,14 +98,14 @@ def override_config(config: Mapping, name: str, directory="the folder", build: b
     new.pop("_use_default_values", None)
     for key in ("clip_sample", "thresholding"):
         if new.get(key):
-            raise DiffkitError(f"--scheduler {name}: {directory}'s scheduler config gives {cls_name} {key}=True, which "
+            raise DiffkitError(f"{source}: {directory}'s scheduler config gives {cls_name} {key}=True, which "
                                f"clamps x0_hat in diffusers' step, not in diffkit's samplers; allowed: a config with "
                                f"{key} false (SD 1.5's and 2.1's)")
     if name == "tcd":  # the tcd sampler's lcm spacing picks from diffkit's default source times (no model grid)
         from ..timesteps import LCM_ORIGINAL_STEPS
         n, T = new.get("original_inference_steps"), int(new.get("num_train_timesteps", 1000))
         if n != min(LCM_ORIGINAL_STEPS, T):
-            raise DiffkitError(f"--scheduler tcd: {directory}'s scheduler config gives TCDScheduler "
+            raise DiffkitError(f"{source}: {directory}'s scheduler config gives TCDScheduler "
                                f"original_inference_steps={n!r}; allowed: {min(LCM_ORIGINAL_STEPS, T)} (TCDScheduler's "
                                f"default, the source times of diffkit's lcm spacing)")
     return new
@@ -107,5 +119,5 @@ def default_sampler(name: Optional[str], consistency: bool) -> str:
     return "consistency" if consistency else "ddim"
 
 
-__all__ = ["SCHEDULER_OVERRIDES", "check_scheduler_name", "check_scheduler_override", "override_config",
+__all__ = ["SCHEDULER_OVERRIDES", "check_scheduler_name", "check_scheduler_override", "override_config", "own_override",
            "default_sampler"]

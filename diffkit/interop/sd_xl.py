@@ -25,8 +25,13 @@ denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``Stable
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
 to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
 
+Latent consistency and TCD sampling (an LCMScheduler or TCDScheduler folder, a UNet with ``time_cond_proj_dim``
+and an LCMScheduler as latent-consistency/lcm-sdxl's, ``scheduler="lcm"`` / ``"tcd"``) is SD 1.x's (:mod:`.lcm`,
+:mod:`.sd_scheduler`): :meth:`prompt_guidance` adds the SD-XL conditioning to the guidance-input model
+(:meth:`~.stable_diffusion.StableDiffusion.weight_input_guidance`) or to classifier-free guidance.
+
 Refused in one line (:func:`load_sd_xl`): refiner-only folders (no ``text_encoder``,
-``requires_aesthetics_score``), LCMScheduler folders, UNets with a guidance input or inpainting
+``requires_aesthetics_score``), UNets with a guidance input without an LCMScheduler, UNets with inpainting
 channels, VAEs with ``latents_mean`` / ``latents_std``. LoRA files (``unet.`` / ``text_encoder.`` /
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
@@ -46,6 +51,7 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import from_pretrained, library_progress_bars, require
+from .lcm import LCM_LORA_GUIDANCE
 from .stable_diffusion import (StableDiffusion, check_components, check_stable_diffusion_unet, negative_prompts,
                                prompt_list)
 
@@ -66,8 +72,11 @@ class StableDiffusionXL(StableDiffusion):
 
     @property
     def default_guidance_scale(self) -> float:
-        """StableDiffusionXLPipeline's default s = 5."""
-        return XL_PIPELINE_GUIDANCE
+        """StableDiffusionXLPipeline's default s = 5 (also for an LCM UNet with a guidance input: the pipeline
+        embeds s - 1); 1 (no guidance) for an LCMScheduler folder without one or a scheduler override, as for
+        SD 1.x (:attr:`~.stable_diffusion.StableDiffusion.default_guidance_scale`)."""
+        lcm_lora = (self.consistency is not None or self.scheduler_override) and not self.guidance_embedding_dim
+        return LCM_LORA_GUIDANCE if lcm_lora else XL_PIPELINE_GUIDANCE
 
     # ------------------------------------------------------------------ prompts
     def encode_prompts_xl(self, prompts: Sequence[str], prompts_2=None, clip_skip: Optional[int] = None) -> tuple:
@@ -135,6 +144,8 @@ class StableDiffusionXL(StableDiffusion):
             given = ", ".join(f"{key}={micro[key]!r}" for key in MICRO_CONDITIONS[3:] if micro.get(key) is not None)
             raise DiffkitError(f"{given} is not allowed alone: negative size conditions need both "
                                f"negative_original_size and negative_target_size (the pipeline ignores them otherwise)")
+        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale,
+                                              negative_prompt_2)
         context, pooled = self.encode_prompts_xl(prompts, prompt_2, clip_skip)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
             _zeroed_null_half(negative_prompt_2)
@@ -145,8 +156,9 @@ class StableDiffusionXL(StableDiffusion):
             negatives_2 = second_prompts(negative_prompt_2, negatives, "negative_prompt_2")
             null_context, null_pooled = self.encode_prompts_xl(negatives, negatives_2)  # no clip_skip: the pipeline
             # encodes the null half from hidden_states[-2] whatever clip_skip
-        denoiser = self.guided(guidance_scale, {"context": null_context, "text_embeds": null_pooled,
-                                                "time_ids": null_ids[None]}, convention, rescale=guidance_rescale)
+        denoiser = weighted if weighted is not None else self.guided(  # weighted: an LCM UNet's w input
+            guidance_scale, {"context": null_context, "text_embeds": null_pooled, "time_ids": null_ids[None]},
+            convention, rescale=guidance_rescale)
         batch = context.shape[0]
         return denoiser, {**self.cond(context), "text_embeds": pooled, "time_ids": ids.expand(batch, -1)}
 
@@ -215,12 +227,10 @@ def is_sd_xl_folder(path: Union[str, Path]) -> bool:
 
 def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
     """The SD-XL UNet2DConditionModel :func:`text_to_image` drives: ``addition_embed_type="text_time"``
-    and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows, without an LCM's
-    guidance input, nor a 9-channel SD-XL inpainting UNet (``inpainting`` is ignored: refused in one line; the
-    4-channel base UNet inpaints by replacement, :func:`~diffkit.latent_editing.latent_inpaint`)."""
-    if lcm or config.get("time_cond_proj_dim") is not None:
-        raise DiffkitError(f"{directory} is an SD-XL latent consistency model (LCMScheduler or time_cond_proj_dim); "
-                           f"diffkit samples SD-XL folders with a diffusion scheduler (Euler, DDIM, ...)")
+    and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows (an LCM's guidance input
+    ``time_cond_proj_dim`` with an LCMScheduler, ``lcm``), not a 9-channel SD-XL inpainting UNet (``inpainting`` is
+    ignored: refused in one line; the 4-channel base UNet inpaints by replacement,
+    :func:`~diffkit.latent_editing.latent_inpaint`)."""
     from .sd_inpaint import is_inpainting_config
     if is_inpainting_config(config):  # inpainting goes by replacement with the 4-channel base UNet
         raise DiffkitError(f"{directory} is an SD-XL inpainting UNet (in_channels={config.get('in_channels')}: latents "
@@ -234,11 +244,11 @@ def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: boo
 
 
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
-               lora=None, textual_inversion=None) -> StableDiffusionXL:
+               lora=None, textual_inversion=None, scheduler: Optional[str] = None) -> StableDiffusionXL:
     """Load an SD-XL diffusers folder (``StableDiffusionXLPipeline``; never downloads). What diffkit
     does not drive is refused in one line before any weight is read (module docstring). ``lora``,
-    ``textual_inversion``: as :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked
-    before the folder loads)."""
+    ``textual_inversion``, ``scheduler`` (``"lcm"`` / ``"tcd"``, :mod:`.sd_scheduler`): as
+    :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked before the folder loads)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .stable_diffusion import _load_stable_diffusion
@@ -259,7 +269,7 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                                f"z / scaling_factor only")
     transformers = require("transformers")
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(directory, device, dtype, check_unet=check_sd_xl_unet)
+        sd = _load_stable_diffusion(directory, device, dtype, check_unet=check_sd_xl_unet, scheduler=scheduler)
         common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
         text_cls = getattr(transformers, str(index["text_encoder_2"][1]), transformers.CLIPTextModelWithProjection)
         text_encoder_2 = from_pretrained(text_cls, directory / "text_encoder_2", **common)

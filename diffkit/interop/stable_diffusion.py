@@ -60,7 +60,7 @@ class StableDiffusion:
     consistency: Optional[dict] = None  # an LCMScheduler folder: sigma_data, timestep_scaling, grid (.lcm)
     prompt_expansions: dict = field(default_factory=dict)  # multi-vector textual inversion (.sd_textual_inversion)
     _denoiser: object = field(default=None, repr=False)
-    scheduler_override: Optional[str] = None  # load_stable_diffusion(scheduler=): "lcm" or "tcd" (.sd_scheduler)
+    scheduler_override: Optional[str] = None  # load_stable_diffusion(scheduler=) "lcm" / "tcd", "tcd": a TCDScheduler's
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -175,6 +175,23 @@ class StableDiffusion:
                                "guidance)")
         return GuidanceScaleInput(self.denoiser, guidance_scale, convention)
 
+    def weight_input_guidance(self, guidance_scale: float, convention: str, negative_prompt=None,
+                              guidance_rescale: float = 0.0, negative_prompt_2=None):
+        """:meth:`with_weight` for a UNet with a guidance input (``time_cond_proj_dim``), as diffusers'
+        pipelines (LatentConsistencyModelPipeline, StableDiffusionXLPipeline) embed ``guidance_scale - 1`` as
+        ``timestep_cond`` with no classifier-free pass, so a ``negative_prompt`` or ``guidance_rescale`` is
+        refused in one line (SD-XL's ``negative_prompt_2`` too); ``None`` for a UNet without one (classifier-free
+        guidance: :meth:`guided`)."""
+        if not self.guidance_embedding_dim:
+            return None
+        for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None),
+                            ("negative_prompt_2", negative_prompt_2)):
+            if value is not None:
+                raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
+                                   f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
+                                   f"classifier-free pass to rescale or to give a negative prompt")
+        return self.with_weight(guidance_scale, convention)
+
     @staticmethod
     def cond(context: torch.Tensor) -> dict:
         """The ``cond`` of a guided call: the prompt embeddings and the labels marking the
@@ -210,13 +227,9 @@ class StableDiffusion:
                                f"conditioning; this Stable Diffusion UNet is conditioned on the text encoder alone")
         refuse_second_prompts(prompt_2, negative_prompt_2)
         context = self.encode_prompts(prompts, clip_skip)
-        if self.guidance_embedding_dim:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
-            for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
-                if value is not None:
-                    raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
-                                       f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
-                                       f"classifier-free pass to rescale or to give a negative prompt")
-            return self.with_weight(guidance_scale, convention), {"context": context}
+        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale)
+        if weighted is not None:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
+            return weighted, {"context": context}
         negatives = negative_prompts(negative_prompt, len(prompts))
         denoiser = self.guided(guidance_scale, self.encode_prompts(negatives), convention, rescale=guidance_rescale)
         cond = self.cond(context)
@@ -338,14 +351,16 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     text encoder as diffusers' ``load_textual_inversion(path, token=token)`` (:mod:`.sd_textual_inversion`).
     ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints). ``scheduler``:
     ``"lcm"`` / ``"tcd"`` samples the folder as diffusers' ``pipe.scheduler = LCMScheduler.from_config(
-    pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`)."""
+    pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`; a folder
+    whose own scheduler is a TCDScheduler as ``"tcd"``). An SD-XL folder loads as :func:`.sd_xl.load_sd_xl`."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .sd_scheduler import check_scheduler_override
     from .sd_xl import is_sd_xl_folder, load_sd_xl
     check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
-        return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion)
+        return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
+                          scheduler=scheduler)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
@@ -365,9 +380,12 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     if not sched_file.is_file():
         raise DiffkitError(f"{sched_file} does not exist")
     scheduler_config = read_json_object(sched_file, "scheduler config")
+    from .sd_scheduler import override_config, own_override
     if scheduler is not None:  # LCMScheduler / TCDScheduler.from_config of it (.sd_scheduler)
-        from .sd_scheduler import override_config
         scheduler_config = override_config(scheduler_config, scheduler, directory)
+    elif own_override(scheduler_config):  # a TCDScheduler folder: sampled as scheduler="tcd"
+        scheduler = own_override(scheduler_config)
+        scheduler_config = override_config(scheduler_config, scheduler, directory, source="a TCDScheduler folder")
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     lcm = is_lcm_scheduler(scheduler_config)
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
