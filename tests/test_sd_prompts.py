@@ -288,3 +288,33 @@ def test_lcm_folder_clip_skip_is_the_latent_consistency_pipelines(tmp_path):
     assert relative_error(ours, theirs) < 1e-5
     plain = text_to_image(sd, PROMPTS, steps=2, latents=latents, seed=3, return_latents=True)
     assert relative_error(plain, theirs) > 1e-3
+
+
+def test_lcm_sd_xl_folder_clip_skip_and_prompt_2_are_the_pipelines(tiny_xl, tmp_path):
+    """An SD-XL LCMScheduler folder whose UNet takes w (lcm-sdxl): text_to_image(clip_skip=1, prompt_2=[...]) is
+    StableDiffusionXLPipeline's with them (no classifier-free pass); negative_prompt_2 is refused there, as
+    negative_prompt (no null half to give it to)."""
+    import shutil
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    from diffkit.noise import generators_from_seed
+    from test_interop_lcm import COND_DIM, SMALL_SCALING
+    pipe, folder, _ = tiny_xl
+    torch.manual_seed(3)
+    unet = diffusers.UNet2DConditionModel.from_config(pipe.unet.config, time_cond_proj_dim=COND_DIM)
+    scheduler = diffusers.LCMScheduler.from_config(pipe.scheduler.config, **SMALL_SCALING)
+    lcm = diffusers.StableDiffusionXLPipeline(**{**pipe.components, "unet": unet, "scheduler": scheduler},
+                                              add_watermarker=False)
+    lcm.set_progress_bar_config(disable=True)
+    shutil.copytree(folder, tmp_path / "lcm", ignore=shutil.ignore_patterns("unet", "scheduler"))
+    unet.save_pretrained(tmp_path / "lcm" / "unet")
+    scheduler.save_pretrained(tmp_path / "lcm" / "scheduler")
+    sd = load_stable_diffusion(tmp_path / "lcm", progress=False)
+    latents = torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = lcm(PROMPTS, prompt_2=["a dog", "red"], clip_skip=1, num_inference_steps=2, guidance_scale=5.0,
+                     latents=latents.clone(), generator=generators_from_seed(3, 2), output_type="latent").images
+    ours = text_to_image(sd, PROMPTS, prompt_2=["a dog", "red"], clip_skip=1, steps=2, guidance_scale=5.0,
+                         latents=latents, seed=3, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+    with pytest.raises(DiffkitError, match="negative_prompt_2='dark' is not allowed: this LCM UNet takes"):
+        text_to_image(sd, PROMPTS, steps=1, negative_prompt_2="dark")
