@@ -46,6 +46,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
                       removed_if_empty_on_failure, seed_int, tolerance_options)
 from ._common import add_freeu_flag, check_freeu_checkpoint
+from ._sd_prompts import add_prompt_encoding_flags
 
 
 def strength_value(text: str) -> float:
@@ -112,6 +113,7 @@ def register(sub) -> None:
                    help="Stable Diffusion / SD-XL folders with --prompt: the null condition of classifier-free "
                         "guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
                         "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt")
+    add_prompt_encoding_flags(p)  # --clip-skip, --prompt-2, --negative-prompt-2 (Stable Diffusion / SD-XL folders)
     p.add_argument("--posterior", type=str, choices=("mean", "sample"),
                    help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
                         "the image's seed before its noise, as diffusers' img2img); default mean for a diffkit "
@@ -370,10 +372,14 @@ def _prompt_request(args, sampler: str):
     :class:`~diffkit.commands.sample.GuidanceRequest` (checked before loading), or None without ``--prompt``."""
     from ..errors import DiffkitError
     from .sample import GuidanceRequest
+    from ._sd_prompts import check_prompt_encoding, given_flags
     if args.prompts is None:
         if args.negative_prompt is not None:
             raise DiffkitError(f"--negative-prompt {args.negative_prompt!r} goes with --prompt (a Stable Diffusion "
                                f"folder's classifier-free guidance)")
+        if given_flags(args):
+            raise DiffkitError(f"{given_flags(args)[0][0]} goes with --prompt (a Stable Diffusion / SD-XL folder's "
+                               f"prompt encoding)")
         return None
     if args.class_id is not None:
         raise DiffkitError("--prompt and --class exclude each other: a checkpoint is text- or class-conditional")
@@ -384,8 +390,10 @@ def _prompt_request(args, sampler: str):
                               negative_prompt=args.negative_prompt,
                               interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                               apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
-                              apg_momentum=args.apg_momentum)
+                              apg_momentum=args.apg_momentum, clip_skip=args.clip_skip, prompts_2=args.prompts_2,
+                              negative_prompt_2=args.negative_prompt_2)
     request.check(sampler)
+    check_prompt_encoding(request, args.checkpoint)
     return request
 
 
@@ -433,6 +441,7 @@ def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
 
     from ..errors import DiffkitError
     from ..interop.stable_diffusion import StableDiffusion
+    from ._sd_prompts import prompt_options
     if request is None:
         raise DiffkitError("this checkpoint is text-conditional: give --prompt TEXT (once for every image, or once "
                            "per image)")
@@ -447,10 +456,10 @@ def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
                              else (request.guidance_scale, request.convention))
         if hasattr(sd, "encode_prompts_xl"):  # SD-XL (StableDiffusionXLImg2ImgPipeline): pooled text, time ids
             guided, cond = sd.prompt_guidance(prompts, request.negative_prompt, scale, convention, request.rescale,
-                                              image_size=size, **micro)
+                                              image_size=size, **micro, **prompt_options(request))
             return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
                                              for key, value in cond.items()}
-        context = sd.encode_prompts(prompts)
+        context = sd.encode_prompts(prompts, request.clip_skip)  # the null half is not skipped, as the pipelines'
         guided = sd.guided(scale, sd.encode_prompts([request.negative_prompt or ""]), convention,
                            rescale=request.rescale)
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])

@@ -47,7 +47,9 @@ def check_series_flags(args) -> None:
     for flag, value in (("--images", args.images), ("--mask", args.mask), ("--strength", args.strength),
                         ("--interpolate", args.interpolate), ("--method", args.method), ("--t", args.t),
                         ("--prompt", args.prompts), ("--posterior", args.posterior),
-                        ("--paste-known", args.paste_known or None)):
+                        ("--paste-known", args.paste_known or None), ("--negative-prompt", args.negative_prompt),
+                        ("--clip-skip", args.clip_skip), ("--prompt-2", args.prompts_2),
+                        ("--negative-prompt-2", args.negative_prompt_2)):
         if value is not None:
             raise DiffkitError(f"{flag} applies to image edits; --series forecasts (--horizon) or imputes a series")
     out = Path(args.out)

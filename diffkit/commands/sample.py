@@ -58,6 +58,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
                       tolerance_options, unit_float)
 from ._common import add_freeu_flag, check_freeu_checkpoint
+from ._sd_prompts import add_prompt_encoding_flags
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -116,6 +117,7 @@ def register(sub) -> None:
     g.add_argument("--negative-prompt", metavar="TEXT",
                    help="Stable Diffusion / SD-XL folders: the null condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt)")
+    add_prompt_encoding_flags(g)  # --clip-skip, --prompt-2, --negative-prompt-2
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
     g.add_argument("--guidance-scale", type=float, metavar="W",
@@ -306,6 +308,9 @@ class GuidanceRequest:
     apg_eta: Optional[float] = None
     apg_norm_threshold: Optional[float] = None
     apg_momentum: Optional[float] = None
+    clip_skip: Optional[int] = None  # Stable Diffusion / SD-XL folders (._sd_prompts)
+    prompts_2: Optional[list] = None
+    negative_prompt_2: Optional[str] = None
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -336,8 +341,12 @@ class GuidanceRequest:
                   pag_interval=tuple(args.pag_interval) if getattr(args, "pag_interval", None) else None,
                   pag_adaptive_scale=getattr(args, "pag_adaptive_scale", None),
                   apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
-                  apg_momentum=args.apg_momentum)
+                  apg_momentum=args.apg_momentum, clip_skip=getattr(args, "clip_skip", None),
+                  prompts_2=getattr(args, "prompts_2", None),
+                  negative_prompt_2=getattr(args, "negative_prompt_2", None))
         req.check_model_kind(checkpoint)
+        from ._sd_prompts import check_prompt_encoding
+        check_prompt_encoding(req, checkpoint)
         req.check(sampler)
         return req
 
@@ -639,6 +648,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
                                        control=control, ip_adapter=ip_adapter, scheduler=scheduler, freeu=freeu,
                                        **options)
+    if guidance is not None:
+        from ._sd_prompts import check_prompt_encoding
+        check_prompt_encoding(guidance, checkpoint)  # --clip-skip, --prompt-2: Stable Diffusion folders only
     if guidance is not None and guidance.negative_prompt is not None:
         raise DiffkitError(f"--negative-prompt applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
                            f"is not one")
@@ -857,10 +869,12 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). ``ip_adapter``: an
     IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). An SD-XL folder
     (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
-    null condition of every prompt. ``scheduler``: ``"lcm"`` / ``"tcd"``, the folder sampled as with diffusers'
-    ``LCMScheduler`` / ``TCDScheduler.from_config`` (:mod:`diffkit.interop.sd_scheduler`). ``refiner``: an SD-XL
-    refiner folder that takes over the base's latents at its cut (:mod:`diffkit.commands._refiner`). Writes the grid
-    (and single PNGs); latents have no noise grid."""
+    null condition of every prompt; ``guidance.clip_skip`` / ``prompts_2`` / ``negative_prompt_2``: text_to_image's
+    ``clip_skip`` / ``prompt_2`` (one, or one per prompt) / ``negative_prompt_2``. ``scheduler``: ``"lcm"`` /
+    ``"tcd"``, the folder sampled as with diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config``
+    (:mod:`diffkit.interop.sd_scheduler`). ``refiner``: an SD-XL refiner folder that takes over the base's latents
+    at its cut (:mod:`diffkit.commands._refiner`; the prompt options are the base's). Writes the grid (and single
+    PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -869,8 +883,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
     from ..models.freeu import parse_freeu
+    from ._sd_prompts import check_prompt_encoding, prompt_options
 
     guidance = guidance or GuidanceRequest()
+    check_prompt_encoding(guidance, directory)  # as from_args did (library callers too)
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
@@ -886,7 +902,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     lcm = is_lcm_folder(directory) or scheduler == "lcm"
     w_input = folder_guidance_input(directory) if lcm else 0  # else the loader refuses it
     cfg_only = [flag for flag, value in (("--guidance-rescale", guidance.rescale),
-                                         ("--negative-prompt", guidance.negative_prompt is not None)) if value]
+                                         ("--negative-prompt", guidance.negative_prompt is not None),
+                                         ("--negative-prompt-2", guidance.negative_prompt_2 is not None)) if value]
     if w_input and cfg_only:  # before loading the weights
         raise DiffkitError(f"{cfg_only[0]} is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
@@ -908,6 +925,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
 
     rows = None if controlnet is None or controlnet.per_prompt == 1 else index.tolist()  # each prompt's image
 
+    per_prompt_2 = guidance.prompts_2 is not None and len(guidance.prompts_2) > 1  # --prompt-2 once per --prompt
+    per_sample_2 = [guidance.prompts_2[i] for i in index.tolist()] if per_prompt_2 else None
+
     def prompted(_, noise, sampler, steps, *, cond, **how):  # text_to_image's guidance, from the drawn z_T
         # the base's part (._refiner); one step is the batch-size probe's (check_steps refuses it with --refiner)
         alone = refiner is None or steps == 1
@@ -916,7 +936,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                           negative_prompt=guidance.negative_prompt,
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                          ip_adapter=adapter, freeu=freeu, **handover, **how)
+                          ip_adapter=adapter, freeu=freeu, **prompt_options(guidance, cond.get("prompts_2")),
+                          **handover, **how)
         if alone:
             return z
         guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,
@@ -927,7 +948,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
                  nfe=nfe, spacing=spacing, final=final,
                  cond=lambda start, n: {"prompts": per_sample[start:start + n],
-                                        **({} if rows is None else {"control_rows": rows[start:start + n]})},
+                                        **({} if rows is None else {"control_rows": rows[start:start + n]}),
+                                        **({} if per_sample_2 is None else
+                                           {"prompts_2": per_sample_2[start:start + n]})},
                  batch_size=batch_size, device=device, dtype=sd.dtype,
                  decode=sd.decode if refined is None else refined.decode, sample_fn=prompted,
                  separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,

@@ -42,8 +42,9 @@ channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files or textual in
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
 :mod:`.sd_textual_inversion`) added to both tokenizers and text encoders, as diffusers' ``load_lora_weights``
-+ ``fuse_lora`` and ``load_textual_inversion`` do. ``clip_skip`` and ``prompt_2`` are not offered (the
-pipeline's defaults: none, and ``prompt`` for both encoders).
++ ``fuse_lora`` and ``load_textual_inversion`` do. ``clip_skip`` (``hidden_states[-(N + 2)]`` of both encoders;
+the prompts only) and ``prompt_2`` / ``negative_prompt_2`` (encoder 2's text) are the pipeline's
+(:mod:`.sd_prompts`).
 """
 from __future__ import annotations
 
@@ -95,28 +96,35 @@ class StableDiffusionXL(StableDiffusion):
         return LCM_LORA_GUIDANCE if lcm_lora else XL_PIPELINE_GUIDANCE
 
     # ------------------------------------------------------------------ prompts
-    def encode_prompts_xl(self, prompts: Sequence[str]) -> tuple:
-        """(context (B, L, d_1 + d_2), pooled (B, projection_dim)) as the pipeline's ``encode_prompt``
-        (clip_skip None): each tokenizer pads to its ``model_max_length`` and truncates, each encoder's
-        penultimate hidden states, concatenated; the pooled, projected output of encoder 2. A multi-vector
+    def encode_prompts_xl(self, prompts: Sequence[str], prompts_2=None, clip_skip: Optional[int] = None) -> tuple:
+        """(context (B, L, d_1 + d_2), pooled (B, projection_dim)) as the pipeline's ``encode_prompt``:
+        each tokenizer pads to its ``model_max_length`` and truncates, each encoder's penultimate hidden states
+        (``clip_skip`` N: N layers lower), concatenated; the pooled, projected output of encoder 2. ``prompts_2``:
+        encoder 2's texts (default ``prompts``; :func:`.sd_prompts.second_prompts`). A multi-vector
         textual-inversion token is expanded first, for each tokenizer (the pipeline's ``maybe_convert_prompt``)."""
+        from .sd_prompts import check_clip_skip, layer_counts, second_prompts, xl_layer
         from .sd_textual_inversion import expand_prompt
         prompts = prompt_list(prompts)
+        refiner = self.text_encoder is None  # text_encoder_2 alone, given the prompts (the pipeline's encode_prompt)
+        encoders = [self.text_encoder_2] if refiner else [self.text_encoder, self.text_encoder_2]
+        clip_skip = check_clip_skip(clip_skip, layer_counts(encoders))
         states = []
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            if encoder is None:  # a refiner: text_encoder_2 alone, as the pipeline's encode_prompt
+        for texts, tokenizer, encoder in ((prompts, self.tokenizer, self.text_encoder),
+                                          (prompts if refiner else second_prompts(prompts_2, prompts), self.tokenizer_2,
+                                           self.text_encoder_2)):
+            if encoder is None:
                 continue
-            tokens = tokenizer([expand_prompt(p, tokenizer, self.prompt_expansions) for p in prompts],
+            tokens = tokenizer([expand_prompt(p, tokenizer, self.prompt_expansions) for p in texts],
                                padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                                return_tensors="pt")
             with torch.no_grad():
                 out = encoder(tokens.input_ids.to(self.device), output_hidden_states=True)
-            states.append(out.hidden_states[-2])
+            states.append(out.hidden_states[xl_layer(clip_skip)])
         return torch.cat(states, dim=-1).to(self.dtype), out.text_embeds.to(self.dtype)
 
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: Sequence[str], clip_skip: Optional[int] = None) -> torch.Tensor:
         """The cross-attention context of :meth:`encode_prompts_xl` alone."""
-        return self.encode_prompts_xl(prompts)[0]
+        return self.encode_prompts_xl(prompts, clip_skip=clip_skip)[0]
 
     def time_ids(self, original_size, crops_coords_top_left, target_size) -> torch.Tensor:
         """The size conditions (6,) = original_size + crops_coords_top_left + target_size (Podell et
@@ -174,7 +182,8 @@ class StableDiffusionXL(StableDiffusion):
         return ids, null_ids
 
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
-                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
+                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
+                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None) -> tuple:
         """(denoiser, cond) of :func:`~.stable_diffusion.text_to_image` for SD-XL: cond holds
         ``context``, ``text_embeds`` and ``time_ids`` (and the labels marking the conditional half);
         the guided denoiser holds the null half's (see the module docstring). ``micro_conditioning``:
@@ -182,7 +191,12 @@ class StableDiffusionXL(StableDiffusion):
         their ``negative_`` forms (defaults: the image size ``image_size``, (0, 0), the image size); for a
         refiner (``requires_aesthetics_score``) ``aesthetic_score`` / ``negative_aesthetic_score`` (6, 2.5)
         instead of the target sizes (:meth:`aesthetic_time_ids`; the null half: ``negative_original_size``,
-        default original_size, and ``negative_crops_coords_top_left``, default (0, 0), as the img2img pipeline)."""
+        default original_size, and ``negative_crops_coords_top_left``, default (0, 0), as the img2img pipeline).
+        ``clip_skip`` (the prompts only), ``prompt_2``, ``negative_prompt_2`` (not on a refiner: its one encoder
+        gets the prompts): :mod:`.sd_prompts`."""
+        from .sd_prompts import refuse_second_prompts, second_prompts
+        if self.text_encoder is None:
+            refuse_second_prompts(prompt_2, negative_prompt_2)
         micro = dict(micro_conditioning or {})
         unknown = sorted(set(micro) - set(MICRO_CONDITIONS + AESTHETIC_CONDITIONS))
         if unknown:
@@ -190,14 +204,18 @@ class StableDiffusionXL(StableDiffusion):
                                f"{', '.join(MICRO_CONDITIONS + AESTHETIC_CONDITIONS)}")
         micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
         ids, null_ids = self._time_id_pair(micro, tuple(image_size))
-        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale)
-        context, pooled = self.encode_prompts_xl(prompts)
+        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale,
+                                              negative_prompt_2)
+        context, pooled = self.encode_prompts_xl(prompts, prompt_2, clip_skip)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
+            _zeroed_null_half(negative_prompt_2)
             null_context, null_pooled = torch.zeros_like(context[:1]), torch.zeros_like(pooled[:1])
         else:  # one row for a prompt shared by all: the wrapper broadcasts it to any slice (diffkit edit)
-            shared = negative_prompt is None or isinstance(negative_prompt, str)
-            null_context, null_pooled = self.encode_prompts_xl(
-                [negative_prompt or ""] if shared else negative_prompts(negative_prompt, len(prompts)))
+            shared = all(p is None or isinstance(p, str) for p in (negative_prompt, negative_prompt_2))
+            negatives = [negative_prompt or ""] if shared else negative_prompts(negative_prompt, len(prompts))
+            negatives_2 = second_prompts(negative_prompt_2, negatives, "negative_prompt_2")
+            null_context, null_pooled = self.encode_prompts_xl(negatives, negatives_2)  # no clip_skip: the pipeline
+            # encodes the null half from hidden_states[-2] whatever clip_skip
         denoiser = weighted if weighted is not None else self.guided(  # weighted: an LCM UNet's w input
             guidance_scale, {"context": null_context, "text_embeds": null_pooled, "time_ids": null_ids[None]},
             convention, rescale=guidance_rescale)
@@ -238,6 +256,15 @@ class StableDiffusionXL(StableDiffusion):
         decodes in float32, as the pipeline upcasts it."""
         with self._upcast_vae():
             return super().decode(latents)
+
+
+def _zeroed_null_half(negative_prompt_2) -> None:
+    """A one-line error for ``negative_prompt_2`` where the null half is zeros (no ``negative_prompt``,
+    ``force_zeros_for_empty_prompt``): the pipeline ignores it there."""
+    if negative_prompt_2:
+        raise DiffkitError(f"negative_prompt_2={negative_prompt_2!r} is not allowed without negative_prompt on this "
+                           f"folder: its null half is zeros (force_zeros_for_empty_prompt), as the pipeline's, which "
+                           f"ignores negative_prompt_2 then; give negative_prompt too")
 
 
 def _index(path: Union[str, Path]) -> Optional[dict]:

@@ -14,7 +14,9 @@ the prompt embedding is the ``context`` of the conditional half and the empty (o
 prompt's embedding its ``null_context``; the labels the wrapper requires only mark the two
 halves (the network ignores them). Everything runs through :func:`diffkit.sample`, so every
 registered sampler (``diffkit samplers``) works; images come back in [0, 1] (as diffusers'
-``output_type="pt"``), or in [-1, 1] with ``output_range="-1,1"``.
+``output_type="pt"``), or in [-1, 1] with ``output_range="-1,1"``. ``clip_skip`` (the pipeline's: the final norm of
+the text encoder's states N layers lower, the prompts only) and SD-XL's ``prompt_2`` / ``negative_prompt_2``:
+:mod:`.sd_prompts`.
 
 A folder whose scheduler is an ``LCMScheduler`` is a latent consistency model (:mod:`.lcm`): its
 denoiser is a :class:`~diffkit.consistency.ConsistencyDenoiser`, and a UNet with
@@ -87,17 +89,23 @@ class StableDiffusion:
         return (batch, self.unet.config.in_channels, height // f, width // f)
 
     # ------------------------------------------------------------------ prompts
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: Sequence[str], clip_skip: Optional[int] = None) -> torch.Tensor:
         """CLIP text embeddings (B, model_max_length, dim): the tokens padded to the tokenizer's
         ``model_max_length`` and truncated, the text encoder's last hidden states (as diffusers); a
-        multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`)."""
+        multi-vector textual-inversion token is expanded first (:func:`.sd_textual_inversion.expand_prompt`).
+        ``clip_skip`` N: the final norm of the states N layers lower (:mod:`.sd_prompts`)."""
+        from .sd_prompts import check_clip_skip, layer_counts, skipped_last_states
         from .sd_textual_inversion import expand_prompt
+        clip_skip = check_clip_skip(clip_skip, layer_counts([self.text_encoder]))
         prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompt_list(prompts)]
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
+        if clip_skip is not None:
+            return skipped_last_states(self.text_encoder, tokens.input_ids.to(self.device), mask, clip_skip).to(
+                self.dtype)
         with torch.no_grad():
             out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return out.to(self.dtype)
@@ -169,14 +177,16 @@ class StableDiffusion:
         return GuidanceScaleInput(self.denoiser, guidance_scale, convention)
 
     def weight_input_guidance(self, guidance_scale: float, convention: str, negative_prompt=None,
-                              guidance_rescale: float = 0.0):
+                              guidance_rescale: float = 0.0, negative_prompt_2=None):
         """:meth:`with_weight` for a UNet with a guidance input (``time_cond_proj_dim``), as diffusers'
         pipelines (LatentConsistencyModelPipeline, StableDiffusionXLPipeline) embed ``guidance_scale - 1`` as
         ``timestep_cond`` with no classifier-free pass, so a ``negative_prompt`` or ``guidance_rescale`` is
-        refused in one line; ``None`` for a UNet without one (classifier-free guidance: :meth:`guided`)."""
+        refused in one line (SD-XL's ``negative_prompt_2`` too); ``None`` for a UNet without one (classifier-free
+        guidance: :meth:`guided`)."""
         if not self.guidance_embedding_dim:
             return None
-        for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None)):
+        for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None),
+                            ("negative_prompt_2", negative_prompt_2)):
             if value is not None:
                 raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
                                    f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
@@ -206,14 +216,18 @@ class StableDiffusion:
         return grid_from_diffusers(scheduler)
 
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
-                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None) -> tuple:
-        """(denoiser, cond) of :func:`text_to_image`: the prompts' embeddings, guided against the
-        empty or negative prompt (or, for an LCM UNet with a guidance input, w as that input).
-        ``image_size`` and ``micro_conditioning`` are SD-XL's (:mod:`.sd_xl`); SD 1.x/2.x has no such input."""
+                        guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
+                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None) -> tuple:
+        """(denoiser, cond) of :func:`text_to_image`: the prompts' embeddings (``clip_skip``: :mod:`.sd_prompts`),
+        guided against the empty or negative prompt (or, for an LCM UNet with a guidance input, w as that input).
+        ``image_size``, ``micro_conditioning``, ``prompt_2`` and ``negative_prompt_2`` are SD-XL's (:mod:`.sd_xl`);
+        SD 1.x/2.x has no such input."""
+        from .sd_prompts import refuse_second_prompts
         if micro_conditioning:
             raise DiffkitError(f"micro_conditioning={micro_conditioning!r} is not allowed: it is SD-XL's size "
                                f"conditioning; this Stable Diffusion UNet is conditioned on the text encoder alone")
-        context = self.encode_prompts(prompts)
+        refuse_second_prompts(prompt_2, negative_prompt_2)
+        context = self.encode_prompts(prompts, clip_skip)
         weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale)
         if weighted is not None:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
             return weighted, {"context": context}
@@ -403,7 +417,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_rows=None, ip_adapter=None, micro_conditioning: Optional[dict] = None,
-                  freeu=None, denoising_end: Optional[float] = None, **options) -> torch.Tensor:
+                  freeu=None, denoising_end: Optional[float] = None, clip_skip: Optional[int] = None,
+                  prompt_2: Union[None, str, Sequence[str]] = None,
+                  negative_prompt_2: Union[None, str, Sequence[str]] = None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -417,6 +433,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         says (eps_u + s (eps_c - eps_u)); diffusers' pipeline turns guidance off for any s <= 1
         instead. An LCM UNet with a guidance input gets w = s - 1 as that input instead
         (:meth:`StableDiffusion.with_weight`; one call per step; no negative prompt or rescale).
+    clip_skip: the context N layers below the pipeline's default (diffusers' ``clip_skip``; the prompts only, not
+        the null half; :mod:`.sd_prompts`). prompt_2 / negative_prompt_2: SD-XL's text of its second encoder (default:
+        ``prompts`` / ``negative_prompt``; :mod:`.sd_prompts`).
     guidance_rescale: phi of Lin et al. 2024 (Sec. 3.4), on the network's output as diffusers'
         pipeline applies it (eps, or v for a v-prediction folder).
     latents: the starting noise z_T (B, C, h, w); default N(0, I) from per-sample ``seed + i``.
@@ -477,7 +496,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = ip_adapter.adapting(sd)
     denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                         image_size=_image_size(sd, latents, height, width),
-                                        micro_conditioning=micro_conditioning)
+                                        micro_conditioning=micro_conditioning, clip_skip=clip_skip,
+                                        prompt_2=prompt_2, negative_prompt_2=negative_prompt_2)
     if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
         cond["control_rows"] = rows.to(sd.device)
     if grid is not None:

@@ -1,0 +1,58 @@
+"""``--clip-skip``, ``--prompt-2`` and ``--negative-prompt-2``: the prompt-encoding flags of Stable Diffusion and
+SD-XL folders in ``diffkit sample`` and ``diffkit edit`` (:mod:`diffkit.interop.sd_prompts`), checked before any
+weight is read."""
+from __future__ import annotations
+
+from ..errors import DiffkitError
+
+
+def add_prompt_encoding_flags(group) -> None:
+    """The three flags, into ``group`` (a parser or an argument group)."""
+    from ._common import int_in
+    group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
+                       help="Stable Diffusion / SD-XL folders: the prompts' embeddings N layers below the default "
+                            "(diffusers' clip_skip; A1111's 'CLIP skip' N + 1; the negative prompt is not skipped, "
+                            "as the pipelines'); N < the text encoder's layers")
+    group.add_argument("--prompt-2", dest="prompts_2", action="append", metavar="TEXT",
+                       help="SD-XL folders: the text of the second text encoder (default: --prompt); once for "
+                            "every prompt, or once per --prompt")
+    group.add_argument("--negative-prompt-2", metavar="TEXT",
+                       help="SD-XL folders: the second text encoder's negative prompt (default: --negative-prompt)")
+
+
+def given_flags(request) -> list:
+    """(flag, value) of the prompt-encoding flags a :class:`~diffkit.commands.sample.GuidanceRequest` holds."""
+    return [(flag, value) for flag, value in (("--clip-skip", request.clip_skip), ("--prompt-2", request.prompts_2),
+                                              ("--negative-prompt-2", request.negative_prompt_2)) if value is not None]
+
+
+def check_prompt_encoding(request, checkpoint) -> None:
+    """One-line errors, before loading: the flags on a checkpoint that is not a Stable Diffusion folder, the
+    ``-2`` flags on a folder with one text encoder, ``--clip-skip`` beyond its text encoders' layers (their configs),
+    ``--prompt-2`` neither once nor once per ``--prompt``."""
+    from ..interop.sd_xl import is_sd_xl_folder
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    given = given_flags(request)
+    if not given or checkpoint is None:
+        return
+    if not is_stable_diffusion_folder(checkpoint):
+        raise DiffkitError(f"{given[0][0]} applies to a Stable Diffusion / SD-XL folder (diffusers format); "
+                           f"{checkpoint} is not one")
+    second = [flag for flag, _ in given if flag != "--clip-skip"]
+    if second and not is_sd_xl_folder(checkpoint):
+        raise DiffkitError(f"{second[0]} applies to an SD-XL folder (its second text encoder); {checkpoint} has one "
+                           f"text encoder")
+    from ..interop.sd_prompts import check_clip_skip, folder_layer_counts
+    check_clip_skip(request.clip_skip, folder_layer_counts(checkpoint))  # N < the layers, from the configs
+    count = len(request.prompts or [])
+    if request.prompts_2 is not None and len(request.prompts_2) not in (1, count):
+        raise DiffkitError(f"--prompt-2 is given {len(request.prompts_2)} times for {count} --prompt; give it once "
+                           f"(every prompt) or once per --prompt")
+
+
+def prompt_options(request, prompts_2=None) -> dict:
+    """``text_to_image`` / ``prompt_guidance``'s ``clip_skip``, ``prompt_2`` and ``negative_prompt_2`` of
+    ``request``; ``prompts_2``: the second prompts of the batch, where ``--prompt-2`` was given once per prompt."""
+    if prompts_2 is None and request.prompts_2 is not None:
+        prompts_2 = request.prompts_2[0] if len(request.prompts_2) == 1 else list(request.prompts_2)
+    return {"clip_skip": request.clip_skip, "prompt_2": prompts_2, "negative_prompt_2": request.negative_prompt_2}
