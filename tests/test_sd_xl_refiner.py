@@ -316,3 +316,17 @@ def test_what_the_refiner_flags_refuse_in_one_line(tiny_pair, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), (argv, err)
         assert not (tmp_path / "out").exists()
+
+
+def test_refiner_clip_skip_is_the_pipelines_and_prompt_2_is_refused(tiny_pair):
+    """clip_skip on a refiner counts text_encoder_2's layers (the pipeline's hidden_states[-(N + 2)]); prompt_2 /
+    negative_prompt_2 are refused in one line (the pipeline gives its one encoder the prompts and drops them)."""
+    _, refiner, _, _, xl = tiny_pair
+    context, pooled = xl.encode_prompts_xl(PROMPTS, clip_skip=1)
+    theirs, _, theirs_pooled, _ = refiner.encode_prompt(PROMPTS, device="cpu", clip_skip=1)
+    torch.testing.assert_close(context, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(pooled, theirs_pooled, rtol=0, atol=0)
+    assert not torch.equal(context, xl.encode_prompts_xl(PROMPTS)[0])
+    for keyword in ("prompt_2", "negative_prompt_2"):
+        with pytest.raises(DiffkitError, match=f"{keyword}='x' is not allowed: .* has one text encoder"):
+            xl.prompt_guidance(PROMPTS, "neg", 5.0, "diffusers", 0.0, image_size=(16, 24), **{keyword: "x"})
