@@ -614,3 +614,17 @@ def test_sample_thresholding_writes_the_images_of_diffkit_sample_with_it(tiny_ch
         f"diffkit sample: error: --thresholding {mode} needs --classifier-algorithm 2: algorithm 1's ddpm loop takes "
         f"no sampler options"], err
     assert not (tmp_path / "no").exists()
+
+
+def test_a_demo_stopped_by_a_signal_does_not_say_done(tmp_path, capsys, monkeypatch):
+    """SIGTERM during the demo's training: the exit status 143 and the resume command (train_and_sample's), not
+    'demo done: look at ...' for a grid that was never drawn."""
+    from diffkit.commands import train
+    monkeypatch.setattr(train, "train_and_sample", lambda cfg, **kw: 128 + 15)
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                           "--device", "cpu")
+    assert code == 143 and "demo done" not in out, out
+    monkeypatch.setattr(train, "train_and_sample", lambda cfg, **kw: 0)
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                           "--device", "cpu")
+    assert code == 0 and "demo done: look at" in out, out

@@ -75,5 +75,6 @@ def run(args) -> int:
         if replace_earlier_demo_run(cfg.save_weight_dir):
             print(f"replacing the earlier demo run in {args.out}", flush=True)
         code = train_and_sample(cfg, progress=args.progress, scale=4)  # 16x16 digits: show them 4x larger
-    print(f"demo done: look at {Path(cfg.sampled_dir) / cfg.sampledImgName}")
+    if code == 0:  # stopped by a signal: train_and_sample printed the resume command, and there is no grid
+        print(f"demo done: look at {Path(cfg.sampled_dir) / cfg.sampledImgName}")
     return code
