@@ -95,7 +95,8 @@ def to_diffusers(net):
 
 def from_diffusers(model):
     """The diffkit DiT of a diffusers ``DiTTransformer2DModel`` (class-conditional, its table's last row the null
-    label); a one-line error for settings diffkit's DiT does not have."""
+    label; one class with an all-zero table, as :func:`to_diffusers` writes an unconditional DiT, gives an
+    unconditional DiT); a one-line error for settings diffkit's DiT does not have."""
     from ..models.dit import DiT
     c = model.config
     fixed = {"activation_fn": "gelu-approximate", "attention_bias": True, "norm_type": "ada_norm_zero",
@@ -111,10 +112,12 @@ def from_diffusers(model):
     if table.shape[0] != c.num_embeds_ada_norm + 1:
         raise DiffkitError(f"the class table has {table.shape[0]} rows for {c.num_embeds_ada_norm} classes; diffkit's "
                            f"DiT needs the null row of classifier-free guidance (num_classes + 1)")
+    # one class whose rows are zero: what to_diffusers writes for an unconditional DiT (embed(y) adds nothing)
+    unconditional = c.num_embeds_ada_norm == 1 and not table.detach().any()
     cfg = DiTConfig(img_size=c.sample_size, in_channels=c.in_channels, patch_size=c.patch_size,
                     num_layers=c.num_layers, num_attention_heads=c.num_attention_heads,
                     attention_head_dim=c.attention_head_dim, learned_variance=out == 2 * c.in_channels,
-                    num_classes=c.num_embeds_ada_norm, freq_shift=1)
+                    num_classes=None if unconditional else c.num_embeds_ada_norm, freq_shift=1)
     net = DiT(cfg)
     net.load_state_dict(from_diffusers_state(model.state_dict(), cfg))
     return net.eval()
