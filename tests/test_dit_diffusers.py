@@ -80,7 +80,8 @@ def test_convert_from_diffusers_reads_a_bare_dit_transformer_folder(tmp_path, ca
     net = randomize(DiT(DiTConfig(**TINY, num_classes=3)))
     to_diffusers(net).save_pretrained(tmp_path / "dit")
     with pytest.warns(DiffkitWarning, match="no scheduler config"):
-        assert main(["convert", "--from-diffusers", str(tmp_path / "dit"), "--out", str(tmp_path / "x.safetensors")]) == 0
+        assert main(["convert", "--from-diffusers", str(tmp_path / "dit"), "--out",
+                     str(tmp_path / "x.safetensors")]) == 0
     back = load_denoiser(tmp_path / "x.safetensors").model
     assert back.config == net.config
     for key, value in net.state_dict().items():

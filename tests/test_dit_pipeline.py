@@ -155,7 +155,7 @@ def test_diffkit_sample_runs_a_latent_dit_folder_with_class_guidance(folders, tm
 
 def test_refusals_are_one_line(folders, tmp_path, capsys):
     """A latent DiT folder cannot become a diffkit checkpoint; a vae that is no AutoencoderKL, a transformer
-    with diffusers' default norm_eps 1e-5 (diffkit's DiT has DiT's 1e-6), a latent diffkit DiT export: one
+    with an exact GELU (DiT's MLP has the tanh one), a latent diffkit DiT export: one
     line each, nothing written. A DiT whose null label is not 1000 exports with a warning."""
     from diffkit.interop.dit_pipeline import dit_pipeline_files, load_dit_folder
     line = one_line_error(capsys, "convert", "--from-diffusers", str(folders[1]), "--out",
@@ -168,12 +168,12 @@ def test_refusals_are_one_line(folders, tmp_path, capsys):
     (bad / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "VQModel"]}))
     with pytest.raises(DiffkitError, match=r"vae is a 'VQModel'; allowed: AutoencoderKL .* or null"):
         load_dit_folder(bad)
-    eps = tmp_path / "eps"
+    gelu = tmp_path / "gelu"
     diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=3, num_layers=1,
-                                    sample_size=8, num_embeds_ada_norm=4).save_pretrained(eps)
+                                    sample_size=8, num_embeds_ada_norm=4, activation_fn="gelu").save_pretrained(gelu)
     with pytest.warns(DiffkitWarning, match="no scheduler config"), \
-            pytest.raises(DiffkitError, match=r"norm_eps=1e-05; diffkit's DiT has 1e-06"):
-        load_dit_folder(eps)
+            pytest.raises(DiffkitError, match=r"activation_fn='gelu'; diffkit's DiT has 'gelu-approximate'"):
+        load_dit_folder(gelu)
     net = DiT(DiTConfig(**TINY, num_classes=10))
     meta = {"unet": dit_description(net), "prediction_type": "epsilon"}
     with pytest.raises(DiffkitError, match="is a latent DiT: diffusers' DiTPipeline decodes with an AutoencoderKL"):
@@ -181,3 +181,33 @@ def test_refusals_are_one_line(folders, tmp_path, capsys):
                            NoiseSchedule.linear(10, 1e-4, 0.02))
     with pytest.warns(DiffkitWarning, match="num_classes=10 .* DiTPipeline passes 1000 as the null label"):
         dit_pipeline_files("dit.safetensors", net, meta, NoiseSchedule.linear(10, 1e-4, 0.02))
+
+
+def test_a_dit_xl_2_style_folder_loads_with_diffusers_layer_norm_eps(tmp_path):
+    """facebook/DiT-XL-2-256's layout: model_index.json naming a Transformer2DModel, its config.json without
+    norm_eps (so diffusers runs its MLP LayerNorms at its default 1e-5, not DiT's 1e-6) and with
+    Transformer2DModel's other keys, a vae and a DDIMScheduler: diffkit's DiT (norm_eps 1e-5) computes what
+    diffusers' model does, and one with 1e-6 measurably does not."""
+    from diffkit.interop.dit import to_diffusers
+    theirs = to_diffusers(randomize(DiT(DiTConfig(**TINY, num_classes=1000, learned_variance=True, norm_eps=1e-5))))
+    pipe = diffusers.DiTPipeline(transformer=theirs.eval(), vae=_tiny_vae(), scheduler=diffusers.DDIMScheduler())
+    pipe.save_pretrained(tmp_path / "xl")
+    config_file = tmp_path / "xl" / "transformer" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["norm_eps"]
+    config.update(_class_name="Transformer2DModel", cross_attention_dim=None, num_vector_embeds=None,
+                  use_linear_projection=False, only_cross_attention=False)
+    config_file.write_text(json.dumps(config))
+    index = json.loads((tmp_path / "xl" / "model_index.json").read_text())
+    index["transformer"] = ["diffusers", "Transformer2DModel"]
+    (tmp_path / "xl" / "model_index.json").write_text(json.dumps(index))
+    d = load_denoiser(tmp_path / "xl")
+    assert d.model.config.norm_eps == 1e-5 and d.meta["unet"]["norm_eps"] == 1e-5 and d.decoder is not None
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t, y = torch.tensor([3, 800]), torch.tensor([1000, 42])
+    with torch.no_grad():
+        expected = theirs(x, t, class_labels=y).sample
+        assert (d.model(x, t, y) - expected).abs().max() <= 1e-6 * expected.abs().max()  # 0 measured
+        eps6 = DiT(DiTConfig(**TINY, num_classes=1000, learned_variance=True))  # DiT's 1e-6: 4.8e-6 away
+        eps6.load_state_dict(d.model.state_dict())
+        assert (eps6(x, t, y) - expected).abs().max() > 1e-6 * expected.abs().max()

@@ -177,9 +177,14 @@ def read_dit_folder(directory, *, with_vae: bool = True):
 
 
 def dit_description(net) -> dict:
-    """A DiT's ``meta["unet"]`` (:mod:`diffkit.models.network`): ``network: "dit"`` and its config fields."""
+    """A DiT's ``meta["unet"]`` (:mod:`diffkit.models.network`): ``network: "dit"`` and its config fields
+    (``norm_eps`` only where it is not DiT's 1e-6, as a trained DiT's description has none)."""
+    from ..models.dit import NORM_EPS
     from ..models.network import DIT
-    return {"network": DIT, **asdict(net.config)}
+    fields = asdict(net.config)
+    if fields["norm_eps"] == NORM_EPS:
+        del fields["norm_eps"]
+    return {"network": DIT, **fields}
 
 
 def dit_and_schedule(transformer, sched_cfg: dict):
