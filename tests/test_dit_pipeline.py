@@ -211,3 +211,22 @@ def test_a_dit_xl_2_style_folder_loads_with_diffusers_layer_norm_eps(tmp_path):
         eps6 = DiT(DiTConfig(**TINY, num_classes=1000, learned_variance=True))  # DiT's 1e-6: 4.8e-6 away
         eps6.load_state_dict(d.model.state_dict())
         assert (eps6(x, t, y) - expected).abs().max() > 1e-6 * expected.abs().max()
+
+
+def test_a_flow_dit_exports_with_flow_match_euler_and_imports_back(tmp_path):
+    """A flow-matching DiT: a FlowMatchEulerDiscreteScheduler (shift 2.5) in the folder, and back the same weights,
+    flow schedule, prediction type and shift (the U-Net's flow export, tests/test_interop_diffusers.py)."""
+    from diffkit.interop import export_diffusers, import_diffusers
+    schedule = NoiseSchedule.flow(200, 2.5)
+    net, _ = dit_checkpoint(tmp_path / "flow.safetensors", None, False, schedule=schedule)
+    tensors, meta = ckpt.load_checkpoint(tmp_path / "flow.safetensors")
+    ckpt.save_checkpoint(tmp_path / "flow.safetensors", tensors,
+                         {**meta, "prediction_type": "flow_prediction", "schedule": "flow", "flow_shift": 2.5})
+    export_diffusers(tmp_path / "flow.safetensors", tmp_path / "hf")
+    scheduler = json.loads((tmp_path / "hf" / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["_class_name"], scheduler["shift"]) == ("FlowMatchEulerDiscreteScheduler", 2.5)
+    back, back_schedule, prediction_type = import_diffusers(tmp_path / "hf", out=tmp_path / "b.safetensors")
+    assert prediction_type == "flow_prediction" and torch.equal(back_schedule.betas, schedule.betas)
+    _, meta_b = ckpt.load_checkpoint(tmp_path / "b.safetensors")
+    assert (meta_b["schedule"], meta_b["flow_shift"], meta_b["unet"]) == ("flow", 2.5, dit_description(net))
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in net.state_dict().items())

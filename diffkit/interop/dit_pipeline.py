@@ -17,8 +17,9 @@ Class labels: diffusers' ``LabelEmbedding`` holds ``num_embeds_ada_norm + 1`` ro
 label of classifier-free guidance (Ho & Salimans 2022), which is diffkit's null class ``num_classes``.
 ``DiTPipeline`` passes 1000 as the null label (ImageNet's), so only a DiT with 1000 classes guides there;
 diffkit guides with the folder's own null row. ``DiTPipeline``'s guidance, eps-bar = eps_u + s (eps_c -
-eps_u), mixes the first ``in_channels`` output channels only (the prediction; the learned variance channels
-are dropped before its scheduler steps): diffkit's :class:`~diffkit.guidance.ClassifierFreeGuidance` with
+eps_u), mixes the first ``in_channels`` output channels, the whole prediction (the learned variance channels
+are dropped before its scheduler steps; DiT's own ``forward_with_cfg`` guides only the first 3 of 4 latent
+channels, which diffusers does not reproduce): diffkit's :class:`~diffkit.guidance.ClassifierFreeGuidance` with
 ``convention="diffusers"`` computes the same (s = 1 + w; it keeps the conditional variance, which DDIM and
 DPM-Solver do not read).
 """
