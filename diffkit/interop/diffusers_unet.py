@@ -621,7 +621,7 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
 
 def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type: str, *,
                      consistency: Mapping | None = None, flow_shift: float | None = None) -> Path:
-    """A diffkit checkpoint (weights, schedule, model description) that
+    """A diffkit checkpoint (weights, schedule, model description; ``unet`` a UNet or a DiT) that
     :func:`diffkit.loading.load_model` and ``diffkit sample --checkpoint`` read. It holds no
     optimiser state (it cannot resume training). ``consistency``: the ``meta["consistency"]`` entry
     of a consistency model (:func:`diffkit.loading.load_denoiser` then wraps it in
