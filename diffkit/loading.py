@@ -80,6 +80,13 @@ def _network(meta: dict):
 def _load(path, use_ema: bool, device, config, lora=None, lora_any_base: bool = False):
     """(model, metadata, schedule, latent decoder or None); ``lora``'s adapter files are merged on the
     CPU before the model moves to ``device`` (as a LoRA checkpoint's own adapters are)."""
+    from .interop.dit_pipeline import is_dit_folder
+    if is_dit_folder(path):  # a diffusers DiTPipeline folder (docs/interop.md): its one set of weights
+        if config is not None or lora:
+            raise DiffkitError(f"{path} is a diffusers DiT folder, which carries its own config and takes no diffkit "
+                               f"adapters; drop {'--config' if config is not None else '--lora'}")
+        from .interop.dit_pipeline import load_dit_folder
+        return load_dit_folder(path, device)
     if is_legacy_checkpoint(path):
         if config is None:
             raise DiffkitError(f"{path} is a plain state dict with no model description; pass the config it was "

@@ -152,12 +152,26 @@ def test_init_from_fine_tunes_a_dit(dit_run, tmp_path, capsys):
     assert isinstance(tuned.model, DiT) and tuned.meta["unet"] == load_denoiser(dit_run).meta["unet"]
 
 
-def test_convert_to_diffusers_refuses_a_dit_in_one_line(dit_run, tmp_path, capsys):
+def test_convert_exports_a_trained_dit_as_a_dit_pipeline_and_back(dit_run, tmp_path, capsys):
+    """diffkit convert --to-diffusers of a trained DiT writes a DiTPipeline folder (tests/test_dit_pipeline.py:
+    the diffusers side); --from-diffusers of it gives back its EMA network bit for bit, and diffkit sample reads
+    the folder itself with class guidance (a DiT with 10 classes exports with the null-label warning)."""
     pytest.importorskip("diffusers")
+    from diffkit.errors import DiffkitWarning
+    from diffkit.loading import load_denoiser
     out = tmp_path / "exported"
-    line = one_line_error(capsys, "convert", "--checkpoint", str(dit_run), "--to-diffusers", str(out))
-    assert "is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets" in line, line
-    assert not out.exists()
+    with pytest.warns(DiffkitWarning, match="DiTPipeline passes 1000 as the null label"):
+        assert main(["convert", "--checkpoint", str(dit_run), "--to-diffusers", str(out)]) == 0
+    assert "DiTPipeline.from_pretrained(" in capsys.readouterr().out
+    assert main(["convert", "--from-diffusers", str(out), "--out", str(tmp_path / "back.safetensors")]) == 0
+    ours, back = load_denoiser(dit_run), load_denoiser(tmp_path / "back.safetensors")
+    assert back.meta["unet"] == ours.meta["unet"]
+    for key, value in ours.model.state_dict().items():
+        assert torch.equal(back.model.state_dict()[key], value), key
+    torch.testing.assert_close(back.schedule.betas, ours.schedule.betas, rtol=1e-12, atol=0)
+    assert main(["sample", "--checkpoint", str(out), "--class", "2", "--guidance-scale", "2", "--steps", "2",
+                 "--num", "2", "--out", str(tmp_path / "s.png"), "--no-progress", "--device", "cpu"]) == 0
+    assert (tmp_path / "s.png").is_file()
 
 
 @pytest.mark.parametrize("sets, prediction", [

@@ -70,13 +70,19 @@ def test_weights_round_trip_and_a_model_whose_blocks_differ_is_refused():
         from_diffusers(theirs)
 
 
-def test_convert_from_diffusers_refuses_a_dit_folder_in_one_line(tmp_path, capsys):
-    """diffkit convert imports UNet2DModel folders; a DiTTransformer2DModel folder gets one line that names it
-    and points to the Python map (no checkpoint written)."""
+def test_convert_from_diffusers_reads_a_bare_dit_transformer_folder(tmp_path, capsys):
+    """diffkit convert imports a DiTTransformer2DModel folder (no scheduler beside it: DDPM's linear schedule,
+    with a warning) to a diffkit DiT checkpoint with the same weights (tests/test_dit_pipeline.py: folders)."""
+    from diffkit.errors import DiffkitWarning
     from diffkit.interop.dit import to_diffusers
-    from test_cli_errors import one_line_error
-    to_diffusers(DiT(DiTConfig(**TINY, num_classes=3))).save_pretrained(tmp_path / "dit")
-    line = one_line_error(capsys, "convert", "--from-diffusers", str(tmp_path / "dit"), "--out",
-                          str(tmp_path / "o" / "x.safetensors"))
-    assert "holds a DiTTransformer2DModel; allowed: UNet2DModel (a DiT: diffkit.interop.dit_from_diffusers" in line
-    assert not (tmp_path / "o").exists()
+    from diffkit.loading import load_denoiser
+    from diffkit.cli import main
+    net = randomize(DiT(DiTConfig(**TINY, num_classes=3)))
+    to_diffusers(net).save_pretrained(tmp_path / "dit")
+    with pytest.warns(DiffkitWarning, match="no scheduler config"):
+        assert main(["convert", "--from-diffusers", str(tmp_path / "dit"), "--out",
+                     str(tmp_path / "x.safetensors")]) == 0
+    back = load_denoiser(tmp_path / "x.safetensors").model
+    assert back.config == net.config
+    for key, value in net.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key

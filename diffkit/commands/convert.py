@@ -1,7 +1,8 @@
 """``diffkit convert``: a diffkit checkpoint <-> a diffusers-format folder (docs/interop.md).
 
     diffkit convert --checkpoint CKPT --to-diffusers DIR     # DDPMPipeline folder (unet/, scheduler/)
-    diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel (+ scheduler) -> diffkit checkpoint
+    diffkit convert --checkpoint DIT --to-diffusers DIR      # DiTPipeline folder (transformer/, scheduler/)
+    diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel / DiT (+ scheduler) -> diffkit checkpoint
     diffkit convert --checkpoint CKPT --out WEIGHTS          # training checkpoint -> weights only (EMA)
     diffkit convert --checkpoint LORA_CKPT --lora-only --out ADAPTER   # a LoRA run's adapters alone
 """
@@ -19,8 +20,9 @@ def register(subparsers) -> None:
         "convert", help="convert between diffkit checkpoints and diffusers folders",
         description="Convert a diffkit pixel-space U-Net checkpoint to a diffusers DDPMPipeline folder "
                     "(UNet2DModel + DDPMScheduler config; LCMScheduler for a consistency model, "
-                    "FlowMatchEulerDiscreteScheduler for a flow-matching model), or a diffusers "
-                    "UNet2DModel folder back to a diffkit "
+                    "FlowMatchEulerDiscreteScheduler for a flow-matching model; a DiT checkpoint to a DiTPipeline "
+                    "folder: DiTTransformer2DModel + DDIMScheduler), or a diffusers "
+                    "UNet2DModel or pixel-space DiT folder back to a diffkit "
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
                     "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only).")
@@ -29,7 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--to-diffusers", type=path_arg, metavar="DIR", help="write the diffusers folder here")
     parser.add_argument("--from-diffusers", type=path_arg,
                         metavar="DIR", help="a diffusers folder (model_index.json + unet/ + "
-                                           "scheduler/, or a UNet2DModel folder) to import")
+                                           "scheduler/, or a UNet2DModel folder; a DiTPipeline folder "
+                                           "without a vae) to import")
     parser.add_argument("--out", type=path_arg,
                         metavar="CKPT", help="write the diffkit checkpoint here (.safetensors): imported "
                                              "from --from-diffusers, or the weights of --checkpoint")
@@ -38,7 +41,8 @@ def register(subparsers) -> None:
                         help="with --checkpoint LORA_CKPT --out FILE: write only the LoRA adapters (A, B; EMA unless "
                              "--no-ema) and their base's identity, for diffkit sample --checkpoint BASE --lora FILE")
     parser.add_argument("--clip-sample", action="store_true",
-                        help="exported DDPMScheduler clips x_0 to [-1, 1] (diffusers' default; diffkit's is off)")
+                        help="exported DDPMScheduler (a DiT's DDIMScheduler) clips x_0 to [-1, 1] (diffusers' default; "
+                             "diffkit's is off)")
     parser.set_defaults(func=run)
 
 
@@ -65,7 +69,10 @@ def run(args) -> int:
             raise DiffkitError("--checkpoint and --to-diffusers go together")
         out = diffusers_unet.export_diffusers(args.checkpoint, args.to_diffusers, use_ema=args.ema,
                                               clip_sample=args.clip_sample)
-        sys.stdout.write(f"wrote diffusers folder {out} (DDPMPipeline.from_pretrained({str(out)!r}))\n")
+        from ..interop.dit_pipeline import is_dit_folder
+        load = (f"DiTPipeline.from_pretrained({str(out)!r}, vae=diffkit.interop.dit_pipeline.pixel_decoder())"
+                if is_dit_folder(out) else f"DDPMPipeline.from_pretrained({str(out)!r})")
+        sys.stdout.write(f"wrote diffusers folder {out} ({load})\n")
         return 0
     if not (args.from_diffusers and args.out):
         raise DiffkitError("--from-diffusers and --out go together")

@@ -6,6 +6,8 @@
   (:func:`export_diffusers`, :func:`import_diffusers`).
 * :mod:`.dit` - diffkit's :class:`~diffkit.models.dit.DiT` <-> diffusers ``DiTTransformer2DModel``
   (config and state-dict name map: :func:`dit_to_diffusers`, :func:`dit_from_diffusers`).
+* :mod:`.dit_pipeline` - DiT checkpoints <-> diffusers ``DiTPipeline`` folders (``export_diffusers`` /
+  ``import_diffusers`` of a DiT; ``diffkit sample`` on a folder, with its ``AutoencoderKL`` if it has one).
 * :mod:`.denoiser` - any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser`.
 * :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.

@@ -430,7 +430,42 @@ def flow_shift_of(meta: Mapping) -> float:
 
 
 # ----------------------------------------------------------------------------- folders
-_EXPORT_ENTRIES = ("unet", "scheduler", "model_index.json")  # what export_diffusers writes
+# what export_diffusers writes (a DDPMPipeline: unet/; a DiTPipeline: transformer/)
+_EXPORT_ENTRIES = ("unet", "transformer", "scheduler", "model_index.json")
+
+
+def check_export_folder(out: Path, entries=_EXPORT_ENTRIES) -> None:
+    """A one-line DiffkitError unless ``out`` is new, empty, or an unfinished export (only ``entries``, no
+    ``model_index.json``: a kill before its last file)."""
+    unfinished = out.is_dir() and not (out / "model_index.json").exists() and any(out.iterdir()) and all(
+        p.name in entries for p in out.iterdir())  # an export killed before its last file
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not unfinished:
+        raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
+                           f"this model with what it holds; give a new or empty folder")
+
+
+def export_scheduler_config(checkpoint_path, meta: Mapping, schedule: NoiseSchedule, *, learned_variance: bool,
+                            clip_sample: bool = False, kind: str = "ddpm") -> dict:
+    """The scheduler config an export writes for a checkpoint: ``kind`` (:func:`~.schedulers.scheduler_config`)
+    with its exact schedule and prediction type; an LCMScheduler for a consistency model
+    (:func:`lcm_scheduler_config`), a FlowMatchEulerDiscreteScheduler for a flow-matching model
+    (:func:`~.schedulers.flow_scheduler_config`); an EDM model is a one-line DiffkitError."""
+    prediction_type = meta.get("prediction_type", "epsilon")
+    if prediction_type == "edm":
+        raise DiffkitError(f"{checkpoint_path} is an EDM model (prediction_type='edm'); its export to diffusers "
+                           f"(EDMEulerScheduler) is not supported (docs/edm.md)")
+    if prediction_type == "flow_prediction":  # u(x_s, s T): FlowMatchEulerDiscreteScheduler (docs/flow_matching.md)
+        return flow_scheduler_config(schedule, flow_shift_of(meta))
+    if meta.get("consistency"):  # f(x, t) = c_skip x + c_out x0_hat: diffusers' LCMScheduler (diffkit.consistency)
+        return lcm_scheduler_config(schedule, prediction_type, meta["consistency"],
+                                    learned_variance=learned_variance, clip_sample=clip_sample)
+    return scheduler_config(schedule, prediction_type, kind=kind, learned_variance=learned_variance,
+                            clip_sample=clip_sample)
+
+
+def json_bytes(content) -> bytes:
+    """A diffusers config file's bytes (indented, sorted keys, a final newline)."""
+    return (json.dumps(content, indent=2, sort_keys=True) + "\n").encode()
 
 
 def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sample: bool = False) -> Path:
@@ -440,40 +475,26 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     prediction type; for a consistency model an LCMScheduler, :func:`lcm_scheduler_config`; for a
     flow-matching model a FlowMatchEulerDiscreteScheduler, :func:`~.schedulers.flow_scheduler_config`,
     whose timesteps sigma * T are the flow network's time input s * T).
-    ``DDPMPipeline.from_pretrained(out_dir)`` loads it. EMA weights by default."""
+    ``DDPMPipeline.from_pretrained(out_dir)`` loads it. EMA weights by default. A DiT checkpoint
+    writes a DiTPipeline folder instead (:func:`diffkit.interop.dit_pipeline.dit_pipeline_files`)."""
     from safetensors.torch import save as st_save
-    from ..checkpoint import atomic_write_bytes, give_usual_mode
     from ..loading import load_model
+    from .dit_pipeline import dit_pipeline_files
     require("diffusers")  # before any work: a missing extra is a one-line error
     out = Path(out_dir)
-    unfinished = out.is_dir() and not (out / "model_index.json").exists() and any(out.iterdir()) and all(
-        p.name in _EXPORT_ENTRIES for p in out.iterdir())  # an export killed before its last file
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not unfinished:
-        raise DiffkitError(f"--to-diffusers folder {str(out)!r} exists and is not empty; writing into it would mix "
-                           f"this model with what it holds; give a new or empty folder")
+    check_export_folder(out)
     model, meta, schedule = load_model(checkpoint_path, use_ema=use_ema)
     from ..models.network import check_image_model, is_dit
     if is_dit(meta["unet"]):
-        raise DiffkitError(f"{checkpoint_path} is a DiT; --to-diffusers writes DDPMPipeline folders of U-Nets, and "
-                           f"a DiTPipeline needs diffusers' AutoencoderKL, which diffkit's autoencoder is not mapped to: map the "
-                           f"DiT's weights in Python with diffkit.interop.dit (docs/models.md)")
+        write_folder(out, dit_pipeline_files(checkpoint_path, model, meta, schedule, clip_sample=clip_sample))
+        return out
     check_image_model(meta["unet"], "--to-diffusers (a DDPMPipeline of a 2-D UNet)")
     if meta.get("latent"):
         raise DiffkitError(f"{checkpoint_path} is a latent diffusion model: a DDPMPipeline would sample its latents as "
                            f"images without the autoencoder; only pixel-space U-Nets can be exported to diffusers")
     cfg = model.config
-    prediction_type = meta.get("prediction_type", "epsilon")
-    if prediction_type == "edm":
-        raise DiffkitError(f"{checkpoint_path} is an EDM model (prediction_type='edm'); its export to diffusers "
-                           f"(EDMEulerScheduler) is not supported (docs/edm.md)")
-    if prediction_type == "flow_prediction":  # u(x_s, s T): FlowMatchEulerDiscreteScheduler (docs/flow_matching.md)
-        sched = flow_scheduler_config(schedule, flow_shift_of(meta))
-    elif meta.get("consistency"):  # f(x, t) = c_skip x + c_out x0_hat: diffusers' LCMScheduler (diffkit.consistency)
-        sched = lcm_scheduler_config(schedule, prediction_type, meta["consistency"],
-                                     learned_variance=cfg.learned_variance, clip_sample=clip_sample)
-    else:
-        sched = scheduler_config(schedule, prediction_type, kind="ddpm", learned_variance=cfg.learned_variance,
-                                 clip_sample=clip_sample)
+    sched = export_scheduler_config(checkpoint_path, meta, schedule, learned_variance=cfg.learned_variance,
+                                    clip_sample=clip_sample)
     unet_cfg = unet2d_config(cfg)
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict_to_diffusers(cfg, model.state_dict()).items()}
     files = {
@@ -483,15 +504,24 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
                              "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", sched["_class_name"]]},
     }
     contents = [("unet/diffusion_pytorch_model.safetensors", st_save(state, metadata={"format": "pt"}))] + [
-        (name, (json.dumps(content, indent=2, sort_keys=True) + "\n").encode()) for name, content in files.items()]
-    if out.exists():  # an empty folder (".", a mount point) or an unfinished export: written in place,
-        for name in _EXPORT_ENTRIES:  # each file atomically, model_index.json (what marks it done) last
+        (name, json_bytes(content)) for name, content in files.items()]
+    write_folder(out, contents)
+    return out
+
+
+def write_folder(out: Path, contents, entries=_EXPORT_ENTRIES) -> None:
+    """Write ``contents`` ((relative name, bytes) pairs, ``model_index.json`` last) as the folder ``out``,
+    never half: an empty folder (".", a mount point) or an unfinished export is written in place, each file
+    atomically, its old ``entries`` removed first, ``model_index.json`` (what marks it done) last; a new
+    folder is written beside it under a hidden name and renamed (a kill half-way leaves only that hidden
+    folder, which does not block a rerun)."""
+    from ..checkpoint import atomic_write_bytes, give_usual_mode
+    if out.exists():
+        for name in entries:
             shutil.rmtree(out / name, ignore_errors=True)
         for name, data in contents:
             atomic_write_bytes(out / name, data)
-        return out
-    # a new folder appears at once: written beside it under a hidden name, then renamed (a kill
-    # half-way leaves only that hidden folder, which does not block a rerun)
+        return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -505,7 +535,6 @@ def export_diffusers(checkpoint_path, out_dir, *, use_ema: bool = True, clip_sam
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return out
 
 
 def _read_folder(directory: Path):
@@ -527,9 +556,7 @@ def _read_folder(directory: Path):
         raise DiffkitError(f"{directory} is not a diffusers folder (no unet/config.json or config.json)")
     model_config = read_json_object(unet_dir / "config.json", "diffusers config")
     if model_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        hint = ("a DiT: diffkit.interop.dit_from_diffusers maps its weights in Python"
-                if model_config.get("_class_name") == "DiTTransformer2DModel" else
-                "for Stable Diffusion folders use diffkit.interop.load_stable_diffusion")
+        hint = "for Stable Diffusion folders use diffkit.interop.load_stable_diffusion"
         raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel ({hint})")
     model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False,
                             use_safetensors=True)  # never a pickle (.bin) from a folder
@@ -556,6 +583,12 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
     ``out``: also write a diffkit checkpoint there (``diffkit sample --checkpoint OUT`` loads it).
     The learned variance is read from the scheduler's ``variance_type`` (learned/learned_range) when
     not given."""
+    from .dit_pipeline import import_dit_folder, is_dit_folder
+    if isinstance(dir_or_model, (str, Path)) and is_dit_folder(dir_or_model):  # a DiTPipeline folder (.dit_pipeline)
+        if scheduler is not None or learned_variance is not None:
+            raise DiffkitError("a DiT folder carries its scheduler and its learned variance (out_channels); drop "
+                               "scheduler= and learned_variance=")
+        return import_dit_folder(dir_or_model, out)
     if isinstance(dir_or_model, (str, Path)):
         model, sched = _read_folder(Path(dir_or_model))
         if scheduler is not None:
@@ -588,7 +621,7 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
 
 def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type: str, *,
                      consistency: Mapping | None = None, flow_shift: float | None = None) -> Path:
-    """A diffkit checkpoint (weights, schedule, model description) that
+    """A diffkit checkpoint (weights, schedule, model description; ``unet`` a UNet or a DiT) that
     :func:`diffkit.loading.load_model` and ``diffkit sample --checkpoint`` read. It holds no
     optimiser state (it cannot resume training). ``consistency``: the ``meta["consistency"]`` entry
     of a consistency model (:func:`diffkit.loading.load_denoiser` then wraps it in
@@ -596,7 +629,9 @@ def write_checkpoint(path, unet: UNet, schedule: NoiseSchedule, prediction_type:
     shift, recorded as ``meta["schedule"] = "flow"``, ``meta["flow_shift"]``."""
     from dataclasses import asdict
     from ..checkpoint import save_checkpoint
-    cfg = asdict(unet.config)
+    from ..models.dit import DiT
+    from .dit_pipeline import dit_description
+    cfg = dit_description(unet) if isinstance(unet, DiT) else asdict(unet.config)
     tensors = {f"model.{k}": v for k, v in unet.state_dict().items()}
     tensors["schedule.betas"] = schedule.betas
     meta = {"unet": cfg, "prediction_type": prediction_type, "learned_variance": unet.config.learned_variance,

@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 
 from ..errors import DiffkitError
-from ..models.dit import NORM_EPS, DiTConfig
+from ..models.dit import DiTConfig
 
 _EMBEDDER = {"time_embed.linear_1": "timestep_embedder.linear_1", "time_embed.linear_2": "timestep_embedder.linear_2"}
 _BLOCK = {"modulation": "norm1.linear", "proj": "attn1.to_out.0", "mlp.0": "ff.net.0.proj", "mlp.2": "ff.net.2"}
@@ -22,13 +22,13 @@ _TOP = {"patch_embed": "pos_embed.proj", "out_modulation": "proj_out_1", "out_pr
 
 
 def diffusers_config(cfg: DiTConfig) -> dict:
-    """The ``DiTTransformer2DModel`` keyword arguments of the same network (its LayerNorms at DiT's eps)."""
+    """The ``DiTTransformer2DModel`` keyword arguments of the same network (its LayerNorms at the DiT's eps)."""
     if cfg.freq_shift != 1:
         raise DiffkitError(f"freq_shift={cfg.freq_shift}: diffusers' DiT embeds timesteps with freq_shift=1")
     return {"num_attention_heads": cfg.num_attention_heads, "attention_head_dim": cfg.attention_head_dim,
             "in_channels": cfg.in_channels, "out_channels": cfg.output_channels, "num_layers": cfg.num_layers,
             "sample_size": cfg.img_size, "patch_size": cfg.patch_size,
-            "num_embeds_ada_norm": cfg.num_classes if cfg.num_classes is not None else 1, "norm_eps": NORM_EPS}
+            "num_embeds_ada_norm": cfg.num_classes if cfg.num_classes is not None else 1, "norm_eps": cfg.norm_eps}
 
 
 def to_diffusers_state(state: Mapping[str, torch.Tensor], cfg: DiTConfig) -> dict[str, torch.Tensor]:
@@ -95,11 +95,12 @@ def to_diffusers(net):
 
 def from_diffusers(model):
     """The diffkit DiT of a diffusers ``DiTTransformer2DModel`` (class-conditional, its table's last row the null
-    label); a one-line error for settings diffkit's DiT does not have."""
+    label; one class with an all-zero table, as :func:`to_diffusers` writes an unconditional DiT, gives an
+    unconditional DiT); a one-line error for settings diffkit's DiT does not have."""
     from ..models.dit import DiT
     c = model.config
     fixed = {"activation_fn": "gelu-approximate", "attention_bias": True, "norm_type": "ada_norm_zero",
-             "norm_elementwise_affine": False, "norm_eps": NORM_EPS, "upcast_attention": False}
+             "norm_elementwise_affine": False, "upcast_attention": False}
     for name, value in fixed.items():
         if c.get(name) != value:
             raise DiffkitError(f"this DiTTransformer2DModel has {name}={c.get(name)!r}; diffkit's DiT has {value!r}")
@@ -111,10 +112,13 @@ def from_diffusers(model):
     if table.shape[0] != c.num_embeds_ada_norm + 1:
         raise DiffkitError(f"the class table has {table.shape[0]} rows for {c.num_embeds_ada_norm} classes; diffkit's "
                            f"DiT needs the null row of classifier-free guidance (num_classes + 1)")
+    # one class whose rows are zero: what to_diffusers writes for an unconditional DiT (embed(y) adds nothing)
+    unconditional = c.num_embeds_ada_norm == 1 and not table.detach().any()
     cfg = DiTConfig(img_size=c.sample_size, in_channels=c.in_channels, patch_size=c.patch_size,
                     num_layers=c.num_layers, num_attention_heads=c.num_attention_heads,
                     attention_head_dim=c.attention_head_dim, learned_variance=out == 2 * c.in_channels,
-                    num_classes=c.num_embeds_ada_norm, freq_shift=1)
+                    num_classes=None if unconditional else c.num_embeds_ada_norm, freq_shift=1,
+                    norm_eps=float(c.norm_eps))
     net = DiT(cfg)
     net.load_state_dict(from_diffusers_state(model.state_dict(), cfg))
     return net.eval()

@@ -35,7 +35,7 @@ from .unet import add_class_embedding, broadcast_time
 
 TIME_FREQUENCIES = 256  # the sinusoidal timestep features (DiT's TimestepEmbedder, frequency_embedding_size)
 MLP_RATIO = 4  # the MLP's hidden width per token / model width (DiT Table 1, all sizes)
-NORM_EPS = 1e-6  # LayerNorm eps of every block and the final layer (DiT's code)
+NORM_EPS = 1e-6  # LayerNorm eps of every block and the final layer (DiT's code; DiTConfig.norm_eps: the MLP's)
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ class DiTConfig:
     The model width (DiT's hidden size) is ``num_attention_heads * attention_head_dim`` (diffusers'
     ``inner_dim``); ``img_size`` must be a multiple of ``patch_size``; ``learned_variance`` and
     ``num_classes`` as :class:`~diffkit.models.unet.UNetConfig`'s; ``freq_shift`` as
-    :func:`~diffkit.models.layers.timestep_embedding`'s."""
+    :func:`~diffkit.models.layers.timestep_embedding`'s; ``norm_eps`` the eps of the LayerNorm before each
+    block's MLP, diffusers' ``norm_eps``, which sets that one only (its attention and final LayerNorms keep
+    1e-6): DiT's code has 1e-6 everywhere, diffusers runs the DiT-XL/2 folders (no norm_eps) at its default 1e-5."""
 
     img_size: int = 32
     in_channels: int = 3
@@ -56,6 +58,7 @@ class DiTConfig:
     learned_variance: bool = False
     num_classes: int | None = None
     freq_shift: int = 1
+    norm_eps: float = NORM_EPS
 
     def __post_init__(self):
         for name in ("img_size", "in_channels", "patch_size", "num_layers", "num_attention_heads",
@@ -71,6 +74,9 @@ class DiTConfig:
             raise DiffkitError(f"learned_variance={self.learned_variance!r} is not allowed; give True or False")
         if self.num_classes is not None:
             check_range("num_classes", self.num_classes, 1, None, integer=True)
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or \
+                not 0 < self.norm_eps < 1:
+            raise DiffkitError(f"norm_eps={self.norm_eps!r} is not allowed; give a LayerNorm eps in (0, 1) (DiT: 1e-6)")
         if self.freq_shift not in (0, 1):
             raise DiffkitError(f"freq_shift={self.freq_shift!r} is not allowed; give 0 (DiT's code) or 1 (diffusers)")
 
@@ -111,13 +117,13 @@ class DiTBlock(nn.Module):
     """One adaLN-Zero transformer block (DiT Sec. 3.1, Fig. 3): multi-head self-attention and a GELU(tanh)
     MLP, each after a LayerNorm without affine weights, modulated and gated by the conditioning c."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_eps: float = NORM_EPS):
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=mlp_eps)  # diffusers' norm_eps
         self.mlp = nn.Sequential(nn.Linear(width, MLP_RATIO * width), nn.GELU(approximate="tanh"),
                                  nn.Linear(MLP_RATIO * width, width))
         self.modulation = nn.Linear(width, 6 * width)  # adaLN-Zero: zero-initialised by DiT.__init__
@@ -145,7 +151,8 @@ class DiT(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_channels, width, p, stride=p)
         self.time_embed = TimeEmbedding(TIME_FREQUENCIES, width, freq_shift=cfg.freq_shift)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, width) if cfg.num_classes is not None else None
-        self.blocks = nn.ModuleList([DiTBlock(width, cfg.num_attention_heads) for _ in range(cfg.num_layers)])
+        self.blocks = nn.ModuleList([DiTBlock(width, cfg.num_attention_heads, cfg.norm_eps)
+                                     for _ in range(cfg.num_layers)])
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.out_proj = nn.Linear(width, p * p * cfg.output_channels)
