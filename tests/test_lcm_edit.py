@@ -229,6 +229,9 @@ def test_lcm_edit_refusals_are_one_line(lcm, plain, tmp_path, capsys):
                            *flags)
         assert code != 0 and message in err, err
         assert len(err.strip().splitlines()) == 1 and not out.exists(), err
+    code, _, err = cli(capsys, "--checkpoint", tmp_path / "nope.safetensors", "--series", tmp_path / "x.csv",
+                       "--scheduler", "tcd", "--out", tmp_path / "f.csv")  # not dropped silently with --series
+    assert code != 0 and "--scheduler tcd applies to a Stable Diffusion folder" in err, err
     from diffkit.editing import inpaint
     from test_editing import DEN, FREE, X0
     with pytest.raises(DiffkitError, match=re.escape("allowed: jump_n_sample=1")):

@@ -22,7 +22,10 @@ from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
 image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
 UNet) is edited the same way, as StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline
-(time ids of the images' size; ``diffkit.interop.sd_xl``). A text-conditional
+(time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or TCDScheduler folder, or
+``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines with that scheduler
+(``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
+LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
@@ -200,6 +203,8 @@ def run(args) -> int:
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
                            f"{args.checkpoint} is not one")
     check_freeu_checkpoint(args.checkpoint, args.freeu)  # a DiT or a time-series model: refused here
+    from ..interop.sd_scheduler import check_scheduler_override
+    check_scheduler_override(args.checkpoint, args.scheduler)  # JSON only: a Stable Diffusion folder's, not an LCM's
     if args.series is not None:
         return _series(args)
     if args.images is None:

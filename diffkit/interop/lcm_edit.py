@@ -44,12 +44,10 @@ def consistency_scheduler(checkpoint: Union[str, Path], scheduler: Optional[str]
 
 def edit_sampling(checkpoint, sampler: Optional[str], steps: Optional[int], spacing: Optional[str],
                   scheduler: Optional[str]) -> tuple:
-    """(sampler, steps) of ``diffkit edit``: ``--scheduler`` checked (JSON only), then for a Stable Diffusion folder
-    that :func:`consistency_scheduler` names the defaults of ``diffkit sample`` (``consistency`` / ``tcd`` in 4
-    steps), else ``sampler`` or ``ddim`` and ``steps`` as given."""
-    from .sd_scheduler import check_scheduler_override
+    """(sampler, steps) of ``diffkit edit`` (``scheduler``: its ``--scheduler``, checked): for a Stable Diffusion
+    folder that :func:`consistency_scheduler` names the defaults of ``diffkit sample`` (``consistency`` / ``tcd`` in
+    4 steps), else ``sampler`` or ``ddim`` and ``steps`` as given. Reads JSON only."""
     from .stable_diffusion import is_stable_diffusion_folder
-    check_scheduler_override(checkpoint, scheduler)
     if is_stable_diffusion_folder(checkpoint) and consistency_scheduler(checkpoint, scheduler):
         from ..commands._common import default_sampling
         return default_sampling(checkpoint, sampler, steps, None, spacing, scheduler)
