@@ -236,3 +236,36 @@ def test_lcm_edit_refusals_are_one_line(lcm, plain, tmp_path, capsys):
     from test_editing import DEN, FREE, X0
     with pytest.raises(DiffkitError, match=re.escape("allowed: jump_n_sample=1")):
         inpaint(DEN, X0, torch.ones_like(X0), "ddpm", 20, jump_n_sample=2, blend_noise=True, **FREE)
+
+
+def test_lcm_lora_folder_with_a_controlnet_through_diffkit_edit_is_the_controlnet_img2img_pipeline(tmp_path, capsys):
+    """``diffkit edit`` of an LCMScheduler folder with a plain UNet and ``--controlnet``:
+    StableDiffusionControlNetImg2ImgPipeline with the folder's LCMScheduler (strength 0.5: the last 2 of 4 steps,
+    s = 1.5 classifier-free guidance) to the PNGs' 1/255. A UNet with the w input is refused with --controlnet
+    (those pipelines give it no w)."""
+    from test_controlnet import control_png
+    from test_controlnet_lcm import COND_DIM, _folder
+    folder, net = _folder(tmp_path, "lcm", SMALL_SCALING)
+    png = control_png(tmp_path / "control.png", seed=2)
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    flags = ["--images", pngs, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--strength", 0.5, "--seed", 10,
+             "--controlnet", tmp_path / "lcm_cn", "--control-image", png]
+    code, out, err = cli(capsys, "--checkpoint", folder, *flags, "--guidance-scale", 1.5, "--guidance-convention",
+                         "diffusers", "--out", tmp_path / "out")
+    assert code == 0, err
+    pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        folder, controlnet=net, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=_pngs_as_pipeline_input(pngs), control_image=Image.open(png).convert("RGB"),
+                      strength=0.5, num_inference_steps=4, guidance_scale=1.5, controlnet_conditioning_scale=1.0,
+                      output_type="np",
+                      generator=_generators()).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+    (tmp_path / "w").mkdir()
+    w_folder, _ = _folder(tmp_path / "w", "lcm", time_cond_proj_dim=COND_DIM)
+    capsys.readouterr()  # the pipeline's loading bars
+    code, _, err = cli(capsys, "--checkpoint", w_folder, *flags, "--out", tmp_path / "out_w")
+    assert code != 0 and "time_cond_proj_dim=256), which diffusers' ControlNet img2img" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out_w").exists()

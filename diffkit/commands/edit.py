@@ -240,7 +240,8 @@ def run(args) -> int:
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
     from ..interop.lcm_edit import edit_sampling  # an LCM / TCD folder or --scheduler: consistency / tcd, 4 steps
-    sampler, args.steps = edit_sampling(args.checkpoint, args.sampler, args.steps, args.spacing, args.scheduler)
+    sampler, args.steps = edit_sampling(args.checkpoint, args.sampler, args.steps, args.spacing, args.scheduler,
+                                        bool(args.controlnets))
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # fails before loading
     info.check_not_adaptive("diffkit edit")
     check_eta(info.name, args.eta)
@@ -339,7 +340,7 @@ def run(args) -> int:
     check_image_folder(out, len(files), prefix="edit")
     posterior = args.posterior or ("sample" if sd_folder else "mean")  # as diffusers; what it was trained on
     from ..interop.lcm_edit import edit_hooks  # an LCM / TCD folder or --scheduler: the pipelines' strength, blend
-    cut, blend = edit_hooks(autoencoder if sd_folder else None, spacing or info.default_spacing, control is None)
+    cut, blend = edit_hooks(autoencoder if sd_folder else None, spacing or info.default_spacing)
     def edit(start: int, n: int):
         from ..latent_editing import latent_img2img, latent_inpaint
         batch = images[start:start + n].to(device)

@@ -43,26 +43,34 @@ def consistency_scheduler(checkpoint: Union[str, Path], scheduler: Optional[str]
 
 
 def edit_sampling(checkpoint, sampler: Optional[str], steps: Optional[int], spacing: Optional[str],
-                  scheduler: Optional[str]) -> tuple:
+                  scheduler: Optional[str], controlled: bool = False) -> tuple:
     """(sampler, steps) of ``diffkit edit`` (``scheduler``: its ``--scheduler``, checked): for a Stable Diffusion
     folder that :func:`consistency_scheduler` names the defaults of ``diffkit sample`` (``consistency`` / ``tcd`` in
-    4 steps), else ``sampler`` or ``ddim`` and ``steps`` as given. Reads JSON only."""
+    4 steps), else ``sampler`` or ``ddim`` and ``steps`` as given. Reads JSON only. ``controlled`` (``--controlnet``)
+    with an LCM UNet that takes w is a one-line error: diffusers' ControlNet img2img and inpaint pipelines give the
+    UNet no w (no ``timestep_cond``), and LatentConsistencyModelImg2ImgPipeline takes no ControlNet."""
     from .stable_diffusion import is_stable_diffusion_folder
     if is_stable_diffusion_folder(checkpoint) and consistency_scheduler(checkpoint, scheduler):
+        from .lcm import folder_guidance_input
+        if controlled and folder_guidance_input(checkpoint):
+            raise DiffkitError(f"--controlnet: {checkpoint}'s UNet takes the guidance weight w (time_cond_proj_dim="
+                               f"{folder_guidance_input(checkpoint)}), which diffusers' ControlNet img2img / inpaint "
+                               f"pipelines do not give it; allowed: --controlnet with an LCM-LoRA (plain UNet) folder "
+                               f"or --scheduler, or this folder without --controlnet")
         from ..commands._common import default_sampling
         return default_sampling(checkpoint, sampler, steps, None, spacing, scheduler)
     return sampler or "ddim", steps
 
 
-def edit_hooks(sd, spacing: str, uncontrolled: bool = True) -> tuple:
+def edit_hooks(sd, spacing: str) -> tuple:
     """(``cut(denoiser, strength, steps) -> (denoiser, strength)`` for img2img, inpainting options) of ``diffkit
     edit`` on ``sd`` (a Stable Diffusion folder's, or None): for a consistency folder (LCM, TCD, an override)
-    :func:`source_times_strength` on ``spacing`` where :func:`truncates_source_times` (not with a ControlNet: the
-    ControlNet img2img pipeline cuts as get_timesteps) and ``blend_noise`` with a 4-channel UNet; else neither."""
+    :func:`source_times_strength` on ``spacing`` where :func:`truncates_source_times`, and ``blend_noise`` with a
+    4-channel UNet; else neither."""
     cut = lambda denoiser, strength, steps: (denoiser, strength)  # noqa: E731
     if sd is None or (sd.consistency is None and not sd.scheduler_override):
         return cut, {}
-    if truncates_source_times(sd) and uncontrolled:
+    if truncates_source_times(sd):
         cut = lambda denoiser, strength, steps: source_times_strength(denoiser, strength, steps, spacing)  # noqa: E731
     return cut, ({} if sd.inpainting_unet else {"blend_noise": True})
 
