@@ -198,19 +198,22 @@ class InpaintingDenoiser(Wrapper):
 
     ``first_input``: what the network sees at its first evaluation instead of the state (then
     dropped): :func:`inpaint`'s ``start="noise"``, pure noise where the state's kept region is
-    already q(x_T | x_known)."""
+    already q(x_T | x_known). ``blend``: a noise n; the kept region of every state is set to
+    alpha_t x_known + sigma_t n before the call (:func:`inpaint`'s ``blend_noise``)."""
 
     def __init__(self, inner, known: torch.Tensor, mask: torch.Tensor, fixed_large: bool = False,
-                 first_input: Optional[torch.Tensor] = None):
+                 first_input: Optional[torch.Tensor] = None, blend: Optional[torch.Tensor] = None):
         self.inner, self.known, self.mask, self.fixed_large = inner, known, mask, fixed_large
-        self.first_input = first_input
+        self.first_input, self.blend = first_input, blend
 
     learned_variance = property(lambda self: self.fixed_large or getattr(self.inner, "learned_variance", False))
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
+        mask, known = self.mask.to(x.dtype), self.known.to(x.dtype)
+        if self.blend is not None:  # diffusers' blend: the kept region add_noise(x_known, n, t)
+            x = mask * x + (1 - mask) * diffusion.q_sample(self.schedule, known, t, self.blend.to(x)).to(x.dtype)
         seen, self.first_input = (x if self.first_input is None else self.first_input.to(x)), None
         pred = self.inner(seen, t, **cond)
-        mask, known = self.mask.to(x.dtype), self.known.to(x.dtype)
         out = with_x0(self.schedule, x, t, mask * pred.x0 + (1 - mask) * known, pred)
         if self.fixed_large:
             out.var_values = torch.ones_like(x)
@@ -304,6 +307,7 @@ STARTS = ("image", "noise")
 
 def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, strength: float = 1.0,
             start: str = "image", jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0,
+            blend_noise: bool = False,
             spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
             thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
             **options) -> torch.Tensor:
@@ -329,7 +333,12 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     to the repainted region's x_0, with any sampler and with RePaint: a gradient through the network
     each step (about 3x the work). Other arguments as :func:`img2img`; thresholding acts on the
     (guided) x_0 before the known pixels replace it: the guidance's gradient is taken through the
-    network's own x_0, unclipped."""
+    network's own x_0, unclipped. ``blend_noise``: before every network call the kept region of the state is
+    set to q_sample(x_known, t, n) with the first noise n, as diffusers' StableDiffusionInpaintPipeline blends
+    ``add_noise(image_latents, noise, t)`` after each step (what replacing x_0 gives with DDIM at eta 0 anyway;
+    with a stochastic step, e.g. LCM's or TCD's, the kept region then holds n, not that step's fresh draw), and
+    each generator skips one draw of the image's shape after n (the pipeline's posterior sample of the masked
+    image's latents, which a 4-channel UNet does not use), so that the steps' noise is the pipeline's."""
     images = check_images(images, "images", value_range)
     check_fits(denoiser, images)
     mask = check_mask(mask, images)
@@ -345,6 +354,9 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     if start == "noise" and strength != 1:
         raise DiffkitError(f"start='noise' (pure noise, diffusers' inpainting at strength 1) needs strength 1; got "
                            f"strength={strength}")
+    if jump_n_sample > 1 and blend_noise:
+        raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) does not go with blend_noise=True "
+                           f"(the kept region fixed to the first noise); allowed: jump_n_sample=1")
     if jump_n_sample > 1 and name != "ddpm":
         raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) needs sampler='ddpm'; got "
                            f"{sampler!r}")
@@ -352,10 +364,13 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     generator = _generators(seed, generator, images.shape[0])
     x_start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
+    if blend_noise:  # the pipeline's next draw: the masked image's posterior sample, unused by a 4-channel UNet
+        randn(images.shape, generator, device=images.device, dtype=images.dtype)
     x = diffusion.q_sample(denoiser.schedule, x_start, grid[0], noise)
     if start == "noise":  # the repainted region n itself, the kept one q(x_T | x_known) as before
         x = mask * noise + (1 - mask) * x
-    wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large, noise if start == "noise" else None)
+    wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large, noise if start == "noise" else None,
+                                 noise if blend_noise else None)
     if jump_n_sample > 1:
         walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)
         out = _resampled(wrapped, x, grid, walk, generator, cond, callback, progress, options)

@@ -91,7 +91,9 @@ def latent_inpaint(denoiser, autoencoder, images, mask, sampler: str = "ddim", s
     ``start="noise"``, diffusers' ``is_strength_max``), below it from the noised latents. A Stable Diffusion
     folder with a 9-channel inpainting UNet (``autoencoder.inpainting_unet``) is inpainted as diffusers does
     with it instead: the mask and the masked image's latents are the UNet's input, nothing is replaced
-    (:func:`~diffkit.interop.sd_inpaint.unet_inpaint`; RePaint and reconstruction guidance refused)."""
+    (:func:`~diffkit.interop.sd_inpaint.unet_inpaint`; RePaint and reconstruction guidance refused). With a
+    stochastic step (LCM's, TCD's) diffusers' states need :func:`diffkit.inpaint`'s ``blend_noise`` in ``options``
+    (:mod:`diffkit.interop.lcm_edit`)."""
     images = check_images(images, "images", DATA_RANGE, skippable=False)
     check_pixels(denoiser, autoencoder, images)
     if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[1] != 1:

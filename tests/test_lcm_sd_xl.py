@@ -250,8 +250,7 @@ def test_sample_command_on_an_lcm_sd_xl_folder_gives_w_to_the_unet(xl, tmp_path,
 
 def test_lcm_sd_xl_refusals_are_one_line(xl, tmp_path, capsys):
     """A w-input UNet with --negative-prompt / --guidance-rescale (or the library's), with a scheduler other than an
-    LCMScheduler; --scheduler on an SD-XL LCMScheduler folder; diffkit edit of an SD-XL LCM or TCD folder (as SD
-    1.x's)."""
+    LCMScheduler; --scheduler on an SD-XL LCMScheduler folder (diffkit sample and edit)."""
     _, folder = xl["lcm_w"]
     (tmp_path / "images").mkdir()
     for argv, match in (
@@ -259,10 +258,8 @@ def test_lcm_sd_xl_refusals_are_one_line(xl, tmp_path, capsys):
              r"--negative-prompt is an option of classifier-free guidance; this LCM folder's UNet takes"),
             (["sample", "--checkpoint", str(folder), "--prompt", "hot", "--scheduler", "tcd"],
              r"--scheduler tcd: .* is already an LCMScheduler folder"),
-            (["edit", "--checkpoint", str(xl["lcm"][1]), "--images", str(tmp_path / "images"), "--prompt", "hot"],
-             r"is a latent consistency model \(LCMScheduler\); diffkit edit takes"),
-            (["edit", "--checkpoint", str(xl["tcd"][1]), "--images", str(tmp_path / "images"), "--prompt", "hot"],
-             r"is a trajectory consistency model \(TCDScheduler\); diffkit edit takes")):
+            (["edit", "--checkpoint", str(xl["lcm"][1]), "--images", str(tmp_path / "images"), "--prompt", "hot",
+              "--scheduler", "lcm"], r"--scheduler lcm: .* is already an LCMScheduler folder")):
         code = main(argv + ["--out", str(tmp_path / "out" / "x.png"), "--no-progress"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and re.search(match, err[0]), err
@@ -277,3 +274,29 @@ def test_lcm_sd_xl_refusals_are_one_line(xl, tmp_path, capsys):
     (tmp_path / "euler" / "scheduler" / "scheduler_config.json").write_text(json.dumps(euler))
     with pytest.raises(DiffkitError, match="time_cond_proj_dim=256 .* but its scheduler is not an LCMScheduler"):
         load_stable_diffusion(tmp_path / "euler", progress=False)
+
+
+@pytest.mark.parametrize("name", ["lcm", "tcd"])
+def test_diffkit_edit_of_sd_xl_lcm_and_tcd_folders_is_the_xl_img2img_pipeline(xl, tmp_path, capsys, name):
+    """``diffkit edit`` of an SD-XL LCMScheduler / TCDScheduler folder (defaults: consistency / tcd, 4 steps, s = 1;
+    ``--final sigma_min`` for TCDScheduler's last step): StableDiffusionXLImg2ImgPipeline with that scheduler
+    (strength 0.5: the last 2 of its 4 timesteps; eta 0.3) to the PNGs' 1/255, image i from seed + i."""
+    import numpy as np
+    from PIL import Image
+    from test_latent_editing import cli, write_pngs
+    pipe, folder = xl[name]
+    img2img = diffusers.StableDiffusionXLImg2ImgPipeline(**pipe.components, requires_aesthetics_score=False,
+                                                         add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    extra = ["--final", "sigma_min"] if name == "tcd" else []
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                         PROMPTS[1], "--strength", 0.5, "--seed", 10, "--out", tmp_path / "out", *extra)
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, guidance_scale=1.0, eta=0.3,
+                         output_type="np", generator=generators_from_seed(10, 2)).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1

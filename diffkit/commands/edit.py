@@ -22,7 +22,10 @@ from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
 image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
 UNet) is edited the same way, as StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline
-(time ids of the images' size; ``diffkit.interop.sd_xl``). A text-conditional
+(time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or TCDScheduler folder, or
+``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines with that scheduler
+(``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
+LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
@@ -44,7 +47,7 @@ from ._refiner import add_edit_refiner_flags, edit_refiner_options
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options)
+                      removed_if_empty_on_failure, seed_int, tolerance_options, unit_float)
 from ._common import add_freeu_flag, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 
@@ -96,6 +99,8 @@ def register(sub) -> None:
     p.add_argument("--t", type=int, metavar="T", help="with --interpolate --method ddpm: the time to noise to "
                    "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    p.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
+                   "diffusers' eta; 0 = deterministic)")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (edits refuse adaptive samplers)
     add_flow_shift_flag(p)
     p.add_argument("--jump-n-sample", type=positive_int, default=1,
@@ -138,6 +143,10 @@ def register(sub) -> None:
     add_network_flags(p)
     add_lora_flags(p)
     add_textual_inversion_flag(p)
+    p.add_argument("--scheduler", choices=("lcm", "tcd"),
+                   help="Stable Diffusion / SD-XL folders: edit as diffusers' img2img / inpaint pipelines with "
+                        "LCMScheduler (lcm) / TCDScheduler (tcd) .from_config of the folder's, e.g. with an LCM-LoRA "
+                        "in --lora: default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/editing.md)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_freeu_flag(p)
@@ -198,6 +207,8 @@ def run(args) -> int:
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
                            f"{args.checkpoint} is not one")
     check_freeu_checkpoint(args.checkpoint, args.freeu)  # a DiT or a time-series model: refused here
+    from ..interop.sd_scheduler import check_scheduler_override
+    check_scheduler_override(args.checkpoint, args.scheduler)  # JSON only: a Stable Diffusion folder's, not an LCM's
     if args.series is not None:
         return _series(args)
     if args.images is None:
@@ -232,7 +243,10 @@ def run(args) -> int:
                             ("--final", args.final), ("--flow-shift", args.flow_shift)):
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
-    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)  # fails before loading
+    from ..interop.lcm_edit import edit_sampling  # an LCM / TCD folder or --scheduler: consistency / tcd, 4 steps
+    sampler, args.steps = edit_sampling(args.checkpoint, args.sampler, args.steps, args.spacing, args.scheduler,
+                                        bool(args.controlnets))
+    info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # fails before loading
     info.check_not_adaptive("diffkit edit")
     check_eta(info.name, args.eta)
     options = grid_options(args, info, spacing, final)
@@ -331,6 +345,8 @@ def run(args) -> int:
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="edit")
     posterior = args.posterior or ("sample" if sd_folder else "mean")  # as diffusers; what it was trained on
+    from ..interop.lcm_edit import edit_hooks  # an LCM / TCD folder or --scheduler: the pipelines' strength, blend
+    cut, blend = edit_hooks(autoencoder if sd_folder else None, spacing or info.default_spacing)
     def edit(start: int, n: int):
         from ..latent_editing import latent_img2img, latent_inpaint
         batch = images[start:start + n].to(device)
@@ -338,13 +354,13 @@ def run(args) -> int:
                       seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options, **begin)
         latent = {} if autoencoder is None else dict(posterior=posterior)
         if mask is None:
-            strength = 0.8 if args.strength is None else args.strength
-            edited = (img2img(denoiser, batch, strength, **common) if autoencoder is None else
-                      latent_img2img(denoiser, autoencoder, batch, strength, **latent, **common))
+            edited_by, strength = cut(denoiser, 0.8 if args.strength is None else args.strength, common["steps"])
+            edited = (img2img(edited_by, batch, strength, **common) if autoencoder is None else
+                      latent_img2img(edited_by, autoencoder, batch, strength, **latent, **common))
         else:
             masked = dict(strength=1.0 if args.strength is None else args.strength, jump_length=args.jump_length,
                           jump_n_sample=args.jump_n_sample, reconstruction_weight=args.reconstruction_weight or 0.0,
-                          **common)
+                          **blend, **common)
             edited = (inpaint(denoiser, batch, mask.to(device), **masked) if autoencoder is None else
                       latent_inpaint(denoiser, autoencoder, batch, mask.to(device), paste=args.paste_known, **latent,
                                      **masked))
@@ -401,8 +417,6 @@ def _stable_diffusion(args, device):
     """The :class:`~diffkit.interop.stable_diffusion.StableDiffusion` of ``--checkpoint SD_FOLDER`` (it is
     both the network and the autoencoder), after the flags that do not apply to it are refused."""
     from ..errors import DiffkitError
-    from ..interop.lcm import is_lcm_folder
-    from ..interop.sd_scheduler import own_override
     from ..interop.sd_inpaint import check_inpainting_flags, is_inpainting_folder
     from ..interop.stable_diffusion import load_stable_diffusion
     from .sample import not_for_stable_diffusion
@@ -415,11 +429,6 @@ def _stable_diffusion(args, device):
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
-    if is_lcm_folder(args.checkpoint) or own_override(args.checkpoint):
-        kind = "a latent consistency model (LCMScheduler)" if is_lcm_folder(args.checkpoint) else \
-            "a trajectory consistency model (TCDScheduler)"
-        raise DiffkitError(f"{args.checkpoint} is {kind}; diffkit edit takes "
-                           f"Stable Diffusion folders whose scheduler is a diffusion model's (DDIM, PNDM, ...)")
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
@@ -427,7 +436,8 @@ def _stable_diffusion(args, device):
     if inpainting:
         check_inpainting_flags(args)
     return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora,
-                                 textual_inversion=args.textual_inversion, inpainting=inpainting)
+                                 textual_inversion=args.textual_inversion, inpainting=inpainting,
+                                 scheduler=args.scheduler)
 
 
 def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
@@ -460,6 +470,9 @@ def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
             return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
                                              for key, value in cond.items()}
         context = sd.encode_prompts(prompts, request.clip_skip)  # the null half is not skipped, as the pipelines'
+        weighted = sd.weight_input_guidance(scale, convention, request.negative_prompt, request.rescale)
+        if weighted is not None:  # an LCM UNet's guidance input w (LatentConsistencyModelImg2ImgPipeline)
+            return weighted, lambda start, n: {"context": context[index[start:start + n].to(context.device)]}
         guided = sd.guided(scale, sd.encode_prompts([request.negative_prompt or ""]), convention,
                            rescale=request.rescale)
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])

@@ -15,6 +15,7 @@ Both are consistency models: f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t) with 
 scalings at sigma_data 0.5 and the scheduler's ``timestep_scaling`` (diffkit's
 :class:`~diffkit.consistency.ConsistencyDenoiser`), sampled on the times t_n = n k - 1 of its
 ``original_inference_steps`` N (k = T // N), diffkit's ``consistency`` sampler = ``LCMScheduler.step``.
+Image-to-image and inpainting (``diffkit edit``): :mod:`.lcm_edit`.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ LCMScheduler.from_config(pipe.scheduler.config)`` (``diffkit sample --scheduler 
 A Universal Stable-Diffusion Acceleration Module") of a plain SD 1.x/2.x folder (DDIM / PNDM scheduler) or
 SD-XL folder (Euler scheduler, :mod:`.sd_xl`) with an LCM-LoRA merged by ``lora=`` / ``--lora``, and TCD-LoRA's
 (Zheng et al. 2024) with ``TCDScheduler.from_config``. A folder whose own scheduler is a ``TCDScheduler`` is
-sampled as ``scheduler="tcd"`` would (:func:`own_override`; ``diffkit edit`` refuses it, as it refuses LCM folders).
+sampled as ``scheduler="tcd"`` would (:func:`own_override`; ``diffkit edit`` too, :mod:`.lcm_edit`).
 
 The new config is diffusers' own: the folder's scheduler class built from its JSON, then
 ``LCMScheduler`` / ``TCDScheduler.from_config`` of that class's config. Its betas, ``num_train_timesteps``,
