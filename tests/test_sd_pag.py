@@ -1,0 +1,129 @@
+"""Perturbed-attention guidance on Stable Diffusion / SD-XL folders (diffkit.interop.sd_pag) against diffusers'
+StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline on the tiny random pipelines of test_interop_diffusers /
+test_interop_sd_xl (nothing downloaded)."""
+import dataclasses
+import types
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+
+from test_interop_diffusers import relative_error, tiny_sd_pipeline  # noqa: E402
+from test_interop_sd_xl import PROMPTS, tiny_sd_xl_pipeline  # noqa: E402
+
+STEPS = 4
+
+
+def _saved(tmp_path_factory, build, name):
+    root = tmp_path_factory.mktemp(f"tiny_{name}_pag")
+    pipe = build(root)
+    pipe.save_pretrained(root / name)
+    return pipe, load_stable_diffusion(root / name, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """(StableDiffusionPipeline, the loaded StableDiffusion of its saved folder)."""
+    return _saved(tmp_path_factory, tiny_sd_pipeline, "sd")
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory):
+    """(StableDiffusionXLPipeline, the loaded StableDiffusionXL of its saved folder)."""
+    return _saved(tmp_path_factory, tiny_sd_xl_pipeline, "xl")
+
+
+def _pag_pipeline(pipe, layers):
+    """The PAG pipeline of ``pipe``'s components (a DDIM scheduler of its config) with ``pag_applied_layers``."""
+    components = dict(pipe.components, scheduler=diffusers.DDIMScheduler.from_config(pipe.scheduler.config))
+    if isinstance(pipe, diffusers.StableDiffusionXLPipeline):
+        pag = diffusers.StableDiffusionXLPAGPipeline(**components, pag_applied_layers=layers, add_watermarker=False)
+    else:
+        pag = diffusers.StableDiffusionPAGPipeline(**components, pag_applied_layers=layers,
+                                                   requires_safety_checker=False)
+    pag.set_progress_bar_config(disable=True)
+    return pag
+
+
+def _compare(fixture, layers, scale, pag_scale, adaptive=0.0, **kw):
+    """(ours, theirs) z_0 of DDIM eta 0 on the scheduler's timesteps, the same z_T."""
+    pipe, sd = fixture
+    latents = torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = _pag_pipeline(pipe, layers)(PROMPTS, num_inference_steps=STEPS, guidance_scale=scale,
+                                             latents=latents.clone(), pag_scale=pag_scale,
+                                             pag_adaptive_scale=adaptive, output_type="latent", **kw).images
+    ours = text_to_image(sd, PROMPTS, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=scale,
+                         latents=latents, return_latents=True, pag_scale=pag_scale, pag_layers=layers,
+                         pag_adaptive_scale=adaptive, **kw)
+    plain = text_to_image(sd, PROMPTS, sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=scale,
+                          latents=latents, return_latents=True, **kw)
+    assert relative_error(plain, theirs) > 1e-3  # PAG mattered
+    return ours, theirs
+
+
+@pytest.mark.parametrize("layers, scale, pag_scale, adaptive, kw", [
+    ("mid", 5.0, 3.0, 0.0, {}),  # CFG + PAG: one call of 3 halves
+    (["down_blocks.0", "up_blocks.1.attentions.1"], 5.0, 2.0, 0.002, {"guidance_rescale": 0.7}),
+    ("mid", 1.0, 3.0, 0.0, {}),  # PAG alone (no classifier-free guidance): 2 halves
+    ("up_blocks.1", 1.0, 2.0, 0.002, {}),
+])
+def test_sd_pag_matches_the_pipeline(tiny_sd, layers, scale, pag_scale, adaptive, kw):
+    ours, theirs = _compare(tiny_sd, layers, scale, pag_scale, adaptive, **kw)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+@pytest.mark.parametrize("layers, scale, adaptive", [
+    ("mid", 5.0, 0.0),
+    ("down_blocks.1.attentions.0.transformer_blocks.1", 5.0, 0.002),  # one of two transformer blocks
+    ("up_blocks.0", 1.0, 0.002),
+])
+def test_sd_xl_pag_matches_the_pipeline(tiny_xl, layers, scale, adaptive):
+    ours, theirs = _compare(tiny_xl, layers, scale, 3.0, adaptive)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sd_pag_off_is_bit_identical_and_restores_the_processors(tiny_sd):
+    """pag_scale 0 (or None) and an interval the grid never enters: plain CFG bit for bit; after a PAG run every
+    attention processor is the UNet's own again."""
+    _, sd = tiny_sd
+    run = dict(sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=5.0, return_latents=True)
+    before = {name: type(p) for name, p in sd.unet.attn_processors.items()}
+    plain = text_to_image(sd, PROMPTS, **run)
+    assert torch.equal(text_to_image(sd, PROMPTS, pag_scale=0.0, **run), plain)
+    assert torch.equal(text_to_image(sd, PROMPTS, pag_scale=3.0, pag_interval=(900, 999), **run), plain)  # grid: 751 .. 1
+    everywhere = text_to_image(sd, PROMPTS, pag_scale=3.0, pag_interval=(0, 999), **run)
+    assert torch.equal(everywhere, text_to_image(sd, PROMPTS, pag_scale=3.0, **run))
+    assert not torch.equal(everywhere, plain)
+    assert {name: type(p) for name, p in sd.unet.attn_processors.items()} == before
+
+
+def test_sd_pag_refusals(tiny_sd, tiny_xl):
+    _, sd = tiny_sd
+    run = dict(steps=2, return_latents=True)
+    for layers, match in [("down.block_1", "matches no self-attention layer.*down_blocks.0.attentions.0"),
+                          ("up.block_0.attentions_0", "matches no self-attention layer"),
+                          ("down_blocks.1", "matches no self-attention layer"),  # a DownBlock2D: none
+                          ("down.0", "is a diffkit U-Net layer name"), ("mid(", "not a regular expression"),
+                          ("", "give one or more names")]:
+        with pytest.raises(DiffkitError, match=match):
+            text_to_image(sd, PROMPTS, pag_scale=3.0, pag_layers=layers, **run)
+    with pytest.raises(DiffkitError, match="matches no self-attention layer"):
+        text_to_image(tiny_xl[1], PROMPTS, pag_scale=3.0, pag_layers="down_blocks.0", **run)
+    cases = [(dict(pag_layers="mid"), "needs pag_scale"), (dict(pag_scale=-1.0), "pag_scale"),
+             (dict(pag_scale=1.0, pag_adaptive_scale=-1.0), "pag_adaptive_scale"),
+             (dict(pag_scale=1.0, controlnet=object()), "not supported with controlnet"),
+             (dict(pag_scale=1.0, ip_adapter=object()), "not supported with ip_adapter")]
+    for options, match in cases:
+        with pytest.raises(DiffkitError, match=match):
+            text_to_image(sd, PROMPTS, **options, **run)
+    lcm = dataclasses.replace(sd, unet=types.SimpleNamespace(config={"time_cond_proj_dim": 8}))
+    with pytest.raises(DiffkitError, match="time_cond_proj_dim=8"):
+        text_to_image(lcm, PROMPTS, pag_scale=1.0, **run)
+    with pytest.raises(DiffkitError, match="LCMScheduler / TCD"):
+        text_to_image(dataclasses.replace(sd, scheduler_override="tcd"), PROMPTS, pag_scale=1.0, **run)
