@@ -23,18 +23,18 @@ def _saved(tmp_path_factory, build, name):
     root = tmp_path_factory.mktemp(f"tiny_{name}_pag")
     pipe = build(root)
     pipe.save_pretrained(root / name)
-    return pipe, load_stable_diffusion(root / name, progress=False)
+    return pipe, load_stable_diffusion(root / name, progress=False), root / name
 
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
-    """(StableDiffusionPipeline, the loaded StableDiffusion of its saved folder)."""
+    """(StableDiffusionPipeline, the loaded StableDiffusion of its saved folder, the folder)."""
     return _saved(tmp_path_factory, tiny_sd_pipeline, "sd")
 
 
 @pytest.fixture(scope="module")
 def tiny_xl(tmp_path_factory):
-    """(StableDiffusionXLPipeline, the loaded StableDiffusionXL of its saved folder)."""
+    """(StableDiffusionXLPipeline, the loaded StableDiffusionXL of its saved folder, the folder)."""
     return _saved(tmp_path_factory, tiny_sd_xl_pipeline, "xl")
 
 
@@ -52,7 +52,7 @@ def _pag_pipeline(pipe, layers):
 
 def _compare(fixture, layers, scale, pag_scale, adaptive=0.0, **kw):
     """(ours, theirs) z_0 of DDIM eta 0 on the scheduler's timesteps, the same z_T."""
-    pipe, sd = fixture
+    pipe, sd = fixture[:2]
     latents = torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         theirs = _pag_pipeline(pipe, layers)(PROMPTS, num_inference_steps=STEPS, guidance_scale=scale,
@@ -91,7 +91,7 @@ def test_sd_xl_pag_matches_the_pipeline(tiny_xl, layers, scale, adaptive):
 def test_sd_pag_off_is_bit_identical_and_restores_the_processors(tiny_sd):
     """pag_scale 0 (or None) and an interval the grid never enters: plain CFG bit for bit; after a PAG run every
     attention processor is the UNet's own again."""
-    _, sd = tiny_sd
+    sd = tiny_sd[1]
     run = dict(sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=5.0, return_latents=True)
     before = {name: type(p) for name, p in sd.unet.attn_processors.items()}
     plain = text_to_image(sd, PROMPTS, **run)
@@ -104,7 +104,7 @@ def test_sd_pag_off_is_bit_identical_and_restores_the_processors(tiny_sd):
 
 
 def test_sd_pag_refusals(tiny_sd, tiny_xl):
-    _, sd = tiny_sd
+    sd = tiny_sd[1]
     run = dict(steps=2, return_latents=True)
     for layers, match in [("down.block_1", "matches no self-attention layer.*down_blocks.0.attentions.0"),
                           ("up.block_0.attentions_0", "matches no self-attention layer"),
@@ -127,3 +127,34 @@ def test_sd_pag_refusals(tiny_sd, tiny_xl):
         text_to_image(lcm, PROMPTS, pag_scale=1.0, **run)
     with pytest.raises(DiffkitError, match="LCMScheduler / TCD"):
         text_to_image(dataclasses.replace(sd, scheduler_override="tcd"), PROMPTS, pag_scale=1.0, **run)
+
+
+def _cli(capsys, *args):
+    from diffkit.cli import main
+    try:
+        code = main([*map(str, args), "--no-progress"])
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("xl", [False, True])
+def test_sample_takes_pag_on_a_stable_diffusion_folder(tiny_sd, tiny_xl, tmp_path, capsys, xl):
+    """``diffkit sample --pag-scale --pag-layers --pag-adaptive-scale`` on an SD / SD-XL folder: text_to_image's images
+    byte for byte (the library is the pipelines', above); an unknown layer: one line, no file."""
+    from diffkit.images import save_grid
+    _, sd, folder = tiny_xl if xl else tiny_sd
+    layers = "up_blocks.0" if xl else "mid,down_blocks.0"
+    out = tmp_path / "grid.png"
+    flags = ["sample", "--checkpoint", folder, "--prompt", "hot", "--num", 2, "--steps", 2, "--seed", 5,
+             "--pag-scale", 2.5]
+    code, captured = _cli(capsys, *flags, "--pag-layers", layers, "--pag-adaptive-scale", 0.001, "--out", out)
+    assert code == 0, captured.err
+    assert f"perturbed-attention guidance s=2.5 at {layers}, adaptive a=0.001" in captured.out
+    ours = text_to_image(sd, ["hot", "hot"], steps=2, seed=5, output_range="-1,1", pag_scale=2.5,
+                         pag_layers=layers.split(","), pag_adaptive_scale=0.001)
+    save_grid(ours, tmp_path / "ours.png", 8)
+    assert out.read_bytes() == (tmp_path / "ours.png").read_bytes()
+    code, captured = _cli(capsys, *flags, "--pag-layers", "down_blocks.9", "--out", tmp_path / "new" / "g.png")
+    assert code != 0 and "pag layer 'down_blocks.9' matches no self-attention layer" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and not (tmp_path / "new").exists()
