@@ -11,31 +11,16 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+from diffkit.interop.stable_diffusion import text_to_image  # noqa: E402
 
-from test_interop_diffusers import relative_error, tiny_sd_pipeline  # noqa: E402
-from test_interop_sd_xl import PROMPTS, tiny_sd_xl_pipeline  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_sd_xl import PROMPTS  # noqa: E402
+import test_sd_prompts  # noqa: E402
+
+tiny_sd = test_sd_prompts.tiny_sd  # (pipeline, its saved folder, the loaded folder): the fixtures, shared
+tiny_xl = test_sd_prompts.tiny_xl
 
 STEPS = 4
-
-
-def _saved(tmp_path_factory, build, name):
-    root = tmp_path_factory.mktemp(f"tiny_{name}_pag")
-    pipe = build(root)
-    pipe.save_pretrained(root / name)
-    return pipe, load_stable_diffusion(root / name, progress=False), root / name
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    """(StableDiffusionPipeline, the loaded StableDiffusion of its saved folder, the folder)."""
-    return _saved(tmp_path_factory, tiny_sd_pipeline, "sd")
-
-
-@pytest.fixture(scope="module")
-def tiny_xl(tmp_path_factory):
-    """(StableDiffusionXLPipeline, the loaded StableDiffusionXL of its saved folder, the folder)."""
-    return _saved(tmp_path_factory, tiny_sd_xl_pipeline, "xl")
 
 
 def _pag_pipeline(pipe, layers):
@@ -52,7 +37,7 @@ def _pag_pipeline(pipe, layers):
 
 def _compare(fixture, layers, scale, pag_scale, adaptive=0.0, **kw):
     """(ours, theirs) z_0 of DDIM eta 0 on the scheduler's timesteps, the same z_T."""
-    pipe, sd = fixture[:2]
+    pipe, _, sd = fixture
     latents = torch.randn(sd.latent_shape(2), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         theirs = _pag_pipeline(pipe, layers)(PROMPTS, num_inference_steps=STEPS, guidance_scale=scale,
@@ -91,12 +76,13 @@ def test_sd_xl_pag_matches_the_pipeline(tiny_xl, layers, scale, adaptive):
 def test_sd_pag_off_is_bit_identical_and_restores_the_processors(tiny_sd):
     """pag_scale 0 (or None) and an interval the grid never enters: plain CFG bit for bit; after a PAG run every
     attention processor is the UNet's own again."""
-    sd = tiny_sd[1]
+    sd = tiny_sd[2]
     run = dict(sampler="ddim", steps=STEPS, grid="scheduler", guidance_scale=5.0, return_latents=True)
     before = {name: type(p) for name, p in sd.unet.attn_processors.items()}
     plain = text_to_image(sd, PROMPTS, **run)
     assert torch.equal(text_to_image(sd, PROMPTS, pag_scale=0.0, **run), plain)
-    assert torch.equal(text_to_image(sd, PROMPTS, pag_scale=3.0, pag_interval=(900, 999), **run), plain)  # grid: 751 .. 1
+    # the grid is 751 .. 1: an interval it never enters
+    assert torch.equal(text_to_image(sd, PROMPTS, pag_scale=3.0, pag_interval=(900, 999), **run), plain)
     everywhere = text_to_image(sd, PROMPTS, pag_scale=3.0, pag_interval=(0, 999), **run)
     assert torch.equal(everywhere, text_to_image(sd, PROMPTS, pag_scale=3.0, **run))
     assert not torch.equal(everywhere, plain)
@@ -104,7 +90,7 @@ def test_sd_pag_off_is_bit_identical_and_restores_the_processors(tiny_sd):
 
 
 def test_sd_pag_refusals(tiny_sd, tiny_xl):
-    sd = tiny_sd[1]
+    sd = tiny_sd[2]
     run = dict(steps=2, return_latents=True)
     for layers, match in [("down.block_1", "matches no self-attention layer.*down_blocks.0.attentions.0"),
                           ("up.block_0.attentions_0", "matches no self-attention layer"),
@@ -114,7 +100,7 @@ def test_sd_pag_refusals(tiny_sd, tiny_xl):
         with pytest.raises(DiffkitError, match=match):
             text_to_image(sd, PROMPTS, pag_scale=3.0, pag_layers=layers, **run)
     with pytest.raises(DiffkitError, match="matches no self-attention layer"):
-        text_to_image(tiny_xl[1], PROMPTS, pag_scale=3.0, pag_layers="down_blocks.0", **run)
+        text_to_image(tiny_xl[2], PROMPTS, pag_scale=3.0, pag_layers="down_blocks.0", **run)
     cases = [(dict(pag_layers="mid"), "needs pag_scale"), (dict(pag_scale=-1.0), "pag_scale"),
              (dict(pag_scale=1.0, pag_adaptive_scale=-1.0), "pag_adaptive_scale"),
              (dict(pag_scale=1.0, controlnet=object()), "not supported with controlnet"),
@@ -143,7 +129,7 @@ def test_sample_takes_pag_on_a_stable_diffusion_folder(tiny_sd, tiny_xl, tmp_pat
     """``diffkit sample --pag-scale --pag-layers --pag-adaptive-scale`` on an SD / SD-XL folder: text_to_image's images
     byte for byte (the library is the pipelines', above); an unknown layer: one line, no file."""
     from diffkit.images import save_grid
-    _, sd, folder = tiny_xl if xl else tiny_sd
+    _, folder, sd = tiny_xl if xl else tiny_sd
     layers = "up_blocks.0" if xl else "mid,down_blocks.0"
     out = tmp_path / "grid.png"
     flags = ["sample", "--checkpoint", folder, "--prompt", "hot", "--num", 2, "--steps", 2, "--seed", 5,

@@ -134,7 +134,7 @@ def register(sub) -> None:
                    help="with --pag-scale: the self-attention layers to perturb, comma-separated: mid (default), "
                         "down.L, up.L for a level L (an index into channel_mult) in the model's attn; on a Stable "
                         "Diffusion / SD-XL folder diffusers' pag_applied_layers (regular expressions searched in "
-                        "the module names: mid, down_blocks.1, up_blocks.0.attentions.1, ...)")
+                        "the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...)")
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")

@@ -25,7 +25,7 @@ where diffkit puts them (diffkit's order is cond, null, perturbed; diffusers' nu
 Layer names are diffusers' ``pag_applied_layers`` (default ``mid``), matched as ``PAGMixin._set_pag_attn_processor``
 does: each name is a regular expression searched (``re.search``) in the module names of the self-attention layers
 (``down_blocks.1.attentions.0.transformer_blocks.0.attn1``, ``mid_block.attentions.0...``, ``up_blocks.0...``), so
-``mid``, ``down_blocks.1``, ``up_blocks.0.attentions.1`` select a block, one of its attentions, ...; a name matching
+``mid``, ``down_blocks.1``, ``up_blocks.1.attentions.1`` select a block, one of its attentions, ...; a name matching
 no layer is refused, as the pipeline raises. The older names ``down.block_1`` / ``up.block_0.attentions_0`` of
 diffusers' pipeline comments match nothing in 0.42.1 and are refused likewise; diffkit's own U-Net names
 ``down.L`` / ``up.L`` are refused in one line.
@@ -43,7 +43,7 @@ from . import require
 
 DEFAULT_LAYERS = ("mid",)  # StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline(pag_applied_layers="mid")
 FORM = "diffusers' pag_applied_layers: regular expressions searched in the self-attention module names, e.g. mid, " \
-       "down_blocks.1, up_blocks.0.attentions.1"
+       "down_blocks.1, up_blocks.1.attentions.1"
 _DIFFKIT_NAME = re.compile(r"(down|up)\.\d+")  # diffkit's U-Net layer names (diffkit.models.unet), mid aside
 
 
