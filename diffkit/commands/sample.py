@@ -887,8 +887,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     ``clip_skip`` / ``prompt_2`` (one, or one per prompt) / ``negative_prompt_2``. ``scheduler``: ``"lcm"`` /
     ``"tcd"``, the folder sampled as with diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config``
     (:mod:`diffkit.interop.sd_scheduler`). ``refiner``: an SD-XL refiner folder that takes over the base's latents
-    at its cut (:mod:`diffkit.commands._refiner`; the prompt options are the base's). Writes the grid (and single
-    PNGs); latents have no noise grid."""
+    at its cut (:mod:`diffkit.commands._refiner`; the prompt options are the base's). ``guidance.pag_scale`` /
+    ``pag_layers`` / ``pag_adaptive_scale`` / ``pag_interval``: perturbed-attention guidance as
+    StableDiffusion(XL)PAGPipeline, diffusers' layer names (:mod:`diffkit.interop.sd_pag`; not with ControlNet,
+    IP-Adapter, a refiner or LCM / TCD sampling). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples

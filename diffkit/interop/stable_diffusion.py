@@ -21,6 +21,7 @@ the text encoder's states N layers lower, the prompts only) and SD-XL's ``prompt
 A folder whose scheduler is an ``LCMScheduler`` is a latent consistency model (:mod:`.lcm`): its
 denoiser is a :class:`~diffkit.consistency.ConsistencyDenoiser`, and a UNet with
 ``time_cond_proj_dim`` takes the guidance weight w as its input instead of classifier-free guidance.
+Perturbed-attention guidance (``text_to_image(pag_scale=...)``, StableDiffusionPAGPipeline): :mod:`.sd_pag`.
 """
 from __future__ import annotations
 
