@@ -372,7 +372,10 @@ class PerturbedAttentionGuidance(Wrapper):
             ``interval``; 0 outside it). 0 (the default): s at every t. Where s_t = 0 for every sample of a
             call there is no perturbed pass (the wrapped denoiser's call, as outside the interval); diffusers
             still runs the 3B (2B) batch there and adds 0 times the difference.
-        network: the U-Net to perturb; default the one under ``denoiser``.
+        network: the U-Net to perturb; default the one under ``denoiser``. Or any object with
+            ``check_self_attention_layers(layers)`` (the checked names) and the context manager
+            ``perturbed_self_attention(layers, identity)``: a diffusers UNet2DConditionModel's is
+            :class:`diffkit.interop.sd_pag.DiffusersSelfAttention` (diffusers' ``pag_applied_layers`` names).
     """
 
     def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None,
@@ -388,6 +391,9 @@ class PerturbedAttentionGuidance(Wrapper):
             raise DiffkitError("an adaptive perturbed-attention guidance scale needs the denoiser's schedule (its "
                                "number of training timesteps T); this denoiser has none")
         self.net = _unet_of(denoiser) if network is None else network
+        if callable(getattr(self.net, "check_self_attention_layers", None)):  # diffusers' UNet (.interop.sd_pag)
+            self.layers = self.net.check_self_attention_layers(layers)
+            return
         if not isinstance(self.net, UNet):
             raise DiffkitError(f"perturbed-attention guidance perturbs the self-attention of a diffkit U-Net; this "
                                f"network ({type(self.net).__name__}) has none it can perturb")

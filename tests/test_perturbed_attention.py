@@ -373,6 +373,8 @@ def test_pag_flag_mistakes_are_one_line_errors_before_any_output(tiny_checkpoint
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "middle")
     assert "unknown self-attention layer 'middle'" in line and "mid, or down.L / up.L" in line
     assert "unknown self-attention layer ''" in one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "")
+    line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "down_blocks.1")
+    assert "unknown self-attention layer 'down_blocks.1'" in line and "are a Stable Diffusion folder's" in line
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "mid,up.7")
     assert "unknown self-attention layer 'up.7'; this checkpoint has down.1, mid, up.1" in line
     line = one_line_error(capsys, *common, "--pag-scale", 2, "--pag-layers", "down.0")
@@ -386,7 +388,9 @@ def test_pag_flag_mistakes_are_one_line_errors_before_any_output(tiny_checkpoint
     assert not (tmp_path / "new").exists()
 
 
-def test_pag_is_refused_for_a_stable_diffusion_folder_and_a_time_series_model(tmp_path, capsys):
+def test_pag_layer_names_of_a_stable_diffusion_folder_and_a_time_series_model(tmp_path, capsys):
+    """A Stable Diffusion folder takes diffusers' layer names (tests/test_sd_pag.py), not diffkit's, and a diffkit
+    checkpoint not diffusers'; a time-series model has no self-attention to perturb."""
     import json
 
     from diffkit.config import TrainConfig
@@ -395,11 +399,13 @@ def test_pag_is_refused_for_a_stable_diffusion_folder_and_a_time_series_model(tm
     sd.mkdir()
     (sd / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
     out = tmp_path / "new" / "s.png"
-    assert "--pag-scale does not apply to a Stable Diffusion folder" in one_line_error(
-        capsys, "sample", "--checkpoint", sd, "--pag-scale", 2, "--out", out, "--prompt", "a")
+    assert "pag layer 'down.1' is a diffkit U-Net layer name; a Stable Diffusion folder's UNet takes diffusers'" \
+        in one_line_error(capsys, "sample", "--checkpoint", sd, "--pag-scale", 2, "--pag-layers", "mid,down.1",
+                          "--out", out, "--prompt", "a")
     from diffkit.commands.sample import GuidanceRequest, sample_stable_diffusion
-    with pytest.raises(DiffkitError, match="--pag-scale does not apply to a Stable Diffusion folder"):
-        sample_stable_diffusion(sd, out=out, guidance=GuidanceRequest(pag_scale=2.0, prompts=["a"]))  # was ignored
+    with pytest.raises(DiffkitError, match="pag layer 'up.0' is a diffkit U-Net layer name"):
+        sample_stable_diffusion(sd, out=out, guidance=GuidanceRequest(pag_scale=2.0, prompts=["a"],
+                                                                      pag_layers=["up.0"]))
     cfg = TrainConfig.from_dict({"dataset": "sines", "num_series": 8, "seq_length": 8, "in_channels": 1, "channel": 8,
                                  "channel_mult": [1, 2], "num_res_blocks": 1, "batch_size": 8, "T": 20,
                                  "sample_steps": 4, "max_steps": 1,

@@ -17,7 +17,8 @@ unconditional checkpoints. ``--clip-guidance TEXT --clip-model DIR --clip-scale 
 of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and the prompt's text
 embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention Guidance (Ahn et al. 2024):
 eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
-(default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``), also for unconditional
+(default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``; on a Stable Diffusion / SD-XL
+folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL)PAGPipeline), also for unconditional
 checkpoints; with ``--guidance-scale`` the three passes share one batched call; ``--pag-interval T_LO T_HI``
 limits it to those times, ``--pag-adaptive-scale A`` decays it towards t = 0 (diffusers' ``pag_adaptive_scale``).
 See docs/guidance.md.
@@ -131,7 +132,9 @@ def register(sub) -> None:
                         "identity as the self-attention map of --pag-layers (Ahn et al. 2024); 0 = off")
     g.add_argument("--pag-layers", metavar="L,...",
                    help="with --pag-scale: the self-attention layers to perturb, comma-separated: mid (default), "
-                        "down.L, up.L for a level L (an index into channel_mult) in the model's attn")
+                        "down.L, up.L for a level L (an index into channel_mult) in the model's attn; on a Stable "
+                        "Diffusion / SD-XL folder diffusers' pag_applied_layers (regular expressions searched in "
+                        "the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...)")
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")
@@ -305,6 +308,7 @@ class GuidanceRequest:
     pag_layers: Optional[list] = None
     pag_interval: Optional[tuple] = None
     pag_adaptive_scale: Optional[float] = None
+    pag_diffusers: bool = False  # --pag-layers in diffusers' syntax (a Stable Diffusion folder; .interop.sd_pag)
     apg_eta: Optional[float] = None
     apg_norm_threshold: Optional[float] = None
     apg_momentum: Optional[float] = None
@@ -386,8 +390,11 @@ class GuidanceRequest:
         names it has, listed). A legacy .pt (no header) is checked once loaded (:meth:`perturbed`)."""
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         from ._common import peek_checkpoint
-        if is_stable_diffusion_folder(checkpoint):
-            raise not_for_stable_diffusion("--pag-scale")
+        if is_stable_diffusion_folder(checkpoint):  # diffusers' layer names, matched once loaded
+            from ..interop.sd_pag import check_layer_names
+            check_layer_names(self.pag_layers)
+            self.pag_diffusers = True
+            return
         unet = (peek_checkpoint(checkpoint) or {}).get("unet")
         if isinstance(unet, dict):
             from ..models.network import is_series_model
@@ -406,6 +413,17 @@ class GuidanceRequest:
         from ..guidance import PerturbedAttentionGuidance
         return PerturbedAttentionGuidance(denoiser, self.pag_scale, self.pag_layers or ["mid"], self.pag_interval,
                                           adaptive_scale=self.pag_adaptive_scale or 0.0)
+
+    def pag_label(self) -> str:
+        """The summary line's words for --pag-scale ('' without it)."""
+        if not self.pag_scale:
+            return ""
+        what = f", perturbed-attention guidance s={self.pag_scale:g} at {','.join(self.pag_layers or ['mid'])}"
+        if self.pag_interval is not None:
+            what += f" for {self.pag_interval[0]:g} <= t <= {self.pag_interval[1]:g}"
+        if self.pag_adaptive_scale:
+            what += f", adaptive a={self.pag_adaptive_scale:g}"
+        return what
 
     def check_null_trained(self, meta) -> None:
         """--guidance-scale (classifier-free guidance) on a class- or text-conditional checkpoint whose
@@ -461,8 +479,9 @@ class GuidanceRequest:
                 check_range("--pag-adaptive-scale", self.pag_adaptive_scale, 0.0, None)
             from ..guidance import _checked_interval
             _checked_interval(self.pag_interval, None, "--pag-interval")  # t_lo <= t_hi; [-1, T] once loaded
-            from ..models.unet import check_self_attention_layers
-            check_self_attention_layers(self.pag_layers or ["mid"], None, None)  # the names' form
+            if not self.pag_diffusers:
+                from ..models.unet import check_self_attention_layers
+                check_self_attention_layers(self.pag_layers or ["mid"], None, None)  # the names' form
         if self.classifier is None:
             if self.classifier_scale is not None:
                 raise DiffkitError("--classifier-scale needs --classifier CKPT")
@@ -747,12 +766,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         what = f", prompts {[prompts[i] for i in sorted(set(prompt_index.tolist()))]}"
     if guidance.clip_prompt is not None:
         what += f", CLIP guidance {shorten(guidance.clip_prompt)} s={guidance.clip_scale:g}"
-    if guidance.pag_scale:
-        what += f", perturbed-attention guidance s={guidance.pag_scale:g} at {','.join(guidance.pag_layers or ['mid'])}"
-        if guidance.pag_interval is not None:
-            what += f" for {guidance.pag_interval[0]:g} <= t <= {guidance.pag_interval[1]:g}"
-        if guidance.pag_adaptive_scale:
-            what += f", adaptive a={guidance.pag_adaptive_scale:g}"
+    what += guidance.pag_label()
     if freeu is not None:
         what += ", " + freeu.label()
     noise_note = " (a latent checkpoint: no noise grid)" if decoder is not None else f" and {noise_out}"
@@ -873,8 +887,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     ``clip_skip`` / ``prompt_2`` (one, or one per prompt) / ``negative_prompt_2``. ``scheduler``: ``"lcm"`` /
     ``"tcd"``, the folder sampled as with diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config``
     (:mod:`diffkit.interop.sd_scheduler`). ``refiner``: an SD-XL refiner folder that takes over the base's latents
-    at its cut (:mod:`diffkit.commands._refiner`; the prompt options are the base's). Writes the grid (and single
-    PNGs); latents have no noise grid."""
+    at its cut (:mod:`diffkit.commands._refiner`; the prompt options are the base's). ``guidance.pag_scale`` /
+    ``pag_layers`` / ``pag_adaptive_scale`` / ``pag_interval``: perturbed-attention guidance as
+    StableDiffusion(XL)PAGPipeline, diffusers' layer names (:mod:`diffkit.interop.sd_pag`; not with ControlNet,
+    IP-Adapter, a refiner or LCM / TCD sampling). Writes the grid (and single PNGs); latents have no noise grid."""
     import torch
 
     from ..drawing import draw_samples
@@ -893,11 +909,13 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
                         ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
                         ("--thresholding", options.get("thresholding")),  # its latents are not in [-1, 1]
-                        ("--pag-scale", guidance.pag_scale),  # diffusers' U-Net: no perturbable blocks
                         *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta, guidance.apg_norm_threshold,
                                                          guidance.apg_momentum))):
         if value is not None and value is not False:
             raise not_for_stable_diffusion(flag)
+    if guidance.pag_scale:  # diffusers' names, their form before loading (matched once loaded: .interop.sd_pag)
+        from ..interop.sd_pag import check_layer_names
+        check_layer_names(guidance.pag_layers)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing, scheduler)
     lcm = is_lcm_folder(directory) or scheduler == "lcm"
     w_input = folder_guidance_input(directory) if lcm else 0  # else the loader refuses it
@@ -909,6 +927,14 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
     sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion,
                                scheduler=scheduler)
+    pag = dict(pag_scale=guidance.pag_scale, pag_layers=guidance.pag_layers, pag_interval=guidance.pag_interval,
+               pag_adaptive_scale=guidance.pag_adaptive_scale)  # diffusers' layer names (.interop.sd_pag)
+    from ..interop.sd_pag import pag_request
+    pag_request(sd, guidance.pag_scale, guidance.pag_layers, guidance.pag_adaptive_scale, guidance.pag_interval,
+                control, ip_adapter)  # one line before the ControlNets load or anything is drawn
+    if guidance.pag_scale and refiner is not None:
+        raise DiffkitError("--pag-scale with --refiner is not supported (the refiner's half would run without it); "
+                           "drop one of them")
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     refined = None if refiner is None else refiner.load(device, progress)
@@ -937,7 +963,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           negative_prompt=guidance.negative_prompt,
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                           ip_adapter=adapter, freeu=freeu, **prompt_options(guidance, cond.get("prompts_2")),
-                          **handover, **how)
+                          **pag, **handover, **how)
         if alone:
             return z
         guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,
@@ -960,7 +986,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
-    what = "" if freeu is None else ", " + parse_freeu(freeu).label()
+    what = guidance.pag_label() + ("" if freeu is None else ", " + parse_freeu(freeu).label())
     what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images

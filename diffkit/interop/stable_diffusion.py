@@ -21,6 +21,7 @@ the text encoder's states N layers lower, the prompts only) and SD-XL's ``prompt
 A folder whose scheduler is an ``LCMScheduler`` is a latent consistency model (:mod:`.lcm`): its
 denoiser is a :class:`~diffkit.consistency.ConsistencyDenoiser`, and a UNet with
 ``time_cond_proj_dim`` takes the guidance weight w as its input instead of classifier-free guidance.
+Perturbed-attention guidance (``text_to_image(pag_scale=...)``, StableDiffusionPAGPipeline): :mod:`.sd_pag`.
 """
 from __future__ import annotations
 
@@ -419,7 +420,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   controlnet=None, control_rows=None, ip_adapter=None, micro_conditioning: Optional[dict] = None,
                   freeu=None, denoising_end: Optional[float] = None, clip_skip: Optional[int] = None,
                   prompt_2: Union[None, str, Sequence[str]] = None,
-                  negative_prompt_2: Union[None, str, Sequence[str]] = None, **options) -> torch.Tensor:
+                  negative_prompt_2: Union[None, str, Sequence[str]] = None, pag_scale: Optional[float] = None,
+                  pag_layers=None, pag_adaptive_scale: Optional[float] = None, pag_interval=None,
+                  **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -456,6 +459,10 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     denoising_end: f in (0, 1), with ``return_latents``: only the grid's times t >= int(round(T - f T)), the noisy
         latents after them returned, as ``StableDiffusionXLPipeline(denoising_end=f, output_type="latent")``: the
         base's half of a hand-over to a refiner (:mod:`.sd_xl_refiner`, :mod:`diffkit.handover`).
+    pag_scale, pag_layers, pag_adaptive_scale: perturbed-attention guidance (Ahn et al. 2024) as diffusers'
+        ``StableDiffusionPAGPipeline`` / ``StableDiffusionXLPAGPipeline``'s ``pag_scale``, ``pag_applied_layers``
+        (default ``mid``; diffusers' names) and ``pag_adaptive_scale``; ``pag_interval`` (t_lo, t_hi): only there
+        (diffkit's; :mod:`.sd_pag`). None or 0: off.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..models.freeu import freeu_enabled, parse_freeu
@@ -467,6 +474,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         from .sd_xl_refiner import check_text_to_image
         options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents, controlnet)
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    from .sd_pag import pag_request
+    perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet, ip_adapter)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
     if guidance_scale is None:
@@ -498,6 +507,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                                         image_size=_image_size(sd, latents, height, width),
                                         micro_conditioning=micro_conditioning, clip_skip=clip_skip,
                                         prompt_2=prompt_2, negative_prompt_2=negative_prompt_2)
+    if perturbed is not None:  # PAG directly over the classifier-free guidance: one call of 3 halves (.sd_pag)
+        denoiser = perturbed(denoiser)
     if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
         cond["control_rows"] = rows.to(sd.device)
     if grid is not None:

@@ -56,7 +56,8 @@ def check_self_attention_layers(layers, attn: Sequence[int] | None, levels: int 
         match = _LAYER_NAME.fullmatch(name)
         if match is None or (levels is not None and match.group(3) is not None and int(match.group(3)) >= levels):
             has = "" if valid is None else f"{model} has {', '.join(valid)} "
-            raise DiffkitError(f"unknown self-attention layer {name!r}; {has}({form})")
+            hint = "; diffusers' layer names are a Stable Diffusion folder's" if "_block" in name else ""
+            raise DiffkitError(f"unknown self-attention layer {name!r}; {has}({form}){hint}")
         if valid is not None and name not in valid:
             raise DiffkitError(f"{model} has no self-attention at {name} (level {match.group(3)} is not in its attn "
                                f"{sorted(set(int(a) for a in attn))}); its self-attention layers: {', '.join(valid)}")
