@@ -164,3 +164,48 @@ def test_what_a_9_channel_sd_xl_folder_does_not_take_is_refused_in_one_line(xl_i
             as error:
         load_stable_diffusion(refiner, progress=False, inpainting=True)
     assert "\n" not in str(error.value)
+
+
+def test_ip_adapter_on_a_9_channel_sd_xl_unet_is_the_sd_xl_inpaint_pipeline_with_the_adapter(xl_inpaint):
+    """IPAdapter.adapting wraps the inpainting net: the UNet gets the 9 channels and image_embeds beside text_embeds
+    and time_ids, as StableDiffusionXLInpaintPipeline with load_ip_adapter (scale 0.7, strength 0.6); the adapter
+    acts."""
+    from test_ip_adapter import image_png, ip_adapter_state, save_ip_adapter, tiny_image_encoder
+    from diffkit.interop.ip_adapter import load_ip_adapter
+    pipe, folder, xl = xl_inpaint
+    root = folder.parent
+    weights = save_ip_adapter(ip_adapter_state(pipe.unet, tiny_image_encoder(root / "image_encoder")),
+                              root / "ip.safetensors")
+    png = image_png(root / "image.png")
+    pipe.load_ip_adapter(str(root), subfolder="", weight_name=weights.name, local_files_only=True)
+    try:
+        pipe.set_ip_adapter_scale(0.7)
+        theirs = _theirs(pipe, 0.6, ip_adapter_image=Image.open(png).convert("RGB"))
+    finally:
+        pipe.unload_ip_adapter()
+    ours = _ours(load_ip_adapter(weights, png, 0.7, progress=False).adapting(xl), 0.6, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    assert relative_error(ours, _ours(xl, 0.6, return_latents=True)) > 1e-2
+
+
+@pytest.mark.parametrize("strength, start, guess", [(1.0, 0.25, False), (0.6, 0.0, True)])
+def test_a_controlnet_on_a_9_channel_sd_xl_unet_is_the_sd_xl_controlnet_inpaint_pipeline(xl_inpaint, tmp_path,
+                                                                                          strength, start, guess):
+    """StableDiffusionXLControlNetInpaintPipeline with the 9-channel UNet: the SD-XL ControlNet (in_channels 4)
+    reads the latents with text_embeds and time_ids, the UNet the 9 channels plus its residuals; a window over the
+    strength's steps, and guess mode."""
+    from test_controlnet import control_png, tiny_controlnet
+    from diffkit.interop.controlnet import ControlNets, editing_grid
+    pipe, _, xl = xl_inpaint
+    net = tiny_controlnet(diffusers.UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 4}), 1)
+    png = control_png(tmp_path / "control.png", 16, 24)
+    other = diffusers.StableDiffusionXLControlNetInpaintPipeline(**{**pipe.components, "controlnet": net},
+                                                                 add_watermarker=False)
+    other.set_progress_bar_config(disable=True)
+    theirs = _theirs(other, strength, control_image=Image.open(png).convert("RGB"), controlnet_conditioning_scale=0.7,
+                     control_guidance_start=start, guess_mode=guess)
+    grid = editing_grid(xl, "ddim", 4, strength, dict(DDIM_GRID))
+    controlled = ControlNets([net], [png], 0.7, start, guess_mode=guess).controlling(xl, 16, 24, grid)
+    ours = _ours(controlled, strength, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    assert relative_error(ours, _ours(xl, strength, return_latents=True)) > 1e-3
