@@ -140,6 +140,7 @@ def test_what_a_9_channel_sd_xl_folder_does_not_take_is_refused_in_one_line(xl_i
             (["--mask", mask_png, "--jump-n-sample", 2, "--sampler", "ddpm"],
              "--jump-n-sample does not apply to an inpainting UNet"),
             (["--mask", mask_png, "--reconstruction-weight", 1], "--reconstruction-weight does not apply"),
+            (["--mask", mask_png, "--jump-length", 5], "--jump-length does not apply to an inpainting UNet"),
             (["--mask", mask_png, "--aesthetic-score", 6], "--aesthetic-score applies to an SD-XL refiner folder")]:
         code, out, err = cli(capsys, *base, *extra, "--out", tmp_path / "never")
         assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists(), err

@@ -23,7 +23,11 @@ prompt's unless ``negative_original_size`` and ``negative_target_size`` are give
 guidance scale is the pipeline's s = 5. Editing (:mod:`diffkit.latent_editing` with :meth:`prompt_guidance`'s
 denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``StableDiffusionXLImg2ImgPipeline`` and
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
-to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
+to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise), and
+with a 9-channel SD-XL inpainting UNet (``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``, loaded with
+``inpainting=True``) Stable Diffusion's 9-channel path (:mod:`.sd_inpaint`: latents, mask and masked-image latents
+in, nothing replaced), the cond adding ``text_embeds`` and ``time_ids``; only in a base-style folder (no aesthetic
+scores). Defaults differing from that pipeline's: strength 1 (its 0.9999), guidance 5 (its 7.5).
 
 A refiner folder (``StableDiffusionXLImg2ImgPipeline`` of the refiner: no ``text_encoder`` / ``tokenizer``,
 ``requires_aesthetics_score``) loads too (:attr:`StableDiffusionXL.is_refiner`): the context and pooled embedding of
@@ -36,8 +40,9 @@ and an LCMScheduler as latent-consistency/lcm-sdxl's, ``scheduler="lcm"`` / ``"t
 :mod:`.sd_scheduler`): :meth:`prompt_guidance` adds the SD-XL conditioning to the guidance-input model
 (:meth:`~.stable_diffusion.StableDiffusion.weight_input_guidance`) or to classifier-free guidance.
 
-Refused in one line (:func:`load_sd_xl`): UNets with a guidance input without an LCMScheduler, UNets with inpainting
-channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files or textual inversions on a refiner folder, and
+Refused in one line (:func:`load_sd_xl`): UNets with a guidance input without an LCMScheduler, a 9-channel
+inpainting UNet without ``inpainting`` or in a refiner-style folder, VAEs with ``latents_mean`` / ``latents_std``,
+LoRA files or textual inversions on a refiner folder, and
 (after loading) a UNet whose widths do not fit the encoders. LoRA files (``unet.`` / ``text_encoder.`` /
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
