@@ -2,7 +2,6 @@
 9-channel path (diffkit.interop.sd_inpaint) with SD-XL's pooled text and time-id conditioning, against diffusers'
 StableDiffusionXLInpaintPipeline on the same tiny random folder; ``diffkit edit --mask`` on it; what is refused."""
 import json
-import re
 import shutil
 
 import numpy as np
@@ -10,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from test_interop_diffusers import relative_error
-from test_latent_editing import _generators, cli
-from test_sd_inpaint import _pngs
+from test_latent_editing import _generators
 
 from diffkit.errors import DiffkitError
 from diffkit.latent_editing import latent_inpaint
@@ -106,13 +104,10 @@ def test_the_cli_on_a_9_channel_sd_xl_folder_is_the_library_byte_for_byte(xl_inp
     """``diffkit edit --checkpoint XL_INPAINT --mask``: each PNG byte-identical to latent_inpaint's image written
     by the same writer (image i from seed + i alone in its batch, default strength 1, s = 5, posterior sample, time
     ids of the images' size)."""
+    from test_sd_inpaint import inpainted_by_the_cli
     from diffkit.images import save_images
     _, folder, xl = xl_inpaint
-    pngs, mask_png, mask = _pngs(tmp_path)
-    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--mask", mask_png, "--prompt", "a cat",
-                         "--steps", 3, "--seed", 4, "--batch-size", 1, "--out", tmp_path / "out")
-    assert code == 0, err
-    assert "2 inpainted images" in out and "posterior sample" in out
+    pngs, mask = inpainted_by_the_cli(capsys, folder, tmp_path)
     guided, cond = xl.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
     images = []
     for i in range(2):
@@ -130,26 +125,11 @@ def test_what_a_9_channel_sd_xl_folder_does_not_take_is_refused_in_one_line(xl_i
     time ids hold the target size), diffkit sample (text to image): one line, exit 2, no output; in the library
     loading without inpainting=True, text_to_image, aesthetic_score, and a 9-channel UNet in a refiner-style
     folder."""
-    from diffkit.cli import main
+    from test_sd_inpaint import refused_by_the_cli
     from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image
     _, folder, xl = xl_inpaint
-    pngs, mask_png, _ = _pngs(tmp_path)
-    base = ["--checkpoint", folder, "--images", pngs, "--prompt", "a", "--steps", 2]
-    for extra, pattern in [
-            ([], "has an inpainting UNet .* it only inpaints; give --mask PNG"),
-            (["--mask", mask_png, "--jump-n-sample", 2, "--sampler", "ddpm"],
-             "--jump-n-sample does not apply to an inpainting UNet"),
-            (["--mask", mask_png, "--reconstruction-weight", 1], "--reconstruction-weight does not apply"),
-            (["--mask", mask_png, "--jump-length", 5], "--jump-length does not apply to an inpainting UNet"),
-            (["--mask", mask_png, "--aesthetic-score", 6], "--aesthetic-score applies to an SD-XL refiner folder")]:
-        code, out, err = cli(capsys, *base, *extra, "--out", tmp_path / "never")
-        assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "never").exists(), err
-        assert re.search(pattern, err), err
-    code = main(["sample", "--checkpoint", str(folder), "--prompt", "a", "--num", "1", "--steps", "2", "--no-progress",
-                 "--device", "cpu", "--out", str(tmp_path / "never.png")])
-    err = capsys.readouterr().err
-    assert code == 2 and "it only inpaints" in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "never.png").exists()
+    refused_by_the_cli(capsys, folder, tmp_path, [(["--aesthetic-score", 6],
+                                                   "--aesthetic-score applies to an SD-XL refiner folder")])
     with pytest.raises(DiffkitError, match=r"has an inpainting UNet \(in_channels=9.*it only inpaints"):
         load_stable_diffusion(folder, progress=False)
     with pytest.raises(DiffkitError, match="it only inpaints; use latent_inpaint"):
@@ -171,19 +151,11 @@ def test_ip_adapter_on_a_9_channel_sd_xl_unet_is_the_sd_xl_inpaint_pipeline_with
     """IPAdapter.adapting wraps the inpainting net: the UNet gets the 9 channels and image_embeds beside text_embeds
     and time_ids, as StableDiffusionXLInpaintPipeline with load_ip_adapter (scale 0.7, strength 0.6); the adapter
     acts."""
-    from test_ip_adapter import image_png, ip_adapter_state, save_ip_adapter, tiny_image_encoder
+    from test_sd_inpaint import ip_adapter_files, with_the_ip_adapter
     from diffkit.interop.ip_adapter import load_ip_adapter
     pipe, folder, xl = xl_inpaint
-    root = folder.parent
-    weights = save_ip_adapter(ip_adapter_state(pipe.unet, tiny_image_encoder(root / "image_encoder")),
-                              root / "ip.safetensors")
-    png = image_png(root / "image.png")
-    pipe.load_ip_adapter(str(root), subfolder="", weight_name=weights.name, local_files_only=True)
-    try:
-        pipe.set_ip_adapter_scale(0.7)
-        theirs = _theirs(pipe, 0.6, ip_adapter_image=Image.open(png).convert("RGB"))
-    finally:
-        pipe.unload_ip_adapter()
+    weights, png = ip_adapter_files(pipe, folder.parent)
+    theirs = with_the_ip_adapter(pipe, folder.parent, weights, png, _theirs)
     ours = _ours(load_ip_adapter(weights, png, 0.7, progress=False).adapting(xl), 0.6, return_latents=True)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
     assert relative_error(ours, _ours(xl, 0.6, return_latents=True)) > 1e-2
