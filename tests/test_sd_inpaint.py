@@ -153,12 +153,12 @@ def _pngs(tmp_path, count=2):
     return pngs, tmp_path / "mask.png", torch.from_numpy(mask)[None, None].float() / 255
 
 
-def inpainted_by_the_cli(capsys, folder, tmp_path):
-    """``diffkit edit --checkpoint FOLDER --mask`` on two PNGs ("a cat", 3 steps, seed 4, batch 1, out/): (the input
-    PNGs' folder, the mask in [0, 1])."""
+def inpainted_by_the_cli(capsys, folder, tmp_path, *flags):
+    """``diffkit edit --checkpoint FOLDER --mask ... FLAGS`` on two PNGs ("a cat", 3 steps, seed 4, batch 1, out/):
+    (the input PNGs' folder, the mask in [0, 1])."""
     pngs, mask_png, mask = _pngs(tmp_path)
     code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--mask", mask_png, "--prompt", "a cat",
-                         "--steps", 3, "--seed", 4, "--batch-size", 1, "--out", tmp_path / "out")
+                         "--steps", 3, "--seed", 4, "--batch-size", 1, *flags, "--out", tmp_path / "out")
     assert code == 0, err
     assert "2 inpainted images" in out and "posterior sample" in out
     return pngs, mask

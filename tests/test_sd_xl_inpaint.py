@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from test_interop_diffusers import relative_error
 from test_latent_editing import _generators
+from test_sd_inpaint import inpainted_by_the_cli
 
 from diffkit.errors import DiffkitError
 from diffkit.latent_editing import latent_inpaint
@@ -54,6 +55,10 @@ def _theirs(pipe, strength, scheduler=None, steps=4, output_type="latent", **kw)
                         **kw).images
     finally:
         pipe.scheduler = original
+
+
+def _png_tensor(path):
+    return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def _ours(xl, strength, sampler="ddim", steps=4, grid=DDIM_GRID, **kw):
@@ -104,16 +109,12 @@ def test_the_cli_on_a_9_channel_sd_xl_folder_is_the_library_byte_for_byte(xl_inp
     """``diffkit edit --checkpoint XL_INPAINT --mask``: each PNG byte-identical to latent_inpaint's image written
     by the same writer (image i from seed + i alone in its batch, default strength 1, s = 5, posterior sample, time
     ids of the images' size)."""
-    from test_sd_inpaint import inpainted_by_the_cli
     from diffkit.images import save_images
     _, folder, xl = xl_inpaint
     pngs, mask = inpainted_by_the_cli(capsys, folder, tmp_path)
     guided, cond = xl.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
-    images = []
-    for i in range(2):
-        x = torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
-        images.append(latent_inpaint(guided, xl, x, mask, "ddim", 3, posterior="sample", seed=4 + i, cond=cond,
-                                     progress=False).clamp(-1, 1))
+    images = [latent_inpaint(guided, xl, _png_tensor(pngs / f"in_{i}.png"), mask, "ddim", 3, posterior="sample",
+                             seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(2)]
     save_images(torch.cat(images), tmp_path / "library", prefix="edit")
     for i in range(2):
         name = f"edit_{i:05d}.png"
@@ -182,3 +183,33 @@ def test_a_controlnet_on_a_9_channel_sd_xl_unet_is_the_sd_xl_controlnet_inpaint_
     ours = _ours(controlled, strength, return_latents=True)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
     assert relative_error(ours, _ours(xl, strength, return_latents=True)) > 1e-3
+
+
+def test_the_cli_with_a_controlnet_and_an_ip_adapter_on_a_9_channel_sd_xl_folder_is_the_library(xl_inpaint, tmp_path,
+                                                                                                 capsys):
+    """``diffkit edit --checkpoint XL_INPAINT --mask M --controlnet DIR --control-image PNG --ip-adapter FILE``: the
+    PNG byte-identical to latent_inpaint on IPAdapter.adapting(ControlNets.controlling(xl)) with prompt_guidance's
+    denoiser and cond (window start 0.25 of the strength-1 grid)."""
+    from test_controlnet import control_png, tiny_controlnet
+    from test_sd_inpaint import ip_adapter_files
+    from diffkit.images import save_images
+    from diffkit.interop.controlnet import ControlNets, editing_grid
+    from diffkit.interop.ip_adapter import load_ip_adapter
+    pipe, folder, xl = xl_inpaint
+    model = tiny_controlnet(diffusers.UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 4}), 1)
+    model.save_pretrained(tmp_path / "cn")
+    control = control_png(tmp_path / "control.png")
+    weights, image_prompt = ip_adapter_files(pipe, tmp_path)
+    pngs, mask = inpainted_by_the_cli(capsys, folder, tmp_path, "--controlnet", tmp_path / "cn", "--control-image",
+                                      control, "--control-guidance-start", 0.25, "--ip-adapter", f"{weights}:0.7",
+                                      "--ip-adapter-image", image_prompt)
+    grid = editing_grid(xl, "ddim", 3, 1.0, {})
+    controlled = ControlNets([model], [control], 1.0, 0.25).controlling(xl, 16, 16, grid)
+    adapted = load_ip_adapter(weights, image_prompt, 0.7, progress=False).adapting(controlled)
+    guided, cond = adapted.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    images = [latent_inpaint(guided, adapted, _png_tensor(pngs / f"in_{i}.png"), mask, "ddim", 3, posterior="sample",
+                             seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(2)]
+    save_images(torch.cat(images), tmp_path / "library", prefix="edit")
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name
