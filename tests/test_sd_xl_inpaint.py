@@ -61,6 +61,20 @@ def _png_tensor(path):
     return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
+def _are_the_librarys(tmp_path, model, pngs, mask):
+    """tmp_path/out's PNGs (:func:`inpainted_by_the_cli`) byte for byte: latent_inpaint of the SD-XL ``model`` with
+    prompt_guidance's denoiser and cond ("a cat", s = 5, time ids (16, 16, 0, 0, 16, 16)), image i from seed 4 + i,
+    written by the command's writer."""
+    from diffkit.images import save_images
+    guided, cond = model.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    images = [latent_inpaint(guided, model, _png_tensor(pngs / f"in_{i}.png"), mask, "ddim", 3, posterior="sample",
+                             seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(2)]
+    save_images(torch.cat(images), tmp_path / "library", prefix="edit")
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name
+
+
 def _ours(xl, strength, sampler="ddim", steps=4, grid=DDIM_GRID, **kw):
     guided, cond = xl.prompt_guidance(PROMPTS, None, 5.0, "diffusers", 0.0, image_size=(16, 24))
     return latent_inpaint(guided, xl, IMAGE * 2 - 1, MASK, sampler, steps, strength=strength, posterior="sample",
@@ -109,16 +123,9 @@ def test_the_cli_on_a_9_channel_sd_xl_folder_is_the_library_byte_for_byte(xl_inp
     """``diffkit edit --checkpoint XL_INPAINT --mask``: each PNG byte-identical to latent_inpaint's image written
     by the same writer (image i from seed + i alone in its batch, default strength 1, s = 5, posterior sample, time
     ids of the images' size)."""
-    from diffkit.images import save_images
     _, folder, xl = xl_inpaint
     pngs, mask = inpainted_by_the_cli(capsys, folder, tmp_path)
-    guided, cond = xl.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
-    images = [latent_inpaint(guided, xl, _png_tensor(pngs / f"in_{i}.png"), mask, "ddim", 3, posterior="sample",
-                             seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(2)]
-    save_images(torch.cat(images), tmp_path / "library", prefix="edit")
-    for i in range(2):
-        name = f"edit_{i:05d}.png"
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name
+    _are_the_librarys(tmp_path, xl, pngs, mask)
 
 
 def test_what_a_9_channel_sd_xl_folder_does_not_take_is_refused_in_one_line(xl_inpaint, tmp_path, capsys):
@@ -192,7 +199,6 @@ def test_the_cli_with_a_controlnet_and_an_ip_adapter_on_a_9_channel_sd_xl_folder
     denoiser and cond (window start 0.25 of the strength-1 grid)."""
     from test_controlnet import control_png, tiny_controlnet
     from test_sd_inpaint import ip_adapter_files
-    from diffkit.images import save_images
     from diffkit.interop.controlnet import ControlNets, editing_grid
     from diffkit.interop.ip_adapter import load_ip_adapter
     pipe, folder, xl = xl_inpaint
@@ -206,10 +212,4 @@ def test_the_cli_with_a_controlnet_and_an_ip_adapter_on_a_9_channel_sd_xl_folder
     grid = editing_grid(xl, "ddim", 3, 1.0, {})
     controlled = ControlNets([model], [control], 1.0, 0.25).controlling(xl, 16, 16, grid)
     adapted = load_ip_adapter(weights, image_prompt, 0.7, progress=False).adapting(controlled)
-    guided, cond = adapted.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
-    images = [latent_inpaint(guided, adapted, _png_tensor(pngs / f"in_{i}.png"), mask, "ddim", 3, posterior="sample",
-                             seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(2)]
-    save_images(torch.cat(images), tmp_path / "library", prefix="edit")
-    for i in range(2):
-        name = f"edit_{i:05d}.png"
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name
+    _are_the_librarys(tmp_path, adapted, pngs, mask)
