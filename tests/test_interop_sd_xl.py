@@ -18,11 +18,12 @@ from test_interop_diffusers import relative_error, sd_ddim_scheduler, tiny_sd_co
 PROMPTS = ["a photo of a cat", "hot"]
 
 
-def tiny_sd_xl_unet(cross_attention_dim: int, added_inputs: int):
+def tiny_sd_xl_unet(cross_attention_dim: int, added_inputs: int, in_channels: int = 4):
     """A tiny random SD-XL UNet (addition_embed_type="text_time", addition_time_embed_dim 8) of that context
-    width and added-embedding input width (time ids x 8 + the pooled projection's width)."""
+    width and added-embedding input width (time ids x 8 + the pooled projection's width); ``in_channels=9``: an
+    inpainting UNet (latents, mask, masked-image latents)."""
     return diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
@@ -266,8 +267,8 @@ def test_sample_command_runs_an_sd_xl_folder(tiny_xl, tmp_path, capsys):
 
 def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, capsys):
     """A base UNet in a refiner-style folder (refiners: tests/test_sd_xl_refiner.py), a VAE with latents_mean, a
-    missing text_encoder_2, a 9-channel SD-XL inpainting UNet (diffkit edit --mask): one line each, before any weight
-    or output (LoRA files and textual
+    missing text_encoder_2, a 9-channel SD-XL inpainting UNet without --mask (it only inpaints:
+    tests/test_sd_xl_inpaint.py): one line each, before any weight or output (LoRA files and textual
     inversion: tests/test_sd_xl_lora.py; ControlNet: tests/test_controlnet_sd_xl.py; IP-Adapter:
     tests/test_ip_adapter_sd_xl.py; LCMScheduler folders and --scheduler lcm|tcd: tests/test_lcm_sd_xl.py)."""
     from diffkit.cli import main
@@ -281,7 +282,7 @@ def test_what_sd_xl_does_not_support_is_refused_in_one_line(tiny_xl, tmp_path, c
     (tmp_path / "xl9" / "unet" / "config.json").write_text(json.dumps({**unet_config, "in_channels": 9}))
     for argv, match in (
             (["edit", "--checkpoint", str(tmp_path / "xl9"), "--images", str(tmp_path / "images"), "--prompt", "hot",
-              "--mask", str(tmp_path / "m.png")], "is an SD-XL inpainting UNet \\(in_channels=9"),):
+              "--steps", "2"], "has an inpainting UNet .* it only inpaints; give --mask PNG"),):
         assert main(argv + ["--out", str(tmp_path / "out" / "o.png"), "--no-progress"]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err

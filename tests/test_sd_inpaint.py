@@ -153,15 +153,22 @@ def _pngs(tmp_path, count=2):
     return pngs, tmp_path / "mask.png", torch.from_numpy(mask)[None, None].float() / 255
 
 
+def inpainted_by_the_cli(capsys, folder, tmp_path, *flags):
+    """``diffkit edit --checkpoint FOLDER --mask ... FLAGS`` on two PNGs ("a cat", 3 steps, seed 4, batch 1, out/):
+    (the input PNGs' folder, the mask in [0, 1])."""
+    pngs, mask_png, mask = _pngs(tmp_path)
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--mask", mask_png, "--prompt", "a cat",
+                         "--steps", 3, "--seed", 4, "--batch-size", 1, *flags, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "2 inpainted images" in out and "posterior sample" in out
+    return pngs, mask
+
+
 def test_the_cli_on_a_9_channel_folder_is_the_library(inpaint_sd, tmp_path, capsys):
     """``diffkit edit --checkpoint INPAINT_SD --mask``: each PNG within half a level of latent_inpaint's image
     (image i from seed + i, alone in its batch), default strength 1 and guidance 7.5, posterior sample."""
     _, sd, folder = inpaint_sd
-    pngs, mask_png, mask = _pngs(tmp_path)
-    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--mask", mask_png, "--prompt", "a cat",
-                         "--steps", 3, "--seed", 4, "--batch-size", 1, "--out", tmp_path / "out")
-    assert code == 0, err
-    assert "2 inpainted images" in out and "posterior sample" in out
+    pngs, mask = inpainted_by_the_cli(capsys, folder, tmp_path)
     guided = sd.guided(7.5, sd.encode_prompts([""]), "diffusers")
     context = sd.encode_prompts(["a cat"])
     for i in range(2):
@@ -173,8 +180,10 @@ def test_the_cli_on_a_9_channel_folder_is_the_library(inpaint_sd, tmp_path, caps
         assert np.abs(png - expected).max() <= 0.5 + 1e-3
 
 
-def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_path, capsys):
-    _, _, folder = inpaint_sd
+def refused_by_the_cli(capsys, folder, tmp_path, more=()):
+    """What ``diffkit edit`` / ``diffkit sample`` on a folder with a 9-channel UNet refuse (and the ``more`` pairs of
+    extra flags after ``--mask M`` and the error's pattern): one line, exit 2, no output."""
+    from diffkit.cli import main
     pngs, mask_png, _ = _pngs(tmp_path)
     base = ["--checkpoint", folder, "--images", pngs, "--prompt", "a", "--steps", 2]
     for extra, pattern in [
@@ -184,17 +193,21 @@ def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_p
         (["--mask", mask_png, "--jump-length", 5], "--jump-length does not apply to an inpainting UNet"),
         (["--mask", mask_png, "--reconstruction-weight", 1],
          "--reconstruction-weight does not apply to an inpainting"),
+        *[(["--mask", mask_png, *extra], pattern) for extra, pattern in more],
     ]:
         target = tmp_path / "never"
         code, out, err = cli(capsys, *base, *extra, "--out", target)
-        assert code != 0 and len(err.strip().splitlines()) == 1 and not target.exists(), err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and not target.exists(), err
         assert re.search(pattern, err), err
-    from diffkit.cli import main
     code = main(["sample", "--checkpoint", str(folder), "--prompt", "a", "--num", "1", "--steps", "2", "--no-progress",
                  "--device", "cpu", "--out", str(tmp_path / "never.png")])
     err = capsys.readouterr().err
-    assert code != 0 and "it only inpaints" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and "it only inpaints" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "never.png").exists()
+
+
+def test_the_cli_refuses_what_a_9_channel_folder_does_not_take(inpaint_sd, tmp_path, capsys):
+    refused_by_the_cli(capsys, inpaint_sd[2], tmp_path)
 
 
 def test_karras_dpm_solver_below_strength_1_is_the_pipeline_with_dpm_solver_karras(inpaint_sd):
@@ -219,12 +232,27 @@ def test_karras_dpm_solver_below_strength_1_is_the_pipeline_with_dpm_solver_karr
 @pytest.fixture(scope="module")
 def inpaint_ip(inpaint_sd):
     """An IP-Adapter file for the 9-channel UNet beside its folder, its tiny image encoder and an image prompt."""
-    from test_ip_adapter import image_png, ip_adapter_state, save_ip_adapter, tiny_image_encoder
     pipe, _, folder = inpaint_sd
-    root = folder.parent
+    return (folder.parent, *ip_adapter_files(pipe, folder.parent))
+
+
+def ip_adapter_files(pipe, root):
+    """(an IP-Adapter file for the pipeline's UNet, an image prompt PNG); the tiny image encoder in
+    root/image_encoder."""
+    from test_ip_adapter import image_png, ip_adapter_state, save_ip_adapter, tiny_image_encoder
     encoder = tiny_image_encoder(root / "image_encoder")
-    return root, save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors"), \
-        image_png(root / "image.png")
+    return save_ip_adapter(ip_adapter_state(pipe.unet, encoder), root / "ip.safetensors"), image_png(root / "image.png")
+
+
+def with_the_ip_adapter(pipe, root, weights, png, theirs):
+    """``theirs(pipe, 0.6, ip_adapter_image=...)`` with the adapter file loaded into the pipeline (scale 0.7), then
+    unloaded."""
+    pipe.load_ip_adapter(str(root), subfolder="", weight_name=weights.name, local_files_only=True)
+    try:
+        pipe.set_ip_adapter_scale(0.7)
+        return theirs(pipe, 0.6, ip_adapter_image=Image.open(png).convert("RGB"))
+    finally:
+        pipe.unload_ip_adapter()
 
 
 def test_ip_adapter_with_a_9_channel_unet_is_the_inpaint_pipeline_with_the_adapter(inpaint_sd, inpaint_ip):
@@ -234,12 +262,7 @@ def test_ip_adapter_with_a_9_channel_unet_is_the_inpaint_pipeline_with_the_adapt
     from diffkit.interop.ip_adapter import load_ip_adapter
     pipe, sd, _ = inpaint_sd
     root, weights, png = inpaint_ip
-    pipe.load_ip_adapter(str(root), subfolder="", weight_name=weights.name, local_files_only=True)
-    try:
-        pipe.set_ip_adapter_scale(0.7)
-        theirs = _theirs(pipe, 0.6, ip_adapter_image=Image.open(png).convert("RGB"))
-    finally:
-        pipe.unload_ip_adapter()
+    theirs = with_the_ip_adapter(pipe, root, weights, png, _theirs)
     ours = _ours(load_ip_adapter(weights, png, 0.7, progress=False).adapting(sd), strength=0.6)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * theirs.abs().max().item())
     assert (ours - _ours(sd, strength=0.6)).abs().max() > 1e-2 * theirs.abs().max()

@@ -21,10 +21,10 @@ from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 (``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back); a folder with a 9-channel
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
 image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
-UNet) is edited the same way, as StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline
-(time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or TCDScheduler folder, or
-``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines with that scheduler
-(``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
+UNet, or 9-channel inpainting UNet with --mask) is edited the same way, as StableDiffusionXLImg2ImgPipeline /
+StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or
+TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines
+with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).

@@ -24,7 +24,10 @@ that order, and it predicts the noise of z_t alone (``out_channels = 4``). This 
 
 With a ControlNet (:meth:`~diffkit.interop.controlnet.ControlNets.controlling`) the ControlNet reads the latents
 (4 channels) and its residuals go to this UNet, as ``StableDiffusionControlNetInpaintPipeline`` with a 9-channel
-UNet. RePaint and reconstruction guidance act on replacement, which this model does not use: refused.
+UNet. An SD-XL inpainting UNet (:mod:`.sd_xl`, ``StableDiffusionXLInpaintPipeline`` and its ControlNet pipeline with
+``num_channels_unet == 9``) takes this same path: its cond adds ``text_embeds`` and ``time_ids``, which
+:class:`InpaintingUNetNet` passes on with the context. RePaint and reconstruction guidance act on replacement, which
+this model does not use: refused.
 """
 from __future__ import annotations
 

@@ -23,7 +23,11 @@ prompt's unless ``negative_original_size`` and ``negative_target_size`` are give
 guidance scale is the pipeline's s = 5. Editing (:mod:`diffkit.latent_editing` with :meth:`prompt_guidance`'s
 denoiser and cond, time ids of the images' size): ``latent_img2img`` is ``StableDiffusionXLImg2ImgPipeline`` and
 ``latent_inpaint`` is ``StableDiffusionXLInpaintPipeline`` with the 4-channel base UNet (binarised mask, nearest
-to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise).
+to the latent size; the kept region re-noised to the next timestep after each step; strength 1 from pure noise), and
+with a 9-channel SD-XL inpainting UNet (``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``, loaded with
+``inpainting=True``) Stable Diffusion's 9-channel path (:mod:`.sd_inpaint`: latents, mask and masked-image latents
+in, nothing replaced), the cond adding ``text_embeds`` and ``time_ids``; only in a base-style folder (no aesthetic
+scores). Defaults differing from that pipeline's: strength 1 (its 0.9999), guidance 5 (its 7.5).
 
 A refiner folder (``StableDiffusionXLImg2ImgPipeline`` of the refiner: no ``text_encoder`` / ``tokenizer``,
 ``requires_aesthetics_score``) loads too (:attr:`StableDiffusionXL.is_refiner`): the context and pooled embedding of
@@ -36,8 +40,9 @@ and an LCMScheduler as latent-consistency/lcm-sdxl's, ``scheduler="lcm"`` / ``"t
 :mod:`.sd_scheduler`): :meth:`prompt_guidance` adds the SD-XL conditioning to the guidance-input model
 (:meth:`~.stable_diffusion.StableDiffusion.weight_input_guidance`) or to classifier-free guidance.
 
-Refused in one line (:func:`load_sd_xl`): UNets with a guidance input without an LCMScheduler, UNets with inpainting
-channels, VAEs with ``latents_mean`` / ``latents_std``, LoRA files or textual inversions on a refiner folder, and
+Refused in one line (:func:`load_sd_xl`): UNets with a guidance input without an LCMScheduler, a 9-channel
+inpainting UNet without ``inpainting`` or in a refiner-style folder, VAEs with ``latents_mean`` / ``latents_std``,
+LoRA files or textual inversions on a refiner folder, and
 (after loading) a UNet whose widths do not fit the encoders. LoRA files (``unet.`` / ``text_encoder.`` /
 ``text_encoder_2.`` or kohya's ``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``, :mod:`.sd_lora`) are merged
 into the UNet and both text encoders, and SD-XL textual-inversion files (``clip_l`` and ``clip_g``,
@@ -288,14 +293,8 @@ def is_sd_xl_folder(path: Union[str, Path]) -> bool:
 def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
     """The SD-XL UNet2DConditionModel :func:`text_to_image` drives: ``addition_embed_type="text_time"``
     and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows (an LCM's guidance input
-    ``time_cond_proj_dim`` with an LCMScheduler, ``lcm``), not a 9-channel SD-XL inpainting UNet (``inpainting`` is
-    ignored: refused in one line; the 4-channel base UNet inpaints by replacement,
-    :func:`~diffkit.latent_editing.latent_inpaint`)."""
-    from .sd_inpaint import is_inpainting_config
-    if is_inpainting_config(config):  # inpainting goes by replacement with the 4-channel base UNet
-        raise DiffkitError(f"{directory} is an SD-XL inpainting UNet (in_channels={config.get('in_channels')}: latents "
-                           f"+ mask + masked-image latents), which diffkit does not drive; allowed: an SD-XL base "
-                           f"UNet (in_channels=4), which diffkit edit --mask inpaints by replacement")
+    ``time_cond_proj_dim`` with an LCMScheduler, ``lcm``; a 9-channel SD-XL inpainting UNet with ``inpainting``,
+    :mod:`.sd_inpaint`)."""
     kind = config.get("addition_embed_type")
     if kind != "text_time":
         raise DiffkitError(f"{directory} is an SD-XL folder whose UNet has addition_embed_type={kind!r}; allowed: "
@@ -304,11 +303,13 @@ def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: boo
 
 
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
-               lora=None, textual_inversion=None, scheduler: Optional[str] = None) -> StableDiffusionXL:
+               lora=None, textual_inversion=None, scheduler: Optional[str] = None,
+               inpainting: bool = False) -> StableDiffusionXL:
     """Load an SD-XL diffusers folder (``StableDiffusionXLPipeline``; never downloads). What diffkit
     does not drive is refused in one line before any weight is read (module docstring). ``lora``,
     ``textual_inversion``, ``scheduler`` (``"lcm"`` / ``"tcd"``, :mod:`.sd_scheduler`): as
-    :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked before the folder loads)."""
+    :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked before the folder loads);
+    ``inpainting``: allow a 9-channel SD-XL inpainting UNet in a base-style folder (:mod:`.sd_inpaint`)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .stable_diffusion import _load_stable_diffusion
@@ -321,6 +322,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                            f"requires_aesthetics_score={aesthetics}); --lora / --textual-inversion are offered for "
                            f"SD-XL base folders (text_encoder and text_encoder_2)")
     check_components(directory, index, XL_COMPONENTS, "SD-XL")
+    if inpainting and (aesthetics or not with_text_encoder):
+        _refuse_refiner_inpainting(directory, aesthetics)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
@@ -331,8 +334,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                                f"z / scaling_factor only")
     transformers = require("transformers")
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(directory, device, dtype, check_unet=check_sd_xl_unet, scheduler=scheduler,
-                                    text_encoder=with_text_encoder)
+        sd = _load_stable_diffusion(directory, device, dtype, inpainting, check_unet=check_sd_xl_unet,
+                                    scheduler=scheduler, text_encoder=with_text_encoder)
         common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
         text_cls = getattr(transformers, str(index["text_encoder_2"][1]), transformers.CLIPTextModelWithProjection)
         text_encoder_2 = from_pretrained(text_cls, directory / "text_encoder_2", **common)
@@ -347,6 +350,16 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     add_textual_inversions(xl, embeddings)  # clip_l / clip_g into both tokenizers and text encoders
     merge_sd_loras(xl, loras)  # unet., text_encoder., text_encoder_2. (kohya lora_unet_, lora_te1_, lora_te2_)
     return xl
+
+
+def _refuse_refiner_inpainting(directory: Path, aesthetics: bool) -> None:
+    """A 9-channel UNet in a refiner-style folder: refused in one line (only the base-style inpainting folder,
+    ``requires_aesthetics_score`` false, is compared with StableDiffusionXLInpaintPipeline)."""
+    from .sd_inpaint import is_inpainting_folder
+    if is_inpainting_folder(directory):
+        raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (text_encoder_2 alone or "
+                           f"requires_aesthetics_score={aesthetics}) with an inpainting UNet; allowed: a 9-channel "
+                           f"UNet in a base-style folder (text_encoder and text_encoder_2, no aesthetic scores)")
 
 
 def _check_dimensions(xl: StableDiffusionXL, directory: Path) -> None:

@@ -362,7 +362,7 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
         return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
-                          scheduler=scheduler)
+                          scheduler=scheduler, inpainting=inpainting)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
