@@ -1,6 +1,7 @@
 """SD3 folders (diffkit.interop.sd3): diffkit's text_to_image against diffusers' own StableDiffusion3Pipeline
 on tiny random pipelines written by save_pretrained (nothing downloaded), with and without text_encoder_3."""
 import json
+import re
 
 import pytest
 import torch
@@ -116,3 +117,82 @@ def test_sd3_matches_the_pipeline(tiny_sd3, with_t5, scale, negative):
                                 **kw)
     assert ours_images.shape == images.shape == (2, 3, 16, 16)
     assert float((ours_images - images).abs().max()) < 1e-5
+
+
+def test_other_samplers_and_the_scheduler_grid(tiny_sd3):
+    """Any diffkit sampler runs the folder (here UniPC and DPM-Solver++(2M) on their flow grids, ddim@trailing);
+    the scheduler grid holds the pipeline's sigmas at equal SNR and its network times are sigma * 1000."""
+    pipe, _, sd3 = tiny_sd3[True]
+    latents = _latents()
+    theirs = _theirs(pipe, latents, steps=28)
+    for sampler in ("unipc", "dpm-solver++-2m", "ddim@trailing"):
+        ours = text_to_image(sd3, PROMPTS, sampler=sampler, steps=12, guidance_scale=4.0, latents=latents,
+                             max_sequence_length=12, return_latents=True)
+        assert torch.isfinite(ours).all() and relative_error(ours, theirs) < 0.1, (sampler, relative_error(ours, theirs))
+    grid = sd3.scheduler_grid(5)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(5)
+    alpha, sigma = sd3.schedule.alpha(grid[:-1]), sd3.schedule.sigma(grid[:-1])
+    torch.testing.assert_close(1000 * sigma / (alpha + sigma), scheduler.timesteps.double(), rtol=1e-6, atol=0)
+    assert grid[0] == 999 and grid[-1] == -1
+
+
+def test_sample_command_runs_an_sd3_folder(tiny_sd3, tmp_path, capsys):
+    """`diffkit sample --checkpoint SD3_FOLDER --prompt ... --negative-prompt ...`: the grid of text_to_image's
+    images (byte for byte; plain ddim = the scheduler's sigmas, another sampler its own grid), which are the
+    pipeline's on the same z (PNG levels within one)."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.noise import generators_from_seed, randn
+    pipe, folder, sd3 = tiny_sd3[True]
+    common = ["--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--negative-prompt", "ugly", "--num", "2", "--nrow",
+              "1", "--steps", "4", "--seed", "5", "--batch-size", "2", "--guidance-convention", "diffusers",
+              "--guidance-scale", "4", "--no-progress"]
+    for sampler in ("ddim", "unipc"):
+        out = tmp_path / f"{sampler}.png"
+        assert main(["sample", "--checkpoint", str(folder), "--sampler", sampler, "--out", str(out)] + common) == 0
+        images = text_to_image(sd3, PROMPTS, sampler=None if sampler == "ddim" else sampler, steps=4, seed=5,
+                               guidance_scale=4.0, negative_prompt="ugly", output_range="-1,1")
+        save_grid(images, tmp_path / "expected.png", 1)
+        assert out.read_bytes() == (tmp_path / "expected.png").read_bytes(), sampler
+    theirs = _theirs(pipe, randn(sd3.latent_shape(2), generators_from_seed(5, 2)), scale=4.0, output_type="np",
+                     negative_prompt="ugly", max_sequence_length=256)
+    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 1)
+    ours, ref = (np.asarray(Image.open(p), dtype=np.float64) for p in (tmp_path / "ddim.png", tmp_path / "theirs.png"))
+    assert np.abs(ours - ref).max() <= 1
+    capsys.readouterr()
+
+
+def test_what_sd3_does_not_support_is_refused_in_one_line(tiny_sd3, tmp_path, capsys):
+    """Flags an SD3 folder does not take, and folders it does not drive (an IP-Adapter image encoder, a VAE
+    without shift_factor, dynamic shifting, another transformer class): one line each, before any output."""
+    from diffkit.cli import main
+    _, folder, _ = tiny_sd3[False]
+    bad = {}
+    for name, part, change in (("ip", "model_index.json", {"image_encoder": ["transformers", "SiglipVisionModel"]}),
+                               ("shift", "vae/config.json", {"shift_factor": None}),
+                               ("dynamic", "scheduler/scheduler_config.json", {"use_dynamic_shifting": True}),
+                               ("class", "model_index.json", {"transformer": ["diffusers", "FluxTransformer2DModel"]})):
+        bad[name] = tmp_path / name
+        for sub in ("model_index.json", "vae/config.json", "scheduler/scheduler_config.json"):
+            (bad[name] / sub).parent.mkdir(parents=True, exist_ok=True)
+            config = json.loads((folder / sub).read_text())
+            (bad[name] / sub).write_text(json.dumps({**config, **(change if sub == part else {})}))
+        for sub in ("transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+            (bad[name] / sub).symlink_to(folder / sub)
+    base = ["sample", "--prompt", "a cat", "--steps", "2", "--out", str(tmp_path / "out" / "o.png"), "--no-progress"]
+    for extra, match in (
+            (["--checkpoint", str(folder), "--freeu", "1.1,1.2,0.9,0.2"], "--freeu does not apply to an SD3 folder"),
+            (["--checkpoint", str(folder), "--guidance-scale", "3", "--guidance-rescale", "0.5"],
+             "--guidance-rescale does not apply to an SD3 folder"),
+            (["--checkpoint", str(folder), "--clip-skip", "1"], "--clip-skip applies to a Stable Diffusion"),
+            (["--checkpoint", str(bad["ip"])], "image_encoder='SiglipVisionModel' \\(an IP-Adapter"),
+            (["--checkpoint", str(bad["shift"])], "vae has shift_factor=None; allowed: a number"),
+            (["--checkpoint", str(bad["dynamic"])], "use_dynamic_shifting=True cannot be expressed"),
+            (["--checkpoint", str(bad["class"])], "transformer is a 'FluxTransformer2DModel'; allowed: SD3")):
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+        assert not (tmp_path / "out").exists()
