@@ -128,7 +128,8 @@ def test_other_samplers_and_the_scheduler_grid(tiny_sd3):
     for sampler in ("unipc", "dpm-solver++-2m", "ddim@trailing"):
         ours = text_to_image(sd3, PROMPTS, sampler=sampler, steps=12, guidance_scale=4.0, latents=latents,
                              max_sequence_length=12, return_latents=True)
-        assert torch.isfinite(ours).all() and relative_error(ours, theirs) < 0.1, (sampler, relative_error(ours, theirs))
+        error = relative_error(ours, theirs)
+        assert torch.isfinite(ours).all() and error < 0.1, (sampler, error)
     grid = sd3.scheduler_grid(5)
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(5)
@@ -196,3 +197,15 @@ def test_what_sd3_does_not_support_is_refused_in_one_line(tiny_sd3, tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err
         assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_are_one_line_errors(tiny_sd3):
+    _, _, sd3 = tiny_sd3[False]
+    for kw, match in (({"height": 18}, "height x width 18x16 is not allowed; give positive multiples of 4"),
+                      ({"max_sequence_length": 600}, "max_sequence_length=600 is not allowed; allowed: 1..512"),
+                      ({"clip_skip": 3}, "clip_skip=3 is not allowed; allowed: 0..2"),
+                      ({"negative_prompt": ["a", "b", "c"]}, "negative_prompt has 3 entries for 2 prompts"),
+                      ({"latents": torch.zeros(2, 3, 8, 8)}, "latents of shape \\(2, 3, 8, 8\\) are not allowed"),
+                      ({"grid": "scheduler", "nfe": 4}, "grid='scheduler' takes steps")):
+        with pytest.raises(DiffkitError, match=match):
+            text_to_image(sd3, PROMPTS, steps=2, **kw)
