@@ -45,6 +45,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import from_pretrained, library_progress_bars, require
+from .sd_xl import _index  # model_index.json as a dict, None where there is none (or it is unreadable)
 
 SD3_TRANSFORMER = "SD3Transformer2DModel"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -221,16 +222,6 @@ class StableDiffusion3:
         with torch.no_grad():
             z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
             return self.vae.decode(z, return_dict=False)[0].float()
-
-
-def _index(path) -> Optional[dict]:
-    index_file = Path(path) / "model_index.json"
-    if not index_file.is_file():
-        return None
-    try:
-        return read_json_object(index_file)
-    except DiffkitError:
-        return None
 
 
 def _entry(index: dict, name: str) -> Optional[str]:
