@@ -231,3 +231,27 @@ def test_sd3_5_transformer_options_match_the_pipeline(tiny_sd3):
     ours = text_to_image(sd3_5, PROMPTS, steps=3, guidance_scale=4.0, latents=latents, max_sequence_length=12,
                          return_latents=True)
     assert relative_error(ours, theirs) < 1e-5
+
+
+def test_second_and_third_prompts_match_the_pipeline(tiny_sd3):
+    """prompt_2 / prompt_3 and negative_prompt_2 / _3 (default the first): the pipeline's prompt and null-half
+    embeddings, and its latents (the pipeline takes one prompt_2 / _3 per prompt; diffkit also one for all)."""
+    pipe, _, sd3 = tiny_sd3[True]
+    kw = {"prompt_2": ["hot dog", "the cat"], "prompt_3": ["a blurry photo"] * 2, "negative_prompt": "ugly",
+          "negative_prompt_3": "blurry"}
+    theirs = pipe.encode_prompt(PROMPTS, kw["prompt_2"], kw["prompt_3"], device="cpu", max_sequence_length=12,
+                                negative_prompt=kw["negative_prompt"], negative_prompt_3=kw["negative_prompt_3"])
+    guided, cond = sd3.prompt_guidance(PROMPTS, "ugly", 4.0, "diffusers", 12, None, kw["prompt_2"], kw["prompt_3"],
+                                       None, "blurry")
+    ours = (cond["context"], guided.null_context.expand(2, -1, -1), cond["pooled"],
+            guided.null_cond["pooled"].expand(2, -1))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    latents = _latents()
+    z = text_to_image(sd3, PROMPTS, steps=3, guidance_scale=4.0, latents=latents, max_sequence_length=12,
+                      return_latents=True, **kw)
+    assert relative_error(z, _theirs(pipe, latents, steps=3, **kw)) < 1e-5
+    one = sd3.encode_prompts(PROMPTS, 12, None, None, "a blurry photo")[0]
+    assert torch.equal(one, sd3.encode_prompts(PROMPTS, 12, None, None, kw["prompt_3"])[0])
+    with pytest.raises(DiffkitError, match="prompt_2 has 3 entries for 2 prompts"):
+        sd3.encode_prompts(PROMPTS, 12, None, ["a", "b", "c"])

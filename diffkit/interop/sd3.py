@@ -147,11 +147,15 @@ class StableDiffusion3:
             return self.text_encoder_3(tokens.input_ids.to(self.device))[0].to(self.text_encoder_3.dtype)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                       clip_skip: Optional[int] = None) -> tuple:
+                       clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None) -> tuple:
         """(context (B, L_clip + max_sequence_length, D), pooled (B, p_1 + p_2)) as the pipeline's
-        ``encode_prompt`` (module docstring); ``clip_skip`` N: the CLIP states N layers lower."""
+        ``encode_prompt`` (module docstring); ``clip_skip`` N: the CLIP states N layers lower. ``prompts_2`` /
+        ``prompts_3``: the text of ``text_encoder_2`` / ``text_encoder_3`` (one, or one per prompt; default, or
+        empty: ``prompts``, as the pipeline's ``prompt_2 or prompt``)."""
         from .stable_diffusion import prompt_list
         prompts = prompt_list(prompts)
+        prompts_2, prompts_3 = (_per_prompt(other, prompts, name) for other, name in (
+            (prompts_2, "prompt_2"), (prompts_3, "prompt_3")))
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                 or not 1 <= max_sequence_length <= 512:
             raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
@@ -162,8 +166,8 @@ class StableDiffusion3:
             raise DiffkitError(f"clip_skip={clip_skip!r} is not allowed; allowed: 0..{layers - 1} (layers below the "
                                f"penultimate of the CLIP text encoders)")
         states_1, pooled_1 = self._clip(0, prompts, clip_skip)
-        states_2, pooled_2 = self._clip(1, prompts, clip_skip)
-        t5 = self._t5(prompts, max_sequence_length)
+        states_2, pooled_2 = self._clip(1, prompts_2, clip_skip)
+        t5 = self._t5(prompts_3, max_sequence_length)
         clip = torch.cat([states_1, states_2], dim=-1)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return torch.cat([clip, t5], dim=-2), torch.cat([pooled_1, pooled_2], dim=-1)
@@ -180,18 +184,23 @@ class StableDiffusion3:
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = SD3_PIPELINE_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                        clip_skip: Optional[int] = None) -> tuple:
+                        clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None, negative_prompt_2=None,
+                        negative_prompt_3=None) -> tuple:
         """(denoiser, cond): the prompts' context and pooled text, guided (classifier-free, the pipeline's
         formula) against ``negative_prompt`` (None: ""; one, or one per prompt; encoded without
-        ``clip_skip``, as the pipeline's null half)."""
+        ``clip_skip``, as the pipeline's null half; ``negative_prompt_2`` / ``_3``: the second / third
+        encoder's, default ``negative_prompt``)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
-        context, pooled = self.encode_prompts(prompts, max_sequence_length, clip_skip)
+        context, pooled = self.encode_prompts(prompts, max_sequence_length, clip_skip, prompts_2, prompts_3)
         cond = {"context": context, "pooled": pooled}
-        negatives = negative_prompts(negative_prompt, context.shape[0])
-        if len(set(negatives)) == 1:
-            negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
-        null_context, null_pooled = self.encode_prompts(negatives, max_sequence_length)
+        batch = context.shape[0]
+        negatives = [negative_prompts(negative_prompt, batch)]
+        negatives += [negative_prompts(other, batch) if other else negatives[0]
+                      for other in (negative_prompt_2, negative_prompt_3)]
+        if all(len(set(rows)) == 1 for rows in negatives):
+            negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
+        null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, None, *negatives[1:])
         guided = ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_context=null_context,
                                         null_cond={"pooled": null_pooled})
         return guided, cond
@@ -222,6 +231,17 @@ class StableDiffusion3:
         with torch.no_grad():
             z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
             return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def _per_prompt(other, prompts: list, name: str) -> list:
+    """``other`` (None, empty, one string, or one per prompt) as one per prompt; falsy: ``prompts``."""
+    if not other:
+        return prompts
+    rows = [other] * len(prompts) if isinstance(other, str) else list(other)
+    if len(rows) != len(prompts) or not all(isinstance(p, str) for p in rows):
+        raise DiffkitError(f"{name} has {len(rows)} entries for {len(prompts)} prompts; give one string, or one "
+                           f"per prompt")
+    return rows
 
 
 def _entry(index: dict, name: str) -> Optional[str]:
@@ -326,6 +346,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, clip_skip: Optional[int] = None,
+                  prompt_2=None, prompt_3=None, negative_prompt_2=None, negative_prompt_3=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
@@ -337,8 +358,10 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     steps / nfe: default 28 steps (the pipeline's). guidance_scale: in ``convention`` (``diffusers``: s, the
         pipeline's 7.0 by default; ``seed``: w = s - 1). negative_prompt: the null half (default "").
     latents: z at s = 1 (B, C, h, w), as the pipeline's ``latents=``; default N(0, I) from per-sample
-        ``seed + i``. max_sequence_length, clip_skip: the pipeline's. output_range: ``"0,1"`` (its
-        ``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (its ``output_type="latent"``).
+        ``seed + i``. max_sequence_length, clip_skip, prompt_2 / prompt_3 (the second CLIP's and T5's text,
+        default the prompts) and negative_prompt_2 / _3 (default negative_prompt): the pipeline's.
+        output_range: ``"0,1"`` (its ``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (its
+        ``output_type="latent"``).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -368,7 +391,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                                f"{len(prompts)} prompts")
         sd3.latent_shape(1, latents.shape[2] * sd3.vae_scale_factor, latents.shape[3] * sd3.vae_scale_factor)
         noise = latents.to(device=sd3.device, dtype=sd3.dtype)
-    denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip)
+    denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
     z0 = sample(denoiser, noise, sampler or "ddim", steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
     if return_latents:
