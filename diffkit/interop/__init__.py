@@ -11,6 +11,7 @@
 * :mod:`.denoiser` - any diffusers U-Net as a diffkit :class:`~diffkit.denoiser.Denoiser`.
 * :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
+* :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
 * :mod:`.sd_scheduler` - ``load_stable_diffusion(..., scheduler="lcm" / "tcd")``: a plain folder sampled as
@@ -41,8 +42,10 @@ _EXPORTS = {
     "text_to_image": "stable_diffusion", "is_stable_diffusion_folder": "stable_diffusion",
     "is_lcm_folder": "lcm",
     "StableDiffusionXL": "sd_xl", "load_sd_xl": "sd_xl", "is_sd_xl_folder": "sd_xl",
+    "StableDiffusion3": "sd3", "load_sd3": "sd3", "is_sd3_folder": "sd3",
 }
-_RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers")}
+_RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
+            "sd3_text_to_image": ("sd3", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle",
                                                   "require"]

@@ -1,0 +1,405 @@
+"""A Stable Diffusion 3 diffusers folder (``StableDiffusion3Pipeline``), sampled with any diffkit sampler.
+
+SD3 (Esser et al. 2024, "Scaling Rectified Flow Transformers for High-Resolution Image Synthesis") is a
+rectified-flow model (Sec. 2, eq. 1 with a_t = 1 - t, b_t = t: x_s = (1 - s) x_0 + s eps) whose
+MM-DiT ``transformer`` (``SD3Transformer2DModel``) predicts the velocity u = eps - x_0 of the latents of a
+16-channel ``AutoencoderKL``. diffkit runs it as it runs its own flow models (docs/flow_matching.md): a
+:class:`~diffkit.denoiser.Denoiser` with ``prediction_type="flow_prediction"`` on
+``NoiseSchedule.flow(T, shift)`` of the folder's ``FlowMatchEulerDiscreteScheduler`` (eq. 23's shift, 3.0
+in SD3's config), the network called at the flow time s T = the pipeline's timestep sigma * 1000. Every
+diffusers 0.42 ``StableDiffusion3Pipeline`` step is reproduced:
+
+* prompts (``encode_prompt``): the penultimate hidden states (``hidden_states[-2]``) of the two CLIP text
+  encoders (``text_encoder``, ``text_encoder_2``: CLIPTextModelWithProjection, both tokenised to the first
+  tokenizer's ``model_max_length``) concatenated on the channels and zero-padded to the T5 width, then the
+  T5 encoder's last states (``text_encoder_3``, ``max_sequence_length`` tokens, default 256) concatenated on
+  the sequence axis: context (B, 77 + 256, joint_attention_dim); the pooled text = both CLIPs' projected
+  pooled outputs concatenated (``pooled_projections``). Without ``text_encoder_3`` (a folder saved with
+  ``text_encoder_3=None``) the T5 part is zeros, as the pipeline's ``_get_t5_prompt_embeds``.
+* classifier-free guidance on the velocity, u = u_null + s (u_c - u_null) (the pipeline's; the null half
+  is the encoded ``negative_prompt``, default ""): diffkit's
+  :class:`~diffkit.guidance.ClassifierFreeGuidance` in the ``diffusers`` convention guides eps and x_0,
+  which are affine in u with the same coefficients for both halves, so it is the same step. s = 1 is one
+  unguided call; s < 1 is applied as the formula says (the pipeline turns guidance off for s <= 1).
+* the time grid (:meth:`StableDiffusion3.scheduler_grid`): the folder's own scheduler after
+  ``set_timesteps(steps)`` (its sigmas, shift included), each sigma placed at the VP time of equal SNR; DDIM
+  (eta = 0) there is the pipeline's ``FlowMatchEulerDiscreteScheduler.step``, x_{s'} = x_s + (s' - s) u
+  (docs/flow_matching.md). :func:`text_to_image` uses it by default; any other sampler runs on its own grid
+  of the flow schedule.
+* decoding: x = D(z / scaling_factor + shift_factor) (``vae.config``), images (x / 2 + 0.5).clamp(0, 1).
+
+Refused in one line before any weight is read: a folder whose transformer, VAE or scheduler is another
+class, a VAE without ``shift_factor``, an ``image_encoder`` (SD3's IP-Adapter), a ``controlnet``, a
+scheduler with ``use_dynamic_shifting`` or ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`).
+SD3.5's transformer options (``qk_norm``, ``dual_attention_layers``) run as they are: diffusers' own module
+is called.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, check_choice, read_json_object
+from . import from_pretrained, library_progress_bars, require
+from .sd_xl import _index  # model_index.json as a dict, None where there is none (or it is unreadable)
+
+SD3_TRANSFORMER = "SD3Transformer2DModel"
+REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
+SD3_PIPELINE_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
+SD3_PIPELINE_STEPS = 28  # its default num_inference_steps
+MAX_SEQUENCE_LENGTH = 256  # its default T5 length (at most 512)
+
+
+class SD3Net(torch.nn.Module):
+    """``net(x, t, context, pooled)`` over a diffusers ``SD3Transformer2DModel``: ``context`` ->
+    ``encoder_hidden_states``, ``pooled`` -> ``pooled_projections``, ``t`` (float32 flow times s T) ->
+    ``timestep``; the output in x's dtype."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.model = transformer
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
+                pooled: torch.Tensor = None) -> torch.Tensor:
+        if context is None or pooled is None:
+            raise DiffkitError("an SD3 transformer needs cond {'context', 'pooled'} (StableDiffusion3."
+                               "encode_prompts)")
+        dtype = self.model.dtype
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        out = self.model(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=context.to(dtype),
+                         pooled_projections=pooled.to(dtype), return_dict=False)[0]
+        return out.to(x.dtype)
+
+
+@dataclass
+class StableDiffusion3:
+    """The loaded components of an SD3 folder (:func:`load_sd3`); ``text_encoder_3`` / ``tokenizer_3``
+    None: the T5 part of the context is zeros."""
+
+    transformer: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    text_encoder_2: object
+    tokenizer_2: object
+    text_encoder_3: Optional[object]
+    tokenizer_3: Optional[object]
+    schedule: object
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    _denoiser: object = field(default=None, repr=False)
+
+    default_guidance_scale = SD3_PIPELINE_GUIDANCE
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def vae_scale_factor(self) -> int:
+        """The VAE's spatial factor f = 2^(levels - 1) (8 for SD3)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(self.vae.config.shift_factor)
+
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """(batch, in_channels, height / f, width / f); default size transformer.sample_size * f (the pipeline's
+        ``default_sample_size``); height and width multiples of f * patch_size (its ``check_inputs``)."""
+        f, patch = self.vae_scale_factor, int(self.transformer.config.patch_size)
+        size = int(self.transformer.config.sample_size) * f
+        height = size if height is None else height
+        width = size if width is None else width
+        for value in (height, width):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (f * patch):
+                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
+                                   f"{f * patch} (the VAE factor {f} x the transformer's patch size {patch})")
+        return (batch, int(self.transformer.config.in_channels), height // f, width // f)
+
+    # ------------------------------------------------------------------ prompts
+    def _clip(self, index: int, prompts: list, clip_skip: Optional[int]) -> tuple:
+        """(states (B, L, d), pooled (B, p)) of CLIP ``index`` (0, 1): ``hidden_states[-(clip_skip + 2)]``
+        (default the penultimate), as the pipeline's ``_get_clip_prompt_embeds``."""
+        tokenizer, encoder = ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2))[index]
+        tokens = tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            out = encoder(tokens.input_ids.to(self.device), output_hidden_states=True)
+        states = out.hidden_states[-((clip_skip or 0) + 2)]
+        return states.to(self.text_encoder.dtype), out[0]
+
+    def _t5(self, prompts: list, max_sequence_length: int) -> torch.Tensor:
+        """T5's last states (B, max_sequence_length, d), or zeros of the transformer's joint_attention_dim
+        without ``text_encoder_3`` (the pipeline's ``_get_t5_prompt_embeds``)."""
+        if self.text_encoder_3 is None:
+            return torch.zeros(len(prompts), max_sequence_length, int(self.transformer.config.joint_attention_dim),
+                               device=self.device, dtype=self.text_encoder.dtype)
+        tokens = self.tokenizer_3(prompts, padding="max_length", max_length=max_sequence_length, truncation=True,
+                                  add_special_tokens=True, return_tensors="pt")
+        with torch.no_grad():
+            return self.text_encoder_3(tokens.input_ids.to(self.device))[0].to(self.text_encoder_3.dtype)
+
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                       clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None) -> tuple:
+        """(context (B, L_clip + max_sequence_length, D), pooled (B, p_1 + p_2)) as the pipeline's
+        ``encode_prompt`` (module docstring); ``clip_skip`` N: the CLIP states N layers lower. ``prompts_2`` /
+        ``prompts_3``: the text of ``text_encoder_2`` / ``text_encoder_3`` (one, or one per prompt; default, or
+        empty: ``prompts``, as the pipeline's ``prompt_2 or prompt``)."""
+        from .stable_diffusion import prompt_list
+        prompts = prompt_list(prompts)
+        prompts_2, prompts_3 = (_per_prompt(other, prompts, name) for other, name in (
+            (prompts_2, "prompt_2"), (prompts_3, "prompt_3")))
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
+                or not 1 <= max_sequence_length <= 512:
+            raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
+                               f"(StableDiffusion3Pipeline's T5 length)")
+        layers = min(self.text_encoder.config.num_hidden_layers, self.text_encoder_2.config.num_hidden_layers)
+        if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int)
+                                      or not 0 <= clip_skip <= layers - 1):
+            raise DiffkitError(f"clip_skip={clip_skip!r} is not allowed; allowed: 0..{layers - 1} (layers below the "
+                               f"penultimate of the CLIP text encoders)")
+        states_1, pooled_1 = self._clip(0, prompts, clip_skip)
+        states_2, pooled_2 = self._clip(1, prompts_2, clip_skip)
+        t5 = self._t5(prompts_3, max_sequence_length)
+        clip = torch.cat([states_1, states_2], dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return torch.cat([clip, t5], dim=-2), torch.cat([pooled_1, pooled_2], dim=-1)
+
+    # ------------------------------------------------------------------ denoisers
+    @property
+    def denoiser(self):
+        """The unguided flow-prediction :class:`~diffkit.denoiser.Denoiser` (cond: ``context``, ``pooled``)."""
+        if self._denoiser is None:
+            from ..denoiser import Denoiser
+            self._denoiser = Denoiser(SD3Net(self.transformer), self.schedule, "flow_prediction")
+            self._denoiser.model = self.transformer
+        return self._denoiser
+
+    def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = SD3_PIPELINE_GUIDANCE,
+                        convention: str = "diffusers", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                        clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None, negative_prompt_2=None,
+                        negative_prompt_3=None) -> tuple:
+        """(denoiser, cond): the prompts' context and pooled text, guided (classifier-free, the pipeline's
+        formula) against ``negative_prompt`` (None: ""; one, or one per prompt; encoded without
+        ``clip_skip``, as the pipeline's null half; ``negative_prompt_2`` / ``_3``: the second / third
+        encoder's, default ``negative_prompt``)."""
+        from ..guidance import ClassifierFreeGuidance
+        from .stable_diffusion import negative_prompts
+        context, pooled = self.encode_prompts(prompts, max_sequence_length, clip_skip, prompts_2, prompts_3)
+        cond = {"context": context, "pooled": pooled}
+        batch = context.shape[0]
+        negatives = [negative_prompts(negative_prompt, batch)]
+        negatives += [negative_prompts(other, batch) if other else negatives[0]
+                      for other in (negative_prompt_2, negative_prompt_3)]
+        if all(len(set(rows)) == 1 for rows in negatives):
+            negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
+        null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, None, *negatives[1:])
+        guided = ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_context=null_context,
+                                        null_cond={"pooled": null_pooled})
+        return guided, cond
+
+    def scheduler_grid(self, steps: int) -> torch.Tensor:
+        """diffkit's grid of the folder's ``FlowMatchEulerDiscreteScheduler`` after ``set_timesteps(steps)``:
+        each sigma s (float32, as the pipeline steps with it) at the VP time of equal SNR, log-SNR
+        2 log((1 - s)/s) (s = 1: T - 1, the last sigma 0: -1, clean data); the network is then called at
+        s * T, the pipeline's timestep."""
+        diffusers = require("diffusers")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        sigmas = scheduler.sigmas.to(torch.float64).tolist()
+        T = self.schedule.num_timesteps
+        times = [T - 1.0 if s >= 1 else -1.0 if s <= 0 else float(self.schedule.t_from_log_snr(
+            torch.tensor(math.log((1 - s) / s), dtype=torch.float64))) for s in sigmas]
+        grid = torch.tensor(times, dtype=torch.float64)
+        if not bool((grid[1:] < grid[:-1]).all()):
+            raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
+                               f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
+        return grid
+
+    # ------------------------------------------------------------------ images
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z / scaling_factor + shift_factor), in [-1, 1] (not clamped), as the pipeline decodes."""
+        with torch.no_grad():
+            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
+            return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def _per_prompt(other, prompts: list, name: str) -> list:
+    """``other`` (None, empty, one string, or one per prompt) as one per prompt; falsy: ``prompts``."""
+    if not other:
+        return prompts
+    rows = [other] * len(prompts) if isinstance(other, str) else list(other)
+    if len(rows) != len(prompts) or not all(isinstance(p, str) for p in rows):
+        raise DiffkitError(f"{name} has {len(rows)} entries for {len(prompts)} prompts; give one string, or one "
+                           f"per prompt")
+    return rows
+
+
+def _entry(index: dict, name: str) -> Optional[str]:
+    """The class a model_index.json entry names, None for a missing or null one."""
+    entry = index.get(name)
+    return entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] is not None else None
+
+
+def is_sd3_folder(path: Union[str, Path]) -> bool:
+    """True for a diffusers folder of an SD3 pipeline: ``model_index.json`` names a ``StableDiffusion3...``
+    class or an ``SD3Transformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
+    try:
+        index = _index(path)
+    except (TypeError, OSError):
+        return False
+    return index is not None and (str(index.get("_class_name", "")).startswith("StableDiffusion3")
+                                  or _entry(index, "transformer") == SD3_TRANSFORMER)
+
+
+def check_sd3_folder(directory: Path) -> tuple:
+    """(index, scheduler config) of an SD3 folder that :func:`load_sd3` drives; anything else is a one-line
+    DiffkitError (module docstring), from the JSON files alone."""
+    from .schedulers import FLOW_SCHEDULER, flow_shift_from_diffusers
+    from .stable_diffusion import check_components
+    index = _index(directory)
+    if index is None or not is_sd3_folder(directory):
+        raise DiffkitError(f"{directory} is not an SD3 folder (model_index.json naming a StableDiffusion3Pipeline "
+                           f"with an {SD3_TRANSFORMER} transformer)")
+    check_components(directory, index, REQUIRED, "SD3")
+    for name, allowed in (("transformer", SD3_TRANSFORMER), ("vae", "AutoencoderKL"), ("scheduler", FLOW_SCHEDULER)):
+        if _entry(index, name) != allowed:
+            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {allowed}")
+    for name, what in (("image_encoder", "an IP-Adapter's image encoder"), ("controlnet", "a ControlNet")):
+        if _entry(index, name) is not None:
+            raise DiffkitError(f"{directory} has {name}={_entry(index, name)!r} ({what}), which diffkit does not "
+                               f"drive for SD3; allowed: a text-to-image folder ({name} null)")
+    if (_entry(index, "text_encoder_3") is None) != (_entry(index, "tokenizer_3") is None):
+        raise DiffkitError(f"{directory} has text_encoder_3={_entry(index, 'text_encoder_3')!r} and tokenizer_3="
+                           f"{_entry(index, 'tokenizer_3')!r}; allowed: both, or neither (zeros for T5)")
+    vae = read_json_object(directory / "vae" / "config.json", "vae config")
+    for key in ("scaling_factor", "shift_factor"):
+        if isinstance(vae.get(key), bool) or not isinstance(vae.get(key), (int, float)):
+            raise DiffkitError(f"{directory}'s vae has {key}={vae.get(key)!r}; allowed: a number (SD3 decodes "
+                               f"z / scaling_factor + shift_factor)")
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    flow_shift_from_diffusers(sched)  # dynamic shifting, inverted sigmas: refused in one line
+    return index, sched
+
+
+def _check_dimensions(sd3: StableDiffusion3, directory: Path) -> None:
+    """The transformer's inputs fit the encoders: pooled_projection_dim = p_1 + p_2, joint_attention_dim >= the
+    CLIP widths d_1 + d_2 and = T5's d_model (the pipeline pads the CLIP states to T5's width)."""
+    config = sd3.transformer.config
+    pooled = sd3.text_encoder.config.projection_dim + sd3.text_encoder_2.config.projection_dim
+    widths = sd3.text_encoder.config.hidden_size + sd3.text_encoder_2.config.hidden_size
+    t5 = config.joint_attention_dim if sd3.text_encoder_3 is None else sd3.text_encoder_3.config.d_model
+    if config.pooled_projection_dim != pooled or t5 != config.joint_attention_dim or widths > t5:
+        raise DiffkitError(f"{directory}: the transformer's pooled_projection_dim={config.pooled_projection_dim} and "
+                           f"joint_attention_dim={config.joint_attention_dim} do not fit the text encoders (pooled "
+                           f"{pooled}, CLIP widths {widths}, T5 width {t5})")
+
+
+def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+             progress: bool = True) -> StableDiffusion3:
+    """Load an SD3 diffusers folder (``StableDiffusion3Pipeline``; never downloads): what diffkit does not
+    drive is refused in one line before any weight is read (:func:`check_sd3_folder`)."""
+    from ..schedule import NoiseSchedule
+    from .schedulers import flow_shift_from_diffusers
+    diffusers, transformers = require("diffusers"), require("transformers")
+    directory = Path(directory)
+    index, sched = check_sd3_folder(directory)
+    schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
+    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle
+    parts = {}
+    with library_progress_bars(progress):
+        parts["transformer"] = from_pretrained(diffusers.SD3Transformer2DModel, directory / "transformer",
+                                               low_cpu_mem_usage=False, **common)
+        parts["vae"] = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
+        for suffix, default in (("", "CLIPTextModelWithProjection"), ("_2", "CLIPTextModelWithProjection"),
+                                ("_3", "T5EncoderModel")):
+            if _entry(index, "text_encoder" + suffix) is None:
+                parts["text_encoder" + suffix] = parts["tokenizer" + suffix] = None
+                continue
+            text_cls = getattr(transformers, _entry(index, "text_encoder" + suffix), None) or \
+                getattr(transformers, default)
+            parts["text_encoder" + suffix] = from_pretrained(text_cls, directory / ("text_encoder" + suffix), **common)
+            tok_cls = getattr(transformers, _entry(index, "tokenizer" + suffix), None) or transformers.AutoTokenizer
+            parts["tokenizer" + suffix] = from_pretrained(tok_cls, directory / ("tokenizer" + suffix),
+                                                          local_files_only=True)
+    device = torch.device(device)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        if parts[name] is not None:
+            parts[name].to(device).eval().requires_grad_(False)
+    sd3 = StableDiffusion3(**parts, schedule=schedule, scheduler_config=sched, device=device, dtype=dtype)
+    _check_dimensions(sd3, directory)
+    return sd3
+
+
+def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
+                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
+                  convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
+                  seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
+                  width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
+                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, clip_skip: Optional[int] = None,
+                  prompt_2=None, prompt_3=None, negative_prompt_2=None, negative_prompt_3=None,
+                  output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                  **options) -> torch.Tensor:
+    """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
+
+    sampler / grid: both None (the default): the pipeline's own loop, flow Euler (``ddim``, eta 0) on the
+        scheduler's sigmas (``grid="scheduler"``, :meth:`StableDiffusion3.scheduler_grid`); a sampler alone: its
+        default grid of the flow schedule (e.g. ``ddim@trailing``, ``unipc``, ``dpm-solver++-2m``); ``grid``: a
+        tensor, or ``"scheduler"`` with any sampler.
+    steps / nfe: default 28 steps (the pipeline's). guidance_scale: in ``convention`` (``diffusers``: s, the
+        pipeline's 7.0 by default; ``seed``: w = s - 1). negative_prompt: the null half (default "").
+    latents: z at s = 1 (B, C, h, w), as the pipeline's ``latents=``; default N(0, I) from per-sample
+        ``seed + i``. max_sequence_length, clip_skip, prompt_2 / prompt_3 (the second CLIP's and T5's text,
+        default the prompts) and negative_prompt_2 / _3 (default negative_prompt): the pipeline's.
+        output_range: ``"0,1"`` (its ``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (its
+        ``output_type="latent"``).
+    options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
+    """
+    from ..sampling import sample
+    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    if sampler is None and grid is None:
+        sampler, grid = "ddim", "scheduler"
+    if isinstance(grid, str):
+        check_choice("grid", grid, ["scheduler"])
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
+        grid = sd3.scheduler_grid(steps or SD3_PIPELINE_STEPS)
+    if grid is not None:
+        steps = None
+    elif steps is None and nfe is None:
+        steps = SD3_PIPELINE_STEPS
+    scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
+    convention = "diffusers" if guidance_scale is None else convention
+    expected = sd3.latent_shape(len(prompts), height, width)
+    if latents is None:
+        noise = expected
+    else:
+        if latents.ndim != 4 or latents.shape[:2] != expected[:2] or (
+                (height is not None or width is not None) and tuple(latents.shape[2:]) != expected[2:]):
+            raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {expected} for "
+                               f"{len(prompts)} prompts")
+        sd3.latent_shape(1, latents.shape[2] * sd3.vae_scale_factor, latents.shape[3] * sd3.vae_scale_factor)
+        noise = latents.to(device=sd3.device, dtype=sd3.dtype)
+    denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+    z0 = sample(denoiser, noise, sampler or "ddim", steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
+                progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
+    if return_latents:
+        return z0
+    images = sd3.decode(z0)
+    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+
+
+__all__ = ["StableDiffusion3", "SD3Net", "load_sd3", "is_sd3_folder", "check_sd3_folder", "text_to_image",
+           "SD3_PIPELINE_GUIDANCE", "SD3_PIPELINE_STEPS", "MAX_SEQUENCE_LENGTH"]
