@@ -197,6 +197,18 @@ def test_what_sd3_does_not_support_is_refused_in_one_line(tiny_sd3, tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err
         assert not (tmp_path / "out").exists()
+    from diffkit.errors import DiffkitError
+    from diffkit.interop.sd_xl import is_sd_xl_folder
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    assert not is_sd_xl_folder(folder)  # it has a text_encoder_2, but a transformer
+    with pytest.raises(DiffkitError, match="is a Stable Diffusion 3 folder .* load it with diffkit.interop.load_sd3"):
+        load_stable_diffusion(folder, progress=False)
+    (tmp_path / "images").mkdir()
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "images"), "--prompt", "a cat",
+                 "--out", str(tmp_path / "out" / "e.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diffkit sample SD3 and DiTPipeline ones" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments_are_one_line_errors(tiny_sd3):

@@ -3,7 +3,6 @@
 :func:`diffkit.commands.sample.sample_to_files`."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from ..errors import DiffkitError
@@ -25,12 +24,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     FlowMatchEuler loop; any other sampler (or ddim with ``--spacing``) on its diffkit grid of the flow schedule.
     ``refused``: {flag: value} of ``diffkit sample`` flags an SD3 folder does not take (a one-line error for
     any given)."""
-    import torch
-
-    from ..drawing import draw_samples
-    from ..images import save_grid, save_images
     from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
-    from .sample import GRID_LIMIT, GuidanceRequest, condition_rows
+    from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
 
     guidance = guidance or GuidanceRequest()
     if options.get("refiner") is not None:
@@ -66,17 +61,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, **grid, **how)
 
-    results = []
-    draw_samples(sd3.denoiser, num, sd3.latent_shape(1)[1:], seed=seed, sampler=sampler, steps=steps, nfe=nfe,
-                 spacing=spacing, final=final, cond=lambda start, n: {"prompts": per_sample[start:start + n]},
-                 batch_size=batch_size, device=device, dtype=sd3.dtype, decode=sd3.decode, sample_fn=prompted,
-                 separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,
-                 **options)
-    images = torch.cat(results)
-    out = Path(out) if out else Path("samples.png")
-    save_grid(images[:GRID_LIMIT], out, nrow, scale)
-    if individual:
-        save_images(images, individual)
+    images, out = draw_prompted_grid(
+        sd3.denoiser, num, sd3.latent_shape(1)[1:], prompted, lambda start, n: {"prompts": per_sample[start:start + n]},
+        sd3.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
+        final=final, batch_size=batch_size, device=device, dtype=sd3.dtype, progress=progress, **options)
     grid = "the scheduler's sigmas" if own else "its diffkit grid"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, SD3 folder {directory}, prompts {prompts})")
     return images

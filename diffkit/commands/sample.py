@@ -901,10 +901,6 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     ``pag_layers`` / ``pag_adaptive_scale`` / ``pag_interval``: perturbed-attention guidance as
     StableDiffusion(XL)PAGPipeline, diffusers' layer names (:mod:`diffkit.interop.sd_pag`; not with ControlNet,
     IP-Adapter, a refiner or LCM / TCD sampling). Writes the grid (and single PNGs); latents have no noise grid."""
-    import torch
-
-    from ..drawing import draw_samples
-    from ..images import save_grid, save_images
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
@@ -980,26 +976,38 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                        negative_prompt=guidance.negative_prompt)
         return refiner.refined(refined, cond["prompts"], z, sampler, steps or 50, guiding, how)
 
+    images, out = draw_prompted_grid(
+        sd.denoiser, num, sd.latent_shape(1, *size)[1:], prompted,
+        lambda start, n: {"prompts": per_sample[start:start + n],
+                          **({} if rows is None else {"control_rows": rows[start:start + n]}),
+                          **({} if per_sample_2 is None else {"prompts_2": per_sample_2[start:start + n]})},
+        sd.decode if refined is None else refined.decode, out, individual, nrow, scale,
+        seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final, batch_size=batch_size,
+        device=device, dtype=sd.dtype, progress=progress, **options)
+    what = guidance.pag_label() + ("" if freeu is None else ", " + parse_freeu(freeu).label())
+    what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
+    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
+    return images
+
+
+def draw_prompted_grid(denoiser, num: int, shape, sample_fn, cond, decode, out, individual, nrow: int, scale: int,
+                       **draw) -> tuple:
+    """(images, grid path) of a prompted folder (Stable Diffusion, SD3): ``draw_samples`` with ``sample_fn`` (the
+    folder's text to image from the drawn z_T) and ``cond`` (each batch's prompts), the grid saved to ``out``
+    (default samples.png) and, with ``individual``, every image."""
+    import torch
+
+    from ..drawing import draw_samples
+    from ..images import save_grid, save_images
     results = []
-    draw_samples(sd.denoiser, num, sd.latent_shape(1, *size)[1:], seed=seed, sampler=sampler, steps=steps,
-                 nfe=nfe, spacing=spacing, final=final,
-                 cond=lambda start, n: {"prompts": per_sample[start:start + n],
-                                        **({} if rows is None else {"control_rows": rows[start:start + n]}),
-                                        **({} if per_sample_2 is None else
-                                           {"prompts_2": per_sample_2[start:start + n]})},
-                 batch_size=batch_size, device=device, dtype=sd.dtype,
-                 decode=sd.decode if refined is None else refined.decode, sample_fn=prompted,
-                 separate_step_seeds=False, sink=lambda batch: results.append(batch.images.cpu()), progress=progress,
-                 **options)
+    draw_samples(denoiser, num, shape, cond=cond, decode=decode, sample_fn=sample_fn, separate_step_seeds=False,
+                 sink=lambda batch: results.append(batch.images.cpu()), **draw)
     images = torch.cat(results)
     out = Path(out) if out else Path("samples.png")
     save_grid(images[:GRID_LIMIT], out, nrow, scale)
     if individual:
         save_images(images, individual)
-    what = guidance.pag_label() + ("" if freeu is None else ", " + parse_freeu(freeu).label())
-    what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
-    print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
-    return images
+    return images, out
 
 
 def prompt_conditioning(denoiser, request: GuidanceRequest, num: Optional[int], nrow: int, device="cpu"):

@@ -284,10 +284,11 @@ def _index(path: Union[str, Path]) -> Optional[dict]:
 
 def is_sd_xl_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of an SD-XL pipeline: ``model_index.json`` names a
-    ``StableDiffusionXL...`` class or a ``text_encoder_2``."""
+    ``StableDiffusionXL...`` class or a ``text_encoder_2`` and a ``unet`` (an SD3 folder has a ``text_encoder_2``
+    and a ``transformer``: :func:`.sd3.is_sd3_folder`)."""
     index = _index(path)
     return index is not None and (str(index.get("_class_name", "")).startswith("StableDiffusionXL")
-                                  or "text_encoder_2" in index)
+                                  or ("text_encoder_2" in index and "transformer" not in index))
 
 
 def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:

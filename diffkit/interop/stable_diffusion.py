@@ -358,7 +358,12 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .sd_scheduler import check_scheduler_override
+    from .sd3 import is_sd3_folder
     from .sd_xl import is_sd_xl_folder, load_sd_xl
+    if is_sd3_folder(directory):
+        raise DiffkitError(f"{directory} is a Stable Diffusion 3 folder (an SD3Transformer2DModel, no UNet); load it "
+                           f"with diffkit.interop.load_sd3 (diffkit sample takes it; edit, LoRA files and the other "
+                           f"UNet options do not apply)")
     check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
         return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
