@@ -59,11 +59,14 @@ class ControlRequest:
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         folders = list(getattr(args, "controlnets", None) or [])
         images = list(getattr(args, "control_images", None) or [])
+        if not folders and getattr(args, "t2i_adapters", None):
+            images = []  # the T2I-Adapters' (._t2i_adapter)
         given = [flag for flag, value in zip(CONTROL_FLAGS, (args.controlnet_scales, args.control_starts,
                                                               args.control_ends, args.guess_mode)) if value]
         if not folders:
             if images or given:
-                raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR")
+                raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
+                                  f"{' (or --t2i-adapter DIR)' if images else ''}")
             return None
         if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "

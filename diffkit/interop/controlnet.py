@@ -123,13 +123,13 @@ def open_control_image(image):
     return image
 
 
-def prepare_control_image(image, height: int, width: int, factor: int) -> torch.Tensor:
+def prepare_control_image(image, height: int, width: int, factor: int, channels: int = 3) -> torch.Tensor:
     """(1, 3, height, width) in [0, 1], float32: RGB, resized as diffusers' ControlNet pipeline prepares it
     (its ``control_image_processor``: ``VaeImageProcessor(do_convert_rgb=True, do_normalize=False)``,
-    Lanczos for a PIL image)."""
+    Lanczos for a PIL image). ``channels=1``: grey, (1, 1, height, width) (a T2I-Adapter's, :mod:`.t2i_adapter`)."""
     diffusers = require("diffusers")
-    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=True,
-                                                            do_normalize=False)
+    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=channels == 3,
+                                                            do_convert_grayscale=channels == 1, do_normalize=False)
     return processor.preprocess(open_control_image(image), height=height, width=width).to(torch.float32)
 
 
