@@ -20,7 +20,8 @@ def add_controlnet_flags(parser) -> None:
                    help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
                         "Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
-                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); sample: "
+                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
+                        "each --t2i-adapter (a file; docs/interop.md); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor, and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
                         "to the images' size, and a folder gives one per --images file (both in file-name order)")

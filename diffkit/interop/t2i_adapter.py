@@ -34,8 +34,8 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_range, read_json_object
-from . import from_pretrained, library_progress_bars, require
-from .controlnet import control_size, open_control_image, prepare_control_image, steps_of
+from .controlnet import (control_size, load_model_folder, model_folder_config, open_control_image,
+                         prepare_control_image, steps_of)
 
 ADAPTER_TYPES = ("full_adapter", "full_adapter_xl", "light_adapter")
 
@@ -43,14 +43,8 @@ ADAPTER_TYPES = ("full_adapter", "full_adapter_xl", "light_adapter")
 def check_t2i_adapter_folder(directory: Union[str, Path], model: Union[None, str, Path] = None) -> dict:
     """The ``config.json`` of a diffusers ``T2IAdapter`` folder (one line otherwise); with ``model``, a Stable
     Diffusion folder, also checked to fit its UNet (:func:`check_t2i_adapter`, before any weights load)."""
-    config_file = Path(directory) / "config.json"
-    if not config_file.is_file():
-        raise DiffkitError(f"--t2i-adapter {directory}: no config.json there; give a diffusers T2IAdapter folder "
-                           f"(config.json and diffusion_pytorch_model.safetensors)")
-    config = read_json_object(config_file, "T2I-Adapter config")
-    if config.get("_class_name") != "T2IAdapter":
-        raise DiffkitError(f"--t2i-adapter {directory} holds a {config.get('_class_name')!r}; allowed: a diffusers "
-                           f"T2IAdapter folder (for a MultiAdapter give each adapter's folder with its own flag)")
+    config = model_folder_config(directory, "--t2i-adapter", "T2IAdapter", " (for a MultiAdapter give each "
+                                 "adapter's folder with its own flag)")
     if config.get("adapter_type", "full_adapter") not in ADAPTER_TYPES:
         raise DiffkitError(f"--t2i-adapter {directory} has adapter_type={config.get('adapter_type')!r}; allowed: "
                            f"{', '.join(ADAPTER_TYPES)}")
@@ -66,11 +60,7 @@ def load_t2i_adapter(directory: Union[str, Path], device="cpu", dtype: torch.dty
                      progress: bool = True):
     """A diffusers ``T2IAdapter`` folder (``config.json`` + ``.safetensors``; never a pickle or a download)."""
     check_t2i_adapter_folder(directory)
-    diffusers = require("diffusers")
-    with library_progress_bars(progress):
-        model = from_pretrained(diffusers.T2IAdapter, directory, local_files_only=True, torch_dtype=dtype,
-                                use_safetensors=True, low_cpu_mem_usage=False)
-    return model.to(device).eval().requires_grad_(False)
+    return load_model_folder("T2IAdapter", directory, device, dtype, progress)
 
 
 def check_t2i_adapter(config, unet_config, vae_factor: int, name: str = "T2I-Adapter") -> None:
