@@ -5,6 +5,8 @@ against diffusers' own StableDiffusionAdapterPipeline / StableDiffusionXLAdapter
 (blocks 32, 64; VAE factor 2) takes a ``full_adapter`` / ``light_adapter`` of channels (32, 64) with
 downscale_factor 2, SD-XL's a ``full_adapter_xl`` with downscale_factor 4 (its first feature meets the UNet after
 the first downsampler)."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,9 @@ def test_bad_t2i_adapter_input_is_one_line_before_any_output(tiny_t2i, tmp_path,
     other = diffusers.T2IAdapter(channels=[16, 64], num_res_blocks=1, downscale_factor=2)
     with pytest.raises(DiffkitError, match=r"channels=\[16, 64\] but the UNet"):
         text_to_image(sd, PROMPTS, steps=2, t2i_adapter=T2IAdapters([other], pngs[:1]))
+    for images, options, match in (([pngs[0], pngs[1]], {}, "2 control images for 1 T2I-Adapters"),
+                                   ([[pngs[0], pngs[1]]], {}, "a list of control images per T2I-Adapter"),
+                                   ([pngs[0]], {"factor": 1.5}, "adapter conditioning factor"),
+                                   ([pngs[0]], {"scales": [1.0, 2.0]}, "one per T2I-Adapter (1)")):
+        with pytest.raises(DiffkitError, match=re.escape(match)):
+            T2IAdapters([adapters["full"]], images, **options)

@@ -479,6 +479,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     check_choice("output_range", output_range, OUTPUT_RANGES)
     from .sd_pag import pag_request
     perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet, ip_adapter)
+    if t2i_adapter is not None:  # one line for what it does not combine with, before any work (.t2i_adapter)
+        from .t2i_adapter import check_t2i_combination
+        check_t2i_combination(sd, t2i_adapter, controlnet, ip_adapter, pag_scale)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
     if guidance_scale is None:
@@ -508,8 +511,6 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = ip_adapter.adapting(sd)
     if t2i_adapter is not None:  # the UNet with T2I-Adapter features (.t2i_adapter)
         from .controlnet import sampler_grid
-        from .t2i_adapter import check_t2i_combination
-        check_t2i_combination(sd, t2i_adapter, controlnet, ip_adapter, pag_scale)
         height, width = t2i_adapter.size(sd.vae_scale_factor, height, width)
         factor_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if t2i_adapter.factor < 1 else None
         sd = t2i_adapter.adapting(sd, height, width, factor_grid)
