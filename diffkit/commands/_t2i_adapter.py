@@ -1,8 +1,8 @@
 """The T2I-Adapter flags of ``diffkit sample`` for a Stable Diffusion / SD-XL folder
 (:mod:`diffkit.interop.t2i_adapter`, Mou et al. 2023): ``--t2i-adapter DIR[:SCALE] --control-image PNG`` (repeat
 both for diffusers' MultiAdapter) and ``--adapter-conditioning-factor F``: StableDiffusion(XL)AdapterPipeline's
-``adapter``, ``image``, ``adapter_conditioning_scale`` and ``adapter_conditioning_factor``. The control images are those of
-``--control-image`` (:mod:`._controlnet`), which go to the adapters when no ``--controlnet`` is given."""
+``adapter``, ``image``, ``adapter_conditioning_scale`` and ``adapter_conditioning_factor``. The control images are
+those of ``--control-image`` (:mod:`._controlnet`), which go to the adapters when no ``--controlnet`` is given."""
 from __future__ import annotations
 
 from dataclasses import dataclass
