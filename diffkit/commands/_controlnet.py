@@ -20,7 +20,8 @@ def add_controlnet_flags(parser) -> None:
                    help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
                         "Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
-                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it); sample: "
+                   help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
+                        "each --t2i-adapter (a file; docs/interop.md); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor, and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
                         "to the images' size, and a folder gives one per --images file (both in file-name order)")
@@ -59,11 +60,14 @@ class ControlRequest:
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         folders = list(getattr(args, "controlnets", None) or [])
         images = list(getattr(args, "control_images", None) or [])
+        if not folders and getattr(args, "t2i_adapters", None):
+            images = []  # the T2I-Adapters' (._t2i_adapter)
         given = [flag for flag, value in zip(CONTROL_FLAGS, (args.controlnet_scales, args.control_starts,
                                                               args.control_ends, args.guess_mode)) if value]
         if not folders:
             if images or given:
-                raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR")
+                raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
+                                  f"{' (or --t2i-adapter DIR)' if images else ''}")
             return None
         if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "

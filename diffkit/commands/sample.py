@@ -53,6 +53,7 @@ from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
 from ._refiner import RefinerRequest, add_refiner_flags
+from ._t2i_adapter import T2IAdapterRequest, add_t2i_adapter_flags
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
@@ -159,6 +160,7 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_t2i_adapter_flags(p)
     add_refiner_flags(p)
     add_freeu_flag(p)
     add_progress_flag(p)
@@ -230,6 +232,7 @@ def run(args) -> int:
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     check_freeu_checkpoint(checkpoint, args.freeu)
+    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint)  # --control-image is its own then
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     refiner = RefinerRequest.from_args(args, checkpoint)
@@ -265,6 +268,7 @@ def run(args) -> int:
                         progressive=args.progressive, lora=args.lora, lora_any_base=args.lora_any_base,
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
+                        **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
                         **options)
     return 0
 
@@ -878,7 +882,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
                             textual_inversion=None, control: Optional[ControlRequest] = None,
                             ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None,
-                            refiner: Optional[RefinerRequest] = None, **options):
+                            refiner: Optional[RefinerRequest] = None, t2i_adapter: Optional[T2IAdapterRequest] = None,
+                            **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -900,7 +905,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     at its cut (:mod:`diffkit.commands._refiner`; the prompt options are the base's). ``guidance.pag_scale`` /
     ``pag_layers`` / ``pag_adaptive_scale`` / ``pag_interval``: perturbed-attention guidance as
     StableDiffusion(XL)PAGPipeline, diffusers' layer names (:mod:`diffkit.interop.sd_pag`; not with ControlNet,
-    IP-Adapter, a refiner or LCM / TCD sampling). Writes the grid (and single PNGs); latents have no noise grid."""
+    IP-Adapter, a refiner or LCM / TCD sampling). ``t2i_adapter``: T2I-Adapters and their control images
+    (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). Writes the grid (and single
+    PNGs); latents have no noise grid."""
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
@@ -947,6 +954,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     if refiner is not None:  # both halves get a step of the grid: one line before any sampling
         refiner.check_steps(sd, refined, sampler, steps or 50, {"spacing": spacing, "final": final, **options})
     size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)
+    adapters = None if t2i_adapter is None else t2i_adapter.load(device, sd.dtype, progress)
+    size = size if adapters is None else adapters.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]
@@ -968,7 +977,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                           negative_prompt=guidance.negative_prompt,
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                          ip_adapter=adapter, freeu=freeu, **prompt_options(guidance, cond.get("prompts_2")),
+                          ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu,
+                          **prompt_options(guidance, cond.get("prompts_2")),
                           **pag, **handover, **how)
         if alone:
             return z

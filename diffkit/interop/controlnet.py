@@ -39,26 +39,40 @@ MATCHING_CONFIG = ("in_channels", "block_out_channels", "layers_per_block", "dow
                    "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
 
 
-def check_controlnet_folder(directory: Union[str, Path]) -> None:
-    """A folder with the ``config.json`` of a diffusers ``ControlNetModel`` (one line otherwise)."""
+def model_folder_config(directory: Union[str, Path], flag: str, class_name: str, advice: str = "") -> dict:
+    """The ``config.json`` of a diffusers ``class_name`` folder given to ``flag`` (one line otherwise)."""
     config_file = Path(directory) / "config.json"
     if not config_file.is_file():
-        raise DiffkitError(f"--controlnet {directory}: no config.json there; give a diffusers ControlNetModel folder "
+        raise DiffkitError(f"{flag} {directory}: no config.json there; give a diffusers {class_name} folder "
                            f"(config.json and diffusion_pytorch_model.safetensors)")
-    name = read_json_object(config_file, "controlnet config").get("_class_name")
-    if name != "ControlNetModel":
-        raise DiffkitError(f"--controlnet {directory} holds a {name!r}; allowed: a diffusers ControlNetModel folder")
+    config = read_json_object(config_file, f"{flag} config")
+    if config.get("_class_name") != class_name:
+        raise DiffkitError(f"{flag} {directory} holds a {config.get('_class_name')!r}; allowed: a diffusers "
+                           f"{class_name} folder{advice}")
+    return config
+
+
+def load_model_folder(class_name: str, directory: Union[str, Path], device="cpu",
+                      dtype: torch.dtype = torch.float32, progress: bool = True):
+    """A diffusers ``class_name`` folder (``config.json`` + ``.safetensors``; never a pickle or a download), for
+    inference."""
+    diffusers = require("diffusers")
+    with library_progress_bars(progress):
+        model = from_pretrained(getattr(diffusers, class_name), directory, local_files_only=True, torch_dtype=dtype,
+                                use_safetensors=True, low_cpu_mem_usage=False)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def check_controlnet_folder(directory: Union[str, Path]) -> None:
+    """A folder with the ``config.json`` of a diffusers ``ControlNetModel`` (one line otherwise)."""
+    model_folder_config(directory, "--controlnet", "ControlNetModel")
 
 
 def load_controlnet(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True):
     """A diffusers ``ControlNetModel`` folder (``config.json`` + ``.safetensors``; never a pickle or a download)."""
     check_controlnet_folder(directory)
-    diffusers = require("diffusers")
-    with library_progress_bars(progress):
-        model = from_pretrained(diffusers.ControlNetModel, directory, local_files_only=True, torch_dtype=dtype,
-                                use_safetensors=True, low_cpu_mem_usage=False)
-    return model.to(device).eval().requires_grad_(False)
+    return load_model_folder("ControlNetModel", directory, device, dtype, progress)
 
 
 def check_controlnet(controlnet, unet, factor: int, name: str = "controlnet") -> None:
@@ -123,13 +137,13 @@ def open_control_image(image):
     return image
 
 
-def prepare_control_image(image, height: int, width: int, factor: int) -> torch.Tensor:
+def prepare_control_image(image, height: int, width: int, factor: int, channels: int = 3) -> torch.Tensor:
     """(1, 3, height, width) in [0, 1], float32: RGB, resized as diffusers' ControlNet pipeline prepares it
     (its ``control_image_processor``: ``VaeImageProcessor(do_convert_rgb=True, do_normalize=False)``,
-    Lanczos for a PIL image)."""
+    Lanczos for a PIL image). ``channels=1``: grey, (1, 1, height, width) (a T2I-Adapter's, :mod:`.t2i_adapter`)."""
     diffusers = require("diffusers")
-    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=True,
-                                                            do_normalize=False)
+    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=channels == 3,
+                                                            do_convert_grayscale=channels == 1, do_normalize=False)
     return processor.preprocess(open_control_image(image), height=height, width=width).to(torch.float32)
 
 

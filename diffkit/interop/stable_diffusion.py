@@ -427,7 +427,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   prompt_2: Union[None, str, Sequence[str]] = None,
                   negative_prompt_2: Union[None, str, Sequence[str]] = None, pag_scale: Optional[float] = None,
                   pag_layers=None, pag_adaptive_scale: Optional[float] = None, pag_interval=None,
-                  **options) -> torch.Tensor:
+                  t2i_adapter=None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -468,6 +468,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         ``StableDiffusionPAGPipeline`` / ``StableDiffusionXLPAGPipeline``'s ``pag_scale``, ``pag_applied_layers``
         (default ``mid``; diffusers' names) and ``pag_adaptive_scale``; ``pag_interval`` (t_lo, t_hi): only there
         (diffkit's; :mod:`.sd_pag`). None or 0: off.
+    t2i_adapter: a :class:`~diffkit.interop.t2i_adapter.T2IAdapters`: their features of the control images added
+        to the UNet's down blocks (StableDiffusion(XL)AdapterPipeline); height x width default to the control image's
+        size (not with ``controlnet``, ``ip_adapter``, PAG, LCM / TCD; :mod:`.t2i_adapter`).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..models.freeu import freeu_enabled, parse_freeu
@@ -481,6 +484,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     check_choice("output_range", output_range, OUTPUT_RANGES)
     from .sd_pag import pag_request
     perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet, ip_adapter)
+    if t2i_adapter is not None:  # one line for what it does not combine with, before any work (.t2i_adapter)
+        from .t2i_adapter import check_t2i_combination
+        check_t2i_combination(sd, t2i_adapter, controlnet, ip_adapter, pag_scale)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
     if guidance_scale is None:
@@ -508,6 +514,11 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = controlnet.controlling(sd, height, width, window_grid)
     if ip_adapter is not None:  # the UNet with an image prompt (.ip_adapter)
         sd = ip_adapter.adapting(sd)
+    if t2i_adapter is not None:  # the UNet with T2I-Adapter features (.t2i_adapter)
+        from .controlnet import sampler_grid
+        height, width = t2i_adapter.size(sd.vae_scale_factor, height, width)
+        factor_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if t2i_adapter.factor < 1 else None
+        sd = t2i_adapter.adapting(sd, height, width, factor_grid)
     denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                         image_size=_image_size(sd, latents, height, width),
                                         micro_conditioning=micro_conditioning, clip_skip=clip_skip,
@@ -526,7 +537,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         if latents.ndim != 4 or latents.shape[0] != batch or latents.shape[1] != expected[1]:
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected ({batch}, "
                                f"{expected[1]}, h, w) for {batch} prompts")
-        if controlnet is not None and tuple(latents.shape[2:]) != tuple(expected[2:]):
+        if (controlnet is not None or t2i_adapter is not None) and tuple(latents.shape[2:]) != tuple(expected[2:]):
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} do not fit the {height}x{width} control "
                                f"image; expected {expected}")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
