@@ -480,7 +480,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents, controlnet)
     check_choice("output_range", output_range, OUTPUT_RANGES)
     from .sd_pag import pag_request
-    perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet, ip_adapter)
+    perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     batch = len(prompts)
     if guidance_scale is None:
