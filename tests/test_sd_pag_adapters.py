@@ -111,3 +111,35 @@ def test_pag_with_controlnet_guess_mode_is_refused(tiny_controlnet_sd):
     _, nets, sd, _, png = tiny_controlnet_sd
     with pytest.raises(DiffkitError, match="not supported with ControlNet guess mode"):
         text_to_image(sd, ["x"], steps=2, pag_scale=2.0, controlnet=ControlNets(nets[:1], [png], guess_mode=True))
+
+
+@pytest.mark.parametrize("with_ip", [False, True])
+def test_sample_command_with_pag_and_controlnet_or_ip_adapter_is_text_to_image(tiny_controlnet_sd, tiny_ip, tmp_path,
+                                                                                capsys, with_ip):
+    """``diffkit sample --pag-scale`` with ``--controlnet`` / ``--ip-adapter``: text_to_image's PNGs byte for byte;
+    with ``--guess-mode``: one line, no file."""
+    from diffkit.cli import main
+    from diffkit.images import save_images
+    from diffkit.noise import generators_from_seed, randn
+    if with_ip:
+        _, sd, root, png = tiny_ip
+        folder, extra = root / "sd", ["--ip-adapter", f"{root / 'ip.safetensors'}:0.6", "--ip-adapter-image", png]
+        kw = {"ip_adapter": load_ip_adapter(root / "ip.safetensors", png, 0.6, progress=False)}
+    else:
+        _, nets, sd, root, png = tiny_controlnet_sd
+        folder, extra = root / "sd", ["--controlnet", root / "cn0", "--control-image", png]
+        kw = {"controlnet": ControlNets(nets[:1], [png])}
+    flags = ["sample", "--checkpoint", folder, "--prompt", "hot", "--num", 2, "--steps", 2, "--seed", 3,
+             "--pag-scale", 2.5, "--pag-layers", "mid,up_blocks.1", *extra, "--no-progress"]
+    assert main([str(a) for a in (*flags, "--out", tmp_path / "g.png", "--individual", tmp_path / "cli")]) == 0
+    images = text_to_image(sd, ["hot", "hot"], steps=2, latents=randn((2, 4, 8, 8), generators_from_seed(3, 2)),
+                           seed=3, output_range="-1,1", pag_scale=2.5, pag_layers=["mid", "up_blocks.1"], **kw)
+    save_images(images, tmp_path / "lib")
+    for name in ("sample_00000.png", "sample_00001.png"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    if not with_ip:
+        capsys.readouterr()
+        assert main([str(a) for a in (*flags, "--guess-mode", "--out", tmp_path / "new" / "g.png")]) != 0
+        err = capsys.readouterr().err
+        assert "not supported with ControlNet guess mode" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "new").exists()
