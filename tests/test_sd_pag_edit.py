@@ -85,3 +85,66 @@ def test_pag_img2img_and_inpainting_match_the_pag_pipelines(tiny_sd, inpaint_sd,
     plain = edit(guided, sd, IMAGE * 2 - 1, *args, "ddim", STEPS, **run)
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
     assert relative_error(plain, theirs) > 1e-3  # PAG mattered
+
+
+@pytest.mark.parametrize("xl, mask, scale", [(False, False, 5.0), (False, True, 1.0), (True, False, 1.0),
+                                             (True, True, 5.0)])
+def test_edit_command_with_pag_is_the_library_byte_for_byte(tiny_sd, tiny_xl, tmp_path, capsys, xl, mask, scale):
+    """``diffkit edit --pag-scale --pag-layers --pag-adaptive-scale`` (img2img, --mask): each PNG is the library's
+    (pag_request's wrapper over the folder's guided denoiser, image i from seed + i alone in its batch, as the
+    command's --batch-size 1), written by the same writer."""
+    from diffkit.images import save_images
+    from test_sd_inpaint import _pngs
+    from test_sd_xl_inpaint import _png_tensor
+    folder, sd = (tiny_xl[1] / "xl", tiny_xl[2]) if xl else (tiny_sd[3], tiny_sd[2])
+    pngs, mask_png, pixel_mask = _pngs(tmp_path)
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", "a cat", "--steps", 3,
+                         "--seed", 4, "--batch-size", 1, "--guidance-scale", scale, "--guidance-convention", "diffusers",
+                         "--pag-scale", 2.5, "--pag-layers", "mid", "--pag-adaptive-scale", 0.001,
+                         *(["--mask", mask_png] if mask else []), "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "perturbed-attention guidance s=2.5 at mid, adaptive a=0.001" in out
+    if xl:
+        guided, cond = sd.prompt_guidance(["a cat"], None, scale, "diffusers", 0.0, image_size=(16, 16))
+    else:
+        guided, cond = sd.guided(scale, sd.encode_prompts([""]), "diffusers"), sd.cond(sd.encode_prompts(["a cat"]))
+    perturbed = pag_request(sd, 2.5, ["mid"], 0.001)(guided)
+    edit, args = (latent_inpaint, (pixel_mask,)) if mask else (latent_img2img, (0.8,))
+    images = [edit(perturbed, sd, _png_tensor(pngs / f"in_{i}.png"), *args, "ddim", 3, posterior="sample",
+                   seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(2)]
+    save_images(torch.cat(images), tmp_path / "library", prefix="edit")
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name
+
+
+def test_edit_command_pag_refusals_are_one_line_before_any_output(tiny_sd, tmp_path, capsys):
+    from test_sd_inpaint import _pngs
+    folder = tiny_sd[3]
+    pngs, _, _ = _pngs(tmp_path)
+    base = ["--images", pngs, "--steps", 2]
+    for checkpoint, extra, pattern in [
+        (pngs / "in_0.png", ["--pag-scale", 2], "--pag-scale in diffkit edit applies to a Stable Diffusion / SD-XL "
+                                                "base folder"),
+        (folder, ["--prompt", "a", "--pag-layers", "mid"], "--pag-layers needs --pag-scale S"),
+        (folder, ["--prompt", "a", "--pag-scale", -1], "--pag-scale"),
+        (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-layers", "down.0"], "is a diffkit U-Net layer name"),
+        (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-layers", "down_blocks.9"],
+         "pag layer 'down_blocks.9' matches no self-attention layer"),
+        (folder, ["--prompt", "a", "--pag-scale", 2, "--scheduler", "tcd"], "LCMScheduler / TCD"),
+    ]:
+        target = tmp_path / "never"
+        code, out, err = cli(capsys, "--checkpoint", checkpoint, *base, *extra, "--out", target)
+        assert code != 0 and pattern in err and len(err.strip().splitlines()) == 1 and not target.exists(), err
+
+
+def test_edit_command_pag_scale_zero_is_bit_identical(tiny_sd, tmp_path, capsys):
+    from test_sd_inpaint import _pngs
+    pngs, _, _ = _pngs(tmp_path)
+    for name, extra in (("plain", []), ("zero", ["--pag-scale", 0])):
+        code, out, err = cli(capsys, "--checkpoint", tiny_sd[3], "--images", pngs, "--prompt", "a cat", "--steps", 2,
+                             *extra, "--out", tmp_path / name)
+        assert code == 0, err
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "zero" / name).read_bytes()
