@@ -21,8 +21,9 @@ def add_edit_pag_flags(parser) -> None:
 
 def check_edit_pag_flags(args) -> None:
     """The PAG flags, before anything loads: one line where ``--checkpoint`` is not a Stable Diffusion / SD-XL base
-    folder (a diffkit checkpoint, an SD-XL refiner: not compared with a pipeline), with ``--denoising-start``, or for
-    a layer name of the wrong form."""
+    folder (a diffkit checkpoint, an SD-XL refiner: not compared with a pipeline), with ``--denoising-start``, with
+    ``--controlnet`` where diffusers has no ControlNet PAG pipeline (SD img2img, SD-XL inpainting), or for a layer name
+    of the wrong form."""
     from ..errors import DiffkitError
     from ..interop.sd_pag import check_layer_names
     from ..interop.sd_xl import _index
@@ -37,6 +38,12 @@ def check_edit_pag_flags(args) -> None:
                            f"PAG img2img / inpaint pipelines); {args.checkpoint} is not one")
     if args.denoising_start is not None:
         raise DiffkitError(f"{given[0]} does not go with --denoising-start (a refiner's hand-over); drop one of them")
+    from ..interop.sd_xl import is_sd_xl_folder
+    xl = is_sd_xl_folder(args.checkpoint)
+    if args.controlnets and (args.mask is not None) == xl:  # diffusers' ControlNet PAG edits: SD inpaint, SD-XL img2img
+        raise DiffkitError(f"{given[0]} with --controlnet is offered for {'img2img' if xl else 'inpainting (--mask)'} "
+                           f"on this {'SD-XL' if xl else 'Stable Diffusion'} folder (diffusers has no ControlNet PAG "
+                           f"{'inpaint' if xl else 'img2img'} pipeline to match); drop one of them")
     if args.pag_scale:
         check_layer_names(args.pag_layers)
 
