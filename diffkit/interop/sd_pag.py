@@ -23,9 +23,9 @@ the pipeline's own code; both only need the perturbed samples to be the last hal
 where diffkit puts them (diffkit's order is cond, null, perturbed; diffusers' null, cond, perturbed).
 
 With ControlNets and an IP-Adapter (``StableDiffusion(XL)ControlNetPAGPipeline``, the PAG pipelines'
-``ip_adapter_image``) and in img2img / inpainting (``StableDiffusion(XL)PAGImg2ImgPipeline`` / ``...PAGInpaintPipeline``:
-``pag_request(sd, ...)(guided)`` handed to ``latent_img2img`` / ``latent_inpaint``, ``diffkit edit --pag-scale``) nothing
-more is needed: the pipelines give the perturbed third the conditional third's inputs, which is what the guidance's
+``ip_adapter_image``) and in img2img / inpainting (``StableDiffusion(XL)PAGImg2ImgPipeline`` /
+``...PAGInpaintPipeline``: ``pag_request(sd, ...)(guided)`` handed to ``latent_img2img`` / ``latent_inpaint``,
+``diffkit edit --pag-scale``) nothing more is needed: the pipelines give the perturbed third the conditional third's inputs, which is what the guidance's
 per-sample repetition gives the ControlNet (not perturbed: the processors sit in the UNet), the image embeddings
 (picked by label) and the 9-channel UNet's mask and masked-image latents.
 
