@@ -25,9 +25,9 @@ where diffkit puts them (diffkit's order is cond, null, perturbed; diffusers' nu
 With ControlNets and an IP-Adapter (``StableDiffusion(XL)ControlNetPAGPipeline``, the PAG pipelines'
 ``ip_adapter_image``) and in img2img / inpainting (``StableDiffusion(XL)PAGImg2ImgPipeline`` /
 ``...PAGInpaintPipeline``: ``pag_request(sd, ...)(guided)`` handed to ``latent_img2img`` / ``latent_inpaint``,
-``diffkit edit --pag-scale``) nothing more is needed: the pipelines give the perturbed third the conditional third's inputs, which is what the guidance's
-per-sample repetition gives the ControlNet (not perturbed: the processors sit in the UNet), the image embeddings
-(picked by label) and the 9-channel UNet's mask and masked-image latents.
+``diffkit edit --pag-scale``) nothing more is needed: the pipelines give the perturbed third the conditional third's
+inputs, which is what the guidance's per-sample repetition gives the ControlNet (not perturbed: the processors sit
+in the UNet), the image embeddings (picked by label) and the 9-channel UNet's mask and masked-image latents.
 
 Layer names are diffusers' ``pag_applied_layers`` (default ``mid``), matched as ``PAGMixin._set_pag_attn_processor``
 does: each name is a regular expression searched (``re.search``) in the module names of the self-attention layers
