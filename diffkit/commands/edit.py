@@ -50,6 +50,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       removed_if_empty_on_failure, seed_int, tolerance_options, unit_float)
 from ._common import add_freeu_flag, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
+from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 
 
 def strength_value(text: str) -> float:
@@ -149,6 +150,7 @@ def register(sub) -> None:
                         "in --lora: default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/editing.md)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale (Stable Diffusion / SD-XL folders)
     add_freeu_flag(p)
     add_edit_refiner_flags(p)
     add_progress_flag(p)
@@ -209,6 +211,7 @@ def run(args) -> int:
     check_freeu_checkpoint(args.checkpoint, args.freeu)  # a DiT or a time-series model: refused here
     from ..interop.sd_scheduler import check_scheduler_override
     check_scheduler_override(args.checkpoint, args.scheduler)  # JSON only: a Stable Diffusion folder's, not an LCM's
+    check_edit_pag_flags(args)  # --pag-scale: a Stable Diffusion / SD-XL base folder only (.interop.sd_pag)
     if args.series is not None:
         return _series(args)
     if args.images is None:
@@ -332,8 +335,10 @@ def run(args) -> int:
     if ip_adapter is not None:  # the SD UNet with the image prompt (diffusers' load_ip_adapter)
         denoiser = autoencoder = ip_adapter.load(device, denoiser.dtype, args.progress).adapting(denoiser)
     if text:
+        perturbed = edit_pag(request, denoiser, controlnets if control is not None else None)  # .interop.sd_pag
         denoiser, cond_for = _prompted(args, denoiser, request, len(files), device, tuple(images.shape[2:]),
                                        **({"micro_conditioning": micro} if micro else {}))
+        denoiser = denoiser if perturbed is None else perturbed(denoiser)  # over the classifier-free guidance
     else:
         def cond_for(start: int, n: int):
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
@@ -372,7 +377,7 @@ def run(args) -> int:
     what = "inpainted" if mask is not None else "edited"
     how = "" if autoencoder is None else f", in latent space (posterior {posterior})"
     if request is not None:
-        how += f", prompts {request.prompts}"
+        how += f", prompts {request.prompts}" + request.pag_label()
     print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps{how})")
     return 0
 
@@ -407,7 +412,9 @@ def _prompt_request(args, sampler: str):
                               interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                               apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                               apg_momentum=args.apg_momentum, clip_skip=args.clip_skip, prompts_2=args.prompts_2,
-                              negative_prompt_2=args.negative_prompt_2)
+                              negative_prompt_2=args.negative_prompt_2, pag_scale=args.pag_scale,
+                              pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
+                              pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request

@@ -944,7 +944,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                pag_adaptive_scale=guidance.pag_adaptive_scale)  # diffusers' layer names (.interop.sd_pag)
     from ..interop.sd_pag import pag_request
     pag_request(sd, guidance.pag_scale, guidance.pag_layers, guidance.pag_adaptive_scale, guidance.pag_interval,
-                control, ip_adapter)  # one line before the ControlNets load or anything is drawn
+                control)  # one line before the ControlNets load or anything is drawn
     if guidance.pag_scale and refiner is not None:
         raise DiffkitError("--pag-scale with --refiner is not supported (the refiner's half would run without it); "
                            "drop one of them")

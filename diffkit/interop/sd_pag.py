@@ -22,6 +22,13 @@ kept). Installing the pipeline's processors, rather than re-implementing the ide
 the pipeline's own code; both only need the perturbed samples to be the last half / third of the batch, which is
 where diffkit puts them (diffkit's order is cond, null, perturbed; diffusers' null, cond, perturbed).
 
+With ControlNets and an IP-Adapter (``StableDiffusion(XL)ControlNetPAGPipeline``, the PAG pipelines'
+``ip_adapter_image``) and in img2img / inpainting (``StableDiffusion(XL)PAGImg2ImgPipeline`` /
+``...PAGInpaintPipeline``: ``pag_request(sd, ...)(guided)`` handed to ``latent_img2img`` / ``latent_inpaint``,
+``diffkit edit --pag-scale``) nothing more is needed: the pipelines give the perturbed third the conditional third's
+inputs, which is what the guidance's per-sample repetition gives the ControlNet (not perturbed: the processors sit
+in the UNet), the image embeddings (picked by label) and the 9-channel UNet's mask and masked-image latents.
+
 Layer names are diffusers' ``pag_applied_layers`` (default ``mid``), matched as ``PAGMixin._set_pag_attn_processor``
 does: each name is a regular expression searched (``re.search``) in the module names of the self-attention layers
 (``down_blocks.1.attentions.0.transformer_blocks.0.attn1``, ``mid_block.attentions.0...``, ``up_blocks.0...``), so
@@ -131,11 +138,13 @@ class DiffusersSelfAttention:
 
 
 def pag_request(sd, scale: Optional[float], layers=None, adaptive_scale: Optional[float] = None, interval=None,
-                controlnet=None, ip_adapter=None):
+                controlnet=None):
     """``text_to_image``'s PAG options checked before any work: None where ``scale`` is None or 0 (no PAG: the
     sampling is bit for bit as without), else a function wrapping the folder's guided denoiser. Refused in one line:
-    the options without a scale, an LCM UNet with a guidance input, LCMScheduler / TCD sampling, ControlNet and
-    IP-Adapter (not matched against diffusers' PAG pipelines for them)."""
+    the options without a scale, an LCM UNet with a guidance input, LCMScheduler / TCD sampling, ControlNet guess
+    mode (diffusers' ControlNet PAG pipelines break on it, or have none). ControlNets and an IP-Adapter need nothing
+    of their own: they see the batch of 3 (2) halves as the pipelines feed it, the perturbed half the conditional
+    one's control image, prompt and image embedding (``_prepare_perturbed_attention_guidance``)."""
     if not scale:
         given = [(n, v) for n, v in (("pag_layers", layers), ("pag_adaptive_scale", adaptive_scale),
                                      ("pag_interval", interval)) if v is not None]
@@ -152,9 +161,9 @@ def pag_request(sd, scale: Optional[float], layers=None, adaptive_scale: Optiona
     if sd.consistency is not None or sd.scheduler_override:
         raise DiffkitError("perturbed-attention guidance is not supported with LCMScheduler / TCD sampling (an "
                            "LCMScheduler folder or scheduler='lcm' / 'tcd'); allowed: the folder's own scheduler")
-    for name, value in (("controlnet", controlnet), ("ip_adapter", ip_adapter)):
-        if value is not None:
-            raise DiffkitError(f"perturbed-attention guidance is not supported with {name}; drop one of them")
+    if controlnet is not None and controlnet.guess_mode:  # the pipelines' guess mode breaks on 3 halves
+        raise DiffkitError("perturbed-attention guidance is not supported with ControlNet guess mode (or a "
+                           "global_pool_conditions ControlNet); allowed: ControlNets without it")
     network = DiffusersSelfAttention(sd.unet)
     names = network.check_self_attention_layers(names)
 

@@ -483,7 +483,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents, controlnet)
     check_choice("output_range", output_range, OUTPUT_RANGES)
     from .sd_pag import pag_request
-    perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet, ip_adapter)
+    perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet)
     if t2i_adapter is not None:  # one line for what it does not combine with, before any work (.t2i_adapter)
         from .t2i_adapter import check_t2i_combination
         check_t2i_combination(sd, t2i_adapter, controlnet, ip_adapter, pag_scale)
