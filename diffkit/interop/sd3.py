@@ -36,7 +36,6 @@ is called.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -45,6 +44,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import from_pretrained, library_progress_bars, require
+from .flow_latents import FlowLatentVAE, flow_sigmas_grid
 from .sd_xl import _index  # model_index.json as a dict, None where there is none (or it is unreadable)
 
 SD3_TRANSFORMER = "SD3Transformer2DModel"
@@ -76,7 +76,7 @@ class SD3Net(torch.nn.Module):
 
 
 @dataclass
-class StableDiffusion3:
+class StableDiffusion3(FlowLatentVAE):
     """The loaded components of an SD3 folder (:func:`load_sd3`); ``text_encoder_3`` / ``tokenizer_3``
     None: the T5 part of the context is zeros."""
 
@@ -97,19 +97,6 @@ class StableDiffusion3:
     default_guidance_scale = SD3_PIPELINE_GUIDANCE
 
     # ------------------------------------------------------------------ shapes
-    @property
-    def vae_scale_factor(self) -> int:
-        """The VAE's spatial factor f = 2^(levels - 1) (8 for SD3)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
-    @property
-    def shift_factor(self) -> float:
-        return float(self.vae.config.shift_factor)
-
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """(batch, in_channels, height / f, width / f); default size transformer.sample_size * f (the pipeline's
         ``default_sample_size``); height and width multiples of f * patch_size (its ``check_inputs``)."""
@@ -215,22 +202,7 @@ class StableDiffusion3:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
-        sigmas = scheduler.sigmas.to(torch.float64).tolist()
-        T = self.schedule.num_timesteps
-        times = [T - 1.0 if s >= 1 else -1.0 if s <= 0 else float(self.schedule.t_from_log_snr(
-            torch.tensor(math.log((1 - s) / s), dtype=torch.float64))) for s in sigmas]
-        grid = torch.tensor(times, dtype=torch.float64)
-        if not bool((grid[1:] < grid[:-1]).all()):
-            raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
-                               f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
-        return grid
-
-    # ------------------------------------------------------------------ images
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """x = D(z / scaling_factor + shift_factor), in [-1, 1] (not clamped), as the pipeline decodes."""
-        with torch.no_grad():
-            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
-            return self.vae.decode(z, return_dict=False)[0].float()
+        return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
 
 
 def _per_prompt(other, prompts: list, name: str) -> list:
