@@ -1,6 +1,6 @@
 """What the rectified-flow transformer folders (SD3 :mod:`.sd3`, FLUX.1 :mod:`.flux`) share: the 16-channel
-``AutoencoderKL`` with ``scaling_factor`` and ``shift_factor``, and the placing of a ``FlowMatchEulerDiscreteScheduler``'s
-sigmas on diffkit's VP time grid (Esser et al. 2024, Sec. 2: x_s = (1 - s) x_0 + s eps has log-SNR 2 log((1 - s)/s))."""
+``AutoencoderKL`` with ``scaling_factor`` and ``shift_factor``, and the placing of a
+``FlowMatchEulerDiscreteScheduler``'s sigmas on diffkit's VP time grid (Esser et al. 2024, Sec. 2: x_s = (1 - s) x_0 + s eps has log-SNR 2 log((1 - s)/s))."""
 from __future__ import annotations
 
 import math
