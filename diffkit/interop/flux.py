@@ -46,9 +46,10 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
-from . import from_pretrained, library_progress_bars, require
-from .flow_latents import FlowLatentVAE, flow_sigmas_grid
-from .sd3 import _entry, _per_prompt
+from . import require
+from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, flow_sigmas_grid, load_flow_parts,
+                           names_pipeline)
+from .sd3 import _per_prompt
 from .sd_xl import _index
 
 FLUX_TRANSFORMER = "FluxTransformer2DModel"
@@ -252,19 +253,12 @@ class Flux(FlowLatentVAE):
 def is_flux_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of a FLUX pipeline: ``model_index.json`` names a ``Flux...`` class or a
     ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return False
-    return index is not None and (str(index.get("_class_name", "")).startswith("Flux")
-                                  or _entry(index, "transformer") == FLUX_TRANSFORMER)
+    return names_pipeline(path, "Flux", FLUX_TRANSFORMER)
 
 
 def check_flux_folder(directory: Path) -> tuple:
     """(index, scheduler config) of a FLUX.1 folder that :func:`load_flux` drives; anything else is a one-line
     DiffkitError (module docstring), from the JSON files alone."""
-    from .schedulers import FLOW_SCHEDULER
-    from .stable_diffusion import check_components
     index = _index(directory)
     if index is None or not is_flux_folder(directory):
         raise DiffkitError(f"{directory} is not a FLUX folder (model_index.json naming a FluxPipeline with a "
@@ -273,19 +267,8 @@ def check_flux_folder(directory: Path) -> tuple:
     if kind not in FLUX_PIPELINES:
         raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Fill / Depth / Canny / Redux / Kontext ...), "
                            f"which diffkit does not drive; allowed: {', '.join(FLUX_PIPELINES)}")
-    for name, what in (("image_encoder", "an IP-Adapter's image encoder"), ("controlnet", "a ControlNet")):
-        if _entry(index, name) is not None:
-            raise DiffkitError(f"{directory} has {name}={_entry(index, name)!r} ({what}), which diffkit does not "
-                               f"drive for FLUX; allowed: a text-to-image folder ({name} null)")
-    check_components(directory, index, REQUIRED, "FLUX")
-    for name, allowed in (("transformer", FLUX_TRANSFORMER), ("vae", "AutoencoderKL"), ("scheduler", FLOW_SCHEDULER)):
-        if _entry(index, name) != allowed:
-            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {allowed}")
-    vae = read_json_object(directory / "vae" / "config.json", "vae config")
-    for key in ("scaling_factor", "shift_factor"):
-        if isinstance(vae.get(key), bool) or not isinstance(vae.get(key), (int, float)):
-            raise DiffkitError(f"{directory}'s vae has {key}={vae.get(key)!r}; allowed: a number (FLUX decodes "
-                               f"z / scaling_factor + shift_factor)")
+    check_flow_folder(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
+    vae = check_flow_vae(directory, "FLUX")
     transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
     channels = 4 * int(vae.get("latent_channels", 4))
     if transformer.get("in_channels", 64) != channels:
@@ -305,22 +288,11 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
               progress: bool = True) -> Flux:
     """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_flux_folder`)."""
-    diffusers, transformers = require("diffusers"), require("transformers")
+    diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_flux_folder(directory)
-    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle
-    parts = {}
-    with library_progress_bars(progress):
-        parts["transformer"] = from_pretrained(diffusers.FluxTransformer2DModel, directory / "transformer",
-                                               low_cpu_mem_usage=False, **common)
-        parts["vae"] = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
-        for suffix, default in (("", "CLIPTextModel"), ("_2", "T5EncoderModel")):
-            text_cls = getattr(transformers, _entry(index, "text_encoder" + suffix), None) or \
-                getattr(transformers, default)
-            parts["text_encoder" + suffix] = from_pretrained(text_cls, directory / ("text_encoder" + suffix), **common)
-            tok_cls = getattr(transformers, _entry(index, "tokenizer" + suffix), None) or transformers.AutoTokenizer
-            parts["tokenizer" + suffix] = from_pretrained(tok_cls, directory / ("tokenizer" + suffix),
-                                                          local_files_only=True)
+    parts = load_flow_parts(directory, index, diffusers.FluxTransformer2DModel,
+                            {"": "CLIPTextModel", "_2": "T5EncoderModel"}, dtype, progress)
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         parts[name].to(device).eval().requires_grad_(False)
