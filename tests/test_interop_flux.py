@@ -91,10 +91,13 @@ def test_flux_encodes_prompts_and_packs_as_the_pipeline(tiny_flux):
 @pytest.mark.parametrize("dev, kw", [
     (True, {}), (True, {"guidance_scale": 5.0}),
     (True, {"true_cfg_scale": 3.0, "negative_prompt": "ugly blurry"}),
+    (True, {"true_cfg_scale": 3.0, "negative_prompt": ["ugly", "blurry"], "negative_prompt_2": ["blurry", "the"],
+            "prompt_2": ["hot dog", "the cat"]}),
     (False, {}), (False, {"true_cfg_scale": 2.0, "negative_prompt": ""})])
 def test_flux_matches_the_pipeline(tiny_flux, dev, kw):
     """Same z_0 and images as FluxPipeline from the same latents: flow Euler on its sigmas (dev: dynamic shifting,
-    mu of 16 tokens; schnell: shift 1), the embedded guidance (default 3.5, or 5) and true CFG."""
+    mu of 16 tokens; schnell: shift 1), the embedded guidance (default 3.5, or 5) and true CFG (with T5's own
+    prompt_2 / negative_prompt_2, one per prompt as the pipeline takes them)."""
     pipe, _, flux = tiny_flux[dev]
     latents = _latents()
     theirs = _theirs(pipe, latents, **kw)
@@ -196,6 +199,9 @@ def test_what_flux_does_not_support_is_refused_in_one_line(tiny_flux, tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err
         assert not (tmp_path / "out").exists()
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    with pytest.raises(DiffkitError, match="is a FLUX.1 folder .* load it with diffkit.interop.load_flux"):
+        load_stable_diffusion(folder, progress=False)
 
 
 def test_bad_arguments_are_one_line_errors(tiny_flux):
