@@ -45,8 +45,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     per_sample = [prompts[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = FLUX_PIPELINE_STEPS if steps is None and nfe is None else steps
-    if guidance.guidance_scale is not None:  # checked before any sampling
-        flux.prompt_guidance(prompts[:1], *flux.latent_shape(1)[2:], guidance.guidance_scale, max_sequence_length=1)
+    flux.check_guidance_scale(guidance.guidance_scale)  # before any sampling
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \

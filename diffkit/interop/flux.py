@@ -193,6 +193,19 @@ class Flux(FlowLatentVAE):
         return flow_sigmas_grid(self.denoiser_for(h, w).schedule, scheduler.sigmas, steps)
 
     # ------------------------------------------------------------------ prompts
+    def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
+        """A one-line DiffkitError for an embedded guidance value the transformer does not take (none without
+        guidance embeds) or that is not a finite number."""
+        if guidance_scale is None:
+            return
+        if not self.guidance_embeds:
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this FLUX transformer has no "
+                               f"guidance embedding (guidance_embeds false, FLUX.1-schnell); drop it")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
+                               f"embedded guidance, FLUX.1-dev's default {FLUX_PIPELINE_GUIDANCE})")
+
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                        prompts_2=None) -> tuple:
         """(context (B, max_sequence_length, d_T5), pooled (B, d_CLIP)) as the pipeline's ``encode_prompt``;
@@ -222,9 +235,7 @@ class Flux(FlowLatentVAE):
         ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
-        if guidance_scale is not None and not self.guidance_embeds:
-            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this FLUX transformer has no "
-                               f"guidance embedding (guidance_embeds false, FLUX.1-schnell); drop it")
+        self.check_guidance_scale(guidance_scale)
         if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
                 or not math.isfinite(true_cfg_scale):
             raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} is not allowed; give a number (> 1: true CFG)")
