@@ -651,16 +651,19 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..loading import load_denoiser
     from ..interop.sd_scheduler import check_scheduler_override
     check_scheduler_override(checkpoint, scheduler)
+    from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
-    if is_sd3_folder(checkpoint):  # a Stable Diffusion 3 folder (._sd3)
+    if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
+        from ._flux import sample_flux
         from ._sd3 import sample_sd3
         refused = {"--lora": lora, "--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                          individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
-                          final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **options)
+        run = sample_sd3 if is_sd3_folder(checkpoint) else sample_flux
+        return run(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                   individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                   final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

@@ -36,7 +36,6 @@ is called.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -44,7 +43,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
-from . import from_pretrained, library_progress_bars, require
+from . import require
+from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, flow_sigmas_grid, load_flow_parts,
+                           names_pipeline)
 from .sd_xl import _index  # model_index.json as a dict, None where there is none (or it is unreadable)
 
 SD3_TRANSFORMER = "SD3Transformer2DModel"
@@ -76,7 +77,7 @@ class SD3Net(torch.nn.Module):
 
 
 @dataclass
-class StableDiffusion3:
+class StableDiffusion3(FlowLatentVAE):
     """The loaded components of an SD3 folder (:func:`load_sd3`); ``text_encoder_3`` / ``tokenizer_3``
     None: the T5 part of the context is zeros."""
 
@@ -97,19 +98,6 @@ class StableDiffusion3:
     default_guidance_scale = SD3_PIPELINE_GUIDANCE
 
     # ------------------------------------------------------------------ shapes
-    @property
-    def vae_scale_factor(self) -> int:
-        """The VAE's spatial factor f = 2^(levels - 1) (8 for SD3)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
-    @property
-    def shift_factor(self) -> float:
-        return float(self.vae.config.shift_factor)
-
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """(batch, in_channels, height / f, width / f); default size transformer.sample_size * f (the pipeline's
         ``default_sample_size``); height and width multiples of f * patch_size (its ``check_inputs``)."""
@@ -215,22 +203,7 @@ class StableDiffusion3:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
-        sigmas = scheduler.sigmas.to(torch.float64).tolist()
-        T = self.schedule.num_timesteps
-        times = [T - 1.0 if s >= 1 else -1.0 if s <= 0 else float(self.schedule.t_from_log_snr(
-            torch.tensor(math.log((1 - s) / s), dtype=torch.float64))) for s in sigmas]
-        grid = torch.tensor(times, dtype=torch.float64)
-        if not bool((grid[1:] < grid[:-1]).all()):
-            raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
-                               f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
-        return grid
-
-    # ------------------------------------------------------------------ images
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """x = D(z / scaling_factor + shift_factor), in [-1, 1] (not clamped), as the pipeline decodes."""
-        with torch.no_grad():
-            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
-            return self.vae.decode(z, return_dict=False)[0].float()
+        return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
 
 
 def _per_prompt(other, prompts: list, name: str) -> list:
@@ -253,39 +226,22 @@ def _entry(index: dict, name: str) -> Optional[str]:
 def is_sd3_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of an SD3 pipeline: ``model_index.json`` names a ``StableDiffusion3...``
     class or an ``SD3Transformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return False
-    return index is not None and (str(index.get("_class_name", "")).startswith("StableDiffusion3")
-                                  or _entry(index, "transformer") == SD3_TRANSFORMER)
+    return names_pipeline(path, "StableDiffusion3", SD3_TRANSFORMER)
 
 
 def check_sd3_folder(directory: Path) -> tuple:
     """(index, scheduler config) of an SD3 folder that :func:`load_sd3` drives; anything else is a one-line
     DiffkitError (module docstring), from the JSON files alone."""
-    from .schedulers import FLOW_SCHEDULER, flow_shift_from_diffusers
-    from .stable_diffusion import check_components
+    from .schedulers import flow_shift_from_diffusers
     index = _index(directory)
     if index is None or not is_sd3_folder(directory):
         raise DiffkitError(f"{directory} is not an SD3 folder (model_index.json naming a StableDiffusion3Pipeline "
                            f"with an {SD3_TRANSFORMER} transformer)")
-    check_components(directory, index, REQUIRED, "SD3")
-    for name, allowed in (("transformer", SD3_TRANSFORMER), ("vae", "AutoencoderKL"), ("scheduler", FLOW_SCHEDULER)):
-        if _entry(index, name) != allowed:
-            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {allowed}")
-    for name, what in (("image_encoder", "an IP-Adapter's image encoder"), ("controlnet", "a ControlNet")):
-        if _entry(index, name) is not None:
-            raise DiffkitError(f"{directory} has {name}={_entry(index, name)!r} ({what}), which diffkit does not "
-                               f"drive for SD3; allowed: a text-to-image folder ({name} null)")
+    check_flow_folder(directory, index, REQUIRED, "SD3", SD3_TRANSFORMER)
     if (_entry(index, "text_encoder_3") is None) != (_entry(index, "tokenizer_3") is None):
         raise DiffkitError(f"{directory} has text_encoder_3={_entry(index, 'text_encoder_3')!r} and tokenizer_3="
                            f"{_entry(index, 'tokenizer_3')!r}; allowed: both, or neither (zeros for T5)")
-    vae = read_json_object(directory / "vae" / "config.json", "vae config")
-    for key in ("scaling_factor", "shift_factor"):
-        if isinstance(vae.get(key), bool) or not isinstance(vae.get(key), (int, float)):
-            raise DiffkitError(f"{directory}'s vae has {key}={vae.get(key)!r}; allowed: a number (SD3 decodes "
-                               f"z / scaling_factor + shift_factor)")
+    check_flow_vae(directory, "SD3")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     flow_shift_from_diffusers(sched)  # dynamic shifting, inverted sigmas: refused in one line
     return index, sched
@@ -310,27 +266,12 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     drive is refused in one line before any weight is read (:func:`check_sd3_folder`)."""
     from ..schedule import NoiseSchedule
     from .schedulers import flow_shift_from_diffusers
-    diffusers, transformers = require("diffusers"), require("transformers")
+    diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_sd3_folder(directory)
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
-    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle
-    parts = {}
-    with library_progress_bars(progress):
-        parts["transformer"] = from_pretrained(diffusers.SD3Transformer2DModel, directory / "transformer",
-                                               low_cpu_mem_usage=False, **common)
-        parts["vae"] = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
-        for suffix, default in (("", "CLIPTextModelWithProjection"), ("_2", "CLIPTextModelWithProjection"),
-                                ("_3", "T5EncoderModel")):
-            if _entry(index, "text_encoder" + suffix) is None:
-                parts["text_encoder" + suffix] = parts["tokenizer" + suffix] = None
-                continue
-            text_cls = getattr(transformers, _entry(index, "text_encoder" + suffix), None) or \
-                getattr(transformers, default)
-            parts["text_encoder" + suffix] = from_pretrained(text_cls, directory / ("text_encoder" + suffix), **common)
-            tok_cls = getattr(transformers, _entry(index, "tokenizer" + suffix), None) or transformers.AutoTokenizer
-            parts["tokenizer" + suffix] = from_pretrained(tok_cls, directory / ("tokenizer" + suffix),
-                                                          local_files_only=True)
+    texts = {"": "CLIPTextModelWithProjection", "_2": "CLIPTextModelWithProjection", "_3": "T5EncoderModel"}
+    parts = load_flow_parts(directory, index, diffusers.SD3Transformer2DModel, texts, dtype, progress)
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         if parts[name] is not None:

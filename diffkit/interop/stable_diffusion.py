@@ -364,6 +364,10 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
         raise DiffkitError(f"{directory} is a Stable Diffusion 3 folder (an SD3Transformer2DModel, no UNet); load it "
                            f"with diffkit.interop.load_sd3 (diffkit sample takes it; edit, LoRA files and the other "
                            f"UNet options do not apply)")
+    from .flux import is_flux_folder
+    if is_flux_folder(directory):
+        raise DiffkitError(f"{directory} is a FLUX.1 folder (a FluxTransformer2DModel, no UNet); load it with "
+                           f"diffkit.interop.load_flux (diffkit sample takes it)")
     check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
         return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,

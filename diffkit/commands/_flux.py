@@ -1,0 +1,64 @@
+"""``diffkit sample --checkpoint FLUX_FOLDER --prompt TEXT``: a FLUX.1 diffusers folder (:mod:`diffkit.interop.flux`)
+sampled with a diffkit sampler, dispatched from :func:`diffkit.commands.sample.sample_to_files`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import DiffkitError
+
+# GuidanceRequest fields a FLUX folder does not take on the command line, and their flags
+_REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescale": "--guidance-rescale",
+                     "interval": "--guidance-interval", "clip_prompt": "--clip-guidance", "pag_scale": "--pag-scale",
+                     "apg_eta": "--apg-eta", "apg_norm_threshold": "--apg-norm-threshold",
+                     "apg_momentum": "--apg-momentum", "clip_skip": "--clip-skip", "prompts_2": "--prompt-2",
+                     "negative_prompt": "--negative-prompt", "negative_prompt_2": "--negative-prompt-2"}
+
+
+def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
+                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
+                guidance=None, refused: Optional[dict] = None, **options):
+    """Sample a FLUX.1 folder to a grid (and single PNGs) at the pipeline's default size (128 f): rows as
+    :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
+    steps; ``--guidance-scale G``: the embedded guidance value as given (FLUX.1-dev, default 3.5; it is no
+    classifier-free guidance, so ``--guidance-convention`` does not change it; refused for FLUX.1-schnell).
+    ``ddim`` without a grid option (:func:`._sd3.pipeline_loop`) steps on the pipeline's sigmas (FluxPipeline's
+    loop); any other sampler on its diffkit grid of the size's flow schedule. ``refused``: {flag: value} of
+    ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given)."""
+    from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
+    from ._sd3 import pipeline_loop
+    from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
+
+    guidance = guidance or GuidanceRequest()
+    flags = dict(refused or {})
+    flags["--refiner"] = options.pop("refiner", None)
+    flags["--thresholding"] = options.get("thresholding")
+    flags.update({flag: getattr(guidance, name) for name, flag in _REFUSED_GUIDANCE.items()})
+    given = [flag for flag, value in flags.items() if value is not None and value is not False and value != 0.0]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt, "
+                           f"--guidance-scale (the embedded guidance), --steps / --nfe, --sampler and its grid options")
+    if not guidance.prompts:
+        raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
+    flux = load_flux(directory, device, progress=progress)
+    prompts = list(guidance.prompts)
+    index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
+    per_sample = [prompts[i] for i in index.tolist()]
+    own = pipeline_loop(sampler, spacing, final, nfe)
+    steps = FLUX_PIPELINE_STEPS if steps is None and nfe is None else steps
+    flux.check_guidance_scale(guidance.guidance_scale)  # before any sampling
+
+    def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
+        grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
+            {"spacing": spacing, "final": final, "nfe": nfe}
+        return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
+                             guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
+                             **grid, **how)
+
+    images, out = draw_prompted_grid(
+        flux.denoiser, num, flux.latent_shape(1)[1:], prompted,
+        lambda start, n: {"prompts": per_sample[start:start + n]}, flux.decode, out, individual, nrow, scale,
+        seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final, batch_size=batch_size,
+        device=device, dtype=flux.dtype, progress=progress, **options)
+    grid = "the pipeline's sigmas" if own else "its diffkit grid"
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, FLUX folder {directory}, prompts {prompts})")
+    return images

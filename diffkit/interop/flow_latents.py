@@ -1,0 +1,119 @@
+"""What the rectified-flow transformer folders (SD3 :mod:`.sd3`, FLUX.1 :mod:`.flux`) share: the 16-channel
+``AutoencoderKL`` with ``scaling_factor`` and ``shift_factor``, and the placing of a
+``FlowMatchEulerDiscreteScheduler``'s sigmas on diffkit's VP time grid (Esser et al. 2024, Sec. 2:
+x_s = (1 - s) x_0 + s eps has log-SNR 2 log((1 - s)/s)); the JSON checks and loading of such a folder."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import DiffkitError
+
+
+class FlowLatentVAE:
+    """Mixin of a folder dataclass with ``vae`` and ``device``: its VAE's shapes and the pipelines' decoding."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """The VAE's spatial factor f = 2^(levels - 1) (8 for SD3 and FLUX.1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(self.vae.config.shift_factor)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """x = D(z / scaling_factor + shift_factor), in [-1, 1] (not clamped), as the pipelines decode."""
+        with torch.no_grad():
+            z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
+            return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def flow_sigmas_grid(schedule, sigmas: torch.Tensor, steps: int) -> torch.Tensor:
+    """diffkit's grid of a FlowMatchEuler scheduler's ``sigmas`` (after ``set_timesteps``, the final 0
+    included): each sigma s at the VP time of ``schedule`` with equal SNR, log-SNR 2 log((1 - s)/s) (s = 1:
+    T - 1, s = 0: -1, clean data); a flow-prediction Denoiser then calls its network at s * T, the
+    pipeline's timestep. Sigmas that do not fall strictly: a one-line DiffkitError."""
+    sigmas = sigmas.to(torch.float64).tolist()
+    T = schedule.num_timesteps
+    times = [T - 1.0 if s >= 1 else -1.0 if s <= 0 else float(schedule.t_from_log_snr(
+        torch.tensor(math.log((1 - s) / s), dtype=torch.float64))) for s in sigmas]
+    grid = torch.tensor(times, dtype=torch.float64)
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
+                           f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
+    return grid
+
+
+def check_flow_folder(directory, index: dict, required, kind: str, transformer: str) -> None:
+    """The JSON checks a flow transformer folder's loader makes before any weight is read, each a one-line
+    DiffkitError naming ``kind`` (SD3, FLUX): the ``required`` components are named and present; the transformer,
+    VAE and scheduler are ``transformer``, ``AutoencoderKL`` and ``FlowMatchEulerDiscreteScheduler``; no
+    ``image_encoder`` (IP-Adapter) or ``controlnet``."""
+    from .schedulers import FLOW_SCHEDULER
+    from .sd3 import _entry
+    from .stable_diffusion import check_components
+    check_components(directory, index, required, kind)
+    for name, allowed in (("transformer", transformer), ("vae", "AutoencoderKL"), ("scheduler", FLOW_SCHEDULER)):
+        if _entry(index, name) != allowed:
+            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {allowed}")
+    for name, what in (("image_encoder", "an IP-Adapter's image encoder"), ("controlnet", "a ControlNet")):
+        if _entry(index, name) is not None:
+            raise DiffkitError(f"{directory} has {name}={_entry(index, name)!r} ({what}), which diffkit does not "
+                               f"drive for {kind}; allowed: a text-to-image folder ({name} null)")
+
+
+def check_flow_vae(directory, kind: str) -> dict:
+    """The folder's VAE config, whose ``scaling_factor`` and ``shift_factor`` are numbers (a one-line DiffkitError
+    naming ``kind`` otherwise)."""
+    from ..errors import read_json_object
+    vae = read_json_object(directory / "vae" / "config.json", "vae config")
+    for key in ("scaling_factor", "shift_factor"):
+        if isinstance(vae.get(key), bool) or not isinstance(vae.get(key), (int, float)):
+            raise DiffkitError(f"{directory}'s vae has {key}={vae.get(key)!r}; allowed: a number ({kind} decodes "
+                               f"z / scaling_factor + shift_factor)")
+    return vae
+
+
+def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict, dtype, progress: bool) -> dict:
+    """{name: module} of a checked folder, never downloading nor unpickling: ``transformer`` (``transformer_cls``),
+    ``vae`` and, for each ``text_encoder{suffix}`` of ``text_defaults`` ({suffix: default class}), the class
+    model_index.json names (else the default) and its tokenizer; both None where the entry is null."""
+    from . import from_pretrained, library_progress_bars, require
+    from .sd3 import _entry
+    diffusers, transformers = require("diffusers"), require("transformers")
+    common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle
+    parts = {}
+    with library_progress_bars(progress):
+        parts["transformer"] = from_pretrained(transformer_cls, directory / "transformer", low_cpu_mem_usage=False,
+                                               **common)
+        parts["vae"] = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
+        for suffix, default in text_defaults.items():
+            if _entry(index, "text_encoder" + suffix) is None:
+                parts["text_encoder" + suffix] = parts["tokenizer" + suffix] = None
+                continue
+            text_cls = getattr(transformers, _entry(index, "text_encoder" + suffix), None) or \
+                getattr(transformers, default)
+            parts["text_encoder" + suffix] = from_pretrained(text_cls, directory / ("text_encoder" + suffix), **common)
+            tok_cls = getattr(transformers, _entry(index, "tokenizer" + suffix), None) or transformers.AutoTokenizer
+            parts["tokenizer" + suffix] = from_pretrained(tok_cls, directory / ("tokenizer" + suffix),
+                                                          local_files_only=True)
+    return parts
+
+
+def names_pipeline(path, prefix: str, transformer: str) -> bool:
+    """True for a diffusers folder whose ``model_index.json`` names a ``prefix...`` pipeline class or a
+    ``transformer`` transformer (so that ``diffkit sample --checkpoint`` dispatches on it)."""
+    from .sd3 import _entry
+    from .sd_xl import _index
+    try:
+        index = _index(path)
+    except (TypeError, OSError):
+        return False
+    return index is not None and (str(index.get("_class_name", "")).startswith(prefix)
+                                  or _entry(index, "transformer") == transformer)

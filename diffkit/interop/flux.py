@@ -1,0 +1,380 @@
+"""A FLUX.1 diffusers folder (``FluxPipeline``: FLUX.1-dev, FLUX.1-schnell), sampled with any diffkit sampler.
+
+FLUX.1 (Black Forest Labs 2024) is a rectified-flow model as SD3 (Esser et al. 2024, Sec. 2, eq. 1 with
+a_t = 1 - t, b_t = t: x_s = (1 - s) x_0 + s eps) whose ``FluxTransformer2DModel`` predicts the velocity
+u = eps - x_0 of the latents of a 16-channel ``AutoencoderKL`` (``scaling_factor``, ``shift_factor``). diffkit runs
+it as :mod:`.sd3`: a flow-prediction :class:`~diffkit.denoiser.Denoiser` on ``NoiseSchedule.flow(T, shift)``, the
+network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step is reproduced:
+
+* prompts (``encode_prompt``): the CLIP text encoder's pooled output (``text_encoder``, a ``CLIPTextModel``,
+  ``pooler_output``, tokenised to ``model_max_length``) -> ``pooled_projections``; the T5 encoder's last states
+  (``text_encoder_2``, ``max_sequence_length`` tokens, default 512) -> ``encoder_hidden_states``; ``txt_ids``
+  zeros (L, 3). ``prompt_2`` (T5's text) defaults to the prompt.
+* latents: diffkit samples z (B, C, h, w) as the pipeline draws it (``randn`` in that shape); the network packs it
+  into 2 x 2 patches (B, h w / 4, 4 C) with the image ids (0, row, column) of the patch grid, and unpacks the
+  velocity (the pipeline's ``_pack_latents``, ``_prepare_latent_image_ids``, ``_unpack_latents``): a permutation,
+  so every step is the pipeline's on the same numbers.
+* time: the transformer gets the pipeline's ``timestep / 1000`` = s T / 1000 (it multiplies by 1000 itself).
+* guidance: FLUX.1-dev's transformer embeds a guidance value (``guidance_embeds``: the pipeline's
+  ``guidance_scale``, default 3.5, passed to every call; no second pass); FLUX.1-schnell's has none. True
+  classifier-free guidance (``true_cfg_scale`` > 1 with a ``negative_prompt``): u = u_neg + s (u_c - u_neg), both
+  calls with the same guidance value; diffkit's :class:`~diffkit.guidance.ClassifierFreeGuidance` (diffusers
+  convention) is that step, as for SD3.
+* the time grid (:meth:`Flux.scheduler_grid`): sigmas = linspace(1, 1/N, N), then the folder's
+  ``FlowMatchEulerDiscreteScheduler.set_timesteps(sigmas=..., mu=mu)`` with the pipeline's ``calculate_shift``
+  mu = m L + b of the packed sequence length L = h w / 4 (the line through (base_image_seq_len, base_shift) and
+  (max_image_seq_len, max_shift)); ``use_dynamic_shifting`` shifts by e^mu / (e^mu + 1/s - 1) (``time_shift_type``
+  "exponential") or mu / (mu + 1/s - 1) ("linear"), otherwise by the scheduler's fixed ``shift``. Each sigma is
+  placed at the VP time of equal SNR (:func:`.flow_latents.flow_sigmas_grid`); DDIM (eta 0) there is the
+  scheduler's Euler step. The diffkit schedule of a size is ``NoiseSchedule.flow(T, shift)`` with that size's
+  effective shift (e^mu, mu, or ``shift``: the same map of s), so any other sampler's own grid is shifted as the
+  pipeline's at that resolution.
+* decoding: x = D(z / scaling_factor + shift_factor), images (x / 2 + 0.5).clamp(0, 1).
+
+Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
+Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
+(IP-Adapter), a ``controlnet``, a transformer / VAE / scheduler of another class, a VAE without ``shift_factor``,
+``invert_sigmas`` or ``stochastic_sampling`` schedulers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, check_choice, read_json_object
+from . import require
+from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, flow_sigmas_grid, load_flow_parts,
+                           names_pipeline)
+from .sd3 import _per_prompt
+from .sd_xl import _index
+
+FLUX_TRANSFORMER = "FluxTransformer2DModel"
+FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")  # the text-to-image folder layout
+REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
+FLUX_PIPELINE_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embedded value)
+FLUX_PIPELINE_STEPS = 28  # its default num_inference_steps
+MAX_SEQUENCE_LENGTH = 512  # its default T5 length (and the most it takes)
+DEFAULT_SAMPLE_SIZE = 128  # its default_sample_size (latent pixels; images 128 f)
+_SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
+
+
+def pack_latents(z: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, (h/2)(w/2), 4C): 2 x 2 patches, channel-major within a patch (``_pack_latents``)."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The inverse of :func:`pack_latents` for latents of height h and width w (``_unpack_latents``)."""
+    b, _, channels = x.shape
+    return x.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, channels // 4, h, w)
+
+
+def latent_image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """((h/2)(w/2), 3) ids (0, row, column) of the patch grid of latents h x w (``_prepare_latent_image_ids``)."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def calculate_shift(image_seq_len: int, config: dict) -> float:
+    """FluxPipeline's mu: linear in the packed sequence length through (base_image_seq_len, base_shift) and
+    (max_image_seq_len, max_shift) of the scheduler ``config`` (defaults 256, 4096, 0.5, 1.15)."""
+    c = {k: config.get(k, v) for k, v in _SHIFT_DEFAULTS.items()}
+    m = (c["max_shift"] - c["base_shift"]) / (c["max_image_seq_len"] - c["base_image_seq_len"])
+    b = c["base_shift"] - m * c["base_image_seq_len"]
+    return image_seq_len * m + b
+
+
+class FluxNet(torch.nn.Module):
+    """``net(z, t, context, pooled, guidance)`` over a diffusers ``FluxTransformer2DModel`` on unpacked latents z
+    (B, C, h, w): packed with their image ids, ``t`` (float32 flow times s T) -> ``timestep`` t / 1000,
+    ``guidance`` (a number or None) -> the embedded guidance; the velocity unpacked, in z's dtype."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.model = transformer
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
+                guidance: Optional[float] = None) -> torch.Tensor:
+        if context is None or pooled is None:
+            raise DiffkitError("a FLUX transformer needs cond {'context', 'pooled'} (Flux.encode_prompts)")
+        dtype, (b, _, h, w) = self.model.dtype, x.shape
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        if guidance is not None:
+            guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
+        out = self.model(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
+                         pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
+                         txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
+                         img_ids=latent_image_ids(h, w, x.device, context.dtype), return_dict=False)[0]
+        return unpack_latents(out, h, w).to(x.dtype)
+
+
+@dataclass
+class Flux(FlowLatentVAE):
+    """The loaded components of a FLUX.1 folder (:func:`load_flux`)."""
+
+    transformer: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    text_encoder_2: object
+    tokenizer_2: object
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    _denoisers: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def guidance_embeds(self) -> bool:
+        """True for a guidance-distilled transformer (FLUX.1-dev), False for FLUX.1-schnell."""
+        return bool(self.transformer.config.guidance_embeds)
+
+    # ------------------------------------------------------------------ shapes and schedules
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """(batch, in_channels / 4, height / f, width / f); default 128 f (the pipeline's default_sample_size);
+        height and width multiples of 2 f (the pipeline floors other sizes with a warning)."""
+        f = self.vae_scale_factor
+        height = DEFAULT_SAMPLE_SIZE * f if height is None else height
+        width = DEFAULT_SAMPLE_SIZE * f if width is None else width
+        for value in (height, width):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (2 * f):
+                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
+                                   f"{2 * f} (the VAE factor {f} x the 2 x 2 packing)")
+        return (batch, int(self.transformer.config.in_channels) // 4, height // f, width // f)
+
+    def mu(self, h: int, w: int) -> float:
+        """The pipeline's mu for latents h x w (packed sequence length h w / 4)."""
+        return calculate_shift((h // 2) * (w // 2), self.scheduler_config)
+
+    def shift(self, h: int, w: int) -> float:
+        """The flow shift the scheduler applies at latents h x w: e^mu (dynamic, exponential), mu (dynamic,
+        linear) or its fixed ``shift``."""
+        if not self.scheduler_config.get("use_dynamic_shifting", False):
+            return float(self.scheduler_config.get("shift", 1.0))
+        mu = self.mu(h, w)
+        if self.scheduler_config.get("time_shift_type", "exponential") == "exponential":
+            return math.exp(mu)
+        if mu <= 0:
+            raise DiffkitError(f"the scheduler's linear time shift mu={mu:g} at latents {h}x{w} is not positive")
+        return mu
+
+    def denoiser_for(self, h: int, w: int):
+        """The unguided flow-prediction Denoiser (cond: ``context``, ``pooled``, ``guidance``) on the flow schedule
+        of latents h x w (:meth:`shift`)."""
+        from ..denoiser import Denoiser
+        from ..schedule import NoiseSchedule
+        shift = self.shift(h, w)
+        if shift not in self._denoisers:
+            schedule = NoiseSchedule.flow(int(self.scheduler_config.get("num_train_timesteps", 1000)), shift)
+            self._denoisers[shift] = Denoiser(FluxNet(self.transformer), schedule, "flow_prediction")
+            self._denoisers[shift].model = self.transformer
+        return self._denoisers[shift]
+
+    @property
+    def denoiser(self):
+        """:meth:`denoiser_for` the default size."""
+        return self.denoiser_for(*self.latent_shape(1)[2:])
+
+    def scheduler_grid(self, steps: int, h: int, w: int) -> torch.Tensor:
+        """diffkit's grid (on :meth:`denoiser_for` (h, w)'s schedule) of the folder's scheduler after the
+        pipeline's ``set_timesteps(sigmas=linspace(1, 1/steps, steps), mu=mu)`` at latents h x w."""
+        import numpy as np
+        diffusers = require("diffusers")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w))
+        return flow_sigmas_grid(self.denoiser_for(h, w).schedule, scheduler.sigmas, steps)
+
+    # ------------------------------------------------------------------ prompts
+    def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
+        """A one-line DiffkitError for an embedded guidance value the transformer does not take (none without
+        guidance embeds) or that is not a finite number."""
+        if guidance_scale is None:
+            return
+        if not self.guidance_embeds:
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed: this FLUX transformer has no "
+                               f"guidance embedding (guidance_embeds false, FLUX.1-schnell); drop it")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
+                               f"embedded guidance, FLUX.1-dev's default {FLUX_PIPELINE_GUIDANCE})")
+
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                       prompts_2=None) -> tuple:
+        """(context (B, max_sequence_length, d_T5), pooled (B, d_CLIP)) as the pipeline's ``encode_prompt``;
+        ``prompts_2``: T5's text (one, or one per prompt; default the prompts)."""
+        from .stable_diffusion import prompt_list
+        prompts = prompt_list(prompts)
+        prompts_2 = _per_prompt(prompts_2, prompts, "prompt_2")
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
+                or not 1 <= max_sequence_length <= 512:
+            raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
+                               f"(FluxPipeline's T5 length)")
+        clip = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+        t5 = self.tokenizer_2(prompts_2, padding="max_length", max_length=max_sequence_length, truncation=True,
+                              return_tensors="pt")
+        with torch.no_grad():
+            pooled = self.text_encoder(clip.input_ids.to(self.device)).pooler_output.to(self.text_encoder.dtype)
+            context = self.text_encoder_2(t5.input_ids.to(self.device))[0].to(self.text_encoder_2.dtype)
+        return context, pooled
+
+    def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
+                        negative_prompt=None, true_cfg_scale: float = 1.0,
+                        max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompts_2=None,
+                        negative_prompt_2=None) -> tuple:
+        """(denoiser, cond) at latents h x w: the embedded ``guidance_scale`` (default 3.5; a transformer without
+        guidance embeds takes none) and true classifier-free guidance with ``true_cfg_scale`` > 1 against
+        ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``)."""
+        from ..guidance import ClassifierFreeGuidance
+        from .stable_diffusion import negative_prompts
+        self.check_guidance_scale(guidance_scale)
+        if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
+                or not math.isfinite(true_cfg_scale):
+            raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} is not allowed; give a number (> 1: true CFG)")
+        if (true_cfg_scale > 1) != (negative_prompt is not None):
+            raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} with negative_prompt={negative_prompt!r} is not "
+                               f"allowed: true CFG takes both (true_cfg_scale > 1 and a negative prompt, '' for the "
+                               f"empty one), or neither")
+        context, pooled = self.encode_prompts(prompts, max_sequence_length, prompts_2)
+        cond = {"context": context, "pooled": pooled}
+        if self.guidance_embeds:
+            cond["guidance"] = FLUX_PIPELINE_GUIDANCE if guidance_scale is None else float(guidance_scale)
+        denoiser = self.denoiser_for(h, w)
+        if true_cfg_scale <= 1:
+            return denoiser, cond
+        batch = context.shape[0]
+        negatives = [negative_prompts(negative_prompt, batch)]
+        negatives.append(negative_prompts(negative_prompt_2, batch) if negative_prompt_2 else negatives[0])
+        if all(len(set(rows)) == 1 for rows in negatives):
+            negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
+        null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, negatives[1])
+        guided = ClassifierFreeGuidance(denoiser, float(true_cfg_scale), "diffusers", null_context=null_context,
+                                        null_cond={"pooled": null_pooled})
+        return guided, cond
+
+
+def is_flux_folder(path: Union[str, Path]) -> bool:
+    """True for a diffusers folder of a FLUX pipeline: ``model_index.json`` names a ``Flux...`` class or a
+    ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
+    return names_pipeline(path, "Flux", FLUX_TRANSFORMER)
+
+
+def check_flux_folder(directory: Path) -> tuple:
+    """(index, scheduler config) of a FLUX.1 folder that :func:`load_flux` drives; anything else is a one-line
+    DiffkitError (module docstring), from the JSON files alone."""
+    index = _index(directory)
+    if index is None or not is_flux_folder(directory):
+        raise DiffkitError(f"{directory} is not a FLUX folder (model_index.json naming a FluxPipeline with a "
+                           f"{FLUX_TRANSFORMER} transformer)")
+    kind = index.get("_class_name")
+    if kind not in FLUX_PIPELINES:
+        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Fill / Depth / Canny / Redux / Kontext ...), "
+                           f"which diffkit does not drive; allowed: {', '.join(FLUX_PIPELINES)}")
+    check_flow_folder(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
+    vae = check_flow_vae(directory, "FLUX")
+    transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    channels = 4 * int(vae.get("latent_channels", 4))
+    if transformer.get("in_channels", 64) != channels:
+        raise DiffkitError(f"{directory}'s transformer has in_channels={transformer.get('in_channels', 64)!r} (Fill "
+                           f"/ Depth / Canny models add image channels); allowed: {channels} (4 x the VAE's latents)")
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    for key in ("invert_sigmas", "stochastic_sampling", "use_flow_sigmas"):
+        if sched.get(key, False):
+            raise DiffkitError(f"{directory}'s scheduler has {key}={sched[key]!r}, which FluxPipeline's flow Euler "
+                               f"loop does not take in diffkit; allowed: {key}=false")
+    check_choice("the scheduler's time_shift_type", sched.get("time_shift_type", "exponential"),
+                 ["exponential", "linear"])
+    return index, sched
+
+
+def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+              progress: bool = True) -> Flux:
+    """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
+    in one line before any weight is read (:func:`check_flux_folder`)."""
+    diffusers = require("diffusers")
+    directory = Path(directory)
+    index, sched = check_flux_folder(directory)
+    parts = load_flow_parts(directory, index, diffusers.FluxTransformer2DModel,
+                            {"": "CLIPTextModel", "_2": "T5EncoderModel"}, dtype, progress)
+    device = torch.device(device)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        parts[name].to(device).eval().requires_grad_(False)
+    flux = Flux(**parts, scheduler_config=sched, device=device, dtype=dtype)
+    config = flux.transformer.config
+    pooled, t5 = flux.text_encoder.config.hidden_size, flux.text_encoder_2.config.d_model
+    if config.pooled_projection_dim != pooled or config.joint_attention_dim != t5:
+        raise DiffkitError(f"{directory}: the transformer's pooled_projection_dim={config.pooled_projection_dim} and "
+                           f"joint_attention_dim={config.joint_attention_dim} do not fit the text encoders (CLIP "
+                           f"width {pooled}, T5 width {t5})")
+    return flux
+
+
+def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
+                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
+                  true_cfg_scale: float = 1.0, negative_prompt: Union[None, str, Sequence[str]] = None,
+                  seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
+                  width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
+                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
+                  output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                  **options) -> torch.Tensor:
+    """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
+
+    sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``, eta 0) on its sigmas
+        (``grid="scheduler"``, :meth:`Flux.scheduler_grid`); a sampler alone: its default grid of the flow schedule
+        at this size; ``grid``: a tensor (on :meth:`Flux.denoiser_for` this size), or ``"scheduler"``.
+    steps / nfe: default 28 steps. guidance_scale: the embedded guidance (default 3.5; FLUX.1-dev), refused for a
+        transformer without guidance embeds. true_cfg_scale > 1 with negative_prompt (and negative_prompt_2):
+        the pipeline's true CFG. prompt_2: T5's text (default the prompts).
+    latents: unpacked z at s = 1 (B, C, h, w) (the pipeline's ``latents=`` is :func:`pack_latents` of it);
+        default N(0, I) from per-sample ``seed + i``. height / width: default 128 f. output_range: ``"0,1"`` or
+        ``"-1,1"``; ``return_latents``: z_0 unpacked (the pipeline's ``output_type="latent"`` packs it).
+    options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
+    """
+    from ..sampling import sample
+    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    expected = flux.latent_shape(len(prompts), height, width)
+    if latents is None:
+        noise = expected
+    else:
+        if latents.ndim != 4 or latents.shape[:2] != expected[:2] or (
+                (height is not None or width is not None) and tuple(latents.shape[2:]) != expected[2:]):
+            raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {expected} for "
+                               f"{len(prompts)} prompts (unpacked: flux.unpack_latents)")
+        f = flux.vae_scale_factor
+        expected = flux.latent_shape(len(prompts), latents.shape[2] * f, latents.shape[3] * f)
+        noise = latents.to(device=flux.device, dtype=flux.dtype)
+    h, w = expected[2:]
+    if sampler is None and grid is None:
+        sampler, grid = "ddim", "scheduler"
+    if isinstance(grid, str):
+        check_choice("grid", grid, ["scheduler"])
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the pipeline's step count), not nfe")
+        grid = flux.scheduler_grid(steps or FLUX_PIPELINE_STEPS, h, w)
+    if grid is not None:
+        steps = None
+    elif steps is None and nfe is None:
+        steps = FLUX_PIPELINE_STEPS
+    denoiser, cond = flux.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
+                                          max_sequence_length, prompt_2, negative_prompt_2)
+    z0 = sample(denoiser, noise, sampler or "ddim", steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
+                progress=progress, device=flux.device, dtype=flux.dtype, **options)
+    if return_latents:
+        return z0
+    images = flux.decode(z0)
+    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+
+
+__all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder", "text_to_image", "pack_latents",
+           "unpack_latents", "latent_image_ids", "calculate_shift", "FLUX_PIPELINE_GUIDANCE", "FLUX_PIPELINE_STEPS",
+           "MAX_SEQUENCE_LENGTH"]
