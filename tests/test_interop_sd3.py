@@ -207,7 +207,7 @@ def test_what_sd3_does_not_support_is_refused_in_one_line(tiny_sd3, tmp_path, ca
     assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "images"), "--prompt", "a cat",
                  "--out", str(tmp_path / "out" / "e.png"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "diffkit sample SD3 and DiTPipeline ones" in err[0], err
+    assert len(err) == 1 and "diffkit sample SD3, FLUX.1 and DiTPipeline ones" in err[0], err
     assert not (tmp_path / "out").exists()
 
 
