@@ -52,6 +52,7 @@ REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
 SD3_PIPELINE_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 SD3_PIPELINE_STEPS = 28  # its default num_inference_steps
 MAX_SEQUENCE_LENGTH = 256  # its default T5 length (at most 512)
+SD3_IMG2IMG_STRENGTH = 0.6  # StableDiffusion3Img2ImgPipeline's default strength
 
 
 class SD3Net(torch.nn.Module):
@@ -225,7 +226,34 @@ class StableDiffusion3:
                                f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
         return grid
 
+    def strength_grid(self, steps: int, strength: float) -> torch.Tensor:
+        """The part of :meth:`scheduler_grid` ``(steps)`` that ``StableDiffusion3Img2ImgPipeline`` runs at
+        ``strength`` (its ``get_timesteps``): from index int(steps - min(steps * strength, steps)) on, so
+        steps - that intervals (at least 1 for strength > 0; not diffkit's int(steps * strength)); the image is
+        noised to the first sigma (``scale_noise``)."""
+        from ..errors import check_range
+        check_range("strength", strength, 0.0, 1.0, low_inclusive=False)
+        grid = self.scheduler_grid(steps)
+        return grid[int(max(steps - min(steps * strength, steps), 0)):]
+
     # ------------------------------------------------------------------ images
+    @property
+    def image_channels(self) -> int:
+        """The channels of the images the VAE encodes (``vae.config.in_channels``)."""
+        return int(self.vae.config.in_channels)
+
+    @property
+    def downsampling_factor(self) -> int:  # the name diffkit's FrozenAutoencoder gives f
+        return self.vae_scale_factor
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = (E(x) - shift_factor) * scaling_factor for images in [-1, 1], the inverse of :meth:`decode`, as
+        ``StableDiffusion3Img2ImgPipeline.prepare_latents``: the posterior mean, or with ``sample`` a draw from
+        ``generator`` (:func:`.stable_diffusion.vae_latents`)."""
+        from .stable_diffusion import vae_latents
+        z = vae_latents(self.vae, images, self.device, generator, sample)
+        return ((z - self.shift_factor) * self.scaling_factor).float()
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor + shift_factor), in [-1, 1] (not clamped), as the pipeline decodes."""
         with torch.no_grad():
@@ -401,5 +429,50 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
+def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[str, Sequence[str]],
+                   strength: float = SD3_IMG2IMG_STRENGTH, *, sampler: Optional[str] = None, steps: Optional[int] = None,
+                   guidance_scale: Optional[float] = None, convention: str = "diffusers",
+                   negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
+                   seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   clip_skip: Optional[int] = None, prompt_2=None, prompt_3=None, negative_prompt_2=None,
+                   negative_prompt_3=None, output_range: str = "0,1", return_latents: bool = False,
+                   progress: bool = False, **options) -> torch.Tensor:
+    """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
+    ``StableDiffusion3Img2ImgPipeline`` (Meng et al. 2022, Alg. 1 on SD3's latents): z = (E(x) - shift) * scale
+    (``posterior="sample"``: drawn from image i's generator ``seed + i``, then its forward noise, as the pipeline
+    with one generator per image; ``"mean"``: its ``sample_mode="argmax"``), noised to the first sigma s_0 of the
+    strength's part of the scheduler's grid, (1 - s_0) z + s_0 eps (``scale_noise``; diffkit's q_sample at the
+    VP time of equal SNR, the same state up to the scale DDIM ignores), then the pipeline's FlowMatchEuler steps
+    (:meth:`StableDiffusion3.strength_grid`: ``steps`` default 50 and strength 0.6, the pipeline's). The one
+    implementation is :func:`diffkit.latent_editing.latent_img2img`. ``sampler`` (or ``grid`` in ``options``)
+    given: that sampler on its own grid, cut as :func:`diffkit.img2img` (int(steps * strength) intervals).
+    Prompt and guidance arguments as :func:`text_to_image`."""
+    from ..latent_editing import latent_img2img
+    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DiffkitError("images must be a (batch, 3, H, W) tensor in [-1, 1]")
+    if len(prompts) not in (1, images.shape[0]):
+        raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one, or one per image")
+    prompts = prompts * images.shape[0] if len(prompts) == 1 else prompts
+    sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
+    steps = 50 if steps is None else steps  # the img2img pipeline's num_inference_steps
+    if sampler is None and "grid" not in options:
+        sampler, options["grid"], strength = "ddim", sd3.strength_grid(steps, strength), 1.0
+    scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
+    convention = "diffusers" if guidance_scale is None else convention
+    denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+    z0 = latent_img2img(denoiser, sd3, images.to(sd3.device, sd3.dtype), strength, sampler, steps,
+                        posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
+                        return_latents=True, **options)
+    if return_latents:
+        return z0
+    out = sd3.decode(z0)
+    return (out / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else out.clamp(-1, 1)
+
+
 __all__ = ["StableDiffusion3", "SD3Net", "load_sd3", "is_sd3_folder", "check_sd3_folder", "text_to_image",
-           "SD3_PIPELINE_GUIDANCE", "SD3_PIPELINE_STEPS", "MAX_SEQUENCE_LENGTH"]
+           "image_to_image", "SD3_PIPELINE_GUIDANCE", "SD3_PIPELINE_STEPS", "SD3_IMG2IMG_STRENGTH",
+           "MAX_SEQUENCE_LENGTH"]
