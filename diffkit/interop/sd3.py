@@ -333,14 +333,19 @@ def _check_dimensions(sd3: StableDiffusion3, directory: Path) -> None:
 
 
 def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-             progress: bool = True) -> StableDiffusion3:
+             progress: bool = True, lora=None) -> StableDiffusion3:
     """Load an SD3 diffusers folder (``StableDiffusion3Pipeline``; never downloads): what diffkit does not
-    drive is refused in one line before any weight is read (:func:`check_sd3_folder`)."""
+    drive is refused in one line before any weight is read (:func:`check_sd3_folder`). ``lora``: LoRA files in
+    diffusers / PEFT format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` /
+    ``text_encoder_2.`` keys), merged as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`;
+    read and checked first)."""
     from ..schedule import NoiseSchedule
     from .schedulers import flow_shift_from_diffusers
+    from .sd_lora import merge_sd_loras, read_sd_loras
     diffusers, transformers = require("diffusers"), require("transformers")
     directory = Path(directory)
     index, sched = check_sd3_folder(directory)
+    loras = read_sd_loras(lora) if lora else []
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
     common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}  # never a pickle
     parts = {}
@@ -365,6 +370,7 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
             parts[name].to(device).eval().requires_grad_(False)
     sd3 = StableDiffusion3(**parts, schedule=schedule, scheduler_config=sched, device=device, dtype=dtype)
     _check_dimensions(sd3, directory)
+    merge_sd_loras(sd3, loras)
     return sd3
 
 
