@@ -9,7 +9,10 @@ diffusers = pytest.importorskip("diffusers")
 from diffkit.interop.sd3 import image_to_image  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_interop_sd3 import PROMPTS, tiny_sd3  # noqa: E402,F401 (the fixture)
+import test_interop_sd3  # noqa: E402
+
+PROMPTS = test_interop_sd3.PROMPTS
+tiny_sd3 = test_interop_sd3.tiny_sd3  # the folder fixture, shared (pytest finds it in this module's namespace)
 
 
 def _images(seed=3):
@@ -103,3 +106,70 @@ def test_sd3_lora_matches_load_lora_weights_and_fuse_lora(tiny_sd3, sd3_lora):
     off = load_sd3(folder, progress=False, lora=[(lora, 0.0)])
     assert all(torch.equal(a, b) for a, b in zip(off.transformer.state_dict().values(),
                                                  sd3.transformer.state_dict().values()))
+
+
+def test_edit_and_sample_commands_on_an_sd3_folder(tiny_sd3, sd3_lora, tmp_path, capsys):
+    """`diffkit edit` on an SD3 folder writes image_to_image's images (byte for byte), which are the img2img
+    pipeline's on the same PNGs and generators (within one PNG level), with --prompt-3, --negative-prompt and a LoRA;
+    `diffkit sample` takes --prompt-2 (once per --prompt), --prompt-3, --clip-skip and --max-sequence-length as
+    text_to_image."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_grid, save_images
+    from diffkit.interop.sd3 import load_sd3, text_to_image
+    _, folder, _ = tiny_sd3[True]
+    lora, pipe = sd3_lora
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    common = ["--guidance-convention", "diffusers", "--guidance-scale", "4", "--seed", "5", "--no-progress",
+              "--max-sequence-length", "12", "--prompt-3", "a blurry photo", "--negative-prompt", "ugly"]
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
+                 "--prompt", PROMPTS[1], "--steps", "4", "--lora", f"{lora}:0.7", "--out", str(tmp_path / "out")]
+                + common) == 0
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    merged = load_sd3(folder, progress=False, lora=[(lora, 0.7)])
+    ours = image_to_image(merged, images, PROMPTS, steps=4, guidance_scale=4.0, negative_prompt="ugly", seed=5,
+                          max_sequence_length=12, prompt_3="a blurry photo", output_range="-1,1")
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+    with torch.no_grad():
+        theirs = _img2img(pipe)(PROMPTS, prompt_3=["a blurry photo"] * 2, image=(images + 1) / 2, strength=0.6,
+                                num_inference_steps=4, guidance_scale=4.0, negative_prompt="ugly",
+                                max_sequence_length=12, output_type="np",
+                                generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
+    written = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_0000{i}.png"), np.float64) for i in range(2)])
+    assert np.abs(written - (theirs * 255).round()).max() <= 1
+    _, _, sd3 = tiny_sd3[True]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--prompt-2",
+                 "hot dog", "--prompt-2", "the cat", "--clip-skip", "1", "--num", "2", "--nrow", "1", "--steps", "3",
+                 "--batch-size", "2", "--out", str(out)] + common) == 0
+    expected = text_to_image(sd3, PROMPTS, steps=3, seed=5, guidance_scale=4.0, negative_prompt="ugly",
+                             prompt_2=["hot dog", "the cat"], prompt_3="a blurry photo", clip_skip=1,
+                             max_sequence_length=12, output_range="-1,1")
+    save_grid(expected, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+
+
+def test_what_sd3_editing_does_not_take_is_refused_in_one_line(tiny_sd3, tmp_path, capsys):
+    from diffkit.cli import main
+    _, folder, _ = tiny_sd3[True]
+    (tmp_path / "in").mkdir()
+    base = ["--checkpoint", str(folder), "--prompt", "a cat", "--no-progress"]
+    for argv, match in (
+            (["edit", "--images", str(tmp_path / "in"), "--mask", str(tmp_path / "m.png")],
+             "--mask \\(StableDiffusion3InpaintPipeline\\) is not done for an SD3 folder"),
+            (["edit", "--images", str(tmp_path / "in"), "--freeu", "1.1,1.2,0.9,0.2"],
+             "--freeu does not apply to an SD3 folder"),
+            (["edit", "--images", str(tmp_path / "in"), "--class", "3"], "--class does not apply to an SD3 folder"),
+            (["sample", "--prompt-3", "a", "--prompt-3", "b"], "--prompt-3 is given 2 times for 1 --prompt")):
+        assert main(argv + base + ["--out", str(tmp_path / "out" / "o")]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and __import__("re").search(match, err[0]), (argv, err)
+        assert not (tmp_path / "out").exists()

@@ -202,6 +202,10 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.sd3 import is_sd3_folder
+    if is_sd3_folder(args.checkpoint):  # a Stable Diffusion 3 folder: img2img as its pipeline (._sd3)
+        from ._sd3 import edit_sd3
+        return edit_sd3(args)
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
@@ -407,7 +411,9 @@ def _prompt_request(args, sampler: str):
                               interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                               apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                               apg_momentum=args.apg_momentum, clip_skip=args.clip_skip, prompts_2=args.prompts_2,
-                              negative_prompt_2=args.negative_prompt_2)
+                              negative_prompt_2=args.negative_prompt_2, prompts_3=args.prompts_3,
+                              negative_prompt_3=args.negative_prompt_3,
+                              max_sequence_length=args.max_sequence_length)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request

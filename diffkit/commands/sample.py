@@ -315,6 +315,9 @@ class GuidanceRequest:
     clip_skip: Optional[int] = None  # Stable Diffusion / SD-XL folders (._sd_prompts)
     prompts_2: Optional[list] = None
     negative_prompt_2: Optional[str] = None
+    prompts_3: Optional[list] = None  # SD3 folders (._sd3)
+    negative_prompt_3: Optional[str] = None
+    max_sequence_length: Optional[int] = None
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -347,7 +350,10 @@ class GuidanceRequest:
                   apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                   apg_momentum=args.apg_momentum, clip_skip=getattr(args, "clip_skip", None),
                   prompts_2=getattr(args, "prompts_2", None),
-                  negative_prompt_2=getattr(args, "negative_prompt_2", None))
+                  negative_prompt_2=getattr(args, "negative_prompt_2", None),
+                  prompts_3=getattr(args, "prompts_3", None),
+                  negative_prompt_3=getattr(args, "negative_prompt_3", None),
+                  max_sequence_length=getattr(args, "max_sequence_length", None))
         req.check_model_kind(checkpoint)
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(req, checkpoint)
@@ -650,13 +656,14 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(checkpoint):  # a Stable Diffusion 3 folder (._sd3)
         from ._sd3 import sample_sd3
-        refused = {"--lora": lora, "--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
+        refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
-                          final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **options)
+                          final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,
+                          **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "
