@@ -123,7 +123,8 @@ def test_edit_and_sample_commands_on_an_sd3_folder(tiny_sd3, sd3_lora, tmp_path,
     lora, pipe = sd3_lora
     (tmp_path / "in").mkdir()
     for i, image in enumerate(_images()):
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"{i}.png")
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "in" / f"{i}.png")
     common = ["--guidance-convention", "diffusers", "--guidance-scale", "4", "--seed", "5", "--no-progress",
               "--max-sequence-length", "12", "--prompt-3", "a blurry photo", "--negative-prompt", "ugly"]
     assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
@@ -160,16 +161,21 @@ def test_edit_and_sample_commands_on_an_sd3_folder(tiny_sd3, sd3_lora, tmp_path,
 def test_what_sd3_editing_does_not_take_is_refused_in_one_line(tiny_sd3, tmp_path, capsys):
     from diffkit.cli import main
     _, folder, _ = tiny_sd3[True]
+    from safetensors.torch import save_file
     (tmp_path / "in").mkdir()
+    save_file({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.zeros(2, 32),
+               "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(96, 2)}, tmp_path / "kohya.st")
     base = ["--checkpoint", str(folder), "--prompt", "a cat", "--no-progress"]
     for argv, match in (
+            (["sample", "--lora", str(tmp_path / "kohya.st")],
+             "adapts a UNet \(lora_unet_... keys\); this folder has a transformer \(SD3\)"),
             (["edit", "--images", str(tmp_path / "in"), "--mask", str(tmp_path / "m.png")],
              "--mask \\(StableDiffusion3InpaintPipeline\\) is not done for an SD3 folder"),
             (["edit", "--images", str(tmp_path / "in"), "--freeu", "1.1,1.2,0.9,0.2"],
              "--freeu does not apply to an SD3 folder"),
             (["edit", "--images", str(tmp_path / "in"), "--class", "3"], "--class does not apply to an SD3 folder"),
             (["sample", "--prompt-3", "a", "--prompt-3", "b"], "--prompt-3 is given 2 times for 1 --prompt")):
-        assert main(argv + base + ["--out", str(tmp_path / "out" / "o")]) == 2, argv
+        assert main(argv + base + ["--out", str(tmp_path / "out" / "o.png")]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and __import__("re").search(match, err[0]), (argv, err)
         assert not (tmp_path / "out").exists()

@@ -11,7 +11,8 @@ def add_prompt_encoding_flags(group) -> None:
     """The three flags, into ``group`` (a parser or an argument group)."""
     from ._common import int_in
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
-                       help="Stable Diffusion / SD-XL / SD3 folders: the prompts' embeddings N layers below the default "
+                       help="Stable Diffusion / SD-XL / SD3 folders: the prompts' embeddings N layers below the "
+                            "default "
                             "(diffusers' clip_skip; A1111's 'CLIP skip' N + 1; the negative prompt is not skipped, "
                             "as the pipelines'); N < the text encoder's layers")
     group.add_argument("--prompt-2", dest="prompts_2", action="append", metavar="TEXT",

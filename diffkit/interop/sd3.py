@@ -436,7 +436,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
 
 
 def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[str, Sequence[str]],
-                   strength: float = SD3_IMG2IMG_STRENGTH, *, sampler: Optional[str] = None, steps: Optional[int] = None,
+                   strength: float = SD3_IMG2IMG_STRENGTH, *, sampler: Optional[str] = None,
+                   steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, convention: str = "diffusers",
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
