@@ -110,7 +110,8 @@ def test_sd3_lora_matches_load_lora_weights_and_fuse_lora(tiny_sd3, sd3_lora):
 
 def test_edit_and_sample_commands_on_an_sd3_folder(tiny_sd3, sd3_lora, tmp_path, capsys):
     """`diffkit edit` on an SD3 folder writes image_to_image's images (byte for byte), which are the img2img
-    pipeline's on the same PNGs and generators (within one PNG level), with --prompt-3, --negative-prompt and a LoRA;
+    pipeline's on the same PNGs and generators (within one PNG level), with --prompt-3, --negative-prompt and a LoRA,
+    and with --mask (one prompt for both images);
     `diffkit sample` takes --prompt-2 (once per --prompt), --prompt-3, --clip-skip and --max-sequence-length as
     text_to_image."""
     import numpy as np
@@ -145,7 +146,19 @@ def test_edit_and_sample_commands_on_an_sd3_folder(tiny_sd3, sd3_lora, tmp_path,
                                 generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
     written = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_0000{i}.png"), np.float64) for i in range(2)])
     assert np.abs(written - (theirs * 255).round()).max() <= 1
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 2:10] = 1
+    Image.fromarray(np.uint8(mask[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
+                 "--mask", str(tmp_path / "mask.png"), "--steps", "3", "--strength", "0.9", "--out",
+                 str(tmp_path / "masked")] + common) == 0
     _, _, sd3 = tiny_sd3[True]
+    ours = image_to_image(sd3, images, PROMPTS[0], 0.9, mask=mask, steps=3, guidance_scale=4.0, negative_prompt="ugly",
+                          seed=5, max_sequence_length=12, prompt_3="a blurry photo", output_range="-1,1")
+    save_images(ours, tmp_path / "expected_masked", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "masked" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected_masked" / f"edit_0000{i}.png").read_bytes()
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--prompt-2",
                  "hot dog", "--prompt-2", "the cat", "--clip-skip", "1", "--num", "2", "--nrow", "1", "--steps", "3",
@@ -169,8 +182,8 @@ def test_what_sd3_editing_does_not_take_is_refused_in_one_line(tiny_sd3, tmp_pat
     for argv, match in (
             (["sample", "--lora", str(tmp_path / "kohya.st")],
              "adapts a UNet \(lora_unet_... keys\); this folder has a transformer \(SD3\)"),
-            (["edit", "--images", str(tmp_path / "in"), "--mask", str(tmp_path / "m.png")],
-             "--mask \\(StableDiffusion3InpaintPipeline\\) is not done for an SD3 folder"),
+            (["edit", "--images", str(tmp_path / "in"), "--mask", str(tmp_path / "m.png"), "--paste-known"],
+             "--paste-known does not apply to an SD3 folder"),
             (["edit", "--images", str(tmp_path / "in"), "--freeu", "1.1,1.2,0.9,0.2"],
              "--freeu does not apply to an SD3 folder"),
             (["edit", "--images", str(tmp_path / "in"), "--class", "3"], "--class does not apply to an SD3 folder"),
@@ -179,3 +192,31 @@ def test_what_sd3_editing_does_not_take_is_refused_in_one_line(tiny_sd3, tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and __import__("re").search(match, err[0]), (argv, err)
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("steps, strength", [(4, 0.6), (3, 1.0)])
+def test_sd3_inpainting_matches_the_pipeline(tiny_sd3, steps, strength):
+    """image_to_image(mask=...) = StableDiffusion3InpaintPipeline with the 16-channel (here 4) transformer: the mask
+    binarised and nearest-resized, the kept latents blended in at scale_noise(z, next sigma) after every step
+    (replacement of x_0 puts them there), from pure noise at strength 1."""
+    import dataclasses
+    pipe, _, sd3 = tiny_sd3[True]
+    torch.manual_seed(3)  # the pipeline takes 16 latent channels only: a 16-channel VAE and transformer
+    vae = diffusers.AutoencoderKL(**{**pipe.vae.config, "latent_channels": 16}).eval()
+    transformer = diffusers.SD3Transformer2DModel(**{**pipe.transformer.config, "in_channels": 16,
+                                                     "out_channels": 16}).eval()
+    sd3 = dataclasses.replace(sd3, transformer=transformer, vae=vae, _denoiser=None)
+    images = _images()
+    mask = (torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4)) > 0.5).float()
+    kw = {"negative_prompt": "ugly", "max_sequence_length": 12}
+    inpaint = diffusers.StableDiffusion3InpaintPipeline(**{**pipe.components, "vae": vae, "transformer": transformer})
+    inpaint.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = inpaint(PROMPTS, image=images, mask_image=mask, strength=strength, num_inference_steps=steps,
+                         guidance_scale=4.0, output_type="latent", height=16, width=16,
+                         generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **kw).images
+    ours = image_to_image(sd3, images * 2 - 1, PROMPTS, strength, mask=mask, steps=steps, guidance_scale=4.0, seed=5,
+                          return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print("inpaint", steps, strength, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)

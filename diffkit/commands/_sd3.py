@@ -88,19 +88,19 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "prompts_2", "negative_prompt_2",
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
-    "progress"}
+    "progress", "mask"}
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "controlnets": "--controlnet", "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
                "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end"}
 
 
 def edit_sd3(args) -> int:
-    """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline
-    (:func:`diffkit.interop.sd3.image_to_image`: its 0.6 strength, 50 steps and s = 7.0 by default; ``ddim``
-    without a grid option on the scheduler's sigmas cut by get_timesteps, another sampler on its own grid),
-    image i from ``--seed`` + i (the posterior sample, then the noise); the prompt flags and ``--lora`` as
-    :func:`sample_sd3`. ``--mask`` (StableDiffusion3InpaintPipeline) and every other edit flag: one line each,
-    before any weight is read or any folder is made."""
+    """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline,
+    with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
+    0.6 strength, 50 steps and s = 7.0 by default; ``ddim`` without a grid option on the scheduler's sigmas cut by
+    get_timesteps, another sampler on its own grid), image i from ``--seed`` + i (the posterior sample, then the
+    noise); the prompt flags and ``--lora`` as :func:`sample_sd3`. Every other edit flag: one line, before any
+    weight is read or any folder is made."""
     import torch
 
     from ..config import resolve_device
@@ -111,12 +111,9 @@ def edit_sd3(args) -> int:
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
-    from .edit import _prompt_request, read_pngs
+    from .edit import _prompt_request, read_mask, read_pngs
 
     directory = args.checkpoint
-    if args.mask is not None:
-        raise DiffkitError(f"--mask (StableDiffusion3InpaintPipeline) is not done for an SD3 folder ({directory}); "
-                           f"diffkit edit takes img2img there: drop --mask")
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
     refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
                    for dest, value in vars(args).items() if dest not in EDIT_FLAGS and dest in defaults}, directory)
@@ -134,6 +131,7 @@ def edit_sd3(args) -> int:
     request = _prompt_request(args, info.name)
     check_prompt_encoding(request, directory)
     images, files = read_pngs(args.images, "RGB")
+    mask = read_mask(args.mask, images) if args.mask else None
     count = len(files)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
         if rows is not None and len(rows) not in (1, count):
@@ -155,7 +153,8 @@ def edit_sd3(args) -> int:
 
     def edit(start: int, n: int):
         prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
-        edited = image_to_image(sd3, images[start:start + n], prompts, strength, sampler=None if own else info.name,
+        edited = image_to_image(sd3, images[start:start + n], prompts, strength, mask=mask,
+                                sampler=None if own else info.name,
                                 steps=args.steps, guidance_scale=scale, convention=convention,
                                 negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
                                 seed=args.seed + start, output_range="-1,1", progress=args.progress,
@@ -168,6 +167,7 @@ def edit_sd3(args) -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...; SD3 folder {directory}, strength {strength}, "
+    print(f"wrote {count} {'inpainted' if mask is not None else 'edited'} images to {out} (edit_00000.png ...; "
+          f"SD3 folder {directory}, strength {strength}, "
           f"{how}, prompts {list(args.prompts)})")
     return 0

@@ -175,6 +175,19 @@ def read_pngs(path, mode: str):
     return load_image_batch(files, mode), files
 
 
+def read_mask(path, images):
+    """``--mask``: a grey PNG of the images' size as (1, 1, H, W) in [0, 1] (white = 1 = repaint); one line
+    otherwise."""
+    from ..errors import DiffkitError
+    if not Path(path).is_file():
+        raise DiffkitError(f"--mask {str(path)!r} does not exist; give a grey PNG, white = repaint")
+    mask = (read_pngs(Path(path), "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
+    if mask.shape[2:] != images.shape[2:]:
+        raise DiffkitError(f"--mask is {mask.shape[3]}x{mask.shape[2]} but the images are "
+                           f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
+    return mask
+
+
 def grid_options(args, info, spacing, final) -> dict:
     """The sampler options of edit's flags: ``eta``, the time grid (``spacing`` / ``final``, given as flags
     or in ``--sampler NAME@SPACING:FINAL``; ``flow_shift``, checked against the checkpoint's header) and
@@ -308,15 +321,7 @@ def run(args) -> int:
         from ..latent_editing import check_pixels
         images, files = read_pngs(images_path, "L" if autoencoder.image_channels == 1 else "RGB")
         check_pixels(denoiser, autoencoder, images)
-    mask = None
-    if args.mask:
-        mask_path = Path(args.mask)
-        if not mask_path.is_file():
-            raise DiffkitError(f"--mask {args.mask!r} does not exist; give a grey PNG, white = repaint")
-        mask = (read_pngs(mask_path, "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
-        if mask.shape[2:] != images.shape[2:]:
-            raise DiffkitError(f"--mask is {mask.shape[3]}x{mask.shape[2]} but the images are "
-                               f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
+    mask = read_mask(args.mask, images) if args.mask else None
     num_classes = unet.get("num_classes")
     if args.class_id is not None and num_classes is None:
         raise DiffkitError(f"--class needs a class-conditional checkpoint (trained with --conditional); this one is "

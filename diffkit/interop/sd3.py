@@ -226,15 +226,17 @@ class StableDiffusion3:
                                f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
         return grid
 
-    def strength_grid(self, steps: int, strength: float) -> torch.Tensor:
-        """The part of :meth:`scheduler_grid` ``(steps)`` that ``StableDiffusion3Img2ImgPipeline`` runs at
-        ``strength`` (its ``get_timesteps``): from index int(steps - min(steps * strength, steps)) on, so
-        steps - that intervals (at least 1 for strength > 0; not diffkit's int(steps * strength)); the image is
-        noised to the first sigma (``scale_noise``)."""
+    def pipeline_strength(self, steps: int, strength: float) -> float:
+        """The strength that makes diffkit's cut of :meth:`scheduler_grid` ``(steps)`` (the last int(steps * s)
+        intervals, :func:`diffkit.editing.strength_grid`) the one of ``StableDiffusion3Img2ImgPipeline`` /
+        ``InpaintPipeline`` at ``strength`` (their ``get_timesteps``): from index int(steps - min(steps * strength,
+        steps)) on, so k = steps - that intervals (at least 1 for strength > 0; e.g. 3 of 4 at 0.6, where
+        int(4 * 0.6) = 2): (k + 1/2) / steps, or 1 where all run (the first sigma is 1 there: pure noise, as the
+        pipelines' ``scale_noise`` at sigma 1)."""
         from ..errors import check_range
         check_range("strength", strength, 0.0, 1.0, low_inclusive=False)
-        grid = self.scheduler_grid(steps)
-        return grid[int(max(steps - min(steps * strength, steps), 0)):]
+        kept = steps - int(max(steps - min(steps * strength, steps), 0))
+        return 1.0 if kept >= steps else (kept + 0.5) / steps
 
     # ------------------------------------------------------------------ images
     @property
@@ -436,7 +438,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
 
 
 def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[str, Sequence[str]],
-                   strength: float = SD3_IMG2IMG_STRENGTH, *, sampler: Optional[str] = None,
+                   strength: float = SD3_IMG2IMG_STRENGTH, *, mask: Optional[torch.Tensor] = None,
+                   sampler: Optional[str] = None,
                    steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, convention: str = "diffusers",
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
@@ -450,11 +453,17 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     with one generator per image; ``"mean"``: its ``sample_mode="argmax"``), noised to the first sigma s_0 of the
     strength's part of the scheduler's grid, (1 - s_0) z + s_0 eps (``scale_noise``; diffkit's q_sample at the
     VP time of equal SNR, the same state up to the scale DDIM ignores), then the pipeline's FlowMatchEuler steps
-    (:meth:`StableDiffusion3.strength_grid`: ``steps`` default 50 and strength 0.6, the pipeline's). The one
+    (:meth:`StableDiffusion3.pipeline_strength`: ``steps`` default 50 and strength 0.6, the pipeline's). The one
     implementation is :func:`diffkit.latent_editing.latent_img2img`. ``sampler`` (or ``grid`` in ``options``)
     given: that sampler on its own grid, cut as :func:`diffkit.img2img` (int(steps * strength) intervals).
-    Prompt and guidance arguments as :func:`text_to_image`."""
-    from ..latent_editing import latent_img2img
+    Prompt and guidance arguments as :func:`text_to_image`.
+
+    ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``StableDiffusion3InpaintPipeline`` with SD3's own
+    (16-channel) transformer, :func:`diffkit.latent_editing.latent_inpaint`: the mask binarised and nearest-resized
+    to the latents, the kept region's x_0 replaced by the image's latents at every step (which puts it at
+    ``scale_noise(z, next sigma, noise)``, the pipeline's blend, and at z after the last step); at strength 1 from
+    pure noise (its ``is_strength_max``). A transformer that takes the mask as input (33 channels) is refused."""
+    from ..latent_editing import latent_img2img, latent_inpaint
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
@@ -464,16 +473,27 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
         raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one, or one per image")
     prompts = prompts * images.shape[0] if len(prompts) == 1 else prompts
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
+    channels = int(sd3.transformer.config.in_channels)
+    if mask is not None and channels != int(sd3.vae.config.latent_channels):
+        raise DiffkitError(f"this SD3 transformer takes {channels} input channels (an inpainting transformer with the "
+                           f"mask as input), which diffkit does not drive; allowed: the VAE's "
+                           f"{sd3.vae.config.latent_channels} (replacement inpainting)")
     steps = 50 if steps is None else steps  # the img2img pipeline's num_inference_steps
     if sampler is None and "grid" not in options:
-        sampler, options["grid"], strength = "ddim", sd3.strength_grid(steps, strength), 1.0
+        sampler, options["grid"] = "ddim", sd3.scheduler_grid(steps)
+        strength = sd3.pipeline_strength(steps, strength)
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
                                          prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
-    z0 = latent_img2img(denoiser, sd3, images.to(sd3.device, sd3.dtype), strength, sampler, steps,
-                        posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
-                        return_latents=True, **options)
+    common = dict(posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
+                  return_latents=True, **options)
+    images = images.to(sd3.device, sd3.dtype)
+    if mask is None:
+        z0 = latent_img2img(denoiser, sd3, images, strength, sampler, steps, **common)
+    else:
+        z0 = latent_inpaint(denoiser, sd3, images, mask.to(sd3.device, sd3.dtype), sampler, steps, strength=strength,
+                            **common)
     if return_latents:
         return z0
     out = sd3.decode(z0)
