@@ -28,6 +28,10 @@ diffusers 0.42 ``StableDiffusion3Pipeline`` step is reproduced:
   of the flow schedule.
 * decoding: x = D(z / scaling_factor + shift_factor) (``vae.config``), images (x / 2 + 0.5).clamp(0, 1).
 
+img2img and inpainting (:func:`image_to_image`) are the pipelines' ``StableDiffusion3Img2ImgPipeline`` /
+``StableDiffusion3InpaintPipeline`` through :mod:`diffkit.latent_editing`; LoRA files (``load_sd3(lora=)``) are
+fused as their ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`).
+
 Refused in one line before any weight is read: a folder whose transformer, VAE or scheduler is another
 class, a VAE without ``shift_factor``, an ``image_encoder`` (SD3's IP-Adapter), a ``controlnet``, a
 scheduler with ``use_dynamic_shifting`` or ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`).
