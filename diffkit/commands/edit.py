@@ -25,7 +25,9 @@ UNet, or 9-channel inpainting UNet with --mask) is edited the same way, as Stabl
 StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or
 TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines
 with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
-LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). A text-conditional
+LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
+StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
+``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
