@@ -127,9 +127,11 @@ def _planned(denoiser, sampler, steps, spacing, final, thresholding, options, st
     with thresholding, outside ``wrap(denoiser)`` if given), the sampler options checked and left
     in ``options``."""
     check_denoiser(denoiser)
-    check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
-    info, grid, thresholding, threshold_options = plan(denoiser, sampler, steps, None, spacing, final, None,
-                                                       thresholding, options)
+    grid = options.pop("grid", None)  # a pipeline's own grid (e.g. an SD3 folder's scheduler sigmas): steps unused
+    if grid is None:
+        check_range("steps", steps, 1, denoiser.schedule.num_timesteps, integer=True)
+    info, grid, thresholding, threshold_options = plan(denoiser, sampler, steps if grid is None else None, None,
+                                                       spacing, final, grid, thresholding, options)
     inner = denoiser if wrap is None else wrap(denoiser)
     return info.name, strength_grid(grid, strength), thresholded(inner, thresholding, threshold_options)
 
@@ -149,7 +151,9 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
     their first time; strength 1 starts at the grid's first time. ``seed`` (per-sample
     generators ``seed + i``, drawing the forward noise and then the sampler's), ``generator``,
     ``cond``, ``thresholding``, ``progress``, ``callback`` and sampler ``options`` are those of
-    :func:`diffkit.sample`. ``images``: see :func:`check_images`. Returns the edited batch.
+    :func:`diffkit.sample`. ``images``: see :func:`check_images`. Returns the edited batch. A ``grid``
+    option (a full time grid, :func:`diffkit.sample`'s) replaces the sampler's own for ``steps``; strength
+    cuts it the same way.
 
     ``denoising_start`` f in (0, 1): ``images`` are the state at the first grid time below diffusers'
     cut int(round(T - f T)) and are not noised; the grid runs on from there (``strength`` ignored), as

@@ -14,18 +14,30 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
     return sampler == "ddim" and spacing is None and final is None and nfe is None
 
 
+def refused_flags(flags: dict, directory) -> None:
+    """A one-line error for the first flag of ``flags`` ({flag: value}) that was given (not None / False)."""
+    given = [flag for flag, value in flags.items() if value is not None and value is not False]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to an SD3 folder ({directory}); it takes --prompt (-2, -3), "
+                           f"--negative-prompt (-2, -3), --clip-skip, --max-sequence-length, --guidance-scale, "
+                           f"--lora, --steps / --nfe, --sampler and its grid options")
+
+
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-               guidance=None, refused: Optional[dict] = None, **options):
+               guidance=None, refused: Optional[dict] = None, lora=None, **options):
     """Sample an SD3 folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1), classifier-free guidance against ``--negative-prompt`` (default "") with the
     pipeline's s = 7.0 by default (``--guidance-scale``), 28 steps. ``ddim`` without a grid option
     (:func:`pipeline_loop`) steps on the scheduler's own sigmas, which is StableDiffusion3Pipeline's
     FlowMatchEuler loop; any other sampler (or ddim with ``--spacing``) on its diffkit grid of the flow schedule.
     ``refused``: {flag: value} of ``diffkit sample`` flags an SD3 folder does not take (a one-line error for
-    any given)."""
+    any given). Prompt encoding: ``--clip-skip``, ``--prompt-2`` / ``--prompt-3`` (once, or once per ``--prompt``),
+    ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
+    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``."""
     from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
+    from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
 
     guidance = guidance or GuidanceRequest()
     if options.get("refiner") is not None:
@@ -36,19 +48,19 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                   "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
                   "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
                   "--apg-eta": guidance.apg_eta, "--apg-norm-threshold": guidance.apg_norm_threshold,
-                  "--apg-momentum": guidance.apg_momentum, "--clip-skip": guidance.clip_skip,
-                  "--prompt-2": guidance.prompts_2, "--negative-prompt-2": guidance.negative_prompt_2,
-                  "--thresholding": options.get("thresholding")})
-    given = [flag for flag, value in flags.items() if value is not None and value is not False]
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to an SD3 folder ({directory}); it takes --prompt, "
-                           f"--negative-prompt, --guidance-scale, --steps / --nfe, --sampler and its grid options")
+                  "--apg-momentum": guidance.apg_momentum, "--thresholding": options.get("thresholding")})
+    refused_flags(flags, directory)
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
-    sd3 = load_sd3(directory, device, progress=progress)
+    check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
+    sd3 = load_sd3(directory, device, progress=progress, lora=lora)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
-    per_sample = [prompts[i] for i in index.tolist()]
+    per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
+    for key in ("prompts_2", "prompts_3"):  # given once per --prompt: each sample's own
+        rows = getattr(guidance, key)
+        if rows is not None and len(rows) > 1:
+            per_sample[key] = [rows[i] for i in index.tolist()]
     scale_w, convention = (sd3.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     own = pipeline_loop(sampler, spacing, final, nfe)
@@ -59,12 +71,103 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
             {"spacing": spacing, "final": final, "nfe": nfe}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
-                             latents=noise, return_latents=True, **grid, **how)
+                             latents=noise, return_latents=True, **grid, **how,
+                             **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(
-        sd3.denoiser, num, sd3.latent_shape(1)[1:], prompted, lambda start, n: {"prompts": per_sample[start:start + n]},
+        sd3.denoiser, num, sd3.latent_shape(1)[1:], prompted,
+        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
         sd3.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
         final=final, batch_size=batch_size, device=device, dtype=sd3.dtype, progress=progress, **options)
     grid = "the scheduler's sigmas" if own else "its diffkit grid"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, SD3 folder {directory}, prompts {prompts})")
     return images
+
+
+EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "prompts_2", "negative_prompt_2",
+    "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
+    "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
+    "progress", "mask"}
+_FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "controlnets": "--controlnet", "ema": "--no-ema",
+               "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
+               "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end"}
+
+
+def edit_sd3(args) -> int:
+    """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline,
+    with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
+    0.6 strength, 50 steps and s = 7.0 by default; ``ddim`` without a grid option on the scheduler's sigmas cut by
+    get_timesteps, another sampler on its own grid), image i from ``--seed`` + i (the posterior sample, then the
+    noise); the prompt flags and ``--lora`` as :func:`sample_sd3`. Every other edit flag: one line, before any
+    weight is read or any folder is made."""
+    import torch
+
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.sd3 import SD3_IMG2IMG_STRENGTH, image_to_image, load_sd3
+    from ..memory import batches_with_oom_retry
+    from ..sampling import check_eta, resolve_sampler
+    from ..cli import build_parser
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
+    from .edit import _prompt_request, read_mask, read_pngs
+
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
+                   for dest, value in vars(args).items() if dest not in EDIT_FLAGS and dest in defaults}, directory)
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is an SD3 folder: give --images PNG|DIR and --prompt TEXT (once for every "
+                           f"image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)
+    info.check_not_adaptive("diffkit edit")
+    check_eta(info.name, args.eta)
+    own = pipeline_loop(info.name, spacing, final, None)
+    options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
+               if value is not None}
+    request = _prompt_request(args, info.name)
+    check_prompt_encoding(request, directory)
+    images, files = read_pngs(args.images, "RGB")
+    mask = read_mask(args.mask, images) if args.mask else None
+    count = len(files)
+    for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
+        if rows is not None and len(rows) not in (1, count):
+            raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
+                               f"or once per image ({count}, in the files' order)")
+    out = args.out
+    new_dirs = missing_dirs(out)
+    device = resolve_device(args.device)
+    sd3 = load_sd3(directory, device, progress=args.progress, lora=args.lora)
+    sd3.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    scale, convention = (None, "diffusers") if args.guidance_scale is None else \
+        (args.guidance_scale, args.guidance_convention)
+    strength = SD3_IMG2IMG_STRENGTH if args.strength is None else args.strength
+
+    def rows(values, start, n):  # one for every image, or image start..start + n - 1's own
+        return None if values is None else values[:1] if len(values) == 1 else values[start:start + n]
+
+    def edit(start: int, n: int):
+        prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
+        edited = image_to_image(sd3, images[start:start + n], prompts, strength, mask=mask,
+                                sampler=None if own else info.name,
+                                steps=args.steps, guidance_scale=scale, convention=convention,
+                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
+                                seed=args.seed + start, output_range="-1,1", progress=args.progress,
+                                **sd3_prompt_options(request, *(None if r is None or len(r) == 1 else r for r in (
+                                    rows(args.prompts_2, start, n), rows(args.prompts_3, start, n)))),
+                                **({} if own else options))
+        return (edited.cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    print(f"wrote {count} {'inpainted' if mask is not None else 'edited'} images to {out} (edit_00000.png ...; "
+          f"SD3 folder {directory}, strength {strength}, "
+          f"{how}, prompts {list(args.prompts)})")
+    return 0

@@ -1,6 +1,7 @@
-"""``--clip-skip``, ``--prompt-2`` and ``--negative-prompt-2``: the prompt-encoding flags of Stable Diffusion and
-SD-XL folders in ``diffkit sample`` and ``diffkit edit`` (:mod:`diffkit.interop.sd_prompts`), checked before any
-weight is read."""
+"""``--clip-skip``, ``--prompt-2`` and ``--negative-prompt-2``: the prompt-encoding flags of Stable Diffusion, SD-XL
+and SD3 folders in ``diffkit sample`` and ``diffkit edit`` (:mod:`diffkit.interop.sd_prompts`), and SD3's
+``--prompt-3``, ``--negative-prompt-3``, ``--max-sequence-length`` (its T5 encoder, :mod:`diffkit.interop.sd3`),
+checked before any weight is read."""
 from __future__ import annotations
 
 from ..errors import DiffkitError
@@ -10,44 +11,66 @@ def add_prompt_encoding_flags(group) -> None:
     """The three flags, into ``group`` (a parser or an argument group)."""
     from ._common import int_in
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
-                       help="Stable Diffusion / SD-XL folders: the prompts' embeddings N layers below the default "
+                       help="Stable Diffusion / SD-XL / SD3 folders: the prompts' embeddings N layers below the "
+                            "default "
                             "(diffusers' clip_skip; A1111's 'CLIP skip' N + 1; the negative prompt is not skipped, "
                             "as the pipelines'); N < the text encoder's layers")
     group.add_argument("--prompt-2", dest="prompts_2", action="append", metavar="TEXT",
-                       help="SD-XL folders: the text of the second text encoder (default: --prompt); once for "
-                            "every prompt, or once per --prompt")
+                       help="SD-XL / SD3 folders: the text of the second text encoder (default: --prompt); once "
+                            "for every prompt, or once per --prompt")
     group.add_argument("--negative-prompt-2", metavar="TEXT",
-                       help="SD-XL folders: the second text encoder's negative prompt (default: --negative-prompt)")
+                       help="SD-XL / SD3 folders: the second text encoder's negative prompt (default: "
+                            "--negative-prompt)")
+    group.add_argument("--prompt-3", dest="prompts_3", action="append", metavar="TEXT",
+                       help="SD3 folders: the text of the T5 encoder (default: --prompt); once for every prompt, or "
+                            "once per --prompt")
+    group.add_argument("--negative-prompt-3", metavar="TEXT",
+                       help="SD3 folders: the T5 encoder's negative prompt (default: --negative-prompt)")
+    group.add_argument("--max-sequence-length", type=int_in(1, 512), metavar="L",
+                       help="SD3 folders: the T5 tokens of every prompt (default 256, the pipeline's; at most 512)")
+
+
+SD3_ONLY = ("--prompt-3", "--negative-prompt-3", "--max-sequence-length")
 
 
 def given_flags(request) -> list:
     """(flag, value) of the prompt-encoding flags a :class:`~diffkit.commands.sample.GuidanceRequest` holds."""
-    return [(flag, value) for flag, value in (("--clip-skip", request.clip_skip), ("--prompt-2", request.prompts_2),
-                                              ("--negative-prompt-2", request.negative_prompt_2)) if value is not None]
+    return [(flag, value) for flag, value in (
+        ("--clip-skip", request.clip_skip), ("--prompt-2", request.prompts_2),
+        ("--negative-prompt-2", request.negative_prompt_2), ("--prompt-3", getattr(request, "prompts_3", None)),
+        ("--negative-prompt-3", getattr(request, "negative_prompt_3", None)),
+        ("--max-sequence-length", getattr(request, "max_sequence_length", None))) if value is not None]
 
 
 def check_prompt_encoding(request, checkpoint) -> None:
-    """One-line errors, before loading: the flags on a checkpoint that is not a Stable Diffusion folder, the
-    ``-2`` flags on a folder with one text encoder, ``--clip-skip`` beyond its text encoders' layers (their configs),
-    ``--prompt-2`` neither once nor once per ``--prompt``."""
+    """One-line errors, before loading: the flags on a checkpoint that is not a Stable Diffusion / SD3 folder, the
+    ``-2`` flags on a folder with one text encoder, the SD3 flags (:data:`SD3_ONLY`) on another folder,
+    ``--clip-skip`` beyond its text encoders' layers (their configs), ``--prompt-2`` / ``--prompt-3`` neither once
+    nor once per ``--prompt``."""
+    from ..interop.sd3 import is_sd3_folder
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     given = given_flags(request)
     if not given or checkpoint is None:
         return
-    if not is_stable_diffusion_folder(checkpoint):
-        raise DiffkitError(f"{given[0][0]} applies to a Stable Diffusion / SD-XL folder (diffusers format); "
+    sd3 = is_sd3_folder(checkpoint)
+    if not sd3 and not is_stable_diffusion_folder(checkpoint):
+        raise DiffkitError(f"{given[0][0]} applies to a Stable Diffusion / SD-XL / SD3 folder (diffusers format); "
                            f"{checkpoint} is not one")
+    third = [flag for flag, _ in given if flag in SD3_ONLY]
+    if third and not sd3:
+        raise DiffkitError(f"{third[0]} applies to an SD3 folder (its T5 text encoder); {checkpoint} is not one")
     second = [flag for flag, _ in given if flag != "--clip-skip"]
-    if second and not is_sd_xl_folder(checkpoint):
+    if second and not sd3 and not is_sd_xl_folder(checkpoint):
         raise DiffkitError(f"{second[0]} applies to an SD-XL folder (its second text encoder); {checkpoint} has one "
                            f"text encoder")
     from ..interop.sd_prompts import check_clip_skip, folder_layer_counts
     check_clip_skip(request.clip_skip, folder_layer_counts(checkpoint))  # N < the layers, from the configs
     count = len(request.prompts or [])
-    if request.prompts_2 is not None and len(request.prompts_2) not in (1, count):
-        raise DiffkitError(f"--prompt-2 is given {len(request.prompts_2)} times for {count} --prompt; give it once "
-                           f"(every prompt) or once per --prompt")
+    for flag, rows in (("--prompt-2", request.prompts_2), ("--prompt-3", getattr(request, "prompts_3", None))):
+        if rows is not None and len(rows) not in (1, count):
+            raise DiffkitError(f"{flag} is given {len(rows)} times for {count} --prompt; give it once (every prompt) "
+                               f"or once per --prompt")
 
 
 def prompt_options(request, prompts_2=None) -> dict:
@@ -56,3 +79,14 @@ def prompt_options(request, prompts_2=None) -> dict:
     if prompts_2 is None and request.prompts_2 is not None:
         prompts_2 = request.prompts_2[0] if len(request.prompts_2) == 1 else list(request.prompts_2)
     return {"clip_skip": request.clip_skip, "prompt_2": prompts_2, "negative_prompt_2": request.negative_prompt_2}
+
+
+def sd3_prompt_options(request, prompts_2=None, prompts_3=None) -> dict:
+    """:func:`prompt_options` and an SD3 folder's ``prompt_3`` / ``negative_prompt_3`` / ``max_sequence_length``
+    (``text_to_image`` / ``image_to_image`` of :mod:`diffkit.interop.sd3`; ``prompts_3`` as ``prompts_2``)."""
+    rows = request.prompts_3
+    if prompts_3 is None and rows is not None:
+        prompts_3 = rows[0] if len(rows) == 1 else list(rows)
+    length = {} if request.max_sequence_length is None else {"max_sequence_length": request.max_sequence_length}
+    return {**prompt_options(request, prompts_2), "prompt_3": prompts_3,
+            "negative_prompt_3": request.negative_prompt_3, **length}

@@ -25,7 +25,9 @@ UNet, or 9-channel inpainting UNet with --mask) is edited the same way, as Stabl
 StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or
 TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines
 with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
-LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). A text-conditional
+LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
+StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
+``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
@@ -177,6 +179,19 @@ def read_pngs(path, mode: str):
     return load_image_batch(files, mode), files
 
 
+def read_mask(path, images):
+    """``--mask``: a grey PNG of the images' size as (1, 1, H, W) in [0, 1] (white = 1 = repaint); one line
+    otherwise."""
+    from ..errors import DiffkitError
+    if not Path(path).is_file():
+        raise DiffkitError(f"--mask {str(path)!r} does not exist; give a grey PNG, white = repaint")
+    mask = (read_pngs(Path(path), "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
+    if mask.shape[2:] != images.shape[2:]:
+        raise DiffkitError(f"--mask is {mask.shape[3]}x{mask.shape[2]} but the images are "
+                           f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
+    return mask
+
+
 def grid_options(args, info, spacing, final) -> dict:
     """The sampler options of edit's flags: ``eta``, the time grid (``spacing`` / ``final``, given as flags
     or in ``--sampler NAME@SPACING:FINAL``; ``flow_shift``, checked against the checkpoint's header) and
@@ -204,6 +219,10 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.sd3 import is_sd3_folder
+    if is_sd3_folder(args.checkpoint):  # a Stable Diffusion 3 folder: img2img as its pipeline (._sd3)
+        from ._sd3 import edit_sd3
+        return edit_sd3(args)
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
@@ -307,15 +326,7 @@ def run(args) -> int:
         from ..latent_editing import check_pixels
         images, files = read_pngs(images_path, "L" if autoencoder.image_channels == 1 else "RGB")
         check_pixels(denoiser, autoencoder, images)
-    mask = None
-    if args.mask:
-        mask_path = Path(args.mask)
-        if not mask_path.is_file():
-            raise DiffkitError(f"--mask {args.mask!r} does not exist; give a grey PNG, white = repaint")
-        mask = (read_pngs(mask_path, "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
-        if mask.shape[2:] != images.shape[2:]:
-            raise DiffkitError(f"--mask is {mask.shape[3]}x{mask.shape[2]} but the images are "
-                               f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
+    mask = read_mask(args.mask, images) if args.mask else None
     num_classes = unet.get("num_classes")
     if args.class_id is not None and num_classes is None:
         raise DiffkitError(f"--class needs a class-conditional checkpoint (trained with --conditional); this one is "
@@ -412,9 +423,11 @@ def _prompt_request(args, sampler: str):
                               interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                               apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                               apg_momentum=args.apg_momentum, clip_skip=args.clip_skip, prompts_2=args.prompts_2,
-                              negative_prompt_2=args.negative_prompt_2, pag_scale=args.pag_scale,
-                              pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
-                              pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True)
+                               negative_prompt_2=args.negative_prompt_2, prompts_3=args.prompts_3,
+                               negative_prompt_3=args.negative_prompt_3,
+                               max_sequence_length=args.max_sequence_length, pag_scale=args.pag_scale,
+                               pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
+                               pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request

@@ -49,7 +49,9 @@ def check_series_flags(args) -> None:
                         ("--prompt", args.prompts), ("--posterior", args.posterior),
                         ("--paste-known", args.paste_known or None), ("--negative-prompt", args.negative_prompt),
                         ("--clip-skip", args.clip_skip), ("--prompt-2", args.prompts_2),
-                        ("--negative-prompt-2", args.negative_prompt_2)):
+                        ("--negative-prompt-2", args.negative_prompt_2), ("--prompt-3", args.prompts_3),
+                        ("--negative-prompt-3", args.negative_prompt_3),
+                        ("--max-sequence-length", args.max_sequence_length)):
         if value is not None:
             raise DiffkitError(f"{flag} applies to image edits; --series forecasts (--horizon) or imputes a series")
     out = Path(args.out)

@@ -319,6 +319,9 @@ class GuidanceRequest:
     clip_skip: Optional[int] = None  # Stable Diffusion / SD-XL folders (._sd_prompts)
     prompts_2: Optional[list] = None
     negative_prompt_2: Optional[str] = None
+    prompts_3: Optional[list] = None  # SD3 folders (._sd3)
+    negative_prompt_3: Optional[str] = None
+    max_sequence_length: Optional[int] = None
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -351,7 +354,10 @@ class GuidanceRequest:
                   apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
                   apg_momentum=args.apg_momentum, clip_skip=getattr(args, "clip_skip", None),
                   prompts_2=getattr(args, "prompts_2", None),
-                  negative_prompt_2=getattr(args, "negative_prompt_2", None))
+                  negative_prompt_2=getattr(args, "negative_prompt_2", None),
+                  prompts_3=getattr(args, "prompts_3", None),
+                  negative_prompt_3=getattr(args, "negative_prompt_3", None),
+                  max_sequence_length=getattr(args, "max_sequence_length", None))
         req.check_model_kind(checkpoint)
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(req, checkpoint)
@@ -656,14 +662,19 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3
-        refused = {"--lora": lora, "--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
+        refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        run = sample_sd3 if is_sd3_folder(checkpoint) else sample_flux
-        return run(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
-                   individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
-                   final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **options)
+        if not is_sd3_folder(checkpoint):  # FLUX.1 (a StableDiffusion3Pipeline index is SD3's, whatever it holds)
+            return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                               individual=individual, seed=seed, device=device, batch_size=batch_size,
+                               spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
+                               refused={**refused, "--lora": lora}, **options)
+        return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                          individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                          final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,
+                          **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

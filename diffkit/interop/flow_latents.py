@@ -27,6 +27,23 @@ class FlowLatentVAE:
     def shift_factor(self) -> float:
         return float(self.vae.config.shift_factor)
 
+    @property
+    def image_channels(self) -> int:
+        """The channels of the images the VAE encodes (``vae.config.in_channels``)."""
+        return int(self.vae.config.in_channels)
+
+    @property
+    def downsampling_factor(self) -> int:  # the name diffkit's FrozenAutoencoder gives f
+        return self.vae_scale_factor
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = (E(x) - shift_factor) * scaling_factor for images in [-1, 1], the inverse of :meth:`decode`, as
+        ``StableDiffusion3Img2ImgPipeline.prepare_latents``: the posterior mean, or with ``sample`` a draw from
+        ``generator`` (:func:`.stable_diffusion.vae_latents`)."""
+        from .stable_diffusion import vae_latents
+        z = vae_latents(self.vae, images, self.device, generator, sample)
+        return ((z - self.shift_factor) * self.scaling_factor).float()
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor + shift_factor), in [-1, 1] (not clamped), as the pipelines decode."""
         with torch.no_grad():

@@ -28,6 +28,10 @@ diffusers 0.42 ``StableDiffusion3Pipeline`` step is reproduced:
   of the flow schedule.
 * decoding: x = D(z / scaling_factor + shift_factor) (``vae.config``), images (x / 2 + 0.5).clamp(0, 1).
 
+img2img and inpainting (:func:`image_to_image`) are the pipelines' ``StableDiffusion3Img2ImgPipeline`` /
+``StableDiffusion3InpaintPipeline`` through :mod:`diffkit.latent_editing`; LoRA files (``load_sd3(lora=)``) are
+fused as their ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`).
+
 Refused in one line before any weight is read: a folder whose transformer, VAE or scheduler is another
 class, a VAE without ``shift_factor``, an ``image_encoder`` (SD3's IP-Adapter), a ``controlnet``, a
 scheduler with ``use_dynamic_shifting`` or ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`).
@@ -53,6 +57,7 @@ REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
 SD3_PIPELINE_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 SD3_PIPELINE_STEPS = 28  # its default num_inference_steps
 MAX_SEQUENCE_LENGTH = 256  # its default T5 length (at most 512)
+SD3_IMG2IMG_STRENGTH = 0.6  # StableDiffusion3Img2ImgPipeline's default strength
 
 
 class SD3Net(torch.nn.Module):
@@ -205,6 +210,18 @@ class StableDiffusion3(FlowLatentVAE):
         scheduler.set_timesteps(steps)
         return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
 
+    def pipeline_strength(self, steps: int, strength: float) -> float:
+        """The strength that makes diffkit's cut of :meth:`scheduler_grid` ``(steps)`` (the last int(steps * s)
+        intervals, :func:`diffkit.editing.strength_grid`) the one of ``StableDiffusion3Img2ImgPipeline`` /
+        ``InpaintPipeline`` at ``strength`` (their ``get_timesteps``): from index int(steps - min(steps * strength,
+        steps)) on, so k = steps - that intervals (at least 1 for strength > 0; e.g. 3 of 4 at 0.6, where
+        int(4 * 0.6) = 2): (k + 1/2) / steps, or 1 where all run (the first sigma is 1 there: pure noise, as the
+        pipelines' ``scale_noise`` at sigma 1)."""
+        from ..errors import check_range
+        check_range("strength", strength, 0.0, 1.0, low_inclusive=False)
+        kept = steps - int(max(steps - min(steps * strength, steps), 0))
+        return 1.0 if kept >= steps else (kept + 0.5) / steps
+
 
 def _per_prompt(other, prompts: list, name: str) -> list:
     """``other`` (None, empty, one string, or one per prompt) as one per prompt; falsy: ``prompts``."""
@@ -261,14 +278,19 @@ def _check_dimensions(sd3: StableDiffusion3, directory: Path) -> None:
 
 
 def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-             progress: bool = True) -> StableDiffusion3:
+             progress: bool = True, lora=None) -> StableDiffusion3:
     """Load an SD3 diffusers folder (``StableDiffusion3Pipeline``; never downloads): what diffkit does not
-    drive is refused in one line before any weight is read (:func:`check_sd3_folder`)."""
+    drive is refused in one line before any weight is read (:func:`check_sd3_folder`). ``lora``: LoRA files in
+    diffusers / PEFT format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` /
+    ``text_encoder_2.`` keys), merged as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`;
+    read and checked first)."""
     from ..schedule import NoiseSchedule
     from .schedulers import flow_shift_from_diffusers
+    from .sd_lora import merge_sd_loras, read_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_sd3_folder(directory)
+    loras = read_sd_loras(lora) if lora else []
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
     texts = {"": "CLIPTextModelWithProjection", "_2": "CLIPTextModelWithProjection", "_3": "T5EncoderModel"}
     parts = load_flow_parts(directory, index, diffusers.SD3Transformer2DModel, texts, dtype, progress)
@@ -278,6 +300,7 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
             parts[name].to(device).eval().requires_grad_(False)
     sd3 = StableDiffusion3(**parts, schedule=schedule, scheduler_config=sched, device=device, dtype=dtype)
     _check_dimensions(sd3, directory)
+    merge_sd_loras(sd3, loras)
     return sd3
 
 
@@ -342,5 +365,69 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
+def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[str, Sequence[str]],
+                   strength: float = SD3_IMG2IMG_STRENGTH, *, mask: Optional[torch.Tensor] = None,
+                   sampler: Optional[str] = None,
+                   steps: Optional[int] = None,
+                   guidance_scale: Optional[float] = None, convention: str = "diffusers",
+                   negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
+                   seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   clip_skip: Optional[int] = None, prompt_2=None, prompt_3=None, negative_prompt_2=None,
+                   negative_prompt_3=None, output_range: str = "0,1", return_latents: bool = False,
+                   progress: bool = False, **options) -> torch.Tensor:
+    """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
+    ``StableDiffusion3Img2ImgPipeline`` (Meng et al. 2022, Alg. 1 on SD3's latents): z = (E(x) - shift) * scale
+    (``posterior="sample"``: drawn from image i's generator ``seed + i``, then its forward noise, as the pipeline
+    with one generator per image; ``"mean"``: its ``sample_mode="argmax"``), noised to the first sigma s_0 of the
+    strength's part of the scheduler's grid, (1 - s_0) z + s_0 eps (``scale_noise``; diffkit's q_sample at the
+    VP time of equal SNR, the same state up to the scale DDIM ignores), then the pipeline's FlowMatchEuler steps
+    (:meth:`StableDiffusion3.pipeline_strength`: ``steps`` default 50 and strength 0.6, the pipeline's). The one
+    implementation is :func:`diffkit.latent_editing.latent_img2img`. ``sampler`` (or ``grid`` in ``options``)
+    given: that sampler on its own grid, cut as :func:`diffkit.img2img` (int(steps * strength) intervals).
+    Prompt and guidance arguments as :func:`text_to_image`.
+
+    ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``StableDiffusion3InpaintPipeline`` with SD3's own
+    (16-channel) transformer, :func:`diffkit.latent_editing.latent_inpaint`: the mask binarised and nearest-resized
+    to the latents, the kept region's x_0 replaced by the image's latents at every step (which puts it at
+    ``scale_noise(z, next sigma, noise)``, the pipeline's blend, and at z after the last step); at strength 1 from
+    pure noise (its ``is_strength_max``). A transformer that takes the mask as input (33 channels) is refused."""
+    from ..latent_editing import latent_img2img, latent_inpaint
+    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DiffkitError("images must be a (batch, 3, H, W) tensor in [-1, 1]")
+    if len(prompts) not in (1, images.shape[0]):
+        raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one, or one per image")
+    prompts = prompts * images.shape[0] if len(prompts) == 1 else prompts
+    sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
+    channels = int(sd3.transformer.config.in_channels)
+    if mask is not None and channels != int(sd3.vae.config.latent_channels):
+        raise DiffkitError(f"this SD3 transformer takes {channels} input channels (an inpainting transformer with the "
+                           f"mask as input), which diffkit does not drive; allowed: the VAE's "
+                           f"{sd3.vae.config.latent_channels} (replacement inpainting)")
+    steps = 50 if steps is None else steps  # the img2img pipeline's num_inference_steps
+    if sampler is None and "grid" not in options:
+        sampler, options["grid"] = "ddim", sd3.scheduler_grid(steps)
+        strength = sd3.pipeline_strength(steps, strength)
+    scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
+    convention = "diffusers" if guidance_scale is None else convention
+    denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+    common = dict(posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
+                  return_latents=True, **options)
+    images = images.to(sd3.device, sd3.dtype)
+    if mask is None:
+        z0 = latent_img2img(denoiser, sd3, images, strength, sampler, steps, **common)
+    else:
+        z0 = latent_inpaint(denoiser, sd3, images, mask.to(sd3.device, sd3.dtype), sampler, steps, strength=strength,
+                            **common)
+    if return_latents:
+        return z0
+    out = sd3.decode(z0)
+    return (out / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else out.clamp(-1, 1)
+
+
 __all__ = ["StableDiffusion3", "SD3Net", "load_sd3", "is_sd3_folder", "check_sd3_folder", "text_to_image",
-           "SD3_PIPELINE_GUIDANCE", "SD3_PIPELINE_STEPS", "MAX_SEQUENCE_LENGTH"]
+           "image_to_image", "SD3_PIPELINE_GUIDANCE", "SD3_PIPELINE_STEPS", "SD3_IMG2IMG_STRENGTH",
+           "MAX_SEQUENCE_LENGTH"]

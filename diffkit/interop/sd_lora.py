@@ -10,8 +10,9 @@ a linear layer's A is (r, in), B (out, r); a convolution's A is an r-channel con
 kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats, as real files come:
 
 * diffusers / PEFT (``StableDiffusionPipeline.save_lora_weights``, SD-XL's
-  ``StableDiffusionXLPipeline.save_lora_weights``): ``unet.<module>.lora_A.weight`` (A),
-  ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``, SD-XL's ``text_encoder_2.<module>...``;
+  ``StableDiffusionXLPipeline.save_lora_weights``, SD3's ``StableDiffusion3Pipeline.save_lora_weights``):
+  ``unet.<module>.lora_A.weight`` (A), ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``,
+  SD-XL's ``text_encoder_2.<module>...``, SD3's ``transformer.<module>...`` (the MM-DiT, :mod:`.sd3`);
   alpha from the file's ``lora_adapter_metadata`` (peft's LoraConfig per component: ``lora_alpha``,
   ``alpha_pattern`` matched as peft does, ``use_rslora``: alpha / sqrt(r) instead of alpha / r); without
   metadata alpha = r (scale 1), as diffusers' ``get_peft_kwargs``.
@@ -49,7 +50,13 @@ from . import lycoris
 from .ldm_names import ldm_names
 
 COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_"),  # diffusers, kohya
-              "text_encoder_2": ("text_encoder_2.", "lora_te2_")}  # SD-XL's second text encoder
+              "text_encoder_2": ("text_encoder_2.", "lora_te2_"),  # SD-XL's (and SD3's) second text encoder
+              "transformer": ("transformer.", None)}  # SD3's MM-DiT (SD3LoraLoaderMixin: diffusers / PEFT keys only)
+_ELSEWHERE = {  # a component the folder lacks: what the file is for
+    "text_encoder_2": "SD-XL's second text encoder ({}... keys); this folder has one text encoder: use the file with "
+                      "an SD-XL folder",
+    "transformer": "an SD3 transformer ({}... keys); this folder has a UNet: use the file with an SD3 folder",
+    "unet": "a UNet ({}... keys); this folder has a transformer (SD3), whose files have transformer. keys"}
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",  # te1: SD-XL files
                   "lora_te2_": "text_encoder_2"}
 _PEFT = (".lora_A.weight", ".lora_B.weight")
@@ -144,8 +151,8 @@ def read_sd_lora(path) -> dict:
             slot = _PEFT.index(part) if part in _PEFT else part and part[1:]  # lora_magnitude_vector: by name
             name = key[len(prefix):-len(part)] if component and part else None
         if component is None or slot is None or not name:
-            raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./text_encoder./"
-                               f"text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight / "
+            raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./transformer./"
+                               f"text_encoder./text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight / "
                                f".lora_magnitude_vector (diffusers) or lora_unet_/lora_te_/lora_te1_/lora_te2_ keys "
                                f"ending in .lora_down.weight / .lora_up.weight / .alpha / .dora_scale / .hada_* / "
                                f".lokr_* (kohya, LyCORIS)")
@@ -227,11 +234,10 @@ def merge_sd_loras(sd, loras: list) -> None:
     for path, scale, read in loras:
         for component in COMPONENTS:
             network = getattr(sd, component, None)
-            if network is None:  # text_encoder_2 of a one-encoder (SD 1.x/2.x) folder
+            if network is None:  # text_encoder_2 of SD 1.x/2.x, the transformer of SD / SD-XL, the unet of SD3
                 if read[component]:
-                    raise DiffkitError(f"--lora {path} adapts SD-XL's second text encoder ("
-                                       f"{next(iter(read[component].values()))[3]}... keys); this folder has one "
-                                       f"text encoder: use the file with an SD-XL folder")
+                    raise DiffkitError(f"--lora {path} adapts " + _ELSEWHERE[component].format(
+                        next(iter(read[component].values()))[3]))
                 continue
             found = _resolve(path, read, component, network)
             other = {m: lycoris.prepare(layer, {**parts, **({"lora_down": a, "lora_up": b} if a is not None else {})},

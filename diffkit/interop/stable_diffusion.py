@@ -250,19 +250,25 @@ class StableDiffusion:
         draw mean + std * eps, eps from ``generator`` (one, or one per image) as diffusers'
         ``retrieve_latents(vae.encode(x), generator)`` draws it in its img2img and inpainting
         pipelines (``sample_mode="sample"``, their default; ``"argmax"`` is the mean)."""
-        from ..noise import randn
-        with torch.no_grad():
-            posterior = self.vae.encode(images.to(device=self.device, dtype=self.vae.dtype), return_dict=False)[0]
-            z = posterior.mean
-            if sample:
-                z = z + posterior.std * randn(z.shape, generator, device=z.device, dtype=z.dtype)
-        return (self.scaling_factor * z).float()
+        return (self.scaling_factor * vae_latents(self.vae, images, self.device, generator, sample)).float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """x = D(z / scaling_factor), in [-1, 1] (not clamped)."""
         with torch.no_grad():
             z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor
             return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def vae_latents(vae, images: torch.Tensor, device, generator=None, sample: bool = False) -> torch.Tensor:
+    """E(x), unscaled: the VAE posterior's mean, or with ``sample`` mean + std * eps, eps from ``generator`` (one,
+    or one per image), as diffusers' ``retrieve_latents(vae.encode(x), generator)``."""
+    from ..noise import randn
+    with torch.no_grad():
+        posterior = vae.encode(images.to(device=device, dtype=vae.dtype), return_dict=False)[0]
+        z = posterior.mean
+        if sample:
+            z = z + posterior.std * randn(z.shape, generator, device=z.device, dtype=z.dtype)
+    return z
 
 
 def prompt_list(prompts: Union[str, Sequence[str]]) -> list:
