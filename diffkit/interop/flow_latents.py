@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, check_choice
 
 
 class FlowLatentVAE:
@@ -49,6 +49,48 @@ class FlowLatentVAE:
         with torch.no_grad():
             z = latents.to(device=self.device, dtype=self.vae.dtype) / self.scaling_factor + self.shift_factor
             return self.vae.decode(z, return_dict=False)[0].float()
+
+
+def start_latents(model, latents, batch: int, height, width, hint: str = "") -> tuple:
+    """(z at s = 1 or the shape to draw it in, the latent shape (B, C, h, w)) of a flow folder's ``text_to_image``:
+    ``latents`` checked against ``model.latent_shape(batch, height, width)`` (its size given by the latents where
+    height and width are not), a one-line DiffkitError otherwise."""
+    expected = model.latent_shape(batch, height, width)
+    if latents is None:
+        return expected, expected
+    if latents.ndim != 4 or latents.shape[:2] != expected[:2] or (
+            (height is not None or width is not None) and tuple(latents.shape[2:]) != expected[2:]):
+        raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {expected} for "
+                           f"{batch} prompts{hint}")
+    f = model.vae_scale_factor
+    expected = model.latent_shape(batch, latents.shape[2] * f, latents.shape[3] * f)
+    return latents.to(device=model.device, dtype=model.dtype), expected
+
+
+def pipeline_grid(sampler, grid, steps, nfe, default_steps: int, scheduler_grid) -> tuple:
+    """(sampler, grid, steps) of a flow folder's ``text_to_image``: no sampler and no grid is the pipeline's loop,
+    flow Euler (``ddim``) on ``scheduler_grid(steps)`` (``grid="scheduler"``, which takes steps, not nfe);
+    ``default_steps`` where neither steps nor nfe is given."""
+    if sampler is None and grid is None:
+        sampler, grid = "ddim", "scheduler"
+    if isinstance(grid, str):
+        check_choice("grid", grid, ["scheduler"])
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the pipeline's step count), not nfe")
+        grid = scheduler_grid(steps or default_steps)
+    if grid is not None:
+        steps = None
+    elif steps is None and nfe is None:
+        steps = default_steps
+    return sampler or "ddim", grid, steps
+
+
+def finish_images(model, z0: torch.Tensor, return_latents: bool, output_range: str) -> torch.Tensor:
+    """z_0 itself (``return_latents``), or its decoded images in ``output_range`` ("0,1" or "-1,1")."""
+    if return_latents:
+        return z0
+    images = model.decode(z0)
+    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
 def flow_sigmas_grid(schedule, sigmas: torch.Tensor, steps: int) -> torch.Tensor:

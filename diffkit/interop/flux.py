@@ -47,8 +47,8 @@ import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import require
-from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, flow_sigmas_grid, load_flow_parts,
-                           names_pipeline)
+from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, finish_images, flow_sigmas_grid,
+                           load_flow_parts, names_pipeline, pipeline_grid, start_latents)
 from .sd3 import _per_prompt
 from .sd_xl import _index
 
@@ -342,37 +342,15 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    expected = flux.latent_shape(len(prompts), height, width)
-    if latents is None:
-        noise = expected
-    else:
-        if latents.ndim != 4 or latents.shape[:2] != expected[:2] or (
-                (height is not None or width is not None) and tuple(latents.shape[2:]) != expected[2:]):
-            raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {expected} for "
-                               f"{len(prompts)} prompts (unpacked: flux.unpack_latents)")
-        f = flux.vae_scale_factor
-        expected = flux.latent_shape(len(prompts), latents.shape[2] * f, latents.shape[3] * f)
-        noise = latents.to(device=flux.device, dtype=flux.dtype)
+    noise, expected = start_latents(flux, latents, len(prompts), height, width, " (unpacked: flux.unpack_latents)")
     h, w = expected[2:]
-    if sampler is None and grid is None:
-        sampler, grid = "ddim", "scheduler"
-    if isinstance(grid, str):
-        check_choice("grid", grid, ["scheduler"])
-        if nfe is not None:
-            raise DiffkitError("grid='scheduler' takes steps (the pipeline's step count), not nfe")
-        grid = flux.scheduler_grid(steps or FLUX_PIPELINE_STEPS, h, w)
-    if grid is not None:
-        steps = None
-    elif steps is None and nfe is None:
-        steps = FLUX_PIPELINE_STEPS
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, FLUX_PIPELINE_STEPS,
+                                         lambda n: flux.scheduler_grid(n, h, w))
     denoiser, cond = flux.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
                                           max_sequence_length, prompt_2, negative_prompt_2)
-    z0 = sample(denoiser, noise, sampler or "ddim", steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
+    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=flux.device, dtype=flux.dtype, **options)
-    if return_latents:
-        return z0
-    images = flux.decode(z0)
-    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+    return finish_images(flux, z0, return_latents, output_range)
 
 
 __all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder", "text_to_image", "pack_latents",

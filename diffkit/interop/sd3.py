@@ -48,8 +48,8 @@ import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import require
-from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, flow_sigmas_grid, load_flow_parts,
-                           names_pipeline)
+from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, finish_images, flow_sigmas_grid,
+                           load_flow_parts, names_pipeline, pipeline_grid, start_latents)
 from .sd_xl import _index  # model_index.json as a dict, None where there is none (or it is unreadable)
 
 SD3_TRANSFORMER = "SD3Transformer2DModel"
@@ -332,37 +332,15 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
-    if sampler is None and grid is None:
-        sampler, grid = "ddim", "scheduler"
-    if isinstance(grid, str):
-        check_choice("grid", grid, ["scheduler"])
-        if nfe is not None:
-            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
-        grid = sd3.scheduler_grid(steps or SD3_PIPELINE_STEPS)
-    if grid is not None:
-        steps = None
-    elif steps is None and nfe is None:
-        steps = SD3_PIPELINE_STEPS
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS, sd3.scheduler_grid)
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
-    expected = sd3.latent_shape(len(prompts), height, width)
-    if latents is None:
-        noise = expected
-    else:
-        if latents.ndim != 4 or latents.shape[:2] != expected[:2] or (
-                (height is not None or width is not None) and tuple(latents.shape[2:]) != expected[2:]):
-            raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {expected} for "
-                               f"{len(prompts)} prompts")
-        sd3.latent_shape(1, latents.shape[2] * sd3.vae_scale_factor, latents.shape[3] * sd3.vae_scale_factor)
-        noise = latents.to(device=sd3.device, dtype=sd3.dtype)
+    noise, _ = start_latents(sd3, latents, len(prompts), height, width)
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
                                          prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
-    z0 = sample(denoiser, noise, sampler or "ddim", steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
+    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
-    if return_latents:
-        return z0
-    images = sd3.decode(z0)
-    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+    return finish_images(sd3, z0, return_latents, output_range)
 
 
 def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[str, Sequence[str]],
@@ -422,10 +400,7 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     else:
         z0 = latent_inpaint(denoiser, sd3, images, mask.to(sd3.device, sd3.dtype), sampler, steps, strength=strength,
                             **common)
-    if return_latents:
-        return z0
-    out = sd3.decode(z0)
-    return (out / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else out.clamp(-1, 1)
+    return finish_images(sd3, z0, return_latents, output_range)
 
 
 __all__ = ["StableDiffusion3", "SD3Net", "load_sd3", "is_sd3_folder", "check_sd3_folder", "text_to_image",
