@@ -251,6 +251,26 @@ def row_text(row: dict) -> str:
             f"{calls:>7}{row['max_relative_difference']:>10.1e}")
 
 
+def marginal_overheads(rows: list) -> list:
+    """Per (model, sampler, s) without decode and two step counts N1 < N2: the outside-network time per added
+    step, (outside(N2) - outside(N1)) / (N2 - N1) from the medians, so the per-batch costs (prompt encoding,
+    set-up) cancel."""
+    out = []
+    for low in rows:
+        for high in rows:
+            same = all(low[k] == high[k] for k in ("model", "sampler", "guidance_scale", "decode"))
+            if same and not low["decode"] and low["steps"] < high["steps"]:
+                entry = {k: low[k] for k in ("model", "sampler", "guidance_scale")}
+                entry["steps"] = [low["steps"], high["steps"]]
+                for name in ("diffkit", "diffusers"):
+                    added = high[name]["outside_network_median_ms"] - low[name]["outside_network_median_ms"]
+                    entry[f"{name}_ms_per_step"] = added / (high["steps"] - low["steps"])
+                    entry[f"{name}_per_batch_ms"] = (low[name]["outside_network_median_ms"]
+                                                     - low["steps"] * entry[f"{name}_ms_per_step"])
+                out.append(entry)
+    return out
+
+
 HEADER = (f"{'model':<9}{'sampler':<11}{'N':>3} {'s':>4} {'dec':<4}{'dk ms':>9}{'df ms':>9}{'df/dk':>7} {'[95%]':<12}"
           f"{'dk net':>9}{'df net':>9}{'dk o/st':>8}{'df o/st':>8}{'calls':>7}{'max rel':>10}")
 
@@ -307,6 +327,13 @@ def main(argv=None) -> dict:
             result["rows"].append(row)
             print(row_text(row), flush=True)
     result["seconds"] = time.perf_counter() - started
+    result["marginal_overhead"] = marginal_overheads(result["rows"])
+    if result["marginal_overhead"]:
+        print("outside the network: ms per added step / ms per batch (the rest), diffkit vs diffusers")
+    for entry in result["marginal_overhead"]:
+        print(f"{entry['model']:<9}{entry['sampler']:<11}s={entry['guidance_scale']:<4g} N={entry['steps']}: "
+              f"{entry['diffkit_ms_per_step']:6.2f} / {entry['diffkit_per_batch_ms']:6.1f}  vs  "
+              f"{entry['diffusers_ms_per_step']:6.2f} / {entry['diffusers_per_batch_ms']:6.1f}")
     write_json(result, json_path)
     print(f"{result['seconds']:.0f} s; wrote {json_path}")
     return result
