@@ -275,6 +275,17 @@ def small_unet2d(out_channels=1):
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
 
 
+def test_model_dtype_is_diffusers_dtype_and_follows_a_cast():
+    """model_dtype (read on every network call) is the model's diffusers .dtype, cached until the parameters'
+    dtype or device changes; a module without the property gives the default."""
+    from diffkit.interop import model_dtype
+    unet = small_unet2d()
+    assert model_dtype(unet) == unet.dtype == torch.float32
+    unet.to(torch.float64)
+    assert model_dtype(unet) == torch.float64 == unet.dtype
+    assert model_dtype(torch.nn.Linear(2, 2), torch.bfloat16) == torch.bfloat16
+
+
 def test_every_sampler_runs_a_diffusers_unet():
     """Every registered sampler on a random UNet2DModel: finite, and deterministic given the noise
     and the seed (two rows with the same x_T and identically seeded generators end equal)."""

@@ -50,7 +50,7 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle",
-                                                  "require"]
+                                                  "model_dtype", "require"]
 
 
 def require(module: str = "diffusers"):
@@ -132,6 +132,23 @@ def load_weights_pickle(path, flag: str):
         if marker in str(err):
             detail = str(err).split(marker, 1)[1].strip().split(". ")[0][:100]
         raise DiffkitError(f"{flag} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
+
+
+def model_dtype(model, default=None):
+    """diffusers' ``ModelMixin.dtype`` of ``model`` (``default`` for a module without that property), re-read only
+    when its first parameter's dtype or device changes: the property walks every submodule for casting hooks
+    (about 1.3 ms a read on a tiny UNet; BENCHMARKS.md "Stable Diffusion folders: diffkit's overhead around
+    the network"), and
+    the denoisers ask on every network call."""
+    if not hasattr(type(model), "dtype"):
+        return default
+    first = next(model.parameters(), None)
+    key = None if first is None else (first.dtype, first.device)
+    cached = model.__dict__.get("_diffkit_dtype")
+    if cached is None or cached[0] != key:
+        cached = (key, model.dtype)
+        model.__dict__["_diffkit_dtype"] = cached
+    return cached[1]
 
 
 def __getattr__(name):  # lazy: importing diffkit.interop never imports diffusers

@@ -31,7 +31,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_range, read_json_object
-from . import from_pretrained, library_progress_bars, require
+from . import from_pretrained, library_progress_bars, model_dtype, require
 from .denoiser import ADDED_COND_KEYS, DiffusersNet
 from .stable_diffusion import NULL_LABEL
 
@@ -233,7 +233,7 @@ class ControlledNet(torch.nn.Module):
                 continue  # adds zero: the UNet's own output, without this ControlNet's call
             chosen = kept.nonzero().squeeze(1) if not bool(kept.all()) else None
             pick = (lambda v: v) if chosen is None else (lambda v: v[chosen])
-            dtype = controlnet.dtype
+            dtype = model_dtype(controlnet)
             prompt = None if context is None else pick(context).to(dtype)
             if image.shape[0] == 1:  # one image for every row
                 image = image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1)

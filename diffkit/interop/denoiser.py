@@ -26,6 +26,7 @@ from ..denoiser import Denoiser
 from ..errors import DiffkitError
 from ..models.layers import guidance_scale_embedding
 from ..schedule import NoiseSchedule
+from . import model_dtype
 from .schedulers import learned_variance_of, schedule_from_diffusers
 
 
@@ -58,7 +59,7 @@ class DiffusersNet(torch.nn.Module):
             kwargs["encoder_hidden_states"] = context
         if y is not None and self.uses_labels:
             kwargs["class_labels"] = y
-        dtype = getattr(self.model, "dtype", x.dtype)
+        dtype = model_dtype(self.model, x.dtype)
         if w is not None or self.guidance_dim:
             kwargs["timestep_cond"] = self.guidance_condition(w, x.shape[0], x.device).to(dtype)
         out = self.model(x.to(dtype), t, return_dict=False, **kwargs)[0]

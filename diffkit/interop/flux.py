@@ -46,7 +46,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
-from . import require
+from . import model_dtype, require
 from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, finish_images, flow_sigmas_grid,
                            load_flow_parts, names_pipeline, pipeline_grid, start_latents)
 from .sd3 import _per_prompt
@@ -104,7 +104,7 @@ class FluxNet(torch.nn.Module):
                 guidance: Optional[float] = None) -> torch.Tensor:
         if context is None or pooled is None:
             raise DiffkitError("a FLUX transformer needs cond {'context', 'pooled'} (Flux.encode_prompts)")
-        dtype, (b, _, h, w) = self.model.dtype, x.shape
+        dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)

@@ -47,7 +47,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
-from . import require
+from . import model_dtype, require
 from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, finish_images, flow_sigmas_grid,
                            load_flow_parts, names_pipeline, pipeline_grid, start_latents)
 from .sd_xl import _index  # model_index.json as a dict, None where there is none (or it is unreadable)
@@ -74,7 +74,7 @@ class SD3Net(torch.nn.Module):
         if context is None or pooled is None:
             raise DiffkitError("an SD3 transformer needs cond {'context', 'pooled'} (StableDiffusion3."
                                "encode_prompts)")
-        dtype = self.model.dtype
+        dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         out = self.model(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=context.to(dtype),
                          pooled_projections=pooled.to(dtype), return_dict=False)[0]
