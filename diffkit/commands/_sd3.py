@@ -16,14 +16,14 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-               guidance=None, refused: Optional[dict] = None, **options):
+               guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
     """Sample an SD3 folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1), classifier-free guidance against ``--negative-prompt`` (default "") with the
     pipeline's s = 7.0 by default (``--guidance-scale``), 28 steps. ``ddim`` without a grid option
     (:func:`pipeline_loop`) steps on the scheduler's own sigmas, which is StableDiffusion3Pipeline's
     FlowMatchEuler loop; any other sampler (or ddim with ``--spacing``) on its diffkit grid of the flow schedule.
     ``refused``: {flag: value} of ``diffkit sample`` flags an SD3 folder does not take (a one-line error for
-    any given)."""
+    any given). ``height`` / ``width``: the images' size (default the folder's), the pipeline's."""
     from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
 
@@ -62,7 +62,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                              latents=noise, return_latents=True, **grid, **how)
 
     images, out = draw_prompted_grid(
-        sd3.denoiser, num, sd3.latent_shape(1)[1:], prompted, lambda start, n: {"prompts": per_sample[start:start + n]},
+        sd3.denoiser, num, sd3.latent_shape(1, height, width)[1:], prompted,
+        lambda start, n: {"prompts": per_sample[start:start + n]},
         sd3.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
         final=final, batch_size=batch_size, device=device, dtype=sd3.dtype, progress=progress, **options)
     grid = "the scheduler's sigmas" if own else "its diffkit grid"
