@@ -1,6 +1,7 @@
 """``diffkit sample --height H --width W`` on diffusers folders (diffkit.commands._image_size): per family (SD, SD-XL,
 SD3, FLUX.1) the CLI's grid is the library's at that size byte for byte, and the library is the pipeline with the
-same height / width; sizes a pipeline cannot draw, diffkit checkpoints and control images are one-line refusals."""
+same height / width, also with a ControlNet; sizes a pipeline cannot draw, diffkit checkpoints and T2I-Adapters are
+one-line refusals."""
 import pytest
 import torch
 
@@ -16,11 +17,13 @@ import test_interop_diffusers  # noqa: E402
 import test_interop_flux  # noqa: E402
 import test_interop_sd3  # noqa: E402
 import test_interop_sd_xl  # noqa: E402
+import test_controlnet  # noqa: E402
 
 tiny_sd = test_interop_diffusers.tiny_sd  # the fixtures, shared
 tiny_xl = test_interop_sd_xl.tiny_xl
 tiny_sd3 = test_interop_sd3.tiny_sd3
 tiny_flux = test_interop_flux.tiny_flux
+tiny_controlnet_sd = test_controlnet.tiny_controlnet_sd
 
 PROMPTS = ["a photo of a cat", "hot"]
 HEIGHT, WIDTH = 24, 16  # not the tiny folders' default 16 x 16 (FLUX: 256 x 256)
@@ -132,7 +135,42 @@ def test_sizes_a_folder_cannot_draw_and_other_checkpoints_are_refused_in_one_lin
         main(["sample", "--checkpoint", str(tmp_path / "sd"), "--height", "0", "--prompt", "hot", "--out", str(out)])
     assert "--height: 0 is out of range" in capsys.readouterr().err
     assert not out.exists()
-    for flags, name in (({"control": True}, "--controlnet"), ({"t2i_adapter": True}, "--t2i-adapter")):
-        with pytest.raises(DiffkitError, match=f"--width with {name}: the control image sets the size"):
-            check_image_size(tmp_path / "sd", None, 32, **flags)
-    check_image_size(tmp_path / "sd", None, None, control=True)  # off: nothing to check
+    with pytest.raises(DiffkitError, match="--width with --t2i-adapter: the control image sets the size"):
+        check_image_size(tmp_path / "sd", None, 32, t2i_adapter=True)
+    check_image_size(tmp_path / "sd", None, None, t2i_adapter=True)  # off: nothing to check
+
+
+def test_controlnet_images_are_resized_to_the_size_as_the_pipeline_does(tiny_controlnet_sd, tmp_path):
+    """--controlnet with --height 24 --width 16: the 16 x 16 control image resized to 24 x 16 (the pipeline's
+    control_image_processor); the command's PNGs are text_to_image's byte for byte, which is
+    StableDiffusionControlNetPipeline with height=24, width=16 (z_0 within 1e-5)."""
+    from PIL import Image
+    from diffkit.images import save_images
+    from diffkit.interop.controlnet import ControlNets
+    from diffkit.interop.stable_diffusion import text_to_image
+    from diffkit.noise import generators_from_seed, randn
+    pipe, nets, sd, root, png = tiny_controlnet_sd
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", root / "sd", "--prompt", "hot", "--num", "2", "--steps", "3", "--seed", "2",
+        "--controlnet", root / "cn0", "--control-image", png, "--height", HEIGHT, "--width", WIDTH,
+        "--out", tmp_path / "g.png", "--individual", tmp_path / "cli", "--no-progress")]) == 0
+    images = text_to_image(sd, ["hot", "hot"], steps=3, latents=randn((2, 4, 12, 8), generators_from_seed(2, 2)),
+                           seed=2, output_range="-1,1", controlnet=ControlNets(nets[:1], [png]), height=HEIGHT,
+                           width=WIDTH)
+    assert images.shape == (2, 3, HEIGHT, WIDTH)
+    save_images(images, tmp_path / "lib")
+    for name in ("sample_00000.png", "sample_00001.png"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    latents = _latents(4)
+    saved = pipe.controlnet
+    try:
+        pipe.controlnet = nets[0]
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, image=Image.open(png).convert("RGB"), height=HEIGHT, width=WIDTH,
+                          num_inference_steps=3, guidance_scale=5.0, latents=latents.clone(), eta=0.0,
+                          output_type="latent").images
+    finally:
+        pipe.controlnet = saved
+    ours = text_to_image(sd, PROMPTS, steps=3, grid="scheduler", guidance_scale=5.0, latents=latents, eta=0.0,
+                         return_latents=True, controlnet=ControlNets(nets[:1], [png]), height=HEIGHT, width=WIDTH)
+    assert relative_error(ours, theirs) < 1e-5

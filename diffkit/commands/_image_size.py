@@ -29,12 +29,13 @@ def size_multiple(directory) -> tuple:
     return math.lcm(8, f), f"the pipeline's 8 and the VAE factor {f}"
 
 
-def check_image_size(checkpoint, height: Optional[int], width: Optional[int], control: bool = False,
-                     t2i_adapter: bool = False) -> None:
+def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2i_adapter: bool = False) -> None:
     """One-line DiffkitError for ``--height`` / ``--width`` (either may be None: the folder's default) that the
     checkpoint cannot draw: not a diffusers folder (a diffkit checkpoint's size is fixed by training), with
-    ``control`` / ``t2i_adapter`` (the control image sets the size), or not a positive multiple of
-    :func:`size_multiple`."""
+    ``t2i_adapter`` (the control image sets the size: the adapter pipelines resize it with their own
+    ``_preprocess_adapter_image``, not checked against the library's), or not a positive multiple of
+    :func:`size_multiple`. ControlNets take the size: their images are resized to it as diffusers' ControlNet
+    pipelines do (:func:`diffkit.interop.controlnet.prepare_control_image`, the same ``VaeImageProcessor``)."""
     if height is None and width is None:
         return
     from ..interop.flux import is_flux_folder
@@ -44,9 +45,9 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], co
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1); {checkpoint}"
                            f" draws at the size it was trained at")
-    if control or t2i_adapter:
-        raise DiffkitError(f"{flag} with {'--controlnet' if control else '--t2i-adapter'}: the control image sets "
-                           f"the size; resize the control image instead")
+    if t2i_adapter:
+        raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
+                           f"instead")
     multiple, why = size_multiple(checkpoint)
     for name, value in (("--height", height), ("--width", width)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0

@@ -241,7 +241,7 @@ def run(args) -> int:
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     refiner = RefinerRequest.from_args(args, checkpoint)
     from ._image_size import check_image_size
-    check_image_size(checkpoint, args.height, args.width, control is not None, t2i_adapter is not None)
+    check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
     size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
@@ -661,7 +661,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.sd_scheduler import check_scheduler_override
     check_scheduler_override(checkpoint, scheduler)
     from ._image_size import check_image_size
-    check_image_size(checkpoint, height, width, control is not None, options.get("t2i_adapter") is not None)
+    check_image_size(checkpoint, height, width, options.get("t2i_adapter") is not None)
     size = {} if height is None and width is None else {"height": height, "width": width}
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
@@ -923,8 +923,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     IP-Adapter, a refiner or LCM / TCD sampling). ``t2i_adapter``: T2I-Adapters and their control images
     (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). ``height`` / ``width``: the
     images' size (default the folder's: UNet sample_size x VAE factor), the pipeline's ``height`` / ``width``; the
-    drawn latents set SD-XL's size conditions and the refiner's (not with ControlNets or T2I-Adapters:
-    :mod:`._image_size`). Writes the grid (and single PNGs); latents have no noise grid."""
+    drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
+    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs); latents have no noise grid."""
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
@@ -934,7 +934,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ._image_size import check_image_size
     guidance = guidance or GuidanceRequest()
     check_prompt_encoding(guidance, directory)  # as from_args did (library callers too)
-    check_image_size(directory, height, width, control is not None, t2i_adapter is not None)
+    check_image_size(directory, height, width, t2i_adapter is not None)
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
@@ -972,7 +972,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     refined = None if refiner is None else refiner.load(device, progress)
     if refiner is not None:  # both halves get a step of the grid: one line before any sampling
         refiner.check_steps(sd, refined, sampler, steps or 50, {"spacing": spacing, "final": final, **options})
-    size = (height, width) if controlnet is None else controlnet.size(sd.vae_scale_factor)
+    size = (height, width) if controlnet is None else controlnet.size(sd.vae_scale_factor, height, width)
     adapters = None if t2i_adapter is None else t2i_adapter.load(device, sd.dtype, progress)
     size = size if adapters is None else adapters.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)
@@ -996,7 +996,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                           negative_prompt=guidance.negative_prompt,
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                          ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu,
+                          ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
                           **pag, **handover, **how)
         if alone:
