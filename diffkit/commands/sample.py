@@ -114,7 +114,8 @@ def register(sub) -> None:
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
     p.add_argument("--height", type=positive_int, metavar="H",
                    help="diffusers folders (SD, SD-XL, SD3, FLUX.1): the images' height, the pipeline's height "
-                        "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1)")
+                        "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
+                        "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
@@ -924,7 +925,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). ``height`` / ``width``: the
     images' size (default the folder's: UNet sample_size x VAE factor), the pipeline's ``height`` / ``width``; the
     drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
-    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs); latents have no noise grid."""
+    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs);
+    latents have no noise grid."""
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
