@@ -46,19 +46,28 @@ def _latents(channels):
     return torch.randn(2, channels, HEIGHT // 2, WIDTH // 2, generator=torch.Generator().manual_seed(7))  # f = 2
 
 
+def _unet_library_is_the_pipeline(pipe, sd):
+    """SD / SD-XL: text_to_image at 24 x 16 is the pipeline with height=24, width=16 (DDIM on its timesteps)."""
+    from diffkit.interop.stable_diffusion import text_to_image
+    latents, saved = _latents(4), pipe.scheduler
+    try:
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(saved.config)
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, height=HEIGHT, width=WIDTH, num_inference_steps=3, guidance_scale=5.0,
+                          latents=latents.clone(), output_type="latent").images
+    finally:
+        pipe.scheduler = saved
+    ours = text_to_image(sd, PROMPTS, steps=3, grid="scheduler", guidance_scale=5.0, latents=latents, height=HEIGHT,
+                         width=WIDTH, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_sd_at_another_size_is_the_pipeline_and_the_cli_the_library(tiny_sd, tmp_path):
     from diffkit.interop.stable_diffusion import text_to_image
     pipe, sd = tiny_sd
     pipe.save_pretrained(tmp_path / "sd")
     _cli_is_the_library(tmp_path / "sd", tmp_path, lambda p, **kw: text_to_image(sd, p, **kw))
-    latents = _latents(4)
-    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
-    with torch.no_grad():
-        theirs = pipe(PROMPTS, height=HEIGHT, width=WIDTH, num_inference_steps=3, guidance_scale=5.0,
-                      latents=latents.clone(), output_type="latent").images
-    ours = text_to_image(sd, PROMPTS, steps=3, grid="scheduler", guidance_scale=5.0, latents=latents, height=HEIGHT,
-                         width=WIDTH, return_latents=True)
-    assert relative_error(ours, theirs) < 1e-5
+    _unet_library_is_the_pipeline(pipe, sd)
 
 
 def test_sd_xl_size_conditions_follow_the_drawn_size(tiny_xl, tmp_path):
@@ -73,14 +82,7 @@ def test_sd_xl_size_conditions_follow_the_drawn_size(tiny_xl, tmp_path):
     finally:
         hook.remove()
     assert seen and seen[0].tolist() == [[HEIGHT, WIDTH, 0, 0, HEIGHT, WIDTH]] * 4
-    latents = _latents(4)
-    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
-    with torch.no_grad():
-        theirs = pipe(PROMPTS, height=HEIGHT, width=WIDTH, num_inference_steps=3, guidance_scale=5.0,
-                      latents=latents.clone(), output_type="latent").images
-    ours = text_to_image(xl, PROMPTS, steps=3, grid="scheduler", guidance_scale=5.0, latents=latents, height=HEIGHT,
-                         width=WIDTH, return_latents=True)
-    assert relative_error(ours, theirs) < 1e-5
+    _unet_library_is_the_pipeline(pipe, xl)
 
 
 def test_sd3_at_another_size_is_the_pipeline_and_the_cli_the_library(tiny_sd3, tmp_path):
