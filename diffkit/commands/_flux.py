@@ -16,8 +16,9 @@ _REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescal
 
 def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                 seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                guidance=None, refused: Optional[dict] = None, **options):
-    """Sample a FLUX.1 folder to a grid (and single PNGs) at the pipeline's default size (128 f): rows as
+                guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
+    """Sample a FLUX.1 folder to a grid (and single PNGs) at ``height`` x ``width`` (default the pipeline's 128 f,
+    multiples of 2 f; its shift follows the size): rows as
     :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
     steps; ``--guidance-scale G``: the embedded guidance value as given (FLUX.1-dev, default 3.5; it is no
     classifier-free guidance, so ``--guidance-convention`` does not change it; refused for FLUX.1-schnell).
@@ -55,7 +56,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
                              **grid, **how)
 
     images, out = draw_prompted_grid(
-        flux.denoiser, num, flux.latent_shape(1)[1:], prompted,
+        flux.denoiser, num, flux.latent_shape(1, height, width)[1:], prompted,
         lambda start, n: {"prompts": per_sample[start:start + n]}, flux.decode, out, individual, nrow, scale,
         seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final, batch_size=batch_size,
         device=device, dtype=flux.dtype, progress=progress, **options)

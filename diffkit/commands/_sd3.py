@@ -25,7 +25,7 @@ def refused_flags(flags: dict, directory) -> None:
 
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-               guidance=None, refused: Optional[dict] = None, lora=None, **options):
+               guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, **options):
     """Sample an SD3 folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1), classifier-free guidance against ``--negative-prompt`` (default "") with the
     pipeline's s = 7.0 by default (``--guidance-scale``), 28 steps. ``ddim`` without a grid option
@@ -34,7 +34,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     ``refused``: {flag: value} of ``diffkit sample`` flags an SD3 folder does not take (a one-line error for
     any given). Prompt encoding: ``--clip-skip``, ``--prompt-2`` / ``--prompt-3`` (once, or once per ``--prompt``),
     ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
-    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``."""
+    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``height`` / ``width``: the images'
+    size (default the folder's), the pipeline's."""
     from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
@@ -75,7 +76,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(
-        sd3.denoiser, num, sd3.latent_shape(1)[1:], prompted,
+        sd3.denoiser, num, sd3.latent_shape(1, height, width)[1:], prompted,
         lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
         sd3.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing,
         final=final, batch_size=batch_size, device=device, dtype=sd3.dtype, progress=progress, **options)

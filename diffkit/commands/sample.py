@@ -112,6 +112,11 @@ def register(sub) -> None:
                         "TCDScheduler (tcd) .from_config(pipe.scheduler.config), e.g. with an LCM-LoRA in --lora: "
                         "default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/interop.md)")
     p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
+    p.add_argument("--height", type=positive_int, metavar="H",
+                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1): the images' height, the pipeline's height "
+                        "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
+                        "--controlnet images are resized to it; not with --t2i-adapter)")
+    p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
                    help="text-conditional checkpoints: the prompt; repeat for one row per prompt "
@@ -236,6 +241,9 @@ def run(args) -> int:
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     refiner = RefinerRequest.from_args(args, checkpoint)
+    from ._image_size import check_image_size
+    check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
+    size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -269,7 +277,7 @@ def run(args) -> int:
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
-                        **options)
+                        **size, **options)
     return 0
 
 
@@ -633,7 +641,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                     spacing=None, final=None, scale=1, progress=True, guidance: Optional[GuidanceRequest] = None,
                     config=None, mixed_precision="no", compile="no", progressive=None, output_config=None,
                     lora=None, lora_any_base=False, textual_inversion=None, control: Optional[ControlRequest] = None,
-                    ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None, **options):
+                    ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None, height=None, width=None,
+                    **options):
     """Sample ``num`` images and write the grid, the noise grid and optionally single PNGs.
 
     Conditional checkpoints get class labels (see :meth:`GuidanceRequest.labels`) and the
@@ -648,7 +657,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     ``textual_inversion``: a Stable Diffusion folder's embedding files, (path, token) pairs. ``control``: the
     ControlNets of a Stable Diffusion folder (:class:`~diffkit.commands._controlnet.ControlRequest`); ``ip_adapter``:
     its IP-Adapter (:class:`~diffkit.commands._ip_adapter.IPAdapterRequest`). ``scheduler``: its ``--scheduler``.
-    ``freeu``: FreeU factors (:mod:`diffkit.models.freeu`: a FreeU or "B1,B2,S1,S2") while sampling."""
+    ``freeu``: FreeU factors (:mod:`diffkit.models.freeu`: a FreeU or "B1,B2,S1,S2") while sampling. ``height`` /
+    ``width``: a diffusers folder's image size (default the folder's; :mod:`._image_size`)."""
     import torch
 
     from ..drawing import draw_samples
@@ -657,6 +667,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..loading import load_denoiser
     from ..interop.sd_scheduler import check_scheduler_override
     check_scheduler_override(checkpoint, scheduler)
+    from ._image_size import check_image_size
+    check_image_size(checkpoint, height, width, options.get("t2i_adapter") is not None)
+    size = {} if height is None and width is None else {"height": height, "width": width}
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
@@ -670,11 +683,11 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                individual=individual, seed=seed, device=device, batch_size=batch_size,
                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                               refused={**refused, "--lora": lora}, **options)
+                               refused={**refused, "--lora": lora}, **size, **options)
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,
-                          **options)
+                          **size, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "
@@ -694,7 +707,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                                        spacing=spacing, final=final, scale=scale, progress=progress,
                                        guidance=guidance, lora=lora, textual_inversion=textual_inversion,
                                        control=control, ip_adapter=ip_adapter, scheduler=scheduler, freeu=freeu,
-                                       **options)
+                                       **size, **options)
     if guidance is not None:
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(guidance, checkpoint)  # --clip-skip, --prompt-2: Stable Diffusion folders only
@@ -897,7 +910,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                             textual_inversion=None, control: Optional[ControlRequest] = None,
                             ip_adapter: Optional[IPAdapterRequest] = None, scheduler=None, freeu=None,
                             refiner: Optional[RefinerRequest] = None, t2i_adapter: Optional[T2IAdapterRequest] = None,
-                            **options):
+                            height=None, width=None, **options):
     """``diffkit sample --checkpoint SD_FOLDER --prompt TEXT``: a diffusers-format Stable Diffusion
     folder on disk (docs/interop.md) sampled with a diffkit sampler; rows as :func:`condition_rows`, sample i
     from ``seed + i``; classifier-free guidance with the empty prompt as null (default w = 6.5,
@@ -920,16 +933,21 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     ``pag_layers`` / ``pag_adaptive_scale`` / ``pag_interval``: perturbed-attention guidance as
     StableDiffusion(XL)PAGPipeline, diffusers' layer names (:mod:`diffkit.interop.sd_pag`; not with ControlNet,
     IP-Adapter, a refiner or LCM / TCD sampling). ``t2i_adapter``: T2I-Adapters and their control images
-    (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). Writes the grid (and single
-    PNGs); latents have no noise grid."""
+    (:mod:`diffkit.interop.t2i_adapter`; the images take the control image's size). ``height`` / ``width``: the
+    images' size (default the folder's: UNet sample_size x VAE factor), the pipeline's ``height`` / ``width``; the
+    drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
+    ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs);
+    latents have no noise grid."""
     from ..interop.lcm import folder_guidance_input, is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
     from ..models.freeu import parse_freeu
     from ._sd_prompts import check_prompt_encoding, prompt_options
 
+    from ._image_size import check_image_size
     guidance = guidance or GuidanceRequest()
     check_prompt_encoding(guidance, directory)  # as from_args did (library callers too)
+    check_image_size(directory, height, width, t2i_adapter is not None)
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
@@ -967,7 +985,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     refined = None if refiner is None else refiner.load(device, progress)
     if refiner is not None:  # both halves get a step of the grid: one line before any sampling
         refiner.check_steps(sd, refined, sampler, steps or 50, {"spacing": spacing, "final": final, **options})
-    size = (None, None) if controlnet is None else controlnet.size(sd.vae_scale_factor)
+    size = (height, width) if controlnet is None else controlnet.size(sd.vae_scale_factor, height, width)
     adapters = None if t2i_adapter is None else t2i_adapter.load(device, sd.dtype, progress)
     size = size if adapters is None else adapters.size(sd.vae_scale_factor)
     prompts = list(guidance.prompts)
@@ -991,7 +1009,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           convention=convention, guidance_rescale=guidance.rescale, seed=None, latents=noise,
                           negative_prompt=guidance.negative_prompt,
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
-                          ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu,
+                          ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
                           **pag, **handover, **how)
         if alone:
