@@ -16,14 +16,15 @@ _REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescal
 
 def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                 seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                guidance=None, refused: Optional[dict] = None, **options):
+                guidance=None, refused: Optional[dict] = None, lora=None, **options):
     """Sample a FLUX.1 folder to a grid (and single PNGs) at the pipeline's default size (128 f): rows as
     :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
     steps; ``--guidance-scale G``: the embedded guidance value as given (FLUX.1-dev, default 3.5; it is no
     classifier-free guidance, so ``--guidance-convention`` does not change it; refused for FLUX.1-schnell).
     ``ddim`` without a grid option (:func:`._sd3.pipeline_loop`) steps on the pipeline's sigmas (FluxPipeline's
     loop); any other sampler on its diffkit grid of the size's flow schedule. ``refused``: {flag: value} of
-    ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given)."""
+    ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given); ``lora``: diffusers / PEFT
+    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
@@ -35,11 +36,11 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     flags.update({flag: getattr(guidance, name) for name, flag in _REFUSED_GUIDANCE.items()})
     given = [flag for flag, value in flags.items() if value is not None and value is not False and value != 0.0]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt, "
+        raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt, --lora, "
                            f"--guidance-scale (the embedded guidance), --steps / --nfe, --sampler and its grid options")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
-    flux = load_flux(directory, device, progress=progress)
+    flux = load_flux(directory, device, progress=progress, lora=lora)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = [prompts[i] for i in index.tolist()]

@@ -670,7 +670,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                individual=individual, seed=seed, device=device, batch_size=batch_size,
                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                               refused={**refused, "--lora": lora}, **options)
+                               refused=refused, lora=lora, **options)
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,

@@ -295,13 +295,36 @@ def check_flux_folder(directory: Path) -> tuple:
     return index, sched
 
 
+def read_flux_loras(lora) -> list:
+    """:func:`.sd_lora.read_sd_loras` of FLUX LoRA files: diffusers / PEFT ``transformer.`` and ``text_encoder.``
+    (CLIP) keys only, as ``FluxLoraLoaderMixin`` fuses them; kohya / BFL-format files and keys of other components
+    (which the pipeline would ignore) are one-line errors."""
+    from .sd_lora import read_sd_loras
+    loras = read_sd_loras(lora) if lora else []
+    for path, _, read in loras:
+        if read["kohya"]:
+            raise DiffkitError(f"--lora {path} is a kohya / BFL-format FLUX LoRA file (lora_unet_ / lora_te1_ keys), "
+                               f"which diffkit does not convert; allowed: diffusers / PEFT files (transformer. and "
+                               f"text_encoder. keys, FluxPipeline.save_lora_weights)")
+        other = next((c for c in ("unet", "text_encoder_2") if read[c]), None)
+        if other:
+            raise DiffkitError(f"--lora {path} adapts the {other} ({other}. keys), which a FLUX folder's "
+                               f"load_lora_weights does not; allowed: transformer. and text_encoder. (CLIP) keys")
+    return loras
+
+
 def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-              progress: bool = True) -> Flux:
+              progress: bool = True, lora=None) -> Flux:
     """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
-    in one line before any weight is read (:func:`check_flux_folder`)."""
+    in one line before any weight is read (:func:`check_flux_folder`). ``lora``: LoRA files in diffusers / PEFT
+    format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` keys), merged as
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first,
+    :func:`read_flux_loras`)."""
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_flux_folder(directory)
+    loras = read_flux_loras(lora)
     parts = load_flow_parts(directory, index, diffusers.FluxTransformer2DModel,
                             {"": "CLIPTextModel", "_2": "T5EncoderModel"}, dtype, progress)
     device = torch.device(device)
@@ -314,6 +337,7 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
         raise DiffkitError(f"{directory}: the transformer's pooled_projection_dim={config.pooled_projection_dim} and "
                            f"joint_attention_dim={config.joint_attention_dim} do not fit the text encoders (CLIP "
                            f"width {pooled}, T5 width {t5})")
+    merge_sd_loras(flux, loras)
     return flux
 
 
@@ -354,5 +378,5 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
 
 
 __all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder", "text_to_image", "pack_latents",
-           "unpack_latents", "latent_image_ids", "calculate_shift", "FLUX_PIPELINE_GUIDANCE", "FLUX_PIPELINE_STEPS",
-           "MAX_SEQUENCE_LENGTH"]
+           "unpack_latents", "latent_image_ids", "calculate_shift", "read_flux_loras", "FLUX_PIPELINE_GUIDANCE",
+           "FLUX_PIPELINE_STEPS", "MAX_SEQUENCE_LENGTH"]

@@ -1,0 +1,103 @@
+"""FLUX.1 folders with LoRA files and the command line's true CFG / T5 prompts (diffkit.interop.flux, .sd_lora):
+against diffusers' FluxPipeline after load_lora_weights + fuse_lora on the tiny folder of test_interop_flux (its
+fixture, imported)."""
+import re
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffkit.interop.flux import load_flux, text_to_image  # noqa: E402
+
+from test_interop_diffusers import relative_error  # noqa: E402
+import test_interop_flux  # noqa: E402
+
+PROMPTS = test_interop_flux.PROMPTS
+tiny_flux = test_interop_flux.tiny_flux  # the folder fixture, shared (pytest finds it in this module's namespace)
+FLUX_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "to_add_out",
+                                                       "ff.net.2", "proj_mlp", "proj_out"],
+                 rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+
+
+@pytest.fixture(scope="module")
+def flux_lora(tiny_flux, tmp_path_factory):
+    """(a diffusers-format FLUX LoRA file: transformer and CLIP text_encoder adapters with rank / alpha patterns,
+    written by FluxPipeline.save_lora_weights; the dev folder's pipeline after load_lora_weights + fuse_lora(0.7))."""
+    pytest.importorskip("peft")
+    from test_sd_lora import TEXT_LORA, _add_lora
+    pipe, folder, _ = tiny_flux[True]
+    root = tmp_path_factory.mktemp("flux_lora")
+    transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer", local_files_only=True)
+    clip = type(pipe.text_encoder).from_pretrained(folder / "text_encoder", local_files_only=True)
+    state, config = _add_lora(transformer, 1, **FLUX_LORA)
+    text_state, text_config = _add_lora(clip, 11, **TEXT_LORA)
+    prefix = "" if hasattr(clip, "text_model") else "text_model."
+    diffusers.FluxPipeline.save_lora_weights(
+        root, weight_name="lora.safetensors", transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
+        text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
+        text_encoder_lora_adapter_metadata=text_config)
+    pipe = diffusers.FluxPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(root / "lora.safetensors"))
+    pipe.fuse_lora(lora_scale=0.7, components=["transformer", "text_encoder"])
+    pipe.unload_lora_weights()  # the fused weights stay, the adapters go
+    return root / "lora.safetensors", pipe
+
+
+def test_flux_lora_matches_load_lora_weights_and_fuse_lora(tiny_flux, flux_lora):
+    """load_flux(lora=[(file, 0.7)]): the transformer's and CLIP's weights are the pipeline's after load_lora_weights
+    + fuse_lora(lora_scale=0.7) (rank and alpha patterns from the file's metadata), and so are the sampled latents
+    (with true CFG); scale 0 changes nothing, bit for bit."""
+    _, folder, flux = tiny_flux[True]
+    lora, pipe = flux_lora
+    merged = load_flux(folder, progress=False, lora=[(lora, 0.7)])
+    worst = 0.0
+    for name in ("transformer", "text_encoder", "text_encoder_2"):
+        theirs = dict(getattr(pipe, name).state_dict())
+        for key, value in getattr(merged, name).state_dict().items():
+            worst = max(worst, float((value - theirs[key]).abs().max()))
+    q = next(k for k in flux.text_encoder.state_dict() if k.endswith("layers.0.self_attn.q_proj.weight"))
+    changed = min(float((merged.text_encoder.state_dict()[q] - flux.text_encoder.state_dict()[q]).abs().max()),
+                  float((merged.transformer.transformer_blocks[0].attn.to_v.weight
+                         - flux.transformer.transformer_blocks[0].attn.to_v.weight).abs().max()),
+                  float((merged.transformer.single_transformer_blocks[0].proj_mlp.weight
+                         - flux.transformer.single_transformer_blocks[0].proj_mlp.weight).abs().max()))
+    print("flux lora weights", worst, changed)
+    assert worst < 1e-6 and changed > 1e-3
+    latents = test_interop_flux._latents()
+    kw = {"true_cfg_scale": 2.0, "negative_prompt": "ugly"}
+    theirs = test_interop_flux._theirs(pipe, latents, steps=3, **kw)
+    ours = text_to_image(merged, PROMPTS, steps=3, latents=latents, max_sequence_length=12, return_latents=True, **kw)
+    print("flux lora latents", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(text_to_image(flux, PROMPTS, steps=3, latents=latents, max_sequence_length=12,
+                                        return_latents=True, **kw), theirs) > 1e-3
+    off = load_flux(folder, progress=False, lora=[(lora, 0.0)])
+    for name in ("transformer", "text_encoder"):
+        assert all(torch.equal(a, b) for a, b in zip(getattr(off, name).state_dict().values(),
+                                                     getattr(flux, name).state_dict().values()))
+
+
+def test_flux_lora_files_flux_does_not_take_are_refused_in_one_line(tiny_flux, tmp_path, capsys):
+    """kohya / BFL-format FLUX files, T5 (text_encoder_2) and UNet keys: one line each, before any output."""
+    from safetensors.torch import save_file
+    from diffkit.cli import main
+    _, folder, _ = tiny_flux[True]
+    files = {"kohya": {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 16),
+                       "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(48, 2)},
+             "bfl": {"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 16),
+                     "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(48, 2)},
+             "t5": {"text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": torch.zeros(2, 32),
+                    "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight": torch.zeros(32, 2)}}
+    for name, tensors in files.items():
+        save_file(tensors, tmp_path / f"{name}.safetensors")
+    for name, match in (("kohya", "is a kohya / BFL-format FLUX LoRA file .* allowed: diffusers / PEFT files"),
+                        ("bfl", "key 'diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight' is not supported"),
+                        ("t5", "adapts the text_encoder_2 .* allowed: transformer. and text_encoder. \\(CLIP\\) keys")):
+        argv = ["sample", "--checkpoint", str(folder), "--prompt", "a cat", "--no-progress",
+                "--lora", str(tmp_path / f"{name}.safetensors"), "--out", str(tmp_path / "out" / "o.png")]
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (name, err)
+        assert not (tmp_path / "out").exists()
