@@ -101,3 +101,41 @@ def test_flux_lora_files_flux_does_not_take_are_refused_in_one_line(tiny_flux, t
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), (name, err)
         assert not (tmp_path / "out").exists()
+
+
+def test_sample_command_takes_true_cfg_t5_prompts_and_a_lora(tiny_flux, flux_lora, tmp_path, capsys, monkeypatch):
+    """`diffkit sample` on a FLUX folder with --true-cfg-scale / --negative-prompt (-2), --prompt-2 once per --prompt,
+    --max-sequence-length and --lora FILE:0.7 writes the grid of text_to_image's images byte for byte."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop import flux as flux_module
+    monkeypatch.setattr(flux_module, "DEFAULT_SAMPLE_SIZE", 8)
+    _, folder, _ = tiny_flux[True]
+    lora, _ = flux_lora
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--prompt-2",
+                 "hot dog", "--prompt-2", "the cat", "--negative-prompt", "ugly", "--negative-prompt-2", "blurry",
+                 "--true-cfg-scale", "2.5", "--max-sequence-length", "12", "--lora", f"{lora}:0.7", "--num", "2",
+                 "--nrow", "1", "--steps", "3", "--seed", "5", "--batch-size", "2", "--no-progress", "--out",
+                 str(out)]) == 0
+    merged = load_flux(folder, progress=False, lora=[(lora, 0.7)])
+    expected = text_to_image(merged, PROMPTS, steps=3, seed=5, true_cfg_scale=2.5, negative_prompt="ugly",
+                             negative_prompt_2="blurry", prompt_2=["hot dog", "the cat"], max_sequence_length=12,
+                             output_range="-1,1")
+    save_grid(expected, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+    base = ["sample", "--checkpoint", str(folder), "--prompt", "a cat", "--no-progress", "--out",
+            str(tmp_path / "out" / "o.png")]
+    for extra, match in (
+            (["--true-cfg-scale", "3"], "--true-cfg-scale 3 is not allowed on a FLUX folder: its true CFG takes both"),
+            (["--negative-prompt", "u", "--true-cfg-scale", "1"], "--negative-prompt 'u' with --true-cfg-scale 1 is"),
+            (["--prompt-3", "a"], "--prompt-3 does not apply to a FLUX folder .* --prompt-2, --negative-prompt-2"),
+            (["--clip-skip", "1"], "--clip-skip does not apply to a FLUX folder"),
+            (["--prompt-2", "a", "--prompt-2", "b"], "--prompt-2 is given 2 times for 1 --prompt"),
+            (["--true-cfg-scale", "0"], "argument --true-cfg-scale: .* must be a finite number > 0")):
+        code = main(base + extra) if extra[-1] != "0" else pytest.raises(SystemExit, main, base + extra).value.code
+        assert code == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert re.search(match, err[-1]) and (len(err) == 1 or extra[-1] == "0"), (extra, err)
+        assert not (tmp_path / "out").exists()
