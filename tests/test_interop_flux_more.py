@@ -139,3 +139,25 @@ def test_sample_command_takes_true_cfg_t5_prompts_and_a_lora(tiny_flux, flux_lor
         err = capsys.readouterr().err.strip().splitlines()
         assert re.search(match, err[-1]) and (len(err) == 1 or extra[-1] == "0"), (extra, err)
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("steps, strength", [(4, 0.6), (3, 1.0)])
+def test_flux_img2img_matches_the_pipeline(tiny_flux, steps, strength):
+    """Same z_0 as FluxImg2ImgPipeline: the posterior sample and the noise from image i's generator seed + i,
+    scale_noise at the first sigma of get_timesteps' cut (3 of 4 steps at 0.6; all at 1.0: pure noise), flow Euler
+    from there with the embedded guidance (its default 7.0) and true CFG."""
+    from diffkit.interop.flux import image_to_image
+    pipe, _, flux = tiny_flux[True]
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # [0, 1]
+    kw = {"max_sequence_length": 12, "true_cfg_scale": 2.0, "negative_prompt": "ugly"}
+    img2img = diffusers.FluxImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=images, strength=strength, num_inference_steps=steps, height=16, width=16,
+                         output_type="latent", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                         **kw).images
+    theirs = test_interop_flux.unpack_latents(theirs, 8, 8)
+    ours = image_to_image(flux, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print("flux img2img", steps, strength, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
