@@ -161,3 +161,50 @@ def test_flux_img2img_matches_the_pipeline(tiny_flux, steps, strength):
     error = relative_error(ours, theirs)
     print("flux img2img", steps, strength, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
+def test_edit_command_on_a_flux_folder(tiny_flux, flux_lora, tmp_path, capsys):
+    """`diffkit edit` on a FLUX folder writes image_to_image's images byte for byte (--prompt-2, --lora, the
+    embedded --guidance-scale, the pipeline's sigmas), within one PNG level of FluxImg2ImgPipeline's; flags it does
+    not take yet (true CFG's --negative-prompt, --mask) are one line."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    from diffkit.interop.flux import image_to_image
+    _, folder, _ = tiny_flux[True]
+    lora, pipe = flux_lora
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        pixels = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(i)).numpy()
+        Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    common = ["--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0], "--prompt",
+              PROMPTS[1], "--no-progress", "--seed", "5"]
+    assert main(["edit"] + common + ["--steps", "4", "--prompt-2", "a blurry photo", "--max-sequence-length", "12",
+                                     "--guidance-scale", "4", "--lora", f"{lora}:0.7", "--out",
+                                     str(tmp_path / "out")]) == 0
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    merged = load_flux(folder, progress=False, lora=[(lora, 0.7)])
+    ours = image_to_image(merged, images, PROMPTS, steps=4, guidance_scale=4.0, seed=5, max_sequence_length=12,
+                          prompt_2="a blurry photo", output_range="-1,1")
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+    img2img = diffusers.FluxImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, prompt_2=["a blurry photo"] * 2, image=(images + 1) / 2, strength=0.6, height=16,
+                         width=16, num_inference_steps=4, guidance_scale=4.0, max_sequence_length=12,
+                         output_type="np", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
+    written = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_0000{i}.png"), np.float64) for i in range(2)])
+    assert np.abs(written - (theirs * 255).round()).max() <= 1
+    capsys.readouterr()
+    for extra, match in ((["--negative-prompt", "ugly"], "--negative-prompt does not apply to a FLUX folder"),
+                         (["--mask", str(tmp_path / "m.png")], "--mask does not apply to a FLUX folder"),
+                         (["--prompt-3", "a"], "--prompt-3 does not apply to a FLUX folder")):
+        assert main(["edit"] + common + extra + ["--out", str(tmp_path / "bad")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not (tmp_path / "bad").exists()

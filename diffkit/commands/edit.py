@@ -219,10 +219,11 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
-    if is_sd3_folder(args.checkpoint):  # a Stable Diffusion 3 folder: img2img as its pipeline (._sd3)
+    if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
         from ._sd3 import edit_sd3
-        return edit_sd3(args)
+        return edit_sd3(args, flux=not is_sd3_folder(args.checkpoint))
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
