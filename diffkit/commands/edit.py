@@ -27,7 +27,8 @@ TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora`
 with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
-``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``). A text-conditional
+``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 

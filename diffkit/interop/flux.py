@@ -30,6 +30,9 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
   effective shift (e^mu, mu, or ``shift``: the same map of s), so any other sampler's own grid is shifted as the
   pipeline's at that resolution.
 * decoding: x = D(z / scaling_factor + shift_factor), images (x / 2 + 0.5).clamp(0, 1).
+* LoRA files (``load_flux(lora=)``): diffusers / PEFT ``transformer.`` / ``text_encoder.`` keys fused as
+  ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3; kohya / BFL files refused).
+* img2img (:func:`image_to_image`): ``FluxImg2ImgPipeline``, SD3's latent img2img with this network.
 
 Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
 Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
