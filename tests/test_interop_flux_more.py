@@ -25,24 +25,10 @@ def flux_lora(tiny_flux, tmp_path_factory):
     """(a diffusers-format FLUX LoRA file: transformer and CLIP text_encoder adapters with rank / alpha patterns,
     written by FluxPipeline.save_lora_weights; the dev folder's pipeline after load_lora_weights + fuse_lora(0.7))."""
     pytest.importorskip("peft")
-    from test_sd_lora import TEXT_LORA, _add_lora
-    pipe, folder, _ = tiny_flux[True]
-    root = tmp_path_factory.mktemp("flux_lora")
-    transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder / "transformer", local_files_only=True)
-    clip = type(pipe.text_encoder).from_pretrained(folder / "text_encoder", local_files_only=True)
-    state, config = _add_lora(transformer, 1, **FLUX_LORA)
-    text_state, text_config = _add_lora(clip, 11, **TEXT_LORA)
-    prefix = "" if hasattr(clip, "text_model") else "text_model."
-    diffusers.FluxPipeline.save_lora_weights(
-        root, weight_name="lora.safetensors", transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
-        text_encoder_lora_layers={prefix + k: v for k, v in text_state.items()},
-        text_encoder_lora_adapter_metadata=text_config)
-    pipe = diffusers.FluxPipeline.from_pretrained(folder, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(root / "lora.safetensors"))
-    pipe.fuse_lora(lora_scale=0.7, components=["transformer", "text_encoder"])
-    pipe.unload_lora_weights()  # the fused weights stay, the adapters go
-    return root / "lora.safetensors", pipe
+    from test_sd_lora import fused_transformer_lora
+    _, folder, _ = tiny_flux[True]
+    return fused_transformer_lora(diffusers.FluxPipeline, folder, tmp_path_factory.mktemp("flux_lora"), FLUX_LORA,
+                                  "text_encoder")
 
 
 def test_flux_lora_matches_load_lora_weights_and_fuse_lora(tiny_flux, flux_lora):
