@@ -186,7 +186,7 @@ def test_what_flux_does_not_support_is_refused_in_one_line(tiny_flux, tmp_path, 
     base = ["sample", "--prompt", "a cat", "--steps", "2", "--out", str(tmp_path / "out" / "o.png"), "--no-progress"]
     for extra, match in (
             (["--checkpoint", str(folder), "--freeu", "1.1,1.2,0.9,0.2"], "--freeu does not apply to a FLUX folder"),
-            (["--checkpoint", str(folder), "--negative-prompt", "ugly"], "--negative-prompt does not apply to a FLUX"),
+            (["--checkpoint", str(folder), "--negative-prompt", "ugly"], "--negative-prompt .ugly. is not allowed on"),
             (["--checkpoint", str(folder), "--guidance-scale", "3"], "guidance_scale=3.0 is not allowed: this FLUX"),
             (["--checkpoint", str(bad["fill"])], "is a 'FluxFillPipeline' folder .* allowed: FluxPipeline"),
             (["--checkpoint", str(bad["kontext"])], "is a 'FluxKontextPipeline' folder"),

@@ -54,24 +54,10 @@ def sd3_lora(tiny_sd3, tmp_path_factory):
     """(a diffusers-format SD3 LoRA file: transformer and text_encoder_2 adapters with rank / alpha patterns, written
     by StableDiffusion3Pipeline.save_lora_weights; the folder's pipeline after load_lora_weights + fuse_lora(0.7))."""
     pytest.importorskip("peft")
-    from test_sd_lora import TEXT_LORA, _add_lora
+    from test_sd_lora import fused_transformer_lora
     _, folder, _ = tiny_sd3[True]
-    root = tmp_path_factory.mktemp("sd3_lora")
-    transformer = diffusers.SD3Transformer2DModel.from_pretrained(folder / "transformer", local_files_only=True)
-    clip = type(tiny_sd3[True][0].text_encoder_2).from_pretrained(folder / "text_encoder_2", local_files_only=True)
-    state, config = _add_lora(transformer, 1, **SD3_LORA)
-    text_state, text_config = _add_lora(clip, 11, **TEXT_LORA)
-    prefix = "" if hasattr(clip, "text_model") else "text_model."
-    diffusers.StableDiffusion3Pipeline.save_lora_weights(
-        root, weight_name="lora.safetensors", transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
-        text_encoder_2_lora_layers={prefix + k: v for k, v in text_state.items()},
-        text_encoder_2_lora_adapter_metadata=text_config)
-    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(root / "lora.safetensors"))
-    pipe.fuse_lora(lora_scale=0.7, components=["transformer", "text_encoder_2"])
-    pipe.unload_lora_weights()  # the fused weights stay, the adapters go
-    return root / "lora.safetensors", pipe
+    return fused_transformer_lora(diffusers.StableDiffusion3Pipeline, folder, tmp_path_factory.mktemp("sd3_lora"),
+                                  SD3_LORA, "text_encoder_2")
 
 
 def test_sd3_lora_matches_load_lora_weights_and_fuse_lora(tiny_sd3, sd3_lora):

@@ -252,7 +252,7 @@ def test_prompt_encoding_flags_are_refused_where_they_cannot_apply(tiny_sd, tiny
     xl = tiny_xl[1]
     out = tmp_path / "never" / "x.png"
     for checkpoint, flags, pattern in [
-            (tiny_checkpoint, ["--clip-skip", 1], r"--clip-skip applies to a Stable Diffusion / SD-XL / SD3 folder"),
+            (tiny_checkpoint, ["--clip-skip", 1], r"--clip-skip applies to a Stable Diffusion / SD-XL / SD3 / FLUX"),
             (sd, ["--prompt-3", "x"], r"--prompt-3 applies to an SD3 folder"),
             (sd, ["--max-sequence-length", "77"], r"--max-sequence-length applies to an SD3 folder"),
             (sd, ["--prompt-2", "x"], r"--prompt-2 applies to an SD-XL folder"),

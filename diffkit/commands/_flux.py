@@ -10,13 +10,12 @@ from ..errors import DiffkitError
 _REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescale": "--guidance-rescale",
                      "interval": "--guidance-interval", "clip_prompt": "--clip-guidance", "pag_scale": "--pag-scale",
                      "apg_eta": "--apg-eta", "apg_norm_threshold": "--apg-norm-threshold",
-                     "apg_momentum": "--apg-momentum", "clip_skip": "--clip-skip", "prompts_2": "--prompt-2",
-                     "negative_prompt": "--negative-prompt", "negative_prompt_2": "--negative-prompt-2"}
+                     "apg_momentum": "--apg-momentum", "clip_skip": "--clip-skip"}
 
 
 def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                 seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
+                guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, **options):
     """Sample a FLUX.1 folder to a grid (and single PNGs) at ``height`` x ``width`` (default the pipeline's 128 f,
     multiples of 2 f; its shift follows the size): rows as
     :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
@@ -24,9 +23,13 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     classifier-free guidance, so ``--guidance-convention`` does not change it; refused for FLUX.1-schnell).
     ``ddim`` without a grid option (:func:`._sd3.pipeline_loop`) steps on the pipeline's sigmas (FluxPipeline's
     loop); any other sampler on its diffkit grid of the size's flow schedule. ``refused``: {flag: value} of
-    ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given)."""
+    ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given). ``--true-cfg-scale``
+    with ``--negative-prompt``, ``--prompt-2`` (once, or once per ``--prompt``), ``--negative-prompt-2``,
+    ``--max-sequence-length``: :mod:`._sd_prompts`; ``lora``: diffusers / PEFT
+    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop
+    from ._sd_prompts import check_prompt_encoding, flux_prompt_options
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
 
     guidance = guidance or GuidanceRequest()
@@ -36,14 +39,18 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     flags.update({flag: getattr(guidance, name) for name, flag in _REFUSED_GUIDANCE.items()})
     given = [flag for flag, value in flags.items() if value is not None and value is not False and value != 0.0]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt, "
+        raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt (-2), "
+                           f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
                            f"--guidance-scale (the embedded guidance), --steps / --nfe, --sampler and its grid options")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
-    flux = load_flux(directory, device, progress=progress)
+    check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)
+    flux = load_flux(directory, device, progress=progress, lora=lora)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
-    per_sample = [prompts[i] for i in index.tolist()]
+    per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
+    if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1:  # given once per --prompt: each sample's own
+        per_sample["prompts_2"] = [guidance.prompts_2[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = FLUX_PIPELINE_STEPS if steps is None and nfe is None else steps
     flux.check_guidance_scale(guidance.guidance_scale)  # before any sampling
@@ -53,11 +60,12 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
             {"spacing": spacing, "final": final, "nfe": nfe}
         return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
-                             **grid, **how)
+                             **grid, **how, **flux_prompt_options(guidance, cond.get("prompts_2")))
 
     images, out = draw_prompted_grid(
         flux.denoiser, num, flux.latent_shape(1, height, width)[1:], prompted,
-        lambda start, n: {"prompts": per_sample[start:start + n]}, flux.decode, out, individual, nrow, scale,
+        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()}, flux.decode, out,
+        individual, nrow, scale,
         seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final, batch_size=batch_size,
         device=device, dtype=flux.dtype, progress=progress, **options)
     grid = "the pipeline's sigmas" if own else "its diffkit grid"

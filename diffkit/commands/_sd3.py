@@ -14,13 +14,19 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
     return sampler == "ddim" and spacing is None and final is None and nfe is None
 
 
-def refused_flags(flags: dict, directory) -> None:
-    """A one-line error for the first flag of ``flags`` ({flag: value}) that was given (not None / False)."""
+_TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
+                  "--guidance-scale, --lora, --steps / --nfe, --sampler and its grid options",
+          "FLUX": "--prompt (-2), --max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
+                  "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
+
+
+def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
+    """A one-line error for the first flag of ``flags`` ({flag: value}) that was given (not None / False);
+    ``kind``: the folder's (``"SD3"``, or ``"FLUX"`` in ``diffkit edit``)."""
     given = [flag for flag, value in flags.items() if value is not None and value is not False]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to an SD3 folder ({directory}); it takes --prompt (-2, -3), "
-                           f"--negative-prompt (-2, -3), --clip-skip, --max-sequence-length, --guidance-scale, "
-                           f"--lora, --steps / --nfe, --sampler and its grid options")
+        raise DiffkitError(f"{given[0]} does not apply to {'an' if kind == 'SD3' else 'a'} {kind} folder "
+                           f"({directory}); it takes {_TAKES[kind]}")
 
 
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
@@ -90,37 +96,44 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask"}
-_FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "controlnets": "--controlnet", "ema": "--no-ema",
+FLUX_EDIT_FLAGS = EDIT_FLAGS - {"negative_prompt", "negative_prompt_2", "prompts_3", "negative_prompt_3", "clip_skip",
+                                "guidance_convention", "mask"}  # and a FLUX folder's (true CFG, inpainting: not yet)
+_FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
+               "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
                "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end"}
 
 
-def edit_sd3(args) -> int:
+def edit_sd3(args, flux: bool = False) -> int:
     """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline,
     with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
     0.6 strength, 50 steps and s = 7.0 by default; ``ddim`` without a grid option on the scheduler's sigmas cut by
     get_timesteps, another sampler on its own grid), image i from ``--seed`` + i (the posterior sample, then the
     noise); the prompt flags and ``--lora`` as :func:`sample_sd3`. Every other edit flag: one line, before any
-    weight is read or any folder is made."""
+    weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline
+    (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps, the embedded guidance 7.0 by default;
+    :data:`FLUX_EDIT_FLAGS`)."""
     import torch
 
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.sd3 import SD3_IMG2IMG_STRENGTH, image_to_image, load_sd3
+    from ..interop import flux as flux_module, sd3 as sd3_module
     from ..memory import batches_with_oom_retry
     from ..sampling import check_eta, resolve_sampler
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
+    from ._sd_prompts import check_prompt_encoding, flux_prompt_options, sd3_prompt_options
     from .edit import _prompt_request, read_mask, read_pngs
 
-    directory = args.checkpoint
+    directory, kind, module = args.checkpoint, "FLUX" if flux else "SD3", flux_module if flux else sd3_module
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    allowed = FLUX_EDIT_FLAGS if flux else EDIT_FLAGS
     refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
-                   for dest, value in vars(args).items() if dest not in EDIT_FLAGS and dest in defaults}, directory)
+                   for dest, value in vars(args).items() if dest not in allowed and dest in defaults},
+                  directory, kind)
     if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is an SD3 folder: give --images PNG|DIR and --prompt TEXT (once for every "
-                           f"image, or once per image)")
+        raise DiffkitError(f"{directory} is a{'n' * (not flux)} {kind} folder: give --images PNG|DIR and --prompt "
+                           f"TEXT (once for every image, or once per image)")
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
     info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)
@@ -141,27 +154,32 @@ def edit_sd3(args) -> int:
     out = args.out
     new_dirs = missing_dirs(out)
     device = resolve_device(args.device)
-    sd3 = load_sd3(directory, device, progress=args.progress, lora=args.lora)
+    sd3 = (module.load_flux if flux else module.load_sd3)(directory, device, progress=args.progress, lora=args.lora)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    if flux:
+        sd3.check_guidance_scale(args.guidance_scale)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     scale, convention = (None, "diffusers") if args.guidance_scale is None else \
         (args.guidance_scale, args.guidance_convention)
-    strength = SD3_IMG2IMG_STRENGTH if args.strength is None else args.strength
+    strength = (module.FLUX_IMG2IMG_STRENGTH if flux else module.SD3_IMG2IMG_STRENGTH) if args.strength is None \
+        else args.strength
 
     def rows(values, start, n):  # one for every image, or image start..start + n - 1's own
         return None if values is None else values[:1] if len(values) == 1 else values[start:start + n]
 
     def edit(start: int, n: int):
         prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
-        edited = image_to_image(sd3, images[start:start + n], prompts, strength, mask=mask,
-                                sampler=None if own else info.name,
-                                steps=args.steps, guidance_scale=scale, convention=convention,
-                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
-                                seed=args.seed + start, output_range="-1,1", progress=args.progress,
-                                **sd3_prompt_options(request, *(None if r is None or len(r) == 1 else r for r in (
-                                    rows(args.prompts_2, start, n), rows(args.prompts_3, start, n)))),
-                                **({} if own else options))
+        own_rows = [None if r is None or len(r) == 1 else r for r in (
+            rows(args.prompts_2, start, n), rows(args.prompts_3, start, n))]
+        how = {"guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
+            "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
+            **sd3_prompt_options(request, *own_rows)}
+        edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,
+                                       sampler=None if own else info.name, steps=args.steps,
+                                       posterior=args.posterior or "sample", seed=args.seed + start,
+                                       output_range="-1,1", progress=args.progress, **how,
+                                       **({} if own else options))
         return (edited.cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
@@ -169,6 +187,6 @@ def edit_sd3(args) -> int:
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
     print(f"wrote {count} {'inpainted' if mask is not None else 'edited'} images to {out} (edit_00000.png ...; "
-          f"SD3 folder {directory}, strength {strength}, "
+          f"{kind} folder {directory}, strength {strength}, "
           f"{how}, prompts {list(args.prompts)})")
     return 0

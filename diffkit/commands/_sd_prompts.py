@@ -1,14 +1,15 @@
 """``--clip-skip``, ``--prompt-2`` and ``--negative-prompt-2``: the prompt-encoding flags of Stable Diffusion, SD-XL
 and SD3 folders in ``diffkit sample`` and ``diffkit edit`` (:mod:`diffkit.interop.sd_prompts`), and SD3's
-``--prompt-3``, ``--negative-prompt-3``, ``--max-sequence-length`` (its T5 encoder, :mod:`diffkit.interop.sd3`),
-checked before any weight is read."""
+``--prompt-3``, ``--negative-prompt-3``, ``--max-sequence-length`` (its T5 encoder, :mod:`diffkit.interop.sd3`);
+a FLUX.1 folder's ``--prompt-2`` / ``--negative-prompt-2`` (its T5's text), ``--max-sequence-length`` and
+``diffkit sample``'s ``--true-cfg-scale`` (:mod:`diffkit.interop.flux`), checked before any weight is read."""
 from __future__ import annotations
 
 from ..errors import DiffkitError
 
 
-def add_prompt_encoding_flags(group) -> None:
-    """The three flags, into ``group`` (a parser or an argument group)."""
+def add_prompt_encoding_flags(group, true_cfg: bool = False) -> None:
+    """The flags, into ``group`` (a parser or an argument group); ``true_cfg``: with ``--true-cfg-scale``."""
     from ._common import int_in
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
                        help="Stable Diffusion / SD-XL / SD3 folders: the prompts' embeddings N layers below the "
@@ -16,10 +17,10 @@ def add_prompt_encoding_flags(group) -> None:
                             "(diffusers' clip_skip; A1111's 'CLIP skip' N + 1; the negative prompt is not skipped, "
                             "as the pipelines'); N < the text encoder's layers")
     group.add_argument("--prompt-2", dest="prompts_2", action="append", metavar="TEXT",
-                       help="SD-XL / SD3 folders: the text of the second text encoder (default: --prompt); once "
-                            "for every prompt, or once per --prompt")
+                       help="SD-XL / SD3 / FLUX folders: the text of the second text encoder (FLUX: its T5; "
+                            "default: --prompt); once for every prompt, or once per --prompt")
     group.add_argument("--negative-prompt-2", metavar="TEXT",
-                       help="SD-XL / SD3 folders: the second text encoder's negative prompt (default: "
+                       help="SD-XL / SD3 / FLUX folders: the second text encoder's negative prompt (default: "
                             "--negative-prompt)")
     group.add_argument("--prompt-3", dest="prompts_3", action="append", metavar="TEXT",
                        help="SD3 folders: the text of the T5 encoder (default: --prompt); once for every prompt, or "
@@ -27,7 +28,16 @@ def add_prompt_encoding_flags(group) -> None:
     group.add_argument("--negative-prompt-3", metavar="TEXT",
                        help="SD3 folders: the T5 encoder's negative prompt (default: --negative-prompt)")
     group.add_argument("--max-sequence-length", type=int_in(1, 512), metavar="L",
-                       help="SD3 folders: the T5 tokens of every prompt (default 256, the pipeline's; at most 512)")
+                       help="SD3 / FLUX folders: the T5 tokens of every prompt (default 256 / 512, the pipelines'; "
+                            "at most 512)")
+    if true_cfg:
+        from ._common import positive_float
+        group.add_argument("--true-cfg-scale", type=positive_float, metavar="S",
+                           help="FLUX folders: FluxPipeline's true classifier-free guidance u_neg + S (u_c - u_neg) "
+                                "against --negative-prompt (S > 1; both or neither)")
+
+
+FLUX_FLAGS = ("--prompt-2", "--negative-prompt-2", "--max-sequence-length", "--true-cfg-scale")  # a FLUX folder's
 
 
 SD3_ONLY = ("--prompt-3", "--negative-prompt-3", "--max-sequence-length")
@@ -39,24 +49,35 @@ def given_flags(request) -> list:
         ("--clip-skip", request.clip_skip), ("--prompt-2", request.prompts_2),
         ("--negative-prompt-2", request.negative_prompt_2), ("--prompt-3", getattr(request, "prompts_3", None)),
         ("--negative-prompt-3", getattr(request, "negative_prompt_3", None)),
-        ("--max-sequence-length", getattr(request, "max_sequence_length", None))) if value is not None]
+        ("--max-sequence-length", getattr(request, "max_sequence_length", None)),
+        ("--true-cfg-scale", getattr(request, "true_cfg_scale", None))) if value is not None]
 
 
 def check_prompt_encoding(request, checkpoint) -> None:
     """One-line errors, before loading: the flags on a checkpoint that is not a Stable Diffusion / SD3 folder, the
     ``-2`` flags on a folder with one text encoder, the SD3 flags (:data:`SD3_ONLY`) on another folder,
     ``--clip-skip`` beyond its text encoders' layers (their configs), ``--prompt-2`` / ``--prompt-3`` neither once
-    nor once per ``--prompt``."""
+    nor once per ``--prompt``; on a FLUX folder any but :data:`FLUX_FLAGS`, and ``--true-cfg-scale`` S > 1 without
+    ``--negative-prompt`` (or the reverse); ``--true-cfg-scale`` on another checkpoint."""
+    from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     given = given_flags(request)
-    if not given or checkpoint is None:
+    if checkpoint is None or not given and request.negative_prompt is None:
         return
     sd3 = is_sd3_folder(checkpoint)
+    if not sd3 and is_flux_folder(checkpoint):
+        _check_flux(request, given, checkpoint)
+        return
+    if not given:
+        return
+    if "--true-cfg-scale" in dict(given):
+        raise DiffkitError(f"--true-cfg-scale applies to a FLUX folder (FluxPipeline's true CFG); {checkpoint} is "
+                           f"not one")
     if not sd3 and not is_stable_diffusion_folder(checkpoint):
-        raise DiffkitError(f"{given[0][0]} applies to a Stable Diffusion / SD-XL / SD3 folder (diffusers format); "
-                           f"{checkpoint} is not one")
+        raise DiffkitError(f"{given[0][0]} applies to a Stable Diffusion / SD-XL / SD3 / FLUX folder (diffusers "
+                           f"format); {checkpoint} is not one")
     third = [flag for flag, _ in given if flag in SD3_ONLY]
     if third and not sd3:
         raise DiffkitError(f"{third[0]} applies to an SD3 folder (its T5 text encoder); {checkpoint} is not one")
@@ -66,11 +87,45 @@ def check_prompt_encoding(request, checkpoint) -> None:
                            f"text encoder")
     from ..interop.sd_prompts import check_clip_skip, folder_layer_counts
     check_clip_skip(request.clip_skip, folder_layer_counts(checkpoint))  # N < the layers, from the configs
+    _check_counts(request)
+
+
+def _check_counts(request) -> None:
+    """``--prompt-2`` / ``--prompt-3`` once, or once per ``--prompt``."""
     count = len(request.prompts or [])
     for flag, rows in (("--prompt-2", request.prompts_2), ("--prompt-3", getattr(request, "prompts_3", None))):
         if rows is not None and len(rows) not in (1, count):
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} --prompt; give it once (every prompt) "
                                f"or once per --prompt")
+
+
+def _check_flux(request, given: list, checkpoint) -> None:
+    """A FLUX folder's flags (:data:`FLUX_FLAGS`): one line for any other, for true CFG's scale without its
+    negative prompt (or the reverse), and for ``--prompt-2`` counts."""
+    other = [flag for flag, _ in given if flag not in FLUX_FLAGS]
+    if other:
+        raise DiffkitError(f"{other[0]} does not apply to a FLUX folder ({checkpoint}); its prompt flags are "
+                           f"{', '.join(FLUX_FLAGS)} and --negative-prompt (with --true-cfg-scale)")
+    scale, negative = request.true_cfg_scale, request.negative_prompt
+    if (scale is not None and scale > 1) != (negative is not None):
+        given = f"--true-cfg-scale {scale:g}" if negative is None else f"--negative-prompt {negative!r}" + (
+            "" if scale is None else f" with --true-cfg-scale {scale:g}")
+        raise DiffkitError(f"{given} is not allowed on a FLUX folder: its true CFG takes both --true-cfg-scale S > 1 "
+                           f"and --negative-prompt ('' for the empty one), or neither")
+    _check_counts(request)
+
+
+def flux_prompt_options(request, prompts_2=None) -> dict:
+    """A FLUX folder's ``text_to_image`` options of ``request``: ``prompt_2`` (as :func:`prompt_options`),
+    ``negative_prompt_2``, ``negative_prompt``, ``true_cfg_scale`` and ``max_sequence_length`` where given."""
+    options = prompt_options(request, prompts_2)
+    del options["clip_skip"]
+    options["negative_prompt"] = request.negative_prompt
+    if request.true_cfg_scale is not None:
+        options["true_cfg_scale"] = request.true_cfg_scale
+    if request.max_sequence_length is not None:
+        options["max_sequence_length"] = request.max_sequence_length
+    return options
 
 
 def prompt_options(request, prompts_2=None) -> dict:

@@ -27,7 +27,8 @@ TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora`
 with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
-``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``). A text-conditional
+``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
 
@@ -219,10 +220,11 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
-    if is_sd3_folder(args.checkpoint):  # a Stable Diffusion 3 folder: img2img as its pipeline (._sd3)
+    if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
         from ._sd3 import edit_sd3
-        return edit_sd3(args)
+        return edit_sd3(args, flux=not is_sd3_folder(args.checkpoint))
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "

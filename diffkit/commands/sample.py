@@ -124,7 +124,7 @@ def register(sub) -> None:
     g.add_argument("--negative-prompt", metavar="TEXT",
                    help="Stable Diffusion / SD-XL folders: the null condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt)")
-    add_prompt_encoding_flags(g)  # --clip-skip, --prompt-2, --negative-prompt-2
+    add_prompt_encoding_flags(g, true_cfg=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
     g.add_argument("--guidance-scale", type=float, metavar="W",
@@ -330,6 +330,7 @@ class GuidanceRequest:
     prompts_3: Optional[list] = None  # SD3 folders (._sd3)
     negative_prompt_3: Optional[str] = None
     max_sequence_length: Optional[int] = None
+    true_cfg_scale: Optional[float] = None  # FLUX folders (._flux)
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -365,7 +366,8 @@ class GuidanceRequest:
                   negative_prompt_2=getattr(args, "negative_prompt_2", None),
                   prompts_3=getattr(args, "prompts_3", None),
                   negative_prompt_3=getattr(args, "negative_prompt_3", None),
-                  max_sequence_length=getattr(args, "max_sequence_length", None))
+                  max_sequence_length=getattr(args, "max_sequence_length", None),
+                  true_cfg_scale=getattr(args, "true_cfg_scale", None))
         req.check_model_kind(checkpoint)
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(req, checkpoint)
@@ -683,7 +685,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                individual=individual, seed=seed, device=device, batch_size=batch_size,
                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                               refused={**refused, "--lora": lora}, **size, **options)
+                               refused=refused, lora=lora, **size, **options)
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,

@@ -47,7 +47,8 @@ _EXPORTS = {
     "Flux": "flux", "load_flux": "flux", "is_flux_folder": "flux",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
-            "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image")}
+            "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
+            "flux_image_to_image": ("flux", "image_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle",
                                                   "model_dtype", "require"]

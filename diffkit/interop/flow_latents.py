@@ -36,6 +36,18 @@ class FlowLatentVAE:
     def downsampling_factor(self) -> int:  # the name diffkit's FrozenAutoencoder gives f
         return self.vae_scale_factor
 
+    def pipeline_strength(self, steps: int, strength: float) -> float:
+        """The strength that makes diffkit's cut of the pipeline's grid of ``steps`` (the last int(steps * s)
+        intervals, :func:`diffkit.editing.strength_grid`) the one of ``StableDiffusion3Img2ImgPipeline`` /
+        ``InpaintPipeline`` and ``FluxImg2ImgPipeline`` at ``strength`` (their ``get_timesteps``): from index
+        int(steps - min(steps * strength, steps)) on, so k = steps - that intervals (at least 1 for strength > 0;
+        e.g. 3 of 4 at 0.6, where int(4 * 0.6) = 2): (k + 1/2) / steps, or 1 where all run (the first sigma is 1
+        there: pure noise, as the pipelines' ``scale_noise`` at sigma 1)."""
+        from ..errors import check_range
+        check_range("strength", strength, 0.0, 1.0, low_inclusive=False)
+        kept = steps - int(max(steps - min(steps * strength, steps), 0))
+        return 1.0 if kept >= steps else (kept + 0.5) / steps
+
     def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
         """z = (E(x) - shift_factor) * scaling_factor for images in [-1, 1], the inverse of :meth:`decode`, as
         ``StableDiffusion3Img2ImgPipeline.prepare_latents``: the posterior mean, or with ``sample`` a draw from
@@ -176,3 +188,14 @@ def names_pipeline(path, prefix: str, transformer: str) -> bool:
         return False
     return index is not None and (str(index.get("_class_name", "")).startswith(prefix)
                                   or _entry(index, "transformer") == transformer)
+
+
+def edit_prompts(images: torch.Tensor, prompts) -> list:
+    """The prompts of an img2img batch (one, or one per image of ``images`` (B, 3, H, W)), one per image."""
+    from .stable_diffusion import prompt_list
+    prompts = prompt_list(prompts)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DiffkitError("images must be a (batch, 3, H, W) tensor in [-1, 1]")
+    if len(prompts) not in (1, images.shape[0]):
+        raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one, or one per image")
+    return prompts * images.shape[0] if len(prompts) == 1 else prompts

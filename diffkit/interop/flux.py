@@ -30,6 +30,9 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
   effective shift (e^mu, mu, or ``shift``: the same map of s), so any other sampler's own grid is shifted as the
   pipeline's at that resolution.
 * decoding: x = D(z / scaling_factor + shift_factor), images (x / 2 + 0.5).clamp(0, 1).
+* LoRA files (``load_flux(lora=)``): diffusers / PEFT ``transformer.`` / ``text_encoder.`` keys fused as
+  ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3; kohya / BFL files refused).
+* img2img (:func:`image_to_image`): ``FluxImg2ImgPipeline``, SD3's latent img2img with this network.
 
 Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
 Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
@@ -59,6 +62,8 @@ FLUX_PIPELINE_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embed
 FLUX_PIPELINE_STEPS = 28  # its default num_inference_steps
 MAX_SEQUENCE_LENGTH = 512  # its default T5 length (and the most it takes)
 DEFAULT_SAMPLE_SIZE = 128  # its default_sample_size (latent pixels; images 128 f)
+FLUX_IMG2IMG_STRENGTH = 0.6  # FluxImg2ImgPipeline's default strength
+FLUX_IMG2IMG_GUIDANCE = 7.0  # and its default guidance_scale (the embedded value)
 _SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
@@ -295,13 +300,36 @@ def check_flux_folder(directory: Path) -> tuple:
     return index, sched
 
 
+def read_flux_loras(lora) -> list:
+    """:func:`.sd_lora.read_sd_loras` of FLUX LoRA files: diffusers / PEFT ``transformer.`` and ``text_encoder.``
+    (CLIP) keys only, as ``FluxLoraLoaderMixin`` fuses them; kohya / BFL-format files and keys of other components
+    (which the pipeline would ignore) are one-line errors."""
+    from .sd_lora import read_sd_loras
+    loras = read_sd_loras(lora) if lora else []
+    for path, _, read in loras:
+        if read["kohya"]:
+            raise DiffkitError(f"--lora {path} is a kohya / BFL-format FLUX LoRA file (lora_unet_ / lora_te1_ keys), "
+                               f"which diffkit does not convert; allowed: diffusers / PEFT files (transformer. and "
+                               f"text_encoder. keys, FluxPipeline.save_lora_weights)")
+        other = next((c for c in ("unet", "text_encoder_2") if read[c]), None)
+        if other:
+            raise DiffkitError(f"--lora {path} adapts the {other} ({other}. keys), which a FLUX folder's "
+                               f"load_lora_weights does not; allowed: transformer. and text_encoder. (CLIP) keys")
+    return loras
+
+
 def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-              progress: bool = True) -> Flux:
+              progress: bool = True, lora=None) -> Flux:
     """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
-    in one line before any weight is read (:func:`check_flux_folder`)."""
+    in one line before any weight is read (:func:`check_flux_folder`). ``lora``: LoRA files in diffusers / PEFT
+    format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` keys), merged as
+    ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first,
+    :func:`read_flux_loras`)."""
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_flux_folder(directory)
+    loras = read_flux_loras(lora)
     parts = load_flow_parts(directory, index, diffusers.FluxTransformer2DModel,
                             {"": "CLIPTextModel", "_2": "T5EncoderModel"}, dtype, progress)
     device = torch.device(device)
@@ -314,6 +342,7 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
         raise DiffkitError(f"{directory}: the transformer's pooled_projection_dim={config.pooled_projection_dim} and "
                            f"joint_attention_dim={config.joint_attention_dim} do not fit the text encoders (CLIP "
                            f"width {pooled}, T5 width {t5})")
+    merge_sd_loras(flux, loras)
     return flux
 
 
@@ -353,6 +382,44 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     return finish_images(flux, z0, return_latents, output_range)
 
 
-__all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder", "text_to_image", "pack_latents",
-           "unpack_latents", "latent_image_ids", "calculate_shift", "FLUX_PIPELINE_GUIDANCE", "FLUX_PIPELINE_STEPS",
-           "MAX_SEQUENCE_LENGTH"]
+def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
+                   strength: float = FLUX_IMG2IMG_STRENGTH, *, sampler: Optional[str] = None,
+                   steps: Optional[int] = None, guidance_scale: Optional[float] = None, true_cfg_scale: float = 1.0,
+                   negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
+                   seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
+                   progress: bool = False, **options) -> torch.Tensor:
+    """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
+    ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
+    (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
+    shift) * scale (``posterior="sample"``: drawn from image i's generator ``seed + i``, then its forward noise;
+    ``"mean"``: the posterior mean), noised to the first sigma s_0 of the strength's part of
+    :meth:`Flux.scheduler_grid` (``scale_noise``: (1 - s_0) z + s_0 eps), then its flow Euler steps
+    (:meth:`~.flow_latents.FlowLatentVAE.pipeline_strength`: ``steps`` default 28, strength 0.6, the embedded
+    guidance 7.0: the pipeline's defaults). ``sampler`` (or ``grid`` in ``options``) given: that sampler on its
+    own grid of the size's flow schedule, cut as :func:`diffkit.img2img`. Prompt and guidance arguments as
+    :func:`text_to_image`; the one implementation is :func:`diffkit.latent_editing.latent_img2img`."""
+    from ..latent_editing import latent_img2img
+    from .flow_latents import edit_prompts
+    from .stable_diffusion import OUTPUT_RANGES
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = edit_prompts(images, prompts)
+    h, w = flux.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 16
+    steps = FLUX_PIPELINE_STEPS if steps is None else steps
+    if sampler is None and "grid" not in options:
+        sampler, options["grid"] = "ddim", flux.scheduler_grid(steps, h, w)
+        strength = flux.pipeline_strength(steps, strength)
+    if guidance_scale is None and flux.guidance_embeds:
+        guidance_scale = FLUX_IMG2IMG_GUIDANCE
+    denoiser, cond = flux.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
+                                          max_sequence_length, prompt_2, negative_prompt_2)
+    z0 = latent_img2img(denoiser, flux, images.to(flux.device, flux.dtype), strength, sampler, steps,
+                        posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
+                        return_latents=True, **options)
+    return finish_images(flux, z0, return_latents, output_range)
+
+
+__all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder", "text_to_image", "image_to_image",
+           "pack_latents",
+           "unpack_latents", "latent_image_ids", "calculate_shift", "read_flux_loras", "FLUX_PIPELINE_GUIDANCE",
+           "FLUX_PIPELINE_STEPS", "FLUX_IMG2IMG_STRENGTH", "FLUX_IMG2IMG_GUIDANCE", "MAX_SEQUENCE_LENGTH"]

@@ -210,18 +210,6 @@ class StableDiffusion3(FlowLatentVAE):
         scheduler.set_timesteps(steps)
         return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
 
-    def pipeline_strength(self, steps: int, strength: float) -> float:
-        """The strength that makes diffkit's cut of :meth:`scheduler_grid` ``(steps)`` (the last int(steps * s)
-        intervals, :func:`diffkit.editing.strength_grid`) the one of ``StableDiffusion3Img2ImgPipeline`` /
-        ``InpaintPipeline`` at ``strength`` (their ``get_timesteps``): from index int(steps - min(steps * strength,
-        steps)) on, so k = steps - that intervals (at least 1 for strength > 0; e.g. 3 of 4 at 0.6, where
-        int(4 * 0.6) = 2): (k + 1/2) / steps, or 1 where all run (the first sigma is 1 there: pure noise, as the
-        pipelines' ``scale_noise`` at sigma 1)."""
-        from ..errors import check_range
-        check_range("strength", strength, 0.0, 1.0, low_inclusive=False)
-        kept = steps - int(max(steps - min(steps * strength, steps), 0))
-        return 1.0 if kept >= steps else (kept + 0.5) / steps
-
 
 def _per_prompt(other, prompts: list, name: str) -> list:
     """``other`` (None, empty, one string, or one per prompt) as one per prompt; falsy: ``prompts``."""
@@ -370,14 +358,10 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     ``scale_noise(z, next sigma, noise)``, the pipeline's blend, and at z after the last step); at strength 1 from
     pure noise (its ``is_strength_max``). A transformer that takes the mask as input (33 channels) is refused."""
     from ..latent_editing import latent_img2img, latent_inpaint
-    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    from .flow_latents import edit_prompts
+    from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
-    prompts = prompt_list(prompts)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise DiffkitError("images must be a (batch, 3, H, W) tensor in [-1, 1]")
-    if len(prompts) not in (1, images.shape[0]):
-        raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one, or one per image")
-    prompts = prompts * images.shape[0] if len(prompts) == 1 else prompts
+    prompts = edit_prompts(images, prompts)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
     channels = int(sd3.transformer.config.in_channels)
     if mask is not None and channels != int(sd3.vae.config.latent_channels):
