@@ -198,6 +198,14 @@ def test_sample_command_with_refiner_is_the_ensemble(tiny_pair, tmp_path, capsys
                       refiner_conditioning={"aesthetic_score": 7.0}, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    # --height / --width: both halves at that size (the base's size conditions, the refiner given its latents)
+    assert main(base + ["--batch-size", "2", "--height", "24", "--width", "16", "--out", str(tmp_path / "s.png")]) == 0
+    latents = randn(xl.latent_shape(2, 24, 16), generators_from_seed(5, 2))
+    images = ensemble(xl, rx, PROMPTS, handover=0.6, steps=5, negative_prompt="ugly", latents=latents,
+                      refiner_conditioning={"aesthetic_score": 7.0}, output_range="-1,1")
+    assert images.shape[2:] == (24, 16)
+    save_grid(images, tmp_path / "expected_s.png", 1)
+    assert (tmp_path / "s.png").read_bytes() == (tmp_path / "expected_s.png").read_bytes()
 
 
 def test_sample_command_with_refiner_and_auto_batch_size(tiny_pair, tmp_path):
