@@ -108,11 +108,18 @@ class DiffusersSelfAttention:
 
     def __init__(self, unet):
         self.unet = unet
+        self._matched = {}  # layer names -> modules: the UNet's walk once, not on every network call
+
+    def _modules(self, layers: Sequence[str]) -> list:
+        key = tuple(layers)
+        if key not in self._matched:
+            self._matched[key] = matched_modules(self.unet, key)
+        return self._matched[key]
 
     def check_self_attention_layers(self, layers) -> list:
         """The names (:func:`check_layer_names`), each selecting at least one layer of this UNet."""
         names = check_layer_names(layers)
-        matched_modules(self.unet, names)
+        self._modules(names)
         return names
 
     @contextlib.contextmanager
@@ -127,7 +134,7 @@ class DiffusersSelfAttention:
                                "marks other samples")
         processor = (processors.PAGCFGIdentitySelfAttnProcessor2_0() if copies == 3
                      else processors.PAGIdentitySelfAttnProcessor2_0())
-        saved = [(module, module.processor) for module in matched_modules(self.unet, layers)]
+        saved = [(module, module.processor) for module in self._modules(layers)]
         try:
             for module, _ in saved:
                 module.processor = processor
