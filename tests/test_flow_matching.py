@@ -111,6 +111,24 @@ def vp_grid(sch, sigmas):
     return torch.tensor(times, dtype=F64)
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_sigmas_grid_places_each_sigma_at_its_equal_snr_vp_time(shift):
+    """Esser et al. 2024, Sec. 2: x_s = (1 - s) x_0 + s eps has lambda = log((1 - s)/s); s = 1 -> T - 1, 0 -> -1."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffkit.interop.flow_latents import flow_sigmas_grid
+    sch = NoiseSchedule.flow(T, shift=shift)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
+    scheduler.set_timesteps(50)
+    sigmas = scheduler.sigmas.to(F64)
+    grid = flow_sigmas_grid(sch, scheduler.sigmas, 50)
+    assert grid.dtype == F64 and grid[0] == T - 1 and grid[-1] == -1
+    inner = sigmas[1:-1]
+    assert torch.allclose(sch.log_snr(grid[1:-1]), torch.log((1 - inner) / inner), rtol=0, atol=1e-9)
+    assert torch.allclose(grid, vp_grid(sch, sigmas.tolist()), rtol=0, atol=1e-9)
+    with pytest.raises(DiffkitError, match="steps=3 are not strictly decreasing"):
+        flow_sigmas_grid(sch, torch.tensor([1.0, 0.5, 0.5, 0.0]), 3)
+
+
 def ddim_states(sch, net, noise, sigmas):
     """DDIM (eta = 0) on the flow denoiser, its VP states mapped to the flow state x_s = x_t / (alpha + sigma)."""
     grid = vp_grid(sch, sigmas)

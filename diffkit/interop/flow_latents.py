@@ -4,8 +4,6 @@
 x_s = (1 - s) x_0 + s eps has log-SNR 2 log((1 - s)/s)); the JSON checks and loading of such a folder."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import DiffkitError, check_choice
@@ -109,15 +107,17 @@ def flow_sigmas_grid(schedule, sigmas: torch.Tensor, steps: int) -> torch.Tensor
     """diffkit's grid of a FlowMatchEuler scheduler's ``sigmas`` (after ``set_timesteps``, the final 0
     included): each sigma s at the VP time of ``schedule`` with equal SNR, log-SNR 2 log((1 - s)/s) (s = 1:
     T - 1, s = 0: -1, clean data); a flow-prediction Denoiser then calls its network at s * T, the
-    pipeline's timestep. Sigmas that do not fall strictly: a one-line DiffkitError."""
-    sigmas = sigmas.to(torch.float64).tolist()
-    T = schedule.num_timesteps
-    times = [T - 1.0 if s >= 1 else -1.0 if s <= 0 else float(schedule.t_from_log_snr(
-        torch.tensor(math.log((1 - s) / s), dtype=torch.float64))) for s in sigmas]
-    grid = torch.tensor(times, dtype=torch.float64)
+    pipeline's timestep, all inverted in one call. Sigmas that do not fall strictly: a one-line DiffkitError."""
+    sigmas = sigmas.detach().to("cpu", torch.float64)
+    ends = torch.tensor([schedule.num_timesteps - 1.0, -1.0], dtype=torch.float64)
+    grid = torch.where(sigmas >= 1, ends[0], ends[1])
+    inner = (sigmas > 0) & (sigmas < 1)
+    if bool(inner.any()):
+        s = sigmas[inner]
+        grid[inner] = schedule.t_from_log_snr(torch.log((1 - s) / s))
     if not bool((grid[1:] < grid[:-1]).all()):
         raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
-                           f"schedule ({[round(s, 4) for s in sigmas[:6]]}...); use fewer steps")
+                           f"schedule ({[round(s, 4) for s in sigmas[:6].tolist()]}...); use fewer steps")
     return grid
 
 
