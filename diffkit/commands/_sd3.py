@@ -15,7 +15,8 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --lora, --steps / --nfe, --sampler and its grid options",
+                  "--guidance-scale, --slg-layers (sample), --mask (edit), --lora, --steps / --nfe, --sampler and its "
+                  "grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --mask, --strength, --steps, --sampler and its "
                   "grid options"}  # (FLUX: diffkit edit's)
@@ -42,9 +43,11 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     any given). Prompt encoding: ``--clip-skip``, ``--prompt-2`` / ``--prompt-3`` (once, or once per ``--prompt``),
     ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
     LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``height`` / ``width``: the images'
-    size (default the folder's), the pipeline's."""
-    from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
+    size (default the folder's), the pipeline's. ``guidance.slg``: skip-layer guidance (``--slg-layers``,
+    :mod:`._sd3_slg`), its window on the pipeline's ``steps``."""
+    from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
+    from ._sd3_slg import check_slg_steps
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
 
     guidance = guidance or GuidanceRequest()
@@ -61,6 +64,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
+    check_slg_steps(guidance.slg, steps, SD3_PIPELINE_GUIDANCE if guidance.guidance_scale is None else
+                    guidance.guidance_scale, "diffusers" if guidance.guidance_scale is None else guidance.convention)
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
@@ -79,7 +84,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
             {"spacing": spacing, "final": final, "nfe": nfe}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
-                             latents=noise, return_latents=True, **grid, **how,
+                             latents=noise, return_latents=True, **grid, **how, **(guidance.slg or {}),
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(

@@ -52,15 +52,22 @@ def check_slg(layers: Sequence[int], scale: float, start: float, stop: float, nu
     return sorted(set(layers))
 
 
-def slg_interval(grid: torch.Tensor, steps: int, start: float, stop: float) -> tuple:
-    """(t_lo, t_hi) in diffkit times of the pipeline's window N start < i < N stop on ``grid`` (the scheduler's
-    grid of N = ``steps`` steps, N + 1 times, decreasing): its steps i_first..i_last, to the midpoints with the
-    neighbouring times. No step in the window: a one-line DiffkitError (the pipeline would guide nothing)."""
+def slg_steps(steps: int, start: float, stop: float) -> list:
+    """The pipeline's steps i (0-based) of N = ``steps`` with SLG: N start < i < N stop. None: a one-line
+    DiffkitError (the pipeline would silently guide nothing)."""
     active = [i for i in range(steps) if steps * start < i < steps * stop]
     if not active:
         raise DiffkitError(f"skip-layer guidance from {start:g} to {stop:g} of {steps} steps takes no step (the "
                            f"pipeline's window {steps} x {start:g} < i < {steps} x {stop:g}); widen it or give more "
                            f"steps")
+    return active
+
+
+def slg_interval(grid: torch.Tensor, steps: int, start: float, stop: float) -> tuple:
+    """(t_lo, t_hi) in diffkit times of the pipeline's window (:func:`slg_steps`) on ``grid`` (the scheduler's
+    grid of N = ``steps`` steps, N + 1 times, decreasing): its steps i_first..i_last, to the midpoints with the
+    neighbouring times."""
+    active = slg_steps(steps, start, stop)
     first, last = active[0], active[-1]
     times = grid.to(torch.float64).tolist()
     return (times[last] + times[last + 1]) / 2, (times[first - 1] + times[first]) / 2  # first >= 1: i > N start
@@ -111,5 +118,5 @@ def skip_layer_guidance(sd3, guided, layers: Sequence[int], steps: int, scale: f
     return PerturbedAttentionGuidance(guided, scale, layers, interval, network=SkippedBlocks(sd3.transformer))
 
 
-__all__ = ["SLG_SCALE", "SLG_START", "SLG_STOP", "check_slg", "slg_interval", "SkippedBlocks",
+__all__ = ["SLG_SCALE", "SLG_START", "SLG_STOP", "check_slg", "slg_steps", "slg_interval", "SkippedBlocks",
            "skip_layer_guidance"]
