@@ -38,8 +38,9 @@ def slg_request(args, checkpoint) -> Optional[dict]:
         return None
     first = FLAGS[next(iter(given))]
     if checkpoint is None or not is_sd3_folder(checkpoint):
+        what = "this run has no --checkpoint" if checkpoint is None else f"{checkpoint} is not one"
         raise DiffkitError(f"{first} applies to an SD3 folder (StableDiffusion3Pipeline's skip-layer guidance); "
-                           f"{checkpoint} is not one")
+                           f"{what}")
     if "slg_layers" not in given:
         raise DiffkitError(f"{first} goes with --slg-layers J,... (the transformer blocks skip-layer guidance skips)")
     try:

@@ -119,9 +119,10 @@ def register(sub) -> None:
                    help="text-conditional checkpoints and Stable Diffusion folders: the prompt every image is "
                         "edited towards; repeat it once per image (in the files' order) for one each")
     p.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL folders with --prompt: the null condition of classifier-free "
+                   help="Stable Diffusion / SD-XL / SD3 folders with --prompt: the null condition of classifier-free "
                         "guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
-                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt")
+                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
+                        "with --true-cfg-scale")
     add_prompt_encoding_flags(p, true_cfg=True)  # --clip-skip, --prompt-2, ... (Stable Diffusion / SD-XL / SD3 / FLUX)
     p.add_argument("--posterior", type=str, choices=("mean", "sample"),
                    help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
