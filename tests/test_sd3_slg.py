@@ -145,3 +145,29 @@ def test_sample_command_takes_skip_layer_guidance(tiny_sd3, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), (argv, err)
         assert not (tmp_path / "bad").exists()
+
+
+def test_skip_layer_guidance_on_an_sd3_5_transformer(tiny_sd3):
+    """SD3.5 Medium's MMDiT-X blocks (dual attention on block 0, qk_norm): skipping block 0 matches the pipeline."""
+    import dataclasses
+    pipe, _, sd3 = tiny_sd3[False]
+    torch.manual_seed(2)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=14,
+        pos_embed_max_size=16, qk_norm="rms_norm", dual_attention_layers=(0,)).eval()
+    sd3_5 = dataclasses.replace(sd3, transformer=transformer, _denoiser=None)
+    latents = test_interop_sd3._latents()
+    kw = {"skip_guidance_layers": [0], "skip_layer_guidance_stop": 0.5, "guidance_scale": 4.0,
+          "max_sequence_length": 12}
+    original, pipe.transformer = pipe.transformer, transformer
+    try:
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, num_inference_steps=6, latents=latents.clone(), output_type="latent", **kw).images
+    finally:
+        pipe.transformer = original
+    ours = text_to_image(sd3_5, PROMPTS, steps=6, latents=latents, return_latents=True, **kw)
+    print("slg sd3.5", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(text_to_image(sd3_5, PROMPTS, steps=6, latents=latents, return_latents=True,
+                                        **{**kw, "skip_guidance_layers": [1]}), theirs) > 1e-3
