@@ -90,8 +90,8 @@ def _string_options():
 NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--prompt-2", "--negative-prompt-2",
              "--prompt-3", "--negative-prompt-3",
              "--clip-guidance", "--set", "--eta", "--etas",
-             "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--recon-loss", "--regularizer",
-             "--sampler", "--samplers", "--spacing", "--steps"}
+             "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
+             "--regularizer", "--sampler", "--samplers", "--spacing", "--steps"}
 
 
 def test_every_string_option_is_a_path_a_data_set_or_known_text():

@@ -152,7 +152,7 @@ def test_flux_img2img_matches_the_pipeline(tiny_flux, steps, strength):
 def test_edit_command_on_a_flux_folder(tiny_flux, flux_lora, tmp_path, capsys):
     """`diffkit edit` on a FLUX folder writes image_to_image's images byte for byte (--prompt-2, --lora, the
     embedded --guidance-scale, the pipeline's sigmas), within one PNG level of FluxImg2ImgPipeline's; flags it does
-    not take yet (true CFG's --negative-prompt, --mask) are one line."""
+    not take (SD3's --prompt-3, --clip-skip) are one line (true CFG and --mask: test_interop_flux_inpaint)."""
     import numpy as np
     from PIL import Image
     from diffkit.cli import main
@@ -187,8 +187,7 @@ def test_edit_command_on_a_flux_folder(tiny_flux, flux_lora, tmp_path, capsys):
     written = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_0000{i}.png"), np.float64) for i in range(2)])
     assert np.abs(written - (theirs * 255).round()).max() <= 1
     capsys.readouterr()
-    for extra, match in ((["--negative-prompt", "ugly"], "--negative-prompt does not apply to a FLUX folder"),
-                         (["--mask", str(tmp_path / "m.png")], "--mask does not apply to a FLUX folder"),
+    for extra, match in ((["--clip-skip", "1"], "--clip-skip does not apply to a FLUX folder"),
                          (["--prompt-3", "a"], "--prompt-3 does not apply to a FLUX folder")):
         assert main(["edit"] + common + extra + ["--out", str(tmp_path / "bad")]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()

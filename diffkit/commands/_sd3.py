@@ -15,9 +15,11 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --lora, --steps / --nfe, --sampler and its grid options",
-          "FLUX": "--prompt (-2), --max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
-                  "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
+                  "--guidance-scale, --slg-layers (sample), --mask (edit), --lora, --steps / --nfe, --sampler and its "
+                  "grid options",
+          "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
+                  "--guidance-scale (the embedded guidance), --lora, --mask, --strength, --steps, --sampler and its "
+                  "grid options"}  # (FLUX: diffkit edit's)
 
 
 def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
@@ -41,9 +43,11 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     any given). Prompt encoding: ``--clip-skip``, ``--prompt-2`` / ``--prompt-3`` (once, or once per ``--prompt``),
     ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
     LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``height`` / ``width``: the images'
-    size (default the folder's), the pipeline's."""
-    from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
+    size (default the folder's), the pipeline's. ``guidance.slg``: skip-layer guidance (``--slg-layers``,
+    :mod:`._sd3_slg`), its window on the pipeline's ``steps``."""
+    from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
+    from ._sd3_slg import check_slg_steps
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
 
     guidance = guidance or GuidanceRequest()
@@ -60,6 +64,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
+    check_slg_steps(guidance.slg, steps, SD3_PIPELINE_GUIDANCE if guidance.guidance_scale is None else
+                    guidance.guidance_scale, "diffusers" if guidance.guidance_scale is None else guidance.convention)
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
@@ -78,7 +84,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
             {"spacing": spacing, "final": final, "nfe": nfe}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
-                             latents=noise, return_latents=True, **grid, **how,
+                             latents=noise, return_latents=True, **grid, **how, **(guidance.slg or {}),
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(
@@ -96,8 +102,8 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask"}
-FLUX_EDIT_FLAGS = EDIT_FLAGS - {"negative_prompt", "negative_prompt_2", "prompts_3", "negative_prompt_3", "clip_skip",
-                                "guidance_convention", "mask"}  # and a FLUX folder's (true CFG, inpainting: not yet)
+FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention"} | {
+    "true_cfg_scale"}  # and a FLUX folder's
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
@@ -110,8 +116,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     0.6 strength, 50 steps and s = 7.0 by default; ``ddim`` without a grid option on the scheduler's sigmas cut by
     get_timesteps, another sampler on its own grid), image i from ``--seed`` + i (the posterior sample, then the
     noise); the prompt flags and ``--lora`` as :func:`sample_sd3`. Every other edit flag: one line, before any
-    weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline
-    (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps, the embedded guidance 7.0 by default;
+    weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline and with
+    ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
+    the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
     :data:`FLUX_EDIT_FLAGS`)."""
     import torch
 
@@ -172,7 +179,7 @@ def edit_sd3(args, flux: bool = False) -> int:
         prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
         own_rows = [None if r is None or len(r) == 1 else r for r in (
             rows(args.prompts_2, start, n), rows(args.prompts_3, start, n))]
-        how = {"guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
+        how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
             **sd3_prompt_options(request, *own_rows)}
         edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,

@@ -119,10 +119,11 @@ def register(sub) -> None:
                    help="text-conditional checkpoints and Stable Diffusion folders: the prompt every image is "
                         "edited towards; repeat it once per image (in the files' order) for one each")
     p.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL folders with --prompt: the null condition of classifier-free "
+                   help="Stable Diffusion / SD-XL / SD3 folders with --prompt: the null condition of classifier-free "
                         "guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
-                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt")
-    add_prompt_encoding_flags(p)  # --clip-skip, --prompt-2, --negative-prompt-2 (Stable Diffusion / SD-XL folders)
+                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
+                        "with --true-cfg-scale")
+    add_prompt_encoding_flags(p, true_cfg=True)  # --clip-skip, --prompt-2, ... (Stable Diffusion / SD-XL / SD3 / FLUX)
     p.add_argument("--posterior", type=str, choices=("mean", "sample"),
                    help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
                         "the image's seed before its noise, as diffusers' img2img); default mean for a diffkit "
@@ -427,7 +428,8 @@ def _prompt_request(args, sampler: str):
                               apg_momentum=args.apg_momentum, clip_skip=args.clip_skip, prompts_2=args.prompts_2,
                                negative_prompt_2=args.negative_prompt_2, prompts_3=args.prompts_3,
                                negative_prompt_3=args.negative_prompt_3,
-                               max_sequence_length=args.max_sequence_length, pag_scale=args.pag_scale,
+                               max_sequence_length=args.max_sequence_length, true_cfg_scale=args.true_cfg_scale,
+                               pag_scale=args.pag_scale,
                                pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
                                pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True)
     request.check(sampler)

@@ -61,6 +61,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       tolerance_options, unit_float)
 from ._common import add_freeu_flag, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
+from ._sd3_slg import add_slg_flags
 
 
 MAX_SAMPLES = 100_000  # per command; more samples: several runs with different --seed
@@ -147,6 +148,7 @@ def register(sub) -> None:
     g.add_argument("--pag-adaptive-scale", type=float, metavar="A",
                    help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at t is "
                         "max(S - A (1000 - 1000 t / T), 0) for a model of T training timesteps; 0 = constant S")
+    add_slg_flags(g)  # --slg-layers, --slg-scale, --slg-start, --slg-stop (SD3 folders)
     g.add_argument("--classifier", type=path_arg, metavar="CKPT",
                    help="noisy-image classifier checkpoint ('diffkit train-classifier')")
     g.add_argument("--classifier-scale", type=non_negative_float, metavar="S",
@@ -331,6 +333,7 @@ class GuidanceRequest:
     negative_prompt_3: Optional[str] = None
     max_sequence_length: Optional[int] = None
     true_cfg_scale: Optional[float] = None  # FLUX folders (._flux)
+    slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
 
@@ -368,6 +371,8 @@ class GuidanceRequest:
                   negative_prompt_3=getattr(args, "negative_prompt_3", None),
                   max_sequence_length=getattr(args, "max_sequence_length", None),
                   true_cfg_scale=getattr(args, "true_cfg_scale", None))
+        from ._sd3_slg import slg_request
+        req.slg = slg_request(args, checkpoint)
         req.check_model_kind(checkpoint)
         from ._sd_prompts import check_prompt_encoding
         check_prompt_encoding(req, checkpoint)

@@ -190,6 +190,21 @@ def names_pipeline(path, prefix: str, transformer: str) -> bool:
                                   or _entry(index, "transformer") == transformer)
 
 
+def edit_latents(model, denoiser, images: torch.Tensor, strength: float, sampler: str, steps: int, mask=None,
+                 **common) -> torch.Tensor:
+    """z_0 of a flow folder's ``image_to_image`` (SD3 :mod:`.sd3`, FLUX.1 :mod:`.flux`): without ``mask``
+    :func:`diffkit.latent_editing.latent_img2img` (SDEdit, Meng et al. 2022, Alg. 1, on the latents), with it
+    :func:`~diffkit.latent_editing.latent_inpaint` (replacement inpainting: the kept region's x_0 is the image's
+    latents at every step, which puts it at the pipelines' ``scale_noise(z, next sigma, noise)`` blend); ``common``:
+    their keyword arguments (posterior, seed, generator, cond, ...)."""
+    from ..latent_editing import latent_img2img, latent_inpaint
+    images = images.to(model.device, model.dtype)
+    if mask is None:
+        return latent_img2img(denoiser, model, images, strength, sampler, steps, return_latents=True, **common)
+    return latent_inpaint(denoiser, model, images, mask.to(model.device, model.dtype), sampler, steps,
+                          strength=strength, return_latents=True, **common)
+
+
 def edit_prompts(images: torch.Tensor, prompts) -> list:
     """The prompts of an img2img batch (one, or one per image of ``images`` (B, 3, H, W)), one per image."""
     from .stable_diffusion import prompt_list

@@ -32,7 +32,8 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * decoding: x = D(z / scaling_factor + shift_factor), images (x / 2 + 0.5).clamp(0, 1).
 * LoRA files (``load_flux(lora=)``): diffusers / PEFT ``transformer.`` / ``text_encoder.`` keys fused as
   ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3; kohya / BFL files refused).
-* img2img (:func:`image_to_image`): ``FluxImg2ImgPipeline``, SD3's latent img2img with this network.
+* img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
+  img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 
 Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
 Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
@@ -383,8 +384,9 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
 
 
 def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
-                   strength: float = FLUX_IMG2IMG_STRENGTH, *, sampler: Optional[str] = None,
-                   steps: Optional[int] = None, guidance_scale: Optional[float] = None, true_cfg_scale: float = 1.0,
+                   strength: float = FLUX_IMG2IMG_STRENGTH, *, mask: Optional[torch.Tensor] = None,
+                   sampler: Optional[str] = None, steps: Optional[int] = None,
+                   guidance_scale: Optional[float] = None, true_cfg_scale: float = 1.0,
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
@@ -398,9 +400,15 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     (:meth:`~.flow_latents.FlowLatentVAE.pipeline_strength`: ``steps`` default 28, strength 0.6, the embedded
     guidance 7.0: the pipeline's defaults). ``sampler`` (or ``grid`` in ``options``) given: that sampler on its
     own grid of the size's flow schedule, cut as :func:`diffkit.img2img`. Prompt and guidance arguments as
-    :func:`text_to_image`; the one implementation is :func:`diffkit.latent_editing.latent_img2img`."""
-    from ..latent_editing import latent_img2img
-    from .flow_latents import edit_prompts
+    :func:`text_to_image`; the one implementation is :func:`diffkit.latent_editing.latent_img2img`.
+
+    ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``FluxInpaintPipeline`` (the text-to-image transformer;
+    the Fill model's 384-channel one is refused at loading), SD3's (:func:`.sd3.image_to_image`):
+    :func:`diffkit.latent_editing.latent_inpaint`, the mask binarised and nearest-resized to the (unpacked) latents,
+    the kept region's x_0 replaced by the image's latents at every step, which puts it at the pipeline's blend
+    ``scale_noise(z, next sigma, noise)`` (z after the last step); at strength 1 from pure noise (the pipeline's
+    ``scale_noise`` at sigma 1). The pipeline's masked-image latents feed only the Fill transformer: not computed."""
+    from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
@@ -413,9 +421,8 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
         guidance_scale = FLUX_IMG2IMG_GUIDANCE
     denoiser, cond = flux.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
                                           max_sequence_length, prompt_2, negative_prompt_2)
-    z0 = latent_img2img(denoiser, flux, images.to(flux.device, flux.dtype), strength, sampler, steps,
-                        posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
-                        return_latents=True, **options)
+    z0 = edit_latents(flux, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
+                      generator=generator, cond=cond, progress=progress, **options)
     return finish_images(flux, z0, return_latents, output_range)
 
 

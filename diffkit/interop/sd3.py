@@ -299,6 +299,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, clip_skip: Optional[int] = None,
                   prompt_2=None, prompt_3=None, negative_prompt_2=None, negative_prompt_3=None,
+                  skip_guidance_layers: Optional[Sequence[int]] = None, skip_layer_guidance_scale: float = 2.8,
+                  skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
@@ -314,18 +316,26 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         default the prompts) and negative_prompt_2 / _3 (default negative_prompt): the pipeline's.
         output_range: ``"0,1"`` (its ``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (its
         ``output_type="latent"``).
+    skip_guidance_layers (block indices, e.g. [7, 8, 9]) with skip_layer_guidance_scale / _start / _stop: the
+        pipeline's skip-layer guidance (:mod:`.sd3_slg`; defaults 2.8, 0.01, 0.2), its window on the scheduler's
+        grid of ``steps`` (default 28) steps; it needs guidance on (s > 1).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
+    window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS, sd3.scheduler_grid)
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     noise, _ = start_latents(sd3, latents, len(prompts), height, width)
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
                                          prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+    if skip_guidance_layers is not None:
+        from .sd3_slg import skip_layer_guidance
+        denoiser = skip_layer_guidance(sd3, denoiser, skip_guidance_layers, window_steps, skip_layer_guidance_scale,
+                                       skip_layer_guidance_start, skip_layer_guidance_stop)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
     return finish_images(sd3, z0, return_latents, output_range)
@@ -357,8 +367,7 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     to the latents, the kept region's x_0 replaced by the image's latents at every step (which puts it at
     ``scale_noise(z, next sigma, noise)``, the pipeline's blend, and at z after the last step); at strength 1 from
     pure noise (its ``is_strength_max``). A transformer that takes the mask as input (33 channels) is refused."""
-    from ..latent_editing import latent_img2img, latent_inpaint
-    from .flow_latents import edit_prompts
+    from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
@@ -376,14 +385,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     convention = "diffusers" if guidance_scale is None else convention
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
                                          prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
-    common = dict(posterior=posterior, seed=seed, generator=generator, cond=cond, progress=progress,
-                  return_latents=True, **options)
-    images = images.to(sd3.device, sd3.dtype)
-    if mask is None:
-        z0 = latent_img2img(denoiser, sd3, images, strength, sampler, steps, **common)
-    else:
-        z0 = latent_inpaint(denoiser, sd3, images, mask.to(sd3.device, sd3.dtype), sampler, steps, strength=strength,
-                            **common)
+    z0 = edit_latents(sd3, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
+                      generator=generator, cond=cond, progress=progress, **options)
     return finish_images(sd3, z0, return_latents, output_range)
 
 
