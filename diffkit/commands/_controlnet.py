@@ -2,7 +2,8 @@
 ``--controlnet DIR --control-image PNG`` (repeat both for Multi-ControlNet), ``--controlnet-scale``,
 ``--control-guidance-start`` / ``--control-guidance-end`` (one value for all, or one per ControlNet) and
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
-StableDiffusionXLControlNetPipeline's)."""
+StableDiffusionXLControlNetPipeline's; for an SD3 folder, StableDiffusion3ControlNetPipeline's, without guess mode,
+:mod:`diffkit.interop.sd3_controlnet`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class ControlRequest:
     starts: list
     ends: list
     guess_mode: bool = False
+    model_class: str = "ControlNetModel"  # the diffusers class of the folders (SD3: SD3ControlNetModel)
 
     @classmethod
     def from_args(cls, args, checkpoint, prompts: Optional[int] = None,
@@ -57,6 +59,10 @@ class ControlRequest:
         name order): ``prompts``, ``diffkit sample``'s count of --prompt, or ``edited``, ``diffkit edit``'s count
         of --images files; with neither a folder is refused."""
         from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
+        from pathlib import Path
+
+        from ..interop.sd3 import is_sd3_folder
+        from ..interop.sd3_controlnet import check_sd3_controlnet_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         folders = list(getattr(args, "controlnets", None) or [])
         images = list(getattr(args, "control_images", None) or [])
@@ -69,14 +75,21 @@ class ControlRequest:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images else ''}")
             return None
-        if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
-            raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
-                               f"is not one")
+        sd3 = checkpoint is not None and is_sd3_folder(checkpoint)
+        if checkpoint is None or not (sd3 or is_stable_diffusion_folder(checkpoint)):
+            raise DiffkitError(f"--controlnet applies to a Stable Diffusion or SD3 folder (diffusers format); "
+                               f"{checkpoint} is not one")
         if len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")
         for folder in folders:
-            check_controlnet_folder(folder)
+            (check_sd3_controlnet_folder if sd3 else check_controlnet_folder)(folder)
+        if sd3 and args.guess_mode:
+            raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; an SD3 folder's "
+                               "(StableDiffusion3ControlNetPipeline) has no guess mode")
+        if sd3 and any(Path(image).is_dir() for image in images):
+            raise DiffkitError("--control-image is a folder; an SD3 folder takes one control image file per "
+                               "--controlnet")
         rows = (prompts, "--prompt", "prompt") if prompts is not None else (edited, "--images file(s)", "image")
         images = [cls._per_row(image, *rows) for image in images]
         for image in images:
@@ -84,7 +97,8 @@ class ControlRequest:
                 open_control_image(one)  # one line for a file that is not an image
         request = cls(folders, images, *(cls._values(flag, values, len(folders), default) for flag, values, default in (
             ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
-            ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode))
+            ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
+                      "SD3ControlNetModel" if sd3 else "ControlNetModel")
         check_control_options(request.scales, request.starts, request.ends, len(folders))
         return request
 
@@ -117,7 +131,8 @@ class ControlRequest:
     def load(self, device="cpu", dtype=None, progress: bool = True):
         import torch
 
-        from ..interop.controlnet import ControlNets, load_controlnet
-        models = [load_controlnet(folder, device, dtype or torch.float32, progress) for folder in self.folders]
+        from ..interop.controlnet import ControlNets, load_model_folder
+        models = [load_model_folder(self.model_class, folder, device, dtype or torch.float32, progress)
+                  for folder in self.folders]
         return ControlNets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode)
 

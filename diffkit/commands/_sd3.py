@@ -31,7 +31,8 @@ def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
 
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-               guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, **options):
+               guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
+               **options):
     """Sample an SD3 folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1), classifier-free guidance against ``--negative-prompt`` (default "") with the
     pipeline's s = 7.0 by default (``--guidance-scale``), 28 steps. ``ddim`` without a grid option
@@ -41,7 +42,9 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     any given). Prompt encoding: ``--clip-skip``, ``--prompt-2`` / ``--prompt-3`` (once, or once per ``--prompt``),
     ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
     LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``height`` / ``width``: the images'
-    size (default the folder's), the pipeline's."""
+    size (default the folder's), the pipeline's. ``control``: SD3 ControlNets (a
+    :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline (:mod:`diffkit.interop.sd3_controlnet`;
+    the control image resized to the images' size, sample i's control latents drawn from ``seed + i``)."""
     from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
@@ -57,13 +60,18 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                   "--apg-eta": guidance.apg_eta, "--apg-norm-threshold": guidance.apg_norm_threshold,
                   "--apg-momentum": guidance.apg_momentum, "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
+    if control is not None and lora:
+        raise DiffkitError("--lora with --controlnet on an SD3 folder is not supported yet; drop one of them")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
+    controlnet = None if control is None else control.load(device, sd3.dtype, progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
+    if controlnet is not None:  # sample i's control latents from seed + i
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
     for key in ("prompts_2", "prompts_3"):  # given once per --prompt: each sample's own
         rows = getattr(guidance, key)
         if rows is not None and len(rows) > 1:
@@ -76,9 +84,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
+        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0]}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
-                             latents=noise, return_latents=True, **grid, **how,
+                             latents=noise, return_latents=True, **grid, **how, **control,
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(
