@@ -2,8 +2,8 @@
 ``--controlnet DIR --control-image PNG`` (repeat both for Multi-ControlNet), ``--controlnet-scale``,
 ``--control-guidance-start`` / ``--control-guidance-end`` (one value for all, or one per ControlNet) and
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
-StableDiffusionXLControlNetPipeline's; for an SD3 folder, StableDiffusion3ControlNetPipeline's, without guess mode,
-:mod:`diffkit.interop.sd3_controlnet`)."""
+StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
+FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`, :mod:`~diffkit.interop.flux_controlnet`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +48,7 @@ class ControlRequest:
     starts: list
     ends: list
     guess_mode: bool = False
-    model_class: str = "ControlNetModel"  # the diffusers class of the folders (SD3: SD3ControlNetModel)
+    model_class: str = "ControlNetModel"  # the diffusers class of the folders (SD3ControlNetModel, FluxControlNetModel)
 
     @classmethod
     def from_args(cls, args, checkpoint, prompts: Optional[int] = None,
@@ -61,6 +61,8 @@ class ControlRequest:
         from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
         from pathlib import Path
 
+        from ..interop.flux import is_flux_folder
+        from ..interop.flux_controlnet import check_flux_controlnet_folder
         from ..interop.sd3 import is_sd3_folder
         from ..interop.sd3_controlnet import check_sd3_controlnet_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
@@ -75,21 +77,24 @@ class ControlRequest:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images else ''}")
             return None
-        sd3 = checkpoint is not None and is_sd3_folder(checkpoint)
-        if checkpoint is None or not (sd3 or is_stable_diffusion_folder(checkpoint)):
-            raise DiffkitError(f"--controlnet applies to a Stable Diffusion or SD3 folder (diffusers format); "
-                               f"{checkpoint} is not one")
+        kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
+            "FLUX" if is_flux_folder(checkpoint) else None  # a flow transformer folder's ControlNets
+        if checkpoint is None or not (kind or is_stable_diffusion_folder(checkpoint)):
+            raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3 and "
+                               f"FLUX.1 folders); {checkpoint} is not one")
         if len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")
+        check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder}.get(kind,
+                                                                                             check_controlnet_folder)
         for folder in folders:
-            (check_sd3_controlnet_folder if sd3 else check_controlnet_folder)(folder)
-        if sd3 and args.guess_mode:
-            raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; an SD3 folder's "
-                               "(StableDiffusion3ControlNetPipeline) has no guess mode")
-        if sd3 and any(Path(image).is_dir() for image in images):
-            raise DiffkitError("--control-image is a folder; an SD3 folder takes one control image file per "
-                               "--controlnet")
+            check(folder)
+        if kind and args.guess_mode:
+            raise DiffkitError(f"--guess-mode applies to Stable Diffusion ControlNets; the {kind} ControlNet pipeline "
+                               f"has no guess mode")
+        if kind and any(Path(image).is_dir() for image in images):
+            raise DiffkitError(f"--control-image is a folder; a{'n' * (kind == 'SD3')} {kind} folder takes one "
+                               f"control image file per --controlnet")
         rows = (prompts, "--prompt", "prompt") if prompts is not None else (edited, "--images file(s)", "image")
         images = [cls._per_row(image, *rows) for image in images]
         for image in images:
@@ -98,7 +103,7 @@ class ControlRequest:
         request = cls(folders, images, *(cls._values(flag, values, len(folders), default) for flag, values, default in (
             ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
-                      "SD3ControlNetModel" if sd3 else "ControlNetModel")
+                      {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel"}.get(kind, "ControlNetModel"))
         check_control_options(request.scales, request.starts, request.ends, len(folders))
         return request
 

@@ -682,11 +682,10 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         if not is_sd3_folder(checkpoint):  # FLUX.1 (a StableDiffusion3Pipeline index is SD3's, whatever it holds)
-            refused["--controlnet"] = control
             return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                individual=individual, seed=seed, device=device, batch_size=batch_size,
                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                               refused=refused, lora=lora, **size, **options)
+                               refused=refused, lora=lora, control=control, **size, **options)
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,

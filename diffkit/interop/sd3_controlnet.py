@@ -34,10 +34,10 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_choice
-from .controlnet import ControlNets, model_folder_config, prepare_control_image, sampler_grid, step_windows, steps_of
+from .controlnet import ControlNets, model_folder_config, steps_of
+from .flow_controlnet import POSTERIORS, control_latents, control_windows
 
 SD3_CONTROLNET = "SD3ControlNetModel"
-POSTERIORS = ("sample", "mean")
 
 
 def check_sd3_controlnet_folder(directory) -> None:
@@ -119,49 +119,6 @@ class SD3ControlledNet(torch.nn.Module):
         return self.net(x, t, context, pooled, controls=self.residuals(x, t, context, pooled, control))
 
 
-def control_latents(sd3, controlnets: ControlNets, height: int, width: int, batch: int, copies: int, seed: int = 0,
-                    posterior: str = "sample") -> torch.Tensor:
-    """(copies, batch, K, C, h, w): ControlNet k's control latents of each row (module docstring), copy 0 the
-    guidance's null half and copy 1 its conditional half (one copy: unguided); sample i's draws from the
-    generator ``seed + i`` (null then conditional, ControlNet after ControlNet)."""
-    from ..noise import randn
-    check_choice("control posterior", posterior, POSTERIORS)
-    shift = 0.0 if controlnets.models[0].config.get("force_zeros_for_pooled_projection") else sd3.shift_factor
-    per_net = []
-    for entry in controlnets.images:
-        image = prepare_control_image(entry[0], height, width, sd3.vae_scale_factor) * 2 - 1  # do_normalize
-        with torch.no_grad():
-            dist = sd3.vae.encode(image.to(sd3.device, sd3.vae.dtype), return_dict=False)[0]
-        per_net.append((dist.mean, dist.std))
-    rows = []
-    for i in range(batch):
-        generator = torch.Generator().manual_seed(seed + i)
-        nets = []
-        for mean, std in per_net:
-            z = mean.expand(copies, *mean.shape[1:])
-            if posterior == "sample":
-                z = z + std * randn(z.shape, generator, device=z.device, dtype=z.dtype)
-            nets.append((z - shift) * sd3.scaling_factor)
-        rows.append(torch.stack(nets, dim=1))  # (copies, K, C, h, w)
-    return torch.stack(rows, dim=1).float()
-
-
-def network_grid(denoiser: Denoiser, grid: torch.Tensor) -> torch.Tensor:
-    """The flow network's time s T (float32) at each time of ``grid`` (the clean end, -1, kept as -1), as
-    :class:`~diffkit.denoiser.Denoiser` computes it, so that :func:`.controlnet.steps_of` places a call."""
-    from .. import diffusion
-    times = []
-    for g in grid.tolist():
-        if g < 0:
-            times.append(-1.0)
-            continue
-        t64 = torch.tensor(g, dtype=torch.float32).to(torch.float64)
-        alpha, sigma = denoiser.schedule.alpha(t64).item(), denoiser.schedule.sigma(t64).item()
-        times.append(torch.tensor(diffusion.flow_time(alpha, sigma) * denoiser.schedule.num_timesteps,
-                                  dtype=torch.float32).item())
-    return torch.tensor(times, dtype=torch.float32)
-
-
 def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid, options: dict):
     """A copy of ``sd3`` whose denoiser runs the transformer with ``controlnets`` (checked, one line otherwise);
     ``sampler`` / ``steps`` / ``nfe`` / ``grid`` / ``options``: the run's, which place a control guidance window."""
@@ -176,11 +133,7 @@ def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid
         if model.config.get("use_pos_embed") is False and model.pos_embed is None:  # the pipeline's __init__
             model.pos_embed = model._get_pos_embed_from_transformer(sd3.transformer).to(
                 device=sd3.device, dtype=model.dtype)
-    net_grid = keeps = None
-    if controlnets.windowed:
-        times = sampler_grid(sd3.denoiser, sampler, steps, nfe, grid, options)
-        keeps = [step_windows(times, s, e) for s, e in zip(controlnets.start, controlnets.end)]
-        net_grid = network_grid(sd3.denoiser, times)
+    net_grid, keeps = control_windows(controlnets, sd3.denoiser, sampler, steps, nfe, grid, options)
     first = controlnets.models[0].config
     net = SD3ControlledNet(sd3.denoiser.net, controlnets.models, controlnets.scales,
                            bool(first.get("force_zeros_for_pooled_projection")),
@@ -200,13 +153,14 @@ def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, samp
     denoiser, cond = guide(controlled_sd3(sd3, controlnets, sampler, steps, nfe, grid, options))
     guided = getattr(denoiser, "w", 0) != 0
     f = sd3.vae_scale_factor
+    shift = 0.0 if controlnets.models[0].config.get("force_zeros_for_pooled_projection") else sd3.shift_factor
     latents = control_latents(sd3, controlnets, shape[2] * f, shape[3] * f, shape[0], 2 if guided else 1, seed,
-                              posterior)
+                              posterior, shift)
     cond["control"] = latents[-1]
     if guided:
         denoiser.null_cond["control"] = latents[0]
     return denoiser, cond
 
 
-__all__ = ["SD3ControlledNet", "controlnet_guidance", "check_sd3_controlnet_folder", "check_sd3_controlnets", "control_latents",
-           "controlled_sd3", "network_grid", "SD3_CONTROLNET"]
+__all__ = ["SD3ControlledNet", "controlnet_guidance", "check_sd3_controlnet_folder", "check_sd3_controlnets",
+           "controlled_sd3", "SD3_CONTROLNET"]

@@ -1,0 +1,79 @@
+"""What the ControlNets of the rectified-flow transformer folders (SD3 :mod:`.sd3_controlnet`, FLUX.1
+:mod:`.flux_controlnet`) share: the control image prepared and encoded by the folder's VAE as their diffusers
+pipelines do (one posterior draw per row, sample i's from the generator seed + i), and the control guidance window
+(:func:`.controlnet.step_windows`) placed on the flow network's times."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import check_choice
+from .controlnet import ControlNets, prepare_control_image, sampler_grid, step_windows
+
+POSTERIORS = ("sample", "mean")
+
+
+def control_pixels(model, controlnets: ControlNets, height: int, width: int) -> list:
+    """Per ControlNet, its control image as the pipelines prepare it: RGB resized to height x width (Lanczos for a
+    PIL image) and mapped to [-1, 1] (``VaeImageProcessor`` with ``do_normalize``), (1, 3, height, width) float32."""
+    return [prepare_control_image(entry[0], height, width, model.vae_scale_factor) * 2 - 1
+            for entry in controlnets.images]
+
+
+def control_latents(model, controlnets: ControlNets, height: int, width: int, batch: int, copies: int, seed: int = 0,
+                    posterior: str = "sample", shift: Optional[float] = None) -> torch.Tensor:
+    """(copies, batch, K, C, h, w): ControlNet k's control latents of each row, (E(x) - shift) * scaling_factor of
+    :func:`control_pixels` (``shift`` default the VAE's), copy 0 the guidance's null half and copy 1 its
+    conditional half (one copy: unguided); sample i's posterior draws (``posterior="sample"``) from the generator
+    ``seed + i`` (null then conditional, ControlNet after ControlNet), or the posterior mean."""
+    from ..noise import randn
+    check_choice("control posterior", posterior, POSTERIORS)
+    shift = model.shift_factor if shift is None else shift
+    per_net = []
+    for image in control_pixels(model, controlnets, height, width):
+        with torch.no_grad():
+            dist = model.vae.encode(image.to(model.device, model.vae.dtype), return_dict=False)[0]
+        per_net.append((dist.mean, dist.std))
+    rows = []
+    for i in range(batch):
+        generator = torch.Generator().manual_seed(seed + i)
+        nets = []
+        for mean, std in per_net:
+            z = mean.expand(copies, *mean.shape[1:])
+            if posterior == "sample":
+                z = z + std * randn(z.shape, generator, device=z.device, dtype=z.dtype)
+            nets.append((z - shift) * model.scaling_factor)
+        rows.append(torch.stack(nets, dim=1))  # (copies, K, C, h, w)
+    return torch.stack(rows, dim=1).float()
+
+
+def network_grid(denoiser: Denoiser, grid: torch.Tensor) -> torch.Tensor:
+    """The flow network's time s T (float32) at each time of ``grid`` (the clean end, -1, kept as -1), as
+    :class:`~diffkit.denoiser.Denoiser` computes it, so that :func:`.controlnet.steps_of` places a call."""
+    from .. import diffusion
+    times = []
+    for g in grid.tolist():
+        if g < 0:
+            times.append(-1.0)
+            continue
+        t64 = torch.tensor(g, dtype=torch.float32).to(torch.float64)
+        alpha, sigma = denoiser.schedule.alpha(t64).item(), denoiser.schedule.sigma(t64).item()
+        times.append(torch.tensor(diffusion.flow_time(alpha, sigma) * denoiser.schedule.num_timesteps,
+                                  dtype=torch.float32).item())
+    return torch.tensor(times, dtype=torch.float32)
+
+
+def control_windows(controlnets: ControlNets, denoiser: Denoiser, sampler: str, steps, nfe, grid,
+                    options: dict) -> tuple:
+    """(the sampler's grid as network times, per ControlNet its controlled steps) where a window is set, else
+    (None, None): the steps of the grid :func:`diffkit.sample` will use (:func:`.controlnet.sampler_grid`)."""
+    if not controlnets.windowed:
+        return None, None
+    times = sampler_grid(denoiser, sampler, steps, nfe, grid, options)
+    keeps = [step_windows(times, s, e) for s, e in zip(controlnets.start, controlnets.end)]
+    return network_grid(denoiser, times), keeps
+
+
+__all__ = ["control_pixels", "control_latents", "network_grid", "control_windows", "POSTERIORS"]

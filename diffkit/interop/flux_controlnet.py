@@ -1,0 +1,176 @@
+"""FLUX.1 ControlNets (``FluxControlNetModel``) on a FLUX.1 folder (:mod:`.flux`), sampled with any diffkit sampler.
+
+A FLUX ControlNet copies the first double- and single-stream blocks of the transformer (ControlNet, Zhang et al.
+2023, eq. 1-2, on the MM-DiT); it reads the packed noisy latents, the time, the prompt (T5 context, pooled CLIP
+text), the embedded guidance where its config has ``guidance_embeds``, and the control image's packed VAE latents
+through a zero-initialised linear layer (``controlnet_x_embedder``); each block gives, through a zero-initialised
+linear layer, a residual that diffusers' ``FluxTransformer2DModel`` adds to its double- / single-stream blocks
+(``controlnet_block_samples`` / ``controlnet_single_block_samples``), times the conditioning scale.
+:class:`FluxControlledNet` does this at every network call. Everything follows diffusers 0.42
+``FluxControlNetPipeline``:
+
+* the control image is resized to the output size (the folder's default or height x width), mapped to [-1, 1]
+  and encoded by the folder's VAE, c = (E(x) - shift_factor) * scaling_factor, E(x) a draw of the posterior
+  (``retrieve_latents(vae.encode(x), generator)``; here sample i's from ``torch.Generator().manual_seed(seed +
+  i)``, ControlNet after ControlNet, which is the pipeline's draw with ``generator=[one per prompt]``) or its mean
+  (``posterior="mean"``), then packed into 2 x 2 patches.
+* the embedded guidance: the pipeline's default is 7.0 here (FluxPipeline's 3.5 without a ControlNet); a
+  ControlNet with ``guidance_embeds`` gets it too (as the first ControlNet's config says, for all).
+* ``controlnet_conditioning_scale`` (one per ControlNet; Multi-ControlNet sums in order,
+  ``FluxMultiControlNetModel``), ``control_guidance_start`` / ``_end`` (:func:`.controlnet.step_windows`).
+
+Not supported (one line): ControlNet-Union (``num_mode``: no control mode flag), a ControlNet with an input hint
+block (``conditioning_embedding_channels``: pixels instead of latents, residuals repeated over the blocks), true CFG
+with a ControlNet (the pipeline gives the negative pass the conditional pass's residuals; not reproduced yet),
+ControlNets that disagree on what the pipeline takes from the first (``guidance_embeds``).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import DiffkitError, check_choice
+from .controlnet import ControlNets, model_folder_config, steps_of
+from .flow_controlnet import POSTERIORS, control_latents, control_windows
+
+FLUX_CONTROLNET = "FluxControlNetModel"
+FLUX_CONTROLNET_GUIDANCE = 7.0  # FluxControlNetPipeline's default guidance_scale
+
+
+def check_flux_controlnet_folder(directory) -> None:
+    """A folder with the ``config.json`` of a diffusers ``FluxControlNetModel`` (one line otherwise)."""
+    model_folder_config(directory, "--controlnet", FLUX_CONTROLNET, " (a FLUX folder takes FLUX ControlNets)")
+
+
+def check_flux_controlnets(models: list, transformer) -> None:
+    """Each ControlNet fits the transformer (packed channels, width, text widths), is no ControlNet-Union, and they
+    agree on what the pipeline takes from the first one's config. One line naming the ControlNet and key otherwise."""
+    config = transformer.config
+    width = int(config.num_attention_heads) * int(config.attention_head_dim)
+    first = models[0].config
+    for index, model in enumerate(models):
+        name, theirs = f"--controlnet number {index + 1}", model.config
+        if type(model).__name__ != FLUX_CONTROLNET:
+            raise DiffkitError(f"{name} is a {type(model).__name__}; allowed: a {FLUX_CONTROLNET} for a FLUX folder")
+        if theirs.get("num_mode") is not None:
+            raise DiffkitError(f"{name} is a ControlNet-Union (num_mode={theirs.get('num_mode')}), whose control mode "
+                               f"diffkit does not take; allowed: a single-mode FluxControlNetModel")
+        if theirs.get("conditioning_embedding_channels") is not None:
+            raise DiffkitError(f"{name} has conditioning_embedding_channels="
+                               f"{theirs.get('conditioning_embedding_channels')} (an input hint block on the pixels), "
+                               f"which diffkit does not drive; allowed: a ControlNet on the VAE latents (null)")
+        wanted = {"in_channels": int(config.in_channels), "patch_size": int(config.patch_size),
+                  "num_attention_heads * attention_head_dim": width,
+                  "joint_attention_dim": int(config.joint_attention_dim),
+                  "pooled_projection_dim": int(config.pooled_projection_dim)}
+        for key, value in wanted.items():
+            ours = int(theirs.num_attention_heads) * int(theirs.attention_head_dim) if "*" in key else theirs.get(key)
+            if ours != value:
+                raise DiffkitError(f"{name} has {key}={ours!r} but this FLUX folder needs {value!r}; a ControlNet fits "
+                                   f"only the transformer it was made for")
+        for key, value in (("guidance_embeds", bool(first.get("guidance_embeds"))),
+                           ("num_layers > 0", first.get("num_layers") > 0),
+                           ("num_single_layers > 0", first.get("num_single_layers") > 0)):
+            ours = theirs.get(key.split()[0])
+            ours = ours > 0 if ">" in key else bool(ours) if key == "guidance_embeds" else ours
+            if ours != value:
+                raise DiffkitError(f"{name} has {key}: {ours!r} but --controlnet number 1 {value!r}; "
+                                   f"FluxControlNetPipeline takes the first one's for all: give ControlNets that agree")
+
+
+def _added(total, blocks):
+    """The running sum of residual lists (None: a ControlNet without such blocks)."""
+    if blocks is None:
+        return total
+    return list(blocks) if total is None else [a + b for a, b in zip(total, blocks)]
+
+
+class FluxControlledNet(torch.nn.Module):
+    """``net(z, t, context, pooled, guidance, control)``: the FLUX transformer (a :class:`.flux.FluxNet`) with the
+    summed, scaled residuals of its ControlNets (module docstring). ``control``: (B, K, C, h, w) unpacked control
+    latents per row; ``control_guidance``:
+    the embedded guidance value the ControlNets take (None: none); ``net_grid`` / ``keeps``: the window
+    (:func:`.flow_controlnet.control_windows`)."""
+
+    def __init__(self, net, controlnets, scales, control_guidance: Optional[float],
+                 net_grid: Optional[torch.Tensor] = None, keeps=None):
+        super().__init__()
+        self.net, self.controlnets = net, torch.nn.ModuleList(controlnets)
+        self.scales, self.control_guidance = [float(s) for s in scales], control_guidance
+        self.net_grid, self.keeps = net_grid, keeps
+
+    @property
+    def model(self):
+        return self.net.model
+
+    def residuals(self, x, t, inputs: dict, control) -> Optional[dict]:
+        """The transformer's ControlNet keyword arguments for this call (None where no ControlNet acts)."""
+        from .flux import pack_latents
+        guidance = None if self.control_guidance is None else torch.full(
+            (x.shape[0],), self.control_guidance, device=x.device, dtype=torch.float32)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        blocks = singles = None
+        acted = False
+        for index, (controlnet, scale) in enumerate(zip(self.controlnets, self.scales)):
+            kept = torch.ones(x.shape[0], device=x.device) if self.keeps is None else \
+                self.keeps[index].to(x.device)[steps_of(self.net_grid, t)].to(torch.float32)
+            if scale == 0 or not kept.any():
+                continue  # adds zero: the transformer's own output, without this ControlNet's call
+            image = pack_latents(control[:, index].to(inputs["hidden_states"].dtype))
+            out = controlnet(hidden_states=inputs["hidden_states"], controlnet_cond=image, controlnet_mode=None,
+                             conditioning_scale=scale,
+                             timestep=inputs["timestep"], guidance=guidance,
+                             pooled_projections=inputs["pooled_projections"],
+                             encoder_hidden_states=inputs["encoder_hidden_states"], txt_ids=inputs["txt_ids"],
+                             img_ids=inputs["img_ids"], return_dict=False)
+            if not kept.all():  # rows at times outside the window (calls at different times)
+                out = [None if part is None else [b * kept.to(b.dtype).reshape(-1, 1, 1) for b in part]
+                       for part in out]
+            blocks, singles, acted = _added(blocks, out[0]), _added(singles, out[1]), True
+        if not acted:
+            return None
+        return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": singles}
+
+    def forward(self, x, t, context=None, pooled=None, guidance=None, control=None):
+        if control is None:
+            raise DiffkitError("a FLUX ControlNet needs cond['control'] (flux_controlnet.controlnet_guidance)")
+        inputs = self.net.inputs(x, t, context, pooled, guidance)
+        return self.net(x, t, context, pooled, guidance, controls=self.residuals(x, t, inputs, control))
+
+
+def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
+                        options: dict, guidance_scale: Optional[float], seed: int = 0,
+                        posterior: str = "sample") -> tuple:
+    """(denoiser, cond) of ``guide(model)`` (the prompts' conditioning of a FLUX model at latents ``shape`` (B, C,
+    h, w)) on the transformer with ``controlnets``, ``cond["control"]`` each row's control latents (module
+    docstring); ``guidance_scale``: the embedded guidance given (None: the pipeline's 7.0 for the ControlNets)."""
+    check_choice("control posterior", posterior, POSTERIORS)
+    if controlnets.guess_mode:
+        raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; FluxControlNetPipeline has none")
+    if controlnets.per_prompt > 1:
+        raise DiffkitError("a FLUX folder takes one control image per --controlnet (a file); a folder or list of "
+                           "them (one per prompt) is not supported")
+    check_flux_controlnets(controlnets.models, flux.transformer)
+    h, w = shape[2:]
+    base = flux.denoiser_for(h, w)
+    net_grid, keeps = control_windows(controlnets, base, sampler, steps, nfe, grid, options)
+    first = controlnets.models[0].config
+    value = FLUX_CONTROLNET_GUIDANCE if guidance_scale is None else float(guidance_scale)
+    net = FluxControlledNet(base.net, controlnets.models, controlnets.scales,
+                            value if first.get("guidance_embeds") else None, net_grid, keeps)
+    controlled = Denoiser(net, base.schedule, "flow_prediction")
+    controlled.model = flux.transformer
+    denoiser, cond = guide(replace(flux, _denoisers={flux.shift(h, w): controlled}))
+    if denoiser is not controlled:
+        raise DiffkitError("true_cfg_scale with a ControlNet is not supported (FluxControlNetPipeline gives the "
+                           "negative pass the conditional residuals); drop --true-cfg-scale or --controlnet")
+    f = flux.vae_scale_factor
+    cond["control"] = control_latents(flux, controlnets, h * f, w * f, shape[0], 1, seed, posterior)[0]
+    return denoiser, cond
+
+
+__all__ = ["FluxControlledNet", "controlnet_guidance", "check_flux_controlnet_folder", "check_flux_controlnets",
+           "FLUX_CONTROLNET", "FLUX_CONTROLNET_GUIDANCE"]
