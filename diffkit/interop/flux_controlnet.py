@@ -41,8 +41,21 @@ FLUX_CONTROLNET_GUIDANCE = 7.0  # FluxControlNetPipeline's default guidance_scal
 
 
 def check_flux_controlnet_folder(directory) -> None:
-    """A folder with the ``config.json`` of a diffusers ``FluxControlNetModel`` (one line otherwise)."""
-    model_folder_config(directory, "--controlnet", FLUX_CONTROLNET, " (a FLUX folder takes FLUX ControlNets)")
+    """A folder with the ``config.json`` of a diffusers ``FluxControlNetModel`` of a kind diffkit drives (one line
+    otherwise, from the JSON alone)."""
+    config = model_folder_config(directory, "--controlnet", FLUX_CONTROLNET, " (a FLUX folder takes FLUX ControlNets)")
+    _check_kind(config, f"--controlnet {directory}")
+
+
+def _check_kind(config, name: str) -> None:
+    """No ControlNet-Union and no input hint block (module docstring): one line naming ``name``."""
+    if config.get("num_mode") is not None:
+        raise DiffkitError(f"{name} is a ControlNet-Union (num_mode={config.get('num_mode')}), whose control mode "
+                           f"diffkit does not take; allowed: a single-mode FluxControlNetModel")
+    if config.get("conditioning_embedding_channels") is not None:
+        raise DiffkitError(f"{name} has conditioning_embedding_channels={config.get('conditioning_embedding_channels')}"
+                           f" (an input hint block on the pixels), which diffkit does not drive; allowed: a ControlNet "
+                           f"on the VAE latents (null)")
 
 
 def check_flux_controlnets(models: list, transformer) -> None:
@@ -55,13 +68,7 @@ def check_flux_controlnets(models: list, transformer) -> None:
         name, theirs = f"--controlnet number {index + 1}", model.config
         if type(model).__name__ != FLUX_CONTROLNET:
             raise DiffkitError(f"{name} is a {type(model).__name__}; allowed: a {FLUX_CONTROLNET} for a FLUX folder")
-        if theirs.get("num_mode") is not None:
-            raise DiffkitError(f"{name} is a ControlNet-Union (num_mode={theirs.get('num_mode')}), whose control mode "
-                               f"diffkit does not take; allowed: a single-mode FluxControlNetModel")
-        if theirs.get("conditioning_embedding_channels") is not None:
-            raise DiffkitError(f"{name} has conditioning_embedding_channels="
-                               f"{theirs.get('conditioning_embedding_channels')} (an input hint block on the pixels), "
-                               f"which diffkit does not drive; allowed: a ControlNet on the VAE latents (null)")
+        _check_kind(theirs, name)
         wanted = {"in_channels": int(config.in_channels), "patch_size": int(config.patch_size),
                   "num_attention_heads * attention_head_dim": width,
                   "joint_attention_dim": int(config.joint_attention_dim),

@@ -1,0 +1,185 @@
+"""FLUX.1 ControlNets (diffkit.interop.flux_controlnet) against diffusers' FluxControlNetPipeline on the tiny random
+FLUX folders of test_interop_flux (FLUX.1-dev-like with guidance embeds, FLUX.1-schnell-like without) and tiny random
+FluxControlNetModels (their zero-initialised layers made random); nothing downloaded."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.controlnet import ControlNets, load_model_folder  # noqa: E402
+from diffkit.interop.flux import load_flux, pack_latents, text_to_image, unpack_latents  # noqa: E402
+
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_flux import SIZE, tiny_flux_pipeline  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+KW = dict(height=SIZE, width=SIZE, max_sequence_length=12)
+
+
+def tiny_flux_controlnet(seed: int, **options):
+    torch.manual_seed(seed)
+    model = diffusers.FluxControlNetModel(**{
+        "patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 8,
+        "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
+        "axes_dims_rope": (2, 2, 4), **options})
+    for p in model.parameters():  # the zero-initialised layers (ControlNet's zero convolutions) made random
+        if not p.any():
+            p.data = torch.randn_like(p) * 0.05
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """({dev: (folder, load_flux of it)}, {name: ControlNet folder}, control image paths)."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("fluxcn")
+    folders = {}
+    for dev in (True, False):
+        tiny_flux_pipeline(root, dev).save_pretrained(root / f"flux_{dev}")
+        folders[dev] = (root / f"flux_{dev}", load_flux(root / f"flux_{dev}", progress=False))
+    nets = {}
+    for index, (name, options) in enumerate((("guided", {}), ("unguided", {"guidance_embeds": False}),
+                                             ("union", {"num_mode": 3}))):
+        tiny_flux_controlnet(3 + index, **options).save_pretrained(root / name)
+        nets[name] = root / name
+    images = []
+    for seed, size in ((0, (20, 24)), (1, (16, 16))):
+        rgb = (np.random.default_rng(seed).random((*size, 3)) * 255).astype("uint8")
+        Image.fromarray(rgb).save(root / f"control{seed}.png")
+        images.append(root / f"control{seed}.png")
+    return folders, nets, images
+
+
+def _controlnet(folder):
+    return load_model_folder("FluxControlNetModel", folder, progress=False)
+
+
+def _theirs(flux, controlnet, images, latents, **kw):
+    from PIL import Image
+    parts = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    pipe = diffusers.FluxControlNetPipeline(
+        **{name: getattr(flux, name) for name in parts}, controlnet=controlnet,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(flux.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    opened = [Image.open(image) for image in images]
+    with torch.no_grad():
+        out = pipe(PROMPTS, control_image=opened if isinstance(controlnet, list) else opened[0],
+                   num_inference_steps=4, latents=pack_latents(latents), output_type="latent",
+                   generator=[torch.Generator().manual_seed(11 + i) for i in range(len(PROMPTS))], **KW, **kw).images
+    return unpack_latents(out, 8, 8)
+
+
+def _latents():
+    return torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("dev, net", [(True, "guided"), (True, "unguided"), (False, "guided")])
+def test_flux_controlnet_matches_the_pipeline(tiny, dev, net):
+    """The pipeline's latents for two prompts (its default embedded guidance 7.0 for the transformer and / or the
+    ControlNet), with its VAE posterior draw of the control image (one generator per prompt, seeds 11, 12 there;
+    control_seed=11 here)."""
+    folders, nets, images = tiny
+    _, flux = folders[dev]
+    latents = _latents()
+    theirs = _theirs(flux, _controlnet(nets[net]), images[:1], latents, controlnet_conditioning_scale=0.7)
+    control = ControlNets([_controlnet(nets[net])], images[:1], 0.7)
+    ours = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=control,
+                         control_seed=11, **KW)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    plain = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True,
+                          guidance_scale=7.0 if dev else None, **KW)
+    assert relative_error(plain, theirs) > 0.05  # the ControlNet acts
+    mean = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=control,
+                         control_posterior="mean", **KW)
+    assert relative_error(mean, theirs) > 1e-4  # the posterior's draw is the pipeline's
+
+
+def test_multi_controlnet_and_window_match_the_pipeline(tiny):
+    """Two ControlNets (scales 0.7 and 1.2, windows [0, 0.5] and [0.25, 1], embedded guidance 3): the pipeline's
+    FluxMultiControlNetModel."""
+    folders, nets, images = tiny
+    _, flux = folders[True]
+    latents = _latents()
+    theirs = _theirs(flux, [_controlnet(nets["guided"]), _controlnet(nets["guided"])], images, latents,
+                     controlnet_conditioning_scale=[0.7, 1.2], control_guidance_start=[0.0, 0.25],
+                     control_guidance_end=[0.5, 1.0], guidance_scale=3.0)
+    control = ControlNets([_controlnet(nets["guided"])] * 2, images, [0.7, 1.2], [0.0, 0.25], [0.5, 1.0])
+    ours = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=control,
+                         control_seed=11, guidance_scale=3.0, **KW)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    always = ControlNets([_controlnet(nets["guided"])] * 2, images, [0.7, 1.2])
+    unwindowed = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=always,
+                               control_seed=11, guidance_scale=3.0, **KW)
+    assert relative_error(unwindowed, theirs) > 1e-3  # the windows act
+
+
+def test_other_samplers_run_with_a_flux_controlnet(tiny):
+    """Any diffkit sampler runs the controlled transformer on its own grid of the size's flow schedule: 8 steps of
+    UniPC and DPM-Solver++(2M) land near the pipeline loop's 16 steps (relative differences quoted in
+    docs/interop.md)."""
+    folders, nets, images = tiny
+    _, flux = folders[True]
+    control = ControlNets([_controlnet(nets["guided"])], images[:1], 0.7)
+    kw = dict(latents=_latents(), return_latents=True, control_posterior="mean", **KW)
+    reference = text_to_image(flux, PROMPTS, steps=16, controlnet=control, **kw)
+    plain = relative_error(text_to_image(flux, PROMPTS, steps=16, guidance_scale=7.0, **kw), reference)
+    for sampler in ("unipc", "dpm-solver++-2m"):
+        ours = text_to_image(flux, PROMPTS, sampler=sampler, steps=8, controlnet=control, **kw)
+        assert relative_error(ours, reference) < plain / 3, (sampler, relative_error(ours, reference), plain)
+
+
+def test_sample_command_runs_flux_controlnet(tiny, tmp_path, capsys):
+    """`diffkit sample --controlnet DIR --control-image PNG` on a FLUX folder writes text_to_image's images byte for
+    byte (sample i's control latents from --seed + i), and refuses what it does not support in one line."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    folders, nets, images = tiny
+    folder, flux = folders[True]
+    out = tmp_path / "grid.png"
+    common = ["--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "2", "--nrow", "1", "--steps", "3",
+              "--seed", "5", "--batch-size", "2", "--no-progress", "--height", "16", "--width", "16",
+              "--max-sequence-length", "12", "--controlnet", str(nets["guided"]), "--control-image", str(images[0])]
+    assert main(["sample", "--out", str(out), "--controlnet-scale", "0.6", "--control-guidance-start", "0.3"]
+                + common) == 0
+    control = ControlNets([_controlnet(nets["guided"])], images[:1], 0.6, 0.3)
+    expected = text_to_image(flux, PROMPTS[:1] * 2, steps=3, seed=5, controlnet=control, control_seed=5,
+                             output_range="-1,1", **KW)
+    save_grid(expected, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    bad = tmp_path / "bad" / "o.png"
+    for extra, match in ((["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets; the FLUX"),
+                         (["--lora", str(images[0])], "--lora with --controlnet on a FLUX folder is not supported"),
+                         (["--true-cfg-scale", "2", "--negative-prompt", "ugly"],
+                          "--true-cfg-scale with --controlnet on a FLUX folder is not supported"),
+                         (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
+                          "holds a 'FluxTransformer2DModel'; allowed: a diffusers FluxControlNetModel folder"),
+                         (["--controlnet", str(nets["union"]), "--control-image", str(images[0])],
+                          "--controlnet .*union is a ControlNet-Union \\(num_mode=3\\)")):
+        assert main(["sample", "--out", str(bad)] + common + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+        assert not bad.parent.exists()
+    capsys.readouterr()
+
+
+def test_flux_controlnet_refusals(tiny):
+    """True CFG with a ControlNet, ControlNets that disagree on guidance_embeds, one of another width: one line."""
+    folders, nets, images = tiny
+    _, flux = folders[True]
+    control = ControlNets([_controlnet(nets["guided"])], images[:1])
+    with pytest.raises(DiffkitError, match="true_cfg_scale with a ControlNet is not supported"):
+        text_to_image(flux, PROMPTS, steps=2, latents=_latents(), controlnet=control, true_cfg_scale=2.0,
+                      negative_prompt="ugly", **KW)
+    wide = tiny_flux_controlnet(0, num_attention_heads=4)
+    for models, match in (([_controlnet(nets["union"])], "--controlnet number 1 is a ControlNet-Union"),
+                          ([_controlnet(nets["guided"]), _controlnet(nets["unguided"])],
+                           "number 2 has guidance_embeds: False but --controlnet number 1 True"),
+                          ([wide], "number 1 has num_attention_heads \\* attention_head_dim=32 but this FLUX folder "
+                                   "needs 16")):
+        with pytest.raises(DiffkitError, match=match):
+            text_to_image(flux, PROMPTS, steps=2, latents=_latents(), controlnet=ControlNets(models, images[:1] *
+                                                                                              len(models)), **KW)
