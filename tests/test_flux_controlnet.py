@@ -3,7 +3,6 @@ FLUX folders of test_interop_flux (FLUX.1-dev-like with guidance embeds, FLUX.1-
 FluxControlNetModels (their zero-initialised layers made random); nothing downloaded."""
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +14,7 @@ from diffkit.interop.flux import load_flux, pack_latents, text_to_image, unpack_
 
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import SIZE, tiny_flux_pipeline  # noqa: E402
+from test_sd3_controlnet import control_image_files, randomised_zero_layers  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]
 KW = dict(height=SIZE, width=SIZE, max_sequence_length=12)
@@ -26,16 +26,12 @@ def tiny_flux_controlnet(seed: int, **options):
         "patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 8,
         "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32, "guidance_embeds": True,
         "axes_dims_rope": (2, 2, 4), **options})
-    for p in model.parameters():  # the zero-initialised layers (ControlNet's zero convolutions) made random
-        if not p.any():
-            p.data = torch.randn_like(p) * 0.05
-    return model
+    return randomised_zero_layers(model)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """({dev: (folder, load_flux of it)}, {name: ControlNet folder}, control image paths)."""
-    from PIL import Image
     root = tmp_path_factory.mktemp("fluxcn")
     folders = {}
     for dev in (True, False):
@@ -46,12 +42,7 @@ def tiny(tmp_path_factory):
                                              ("union", {"num_mode": 3}))):
         tiny_flux_controlnet(3 + index, **options).save_pretrained(root / name)
         nets[name] = root / name
-    images = []
-    for seed, size in ((0, (20, 24)), (1, (16, 16))):
-        rgb = (np.random.default_rng(seed).random((*size, 3)) * 255).astype("uint8")
-        Image.fromarray(rgb).save(root / f"control{seed}.png")
-        images.append(root / f"control{seed}.png")
-    return folders, nets, images
+    return folders, nets, control_image_files(root)
 
 
 def _controlnet(folder):

@@ -22,34 +22,44 @@ KINDS = {"plain": {"force_zeros_for_pooled_projection": False},
          "sd35": {"joint_attention_dim": None, "use_pos_embed": False, "force_zeros_for_pooled_projection": False}}
 
 
+def randomised_zero_layers(model):
+    """``model`` with its zero-initialised layers (ControlNet's zero convolutions) made random, so that it acts."""
+    for p in model.parameters():
+        if not p.any():
+            p.data = torch.randn_like(p) * 0.05
+    return model
+
+
+def control_image_files(root) -> list:
+    """Two random RGB control images, 24 x 20 and 16 x 16 (paths)."""
+    from PIL import Image
+    images = []
+    for seed, size in ((0, (20, 24)), (1, (16, 16))):
+        rgb = (np.random.default_rng(seed).random((*size, 3)) * 255).astype("uint8")
+        Image.fromarray(rgb).save(root / f"control{seed}.png")
+        images.append(root / f"control{seed}.png")
+    return images
+
+
 def tiny_sd3_controlnet(seed: int, **options):
     torch.manual_seed(seed)
     model = diffusers.SD3ControlNetModel(**{
         "sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 1,
         "attention_head_dim": 8, "num_attention_heads": 4, "joint_attention_dim": 32, "caption_projection_dim": 32,
         "pooled_projection_dim": 14, "pos_embed_max_size": 16, **options})
-    for p in model.parameters():  # the zero-initialised layers (ControlNet's zero convolutions) made random
-        if not p.any():
-            p.data = torch.randn_like(p) * 0.05
-    return model
+    return randomised_zero_layers(model)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(folder, load_sd3 of it, {kind: ControlNet folder}, control image paths)."""
-    from PIL import Image
     root = tmp_path_factory.mktemp("sd3cn")
     tiny_sd3_pipeline(root, True).save_pretrained(root / "sd3")
     folders = {}
     for index, (kind, options) in enumerate(KINDS.items()):
         tiny_sd3_controlnet(3 + index, **options).save_pretrained(root / kind)
         folders[kind] = root / kind
-    images = []
-    for seed, size in ((0, (20, 24)), (1, (16, 16))):
-        rgb = (np.random.default_rng(seed).random((*size, 3)) * 255).astype("uint8")
-        Image.fromarray(rgb).save(root / f"control{seed}.png")
-        images.append(root / f"control{seed}.png")
-    return root / "sd3", load_sd3(root / "sd3", progress=False), folders, images
+    return root / "sd3", load_sd3(root / "sd3", progress=False), folders, control_image_files(root)
 
 
 def _controlnet(folder):
@@ -156,7 +166,8 @@ def test_sample_command_runs_sd3_controlnet(tiny, tmp_path, capsys):
     common = ["--checkpoint", str(folder), "--prompt", PROMPT[0], "--num", "2", "--nrow", "1", "--steps", "3",
               "--seed", "5", "--batch-size", "2", "--no-progress", "--controlnet", str(folders["plain"]),
               "--control-image", str(images[0])]
-    assert main(["sample", "--out", str(out), "--controlnet-scale", "0.6", "--control-guidance-end", "0.7"] + common) == 0
+    assert main(["sample", "--out", str(out), "--controlnet-scale", "0.6", "--control-guidance-end", "0.7"]
+                + common) == 0
     control = ControlNets([_controlnet(folders["plain"])], [images[0]], 0.6, 0.0, 0.7)
     expected = text_to_image(sd3, PROMPT * 2, steps=3, seed=5, controlnet=control, control_seed=5,
                              output_range="-1,1")
@@ -167,7 +178,8 @@ def test_sample_command_runs_sd3_controlnet(tiny, tmp_path, capsys):
                          (["--lora", str(images[0])], "--lora with --controlnet on an SD3 folder is not supported"),
                          (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
                           "holds a 'SD3Transformer2DModel'; allowed: a diffusers SD3ControlNetModel folder"),
-                         (["--control-image", str(tmp_path)], "1 --control-image for 1 --controlnet|2 --control-image")):
+                         (["--controlnet", str(folders["plain"]), "--control-image", str(tmp_path)],
+                          "--control-image is a folder; an SD3 folder takes one control image file per --controlnet")):
         assert main(["sample", "--out", str(bad)] + common + extra) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err

@@ -3,7 +3,8 @@
 ``--control-guidance-start`` / ``--control-guidance-end`` (one value for all, or one per ControlNet) and
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
 StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
-FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`, :mod:`~diffkit.interop.flux_controlnet`)."""
+FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`,
+:mod:`~diffkit.interop.flux_controlnet`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -43,8 +43,9 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
     LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``height`` / ``width``: the images'
     size (default the folder's), the pipeline's. ``control``: SD3 ControlNets (a
-    :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline (:mod:`diffkit.interop.sd3_controlnet`;
-    the control image resized to the images' size, sample i's control latents drawn from ``seed + i``)."""
+    :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline
+    (:mod:`diffkit.interop.sd3_controlnet`; the control image resized to the images' size, sample i's control latents
+    drawn from ``seed + i``)."""
     from ..interop.sd3 import SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options

@@ -76,4 +76,24 @@ def control_windows(controlnets: ControlNets, denoiser: Denoiser, sampler: str, 
     return network_grid(denoiser, times), keeps
 
 
-__all__ = ["control_pixels", "control_latents", "network_grid", "control_windows", "POSTERIORS"]
+def acting(scales, keeps, net_grid, t: torch.Tensor):
+    """(index, scale, kept) of each ControlNet that acts on some row at the (B,) float32 network times ``t``; kept:
+    (B,) 1.0 on the rows inside its window (every row without windows). A ControlNet that does not act would add
+    zero (diffusers runs it at scale 0): the transformer's own output, without its call."""
+    from .controlnet import steps_of
+    for index, scale in enumerate(scales):
+        kept = torch.ones(t.shape[0], device=t.device) if keeps is None else \
+            keeps[index].to(t.device)[steps_of(net_grid, t)].to(torch.float32)
+        if scale != 0 and kept.any():
+            yield index, scale, kept
+
+
+def kept_rows(blocks: Optional[list], kept: torch.Tensor) -> Optional[list]:
+    """``blocks`` (a list of (B, L, D) residuals, or None) times ``kept`` per row, where some row is outside the
+    window (calls at different times)."""
+    if blocks is None or bool(kept.all()):
+        return blocks
+    return [block * kept.to(block.dtype).reshape(-1, 1, 1) for block in blocks]
+
+
+__all__ = ["acting", "kept_rows", "control_pixels", "control_latents", "network_grid", "control_windows", "POSTERIORS"]

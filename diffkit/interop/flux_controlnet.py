@@ -33,8 +33,8 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_choice
-from .controlnet import ControlNets, model_folder_config, steps_of
-from .flow_controlnet import POSTERIORS, control_latents, control_windows
+from .controlnet import ControlNets, model_folder_config
+from .flow_controlnet import POSTERIORS, acting, control_latents, control_windows, kept_rows
 
 FLUX_CONTROLNET = "FluxControlNetModel"
 FLUX_CONTROLNET_GUIDANCE = 7.0  # FluxControlNetPipeline's default guidance_scale
@@ -121,22 +121,15 @@ class FluxControlledNet(torch.nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         blocks = singles = None
         acted = False
-        for index, (controlnet, scale) in enumerate(zip(self.controlnets, self.scales)):
-            kept = torch.ones(x.shape[0], device=x.device) if self.keeps is None else \
-                self.keeps[index].to(x.device)[steps_of(self.net_grid, t)].to(torch.float32)
-            if scale == 0 or not kept.any():
-                continue  # adds zero: the transformer's own output, without this ControlNet's call
+        for index, scale, kept in acting(self.scales, self.keeps, self.net_grid, t):
             image = pack_latents(control[:, index].to(inputs["hidden_states"].dtype))
-            out = controlnet(hidden_states=inputs["hidden_states"], controlnet_cond=image, controlnet_mode=None,
-                             conditioning_scale=scale,
-                             timestep=inputs["timestep"], guidance=guidance,
-                             pooled_projections=inputs["pooled_projections"],
-                             encoder_hidden_states=inputs["encoder_hidden_states"], txt_ids=inputs["txt_ids"],
-                             img_ids=inputs["img_ids"], return_dict=False)
-            if not kept.all():  # rows at times outside the window (calls at different times)
-                out = [None if part is None else [b * kept.to(b.dtype).reshape(-1, 1, 1) for b in part]
-                       for part in out]
-            blocks, singles, acted = _added(blocks, out[0]), _added(singles, out[1]), True
+            out = self.controlnets[index](
+                hidden_states=inputs["hidden_states"], controlnet_cond=image, controlnet_mode=None,
+                conditioning_scale=scale, timestep=inputs["timestep"], guidance=guidance,
+                pooled_projections=inputs["pooled_projections"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                txt_ids=inputs["txt_ids"], img_ids=inputs["img_ids"], return_dict=False)
+            blocks, singles = _added(blocks, kept_rows(out[0], kept)), _added(singles, kept_rows(out[1], kept))
+            acted = True
         if not acted:
             return None
         return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": singles}

@@ -34,8 +34,8 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_choice
-from .controlnet import ControlNets, model_folder_config, steps_of
-from .flow_controlnet import POSTERIORS, control_latents, control_windows
+from .controlnet import ControlNets, model_folder_config
+from .flow_controlnet import POSTERIORS, acting, control_latents, control_windows, kept_rows
 
 SD3_CONTROLNET = "SD3ControlNetModel"
 
@@ -99,17 +99,11 @@ class SD3ControlledNet(torch.nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         pooled = torch.zeros_like(pooled) if self.zero_pooled else pooled
         total = None
-        for index, (controlnet, scale) in enumerate(zip(self.controlnets, self.scales)):
-            kept = torch.ones(x.shape[0], device=x.device) if self.keeps is None else \
-                self.keeps[index].to(x.device)[steps_of(self.net_grid, t)].to(torch.float32)
-            if scale == 0 or not kept.any():
-                continue  # adds zero: the transformer's own output, without this ControlNet's call
-            blocks = controlnet(hidden_states=x.to(dtype), controlnet_cond=control[:, index].to(dtype),
-                                conditioning_scale=scale,
-                                encoder_hidden_states=context.to(dtype) if self.with_context else None,
-                                pooled_projections=pooled.to(dtype), timestep=t, return_dict=False)[0]
-            if not kept.all():  # rows at times outside the window (calls at different times)
-                blocks = [block * kept.to(block.dtype).reshape(-1, 1, 1) for block in blocks]
+        for index, scale, kept in acting(self.scales, self.keeps, self.net_grid, t):
+            blocks = kept_rows(self.controlnets[index](
+                hidden_states=x.to(dtype), controlnet_cond=control[:, index].to(dtype), conditioning_scale=scale,
+                encoder_hidden_states=context.to(dtype) if self.with_context else None,
+                pooled_projections=pooled.to(dtype), timestep=t, return_dict=False)[0], kept)
             total = list(blocks) if total is None else [a + b for a, b in zip(total, blocks)]
         return total
 
