@@ -17,14 +17,16 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion folders; docs/interop.md)")
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD3 and FLUX.1 folders; docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
-                   help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
-                        "Multi-ControlNet (their residuals add up)")
+                   help="a diffusers ControlNetModel folder made for this Stable Diffusion model (SD3: an "
+                        "SD3ControlNetModel, FLUX.1: a FluxControlNetModel folder); repeat for Multi-ControlNet "
+                        "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter (a file; docs/interop.md); sample: "
-                        "the output takes its size, rounded down to multiples of the VAE factor, and a folder of "
+                        "the output takes its size, rounded down to multiples of the VAE factor (SD3 / FLUX.1: it is "
+                        "resized to the output's size, as their pipelines), and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
                         "to the images' size, and a folder gives one per --images file (both in file-name order)")
     g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,

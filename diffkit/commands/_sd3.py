@@ -15,7 +15,7 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --lora, --steps / --nfe, --sampler and its grid options",
+                  "--guidance-scale, --lora, --controlnet (sample), --steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
                   "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
