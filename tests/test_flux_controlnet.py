@@ -49,11 +49,12 @@ def _controlnet(folder):
     return load_model_folder("FluxControlNetModel", folder, progress=False)
 
 
-def _theirs(flux, controlnet, images, latents, **kw):
+def _theirs(flux, controlnet, images, latents, parts_of=None, **kw):
+    """FluxControlNetPipeline's latents (of ``flux``'s parts, or those of the pipeline ``parts_of``)."""
     from PIL import Image
     parts = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
     pipe = diffusers.FluxControlNetPipeline(
-        **{name: getattr(flux, name) for name in parts}, controlnet=controlnet,
+        **{name: getattr(parts_of or flux, name) for name in parts}, controlnet=controlnet,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(flux.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
     opened = [Image.open(image) for image in images]
@@ -108,6 +109,28 @@ def test_multi_controlnet_and_window_match_the_pipeline(tiny):
     assert relative_error(unwindowed, theirs) > 1e-3  # the windows act
 
 
+def test_flux_controlnet_with_a_lora_matches_the_pipeline(tiny, tmp_path):
+    """load_flux(lora=[(file, 0.7)]) with a ControlNet: the pipeline after load_lora_weights + fuse_lora(0.7) (the
+    transformer and CLIP adapted, never the ControlNet)."""
+    pytest.importorskip("peft")
+    from test_interop_flux_more import FLUX_LORA
+    from test_sd_lora import fused_transformer_lora
+    folders, nets, images = tiny
+    folder, flux = folders[True]
+    lora, fused = fused_transformer_lora(diffusers.FluxPipeline, folder, tmp_path, FLUX_LORA, "text_encoder")
+    latents = _latents()
+    theirs = _theirs(flux, _controlnet(nets["guided"]), images[:1], latents, parts_of=fused)
+    merged = load_flux(folder, progress=False, lora=[(lora, 0.7)])
+    control = ControlNets([_controlnet(nets["guided"])], images[:1])
+    ours = text_to_image(merged, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=control,
+                         control_seed=11, **KW)
+    print("flux controlnet lora", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    unmerged = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=control,
+                             control_seed=11, **KW)
+    assert relative_error(unmerged, theirs) > 1e-3  # the LoRA acts
+
+
 def test_other_samplers_run_with_a_flux_controlnet(tiny):
     """Any diffkit sampler runs the controlled transformer on its own grid of the size's flow schedule: 8 steps of
     UniPC and DPM-Solver++(2M) land near the pipeline loop's 16 steps (relative differences quoted in
@@ -143,7 +166,6 @@ def test_sample_command_runs_flux_controlnet(tiny, tmp_path, capsys):
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     bad = tmp_path / "bad" / "o.png"
     for extra, match in ((["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets; the FLUX"),
-                         (["--lora", str(images[0])], "--lora with --controlnet on a FLUX folder is not supported"),
                          (["--true-cfg-scale", "2", "--negative-prompt", "ugly"],
                           "--true-cfg-scale with --controlnet on a FLUX folder is not supported"),
                          (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],

@@ -66,11 +66,12 @@ def _controlnet(folder):
     return load_model_folder("SD3ControlNetModel", folder, progress=False)
 
 
-def _pipeline(sd3, controlnets):
+def _pipeline(sd3, controlnets, parts_of=None):
+    """StableDiffusion3ControlNetPipeline of ``sd3``'s parts (or those of the pipeline ``parts_of``)."""
     parts = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
              "tokenizer_3")
     pipe = diffusers.StableDiffusion3ControlNetPipeline(
-        **{name: getattr(sd3, name) for name in parts}, controlnet=controlnets,
+        **{name: getattr(parts_of or sd3, name) for name in parts}, controlnet=controlnets,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(sd3.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -136,6 +137,34 @@ def test_multi_controlnet_window_and_batch_match_the_pipeline(tiny, monkeypatch)
     assert relative_error(unwindowed, theirs) > 1e-3  # the windows act
 
 
+def test_sd3_controlnet_with_a_lora_matches_the_pipeline(tiny, tmp_path):
+    """load_sd3(lora=[(file, 0.7)]) with a ControlNet: the pipeline after load_lora_weights + fuse_lora(0.7) (its
+    LoRA loader adapts the transformer and text encoders, never the ControlNet)."""
+    pytest.importorskip("peft")
+    from test_interop_sd3_edit import SD3_LORA
+    from test_sd_lora import fused_transformer_lora
+    folder, sd3, folders, images = tiny
+    lora, fused = fused_transformer_lora(diffusers.StableDiffusion3Pipeline, folder, tmp_path, SD3_LORA,
+                                         "text_encoder_2")
+    pipe = _pipeline(sd3, _controlnet(folders["plain"]), fused)
+    latents = _latents()
+    torch.manual_seed(11)
+    from PIL import Image
+    with torch.no_grad():
+        theirs = pipe(PROMPT, control_image=Image.open(images[0]), num_inference_steps=3, guidance_scale=4.0,
+                      latents=latents.clone(), output_type="latent", max_sequence_length=12).images
+    merged = load_sd3(folder, progress=False, lora=[(lora, 0.7)])
+    ours = text_to_image(merged, PROMPT, steps=3, guidance_scale=4.0, latents=latents, max_sequence_length=12,
+                         return_latents=True, controlnet=ControlNets([_controlnet(folders["plain"])], images[:1]),
+                         control_seed=11)
+    print("sd3 controlnet lora", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    unmerged = text_to_image(sd3, PROMPT, steps=3, guidance_scale=4.0, latents=latents, max_sequence_length=12,
+                             return_latents=True, controlnet=ControlNets([_controlnet(folders["plain"])], images[:1]),
+                             control_seed=11)
+    assert relative_error(unmerged, theirs) > 1e-3  # the LoRA acts
+
+
 def test_other_samplers_run_with_a_controlnet(tiny):
     """Any diffkit sampler runs the controlled transformer on its own grid of the flow schedule: 8 steps of UniPC
     and DPM-Solver++(2M) land near the pipeline loop's 16 steps (measured 2.0% and 3.4% against 19.7% for the
@@ -175,7 +204,6 @@ def test_sample_command_runs_sd3_controlnet(tiny, tmp_path, capsys):
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     bad = tmp_path / "bad" / "o.png"
     for extra, match in ((["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets"),
-                         (["--lora", str(images[0])], "--lora with --controlnet on an SD3 folder is not supported"),
                          (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
                           "holds a 'SD3Transformer2DModel'; allowed: a diffusers SD3ControlNetModel folder"),
                          (["--controlnet", str(folders["plain"]), "--control-image", str(tmp_path)],

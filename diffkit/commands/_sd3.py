@@ -61,8 +61,6 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                   "--apg-eta": guidance.apg_eta, "--apg-norm-threshold": guidance.apg_norm_threshold,
                   "--apg-momentum": guidance.apg_momentum, "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
-    if control is not None and lora:
-        raise DiffkitError("--lora with --controlnet on an SD3 folder is not supported yet; drop one of them")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
