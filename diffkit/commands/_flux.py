@@ -46,10 +46,6 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
                            f"--controlnet, --guidance-scale (the embedded guidance), --steps / --nfe, --sampler and "
                            f"its grid options")
-    if control is not None and guidance.true_cfg_scale is not None and guidance.true_cfg_scale > 1:
-        raise DiffkitError("--true-cfg-scale with --controlnet on a FLUX folder is not supported "
-                           "(FluxControlNetPipeline gives the negative pass the conditional residuals); "
-                           "drop one of them")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)

@@ -16,12 +16,14 @@ linear layer, a residual that diffusers' ``FluxTransformer2DModel`` adds to its 
   (``posterior="mean"``), then packed into 2 x 2 patches.
 * the embedded guidance: the pipeline's default is 7.0 here (FluxPipeline's 3.5 without a ControlNet); a
   ControlNet with ``guidance_embeds`` gets it too (as the first ControlNet's config says, for all).
+* true CFG (``true_cfg_scale`` > 1 with a negative prompt): the ControlNets run on the conditional half only and
+  the negative pass takes the same residuals (the pipeline's), in diffkit's one batched call
+  (``FluxControlledNet``'s ``control_rows``).
 * ``controlnet_conditioning_scale`` (one per ControlNet; Multi-ControlNet sums in order,
   ``FluxMultiControlNetModel``), ``control_guidance_start`` / ``_end`` (:func:`.controlnet.step_windows`).
 
 Not supported (one line): ControlNet-Union (``num_mode``: no control mode flag), a ControlNet with an input hint
-block (``conditioning_embedding_channels``: pixels instead of latents, residuals repeated over the blocks), true CFG
-with a ControlNet (the pipeline gives the negative pass the conditional pass's residuals; not reproduced yet),
+block (``conditioning_embedding_channels``: pixels instead of latents, residuals repeated over the blocks),
 ControlNets that disagree on what the pipeline takes from the first (``guidance_embeds``).
 """
 from __future__ import annotations
@@ -134,11 +136,24 @@ class FluxControlledNet(torch.nn.Module):
             return None
         return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": singles}
 
-    def forward(self, x, t, context=None, pooled=None, guidance=None, control=None):
+    def forward(self, x, t, context=None, pooled=None, guidance=None, control=None, control_rows=None):
+        """``control_rows`` (true CFG): each row's source row; the ControlNets run on the rows that are their own
+        source (the conditional half) and every row takes its source's residuals, as FluxControlNetPipeline gives
+        its negative pass the conditional pass's."""
         if control is None:
             raise DiffkitError("a FLUX ControlNet needs cond['control'] (flux_controlnet.controlnet_guidance)")
-        inputs = self.net.inputs(x, t, context, pooled, guidance)
-        return self.net(x, t, context, pooled, guidance, controls=self.residuals(x, t, inputs, control))
+        if control_rows is None:
+            controls = self.residuals(x, t, self.net.inputs(x, t, context, pooled, guidance), control)
+        else:
+            rows = torch.as_tensor(control_rows, device=x.device).long().reshape(-1)
+            sources = (rows == torch.arange(len(rows), device=x.device)).nonzero().flatten()
+            place = torch.full_like(rows, -1).index_copy(0, sources, torch.arange(len(sources), device=x.device))
+            t_rows = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(len(rows))[sources]
+            inputs = self.net.inputs(x[sources], t_rows, context[sources], pooled[sources], guidance)
+            shared = self.residuals(x[sources], t_rows, inputs, control[sources])
+            controls = None if shared is None else {key: None if blocks is None else [b[place[rows]] for b in blocks]
+                                                    for key, blocks in shared.items()}
+        return self.net(x, t, context, pooled, guidance, controls=controls)
 
 
 def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
@@ -164,9 +179,8 @@ def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sam
     controlled = Denoiser(net, base.schedule, "flow_prediction")
     controlled.model = flux.transformer
     denoiser, cond = guide(replace(flux, _denoisers={flux.shift(h, w): controlled}))
-    if denoiser is not controlled:
-        raise DiffkitError("true_cfg_scale with a ControlNet is not supported (FluxControlNetPipeline gives the "
-                           "negative pass the conditional residuals); drop --true-cfg-scale or --controlnet")
+    if denoiser is not controlled:  # true CFG: the guidance repeats these (B,) rows for its null half
+        cond["control_rows"] = torch.arange(shape[0], device=flux.device)
     f = flux.vae_scale_factor
     cond["control"] = control_latents(flux, controlnets, h * f, w * f, shape[0], 1, seed, posterior)[0]
     return denoiser, cond
