@@ -192,6 +192,17 @@ def test_sample_command_runs_flux_controlnet(tiny, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_scale_zero_is_the_folder_alone_bit_for_bit(tiny):
+    """A ControlNet at scale 0 is never called: the run (true CFG here) is the one without it at the same embedded
+    guidance, bit for bit (FluxNet's refactored call, ``controls`` None, changes nothing)."""
+    folders, nets, images = tiny
+    _, flux = folders[True]
+    kw = dict(steps=3, latents=_latents(), return_latents=True, guidance_scale=4.0, true_cfg_scale=2.0,
+              negative_prompt="ugly", **KW)
+    off = ControlNets([_controlnet(nets["guided"])], images[:1], 0.0)
+    assert torch.equal(text_to_image(flux, PROMPTS, controlnet=off, **kw), text_to_image(flux, PROMPTS, **kw))
+
+
 def test_flux_controlnet_refusals(tiny):
     """A ControlNet-Union, ControlNets that disagree on guidance_embeds, one of another width: one line."""
     folders, nets, images = tiny

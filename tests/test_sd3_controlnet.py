@@ -215,6 +215,15 @@ def test_sample_command_runs_sd3_controlnet(tiny, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_scale_zero_is_the_folder_alone_bit_for_bit(tiny):
+    """A ControlNet at scale 0 is never called: the guided run is the one without it, bit for bit (and so the
+    transformer's new ``controls`` argument, None, changes nothing)."""
+    _, sd3, folders, images = tiny
+    kw = dict(steps=3, guidance_scale=4.0, latents=_latents(), max_sequence_length=12, return_latents=True)
+    off = ControlNets([_controlnet(folders["plain"])], images[:1], 0.0)
+    assert torch.equal(text_to_image(sd3, PROMPT, controlnet=off, **kw), text_to_image(sd3, PROMPT, **kw))
+
+
 def test_mismatched_controlnets_are_refused(tiny):
     """A ControlNet of another patch size, or two that disagree on what the pipeline takes from the first: one
     line naming the key."""
