@@ -57,7 +57,7 @@ def _theirs(flux, controlnet, images, latents, parts_of=None, **kw):
         **{name: getattr(parts_of or flux, name) for name in parts}, controlnet=controlnet,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(flux.scheduler_config))
     pipe.set_progress_bar_config(disable=True)
-    opened = [Image.open(image) for image in images]
+    opened = [image if isinstance(image, list) else Image.open(image) for image in images]
     with torch.no_grad():
         out = pipe(PROMPTS, control_image=opened if isinstance(controlnet, list) else opened[0],
                    num_inference_steps=4, latents=pack_latents(latents), output_type="latent",
@@ -88,6 +88,20 @@ def test_flux_controlnet_matches_the_pipeline(tiny, dev, net):
     mean = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, controlnet=control,
                          control_posterior="mean", **KW)
     assert relative_error(mean, theirs) > 1e-4  # the posterior's draw is the pipeline's
+
+
+def test_one_control_image_per_prompt_matches_the_flux_pipeline(tiny):
+    """A list of control images, one per prompt (the pipeline's image batch, its posterior draws from one generator
+    per prompt): each sample takes its prompt's image."""
+    folders, nets, images = tiny
+    _, flux = folders[True]
+    latents = _latents()
+    from PIL import Image
+    theirs = _theirs(flux, _controlnet(nets["guided"]), [[Image.open(image) for image in images]], latents)
+    ours = text_to_image(flux, PROMPTS, steps=4, latents=latents, return_latents=True, control_seed=11,
+                         controlnet=ControlNets([_controlnet(nets["guided"])], [images]), **KW)
+    print("flux per prompt", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
 
 
 def test_multi_controlnet_and_window_match_the_pipeline(tiny):

@@ -137,6 +137,28 @@ def test_multi_controlnet_window_and_batch_match_the_pipeline(tiny, monkeypatch)
     assert relative_error(unwindowed, theirs) > 1e-3  # the windows act
 
 
+def test_one_control_image_per_prompt_matches_the_pipeline(tiny, monkeypatch):
+    """A list of control images, one per prompt (the pipeline's image batch; posterior mean on both sides, as the
+    pipeline draws the batch from one generator): each sample takes its prompt's image."""
+    from PIL import Image
+    _, sd3, folders, images = tiny
+    monkeypatch.setattr(diffusers.models.autoencoders.vae.DiagonalGaussianDistribution, "sample",
+                        lambda self, generator=None: self.mean)
+    prompts, latents = ["a photo of a cat", "hot dog"], _latents(2)
+    with torch.no_grad():
+        theirs = _pipeline(sd3, _controlnet(folders["plain"]))(
+            prompts, control_image=[Image.open(image) for image in images], num_inference_steps=3,
+            guidance_scale=3.0, latents=latents.clone(), output_type="latent", max_sequence_length=12).images
+    kw = dict(steps=3, guidance_scale=3.0, latents=latents, max_sequence_length=12, return_latents=True,
+              control_posterior="mean")
+    ours = text_to_image(sd3, prompts, controlnet=ControlNets([_controlnet(folders["plain"])], [images]), **kw)
+    print("sd3 per prompt", float((ours - theirs).abs().max()), relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    swapped = text_to_image(sd3, prompts, controlnet=ControlNets([_controlnet(folders["plain"])], [images]),
+                            control_rows=[1, 0], **kw)
+    assert relative_error(swapped, theirs) > 1e-3
+
+
 def test_sd3_controlnet_with_a_lora_matches_the_pipeline(tiny, tmp_path):
     """load_sd3(lora=[(file, 0.7)]) with a ControlNet: the pipeline after load_lora_weights + fuse_lora(0.7) (its
     LoRA loader adapts the transformer and text encoders, never the ControlNet)."""
@@ -202,12 +224,24 @@ def test_sample_command_runs_sd3_controlnet(tiny, tmp_path, capsys):
                              output_range="-1,1")
     save_grid(expected, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    per_prompt = tmp_path / "per_prompt"  # --control-image DIR: one per --prompt, in file-name order
+    per_prompt.mkdir()
+    for index, image in enumerate(images):
+        (per_prompt / f"{index}.png").write_bytes(image.read_bytes())
+    two = ["sample", "--out", str(tmp_path / "two.png"), "--checkpoint", str(folder), "--prompt", PROMPT[0],
+           "--prompt", "hot dog", "--num", "2", "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2",
+           "--no-progress", "--controlnet", str(folders["plain"]), "--control-image", str(per_prompt)]
+    assert main(two) == 0
+    expected = text_to_image(sd3, [PROMPT[0], "hot dog"], steps=2, seed=5, output_range="-1,1", control_seed=5,
+                             controlnet=ControlNets([_controlnet(folders["plain"])], [images]))
+    save_grid(expected, tmp_path / "expected.png", 1)
+    assert (tmp_path / "two.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
     bad = tmp_path / "bad" / "o.png"
     for extra, match in ((["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets"),
                          (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
                           "holds a 'SD3Transformer2DModel'; allowed: a diffusers SD3ControlNetModel folder"),
-                         (["--controlnet", str(folders["plain"]), "--control-image", str(tmp_path)],
-                          "--control-image is a folder; an SD3 folder takes one control image file per --controlnet")):
+                         (["--controlnet", str(folders["plain"]), "--control-image", str(per_prompt)],
+                          "--control-image .*per_prompt holds 2 PNG\\(s\\) for 1 --prompt")):
         assert main(["sample", "--out", str(bad)] + common + extra) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), err

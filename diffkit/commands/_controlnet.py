@@ -62,8 +62,6 @@ class ControlRequest:
         name order): ``prompts``, ``diffkit sample``'s count of --prompt, or ``edited``, ``diffkit edit``'s count
         of --images files; with neither a folder is refused."""
         from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
-        from pathlib import Path
-
         from ..interop.flux import is_flux_folder
         from ..interop.flux_controlnet import check_flux_controlnet_folder
         from ..interop.sd3 import is_sd3_folder
@@ -95,9 +93,6 @@ class ControlRequest:
         if kind and args.guess_mode:
             raise DiffkitError(f"--guess-mode applies to Stable Diffusion ControlNets; the {kind} ControlNet pipeline "
                                f"has no guess mode")
-        if kind and any(Path(image).is_dir() for image in images):
-            raise DiffkitError(f"--control-image is a folder; a{'n' * (kind == 'SD3')} {kind} folder takes one "
-                               f"control image file per --controlnet")
         rows = (prompts, "--prompt", "prompt") if prompts is not None else (edited, "--images file(s)", "image")
         images = [cls._per_row(image, *rows) for image in images]
         for image in images:

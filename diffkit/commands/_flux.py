@@ -54,8 +54,10 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
-    if controlnet is not None:  # sample i's control latents from seed + i
+    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
         per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if controlnet.per_prompt > 1:
+            per_sample["control_rows"] = index.tolist()
     if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1:  # given once per --prompt: each sample's own
         per_sample["prompts_2"] = [guidance.prompts_2[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)
@@ -65,7 +67,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
-        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0]}
+        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
+                                                 "control_rows": cond.get("control_rows")}
         return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
                              **grid, **how, **control, **flux_prompt_options(guidance, cond.get("prompts_2")))

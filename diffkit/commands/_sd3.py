@@ -69,8 +69,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
-    if controlnet is not None:  # sample i's control latents from seed + i
+    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
         per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if controlnet.per_prompt > 1:
+            per_sample["control_rows"] = index.tolist()
     for key in ("prompts_2", "prompts_3"):  # given once per --prompt: each sample's own
         rows = getattr(guidance, key)
         if rows is not None and len(rows) > 1:
@@ -83,7 +85,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
-        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0]}
+        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
+                                                 "control_rows": cond.get("control_rows")}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, **grid, **how, **control,

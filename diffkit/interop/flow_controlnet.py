@@ -16,31 +16,36 @@ POSTERIORS = ("sample", "mean")
 
 
 def control_pixels(model, controlnets: ControlNets, height: int, width: int) -> list:
-    """Per ControlNet, its control image as the pipelines prepare it: RGB resized to height x width (Lanczos for a
-    PIL image) and mapped to [-1, 1] (``VaeImageProcessor`` with ``do_normalize``), (1, 3, height, width) float32."""
-    return [prepare_control_image(entry[0], height, width, model.vae_scale_factor) * 2 - 1
+    """Per ControlNet, its control images (one, or one per prompt) as the pipelines prepare them: RGB resized to
+    height x width (Lanczos for a PIL image) and mapped to [-1, 1] (``VaeImageProcessor`` with ``do_normalize``),
+    (n, 3, height, width) float32."""
+    return [torch.cat([prepare_control_image(image, height, width, model.vae_scale_factor) for image in entry]) * 2 - 1
             for entry in controlnets.images]
 
 
 def control_latents(model, controlnets: ControlNets, height: int, width: int, batch: int, copies: int, seed: int = 0,
-                    posterior: str = "sample", shift: Optional[float] = None) -> torch.Tensor:
+                    posterior: str = "sample", shift: Optional[float] = None, control_rows=None) -> torch.Tensor:
     """(copies, batch, K, C, h, w): ControlNet k's control latents of each row, (E(x) - shift) * scaling_factor of
-    :func:`control_pixels` (``shift`` default the VAE's), copy 0 the guidance's null half and copy 1 its
+    :func:`control_pixels` (``shift`` default the VAE's; with one control image per prompt, sample i's is image
+    ``control_rows[i]``, :meth:`.controlnet.ControlNets.rows`), copy 0 the guidance's null half and copy 1 its
     conditional half (one copy: unguided); sample i's posterior draws (``posterior="sample"``) from the generator
     ``seed + i`` (null then conditional, ControlNet after ControlNet), or the posterior mean."""
     from ..noise import randn
     check_choice("control posterior", posterior, POSTERIORS)
     shift = model.shift_factor if shift is None else shift
+    picked = controlnets.rows(batch, control_rows)  # None: one image per ControlNet
     per_net = []
-    for image in control_pixels(model, controlnets, height, width):
+    for images in control_pixels(model, controlnets, height, width):
         with torch.no_grad():
-            dist = model.vae.encode(image.to(model.device, model.vae.dtype), return_dict=False)[0]
+            dist = model.vae.encode(images.to(model.device, model.vae.dtype), return_dict=False)[0]
         per_net.append((dist.mean, dist.std))
     rows = []
     for i in range(batch):
         generator = torch.Generator().manual_seed(seed + i)
         nets = []
-        for mean, std in per_net:
+        for means, stds in per_net:
+            image = int(picked[i]) if picked is not None and means.shape[0] > 1 else 0
+            mean, std = means[image:image + 1], stds[image:image + 1]
             z = mean.expand(copies, *mean.shape[1:])
             if posterior == "sample":
                 z = z + std * randn(z.shape, generator, device=z.device, dtype=z.dtype)

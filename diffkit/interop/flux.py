@@ -360,7 +360,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  controlnet=None, control_seed: int = 0, control_posterior: str = "sample",
+                  controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
                   **options) -> torch.Tensor:
     """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
 
@@ -376,7 +376,8 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     controlnet: FLUX ControlNets with their control images and options (a
         :class:`~diffkit.interop.controlnet.ControlNets` of ``FluxControlNetModel``), as FluxControlNetPipeline
         (:mod:`.flux_controlnet`; the embedded guidance defaults to its 7.0); ``control_posterior``: the control
-        image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``.
+        image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``;
+        ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -398,7 +399,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         scale = FLUX_CONTROLNET_GUIDANCE if guidance_scale is None and flux.guidance_embeds else guidance_scale
         denoiser, cond = controlnet_guidance(flux, controlnet, lambda model: guide(model, scale), expected, sampler,
                                              steps, nfe, grid, options, guidance_scale, control_seed,
-                                             control_posterior)
+                                             control_posterior, control_rows)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=flux.device, dtype=flux.dtype, **options)
     return finish_images(flux, z0, return_latents, output_range)

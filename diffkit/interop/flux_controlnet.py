@@ -158,16 +158,14 @@ class FluxControlledNet(torch.nn.Module):
 
 def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
                         options: dict, guidance_scale: Optional[float], seed: int = 0,
-                        posterior: str = "sample") -> tuple:
+                        posterior: str = "sample", control_rows=None) -> tuple:
     """(denoiser, cond) of ``guide(model)`` (the prompts' conditioning of a FLUX model at latents ``shape`` (B, C,
     h, w)) on the transformer with ``controlnets``, ``cond["control"]`` each row's control latents (module
-    docstring); ``guidance_scale``: the embedded guidance given (None: the pipeline's 7.0 for the ControlNets)."""
+    docstring; ``control_rows``: each sample's control image where there is one per prompt); ``guidance_scale``: the
+    embedded guidance given (None: the pipeline's 7.0 for the ControlNets)."""
     check_choice("control posterior", posterior, POSTERIORS)
     if controlnets.guess_mode:
         raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; FluxControlNetPipeline has none")
-    if controlnets.per_prompt > 1:
-        raise DiffkitError("a FLUX folder takes one control image per --controlnet (a file); a folder or list of "
-                           "them (one per prompt) is not supported")
     check_flux_controlnets(controlnets.models, flux.transformer)
     h, w = shape[2:]
     base = flux.denoiser_for(h, w)
@@ -182,7 +180,8 @@ def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sam
     if denoiser is not controlled:  # true CFG: the guidance repeats these (B,) rows for its null half
         cond["control_rows"] = torch.arange(shape[0], device=flux.device)
     f = flux.vae_scale_factor
-    cond["control"] = control_latents(flux, controlnets, h * f, w * f, shape[0], 1, seed, posterior)[0]
+    cond["control"] = control_latents(flux, controlnets, h * f, w * f, shape[0], 1, seed, posterior, None,
+                                      control_rows)[0]
     return denoiser, cond
 
 

@@ -302,7 +302,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, clip_skip: Optional[int] = None,
                   prompt_2=None, prompt_3=None, negative_prompt_2=None, negative_prompt_3=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  controlnet=None, control_seed: int = 0, control_posterior: str = "sample",
+                  controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
                   **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
 
@@ -320,7 +320,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     controlnet: SD3 ControlNets with their control images and options (a
         :class:`~diffkit.interop.controlnet.ControlNets` of ``SD3ControlNetModel``), as
         StableDiffusion3ControlNetPipeline (:mod:`.sd3_controlnet`); ``control_posterior``: the control image's VAE
-        latents, ``"sample"`` (the pipeline's; sample i's from the generator ``control_seed + i``) or ``"mean"``.
+        latents, ``"sample"`` (the pipeline's; sample i's from the generator ``control_seed + i``) or ``"mean"``;
+        ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -340,7 +341,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     else:
         from .sd3_controlnet import controlnet_guidance
         denoiser, cond = controlnet_guidance(sd3, controlnet, guide, shape, sampler, steps, nfe, grid, options,
-                                             control_seed, control_posterior)
+                                             control_seed, control_posterior, control_rows)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
     return finish_images(sd3, z0, return_latents, output_range)

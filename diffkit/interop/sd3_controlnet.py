@@ -119,9 +119,6 @@ def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid
     if controlnets.guess_mode:
         raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; StableDiffusion3ControlNetPipeline "
                            "has no guess mode")
-    if controlnets.per_prompt > 1:
-        raise DiffkitError("an SD3 folder takes one control image per --controlnet (a file); a folder or list of "
-                           "them (one per prompt) is not supported")
     check_sd3_controlnets(controlnets.models, sd3.transformer, sd3.vae)
     for model in controlnets.models:
         if model.config.get("use_pos_embed") is False and model.pos_embed is None:  # the pipeline's __init__
@@ -138,18 +135,19 @@ def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid
 
 
 def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
-                        options: dict, seed: int = 0, posterior: str = "sample") -> tuple:
+                        options: dict, seed: int = 0, posterior: str = "sample", control_rows=None) -> tuple:
     """(denoiser, cond) of ``guide(model)`` (the prompts' guidance of an SD3 model) on the transformer with
     ``controlnets`` (:func:`controlled_sd3`), ``cond["control"]`` the control latents of the conditional rows and,
     where the guidance is on (w != 0, as the pipeline's ``do_classifier_free_guidance``), its null half's own
-    (:func:`control_latents`); ``shape``: the latents' (B, C, h, w)."""
+    (:func:`.flow_controlnet.control_latents`; ``control_rows``: each sample's control image where there is one per
+    prompt); ``shape``: the latents' (B, C, h, w)."""
     check_choice("control posterior", posterior, POSTERIORS)
     denoiser, cond = guide(controlled_sd3(sd3, controlnets, sampler, steps, nfe, grid, options))
     guided = getattr(denoiser, "w", 0) != 0
     f = sd3.vae_scale_factor
     shift = 0.0 if controlnets.models[0].config.get("force_zeros_for_pooled_projection") else sd3.shift_factor
     latents = control_latents(sd3, controlnets, shape[2] * f, shape[3] * f, shape[0], 2 if guided else 1, seed,
-                              posterior, shift)
+                              posterior, shift, control_rows)
     cond["control"] = latents[-1]
     if guided:
         denoiser.null_cond["control"] = latents[0]
