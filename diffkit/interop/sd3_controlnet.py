@@ -109,7 +109,7 @@ class SD3ControlledNet(torch.nn.Module):
 
     def forward(self, x, t, context=None, pooled=None, control=None):
         if control is None:
-            raise DiffkitError("an SD3 ControlNet needs cond['control'] (sd3_controlnet.control_latents)")
+            raise DiffkitError("an SD3 ControlNet needs cond['control'] (sd3_controlnet.controlnet_guidance)")
         return self.net(x, t, context, pooled, controls=self.residuals(x, t, context, pooled, control))
 
 
