@@ -2,7 +2,9 @@
 ``--controlnet DIR --control-image PNG`` (repeat both for Multi-ControlNet), ``--controlnet-scale``,
 ``--control-guidance-start`` / ``--control-guidance-end`` (one value for all, or one per ControlNet) and
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
-StableDiffusionXLControlNetPipeline's)."""
+StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
+FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`,
+:mod:`~diffkit.interop.flux_controlnet`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,14 +17,16 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion folders; docs/interop.md)")
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD3 and FLUX.1 folders; docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
-                   help="a diffusers ControlNetModel folder made for this Stable Diffusion model; repeat for "
-                        "Multi-ControlNet (their residuals add up)")
+                   help="a diffusers ControlNetModel folder made for this Stable Diffusion model (SD3: an "
+                        "SD3ControlNetModel, FLUX.1: a FluxControlNetModel folder); repeat for Multi-ControlNet "
+                        "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter (a file; docs/interop.md); sample: "
-                        "the output takes its size, rounded down to multiples of the VAE factor, and a folder of "
+                        "the output takes its size, rounded down to multiples of the VAE factor (SD3 / FLUX.1: it is "
+                        "resized to the output's size, as their pipelines), and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
                         "to the images' size, and a folder gives one per --images file (both in file-name order)")
     g.add_argument("--controlnet-scale", dest="controlnet_scales", action="append", type=non_negative_float,
@@ -47,6 +51,7 @@ class ControlRequest:
     starts: list
     ends: list
     guess_mode: bool = False
+    model_class: str = "ControlNetModel"  # the diffusers class of the folders (SD3ControlNetModel, FluxControlNetModel)
 
     @classmethod
     def from_args(cls, args, checkpoint, prompts: Optional[int] = None,
@@ -57,6 +62,10 @@ class ControlRequest:
         name order): ``prompts``, ``diffkit sample``'s count of --prompt, or ``edited``, ``diffkit edit``'s count
         of --images files; with neither a folder is refused."""
         from ..interop.controlnet import check_control_options, check_controlnet_folder, open_control_image
+        from ..interop.flux import is_flux_folder
+        from ..interop.flux_controlnet import check_flux_controlnet_folder
+        from ..interop.sd3 import is_sd3_folder
+        from ..interop.sd3_controlnet import check_sd3_controlnet_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         folders = list(getattr(args, "controlnets", None) or [])
         images = list(getattr(args, "control_images", None) or [])
@@ -69,14 +78,21 @@ class ControlRequest:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images else ''}")
             return None
-        if checkpoint is None or not is_stable_diffusion_folder(checkpoint):
-            raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format); {checkpoint} "
-                               f"is not one")
+        kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
+            "FLUX" if is_flux_folder(checkpoint) else None  # a flow transformer folder's ControlNets
+        if checkpoint is None or not (kind or is_stable_diffusion_folder(checkpoint)):
+            raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3 and "
+                               f"FLUX.1 folders); {checkpoint} is not one")
         if len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")
+        check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder}.get(kind,
+                                                                                             check_controlnet_folder)
         for folder in folders:
-            check_controlnet_folder(folder)
+            check(folder)
+        if kind and args.guess_mode:
+            raise DiffkitError(f"--guess-mode applies to Stable Diffusion ControlNets; the {kind} ControlNet pipeline "
+                               f"has no guess mode")
         rows = (prompts, "--prompt", "prompt") if prompts is not None else (edited, "--images file(s)", "image")
         images = [cls._per_row(image, *rows) for image in images]
         for image in images:
@@ -84,7 +100,8 @@ class ControlRequest:
                 open_control_image(one)  # one line for a file that is not an image
         request = cls(folders, images, *(cls._values(flag, values, len(folders), default) for flag, values, default in (
             ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
-            ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode))
+            ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
+                      {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel"}.get(kind, "ControlNetModel"))
         check_control_options(request.scales, request.starts, request.ends, len(folders))
         return request
 
@@ -117,7 +134,8 @@ class ControlRequest:
     def load(self, device="cpu", dtype=None, progress: bool = True):
         import torch
 
-        from ..interop.controlnet import ControlNets, load_controlnet
-        models = [load_controlnet(folder, device, dtype or torch.float32, progress) for folder in self.folders]
+        from ..interop.controlnet import ControlNets, load_model_folder
+        models = [load_model_folder(self.model_class, folder, device, dtype or torch.float32, progress)
+                  for folder in self.folders]
         return ControlNets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode)
 

@@ -15,7 +15,8 @@ _REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescal
 
 def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                 seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, **options):
+                guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
+                **options):
     """Sample a FLUX.1 folder to a grid (and single PNGs) at ``height`` x ``width`` (default the pipeline's 128 f,
     multiples of 2 f; its shift follows the size): rows as
     :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
@@ -26,7 +27,9 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given). ``--true-cfg-scale``
     with ``--negative-prompt``, ``--prompt-2`` (once, or once per ``--prompt``), ``--negative-prompt-2``,
     ``--max-sequence-length``: :mod:`._sd_prompts`; ``lora``: diffusers / PEFT
-    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``."""
+    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``control``: FLUX ControlNets (a
+    :class:`~._controlnet.ControlRequest`), as FluxControlNetPipeline (:mod:`diffkit.interop.flux_controlnet`: its
+    embedded guidance 7.0 by default, sample i's control latents drawn from ``seed + i``)."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
@@ -41,14 +44,20 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     if given:
         raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt (-2), "
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
-                           f"--guidance-scale (the embedded guidance), --steps / --nfe, --sampler and its grid options")
+                           f"--controlnet, --guidance-scale (the embedded guidance), --steps / --nfe, --sampler and "
+                           f"its grid options")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)
     flux = load_flux(directory, device, progress=progress, lora=lora)
+    controlnet = None if control is None else control.load(device, flux.dtype, progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
+    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if controlnet.per_prompt > 1:
+            per_sample["control_rows"] = index.tolist()
     if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1:  # given once per --prompt: each sample's own
         per_sample["prompts_2"] = [guidance.prompts_2[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)
@@ -58,9 +67,11 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
+        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
+                                                 "control_rows": cond.get("control_rows")}
         return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
-                             **grid, **how, **flux_prompt_options(guidance, cond.get("prompts_2")))
+                             **grid, **how, **control, **flux_prompt_options(guidance, cond.get("prompts_2")))
 
     images, out = draw_prompted_grid(
         flux.denoiser, num, flux.latent_shape(1, height, width)[1:], prompted,

@@ -15,11 +15,11 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --slg-layers (sample), --mask (edit), --lora, --steps / --nfe, --sampler and its "
-                  "grid options",
+                  "--guidance-scale, --slg-layers (sample), --controlnet (sample), --mask (edit), --lora, --steps / "
+                  "--nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --mask, --strength, --steps, --sampler and its "
-                  "grid options"}  # (FLUX: diffkit edit's)
+                  "--guidance-scale (the embedded guidance), --lora, --controlnet (sample), --mask, --strength, "
+                  "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
 
 def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
@@ -33,7 +33,8 @@ def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
 
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-               guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, **options):
+               guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
+               **options):
     """Sample an SD3 folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1), classifier-free guidance against ``--negative-prompt`` (default "") with the
     pipeline's s = 7.0 by default (``--guidance-scale``), 28 steps. ``ddim`` without a grid option
@@ -44,7 +45,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     ``--negative-prompt-2`` / ``-3``, ``--max-sequence-length`` (:mod:`._sd_prompts`); ``lora``: diffusers / PEFT
     LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``height`` / ``width``: the images'
     size (default the folder's), the pipeline's. ``guidance.slg``: skip-layer guidance (``--slg-layers``,
-    :mod:`._sd3_slg`), its window on the pipeline's ``steps``."""
+    :mod:`._sd3_slg`), its window on the pipeline's ``steps``. ``control``: SD3 ControlNets (a
+    :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline
+    (:mod:`diffkit.interop.sd3_controlnet`; the control image resized to the images' size, sample i's control latents
+    drawn from ``seed + i``)."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     from ._sd3_slg import check_slg_steps
@@ -67,9 +71,14 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     check_slg_steps(guidance.slg, steps, SD3_PIPELINE_GUIDANCE if guidance.guidance_scale is None else
                     guidance.guidance_scale, "diffusers" if guidance.guidance_scale is None else guidance.convention)
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
+    controlnet = None if control is None else control.load(device, sd3.dtype, progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
+    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if controlnet.per_prompt > 1:
+            per_sample["control_rows"] = index.tolist()
     for key in ("prompts_2", "prompts_3"):  # given once per --prompt: each sample's own
         rows = getattr(guidance, key)
         if rows is not None and len(rows) > 1:
@@ -82,9 +91,11 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
+        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
+                                                 "control_rows": cond.get("control_rows")}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
-                             latents=noise, return_latents=True, **grid, **how, **(guidance.slg or {}),
+                             latents=noise, return_latents=True, **grid, **how, **(guidance.slg or {}), **control,
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(

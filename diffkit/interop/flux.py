@@ -106,19 +106,26 @@ class FluxNet(torch.nn.Module):
         super().__init__()
         self.model = transformer
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
-                guidance: Optional[float] = None) -> torch.Tensor:
+    def inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
+               guidance: Optional[float]) -> dict:
+        """The transformer's keyword arguments (the pipeline's, which its ControlNets take too) for this call."""
         if context is None or pooled is None:
             raise DiffkitError("a FLUX transformer needs cond {'context', 'pooled'} (Flux.encode_prompts)")
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
-        out = self.model(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
-                         pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
-                         txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
-                         img_ids=latent_image_ids(h, w, x.device, context.dtype), return_dict=False)[0]
-        return unpack_latents(out, h, w).to(x.dtype)
+        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
+                    pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
+                    txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
+                    img_ids=latent_image_ids(h, w, x.device, context.dtype))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
+                guidance: Optional[float] = None, controls: Optional[dict] = None) -> torch.Tensor:
+        """``controls``: ControlNet residuals, the transformer's ``controlnet_block_samples`` /
+        ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`)."""
+        out = self.model(**self.inputs(x, t, context, pooled, guidance), **(controls or {}), return_dict=False)[0]
+        return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
 
 @dataclass
@@ -354,6 +361,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                  controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
                   **options) -> torch.Tensor:
     """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
 
@@ -366,6 +374,11 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     latents: unpacked z at s = 1 (B, C, h, w) (the pipeline's ``latents=`` is :func:`pack_latents` of it);
         default N(0, I) from per-sample ``seed + i``. height / width: default 128 f. output_range: ``"0,1"`` or
         ``"-1,1"``; ``return_latents``: z_0 unpacked (the pipeline's ``output_type="latent"`` packs it).
+    controlnet: FLUX ControlNets with their control images and options (a
+        :class:`~diffkit.interop.controlnet.ControlNets` of ``FluxControlNetModel``), as FluxControlNetPipeline
+        (:mod:`.flux_controlnet`; the embedded guidance defaults to its 7.0); ``control_posterior``: the control
+        image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``;
+        ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -376,8 +389,18 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     h, w = expected[2:]
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, FLUX_PIPELINE_STEPS,
                                          lambda n: flux.scheduler_grid(n, h, w))
-    denoiser, cond = flux.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
-                                          max_sequence_length, prompt_2, negative_prompt_2)
+
+    def guide(model, scale=guidance_scale):
+        return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,
+                                     prompt_2, negative_prompt_2)
+    if controlnet is None:
+        denoiser, cond = guide(flux)
+    else:  # FluxControlNetPipeline's default embedded guidance: 7.0
+        from .flux_controlnet import FLUX_CONTROLNET_GUIDANCE, controlnet_guidance
+        scale = FLUX_CONTROLNET_GUIDANCE if guidance_scale is None and flux.guidance_embeds else guidance_scale
+        denoiser, cond = controlnet_guidance(flux, controlnet, lambda model: guide(model, scale), expected, sampler,
+                                             steps, nfe, grid, options, guidance_scale, control_seed,
+                                             control_posterior, control_rows)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=flux.device, dtype=flux.dtype, **options)
     return finish_images(flux, z0, return_latents, output_range)

@@ -63,21 +63,23 @@ SD3_IMG2IMG_STRENGTH = 0.6  # StableDiffusion3Img2ImgPipeline's default strength
 class SD3Net(torch.nn.Module):
     """``net(x, t, context, pooled)`` over a diffusers ``SD3Transformer2DModel``: ``context`` ->
     ``encoder_hidden_states``, ``pooled`` -> ``pooled_projections``, ``t`` (float32 flow times s T) ->
-    ``timestep``; the output in x's dtype."""
+    ``timestep``, ``controls`` (ControlNet block residuals, :mod:`.sd3_controlnet`) ->
+    ``block_controlnet_hidden_states``; the output in x's dtype."""
 
     def __init__(self, transformer):
         super().__init__()
         self.model = transformer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
-                pooled: torch.Tensor = None) -> torch.Tensor:
+                pooled: torch.Tensor = None, controls: Optional[list] = None) -> torch.Tensor:
         if context is None or pooled is None:
             raise DiffkitError("an SD3 transformer needs cond {'context', 'pooled'} (StableDiffusion3."
                                "encode_prompts)")
         dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         out = self.model(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=context.to(dtype),
-                         pooled_projections=pooled.to(dtype), return_dict=False)[0]
+                         pooled_projections=pooled.to(dtype), block_controlnet_hidden_states=controls,
+                         return_dict=False)[0]
         return out.to(x.dtype)
 
 
@@ -302,6 +304,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   skip_guidance_layers: Optional[Sequence[int]] = None, skip_layer_guidance_scale: float = 2.8,
                   skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                  controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
                   **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
 
@@ -319,6 +322,11 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     skip_guidance_layers (block indices, e.g. [7, 8, 9]) with skip_layer_guidance_scale / _start / _stop: the
         pipeline's skip-layer guidance (:mod:`.sd3_slg`; defaults 2.8, 0.01, 0.2), its window on the scheduler's
         grid of ``steps`` (default 28) steps; it needs guidance on (s > 1).
+    controlnet: SD3 ControlNets with their control images and options (a
+        :class:`~diffkit.interop.controlnet.ControlNets` of ``SD3ControlNetModel``), as
+        StableDiffusion3ControlNetPipeline (:mod:`.sd3_controlnet`); ``control_posterior``: the control image's VAE
+        latents, ``"sample"`` (the pipeline's; sample i's from the generator ``control_seed + i``) or ``"mean"``;
+        ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -329,9 +337,20 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS, sd3.scheduler_grid)
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
-    noise, _ = start_latents(sd3, latents, len(prompts), height, width)
-    denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+    if skip_guidance_layers is not None and controlnet is not None:
+        raise DiffkitError("skip-layer guidance with a ControlNet is not supported (StableDiffusion3ControlNet"
+                           "Pipeline has no skip_guidance_layers); give one of them")
+    noise, shape = start_latents(sd3, latents, len(prompts), height, width)
+
+    def guide(model):
+        return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
+                                     prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+    if controlnet is None:
+        denoiser, cond = guide(sd3)
+    else:
+        from .sd3_controlnet import controlnet_guidance
+        denoiser, cond = controlnet_guidance(sd3, controlnet, guide, shape, sampler, steps, nfe, grid, options,
+                                             control_seed, control_posterior, control_rows)
     if skip_guidance_layers is not None:
         from .sd3_slg import skip_layer_guidance
         denoiser = skip_layer_guidance(sd3, denoiser, skip_guidance_layers, window_steps, skip_layer_guidance_scale,
