@@ -65,28 +65,32 @@ def test_flux_lora_matches_load_lora_weights_and_fuse_lora(tiny_flux, flux_lora)
                                                      getattr(flux, name).state_dict().values()))
 
 
-def test_flux_lora_files_flux_does_not_take_are_refused_in_one_line(tiny_flux, tmp_path, capsys):
-    """kohya / BFL-format FLUX files, T5 (text_encoder_2) and UNet keys: one line each, before any output."""
+def assert_lora_refused(folder, cases: dict, tmp_path, capsys):
+    """``diffkit sample --lora`` of each case's file ({name: (tensors, pattern)}) on ``folder``: exit 2, one line
+    matching the pattern, no output."""
     from safetensors.torch import save_file
     from diffkit.cli import main
-    _, folder, _ = tiny_flux[True]
-    files = {"kohya": {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 16),
-                       "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(48, 2)},
-             "bfl": {"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 16),
-                     "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(48, 2)},
-             "t5": {"text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": torch.zeros(2, 32),
-                    "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight": torch.zeros(32, 2)}}
-    for name, tensors in files.items():
+    for name, (tensors, match) in cases.items():
         save_file(tensors, tmp_path / f"{name}.safetensors")
-    for name, match in (("kohya", "is a kohya / BFL-format FLUX LoRA file .* allowed: diffusers / PEFT files"),
-                        ("bfl", "key 'diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight' is not supported"),
-                        ("t5", "adapts the text_encoder_2 .* allowed: transformer. and text_encoder. \\(CLIP\\) keys")):
         argv = ["sample", "--checkpoint", str(folder), "--prompt", "a cat", "--no-progress",
                 "--lora", str(tmp_path / f"{name}.safetensors"), "--out", str(tmp_path / "out" / "o.png")]
         assert main(argv) == 2, name
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(match, err[0]), (name, err)
         assert not (tmp_path / "out").exists()
+
+
+def test_flux_lora_files_flux_does_not_take_are_refused_in_one_line(tiny_flux, tmp_path, capsys):
+    """T5 (text_encoder_2) and UNet keys of a diffusers-format file: one line each, before any output (kohya /
+    BFL-format files: test_flux_lora_formats)."""
+    _, folder, _ = tiny_flux[True]
+    assert_lora_refused(folder, {
+        "t5": ({"text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": torch.zeros(2, 32),
+                "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight": torch.zeros(32, 2)},
+               "adapts the text_encoder_2 .* allowed: transformer. and text_encoder. \\(CLIP\\) keys"),
+        "unet": ({"unet.conv_in.lora_A.weight": torch.zeros(2, 4, 3, 3),
+                  "unet.conv_in.lora_B.weight": torch.zeros(32, 2, 1, 1)},
+                 "adapts the unet \\(unet. keys\\), which a FLUX folder's load_lora_weights")}, tmp_path, capsys)
 
 
 def test_sample_command_takes_true_cfg_t5_prompts_and_a_lora(tiny_flux, flux_lora, tmp_path, capsys, monkeypatch):

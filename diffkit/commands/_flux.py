@@ -27,9 +27,10 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given). ``--true-cfg-scale``
     with ``--negative-prompt``, ``--prompt-2`` (once, or once per ``--prompt``), ``--negative-prompt-2``,
     ``--max-sequence-length``: :mod:`._sd_prompts`; ``lora``: diffusers / PEFT
-    LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``control``: FLUX ControlNets (a
-    :class:`~._controlnet.ControlRequest`), as FluxControlNetPipeline (:mod:`diffkit.interop.flux_controlnet`: its
-    embedded guidance 7.0 by default, sample i's control latents drawn from ``seed + i``)."""
+    or kohya / BFL LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``control``: FLUX
+    ControlNets (a :class:`~._controlnet.ControlRequest`), as FluxControlNetPipeline
+    (:mod:`diffkit.interop.flux_controlnet`: its embedded guidance 7.0 by default, sample i's control latents drawn
+    from ``seed + i``)."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options

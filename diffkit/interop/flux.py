@@ -31,7 +31,8 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
   pipeline's at that resolution.
 * decoding: x = D(z / scaling_factor + shift_factor), images (x / 2 + 0.5).clamp(0, 1).
 * LoRA files (``load_flux(lora=)``): diffusers / PEFT ``transformer.`` / ``text_encoder.`` keys fused as
-  ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3; kohya / BFL files refused).
+  ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3), and kohya / BFL-format ones (``lora_unet_`` /
+  ``diffusion_model.`` keys, :mod:`.flux_lora`: converted to diffusers' layers as diffusers converts them).
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 
@@ -310,19 +311,23 @@ def check_flux_folder(directory: Path) -> tuple:
 
 def read_flux_loras(lora) -> list:
     """:func:`.sd_lora.read_sd_loras` of FLUX LoRA files: diffusers / PEFT ``transformer.`` and ``text_encoder.``
-    (CLIP) keys only, as ``FluxLoraLoaderMixin`` fuses them; kohya / BFL-format files and keys of other components
-    (which the pipeline would ignore) are one-line errors."""
-    from .sd_lora import read_sd_loras
-    loras = read_sd_loras(lora) if lora else []
-    for path, _, read in loras:
-        if read["kohya"]:
-            raise DiffkitError(f"--lora {path} is a kohya / BFL-format FLUX LoRA file (lora_unet_ / lora_te1_ keys), "
-                               f"which diffkit does not convert; allowed: diffusers / PEFT files (transformer. and "
-                               f"text_encoder. keys, FluxPipeline.save_lora_weights)")
-        other = next((c for c in ("unet", "text_encoder_2") if read[c]), None)
+    (CLIP) keys, as ``FluxLoraLoaderMixin`` fuses them, or kohya / BFL-format files (:mod:`.flux_lora`: their
+    transformer adapters under ``"unet"``, BFL module names, until :func:`.flux_lora.transformer_adapters`); keys of
+    other components (which the pipeline would ignore) are one-line errors."""
+    from ..lora_files import adapter_list
+    from .flux_lora import is_bfl_lora, kohya_keys
+    from .sd_lora import _read, parse_sd_lora
+    loras = []
+    for path, scale in adapter_list(lora) if lora else []:
+        tensors, meta = _read(path)
+        bfl = is_bfl_lora(tensors)
+        read = parse_sd_lora(path, kohya_keys(path, tensors) if bfl else tensors, meta)
+        other = next((c for c in ("unet", "text_encoder_2") if read[c] and (c != "unet" or not bfl)), None)
         if other:
-            raise DiffkitError(f"--lora {path} adapts the {other} ({other}. keys), which a FLUX folder's "
-                               f"load_lora_weights does not; allowed: transformer. and text_encoder. (CLIP) keys")
+            raise DiffkitError(f"--lora {path} adapts the {other} ({next(iter(read[other].values()))[3]} keys), "
+                               f"which a FLUX folder's load_lora_weights does not; allowed: transformer. and "
+                               f"text_encoder. (CLIP) keys, or kohya / BFL ones (lora_unet_, diffusion_model.)")
+        loras.append((path, scale, read))
     return loras
 
 
@@ -330,7 +335,8 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
               progress: bool = True, lora=None) -> Flux:
     """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_flux_folder`). ``lora``: LoRA files in diffusers / PEFT
-    format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` keys), merged as
+    format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` keys) or kohya / BFL format
+    (:mod:`.flux_lora`), merged as
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first,
     :func:`read_flux_loras`)."""
     from .sd_lora import merge_sd_loras
@@ -350,7 +356,9 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
         raise DiffkitError(f"{directory}: the transformer's pooled_projection_dim={config.pooled_projection_dim} and "
                            f"joint_attention_dim={config.joint_attention_dim} do not fit the text encoders (CLIP "
                            f"width {pooled}, T5 width {t5})")
-    merge_sd_loras(flux, loras)
+    from .flux_lora import transformer_adapters
+    merge_sd_loras(flux, [(path, scale, transformer_adapters(path, read, flux.transformer) if read["kohya"] else read)
+                          for path, scale, read in loras])
     return flux
 
 

@@ -134,7 +134,11 @@ def read_sd_lora(path) -> dict:
     :func:`merge_sd_loras`), and the per-module ``alpha_of(module, rank)`` of a diffusers file under
     ``"alpha_of"``; each adapter is [A, B, alpha or None, the key's prefix]. One-line error at the first key
     that is not a LoRA matrix (or alpha) of the UNet or a text encoder."""
-    tensors, meta = _read(path)
+    return parse_sd_lora(path, *_read(path))
+
+
+def parse_sd_lora(path, tensors: dict, meta: dict) -> dict:
+    """:func:`read_sd_lora` of a file's ``tensors`` and header ``meta`` already read (``path`` names it in errors)."""
     out = {c: {} for c in COMPONENTS}
     kohya = any(k.startswith(tuple(KOHYA_PREFIXES)) for k in tensors)
     for key in sorted(tensors):
@@ -262,4 +266,4 @@ def merge_sd_loras(sd, loras: list) -> None:
     merge_in_order(merges)
 
 
-__all__ = ["read_sd_lora", "read_sd_loras", "merge_sd_loras"]
+__all__ = ["read_sd_lora", "parse_sd_lora", "read_sd_loras", "merge_sd_loras"]
