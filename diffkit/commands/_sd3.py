@@ -18,7 +18,7 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "--guidance-scale, --slg-layers (sample), --controlnet (sample), --mask (edit), --lora, --steps / "
                   "--nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --controlnet (sample), --mask, --strength, "
+                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --mask, --strength, "
                   "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
 
@@ -114,7 +114,8 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask"}
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention"} | {
-    "true_cfg_scale"}  # and a FLUX folder's
+    "true_cfg_scale", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
+    "guess_mode"}  # and a FLUX folder's (--guess-mode: ControlRequest's one line)
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
@@ -130,7 +131,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline and with
     ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
     the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
-    :data:`FLUX_EDIT_FLAGS`)."""
+    :data:`FLUX_EDIT_FLAGS`); ``--controlnet DIR --control-image PNG|DIR`` (and its flags, :mod:`._controlnet`) as
+    FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline (:func:`diffkit.interop.flux_controlnet.edit_guidance`:
+    image i's control posterior drawn first from its seed; a --control-image folder: one per --images file)."""
     import torch
 
     from ..config import resolve_device
@@ -165,6 +168,13 @@ def edit_sd3(args, flux: bool = False) -> int:
     images, files = read_pngs(args.images, "RGB")
     mask = read_mask(args.mask, images) if args.mask else None
     count = len(files)
+    control = None
+    if flux:  # FLUX ControlNets (one line for SD3's: its flags are refused above)
+        from ._controlnet import ControlRequest
+        control = ControlRequest.from_args(args, directory, edited=count)
+        if control is not None:
+            from ..interop.flux_controlnet import check_edit_controlnet
+            check_edit_controlnet(args.negative_prompt)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
         if rows is not None and len(rows) not in (1, count):
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
@@ -176,6 +186,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     if flux:
         sd3.check_guidance_scale(args.guidance_scale)
+    controlnet = None if control is None else control.load(device, sd3.dtype, args.progress)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     scale, convention = (None, "diffusers") if args.guidance_scale is None else \
@@ -190,6 +201,9 @@ def edit_sd3(args, flux: bool = False) -> int:
         prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
         own_rows = [None if r is None or len(r) == 1 else r for r in (
             rows(args.prompts_2, start, n), rows(args.prompts_3, start, n))]
+        if controlnet is not None:  # image i's control image where a --control-image folder gives one per image
+            how_control = {"controlnet": controlnet,
+                           "control_rows": list(range(start, start + n)) if controlnet.per_prompt > 1 else None}
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
             **sd3_prompt_options(request, *own_rows)}
@@ -197,7 +211,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,
                                        output_range="-1,1", progress=args.progress, **how,
-                                       **({} if own else options))
+                                       **({} if own else options), **({} if controlnet is None else how_control))
         return (edited.cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
