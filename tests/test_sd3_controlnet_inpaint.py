@@ -107,3 +107,44 @@ def test_sd3_inpainting_controlnet_refusals(tiny, inpainting):
                           **kw)
     with pytest.raises(DiffkitError, match="control_mask goes with an inpainting ControlNet"):
         text_to_image(sd3, PROMPT, control_mask=mask, **kw)
+
+
+def test_edit_command_inpaints_with_an_sd3_controlnet(tiny, inpainting, tmp_path, capsys):
+    """`diffkit edit --mask M --controlnet DIR` on an SD3 folder writes text_to_image(control_mask=)'s PNGs byte for
+    byte (the --images files as the control images, one per image; image i's noise and posterior from --seed + i);
+    the pipeline's unsupported flags are one line, no folder made."""
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_images
+    folder_sd3, sd3, folders, _ = tiny
+    folder, mask_png, mask = inpainting
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        rgb = (np.random.default_rng(20 + i).random((16, 16, 3)) * 255).astype(np.uint8)
+        Image.fromarray(rgb).save(tmp_path / "in" / f"{i}.png")
+    common = ["edit", "--checkpoint", str(folder_sd3), "--images", str(tmp_path / "in"), "--prompt", PROMPT[0],
+              "--no-progress", "--seed", "5", "--steps", "3", "--max-sequence-length", "12", "--controlnet",
+              str(folder)]
+    assert main(common + ["--mask", str(mask_png), "--controlnet-scale", "0.8", "--guidance-scale", "3",
+                          "--guidance-convention", "diffusers",
+                          "--out", str(tmp_path / "out")]) == 0
+    files = [str(tmp_path / "in" / f"{i}.png") for i in range(2)]
+    ours = text_to_image(sd3, PROMPT * 2, steps=3, seed=5, guidance_scale=3.0, output_range="-1,1",
+                         controlnet=ControlNets([_controlnet(folder)], [files], 0.8), control_seed=5,
+                         control_mask=mask, **KW)
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+    capsys.readouterr()
+    for extra, match in (([], "--controlnet on an SD3 folder in diffkit edit goes with --mask"),
+                         (["--mask", str(mask_png), "--control-image", files[0]],
+                          "--control-image does not apply to an SD3 inpainting ControlNet"),
+                         (["--mask", str(mask_png), "--strength", "0.5"],
+                          "--strength 0.5 does not apply to an SD3 inpainting ControlNet"),
+                         (["--mask", str(mask_png), "--controlnet", str(folders["plain"])],
+                          "--controlnet number 2 has extra_conditioning_channels=0; allowed: 1 with a mask")):
+        assert main(common + extra + ["--out", str(tmp_path / "bad")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not (tmp_path / "bad").exists()

@@ -203,5 +203,5 @@ def inpainting_control(sd3, controlnets: ControlNets, mask: torch.Tensor, shape:
     return torch.cat([latents, kept], dim=2)
 
 
-__all__ = ["SD3ControlledNet", "controlnet_guidance", "inpainting_control", "check_sd3_controlnet_folder", "check_sd3_controlnets",
-           "controlled_sd3", "SD3_CONTROLNET"]
+__all__ = ["SD3ControlledNet", "controlnet_guidance", "inpainting_control", "check_sd3_controlnet_folder",
+           "check_sd3_controlnets", "controlled_sd3", "SD3_CONTROLNET"]
