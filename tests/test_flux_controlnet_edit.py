@@ -15,21 +15,12 @@ from diffkit.interop.flux import image_to_image, unpack_latents  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
 import test_flux_controlnet  # noqa: E402
+from test_interop_flux_inpaint import _images, _mask  # noqa: E402  (two [0, 1] images, a mask, 16 x 16)
 
 PROMPTS = test_flux_controlnet.PROMPTS
 tiny = test_flux_controlnet.tiny  # the folders fixture, shared
 _controlnet = test_flux_controlnet._controlnet
 KW = {"max_sequence_length": 12}
-
-
-def _images():
-    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # [0, 1]
-
-
-def _mask():
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 4:12, 2:10] = 1
-    return mask
 
 
 def _theirs(flux, controlnet, control, images, mask=None, output_type="latent", **kw):
