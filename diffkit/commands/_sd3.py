@@ -148,7 +148,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     :data:`FLUX_EDIT_FLAGS`); ``--controlnet DIR --control-image PNG|DIR`` (and its flags, :mod:`._controlnet`) as
     FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline
     (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
-    --control-image folder: one per --images file)."""
+    --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
+    ControlNet, :func:`check_sd3_inpainting_flags`): StableDiffusion3ControlNetInpaintingPipeline, which samples from
+    noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``)."""
     import torch
 
     from ..config import resolve_device
