@@ -15,10 +15,10 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --slg-layers (sample), --controlnet (sample), --mask (edit), --lora, --steps / "
-                  "--nfe, --sampler and its grid options",
+                  "--guidance-scale, --slg-layers (sample), --controlnet (edit: with --mask), --mask (edit), --lora, "
+                  "--steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --controlnet (sample), --mask, --strength, "
+                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --mask, --strength, "
                   "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
 
@@ -112,13 +112,28 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "prompts_2", "negative_prompt_2",
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
-    "progress", "mask"}
+    "progress", "mask", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
+    "guess_mode"}  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention"} | {
     "true_cfg_scale"}  # and a FLUX folder's
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
                "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end"}
+
+
+def check_sd3_inpainting_flags(args) -> None:
+    """``diffkit edit --controlnet`` on an SD3 folder: an inpainting ControlNet with ``--mask``, whose control
+    images are the ``--images`` (StableDiffusion3ControlNetInpaintingPipeline); one line otherwise."""
+    if args.mask is None:
+        raise DiffkitError("--controlnet on an SD3 folder in diffkit edit goes with --mask (an inpainting ControlNet, "
+                           "StableDiffusion3ControlNetInpaintingPipeline; diffusers has no SD3 ControlNet img2img)")
+    if args.control_images:
+        raise DiffkitError("--control-image does not apply to an SD3 inpainting ControlNet: its control images are "
+                           "the --images")
+    if args.strength is not None:
+        raise DiffkitError(f"--strength {args.strength} does not apply to an SD3 inpainting ControlNet: "
+                           f"StableDiffusion3ControlNetInpaintingPipeline samples from noise")
 
 
 def edit_sd3(args, flux: bool = False) -> int:
@@ -130,7 +145,12 @@ def edit_sd3(args, flux: bool = False) -> int:
     weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline and with
     ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
     the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
-    :data:`FLUX_EDIT_FLAGS`)."""
+    :data:`FLUX_EDIT_FLAGS`); ``--controlnet DIR --control-image PNG|DIR`` (and its flags, :mod:`._controlnet`) as
+    FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline
+    (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
+    --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
+    ControlNet, :func:`check_sd3_inpainting_flags`): StableDiffusion3ControlNetInpaintingPipeline, which samples from
+    noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``)."""
     import torch
 
     from ..config import resolve_device
@@ -165,6 +185,16 @@ def edit_sd3(args, flux: bool = False) -> int:
     images, files = read_pngs(args.images, "RGB")
     mask = read_mask(args.mask, images) if args.mask else None
     count = len(files)
+    control = inpainting_controlnet = None
+    if args.controlnets:  # FLUX: img2img / inpainting ControlNets; SD3: inpainting ControlNets, the images theirs
+        from ._controlnet import ControlRequest
+        if not flux:
+            check_sd3_inpainting_flags(args)
+            args.control_images, inpainting_controlnet = [args.images] * len(args.controlnets), True
+        control = ControlRequest.from_args(args, directory, edited=count)
+        if flux:
+            from ..interop.flux_controlnet import check_edit_controlnet
+            check_edit_controlnet(args.negative_prompt)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
         if rows is not None and len(rows) not in (1, count):
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
@@ -176,6 +206,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     if flux:
         sd3.check_guidance_scale(args.guidance_scale)
+    controlnet = None if control is None else control.load(device, sd3.dtype, args.progress)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     scale, convention = (None, "diffusers") if args.guidance_scale is None else \
@@ -190,6 +221,16 @@ def edit_sd3(args, flux: bool = False) -> int:
         prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
         own_rows = [None if r is None or len(r) == 1 else r for r in (
             rows(args.prompts_2, start, n), rows(args.prompts_3, start, n))]
+        control_rows = list(range(start, start + n)) if controlnet is not None and controlnet.per_prompt > 1 else None
+        if inpainting_controlnet:  # StableDiffusion3ControlNetInpaintingPipeline: from noise, the images controlling
+            return (sd3_module.text_to_image(
+                sd3, prompts, sampler=None if own else info.name, steps=args.steps, guidance_scale=scale,
+                convention=convention, negative_prompt=args.negative_prompt, seed=args.seed + start,
+                height=images.shape[2], width=images.shape[3], output_range="-1,1", progress=args.progress,
+                controlnet=controlnet, control_seed=args.seed + start, control_rows=control_rows,
+                control_posterior=args.posterior or "sample", control_mask=mask,
+                **sd3_prompt_options(request, *own_rows), **({} if own else options)).cpu(),)
+        how_control = {"controlnet": controlnet, "control_rows": control_rows}  # a --control-image folder: image i's
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
             **sd3_prompt_options(request, *own_rows)}
@@ -197,7 +238,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,
                                        output_range="-1,1", progress=args.progress, **how,
-                                       **({} if own else options))
+                                       **({} if own else options), **(how_control if controlnet else {}))
         return (edited.cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
@@ -205,6 +246,7 @@ def edit_sd3(args, flux: bool = False) -> int:
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
     print(f"wrote {count} {'inpainted' if mask is not None else 'edited'} images to {out} (edit_00000.png ...; "
-          f"{kind} folder {directory}, strength {strength}, "
+          f"{kind} folder {directory}, "
+          f"{'an inpainting ControlNet, from noise' if inpainting_controlnet else f'strength {strength}'}, "
           f"{how}, prompts {list(args.prompts)})")
     return 0

@@ -24,24 +24,28 @@ def control_pixels(model, controlnets: ControlNets, height: int, width: int) -> 
 
 
 def control_latents(model, controlnets: ControlNets, height: int, width: int, batch: int, copies: int, seed: int = 0,
-                    posterior: str = "sample", shift: Optional[float] = None, control_rows=None) -> torch.Tensor:
+                    posterior: str = "sample", shift: Optional[float] = None, control_rows=None,
+                    generators=None, pixels=None) -> torch.Tensor:
     """(copies, batch, K, C, h, w): ControlNet k's control latents of each row, (E(x) - shift) * scaling_factor of
     :func:`control_pixels` (``shift`` default the VAE's; with one control image per prompt, sample i's is image
     ``control_rows[i]``, :meth:`.controlnet.ControlNets.rows`), copy 0 the guidance's null half and copy 1 its
     conditional half (one copy: unguided); sample i's posterior draws (``posterior="sample"``) from the generator
-    ``seed + i`` (null then conditional, ControlNet after ControlNet), or the posterior mean."""
+    ``seed + i`` (null then conditional, ControlNet after ControlNet), or the posterior mean; ``generators``: one
+    per sample instead (the caller's, which draw on after this: the edit pipelines' image posterior and noise);
+    ``pixels``: per ControlNet, sample i's image in row i (B, 3, H, W) in [-1, 1], encoded instead of
+    :func:`control_pixels` (the SD3 inpainting ControlNet's masked images)."""
     from ..noise import randn
     check_choice("control posterior", posterior, POSTERIORS)
     shift = model.shift_factor if shift is None else shift
-    picked = controlnets.rows(batch, control_rows)  # None: one image per ControlNet
+    picked = controlnets.rows(batch, control_rows) if pixels is None else torch.arange(batch)  # None: one per net
     per_net = []
-    for images in control_pixels(model, controlnets, height, width):
+    for images in control_pixels(model, controlnets, height, width) if pixels is None else pixels:
         with torch.no_grad():
             dist = model.vae.encode(images.to(model.device, model.vae.dtype), return_dict=False)[0]
         per_net.append((dist.mean, dist.std))
     rows = []
     for i in range(batch):
-        generator = torch.Generator().manual_seed(seed + i)
+        generator = torch.Generator().manual_seed(seed + i) if generators is None else generators[i]
         nets = []
         for means, stds in per_net:
             image = int(picked[i]) if picked is not None and means.shape[0] > 1 else 0

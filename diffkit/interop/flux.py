@@ -421,7 +421,8 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False, **options) -> torch.Tensor:
+                   progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
+                   **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
     (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
@@ -438,20 +439,39 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     :func:`diffkit.latent_editing.latent_inpaint`, the mask binarised and nearest-resized to the (unpacked) latents,
     the kept region's x_0 replaced by the image's latents at every step, which puts it at the pipeline's blend
     ``scale_noise(z, next sigma, noise)`` (z after the last step); at strength 1 from pure noise (the pipeline's
-    ``scale_noise`` at sigma 1). The pipeline's masked-image latents feed only the Fill transformer: not computed."""
+    ``scale_noise`` at sigma 1). The pipeline's masked-image latents feed only the Fill transformer: not computed.
+
+    ``controlnet``: FLUX ControlNets with their control images (a :class:`~diffkit.interop.controlnet.ControlNets`;
+    resized to the images' size), as ``FluxControlNetImg2ImgPipeline`` / with ``mask`` ``FluxControlNetInpaintPipeline``
+    (:func:`.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its generator, the window
+    over the steps that run; ``control_posterior`` / ``control_rows`` as :func:`text_to_image`); no true CFG there
+    (refused in one line)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     h, w = flux.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 16
+    f = flux.vae_scale_factor
     steps = FLUX_PIPELINE_STEPS if steps is None else steps
     if sampler is None and "grid" not in options:
         sampler, options["grid"] = "ddim", flux.scheduler_grid(steps, h, w)
         strength = flux.pipeline_strength(steps, strength)
     if guidance_scale is None and flux.guidance_embeds:
         guidance_scale = FLUX_IMG2IMG_GUIDANCE
-    denoiser, cond = flux.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
-                                          max_sequence_length, prompt_2, negative_prompt_2)
+
+    def guide(model):
+        return model.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
+                                     max_sequence_length, prompt_2, negative_prompt_2)
+    if controlnet is None:
+        denoiser, cond = guide(flux)
+    else:  # the control posterior first, then the image's posterior and noise, from image i's generator
+        from ..editing import _generators
+        from .flux_controlnet import check_edit_controlnet, edit_guidance
+        check_edit_controlnet(negative_prompt)
+        seed, generator = None, _generators(seed, generator, len(prompts))
+        denoiser, cond = edit_guidance(flux, controlnet, guide, flux.latent_shape(len(prompts), h * f, w * f),
+                                       sampler, steps, strength, options, guidance_scale, generator,
+                                       control_posterior, control_rows)
     z0 = edit_latents(flux, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(flux, z0, return_latents, output_range)

@@ -158,11 +158,12 @@ class FluxControlledNet(torch.nn.Module):
 
 def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
                         options: dict, guidance_scale: Optional[float], seed: int = 0,
-                        posterior: str = "sample", control_rows=None) -> tuple:
+                        posterior: str = "sample", control_rows=None, generators=None) -> tuple:
     """(denoiser, cond) of ``guide(model)`` (the prompts' conditioning of a FLUX model at latents ``shape`` (B, C,
     h, w)) on the transformer with ``controlnets``, ``cond["control"]`` each row's control latents (module
     docstring; ``control_rows``: each sample's control image where there is one per prompt); ``guidance_scale``: the
-    embedded guidance given (None: the pipeline's 7.0 for the ControlNets)."""
+    embedded guidance given (None: the pipeline's 7.0 for the ControlNets); ``generators``: sample i's control
+    posterior drawn from ``generators[i]`` instead of ``seed + i`` (:func:`edit_guidance`)."""
     check_choice("control posterior", posterior, POSTERIORS)
     if controlnets.guess_mode:
         raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; FluxControlNetPipeline has none")
@@ -181,9 +182,37 @@ def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sam
         cond["control_rows"] = torch.arange(shape[0], device=flux.device)
     f = flux.vae_scale_factor
     cond["control"] = control_latents(flux, controlnets, h * f, w * f, shape[0], 1, seed, posterior, None,
-                                      control_rows)[0]
+                                      control_rows, generators)[0]
     return denoiser, cond
 
 
-__all__ = ["FluxControlledNet", "controlnet_guidance", "check_flux_controlnet_folder", "check_flux_controlnets",
-           "FLUX_CONTROLNET", "FLUX_CONTROLNET_GUIDANCE"]
+def check_edit_controlnet(negative_prompt) -> None:
+    """True CFG (a negative prompt) with a ControlNet in an edit: one line (the edit pipelines have none)."""
+    if negative_prompt is not None:
+        raise DiffkitError(f"negative_prompt={negative_prompt!r} (true CFG) with a ControlNet is not allowed in an "
+                           f"edit: FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline have no true CFG; "
+                           f"drop true_cfg_scale and the negative prompt")
+
+
+def edit_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps: int, strength: float,
+                  options: dict, guidance_scale: Optional[float], generators, posterior: str = "sample",
+                  control_rows=None) -> tuple:
+    """:func:`controlnet_guidance` for an img2img or inpainting edit of latents ``shape``, as diffusers 0.42
+    ``FluxControlNetImg2ImgPipeline`` / ``FluxControlNetInpaintPipeline``: the control window counts the steps that
+    run (the strength's part of the grid, :func:`diffkit.editing.strength_grid` of the sampler's grid or
+    ``options["grid"]``: the pipelines' ``controlnet_keep`` over ``get_timesteps``' cut), and sample i's control
+    posterior is drawn from its edit generator ``generators[i]`` (one, or one per sample; None: the global one)
+    *before* the image's posterior and noise, as the pipelines draw the control image's latents first."""
+    grid = None
+    if controlnets.windowed:
+        from ..editing import strength_grid
+        from .controlnet import sampler_grid
+        grid = strength_grid(sampler_grid(flux.denoiser_for(*shape[2:]), sampler, steps, None, options.get("grid"),
+                                          options), strength)
+    rows = list(generators) if isinstance(generators, (list, tuple)) else [generators] * shape[0]
+    return controlnet_guidance(flux, controlnets, guide, shape, sampler, steps, None, grid, options, guidance_scale,
+                               posterior=posterior, control_rows=control_rows, generators=rows)
+
+
+__all__ = ["FluxControlledNet", "controlnet_guidance", "edit_guidance", "check_edit_controlnet",
+           "check_flux_controlnet_folder", "check_flux_controlnets", "FLUX_CONTROLNET", "FLUX_CONTROLNET_GUIDANCE"]

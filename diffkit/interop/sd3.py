@@ -305,7 +305,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  **options) -> torch.Tensor:
+                  control_mask: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
 
     sampler / grid: both None (the default): the pipeline's own loop, flow Euler (``ddim``, eta 0) on the
@@ -327,6 +327,9 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         StableDiffusion3ControlNetPipeline (:mod:`.sd3_controlnet`); ``control_posterior``: the control image's VAE
         latents, ``"sample"`` (the pipeline's; sample i's from the generator ``control_seed + i``) or ``"mean"``;
         ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
+        ``control_mask`` (1 or B, 1, H, W) at the output size, 1 = repaint: inpainting ControlNets, as
+        StableDiffusion3ControlNetInpaintingPipeline's ``control_mask`` (the control images are the images to
+        inpaint; :mod:`.sd3_controlnet`).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -340,6 +343,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     if skip_guidance_layers is not None and controlnet is not None:
         raise DiffkitError("skip-layer guidance with a ControlNet is not supported (StableDiffusion3ControlNet"
                            "Pipeline has no skip_guidance_layers); give one of them")
+    if control_mask is not None and controlnet is None:
+        raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
     noise, shape = start_latents(sd3, latents, len(prompts), height, width)
 
     def guide(model):
@@ -350,7 +355,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     else:
         from .sd3_controlnet import controlnet_guidance
         denoiser, cond = controlnet_guidance(sd3, controlnet, guide, shape, sampler, steps, nfe, grid, options,
-                                             control_seed, control_posterior, control_rows)
+                                             control_seed, control_posterior, control_rows, control_mask)
     if skip_guidance_layers is not None:
         from .sd3_slg import skip_layer_guidance
         denoiser = skip_layer_guidance(sd3, denoiser, skip_guidance_layers, window_steps, skip_layer_guidance_scale,

@@ -24,6 +24,16 @@ Everything follows diffusers 0.42 ``StableDiffusion3ControlNetPipeline``:
 * a ControlNet without ``joint_attention_dim`` (SD3.5's 8B ControlNets) gets no context, and one with
   ``use_pos_embed=False`` the transformer's position embedding; as the pipeline, the first ControlNet's config
   decides the shift, the pooled text and the context of all (ControlNets that disagree on them are refused).
+
+An inpainting ControlNet (``extra_conditioning_channels=1``, e.g. alimama-creative's SD3 inpainting ControlNet)
+takes a mask with its control image (``mask`` of :func:`controlnet_guidance`; ``text_to_image(control_mask=)``,
+``diffkit edit --mask`` on an SD3 folder), as diffusers 0.42 ``StableDiffusion3ControlNetInpaintingPipeline``
+(``prepare_image_with_mask``): the control image's pixels where the binarised mask is 1 are set to -1, the result
+encoded, (E(x) - shift_factor) * scaling_factor (always shifted), and the kept region 1 - m (the mask
+nearest-resized to the latents, :func:`diffkit.latent_editing.latent_mask`) appended as a channel; one posterior draw
+per sample (from ``seed + i``, the pipeline's global generator for one prompt) serves both guidance halves (the
+pipeline encodes once, then repeats); the ControlNet gets zero pooled text (``controlnet_pooled_projections``
+default). The images are then sampled from noise (no strength, no replacement: the ControlNet does the inpainting).
 """
 from __future__ import annotations
 
@@ -45,10 +55,11 @@ def check_sd3_controlnet_folder(directory) -> None:
     model_folder_config(directory, "--controlnet", SD3_CONTROLNET, " (an SD3 folder takes SD3 ControlNets)")
 
 
-def check_sd3_controlnets(models: list, transformer, vae) -> None:
+def check_sd3_controlnets(models: list, transformer, vae, extra: int = 0) -> None:
     """Each ControlNet fits the transformer (latent channels, patch size, width, text widths) and reads plain
-    VAE latents (no extra conditioning channels: the inpainting ControlNet's); they agree on what the first one's
-    config decides for all in the pipeline. One line naming the ControlNet and the key otherwise."""
+    VAE latents (``extra`` 0: no extra conditioning channels) or, with a mask (``extra`` 1), is an inpainting
+    ControlNet; they agree on what the first one's config decides for all in the pipeline. One line naming the
+    ControlNet and the key otherwise."""
     config = transformer.config
     width = int(config.num_attention_heads) * int(config.attention_head_dim)
     for index, model in enumerate(models):
@@ -57,11 +68,16 @@ def check_sd3_controlnets(models: list, transformer, vae) -> None:
             raise DiffkitError(f"{name} is a {type(model).__name__}; allowed: an {SD3_CONTROLNET} for an SD3 folder")
         wanted = {"in_channels": int(vae.config.latent_channels), "patch_size": int(config.patch_size),
                   "num_attention_heads * attention_head_dim": width,
-                  "pooled_projection_dim": int(config.pooled_projection_dim), "extra_conditioning_channels": 0}
+                  "pooled_projection_dim": int(config.pooled_projection_dim), "extra_conditioning_channels": extra}
         if theirs.joint_attention_dim is not None:
             wanted["joint_attention_dim"] = int(config.joint_attention_dim)
         ours = {key: int(theirs.num_attention_heads) * int(theirs.attention_head_dim) if "*" in key
                 else theirs.get(key, 0) for key in wanted}
+        channels = ours["extra_conditioning_channels"]
+        if channels != extra:
+            allowed = "1 with a mask (an inpainting ControlNet)" if extra else \
+                "0 without a mask (an inpainting ControlNet goes with diffkit edit --mask, control_mask=)"
+            raise DiffkitError(f"{name} has extra_conditioning_channels={channels!r}; allowed: {allowed}")
         for key, value in wanted.items():
             if ours[key] != value:
                 raise DiffkitError(f"{name} has {key}={ours[key]!r} but this SD3 folder needs {value!r}; a ControlNet "
@@ -113,13 +129,15 @@ class SD3ControlledNet(torch.nn.Module):
         return self.net(x, t, context, pooled, controls=self.residuals(x, t, context, pooled, control))
 
 
-def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid, options: dict):
+def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid, options: dict,
+                   inpainting: bool = False):
     """A copy of ``sd3`` whose denoiser runs the transformer with ``controlnets`` (checked, one line otherwise);
-    ``sampler`` / ``steps`` / ``nfe`` / ``grid`` / ``options``: the run's, which place a control guidance window."""
+    ``sampler`` / ``steps`` / ``nfe`` / ``grid`` / ``options``: the run's, which place a control guidance window;
+    ``inpainting``: inpainting ControlNets (module docstring: zero pooled text)."""
     if controlnets.guess_mode:
         raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; StableDiffusion3ControlNetPipeline "
                            "has no guess mode")
-    check_sd3_controlnets(controlnets.models, sd3.transformer, sd3.vae)
+    check_sd3_controlnets(controlnets.models, sd3.transformer, sd3.vae, int(inpainting))
     for model in controlnets.models:
         if model.config.get("use_pos_embed") is False and model.pos_embed is None:  # the pipeline's __init__
             model.pos_embed = model._get_pos_embed_from_transformer(sd3.transformer).to(
@@ -127,7 +145,7 @@ def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid
     net_grid, keeps = control_windows(controlnets, sd3.denoiser, sampler, steps, nfe, grid, options)
     first = controlnets.models[0].config
     net = SD3ControlledNet(sd3.denoiser.net, controlnets.models, controlnets.scales,
-                           bool(first.get("force_zeros_for_pooled_projection")),
+                           inpainting or bool(first.get("force_zeros_for_pooled_projection")),
                            first.get("joint_attention_dim") is not None, net_grid, keeps)
     denoiser = Denoiser(net, sd3.schedule, "flow_prediction")
     denoiser.model = sd3.transformer
@@ -135,15 +153,22 @@ def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid
 
 
 def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
-                        options: dict, seed: int = 0, posterior: str = "sample", control_rows=None) -> tuple:
+                        options: dict, seed: int = 0, posterior: str = "sample", control_rows=None,
+                        mask: Optional[torch.Tensor] = None) -> tuple:
     """(denoiser, cond) of ``guide(model)`` (the prompts' guidance of an SD3 model) on the transformer with
     ``controlnets`` (:func:`controlled_sd3`), ``cond["control"]`` the control latents of the conditional rows and,
     where the guidance is on (w != 0, as the pipeline's ``do_classifier_free_guidance``), its null half's own
     (:func:`.flow_controlnet.control_latents`; ``control_rows``: each sample's control image where there is one per
-    prompt); ``shape``: the latents' (B, C, h, w)."""
+    prompt); ``shape``: the latents' (B, C, h, w). ``mask`` (1 or B, 1, H, W) at the output size, 1 = repaint:
+    inpainting ControlNets (module docstring, :func:`inpainting_control`), both halves the same control."""
     check_choice("control posterior", posterior, POSTERIORS)
-    denoiser, cond = guide(controlled_sd3(sd3, controlnets, sampler, steps, nfe, grid, options))
+    denoiser, cond = guide(controlled_sd3(sd3, controlnets, sampler, steps, nfe, grid, options, mask is not None))
     guided = getattr(denoiser, "w", 0) != 0
+    if mask is not None:
+        cond["control"] = inpainting_control(sd3, controlnets, mask, shape, seed, posterior, control_rows)
+        if guided:
+            denoiser.null_cond["control"] = cond["control"]
+        return denoiser, cond
     f = sd3.vae_scale_factor
     shift = 0.0 if controlnets.models[0].config.get("force_zeros_for_pooled_projection") else sd3.shift_factor
     latents = control_latents(sd3, controlnets, shape[2] * f, shape[3] * f, shape[0], 2 if guided else 1, seed,
@@ -154,5 +179,29 @@ def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, samp
     return denoiser, cond
 
 
-__all__ = ["SD3ControlledNet", "controlnet_guidance", "check_sd3_controlnet_folder", "check_sd3_controlnets",
-           "controlled_sd3", "SD3_CONTROLNET"]
+def inpainting_control(sd3, controlnets: ControlNets, mask: torch.Tensor, shape: tuple, seed: int = 0,
+                       posterior: str = "sample", control_rows=None) -> torch.Tensor:
+    """(B, K, C + 1, h, w): StableDiffusion3ControlNetInpaintingPipeline's ``prepare_image_with_mask`` per sample
+    and ControlNet: its control image (prepared as :func:`.flow_controlnet.control_pixels`) set to -1 where the
+    binarised ``mask`` (1 or B, 1, H, W; 1 = repaint) is 1, encoded (:func:`.flow_controlnet.control_latents`, sample
+    i's draw from ``seed + i``, shifted), then the kept region 1 - m at the latents' size as one more channel."""
+    from ..latent_editing import latent_mask
+    from .flow_controlnet import control_pixels
+    batch, (h, w), f = shape[0], shape[2:], sd3.vae_scale_factor
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[0] not in (1, batch) or \
+            tuple(mask.shape[1:]) != (1, h * f, w * f):
+        raise DiffkitError(f"a control mask of shape {tuple(getattr(mask, 'shape', ()))} is not allowed; give (1 or "
+                           f"{batch}, 1, {h * f}, {w * f}) in [0, 1], 1 = repaint, at the output size")
+    mask = mask.to(sd3.device, torch.float32).expand(batch, 1, h * f, w * f)
+    repaint = (mask >= 0.5).expand(batch, 3, h * f, w * f)
+    picked = controlnets.rows(batch, control_rows)
+    pixels = [(images[picked] if picked is not None and images.shape[0] > 1 else
+               images[:1].expand(batch, -1, -1, -1)).to(sd3.device).masked_fill(repaint, -1.0)
+              for images in control_pixels(sd3, controlnets, h * f, w * f)]
+    latents = control_latents(sd3, controlnets, h * f, w * f, batch, 1, seed, posterior, None, pixels=pixels)[0]
+    kept = (1 - latent_mask(mask, (h, w))).to(latents)[:, None].expand(batch, latents.shape[1], 1, h, w)
+    return torch.cat([latents, kept], dim=2)
+
+
+__all__ = ["SD3ControlledNet", "controlnet_guidance", "inpainting_control", "check_sd3_controlnet_folder",
+           "check_sd3_controlnets", "controlled_sd3", "SD3_CONTROLNET"]
