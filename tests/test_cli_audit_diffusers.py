@@ -1,0 +1,75 @@
+"""The bad-input audit of sample / edit / eval / convert on diffusers folders (session 37): the cases that printed
+the wrong line (an eval of a missing --samples folder blamed the Inception weights; a diffusers folder's message said
+eval reads Stable Diffusion folders), a doubled line (an unreadable PNG read by load_image_batch) or an opaque one
+(a text file as --textual-inversion: "weights_only: 101"). Each is one line naming the bad value, exit status 2, and
+leaves nothing behind."""
+import json
+
+import pytest
+from test_cli_errors import one_line_error
+
+from diffkit.errors import DiffkitError
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A text file named .png, a folder holding only it, and a diffusers folder's model_index.json."""
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_text("hello")
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return text, bad, folder
+
+
+@pytest.mark.parametrize("samples, expected", [
+    ("missing", "image folder '{}' does not exist or is not a directory"),
+    ("text", "image folder '{}' does not exist or is not a directory"),
+    ("bad", "image '{}/a.png' cannot be read: cannot identify image file"),
+    ("empty", "image folder '{}' has no .png files"),
+])
+def test_eval_names_the_bad_samples_folder_before_the_inception_weights(files, tmp_path, capsys, monkeypatch,
+                                                                         samples, expected):
+    """``eval --samples X --metrics fid`` said "Inception weights not found" (no weights here) for a missing,
+    unreadable or empty folder: the folder is checked first."""
+    monkeypatch.delenv("DIFFKIT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached weights either
+    path = {"missing": tmp_path / "nope", "text": files[0], "bad": files[1], "empty": tmp_path / "empty"}[samples]
+    (tmp_path / "empty").mkdir()
+    line = one_line_error(capsys, "eval", "--samples", str(path), "--metrics", "fid", "--ref", "digits", "--out",
+                          str(tmp_path / "out" / "r.json"))
+    assert expected.format(path) in line and "Inception" not in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_png_is_named_once(files):
+    from diffkit.metrics.features import load_image_batch
+    with pytest.raises(DiffkitError) as caught:
+        load_image_batch([files[0]], "RGB")
+    assert str(caught.value).count("cannot be read") == 1, caught.value
+
+
+@pytest.mark.parametrize("command", [["eval", "--metrics", "nll"], ["convert", "--to-diffusers", "{out}"],
+                                     ["train", "--init-from"]])
+def test_a_diffusers_folder_given_as_a_checkpoint_says_which_commands_read_it(files, tmp_path, capsys, command):
+    """The line said "diffkit sample and eval read Stable Diffusion folders"; eval reads none (only DiTPipeline)."""
+    folder = str(files[2])
+    out = str(tmp_path / "out")
+    argv = [a.format(out=out) for a in command] + ([folder, "--out", out] if command[0] == "train" else
+                                                    ["--checkpoint", folder])
+    line = one_line_error(capsys, *argv)
+    assert "it is a diffusers folder, not a diffkit checkpoint (diffkit sample reads Stable Diffusion / SD-XL, SD3, " \
+           "FLUX.1 and DiTPipeline folders, diffkit edit the first three, diffkit eval DiTPipeline ones" in line, line
+    assert "eval read Stable Diffusion" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_text_file_as_a_pickled_adapter_is_called_no_torch_file(files):
+    """``--textual-inversion notes.bin`` said "(torch.load weights_only: 101)"."""
+    from diffkit.interop import load_weights_pickle
+    with pytest.raises(DiffkitError, match=r"--textual-inversion .*text.png is not a plain tensor file \(torch.load "
+                                           r"weights_only: no torch zip or pickle file \(KeyError 101\)\)"):
+        load_weights_pickle(files[0], "--textual-inversion")
