@@ -155,7 +155,7 @@ def register(sub) -> None:
                         "in --lora: default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/editing.md)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
-    add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale (Stable Diffusion / SD-XL folders)
+    add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
     add_freeu_flag(p)
     add_edit_size_flags(p)  # --height, --width (diffusers folders: the images resized first)
     add_edit_refiner_flags(p)
@@ -455,7 +455,8 @@ def _prompt_request(args, sampler: str):
                                negative_prompt_3=args.negative_prompt_3,
                                max_sequence_length=args.max_sequence_length, pag_scale=args.pag_scale,
                                pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
-                               pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True)
+                               pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True,
+                               pag_interval=tuple(args.pag_interval) if args.pag_interval else None)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request
