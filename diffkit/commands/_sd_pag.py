@@ -1,10 +1,10 @@
 """``diffkit edit --pag-scale S [--pag-layers L,...] [--pag-adaptive-scale A] [--pag-interval T_LO T_HI]``:
-perturbed-attention guidance (Ahn et al. 2024) in img2img and inpainting of a Stable Diffusion / SD-XL folder, as diffusers' StableDiffusion(XL)PAGImg2Img /
-PAGInpaintPipeline: :func:`diffkit.interop.sd_pag.pag_request`'s wrapper over the folder's guided denoiser (the
-flags are ``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest` fields; ``--pag-interval``, diffkit's
-own as in ``diffkit sample``: the perturbed pass only at the scheduler's timesteps T_LO <= t <= T_HI, as
-:class:`~diffkit.guidance.PerturbedAttentionGuidance`'s interval, in the manner of Kynkaanniemi et al. 2024's guidance
-interval)."""
+perturbed-attention guidance (Ahn et al. 2024) in img2img and inpainting of a Stable Diffusion / SD-XL folder, as
+diffusers' StableDiffusion(XL)PAGImg2Img / PAGInpaintPipeline: :func:`diffkit.interop.sd_pag.pag_request`'s wrapper
+over the folder's guided denoiser (the flags are ``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest`
+fields; ``--pag-interval``, diffkit's own as in ``diffkit sample``: the perturbed pass only at the scheduler's
+timesteps T_LO <= t <= T_HI, :class:`~diffkit.guidance.PerturbedAttentionGuidance`'s interval, after Kynkaanniemi et
+al. 2024's guidance interval)."""
 from __future__ import annotations
 
 PAG_FLAGS = ("--pag-scale", "--pag-layers", "--pag-adaptive-scale", "--pag-interval")

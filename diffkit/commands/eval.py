@@ -163,8 +163,6 @@ def run(args) -> int:
             if value is not None:
                 raise DiffkitError(f"{flag} applies to sampling a --checkpoint; --samples {args.samples!r} are "
                                    f"scored as they are (drop {flag})")
-        from ..metrics.features import _check_same_size, list_images
-        _check_same_size(list_images(args.samples))  # no folder, no PNGs, unreadable: said before any weights load
     sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)
     info = info.with_options(tolerance_options(args, info))  # --restarts (its NFE rule), --gamma: each its sampler's
