@@ -73,3 +73,44 @@ def test_a_text_file_as_a_pickled_adapter_is_called_no_torch_file(files):
     with pytest.raises(DiffkitError, match=r"--textual-inversion .*text.png is not a plain tensor file \(torch.load "
                                            r"weights_only: no torch zip or pickle file \(KeyError 101\)\)"):
         load_weights_pickle(files[0], "--textual-inversion")
+
+
+@pytest.mark.parametrize("flags, name", [(["--guidance-scale", "1e308", "--class", "1"], "guidance scale"),
+                                         (["--guidance-scale", "-3.5e38", "--class", "1"], "guidance scale"),
+                                         (["--pag-scale", "1e308"], "--pag-scale")])
+def test_a_scale_beyond_float32_is_one_line_not_an_overflow_traceback(tiny_checkpoint, tmp_path, capsys, flags, name):
+    """``--guidance-scale 1e308`` (finite in Python) raised torch's "value cannot be converted to type float
+    without overflow" mid-sampling (SD, SD-XL, SD3, FLUX folders, diffkit checkpoints; --pag-scale and
+    --true-cfg-scale alike); now refused before anything runs."""
+    line = one_line_error(capsys, "sample", "--checkpoint", str(tiny_checkpoint), *flags, "--steps", "2",
+                          "--out", str(tmp_path / "out" / "s.png"))
+    assert f"{name}={float(flags[1])!r} is out of range; allowed: at most 3.403e+38 in size (the sampling runs in " \
+           f"float32)" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_scales_library_checks_refuse_float32_overflow():
+    from diffkit.guidance import guidance_weight
+    from diffkit.interop.flux import Flux
+    assert guidance_weight(3.4e38) == 3.4e38
+    for call in (lambda: guidance_weight(1e39), lambda: guidance_weight(1e39, "diffusers"),
+                 lambda: Flux.check_guidance_scale(type("F", (), {"guidance_embeds": True})(), 1e39)):
+        with pytest.raises(DiffkitError, match="at most 3.403e"):
+            call()
+
+
+def test_a_bad_individual_folder_leaves_no_out_folder(tiny_checkpoint, tmp_path, capsys):
+    """``sample --out NEW/s.png --individual FILE``: NEW/ was made by the --out check and stayed behind."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    line = one_line_error(capsys, "sample", "--checkpoint", str(tiny_checkpoint), "--steps", "2", "--out",
+                          str(tmp_path / "new" / "deeper" / "s.png"), "--individual", str(afile))
+    assert "is a file, not a folder" in line, line
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_negative_number_in_exponent_notation_is_a_value(tiny_checkpoint, tmp_path, capsys):
+    """``--guidance-scale -1e3`` said "expected one argument" (argparse took -1e3 for a flag; -1000 was a value)."""
+    line = one_line_error(capsys, "sample", "--checkpoint", str(tiny_checkpoint), "--guidance-scale", "-1e3",
+                          "--class", "1", "--steps", "2", "--out", str(tmp_path / "out" / "s.png"))
+    assert "guidance scale=-1000.0 is out of range; allowed: >= -1 (seed convention)" in line, line
