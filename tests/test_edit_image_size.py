@@ -1,12 +1,15 @@
 """``diffkit edit --height H --width W`` on diffusers folders: the images (and ``--mask``) resized first as diffusers'
 edit pipelines prepare them given height and width (``image_processor`` / ``mask_processor.preprocess(image,
-height=H, width=W)``: Lanczos, the mask binarised), checked against StableDiffusionInpaintPipeline and
-StableDiffusionXLInpaintPipeline called with height / width, and against the img2img pipelines (which take no height
-/ width) given the image their own processor resized; the refusals, one line before anything loads."""
+height=H, width=W)``: Lanczos, the mask binarised), checked against StableDiffusionInpaintPipeline,
+StableDiffusionXLInpaintPipeline, StableDiffusion3Img2ImgPipeline and FluxImg2ImgPipeline called with height / width,
+and against the SD / SD-XL img2img pipelines (which take no height / width) given the image their own processor
+resized; the refusals, one line before anything loads."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+import test_interop_flux
+import test_interop_sd3
 import test_interop_sd_xl
 import test_latent_editing
 import test_sd_xl_inpaint
@@ -17,6 +20,8 @@ diffusers = pytest.importorskip("diffusers")
 tiny_sd = test_latent_editing.tiny_sd  # the fixtures, shared
 tiny_xl = test_interop_sd_xl.tiny_xl
 xl_inpaint = test_sd_xl_inpaint.xl_inpaint
+tiny_sd3 = test_interop_sd3.tiny_sd3
+tiny_flux = test_interop_flux.tiny_flux
 
 H, W = 24, 16  # the 16 x 16 PNGs stretched, H != W (SD-XL's time ids take it)
 
@@ -101,6 +106,27 @@ def test_sd_xl_inpainting_at_another_size_is_the_pipelines(xl_inpaint, tmp_path,
     images = [Image.open(pngs / f"in_{i}.png") for i in range(2)]
     _check(_edited(capsys, tmp_path, folder, pngs, "--mask", mask_png, "--strength", 0.6),
            _pipeline(pipe, image=images, mask_image=[Image.open(mask_png)] * 2, strength=0.6, height=H, width=W))
+
+
+@pytest.mark.parametrize("flux", [False, True])
+def test_sd3_and_flux_img2img_at_another_size_are_the_pipelines(tiny_sd3, tiny_flux, tmp_path, capsys, flux):
+    """StableDiffusion3Img2ImgPipeline / FluxImg2ImgPipeline(height=24, width=16) on the PIL images (strength 0.6,
+    their own sigmas; FLUX's shift mu from the 24 x 16 images' tokens): the command's PNGs within one level."""
+    pipe, folder, _ = tiny_flux[True] if flux else tiny_sd3[True]
+    pngs, _ = _inputs(tmp_path)
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                         PROMPTS[1], "--steps", 4, "--guidance-scale", 4, "--seed", 5, "--max-sequence-length", 12,
+                         "--height", H, "--width", W, *([] if flux else ["--guidance-convention", "diffusers"]),
+                         "--out", tmp_path / "out")
+    assert code == 0, err
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    img2img = (diffusers.FluxImg2ImgPipeline if flux else diffusers.StableDiffusion3Img2ImgPipeline)(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=[Image.open(pngs / f"in_{i}.png") for i in range(2)], strength=0.6, height=H,
+                         width=W, num_inference_steps=4, guidance_scale=4.0, max_sequence_length=12,
+                         output_type="np", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
+    _check(ours, theirs)
 
 
 def test_edit_size_refusals_are_one_line_before_any_output(tiny_sd, tiny_checkpoint, tmp_path, capsys):
