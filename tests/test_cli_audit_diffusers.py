@@ -6,9 +6,13 @@ leaves nothing behind."""
 import json
 
 import pytest
+import test_sd_lora
 from test_cli_errors import one_line_error
 
+from diffkit.cli import main
 from diffkit.errors import DiffkitError
+
+sd_lora = test_sd_lora.sd_lora  # the fixture, shared
 
 
 @pytest.fixture
@@ -114,3 +118,50 @@ def test_a_negative_number_in_exponent_notation_is_a_value(tiny_checkpoint, tmp_
     line = one_line_error(capsys, "sample", "--checkpoint", str(tiny_checkpoint), "--guidance-scale", "-1e3",
                           "--class", "1", "--steps", "2", "--out", str(tmp_path / "out" / "s.png"))
     assert "guidance scale=-1000.0 is out of range; allowed: >= -1 (seed convention)" in line, line
+
+
+def test_a_lora_file_with_nan_weights_is_refused_before_it_is_merged(sd_lora, tmp_path):
+    """A damaged LoRA file (NaN in one tensor) was merged: every image black, after a warning."""
+    from safetensors.torch import load_file, save_file
+
+    from diffkit.interop.sd_lora import read_sd_lora
+    tensors = load_file(sd_lora["diffusers"])
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] * float("nan")
+    save_file(tensors, tmp_path / "nan.safetensors")
+    with pytest.raises(DiffkitError, match=f"tensor '{key}' holds NaN or infinite values; the file is damaged"):
+        read_sd_lora(tmp_path / "nan.safetensors")
+
+
+def test_a_lora_scale_beyond_float32_is_one_line(sd_lora, tmp_path, capsys):
+    """``--lora FILE:1e308`` (the parser refuses it now, and the library's check_scale) or a scale whose product with
+    alpha / r leaves float32 (-3e38 x 2) raised torch's overflow in the merge's ``add_(delta, alpha=...)``; nothing
+    is written."""
+    from diffkit.lora_files import check_scale
+    with pytest.raises(DiffkitError, match="LoRA scale=1e[+]308 is out of range; allowed: at most 3.403e[+]38"):
+        check_scale(1e308)
+    line = one_line_error(capsys, "sample", "--checkpoint", str(sd_lora["folder"]), "--prompt", "a", "--steps", "2",
+                          "--lora", f"{sd_lora['diffusers']}:-3e38", "--no-progress", "--out",
+                          str(tmp_path / "out" / "s.png"))
+    assert f"--lora {sd_lora['diffusers']} (unet): scale x alpha / r=-6e+38 is out of range; allowed: at most " \
+           f"3.403e+38 in size" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sample", "--controlnet-scale", "1e308"], "argument --controlnet-scale: 1e+308 must be a finite number >= 0 "
+                                                "and at most 3.403e+38 (the sampling runs in float32)"),
+    (["edit", "--reconstruction-weight", "1e308"], "argument --reconstruction-weight: 1e+308 must be a finite"),
+    (["sample", "--t2i-adapter", "a:1e308"], "argument --t2i-adapter: 'a:1e308': scale '1e308' is not allowed; give "
+                                             "a finite number (at most 3.403e+38 in size: float32)"),
+    (["sample", "--ip-adapter", "a:-1e308"], "argument --ip-adapter: 'a:-1e308': scale '-1e308' is not allowed"),
+    (["edit", "--lora", "a:1e39"], "argument --lora: 'a:1e39': scale '1e39' is not allowed"),
+])
+def test_scales_beyond_float32_are_refused_by_the_parser(tmp_path, capsys, argv, expected):
+    """``--controlnet-scale 1e308`` / ``--t2i-adapter DIR:1e308`` ran and drew garbage (residuals of inf); the
+    parser refuses them, before anything is read."""
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()
