@@ -92,8 +92,9 @@ def _checked_interval(interval, denoiser, what: str = "guidance interval") -> Op
     within [-1, T] of ``denoiser``'s schedule; None stays None (guide everywhere)."""
     if interval is None:
         return None
-    if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
-        raise DiffkitError(f"{what}={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi")
+    if len(interval) != 2 or not all(math.isfinite(float(v)) for v in interval) \
+            or not float(interval[0]) <= float(interval[1]):  # NaN: its own words, not a misordering
+        raise DiffkitError(f"{what}={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi, both finite numbers")
     interval = (float(interval[0]), float(interval[1]))
     top = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
     if top is not None and not -1.0 <= interval[0] <= interval[1] <= top:

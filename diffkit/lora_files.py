@@ -75,12 +75,13 @@ def check_scale(scale, what: str = "LoRA scale") -> float:
     return float(check_float32(what, scale))
 
 
-def check_finite_tensors(path, tensors: dict) -> dict:
-    """``tensors`` of the adapter file ``path`` if every float tensor is finite; one line naming the first that is
-    not (a damaged file merged NaN into the network, and the run drew black images after a warning)."""
+def check_finite_tensors(path, tensors: dict, flag: str = "--lora") -> dict:
+    """``tensors`` of the adapter file ``path`` (given as ``flag``) if every float tensor is finite; one line naming
+    the first that is not (a damaged file merged NaN into the network, and the run drew black images after a
+    warning)."""
     for key, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise DiffkitError(f"--lora {path}: tensor {key!r} holds NaN or infinite values; the file is damaged "
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DiffkitError(f"{flag} {path}: tensor {key!r} holds NaN or infinite values; the file is damaged "
                                f"(give a file of finite weights)")
     return tensors
 

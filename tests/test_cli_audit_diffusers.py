@@ -165,3 +165,19 @@ def test_scales_beyond_float32_are_refused_by_the_parser(tmp_path, capsys, argv,
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
+def test_an_ip_adapter_file_with_nan_weights_is_refused_when_read(tmp_path, suffix):
+    import torch
+    from test_ip_adapter import save_ip_adapter
+
+    from diffkit.interop.ip_adapter import read_ip_adapter
+    state = {"image_proj": {"proj.weight": torch.ones(8, 4), "proj.bias": torch.zeros(8)},
+             "ip_adapter": {"1.to_k_ip.weight": torch.ones(4, 2), "1.to_v_ip.weight": torch.ones(4, 2)}}
+    assert read_ip_adapter(save_ip_adapter(state, tmp_path / f"ok{suffix}"))["ip_adapter"]
+    state["ip_adapter"]["1.to_v_ip.weight"][0, 1] = float("inf")
+    path = save_ip_adapter(state, tmp_path / f"bad{suffix}")
+    with pytest.raises(DiffkitError, match=r"--ip-adapter .*bad.* tensor 'ip_adapter.1.to_v_ip.weight' holds NaN or "
+                                           r"infinite values; the file is damaged"):
+        read_ip_adapter(path)

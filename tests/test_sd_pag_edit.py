@@ -168,6 +168,8 @@ def test_edit_command_pag_refusals_are_one_line_before_any_output(tiny_sd, tmp_p
         (folder, ["--prompt", "a", "--pag-interval", 0, 500], "--pag-interval needs --pag-scale S"),
         (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-interval", 500, 0],
          "--pag-interval=(500.0, 0.0) must be (t_lo, t_hi) with t_lo <= t_hi"),
+        (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-interval", "nan", 500],
+         "--pag-interval=(nan, 500.0) must be (t_lo, t_hi) with t_lo <= t_hi, both finite numbers"),
         (tiny_sd[3], ["--prompt", "a", "--pag-scale", 2, "--pag-interval", 0, 5000], "perturbed-attention guidance "
                                                                                       "interval"),
         (folder, ["--prompt", "a", "--pag-scale", -1], "--pag-scale"),
