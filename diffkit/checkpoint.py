@@ -279,9 +279,9 @@ def _no_checkpoint_in(folder: Path) -> str:
     if (folder / "checkpoints" / "latest.safetensors").is_file():
         return f"{start}; it is a run folder: give its checkpoint folder {folder / 'checkpoints'}"
     if (folder / "model_index.json").is_file():
-        return (f"{start}; it is a diffusers folder, not a diffkit checkpoint (diffkit sample and eval read Stable "
-                f"Diffusion folders, diffkit sample SD3, FLUX.1 and DiTPipeline ones, diffkit edit SD3 ones; diffkit "
-                f"convert --from-diffusers converts a DDPMPipeline or a pixel-space DiTPipeline)")
+        return (f"{start}; it is a diffusers folder, not a diffkit checkpoint (diffkit sample reads Stable Diffusion "
+                f"/ SD-XL, SD3, FLUX.1 and DiTPipeline folders, diffkit edit the first three, diffkit eval DiTPipeline "
+                f"ones; diffkit convert --from-diffusers converts a DDPMPipeline or a pixel-space DiTPipeline)")
     if any((folder / part).is_dir() for part in ("unet", "vae", "text_encoder", "scheduler")):
         return f"{start}; it has diffusers components but no model_index.json, which a diffusers folder needs"
     saved = step_checkpoints(folder)

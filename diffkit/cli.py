@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -33,7 +34,13 @@ EMPTY_REFUSED = {"--device": "not a device; choose auto, cpu, cuda, cuda:N or mp
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with status 2 and one line (no usage dump) on a bad flag."""
+    """argparse that exits with status 2 and one line (no usage dump) on a bad flag; a negative number in exponent
+    notation (``--guidance-scale -1e3``) is a value, as ``-1000`` is (argparse took it for a flag: "expected one
+    argument")."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message}\n")

@@ -67,6 +67,18 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
     return value
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the samplers' and networks' arithmetic
+
+
+def check_float32(name: str, value: Any) -> Any:
+    """``value`` (a number already checked finite) if float32 holds it, else a one-line DiffkitError: a guidance
+    scale of 1e308 is finite in Python but overflowed torch's float32 tensors (a RuntimeError traceback)."""
+    if abs(value) > FLOAT32_MAX:
+        raise DiffkitError(f"{name}={value!r} is out of range; allowed: at most {FLOAT32_MAX:.4g} in size (the "
+                           f"sampling runs in float32)")
+    return value
+
+
 def check_positive_int_list(name: str, value: Any) -> list[int]:
     """Return ``value`` as a list of ints if it is a non-empty sequence of positive integers
     (e.g. a U-Net's ``channel_mult``), else raise a one-line DiffkitError."""

@@ -565,6 +565,9 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     if set(names) & set(NLL_METRICS):  # before any sampling or scoring
         check_range("nll_num", nll_num, MIN_EVAL_SAMPLES, None, integer=True)
         check_choice("nll_split", nll_split, NLL_SPLITS)
+    if samples is not None:  # no folder, no PNGs, mixed sizes, unreadable: said before any weights load
+        from .metrics.features import _check_same_size, list_images
+        _check_same_size(list_images(samples))
     inception = net = denoiser = None
     if set(names) & set(INCEPTION_METRICS):
         from .metrics import load_inception

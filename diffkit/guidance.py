@@ -42,7 +42,7 @@ import torch
 
 from . import diffusion
 from .denoiser import Prediction, Wrapper, reset_states, with_x0
-from .errors import DiffkitError, DiffkitWarning, check_choice, check_range
+from .errors import DiffkitError, DiffkitWarning, check_choice, check_float32, check_range
 from .noise import randn_like
 from .sampling import check_noise
 from .schedule import as_cpu_times
@@ -70,7 +70,7 @@ def guidance_weight(scale: float, convention: str = "seed") -> float:
     so w = s - 1. Allowed: w >= -1 (w = -1 is the unconditional model).
     """
     check_choice("guidance convention", convention, CONVENTIONS)
-    check_range("guidance scale", scale, None, None)
+    check_float32("guidance scale", check_range("guidance scale", scale, None, None))
     if not math.isfinite(scale):
         raise DiffkitError(f"guidance scale={scale!r} must be finite")
     w = float(scale) if convention == "seed" else float(scale) - 1.0
@@ -92,8 +92,9 @@ def _checked_interval(interval, denoiser, what: str = "guidance interval") -> Op
     within [-1, T] of ``denoiser``'s schedule; None stays None (guide everywhere)."""
     if interval is None:
         return None
-    if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
-        raise DiffkitError(f"{what}={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi")
+    if len(interval) != 2 or not all(math.isfinite(float(v)) for v in interval) \
+            or not float(interval[0]) <= float(interval[1]):  # NaN: its own words, not a misordering
+        raise DiffkitError(f"{what}={tuple(interval)!r} must be (t_lo, t_hi) with t_lo <= t_hi, both finite numbers")
     interval = (float(interval[0]), float(interval[1]))
     top = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
     if top is not None and not -1.0 <= interval[0] <= interval[1] <= top:
@@ -381,7 +382,8 @@ class PerturbedAttentionGuidance(Wrapper):
     def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None,
                  adaptive_scale: float = 0.0):
         from .models.unet import UNet, check_self_attention_layers
-        check_range("perturbed-attention guidance scale", scale, 0.0, None)
+        check_float32("perturbed-attention guidance scale", check_range("perturbed-attention guidance scale", scale,
+                                                                         0.0, None))
         check_range("perturbed-attention guidance adaptive scale", adaptive_scale, 0.0, None)
         _check_perturbable(denoiser)
         self.inner, self.scale, self.adaptive_scale = denoiser, float(scale), float(adaptive_scale)

@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 
 from . import checkpoint as ckpt
-from .errors import DiffkitError
+from .errors import DiffkitError, check_float32
 
 KIND = "lora adapter"
 _HOW = "diffkit convert --checkpoint LORA_CKPT --lora-only --out FILE writes one"
@@ -68,15 +68,28 @@ def adapter_of(path, use_ema: bool = True) -> tuple[dict, dict]:
 
 
 def check_scale(scale, what: str = "LoRA scale") -> float:
-    """``scale`` as a float: a finite real number (negative allowed: it subtracts the adapter)."""
+    """``scale`` as a float: a finite real number (negative allowed: it subtracts the adapter) that float32 holds
+    (1e308 overflowed the merge's ``add_(delta, alpha=scale)`` in a traceback)."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise DiffkitError(f"{what} {scale!r} is not allowed; give a finite number (1 = as trained, 0 = off)")
-    return float(scale)
+    return float(check_float32(what, scale))
+
+
+def check_finite_tensors(path, tensors: dict, flag: str = "--lora") -> dict:
+    """``tensors`` of the adapter file ``path`` (given as ``flag``) if every float tensor is finite; one line naming
+    the first that is not (a damaged file merged NaN into the network, and the run drew black images after a
+    warning)."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DiffkitError(f"{flag} {path}: tensor {key!r} holds NaN or infinite values; the file is damaged "
+                               f"(give a file of finite weights)")
+    return tensors
 
 
 def read_adapter(path) -> tuple[dict, dict]:
     """(tensors, metadata) of an adapter file, checked; one-line errors for anything else."""
     tensors, meta = ckpt.load_checkpoint(path)
+    check_finite_tensors(path, tensors)
     if meta.get("kind") != KIND:
         if meta.get("lora") and "unet" in meta:
             raise DiffkitError(f"--lora {path} is a LoRA checkpoint (base + adapters): give it as --checkpoint, or "
@@ -154,7 +167,7 @@ def merge_adapted(model, adapt, tensors: dict, scale: float = 1.0, what: str = "
         for k, v in state.items():
             v.copy_(tensors[k])
         for _, layer in lora_layers(model):
-            layer.lora_scale = scale * layer.lora_scale
+            layer.lora_scale = check_float32(f"{what}: scale x alpha / r", scale * layer.lora_scale)
         merge_lora(model)
     except BaseException:
         _drop_adapters(model)  # back to the base network (nothing was added to W yet)

@@ -122,6 +122,40 @@ def test_edit_command_with_pag_is_the_library_byte_for_byte(tiny_sd, tiny_xl, tm
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "library" / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("xl, mask", [(False, False), (True, True)])
+def test_edit_command_pag_interval_is_the_librarys(tiny_sd, tiny_xl, tmp_path, capsys, xl, mask):
+    """``diffkit edit --pag-scale 2.5 --pag-interval 200 999`` (as diffkit sample's): each PNG is the library's
+    pag_request(..., interval=(200, 999)) wrapper byte for byte; the interval holds some of the edit's steps, not all
+    (the PNGs differ from PAG at every step and from no PAG)."""
+    from diffkit.images import save_images
+    from test_sd_inpaint import _pngs
+    from test_sd_xl_inpaint import _png_tensor
+    folder, sd = (tiny_xl[1] / "xl", tiny_xl[2]) if xl else (tiny_sd[3], tiny_sd[2])
+    pngs, mask_png, pixel_mask = _pngs(tmp_path)
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", "a cat", "--steps", 3,
+                         "--seed", 4, "--batch-size", 1, "--guidance-scale", 5, "--guidance-convention", "diffusers",
+                         "--pag-scale", 2.5, "--pag-interval", 200, 999, *(["--mask", mask_png] if mask else []),
+                         "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "perturbed-attention guidance s=2.5 at mid for 200 <= t <= 999" in out
+    if xl:
+        guided, cond = sd.prompt_guidance(["a cat"], None, 5.0, "diffusers", 0.0, image_size=(16, 16))
+    else:
+        guided, cond = sd.guided(5.0, sd.encode_prompts([""]), "diffusers"), sd.cond(sd.encode_prompts(["a cat"]))
+    edit, args = (latent_inpaint, (pixel_mask,)) if mask else (latent_img2img, (0.8,))
+    for name, denoiser, count in (("library", pag_request(sd, 2.5, None, None, (200, 999))(guided), 2),
+                                  ("every_step", pag_request(sd, 2.5)(guided), 1), ("plain", guided, 1)):
+        images = [edit(denoiser, sd, _png_tensor(pngs / f"in_{i}.png"), *args, "ddim", 3, posterior="sample",
+                       seed=4 + i, cond=cond, progress=False).clamp(-1, 1) for i in range(count)]
+        save_images(torch.cat(images), tmp_path / name, prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_{i:05d}.png").read_bytes() == \
+            (tmp_path / "library" / f"edit_{i:05d}.png").read_bytes()
+    ours = (tmp_path / "out" / "edit_00000.png").read_bytes()
+    assert ours != (tmp_path / "every_step" / "edit_00000.png").read_bytes()
+    assert ours != (tmp_path / "plain" / "edit_00000.png").read_bytes()
+
+
 def test_edit_command_pag_refusals_are_one_line_before_any_output(tiny_sd, tmp_path, capsys):
     from test_sd_inpaint import _pngs
     folder = tiny_sd[3]
@@ -131,6 +165,13 @@ def test_edit_command_pag_refusals_are_one_line_before_any_output(tiny_sd, tmp_p
         (pngs / "in_0.png", ["--pag-scale", 2], "--pag-scale in diffkit edit applies to a Stable Diffusion / SD-XL "
                                                 "base folder"),
         (folder, ["--prompt", "a", "--pag-layers", "mid"], "--pag-layers needs --pag-scale S"),
+        (folder, ["--prompt", "a", "--pag-interval", 0, 500], "--pag-interval needs --pag-scale S"),
+        (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-interval", 500, 0],
+         "--pag-interval=(500.0, 0.0) must be (t_lo, t_hi) with t_lo <= t_hi"),
+        (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-interval", "nan", 500],
+         "--pag-interval=(nan, 500.0) must be (t_lo, t_hi) with t_lo <= t_hi, both finite numbers"),
+        (tiny_sd[3], ["--prompt", "a", "--pag-scale", 2, "--pag-interval", 0, 5000], "perturbed-attention guidance "
+                                                                                      "interval"),
         (folder, ["--prompt", "a", "--pag-scale", -1], "--pag-scale"),
         (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-layers", "down.0"], "is a diffkit U-Net layer name"),
         (folder, ["--prompt", "a", "--pag-scale", 2, "--pag-layers", "down_blocks.9"],

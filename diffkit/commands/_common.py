@@ -13,7 +13,7 @@ try:
 except ImportError:  # Windows: no advisory locks
     fcntl = None
 
-from ..errors import DiffkitError, DiffkitWarning
+from ..errors import FLOAT32_MAX, DiffkitError, DiffkitWarning
 
 
 MAX_COUNT = 10**9
@@ -174,6 +174,9 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    if value > FLOAT32_MAX:  # a scale of 1e308 (--controlnet-scale) overflowed the float32 sampling to inf
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0 and at most {FLOAT32_MAX:.4g} "
+                                         f"(the sampling runs in float32)")
     return value
 
 
@@ -191,8 +194,9 @@ def lora_arg(text: str) -> tuple[str, float]:
             raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not a number; give FILE or FILE:SCALE "
                                              f"(e.g. adapter.safetensors:0.8; a FILE with a ':' in its name takes "
                                              f"an explicit :SCALE, {text + ':1'!r})") from None
-        if not math.isfinite(scale):
-            raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not allowed; give a finite number")
+        if not math.isfinite(scale) or abs(scale) > FLOAT32_MAX:  # 1e308: torch's float32 overflow traceback
+            raise argparse.ArgumentTypeError(f"{text!r}: scale {tail!r} is not allowed; give a finite number (at "
+                                             f"most {FLOAT32_MAX:.4g} in size: float32)")
     if path == "":
         raise argparse.ArgumentTypeError(f"{text!r} has an empty path; give FILE or FILE:SCALE")
     return path, scale

@@ -44,7 +44,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1); {checkpoint}"
-                           f" draws at the size it was trained at")
+                           f" works at the size it was trained at")
     if t2i_adapter:
         raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
                            f"instead")
@@ -53,3 +53,51 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0
                                   or value % multiple):
             raise DiffkitError(f"{name} {value} is not allowed; give a positive multiple of {multiple} ({why})")
+
+
+def add_edit_size_flags(parser) -> None:
+    """``diffkit edit --height H --width W``: the size the images (and ``--mask``) are resized to first."""
+    from ._common import positive_int
+    parser.add_argument("--height", type=positive_int, metavar="H",
+                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1): resize the images and --mask to height H "
+                             "first, as the pipelines' image / mask processors do with height=H (Lanczos; the mask "
+                             "then binarised; a multiple as diffkit sample's --height; default: the images' own)")
+    parser.add_argument("--width", type=positive_int, metavar="W", help="as --height, the width the images take")
+
+
+def edit_size(checkpoint, height: Optional[int], width: Optional[int], first_image) -> tuple:
+    """(height, width) the edit's images take: ``--height`` / ``--width`` (checked by :func:`check_image_size`),
+    the other side the first image's own (a multiple too, else one line asking for the flag)."""
+    from PIL import Image
+    with Image.open(first_image) as image:
+        own = {"--height": image.height, "--width": image.width}
+    multiple, why = size_multiple(checkpoint)
+    size = {"--height": height, "--width": width}
+    for flag, value in size.items():
+        if value is None:
+            if own[flag] % multiple:
+                raise DiffkitError(f"the images are {own['--width']}x{own['--height']}: their {flag[2:]} "
+                                   f"{own[flag]} is no multiple of {multiple} ({why}); give {flag} too")
+            size[flag] = own[flag]
+    return size["--height"], size["--width"]
+
+
+def resized_pngs(files, height: int, width: int, mask: bool = False):
+    """The PNGs ``files`` (1 x 3 or 1 x 1 each, stacked) resized to ``height`` x ``width`` as diffusers' edit
+    pipelines prepare ``image`` / ``mask_image`` given height and width (``VaeImageProcessor.preprocess``: Lanczos
+    on the PIL image, then [0, 1]): images RGB scaled to [-1, 1] (their ``image_processor``), masks grey and
+    binarised at 0.5 (their ``mask_processor``: ``do_binarize``, ``do_convert_grayscale``)."""
+    import torch
+    from PIL import Image
+
+    from ..interop import require
+    from ..metrics.features import load_image_batch
+    mode = "L" if mask else "RGB"
+    processor = require("diffusers").image_processor.VaeImageProcessor(
+        vae_scale_factor=1, do_normalize=not mask, do_binarize=mask, do_convert_grayscale=mask)
+    out = []
+    for path in files:  # as diffkit reads it (16-bit grey scaled to 8 bits), back to the PIL image's 0..255
+        pixels = ((load_image_batch([path], mode)[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+        image = Image.fromarray(pixels.numpy()[..., 0] if mask else pixels.numpy(), mode)
+        out.append(processor.preprocess(image, height=height, width=width).to(torch.float32))
+    return torch.cat(out)

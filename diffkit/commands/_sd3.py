@@ -113,7 +113,7 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
-    "guess_mode"}  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
+    "guess_mode", "height", "width"}  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention"} | {
     "true_cfg_scale"}  # and a FLUX folder's
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
@@ -161,7 +161,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options, sd3_prompt_options
-    from .edit import _prompt_request, read_mask, read_pngs
+    from .edit import _prompt_request, read_edit_inputs
 
     directory, kind, module = args.checkpoint, "FLUX" if flux else "SD3", flux_module if flux else sd3_module
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
@@ -182,8 +182,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                if value is not None}
     request = _prompt_request(args, info.name)
     check_prompt_encoding(request, directory)
-    images, files = read_pngs(args.images, "RGB")
-    mask = read_mask(args.mask, images) if args.mask else None
+    images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
     count = len(files)
     control = inpainting_controlnet = None
     if args.controlnets:  # FLUX: img2img / inpainting ControlNets; SD3: inpainting ControlNets, the images theirs

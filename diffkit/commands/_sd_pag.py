@@ -1,10 +1,13 @@
-"""``diffkit edit --pag-scale S [--pag-layers L,...] [--pag-adaptive-scale A]``: perturbed-attention guidance (Ahn et
-al. 2024) in img2img and inpainting of a Stable Diffusion / SD-XL folder, as diffusers' StableDiffusion(XL)PAGImg2Img /
-PAGInpaintPipeline: :func:`diffkit.interop.sd_pag.pag_request`'s wrapper over the folder's guided denoiser (the
-flags are ``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest` fields)."""
+"""``diffkit edit --pag-scale S [--pag-layers L,...] [--pag-adaptive-scale A] [--pag-interval T_LO T_HI]``:
+perturbed-attention guidance (Ahn et al. 2024) in img2img and inpainting of a Stable Diffusion / SD-XL folder, as
+diffusers' StableDiffusion(XL)PAGImg2Img / PAGInpaintPipeline: :func:`diffkit.interop.sd_pag.pag_request`'s wrapper
+over the folder's guided denoiser (the flags are ``diffkit sample``'s :class:`~diffkit.commands.sample.GuidanceRequest`
+fields; ``--pag-interval``, diffkit's own as in ``diffkit sample``: the perturbed pass only at the scheduler's
+timesteps T_LO <= t <= T_HI, :class:`~diffkit.guidance.PerturbedAttentionGuidance`'s interval, after Kynkaanniemi et
+al. 2024's guidance interval)."""
 from __future__ import annotations
 
-PAG_FLAGS = ("--pag-scale", "--pag-layers", "--pag-adaptive-scale")
+PAG_FLAGS = ("--pag-scale", "--pag-layers", "--pag-adaptive-scale", "--pag-interval")
 
 
 def add_edit_pag_flags(parser) -> None:
@@ -17,6 +20,9 @@ def add_edit_pag_flags(parser) -> None:
     parser.add_argument("--pag-adaptive-scale", type=float, metavar="A",
                         help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at the scheduler's "
                              "timestep t is max(S - A (1000 - t), 0); 0 = constant S")
+    parser.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
+                        help="with --pag-scale: perturbed-attention guidance only at the timesteps T_LO <= t <= T_HI "
+                             "(training timesteps, as diffkit sample's --pag-interval; not in diffusers)")
 
 
 def check_edit_pag_flags(args) -> None:
@@ -28,8 +34,8 @@ def check_edit_pag_flags(args) -> None:
     from ..interop.sd_pag import check_layer_names
     from ..interop.sd_xl import _index
     from ..interop.stable_diffusion import is_stable_diffusion_folder
-    given = [flag for flag, value in zip(PAG_FLAGS, (args.pag_scale, args.pag_layers, args.pag_adaptive_scale))
-             if value is not None]
+    given = [flag for flag, value in zip(PAG_FLAGS, (args.pag_scale, args.pag_layers, args.pag_adaptive_scale,
+                                                     args.pag_interval)) if value is not None]
     if not given:
         return
     if not is_stable_diffusion_folder(args.checkpoint) or (_index(args.checkpoint) or {}).get(
@@ -54,4 +60,5 @@ def edit_pag(request, sd, controlnets=None):
     if request is None or not request.pag_scale:
         return None
     from ..interop.sd_pag import pag_request
-    return pag_request(sd, request.pag_scale, request.pag_layers, request.pag_adaptive_scale, None, controlnets)
+    return pag_request(sd, request.pag_scale, request.pag_layers, request.pag_adaptive_scale, request.pag_interval,
+                       controlnets)

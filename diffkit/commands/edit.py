@@ -30,7 +30,8 @@ StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipel
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
 the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
-order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null).
+order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
+``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
 
 With ``--series FILE.csv|.npy`` (instead of ``--images``) a time-series checkpoint forecasts the next
 ``--horizon H`` rows after the file's rows, or, without ``--horizon``, imputes its empty / NaN cells
@@ -54,6 +55,7 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
 from ._common import add_freeu_flag, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
+from ._image_size import add_edit_size_flags
 
 
 def strength_value(text: str) -> float:
@@ -154,8 +156,9 @@ def register(sub) -> None:
                         "in --lora: default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/editing.md)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
-    add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale (Stable Diffusion / SD-XL folders)
+    add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
     add_freeu_flag(p)
+    add_edit_size_flags(p)  # --height, --width (diffusers folders: the images resized first)
     add_edit_refiner_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
@@ -185,13 +188,35 @@ def read_mask(path, images):
     """``--mask``: a grey PNG of the images' size as (1, 1, H, W) in [0, 1] (white = 1 = repaint); one line
     otherwise."""
     from ..errors import DiffkitError
-    if not Path(path).is_file():
-        raise DiffkitError(f"--mask {str(path)!r} does not exist; give a grey PNG, white = repaint")
-    mask = (read_pngs(Path(path), "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
+    mask = (read_pngs(mask_file(path), "L")[0] + 1) / 2  # [0, 255] -> [0, 1]
     if mask.shape[2:] != images.shape[2:]:
         raise DiffkitError(f"--mask is {mask.shape[3]}x{mask.shape[2]} but the images are "
                            f"{images.shape[3]}x{images.shape[2]}; give a mask of the images' size")
     return mask
+
+
+def mask_file(path) -> Path:
+    """``--mask``'s file; one line when it is not one."""
+    from ..errors import DiffkitError
+    if not Path(path).is_file():
+        raise DiffkitError(f"--mask {str(path)!r} does not exist; give a grey PNG, white = repaint")
+    return Path(path)
+
+
+def read_edit_inputs(args, mode: str = "RGB") -> tuple:
+    """(images, files, mask or None) of ``--images`` and ``--mask`` (:func:`read_pngs`, :func:`read_mask`); with
+    ``--height`` / ``--width`` (a diffusers folder) each resized to that size first, as the pipelines' image and
+    mask processors do (:func:`._image_size.resized_pngs`; the mask may then be of any size, as diffusers')."""
+    if args.height is None and args.width is None:
+        images, files = read_pngs(args.images, mode)
+        return images, files, read_mask(args.mask, images) if args.mask else None
+    from ._image_size import edit_size, resized_pngs
+    files = image_files(args.images)
+    from ..metrics.features import _check_same_size
+    _check_same_size(files)
+    size = edit_size(args.checkpoint, args.height, args.width, files[0])
+    mask = resized_pngs([mask_file(args.mask)], *size, mask=True) if args.mask else None
+    return resized_pngs(files, *size), files, mask
 
 
 def grid_options(args, info, spacing, final) -> dict:
@@ -221,6 +246,8 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ._image_size import check_image_size
+    check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
@@ -319,17 +346,16 @@ def run(args) -> int:
                            f"({unet['in_channels']} channels x {unet['seq_length']} steps): give --series CSV|NPY")
     if unet:
         check_image_model(unet, "diffkit edit --images")
+    channels = unet["in_channels"] if autoencoder is None else autoencoder.image_channels
+    images, files, mask = read_edit_inputs(args, "L" if channels == 1 else "RGB")
     if autoencoder is None:
-        channels, side = unet["in_channels"], unet["img_size"]
-        images, files = read_pngs(images_path, "L" if channels == 1 else "RGB")
+        side = unet["img_size"]
         if images.shape[1] != channels or images.shape[2:] != (side, side):
             raise DiffkitError(f"the images are {images.shape[3]}x{images.shape[2]} with {images.shape[1]} channel(s); "
                                f"the model makes {side}x{side} with {channels}; resize them first")
     else:
         from ..latent_editing import check_pixels
-        images, files = read_pngs(images_path, "L" if autoencoder.image_channels == 1 else "RGB")
         check_pixels(denoiser, autoencoder, images)
-    mask = read_mask(args.mask, images) if args.mask else None
     num_classes = unet.get("num_classes")
     if args.class_id is not None and num_classes is None:
         raise DiffkitError(f"--class needs a class-conditional checkpoint (trained with --conditional); this one is "
@@ -431,7 +457,8 @@ def _prompt_request(args, sampler: str):
                                max_sequence_length=args.max_sequence_length, true_cfg_scale=args.true_cfg_scale,
                                pag_scale=args.pag_scale,
                                pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
-                               pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True)
+                               pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True,
+                               pag_interval=tuple(args.pag_interval) if args.pag_interval else None)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request

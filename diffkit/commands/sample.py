@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import DiffkitError, DiffkitWarning, check_range, shorten
+from ..errors import DiffkitError, DiffkitWarning, check_float32, check_range, shorten
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
@@ -252,23 +252,24 @@ def run(args) -> int:
         raise DiffkitError(f"--thresholding {args.thresholding} needs --classifier-algorithm 2: algorithm 1's ddpm "
                            f"loop takes no sampler options")
     device = resolve_device(args.device)
-    new_dirs = []  # folders this command makes: removed again (if still empty) when it fails
-    for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)):
-        if path:  # a .png (never overwrite a checkpoint with an image)
+    outputs = [(flag, path) for flag, path in (("--out", args.out), ("--noise-out", args.noise_out)) if path]
+    # folders this command makes: removed again (if still empty) when it fails, a later check included (--out's
+    # folder stayed behind when --individual was a file)
+    new_dirs = [d for _, path in outputs for d in missing_dirs(Path(path).parent)]
+    new_dirs += missing_dirs(args.individual) if args.individual else []
+    with removed_if_empty_on_failure(new_dirs):
+        for flag, path in outputs:  # a .png (never overwrite a checkpoint with an image)
             if flag == "--out" and Path(path).suffix.lower() == ".npy":
                 png = str(Path(path).with_suffix(".png"))
                 raise DiffkitError(f"--out {path!r} must end in .png: an image model writes its grid there, a "
                                    f"time-series model its line plot and the series beside it as .npy (give --out "
                                    f"{png!r})")
-            new_dirs += missing_dirs(Path(path).parent)
             check_output_file(path, flag, ".png")
-    new_dirs += missing_dirs(args.individual) if args.individual else []
-    if args.individual:
-        from ..images import check_image_folder
-        check_writable_dir(args.individual)
-        if args.num is not None:  # (with the default count it is checked when the images are written)
-            check_image_folder(args.individual, args.num)  # before sampling, not after
-    with removed_if_empty_on_failure(new_dirs):
+        if args.individual:
+            from ..images import check_image_folder
+            check_writable_dir(args.individual)
+            if args.num is not None:  # (with the default count it is checked when the images are written)
+                check_image_folder(args.individual, args.num)  # before sampling, not after
         sample_to_files(checkpoint, sampler=info.name, steps=args.steps, nfe=args.nfe, num=args.num,
                         nrow=args.nrow, out=args.out, noise_out=args.noise_out, individual=args.individual,
                         seed=args.seed, device=str(device), use_ema=args.ema, batch_size=args.batch_size,
@@ -499,7 +500,7 @@ class GuidanceRequest:
                 if value is not None:
                     raise DiffkitError(f"{flag} needs --pag-scale S")
         else:
-            check_range("--pag-scale", self.pag_scale, 0.0, None)
+            check_float32("--pag-scale", check_range("--pag-scale", self.pag_scale, 0.0, None))
             if self.pag_adaptive_scale is not None:
                 check_range("--pag-adaptive-scale", self.pag_adaptive_scale, 0.0, None)
             from ..guidance import _checked_interval

@@ -129,6 +129,8 @@ def load_weights_pickle(path, flag: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; the user gets one line
         detail = first_line(err, 100)
+        if isinstance(err, KeyError):  # the legacy reader's bare "101" of a file that is no torch file at all
+            detail = f"no torch zip or pickle file (KeyError {detail})"
         marker = "WeightsUnpickler error:"  # a refused global: torch gives the reason after advice to load unsafely
         if marker in str(err):
             detail = str(err).split(marker, 1)[1].strip().split(". ")[0][:100]

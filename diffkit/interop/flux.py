@@ -50,7 +50,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_choice, read_json_object
+from ..errors import DiffkitError, check_choice, check_float32, read_json_object
 from . import model_dtype, require
 from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, finish_images, flow_sigmas_grid,
                            load_flow_parts, names_pipeline, pipeline_grid, start_latents)
@@ -219,6 +219,7 @@ class Flux(FlowLatentVAE):
                 or not math.isfinite(guidance_scale):
             raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (the "
                                f"embedded guidance, FLUX.1-dev's default {FLUX_PIPELINE_GUIDANCE})")
+        check_float32("guidance_scale", guidance_scale)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                        prompts_2=None) -> tuple:
@@ -253,6 +254,7 @@ class Flux(FlowLatentVAE):
         if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
                 or not math.isfinite(true_cfg_scale):
             raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} is not allowed; give a number (> 1: true CFG)")
+        check_float32("true_cfg_scale", true_cfg_scale)
         if (true_cfg_scale > 1) != (negative_prompt is not None):
             raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} with negative_prompt={negative_prompt!r} is not "
                                f"allowed: true CFG takes both (true_cfg_scale > 1 and a negative prompt, '' for the "

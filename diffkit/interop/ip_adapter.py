@@ -96,6 +96,9 @@ def read_ip_adapter(path) -> dict:
     if not isinstance(state, dict):
         raise DiffkitError(f"{FLAG} {path} holds a {type(state).__name__}; allowed: an IP-Adapter state dict")
     ip_adapter_kind(state, f"{FLAG} {path}")
+    from ..lora_files import check_finite_tensors
+    for part in ("image_proj", "ip_adapter"):
+        check_finite_tensors(path, {f"{part}.{key}": value for key, value in state[part].items()}, FLAG)
     return state
 
 

@@ -88,7 +88,8 @@ def _read(path) -> tuple[dict, dict]:
                            f"folder takes diffusers or kohya LoRA files")
     if not tensors:
         raise DiffkitError(f"--lora {path} holds no tensors")
-    return tensors, meta
+    from ..lora_files import check_finite_tensors
+    return check_finite_tensors(path, tensors), meta
 
 
 def _check_alpha(value, what: str) -> float:

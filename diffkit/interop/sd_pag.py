@@ -45,7 +45,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_range
+from ..errors import DiffkitError, check_float32, check_range
 from . import require
 
 DEFAULT_LAYERS = ("mid",)  # StableDiffusionPAGPipeline / StableDiffusionXLPAGPipeline(pag_applied_layers="mid")
@@ -159,7 +159,7 @@ def pag_request(sd, scale: Optional[float], layers=None, adaptive_scale: Optiona
             raise DiffkitError(f"{given[0][0]}={given[0][1]!r} needs pag_scale (perturbed-attention guidance)")
         check_range("pag_scale", scale or 0.0, 0.0, None)
         return None
-    scale = float(check_range("pag_scale", scale, 0.0, None))
+    scale = float(check_float32("pag_scale", check_range("pag_scale", scale, 0.0, None)))
     adaptive_scale = float(check_range("pag_adaptive_scale", adaptive_scale or 0.0, 0.0, None))
     names = check_layer_names(layers)
     if sd.guidance_embedding_dim:

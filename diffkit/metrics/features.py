@@ -68,6 +68,8 @@ def load_image_batch(files: Sequence[Path], mode: str) -> torch.Tensor:
         try:
             with _open_image(path) as image:
                 array = image_pixels(image, mode)
+        except DiffkitError:  # _open_image's own line (a ValueError too): not wrapped twice
+            raise
         except (OSError, ValueError) as err:  # not an image, truncated (PIL's UnidentifiedImageError is an OSError)
             raise DiffkitError(f"image {str(path)!r} cannot be read: {first_line(err)}") from None
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
