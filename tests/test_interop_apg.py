@@ -195,3 +195,27 @@ def test_apg_is_refused_for_a_flux_folder_even_at_zero(flag, tmp_path):
         sample_flux(tmp_path / "no_such_folder", guidance=GuidanceRequest(prompts=["a cat"], guidance_scale=3.0,
                                                                            **{flag: value}))
     assert "\n" not in str(err.value)
+
+
+def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(folders, tmp_path, capsys, monkeypatch):
+    """An LCM UNet with a guidance input (time_cond_proj_dim) has no null pass to project: one line in the library
+    and, from the folder's JSON before any weight is read, on the command line."""
+    import json
+    import shutil
+    from diffkit.cli import main
+    folder, sd, text_to_image = folders["sd"]
+    lcm = tmp_path / "lcm"
+    shutil.copytree(folder, lcm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    (lcm / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        **json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), "_class_name": "LCMScheduler"}))
+    (lcm / "unet" / "config.json").write_text(json.dumps({
+        **json.loads((folder / "unet" / "config.json").read_text()), "time_cond_proj_dim": 8}))
+    out = tmp_path / "new" / "s.png"
+    assert main(["sample", "--checkpoint", str(lcm), "--prompt", "a cat", "--guidance-scale", "3", "--apg-momentum",
+                 "-0.5", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--apg-momentum is an option of classifier-free guidance; this LCM" in err[0], err
+    assert not out.parent.exists()
+    monkeypatch.setattr(type(sd), "guidance_embedding_dim", property(lambda self: 8))
+    with pytest.raises(DiffkitError, match=r"apg_eta=0\.0 is not allowed: this LCM UNet takes the guidance weight"):
+        text_to_image(sd, PROMPTS, steps=1, guidance_scale=3.0, apg_eta=0.0)
