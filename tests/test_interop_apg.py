@@ -27,23 +27,31 @@ PROMPTS = ["a photo of a cat", "hot"]
 APG = {"apg_eta": 0.25, "apg_norm_threshold": 0.5, "apg_momentum": -0.5}
 
 
+class _Folders(dict):
+    """{kind: (folder, loaded model, text_to_image)} of a tiny random SD 1.x, SD-XL or SD3 (no T5) folder, each
+    written and loaded on first use."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, kind):
+        build = {"sd": tiny_sd_pipeline, "xl": tiny_sd_xl_pipeline,
+                 "sd3": lambda r: tiny_sd3_pipeline(r, with_t5=False)}[kind]
+        (self.root / kind).mkdir()
+        folder = self.root / kind / "folder"
+        build(self.root / kind).save_pretrained(folder)
+        if kind == "sd3":
+            self[kind] = (folder, sd3_module.load_sd3(folder, progress=False), sd3_module.text_to_image)
+        else:
+            self[kind] = (folder, stable_diffusion.load_stable_diffusion(folder, progress=False),
+                          stable_diffusion.text_to_image)
+        return self[kind]
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """{kind: (folder, loaded model, text_to_image)} of a tiny random SD 1.x, SD-XL and SD3 (no T5) folder."""
-    root = tmp_path_factory.mktemp("apg_folders")
-    out = {}
-    for kind, build in (("sd", tiny_sd_pipeline), ("xl", tiny_sd_xl_pipeline),
-                        ("sd3", lambda r: tiny_sd3_pipeline(r, with_t5=False))):
-        (root / kind).mkdir()
-        build(root / kind).save_pretrained(root / kind / "folder")
-        if kind == "sd3":
-            out[kind] = (root / kind / "folder", sd3_module.load_sd3(root / kind / "folder", progress=False),
-                         sd3_module.text_to_image)
-        else:
-            out[kind] = (root / kind / "folder", stable_diffusion.load_stable_diffusion(root / kind / "folder",
-                                                                                          progress=False),
-                         stable_diffusion.text_to_image)
-    return out
+    return _Folders(tmp_path_factory.mktemp("apg_folders"))
 
 
 def _latents(model, seed=7):
@@ -174,7 +182,7 @@ def test_cli_apg_mistakes_on_folders_are_one_line_errors_before_any_output(folde
     out = tmp_path / "new" / "s.png"
     for extra, message in (
             ([folders["sd"][0], "--guidance-scale", "5", "--apg-eta", "2"], "--apg-eta"),
-            ([folders["sd3"][0], "--apg-momentum", "-0.5"], "--apg-momentum needs --guidance-scale"),
+            ([folders["sd"][0], "--apg-momentum", "-0.5"], "--apg-momentum needs --guidance-scale"),
             ([folders["xl"][0], "--guidance-scale", "5", "--apg-eta", "0", "--refiner", folders["xl"][0]],
              "--apg-eta with --refiner is not supported")):
         code = main(["sample", "--checkpoint", str(extra[0]), *map(str, extra[1:]), "--prompt", "a cat", "--steps",

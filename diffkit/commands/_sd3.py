@@ -15,8 +15,8 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (sample), --mask (edit), --lora, --steps / "
-                  "--nfe, --sampler and its grid options",
+                  "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (sample), --mask (edit), "
+                  "--lora, --steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet (sample), --mask, --strength, "
                   "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
