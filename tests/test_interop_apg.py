@@ -54,6 +54,14 @@ def folders(tmp_path_factory):
     return _Folders(tmp_path_factory.mktemp("apg_folders"))
 
 
+@pytest.fixture(autouse=True)
+def _built(request, folders):
+    """The folder of a test's ``kind`` parameter, written in its setup (not in its timed call)."""
+    kind = request.node.callspec.params.get("kind") if hasattr(request.node, "callspec") else None
+    if kind is not None:
+        folders[kind]
+
+
 def _latents(model, seed=7):
     return torch.randn(model.latent_shape(len(PROMPTS)), generator=torch.Generator().manual_seed(seed))
 
@@ -131,36 +139,23 @@ def test_diffkit_apg_update_and_momentum_are_diffusers_guider_on_random_tensors(
         assert (ours - guider.forward(pred_cond=c, pred_uncond=u).pred).abs().max() <= 1e-12
 
 
-def test_sample_command_takes_the_apg_flags_on_an_sd3_folder(folders, tmp_path, capsys):
-    """`diffkit sample --checkpoint SD3_FOLDER --apg-eta 0 --apg-momentum -0.5`: the grid of text_to_image with those
-    settings, byte for byte."""
+@pytest.mark.parametrize("kind", ["sd", "sd3"])
+def test_sample_command_takes_the_apg_flags(kind, folders, tmp_path, capsys):
+    """`diffkit sample --checkpoint FOLDER --guidance-scale ... --apg-*`: the grid of text_to_image with those
+    settings, byte for byte (SD: the seed convention, w = 5; SD3: diffusers', s = 4)."""
     from diffkit.cli import main
     from diffkit.images import save_grid
-    folder, sd3, _ = folders["sd3"]
-    out = tmp_path / "apg.png"
-    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
-                 "--seed", "5", "--guidance-scale", "4", "--guidance-convention", "diffusers", "--apg-eta", "0",
-                 "--apg-momentum", "-0.5", "--out", str(out), "--no-progress"]) == 0
-    with torch.no_grad():
-        images = sd3_module.text_to_image(sd3, PROMPTS[:1], steps=2, seed=5, guidance_scale=4.0, apg_eta=0.0,
-                                          apg_momentum=-0.5, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 8)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    capsys.readouterr()
-
-
-def test_sample_command_takes_the_apg_flags_on_an_sd_folder(folders, tmp_path, capsys):
-    from diffkit.cli import main
-    from diffkit.images import save_grid
-    folder, sd, _ = folders["sd"]
+    folder, model, text_to_image = folders[kind]
+    flags, apg = ((["--guidance-scale", "5", "--apg-eta", "0.5", "--apg-norm-threshold", "2"],
+                   {"guidance_scale": 5.0, "convention": "seed", "apg_eta": 0.5, "apg_norm_threshold": 2.0})
+                  if kind == "sd" else
+                  (["--guidance-scale", "4", "--guidance-convention", "diffusers", "--apg-eta", "0", "--apg-momentum",
+                    "-0.5"], {"guidance_scale": 4.0, "apg_eta": 0.0, "apg_momentum": -0.5}))
     out = tmp_path / "apg.png"
     assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[1], "--num", "1", "--steps", "2",
-                 "--seed", "5", "--guidance-scale", "5", "--apg-eta", "0.5", "--apg-norm-threshold", "2",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--seed", "5", *flags, "--out", str(out), "--no-progress"]) == 0
     with torch.no_grad():
-        images = stable_diffusion.text_to_image(sd, PROMPTS[1:], steps=2, seed=5, guidance_scale=5.0,
-                                                convention="seed", apg_eta=0.5, apg_norm_threshold=2.0,
-                                                output_range="-1,1")
+        images = text_to_image(model, PROMPTS[1:], steps=2, seed=5, output_range="-1,1", **apg)
     save_grid(images, tmp_path / "expected.png", 8)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     capsys.readouterr()
@@ -177,12 +172,13 @@ def test_bad_apg_values_are_one_line_errors_in_the_library(kind, folders, kwargs
     assert "\n" not in str(err.value)
 
 
-def test_cli_apg_mistakes_on_folders_are_one_line_errors_before_any_output(folders, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["xl"])
+def test_cli_apg_mistakes_on_folders_are_one_line_errors_before_any_output(kind, folders, tmp_path, capsys):
     from diffkit.cli import main
     out = tmp_path / "new" / "s.png"
     for extra, message in (
-            ([folders["sd"][0], "--guidance-scale", "5", "--apg-eta", "2"], "--apg-eta"),
-            ([folders["sd"][0], "--apg-momentum", "-0.5"], "--apg-momentum needs --guidance-scale"),
+            ([folders["xl"][0], "--guidance-scale", "5", "--apg-eta", "2"], "--apg-eta"),
+            ([folders["xl"][0], "--apg-momentum", "-0.5"], "--apg-momentum needs --guidance-scale"),
             ([folders["xl"][0], "--guidance-scale", "5", "--apg-eta", "0", "--refiner", folders["xl"][0]],
              "--apg-eta with --refiner is not supported")):
         code = main(["sample", "--checkpoint", str(extra[0]), *map(str, extra[1:]), "--prompt", "a cat", "--steps",
@@ -205,7 +201,8 @@ def test_apg_is_refused_for_a_flux_folder_even_at_zero(flag, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(folders, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["sd"])
+def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(kind, folders, tmp_path, capsys, monkeypatch):
     """An LCM UNet with a guidance input (time_cond_proj_dim) has no null pass to project: one line in the library
     and, from the folder's JSON before any weight is read, on the command line."""
     import json
@@ -227,3 +224,20 @@ def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(folders, tmp_p
     monkeypatch.setattr(type(sd), "guidance_embedding_dim", property(lambda self: 8))
     with pytest.raises(DiffkitError, match=r"apg_eta=0\.0 is not allowed: this LCM UNet takes the guidance weight"):
         text_to_image(sd, PROMPTS, steps=1, guidance_scale=3.0, apg_eta=0.0)
+
+
+@pytest.mark.parametrize("kind, perturbed", [("sd", {"pag_scale": 2.0}),
+                                             ("sd3", {"skip_guidance_layers": [0], "skip_layer_guidance_stop": 0.9})])
+def test_apg_under_pag_and_skip_layer_guidance(kind, perturbed, folders, monkeypatch):
+    """PAG (SD) / SLG (SD3) over the APG guidance: one batched call of 3 halves, the perturbed term added after the
+    APG one (its formula: tests/test_apg.py); APG off is the perturbed run bit for bit, on it changes it."""
+    plain = _run(kind, folders, **perturbed)
+    assert torch.equal(_run(kind, folders, **perturbed, apg_eta=1.0), plain)
+    seen, guide_call = [], ClassifierFreeGuidance._guide
+
+    def recording(self, x, t, y, cond, perturbed=None):
+        seen.append((self.apg_eta, self.apg_momentum, perturbed is not None))
+        return guide_call(self, x, t, y, cond, perturbed)
+    monkeypatch.setattr(ClassifierFreeGuidance, "_guide", recording)
+    assert (_run(kind, folders, **perturbed, apg_eta=0.0, apg_momentum=-0.5) - plain).abs().max() > 1e-3
+    assert (0.0, -0.5, True) in seen
