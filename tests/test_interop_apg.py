@@ -241,3 +241,18 @@ def test_apg_under_pag_and_skip_layer_guidance(kind, perturbed, folders, monkeyp
     monkeypatch.setattr(ClassifierFreeGuidance, "_guide", recording)
     assert (_run(kind, folders, **perturbed, apg_eta=0.0, apg_momentum=-0.5) - plain).abs().max() > 1e-3
     assert (0.0, -0.5, True) in seen
+
+
+@pytest.mark.parametrize("kind", ["sd"])
+def test_diffkit_edit_still_refuses_apg_on_a_folder_and_says_where_it_applies(kind, folders, tmp_path, capsys):
+    from PIL import Image
+    from diffkit.cli import main
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "a.png")
+    assert main(["edit", "--checkpoint", str(folders[kind][0]), "--images", str(tmp_path / "images"), "--prompt",
+                 "a cat", "--guidance-scale", "5", "--apg-eta", "0", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["diffkit edit: error: --apg-eta is not available for a Stable Diffusion folder in diffkit edit; "
+                   "diffkit sample takes it (adaptive projected guidance of text_to_image)"], err
+    assert not (tmp_path / "out").exists()
