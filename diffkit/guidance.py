@@ -483,6 +483,18 @@ def check_apg(eta: float = 1.0, norm_threshold: float = math.inf, momentum: floa
             float(check_range(names[2], momentum, -1.0, 1.0, low_inclusive=False, high_inclusive=False)))
 
 
+def apg_options(eta: float = 1.0, norm_threshold: float = math.inf, momentum: float = 0.0,
+                names: Sequence[str] = APG_NAMES) -> dict:
+    """The APG keyword arguments of :class:`ClassifierFreeGuidance` for a guidance built elsewhere (a diffusers
+    folder's ``text_to_image``), checked by :func:`check_apg` before any work: {} for the defaults (plain
+    classifier-free guidance, the APG code does not run), else ``apg_eta`` / ``apg_norm_threshold`` /
+    ``apg_momentum``."""
+    values = check_apg(eta, norm_threshold, momentum, names)
+    if values == (1.0, math.inf, 0.0):
+        return {}
+    return dict(zip(("apg_eta", "apg_norm_threshold", "apg_momentum"), values))
+
+
 def adaptive_projected_update(diff: torch.Tensor, x0_cond: torch.Tensor, eta: float = 1.0,
                               norm_threshold: float = math.inf) -> torch.Tensor:
     """The update of adaptive projected guidance (Sadat, Hilliges & Weber 2025, Sec. 4, Alg. 1), per

@@ -41,7 +41,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     flags["--refiner"] = options.pop("refiner", None)
     flags["--thresholding"] = options.get("thresholding")
     flags.update({flag: getattr(guidance, name) for name, flag in _REFUSED_GUIDANCE.items()})
-    given = [flag for flag, value in flags.items() if value is not None and value is not False and value != 0.0]
+    given = [flag for flag, value in flags.items() if value is not None and value is not False
+             and (value != 0.0 or flag.startswith("--apg-"))]  # --apg-eta 0 is APG's (0: --guidance-rescale off)
     if given:
         raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt (-2), "
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "

@@ -15,8 +15,8 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --slg-layers (sample), --controlnet (edit: with --mask), --mask (edit), --lora, "
-                  "--steps / --nfe, --sampler and its grid options",
+                  "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (edit: with --mask), "
+                  "--mask (edit), --lora, --steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet, --mask, --strength, "
                   "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
@@ -62,8 +62,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
                   "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
                   "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
-                  "--apg-eta": guidance.apg_eta, "--apg-norm-threshold": guidance.apg_norm_threshold,
-                  "--apg-momentum": guidance.apg_momentum, "--thresholding": options.get("thresholding")})
+                  "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
@@ -96,6 +95,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, **grid, **how, **(guidance.slg or {}), **control,
+                             **guidance.apg_options(),
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(

@@ -473,13 +473,16 @@ def _stable_diffusion(args, device):
     from .sample import not_for_stable_diffusion
     for flag, value in (("--class", args.class_id), ("--no-ema", None if args.ema else True),
                         ("--guidance-interval", args.guidance_interval),  # as diffkit sample refuses them
-                        ("--apg-eta", args.apg_eta), ("--apg-norm-threshold", args.apg_norm_threshold),
-                        ("--apg-momentum", args.apg_momentum),
                         ("--mixed-precision", None if args.mixed_precision == "no" else args.mixed_precision),
                         ("--compile", None if args.compile == "no" else args.compile),
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
+    for flag, value in (("--apg-eta", args.apg_eta), ("--apg-norm-threshold", args.apg_norm_threshold),
+                        ("--apg-momentum", args.apg_momentum)):
+        if value is not None:  # diffkit sample's text_to_image takes them (docs/interop.md); the edits do not
+            raise DiffkitError(f"{flag} is not available for a Stable Diffusion folder in diffkit edit; diffkit "
+                               f"sample takes it (adaptive projected guidance of text_to_image)")
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")

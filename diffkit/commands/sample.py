@@ -396,9 +396,6 @@ class GuidanceRequest:
             self.check_w_input((peek_checkpoint(checkpoint) or {}).get("unet"))
         if self.pag_scale is not None:
             self.check_pag_model(checkpoint)
-        if self.apg_options() and is_stable_diffusion_folder(checkpoint):
-            raise not_for_stable_diffusion(next(flag for flag, value, _ in self.classifier_free_only()[2:]
-                                                if value is not None))
         if self.clip_prompt is None:
             return
         if is_stable_diffusion_folder(checkpoint):
@@ -961,9 +958,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                            f"prompt)")
     for flag, value in (("--class", guidance.classes), ("--classifier", guidance.classifier),
                         ("--guidance-interval", guidance.interval), ("--clip-guidance", guidance.clip_prompt),
-                        ("--thresholding", options.get("thresholding")),  # its latents are not in [-1, 1]
-                        *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta, guidance.apg_norm_threshold,
-                                                         guidance.apg_momentum))):
+                        ("--thresholding", options.get("thresholding"))):  # its latents are not in [-1, 1]
         if value is not None and value is not False:
             raise not_for_stable_diffusion(flag)
     if guidance.pag_scale:  # diffusers' names, their form before loading (matched once loaded: .interop.sd_pag)
@@ -974,7 +969,10 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     w_input = folder_guidance_input(directory) if lcm else 0  # else the loader refuses it
     cfg_only = [flag for flag, value in (("--guidance-rescale", guidance.rescale),
                                          ("--negative-prompt", guidance.negative_prompt is not None),
-                                         ("--negative-prompt-2", guidance.negative_prompt_2 is not None)) if value]
+                                         ("--negative-prompt-2", guidance.negative_prompt_2 is not None),
+                                         *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta is not None,
+                                                                          guidance.apg_norm_threshold is not None,
+                                                                          guidance.apg_momentum is not None))) if value]
     if w_input and cfg_only:  # before loading the weights
         raise DiffkitError(f"{cfg_only[0]} is an option of classifier-free guidance; this LCM folder's UNet takes "
                            f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
@@ -985,9 +983,11 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ..interop.sd_pag import pag_request
     pag_request(sd, guidance.pag_scale, guidance.pag_layers, guidance.pag_adaptive_scale, guidance.pag_interval,
                 control)  # one line before the ControlNets load or anything is drawn
-    if guidance.pag_scale and refiner is not None:
-        raise DiffkitError("--pag-scale with --refiner is not supported (the refiner's half would run without it); "
-                           "drop one of them")
+    for flag, value in (("--pag-scale", guidance.pag_scale or None), *zip(GuidanceRequest.APG_FLAGS, (
+            guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))):
+        if value is not None and refiner is not None:
+            raise DiffkitError(f"{flag} with --refiner is not supported (the refiner's half would run without it); "
+                               f"drop one of them")
     controlnet = None if control is None else control.load(device, sd.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd.dtype, progress)
     refined = None if refiner is None else refiner.load(device, progress)
@@ -1019,7 +1019,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                           ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
-                          **pag, **handover, **how)
+                          **pag, **handover, **guidance.apg_options(), **how)
         if alone:
             return z
         guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,

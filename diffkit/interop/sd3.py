@@ -40,6 +40,7 @@ is called.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -180,11 +181,12 @@ class StableDiffusion3(FlowLatentVAE):
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = SD3_PIPELINE_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                         clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None, negative_prompt_2=None,
-                        negative_prompt_3=None) -> tuple:
+                        negative_prompt_3=None, apg: Optional[dict] = None) -> tuple:
         """(denoiser, cond): the prompts' context and pooled text, guided (classifier-free, the pipeline's
         formula) against ``negative_prompt`` (None: ""; one, or one per prompt; encoded without
         ``clip_skip``, as the pipeline's null half; ``negative_prompt_2`` / ``_3``: the second / third
-        encoder's, default ``negative_prompt``)."""
+        encoder's, default ``negative_prompt``). ``apg``: adaptive projected guidance's keyword arguments of the
+        guidance (:func:`~diffkit.guidance.apg_options`)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         context, pooled = self.encode_prompts(prompts, max_sequence_length, clip_skip, prompts_2, prompts_3)
@@ -197,7 +199,7 @@ class StableDiffusion3(FlowLatentVAE):
             negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
         null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, None, *negatives[1:])
         guided = ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_context=null_context,
-                                        null_cond={"pooled": null_pooled})
+                                        null_cond={"pooled": null_pooled}, **(apg or {}))
         return guided, cond
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
@@ -305,7 +307,9 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  control_mask: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+                  control_mask: Optional[torch.Tensor] = None,
+                  apg_eta: float = 1.0, apg_norm_threshold: float = math.inf, apg_momentum: float = 0.0,
+                  **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
 
     sampler / grid: both None (the default): the pipeline's own loop, flow Euler (``ddim``, eta 0) on the
@@ -330,11 +334,16 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         ``control_mask`` (1 or B, 1, H, W) at the output size, 1 = repaint: inpainting ControlNets, as
         StableDiffusion3ControlNetInpaintingPipeline's ``control_mask`` (the control images are the images to
         inpaint; :mod:`.sd3_controlnet`).
+    apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
+        predicted x_0 = x - s u, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the
+        defaults: the pipeline's classifier-free guidance; with skip-layer guidance added after it, as PAG).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
+    from ..guidance import apg_options
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS, sd3.scheduler_grid)
@@ -349,7 +358,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
 
     def guide(model):
         return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                     prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+                                     prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg)
     if controlnet is None:
         denoiser, cond = guide(sd3)
     else:

@@ -188,7 +188,8 @@ class StableDiffusionXL(StableDiffusion):
 
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
                         guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
-                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None) -> tuple:
+                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None,
+                        apg: Optional[dict] = None) -> tuple:
         """(denoiser, cond) of :func:`~.stable_diffusion.text_to_image` for SD-XL: cond holds
         ``context``, ``text_embeds`` and ``time_ids`` (and the labels marking the conditional half);
         the guided denoiser holds the null half's (see the module docstring). ``micro_conditioning``:
@@ -198,7 +199,7 @@ class StableDiffusionXL(StableDiffusion):
         instead of the target sizes (:meth:`aesthetic_time_ids`; the null half: ``negative_original_size``,
         default original_size, and ``negative_crops_coords_top_left``, default (0, 0), as the img2img pipeline).
         ``clip_skip`` (the prompts only), ``prompt_2``, ``negative_prompt_2`` (not on a refiner: its one encoder
-        gets the prompts): :mod:`.sd_prompts`."""
+        gets the prompts): :mod:`.sd_prompts`. ``apg``: as the base class's."""
         from .sd_prompts import refuse_second_prompts, second_prompts
         if self.text_encoder is None:
             refuse_second_prompts(prompt_2, negative_prompt_2)
@@ -210,7 +211,7 @@ class StableDiffusionXL(StableDiffusion):
         micro = {key: value for key, value in micro.items() if value is not None}  # None: the default, as the pipeline
         ids, null_ids = self._time_id_pair(micro, tuple(image_size))
         weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale,
-                                              negative_prompt_2)
+                                              negative_prompt_2, apg)
         context, pooled = self.encode_prompts_xl(prompts, prompt_2, clip_skip)
         if negative_prompt is None and self.force_zeros_for_empty_prompt:  # the pipeline's zero_out_negative_prompt
             _zeroed_null_half(negative_prompt_2)
@@ -223,7 +224,7 @@ class StableDiffusionXL(StableDiffusion):
             # encodes the null half from hidden_states[-2] whatever clip_skip
         denoiser = weighted if weighted is not None else self.guided(  # weighted: an LCM UNet's w input
             guidance_scale, {"context": null_context, "text_embeds": null_pooled, "time_ids": null_ids[None]},
-            convention, rescale=guidance_rescale)
+            convention, rescale=guidance_rescale, **(apg or {}))
         batch = context.shape[0]
         return denoiser, {**self.cond(context), "text_embeds": pooled, "time_ids": ids.expand(batch, -1)}
 

@@ -25,6 +25,7 @@ Perturbed-attention guidance (``text_to_image(pag_scale=...)``, StableDiffusionP
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -32,7 +33,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..errors import DiffkitError, check_choice, read_json_object
-from ..guidance import ClassifierFreeGuidance, GuidanceScaleInput
+from ..guidance import ClassifierFreeGuidance, GuidanceScaleInput, apg_options
 from ..schedule import NoiseSchedule
 from . import from_pretrained, library_progress_bars, require
 from .denoiser import diffusers_denoiser
@@ -178,20 +179,20 @@ class StableDiffusion:
         return GuidanceScaleInput(self.denoiser, guidance_scale, convention)
 
     def weight_input_guidance(self, guidance_scale: float, convention: str, negative_prompt=None,
-                              guidance_rescale: float = 0.0, negative_prompt_2=None):
+                              guidance_rescale: float = 0.0, negative_prompt_2=None, apg: Optional[dict] = None):
         """:meth:`with_weight` for a UNet with a guidance input (``time_cond_proj_dim``), as diffusers'
         pipelines (LatentConsistencyModelPipeline, StableDiffusionXLPipeline) embed ``guidance_scale - 1`` as
         ``timestep_cond`` with no classifier-free pass, so a ``negative_prompt`` or ``guidance_rescale`` is
-        refused in one line (SD-XL's ``negative_prompt_2`` too); ``None`` for a UNet without one (classifier-free
-        guidance: :meth:`guided`)."""
+        refused in one line (SD-XL's ``negative_prompt_2`` too, and ``apg``'s settings); ``None`` for a UNet without
+        one (classifier-free guidance: :meth:`guided`)."""
         if not self.guidance_embedding_dim:
             return None
         for name, value in (("negative_prompt", negative_prompt), ("guidance_rescale", guidance_rescale or None),
-                            ("negative_prompt_2", negative_prompt_2)):
+                            ("negative_prompt_2", negative_prompt_2), *(apg or {}).items()):
             if value is not None:
                 raise DiffkitError(f"{name}={value!r} is not allowed: this LCM UNet takes the guidance weight as "
                                    f"its input (time_cond_proj_dim={self.guidance_embedding_dim}), with no "
-                                   f"classifier-free pass to rescale or to give a negative prompt")
+                                   f"classifier-free pass to rescale, project or to give a negative prompt")
         return self.with_weight(guidance_scale, convention)
 
     @staticmethod
@@ -218,9 +219,12 @@ class StableDiffusion:
 
     def prompt_guidance(self, prompts: list, negative_prompt, guidance_scale: float, convention: str,
                         guidance_rescale: float, image_size: tuple = None, micro_conditioning=None,
-                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None) -> tuple:
+                        clip_skip: Optional[int] = None, prompt_2=None, negative_prompt_2=None,
+                        apg: Optional[dict] = None) -> tuple:
         """(denoiser, cond) of :func:`text_to_image`: the prompts' embeddings (``clip_skip``: :mod:`.sd_prompts`),
         guided against the empty or negative prompt (or, for an LCM UNet with a guidance input, w as that input).
+        ``apg``: adaptive projected guidance's keyword arguments of the guidance
+        (:func:`~diffkit.guidance.apg_options`; refused for a guidance input).
         ``image_size``, ``micro_conditioning``, ``prompt_2`` and ``negative_prompt_2`` are SD-XL's (:mod:`.sd_xl`);
         SD 1.x/2.x has no such input."""
         from .sd_prompts import refuse_second_prompts
@@ -229,11 +233,12 @@ class StableDiffusion:
                                f"conditioning; this Stable Diffusion UNet is conditioned on the text encoder alone")
         refuse_second_prompts(prompt_2, negative_prompt_2)
         context = self.encode_prompts(prompts, clip_skip)
-        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale)
+        weighted = self.weight_input_guidance(guidance_scale, convention, negative_prompt, guidance_rescale, apg=apg)
         if weighted is not None:  # LCM: w is the network's input (LatentConsistencyModelPipeline)
             return weighted, {"context": context}
         negatives = negative_prompts(negative_prompt, len(prompts))
-        denoiser = self.guided(guidance_scale, self.encode_prompts(negatives), convention, rescale=guidance_rescale)
+        denoiser = self.guided(guidance_scale, self.encode_prompts(negatives), convention, rescale=guidance_rescale,
+                               **(apg or {}))
         cond = self.cond(context)
         return denoiser, cond
 
@@ -437,7 +442,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   prompt_2: Union[None, str, Sequence[str]] = None,
                   negative_prompt_2: Union[None, str, Sequence[str]] = None, pag_scale: Optional[float] = None,
                   pag_layers=None, pag_adaptive_scale: Optional[float] = None, pag_interval=None,
-                  t2i_adapter=None, **options) -> torch.Tensor:
+                  t2i_adapter=None, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
+                  apg_momentum: float = 0.0, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -481,9 +487,13 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     t2i_adapter: a :class:`~diffkit.interop.t2i_adapter.T2IAdapters`: their features of the control images added
         to the UNet's down blocks (StableDiffusion(XL)AdapterPipeline); height x width default to the control image's
         size (not with ``controlnet``, ``ip_adapter``, PAG, LCM / TCD; :mod:`.t2i_adapter`).
+    apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
+        predicted x_0, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the defaults: plain
+        classifier-free guidance; with PAG over it as there; not for an LCM UNet with a guidance input).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``spacing``, ``final``).
     """
     from ..models.freeu import freeu_enabled, parse_freeu
+    apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
     from ..sampling import sample
     from ..samplers.registry import CONSISTENCY_SAMPLERS
     from .lcm import LCM_STEPS
@@ -532,7 +542,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     denoiser, cond = sd.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                         image_size=_image_size(sd, latents, height, width),
                                         micro_conditioning=micro_conditioning, clip_skip=clip_skip,
-                                        prompt_2=prompt_2, negative_prompt_2=negative_prompt_2)
+                                        prompt_2=prompt_2, negative_prompt_2=negative_prompt_2, apg=apg)
     if perturbed is not None:  # PAG directly over the classifier-free guidance: one call of 3 halves (.sd_pag)
         denoiser = perturbed(denoiser)
     if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
