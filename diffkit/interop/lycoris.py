@@ -1,5 +1,6 @@
-"""LyCORIS LoHa / LoKr weight deltas and DoRA's weight decomposition, merged into a layer's weight
-(the adapters of Stable Diffusion LoRA files that are not plain LoRA; :mod:`diffkit.interop.sd_lora` reads them).
+"""LyCORIS LoHa / LoKr / LoCon-Tucker / (IA)^3 weight deltas and DoRA's weight decomposition, merged into a
+layer's weight (the adapters of Stable Diffusion LoRA files that are not plain LoRA; :mod:`diffkit.interop.sd_lora`
+reads them).
 
 LoHa and LoKr (Yeh et al. 2023, "Navigating Text-To-Image Customization: From LyCORIS Fine-Tuning to Model
 Evaluation", Sec. 3) replace LoRA's B A by a Hadamard or a Kronecker product of small factors:
@@ -19,6 +20,23 @@ r is LoHa's A1 rows; LoKr's is W2's ``lokr_w2_b`` rows, else W1's ``lokr_w1_b`` 
 both full matrices has no rank: its scale is 1 whatever its alpha (LyCORIS' ``LokrModule``: "use scale = 1",
 as ComfyUI's and A1111's loaders). peft's LoKr layer scales every layout by its config's alpha / r instead, so
 for that layout a peft LoKr equals the file with alpha = r.
+
+LyCORIS' LoCon (LoRA on convolutions, Yeh et al. 2023, Sec. 3) is plain LoRA with a convolution's down
+(r, in, kh, kw) and 1x1 up; with ``use_tucker`` (``use_cp``) on a kh x kw convolution it is three convolutions,
+a 1x1 ``lora_down`` (r, in, 1, 1), the core ``lora_mid.weight`` (r', r, kh, kw) with the layer's stride and
+padding and a 1x1 ``lora_up`` (out, r', 1, 1) (the Tucker-2 form of Kim et al. 2016, "Compression of Deep
+Convolutional Neural Networks for Fast and Low Power Mobile Applications"), one convolution of weight
+
+    Delta W[o, i, k, l] = sum_pq up[o, p] mid[p, q, k, l] down[q, i]      (LyCORIS' ``LoConModule.make_weight``)
+
+scaled by alpha / r with r = ``lora_down``'s rows (LyCORIS' ``lora_dim``; ComfyUI's and A1111's rank).
+
+(IA)^3 (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context
+Learning", Sec. 3.3) rescales a layer's activations by a learned vector l; LyCORIS' ``IA3Module`` stores l as
+``weight`` ((n,) for a Linear, (1, n, 1, 1) for a convolution) and ``on_input`` (1: l scales the n input
+channels, 0: the n output channels) and merges W = W0 (1 + s l) along that axis, i.e. Delta W = W0 l with scale
+1 (no rank, no alpha; a bias is left as it is, as LyCORIS' merged forward). W0 is the weight as it is when the
+file merges (after the files before it, in ``--lora`` order).
 
 DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", eq. 5) adds a magnitude vector m:
 
@@ -43,17 +61,28 @@ from ..errors import DiffkitError
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 MAGNITUDE = ("dora_scale", "lora_magnitude_vector")  # kohya / LyCORIS, diffusers / peft
-KOHYA_PARTS = LOHA + LOKR + MAGNITUDE[:1]  # what follows a kohya key's module name besides LoRA's own
+LOCON_MID = "lora_mid.weight"  # LyCORIS LoCon's Tucker core (use_tucker / use_cp)
+IA3 = ("weight", "on_input")  # LyCORIS (IA)^3: the vector l and the axis it scales
+KOHYA_PARTS = LOHA + LOKR + MAGNITUDE[:1] + (LOCON_MID,) + IA3  # what follows a kohya module name besides LoRA's
 
 
 def check_parts(parts: dict, lora: bool, what: str) -> None:
     """One-line error unless ``parts`` (key tail -> tensor of one module; ``lora``: it has a LoRA down or up
     matrix too) is one whole LoRA, LoHa or LoKr adapter, with or without a DoRA magnitude."""
-    loha, lokr = [p for p in LOHA if p in parts], [p for p in LOKR if p in parts]
-    kinds = [k for k, found in (("LoRA", lora), ("LoHa", loha), ("LoKr", lokr)) if found]
+    loha, lokr, ia3 = ([p for p in kind if p in parts] for kind in (LOHA, LOKR, IA3))
+    if LOCON_MID in parts and not lora:
+        raise DiffkitError(f"{what} has {LOCON_MID} but no lora_down / lora_up matrices")
+    kinds = [k for k, found in (("LoRA", lora), ("LoHa", loha), ("LoKr", lokr), ("(IA)^3", ia3)) if found]
     if len(kinds) > 1:
         raise DiffkitError(f"{what} has both {kinds[0]} and {kinds[1]} tensors; allowed: one adapter kind per module")
-    if loha:
+    if ia3 and any(k in parts for k in MAGNITUDE):
+        raise DiffkitError(f"{what} has an (IA)^3 vector and a DoRA magnitude; allowed: DoRA on LoRA, LoHa or LoKr")
+    if "on_input" in parts and (parts["on_input"].numel() != 1 or float(parts["on_input"]) not in (0.0, 1.0)):
+        raise DiffkitError(f"{what}: on_input is {parts['on_input'].tolist()}; allowed: 0 (scale the output "
+                           f"channels) or 1 (the input channels)")
+    if ia3:
+        needed = IA3
+    elif loha:
         needed = LOHA[:4] + (LOHA[4:] if set(LOHA[4:]) & set(loha) else ())
     elif lokr:
         needed = ()
@@ -66,8 +95,9 @@ def check_parts(parts: dict, lora: bool, what: str) -> None:
         needed = ()
     missing = [p for p in needed if p not in parts]
     if missing:
-        partner = {a: b for x, y in zip(LOHA[::2] + LOKR[1::3], LOHA[1::2] + LOKR[2::3]) for a, b in ((x, y), (y, x))}
-        have = partner[missing[0]] if partner.get(missing[0]) in parts else (loha + lokr)[0]
+        partner = {a: b for x, y in zip(LOHA[::2] + LOKR[1::3] + IA3[:1], LOHA[1::2] + LOKR[2::3] + IA3[1:])
+                   for a, b in ((x, y), (y, x))}
+        have = partner[missing[0]] if partner.get(missing[0]) in parts else (loha + lokr + ia3)[0]
         raise DiffkitError(f"{what} has {have} but no {missing[0]}")
     if not kinds:
         raise DiffkitError(f"{what} has a DoRA magnitude but no LoRA, LoHa or LoKr matrices")
@@ -92,10 +122,44 @@ def _tucker(parts: dict, t: str, a: str, b: str, what: str) -> torch.Tensor:
     return torch.einsum("ijkl,ip,jr->prkl", core.float(), wa.float(), wb.float())
 
 
-def delta_weight(parts: dict, shape: tuple, what: str) -> tuple[torch.Tensor, int | None]:
+def _locon_tucker(parts: dict, shape: tuple, what: str) -> tuple[torch.Tensor, int]:
+    """(Delta W, r) of a LyCORIS LoCon with its Tucker core (module doc): the 1x1 down (r, in, 1, 1), the core
+    (r', r, kh, kw) with the layer's kernel and the 1x1 up (out, r', 1, 1) as one convolution."""
+    down, mid, up = parts["lora_down"], parts[LOCON_MID], parts["lora_up"]
+    rank, core = (down.shape[0], mid.shape[0]) if down.ndim == mid.ndim == 4 else (0, 0)
+    if len(shape) != 4 or rank < 1 or up.ndim != 4 or (tuple(down.shape), tuple(mid.shape), tuple(up.shape)) != \
+            ((rank, shape[1], 1, 1), (core, rank, *shape[2:]), (shape[0], core, 1, 1)):
+        raise DiffkitError(f"{what} does not fit this network: down {tuple(down.shape)}, {LOCON_MID} "
+                           f"{tuple(mid.shape)}, up {tuple(up.shape)} for a weight of shape {tuple(shape)}; allowed: "
+                           f"a convolution's (r, in, 1, 1), (r', r, kh, kw) and (out, r', 1, 1)")
+    factors = {"core": mid, "up": up.flatten(1).T, "down": down.flatten(1)}  # _tucker's (r', out) and (r, in)
+    return _tucker(factors, "core", "up", "down", what), rank
+
+
+def _ia3(parts: dict, base: torch.Tensor, what: str) -> torch.Tensor:
+    """W0 l (module doc): ``base`` W0 scaled along its input (``on_input`` 1) or output axis by the vector l."""
+    vector, axis = parts["weight"], int(parts["on_input"].item() != 0)
+    n, ones = base.shape[axis], (1,) * (base.ndim - 2)
+    layouts = [(n,)] + ([(1, n, *ones)] if ones else [])  # LyCORIS: a Linear's (n,), a convolution's (1, n, 1, 1)
+    if tuple(vector.shape) not in layouts:
+        raise DiffkitError(f"{what}: the (IA)^3 weight has shape {tuple(vector.shape)}; allowed: "
+                           f"{' or '.join(map(str, layouts))} (on_input {axis}) for a weight of shape "
+                           f"{tuple(base.shape)}")
+    view = [1] * base.ndim
+    view[axis] = n
+    return base.float() * vector.float().reshape(view)
+
+
+def delta_weight(parts: dict, shape: tuple, what: str, base: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, int | None]:
     """(Delta W in the layer's weight ``shape``, float32, unscaled; the rank r, or None for a LoKr of two full
-    matrices) of one module's LoRA (``lora_down`` / ``lora_up``), LoHa or LoKr ``parts`` (module doc)."""
-    if "lora_down" in parts:
+    matrices and for (IA)^3) of one module's LoRA (``lora_down`` / ``lora_up``, LoCon's ``lora_mid.weight``),
+    LoHa, LoKr or (IA)^3 ``parts`` (module doc); (IA)^3's Delta W = W0 l needs the layer's weight ``base``."""
+    if LOCON_MID in parts:
+        delta, rank = _locon_tucker(parts, shape, what)
+    elif "on_input" in parts:
+        delta, rank = _ia3(parts, base, what), None
+    elif "lora_down" in parts:
         down, up = parts["lora_down"], parts["lora_up"]
         rank = down.shape[0] if down.ndim else 0
         fits = (down.ndim == len(shape) and up.ndim == len(shape) and tuple(down.shape[1:]) == tuple(shape[1:])
@@ -169,7 +233,10 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
         raise DiffkitError(f"{what}: LyCORIS / DoRA adapters adapt convolutions with groups=1; this one has "
                            f"groups={layer.groups}")
-    _, rank = delta_weight({k: v.to("meta") for k, v in parts.items()}, shape, what)
+    if "on_input" in parts and alpha is not None:
+        raise DiffkitError(f"{what} has an (IA)^3 vector and an alpha; allowed: no alpha ((IA)^3 has no rank)")
+    meta = {k: v if k == "on_input" else v.to("meta") for k, v in parts.items()}  # on_input: read for its axis
+    _, rank = delta_weight(meta, shape, what, layer.weight.to("meta"))
     key = next((k for k in MAGNITUDE if k in parts), None)
     magnitude, axis = _magnitude_axis(parts[key], shape, key, what) if key else (None, None)
     factor = 1.0 if rank is None else (rank if alpha is None else alpha) / rank
@@ -179,7 +246,7 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
         if scale == 0.0:  # the base as it is, bit for bit
             return
         weight = layer.weight  # on the network's device; the file's tensors are read on the CPU
-        delta, _ = delta_weight({k: v.to(weight.device) for k, v in parts.items()}, shape, what)
+        delta, _ = delta_weight({k: v.to(weight.device) for k, v in parts.items()}, shape, what, weight)
         new = weight.float() + delta * (scale * factor)
         if magnitude is not None:
             new = decompose(new, magnitude.to(weight.device), axis, torch.finfo(torch.float32).eps if kohya else 0.0)
@@ -187,4 +254,4 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     return merge
 
 
-__all__ = ["KOHYA_PARTS", "MAGNITUDE", "check_parts", "delta_weight", "decompose", "prepare"]
+__all__ = ["IA3", "KOHYA_PARTS", "LOCON_MID", "MAGNITUDE", "check_parts", "delta_weight", "decompose", "prepare"]

@@ -24,13 +24,15 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
   the LDM / SGM names sd-scripts' SD-XL UNet has (``input_blocks_4_1_...``; :mod:`.ldm_names`). Conv LoRA
   (a 3x3 down, 1x1 up) included.
 * LyCORIS LoHa / LoKr (kohya names: ``lora_unet_<module>.hada_w1_a`` ... ``.hada_t2``, ``.lokr_w1`` /
-  ``.lokr_w1_a`` ... ``.lokr_t2``, ``.alpha``) and DoRA magnitudes (diffusers / PEFT
-  ``unet.<module>.lora_magnitude_vector``, kohya / LyCORIS ``.dora_scale``, on LoRA, LoHa or LoKr): their
-  weight change, scale and decomposition are :mod:`.lycoris`'s (LoHa / LoKr: Yeh et al. 2023, Sec. 3; DoRA:
-  Liu et al. 2024, eq. 5), merged into W directly (every shape checked before the first merge).
+  ``.lokr_w1_a`` ... ``.lokr_t2``, ``.alpha``), LoCon's Tucker form (``.lora_down.weight`` 1x1,
+  ``.lora_mid.weight``, ``.lora_up.weight``), (IA)^3 (``.weight``, ``.on_input``) and DoRA magnitudes
+  (diffusers / PEFT ``unet.<module>.lora_magnitude_vector``, kohya / LyCORIS ``.dora_scale``, on LoRA, LoHa or
+  LoKr): their weight change, scale and decomposition are :mod:`.lycoris`'s (LoHa / LoKr / LoCon: Yeh et al.
+  2023, Sec. 3; (IA)^3: Liu et al. 2022, Sec. 3.3; DoRA: Liu et al. 2024, eq. 5), merged into W directly (every
+  shape checked before the first merge).
 
-Anything else (LyCORIS' LoCon ``lora_mid``, OFT / BOFT / (IA)^3 / GLoRA tensors, a LoRA bias, peft-format
-LoHa / LoKr keys) is a one-line error naming the first such key; so is a module with a partner key missing
+Anything else (OFT / BOFT / GLoRA / full ``.diff`` tensors, a LoRA bias, peft-format LoHa / LoKr keys) is a
+one-line error naming the first such key; so is a module with a partner key missing
 (``hada_w1_a`` without ``hada_w1_b``) or two adapter kinds, a key naming a module the network lacks,
 ``text_encoder_2`` / ``lora_te2_`` keys on a folder with one text encoder, a shape that does not fit, or an
 alpha that is not a positive number (a kohya ``.alpha`` of 0: sd-scripts reads it as r, diffusers as 0).
@@ -159,8 +161,8 @@ def parse_sd_lora(path, tensors: dict, meta: dict) -> dict:
             raise DiffkitError(f"--lora {path}: key {key!r} is not supported; allowed: unet./transformer./"
                                f"text_encoder./text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight / "
                                f".lora_magnitude_vector (diffusers) or lora_unet_/lora_te_/lora_te1_/lora_te2_ keys "
-                               f"ending in .lora_down.weight / .lora_up.weight / .alpha / .dora_scale / .hada_* / "
-                               f".lokr_* (kohya, LyCORIS)")
+                               f"ending in .lora_down.weight / .lora_up.weight / .lora_mid.weight / .alpha / "
+                               f".dora_scale / .hada_* / .lokr_* / .weight + .on_input (kohya, LyCORIS)")
         entry = out[component].setdefault(name, [None, None, None, prefix, {}])
         if (entry[slot] if isinstance(slot, int) else entry[4].get(slot)) is not None:  # lora_te_ and lora_te1_
             raise DiffkitError(f"--lora {path}: keys {entry[3]}{name}.{part} and {key} adapt the same {component} "
