@@ -89,6 +89,24 @@ def test_ia3_scales_the_input_or_output_channels(tmp_path, scale):
     assert (net.lin.weight - base.lin.weight * gain["lin"]).abs().max() < 1e-6
 
 
+def test_ia3_scales_the_base_weight_whatever_the_file_order(tmp_path):
+    """With a LoRA file and an (IA)^3 file on one layer: W = W0 + s1 (alpha / r) B A + s2 W0 l, W0 the base weight
+    (A1111's networks: each update from the stored original), in either --lora order."""
+    from diffkit.interop.sd_lora import merge_sd_loras, read_sd_loras
+    gen = torch.Generator().manual_seed(5)
+    down, up = torch.randn(2, 16, generator=gen), torch.randn(12, 2, generator=gen)
+    vector = torch.randn(12, generator=gen)
+    lora, ia3 = tmp_path / "lora.safetensors", tmp_path / "ia3.safetensors"
+    save_file({"lora_te_lin.lora_down.weight": down, "lora_te_lin.lora_up.weight": up}, lora)
+    save_file({"lora_te_lin.weight": vector, "lora_te_lin.on_input": torch.tensor(0)}, ia3)
+    base = Net().lin.weight.detach()
+    expected = base + 0.5 * up @ down + 0.8 * base * vector[:, None]
+    for files in ([(lora, 0.5), (ia3, 0.8)], [(ia3, 0.8), (lora, 0.5)]):
+        net = Net()
+        merge_sd_loras(SimpleNamespace(text_encoder=net), read_sd_loras(files))
+        assert (net.lin.weight - expected).abs().max() < 1e-5
+
+
 def test_scale_zero_leaves_the_weights_bit_for_bit(tmp_path):
     tensors = {**{f"lora_te_c3.{k}": v for k, v in _tucker_locon().items()},
                "lora_te_lin.weight": torch.ones(12), "lora_te_lin.on_input": torch.tensor(0)}

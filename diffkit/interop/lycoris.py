@@ -35,8 +35,9 @@ scaled by alpha / r with r = ``lora_down``'s rows (LyCORIS' ``lora_dim``; ComfyU
 Learning", Sec. 3.3) rescales a layer's activations by a learned vector l; LyCORIS' ``IA3Module`` stores l as
 ``weight`` ((n,) for a Linear, (1, n, 1, 1) for a convolution) and ``on_input`` (1: l scales the n input
 channels, 0: the n output channels) and merges W = W0 (1 + s l) along that axis, i.e. Delta W = W0 l with scale
-1 (no rank, no alpha; a bias is left as it is, as LyCORIS' merged forward). W0 is the weight as it is when the
-file merges (after the files before it, in ``--lora`` order).
+1 (no rank, no alpha; a bias is left as it is, as LyCORIS' merged forward). W0 is the base weight, before any
+``--lora`` file merges (as A1111's networks compute each file's update from the stored original), so the result
+does not depend on the files' order.
 
 DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", eq. 5) adds a magnitude vector m:
 
@@ -240,13 +241,15 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     key = next((k for k in MAGNITUDE if k in parts), None)
     magnitude, axis = _magnitude_axis(parts[key], shape, key, what) if key else (None, None)
     factor = 1.0 if rank is None else (rank if alpha is None else alpha) / rank
+    base = layer.weight.detach().clone() if "on_input" in parts else None  # (IA)^3's W0: before any file merges
 
     @torch.no_grad()
     def merge(scale: float) -> None:
         if scale == 0.0:  # the base as it is, bit for bit
             return
         weight = layer.weight  # on the network's device; the file's tensors are read on the CPU
-        delta, _ = delta_weight({k: v.to(weight.device) for k, v in parts.items()}, shape, what, weight)
+        delta, _ = delta_weight({k: v.to(weight.device) for k, v in parts.items()}, shape, what,
+                                weight if base is None else base)
         new = weight.float() + delta * (scale * factor)
         if magnitude is not None:
             new = decompose(new, magnitude.to(weight.device), axis, torch.finfo(torch.float32).eps if kohya else 0.0)
