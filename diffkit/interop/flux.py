@@ -122,10 +122,13 @@ class FluxNet(torch.nn.Module):
                     img_ids=latent_image_ids(h, w, x.device, context.dtype))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
-                guidance: Optional[float] = None, controls: Optional[dict] = None) -> torch.Tensor:
+                guidance: Optional[float] = None, controls: Optional[dict] = None,
+                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
         """``controls``: ControlNet residuals, the transformer's ``controlnet_block_samples`` /
-        ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`)."""
-        out = self.model(**self.inputs(x, t, context, pooled, guidance), **(controls or {}), return_dict=False)[0]
+        ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`);
+        ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`)."""
+        extra = {**(controls or {}), **({} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs})}
+        out = self.model(**self.inputs(x, t, context, pooled, guidance), **extra, return_dict=False)[0]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
 
@@ -243,10 +246,12 @@ class Flux(FlowLatentVAE):
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, true_cfg_scale: float = 1.0,
                         max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompts_2=None,
-                        negative_prompt_2=None) -> tuple:
+                        negative_prompt_2=None, ip_adapter=None) -> tuple:
         """(denoiser, cond) at latents h x w: the embedded ``guidance_scale`` (default 3.5; a transformer without
         guidance embeds takes none) and true classifier-free guidance with ``true_cfg_scale`` > 1 against
-        ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``)."""
+        ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``).
+        ``ip_adapter``: a :class:`~.flux_ip_adapter.FluxIPAdapter` (its image embeds in cond, the negative image's
+        in the true-CFG pass)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         self.check_guidance_scale(guidance_scale)
@@ -257,21 +262,26 @@ class Flux(FlowLatentVAE):
             raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} with negative_prompt={negative_prompt!r} is not "
                                f"allowed: true CFG takes both (true_cfg_scale > 1 and a negative prompt, '' for the "
                                f"empty one), or neither")
+        if getattr(ip_adapter, "negative_image", None) is not None and true_cfg_scale <= 1:
+            raise DiffkitError("a negative IP-Adapter image feeds only true CFG's negative pass; give true_cfg_scale "
+                               "> 1 with a negative prompt, or drop it")
         context, pooled = self.encode_prompts(prompts, max_sequence_length, prompts_2)
         cond = {"context": context, "pooled": pooled}
         if self.guidance_embeds:
             cond["guidance"] = FLUX_PIPELINE_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        denoiser = self.denoiser_for(h, w)
+        denoiser, batch, null_ip = self.denoiser_for(h, w), context.shape[0], {}
+        if ip_adapter is not None:
+            denoiser, positive, negative = ip_adapter.flux_parts(self, h, w)
+            cond["ip_image_embeds"], null_ip = positive.expand(batch, *positive.shape[1:]), {"ip_image_embeds": negative}
         if true_cfg_scale <= 1:
             return denoiser, cond
-        batch = context.shape[0]
         negatives = [negative_prompts(negative_prompt, batch)]
         negatives.append(negative_prompts(negative_prompt_2, batch) if negative_prompt_2 else negatives[0])
         if all(len(set(rows)) == 1 for rows in negatives):
             negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
         null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, negatives[1])
         guided = ClassifierFreeGuidance(denoiser, float(true_cfg_scale), "diffusers", null_context=null_context,
-                                        null_cond={"pooled": null_pooled})
+                                        null_cond={"pooled": null_pooled, **null_ip})
         return guided, cond
 
 
@@ -370,7 +380,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  **options) -> torch.Tensor:
+                  ip_adapter=None, **options) -> torch.Tensor:
     """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
 
     sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``, eta 0) on its sigmas
@@ -387,6 +397,9 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         (:mod:`.flux_controlnet`; the embedded guidance defaults to its 7.0); ``control_posterior``: the control
         image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``;
         ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
+    ip_adapter: an XLabs-format IP-Adapter with its image prompt (a :class:`~.flux_ip_adapter.FluxIPAdapter`), as
+        the pipeline's ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG);
+        not with ``controlnet``.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -400,7 +413,10 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
 
     def guide(model, scale=guidance_scale):
         return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,
-                                     prompt_2, negative_prompt_2)
+                                     prompt_2, negative_prompt_2, ip_adapter)
+    if controlnet is not None and ip_adapter is not None:
+        raise DiffkitError("an IP-Adapter with a FLUX ControlNet is not supported (untested against "
+                           "FluxControlNetPipeline); drop --ip-adapter or --controlnet")
     if controlnet is None:
         denoiser, cond = guide(flux)
     else:  # FluxControlNetPipeline's default embedded guidance: 7.0
