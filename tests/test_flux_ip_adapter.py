@@ -101,3 +101,37 @@ def test_flux_ip_adapter_refusals_are_one_line(flux_ip):
         FluxIPAdapter(plus, adapter.image_encoder, png)
     with pytest.raises(DiffkitError, match="not supported .*drop --ip-adapter or --controlnet"):
         text_to_image(flux, PROMPTS, steps=1, ip_adapter=adapter, controlnet=object())
+
+
+def test_sample_command_with_an_ip_adapter_writes_the_library_images(flux_ip, tmp_path, capsys, monkeypatch):
+    """``diffkit sample --checkpoint FLUX --ip-adapter FILE:S --ip-adapter-image PNG --image-encoder DIR
+    [--negative-ip-adapter-image PNG with --true-cfg-scale]``: the grid of text_to_image with the same adapter, byte
+    for byte; the combinations it does not take are one-line errors before any file."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop import flux as flux_module
+    monkeypatch.setattr(flux_module, "DEFAULT_SAMPLE_SIZE", 8)
+    pipe, flux, root, png, negative = flux_ip
+    common = ["--checkpoint", str(root / "flux"), "--prompt", PROMPTS[0], "--num", "2", "--steps", "2", "--seed", "5",
+              "--no-progress", "--ip-adapter", f"{root / 'xlabs.safetensors'}:0.7", "--ip-adapter-image", str(png),
+              "--image-encoder", str(root / "image_encoder")]
+    cfg = ["--true-cfg-scale", "2", "--negative-prompt", "ugly", "--negative-ip-adapter-image", str(negative)]
+    out = tmp_path / "g.png"
+    assert main(["sample", "--out", str(out)] + common + cfg) == 0
+    adapter = load_flux_ip_adapter(root / "xlabs.safetensors", png, 0.7, progress=False, negative_image=negative)
+    images = text_to_image(flux, [PROMPTS[0]] * 2, steps=2, seed=5, output_range="-1,1", ip_adapter=adapter,
+                           true_cfg_scale=2.0, negative_prompt="ugly")
+    save_grid(images, tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+    bad = tmp_path / "bad.png"
+    assert main(["sample", "--out", str(bad)] + common + cfg[4:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--negative-ip-adapter-image feeds only true CFG's negative pass" in err and len(err.splitlines()) == 1
+    assert not bad.exists()
+    from diffkit.commands._flux import sample_flux
+    with pytest.raises(DiffkitError, match="--ip-adapter with --controlnet is not supported on a FLUX folder"):
+        sample_flux(root / "flux", ip_adapter=object(), control=object())
+    assert main(["sample", "--checkpoint", str(root / "flux"), "--prompt", "x", "--negative-ip-adapter-image",
+                 str(png), "--out", str(tmp_path / "n.png")]) == 2
+    assert "--negative-ip-adapter-image needs --ip-adapter" in capsys.readouterr().err
