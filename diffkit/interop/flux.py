@@ -127,7 +127,9 @@ class FluxNet(torch.nn.Module):
         """``controls``: ControlNet residuals, the transformer's ``controlnet_block_samples`` /
         ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`);
         ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`)."""
-        extra = {**(controls or {}), **({} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs})}
+        extra = dict(controls or {})
+        if attention_kwargs is not None:
+            extra["joint_attention_kwargs"] = attention_kwargs
         out = self.model(**self.inputs(x, t, context, pooled, guidance), **extra, return_dict=False)[0]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
@@ -272,7 +274,8 @@ class Flux(FlowLatentVAE):
         denoiser, batch, null_ip = self.denoiser_for(h, w), context.shape[0], {}
         if ip_adapter is not None:
             denoiser, positive, negative = ip_adapter.flux_parts(self, h, w)
-            cond["ip_image_embeds"], null_ip = positive.expand(batch, *positive.shape[1:]), {"ip_image_embeds": negative}
+            cond["ip_image_embeds"] = positive.expand(batch, *positive.shape[1:])
+            null_ip = {"ip_image_embeds": negative}
         if true_cfg_scale <= 1:
             return denoiser, cond
         negatives = [negative_prompts(negative_prompt, batch)]

@@ -123,7 +123,8 @@ class FluxIPAdapter(IPAdapter):
         import numpy as np
         negative = np.zeros((width, height, 3), dtype=np.uint8) if self.negative_image is None else self.negative_image
         with torch.no_grad():
-            return tuple(self.image_encoder(self.pixels(image)).image_embeds[:, None] for image in (self.image, negative))
+            return tuple(self.image_encoder(self.pixels(image)).image_embeds[:, None]
+                         for image in (self.image, negative))
 
     def flux_parts(self, flux, h: int, w: int) -> tuple:
         """(the flow denoiser of latents h x w with :class:`FluxIPAdaptedNet` around its net, positive, negative
