@@ -33,13 +33,14 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * LoRA files (``load_flux(lora=)``): diffusers / PEFT ``transformer.`` / ``text_encoder.`` keys fused as
   ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3), and kohya / BFL-format ones (``lora_unet_`` /
   ``diffusion_model.`` keys, :mod:`.flux_lora`: converted to diffusers' layers as diffusers converts them).
+* IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 
 Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
 Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
-(IP-Adapter), a ``controlnet``, a transformer / VAE / scheduler of another class, a VAE without ``shift_factor``,
-``invert_sigmas`` or ``stochastic_sampling`` schedulers.
+(an IP-Adapter's is given apart, :mod:`.flux_ip_adapter`), a ``controlnet``, a transformer / VAE / scheduler of
+another class, a VAE without ``shift_factor``, ``invert_sigmas`` or ``stochastic_sampling`` schedulers.
 """
 from __future__ import annotations
 
