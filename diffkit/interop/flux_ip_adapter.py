@@ -12,7 +12,7 @@ after its feed-forward, the decoupled cross-attention of eq. 5 with the weight l
 
 the single blocks are unchanged. The modules are built by diffusers' own converters
 (``FluxTransformer2DModel._convert_ip_adapter_attn_to_diffusers`` / ``_convert_ip_adapter_image_proj_to_diffusers``)
-and are in the transformer only during diffkit's calls (:class:`FluxIPAdaptedNet`). The image embeds are the
+and are in the transformer only during diffkit's calls (:class:`FlowIPAdaptedNet`). The image embeds are the
 pipeline's ``encode_image``: ``CLIPVisionModelWithProjection(...).image_embeds`` of the image through
 ``CLIPImageProcessor(size=crop_size=image_size)`` (the processor ``load_ip_adapter`` makes; a FLUX folder has no
 feature_extractor). True CFG (``true_cfg_scale`` > 1) feeds the negative pass the embeds of
@@ -33,14 +33,16 @@ from .ip_adapter import IPAdapter, image_encoder_folder, load_image_encoder, ope
     swapped_processors
 
 
-class FluxIPAdaptedNet(torch.nn.Module):
-    """``net(x, t, ip_image_embeds=None, **cond)``: the :class:`~.flux.FluxNet` ``inner`` with the transformer's
-    ``joint_attention_kwargs={"ip_adapter_image_embeds": [ip_image_embeds]}`` ((B, 1, D) per row), the adapter's
-    double-block processors and its ``encoder_hid_proj`` in the transformer during the call only."""
+class FlowIPAdaptedNet(torch.nn.Module):
+    """``net(x, t, ip_image_embeds=None, **cond)``: the :class:`~.flux.FluxNet` (or :class:`~.sd3.SD3Net`)
+    ``inner`` with the transformer's ``joint_attention_kwargs={"ip_adapter_image_embeds": e}`` (FLUX: ``[e]``, e
+    (B, 1, D) per row; SD3: e (B, N, D)), the adapter's processors and its projection (the transformer's
+    ``attribute``: FLUX's ``encoder_hid_proj``, SD3's ``image_proj``) in the transformer during the call only."""
 
-    def __init__(self, inner, transformer, processors: dict, projection):
+    def __init__(self, inner, transformer, processors: dict, projection, attribute: str = "encoder_hid_proj",
+                 as_list: bool = True):
         super().__init__()
-        self.inner, self.projection = inner, projection
+        self.inner, self.projection, self.attribute, self.as_list = inner, projection, attribute, as_list
         self.processors = torch.nn.ModuleList(processors.values())
         self._transformer = [transformer]  # not a submodule: its parameters are the inner net's
         self._attentions = [transformer.get_submodule(name.rsplit(".", 1)[0]) for name in processors]
@@ -48,25 +50,54 @@ class FluxIPAdaptedNet(torch.nn.Module):
     @contextlib.contextmanager
     def installed(self):
         transformer = self._transformer[0]
-        saved = transformer._modules.get("encoder_hid_proj")
+        saved = transformer._modules.get(self.attribute)
         try:
             with swapped_processors(self._attentions, self.processors):
-                transformer.encoder_hid_proj = self.projection
+                setattr(transformer, self.attribute, self.projection)
                 yield
         finally:
-            transformer._modules.pop("encoder_hid_proj", None)
+            transformer._modules.pop(self.attribute, None)
             if saved is not None:
-                transformer.encoder_hid_proj = saved
+                setattr(transformer, self.attribute, saved)
 
     def forward(self, x: torch.Tensor, t, ip_image_embeds: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
         if ip_image_embeds is None:
             return self.inner(x, t, **cond)
+        embeds = [ip_image_embeds] if self.as_list else ip_image_embeds
         with self.installed():
-            return self.inner(x, t, attention_kwargs={"ip_adapter_image_embeds": [ip_image_embeds]}, **cond)
+            return self.inner(x, t, attention_kwargs={"ip_adapter_image_embeds": embeds}, **cond)
 
 
 @dataclass
-class FluxIPAdapter(IPAdapter):
+class TransformerIPAdapter(IPAdapter):
+    """An :class:`~.ip_adapter.IPAdapter` of a flow transformer (FLUX, SD3): :meth:`parts` wraps a denoiser's net in
+    :class:`FlowIPAdaptedNet`; subclasses give ``modules(transformer)`` and ``image_embeds(height, width)``."""
+
+    attribute = "encoder_hid_proj"  # where the transformer looks for the projection
+    as_list = True  # the embeds as a list (one tensor per adapter)
+
+    def parts(self, model, base, height: int, width: int) -> tuple:
+        """(the denoiser ``base`` with :class:`FlowIPAdaptedNet` around its net, positive, negative embeds) for
+        ``model``'s transformer; the modules built once per transformer and scale, the embeds once per image (and
+        negative image) and size."""
+        from ..denoiser import Denoiser
+        self._check()
+        key = (model.transformer, self.scale, self.image, getattr(self, "negative_image", None), height, width)
+        same = [] if self._built is None else [a is b or (type(a) in (int, float) and a == b)
+                                               for a, b in zip(self._built[0], key)]
+        if not all(same or [False]):
+            modules = self._built[1] if all(same[:2] or [False]) else self.modules(model.transformer)
+            embeds = tuple(e.to(model.device, model.dtype) for e in self.image_embeds(height, width))
+            self._built = (key, modules, embeds)
+        _, (processors, projection), (positive, negative) = self._built
+        net = FlowIPAdaptedNet(base.net, model.transformer, processors, projection, self.attribute, self.as_list)
+        denoiser = Denoiser(net, base.schedule, base.prediction_type)
+        denoiser.model = model.transformer
+        return denoiser, positive, negative
+
+
+@dataclass
+class FluxIPAdapter(TransformerIPAdapter):
     """An XLabs-format FLUX IP-Adapter, its image encoder, the image prompt, lambda (``scale``) and the negative
     image of true CFG (``negative_image``; None: the pipeline's black one). ``Flux.prompt_guidance(ip_adapter=)``
     / ``text_to_image(ip_adapter=)`` take it (:meth:`flux_parts`)."""
@@ -127,24 +158,10 @@ class FluxIPAdapter(IPAdapter):
                          for image in (self.image, negative))
 
     def flux_parts(self, flux, h: int, w: int) -> tuple:
-        """(the flow denoiser of latents h x w with :class:`FluxIPAdaptedNet` around its net, positive, negative
-        (1, 1, D) embeds); the modules built once per transformer and scale, the embeds once per image and size."""
-        from ..denoiser import Denoiser
-        self._check()
-        height, width = h * flux.vae_scale_factor, w * flux.vae_scale_factor
-        key = (flux.transformer, self.scale, self.image, self.negative_image, height, width)
-        same = [] if self._built is None else [a is b or (type(a) in (int, float) and a == b)
-                                               for a, b in zip(self._built[0], key)]
-        if not all(same or [False]):
-            modules = self._built[1] if all(same[:2] or [False]) else self.modules(flux.transformer)
-            embeds = tuple(e.to(flux.device, flux.dtype) for e in self.image_embeds(height, width))
-            self._built = (key, modules, embeds)
-        _, (processors, projection), (positive, negative) = self._built
-        base = flux.denoiser_for(h, w)
-        denoiser = Denoiser(FluxIPAdaptedNet(base.net, flux.transformer, processors, projection), base.schedule,
-                            base.prediction_type)
-        denoiser.model = flux.transformer
-        return denoiser, positive, negative
+        """(the flow denoiser of latents h x w with :class:`FlowIPAdaptedNet` around its net, positive, negative
+        (1, 1, D) embeds): :meth:`TransformerIPAdapter.parts`."""
+        f = flux.vae_scale_factor
+        return self.parts(flux, flux.denoiser_for(h, w), h * f, w * f)
 
 
 def load_flux_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[None, str] = None,
@@ -158,4 +175,4 @@ def load_flux_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[N
     return FluxIPAdapter(state, encoder, image, scale, negative_image=negative_image)
 
 
-__all__ = ["FluxIPAdapter", "FluxIPAdaptedNet", "load_flux_ip_adapter"]
+__all__ = ["FluxIPAdapter", "FlowIPAdaptedNet", "TransformerIPAdapter", "load_flux_ip_adapter"]
