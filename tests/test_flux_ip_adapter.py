@@ -112,14 +112,14 @@ def test_sample_command_with_an_ip_adapter_writes_the_library_images(flux_ip, tm
     from diffkit.interop import flux as flux_module
     monkeypatch.setattr(flux_module, "DEFAULT_SAMPLE_SIZE", 8)
     pipe, flux, root, png, negative = flux_ip
-    common = ["--checkpoint", str(root / "flux"), "--prompt", PROMPTS[0], "--num", "2", "--steps", "2", "--seed", "5",
+    common = ["--checkpoint", str(root / "flux"), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2", "--seed", "5",
               "--no-progress", "--ip-adapter", f"{root / 'xlabs.safetensors'}:0.7", "--ip-adapter-image", str(png),
               "--image-encoder", str(root / "image_encoder")]
     cfg = ["--true-cfg-scale", "2", "--negative-prompt", "ugly", "--negative-ip-adapter-image", str(negative)]
     out = tmp_path / "g.png"
     assert main(["sample", "--out", str(out)] + common + cfg) == 0
     adapter = load_flux_ip_adapter(root / "xlabs.safetensors", png, 0.7, progress=False, negative_image=negative)
-    images = text_to_image(flux, [PROMPTS[0]] * 2, steps=2, seed=5, output_range="-1,1", ip_adapter=adapter,
+    images = text_to_image(flux, [PROMPTS[0]], steps=2, seed=5, output_range="-1,1", ip_adapter=adapter,
                            true_cfg_scale=2.0, negative_prompt="ugly")
     save_grid(images, tmp_path / "expected.png", 8)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()

@@ -97,3 +97,27 @@ def test_sd3_ip_adapter_refusals_are_one_line(sd3_ip):
     sd15 = {"image_proj": {"proj.weight": torch.zeros(8, 4)}, "ip_adapter": {"1.to_k_ip.weight": torch.zeros(1)}}
     with pytest.raises(DiffkitError, match="an SD3 folder takes an SD3 IP-Adapter"):
         SD3IPAdapter(sd15, adapter.image_encoder, png)
+
+
+def test_sample_command_with_an_sd3_ip_adapter_writes_the_library_images(sd3_ip, tmp_path, capsys):
+    """``diffkit sample --checkpoint SD3 --ip-adapter FILE:S --ip-adapter-image PNG``: the grid of text_to_image with
+    the same adapter byte for byte; with --slg-layers, or --negative-ip-adapter-image (FLUX's), a one-line error."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    pipe, sd3, root, png = sd3_ip
+    common = ["--checkpoint", str(root / "sd3"), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2", "--seed", "5",
+              "--no-progress", "--ip-adapter", f"{root / 'ip.safetensors'}:0.7", "--ip-adapter-image", str(png)]
+    out = tmp_path / "g.png"
+    assert main(["sample", "--out", str(out)] + common) == 0
+    adapter = load_sd3_ip_adapter(root / "ip.safetensors", png, 0.7, progress=False)
+    images = text_to_image(sd3, [PROMPTS[0]], steps=2, seed=5, output_range="-1,1", ip_adapter=adapter)
+    save_grid(images, tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+    for extra, message in ((["--slg-layers", "1"], "--ip-adapter with --slg-layers is not supported on an SD3"),
+                           (["--negative-ip-adapter-image", str(png)], "--negative-ip-adapter-image applies to a "
+                                                                       "FLUX.1 folder")):
+        bad = tmp_path / "bad.png"
+        assert main(["sample", "--out", str(bad)] + common + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not bad.exists(), err
