@@ -29,8 +29,8 @@ import torch
 
 from ..errors import DiffkitError
 from . import require
-from .ip_adapter import IPAdapter, image_encoder_folder, load_image_encoder, open_image, read_ip_adapter, \
-    swapped_processors
+from .ip_adapter import (IPAdapter, check_encoder_width, converted, image_encoder_folder, load_image_encoder,
+                         open_image, placed, read_ip_adapter, swapped_processors)
 
 
 class FlowIPAdaptedNet(torch.nn.Module):
@@ -125,13 +125,7 @@ class FluxIPAdapter(TransformerIPAdapter):
         if keys != {str(i) for i in range(len(names))}:
             raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} blocks, this FLUX transformer "
                                f"has {len(names)} double blocks; an IP-Adapter fits only its own model")
-        try:
-            processors = transformer._convert_ip_adapter_attn_to_diffusers([self.state], low_cpu_mem_usage=False)
-            projection = transformer._convert_ip_adapter_image_proj_to_diffusers(self.state["image_proj"],
-                                                                                low_cpu_mem_usage=False)
-        except (RuntimeError, KeyError) as err:
-            raise DiffkitError(f"the IP-Adapter does not fit this FLUX transformer ({str(err).splitlines()[0][:120]})"
-                               f"; an IP-Adapter fits only its own model") from None
+        processors, projection = converted(transformer, [self.state], self.state["image_proj"], "FLUX transformer")
         processors = {n: processors[n] for n in names}
         for processor in processors.values():
             processor.scale = [self.scale]
@@ -139,14 +133,8 @@ class FluxIPAdapter(TransformerIPAdapter):
         if width != transformer.config.joint_attention_dim:
             raise DiffkitError(f"the IP-Adapter's image tokens are {width} wide, this FLUX transformer's "
                                f"joint_attention_dim is {transformer.config.joint_attention_dim}")
-        dim, wanted = self.image_encoder.config.projection_dim, projection.image_embeds.in_features
-        if dim != wanted:
-            raise DiffkitError(f"the image encoder gives {dim}-wide embeddings but the IP-Adapter takes {wanted}; give "
-                               f"the --image-encoder it was trained with")
-        projection = diffusers.models.embeddings.MultiIPAdapterImageProjection([projection])
-        for module in (*processors.values(), projection):
-            module.to(transformer.device, transformer.dtype).eval().requires_grad_(False)
-        return processors, projection
+        check_encoder_width(self.image_encoder.config.projection_dim, projection.image_embeds.in_features)
+        return placed(processors, diffusers.models.embeddings.MultiIPAdapterImageProjection([projection]), transformer)
 
     def image_embeds(self, height: int, width: int) -> tuple:
         """(positive, negative) (1, 1, D) image embeds of the image prompt and of the negative image (default the

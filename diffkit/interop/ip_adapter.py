@@ -256,13 +256,8 @@ class IPAdapter:
             raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} cross-attention layers, this "
                                f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x, 2.x or "
                                f"SD-XL)")
-        try:
-            processors = unet._convert_ip_adapter_attn_to_diffusers([self.state], low_cpu_mem_usage=False)
-            projection = unet._convert_ip_adapter_image_proj_to_diffusers(self.state["image_proj"],
-                                                                         low_cpu_mem_usage=False)
-        except (RuntimeError, KeyError) as err:
-            raise DiffkitError(f"the IP-Adapter does not fit this UNet ({str(err).splitlines()[0][:120]}); an "
-                               f"IP-Adapter fits only its own model family (SD 1.x, 2.x or SD-XL)") from None
+        processors, projection = converted(unet, [self.state], self.state["image_proj"], "UNet",
+                                           " family (SD 1.x, 2.x or SD-XL)")
         processors = {n: processors[n] for n in names}
         for processor in processors.values():
             processor.scale = [self.scale]
@@ -270,12 +265,8 @@ class IPAdapter:
         dim = getattr(self.image_encoder.config, "projection_dim" if self.kind == "ip-adapter" else "hidden_size")
         wanted = (projection.image_projection_layers[0].image_embeds.in_features if self.kind == "ip-adapter"
                   else projection.image_projection_layers[0].proj_in.in_features)
-        if dim != wanted:
-            raise DiffkitError(f"the image encoder gives {dim}-wide embeddings but the IP-Adapter takes {wanted}; give "
-                               f"the --image-encoder it was trained with")
-        for module in (*processors.values(), projection):
-            module.to(unet.device, unet.dtype).eval().requires_grad_(False)
-        return processors, projection
+        check_encoder_width(dim, wanted)
+        return placed(processors, projection, unet)
 
     def adapting(self, sd):
         """A copy of ``sd`` (Stable Diffusion or SD-XL) whose network denoiser is :class:`IPAdaptedNet` around its
@@ -299,6 +290,33 @@ class IPAdapter:
         return replace(sd, _denoiser=denoiser)
 
 
+def converted(model, attn_state, image_proj: dict, what: str, family: str = "") -> tuple:
+    """(processors, projection) built by diffusers' own converters of ``model`` (a UNet or a flow transformer:
+    ``_convert_ip_adapter_attn_to_diffusers(attn_state)``, ``_convert_ip_adapter_image_proj_to_diffusers``); one
+    line for weights that do not fit it."""
+    try:
+        processors = model._convert_ip_adapter_attn_to_diffusers(attn_state, low_cpu_mem_usage=False)
+        projection = model._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise DiffkitError(f"the IP-Adapter does not fit this {what} ({str(err).splitlines()[0][:120]}); an "
+                           f"IP-Adapter fits only its own model{family}") from None
+    return processors, projection
+
+
+def check_encoder_width(dim: int, wanted: int) -> None:
+    """One line where the image encoder's output width ``dim`` is not the adapter's input width ``wanted``."""
+    if dim != wanted:
+        raise DiffkitError(f"the image encoder gives {dim}-wide embeddings but the IP-Adapter takes {wanted}; give "
+                           f"the --image-encoder it was trained with")
+
+
+def placed(processors: dict, projection, model) -> tuple:
+    """(processors, projection) on ``model``'s device and dtype, in eval mode, frozen."""
+    for module in (*processors.values(), projection):
+        module.to(model.device, model.dtype).eval().requires_grad_(False)
+    return processors, projection
+
+
 def load_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[None, str, Path] = None, device="cpu",
                     dtype: torch.dtype = torch.float32, progress: bool = True) -> IPAdapter:
     """An :class:`IPAdapter` from a file (``.safetensors``, or diffusers' ``.bin``) and the image encoder folder
@@ -319,5 +337,6 @@ def image_encoder_folder(path, image_encoder: Optional[str]) -> Path:
     return directory
 
 
-__all__ = ["IPAdapter", "IPAdaptedNet", "swapped_processors", "load_ip_adapter", "read_ip_adapter", "ip_adapter_kind",
-           "load_image_encoder", "default_image_encoder", "image_encoder_folder"]
+__all__ = ["IPAdapter", "IPAdaptedNet", "swapped_processors", "load_ip_adapter", "read_ip_adapter",
+           "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "converted",
+           "check_encoder_width", "placed"]

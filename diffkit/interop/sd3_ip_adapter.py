@@ -23,7 +23,7 @@ import torch
 from ..errors import DiffkitError
 from . import from_pretrained, library_progress_bars, require
 from .flux_ip_adapter import TransformerIPAdapter
-from .ip_adapter import image_encoder_folder, read_ip_adapter
+from .ip_adapter import check_encoder_width, converted, image_encoder_folder, placed, read_ip_adapter
 
 
 @dataclass
@@ -65,23 +65,12 @@ class SD3IPAdapter(TransformerIPAdapter):
         if keys != {str(i) for i in range(len(names))}:
             raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} blocks, this SD3 transformer "
                                f"has {len(names)}; an IP-Adapter fits only its own model")
-        try:
-            processors = transformer._convert_ip_adapter_attn_to_diffusers(self.state["ip_adapter"],
-                                                                           low_cpu_mem_usage=False)
-            projection = transformer._convert_ip_adapter_image_proj_to_diffusers(self.state["image_proj"],
-                                                                                low_cpu_mem_usage=False)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise DiffkitError(f"the IP-Adapter does not fit this SD3 transformer ({str(err).splitlines()[0][:120]})"
-                               f"; an IP-Adapter fits only its own model") from None
+        processors, projection = converted(transformer, self.state["ip_adapter"], self.state["image_proj"],
+                                           "SD3 transformer")
         for processor in processors.values():
             processor.scale = self.scale
-        dim, wanted = self.image_encoder.config.hidden_size, projection.proj_in.in_features
-        if dim != wanted:
-            raise DiffkitError(f"the image encoder gives {dim}-wide states but the IP-Adapter takes {wanted}; give "
-                               f"the --image-encoder it was trained with")
-        for module in (*processors.values(), projection):
-            module.to(transformer.device, transformer.dtype).eval().requires_grad_(False)
-        return processors, projection
+        check_encoder_width(self.image_encoder.config.hidden_size, projection.proj_in.in_features)
+        return placed(processors, projection, transformer)
 
     def sd3_parts(self, sd3) -> tuple:
         """(sd3's denoiser with the adapter around its net, positive, negative (1, N, D) embeds)."""
