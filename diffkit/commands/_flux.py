@@ -16,7 +16,7 @@ _REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescal
 def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                 seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                 guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
-                **options):
+                ip_adapter=None, **options):
     """Sample a FLUX.1 folder to a grid (and single PNGs) at ``height`` x ``width`` (default the pipeline's 128 f,
     multiples of 2 f; its shift follows the size): rows as
     :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
@@ -30,7 +30,9 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     or kohya / BFL LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``control``: FLUX
     ControlNets (a :class:`~._controlnet.ControlRequest`), as FluxControlNetPipeline
     (:mod:`diffkit.interop.flux_controlnet`: its embedded guidance 7.0 by default, sample i's control latents drawn
-    from ``seed + i``)."""
+    from ``seed + i``). ``ip_adapter``: an XLabs-format IP-Adapter (a
+    :class:`~._ip_adapter.IPAdapterRequest`), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``
+    (:mod:`diffkit.interop.flux_ip_adapter`); not with ``control``."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
@@ -48,11 +50,18 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
                            f"--controlnet, --guidance-scale (the embedded guidance), --steps / --nfe, --sampler and "
                            f"its grid options")
+    if ip_adapter is not None and control is not None:
+        raise DiffkitError("--ip-adapter with --controlnet is not supported on a FLUX folder (untested against "
+                           "FluxControlNetPipeline); drop one")
+    if getattr(ip_adapter, "negative_image", None) is not None and not (guidance.true_cfg_scale or 0) > 1:
+        raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
+                           "> 1 with --negative-prompt, or drop it")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)
     flux = load_flux(directory, device, progress=progress, lora=lora)
     controlnet = None if control is None else control.load(device, flux.dtype, progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, flux.dtype, progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
@@ -73,7 +82,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
                                                  "control_rows": cond.get("control_rows")}
         return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
-                             **grid, **how, **control, **flux_prompt_options(guidance, cond.get("prompts_2")))
+                             ip_adapter=adapter, **grid, **how, **control,
+                             **flux_prompt_options(guidance, cond.get("prompts_2")))
 
     images, out = draw_prompted_grid(
         flux.denoiser, num, flux.latent_shape(1, height, width)[1:], prompted,

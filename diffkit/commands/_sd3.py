@@ -34,7 +34,7 @@ def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
 def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
-               **options):
+               ip_adapter=None, **options):
     """Sample an SD3 folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z at s = 1), classifier-free guidance against ``--negative-prompt`` (default "") with the
     pipeline's s = 7.0 by default (``--guidance-scale``), 28 steps. ``ddim`` without a grid option
@@ -64,6 +64,9 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                   "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
                   "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
+    if ip_adapter is not None and (control is not None or guidance.slg):
+        raise DiffkitError(f"--ip-adapter with {'--controlnet' if control is not None else '--slg-layers'} is not "
+                           f"supported on an SD3 folder (untested against the pipelines); drop one")
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
@@ -71,6 +74,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                     guidance.guidance_scale, "diffusers" if guidance.guidance_scale is None else guidance.convention)
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
     controlnet = None if control is None else control.load(device, sd3.dtype, progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, sd3.dtype, progress)
     prompts = list(guidance.prompts)
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
@@ -94,8 +98,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                                                  "control_rows": cond.get("control_rows")}
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
-                             latents=noise, return_latents=True, **grid, **how, **(guidance.slg or {}), **control,
-                             **guidance.apg_options(),
+                             latents=noise, return_latents=True, ip_adapter=adapter, **grid, **how,
+                             **(guidance.slg or {}), **control, **guidance.apg_options(),
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(

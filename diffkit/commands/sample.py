@@ -681,18 +681,19 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         from ._flux import sample_flux
         from ._sd3 import sample_sd3
         refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
-                   "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         if not is_sd3_folder(checkpoint):  # FLUX.1 (a StableDiffusion3Pipeline index is SD3's, whatever it holds)
             return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                individual=individual, seed=seed, device=device, batch_size=batch_size,
                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                               refused=refused, lora=lora, control=control, **size, **options)
+                               refused=refused, lora=lora, control=control, ip_adapter=ip_adapter, **size,
+                               **options)
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,
-                          control=control, **size, **options)
+                          control=control, ip_adapter=ip_adapter, **size, **options)
     if is_stable_diffusion_folder(checkpoint):
         if lora_any_base:
             raise DiffkitError("--lora-any-base applies to diffkit adapter files; a Stable Diffusion LoRA file is "

@@ -33,13 +33,14 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * LoRA files (``load_flux(lora=)``): diffusers / PEFT ``transformer.`` / ``text_encoder.`` keys fused as
   ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3), and kohya / BFL-format ones (``lora_unet_`` /
   ``diffusion_model.`` keys, :mod:`.flux_lora`: converted to diffusers' layers as diffusers converts them).
+* IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 
 Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
 Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
-(IP-Adapter), a ``controlnet``, a transformer / VAE / scheduler of another class, a VAE without ``shift_factor``,
-``invert_sigmas`` or ``stochastic_sampling`` schedulers.
+(an IP-Adapter's is given apart, :mod:`.flux_ip_adapter`), a ``controlnet``, a transformer / VAE / scheduler of
+another class, a VAE without ``shift_factor``, ``invert_sigmas`` or ``stochastic_sampling`` schedulers.
 """
 from __future__ import annotations
 
@@ -122,10 +123,15 @@ class FluxNet(torch.nn.Module):
                     img_ids=latent_image_ids(h, w, x.device, context.dtype))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
-                guidance: Optional[float] = None, controls: Optional[dict] = None) -> torch.Tensor:
+                guidance: Optional[float] = None, controls: Optional[dict] = None,
+                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
         """``controls``: ControlNet residuals, the transformer's ``controlnet_block_samples`` /
-        ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`)."""
-        out = self.model(**self.inputs(x, t, context, pooled, guidance), **(controls or {}), return_dict=False)[0]
+        ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`);
+        ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`)."""
+        extra = dict(controls or {})
+        if attention_kwargs is not None:
+            extra["joint_attention_kwargs"] = attention_kwargs
+        out = self.model(**self.inputs(x, t, context, pooled, guidance), **extra, return_dict=False)[0]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
 
@@ -244,10 +250,12 @@ class Flux(FlowLatentVAE):
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, true_cfg_scale: float = 1.0,
                         max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompts_2=None,
-                        negative_prompt_2=None) -> tuple:
+                        negative_prompt_2=None, ip_adapter=None) -> tuple:
         """(denoiser, cond) at latents h x w: the embedded ``guidance_scale`` (default 3.5; a transformer without
         guidance embeds takes none) and true classifier-free guidance with ``true_cfg_scale`` > 1 against
-        ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``)."""
+        ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``).
+        ``ip_adapter``: a :class:`~.flux_ip_adapter.FluxIPAdapter` (its image embeds in cond, the negative image's
+        in the true-CFG pass)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         self.check_guidance_scale(guidance_scale)
@@ -259,21 +267,27 @@ class Flux(FlowLatentVAE):
             raise DiffkitError(f"true_cfg_scale={true_cfg_scale!r} with negative_prompt={negative_prompt!r} is not "
                                f"allowed: true CFG takes both (true_cfg_scale > 1 and a negative prompt, '' for the "
                                f"empty one), or neither")
+        if getattr(ip_adapter, "negative_image", None) is not None and true_cfg_scale <= 1:
+            raise DiffkitError("a negative IP-Adapter image feeds only true CFG's negative pass; give true_cfg_scale "
+                               "> 1 with a negative prompt, or drop it")
         context, pooled = self.encode_prompts(prompts, max_sequence_length, prompts_2)
         cond = {"context": context, "pooled": pooled}
         if self.guidance_embeds:
             cond["guidance"] = FLUX_PIPELINE_GUIDANCE if guidance_scale is None else float(guidance_scale)
-        denoiser = self.denoiser_for(h, w)
+        denoiser, batch, null_ip = self.denoiser_for(h, w), context.shape[0], {}
+        if ip_adapter is not None:
+            denoiser, positive, negative = ip_adapter.flux_parts(self, h, w)
+            cond["ip_image_embeds"] = positive.expand(batch, *positive.shape[1:])
+            null_ip = {"ip_image_embeds": negative}
         if true_cfg_scale <= 1:
             return denoiser, cond
-        batch = context.shape[0]
         negatives = [negative_prompts(negative_prompt, batch)]
         negatives.append(negative_prompts(negative_prompt_2, batch) if negative_prompt_2 else negatives[0])
         if all(len(set(rows)) == 1 for rows in negatives):
             negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
         null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, negatives[1])
         guided = ClassifierFreeGuidance(denoiser, float(true_cfg_scale), "diffusers", null_context=null_context,
-                                        null_cond={"pooled": null_pooled})
+                                        null_cond={"pooled": null_pooled, **null_ip})
         return guided, cond
 
 
@@ -372,7 +386,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  **options) -> torch.Tensor:
+                  ip_adapter=None, **options) -> torch.Tensor:
     """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
 
     sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``, eta 0) on its sigmas
@@ -389,6 +403,9 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         (:mod:`.flux_controlnet`; the embedded guidance defaults to its 7.0); ``control_posterior``: the control
         image's VAE latents, ``"sample"`` (sample i's from the generator ``control_seed + i``) or ``"mean"``;
         ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
+    ip_adapter: an XLabs-format IP-Adapter with its image prompt (a :class:`~.flux_ip_adapter.FluxIPAdapter`), as
+        the pipeline's ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG);
+        not with ``controlnet``.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -402,7 +419,10 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
 
     def guide(model, scale=guidance_scale):
         return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,
-                                     prompt_2, negative_prompt_2)
+                                     prompt_2, negative_prompt_2, ip_adapter)
+    if controlnet is not None and ip_adapter is not None:
+        raise DiffkitError("an IP-Adapter with a FLUX ControlNet is not supported (untested against "
+                           "FluxControlNetPipeline); drop --ip-adapter or --controlnet")
     if controlnet is None:
         denoiser, cond = guide(flux)
     else:  # FluxControlNetPipeline's default embedded guidance: 7.0

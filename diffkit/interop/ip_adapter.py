@@ -49,6 +49,14 @@ _REFUSED = (("proj.3.weight", "IP-Adapter Full-Face"), ("perceiver_resampler.pro
 _PLUS_KEYS = ("latents", "proj_in.weight", "proj_out.weight")
 
 
+_XLABS = {"ip_adapter_proj_model": "image_proj", "double_blocks": "ip_adapter"}
+
+
+def _xlabs_name(rest: str) -> str:
+    return rest.replace("ip_adapter_double_stream_k_proj", "to_k_ip").replace(
+        "ip_adapter_double_stream_v_proj", "to_v_ip").replace("processor.", "")
+
+
 def _load(path: Path) -> dict:
     """{"image_proj": {...}, "ip_adapter": {...}} of a file: safetensors keys ``image_proj.*`` / ``ip_adapter.*``
     split as diffusers' ``load_ip_adapter``; any other suffix a weights-only pickle (diffusers' ``.bin``)."""
@@ -59,6 +67,8 @@ def _load(path: Path) -> dict:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for key in f.keys():
                     head, _, rest = key.partition(".")
+                    if head in _XLABS:  # a FLUX IP-Adapter (XLabs), named as diffusers' FluxIPAdapterMixin does
+                        head, rest = _XLABS[head], _xlabs_name(rest)
                     if head in state:
                         state[head][rest] = f.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
@@ -131,6 +141,20 @@ def open_image(image):
     return image
 
 
+@contextlib.contextmanager
+def swapped_processors(attentions, processors):
+    """The diffusers ``attentions`` with ``processors`` set for the block, then their own processors again."""
+    saved = [attention.processor for attention in attentions]
+    try:
+        for attention, processor in zip(attentions, processors):
+            attention.set_processor(processor)
+        yield
+    finally:
+        for attention, processor in zip(attentions, saved):
+            attention._modules.pop("processor", None)  # the adapter's (diffusers' set_processor logs its repr)
+            attention.processor = processor
+
+
 class IPAdaptedNet(torch.nn.Module):
     """``net(x, t, y=None, context=None, **extra)``: ``inner`` (the SD UNet's net, or a ControlNet's around it)
     with ``added_cond_kwargs={"image_embeds": [e]}``, e per row: ``negative`` where the label ``y`` is
@@ -153,20 +177,15 @@ class IPAdaptedNet(torch.nn.Module):
     @contextlib.contextmanager
     def installed(self):
         unet = self._unet[0]
-        saved = [attention.processor for attention in self._attentions]
         hid, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
         try:
-            for attention, processor in zip(self._attentions, self.processors):
-                attention.set_processor(processor)
-            unet.encoder_hid_proj = self.projection
-            unet.config.encoder_hid_dim_type = "ip_image_proj"
-            yield
+            with swapped_processors(self._attentions, self.processors):
+                unet.encoder_hid_proj = self.projection
+                unet.config.encoder_hid_dim_type = "ip_image_proj"
+                yield
         finally:
             unet.encoder_hid_proj = hid
             unet.config.encoder_hid_dim_type = hid_type
-            for attention, processor in zip(self._attentions, saved):
-                attention._modules.pop("processor", None)  # the adapter's (diffusers' set_processor logs its repr)
-                attention.processor = processor
 
     def image_embeds(self, batch: int, y, device) -> torch.Tensor:
         """(batch, 1, ...) image embeddings: the negative on rows labelled :data:`NULL_LABEL`."""
@@ -207,17 +226,21 @@ class IPAdapter:
         self.scale = float(self.scale)
         self.image = open_image(self.image)
 
+    def pixels(self, image) -> torch.Tensor:
+        """(1, 3, S, S) pixel values of ``image`` through ``CLIPImageProcessor(size=crop_size=S)``, S the
+        encoder's image_size, on its device and dtype."""
+        transformers = require("transformers")
+        size = self.image_encoder.config.image_size
+        pixels = transformers.CLIPImageProcessor(size=size, crop_size=size)(image, return_tensors="pt").pixel_values
+        param = next(self.image_encoder.parameters())
+        return pixels.to(param.device, param.dtype)
+
     def embeddings(self) -> tuple:
         """(positive, negative) image embeddings as diffusers' ``encode_image`` makes them, (1, ...) each: the
         image through ``CLIPImageProcessor(size=crop_size=image_size)`` (the pipeline's when it has no
         feature_extractor; SD 1.x's own feature_extractor has the same settings at 224)."""
-        transformers = require("transformers")
         encoder = self.image_encoder
-        size = encoder.config.image_size
-        processor = transformers.CLIPImageProcessor(size=size, crop_size=size)
-        pixels = processor(self.image, return_tensors="pt").pixel_values
-        param = next(encoder.parameters())
-        pixels = pixels.to(param.device, param.dtype)
+        pixels = self.pixels(self.image)
         with torch.no_grad():
             if self.kind == "ip-adapter":
                 positive = encoder(pixels).image_embeds
@@ -236,13 +259,8 @@ class IPAdapter:
             raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} cross-attention layers, this "
                                f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x, 2.x or "
                                f"SD-XL)")
-        try:
-            processors = unet._convert_ip_adapter_attn_to_diffusers([self.state], low_cpu_mem_usage=False)
-            projection = unet._convert_ip_adapter_image_proj_to_diffusers(self.state["image_proj"],
-                                                                         low_cpu_mem_usage=False)
-        except (RuntimeError, KeyError) as err:
-            raise DiffkitError(f"the IP-Adapter does not fit this UNet ({str(err).splitlines()[0][:120]}); an "
-                               f"IP-Adapter fits only its own model family (SD 1.x, 2.x or SD-XL)") from None
+        processors, projection = converted(unet, [self.state], self.state["image_proj"], "UNet",
+                                           " family (SD 1.x, 2.x or SD-XL)")
         processors = {n: processors[n] for n in names}
         for processor in processors.values():
             processor.scale = [self.scale]
@@ -250,12 +268,8 @@ class IPAdapter:
         dim = getattr(self.image_encoder.config, "projection_dim" if self.kind == "ip-adapter" else "hidden_size")
         wanted = (projection.image_projection_layers[0].image_embeds.in_features if self.kind == "ip-adapter"
                   else projection.image_projection_layers[0].proj_in.in_features)
-        if dim != wanted:
-            raise DiffkitError(f"the image encoder gives {dim}-wide embeddings but the IP-Adapter takes {wanted}; give "
-                               f"the --image-encoder it was trained with")
-        for module in (*processors.values(), projection):
-            module.to(unet.device, unet.dtype).eval().requires_grad_(False)
-        return processors, projection
+        check_encoder_width(dim, wanted)
+        return placed(processors, projection, unet)
 
     def adapting(self, sd):
         """A copy of ``sd`` (Stable Diffusion or SD-XL) whose network denoiser is :class:`IPAdaptedNet` around its
@@ -279,6 +293,33 @@ class IPAdapter:
         return replace(sd, _denoiser=denoiser)
 
 
+def converted(model, attn_state, image_proj: dict, what: str, family: str = "") -> tuple:
+    """(processors, projection) built by diffusers' own converters of ``model`` (a UNet or a flow transformer:
+    ``_convert_ip_adapter_attn_to_diffusers(attn_state)``, ``_convert_ip_adapter_image_proj_to_diffusers``); one
+    line for weights that do not fit it."""
+    try:
+        processors = model._convert_ip_adapter_attn_to_diffusers(attn_state, low_cpu_mem_usage=False)
+        projection = model._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise DiffkitError(f"the IP-Adapter does not fit this {what} ({str(err).splitlines()[0][:120]}); an "
+                           f"IP-Adapter fits only its own model{family}") from None
+    return processors, projection
+
+
+def check_encoder_width(dim: int, wanted: int) -> None:
+    """One line where the image encoder's output width ``dim`` is not the adapter's input width ``wanted``."""
+    if dim != wanted:
+        raise DiffkitError(f"the image encoder gives {dim}-wide embeddings but the IP-Adapter takes {wanted}; give "
+                           f"the --image-encoder it was trained with")
+
+
+def placed(processors: dict, projection, model) -> tuple:
+    """(processors, projection) on ``model``'s device and dtype, in eval mode, frozen."""
+    for module in (*processors.values(), projection):
+        module.to(model.device, model.dtype).eval().requires_grad_(False)
+    return processors, projection
+
+
 def load_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[None, str, Path] = None, device="cpu",
                     dtype: torch.dtype = torch.float32, progress: bool = True) -> IPAdapter:
     """An :class:`IPAdapter` from a file (``.safetensors``, or diffusers' ``.bin``) and the image encoder folder
@@ -299,5 +340,6 @@ def image_encoder_folder(path, image_encoder: Optional[str]) -> Path:
     return directory
 
 
-__all__ = ["IPAdapter", "IPAdaptedNet", "load_ip_adapter", "read_ip_adapter", "ip_adapter_kind",
-           "load_image_encoder", "default_image_encoder", "image_encoder_folder"]
+__all__ = ["IPAdapter", "IPAdaptedNet", "swapped_processors", "load_ip_adapter", "read_ip_adapter",
+           "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "converted",
+           "check_encoder_width", "placed"]

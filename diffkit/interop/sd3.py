@@ -72,7 +72,10 @@ class SD3Net(torch.nn.Module):
         self.model = transformer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
-                pooled: torch.Tensor = None, controls: Optional[list] = None) -> torch.Tensor:
+                pooled: torch.Tensor = None, controls: Optional[list] = None,
+                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
+        """``attention_kwargs``: the transformer's ``joint_attention_kwargs`` (an IP-Adapter's image embeds,
+        :mod:`.sd3_ip_adapter`)."""
         if context is None or pooled is None:
             raise DiffkitError("an SD3 transformer needs cond {'context', 'pooled'} (StableDiffusion3."
                                "encode_prompts)")
@@ -80,6 +83,7 @@ class SD3Net(torch.nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         out = self.model(hidden_states=x.to(dtype), timestep=t, encoder_hidden_states=context.to(dtype),
                          pooled_projections=pooled.to(dtype), block_controlnet_hidden_states=controls,
+                         **({} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs}),
                          return_dict=False)[0]
         return out.to(x.dtype)
 
@@ -181,12 +185,14 @@ class StableDiffusion3(FlowLatentVAE):
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = SD3_PIPELINE_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                         clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None, negative_prompt_2=None,
-                        negative_prompt_3=None, apg: Optional[dict] = None) -> tuple:
+                        negative_prompt_3=None, apg: Optional[dict] = None, ip_adapter=None) -> tuple:
         """(denoiser, cond): the prompts' context and pooled text, guided (classifier-free, the pipeline's
         formula) against ``negative_prompt`` (None: ""; one, or one per prompt; encoded without
         ``clip_skip``, as the pipeline's null half; ``negative_prompt_2`` / ``_3``: the second / third
         encoder's, default ``negative_prompt``). ``apg``: adaptive projected guidance's keyword arguments of the
-        guidance (:func:`~diffkit.guidance.apg_options`)."""
+        guidance (:func:`~diffkit.guidance.apg_options`). ``ip_adapter``: an :class:`~.sd3_ip_adapter.SD3IPAdapter`
+        (its image embeds in cond, zeros in the null half; none at scale <= 0, as the pipeline's
+        ``is_ip_adapter_active``)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         context, pooled = self.encode_prompts(prompts, max_sequence_length, clip_skip, prompts_2, prompts_3)
@@ -198,8 +204,12 @@ class StableDiffusion3(FlowLatentVAE):
         if all(len(set(rows)) == 1 for rows in negatives):
             negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
         null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, None, *negatives[1:])
-        guided = ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_context=null_context,
-                                        null_cond={"pooled": null_pooled}, **(apg or {}))
+        denoiser, null_cond = self.denoiser, {"pooled": null_pooled}
+        if ip_adapter is not None and ip_adapter.active:
+            denoiser, positive, null_cond["ip_image_embeds"] = ip_adapter.sd3_parts(self)
+            cond["ip_image_embeds"] = positive.expand(batch, *positive.shape[1:])
+        guided = ClassifierFreeGuidance(denoiser, guidance_scale, convention, null_context=null_context,
+                                        null_cond=null_cond, **(apg or {}))
         return guided, cond
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
@@ -307,7 +317,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  control_mask: Optional[torch.Tensor] = None,
+                  control_mask: Optional[torch.Tensor] = None, ip_adapter=None,
                   apg_eta: float = 1.0, apg_norm_threshold: float = math.inf, apg_momentum: float = 0.0,
                   **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
@@ -356,9 +366,14 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
     noise, shape = start_latents(sd3, latents, len(prompts), height, width)
 
+    if ip_adapter is not None and (controlnet is not None or skip_guidance_layers is not None):
+        raise DiffkitError("an IP-Adapter with an SD3 ControlNet or skip-layer guidance is not supported (untested "
+                           "against the pipelines); drop --ip-adapter, or the other")
+
     def guide(model):
         return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                     prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg)
+                                     prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg=apg,
+                                     ip_adapter=ip_adapter)
     if controlnet is None:
         denoiser, cond = guide(sd3)
     else:
