@@ -59,6 +59,8 @@ SD3_PIPELINE_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 SD3_PIPELINE_STEPS = 28  # its default num_inference_steps
 MAX_SEQUENCE_LENGTH = 256  # its default T5 length (at most 512)
 SD3_IMG2IMG_STRENGTH = 0.6  # StableDiffusion3Img2ImgPipeline's default strength
+_ONLY_INPAINTS = ("this SD3 transformer takes the mask and the masked image's latents as input (33 channels): it only "
+                  "inpaints; give a mask (image_to_image(mask=), diffkit edit --mask PNG)")
 
 
 class SD3Net(torch.nn.Module):
@@ -170,11 +172,26 @@ class StableDiffusion3(FlowLatentVAE):
 
     # ------------------------------------------------------------------ denoisers
     @property
+    def inpainting_unet(self) -> bool:
+        """A 33-channel inpainting transformer (latents 16 + mask 1 + masked-image latents 16 in, 16 out), which
+        only inpaints, as ``StableDiffusion3InpaintPipeline`` with ``num_channels_transformer == 33``: the SD 1.x
+        9-channel UNet's path (:mod:`.sd_inpaint`; the name is the hook :func:`~diffkit.latent_editing.latent_inpaint`
+        reads)."""
+        from .sd_inpaint import is_inpainting_config
+        return is_inpainting_config(self.transformer.config)
+
+    @property
     def denoiser(self):
-        """The unguided flow-prediction :class:`~diffkit.denoiser.Denoiser` (cond: ``context``, ``pooled``)."""
+        """The unguided flow-prediction :class:`~diffkit.denoiser.Denoiser` (cond: ``context``, ``pooled``; an
+        inpainting transformer also ``inpaint_mask``, ``masked_image_latents``, concatenated after the latents by
+        :class:`~.sd_inpaint.InpaintingUNetNet`)."""
         if self._denoiser is None:
             from ..denoiser import Denoiser
-            self._denoiser = Denoiser(SD3Net(self.transformer), self.schedule, "flow_prediction")
+            net = SD3Net(self.transformer)
+            if self.inpainting_unet:
+                from .sd_inpaint import InpaintingUNetNet
+                net = InpaintingUNetNet(net)
+            self._denoiser = Denoiser(net, self.schedule, "flow_prediction")
             self._denoiser.model = self.transformer
         return self._denoiser
 
@@ -250,10 +267,24 @@ def check_sd3_folder(directory: Path) -> tuple:
     if (_entry(index, "text_encoder_3") is None) != (_entry(index, "tokenizer_3") is None):
         raise DiffkitError(f"{directory} has text_encoder_3={_entry(index, 'text_encoder_3')!r} and tokenizer_3="
                            f"{_entry(index, 'tokenizer_3')!r}; allowed: both, or neither (zeros for T5)")
-    check_flow_vae(directory, "SD3")
+    vae = check_flow_vae(directory, "SD3")
+    _check_transformer_channels(directory, vae)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     flow_shift_from_diffusers(sched)  # dynamic shifting, inverted sigmas: refused in one line
     return index, sched
+
+
+def _check_transformer_channels(directory: Path, vae: dict) -> None:
+    """The transformer takes the VAE's latents c (``in_channels`` = c; ``out_channels`` c or null), or is an
+    inpainting transformer (``in_channels`` = 2 c + 1, ``out_channels`` = c: 33 for SD3's 16); one line otherwise."""
+    from .sd_inpaint import is_inpainting_config
+    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    c = vae.get("latent_channels", 4)
+    plain = config.get("in_channels", 16) == c and config.get("out_channels") in (None, c)
+    if not plain and not (is_inpainting_config(config) and config.get("out_channels") == c):
+        raise DiffkitError(f"{directory}'s transformer has in_channels={config.get('in_channels', 16)!r}, "
+                           f"out_channels={config.get('out_channels')!r}; allowed with the VAE's {c} latent channels: "
+                           f"{c} in (and out), or {2 * c + 1} in and {c} out (an inpainting transformer)")
 
 
 def _check_dimensions(sd3: StableDiffusion3, directory: Path) -> None:
@@ -343,6 +374,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    if sd3.inpainting_unet:
+        raise DiffkitError(_ONLY_INPAINTS)
     apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
@@ -399,17 +432,17 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     (16-channel) transformer, :func:`diffkit.latent_editing.latent_inpaint`: the mask binarised and nearest-resized
     to the latents, the kept region's x_0 replaced by the image's latents at every step (which puts it at
     ``scale_noise(z, next sigma, noise)``, the pipeline's blend, and at z after the last step); at strength 1 from
-    pure noise (its ``is_strength_max``). A transformer that takes the mask as input (33 channels) is refused."""
+    pure noise (its ``is_strength_max``). A 33-channel inpainting transformer (:attr:`StableDiffusion3.inpainting_unet`)
+    takes the mask and the masked image's latents as input at every call instead, nothing replaced, as the
+    pipeline's ``num_channels_transformer == 33`` path (:func:`.sd_inpaint.unet_inpaint`: draws per image [the
+    image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
-    channels = int(sd3.transformer.config.in_channels)
-    if mask is not None and channels != int(sd3.vae.config.latent_channels):
-        raise DiffkitError(f"this SD3 transformer takes {channels} input channels (an inpainting transformer with the "
-                           f"mask as input), which diffkit does not drive; allowed: the VAE's "
-                           f"{sd3.vae.config.latent_channels} (replacement inpainting)")
+    if mask is None and sd3.inpainting_unet:
+        raise DiffkitError(_ONLY_INPAINTS)
     steps = 50 if steps is None else steps  # the img2img pipeline's num_inference_steps
     if sampler is None and "grid" not in options:
         sampler, options["grid"] = "ddim", sd3.scheduler_grid(steps)

@@ -52,9 +52,10 @@ def is_inpainting_config(config: dict) -> bool:
     return isinstance(out_channels, int) and in_channels == 2 * out_channels + 1
 
 
-def is_inpainting_folder(path) -> bool:
-    """True for a Stable Diffusion folder whose ``unet/config.json`` is an inpainting UNet's (read, not loaded)."""
-    config_file = Path(path) / "unet" / "config.json"
+def is_inpainting_folder(path, component: str = "unet") -> bool:
+    """True for a Stable Diffusion folder whose ``unet/config.json`` is an inpainting UNet's (read, not loaded);
+    ``component="transformer"``: an SD3 folder's 33-channel inpainting transformer (:mod:`.sd3`)."""
+    config_file = Path(path) / component / "config.json"
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
@@ -137,7 +138,7 @@ def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, s
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
     keep = (pixel_mask < 0.5).to(images.dtype)
     z = None if strength == 1 else encode_images(sd, images, posterior, generator)
-    shape = (images.shape[0], sd.unet.config.out_channels, images.shape[2] // sd.vae_scale_factor,
+    shape = (images.shape[0], sd.vae.config.latent_channels, images.shape[2] // sd.vae_scale_factor,
              images.shape[3] // sd.vae_scale_factor)
     noise = randn(shape, generator, device=sd.device, dtype=torch.float32)
     x = noise if z is None else diffusion.q_sample(denoiser.schedule, z, grid[0], noise)
