@@ -33,7 +33,7 @@ def _folder(folder, root, **config):
 
 @pytest.fixture(scope="module")
 def dynamic_sd3(tiny_sd3, tmp_path_factory):
-    """{time_shift_type: (the pipeline with the folder's scheduler, load_sd3 of the folder)}."""
+    """{time_shift_type: (the pipeline with the folder's scheduler, load_sd3 of the folder, the folder)}."""
     pipe, folder, _ = tiny_sd3[True]
     out = {}
     for kind in ("exponential", "linear"):
@@ -41,7 +41,7 @@ def dynamic_sd3(tiny_sd3, tmp_path_factory):
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
         ours = diffusers.StableDiffusion3Pipeline(**{**pipe.components, "scheduler": scheduler})
         ours.set_progress_bar_config(disable=True)
-        out[kind] = (ours, load_sd3(root, progress=False))
+        out[kind] = (ours, load_sd3(root, progress=False), root)
     return out
 
 
@@ -51,7 +51,7 @@ def test_sd3_dynamic_shifting_matches_the_pipeline(dynamic_sd3, kind, height, wi
     """text_to_image on the scheduler's sigmas after set_timesteps(steps, mu=calculate_shift(L)), L = (h/2)(w/2)
     latent patches, = StableDiffusion3Pipeline at two sizes; the other samplers' schedule is the flow schedule with
     shift e^mu ("exponential") or mu ("linear")."""
-    pipe, sd3 = dynamic_sd3[kind]
+    pipe, sd3, _ = dynamic_sd3[kind]
     h, w = height // 2, width // 2
     mu = 0.5 + (1.6 - 0.5) / 60 * ((h // 2) * (w // 2) - 4)
     assert sd3.mu(h, w) == pytest.approx(mu)
@@ -75,7 +75,7 @@ def test_sd3_dynamic_shifting_matches_the_pipeline(dynamic_sd3, kind, height, wi
 @pytest.mark.parametrize("height, width", [(16, 16), (24, 16)])
 def test_sd3_dynamic_shifting_img2img_matches_the_pipeline(dynamic_sd3, height, width):
     """image_to_image = StableDiffusion3Img2ImgPipeline with mu of the images' size (int(H) // f // p ...)."""
-    pipe, sd3 = dynamic_sd3["exponential"]
+    pipe, sd3, _ = dynamic_sd3["exponential"]
     images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(3))
     img2img = diffusers.StableDiffusion3Img2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
@@ -93,7 +93,7 @@ def test_sd3_dynamic_shifting_img2img_matches_the_pipeline(dynamic_sd3, height, 
 def test_sd3_dynamic_shifting_refusals(tiny_sd3, dynamic_sd3, tmp_path):
     """Skip-layer guidance with a dynamic shift, and a use_dynamic_shifting / time_shift_type the pipelines do not
     take: one line."""
-    _, sd3 = dynamic_sd3["exponential"]
+    _, sd3, _ = dynamic_sd3["exponential"]
     with pytest.raises(DiffkitError, match="skip-layer guidance with a scheduler with use_dynamic_shifting=true"):
         text_to_image(sd3, PROMPTS, steps=4, guidance_scale=4.0, skip_guidance_layers=[0], max_sequence_length=12)
     _, folder, _ = tiny_sd3[True]
@@ -102,3 +102,20 @@ def test_sd3_dynamic_shifting_refusals(tiny_sd3, dynamic_sd3, tmp_path):
                                 ("c", {**DYNAMIC, "invert_sigmas": True}, "invert_sigmas=True")):
         with pytest.raises(DiffkitError, match=match):
             load_sd3(_folder(folder, tmp_path / name, **config), progress=False)
+
+
+def test_sample_command_on_a_dynamic_shifting_folder(dynamic_sd3, tmp_path, capsys):
+    """`diffkit sample --height 24 --width 16` on the folder writes text_to_image's grid byte for byte (mu of that
+    size)."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    _, sd3, folder = dynamic_sd3["exponential"]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "2", "--steps", "3",
+                 "--height", "24", "--width", "16", "--guidance-convention", "diffusers", "--guidance-scale", "4",
+                 "--max-sequence-length", "12", "--no-progress", "--seed", "5", "--out", str(out)]) == 0
+    expected = text_to_image(sd3, [PROMPTS[0]] * 2, steps=3, seed=5, guidance_scale=4.0, height=24, width=16,
+                             max_sequence_length=12, output_range="-1,1")
+    save_grid(expected, tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()

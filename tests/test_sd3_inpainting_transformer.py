@@ -79,7 +79,8 @@ def test_sd3_inpainting_transformer_edit_command(inpainting_sd3, tmp_path, capsy
     images, mask = _inputs()
     (tmp_path / "in").mkdir()
     for i, image in enumerate(images):
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"{i}.png")
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "in" / f"{i}.png")
     Image.fromarray(np.uint8(mask[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
     common = ["--checkpoint", str(folder), "--prompt", PROMPTS[0], "--guidance-convention", "diffusers",
               "--guidance-scale", "4", "--seed", "5", "--no-progress", "--max-sequence-length", "12", "--steps", "2"]

@@ -256,7 +256,8 @@ class StableDiffusion3(FlowLatentVAE):
         if all(len(set(rows)) == 1 for rows in negatives):
             negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
         null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, None, *negatives[1:])
-        guided = ClassifierFreeGuidance(self.denoiser_for(*(size or (None, None))), guidance_scale, convention, null_context=null_context,
+        guided = ClassifierFreeGuidance(self.denoiser_for(*(size or (None, None))), guidance_scale, convention,
+                                        null_context=null_context,
                                         null_cond={"pooled": null_pooled}, **(apg or {}))
         return guided, cond
 
