@@ -34,7 +34,13 @@ fused as their ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`).
 
 Refused in one line before any weight is read: a folder whose transformer, VAE or scheduler is another
 class, a VAE without ``shift_factor``, an ``image_encoder`` (SD3's IP-Adapter), a ``controlnet``, a
-scheduler with ``use_dynamic_shifting`` or ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`).
+scheduler with ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`), a transformer whose channels fit
+neither the VAE's latents c nor an inpainting transformer's 2c + 1 in / c out.
+
+A scheduler with ``use_dynamic_shifting`` shifts by the pipelines' mu of the image size
+(:meth:`StableDiffusion3.shift`, FLUX.1's :func:`.flux.calculate_shift` with the SD3 defaults); a 33-channel
+inpainting transformer (latents + mask + masked-image latents, ``StableDiffusion3InpaintPipeline``'s
+``num_channels_transformer == 33``) takes :mod:`.sd_inpaint`'s path and only inpaints.
 SD3.5's transformer options (``qk_norm``, ``dual_attention_layers``) run as they are: diffusers' own module
 is called.
 """

@@ -26,8 +26,11 @@ With a ControlNet (:meth:`~diffkit.interop.controlnet.ControlNets.controlling`) 
 (4 channels) and its residuals go to this UNet, as ``StableDiffusionControlNetInpaintPipeline`` with a 9-channel
 UNet. An SD-XL inpainting UNet (:mod:`.sd_xl`, ``StableDiffusionXLInpaintPipeline`` and its ControlNet pipeline with
 ``num_channels_unet == 9``) takes this same path: its cond adds ``text_embeds`` and ``time_ids``, which
-:class:`InpaintingUNetNet` passes on with the context. RePaint and reconstruction guidance act on replacement, which
-this model does not use: refused.
+:class:`InpaintingUNetNet` passes on with the context. An SD3 folder's 33-channel inpainting transformer (:mod:`.sd3`,
+``StableDiffusion3InpaintPipeline`` with ``num_channels_transformer == 33``: latents 16 + mask 1 + masked-image latents
+16, the same order) takes this path too, :class:`InpaintingUNetNet` around its ``SD3Net``, with SD3's latents
+((E(x) - shift) * scale). RePaint and reconstruction guidance act on replacement, which this model does not use:
+refused.
 """
 from __future__ import annotations
 
