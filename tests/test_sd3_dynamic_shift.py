@@ -90,12 +90,29 @@ def test_sd3_dynamic_shifting_img2img_matches_the_pipeline(dynamic_sd3, height, 
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
 
 
+def test_sd3_dynamic_shifting_with_skip_layer_guidance_matches_the_pipeline(dynamic_sd3):
+    """Skip-layer guidance's window on the scheduler's sigmas of the size's mu: StableDiffusion3Pipeline(
+    skip_guidance_layers=[0]) at 48 x 32 (mu 2.2, the default size's 0.65), steps 1 and 2 of 6 guided."""
+    pipe, sd3, _ = dynamic_sd3["exponential"]
+    latents = torch.randn(2, 4, 24, 16, generator=torch.Generator().manual_seed(7))
+    slg = {"skip_guidance_layers": [0], "skip_layer_guidance_scale": 2.0, "skip_layer_guidance_start": 0.01,
+           "skip_layer_guidance_stop": 0.5}
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, num_inference_steps=6, guidance_scale=4.0, latents=latents.clone(), height=48,
+                      width=32, output_type="latent", max_sequence_length=12, **slg).images
+    ours = text_to_image(sd3, PROMPTS, steps=6, guidance_scale=4.0, latents=latents, height=48, width=32,
+                         max_sequence_length=12, return_latents=True, **slg)
+    error = relative_error(ours, theirs)
+    print("dynamic slg", float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
 def test_sd3_dynamic_shifting_refusals(tiny_sd3, dynamic_sd3, tmp_path):
-    """Skip-layer guidance with a dynamic shift, and a use_dynamic_shifting / time_shift_type the pipelines do not
-    take: one line."""
+    """A ControlNet with a dynamic shift (StableDiffusion3ControlNetPipeline passes no mu), and a use_dynamic_shifting
+    / time_shift_type / invert_sigmas the pipelines do not take: one line."""
     _, sd3, _ = dynamic_sd3["exponential"]
-    with pytest.raises(DiffkitError, match="skip-layer guidance with a scheduler with use_dynamic_shifting=true"):
-        text_to_image(sd3, PROMPTS, steps=4, guidance_scale=4.0, skip_guidance_layers=[0], max_sequence_length=12)
+    with pytest.raises(DiffkitError, match="ControlNet with a scheduler with use_dynamic_shifting=true"):
+        text_to_image(sd3, PROMPTS, steps=4, controlnet=object(), max_sequence_length=12)
     _, folder, _ = tiny_sd3[True]
     for name, config, match in (("a", {"use_dynamic_shifting": "yes"}, "use_dynamic_shifting='yes' is not allowed"),
                                 ("b", {**DYNAMIC, "time_shift_type": "cubic"}, "time_shift_type"),

@@ -448,9 +448,9 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
     noise, shape = start_latents(sd3, latents, len(prompts), height, width)
-    if sd3.dynamic_shifting and (skip_guidance_layers is not None or controlnet is not None):
-        raise DiffkitError(f"{'skip-layer guidance' if controlnet is None else 'an SD3 ControlNet'} with a scheduler "
-                           f"with use_dynamic_shifting=true is not supported; give a folder with a fixed shift")
+    if sd3.dynamic_shifting and controlnet is not None:
+        raise DiffkitError("an SD3 ControlNet with a scheduler with use_dynamic_shifting=true is not supported "
+                           "(StableDiffusion3ControlNetPipeline passes no mu); give a folder with a fixed shift")
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS,
                                          lambda n: sd3.scheduler_grid(n, *shape[2:]))
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
@@ -473,7 +473,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     if skip_guidance_layers is not None:
         from .sd3_slg import skip_layer_guidance
         denoiser = skip_layer_guidance(sd3, denoiser, skip_guidance_layers, window_steps, skip_layer_guidance_scale,
-                                       skip_layer_guidance_start, skip_layer_guidance_stop)
+                                       skip_layer_guidance_start, skip_layer_guidance_stop, size=shape[2:])
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
     return finish_images(sd3, z0, return_latents, output_range)
