@@ -168,13 +168,14 @@ def test_sample_command_runs_an_sd3_folder(tiny_sd3, tmp_path, capsys):
 
 def test_what_sd3_does_not_support_is_refused_in_one_line(tiny_sd3, tmp_path, capsys):
     """Flags an SD3 folder does not take, and folders it does not drive (an IP-Adapter image encoder, a VAE
-    without shift_factor, dynamic shifting, another transformer class): one line each, before any output."""
+    without shift_factor, inverted sigmas, another transformer class): one line each, before any output (dynamic
+    shifting is driven: test_sd3_dynamic_shift)."""
     from diffkit.cli import main
     _, folder, _ = tiny_sd3[False]
     bad = {}
     for name, part, change in (("ip", "model_index.json", {"image_encoder": ["transformers", "SiglipVisionModel"]}),
                                ("shift", "vae/config.json", {"shift_factor": None}),
-                               ("dynamic", "scheduler/scheduler_config.json", {"use_dynamic_shifting": True}),
+                               ("inverted", "scheduler/scheduler_config.json", {"invert_sigmas": True}),
                                ("class", "model_index.json", {"transformer": ["diffusers", "FluxTransformer2DModel"]})):
         bad[name] = tmp_path / name
         for sub in ("model_index.json", "vae/config.json", "scheduler/scheduler_config.json"):
@@ -191,7 +192,7 @@ def test_what_sd3_does_not_support_is_refused_in_one_line(tiny_sd3, tmp_path, ca
             (["--checkpoint", str(folder), "--clip-skip", "3"], "clip_skip=3 is not allowed; give an integer"),
             (["--checkpoint", str(bad["ip"])], "image_encoder='SiglipVisionModel' \\(an IP-Adapter"),
             (["--checkpoint", str(bad["shift"])], "vae has shift_factor=None; allowed: a number"),
-            (["--checkpoint", str(bad["dynamic"])], "use_dynamic_shifting=True cannot be expressed"),
+            (["--checkpoint", str(bad["inverted"])], "invert_sigmas=True cannot be expressed"),
             (["--checkpoint", str(bad["class"])], "transformer is a 'FluxTransformer2DModel'; allowed: SD3")):
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()

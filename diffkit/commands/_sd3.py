@@ -70,6 +70,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
+    check_inpainting_transformer(directory)  # a 33-channel transformer only inpaints
     check_slg_steps(guidance.slg, steps, SD3_PIPELINE_GUIDANCE if guidance.guidance_scale is None else
                     guidance.guidance_scale, "diffusers" if guidance.guidance_scale is None else guidance.convention)
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
@@ -124,6 +125,21 @@ _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--pro
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
                "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end"}
+
+
+def check_inpainting_transformer(directory, mask=None, controlnets=None) -> None:
+    """An SD3 folder with a 33-channel inpainting transformer (:attr:`~diffkit.interop.sd3.StableDiffusion3.
+    inpainting_unet`, read from its config) only inpaints: ``diffkit edit --mask`` without ``--controlnet``; one
+    line, before any weight is read, otherwise."""
+    from ..interop.sd_inpaint import is_inpainting_folder
+    if not is_inpainting_folder(directory, "transformer"):
+        return
+    what = f"{directory} has an inpainting transformer (33 input channels: latents + mask + masked-image latents)"
+    if mask is None:
+        raise DiffkitError(f"{what}: it only inpaints; give --mask PNG (white = repaint) to diffkit edit --images")
+    if controlnets:
+        raise DiffkitError(f"{what}: --controlnet does not apply (StableDiffusion3ControlNetInpaintingPipeline takes a "
+                           f"16-channel transformer)")
 
 
 def check_sd3_inpainting_flags(args) -> None:
@@ -186,6 +202,8 @@ def edit_sd3(args, flux: bool = False) -> int:
                if value is not None}
     request = _prompt_request(args, info.name)
     check_prompt_encoding(request, directory)
+    if not flux:
+        check_inpainting_transformer(directory, args.mask, args.controlnets)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
     count = len(files)
     control = inpainting_controlnet = None

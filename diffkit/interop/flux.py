@@ -70,6 +70,20 @@ FLUX_IMG2IMG_GUIDANCE = 7.0  # and its default guidance_scale (the embedded valu
 _SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
+def scheduler_shift(config: dict, mu, h: int, w: int) -> float:
+    """The flow shift a FlowMatchEulerDiscreteScheduler ``config`` applies at latents h x w: e^mu (``use_dynamic_
+    shifting``, ``time_shift_type`` "exponential"; ``mu()`` the pipeline's), mu ("linear"), or its fixed ``shift``:
+    ``time_shift`` maps sigma to e^mu / (e^mu + 1/sigma - 1) (or mu / (mu + 1/sigma - 1)), SD3 eq. 23's shift map."""
+    if not config.get("use_dynamic_shifting", False):
+        return float(config.get("shift", 1.0))
+    mu = mu()
+    if config.get("time_shift_type", "exponential") == "exponential":
+        return math.exp(mu)
+    if mu <= 0:
+        raise DiffkitError(f"the scheduler's linear time shift mu={mu:g} at latents {h}x{w} is not positive")
+    return mu
+
+
 def pack_latents(z: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, (h/2)(w/2), 4C): 2 x 2 patches, channel-major within a patch (``_pack_latents``)."""
     b, c, h, w = z.shape
@@ -90,10 +104,11 @@ def latent_image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-def calculate_shift(image_seq_len: int, config: dict) -> float:
+def calculate_shift(image_seq_len: int, config: dict, defaults: Optional[dict] = None) -> float:
     """FluxPipeline's mu: linear in the packed sequence length through (base_image_seq_len, base_shift) and
-    (max_image_seq_len, max_shift) of the scheduler ``config`` (defaults 256, 4096, 0.5, 1.15)."""
-    c = {k: config.get(k, v) for k, v in _SHIFT_DEFAULTS.items()}
+    (max_image_seq_len, max_shift) of the scheduler ``config`` (``defaults`` for missing keys: 256, 4096, 0.5, 1.15;
+    the SD3 pipelines read max_shift 1.16, :mod:`.sd3`)."""
+    c = {k: config.get(k, v) for k, v in (defaults or _SHIFT_DEFAULTS).items()}
     m = (c["max_shift"] - c["base_shift"]) / (c["max_image_seq_len"] - c["base_image_seq_len"])
     b = c["base_shift"] - m * c["base_image_seq_len"]
     return image_seq_len * m + b
@@ -175,14 +190,7 @@ class Flux(FlowLatentVAE):
     def shift(self, h: int, w: int) -> float:
         """The flow shift the scheduler applies at latents h x w: e^mu (dynamic, exponential), mu (dynamic,
         linear) or its fixed ``shift``."""
-        if not self.scheduler_config.get("use_dynamic_shifting", False):
-            return float(self.scheduler_config.get("shift", 1.0))
-        mu = self.mu(h, w)
-        if self.scheduler_config.get("time_shift_type", "exponential") == "exponential":
-            return math.exp(mu)
-        if mu <= 0:
-            raise DiffkitError(f"the scheduler's linear time shift mu={mu:g} at latents {h}x{w} is not positive")
-        return mu
+        return scheduler_shift(self.scheduler_config, lambda: self.mu(h, w), h, w)
 
     def denoiser_for(self, h: int, w: int):
         """The unguided flow-prediction Denoiser (cond: ``context``, ``pooled``, ``guidance``) on the flow schedule

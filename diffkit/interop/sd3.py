@@ -34,7 +34,13 @@ fused as their ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`).
 
 Refused in one line before any weight is read: a folder whose transformer, VAE or scheduler is another
 class, a VAE without ``shift_factor``, an ``image_encoder`` (SD3's IP-Adapter), a ``controlnet``, a
-scheduler with ``use_dynamic_shifting`` or ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`).
+scheduler with ``invert_sigmas`` (:func:`.schedulers.flow_shift_from_diffusers`), a transformer whose channels fit
+neither the VAE's latents c nor an inpainting transformer's 2c + 1 in / c out.
+
+A scheduler with ``use_dynamic_shifting`` shifts by the pipelines' mu of the image size
+(:meth:`StableDiffusion3.shift`, FLUX.1's :func:`.flux.calculate_shift` with the SD3 defaults); a 33-channel
+inpainting transformer (latents + mask + masked-image latents, ``StableDiffusion3InpaintPipeline``'s
+``num_channels_transformer == 33``) takes :mod:`.sd_inpaint`'s path and only inpaints.
 SD3.5's transformer options (``qk_norm``, ``dual_attention_layers``) run as they are: diffusers' own module
 is called.
 """
@@ -59,6 +65,10 @@ SD3_PIPELINE_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 SD3_PIPELINE_STEPS = 28  # its default num_inference_steps
 MAX_SEQUENCE_LENGTH = 256  # its default T5 length (at most 512)
 SD3_IMG2IMG_STRENGTH = 0.6  # StableDiffusion3Img2ImgPipeline's default strength
+# the SD3 pipelines' calculate_shift defaults for keys a dynamic-shifting scheduler config lacks (max_shift 1.16)
+SD3_SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.16}
+_ONLY_INPAINTS = ("this SD3 transformer takes the mask and the masked image's latents as input (33 channels): it only "
+                  "inpaints; give a mask (image_to_image(mask=), diffkit edit --mask PNG)")
 
 
 class SD3Net(torch.nn.Module):
@@ -106,6 +116,7 @@ class StableDiffusion3(FlowLatentVAE):
     device: torch.device
     dtype: torch.dtype = torch.float32
     _denoiser: object = field(default=None, repr=False)
+    _denoisers: dict = field(default_factory=dict, repr=False)  # {shift: Denoiser} with use_dynamic_shifting
 
     default_guidance_scale = SD3_PIPELINE_GUIDANCE
 
@@ -174,25 +185,79 @@ class StableDiffusion3(FlowLatentVAE):
 
     # ------------------------------------------------------------------ denoisers
     @property
+    def inpainting_unet(self) -> bool:
+        """A 33-channel inpainting transformer (latents 16 + mask 1 + masked-image latents 16 in, 16 out), which
+        only inpaints, as ``StableDiffusion3InpaintPipeline`` with ``num_channels_transformer == 33``: the SD 1.x
+        9-channel UNet's path (:mod:`.sd_inpaint`; the name is the hook :func:`~diffkit.latent_editing.latent_inpaint`
+        reads)."""
+        from .sd_inpaint import is_inpainting_config
+        return is_inpainting_config(self.transformer.config)
+
+    def _new_denoiser(self, schedule):
+        from ..denoiser import Denoiser
+        net = SD3Net(self.transformer)
+        if self.inpainting_unet:
+            from .sd_inpaint import InpaintingUNetNet
+            net = InpaintingUNetNet(net)
+        denoiser = Denoiser(net, schedule, "flow_prediction")
+        denoiser.model = self.transformer
+        return denoiser
+
+    @property
     def denoiser(self):
-        """The unguided flow-prediction :class:`~diffkit.denoiser.Denoiser` (cond: ``context``, ``pooled``)."""
+        """The unguided flow-prediction :class:`~diffkit.denoiser.Denoiser` (cond: ``context``, ``pooled``; an
+        inpainting transformer also ``inpaint_mask``, ``masked_image_latents``, concatenated after the latents by
+        :class:`~.sd_inpaint.InpaintingUNetNet`) on :attr:`schedule` (with ``use_dynamic_shifting``: the default
+        size's; :meth:`denoiser_for` any other)."""
         if self._denoiser is None:
-            from ..denoiser import Denoiser
-            self._denoiser = Denoiser(SD3Net(self.transformer), self.schedule, "flow_prediction")
-            self._denoiser.model = self.transformer
+            self._denoiser = self._new_denoiser(self.schedule)
         return self._denoiser
+
+    # ------------------------------------------------------------------ resolution-dependent shift
+    @property
+    def dynamic_shifting(self) -> bool:
+        """The scheduler's ``use_dynamic_shifting``: its shift depends on the image size (:meth:`shift`)."""
+        return bool(self.scheduler_config.get("use_dynamic_shifting", False))
+
+    def mu(self, h: int, w: int) -> float:
+        """The pipelines' mu for latents h x w: ``calculate_shift`` of the sequence length (h / p)(w / p), p the
+        patch size, with the scheduler's base / max shift and sequence lengths (:func:`.flux.calculate_shift`;
+        defaults 256, 4096, 0.5 and the SD3 pipelines' max_shift 1.16)."""
+        from .flux import calculate_shift
+        patch = int(self.transformer.config.patch_size)
+        return calculate_shift((h // patch) * (w // patch), self.scheduler_config, SD3_SHIFT_DEFAULTS)
+
+    def shift(self, h: int, w: int) -> float:
+        """The flow shift the scheduler applies at latents h x w: its fixed ``shift``, or with
+        ``use_dynamic_shifting`` e^mu ("exponential") / mu ("linear") (:func:`.flux.scheduler_shift`)."""
+        from .flux import scheduler_shift
+        return scheduler_shift(self.scheduler_config, lambda: self.mu(h, w), h, w)
+
+    def denoiser_for(self, h: Optional[int] = None, w: Optional[int] = None):
+        """:attr:`denoiser`, or with ``use_dynamic_shifting`` the one on ``NoiseSchedule.flow(T, shift(h, w))``
+        of latents h x w (as :meth:`.flux.Flux.denoiser_for`): any other sampler's own grid is then shifted as the
+        pipeline's sigmas at that size."""
+        from ..schedule import NoiseSchedule
+        if not self.dynamic_shifting or h is None:
+            return self.denoiser
+        shift = self.shift(h, w)
+        if shift not in self._denoisers:
+            T = int(self.scheduler_config.get("num_train_timesteps", 1000))
+            self._denoisers[shift] = self._new_denoiser(NoiseSchedule.flow(T, shift))
+        return self._denoisers[shift]
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = SD3_PIPELINE_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                         clip_skip: Optional[int] = None, prompts_2=None, prompts_3=None, negative_prompt_2=None,
-                        negative_prompt_3=None, apg: Optional[dict] = None, ip_adapter=None) -> tuple:
+                        negative_prompt_3=None, apg: Optional[dict] = None, ip_adapter=None,
+                        size: Optional[tuple] = None) -> tuple:
         """(denoiser, cond): the prompts' context and pooled text, guided (classifier-free, the pipeline's
         formula) against ``negative_prompt`` (None: ""; one, or one per prompt; encoded without
         ``clip_skip``, as the pipeline's null half; ``negative_prompt_2`` / ``_3``: the second / third
         encoder's, default ``negative_prompt``). ``apg``: adaptive projected guidance's keyword arguments of the
         guidance (:func:`~diffkit.guidance.apg_options`). ``ip_adapter``: an :class:`~.sd3_ip_adapter.SD3IPAdapter`
         (its image embeds in cond, zeros in the null half; none at scale <= 0, as the pipeline's
-        ``is_ip_adapter_active``)."""
+        ``is_ip_adapter_active``). ``size``: the latents' (h, w) (:meth:`denoiser_for`)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         context, pooled = self.encode_prompts(prompts, max_sequence_length, clip_skip, prompts_2, prompts_3)
@@ -204,25 +269,30 @@ class StableDiffusion3(FlowLatentVAE):
         if all(len(set(rows)) == 1 for rows in negatives):
             negatives = [rows[:1] for rows in negatives]  # one row, broadcast by the guidance to every sample
         null_context, null_pooled = self.encode_prompts(negatives[0], max_sequence_length, None, *negatives[1:])
-        denoiser, null_cond = self.denoiser, {"pooled": null_pooled}
+        denoiser, null_cond = self.denoiser_for(*(size or (None, None))), {"pooled": null_pooled}
         if ip_adapter is not None and ip_adapter.active:
-            denoiser, positive, null_cond["ip_image_embeds"] = ip_adapter.sd3_parts(self)
+            denoiser, positive, null_cond["ip_image_embeds"] = ip_adapter.sd3_parts(self, denoiser)
             cond["ip_image_embeds"] = positive.expand(batch, *positive.shape[1:])
         guided = ClassifierFreeGuidance(denoiser, guidance_scale, convention, null_context=null_context,
                                         null_cond=null_cond, **(apg or {}))
         return guided, cond
 
-    def scheduler_grid(self, steps: int) -> torch.Tensor:
-        """diffkit's grid of the folder's ``FlowMatchEulerDiscreteScheduler`` after ``set_timesteps(steps)``:
-        each sigma s (float32, as the pipeline steps with it) at the VP time of equal SNR, log-SNR
-        2 log((1 - s)/s) (s = 1: T - 1, the last sigma 0: -1, clean data); the network is then called at
-        s * T, the pipeline's timestep."""
+    def scheduler_grid(self, steps: int, h: Optional[int] = None, w: Optional[int] = None) -> torch.Tensor:
+        """diffkit's grid of the folder's ``FlowMatchEulerDiscreteScheduler`` after ``set_timesteps(steps)``
+        (with ``use_dynamic_shifting``: ``mu=`` :meth:`mu` of latents h x w, default the folder's size, as the
+        pipelines): each sigma s (float32, as the pipeline steps with it) at the VP time of equal SNR of
+        :meth:`denoiser_for` (h, w)'s schedule, log-SNR 2 log((1 - s)/s) (s = 1: T - 1, the last sigma 0: -1,
+        clean data); the network is then called at s * T, the pipeline's timestep."""
         diffusers = require("diffusers")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
+        if not self.dynamic_shifting:
+            scheduler.set_timesteps(steps)
+            return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
+        h, w = (h, w) if h is not None else self.latent_shape(1)[2:]
+        scheduler.set_timesteps(steps, mu=self.mu(h, w))
+        return flow_sigmas_grid(self.denoiser_for(h, w).schedule, scheduler.sigmas, steps)
 
 
 def _per_prompt(other, prompts: list, name: str) -> list:
@@ -251,7 +321,6 @@ def is_sd3_folder(path: Union[str, Path]) -> bool:
 def check_sd3_folder(directory: Path) -> tuple:
     """(index, scheduler config) of an SD3 folder that :func:`load_sd3` drives; anything else is a one-line
     DiffkitError (module docstring), from the JSON files alone."""
-    from .schedulers import flow_shift_from_diffusers
     index = _index(directory)
     if index is None or not is_sd3_folder(directory):
         raise DiffkitError(f"{directory} is not an SD3 folder (model_index.json naming a StableDiffusion3Pipeline "
@@ -260,10 +329,38 @@ def check_sd3_folder(directory: Path) -> tuple:
     if (_entry(index, "text_encoder_3") is None) != (_entry(index, "tokenizer_3") is None):
         raise DiffkitError(f"{directory} has text_encoder_3={_entry(index, 'text_encoder_3')!r} and tokenizer_3="
                            f"{_entry(index, 'tokenizer_3')!r}; allowed: both, or neither (zeros for T5)")
-    check_flow_vae(directory, "SD3")
+    vae = check_flow_vae(directory, "SD3")
+    _check_transformer_channels(directory, vae)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    flow_shift_from_diffusers(sched)  # dynamic shifting, inverted sigmas: refused in one line
+    _fixed_shift(sched)  # inverted sigmas, a bad shift: refused in one line
     return index, sched
+
+
+def _fixed_shift(sched: dict) -> float:
+    """The scheduler's fixed flow shift (:func:`.schedulers.flow_shift_from_diffusers`: inverted sigmas or a shift
+    that is not a positive number refused in one line), its ``use_dynamic_shifting`` (a boolean) and
+    ``time_shift_type`` checked: a dynamic shift is :meth:`StableDiffusion3.shift`'s, per size."""
+    from .schedulers import flow_shift_from_diffusers
+    dynamic = sched.get("use_dynamic_shifting", False)
+    if not isinstance(dynamic, bool):
+        raise DiffkitError(f"the scheduler's use_dynamic_shifting={dynamic!r} is not allowed; allowed: true, false")
+    if dynamic:
+        check_choice("the scheduler's time_shift_type", sched.get("time_shift_type", "exponential"),
+                     ["exponential", "linear"])
+    return flow_shift_from_diffusers({**sched, "use_dynamic_shifting": False})
+
+
+def _check_transformer_channels(directory: Path, vae: dict) -> None:
+    """The transformer takes the VAE's latents c (``in_channels`` = c; ``out_channels`` c or null), or is an
+    inpainting transformer (``in_channels`` = 2 c + 1, ``out_channels`` = c: 33 for SD3's 16); one line otherwise."""
+    from .sd_inpaint import is_inpainting_config
+    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    c = vae.get("latent_channels", 4)
+    plain = config.get("in_channels", 16) == c and config.get("out_channels") in (None, c)
+    if not plain and not (is_inpainting_config(config) and config.get("out_channels") == c):
+        raise DiffkitError(f"{directory}'s transformer has in_channels={config.get('in_channels', 16)!r}, "
+                           f"out_channels={config.get('out_channels')!r}; allowed with the VAE's {c} latent channels: "
+                           f"{c} in (and out), or {2 * c + 1} in and {c} out (an inpainting transformer)")
 
 
 def _check_dimensions(sd3: StableDiffusion3, directory: Path) -> None:
@@ -287,13 +384,13 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     ``text_encoder_2.`` keys), merged as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`;
     read and checked first)."""
     from ..schedule import NoiseSchedule
-    from .schedulers import flow_shift_from_diffusers
     from .sd_lora import merge_sd_loras, read_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_sd3_folder(directory)
     loras = read_sd_loras(lora) if lora else []
-    schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
+    T = int(sched.get("num_train_timesteps", 1000))
+    schedule = NoiseSchedule.flow(T, _fixed_shift(sched))
     texts = {"": "CLIPTextModelWithProjection", "_2": "CLIPTextModelWithProjection", "_3": "T5EncoderModel"}
     parts = load_flow_parts(directory, index, diffusers.SD3Transformer2DModel, texts, dtype, progress)
     device = torch.device(device)
@@ -302,6 +399,8 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
             parts[name].to(device).eval().requires_grad_(False)
     sd3 = StableDiffusion3(**parts, schedule=schedule, scheduler_config=sched, device=device, dtype=dtype)
     _check_dimensions(sd3, directory)
+    if sd3.dynamic_shifting:  # the default size's shift (StableDiffusion3.denoiser_for: any other size's)
+        sd3.schedule = NoiseSchedule.flow(T, sd3.shift(*sd3.latent_shape(1)[2:]))
     merge_sd_loras(sd3, loras)
     return sd3
 
@@ -353,10 +452,17 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    if sd3.inpainting_unet:
+        raise DiffkitError(_ONLY_INPAINTS)
     apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
-    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS, sd3.scheduler_grid)
+    noise, shape = start_latents(sd3, latents, len(prompts), height, width)
+    if sd3.dynamic_shifting and controlnet is not None:
+        raise DiffkitError("an SD3 ControlNet with a scheduler with use_dynamic_shifting=true is not supported "
+                           "(StableDiffusion3ControlNetPipeline passes no mu); give a folder with a fixed shift")
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS,
+                                         lambda n: sd3.scheduler_grid(n, *shape[2:]))
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     if skip_guidance_layers is not None and controlnet is not None:
@@ -364,7 +470,6 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                            "Pipeline has no skip_guidance_layers); give one of them")
     if control_mask is not None and controlnet is None:
         raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
-    noise, shape = start_latents(sd3, latents, len(prompts), height, width)
 
     if ip_adapter is not None and (controlnet is not None or skip_guidance_layers is not None):
         raise DiffkitError("an IP-Adapter with an SD3 ControlNet or skip-layer guidance is not supported (untested "
@@ -373,7 +478,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     def guide(model):
         return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
                                      prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg=apg,
-                                     ip_adapter=ip_adapter)
+                                     ip_adapter=ip_adapter, size=shape[2:])
     if controlnet is None:
         denoiser, cond = guide(sd3)
     else:
@@ -383,7 +488,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     if skip_guidance_layers is not None:
         from .sd3_slg import skip_layer_guidance
         denoiser = skip_layer_guidance(sd3, denoiser, skip_guidance_layers, window_steps, skip_layer_guidance_scale,
-                                       skip_layer_guidance_start, skip_layer_guidance_stop)
+                                       skip_layer_guidance_start, skip_layer_guidance_stop, size=shape[2:])
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
     return finish_images(sd3, z0, return_latents, output_range)
@@ -414,25 +519,26 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     (16-channel) transformer, :func:`diffkit.latent_editing.latent_inpaint`: the mask binarised and nearest-resized
     to the latents, the kept region's x_0 replaced by the image's latents at every step (which puts it at
     ``scale_noise(z, next sigma, noise)``, the pipeline's blend, and at z after the last step); at strength 1 from
-    pure noise (its ``is_strength_max``). A transformer that takes the mask as input (33 channels) is refused."""
+    pure noise (its ``is_strength_max``). A 33-channel inpainting transformer (:attr:`StableDiffusion3.inpainting_unet`)
+    takes the mask and the masked image's latents as input at every call instead, nothing replaced, as the
+    pipeline's ``num_channels_transformer == 33`` path (:func:`.sd_inpaint.unet_inpaint`: draws per image [the
+    image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
-    channels = int(sd3.transformer.config.in_channels)
-    if mask is not None and channels != int(sd3.vae.config.latent_channels):
-        raise DiffkitError(f"this SD3 transformer takes {channels} input channels (an inpainting transformer with the "
-                           f"mask as input), which diffkit does not drive; allowed: the VAE's "
-                           f"{sd3.vae.config.latent_channels} (replacement inpainting)")
+    if mask is None and sd3.inpainting_unet:
+        raise DiffkitError(_ONLY_INPAINTS)
     steps = 50 if steps is None else steps  # the img2img pipeline's num_inference_steps
+    size = (images.shape[2] // sd3.vae_scale_factor, images.shape[3] // sd3.vae_scale_factor)
     if sampler is None and "grid" not in options:
-        sampler, options["grid"] = "ddim", sd3.scheduler_grid(steps)
+        sampler, options["grid"] = "ddim", sd3.scheduler_grid(steps, *size)
         strength = sd3.pipeline_strength(steps, strength)
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3)
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, size=size)
     z0 = edit_latents(sd3, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(sd3, z0, return_latents, output_range)

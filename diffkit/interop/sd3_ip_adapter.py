@@ -72,9 +72,10 @@ class SD3IPAdapter(TransformerIPAdapter):
         check_encoder_width(self.image_encoder.config.hidden_size, projection.proj_in.in_features)
         return placed(processors, projection, transformer)
 
-    def sd3_parts(self, sd3) -> tuple:
-        """(sd3's denoiser with the adapter around its net, positive, negative (1, N, D) embeds)."""
-        return self.parts(sd3, sd3.denoiser, 0, 0)
+    def sd3_parts(self, sd3, denoiser=None) -> tuple:
+        """(``denoiser`` (default sd3's; a dynamic-shift folder's of the image size) with the adapter around its
+        net, positive, negative (1, N, D) embeds)."""
+        return self.parts(sd3, sd3.denoiser if denoiser is None else denoiser, 0, 0)
 
 
 def load_siglip_encoder(directory, device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> tuple:

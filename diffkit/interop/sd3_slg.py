@@ -105,16 +105,17 @@ class SkippedBlocks:
 
 
 def skip_layer_guidance(sd3, guided, layers: Sequence[int], steps: int, scale: float = SLG_SCALE,
-                        start: float = SLG_START, stop: float = SLG_STOP):
+                        start: float = SLG_START, stop: float = SLG_STOP, size: tuple = (None, None)):
     """``guided`` (the folder's :class:`~diffkit.guidance.ClassifierFreeGuidance`) with skip-layer guidance over
-    it (module docstring), its window placed on :meth:`~.sd3.StableDiffusion3.scheduler_grid` (``steps``).
+    it (module docstring), its window placed on :meth:`~.sd3.StableDiffusion3.scheduler_grid` (``steps``; ``size``:
+    the latents' (h, w), whose mu a dynamic-shifting scheduler takes).
     Classifier-free guidance off (s <= 1, where the pipeline skips SLG too): a one-line DiffkitError."""
     from ..guidance import PerturbedAttentionGuidance
     layers = check_slg(layers, scale, start, stop, len(sd3.transformer.transformer_blocks))
     if guided.w <= 0:
         raise DiffkitError(f"skip-layer guidance needs classifier-free guidance on (a guidance scale s > 1, "
                            f"diffusers' convention; here s = {guided.w + 1:g}), as StableDiffusion3Pipeline's")
-    interval = slg_interval(sd3.scheduler_grid(steps), steps, start, stop)
+    interval = slg_interval(sd3.scheduler_grid(steps, *size), steps, start, stop)
     return PerturbedAttentionGuidance(guided, scale, layers, interval, network=SkippedBlocks(sd3.transformer))
 
 

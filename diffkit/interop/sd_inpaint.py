@@ -26,8 +26,11 @@ With a ControlNet (:meth:`~diffkit.interop.controlnet.ControlNets.controlling`) 
 (4 channels) and its residuals go to this UNet, as ``StableDiffusionControlNetInpaintPipeline`` with a 9-channel
 UNet. An SD-XL inpainting UNet (:mod:`.sd_xl`, ``StableDiffusionXLInpaintPipeline`` and its ControlNet pipeline with
 ``num_channels_unet == 9``) takes this same path: its cond adds ``text_embeds`` and ``time_ids``, which
-:class:`InpaintingUNetNet` passes on with the context. RePaint and reconstruction guidance act on replacement, which
-this model does not use: refused.
+:class:`InpaintingUNetNet` passes on with the context. An SD3 folder's 33-channel inpainting transformer (:mod:`.sd3`,
+``StableDiffusion3InpaintPipeline`` with ``num_channels_transformer == 33``: latents 16 + mask 1 + masked-image latents
+16, the same order) takes this path too, :class:`InpaintingUNetNet` around its ``SD3Net``, with SD3's latents
+((E(x) - shift) * scale). RePaint and reconstruction guidance act on replacement, which this model does not use:
+refused.
 """
 from __future__ import annotations
 
@@ -52,9 +55,10 @@ def is_inpainting_config(config: dict) -> bool:
     return isinstance(out_channels, int) and in_channels == 2 * out_channels + 1
 
 
-def is_inpainting_folder(path) -> bool:
-    """True for a Stable Diffusion folder whose ``unet/config.json`` is an inpainting UNet's (read, not loaded)."""
-    config_file = Path(path) / "unet" / "config.json"
+def is_inpainting_folder(path, component: str = "unet") -> bool:
+    """True for a Stable Diffusion folder whose ``unet/config.json`` is an inpainting UNet's (read, not loaded);
+    ``component="transformer"``: an SD3 folder's 33-channel inpainting transformer (:mod:`.sd3`)."""
+    config_file = Path(path) / component / "config.json"
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
@@ -137,7 +141,7 @@ def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, s
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
     keep = (pixel_mask < 0.5).to(images.dtype)
     z = None if strength == 1 else encode_images(sd, images, posterior, generator)
-    shape = (images.shape[0], sd.unet.config.out_channels, images.shape[2] // sd.vae_scale_factor,
+    shape = (images.shape[0], sd.vae.config.latent_channels, images.shape[2] // sd.vae_scale_factor,
              images.shape[3] // sd.vae_scale_factor)
     noise = randn(shape, generator, device=sd.device, dtype=torch.float32)
     x = noise if z is None else diffusion.q_sample(denoiser.schedule, z, grid[0], noise)
