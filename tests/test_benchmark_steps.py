@@ -174,3 +174,20 @@ def test_mnist_conv_choices_times_each_layout(tmp_path, monkeypatch, capsys):
     expected = {"channels_last", "contiguous"} | ({"winograd"} if winograd.winograd_available() else set())
     assert set(row["ms"]) == expected
     assert row["ratio"]["contiguous"] > 0 and "8x8" in capsys.readouterr().out
+
+
+def test_step_compare_extrapolates_the_batch_independent_cost(tmp_path, monkeypatch, capsys):
+    """step_compare.py --batches: whole steps timed at each batch size, a fixed cost extrapolated."""
+    import json
+    import step_compare
+    monkeypatch.setattr(step_compare, "CONFIGS", {"tiny": TINY})
+    out = tmp_path / "b.json"
+    step_compare.main(["--config", "tiny", "--batches", "2,1", "--rounds", "1", "--warmup", "0", "--out", str(out)])
+    result = json.loads(out.read_text())
+    for lib in ("diffkit", "diffusers"):
+        seconds = result["seconds"][lib]
+        assert set(seconds) == {"1", "2"} and all(s > 0 for s in seconds.values())
+        assert result["fixed_s"][lib] == pytest.approx(2 * seconds["1"] - seconds["2"])
+    assert "independent of the batch" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at least two"):
+        step_compare.main(["--config", "tiny", "--batches", "4"])
