@@ -143,3 +143,51 @@ def test_winograd_layers_runs_its_smallest_table(tmp_path, capsys):
     winograd_layers.main(["--repeats", "1", "--batch", "1", "--sizes", "8", "--channels", "32",
                           "--out", str(tmp_path / "w.json")])
     assert "Winograd" in capsys.readouterr().out and (tmp_path / "w.json").is_file()
+
+
+def test_step_compare_counts_and_profiles_both_steps(tmp_path, monkeypatch, capsys):
+    """step_compare.py (thirty-seventh session) on a tiny network: both libraries' ATen calls
+    counted, the copy-like bytes summed, and per-operator self times for both."""
+    import json
+    import step_compare
+    monkeypatch.setattr(step_compare, "CONFIGS", {"tiny": TINY})
+    out = tmp_path / "s.json"
+    step_compare.main(["--config", "tiny", "--batch", "2", "--rounds", "1", "--rows", "3", "--warmup", "0",
+                       "--out", str(out)])
+    result = json.loads(out.read_text())
+    for lib in ("diffkit", "diffusers"):
+        assert sum(result["calls"][lib].values()) > 100 and result["calls"][lib].get("convolution", 0) > 0
+        assert result["bytes"][lib]["cat"] > 0 and sum(result["self_ms"][lib].values()) > 0
+    assert "ATen calls per step" in capsys.readouterr().out
+
+
+def test_mnist_conv_choices_times_each_layout(tmp_path, monkeypatch, capsys):
+    """mnist_conv_choices.py (thirty-seventh session) on one small shape: both layouts timed, and
+    Winograd where its kernels are built."""
+    import json
+    import mnist_conv_choices
+    from diffkit.models import winograd
+    monkeypatch.setattr(mnist_conv_choices, "SHAPES", [(8, 8, 8, 3)])
+    out = tmp_path / "c.json"
+    mnist_conv_choices.main(["--repeats", "1", "--out", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    expected = {"channels_last", "contiguous"} | ({"winograd"} if winograd.winograd_available() else set())
+    assert set(row["ms"]) == expected
+    assert row["ratio"]["contiguous"] > 0 and "8x8" in capsys.readouterr().out
+
+
+def test_step_compare_extrapolates_the_batch_independent_cost(tmp_path, monkeypatch, capsys):
+    """step_compare.py --batches: whole steps timed at each batch size, a fixed cost extrapolated."""
+    import json
+    import step_compare
+    monkeypatch.setattr(step_compare, "CONFIGS", {"tiny": TINY})
+    out = tmp_path / "b.json"
+    step_compare.main(["--config", "tiny", "--batches", "2,1", "--rounds", "1", "--warmup", "0", "--out", str(out)])
+    result = json.loads(out.read_text())
+    for lib in ("diffkit", "diffusers"):
+        seconds = result["seconds"][lib]
+        assert set(seconds) == {"1", "2"} and all(s > 0 for s in seconds.values())
+        assert result["fixed_s"][lib] == pytest.approx(2 * seconds["1"] - seconds["2"])
+    assert "independent of the batch" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="at least two"):
+        step_compare.main(["--config", "tiny", "--batches", "4"])
