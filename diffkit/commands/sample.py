@@ -239,7 +239,7 @@ def run(args) -> int:
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     check_freeu_checkpoint(checkpoint, args.freeu)
-    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint)  # --control-image is its own then
+    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint, len(args.prompts or [""]))  # its --control-image
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     refiner = RefinerRequest.from_args(args, checkpoint)
@@ -1004,7 +1004,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
 
-    rows = None if controlnet is None or controlnet.per_prompt == 1 else index.tolist()  # each prompt's image
+    controls = controlnet if adapters is None else adapters  # (they exclude each other: ._t2i_adapter)
+    rows = None if controls is None or controls.per_prompt == 1 else index.tolist()  # each prompt's image
 
     per_prompt_2 = guidance.prompts_2 is not None and len(guidance.prompts_2) > 1  # --prompt-2 once per --prompt
     per_sample_2 = [guidance.prompts_2[i] for i in index.tolist()] if per_prompt_2 else None
