@@ -218,20 +218,26 @@ def test_apg_is_refused_for_a_flux_folder_even_at_zero(flag, tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["sd"])
-def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(kind, folders, tmp_path, capsys, monkeypatch):
-    """An LCM UNet with a guidance input (time_cond_proj_dim) has no null pass to project: one line in the library
-    and, from the folder's JSON before any weight is read, on the command line."""
+def lcm_json_folder(folder, lcm):
+    """A copy of the SD ``folder``'s JSON (no weights) at ``lcm``: an LCMScheduler and a UNet with a guidance
+    input (time_cond_proj_dim 8), for refusals made before any weight is read."""
     import json
     import shutil
-    from diffkit.cli import main
-    folder, sd, text_to_image = folders["sd"]
-    lcm = tmp_path / "lcm"
     shutil.copytree(folder, lcm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     (lcm / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         **json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), "_class_name": "LCMScheduler"}))
     (lcm / "unet" / "config.json").write_text(json.dumps({
         **json.loads((folder / "unet" / "config.json").read_text()), "time_cond_proj_dim": 8}))
+    return lcm
+
+
+@pytest.mark.parametrize("kind", ["sd"])
+def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(kind, folders, tmp_path, capsys, monkeypatch):
+    """An LCM UNet with a guidance input (time_cond_proj_dim) has no null pass to project: one line in the library
+    and, from the folder's JSON before any weight is read, on the command line."""
+    from diffkit.cli import main
+    folder, sd, text_to_image = folders["sd"]
+    lcm = lcm_json_folder(folder, tmp_path / "lcm")
     out = tmp_path / "new" / "s.png"
     assert main(["sample", "--checkpoint", str(lcm), "--prompt", "a cat", "--guidance-scale", "3", "--apg-momentum",
                  "-0.5", "--out", str(out), "--no-progress"]) == 2

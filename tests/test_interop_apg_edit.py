@@ -16,7 +16,8 @@ from diffkit.guidance import apg_options  # noqa: E402
 from diffkit.interop.sd3 import image_to_image  # noqa: E402
 from diffkit.latent_editing import latent_img2img, latent_inpaint  # noqa: E402
 
-from test_interop_apg import APG, PROMPTS, assert_calls_are_diffusers_apg_guider, recorded_guided_calls  # noqa: E402
+from test_interop_apg import (APG, PROMPTS, assert_calls_are_diffusers_apg_guider, lcm_json_folder,  # noqa: E402
+                              recorded_guided_calls)
 import test_interop_apg  # noqa: E402
 
 folders, _built = test_interop_apg.folders, test_interop_apg._built  # the fixtures (tiny folders), shared
@@ -71,12 +72,11 @@ def test_each_guided_call_of_an_edit_is_diffusers_apg_guider(kind, mask, folders
 
 
 @pytest.mark.parametrize("kind", ["sd", "xl", "sd3"])
-def test_apg_off_in_an_edit_is_bit_identical_and_on_changes_it(kind, folders):
-    for mask in (False, True):
-        plain = _edit(kind, folders, mask)
-        assert torch.equal(_edit(kind, folders, mask, apg_eta=1.0, apg_norm_threshold=math.inf, apg_momentum=0.0),
-                           plain)
-        assert (_edit(kind, folders, mask, apg_eta=0.0) - plain).abs().max() > 1e-3
+@pytest.mark.parametrize("mask", [False, True])
+def test_apg_off_in_an_edit_is_bit_identical_and_on_changes_it(kind, mask, folders):
+    plain = _edit(kind, folders, mask)
+    assert torch.equal(_edit(kind, folders, mask, apg_eta=1.0, apg_norm_threshold=math.inf, apg_momentum=0.0), plain)
+    assert (_edit(kind, folders, mask, apg_eta=0.0) - plain).abs().max() > 1e-3
 
 
 def _write_inputs(tmp_path):
@@ -140,6 +140,13 @@ def test_apg_mistakes_in_diffkit_edit_are_one_line_errors_before_any_output(kind
                      "--steps", "2", *extra, "--out", str(out), "--no-progress"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], (extra, err)
+        assert not out.parent.exists()
+    if kind == "sd":  # an LCM UNet that takes w as its input: from the folder's JSON, before any weight is read
+        code = main(["edit", "--checkpoint", str(lcm_json_folder(folders[kind][0], tmp_path / "lcm")), "--images",
+                     str(pngs), "--prompt", "a cat", "--guidance-scale", "3", "--apg-eta", "0", "--out", str(out),
+                     "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "--apg-eta is an option of classifier-free guidance; this LCM" in err[0]
         assert not out.parent.exists()
 
 

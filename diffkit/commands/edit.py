@@ -484,6 +484,11 @@ def _stable_diffusion(args, device):
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
+    from ..interop.lcm import is_lcm_folder
+    from .sample import GuidanceRequest, refuse_for_guidance_input
+    refuse_for_guidance_input(args.checkpoint, is_lcm_folder(args.checkpoint) or args.scheduler == "lcm", [  # APG
+        flag for flag, value in zip(GuidanceRequest.APG_FLAGS, (args.apg_eta, args.apg_norm_threshold,
+                                                                args.apg_momentum)) if value is not None])
     inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
     if inpainting:
         check_inpainting_flags(args)
