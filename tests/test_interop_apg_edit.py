@@ -20,7 +20,10 @@ from test_interop_apg import (APG, PROMPTS, assert_calls_are_diffusers_apg_guide
                               recorded_guided_calls)
 import test_interop_apg  # noqa: E402
 
+import test_sd_inpaint  # noqa: E402
+
 folders, _built = test_interop_apg.folders, test_interop_apg._built  # the fixtures (tiny folders), shared
+inpaint_sd = test_sd_inpaint.inpaint_sd  # a 9-channel inpainting UNet's folder
 
 SIZE = (16, 16)  # the tiny folders' 8 x 8 latents
 STEPS, STRENGTH = 4, 0.75  # int(4 * 0.75) = 3 guided calls (SD3's own loop: its cut grid)
@@ -69,6 +72,18 @@ def test_each_guided_call_of_an_edit_is_diffusers_apg_guider(kind, mask, folders
     calls = recorded_guided_calls(monkeypatch, lambda: _edit(kind, folders, mask, **APG))
     assert len(calls) >= 2, len(calls)
     assert assert_calls_are_diffusers_apg_guider(calls, 5.0, 0.25, 0.5, -0.5, (kind, mask)) > 0
+
+
+def test_a_9_channel_inpainting_unet_is_diffusers_apg_guider(inpaint_sd, monkeypatch):
+    """The same with an SD inpainting UNet (mask and masked-image latents in every call's cond)."""
+    _, sd, _ = inpaint_sd
+    guided, cond = _guided(sd, "sd", 6.0, "diffusers", PROMPTS, apg_options(0.25, 0.5, -0.5))
+    with torch.no_grad():
+        calls = recorded_guided_calls(monkeypatch, lambda: latent_inpaint(
+            guided, sd, _images(), _mask(), "ddim", STEPS, strength=STRENGTH, posterior="sample", seed=3, cond=cond,
+            progress=False, return_latents=True))
+    assert len(calls) == 3 and all(call[4]["context"].shape[0] == 2 and len(call[4]) > 1 for call in calls)
+    assert assert_calls_are_diffusers_apg_guider(calls, 5.0, 0.25, 0.5, -0.5, "sd9") > 0
 
 
 @pytest.mark.parametrize("kind", ["sd", "xl", "sd3"])
