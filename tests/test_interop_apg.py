@@ -84,11 +84,8 @@ def _separate_passes(guide, x, t, y, cond):
     return guide.inner(x, t, **c), guide.inner(x, t, **n)
 
 
-@pytest.mark.parametrize("kind", ["sd", "xl", "sd3"])
-def test_each_guided_call_is_diffusers_apg_guider_on_the_x0_predictions(kind, folders, monkeypatch):
-    """diffkit's guided x_0 at every call of a 3-step run (eta 0.25, r 0.5 reached, momentum -0.5 over the calls)
-    is diffusers' AdaptiveProjectedGuidance(use_original_formulation=True, s = w) on the same (x0_c, x0_u), its
-    MomentumBuffer carried across the calls; the eps is that x_0's, (x_t - alpha x0) / sigma."""
+def recorded_guided_calls(monkeypatch, run) -> list:
+    """(guide, x, t, y, cond, guided prediction) of every guided call of ``run()``."""
     calls, guide_call = [], ClassifierFreeGuidance._guide
 
     def recording(self, x, t, y, cond, perturbed=None):
@@ -96,25 +93,45 @@ def test_each_guided_call_is_diffusers_apg_guider_on_the_x0_predictions(kind, fo
         calls.append((self, x.clone(), t, y, dict(cond), pred))
         return pred
     monkeypatch.setattr(ClassifierFreeGuidance, "_guide", recording)
-    _run(kind, folders, **APG)
-    monkeypatch.undo()
-    assert len(calls) == 3
-    guider = AdaptiveProjectedGuidance(guidance_scale=5.0, adaptive_projected_guidance_momentum=-0.5,
-                                       adaptive_projected_guidance_rescale=0.5, eta=0.25, use_original_formulation=True)
-    guider.momentum_buffer = MomentumBuffer(-0.5)  # what its prepare_inputs does at step 0
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+    return calls
+
+
+def assert_calls_are_diffusers_apg_guider(calls, w, eta, norm_threshold, momentum, label=""):
+    """Each recorded guided call's x_0 is diffusers' AdaptiveProjectedGuidance(use_original_formulation=True, s = w)
+    on the same (x0_c, x0_u) to 2e-5 of its largest value, its MomentumBuffer carried across the calls in order, and
+    its eps that x_0's, (x_t - alpha x0) / sigma; returns how many samples' running averages the threshold capped."""
+    guider = AdaptiveProjectedGuidance(guidance_scale=w, adaptive_projected_guidance_momentum=momentum,
+                                       adaptive_projected_guidance_rescale=norm_threshold, eta=eta,
+                                       use_original_formulation=True)
+    guider.momentum_buffer = MomentumBuffer(momentum)  # what its prepare_inputs does at step 0
     capped = 0
     for guide, x, t, y, cond, pred in calls:
-        assert guide.w == 5.0 and (guide.apg_eta, guide.apg_norm_threshold, guide.apg_momentum) == (0.25, 0.5, -0.5)
+        assert guide.w == w and (guide.apg_eta, guide.apg_norm_threshold, guide.apg_momentum) == (
+            eta, norm_threshold, momentum)
         with torch.no_grad():
             cond_pred, null_pred = _separate_passes(guide, x, t, y, cond)
         theirs = guider.forward(pred_cond=cond_pred.x0, pred_uncond=null_pred.x0).pred
-        capped += int((guider.momentum_buffer.running_average.flatten(1).norm(dim=1) > 0.5).sum())
+        capped += int((guider.momentum_buffer.running_average.flatten(1).norm(dim=1) > norm_threshold).sum())
         t64 = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
         alpha, sigma = (diffusion.expand(f(t64), x).to(x.dtype) for f in (guide.schedule.alpha, guide.schedule.sigma))
         scale = theirs.abs().max()
-        assert (pred.x0 - theirs).abs().max() <= 2e-5 * scale, (kind, t, (pred.x0 - theirs).abs().max())
-        assert torch.allclose(pred.eps, (x - alpha * theirs) / sigma, atol=2e-4, rtol=1e-4), (kind, t)
-    assert capped > 0  # the norm threshold took effect
+        assert (pred.x0 - theirs).abs().max() <= 2e-5 * scale, (label, t, (pred.x0 - theirs).abs().max())
+        assert torch.allclose(pred.eps, (x - alpha * theirs) / sigma, atol=2e-4, rtol=1e-4), (label, t)
+    return capped
+
+
+@pytest.mark.parametrize("kind", ["sd", "xl", "sd3"])
+def test_each_guided_call_is_diffusers_apg_guider_on_the_x0_predictions(kind, folders, monkeypatch):
+    """diffkit's guided x_0 at every call of a 3-step run (eta 0.25, r 0.5 reached, momentum -0.5 over the calls)
+    is diffusers' AdaptiveProjectedGuidance(use_original_formulation=True, s = w) on the same (x0_c, x0_u), its
+    MomentumBuffer carried across the calls; the eps is that x_0's, (x_t - alpha x0) / sigma."""
+    calls = recorded_guided_calls(monkeypatch, lambda: _run(kind, folders, **APG))
+    assert len(calls) == 3
+    assert assert_calls_are_diffusers_apg_guider(calls, 5.0, 0.25, 0.5, -0.5, kind) > 0  # the threshold took effect
 
 
 @pytest.mark.parametrize("kind", ["sd", "sd3"])
@@ -201,20 +218,26 @@ def test_apg_is_refused_for_a_flux_folder_even_at_zero(flag, tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["sd"])
-def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(kind, folders, tmp_path, capsys, monkeypatch):
-    """An LCM UNet with a guidance input (time_cond_proj_dim) has no null pass to project: one line in the library
-    and, from the folder's JSON before any weight is read, on the command line."""
+def lcm_json_folder(folder, lcm):
+    """A copy of the SD ``folder``'s JSON (no weights) at ``lcm``: an LCMScheduler and a UNet with a guidance
+    input (time_cond_proj_dim 8), for refusals made before any weight is read."""
     import json
     import shutil
-    from diffkit.cli import main
-    folder, sd, text_to_image = folders["sd"]
-    lcm = tmp_path / "lcm"
     shutil.copytree(folder, lcm, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     (lcm / "scheduler" / "scheduler_config.json").write_text(json.dumps({
         **json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), "_class_name": "LCMScheduler"}))
     (lcm / "unet" / "config.json").write_text(json.dumps({
         **json.loads((folder / "unet" / "config.json").read_text()), "time_cond_proj_dim": 8}))
+    return lcm
+
+
+@pytest.mark.parametrize("kind", ["sd"])
+def test_apg_is_refused_for_an_lcm_unet_that_takes_w_as_its_input(kind, folders, tmp_path, capsys, monkeypatch):
+    """An LCM UNet with a guidance input (time_cond_proj_dim) has no null pass to project: one line in the library
+    and, from the folder's JSON before any weight is read, on the command line."""
+    from diffkit.cli import main
+    folder, sd, text_to_image = folders["sd"]
+    lcm = lcm_json_folder(folder, tmp_path / "lcm")
     out = tmp_path / "new" / "s.png"
     assert main(["sample", "--checkpoint", str(lcm), "--prompt", "a cat", "--guidance-scale", "3", "--apg-momentum",
                  "-0.5", "--out", str(out), "--no-progress"]) == 2
@@ -241,18 +264,3 @@ def test_apg_under_pag_and_skip_layer_guidance(kind, perturbed, folders, monkeyp
     monkeypatch.setattr(ClassifierFreeGuidance, "_guide", recording)
     assert (_run(kind, folders, **perturbed, apg_eta=0.0, apg_momentum=-0.5) - plain).abs().max() > 1e-3
     assert (0.0, -0.5, True) in seen
-
-
-@pytest.mark.parametrize("kind", ["sd"])
-def test_diffkit_edit_still_refuses_apg_on_a_folder_and_says_where_it_applies(kind, folders, tmp_path, capsys):
-    from PIL import Image
-    from diffkit.cli import main
-    (tmp_path / "images").mkdir()
-    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "a.png")
-    assert main(["edit", "--checkpoint", str(folders[kind][0]), "--images", str(tmp_path / "images"), "--prompt",
-                 "a cat", "--guidance-scale", "5", "--apg-eta", "0", "--out", str(tmp_path / "out"),
-                 "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["diffkit edit: error: --apg-eta is not available for a Stable Diffusion folder in diffkit edit; "
-                   "diffkit sample takes it (adaptive projected guidance of text_to_image)"], err
-    assert not (tmp_path / "out").exists()

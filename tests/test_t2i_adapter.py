@@ -62,9 +62,11 @@ def _latents(batch=2):
 
 
 def _theirs(pipe, adapters, pngs, latents, mode="RGB", **options):
+    """The pipeline's latents; ``pngs``: per adapter a file (repeated for each prompt) or a list (one per prompt)."""
     from PIL import Image
     saved = pipe.adapter
-    images = [[Image.open(p).convert(mode)] * len(PROMPTS) for p in pngs]  # one per prompt (the pipeline's batch)
+    images = [[Image.open(q).convert(mode) for q in p] if isinstance(p, list) else  # one per prompt (its batch)
+              [Image.open(p).convert(mode)] * len(PROMPTS) for p in pngs]
     try:
         pipe.adapter = adapters[0] if len(adapters) == 1 else diffusers.MultiAdapter(adapters)
         with torch.no_grad():
@@ -184,7 +186,7 @@ def test_bad_t2i_adapter_input_is_one_line_before_any_output(tiny_t2i, tmp_path,
             ([*ad, *image, "--controlnet", root / "full"], "--t2i-adapter with --controlnet"),
             ([*ad, *image, "--pag-scale", "2"], "--t2i-adapter with --pag-scale"),
             (["--t2i-adapter", root / "xl", *image], "downscale_factor=4 but this folder's latents need 2"),
-            ([*ad, "--control-image", root], "a folder")):
+            ([*ad, "--control-image", root], "holds 2 PNG(s) for 1 --prompt")):
         line = one_line_error(capsys, *base, *extra)
         assert match in line, (extra, line)
         assert not out.parent.exists()
@@ -195,8 +197,78 @@ def test_bad_t2i_adapter_input_is_one_line_before_any_output(tiny_t2i, tmp_path,
     with pytest.raises(DiffkitError, match=r"channels=\[16, 64\] but the UNet"):
         text_to_image(sd, PROMPTS, steps=2, t2i_adapter=T2IAdapters([other], pngs[:1]))
     for images, options, match in (([pngs[0], pngs[1]], {}, "2 control images for 1 T2I-Adapters"),
-                                   ([[pngs[0], pngs[1]]], {}, "a list of control images per T2I-Adapter"),
+                                   ([[]], {}, "an empty list of control images"),
                                    ([pngs[0]], {"factor": 1.5}, "adapter conditioning factor"),
                                    ([pngs[0]], {"scales": [1.0, 2.0]}, "one per T2I-Adapter (1)")):
         with pytest.raises(DiffkitError, match=re.escape(match)):
             T2IAdapters([adapters["full"]], images, **options)
+
+
+@pytest.mark.parametrize("folder, names, scale", [("sd", ["full"], 1.0), ("sd", ["full", "full2"], 0.5),
+                                                   ("xl", ["xl"], 0.7)])
+def test_one_control_image_per_prompt_matches_the_pipelines(tiny_t2i, folder, names, scale):
+    """StableDiffusion(XL)AdapterPipeline given a list of images, one per prompt (MultiAdapter: a list per
+    adapter): prompt i's features are image i's (control_rows 0, 1 by default); with the list reversed through
+    ``control_rows`` the same latents as the reversed list, and not the per-prompt run with the rows swapped."""
+    pipe, xl, adapters, sd, sd_xl, root, pngs = tiny_t2i
+    pipeline, model = (pipe, sd) if folder == "sd" else (xl, sd_xl)
+    nets = [adapters[name] for name in names]
+    per_prompt = [list(pngs), list(pngs[::-1])][:len(nets)]
+    latents = _latents()
+    theirs = _theirs(pipeline, nets, per_prompt, latents,
+                     adapter_conditioning_scale=scale if len(nets) == 1 else [scale] * len(nets))
+    ours = _ours(model, nets, per_prompt, latents, scales=scale)
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+    swapped = text_to_image(model, PROMPTS, steps=STEPS, grid="scheduler", guidance_scale=SCALE, latents=latents,
+                            return_latents=True, eta=0.0, control_rows=[1, 0],
+                            t2i_adapter=T2IAdapters(nets, [p[::-1] for p in per_prompt], scales=scale))
+    assert relative_error(swapped, theirs) < 1e-5  # image control_rows[i] of the list
+    assert relative_error(_ours(model, nets, [p[::-1] for p in per_prompt], latents, scales=scale), theirs) > 1e-4
+
+
+def test_sample_command_with_a_control_image_folder_per_prompt(tiny_t2i, tmp_path):
+    """``diffkit sample --t2i-adapter DIR --control-image FOLDER --prompt hot --prompt cold --num 4``: each
+    prompt's row takes its own image (the folder's PNGs in name order), the PNGs of text_to_image with the list and
+    control_rows [0, 0, 1, 1], byte for byte."""
+    import shutil
+    from diffkit.images import save_images
+    pipe, xl, adapters, sd, sd_xl, root, pngs = tiny_t2i
+    (tmp_path / "controls").mkdir()
+    for name, png in (("a.png", pngs[1]), ("b.png", pngs[0])):
+        shutil.copy(png, tmp_path / "controls" / name)
+    individual = tmp_path / "each"
+    assert main([str(a) for a in (
+        "sample", "--checkpoint", root / "sd", "--prompt", "hot", "--prompt", "cold", "--num", "4", "--steps", "2",
+        "--seed", "5", "--t2i-adapter", f"{root / 'full'}:0.8", "--control-image", tmp_path / "controls",
+        "--out", tmp_path / "grid.png", "--individual", individual, "--no-progress")]) == 0
+    images = text_to_image(sd, ["hot", "hot", "cold", "cold"], steps=2, seed=5, output_range="-1,1",
+                           control_rows=[0, 0, 1, 1],
+                           t2i_adapter=T2IAdapters([adapters["full"]], [[pngs[1], pngs[0]]], scales=0.8))
+    save_images(images, tmp_path / "lib")
+    ours = _pngs_of(individual)
+    assert torch.equal(ours, _pngs_of(tmp_path / "lib"))
+    assert not torch.equal(ours[1], ours[2])  # (the prompts differ too; the images' effect: the library test)
+
+
+def test_per_prompt_control_image_mistakes_are_one_line(tiny_t2i, tmp_path, capsys):
+    from test_cli_errors import one_line_error
+    pipe, xl, adapters, sd, sd_xl, root, pngs = tiny_t2i
+    out = tmp_path / "new" / "grid.png"
+    (tmp_path / "three").mkdir()
+    for i in range(3):
+        control_png(tmp_path / "three" / f"{i}.png", HEIGHT, WIDTH, seed=i)
+    line = one_line_error(capsys, *["sample", "--checkpoint", root / "sd", "--prompt", "hot", "--prompt", "cold",
+                                    "--steps", "2", "--t2i-adapter", root / "full", "--control-image",
+                                    tmp_path / "three", "--out", out])
+    assert "--control-image " in line and "holds 3 PNG(s) for 2 --prompt" in line, line
+    assert not out.parent.exists()
+    for kwargs, match in (({}, "3 control images for 2 prompts"),
+                          ({"control_rows": [0, 3]}, "control_rows [0, 3] is not allowed")):
+        with pytest.raises(DiffkitError, match=re.escape(match)) as err:
+            text_to_image(sd, PROMPTS, steps=2, t2i_adapter=T2IAdapters([adapters["full"]], [pngs + pngs[:1]]),
+                          **kwargs)
+        assert "\n" not in str(err.value)
+    with pytest.raises(DiffkitError, match="the T2I-Adapters have 2 and 3 control images"):
+        T2IAdapters([adapters["full"], adapters["full2"]], [pngs, [pngs[0]] * 3])
+    with pytest.raises(DiffkitError, match="control_rows picks among one control image per prompt; each T2I-Adapter"):
+        text_to_image(sd, PROMPTS, steps=2, t2i_adapter=T2IAdapters([adapters["full"]], pngs[:1]), control_rows=[0, 0])

@@ -24,7 +24,7 @@ def add_controlnet_flags(parser) -> None:
                         "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
-                        "each --t2i-adapter (a file; docs/interop.md); sample: "
+                        "each --t2i-adapter (docs/interop.md); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor (SD3 / FLUX.1: it is "
                         "resized to the output's size, as their pipelines), and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
@@ -94,7 +94,7 @@ class ControlRequest:
             raise DiffkitError(f"--guess-mode applies to Stable Diffusion ControlNets; the {kind} ControlNet pipeline "
                                f"has no guess mode")
         rows = (prompts, "--prompt", "prompt") if prompts is not None else (edited, "--images file(s)", "image")
-        images = [cls._per_row(image, *rows) for image in images]
+        images = [cls.per_row(image, *rows) for image in images]
         for image in images:
             for one in image if isinstance(image, list) else [image]:
                 open_control_image(one)  # one line for a file that is not an image
@@ -106,7 +106,7 @@ class ControlRequest:
         return request
 
     @staticmethod
-    def _per_row(image, count: Optional[int], what: str, row: str):
+    def per_row(image, count: Optional[int], what: str, row: str):
         """A --control-image file as it is; a folder: its PNGs (name order), one per row (``count`` of ``what``)."""
         from pathlib import Path
 

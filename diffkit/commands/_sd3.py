@@ -15,7 +15,7 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
-                  "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (edit: with --mask), "
+                  "--guidance-scale, --apg-*, --slg-layers (sample), --controlnet (edit: with --mask), "
                   "--mask (edit), --lora, --steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet, --mask, --strength, "
@@ -118,8 +118,10 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
-    "guess_mode", "height", "width"}  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
-FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention"} | {
+    "guess_mode", "height", "width",  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
+    "apg_eta", "apg_norm_threshold", "apg_momentum"}  # adaptive projected guidance, as diffkit sample's
+FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
+                                "apg_norm_threshold", "apg_momentum"} | {
     "true_cfg_scale"}  # and a FLUX folder's
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
@@ -161,7 +163,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
     0.6 strength, 50 steps and s = 7.0 by default; ``ddim`` without a grid option on the scheduler's sigmas cut by
     get_timesteps, another sampler on its own grid), image i from ``--seed`` + i (the posterior sample, then the
-    noise); the prompt flags and ``--lora`` as :func:`sample_sd3`. Every other edit flag: one line, before any
+    noise); the prompt flags, ``--apg-*`` (adaptive projected
+    guidance) and ``--lora`` as :func:`sample_sd3`. Every other edit flag: one line, before any
     weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline and with
     ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
     the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
@@ -250,11 +253,11 @@ def edit_sd3(args, flux: bool = False) -> int:
                 height=images.shape[2], width=images.shape[3], output_range="-1,1", progress=args.progress,
                 controlnet=controlnet, control_seed=args.seed + start, control_rows=control_rows,
                 control_posterior=args.posterior or "sample", control_mask=mask,
-                **sd3_prompt_options(request, *own_rows), **({} if own else options)).cpu(),)
+                **sd3_prompt_options(request, *own_rows), **request.apg_options(), **({} if own else options)).cpu(),)
         how_control = {"controlnet": controlnet, "control_rows": control_rows}  # a --control-image folder: image i's
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
-            **sd3_prompt_options(request, *own_rows)}
+            **sd3_prompt_options(request, *own_rows), **request.apg_options()}
         edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,

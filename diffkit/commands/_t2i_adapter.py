@@ -2,7 +2,8 @@
 (:mod:`diffkit.interop.t2i_adapter`, Mou et al. 2023): ``--t2i-adapter DIR[:SCALE] --control-image PNG`` (repeat
 both for diffusers' MultiAdapter) and ``--adapter-conditioning-factor F``: StableDiffusion(XL)AdapterPipeline's
 ``adapter``, ``image``, ``adapter_conditioning_scale`` and ``adapter_conditioning_factor``. The control images are
-those of ``--control-image`` (:mod:`._controlnet`), which go to the adapters when no ``--controlnet`` is given."""
+those of ``--control-image`` (:mod:`._controlnet`), which go to the adapters when no ``--controlnet`` is given; a
+folder of PNGs gives one per ``--prompt`` (file-name order), as with a ControlNet (the pipelines' ``image=[...]``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,12 +35,15 @@ class T2IAdapterRequest:
     factor: float = 1.0
 
     @classmethod
-    def from_args(cls, args, checkpoint) -> Optional["T2IAdapterRequest"]:
+    def from_args(cls, args, checkpoint, prompts: Optional[int] = None) -> Optional["T2IAdapterRequest"]:
         """None without ``--t2i-adapter``; one line (before any output) for --adapter-conditioning-factor without
         it, a checkpoint that is not a Stable Diffusion folder, an option it does not combine with (--controlnet,
         --ip-adapter, --pag-scale, --refiner, LCM / TCD sampling), counts that do not fit, a negative scale, a
-        factor outside [0, 1], a missing folder or a control image that is a folder or cannot be read."""
+        factor outside [0, 1], a missing folder or a control image that cannot be read. A --control-image folder
+        gives one image per prompt (``prompts``: the count of --prompt; its PNGs in name order, as
+        :meth:`~._controlnet.ControlRequest.from_args`); without ``prompts`` a folder is refused."""
         from ..interop.controlnet import open_control_image
+        from ._controlnet import ControlRequest
         from ..interop.lcm import is_lcm_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         from ..interop.t2i_adapter import check_t2i_adapter_folder
@@ -68,11 +72,13 @@ class T2IAdapterRequest:
             check_t2i_adapter_folder(folder, checkpoint)  # and that it fits the folder's UNet
             if not scale >= 0:
                 raise DiffkitError(f"--t2i-adapter scale {scale:g} is not allowed; give DIR:SCALE with SCALE >= 0")
+        if prompts is None and any(Path(image).is_dir() for image in images):
+            raise DiffkitError(f"--control-image {next(i for i in images if Path(i).is_dir())} is a folder; give one "
+                               f"control image file per --t2i-adapter")
+        images = [ControlRequest.per_row(image, prompts, "--prompt", "prompt") for image in images]
         for image in images:
-            if Path(image).is_dir():
-                raise DiffkitError(f"--control-image {image} is a folder; a T2I-Adapter takes one control image file "
-                                   f"(it conditions every prompt)")
-            open_control_image(image)
+            for one in image if isinstance(image, list) else [image]:
+                open_control_image(one)  # one line for a file that is not an image
         factor = 1.0 if factor is None else check_range("--adapter-conditioning-factor", factor, 0.0, 1.0)
         return cls([folder for folder, _ in given], [scale for _, scale in given], images, float(factor))
 

@@ -306,6 +306,9 @@ def run(args) -> int:
         raise DiffkitError("--jump-n-sample / --jump-length (RePaint's resampling) go with --mask")
     if args.paste_known and args.mask is None:
         raise DiffkitError("--paste-known (the kept pixels pasted back) goes with --mask")
+    if args.apg_momentum and args.jump_n_sample != 1:  # each RePaint segment is its own sampling run
+        raise DiffkitError(f"--apg-momentum {args.apg_momentum} does not go with --jump-n-sample "
+                           f"{args.jump_n_sample} (RePaint's resampling restarts APG's running average); drop one")
     request = _prompt_request(args, info.name)
     micro, begin = edit_refiner_options(args)  # an SD-XL refiner's flags, from model_index.json
     out = Path(args.out)
@@ -478,14 +481,14 @@ def _stable_diffusion(args, device):
                         ("--lora-any-base", args.lora_any_base or None)):  # its --lora: diffusers / kohya files
         if value is not None:
             raise not_for_stable_diffusion(flag)
-    for flag, value in (("--apg-eta", args.apg_eta), ("--apg-norm-threshold", args.apg_norm_threshold),
-                        ("--apg-momentum", args.apg_momentum)):
-        if value is not None:  # diffkit sample's text_to_image takes them (docs/interop.md); the edits do not
-            raise DiffkitError(f"{flag} is not available for a Stable Diffusion folder in diffkit edit; diffkit "
-                               f"sample takes it (adaptive projected guidance of text_to_image)")
     if args.prompts is None:
         raise DiffkitError(f"{args.checkpoint} is a Stable Diffusion folder: give --prompt TEXT (once for every "
                            f"image, or once per image)")
+    from ..interop.lcm import is_lcm_folder
+    from .sample import GuidanceRequest, refuse_for_guidance_input
+    refuse_for_guidance_input(args.checkpoint, is_lcm_folder(args.checkpoint) or args.scheduler == "lcm", [  # APG
+        flag for flag, value in zip(GuidanceRequest.APG_FLAGS, (args.apg_eta, args.apg_norm_threshold,
+                                                                args.apg_momentum)) if value is not None])
     inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
     if inpainting:
         check_inpainting_flags(args)
@@ -504,6 +507,7 @@ def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
     import torch
 
     from ..errors import DiffkitError
+    from ..guidance import apg_options
     from ..interop.stable_diffusion import StableDiffusion
     from ._sd_prompts import prompt_options
     if request is None:
@@ -515,20 +519,22 @@ def _prompted(args, denoiser, request, count: int, device, size=None, **micro):
                            f"or once per image ({count}, in the files' order)")
     if isinstance(denoiser, StableDiffusion):
         sd = denoiser
+        apg = apg_options(**{name[len("apg_"):]: value for name, value in request.apg_options().items()},
+                          names=request.APG_FLAGS)  # {} when off: the plain guidance, bit for bit
         index = torch.zeros(count, dtype=torch.long) if len(prompts) == 1 else torch.arange(count)
         scale, convention = ((sd.default_guidance_scale, "diffusers") if request.guidance_scale is None
                              else (request.guidance_scale, request.convention))
         if hasattr(sd, "encode_prompts_xl"):  # SD-XL (StableDiffusionXLImg2ImgPipeline): pooled text, time ids
             guided, cond = sd.prompt_guidance(prompts, request.negative_prompt, scale, convention, request.rescale,
-                                              image_size=size, **micro, **prompt_options(request))
+                                              image_size=size, **micro, **prompt_options(request), apg=apg)
             return guided, lambda start, n: {key: value[index[start:start + n].to(value.device)]
                                              for key, value in cond.items()}
         context = sd.encode_prompts(prompts, request.clip_skip)  # the null half is not skipped, as the pipelines'
-        weighted = sd.weight_input_guidance(scale, convention, request.negative_prompt, request.rescale)
+        weighted = sd.weight_input_guidance(scale, convention, request.negative_prompt, request.rescale, apg=apg)
         if weighted is not None:  # an LCM UNet's guidance input w (LatentConsistencyModelImg2ImgPipeline)
             return weighted, lambda start, n: {"context": context[index[start:start + n].to(context.device)]}
         guided = sd.guided(scale, sd.encode_prompts([request.negative_prompt or ""]), convention,
-                           rescale=request.rescale)
+                           rescale=request.rescale, **apg)  # apg: adaptive projected guidance, as text_to_image
         return guided, lambda start, n: sd.cond(context[index[start:start + n].to(context.device)])
     if request.negative_prompt is not None:
         raise DiffkitError(f"--negative-prompt applies to a Stable Diffusion folder (diffusers format); "

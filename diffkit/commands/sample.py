@@ -239,7 +239,7 @@ def run(args) -> int:
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     check_freeu_checkpoint(checkpoint, args.freeu)
-    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint)  # --control-image is its own then
+    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint, len(args.prompts or [""]))  # its --control-image
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     refiner = RefinerRequest.from_args(args, checkpoint)
@@ -910,6 +910,17 @@ def condition_rows(count: int, num: Optional[int], nrow: int, given: Optional[st
     return torch.arange(count).repeat_interleave(per_row)[:num], num, per_row
 
 
+def refuse_for_guidance_input(directory, lcm: bool, given: list) -> None:
+    """One line, from ``directory``'s JSON before any weight is read, when ``given`` (flags of classifier-free
+    guidance proper: --guidance-rescale, --negative-prompt, --apg-*, ...) meet an LCM folder (``lcm``) whose UNet
+    takes the guidance weight w as its input (time_cond_proj_dim; else the loader refuses it)."""
+    from ..interop.lcm import folder_guidance_input
+    w_input = folder_guidance_input(directory) if lcm and given else 0
+    if w_input:
+        raise DiffkitError(f"{given[0]} is an option of classifier-free guidance; this LCM folder's UNet takes "
+                           f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
+
+
 def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None,
                             individual=None, seed=0, device="cpu", batch_size="auto", spacing=None, final=None,
                             scale=1, progress=True, guidance: Optional[GuidanceRequest] = None, lora=None,
@@ -944,7 +955,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     drawn latents set SD-XL's size conditions and the refiner's; ControlNets' images are resized to it as the
     ControlNet pipelines do (not with T2I-Adapters: :mod:`._image_size`). Writes the grid (and single PNGs);
     latents have no noise grid."""
-    from ..interop.lcm import folder_guidance_input, is_lcm_folder
+    from ..interop.lcm import is_lcm_folder
     from ._common import default_sampling
     from ..interop.stable_diffusion import load_stable_diffusion, text_to_image
     from ..models.freeu import parse_freeu
@@ -967,16 +978,11 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         check_layer_names(guidance.pag_layers)
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing, scheduler)
     lcm = is_lcm_folder(directory) or scheduler == "lcm"
-    w_input = folder_guidance_input(directory) if lcm else 0  # else the loader refuses it
-    cfg_only = [flag for flag, value in (("--guidance-rescale", guidance.rescale),
-                                         ("--negative-prompt", guidance.negative_prompt is not None),
-                                         ("--negative-prompt-2", guidance.negative_prompt_2 is not None),
-                                         *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta is not None,
-                                                                          guidance.apg_norm_threshold is not None,
-                                                                          guidance.apg_momentum is not None))) if value]
-    if w_input and cfg_only:  # before loading the weights
-        raise DiffkitError(f"{cfg_only[0]} is an option of classifier-free guidance; this LCM folder's UNet takes "
-                           f"--guidance-scale as its input w (time_cond_proj_dim={w_input}; one call per step)")
+    refuse_for_guidance_input(directory, lcm, [flag for flag, value in (
+        ("--guidance-rescale", guidance.rescale), ("--negative-prompt", guidance.negative_prompt is not None),
+        ("--negative-prompt-2", guidance.negative_prompt_2 is not None),
+        *zip(GuidanceRequest.APG_FLAGS, (guidance.apg_eta is not None, guidance.apg_norm_threshold is not None,
+                                         guidance.apg_momentum is not None))) if value])
     sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion,
                                scheduler=scheduler)
     pag = dict(pag_scale=guidance.pag_scale, pag_layers=guidance.pag_layers, pag_interval=guidance.pag_interval,
@@ -1005,7 +1011,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     else:
         scale_w, convention = guidance.guidance_scale, guidance.convention
 
-    rows = None if controlnet is None or controlnet.per_prompt == 1 else index.tolist()  # each prompt's image
+    controls = controlnet if adapters is None else adapters  # (they exclude each other: ._t2i_adapter)
+    rows = None if controls is None or controls.per_prompt == 1 else index.tolist()  # each prompt's image
 
     per_prompt_2 = guidance.prompts_2 is not None and len(guidance.prompts_2) > 1  # --prompt-2 once per --prompt
     per_sample_2 = [guidance.prompts_2[i] for i in index.tolist()] if per_prompt_2 else None

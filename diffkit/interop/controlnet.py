@@ -283,8 +283,43 @@ def check_control_options(scales, starts, ends, count: int) -> tuple:
     return scales, starts, ends
 
 
+class PerPromptImages:
+    """:attr:`per_prompt` and :meth:`rows` of a list ``images`` holding, per model (a ControlNet, a T2I-Adapter:
+    ``_kind``), a list of one control image (every prompt) or of K (one per prompt, as diffusers' ``image=[...]``)."""
+
+    _kind = "ControlNet"
+
+    @property
+    def per_prompt(self) -> int:
+        """K where some model has one control image per prompt (K > 1), else 1."""
+        return max(len(entry) for entry in self.images)
+
+    def rows(self, batch: int, control_rows=None) -> Optional[torch.Tensor]:
+        """The ``cond["control_rows"]`` of a batch of ``batch`` prompts: None with one image per model;
+        with K per prompt, ``control_rows`` (each sample's image, in 0..K-1) or, by default, 0..batch-1, which
+        needs K = batch (diffusers' rule: as many images as prompts). Every list must have K images."""
+        count = self.per_prompt
+        sizes = sorted({len(entry) for entry in self.images} - {1})
+        if len(sizes) > 1:
+            raise DiffkitError(f"the {self._kind}s have {' and '.join(map(str, sizes))} control images; give each one "
+                               f"image, or the same number (one per prompt)")
+        if count == 1:
+            if control_rows is not None:
+                raise DiffkitError(f"control_rows picks among one control image per prompt; each {self._kind} has "
+                                   f"one")
+            return None
+        if control_rows is None:
+            if batch != count:
+                raise DiffkitError(f"{count} control images for {batch} prompts; give one per prompt (or one for all)")
+            return torch.arange(batch)
+        rows = torch.as_tensor(control_rows, dtype=torch.long).reshape(-1)
+        if rows.shape[0] != batch or rows.min() < 0 or rows.max() >= count:
+            raise DiffkitError(f"control_rows {rows.tolist()} is not allowed; give {batch} indices in 0..{count - 1}")
+        return rows
+
+
 @dataclass
-class ControlNets:
+class ControlNets(PerPromptImages):
     """One or more loaded ControlNets with their control images and diffusers' options: the
     ``controlnet_conditioning_scale`` (one per ControlNet, or one for all), ``control_guidance_start``
     / ``_end`` (fractions of the steps) and ``guess_mode`` (forced by a ControlNet whose config has
@@ -321,33 +356,6 @@ class ControlNets:
     def size(self, factor: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """The output (height, width): given, or the first control image's (diffusers' default)."""
         return control_size(self.images[0][0], factor, height, width)
-
-    @property
-    def per_prompt(self) -> int:
-        """K where some ControlNet has one control image per prompt (K > 1), else 1."""
-        return max(len(entry) for entry in self.images)
-
-    def rows(self, batch: int, control_rows=None) -> Optional[torch.Tensor]:
-        """The ``cond["control_rows"]`` of a batch of ``batch`` prompts: None with one image per ControlNet;
-        with K per prompt, ``control_rows`` (each sample's image, in 0..K-1) or, by default, 0..batch-1, which
-        needs K = batch (diffusers' rule: as many images as prompts). Every list must have K images."""
-        count = self.per_prompt
-        sizes = sorted({len(entry) for entry in self.images} - {1})
-        if len(sizes) > 1:
-            raise DiffkitError(f"the ControlNets have {' and '.join(map(str, sizes))} control images; give each one "
-                               f"image, or the same number (one per prompt)")
-        if count == 1:
-            if control_rows is not None:
-                raise DiffkitError("control_rows picks among one control image per prompt; each ControlNet has one")
-            return None
-        if control_rows is None:
-            if batch != count:
-                raise DiffkitError(f"{count} control images for {batch} prompts; give one per prompt (or one for all)")
-            return torch.arange(batch)
-        rows = torch.as_tensor(control_rows, dtype=torch.long).reshape(-1)
-        if rows.shape[0] != batch or rows.min() < 0 or rows.max() >= count:
-            raise DiffkitError(f"control_rows {rows.tolist()} is not allowed; give {batch} indices in 0..{count - 1}")
-        return rows
 
     def controlling(self, sd, height: int, width: int, grid: Optional[torch.Tensor] = None):
         """A copy of the :class:`~diffkit.interop.stable_diffusion.StableDiffusion` ``sd`` whose network

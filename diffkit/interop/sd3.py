@@ -503,7 +503,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    clip_skip: Optional[int] = None, prompt_2=None, prompt_3=None, negative_prompt_2=None,
                    negative_prompt_3=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False, **options) -> torch.Tensor:
+                   progress: bool = False, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
+                   apg_momentum: float = 0.0, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``StableDiffusion3Img2ImgPipeline`` (Meng et al. 2022, Alg. 1 on SD3's latents): z = (E(x) - shift) * scale
     (``posterior="sample"``: drawn from image i's generator ``seed + i``, then its forward noise, as the pipeline
@@ -513,7 +514,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     (:meth:`StableDiffusion3.pipeline_strength`: ``steps`` default 50 and strength 0.6, the pipeline's). The one
     implementation is :func:`diffkit.latent_editing.latent_img2img`. ``sampler`` (or ``grid`` in ``options``)
     given: that sampler on its own grid, cut as :func:`diffkit.img2img` (int(steps * strength) intervals).
-    Prompt and guidance arguments as :func:`text_to_image`.
+    Prompt and guidance arguments as :func:`text_to_image` (``apg_eta``, ``apg_norm_threshold``, ``apg_momentum``:
+    adaptive projected guidance, Sadat et al. 2025, Alg. 1, on the guided calls of the edit).
 
     ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``StableDiffusion3InpaintPipeline`` with SD3's own
     (16-channel) transformer, :func:`diffkit.latent_editing.latent_inpaint`: the mask binarised and nearest-resized
@@ -523,9 +525,11 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     takes the mask and the masked image's latents as input at every call instead, nothing replaced, as the
     pipeline's ``num_channels_transformer == 33`` path (:func:`.sd_inpaint.unet_inpaint`: draws per image [the
     image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints."""
+    from ..guidance import apg_options
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
     prompts = edit_prompts(images, prompts)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
     if mask is None and sd3.inpainting_unet:
@@ -538,7 +542,7 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, size=size)
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg=apg, size=size)
     z0 = edit_latents(sd3, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(sd3, z0, return_latents, output_range)

@@ -486,7 +486,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         (diffkit's; :mod:`.sd_pag`). None or 0: off.
     t2i_adapter: a :class:`~diffkit.interop.t2i_adapter.T2IAdapters`: their features of the control images added
         to the UNet's down blocks (StableDiffusion(XL)AdapterPipeline); height x width default to the control image's
-        size (not with ``controlnet``, ``ip_adapter``, PAG, LCM / TCD; :mod:`.t2i_adapter`).
+        size (not with ``controlnet``, ``ip_adapter``, PAG, LCM / TCD; :mod:`.t2i_adapter`). A list of control images
+        per adapter (one per prompt, the pipelines' ``image=[...]``): prompt i takes image i, or ``control_rows[i]``.
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the defaults: plain
         classifier-free guidance; with PAG over it as there; not for an LCM UNet with a guidance input).
@@ -524,8 +525,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
         grid = sd.scheduler_grid(steps or 50)
     rows = None
-    if control_rows is not None and controlnet is None:
-        raise DiffkitError("control_rows picks each sample's control image; give controlnet= too")
+    if control_rows is not None and controlnet is None and t2i_adapter is None:
+        raise DiffkitError("control_rows picks each sample's control image; give controlnet= too (or t2i_adapter=)")
     if controlnet is not None:  # the UNet with the ControlNets' residuals (.controlnet)
         from .controlnet import sampler_grid
         rows = controlnet.rows(batch, control_rows)
@@ -536,6 +537,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         sd = ip_adapter.adapting(sd)
     if t2i_adapter is not None:  # the UNet with T2I-Adapter features (.t2i_adapter)
         from .controlnet import sampler_grid
+        rows = t2i_adapter.rows(batch, control_rows)  # one control image per prompt: each sample's
         height, width = t2i_adapter.size(sd.vae_scale_factor, height, width)
         factor_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if t2i_adapter.factor < 1 else None
         sd = t2i_adapter.adapting(sd, height, width, factor_grid)
@@ -545,7 +547,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                                         prompt_2=prompt_2, negative_prompt_2=negative_prompt_2, apg=apg)
     if perturbed is not None:  # PAG directly over the classifier-free guidance: one call of 3 halves (.sd_pag)
         denoiser = perturbed(denoiser)
-    if rows is not None:  # each sample's control image (.controlnet.ControlledNet)
+    if rows is not None:  # each sample's control image (.controlnet.ControlledNet, .t2i_adapter.AdaptedNet)
         cond["control_rows"] = rows.to(sd.device)
     if grid is not None:
         steps = None

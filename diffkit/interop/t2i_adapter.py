@@ -34,7 +34,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError, check_range, read_json_object
-from .controlnet import (control_size, load_model_folder, model_folder_config, open_control_image,
+from .controlnet import (PerPromptImages, control_size, load_model_folder, model_folder_config, open_control_image,
                          prepare_control_image, steps_of)
 
 ADAPTER_TYPES = ("full_adapter", "full_adapter_xl", "light_adapter")
@@ -90,18 +90,27 @@ def adapter_steps(steps: int, factor: float) -> torch.Tensor:
 
 class AdaptedNet(torch.nn.Module):
     """``net(x, t, **cond)``: the wrapped network (a :class:`~.denoiser.DiffusersNet`) given ``features`` (F_c,
-    each (1, C, h, w), already scaled) as ``down_intrablock_additional_residuals`` for every row; with ``keep``
-    (per step of ``grid``) only at the calls of kept steps (rows of other steps get zeros, a call with none
-    of them no features: the UNet's own output)."""
+    each (1, C, h, w), already scaled) as ``down_intrablock_additional_residuals`` for every row, or, each
+    (K, C, h, w) (one control image per prompt), row i the features of image ``control_rows[i]`` (a per-sample
+    ``cond`` tensor that classifier-free guidance repeats for its null half, as the pipelines'
+    ``torch.cat([v] * 2)``); with ``keep`` (per step of ``grid``) only at the calls of kept steps (rows of other
+    steps get zeros, a call with none of them no features: the UNet's own output)."""
 
     def __init__(self, net, features: Sequence[torch.Tensor], grid: Optional[torch.Tensor] = None,
                  keep: Optional[torch.Tensor] = None):
         super().__init__()
         self.net, self.features, self.grid, self.keep = net, list(features), grid, keep
 
-    def forward(self, x: torch.Tensor, t, y=None, context=None, **extra) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y=None, context=None, control_rows=None, **extra) -> torch.Tensor:
         batch = x.shape[0]
-        features = [f.to(x.device).expand(batch, *f.shape[1:]) for f in self.features]
+        if self.features[0].shape[0] == 1:
+            features = [f.to(x.device).expand(batch, *f.shape[1:]) for f in self.features]
+        elif control_rows is None:
+            raise DiffkitError(f"{self.features[0].shape[0]} control images (one per prompt) need "
+                               f"cond['control_rows'], each sample's image")
+        else:  # each row's own image's features
+            rows = torch.as_tensor(control_rows, device=x.device).reshape(-1).expand(batch)
+            features = [f.to(x.device)[rows] for f in self.features]
         if self.keep is not None:
             kept = self.keep.to(x.device)[steps_of(self.grid, torch.as_tensor(t, device=x.device).reshape(-1)
                                                    .expand(batch))]
@@ -121,11 +130,14 @@ def _scales(value, count: int) -> list:
 
 
 @dataclass
-class T2IAdapters:
+class T2IAdapters(PerPromptImages):
     """One or more loaded T2I-Adapters (several: diffusers' ``MultiAdapter``) with one control image each (a path,
-    PIL image or (1, 3, H, W) tensor in [0, 1]), ``scales`` (``adapter_conditioning_scale``: one, or one per
-    adapter) and ``factor`` (``adapter_conditioning_factor``, in [0, 1])."""
+    PIL image or (1, 3, H, W) tensor in [0, 1]) for every prompt, or a list of K, one per prompt (the pipelines'
+    ``image=[...]``: sample i takes image ``control_rows[i]``, :meth:`rows`; an adapter with one image and one with
+    K add up as MultiAdapter broadcasts them), ``scales`` (``adapter_conditioning_scale``: one, or one per adapter)
+    and ``factor`` (``adapter_conditioning_factor``, in [0, 1])."""
 
+    _kind = "T2I-Adapter"
     models: list
     images: list
     scales: Union[float, Sequence[float]] = 1.0
@@ -138,12 +150,13 @@ class T2IAdapters:
         if len(self.images) != count:
             raise DiffkitError(f"{len(self.images)} control images for {count} T2I-Adapters; give one image per "
                                f"--t2i-adapter")
-        if any(isinstance(image, (list, tuple)) for image in self.images):
-            raise DiffkitError("a list of control images per T2I-Adapter is not supported; give one image each "
-                               "(it conditions every prompt)")
         self.scales = _scales(self.scales, count)
         self.factor = float(check_range("adapter conditioning factor", self.factor, 0.0, 1.0))
-        self.images = [open_control_image(image) for image in self.images]
+        self.images = [[open_control_image(image) for image in (entry if isinstance(entry, (list, tuple)) else
+                                                                [entry])] for entry in self.images]
+        if any(len(entry) == 0 for entry in self.images):
+            raise DiffkitError("an empty list of control images; give one image, or one per prompt")
+        self.rows(self.per_prompt)  # one line for lists of different lengths
         factors = {m.config.get("downscale_factor") for m in self.models}
         if len(factors) > 1:  # MultiAdapter's rule
             raise DiffkitError(f"the T2I-Adapters have downscale factors {sorted(factors)}; a MultiAdapter needs "
@@ -153,14 +166,17 @@ class T2IAdapters:
         """The output (height, width): given, or the first control image's, rounded down to multiples of the
         adapter's downscale factor (and of the VAE factor)."""
         factor = math.lcm(vae_factor, int(self.models[0].config.get("downscale_factor", vae_factor)))
-        return control_size(self.images[0], factor, height, width)
+        return control_size(self.images[0][0], factor, height, width)
 
     def features(self, height: int, width: int, vae_factor: int) -> list:
-        """F_c = sum_k s_k F_AD^k(C_k), each (1, C, h, w) in the adapters' dtype (MultiAdapter's order of sums)."""
+        """F_c = sum_k s_k F_AD^k(C_k), each (1, C, h, w), or (K, C, h, w) for K images per prompt (an adapter's
+        images in one batch, as the pipelines' ``_preprocess_adapter_image``), in the adapters' dtype
+        (MultiAdapter's order of sums)."""
         total = None
-        for model, image, scale in zip(self.models, self.images, self.scales):
+        for model, images, scale in zip(self.models, self.images, self.scales):
             channels = int(model.config.get("in_channels", 3))
-            prepared = prepare_control_image(image, height, width, vae_factor, channels)
+            prepared = [prepare_control_image(image, height, width, vae_factor, channels) for image in images]
+            prepared = prepared[0] if len(prepared) == 1 else torch.cat(prepared)
             with torch.no_grad():
                 out = model(prepared.to(model.device, model.dtype))
             if len(self.models) == 1:
