@@ -125,3 +125,10 @@ def test_every_cited_refusal_is_in_the_code():
         source = ROOT / cited.group(1)
         assert source.is_file(), f"{ref}: {cited.group(1)} does not exist"
         assert cited.group(2) in source.read_text(), f"{ref}: {cited.group(1)} no longer holds {cited.group(2)!r}"
+
+
+def test_the_readme_links_to_the_matrix():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(docs/interop\.md#([^)\s]+)\)", readme)
+    assert "capability-matrix" in links
+    assert set(links) <= anchors(DOC.read_text()), links
