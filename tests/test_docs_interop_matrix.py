@@ -1,0 +1,134 @@
+"""docs/interop.md's contents and capability matrix cannot rot silently: every link to a heading of the file (the
+contents' and the matrix's) resolves, every matrix cell is one of the kinds the legend allows and cites what backs
+it, every cited test exists (file and function), and every cited refusal is still in the code. Fast: text only."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "interop.md"
+KINDS = ("yes", "refused", "runs", "untested", "—")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, everything but word characters, '-' and ' ' dropped, ' ' -> '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set:
+    """The anchors of the file's headings (outside code blocks), repeated ones numbered as GitHub numbers them."""
+    seen, out, fenced = {}, set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"#{1,6} (.+)", line)
+        if match:
+            base = slug(match.group(1))
+            out.add(base if base not in seen else f"{base}-{seen[base]}")
+            seen[base] = seen.get(base, 0) + 1
+    return out
+
+
+def section(text: str, heading: str) -> str:
+    """The text from ``heading`` (a whole heading line) to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    start = text.index("\n" + heading + "\n") + 1
+    rest = re.search(r"^#{1,%d} " % level, text[start + len(heading):], re.M)
+    return text[start:start + len(heading) + (rest.start() if rest else len(text))]
+
+
+def cells_of(line: str) -> list:
+    """A table row's cells; an escaped pipe (``\\|``, as in ``|x0|``) stays in its cell."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
+def matrix_rows(text: str):
+    """(feature, [cell, ...]) of the capability matrix's table."""
+    table = [line for line in section(text, "## Capability matrix").splitlines() if line.startswith("|")]
+    header = cells_of(table[0])
+    assert header[1:] == ["SD 1.x / 2.x", "SD-XL", "SD3", "FLUX.1", "DiT"], header
+    for line in table[2:]:
+        cells = cells_of(line)
+        assert len(cells) == len(header), line
+        yield cells[0], cells[1:]
+
+
+def footnotes(text: str, letter: str) -> dict:
+    """{"T3": the rest of its line} of the matrix's lists: lines ``- **T3** ...``."""
+    body = section(text, "## Capability matrix")
+    return {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*(%s\d+)\*\* (.+)$" % letter, body, re.M)}
+
+
+def test_every_link_to_a_heading_of_the_file_resolves():
+    text = DOC.read_text()
+    known = anchors(text)
+    links = re.findall(r"\]\(#([^)\s]+)\)", text)
+    assert len(links) > 60  # the contents alone link every section
+    missing = sorted({link for link in links if link not in known})
+    assert not missing, f"links to no heading of docs/interop.md: {missing}"
+
+
+def test_links_to_other_docs_pages_resolve():
+    text = DOC.read_text()
+    for page, anchor in set(re.findall(r"\]\(([\w\-]+\.md)#([^)\s]+)\)", text)):
+        target = DOC.parent / page
+        assert target.is_file(), page
+        assert anchor in anchors(target.read_text()), f"{page}#{anchor}"
+
+
+def test_the_contents_list_every_section():
+    text = DOC.read_text()
+    contents = section(text, "## Contents")
+    listed = set(re.findall(r"\]\(#([^)\s]+)\)", contents))
+    body = text[text.index("\n## Capability matrix"):]
+    assert anchors(body) - {"capability-matrix"} <= listed, sorted(anchors(body) - listed)
+
+
+def test_every_matrix_cell_cites_what_backs_it():
+    text = DOC.read_text()
+    tests, refusals = footnotes(text, "T"), footnotes(text, "R")
+    rows = list(matrix_rows(text))
+    assert len(rows) >= 20
+    used = set()
+    for feature, cells in rows:
+        for cell in cells:
+            kind = next((k for k in KINDS if cell.startswith(k)), None)
+            assert kind, f"{feature}: cell {cell!r} starts with none of {KINDS}"
+            refs = re.findall(r"\b([TR]\d+)\b", cell)
+            used.update(refs)
+            if kind in ("yes", "runs"):
+                assert any(r.startswith("T") for r in refs), f"{feature}: {cell!r} cites no test"
+            if kind == "refused":
+                assert any(r.startswith("R") for r in refs), f"{feature}: {cell!r} cites no refusal in the code"
+            for ref in refs:
+                assert ref in tests or ref in refusals, f"{feature}: {ref} is in no list below the matrix"
+    assert set(tests) | set(refusals) <= used, sorted(set(tests) | set(refusals) - used)
+
+
+def test_every_cited_test_exists():
+    tests = footnotes(DOC.read_text(), "T")
+    assert len(tests) >= 40
+    for ref, line in tests.items():
+        cited = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", line)
+        assert cited, f"{ref} names no tests/FILE.py::TEST"
+        for path, name in cited:
+            source = ROOT / path
+            assert source.is_file(), f"{ref}: {path} does not exist"
+            assert re.search(rf"^def {name}\(", source.read_text(), re.M), f"{ref}: {path} has no {name}"
+
+
+def test_every_cited_refusal_is_in_the_code():
+    refusals = footnotes(DOC.read_text(), "R")
+    assert len(refusals) >= 10
+    for ref, line in refusals.items():
+        cited = re.match(r"`(diffkit/[\w/]+\.py)`: `(.+?)`", line)
+        assert cited, f"{ref} names no `diffkit/FILE.py`: `TEXT`"
+        source = ROOT / cited.group(1)
+        assert source.is_file(), f"{ref}: {cited.group(1)} does not exist"
+        assert cited.group(2) in source.read_text(), f"{ref}: {cited.group(1)} no longer holds {cited.group(2)!r}"
+
+
+def test_the_readme_links_to_the_matrix():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(docs/interop\.md#([^)\s]+)\)", readme)
+    assert "capability-matrix" in links
+    assert set(links) <= anchors(DOC.read_text()), links
