@@ -503,7 +503,7 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    clip_skip: Optional[int] = None, prompt_2=None, prompt_3=None, negative_prompt_2=None,
                    negative_prompt_3=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False, **options) -> torch.Tensor:
+                   progress: bool = False, ip_adapter=None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``StableDiffusion3Img2ImgPipeline`` (Meng et al. 2022, Alg. 1 on SD3's latents): z = (E(x) - shift) * scale
     (``posterior="sample"``: drawn from image i's generator ``seed + i``, then its forward noise, as the pipeline
@@ -522,7 +522,10 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     pure noise (its ``is_strength_max``). A 33-channel inpainting transformer (:attr:`StableDiffusion3.inpainting_unet`)
     takes the mask and the masked image's latents as input at every call instead, nothing replaced, as the
     pipeline's ``num_channels_transformer == 33`` path (:func:`.sd_inpaint.unet_inpaint`: draws per image [the
-    image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints."""
+    image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints.
+
+    ``ip_adapter``: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as both pipelines'
+    ``load_ip_adapter`` + ``ip_adapter_image`` (zero embeds in the null half, :meth:`StableDiffusion3.prompt_guidance`)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
@@ -538,7 +541,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, size=size)
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3,
+                                         ip_adapter=ip_adapter, size=size)
     z0 = edit_latents(sd3, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(sd3, z0, return_latents, output_range)
