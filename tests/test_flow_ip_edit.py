@@ -110,3 +110,59 @@ def test_flux_edit_with_an_ip_adapter_matches_the_pipelines(flux_ip, inpaint, sc
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
     assert relative_error(plain, theirs) > 1e-3
     assert not hasattr(flux.transformer, "encoder_hid_proj") or flux.transformer.encoder_hid_proj is None
+
+
+def _pngs(folder):
+    from PIL import Image
+    folder.mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_edit_command_with_an_ip_adapter_writes_the_library_images(sd3_ip, flux_ip, kind, tmp_path, capsys):
+    """``diffkit edit --checkpoint SD3|FLUX --ip-adapter FILE:S --ip-adapter-image PNG`` (SD3: img2img; FLUX:
+    inpainting with true CFG and --negative-ip-adapter-image): image_to_image's images with the same adapter, byte for
+    byte; with --controlnet, or FLUX's negative image without true CFG, one line and no folder."""
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    if kind == "sd3":
+        _, model, root, png = sd3_ip
+        folder, weight, module = root / "sd3", "ip.safetensors", sd3_module
+        adapter = load_sd3_ip_adapter(root / weight, png, 0.7, progress=False)
+        extra, how = ["--negative-prompt", "ugly"], {"negative_prompt": "ugly"}
+    else:
+        _, model, root, png, negative = flux_ip
+        folder, weight, module = root / "flux", "xlabs.safetensors", flux_module
+        adapter = load_flux_ip_adapter(root / weight, png, 0.7, progress=False, negative_image=negative)
+        from PIL import Image
+        Image.fromarray((_mask()[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+        extra = ["--mask", str(tmp_path / "mask.png"), "--true-cfg-scale", "2", "--negative-prompt", "ugly",
+                 "--negative-ip-adapter-image", str(negative)]
+        how = {"true_cfg_scale": 2.0, "negative_prompt": "ugly", "mask": _mask()[:1]}
+    images = _pngs(tmp_path / "in")
+    common = ["--checkpoint", str(folder), "--images", str(images), "--prompt", PROMPTS[0], "--no-progress", "--seed",
+              "5", "--steps", "3", "--max-sequence-length", "12", "--ip-adapter", f"{root / weight}:0.7",
+              "--ip-adapter-image", str(png)] + (["--image-encoder", str(root / "image_encoder")] if kind == "flux"
+                                                 else [])
+    assert main(["edit"] + common + extra + ["--out", str(tmp_path / "out")]) == 0
+    pixels, _ = read_pngs(images, "RGB")
+    ours = module.image_to_image(model, pixels, [PROMPTS[0]] * 2, steps=3, seed=5, max_sequence_length=12,
+                                 output_range="-1,1", ip_adapter=adapter, **how)
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+    capsys.readouterr()
+    bad = [(["--controlnet", str(root)] + (["--mask", str(tmp_path / "in" / "0.png")] if kind == "sd3" else []),
+            "--ip-adapter with --controlnet in diffkit edit")]
+    if kind == "flux":
+        bad.append((extra[:2] + extra[-2:], "--negative-ip-adapter-image feeds only true CFG's negative pass"))
+    for flags, message in bad:
+        assert main(["edit"] + common + flags + ["--out", str(tmp_path / "bad")]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists(), err
+    with pytest.raises(DiffkitError, match="no reference pipeline"):
+        flux_module.image_to_image(flux_ip[1], _images(), PROMPTS, controlnet=object(), ip_adapter=adapter)

@@ -16,10 +16,11 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (edit: with --mask), "
-                  "--mask (edit), --lora, --steps / --nfe, --sampler and its grid options",
+                  "--mask (edit), --lora, --ip-adapter (not with --controlnet), --steps / --nfe, --sampler and its grid "
+                  "options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --mask, --strength, "
-                  "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
+                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
+                  "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
 
 def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
@@ -118,7 +119,8 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
-    "guess_mode", "height", "width"}  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
+    "guess_mode", "height", "width", "ip_adapter", "ip_adapter_image", "image_encoder",
+    "negative_ip_adapter_image"}  # (the ControlNet / IP-Adapter flags: their requests' and edit_sd3's checks)
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention"} | {
     "true_cfg_scale"}  # and a FLUX folder's
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
@@ -156,6 +158,24 @@ def check_sd3_inpainting_flags(args) -> None:
                            f"StableDiffusion3ControlNetInpaintingPipeline samples from noise")
 
 
+def check_edit_ip_adapter(ip_adapter, args, flux: bool) -> None:
+    """``diffkit edit --ip-adapter`` on an SD3 / FLUX folder: not with ``--controlnet`` (FLUX: diffusers 0.42.1's
+    ControlNet img2img / inpainting pipelines take no ``ip_adapter_image``; SD3: its inpainting ControlNet pipeline
+    does, not done here yet), ``--negative-ip-adapter-image`` only with true CFG; one line, before any weight."""
+    if ip_adapter is None:
+        return
+    if args.controlnets and flux:
+        from ..interop.flux import NO_EDIT_CONTROLNET_IP
+        raise DiffkitError("--ip-adapter with --controlnet in diffkit edit: " + NO_EDIT_CONTROLNET_IP.split(": ", 1)[1])
+    if args.controlnets:
+        raise DiffkitError("--ip-adapter with --controlnet in diffkit edit of an SD3 folder is not supported yet "
+                           "(StableDiffusion3ControlNetInpaintingPipeline's ip_adapter_image is not reproduced); "
+                           "drop one")
+    if ip_adapter.negative_image is not None and not (args.true_cfg_scale or 0) > 1:
+        raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
+                           "> 1 with --negative-prompt, or drop it")
+
+
 def edit_sd3(args, flux: bool = False) -> int:
     """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline,
     with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
@@ -170,7 +190,10 @@ def edit_sd3(args, flux: bool = False) -> int:
     (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
     --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
     ControlNet, :func:`check_sd3_inpainting_flags`): StableDiffusion3ControlNetInpaintingPipeline, which samples from
-    noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``)."""
+    noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``).
+    ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG`` (:class:`._ip_adapter.IPAdapterRequest`; FLUX: and
+    ``--negative-ip-adapter-image`` with true CFG): the image prompt of both pipelines' ``ip_adapter_image``, not with
+    ``--controlnet``."""
     import torch
 
     from ..config import resolve_device
@@ -180,6 +203,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..sampling import check_eta, resolve_sampler
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._ip_adapter import IPAdapterRequest
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options, sd3_prompt_options
     from .edit import _prompt_request, read_edit_inputs
 
@@ -206,6 +230,8 @@ def edit_sd3(args, flux: bool = False) -> int:
         check_inpainting_transformer(directory, args.mask, args.controlnets)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
     count = len(files)
+    ip_adapter = IPAdapterRequest.from_args(args, directory)
+    check_edit_ip_adapter(ip_adapter, args, flux)
     control = inpainting_controlnet = None
     if args.controlnets:  # FLUX: img2img / inpainting ControlNets; SD3: inpainting ControlNets, the images theirs
         from ._controlnet import ControlRequest
@@ -228,6 +254,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     if flux:
         sd3.check_guidance_scale(args.guidance_scale)
     controlnet = None if control is None else control.load(device, sd3.dtype, args.progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, sd3.dtype, args.progress)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     scale, convention = (None, "diffusers") if args.guidance_scale is None else \
@@ -258,7 +285,7 @@ def edit_sd3(args, flux: bool = False) -> int:
         edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,
-                                       output_range="-1,1", progress=args.progress, **how,
+                                       output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how,
                                        **({} if own else options), **(how_control if controlnet else {}))
         return (edited.cpu(),)
 
