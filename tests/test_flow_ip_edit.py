@@ -166,3 +166,116 @@ def test_edit_command_with_an_ip_adapter_writes_the_library_images(sd3_ip, flux_
         assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists(), err
     with pytest.raises(DiffkitError, match="no reference pipeline"):
         flux_module.image_to_image(flux_ip[1], _images(), PROMPTS, controlnet=object(), ip_adapter=adapter)
+
+
+def test_sd3_controlnet_with_an_ip_adapter_matches_the_pipeline(sd3_ip, tmp_path):
+    """text_to_image(controlnet=, ip_adapter=) = StableDiffusion3ControlNetPipeline with the adapter loaded
+    (s = 4, 4 steps, the control image's posterior from torch.manual_seed(11) / control_seed=11)."""
+    from PIL import Image
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from test_sd3_controlnet import _pipeline, control_image_files, tiny_sd3_controlnet
+    pipe, sd3, root, png = sd3_ip
+    tiny_sd3_controlnet(3, force_zeros_for_pooled_projection=False).save_pretrained(tmp_path / "cn")
+    image = control_image_files(tmp_path)[1]
+    latents = test_sd3_ip_adapter._latents(1)  # one prompt: the pipeline's control posterior from manual_seed(11)
+    theirs_pipe = _pipeline(sd3, load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False), pipe)
+    theirs = _theirs_t2i(theirs_pipe, root, "ip.safetensors", 0.8, {"image_encoder_folder": str(root / "image_encoder")},
+                         latents, control_image=Image.open(image), controlnet_conditioning_scale=0.7,
+                         guidance_scale=4.0)
+    control = ControlNets([load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False)], [image], 0.7)
+    adapter = load_sd3_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    kw = dict(steps=4, guidance_scale=4.0, latents=latents, max_sequence_length=12, return_latents=True,
+              controlnet=control, control_seed=11)
+    ours = sd3_module.text_to_image(sd3, PROMPTS[:1], ip_adapter=adapter, **kw)
+    plain = sd3_module.text_to_image(sd3, PROMPTS[:1], **kw)
+    error = relative_error(ours, theirs)
+    print("sd3 controlnet ip", float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+    assert relative_error(plain, theirs) > 1e-3
+
+
+def _theirs_t2i(edit, root, weight, scale, encoder_kw, latents, prompts=PROMPTS[:1], **kw):
+    """The text-to-image pipeline ``edit`` with the adapter loaded (then unloaded): z_0 of ``prompts``."""
+    from PIL import Image
+    edit.load_ip_adapter(str(root), subfolder="", weight_name=weight, local_files_only=True, **encoder_kw)
+    edit.set_ip_adapter_scale(scale)
+    try:
+        torch.manual_seed(11)
+        with torch.no_grad():
+            return edit(prompts, num_inference_steps=4, latents=latents.clone(), output_type="latent",
+                        ip_adapter_image=Image.open(root / "image.png").convert("RGB"), max_sequence_length=12,
+                        **kw).images
+    finally:
+        edit.unload_ip_adapter()
+
+
+@pytest.mark.parametrize("kw", [{}, {"true_cfg_scale": 2.5, "negative_prompt": "ugly", "negative": "negative.png"}])
+def test_flux_controlnet_with_an_ip_adapter_matches_the_pipeline(flux_ip, tmp_path, kw):
+    """text_to_image(controlnet=, ip_adapter=) = FluxControlNetPipeline with the adapter loaded (the embedded
+    guidance 7.0; true CFG with a negative image: the negative pass takes its embeds and the conditional pass's
+    residuals), the control posteriors from generators 11 + i / control_seed=11."""
+    from PIL import Image
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from diffkit.interop.flux import pack_latents
+    from test_flux_controlnet import control_image_files, tiny_flux_controlnet
+    pipe, flux, root, png, _ = flux_ip
+    tiny_flux_controlnet(3).save_pretrained(tmp_path / "cn")
+    image = control_image_files(tmp_path)[1]
+    latents, kw = test_flux_ip_adapter._latents(), dict(kw)
+    negative = kw.pop("negative", None)
+    negative = None if negative is None else root / negative
+    net = load_model_folder("FluxControlNetModel", tmp_path / "cn", progress=False)
+    theirs_pipe = diffusers.FluxControlNetPipeline(**{k: v for k, v in pipe.components.items()
+                                                      if k not in ("image_encoder", "feature_extractor")},
+                                                   controlnet=net)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    extra = {} if negative is None else {"negative_ip_adapter_image": Image.open(negative).convert("RGB")}
+    theirs = _theirs_t2i(theirs_pipe, root, "xlabs.safetensors", 0.8,
+                         {"image_encoder_pretrained_model_name_or_path": str(root / "image_encoder"),
+                          "image_encoder_dtype": torch.float32}, pack_latents(latents), PROMPTS,
+                         control_image=Image.open(image), controlnet_conditioning_scale=0.7, height=16, width=16,
+                         generator=[torch.Generator().manual_seed(11 + i) for i in range(2)], **extra, **kw)
+    theirs = unpack_latents(theirs, 8, 8)
+    control = ControlNets([load_model_folder("FluxControlNetModel", tmp_path / "cn", progress=False)], [image], 0.7)
+    adapter = load_flux_ip_adapter(root / "xlabs.safetensors", png, 0.8, progress=False, negative_image=negative)
+    common = dict(steps=4, latents=latents, max_sequence_length=12, return_latents=True, controlnet=control,
+                  control_seed=11, height=16, width=16, **kw)
+    ours = flux_module.text_to_image(flux, PROMPTS, ip_adapter=adapter, **common)
+    plain = flux_module.text_to_image(flux, PROMPTS, **common)
+    error = relative_error(ours, theirs)
+    print("flux controlnet ip", kw, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+    assert relative_error(plain, theirs) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_sample_command_with_a_controlnet_and_an_ip_adapter(sd3_ip, flux_ip, kind, tmp_path, monkeypatch):
+    """``diffkit sample --controlnet DIR --control-image PNG --ip-adapter FILE:S --ip-adapter-image PNG``: the grid
+    of text_to_image with both, byte for byte."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from test_flux_controlnet import tiny_flux_controlnet
+    from test_sd3_controlnet import control_image_files, tiny_sd3_controlnet
+    monkeypatch.setattr(flux_module, "DEFAULT_SAMPLE_SIZE", 8)
+    if kind == "sd3":
+        _, model, root, png = sd3_ip
+        folder, weight, module, net_class = root / "sd3", "ip.safetensors", sd3_module, "SD3ControlNetModel"
+        tiny_sd3_controlnet(3, force_zeros_for_pooled_projection=False).save_pretrained(tmp_path / "cn")
+        adapter = load_sd3_ip_adapter(root / weight, png, 0.7, progress=False)
+    else:
+        _, model, root, png, _ = flux_ip
+        folder, weight, module, net_class = root / "flux", "xlabs.safetensors", flux_module, "FluxControlNetModel"
+        tiny_flux_controlnet(3).save_pretrained(tmp_path / "cn")
+        adapter = load_flux_ip_adapter(root / weight, png, 0.7, progress=False)
+    image = control_image_files(tmp_path)[1]
+    out = tmp_path / "g.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                 "--seed", "5", "--no-progress", "--ip-adapter", f"{root / weight}:0.7", "--ip-adapter-image",
+                 str(png), "--image-encoder", str(root / "image_encoder"), "--controlnet", str(tmp_path / "cn"),
+                 "--control-image", str(image), "--out", str(out)]) == 0
+    control = ControlNets([load_model_folder(net_class, tmp_path / "cn", progress=False)], [image])
+    images = module.text_to_image(model, [PROMPTS[0]], steps=2, seed=5, output_range="-1,1", ip_adapter=adapter,
+                                  controlnet=control, control_seed=5)
+    save_grid(images, tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()

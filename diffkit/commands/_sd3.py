@@ -49,7 +49,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     :mod:`._sd3_slg`), its window on the pipeline's ``steps``. ``control``: SD3 ControlNets (a
     :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline
     (:mod:`diffkit.interop.sd3_controlnet`; the control image resized to the images' size, sample i's control latents
-    drawn from ``seed + i``)."""
+    drawn from ``seed + i``). ``ip_adapter``: an SD3 IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`), with
+    ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     from ._sd3_slg import check_slg_steps
@@ -65,9 +66,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                   "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
                   "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
-    if ip_adapter is not None and (control is not None or guidance.slg):
-        raise DiffkitError(f"--ip-adapter with {'--controlnet' if control is not None else '--slg-layers'} is not "
-                           f"supported on an SD3 folder (untested against the pipelines); drop one")
+    if ip_adapter is not None and guidance.slg:
+        from ..interop.sd3 import NO_SLG_IP
+        raise DiffkitError("--ip-adapter with --slg-layers is not supported on an SD3 folder: "
+                           + NO_SLG_IP.split(": ", 1)[1])
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON

@@ -416,7 +416,8 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
     ip_adapter: an XLabs-format IP-Adapter with its image prompt (a :class:`~.flux_ip_adapter.FluxIPAdapter`), as
         the pipeline's ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG);
-        not with ``controlnet``.
+        with ``controlnet`` as FluxControlNetPipeline's (the adapter in the transformer only: the ControlNet
+        ignores the image embeds).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -431,9 +432,6 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     def guide(model, scale=guidance_scale):
         return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,
                                      prompt_2, negative_prompt_2, ip_adapter)
-    if controlnet is not None and ip_adapter is not None:
-        raise DiffkitError("an IP-Adapter with a FLUX ControlNet is not supported (untested against "
-                           "FluxControlNetPipeline); drop --ip-adapter or --controlnet")
     if controlnet is None:
         denoiser, cond = guide(flux)
     else:  # FluxControlNetPipeline's default embedded guidance: 7.0

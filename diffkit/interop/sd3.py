@@ -405,6 +405,11 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     return sd3
 
 
+NO_SLG_IP = ("an IP-Adapter with skip-layer guidance is not supported: diffusers 0.42.1's StableDiffusion3Pipeline has "
+             "no sound reference (its skip-layer pass gets both halves' image embeds: it fails for more than one "
+             "image and mixes the null half's tokens in for one); drop the IP-Adapter or the skip-layer guidance")
+
+
 def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
                   steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
                   convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
@@ -443,6 +448,10 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         ``control_mask`` (1 or B, 1, H, W) at the output size, 1 = repaint: inpainting ControlNets, as
         StableDiffusion3ControlNetInpaintingPipeline's ``control_mask`` (the control images are the images to
         inpaint; :mod:`.sd3_controlnet`).
+    ip_adapter: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as the pipeline's
+        ``load_ip_adapter`` + ``ip_adapter_image``; with ``controlnet`` as StableDiffusion3ControlNetPipeline's (the
+        adapter in the transformer only: the ControlNet ignores the image embeds); not with skip-layer guidance
+        (:data:`NO_SLG_IP`) nor ``control_mask`` (not done yet).
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0 = x - s u, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the
         defaults: the pipeline's classifier-free guidance; with skip-layer guidance added after it, as PAG).
@@ -471,9 +480,12 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     if control_mask is not None and controlnet is None:
         raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
 
-    if ip_adapter is not None and (controlnet is not None or skip_guidance_layers is not None):
-        raise DiffkitError("an IP-Adapter with an SD3 ControlNet or skip-layer guidance is not supported (untested "
-                           "against the pipelines); drop --ip-adapter, or the other")
+    if ip_adapter is not None and skip_guidance_layers is not None:
+        raise DiffkitError(NO_SLG_IP)
+    if ip_adapter is not None and control_mask is not None:
+        raise DiffkitError("an IP-Adapter with an SD3 inpainting ControlNet (control_mask) is not supported yet "
+                           "(StableDiffusion3ControlNetInpaintingPipeline's ip_adapter_image is not reproduced); "
+                           "drop one")
 
     def guide(model):
         return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
