@@ -1,8 +1,9 @@
-"""IP-Adapters in img2img / inpainting of SD3 and FLUX.1 folders (``sd3.image_to_image(ip_adapter=)``,
-``flux.image_to_image(ip_adapter=)``, ``diffkit edit --ip-adapter``) against diffusers' StableDiffusion3Img2ImgPipeline /
-StableDiffusion3InpaintPipeline / FluxImg2ImgPipeline / FluxInpaintPipeline with ``load_ip_adapter`` +
-``set_ip_adapter_scale`` + ``ip_adapter_image``, on the tiny random folders and adapters of test_sd3_ip_adapter.py /
-test_flux_ip_adapter.py (their fixtures, imported)."""
+"""IP-Adapters on SD3 and FLUX.1 folders in img2img / inpainting (``sd3.image_to_image(ip_adapter=)``,
+``flux.image_to_image(ip_adapter=)``, ``diffkit edit --ip-adapter``) and with ControlNets (``text_to_image(controlnet=,
+ip_adapter=)``, ``diffkit sample --controlnet --ip-adapter``) against diffusers' StableDiffusion3Img2ImgPipeline /
+StableDiffusion3InpaintPipeline / FluxImg2ImgPipeline / FluxInpaintPipeline / StableDiffusion3ControlNetPipeline /
+FluxControlNetPipeline with ``load_ip_adapter`` + ``set_ip_adapter_scale`` + ``ip_adapter_image``, on the tiny random
+folders and adapters of test_sd3_ip_adapter.py / test_flux_ip_adapter.py (their fixtures, imported)."""
 import dataclasses
 
 import numpy as np
@@ -179,9 +180,9 @@ def test_sd3_controlnet_with_an_ip_adapter_matches_the_pipeline(sd3_ip, tmp_path
     image = control_image_files(tmp_path)[1]
     latents = test_sd3_ip_adapter._latents(1)  # one prompt: the pipeline's control posterior from manual_seed(11)
     theirs_pipe = _pipeline(sd3, load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False), pipe)
-    theirs = _theirs_t2i(theirs_pipe, root, "ip.safetensors", 0.8, {"image_encoder_folder": str(root / "image_encoder")},
-                         latents, control_image=Image.open(image), controlnet_conditioning_scale=0.7,
-                         guidance_scale=4.0)
+    theirs = _theirs_t2i(theirs_pipe, root, "ip.safetensors", 0.8,
+                         {"image_encoder_folder": str(root / "image_encoder")}, latents,
+                         control_image=Image.open(image), controlnet_conditioning_scale=0.7, guidance_scale=4.0)
     control = ControlNets([load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False)], [image], 0.7)
     adapter = load_sd3_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
     kw = dict(steps=4, guidance_scale=4.0, latents=latents, max_sequence_length=12, return_latents=True,

@@ -16,8 +16,8 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (edit: with --mask), "
-                  "--mask (edit), --lora, --ip-adapter (not with --controlnet), --steps / --nfe, --sampler and its grid "
-                  "options",
+                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers, nor --controlnet in edit), --steps / "
+                  "--nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
                   "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)

@@ -537,7 +537,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints.
 
     ``ip_adapter``: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as both pipelines'
-    ``load_ip_adapter`` + ``ip_adapter_image`` (zero embeds in the null half, :meth:`StableDiffusion3.prompt_guidance`)."""
+    ``load_ip_adapter`` + ``ip_adapter_image`` (zero embeds in the null half,
+    :meth:`StableDiffusion3.prompt_guidance`)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
