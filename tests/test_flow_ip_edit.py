@@ -125,7 +125,7 @@ def _pngs(folder):
 def test_edit_command_with_an_ip_adapter_writes_the_library_images(sd3_ip, flux_ip, kind, tmp_path, capsys):
     """``diffkit edit --checkpoint SD3|FLUX --ip-adapter FILE:S --ip-adapter-image PNG`` (SD3: img2img; FLUX:
     inpainting with true CFG and --negative-ip-adapter-image): image_to_image's images with the same adapter, byte for
-    byte; with --controlnet, or FLUX's negative image without true CFG, one line and no folder."""
+    byte; FLUX's with --controlnet, or its negative image without true CFG, one line and no folder."""
     from diffkit.cli import main
     from diffkit.commands.edit import read_pngs
     from diffkit.images import save_images
@@ -157,10 +157,10 @@ def test_edit_command_with_an_ip_adapter_writes_the_library_images(sd3_ip, flux_
         assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
             (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
     capsys.readouterr()
-    bad = [(["--controlnet", str(root)] + (["--mask", str(tmp_path / "in" / "0.png")] if kind == "sd3" else []),
-            "--ip-adapter with --controlnet in diffkit edit")]
-    if kind == "flux":
-        bad.append((extra[:2] + extra[-2:], "--negative-ip-adapter-image feeds only true CFG's negative pass"))
+    if kind == "sd3":
+        return
+    bad = [(["--controlnet", str(root)], "--ip-adapter with --controlnet in diffkit edit: diffusers 0.42.1's "),
+           (extra[:2] + extra[-2:], "--negative-ip-adapter-image feeds only true CFG's negative pass")]
     for flags, message in bad:
         assert main(["edit"] + common + flags + ["--out", str(tmp_path / "bad")]) == 2, flags
         err = capsys.readouterr().err.strip()
@@ -280,3 +280,65 @@ def test_sample_command_with_a_controlnet_and_an_ip_adapter(sd3_ip, flux_ip, kin
                                   controlnet=control, control_seed=5)
     save_grid(images, tmp_path / "expected.png", 8)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+
+
+def test_sd3_inpainting_controlnet_with_an_ip_adapter_matches_the_pipeline(sd3_ip, tmp_path):
+    """text_to_image(controlnet=, control_mask=, ip_adapter=) = StableDiffusion3ControlNetInpaintingPipeline with the
+    adapter loaded (s = 4, the masked image's posterior from torch.manual_seed(11) / control_seed=11)."""
+    from PIL import Image
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from test_sd3_controlnet import _pipeline, control_image_files, tiny_sd3_controlnet
+    pipe, sd3, root, png = sd3_ip
+    tiny_sd3_controlnet(9, extra_conditioning_channels=1, force_zeros_for_pooled_projection=False).save_pretrained(
+        tmp_path / "cn")
+    image = control_image_files(tmp_path)[1]
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 3:11, 5:14] = 1
+    Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    latents = test_sd3_ip_adapter._latents(1)
+    theirs_pipe = diffusers.StableDiffusion3ControlNetInpaintingPipeline(**_pipeline(
+        sd3, load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False), pipe).components)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    theirs = _theirs_t2i(theirs_pipe, root, "ip.safetensors", 0.8,
+                         {"image_encoder_folder": str(root / "image_encoder")}, latents,
+                         control_image=Image.open(image), control_mask=Image.open(tmp_path / "mask.png"),
+                         controlnet_conditioning_scale=0.7, guidance_scale=4.0, height=16, width=16)
+    control = ControlNets([load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False)], [image], 0.7)
+    adapter = load_sd3_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
+    kw = dict(steps=4, guidance_scale=4.0, latents=latents, max_sequence_length=12, return_latents=True,
+              controlnet=control, control_seed=11, control_mask=mask, height=16, width=16)
+    ours = sd3_module.text_to_image(sd3, PROMPTS[:1], ip_adapter=adapter, **kw)
+    plain = sd3_module.text_to_image(sd3, PROMPTS[:1], **kw)
+    error = relative_error(ours, theirs)
+    print("sd3 inpainting controlnet ip", float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+    assert relative_error(plain, theirs) > 1e-3
+
+
+def test_edit_command_with_an_sd3_inpainting_controlnet_and_an_ip_adapter(sd3_ip, tmp_path):
+    """``diffkit edit --mask M --controlnet DIR --ip-adapter FILE:S --ip-adapter-image PNG`` on an SD3 folder:
+    text_to_image(control_mask=, ip_adapter=)'s PNGs byte for byte."""
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_images
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from test_sd3_controlnet import tiny_sd3_controlnet
+    _, sd3, root, png = sd3_ip
+    tiny_sd3_controlnet(9, extra_conditioning_channels=1, force_zeros_for_pooled_projection=False).save_pretrained(
+        tmp_path / "cn")
+    images = _pngs(tmp_path / "in")
+    Image.fromarray((_mask()[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    assert main(["edit", "--checkpoint", str(root / "sd3"), "--images", str(images), "--prompt", PROMPTS[0],
+                 "--no-progress", "--seed", "5", "--steps", "3", "--max-sequence-length", "12", "--controlnet",
+                 str(tmp_path / "cn"), "--mask", str(tmp_path / "mask.png"), "--ip-adapter",
+                 f"{root / 'ip.safetensors'}:0.7", "--ip-adapter-image", str(png), "--out", str(tmp_path / "out")]) == 0
+    files = [str(images / f"{i}.png") for i in range(2)]
+    ours = sd3_module.text_to_image(
+        sd3, [PROMPTS[0]] * 2, steps=3, seed=5, output_range="-1,1", max_sequence_length=12, height=16, width=16,
+        controlnet=ControlNets([load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False)], [files]),
+        control_seed=5, control_mask=_mask()[:1], ip_adapter=load_sd3_ip_adapter(root / "ip.safetensors", png, 0.7,
+                                                                                  progress=False))
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()

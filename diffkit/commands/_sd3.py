@@ -16,8 +16,8 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-* (sample), --slg-layers (sample), --controlnet (edit: with --mask), "
-                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers, nor --controlnet in edit), --steps / "
-                  "--nfe, --sampler and its grid options",
+                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --steps / --nfe, --sampler and its "
+                  "grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
                   "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
@@ -161,18 +161,14 @@ def check_sd3_inpainting_flags(args) -> None:
 
 
 def check_edit_ip_adapter(ip_adapter, args, flux: bool) -> None:
-    """``diffkit edit --ip-adapter`` on an SD3 / FLUX folder: not with ``--controlnet`` (FLUX: diffusers 0.42.1's
-    ControlNet img2img / inpainting pipelines take no ``ip_adapter_image``; SD3: its inpainting ControlNet pipeline
-    does, not done here yet), ``--negative-ip-adapter-image`` only with true CFG; one line, before any weight."""
+    """``diffkit edit --ip-adapter`` on an SD3 / FLUX folder: on FLUX not with ``--controlnet`` (diffusers 0.42.1's
+    ControlNet img2img / inpainting pipelines take no ``ip_adapter_image``; SD3's inpainting ControlNet pipeline
+    does), ``--negative-ip-adapter-image`` only with true CFG; one line, before any weight."""
     if ip_adapter is None:
         return
     if args.controlnets and flux:
         from ..interop.flux import NO_EDIT_CONTROLNET_IP
         raise DiffkitError("--ip-adapter with --controlnet in diffkit edit: " + NO_EDIT_CONTROLNET_IP.split(": ", 1)[1])
-    if args.controlnets:
-        raise DiffkitError("--ip-adapter with --controlnet in diffkit edit of an SD3 folder is not supported yet "
-                           "(StableDiffusion3ControlNetInpaintingPipeline's ip_adapter_image is not reproduced); "
-                           "drop one")
     if ip_adapter.negative_image is not None and not (args.true_cfg_scale or 0) > 1:
         raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
                            "> 1 with --negative-prompt, or drop it")
@@ -194,8 +190,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     ControlNet, :func:`check_sd3_inpainting_flags`): StableDiffusion3ControlNetInpaintingPipeline, which samples from
     noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``).
     ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG`` (:class:`._ip_adapter.IPAdapterRequest`; FLUX: and
-    ``--negative-ip-adapter-image`` with true CFG): the image prompt of both pipelines' ``ip_adapter_image``, not with
-    ``--controlnet``."""
+    ``--negative-ip-adapter-image`` with true CFG): the image prompt of the pipelines' ``ip_adapter_image`` (SD3's
+    inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``)."""
     import torch
 
     from ..config import resolve_device
@@ -278,7 +274,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                 convention=convention, negative_prompt=args.negative_prompt, seed=args.seed + start,
                 height=images.shape[2], width=images.shape[3], output_range="-1,1", progress=args.progress,
                 controlnet=controlnet, control_seed=args.seed + start, control_rows=control_rows,
-                control_posterior=args.posterior or "sample", control_mask=mask,
+                control_posterior=args.posterior or "sample", control_mask=mask, ip_adapter=adapter,
                 **sd3_prompt_options(request, *own_rows), **({} if own else options)).cpu(),)
         how_control = {"controlnet": controlnet, "control_rows": control_rows}  # a --control-image folder: image i's
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {

@@ -450,8 +450,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         inpaint; :mod:`.sd3_controlnet`).
     ip_adapter: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as the pipeline's
         ``load_ip_adapter`` + ``ip_adapter_image``; with ``controlnet`` as StableDiffusion3ControlNetPipeline's (the
-        adapter in the transformer only: the ControlNet ignores the image embeds); not with skip-layer guidance
-        (:data:`NO_SLG_IP`) nor ``control_mask`` (not done yet).
+        adapter in the transformer only: the ControlNet ignores the image embeds), with ``control_mask`` as
+        StableDiffusion3ControlNetInpaintingPipeline's; not with skip-layer guidance (:data:`NO_SLG_IP`).
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0 = x - s u, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the
         defaults: the pipeline's classifier-free guidance; with skip-layer guidance added after it, as PAG).
@@ -482,10 +482,6 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
 
     if ip_adapter is not None and skip_guidance_layers is not None:
         raise DiffkitError(NO_SLG_IP)
-    if ip_adapter is not None and control_mask is not None:
-        raise DiffkitError("an IP-Adapter with an SD3 inpainting ControlNet (control_mask) is not supported yet "
-                           "(StableDiffusion3ControlNetInpaintingPipeline's ip_adapter_image is not reproduced); "
-                           "drop one")
 
     def guide(model):
         return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
