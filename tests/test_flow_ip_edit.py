@@ -169,28 +169,41 @@ def test_edit_command_with_an_ip_adapter_writes_the_library_images(sd3_ip, flux_
         flux_module.image_to_image(flux_ip[1], _images(), PROMPTS, controlnet=object(), ip_adapter=adapter)
 
 
-def test_sd3_controlnet_with_an_ip_adapter_matches_the_pipeline(sd3_ip, tmp_path):
-    """text_to_image(controlnet=, ip_adapter=) = StableDiffusion3ControlNetPipeline with the adapter loaded
-    (s = 4, 4 steps, the control image's posterior from torch.manual_seed(11) / control_seed=11)."""
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_sd3_controlnet_with_an_ip_adapter_matches_the_pipeline(sd3_ip, tmp_path, inpaint):
+    """text_to_image(controlnet=, ip_adapter=) = StableDiffusion3ControlNetPipeline with the adapter loaded (s = 4, 4
+    steps, the control image's posterior from torch.manual_seed(11) / control_seed=11); with ``control_mask`` (an
+    inpainting ControlNet) = StableDiffusion3ControlNetInpaintingPipeline."""
     from PIL import Image
     from diffkit.interop.controlnet import ControlNets, load_model_folder
     from test_sd3_controlnet import _pipeline, control_image_files, tiny_sd3_controlnet
     pipe, sd3, root, png = sd3_ip
-    tiny_sd3_controlnet(3, force_zeros_for_pooled_projection=False).save_pretrained(tmp_path / "cn")
+    options = {"extra_conditioning_channels": 1} if inpaint else {}
+    tiny_sd3_controlnet(9 if inpaint else 3, force_zeros_for_pooled_projection=False, **options).save_pretrained(
+        tmp_path / "cn")
     image = control_image_files(tmp_path)[1]
     latents = test_sd3_ip_adapter._latents(1)  # one prompt: the pipeline's control posterior from manual_seed(11)
     theirs_pipe = _pipeline(sd3, load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False), pipe)
+    mask, extra = None, {}
+    if inpaint:
+        mask = torch.zeros(1, 1, 16, 16)
+        mask[..., 3:11, 5:14] = 1
+        Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+        theirs_pipe = diffusers.StableDiffusion3ControlNetInpaintingPipeline(**theirs_pipe.components)
+        theirs_pipe.set_progress_bar_config(disable=True)
+        extra = {"control_mask": Image.open(tmp_path / "mask.png"), "height": 16, "width": 16}
     theirs = _theirs_t2i(theirs_pipe, root, "ip.safetensors", 0.8,
                          {"image_encoder_folder": str(root / "image_encoder")}, latents,
-                         control_image=Image.open(image), controlnet_conditioning_scale=0.7, guidance_scale=4.0)
+                         control_image=Image.open(image), controlnet_conditioning_scale=0.7, guidance_scale=4.0,
+                         **extra)
     control = ControlNets([load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False)], [image], 0.7)
     adapter = load_sd3_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
     kw = dict(steps=4, guidance_scale=4.0, latents=latents, max_sequence_length=12, return_latents=True,
-              controlnet=control, control_seed=11)
+              controlnet=control, control_seed=11, control_mask=mask, height=16, width=16)
     ours = sd3_module.text_to_image(sd3, PROMPTS[:1], ip_adapter=adapter, **kw)
     plain = sd3_module.text_to_image(sd3, PROMPTS[:1], **kw)
     error = relative_error(ours, theirs)
-    print("sd3 controlnet ip", float((ours - theirs).abs().max()), error)
+    print("sd3 controlnet ip", inpaint, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
     assert relative_error(plain, theirs) > 1e-3
 
@@ -280,39 +293,6 @@ def test_sample_command_with_a_controlnet_and_an_ip_adapter(sd3_ip, flux_ip, kin
                                   controlnet=control, control_seed=5)
     save_grid(images, tmp_path / "expected.png", 8)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-
-
-def test_sd3_inpainting_controlnet_with_an_ip_adapter_matches_the_pipeline(sd3_ip, tmp_path):
-    """text_to_image(controlnet=, control_mask=, ip_adapter=) = StableDiffusion3ControlNetInpaintingPipeline with the
-    adapter loaded (s = 4, the masked image's posterior from torch.manual_seed(11) / control_seed=11)."""
-    from PIL import Image
-    from diffkit.interop.controlnet import ControlNets, load_model_folder
-    from test_sd3_controlnet import _pipeline, control_image_files, tiny_sd3_controlnet
-    pipe, sd3, root, png = sd3_ip
-    tiny_sd3_controlnet(9, extra_conditioning_channels=1, force_zeros_for_pooled_projection=False).save_pretrained(
-        tmp_path / "cn")
-    image = control_image_files(tmp_path)[1]
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 3:11, 5:14] = 1
-    Image.fromarray((mask[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
-    latents = test_sd3_ip_adapter._latents(1)
-    theirs_pipe = diffusers.StableDiffusion3ControlNetInpaintingPipeline(**_pipeline(
-        sd3, load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False), pipe).components)
-    theirs_pipe.set_progress_bar_config(disable=True)
-    theirs = _theirs_t2i(theirs_pipe, root, "ip.safetensors", 0.8,
-                         {"image_encoder_folder": str(root / "image_encoder")}, latents,
-                         control_image=Image.open(image), control_mask=Image.open(tmp_path / "mask.png"),
-                         controlnet_conditioning_scale=0.7, guidance_scale=4.0, height=16, width=16)
-    control = ControlNets([load_model_folder("SD3ControlNetModel", tmp_path / "cn", progress=False)], [image], 0.7)
-    adapter = load_sd3_ip_adapter(root / "ip.safetensors", png, 0.8, progress=False)
-    kw = dict(steps=4, guidance_scale=4.0, latents=latents, max_sequence_length=12, return_latents=True,
-              controlnet=control, control_seed=11, control_mask=mask, height=16, width=16)
-    ours = sd3_module.text_to_image(sd3, PROMPTS[:1], ip_adapter=adapter, **kw)
-    plain = sd3_module.text_to_image(sd3, PROMPTS[:1], **kw)
-    error = relative_error(ours, theirs)
-    print("sd3 inpainting controlnet ip", float((ours - theirs).abs().max()), error)
-    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
-    assert relative_error(plain, theirs) > 1e-3
 
 
 def test_edit_command_with_an_sd3_inpainting_controlnet_and_an_ip_adapter(sd3_ip, tmp_path):
