@@ -32,7 +32,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.flux_controlnet`: its embedded guidance 7.0 by default, sample i's control latents drawn
     from ``seed + i``). ``ip_adapter``: an XLabs-format IP-Adapter (a
     :class:`~._ip_adapter.IPAdapterRequest`), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``
-    (:mod:`diffkit.interop.flux_ip_adapter`); not with ``control``."""
+    (:mod:`diffkit.interop.flux_ip_adapter`); with ``control`` as FluxControlNetPipeline's."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
@@ -50,9 +50,6 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
                            f"--controlnet, --guidance-scale (the embedded guidance), --steps / --nfe, --sampler and "
                            f"its grid options")
-    if ip_adapter is not None and control is not None:
-        raise DiffkitError("--ip-adapter with --controlnet is not supported on a FLUX folder (untested against "
-                           "FluxControlNetPipeline); drop one")
     if getattr(ip_adapter, "negative_image", None) is not None and not (guidance.true_cfg_scale or 0) > 1:
         raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
                            "> 1 with --negative-prompt, or drop it")

@@ -16,10 +16,11 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-*, --slg-layers (sample), --controlnet (edit: with --mask), "
-                  "--mask (edit), --lora, --steps / --nfe, --sampler and its grid options",
+                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --steps / --nfe, --sampler and its "
+                  "grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --mask, --strength, "
-                  "--steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
+                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
+                  "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
 
 def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
@@ -48,7 +49,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     :mod:`._sd3_slg`), its window on the pipeline's ``steps``. ``control``: SD3 ControlNets (a
     :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline
     (:mod:`diffkit.interop.sd3_controlnet`; the control image resized to the images' size, sample i's control latents
-    drawn from ``seed + i``)."""
+    drawn from ``seed + i``). ``ip_adapter``: an SD3 IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`), with
+    ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
     from ._sd3_slg import check_slg_steps
@@ -64,9 +66,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                   "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
                   "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
-    if ip_adapter is not None and (control is not None or guidance.slg):
-        raise DiffkitError(f"--ip-adapter with {'--controlnet' if control is not None else '--slg-layers'} is not "
-                           f"supported on an SD3 folder (untested against the pipelines); drop one")
+    if ip_adapter is not None and guidance.slg:
+        from ..interop.sd3 import NO_SLG_IP
+        raise DiffkitError("--ip-adapter with --slg-layers is not supported on an SD3 folder: "
+                           + NO_SLG_IP.split(": ", 1)[1])
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
@@ -118,7 +121,8 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "prompts_3", "negative_prompt_3", "clip_skip", "max_sequence_length", "strength", "sampler", "steps", "spacing",
     "final", "eta", "guidance_scale", "guidance_convention", "posterior", "seed", "batch_size", "device", "lora",
     "progress", "mask", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
-    "guess_mode", "height", "width",  # (the ControlNet flags: ControlRequest's and edit_sd3's one-line checks)
+    "guess_mode", "height", "width", "ip_adapter", "ip_adapter_image", "image_encoder",
+    "negative_ip_adapter_image",  # (the ControlNet / IP-Adapter flags: their requests' and edit_sd3's checks)
     "apg_eta", "apg_norm_threshold", "apg_momentum"}  # adaptive projected guidance, as diffkit sample's
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
                                 "apg_norm_threshold", "apg_momentum"} | {
@@ -158,6 +162,20 @@ def check_sd3_inpainting_flags(args) -> None:
                            f"StableDiffusion3ControlNetInpaintingPipeline samples from noise")
 
 
+def check_edit_ip_adapter(ip_adapter, args, flux: bool) -> None:
+    """``diffkit edit --ip-adapter`` on an SD3 / FLUX folder: on FLUX not with ``--controlnet`` (diffusers 0.42.1's
+    ControlNet img2img / inpainting pipelines take no ``ip_adapter_image``; SD3's inpainting ControlNet pipeline
+    does), ``--negative-ip-adapter-image`` only with true CFG; one line, before any weight."""
+    if ip_adapter is None:
+        return
+    if args.controlnets and flux:
+        from ..interop.flux import NO_EDIT_CONTROLNET_IP
+        raise DiffkitError("--ip-adapter with --controlnet in diffkit edit: " + NO_EDIT_CONTROLNET_IP.split(": ", 1)[1])
+    if ip_adapter.negative_image is not None and not (args.true_cfg_scale or 0) > 1:
+        raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
+                           "> 1 with --negative-prompt, or drop it")
+
+
 def edit_sd3(args, flux: bool = False) -> int:
     """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline,
     with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
@@ -173,7 +191,10 @@ def edit_sd3(args, flux: bool = False) -> int:
     (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
     --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
     ControlNet, :func:`check_sd3_inpainting_flags`): StableDiffusion3ControlNetInpaintingPipeline, which samples from
-    noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``)."""
+    noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``).
+    ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG`` (:class:`._ip_adapter.IPAdapterRequest`; FLUX: and
+    ``--negative-ip-adapter-image`` with true CFG): the image prompt of the pipelines' ``ip_adapter_image`` (SD3's
+    inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``)."""
     import torch
 
     from ..config import resolve_device
@@ -183,6 +204,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..sampling import check_eta, resolve_sampler
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._ip_adapter import IPAdapterRequest
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options, sd3_prompt_options
     from .edit import _prompt_request, read_edit_inputs
 
@@ -209,6 +231,8 @@ def edit_sd3(args, flux: bool = False) -> int:
         check_inpainting_transformer(directory, args.mask, args.controlnets)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
     count = len(files)
+    ip_adapter = IPAdapterRequest.from_args(args, directory)
+    check_edit_ip_adapter(ip_adapter, args, flux)
     control = inpainting_controlnet = None
     if args.controlnets:  # FLUX: img2img / inpainting ControlNets; SD3: inpainting ControlNets, the images theirs
         from ._controlnet import ControlRequest
@@ -231,6 +255,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     if flux:
         sd3.check_guidance_scale(args.guidance_scale)
     controlnet = None if control is None else control.load(device, sd3.dtype, args.progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, sd3.dtype, args.progress)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
     scale, convention = (None, "diffusers") if args.guidance_scale is None else \
@@ -252,7 +277,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                 convention=convention, negative_prompt=args.negative_prompt, seed=args.seed + start,
                 height=images.shape[2], width=images.shape[3], output_range="-1,1", progress=args.progress,
                 controlnet=controlnet, control_seed=args.seed + start, control_rows=control_rows,
-                control_posterior=args.posterior or "sample", control_mask=mask,
+                control_posterior=args.posterior or "sample", control_mask=mask, ip_adapter=adapter,
                 **sd3_prompt_options(request, *own_rows), **request.apg_options(), **({} if own else options)).cpu(),)
         how_control = {"controlnet": controlnet, "control_rows": control_rows}  # a --control-image folder: image i's
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
@@ -261,7 +286,7 @@ def edit_sd3(args, flux: bool = False) -> int:
         edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,
-                                       output_range="-1,1", progress=args.progress, **how,
+                                       output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how,
                                        **({} if own else options), **(how_control if controlnet else {}))
         return (edited.cpu(),)
 

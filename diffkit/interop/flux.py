@@ -67,6 +67,9 @@ MAX_SEQUENCE_LENGTH = 512  # its default T5 length (and the most it takes)
 DEFAULT_SAMPLE_SIZE = 128  # its default_sample_size (latent pixels; images 128 f)
 FLUX_IMG2IMG_STRENGTH = 0.6  # FluxImg2ImgPipeline's default strength
 FLUX_IMG2IMG_GUIDANCE = 7.0  # and its default guidance_scale (the embedded value)
+NO_EDIT_CONTROLNET_IP = ("an IP-Adapter with a FLUX ControlNet in img2img / inpainting is not supported: diffusers "
+                         "0.42.1's FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline take no "
+                         "ip_adapter_image (no reference pipeline); drop the IP-Adapter or the ControlNet")
 _SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
@@ -413,7 +416,8 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         ``control_rows``: with one control image per prompt, each sample's (default: sample i, image i).
     ip_adapter: an XLabs-format IP-Adapter with its image prompt (a :class:`~.flux_ip_adapter.FluxIPAdapter`), as
         the pipeline's ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG);
-        not with ``controlnet``.
+        with ``controlnet`` as FluxControlNetPipeline's (the adapter in the transformer only: the ControlNet
+        ignores the image embeds).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
@@ -428,9 +432,6 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     def guide(model, scale=guidance_scale):
         return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,
                                      prompt_2, negative_prompt_2, ip_adapter)
-    if controlnet is not None and ip_adapter is not None:
-        raise DiffkitError("an IP-Adapter with a FLUX ControlNet is not supported (untested against "
-                           "FluxControlNetPipeline); drop --ip-adapter or --controlnet")
     if controlnet is None:
         denoiser, cond = guide(flux)
     else:  # FluxControlNetPipeline's default embedded guidance: 7.0
@@ -452,7 +453,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
-                   **options) -> torch.Tensor:
+                   ip_adapter=None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
     (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
@@ -475,7 +476,12 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     resized to the images' size), as ``FluxControlNetImg2ImgPipeline`` / with ``mask`` ``FluxControlNetInpaintPipeline``
     (:func:`.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its generator, the window
     over the steps that run; ``control_posterior`` / ``control_rows`` as :func:`text_to_image`); no true CFG there
-    (refused in one line)."""
+    (refused in one line).
+
+    ``ip_adapter``: an XLabs-format :class:`~.flux_ip_adapter.FluxIPAdapter` with its image prompt, as both pipelines'
+    ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG, default black of the
+    images' size); not with ``controlnet`` (FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline take no
+    ``ip_adapter_image``: no reference)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
@@ -488,10 +494,12 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
         strength = flux.pipeline_strength(steps, strength)
     if guidance_scale is None and flux.guidance_embeds:
         guidance_scale = FLUX_IMG2IMG_GUIDANCE
+    if controlnet is not None and ip_adapter is not None:
+        raise DiffkitError(NO_EDIT_CONTROLNET_IP)
 
     def guide(model):
         return model.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
-                                     max_sequence_length, prompt_2, negative_prompt_2)
+                                     max_sequence_length, prompt_2, negative_prompt_2, ip_adapter)
     if controlnet is None:
         denoiser, cond = guide(flux)
     else:  # the control posterior first, then the image's posterior and noise, from image i's generator

@@ -136,10 +136,12 @@ class FluxControlledNet(torch.nn.Module):
             return None
         return {"controlnet_block_samples": blocks, "controlnet_single_block_samples": singles}
 
-    def forward(self, x, t, context=None, pooled=None, guidance=None, control=None, control_rows=None):
+    def forward(self, x, t, context=None, pooled=None, guidance=None, control=None, control_rows=None,
+                attention_kwargs=None):
         """``control_rows`` (true CFG): each row's source row; the ControlNets run on the rows that are their own
         source (the conditional half) and every row takes its source's residuals, as FluxControlNetPipeline gives
-        its negative pass the conditional pass's."""
+        its negative pass the conditional pass's. ``attention_kwargs``: the transformer's only (an IP-Adapter's
+        image embeds), as the pipeline's ControlNets ignore them."""
         if control is None:
             raise DiffkitError("a FLUX ControlNet needs cond['control'] (flux_controlnet.controlnet_guidance)")
         if control_rows is None:
@@ -153,7 +155,7 @@ class FluxControlledNet(torch.nn.Module):
             shared = self.residuals(x[sources], t_rows, inputs, control[sources])
             controls = None if shared is None else {key: None if blocks is None else [b[place[rows]] for b in blocks]
                                                     for key, blocks in shared.items()}
-        return self.net(x, t, context, pooled, guidance, controls=controls)
+        return self.net(x, t, context, pooled, guidance, controls=controls, attention_kwargs=attention_kwargs)
 
 
 def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,

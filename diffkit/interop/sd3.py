@@ -405,6 +405,11 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     return sd3
 
 
+NO_SLG_IP = ("an IP-Adapter with skip-layer guidance is not supported: diffusers 0.42.1's StableDiffusion3Pipeline has "
+             "no sound reference (its skip-layer pass gets both halves' image embeds: it fails for more than one "
+             "image and mixes the null half's tokens in for one); drop the IP-Adapter or the skip-layer guidance")
+
+
 def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
                   steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
                   convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
@@ -443,6 +448,10 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         ``control_mask`` (1 or B, 1, H, W) at the output size, 1 = repaint: inpainting ControlNets, as
         StableDiffusion3ControlNetInpaintingPipeline's ``control_mask`` (the control images are the images to
         inpaint; :mod:`.sd3_controlnet`).
+    ip_adapter: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as the pipeline's
+        ``load_ip_adapter`` + ``ip_adapter_image``; with ``controlnet`` as StableDiffusion3ControlNetPipeline's (the
+        adapter in the transformer only: the ControlNet ignores the image embeds), with ``control_mask`` as
+        StableDiffusion3ControlNetInpaintingPipeline's; not with skip-layer guidance (:data:`NO_SLG_IP`).
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0 = x - s u, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the
         defaults: the pipeline's classifier-free guidance; with skip-layer guidance added after it, as PAG).
@@ -471,9 +480,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     if control_mask is not None and controlnet is None:
         raise DiffkitError("control_mask goes with an inpainting ControlNet (controlnet=); give both or neither")
 
-    if ip_adapter is not None and (controlnet is not None or skip_guidance_layers is not None):
-        raise DiffkitError("an IP-Adapter with an SD3 ControlNet or skip-layer guidance is not supported (untested "
-                           "against the pipelines); drop --ip-adapter, or the other")
+    if ip_adapter is not None and skip_guidance_layers is not None:
+        raise DiffkitError(NO_SLG_IP)
 
     def guide(model):
         return model.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
@@ -503,7 +511,7 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    clip_skip: Optional[int] = None, prompt_2=None, prompt_3=None, negative_prompt_2=None,
                    negative_prompt_3=None, output_range: str = "0,1", return_latents: bool = False,
-                   progress: bool = False, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
+                   progress: bool = False, ip_adapter=None, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
                    apg_momentum: float = 0.0, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``StableDiffusion3Img2ImgPipeline`` (Meng et al. 2022, Alg. 1 on SD3's latents): z = (E(x) - shift) * scale
@@ -524,7 +532,11 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     pure noise (its ``is_strength_max``). A 33-channel inpainting transformer (:attr:`StableDiffusion3.inpainting_unet`)
     takes the mask and the masked image's latents as input at every call instead, nothing replaced, as the
     pipeline's ``num_channels_transformer == 33`` path (:func:`.sd_inpaint.unet_inpaint`: draws per image [the
-    image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints."""
+    image's posterior sample if strength < 1], the noise, the masked image's posterior sample); it only inpaints.
+
+    ``ip_adapter``: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as both pipelines'
+    ``load_ip_adapter`` + ``ip_adapter_image`` (zero embeds in the null half,
+    :meth:`StableDiffusion3.prompt_guidance`)."""
     from ..guidance import apg_options
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
@@ -542,7 +554,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
-                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg=apg, size=size)
+                                         prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg=apg,
+                                         ip_adapter=ip_adapter, size=size)
     z0 = edit_latents(sd3, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(sd3, z0, return_latents, output_range)

@@ -123,10 +123,13 @@ class SD3ControlledNet(torch.nn.Module):
             total = list(blocks) if total is None else [a + b for a, b in zip(total, blocks)]
         return total
 
-    def forward(self, x, t, context=None, pooled=None, control=None):
+    def forward(self, x, t, context=None, pooled=None, control=None, attention_kwargs=None):
+        """``attention_kwargs``: the transformer's only (an IP-Adapter's image embeds); the ControlNets take none,
+        as StableDiffusion3ControlNetPipeline's ignore them."""
         if control is None:
             raise DiffkitError("an SD3 ControlNet needs cond['control'] (sd3_controlnet.controlnet_guidance)")
-        return self.net(x, t, context, pooled, controls=self.residuals(x, t, context, pooled, control))
+        return self.net(x, t, context, pooled, controls=self.residuals(x, t, context, pooled, control),
+                        **({} if attention_kwargs is None else {"attention_kwargs": attention_kwargs}))
 
 
 def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid, options: dict,
