@@ -224,16 +224,22 @@ def test_bad_arguments_are_one_line_errors(tiny_sd3):
             text_to_image(sd3, PROMPTS, steps=2, **kw)
 
 
+def sd3_5_transformer(seed: int = 2):
+    """A tiny SD3.5 Medium-style transformer (MMDiT-X: dual attention on block 0, qk_norm) of the tiny folder's
+    sizes, drawn after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=14,
+        pos_embed_max_size=16, qk_norm="rms_norm", dual_attention_layers=(0,)).eval()
+
+
 def test_sd3_5_transformer_options_match_the_pipeline(tiny_sd3):
     """SD3.5's transformer options (qk_norm="rms_norm", dual_attention_layers: SD3.5 Medium's MMDiT-X) run as
     diffusers' own module: the same z_0 as the pipeline with that transformer."""
     import dataclasses
     pipe, _, sd3 = tiny_sd3[False]
-    torch.manual_seed(2)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=14,
-        pos_embed_max_size=16, qk_norm="rms_norm", dual_attention_layers=(0,)).eval()
+    transformer = sd3_5_transformer()
     sd3_5 = dataclasses.replace(sd3, transformer=transformer, _denoiser=None)
     original, pipe.transformer = pipe.transformer, transformer
     try:

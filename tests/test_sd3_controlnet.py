@@ -22,6 +22,18 @@ KINDS = {"plain": {"force_zeros_for_pooled_projection": False},
          "sd35": {"joint_attention_dim": None, "use_pos_embed": False, "force_zeros_for_pooled_projection": False}}
 
 
+def assert_sample_refusals(main, common: list, tmp_path, capsys, cases) -> None:
+    """``diffkit sample --out NEW/o.png`` + ``common`` + each case's extra flags: exit 2, one stderr line matching
+    its pattern, and no output folder left."""
+    bad = tmp_path / "bad" / "o.png"
+    for extra, match in cases:
+        assert main(["sample", "--out", str(bad)] + common + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+        assert not bad.parent.exists()
+    capsys.readouterr()
+
+
 def randomised_zero_layers(model):
     """``model`` with its zero-initialised layers (ControlNet's zero convolutions) made random, so that it acts."""
     for p in model.parameters():
@@ -236,17 +248,12 @@ def test_sample_command_runs_sd3_controlnet(tiny, tmp_path, capsys):
                              controlnet=ControlNets([_controlnet(folders["plain"])], [images]))
     save_grid(expected, tmp_path / "expected.png", 1)
     assert (tmp_path / "two.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
-    bad = tmp_path / "bad" / "o.png"
-    for extra, match in ((["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets"),
-                         (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
-                          "holds a 'SD3Transformer2DModel'; allowed: a diffusers SD3ControlNetModel folder"),
-                         (["--controlnet", str(folders["plain"]), "--control-image", str(per_prompt)],
-                          "--control-image .*per_prompt holds 2 PNG\\(s\\) for 1 --prompt")):
-        assert main(["sample", "--out", str(bad)] + common + extra) == 2, extra
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and re.search(match, err[0]), err
-        assert not bad.parent.exists()
-    capsys.readouterr()
+    assert_sample_refusals(main, common, tmp_path, capsys, (
+        (["--guess-mode"], "--guess-mode applies to Stable Diffusion ControlNets"),
+        (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
+         "holds a 'SD3Transformer2DModel'; allowed: a diffusers SD3ControlNetModel folder"),
+        (["--controlnet", str(folders["plain"]), "--control-image", str(per_prompt)],
+         "--control-image .*per_prompt holds 2 PNG\\(s\\) for 1 --prompt")))
 
 
 def test_scale_zero_is_the_folder_alone_bit_for_bit(tiny):

@@ -151,11 +151,7 @@ def test_skip_layer_guidance_on_an_sd3_5_transformer(tiny_sd3):
     """SD3.5 Medium's MMDiT-X blocks (dual attention on block 0, qk_norm): skipping block 0 matches the pipeline."""
     import dataclasses
     pipe, _, sd3 = tiny_sd3[False]
-    torch.manual_seed(2)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=14,
-        pos_embed_max_size=16, qk_norm="rms_norm", dual_attention_layers=(0,)).eval()
+    transformer = test_interop_sd3.sd3_5_transformer()
     sd3_5 = dataclasses.replace(sd3, transformer=transformer, _denoiser=None)
     latents = test_interop_sd3._latents()
     kw = {"skip_guidance_layers": [0], "skip_layer_guidance_stop": 0.5, "guidance_scale": 4.0,
