@@ -462,7 +462,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         raise DiffkitError("an SD3 ControlNet with a scheduler with use_dynamic_shifting=true is not supported "
                            "(StableDiffusion3ControlNetPipeline passes no mu); give a folder with a fixed shift")
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS,
-                                         lambda n: sd3.scheduler_grid(n, *shape[2:]))
+                                         lambda n: sd3.scheduler_grid(n, *shape[2:]),
+                                         options.get("flow_shift"))
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     if skip_guidance_layers is not None and controlnet is not None:
