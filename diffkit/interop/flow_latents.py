@@ -121,8 +121,12 @@ def flow_sigmas_grid(schedule, sigmas: torch.Tensor, steps: int) -> torch.Tensor
         s = sigmas[inner]
         grid[inner] = schedule.t_from_log_snr(torch.log((1 - s) / s))
     if not bool((grid[1:] < grid[:-1]).all()):
+        why = "use fewer steps"
+        if len(sigmas) > 2 and bool(sigmas[1] >= 1):  # a huge shift: a use_dynamic_shifting mu of a huge image
+            why = "the scheduler's shift pushes them to 1 (with use_dynamic_shifting: the image size's); give a " \
+                  "smaller --height / --width (or images) or fewer steps"
         raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
-                           f"schedule ({[round(s, 4) for s in sigmas[:6].tolist()]}...); use fewer steps")
+                           f"schedule ({[round(s, 4) for s in sigmas[:6].tolist()]}...); {why}")
     return grid
 
 

@@ -132,6 +132,10 @@ class StableDiffusion3(FlowLatentVAE):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (f * patch):
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
                                    f"{f * patch} (the VAE factor {f} x the transformer's patch size {patch})")
+        most = self.transformer.config.get("pos_embed_max_size")
+        if most is not None and max(height, width) > int(most) * f * patch:  # cropped_pos_embed's ValueError
+            raise DiffkitError(f"height x width {height}x{width} is not allowed; give at most {int(most) * f * patch}"
+                               f" a side (the transformer's pos_embed_max_size {most} patches of {f * patch} pixels)")
         return (batch, int(self.transformer.config.in_channels), height // f, width // f)
 
     # ------------------------------------------------------------------ prompts
