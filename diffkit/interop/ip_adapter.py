@@ -335,8 +335,9 @@ ENCODER_KINDS = {"clip_vision_model": "CLIPVisionModelWithProjection", "siglip_v
 
 def image_encoder_folder(path, image_encoder: Optional[str], model_type: str = "clip_vision_model") -> Path:
     """The image encoder folder to read (``image_encoder``, or :func:`default_image_encoder` of the file ``path``),
-    checked to hold a ``config.json`` whose ``model_type`` is ``model_type`` or its full model's (CLIP for SD / SD-XL / FLUX
-    IP-Adapters, SigLIP for SD3's), so that another encoder is one line, not transformers' size-mismatch report."""
+    checked to hold a ``config.json`` whose ``model_type`` is ``model_type`` or its full model's (CLIP for SD /
+    SD-XL / FLUX IP-Adapters, SigLIP for SD3's), so that another encoder is one line, not transformers'
+    size-mismatch report."""
     directory = Path(default_image_encoder(path) if image_encoder is None else image_encoder)
     how = "" if image_encoder is not None else " (the default, beside the IP-Adapter file)"
     wanted = ENCODER_KINDS[model_type]
@@ -354,5 +355,5 @@ def image_encoder_folder(path, image_encoder: Optional[str], model_type: str = "
 
 
 __all__ = ["IPAdapter", "IPAdaptedNet", "swapped_processors", "load_ip_adapter", "read_ip_adapter",
-           "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "ENCODER_KINDS", "converted",
-           "check_encoder_width", "placed"]
+           "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "ENCODER_KINDS",
+           "converted", "check_encoder_width", "placed"]
