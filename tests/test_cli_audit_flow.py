@@ -116,3 +116,32 @@ def test_flow_grid_messages():
         flow_sigmas_grid(schedule, torch.tensor([1.0, 1.0, 0.0]), 2)
     with pytest.raises(DiffkitError, match=r"\(\[0.5, 0.5, 0.0\]...\); use fewer steps$"):
         flow_sigmas_grid(schedule, torch.tensor([0.5, 0.5, 0.0]), 2)
+
+
+def test_flux_lora_on_other_folders_and_control_flags_without_controlnet(tiny_sd3, tmp_path, capsys):
+    """A FLUX.1 LoRA file (kohya, BFL) on an SD3 folder is named a FLUX.1 LoRA (it said 'adapts a UNet' or named an
+    unsupported key); --control-image / --controlnet-scale / --guess-mode without --controlnet in an SD3 edit are
+    one line (they were ignored), and diffkit edit's line no longer offers --t2i-adapter, which edit lacks."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    from diffkit.interop.sd_lora import read_sd_lora
+    _, folder, _ = tiny_sd3[True]
+    lora = torch.zeros(2, 16)
+    save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": lora,
+               "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": lora.T.contiguous()}, tmp_path / "k.st")
+    save_file({"diffusion_model.single_blocks.0.linear2.lora_A.weight": lora,
+               "diffusion_model.single_blocks.0.linear2.lora_B.weight": lora.T.contiguous()}, tmp_path / "b.st")
+    for name in ("k.st", "b.st"):
+        with pytest.raises(DiffkitError, match=r"is a FLUX.1 LoRA \(key .*: FLUX's double / single blocks\)"):
+            read_sd_lora(tmp_path / name)
+    Image.new("RGB", (16, 16), (90, 30, 200)).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    edit = ["edit", "--checkpoint", str(folder), "--prompt", "a cat", "--steps", "2", "--no-progress",
+            "--images", str(tmp_path / "in.png"), "--out", str(out)]
+    for extra, needle in ((["--lora", str(tmp_path / "k.st")], "k.st is a FLUX.1 LoRA"),
+                          (["--control-image", str(tmp_path / "in.png")], "--control-image needs --controlnet DIR"),
+                          (["--controlnet-scale", "0.5"], "--controlnet-scale needs --controlnet DIR"),
+                          (["--guess-mode"], "--guess-mode needs --controlnet DIR")):
+        line = one_line_error(capsys, *edit, *extra)
+        assert needle in line and "--t2i-adapter" not in line, line
+        assert not out.exists(), extra

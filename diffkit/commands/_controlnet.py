@@ -76,7 +76,7 @@ class ControlRequest:
         if not folders:
             if images or given:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
-                                  f"{' (or --t2i-adapter DIR)' if images else ''}")
+                                  f"{' (or --t2i-adapter DIR)' if images and hasattr(args, 't2i_adapters') else ''}")
             return None
         kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
             "FLUX" if is_flux_folder(checkpoint) else None  # a flow transformer folder's ControlNets
