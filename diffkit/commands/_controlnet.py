@@ -76,20 +76,20 @@ class ControlRequest:
         if not folders:
             if images or given:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
-                                  f"{' (or --t2i-adapter DIR)' if images else ''}")
+                                  f"{' (or --t2i-adapter DIR)' if images and hasattr(args, 't2i_adapters') else ''}")
             return None
         kind = None if checkpoint is None else "SD3" if is_sd3_folder(checkpoint) else \
             "FLUX" if is_flux_folder(checkpoint) else None  # a flow transformer folder's ControlNets
         if checkpoint is None or not (kind or is_stable_diffusion_folder(checkpoint)):
             raise DiffkitError(f"--controlnet applies to a Stable Diffusion folder (diffusers format; also SD3 and "
                                f"FLUX.1 folders); {checkpoint} is not one")
+        check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder}.get(kind,
+                                                                                             check_controlnet_folder)
+        for folder in folders:  # a folder of another kind first: more --control-image would not help
+            check(folder)
         if len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")
-        check = {"SD3": check_sd3_controlnet_folder, "FLUX": check_flux_controlnet_folder}.get(kind,
-                                                                                             check_controlnet_folder)
-        for folder in folders:
-            check(folder)
         if kind and args.guess_mode:
             raise DiffkitError(f"--guess-mode applies to Stable Diffusion ControlNets; the {kind} ControlNet pipeline "
                                f"has no guess mode")

@@ -29,6 +29,29 @@ def size_multiple(directory) -> tuple:
     return math.lcm(8, f), f"the pipeline's 8 and the VAE factor {f}"
 
 
+def size_limit(directory) -> Optional[tuple]:
+    """(largest side in pixels, what it is) of an SD3 folder: its transformer's ``pos_embed_max_size`` patches x
+    ``patch_size`` x the VAE factor (``PatchEmbed.cropped_pos_embed`` raises a ValueError past it); None for
+    other folders (no such limit)."""
+    from ..interop.sd3 import is_sd3_folder
+    if not is_sd3_folder(directory):
+        return None
+    config = read_json_object(Path(directory) / "transformer" / "config.json", "transformer config")
+    if config.get("pos_embed_max_size") is None:
+        return None
+    multiple, _ = size_multiple(directory)  # f x patch
+    limit = int(config["pos_embed_max_size"]) * multiple
+    return limit, f"the transformer's pos_embed_max_size {config['pos_embed_max_size']} patches of {multiple} pixels"
+
+
+def check_size_limit(checkpoint, height: Optional[int], width: Optional[int]) -> None:
+    """One line for a side past :func:`size_limit` (SD3)."""
+    limit = size_limit(checkpoint)
+    for name, value in (("--height", height), ("--width", width)):
+        if limit is not None and value is not None and value > limit[0]:
+            raise DiffkitError(f"{name} {value} is not allowed; give at most {limit[0]} ({limit[1]})")
+
+
 def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2i_adapter: bool = False) -> None:
     """One-line DiffkitError for ``--height`` / ``--width`` (either may be None: the folder's default) that the
     checkpoint cannot draw: not a diffusers folder (a diffkit checkpoint's size is fixed by training), with
@@ -53,6 +76,7 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0
                                   or value % multiple):
             raise DiffkitError(f"{name} {value} is not allowed; give a positive multiple of {multiple} ({why})")
+    check_size_limit(checkpoint, height, width)
 
 
 def add_edit_size_flags(parser) -> None:
@@ -79,6 +103,12 @@ def edit_size(checkpoint, height: Optional[int], width: Optional[int], first_ima
                 raise DiffkitError(f"the images are {own['--width']}x{own['--height']}: their {flag[2:]} "
                                    f"{own[flag]} is no multiple of {multiple} ({why}); give {flag} too")
             size[flag] = own[flag]
+    limit = size_limit(checkpoint)
+    for flag, value in size.items():
+        if limit is not None and value > limit[0]:
+            given = {"--height": height, "--width": width}[flag] is not None
+            what = f"{flag} {value}" if given else f"the images' {flag[2:]} {value} (give {flag} to resize them)"
+            raise DiffkitError(f"{what} is not allowed; give at most {limit[0]} ({limit[1]})")
     return size["--height"], size["--width"]
 
 

@@ -70,7 +70,8 @@ class IPAdapterRequest:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
         file, scale = given
         state = read_ip_adapter(file)
-        encoder = image_encoder_folder(file, args.image_encoder)
+        encoder = image_encoder_folder(file, args.image_encoder,
+                                       "siglip_vision_model" if family == "sd3" else "clip_vision_model")
         for image in (args.ip_adapter_image, negative):
             if image is not None:
                 open_image(image)

@@ -243,6 +243,9 @@ def edit_sd3(args, flux: bool = False) -> int:
         if flux:
             from ..interop.flux_controlnet import check_edit_controlnet
             check_edit_controlnet(args.negative_prompt)
+    else:  # --control-image / --controlnet-scale / ... without --controlnet: one line (they were ignored)
+        from ._controlnet import ControlRequest
+        ControlRequest.from_args(args, directory, edited=count)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
         if rows is not None and len(rows) not in (1, count):
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "

@@ -118,6 +118,24 @@ def from_pretrained(cls, directory, **kwargs):
     except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files
         raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: "
                            f"{first_line(err, 200)}") from None
+    except Exception as err:  # noqa: BLE001 - sorted below: only a damaged folder's errors become one line
+        detail = damaged_weights(err)
+        if detail is None:
+            raise
+        raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: {detail}; "
+                           f"give a folder whose weights are whole and fit its config.json") from None
+
+
+def damaged_weights(err: BaseException):
+    """What a truncated ``.safetensors`` file (safetensors' SafetensorError) or weights of other shapes than the
+    config gives (transformers' RuntimeError 'ignore_mismatched_sizes', torch's 'size mismatch') say, in one
+    line; None for any other error (a bug or out of memory keeps its traceback)."""
+    text = str(err)
+    if type(err).__name__ == "SafetensorError":
+        return f"not a whole safetensors file ({first_line(err, 120)})"
+    if isinstance(err, RuntimeError) and ("ignore_mismatched_sizes" in text or "size mismatch" in text):
+        return "its weights have other shapes than its config.json gives (size mismatch)"
+    return None
 
 
 def load_weights_pickle(path, flag: str):

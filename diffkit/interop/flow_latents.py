@@ -77,10 +77,15 @@ def start_latents(model, latents, batch: int, height, width, hint: str = "") -> 
     return latents.to(device=model.device, dtype=model.dtype), expected
 
 
-def pipeline_grid(sampler, grid, steps, nfe, default_steps: int, scheduler_grid) -> tuple:
+def pipeline_grid(sampler, grid, steps, nfe, default_steps: int, scheduler_grid, flow_shift=None) -> tuple:
     """(sampler, grid, steps) of a flow folder's ``text_to_image``: no sampler and no grid is the pipeline's loop,
     flow Euler (``ddim``) on ``scheduler_grid(steps)`` (``grid="scheduler"``, which takes steps, not nfe);
-    ``default_steps`` where neither steps nor nfe is given."""
+    ``default_steps`` where neither steps nor nfe is given. ``flow_shift`` (``--flow-shift``) with the pipeline's
+    loop: one line (the scheduler's own shift, fixed or per image size, places that grid)."""
+    if flow_shift is not None and (grid == "scheduler" or sampler is None and grid is None):
+        raise DiffkitError(f"--flow-shift {flow_shift:g} moves a sampler's own grid; with plain --sampler ddim (the "
+                           f"default) this folder runs its scheduler's loop, whose shift is its scheduler config's: "
+                           f"give another sampler or grid (e.g. --sampler unipc, ddim@trailing) or drop --flow-shift")
     if sampler is None and grid is None:
         sampler, grid = "ddim", "scheduler"
     if isinstance(grid, str):
@@ -116,8 +121,12 @@ def flow_sigmas_grid(schedule, sigmas: torch.Tensor, steps: int) -> torch.Tensor
         s = sigmas[inner]
         grid[inner] = schedule.t_from_log_snr(torch.log((1 - s) / s))
     if not bool((grid[1:] < grid[:-1]).all()):
+        why = "use fewer steps"
+        if len(sigmas) > 2 and bool(sigmas[1] >= 1):  # a huge shift: a use_dynamic_shifting mu of a huge image
+            why = "the scheduler's shift pushes them to 1 (with use_dynamic_shifting: the image size's); give a " \
+                  "smaller --height / --width (or images) or fewer steps"
         raise DiffkitError(f"the scheduler's sigmas for steps={steps} are not strictly decreasing on this "
-                           f"schedule ({[round(s, 4) for s in sigmas[:6].tolist()]}...); use fewer steps")
+                           f"schedule ({[round(s, 4) for s in sigmas[:6].tolist()]}...); {why}")
     return grid
 
 

@@ -427,7 +427,8 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     noise, expected = start_latents(flux, latents, len(prompts), height, width, " (unpacked: flux.unpack_latents)")
     h, w = expected[2:]
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, FLUX_PIPELINE_STEPS,
-                                         lambda n: flux.scheduler_grid(n, h, w))
+                                         lambda n: flux.scheduler_grid(n, h, w),
+                                         options.get("flow_shift"))
 
     def guide(model, scale=guidance_scale):
         return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,

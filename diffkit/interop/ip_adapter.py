@@ -31,6 +31,7 @@ adapter of another model family (by shape).
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
@@ -329,17 +330,30 @@ def load_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[None, 
     return IPAdapter(state, load_image_encoder(directory, device, dtype, progress), image, scale)
 
 
-def image_encoder_folder(path, image_encoder: Optional[str]) -> Path:
+ENCODER_KINDS = {"clip_vision_model": "CLIPVisionModelWithProjection", "siglip_vision_model": "SiglipVisionModel"}
+
+
+def image_encoder_folder(path, image_encoder: Optional[str], model_type: str = "clip_vision_model") -> Path:
     """The image encoder folder to read (``image_encoder``, or :func:`default_image_encoder` of the file ``path``),
-    checked to hold a ``config.json``."""
+    checked to hold a ``config.json`` whose ``model_type`` is ``model_type`` or its full model's (CLIP for SD /
+    SD-XL / FLUX IP-Adapters, SigLIP for SD3's), so that another encoder is one line, not transformers'
+    size-mismatch report."""
     directory = Path(default_image_encoder(path) if image_encoder is None else image_encoder)
+    how = "" if image_encoder is not None else " (the default, beside the IP-Adapter file)"
+    wanted = ENCODER_KINDS[model_type]
     if not (directory / "config.json").is_file():
-        how = "" if image_encoder is not None else " (the default, beside the IP-Adapter file)"
         raise DiffkitError(f"--image-encoder {directory}: no config.json there{how}; give a "
-                           f"CLIPVisionModelWithProjection folder (config.json and model.safetensors)")
+                           f"{wanted} folder (config.json and model.safetensors)")
+    try:
+        found = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (ValueError, OSError, AttributeError):
+        found = "an unreadable config.json"
+    if found not in (model_type, model_type[:-len("_vision_model")]):  # a vision tower or the full model's folder
+        raise DiffkitError(f"--image-encoder {directory}{how} holds {found!r}; allowed: a {wanted} folder "
+                           f"(model_type {model_type!r}: this checkpoint's IP-Adapter takes that encoder)")
     return directory
 
 
 __all__ = ["IPAdapter", "IPAdaptedNet", "swapped_processors", "load_ip_adapter", "read_ip_adapter",
-           "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "converted",
-           "check_encoder_width", "placed"]
+           "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "ENCODER_KINDS",
+           "converted", "check_encoder_width", "placed"]

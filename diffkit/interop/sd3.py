@@ -132,6 +132,10 @@ class StableDiffusion3(FlowLatentVAE):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (f * patch):
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
                                    f"{f * patch} (the VAE factor {f} x the transformer's patch size {patch})")
+        most = self.transformer.config.get("pos_embed_max_size")
+        if most is not None and max(height, width) > int(most) * f * patch:  # cropped_pos_embed's ValueError
+            raise DiffkitError(f"height x width {height}x{width} is not allowed; give at most {int(most) * f * patch}"
+                               f" a side (the transformer's pos_embed_max_size {most} patches of {f * patch} pixels)")
         return (batch, int(self.transformer.config.in_channels), height // f, width // f)
 
     # ------------------------------------------------------------------ prompts
@@ -471,7 +475,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         raise DiffkitError("an SD3 ControlNet with a scheduler with use_dynamic_shifting=true is not supported "
                            "(StableDiffusion3ControlNetPipeline passes no mu); give a folder with a fixed shift")
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS,
-                                         lambda n: sd3.scheduler_grid(n, *shape[2:]))
+                                         lambda n: sd3.scheduler_grid(n, *shape[2:]),
+                                         options.get("flow_shift"))
     scale = sd3.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
     if skip_guidance_layers is not None and controlnet is not None:

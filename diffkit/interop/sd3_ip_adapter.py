@@ -80,6 +80,7 @@ class SD3IPAdapter(TransformerIPAdapter):
 
 def load_siglip_encoder(directory, device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> tuple:
     """(``SiglipVisionModel``, ``SiglipImageProcessor``) of a folder (local only), as SD3's ``load_ip_adapter``."""
+    directory = image_encoder_folder(None, directory, "siglip_vision_model")
     transformers = require("transformers")
     with library_progress_bars(progress):
         model = from_pretrained(transformers.SiglipVisionModel, directory, local_files_only=True, torch_dtype=dtype)
@@ -96,7 +97,8 @@ def load_sd3_ip_adapter(path, image, scale: float = 1.0, image_encoder: Union[No
     """An :class:`SD3IPAdapter` from a file and its SigLIP folder (default ``image_encoder`` beside the file, as
     SD3's ``load_ip_adapter``)."""
     state = read_ip_adapter(path)
-    encoder, processor = load_siglip_encoder(image_encoder_folder(path, image_encoder), device, dtype, progress)
+    encoder, processor = load_siglip_encoder(image_encoder_folder(path, image_encoder, "siglip_vision_model"), device,
+                                             dtype, progress)
     return SD3IPAdapter(state, encoder, image, scale, feature_extractor=processor)
 
 

@@ -136,8 +136,17 @@ def read_sd_lora(path) -> dict:
     ``name`` a module name (diffusers format) or its underscore form (kohya, resolved by
     :func:`merge_sd_loras`), and the per-module ``alpha_of(module, rank)`` of a diffusers file under
     ``"alpha_of"``; each adapter is [A, B, alpha or None, the key's prefix]. One-line error at the first key
-    that is not a LoRA matrix (or alpha) of the UNet or a text encoder."""
-    return parse_sd_lora(path, *_read(path))
+    that is not a LoRA matrix (or alpha) of the UNet or a text encoder; a FLUX.1 file (its blocks' names): one
+    line saying so."""
+    tensors, meta = _read(path)
+    flux_key = next((k for k in tensors if _FLUX_BLOCKS.search(k)), None)
+    if flux_key is not None:
+        raise DiffkitError(f"--lora {path} is a FLUX.1 LoRA (key {flux_key!r}: FLUX's double / single blocks); this "
+                           f"Stable Diffusion / SD-XL / SD3 folder has no such blocks: give it with a FLUX.1 folder")
+    return parse_sd_lora(path, tensors, meta)
+
+
+_FLUX_BLOCKS = re.compile(r"(^|[._])(double_blocks|single_blocks|single_transformer_blocks)[._]")
 
 
 def parse_sd_lora(path, tensors: dict, meta: dict) -> dict:
