@@ -196,6 +196,10 @@ def test_cli_apg_mistakes_on_folders_are_one_line_errors_before_any_output(kind,
     for extra, message in (
             ([folders["xl"][0], "--guidance-scale", "5", "--apg-eta", "2"], "--apg-eta"),
             ([folders["xl"][0], "--apg-momentum", "-0.5"], "--apg-momentum needs --guidance-scale"),
+            ([folders["xl"][0], "--guidance-scale", "0", "--apg-eta", "0"],
+             "--apg-eta shapes classifier-free guidance, which --guidance-scale 0 (seed convention) turns off"),
+            ([folders["xl"][0], "--guidance-scale", "1", "--guidance-convention", "diffusers", "--apg-momentum",
+              "-0.5"], "--apg-momentum shapes classifier-free guidance, which --guidance-scale 1 (diffusers"),
             ([folders["xl"][0], "--guidance-scale", "5", "--apg-eta", "0", "--refiner", folders["xl"][0]],
              "--apg-eta with --refiner is not supported")):
         code = main(["sample", "--checkpoint", str(extra[0]), *map(str, extra[1:]), "--prompt", "a cat", "--steps",

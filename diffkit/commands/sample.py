@@ -488,9 +488,15 @@ class GuidanceRequest:
                 if value != default:
                     raise DiffkitError(f"{flag} needs --guidance-scale")
         else:
-            guidance_weight(self.guidance_scale, self.convention)
+            w = guidance_weight(self.guidance_scale, self.convention)
             check_range("--guidance-rescale", self.rescale, 0.0, 1.0)
             check_apg(**{name[len('apg_'):]: v for name, v in self.apg_options().items()}, names=self.APG_FLAGS)
+            given = [f for f, v in zip(self.APG_FLAGS, (self.apg_eta, self.apg_norm_threshold, self.apg_momentum))
+                     if v is not None]
+            if given and w == 0:
+                raise DiffkitError(f"{given[0]} shapes classifier-free guidance, which --guidance-scale "
+                                   f"{self.guidance_scale:g} ({self.convention} convention) turns off; give a "
+                                   f"scale that guides")
         if self.pag_scale is None:
             for flag, value in (("--pag-layers", self.pag_layers), ("--pag-interval", self.pag_interval),
                                 ("--pag-adaptive-scale", self.pag_adaptive_scale)):
