@@ -78,7 +78,8 @@ def _fused(layer, down, up, alpha):
 def bfl_lora(tiny_flux, tmp_path_factory):
     """(adapters, {style: file}, the dev pipeline after load_lora_weights(kohya dict) + fuse_lora(0.7), the prefix its
     converter forgets on the top-level modules restored). Merged by the closed form instead: the single block's
-    linear1 (diffusers 0.42.1 splits it at FLUX.1's 3072 / 12288 only) and CLIP's (diffusers' kohya text-encoder keys are "unexpected" to transformers 5's load_adapter, which drops them)."""
+    linear1 (diffusers 0.42.1 splits it at FLUX.1's 3072 / 12288 only) and CLIP's (diffusers' kohya text-encoder
+    keys are "unexpected" to transformers 5's load_adapter, which drops them)."""
     _, folder, flux = tiny_flux[True]
     lora = _lora(flux.transformer, flux.text_encoder)
     root = tmp_path_factory.mktemp("flux_bfl_lora")

@@ -1,8 +1,8 @@
 """The IP-Adapter flags of ``diffkit sample`` for a Stable Diffusion folder (:mod:`diffkit.interop.ip_adapter`), a
 FLUX.1 folder (:mod:`diffkit.interop.flux_ip_adapter`) or an SD3 folder (:mod:`diffkit.interop.sd3_ip_adapter`):
 ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG [--image-encoder DIR]``: diffusers' ``load_ip_adapter`` (the
-file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``; FLUX only: ``--negative-ip-adapter-image PNG``
-(``negative_ip_adapter_image``, with ``--true-cfg-scale``)."""
+file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``; FLUX only:
+``--negative-ip-adapter-image PNG`` (``negative_ip_adapter_image``, with ``--true-cfg-scale``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
