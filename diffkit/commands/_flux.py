@@ -34,9 +34,9 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     :class:`~._ip_adapter.IPAdapterRequest`), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``
     (:mod:`diffkit.interop.flux_ip_adapter`); with ``control`` as FluxControlNetPipeline's."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
-    from ._sd3 import pipeline_loop
+    from ._sd3 import pipeline_loop, prompted_rows
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
-    from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
+    from .sample import GuidanceRequest, draw_prompted_grid
 
     guidance = guidance or GuidanceRequest()
     flags = dict(refused or {})
@@ -57,15 +57,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)
     flux = load_flux(directory, device, progress=progress, lora=lora)
-    controlnet = None if control is None else control.load(device, flux.dtype, progress)
-    adapter = None if ip_adapter is None else ip_adapter.load(device, flux.dtype, progress)
-    prompts = list(guidance.prompts)
-    index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
-    per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
-    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
-        per_sample["control_seeds"] = [seed + i for i in range(num)]
-        if controlnet.per_prompt > 1:
-            per_sample["control_rows"] = index.tolist()
+    controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
+        flux, guidance, control, ip_adapter, num, nrow, seed, device, progress)
     if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1:  # given once per --prompt: each sample's own
         per_sample["prompts_2"] = [guidance.prompts_2[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)

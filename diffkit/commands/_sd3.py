@@ -23,6 +23,23 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
 
 
+def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool) -> tuple:
+    """(controlnet, adapter, prompts, index, num, nrow, per_sample) of an SD3 / FLUX folder's ``diffkit sample``:
+    the ControlNets and IP-Adapter loaded in the model's dtype, the grid's rows (:func:`~.sample.condition_rows`),
+    each sample's prompt and, with a ControlNet, its control latents' seed (``seed + i``) and control image row."""
+    from .sample import condition_rows
+    controlnet = None if control is None else control.load(device, model.dtype, progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, model.dtype, progress)
+    prompts = list(guidance.prompts)
+    index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
+    per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
+    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if controlnet.per_prompt > 1:
+            per_sample["control_rows"] = index.tolist()
+    return controlnet, adapter, prompts, index, num, nrow, per_sample
+
+
 def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
     """A one-line error for the first flag of ``flags`` ({flag: value}) that was given (not None / False);
     ``kind``: the folder's (``"SD3"``, or ``"FLUX"`` in ``diffkit edit``)."""
@@ -52,7 +69,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     drawn from ``seed + i``). ``ip_adapter``: an SD3 IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`), with
     ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
-    from .sample import GuidanceRequest, condition_rows, draw_prompted_grid
+    from .sample import GuidanceRequest, draw_prompted_grid
     from ._sd3_slg import check_slg_steps
     from ._sd_prompts import check_prompt_encoding, sd3_prompt_options
 
@@ -77,15 +94,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     check_slg_steps(guidance.slg, steps, SD3_PIPELINE_GUIDANCE if guidance.guidance_scale is None else
                     guidance.guidance_scale, "diffusers" if guidance.guidance_scale is None else guidance.convention)
     sd3 = load_sd3(directory, device, progress=progress, lora=lora)
-    controlnet = None if control is None else control.load(device, sd3.dtype, progress)
-    adapter = None if ip_adapter is None else ip_adapter.load(device, sd3.dtype, progress)
-    prompts = list(guidance.prompts)
-    index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
-    per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
-    if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
-        per_sample["control_seeds"] = [seed + i for i in range(num)]
-        if controlnet.per_prompt > 1:
-            per_sample["control_rows"] = index.tolist()
+    controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
+        sd3, guidance, control, ip_adapter, num, nrow, seed, device, progress)
     for key in ("prompts_2", "prompts_3"):  # given once per --prompt: each sample's own
         rows = getattr(guidance, key)
         if rows is not None and len(rows) > 1:
