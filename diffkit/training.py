@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gc
 import io
 import math
 import os
@@ -623,6 +624,21 @@ class Trainer:
         meta.update(kind=SNAPSHOT_KIND, step=self.step, posthoc_ema=self.posthoc.meta())
         return ckpt.save_checkpoint(snapshot_path(self.out_dir, self.step), tensors, meta)
 
+    def finish_distributed(self) -> None:
+        """Leave the process group once training is over (every rank; nothing when one process): the trainer
+        cannot train again.
+
+        DistributedDataParallel (its reducer holds the gloo group) is released and collected here,
+        while the interpreter is whole: the Trainer sits in a reference cycle, so it would otherwise
+        be freed during interpreter shutdown, when a gloo thread that takes the GIL aborts the rank
+        (exit 134 instead of 0 / 143). Then the group is destroyed."""
+        if not self.dist.enabled:
+            return
+        self.forward = self.model
+        self.student = None  # the consistency objectives' f_theta wraps the DDP module too; training is over
+        gc.collect()
+        distributed.cleanup(self.dist)
+
     def save(self) -> Path:
         """Write ckpt_<step>.safetensors and latest.safetensors atomically; keep the last K.
 
@@ -979,6 +995,9 @@ class Trainer:
                                              f"{self.optimizer.param_groups[0]['lr']:.3e}", f"{rate:.1f}"])
                         if requested is not None:
                             self.save()
+                            # every rank waits for rank 0's checkpoint, as a finished run does: a rank that
+                            # left at once could exit with gloo work in flight and abort (exit 134, not 143)
+                            distributed.barrier(self.dist)
                             bar.close()
                             if self.step >= self.total_steps and self.dist.is_main:  # the run is complete
                                 train_log.close()

@@ -301,7 +301,6 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     and returns 128 + signal (130 / 143)."""
     import signal
 
-    from .. import distributed
     from ..training import Trainer, TrainingInterrupted
     trainer = Trainer(cfg, progress=progress)
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -317,7 +316,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
     try:
         result = trainer.run()
     except TrainingInterrupted as stop:
-        distributed.cleanup(trainer.dist)
+        trainer.finish_distributed()
         if not trainer.dist.is_main:
             return 128 + stop.signum
         sys.stdout.flush()
@@ -332,7 +331,7 @@ def train_and_sample(cfg, progress: bool = True, sample: bool = True, num_sample
                              f"checkpoint {stop.checkpoint}; resume with: {resume_command(cfg, flags)}\n")
         sys.stderr.flush()
         return 128 + stop.signum
-    distributed.cleanup(trainer.dist)  # rank 0 samples alone
+    trainer.finish_distributed()  # rank 0 samples alone
     if not trainer.dist.is_main:
         return 0
     trainer.log(f"trained {result.steps} steps in {result.seconds:.0f} s "
