@@ -19,11 +19,16 @@ PROMPTS = test_interop_flux.PROMPTS
 KW = {"max_sequence_length": 12}
 
 
+_COMPONENTS = {}  # test_interop_flux's tiny FLUX.1-dev components, made once for this file and test_flux_control
+
+
 def tiny_variant_folder(root, cls, in_channels: int):
     """A FLUX folder of pipeline class ``cls`` (FluxFillPipeline, FluxControlPipeline): test_interop_flux's tiny
     FLUX.1-dev components with a transformer of ``in_channels`` (out_channels 64), written by save_pretrained."""
-    components = {key: value for key, value in test_interop_flux.tiny_flux_pipeline(root, True).components.items()
-                  if key not in ("image_encoder", "feature_extractor")}
+    if not _COMPONENTS:
+        _COMPONENTS.update({key: value for key, value in test_interop_flux.tiny_flux_pipeline(root, True).components
+                            .items() if key not in ("image_encoder", "feature_extractor")})
+    components = dict(_COMPONENTS)
     torch.manual_seed(2)
     components["transformer"] = diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=in_channels, out_channels=64, num_layers=1, num_single_layers=1,
@@ -70,3 +75,59 @@ def test_flux_fill_matches_the_pipeline(tiny_fill, steps, strength, per_image):
     error = relative_error(ours, theirs)
     print("flux fill", steps, strength, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
+def _write_inputs(tmp_path):
+    """The test images as PNGs in tmp_path / "in", the mask as tmp_path / "mask.png" (and an 8 x 8 one)."""
+    from PIL import Image
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            tmp_path / "in" / f"{i}.png")
+    Image.fromarray(np.uint8(_mask()[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
+    Image.fromarray(np.uint8(_mask()[0, 0, ::2, ::2].numpy() * 255)).save(tmp_path / "small.png")
+
+
+def test_edit_command_fills_and_refuses_in_one_line(tiny_fill, tmp_path, capsys):
+    """`diffkit edit --mask` on a Fill folder writes image_to_image(mask=)'s images byte for byte (FluxFillPipeline's
+    strength 1 and guidance 30 by default), within one PNG level of the pipeline's; what a Fill folder does not take
+    (no --mask, a mask of another size, true CFG, diffkit sample, text_to_image) is one line, before any output."""
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    pipe, folder, flux = tiny_fill
+    _write_inputs(tmp_path)
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    common = ["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
+              "--prompt", PROMPTS[1], "--no-progress", "--seed", "5", "--steps", "3", "--max-sequence-length", "12"]
+    assert main(common + ["--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")]) == 0
+    assert "strength 1.0" in capsys.readouterr().out
+    ours = image_to_image(flux, images, PROMPTS, mask=_mask(), steps=3, seed=5, output_range="-1,1", **KW)
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    written = []
+    for i in range(2):
+        name = f"edit_0000{i}.png"
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+        written.append(np.asarray(Image.open(tmp_path / "out" / name), np.float64))
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=(images + 1) / 2, mask_image=_mask(), num_inference_steps=3, height=16, width=16,
+                      output_type="np", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                      **KW).images
+    assert np.abs(np.stack(written) - (theirs * 255).round()).max() <= 1
+    bad = tmp_path / "bad"
+    for extra, match in (
+            ([], "FluxFillPipeline: .* it only inpaints; use diffkit edit --images PNG --mask PNG"),
+            (["--mask", str(tmp_path / "small.png")], "--mask is 8x8 but the images are 16x16"),
+            (["--mask", str(tmp_path / "mask.png"), "--true-cfg-scale", "2", "--negative-prompt", "u"],
+             "--negative-prompt \\(true CFG\\) does not apply to a FLUX.1 Fill folder")):
+        assert main(common + extra + ["--out", str(bad)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not bad.exists()
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", "a", "--out", str(bad / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "it only inpaints" in err[0] and not bad.exists(), err
+    for call in (lambda: text_to_image(flux, PROMPTS, steps=2), lambda: image_to_image(flux, images, PROMPTS)):
+        with pytest.raises(DiffkitError, match="it only inpaints"):
+            call()

@@ -463,7 +463,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
     prompts = prompt_list(prompts)
     if control_image is not None or flux.variant is not None:  # FLUX.1 Fill / Depth / Canny: .flux_channels
         from .flux_channels import check_variant_options
-        check_variant_options(flux, None, control_image, controlnet, ip_adapter, negative_prompt)
+        check_variant_options(flux.variant, None, control_image, controlnet, ip_adapter, negative_prompt)
     noise, expected = start_latents(flux, latents, len(prompts), height, width, " (unpacked: flux.unpack_latents)")
     h, w = expected[2:]
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, FLUX_PIPELINE_STEPS,
@@ -538,7 +538,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     defaults = (FLUX_PIPELINE_STEPS, FLUX_IMG2IMG_STRENGTH, FLUX_IMG2IMG_GUIDANCE)
     if flux.variant is not None:  # FLUX.1 Fill: FluxFillPipeline's defaults (.flux_channels)
         from .flux_channels import FLUX_FILL_GUIDANCE, FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, check_variant_options
-        check_variant_options(flux, mask, None, controlnet, ip_adapter, negative_prompt, edit=True)
+        check_variant_options(flux.variant, mask, None, controlnet, ip_adapter, negative_prompt, edit=True)
         defaults = (FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, FLUX_FILL_GUIDANCE)
     steps = defaults[0] if steps is None else steps
     strength = defaults[1] if strength is None else strength

@@ -132,27 +132,27 @@ def control_cond(flux, image, shape: tuple, seed: int = 0, posterior: str = "sam
     return {CONTROL_KEY: latents[0, :, 0]}
 
 
-def check_variant_options(flux, mask=None, control_image=None, controlnet=None, ip_adapter=None,
+def check_variant_options(kind: Optional[str], mask=None, control_image=None, controlnet=None, ip_adapter=None,
                           negative_prompt=None, edit: bool = False) -> None:
-    """One line for what a Fill / Depth / Canny folder (``flux.variant``) does not take, or a ``control_image``
-    on another: Fill only inpaints (an edit with ``mask``), Depth / Canny sample from text with ``control_image``;
-    neither takes a ControlNet, an IP-Adapter or true CFG (a negative prompt), which their pipelines lack."""
-    kind = flux.variant
+    """One line for what a Fill / Depth / Canny folder (``kind``: ``Flux.variant`` or :func:`folder_variant`) does
+    not take, or a ``control_image`` on another: Fill only inpaints (an edit with ``mask``), Depth / Canny sample
+    from text with ``control_image``; neither takes a ControlNet, an IP-Adapter or true CFG (a negative prompt),
+    which their pipelines lack."""
     if control_image is not None and kind != FLUX_CONTROL:
         raise DiffkitError("control_image (--control-image without --controlnet) feeds a FLUX.1 Depth / Canny "
                            "transformer (FluxControlPipeline); this folder has none: give --controlnet DIR with it")
     if kind is None:
         return
+    for name, value in (("--controlnet", controlnet), ("--ip-adapter", ip_adapter),
+                        ("--negative-prompt (true CFG)", negative_prompt)):
+        if value is not None:
+            raise DiffkitError(f"{name} does not apply to {WHAT[kind]}: {kind} takes none; drop it")
     if kind == FLUX_FILL and not (edit and mask is not None):
         raise DiffkitError(f"this is {WHAT[kind]}: it only inpaints; use diffkit edit --images PNG --mask PNG "
                            f"(white = repaint), library image_to_image(mask=)")
     if kind == FLUX_CONTROL and (edit or control_image is None):
         raise DiffkitError(f"this is {WHAT[kind]}: it samples from text with a control image; use diffkit sample "
                            f"--control-image PNG, library text_to_image(control_image=)")
-    for name, value in (("--controlnet", controlnet), ("--ip-adapter", ip_adapter),
-                        ("--negative-prompt (true CFG)", negative_prompt)):
-        if value is not None:
-            raise DiffkitError(f"{name} does not apply to {WHAT[kind]}: {kind} takes none; drop it")
 
 
 __all__ = ["FLUX_FILL", "FLUX_CONTROL", "FLUX_FILL_GUIDANCE", "FLUX_FILL_STEPS", "FLUX_FILL_STRENGTH", "CONTROL_KEY",
