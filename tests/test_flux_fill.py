@@ -32,8 +32,8 @@ def tiny_variant_folder(root, cls, in_channels: int):
     torch.manual_seed(2)
     components["transformer"] = diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=in_channels, out_channels=64, num_layers=1, num_single_layers=1,
-        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4))
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=True, axes_dims_rope=(2, 2, 4))
     cls(**components).save_pretrained(root / "folder")
     pipe = cls.from_pretrained(root / "folder", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
@@ -131,3 +131,21 @@ def test_edit_command_fills_and_refuses_in_one_line(tiny_fill, tmp_path, capsys)
     for call in (lambda: text_to_image(flux, PROMPTS, steps=2), lambda: image_to_image(flux, images, PROMPTS)):
         with pytest.raises(DiffkitError, match="it only inpaints"):
             call()
+
+
+def test_a_fill_folder_with_other_channels_is_refused_before_loading(tiny_fill, tmp_path):
+    """A FluxFillPipeline folder whose transformer is the text-to-image one (in_channels 64), or has another
+    out_channels: one line from the JSON files alone (no weight read)."""
+    import json
+    _, folder, _ = tiny_fill
+    for change, match in (({"in_channels": 64}, "in_channels=64 .* allowed: 144 .* FluxFillPipeline extra channels"),
+                          ({"out_channels": 144}, "out_channels=144; allowed: 64")):
+        bad = tmp_path / str(len(match))
+        (bad / "transformer").mkdir(parents=True)
+        for sub in folder.iterdir():
+            if sub.name != "transformer":
+                (bad / sub.name).symlink_to(sub)
+        config = json.loads((folder / "transformer" / "config.json").read_text())
+        (bad / "transformer" / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(DiffkitError, match=match):
+            load_flux(bad, progress=False)

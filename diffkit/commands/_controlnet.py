@@ -4,7 +4,8 @@
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
 StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
 FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`,
-:mod:`~diffkit.interop.flux_controlnet`)."""
+:mod:`~diffkit.interop.flux_controlnet`). A FLUX.1 Depth / Canny folder (FluxControlPipeline) takes ``--control-image``
+without ``--controlnet``: its transformer's own (:meth:`ControlRequest.transformer_image`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ def add_controlnet_flags(parser) -> None:
                         "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
-                        "each --t2i-adapter (docs/interop.md); sample: "
+                        "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor (SD3 / FLUX.1: it is "
                         "resized to the output's size, as their pipelines), and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
