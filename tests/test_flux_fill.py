@@ -131,6 +131,8 @@ def test_edit_command_fills_and_refuses_in_one_line(tiny_fill, tmp_path, capsys)
     for call in (lambda: text_to_image(flux, PROMPTS, steps=2), lambda: image_to_image(flux, images, PROMPTS)):
         with pytest.raises(DiffkitError, match="it only inpaints"):
             call()
+    with pytest.raises(DiffkitError, match="control_image .* feeds a FLUX.1 Depth / Canny transformer"):
+        text_to_image(flux, PROMPTS, control_image=torch.rand(1, 3, 16, 16), steps=2)
 
 
 def test_a_fill_folder_with_other_channels_is_refused_before_loading(tiny_fill, tmp_path):

@@ -140,7 +140,8 @@ def check_variant_options(kind: Optional[str], mask=None, control_image=None, co
     which their pipelines lack."""
     if control_image is not None and kind != FLUX_CONTROL:
         raise DiffkitError("control_image (--control-image without --controlnet) feeds a FLUX.1 Depth / Canny "
-                           "transformer (FluxControlPipeline); this folder has none: give --controlnet DIR with it")
+                           "transformer (FluxControlPipeline); this folder has none: use such a folder, or give "
+                           "--controlnet DIR with the image")
     if kind is None:
         return
     for name, value in (("--controlnet", controlnet), ("--ip-adapter", ip_adapter),
