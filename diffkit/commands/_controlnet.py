@@ -4,7 +4,8 @@
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
 StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
 FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`,
-:mod:`~diffkit.interop.flux_controlnet`)."""
+:mod:`~diffkit.interop.flux_controlnet`). A FLUX.1 Depth / Canny folder (FluxControlPipeline) takes ``--control-image``
+without ``--controlnet``: its transformer's own (:meth:`ControlRequest.transformer_image`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ def add_controlnet_flags(parser) -> None:
                         "(their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
-                        "each --t2i-adapter (docs/interop.md); sample: "
+                        "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md); sample: "
                         "the output takes its size, rounded down to multiples of the VAE factor (SD3 / FLUX.1: it is "
                         "resized to the output's size, as their pipelines), and a folder of "
                         "PNGs gives one per --prompt in file-name order (each prompt's row); edit: it is resized "
@@ -74,6 +75,10 @@ class ControlRequest:
         given = [flag for flag, value in zip(CONTROL_FLAGS, (args.controlnet_scales, args.control_starts,
                                                               args.control_ends, args.guess_mode)) if value]
         if not folders:
+            if images and not given and prompts is not None and is_flux_folder(checkpoint):
+                from ..interop.flux_channels import FLUX_CONTROL, folder_variant
+                if folder_variant(checkpoint) == FLUX_CONTROL:  # FLUX.1 Depth / Canny: its transformer takes it
+                    return cls.transformer_image(images, prompts)
             if images or given:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images and hasattr(args, 't2i_adapters') else ''}")
@@ -104,6 +109,21 @@ class ControlRequest:
                       {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel"}.get(kind, "ControlNetModel"))
         check_control_options(request.scales, request.starts, request.ends, len(folders))
         return request
+
+    @classmethod
+    def transformer_image(cls, images: list, prompts: int) -> "ControlRequest":
+        """A FLUX.1 Depth / Canny folder's ``--control-image`` (no ``--controlnet``: its transformer takes the
+        image, :mod:`diffkit.interop.flux_channels`): one file, or a folder of one PNG per ``--prompt``; ``folders``
+        empty."""
+        from ..interop.controlnet import open_control_image
+        from ..interop.flux_channels import FLUX_CONTROL
+        if len(images) != 1:
+            raise DiffkitError(f"{len(images)} --control-image for a FLUX.1 Depth / Canny folder; give one (a file, "
+                               f"or a folder of one PNG per --prompt)")
+        image = cls.per_row(images[0], prompts, "--prompt", "prompt")
+        for one in image if isinstance(image, list) else [image]:
+            open_control_image(one)  # one line for a file that is not an image
+        return cls([], [image], [], [], [], model_class=FLUX_CONTROL)
 
     @staticmethod
     def per_row(image, count: Optional[int], what: str, row: str):

@@ -32,7 +32,10 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.flux_controlnet`: its embedded guidance 7.0 by default, sample i's control latents drawn
     from ``seed + i``). ``ip_adapter``: an XLabs-format IP-Adapter (a
     :class:`~._ip_adapter.IPAdapterRequest`), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``
-    (:mod:`diffkit.interop.flux_ip_adapter`); with ``control`` as FluxControlNetPipeline's."""
+    (:mod:`diffkit.interop.flux_ip_adapter`); with ``control`` as FluxControlNetPipeline's. A FLUX.1 Depth / Canny
+    folder (FluxControlPipeline): ``control`` holds its ``--control-image`` alone (no ControlNet folders), the
+    transformer's control latents drawn as the ControlNets' (:mod:`diffkit.interop.flux_channels`); a FLUX.1 Fill
+    folder only inpaints (``diffkit edit --mask``): one line."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop, prompted_rows
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
@@ -56,9 +59,18 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)
+    image = None  # FLUX.1 Depth / Canny: --control-image without --controlnet (diffkit.interop.flux_channels)
+    if control is not None and not control.folders:
+        image, control = control.images[0], None
+    from ..interop.flux_channels import check_variant_options, folder_variant
+    check_variant_options(folder_variant(directory), None, image, control, ip_adapter, guidance.negative_prompt)
     flux = load_flux(directory, device, progress=progress, lora=lora)
     controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
         flux, guidance, control, ip_adapter, num, nrow, seed, device, progress)
+    if image is not None:  # sample i's control latents from seed + i; its prompt's control image
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if isinstance(image, list) and len(image) > 1:
+            per_sample["control_rows"] = index.tolist()
     if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1:  # given once per --prompt: each sample's own
         per_sample["prompts_2"] = [guidance.prompts_2[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)
@@ -68,8 +80,9 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
-        control = {} if controlnet is None else {"controlnet": controlnet, "control_seed": cond["control_seeds"][0],
-                                                 "control_rows": cond.get("control_rows")}
+        control = {} if controlnet is None and image is None else {
+            "control_seed": cond["control_seeds"][0], "control_rows": cond.get("control_rows"),
+            **({"controlnet": controlnet} if image is None else {"control_image": image})}
         return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
                              ip_adapter=adapter, **grid, **how, **control,

@@ -196,7 +196,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     weight is read or any folder is made. ``flux``: a FLUX.1 folder, img2img as FluxImg2ImgPipeline and with
     ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
     the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
-    :data:`FLUX_EDIT_FLAGS`); ``--controlnet DIR --control-image PNG|DIR`` (and its flags, :mod:`._controlnet`) as
+    :data:`FLUX_EDIT_FLAGS`); a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline (strength 1, 50 steps,
+    the embedded guidance 30 by default; :mod:`diffkit.interop.flux_channels`); ``--controlnet DIR --control-image
+    PNG|DIR`` (and its flags, :mod:`._controlnet`) as
     FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline
     (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
     --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
@@ -237,8 +239,14 @@ def edit_sd3(args, flux: bool = False) -> int:
                if value is not None}
     request = _prompt_request(args, info.name)
     check_prompt_encoding(request, directory)
+    variant = None
     if not flux:
         check_inpainting_transformer(directory, args.mask, args.controlnets)
+    else:  # FLUX.1 Fill: --mask only, as FluxFillPipeline; Depth / Canny: diffkit sample (interop.flux_channels)
+        from ..interop.flux_channels import check_variant_options, folder_variant
+        variant = folder_variant(directory)
+        check_variant_options(variant, args.mask, None, args.controlnets, args.ip_adapter, args.negative_prompt,
+                              edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
     count = len(files)
     ip_adapter = IPAdapterRequest.from_args(args, directory)
@@ -275,6 +283,9 @@ def edit_sd3(args, flux: bool = False) -> int:
         (args.guidance_scale, args.guidance_convention)
     strength = (module.FLUX_IMG2IMG_STRENGTH if flux else module.SD3_IMG2IMG_STRENGTH) if args.strength is None \
         else args.strength
+    if variant is not None and args.strength is None:  # FLUX.1 Fill: FluxFillPipeline's strength 1
+        from ..interop.flux_channels import FLUX_FILL_STRENGTH
+        strength = FLUX_FILL_STRENGTH
 
     def rows(values, start, n):  # one for every image, or image start..start + n - 1's own
         return None if values is None else values[:1] if len(values) == 1 else values[start:start + n]

@@ -37,8 +37,9 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 
-Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
-Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
+FLUX.1 Fill (``FluxFillPipeline``) and Depth / Canny (``FluxControlPipeline``) folders: :mod:`.flux_channels`.
+Refused in one line before any weight is read: the Redux / Kontext pipelines and any transformer whose input is
+not 4 x the VAE's latent channels (Fill's and Depth / Canny's: theirs), an ``image_encoder``
 (an IP-Adapter's is given apart, :mod:`.flux_ip_adapter`), a ``controlnet``, a transformer / VAE / scheduler of
 another class, a VAE without ``shift_factor``, ``invert_sigmas`` or ``stochastic_sampling`` schedulers.
 """
@@ -155,7 +156,8 @@ class FluxNet(torch.nn.Module):
 
 @dataclass
 class Flux(FlowLatentVAE):
-    """The loaded components of a FLUX.1 folder (:func:`load_flux`)."""
+    """The loaded components of a FLUX.1 folder (:func:`load_flux`); a Fill / Depth / Canny one's
+    transformer takes extra channels (:attr:`variant`, :mod:`.flux_channels`)."""
 
     transformer: object
     vae: object
@@ -173,10 +175,31 @@ class Flux(FlowLatentVAE):
         """True for a guidance-distilled transformer (FLUX.1-dev), False for FLUX.1-schnell."""
         return bool(self.transformer.config.guidance_embeds)
 
+    @property
+    def variant(self) -> Optional[str]:
+        """``"FluxFillPipeline"`` / ``"FluxControlPipeline"`` for a FLUX.1 Fill / Depth / Canny transformer (extra
+        input channels, :mod:`.flux_channels`), None for the text-to-image one."""
+        from .flux_channels import variant
+        return variant(self.transformer.config, int(self.vae.config.latent_channels), self.vae_scale_factor)
+
+    @property
+    def inpainting_unet(self) -> bool:
+        """A FLUX.1 Fill transformer, which only inpaints (the hook :func:`~diffkit.latent_editing.latent_inpaint`
+        reads: :func:`.sd_inpaint.unet_inpaint`, with :meth:`fill_mask` and :attr:`inpaint_encodes_image`)."""
+        from .flux_channels import FLUX_FILL
+        return self.variant == FLUX_FILL
+
+    inpaint_encodes_image = True  # FluxFillPipeline draws the image's posterior at strength 1 too (then pure noise)
+
+    def fill_mask(self, mask: torch.Tensor, size) -> torch.Tensor:
+        """FluxFillPipeline's mask channels (B, f^2, h, w) of a pixel mask (:func:`.flux_channels.fill_mask`)."""
+        from .flux_channels import fill_mask
+        return fill_mask(mask, self.vae_scale_factor)
+
     # ------------------------------------------------------------------ shapes and schedules
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
-        """(batch, in_channels / 4, height / f, width / f); default 128 f (the pipeline's default_sample_size);
-        height and width multiples of 2 f (the pipeline floors other sizes with a warning)."""
+        """(batch, out_channels / 4 (the latents' C), height / f, width / f); default 128 f (the pipeline's
+        default_sample_size); height and width multiples of 2 f (the pipeline floors other sizes with a warning)."""
         f = self.vae_scale_factor
         height = DEFAULT_SAMPLE_SIZE * f if height is None else height
         width = DEFAULT_SAMPLE_SIZE * f if width is None else width
@@ -184,7 +207,8 @@ class Flux(FlowLatentVAE):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (2 * f):
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
                                    f"{2 * f} (the VAE factor {f} x the 2 x 2 packing)")
-        return (batch, int(self.transformer.config.in_channels) // 4, height // f, width // f)
+        config = self.transformer.config
+        return (batch, int(config.out_channels or config.in_channels) // 4, height // f, width // f)
 
     def mu(self, h: int, w: int) -> float:
         """The pipeline's mu for latents h x w (packed sequence length h w / 4)."""
@@ -203,7 +227,9 @@ class Flux(FlowLatentVAE):
         shift = self.shift(h, w)
         if shift not in self._denoisers:
             schedule = NoiseSchedule.flow(int(self.scheduler_config.get("num_train_timesteps", 1000)), shift)
-            self._denoisers[shift] = Denoiser(FluxNet(self.transformer), schedule, "flow_prediction")
+            from .flux_channels import wrap_net  # a Fill / Depth / Canny transformer's extra channels
+            self._denoisers[shift] = Denoiser(wrap_net(FluxNet(self.transformer), self.variant), schedule,
+                                              "flow_prediction")
             self._denoisers[shift].model = self.transformer
         return self._denoisers[shift]
 
@@ -316,16 +342,23 @@ def check_flux_folder(directory: Path) -> tuple:
         raise DiffkitError(f"{directory} is not a FLUX folder (model_index.json naming a FluxPipeline with a "
                            f"{FLUX_TRANSFORMER} transformer)")
     kind = index.get("_class_name")
-    if kind not in FLUX_PIPELINES:
-        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Fill / Depth / Canny / Redux / Kontext ...), "
-                           f"which diffkit does not drive; allowed: {', '.join(FLUX_PIPELINES)}")
+    from .flux_channels import FLUX_CONTROL, FLUX_FILL, in_channels
+    kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL)  # Fill / Depth / Canny: .flux_channels
+    if kind not in kinds:
+        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Redux / Kontext ...), "
+                           f"which diffkit does not drive; allowed: {', '.join(kinds)}")
     check_flow_folder(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
     vae = check_flow_vae(directory, "FLUX")
     transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    channels = 4 * int(vae.get("latent_channels", 4))
+    latents = int(vae.get("latent_channels", 4))
+    channels = in_channels(kind, latents, 2 ** (len(vae.get("block_out_channels", [64])) - 1))
     if transformer.get("in_channels", 64) != channels:
         raise DiffkitError(f"{directory}'s transformer has in_channels={transformer.get('in_channels', 64)!r} (Fill "
-                           f"/ Depth / Canny models add image channels); allowed: {channels} (4 x the VAE's latents)")
+                           f"/ Depth / Canny models add image channels); allowed: {channels} (4 x the VAE's latents"
+                           f"{'' if kind in FLUX_PIPELINES else ' + the ' + kind + ' extra channels'})")
+    if transformer.get("out_channels") not in (None, 4 * latents):
+        raise DiffkitError(f"{directory}'s transformer has out_channels={transformer['out_channels']!r}; allowed: "
+                           f"{4 * latents} (4 x the VAE's latents) or null")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     for key in ("invert_sigmas", "stochastic_sampling", "use_flow_sigmas"):
         if sched.get(key, False):
@@ -397,7 +430,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  ip_adapter=None, **options) -> torch.Tensor:
+                  ip_adapter=None, control_image=None, **options) -> torch.Tensor:
     """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
 
     sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``, eta 0) on its sigmas
@@ -418,12 +451,19 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         the pipeline's ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG);
         with ``controlnet`` as FluxControlNetPipeline's (the adapter in the transformer only: the ControlNet
         ignores the image embeds).
+    control_image: a FLUX.1 Depth / Canny folder's (``FluxControlPipeline``'s ``control_image``; needed there, refused
+        elsewhere): one PIL image, path or (1, 3, H, W) tensor in [0, 1], or one per prompt, resized to the output
+        size; its latents concatenated after the packed latents (:mod:`.flux_channels`), sample i's posterior draw
+        from ``control_seed + i`` (``control_posterior``, ``control_rows`` as for ``controlnet``).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
+    if control_image is not None or flux.variant is not None:  # FLUX.1 Fill / Depth / Canny: .flux_channels
+        from .flux_channels import check_variant_options
+        check_variant_options(flux.variant, None, control_image, controlnet, ip_adapter, negative_prompt)
     noise, expected = start_latents(flux, latents, len(prompts), height, width, " (unpacked: flux.unpack_latents)")
     h, w = expected[2:]
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, FLUX_PIPELINE_STEPS,
@@ -441,13 +481,16 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         denoiser, cond = controlnet_guidance(flux, controlnet, lambda model: guide(model, scale), expected, sampler,
                                              steps, nfe, grid, options, guidance_scale, control_seed,
                                              control_posterior, control_rows)
+    if control_image is not None:  # the Depth / Canny transformer's control latents (.flux_channels)
+        from .flux_channels import control_cond
+        cond.update(control_cond(flux, control_image, expected, control_seed, control_posterior, control_rows))
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=flux.device, dtype=flux.dtype, **options)
     return finish_images(flux, z0, return_latents, output_range)
 
 
 def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
-                   strength: float = FLUX_IMG2IMG_STRENGTH, *, mask: Optional[torch.Tensor] = None,
+                   strength: Optional[float] = None, *, mask: Optional[torch.Tensor] = None,
                    sampler: Optional[str] = None, steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, true_cfg_scale: float = 1.0,
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
@@ -466,8 +509,11 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     own grid of the size's flow schedule, cut as :func:`diffkit.img2img`. Prompt and guidance arguments as
     :func:`text_to_image`; the one implementation is :func:`diffkit.latent_editing.latent_img2img`.
 
+    ``strength``: default 0.6 (1.0 for a Fill folder).
+
     ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``FluxInpaintPipeline`` (the text-to-image transformer;
-    the Fill model's 384-channel one is refused at loading), SD3's (:func:`.sd3.image_to_image`):
+    a FLUX.1 Fill folder's 384-channel one: ``FluxFillPipeline``, :mod:`.flux_channels`, which only inpaints:
+    its defaults 50 steps, strength 1, the embedded guidance 30), SD3's (:func:`.sd3.image_to_image`):
     :func:`diffkit.latent_editing.latent_inpaint`, the mask binarised and nearest-resized to the (unpacked) latents,
     the kept region's x_0 replaced by the image's latents at every step, which puts it at the pipeline's blend
     ``scale_noise(z, next sigma, noise)`` (z after the last step); at strength 1 from pure noise (the pipeline's
@@ -489,12 +535,18 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     prompts = edit_prompts(images, prompts)
     h, w = flux.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 16
     f = flux.vae_scale_factor
-    steps = FLUX_PIPELINE_STEPS if steps is None else steps
+    defaults = (FLUX_PIPELINE_STEPS, FLUX_IMG2IMG_STRENGTH, FLUX_IMG2IMG_GUIDANCE)
+    if flux.variant is not None:  # FLUX.1 Fill: FluxFillPipeline's defaults (.flux_channels)
+        from .flux_channels import FLUX_FILL_GUIDANCE, FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, check_variant_options
+        check_variant_options(flux.variant, mask, None, controlnet, ip_adapter, negative_prompt, edit=True)
+        defaults = (FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, FLUX_FILL_GUIDANCE)
+    steps = defaults[0] if steps is None else steps
+    strength = defaults[1] if strength is None else strength
     if sampler is None and "grid" not in options:
         sampler, options["grid"] = "ddim", flux.scheduler_grid(steps, h, w)
         strength = flux.pipeline_strength(steps, strength)
     if guidance_scale is None and flux.guidance_embeds:
-        guidance_scale = FLUX_IMG2IMG_GUIDANCE
+        guidance_scale = defaults[2]
     if controlnet is not None and ip_adapter is not None:
         raise DiffkitError(NO_EDIT_CONTROLNET_IP)
 

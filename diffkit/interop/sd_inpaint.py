@@ -125,7 +125,9 @@ def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, s
     ``denoiser``: the (guided) network of ``sd`` on latents; ``cond`` its prompts' contexts. With
     ``posterior="sample"``, per-image generators and DDIM on the scheduler's grid this is diffusers'
     ``StableDiffusionInpaintPipeline`` step for step (draws per image: [the image's posterior sample if strength
-    < 1], the noise, the masked image's posterior sample, then the sampler's)."""
+    < 1], the noise, the masked image's posterior sample, then the sampler's). A FLUX.1 Fill folder
+    (:mod:`.flux_channels`) sets ``sd.inpaint_encodes_image`` (FluxFillPipeline draws the image's posterior at
+    strength 1 too) and ``sd.fill_mask`` (its mask channels instead of :func:`~diffkit.latent_editing.latent_mask`)."""
     from ..editing import _planned
     from ..latent_editing import encode_images, latent_mask
     from ..noise import randn
@@ -140,13 +142,15 @@ def unet_inpaint(denoiser, sd, images: torch.Tensor, pixel_mask: torch.Tensor, s
                                f"{default}")
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength)
     keep = (pixel_mask < 0.5).to(images.dtype)
-    z = None if strength == 1 else encode_images(sd, images, posterior, generator)
+    draw = strength != 1 or getattr(sd, "inpaint_encodes_image", False)
+    z = encode_images(sd, images, posterior, generator) if draw else None
     shape = (images.shape[0], sd.vae.config.latent_channels, images.shape[2] // sd.vae_scale_factor,
              images.shape[3] // sd.vae_scale_factor)
     noise = randn(shape, generator, device=sd.device, dtype=torch.float32)
-    x = noise if z is None else diffusion.q_sample(denoiser.schedule, z, grid[0], noise)
+    x = noise if strength == 1 else diffusion.q_sample(denoiser.schedule, z, grid[0], noise)
     masked = encode_images(sd, images * keep, posterior, generator)
-    extra = {MASK_KEY: latent_mask(pixel_mask, shape[2:]).to(device=sd.device, dtype=torch.float32),
+    to_latents = getattr(sd, "fill_mask", latent_mask)  # FLUX.1 Fill: f x f pixels per latent cell as channels
+    extra = {MASK_KEY: to_latents(pixel_mask, shape[2:]).to(device=sd.device, dtype=torch.float32),
              MASKED_KEY: masked}
     return sample(denoiser, x, name, grid=grid, generator=generator, cond={**(cond or {}), **extra},
                   progress=progress, callback=callback, **options)
