@@ -36,9 +36,11 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
+* FLUX.1 Kontext folders (``FluxKontextPipeline``): image editing with the reference image's latents as extra
+  tokens, :mod:`.flux_kontext`.
 
-Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux /
-Kontext pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
+Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux
+pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
 (an IP-Adapter's is given apart, :mod:`.flux_ip_adapter`), a ``controlnet``, a transformer / VAE / scheduler of
 another class, a VAE without ``shift_factor``, ``invert_sigmas`` or ``stochastic_sampling`` schedulers.
 """
@@ -59,7 +61,8 @@ from .sd3 import _per_prompt
 from .sd_xl import _index
 
 FLUX_TRANSFORMER = "FluxTransformer2DModel"
-FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")  # the text-to-image folder layout
+FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline",  # the text-to-image folder layout
+                  "FluxKontextPipeline")  # (FLUX.1 Kontext: its transformer edits with reference tokens, .flux_kontext)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 FLUX_PIPELINE_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embedded value)
 FLUX_PIPELINE_STEPS = 28  # its default num_inference_steps
@@ -127,29 +130,37 @@ class FluxNet(torch.nn.Module):
         self.model = transformer
 
     def inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
-               guidance: Optional[float]) -> dict:
-        """The transformer's keyword arguments (the pipeline's, which its ControlNets take too) for this call."""
+               guidance: Optional[float], kontext: Optional[torch.Tensor] = None) -> dict:
+        """The transformer's keyword arguments (the pipeline's, which its ControlNets take too) for this call;
+        ``kontext``: a reference image's unpacked latents, appended as tokens (:func:`.flux_kontext.kontext_tokens`)."""
         if context is None or pooled is None:
             raise DiffkitError("a FLUX transformer needs cond {'context', 'pooled'} (Flux.encode_prompts)")
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
-        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
-                    pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
-                    txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
-                    img_ids=latent_image_ids(h, w, x.device, context.dtype))
+        inputs = dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
+                      pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
+                      txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
+                      img_ids=latent_image_ids(h, w, x.device, context.dtype))
+        if kontext is not None:
+            from .flux_kontext import kontext_tokens
+            kontext_tokens(inputs, kontext.to(device=x.device, dtype=dtype))
+        return inputs
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
                 guidance: Optional[float] = None, controls: Optional[dict] = None,
-                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
+                attention_kwargs: Optional[dict] = None, kontext: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``controls``: ControlNet residuals, the transformer's ``controlnet_block_samples`` /
         ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`);
-        ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`)."""
+        ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`);
+        ``kontext``: FLUX.1 Kontext's reference latents (:mod:`.flux_kontext`; their tokens' outputs dropped)."""
         extra = dict(controls or {})
         if attention_kwargs is not None:
             extra["joint_attention_kwargs"] = attention_kwargs
-        out = self.model(**self.inputs(x, t, context, pooled, guidance), **extra, return_dict=False)[0]
+        out = self.model(**self.inputs(x, t, context, pooled, guidance, kontext), **extra, return_dict=False)[0]
+        if kontext is not None:  # the pipeline's noise_pred[:, :latents.size(1)]
+            out = out[:, :(x.shape[2] // 2) * (x.shape[3] // 2)]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
 
@@ -317,7 +328,7 @@ def check_flux_folder(directory: Path) -> tuple:
                            f"{FLUX_TRANSFORMER} transformer)")
     kind = index.get("_class_name")
     if kind not in FLUX_PIPELINES:
-        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Fill / Depth / Canny / Redux / Kontext ...), "
+        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Fill / Depth / Canny / Redux ...), "
                            f"which diffkit does not drive; allowed: {', '.join(FLUX_PIPELINES)}")
     check_flow_folder(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
     vae = check_flow_vae(directory, "FLUX")
