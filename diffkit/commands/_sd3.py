@@ -20,7 +20,11 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
-                  "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
+                  "--strength, --steps, --sampler and its grid options",  # (FLUX: diffkit edit's)
+          "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
+                          "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, --height / "
+                          "--width / --max-area (the edit's size), --no-auto-resize, --steps, --sampler and its grid "
+                          "options"}  # (diffkit edit's, ._flux_kontext)
 
 
 def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool) -> tuple:

@@ -56,6 +56,7 @@ from ._common import add_freeu_flag, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 from ._image_size import add_edit_size_flags
+from ._flux_kontext import add_kontext_flags, check_kontext_flags
 
 
 def strength_value(text: str) -> float:
@@ -159,6 +160,7 @@ def register(sub) -> None:
     add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
     add_freeu_flag(p)
     add_edit_size_flags(p)  # --height, --width (diffusers folders: the images resized first)
+    add_kontext_flags(p)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_edit_refiner_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
@@ -246,6 +248,10 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.flux_kontext import is_kontext_folder
+    if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
+        from ._flux_kontext import edit_kontext
+        return edit_kontext(args)
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.flux import is_flux_folder
@@ -253,6 +259,7 @@ def run(args) -> int:
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
         from ._sd3 import edit_sd3
         return edit_sd3(args, flux=not is_sd3_folder(args.checkpoint))
+    check_kontext_flags(args)  # --max-area, --no-auto-resize: a Kontext folder's
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "

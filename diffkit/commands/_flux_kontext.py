@@ -1,0 +1,125 @@
+"""``diffkit edit --checkpoint KONTEXT_FOLDER --images PNG|DIR --prompt TEXT``: a FLUX.1 Kontext folder
+(``model_index.json`` naming ``FluxKontextPipeline``) edits each image as that pipeline
+(:func:`diffkit.interop.flux_kontext.kontext_edit`), dispatched from :func:`diffkit.commands.edit.run`."""
+from __future__ import annotations
+
+from ..errors import DiffkitError
+
+NO_MASK_STRENGTH = ("FluxKontextPipeline edits the whole image from noise with the image in context (no strength, "
+                    "no mask; FluxKontextInpaintPipeline is not supported)")
+
+
+def add_kontext_flags(parser) -> None:
+    """``--max-area`` and ``--no-auto-resize`` (FLUX.1 Kontext folders' size rules)."""
+    from ._common import positive_int
+    parser.add_argument("--max-area", type=positive_int, metavar="PIXELS",
+                        help="FLUX.1 Kontext folders: the edit's area in pixels (FluxKontextPipeline's max_area, "
+                             "default 1024^2); --height / --width (default 1024 each) then only give its aspect "
+                             "ratio, as the pipeline's")
+    parser.add_argument("--no-auto-resize", action="store_true",
+                        help="FLUX.1 Kontext folders: keep the image's own size (floored to a multiple of 16) instead "
+                             "of the preferred Kontext resolution of its aspect ratio (the pipeline's "
+                             "_auto_resize=False)")
+
+
+def check_kontext_flags(args) -> None:
+    """One line for ``--max-area`` / ``--no-auto-resize`` on a checkpoint that is no FLUX.1 Kontext folder."""
+    for flag, value in (("--max-area", args.max_area), ("--no-auto-resize", args.no_auto_resize or None)):
+        if value is not None:
+            raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline); {args.checkpoint} "
+                               f"is not one")
+
+
+def edit_kontext(args) -> int:
+    """Each ``--images`` file (image i from ``--seed`` + i; every output of one size) edited as
+    FluxKontextPipeline: read and resized as the pipeline's image processor resizes a PIL image to
+    :func:`~diffkit.interop.flux_kontext.kontext_image_size` (Lanczos; ``--no-auto-resize``: its own size
+    floored), the edit of :func:`~diffkit.interop.flux_kontext.kontext_output_size` of ``--height`` / ``--width``
+    (default 1024) and ``--max-area``; 28 steps of flow Euler on its sigmas, the embedded guidance 3.5 by default
+    (``--guidance-scale``), true CFG with ``--true-cfg-scale`` and ``--negative-prompt``, ``--prompt-2``,
+    ``--max-sequence-length``, ``--lora`` as a FLUX folder's. ``--mask`` / ``--strength`` and every other edit flag:
+    one line, before any weight is read or any folder is made."""
+    import torch
+    from PIL import Image
+
+    from ..cli import build_parser
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.flux import load_flux
+    from ..interop.flux_kontext import KONTEXT_MAX_AREA, kontext_edit, kontext_image_size, kontext_output_size
+    from ..sampling import check_eta, resolve_sampler
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._image_size import resized_pngs, size_multiple
+    from ._sd3 import _FLAG_NAMES, pipeline_loop, refused_flags
+    from ._sd_prompts import check_prompt_encoding, flux_prompt_options
+    from .edit import _prompt_request, image_files
+
+    directory = args.checkpoint
+    for flag, value in (("--mask", args.mask), ("--strength", args.strength)):
+        if value is not None:
+            raise DiffkitError(f"{flag} {value} does not apply to a FLUX.1 Kontext folder ({directory}): "
+                               f"{NO_MASK_STRENGTH}; drop {flag}")
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
+                   for dest, value in vars(args).items() if dest not in KONTEXT_EDIT_FLAGS and dest in defaults},
+                  directory, "FLUX Kontext")
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder: give --images PNG|DIR and --prompt TEXT (once "
+                           f"for every image, or once per image)")
+    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)
+    info.check_not_adaptive("diffkit edit")
+    check_eta(info.name, args.eta)
+    own = pipeline_loop(info.name, spacing, final, None)
+    options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
+               if value is not None}
+    request = _prompt_request(args, info.name)
+    check_prompt_encoding(request, directory)
+    files = image_files(args.images)
+    count = len(files)
+    for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2)):
+        if rows is not None and len(rows) not in (1, count):
+            raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
+                               f"or once per image ({count}, in the files' order)")
+    multiple = size_multiple(directory)[0]  # 2 f
+    size = {"height": args.height or 64 * multiple, "width": args.width or 64 * multiple,
+            "max_area": args.max_area or KONTEXT_MAX_AREA}  # the pipeline's default 128 f
+    kontext_output_size(size["height"], size["width"], multiple, size["max_area"])  # a side of 0: one line, now
+    sizes = []
+    for file in files:
+        with Image.open(file) as image:
+            sizes.append(kontext_image_size(image.height, image.width, multiple, not args.no_auto_resize))
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    flux = load_flux(directory, device, progress=args.progress, lora=args.lora)
+    flux.check_guidance_scale(args.guidance_scale)
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+
+    def row(values, i):  # one for every image, or image i's own
+        return None if values is None else values[0] if len(values) == 1 else values[i]
+
+    with removed_if_empty_on_failure(new_dirs):
+        results = []
+        for i, file in enumerate(files):
+            prompts_2 = row(args.prompts_2, i) if args.prompts_2 is not None and len(args.prompts_2) > 1 else None
+            results.append(kontext_edit(
+                flux, resized_pngs([file], *sizes[i]), row(args.prompts, i), **size,
+                auto_resize=not args.no_auto_resize, sampler=None if own else info.name, steps=args.steps,
+                guidance_scale=args.guidance_scale, seed=args.seed + i, output_range="-1,1", progress=args.progress,
+                **flux_prompt_options(request, prompts_2), **({} if own else options)).cpu())
+        save_images(torch.cat(results), out, prefix="edit")
+    how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; FLUX.1 Kontext folder {directory}, "
+          f"{tuple(results[0].shape[2:])} pixels, {how}, prompts {list(args.prompts)})")
+    return 0
+
+
+def _kontext_flags() -> set:
+    from ._sd3 import FLUX_EDIT_FLAGS
+    return FLUX_EDIT_FLAGS - {"strength", "mask", "posterior", "batch_size", "controlnets", "control_images",
+                              "controlnet_scales", "control_starts", "control_ends", "guess_mode", "ip_adapter",
+                              "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"} | {
+        "max_area", "no_auto_resize"}
+
+
+KONTEXT_EDIT_FLAGS = _kontext_flags()  # diffkit edit's dests a FLUX.1 Kontext folder takes
