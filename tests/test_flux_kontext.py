@@ -110,11 +110,13 @@ def _png(path, h, w, seed):
     return Image.open(path)
 
 
-def test_edit_command_on_a_kontext_folder(kontext, tmp_path, capsys):
+def test_edit_command_on_a_kontext_folder(kontext, tmp_path, capsys, monkeypatch):
     """`diffkit edit` on a Kontext folder writes FluxKontextPipeline's images (PIL input, Lanczos-resized by its
-    processor; generator seed + i) within one PNG level, with true CFG and --prompt-2."""
+    processor; generator seed + i) within one PNG level, with true CFG and --prompt-2; by default the image it
+    hands to kontext_edit is the pipeline's preprocessed image at the preferred resolution, bit for bit."""
     from PIL import Image
     from diffkit.cli import main
+    from diffkit.interop import flux_kontext
     pipe, folder, _ = kontext
     assert is_kontext_folder(folder) and not is_kontext_folder(tmp_path)
     pil = _png(tmp_path / "in.png", 14, 22, 1)
@@ -130,6 +132,19 @@ def test_edit_command_on_a_kontext_folder(kontext, tmp_path, capsys):
     written = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"), np.float64)
     print("kontext PNG levels", np.abs(written - (theirs[0] * 255).round()).max())
     assert written.shape == (16, 24, 3) and np.abs(written - (theirs[0] * 255).round()).max() <= 1
+    seen = {}
+
+    def capture(flux, images, prompts, **kw):
+        seen.update(images=images, prompts=prompts, **kw)
+        return torch.zeros(1, 3, 4, 4)
+    monkeypatch.setattr(flux_kontext, "kontext_edit", capture)
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in.png"), "--prompt", "a",
+                 "--no-progress", "--out", str(tmp_path / "auto")]) == 0
+    size = kontext_image_size(14, 22, 4)  # (800, 1328): 20 / 12 is nearest 1328 / 800
+    processor = pipe.image_processor
+    expected = processor.preprocess(processor.resize(pil, *size), *size)
+    assert tuple(seen["images"].shape[2:]) == size and torch.equal(seen["images"], expected)
+    assert seen["auto_resize"] and seen["max_area"] == 1024 ** 2 and seen["height"] == seen["width"] == 256
 
 
 def test_kontext_bad_input_is_one_line(kontext, tmp_path, capsys):
