@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.flux import load_flux, pack_latents, unpack_latents  # noqa: E402
 from diffkit.interop.flux_kontext import (PREFERRED_KONTEXT_RESOLUTIONS, is_kontext_folder,  # noqa: E402
-                                          kontext_edit, kontext_image_size, kontext_output_size)
+                                          kontext_edit, kontext_image_size, kontext_inpaint, kontext_output_size)
 
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_pipeline  # noqa: E402
@@ -70,6 +70,32 @@ def test_kontext_seed_and_images_match_the_pipeline(kontext):
     print("kontext images", float((ours - theirs).abs().max()))
     assert ours.shape == theirs.shape == (1, 3, 12, 16)
     assert float((ours - theirs).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("strength, steps, kw", [
+    (0.6, 4, {"guidance_scale": 5.0, "true_cfg_scale": 2.0, "negative_prompt": "ugly"}),
+    (1.0, 3, {"image_reference": True})])
+def test_kontext_inpainting_matches_the_pipeline(kontext, strength, steps, kw):
+    """kontext_inpaint against FluxKontextInpaintPipeline (one generator per image, a random mask per image): the
+    image's posterior mode in context (or a separate 16 x 16 reference's), FLUX's replacement inpainting from
+    strength 0.6 of 4 steps (the embedded guidance 5, true CFG) or from noise; the default guidance 3.5."""
+    pipe, _, flux = kontext
+    inpaint = diffusers.FluxKontextInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    images = torch.rand(2, 3, 12, 20, generator=torch.Generator().manual_seed(3))
+    mask = (torch.rand(2, 1, 12, 20, generator=torch.Generator().manual_seed(5)) > 0.5).float()
+    reference = _image(16, 16, seed=4) if kw.pop("image_reference", None) else None
+    with torch.no_grad():
+        theirs = inpaint(image=images, mask_image=mask, image_reference=reference, prompt=PROMPTS, strength=strength,
+                         _auto_resize=False, num_inference_steps=steps, output_type="latent", max_sequence_length=12,
+                         generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **kw).images
+    theirs = unpack_latents(theirs, 6, 10)
+    ours = kontext_inpaint(flux, images * 2 - 1, mask, PROMPTS, strength, auto_resize=False, steps=steps, seed=5,
+                           max_sequence_length=12, return_latents=True,
+                           image_reference=None if reference is None else reference * 2 - 1, **kw)
+    error = relative_error(ours, theirs)
+    print("kontext inpaint", strength, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
 
 
 def test_kontext_sizes_are_the_pipelines(kontext):
@@ -147,17 +173,42 @@ def test_edit_command_on_a_kontext_folder(kontext, tmp_path, capsys, monkeypatch
     assert seen["auto_resize"] and seen["max_area"] == 1024 ** 2 and seen["height"] == seen["width"] == 256
 
 
+def test_edit_command_inpaints_with_a_mask(kontext, tmp_path):
+    """`diffkit edit --mask --strength 0.7` on a Kontext folder writes FluxKontextInpaintPipeline's image (PIL image
+    and mask, resized by its processors to 12 x 20) within one PNG level."""
+    from PIL import Image
+    from diffkit.cli import main
+    pipe, folder, _ = kontext
+    pil = _png(tmp_path / "in.png", 14, 22, 1)
+    mask = (torch.rand(14, 22, generator=torch.Generator().manual_seed(2)) > 0.5).numpy().astype(np.uint8) * 255
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in.png"), "--prompt", PROMPTS[0],
+                 "--mask", str(tmp_path / "mask.png"), "--strength", "0.7", "--no-auto-resize", "--steps", "3",
+                 "--max-sequence-length", "12", "--seed", "7", "--no-progress", "--out", str(tmp_path / "inp")]) == 0
+    inpaint = diffusers.FluxKontextInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = inpaint(image=pil, mask_image=Image.open(tmp_path / "mask.png"), prompt=PROMPTS[0], strength=0.7,
+                         _auto_resize=False, num_inference_steps=3, max_sequence_length=12, output_type="np",
+                         generator=torch.Generator().manual_seed(7)).images
+    written = np.asarray(Image.open(tmp_path / "inp" / "edit_00000.png"), np.float64)
+    print("kontext inpaint PNG levels", np.abs(written - (theirs[0] * 255).round()).max())
+    assert written.shape == (12, 20, 3) and np.abs(written - (theirs[0] * 255).round()).max() <= 1
+
+
 def test_kontext_bad_input_is_one_line(kontext, tmp_path, capsys):
-    """--mask / --strength / a ControlNet on a Kontext folder, diffkit sample on one, --max-area on another
-    checkpoint, no --images: one line each, no output folder."""
+    """--strength without --mask, --max-area with it, a missing mask, --posterior on a Kontext folder, diffkit
+    sample on one, --no-auto-resize on another checkpoint, no --images: one line each, no output folder."""
     from diffkit.cli import main
     _, folder, _ = kontext
     _png(tmp_path / "in.png", 8, 8, 2)
     common = ["--checkpoint", str(folder), "--prompt", "a", "--no-progress", "--out", str(tmp_path / "bad")]
     image = ["--images", str(tmp_path / "in.png")]
-    cases = [(["edit"] + common + image + ["--mask", str(tmp_path / "in.png")], "--mask .* does not apply to a FLUX.1 "
-              "Kontext folder .*FluxKontextInpaintPipeline is not supported"),
-             (["edit"] + common + image + ["--strength", "0.5"], "--strength 0.5 does not apply to a FLUX.1 Kontext"),
+    cases = [(["edit"] + common + image + ["--mask", str(tmp_path / "in.png"), "--max-area", "64"], "--max-area does "
+              "not apply with --mask on a FLUX.1 Kontext folder"),
+             (["edit"] + common + image + ["--strength", "0.5"], "--strength 0.5 without --mask does not apply to a "
+              "FLUX.1 Kontext folder .* FluxKontextInpaintPipeline, which takes --strength"),
+             (["edit"] + common + image + ["--mask", str(tmp_path / "none.png")], "--mask .*none.png' does not exist"),
              (["edit"] + common + image + ["--posterior", "sample"], "--posterior does not apply to a FLUX Kontext "
               "folder .*it takes --images"),
              (["edit"] + common, "is a FLUX.1 Kontext folder: give --images PNG"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..errors import DiffkitError
 
-NO_MASK_STRENGTH = ("FluxKontextPipeline edits the whole image from noise with the image in context (no strength, "
-                    "no mask; FluxKontextInpaintPipeline is not supported)")
+NO_STRENGTH = ("FluxKontextPipeline edits the whole image from noise with the image in context (no strength); "
+               "with --mask it is FluxKontextInpaintPipeline, which takes --strength")
 
 
 def add_kontext_flags(parser) -> None:
@@ -37,28 +37,40 @@ def edit_kontext(args) -> int:
     floored), the edit of :func:`~diffkit.interop.flux_kontext.kontext_output_size` of ``--height`` / ``--width``
     (default 1024) and ``--max-area``; 28 steps of flow Euler on its sigmas, the embedded guidance 3.5 by default
     (``--guidance-scale``), true CFG with ``--true-cfg-scale`` and ``--negative-prompt``, ``--prompt-2``,
-    ``--max-sequence-length``, ``--lora`` as a FLUX folder's. ``--mask`` / ``--strength`` and every other edit flag:
-    one line, before any weight is read or any folder is made."""
+    ``--max-sequence-length``, ``--lora`` as a FLUX folder's. With ``--mask`` (one grey PNG, white = repaint,
+    resized with each image as the pipeline's mask processor does) each image is inpainted as
+    FluxKontextInpaintPipeline (:func:`~diffkit.interop.flux_kontext.kontext_inpaint`; ``--strength``, default 1)
+    at its own resized size. ``--strength`` without ``--mask``, ``--height`` / ``--width`` / ``--max-area`` with it
+    and every other edit flag a FLUX folder does not take: one line, before any weight is read or any folder is
+    made."""
+    from pathlib import Path
+
     import torch
     from PIL import Image
 
     from ..cli import build_parser
     from ..config import resolve_device
-    from ..images import check_image_folder, save_images
+    from ..checkpoint import atomic_write_bytes
+    from ..images import check_image_folder, png_bytes, save_images, to_uint8
     from ..interop.flux import load_flux
-    from ..interop.flux_kontext import KONTEXT_MAX_AREA, kontext_edit, kontext_image_size, kontext_output_size
+    from ..interop.flux_kontext import (KONTEXT_MAX_AREA, kontext_edit, kontext_image_size, kontext_inpaint,
+                                        kontext_output_size)
     from ..sampling import check_eta, resolve_sampler
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._image_size import resized_pngs, size_multiple
     from ._sd3 import _FLAG_NAMES, pipeline_loop, refused_flags
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
-    from .edit import _prompt_request, image_files
+    from .edit import _prompt_request, image_files, mask_file
 
     directory = args.checkpoint
-    for flag, value in (("--mask", args.mask), ("--strength", args.strength)):
-        if value is not None:
-            raise DiffkitError(f"{flag} {value} does not apply to a FLUX.1 Kontext folder ({directory}): "
-                               f"{NO_MASK_STRENGTH}; drop {flag}")
+    if args.strength is not None and args.mask is None:
+        raise DiffkitError(f"--strength {args.strength} without --mask does not apply to a FLUX.1 Kontext folder "
+                           f"({directory}): {NO_STRENGTH}; drop --strength or give --mask")
+    given = [flag for flag, value in (("--height", args.height), ("--width", args.width),
+                                      ("--max-area", args.max_area)) if value is not None]
+    if args.mask is not None and given:
+        raise DiffkitError(f"{given[0]} does not apply with --mask on a FLUX.1 Kontext folder: "
+                           f"FluxKontextInpaintPipeline edits at the image's (resized) size")
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
     refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
                    for dest, value in vars(args).items() if dest not in KONTEXT_EDIT_FLAGS and dest in defaults},
@@ -88,6 +100,7 @@ def edit_kontext(args) -> int:
     for file in files:
         with Image.open(file) as image:
             sizes.append(kontext_image_size(image.height, image.width, multiple, not args.no_auto_resize))
+    mask = None if args.mask is None else mask_file(args.mask)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     flux = load_flux(directory, device, progress=args.progress, lora=args.lora)
@@ -102,21 +115,29 @@ def edit_kontext(args) -> int:
         results = []
         for i, file in enumerate(files):
             prompts_2 = row(args.prompts_2, i) if args.prompts_2 is not None and len(args.prompts_2) > 1 else None
-            results.append(kontext_edit(
-                flux, resized_pngs([file], *sizes[i]), row(args.prompts, i), **size,
-                auto_resize=not args.no_auto_resize, sampler=None if own else info.name, steps=args.steps,
-                guidance_scale=args.guidance_scale, seed=args.seed + i, output_range="-1,1", progress=args.progress,
-                **flux_prompt_options(request, prompts_2), **({} if own else options)).cpu())
-        save_images(torch.cat(results), out, prefix="edit")
-    how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...; FLUX.1 Kontext folder {directory}, "
-          f"{tuple(results[0].shape[2:])} pixels, {how}, prompts {list(args.prompts)})")
+            how = dict(auto_resize=not args.no_auto_resize, sampler=None if own else info.name, steps=args.steps,
+                       guidance_scale=args.guidance_scale, seed=args.seed + i, output_range="-1,1",
+                       progress=args.progress, **flux_prompt_options(request, prompts_2), **({} if own else options))
+            image = resized_pngs([file], *sizes[i])
+            edited = kontext_edit(flux, image, row(args.prompts, i), **size, **how) if mask is None else \
+                kontext_inpaint(flux, image, resized_pngs([mask], *sizes[i], mask=True), row(args.prompts, i),
+                                1.0 if args.strength is None else args.strength, **how)
+            results.append(edited.cpu())
+        if len({tuple(r.shape[2:]) for r in results}) > 1:  # --mask: each image at its own (resized) size
+            for i, result in enumerate(results):
+                atomic_write_bytes(Path(out) / f"edit_{i:05d}.png", png_bytes(to_uint8(result)[0]))
+        else:
+            save_images(torch.cat(results), out, prefix="edit")
+    grid = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    what = "edited" if mask is None else f"inpainted (strength {args.strength or 1.0:g})"
+    print(f"wrote {count} {what} images to {out} (edit_00000.png ...; FLUX.1 Kontext folder {directory}, "
+          f"{tuple(results[0].shape[2:])} pixels, {grid}, prompts {list(args.prompts)})")
     return 0
 
 
 def _kontext_flags() -> set:
     from ._sd3 import FLUX_EDIT_FLAGS
-    return FLUX_EDIT_FLAGS - {"strength", "mask", "posterior", "batch_size", "controlnets", "control_images",
+    return FLUX_EDIT_FLAGS - {"posterior", "batch_size", "controlnets", "control_images",
                               "controlnet_scales", "control_starts", "control_ends", "guess_mode", "ip_adapter",
                               "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"} | {
         "max_area", "no_auto_resize"}

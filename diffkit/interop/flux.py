@@ -62,7 +62,7 @@ from .sd_xl import _index
 
 FLUX_TRANSFORMER = "FluxTransformer2DModel"
 FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline",  # the text-to-image folder layout
-                  "FluxKontextPipeline")  # (FLUX.1 Kontext: its transformer edits with reference tokens, .flux_kontext)
+                  "FluxKontextPipeline", "FluxKontextInpaintPipeline")  # (FLUX.1 Kontext: .flux_kontext)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 FLUX_PIPELINE_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embedded value)
 FLUX_PIPELINE_STEPS = 28  # its default num_inference_steps
@@ -465,7 +465,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
-                   ip_adapter=None, **options) -> torch.Tensor:
+                   ip_adapter=None, kontext: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
     (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
@@ -493,7 +493,10 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     ``ip_adapter``: an XLabs-format :class:`~.flux_ip_adapter.FluxIPAdapter` with its image prompt, as both pipelines'
     ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG, default black of the
     images' size); not with ``controlnet`` (FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline take no
-    ``ip_adapter_image``: no reference)."""
+    ``ip_adapter_image``: no reference).
+
+    ``kontext``: FLUX.1 Kontext's reference latents (B or 1, C, h', w') in every network call, as
+    ``FluxKontextInpaintPipeline`` (:func:`.flux_kontext.kontext_inpaint`)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
@@ -514,6 +517,8 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                                      max_sequence_length, prompt_2, negative_prompt_2, ip_adapter)
     if controlnet is None:
         denoiser, cond = guide(flux)
+        if kontext is not None:  # FluxKontextInpaintPipeline: the reference's tokens (.flux_kontext)
+            cond["kontext"] = kontext.expand(len(prompts), *kontext.shape[1:])
     else:  # the control posterior first, then the image's posterior and noise, from image i's generator
         from ..editing import _generators
         from .flux_controlnet import check_edit_controlnet, edit_guidance

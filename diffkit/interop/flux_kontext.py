@@ -20,7 +20,9 @@ Sizes, as the pipeline's ``__call__``:
   PIL image, as it resizes a PIL image) and encoded to its posterior mode (``sample_mode="argmax"``), z =
   (E(x) - shift_factor) scaling_factor.
 
-Not driven: ``FluxKontextInpaintPipeline`` (mask and strength), an IP-Adapter or ControlNet with Kontext.
+``FluxKontextInpaintPipeline`` (a mask, strength, an optional separate reference image): :func:`kontext_inpaint`,
+FLUX's replacement inpainting (:func:`.flux.image_to_image`) with the reference's tokens in every call. Not driven:
+an IP-Adapter or ControlNet with Kontext, ``padding_mask_crop``.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ PREFERRED_KONTEXT_RESOLUTIONS = (  # (width, height), the pipeline's list
     (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752), (1456, 720), (1504, 688),
     (1568, 672))
 KONTEXT_MAX_AREA = 1024 ** 2  # the pipeline's default max_area (pixels)
+KONTEXT_PIPELINES = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")  # one folder layout
 
 
 def kontext_tokens(inputs: dict, kontext: torch.Tensor) -> dict:
@@ -108,9 +111,7 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     check_choice("auto_resize", auto_resize, [True, False])
-    prompts = prompt_list(prompts)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != flux.image_channels:
-        raise DiffkitError(f"images must be a (batch, {flux.image_channels}, H, W) tensor in [-1, 1]")
+    prompts, images = prompt_list(prompts), _checked(flux, images, "images")
     batch = max(len(prompts), images.shape[0])
     if {len(prompts), images.shape[0]} - {1, batch}:
         raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one of either, or as many "
@@ -135,15 +136,59 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
     return finish_images(flux, z0, return_latents, output_range)
 
 
+def kontext_inpaint(flux, images: torch.Tensor, mask: torch.Tensor, prompts: Union[str, Sequence[str]],
+                    strength: float = 1.0, *, image_reference: Optional[torch.Tensor] = None,
+                    auto_resize: bool = True, guidance_scale: Optional[float] = None, seed: Optional[int] = 0,
+                    **options) -> torch.Tensor:
+    """Inpaint ``images`` (B, 3, H, W) in [-1, 1] where ``mask`` (B or 1, 1, H, W; 1 = repaint) as
+    ``FluxKontextInpaintPipeline``: the images (and the mask) resized to :func:`kontext_image_size` (nearest,
+    as the pipeline resizes tensors), which is also the output's size (``max_area`` plays no part there); their
+    posterior mode z, the reference tokens in every call (``image_reference``'s latents, resized the same way
+    to its own preferred size, else z), then FLUX's replacement inpainting (:func:`.flux.image_to_image` with
+    ``mask``: SDEdit from ``strength`` of the pipeline's 28-step grid, default 1 = from pure noise, the kept
+    region replaced by z noised to the next sigma), image i's noise from ``seed + i``. The embedded guidance
+    defaults to the pipeline's 3.5 (not FluxInpaintPipeline's 7.0); ``options``: :func:`.flux.image_to_image`'s
+    (sampler, steps, true_cfg_scale, negative_prompt, prompt_2, output_range, ...); no ControlNet or IP-Adapter."""
+    from .flux import FLUX_PIPELINE_GUIDANCE, image_to_image
+    check_choice("auto_resize", auto_resize, [True, False])
+    for key in ("controlnet", "ip_adapter", "posterior", "kontext"):
+        if options.get(key) is not None:
+            raise DiffkitError(f"{key} is not allowed in FLUX.1 Kontext inpainting (FluxKontextInpaintPipeline takes "
+                               f"none here)")
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1:
+        raise DiffkitError("mask must be a (1 or batch, 1, H, W) tensor in [0, 1] (1 = repaint)")
+    f2 = 2 * flux.vae_scale_factor
+
+    def resized(x):  # the processor's resize of a tensor (nearest), where the size changes
+        size = kontext_image_size(x.shape[2], x.shape[3], f2, auto_resize)
+        return x if tuple(x.shape[2:]) == size else torch.nn.functional.interpolate(x.float(), size=size)
+    images = resized(_checked(flux, images, "images"))
+    mask = mask if mask.shape[2:] == images.shape[2:] else torch.nn.functional.interpolate(
+        mask.float(), size=tuple(images.shape[2:]))
+    reference = images if image_reference is None else resized(_checked(flux, image_reference, "image_reference"))
+    latents = flux.encode(reference.to(flux.device, flux.dtype)).to(flux.dtype)  # the mode ("argmax")
+    if guidance_scale is None and flux.guidance_embeds:
+        guidance_scale = FLUX_PIPELINE_GUIDANCE
+    return image_to_image(flux, images, prompts, strength, mask=mask, guidance_scale=guidance_scale, seed=seed,
+                          posterior="mean", kontext=latents, **options)
+
+
+def _checked(flux, images, name: str) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != flux.image_channels:
+        raise DiffkitError(f"{name} must be a (batch, {flux.image_channels}, H, W) tensor in [-1, 1]")
+    return images
+
+
 def is_kontext_folder(path) -> bool:
-    """True for a diffusers folder whose ``model_index.json`` names ``FluxKontextPipeline`` (JSON only)."""
+    """True for a diffusers folder whose ``model_index.json`` names ``FluxKontextPipeline`` (or its inpainting
+    layout, :data:`KONTEXT_PIPELINES`; JSON only)."""
     from .sd_xl import _index
     try:
         index = _index(path)
     except (TypeError, OSError):
         return False
-    return index is not None and index.get("_class_name") == "FluxKontextPipeline"
+    return index is not None and index.get("_class_name") in KONTEXT_PIPELINES
 
 
-__all__ = ["kontext_edit", "kontext_output_size", "kontext_image_size", "kontext_tokens", "is_kontext_folder",
-           "PREFERRED_KONTEXT_RESOLUTIONS", "KONTEXT_MAX_AREA"]
+__all__ = ["kontext_edit", "kontext_inpaint", "kontext_output_size", "kontext_image_size", "kontext_tokens",
+           "is_kontext_folder", "PREFERRED_KONTEXT_RESOLUTIONS", "KONTEXT_MAX_AREA", "KONTEXT_PIPELINES"]
