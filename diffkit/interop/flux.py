@@ -36,8 +36,9 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
-* FLUX.1 Kontext folders (``FluxKontextPipeline``): image editing with the reference image's latents as extra
-  tokens, :mod:`.flux_kontext`.
+* FLUX.1 Kontext folders (``FluxKontextPipeline``, ``FluxKontextInpaintPipeline``): image editing with the reference
+  image's latents as extra tokens (``FluxNet``'s ``kontext``, :func:`image_to_image`'s for inpainting),
+  :mod:`.flux_kontext`.
 
 Refused in one line before any weight is read: the Fill / Depth / Canny (``FluxControlPipeline``) / Redux
 pipelines and any transformer whose input is not 4 x the VAE's latent channels, an ``image_encoder``
