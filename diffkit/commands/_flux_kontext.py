@@ -55,12 +55,11 @@ def edit_kontext(args) -> int:
     from ..interop.flux import load_flux
     from ..interop.flux_kontext import (KONTEXT_MAX_AREA, kontext_edit, kontext_image_size, kontext_inpaint,
                                         kontext_output_size)
-    from ..sampling import check_eta, resolve_sampler
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._image_size import resized_pngs, size_multiple
-    from ._sd3 import _FLAG_NAMES, pipeline_loop, refused_flags
-    from ._sd_prompts import check_prompt_encoding, flux_prompt_options
-    from .edit import _prompt_request, image_files, mask_file
+    from ._sd3 import _FLAG_NAMES, edit_sampling, refused_flags
+    from ._sd_prompts import flux_prompt_options
+    from .edit import image_files, mask_file
 
     directory = args.checkpoint
     if args.strength is not None and args.mask is None:
@@ -78,14 +77,7 @@ def edit_kontext(args) -> int:
     if args.images is None or not args.prompts:
         raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder: give --images PNG|DIR and --prompt TEXT (once "
                            f"for every image, or once per image)")
-    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)
-    info.check_not_adaptive("diffkit edit")
-    check_eta(info.name, args.eta)
-    own = pipeline_loop(info.name, spacing, final, None)
-    options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
-               if value is not None}
-    request = _prompt_request(args, info.name)
-    check_prompt_encoding(request, directory)
+    info, own, options, request = edit_sampling(args, directory)
     files = image_files(args.images)
     count = len(files)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2)):

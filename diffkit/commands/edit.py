@@ -29,8 +29,8 @@ LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 fol
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
 the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``), a FLUX.1 Kontext folder as
-FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``;
-``diffkit.interop.flux_kontext``). A text-conditional
+FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
