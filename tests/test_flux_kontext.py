@@ -198,7 +198,8 @@ def test_edit_command_inpaints_with_a_mask(kontext, tmp_path):
 
 def test_kontext_bad_input_is_one_line(kontext, tmp_path, capsys):
     """--strength without --mask, --max-area with it, a missing mask, --posterior on a Kontext folder, diffkit
-    sample on one, --no-auto-resize on another checkpoint, no --images: one line each, no output folder."""
+    sample on one, --no-auto-resize on another checkpoint, no --images: one line each, no output folder; the
+    library's bad arguments: one-line DiffkitErrors before any network call."""
     from diffkit.cli import main
     _, folder, _ = kontext
     _png(tmp_path / "in.png", 8, 8, 2)
@@ -218,6 +219,16 @@ def test_kontext_bad_input_is_one_line(kontext, tmp_path, capsys):
               "is a FLUX.1 Kontext folder .*use diffkit edit --checkpoint"),
              (["edit", "--checkpoint", str(tmp_path), "--no-auto-resize"] + image + ["--out", str(tmp_path / "bad")],
               "--no-auto-resize applies to a FLUX.1 Kontext folder")]
+    flux, images = kontext[2], torch.zeros(2, 3, 8, 8)
+    for call, match in ((lambda: kontext_edit(flux, images, ["a"] * 3), "3 prompts for 2 images"),
+                        (lambda: kontext_edit(flux, images[:, :1], "a"), "images must be a \\(batch, 3, H, W\\)"),
+                        (lambda: kontext_edit(flux, images, "a", auto_resize="no"), "auto_resize='no' is not allowed"),
+                        (lambda: kontext_inpaint(flux, images, images[:, :1], "a", controlnet=object()),
+                         "controlnet is not allowed in FLUX.1 Kontext inpainting"),
+                        (lambda: kontext_inpaint(flux, images, images, "a"),
+                         "mask must be a \\(1 or batch, 1, H, W\\)")):
+        with pytest.raises(DiffkitError, match=match):
+            call()
     capsys.readouterr()
     for argv, match in cases:
         assert main(argv) == 2, argv
