@@ -123,7 +123,8 @@ def edit_kontext(args) -> int:
     grid = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
     what = "edited" if mask is None else f"inpainted (strength {args.strength or 1.0:g})"
     print(f"wrote {count} {what} images to {out} (edit_00000.png ...; FLUX.1 Kontext folder {directory}, "
-          f"{tuple(results[0].shape[2:])} pixels, {grid}, prompts {list(args.prompts)})")
+          f"{' / '.join(sorted({f'{r.shape[3]}x{r.shape[2]}' for r in results}))} pixels, {grid}, prompts "
+          f"{list(args.prompts)})")
     return 0
 
 
