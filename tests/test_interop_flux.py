@@ -189,7 +189,7 @@ def test_what_flux_does_not_support_is_refused_in_one_line(tiny_flux, tmp_path, 
             (["--checkpoint", str(folder), "--negative-prompt", "ugly"], "--negative-prompt .ugly. is not allowed on"),
             (["--checkpoint", str(folder), "--guidance-scale", "3"], "guidance_scale=3.0 is not allowed: this FLUX"),
             (["--checkpoint", str(bad["fill"])], "FLUX.1 Fill folder .* it only inpaints"),  # test_flux_fill
-            (["--checkpoint", str(bad["kontext"])], "is a 'FluxKontextPipeline' folder"),
+            (["--checkpoint", str(bad["kontext"])], "is a FLUX.1 Kontext folder .* use diffkit edit"),  # (it edits)
             (["--checkpoint", str(bad["ip"])], "image_encoder='CLIPVisionModel' \\(an IP-Adapter"),
             (["--checkpoint", str(bad["cn"])], "controlnet='FluxControlNetModel' \\(a ControlNet"),
             (["--checkpoint", str(bad["channels"])], "in_channels=384 .* allowed: 64"),

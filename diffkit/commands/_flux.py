@@ -41,6 +41,10 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
     from .sample import GuidanceRequest, draw_prompted_grid
 
+    from ..interop.flux_kontext import is_kontext_folder
+    if is_kontext_folder(directory):
+        raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder (FluxKontextPipeline), which edits an image: use "
+                           f"diffkit edit --checkpoint {directory} --images PNG --prompt TEXT")
     guidance = guidance or GuidanceRequest()
     flags = dict(refused or {})
     flags["--refiner"] = options.pop("refiner", None)

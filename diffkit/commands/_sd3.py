@@ -20,7 +20,11 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
-                  "--strength, --steps, --sampler and its grid options"}  # (FLUX: diffkit edit's)
+                  "--strength, --steps, --sampler and its grid options",  # (FLUX: diffkit edit's)
+          "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
+                          "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, --height / "
+                          "--width / --max-area (the edit's size), --no-auto-resize, --mask with --strength, --steps, "
+                          "--sampler and its grid options"}  # (diffkit edit's, ._flux_kontext)
 
 
 def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool) -> tuple:
@@ -186,6 +190,24 @@ def check_edit_ip_adapter(ip_adapter, args, flux: bool) -> None:
                            "> 1 with --negative-prompt, or drop it")
 
 
+def edit_sampling(args, directory) -> tuple:
+    """(sampler info, whether it is the pipeline's own loop, its options, the prompt request) of ``diffkit edit``
+    on a flow folder (SD3, FLUX.1, FLUX.1 Kontext): ``--sampler`` (not adaptive) with its grid flags and ``--eta``,
+    the prompt flags checked against the folder (one line each, before loading)."""
+    from ..sampling import check_eta, resolve_sampler
+    from ._sd_prompts import check_prompt_encoding
+    from .edit import _prompt_request
+    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)
+    info.check_not_adaptive("diffkit edit")
+    check_eta(info.name, args.eta)
+    own = pipeline_loop(info.name, spacing, final, None)
+    options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
+               if value is not None}
+    request = _prompt_request(args, info.name)
+    check_prompt_encoding(request, directory)
+    return info, own, options, request
+
+
 def edit_sd3(args, flux: bool = False) -> int:
     """``diffkit edit --checkpoint SD3_FOLDER --images ... --prompt ...``: img2img as StableDiffusion3Img2ImgPipeline,
     with ``--mask`` inpainting as StableDiffusion3InpaintPipeline (:func:`diffkit.interop.sd3.image_to_image`: their
@@ -213,12 +235,11 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..images import check_image_folder, save_images
     from ..interop import flux as flux_module, sd3 as sd3_module
     from ..memory import batches_with_oom_retry
-    from ..sampling import check_eta, resolve_sampler
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._ip_adapter import IPAdapterRequest
-    from ._sd_prompts import check_prompt_encoding, flux_prompt_options, sd3_prompt_options
-    from .edit import _prompt_request, read_edit_inputs
+    from ._sd_prompts import flux_prompt_options, sd3_prompt_options
+    from .edit import read_edit_inputs
 
     directory, kind, module = args.checkpoint, "FLUX" if flux else "SD3", flux_module if flux else sd3_module
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
@@ -231,14 +252,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                            f"TEXT (once for every image, or once per image)")
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
-    info, spacing, final = resolve_sampler(args.sampler or "ddim", args.spacing, args.final)
-    info.check_not_adaptive("diffkit edit")
-    check_eta(info.name, args.eta)
-    own = pipeline_loop(info.name, spacing, final, None)
-    options = {key: value for key, value in (("eta", args.eta), ("spacing", spacing), ("final", final))
-               if value is not None}
-    request = _prompt_request(args, info.name)
-    check_prompt_encoding(request, directory)
+    info, own, options, request = edit_sampling(args, directory)
     variant = None
     if not flux:
         check_inpainting_transformer(directory, args.mask, args.controlnets)

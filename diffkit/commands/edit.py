@@ -28,7 +28,9 @@ with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
-the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``). A text-conditional
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``), a FLUX.1 Kontext folder as
+FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
@@ -56,6 +58,7 @@ from ._common import add_freeu_flag, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 from ._image_size import add_edit_size_flags
+from ._flux_kontext import add_kontext_flags, check_kontext_flags
 
 
 def strength_value(text: str) -> float:
@@ -159,6 +162,7 @@ def register(sub) -> None:
     add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
     add_freeu_flag(p)
     add_edit_size_flags(p)  # --height, --width (diffusers folders: the images resized first)
+    add_kontext_flags(p)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_edit_refiner_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
@@ -246,6 +250,10 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    from ..interop.flux_kontext import is_kontext_folder
+    if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
+        from ._flux_kontext import edit_kontext
+        return edit_kontext(args)
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.flux import is_flux_folder
@@ -253,6 +261,7 @@ def run(args) -> int:
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
         from ._sd3 import edit_sd3
         return edit_sd3(args, flux=not is_sd3_folder(args.checkpoint))
+    check_kontext_flags(args)  # --max-area, --no-auto-resize: a Kontext folder's
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "

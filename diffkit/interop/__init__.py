@@ -13,6 +13,8 @@
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.
 * :mod:`.flux` - a FLUX.1 folder (CLIP pooled + T5, a flow-matching transformer on packed latents), the same way.
+* :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
+  ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
 * :mod:`.sd_scheduler` - ``load_stable_diffusion(..., scheduler="lcm" / "tcd")``: a plain folder sampled as
@@ -45,6 +47,7 @@ _EXPORTS = {
     "StableDiffusionXL": "sd_xl", "load_sd_xl": "sd_xl", "is_sd_xl_folder": "sd_xl",
     "StableDiffusion3": "sd3", "load_sd3": "sd3", "is_sd3_folder": "sd3",
     "Flux": "flux", "load_flux": "flux", "is_flux_folder": "flux",
+    "kontext_edit": "flux_kontext", "kontext_inpaint": "flux_kontext", "is_kontext_folder": "flux_kontext",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),

@@ -36,9 +36,13 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
+* FLUX.1 Kontext folders (``FluxKontextPipeline``, ``FluxKontextInpaintPipeline``): image editing with the reference
+  image's latents as extra tokens (``FluxNet``'s ``kontext``, :func:`image_to_image`'s for inpainting),
+  :mod:`.flux_kontext`.
 
-FLUX.1 Fill (``FluxFillPipeline``) and Depth / Canny (``FluxControlPipeline``) folders: :mod:`.flux_channels`.
-Refused in one line before any weight is read: the Redux / Kontext pipelines and any transformer whose input is
+FLUX.1 Fill (``FluxFillPipeline``) and Depth / Canny (``FluxControlPipeline``) folders: :mod:`.flux_channels`;
+Kontext (``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``): :mod:`.flux_kontext`.
+Refused in one line before any weight is read: the Redux pipeline and any transformer whose input is
 not 4 x the VAE's latent channels (Fill's and Depth / Canny's: theirs), an ``image_encoder``
 (an IP-Adapter's is given apart, :mod:`.flux_ip_adapter`), a ``controlnet``, a transformer / VAE / scheduler of
 another class, a VAE without ``shift_factor``, ``invert_sigmas`` or ``stochastic_sampling`` schedulers.
@@ -60,7 +64,8 @@ from .sd3 import _per_prompt
 from .sd_xl import _index
 
 FLUX_TRANSFORMER = "FluxTransformer2DModel"
-FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")  # the text-to-image folder layout
+FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline",  # the text-to-image folder layout
+                  "FluxKontextPipeline", "FluxKontextInpaintPipeline")  # (FLUX.1 Kontext: .flux_kontext)
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 FLUX_PIPELINE_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embedded value)
 FLUX_PIPELINE_STEPS = 28  # its default num_inference_steps
@@ -128,29 +133,37 @@ class FluxNet(torch.nn.Module):
         self.model = transformer
 
     def inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
-               guidance: Optional[float]) -> dict:
-        """The transformer's keyword arguments (the pipeline's, which its ControlNets take too) for this call."""
+               guidance: Optional[float], kontext: Optional[torch.Tensor] = None) -> dict:
+        """The transformer's keyword arguments (the pipeline's, which its ControlNets take too) for this call;
+        ``kontext``: a reference image's unpacked latents, appended as tokens (:func:`.flux_kontext.kontext_tokens`)."""
         if context is None or pooled is None:
             raise DiffkitError("a FLUX transformer needs cond {'context', 'pooled'} (Flux.encode_prompts)")
         dtype, (b, _, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
-        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
-                    pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
-                    txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
-                    img_ids=latent_image_ids(h, w, x.device, context.dtype))
+        inputs = dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
+                      pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
+                      txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
+                      img_ids=latent_image_ids(h, w, x.device, context.dtype))
+        if kontext is not None:
+            from .flux_kontext import kontext_tokens
+            kontext_tokens(inputs, kontext.to(device=x.device, dtype=dtype))
+        return inputs
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, pooled: torch.Tensor = None,
                 guidance: Optional[float] = None, controls: Optional[dict] = None,
-                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
+                attention_kwargs: Optional[dict] = None, kontext: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``controls``: ControlNet residuals, the transformer's ``controlnet_block_samples`` /
         ``controlnet_single_block_samples`` / ``controlnet_blocks_repeat`` (:mod:`.flux_controlnet`);
-        ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`)."""
+        ``attention_kwargs``: its ``joint_attention_kwargs`` (an IP-Adapter's image embeds, :mod:`.flux_ip_adapter`);
+        ``kontext``: FLUX.1 Kontext's reference latents (:mod:`.flux_kontext`; their tokens' outputs dropped)."""
         extra = dict(controls or {})
         if attention_kwargs is not None:
             extra["joint_attention_kwargs"] = attention_kwargs
-        out = self.model(**self.inputs(x, t, context, pooled, guidance), **extra, return_dict=False)[0]
+        out = self.model(**self.inputs(x, t, context, pooled, guidance, kontext), **extra, return_dict=False)[0]
+        if kontext is not None:  # the pipeline's noise_pred[:, :latents.size(1)]
+            out = out[:, :(x.shape[2] // 2) * (x.shape[3] // 2)]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
 
@@ -345,7 +358,7 @@ def check_flux_folder(directory: Path) -> tuple:
     from .flux_channels import FLUX_CONTROL, FLUX_FILL, in_channels
     kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL)  # Fill / Depth / Canny: .flux_channels
     if kind not in kinds:
-        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Redux / Kontext ...), "
+        raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Redux ...), "
                            f"which diffkit does not drive; allowed: {', '.join(kinds)}")
     check_flow_folder(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
     vae = check_flow_vae(directory, "FLUX")
@@ -497,7 +510,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
-                   ip_adapter=None, **options) -> torch.Tensor:
+                   ip_adapter=None, kontext: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
     (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
@@ -528,7 +541,10 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     ``ip_adapter``: an XLabs-format :class:`~.flux_ip_adapter.FluxIPAdapter` with its image prompt, as both pipelines'
     ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG, default black of the
     images' size); not with ``controlnet`` (FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline take no
-    ``ip_adapter_image``: no reference)."""
+    ``ip_adapter_image``: no reference).
+
+    ``kontext``: FLUX.1 Kontext's reference latents (B or 1, C, h', w') in every network call, as
+    ``FluxKontextInpaintPipeline`` (:func:`.flux_kontext.kontext_inpaint`)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
@@ -555,6 +571,8 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                                      max_sequence_length, prompt_2, negative_prompt_2, ip_adapter)
     if controlnet is None:
         denoiser, cond = guide(flux)
+        if kontext is not None:  # FluxKontextInpaintPipeline: the reference's tokens (.flux_kontext)
+            cond["kontext"] = kontext.expand(len(prompts), *kontext.shape[1:])
     else:  # the control posterior first, then the image's posterior and noise, from image i's generator
         from ..editing import _generators
         from .flux_controlnet import check_edit_controlnet, edit_guidance

@@ -1,0 +1,139 @@
+"""``diffkit edit --checkpoint KONTEXT_FOLDER --images PNG|DIR --prompt TEXT``: a FLUX.1 Kontext folder
+(``model_index.json`` naming ``FluxKontextPipeline``) edits each image as that pipeline
+(:func:`diffkit.interop.flux_kontext.kontext_edit`), dispatched from :func:`diffkit.commands.edit.run`."""
+from __future__ import annotations
+
+from ..errors import DiffkitError
+
+NO_STRENGTH = ("FluxKontextPipeline edits the whole image from noise with the image in context (no strength); "
+               "with --mask it is FluxKontextInpaintPipeline, which takes --strength")
+
+
+def add_kontext_flags(parser) -> None:
+    """``--max-area`` and ``--no-auto-resize`` (FLUX.1 Kontext folders' size rules)."""
+    from ._common import positive_int
+    parser.add_argument("--max-area", type=positive_int, metavar="PIXELS",
+                        help="FLUX.1 Kontext folders: the edit's area in pixels (FluxKontextPipeline's max_area, "
+                             "default 1024^2); --height / --width (default 1024 each) then only give its aspect "
+                             "ratio, as the pipeline's")
+    parser.add_argument("--no-auto-resize", action="store_true",
+                        help="FLUX.1 Kontext folders: keep the image's own size (floored to a multiple of 16) instead "
+                             "of the preferred Kontext resolution of its aspect ratio (the pipeline's "
+                             "_auto_resize=False)")
+
+
+def check_kontext_flags(args) -> None:
+    """One line for ``--max-area`` / ``--no-auto-resize`` on a checkpoint that is no FLUX.1 Kontext folder."""
+    for flag, value in (("--max-area", args.max_area), ("--no-auto-resize", args.no_auto_resize or None)):
+        if value is not None:
+            raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline); {args.checkpoint} "
+                               f"is not one")
+
+
+def edit_kontext(args) -> int:
+    """Each ``--images`` file (image i from ``--seed`` + i; every output of one size) edited as
+    FluxKontextPipeline: read and resized as the pipeline's image processor resizes a PIL image to
+    :func:`~diffkit.interop.flux_kontext.kontext_image_size` (Lanczos; ``--no-auto-resize``: its own size
+    floored), the edit of :func:`~diffkit.interop.flux_kontext.kontext_output_size` of ``--height`` / ``--width``
+    (default 1024) and ``--max-area``; 28 steps of flow Euler on its sigmas, the embedded guidance 3.5 by default
+    (``--guidance-scale``), true CFG with ``--true-cfg-scale`` and ``--negative-prompt``, ``--prompt-2``,
+    ``--max-sequence-length``, ``--lora`` as a FLUX folder's. With ``--mask`` (one grey PNG, white = repaint,
+    resized with each image as the pipeline's mask processor does) each image is inpainted as
+    FluxKontextInpaintPipeline (:func:`~diffkit.interop.flux_kontext.kontext_inpaint`; ``--strength``, default 1)
+    at its own resized size. ``--strength`` without ``--mask``, ``--height`` / ``--width`` / ``--max-area`` with it
+    and every other edit flag a FLUX folder does not take: one line, before any weight is read or any folder is
+    made."""
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from ..cli import build_parser
+    from ..config import resolve_device
+    from ..checkpoint import atomic_write_bytes
+    from ..images import check_image_folder, png_bytes, save_images, to_uint8
+    from ..interop.flux import load_flux
+    from ..interop.flux_kontext import (KONTEXT_MAX_AREA, kontext_edit, kontext_image_size, kontext_inpaint,
+                                        kontext_output_size)
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._image_size import resized_pngs, size_multiple
+    from ._sd3 import _FLAG_NAMES, edit_sampling, refused_flags
+    from ._sd_prompts import flux_prompt_options
+    from .edit import image_files, mask_file
+
+    directory = args.checkpoint
+    if args.strength is not None and args.mask is None:
+        raise DiffkitError(f"--strength {args.strength} without --mask does not apply to a FLUX.1 Kontext folder "
+                           f"({directory}): {NO_STRENGTH}; drop --strength or give --mask")
+    given = [flag for flag, value in (("--height", args.height), ("--width", args.width),
+                                      ("--max-area", args.max_area)) if value is not None]
+    if args.mask is not None and given:
+        raise DiffkitError(f"{given[0]} does not apply with --mask on a FLUX.1 Kontext folder: "
+                           f"FluxKontextInpaintPipeline edits at the image's (resized) size")
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
+                   for dest, value in vars(args).items() if dest not in KONTEXT_EDIT_FLAGS and dest in defaults},
+                  directory, "FLUX Kontext")
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder: give --images PNG|DIR and --prompt TEXT (once "
+                           f"for every image, or once per image)")
+    info, own, options, request = edit_sampling(args, directory)
+    files = image_files(args.images)
+    count = len(files)
+    for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2)):
+        if rows is not None and len(rows) not in (1, count):
+            raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
+                               f"or once per image ({count}, in the files' order)")
+    multiple = size_multiple(directory)[0]  # 2 f
+    size = {"height": args.height or 64 * multiple, "width": args.width or 64 * multiple,
+            "max_area": args.max_area or KONTEXT_MAX_AREA}  # the pipeline's default 128 f
+    kontext_output_size(size["height"], size["width"], multiple, size["max_area"])  # a side of 0: one line, now
+    sizes = []
+    for file in files:
+        with Image.open(file) as image:
+            sizes.append(kontext_image_size(image.height, image.width, multiple, not args.no_auto_resize))
+    mask = None if args.mask is None else mask_file(args.mask)
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    flux = load_flux(directory, device, progress=args.progress, lora=args.lora)
+    flux.check_guidance_scale(args.guidance_scale)
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+
+    def row(values, i):  # one for every image, or image i's own
+        return None if values is None else values[0] if len(values) == 1 else values[i]
+
+    with removed_if_empty_on_failure(new_dirs):
+        results = []
+        for i, file in enumerate(files):
+            prompts_2 = row(args.prompts_2, i) if args.prompts_2 is not None and len(args.prompts_2) > 1 else None
+            how = dict(auto_resize=not args.no_auto_resize, sampler=None if own else info.name, steps=args.steps,
+                       guidance_scale=args.guidance_scale, seed=args.seed + i, output_range="-1,1",
+                       progress=args.progress, **flux_prompt_options(request, prompts_2), **({} if own else options))
+            image = resized_pngs([file], *sizes[i])
+            edited = kontext_edit(flux, image, row(args.prompts, i), **size, **how) if mask is None else \
+                kontext_inpaint(flux, image, resized_pngs([mask], *sizes[i], mask=True), row(args.prompts, i),
+                                1.0 if args.strength is None else args.strength, **how)
+            results.append(edited.cpu())
+        if len({tuple(r.shape[2:]) for r in results}) > 1:  # --mask: each image at its own (resized) size
+            for i, result in enumerate(results):
+                atomic_write_bytes(Path(out) / f"edit_{i:05d}.png", png_bytes(to_uint8(result)[0]))
+        else:
+            save_images(torch.cat(results), out, prefix="edit")
+    grid = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    what = "edited" if mask is None else f"inpainted (strength {args.strength or 1.0:g})"
+    print(f"wrote {count} {what} images to {out} (edit_00000.png ...; FLUX.1 Kontext folder {directory}, "
+          f"{' / '.join(sorted({f'{r.shape[3]}x{r.shape[2]}' for r in results}))} pixels, {grid}, prompts "
+          f"{list(args.prompts)})")
+    return 0
+
+
+def _kontext_flags() -> set:
+    from ._sd3 import FLUX_EDIT_FLAGS
+    return FLUX_EDIT_FLAGS - {"posterior", "batch_size", "controlnets", "control_images",
+                              "controlnet_scales", "control_starts", "control_ends", "guess_mode", "ip_adapter",
+                              "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"} | {
+        "max_area", "no_auto_resize"}
+
+
+KONTEXT_EDIT_FLAGS = _kontext_flags()  # diffkit edit's dests a FLUX.1 Kontext folder takes
