@@ -39,16 +39,19 @@ MATCHING_CONFIG = ("in_channels", "block_out_channels", "layers_per_block", "dow
                    "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
 
 
-def model_folder_config(directory: Union[str, Path], flag: str, class_name: str, advice: str = "") -> dict:
-    """The ``config.json`` of a diffusers ``class_name`` folder given to ``flag`` (one line otherwise)."""
+def model_folder_config(directory: Union[str, Path], flag: str, class_name: Union[str, tuple],
+                        advice: str = "") -> dict:
+    """The ``config.json`` of a diffusers ``class_name`` folder (or of one of several names) given to ``flag``
+    (one line otherwise)."""
     config_file = Path(directory) / "config.json"
     if not config_file.is_file():
         raise DiffkitError(f"{flag} {directory}: no config.json there; give a diffusers {class_name} folder "
                            f"(config.json and diffusion_pytorch_model.safetensors)")
     config = read_json_object(config_file, f"{flag} config")
-    if config.get("_class_name") != class_name:
+    names = (class_name,) if isinstance(class_name, str) else tuple(class_name)
+    if config.get("_class_name") not in names:
         raise DiffkitError(f"{flag} {directory} holds a {config.get('_class_name')!r}; allowed: a diffusers "
-                           f"{class_name} folder{advice}")
+                           f"{' or '.join(names)} folder{advice}")
     return config
 
 
@@ -67,16 +70,18 @@ def load_model_folder(class_name: str, directory: Union[str, Path], device="cpu"
     return model
 
 
-def check_controlnet_folder(directory: Union[str, Path]) -> None:
-    """A folder with the ``config.json`` of a diffusers ``ControlNetModel`` (one line otherwise)."""
-    model_folder_config(directory, "--controlnet", "ControlNetModel")
+def check_controlnet_folder(directory: Union[str, Path]) -> dict:
+    """The ``config.json`` of a diffusers ``ControlNetModel`` folder, or ``ControlNetUnionModel``
+    (:mod:`.controlnet_union`; one line otherwise)."""
+    return model_folder_config(directory, "--controlnet", ("ControlNetModel", "ControlNetUnionModel"))
 
 
 def load_controlnet(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True):
-    """A diffusers ``ControlNetModel`` folder (``config.json`` + ``.safetensors``; never a pickle or a download)."""
-    check_controlnet_folder(directory)
-    return load_model_folder("ControlNetModel", directory, device, dtype, progress)
+    """A diffusers ``ControlNetModel`` (or ``ControlNetUnionModel``) folder (``config.json`` + ``.safetensors``;
+    never a pickle or a download)."""
+    config = check_controlnet_folder(directory)
+    return load_model_folder(config["_class_name"], directory, device, dtype, progress)
 
 
 def check_controlnet(controlnet, unet, factor: int, name: str = "controlnet") -> None:
