@@ -220,3 +220,41 @@ def test_controlnet_union_bad_input_is_one_line(tiny_union, tmp_path, capsys):
     ]:
         with pytest.raises(DiffkitError, match=message):
             ControlNets(models, images, modes=modes)
+
+
+def test_edit_command_with_a_controlnet_union_is_the_img2img_pipeline(tiny_union, tmp_path, capsys):
+    """``diffkit edit --controlnet UNION --control-image A --control-mode canny --control-image B --control-mode
+    depth``: StableDiffusionXLControlNetUnionImg2ImgPipeline's images to one 8-bit level (image i from seed + i;
+    DDIM with steps_offset 0, set_alpha_to_one); --mask is refused in one line (no union inpainting)."""
+    from PIL import Image
+    from test_latent_editing import cli
+    pipe, nets, xl, root, pngs = tiny_union
+    (tmp_path / "in").mkdir()
+    image = torch.rand(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(4))
+    for i in range(2):
+        Image.fromarray((image[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            tmp_path / "in" / f"in_{i}.png")
+    flags = ["--checkpoint", root / "xl", "--images", tmp_path / "in", "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
+             "--strength", 0.75, "--steps", 4, "--spacing", "leading", "--final", "zero", "--seed", 10,
+             "--controlnet", root / "un0", "--control-image", pngs[0], "--control-mode", "canny", "--control-image",
+             pngs[1], "--control-mode", "depth", "--controlnet-scale", 0.8, "--control-guidance-start", 0.3]
+    code, out, err = cli(capsys, *flags, "--mask", pngs[0], "--out", tmp_path / "masked")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--mask with a ControlNet-Union" in err
+    assert not (tmp_path / "masked").exists()
+    code, out, err = cli(capsys, *flags, "--out", tmp_path / "out")
+    assert code == 0, err
+    parts = {**pipe.components, "controlnet": nets[0]}
+    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
+                                                             set_alpha_to_one=True)
+    other = diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline(**parts, requires_aesthetics_score=False,
+                                                                      add_watermarker=False)
+    other.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = other(PROMPTS, image=_pngs_of(tmp_path / "in").float() / 255,
+                       control_image=[Image.open(p).convert("RGB") for p in pngs], control_mode=[3, 1],
+                       strength=0.75, num_inference_steps=4, guidance_scale=SCALE, output_type="np",
+                       controlnet_conditioning_scale=0.8, control_guidance_start=0.3,
+                       generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert ours.shape == (2, HEIGHT, WIDTH, 3)
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
