@@ -4,7 +4,8 @@
 ``--guess-mode``: diffusers' StableDiffusionControlNetPipeline arguments of the same names (for an SD-XL folder,
 StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
 FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`,
-:mod:`~diffkit.interop.flux_controlnet`)."""
+:mod:`~diffkit.interop.flux_controlnet`). An SD-XL ControlNet-Union folder takes ``--control-mode`` per control
+image (:mod:`._controlnet_union`, StableDiffusionXLControlNetUnionPipeline)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
