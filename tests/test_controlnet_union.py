@@ -212,7 +212,7 @@ def test_controlnet_union_bad_input_is_one_line(tiny_union, tmp_path, capsys):
         assert len(err) == 1 and message in err[0], (message, err)
         assert not (tmp_path / f"o{index}").exists()
     for models, images, modes, message in [
-        (nets[:1], pngs, [1], "1 control modes for 2 control images"),
+        (nets[:1], pngs, [1], "1 --control-mode for 2 --control-image"),
         (nets[:1] + [plain], pngs, [1, 2], "do not mix"),
         ([plain], pngs[:1], [1], "control modes apply to a ControlNet-Union"),
         (nets[:1], pngs[:1], None, "a ControlNet-Union needs a control mode"),

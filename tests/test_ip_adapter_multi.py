@@ -19,9 +19,12 @@ from diffkit.interop.ip_adapter import IPAdapter, load_image_encoder, read_ip_ad
 from diffkit.interop.ip_adapter_multi import IPAdapters  # noqa: E402
 from diffkit.interop.stable_diffusion import text_to_image  # noqa: E402
 
+import test_ip_adapter  # noqa: E402
+import test_ip_adapter_sd_xl  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_ip_adapter import image_png, tiny_ip  # noqa: E402,F401 (a fixture)
-from test_ip_adapter_sd_xl import tiny_xl_ip  # noqa: E402,F401 (a fixture)
+from test_ip_adapter import image_png  # noqa: E402
+
+tiny_ip, tiny_xl_ip = test_ip_adapter.tiny_ip, test_ip_adapter_sd_xl.tiny_xl_ip  # the fixtures (tiny folders), shared
 
 STEPS, SCALE = 3, 5.0
 

@@ -25,8 +25,7 @@ def union_modes(args, checkpoint, kind: Optional[str], folders: list, images: li
     counts that do not fit, an index past the folder's ``num_control_type``, and what the union pipelines lack:
     guess mode, perturbed-attention guidance and diffkit edit --mask."""
     from ..interop.controlnet import check_controlnet_folder
-    from ..interop.controlnet_union import (MODES_ALLOWED, NO_GUESS_MODE, UNION_CLASS, check_mode_range,
-                                            control_mode_index)
+    from ..interop.controlnet_union import MODES_ALLOWED, NO_GUESS_MODE, UNION_CLASS, check_modes, control_mode_index
     from ..interop.sd_xl import is_sd_xl_folder
     modes = list(getattr(args, "control_modes", None) or [])
     if kind:
@@ -53,16 +52,7 @@ def union_modes(args, checkpoint, kind: Optional[str], folders: list, images: li
         raise DiffkitError(f"--controlnet {folders[0]} is a ControlNet-Union: give --control-mode NAME|INDEX for each "
                            f"--control-image; allowed: {MODES_ALLOWED}")
     indices = [control_mode_index(mode) for mode in modes]
-    if len(indices) != len(images):
-        raise DiffkitError(f"{len(indices)} --control-mode for {len(images)} --control-image; give one control mode "
-                           f"per control image, in the same order")
-    if len(folders) > 1 and len(images) != len(folders):
-        raise DiffkitError(f"{len(images)} --control-image for {len(folders)} ControlNet-Union --controlnet; with "
-                           f"several, give one --control-image and --control-mode each (MultiControlNetUnionModel)")
-    for number, index in enumerate(indices):
-        config = configs[number if len(folders) > 1 else 0]
-        check_mode_range(index, config.get("num_control_type", 6),
-                         f"--controlnet {folders[number if len(folders) > 1 else 0]}")
+    check_modes(indices, len(images), configs, [f"--controlnet {folder}" for folder in folders])
     if getattr(args, "guess_mode", False) or any(config.get("global_pool_conditions") for config in configs):
         raise DiffkitError(NO_GUESS_MODE)
     if getattr(args, "pag_scale", None):

@@ -74,6 +74,20 @@ def check_mode_range(index: int, count: int, name: str, flag: str = "--control-m
                            f"num_control_type is {count}; allowed: 0-{count - 1}")
 
 
+def check_modes(modes: Sequence[int], images: int, configs: Sequence, names: Sequence[str]) -> None:
+    """One line where the mode indices do not fit: one per control image; several union ControlNets (their
+    ``configs`` and ``names``) one image each; each index below its ControlNet's ``num_control_type``."""
+    if len(modes) != images:
+        raise DiffkitError(f"{len(modes)} --control-mode for {images} --control-image; give one control mode per "
+                           f"control image, in the same order")
+    if len(configs) > 1 and images != len(configs):
+        raise DiffkitError(f"{images} --control-image for {len(configs)} ControlNet-Union --controlnet; with several,"
+                           f" give one --control-image and --control-mode each (MultiControlNetUnionModel)")
+    for number, index in enumerate(modes):
+        which = number if len(configs) > 1 else 0
+        check_mode_range(index, configs[which].get("num_control_type", 6), names[which])
+
+
 def union_entries(models: Sequence, images: Sequence, modes: Optional[Sequence]) -> tuple:
     """(the ControlNet of each control image, each image's mode index, joint) for ``ControlNets``: one union
     ControlNet takes N >= 1 images, called together (joint where N > 1); several take one image each (diffusers'
@@ -90,16 +104,9 @@ def union_entries(models: Sequence, images: Sequence, modes: Optional[Sequence])
         raise DiffkitError(f"a ControlNet-Union needs a control mode per control image (--control-mode); allowed: "
                            f"{MODES_ALLOWED}")
     modes = [control_mode_index(m) for m in (modes if isinstance(modes, (list, tuple)) else [modes])]
-    if len(modes) != len(images):
-        raise DiffkitError(f"{len(modes)} control modes for {len(images)} control images; give one --control-mode "
-                           f"per --control-image, in the same order")
-    if len(models) > 1 and len(images) != len(models):
-        raise DiffkitError(f"{len(images)} control images for {len(models)} ControlNet-Unions; with several, give "
-                           f"one control image and mode each (MultiControlNetUnionModel)")
+    check_modes(modes, len(images), [m.config for m in models], [f"--controlnet number {i + 1}" for i in range(
+        len(models))])
     entries = list(models) if len(models) > 1 else [models[0]] * len(images)
-    for number, (model, mode) in enumerate(zip(entries, modes), 1):
-        check_mode_range(mode, model.config.get("num_control_type", 6),
-                         f"--controlnet number {number if len(models) > 1 else 1}")
     return entries, modes, len(models) == 1 and len(images) > 1
 
 
@@ -139,4 +146,5 @@ def joint_residuals(net, x: torch.Tensor, t: torch.Tensor, context, control_rows
     return total
 
 
-__all__ = ["UNION_MODES", "is_union", "control_mode_index", "union_entries", "union_inputs", "joint_residuals"]
+__all__ = ["UNION_MODES", "is_union", "control_mode_index", "check_modes", "union_entries", "union_inputs",
+           "joint_residuals"]
