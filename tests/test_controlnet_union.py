@@ -115,6 +115,26 @@ def test_controlnet_union_matches_the_pipeline(tiny_union, plain_latents, count,
     assert relative_error(plain_latents, theirs) > 1e-2  # the ControlNet acts
 
 
+def test_controlnet_union_with_one_control_image_per_prompt_matches_the_pipeline(tiny_union, tmp_path):
+    """A union ControlNet whose first control image is one per prompt (the pipeline's ``control_image=[[a, b],
+    c]``) and whose second is shared, the second with a window: each sample's image (``control_rows``)."""
+    from PIL import Image
+    pipe, nets, xl, root, pngs = tiny_union
+    third = control_png(tmp_path / "third.png", HEIGHT, WIDTH, seed=9)
+    latents, saved = _latents(), pipe.controlnet
+    try:
+        pipe.controlnet = nets[0]
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, control_image=[[Image.open(p).convert("RGB") for p in pngs],
+                                                  Image.open(third).convert("RGB")], control_mode=[1, 3],
+                          guidance_scale=SCALE, num_inference_steps=STEPS, latents=latents.clone(), eta=0.0,
+                          output_type="latent", control_guidance_end=[1.0, 0.5]).images
+    finally:
+        pipe.controlnet = saved
+    ours = _ours(xl, nets[:1], [list(pngs), third], ["depth", "canny"], latents, end=[1.0, 0.5])
+    assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
+
+
 def test_controlnet_union_img2img_is_the_pipeline(tiny_union):
     """latent_img2img with the controlled SD-XL, two control images and modes, a window over the strength's
     steps: StableDiffusionXLControlNetUnionImg2ImgPipeline (requires_aesthetics_score False, DDIM, the same
