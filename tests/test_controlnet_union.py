@@ -163,6 +163,40 @@ def test_controlnet_union_img2img_is_the_pipeline(tiny_union):
     assert relative_error(ours, theirs) < 1e-5, relative_error(ours, theirs)
 
 
+def test_controlnet_union_inpainting_is_the_pipeline(tiny_union):
+    """latent_inpaint (4-channel SD-XL UNet) with the controlled folder: StableDiffusionXLControlNetUnionInpaint
+    Pipeline at strength 1 with one image (``repaint``) and at 0.6 with two (scales 0.7 / 1, start 0.25)."""
+    from PIL import Image
+
+    from diffkit.interop.controlnet import editing_grid
+    from diffkit.latent_editing import latent_inpaint
+    pipe, nets, xl, root, pngs = tiny_union
+    inpaint = diffusers.StableDiffusionXLControlNetUnionInpaintPipeline(
+        **{**pipe.components, "controlnet": nets[0]}, requires_aesthetics_score=False, add_watermarker=False)
+    inpaint.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, HEIGHT, WIDTH)
+    mask[:, :, 2:10, 3:15] = 1
+    grid_options = dict(spacing="leading", final="sigma_min", steps_offset=1, eta=0.0)
+    for strength, modes, control in ((1.0, ["repaint"], {}), (0.6, ["depth", "canny"], {"scales": [0.7, 1.0],
+                                                                                        "start": 0.25})):
+        with torch.no_grad():
+            theirs = inpaint(PROMPTS, image=image, mask_image=mask, strength=strength, num_inference_steps=4,
+                             control_image=[Image.open(p).convert("RGB") for p in pngs[:len(modes)]],
+                             control_mode=[7] if len(modes) == 1 else [1, 3], guidance_scale=SCALE,
+                             output_type="latent", generator=[torch.Generator().manual_seed(s) for s in (10, 11)],
+                             **({} if not control else {"controlnet_conditioning_scale": control["scales"],
+                                                        "control_guidance_start": control["start"]})).images
+        grid = editing_grid(xl, "ddim", 4, strength, dict(grid_options)) if control else None
+        controlled = ControlNets(nets[:1], pngs[:len(modes)], modes=modes, **control).controlling(
+            xl, HEIGHT, WIDTH, grid)
+        guided, cond = controlled.prompt_guidance(PROMPTS, None, SCALE, "diffusers", 0.0, image_size=(HEIGHT, WIDTH))
+        ours = latent_inpaint(guided, controlled, image * 2 - 1, mask, "ddim", 4, strength=strength,
+                              posterior="sample", seed=10, cond=cond, progress=False, return_latents=True,
+                              **grid_options)
+        assert relative_error(ours, theirs) < 1e-5, (strength, relative_error(ours, theirs))
+
+
 def _pngs_of(folder):
     from PIL import Image
     return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
@@ -245,7 +279,8 @@ def test_controlnet_union_bad_input_is_one_line(tiny_union, tmp_path, capsys):
 def test_edit_command_with_a_controlnet_union_is_the_img2img_pipeline(tiny_union, tmp_path, capsys):
     """``diffkit edit --controlnet UNION --control-image A --control-mode canny --control-image B --control-mode
     depth``: StableDiffusionXLControlNetUnionImg2ImgPipeline's images to one 8-bit level (image i from seed + i;
-    DDIM with steps_offset 0, set_alpha_to_one); --mask is refused in one line (no union inpainting)."""
+    DDIM with steps_offset 0, set_alpha_to_one); with --mask it runs (the library's inpainting is the union
+    inpainting pipeline's, above)."""
     from PIL import Image
     from test_latent_editing import cli
     pipe, nets, xl, root, pngs = tiny_union
@@ -258,9 +293,8 @@ def test_edit_command_with_a_controlnet_union_is_the_img2img_pipeline(tiny_union
              "--strength", 0.75, "--steps", 4, "--spacing", "leading", "--final", "zero", "--seed", 10,
              "--controlnet", root / "un0", "--control-image", pngs[0], "--control-mode", "canny", "--control-image",
              pngs[1], "--control-mode", "depth", "--controlnet-scale", 0.8, "--control-guidance-start", 0.3]
-    code, out, err = cli(capsys, *flags, "--mask", pngs[0], "--out", tmp_path / "masked")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--mask with a ControlNet-Union" in err
-    assert not (tmp_path / "masked").exists()
+    code, out, err = cli(capsys, *flags, "--mask", pngs[0], "--out", tmp_path / "masked")  # the inpainting pipeline
+    assert code == 0 and len(list((tmp_path / "masked").glob("*.png"))) == 2, err
     code, out, err = cli(capsys, *flags, "--out", tmp_path / "out")
     assert code == 0, err
     parts = {**pipe.components, "controlnet": nets[0]}

@@ -1,6 +1,6 @@
 """``--control-mode NAME|INDEX`` of ``diffkit sample`` / ``diffkit edit``: the control type of each
 ``--control-image`` of an SD-XL ControlNet-Union folder (:mod:`diffkit.interop.controlnet_union`), diffusers'
-``control_mode`` of StableDiffusionXLControlNetUnionPipeline / ...Img2ImgPipeline. One union ControlNet takes
+``control_mode`` of StableDiffusionXLControlNetUnionPipeline / ...Img2ImgPipeline / ...InpaintPipeline. One union ControlNet takes
 one or more control images, a mode each (``--controlnet-scale`` and the guidance window: one, or one per image);
 several take one image and one mode each (``MultiControlNetUnionModel``)."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ def union_modes(args, checkpoint, kind: Optional[str], folders: list, images: li
     ControlNet-Unions; None for plain ControlNets. One line for --control-mode with other ControlNets (or an SD3 /
     FLUX.1 folder), union and plain folders mixed, a union on an SD 1.x / 2.x folder, a missing or unknown mode,
     counts that do not fit, an index past the folder's ``num_control_type``, and what the union pipelines lack:
-    guess mode, perturbed-attention guidance and diffkit edit --mask."""
+    guess mode and perturbed-attention guidance."""
     from ..interop.controlnet import check_controlnet_folder
     from ..interop.controlnet_union import MODES_ALLOWED, NO_GUESS_MODE, UNION_CLASS, check_modes, control_mode_index
     from ..interop.sd_xl import is_sd_xl_folder
@@ -58,7 +58,4 @@ def union_modes(args, checkpoint, kind: Optional[str], folders: list, images: li
     if getattr(args, "pag_scale", None):
         raise DiffkitError("--pag-scale with a ControlNet-Union is not supported (diffusers has no union PAG "
                            "pipeline); drop one of them")
-    if getattr(args, "mask", None) is not None:
-        raise DiffkitError("--mask with a ControlNet-Union is not supported (StableDiffusionXLControlNetUnion"
-                           "InpaintPipeline is not matched); allowed: img2img without --mask")
     return indices

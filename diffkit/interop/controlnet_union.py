@@ -1,6 +1,7 @@
 """ControlNet-Union (xinsir's ControlNet++ for SD-XL, e.g. ``controlnet-union-sdxl-1.0`` and its "ProMax"):
 one ControlNet for several kinds of control image, diffusers' ``ControlNetUnionModel``, as
-``StableDiffusionXLControlNetUnionPipeline`` runs it (its ``control_image`` / ``control_mode`` lists).
+``StableDiffusionXLControlNetUnionPipeline`` runs it (its ``control_image`` / ``control_mode`` lists; in edits
+``...Img2ImgPipeline`` and, with the 4-channel UNet, ``...InpaintPipeline``).
 
 Each control image comes with its control type (the model card's ``control_mode``: :data:`UNION_MODES`). The
 network embeds each image c_j with the ControlNet's conditioning embedding, adds the type's learned task
