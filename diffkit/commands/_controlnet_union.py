@@ -1,8 +1,8 @@
 """``--control-mode NAME|INDEX`` of ``diffkit sample`` / ``diffkit edit``: the control type of each
 ``--control-image`` of an SD-XL ControlNet-Union folder (:mod:`diffkit.interop.controlnet_union`), diffusers'
-``control_mode`` of StableDiffusionXLControlNetUnionPipeline / ...Img2ImgPipeline / ...InpaintPipeline. One union ControlNet takes
-one or more control images, a mode each (``--controlnet-scale`` and the guidance window: one, or one per image);
-several take one image and one mode each (``MultiControlNetUnionModel``)."""
+``control_mode`` of StableDiffusionXLControlNetUnionPipeline / ...Img2ImgPipeline / ...InpaintPipeline. One union
+ControlNet takes one or more control images, a mode each (``--controlnet-scale`` and the guidance window: one, or one
+per image); several take one image and one mode each (``MultiControlNetUnionModel``)."""
 from __future__ import annotations
 
 from typing import Optional
