@@ -227,7 +227,7 @@ def test_sample_command_with_a_controlnet_union_is_text_to_image(tiny_union, tmp
 def test_controlnet_union_bad_input_is_one_line(tiny_union, tmp_path, capsys):
     """One line (exit 2, no output) for an unknown mode, a mode per image missing, --control-mode with a plain
     ControlNet, a mode past num_control_type, union and plain ControlNets mixed, two union ControlNets with three
-    images, guess mode, a union ControlNet on an SD 1.x folder; the library refuses the same."""
+    images, guess mode, a union ControlNet on an SD 1.x folder, PAG; the library refuses the same."""
     from diffkit.cli import main
     from test_controlnet import tiny_controlnet
     pipe, nets, xl, root, pngs = tiny_union
@@ -257,6 +257,7 @@ def test_controlnet_union_bad_input_is_one_line(tiny_union, tmp_path, capsys):
          "3 --control-image for 2 ControlNet-Union --controlnet"),
         (control(un0, png0, "depth") + ["--guess-mode"], "guess mode (or global_pool_conditions) is not supported"),
         (control(un0, png0, "depth") + ["--checkpoint", sd1], "which applies to SD-XL folders"),
+        (control(un0, png0, "depth") + ["--pag-scale", "2"], "--pag-scale with a ControlNet-Union is not supported"),
     ]
     for index, (flags, message) in enumerate(cases):
         args = ["sample", "--checkpoint", root / "xl", "--prompt", "hot", "--no-progress", "--out",
@@ -274,6 +275,9 @@ def test_controlnet_union_bad_input_is_one_line(tiny_union, tmp_path, capsys):
     ]:
         with pytest.raises(DiffkitError, match=message):
             ControlNets(models, images, modes=modes)
+    from diffkit.interop.sd_pag import pag_request
+    with pytest.raises(DiffkitError, match="perturbed-attention guidance is not supported with a ControlNet-Union"):
+        pag_request(xl, 2.0, controlnet=ControlNets(nets[:1], pngs[:1], modes=[1]))
 
 
 def test_edit_command_with_a_controlnet_union_is_the_img2img_pipeline(tiny_union, tmp_path, capsys):
