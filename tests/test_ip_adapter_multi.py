@@ -144,30 +144,20 @@ def test_edit_command_with_two_ip_adapters_is_the_img2img_pipeline(tiny_ip, more
     """``diffkit edit`` with two ``--ip-adapter``: StableDiffusionImg2ImgPipeline with both loaded (lists), to
     one 8-bit level."""
     from PIL import Image
+
+    from test_ip_adapter import edit_with_adapters
     pipe, sd, root, png = tiny_ip
-    (tmp_path / "in").mkdir()
-    pngs = image_png(tmp_path / "in" / "in_0.png", 16, seed=5).parent
-    assert main([str(a) for a in (
-        "edit", "--no-progress", "--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--strength",
-        "0.5", "--steps", "4", "--spacing", "leading", "--final", "zero", "--guidance-scale", "5",
-        "--guidance-convention", "diffusers", "--seed", "10", "--ip-adapter", f"{root / 'ip.safetensors'}:0.7",
-        "--ip-adapter-image", png, "--ip-adapter", f"{root / 'plus.bin'}:0.9", "--ip-adapter-image", more_images[0],
-        "--out", tmp_path / "out")]) == 0
-    capsys.readouterr()
-    img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
-    img2img.set_progress_bar_config(disable=True)
-    img2img.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
-                                                            set_alpha_to_one=True)
+    ours, image, img2img = edit_with_adapters(
+        tiny_ip, tmp_path, capsys, "--ip-adapter", f"{root / 'ip.safetensors'}:0.7", "--ip-adapter-image", png,
+        "--ip-adapter", f"{root / 'plus.bin'}:0.9", "--ip-adapter-image", more_images[0])
     img2img.load_ip_adapter([str(root)] * 2, subfolder=["", ""], weight_name=["ip.safetensors", "plus.bin"],
                             local_files_only=True)
     try:
         img2img.set_ip_adapter_scale([0.7, 0.9])
-        image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             theirs = img2img(["hot"], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
                              ip_adapter_image=[Image.open(p).convert("RGB") for p in (png, more_images[0])],
                              output_type="np", generator=[torch.Generator().manual_seed(10)]).images
     finally:
         img2img.unload_ip_adapter()
-    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
     assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
