@@ -88,7 +88,7 @@ def _string_options():
 
 # string options where '' is text or a name checked by the command, not a path
 NOT_PATHS = {"--device", "--schedule", "--prompt", "--negative-prompt", "--prompt-2", "--negative-prompt-2",
-             "--prompt-3", "--negative-prompt-3",
+             "--prompt-3", "--negative-prompt-3", "--control-mode",
              "--clip-guidance", "--set", "--eta", "--etas",
              "--metric", "--metrics", "--nfe", "--objectives", "--pag-layers", "--slg-layers", "--recon-loss",
              "--regularizer", "--sampler", "--samplers", "--spacing", "--steps"}

@@ -93,7 +93,7 @@ def test_every_matrix_cell_cites_what_backs_it():
         for cell in cells:
             kind = next((k for k in KINDS if cell.startswith(k)), None)
             assert kind, f"{feature}: cell {cell!r} starts with none of {KINDS}"
-            refs = re.findall(r"\b([TR][A-Z]?\d+)\b", cell)  # T12, or a helper's TA1 / TB1
+            refs = re.findall(r"\b([TR][A-Z]?\d+)\b", cell)  # T12, or a helper's TA1 / RC1
             used.update(refs)
             if kind in ("yes", "runs"):
                 assert any(r.startswith("T") for r in refs), f"{feature}: {cell!r} cites no test"

@@ -383,9 +383,10 @@ def test_ip_adapter_with_a_controlnet_matches_the_controlnet_pipeline(tiny_ip):
         ControlNets([net], [control]).controlling(adapter.adapting(sd), 16, 16)  # would drop the adapter silently
 
 
-def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_path, capsys):
-    """``diffkit edit --checkpoint SD --ip-adapter FILE:SCALE --ip-adapter-image PNG``: diffusers'
-    StableDiffusionImg2ImgPipeline with the adapter loaded (to the PNG's 1/255), as the textual-inversion test."""
+def edit_with_adapters(tiny_ip, tmp_path, capsys, *adapter_flags):
+    """(our edit (1, 16, 16, 3) as int, the input image (1, 3, 16, 16) in [0, 1], StableDiffusionImg2ImgPipeline of
+    the tiny pipeline's components with the DDIM schedule of the command): ``diffkit edit`` of one PNG with
+    ``adapter_flags`` (strength 0.5, 4 steps, leading spacing, final zero, s = 5, seed 10)."""
     from PIL import Image
     pipe, sd, root, png = tiny_ip
     (tmp_path / "in").mkdir()
@@ -393,17 +394,27 @@ def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_p
     assert main([str(a) for a in (
         "edit", "--no-progress", "--checkpoint", root / "sd", "--images", pngs, "--prompt", "hot", "--strength",
         "0.5", "--steps", "4", "--spacing", "leading", "--final", "zero", "--guidance-scale", "5",
-        "--guidance-convention", "diffusers", "--seed", "10", "--ip-adapter", f"{root / 'ip.safetensors'}:0.7",
-        "--ip-adapter-image", png, "--out", tmp_path / "out")]) == 0
+        "--guidance-convention", "diffusers", "--seed", "10", *adapter_flags, "--out", tmp_path / "out")]) == 0
     capsys.readouterr()
     img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
     img2img.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
                                                             set_alpha_to_one=True)
+    image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
+    return ours, image, img2img
+
+
+def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_path, capsys):
+    """``diffkit edit --checkpoint SD --ip-adapter FILE:SCALE --ip-adapter-image PNG``: diffusers'
+    StableDiffusionImg2ImgPipeline with the adapter loaded (to the PNG's 1/255), as the textual-inversion test."""
+    from PIL import Image
+    pipe, sd, root, png = tiny_ip
+    ours, image, img2img = edit_with_adapters(tiny_ip, tmp_path, capsys, "--ip-adapter",
+                                              f"{root / 'ip.safetensors'}:0.7", "--ip-adapter-image", png)
     img2img.load_ip_adapter(str(root), subfolder="", weight_name="ip.safetensors", local_files_only=True)
     try:
         img2img.set_ip_adapter_scale(0.7)
-        image = torch.from_numpy(np.array(Image.open(pngs / "in_0.png"))).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             theirs = img2img(["hot"], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
                              ip_adapter_image=Image.open(png).convert("RGB"), output_type="np",
@@ -413,7 +424,6 @@ def test_edit_command_as_the_img2img_pipeline_with_the_ip_adapter(tiny_ip, tmp_p
     with torch.no_grad():
         plain = img2img(["hot"], image=image, strength=0.5, num_inference_steps=4, guidance_scale=5.0, eta=0.0,
                         output_type="np", generator=[torch.Generator().manual_seed(10)]).images
-    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png"))[None].astype(int)
     assert np.abs(ours - np.round(theirs * 255).astype(int)).max() <= 1
     assert np.abs(ours - np.round(plain * 255).astype(int)).max() > 8  # the image prompt changes the edit
 

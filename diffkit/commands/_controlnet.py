@@ -5,7 +5,9 @@
 StableDiffusionXLControlNetPipeline's; for an SD3 / FLUX.1 folder, StableDiffusion3ControlNetPipeline's /
 FluxControlNetPipeline's, without guess mode: :mod:`diffkit.interop.sd3_controlnet`,
 :mod:`~diffkit.interop.flux_controlnet`). A FLUX.1 Depth / Canny folder (FluxControlPipeline) takes ``--control-image``
-without ``--controlnet``: its transformer's own (:meth:`ControlRequest.transformer_image`)."""
+without ``--controlnet``: its transformer's own (:meth:`ControlRequest.transformer_image`). An SD-XL
+ControlNet-Union folder takes ``--control-mode`` per control image (:mod:`._controlnet_union`,
+StableDiffusionXLControlNetUnionPipeline)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from typing import Optional
 
 from ..errors import DiffkitError
 from ._common import non_negative_float, path_arg
+from ._controlnet_union import add_control_mode_flag, union_modes
 
 CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-guidance-end", "--guess-mode")
 
@@ -40,6 +43,7 @@ def add_controlnet_flags(parser) -> None:
     g.add_argument("--guess-mode", action="store_true",
                    help="residuals on the conditional half of classifier-free guidance only, scaled from 0.1 "
                         "(shallowest block) to 1 (middle block), as diffusers' guess_mode")
+    add_control_mode_flag(g)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class ControlRequest:
     ends: list
     guess_mode: bool = False
     model_class: str = "ControlNetModel"  # the diffusers class of the folders (SD3ControlNetModel, FluxControlNetModel)
+    modes: Optional[list] = None  # ControlNet-Unions' control mode indices, one per control image (._controlnet_union)
 
     @classmethod
     def from_args(cls, args, checkpoint, prompts: Optional[int] = None,
@@ -74,6 +79,8 @@ class ControlRequest:
             images = []  # the T2I-Adapters' (._t2i_adapter)
         given = [flag for flag, value in zip(CONTROL_FLAGS, (args.controlnet_scales, args.control_starts,
                                                               args.control_ends, args.guess_mode)) if value]
+        if getattr(args, "control_modes", None):
+            given.append("--control-mode")
         if not folders:
             if images and not given and prompts is not None and is_flux_folder(checkpoint):
                 from ..interop.flux_channels import FLUX_CONTROL, folder_variant
@@ -92,7 +99,8 @@ class ControlRequest:
                                                                                              check_controlnet_folder)
         for folder in folders:  # a folder of another kind first: more --control-image would not help
             check(folder)
-        if len(images) != len(folders):
+        modes = union_modes(args, checkpoint, kind, folders, images)  # ControlNet-Unions (._controlnet_union)
+        if modes is None and len(images) != len(folders):
             raise DiffkitError(f"{len(images)} --control-image for {len(folders)} --controlnet; give one control "
                                f"image per ControlNet, in the same order")
         if kind and args.guess_mode:
@@ -103,11 +111,13 @@ class ControlRequest:
         for image in images:
             for one in image if isinstance(image, list) else [image]:
                 open_control_image(one)  # one line for a file that is not an image
-        request = cls(folders, images, *(cls._values(flag, values, len(folders), default) for flag, values, default in (
+        count, what = (len(folders), "--controlnet") if modes is None else (len(images), "--control-image")
+        request = cls(folders, images, *(cls._values(flag, values, count, default, what) for flag, values, default in (
             ("--controlnet-scale", args.controlnet_scales, 1.0), ("--control-guidance-start", args.control_starts, 0.0),
             ("--control-guidance-end", args.control_ends, 1.0))), bool(args.guess_mode),
-                      {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel"}.get(kind, "ControlNetModel"))
-        check_control_options(request.scales, request.starts, request.ends, len(folders))
+                      {"SD3": "SD3ControlNetModel", "FLUX": "FluxControlNetModel"}.get(
+                          kind, "ControlNetModel" if modes is None else "ControlNetUnionModel"), modes)
+        check_control_options(request.scales, request.starts, request.ends, count)
         return request
 
     @classmethod
@@ -142,13 +152,13 @@ class ControlRequest:
         return files
 
     @staticmethod
-    def _values(flag: str, values, count: int, default: float) -> list:
+    def _values(flag: str, values, count: int, default: float, what: str = "--controlnet") -> list:
         values = list(values or [default])
         if len(values) == 1:
             return values * count
         if len(values) != count:
-            raise DiffkitError(f"{flag} was given {len(values)} times for {count} --controlnet; give it once (all) or "
-                               f"once per ControlNet")
+            raise DiffkitError(f"{flag} was given {len(values)} times for {count} {what}; give it once (all) or "
+                               f"once per {'ControlNet' if what == '--controlnet' else 'control image'}")
         return values
 
     def load(self, device="cpu", dtype=None, progress: bool = True):
@@ -157,5 +167,5 @@ class ControlRequest:
         from ..interop.controlnet import ControlNets, load_model_folder
         models = [load_model_folder(self.model_class, folder, device, dtype or torch.float32, progress)
                   for folder in self.folders]
-        return ControlNets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode)
+        return ControlNets(models, self.images, self.scales, self.starts, self.ends, self.guess_mode, self.modes)
 

@@ -2,10 +2,14 @@
 FLUX.1 folder (:mod:`diffkit.interop.flux_ip_adapter`) or an SD3 folder (:mod:`diffkit.interop.sd3_ip_adapter`):
 ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG [--image-encoder DIR]``: diffusers' ``load_ip_adapter`` (the
 file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``; FLUX only:
-``--negative-ip-adapter-image PNG`` (``negative_ip_adapter_image``, with ``--true-cfg-scale``)."""
+``--negative-ip-adapter-image PNG`` (``negative_ip_adapter_image``, with ``--true-cfg-scale``). On an SD 1.x / 2.x /
+SD-XL folder ``--ip-adapter`` repeats with one ``--ip-adapter-image`` each (``load_ip_adapter`` with lists,
+``set_ip_adapter_scale([...])``; :mod:`diffkit.interop.ip_adapter_multi`), and a folder of PNGs is one adapter's
+several image prompts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ..errors import DiffkitError
@@ -14,12 +18,13 @@ from ._common import lora_arg, path_arg
 
 def add_ip_adapter_flags(parser) -> None:
     g = parser.add_argument_group("IP-Adapter (Stable Diffusion, SD3 and FLUX.1 folders; docs/interop.md)")
-    g.add_argument("--ip-adapter", type=lora_arg, metavar="FILE[:SCALE]",
+    g.add_argument("--ip-adapter", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                    help="an IP-Adapter file (ip-adapter or ip-adapter-plus, .safetensors or diffusers' .bin) made "
                         "for this model family; SCALE is lambda of the image prompt's attention (default 1; 0 = "
-                        "plain text-to-image)")
-    g.add_argument("--ip-adapter-image", type=path_arg, metavar="PNG",
-                   help="the image prompt (with --ip-adapter), for every sample")
+                        "plain text-to-image); SD / SD-XL: repeat for several adapters, one --ip-adapter-image each")
+    g.add_argument("--ip-adapter-image", type=path_arg, action="append", metavar="PNG|DIR",
+                   help="the image prompt of each --ip-adapter (in the same order), for every sample; SD / SD-XL: a "
+                        "folder of PNGs gives that adapter several image prompts (file-name order)")
     g.add_argument("--negative-ip-adapter-image", type=path_arg, metavar="PNG",
                    help="FLUX folders with --true-cfg-scale: the image prompt of the negative pass (default the "
                         "pipeline's black image)")
@@ -40,6 +45,7 @@ class IPAdapterRequest:
     state: dict = field(default=None, repr=False, compare=False)  # the file's, read once by from_args
     negative_image: Optional[str] = None  # FLUX's negative_ip_adapter_image
     family: str = "sd"  # the checkpoint's: "sd" (SD 1.x / 2.x / SD-XL), "flux" (XLabs files) or "sd3"
+    more: list = field(default_factory=list)  # the further --ip-adapter's (file, scale, image, state): SD only
 
     @classmethod
     def from_args(cls, args, checkpoint) -> Optional["IPAdapterRequest"]:
@@ -52,10 +58,13 @@ class IPAdapterRequest:
         from ..interop.ip_adapter import image_encoder_folder, open_image, read_ip_adapter
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         given, negative = getattr(args, "ip_adapter", None), getattr(args, "negative_ip_adapter_image", None)
-        if given is None:
-            for flag, value in (("--ip-adapter-image", args.ip_adapter_image), ("--image-encoder", args.image_encoder),
+        given = [given] if isinstance(given, tuple) else list(given or [])  # (FILE, SCALE) per --ip-adapter
+        images = args.ip_adapter_image
+        images = [images] if isinstance(images, (str, Path)) else list(images or [])
+        if not given:
+            for flag, value in (("--ip-adapter-image", images), ("--image-encoder", args.image_encoder),
                                 ("--negative-ip-adapter-image", negative)):
-                if value is not None:
+                if value:
                     raise DiffkitError(f"{flag} needs --ip-adapter FILE[:SCALE]")
             return None
         family = None if checkpoint is None else "sd3" if is_sd3_folder(checkpoint) else \
@@ -66,16 +75,24 @@ class IPAdapterRequest:
         if negative is not None and family != "flux":
             raise DiffkitError(f"--negative-ip-adapter-image applies to a FLUX.1 folder (FluxPipeline's "
                                f"negative_ip_adapter_image); {checkpoint} is not one")
-        if args.ip_adapter_image is None:
+        if not images:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
-        file, scale = given
-        state = read_ip_adapter(file)
-        encoder = image_encoder_folder(file, args.image_encoder,
+        if len(given) > 1 and family != "sd":
+            raise DiffkitError(f"several --ip-adapter apply to Stable Diffusion 1.x / 2.x and SD-XL folders "
+                               f"(load_ip_adapter with lists); diffusers' {family.upper()} pipelines take one")
+        if len(images) != len(given):
+            raise DiffkitError(f"{len(images)} --ip-adapter-image for {len(given)} --ip-adapter; give one image "
+                               f"prompt (a PNG, or a folder of PNGs) per --ip-adapter, in the same order")
+        images = [image_prompts(image, family) for image in images]
+        states = [read_ip_adapter(file) for file, _ in given]
+        encoder = image_encoder_folder(given[0][0], args.image_encoder,
                                        "siglip_vision_model" if family == "sd3" else "clip_vision_model")
-        for image in (args.ip_adapter_image, negative):
-            if image is not None:
-                open_image(image)
-        return cls(file, scale, args.ip_adapter_image, str(encoder), state, negative, family)
+        for image in [*images, negative]:
+            for one in image if isinstance(image, list) else [image]:
+                if one is not None:
+                    open_image(one)
+        more = [(file, scale, image, state) for (file, scale), image, state in zip(given[1:], images[1:], states[1:])]
+        return cls(*given[0], images[0], str(encoder), states[0], negative, family, more)
 
     def load(self, device="cpu", dtype=None, progress: bool = True):
         import torch
@@ -93,4 +110,20 @@ class IPAdapterRequest:
             return load_ip_adapter(self.file, self.image, self.scale, self.image_encoder, device,
                                    dtype or torch.float32, progress)
         encoder = load_image_encoder(self.image_encoder, device, dtype or torch.float32, progress)
+        if self.more:  # several adapters, one image encoder (diffusers' load_ip_adapter with lists)
+            from ..interop.ip_adapter_multi import IPAdapters
+            return IPAdapters([IPAdapter(self.state, encoder, self.image, self.scale),
+                               *(IPAdapter(state, encoder, image, scale) for _, scale, image, state in self.more)])
         return IPAdapter(self.state, encoder, self.image, self.scale)
+
+
+def image_prompts(image, family: str):
+    """An --ip-adapter-image file as it is; a folder: its PNGs in name order (one adapter's several image prompts,
+    diffusers' ``ip_adapter_image=[[a, b]]``; SD / SD-XL folders only)."""
+    from ..metrics.features import list_images
+    if not Path(image).is_dir():
+        return image
+    if family != "sd":
+        raise DiffkitError(f"--ip-adapter-image {image} is a folder; the {family.upper()} IP-Adapter takes one image "
+                           f"prompt file")
+    return [str(f) for f in list_images(image)]

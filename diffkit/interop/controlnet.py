@@ -23,7 +23,7 @@ grid's last time to the last step).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -39,16 +39,19 @@ MATCHING_CONFIG = ("in_channels", "block_out_channels", "layers_per_block", "dow
                    "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
 
 
-def model_folder_config(directory: Union[str, Path], flag: str, class_name: str, advice: str = "") -> dict:
-    """The ``config.json`` of a diffusers ``class_name`` folder given to ``flag`` (one line otherwise)."""
+def model_folder_config(directory: Union[str, Path], flag: str, class_name: Union[str, tuple],
+                        advice: str = "") -> dict:
+    """The ``config.json`` of a diffusers ``class_name`` folder (or of one of several names) given to ``flag``
+    (one line otherwise)."""
     config_file = Path(directory) / "config.json"
     if not config_file.is_file():
         raise DiffkitError(f"{flag} {directory}: no config.json there; give a diffusers {class_name} folder "
                            f"(config.json and diffusion_pytorch_model.safetensors)")
     config = read_json_object(config_file, f"{flag} config")
-    if config.get("_class_name") != class_name:
+    names = (class_name,) if isinstance(class_name, str) else tuple(class_name)
+    if config.get("_class_name") not in names:
         raise DiffkitError(f"{flag} {directory} holds a {config.get('_class_name')!r}; allowed: a diffusers "
-                           f"{class_name} folder{advice}")
+                           f"{' or '.join(names)} folder{advice}")
     return config
 
 
@@ -67,16 +70,18 @@ def load_model_folder(class_name: str, directory: Union[str, Path], device="cpu"
     return model
 
 
-def check_controlnet_folder(directory: Union[str, Path]) -> None:
-    """A folder with the ``config.json`` of a diffusers ``ControlNetModel`` (one line otherwise)."""
-    model_folder_config(directory, "--controlnet", "ControlNetModel")
+def check_controlnet_folder(directory: Union[str, Path]) -> dict:
+    """The ``config.json`` of a diffusers ``ControlNetModel`` folder, or ``ControlNetUnionModel``
+    (:mod:`.controlnet_union`; one line otherwise)."""
+    return model_folder_config(directory, "--controlnet", ("ControlNetModel", "ControlNetUnionModel"))
 
 
 def load_controlnet(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                     progress: bool = True):
-    """A diffusers ``ControlNetModel`` folder (``config.json`` + ``.safetensors``; never a pickle or a download)."""
-    check_controlnet_folder(directory)
-    return load_model_folder("ControlNetModel", directory, device, dtype, progress)
+    """A diffusers ``ControlNetModel`` (or ``ControlNetUnionModel``) folder (``config.json`` + ``.safetensors``;
+    never a pickle or a download)."""
+    config = check_controlnet_folder(directory)
+    return load_model_folder(config["_class_name"], directory, device, dtype, progress)
 
 
 def check_controlnet(controlnet, unet, factor: int, name: str = "controlnet") -> None:
@@ -202,15 +207,29 @@ class ControlledNet(torch.nn.Module):
     tensor that classifier-free guidance repeats for its null half); ``scales``: their conditioning scales;
     ``keeps``: per ControlNet, the controlled steps of ``grid`` (None: every call). ``guess_mode``: only rows
     whose label ``y`` is not :data:`NULL_LABEL` get residuals (all rows without labels). The ``extra`` keys
-    ``text_embeds`` / ``time_ids`` (SD-XL's ``added_cond_kwargs``) reach the ControlNets as well as the UNet."""
+    ``text_embeds`` / ``time_ids`` (SD-XL's ``added_cond_kwargs``) reach the ControlNets as well as the UNet.
+    ``modes``: ControlNet-Unions (:mod:`.controlnet_union`), one entry per control image: ``controlnets`` holds
+    each image's union ControlNet and ``modes`` its control type; ``joint``: they are one ControlNet, called with
+    all its images at once (:func:`.controlnet_union.joint_residuals`)."""
 
     def __init__(self, net: DiffusersNet, controlnets: Sequence, images: Sequence[torch.Tensor],
                  scales: Sequence[float], guess_mode: bool = False, grid: Optional[torch.Tensor] = None,
-                 keeps: Optional[Sequence[torch.Tensor]] = None):
+                 keeps: Optional[Sequence[torch.Tensor]] = None, modes: Optional[Sequence[int]] = None,
+                 joint: bool = False):
         super().__init__()
         self.net, self.controlnets = net, torch.nn.ModuleList(controlnets)
         self.images, self.scales, self.guess_mode = list(images), [float(s) for s in scales], bool(guess_mode)
-        self.grid, self.keeps = grid, keeps
+        self.grid, self.keeps, self.modes, self.joint = grid, keeps, modes, bool(joint)
+
+    def control_image(self, index: int, x: torch.Tensor, dtype, control_rows, pick) -> torch.Tensor:
+        """Control image ``index`` for the rows ``pick`` keeps: the one image expanded, or each row's own."""
+        image = self.images[index]
+        if image.shape[0] == 1:  # one image for every row
+            return image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1)
+        if control_rows is None:
+            raise DiffkitError(f"{image.shape[0]} control images (one per prompt) need cond['control_rows'], "
+                               f"each sample's image")
+        return pick(image.to(x.device, dtype)[control_rows])  # each row's own
 
     def _kept(self, index: int, t: torch.Tensor) -> torch.Tensor:
         """(B,) 1.0 where ControlNet ``index`` acts at time t (its window), else 0.0."""
@@ -230,8 +249,11 @@ class ControlledNet(torch.nn.Module):
         rows = torch.ones(batch, dtype=torch.bool, device=x.device)
         if self.guess_mode and y is not None:
             rows = torch.as_tensor(y, device=x.device).reshape(-1).expand(batch) != NULL_LABEL
+        if self.joint:  # one ControlNet-Union with all its control images (.controlnet_union)
+            from .controlnet_union import joint_residuals
+            return joint_residuals(self, x, t, context, control_rows, added, rows)
         total = None
-        for index, (controlnet, image, scale) in enumerate(zip(self.controlnets, self.images, self.scales)):
+        for index, (controlnet, scale) in enumerate(zip(self.controlnets, self.scales)):
             kept = self._kept(index, t) * rows
             if scale == 0 or not kept.any():
                 continue  # adds zero: the UNet's own output, without this ControlNet's call
@@ -239,14 +261,12 @@ class ControlledNet(torch.nn.Module):
             pick = (lambda v: v) if chosen is None else (lambda v: v[chosen])
             dtype = model_dtype(controlnet)
             prompt = None if context is None else pick(context).to(dtype)
-            if image.shape[0] == 1:  # one image for every row
-                image = image.to(x.device, dtype).expand(len(pick(x)), -1, -1, -1)
-            elif control_rows is None:
-                raise DiffkitError(f"{image.shape[0]} control images (one per prompt) need cond['control_rows'], "
-                                   f"each sample's image")
-            else:  # each row's own
-                image = pick(image.to(x.device, dtype)[control_rows])
+            image = self.control_image(index, x, dtype, control_rows, pick)
             more = {"added_cond_kwargs": {key: pick(value) for key, value in added.items()}} if added else {}
+            if self.modes is not None:  # a ControlNet-Union with one image: scaled as a plain one
+                from .controlnet_union import union_inputs
+                more = {**more, **union_inputs(controlnet, [self.modes[index]], image.shape[0], dtype)}
+                image = [image]
             down, mid = controlnet(pick(x).to(dtype), pick(t), encoder_hidden_states=prompt, controlnet_cond=image,
                                    conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False, **more)
             if chosen is not None:  # rows outside the window (or the null half in guess mode) get zeros
@@ -327,7 +347,10 @@ class ControlNets(PerPromptImages):
     """One or more loaded ControlNets with their control images and diffusers' options: the
     ``controlnet_conditioning_scale`` (one per ControlNet, or one for all), ``control_guidance_start``
     / ``_end`` (fractions of the steps) and ``guess_mode`` (forced by a ControlNet whose config has
-    ``global_pool_conditions``, as diffusers does)."""
+    ``global_pool_conditions``, as diffusers does). ``modes``: ControlNet-Unions' control types
+    (:mod:`.controlnet_union`; names or indices), one per control image: one union ControlNet with N images
+    (scales and windows one per image, the union pipeline's lists), or several with one image each; after
+    construction :attr:`models` holds each image's ControlNet and :attr:`modes` the indices."""
 
     models: list
     images: list  # per ControlNet: a PIL image, path or (1, 3, H, W) tensor in [0, 1], or a list of them (one per
@@ -336,11 +359,16 @@ class ControlNets(PerPromptImages):
     start: Union[float, Sequence[float]] = 0.0
     end: Union[float, Sequence[float]] = 1.0
     guess_mode: bool = False
+    modes: Optional[Sequence] = None
+    joint: bool = field(default=False, init=False)  # one ControlNet-Union, several images (.controlnet_union)
 
     def __post_init__(self):
-        count = len(self.models)
-        if count == 0:
+        if len(self.models) == 0:
             raise DiffkitError("give at least one ControlNet")
+        from .controlnet_union import is_union, union_entries
+        if self.modes is not None or any(is_union(m) for m in self.models):
+            self.models, self.modes, self.joint = union_entries(self.models, self.images, self.modes)
+        count = len(self.models)
         if len(self.images) != count:
             raise DiffkitError(f"{len(self.images)} control images for {count} ControlNets; give one image per "
                                f"--controlnet")
@@ -351,6 +379,9 @@ class ControlNets(PerPromptImages):
             raise DiffkitError("an empty list of control images; give one image, or one per prompt")
         self.guess_mode = bool(self.guess_mode) or any(
             bool(m.config.get("global_pool_conditions", False)) for m in self.models)
+        if self.modes is not None and self.guess_mode:
+            from .controlnet_union import NO_GUESS_MODE
+            raise DiffkitError(NO_GUESS_MODE)
 
     @property
     def windowed(self) -> bool:
@@ -370,7 +401,16 @@ class ControlNets(PerPromptImages):
         LCMScheduler; a guidance input w reaches the UNet only (the pipeline gives the ControlNet no
         ``timestep_cond``). On an SD-XL folder (:mod:`.sd_xl`) the ControlNets take the UNet's pooled text
         embedding and time ids too (StableDiffusionXLControlNetPipeline; :meth:`ControlledNet.residuals`)."""
-        for index, model in enumerate(self.models):
+        if self.modes is not None:
+            from .sd_xl import StableDiffusionXL
+            if not isinstance(sd, StableDiffusionXL):
+                raise DiffkitError("a ControlNet-Union (ControlNetUnionModel) applies to SD-XL folders only "
+                                   "(StableDiffusionXLControlNetUnionPipeline); this is a Stable Diffusion 1.x / 2.x "
+                                   "folder")
+            if sd.inpainting_unet:
+                raise DiffkitError("a ControlNet-Union on a 9-channel inpainting UNet is not supported (diffusers' "
+                                   "union inpainting pipeline takes the base UNet); give the base SD-XL folder")
+        for index, model in enumerate(self.models[:1] if self.joint else self.models):
             check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
         f = sd.vae_scale_factor
         images = [torch.cat([prepare_control_image(image, height, width, f) for image in entry])
@@ -389,7 +429,8 @@ class ControlNets(PerPromptImages):
         if sd.inpainting_unet:  # the ControlNet reads the latents, the UNet also the mask and masked image
             from .sd_inpaint import InpaintingUNetNet
             unet_net = InpaintingUNetNet(unet_net)
-        net = ControlledNet(unet_net, self.models, images, self.scales, self.guess_mode, grid, keeps)
+        net = ControlledNet(unet_net, self.models, images, self.scales, self.guess_mode, grid, keeps, self.modes,
+                            self.joint)
         denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
         denoiser.model = sd.unet
         return replace(sd, _denoiser=denoiser)

@@ -158,14 +158,15 @@ def swapped_processors(attentions, processors):
 
 class IPAdaptedNet(torch.nn.Module):
     """``net(x, t, y=None, context=None, **extra)``: ``inner`` (the SD UNet's net, or a ControlNet's around it)
-    with ``added_cond_kwargs={"image_embeds": [e]}``, e per row: ``negative`` where the label ``y`` is
-    :data:`NULL_LABEL` (classifier-free guidance's null half), else ``positive`` (both (1, ...)). The adapter's
-    ``processors`` (name -> IPAdapterAttnProcessor2_0) and ``projection`` (a MultiIPAdapterImageProjection) are in
-    ``unet`` only during the call (as diffusers' ``_load_ip_adapter_weights`` puts them), then it is restored.
+    with ``added_cond_kwargs={"image_embeds": [e_1, ...]}``, one per adapter, e_k per row: ``negative[k]`` where the
+    label ``y`` is :data:`NULL_LABEL` (classifier-free guidance's null half), else ``positive[k]`` (both (n, ...) for
+    the adapter's n image prompts; one tensor: one adapter). The adapters' ``processors`` (name ->
+    IPAdapterAttnProcessor2_0) and ``projection`` (a MultiIPAdapterImageProjection) are in ``unet`` only during the
+    call (as diffusers' ``_load_ip_adapter_weights`` puts them), then it is restored.
     On SD-XL the ``extra`` keys ``text_embeds`` / ``time_ids`` pass on untouched (to the ControlNets too), and
     :class:`~.denoiser.DiffusersNet` joins them to ``image_embeds`` in the UNet's one ``added_cond_kwargs``."""
 
-    def __init__(self, inner, unet, processors: dict, projection, positive: torch.Tensor, negative: torch.Tensor):
+    def __init__(self, inner, unet, processors: dict, projection, positive, negative):
         super().__init__()
         self.inner, self.projection = inner, projection
         self.processors = torch.nn.ModuleList(processors.values())
@@ -173,7 +174,7 @@ class IPAdaptedNet(torch.nn.Module):
         # so each call swaps 16 processors (SD 1.x) instead of walking the whole UNet (BENCHMARKS.md)
         self._unet = [unet]
         self._attentions = [unet.get_submodule(name.rsplit(".", 1)[0]) for name in processors]
-        self.positive, self.negative = positive, negative
+        self.positive, self.negative = ([e] if isinstance(e, torch.Tensor) else list(e) for e in (positive, negative))
 
     @contextlib.contextmanager
     def installed(self):
@@ -188,17 +189,18 @@ class IPAdaptedNet(torch.nn.Module):
             unet.encoder_hid_proj = hid
             unet.config.encoder_hid_dim_type = hid_type
 
-    def image_embeds(self, batch: int, y, device) -> torch.Tensor:
-        """(batch, 1, ...) image embeddings: the negative on rows labelled :data:`NULL_LABEL`."""
-        positive = self.positive.to(device).expand(batch, *self.positive.shape[1:])
+    def image_embeds(self, batch: int, y, device, index: int = 0) -> torch.Tensor:
+        """(batch, n, ...) image embeddings of adapter ``index``: the negative on rows labelled :data:`NULL_LABEL`."""
+        positive, negative = self.positive[index].to(device), self.negative[index].to(device)
+        positive = positive[None].expand(batch, *positive.shape)
         if y is None:
-            return positive[:, None]
+            return positive
         null = (torch.as_tensor(y, device=device).reshape(-1).expand(batch) == NULL_LABEL)
-        null = null.reshape(batch, *[1] * (positive.ndim - 1))
-        return torch.where(null, self.negative.to(device), positive)[:, None]
+        return torch.where(null.reshape(batch, *[1] * (positive.ndim - 1)), negative[None], positive)
 
     def forward(self, x: torch.Tensor, t, y=None, context=None, **extra) -> torch.Tensor:
-        added = {**extra.pop("added_cond_kwargs", {}), "image_embeds": [self.image_embeds(x.shape[0], y, x.device)]}
+        added = {**extra.pop("added_cond_kwargs", {}),
+                 "image_embeds": [self.image_embeds(x.shape[0], y, x.device, k) for k in range(len(self.positive))]}
         with self.installed():
             return self.inner(x, t, y=y, context=context, added_cond_kwargs=added, **extra)
 
@@ -211,7 +213,7 @@ class IPAdapter:
 
     state: dict
     image_encoder: object
-    image: object  # a PIL image or a path
+    image: object  # a PIL image or a path, or a list of them (several image prompts: diffusers' [[a, b]])
     scale: float = 1.0
     _built: Optional[tuple] = field(default=None, init=False, repr=False)  # ((unet, scale, image), processors, ...)
 
@@ -225,7 +227,14 @@ class IPAdapter:
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not abs(self.scale) < 1e308:
             raise DiffkitError(f"IP-Adapter scale {self.scale!r} is not allowed; give a finite number")
         self.scale = float(self.scale)
-        self.image = open_image(self.image)
+        if not isinstance(self.image, (list, tuple)):
+            self.image = open_image(self.image)
+            return
+        opened = [open_image(image) for image in self.image]
+        if not opened:
+            raise DiffkitError("an empty list of image prompts; give one image or more")
+        if any(a is not b for a, b in zip(opened, self.image)):  # kept where already open (adapting's cache)
+            self.image = opened
 
     def pixels(self, image) -> torch.Tensor:
         """(1, 3, S, S) pixel values of ``image`` through ``CLIPImageProcessor(size=crop_size=S)``, S the
@@ -252,25 +261,7 @@ class IPAdapter:
     def modules(self, unet) -> tuple:
         """(IP processors of the cross-attentions, MultiIPAdapterImageProjection) built by diffusers from the
         file, on the UNet's device and dtype, with the scale set; one line for a file that does not fit."""
-        diffusers = require("diffusers")
-        names = [n for n in unet.attn_processors if not n.endswith("attn1.processor")]
-        keys = {k.split(".")[0] for k in self.state["ip_adapter"]}
-        expected = {str(2 * i + 1) for i in range(len(names))}
-        if keys != expected:
-            raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} cross-attention layers, this "
-                               f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x, 2.x or "
-                               f"SD-XL)")
-        processors, projection = converted(unet, [self.state], self.state["image_proj"], "UNet",
-                                           " family (SD 1.x, 2.x or SD-XL)")
-        processors = {n: processors[n] for n in names}
-        for processor in processors.values():
-            processor.scale = [self.scale]
-        projection = diffusers.models.embeddings.MultiIPAdapterImageProjection([projection])
-        dim = getattr(self.image_encoder.config, "projection_dim" if self.kind == "ip-adapter" else "hidden_size")
-        wanted = (projection.image_projection_layers[0].image_embeds.in_features if self.kind == "ip-adapter"
-                  else projection.image_projection_layers[0].proj_in.in_features)
-        check_encoder_width(dim, wanted)
-        return placed(processors, projection, unet)
+        return unet_modules([self], unet)
 
     def adapting(self, sd):
         """A copy of ``sd`` (Stable Diffusion or SD-XL) whose network denoiser is :class:`IPAdaptedNet` around its
@@ -280,27 +271,65 @@ class IPAdapter:
         LatentConsistencyModelPipeline / StableDiffusionPipeline feed the adapted UNet's output to LCMScheduler;
         an LCM UNet's guidance input w passes through, and rows without a label (no classifier-free pass) get the
         positive image embeds."""
-        self._check()
-        key = (sd.unet, self.scale, self.image)  # built once per UNet, scale and image (diffkit sample: per batch)
-        if self._built is None or not (self._built[0][0] is key[0] and self._built[0][1] == key[1]
-                                       and self._built[0][2] is key[2]):
-            embeds = tuple(e.to(sd.unet.device, sd.unet.dtype) for e in self.embeddings())
-            self._built = (key, *self.modules(sd.unet), embeds)
-        _, processors, projection, (positive, negative) = self._built
-        inner = sd.network_denoiser
-        net = IPAdaptedNet(inner.net, sd.unet, processors, projection, positive, negative)
-        denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
-        denoiser.model = sd.unet
-        return replace(sd, _denoiser=denoiser)
+        return adapted(sd, [self], self)
 
 
-def converted(model, attn_state, image_proj: dict, what: str, family: str = "") -> tuple:
+def unet_modules(adapters, unet) -> tuple:
+    """(IP processors of the UNet's cross-attentions, MultiIPAdapterImageProjection) of one or more
+    :class:`IPAdapter` built by diffusers from their files (``load_ip_adapter`` with lists: each processor a key /
+    value pair and a scale per adapter, one projection per adapter), on the UNet's device and dtype; one line for a
+    file that does not fit."""
+    diffusers = require("diffusers")
+    names = [n for n in unet.attn_processors if not n.endswith("attn1.processor")]
+    expected = {str(2 * i + 1) for i in range(len(names))}
+    for adapter in adapters:
+        keys = {k.split(".")[0] for k in adapter.state["ip_adapter"]}
+        if keys != expected:
+            raise DiffkitError(f"the IP-Adapter has image keys/values for {len(keys)} cross-attention layers, this "
+                               f"UNet has {len(names)}; an IP-Adapter fits only its own model family (SD 1.x, 2.x or "
+                               f"SD-XL)")
+    processors, projections = converted(unet, [a.state for a in adapters], [a.state["image_proj"] for a in adapters],
+                                        "UNet", " family (SD 1.x, 2.x or SD-XL)")
+    processors = {n: processors[n] for n in names}
+    for processor in processors.values():
+        processor.scale = [a.scale for a in adapters]
+    projection = diffusers.models.embeddings.MultiIPAdapterImageProjection(projections)
+    for adapter, layer in zip(adapters, projection.image_projection_layers):
+        plain = adapter.kind == "ip-adapter"
+        check_encoder_width(getattr(adapter.image_encoder.config, "projection_dim" if plain else "hidden_size"),
+                            layer.image_embeds.in_features if plain else layer.proj_in.in_features)
+    return placed(processors, projection, unet)
+
+
+def adapted(sd, adapters, owner):
+    """A copy of ``sd`` whose network denoiser is :class:`IPAdaptedNet` with ``adapters`` (one or more
+    :class:`IPAdapter`) around its own; the modules and embeddings are built once per UNet, scales and images and
+    kept on ``owner`` (diffkit sample: adapting per batch)."""
+    for adapter in adapters:
+        adapter._check()
+    key = (sd.unet, [a.scale for a in adapters], [a.image for a in adapters])
+    built = owner._built
+    if built is None or not (built[0][0] is key[0] and built[0][1] == key[1]
+                             and all(a is b for a, b in zip(built[0][2], key[2]))):
+        embeds = [tuple(e.to(sd.unet.device, sd.unet.dtype) for e in a.embeddings()) for a in adapters]
+        owner._built = built = (key, *unet_modules(adapters, sd.unet), embeds)
+    _, processors, projection, embeds = built
+    inner = sd.network_denoiser
+    net = IPAdaptedNet(inner.net, sd.unet, processors, projection, [p for p, _ in embeds], [n for _, n in embeds])
+    denoiser = Denoiser(net, inner.schedule, inner.prediction_type, learned_variance=False)
+    denoiser.model = sd.unet
+    return replace(sd, _denoiser=denoiser)
+
+
+def converted(model, attn_state, image_proj, what: str, family: str = "") -> tuple:
     """(processors, projection) built by diffusers' own converters of ``model`` (a UNet or a flow transformer:
-    ``_convert_ip_adapter_attn_to_diffusers(attn_state)``, ``_convert_ip_adapter_image_proj_to_diffusers``); one
-    line for weights that do not fit it."""
+    ``_convert_ip_adapter_attn_to_diffusers(attn_state)``, ``_convert_ip_adapter_image_proj_to_diffusers``; a list
+    ``image_proj``: a list of projections, one per adapter); one line for weights that do not fit it."""
     try:
         processors = model._convert_ip_adapter_attn_to_diffusers(attn_state, low_cpu_mem_usage=False)
-        projection = model._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+        projection = ([model._convert_ip_adapter_image_proj_to_diffusers(p, low_cpu_mem_usage=False)
+                       for p in image_proj] if isinstance(image_proj, list) else
+                      model._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False))
     except (RuntimeError, KeyError, ValueError) as err:
         raise DiffkitError(f"the IP-Adapter does not fit this {what} ({str(err).splitlines()[0][:120]}); an "
                            f"IP-Adapter fits only its own model{family}") from None
@@ -356,4 +385,4 @@ def image_encoder_folder(path, image_encoder: Optional[str], model_type: str = "
 
 __all__ = ["IPAdapter", "IPAdaptedNet", "swapped_processors", "load_ip_adapter", "read_ip_adapter",
            "ip_adapter_kind", "load_image_encoder", "default_image_encoder", "image_encoder_folder", "ENCODER_KINDS",
-           "converted", "check_encoder_width", "placed"]
+           "converted", "check_encoder_width", "placed", "unet_modules", "adapted"]

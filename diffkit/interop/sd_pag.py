@@ -171,6 +171,9 @@ def pag_request(sd, scale: Optional[float], layers=None, adaptive_scale: Optiona
     if controlnet is not None and controlnet.guess_mode:  # the pipelines' guess mode breaks on 3 halves
         raise DiffkitError("perturbed-attention guidance is not supported with ControlNet guess mode (or a "
                            "global_pool_conditions ControlNet); allowed: ControlNets without it")
+    if controlnet is not None and getattr(controlnet, "modes", None) is not None:
+        raise DiffkitError("perturbed-attention guidance is not supported with a ControlNet-Union (diffusers has no "
+                           "union PAG pipeline); allowed: plain ControlNets")
     network = DiffusersSelfAttention(sd.unet)
     names = network.check_self_attention_layers(names)
 
