@@ -25,20 +25,36 @@ STEPS, SCALE = 4, 5.0
 HEIGHT, WIDTH = 12, 20
 
 
-@pytest.fixture(scope="module")
-def tiny_xl_controlnet(tmp_path_factory):
-    """(StableDiffusionXLControlNetPipeline, two ControlNets, loaded SD-XL, root with xl/, cn0/, cn1/, two PNGs)."""
-    root = tmp_path_factory.mktemp("tiny_xl_controlnet")
+def xl_with_controlnets(root, make_controlnet, pipeline_class, prefix: str):
+    """(``pipeline_class`` on a tiny SD-XL with the first of two ControlNets ``make_controlnet(unet, seed)``, the two
+    ControlNets, the loaded SD-XL folder, ``root`` with xl/, {prefix}0/, {prefix}1/, two control PNGs)."""
     xl_pipe = tiny_sd_xl_pipeline(root)
     xl_pipe.save_pretrained(root / "xl")
-    nets = [tiny_controlnet(xl_pipe.unet, seed) for seed in (1, 2)]
+    nets = [make_controlnet(xl_pipe.unet, seed) for seed in (1, 2)]
     for index, net in enumerate(nets):
-        net.save_pretrained(root / f"cn{index}")
-    pipe = diffusers.StableDiffusionXLControlNetPipeline(**xl_pipe.components, controlnet=nets[0],
-                                                         add_watermarker=False)
+        net.save_pretrained(root / f"{prefix}{index}")
+    pipe = pipeline_class(**xl_pipe.components, controlnet=nets[0], add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     pngs = [control_png(root / f"control{i}.png", HEIGHT, WIDTH, seed=i) for i in range(2)]
     return pipe, nets, load_stable_diffusion(root / "xl", progress=False), root, pngs
+
+
+def img2img_pipeline(pipe, controlnet, pipeline_class):
+    """``pipeline_class`` (an SD-XL ControlNet img2img pipeline) on ``pipe``'s components with ``controlnet``, DDIM on
+    the grid diffkit's ``--spacing leading --final zero`` gives."""
+    parts = {**pipe.components, "controlnet": controlnet}
+    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
+                                                             set_alpha_to_one=True)
+    other = pipeline_class(**parts, requires_aesthetics_score=False, add_watermarker=False)
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
+@pytest.fixture(scope="module")
+def tiny_xl_controlnet(tmp_path_factory):
+    """(StableDiffusionXLControlNetPipeline, two ControlNets, loaded SD-XL, root with xl/, cn0/, cn1/, two PNGs)."""
+    return xl_with_controlnets(tmp_path_factory.mktemp("tiny_xl_controlnet"), tiny_controlnet,
+                               diffusers.StableDiffusionXLControlNetPipeline, "cn")
 
 
 def _latents(batch=2):
@@ -202,12 +218,7 @@ def test_edit_command_with_sd_xl_controlnet_is_the_controlnet_img2img_pipeline(t
                          "--controlnet-scale", 0.8, "--control-guidance-start", 0.3, "--out", tmp_path / "out")
     assert code == 0, err
     image = _pngs_of(tmp_path / "in")
-    parts = {**pipe.components, "controlnet": nets[0]}
-    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
-                                                             set_alpha_to_one=True)
-    other = diffusers.StableDiffusionXLControlNetImg2ImgPipeline(**parts, requires_aesthetics_score=False,
-                                                                 add_watermarker=False)
-    other.set_progress_bar_config(disable=True)
+    other = img2img_pipeline(pipe, nets[0], diffusers.StableDiffusionXLControlNetImg2ImgPipeline)
     with torch.no_grad():
         theirs = other(PROMPTS, image=image, control_image=Image.open(pngs[0]).convert("RGB"), strength=0.75,
                        num_inference_steps=4, guidance_scale=SCALE, output_type="np",

@@ -14,11 +14,12 @@ pytest.importorskip("transformers")
 
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.controlnet import ControlNets  # noqa: E402
-from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image  # noqa: E402
+from diffkit.interop.stable_diffusion import text_to_image  # noqa: E402
 
 from test_controlnet import control_png  # noqa: E402
+from test_controlnet_sd_xl import img2img_pipeline, xl_with_controlnets  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_interop_sd_xl import PROMPTS, tiny_sd_xl_pipeline  # noqa: E402
+from test_interop_sd_xl import PROMPTS  # noqa: E402
 
 STEPS, SCALE = 4, 5.0
 HEIGHT, WIDTH = 12, 20
@@ -46,18 +47,8 @@ def tiny_union_controlnet(unet, seed: int):
 def tiny_union(tmp_path_factory):
     """(StableDiffusionXLControlNetUnionPipeline, two union ControlNets, loaded SD-XL, root with xl/, un0/, un1/,
     two 12x20 PNGs)."""
-    root = tmp_path_factory.mktemp("tiny_union")
-    xl_pipe = tiny_sd_xl_pipeline(root)
-    xl_pipe.save_pretrained(root / "xl")
-    nets = [tiny_union_controlnet(xl_pipe.unet, seed) for seed in (1, 2)]
-    for index, net in enumerate(nets):
-        net.save_pretrained(root / f"un{index}")
-    pipe = diffusers.StableDiffusionXLControlNetUnionPipeline(**xl_pipe.components, controlnet=nets[0],
-                                                              add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pngs = [control_png(root / f"control{i}.png", HEIGHT, WIDTH, seed=i) for i in range(2)]
-    return pipe, nets, load_stable_diffusion(root / "xl", progress=False), root, pngs
-
+    return xl_with_controlnets(tmp_path_factory.mktemp("tiny_union"), tiny_union_controlnet,
+                               diffusers.StableDiffusionXLControlNetUnionPipeline, "un")
 
 def _latents():
     return torch.randn((2, 4, HEIGHT // 2, WIDTH // 2), generator=torch.Generator().manual_seed(7))
@@ -301,12 +292,7 @@ def test_edit_command_with_a_controlnet_union_is_the_img2img_pipeline(tiny_union
     assert code == 0 and len(list((tmp_path / "masked").glob("*.png"))) == 2, err
     code, out, err = cli(capsys, *flags, "--out", tmp_path / "out")
     assert code == 0, err
-    parts = {**pipe.components, "controlnet": nets[0]}
-    parts["scheduler"] = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0,
-                                                             set_alpha_to_one=True)
-    other = diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline(**parts, requires_aesthetics_score=False,
-                                                                      add_watermarker=False)
-    other.set_progress_bar_config(disable=True)
+    other = img2img_pipeline(pipe, nets[0], diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline)
     with torch.no_grad():
         theirs = other(PROMPTS, image=_pngs_of(tmp_path / "in").float() / 255,
                        control_image=[Image.open(p).convert("RGB") for p in pngs], control_mode=[3, 1],
