@@ -497,7 +497,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
-                   ip_adapter=None, **options) -> torch.Tensor:
+                   ip_adapter=None, control_image=None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
     (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
@@ -528,7 +528,13 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     ``ip_adapter``: an XLabs-format :class:`~.flux_ip_adapter.FluxIPAdapter` with its image prompt, as both pipelines'
     ``load_ip_adapter`` + ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true CFG, default black of the
     images' size); not with ``controlnet`` (FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline take no
-    ``ip_adapter_image``: no reference)."""
+    ``ip_adapter_image``: no reference).
+
+    ``control_image``: a FLUX.1 Depth / Canny folder's (needed there, refused elsewhere), as
+    ``FluxControlImg2ImgPipeline`` / with ``mask`` ``FluxControlInpaintPipeline`` (their defaults are this
+    function's): one image, or one per image (``control_rows``), its latents concatenated after the packed latents
+    at every step (:mod:`.flux_channels`), image i's control posterior drawn from its generator before the image's
+    posterior (inpainting: after the masked image's, which that pipeline draws and never uses)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
@@ -536,10 +542,12 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     h, w = flux.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 16
     f = flux.vae_scale_factor
     defaults = (FLUX_PIPELINE_STEPS, FLUX_IMG2IMG_STRENGTH, FLUX_IMG2IMG_GUIDANCE)
-    if flux.variant is not None:  # FLUX.1 Fill: FluxFillPipeline's defaults (.flux_channels)
-        from .flux_channels import FLUX_FILL_GUIDANCE, FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, check_variant_options
-        check_variant_options(flux.variant, mask, None, controlnet, ip_adapter, negative_prompt, edit=True)
-        defaults = (FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, FLUX_FILL_GUIDANCE)
+    if flux.variant is not None or control_image is not None:  # Fill / Depth / Canny (.flux_channels)
+        from .flux_channels import FLUX_FILL, FLUX_FILL_GUIDANCE, FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, \
+            check_variant_options
+        check_variant_options(flux.variant, mask, control_image, controlnet, ip_adapter, negative_prompt, edit=True)
+        if flux.variant == FLUX_FILL:  # FluxFillPipeline's defaults; Depth / Canny: FluxImg2ImgPipeline's
+            defaults = (FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, FLUX_FILL_GUIDANCE)
     steps = defaults[0] if steps is None else steps
     strength = defaults[1] if strength is None else strength
     if sampler is None and "grid" not in options:
@@ -563,6 +571,13 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
         denoiser, cond = edit_guidance(flux, controlnet, guide, flux.latent_shape(len(prompts), h * f, w * f),
                                        sampler, steps, strength, options, guidance_scale, generator,
                                        control_posterior, control_rows)
+    if control_image is not None:  # Depth / Canny: image i's control posterior first from its generator
+        from ..editing import _generators
+        from .flux_channels import control_cond
+        seed, generator = None, _generators(seed, generator, len(prompts))
+        rows = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
+        cond.update(control_cond(flux, control_image, flux.latent_shape(len(prompts), h * f, w * f), 0,
+                                 control_posterior, control_rows, rows, mask is not None))
     z0 = edit_latents(flux, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(flux, z0, return_latents, output_range)
