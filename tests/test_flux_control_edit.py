@@ -12,10 +12,17 @@ diffusers = pytest.importorskip("diffusers")
 from diffkit.interop.flux import image_to_image, unpack_latents  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_flux_control import _control_images, tiny_control  # noqa: E402,F401 (a module fixture)
+from test_flux_control import _control_images  # noqa: E402
 import test_flux_fill  # noqa: E402
 
 PROMPTS, KW = test_flux_fill.PROMPTS, test_flux_fill.KW
+
+
+@pytest.fixture(scope="module")
+def tiny_control(tmp_path_factory):
+    """(FluxControlPipeline.from_pretrained, folder, load_flux of it): test_flux_control's folder."""
+    return test_flux_fill.tiny_variant_folder(tmp_path_factory.mktemp("flux_control_edit"),
+                                              diffusers.FluxControlPipeline, 128)
 
 
 def _pipe(tiny_control, mask):

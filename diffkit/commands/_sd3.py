@@ -306,8 +306,9 @@ def edit_sd3(args, flux: bool = False) -> int:
                 **sd3_prompt_options(request, *own_rows), **request.apg_options(), **({} if own else options)).cpu(),)
         how_control = {"controlnet": controlnet, "control_rows": control_rows}  # a --control-image folder: image i's
         if control_image is not None:  # FLUX.1 Depth / Canny (interop.flux_channels): image i's control image
-            how_control = {"control_image": control_image,
-                           "control_rows": list(range(start, start + n)) if isinstance(control_image, list) else None}
+            per_image = isinstance(control_image, list)
+            how_control = {"control_image": control_image, "control_rows": list(range(start, start + n)) if per_image
+                           else None}
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
             **sd3_prompt_options(request, *own_rows), **request.apg_options()}
@@ -315,7 +316,8 @@ def edit_sd3(args, flux: bool = False) -> int:
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,
                                        output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how,
-                                       **({} if own else options), **(how_control if controlnet or control_image else {}))
+                                       **({} if own else options),
+                                       **(how_control if controlnet or control_image else {}))
         return (edited.cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
