@@ -93,3 +93,56 @@ def test_redux_refuses_in_one_line(tiny_redux, tmp_path):
         kw = {"prompts": None, "prompt_embeds": context, "pooled_prompt_embeds": pooled, **kw}
         with pytest.raises(DiffkitError, match=match):
             text_to_image(flux, kw.pop("prompts"), steps=1, **kw)
+
+
+def test_sample_command_redux_and_refusals(tiny_redux, tmp_path, capsys, monkeypatch):
+    """`diffkit sample --redux DIR --redux-image PNG` (two images, per-image scales; with and without --prompt)
+    writes text_to_image(prompt_embeds=redux_embeds(...))'s grid byte for byte (sample i from seed + i); Redux
+    flags without --redux, a Redux folder of another kind, no --redux-image, scale / prompt counts that do not fit,
+    --negative-prompt, --max-sequence-length, a non-FLUX checkpoint: one line each, before any output."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop import flux as flux_module
+    monkeypatch.setattr(flux_module, "DEFAULT_SAMPLE_SIZE", 8)
+    _, folder, flux, _, redux_folder, redux = tiny_redux
+    files = []
+    for i, image in enumerate(_images()):
+        files.append(str(tmp_path / f"r{i}.png"))
+        image.save(files[-1])
+    common = ["sample", "--checkpoint", str(folder), "--num", "2", "--nrow", "2", "--steps", "2", "--seed", "5",
+              "--batch-size", "2", "--no-progress"]
+    redux_flags = ["--redux", str(redux_folder), "--redux-image", files[0], "--redux-image", files[1],
+                   "--redux-prompt-scale", "1.0", "--redux-prompt-scale", "0.5", "--redux-pooled-scale", "0.8"]
+    for prompt in ([], ["--prompt", "a photo of a cat"]):
+        out = tmp_path / f"out{len(prompt)}.png"
+        assert main(common + redux_flags + prompt + ["--out", str(out)]) == 0, prompt
+        context, pooled = redux_embeds(flux, redux, files, prompt[1:] or None, prompt_embeds_scale=[1.0, 0.5],
+                                       pooled_prompt_embeds_scale=0.8)
+        images = text_to_image(flux, None, prompt_embeds=context, pooled_prompt_embeds=pooled, seed=5, steps=2,
+                               latents=torch.cat([torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(
+                                   5 + i)) for i in range(2)]), output_range="-1,1")
+        save_grid(images, tmp_path / "expected.png", 2)
+        assert out.read_bytes() == (tmp_path / "expected.png").read_bytes(), prompt
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    for extra, match in (
+            (["--redux-image", files[0]], "--redux-image needs --redux DIR"),
+            (["--redux", str(folder), "--redux-image", files[0]], "is not a FLUX.1 Redux folder \\(a 'FluxPipeline'"),
+            (["--redux", str(redux_folder)], "--redux needs --redux-image PNG"),
+            (redux_flags + ["--redux-pooled-scale", "1", "--redux-pooled-scale", "1"],
+             "--redux-pooled-scale is given 3 times for 2 --redux-image"),
+            (redux_flags + ["--prompt", "a", "--prompt", "b", "--prompt", "c"], "--prompt is given 3 times for 2"),
+            (redux_flags + ["--prompt", "a", "--true-cfg-scale", "2", "--negative-prompt", "u"],
+             "--negative-prompt \\(true CFG\\) does not go with --redux"),
+            (redux_flags + ["--max-sequence-length", "12"], "--max-sequence-length does not go with --redux")):
+        assert main(common + extra + ["--out", str(bad / "o.png")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not bad.exists()
+    assert main(["sample", "--checkpoint", str(redux_folder), "--prompt", "a", "--out", str(bad / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a FLUX.1 Redux folder (FluxPriorReduxPipeline): give it as --redux DIR" in err[0]
+    from argparse import Namespace
+    from diffkit.commands._flux_redux import ReduxRequest
+    with pytest.raises(DiffkitError, match="--redux applies to a FLUX.1 folder \\(FluxPipeline\\); .* is not one"):
+        ReduxRequest.from_args(Namespace(redux=str(redux_folder), redux_images=files), str(tmp_path))

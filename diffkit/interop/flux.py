@@ -36,6 +36,8 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
+* given ``prompt_embeds`` / ``pooled_prompt_embeds`` (:func:`text_to_image`), e.g. FLUX.1 Redux's image prompt
+  (``FluxPriorReduxPipeline``; its folder is no checkpoint, one line): :mod:`.flux_redux`.
 
 FLUX.1 Fill (``FluxFillPipeline``) and Depth / Canny (``FluxControlPipeline``) folders: :mod:`.flux_channels`.
 Refused in one line before any weight is read: the Redux / Kontext pipelines and any transformer whose input is
@@ -368,6 +370,9 @@ def check_flux_folder(directory: Path) -> tuple:
     if index is None or not is_flux_folder(directory):
         raise DiffkitError(f"{directory} is not a FLUX folder (model_index.json naming a FluxPipeline with a "
                            f"{FLUX_TRANSFORMER} transformer)")
+    if index.get("_class_name") == "FluxPriorReduxPipeline":  # FLUX.1 Redux: an image prompt (.flux_redux)
+        raise DiffkitError(f"{directory} is a FLUX.1 Redux folder (FluxPriorReduxPipeline): give it as --redux DIR "
+                           f"with --redux-image PNG and a FLUX.1 --checkpoint (library: flux_redux.redux_embeds)")
     kind = index.get("_class_name")
     from .flux_channels import FLUX_CONTROL, FLUX_FILL, in_channels
     kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL)  # Fill / Depth / Canny: .flux_channels
