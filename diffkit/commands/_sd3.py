@@ -197,8 +197,10 @@ def edit_sd3(args, flux: bool = False) -> int:
     ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
     the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
     :data:`FLUX_EDIT_FLAGS`); a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline (strength 1, 50 steps,
-    the embedded guidance 30 by default; :mod:`diffkit.interop.flux_channels`); ``--controlnet DIR --control-image
-    PNG|DIR`` (and its flags, :mod:`._controlnet`) as
+    the embedded guidance 30 by default; :mod:`diffkit.interop.flux_channels`); a FLUX.1 Depth / Canny folder takes
+    ``--control-image PNG|DIR`` (a folder: one per --images file) without ``--controlnet``, as
+    FluxControlImg2ImgPipeline / with ``--mask`` FluxControlInpaintPipeline (FluxImg2ImgPipeline's defaults);
+    ``--controlnet DIR --control-image PNG|DIR`` (and its flags, :mod:`._controlnet`) as
     FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline
     (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
     --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
