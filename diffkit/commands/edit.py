@@ -28,7 +28,8 @@ with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
-the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``). A text-conditional
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``; a FLUX.1 Depth / Canny folder with
+``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
