@@ -82,10 +82,10 @@ class ControlRequest:
         if getattr(args, "control_modes", None):
             given.append("--control-mode")
         if not folders:
-            if images and not given and prompts is not None and is_flux_folder(checkpoint):
+            if images and not given and (prompts, edited) != (None, None) and is_flux_folder(checkpoint):
                 from ..interop.flux_channels import FLUX_CONTROL, folder_variant
                 if folder_variant(checkpoint) == FLUX_CONTROL:  # FLUX.1 Depth / Canny: its transformer takes it
-                    return cls.transformer_image(images, prompts)
+                    return cls.transformer_image(images, prompts, edited)
             if images or given:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images and hasattr(args, 't2i_adapters') else ''}")
@@ -121,16 +121,18 @@ class ControlRequest:
         return request
 
     @classmethod
-    def transformer_image(cls, images: list, prompts: int) -> "ControlRequest":
+    def transformer_image(cls, images: list, prompts: Optional[int], edited: Optional[int] = None) -> "ControlRequest":
         """A FLUX.1 Depth / Canny folder's ``--control-image`` (no ``--controlnet``: its transformer takes the
-        image, :mod:`diffkit.interop.flux_channels`): one file, or a folder of one PNG per ``--prompt``; ``folders``
-        empty."""
+        image, :mod:`diffkit.interop.flux_channels`): one file, or a folder of one PNG per ``--prompt`` (``diffkit
+        sample``) or per ``--images`` file (``edited``: ``diffkit edit``); ``folders`` empty."""
         from ..interop.controlnet import open_control_image
         from ..interop.flux_channels import FLUX_CONTROL
+        row = ("--prompt", "prompt") if edited is None else ("--images file", "image")
         if len(images) != 1:
             raise DiffkitError(f"{len(images)} --control-image for a FLUX.1 Depth / Canny folder; give one (a file, "
-                               f"or a folder of one PNG per --prompt)")
-        image = cls.per_row(images[0], prompts, "--prompt", "prompt")
+                               f"or a folder of one PNG per {row[0]})")
+        image = cls.per_row(images[0], prompts if edited is None else edited, row[0] + "(s)" * (edited is not None),
+                            row[1])
         for one in image if isinstance(image, list) else [image]:
             open_control_image(one)  # one line for a file that is not an image
         return cls([], [image], [], [], [], model_class=FLUX_CONTROL)

@@ -35,7 +35,9 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.flux_ip_adapter`); with ``control`` as FluxControlNetPipeline's. A FLUX.1 Depth / Canny
     folder (FluxControlPipeline): ``control`` holds its ``--control-image`` alone (no ControlNet folders), the
     transformer's control latents drawn as the ControlNets' (:mod:`diffkit.interop.flux_channels`); a FLUX.1 Fill
-    folder only inpaints (``diffkit edit --mask``): one line."""
+    folder only inpaints (``diffkit edit --mask``): one line. ``redux`` (in ``options``): FLUX.1 Redux's image
+    prompt (a :class:`~._flux_redux.ReduxRequest`), FluxPriorReduxPipeline's embeddings of ``--redux-image`` (and
+    ``--prompt``, optional) for every sample (:mod:`diffkit.interop.flux_redux`)."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop, prompted_rows
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
@@ -46,6 +48,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
         raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder (FluxKontextPipeline), which edits an image: use "
                            f"diffkit edit --checkpoint {directory} --images PNG --prompt TEXT")
     guidance = guidance or GuidanceRequest()
+    redux = options.pop("redux", None)
     flags = dict(refused or {})
     flags["--refiner"] = options.pop("refiner", None)
     flags["--thresholding"] = options.get("thresholding")
@@ -60,7 +63,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     if getattr(ip_adapter, "negative_image", None) is not None and not (guidance.true_cfg_scale or 0) > 1:
         raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
                            "> 1 with --negative-prompt, or drop it")
-    if not guidance.prompts:
+    if not guidance.prompts and redux is None:
         raise DiffkitError(f"{directory} is a FLUX folder: give --prompt TEXT (repeat for one row per prompt)")
     check_prompt_encoding(guidance, directory)  # --true-cfg-scale, --prompt-2: as from_args did (library callers)
     image = None  # FLUX.1 Depth / Canny: --control-image without --controlnet (diffkit.interop.flux_channels)
@@ -69,13 +72,21 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     from ..interop.flux_channels import check_variant_options, folder_variant
     check_variant_options(folder_variant(directory), None, image, control, ip_adapter, guidance.negative_prompt)
     flux = load_flux(directory, device, progress=progress, lora=lora)
-    controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
-        flux, guidance, control, ip_adapter, num, nrow, seed, device, progress)
+    embeds = None
+    if redux is None:
+        controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
+            flux, guidance, control, ip_adapter, num, nrow, seed, device, progress)
+    else:  # FLUX.1 Redux: one conditioning for every sample (no ControlNet / IP-Adapter: ReduxRequest.from_args)
+        from .sample import condition_rows
+        embeds, controlnet, adapter = redux.embeds(flux, guidance, device, progress), None, None
+        prompts = f"Redux images {redux.images}, prompts {list(guidance.prompts or [])}"
+        index, num, nrow = condition_rows(1, num, nrow or 8)
+        per_sample = {"prompts": [None] * num}
     if image is not None:  # sample i's control latents from seed + i; its prompt's control image
         per_sample["control_seeds"] = [seed + i for i in range(num)]
         if isinstance(image, list) and len(image) > 1:
             per_sample["control_rows"] = index.tolist()
-    if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1:  # given once per --prompt: each sample's own
+    if guidance.prompts_2 is not None and len(guidance.prompts_2) > 1 and redux is None:  # once per --prompt
         per_sample["prompts_2"] = [guidance.prompts_2[i] for i in index.tolist()]
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = FLUX_PIPELINE_STEPS if steps is None and nfe is None else steps
@@ -87,10 +98,11 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
         control = {} if controlnet is None and image is None else {
             "control_seed": cond["control_seeds"][0], "control_rows": cond.get("control_rows"),
             **({"controlnet": controlnet} if image is None else {"control_image": image})}
-        return text_to_image(flux, cond["prompts"], sampler=sampler, steps=steps,
+        text = flux_prompt_options(guidance, cond.get("prompts_2")) if embeds is None else {
+            "prompt_embeds": embeds[0], "pooled_prompt_embeds": embeds[1]}  # FLUX.1 Redux's
+        return text_to_image(flux, cond["prompts"] if embeds is None else None, sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
-                             ip_adapter=adapter, **grid, **how, **control,
-                             **flux_prompt_options(guidance, cond.get("prompts_2")))
+                             ip_adapter=adapter, **grid, **how, **control, **text)
 
     images, out = draw_prompted_grid(
         flux.denoiser, num, flux.latent_shape(1, height, width)[1:], prompted,

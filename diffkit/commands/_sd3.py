@@ -219,8 +219,10 @@ def edit_sd3(args, flux: bool = False) -> int:
     ``--mask`` inpainting as FluxInpaintPipeline (:func:`diffkit.interop.flux.image_to_image`: strength 0.6, 28 steps,
     the embedded guidance 7.0 by default; true CFG with ``--true-cfg-scale`` and ``--negative-prompt``;
     :data:`FLUX_EDIT_FLAGS`); a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline (strength 1, 50 steps,
-    the embedded guidance 30 by default; :mod:`diffkit.interop.flux_channels`); ``--controlnet DIR --control-image
-    PNG|DIR`` (and its flags, :mod:`._controlnet`) as
+    the embedded guidance 30 by default; :mod:`diffkit.interop.flux_channels`); a FLUX.1 Depth / Canny folder takes
+    ``--control-image PNG|DIR`` (a folder: one per --images file) without ``--controlnet``, as
+    FluxControlImg2ImgPipeline / with ``--mask`` FluxControlInpaintPipeline (FluxImg2ImgPipeline's defaults);
+    ``--controlnet DIR --control-image PNG|DIR`` (and its flags, :mod:`._controlnet`) as
     FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline
     (:func:`diffkit.interop.flux_controlnet.edit_guidance`: image i's control posterior drawn first from its seed; a
     --control-image folder: one per --images file). An SD3 folder with ``--mask --controlnet`` (an inpainting
@@ -256,16 +258,16 @@ def edit_sd3(args, flux: bool = False) -> int:
     variant = None
     if not flux:
         check_inpainting_transformer(directory, args.mask, args.controlnets)
-    else:  # FLUX.1 Fill: --mask only, as FluxFillPipeline; Depth / Canny: diffkit sample (interop.flux_channels)
-        from ..interop.flux_channels import check_variant_options, folder_variant
+    else:  # FLUX.1 Fill: --mask only, as FluxFillPipeline; Depth / Canny: --control-image (interop.flux_channels)
+        from ..interop.flux_channels import FLUX_CONTROL, check_variant_options, folder_variant
         variant = folder_variant(directory)
-        check_variant_options(variant, args.mask, None, args.controlnets, args.ip_adapter, args.negative_prompt,
-                              edit=True)
+        check_variant_options(variant, args.mask, args.control_images if variant == FLUX_CONTROL else None,
+                              args.controlnets, args.ip_adapter, args.negative_prompt, edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
     count = len(files)
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     check_edit_ip_adapter(ip_adapter, args, flux)
-    control = inpainting_controlnet = None
+    control = inpainting_controlnet = control_image = None
     if args.controlnets:  # FLUX: img2img / inpainting ControlNets; SD3: inpainting ControlNets, the images theirs
         from ._controlnet import ControlRequest
         if not flux:
@@ -275,9 +277,10 @@ def edit_sd3(args, flux: bool = False) -> int:
         if flux:
             from ..interop.flux_controlnet import check_edit_controlnet
             check_edit_controlnet(args.negative_prompt)
-    else:  # --control-image / --controlnet-scale / ... without --controlnet: one line (they were ignored)
-        from ._controlnet import ControlRequest
-        ControlRequest.from_args(args, directory, edited=count)
+    else:  # --control-image / --controlnet-scale / ... without --controlnet: one line (they were ignored), but
+        from ._controlnet import ControlRequest  # a FLUX.1 Depth / Canny folder's own --control-image
+        own_image = ControlRequest.from_args(args, directory, edited=count)
+        control_image = None if own_image is None else own_image.images[0]
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
         if rows is not None and len(rows) not in (1, count):
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
@@ -298,8 +301,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     strength = (module.FLUX_IMG2IMG_STRENGTH if flux else module.SD3_IMG2IMG_STRENGTH) if args.strength is None \
         else args.strength
     if variant is not None and args.strength is None:  # FLUX.1 Fill: FluxFillPipeline's strength 1
-        from ..interop.flux_channels import FLUX_FILL_STRENGTH
-        strength = FLUX_FILL_STRENGTH
+        from ..interop.flux_channels import FLUX_FILL, FLUX_FILL_STRENGTH
+        strength = FLUX_FILL_STRENGTH if variant == FLUX_FILL else strength
 
     def rows(values, start, n):  # one for every image, or image start..start + n - 1's own
         return None if values is None else values[:1] if len(values) == 1 else values[start:start + n]
@@ -318,6 +321,10 @@ def edit_sd3(args, flux: bool = False) -> int:
                 control_posterior=args.posterior or "sample", control_mask=mask, ip_adapter=adapter,
                 **sd3_prompt_options(request, *own_rows), **request.apg_options(), **({} if own else options)).cpu(),)
         how_control = {"controlnet": controlnet, "control_rows": control_rows}  # a --control-image folder: image i's
+        if control_image is not None:  # FLUX.1 Depth / Canny (interop.flux_channels): image i's control image
+            per_image = isinstance(control_image, list)
+            how_control = {"control_image": control_image, "control_rows": list(range(start, start + n)) if per_image
+                           else None}
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
             **sd3_prompt_options(request, *own_rows), **request.apg_options()}
@@ -325,7 +332,8 @@ def edit_sd3(args, flux: bool = False) -> int:
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,
                                        output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how,
-                                       **({} if own else options), **(how_control if controlnet else {}))
+                                       **({} if own else options),
+                                       **(how_control if controlnet or control_image else {}))
         return (edited.cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)

@@ -28,7 +28,8 @@ with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
-the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``), a FLUX.1 Kontext folder as
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``; a FLUX.1 Depth / Canny folder with
+``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
 FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'

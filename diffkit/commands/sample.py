@@ -52,6 +52,7 @@ from ..errors import DiffkitError, DiffkitWarning, check_float32, check_range, s
 from ..guidance import CLIP_INPUTS
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
+from ._flux_redux import ReduxRequest, add_redux_flags
 from ._refiner import RefinerRequest, add_refiner_flags
 from ._t2i_adapter import T2IAdapterRequest, add_t2i_adapter_flags
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
@@ -167,6 +168,7 @@ def register(sub) -> None:
                         "x_t: a noise-aware CLIP on x_t (GLIDE)")
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_redux_flags(p)
     add_t2i_adapter_flags(p)
     add_refiner_flags(p)
     add_freeu_flag(p)
@@ -242,6 +244,7 @@ def run(args) -> int:
     t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint, len(args.prompts or [""]))  # its --control-image
     control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
+    redux = ReduxRequest.from_args(args, checkpoint)  # FLUX.1 Redux (._flux_redux)
     refiner = RefinerRequest.from_args(args, checkpoint)
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
@@ -280,7 +283,7 @@ def run(args) -> int:
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
-                        **size, **options)
+                        **({} if redux is None else {"redux": redux}), **size, **options)
     return 0
 
 

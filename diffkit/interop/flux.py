@@ -39,6 +39,8 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
 * FLUX.1 Kontext folders (``FluxKontextPipeline``, ``FluxKontextInpaintPipeline``): image editing with the reference
   image's latents as extra tokens (``FluxNet``'s ``kontext``, :func:`image_to_image`'s for inpainting),
   :mod:`.flux_kontext`.
+* given ``prompt_embeds`` / ``pooled_prompt_embeds`` (:func:`text_to_image`), e.g. FLUX.1 Redux's image prompt
+  (``FluxPriorReduxPipeline``; its folder is no checkpoint, one line): :mod:`.flux_redux`.
 
 FLUX.1 Fill (``FluxFillPipeline``) and Depth / Canny (``FluxControlPipeline``) folders: :mod:`.flux_channels`;
 Kontext (``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``): :mod:`.flux_kontext`.
@@ -300,12 +302,13 @@ class Flux(FlowLatentVAE):
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, true_cfg_scale: float = 1.0,
                         max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompts_2=None,
-                        negative_prompt_2=None, ip_adapter=None) -> tuple:
+                        negative_prompt_2=None, ip_adapter=None, embeds: Optional[tuple] = None) -> tuple:
         """(denoiser, cond) at latents h x w: the embedded ``guidance_scale`` (default 3.5; a transformer without
         guidance embeds takes none) and true classifier-free guidance with ``true_cfg_scale`` > 1 against
         ``negative_prompt`` (one, or one per prompt; ``negative_prompt_2``: T5's, default ``negative_prompt``).
         ``ip_adapter``: a :class:`~.flux_ip_adapter.FluxIPAdapter` (its image embeds in cond, the negative image's
-        in the true-CFG pass)."""
+        in the true-CFG pass). ``embeds``: (context, pooled) given instead of the prompts' (the pipeline's
+        ``prompt_embeds`` / ``pooled_prompt_embeds``, :func:`given_embeds`)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         self.check_guidance_scale(guidance_scale)
@@ -320,7 +323,7 @@ class Flux(FlowLatentVAE):
         if getattr(ip_adapter, "negative_image", None) is not None and true_cfg_scale <= 1:
             raise DiffkitError("a negative IP-Adapter image feeds only true CFG's negative pass; give true_cfg_scale "
                                "> 1 with a negative prompt, or drop it")
-        context, pooled = self.encode_prompts(prompts, max_sequence_length, prompts_2)
+        context, pooled = self.encode_prompts(prompts, max_sequence_length, prompts_2) if embeds is None else embeds
         cond = {"context": context, "pooled": pooled}
         if self.guidance_embeds:
             cond["guidance"] = FLUX_PIPELINE_GUIDANCE if guidance_scale is None else float(guidance_scale)
@@ -341,6 +344,32 @@ class Flux(FlowLatentVAE):
         return guided, cond
 
 
+def given_embeds(flux: Flux, prompt_embeds, pooled_prompt_embeds, batch: Optional[int], **others) -> tuple:
+    """(context (B, L, d_T5), pooled (B, d_CLIP)) of :func:`text_to_image`'s ``prompt_embeds`` /
+    ``pooled_prompt_embeds`` (FluxPipeline's; e.g. FLUX.1 Redux's, :mod:`.flux_redux`): both, of the transformer's
+    widths, one row (every sample: ``batch``, the latents', default 1) or ``batch`` rows; one line otherwise, or
+    with any of ``others`` given (prompts, a negative prompt: true CFG, a ControlNet, IP-Adapter or control image:
+    not supported with given embeddings)."""
+    config = flux.transformer.config
+    given = [name for name, value in others.items() if value is not None]
+    if given:
+        raise DiffkitError(f"prompt_embeds with {given[0]} is not supported; give the embeddings alone (with "
+                           f"{', '.join(others)} None)")
+    if not isinstance(prompt_embeds, torch.Tensor) or not isinstance(pooled_prompt_embeds, torch.Tensor) \
+            or prompt_embeds.ndim != 3 or prompt_embeds.shape[2] != config.joint_attention_dim \
+            or tuple(pooled_prompt_embeds.shape) != (prompt_embeds.shape[0], config.pooled_projection_dim):
+        shapes = [tuple(getattr(t, "shape", ())) if t is not None else None
+                  for t in (prompt_embeds, pooled_prompt_embeds)]
+        raise DiffkitError(f"prompt_embeds / pooled_prompt_embeds of shapes {shapes} are not allowed; give both, "
+                           f"(B, L, {config.joint_attention_dim}) and (B, {config.pooled_projection_dim})")
+    rows = prompt_embeds.shape[0]
+    batch = rows if batch is None else batch
+    if rows not in (1, batch):
+        raise DiffkitError(f"prompt_embeds has {rows} rows for {batch} samples; give one row or one per sample")
+    return (prompt_embeds.to(flux.device).expand(batch, -1, -1),
+            pooled_prompt_embeds.to(flux.device).expand(batch, -1))
+
+
 def is_flux_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of a FLUX pipeline: ``model_index.json`` names a ``Flux...`` class or a
     ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
@@ -354,6 +383,9 @@ def check_flux_folder(directory: Path) -> tuple:
     if index is None or not is_flux_folder(directory):
         raise DiffkitError(f"{directory} is not a FLUX folder (model_index.json naming a FluxPipeline with a "
                            f"{FLUX_TRANSFORMER} transformer)")
+    if index.get("_class_name") == "FluxPriorReduxPipeline":  # FLUX.1 Redux: an image prompt (.flux_redux)
+        raise DiffkitError(f"{directory} is a FLUX.1 Redux folder (FluxPriorReduxPipeline): give it as --redux DIR "
+                           f"with --redux-image PNG and a FLUX.1 --checkpoint (library: flux_redux.redux_embeds)")
     kind = index.get("_class_name")
     from .flux_channels import FLUX_CONTROL, FLUX_FILL, in_channels
     kinds = FLUX_PIPELINES + (FLUX_FILL, FLUX_CONTROL)  # Fill / Depth / Canny: .flux_channels
@@ -443,7 +475,8 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
-                  ip_adapter=None, control_image=None, **options) -> torch.Tensor:
+                  ip_adapter=None, control_image=None, prompt_embeds: Optional[torch.Tensor] = None,
+                  pooled_prompt_embeds: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """Images of a FLUX.1 folder for ``prompts`` with any diffkit sampler (module docstring).
 
     sampler / grid: both None (the default): the pipeline's loop, flow Euler (``ddim``, eta 0) on its sigmas
@@ -468,11 +501,20 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         elsewhere): one PIL image, path or (1, 3, H, W) tensor in [0, 1], or one per prompt, resized to the output
         size; its latents concatenated after the packed latents (:mod:`.flux_channels`), sample i's posterior draw
         from ``control_seed + i`` (``control_posterior``, ``control_rows`` as for ``controlnet``).
+    prompt_embeds / pooled_prompt_embeds: the pipeline's, (B or 1, L, d_T5) and (B or 1, d_CLIP), instead of
+        ``prompts`` (None), e.g. FLUX.1 Redux's (:func:`.flux_redux.redux_embeds`); one row serves every sample
+        (``latents``' batch); no true CFG.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    embeds = None
+    if prompt_embeds is not None or pooled_prompt_embeds is not None:  # e.g. FLUX.1 Redux's (.flux_redux)
+        embeds = given_embeds(flux, prompt_embeds, pooled_prompt_embeds, None if latents is None else latents.shape[0],
+                              prompts=prompts, prompt_2=prompt_2, negative_prompt=negative_prompt,
+                              controlnet=controlnet, ip_adapter=ip_adapter, control_image=control_image)
+        prompts = [""] * embeds[0].shape[0]  # placeholders: the batch (nothing is encoded)
     prompts = prompt_list(prompts)
     if control_image is not None or flux.variant is not None:  # FLUX.1 Fill / Depth / Canny: .flux_channels
         from .flux_channels import check_variant_options
@@ -485,7 +527,7 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
 
     def guide(model, scale=guidance_scale):
         return model.prompt_guidance(prompts, h, w, scale, negative_prompt, true_cfg_scale, max_sequence_length,
-                                     prompt_2, negative_prompt_2, ip_adapter)
+                                     prompt_2, negative_prompt_2, ip_adapter, embeds)
     if controlnet is None:
         denoiser, cond = guide(flux)
     else:  # FluxControlNetPipeline's default embedded guidance: 7.0
@@ -510,7 +552,8 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
-                   ip_adapter=None, kontext: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+                   ip_adapter=None, control_image=None, kontext: Optional[torch.Tensor] = None,
+                   **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
     (:func:`.sd3.image_to_image`) with the flow network here (the packing is inside :class:`FluxNet`): z = (E(x) -
@@ -543,6 +586,12 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     images' size); not with ``controlnet`` (FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline take no
     ``ip_adapter_image``: no reference).
 
+    ``control_image``: a FLUX.1 Depth / Canny folder's (needed there, refused elsewhere), as
+    ``FluxControlImg2ImgPipeline`` / with ``mask`` ``FluxControlInpaintPipeline`` (their defaults are this
+    function's): one image, or one per image (``control_rows``), its latents concatenated after the packed latents
+    at every step (:mod:`.flux_channels`), image i's control posterior drawn from its generator before the image's
+    posterior (inpainting: after the masked image's, which that pipeline draws and never uses).
+
     ``kontext``: FLUX.1 Kontext's reference latents (B or 1, C, h', w') in every network call, as
     ``FluxKontextInpaintPipeline`` (:func:`.flux_kontext.kontext_inpaint`)."""
     from .flow_latents import edit_latents, edit_prompts
@@ -552,10 +601,12 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     h, w = flux.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 16
     f = flux.vae_scale_factor
     defaults = (FLUX_PIPELINE_STEPS, FLUX_IMG2IMG_STRENGTH, FLUX_IMG2IMG_GUIDANCE)
-    if flux.variant is not None:  # FLUX.1 Fill: FluxFillPipeline's defaults (.flux_channels)
-        from .flux_channels import FLUX_FILL_GUIDANCE, FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, check_variant_options
-        check_variant_options(flux.variant, mask, None, controlnet, ip_adapter, negative_prompt, edit=True)
-        defaults = (FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, FLUX_FILL_GUIDANCE)
+    if flux.variant is not None or control_image is not None:  # Fill / Depth / Canny (.flux_channels)
+        from .flux_channels import FLUX_FILL, FLUX_FILL_GUIDANCE, FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, \
+            check_variant_options
+        check_variant_options(flux.variant, mask, control_image, controlnet, ip_adapter, negative_prompt, edit=True)
+        if flux.variant == FLUX_FILL:  # FluxFillPipeline's defaults; Depth / Canny: FluxImg2ImgPipeline's
+            defaults = (FLUX_FILL_STEPS, FLUX_FILL_STRENGTH, FLUX_FILL_GUIDANCE)
     steps = defaults[0] if steps is None else steps
     strength = defaults[1] if strength is None else strength
     if sampler is None and "grid" not in options:
@@ -581,6 +632,13 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
         denoiser, cond = edit_guidance(flux, controlnet, guide, flux.latent_shape(len(prompts), h * f, w * f),
                                        sampler, steps, strength, options, guidance_scale, generator,
                                        control_posterior, control_rows)
+    if control_image is not None:  # Depth / Canny: image i's control posterior first from its generator
+        from ..editing import _generators
+        from .flux_channels import control_cond
+        seed, generator = None, _generators(seed, generator, len(prompts))
+        rows = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
+        cond.update(control_cond(flux, control_image, flux.latent_shape(len(prompts), h * f, w * f), 0,
+                                 control_posterior, control_rows, rows, mask is not None))
     z0 = edit_latents(flux, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(flux, z0, return_latents, output_range)
@@ -589,4 +647,5 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
 __all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder", "text_to_image", "image_to_image",
            "pack_latents",
            "unpack_latents", "latent_image_ids", "calculate_shift", "read_flux_loras", "FLUX_PIPELINE_GUIDANCE",
-           "FLUX_PIPELINE_STEPS", "FLUX_IMG2IMG_STRENGTH", "FLUX_IMG2IMG_GUIDANCE", "MAX_SEQUENCE_LENGTH"]
+           "FLUX_PIPELINE_STEPS", "FLUX_IMG2IMG_STRENGTH", "FLUX_IMG2IMG_GUIDANCE", "MAX_SEQUENCE_LENGTH",
+           "given_embeds"]

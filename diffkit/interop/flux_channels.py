@@ -23,6 +23,11 @@ concatenates in diffkit's unpacked (B, C, h, w) space before :class:`~.flux.Flux
   E(c) a posterior draw (the pipeline's ``latent_dist.sample(generator)``; here sample i's from the generator
   ``control_seed + i``, as diffkit's FLUX ControlNets, :func:`.flow_controlnet.control_latents`) or its mean.
   Otherwise FluxPipeline's text-to-image loop (28 steps, guidance 3.5); no true CFG, IP-Adapter or ControlNet.
+  Edits (``FluxControlImg2ImgPipeline``, with a mask ``FluxControlInpaintPipeline``): FLUX img2img / inpainting
+  (:func:`.flux.image_to_image`: strength 0.6, 28 steps, the embedded guidance 7.0) with the control latents
+  concatenated at every step; image i's generator draws, in the pipelines' order, (inpainting only) the masked
+  image's posterior, which that pipeline computes and never uses, then the control image's posterior, the image's
+  posterior and the noise (:func:`control_cond` with ``generators``).
 """
 from __future__ import annotations
 
@@ -121,14 +126,22 @@ class ControlImage(PerPromptImages):
         return cls([[open_control_image(one) for one in entry]])
 
 
-def control_cond(flux, image, shape: tuple, seed: int = 0, posterior: str = "sample", control_rows=None) -> dict:
+def control_cond(flux, image, shape: tuple, seed: int = 0, posterior: str = "sample", control_rows=None,
+                 generators=None, masked_draw: bool = False) -> dict:
     """{:data:`CONTROL_KEY`: (B, C, h, w)} of latents ``shape``: the control image's latents (module docstring),
     sample i's posterior draw from ``seed + i`` (:func:`.flow_controlnet.control_latents`, shared with the FLUX
-    ControlNets), the image per prompt by ``control_rows``."""
+    ControlNets), the image per prompt by ``control_rows``. ``generators``: sample i's edit generator instead (one
+    per sample), which draws on after this (the image's posterior, the noise); ``masked_draw``: first one standard
+    normal draw of the latents' shape from each, FluxControlInpaintPipeline's unused masked-image posterior
+    (``prepare_mask_latents`` before the control image)."""
+    from ..noise import randn
     from .flow_controlnet import control_latents
-    f, (batch, _, h, w) = flux.vae_scale_factor, shape
+    f, (batch, channels, h, w) = flux.vae_scale_factor, shape
+    if masked_draw:
+        for generator in generators:
+            randn((1, channels, h, w), generator)
     latents = control_latents(flux, ControlImage.of(image), h * f, w * f, batch, 1, seed, posterior, None,
-                              control_rows)
+                              control_rows, generators)
     return {CONTROL_KEY: latents[0, :, 0]}
 
 
@@ -136,8 +149,8 @@ def check_variant_options(kind: Optional[str], mask=None, control_image=None, co
                           negative_prompt=None, edit: bool = False) -> None:
     """One line for what a Fill / Depth / Canny folder (``kind``: ``Flux.variant`` or :func:`folder_variant`) does
     not take, or a ``control_image`` on another: Fill only inpaints (an edit with ``mask``), Depth / Canny sample
-    from text with ``control_image``; neither takes a ControlNet, an IP-Adapter or true CFG (a negative prompt),
-    which their pipelines lack."""
+    from text or edit (img2img, inpainting with ``mask``) with ``control_image``; neither takes a ControlNet, an
+    IP-Adapter or true CFG (a negative prompt), which their pipelines lack."""
     if control_image is not None and kind != FLUX_CONTROL:
         raise DiffkitError("control_image (--control-image without --controlnet) feeds a FLUX.1 Depth / Canny "
                            "transformer (FluxControlPipeline); this folder has none: use such a folder, or give "
@@ -151,9 +164,11 @@ def check_variant_options(kind: Optional[str], mask=None, control_image=None, co
     if kind == FLUX_FILL and not (edit and mask is not None):
         raise DiffkitError(f"this is {WHAT[kind]}: it only inpaints; use diffkit edit --images PNG --mask PNG "
                            f"(white = repaint), library image_to_image(mask=)")
-    if kind == FLUX_CONTROL and (edit or control_image is None):
-        raise DiffkitError(f"this is {WHAT[kind]}: it samples from text with a control image; use diffkit sample "
-                           f"--control-image PNG, library text_to_image(control_image=)")
+    if kind == FLUX_CONTROL and control_image is None:
+        raise DiffkitError(f"this is {WHAT[kind]}: it samples from text with a control image (or edits with one: "
+                           f"diffkit edit --images PNG --control-image PNG [--mask PNG]); use diffkit sample "
+                           f"--control-image PNG, library text_to_image(control_image=) / "
+                           f"image_to_image(control_image=)")
 
 
 __all__ = ["FLUX_FILL", "FLUX_CONTROL", "FLUX_FILL_GUIDANCE", "FLUX_FILL_STEPS", "FLUX_FILL_STRENGTH", "CONTROL_KEY",
