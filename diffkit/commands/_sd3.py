@@ -240,6 +240,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     if not flux:
         check_inpainting_transformer(directory, args.mask, args.controlnets)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
+    if args.height is None and args.width is None:  # the images' own size: its multiple and limit hint the flags
+        from ._image_size import edit_size
+        edit_size(directory, None, None, files[0])
     count = len(files)
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     check_edit_ip_adapter(ip_adapter, args, flux)
