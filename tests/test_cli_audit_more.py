@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from test_cli_errors import one_line_error  # noqa: E402
 from test_controlnet import control_png, tiny_controlnet  # noqa: E402
-from test_interop_apg import assert_calls_are_diffusers_apg_guider, recorded_guided_calls  # noqa: E402
+from test_interop_apg import assert_calls_are_diffusers_apg_guider  # noqa: E402
 from test_interop_diffusers import relative_error, tiny_sd_pipeline  # noqa: E402
 from test_interop_flux import tiny_flux_pipeline  # noqa: E402
 from test_interop_sd3 import tiny_sd3_pipeline  # noqa: E402
@@ -131,8 +131,8 @@ def test_sd3_sizes_past_pos_embed_max_size_name_the_flags(tiny, tmp_path, capsys
     line = one_line_error(capsys, *edit, "--images", tiny / "big.png")
     assert line.endswith("the images are 128x128: their height 128 is past 64 (the transformer's pos_embed_max_size "
                          "16 patches of 4 pixels); give --height / --width (at most 64) to resize them"), line
-    needle = "height x width 16x32 is not allowed with --controlnet number 1: give --height / --width at most 16 (its " \
-             "pos_embed_max_size 4 patches of 4 pixels)"
+    needle = ("height x width 16x32 is not allowed with --controlnet number 1: give --height / --width at most 16 "
+              "(its pos_embed_max_size 4 patches of 4 pixels)")
     line = one_line_error(capsys, "sample", "--checkpoint", tiny / "sd3", "--prompt", "a cat", "--steps", "2",
                           "--controlnet", tiny / "cn4", "--control-image", tiny / "control.png", "--width", "32",
                           "--out", out / "s.png", "--no-progress")
