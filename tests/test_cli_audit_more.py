@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from test_cli_errors import one_line_error  # noqa: E402
 from test_controlnet import control_png, tiny_controlnet  # noqa: E402
-from test_interop_apg import assert_calls_are_diffusers_apg_guider  # noqa: E402
+from test_interop_apg import assert_calls_are_diffusers_apg_guider, recorded_guided_calls  # noqa: E402
 from test_interop_diffusers import relative_error, tiny_sd_pipeline  # noqa: E402
 from test_interop_flux import tiny_flux_pipeline  # noqa: E402
 from test_interop_sd3 import tiny_sd3_pipeline  # noqa: E402
@@ -193,23 +193,6 @@ def test_sd3_controlnet_on_a_dynamic_shifting_folder_matches_the_pipeline(tiny, 
 
 
 # ------------------------------------------------------------------ 5. APG in SD 1.x edits with adapters
-def _pag_recorded(monkeypatch, run) -> list:
-    """(guide, x, t, cond, perturbed, prediction) of every guided call of ``run()`` (PAG's (guidance, s) too)."""
-    from diffkit.guidance import ClassifierFreeGuidance
-    calls, guide_call = [], ClassifierFreeGuidance._guide
-
-    def recording(self, x, t, y, cond, perturbed=None):
-        pred = guide_call(self, x, t, y, dict(cond), perturbed)
-        calls.append((self, x.clone(), t, y, dict(cond), pred, perturbed))
-        return pred
-    monkeypatch.setattr(ClassifierFreeGuidance, "_guide", recording)
-    try:
-        run()
-    finally:
-        monkeypatch.undo()
-    return calls
-
-
 @pytest.mark.parametrize("extra, net", [
     (["--controlnet", "{sd}/cn", "--control-image", "{root}/control.png"], "ControlledNet"),
     (["--controlnet", "{sd}/cn", "--control-image", "{root}/control.png", "--mask", "{root}/control.png"],
@@ -226,7 +209,7 @@ def test_apg_in_an_sd_edit_with_a_controlnet_ip_adapter_or_pag_is_diffusers_guid
     argv = ["edit", "--checkpoint", tiny / "sd" / "folder", "--images", tiny / "in", "--prompt", "a cat", "--steps",
             "4", "--strength", "0.75", "--guidance-scale", "5", "--apg-eta", "0.25", "--apg-norm-threshold", "0.5",
             "--apg-momentum", "-0.5", "--no-progress", "--out", tmp_path / "out", *flags]
-    calls = _pag_recorded(monkeypatch, lambda: main([str(a) for a in argv]))
+    calls = recorded_guided_calls(monkeypatch, lambda: main([str(a) for a in argv]), with_perturbed=True)
     assert len(calls) == 3 and (tmp_path / "out" / "edit_00001.png").is_file()
     if net is not None:
         assert all(type(call[0].inner.net).__name__ == net for call in calls)  # the adapter acts in both passes
