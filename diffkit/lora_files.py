@@ -75,14 +75,39 @@ def check_scale(scale, what: str = "LoRA scale") -> float:
     return float(check_float32(what, scale))
 
 
+def first_non_finite(tensors: dict):
+    """The key of the first floating-point tensor of ``tensors`` holding NaN or +-inf, None if there is none. One
+    ``torch.aminmax`` pass a tensor (NaN propagates to both, an infinity is the min or the max): about 20 GB/s on one
+    CPU core, against 1.6 GB/s for ``torch.isfinite(t).all()``, which writes a bool tensor first (BENCHMARKS.md
+    "Refusing non-finite weights at load"); a tensor shared under two names is read once."""
+    seen = set()
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0 \
+                or value.device.type == "meta":
+            continue
+        where = (value.data_ptr(), value.numel(), value.dtype)
+        if where in seen:
+            continue
+        seen.add(where)
+        low, high = torch.aminmax(value.detach())
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+            return key
+    return None
+
+
+def non_finite_error(flag: str, path, key: str) -> DiffkitError:
+    """The one line for tensor ``key`` of the file ``path`` (given as ``flag``) holding NaN or infinite values."""
+    return DiffkitError(f"{flag} {path}: tensor {key!r} holds NaN or infinite values; the file is damaged "
+                        f"(give a file of finite weights)")
+
+
 def check_finite_tensors(path, tensors: dict, flag: str = "--lora") -> dict:
     """``tensors`` of the adapter file ``path`` (given as ``flag``) if every float tensor is finite; one line naming
     the first that is not (a damaged file merged NaN into the network, and the run drew black images after a
     warning)."""
-    for key, value in tensors.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise DiffkitError(f"{flag} {path}: tensor {key!r} holds NaN or infinite values; the file is damaged "
-                               f"(give a file of finite weights)")
+    key = first_non_finite(tensors)
+    if key is not None:
+        raise non_finite_error(flag, path, key)
     return tensors
 
 

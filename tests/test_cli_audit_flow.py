@@ -93,7 +93,7 @@ def test_sd3_cli_refusals_of_the_audit(tiny_sd3, tmp_path, capsys):
                                           "pos_embed_max_size 16 patches of 4 pixels)"),
             (edit + ["--width", "128"], "--width 128 is not allowed; give at most 64"),
             (sample + ["--controlnet", str(nan), "--control-image", str(tmp_path / "in.png")],
-             f"--controlnet {nan}: tensor 'controlnet_blocks.0.weight' holds NaN or infinite values"),
+             f"--controlnet {weights}: tensor 'controlnet_blocks.0.weight' holds NaN or infinite values"),
             (sample + ["--controlnet", str(flux_net)], "holds a 'FluxControlNetModel'; allowed: a diffusers "
                                                        "SD3ControlNetModel folder")):
         assert needle in one_line_error(capsys, *argv), argv

@@ -84,13 +84,14 @@ def _separate_passes(guide, x, t, y, cond):
     return guide.inner(x, t, **c), guide.inner(x, t, **n)
 
 
-def recorded_guided_calls(monkeypatch, run) -> list:
-    """(guide, x, t, y, cond, guided prediction) of every guided call of ``run()``."""
+def recorded_guided_calls(monkeypatch, run, with_perturbed: bool = False) -> list:
+    """(guide, x, t, y, cond, guided prediction) of every guided call of ``run()``; ``with_perturbed``: and PAG's
+    (guidance, per-sample scale), or None, last."""
     calls, guide_call = [], ClassifierFreeGuidance._guide
 
     def recording(self, x, t, y, cond, perturbed=None):
         pred = guide_call(self, x, t, y, dict(cond), perturbed)
-        calls.append((self, x.clone(), t, y, dict(cond), pred))
+        calls.append((self, x.clone(), t, y, dict(cond), pred) + ((perturbed,) if with_perturbed else ()))
         return pred
     monkeypatch.setattr(ClassifierFreeGuidance, "_guide", recording)
     try:

@@ -106,9 +106,11 @@ def edit_size(checkpoint, height: Optional[int], width: Optional[int], first_ima
     limit = size_limit(checkpoint)
     for flag, value in size.items():
         if limit is not None and value > limit[0]:
-            given = {"--height": height, "--width": width}[flag] is not None
-            what = f"{flag} {value}" if given else f"the images' {flag[2:]} {value} (give {flag} to resize them)"
-            raise DiffkitError(f"{what} is not allowed; give at most {limit[0]} ({limit[1]})")
+            if {"--height": height, "--width": width}[flag] is not None:
+                raise DiffkitError(f"{flag} {value} is not allowed; give at most {limit[0]} ({limit[1]})")
+            raise DiffkitError(f"the images are {own['--width']}x{own['--height']}: their {flag[2:]} {value} is past "
+                               f"{limit[0]} ({limit[1]}); give --height / --width (at most {limit[0]}) to resize "
+                               f"them")
     return size["--height"], size["--width"]
 
 

@@ -264,6 +264,9 @@ def edit_sd3(args, flux: bool = False) -> int:
         check_variant_options(variant, args.mask, args.control_images if variant == FLUX_CONTROL else None,
                               args.controlnets, args.ip_adapter, args.negative_prompt, edit=True)
     images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipelines' processors do
+    if args.height is None and args.width is None:  # the images' own size: its multiple and limit hint the flags
+        from ._image_size import edit_size
+        edit_size(directory, None, None, files[0])
     count = len(files)
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     check_edit_ip_adapter(ip_adapter, args, flux)

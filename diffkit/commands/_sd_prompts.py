@@ -112,6 +112,9 @@ def _check_flux(request, given: list, checkpoint) -> None:
             "" if scale is None else f" with --true-cfg-scale {scale:g}")
         raise DiffkitError(f"{given} is not allowed on a FLUX folder: its true CFG takes both --true-cfg-scale S > 1 "
                            f"and --negative-prompt ('' for the empty one), or neither")
+    if request.negative_prompt_2 is not None and negative is None:  # (it was ignored, as FluxPipeline does)
+        raise DiffkitError(f"--negative-prompt-2 {request.negative_prompt_2!r} feeds only true CFG's negative pass on "
+                           f"a FLUX folder; give --true-cfg-scale S > 1 with --negative-prompt, or drop it")
     _check_counts(request)
 
 

@@ -53,8 +53,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
             "flux_image_to_image": ("flux", "image_to_image")}
 
-__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["from_pretrained", "library_progress_bars", "load_weights_pickle",
-                                                  "model_dtype", "require"]
+__all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
+                                                  "load_weights_pickle", "model_dtype", "require", "weights_file"]
 
 
 def require(module: str = "diffusers"):
@@ -111,13 +111,14 @@ def _library_logs_held():
         logging.getLogger(record.name).handle(record)
 
 
-def from_pretrained(cls, directory, **kwargs):
+def from_pretrained(cls, directory, flag: str = "--checkpoint", **kwargs):
     """``cls.from_pretrained(directory, **kwargs)`` (local files only) with a one-line DiffkitError
-    when the folder's weights or configuration are missing or unreadable. diffkit's callers pass
+    when the folder's weights or configuration are missing or unreadable, or hold NaN or infinite values (a
+    damaged file drew black images silently: :func:`check_finite_model`, naming ``flag``). diffkit's callers pass
     ``use_safetensors=True``: weights come from ``.safetensors`` files only, never from a pickle."""
     try:
         with _library_logs_held():
-            return cls.from_pretrained(directory, **kwargs)
+            loaded = cls.from_pretrained(directory, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:  # diffusers / transformers: missing or bad files
         raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: "
                            f"{first_line(err, 200)}") from None
@@ -127,6 +128,40 @@ def from_pretrained(cls, directory, **kwargs):
             raise
         raise DiffkitError(f"could not load {getattr(cls, '__name__', cls)} from {str(directory)!r}: {detail}; "
                            f"give a folder whose weights are whole and fit its config.json") from None
+    return check_finite_model(loaded, directory, flag)
+
+
+def check_finite_model(model, directory, flag: str = "--checkpoint"):
+    """``model`` (anything ``from_pretrained`` gives; a tokenizer passes) if its weights are finite; else one line
+    naming the ``.safetensors`` file of ``directory`` that holds the first bad tensor and the tensor
+    (:func:`diffkit.lora_files.first_non_finite`: one ``aminmax`` pass a tensor, BENCHMARKS.md "Refusing non-finite
+    weights at load")."""
+    import torch
+
+    from ..lora_files import first_non_finite, non_finite_error
+    if not isinstance(model, torch.nn.Module):
+        return model
+    key = first_non_finite(model.state_dict())
+    if key is not None:
+        raise non_finite_error(flag, weights_file(directory, key), key)
+    return model
+
+
+def weights_file(directory, key: str):
+    """The ``.safetensors`` file of the diffusers / transformers folder ``directory`` holding tensor ``key`` (a
+    sharded folder's ``*.safetensors.index.json`` says which; a folder of one such file: that one), else the folder."""
+    import json
+    from pathlib import Path
+    directory = Path(directory)
+    for index in sorted(directory.glob("*.safetensors.index.json")):
+        try:
+            shard = json.loads(index.read_text()).get("weight_map", {}).get(key)
+        except (OSError, ValueError, AttributeError):
+            shard = None
+        if isinstance(shard, str):
+            return directory / shard
+    files = sorted(directory.glob("*.safetensors"))
+    return files[0] if len(files) == 1 else directory
 
 
 def damaged_weights(err: BaseException):
@@ -154,7 +189,8 @@ def load_weights_pickle(path, flag: str):
             detail = f"no torch zip or pickle file (KeyError {detail})"
         marker = "WeightsUnpickler error:"  # a refused global: torch gives the reason after advice to load unsafely
         if marker in str(err):
-            detail = str(err).split(marker, 1)[1].strip().split(". ")[0][:100]
+            import re
+            detail = re.split(r"\. |\n| Check the documentation", str(err).split(marker, 1)[1].strip())[0][:100]
         raise DiffkitError(f"{flag} {path} is not a plain tensor file (torch.load weights_only: {detail})") from None
 
 

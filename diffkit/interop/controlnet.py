@@ -59,15 +59,12 @@ def load_model_folder(class_name: str, directory: Union[str, Path], device="cpu"
                       dtype: torch.dtype = torch.float32, progress: bool = True):
     """A diffusers ``class_name`` folder (``config.json`` + ``.safetensors``; never a pickle or a download), for
     inference; weights holding NaN or infinities are one line (a damaged file drew black images after a warning)."""
-    from ..lora_files import check_finite_tensors
     diffusers = require("diffusers")
-    with library_progress_bars(progress):
-        model = from_pretrained(getattr(diffusers, class_name), directory, local_files_only=True, torch_dtype=dtype,
-                                use_safetensors=True, low_cpu_mem_usage=False)
-    model = model.to(device).eval().requires_grad_(False)
     flag = "--t2i-adapter" if class_name == "T2IAdapter" else "--controlnet"
-    check_finite_tensors(directory, model.state_dict(), flag)
-    return model
+    with library_progress_bars(progress):
+        model = from_pretrained(getattr(diffusers, class_name), directory, flag, local_files_only=True,
+                                torch_dtype=dtype, use_safetensors=True, low_cpu_mem_usage=False)
+    return model.to(device).eval().requires_grad_(False)
 
 
 def check_controlnet_folder(directory: Union[str, Path]) -> dict:

@@ -558,8 +558,8 @@ def _read_folder(directory: Path):
     if model_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         hint = "for Stable Diffusion folders use diffkit.interop.load_stable_diffusion"
         raise DiffkitError(f"{unet_dir} holds a {model_config.get('_class_name')}; allowed: UNet2DModel ({hint})")
-    model = from_pretrained(diffusers.UNet2DModel, unet_dir, local_files_only=True, low_cpu_mem_usage=False,
-                            use_safetensors=True)  # never a pickle (.bin) from a folder
+    model = from_pretrained(diffusers.UNet2DModel, unet_dir, "--from-diffusers", local_files_only=True,
+                            low_cpu_mem_usage=False, use_safetensors=True)  # never a pickle (.bin) from a folder
     # the pipeline's scheduler, or for a bare unet/ folder its sibling ../scheduler
     candidates = [directory / "scheduler" / "scheduler_config.json"]
     if unet_dir == directory:

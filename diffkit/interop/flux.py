@@ -89,10 +89,18 @@ def scheduler_shift(config: dict, mu, h: int, w: int) -> float:
         return float(config.get("shift", 1.0))
     mu = mu()
     if config.get("time_shift_type", "exponential") == "exponential":
-        return math.exp(mu)
-    if mu <= 0:
+        shift = math.exp(min(mu, 709.0))  # (math.exp overflows past 709.78: refused below all the same)
+    elif mu <= 0:
         raise DiffkitError(f"the scheduler's linear time shift mu={mu:g} at latents {h}x{w} is not positive")
-    return mu
+    else:
+        shift = mu
+    from ..schedule import NoiseSchedule
+    try:  # a huge image's mu: every sigma 1 (the flow schedule's betas NaN, diffusers' sigmas 0 / 0)
+        NoiseSchedule.flow(int(config.get("num_train_timesteps", 1000)), shift)
+    except DiffkitError:
+        raise DiffkitError(f"the scheduler's resolution-dependent shift at latents {h}x{w} (mu={mu:.4g}, shift "
+                           f"{shift:.4g}) pushes every sigma to 1; give a smaller --height / --width") from None
+    return shift
 
 
 def pack_latents(z: torch.Tensor) -> torch.Tensor:
@@ -260,9 +268,10 @@ class Flux(FlowLatentVAE):
         diffusers = require("diffusers")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+        schedule = self.denoiser_for(h, w).schedule  # first: a shift past the flow schedule is one line
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w))
-        return flow_sigmas_grid(self.denoiser_for(h, w).schedule, scheduler.sigmas, steps)
+        return flow_sigmas_grid(schedule, scheduler.sigmas, steps)
 
     # ------------------------------------------------------------------ prompts
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
@@ -323,6 +332,9 @@ class Flux(FlowLatentVAE):
         if getattr(ip_adapter, "negative_image", None) is not None and true_cfg_scale <= 1:
             raise DiffkitError("a negative IP-Adapter image feeds only true CFG's negative pass; give true_cfg_scale "
                                "> 1 with a negative prompt, or drop it")
+        if negative_prompt_2 is not None and true_cfg_scale <= 1:  # (FluxPipeline ignores it then, silently)
+            raise DiffkitError(f"negative_prompt_2={negative_prompt_2!r} feeds only true CFG's negative pass; give "
+                               f"true_cfg_scale > 1 with a negative prompt, or drop it")
         context, pooled = self.encode_prompts(prompts, max_sequence_length, prompts_2) if embeds is None else embeds
         cond = {"context": context, "pooled": pooled}
         if self.guidance_embeds:
@@ -426,7 +438,9 @@ def read_flux_loras(lora) -> list:
     for path, scale in adapter_list(lora) if lora else []:
         tensors, meta = _read(path)
         bfl = is_bfl_lora(tensors)
-        read = parse_sd_lora(path, kohya_keys(path, tensors) if bfl else tensors, meta)
+        origin = {}  # {kohya key: the file's own}, for the messages of .flux_lora.transformer_adapters
+        read = parse_sd_lora(path, kohya_keys(path, tensors, origin) if bfl else tensors, meta)
+        read["origin"] = origin
         other = next((c for c in ("unet", "text_encoder_2") if read[c] and (c != "unet" or not bfl)), None)
         if other:
             raise DiffkitError(f"--lora {path} adapts the {other} ({next(iter(read[other].values()))[3]} keys), "

@@ -76,11 +76,12 @@ def bfl_targets(name: str):
     return (_TOP[name],) if name in _TOP else None
 
 
-def kohya_keys(path, tensors: dict) -> dict:
+def kohya_keys(path, tensors: dict, origin: dict = None) -> dict:
     """``tensors`` under kohya keys (``lora_unet_<bfl module>.lora_down.weight`` ..., ``lora_te_``): BFL / ComfyUI
     prefixes and PEFT's lora_A / lora_B renamed; a one-line error at the first key that is not a LoRA tensor of a
-    module diffusers converts (module docstring)."""
-    out, origin = {}, {}
+    module diffusers converts (module docstring). ``origin``: filled with {kohya key: the file's key}, so that later
+    errors name the file's own keys."""
+    out, origin = {}, {} if origin is None else origin
     for key in sorted(tensors):
         prefix = next((p for p in PREFIXES if key.startswith(p)), None)
         name, part = key, None
@@ -111,9 +112,11 @@ def transformer_adapters(path, read: dict, transformer) -> dict:
     modulation's halves swapped (module docstring); one-line errors for a layer the transformer lacks or an up
     matrix that does not fit."""
     layers = {n: m for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    named = read.get("origin", {})  # the file's own keys (BFL / PEFT names) of the kohya keys
     out = {}
     for name, (down, up, alpha, prefix, _) in read["unet"].items():
         key = f"{prefix}{name}.lora_down.weight"  # LoRA tensors only (kohya_keys refused any other)
+        key = named.get(key, key)
         targets = bfl_targets(name)
         missing = next((t for t in targets if t not in layers), None)
         if missing:
@@ -123,7 +126,8 @@ def transformer_adapters(path, read: dict, transformer) -> dict:
                                f"guidance_embeds={config.guidance_embeds})")
         sizes = [layers[t].out_features for t in targets]
         if up.ndim != 2 or up.shape[0] != sum(sizes):
-            raise DiffkitError(f"--lora {path}: {prefix}{name}.lora_up.weight is {tuple(up.shape)}; allowed: "
+            up_key = named.get(f"{prefix}{name}.lora_up.weight", f"{prefix}{name}.lora_up.weight")
+            raise DiffkitError(f"--lora {path}: {up_key} is {tuple(up.shape)}; allowed: "
                                f"({sum(sizes)}, r), the rows of {' + '.join(targets)}")
         if name == SWAPPED:
             up = torch.cat(up.chunk(2)[::-1])

@@ -124,8 +124,8 @@ def load_image_encoder(directory, device="cpu", dtype: torch.dtype = torch.float
     directory = image_encoder_folder(None, directory)
     transformers = require("transformers")
     with library_progress_bars(progress):
-        model = from_pretrained(transformers.CLIPVisionModelWithProjection, directory, local_files_only=True,
-                                torch_dtype=dtype, use_safetensors=True)
+        model = from_pretrained(transformers.CLIPVisionModelWithProjection, directory, "--image-encoder",
+                                local_files_only=True, torch_dtype=dtype, use_safetensors=True)
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -295,8 +295,9 @@ class StableDiffusion3(FlowLatentVAE):
             scheduler.set_timesteps(steps)
             return flow_sigmas_grid(self.schedule, scheduler.sigmas, steps)
         h, w = (h, w) if h is not None else self.latent_shape(1)[2:]
+        schedule = self.denoiser_for(h, w).schedule  # first: a shift past the flow schedule is one line
         scheduler.set_timesteps(steps, mu=self.mu(h, w))
-        return flow_sigmas_grid(self.denoiser_for(h, w).schedule, scheduler.sigmas, steps)
+        return flow_sigmas_grid(schedule, scheduler.sigmas, steps)
 
 
 def _per_prompt(other, prompts: list, name: str) -> list:
@@ -471,9 +472,6 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
     noise, shape = start_latents(sd3, latents, len(prompts), height, width)
-    if sd3.dynamic_shifting and controlnet is not None:
-        raise DiffkitError("an SD3 ControlNet with a scheduler with use_dynamic_shifting=true is not supported "
-                           "(StableDiffusion3ControlNetPipeline passes no mu); give a folder with a fixed shift")
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, SD3_PIPELINE_STEPS,
                                          lambda n: sd3.scheduler_grid(n, *shape[2:]),
                                          options.get("flow_shift"))

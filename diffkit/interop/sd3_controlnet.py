@@ -90,6 +90,21 @@ def check_sd3_controlnets(models: list, transformer, vae, extra: int = 0) -> Non
                                    f"one's for all: give ControlNets that agree")
 
 
+def check_controlnet_size(models: list, h: int, w: int, f: int) -> None:
+    """Each ControlNet's own position embedding (``use_pos_embed``, the default) covers latents h x w: at most
+    ``pos_embed_max_size`` patches a side (diffusers' ``PatchEmbed.cropped_pos_embed`` raises a ValueError past it,
+    mid-sampling); ``f`` the VAE factor. One line naming the ControlNet and the largest side in pixels otherwise."""
+    for index, model in enumerate(models):
+        most, patch = model.config.get("pos_embed_max_size"), int(model.config.get("patch_size", 2))
+        if model.config.get("use_pos_embed", True) is False or most is None:
+            continue
+        limit = int(most) * patch * f
+        if max(h, w) * f > limit:
+            raise DiffkitError(f"height x width {h * f}x{w * f} is not allowed with --controlnet number {index + 1}: "
+                               f"give --height / --width at most {limit} (its pos_embed_max_size {most} patches of "
+                               f"{patch * f} pixels)")
+
+
 class SD3ControlledNet(torch.nn.Module):
     """``net(x, t, context, pooled, control)``: the SD3 transformer (an :class:`.sd3.SD3Net`) with the summed,
     scaled block residuals of its ControlNets (module docstring). ``control``: (B, K, C, h, w), ControlNet k's
@@ -133,10 +148,12 @@ class SD3ControlledNet(torch.nn.Module):
 
 
 def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid, options: dict,
-                   inpainting: bool = False):
+                   inpainting: bool = False, size: Optional[tuple] = None):
     """A copy of ``sd3`` whose denoiser runs the transformer with ``controlnets`` (checked, one line otherwise);
     ``sampler`` / ``steps`` / ``nfe`` / ``grid`` / ``options``: the run's, which place a control guidance window;
-    ``inpainting``: inpainting ControlNets (module docstring: zero pooled text)."""
+    ``inpainting``: inpainting ControlNets (module docstring: zero pooled text). ``size``: the latents' (h, w); with
+    ``use_dynamic_shifting`` the copy's denoiser is on that size's schedule (:meth:`.sd3.StableDiffusion3.
+    denoiser_for`) and is what the copy's ``denoiser_for(h, w)`` gives."""
     if controlnets.guess_mode:
         raise DiffkitError("--guess-mode applies to Stable Diffusion ControlNets; StableDiffusion3ControlNetPipeline "
                            "has no guess mode")
@@ -145,14 +162,17 @@ def controlled_sd3(sd3, controlnets: ControlNets, sampler: str, steps, nfe, grid
         if model.config.get("use_pos_embed") is False and model.pos_embed is None:  # the pipeline's __init__
             model.pos_embed = model._get_pos_embed_from_transformer(sd3.transformer).to(
                 device=sd3.device, dtype=model.dtype)
-    net_grid, keeps = control_windows(controlnets, sd3.denoiser, sampler, steps, nfe, grid, options)
+    plain = sd3.denoiser_for(*(size or (None, None)))  # with a dynamic shift: the size's schedule
+    net_grid, keeps = control_windows(controlnets, plain, sampler, steps, nfe, grid, options)
     first = controlnets.models[0].config
-    net = SD3ControlledNet(sd3.denoiser.net, controlnets.models, controlnets.scales,
+    net = SD3ControlledNet(plain.net, controlnets.models, controlnets.scales,
                            inpainting or bool(first.get("force_zeros_for_pooled_projection")),
                            first.get("joint_attention_dim") is not None, net_grid, keeps)
-    denoiser = Denoiser(net, sd3.schedule, "flow_prediction")
+    denoiser = Denoiser(net, plain.schedule, "flow_prediction")
     denoiser.model = sd3.transformer
-    return replace(sd3, _denoiser=denoiser)
+    if plain is sd3.denoiser:
+        return replace(sd3, _denoiser=denoiser)
+    return replace(sd3, _denoiser=denoiser, _denoisers={sd3.shift(*size): denoiser})
 
 
 def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, sampler: str, steps, nfe, grid,
@@ -165,7 +185,9 @@ def controlnet_guidance(sd3, controlnets: ControlNets, guide, shape: tuple, samp
     prompt); ``shape``: the latents' (B, C, h, w). ``mask`` (1 or B, 1, H, W) at the output size, 1 = repaint:
     inpainting ControlNets (module docstring, :func:`inpainting_control`), both halves the same control."""
     check_choice("control posterior", posterior, POSTERIORS)
-    denoiser, cond = guide(controlled_sd3(sd3, controlnets, sampler, steps, nfe, grid, options, mask is not None))
+    check_controlnet_size(controlnets.models, shape[2], shape[3], sd3.vae_scale_factor)
+    denoiser, cond = guide(controlled_sd3(sd3, controlnets, sampler, steps, nfe, grid, options, mask is not None,
+                                          tuple(shape[2:])))
     guided = getattr(denoiser, "w", 0) != 0
     if mask is not None:
         cond["control"] = inpainting_control(sd3, controlnets, mask, shape, seed, posterior, control_rows)
@@ -207,4 +229,4 @@ def inpainting_control(sd3, controlnets: ControlNets, mask: torch.Tensor, shape:
 
 
 __all__ = ["SD3ControlledNet", "controlnet_guidance", "inpainting_control", "check_sd3_controlnet_folder",
-           "check_sd3_controlnets", "controlled_sd3", "SD3_CONTROLNET"]
+           "check_controlnet_size", "check_sd3_controlnets", "controlled_sd3", "SD3_CONTROLNET"]

@@ -83,7 +83,8 @@ def load_siglip_encoder(directory, device="cpu", dtype: torch.dtype = torch.floa
     directory = image_encoder_folder(None, directory, "siglip_vision_model")
     transformers = require("transformers")
     with library_progress_bars(progress):
-        model = from_pretrained(transformers.SiglipVisionModel, directory, local_files_only=True, torch_dtype=dtype)
+        model = from_pretrained(transformers.SiglipVisionModel, directory, "--image-encoder", local_files_only=True,
+                                torch_dtype=dtype)
         try:
             processor = transformers.SiglipImageProcessor.from_pretrained(directory, local_files_only=True)
         except OSError:

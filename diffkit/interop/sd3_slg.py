@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, check_float32
 
 SLG_SCALE, SLG_START, SLG_STOP = 2.8, 0.01, 0.2  # StableDiffusion3Pipeline's defaults
 
@@ -42,6 +42,7 @@ def check_slg(layers: Sequence[int], scale: float, start: float, stop: float, nu
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise DiffkitError(f"skip-layer guidance scale {scale!r} is not allowed; give a finite number >= 0 "
                            f"(default {SLG_SCALE})")
+    check_float32("skip-layer guidance scale", scale)  # (1e308 was named a perturbed-attention scale, later)
     for name, value in (("start", start), ("stop", stop)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise DiffkitError(f"skip-layer guidance {name} {value!r} is not allowed; give a fraction of the steps "
