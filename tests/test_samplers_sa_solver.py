@@ -115,8 +115,8 @@ def test_tau_one_samples_the_exact_marginal_of_gaussian_data():
     gaussian = GaussianMixture.random(4, 1, seed=3)
     den = Denoiser(gaussian.network(S), S)
     x_T = torch.randn(20000, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
-    out = diffkit.sample(den, x_T, "sa-solver", steps=100, final="sigma_min", generator=torch.Generator().manual_seed(2),
-                         progress=False)
+    out = diffkit.sample(den, x_T, "sa-solver", steps=100, final="sigma_min",
+                         generator=torch.Generator().manual_seed(2), progress=False)
     a0, s0 = S.alpha(0.0), S.sigma(0.0)
     assert_gaussian_moments(out, a0 * gaussian.means[0], a0 ** 2 * gaussian.covs[0] + s0 ** 2 * torch.eye(4, dtype=F64))
 
