@@ -136,3 +136,15 @@ def test_step_into_clean_data_is_the_last_x0_and_bad_options_are_one_line_errors
                        ({"tau_window": "middle"}, "tau_window='middle' is not allowed")]:
         with pytest.raises(DiffkitError, match=match):
             diffkit.sample(den, x, "sa-solver", steps=5, seed=0, progress=False, **bad)
+
+
+def test_sasolver_scheduler_grids_end_at_t_zero_and_a_repeated_last_sigma_is_refused():
+    """``grid_from_diffusers``: SASolverScheduler's last step ends at t = 0's sigma (no final_sigmas_type); with
+    use_karras_sigmas it repeats its last sigma (a zero-length last step): refused, naming diffkit's own grid."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.interop.schedulers import grid_from_diffusers
+    scheduler = diffusers.SASolverScheduler(use_karras_sigmas=True)
+    scheduler.set_timesteps(10)
+    with pytest.raises(DiffkitError, match="SASolverScheduler's last timestep is 0: .*repeats its last sigma.*"
+                                           "sa-solver spacing='karras'"):
+        grid_from_diffusers(scheduler)
