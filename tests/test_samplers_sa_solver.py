@@ -148,3 +148,20 @@ def test_sasolver_scheduler_grids_end_at_t_zero_and_a_repeated_last_sigma_is_ref
     with pytest.raises(DiffkitError, match="SASolverScheduler's last timestep is 0: .*repeats its last sigma.*"
                                            "sa-solver spacing='karras'"):
         grid_from_diffusers(scheduler)
+
+
+def test_cli_samples_with_sa_solver_and_its_tau_and_refuses_tau_for_other_samplers(tmp_path, capsys):
+    """``diffkit sample --sampler sa-solver [--tau T]``: tau 0 (the ODE) and the default 1 give other images
+    from the same seed; --tau with another sampler is a one-line error naming the sampler."""
+    from test_cli_errors import one_line_error, run_cli
+    from test_guidance import write_model_checkpoint
+    checkpoint = write_model_checkpoint(tmp_path / "m.safetensors", None)
+    common = ["sample", "--checkpoint", checkpoint, "--sampler", "sa-solver", "--steps", 3, "--num", 2, "--seed", 0,
+              "--no-progress"]
+    for name, extra in (("sde.png", []), ("ode.png", ["--tau", "0"])):
+        code, out, _ = run_cli(capsys, *common, "--out", tmp_path / name, *extra)
+        assert code == 0 and "sa-solver" in out
+    assert (tmp_path / "sde.png").read_bytes() != (tmp_path / "ode.png").read_bytes()
+    line = one_line_error(capsys, *common[:4], "tcd", "--tau", "0.5", "--out", tmp_path / "x.png")
+    assert line.endswith("--tau 0.5 sets the stochasticity of the sa-solver sampler, not of 'tcd'; give --sampler "
+                         "sa-solver") and not (tmp_path / "x.png").exists()
