@@ -26,8 +26,8 @@ with D_k = (m_k - m_0)/r_k, r_k = (lambda_k - lambda_t)/h, and the weights of Un
 (:func:`~diffkit.samplers.unipc.unipc_weights`, B(h) = hh): the exact order conditions
 (Theorem 3.1 of UniPC; SA-Solver's Lagrange integrals, Appendix B), except a_1 = 1/2 for a
 2-node predictor and a_p = 1/2 for a 2-node corrector -- the "modification that does not influence
-the convergence order, similar to UniPC" (an O(h^3) term) of the reference code and diffusers'
-``SASolverScheduler``, whose coefficients add exactly that term. At tau = 0 this is UniP-p + UniC-(c-1)
+the convergence order, similar to UniPC" (an O(h^3) term, "used only for few steps sampling") that
+diffusers' ``SASolverScheduler`` adds to its data-prediction coefficients: exactly that term. At tau = 0 this is UniP-p + UniC-(c-1)
 in bh1 form (no noise drawn).
 
 Orders warm up as diffusers' do: predictor min(p, i + 1), corrector (of step i, applied at step i + 1
