@@ -229,7 +229,8 @@ def scheduler_from_schedule(schedule: NoiseSchedule, prediction_type: str = "eps
 
 
 # schedulers whose last step always ends at t = 0's sigma (no final_sigmas_type), with diffkit's sampler
-_SIGMA_MIN_ONLY = {"DEISMultistepScheduler": "deis", "SASolverScheduler": "sa-solver"}
+# and a short name for the advice
+_SIGMA_MIN_ONLY = {"DEISMultistepScheduler": ("deis", "DEIS"), "SASolverScheduler": ("sa-solver", "SA-Solver")}
 
 
 def grid_from_diffusers(scheduler) -> torch.Tensor:
@@ -275,8 +276,8 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     if times[-1] <= end and name in _SIGMA_MIN_ONLY:
         raise DiffkitError(f"{name}'s last timestep is {times[-1].item():g}: with use_karras_sigmas, "
                            f"use_exponential_sigmas or use_beta_sigmas it repeats its last sigma (a last step of "
-                           f"length 0); give diffkit's {_SIGMA_MIN_ONLY[name]} spacing='karras' instead, or "
-                           f"{name} without those options")
+                           f"length 0); give diffkit's {_SIGMA_MIN_ONLY[name][0]} spacing='karras' instead, or "
+                           f"{_SIGMA_MIN_ONLY[name][1]} without those options")
     if times[-1] <= end:
         raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final noise "
                            f"level (t = {end:g}); use set_alpha_to_one=True, steps_offset=1 or "
