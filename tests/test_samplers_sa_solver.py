@@ -165,3 +165,72 @@ def test_cli_samples_with_sa_solver_and_its_tau_and_refuses_tau_for_other_sample
     line = one_line_error(capsys, *common[:4], "tcd", "--tau", "0.5", "--out", tmp_path / "x.png")
     assert line.endswith("--tau 0.5 sets the stochasticity of the sa-solver sampler, not of 'tcd'; give --sampler "
                          "sa-solver") and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("orders", [(2, 2), (3, 3), (4, 4), (2, 3)])
+def test_exact_weights_integrate_an_x0_linear_in_lambda_exactly(orders):
+    """With x0(lambda) = a + b lambda the probability-flow ODE in data prediction (eq. 9, tau = 0) has the closed
+    form x/sigma = x_T/sigma_T + [e^lambda (a + b (lambda - 1))] from lambda_T: every SA-Predictor and
+    SA-Corrector with >= 2 nodes integrates that x0 exactly with ``weights="exact"`` (the warm-up's first-order
+    predictor is corrected by the 2-node corrector; no lower-order final step), to 1e-10. diffusers' 2-node
+    a = 1/2 weights do not (off by more than 1e-3)."""
+    a = torch.tensor([0.3, -0.2, 0.5], dtype=F64)
+    b = torch.tensor([0.05, 0.1, -0.08], dtype=F64)
+
+    def net(x, t):
+        lam = S.log_snr(t.to(F64)).reshape(-1, 1)
+        return (a + b * lam).expand_as(x).to(x.dtype)
+    den = Denoiser(net, S, prediction_type="sample")
+    grid = torch.tensor([999.0, 700, 400, 250, 150, 90, 50, 25, 10, 0], dtype=F64)
+    x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    lam_T, lam_0 = S.log_snr(grid[0]), S.log_snr(grid[-1])
+
+    def antiderivative(lam):
+        return torch.exp(lam) * (a + b * (lam - 1.0))
+    exact = S.sigma(grid[-1]) * (x_T / S.sigma(grid[0]) + antiderivative(lam_0) - antiderivative(lam_T))
+    options = {"predictor_order": orders[0], "corrector_order": orders[1], "tau": 0.0, "lower_order_final": False}
+    ours = sa_solver(den, x_T.clone(), grid, weights="exact", **options)
+    torch.testing.assert_close(ours, exact, rtol=1e-10, atol=1e-10)
+    if 2 in orders:
+        assert (sa_solver(den, x_T.clone(), grid, **options) - exact).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("predictor", [True, False])
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_exact_weights_are_diffusers_lagrange_integrals_before_its_two_node_term(predictor, tau):
+    """Per node, ``sa_weights(..., "exact")`` is diffusers' ``get_coefficients_fn`` (the Lagrange basis in
+    absolute lambda against int e^{(1 + tau^2) lambda} lambda^k, eq. 13-16; run in float64 here), for 1-4 nodes;
+    ``"diffusers"`` weights are that plus, at 2 nodes, the term diffusers adds outside the function."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffkit.samplers.sa_solver import sa_weights
+    scheduler = diffusers.SASolverScheduler()
+    lam_t, h = -1.0, 0.4
+    lam_s, earlier = lam_t + h, [-1.3, -1.7, -2.2]
+    c2, t2 = 1.0 + tau ** 2, tau ** 2
+    alpha_s = 1.0 / np.sqrt(1.0 + np.exp(-2 * lam_s))
+    sigma_s = alpha_s * np.exp(-lam_s)
+    hh = -c2 * h
+    unit = c2 * sigma_s * np.exp(-t2 * lam_s)  # diffusers' factor in front of its coefficients
+    for nodes in range(1, 5):
+        extra = nodes - 1 if predictor else nodes - 2
+        if extra < 0:
+            continue
+        rks = [(lam - lam_t) / h for lam in earlier[:extra]]
+
+        def per_node(weights):
+            """The coefficient of each x0: (corrector: the new one,) m_0 at lambda_t, the earlier ones."""
+            b_h, w = sa_weights(rks, hh, predictor, weights)
+            new = [] if predictor else [-alpha_s * b_h * w[-1]]
+            earlier_coefs = [-alpha_s * b_h * a / r for a, r in zip(w, rks)]
+            return np.array(new + [-alpha_s * np.expm1(hh) - sum(earlier_coefs) - sum(new)] + earlier_coefs)
+        lambdas = ([] if predictor else [lam_s]) + [lam_t] + earlier[:extra]
+        theirs = scheduler.get_coefficients_fn(nodes, torch.tensor(lam_t, dtype=F64), torch.tensor(lam_s, dtype=F64),
+                                               [torch.tensor(v, dtype=F64) for v in lambdas], tau)
+        theirs = np.array([float(v) for v in theirs]) * unit
+        np.testing.assert_allclose(per_node("exact"), theirs, rtol=1e-9, atol=1e-12)
+        if nodes == 2:  # diffusers' term, from stochastic_adams_bashforth_update / _moulton_update
+            inner = (h * c2 - 1 + np.exp(-c2 * h)) / c2 ** 2
+            term = (h ** 2 / 2 - inner) / (lam_t - earlier[0]) if predictor else h / 2 - inner / h
+            term = np.exp(c2 * lam_s) * term
+            theirs = theirs + unit * term * np.array([1.0, -1.0])
+        np.testing.assert_allclose(per_node("diffusers"), theirs, rtol=1e-9, atol=1e-12)

@@ -27,7 +27,8 @@ with D_k = (m_k - m_0)/r_k, r_k = (lambda_k - lambda_t)/h, and the weights of Un
 (Theorem 3.1 of UniPC; SA-Solver's Lagrange integrals, Appendix B), except a_1 = 1/2 for a
 2-node predictor and a_p = 1/2 for a 2-node corrector -- the "modification that does not influence
 the convergence order, similar to UniPC" (an O(h^3) term, "used only for few steps sampling") that
-diffusers' ``SASolverScheduler`` adds to its data-prediction coefficients: exactly that term. At tau = 0 this is UniP-p + UniC-(c-1)
+diffusers' ``SASolverScheduler`` adds to its data-prediction coefficients: exactly that term
+(``weights="exact"`` keeps the exact weights there: eq. 13-16 as written). At tau = 0 this is UniP-p + UniC-(c-1)
 in bh1 form (no noise drawn).
 
 Orders warm up as diffusers' do: predictor min(p, i + 1), corrector (of step i, applied at step i + 1
@@ -42,10 +43,23 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import DiffkitError, check_range
+from ..errors import DiffkitError, check_choice, check_range
 from ..noise import randn_like
-from .common import GridScalars, multistep_orders, report, steps
+from .common import GridScalars, exponential_adams_weights, multistep_orders, report, steps
 from .unipc import unipc_weights
+
+WEIGHTS = ("diffusers", "exact")
+
+
+def sa_weights(rks: Sequence[float], hh: float, predictor: bool, weights: str):
+    """(B(h) = hh, weights) of the SA-Predictor (``predictor=True``: the earlier nodes ``rks``) or the
+    SA-Corrector (``rks``, then the new node r = 1): ``"diffusers"``, UniPC-bh1's (a = 1/2 for two
+    nodes, as diffusers' SASolverScheduler); ``"exact"``, the exact integral of the Lagrange polynomial
+    through every node (eq. 13-16 as written; :func:`~diffkit.samplers.common.exponential_adams_weights`)."""
+    if weights == "diffusers":
+        return unipc_weights(rks, hh, "bh1", predictor)
+    nodes = list(rks) if predictor else list(rks) + [1.0]
+    return hh, (exponential_adams_weights(nodes, hh, hh) if nodes else [])
 
 
 def _tau_schedule(grid_t: list, tau: float, tau_window: Optional[Sequence[float]]) -> list:
@@ -66,7 +80,8 @@ def _tau_schedule(grid_t: list, tau: float, tau_window: Optional[Sequence[float]
 
 def sa_solver(denoiser, x: torch.Tensor, grid: torch.Tensor, *, predictor_order: int = 2, corrector_order: int = 2,
               tau: float = 1.0, tau_window: Optional[Sequence[float]] = None, lower_order_final: bool = True,
-              cond: Optional[dict] = None, generator=None, callback=None, progress: bool = False) -> torch.Tensor:
+              weights: str = "diffusers", cond: Optional[dict] = None, generator=None, callback=None,
+              progress: bool = False) -> torch.Tensor:
     """SA-Solver in data prediction (see the module docstring): SA-Predictor of order
     ``predictor_order`` (1-4) and SA-Corrector of order ``corrector_order`` (1-4; its node count,
     the new evaluation included), one model call per step. ``tau`` >= 0 is the stochasticity (0: the
@@ -74,10 +89,13 @@ def sa_solver(denoiser, x: torch.Tensor, grid: torch.Tensor, *, predictor_order:
     whose start time lies in ``tau_window`` (all when None). With tau > 0 every step that does not
     end at clean data draws one xi, as diffusers' ``SASolverScheduler`` draws one per step. Defaults
     follow diffusers (predictor 2, corrector 2, data prediction, lower_order_final) with tau = 1 at
-    every step (the paper's SDE; diffusers' default ``tau_func`` is 1 on t in [200, 800] only)."""
+    every step (the paper's SDE; diffusers' default ``tau_func`` is 1 on t in [200, 800] only).
+    ``weights``: ``"diffusers"`` (default) or ``"exact"`` (:func:`sa_weights`; they differ only where a
+    predictor or corrector has two nodes)."""
     check_range("predictor_order", predictor_order, 1, 4, integer=True)
     check_range("corrector_order", corrector_order, 1, 4, integer=True)
     check_range("tau", tau, 0.0, None)
+    check_choice("weights", weights, WEIGHTS)
     cond = cond or {}
     c = GridScalars.of(denoiser.schedule, grid)
     lam = c.log_snr
@@ -96,7 +114,7 @@ def sa_solver(denoiser, x: torch.Tensor, grid: torch.Tensor, *, predictor_order:
         t2 = taus[i] ** 2
         hh = -(1.0 + t2) * h
         rks = [(lam[i - k] - lam[i]) / h for k in range(1, pred_orders[i])]
-        b_h, w = unipc_weights(rks, hh, "bh1", predictor=True)
+        b_h, w = sa_weights(rks, hh, True, weights)
         plan.append((math.exp(-t2 * h) * c.sigma[i + 1] / c.sigma[i], -c.alpha[i + 1] * math.expm1(hh),
                      c.sigma[i + 1] * math.sqrt(-math.expm1(-2.0 * t2 * h)),
                      [-c.alpha[i + 1] * b_h * a / r for a, r in zip(w, rks)]))
@@ -106,7 +124,7 @@ def sa_solver(denoiser, x: torch.Tensor, grid: torch.Tensor, *, predictor_order:
             if order == 1:  # the new evaluation alone: its constant, integrated exactly
                 b_h, w = hh, [math.expm1(hh) / hh]
             else:
-                b_h, w = unipc_weights(rks, hh, "bh1", predictor=False)
+                b_h, w = sa_weights(rks, hh, False, weights)
             corr_plan.append((-c.alpha[i + 1] * b_h * w[-1], [-c.alpha[i + 1] * b_h * a / r for a, r in zip(w, rks)]))
 
     def first_order(x_from, j, m0, xi):
