@@ -234,3 +234,14 @@ def test_exact_weights_are_diffusers_lagrange_integrals_before_its_two_node_term
             term = np.exp(c2 * lam_s) * term
             theirs = theirs + unit * term * np.array([1.0, -1.0])
         np.testing.assert_allclose(per_node("diffusers"), theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_the_gaussian_benchmark_prints_its_table(monkeypatch, capsys):
+    """benchmarks/sa_solver_gaussian.py (docs/samplers.md, "Few steps") on 200 samples and 2 steps: one row per
+    sampler, finite errors."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("sa_solver_gaussian")
+    bench.main(["--samples", "200", "--steps", "2,3"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(bench.ROWS) and all("nan" not in row for row in rows)
