@@ -476,8 +476,8 @@ def add_solver_flags(parser: argparse.ArgumentParser, adaptive: bool = True) -> 
 def tolerance_options(args, info) -> dict:
     """The sampler options given by :func:`add_solver_flags`' flags (those a command registered):
     ``rtol`` / ``atol``, a one-line error when the sampler (``info``) is not adaptive, ``gamma`` (a command's
-    ``--gamma``), one when it is not tcd, and ``restarts``, one when it is not restart. With ``restarts``,
-    ``info.with_options(options)`` has its NFE rule."""
+    ``--gamma``), one when it is not tcd, ``tau`` (``--tau``), one when it is not sa-solver, and ``restarts``,
+    one when it is not restart. With ``restarts``, ``info.with_options(options)`` has its NFE rule."""
     options = {}
     for name in ("rtol", "atol"):
         if getattr(args, name, None) is not None:
@@ -490,6 +490,11 @@ def tolerance_options(args, info) -> dict:
             raise DiffkitError(f"--gamma {args.gamma:g} sets the stochasticity of the tcd sampler, not of "
                                f"{info.name!r}; give --sampler tcd")
         options["gamma"] = args.gamma
+    if getattr(args, "tau", None) is not None:
+        if info.name != "sa-solver":
+            raise DiffkitError(f"--tau {args.tau:g} sets the stochasticity of the sa-solver sampler, not of "
+                               f"{info.name!r}; give --sampler sa-solver")
+        options["tau"] = args.tau
     if getattr(args, "restarts", None) is not None:
         if info.name != "restart":
             raise DiffkitError(f"--restarts sets the intervals of the restart sampler, not of {info.name!r}; give "

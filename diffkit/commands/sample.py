@@ -89,6 +89,8 @@ def register(sub) -> None:
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     p.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
                    "diffusers' eta; 0 = deterministic)")
+    p.add_argument("--tau", type=non_negative_float, help="--sampler sa-solver: its stochasticity tau >= 0 at every "
+                   "step (default 1, the reverse SDE; 0 = the probability-flow ODE, deterministic)")
     add_solver_flags(p)
     add_flow_shift_flag(p)
     add_thresholding_flag(p)
@@ -226,7 +228,7 @@ def run(args) -> int:
     sampler, args.steps = default_sampling(checkpoint, args.sampler, args.steps, args.nfe, args.spacing,
                                            args.scheduler)  # its header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)  # validate before loading
-    options = tolerance_options(args, info)  # --rtol / --atol, --gamma, --restarts: each for its sampler
+    options = tolerance_options(args, info)  # --rtol / --atol, --gamma, --tau, --restarts: each its sampler's
     if "restarts" in options:
         info = info.with_options(options)  # its NFE rule (none: heun's)
     if args.nfe is not None:

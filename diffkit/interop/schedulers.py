@@ -228,6 +228,11 @@ def scheduler_from_schedule(schedule: NoiseSchedule, prediction_type: str = "eps
     return cls(**config)
 
 
+# schedulers whose last step always ends at t = 0's sigma (no final_sigmas_type), with diffkit's sampler
+# and a short name for the advice
+_SIGMA_MIN_ONLY = {"DEISMultistepScheduler": ("deis", "DEIS"), "SASolverScheduler": ("sa-solver", "SA-Solver")}
+
+
 def grid_from_diffusers(scheduler) -> torch.Tensor:
     """diffkit's time grid for a diffusers scheduler after ``set_timesteps``: its evaluation
     timesteps (repeats removed: PNDM's skip_prk_steps evaluates its second timestep twice, the
@@ -235,7 +240,7 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     PRK steps its base grid, whose half steps diffkit's ``pndm`` makes itself) followed by the
     target of the last step: -1 (clean data: ``final_alpha_cumprod = 1``, ``final_sigmas_type =
     "zero"``) or 0 (``alphas_cumprod[0]``, ``final_sigmas_type = "sigma_min"``, and
-    ``DEISMultistepScheduler``, which has no other end). KDPM2's grid,
+    ``DEISMultistepScheduler`` and ``SASolverScheduler``, which have no other end). KDPM2's grid,
     which interleaves midpoints, is refused (diffkit's ``dpm2`` makes its own)."""
     times = getattr(scheduler, "timesteps", None)
     # before set_timesteps a scheduler holds all T training timesteps and no num_inference_steps
@@ -266,12 +271,13 @@ def grid_from_diffusers(scheduler) -> torch.Tensor:
     if ddim_like and len(times) > 1 and times[-1] - stride >= 0:
         # DDIM / PNDM's last step also goes to t - T // S; final_alpha_cumprod only where that is < 0
         end = float(times[-1] - stride)
-    if config.get("final_sigmas_type") == "sigma_min" or name == "DEISMultistepScheduler":
-        end = 0.0  # DPMSolver*, UniPC, ... with sigma_min, and DEIS always: the last step ends at t = 0's sigma
-    if times[-1] <= end and name == "DEISMultistepScheduler":
-        raise DiffkitError(f"DEISMultistepScheduler's last timestep is {times[-1].item():g}: with use_karras_sigmas, "
+    if config.get("final_sigmas_type") == "sigma_min" or name in _SIGMA_MIN_ONLY:
+        end = 0.0  # DPMSolver*, UniPC, ... with sigma_min, and DEIS / SA-Solver always: the last step ends at t = 0
+    if times[-1] <= end and name in _SIGMA_MIN_ONLY:
+        raise DiffkitError(f"{name}'s last timestep is {times[-1].item():g}: with use_karras_sigmas, "
                            f"use_exponential_sigmas or use_beta_sigmas it repeats its last sigma (a last step of "
-                           f"length 0); give diffkit's deis spacing='karras' instead, or DEIS without those options")
+                           f"length 0); give diffkit's {_SIGMA_MIN_ONLY[name][0]} spacing='karras' instead, or "
+                           f"{_SIGMA_MIN_ONLY[name][1]} without those options")
     if times[-1] <= end:
         raise DiffkitError(f"the scheduler's last timestep {times[-1].item():g} leaves no step to its final noise "
                            f"level (t = {end:g}); use set_alpha_to_one=True, steps_offset=1 or "

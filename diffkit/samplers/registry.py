@@ -18,6 +18,7 @@ from .ode import ode
 from .pc import pc
 from .pndm import fon, plms, pndm, pndm_skip_prk, s_pndm
 from .restart import RESTARTS, check_restarts, restart, restart_calls
+from .sa_solver import sa_solver
 from .tcd import tcd
 from .unipc import unipc
 
@@ -334,6 +335,12 @@ register(SamplerInfo("unipc-eps-bh1", unipc, order=2, calls_per_step=1, stochast
                      description="UniPC-bh1 with UniP-2 + UniC, noise prediction, on the DDIM/PNDM linear grid",
                      default_spacing="linear", default_final="zero",
                      options={"solver_order": 2, "solver_type": "bh1", "predict_x0": False}))
+
+register(SamplerInfo("sa-solver", sa_solver, order=2, calls_per_step=1, stochastic=True,
+                     description="SA-Solver (Xue et al. 2023; diffusers' SASolverScheduler): stochastic Adams "
+                                 "predictor 2 + corrector 2, data prediction, tau=1 (the reverse SDE)",
+                     default_spacing="logsnr", default_final="zero",
+                     options={"predictor_order": 2, "corrector_order": 2, "tau": 1.0}))
 
 
 def _restart_nfe(options: dict):
