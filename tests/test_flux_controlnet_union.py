@@ -76,3 +76,70 @@ def test_flux_controlnet_union_matches_the_pipeline(tiny_union, names, images, m
     assert error < 1e-5, error
     other = [None if m is None else (m + 1) % NUM_MODE for m in indices]
     assert relative_error(_ours(flux, [nets[n] for n in names], pngs[:images], other, **options), theirs) > 1e-3
+
+
+def test_flux_controlnet_union_inpaint_matches_the_pipeline(tiny_union):
+    """Inpainting at strength 0.8 with a union ControlNet (mode 'blur', index 3 of 4, scale 0.7):
+    FluxControlNetInpaintPipeline given control_mode=[3, 3] (diffusers 0.42.1's edit pipelines take control_mode's
+    rows as they are: an int is one row, which fails for two prompts); diffkit gives every row the mode."""
+    folder, flux, nets, pngs = tiny_union
+    images = _images()
+    theirs = _theirs_edit(flux, _net(nets["union0"]), pngs[:1], images, _mask(), num_inference_steps=3,
+                          strength=0.8, controlnet_conditioning_scale=0.7, control_mode=[3, 3])
+    cn = ControlNets([_net(nets["union0"])], pngs[:1], 0.7, modes=["blur"])
+    ours = image_to_image(flux, images * 2 - 1, PROMPTS, 0.8, mask=_mask(), steps=3, seed=5, return_latents=True,
+                          controlnet=cn, max_sequence_length=12)
+    error = relative_error(ours, theirs)
+    print("flux union inpaint", float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, error
+
+
+def test_flux_controlnet_union_refusals(tiny_union):
+    """A union ControlNet without a mode, a mode for a plain ControlNet (alone or beside a union one), an index >=
+    num_mode, an unknown name (an SD-XL one): one line each, before any sampling."""
+    folder, flux, nets, pngs = tiny_union
+    for names, modes, match in (
+            (["union0"], None, "a ControlNet-Union needs a control mode per control image.*canny \\(0\\)"),
+            (["plain"], [0], "control modes apply to a ControlNet-Union \\(a FluxControlNetModel with num_mode\\)"),
+            (["union0", "plain"], [0, 1], "--control-mode 1 is given for --controlnet number 2, which has no control "
+                                          "modes"),
+            (["union0", "plain"], [None, None], "--controlnet number 1 is a ControlNet-Union: give it a control mode"),
+            (["union0"], [4], "--control-mode 4 \\(pose\\) is not allowed for --controlnet number 1: its num_mode is 4; "
+                              "allowed: 0-3"),
+            (["union0"], ["lq"], "--control-mode 6 \\(lq\\) is not allowed .* num_mode is 4"),
+            (["union0"], ["openpose"], "--control-mode 'openpose' is not a control type; allowed: canny \\(0\\)")):
+        with pytest.raises(DiffkitError, match=match):
+            ControlNets([_net(nets[n]) for n in names], pngs[:len(names)], modes=modes)
+
+
+def test_sample_command_takes_flux_control_modes(tiny_union, tmp_path, capsys):
+    """`diffkit sample --controlnet UNION --control-image A --control-image B --control-mode depth --control-mode 1`
+    on a FLUX folder writes text_to_image's images byte for byte; the refusals are one line, no output."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    folder, flux, nets, pngs = tiny_union
+    out = tmp_path / "grid.png"
+    common = ["--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "2", "--nrow", "1", "--steps", "3",
+              "--seed", "5", "--batch-size", "2", "--no-progress", "--height", "16", "--width", "16",
+              "--max-sequence-length", "12", "--controlnet", str(nets["union0"]), "--control-image", str(pngs[0])]
+    assert main(["sample", "--out", str(out)] + common + ["--control-image", str(pngs[1]), "--control-mode", "depth",
+                                                          "--control-mode", "1", "--controlnet-scale", "0.6",
+                                                          "--controlnet-scale", "0.9"]) == 0
+    control = ControlNets([_net(nets["union0"])], pngs, [0.6, 0.9], modes=[2, 1])
+    expected = text_to_image(flux, PROMPTS[:1] * 2, steps=3, seed=5, controlnet=control, control_seed=5,
+                             output_range="-1,1", **KW)
+    save_grid(expected, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    plain = ["--controlnet", str(nets["plain"]), "--control-image", str(pngs[1])]
+    assert_sample_refusals(main, common, tmp_path, capsys, (
+        ([], "--controlnet .*union0 is a ControlNet-Union: give --control-mode NAME|INDEX for each --control-image; "
+             "allowed: canny \\(0\\)"),
+        (["--control-mode", "4"], "--control-mode 4 \\(pose\\) is not allowed for --controlnet .*union0: its num_mode is 4"),
+        (["--control-mode", "segment"], "--control-mode 'segment' is not a control type; allowed: canny"),
+        (["--control-mode", "canny", "--control-mode", "tile"], "2 --control-mode for 1 --control-image"),
+        (plain + ["--control-mode", "canny", "--control-mode", "tile"],
+         "--control-mode 1 is given for --controlnet .*plain, which has no control modes")))
+    plain_only = [a if a != str(nets["union0"]) else str(nets["plain"]) for a in common]
+    assert_sample_refusals(main, plain_only, tmp_path, capsys, (
+        (["--control-mode", "canny"], "--control-mode applies to a ControlNet-Union folder \\(a FluxControlNetModel "
+                                      "with num_mode\\); --controlnet .*plain holds a FluxControlNetModel without"),))
