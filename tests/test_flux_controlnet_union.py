@@ -78,19 +78,21 @@ def test_flux_controlnet_union_matches_the_pipeline(tiny_union, names, images, m
     assert relative_error(_ours(flux, [nets[n] for n in names], pngs[:images], other, **options), theirs) > 1e-3
 
 
-def test_flux_controlnet_union_inpaint_matches_the_pipeline(tiny_union):
-    """Inpainting at strength 0.8 with a union ControlNet (mode 'blur', index 3 of 4, scale 0.7):
-    FluxControlNetInpaintPipeline given control_mode=[3, 3] (diffusers 0.42.1's edit pipelines take control_mode's
-    rows as they are: an int is one row, which fails for two prompts); diffkit gives every row the mode."""
+@pytest.mark.parametrize("mask, strength", [(True, 0.8), (False, 0.6)])
+def test_flux_controlnet_union_edits_match_the_pipelines(tiny_union, mask, strength):
+    """Inpainting / img2img with a union ControlNet (mode 'blur', index 3 of 4, scale 0.7):
+    FluxControlNetInpaintPipeline / FluxControlNetImg2ImgPipeline given control_mode=[3, 3] (diffusers 0.42.1's edit
+    pipelines take control_mode's rows as they are: an int is one row, which fails for two prompts); diffkit gives
+    every row the mode."""
     folder, flux, nets, pngs = tiny_union
-    images = _images()
-    theirs = _theirs_edit(flux, _net(nets["union0"]), pngs[:1], images, _mask(), num_inference_steps=3,
-                          strength=0.8, controlnet_conditioning_scale=0.7, control_mode=[3, 3])
+    images, how = _images(), {"mask": _mask()} if mask else {}
+    theirs = _theirs_edit(flux, _net(nets["union0"]), pngs[:1], images, how.get("mask"), num_inference_steps=3,
+                          strength=strength, controlnet_conditioning_scale=0.7, control_mode=[3, 3])
     cn = ControlNets([_net(nets["union0"])], pngs[:1], 0.7, modes=["blur"])
-    ours = image_to_image(flux, images * 2 - 1, PROMPTS, 0.8, mask=_mask(), steps=3, seed=5, return_latents=True,
-                          controlnet=cn, max_sequence_length=12)
+    ours = image_to_image(flux, images * 2 - 1, PROMPTS, strength, steps=3, seed=5, return_latents=True,
+                          controlnet=cn, max_sequence_length=12, **how)
     error = relative_error(ours, theirs)
-    print("flux union inpaint", float((ours - theirs).abs().max()), error)
+    print("flux union edit", mask, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, error
 
 
@@ -143,3 +145,32 @@ def test_sample_command_takes_flux_control_modes(tiny_union, tmp_path, capsys):
     assert_sample_refusals(main, plain_only, tmp_path, capsys, (
         (["--control-mode", "canny"], "--control-mode applies to a ControlNet-Union folder \\(a FluxControlNetModel "
                                       "with num_mode\\); --controlnet .*plain holds a FluxControlNetModel without"),))
+
+
+def test_edit_command_takes_flux_control_modes(tiny_union, tmp_path):
+    """`diffkit edit --controlnet UNION --control-image PNG --control-mode tile --mask` on a FLUX folder writes
+    image_to_image's images byte for byte."""
+    import numpy as np
+    from PIL import Image
+
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    folder, flux, nets, pngs = tiny_union
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            tmp_path / "in" / f"{i}.png")
+    Image.fromarray(np.uint8(_mask()[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
+                 "--prompt", PROMPTS[1], "--no-progress", "--seed", "5", "--steps", "3", "--max-sequence-length", "12",
+                 "--controlnet", str(nets["union1"]), "--control-image", str(pngs[0]), "--control-mode", "tile",
+                 "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")]) == 0
+    cn = ControlNets([_net(nets["union1"])], pngs[:1], modes=[1])
+    ours = image_to_image(flux, images, PROMPTS, 0.6, mask=_mask(), steps=3, seed=5, output_range="-1,1",
+                          controlnet=cn, max_sequence_length=12)
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
