@@ -5,7 +5,6 @@ FluxControlNetInpaintPipeline, on the tiny random FLUX.1-dev-like folder of test
 FluxControlNetModels with num_mode=4 (their zero-initialised layers made random); `diffkit sample --control-mode`
 on such a folder; nothing downloaded."""
 import pytest
-import torch
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -17,7 +16,7 @@ from test_flux_controlnet import KW, PROMPTS, _latents, _theirs, tiny_flux_contr
 from test_flux_controlnet_edit import _theirs as _theirs_edit  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_pipeline  # noqa: E402
-from test_interop_flux_inpaint import _images, _mask  # noqa: E402
+from test_interop_flux_inpaint import _images, _mask, write_edit_inputs  # noqa: E402
 from test_sd3_controlnet import assert_sample_refusals, control_image_files  # noqa: E402
 
 NUM_MODE = 4
@@ -47,20 +46,18 @@ def _ours(flux, nets, images, modes, scales=1.0, start=0.0, end=1.0, **kw):
                          control_seed=11, guidance_scale=3.0, **KW, **kw)
 
 
-@pytest.mark.parametrize("names, images, modes, options", [
-    (["union0"], 1, ["depth"], {"scales": 0.7}),
-    (["union0"], 2, [3, "canny"], {"scales": [0.7, 1.2], "start": [0.0, 0.25], "end": [0.5, 1.0]}),
-    (["union0", "union1"], 2, ["tile", 1], {"scales": [1.0, 0.6]}),
-    (["plain", "union1"], 2, [None, "blur"], {"scales": [0.8, 1.1]}),
+@pytest.mark.parametrize("names, images, modes, indices, options", [
+    (["union0"], 1, ["depth"], [2], {"scales": 0.7}),
+    (["union0"], 2, [3, "canny"], [3, 0], {"scales": [0.7, 1.2], "start": [0.0, 0.25], "end": [0.5, 1.0]}),
+    (["union0", "union1"], 2, ["tile", 1], [1, 1], {"scales": [1.0, 0.6]}),
+    (["plain", "union1"], 2, [None, "Blur"], [None, 3], {"scales": [0.8, 1.1]}),
 ])
-def test_flux_controlnet_union_matches_the_pipeline(tiny_union, names, images, modes, options):
+def test_flux_controlnet_union_matches_the_pipeline(tiny_union, names, images, modes, indices, options):
     """One union ControlNet with one control image (FluxControlNetModel, control_mode an int); with two images,
     a mode, scale and window each (FluxMultiControlNetModel([union]): one call per image); two union ControlNets;
     a plain ControlNet beside a union one (its mode None): FluxControlNetPipeline's latents (embedded guidance 3),
     and another mode gives other latents."""
-    from diffkit.interop.controlnet_union import FLUX_UNION, mode_or_none
     folder, flux, nets, pngs = tiny_union
-    indices = [mode_or_none(m, FLUX_UNION) for m in modes]
     scales = options["scales"]
     single = len(names) == 1 and images == 1
     pipe = {"controlnet_conditioning_scale": scales, "control_mode": indices[0] if single else indices}
@@ -106,9 +103,9 @@ def test_flux_controlnet_union_refusals(tiny_union):
             (["union0", "plain"], [0, 1], "--control-mode 1 is given for --controlnet number 2, which has no control "
                                           "modes"),
             (["union0", "plain"], [None, None], "--controlnet number 1 is a ControlNet-Union: give it a control mode"),
-            (["union0"], [4], "--control-mode 4 \\(pose\\) is not allowed for --controlnet number 1: its num_mode is 4; "
-                              "allowed: 0-3"),
-            (["union0"], ["lq"], "--control-mode 6 \\(lq\\) is not allowed .* num_mode is 4"),
+            (["union0"], [4], "--control-mode 4 \\(pose\\) is not allowed for --controlnet number 1: its num_mode is "
+                              "4; allowed: 0-3"),
+            (["union0"], ["Low quality"], "--control-mode 6 \\(lq\\) is not allowed .* num_mode is 4"),
             (["union0"], ["openpose"], "--control-mode 'openpose' is not a control type; allowed: canny \\(0\\)")):
         with pytest.raises(DiffkitError, match=match):
             ControlNets([_net(nets[n]) for n in names], pngs[:len(names)], modes=modes)
@@ -134,9 +131,10 @@ def test_sample_command_takes_flux_control_modes(tiny_union, tmp_path, capsys):
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     plain = ["--controlnet", str(nets["plain"]), "--control-image", str(pngs[1])]
     assert_sample_refusals(main, common, tmp_path, capsys, (
-        ([], "--controlnet .*union0 is a ControlNet-Union: give --control-mode NAME|INDEX for each --control-image; "
+        ([], "--controlnet .*union0 is a ControlNet-Union: give --control-mode NAME\\|INDEX for each --control-image; "
              "allowed: canny \\(0\\)"),
-        (["--control-mode", "4"], "--control-mode 4 \\(pose\\) is not allowed for --controlnet .*union0: its num_mode is 4"),
+        (["--control-mode", "4"], "--control-mode 4 \\(pose\\) is not allowed for --controlnet .*union0: its "
+                                  "num_mode is 4"),
         (["--control-mode", "segment"], "--control-mode 'segment' is not a control type; allowed: canny"),
         (["--control-mode", "canny", "--control-mode", "tile"], "2 --control-mode for 1 --control-image"),
         (plain + ["--control-mode", "canny", "--control-mode", "tile"],
@@ -150,19 +148,10 @@ def test_sample_command_takes_flux_control_modes(tiny_union, tmp_path, capsys):
 def test_edit_command_takes_flux_control_modes(tiny_union, tmp_path):
     """`diffkit edit --controlnet UNION --control-image PNG --control-mode tile --mask` on a FLUX folder writes
     image_to_image's images byte for byte."""
-    import numpy as np
-    from PIL import Image
-
     from diffkit.cli import main
-    from diffkit.commands.edit import read_pngs
     from diffkit.images import save_images
     folder, flux, nets, pngs = tiny_union
-    (tmp_path / "in").mkdir()
-    for i, image in enumerate(_images()):
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-            tmp_path / "in" / f"{i}.png")
-    Image.fromarray(np.uint8(_mask()[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
-    images, _ = read_pngs(tmp_path / "in", "RGB")
+    images = write_edit_inputs(tmp_path)
     assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
                  "--prompt", PROMPTS[1], "--no-progress", "--seed", "5", "--steps", "3", "--max-sequence-length", "12",
                  "--controlnet", str(nets["union1"]), "--control-image", str(pngs[0]), "--control-mode", "tile",
