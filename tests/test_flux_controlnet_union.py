@@ -49,15 +49,19 @@ def _ours(flux, nets, images, modes, scales=1.0, start=0.0, end=1.0, **kw):
 @pytest.mark.parametrize("names, images, modes, indices, options", [
     (["union0"], 1, ["depth"], [2], {"scales": 0.7}),
     (["union0"], 2, [3, "canny"], [3, 0], {"scales": [0.7, 1.2], "start": [0.0, 0.25], "end": [0.5, 1.0]}),
-    (["union0", "union1"], 2, ["tile", 1], [1, 1], {"scales": [1.0, 0.6]}),
+    (["union0", "union1"], 2, ["tile", 1], [1, 1],
+     {"scales": [1.0, 0.6], "both": {"true_cfg_scale": 2.5, "negative_prompt": "ugly"}}),
     (["plain", "union1"], 2, [None, "Blur"], [None, 3], {"scales": [0.8, 1.1]}),
 ])
 def test_flux_controlnet_union_matches_the_pipeline(tiny_union, names, images, modes, indices, options):
     """One union ControlNet with one control image (FluxControlNetModel, control_mode an int); with two images,
     a mode, scale and window each (FluxMultiControlNetModel([union]): one call per image); two union ControlNets;
-    a plain ControlNet beside a union one (its mode None): FluxControlNetPipeline's latents (embedded guidance 3),
-    and another mode gives other latents."""
+    a plain ControlNet beside a union one (its mode None): FluxControlNetPipeline's latents (embedded guidance 3;
+    the two union ControlNets with true CFG 2.5, the negative pass given the conditional pass's residuals), and
+    another mode gives other latents."""
     folder, flux, nets, pngs = tiny_union
+    options = dict(options)
+    both = options.pop("both", {})
     scales = options["scales"]
     single = len(names) == 1 and images == 1
     pipe = {"controlnet_conditioning_scale": scales, "control_mode": indices[0] if single else indices}
@@ -66,13 +70,14 @@ def test_flux_controlnet_union_matches_the_pipeline(tiny_union, names, images, m
         pipe.update(control_guidance_start=options.get("start", [0.0] * images),
                     control_guidance_end=options.get("end", [1.0] * images))
     model = _net(nets[names[0]]) if single else [_net(nets[n]) for n in names]  # a list: FluxMultiControlNetModel
-    theirs = _theirs(flux, model, pngs[:images], _latents(), guidance_scale=3.0, **pipe)
-    ours = _ours(flux, [nets[n] for n in names], pngs[:images], modes, **options)
+    theirs = _theirs(flux, model, pngs[:images], _latents(), guidance_scale=3.0, **pipe, **both)
+    ours = _ours(flux, [nets[n] for n in names], pngs[:images], modes, **options, **both)
     error = relative_error(ours, theirs)
     print("flux union", names, modes, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, error
     other = [None if m is None else (m + 1) % NUM_MODE for m in indices]
-    assert relative_error(_ours(flux, [nets[n] for n in names], pngs[:images], other, **options), theirs) > 1e-3
+    assert relative_error(_ours(flux, [nets[n] for n in names], pngs[:images], other, **options, **both),
+                          theirs) > 1e-3
 
 
 @pytest.mark.parametrize("mask, strength", [(True, 0.8), (False, 0.6)])
