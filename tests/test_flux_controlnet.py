@@ -197,7 +197,7 @@ def test_sample_command_runs_flux_controlnet(tiny, tmp_path, capsys):
         (["--controlnet", str(folder / "transformer"), "--control-image", str(images[0])],
          "holds a 'FluxTransformer2DModel'; allowed: a diffusers FluxControlNetModel folder"),
         (["--controlnet", str(nets["union"]), "--control-image", str(images[0])],
-         "--controlnet .*union is a ControlNet-Union \\(num_mode=3\\)")))
+         "--controlnet .*union is a ControlNet-Union: give --control-mode NAME\\|INDEX")))
 
 
 def test_scale_zero_is_the_folder_alone_bit_for_bit(tiny):
@@ -212,11 +212,12 @@ def test_scale_zero_is_the_folder_alone_bit_for_bit(tiny):
 
 
 def test_flux_controlnet_refusals(tiny):
-    """A ControlNet-Union, ControlNets that disagree on guidance_embeds, one of another width: one line."""
+    """A ControlNet-Union without a control mode (test_flux_controlnet_union), ControlNets that disagree on
+    guidance_embeds, one of another width: one line."""
     folders, nets, images = tiny
     _, flux = folders[True]
     wide = tiny_flux_controlnet(0, num_attention_heads=4)
-    for models, match in (([_controlnet(nets["union"])], "--controlnet number 1 is a ControlNet-Union"),
+    for models, match in (([_controlnet(nets["union"])], "a ControlNet-Union needs a control mode per control image"),
                           ([_controlnet(nets["guided"]), _controlnet(nets["unguided"])],
                            "number 2 has guidance_embeds: False but --controlnet number 1 True"),
                           ([wide], "number 1 has num_attention_heads \\* attention_head_dim=32 but this FLUX folder "

@@ -28,6 +28,19 @@ def _mask():
     return mask
 
 
+def write_edit_inputs(tmp_path):
+    """:func:`_images` as PNGs in tmp_path/in and :func:`_mask` as tmp_path/mask.png; the images as ``diffkit edit``
+    reads them back (read_pngs, [-1, 1])."""
+    from PIL import Image
+    from diffkit.commands.edit import read_pngs
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            tmp_path / "in" / f"{i}.png")
+    Image.fromarray(np.uint8(_mask()[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
+    return read_pngs(tmp_path / "in", "RGB")[0]
+
+
 def _pipeline(pipe, cls):
     out = cls(**pipe.components)
     out.set_progress_bar_config(disable=True)
@@ -64,15 +77,9 @@ def test_edit_command_inpaints_a_flux_folder_with_true_cfg(tiny_flux, tmp_path, 
     FluxImg2ImgPipeline; true CFG's flags without each other (or on an SD3 folder) are one line."""
     from PIL import Image
     from diffkit.cli import main
-    from diffkit.commands.edit import read_pngs
     from diffkit.images import save_images
     pipe, folder, flux = tiny_flux[True]
-    (tmp_path / "in").mkdir()
-    for i, image in enumerate(_images()):
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-            tmp_path / "in" / f"{i}.png")
-    Image.fromarray(np.uint8(_mask()[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
-    images, _ = read_pngs(tmp_path / "in", "RGB")
+    images = write_edit_inputs(tmp_path)
     common = ["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
               "--prompt", PROMPTS[1], "--no-progress", "--seed", "5", "--steps", "3", "--max-sequence-length", "12",
               "--true-cfg-scale", "2", "--negative-prompt", "ugly"]

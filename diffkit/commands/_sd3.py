@@ -140,11 +140,12 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "apg_eta", "apg_norm_threshold", "apg_momentum"}  # adaptive projected guidance, as diffkit sample's
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
                                 "apg_norm_threshold", "apg_momentum"} | {
-    "true_cfg_scale"}  # and a FLUX folder's
+    "true_cfg_scale", "control_modes"}  # and a FLUX folder's (a ControlNet-Union's --control-mode)
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
-               "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end"}
+               "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end",
+               "control_modes": "--control-mode"}
 
 
 def check_inpainting_transformer(directory, mask=None, controlnets=None) -> None:

@@ -345,8 +345,9 @@ class ControlNets(PerPromptImages):
     ``controlnet_conditioning_scale`` (one per ControlNet, or one for all), ``control_guidance_start``
     / ``_end`` (fractions of the steps) and ``guess_mode`` (forced by a ControlNet whose config has
     ``global_pool_conditions``, as diffusers does). ``modes``: ControlNet-Unions' control types
-    (:mod:`.controlnet_union`; names or indices), one per control image: one union ControlNet with N images
-    (scales and windows one per image, the union pipeline's lists), or several with one image each; after
+    (:mod:`.controlnet_union`; names or indices; SD-XL ``ControlNetUnionModel`` or FLUX ``FluxControlNetModel`` with
+    ``num_mode``, beside which a plain FLUX ControlNet takes None), one per control image: one union ControlNet with
+    N images (scales and windows one per image, the union pipeline's lists), or several with one image each; after
     construction :attr:`models` holds each image's ControlNet and :attr:`modes` the indices."""
 
     models: list

@@ -22,7 +22,13 @@ linear layer, a residual that diffusers' ``FluxTransformer2DModel`` adds to its 
 * ``controlnet_conditioning_scale`` (one per ControlNet; Multi-ControlNet sums in order,
   ``FluxMultiControlNetModel``), ``control_guidance_start`` / ``_end`` (:func:`.controlnet.step_windows`).
 
-Not supported (one line): ControlNet-Union (``num_mode``: no control mode flag), a ControlNet with an input hint
+ControlNet-Union (a config with ``num_mode``: InstantX's / Shakker-Labs' FLUX.1-dev ControlNet-Union): each control
+image comes with a control mode (``ControlNets(modes=...)``, :mod:`.controlnet_union`'s checks and the model cards'
+names), whose learned embedding (``controlnet_mode_embedder``) the ControlNet puts before the prompt's tokens. One
+union ControlNet with N control images is N calls, each image's residuals scaled by its own scale and window and
+summed (``FluxMultiControlNetModel([union])``); plain FLUX ControlNets mix with union ones (mode None).
+
+Not supported (one line): a ControlNet with an input hint
 block (``conditioning_embedding_channels``: pixels instead of latents, residuals repeated over the blocks),
 ControlNets that disagree on what the pipeline takes from the first (``guidance_embeds``).
 """
@@ -50,10 +56,7 @@ def check_flux_controlnet_folder(directory) -> None:
 
 
 def _check_kind(config, name: str) -> None:
-    """No ControlNet-Union and no input hint block (module docstring): one line naming ``name``."""
-    if config.get("num_mode") is not None:
-        raise DiffkitError(f"{name} is a ControlNet-Union (num_mode={config.get('num_mode')}), whose control mode "
-                           f"diffkit does not take; allowed: a single-mode FluxControlNetModel")
+    """No input hint block (module docstring): one line naming ``name``."""
     if config.get("conditioning_embedding_channels") is not None:
         raise DiffkitError(f"{name} has conditioning_embedding_channels={config.get('conditioning_embedding_channels')}"
                            f" (an input hint block on the pixels), which diffkit does not drive; allowed: a ControlNet "
@@ -61,7 +64,7 @@ def _check_kind(config, name: str) -> None:
 
 
 def check_flux_controlnets(models: list, transformer) -> None:
-    """Each ControlNet fits the transformer (packed channels, width, text widths), is no ControlNet-Union, and they
+    """Each ControlNet fits the transformer (packed channels, width, text widths), has no input hint block, and they
     agree on what the pipeline takes from the first one's config. One line naming the ControlNet and key otherwise."""
     config = transformer.config
     width = int(config.num_attention_heads) * int(config.attention_head_dim)
@@ -102,14 +105,15 @@ class FluxControlledNet(torch.nn.Module):
     summed, scaled residuals of its ControlNets (module docstring). ``control``: (B, K, C, h, w) unpacked control
     latents per row; ``control_guidance``:
     the embedded guidance value the ControlNets take (None: none); ``net_grid`` / ``keeps``: the window
-    (:func:`.flow_controlnet.control_windows`)."""
+    (:func:`.flow_controlnet.control_windows`); ``modes``: each ControlNet-Union's control mode index (None: a plain
+    ControlNet; no list: no union)."""
 
     def __init__(self, net, controlnets, scales, control_guidance: Optional[float],
-                 net_grid: Optional[torch.Tensor] = None, keeps=None):
+                 net_grid: Optional[torch.Tensor] = None, keeps=None, modes=None):
         super().__init__()
         self.net, self.controlnets = net, torch.nn.ModuleList(controlnets)
         self.scales, self.control_guidance = [float(s) for s in scales], control_guidance
-        self.net_grid, self.keeps = net_grid, keeps
+        self.net_grid, self.keeps, self.modes = net_grid, keeps, modes
 
     @property
     def model(self):
@@ -125,8 +129,10 @@ class FluxControlledNet(torch.nn.Module):
         acted = False
         for index, scale, kept in acting(self.scales, self.keeps, self.net_grid, t):
             image = pack_latents(control[:, index].to(inputs["hidden_states"].dtype))
+            mode = None if self.modes is None or self.modes[index] is None else torch.full(
+                (x.shape[0], 1), self.modes[index], dtype=torch.long, device=x.device)  # (B, 1), the pipeline's
             out = self.controlnets[index](
-                hidden_states=inputs["hidden_states"], controlnet_cond=image, controlnet_mode=None,
+                hidden_states=inputs["hidden_states"], controlnet_cond=image, controlnet_mode=mode,
                 conditioning_scale=scale, timestep=inputs["timestep"], guidance=guidance,
                 pooled_projections=inputs["pooled_projections"], encoder_hidden_states=inputs["encoder_hidden_states"],
                 txt_ids=inputs["txt_ids"], img_ids=inputs["img_ids"], return_dict=False)
@@ -176,7 +182,7 @@ def controlnet_guidance(flux, controlnets: ControlNets, guide, shape: tuple, sam
     first = controlnets.models[0].config
     value = FLUX_CONTROLNET_GUIDANCE if guidance_scale is None else float(guidance_scale)
     net = FluxControlledNet(base.net, controlnets.models, controlnets.scales,
-                            value if first.get("guidance_embeds") else None, net_grid, keeps)
+                            value if first.get("guidance_embeds") else None, net_grid, keeps, controlnets.modes)
     controlled = Denoiser(net, base.schedule, "flow_prediction")
     controlled.model = flux.transformer
     denoiser, cond = guide(replace(flux, _denoisers={flux.shift(h, w): controlled}))
