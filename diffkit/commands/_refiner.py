@@ -83,7 +83,8 @@ class RefinerRequest:
     def from_args(cls, args, checkpoint) -> Optional["RefinerRequest"]:
         """None without ``--refiner``; one line, before anything is loaded, for a refiner flag without it, a
         base that is not an SD-XL base folder, a refiner that is not an SD-XL folder, F outside (0, 1), and the
-        flags the hand-over does not take (--nfe, --controlnet, --ip-adapter, --scheduler)."""
+        flags the hand-over does not take (--nfe, --scheduler). --controlnet / --ip-adapter / --lora act on the base
+        only (StableDiffusionXL(ControlNet)Pipeline with them, then the refiner's img2img pipeline without)."""
         from ..handover import check_fraction
         from ..interop.sd_xl import _index, is_sd_xl_folder
         scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
@@ -110,8 +111,7 @@ class RefinerRequest:
             if given:
                 raise DiffkitError(f"{given[0]} applies to a refiner whose model_index.json has "
                                    f"requires_aesthetics_score true; {args.refiner} has not")
-        for flag, value in (("--nfe", args.nfe), ("--controlnet", getattr(args, "controlnet", None)),
-                            ("--ip-adapter", getattr(args, "ip_adapter", None)), ("--scheduler", args.scheduler)):
+        for flag, value in (("--nfe", args.nfe), ("--scheduler", args.scheduler)):
             if value:
                 raise DiffkitError(f"{flag} is not offered with --refiner (the base and refiner share --steps on "
                                    f"the folders' own diffusion schedulers)")

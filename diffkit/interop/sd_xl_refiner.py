@@ -35,10 +35,11 @@ from ..handover import check_fraction
 DEFAULT_HANDOVER = 0.8  # diffusers' documented high_noise_frac for the base + refiner ensemble
 
 
-def check_text_to_image(sd, denoising_end, return_latents: bool, controlnet) -> Optional[float]:
+def check_text_to_image(sd, denoising_end, return_latents: bool) -> Optional[float]:
     """:func:`~.stable_diffusion.text_to_image`'s checks: a refiner does not start from noise
     (``StableDiffusionXLPipeline`` cannot run its 5 time ids), and ``denoising_end`` returns the noisy
-    latents (``return_latents``), without a ControlNet. Returns ``denoising_end``."""
+    latents (``return_latents``). With ControlNets it is ``StableDiffusionXLControlNetPipeline(denoising_end=f)``:
+    their guidance window counts the whole grid's steps, as there. Returns ``denoising_end``."""
     if getattr(sd, "requires_aesthetics_score", False):
         raise DiffkitError("this SD-XL refiner folder (requires_aesthetics_score) edits latents or images: use "
                            "refine() / latent_img2img (diffkit edit, or diffkit sample --refiner with a base folder), "
@@ -47,8 +48,6 @@ def check_text_to_image(sd, denoising_end, return_latents: bool, controlnet) -> 
     if not return_latents:
         raise DiffkitError(f"denoising_end={denoising_end!r} stops at noisy latents, which are not images: pass "
                            f"return_latents=True (diffusers' output_type='latent') and hand them to refine()")
-    if controlnet is not None:
-        raise DiffkitError(f"denoising_end={denoising_end!r} is not offered with a ControlNet")
     return denoising_end
 
 
