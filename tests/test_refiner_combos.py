@@ -119,6 +119,72 @@ def test_a_lora_on_the_base_is_the_fused_base_pipeline_then_the_refiner(combo):
     _compare("lora", _ours(xl, combo["rx"]), theirs, _ours(combo["xl"], combo["rx"]))
 
 
+def _edit_pipelines(combo, kind):
+    """The base and refiner ``kind`` pipelines (StableDiffusionXLInpaintPipeline / ...Img2ImgPipeline) of the
+    fixture's components, DDIM, as diffusers' docs load them for the hand-over."""
+    pipes = []
+    for name, aesthetics in (("base", False), ("refiner", True)):
+        pipe = kind(**combo[name].components, requires_aesthetics_score=aesthetics, add_watermarker=False,
+                    force_zeros_for_empty_prompt=combo[name].config.force_zeros_for_empty_prompt)
+        pipe.set_progress_bar_config(disable=True)
+        pipes.append(pipe)
+    return pipes
+
+
+def _gens(first):
+    return [torch.Generator().manual_seed(first + i) for i in range(2)]
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_inpainting_hand_over_is_the_two_inpaint_pipelines(combo, strength):
+    """StableDiffusionXLInpaintPipeline of the base (strength, denoising_end=0.7, output_type="latent") ->
+    StableDiffusionXLInpaintPipeline of the refiner (image=those latents, the same mask, denoising_start=0.7), as
+    diffusers' "inpainting with the refiner": latent_inpaint(denoising_end) then refine(mask=), both 4-channel
+    UNets; the hand-over's kept region is the clean image latents (the base's last blend), the refiner re-noises
+    it with its own fresh noise from the second call on."""
+    from diffkit.latent_editing import latent_inpaint
+    base, refiner = _edit_pipelines(combo, diffusers.StableDiffusionXLInpaintPipeline)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 2:11] = 1
+    with torch.no_grad():
+        handed = base(PROMPTS, image=image, mask_image=mask, strength=strength, num_inference_steps=STEPS,
+                      guidance_scale=SCALE, denoising_end=F, output_type="latent", generator=_gens(10)).images
+        theirs = refiner(PROMPTS, image=handed, mask_image=mask, num_inference_steps=STEPS, guidance_scale=SCALE,
+                         denoising_start=F, output_type="latent", generator=_gens(20)).images
+    xl, rx = combo["xl"], combo["rx"]
+    guided, cond = xl.prompt_guidance(PROMPTS, None, SCALE, "diffusers", 0.0, image_size=(16, 16))
+    z = latent_inpaint(guided, xl, image * 2 - 1, mask, "ddim", STEPS, strength=strength, posterior="sample",
+                       seed=10, cond=cond, progress=False, return_latents=True, denoising_end=F, eta=0.0, **GRID)
+    print("inpainting hand-over", strength, relative_error(z, handed), (z - handed).abs().max().item())
+    assert relative_error(z, handed) < 1e-5
+    ours = refine(rx, PROMPTS, z, F, sampler="ddim", steps=STEPS, guidance_scale=SCALE, mask=mask, seed=20,
+                  return_latents=True, **GRID)
+    plain = refine(rx, PROMPTS, z, F, sampler="ddim", steps=STEPS, guidance_scale=SCALE, return_latents=True, **GRID)
+    _compare(f"inpainting refiner {strength}", ours, theirs, plain)
+
+
+def test_img2img_hand_over_is_the_two_img2img_pipelines(combo):
+    """StableDiffusionXLImg2ImgPipeline of the base (strength 0.8, denoising_end=0.7, output_type="latent") -> of
+    the refiner (denoising_start=0.7): latent_img2img(denoising_end) then refine()."""
+    from diffkit.latent_editing import latent_img2img
+    base, refiner = _edit_pipelines(combo, diffusers.StableDiffusionXLImg2ImgPipeline)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        handed = base(PROMPTS, image=image, strength=0.8, num_inference_steps=STEPS, guidance_scale=SCALE,
+                      denoising_end=F, output_type="latent", generator=_gens(10)).images
+        theirs = refiner(PROMPTS, image=handed, num_inference_steps=STEPS, guidance_scale=SCALE, denoising_start=F,
+                         output_type="latent").images
+    xl = combo["xl"]
+    guided, cond = xl.prompt_guidance(PROMPTS, None, SCALE, "diffusers", 0.0, image_size=(16, 16))
+    z = latent_img2img(guided, xl, image * 2 - 1, 0.8, "ddim", STEPS, posterior="sample", seed=10, cond=cond,
+                       progress=False, return_latents=True, denoising_end=F, eta=0.0, **GRID)
+    ours = refine(combo["rx"], PROMPTS, z, F, sampler="ddim", steps=STEPS, guidance_scale=SCALE, return_latents=True,
+                  **GRID)
+    print("img2img hand-over", relative_error(z, handed))
+    _compare("img2img refiner", ours, theirs, z)
+
+
 def test_sample_command_with_a_refiner_and_a_controlnet_ip_adapter_and_lora_is_the_library(combo, tmp_path, capsys):
     """``diffkit sample --checkpoint BASE --refiner REFINER --controlnet CN --control-image PNG --ip-adapter F:S
     --ip-adapter-image PNG --lora F:S``: text_to_image(denoising_end) of the base with all three, then refine(), byte

@@ -56,7 +56,7 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
            convention: str = "diffusers", guidance_rescale: float = 0.0, negative_prompt=None,
            micro_conditioning: Optional[dict] = None, seed: Optional[int] = None, generator=None,
            return_latents: bool = False, output_range: str = "0,1", progress: bool = False,
-           **options) -> torch.Tensor:
+           mask: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """The refiner's half of a hand-over: ``StableDiffusionXLImg2ImgPipeline(prompts, image=latents,
     denoising_start=f)`` of a refiner (or base) folder. ``latents`` (B, C, h, w): the base's state at the
     first grid time below int(round(T - f T)) (:func:`~.stable_diffusion.text_to_image` with the same
@@ -64,7 +64,11 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
     rest of its grid for ``steps`` (:func:`diffkit.img2img` with ``denoising_start``). Guidance as
     :func:`~.stable_diffusion.text_to_image` (default: the folder's s = 5); ``micro_conditioning`` takes
     ``aesthetic_score`` / ``negative_aesthetic_score`` for a refiner; the size conditions default to the
-    latents' size times the VAE factor. Returns images (as text_to_image's ``output_range``) or the latents."""
+    latents' size times the VAE factor. Returns images (as text_to_image's ``output_range``) or the latents.
+    ``mask`` (B or 1, 1, H, W), 1 = repaint, H x W the images' size: the half of an inpainting hand-over,
+    ``StableDiffusionXLInpaintPipeline(prompts, image=latents, mask_image=mask, denoising_start=f)`` after the base's
+    inpainting with ``denoising_end=f`` (:func:`diffkit.inpaint` with ``denoising_start``: the latents' kept
+    region is the known image; :func:`~diffkit.latent_editing.latent_mask`)."""
     from ..editing import img2img
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     from ..errors import check_choice
@@ -82,9 +86,17 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
     guided, cond = refiner.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                            image_size=(latents.shape[2] * f, latents.shape[3] * f),
                                            micro_conditioning=micro_conditioning)
-    z = img2img(guided, latents.to(device=refiner.device, dtype=refiner.dtype), 1.0, sampler, steps,
-                denoising_start=denoising_start, seed=seed, generator=generator, cond=cond, progress=progress,
-                value_range=None, **options)
+    latents = latents.to(device=refiner.device, dtype=refiner.dtype)
+    run = dict(denoising_start=denoising_start, seed=seed, generator=generator, cond=cond, progress=progress,
+               value_range=None, **options)
+    if mask is None:
+        z = img2img(guided, latents, 1.0, sampler, steps, **run)
+    else:
+        from ..editing import check_mask, inpaint
+        from ..latent_editing import latent_mask
+        pixels = check_mask(mask, torch.empty(latents.shape[0], 1, latents.shape[2] * f, latents.shape[3] * f))
+        z = inpaint(guided, latents, latent_mask(pixels, latents.shape[2:]).expand_as(latents).to(latents),
+                    sampler, steps, **run)
     if return_latents:
         return z
     images = refiner.decode(z)
