@@ -5,6 +5,7 @@ load_lora_weights + fuse_lora) with denoising_end=f and output_type="latent", th
 StableDiffusionXLImg2ImgPipeline with denoising_start=f. The tiny random base and refiner of test_sd_xl_refiner,
 DDIM on the scheduler's 5 timesteps (801, 601, 401 on the base at f = 0.7; 201, 1 on the refiner)."""
 import copy
+import re
 
 import pytest
 import torch
@@ -210,3 +211,50 @@ def test_sample_command_with_a_refiner_and_a_controlnet_ip_adapter_and_lora_is_t
         assert main(argv + extra + ["--out", str(tmp_path / "out" / "o.png")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0] and not (tmp_path / "out").exists()
+
+
+def test_edit_command_with_a_refiner_is_the_library_and_refuses_in_one_line(combo, tmp_path, capsys):
+    """``diffkit edit --checkpoint BASE --refiner REFINER --denoising-end 0.7 [--mask M] --aesthetic-score 7``:
+    the PNG within half a level of latent_inpaint / latent_img2img(denoising_end) then refine() (mask=, the
+    refiner's aesthetic score) decoded by the refiner's VAE, from the seed in both halves; flags the
+    hand-over is not compared for, a refiner-style --checkpoint, --denoising-end alone: one line, no output."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.latent_editing import latent_img2img, latent_inpaint
+    from test_latent_editing import cli
+    from test_sd_inpaint import _pngs
+    root, xl, rx = combo["root"], combo["xl"], combo["rx"]
+    pngs, mask_png, mask = _pngs(tmp_path, count=1)
+    base = ["--checkpoint", root / "base", "--refiner", root / "refiner", "--denoising-end", F, "--images", pngs,
+            "--prompt", "a cat", "--steps", STEPS, "--seed", 4, "--aesthetic-score", 7]
+    guided, cond = xl.prompt_guidance(["a cat"], None, SCALE, "diffusers", 0.0, image_size=(16, 16))
+    for extra in (["--mask", mask_png], ["--strength", 0.8]):
+        code, out, err = cli(capsys, *base, *extra, "--out", tmp_path / extra[0][2:])
+        assert code == 0, err
+        for i in range(1):
+            x = torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+            if extra[0] == "--mask":
+                z = latent_inpaint(guided, xl, x, mask, "ddim", STEPS, posterior="sample", seed=4 + i, cond=cond,
+                                   progress=False, return_latents=True, denoising_end=F)
+            else:
+                z = latent_img2img(guided, xl, x, 0.8, "ddim", STEPS, posterior="sample", seed=4 + i, cond=cond,
+                                   progress=False, return_latents=True, denoising_end=F)
+            edited = refine(rx, ["a cat"], z, F, steps=STEPS, seed=4 + i, output_range="-1,1",
+                            micro_conditioning={"aesthetic_score": 7.0}, **({"mask": mask} if extra[0] == "--mask"
+                                                                             else {}))
+            expected = (edited[0].permute(1, 2, 0).numpy() + 1) * 127.5
+            png = np.asarray(Image.open(tmp_path / extra[0][2:] / f"edit_{i:05d}.png")).astype(float)
+            assert np.abs(png - expected).max() <= 0.5 + 1e-3, (extra, i)
+    for extra, match in ((["--jump-n-sample", 2, "--sampler", "ddpm", "--mask", mask_png],
+                          "--jump-n-sample does not go with --refiner in diffkit edit"),
+                         (["--controlnet", root / "cn", "--control-image", combo["control"]],
+                          "--controlnet does not go with --refiner"),
+                         (["--checkpoint", root / "refiner"], "applies to an SD-XL base folder .*/refiner is not one")):
+        argv = [*base, *extra] if extra[0] != "--checkpoint" else [*extra, *base[2:]]
+        code, out, err = cli(capsys, *argv, "--out", tmp_path / "bad")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and re.search(match, lines[0]), (extra, err)
+        assert not (tmp_path / "bad").exists()
+    code, _, err = cli(capsys, "--checkpoint", root / "base", "--images", pngs, "--prompt", "a", "--denoising-end",
+                       0.5, "--out", tmp_path / "bad")
+    assert code == 2 and "--denoising-end needs --refiner" in err and not (tmp_path / "bad").exists()
