@@ -22,7 +22,9 @@ from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
 image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
 UNet, or 9-channel inpainting UNet with --mask) is edited the same way, as StableDiffusionXLImg2ImgPipeline /
-StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or
+StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``); with ``--refiner FOLDER
+[--denoising-end F]`` the base edits until F and an SD-XL refiner the rest from its latents, as those pipelines with
+denoising_end / denoising_start (``diffkit.commands._refiner``). An LCMScheduler or
 TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines
 with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as

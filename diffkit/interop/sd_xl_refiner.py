@@ -10,8 +10,11 @@ the low noise levels, run on the base model's latents with the same prompt. diff
   part of the grid, ``StableDiffusionXLPipeline(denoising_end=f, output_type="latent")``
   (:func:`~.stable_diffusion.text_to_image` with ``denoising_end``), and the refiner the rest from those
   noisy latents, ``StableDiffusionXLImg2ImgPipeline(image=latents, denoising_start=f)`` (:func:`refine`);
-  :func:`ensemble` runs both (``diffkit sample --checkpoint BASE --refiner REFINER``). The cut is
-  :mod:`diffkit.handover`'s.
+  :func:`ensemble` runs both (``diffkit sample --checkpoint BASE --refiner REFINER``; ControlNets, IP-Adapters
+  and LoRAs act on the base's half only, as diffusers' docs chain the pipelines). The cut is
+  :mod:`diffkit.handover`'s. Edits hand over the same way: the base's ``latent_img2img`` / ``latent_inpaint`` with
+  ``denoising_end``, then :func:`refine` (``mask=`` for inpainting: ``StableDiffusionXLInpaintPipeline`` of both
+  folders; ``diffkit edit --refiner``).
 
 The refiner folder (:func:`~.sd_xl.load_sd_xl`) has ``text_encoder_2`` alone (its penultimate states are the
 context, its pooled output ``text_embeds``) and ``requires_aesthetics_score``: time ids original_size +
