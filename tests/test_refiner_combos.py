@@ -54,6 +54,13 @@ def combo(tmp_path_factory):
             "rx": load_stable_diffusion(root / "refiner", progress=False)}
 
 
+@pytest.fixture(scope="module")
+def lora_xl(combo):
+    """The base folder loaded with its UNet LoRA at scale LORA."""
+    return load_stable_diffusion(combo["root"] / "base", progress=False,
+                                 lora=[(combo["root"] / "lora" / "lora.safetensors", LORA)])
+
+
 def _latents():
     return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
 
@@ -107,17 +114,16 @@ def test_an_ip_adapter_on_the_base_is_the_ip_adapter_pipeline_then_the_refiner(c
     _compare("ip-adapter", ours, theirs, _ours(combo["xl"], combo["rx"]))
 
 
-def test_a_lora_on_the_base_is_the_fused_base_pipeline_then_the_refiner(combo):
-    """StableDiffusionXLPipeline + load_lora_weights + fuse_lora(0.2) (denoising_end=0.7) -> the plain refiner."""
-    root = combo["root"]
-    base = diffusers.StableDiffusionXLPipeline.from_pretrained(root / "base", local_files_only=True)
+def test_a_lora_on_the_base_is_the_fused_base_pipeline_then_the_refiner(combo, lora_xl):
+    """StableDiffusionXLPipeline + load_lora_weights + fuse_lora(0.2) (denoising_end=0.7) -> the plain refiner
+    (the LoRA fused into a copy of the base pipeline's UNet; the file has UNet keys only)."""
+    base = diffusers.StableDiffusionXLPipeline(**{**combo["base"].components, "unet": copy.deepcopy(
+        combo["base"].unet)}, add_watermarker=False)
     base.set_progress_bar_config(disable=True)
-    base.scheduler = _ddim(base)
-    base.load_lora_weights(str(root / "lora"), weight_name="lora.safetensors")
+    base.load_lora_weights(str(combo["root"] / "lora"), weight_name="lora.safetensors")
     base.fuse_lora(lora_scale=LORA)
     theirs = _chained(base, combo["refiner"])
-    xl = load_stable_diffusion(root / "base", progress=False, lora=[(root / "lora" / "lora.safetensors", LORA)])
-    _compare("lora", _ours(xl, combo["rx"]), theirs, _ours(combo["xl"], combo["rx"]))
+    _compare("lora", _ours(lora_xl, combo["rx"]), theirs, _ours(combo["xl"], combo["rx"]))
 
 
 def _edit_pipelines(combo, kind):
@@ -186,7 +192,8 @@ def test_img2img_hand_over_is_the_two_img2img_pipelines(combo):
     _compare("img2img refiner", ours, theirs, z)
 
 
-def test_sample_command_with_a_refiner_and_a_controlnet_ip_adapter_and_lora_is_the_library(combo, tmp_path, capsys):
+def test_sample_command_with_a_refiner_and_a_controlnet_ip_adapter_and_lora_is_the_library(combo, lora_xl, tmp_path,
+                                                                                            capsys):
     """``diffkit sample --checkpoint BASE --refiner REFINER --controlnet CN --control-image PNG --ip-adapter F:S
     --ip-adapter-image PNG --lora F:S``: text_to_image(denoising_end) of the base with all three, then refine(), byte
     for byte; --nfe / --scheduler with --refiner stay one-line errors before any output."""
@@ -201,7 +208,7 @@ def test_sample_command_with_a_refiner_and_a_controlnet_ip_adapter_and_lora_is_t
         f"{root / 'ip.safetensors'}:0.6", "--ip-adapter-image", combo["image"], "--lora", f"{lora}:{LORA}",
         "--batch-size", "2", "--no-progress")]
     assert main(argv + ["--out", str(tmp_path / "grid.png")]) == 0
-    xl = load_stable_diffusion(root / "base", progress=False, lora=[(lora, LORA)])
+    xl = lora_xl
     z = text_to_image(xl, PROMPTS, steps=STEPS, latents=randn(xl.latent_shape(2), generators_from_seed(5, 2)),
                       return_latents=True, denoising_end=F, controlnet=ControlNets([combo["net"]], [combo["control"]]),
                       ip_adapter=load_ip_adapter(root / "ip.safetensors", combo["image"], 0.6, progress=False))
