@@ -136,6 +136,24 @@ def _planned(denoiser, sampler, steps, spacing, final, thresholding, options, st
     return info.name, strength_grid(grid, strength), thresholded(inner, thresholding, threshold_options)
 
 
+def _check_handover(denoising_start: Optional[float], denoising_end: Optional[float]) -> Optional[float]:
+    """``denoising_end`` (None or a fraction), checked with ``denoising_start``: start < end where both are given."""
+    if denoising_start is not None and denoising_end is not None:
+        from .handover import check_fraction
+        if not check_fraction("denoising_start", denoising_start) < check_fraction("denoising_end", denoising_end):
+            raise DiffkitError(f"denoising_start={denoising_start!r} is not allowed with denoising_end="
+                               f"{denoising_end!r}; allowed: denoising_start < denoising_end")
+    return denoising_end
+
+
+def _cut(grid: torch.Tensor, denoising_start: Optional[float], denoising_end: Optional[float], num_timesteps: int):
+    """The part of the (strength's) ``grid`` a hand-over runs: from ``denoising_start``, then until ``denoising_end``
+    (after strength / denoising_start, as the pipelines' step 9.1; :mod:`diffkit.handover`)."""
+    from .handover import grid_from, grid_until
+    grid = grid if denoising_start is None else grid_from(grid, denoising_start, num_timesteps)
+    return grid if denoising_end is None else grid_until(grid, denoising_end, num_timesteps)
+
+
 # ---------------------------------------------------------------- SDEdit
 def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", steps: int = 50, *,
             spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None,
@@ -162,12 +180,7 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
     the pipeline: :func:`diffkit.handover.grid_until`, the state returned; with both, start < end."""
     images = check_images(images, "images", value_range)
     check_fits(denoiser, images)
-    denoising_end = options.pop("denoising_end", None)
-    if denoising_start is not None and denoising_end is not None:
-        from .handover import check_fraction
-        if not check_fraction("denoising_start", denoising_start) < check_fraction("denoising_end", denoising_end):
-            raise DiffkitError(f"denoising_start={denoising_start!r} is not allowed with denoising_end="
-                               f"{denoising_end!r}; allowed: denoising_start < denoising_end")
+    denoising_end = _check_handover(denoising_start, options.pop("denoising_end", None))
     name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options,
                                     strength if denoising_start is None else 1.0)
     generator = _generators(seed, generator, images.shape[0])
@@ -175,11 +188,8 @@ def img2img(denoiser, images, strength: float = 0.8, sampler: str = "ddim", step
         noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
         x = diffusion.q_sample(denoiser.schedule, images, grid[0], noise)
     else:  # the hand-over: the images are the state already (the pipeline's add_noise=False), no noise drawn
-        from .handover import grid_from
-        grid, x = grid_from(grid, denoising_start, denoiser.schedule.num_timesteps), images
-    if denoising_end is not None:  # after strength / denoising_start, as the pipeline's step 9.1
-        from .handover import grid_until
-        grid = grid_until(grid, denoising_end, denoiser.schedule.num_timesteps)
+        x = images
+    grid = _cut(grid, denoising_start, denoising_end, denoiser.schedule.num_timesteps)
     return sample(denoiser, x, name, grid=grid, generator=generator, cond=cond, progress=progress,
                   callback=callback, **options)
 
@@ -314,7 +324,7 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
             blend_noise: bool = False,
             spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
             thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
-            **options) -> torch.Tensor:
+            denoising_start: Optional[float] = None, **options) -> torch.Tensor:
     """Repaint where ``mask`` is 1 (diffusers' convention: white = repaint, 0 = keep) with any
     sampler, through :class:`InpaintingDenoiser`; the known pixels are pasted into the output
     (m x + (1 - m) x_known, so kept pixels equal the image exactly).
@@ -342,18 +352,34 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
     ``add_noise(image_latents, noise, t)`` after each step (what replacing x_0 gives with DDIM at eta 0 anyway;
     with a stochastic step, e.g. LCM's or TCD's, the kept region then holds n, not that step's fresh draw), and
     each generator skips one draw of the image's shape after n (the pipeline's posterior sample of the masked
-    image's latents, which a 4-channel UNet does not use), so that the steps' noise is the pipeline's."""
+    image's latents, which a 4-channel UNet does not use), so that the steps' noise is the pipeline's.
+
+    The hand-over to a refiner (diffusers' "inpainting with the refiner", :mod:`diffkit.handover`):
+    ``denoising_end`` (an option) cuts the strength's grid at int(round(T - f T)) (:func:`~diffkit.handover
+    .grid_until`) and returns m x + (1 - m) x_known at the cut, the known region clean, as
+    ``StableDiffusionXLInpaintPipeline(denoising_end=f, output_type="latent")`` (its last step blends in
+    the un-noised latents); ``denoising_start`` f: ``images`` are that state and x_known (the kept region
+    clean), not noised: the network sees them as they are, and from the second call on the kept region is
+    q_sample(x_known, t, n) with a fresh noise n, the pipeline's ``denoising_start=f`` with ``image=latents``
+    (strength and ``start`` unused; no RePaint)."""
     images = check_images(images, "images", value_range)
     check_fits(denoiser, images)
     mask = check_mask(mask, images)
+    denoising_end = _check_handover(denoising_start, options.pop("denoising_end", None))
+    if jump_n_sample > 1 and (denoising_start is not None or denoising_end is not None):
+        raise DiffkitError(f"jump_n_sample={jump_n_sample} (RePaint's resampling) does not go with denoising_start / "
+                           f"denoising_end (a hand-over runs its part of the grid once); allowed: jump_n_sample=1")
+    if start == "noise" and denoising_start is not None:
+        raise DiffkitError(f"start='noise' does not go with denoising_start={denoising_start!r} (the images are the "
+                           f"state at the cut); allowed: start='image'")
     repaint_walk(1, jump_length, jump_n_sample)  # checks the two before any work
     check_range("reconstruction_weight", reconstruction_weight, 0.0, None)
     guided = None
     if reconstruction_weight > 0:  # inside the thresholding: a clipped x_0 would pass no gradient
         from .guidance import ReconstructionGuidance
         guided = lambda inner: ReconstructionGuidance(inner, images, mask, reconstruction_weight)  # noqa: E731
-    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options, strength,
-                                    guided)
+    name, grid, denoiser = _planned(denoiser, sampler, steps, spacing, final, thresholding, options,
+                                    strength if denoising_start is None else 1.0, guided)
     check_choice("start", start, STARTS)
     if start == "noise" and strength != 1:
         raise DiffkitError(f"start='noise' (pure noise, diffusers' inpainting at strength 1) needs strength 1; got "
@@ -366,15 +392,19 @@ def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, s
                            f"{sampler!r}")
     name, options, fixed_large = kept_noise_options(name, options, denoiser)
     generator = _generators(seed, generator, images.shape[0])
+    grid = _cut(grid, denoising_start, denoising_end, denoiser.schedule.num_timesteps)
     x_start = (1 - mask) * images if strength == 1 else images
     noise = randn(images.shape, generator, device=images.device, dtype=images.dtype)
-    if blend_noise:  # the pipeline's next draw: the masked image's posterior sample, unused by a 4-channel UNet
-        randn(images.shape, generator, device=images.device, dtype=images.dtype)
-    x = diffusion.q_sample(denoiser.schedule, x_start, grid[0], noise)
-    if start == "noise":  # the repainted region n itself, the kept one q(x_T | x_known) as before
-        x = mask * noise + (1 - mask) * x
-    wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large, noise if start == "noise" else None,
-                                 noise if blend_noise else None)
+    if denoising_start is not None:  # the refiner's half: the state given, seen as is first, n for the kept region
+        x, wrapped = images, InpaintingDenoiser(denoiser, images, mask, fixed_large, images, noise)
+    else:
+        if blend_noise:  # the pipeline's next draw: the masked image's posterior sample, unused by a 4-channel UNet
+            randn(images.shape, generator, device=images.device, dtype=images.dtype)
+        x = diffusion.q_sample(denoiser.schedule, x_start, grid[0], noise)
+        if start == "noise":  # the repainted region n itself, the kept one q(x_T | x_known) as before
+            x = mask * noise + (1 - mask) * x
+        wrapped = InpaintingDenoiser(denoiser, images, mask, fixed_large, noise if start == "noise" else None,
+                                     noise if blend_noise else None)
     if jump_n_sample > 1:
         walk = repaint_walk(len(grid) - 1, jump_length, jump_n_sample)
         out = _resampled(wrapped, x, grid, walk, generator, cond, callback, progress, options)

@@ -31,13 +31,64 @@ def _add_aesthetic_flags(group) -> None:
 
 
 def add_edit_refiner_flags(parser) -> None:
-    """``diffkit edit``'s: ``--denoising-start`` and the aesthetic scores (:func:`edit_refiner_options`)."""
+    """``diffkit edit``'s: ``--denoising-start``, ``--refiner`` / ``--denoising-end`` and the aesthetic scores
+    (:func:`edit_refiner_options`, :func:`edit_refiner_request`)."""
     g = parser.add_argument_group("SD-XL refiner (docs/interop.md)")
     g.add_argument("--denoising-start", type=float, metavar="F",
                    help="Stable Diffusion / SD-XL folders, img2img: the images' latents are the state at the first "
                         "grid time below int(round(T - F T)), not noised, and the rest of the grid is run "
                         "(diffusers' denoising_start; replaces --strength)")
+    g.add_argument("--refiner", type=path_arg, metavar="FOLDER",
+                   help="an SD-XL base --checkpoint, img2img or --mask: an SD-XL refiner folder that edits on from "
+                        "the base's latents at --denoising-end (diffusers' img2img / inpainting with the refiner)")
+    g.add_argument("--denoising-end", type=float, metavar="F",
+                   help="with --refiner: the fraction F in (0, 1) of the denoising the base runs (default 0.8)")
     _add_aesthetic_flags(g)
+
+
+def edit_refiner_request(args) -> Optional["RefinerRequest"]:
+    """``diffkit edit --refiner FOLDER [--denoising-end F]`` (None without): the base (an SD-XL base folder with a
+    4-channel UNet, not an LCM one) edits the grid's times t >= int(round(T - F T)) and the refiner the rest from
+    its latents, as ``StableDiffusionXLImg2ImgPipeline`` / ``StableDiffusionXLInpaintPipeline`` of each folder with
+    ``denoising_end`` / ``denoising_start``; the aesthetic scores are then the refiner's. One line, before loading,
+    for anything else and for the flags the hand-over is not compared with a pipeline for (ControlNets, PAG,
+    APG, RePaint...)."""
+    from ..handover import check_fraction
+    from ..interop.lcm import is_lcm_folder
+    from ..interop.sd_inpaint import is_inpainting_folder
+    from ..interop.sd_xl import _index, is_sd_xl_folder
+    if args.refiner is None:
+        if args.denoising_end is not None:
+            raise DiffkitError("--denoising-end needs --refiner FOLDER (the base's latents at the cut, which are not "
+                               "an image, go to the refiner)")
+        return None
+    base = args.checkpoint
+    if not is_sd_xl_folder(base) or not ((_index(base) or {}).get("text_encoder") or [None])[0] \
+            or is_inpainting_folder(base) or is_lcm_folder(base):
+        raise DiffkitError(f"--refiner in diffkit edit applies to an SD-XL base folder (text_encoder and "
+                           f"text_encoder_2, a 4-channel UNet, not LCM) as --checkpoint; {base} is not one")
+    if not is_sd_xl_folder(args.refiner):
+        raise DiffkitError(f"--refiner applies to SD-XL folders (diffusers format): {args.refiner} is not one")
+    given = {"--denoising-start": args.denoising_start, "--interpolate": args.interpolate,
+             "--controlnet": getattr(args, "controlnets", None), "--ip-adapter": getattr(args, "ip_adapter", None),
+             "--pag-scale": getattr(args, "pag_scale", None), "--scheduler": args.scheduler, "--freeu": args.freeu,
+             "--paste-known": args.paste_known or None, "--reconstruction-weight": args.reconstruction_weight,
+             "--apg-eta": args.apg_eta, "--apg-norm-threshold": args.apg_norm_threshold,
+             "--apg-momentum": args.apg_momentum,
+             "--jump-n-sample": None if args.jump_n_sample == 1 else args.jump_n_sample}
+    for flag, value in given.items():
+        if value is not None and value is not False:
+            raise DiffkitError(f"{flag} does not go with --refiner in diffkit edit (the hand-over is offered for "
+                               f"plain img2img and --mask inpainting, with --lora on the base)")
+    scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
+    if not (_index(args.refiner) or {}).get("requires_aesthetics_score"):
+        given = [flag for flag, value in zip(("--aesthetic-score", "--negative-aesthetic-score"), scores.values())
+                 if value is not None]
+        if given:
+            raise DiffkitError(f"{given[0]} applies to a refiner whose model_index.json has requires_aesthetics_score "
+                               f"true; {args.refiner} has not")
+    handover = check_fraction("--denoising-end", 0.8 if args.denoising_end is None else args.denoising_end)
+    return RefinerRequest(str(args.refiner), handover, {k: v for k, v in scores.items() if v is not None})
 
 
 def edit_refiner_options(args) -> tuple:
@@ -48,6 +99,8 @@ def edit_refiner_options(args) -> tuple:
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
     scores = {key: value for key, value in scores.items() if value is not None}
+    if getattr(args, "refiner", None) is not None:  # the scores are the refiner's (edit_refiner_request)
+        return {}, {}
     index = _index(args.checkpoint) or {}
     if index.get("requires_aesthetics_score") or (index.get("text_encoder_2") and not (index.get("text_encoder")
                                                                                       or [None])[0]):
@@ -83,7 +136,8 @@ class RefinerRequest:
     def from_args(cls, args, checkpoint) -> Optional["RefinerRequest"]:
         """None without ``--refiner``; one line, before anything is loaded, for a refiner flag without it, a
         base that is not an SD-XL base folder, a refiner that is not an SD-XL folder, F outside (0, 1), and the
-        flags the hand-over does not take (--nfe, --controlnet, --ip-adapter, --scheduler)."""
+        flags the hand-over does not take (--nfe, --scheduler). --controlnet / --ip-adapter / --lora act on the base
+        only (StableDiffusionXL(ControlNet)Pipeline with them, then the refiner's img2img pipeline without)."""
         from ..handover import check_fraction
         from ..interop.sd_xl import _index, is_sd_xl_folder
         scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
@@ -110,8 +164,7 @@ class RefinerRequest:
             if given:
                 raise DiffkitError(f"{given[0]} applies to a refiner whose model_index.json has "
                                    f"requires_aesthetics_score true; {args.refiner} has not")
-        for flag, value in (("--nfe", args.nfe), ("--controlnet", getattr(args, "controlnet", None)),
-                            ("--ip-adapter", getattr(args, "ip_adapter", None)), ("--scheduler", args.scheduler)):
+        for flag, value in (("--nfe", args.nfe), ("--scheduler", args.scheduler)):
             if value:
                 raise DiffkitError(f"{flag} is not offered with --refiner (the base and refiner share --steps on "
                                    f"the folders' own diffusion schedulers)")
@@ -134,6 +187,15 @@ class RefinerRequest:
             raise DiffkitError(f"--denoising-end {self.handover:g} leaves the refiner no step of the {steps}-step "
                                f"grid (none of its times is below int(round(T - {self.handover:g} T))); give more "
                                f"--steps or a smaller --denoising-end")
+
+    def edited(self, refiner, request, count: int, start: int, latents, sampler: str, steps: int, how: dict):
+        """``diffkit edit --refiner``'s half (:meth:`refined`) for images start.. of ``count`` from the base's
+        ``latents``, the prompts and guidance of ``request`` (its GuidanceRequest), decoded by the refiner's VAE."""
+        prompts = request.prompts * count if len(request.prompts) == 1 else request.prompts
+        guiding = dict(guidance_scale=request.guidance_scale, convention=request.convention,
+                       guidance_rescale=request.rescale, negative_prompt=request.negative_prompt)
+        return refiner.decode(self.refined(refiner, prompts[start:start + len(latents)], latents, sampler, steps,
+                                           guiding, how))
 
     def refined(self, refiner, prompts, latents, sampler: str, steps: int, guidance: dict, how: dict):
         """The refiner's half of the ensemble (:func:`~diffkit.interop.sd_xl_refiner.refine`) on the base's

@@ -22,7 +22,9 @@ from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
 image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
 UNet, or 9-channel inpainting UNet with --mask) is edited the same way, as StableDiffusionXLImg2ImgPipeline /
-StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``). An LCMScheduler or
+StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``); with ``--refiner FOLDER
+[--denoising-end F]`` the base edits until F and an SD-XL refiner the rest from its latents, as those pipelines with
+denoising_end / denoising_start (``diffkit.commands._refiner``). An LCMScheduler or
 TCDScheduler folder, or ``--scheduler lcm|tcd`` (an LCM- / TCD-LoRA in ``--lora``), is edited as those pipelines
 with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1.x LCM whose UNet takes w as
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
@@ -50,7 +52,7 @@ from pathlib import Path
 from .sample import add_guidance_convention_flag, add_rescale_interval_flags
 from ._controlnet import ControlRequest, add_controlnet_flags
 from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
-from ._refiner import add_edit_refiner_flags, edit_refiner_options
+from ._refiner import add_edit_refiner_flags, edit_refiner_options, edit_refiner_request
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
@@ -320,6 +322,7 @@ def run(args) -> int:
         raise DiffkitError(f"--apg-momentum {args.apg_momentum} does not go with --jump-n-sample "
                            f"{args.jump_n_sample} (RePaint's resampling restarts APG's running average); drop one")
     request = _prompt_request(args, info.name)
+    refiner = edit_refiner_request(args)  # --refiner: the base's latents at its cut to an SD-XL refiner
     micro, begin = edit_refiner_options(args)  # an SD-XL refiner's flags, from model_index.json
     out = Path(args.out)
     images_path = Path(args.images)
@@ -397,12 +400,16 @@ def run(args) -> int:
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
     if control is not None and controlnets.per_prompt > 1:  # image i's control image: cond["control_rows"]
         cond_for = _with_control_rows(cond_for, controlnets.rows(len(files)).to(device))
+    refined = None if refiner is None else refiner.load(device, args.progress)
+    if refiner is not None:  # both halves get a step of the grid: one line before any output
+        refiner.check_steps(autoencoder, refined, sampler, args.steps or 50, options)
     new_dirs = missing_dirs(out)
     if args.interpolate is not None:
         return _interpolate(args, denoiser, images, files, num_classes, out, new_dirs, device)
     check_writable_dir(out)
     check_image_folder(out, len(files), prefix="edit")
     posterior = args.posterior or ("sample" if sd_folder else "mean")  # as diffusers; what it was trained on
+    handover = {} if refiner is None else {"denoising_end": refiner.handover, "return_latents": True}
     from ..interop.lcm_edit import edit_hooks  # an LCM / TCD folder or --scheduler: the pipelines' strength, blend
     cut, blend = edit_hooks(autoencoder if sd_folder else None, spacing or info.default_spacing)
     def edit(start: int, n: int):
@@ -410,7 +417,7 @@ def run(args) -> int:
         batch = images[start:start + n].to(device)
         common = dict(sampler=sampler, steps=args.steps or 50,
                       seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options, **begin)
-        latent = {} if autoencoder is None else dict(posterior=posterior)
+        latent = {} if autoencoder is None else dict(posterior=posterior, **handover)
         if mask is None:
             edited_by, strength = cut(denoiser, 0.8 if args.strength is None else args.strength, common["steps"])
             edited = (img2img(edited_by, batch, strength, **common) if autoencoder is None else
@@ -422,6 +429,9 @@ def run(args) -> int:
             edited = (inpaint(denoiser, batch, mask.to(device), **masked) if autoencoder is None else
                       latent_inpaint(denoiser, autoencoder, batch, mask.to(device), paste=args.paste_known, **latent,
                                      **masked))
+        if refiner is not None:  # the refiner's half from the base's latents, its VAE decodes (._refiner)
+            edited = refiner.edited(refined, request, len(files), start, edited, sampler, common["steps"],
+                                    dict(seed=common["seed"], **options, **({} if mask is None else {"mask": mask})))
         return (edited.clamp(-1, 1).cpu(),)
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
@@ -431,6 +441,7 @@ def run(args) -> int:
     how = "" if autoencoder is None else f", in latent space (posterior {posterior})"
     if request is not None:
         how += f", prompts {request.prompts}" + request.pag_label()
+    how += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
     print(f"wrote {len(files)} {what} images to {out} (edit_00000.png ...; {info.name}, {args.steps or 50} steps{how})")
     return 0
 

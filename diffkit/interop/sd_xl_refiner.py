@@ -10,8 +10,11 @@ the low noise levels, run on the base model's latents with the same prompt. diff
   part of the grid, ``StableDiffusionXLPipeline(denoising_end=f, output_type="latent")``
   (:func:`~.stable_diffusion.text_to_image` with ``denoising_end``), and the refiner the rest from those
   noisy latents, ``StableDiffusionXLImg2ImgPipeline(image=latents, denoising_start=f)`` (:func:`refine`);
-  :func:`ensemble` runs both (``diffkit sample --checkpoint BASE --refiner REFINER``). The cut is
-  :mod:`diffkit.handover`'s.
+  :func:`ensemble` runs both (``diffkit sample --checkpoint BASE --refiner REFINER``; ControlNets, IP-Adapters
+  and LoRAs act on the base's half only, as diffusers' docs chain the pipelines). The cut is
+  :mod:`diffkit.handover`'s. Edits hand over the same way: the base's ``latent_img2img`` / ``latent_inpaint`` with
+  ``denoising_end``, then :func:`refine` (``mask=`` for inpainting: ``StableDiffusionXLInpaintPipeline`` of both
+  folders; ``diffkit edit --refiner``).
 
 The refiner folder (:func:`~.sd_xl.load_sd_xl`) has ``text_encoder_2`` alone (its penultimate states are the
 context, its pooled output ``text_embeds``) and ``requires_aesthetics_score``: time ids original_size +
@@ -35,10 +38,11 @@ from ..handover import check_fraction
 DEFAULT_HANDOVER = 0.8  # diffusers' documented high_noise_frac for the base + refiner ensemble
 
 
-def check_text_to_image(sd, denoising_end, return_latents: bool, controlnet) -> Optional[float]:
+def check_text_to_image(sd, denoising_end, return_latents: bool) -> Optional[float]:
     """:func:`~.stable_diffusion.text_to_image`'s checks: a refiner does not start from noise
     (``StableDiffusionXLPipeline`` cannot run its 5 time ids), and ``denoising_end`` returns the noisy
-    latents (``return_latents``), without a ControlNet. Returns ``denoising_end``."""
+    latents (``return_latents``). With ControlNets it is ``StableDiffusionXLControlNetPipeline(denoising_end=f)``:
+    their guidance window counts the whole grid's steps, as there. Returns ``denoising_end``."""
     if getattr(sd, "requires_aesthetics_score", False):
         raise DiffkitError("this SD-XL refiner folder (requires_aesthetics_score) edits latents or images: use "
                            "refine() / latent_img2img (diffkit edit, or diffkit sample --refiner with a base folder), "
@@ -47,8 +51,6 @@ def check_text_to_image(sd, denoising_end, return_latents: bool, controlnet) -> 
     if not return_latents:
         raise DiffkitError(f"denoising_end={denoising_end!r} stops at noisy latents, which are not images: pass "
                            f"return_latents=True (diffusers' output_type='latent') and hand them to refine()")
-    if controlnet is not None:
-        raise DiffkitError(f"denoising_end={denoising_end!r} is not offered with a ControlNet")
     return denoising_end
 
 
@@ -57,7 +59,7 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
            convention: str = "diffusers", guidance_rescale: float = 0.0, negative_prompt=None,
            micro_conditioning: Optional[dict] = None, seed: Optional[int] = None, generator=None,
            return_latents: bool = False, output_range: str = "0,1", progress: bool = False,
-           **options) -> torch.Tensor:
+           mask: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
     """The refiner's half of a hand-over: ``StableDiffusionXLImg2ImgPipeline(prompts, image=latents,
     denoising_start=f)`` of a refiner (or base) folder. ``latents`` (B, C, h, w): the base's state at the
     first grid time below int(round(T - f T)) (:func:`~.stable_diffusion.text_to_image` with the same
@@ -65,7 +67,11 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
     rest of its grid for ``steps`` (:func:`diffkit.img2img` with ``denoising_start``). Guidance as
     :func:`~.stable_diffusion.text_to_image` (default: the folder's s = 5); ``micro_conditioning`` takes
     ``aesthetic_score`` / ``negative_aesthetic_score`` for a refiner; the size conditions default to the
-    latents' size times the VAE factor. Returns images (as text_to_image's ``output_range``) or the latents."""
+    latents' size times the VAE factor. Returns images (as text_to_image's ``output_range``) or the latents.
+    ``mask`` (B or 1, 1, H, W), 1 = repaint, H x W the images' size: the half of an inpainting hand-over,
+    ``StableDiffusionXLInpaintPipeline(prompts, image=latents, mask_image=mask, denoising_start=f)`` after the base's
+    inpainting with ``denoising_end=f`` (:func:`diffkit.inpaint` with ``denoising_start``: the latents' kept
+    region is the known image; :func:`~diffkit.latent_editing.latent_mask`)."""
     from ..editing import img2img
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     from ..errors import check_choice
@@ -83,9 +89,17 @@ def refine(refiner, prompts: Union[str, Sequence[str]], latents: torch.Tensor, d
     guided, cond = refiner.prompt_guidance(prompts, negative_prompt, guidance_scale, convention, guidance_rescale,
                                            image_size=(latents.shape[2] * f, latents.shape[3] * f),
                                            micro_conditioning=micro_conditioning)
-    z = img2img(guided, latents.to(device=refiner.device, dtype=refiner.dtype), 1.0, sampler, steps,
-                denoising_start=denoising_start, seed=seed, generator=generator, cond=cond, progress=progress,
-                value_range=None, **options)
+    latents = latents.to(device=refiner.device, dtype=refiner.dtype)
+    run = dict(denoising_start=denoising_start, seed=seed, generator=generator, cond=cond, progress=progress,
+               value_range=None, **options)
+    if mask is None:
+        z = img2img(guided, latents, 1.0, sampler, steps, **run)
+    else:
+        from ..editing import check_mask, inpaint
+        from ..latent_editing import latent_mask
+        pixels = check_mask(mask, torch.empty(latents.shape[0], 1, latents.shape[2] * f, latents.shape[3] * f))
+        z = inpaint(guided, latents, latent_mask(pixels, latents.shape[2:]).expand_as(latents).to(latents),
+                    sampler, steps, **run)
     if return_latents:
         return z
     images = refiner.decode(z)

@@ -501,7 +501,7 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     freeu = None if freeu is None else parse_freeu(freeu)  # checked before any work
     if getattr(sd, "requires_aesthetics_score", False) or denoising_end is not None:
         from .sd_xl_refiner import check_text_to_image
-        options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents, controlnet)
+        options["denoising_end"] = check_text_to_image(sd, denoising_end, return_latents)
     check_choice("output_range", output_range, OUTPUT_RANGES)
     from .sd_pag import pag_request
     perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet)
@@ -531,7 +531,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
         from .controlnet import sampler_grid
         rows = controlnet.rows(batch, control_rows)
         height, width = controlnet.size(sd.vae_scale_factor, height, width)
-        window_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, options) if controlnet.windowed else None
+        whole = {key: value for key, value in options.items() if key != "denoising_end"}  # the pipeline's window
+        window_grid = sampler_grid(sd.denoiser, sampler, steps, nfe, grid, whole) if controlnet.windowed else None
         sd = controlnet.controlling(sd, height, width, window_grid)
     if ip_adapter is not None:  # the UNet with an image prompt (.ip_adapter)
         sd = ip_adapter.adapting(sd)
