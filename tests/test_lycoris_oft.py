@@ -257,3 +257,40 @@ def test_bad_oft_boft_and_diff_files_are_one_line_errors(oft_folder):
             merge_sd_loras(base, read_sd_loras([root / f"{name}.safetensors"]))
         assert needle in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
     assert all(torch.equal(w, base.unet.state_dict()[k]) for k, w in unet.items())  # the networks as they were
+
+
+def test_kohya_sd_xl_names_and_second_text_encoder(tmp_path):
+    """An SD-XL file under sd-scripts' names (the UNet's SGM ``input_blocks_...`` names, ``lora_te1_`` /
+    ``lora_te2_``): a 3-stage BOFT on a cross-attention Linear, an OFT on text_encoder_2 and a full difference on
+    text_encoder, at scale -0.7, each the dense formula of the base weight (networks of a tiny SD-XL pipeline)."""
+    pytest.importorskip("diffusers")
+    from types import SimpleNamespace
+
+    from test_interop_sd_xl import tiny_sd_xl_pipeline
+
+    from diffkit.interop.ldm_names import ldm_names
+    from diffkit.interop.sd_lora import merge_sd_loras, read_sd_loras
+    pipe = tiny_sd_xl_pipeline(tmp_path)
+    nets = {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+    to_k = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    te = {c: next(n for n, _ in nets[c].named_modules() if n.endswith(f"layers.0.{leaf}"))
+          for c, leaf in (("text_encoder", "mlp.fc1"), ("text_encoder_2", "self_attn.q_proj"))}
+    gen = torch.Generator().manual_seed(4)
+    parts = {("unet", to_k): {"oft_blocks": torch.randn(3, 16, 4, 4, generator=gen) * 0.3},
+             ("text_encoder", te["text_encoder"]): {"diff": torch.randn(37, 32, generator=gen) * 0.1},
+             ("text_encoder_2", te["text_encoder_2"]): {"oft_blocks": torch.randn(3, 8, 8, generator=gen) * 0.3}}
+    names = {"unet": ldm_names(pipe.unet, [to_k])[to_k], **te}
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    tensors = {f"{prefixes[c]}{names[c].replace('.', '_')}.{k}": v for (c, _), found in parts.items()
+               for k, v in found.items()}
+    assert any(k.startswith("lora_unet_input_blocks_") for k in tensors)
+    save_file(tensors, tmp_path / "xl.safetensors")
+    layers = {key: dict(nets[key[0]].named_modules())[key[1]] for key in parts}
+    base = {key: layer.weight.detach().clone() for key, layer in layers.items()}
+    merge_sd_loras(SimpleNamespace(**nets), read_sd_loras([(tmp_path / "xl.safetensors", -0.7)]))
+    for key, found in parts.items():
+        w0, blocks = base[key], found.get("oft_blocks")
+        expected = w0 - 0.7 * found["diff"] if blocks is None else \
+            (_dense_boft if blocks.ndim == 4 else _dense_oft)(w0, _cayley(blocks), -0.7)
+        assert (layers[key].weight - expected).abs().max() < 2e-6, key
+        assert (layers[key].weight - w0).abs().max() > 1e-2, key
