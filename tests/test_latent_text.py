@@ -353,6 +353,22 @@ def test_frozen_clip_text_encoder_from_a_local_directory(tmp_path):
         CLIPPromptEncoder(tmp_path / "missing")
 
 
+def test_clip_text_encoder_of_nan_weights_is_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from diffkit.text import CLIPPromptEncoder
+    (tmp_path / "clip").mkdir()
+    directory = _tiny_clip_dir(tmp_path / "clip")
+    tensors = load_file(directory / "model.safetensors")
+    key = next(k for k in sorted(tensors) if "q_proj.weight" in k)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(DiffkitError) as err:
+        CLIPPromptEncoder(directory, progress=False)
+    assert str(err.value) == f"CLIP text encoder {directory / 'model.safetensors'}: tensor {key!r} holds NaN or " \
+                             f"infinite values; the file is damaged (give a file of finite weights)"
+
+
 def test_clip_text_encoder_without_progress_shows_no_loading_bar(tmp_path, capfd):
     """transformers' "Loading weights" bar showed even when progress was off."""
     import transformers
