@@ -194,11 +194,12 @@ def load_clip(directory, device="cpu", progress: bool = True) -> LocalCLIP:
     """A :class:`LocalCLIP` from a local folder (see the module docstring); nothing is downloaded.
     One-line errors for a missing folder, a folder that is not a whole CLIP (e.g. a CLIPTextModel
     alone; :func:`check_clip_folder`), unreadable weights (e.g. a truncated ``model.safetensors``)
-    or tokenizer, and a bad ``preprocessor_config.json``."""
+    or tokenizer, NaN / infinite weights (naming the file and tensor, as
+    :func:`diffkit.interop.check_finite_model`) and a bad ``preprocessor_config.json``."""
     root, tok_dir = check_clip_folder(directory)
     from safetensors import SafetensorError
 
-    from .interop import library_progress_bars, require
+    from .interop import check_finite_model, library_progress_bars, require
     transformers = require("transformers")
     try:
         with library_progress_bars(progress, ("transformers",)):
@@ -207,6 +208,7 @@ def load_clip(directory, device="cpu", progress: bool = True) -> LocalCLIP:
     except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as err:
         raise DiffkitError(f"cannot load a CLIP model from {str(root)!r}: {type(err).__name__}: "
                            f"{first_line(err, 160)}") from None
+    check_finite_model(model, root, "--clip-model")  # NaN / inf weights: one line naming the file and tensor
     if len(tokenizer) > model.config.text_config.vocab_size:
         raise DiffkitError(f"the tokenizer in {str(tok_dir)!r} has {len(tokenizer)} tokens but the CLIP's text tower "
                            f"{model.config.text_config.vocab_size}; they are not one model's")

@@ -208,7 +208,8 @@ def merge_in_order(merges: list) -> None:
     the weights the earlier ones changed are put back (a failing merge leaves its own layers as they
     were, :func:`merge_adapted`), so the networks end as they began."""
     layers = {id(layer): layer for changed, _ in merges[:-1] for layer in changed}
-    saved = [(layer.weight, layer.weight.detach().clone()) for layer in layers.values()]  # what a merge changes
+    saved = [(p, p.detach().clone()) for layer in layers.values()  # what a merge changes (a bias: a LyCORIS diff_b)
+             for p in (layer.weight, getattr(layer, "bias", None)) if p is not None]
     try:
         for _, merge in merges:
             merge()

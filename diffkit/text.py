@@ -390,7 +390,7 @@ class CLIPPromptEncoder:
     def __init__(self, directory, device="cpu", max_length: Optional[int] = None, progress: bool = True):
         from pathlib import Path
 
-        from .interop import library_progress_bars
+        from .interop import check_finite_model, library_progress_bars
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
         except ImportError:
@@ -407,6 +407,7 @@ class CLIPPromptEncoder:
                                                            use_safetensors=True)  # never a pickled .bin
         except (OSError, ValueError) as err:
             raise DiffkitError(f"cannot load a CLIP text encoder from {str(root)!r}: {first_line(err, 160)}") from None
+        check_finite_model(self.model, model_dir, "CLIP text encoder")  # NaN / inf weights: one line
         self.model.requires_grad_(False).eval().to(device)
         self.max_length = int(max_length or min(self.tokenizer.model_max_length,
                                                 self.model.config.max_position_embeddings))

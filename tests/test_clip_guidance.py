@@ -385,6 +385,17 @@ def test_truncated_weights_are_one_line_naming_the_folder(clip_dir, tmp_path):
     assert "cannot load a CLIP model from" in message and str(folder) in message and "\n" not in message, message
 
 
+def test_non_finite_weights_are_one_line_naming_the_file_and_tensor(clip_dir, tmp_path):
+    """A CLIP of NaN weights loaded, and CLIP guidance pulled every image to NaN (as from_pretrained checks now)."""
+    from test_latent_text import damage_weights
+    folder = copy_clip(clip_dir, tmp_path / "nan")
+    key = damage_weights(folder, float("inf"))
+    with pytest.raises(DiffkitError) as err:
+        load_clip(folder, progress=False)
+    assert str(err.value) == f"--clip-model {folder / 'model.safetensors'}: tensor {key!r} holds NaN or infinite " \
+                             f"values; the file is damaged (give a file of finite weights)"
+
+
 def test_a_scalar_preprocessor_mean_is_spread_to_rgb(clip_dir, tmp_path):
     """transformers' CLIPImageProcessor takes a float image_mean / image_std for every channel."""
     folder = copy_clip(clip_dir, tmp_path / "scalar")

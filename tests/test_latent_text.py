@@ -353,6 +353,27 @@ def test_frozen_clip_text_encoder_from_a_local_directory(tmp_path):
         CLIPPromptEncoder(tmp_path / "missing")
 
 
+def damage_weights(folder, value=float("nan")) -> str:
+    """Write ``value`` into the first ``q_proj.weight`` of ``folder``'s model.safetensors; returns that key."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(folder / "model.safetensors")
+    key = next(k for k in sorted(tensors) if "q_proj.weight" in k)
+    tensors[key][0, 0] = value
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return key
+
+
+def test_clip_text_encoder_of_nan_weights_is_one_line(tmp_path):
+    from diffkit.text import CLIPPromptEncoder
+    (tmp_path / "clip").mkdir()
+    directory = _tiny_clip_dir(tmp_path / "clip")
+    key = damage_weights(directory)
+    with pytest.raises(DiffkitError) as err:
+        CLIPPromptEncoder(directory, progress=False)
+    assert str(err.value) == f"CLIP text encoder {directory / 'model.safetensors'}: tensor {key!r} holds NaN or " \
+                             f"infinite values; the file is damaged (give a file of finite weights)"
+
+
 def test_clip_text_encoder_without_progress_shows_no_loading_bar(tmp_path, capfd):
     """transformers' "Loading weights" bar showed even when progress was off."""
     import transformers

@@ -287,7 +287,7 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
     down = next(k for k in tensors if k.startswith("lora_unet_") and k.endswith("to_q.lora_down.weight"))
     module = down[:-len(".lora_down.weight")]
     absent = module.replace("down_blocks_0", "down_blocks_7")  # a block the tiny UNet does not have
-    bad = {"unknown": {**tensors, "lora_unet_x.oft_blocks": torch.zeros(2, 2)},
+    bad = {"unknown": {**tensors, "lora_unet_x.a1.weight": torch.zeros(2, 2)},  # GLoRA
            "sdxl": {**tensors, **{f"lora_te2_text_model_x.lora_{p}.weight": torch.zeros(2, 2) for p in ("down", "up")}},
            "absent": {**tensors, **{f"{absent}.{part}": tensors[f"{module}.{part}"].clone()
                                     for part in ("lora_down.weight", "lora_up.weight", "alpha")}},
@@ -305,7 +305,7 @@ def test_bad_lora_files_are_one_line_errors_before_output(sd_lora, tmp_path, cap
         save_file(load_file(sd_lora["diffusers"]), tmp_path / f"{name}.safetensors",
                   metadata={"lora_adapter_metadata": json.dumps(config)})
     for name, needle in (("missing", "does not exist"), ("junk", "is not a safetensors LoRA file"),
-                         ("unknown", "key 'lora_unet_x.oft_blocks' is not supported"),
+                         ("unknown", "key 'lora_unet_x.a1.weight' is not supported"),
                          ("sdxl", "adapts SD-XL's second text encoder (lora_te2_... keys); this folder has one"),
                          ("absent", "names no Linear or Conv2d layer of the unet"),
                          ("shape", "does not fit this network"), ("no_up", "has no lora_B / lora_up matrix"),

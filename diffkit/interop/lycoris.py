@@ -58,26 +58,31 @@ from __future__ import annotations
 import torch
 
 from ..errors import DiffkitError
+from . import lycoris_oft
 
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 MAGNITUDE = ("dora_scale", "lora_magnitude_vector")  # kohya / LyCORIS, diffusers / peft
 LOCON_MID = "lora_mid.weight"  # LyCORIS LoCon's Tucker core (use_tucker / use_cp)
 IA3 = ("weight", "on_input")  # LyCORIS (IA)^3: the vector l and the axis it scales
-KOHYA_PARTS = LOHA + LOKR + MAGNITUDE[:1] + (LOCON_MID,) + IA3  # what follows a kohya module name besides LoRA's
+KOHYA_PARTS = LOHA + LOKR + MAGNITUDE[:1] + (LOCON_MID,) + IA3 + lycoris_oft.PARTS  # kohya keys besides LoRA's
 
 
 def check_parts(parts: dict, lora: bool, what: str) -> None:
     """One-line error unless ``parts`` (key tail -> tensor of one module; ``lora``: it has a LoRA down or up
     matrix too) is one whole LoRA, LoHa or LoKr adapter, with or without a DoRA magnitude."""
-    loha, lokr, ia3 = ([p for p in kind if p in parts] for kind in (LOHA, LOKR, IA3))
+    loha, lokr, ia3, oft = ([p for p in kind if p in parts] for kind in (LOHA, LOKR, IA3, lycoris_oft.PARTS))
     if LOCON_MID in parts and not lora:
         raise DiffkitError(f"{what} has {LOCON_MID} but no lora_down / lora_up matrices")
-    kinds = [k for k, found in (("LoRA", lora), ("LoHa", loha), ("LoKr", lokr), ("(IA)^3", ia3)) if found]
+    kinds = [k for k, found in (("LoRA", lora), ("LoHa", loha), ("LoKr", lokr), ("(IA)^3", ia3),
+                                ("OFT / full", oft)) if found]
     if len(kinds) > 1:
         raise DiffkitError(f"{what} has both {kinds[0]} and {kinds[1]} tensors; allowed: one adapter kind per module")
-    if ia3 and any(k in parts for k in MAGNITUDE):
-        raise DiffkitError(f"{what} has an (IA)^3 vector and a DoRA magnitude; allowed: DoRA on LoRA, LoHa or LoKr")
+    if (ia3 or oft) and any(k in parts for k in MAGNITUDE):
+        raise DiffkitError(f"{what} has an {'(IA)^3 vector' if ia3 else oft[0] + ' tensor'} and a DoRA magnitude; "
+                           f"allowed: DoRA on LoRA, LoHa or LoKr")
+    if oft:
+        return lycoris_oft.check_parts(parts, what)
     if "on_input" in parts and (parts["on_input"].numel() != 1 or float(parts["on_input"]) not in (0.0, 1.0)):
         raise DiffkitError(f"{what}: on_input is {parts['on_input'].tolist()}; allowed: 0 (scale the output "
                            f"channels) or 1 (the input channels)")
@@ -234,6 +239,8 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
         raise DiffkitError(f"{what}: LyCORIS / DoRA adapters adapt convolutions with groups=1; this one has "
                            f"groups={layer.groups}")
+    if lycoris_oft.owns(parts):  # OFT / BOFT / a full difference: a merged weight, not a scaled Delta W
+        return lycoris_oft.prepare(layer, parts, alpha, what)
     if "on_input" in parts and alpha is not None:
         raise DiffkitError(f"{what} has an (IA)^3 vector and an alpha; allowed: no alpha ((IA)^3 has no rank)")
     meta = {k: v if k == "on_input" else v.to("meta") for k, v in parts.items()}  # on_input: read for its axis

@@ -30,8 +30,11 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
   LoKr): their weight change, scale and decomposition are :mod:`.lycoris`'s (LoHa / LoKr / LoCon: Yeh et al.
   2023, Sec. 3; (IA)^3: Liu et al. 2022, Sec. 3.3; DoRA: Liu et al. 2024, eq. 5), merged into W directly (every
   shape checked before the first merge).
+* LyCORIS OFT / BOFT rotations (``.oft_blocks`` 3-D / 4-D, ``.oft_diag``, ``.rescale``; ``.alpha`` is their
+  constraint, 0 allowed) and full differences (``.diff``, ``.diff_b``): :mod:`.lycoris_oft` (Qiu et al. 2023,
+  eq. 2; Liu et al. 2024, eq. 4-6).
 
-Anything else (OFT / BOFT / GLoRA / full ``.diff`` tensors, a LoRA bias, peft-format LoHa / LoKr keys) is a
+Anything else (GLoRA tensors, a LoRA bias, peft-format LoHa / LoKr keys) is a
 one-line error naming the first such key; so is a module with a partner key missing
 (``hada_w1_a`` without ``hada_w1_b``) or two adapter kinds, a key naming a module the network lacks,
 ``text_encoder_2`` / ``lora_te2_`` keys on a folder with one text encoder, a shape that does not fit, or an
@@ -48,7 +51,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffkitError
-from . import lycoris
+from . import lycoris, lycoris_oft
 from .ldm_names import ldm_names
 
 COMPONENTS = {"unet": ("unet.", "lora_unet_"), "text_encoder": ("text_encoder.", "lora_te_"),  # diffusers, kohya
@@ -171,7 +174,8 @@ def parse_sd_lora(path, tensors: dict, meta: dict) -> dict:
                                f"text_encoder./text_encoder_2. keys ending in .lora_A.weight / .lora_B.weight / "
                                f".lora_magnitude_vector (diffusers) or lora_unet_/lora_te_/lora_te1_/lora_te2_ keys "
                                f"ending in .lora_down.weight / .lora_up.weight / .lora_mid.weight / .alpha / "
-                               f".dora_scale / .hada_* / .lokr_* / .weight + .on_input (kohya, LyCORIS)")
+                               f".dora_scale / .hada_* / .lokr_* / .weight + .on_input / .oft_blocks / .oft_diag / "
+                               f".rescale / .diff / .diff_b (kohya, LyCORIS)")
         entry = out[component].setdefault(name, [None, None, None, prefix, {}])
         if (entry[slot] if isinstance(slot, int) else entry[4].get(slot)) is not None:  # lora_te_ and lora_te1_
             raise DiffkitError(f"--lora {path}: keys {entry[3]}{name}.{part} and {key} adapt the same {component} "
@@ -188,9 +192,9 @@ def parse_sd_lora(path, tensors: dict, meta: dict) -> dict:
             if (down is None or up is None) and (down is not None or up is not None or not parts):
                 raise DiffkitError(f"--lora {path}: {component} module {name} has no "
                                    f"{'lora_A / lora_down' if down is None else 'lora_B / lora_up'} matrix")
-            if alpha is not None and (alpha.numel() != 1 or not 0 < float(alpha) < math.inf):
-                raise DiffkitError(f"--lora {path}: {prefix}{name}.alpha is {alpha.tolist()}; "
-                                   f"allowed: one positive number")
+            allowed = alpha is not None and lycoris_oft.bad_alpha(float(alpha) if alpha.numel() == 1 else -1, parts)
+            if allowed:  # OFT / BOFT: a constraint, 0 allowed
+                raise DiffkitError(f"--lora {path}: {prefix}{name}.alpha is {alpha.tolist()}; allowed: {allowed}")
     out["kohya"] = kohya
     out["alpha_of"] = {c: _peft_alphas(path, meta, c) for c in COMPONENTS}
     return out
