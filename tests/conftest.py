@@ -93,6 +93,14 @@ def tiny_checkpoint(tmp_path_factory):
     return root / "ckpt" / "latest.safetensors"
 
 
+@pytest.fixture(scope="session")
+def refiner_combo(tmp_path_factory):
+    """test_refiner_combos' tiny SD-XL base / refiner / ControlNet / IP-Adapter / LoRA folders and pipelines, built
+    once for it and test_refiner_more."""
+    from test_refiner_combos import make_combo
+    return make_combo(tmp_path_factory.mktemp("refiner_combos"))
+
+
 @pytest.fixture
 def assert_same_training_state():
     """``check(checkpoint_a, checkpoint_b, step)``: both checkpoints are at ``step`` and their

@@ -33,10 +33,14 @@ GRID = dict(spacing="leading", final="sigma_min", steps_offset=1)  # the pipelin
 
 
 @pytest.fixture(scope="module")
-def combo(tmp_path_factory):
+def combo(refiner_combo):
+    """conftest's session-wide :func:`make_combo` (test_refiner_more uses it too)."""
+    return refiner_combo
+
+
+def make_combo(root):
     """{"base", "refiner": pipelines (DDIM), "root" with base/, refiner/, cn/, image_encoder/, ip.safetensors,
     lora/lora.safetensors (the base UNet's), control.png, image.png; "xl", "rx": the loaded folders, "net"}."""
-    root = tmp_path_factory.mktemp("refiner_combos")
     base = tiny_sd_xl_pipeline(root)
     refiner = tiny_refiner(base)
     base.save_pretrained(root / "base")

@@ -50,9 +50,12 @@ def edit_refiner_request(args) -> Optional["RefinerRequest"]:
     """``diffkit edit --refiner FOLDER [--denoising-end F]`` (None without): the base (an SD-XL base folder with a
     4-channel UNet, not an LCM one) edits the grid's times t >= int(round(T - F T)) and the refiner the rest from
     its latents, as ``StableDiffusionXLImg2ImgPipeline`` / ``StableDiffusionXLInpaintPipeline`` of each folder with
-    ``denoising_end`` / ``denoising_start``; the aesthetic scores are then the refiner's. One line, before loading,
-    for anything else and for the flags the hand-over is not compared with a pipeline for (ControlNets, PAG,
-    APG, RePaint...)."""
+    ``denoising_end`` / ``denoising_start``; the aesthetic scores are then the refiner's. ``--ip-adapter`` and, with
+    ``--mask``, ``--controlnet`` (also ControlNet-Union) act on the base only, as the base's
+    ``StableDiffusionXL(Img2Img|Inpaint)Pipeline`` with ``load_ip_adapter`` / ``StableDiffusionXLControlNet(Union)
+    InpaintPipeline`` with ``denoising_end`` before the refiner's plain pipeline. One line, before loading, for
+    anything else and for the flags the hand-over is not compared with a pipeline for (--controlnet without --mask:
+    ``StableDiffusionXLControlNetImg2ImgPipeline`` takes no ``denoising_end``; PAG, APG, RePaint...)."""
     from ..handover import check_fraction
     from ..interop.lcm import is_lcm_folder
     from ..interop.sd_inpaint import is_inpainting_folder
@@ -69,8 +72,10 @@ def edit_refiner_request(args) -> Optional["RefinerRequest"]:
                            f"text_encoder_2, a 4-channel UNet, not LCM) as --checkpoint; {base} is not one")
     if not is_sd_xl_folder(args.refiner):
         raise DiffkitError(f"--refiner applies to SD-XL folders (diffusers format): {args.refiner} is not one")
+    if getattr(args, "controlnets", None) and args.mask is None:
+        raise DiffkitError("--controlnet does not go with --refiner in diffkit edit without --mask (diffusers' "
+                           "StableDiffusionXLControlNetImg2ImgPipeline has no denoising_end); add --mask or drop one")
     given = {"--denoising-start": args.denoising_start, "--interpolate": args.interpolate,
-             "--controlnet": getattr(args, "controlnets", None), "--ip-adapter": getattr(args, "ip_adapter", None),
              "--pag-scale": getattr(args, "pag_scale", None), "--scheduler": args.scheduler, "--freeu": args.freeu,
              "--paste-known": args.paste_known or None, "--reconstruction-weight": args.reconstruction_weight,
              "--apg-eta": args.apg_eta, "--apg-norm-threshold": args.apg_norm_threshold,
@@ -79,7 +84,8 @@ def edit_refiner_request(args) -> Optional["RefinerRequest"]:
     for flag, value in given.items():
         if value is not None and value is not False:
             raise DiffkitError(f"{flag} does not go with --refiner in diffkit edit (the hand-over is offered for "
-                               f"plain img2img and --mask inpainting, with --lora on the base)")
+                               f"img2img and --mask inpainting, with --lora / --ip-adapter / (--mask) --controlnet "
+                               f"on the base)")
     scores = {"aesthetic_score": args.aesthetic_score, "negative_aesthetic_score": args.negative_aesthetic_score}
     if not (_index(args.refiner) or {}).get("requires_aesthetics_score"):
         given = [flag for flag, value in zip(("--aesthetic-score", "--negative-aesthetic-score"), scores.values())
