@@ -101,3 +101,29 @@ def test_every_example_parses(parser):
         except ValueError as e:  # shlex: no closing quotation
             failures.append(f"{doc}: {line} ({e})")
     assert not failures, "examples that no longer parse:\n" + "\n".join(failures)
+
+
+def sub_parsers(parser, prefix="diffkit"):
+    """(command name, parser) of every sub-command (and ``experiment``'s tables), each once."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    yield f"{prefix} {name}", sub
+                    yield from sub_parsers(sub, f"{prefix} {name}")
+
+
+def test_every_flag_is_documented_and_has_help(parser):
+    """Each flag of each sub-command has a help text and is named (in full) in README.md or a docs page."""
+    docs = "".join(doc.read_text() for doc in DOCS)
+    missing_help, undocumented = [], []
+    for command, sub in sub_parsers(parser):
+        for action in sub._actions:
+            flags = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+            if flags and (not action.help or action.help == argparse.SUPPRESS):
+                missing_help.append(f"{command} {flags[0]}")
+            undocumented += [f"{command} {o}" for o in flags if not re.search(re.escape(o) + r"(?![\w-])", docs)]
+    assert not missing_help, f"flags without a help text: {missing_help}"
+    assert not undocumented, f"flags no doc page names: {undocumented}"

@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=path_arg, help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
     p.add_argument("--steps", type=positive_int,
                    help="optimiser steps (default: the teacher config's max_steps, else its epochs)")
-    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per optimiser step and process (default: the teacher config's batch_size)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", type=path_arg, help="a distillation checkpoint to continue exactly")
     from .train import add_run_flags
