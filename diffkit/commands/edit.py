@@ -79,7 +79,8 @@ def strength_value(text: str) -> float:
 def register(sub) -> None:
     p = sub.add_parser("edit", help="img2img (SDEdit), inpainting or interpolation of PNG images; forecast / impute a series (--series)", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
-                   required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
+                   required=True, help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers "
+                                       "folder (SD, SD-XL, SD3, FLUX.1; docs/interop.md)")
     p.add_argument("--images", type=path_arg, metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
     p.add_argument("--out", type=path_arg,
                    required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "

@@ -75,8 +75,9 @@ GRID_LIMIT = 4096  # the grid PNGs show at most the first 4096 images (--individ
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
-                   help="a .safetensors checkpoint or a run's checkpoint folder (default with "
-                        "--config: its test_load_weight in its save_weight_dir)")
+                   help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
+                        "SD3, FLUX.1, DiT; docs/interop.md); default with --config: its test_load_weight in its "
+                        "save_weight_dir")
     p.add_argument("--config", type=path_arg,
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
                         "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
