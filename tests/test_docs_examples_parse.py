@@ -116,14 +116,20 @@ def sub_parsers(parser, prefix="diffkit"):
 
 
 def test_every_flag_is_documented_and_has_help(parser):
-    """Each flag of each sub-command has a help text and is named (in full) in README.md or a docs page."""
+    """Each flag of each sub-command has a help text, which names its default where argparse holds one (a value
+    flag's), and is named (in full) in README.md or a docs page."""
     docs = "".join(doc.read_text() for doc in DOCS)
-    missing_help, undocumented = [], []
+    missing_help, no_default, undocumented = [], [], []
+    flag_actions = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._AppendAction)
     for command, sub in sub_parsers(parser):
         for action in sub._actions:
             flags = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
             if flags and (not action.help or action.help == argparse.SUPPRESS):
                 missing_help.append(f"{command} {flags[0]}")
+            elif flags and action.default is not None and not isinstance(action, flag_actions) \
+                    and "default" not in action.help:
+                no_default.append(f"{command} {flags[0]} ({action.default!r})")
             undocumented += [f"{command} {o}" for o in flags if not re.search(re.escape(o) + r"(?![\w-])", docs)]
     assert not missing_help, f"flags without a help text: {missing_help}"
+    assert not no_default, f"help texts that do not name the flag's default: {no_default}"
     assert not undocumented, f"flags no doc page names: {undocumented}"

@@ -86,7 +86,7 @@ def register(sub) -> None:
                    required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
                    "with --series a .csv or .npy file)")
     p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
-                   "(independent of batch size)")
+                   "(independent of batch size; default 0)")
     p.add_argument("--batch-size", type=batch_size_or_auto,
                    help="images or pairs per batch (default 16); with --series the windows per sampler call, or "
                         "auto (the --series default): the largest batch that fits in free memory")

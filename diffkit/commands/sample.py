@@ -117,8 +117,10 @@ def register(sub) -> None:
     o.add_argument("--progressive", type=int_in(2, 1001), metavar="K",
                    help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from the "
                         "grid's first time to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
-    o.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
-    o.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
+    o.add_argument("--seed", type=seed_int, default=0,
+                   help="sample i uses seed + i (independent of batch size; default 0)")
+    o.add_argument("--scale", type=int_in(1, 32), default=1,
+                   help="upscale the grid PNG by this factor (1..32, default 1)")
     add_network_flags(p)
     add_lora_flags(p)
     add_textual_inversion_flag(p)
@@ -199,7 +201,7 @@ def add_rescale_interval_flags(group, needs: str = "") -> None:
     ``diffkit sample`` and ``diffkit edit --series`` (checked by :meth:`GuidanceRequest.check`); ``needs``
     starts their help (e.g. edit's "with --series and --guidance-scale: ")."""
     group.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
-                       help=f"{needs}guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
+                       help=f"{needs}guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off (default)")
     group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                        help=f"{needs}guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
     group.add_argument("--apg-eta", type=float, metavar="E",

@@ -56,7 +56,7 @@ def add_run_flags(p, command: str, func, set_example: str) -> None:
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="processes for data-parallel training (re-runs itself under torchrun; "
-                        "batch_size is per process)")
+                        "batch_size is per process; default 1)")
     add_progress_flag(p)
     p.set_defaults(func=func)
     _OPTIONS[command] = [o for action in p._actions for o in action.option_strings if o.startswith("--")]
