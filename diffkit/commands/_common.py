@@ -209,9 +209,10 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     """``--lora FILE[:SCALE]`` (repeatable) and ``--lora-any-base``: LoRA adapter files merged into the
     --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``)."""
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
-                        help="a LoRA adapter file (diffkit convert --lora-only; for a Stable Diffusion or SD-XL "
-                             "folder a diffusers or kohya LoRA .safetensors) merged into --checkpoint's weights at "
-                             "load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
+                        help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
+                             "SD-XL / SD3 / FLUX.1, a diffusers, PEFT or kohya LoRA .safetensors) merged into "
+                             "--checkpoint's weights at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
+                             "several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "
                              "(same network; by default another base is refused)")
@@ -262,7 +263,7 @@ def add_freeu_flag(parser) -> None:
                         help="FreeU while sampling (Si et al. 2024): backbone factors B1, B2 on half the channels "
                              "and low-frequency skip factors S1, S2 in the two lowest-resolution decoder stages, "
                              "e.g. 1.5,1.6,0.9,0.2 (diffusers' values for SD 1.5); a diffkit U-Net or a Stable "
-                             "Diffusion folder (docs/guidance.md)")
+                             "Diffusion / SD-XL folder (docs/guidance.md)")
 
 
 def check_freeu_checkpoint(checkpoint, freeu) -> None:

@@ -21,11 +21,11 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD3 and FLUX.1 folders; docs/interop.md)")
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3 and FLUX.1 folders; docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
-                   help="a diffusers ControlNetModel folder made for this Stable Diffusion model (SD3: an "
-                        "SD3ControlNetModel, FLUX.1: a FluxControlNetModel folder); repeat for Multi-ControlNet "
-                        "(their residuals add up)")
+                   help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
+                        "ControlNetUnionModel, see --control-mode), SD3ControlNetModel, FluxControlNetModel; repeat "
+                        "for Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md); sample: "
@@ -42,7 +42,8 @@ def add_controlnet_flags(parser) -> None:
                    help="the fraction of the steps after which the ControlNet is off (default 1)")
     g.add_argument("--guess-mode", action="store_true",
                    help="residuals on the conditional half of classifier-free guidance only, scaled from 0.1 "
-                        "(shallowest block) to 1 (middle block), as diffusers' guess_mode")
+                        "(shallowest block) to 1 (middle block), as diffusers' guess_mode (SD / SD-XL "
+                        "ControlNetModel only)")
     add_control_mode_flag(g)
 
 

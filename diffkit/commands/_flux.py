@@ -58,8 +58,9 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     if given:
         raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt (-2), "
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
-                           f"--controlnet, --guidance-scale (the embedded guidance), --steps / --nfe, --sampler and "
-                           f"its grid options")
+                           f"--controlnet (--control-mode: a union), --control-image (a Depth / Canny folder), "
+                           f"--ip-adapter, --redux, --height / --width, --guidance-scale (the embedded guidance), "
+                           f"--steps / --nfe, --sampler and its grid options")
     if getattr(ip_adapter, "negative_image", None) is not None and not (guidance.true_cfg_scale or 0) > 1:
         raise DiffkitError("--negative-ip-adapter-image feeds only true CFG's negative pass; give --true-cfg-scale "
                            "> 1 with --negative-prompt, or drop it")

@@ -17,11 +17,12 @@ from ._common import lora_arg, path_arg
 
 
 def add_ip_adapter_flags(parser) -> None:
-    g = parser.add_argument_group("IP-Adapter (Stable Diffusion, SD3 and FLUX.1 folders; docs/interop.md)")
+    g = parser.add_argument_group("IP-Adapter (Stable Diffusion, SD-XL, SD3 and FLUX.1 folders; docs/interop.md)")
     g.add_argument("--ip-adapter", type=lora_arg, action="append", metavar="FILE[:SCALE]",
-                   help="an IP-Adapter file (ip-adapter or ip-adapter-plus, .safetensors or diffusers' .bin) made "
-                        "for this model family; SCALE is lambda of the image prompt's attention (default 1; 0 = "
-                        "plain text-to-image); SD / SD-XL: repeat for several adapters, one --ip-adapter-image each")
+                   help="an IP-Adapter file (.safetensors or diffusers' .bin; SD / SD-XL: ip-adapter or "
+                        "ip-adapter-plus) made for this model family; SCALE is lambda of the image prompt's "
+                        "attention (default 1; 0 = plain text-to-image); SD / SD-XL: repeat for several adapters, "
+                        "one --ip-adapter-image each")
     g.add_argument("--ip-adapter-image", type=path_arg, action="append", metavar="PNG|DIR",
                    help="the image prompt of each --ip-adapter (in the same order), for every sample; SD / SD-XL: a "
                         "folder of PNGs gives that adapter several image prompts (file-name order)")

@@ -19,8 +19,9 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --steps / --nfe, --sampler and its "
                   "grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --controlnet, --ip-adapter, --mask, "
-                  "--strength, --steps, --sampler and its grid options",  # (FLUX: diffkit edit's)
+                  "--guidance-scale (the embedded guidance), --lora, --controlnet (--control-mode: a union), "
+                  "--control-image (a Depth / Canny folder), --ip-adapter, --mask, --strength, --steps, --sampler "
+                  "and its grid options",  # (FLUX: diffkit edit's)
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
                           "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, --height / "
                           "--width / --max-area (the edit's size), --no-auto-resize, --mask with --strength, --steps, "

@@ -26,8 +26,9 @@ def register(sub) -> None:
     p.add_argument("--out", type=path_arg, help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
     p.add_argument("--steps", type=positive_int,
                    help="optimiser steps (default: the teacher config's max_steps, else its epochs)")
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per optimiser step and process (default: the teacher config's batch_size)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: the teacher config's device)")
     p.add_argument("--resume", type=path_arg, help="a distillation checkpoint to continue exactly")
     from .train import add_run_flags
     add_run_flags(p, "distill", run, "--set consistency_skip=10 --set lr=5e-5")

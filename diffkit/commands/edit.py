@@ -30,7 +30,8 @@ with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
-the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``; a FLUX.1 Depth / Canny folder with
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``; with ``--mask`` FluxInpaintPipeline;
+a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
 FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A text-conditional
@@ -78,96 +79,105 @@ def strength_value(text: str) -> float:
 def register(sub) -> None:
     p = sub.add_parser("edit", help="img2img (SDEdit), inpainting or interpolation of PNG images; forecast / impute a series (--series)", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
-                   required=True, help="a .safetensors checkpoint or a run's checkpoint folder")
+                   required=True, help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers "
+                                       "folder (SD, SD-XL, SD3, FLUX.1; docs/interop.md)")
     p.add_argument("--images", type=path_arg, metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
-    p.add_argument("--series", type=path_arg,
+    p.add_argument("--out", type=path_arg,
+                   required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
+                   "with --series a .csv or .npy file)")
+    p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
+                   "(independent of batch size; default 0)")
+    p.add_argument("--batch-size", type=batch_size_or_auto,
+                   help="images or pairs per batch (default 16); with --series the windows per sampler call, or "
+                        "auto (the --series default): the largest batch that fits in free memory")
+    add_network_flags(p)
+    add_lora_flags(p)
+    add_textual_inversion_flag(p)
+    add_freeu_flag(p)
+    add_progress_flag(p)
+    m = p.add_argument_group("img2img and inpainting (docs/editing.md)")
+    m.add_argument("--mask", type=path_arg,
+                   metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
+                                       "Fill folder: required)")
+    m.add_argument("--strength", type=strength_value,
+                   help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
+                        "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only)")
+    m.add_argument("--jump-n-sample", type=positive_int, default=1,
+                   help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
+                        "times (default 1: none)")
+    m.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
+    m.add_argument("--reconstruction-weight", type=non_negative_float, metavar="W",
+                   help="with --series or --mask: reconstruction guidance weight w (Ho et al. 2022; 0 = replacement "
+                        "only; default 1 with --series, 0 with --mask; w > 0 costs a backward pass per step)")
+    m.add_argument("--posterior", type=str, choices=("mean", "sample"),
+                   help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
+                        "the image's seed before its noise, as diffusers' img2img); default mean for a diffkit "
+                        "latent checkpoint (what it was trained on), sample for a Stable Diffusion folder")
+    m.add_argument("--paste-known", action="store_true",
+                   help="latent models with --mask: paste the kept pixels back into the decoded images (decoding "
+                        "changes them slightly; diffusers does not paste)")
+    s = p.add_argument_group("sampler and time grid (docs/samplers.md)")
+    s.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; ddpm with --series); NAME@SPACING:FINAL "
+                   "also sets the grid")
+    s.add_argument("--steps", type=positive_int, help="steps of the full grid (default 50)")
+    s.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    s.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
+                   "diffusers' eta; 0 = deterministic)")
+    add_solver_flags(s, adaptive=False)  # --spacing, --final, --restarts (edits refuse adaptive samplers)
+    add_flow_shift_flag(s)
+    s.add_argument("--scheduler", choices=("lcm", "tcd"),
+                   help="Stable Diffusion / SD-XL folders: edit as diffusers' img2img / inpaint pipelines with "
+                        "LCMScheduler (lcm) / TCDScheduler (tcd) .from_config of the folder's, e.g. with an LCM-LoRA "
+                        "in --lora: default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/editing.md)")
+    i = p.add_argument_group("interpolation (--interpolate; docs/editing.md)")
+    i.add_argument("--interpolate", type=int_in(2, 64), metavar="K",
+                   help="interpolate pairs of images at K weights from 0 to 1 (writes OUT/interpolation.png)")
+    i.add_argument("--method", choices=("ddpm", "ddim"),
+                   help="with --interpolate: ddpm (lerp at --t, DDPM Sec. 4.4; default) or ddim (inversion + slerp)")
+    i.add_argument("--t", type=int, metavar="T", help="with --interpolate --method ddpm: the time to noise to "
+                   "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
+    t = p.add_argument_group("time series (--series; docs/editing.md)")
+    t.add_argument("--series", type=path_arg,
                    metavar="CSV|NPY", help="time-series checkpoints: the rows to forecast from "
                    "(--horizon) or to impute (empty / NaN cells), in the training file's columns and units")
-    p.add_argument("--horizon", type=positive_int, metavar="H",
+    t.add_argument("--horizon", type=positive_int, metavar="H",
                    help="with --series: forecast H rows after the file's rows (from its last seq_length - H rows; "
                         "H > seq_length - 1 rolls window after window, see --chunk)")
-    p.add_argument("--chunk", type=positive_int, metavar="K",
+    t.add_argument("--chunk", type=positive_int, metavar="K",
                    help="with --series, a forecast or a file longer than one window: the new rows of each window "
                         "(1..seq_length - 1; the other seq_length - K rows are its context; default: a horizon that "
                         "fits one window in one, else seq_length // 4; for a horizon above seq_length / 4, "
                         "seq_length // 4 measured better; imputation: windows K apart, default seq_length // 2)")
-    p.add_argument("--num", type=int_in(1, 100_000), metavar="N",
+    t.add_argument("--num", type=int_in(1, 100_000), metavar="N",
                    help="with --series: samples of the forecast / imputation (default 1; sample i uses --seed + i)")
-    p.add_argument("--reconstruction-weight", type=non_negative_float, metavar="W",
-                   help="with --series or --mask: reconstruction guidance weight w (Ho et al. 2022; 0 = replacement "
-                        "only; default 1 with --series, 0 with --mask; w > 0 costs a backward pass per step)")
-    p.add_argument("--mask", type=path_arg,
-                   metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint")
-    p.add_argument("--strength", type=strength_value,
-                   help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8; "
-                        "1 with --mask)")
-    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; ddpm with --series); NAME@SPACING:FINAL "
-                   "also sets the grid")
-    p.add_argument("--steps", type=positive_int, help="steps of the full grid (default 50)")
-    p.add_argument("--interpolate", type=int_in(2, 64), metavar="K",
-                   help="interpolate pairs of images at K weights from 0 to 1 (writes OUT/interpolation.png)")
-    p.add_argument("--method", choices=("ddpm", "ddim"),
-                   help="with --interpolate: ddpm (lerp at --t, DDPM Sec. 4.4; default) or ddim (inversion + slerp)")
-    p.add_argument("--t", type=int, metavar="T", help="with --interpolate --method ddpm: the time to noise to "
-                   "(default T/2 - 1: DDPM's t = 500 of 1000 is 499 in diffkit's time)")
-    p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    p.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
-                   "diffusers' eta; 0 = deterministic)")
-    add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (edits refuse adaptive samplers)
-    add_flow_shift_flag(p)
-    p.add_argument("--jump-n-sample", type=positive_int, default=1,
-                   help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
-                        "times (default 1: none)")
-    p.add_argument("--jump-length", type=positive_int, default=10, help="RePaint's jump length in steps (default 10)")
-    p.add_argument("--class", dest="class_id", type=int, metavar="ID",
+    g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/interop.md)")
+    g.add_argument("--class", dest="class_id", type=int, metavar="ID",
                    help="class-conditional checkpoints: the class every image is edited towards (with --series: "
                         "every sample's and window's class; default the file's label column (an imputation: each "
                         "window its rows' label), else the null class, if trained: p_uncond > 0)")
-    p.add_argument("--prompt", dest="prompts", action="append", type=str, metavar="TEXT",
-                   help="text-conditional checkpoints and Stable Diffusion folders: the prompt every image is "
-                        "edited towards; repeat it once per image (in the files' order) for one each")
-    p.add_argument("--negative-prompt", metavar="TEXT",
+    g.add_argument("--prompt", dest="prompts", action="append", type=str, metavar="TEXT",
+                   help="text-conditional checkpoints and diffusers folders (SD, SD-XL, SD3, FLUX.1, Kontext): the "
+                        "prompt every image is edited towards; repeat it once per image (in the files' order) for "
+                        "one each")
+    g.add_argument("--negative-prompt", metavar="TEXT",
                    help="Stable Diffusion / SD-XL / SD3 folders with --prompt: the null condition of classifier-free "
                         "guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
                         "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
                         "with --true-cfg-scale")
-    add_prompt_encoding_flags(p, true_cfg=True)  # --clip-skip, --prompt-2, ... (Stable Diffusion / SD-XL / SD3 / FLUX)
-    p.add_argument("--posterior", type=str, choices=("mean", "sample"),
-                   help="latent models: encode each image to the posterior mean or to a sample of it (drawn from "
-                        "the image's seed before its noise, as diffusers' img2img); default mean for a diffkit "
-                        "latent checkpoint (what it was trained on), sample for a Stable Diffusion folder")
-    p.add_argument("--paste-known", action="store_true",
-                   help="latent models with --mask: paste the kept pixels back into the decoded images (decoding "
-                        "changes them slightly; diffusers does not paste)")
-    p.add_argument("--guidance-scale", type=float, metavar="W",
+    add_prompt_encoding_flags(g, true_cfg=True)  # --clip-skip, --prompt-2, ... (Stable Diffusion / SD-XL / SD3 / FLUX)
+    g.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class, or --prompt: classifier-free guidance (1+W) eps(x,y) - "
                         "W eps(x,null), as diffkit sample (0 = conditional model; --guidance-convention diffusers: "
                         "s = 1 + W; a Stable Diffusion folder's default is diffusers' s = 7.5)")
-    add_guidance_convention_flag(p, needs="with --series or --prompt, and --guidance-scale: ")  # diffkit sample's
-    add_rescale_interval_flags(p, needs="with --series or --prompt, and --guidance-scale: ")
-    p.add_argument("--seed", type=seed_int, default=0, help="output i (image, pair or --series sample) uses seed + i "
-                   "(independent of batch size)")
-    p.add_argument("--batch-size", type=batch_size_or_auto,
-                   help="images or pairs per batch (default 16); with --series the windows per sampler call, or "
-                        "auto (the --series default): the largest batch that fits in free memory")
-    p.add_argument("--out", type=path_arg,
-                   required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "
-                   "with --series a .csv or .npy file)")
-    add_network_flags(p)
-    add_lora_flags(p)
-    add_textual_inversion_flag(p)
-    p.add_argument("--scheduler", choices=("lcm", "tcd"),
-                   help="Stable Diffusion / SD-XL folders: edit as diffusers' img2img / inpaint pipelines with "
-                        "LCMScheduler (lcm) / TCDScheduler (tcd) .from_config of the folder's, e.g. with an LCM-LoRA "
-                        "in --lora: default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/editing.md)")
+    add_guidance_convention_flag(g, needs="with --series or --prompt, and --guidance-scale: ")  # diffkit sample's
+    add_rescale_interval_flags(g, needs="with --series or --prompt, and --guidance-scale: ")
+    add_edit_pag_flags(g)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
+    z = p.add_argument_group("image size (diffusers folders; docs/interop.md)")
+    add_edit_size_flags(z)  # --height, --width (diffusers folders: the images resized first)
+    add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
-    add_edit_pag_flags(p)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
-    add_freeu_flag(p)
-    add_edit_size_flags(p)  # --height, --width (diffusers folders: the images resized first)
-    add_kontext_flags(p)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_edit_refiner_flags(p)
-    add_progress_flag(p)
     p.set_defaults(func=run)
 
 

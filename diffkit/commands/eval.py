@@ -44,7 +44,7 @@ def add_source_flags(p) -> None:
     p.add_argument("--inception-weights", type=path_arg, help="pt_inception-2015-12-05-6726825d.pth (fid/is/kid/pr); "
                                                               "default $DIFFKIT_INCEPTION_WEIGHTS or ~/.cache/diffkit/")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass (default 250)")
-    p.add_argument("--seed", type=seed_int, default=0, help="sample i starts from the noise of seed + i")
+    p.add_argument("--seed", type=seed_int, default=0, help="sample i starts from the noise of seed + i (default 0)")
     add_network_flags(p)
     p.add_argument("--cache-dir", type=path_arg,
                    help="keep each finished batch of samples here; the same command run again "

@@ -34,6 +34,9 @@ Diffusion folder samples ``--prompt``; one with an LCMScheduler (a latent consis
 LCM_Dreamshaper_v7) defaults to the consistency sampler in 4 steps (docs/interop.md); ``--scheduler lcm`` samples
 a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as diffusers' ``LCMScheduler.from_config``
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
+SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
+FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
+FLUX.1 Redux with ``--redux`` (docs/interop.md); a FLUX.1 Fill or Kontext folder edits: ``diffkit edit``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -72,50 +75,55 @@ GRID_LIMIT = 4096  # the grid PNGs show at most the first 4096 images (--individ
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
-                   help="a .safetensors checkpoint or a run's checkpoint folder (default with "
-                        "--config: its test_load_weight in its save_weight_dir)")
+                   help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
+                        "SD3, FLUX.1, DiT; docs/interop.md); default with --config: its test_load_weight in its "
+                        "save_weight_dir")
     p.add_argument("--config", type=path_arg,
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
                         "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
                         "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
                         "state 'eval' loads it")
-    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
+    s = p.add_argument_group("sampler and time grid (docs/samplers.md)")
+    s.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL "
                    "also sets the grid, e.g. unipc:zero")
-    g = p.add_mutually_exclusive_group()
+    g = s.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; a consistency model's own, 4, "
                    "with the consistency sampler)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
-    p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    p.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
+    s.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
+    s.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
                    "diffusers' eta; 0 = deterministic)")
-    p.add_argument("--tau", type=non_negative_float, help="--sampler sa-solver: its stochasticity tau >= 0 at every "
+    s.add_argument("--tau", type=non_negative_float, help="--sampler sa-solver: its stochasticity tau >= 0 at every "
                    "step (default 1, the reverse SDE; 0 = the probability-flow ODE, deterministic)")
-    add_solver_flags(p)
-    add_flow_shift_flag(p)
-    add_thresholding_flag(p)
-    p.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
-                   "with several classes: one row of --nrow images per class)")
-    p.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
-                   help="images per forward pass, or auto (default): the largest batch whose measured peak memory "
-                        "fits in the free memory (at most 256 on the CPU, 1024 on a GPU)")
-    p.add_argument("--nrow", type=int_in(1, 1024), help="grid columns (default: the checkpoint's nrow)")
-    p.add_argument("--out", type=path_arg, help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
-    p.add_argument("--noise-out", type=path_arg,
-                   help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
-    p.add_argument("--individual", type=path_arg, help="also write each image as a PNG into this folder")
-    p.add_argument("--progressive", type=int_in(2, 1001), metavar="K",
-                   help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from the "
-                        "grid's first time to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
-    p.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed + i (independent of batch size)")
-    add_network_flags(p)
-    add_lora_flags(p)
-    add_textual_inversion_flag(p)
-    p.add_argument("--scheduler", choices=("lcm", "tcd"),
+    add_solver_flags(s)
+    add_flow_shift_flag(s)
+    add_thresholding_flag(s)
+    s.add_argument("--scheduler", choices=("lcm", "tcd"),
                    help="Stable Diffusion / SD-XL folders: sample as diffusers' pipe.scheduler = LCMScheduler (lcm) / "
                         "TCDScheduler (tcd) .from_config(pipe.scheduler.config), e.g. with an LCM-LoRA in --lora: "
                         "default sampler consistency (tcd), 4 steps, --guidance-scale 1 (docs/interop.md)")
-    p.add_argument("--scale", type=int_in(1, 32), default=1, help="upscale the grid PNG by this factor (1..32)")
+    o = p.add_argument_group("output")
+    o.add_argument("--num", type=int_in(1, MAX_SAMPLES), help="number of images (default 64; conditional models "
+                   "with several classes: one row of --nrow images per class)")
+    o.add_argument("--batch-size", type=batch_size_or_auto, default="auto",
+                   help="images per forward pass, or auto (default): the largest batch whose measured peak memory "
+                        "fits in the free memory (at most 256 on the CPU, 1024 on a GPU)")
+    o.add_argument("--nrow", type=int_in(1, 1024), help="grid columns (default: the checkpoint's nrow)")
+    o.add_argument("--out", type=path_arg, help="grid PNG (default: the checkpoint's sampled_dir/sampledImgName)")
+    o.add_argument("--noise-out", type=path_arg,
+                   help="grid PNG of the starting noise (default: beside --out, sampledNoisyImgName)")
+    o.add_argument("--individual", type=path_arg, help="also write each image as a PNG into this folder")
+    o.add_argument("--progressive", type=int_in(2, 1001), metavar="K",
+                   help="also write OUT_progressive.png: per sample (row) the x0 prediction at K times from the "
+                        "grid's first time to the final sample (DDPM Sec. 4.3, Fig. 6; docs/samplers.md)")
+    o.add_argument("--seed", type=seed_int, default=0,
+                   help="sample i uses seed + i (independent of batch size; default 0)")
+    o.add_argument("--scale", type=int_in(1, 32), default=1,
+                   help="upscale the grid PNG by this factor (1..32, default 1)")
+    add_network_flags(p)
+    add_lora_flags(p)
+    add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
                    help="diffusers folders (SD, SD-XL, SD3, FLUX.1): the images' height, the pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
@@ -123,11 +131,12 @@ def register(sub) -> None:
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
     g = p.add_argument_group("classes, prompts and guidance (docs/guidance.md, docs/latent.md)")
     g.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
-                   help="text-conditional checkpoints: the prompt; repeat for one row per prompt "
-                        "(default: every class's caption)")
+                   help="text-conditional checkpoints and diffusers folders: the prompt; repeat for one row per "
+                        "prompt (default: every class's caption)")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL folders: the null condition of classifier-free guidance, for "
-                        "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt)")
+                   help="Stable Diffusion / SD-XL / SD3 folders: the null condition of classifier-free guidance, for "
+                        "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
+                        "FLUX folders: with --true-cfg-scale")
     add_prompt_encoding_flags(g, true_cfg=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
@@ -192,7 +201,7 @@ def add_rescale_interval_flags(group, needs: str = "") -> None:
     ``diffkit sample`` and ``diffkit edit --series`` (checked by :meth:`GuidanceRequest.check`); ``needs``
     starts their help (e.g. edit's "with --series and --guidance-scale: ")."""
     group.add_argument("--guidance-rescale", type=non_negative_float, default=0.0, metavar="PHI",
-                       help=f"{needs}guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off")
+                       help=f"{needs}guidance rescale phi in [0, 1] (Lin et al. 2024, Sec. 3.4); 0 = off (default)")
     group.add_argument("--guidance-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                        help=f"{needs}guide only for T_LO <= t <= T_HI (training timesteps; Kynkaanniemi et al. 2024)")
     group.add_argument("--apg-eta", type=float, metavar="E",

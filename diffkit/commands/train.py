@@ -29,10 +29,12 @@ def register(sub) -> None:
     p.add_argument("--data-dir", type=path_arg,
                    help="folder with the data set files (dataset series: the .csv or .npy file)")
     p.add_argument("--out", type=path_arg, help="run folder: checkpoints in OUT/checkpoints, samples in OUT/samples")
-    p.add_argument("--steps", type=positive_int, help="optimiser steps (overrides epoch)")
-    p.add_argument("--epochs", type=positive_int, help="epochs (the seed's 'epoch')")
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--steps", type=positive_int,
+                   help="optimiser steps (overrides epoch; default: the config's max_steps, else its epochs)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (the seed's 'epoch'; default: the config's, 200)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per optimiser step and process (default: the config's batch_size, 80)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default: the config's device, auto)")
     p.add_argument("--conditional", action="store_true", help="class-conditional (label dropout p_uncond)")
     p.add_argument("--resume", type=path_arg, help="checkpoint to resume from (the seed's training_load_weight); "
                                                    "its config is used unless --config is given")
@@ -54,7 +56,7 @@ def add_run_flags(p, command: str, func, set_example: str) -> None:
     p.add_argument("--no-sample", dest="sample", action="store_false", help="skip the sample grid at the end")
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="processes for data-parallel training (re-runs itself under torchrun; "
-                        "batch_size is per process)")
+                        "batch_size is per process; default 1)")
     add_progress_flag(p)
     p.set_defaults(func=func)
     _OPTIONS[command] = [o for action in p._actions for o in action.option_strings if o.startswith("--")]

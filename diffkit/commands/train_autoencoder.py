@@ -33,15 +33,15 @@ def register(sub) -> None:
     p.add_argument("--in-channels", type=int, choices=(1, 3),
                    help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
     p.add_argument("--out", type=path_arg,
-                   default="runs/autoencoder/autoencoder.safetensors", help="checkpoint file to write")
+                   default="runs/autoencoder/autoencoder.safetensors", help="checkpoint file to write (default %(default)s)")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     p.add_argument("--regularizer", default="kl", help="kl (default) or vq")
     p.add_argument("--factor", type=int, help="downsampling factor f: 4 (default), 8 or 16 (sets --channel-mult)")
     p.add_argument("--channel-mult", type=int_list, help="width multiplier per level, e.g. 1,2,2 (f=4)")
     p.add_argument("--channel", type=positive_int, default=32, help="base width (default 32)")
-    p.add_argument("--num-res-blocks", type=positive_int, default=1, help="default 1")
+    p.add_argument("--num-res-blocks", type=positive_int, default=1, help="residual blocks per level (default 1)")
     p.add_argument("--latent-channels", type=positive_int, default=4, help="latent channels c (default 4)")
     p.add_argument("--no-attn-middle", dest="attn_middle", action="store_false",
                    help="no self-attention in the bottleneck")
@@ -55,8 +55,8 @@ def register(sub) -> None:
                    help="factor on the adaptive GAN weight (default 0.5)")
     p.add_argument("--eval-images", type=_non_negative_int, default=1000,
                    help="images for the final PSNR (test split where there is one; default 1000)")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="the random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     add_progress_flag(p)
     p.set_defaults(func=run)
 

@@ -30,16 +30,16 @@ def register(sub) -> None:
     p.add_argument("--T", dest="T", type=int_in(1, MAX_TIMESTEPS), help=f"diffusion steps, 1..{MAX_TIMESTEPS} "
                    f"(default 1000; the T of the model it will guide)")
     p.add_argument("--out", type=path_arg,
-                   default="runs/classifier/classifier.safetensors", help="checkpoint file to write")
+                   default="runs/classifier/classifier.safetensors", help="checkpoint file to write (default %(default)s)")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--channel", type=positive_int, default=32, help="base width of the trunk (default 32)")
     p.add_argument("--channel-mult", type=int_list, default=[1, 2, 2], help="e.g. 1,2,2 (default)")
     p.add_argument("--attn", type=int_list, default=[1], help="levels with self-attention, e.g. 1 (default)")
-    p.add_argument("--num-res-blocks", type=positive_int, default=1)
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--num-res-blocks", type=positive_int, default=1, help="residual blocks per level (default 1)")
+    p.add_argument("--seed", type=seed_int, default=0, help="the random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     add_progress_flag(p)
     p.set_defaults(func=run)
 

@@ -25,8 +25,8 @@ def register(sub) -> None:
                                                           "must equal the size of the images you evaluate")
     p.add_argument("--num-train", type=positive_int, help="use only the first N training images (at most the "
                    "split's: digits 1200, mnist / fashion-mnist 60000, cifar10 50000)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    p.add_argument("--seed", type=seed_int, default=0, help="the random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.set_defaults(func=run)
 

@@ -44,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--noise-level", type=int_in(0, 10**6), default=0, metavar="K",
                    help="an upscaler trained with conditioning augmentation (super_res_noise): noise the inputs to "
                         "level K of its schedule first (0..its super_res_noise; default 0: as they are)")
-    p.add_argument("--seed", type=seed_int, default=0, help="output i uses seed + i (independent of batch size)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="output i uses seed + i (independent of batch size; default 0)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
     p.add_argument("--nrow", type=int_in(1, 1024), default=8, help="images per grid row (default 8)")
     add_network_flags(p)
