@@ -89,14 +89,21 @@ def restart_options(info, restarts, options: dict) -> dict:
     return options
 
 
-def gamma_options(info, gamma, options: dict) -> dict:
-    """Add ``gamma`` (None: the sampler's default), the tcd sampler's stochasticity in [0, 1] (Zheng et al. 2024;
-    :mod:`diffkit.samplers.tcd`), to ``options`` and return them; a one-line error for a sampler (``info``) that
-    takes no gamma."""
-    if gamma is not None:
-        from .sampling import check_options
-        check_options(info, {"gamma": gamma})
-        options["gamma"] = check_range("gamma", gamma, 0.0, 1.0)
+STOCHASTICITY_RANGES = {"gamma": (0.0, 1.0), "tau": (0.0, None)}  # a sampler-specific stochasticity: its range
+
+
+def stochasticity_options(info, options: dict, **given) -> dict:
+    """Add the stochasticity options of ``given`` that are not None (None: the sampler's default), checked, to
+    ``options`` and return them: ``gamma``, the tcd sampler's in [0, 1] (Zheng et al. 2024;
+    :mod:`diffkit.samplers.tcd`), ``tau``, the sa-solver sampler's >= 0 at every step (Xue et al. 2023, eq. 6;
+    :mod:`diffkit.samplers.sa_solver`); a one-line error for a sampler (``info``) that does not take one. Given,
+    each is in the settings and so in a sample cache's / score ledger's key (at its default value it is dropped
+    there: :func:`diffkit.samplers.registry.canonical_settings`)."""
+    for name, value in given.items():
+        if value is not None:
+            from .sampling import check_options
+            check_options(info, {name: value})
+            options[name] = check_range(name, value, *STOCHASTICITY_RANGES[name])
     return options
 
 
@@ -506,7 +513,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
              discriminative_iterations: int = 2000, predictive_iterations: int = 5000, repeats: int = 1,
              restarts=None, spacing: Optional[str] = None, final: Optional[str] = None,
              nfe: Optional[int] = None, lora=None, lora_any_base: bool = False,
-             flow_shift: Optional[float] = None, freeu=None, gamma: Optional[float] = None) -> dict:
+             flow_shift: Optional[float] = None, freeu=None, gamma: Optional[float] = None,
+             tau: Optional[float] = None) -> dict:
     """Evaluate a checkpoint (``checkpoint=``: sample ``num`` images) or a PNG folder (``samples=``).
 
     Returns ``{"metrics": {name: {field: value}}, "settings": {...}}``. The reference images
@@ -522,7 +530,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
     on a series file ``data_dir`` is that file where it is now (it must have the SHA-256 training recorded);
     ``repeats`` > 1 (series metrics only): each metric that many times, seeds ``seed`` + i, mean +- 95% interval.
     ``restarts``: the intervals (t_min, t_max, K, n) of ``sampler="restart"`` (:func:`restart_options`); ``gamma``:
-    the stochasticity of ``sampler="tcd"`` (:func:`gamma_options`), recorded in the settings;
+    the stochasticity of ``sampler="tcd"``, ``tau``: that of ``sampler="sa-solver"`` (:func:`stochasticity_options`),
+    recorded in the settings and in a sample cache's key;
     ``spacing`` / ``final``: the time grid, as ``sampler="NAME@SPACING:FINAL"`` sets it. ``steps`` (default 50)
     or ``nfe``: the step count that spends that many network evaluations per sample
     (:func:`diffkit.sampling.steps_for_nfe`, the grid :func:`diffkit.sample` makes for ``nfe``), not both.
@@ -553,8 +562,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
                                progress=progress, cache_dir=cache_dir, encoder_iterations=context_fid_iterations,
                                discriminative_iterations=discriminative_iterations,
                                predictive_iterations=predictive_iterations, data_dir=data_dir, refused=refused,
-                               repeats=repeats, restarts=restarts, gamma=gamma, spacing=spacing, final=final, nfe=nfe,
-                               flow_shift=flow_shift)
+                               repeats=repeats, restarts=restarts, gamma=gamma, tau=tau, spacing=spacing, final=final,
+                               nfe=nfe, flow_shift=flow_shift)
     if repeats != 1:
         raise DiffkitError(f"repeats {repeats} applies to the time-series metrics ({', '.join(SERIES_METRICS)}); "
                            f"image metrics are one run: leave it at 1")
@@ -599,7 +608,8 @@ def evaluate(metrics: str | Sequence[str], *, checkpoint=None, samples=None, ref
         check_eta(sampler, eta)
         if eta is not None:
             options["eta"] = parse_eta(eta)
-        info = info.with_options(restart_options(info, restarts, gamma_options(info, gamma, options)))
+        info = info.with_options(restart_options(info, restarts, stochasticity_options(info, options, gamma=gamma,
+                                                                                       tau=tau)))
         if flow_shift is not None:
             options["flow_shift"] = flow_shift
         denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,

@@ -165,7 +165,7 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
                     encoder_iterations: Optional[int] = None, discriminative_iterations: int = 2000,
                     predictive_iterations: int = 5000, data_dir=None, refused: Optional[dict] = None,
                     repeats: int = 1, nll_num: int = 256, nll_split: str = "test", nll_stride: int = 10,
-                    nll_dense_below: int = 20, restarts=None, gamma=None, spacing: Optional[str] = None,
+                    nll_dense_below: int = 20, restarts=None, gamma=None, tau=None, spacing: Optional[str] = None,
                     final: Optional[str] = None, nfe: Optional[int] = None,
                     flow_shift: Optional[float] = None) -> dict:
     """The series metrics ``names`` of ``num`` samples of a time-series checkpoint (see the module doc);
@@ -179,10 +179,10 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     is now (it must have the SHA-256 training recorded; refused for sines). ``refused``: image-only options given
     ({flag: value}). ``repeats`` > 1: each metric ``repeats`` times on the same samples, seeded ``seed`` + i
     (:func:`repeated_runs`). ``restarts`` (the restart sampler's intervals), ``spacing``, ``final``, ``nfe``,
-    ``flow_shift``, ``gamma``: as :func:`diffkit.evaluation.evaluate` takes them.
+    ``flow_shift``, ``gamma``, ``tau``: as :func:`diffkit.evaluation.evaluate` takes them.
     Everything that can fail on user input is checked before training or sampling."""
     from .evaluation import (MIN_EVAL_SAMPLES, NLL_SPLITS, _frechet, bound_metrics, check_sample_count,
-                             gamma_options, generate_samples, restart_options, steps_or_nfe)
+                             generate_samples, restart_options, steps_or_nfe, stochasticity_options)
     from .errors import check_choice
     from .loading import load_denoiser
     from .metrics.context_fid import context_fid_statistics
@@ -218,7 +218,8 @@ def evaluate_series(names: Sequence[str], *, checkpoint, num: int, sampler: str,
     options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
     if eta is not None:
         options["eta"] = parse_eta(eta)
-    info = info.with_options(restart_options(info, restarts, gamma_options(info, gamma, options)))
+    info = info.with_options(restart_options(info, restarts, stochasticity_options(info, options, gamma=gamma,
+                                                                                   tau=tau)))
     if flow_shift is not None:
         options["flow_shift"] = flow_shift
     denoiser = load_denoiser(checkpoint, use_ema=use_ema, device=device, mixed_precision=mixed_precision,

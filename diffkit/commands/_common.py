@@ -456,6 +456,21 @@ def add_restarts_flag(parser, whose: str = "--sampler restart: its intervals") -
                              f"'none' for plain Heun), e.g. 0.06:0.3:2:3 (default 0.1:2:1:5)")
 
 
+# a sampler-specific stochasticity option: its flag's dest -> the one sampler that takes it
+STOCHASTICITY_SAMPLERS = {"gamma": "tcd", "tau": "sa-solver"}
+
+
+def add_stochasticity_flags(parser, recorded: str = "") -> None:
+    """``--gamma`` (the tcd sampler's stochasticity in [0, 1]) and ``--tau`` (the sa-solver sampler's, >= 0 at every
+    step), each checked against ``--sampler`` by :func:`tolerance_options`; ``recorded`` ends their help (eval's
+    ", recorded in the settings")."""
+    parser.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
+                        f"diffusers' eta; 0 = deterministic){recorded}")
+    parser.add_argument("--tau", type=non_negative_float, help="--sampler sa-solver: its stochasticity tau >= 0 at "
+                        "every step (default 1, the reverse SDE; 0 = the probability-flow ODE, deterministic)"
+                        f"{recorded}")
+
+
 def add_solver_flags(parser: argparse.ArgumentParser, adaptive: bool = True) -> None:
     """``--rtol`` / ``--atol`` (an adaptive sampler's tolerances; not for commands that refuse adaptive samplers,
     ``adaptive=False``) and ``--restarts`` (the restart sampler's intervals, :func:`add_restarts_flag`), checked
@@ -486,16 +501,12 @@ def tolerance_options(args, info) -> dict:
                 raise DiffkitError(f"--{name} sets the tolerance of an adaptive sampler (ode, dpm-adaptive), not of "
                                    f"{info.name!r}")
             options[name] = getattr(args, name)
-    if getattr(args, "gamma", None) is not None:
-        if info.name != "tcd":
-            raise DiffkitError(f"--gamma {args.gamma:g} sets the stochasticity of the tcd sampler, not of "
-                               f"{info.name!r}; give --sampler tcd")
-        options["gamma"] = args.gamma
-    if getattr(args, "tau", None) is not None:
-        if info.name != "sa-solver":
-            raise DiffkitError(f"--tau {args.tau:g} sets the stochasticity of the sa-solver sampler, not of "
-                               f"{info.name!r}; give --sampler sa-solver")
-        options["tau"] = args.tau
+    for name, sampler in STOCHASTICITY_SAMPLERS.items():  # --gamma: tcd's, --tau: sa-solver's
+        if getattr(args, name, None) is not None:
+            if info.name != sampler:
+                raise DiffkitError(f"--{name} {getattr(args, name):g} sets the stochasticity of the {sampler} "
+                                   f"sampler, not of {info.name!r}; give --sampler {sampler}")
+            options[name] = getattr(args, name)
     if getattr(args, "restarts", None) is not None:
         if info.name != "restart":
             raise DiffkitError(f"--restarts sets the intervals of the restart sampler, not of {info.name!r}; give "

@@ -57,8 +57,8 @@ from ._refiner import add_edit_refiner_flags, edit_refiner_options, edit_refiner
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
                       check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options, unit_float)
-from ._common import add_freeu_flag, check_freeu_checkpoint
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 from ._image_size import add_edit_size_flags
@@ -121,8 +121,7 @@ def register(sub) -> None:
                    "also sets the grid")
     s.add_argument("--steps", type=positive_int, help="steps of the full grid (default 50)")
     s.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    s.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
-                   "diffusers' eta; 0 = deterministic)")
+    add_stochasticity_flags(s)  # --gamma (tcd), --tau (sa-solver)
     add_solver_flags(s, adaptive=False)  # --spacing, --final, --restarts (edits refuse adaptive samplers)
     add_flow_shift_flag(s)
     s.add_argument("--scheduler", choices=("lcm", "tcd"),
@@ -238,8 +237,8 @@ def read_edit_inputs(args, mode: str = "RGB") -> tuple:
 
 def grid_options(args, info, spacing, final) -> dict:
     """The sampler options of edit's flags: ``eta``, the time grid (``spacing`` / ``final``, given as flags
-    or in ``--sampler NAME@SPACING:FINAL``; ``flow_shift``, checked against the checkpoint's header) and
-    ``restarts`` (:func:`tolerance_options`: the restart sampler's)."""
+    or in ``--sampler NAME@SPACING:FINAL``; ``flow_shift``, checked against the checkpoint's header),
+    ``restarts``, ``gamma`` and ``tau`` (:func:`tolerance_options`: the restart, tcd and sa-solver samplers')."""
     options = {} if args.eta is None else {"eta": args.eta}
     options.update({key: value for key, value in (("spacing", spacing), ("final", final)) if value})
     options.update(tolerance_options(args, info))
@@ -313,8 +312,9 @@ def run(args) -> int:
                 raise DiffkitError(f"{flag} goes with --interpolate")
     else:
         for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--sampler", args.sampler),
-                            ("--eta", args.eta), ("--restarts", args.restarts), ("--spacing", args.spacing),
-                            ("--final", args.final), ("--flow-shift", args.flow_shift)):
+                            ("--eta", args.eta), ("--restarts", args.restarts), ("--gamma", args.gamma),
+                            ("--tau", args.tau), ("--spacing", args.spacing), ("--final", args.final),
+                            ("--flow-shift", args.flow_shift)):
             if value is not None:
                 raise DiffkitError(f"{flag} does not go with --interpolate (its --method picks the sampler)")
     from ..interop.lcm_edit import edit_sampling  # an LCM / TCD folder or --scheduler: consistency / tcd, 4 steps

@@ -26,8 +26,8 @@ from pathlib import Path
 from ._common import (IMAGE_DATASETS, add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag,
                       add_solver_flags, add_thresholding_flag, check_flow_shift, check_lora_flags, check_output_file,
                       check_writable_dir, dataset_arg, default_sampling, missing_dirs, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options, unit_float)
-from ._common import add_freeu_flag, check_freeu_checkpoint
+                      removed_if_empty_on_failure, seed_int, tolerance_options)
+from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint
 
 
 def add_source_flags(p) -> None:
@@ -71,8 +71,7 @@ def register(sub) -> None:
                    "as diffkit sample --nfe)")
     p.add_argument("--eta", help="DDIM eta: a number >= 0 or sigma_hat")
     add_solver_flags(p, adaptive=False)  # --spacing, --final, --restarts (sample metrics refuse adaptive samplers)
-    p.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
-                   "diffusers' eta; 0 = deterministic), recorded in the settings")
+    add_stochasticity_flags(p, ", recorded in the settings")  # --gamma (tcd), --tau (sa-solver)
     add_flow_shift_flag(p)
     add_thresholding_flag(p)
     add_freeu_flag(p)
@@ -155,7 +154,7 @@ def run(args) -> int:
     if args.samples is not None:  # nothing is sampled: these were ignored
         for flag, value in (("--sampler", args.sampler), ("--steps", args.steps), ("--nfe", args.nfe),
                             ("--eta", args.eta), ("--restarts", args.restarts), ("--gamma", args.gamma),
-                            ("--spacing", args.spacing),
+                            ("--tau", args.tau), ("--spacing", args.spacing),
                             ("--final", args.final), ("--flow-shift", args.flow_shift),
                             ("--thresholding", args.thresholding),
                             ("--save-samples", args.save_samples), ("--cache-dir", args.cache_dir),
@@ -165,7 +164,7 @@ def run(args) -> int:
                                    f"scored as they are (drop {flag})")
     sampler, steps = default_sampling(args.checkpoint, args.sampler, args.steps, args.nfe, args.spacing)  # header
     info, spacing, final = resolve_sampler(sampler, args.spacing, args.final)
-    info = info.with_options(tolerance_options(args, info))  # --restarts (its NFE rule), --gamma: each its sampler's
+    info = info.with_options(tolerance_options(args, info))  # --restarts (its NFE rule), --gamma, --tau: each its own
     if args.nfe is not None:  # before loading (the grid's own check follows in evaluate)
         info.steps_for_nfe(args.nfe, final or final_for(info, spacing))
     if args.flow_shift is not None:
@@ -201,7 +200,8 @@ def run(args) -> int:
                           context_fid_iterations=args.context_fid_iterations,
                           discriminative_iterations=args.discriminative_iterations,
                           predictive_iterations=args.predictive_iterations, repeats=args.repeats,
-                          restarts=args.restarts, gamma=args.gamma, lora=args.lora, lora_any_base=args.lora_any_base,
+                          restarts=args.restarts, gamma=args.gamma, tau=args.tau, lora=args.lora,
+                          lora_any_base=args.lora_any_base,
                           flow_shift=args.flow_shift, freeu=args.freeu)
     result["warnings"] = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))  # as printed
     settings = result["settings"]

@@ -62,8 +62,8 @@ from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, ad
                       add_textual_inversion_flag, add_thresholding_flag, batch_size_or_auto, check_flow_shift,
                       check_lora_flags, check_output_file, check_writable_dir, eta_value, int_in, missing_dirs,
                       non_negative_float, path_arg, positive_int, removed_if_empty_on_failure, seed_int,
-                      tolerance_options, unit_float)
-from ._common import add_freeu_flag, check_freeu_checkpoint
+                      tolerance_options)
+from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd3_slg import add_slg_flags
 
@@ -92,10 +92,7 @@ def register(sub) -> None:
                    "with the consistency sampler)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     s.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
-    s.add_argument("--gamma", type=unit_float, help="--sampler tcd: its stochasticity in [0, 1] (default 0.3, "
-                   "diffusers' eta; 0 = deterministic)")
-    s.add_argument("--tau", type=non_negative_float, help="--sampler sa-solver: its stochasticity tau >= 0 at every "
-                   "step (default 1, the reverse SDE; 0 = the probability-flow ODE, deterministic)")
+    add_stochasticity_flags(s)  # --gamma (tcd), --tau (sa-solver)
     add_solver_flags(s)
     add_flow_shift_flag(s)
     add_thresholding_flag(s)
