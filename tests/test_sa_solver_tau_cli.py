@@ -70,7 +70,8 @@ def test_edit_tau_reaches_img2img_and_needs_sa_solver(run, tmp_path, capsys):
     assert not np.array_equal(pngs(tmp_path / "ode"), pngs(tmp_path / "default"))
     assert np.array_equal(pngs(tmp_path / "one"), pngs(tmp_path / "default"))
     one_line(capsys, "--tau 0.5 sets the stochasticity of the sa-solver sampler, not of 'ddim'; give --sampler "
-             "sa-solver", *common[:-5], "--sampler", "ddim", "--tau", "0.5", "--device", "cpu", "--out", tmp_path / "no")
+             "sa-solver", *common[:-5], "--sampler", "ddim", "--tau", "0.5", "--device", "cpu",
+             "--out", tmp_path / "no")
     one_line(capsys, "--tau does not go with --interpolate", "edit", "--checkpoint", ck, "--images", run / "pngs",
              "--interpolate", "2", "--tau", "0", "--out", tmp_path / "no")
     one_line(capsys, "--tau: -1.0 must be a finite number >= 0", *common, "--tau", "-1", "--out", tmp_path / "no")
