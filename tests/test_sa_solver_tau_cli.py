@@ -122,3 +122,21 @@ def test_eval_tau_is_in_the_settings_and_the_cache_key(run, tmp_path, capsys):
     with pytest.raises(DiffkitError, match=r"^tau="):
         evaluate("fd-classifier", checkpoint=ckpt, evaluator=run / "ev.safetensors", num=4, steps=3,
                  sampler="sa-solver", tau=-1.0)
+
+
+def test_edit_tau_reaches_a_stable_diffusion_folder(tmp_path, capsys):
+    """On an SD 1.x folder (tiny, random, written by diffusers' save_pretrained) edit --sampler sa-solver --tau 0
+    gives other images than the default tau = 1, which --tau 1 gives bit for bit: the flag reaches the sampler."""
+    pytest.importorskip("diffusers")
+    from test_interop_diffusers import tiny_sd_pipeline
+    tiny_sd_pipeline(tmp_path).save_pretrained(tmp_path / "sd")
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(tmp_path / "in" / "a.png")
+    common = ["edit", "--checkpoint", tmp_path / "sd", "--images", tmp_path / "in", "--prompt", "a photo",
+              "--strength", "0.9", "--steps", "3", "--sampler", "sa-solver", "--no-progress", "--device", "cpu"]
+    for name, extra in (("ode", ["--tau", "0"]), ("default", []), ("one", ["--tau", "1"])):
+        code, _, err = cli(capsys, *common, *extra, "--out", tmp_path / name)
+        assert code == 0, err
+    assert not np.array_equal(pngs(tmp_path / "ode"), pngs(tmp_path / "default"))
+    assert np.array_equal(pngs(tmp_path / "one"), pngs(tmp_path / "default"))
