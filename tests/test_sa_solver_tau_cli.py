@@ -140,3 +140,23 @@ def test_edit_tau_reaches_a_stable_diffusion_folder(tmp_path, capsys):
         assert code == 0, err
     assert not np.array_equal(pngs(tmp_path / "ode"), pngs(tmp_path / "default"))
     assert np.array_equal(pngs(tmp_path / "one"), pngs(tmp_path / "default"))
+
+
+def test_eval_tau_reaches_a_time_series_model(tmp_path, capsys):
+    """eval --tau on a time-series checkpoint (evaluation.evaluate_series): recorded in the settings, and the
+    score at tau = 0 is not the default's (the samples differ); --tau with another sampler is one line there too."""
+    from test_timeseries_cli import SET
+    assert main(["train", "--dataset", "sines", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                 "--no-sample", "--device", "cpu", *SET]) == 0
+    common = ["eval", "--checkpoint", tmp_path / "run" / "checkpoints" / "latest.safetensors", "--metrics",
+              "correlational", "--num", "8", "--steps", "3", "--no-progress"]
+    scores = {}
+    for name, extra in (("ode", ["--tau", "0"]), ("default", [])):
+        code, _, err = cli(capsys, *common, "--sampler", "sa-solver", *extra, "--out", tmp_path / f"{name}.json")
+        assert code == 0, err
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["settings"].get("tau") == (0.0 if extra else None)
+        scores[name] = result["metrics"]["correlational"]["value"]
+    assert scores["ode"] != scores["default"]
+    one_line(capsys, "--tau 0 sets the stochasticity of the sa-solver sampler, not of 'ddpm'", *common, "--sampler",
+             "ddpm", "--tau", "0", "--out", tmp_path / "no.json")
