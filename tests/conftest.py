@@ -54,6 +54,63 @@ def rounded_output(net, dtype: torch.dtype):
     return lambda x, t, **cond: net(x, t, **cond).to(dtype).to(x.dtype)
 
 
+def _not_drawn(*_args, **_kwargs):
+    """Stands for diffkit's matplotlib figures (loss curve, series panels, tables): nothing is written."""
+    return None
+
+
+# Drawing with matplotlib is most of a tiny run's time: the loss curve every finished training run writes
+# (0.1-0.3 s; a 3-step run trains in about as long), the 16 panels of a sampled time series (1-2 s each) and
+# the plot of each experiment table (0.5 s).
+# In this process the suite does not draw them, except in the tests marked ``real_plots`` and inside
+# ``with real_plots():`` (for a module fixture): those check the figures, and so cover the drawing and the
+# code that calls it. A test that looks for loss_curve.png, a series PNG or a table's PNG needs the marker
+# (subprocess runs always draw).
+_PLOTS = (("diffkit.training", "plot_loss_curve"), ("diffkit.timeseries", "plot_series"),
+          ("diffkit.experiments", "plot_table"))
+
+
+def _plot_functions():
+    """[(module, name, the real function)] of the figures the suite does not draw."""
+    import importlib
+    out = []
+    for module_name, name in _PLOTS:
+        module = importlib.import_module(module_name)
+        out.append((module, name, getattr(module, name)))
+    return out
+
+
+_REAL_PLOTS = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _figures_not_drawn():
+    _REAL_PLOTS[:] = _plot_functions()
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name, _ in _REAL_PLOTS:
+            patch.setattr(module, name, _not_drawn)
+        yield
+
+
+@contextlib.contextmanager
+def real_plots():
+    """Draw diffkit's figures inside the block (``from conftest import real_plots``; a module fixture)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name, real in _REAL_PLOTS:
+            patch.setattr(module, name, real)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _real_plots_when_marked(request):
+    """Tests marked ``real_plots`` draw diffkit's figures."""
+    if request.node.get_closest_marker("real_plots") is None:
+        yield
+    else:
+        with real_plots():
+            yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def single_threaded_blas():
     try:

@@ -136,6 +136,7 @@ def test_the_default_steps_cap_applies_only_on_the_models_own_grid(curriculum_ch
     assert code == 0 and "consistency, 50 network evaluations per sample" in out, (out, err)
 
 
+@pytest.mark.real_plots  # draws a loss curve
 def test_a_loss_curve_of_zero_losses_draws_without_a_warning(tmp_path):
     """A distillation's first loss is exactly 0 (student = target): a one-step run's loss curve gave
     matplotlib's 'Data has no positive values' warning, with a source line, on the terminal."""

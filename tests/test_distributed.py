@@ -40,9 +40,12 @@ def _ok(res):
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
     """The plain 1 x 8, 3-step run (in this process), trained once for the module: the reference of the
-    2 x 4 runs and the teacher of the distillations. Read only."""
+    2 x 4 runs and the teacher of the distillations. Read only. It draws its loss curve, as the torchrun
+    runs it is compared with do."""
+    from conftest import real_plots
     out = tmp_path_factory.mktemp("one_process") / "one"
-    _ok(_train(out, 1, 8))
+    with real_plots():
+        _ok(_train(out, 1, 8))
     return out
 
 
@@ -179,6 +182,7 @@ def _distill(out, teacher, nproc, batch):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.real_plots  # the in-process run's files are compared with the torchrun run's
 def test_two_process_distillation_matches_one_process_with_the_same_global_batch(tmp_path, one_process_run):
     """diffkit distill --nproc 2 (torchrun, gloo): the consistency loss's grid pairs, noise and the
     stop-gradient target are the global batch's, so 2 x 4 equals 1 x 8; only rank 0 writes."""

@@ -170,6 +170,7 @@ def test_eval_nll_on_the_train_split(run_dir, tmp_path, capsys):
         evaluate("confidence", checkpoint=ckpt, sampler="ode", evaluator=run_dir / "ev.safetensors", num=4)
 
 
+@pytest.mark.real_plots  # checks the tables' PNGs
 def test_experiment_tables_are_written_with_their_shape(run_dir, tmp_path, capsys):
     ckpt = run_dir / "ckpt" / "latest.safetensors"
     common = ["--checkpoint", ckpt, "--num", 6, "--evaluator", run_dir / "ev.safetensors", "--metric", "confidence",
@@ -596,6 +597,7 @@ def test_an_inception_score_of_few_samples_keeps_two_per_split(run_dir):
     assert scorer.score(images[:40])["classifier-score"]["splits"] == 10
 
 
+@pytest.mark.real_plots  # draws tables
 def test_table_plots_use_a_log_scale_when_one_cell_diverged(tmp_path, monkeypatch):
     import matplotlib.axes
     from diffkit.experiments import ExperimentTable, plot_table

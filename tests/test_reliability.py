@@ -978,6 +978,7 @@ def test_flips_do_not_depend_on_the_number_of_workers():
     assert coins != [flip_coin(124, i) for i in range(20000)]
 
 
+@pytest.mark.real_plots  # checks loss_curve.png
 def test_a_signal_with_the_last_step_says_training_is_complete(tmp_path, monkeypatch, capsys):
     real_step = Trainer.train_step
 

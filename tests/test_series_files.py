@@ -88,6 +88,7 @@ def test_checkpoint_keeps_the_scaling_of_the_training_rows(file_run):
         "series", str(csv), 0.25, "date")
 
 
+@pytest.mark.real_plots  # checks the series PNG
 def test_samples_are_written_in_the_files_units(file_run, tmp_path, capsys):
     from diffkit.evaluation import generate_samples
     from diffkit.loading import load_denoiser

@@ -36,9 +36,11 @@ def run_cli(capsys, *args):
 @pytest.fixture(scope="module")
 def series_run(tmp_path_factory):
     """``diffkit train --dataset sines`` (30 steps of a tiny 1-D U-Net): the run folder."""
+    from conftest import real_plots
     root = tmp_path_factory.mktemp("sines")
-    code = main(["train", "--dataset", "sines", "--out", str(root / "run"), "--steps", "30", "--no-progress",
-                 "--device", "cpu", *SET])
+    with real_plots():  # its end-of-run plot is checked
+        code = main(["train", "--dataset", "sines", "--out", str(root / "run"), "--steps", "30", "--no-progress",
+                     "--device", "cpu", *SET])
     assert code == 0
     return root / "run"
 
@@ -88,6 +90,7 @@ def test_load_denoiser_rebuilds_the_temporal_unet_and_every_sampler_runs(series_
         assert out.shape == (3, 3, 8) and torch.isfinite(out).all(), name
 
 
+@pytest.mark.real_plots  # reads the series PNG
 def test_sample_cli_writes_npy_and_a_line_plot(series_run, tmp_path, capsys):
     from PIL import Image
     ck = series_run / "checkpoints" / "latest.safetensors"

@@ -84,6 +84,7 @@ def test_training_reduces_loss_on_a_fixed_batch(tmp_path):
     assert loss_now() < 0.7 * before
 
 
+@pytest.mark.real_plots  # checks the run's loss_curve.png
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     cfg = make_cfg(tmp_path, max_steps=2)
     tr = Trainer(cfg, tiny_dataset(), progress=False)
