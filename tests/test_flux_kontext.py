@@ -21,14 +21,19 @@ from test_interop_flux import tiny_flux_pipeline  # noqa: E402
 PROMPTS = ["a photo of a cat", "hot dog"]
 
 
+_BUILT = {}  # the folder built once per session, also for the modules that import this fixture
+
+
 @pytest.fixture(scope="module")
 def kontext(tmp_path_factory):
     """(FluxKontextPipeline.from_pretrained of the folder, the folder, load_flux of it)."""
-    root = tmp_path_factory.mktemp("kontext")
-    diffusers.FluxKontextPipeline(**tiny_flux_pipeline(root, True).components).save_pretrained(root / "kontext")
-    pipe = diffusers.FluxKontextPipeline.from_pretrained(root / "kontext", local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, root / "kontext", load_flux(root / "kontext", progress=False)
+    if "kontext" not in _BUILT:
+        root = tmp_path_factory.mktemp("kontext")
+        diffusers.FluxKontextPipeline(**tiny_flux_pipeline(root, True).components).save_pretrained(root / "kontext")
+        pipe = diffusers.FluxKontextPipeline.from_pretrained(root / "kontext", local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        _BUILT["kontext"] = pipe, root / "kontext", load_flux(root / "kontext", progress=False)
+    return _BUILT["kontext"]
 
 
 def _image(h=13, w=22, seed=3):

@@ -139,8 +139,9 @@ class ControlRequest:
         return cls([], [image], [], [], [], model_class=FLUX_CONTROL)
 
     @staticmethod
-    def per_row(image, count: Optional[int], what: str, row: str):
-        """A --control-image file as it is; a folder: its PNGs (name order), one per row (``count`` of ``what``)."""
+    def per_row(image, count: Optional[int], what: str, row: str, flag: str = "--control-image"):
+        """A ``flag`` (--control-image) file as it is; a folder: its PNGs (name order), one per row (``count`` of
+        ``what``)."""
         from pathlib import Path
 
         from ..metrics.features import list_images
@@ -150,8 +151,8 @@ class ControlRequest:
             raise DiffkitError(f"--control-image {image} is a folder; give one control image file per --controlnet")
         files = [str(f) for f in list_images(image)]
         if len(files) != count:
-            raise DiffkitError(f"--control-image {image} holds {len(files)} PNG(s) for {count} {what}; give one "
-                               f"control image per {row} (in file-name order), or a single file for all")
+            raise DiffkitError(f"{flag} {image} holds {len(files)} PNG(s) for {count} {what}; give one "
+                               f"{flag[2:].replace('-', ' ')} per {row} (in file-name order), or a single file for all")
         return files
 
     @staticmethod

@@ -10,8 +10,9 @@ NO_STRENGTH = ("FluxKontextPipeline edits the whole image from noise with the im
 
 
 def add_kontext_flags(parser) -> None:
-    """``--max-area`` and ``--no-auto-resize`` (FLUX.1 Kontext folders' size rules)."""
-    from ._common import positive_int
+    """``--max-area`` and ``--no-auto-resize`` (FLUX.1 Kontext folders' size rules), ``--image-reference``
+    (FluxKontextInpaintPipeline's ``image_reference``)."""
+    from ._common import path_arg, positive_int
     parser.add_argument("--max-area", type=positive_int, metavar="PIXELS",
                         help="FLUX.1 Kontext folders: the edit's area in pixels (FluxKontextPipeline's max_area, "
                              "default 1024^2); --height / --width (default 1024 each) then only give its aspect "
@@ -20,11 +21,18 @@ def add_kontext_flags(parser) -> None:
                         help="FLUX.1 Kontext folders: keep the image's own size (floored to a multiple of 16) instead "
                              "of the preferred Kontext resolution of its aspect ratio (the pipeline's "
                              "_auto_resize=False)")
+    parser.add_argument("--image-reference", type=path_arg, metavar="PNG|DIR",
+                        help="FLUX.1 Kontext folders with --mask: the image in context instead of the image being "
+                             "inpainted (FluxKontextInpaintPipeline's image_reference), resized to its own "
+                             "preferred Kontext resolution (or floored, --no-auto-resize); a folder: one PNG per "
+                             "--images file (file-name order). Default: the image itself")
 
 
 def check_kontext_flags(args) -> None:
-    """One line for ``--max-area`` / ``--no-auto-resize`` on a checkpoint that is no FLUX.1 Kontext folder."""
-    for flag, value in (("--max-area", args.max_area), ("--no-auto-resize", args.no_auto_resize or None)):
+    """One line for ``--max-area`` / ``--no-auto-resize`` / ``--image-reference`` on a checkpoint that is no
+    FLUX.1 Kontext folder."""
+    for flag, value in (("--max-area", args.max_area), ("--no-auto-resize", args.no_auto_resize or None),
+                        ("--image-reference", args.image_reference)):
         if value is not None:
             raise DiffkitError(f"{flag} applies to a FLUX.1 Kontext folder (FluxKontextPipeline); {args.checkpoint} "
                                f"is not one")
@@ -40,7 +48,9 @@ def edit_kontext(args) -> int:
     ``--max-sequence-length``, ``--lora`` as a FLUX folder's. With ``--mask`` (one grey PNG, white = repaint,
     resized with each image as the pipeline's mask processor does) each image is inpainted as
     FluxKontextInpaintPipeline (:func:`~diffkit.interop.flux_kontext.kontext_inpaint`; ``--strength``, default 1)
-    at its own resized size. ``--strength`` without ``--mask``, ``--height`` / ``--width`` / ``--max-area`` with it
+    at its own resized size, with ``--image-reference`` (one PNG, or a folder of one per image) in context instead
+    of the image: resized as the pipeline's ``image_reference`` (:func:`reference_files`). ``--strength`` or
+    ``--image-reference`` without ``--mask``, ``--height`` / ``--width`` / ``--max-area`` with it
     and every other edit flag a FLUX folder does not take: one line, before any weight is read or any folder is
     made."""
     from pathlib import Path
@@ -65,6 +75,10 @@ def edit_kontext(args) -> int:
     if args.strength is not None and args.mask is None:
         raise DiffkitError(f"--strength {args.strength} without --mask does not apply to a FLUX.1 Kontext folder "
                            f"({directory}): {NO_STRENGTH}; drop --strength or give --mask")
+    if args.image_reference is not None and args.mask is None:
+        raise DiffkitError(f"--image-reference {args.image_reference} without --mask does not apply to a FLUX.1 "
+                           f"Kontext folder ({directory}): FluxKontextPipeline has no image_reference (the --images "
+                           f"file is the reference); FluxKontextInpaintPipeline (--mask) takes it")
     given = [flag for flag, value in (("--height", args.height), ("--width", args.width),
                                       ("--max-area", args.max_area)) if value is not None]
     if args.mask is not None and given:
@@ -93,6 +107,7 @@ def edit_kontext(args) -> int:
         with Image.open(file) as image:
             sizes.append(kontext_image_size(image.height, image.width, multiple, not args.no_auto_resize))
     mask = None if args.mask is None else mask_file(args.mask)
+    references = reference_files(args.image_reference, count, multiple, not args.no_auto_resize)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
     flux = load_flux(directory, device, progress=args.progress, lora=args.lora)
@@ -113,7 +128,9 @@ def edit_kontext(args) -> int:
             image = resized_pngs([file], *sizes[i])
             edited = kontext_edit(flux, image, row(args.prompts, i), **size, **how) if mask is None else \
                 kontext_inpaint(flux, image, resized_pngs([mask], *sizes[i], mask=True), row(args.prompts, i),
-                                1.0 if args.strength is None else args.strength, **how)
+                                1.0 if args.strength is None else args.strength,
+                                image_reference=None if references is None else resized_pngs(*row(references, i)),
+                                **how)
             results.append(edited.cpu())
         if len({tuple(r.shape[2:]) for r in results}) > 1:  # --mask: each image at its own (resized) size
             for i, result in enumerate(results):
@@ -128,12 +145,41 @@ def edit_kontext(args) -> int:
     return 0
 
 
+def reference_files(path, count: int, multiple: int, auto_resize: bool):
+    """``--image-reference``'s ``[(file, height, width)]``: one file (for every image) or a folder's PNGs (name
+    order, one per ``--images`` file), each with the size FluxKontextInpaintPipeline resizes its
+    ``image_reference`` to (:func:`~diffkit.interop.flux_kontext.kontext_image_size` of its own size, as the
+    image's); ``None`` for ``None``. A missing path, a wrong count or a file that is no image: one line."""
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    from ..interop.flux_kontext import kontext_image_size
+    from ._controlnet import ControlRequest
+    if path is None:
+        return None
+    if not Path(path).exists():
+        raise DiffkitError(f"--image-reference {str(path)!r} does not exist; give a PNG (the reference of every "
+                           f"image) or a folder of one PNG per --images file")
+    files = ControlRequest.per_row(path, count, "--images file(s)", "image", flag="--image-reference")
+    out = []
+    for file in files if isinstance(files, list) else [files]:
+        try:
+            with Image.open(file) as image:
+                size = image.height, image.width
+        except (OSError, UnidentifiedImageError) as err:
+            raise DiffkitError(f"--image-reference {file}: cannot be read as an image ({type(err).__name__}); give "
+                               f"a PNG") from None
+        out.append(([file], *kontext_image_size(*size, multiple, auto_resize)))
+    return out
+
+
 def _kontext_flags() -> set:
     from ._sd3 import FLUX_EDIT_FLAGS
     return FLUX_EDIT_FLAGS - {"posterior", "batch_size", "controlnets", "control_images",
                               "controlnet_scales", "control_starts", "control_ends", "guess_mode", "ip_adapter",
                               "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"} | {
-        "max_area", "no_auto_resize"}
+        "max_area", "no_auto_resize", "image_reference"}
 
 
 KONTEXT_EDIT_FLAGS = _kontext_flags()  # diffkit edit's dests a FLUX.1 Kontext folder takes
