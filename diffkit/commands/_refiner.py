@@ -16,8 +16,8 @@ def add_refiner_flags(parser) -> None:
     g = parser.add_argument_group("SD-XL base + refiner (docs/interop.md)")
     g.add_argument("--refiner", type=path_arg, metavar="FOLDER",
                    help="SD-XL folders: an SD-XL refiner (or base) folder that denoises the last part of the grid "
-                        "from the base's latents, diffusers' ensemble of expert denoisers; --controlnet / --ip-adapter / "
-                        "--lora act on the base only")
+                        "from the base's latents, diffusers' ensemble of expert denoisers; --controlnet / "
+                        "--ip-adapter / --lora act on the base only")
     g.add_argument("--denoising-end", type=float, metavar="F",
                    help="with --refiner: the fraction F in (0, 1) of the denoising the base runs (its timesteps t "
                         ">= int(round(T - F T)); the refiner's denoising_start; default 0.8)")

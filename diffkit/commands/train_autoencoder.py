@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--in-channels", type=int, choices=(1, 3),
                    help="1 (grey) or 3 (RGB): convert the images (default: the data set's own)")
     p.add_argument("--out", type=path_arg,
-                   default="runs/autoencoder/autoencoder.safetensors", help="checkpoint file to write (default %(default)s)")
+                   default="runs/autoencoder/autoencoder.safetensors",
+                   help="checkpoint file to write (default %(default)s)")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default 32)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")

@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--T", dest="T", type=int_in(1, MAX_TIMESTEPS), help=f"diffusion steps, 1..{MAX_TIMESTEPS} "
                    f"(default 1000; the T of the model it will guide)")
     p.add_argument("--out", type=path_arg,
-                   default="runs/classifier/classifier.safetensors", help="checkpoint file to write (default %(default)s)")
+                   default="runs/classifier/classifier.safetensors",
+                   help="checkpoint file to write (default %(default)s)")
     p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
