@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     den = load_denoiser(model)
     unet = den.meta["unet"]
     labels = torch.arange(args.num) % unet["num_classes"]
-    scorer, train_images, train_labels, report["classifier"] = digit_scorer(unet, METRICS, args.classifier_epochs, "cpu")
+    scorer, train_images, train_labels, report["classifier"] = digit_scorer(unet, METRICS, args.classifier_epochs,
+                                                                            "cpu")
     scales = [float(s) for s in args.scales.split(",")]
     rows, grid, raw = [], [], []
 

@@ -8,7 +8,8 @@ after a change meant to leave every result bit unchanged) can be compared with `
 
 Covers: each sampler of ``diffkit.samplers.registry.REGISTRY`` (10 steps; the adaptive ones on their
 own grid) in float32 and float64, epsilon and v prediction, seed 0, plus DDPM on the full 1000 steps
-with each variance type (and the DDPM function on a bfloat16 state), DDIM's sigma-hat and thresholded DDIM; the bound (:func:`diffkit.likelihood.variational_bound`)
+with each variance type (and the DDPM function on a bfloat16 state), DDIM's sigma-hat and thresholded DDIM; the
+bound (:func:`diffkit.likelihood.variational_bound`)
 with fixed and learned variance; the schedule maps at scalar / tensor / fractional times on a
 linear, a cosine and a zero-terminal-SNR schedule; the posterior coefficients and reverse-step
 variances of :mod:`diffkit.diffusion` (to clean data too); the training losses. A result that is an

@@ -6,7 +6,8 @@ cell, so the spread of a difference between two cells keeps the pairing of the t
 cell starts from the same noise). Prints each cell's FD with the bootstrap standard deviation, and each
 row's difference to ``--baseline`` with its standard deviation and 2.5-97.5% percentile interval (``--out
 FILE``: the same as JSON). The reference statistics (the held-out split) are held fixed: a cell's spread leaves
-out the reference's own sampling noise, which the differences do not have (it is common to all cells). Give the same flags as the table:
+out the reference's own sampling noise, which the differences do not have (it is common to all cells). Give the
+same flags as the table:
 
     PYTHONPATH=. python benchmarks/fd_bootstrap.py --checkpoint runs/demo/checkpoints/latest.safetensors \\
         --evaluator EV --cache-dir DIR --num 1000 --batch-size 500 --samplers heun,restart --nfe 21,41 \\

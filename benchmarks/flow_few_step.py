@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--evaluator", type=str, required=True, help="diffkit train-evaluator --dataset digits's checkpoint")
     p.add_argument("--out-dir", type=str, default="benchmarks/out/flow_few_step", help="one run folder per variant")
     p.add_argument("--variants", type=str, default=DEFAULT_VARIANTS,
-                   help="training_options.py's NAME=KEY=VALUE[,...] or NAME=@CHECKPOINT joined by ';' (first: baseline)")
+                   help="training_options.py's NAME=KEY=VALUE[,...] or NAME=@CHECKPOINT joined by ';' "
+                        "(first: baseline)")
     p.add_argument("--samplers", type=str, default="dpm-solver++-2m,unipc,ddim@trailing",
                    help="sampler specs joined by ','")
     p.add_argument("--nfe", type=str, default="5,10,20", help="network evaluations per sample, joined by ','")

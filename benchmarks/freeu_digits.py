@@ -1,7 +1,8 @@
 """FreeU on the demo model: FD-classifier of samples with and without FreeU (Si et al. 2024; docs/guidance.md).
 
 Samples ``--num`` images (sample i from seed i in every cell, clamped to [-1, 1]: ``diffkit eval``'s
-``generate_samples``, as benchmarks/training_options.py) with ``--sampler``/``--steps``, plain and with each FreeU setting of ``--settings`` (B1,B2,S1,S2 entries
+``generate_samples``, as benchmarks/training_options.py) with ``--sampler``/``--steps``, plain and with each
+FreeU setting of ``--settings`` (B1,B2,S1,S2 entries
 joined by ';', :func:`diffkit.models.freeu.parse_freeu`; the U-Net's two lowest-resolution decoder stages),
 scores each cell's FD-classifier against the 597 held-out digits (the scorer of ``diffkit experiment``:
 ``experiment_scorer("fd-classifier", ...)``) and a paired bootstrap of each cell's difference to the plain cell

@@ -63,7 +63,8 @@ def main(argv=None) -> None:
     print(f"median w=0 {median[0.0]:.2f} s, w=1 {median[1.0]:.2f} s: ratio {ratio:.2f}")
     report = {
         "benchmark": args.name, "date": datetime.date.today().isoformat(),
-        "command": "python benchmarks/reconstruction_guidance_cost.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/reconstruction_guidance_cost.py "
+                   + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {**vars(args), "out": os.path.relpath(Path(args.out).resolve(), ROOT)},
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "seconds": {f"w={w:g}": s for w, s in seconds.items()},

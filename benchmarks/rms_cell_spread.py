@@ -85,7 +85,8 @@ def main(argv=None):
     ratios = []
     for _ in range(args.boot):
         idx = torch.randint(0, n, (n,), generator=gen)
-        ratios.append(float(best["diffkit"][:, idx].mean(1).min().sqrt() / best["diffusers"][:, idx].mean(1).min().sqrt()))
+        rms = {lib: best[lib][:, idx].mean(1).min().sqrt() for lib in ("diffkit", "diffusers")}
+        ratios.append(float(rms["diffkit"] / rms["diffusers"]))
     r = torch.tensor(ratios)
     lo, med, hi = (float(r.quantile(q)) for q in (0.025, 0.5, 0.975))
     print(f"mixture {cfg}, NFE {args.nfe}: ratio {ratio0:.2f}; bootstrap ({args.boot} resamples of the {n} "

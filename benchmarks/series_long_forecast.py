@@ -237,7 +237,8 @@ def main(argv=None) -> None:
     }
     name = args.name + ("_impute" if args.impute_only else "")
     path = write_json(report, Path(args.out) / f"{name}_{report['date']}.json")
-    print(f"\n{table(report['rows'])}\n\n{impute_table(imputation)}\n\ntotal {report['total_seconds']:.0f} s; wrote {path}")
+    print(f"\n{table(report['rows'])}\n\n{impute_table(imputation)}\n\n"
+          f"total {report['total_seconds']:.0f} s; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def parse_args():
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
     p.add_argument("--steps", type=int, default=800, help="training steps")
-    p.add_argument("--prediction-type", default="v_prediction", help="what the network predicts (an eps model of "
-                   "this size needs far more steps: its x_0 = (x_t - sigma eps) / alpha amplifies eps errors at high t)")
+    p.add_argument("--prediction-type", default="v_prediction",
+                   help="what the network predicts (an eps model of this size needs far more steps: "
+                        "its x_0 = (x_t - sigma eps) / alpha amplifies eps errors at high t)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--channel", type=int, default=16)

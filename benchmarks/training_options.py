@@ -58,7 +58,8 @@ def parse_variants(text: str) -> list[tuple[str, dict]]:
     for entry in filter(None, (part.strip() for part in text.split(";"))):
         name, _, overrides = entry.partition("=")
         if not name:
-            raise DiffkitError(f"--variants entry {entry!r}: give NAME=KEY=VALUE[,KEY=VALUE], e.g. ip=input_perturbation=0.1")
+            raise DiffkitError(f"--variants entry {entry!r}: give NAME=KEY=VALUE[,KEY=VALUE], "
+                               f"e.g. ip=input_perturbation=0.1")
         if overrides.startswith("@"):  # a checkpoint trained elsewhere
             if not Path(overrides[1:]).is_file():
                 raise DiffkitError(f"--variants entry {entry!r}: {overrides[1:]} is not a file")
@@ -88,7 +89,8 @@ def train_variant(folder: Path, steps: int, options: dict) -> tuple[Path, float]
         meta = peek_metadata(latest) or {}
         if meta.get("step") == steps and all(meta.get("config", {}).get(k) == v for k, v in options.items()):
             return latest, float("nan")
-        raise DiffkitError(f"{latest} holds another run (step {meta.get('step')}); remove {folder} or use another --out-dir")
+        raise DiffkitError(f"{latest} holds another run (step {meta.get('step')}); remove {folder} "
+                           f"or use another --out-dir")
     start = time.process_time()
     Trainer(cfg, progress=False).run()
     return latest, time.process_time() - start

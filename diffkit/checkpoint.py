@@ -233,8 +233,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                            f"use an earlier checkpoint") from None
     if meta.get("format") != FORMAT:
         if "diffkit_evaluator" in meta:  # was "(format=None)"
-            raise DiffkitError(f"{path} is a diffkit evaluator (diffkit train-evaluator), not a model checkpoint; give it "
-                               f"to --evaluator")
+            raise DiffkitError(f"{path} is a diffkit evaluator (diffkit train-evaluator), not a model checkpoint; "
+                               f"give it to --evaluator")
         raise DiffkitError(f"{path} is not a diffkit checkpoint (format={meta.get('format')!r})")
     if meta.get("sha256") != tensors_digest(tensors):
         raise DiffkitError(f"checkpoint {path} fails its checksum (corrupt); use an earlier checkpoint")

@@ -21,8 +21,8 @@ import warnings
 from .errors import DiffkitError, DiffkitWarning, first_line
 
 # Sub-command modules, in the order ``diffkit --help`` lists them.
-COMMANDS = ["demo", "train", "distill", "sample", "edit", "upscale", "samplers", "train_classifier", "train_autoencoder",
-            "train_evaluator", "eval", "experiment", "convert", "posthoc_ema"]
+COMMANDS = ["demo", "train", "distill", "sample", "edit", "upscale", "samplers", "train_classifier",
+            "train_autoencoder", "train_evaluator", "eval", "experiment", "convert", "posthoc_ema"]
 
 
 # Options whose empty value is refused, and what to give instead (``demo --device ''`` picked a device,

@@ -180,7 +180,8 @@ def _normalisation(processor: Path) -> tuple[tuple[float, ...], tuple[float, ...
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value] * 3
         if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in value)):
             raise DiffkitError(f"{str(processor)!r} gives {key} {value!r}; CLIP guidance needs 3 values each (RGB) "
                                f"or one for all channels, finite numbers")
         values[key] = tuple(float(v) for v in value)

@@ -537,8 +537,9 @@ class TrainConfig:
         trained with the velocity MSE at continuous flow times; one-line errors for what does not apply."""
         flow, path = self.prediction_type == "flow_prediction", self.schedule == "flow"
         if flow != path:
-            raise DiffkitError(f"prediction_type={self.prediction_type!r} with schedule={self.schedule!r}: flow matching "
-                               f"is prediction_type='flow_prediction' with schedule='flow', the two together")
+            raise DiffkitError(f"prediction_type={self.prediction_type!r} with schedule={self.schedule!r}: "
+                               f"flow matching is prediction_type='flow_prediction' with schedule='flow', "
+                               f"the two together")
         if self.flow_shift != 1.0 and not path:
             raise DiffkitError(f"flow_shift={self.flow_shift} shifts schedule='flow'; this run has schedule="
                                f"{self.schedule!r}: leave flow_shift=1.0")

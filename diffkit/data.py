@@ -462,8 +462,9 @@ def check_data_dir_applies(name: str, data_dir, readers=("mnist", "fashion-mnist
     bundled digits; such old checkpoints' stored data_dir is dropped on load, see
     :func:`diffkit.checkpoint.load_checkpoint`)."""
     if name == "digits" and data_dir is not None:
-        raise DiffkitError(f"data_dir={str(data_dir)!r} does not apply to dataset='digits' (bundled with scikit-learn); "
-                           f"to read that folder give dataset {', '.join(readers[:-1])} or {readers[-1]}")
+        raise DiffkitError(f"data_dir={str(data_dir)!r} does not apply to dataset='digits' (bundled with "
+                           f"scikit-learn); to read that folder give dataset {', '.join(readers[:-1])} "
+                           f"or {readers[-1]}")
 
 
 def load_dataset(name: str = "digits", data_dir: str | os.PathLike | None = None, img_size: int | None = None,

@@ -322,7 +322,8 @@ STARTS = ("image", "noise")
 def inpaint(denoiser, images, mask, sampler: str = "ddim", steps: int = 50, *, strength: float = 1.0,
             start: str = "image", jump_length: int = 10, jump_n_sample: int = 1, reconstruction_weight: float = 0.0,
             blend_noise: bool = False,
-            spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None, generator=None, cond: Optional[dict] = None,
+            spacing: Optional[str] = None, final: Optional[str] = None, seed: Optional[int] = None, generator=None,
+            cond: Optional[dict] = None,
             thresholding: Optional[str] = None, progress: bool = True, callback=None, value_range=DATA_RANGE,
             denoising_start: Optional[float] = None, **options) -> torch.Tensor:
     """Repaint where ``mask`` is 1 (diffusers' convention: white = repaint, 0 = keep) with any

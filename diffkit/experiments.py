@@ -260,8 +260,8 @@ def sampler_table(denoiser, scorer, *, samplers: Sequence[str] = PNDM_SAMPLERS,
     adaptive = [row for row in rows if REGISTRY[specs[row][0]].adaptive]
     if adaptive:
         raise DiffkitError(f"sampler {adaptive[0]!r} picks its own steps, so a samplers x "
-                           f"{'NFE' if nfe_list is not None else 'steps'} table has no row for it; run it alone with diffkit.sample(..., sampler={specs[adaptive[0]][0]!r}, rtol=..., "
-                           f"atol=...)")
+                           f"{'NFE' if nfe_list is not None else 'steps'} table has no row for it; run it alone "
+                           f"with diffkit.sample(..., sampler={specs[adaptive[0]][0]!r}, rtol=..., atol=...)")
     if not rows:
         raise DiffkitError(f"none of the samplers {', '.join(samplers)} is registered; choose from: "
                            f"{', '.join(REGISTRY)}")

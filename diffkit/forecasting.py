@@ -472,9 +472,9 @@ def check_null_windows(denoiser, window_y: torch.Tensor, levels: torch.Tensor, l
     held = sorted(set(labels.reshape(-1, steps_given)[sample if labels.ndim == 2 else 0, start:stop].tolist()))
     where, fix = (("rows", "give --class K (one class for every window)") if cli else
                   ("steps", "give one class for every window (cond={'y': ...})"))
-    raise DiffkitError(f"the window of {where} {start}..{stop - 1} (from 0) holds the labels {', '.join(map(str, held))}: "
-                       f"a window across a change of label takes the null class, which this checkpoint never "
-                       f"trained (p_uncond=0); {fix}")
+    raise DiffkitError(f"the window of {where} {start}..{stop - 1} (from 0) holds the labels "
+                       f"{', '.join(map(str, held))}: a window across a change of label takes the null class, "
+                       f"which this checkpoint never trained (p_uncond=0); {fix}")
 
 
 def forecast_mask(batch: int, channels: int, length: int, horizon: int) -> torch.Tensor:

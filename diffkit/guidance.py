@@ -726,8 +726,8 @@ class ReconstructionGuidance(Wrapper):
     with q(x^a | x_t) approximated by N(x0-hat^a(x_t), (sigma_t^2 / alpha_t^2) I / w): w = 1 is
     that Gaussian, larger w a sharper one (the paper uses w > 1). DPS (Chung et al. 2023, Alg. 1)
     takes the same gradient, as a step on x; Diffusion-TS (Yuan & Qiao 2024) guides its forecasting
-    and imputation with a gradient of the same reconstruction error. The known part's x_0 is left as the model's: wrapped by
-    :class:`~diffkit.editing.InpaintingDenoiser` (``diffkit.inpaint(..., reconstruction_weight=w)``)
+    and imputation with a gradient of the same reconstruction error. The known part's x_0 is left as the model's:
+    wrapped by :class:`~diffkit.editing.InpaintingDenoiser` (``diffkit.inpaint(..., reconstruction_weight=w)``)
     it is replaced by x_known, so w = 0 is plain replacement.
 
     Each call runs the wrapped denoiser once with gradients (one network evaluation in ``nfe``) and

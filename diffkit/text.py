@@ -420,5 +420,5 @@ class CLIPPromptEncoder:
         return self.model(ids.to(self.model.device)).last_hidden_state
 
 
-__all__ = ["CaptionSet", "WordTokenizer", "check_same_vocabulary", "TextEncoderConfig", "TextEncoder", "TextConditionedUNet",
-           "CLIPPromptEncoder", "build_text_model", "split_words", "digit_phrases"]
+__all__ = ["CaptionSet", "WordTokenizer", "check_same_vocabulary", "TextEncoderConfig", "TextEncoder",
+           "TextConditionedUNet", "CLIPPromptEncoder", "build_text_model", "split_words", "digit_phrases"]

@@ -240,7 +240,9 @@ ALL_NULL = ("note: every window spans a change of label, so all take the null cl
 
 def _list(starts) -> str:
     """Window starts as text: all of them, or the first three and the last."""
-    return ", ".join(map(str, starts)) if len(starts) <= 4 else f"{starts[0]}, {starts[1]}, {starts[2]}, ..., {starts[-1]}"
+    if len(starts) <= 4:
+        return ", ".join(map(str, starts))
+    return f"{starts[0]}, {starts[1]}, {starts[2]}, ..., {starts[-1]}"
 
 
 def _plan_note(rows: int, length: int, horizon, chunk) -> str:
@@ -379,7 +381,8 @@ def run_series(args, denoiser, info, options, device) -> int:
                                                          if windows[0][0] < rows else "")
         if len(windows) > 1:
             what += (f", rolled in {len(windows)} windows of up to {max(k for _, k in windows)} new rows, each "
-                     f"conditioned on up to {length - windows[0][1]} rows before it, given or generated (errors compound)")
+                     f"conditioned on up to {length - windows[0][1]} rows before it, given or generated "
+                     f"(errors compound)")
     else:
         what = f"imputed {int(missing.sum())} missing values of {rows} rows"
         if rows > length:

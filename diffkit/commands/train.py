@@ -249,9 +249,9 @@ def run_config(args, cfg) -> int:
         cores = usable_cores()
         limit = CPU_RANKS_PER_CORE * cores
         if args.nproc > limit:
-            raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this process may run on "
-                               f"{cores} core{'s' if cores != 1 else ''}, and at most {CPU_RANKS_PER_CORE} processes "
-                               f"a core are allowed: use --nproc {limit} or fewer")
+            raise DiffkitError(f"--nproc {args.nproc} starts {args.nproc} processes on the CPU; this process may "
+                               f"run on {cores} core{'s' if cores != 1 else ''}, and at most {CPU_RANKS_PER_CORE} "
+                               f"processes a core are allowed: use --nproc {limit} or fewer")
     if args.nproc > 1 and device.type == "cuda":  # one GPU per rank (cuda:LOCAL_RANK)
         import torch
         if args.nproc > torch.cuda.device_count():

@@ -106,8 +106,9 @@ def plan_restarts(sigmas: list, restarts) -> dict:
                                f"range [{low:.4g}, {high:.4g}]; give an interval inside it")
         j = nearest(t_min)
         if not sigmas[j] < t_max:
-            raise DiffkitError(f"restarts[{k}]: the grid's sigma~ nearest t_min={t_min:g} is {sigmas[j]:.4g}, not below "
-                               f"t_max={t_max:g} ({len(sigmas) - 1} steps); use more steps or a wider interval")
+            raise DiffkitError(f"restarts[{k}]: the grid's sigma~ nearest t_min={t_min:g} is {sigmas[j]:.4g}, "
+                               f"not below t_max={t_max:g} ({len(sigmas) - 1} steps); use more steps or a "
+                               f"wider interval")
         path = karras_sigmas(n + 1, sigmas[j], t_max).tolist()
         path[0], path[-1] = t_max, sigmas[j]  # the ends exactly (rho-th powers round)
         plan.setdefault(j, []).append((times, path))
