@@ -70,6 +70,31 @@ def test_sd3_pag_img2img_matches_the_pipeline(tiny_sd3, scale, adaptive):
     assert relative_error(image_to_image(sd3, images * 2 - 1, PROMPTS, 0.6, **options), theirs) > 1e-3
 
 
+def test_sd3_pag_on_an_sd3_5_transformer(tiny_sd3):
+    """SD3.5 Medium's MMDiT-X blocks (dual attention on block 0, qk_norm): PAG on block 0's joint attention matches
+    the pipeline with that transformer (whose PAG joint processors skip the qk RMS norms, in every pass of the chosen
+    layers: matched, as the pipeline's own processors run); block 0's attn2 is refused (the pipeline fails on it)."""
+    import dataclasses
+    pipe, _, sd3 = tiny_sd3[True]
+    transformer = test_interop_sd3.sd3_5_transformer()
+    sd3_5 = dataclasses.replace(sd3, transformer=transformer, _denoiser=None)
+    latents = test_interop_sd3._latents()
+    layers = r"blocks\.0\.attn$"
+    pag = _pag_pipeline(pipe, diffusers.StableDiffusion3PAGPipeline, layers)
+    pag.transformer = transformer
+    with torch.no_grad():
+        theirs = pag(PROMPTS, num_inference_steps=4, guidance_scale=4.0, latents=latents.clone(), output_type="latent",
+                     pag_scale=3.0, **COMMON).images
+    ours = text_to_image(sd3_5, PROMPTS, steps=4, guidance_scale=4.0, latents=latents, return_latents=True,
+                         pag_scale=3.0, pag_layers=[layers], **COMMON)
+    error = relative_error(ours, theirs)
+    print("sd3.5 pag", float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+    with pytest.raises(DiffkitError, match="select a dual-attention block's attn2"):
+        text_to_image(sd3_5, PROMPTS, steps=1, guidance_scale=4.0, latents=latents, pag_scale=3.0,
+                      pag_layers=["blocks.0"], **COMMON)
+
+
 def test_sd3_pag_scale_zero_and_what_it_does_not_take(tiny_sd3):
     """pag_scale 0 is the plain sampling bit for bit; a layer selecting nothing, an SD3.5 dual-attention block's
     attn2, the options diffusers' SD3 PAG pipelines lack, the options without a scale: one line each."""
@@ -94,13 +119,12 @@ def test_sd3_pag_scale_zero_and_what_it_does_not_take(tiny_sd3):
              r"with inpainting \(a mask\) is not supported"),
             (lambda: text_to_image(sd3, PROMPTS, pag_layers=["blocks.0"], **options), "pag_layers=.* needs pag_scale"),
             (lambda: text_to_image(sd3, PROMPTS, pag_scale=-1.0, **options), "pag_scale"),
-            (lambda: JointAttention(test_interop_sd3.sd3_5_transformer()).check_self_attention_layers(["blocks.0"]),
-             "select a dual-attention block's attn2")):
+            (lambda: text_to_image(sd3, PROMPTS, pag_scale=3.0, pag_layers=["blocks.(0"], **options),
+             r"pag layer 'blocks.\(0' is not a regular expression .*; give diffusers' pag_applied_layers of an SD3")):
         with pytest.raises(DiffkitError) as err:
             call()
         assert re.search(match, str(err.value)) and "\n" not in str(err.value), (match, str(err.value))
-    assert JointAttention(test_interop_sd3.sd3_5_transformer()).check_self_attention_layers(
-        [r"blocks\.0\.attn$"]) == [r"blocks\.0\.attn$"]
+    assert JointAttention(sd3.transformer).check_self_attention_layers(None) == ["blocks.1"]  # the pipelines' default
 
 
 CLI = ["--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--seed", "5", "--guidance-convention", "diffusers",
