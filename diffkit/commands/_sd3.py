@@ -90,7 +90,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline
     (:mod:`diffkit.interop.sd3_controlnet`; the control image resized to the images' size, sample i's control latents
     drawn from ``seed + i``). ``ip_adapter``: an SD3 IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`), with
-    ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``."""
+    ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``.
+    ``guidance.pag_scale`` / ``pag_layers`` / ``pag_adaptive_scale``: perturbed-attention guidance as
+    StableDiffusion3PAGPipeline (:mod:`diffkit.interop.sd3_pag`; not with ``--slg-layers``, ``control``,
+    ``ip_adapter`` or APG: :func:`check_pag_flags`)."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, draw_prompted_grid
     from ._sd3_slg import check_slg_steps
@@ -253,7 +256,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``).
     ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG`` (:class:`._ip_adapter.IPAdapterRequest`; FLUX: and
     ``--negative-ip-adapter-image`` with true CFG): the image prompt of the pipelines' ``ip_adapter_image`` (SD3's
-    inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``)."""
+    inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``). ``--pag-scale`` (``--pag-layers``,
+    ``--pag-adaptive-scale``) on an SD3 folder: img2img as StableDiffusion3PAGImg2ImgPipeline
+    (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``, ``--apg-*``)."""
     import torch
 
     from ..config import resolve_device

@@ -42,7 +42,7 @@ A scheduler with ``use_dynamic_shifting`` shifts by the pipelines' mu of the ima
 inpainting transformer (latents + mask + masked-image latents, ``StableDiffusion3InpaintPipeline``'s
 ``num_channels_transformer == 33``) takes :mod:`.sd_inpaint`'s path and only inpaints.
 SD3.5's transformer options (``qk_norm``, ``dual_attention_layers``) run as they are: diffusers' own module
-is called.
+is called. Skip-layer guidance: :mod:`.sd3_slg`; perturbed-attention guidance (``pag_scale=``): :mod:`.sd3_pag`.
 """
 from __future__ import annotations
 
