@@ -377,16 +377,20 @@ class PerturbedAttentionGuidance(Wrapper):
             ``check_self_attention_layers(layers)`` (the checked names) and the context manager
             ``perturbed_self_attention(layers, identity)``: a diffusers UNet2DConditionModel's is
             :class:`diffkit.interop.sd_pag.DiffusersSelfAttention` (diffusers' ``pag_applied_layers`` names).
+        adaptive_times: the times the adaptive scale reads, from diffkit's (float64 CPU, (B,)); default those
+            themselves. A flow model's pipeline reads its scheduler's timestep sigma T instead
+            (:mod:`diffkit.interop.sd3_pag`).
     """
 
     def __init__(self, denoiser, scale: float, layers: Sequence[str] = ("mid",), interval=None, *, network=None,
-                 adaptive_scale: float = 0.0):
+                 adaptive_scale: float = 0.0, adaptive_times=None):
         from .models.unet import UNet, check_self_attention_layers
         check_float32("perturbed-attention guidance scale", check_range("perturbed-attention guidance scale", scale,
                                                                          0.0, None))
         check_range("perturbed-attention guidance adaptive scale", adaptive_scale, 0.0, None)
         _check_perturbable(denoiser)
         self.inner, self.scale, self.adaptive_scale = denoiser, float(scale), float(adaptive_scale)
+        self.adaptive_times = adaptive_times
         self.interval = _checked_interval(interval, denoiser, "perturbed-attention guidance interval")
         self.num_timesteps = getattr(getattr(denoiser, "schedule", None), "num_timesteps", None)
         if self.adaptive_scale and self.num_timesteps is None:
@@ -414,7 +418,8 @@ class PerturbedAttentionGuidance(Wrapper):
         """s per sample (B,) on the CPU (0 outside the interval; s_t with an adaptive scale)."""
         t64 = _times64(t, batch)
         scale = self.scale if not self.adaptive_scale else adaptive_pag_scale(
-            self.scale, self.adaptive_scale, t64, self.num_timesteps)
+            self.scale, self.adaptive_scale, t64 if self.adaptive_times is None else self.adaptive_times(t64),
+            self.num_timesteps)
         return torch.where(_in_interval(self.interval, t64), scale, 0.0)
 
     @staticmethod

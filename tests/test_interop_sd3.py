@@ -57,12 +57,23 @@ def tiny_sd3_pipeline(root, with_t5=True, shift=3.0, **transformer_options):
     return pipe
 
 
+class _Folders(dict):
+    """{with_t5: ...}, each folder built on its first use (a module that needs one builds only that one)."""
+
+    def __init__(self, build):
+        super().__init__()
+        self.build = build
+
+    def __missing__(self, with_t5):
+        self[with_t5] = self.build(with_t5)
+        return self[with_t5]
+
+
 @pytest.fixture(scope="module")
 def tiny_sd3(tmp_path_factory):
     """{with_t5: (the folder's StableDiffusion3Pipeline.from_pretrained, folder, load_sd3 of it)} for a folder with and
-    without text_encoder_3."""
-    out = {}
-    for with_t5 in (True, False):
+    without text_encoder_3 (each built when first asked for)."""
+    def build(with_t5):
         root = tmp_path_factory.mktemp(f"sd3_{with_t5}")
         pipe = tiny_sd3_pipeline(root, with_t5)
         pipe.save_pretrained(root / "sd3")
@@ -70,8 +81,8 @@ def tiny_sd3(tmp_path_factory):
             root / "sd3", local_files_only=True, **({} if with_t5 else {"text_encoder_3": None, "tokenizer_3": None}))
         assert (pipe.text_encoder_3 is None) == (not with_t5)
         pipe.set_progress_bar_config(disable=True)
-        out[with_t5] = (pipe, root / "sd3", load_sd3(root / "sd3", progress=False))
-    return out
+        return pipe, root / "sd3", load_sd3(root / "sd3", progress=False)
+    return _Folders(build)
 
 
 def _latents(batch=2, seed=7):

@@ -16,8 +16,9 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-*, --slg-layers (sample), --controlnet (edit: with --mask), "
-                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --steps / --nfe, --sampler and its "
-                  "grid options",
+                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --pag-scale / --pag-layers / "
+                  "--pag-adaptive-scale (not with --slg-layers, --controlnet, --ip-adapter, --apg-*, --mask), "
+                  "--steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --controlnet (--control-mode: a union), "
                   "--control-image (a Depth / Canny folder), --ip-adapter, --mask, --strength, --steps, --sampler "
@@ -43,6 +44,23 @@ def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, de
         if controlnet.per_prompt > 1:
             per_sample["control_rows"] = index.tolist()
     return controlnet, adapter, prompts, index, num, nrow, per_sample
+
+
+def check_pag_flags(request, controlnet=None, ip_adapter=None, slg=None, mask=None) -> None:
+    """``--pag-scale`` / ``--pag-layers`` / ``--pag-adaptive-scale`` of ``request`` (a
+    :class:`~.sample.GuidanceRequest`) on an SD3 folder, before any weight is read: the options diffusers' SD3 PAG
+    pipelines lack refused in one line (:func:`diffkit.interop.sd3_pag.check_sd3_pag`)."""
+    from ..interop.sd3_pag import check_sd3_pag
+    check_sd3_pag(request.pag_scale, request.pag_layers, request.pag_adaptive_scale, skip_layers=slg,
+                  controlnet=controlnet, ip_adapter=ip_adapter, mask=mask, apg=request.apg_options())
+
+
+def pag_options(request) -> dict:
+    """``text_to_image`` / ``image_to_image``'s PAG keyword arguments of ``request`` ({} without --pag-scale)."""
+    if not request.pag_scale:
+        return {}
+    return {"pag_scale": request.pag_scale, "pag_layers": request.pag_layers,
+            "pag_adaptive_scale": request.pag_adaptive_scale}
 
 
 def refused_flags(flags: dict, directory, kind: str = "SD3") -> None:
@@ -72,7 +90,10 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     :class:`~._controlnet.ControlRequest`), as StableDiffusion3ControlNetPipeline
     (:mod:`diffkit.interop.sd3_controlnet`; the control image resized to the images' size, sample i's control latents
     drawn from ``seed + i``). ``ip_adapter``: an SD3 IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`), with
-    ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``."""
+    ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``.
+    ``guidance.pag_scale`` / ``pag_layers`` / ``pag_adaptive_scale``: perturbed-attention guidance as
+    StableDiffusion3PAGPipeline (:mod:`diffkit.interop.sd3_pag`; not with ``--slg-layers``, ``control``,
+    ``ip_adapter`` or APG: :func:`check_pag_flags`)."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, draw_prompted_grid
     from ._sd3_slg import check_slg_steps
@@ -85,7 +106,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     flags = dict(refused or {})
     flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
                   "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
-                  "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
+                  "--clip-guidance": guidance.clip_prompt, "--pag-interval": guidance.pag_interval,
                   "--thresholding": options.get("thresholding")})
     refused_flags(flags, directory)
     if ip_adapter is not None and guidance.slg:
@@ -94,6 +115,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
                            + NO_SLG_IP.split(": ", 1)[1])
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is an SD3 folder: give --prompt TEXT (repeat for one row per prompt)")
+    check_pag_flags(guidance, controlnet=control, ip_adapter=ip_adapter, slg=guidance.slg)
     check_prompt_encoding(guidance, directory)  # --clip-skip, --prompt-2 / -3: counts and layers, from the JSON
     check_inpainting_transformer(directory)  # a 33-channel transformer only inpaints
     check_slg_steps(guidance.slg, steps, SD3_PIPELINE_GUIDANCE if guidance.guidance_scale is None else
@@ -118,7 +140,7 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
         return text_to_image(sd3, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_w,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, ip_adapter=adapter, **grid, **how,
-                             **(guidance.slg or {}), **control, **guidance.apg_options(),
+                             **(guidance.slg or {}), **control, **guidance.apg_options(), **pag_options(guidance),
                              **sd3_prompt_options(guidance, cond.get("prompts_2"), cond.get("prompts_3")))
 
     images, out = draw_prompted_grid(
@@ -138,9 +160,11 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "progress", "mask", "controlnets", "control_images", "controlnet_scales", "control_starts", "control_ends",
     "guess_mode", "height", "width", "ip_adapter", "ip_adapter_image", "image_encoder",
     "negative_ip_adapter_image",  # (the ControlNet / IP-Adapter flags: their requests' and edit_sd3's checks)
-    "apg_eta", "apg_norm_threshold", "apg_momentum"}  # adaptive projected guidance, as diffkit sample's
+    "apg_eta", "apg_norm_threshold", "apg_momentum",  # adaptive projected guidance, as diffkit sample's
+    "pag_scale", "pag_layers", "pag_adaptive_scale"}  # perturbed-attention guidance (img2img), as diffkit sample's
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
-                                "apg_norm_threshold", "apg_momentum"} | {
+                                "apg_norm_threshold", "apg_momentum", "pag_scale", "pag_layers",
+                                "pag_adaptive_scale"} | {
     "true_cfg_scale", "control_modes"}  # and a FLUX folder's (a ControlNet-Union's --control-mode)
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
@@ -232,7 +256,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     noise with the ``--images`` as control images (:func:`diffkit.interop.sd3.text_to_image`'s ``control_mask``).
     ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG`` (:class:`._ip_adapter.IPAdapterRequest`; FLUX: and
     ``--negative-ip-adapter-image`` with true CFG): the image prompt of the pipelines' ``ip_adapter_image`` (SD3's
-    inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``)."""
+    inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``). ``--pag-scale`` (``--pag-layers``,
+    ``--pag-adaptive-scale``) on an SD3 folder: img2img as StableDiffusion3PAGImg2ImgPipeline
+    (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``, ``--apg-*``)."""
     import torch
 
     from ..config import resolve_device
@@ -272,6 +298,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     count = len(files)
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     check_edit_ip_adapter(ip_adapter, args, flux)
+    if not flux:  # --pag-scale: img2img only, as StableDiffusion3PAGImg2ImgPipeline
+        check_pag_flags(request, controlnet=args.controlnets or None, ip_adapter=ip_adapter, mask=args.mask)
     control = inpainting_controlnet = control_image = None
     if args.controlnets:  # FLUX: img2img / inpainting ControlNets; SD3: inpainting ControlNets, the images theirs
         from ._controlnet import ControlRequest
@@ -332,7 +360,7 @@ def edit_sd3(args, flux: bool = False) -> int:
                            else None}
         how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
-            **sd3_prompt_options(request, *own_rows), **request.apg_options()}
+            **sd3_prompt_options(request, *own_rows), **request.apg_options(), **pag_options(request)}
         edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,
                                        sampler=None if own else info.name, steps=args.steps,
                                        posterior=args.posterior or "sample", seed=args.seed + start,

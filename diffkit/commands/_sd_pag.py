@@ -12,11 +12,13 @@ PAG_FLAGS = ("--pag-scale", "--pag-layers", "--pag-adaptive-scale", "--pag-inter
 
 def add_edit_pag_flags(parser) -> None:
     parser.add_argument("--pag-scale", type=float, metavar="S",
-                        help="Stable Diffusion / SD-XL folders with --prompt: perturbed-attention guidance scale "
-                             "S >= 0 (diffusers' pag_scale, as StableDiffusion(XL)PAGImg2Img/InpaintPipeline); 0 = off")
+                        help="Stable Diffusion / SD-XL / SD3 folders with --prompt: perturbed-attention guidance "
+                             "scale S >= 0 (diffusers' pag_scale, as StableDiffusion(XL/3)PAGImg2ImgPipeline, SD / "
+                             "SD-XL PAGInpaintPipeline); 0 = off")
     parser.add_argument("--pag-layers", metavar="L,...",
                         help="with --pag-scale: diffusers' pag_applied_layers, comma-separated regular expressions "
-                             "searched in the self-attention module names (default mid; down_blocks.1, ...)")
+                             "searched in the self-attention module names (default mid; down_blocks.1, ...; SD3: "
+                             "default blocks.1)")
     parser.add_argument("--pag-adaptive-scale", type=float, metavar="A",
                         help="with --pag-scale: diffusers' pag_adaptive_scale A >= 0, the scale at the scheduler's "
                              "timestep t is max(S - A (1000 - t), 0); 0 = constant S")

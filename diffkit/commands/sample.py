@@ -149,8 +149,9 @@ def register(sub) -> None:
     g.add_argument("--pag-layers", metavar="L,...",
                    help="with --pag-scale: the self-attention layers to perturb, comma-separated: mid (default), "
                         "down.L, up.L for a level L (an index into channel_mult) in the model's attn; on a Stable "
-                        "Diffusion / SD-XL folder diffusers' pag_applied_layers (regular expressions searched in "
-                        "the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...)")
+                        "Diffusion / SD-XL / SD3 folder diffusers' pag_applied_layers (regular expressions searched "
+                        "in the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...; SD3: blocks.1, the "
+                        "default there, ...)")
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")
@@ -422,11 +423,13 @@ class GuidanceRequest:
         """--pag-scale for a model whose header says it cannot take it: a Stable Diffusion folder, a time-series
         model (no self-attention), or --pag-layers naming a layer the U-Net has no self-attention in (the
         names it has, listed). A legacy .pt (no header) is checked once loaded (:meth:`perturbed`)."""
+        from ..interop.sd3 import is_sd3_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         from ._common import peek_checkpoint
-        if is_stable_diffusion_folder(checkpoint):  # diffusers' layer names, matched once loaded
+        if is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint):  # diffusers' names, matched loaded
             from ..interop.sd_pag import check_layer_names
-            check_layer_names(self.pag_layers)
+            from ..interop.sd3_pag import check_sd3_layer_names
+            (check_sd3_layer_names if is_sd3_folder(checkpoint) else check_layer_names)(self.pag_layers)
             self.pag_diffusers = True
             return
         unet = (peek_checkpoint(checkpoint) or {}).get("unet")

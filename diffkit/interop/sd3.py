@@ -42,7 +42,7 @@ A scheduler with ``use_dynamic_shifting`` shifts by the pipelines' mu of the ima
 inpainting transformer (latents + mask + masked-image latents, ``StableDiffusion3InpaintPipeline``'s
 ``num_channels_transformer == 33``) takes :mod:`.sd_inpaint`'s path and only inpaints.
 SD3.5's transformer options (``qk_norm``, ``dual_attention_layers``) run as they are: diffusers' own module
-is called.
+is called. Skip-layer guidance: :mod:`.sd3_slg`; perturbed-attention guidance (``pag_scale=``): :mod:`.sd3_pag`.
 """
 from __future__ import annotations
 
@@ -428,6 +428,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
                   controlnet=None, control_seed: int = 0, control_posterior: str = "sample", control_rows=None,
                   control_mask: Optional[torch.Tensor] = None, ip_adapter=None,
                   apg_eta: float = 1.0, apg_norm_threshold: float = math.inf, apg_momentum: float = 0.0,
+                  pag_scale: Optional[float] = None, pag_layers=None, pag_adaptive_scale: Optional[float] = None,
                   **options) -> torch.Tensor:
     """Images of an SD3 folder for ``prompts`` with any diffkit sampler (module docstring).
 
@@ -460,6 +461,9 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0 = x - s u, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the
         defaults: the pipeline's classifier-free guidance; with skip-layer guidance added after it, as PAG).
+    pag_scale, pag_layers, pag_adaptive_scale: perturbed-attention guidance as ``StableDiffusion3PAGPipeline``'s
+        ``pag_scale``, ``pag_applied_layers`` (default ``blocks.1``) and ``pag_adaptive_scale`` (:mod:`.sd3_pag`);
+        None or 0: off. Not with skip-layer guidance, a ControlNet, an IP-Adapter or APG (one line).
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..guidance import apg_options
@@ -469,6 +473,9 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     if sd3.inpainting_unet:
         raise DiffkitError(_ONLY_INPAINTS)
     apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
+    from .sd3_pag import check_sd3_pag, sd3_pag
+    pag = check_sd3_pag(pag_scale, pag_layers, pag_adaptive_scale, skip_layers=skip_guidance_layers,
+                        controlnet=controlnet, ip_adapter=ip_adapter, apg=apg)
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
     noise, shape = start_latents(sd3, latents, len(prompts), height, width)
@@ -500,6 +507,8 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         from .sd3_slg import skip_layer_guidance
         denoiser = skip_layer_guidance(sd3, denoiser, skip_guidance_layers, window_steps, skip_layer_guidance_scale,
                                        skip_layer_guidance_start, skip_layer_guidance_stop, size=shape[2:])
+    if pag:  # PAG directly over the classifier-free guidance: one call of 3 halves (.sd3_pag)
+        denoiser = sd3_pag(sd3, denoiser, pag_scale, pag_layers, pag_adaptive_scale)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                 progress=progress, device=sd3.device, dtype=sd3.dtype, **options)
     return finish_images(sd3, z0, return_latents, output_range)
@@ -515,7 +524,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
                    clip_skip: Optional[int] = None, prompt_2=None, prompt_3=None, negative_prompt_2=None,
                    negative_prompt_3=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, ip_adapter=None, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
-                   apg_momentum: float = 0.0, **options) -> torch.Tensor:
+                   apg_momentum: float = 0.0, pag_scale: Optional[float] = None, pag_layers=None,
+                   pag_adaptive_scale: Optional[float] = None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``StableDiffusion3Img2ImgPipeline`` (Meng et al. 2022, Alg. 1 on SD3's latents): z = (E(x) - shift) * scale
     (``posterior="sample"``: drawn from image i's generator ``seed + i``, then its forward noise, as the pipeline
@@ -539,12 +549,17 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
 
     ``ip_adapter``: an :class:`~.sd3_ip_adapter.SD3IPAdapter` with its image prompt, as both pipelines'
     ``load_ip_adapter`` + ``ip_adapter_image`` (zero embeds in the null half,
-    :meth:`StableDiffusion3.prompt_guidance`)."""
+    :meth:`StableDiffusion3.prompt_guidance`).
+
+    ``pag_scale``, ``pag_layers``, ``pag_adaptive_scale``: perturbed-attention guidance as
+    ``StableDiffusion3PAGImg2ImgPipeline`` (:mod:`.sd3_pag`; img2img only, without an IP-Adapter or APG)."""
     from ..guidance import apg_options
     from .flow_latents import edit_latents, edit_prompts
+    from .sd3_pag import check_sd3_pag, sd3_pag
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
+    pag = check_sd3_pag(pag_scale, pag_layers, pag_adaptive_scale, ip_adapter=ip_adapter, mask=mask, apg=apg)
     prompts = edit_prompts(images, prompts)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
     if mask is None and sd3.inpainting_unet:
@@ -559,6 +574,8 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     denoiser, cond = sd3.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length, clip_skip,
                                          prompt_2, prompt_3, negative_prompt_2, negative_prompt_3, apg=apg,
                                          ip_adapter=ip_adapter, size=size)
+    if pag:
+        denoiser = sd3_pag(sd3, denoiser, pag_scale, pag_layers, pag_adaptive_scale)
     z0 = edit_latents(sd3, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(sd3, z0, return_latents, output_range)

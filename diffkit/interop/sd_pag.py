@@ -54,22 +54,24 @@ FORM = "diffusers' pag_applied_layers: regular expressions searched in the self-
 _DIFFKIT_NAME = re.compile(r"(down|up)\.\d+")  # diffkit's U-Net layer names (diffkit.models.unet), mid aside
 
 
-def check_layer_names(layers: Union[None, str, Sequence[str]]) -> list:
-    """``layers`` (names, or one comma-separated string; None: ``mid``) checked for their form before a UNet is
-    loaded: non-empty regular expressions, none of diffkit's U-Net names; returns them, deduplicated."""
+def check_layer_names(layers: Union[None, str, Sequence[str]], default: Sequence[str] = DEFAULT_LAYERS,
+                      form: str = FORM) -> list:
+    """``layers`` (names, or one comma-separated string; None: ``default``, ``mid``) checked for their form before
+    a UNet is loaded: non-empty regular expressions, none of diffkit's U-Net names; returns them, deduplicated.
+    ``form``: the names the network takes, for the errors (an SD3 transformer's: :mod:`.sd3_pag`)."""
     if layers is None:
-        return list(DEFAULT_LAYERS)
+        return list(default)
     names = [str(name).strip() for name in (layers.split(",") if isinstance(layers, str) else layers)]
     if not names or not all(names):
-        raise DiffkitError(f"pag layers {layers!r} are not allowed: give one or more names ({FORM})")
+        raise DiffkitError(f"pag layers {layers!r} are not allowed: give one or more names ({form})")
     for name in names:
-        if _DIFFKIT_NAME.fullmatch(name):
+        if form == FORM and _DIFFKIT_NAME.fullmatch(name):
             raise DiffkitError(f"pag layer {name!r} is a diffkit U-Net layer name; a Stable Diffusion folder's UNet "
                                f"takes {FORM}")
         try:
             re.compile(name)
         except re.error as err:
-            raise DiffkitError(f"pag layer {name!r} is not a regular expression ({err}); give {FORM}") from None
+            raise DiffkitError(f"pag layer {name!r} is not a regular expression ({err}); give {form}") from None
     return list(dict.fromkeys(names))
 
 
@@ -86,9 +88,9 @@ def _fake_integral_match(layer: str, name: str) -> bool:
     return layer.isnumeric() and name.isnumeric() and layer == name
 
 
-def matched_modules(unet, layers: Sequence[str]) -> list:
+def matched_modules(unet, layers: Sequence[str], form: str = FORM, what: str = "UNet") -> list:
     """The self-attention modules ``layers`` select (``PAGMixin._set_pag_attn_processor``'s rule), each once; a
-    one-line error for a name that selects none, listing the UNet's attention blocks."""
+    one-line error for a name that selects none, listing the ``what``'s (``unet``'s) attention blocks."""
     modules = self_attention_modules(unet)
     chosen = {}
     for layer in layers:
@@ -96,15 +98,20 @@ def matched_modules(unet, layers: Sequence[str]) -> list:
                  if re.search(layer, name) is not None and not _fake_integral_match(layer, name)]
         if not found:
             blocks = list(dict.fromkeys(name.split(".transformer_blocks")[0] for name, _ in modules))
-            raise DiffkitError(f"pag layer {layer!r} matches no self-attention layer of this UNet; it has "
-                               f"{', '.join(blocks) or 'none'} ({FORM})")
+            raise DiffkitError(f"pag layer {layer!r} matches no self-attention layer of this {what}; it has "
+                               f"{', '.join(blocks) or 'none'} ({form})")
         chosen.update((id(module), module) for _, module in found)
     return list(chosen.values())
 
 
 class DiffusersSelfAttention:
     """The network :class:`~diffkit.guidance.PerturbedAttentionGuidance` perturbs, for a diffusers UNet: its
-    ``check_self_attention_layers`` and ``perturbed_self_attention`` (the diffkit U-Net's interface)."""
+    ``check_self_attention_layers`` and ``perturbed_self_attention`` (the diffkit U-Net's interface).
+    ``processors``: diffusers' PAG processors (names in ``attention_processor``) for 3 halves and for 2;
+    ``default``, ``form``, ``what``: the layer names and the network's name (an SD3 transformer's: :mod:`.sd3_pag`)."""
+
+    processors = ("PAGCFGIdentitySelfAttnProcessor2_0", "PAGIdentitySelfAttnProcessor2_0")
+    default, form, what = DEFAULT_LAYERS, FORM, "UNet"
 
     def __init__(self, unet):
         self.unet = unet
@@ -113,12 +120,12 @@ class DiffusersSelfAttention:
     def _modules(self, layers: Sequence[str]) -> list:
         key = tuple(layers)
         if key not in self._matched:
-            self._matched[key] = matched_modules(self.unet, key)
+            self._matched[key] = matched_modules(self.unet, key, self.form, self.what)
         return self._matched[key]
 
     def check_self_attention_layers(self, layers) -> list:
         """The names (:func:`check_layer_names`), each selecting at least one layer of this UNet."""
-        names = check_layer_names(layers)
+        names = check_layer_names(layers, self.default, self.form)
         self._modules(names)
         return names
 
@@ -132,8 +139,7 @@ class DiffusersSelfAttention:
         if copies not in (2, 3) or copies * perturbed != total or not bool(identity[total - perturbed:].all()):
             raise DiffkitError("diffusers' PAG processors perturb the last half or third of the batch; this call "
                                "marks other samples")
-        processor = (processors.PAGCFGIdentitySelfAttnProcessor2_0() if copies == 3
-                     else processors.PAGIdentitySelfAttnProcessor2_0())
+        processor = getattr(processors, self.processors[0 if copies == 3 else 1])()
         saved = [(module, module.processor) for module in self._modules(layers)]
         try:
             for module, _ in saved:
