@@ -12,7 +12,8 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
 * diffusers / PEFT (``StableDiffusionPipeline.save_lora_weights``, SD-XL's
   ``StableDiffusionXLPipeline.save_lora_weights``, SD3's ``StableDiffusion3Pipeline.save_lora_weights``):
   ``unet.<module>.lora_A.weight`` (A), ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``,
-  SD-XL's ``text_encoder_2.<module>...``, SD3's ``transformer.<module>...`` (the MM-DiT, :mod:`.sd3`);
+  SD-XL's ``text_encoder_2.<module>...``, SD3's ``transformer.<module>...`` (the MM-DiT, :mod:`.sd3`; an SD3 folder
+  takes these keys only, :mod:`.sd3_lora`);
   alpha from the file's ``lora_adapter_metadata`` (peft's LoraConfig per component: ``lora_alpha``,
   ``alpha_pattern`` matched as peft does, ``use_rslora``: alpha / sqrt(r) instead of alpha / r); without
   metadata alpha = r (scale 1), as diffusers' ``get_peft_kwargs``.
