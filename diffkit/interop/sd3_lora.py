@@ -16,7 +16,8 @@ LoraConfig per component; without it alpha = r). They are fused as ``fuse_lora(l
 Unlike SD / SD-XL's (kohya) and FLUX.1's (kohya / BFL / ComfyUI), SD3's ``lora_state_dict`` has no converter in
 ``lora_conversion_utils``: a kohya (``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``), ComfyUI (``diffusion_model.``,
 ``text_encoders.``) or LyCORIS file loads nothing there (diffusers logs "No LoRA keys associated to
-SD3Transformer2DModel found" and every weight stays as it was; ``dora_scale`` keys are dropped with a warning). So
+SD3Transformer2DModel found" and every weight stays as it was; ``dora_scale`` keys are dropped with a warning;
+peft-named LoHa / LoKr keys fail its "Invalid LoRA checkpoint" check, every key must hold ``lora``). So
 such a key, and any other key but the ones above, is refused in one line naming it, before any weight is read,
 rather than merged where the reference merges nothing (:mod:`.sd_lora` alone would merge a kohya file's text-encoder
 keys). ``unet.`` keys (an SD / SD-XL diffusers file) are left to :func:`.sd_lora.merge_sd_loras`' own line.
