@@ -131,49 +131,73 @@ def test_sd3_lora_files_match_load_lora_weights_set_adapters_and_fuse_lora(sd3_l
     assert relative_error(z0, theirs) < 1e-5
 
 
-def test_sample_and_edit_commands_take_several_sd3_lora_files(sd3_loras, tmp_path, capsys):
-    """`diffkit sample` / `diffkit edit` (img2img, --mask) with --lora A:0.7 --lora B:-0.4 write what the library
-    writes with both files merged (byte for byte), and the img2img PNGs are StableDiffusion3Img2ImgPipeline's with
-    both fused (within one PNG level)."""
-    import numpy as np
-    from PIL import Image
-    from diffkit.commands.edit import read_pngs
-    from diffkit.images import save_grid, save_images
+@pytest.fixture(scope="module")
+def merged_ab(sd3_loras):
+    """([(file A, 0.7), (file B, -0.4)], load_sd3 of the folder with both merged, the command line's flags)."""
     folder, _, a, b, _ = sd3_loras
     loras = list(zip((a, b), SCALES))
     flags = ["--checkpoint", str(folder), "--prompt", PROMPTS[0], "--lora", f"{a}:0.7", "--lora", f"{b}:-0.4",
              "--steps", "3", "--guidance-convention", "diffusers", "--guidance-scale", "4", "--seed", "5",
              "--no-progress", "--max-sequence-length", "12"]
-    merged = load_sd3(folder, progress=False, lora=loras)
-    assert main(["sample", "--num", "2", "--nrow", "2", "--out", str(tmp_path / "grid.png")] + flags) == 0
-    save_grid(text_to_image(merged, [PROMPTS[0]] * 2, steps=3, seed=5, output_range="-1,1", **KW),
-              tmp_path / "expected.png", 2)
-    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    return loras, load_sd3(folder, progress=False, lora=loras), flags
+
+
+def _edit(merged, flags, tmp_path, mask=None):
+    """`diffkit edit` of two PNGs (with ``mask``: --mask) into tmp_path / "out", asserted byte for byte equal to
+    image_to_image of ``merged``; returns the images read back in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
     (tmp_path / "in").mkdir()
     for i, image in enumerate(_images()):
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(tmp_path / "in" / f"{i}.png")
     images, _ = read_pngs(tmp_path / "in", "RGB")
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 4:12, 2:10] = 1
-    Image.fromarray(np.uint8(mask[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
-    for extra, name, options in (([], "img2img", {}),
-                                 (["--mask", str(tmp_path / "mask.png")], "masked", {"mask": mask})):
-        assert main(["edit", "--images", str(tmp_path / "in"), "--out", str(tmp_path / name)] + extra + flags) == 0
-        save_images(image_to_image(merged, images, PROMPTS[0], steps=3, seed=5, output_range="-1,1", **options, **KW),
-                    tmp_path / f"expected_{name}", prefix="edit")
-        for i in range(2):
-            assert (tmp_path / name / f"edit_0000{i}.png").read_bytes() == \
-                (tmp_path / f"expected_{name}" / f"edit_0000{i}.png").read_bytes(), (name, i)
+    extra = []
+    if mask is not None:
+        Image.fromarray(np.uint8(mask[0, 0].numpy() * 255)).save(tmp_path / "mask.png")
+        extra = ["--mask", str(tmp_path / "mask.png")]
+    assert main(["edit", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out")] + extra + flags) == 0
+    save_images(image_to_image(merged, images, PROMPTS[0], steps=3, seed=5, output_range="-1,1", mask=mask, **KW),
+                tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "out" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes(), i
+    return images
+
+
+def test_sample_and_edit_commands_take_several_sd3_lora_files(sd3_loras, merged_ab, tmp_path, capsys):
+    """`diffkit sample` / `diffkit edit` with --lora A:0.7 --lora B:-0.4 write what the library writes with both
+    files merged (byte for byte), and the edit's PNGs are StableDiffusion3Img2ImgPipeline's with both fused (within
+    one PNG level)."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.images import save_grid
+    loras, merged, flags = merged_ab
+    assert main(["sample", "--num", "2", "--nrow", "2", "--out", str(tmp_path / "grid.png")] + flags) == 0
+    save_grid(text_to_image(merged, [PROMPTS[0]] * 2, steps=3, seed=5, output_range="-1,1", **KW),
+              tmp_path / "expected.png", 2)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    images = _edit(merged, flags, tmp_path)
     with torch.no_grad():
-        theirs = _img2img(_fused(folder, loras))(
+        theirs = _img2img(_fused(sd3_loras[0], loras))(
             [PROMPTS[0]] * 2, image=(images + 1) / 2, strength=0.6, num_inference_steps=3, output_type="np",
             generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **KW).images
-    written = np.stack([np.asarray(Image.open(tmp_path / "img2img" / f"edit_0000{i}.png"), np.float64)
-                        for i in range(2)])
+    written = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_0000{i}.png"), np.float64) for i in range(2)])
     with capsys.disabled():
         print("sd3 lora img2img PNG levels", np.abs(written - (theirs * 255).round()).max())
     assert np.abs(written - (theirs * 255).round()).max() <= 1
+    capsys.readouterr()
+
+
+def test_edit_command_inpaints_with_several_sd3_lora_files(merged_ab, tmp_path, capsys):
+    """`diffkit edit --mask` with both files: image_to_image(mask=) of the merged folder, byte for byte (that is
+    StableDiffusion3InpaintPipeline's loop, T22, on weights that are the pipeline's fused ones, TQ1)."""
+    loras, merged, flags = merged_ab
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 2:10] = 1
+    _edit(merged, flags, tmp_path, mask)
     capsys.readouterr()
 
 
@@ -182,7 +206,7 @@ KOHYA = {  # keys diffusers 0.42.1's SD3 loader does not convert: it loads nothi
     "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": "kohya CLIP-G",
     "lora_unet_joint_blocks_0_x_block_attn_qkv": "kohya MM-DiT",
     "diffusion_model.joint_blocks.0.x_block.attn.qkv": "ComfyUI",
-    "transformer.transformer_blocks.0.attn.to_q": "LyCORIS, DoRA (dora_scale) or a LoRA bias under diffusers names"}
+    "transformer.transformer_blocks.0.attn.to_q": "LyCORIS (LoHa) under diffusers names"}
 
 
 def test_keys_diffusers_does_not_load_on_sd3_are_one_line_errors_before_output(sd3_loras, tmp_path, capsys):
