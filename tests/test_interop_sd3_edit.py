@@ -167,7 +167,7 @@ def test_what_sd3_editing_does_not_take_is_refused_in_one_line(tiny_sd3, tmp_pat
     base = ["--checkpoint", str(folder), "--prompt", "a cat", "--no-progress"]
     for argv, match in (
             (["sample", "--lora", str(tmp_path / "kohya.st")],
-             r"adapts a UNet \(lora_unet_... keys\); this folder has a transformer \(SD3\)"),
+             r"key 'lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight' is not supported on an SD3 folder"),
             (["edit", "--images", str(tmp_path / "in"), "--mask", str(tmp_path / "m.png"), "--paste-known"],
              "--paste-known does not apply to an SD3 folder"),
             (["edit", "--images", str(tmp_path / "in"), "--freeu", "1.1,1.2,0.9,0.2"],

@@ -30,7 +30,7 @@ diffusers 0.42 ``StableDiffusion3Pipeline`` step is reproduced:
 
 img2img and inpainting (:func:`image_to_image`) are the pipelines' ``StableDiffusion3Img2ImgPipeline`` /
 ``StableDiffusion3InpaintPipeline`` through :mod:`diffkit.latent_editing`; LoRA files (``load_sd3(lora=)``) are
-fused as their ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`).
+fused as their ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`; the keys that loader reads: :mod:`.sd3_lora`).
 
 Refused in one line before any weight is read: a folder whose transformer, VAE or scheduler is another
 class, a VAE without ``shift_factor``, an ``image_encoder`` (SD3's IP-Adapter), a ``controlnet``, a
@@ -386,14 +386,15 @@ def load_sd3(directory: Union[str, Path], device="cpu", dtype: torch.dtype = tor
     """Load an SD3 diffusers folder (``StableDiffusion3Pipeline``; never downloads): what diffkit does not
     drive is refused in one line before any weight is read (:func:`check_sd3_folder`). ``lora``: LoRA files in
     diffusers / PEFT format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` /
-    ``text_encoder_2.`` keys), merged as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`;
-    read and checked first)."""
+    ``text_encoder_2.`` keys, :mod:`.sd3_lora`: any other key refused), merged as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first)."""
     from ..schedule import NoiseSchedule
-    from .sd_lora import merge_sd_loras, read_sd_loras
+    from .sd3_lora import read_sd3_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_sd3_folder(directory)
-    loras = read_sd_loras(lora) if lora else []
+    loras = read_sd3_loras(lora) if lora else []
     T = int(sched.get("num_train_timesteps", 1000))
     schedule = NoiseSchedule.flow(T, _fixed_shift(sched))
     texts = {"": "CLIPTextModelWithProjection", "_2": "CLIPTextModelWithProjection", "_3": "T5EncoderModel"}

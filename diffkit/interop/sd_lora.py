@@ -12,7 +12,8 @@ kernel, B a 1x1 convolution), so sampling costs what the base costs. Two formats
 * diffusers / PEFT (``StableDiffusionPipeline.save_lora_weights``, SD-XL's
   ``StableDiffusionXLPipeline.save_lora_weights``, SD3's ``StableDiffusion3Pipeline.save_lora_weights``):
   ``unet.<module>.lora_A.weight`` (A), ``unet.<module>.lora_B.weight`` (B), ``text_encoder.<module>...``,
-  SD-XL's ``text_encoder_2.<module>...``, SD3's ``transformer.<module>...`` (the MM-DiT, :mod:`.sd3`);
+  SD-XL's ``text_encoder_2.<module>...``, SD3's ``transformer.<module>...`` (the MM-DiT, :mod:`.sd3`; an SD3 folder
+  takes these keys only, :mod:`.sd3_lora`);
   alpha from the file's ``lora_adapter_metadata`` (peft's LoraConfig per component: ``lora_alpha``,
   ``alpha_pattern`` matched as peft does, ``use_rslora``: alpha / sqrt(r) instead of alpha / r); without
   metadata alpha = r (scale 1), as diffusers' ``get_peft_kwargs``.
@@ -141,12 +142,18 @@ def read_sd_lora(path) -> dict:
     ``"alpha_of"``; each adapter is [A, B, alpha or None, the key's prefix]. One-line error at the first key
     that is not a LoRA matrix (or alpha) of the UNet or a text encoder; a FLUX.1 file (its blocks' names): one
     line saying so."""
+    return parse_sd_lora(path, *read_lora_tensors(path))
+
+
+def read_lora_tensors(path) -> tuple[dict, dict]:
+    """(tensors, header metadata) of a LoRA file for a Stable Diffusion / SD-XL / SD3 folder; a FLUX.1 file (its
+    blocks' names): one line saying so."""
     tensors, meta = _read(path)
     flux_key = next((k for k in tensors if _FLUX_BLOCKS.search(k)), None)
     if flux_key is not None:
         raise DiffkitError(f"--lora {path} is a FLUX.1 LoRA (key {flux_key!r}: FLUX's double / single blocks); this "
                            f"Stable Diffusion / SD-XL / SD3 folder has no such blocks: give it with a FLUX.1 folder")
-    return parse_sd_lora(path, tensors, meta)
+    return tensors, meta
 
 
 _FLUX_BLOCKS = re.compile(r"(^|[._])(double_blocks|single_blocks|single_transformer_blocks)[._]")
@@ -236,11 +243,12 @@ def _resolve(path, read: dict, component: str, network) -> dict:
     return out
 
 
-def read_sd_loras(adapters) -> list:
-    """[(path, scale, :func:`read_sd_lora`)] of ``adapters`` (paths or (path, scale) pairs, scale s_i as
-    diffusers' ``lora_scale`` / ``adapter_weights``): every file read and checked, before a folder loads."""
+def read_sd_loras(adapters, reader=read_sd_lora) -> list:
+    """[(path, scale, ``reader(path)``)] of ``adapters`` (paths or (path, scale) pairs, scale s_i as diffusers'
+    ``lora_scale`` / ``adapter_weights``; ``reader``: :func:`read_sd_lora`, or SD3's
+    :func:`.sd3_lora.read_sd3_lora`): every file read and checked, before a folder loads."""
     from ..lora_files import adapter_list
-    return [(path, scale, read_sd_lora(path)) for path, scale in adapter_list(adapters)]
+    return [(path, scale, reader(path)) for path, scale in adapter_list(adapters)]
 
 
 def merge_sd_loras(sd, loras: list) -> None:
@@ -282,4 +290,4 @@ def merge_sd_loras(sd, loras: list) -> None:
     merge_in_order(merges)
 
 
-__all__ = ["read_sd_lora", "parse_sd_lora", "read_sd_loras", "merge_sd_loras"]
+__all__ = ["read_sd_lora", "read_lora_tensors", "parse_sd_lora", "read_sd_loras", "merge_sd_loras"]
