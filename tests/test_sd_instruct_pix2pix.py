@@ -191,8 +191,8 @@ def test_the_cli_writes_the_pipelines_pngs(ip2p_sd, ip2p_xl, tmp_path, capsys, k
 def test_what_an_instruct_pix2pix_folder_does_not_take_is_refused_in_one_line(ip2p_sd, tmp_path, capsys):
     """``diffkit edit`` refuses the flags that do not apply (one line, exit 2, no output), ``--image-guidance-scale``
     on another folder, ``diffkit sample`` on the folder; the library the text-to-image and img2img paths."""
-    from diffkit.cli import main
-    from diffkit.interop.stable_diffusion import load_stable_diffusion, text_to_image
+    from test_sd_inpaint import sample_is_refused
+    from diffkit.interop.stable_diffusion import check_stable_diffusion_unet, load_stable_diffusion, text_to_image
     from diffkit.latent_editing import latent_img2img
     _, folder, sd = ip2p_sd
     plain = tmp_path / "plain"  # a 4-channel SD folder as far as the checks before loading read it
@@ -216,11 +216,11 @@ def test_what_an_instruct_pix2pix_folder_does_not_take_is_refused_in_one_line(ip
         code, out, err = cli(capsys, *base, *extra, "--out", target)
         assert code == 2 and len(err.strip().splitlines()) == 1 and not target.exists(), err
         assert re.search(pattern, err), err
-    code = main(["sample", "--checkpoint", str(folder), "--prompt", "a", "--num", "1", "--steps", "2", "--no-progress",
-                 "--device", "cpu", "--out", str(tmp_path / "never.png")])
-    err = capsys.readouterr().err
-    assert code == 2 and "InstructPix2Pix UNet (in_channels=8" in err and "it only edits images" in err, err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "never.png").exists()
+    sample_is_refused(capsys, folder, tmp_path, "InstructPix2Pix UNet (in_channels=8: latents + image latents): it "
+                      "only edits images")
+    with pytest.raises(DiffkitError, match=r"^sd has an InstructPix2Pix UNet .* with an LCMScheduler; allowed: an "
+                                           r"InstructPix2Pix UNet with a diffusion scheduler"):
+        check_stable_diffusion_unet(dict(sd.unet.config), "sd", lcm=True, instruct_pix2pix=True)
     with pytest.raises(DiffkitError, match="it only edits images"):
         load_stable_diffusion(folder, progress=False)
     for run in (lambda: text_to_image(sd, "a", steps=2), lambda: latent_img2img(sd.denoiser, sd, IMAGE, 0.5, "ddim", 2,

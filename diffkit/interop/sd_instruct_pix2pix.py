@@ -67,15 +67,12 @@ def check_instruct_pix2pix_unet(config: dict, directory, allowed: bool, lcm: boo
     for any other UNet; a one-line error for one where it is not allowed."""
     if not is_instruct_pix2pix_config(config):
         return False
+    from .sd_inpaint import check_editing_unet
     what = (f"{directory} has an InstructPix2Pix UNet (in_channels={config.get('in_channels')}: latents + image "
             f"latents)")
-    if lcm:
-        raise DiffkitError(f"{what} with an LCMScheduler; allowed: such a UNet with a diffusion scheduler (DDIM, "
-                           f"Euler, ...)")
-    if not allowed:
-        raise DiffkitError(f"{what}: it only edits images; use diffkit edit --images PNG --prompt TEXT (library: "
-                           f"load_stable_diffusion(..., instruct_pix2pix=True) and instruct_pix2pix)")
-    return True
+    return check_editing_unet(what, "an InstructPix2Pix UNet", allowed, lcm,
+                              "it only edits images; use diffkit edit --images PNG --prompt TEXT (library: "
+                              "load_stable_diffusion(..., instruct_pix2pix=True) and instruct_pix2pix)")
 
 
 class ImageConditionedNet(torch.nn.Module):
