@@ -122,21 +122,23 @@ def test_the_unet_sees_three_thirds_with_the_unscaled_image_mode(ip2p_sd):
         assert torch.equal(contexts[2], empty)
 
 
-def _ours_xl(xl, negative=None, image=WIDE):
-    guided, cond = xl.prompt_guidance(PROMPTS, negative, 5.0, "diffusers", 0.0, image_size=tuple(image.shape[2:]))
+def _ours_xl(xl, negative=None, image=WIDE, rescale=0.0):
+    guided, cond = xl.prompt_guidance(PROMPTS, negative, 5.0, "diffusers", rescale, image_size=tuple(image.shape[2:]))
     return instruct_pix2pix(instruct_pix2pix_guidance(guided, 1.5), xl, image * 2 - 1, "ddim", 4, seed=10, cond=cond,
                             progress=False, return_latents=True, **DDIM_GRID)
 
 
-@pytest.mark.parametrize("negative", [None, "ugly"])
-def test_sd_xl_instruct_pix2pix_is_the_pipeline(ip2p_xl, negative):
+@pytest.mark.parametrize("negative, rescale", [(None, 0.0), ("ugly", 0.7)])
+def test_sd_xl_instruct_pix2pix_is_the_pipeline(ip2p_xl, negative, rescale):
     """SD-XL: the pooled text in the null-text thirds zeros (force_zeros_for_empty_prompt) or the negative prompt's,
-    time ids (16, 24, 0, 0, 16, 24) in all three, the image latents unscaled (0.13025 not applied); to 1e-5 of the
-    largest latent (measured 1.4e-6)."""
+    time ids (16, 24, 0, 0, 16, 24) in all three, the image latents unscaled (0.13025 not applied), guidance_rescale
+    towards the first third; to 1e-5 of the largest latent (measured 1.4e-6)."""
     pipe, _, xl = ip2p_xl
     theirs = _theirs(pipe, WIDE, guidance_scale=5.0, image_guidance_scale=1.5, height=16, width=24,
-                     negative_prompt=None if negative is None else [negative] * 2)
-    _close(_ours_xl(xl, negative), theirs)
+                     negative_prompt=None if negative is None else [negative] * 2, guidance_rescale=rescale)
+    _close(_ours_xl(xl, negative, rescale=rescale), theirs)
+    if rescale:
+        assert (_ours_xl(xl, negative) - theirs).abs().max() > 1e-2 * theirs.abs().max()
 
 
 def test_a_cosxl_edit_folder_scales_the_image_latents(ip2p_xl, tmp_path):
@@ -160,8 +162,8 @@ def test_a_cosxl_edit_folder_scales_the_image_latents(ip2p_xl, tmp_path):
 @pytest.mark.parametrize("kind", ["sd", "xl"])
 def test_the_cli_writes_the_pipelines_pngs(ip2p_sd, ip2p_xl, tmp_path, capsys, kind):
     """``diffkit edit --checkpoint IP2P --images DIR --prompt ... --image-guidance-scale 2`` (s_T 6, DDIM with
-    --spacing leading --final zero) writes the pipeline's images (DDIM steps_offset 0, set_alpha_to_one; each image
-    from its seed alone) within one 8-bit level (measured: 0 for SD, 1 for SD-XL)."""
+    --spacing leading --final zero; SD-XL: --guidance-rescale 0.7) writes the pipeline's images (DDIM steps_offset
+    0, set_alpha_to_one; each image from its seed) within one 8-bit level (measured: 0 for SD, 1 for SD-XL)."""
     pipe, folder, _ = ip2p_sd if kind == "sd" else ip2p_xl
     side = 16 if kind == "sd" else 24
     pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
@@ -171,7 +173,7 @@ def test_the_cli_writes_the_pipelines_pngs(ip2p_sd, ip2p_xl, tmp_path, capsys, k
     code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
                          PROMPTS[1], "--steps", 3, "--spacing", "leading", "--final", "zero", "--guidance-scale", 6,
                          "--guidance-convention", "diffusers", "--image-guidance-scale", 2, "--seed", 10,
-                         "--out", tmp_path / "out")
+                         *([] if kind == "sd" else ["--guidance-rescale", 0.7]), "--out", tmp_path / "out")
     assert code == 0 and "2 edited images" in out and "InstructPix2Pix" in out, err
     ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
     images = [Image.open(pngs / f"in_{i}.png").convert("RGB") for i in range(2)]
@@ -181,7 +183,7 @@ def test_the_cli_writes_the_pipelines_pngs(ip2p_sd, ip2p_xl, tmp_path, capsys, k
         with torch.no_grad():
             theirs = pipe(PROMPTS, image=images, num_inference_steps=3, guidance_scale=6.0, image_guidance_scale=2.0,
                           output_type="np", generator=_generators(),
-                          **({} if kind == "sd" else {"height": 16, "width": side})).images
+                          **({} if kind == "sd" else {"height": 16, "width": side, "guidance_rescale": 0.7})).images
     finally:
         pipe.scheduler = scheduler
     assert ours.shape == (2, 16, side, 3)

@@ -29,7 +29,7 @@ def instruct_pix2pix_edit(args) -> bool:
                ("--interpolate", args.interpolate), ("--scheduler", args.scheduler),
                ("--controlnet", args.controlnets), ("--ip-adapter", args.ip_adapter), ("--refiner", args.refiner),
                ("--denoising-start", args.denoising_start), ("--pag-scale", args.pag_scale),
-               ("--guidance-rescale", args.guidance_rescale or None), ("--apg-eta", args.apg_eta),
+               ("--apg-eta", args.apg_eta),
                ("--apg-norm-threshold", args.apg_norm_threshold), ("--apg-momentum", args.apg_momentum))
     for flag, value in refused:
         if value is not None:
@@ -37,4 +37,9 @@ def instruct_pix2pix_edit(args) -> bool:
                                f"input channels, which edits from pure noise with the image latents as its input, as "
                                f"diffusers' InstructPix2Pix pipelines); allowed: --prompt, --guidance-scale, "
                                f"--image-guidance-scale, --negative-prompt, the sampler flags")
+    from ..interop.sd_xl import is_sd_xl_folder
+    if args.guidance_rescale and not is_sd_xl_folder(args.checkpoint):
+        raise DiffkitError(f"--guidance-rescale does not apply to an SD 1.x / 2.x InstructPix2Pix folder "
+                           f"({args.checkpoint}; StableDiffusionInstructPix2PixPipeline has no guidance_rescale); "
+                           f"allowed on an SD-XL one, as StableDiffusionXLInstructPix2PixPipeline's")
     return True

@@ -19,7 +19,8 @@ with such a UNet (``num_channels_latents + num_channels_image == in_channels``):
 * one batched UNet call of 3B per step in the pipelines' order [text + image, null text + image, null text + zero
   image] (:class:`InstructPix2PixGuidance`); SD-XL's pooled text ``text_embeds`` follows the text condition (zeros or
   the negative prompt's in the two null-text thirds, as ``force_zeros_for_empty_prompt`` says) and the same
-  ``time_ids`` (original_size + (0, 0) + target_size, the image's size) go to all three;
+  ``time_ids`` (original_size + (0, 0) + target_size, the image's size) go to all three; its ``guidance_rescale``
+  (Lin et al. 2024) rescales eq. 3's output towards the first third's standard deviation;
 * the noise n ~ N(0, I) of the latents' shape from each image's generator (no other draw before it), the
   folder's scheduler's grid (DDIM, Euler, ... as any diffkit sampler), and the image latents concatenated after the
   latents inside the network (:class:`ImageConditionedNet`), so they are never scaled (diffusers concatenates them
@@ -40,7 +41,8 @@ from typing import Optional
 import torch
 
 from ..denoiser import Denoiser, Prediction, Wrapper
-from ..errors import DiffkitError, check_float32, check_range
+from ..errors import DiffkitError, check_choice, check_float32, check_range
+from ..guidance import RESCALE_SPACES, ClassifierFreeGuidance, _times64, guidance_weight
 
 IMAGE_KEY = "image_latents"  # the cond entry ImageConditionedNet reads
 PIPELINE_IMAGE_GUIDANCE = 1.5  # the pipelines' default image_guidance_scale s_I
@@ -110,11 +112,17 @@ class InstructPix2PixGuidance(Wrapper):
     latents], as the pipelines' ``noise_pred.chunk(3)``; with s_T = s_I = 1 one call on B (the conditional model).
 
     ``null_context``: the null text's context (1 or B rows); ``null_cond``: other keys whose null-text thirds take
-    another value (SD-XL's ``text_embeds``; ``time_ids`` there are the conditional ones, as the pipeline's)."""
+    another value (SD-XL's ``text_embeds``; ``time_ids`` there are the conditional ones, as the pipeline's).
+    ``rescale``: phi of guidance rescale (Lin et al. 2024, Sec. 3.4) towards the first third's standard deviation, in
+    ``rescale_space`` (``eps``, or ``v`` for a v-prediction UNet), as the SD-XL pipeline's ``guidance_rescale``
+    (``rescale_noise_cfg(noise_pred, noise_pred_text)``); the same code as
+    :class:`~diffkit.guidance.ClassifierFreeGuidance`'s."""
 
     def __init__(self, denoiser, text_scale: float, image_scale: float = PIPELINE_IMAGE_GUIDANCE, *,
-                 null_context: torch.Tensor, null_cond: Optional[dict] = None):
-        from ..guidance import guidance_weight
+                 null_context: torch.Tensor, null_cond: Optional[dict] = None, rescale: float = 0.0,
+                 rescale_space: str = "eps"):
+        check_range("guidance rescale", rescale, 0.0, 1.0)
+        self.rescale, self.rescale_space = float(rescale), check_choice("rescale_space", rescale_space, RESCALE_SPACES)
         self.inner = denoiser
         self.text_scale = 1 + guidance_weight(text_scale, "diffusers")  # s_T >= 0, finite
         self.image_scale = float(check_float32("image_guidance_scale",
@@ -122,7 +130,6 @@ class InstructPix2PixGuidance(Wrapper):
         self.null_context, self.null_cond = null_context, dict(null_cond or {})
 
     def __call__(self, x: torch.Tensor, t, y=None, **cond) -> Prediction:  # y: the CFG halves' marks, unused
-        from ..guidance import _times64
         if "context" not in cond or IMAGE_KEY not in cond:
             raise DiffkitError("InstructPix2Pix guidance needs cond={'context': ..., 'image_latents': ...} "
                                "(instruct_pix2pix gives both)")
@@ -144,19 +151,24 @@ class InstructPix2PixGuidance(Wrapper):
         def mixed(out: torch.Tensor) -> torch.Tensor:  # eq. 3 (the pipelines' text, image, uncond thirds)
             text, image_only, uncond = out.chunk(3)
             return uncond + s_image * (image_only - uncond) + s_text * (text - image_only)
-        return Prediction(eps=mixed(pred.eps), x0=mixed(pred.x0))
+        eps, x0 = mixed(pred.eps), mixed(pred.x0)
+        if self.rescale > 0:  # towards the text + image third (diffusers' noise_pred_text)
+            eps, x0 = self._rescaled(x, _times64(t, batch), eps, x0, pred.eps.chunk(3)[0], pred.x0.chunk(3)[0])
+        return Prediction(eps=eps, x0=x0)
+
+    _rescaled = ClassifierFreeGuidance._rescaled  # Lin et al. 2024, eq. 15-16: reads schedule, rescale, rescale_space
 
 
 def instruct_pix2pix_guidance(guided, image_guidance_scale: Optional[float] = None) -> InstructPix2PixGuidance:
     """eq. 3's guidance from the prompts' classifier-free guidance ``guided`` (a
     :class:`~diffkit.guidance.ClassifierFreeGuidance` of :meth:`~.stable_diffusion.StableDiffusion.guided` or SD-XL's
-    ``prompt_guidance``: s_T = 1 + w, its null context and null cond) and s_I = ``image_guidance_scale`` (default the
-    pipelines' 1.5); its rescale, interval and APG are refused."""
+    ``prompt_guidance``: s_T = 1 + w, its null context, null cond and rescale) and s_I = ``image_guidance_scale``
+    (default the pipelines' 1.5); its guidance interval and APG are refused."""
     from ..guidance import ClassifierFreeGuidance
     if not isinstance(guided, ClassifierFreeGuidance) or guided.null_context is None or guided.weight_input:
         raise DiffkitError("InstructPix2Pix guidance takes a prompt's classifier-free guidance (StableDiffusion."
                            "guided or prompt_guidance of an InstructPix2Pix folder)")
-    for name, value in (("guidance_rescale", guided.rescale or None), ("guidance interval", guided.interval),
+    for name, value in (("guidance interval", guided.interval),
                         ("adaptive projected guidance", True if guided.apg else None)):
         if value is not None:
             raise DiffkitError(f"{name} is not offered with InstructPix2Pix guidance (eq. 3 of Brooks et al. "
@@ -164,7 +176,8 @@ def instruct_pix2pix_guidance(guided, image_guidance_scale: Optional[float] = No
     null_cond = {key: value for key, value in guided.null_cond.items() if key != "time_ids"}
     image_scale = PIPELINE_IMAGE_GUIDANCE if image_guidance_scale is None else image_guidance_scale
     return InstructPix2PixGuidance(guided.inner, 1 + guided.w, image_scale,
-                                   null_context=guided.null_context, null_cond=null_cond)
+                                   null_context=guided.null_context, null_cond=null_cond, rescale=guided.rescale,
+                                   rescale_space=guided.rescale_space)
 
 
 def image_latents(sd, images: torch.Tensor) -> torch.Tensor:
