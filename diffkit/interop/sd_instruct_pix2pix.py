@@ -42,7 +42,7 @@ import torch
 
 from ..denoiser import Denoiser, Prediction, Wrapper
 from ..errors import DiffkitError, check_choice, check_float32, check_range
-from ..guidance import RESCALE_SPACES, ClassifierFreeGuidance, _times64, guidance_weight
+from ..guidance import RESCALE_SPACES, ClassifierFreeGuidance, _repeated, _times64, guidance_weight
 
 IMAGE_KEY = "image_latents"  # the cond entry ImageConditionedNet reads
 PIPELINE_IMAGE_GUIDANCE = 1.5  # the pipelines' default image_guidance_scale s_I
@@ -136,8 +136,7 @@ class InstructPix2PixGuidance(Wrapper):
         if self.text_scale == 1 and self.image_scale == 1:
             return self.inner(x, t, **cond)
         batch = x.shape[0]
-        three = {key: torch.cat([value] * 3) if isinstance(value, torch.Tensor) and value.shape[:1] == (batch,)
-                 else value for key, value in cond.items()}
+        three = _repeated(cond, batch, 3)
         for key, null in (("context", self.null_context), *self.null_cond.items()):
             if key in cond:
                 null = null.to(device=x.device, dtype=cond[key].dtype).expand_as(cond[key])
@@ -164,7 +163,6 @@ def instruct_pix2pix_guidance(guided, image_guidance_scale: Optional[float] = No
     :class:`~diffkit.guidance.ClassifierFreeGuidance` of :meth:`~.stable_diffusion.StableDiffusion.guided` or SD-XL's
     ``prompt_guidance``: s_T = 1 + w, its null context, null cond and rescale) and s_I = ``image_guidance_scale``
     (default the pipelines' 1.5); its guidance interval and APG are refused."""
-    from ..guidance import ClassifierFreeGuidance
     if not isinstance(guided, ClassifierFreeGuidance) or guided.null_context is None or guided.weight_input:
         raise DiffkitError("InstructPix2Pix guidance takes a prompt's classifier-free guidance (StableDiffusion."
                            "guided or prompt_guidance of an InstructPix2Pix folder)")
