@@ -183,7 +183,6 @@ def test_the_cli_on_a_9_channel_folder_is_the_library(inpaint_sd, tmp_path, caps
 def refused_by_the_cli(capsys, folder, tmp_path, more=()):
     """What ``diffkit edit`` / ``diffkit sample`` on a folder with a 9-channel UNet refuse (and the ``more`` pairs of
     extra flags after ``--mask M`` and the error's pattern): one line, exit 2, no output."""
-    from diffkit.cli import main
     pngs, mask_png, _ = _pngs(tmp_path)
     base = ["--checkpoint", folder, "--images", pngs, "--prompt", "a", "--steps", 2]
     for extra, pattern in [
@@ -199,10 +198,16 @@ def refused_by_the_cli(capsys, folder, tmp_path, more=()):
         code, out, err = cli(capsys, *base, *extra, "--out", target)
         assert code == 2 and len(err.strip().splitlines()) == 1 and not target.exists(), err
         assert re.search(pattern, err), err
+    sample_is_refused(capsys, folder, tmp_path, "it only inpaints")
+
+
+def sample_is_refused(capsys, folder, tmp_path, text):
+    """``diffkit sample --checkpoint FOLDER``: one line holding ``text``, exit 2, no output."""
+    from diffkit.cli import main
     code = main(["sample", "--checkpoint", str(folder), "--prompt", "a", "--num", "1", "--steps", "2", "--no-progress",
                  "--device", "cpu", "--out", str(tmp_path / "never.png")])
     err = capsys.readouterr().err
-    assert code == 2 and "it only inpaints" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and text in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "never.png").exists()
 
 

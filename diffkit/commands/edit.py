@@ -34,7 +34,10 @@ the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``;
 a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
-FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A text-conditional
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A Stable Diffusion / SD-XL folder whose UNet takes 8
+channels (InstructPix2Pix) is edited as StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the images'
+latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no ``--strength``
+or ``--mask``; ``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
@@ -63,6 +66,7 @@ from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 from ._image_size import add_edit_size_flags
 from ._flux_kontext import add_kontext_flags, check_kontext_flags
+from ._instruct_pix2pix import add_image_guidance_flag, instruct_pix2pix_edit
 
 
 def strength_value(text: str) -> float:
@@ -168,6 +172,7 @@ def register(sub) -> None:
                    help="with --series and a class, or --prompt: classifier-free guidance (1+W) eps(x,y) - "
                         "W eps(x,null), as diffkit sample (0 = conditional model; --guidance-convention diffusers: "
                         "s = 1 + W; a Stable Diffusion folder's default is diffusers' s = 7.5)")
+    add_image_guidance_flag(g)  # --image-guidance-scale (InstructPix2Pix folders)
     add_guidance_convention_flag(g, needs="with --series or --prompt, and --guidance-scale: ")  # diffkit sample's
     add_rescale_interval_flags(g, needs="with --series or --prompt, and --guidance-scale: ")
     add_edit_pag_flags(g)  # --pag-scale, --pag-layers, --pag-adaptive-scale, --pag-interval (SD / SD-XL folders)
@@ -262,6 +267,7 @@ def run(args) -> int:
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
+    instruct = instruct_pix2pix_edit(args)  # an InstructPix2Pix folder: its flags checked (._instruct_pix2pix)
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext
@@ -405,6 +411,9 @@ def run(args) -> int:
         denoiser, cond_for = _prompted(args, denoiser, request, len(files), device, tuple(images.shape[2:]),
                                        **({"micro_conditioning": micro} if micro else {}))
         denoiser = denoiser if perturbed is None else perturbed(denoiser)  # over the classifier-free guidance
+        if instruct:  # eq. 3 of Brooks et al. 2023 over the prompts' guidance (.interop.sd_instruct_pix2pix)
+            from ..interop.sd_instruct_pix2pix import instruct_pix2pix_guidance
+            denoiser = instruct_pix2pix_guidance(denoiser, args.image_guidance_scale)
     else:
         def cond_for(start: int, n: int):
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
@@ -428,7 +437,10 @@ def run(args) -> int:
         common = dict(sampler=sampler, steps=args.steps or 50,
                       seed=args.seed + start, cond=cond_for(start, n), progress=args.progress, **options, **begin)
         latent = {} if autoencoder is None else dict(posterior=posterior, **handover)
-        if mask is None:
+        if instruct:  # from pure noise, the images' latents in every UNet call (.interop.sd_instruct_pix2pix)
+            from ..interop.sd_instruct_pix2pix import instruct_pix2pix
+            edited = instruct_pix2pix(denoiser, autoencoder, batch, **common)
+        elif mask is None:
             edited_by, strength = cut(denoiser, 0.8 if args.strength is None else args.strength, common["steps"])
             edited = (img2img(edited_by, batch, strength, **common) if autoencoder is None else
                       latent_img2img(edited_by, autoencoder, batch, strength, **latent, **common))
@@ -449,6 +461,7 @@ def run(args) -> int:
         save_images(torch.cat(results), out, prefix="edit")
     what = "inpainted" if mask is not None else "edited"
     how = "" if autoencoder is None else f", in latent space (posterior {posterior})"
+    how = ", InstructPix2Pix (image latents: the posterior mode)" if instruct else how
     if request is not None:
         how += f", prompts {request.prompts}" + request.pag_label()
     how += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
@@ -523,9 +536,11 @@ def _stable_diffusion(args, device):
     inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
     if inpainting:
         check_inpainting_flags(args)
+    from ..interop.sd_instruct_pix2pix import is_instruct_pix2pix_folder  # 8 channels: ._instruct_pix2pix
     return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora,
                                  textual_inversion=args.textual_inversion, inpainting=inpainting,
-                                 scheduler=args.scheduler)
+                                 scheduler=args.scheduler,
+                                 instruct_pix2pix=is_instruct_pix2pix_folder(args.checkpoint))
 
 
 def _prompted(args, denoiser, request, count: int, device, size=None, **micro):

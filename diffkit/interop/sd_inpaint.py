@@ -73,12 +73,19 @@ def check_inpainting_unet(config: dict, directory, inpainting: bool, lcm: bool =
         return False
     what = (f"{directory} has an inpainting UNet (in_channels={config.get('in_channels')}: latents + mask + "
             f"masked-image latents)")
+    return check_editing_unet(what, "an inpainting UNet", inpainting, lcm,
+                              "it only inpaints; use diffkit edit --images ... --mask PNG (library: "
+                              "load_stable_diffusion(..., inpainting=True) and latent_inpaint)")
+
+
+def check_editing_unet(what: str, kind: str, allowed: bool, lcm: bool, use: str) -> bool:
+    """True where a UNet with extra input channels (``what``: the folder and its channels) may be loaded: ``allowed``
+    and with a diffusion scheduler (not ``lcm``); else a one-line error (``use``: what it is for instead). The
+    inpainting and InstructPix2Pix UNets' check (:mod:`.sd_instruct_pix2pix`)."""
     if lcm:
-        raise DiffkitError(f"{what} with an LCMScheduler; allowed: an inpainting UNet with a diffusion scheduler "
-                           f"(DDIM, PNDM, ...)")
-    if not inpainting:
-        raise DiffkitError(f"{what}: it only inpaints; use diffkit edit --images ... --mask PNG (library: "
-                           f"load_stable_diffusion(..., inpainting=True) and latent_inpaint)")
+        raise DiffkitError(f"{what} with an LCMScheduler; allowed: {kind} with a diffusion scheduler (DDIM, PNDM, ...)")
+    if not allowed:
+        raise DiffkitError(f"{what}: {use}")
     return True
 
 
@@ -169,5 +176,5 @@ def check_inpainting_flags(args) -> None:
 
 
 __all__ = ["InpaintingUNetNet", "inpainting_denoiser", "is_inpainting_config", "is_inpainting_folder",
-           "check_inpainting_unet",
+           "check_inpainting_unet", "check_editing_unet",
            "unet_inpaint", "check_inpainting_flags", "MASK_KEY", "MASKED_KEY"]

@@ -85,6 +85,7 @@ class StableDiffusionXL(StableDiffusion):
     tokenizer_2: object = None
     force_zeros_for_empty_prompt: bool = True
     requires_aesthetics_score: bool = False  # model_index.json: time ids with aesthetic scores (a refiner's UNet)
+    is_cosxl_edit: bool = False  # model_index.json: InstructPix2Pix image latents times scaling_factor
 
     @property
     def is_refiner(self) -> bool:
@@ -292,26 +293,30 @@ def is_sd_xl_folder(path: Union[str, Path]) -> bool:
                                   or ("text_encoder_2" in index and "transformer" not in index))
 
 
-def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
+def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False, *,
+                     instruct_pix2pix: bool = False) -> None:
     """The SD-XL UNet2DConditionModel :func:`text_to_image` drives: ``addition_embed_type="text_time"``
     and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows (an LCM's guidance input
     ``time_cond_proj_dim`` with an LCMScheduler, ``lcm``; a 9-channel SD-XL inpainting UNet with ``inpainting``,
-    :mod:`.sd_inpaint`)."""
+    :mod:`.sd_inpaint`; an 8-channel InstructPix2Pix UNet with ``instruct_pix2pix``, :mod:`.sd_instruct_pix2pix`)."""
     kind = config.get("addition_embed_type")
     if kind != "text_time":
         raise DiffkitError(f"{directory} is an SD-XL folder whose UNet has addition_embed_type={kind!r}; allowed: "
                            f"'text_time' (pooled text and size conditions)")
-    check_stable_diffusion_unet({**config, "addition_embed_type": None}, directory, lcm, inpainting)
+    check_stable_diffusion_unet({**config, "addition_embed_type": None}, directory, lcm, inpainting,
+                                instruct_pix2pix=instruct_pix2pix)
 
 
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
                lora=None, textual_inversion=None, scheduler: Optional[str] = None,
-               inpainting: bool = False) -> StableDiffusionXL:
+               inpainting: bool = False, instruct_pix2pix: bool = False) -> StableDiffusionXL:
     """Load an SD-XL diffusers folder (``StableDiffusionXLPipeline``; never downloads). What diffkit
     does not drive is refused in one line before any weight is read (module docstring). ``lora``,
     ``textual_inversion``, ``scheduler`` (``"lcm"`` / ``"tcd"``, :mod:`.sd_scheduler`): as
     :func:`~.stable_diffusion.load_stable_diffusion`'s (files read and checked before the folder loads);
-    ``inpainting``: allow a 9-channel SD-XL inpainting UNet in a base-style folder (:mod:`.sd_inpaint`)."""
+    ``inpainting``: allow a 9-channel SD-XL inpainting UNet in a base-style folder (:mod:`.sd_inpaint`);
+    ``instruct_pix2pix``: an 8-channel InstructPix2Pix UNet there (StableDiffusionXLInstructPix2PixPipeline,
+    :mod:`.sd_instruct_pix2pix`; ``is_cosxl_edit`` read from model_index.json)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .stable_diffusion import _load_stable_diffusion
@@ -326,6 +331,11 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     check_components(directory, index, XL_COMPONENTS, "SD-XL")
     if inpainting and (aesthetics or not with_text_encoder):
         _refuse_refiner_inpainting(directory, aesthetics)
+    if instruct_pix2pix and (aesthetics or not with_text_encoder):
+        raise DiffkitError(f"{directory} is an SD-XL refiner-style folder (text_encoder_2 alone or "
+                           f"requires_aesthetics_score={aesthetics}) with an InstructPix2Pix UNet; allowed: an "
+                           f"8-channel UNet in a base-style folder (text_encoder and text_encoder_2, no aesthetic "
+                           f"scores)")
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
@@ -337,7 +347,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     transformers = require("transformers")
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(directory, device, dtype, inpainting, check_unet=check_sd_xl_unet,
-                                    scheduler=scheduler, text_encoder=with_text_encoder)
+                                    scheduler=scheduler, text_encoder=with_text_encoder,
+                                    instruct_pix2pix=instruct_pix2pix)
         common = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": True}
         text_cls = getattr(transformers, str(index["text_encoder_2"][1]), transformers.CLIPTextModelWithProjection)
         text_encoder_2 = from_pretrained(text_cls, directory / "text_encoder_2", **common)
@@ -347,7 +358,8 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     xl = StableDiffusionXL(**{f.name: getattr(sd, f.name) for f in fields(sd)}, text_encoder_2=text_encoder_2,
                            tokenizer_2=tokenizer_2,
                            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
-                           requires_aesthetics_score=aesthetics)
+                           requires_aesthetics_score=aesthetics,
+                           is_cosxl_edit=bool(index.get("is_cosxl_edit", False)))
     _check_dimensions(xl, directory)
     add_textual_inversions(xl, embeddings)  # clip_l / clip_g into both tokenizers and text encoders
     merge_sd_loras(xl, loras)  # unet., text_encoder., text_encoder_2. (kohya lora_unet_, lora_te1_, lora_te2_)

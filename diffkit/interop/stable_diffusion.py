@@ -134,12 +134,22 @@ class StableDiffusion:
         return is_inpainting_config(self.unet.config)
 
     @property
+    def instruct_pix2pix_unet(self) -> bool:
+        """An InstructPix2Pix UNet (in_channels = 2 out_channels: latents, image latents; :mod:`.sd_instruct_pix2pix`),
+        loaded with ``instruct_pix2pix=True``."""
+        from .sd_instruct_pix2pix import is_instruct_pix2pix_config
+        return is_instruct_pix2pix_config(self.unet.config)
+
+    @property
     def network_denoiser(self):
         """The :class:`~diffkit.denoiser.Denoiser` of the UNet's output (cond: ``context`` = prompt
         embeddings; ``w`` too with a guidance input)."""
         if self._denoiser is None and self.inpainting_unet:  # 9 input channels (.sd_inpaint)
             from .sd_inpaint import inpainting_denoiser
             self._denoiser = inpainting_denoiser(self.unet, self.schedule, self.prediction_type)
+        if self._denoiser is None and self.instruct_pix2pix_unet:  # 8 input channels (.sd_instruct_pix2pix)
+            from .sd_instruct_pix2pix import instruct_pix2pix_denoiser
+            self._denoiser = instruct_pix2pix_denoiser(self.unet, self.schedule, self.prediction_type)
         if self._denoiser is None:
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule, prediction_type=self.prediction_type,
                                                 learned_variance=False, uses_labels=False)
@@ -324,13 +334,15 @@ def check_components(directory: Path, index: dict, components: Sequence[str], ki
                            f"folder with {', '.join(components)}")
 
 
-def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False) -> None:
+def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False, *,
+                                instruct_pix2pix: bool = False) -> None:
     """The text-to-image UNet2DConditionModel that :func:`text_to_image` drives: conditioned on
     the text encoder's states alone, on the VAE's latents. SD-XL (``addition_embed_type``: pooled
     text and size conditioning), class / time-embedding conditions and inpainting or depth UNets
     (extra input channels) need inputs diffkit does not give: refused here, before loading. A
     guidance input (``time_cond_proj_dim``) is an LCM's and needs ``lcm`` (an LCMScheduler folder); a 9-channel
-    inpainting UNet (:mod:`.sd_inpaint`) needs ``inpainting``."""
+    inpainting UNet (:mod:`.sd_inpaint`) needs ``inpainting``, an 8-channel InstructPix2Pix UNet
+    (:mod:`.sd_instruct_pix2pix`) ``instruct_pix2pix``."""
     extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
              if config.get(key) is not None]
     dim = config.get("time_cond_proj_dim")
@@ -348,6 +360,9 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpa
     from .sd_inpaint import check_inpainting_unet
     if check_inpainting_unet(config, directory, inpainting, lcm):
         return
+    from .sd_instruct_pix2pix import check_instruct_pix2pix_unet
+    if check_instruct_pix2pix_unet(config, directory, instruct_pix2pix, lcm):
+        return
     if in_channels != out_channels:
         raise DiffkitError(f"{directory} has a UNet with in_channels={in_channels} and out_channels={out_channels} "
                            f"(an inpainting or depth model takes extra inputs); allowed: in_channels = out_channels")
@@ -355,7 +370,8 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpa
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                           progress: bool = True, lora=None, textual_inversion=None,
-                          inpainting: bool = False, scheduler: Optional[str] = None) -> StableDiffusion:
+                          inpainting: bool = False, scheduler: Optional[str] = None,
+                          instruct_pix2pix: bool = False) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
     hides diffusers' and transformers' loading bars. ``lora``: LoRA files (paths or (path, scale)
     pairs, diffusers or kohya format) merged into the UNet and text encoder as diffusers'
@@ -365,7 +381,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     ``inpainting``: allow a 9-channel inpainting UNet (:mod:`.sd_inpaint`; it only inpaints). ``scheduler``:
     ``"lcm"`` / ``"tcd"`` samples the folder as diffusers' ``pipe.scheduler = LCMScheduler.from_config(
     pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`; a folder
-    whose own scheduler is a TCDScheduler as ``"tcd"``). An SD-XL folder loads as :func:`.sd_xl.load_sd_xl`."""
+    whose own scheduler is a TCDScheduler as ``"tcd"``). ``instruct_pix2pix``: allow an 8-channel InstructPix2Pix UNet
+    (:mod:`.sd_instruct_pix2pix`; it only edits images). An SD-XL folder loads as :func:`.sd_xl.load_sd_xl`."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .sd_scheduler import check_scheduler_override
@@ -382,11 +399,12 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     check_scheduler_override(directory, scheduler)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
         return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
-                          scheduler=scheduler, inpainting=inpainting)
+                          scheduler=scheduler, inpainting=inpainting, instruct_pix2pix=instruct_pix2pix)
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
-        sd = _load_stable_diffusion(Path(directory), device, dtype, inpainting, scheduler=scheduler)
+        sd = _load_stable_diffusion(Path(directory), device, dtype, inpainting, scheduler=scheduler,
+                                    instruct_pix2pix=instruct_pix2pix)
     add_textual_inversions(sd, embeddings)
     merge_sd_loras(sd, loras)
     return sd
@@ -394,9 +412,9 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
 
 def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False,
                            check_unet=check_stable_diffusion_unet, scheduler: Optional[str] = None,
-                           text_encoder: bool = True) -> StableDiffusion:
+                           text_encoder: bool = True, instruct_pix2pix: bool = False) -> StableDiffusion:
     """The folder's components; ``text_encoder=False``: without ``text_encoder`` / ``tokenizer`` (None; an
-    SD-XL refiner, :mod:`.sd_xl`)."""
+    SD-XL refiner, :mod:`.sd_xl`); ``instruct_pix2pix``: an 8-channel UNet allowed (``check_unet``'s keyword)."""
     diffusers, transformers = require("diffusers"), require("transformers")
     index = _read_index(directory, COMPONENTS if text_encoder else TEXTLESS_COMPONENTS)
     device = torch.device(device)
@@ -414,7 +432,8 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     schedule, prediction_type = schedule_from_diffusers(scheduler_config)
     lcm = is_lcm_scheduler(scheduler_config)
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
-    check_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm, inpainting)
+    check_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm, inpainting,
+               instruct_pix2pix=instruct_pix2pix)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     encoder = tokenizer = None
