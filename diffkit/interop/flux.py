@@ -34,6 +34,8 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
   ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3), and kohya / BFL-format ones (``lora_unet_`` /
   ``diffusion_model.`` keys, :mod:`.flux_lora`: converted to diffusers' layers as diffusers converts them).
 * IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
+* textual-inversion files (``load_flux(textual_inversion=)``): added to the CLIP tokenizer and text encoder as
+  ``FluxPipeline.load_textual_inversion`` (:mod:`.sd_textual_inversion`); T5 reads the prompt as given.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 * FLUX.1 Kontext folders (``FluxKontextPipeline``, ``FluxKontextInpaintPipeline``): image editing with the reference
