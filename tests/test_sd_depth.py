@@ -66,14 +66,14 @@ def _theirs(pipe, pngs, depth_map=None, output_type="latent"):
                     generator=_generators()).images
 
 
-def _ours(sd, pngs, depth):
+def _ours(sd, pngs, depth, sampler="ddim", grid=DDIM_GRID):
     from diffkit.latent_editing import latent_img2img
     from diffkit.commands.edit import read_pngs
     images, _ = read_pngs(pngs, "RGB")
     guided = sd.guided(GUIDANCE, sd.encode_prompts(["ph"]), "diffusers")
-    return latent_img2img(guided, sd, images, STRENGTH, "ddim", STEPS, posterior="sample", seed=10,
+    return latent_img2img(guided, sd, images, STRENGTH, sampler, STEPS, posterior="sample", seed=10,
                           cond={**sd.cond(sd.encode_prompts(PROMPTS)), "depth_map": depth}, progress=False,
-                          return_latents=True, **DDIM_GRID)
+                          return_latents=True, **grid)
 
 
 def test_given_and_estimated_depth_match_the_pipeline(depth_folder):
@@ -95,6 +95,21 @@ def test_given_and_estimated_depth_match_the_pipeline(depth_folder):
     theirs_estimated = _theirs(pipe, pngs)
     assert relative_error(ours, theirs_estimated) < 1e-5
     assert relative_error(theirs, theirs_estimated) > 1e-3  # the depth matters
+
+
+def test_euler_scales_the_latents_not_the_depth_as_the_pipeline(depth_folder):
+    """EulerDiscreteScheduler scales the latents (scale_model_input) and concatenates the depth unscaled; diffkit's
+    euler calls the network with the VP latent and concatenates inside it: the same result."""
+    from diffkit.interop.sd_depth import depth_condition
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    pipe, folder, pngs, maps = depth_folder
+    euler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
+    pipe = diffusers.StableDiffusionDepth2ImgPipeline(**{**pipe.components, "scheduler": euler})
+    pipe.set_progress_bar_config(disable=True)
+    sd = load_stable_diffusion(folder, progress=False, depth=True)
+    ours = _ours(sd, pngs, depth_condition(_maps(maps), 16, 16, 2), "euler",
+                 dict(spacing="leading", final="zero", steps_offset=1))
+    assert relative_error(ours, _theirs(pipe, pngs, _maps(maps))) < 1e-5
 
 
 def test_edit_command_writes_the_pipelines_pngs(depth_folder, tmp_path, capsys):
