@@ -114,7 +114,8 @@ def test_euler_scales_the_latents_not_the_depth_as_the_pipeline(depth_folder):
 
 def test_edit_command_writes_the_pipelines_pngs(depth_folder, tmp_path, capsys):
     """`diffkit edit --checkpoint DEPTH --images DIR --prompt ... [--control-image DIR]`: the pipeline's PNGs (to the
-    8-bit level), with the depth maps given (one per image) and estimated by the folder's DPT (the pipeline's DDIM with
+    8-bit level), with the depth maps given (one per image) and estimated by the folder's DPT, one image per batch (the
+    pipeline's DDIM with
     steps_offset 0 and alpha 1 at the end: --spacing leading --final zero, as tests/test_sd_textual_inversion.py)."""
     pipe, folder, pngs, maps = depth_folder
     scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0, set_alpha_to_one=True)
@@ -124,7 +125,8 @@ def test_edit_command_writes_the_pipelines_pngs(depth_folder, tmp_path, capsys):
               "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--negative-prompt", "ph", "--strength", str(STRENGTH),
               "--steps", str(STEPS), "--spacing", "leading", "--final", "zero", "--guidance-scale",
               str(GUIDANCE), "--guidance-convention", "diffusers", "--seed", "10"]
-    for name, extra, depth_map in (("given", ["--control-image", str(maps)], _maps(maps)), ("estimated", [], None)):
+    for name, extra, depth_map in (("given", ["--control-image", str(maps)], _maps(maps)),
+                                   ("estimated", ["--batch-size", "1"], None)):  # image i's depth in batch i
         assert main(common + extra + ["--out", str(tmp_path / name)]) == 0
         capsys.readouterr()
         ours = np.stack([np.asarray(Image.open(tmp_path / name / f"edit_{i:05d}.png")) for i in range(2)])

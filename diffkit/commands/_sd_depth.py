@@ -53,11 +53,11 @@ class DepthRequest:
             read_depth_png(f)  # one line for a file that is not a grey image
         return cls(files)
 
-    def with_depth(self, cond_for, sd, folder, files: list, size: tuple, progress: bool):
+    def with_depth(self, cond_for, sd, folder, files: list, size: tuple, progress: bool, batch_size: int = 16):
         """``cond_for`` with ``cond['depth_map']`` of images start..start + n - 1 (their depth at the latent size,
         :func:`~diffkit.interop.sd_depth.edit_depth`; classifier-free guidance repeats it); ``sd`` loaded from
-        ``folder``."""
+        ``folder``; the estimator runs ``batch_size`` images at a time."""
         from ..interop.sd_depth import edit_depth, load_depth_estimator
         estimator = None if self.files else load_depth_estimator(folder, sd.device, sd.dtype, progress)
-        depth = edit_depth(sd, files, self.files, estimator, *size)
+        depth = edit_depth(sd, files, self.files, estimator, *size, batch_size=batch_size)
         return lambda start, n: {**cond_for(start, n), "depth_map": depth[start:start + n]}

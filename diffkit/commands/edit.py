@@ -417,7 +417,7 @@ def run(args) -> int:
         cond_for = _with_control_rows(cond_for, controlnets.rows(len(files)).to(device))
     if depth is not None:  # SD 2 depth-to-image: image i's depth at the latent size, cond["depth_map"]
         cond_for = depth.with_depth(cond_for, autoencoder, args.checkpoint, files, tuple(images.shape[2:]),
-                                    args.progress)
+                                    args.progress, args.batch_size)
     refined = None if refiner is None else refiner.load(device, args.progress)
     if refiner is not None:  # both halves get a step of the grid: one line before any output
         refiner.check_steps(autoencoder, refined, sampler, args.steps or 50, options)

@@ -172,9 +172,10 @@ def read_depth_png(path) -> torch.Tensor:
 
 
 def edit_depth(sd, files: Sequence, depth_files: Optional[list], estimator: Optional[tuple], height: int,
-               width: int) -> torch.Tensor:
+               width: int, batch_size: int = 16) -> torch.Tensor:
     """``cond['depth_map']`` of every edited image (``files``, in order): from ``depth_files`` (the depth PNGs, one
-    for all or one per image, :func:`read_depth_png`) or, without them, ``estimator`` on the images themselves."""
+    for all or one per image, :func:`read_depth_png`) or, without them, ``estimator`` on the images themselves,
+    ``batch_size`` at a time (the DPT in eval mode treats each image alone)."""
     from PIL import Image
     if depth_files:
         maps = [read_depth_png(f) for f in depth_files]
@@ -184,7 +185,8 @@ def edit_depth(sd, files: Sequence, depth_files: Optional[list], estimator: Opti
         for f in files:
             with Image.open(f) as image:
                 images.append(image.convert("RGB"))
-        maps = list(estimate_depth(estimator, images, sd.device, sd.dtype))
+        maps = [d for start in range(0, len(images), batch_size)
+                for d in estimate_depth(estimator, images[start:start + batch_size], sd.device, sd.dtype)]
     return depth_condition(maps, height, width, sd.vae_scale_factor).to(sd.device)
 
 
