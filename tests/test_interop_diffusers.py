@@ -630,7 +630,8 @@ def test_sd_xl_inpainting_and_bad_sizes_are_refused_in_one_line(tiny_sd, tmp_pat
     config_file = tmp_path / "sd" / "unet" / "config.json"
     original = json.loads(config_file.read_text())
     for change, match in (({"addition_embed_type": "text_time"}, "addition_embed_type='text_time'"),
-                          ({"in_channels": 5}, "in_channels=5 and out_channels=4"),  # depth-to-image
+                          ({"in_channels": 6}, "in_channels=6 and out_channels=4"),
+                          ({"in_channels": 5}, r"depth-to-image UNet \(in_channels=5.*use diffkit edit"),  # sd_depth
                           ({"in_channels": 9}, r"inpainting UNet \(in_channels=9.*it only inpaints")):  # sd_inpaint
         config_file.write_text(json.dumps({**original, **change}))
         with pytest.raises(DiffkitError, match=match):

@@ -234,12 +234,13 @@ textual_inversion_arg.__name__ = "embedding file"
 
 def add_textual_inversion_flag(parser: argparse.ArgumentParser) -> None:
     """``--textual-inversion FILE[:TOKEN]`` (repeatable): embeddings added to a Stable Diffusion folder's
-    tokenizer and text encoder (``load_stable_diffusion(textual_inversion=...)``)."""
+    tokenizer and text encoder (``load_stable_diffusion(textual_inversion=...)``; a FLUX.1 folder's CLIP ones,
+    ``load_flux(textual_inversion=...)``)."""
     parser.add_argument("--textual-inversion", type=textual_inversion_arg, action="append", metavar="FILE[:TOKEN]",
                         help="a textual-inversion embedding (diffusers learned_embeds .safetensors/.bin or A1111 "
                              ".pt; SD-XL: clip_l + clip_g) added to a Stable Diffusion folder's tokenizer(s) and text "
-                             "encoder(s) as diffusers' "
-                             "load_textual_inversion, under TOKEN (default: the file's own); use the token in "
+                             "encoder(s) (FLUX.1: its CLIP ones) as diffusers' load_textual_inversion, under TOKEN "
+                             "(default: the file's own); use the token in "
                              "--prompt; repeatable (docs/interop.md)")
 
 

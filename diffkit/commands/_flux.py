@@ -16,7 +16,7 @@ _REFUSED_GUIDANCE = {"classes": "--class", "classifier": "--classifier", "rescal
 def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                 seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                 guidance=None, refused: Optional[dict] = None, lora=None, height=None, width=None, control=None,
-                ip_adapter=None, **options):
+                ip_adapter=None, textual_inversion=None, **options):
     """Sample a FLUX.1 folder to a grid (and single PNGs) at ``height`` x ``width`` (default the pipeline's 128 f,
     multiples of 2 f; its shift follows the size): rows as
     :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at s = 1, drawn unpacked as the pipeline), 28
@@ -27,7 +27,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     ``diffkit sample`` flags a FLUX folder does not take (a one-line error for any given). ``--true-cfg-scale``
     with ``--negative-prompt``, ``--prompt-2`` (once, or once per ``--prompt``), ``--negative-prompt-2``,
     ``--max-sequence-length``: :mod:`._sd_prompts`; ``lora``: diffusers / PEFT
-    or kohya / BFL LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``. ``control``: FLUX
+    or kohya / BFL LoRA files, fused as the pipeline's ``load_lora_weights`` + ``fuse_lora``; ``textual_inversion``:
+    embedding files, (path, token or None) pairs, as its ``load_textual_inversion`` (CLIP). ``control``: FLUX
     ControlNets (a :class:`~._controlnet.ControlRequest`), as FluxControlNetPipeline
     (:mod:`diffkit.interop.flux_controlnet`: its embedded guidance 7.0 by default, sample i's control latents drawn
     from ``seed + i``). ``ip_adapter``: an XLabs-format IP-Adapter (a
@@ -58,6 +59,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     if given:
         raise DiffkitError(f"{given[0]} does not apply to a FLUX folder ({directory}); it takes --prompt (-2), "
                            f"--negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, --lora, "
+                           f"--textual-inversion, "
                            f"--controlnet (--control-mode: a union), --control-image (a Depth / Canny folder), "
                            f"--ip-adapter, --redux, --height / --width, --guidance-scale (the embedded guidance), "
                            f"--steps / --nfe, --sampler and its grid options")
@@ -72,7 +74,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
         image, control = control.images[0], None
     from ..interop.flux_channels import check_variant_options, folder_variant
     check_variant_options(folder_variant(directory), None, image, control, ip_adapter, guidance.negative_prompt)
-    flux = load_flux(directory, device, progress=progress, lora=lora)
+    flux = load_flux(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     embeds = None
     if redux is None:
         controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(

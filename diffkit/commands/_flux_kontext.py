@@ -45,7 +45,8 @@ def edit_kontext(args) -> int:
     floored), the edit of :func:`~diffkit.interop.flux_kontext.kontext_output_size` of ``--height`` / ``--width``
     (default 1024) and ``--max-area``; 28 steps of flow Euler on its sigmas, the embedded guidance 3.5 by default
     (``--guidance-scale``), true CFG with ``--true-cfg-scale`` and ``--negative-prompt``, ``--prompt-2``,
-    ``--max-sequence-length``, ``--lora`` as a FLUX folder's. With ``--mask`` (one grey PNG, white = repaint,
+    ``--max-sequence-length``, ``--lora``, ``--textual-inversion`` as a FLUX folder's. With ``--mask`` (one grey
+    PNG, white = repaint,
     resized with each image as the pipeline's mask processor does) each image is inpainted as
     FluxKontextInpaintPipeline (:func:`~diffkit.interop.flux_kontext.kontext_inpaint`; ``--strength``, default 1)
     at its own resized size, with ``--image-reference`` (one PNG, or a folder of one per image) in context instead
@@ -110,7 +111,8 @@ def edit_kontext(args) -> int:
     references = reference_files(args.image_reference, count, multiple, not args.no_auto_resize)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    flux = load_flux(directory, device, progress=args.progress, lora=args.lora)
+    flux = load_flux(directory, device, progress=args.progress, lora=args.lora,
+                     textual_inversion=args.textual_inversion)
     flux.check_guidance_scale(args.guidance_scale)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")

@@ -20,13 +20,13 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                   "--pag-adaptive-scale (not with --slg-layers, --controlnet, --ip-adapter, --apg-*, --mask), "
                   "--steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
-                  "--guidance-scale (the embedded guidance), --lora, --controlnet (--control-mode: a union), "
-                  "--control-image (a Depth / Canny folder), --ip-adapter, --mask, --strength, --steps, --sampler "
-                  "and its grid options",  # (FLUX: diffkit edit's)
+                  "--guidance-scale (the embedded guidance), --lora, --textual-inversion, --controlnet "
+                  "(--control-mode: a union), --control-image (a Depth / Canny folder), --ip-adapter, --mask, "
+                  "--strength, --steps, --sampler and its grid options",  # (FLUX: diffkit edit's)
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
-                          "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, --height / "
-                          "--width / --max-area (the edit's size), --no-auto-resize, --mask with --strength, --steps, "
-                          "--sampler and its grid options"}  # (diffkit edit's, ._flux_kontext)
+                          "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
+                          "--textual-inversion, --height / --width / --max-area (the edit's size), --no-auto-resize, "
+                          "--mask with --strength, --steps, --sampler and its grid options"}  # (edit's, ._flux_kontext)
 
 
 def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool) -> tuple:
@@ -165,7 +165,7 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
                                 "apg_norm_threshold", "apg_momentum", "pag_scale", "pag_layers",
                                 "pag_adaptive_scale"} | {
-    "true_cfg_scale", "control_modes"}  # and a FLUX folder's (a ControlNet-Union's --control-mode)
+    "true_cfg_scale", "control_modes", "textual_inversion"}  # and a FLUX folder's (a Union's --control-mode)
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
@@ -321,7 +321,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     out = args.out
     new_dirs = missing_dirs(out)
     device = resolve_device(args.device)
-    sd3 = (module.load_flux if flux else module.load_sd3)(directory, device, progress=args.progress, lora=args.lora)
+    sd3 = module.load_flux(directory, device, progress=args.progress, lora=args.lora,
+                           textual_inversion=args.textual_inversion) if flux else \
+        module.load_sd3(directory, device, progress=args.progress, lora=args.lora)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     if flux:
         sd3.check_guidance_scale(args.guidance_scale)

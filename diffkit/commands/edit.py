@@ -20,7 +20,9 @@ latents edited as above (the mask nearest-downsampled to the latent size; inpain
 from pure noise, as diffusers: ``inpaint``'s ``start="noise"``), and decoded
 (``diffkit.latent_editing``; ``--paste-known``: the kept pixels pasted back); a folder with a 9-channel
 inpainting UNet takes ``--mask`` only, as StableDiffusionInpaintPipeline with it (the mask and the masked
-image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``). An SD-XL folder (4-channel base
+image's latents are the UNet's input; ``diffkit.interop.sd_inpaint``); an SD 2 depth-to-image folder (a 5-channel
+UNet) edits as StableDiffusionDepth2ImgPipeline, its depth ``--control-image`` or its own DPT's (``._sd_depth``,
+``diffkit.interop.sd_depth``). An SD-XL folder (4-channel base
 UNet, or 9-channel inpainting UNet with --mask) is edited the same way, as StableDiffusionXLImg2ImgPipeline /
 StableDiffusionXLInpaintPipeline (time ids of the images' size; ``diffkit.interop.sd_xl``); with ``--refiner FOLDER
 [--denoising-end F]`` the base edits until F and an SD-XL refiner the rest from its latents, as those pipelines with
@@ -30,7 +32,8 @@ with that scheduler (``consistency`` / ``tcd`` in 4 steps, ``--gamma``), an SD 1
 LatentConsistencyModelImg2ImgPipeline (``diffkit.interop.lcm_edit``). An SD3 folder is edited as
 StableDiffusion3Img2ImgPipeline / (with ``--mask``) StableDiffusion3InpaintPipeline (strength 0.6 by default;
 ``diffkit.interop.sd3``, ``--prompt-3``, ``--lora``), a FLUX.1 folder as FluxImg2ImgPipeline (strength 0.6,
-the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``; with ``--mask`` FluxInpaintPipeline;
+the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``, ``--textual-inversion``; with
+``--mask`` FluxInpaintPipeline;
 a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
@@ -342,6 +345,8 @@ def run(args) -> int:
     micro, begin = edit_refiner_options(args)  # an SD-XL refiner's flags, from model_index.json
     out = Path(args.out)
     images_path = Path(args.images)
+    from ._sd_depth import DepthRequest  # an SD 2 depth folder: its --control-image is the depth map, taken here
+    depth = DepthRequest.from_args(args, images_path)
     edited = len(image_files(images_path)) if args.controlnets else None  # a --control-image folder: one per file
     control = ControlRequest.from_args(args, args.checkpoint, edited=edited)
     ip_adapter = IPAdapterRequest.from_args(args, args.checkpoint)
@@ -419,6 +424,9 @@ def run(args) -> int:
             return None if num_classes is None else {"y": torch.full((n,), args.class_id, dtype=torch.long)}
     if control is not None and controlnets.per_prompt > 1:  # image i's control image: cond["control_rows"]
         cond_for = _with_control_rows(cond_for, controlnets.rows(len(files)).to(device))
+    if depth is not None:  # SD 2 depth-to-image: image i's depth at the latent size, cond["depth_map"]
+        cond_for = depth.with_depth(cond_for, autoencoder, args.checkpoint, files, tuple(images.shape[2:]),
+                                    args.progress, args.batch_size)
     refined = None if refiner is None else refiner.load(device, args.progress)
     if refiner is not None:  # both halves get a step of the grid: one line before any output
         refiner.check_steps(autoencoder, refined, sampler, args.steps or 50, options)
@@ -536,10 +544,11 @@ def _stable_diffusion(args, device):
     inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
     if inpainting:
         check_inpainting_flags(args)
+    from ..interop.sd_depth import is_depth_folder
     from ..interop.sd_instruct_pix2pix import is_instruct_pix2pix_folder  # 8 channels: ._instruct_pix2pix
     return load_stable_diffusion(args.checkpoint, device, progress=args.progress, lora=args.lora,
                                  textual_inversion=args.textual_inversion, inpainting=inpainting,
-                                 scheduler=args.scheduler,
+                                 scheduler=args.scheduler, depth=is_depth_folder(args.checkpoint),
                                  instruct_pix2pix=is_instruct_pix2pix_folder(args.checkpoint))
 
 

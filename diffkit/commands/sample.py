@@ -700,16 +700,16 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3
-        refused = {"--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
-                   "--scheduler": scheduler, "--freeu": freeu,
+        refused = {"--lora-any-base": lora_any_base, "--scheduler": scheduler, "--freeu": freeu,
                    "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         if not is_sd3_folder(checkpoint):  # FLUX.1 (a StableDiffusion3Pipeline index is SD3's, whatever it holds)
             return sample_flux(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                                individual=individual, seed=seed, device=device, batch_size=batch_size,
                                spacing=spacing, final=final, scale=scale, progress=progress, guidance=guidance,
-                               refused=refused, lora=lora, control=control, ip_adapter=ip_adapter, **size,
-                               **options)
+                               refused=refused, lora=lora, textual_inversion=textual_inversion, control=control,
+                               ip_adapter=ip_adapter, **size, **options)
+        refused["--textual-inversion"] = textual_inversion  # SD3: StableDiffusion3Pipeline has no loader
         return sample_sd3(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
                           individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
                           final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, lora=lora,

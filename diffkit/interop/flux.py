@@ -34,6 +34,8 @@ network called at the flow time s T. Every diffusers 0.42 ``FluxPipeline`` step 
   ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sd_lora`, as SD3), and kohya / BFL-format ones (``lora_unet_`` /
   ``diffusion_model.`` keys, :mod:`.flux_lora`: converted to diffusers' layers as diffusers converts them).
 * IP-Adapters (XLabs format, ``text_to_image(ip_adapter=)``): :mod:`.flux_ip_adapter`.
+* textual-inversion files (``load_flux(textual_inversion=)``): added to the CLIP tokenizer and text encoder as
+  ``FluxPipeline.load_textual_inversion`` (:mod:`.sd_textual_inversion`); T5 reads the prompt as given.
 * img2img and inpainting (:func:`image_to_image`): ``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``, SD3's latent
   img2img and replacement inpainting (:func:`.flow_latents.edit_latents`) with this network.
 * FLUX.1 Kontext folders (``FluxKontextPipeline``, ``FluxKontextInpaintPipeline``): image editing with the reference
@@ -192,6 +194,7 @@ class Flux(FlowLatentVAE):
     device: torch.device
     dtype: torch.dtype = torch.float32
     _denoisers: dict = field(default_factory=dict, repr=False)
+    prompt_expansions: dict = field(default_factory=dict)  # multi-vector textual inversion (CLIP prompts only)
 
     @property
     def guidance_embeds(self) -> bool:
@@ -291,10 +294,14 @@ class Flux(FlowLatentVAE):
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                        prompts_2=None) -> tuple:
         """(context (B, max_sequence_length, d_T5), pooled (B, d_CLIP)) as the pipeline's ``encode_prompt``;
-        ``prompts_2``: T5's text (one, or one per prompt; default the prompts)."""
+        ``prompts_2``: T5's text (one, or one per prompt; default the prompts). A multi-vector textual-inversion
+        token is expanded in CLIP's text only (FluxPipeline's ``maybe_convert_prompt`` with ``tokenizer``; with
+        ``tokenizer_2`` it finds no added token, so T5 reads the prompt as given)."""
+        from .sd_textual_inversion import expand_prompt
         from .stable_diffusion import prompt_list
         prompts = prompt_list(prompts)
         prompts_2 = _per_prompt(prompts_2, prompts, "prompt_2")
+        prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompts]
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                 or not 1 <= max_sequence_length <= 512:
             raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
@@ -451,18 +458,22 @@ def read_flux_loras(lora) -> list:
 
 
 def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-              progress: bool = True, lora=None) -> Flux:
+              progress: bool = True, lora=None, textual_inversion=None) -> Flux:
     """Load a FLUX.1 diffusers folder (``FluxPipeline``; never downloads): what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_flux_folder`). ``lora``: LoRA files in diffusers / PEFT
     format (paths or (path, scale) pairs; ``transformer.`` / ``text_encoder.`` keys) or kohya / BFL format
     (:mod:`.flux_lora`), merged as
     ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)`` (:mod:`.sd_lora`; read and checked first,
-    :func:`read_flux_loras`)."""
+    :func:`read_flux_loras`). ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to
+    the CLIP tokenizer and text encoder as ``FluxPipeline.load_textual_inversion(path, token=token)``
+    (:mod:`.sd_textual_inversion`; read and checked first; SD-XL files refused)."""
     from .sd_lora import merge_sd_loras
+    from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_flux_folder(directory)
     loras = read_flux_loras(lora)
+    embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     parts = load_flow_parts(directory, index, diffusers.FluxTransformer2DModel,
                             {"": "CLIPTextModel", "_2": "T5EncoderModel"}, dtype, progress)
     device = torch.device(device)
@@ -478,6 +489,7 @@ def load_flux(directory: Union[str, Path], device="cpu", dtype: torch.dtype = to
     from .flux_lora import transformer_adapters
     merge_sd_loras(flux, [(path, scale, transformer_adapters(path, read, flux.transformer) if read["kohya"] else read)
                           for path, scale, read in loras])
+    add_textual_inversions(flux, embeddings, xl=False)  # CLIP's tokenizer and text encoder (T5 has none)
     return flux
 
 

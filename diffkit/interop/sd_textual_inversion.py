@@ -134,23 +134,24 @@ def read_textual_inversions(files) -> list:
     return out
 
 
-def add_textual_inversions(sd, embeddings: list) -> None:
+def add_textual_inversions(sd, embeddings: list, xl: Optional[bool] = None) -> None:
     """Add ``embeddings`` (:func:`read_textual_inversions`) to ``sd``'s tokenizer and text encoder in
     place, as diffusers' ``load_textual_inversion``: each token appended to the tokenizer in order, its
     vector written to the token id's row of the input embeddings; an SD-XL folder gets ``clip_l`` in
     ``tokenizer`` / ``text_encoder`` and ``clip_g`` in ``tokenizer_2`` / ``text_encoder_2``, the same tokens.
-    ``sd.prompt_expansions`` gets each multi-vector token's expansion. Everything is checked before
-    anything changes."""
+    ``xl``: whether ``sd`` takes SD-XL files (default: it has a ``text_encoder_2``; a FLUX.1 folder's is T5,
+    which ``FluxPipeline.load_textual_inversion`` leaves alone: False). ``sd.prompt_expansions`` gets each
+    multi-vector token's expansion. Everything is checked before anything changes."""
     if not embeddings:
         return
-    xl = getattr(sd, "text_encoder_2", None) is not None
+    xl = getattr(sd, "text_encoder_2", None) is not None if xl is None else xl
     for emb in embeddings:
         if xl and emb.vectors_2 is None:
             raise DiffkitError(f"{FLAG} {emb.path} holds one embedding (a Stable Diffusion 1.x/2.x file); an SD-XL "
                                f"folder needs a file with a clip_l and a clip_g tensor (one per text encoder)")
         if not xl and emb.vectors_2 is not None:
             raise DiffkitError(f"{FLAG} {emb.path} is an SD-XL embedding (clip_l and clip_g); this folder has one "
-                               f"text encoder: use the file with an SD-XL folder")
+                               f"text encoder that takes embeddings (CLIP): use the file with an SD-XL folder")
     encoders = [(sd.tokenizer, sd.text_encoder, "text_encoder", lambda e: e.vectors)]
     if xl:
         encoders.append((sd.tokenizer_2, sd.text_encoder_2, "text_encoder_2", lambda e: e.vectors_2))
