@@ -3,6 +3,8 @@
 StableDiffusionInpaintPipeline (4- and 9-channel UNets), StableDiffusionXLInpaintPipeline (4 and 9),
 StableDiffusion3InpaintPipeline and FluxInpaintPipeline called with padding_mask_crop=N (within one 8-bit level);
 the refusals, one line before any output. The tiny folders are the other inpainting tests' fixtures."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,10 @@ def test_padding_mask_crop_refusals_are_one_line_before_any_output(tiny_sd, tiny
     image_png, mask_png = _inputs(tmp_path)
     Image.fromarray(np.zeros((20, 30), dtype=np.uint8), "L").save(tmp_path / "black.png")
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8), "L").save(tmp_path / "small.png")
+    for name in ("FluxKontextInpaintPipeline", "FluxFillPipeline"):  # their model_index.json suffices: refused first
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": name,
+                                                                      "transformer": ["diffusers", "x"]}))
     base = ["edit", "--no-progress", "--images", image_png, "--prompt", "a", "--height", H, "--width", W,
             "--out", tmp_path / "never"]
     for extra, expected in [
@@ -150,6 +156,12 @@ def test_padding_mask_crop_refusals_are_one_line_before_any_output(tiny_sd, tiny
          "--padding-mask-crop 1 applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1;"),
         (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--controlnet", folder],
          "--padding-mask-crop 1 does not go with --controlnet"),
+        (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--refiner", folder],
+         "--padding-mask-crop 1 does not go with --refiner"),
+        (["--checkpoint", tmp_path / "FluxKontextInpaintPipeline", "--mask", mask_png, "--padding-mask-crop", 1],
+         "FluxKontextInpaintPipeline crops but pastes nothing back"),
+        (["--checkpoint", tmp_path / "FluxFillPipeline", "--mask", mask_png, "--padding-mask-crop", 1],
+         "(FluxFillPipeline: FluxFillPipeline / FluxControlInpaintPipeline have no padding_mask_crop)"),
     ]:
         line = one_line_error(capsys, *map(str, base + extra))
         assert expected in line, line

@@ -31,7 +31,7 @@ def crop_region(mask: np.ndarray, width: int, height: int, pad: int = 0) -> tupl
     widened by ``pad`` (clipped to the mask), then grown to the aspect ratio ``width / height`` of the processing
     size: the side that is too short gains int(desired - side) pixels, half (rounded down) before, and the box is
     shifted back inside the mask (and clipped if it is still larger). A mask without a non-zero pixel: a one-line
-    DiffkitError (diffusers divides by zero or returns a reversed box there)."""
+    DiffkitError (diffusers returns a reversed or empty box there)."""
     nonzero = np.asarray(mask) != 0
     rows, cols = np.flatnonzero(nonzero.any(1)), np.flatnonzero(nonzero.any(0))
     if cols.size == 0:
@@ -142,9 +142,9 @@ def check_mask_crop(args) -> None:
         raise DiffkitError(f"{flag} is not offered for a FLUX.1 Kontext folder ({folder}): "
                            f"FluxKontextInpaintPipeline crops but pastes nothing back; crop the images instead")
     if is_flux_folder(folder) and folder_variant(folder) is not None:
-        raise DiffkitError(f"{flag} does not apply to {folder} ({folder_variant(folder)}: FluxFillPipeline / "
-                           f"FluxControlInpaintPipeline have no padding_mask_crop); it goes with FLUX.1 dev / schnell "
-                           f"folders")
+        raise DiffkitError(f"{flag} does not apply to {folder} ({folder_variant(folder)}: "
+                           f"FluxFillPipeline / FluxControlInpaintPipeline have no padding_mask_crop); it goes with "
+                           f"FLUX.1 dev / schnell folders")
     if not (is_stable_diffusion_folder(folder) or is_sd3_folder(folder) or is_flux_folder(folder)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1; their "
                            f"inpainting pipelines' padding_mask_crop); {folder} is not one")
