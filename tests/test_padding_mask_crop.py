@@ -63,6 +63,26 @@ def test_crop_region_is_get_crop_region():
         assert crop_region(mask, width, height, pad) == tuple(int(v) for v in theirs), (case, width, height, pad)
 
 
+@pytest.fixture(scope="module")
+def sd3_16(tiny_sd3, tmp_path_factory):
+    """(StableDiffusion3InpaintPipeline, folder, None) of the tiny SD3 folder with a 16-channel VAE and transformer
+    (the pipeline takes 16 latent channels only)."""
+    import shutil
+    from diffkit.interop.sd3 import load_sd3
+    pipe, folder, _ = tiny_sd3[True]
+    root = tmp_path_factory.mktemp("sd3_16") / "sd3"
+    shutil.copytree(folder, root)
+    torch.manual_seed(3)
+    for name, module in (("vae", diffusers.AutoencoderKL(**{**pipe.vae.config, "latent_channels": 16})),
+                         ("transformer", diffusers.SD3Transformer2DModel(**{**pipe.transformer.config,
+                                                                            "in_channels": 16, "out_channels": 16}))):
+        shutil.rmtree(root / name)
+        module.save_pretrained(root / name)
+    sd3 = load_sd3(root, progress=False)
+    return (diffusers.StableDiffusion3InpaintPipeline(**{**pipe.components, "vae": sd3.vae,
+                                                         "transformer": sd3.transformer}), root, None)
+
+
 def _sd_family(pipe, image, mask, scheduler=True, **kw):
     """``pipe`` (DDIM as the command's --spacing leading --final zero) on one PIL image, output_type "pil"."""
     original = pipe.scheduler
@@ -96,14 +116,15 @@ def _folder(kind, fixture):
         pipe, folder, _ = fixture("tiny_flux")[True]
         pipe = diffusers.FluxInpaintPipeline(**pipe.components)
     else:
-        pipe, folder, _ = fixture("inpainting_sd3")
+        pipe, folder, _ = fixture("inpainting_sd3" if kind == "sd3_33" else "sd3_16")
     pipe.set_progress_bar_config(disable=True)
     flags = ["--guidance-scale", 4, "--max-sequence-length", 12, "--strength", 0.6]
     return (folder, pipe, flags + ([] if kind == "flux" else ["--guidance-convention", "diffusers"]),
             dict(guidance_scale=4.0, max_sequence_length=12, strength=0.6), False)
 
 
-@pytest.mark.parametrize("kind", ["sd", "sd9", "xl9", "sd3_33", "flux"])  # (SD-XL's 4-channel UNet: not run, for time)
+@pytest.mark.parametrize("kind", ["sd", "sd9", "xl9", "sd3_33", "flux", *(  # -m slow: two more, about 4 s
+    pytest.param(kind, marks=pytest.mark.slow) for kind in ("xl", "sd3_16"))])
 def test_edit_with_padding_mask_crop_is_the_pipelines(kind, request, tmp_path, capsys, monkeypatch):
     """The written PNG (30 x 20, the original's size) is the pipeline's padding_mask_crop=2 image at height 16,
     width 24, within one 8-bit level; outside the crop box it is the original, bit for bit. (diffusers 0.42.1's
