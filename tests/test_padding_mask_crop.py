@@ -23,6 +23,7 @@ from test_latent_editing import PROMPTS, cli
 diffusers = pytest.importorskip("diffusers")
 tiny_sd = test_latent_editing.tiny_sd  # the fixtures, shared
 inpaint_sd = test_sd_inpaint.inpaint_sd
+inpaint_ip = test_sd_inpaint.inpaint_ip
 tiny_xl = test_interop_sd_xl.tiny_xl
 xl_inpaint = test_sd_xl_inpaint.xl_inpaint
 tiny_sd3 = test_interop_sd3.tiny_sd3
@@ -155,6 +156,46 @@ def test_edit_with_padding_mask_crop_is_the_pipelines(kind, request, tmp_path, c
     assert (ours[~outside] != original[~outside]).any()
 
 
+@pytest.mark.slow  # about 4 s
+@pytest.mark.parametrize("combo", ["pag_xl", "ip_adapter"])
+def test_padding_mask_crop_with_pag_or_an_ip_adapter_is_the_pipelines(combo, request, tmp_path, capsys):
+    """--pag-scale 3 (layer mid) on the 9-channel SD-XL folder = StableDiffusionXLPAGInpaintPipeline, and an
+    IP-Adapter (scale 0.7) on the 9-channel SD folder = StableDiffusionInpaintPipeline + load_ip_adapter, both with
+    padding_mask_crop=2: the PNG within one level (measured 0); without PAG / the adapter it differs."""
+    from test_sd_pag_adapters import _pag
+    image_png, mask_png = _inputs(tmp_path)
+    kw = dict(guidance_scale=5.0, eta=0.0, strength=0.6)
+    pipe, folder = request.getfixturevalue("xl_inpaint")[:2] if combo == "pag_xl" else \
+        request.getfixturevalue("inpaint_sd")[::2]
+    plain = np.asarray(_sd_family(pipe, Image.open(image_png), Image.open(mask_png), **kw)).astype(int)
+    if combo == "pag_xl":
+        extra, theirs_kw = ["--pag-scale", 3, "--pag-layers", "mid"], {"pag_scale": 3.0}
+        other = _pag(diffusers.StableDiffusionXLPAGInpaintPipeline, pipe.components, "mid", True)
+        other.register_to_config(requires_aesthetics_score=False)
+    else:  # (the adapter is loaded into the fixture's UNet: unloaded at the end)
+        root, weights, image_prompt = request.getfixturevalue("inpaint_ip")
+        extra = ["--ip-adapter", f"{weights}:0.7", "--ip-adapter-image", image_prompt]
+        theirs_kw = {"ip_adapter_image": Image.open(image_prompt).convert("RGB")}
+        other = diffusers.StableDiffusionInpaintPipeline(**pipe.components)
+        other.set_progress_bar_config(disable=True)
+        other.load_ip_adapter(str(root), subfolder="", weight_name=weights.name, local_files_only=True)
+        other.set_ip_adapter_scale(0.7)
+    code, out, err = cli(capsys, "--checkpoint", folder, "--images", image_png, "--mask", mask_png, "--prompt",
+                         PROMPTS[0], "--steps", 4, "--seed", 10, "--height", H, "--width", W, "--padding-mask-crop",
+                         PAD, "--spacing", "leading", "--final", "zero", "--guidance-scale", 5,
+                         "--guidance-convention", "diffusers", "--strength", 0.6, *extra, "--out", tmp_path / "out")
+    assert code == 0, err
+    ours = np.asarray(Image.open(tmp_path / "out" / "edit_00000.png")).astype(int)
+    try:
+        theirs = np.asarray(_sd_family(other, Image.open(image_png), Image.open(mask_png), **theirs_kw,
+                                       **kw)).astype(int)
+    finally:
+        if combo == "ip_adapter":
+            other.unload_ip_adapter()
+    print(combo, "largest 8-bit difference", np.abs(ours - theirs).max(), "without it", np.abs(ours - plain).max())
+    assert np.abs(ours - theirs).max() <= 1 and np.abs(ours - plain).max() > 8
+
+
 def test_padding_mask_crop_refusals_are_one_line_before_any_output(tiny_sd, tiny_checkpoint, tmp_path, capsys):
     folder = tiny_sd[3]
     image_png, mask_png = _inputs(tmp_path)
@@ -177,6 +218,8 @@ def test_padding_mask_crop_refusals_are_one_line_before_any_output(tiny_sd, tiny
          "--padding-mask-crop 1 applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1;"),
         (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--controlnet", folder],
          "--padding-mask-crop 1 does not go with --controlnet"),
+        (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--pag-scale", 3],
+         "--padding-mask-crop 1 does not go with --pag-scale on an SD 1.x / 2.x folder"),
         (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--refiner", folder],
          "--padding-mask-crop 1 does not go with --refiner"),
         (["--checkpoint", tmp_path / "FluxKontextInpaintPipeline", "--mask", mask_png, "--padding-mask-crop", 1],

@@ -124,7 +124,8 @@ def overlaid_edits(args, files, edited):
 def check_mask_crop(args) -> None:
     """One line, before anything loads, for ``--padding-mask-crop`` where diffusers has no ``padding_mask_crop``
     or diffkit does not offer it: without ``--mask``, off the SD / SD-XL / SD3 / FLUX.1 folders, on FLUX.1 Fill,
-    Depth / Canny and Kontext folders, with ``--controlnet`` or ``--refiner``."""
+    Depth / Canny and Kontext folders, with ``--controlnet`` or ``--refiner``, with ``--pag-scale`` on SD 1.x / 2.x
+    (StableDiffusionPAGInpaintPipeline passes ``output_type=None`` to its ``check_inputs``, which then raises)."""
     value = getattr(args, "padding_mask_crop", None)
     if value is None:
         return
@@ -152,3 +153,7 @@ def check_mask_crop(args) -> None:
         if given:
             raise DiffkitError(f"{flag} does not go with {other} (not offered: the control images / the refiner's "
                                f"latents would need the crop too); drop one")
+    from .sd_xl import is_sd_xl_folder
+    if getattr(args, "pag_scale", None) and is_stable_diffusion_folder(folder) and not is_sd_xl_folder(folder):
+        raise DiffkitError(f"{flag} does not go with --pag-scale on an SD 1.x / 2.x folder: diffusers 0.42.1's "
+                           f"StableDiffusionPAGInpaintPipeline refuses padding_mask_crop (SD-XL's takes it); drop one")
