@@ -211,7 +211,7 @@ def test_padding_mask_crop_refusals_are_one_line_before_any_output(tiny_sd, tiny
         (["--checkpoint", folder, "--padding-mask-crop", 2],
          "--padding-mask-crop 2 (crop around the mask, inpaint, paste back) goes with --images and --mask"),
         (["--checkpoint", folder, "--mask", tmp_path / "black.png", "--padding-mask-crop", 0],
-         "the --mask has no non-zero pixel"),
+         f"--mask '{tmp_path / 'black.png'}' has no non-zero pixel: padding_mask_crop crops around the white"),
         (["--checkpoint", folder, "--mask", tmp_path / "small.png", "--padding-mask-crop", 0],
          "--mask is 16x16 but the images are 30x20"),
         (["--checkpoint", tiny_checkpoint, "--mask", mask_png, "--padding-mask-crop", 1],

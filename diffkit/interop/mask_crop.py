@@ -26,17 +26,17 @@ import numpy as np
 from ..errors import DiffkitError
 
 
-def crop_region(mask: np.ndarray, width: int, height: int, pad: int = 0) -> tuple:
+def crop_region(mask: np.ndarray, width: int, height: int, pad: int = 0, name: str = "the mask") -> tuple:
     """(x1, y1, x2, y2) of ``VaeImageProcessor.get_crop_region``: the box of ``mask``'s (H, W) non-zero pixels
     widened by ``pad`` (clipped to the mask), then grown to the aspect ratio ``width / height`` of the processing
     size: the side that is too short gains int(desired - side) pixels, half (rounded down) before, and the box is
     shifted back inside the mask (and clipped if it is still larger). A mask without a non-zero pixel: a one-line
-    DiffkitError (diffusers returns a reversed or empty box there)."""
+    DiffkitError naming it as ``name`` (diffusers returns a reversed or empty box there)."""
     nonzero = np.asarray(mask) != 0
     rows, cols = np.flatnonzero(nonzero.any(1)), np.flatnonzero(nonzero.any(0))
     if cols.size == 0:
-        raise DiffkitError("the --mask has no non-zero pixel: --padding-mask-crop crops around the white (repainted) "
-                           "region; give a mask with white pixels")
+        raise DiffkitError(f"{name} has no non-zero pixel: padding_mask_crop crops around the white (repainted) "
+                           f"region; give a mask with white pixels")
     h, w = nonzero.shape
     x1, y1 = max(int(cols[0]) - pad, 0), max(int(rows[0]) - pad, 0)
     x2, y2 = min(int(cols[-1]) + 1 + pad, w), min(int(rows[-1]) + 1 + pad, h)
@@ -72,7 +72,8 @@ class MaskCrop:
         """The crop of ``mask_file`` (a grey PNG, read as diffkit reads masks) for a height x width edit."""
         from ..commands._image_size import pil_image
         mask = pil_image(mask_file, "L")
-        return cls(Path(mask_file), mask, crop_region(np.asarray(mask), width, height, pad), height, width)
+        box = crop_region(np.asarray(mask), width, height, pad, name=f"--mask {str(mask_file)!r}")
+        return cls(Path(mask_file), mask, box, height, width)
 
     def inputs(self, files) -> tuple:
         """(images (B, 3, height, width) in [-1, 1], mask (1, 1, height, width) binarised): the ``files`` and the
