@@ -114,22 +114,29 @@ def edit_size(checkpoint, height: Optional[int], width: Optional[int], first_ima
     return size["--height"], size["--width"]
 
 
-def resized_pngs(files, height: int, width: int, mask: bool = False):
-    """The PNGs ``files`` (1 x 3 or 1 x 1 each, stacked) resized to ``height`` x ``width`` as diffusers' edit
-    pipelines prepare ``image`` / ``mask_image`` given height and width (``VaeImageProcessor.preprocess``: Lanczos
-    on the PIL image, then [0, 1]): images RGB scaled to [-1, 1] (their ``image_processor``), masks grey and
-    binarised at 0.5 (their ``mask_processor``: ``do_binarize``, ``do_convert_grayscale``)."""
+def pil_image(path, mode: str):
+    """The PNG ``path`` as diffkit reads it (:func:`~diffkit.metrics.features.load_image_batch`: 16-bit grey scaled
+    to 8 bits), back as the PIL image of 0..255 in ``mode`` "L" or "RGB" that diffusers' processors take."""
     import torch
     from PIL import Image
 
-    from ..interop import require
     from ..metrics.features import load_image_batch
-    mode = "L" if mask else "RGB"
+    pixels = ((load_image_batch([path], mode)[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+    return Image.fromarray(pixels.numpy()[..., 0] if mode == "L" else pixels.numpy(), mode)
+
+
+def resized_pngs(files, height: int, width: int, mask: bool = False, box: Optional[tuple] = None):
+    """The PNGs ``files`` (1 x 3 or 1 x 1 each, stacked) resized to ``height`` x ``width`` as diffusers' edit
+    pipelines prepare ``image`` / ``mask_image`` given height and width (``VaeImageProcessor.preprocess``: Lanczos
+    on the PIL image, then [0, 1]): images RGB scaled to [-1, 1] (their ``image_processor``), masks grey and
+    binarised at 0.5 (their ``mask_processor``: ``do_binarize``, ``do_convert_grayscale``). ``box`` (x1, y1, x2, y2):
+    cropped to it first and resized with ``resize_mode="fill"``, as with ``padding_mask_crop``
+    (:mod:`diffkit.interop.mask_crop`)."""
+    import torch
+
+    from ..interop import require
     processor = require("diffusers").image_processor.VaeImageProcessor(
         vae_scale_factor=1, do_normalize=not mask, do_binarize=mask, do_convert_grayscale=mask)
-    out = []
-    for path in files:  # as diffkit reads it (16-bit grey scaled to 8 bits), back to the PIL image's 0..255
-        pixels = ((load_image_batch([path], mode)[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
-        image = Image.fromarray(pixels.numpy()[..., 0] if mask else pixels.numpy(), mode)
-        out.append(processor.preprocess(image, height=height, width=width).to(torch.float32))
-    return torch.cat(out)
+    crop = {} if box is None else {"crops_coords": box, "resize_mode": "fill"}
+    return torch.cat([processor.preprocess(pil_image(path, "L" if mask else "RGB"), height=height, width=width,
+                                           **crop).to(torch.float32) for path in files])

@@ -161,7 +161,8 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
     "guess_mode", "height", "width", "ip_adapter", "ip_adapter_image", "image_encoder",
     "negative_ip_adapter_image",  # (the ControlNet / IP-Adapter flags: their requests' and edit_sd3's checks)
     "apg_eta", "apg_norm_threshold", "apg_momentum",  # adaptive projected guidance, as diffkit sample's
-    "pag_scale", "pag_layers", "pag_adaptive_scale"}  # perturbed-attention guidance (img2img), as diffkit sample's
+    "pag_scale", "pag_layers", "pag_adaptive_scale",  # perturbed-attention guidance (img2img), as diffkit sample's
+    "padding_mask_crop"}  # (.interop.mask_crop: checked by diffkit edit first)
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
                                 "apg_norm_threshold", "apg_momentum", "pag_scale", "pag_layers",
                                 "pag_adaptive_scale"} | {
@@ -270,6 +271,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ._ip_adapter import IPAdapterRequest
     from ._sd_prompts import flux_prompt_options, sd3_prompt_options
     from .edit import read_edit_inputs
+    from ..interop.mask_crop import overlaid_edits
 
     directory, kind, module = args.checkpoint, "FLUX" if flux else "SD3", flux_module if flux else sd3_module
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
@@ -373,7 +375,7 @@ def edit_sd3(args, flux: bool = False) -> int:
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
-        save_images(torch.cat(results), out, prefix="edit")
+        save_images(overlaid_edits(args, files, torch.cat(results)), out, prefix="edit")  # --padding-mask-crop
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
     print(f"wrote {count} {'inpainted' if mask is not None else 'edited'} images to {out} (edit_00000.png ...; "
           f"{kind} folder {directory}, "

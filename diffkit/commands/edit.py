@@ -62,8 +62,8 @@ from ._ip_adapter import IPAdapterRequest, add_ip_adapter_flags
 from ._refiner import add_edit_refiner_flags, edit_refiner_options, edit_refiner_request
 from ._common import (add_flow_shift_flag, add_lora_flags, add_network_flags, add_progress_flag, add_solver_flags,
                       add_textual_inversion_flag, batch_size_or_auto, check_flow_shift, check_lora_flags,
-                      check_writable_dir, eta_value, int_in, missing_dirs, non_negative_float, path_arg, positive_int,
-                      removed_if_empty_on_failure, seed_int, tolerance_options)
+                      check_writable_dir, eta_value, int_in, MAX_COUNT, missing_dirs, non_negative_float, path_arg,
+                      positive_int, removed_if_empty_on_failure, seed_int, tolerance_options)
 from ._common import add_freeu_flag, add_stochasticity_flags, check_freeu_checkpoint
 from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
@@ -106,6 +106,10 @@ def register(sub) -> None:
     m.add_argument("--mask", type=path_arg,
                    metavar="PNG", help="inpainting: a grey PNG of the images' size, white = repaint (a FLUX.1 "
                                        "Fill folder: required)")
+    m.add_argument("--padding-mask-crop", type=int_in(0, MAX_COUNT), metavar="N",
+                   help="with --mask on SD / SD-XL / SD3 / FLUX.1 folders: inpaint only the mask's bounding box plus "
+                        "N pixels, grown to the edit's aspect ratio and resized to its size, then paste it back into "
+                        "the original image under the mask (diffusers' padding_mask_crop; docs/editing.md)")
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only)")
@@ -231,6 +235,12 @@ def read_edit_inputs(args, mode: str = "RGB") -> tuple:
     """(images, files, mask or None) of ``--images`` and ``--mask`` (:func:`read_pngs`, :func:`read_mask`); with
     ``--height`` / ``--width`` (a diffusers folder) each resized to that size first, as the pipelines' image and
     mask processors do (:func:`._image_size.resized_pngs`; the mask may then be of any size, as diffusers')."""
+    from ..interop.mask_crop import mask_crop
+    crop = mask_crop(args)  # --padding-mask-crop: the mask's box cropped and resized ("fill"; .interop.mask_crop)
+    if crop is not None:
+        files = image_files(args.images)
+        images, mask = crop.inputs(files)
+        return images, files, mask
     if args.height is None and args.width is None:
         images, files = read_pngs(args.images, mode)
         return images, files, read_mask(args.mask, images) if args.mask else None
@@ -266,11 +276,13 @@ def run(args) -> int:
     from ..images import check_image_folder, save_images
     from ..memory import batches_with_oom_retry
     from ..loading import load_denoiser
+    from ..interop.mask_crop import check_mask_crop, overlaid_edits
     from ..models.network import check_image_model, is_series_model
     from ..sampling import check_eta, resolve_sampler
 
     check_lora_flags(args)
     instruct = instruct_pix2pix_edit(args)  # an InstructPix2Pix folder: its flags checked (._instruct_pix2pix)
+    check_mask_crop(args)  # --padding-mask-crop: SD / SD-XL / SD3 / FLUX.1 inpainting only (.interop.mask_crop)
     from ..interop.flux_kontext import is_kontext_folder
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext
@@ -466,7 +478,7 @@ def run(args) -> int:
 
     with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
         results = [edited for _, edited in batches_with_oom_retry(edit, len(files), args.batch_size)]
-        save_images(torch.cat(results), out, prefix="edit")
+        save_images(overlaid_edits(args, files, torch.cat(results)), out, prefix="edit")  # --padding-mask-crop
     what = "inpainted" if mask is not None else "edited"
     how = "" if autoencoder is None else f", in latent space (posterior {posterior})"
     how = ", InstructPix2Pix (image latents: the posterior mode)" if instruct else how

@@ -22,7 +22,7 @@ Sizes, as the pipeline's ``__call__``:
 
 ``FluxKontextInpaintPipeline`` (a mask, strength, an optional separate reference image): :func:`kontext_inpaint`,
 FLUX's replacement inpainting (:func:`.flux.image_to_image`) with the reference's tokens in every call. Not driven:
-an IP-Adapter or ControlNet with Kontext, ``padding_mask_crop``.
+an IP-Adapter or ControlNet with Kontext, ``padding_mask_crop`` (refused: :mod:`.mask_crop`).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ that order, and it predicts the noise of z_t alone (``out_channels = 4``). This 
   inside the network, so the extra channels are never scaled, with any sampler;
 * unlike the 4-channel pipeline, nothing is blended back at each step: the UNet alone keeps the known region,
   and the output is the decoded final latent (``paste=True``: the kept pixels pasted back, not diffusers'
-  default). ``padding_mask_crop`` (crop around the mask, then overlay) is not offered.
+  default). ``padding_mask_crop`` (crop around the mask, then overlay): :mod:`.mask_crop`, around this.
 
 With a ControlNet (:meth:`~diffkit.interop.controlnet.ControlNets.controlling`) the ControlNet reads the latents
 (4 channels) and its residuals go to this UNet, as ``StableDiffusionControlNetInpaintPipeline`` with a 9-channel
