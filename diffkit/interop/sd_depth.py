@@ -31,6 +31,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..errors import DiffkitError
+from .sd_inpaint import ChannelConcatNet, check_editing_unet, concat_denoiser
 
 DEPTH_PIPELINE = "StableDiffusionDepth2ImgPipeline"
 DEPTH_KEY = "depth_map"  # the cond entry DepthUNetNet reads: (B, 1, H / f, W / f) in [-1, 1]
@@ -58,43 +59,25 @@ def check_depth_unet(config: dict, directory, depth: bool, lcm: bool = False) ->
     if not is_depth_config(config):
         return False
     what = f"{directory} has a depth-to-image UNet (in_channels={config.get('in_channels')}: latents + depth)"
-    if lcm:
-        raise DiffkitError(f"{what} with an LCMScheduler; allowed: a depth UNet with a diffusion scheduler (DDIM, "
-                           f"PNDM, ...)")
-    if not depth:
-        raise DiffkitError(f"{what} ({DEPTH_PIPELINE}): it edits an image; use diffkit edit --images PNG --prompt "
-                           f"TEXT [--control-image DEPTH.png] (library: load_stable_diffusion(..., depth=True) and "
-                           f"sd_depth.depth_condition)")
-    return True
+    return check_editing_unet(what, "a depth UNet", depth, lcm,
+                              f"it edits an image; use diffkit edit --images PNG --prompt TEXT [--control-image "
+                              f"DEPTH.png] (as {DEPTH_PIPELINE}; library: load_stable_diffusion(..., depth=True) "
+                              f"and sd_depth.depth_condition)")
 
 
-class DepthUNetNet(torch.nn.Module):
+class DepthUNetNet(ChannelConcatNet):
     """``net(x, t, depth_map=d, **cond)`` = ``inner(cat([x, d], 1), t, **cond)``: the UNet input of diffusers'
-    depth-to-image pipeline (``torch.cat([latent_model_input, depth_mask], dim=1)``); ``d`` a per-sample tensor in
-    ``cond``, so classifier-free guidance repeats it for its null half."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor, t, depth_map=None, **cond) -> torch.Tensor:
-        if depth_map is None:
-            raise DiffkitError("this is a depth-to-image UNet (latents + depth in): give cond['depth_map'] "
-                               "(sd_depth.depth_condition; diffkit edit --images with its depth)")
-        if depth_map.shape[0] != x.shape[0] or depth_map.shape[1:] != (1, *x.shape[2:]):
-            raise DiffkitError(f"depth_map {tuple(depth_map.shape)} does not fit the latents {tuple(x.shape)}; "
-                               f"allowed: (B, 1, {x.shape[2]}, {x.shape[3]})")
-        return self.inner(torch.cat([x, depth_map.to(x)], dim=1), t, **cond)
+    depth-to-image pipeline (``torch.cat([latent_model_input, depth_mask], dim=1)``; d (B, 1, h, w),
+    :class:`~.sd_inpaint.ChannelConcatNet`)."""
+    KEYS = ("depth_map",)
+    WHAT = "a depth-to-image UNet (latents + depth in)"
+    USE = "give cond['depth_map'] (sd_depth.depth_condition; diffkit edit --images with its depth)"
 
 
 def depth_denoiser(unet, schedule, prediction_type: str) -> Denoiser:
-    """The :class:`~diffkit.denoiser.Denoiser` of a depth UNet: :class:`DepthUNetNet` around
-    :class:`~diffkit.interop.denoiser.DiffusersNet` (cond: ``context``, ``depth_map``)."""
-    from .denoiser import DiffusersNet
-    denoiser = Denoiser(DepthUNetNet(DiffusersNet(unet, uses_labels=False)), schedule, prediction_type,
-                        learned_variance=False)
-    denoiser.model = unet
-    return denoiser
+    """The :class:`~diffkit.denoiser.Denoiser` of a depth UNet (cond: ``context``, ``depth_map``;
+    :func:`~.sd_inpaint.concat_denoiser`)."""
+    return concat_denoiser(DepthUNetNet, unet, schedule, prediction_type)
 
 
 def load_depth_estimator(directory, device, dtype: torch.dtype = torch.float32, progress: bool = True) -> tuple:

@@ -81,7 +81,7 @@ def check_inpainting_unet(config: dict, directory, inpainting: bool, lcm: bool =
 def check_editing_unet(what: str, kind: str, allowed: bool, lcm: bool, use: str) -> bool:
     """True where a UNet with extra input channels (``what``: the folder and its channels) may be loaded: ``allowed``
     and with a diffusion scheduler (not ``lcm``); else a one-line error (``use``: what it is for instead). The
-    inpainting and InstructPix2Pix UNets' check (:mod:`.sd_instruct_pix2pix`)."""
+    inpainting, InstructPix2Pix and depth-to-image UNets' check (:mod:`.sd_instruct_pix2pix`, :mod:`.sd_depth`)."""
     if lcm:
         raise DiffkitError(f"{what} with an LCMScheduler; allowed: {kind} with a diffusion scheduler (DDIM, PNDM, ...)")
     if not allowed:
@@ -89,33 +89,53 @@ def check_editing_unet(what: str, kind: str, allowed: bool, lcm: bool, use: str)
     return True
 
 
-class InpaintingUNetNet(torch.nn.Module):
-    """``net(x, t, inpaint_mask=m, masked_image_latents=c, **cond)`` = ``inner(cat([x, m, c], 1), t, **cond)``:
-    the UNet input of diffusers' 9-channel inpainting (``torch.cat([latent_model_input, mask,
-    masked_image_latents], dim=1)``). ``x`` is the network input the Denoiser gives (the VP latent z_t); m and c
-    are passed as they are (per-sample tensors in ``cond``, so classifier-free guidance repeats them for its null
-    half, as diffusers' ``torch.cat([mask] * 2)``)."""
+class ChannelConcatNet(torch.nn.Module):
+    """``net(x, t, **cond)`` = ``inner(cat([x, cond[k] for k in KEYS], 1), t, **rest of cond)``: a network with extra
+    input channels after the latents, as diffusers' editing pipelines concatenate them after the scheduler scaled the
+    latents (``torch.cat([latent_model_input, ...], dim=1)``). ``x`` is the network input the Denoiser gives; the
+    extra tensors are passed as they are (per-sample tensors in ``cond``, so classifier-free guidance repeats them
+    for its null half, as the pipelines' ``torch.cat([mask] * 2)``). Subclasses name ``KEYS``, ``WHAT`` (the model)
+    and ``USE`` (what to call instead when a key is missing): :class:`InpaintingUNetNet`,
+    :class:`~.sd_instruct_pix2pix.ImageConditionedNet`, :class:`~.sd_depth.DepthUNetNet`."""
+    KEYS: tuple = ()
+    WHAT = USE = ""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x: torch.Tensor, t, inpaint_mask=None, masked_image_latents=None, **cond) -> torch.Tensor:
-        if inpaint_mask is None or masked_image_latents is None:
-            raise DiffkitError("this is an inpainting UNet (latents + mask + masked-image latents in): it only "
-                               "inpaints; use latent_inpaint with a mask (diffkit edit --mask)")
-        extra = [inpaint_mask.to(x), masked_image_latents.to(x)]
+    def forward(self, x: torch.Tensor, t, **cond) -> torch.Tensor:
+        extra = [cond.pop(key, None) for key in self.KEYS]
+        if any(e is None for e in extra):
+            raise DiffkitError(f"this is {self.WHAT}: {self.USE}")
+        extra = [e.to(x) for e in extra]
         if any(e.shape[0] != x.shape[0] or e.shape[2:] != x.shape[2:] for e in extra):
-            raise DiffkitError(f"inpaint_mask {tuple(inpaint_mask.shape)} / masked_image_latents "
-                               f"{tuple(masked_image_latents.shape)} do not fit the latents {tuple(x.shape)}")
+            shapes = " / ".join(f"{key} {tuple(e.shape)}" for key, e in zip(self.KEYS, extra))
+            raise DiffkitError(f"{shapes} do not fit the latents {tuple(x.shape)}; allowed: "
+                               f"({x.shape[0]}, C, {x.shape[2]}, {x.shape[3]})")
         return self.inner(torch.cat([x, *extra], dim=1), t, **cond)
 
 
+class InpaintingUNetNet(ChannelConcatNet):
+    """``net(x, t, inpaint_mask=m, masked_image_latents=c, **cond)`` = ``inner(cat([x, m, c], 1), t, **cond)``:
+    the UNet input of diffusers' 9-channel inpainting (``torch.cat([latent_model_input, mask,
+    masked_image_latents], dim=1)``; :class:`ChannelConcatNet`)."""
+    KEYS = ("inpaint_mask", "masked_image_latents")
+    WHAT = "an inpainting UNet (latents + mask + masked-image latents in)"
+    USE = "it only inpaints; use latent_inpaint with a mask (diffkit edit --mask)"
+
+
 def inpainting_denoiser(unet, schedule, prediction_type: str) -> Denoiser:
-    """The :class:`~diffkit.denoiser.Denoiser` of an inpainting UNet: :class:`InpaintingUNetNet` around
-    :class:`~diffkit.interop.denoiser.DiffusersNet` (cond: ``context``, ``inpaint_mask``, ``masked_image_latents``)."""
+    """The :class:`~diffkit.denoiser.Denoiser` of an inpainting UNet (cond: ``context``, ``inpaint_mask``,
+    ``masked_image_latents``; :func:`concat_denoiser`)."""
+    return concat_denoiser(InpaintingUNetNet, unet, schedule, prediction_type)
+
+
+def concat_denoiser(net_class, unet, schedule, prediction_type: str) -> Denoiser:
+    """The :class:`~diffkit.denoiser.Denoiser` of a diffusers UNet with extra input channels: ``net_class`` (a
+    :class:`ChannelConcatNet`) around :class:`~diffkit.interop.denoiser.DiffusersNet`."""
     from .denoiser import DiffusersNet
-    denoiser = Denoiser(InpaintingUNetNet(DiffusersNet(unet, uses_labels=False)), schedule, prediction_type,
+    denoiser = Denoiser(net_class(DiffusersNet(unet, uses_labels=False)), schedule, prediction_type,
                         learned_variance=False)
     denoiser.model = unet
     return denoiser
@@ -175,6 +195,7 @@ def check_inpainting_flags(args) -> None:
                                f"it goes with an ordinary 4-channel Stable Diffusion folder")
 
 
-__all__ = ["InpaintingUNetNet", "inpainting_denoiser", "is_inpainting_config", "is_inpainting_folder",
+__all__ = ["ChannelConcatNet", "concat_denoiser", "InpaintingUNetNet", "inpainting_denoiser", "is_inpainting_config",
+           "is_inpainting_folder",
            "check_inpainting_unet", "check_editing_unet",
            "unet_inpaint", "check_inpainting_flags", "MASK_KEY", "MASKED_KEY"]

@@ -42,6 +42,7 @@ import torch
 
 from ..denoiser import Denoiser, Prediction, Wrapper
 from ..errors import DiffkitError, check_choice, check_float32, check_range
+from .sd_inpaint import ChannelConcatNet, check_editing_unet, concat_denoiser
 from ..guidance import RESCALE_SPACES, ClassifierFreeGuidance, _repeated, _times64, guidance_weight
 
 IMAGE_KEY = "image_latents"  # the cond entry ImageConditionedNet reads
@@ -69,7 +70,6 @@ def check_instruct_pix2pix_unet(config: dict, directory, allowed: bool, lcm: boo
     for any other UNet; a one-line error for one where it is not allowed."""
     if not is_instruct_pix2pix_config(config):
         return False
-    from .sd_inpaint import check_editing_unet
     what = (f"{directory} has an InstructPix2Pix UNet (in_channels={config.get('in_channels')}: latents + image "
             f"latents)")
     return check_editing_unet(what, "an InstructPix2Pix UNet", allowed, lcm,
@@ -77,32 +77,19 @@ def check_instruct_pix2pix_unet(config: dict, directory, allowed: bool, lcm: boo
                               "load_stable_diffusion(..., instruct_pix2pix=True) and instruct_pix2pix)")
 
 
-class ImageConditionedNet(torch.nn.Module):
+class ImageConditionedNet(ChannelConcatNet):
     """``net(x, t, image_latents=c, **cond)`` = ``inner(cat([x, c], 1), t, **cond)``: the UNet input of diffusers'
-    InstructPix2Pix pipelines (``torch.cat([scaled_latent_model_input, image_latents], dim=1)``); ``x`` is the VP
-    latent the Denoiser gives, ``c`` passed as it is."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor, t, image_latents=None, **cond) -> torch.Tensor:
-        if image_latents is None:
-            raise DiffkitError("this is an InstructPix2Pix UNet (latents + image latents in): it only edits images; "
-                               "use instruct_pix2pix (diffkit edit --images PNG --prompt TEXT)")
-        if image_latents.shape[0] != x.shape[0] or image_latents.shape[2:] != x.shape[2:]:
-            raise DiffkitError(f"image_latents {tuple(image_latents.shape)} do not fit the latents {tuple(x.shape)}")
-        return self.inner(torch.cat([x, image_latents.to(x)], dim=1), t, **cond)
+    InstructPix2Pix pipelines (``torch.cat([scaled_latent_model_input, image_latents], dim=1)``;
+    :class:`~.sd_inpaint.ChannelConcatNet`)."""
+    KEYS = ("image_latents",)
+    WHAT = "an InstructPix2Pix UNet (latents + image latents in)"
+    USE = "it only edits images; use instruct_pix2pix (diffkit edit --images PNG --prompt TEXT)"
 
 
 def instruct_pix2pix_denoiser(unet, schedule, prediction_type: str) -> Denoiser:
-    """The :class:`~diffkit.denoiser.Denoiser` of an InstructPix2Pix UNet: :class:`ImageConditionedNet` around
-    :class:`~diffkit.interop.denoiser.DiffusersNet` (cond: ``context``, ``image_latents``; SD-XL's too)."""
-    from .denoiser import DiffusersNet
-    denoiser = Denoiser(ImageConditionedNet(DiffusersNet(unet, uses_labels=False)), schedule, prediction_type,
-                        learned_variance=False)
-    denoiser.model = unet
-    return denoiser
+    """The :class:`~diffkit.denoiser.Denoiser` of an InstructPix2Pix UNet (cond: ``context``, ``image_latents``;
+    SD-XL's too; :func:`~.sd_inpaint.concat_denoiser`)."""
+    return concat_denoiser(ImageConditionedNet, unet, schedule, prediction_type)
 
 
 class InstructPix2PixGuidance(Wrapper):
