@@ -34,7 +34,8 @@ def test_usable_cores_counts_the_affinity_mask(monkeypatch):
     ["train", "--out", ""], ["train", "--resume", ""], ["train", "--config", ""], ["train", "--data-dir", ""],
     ["train-classifier", "--like", ""], ["distill", "--teacher", ""], ["eval", "--checkpoint", ""],
     ["eval", "--evaluator", ""], ["convert", "--checkpoint", "x", "--to-diffusers", ""],
-    ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""], ["experiment", "noise-scale", "--checkpoint", ""],
+    ["experiment", "ddim-table", "--checkpoint", "x", "--ledger", ""],
+    ["experiment", "noise-scale", "--checkpoint", ""],
     ["demo", "--device", ""], ["experiment", "noise-scale", "--checkpoint", "x", "--dataset", ""],
     ["train-classifier", "--schedule", ""], ["edit", "--checkpoint", "x", "--out", "o", "--images", ""],
     ["upscale", "--checkpoint", "x", "--out", "o", "--images", ""], ["edit", "--checkpoint", "x", "--mask", ""],
@@ -113,7 +114,8 @@ def test_a_data_dir_without_a_dataset_is_not_ignored(command, tmp_path, capsys):
     out = tmp_path / ("run" if command == ["train"] else "x.safetensors")
     line = one_line_error(capsys, *command, "--data-dir", str(tmp_path / "mnist"), "--out", str(out),
                           *(["--epochs"] if command == ["train-evaluator"] else ["--steps"]), "1", "--device", "cpu")
-    readers = "mnist, fashion-mnist or cifar10" if command == ["train-evaluator"] else "mnist, fashion-mnist, cifar10 or folder"
+    readers = ("mnist, fashion-mnist or cifar10" if command == ["train-evaluator"]
+               else "mnist, fashion-mnist, cifar10 or folder")
     assert (f"data_dir={str(tmp_path / 'mnist')!r} does not apply to dataset='digits' (bundled with scikit-learn); to "
             f"read that folder give dataset {readers}") in line, line
     assert list(tmp_path.iterdir()) == []
@@ -123,8 +125,9 @@ def test_a_file_where_a_folder_is_wanted_is_called_a_file(tiny_checkpoint, tmp_p
     """The message was "cannot be created: File exists" (what mkdir says), which reads as a folder that exists."""
     afile = tmp_path / "notes.txt"
     afile.write_text("keep")
-    for argv, what in ((["eval", "--checkpoint", str(tiny_checkpoint), "--cache-dir", str(afile)], "sample cache directory"),
-                       (["eval", "--checkpoint", str(tiny_checkpoint), "--out", str(afile / "e.json")], "output directory")):
+    evaluate = ["eval", "--checkpoint", str(tiny_checkpoint)]
+    for argv, what in (([*evaluate, "--cache-dir", str(afile)], "sample cache directory"),
+                       ([*evaluate, "--out", str(afile / "e.json")], "output directory")):
         line = one_line_error(capsys, *argv)
         assert f"{what} {str(afile)!r} is a file, not a folder; give a folder (new or existing)" in line, line
     assert afile.read_text() == "keep" and sorted(tmp_path.iterdir()) == [afile]
@@ -143,7 +146,8 @@ def other_kinds(tmp_path_factory):
 
 
 @pytest.mark.parametrize("argv,wanted", [
-    (["eval", "--checkpoint", "{}", "--metrics", "nll"], "not a diffusion model checkpoint (diffkit train, distill or convert)"),
+    (["eval", "--checkpoint", "{}", "--metrics", "nll"],
+     "not a diffusion model checkpoint (diffkit train, distill or convert)"),
     (["convert", "--checkpoint", "{}", "--out", "w.safetensors"], "not a diffusion model checkpoint"),
     (["train", "--resume", "{}"], "not a training checkpoint to resume"),
     (["distill", "--teacher", "{}", "--out", "d"], "not a diffusion model checkpoint"),
@@ -179,7 +183,8 @@ def test_out_at_a_runs_checkpoint_folder_is_refused(command, tiny_checkpoint, tm
 
 @pytest.mark.parametrize("argv,message", [
     (["train-autoencoder", "--channel-mult", "1,,2"], "argument --channel-mult: '1,,2' is not a comma-separated list"),
-    (["train-classifier", "--attn", "1,"], "argument --attn: '1,' is not a comma-separated list of integers (e.g. 1,2,2)"),
+    (["train-classifier", "--attn", "1,"],
+     "argument --attn: '1,' is not a comma-separated list of integers (e.g. 1,2,2)"),
     (["experiment", "ddim-table", "--checkpoint", "x", "--etas", "0,,1"], "etas='0,,1' has an empty entry; give a "
                                                                          "comma-separated list such as 10,20,50"),
     (["experiment", "sampler-table", "--checkpoint", "x", "--steps", "10,20,"], "steps='10,20,' has an empty entry"),

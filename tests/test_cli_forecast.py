@@ -78,7 +78,8 @@ def test_impute_keeps_the_given_cells_and_fills_the_empty_ones(file_run, tmp_pat
     cells = [[repr(float(v)) for v in row] for row in window]
     cells[1][0], cells[4][2], cells[6][1] = "", "nan", "NaN"
     path = tmp_path / "gaps.csv"
-    path.write_text("date,price,volume,noise\n" + "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells)))
+    body = "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells))
+    path.write_text("date,price,volume,noise\n" + body)
     code = main(["edit", "--checkpoint", str(ck), "--series", str(path), "--num", "2", "--steps", "4",
                  "--reconstruction-weight", "1", "--out", str(tmp_path / "i.csv"), "--no-progress"])
     captured = capsys.readouterr()
@@ -249,8 +250,8 @@ def scaled_rows(rows, low, high):
 
 def test_a_long_file_forecasts_from_its_last_rows_and_rolls_past_one_window(file_run, tmp_path, capsys):
     """20 rows (seq_length 8): --horizon 2 forecasts from the last 6 (as a file of those 6 rows does, bit for
-    bit); --horizon 12 rolls in 6 windows of 2 new rows (the default chunk 8 // 4, told before sampling), equal to diffkit.forecast
-    of the scaled rows by hand; --chunk 3 makes it 4 windows."""
+    bit); --horizon 12 rolls in 6 windows of 2 new rows (the default chunk 8 // 4, told before sampling), equal to
+    diffkit.forecast of the scaled rows by hand; --chunk 3 makes it 4 windows."""
     ck, values, low, high = file_run
     rows = values[40:60]
     path = write_rows(tmp_path / "long.csv", rows)
@@ -302,12 +303,13 @@ def test_a_long_file_is_imputed_window_by_window(file_run, tmp_path, capsys):
         cells[r][c] = text
         missing[r, c] = True
     path = tmp_path / "gaps.csv"
-    path.write_text("date,price,volume,noise\n" + "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells)))
+    body = "".join(f"d{i}," + ",".join(row) + "\n" for i, row in enumerate(cells))
+    path.write_text("date,price,volume,noise\n" + body)
     filled = run_edit(ck, path, tmp_path / "i.npy", "--num", "2")
     printed = capsys.readouterr().out
     assert printed.startswith("imputing 30 rows: at most 7 window(s) of 8 rows per sample\n")
-    assert ("imputed 4 missing values of 30 rows in 7 windows of 8 rows starting at rows 0, 4, 8, ..., 22, each keeping "
-            "its rows before start + 6 (the last: all)") in printed
+    assert ("imputed 4 missing values of 30 rows in 7 windows of 8 rows starting at rows 0, 4, 8, ..., 22, "
+            "each keeping its rows before start + 6 (the last: all)") in printed
     assert filled.shape == (2, 30, 3) and np.isfinite(filled).all()
     assert (filled[:, ~missing] == rows[~missing]).all()  # the given values exactly as read
     model = diffkit.impute(load_denoiser(ck), scaled_rows(np.where(missing, np.nan, rows), low, high).expand(2, -1, -1),

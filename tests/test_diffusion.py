@@ -214,8 +214,9 @@ def test_reverse_steps_of_a_grid_are_p_mean_variance_bit_for_bit(variance_type):
                             lambda: sample(plain, (2, 3), "ddpm", 2, variance_type=variance_type, progress=False),
                             lambda: sample(_NoVarianceOutput(plain), (2, 3), "ddpm", 2, variance_type=variance_type,
                                            progress=False)):
-            with pytest.raises(DiffkitError, match="variance_type='learned_range' needs a network with a learned "
-                                                   "variance \\(learned_variance=True\\); use fixed_small or fixed_large$"):
+            with pytest.raises(DiffkitError, match="variance_type='learned_range' needs a network with a "
+                                                   "learned variance \\(learned_variance=True\\); use "
+                                                   "fixed_small or fixed_large$"):
                 no_variance()
 
 

@@ -297,7 +297,8 @@ def lora_checkpoint(source, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     given = {**TINY, "dropout": 0.0, "lora_rank": 2, "lora_targets": "attention,resblock", "max_steps": 1,
              "save_weight_dir": str(root / "checkpoints")}
-    return Trainer(TrainConfig.from_dict(fine_tune_fields(source, given)), tiny_dataset(), progress=False).run().checkpoint
+    config = TrainConfig.from_dict(fine_tune_fields(source, given))
+    return Trainer(config, tiny_dataset(), progress=False).run().checkpoint
 
 
 def test_a_loaded_lora_checkpoint_is_trainable_like_any_loaded_network(lora_checkpoint, source):

@@ -252,7 +252,8 @@ def test_logit_normal_times_follow_sd3_eq_19_and_the_shift(m, std, shift):
     s, w = FlowTimes("logit-normal", shift, m, std).sample(200_000, torch.Generator().manual_seed(7))
     assert torch.equal(w, torch.ones(200_000)) and s.dtype == F64
     u = torch.linspace(1e-6, 1 - 1e-6, 200_001, dtype=F64)
-    density = 1 / (std * math.sqrt(2 * math.pi)) / (u * (1 - u)) * torch.exp(-(torch.logit(u) - m) ** 2 / (2 * std ** 2))
+    gauss = torch.exp(-(torch.logit(u) - m) ** 2 / (2 * std ** 2))
+    density = 1 / (std * math.sqrt(2 * math.pi)) / (u * (1 - u)) * gauss
     cdf = torch.cat([torch.zeros(1, dtype=F64), torch.cumulative_trapezoid(density, u)])
     for q in (0.1, 0.3, 0.5, 0.7, 0.9):
         i = int(torch.searchsorted(cdf, torch.tensor(q, dtype=F64)))
@@ -287,7 +288,8 @@ def test_a_flow_run_trains_and_every_kind_of_sampler_samples_its_checkpoint(flow
     assert torch.allclose(loaded.schedule.alphas_cumprod, NoiseSchedule.flow(100, shift=2.0).alphas_cumprod)
     for sampler in ("ddim", "dpm-solver++-2m"):  # default grids: timestep, log-SNR spacing (karras: below)
         out = tmp_path / f"{sampler}.png"
-        code = main(["sample", "--checkpoint", str(ckpt), "--sampler", sampler, "--steps", "3", "--num", "2", "--out", str(out), "--no-progress", "--device", "cpu"])
+        code = main(["sample", "--checkpoint", str(ckpt), "--sampler", sampler, "--steps", "3", "--num", "2",
+                     "--out", str(out), "--no-progress", "--device", "cpu"])
         assert code == 0 and out.is_file(), capsys.readouterr().err
     code = main(["sample", "--checkpoint", str(ckpt), "--sampler", "ddim@trailing", "--steps", "3", "--num", "2",
                  "--out", str(tmp_path / "top.png"), "--no-progress", "--device", "cpu"])  # from s = 1

@@ -22,7 +22,8 @@ FLOW = ["--set=prediction_type=flow_prediction", "--set=schedule=flow", "--set=f
 RUN = ["--no-progress", "--no-sample", "--device", "cpu"]
 SERIES = ["--set=num_series=32", "--set=seq_length=8", "--set=in_channels=3", "--set=channel=8",
           "--set=channel_mult=1,2", "--set=num_res_blocks=1", "--set=batch_size=8", "--set=T=50",
-          "--set=sample_steps=3", "--set=dropout=0", "--set=lr=0.05", "--set=warmup_fraction=0"]  # lr: its output layer leaves 0
+          "--set=sample_steps=3", "--set=dropout=0", "--set=lr=0.05",  # lr: its output layer leaves 0
+          "--set=warmup_fraction=0"]
 TEXT = ["--set=img_size=16", "--set=channel=16", "--set=channel_mult=[1,2]", "--set=attn=[1]",
         "--set=num_res_blocks=1", "--set=batch_size=8", "--set=num_heads=1", "--set=T=100", "--set=sample_steps=2",
         "--set=text_conditioning=true", "--set=context_dim=16", "--set=text_width=16", "--set=text_layers=1",
@@ -52,7 +53,8 @@ def test_a_time_series_flow_model_samples_and_forecasts(series_flow, tmp_path, c
     series = np.load(tmp_path / "s.npy")
     assert series.shape == (2, 3, 8) and np.isfinite(series).all()
     history = np.sin(np.arange(6)[:, None] / 2 + np.arange(3)[None]) * 0.5
-    (tmp_path / "h.csv").write_text("a,b,c\n" + "".join(",".join(repr(float(v)) for v in row) + "\n" for row in history))
+    body = "".join(",".join(repr(float(v)) for v in row) + "\n" for row in history)
+    (tmp_path / "h.csv").write_text("a,b,c\n" + body)
     code = main(["edit", "--checkpoint", str(series_flow), "--series", str(tmp_path / "h.csv"), "--horizon", "2",
                  "--num", "2", "--steps", "3", "--seed", "7", "--out", str(tmp_path / "f.csv"), "--no-progress",
                  "--device", "cpu"])

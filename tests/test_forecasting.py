@@ -129,7 +129,8 @@ def exact_moments(sampler, weight, history, steps, jumps=None):
             G, g = x0_map(t)
             if sampler == "ddpm":
                 beta = 1 - abar(t) / abar(s)
-                c0, ct = math.sqrt(abar(s)) * beta / (1 - abar(t)), math.sqrt(abar(t) / abar(s)) * (1 - abar(s)) / (1 - abar(t))
+                c0 = math.sqrt(abar(s)) * beta / (1 - abar(t))
+                ct = math.sqrt(abar(t) / abar(s)) * (1 - abar(s)) / (1 - abar(t))
                 noise = (1 - abar(s)) / (1 - abar(t)) * beta if s >= 0 else 0.0
             else:
                 ratio = math.sqrt((1 - abar(s)) / (1 - abar(t)))
@@ -222,8 +223,8 @@ def test_thresholding_clips_the_guided_x0_and_the_gradient_is_taken_unclipped():
     den = Denoiser(GaussianMixture([1.0], torch.tensor([[3.0, 3.0, 3.0, 0.0]], dtype=torch.float64),
                                    cov[None]).network(S), S)
     history = torch.tensor([3.1, 3.2, 3.3], dtype=torch.float64).expand(50, 1, 3)
-    run = lambda w, th: diffkit.forecast(den, history, 1, "ddim", 20, reconstruction_weight=w, thresholding=th,  # noqa: E731
-                                         seed=0, **FREE)
+    def run(w, th):
+        return diffkit.forecast(den, history, 1, "ddim", 20, reconstruction_weight=w, thresholding=th, seed=0, **FREE)
     guided = run(2.0, "clip")
     torch.testing.assert_close(guided, run(2.0, None), rtol=0, atol=1e-12)
     assert (guided - run(0.0, "clip")).mean() > 0.05  # toward the conditional mean 0.27

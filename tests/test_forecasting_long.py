@@ -209,8 +209,8 @@ def impute_reference(series, observed, plan, seed, steps):
 def test_a_long_imputation_of_independent_steps_is_the_exact_map_of_each_samples_windows(monkeypatch):
     """DDIM on independent steps, 4 series of 13 (L = 4, chunk 2: windows at 0, 2, 4, 6, 8, 9 keeping up to
     3, 5, 7, 9, 11, 13), each sample with its own gaps (sample 0 at step 6 where no other sample needs that
-    window, sample 3 with nothing missing after step 3): a value kept in a window is the exact ODE map of the next noise of its
-    sample's own generator, drawn only in the windows where that sample has something to keep, so a sample
+    window, sample 3 with nothing missing after step 3): a value kept in a window is the exact ODE map of the next
+    noise of its sample's own generator, drawn only in the windows where that sample has something to keep, so a sample
     is the same in the batch and alone with seed + i (the reviewer's probe: a batch-wide skip was 9e-3 off)."""
     calls = record_windows(monkeypatch)
     n, steps, length = 4, 300, 13
@@ -222,7 +222,8 @@ def test_a_long_imputation_of_independent_steps_is_the_exact_map_of_each_samples
     out = diffkit.impute(den, series, observed, "ddim", steps, seed=3, reconstruction_weight=0.0, **FREE)
     plan = fc.impute_plan(length, L, 2)
     assert plan == [(0, 3), (2, 5), (4, 7), (6, 9), (8, 11), (9, 13)]
-    assert sum(len(window) for window, _, _ in calls) == 4 + 3 + 2 + 2 + 2 + 3  # only the samples with something to keep
+    # only the samples with something to keep
+    assert sum(len(window) for window, _, _ in calls) == 4 + 3 + 2 + 2 + 2 + 3
     assert torch.equal(out[observed], series[observed])
     # 300 DDIM steps are within 0.013 of the exact map; another window's noise is off by O(0.1-1)
     assert (out - impute_reference(series, observed, plan, 3, steps)).abs().max() < 2e-2
@@ -619,8 +620,9 @@ def test_labels_of_a_series_shorter_than_the_window():
 
 
 def test_forecast_refuses_labels_naming_cond_y():
-    with pytest.raises(DiffkitError, match=r"^labels= \(a tensor of shape \(3,\)\) is an option of impute \(a class per "
-                                           r"step\); forecast takes one class per sample as cond=\{'y': labels\}"):
+    with pytest.raises(DiffkitError, match=r"^labels= \(a tensor of shape \(3,\)\) is an option of impute "
+                                           r"\(a class per step\); forecast takes one class per sample as "
+                                           r"cond=\{'y': labels\}"):
         diffkit.forecast(ShiftedByClass(DEN_AR), HISTORY.reshape(1, 1, 3), 1, labels=torch.tensor([0, 0, 0]), **FREE)
 
 

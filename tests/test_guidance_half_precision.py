@@ -34,8 +34,8 @@ u, 2.3 times the independent-roundings figure (the DDPM and DPM-Solver++(2M) pat
 the same; measured at most 0.58 u with one rounding per call, 0.70 u with autocast's two,
 docs/editing.md "Half precision"). Clipping and
 dynamic thresholding are 1-Lipschitz in x_0, inpainting's replacement and SDEdit's noising add
-nothing, and classifier guidance adds a float32 gradient: amplification 1 for all of them. Reconstruction guidance's gradient flows back
-through the rounded output, so the correction carries u/2 of its own size, which is small next to
+nothing, and classifier guidance adds a float32 gradient: amplification 1 for all of them. Reconstruction guidance's
+gradient flows back through the rounded output, so the correction carries u/2 of its own size, which is small next to
 x_0: amplification 1. Classifier-free guidance mixes two independently rounded predictions with
 weights 1 + w and w: amplification 1 + 2w. The Gaussian data for the editing paths is a single
 correlated Gaussian; the guidance tests use the two-class mixture, whose guided samples are pulled

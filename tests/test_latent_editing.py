@@ -132,7 +132,8 @@ def test_bad_images_and_masks_are_one_line_errors():
 # ------------------------------------------------------------------ Stable Diffusion against diffusers
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
-    """A tiny random Stable Diffusion folder (DDIM, as SD's scheduler config) and its img2img and inpainting pipelines."""
+    """A tiny random Stable Diffusion folder (DDIM, as SD's scheduler config) and its img2img and inpainting
+    pipelines."""
     diffusers = pytest.importorskip("diffusers")
     from test_interop_diffusers import sd_ddim_scheduler, tiny_sd_components
     from diffkit.interop.stable_diffusion import load_stable_diffusion

@@ -411,7 +411,8 @@ def test_the_benchmark_trains_its_missing_evaluator_once(tmp_path, monkeypatch):
     monkeypatch.setattr(diffkit.cli, "main", fake_main)
     path = tmp_path / "ev.safetensors"
     assert bench.evaluator(path) == path and bench.evaluator(path) == path
-    assert calls == [["train-evaluator", "--dataset", "digits", "--epochs", "10", "--device", "cpu", "--out", str(path)]]
+    assert calls == [["train-evaluator", "--dataset", "digits", "--epochs", "10", "--device", "cpu",
+                      "--out", str(path)]]
 
 
 def test_every_rank_refuses_a_resume_that_changes_the_widths(tmp_path, monkeypatch):
@@ -453,6 +454,7 @@ def test_a_resume_from_an_earlier_checkpoint_names_the_later_snapshots(tmp_path)
     Trainer(posthoc_cfg(tmp_path, max_steps=6, training_load_weight=str(tmp_path / "ckpt" / "latest.safetensors")),
             tiny_dataset(), progress=False).run(stop_at=5)
     lines = []
-    Trainer(posthoc_cfg(tmp_path, max_steps=6, training_load_weight=str(tmp_path / "ckpt" / "ckpt_00000002.safetensors")),
+    second = str(tmp_path / "ckpt" / "ckpt_00000002.safetensors")
+    Trainer(posthoc_cfg(tmp_path, max_steps=6, training_load_weight=second),
             tiny_dataset(), progress=False, log=lines.append).run(stop_at=3)
     assert any("post-hoc EMA snapshots past step 2 from before this resume (steps 4)" in line for line in lines), lines

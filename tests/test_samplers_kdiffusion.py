@@ -1,6 +1,6 @@
 """k-diffusion's DPM++ SDE (``dpm-solver++-sde``) and ComfyUI's k-diffusion iPNDM (``ipndm``) against
-references that are not diffkit's own code: k-diffusion's steps written out here in its variables (x~ = x/alpha, sigma~ =
-sqrt((1 - abar)/abar), t_fn = -log sigma~, ``get_ancestral_step`` transcribed), the Adams-Bashforth
+references that are not diffkit's own code: k-diffusion's steps written out here in its variables (x~ = x/alpha,
+sigma~ = sqrt((1 - abar)/abar), t_fn = -log sigma~, ``get_ancestral_step`` transcribed), the Adams-Bashforth
 weights, the closed-form law of the chain on Gaussian data, the Brownian covariance of the two noises
 of a step, and DPM-Solver++(2S) (``dpm_solver_singlestep``, Lu et al. 2022b Alg. 1) at eta = 0.
 
@@ -336,7 +336,8 @@ def test_nfe_and_command_line(tiny_checkpoint, tmp_path, capsys, name, good, bad
 def test_bad_options_are_one_line_errors():
     d = Denoiser(StaticLinear(2, seed=1), S)
     for kwargs, word in (({"r": 0.0}, "r=0.0"), ({"r": 1.5}, r"r=1.5 .* in \(0, 1\].* between sigma and sigma_next"),
-                         ({"r": float("nan")}, "r=nan"), ({"eta": -1.0}, "eta=-1.0"), ({"s_noise": -0.5}, "s_noise=-0.5")):
+                         ({"r": float("nan")}, "r=nan"), ({"eta": -1.0}, "eta=-1.0"),
+                         ({"s_noise": -0.5}, "s_noise=-0.5")):
         with pytest.raises(DiffkitError, match=word):
             diffkit.sample(d, (2, 2), "dpm-solver++-sde", steps=3, progress=False, **kwargs)
     with pytest.raises(DiffkitError, match="order=5"):

@@ -135,8 +135,9 @@ def test_one_time_has_the_bits_of_the_tensor_path_on_each_schedule():
                  NoiseSchedule.from_betas(torch.rand(50, generator=g, dtype=torch.float64) * 0.05 + 1e-4)]
     for s in schedules:
         T = s.num_timesteps
-        times = torch.cat([torch.tensor([-1.0, 0.0, T - 1.0, T - 1.5]), torch.rand(200, generator=g, dtype=torch.float64)
-                           * T - 1, torch.arange(-1, T, dtype=torch.float64)])
+        times = torch.cat([torch.tensor([-1.0, 0.0, T - 1.0, T - 1.5]),
+                           torch.rand(200, generator=g, dtype=torch.float64) * T - 1,
+                           torch.arange(-1, T, dtype=torch.float64)])
         many = s.log_alpha(times)  # the tensor path (different times)
         for other in schedules:  # the scalar path answers with its own schedule's grid
             if other is not s:
@@ -154,7 +155,8 @@ def test_one_time_has_the_bits_of_the_tensor_path_on_each_schedule():
             ref = s.log_alpha(typed.double())  # different times: the tensor path
             assert torch.equal(s.log_alpha(typed), ref), (s, dtype)
             for k in range(0, len(typed), 7):
-                assert torch.equal(s.log_alpha(typed[k]), ref[k]) and torch.equal(s.log_alpha(typed[k:k + 1]), ref[k:k + 1])
+                assert torch.equal(s.log_alpha(typed[k]), ref[k])
+                assert torch.equal(s.log_alpha(typed[k:k + 1]), ref[k:k + 1])
                 assert torch.equal(s.log_alpha(typed[k].expand(3)), ref[k].expand(3)), (s, dtype, typed[k])
         # first and last entries equal, the middle not: still the tensor path, entry by entry
         ends = torch.tensor([2.0, 3.5, 2.0, -1.0, 2.0], dtype=torch.float64)

@@ -286,7 +286,8 @@ def test_blank_lines_keep_each_label_on_its_own_row(tmp_path):
     ([0, str(2 ** 62), 1, 1], "", f"holds '{2 ** 62}'"),  # MAX_LABEL itself (2 ** 62 - 1 is a label: below)
     ([0, "1" * 4301, 1, 1], "", "holds '" + "1" * 4301 + "'"),  # beyond int()'s 4300-digit limit: no ValueError
     ([0, "1e99999999999999999999", 1, 1], "", "holds '1e99999999999999999999'"),  # beyond Decimal's exponents
-    ([0, 0, 0, 1], "\n0,0.5,0.5\n", "line 7: 3 values for the 4 columns of the header row"),  # the column count before the label
+    # the column count before the label
+    ([0, 0, 0, 1], "\n0,0.5,0.5\n", "line 7: 3 values for the 4 columns of the header row"),
 ])
 def test_bad_labels_are_one_line_errors(tmp_path, labels, extra, message):
     path = write_csv(tmp_path / "s.csv", labels, extra)

@@ -116,7 +116,8 @@ class ConditionalGaussian:
                 self.A[(i // k) * low + j // k, i * side + j] = 1 / k ** 2
         self.pinv = self.A.T @ torch.linalg.inv(self.A @ self.A.T)
         self.cov = torch.eye(side * side, dtype=torch.float64) - self.pinv @ self.A
-        self.centred = GaussianMixture([1.0], torch.zeros(1, side * side), (self.cov + 1e-12 * torch.eye(side * side))[None])
+        self.centred = GaussianMixture([1.0], torch.zeros(1, side * side),
+                                       (self.cov + 1e-12 * torch.eye(side * side))[None])
         self.schedule, self.side = schedule, side
 
     def mean(self, low_res):
@@ -234,7 +235,8 @@ class NoisyConditionalGaussian(ConditionalGaussian):
         t = torch.tensor(float(level) - 1, dtype=torch.float64)
         a, s = self.schedule.alpha(t), self.schedule.sigma(t)
         v_inv = torch.linalg.inv(a ** 2 * self.A @ self.A.T + s ** 2 * torch.eye(self.A.shape[0], dtype=torch.float64))
-        return a * self.A.T @ v_inv, torch.eye(self.A.shape[1], dtype=torch.float64) - a ** 2 * self.A.T @ v_inv @ self.A
+        eye = torch.eye(self.A.shape[1], dtype=torch.float64)
+        return a * self.A.T @ v_inv, eye - a ** 2 * self.A.T @ v_inv @ self.A
 
     def __call__(self, x, t, low_res, noise_level):
         gain, cov = self.posterior(int(noise_level[0]))
@@ -526,7 +528,8 @@ def test_upscale_compile_reaches_the_denoiser(upscaler, capsys, monkeypatch):
     modes = []
     monkeypatch.setattr(Denoiser, "compile", lambda self, mode="default", backend="inductor": modes.append(mode))
     code, _, err = run_cli(capsys, "upscale", "--checkpoint", upscaler / "run" / "checkpoints", "--images",
-                           upscaler / "low", "--out", upscaler / "compiled", "--steps", 2, "--compile", "reduce-overhead",
+                           upscaler / "low", "--out", upscaler / "compiled", "--steps", 2,
+                           "--compile", "reduce-overhead",
                            "--no-progress", "--device", "cpu")
     assert code == 0, err
     assert modes == ["reduce-overhead"]

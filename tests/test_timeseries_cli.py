@@ -242,7 +242,8 @@ def test_eval_refuses_metrics_that_do_not_fit_the_model(series_run, tiny_checkpo
     ck = str(series_run / "checkpoints" / "latest.safetensors")
     for args, message in (
             (["--checkpoint", ck, "--metrics", "fid"], "metric 'fid' is for images"),
-            (["--checkpoint", ck, "--metrics", "context-fid,rate-distortion"], "metric 'rate-distortion' is for images"),
+            (["--checkpoint", ck, "--metrics", "context-fid,rate-distortion"],
+             "metric 'rate-distortion' is for images"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--ref", "digits"], "--ref applies to image models"),
             (["--checkpoint", ck, "--metrics", "context-fid", "--data-dir", str(tmp_path)],
              "--data-dir applies to image models and runs on a series file; "),
@@ -307,7 +308,8 @@ def test_two_gloo_processes_train_series_as_one_process(tmp_path):
         if nproc == 1:  # the one-process reference runs in this process (no interpreter and torch import of its own)
             assert main(args[1:]) == 0
         else:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                        "-m"]
             res = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
             assert res.returncode == 0, res.stderr[-2000:]
