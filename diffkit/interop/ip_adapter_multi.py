@@ -9,6 +9,7 @@ the decoupled cross-attention (Ye et al. 2023, eq. 5) gets one image term per ad
 (diffusers' ``IPAdapterAttnProcessor2_0`` with lists; lambda_k = 0 skips adapter k). An adapter's image prompt may be
 several images (diffusers' ``ip_adapter_image=[[a, b], c]``): their tokens are concatenated before its attention.
 The adapters share nothing but the UNet; the image encoder is each adapter's own (diffusers loads one for all).
+Several FLUX.1 adapters: :class:`~.flux_ip_adapter.FluxIPAdapters`; SD3's pipeline takes one adapter.
 """
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ class IPAdapters:
         if not self.adapters:
             raise DiffkitError("give at least one IP-Adapter")
         for adapter in self.adapters:
-            if type(adapter) is not IPAdapter:  # an SD3 / FLUX adapter: their pipelines take one
-                raise DiffkitError(f"several IP-Adapters apply to Stable Diffusion 1.x / 2.x and SD-XL folders; a "
-                                   f"{type(adapter).__name__} is not allowed (diffusers' SD3 / FLUX pipelines take "
-                                   f"one)")
+            if type(adapter) is not IPAdapter:  # FLUX: flux_ip_adapter.FluxIPAdapters; SD3's pipeline takes one
+                name = type(adapter).__name__
+                where = ("several FLUX.1 adapters: FluxIPAdapters of diffkit.interop.flux_ip_adapter"
+                         if name == "FluxIPAdapter" else "diffusers' SD3 pipeline takes one")
+                raise DiffkitError(f"IPAdapters takes Stable Diffusion 1.x / 2.x and SD-XL IP-Adapters; a {name} is "
+                                   f"not allowed ({where})")
 
     def adapting(self, sd):
         """A copy of ``sd`` whose UNet gets every adapter's image attention (:class:`.ip_adapter.IPAdaptedNet`)."""
