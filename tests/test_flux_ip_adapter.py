@@ -238,6 +238,35 @@ def test_two_flux_ip_adapters_in_edits_match_the_pipelines(two, inpaint):
     assert relative_error(plain, theirs) > 1e-3
 
 
+def test_two_flux_ip_adapters_with_a_controlnet_match_the_pipeline(two, tmp_path):
+    """text_to_image(controlnet=, ip_adapter=FluxIPAdapters) = FluxControlNetPipeline with both adapters loaded
+    (lists; true CFG 2.5 with a negative image per adapter; the control posteriors from generators 11 + i)."""
+    from PIL import Image
+
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from test_flux_controlnet import control_image_files, tiny_flux_controlnet
+    pipe, flux, root, images, negative = two
+    tiny_flux_controlnet(3).save_pretrained(tmp_path / "cn")
+    control = control_image_files(tmp_path)[1]
+    net = load_model_folder("FluxControlNetModel", tmp_path / "cn", progress=False)
+    theirs_pipe = diffusers.FluxControlNetPipeline(**{k: v for k, v in pipe.components.items()
+                                                      if k not in ("image_encoder", "feature_extractor")},
+                                                   controlnet=net)
+    theirs_pipe.set_progress_bar_config(disable=True)
+    latents, scales, negatives = _latents(), [0.8, 0.6], [negative, images[0]]
+    kw = {"true_cfg_scale": 2.5, "negative_prompt": "ugly"}
+    with loaded(theirs_pipe, root, scales):
+        theirs = _theirs(theirs_pipe, latents, control_image=Image.open(control), controlnet_conditioning_scale=0.7,
+                         generator=[torch.Generator().manual_seed(11 + i) for i in range(2)],
+                         **_prompts(images, negatives), **kw)
+    ours = text_to_image(flux, PROMPTS, steps=4, latents=latents, max_sequence_length=12, return_latents=True,
+                         controlnet=ControlNets([net], [control], 0.7), control_seed=11, height=SIZE, width=SIZE,
+                         ip_adapter=_ours(root, images, scales, negatives), **kw)
+    error = relative_error(ours, theirs)
+    print("two flux ip controlnet", float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
 def test_sample_and_edit_commands_take_several_flux_ip_adapters(two, tmp_path, capsys, monkeypatch):
     """``diffkit sample`` / ``diffkit edit`` with ``--ip-adapter A:0.7 --ip-adapter-image PNG --ip-adapter B:0.5
     --ip-adapter-image PNG`` (+ one ``--negative-ip-adapter-image`` each with true CFG): the library's PNGs byte for
