@@ -37,6 +37,7 @@ from ..errors import DiffkitError
 from . import require
 from .ip_adapter import (IPAdapter, check_encoder_width, converted, image_encoder_folder, load_image_encoder,
                          open_image, placed, read_ip_adapter, swapped_processors)
+from .ip_adapter_multi import adapter_list
 
 
 class FlowIPAdaptedNet(torch.nn.Module):
@@ -199,13 +200,9 @@ class FluxIPAdapters(FluxParts):
     _built: Optional[tuple] = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        self.adapters = list(self.adapters)
-        if not self.adapters:
-            raise DiffkitError("give at least one IP-Adapter")
-        for adapter in self.adapters:
-            if type(adapter) is not FluxIPAdapter:
-                raise DiffkitError(f"FluxIPAdapters takes FLUX IP-Adapters (FluxIPAdapter); a "
-                                   f"{type(adapter).__name__} is not allowed")
+        self.adapters = adapter_list(self.adapters, FluxIPAdapter,
+                                     lambda name: f"FluxIPAdapters takes FLUX IP-Adapters (FluxIPAdapter); a {name} is "
+                                                  f"not allowed")
 
     @property
     def scale(self) -> tuple:

@@ -20,6 +20,18 @@ from ..errors import DiffkitError
 from .ip_adapter import IPAdapter, adapted
 
 
+def adapter_list(adapters, allowed: type, refusal) -> list:
+    """``adapters`` as a list of one or more, each exactly of type ``allowed``; one line otherwise (``refusal(the
+    type's name)``)."""
+    adapters = list(adapters)
+    if not adapters:
+        raise DiffkitError("give at least one IP-Adapter")
+    for adapter in adapters:
+        if type(adapter) is not allowed:
+            raise DiffkitError(refusal(type(adapter).__name__))
+    return adapters
+
+
 @dataclass
 class IPAdapters:
     """One or more :class:`~.ip_adapter.IPAdapter` (each with its image prompt or prompts and scale) on one UNet;
@@ -29,20 +41,16 @@ class IPAdapters:
     _built: Optional[tuple] = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        self.adapters = list(self.adapters)
-        if not self.adapters:
-            raise DiffkitError("give at least one IP-Adapter")
-        for adapter in self.adapters:
-            if type(adapter) is not IPAdapter:  # FLUX: flux_ip_adapter.FluxIPAdapters; SD3's pipeline takes one
-                name = type(adapter).__name__
-                where = ("several FLUX.1 adapters: FluxIPAdapters of diffkit.interop.flux_ip_adapter"
-                         if name == "FluxIPAdapter" else "diffusers' SD3 pipeline takes one")
-                raise DiffkitError(f"IPAdapters takes Stable Diffusion 1.x / 2.x and SD-XL IP-Adapters; a {name} is "
-                                   f"not allowed ({where})")
+        def refusal(name):  # FLUX: flux_ip_adapter.FluxIPAdapters; SD3's pipeline takes one
+            where = ("several FLUX.1 adapters: FluxIPAdapters of diffkit.interop.flux_ip_adapter"
+                     if name == "FluxIPAdapter" else "diffusers' SD3 pipeline takes one")
+            return (f"IPAdapters takes Stable Diffusion 1.x / 2.x and SD-XL IP-Adapters; a {name} is not allowed "
+                    f"({where})")
+        self.adapters = adapter_list(self.adapters, IPAdapter, refusal)
 
     def adapting(self, sd):
         """A copy of ``sd`` whose UNet gets every adapter's image attention (:class:`.ip_adapter.IPAdaptedNet`)."""
         return adapted(sd, self.adapters, self)
 
 
-__all__ = ["IPAdapters"]
+__all__ = ["IPAdapters", "adapter_list"]
