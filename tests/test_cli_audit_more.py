@@ -20,7 +20,8 @@ transformers = pytest.importorskip("transformers")
 
 from test_cli_errors import one_line_error  # noqa: E402
 from test_controlnet import control_png, tiny_controlnet  # noqa: E402
-from test_interop_apg import assert_calls_are_diffusers_apg_guider, recorded_guided_calls  # noqa: E402
+from test_interop_apg import (assert_calls_are_apg_guider_plus_pag, assert_calls_are_diffusers_apg_guider,  # noqa: E402
+                              recorded_guided_calls)
 from test_interop_diffusers import relative_error, tiny_sd_pipeline  # noqa: E402
 from test_interop_flux import tiny_flux_pipeline  # noqa: E402
 from test_interop_sd3 import tiny_sd3_pipeline  # noqa: E402
@@ -215,27 +216,8 @@ def test_apg_in_an_sd_edit_with_a_controlnet_ip_adapter_or_pag_is_diffusers_guid
         assert all(type(call[0].inner.net).__name__ == net for call in calls)  # the adapter acts in both passes
         assert assert_calls_are_diffusers_apg_guider([call[:6] for call in calls], 5.0, 0.25, 0.5, -0.5, net) > 0
         return
-    from diffusers.guiders import AdaptiveProjectedGuidance
-    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
-    from test_interop_apg import _separate_passes
-
-    from diffkit.guidance import _repeated, _times64
-    guider = AdaptiveProjectedGuidance(guidance_scale=5.0, adaptive_projected_guidance_momentum=-0.5,
-                                       adaptive_projected_guidance_rescale=0.5, eta=0.25, use_original_formulation=True)
-    guider.momentum_buffer = MomentumBuffer(-0.5)
-    for guide, x, t, y, cond, pred, perturbed in calls:
-        with torch.no_grad():
-            cond_pred, null_pred = _separate_passes(guide, x, t, y, cond)
-            batch = x.shape[0]  # the perturbed pass: the second half of a 2B call (the processors' split)
-            with perturbed[0].perturbing(batch, 2, x.device):
-                skipped = guide.inner(torch.cat([x, x]), torch.cat([_times64(t, batch)] * 2),
-                                      **_repeated(cond, batch, 2)).x0.chunk(2)[1]
-        s = perturbed[1].to(x).reshape(-1, 1, 1, 1)
-        theirs = guider.forward(pred_cond=cond_pred.x0, pred_uncond=null_pred.x0).pred + s * (
-            cond_pred.x0 - skipped)
-        print("apg + pag", float((pred.x0 - theirs).abs().max()), float(theirs.abs().max()))
-        assert float(s.min()) == 2.0 and (pred.x0 - theirs).abs().max() <= 2e-5 * theirs.abs().max(), \
-            (t, (pred.x0 - theirs).abs().max())
+    worst, largest, _ = assert_calls_are_apg_guider_plus_pag(calls, 5.0, 0.25, 0.5, -0.5, 2.0, "pag")
+    print("apg + pag", worst, largest)
 
 
 # ------------------------------------------------------------------ the fresh audit

@@ -125,6 +125,35 @@ def assert_calls_are_diffusers_apg_guider(calls, w, eta, norm_threshold, momentu
     return capped
 
 
+def assert_calls_are_apg_guider_plus_pag(calls, w, eta, norm_threshold, momentum, pag_scale, label="") -> tuple:
+    """Each recorded guided call with PAG (``recorded_guided_calls(with_perturbed=True)``) is diffusers'
+    AdaptiveProjectedGuidance (use_original_formulation, s = w, its MomentumBuffer carried across the calls) on the
+    call's separate (x0_c, x0_u), plus PAG's term S (x0_c - x0-hat_c), x0-hat_c the perturbed conditional pass (the
+    second half of a 2B call through the guidance's own perturbation: diffkit's U-Net layers, or diffusers' PAG
+    processors), to 2e-5 of its largest value; returns (the largest |diff|, the largest |x0|, how many samples'
+    running averages the threshold capped)."""
+    from diffkit.guidance import _repeated, _times64
+    guider = AdaptiveProjectedGuidance(guidance_scale=w, adaptive_projected_guidance_momentum=momentum,
+                                       adaptive_projected_guidance_rescale=norm_threshold, eta=eta,
+                                       use_original_formulation=True)
+    guider.momentum_buffer = MomentumBuffer(momentum)
+    worst, largest, capped = 0.0, 0.0, 0
+    for guide, x, t, y, cond, pred, perturbed in calls:
+        with torch.no_grad():
+            cond_pred, null_pred = _separate_passes(guide, x, t, y, cond)
+            batch = x.shape[0]  # the perturbed pass: the second half of a 2B call (the processors' split)
+            with perturbed[0].perturbing(batch, 2, x.device):
+                skipped = guide.inner(torch.cat([x, x]), torch.cat([_times64(t, batch)] * 2),
+                                      **_repeated(cond, batch, 2)).x0.chunk(2)[1]
+        s = perturbed[1].to(x).reshape(-1, *[1] * (x.ndim - 1))
+        theirs = guider.forward(pred_cond=cond_pred.x0, pred_uncond=null_pred.x0).pred + s * (cond_pred.x0 - skipped)
+        capped += int((guider.momentum_buffer.running_average.flatten(1).norm(dim=1) > norm_threshold).sum())
+        worst, largest = max(worst, float((pred.x0 - theirs).abs().max())), max(largest, float(theirs.abs().max()))
+        assert float(s.min()) == pag_scale and (pred.x0 - theirs).abs().max() <= 2e-5 * theirs.abs().max(), \
+            (label, t, (pred.x0 - theirs).abs().max())
+    return worst, largest, capped
+
+
 @pytest.mark.parametrize("kind", ["sd", "xl", "sd3"])
 def test_each_guided_call_is_diffusers_apg_guider_on_the_x0_predictions(kind, folders, monkeypatch):
     """diffkit's guided x_0 at every call of a 3-step run (eta 0.25, r 0.5 reached, momentum -0.5 over the calls)

@@ -103,7 +103,8 @@ def _pngs_of(folder):
 def test_sample_command_with_two_ip_adapters_is_text_to_image(tiny_ip, more_images, tmp_path, capsys):
     """``--ip-adapter A:0.6 --ip-adapter-image PNG --ip-adapter B:0.8 --ip-adapter-image DIR`` (a folder: that
     adapter's two image prompts): text_to_image's PNGs byte for byte; a count mismatch, a second adapter on an
-    SD3 / FLUX.1 folder and a folder of image prompts there are one line."""
+    SD3 folder and a folder of image prompts on an SD3 / FLUX.1 folder are one line (several FLUX.1 adapters:
+    test_flux_ip_adapter.py)."""
     from diffkit.commands._ip_adapter import IPAdapterRequest
     from diffkit.images import save_images
     pipe, sd, root, png = tiny_ip
@@ -129,14 +130,19 @@ def test_sample_command_with_two_ip_adapters_is_text_to_image(tiny_ip, more_imag
         (folder / "model_index.json").write_text(json.dumps({"_class_name": name}))
         two = Namespace(ip_adapter=[(str(root / "ip.safetensors"), 1.0)] * 2, ip_adapter_image=[str(png)] * 2,
                         image_encoder=None, negative_ip_adapter_image=None)
-        with pytest.raises(DiffkitError, match=f"diffusers' {kind.upper()} pipelines take one"):
-            IPAdapterRequest.from_args(two, folder)
+        if kind == "sd3":
+            with pytest.raises(DiffkitError, match="several --ip-adapter apply to Stable Diffusion 1.x / 2.x, SD-XL "
+                                                   "and FLUX.1 folders .* diffusers' SD3 pipeline takes one"):
+                IPAdapterRequest.from_args(two, folder)
         with pytest.raises(DiffkitError, match="is a folder; the .* IP-Adapter takes one image prompt file"):
             IPAdapterRequest.from_args(Namespace(**{**vars(two), "ip_adapter": two.ip_adapter[:1],
                                                     "ip_adapter_image": [str(prompts)]}), folder)
-    with pytest.raises(DiffkitError, match="several IP-Adapters apply to Stable Diffusion"):
-        from diffkit.interop.sd3_ip_adapter import SD3IPAdapter
-        IPAdapters([SD3IPAdapter.__new__(SD3IPAdapter)])
+    from diffkit.interop.flux_ip_adapter import FluxIPAdapter
+    from diffkit.interop.sd3_ip_adapter import SD3IPAdapter
+    for cls, where in ((SD3IPAdapter, "diffusers' SD3 pipeline takes one"), (FluxIPAdapter, "FluxIPAdapters of")):
+        with pytest.raises(DiffkitError, match=f"IPAdapters takes Stable Diffusion .* {cls.__name__} is not allowed "
+                                               f"\\(.*{where}"):
+            IPAdapters([cls.__new__(cls)])
     capsys.readouterr()
 
 

@@ -111,8 +111,6 @@ def test_sd3_pag_scale_zero_and_what_it_does_not_take(tiny_sd3):
              r"transformer_blocks.0.attn, transformer_blocks.1.attn"),
             (lambda: text_to_image(sd3, PROMPTS, pag_scale=3.0, skip_guidance_layers=[0], **options),
              "with skip-layer guidance is not supported on an SD3 folder"),
-            (lambda: text_to_image(sd3, PROMPTS, pag_scale=3.0, apg_eta=0.5, **options),
-             "with adaptive projected guidance is not supported"),
             (lambda: text_to_image(sd3, PROMPTS, pag_scale=3.0, ip_adapter=object(), **options),
              "with an IP-Adapter is not supported"),
             (lambda: image_to_image(sd3, images, PROMPTS, mask=torch.ones(1, 1, 16, 16), pag_scale=3.0, steps=2),
@@ -169,7 +167,7 @@ def test_sample_command_takes_pag_on_an_sd3_folder(tiny_sd3, tmp_path, capsys):
 
 def test_edit_command_takes_pag_on_an_sd3_folder(tiny_sd3, tmp_path, capsys):
     """`diffkit edit --pag-scale 3` (img2img) on an SD3 folder writes image_to_image's PNGs byte for byte;
-    --pag-interval, --mask and --apg-* with PAG: one line each, before any output."""
+    --pag-interval and --mask with PAG: one line each, before any output."""
     import numpy as np
     from PIL import Image
     from diffkit.cli import main
@@ -189,5 +187,44 @@ def test_edit_command_takes_pag_on_an_sd3_folder(tiny_sd3, tmp_path, capsys):
             (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
     _refused(main, capsys, tmp_path, (
         (common + ["--pag-interval", "100", "900"], "--pag-interval does not apply to an SD3 folder"),
-        (common + ["--mask", str(tmp_path / "in" / "0.png")], r"with inpainting \(a mask\) is not supported"),
-        (common + ["--apg-eta", "0.5"], "with adaptive projected guidance is not supported")))
+        (common + ["--mask", str(tmp_path / "in" / "0.png")], r"with inpainting \(a mask\) is not supported")))
+
+
+APG = ["--apg-eta", "0.25", "--apg-norm-threshold", "0.5", "--apg-momentum", "-0.5"]
+
+
+@pytest.mark.parametrize("how", ["sample", "edit"])
+def test_sd3_apg_with_pag_is_diffusers_guider_plus_the_pag_term(tiny_sd3, tmp_path, monkeypatch, how):
+    """APG with PAG on an SD3 folder (``text_to_image(apg_*=, pag_scale=3, pag_layers=blocks.(0|1))``, 3 steps, s = 6
+    in diffusers' convention; ``diffkit edit --pag-scale 3 --apg-*``, img2img 0.75 of 4 steps, s = 4): each guided
+    call's x_0 is diffusers' AdaptiveProjectedGuidance (use_original_formulation, eta 0.25, r 0.5 reached, momentum
+    -0.5 over the calls) on the same (x0_c, x0_u), plus S (x0_c - x0-hat_c) with x0-hat_c through diffusers'
+    PAGJointAttnProcessor2_0 (as TD2 on SD 1.x); the APG flags change the PAG run."""
+    from test_interop_apg import assert_calls_are_apg_guider_plus_pag, recorded_guided_calls
+    _, folder, sd3 = tiny_sd3[True]
+    if how == "sample":
+        options = {"steps": 3, "guidance_scale": 6.0, "latents": test_interop_sd3._latents(), "return_latents": True,
+                   "pag_scale": 3.0, "pag_layers": [r"blocks\.(0|1)"], **COMMON}
+        apg = {"apg_eta": 0.25, "apg_norm_threshold": 0.5, "apg_momentum": -0.5}
+        out = {}
+        calls = recorded_guided_calls(monkeypatch, lambda: out.setdefault("z", text_to_image(
+            sd3, PROMPTS, **apg, **options)), with_perturbed=True)
+        w = 5.0  # s - 1: diffkit's w of the diffusers convention
+        assert relative_error(out["z"], text_to_image(sd3, PROMPTS, **options)) > 1e-3
+    else:
+        from PIL import Image
+
+        from diffkit.cli import main
+        (tmp_path / "in").mkdir()
+        for i, image in enumerate(_images()):
+            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(
+                tmp_path / "in" / f"{i}.png")
+        argv = ["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--strength", "0.75"] + \
+            CLI[:-1] + ["4", "--pag-scale", "3", "--out", str(tmp_path / "out")] + APG
+        calls = recorded_guided_calls(monkeypatch, lambda: main(argv), with_perturbed=True)
+        w = 3.0
+        assert (tmp_path / "out" / "edit_00001.png").is_file()
+    assert len(calls) == 3 and all(call[0].w == w for call in calls)
+    worst, largest, capped = assert_calls_are_apg_guider_plus_pag(calls, w, 0.25, 0.5, -0.5, 3.0, how)
+    print("sd3 apg + pag", how, worst, largest, capped)
+    assert capped > 0  # the threshold took effect

@@ -3,9 +3,10 @@ FLUX.1 folder (:mod:`diffkit.interop.flux_ip_adapter`) or an SD3 folder (:mod:`d
 ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG [--image-encoder DIR]``: diffusers' ``load_ip_adapter`` (the
 file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``; FLUX only:
 ``--negative-ip-adapter-image PNG`` (``negative_ip_adapter_image``, with ``--true-cfg-scale``). On an SD 1.x / 2.x /
-SD-XL folder ``--ip-adapter`` repeats with one ``--ip-adapter-image`` each (``load_ip_adapter`` with lists,
-``set_ip_adapter_scale([...])``; :mod:`diffkit.interop.ip_adapter_multi`), and a folder of PNGs is one adapter's
-several image prompts."""
+SD-XL / FLUX.1 folder ``--ip-adapter`` repeats with one ``--ip-adapter-image`` each (``load_ip_adapter`` with lists,
+``set_ip_adapter_scale([...])``; :mod:`diffkit.interop.ip_adapter_multi`, FLUX:
+:class:`~diffkit.interop.flux_ip_adapter.FluxIPAdapters`, with none or one ``--negative-ip-adapter-image`` each); on
+SD / SD-XL a folder of PNGs is one adapter's several image prompts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,14 +22,14 @@ def add_ip_adapter_flags(parser) -> None:
     g.add_argument("--ip-adapter", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                    help="an IP-Adapter file (.safetensors or diffusers' .bin; SD / SD-XL: ip-adapter or "
                         "ip-adapter-plus) made for this model family; SCALE is lambda of the image prompt's "
-                        "attention (default 1; 0 = plain text-to-image); SD / SD-XL: repeat for several adapters, "
-                        "one --ip-adapter-image each")
+                        "attention (default 1; 0 = plain text-to-image); SD / SD-XL / FLUX.1: repeat for several "
+                        "adapters, one --ip-adapter-image each")
     g.add_argument("--ip-adapter-image", type=path_arg, action="append", metavar="PNG|DIR",
                    help="the image prompt of each --ip-adapter (in the same order), for every sample; SD / SD-XL: a "
                         "folder of PNGs gives that adapter several image prompts (file-name order)")
-    g.add_argument("--negative-ip-adapter-image", type=path_arg, metavar="PNG",
+    g.add_argument("--negative-ip-adapter-image", type=path_arg, action="append", metavar="PNG",
                    help="FLUX folders with --true-cfg-scale: the image prompt of the negative pass (default the "
-                        "pipeline's black image)")
+                        "pipeline's black image); several --ip-adapter: one each, in the same order")
     g.add_argument("--image-encoder", type=path_arg, metavar="DIR",
                    help="the CLIPVisionModelWithProjection folder of --ip-adapter (SD3: SiglipVisionModel with its "
                         "preprocessor_config.json; default: image_encoder beside the file, as diffusers' "
@@ -46,7 +47,7 @@ class IPAdapterRequest:
     state: dict = field(default=None, repr=False, compare=False)  # the file's, read once by from_args
     negative_image: Optional[str] = None  # FLUX's negative_ip_adapter_image
     family: str = "sd"  # the checkpoint's: "sd" (SD 1.x / 2.x / SD-XL), "flux" (XLabs files) or "sd3"
-    more: list = field(default_factory=list)  # the further --ip-adapter's (file, scale, image, state): SD only
+    more: list = field(default_factory=list)  # the further --ip-adapter's (file, scale, image, state, negative)
 
     @classmethod
     def from_args(cls, args, checkpoint) -> Optional["IPAdapterRequest"]:
@@ -60,11 +61,11 @@ class IPAdapterRequest:
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         given, negative = getattr(args, "ip_adapter", None), getattr(args, "negative_ip_adapter_image", None)
         given = [given] if isinstance(given, tuple) else list(given or [])  # (FILE, SCALE) per --ip-adapter
-        images = args.ip_adapter_image
-        images = [images] if isinstance(images, (str, Path)) else list(images or [])
+        images, negatives = ([value] if isinstance(value, (str, Path)) else list(value or [])
+                             for value in (args.ip_adapter_image, negative))
         if not given:
             for flag, value in (("--ip-adapter-image", images), ("--image-encoder", args.image_encoder),
-                                ("--negative-ip-adapter-image", negative)):
+                                ("--negative-ip-adapter-image", negatives)):
                 if value:
                     raise DiffkitError(f"{flag} needs --ip-adapter FILE[:SCALE]")
             return None
@@ -73,27 +74,32 @@ class IPAdapterRequest:
         if family is None:
             raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder or an SD3 / FLUX.1 folder "
                                f"(diffusers format); {checkpoint} is not one")
-        if negative is not None and family != "flux":
+        if negatives and family != "flux":
             raise DiffkitError(f"--negative-ip-adapter-image applies to a FLUX.1 folder (FluxPipeline's "
                                f"negative_ip_adapter_image); {checkpoint} is not one")
         if not images:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
-        if len(given) > 1 and family != "sd":
-            raise DiffkitError(f"several --ip-adapter apply to Stable Diffusion 1.x / 2.x and SD-XL folders "
-                               f"(load_ip_adapter with lists); diffusers' {family.upper()} pipelines take one")
+        if len(given) > 1 and family == "sd3":
+            raise DiffkitError("several --ip-adapter apply to Stable Diffusion 1.x / 2.x, SD-XL and FLUX.1 folders "
+                               "(load_ip_adapter with lists); diffusers' SD3 pipeline takes one")
         if len(images) != len(given):
             raise DiffkitError(f"{len(images)} --ip-adapter-image for {len(given)} --ip-adapter; give one image "
                                f"prompt (a PNG, or a folder of PNGs) per --ip-adapter, in the same order")
+        if negatives and len(negatives) != len(given):
+            raise DiffkitError(f"{len(negatives)} --negative-ip-adapter-image for {len(given)} --ip-adapter; give "
+                               f"one per --ip-adapter, in the same order, or none (the pipeline's black image)")
+        negatives = negatives or [None] * len(given)
         images = [image_prompts(image, family) for image in images]
         states = [read_ip_adapter(file) for file, _ in given]
         encoder = image_encoder_folder(given[0][0], args.image_encoder,
                                        "siglip_vision_model" if family == "sd3" else "clip_vision_model")
-        for image in [*images, negative]:
+        for image in [*images, *negatives]:
             for one in image if isinstance(image, list) else [image]:
                 if one is not None:
                     open_image(one)
-        more = [(file, scale, image, state) for (file, scale), image, state in zip(given[1:], images[1:], states[1:])]
-        return cls(*given[0], images[0], str(encoder), states[0], negative, family, more)
+        more = [(file, scale, image, state, negative) for (file, scale), image, state, negative
+                in zip(given[1:], images[1:], states[1:], negatives[1:])]
+        return cls(*given[0], images[0], str(encoder), states[0], negatives[0], family, more)
 
     def load(self, device="cpu", dtype=None, progress: bool = True):
         import torch
@@ -103,10 +109,12 @@ class IPAdapterRequest:
             from ..interop.sd3_ip_adapter import SD3IPAdapter, load_siglip_encoder
             encoder, processor = load_siglip_encoder(self.image_encoder, device, dtype or torch.float32, progress)
             return SD3IPAdapter(self.state, encoder, self.image, self.scale, feature_extractor=processor)
-        if self.family == "flux":
-            from ..interop.flux_ip_adapter import FluxIPAdapter
+        if self.family == "flux":  # several: one image encoder (diffusers' load_ip_adapter with lists)
+            from ..interop.flux_ip_adapter import FluxIPAdapter, FluxIPAdapters
             encoder = load_image_encoder(self.image_encoder, device, dtype or torch.float32, progress)
-            return FluxIPAdapter(self.state, encoder, self.image, self.scale, negative_image=self.negative_image)
+            adapters = [FluxIPAdapter(state, encoder, image, scale, negative_image=negative) for _, scale, image, state,
+                        negative in [(self.file, self.scale, self.image, self.state, self.negative_image), *self.more]]
+            return FluxIPAdapters(adapters) if self.more else adapters[0]
         if self.state is None:
             return load_ip_adapter(self.file, self.image, self.scale, self.image_encoder, device,
                                    dtype or torch.float32, progress)
@@ -114,7 +122,7 @@ class IPAdapterRequest:
         if self.more:  # several adapters, one image encoder (diffusers' load_ip_adapter with lists)
             from ..interop.ip_adapter_multi import IPAdapters
             return IPAdapters([IPAdapter(self.state, encoder, self.image, self.scale),
-                               *(IPAdapter(state, encoder, image, scale) for _, scale, image, state in self.more)])
+                               *(IPAdapter(state, encoder, image, scale) for _, scale, image, state, _ in self.more)])
         return IPAdapter(self.state, encoder, self.image, self.scale)
 
 

@@ -17,7 +17,7 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-*, --slg-layers (sample), --controlnet (edit: with --mask), "
                   "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --pag-scale / --pag-layers / "
-                  "--pag-adaptive-scale (not with --slg-layers, --controlnet, --ip-adapter, --apg-*, --mask), "
+                  "--pag-adaptive-scale (not with --slg-layers, --controlnet, --ip-adapter, --mask), "
                   "--steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --textual-inversion, --controlnet "
@@ -52,7 +52,7 @@ def check_pag_flags(request, controlnet=None, ip_adapter=None, slg=None, mask=No
     pipelines lack refused in one line (:func:`diffkit.interop.sd3_pag.check_sd3_pag`)."""
     from ..interop.sd3_pag import check_sd3_pag
     check_sd3_pag(request.pag_scale, request.pag_layers, request.pag_adaptive_scale, skip_layers=slg,
-                  controlnet=controlnet, ip_adapter=ip_adapter, mask=mask, apg=request.apg_options())
+                  controlnet=controlnet, ip_adapter=ip_adapter, mask=mask)
 
 
 def pag_options(request) -> dict:
@@ -259,7 +259,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     ``--negative-ip-adapter-image`` with true CFG): the image prompt of the pipelines' ``ip_adapter_image`` (SD3's
     inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``). ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``) on an SD3 folder: img2img as StableDiffusion3PAGImg2ImgPipeline
-    (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``, ``--apg-*``)."""
+    (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``; ``--apg-*`` goes with
+    it)."""
     import torch
 
     from ..config import resolve_device

@@ -9,6 +9,7 @@ the decoupled cross-attention (Ye et al. 2023, eq. 5) gets one image term per ad
 (diffusers' ``IPAdapterAttnProcessor2_0`` with lists; lambda_k = 0 skips adapter k). An adapter's image prompt may be
 several images (diffusers' ``ip_adapter_image=[[a, b], c]``): their tokens are concatenated before its attention.
 The adapters share nothing but the UNet; the image encoder is each adapter's own (diffusers loads one for all).
+Several FLUX.1 adapters: :class:`~.flux_ip_adapter.FluxIPAdapters`; SD3's pipeline takes one adapter.
 """
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ from typing import Optional
 
 from ..errors import DiffkitError
 from .ip_adapter import IPAdapter, adapted
+
+
+def adapter_list(adapters, allowed: type, refusal) -> list:
+    """``adapters`` as a list of one or more, each exactly of type ``allowed``; one line otherwise (``refusal(the
+    type's name)``)."""
+    adapters = list(adapters)
+    if not adapters:
+        raise DiffkitError("give at least one IP-Adapter")
+    for adapter in adapters:
+        if type(adapter) is not allowed:
+            raise DiffkitError(refusal(type(adapter).__name__))
+    return adapters
 
 
 @dataclass
@@ -28,18 +41,16 @@ class IPAdapters:
     _built: Optional[tuple] = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        self.adapters = list(self.adapters)
-        if not self.adapters:
-            raise DiffkitError("give at least one IP-Adapter")
-        for adapter in self.adapters:
-            if type(adapter) is not IPAdapter:  # an SD3 / FLUX adapter: their pipelines take one
-                raise DiffkitError(f"several IP-Adapters apply to Stable Diffusion 1.x / 2.x and SD-XL folders; a "
-                                   f"{type(adapter).__name__} is not allowed (diffusers' SD3 / FLUX pipelines take "
-                                   f"one)")
+        def refusal(name):  # FLUX: flux_ip_adapter.FluxIPAdapters; SD3's pipeline takes one
+            where = ("several FLUX.1 adapters: FluxIPAdapters of diffkit.interop.flux_ip_adapter"
+                     if name == "FluxIPAdapter" else "diffusers' SD3 pipeline takes one")
+            return (f"IPAdapters takes Stable Diffusion 1.x / 2.x and SD-XL IP-Adapters; a {name} is not allowed "
+                    f"({where})")
+        self.adapters = adapter_list(self.adapters, IPAdapter, refusal)
 
     def adapting(self, sd):
         """A copy of ``sd`` whose UNet gets every adapter's image attention (:class:`.ip_adapter.IPAdaptedNet`)."""
         return adapted(sd, self.adapters, self)
 
 
-__all__ = ["IPAdapters"]
+__all__ = ["IPAdapters", "adapter_list"]

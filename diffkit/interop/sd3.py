@@ -461,10 +461,11 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
         StableDiffusion3ControlNetInpaintingPipeline's; not with skip-layer guidance (:data:`NO_SLG_IP`).
     apg_eta, apg_norm_threshold, apg_momentum: adaptive projected guidance (Sadat et al. 2025, Alg. 1) on the
         predicted x_0 = x - s u, as :class:`~diffkit.guidance.ClassifierFreeGuidance` for diffkit's models (the
-        defaults: the pipeline's classifier-free guidance; with skip-layer guidance added after it, as PAG).
+        defaults: the pipeline's classifier-free guidance; skip-layer guidance's or PAG's term added after it).
     pag_scale, pag_layers, pag_adaptive_scale: perturbed-attention guidance as ``StableDiffusion3PAGPipeline``'s
         ``pag_scale``, ``pag_applied_layers`` (default ``blocks.1``) and ``pag_adaptive_scale`` (:mod:`.sd3_pag`);
-        None or 0: off. Not with skip-layer guidance, a ControlNet, an IP-Adapter or APG (one line).
+        None or 0: off. Not with skip-layer guidance, a ControlNet or an IP-Adapter (one line); with APG its term
+        is added after the APG update.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..guidance import apg_options
@@ -476,7 +477,7 @@ def text_to_image(sd3: StableDiffusion3, prompts: Union[str, Sequence[str]], *, 
     apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
     from .sd3_pag import check_sd3_pag, sd3_pag
     pag = check_sd3_pag(pag_scale, pag_layers, pag_adaptive_scale, skip_layers=skip_guidance_layers,
-                        controlnet=controlnet, ip_adapter=ip_adapter, apg=apg)
+                        controlnet=controlnet, ip_adapter=ip_adapter)
     prompts = prompt_list(prompts)
     window_steps = steps or SD3_PIPELINE_STEPS  # the pipeline's N of skip-layer guidance's window
     noise, shape = start_latents(sd3, latents, len(prompts), height, width)
@@ -553,14 +554,15 @@ def image_to_image(sd3: StableDiffusion3, images: torch.Tensor, prompts: Union[s
     :meth:`StableDiffusion3.prompt_guidance`).
 
     ``pag_scale``, ``pag_layers``, ``pag_adaptive_scale``: perturbed-attention guidance as
-    ``StableDiffusion3PAGImg2ImgPipeline`` (:mod:`.sd3_pag`; img2img only, without an IP-Adapter or APG)."""
+    ``StableDiffusion3PAGImg2ImgPipeline`` (:mod:`.sd3_pag`; img2img only, without an IP-Adapter; with APG its term is
+    added after the APG update)."""
     from ..guidance import apg_options
     from .flow_latents import edit_latents, edit_prompts
     from .sd3_pag import check_sd3_pag, sd3_pag
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     apg = apg_options(apg_eta, apg_norm_threshold, apg_momentum, ("apg_eta", "apg_norm_threshold", "apg_momentum"))
-    pag = check_sd3_pag(pag_scale, pag_layers, pag_adaptive_scale, ip_adapter=ip_adapter, mask=mask, apg=apg)
+    pag = check_sd3_pag(pag_scale, pag_layers, pag_adaptive_scale, ip_adapter=ip_adapter, mask=mask)
     prompts = edit_prompts(images, prompts)
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # multiples of the VAE factor x the patch size
     if mask is None and sd3.inpainting_unet:

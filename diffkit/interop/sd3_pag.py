@@ -26,8 +26,10 @@ searched in the joint-attention module names ``transformer_blocks.N.attn`` (``PA
 rule), so ``blocks.1`` also selects blocks 10..19 of a deep transformer, as in the pipeline; ``blocks\\.1\\.`` only
 block 1. Refused in one line: a name selecting no layer, one selecting an SD3.5 dual-attention block's ``attn2``
 (its image-only self-attention: the PAG joint processors fail on it in the pipeline), and what diffusers has no
-SD3 PAG pipeline for: skip-layer guidance, ControlNets, an IP-Adapter, inpainting (``mask``), and APG (no pipeline
-has it; diffkit's SD / SD-XL PAG with APG is compared with diffusers' guider, not done here).
+SD3 PAG pipeline for: skip-layer guidance, ControlNets, an IP-Adapter and inpainting (``mask``). Adaptive projected
+guidance (the folder's guidance with ``apg``) goes with it as on SD / SD-XL: the APG update on (x0_c, x0_u), then
+PAG's term S (x0_c - x0-hat_c) added, neither projected nor averaged, in the same call of 3 halves (no pipeline has
+APG; compared with diffusers' ``AdaptiveProjectedGuidance`` guider plus that term, as for SD 1.x).
 """
 from __future__ import annotations
 
@@ -64,18 +66,17 @@ class JointAttention(DiffusersSelfAttention):
         return modules
 
 
-def _refused(skip_layers, controlnet, ip_adapter, mask, apg: Optional[dict]) -> Optional[str]:
+def _refused(skip_layers, controlnet, ip_adapter, mask) -> Optional[str]:
     """The first option given that diffusers' SD3 PAG pipelines do not take, in words; None."""
     for given, what in ((skip_layers is not None, "skip-layer guidance"), (controlnet is not None, "a ControlNet"),
-                        (ip_adapter is not None, "an IP-Adapter"), (mask is not None, "inpainting (a mask)"),
-                        (bool(apg), "adaptive projected guidance")):
+                        (ip_adapter is not None, "an IP-Adapter"), (mask is not None, "inpainting (a mask)")):
         if given:
             return what
     return None
 
 
 def check_sd3_pag(scale: Optional[float], layers=None, adaptive_scale: Optional[float] = None, *,
-                  skip_layers=None, controlnet=None, ip_adapter=None, mask=None, apg: Optional[dict] = None) -> bool:
+                  skip_layers=None, controlnet=None, ip_adapter=None, mask=None) -> bool:
     """True where PAG is on (``scale`` > 0), after its checks, before any work: scale and adaptive scale finite
     numbers >= 0, the names' form, none of the options diffusers' SD3 PAG pipelines lack (one line naming it and
     what PAG takes); False for None / 0 (the options alone: one line)."""
@@ -89,11 +90,11 @@ def check_sd3_pag(scale: Optional[float], layers=None, adaptive_scale: Optional[
     check_float32("pag_scale", check_range("pag_scale", scale, 0.0, None))
     check_range("pag_adaptive_scale", adaptive_scale or 0.0, 0.0, None)
     check_sd3_layer_names(layers)
-    other = _refused(skip_layers, controlnet, ip_adapter, mask, apg)
+    other = _refused(skip_layers, controlnet, ip_adapter, mask)
     if other is not None:
         raise DiffkitError(f"perturbed-attention guidance with {other} is not supported on an SD3 folder (diffusers "
                            f"0.42.1's StableDiffusion3PAGPipeline / PAGImg2ImgPipeline have none); allowed with it: "
-                           f"the prompts, guidance scale, LoRA, samplers, height / width, img2img")
+                           f"the prompts, guidance scale, APG, LoRA, samplers, height / width, img2img")
     return True
 
 
