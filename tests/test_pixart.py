@@ -1,0 +1,154 @@
+"""PixArt-α / PixArt-Σ folders (diffkit.interop.pixart): diffkit's text_to_image against diffusers' own
+PixArtAlphaPipeline / PixArtSigmaPipeline on tiny random folders (tests/_pixart_helpers.py; nothing downloaded),
+and ``diffkit sample`` on them (the library's grid byte for byte; the flags that do not apply refused in one line)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import save_grid  # noqa: E402
+from diffkit.interop.pixart import folder_sampler, is_pixart_folder, load_pixart, text_to_image  # noqa: E402
+
+from _pixart_helpers import tiny_pixart_pipeline  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+
+PROMPTS = ["a photo of a Cat ", "hot dog"]  # upper case and spaces: the pipelines' lower().strip()
+
+
+class _Folders(dict):
+    """{(kind, sample_size, vae_levels): (pipeline, folder, PixArt)}, each built on its first use."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, key):
+        kind, size, levels = key
+        folder = self.root / f"{kind}_{size}_{levels}"
+        tiny_pixart_pipeline(kind, size, levels).save_pretrained(folder)
+        cls = diffusers.PixArtAlphaPipeline if kind == "alpha" else diffusers.PixArtSigmaPipeline
+        pipe = cls.from_pretrained(folder, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        self[key] = pipe, folder, load_pixart(folder, progress=False)
+        return self[key]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return _Folders(tmp_path_factory.mktemp("pixart"))
+
+
+def _noise(h, w, seed=1):
+    return torch.randn(2, 4, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _both(pipe, pixart, steps=3, height=None, width=None, **call):
+    """(diffkit's z_0, the pipeline's) from the same z_T: the pipeline without caption cleaning or binning."""
+    f = pixart.vae_scale_factor
+    shape = pixart.latent_shape(2, height, width)
+    noise = _noise(*shape[2:])
+    negative = call.pop("negative_prompt", None)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, negative_prompt=negative or "", num_inference_steps=steps, latents=noise.clone(),
+                      output_type="latent", clean_caption=False, use_resolution_binning=False,
+                      height=shape[2] * f, width=shape[3] * f, **call).images
+    ours = text_to_image(pixart, PROMPTS, steps=steps, latents=noise, return_latents=True, height=height,
+                         width=width, negative_prompt=negative, **call)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kind,length", [("alpha", 120), ("sigma", 300)])
+def test_pixart_matches_the_pipeline(folders, kind, length):
+    """α and Σ with their DPMSolverMultistepScheduler (dpm-solver++-2m on its timesteps), a learned variance:
+    guided (s = 4.5, the default) against a negative prompt, and unguided (s = 1)."""
+    pipe, folder, pixart = folders[kind, 8, 2]
+    assert is_pixart_folder(folder) and pixart.max_sequence_length == length
+    context, mask = pixart.encode_prompts(PROMPTS)
+    assert context.shape[:2] == mask.shape == (2, length) and mask.sum(1).tolist() == [6, 3]  # "</s>" counted
+    ours, theirs = _both(pipe, pixart, negative_prompt="ugly blurry")
+    assert relative_error(ours, theirs) < 1e-5  # 6.7e-7 measured
+    ours, theirs = _both(pipe, pixart, guidance_scale=1.0)
+    assert relative_error(ours, theirs) < 1e-5  # 2.9e-7 measured
+
+
+def test_micro_conditions_and_a_ddim_folder_match_the_pipeline(folders):
+    """sample_size 128 (use_additional_conditions): resolution and aspect ratio at 16 x 24; then the folder's
+    scheduler as a DDIMScheduler (diffkit's ddim on its timesteps)."""
+    pipe, _, pixart = folders["alpha", 128, 2]
+    assert pixart.transformer.use_additional_conditions
+    ours, theirs = _both(pipe, pixart, height=16, width=24, guidance_scale=3.0, negative_prompt="ugly")
+    assert relative_error(ours, theirs) < 1e-5  # 7.0e-7 measured
+    saved, own = pipe.scheduler, dict(pixart.scheduler_config)
+    try:
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(saved.config, clip_sample=False,
+                                                            timestep_spacing="leading")
+        pixart.scheduler_config = {**pipe.scheduler.config, "_class_name": "DDIMScheduler"}
+        assert folder_sampler(pixart.scheduler_config) == ("ddim", {})
+        ours, theirs = _both(pipe, pixart, steps=4, height=16, width=16)
+        assert relative_error(ours, theirs) < 1e-5  # 4.6e-7 measured
+    finally:
+        pipe.scheduler, pixart.scheduler_config = saved, own
+
+
+def test_resolution_binning_matches_the_pipeline(folders):
+    """use_resolution_binning: 224 x 304 asked of a sample_size-32 α (VAE factor 8) is drawn at the 256 table's
+    nearest bin and its images resized and cropped back, as the pipeline's (its default, with per-sample
+    generators)."""
+    from diffkit.interop.pixart import binned_size
+    pipe, _, pixart = folders["alpha", 32, 4]
+    height, width = binned_size(pixart, 224, 304)
+    assert (height, width) == (208, 288)  # the 256 table's "0.72" (224 / 304 = 0.74)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, num_inference_steps=2, height=224, width=304, output_type="pt", clean_caption=False,
+                      generator=[torch.Generator().manual_seed(i) for i in range(2)]).images
+    latents = torch.cat([torch.randn(1, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(i))
+                         for i in range(2)])
+    ours = text_to_image(pixart, PROMPTS, steps=2, height=224, width=304, latents=latents, resolution_binning=True)
+    assert ours.shape == theirs.shape == (2, 3, 224, 304)
+    assert (ours - theirs).abs().max() < 1e-5  # images in [0, 1]: 6e-8 measured
+
+
+def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, tmp_path, capsys):
+    _, folder, pixart = folders["alpha", 8, 2]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "1", "--steps", "3", "--seed", "5", "--batch-size", "2", "--height", "16", "--width", "32",
+                 "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
+                 "--out", str(out), "--no-progress"]) == 0
+    images = text_to_image(pixart, PROMPTS, steps=3, seed=5, height=16, width=32, negative_prompt="ugly",
+                           guidance_scale=3.0, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    for extra, expected in [
+        (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a PixArt"),
+        (["--apg-eta", "0.5", "--guidance-scale", "2"], "--apg-eta does not apply to a PixArt folder"),
+        (["--freeu", "1,1,1,1"], "--freeu"),
+        (["--scheduler", "lcm"], "--scheduler lcm applies to a Stable Diffusion folder"),
+        (["--clip-skip", "1"], "--clip-skip does not apply to a PixArt folder"),
+        (["--pag-scale", "2"], "--pag-scale does not apply to a PixArt folder"),
+        (["--height", "12"], "--height 12 is not allowed; give a positive multiple of 8"),
+        (["--prompt-2", "dog"], "--prompt-2 does not apply to a PixArt folder")]:
+        capsys.readouterr()
+        code = main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--no-progress",
+                     "--out", str(tmp_path / "never.png"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never.png").exists()
+    capsys.readouterr()
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path), "--prompt", "hot",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "is a PixArt folder, which diffkit edit does not take" in capsys.readouterr().err
+    with pytest.raises(DiffkitError, match="max_sequence_length=600 is not allowed; allowed: 1..512"):
+        pixart.encode_prompts(PROMPTS, 600)
+    odd = tmp_path / "odd"
+    shutil.copytree(folder, odd)
+    config = json.loads((odd / "scheduler" / "scheduler_config.json").read_text())
+    (odd / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "use_karras_sigmas": True}))
+    with pytest.raises(DiffkitError, match="use_karras_sigmas=True"):
+        folder_sampler(json.loads((odd / "scheduler" / "scheduler_config.json").read_text()))
