@@ -157,3 +157,27 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, 
     (odd / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "use_karras_sigmas": True}))
     with pytest.raises(DiffkitError, match="use_karras_sigmas=True"):
         folder_sampler(json.loads((odd / "scheduler" / "scheduler_config.json").read_text()))
+
+
+def test_released_alpha_layout_and_other_classes(folders, tmp_path):
+    """PixArt-α's released folders name the transformer ``Transformer2DModel``: loaded as PixArtTransformer2DModel
+    (as diffusers does), the same weights; a transformer of another class is refused in one line."""
+    _, folder, pixart = folders["alpha", 8, 2]
+    legacy = tmp_path / "legacy"
+    shutil.copytree(folder, legacy)
+    for path, key in ((legacy / "model_index.json", "transformer"), (legacy / "transformer" / "config.json", None)):
+        config = json.loads(path.read_text())
+        if key:
+            config[key] = ["diffusers", "Transformer2DModel"]
+        else:
+            config["_class_name"] = "Transformer2DModel"
+        path.write_text(json.dumps(config))
+    loaded = load_pixart(legacy, progress=False)
+    assert type(loaded.transformer) is type(pixart.transformer)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.transformer.state_dict().values(),
+                                                 pixart.transformer.state_dict().values()))
+    index = json.loads((legacy / "model_index.json").read_text())
+    index["transformer"] = ["diffusers", "DiTTransformer2DModel"]
+    (legacy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DiffkitError, match="transformer is a 'DiTTransformer2DModel'; allowed: PixArtTransformer2D"):
+        load_pixart(legacy, progress=False)

@@ -39,7 +39,9 @@ back) is :func:`text_to_image`'s ``resolution_binning=True``, with diffusers' ow
 ``PixArtImageProcessor``; by default diffkit draws the size asked for, as ``use_resolution_binning=False``.
 
 Refused in one line before any weight is read (:func:`check_pixart_folder`): a missing component, a
-transformer, VAE or text encoder of another class, a transformer whose output channels are neither C nor 2C.
+transformer, VAE or text encoder of another class (the transformer: ``PixArtTransformer2DModel``, or
+``Transformer2DModel`` as PixArt-α's released folders name it, loaded as the former), a transformer whose output
+channels are neither C nor 2C.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from . import model_dtype, require
 from .flow_latents import FlowLatentVAE, finish_images, load_flow_parts, start_latents
 
 PIXART_PIPELINES = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}  # class: its max_sequence_length
-PIXART_TRANSFORMER = "PixArtTransformer2DModel"
+PIXART_TRANSFORMERS = ("PixArtTransformer2DModel", "Transformer2DModel")  # the second: PixArt-α's released folders
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 PIXART_GUIDANCE = 4.5  # both pipelines' default guidance_scale
 PIXART_STEPS = 20  # their default num_inference_steps
@@ -129,10 +131,10 @@ def check_pixart_folder(directory) -> tuple:
         raise DiffkitError(f"{directory} is not a PixArt folder (model_index.json naming "
                            f"{' or '.join(PIXART_PIPELINES)})")
     check_components(directory, index, REQUIRED, "PixArt")
-    for name, allowed in (("transformer", PIXART_TRANSFORMER), ("vae", "AutoencoderKL"),
-                          ("text_encoder", "T5EncoderModel")):
-        if _entry(index, name) != allowed:
-            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {allowed}")
+    for name, allowed in (("transformer", PIXART_TRANSFORMERS), ("vae", ("AutoencoderKL",)),
+                          ("text_encoder", ("T5EncoderModel",))):
+        if _entry(index, name) not in allowed:
+            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {' or '.join(allowed)}")
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     c_in = int(config.get("in_channels", 4))
     c_out = config.get("out_channels", 8)
