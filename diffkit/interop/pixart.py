@@ -316,10 +316,9 @@ def binned_size(pixart: PixArt, height: Optional[int], width: Optional[int]) -> 
     if sample not in bins:
         raise DiffkitError(f"resolution binning needs a transformer sample_size of {', '.join(map(str, bins))} (the "
                            f"pipeline's aspect-ratio tables); this one has {sample}: draw without it")
-    f = pixart.vae_scale_factor
-    height = sample * f if height is None else height
-    width = sample * f if width is None else width
-    return PixArtImageProcessor.classify_height_width_bin(height, width, ratios=bins[sample])
+    size = sample * pixart.vae_scale_factor
+    return PixArtImageProcessor.classify_height_width_bin(size if height is None else height,
+                                                          size if width is None else width, ratios=bins[sample])
 
 
 def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
@@ -349,10 +348,12 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
     asked = None
-    if resolution_binning:  # latents: at the binned size
-        asked = pixart.latent_shape(1, height, width)[2:]  # checked before binning, as the pipelines' size
-        f = pixart.vae_scale_factor
-        asked = (asked[0] * f, asked[1] * f)
+    if resolution_binning:  # any size asked: the binned one is drawn (latents: at that size)
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise DiffkitError(f"{name}={value!r} is not allowed; give a positive integer")
+        size = int(pixart.transformer.config.sample_size) * pixart.vae_scale_factor
+        asked = (size if height is None else height, size if width is None else width)
         height, width = binned_size(pixart, *asked)
     noise, shape = start_latents(pixart, latents, len(prompts), height, width)
     if sampler is None and grid is None:
