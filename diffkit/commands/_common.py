@@ -550,6 +550,11 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
             scheduler = own_override(checkpoint)
         lcm_folder = meta is None and (scheduler is not None or is_lcm_folder(checkpoint))
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
+    if sampler is None and meta is None and checkpoint is not None:
+        from ..interop.pixart import is_pixart_folder
+        if is_pixart_folder(checkpoint):  # its scheduler's step (._pixart)
+            from ._pixart import folder_default_sampler
+            sampler = folder_default_sampler(checkpoint)
     if sampler is None:
         from ..interop.sd_scheduler import default_sampler
         sampler = default_sampler(scheduler if lcm_folder else None, consistency)

@@ -13,6 +13,8 @@
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.
 * :mod:`.flux` - a FLUX.1 folder (CLIP pooled + T5, a flow-matching transformer on packed latents), the same way.
+* :mod:`.pixart` - a PixArt-α / PixArt-Σ folder (T5 with attention masks, a DiT with adaLN-single and a learned
+  variance, the folder's DPM-Solver), the same way.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
@@ -48,10 +50,11 @@ _EXPORTS = {
     "StableDiffusion3": "sd3", "load_sd3": "sd3", "is_sd3_folder": "sd3",
     "Flux": "flux", "load_flux": "flux", "is_flux_folder": "flux",
     "kontext_edit": "flux_kontext", "kontext_inpaint": "flux_kontext", "is_kontext_folder": "flux_kontext",
+    "PixArt": "pixart", "load_pixart": "pixart", "is_pixart_folder": "pixart",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
-            "flux_image_to_image": ("flux", "image_to_image")}
+            "flux_image_to_image": ("flux", "image_to_image"), "pixart_text_to_image": ("pixart", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

@@ -1,0 +1,81 @@
+"""``diffkit sample --checkpoint PIXART_FOLDER --prompt TEXT``: a PixArt-α / PixArt-Σ diffusers folder
+(:mod:`diffkit.interop.pixart`) sampled with a diffkit sampler, dispatched from
+:func:`diffkit.commands.sample.sample_to_files`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import DiffkitError
+
+TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
+         "--width, --steps / --nfe, --sampler and its grid options")
+
+
+def folder_default_sampler(checkpoint) -> str:
+    """The sampler ``diffkit sample`` defaults to on a PixArt folder: the one computing its scheduler's step
+    (:func:`~diffkit.interop.pixart.folder_sampler`, from the JSON; one line where there is none)."""
+    from ..errors import read_json_object
+    from ..interop.pixart import folder_sampler
+    from pathlib import Path
+    config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
+    return folder_sampler(config)[0]
+
+
+def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
+                  seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
+                  guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
+    """Sample a PixArt folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
+    ``seed + i`` (z_T), classifier-free guidance against ``--negative-prompt`` (default "") with the pipelines' s =
+    4.5 by default, 20 steps. Without a grid option (``--spacing``, ``@SPACING``, ``--final``, ``--nfe``) every
+    sampler runs on the folder's scheduler's timesteps, and the default sampler
+    (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
+    scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
+    folder does not take (a one-line error for the first given)."""
+    from ..interop.pixart import PIXART_STEPS, folder_sampler, load_pixart, text_to_image
+    from ..samplers.registry import split_sampler_spec
+    from ._sd3 import prompted_rows
+    from .sample import GuidanceRequest, draw_prompted_grid
+
+    guidance = guidance or GuidanceRequest()
+    flags = dict(refused or {})
+    for key, flag in (("refiner", "--refiner"), ("t2i_adapter", "--t2i-adapter"), ("redux", "--redux"),
+                      ("thresholding", "--thresholding"), ("flow_shift", "--flow-shift")):
+        flags[flag] = options.pop(key, None)
+    flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
+                  "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
+                  "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
+                  "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
+                      guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
+    given = [flag for flag, value in flags.items() if value is not None and value is not False]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a PixArt folder ({directory}); it takes {TAKES}")
+    if not guidance.prompts:
+        raise DiffkitError(f"{directory} is a PixArt folder: give --prompt TEXT (repeat for one row per prompt)")
+    pixart = load_pixart(directory, device, progress=progress)
+    _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
+                                                                progress)
+    scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
+        (guidance.guidance_scale, guidance.convention)
+    name, spec_spacing, _ = split_sampler_spec(sampler)
+    own_grid = spacing is None and spec_spacing is None and final is None and nfe is None
+    own_sampler, own_options = folder_sampler(pixart.scheduler_config) if own_grid else (None, {})
+    if name == own_sampler:  # the pipeline's loop: its scheduler's options too (solver_type, lower_order_final)
+        options = {**own_options, **options}
+    steps = PIXART_STEPS if steps is None and nfe is None else steps
+
+    def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
+        grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}
+        return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
+                             convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
+                             latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
+                             **grid, **how)
+
+    images, out = draw_prompted_grid(
+        pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,
+        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()},
+        pixart.decode, out, individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe,
+        spacing=spacing, final=final, batch_size=batch_size, device=device, dtype=pixart.dtype, progress=progress,
+        **options)
+    grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, {pixart.pipeline} folder {directory}, prompts {prompts})")
+    return images

@@ -1,0 +1,387 @@
+"""A PixArt-α / PixArt-Σ diffusers folder (``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline``), sampled with any
+diffkit sampler.
+
+PixArt-α (Chen et al. 2024, "PixArt-α: Fast Training of Diffusion Transformer for Photorealistic Text-to-Image
+Synthesis") and PixArt-Σ (Chen et al. 2024, "PixArt-Σ: Weak-to-Strong Training of Diffusion Transformer for 4K
+Text-to-Image Generation") are DiTs (``PixArtTransformer2DModel``) on the latents of an ``AutoencoderKL``, with
+adaLN-single (α Sec. 2.3: one timestep MLP shared by every block, each block adding its own learned table) and
+cross-attention to a T5 encoder's states under the prompt's attention mask (α Sec. 2.3, Fig. 4). Their noise
+schedule is DDPM's (linear betas, epsilon prediction) with a learned variance: the transformer returns 2C
+channels, of which the pipelines keep the first C, the noise (diffkit's ``learned_variance``: the same split).
+Every diffusers 0.42 pipeline step is reproduced:
+
+* prompts (``encode_prompt`` with ``clean_caption=False``): each text lower-cased and stripped, tokenised to
+  ``max_sequence_length`` tokens (α 120, Σ 300; padded, truncated), T5's last states under that attention
+  mask; the negative prompt (default "") the same, at the same length. ``clean_caption=True`` (the pipelines'
+  default) needs bs4 and ftfy, and without them the pipelines fall back to ``False`` with a warning: diffkit
+  always does what they do then (:data:`CLEAN_CAPTION`).
+* the masks go to the transformer as ``encoder_attention_mask`` (each half its own; cond ``mask``).
+* micro-conditions (α Sec. 2.3 / PixArt-α's 1024-px models): where the transformer has
+  ``use_additional_conditions`` (diffusers' default for ``sample_size`` 128), ``resolution`` = (height, width) in
+  pixels and ``aspect_ratio`` = height / width, as ``PixArtAlphaPipeline`` passes them (it does so for
+  ``sample_size`` 128; the transformer reads them only with ``use_additional_conditions``; ``PixArtSigmaPipeline``
+  never passes them, so a Σ transformer with that option fails there and runs here on the α rule).
+* classifier-free guidance on the noise, eps_u + s (eps_c - eps_u) (default s = 4.5), the pipelines' formula:
+  :class:`~diffkit.guidance.ClassifierFreeGuidance` in the ``diffusers`` convention guides the first C channels
+  (the variance channels are dropped, as there). s = 1 is one unguided call.
+* the scheduler (:meth:`PixArt.scheduler_grid`, :func:`folder_sampler`): the folder's own scheduler class after
+  ``set_timesteps(steps)`` (default 20 steps), its timesteps as diffkit's grid
+  (:func:`~.schedulers.grid_from_diffusers`), and the diffkit sampler that computes its step: a
+  ``DPMSolverMultistepScheduler`` (both PixArt releases ship one) is ``dpm-solver++-2m`` (``-3m`` for
+  ``solver_order`` 3, ``dpm-solver-Nm`` for ``algorithm_type="dpmsolver"``, its ``solver_type`` and
+  ``lower_order_final``), a ``DDIMScheduler`` ``ddim`` (eta 0). Options with no diffkit counterpart on that grid
+  are refused in one line. Any other sampler runs on its own grid, or on the scheduler's with ``grid="scheduler"``.
+* decoding: x = D(z / scaling_factor) (no shift), images (x / 2 + 0.5).clamp(0, 1).
+
+``use_resolution_binning`` (the pipelines' default True: the requested size is replaced by the nearest entry
+of the aspect-ratio table of the transformer's ``sample_size``, and the images are resized and centre-cropped
+back) is :func:`text_to_image`'s ``resolution_binning=True``, with diffusers' own tables and
+``PixArtImageProcessor``; by default diffkit draws the size asked for, as ``use_resolution_binning=False``.
+
+Refused in one line before any weight is read (:func:`check_pixart_folder`): a missing component, a
+transformer, VAE or text encoder of another class (the transformer: ``PixArtTransformer2DModel``, or
+``Transformer2DModel`` as PixArt-α's released folders name it, loaded as the former), a transformer whose output
+channels are neither C nor 2C.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, check_choice, read_json_object
+from . import model_dtype, require
+from .flow_latents import FlowLatentVAE, finish_images, load_flow_parts, start_latents
+
+PIXART_PIPELINES = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}  # class: its max_sequence_length
+PIXART_TRANSFORMERS = ("PixArtTransformer2DModel", "Transformer2DModel")  # the second: PixArt-α's released folders
+REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+PIXART_GUIDANCE = 4.5  # both pipelines' default guidance_scale
+PIXART_STEPS = 20  # their default num_inference_steps
+CLEAN_CAPTION = False  # what the pipelines run without bs4 / ftfy (their clean_caption=True needs both)
+# DPMSolverMultistepScheduler options under which diffkit's multistep DPM-Solver on its grid is its step
+_DPM_FIXED = {"thresholding": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+              "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False, "euler_at_final": False,
+              "variance_type": None, "lambda_min_clipped": -math.inf}
+_DPM_ALGORITHMS = {"dpmsolver++": "dpm-solver++", "dpmsolver": "dpm-solver"}
+
+
+def pixart_kind(path) -> Optional[str]:
+    """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
+    from .sd_xl import _index
+    try:
+        index = _index(path)
+    except (TypeError, OSError):
+        return None
+    name = None if index is None else index.get("_class_name")
+    return name if name in PIXART_PIPELINES else None
+
+
+def is_pixart_folder(path) -> bool:
+    """True for a ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` folder (so ``diffkit sample`` dispatches)."""
+    return pixart_kind(path) is not None
+
+
+def folder_sampler(config: dict) -> tuple:
+    """(diffkit sampler, its options) that computes the step of the folder's scheduler (``config``: its JSON) on
+    that scheduler's own timesteps: ``DPMSolverMultistepScheduler`` -> ``dpm-solver++-2m`` / ``-3m`` (or
+    ``dpm-solver-Nm``, order 1: ``ddim``) with its ``solver_type`` and ``lower_order_final``; ``DDIMScheduler`` ->
+    ``ddim``. Another class, or an option with no counterpart, is a one-line DiffkitError (give a sampler)."""
+    name = config.get("_class_name")
+    hint = "; give a diffkit sampler (--sampler NAME)"
+    if name == "DDIMScheduler":
+        for key in ("clip_sample", "thresholding"):
+            if config.get(key, key == "clip_sample"):  # DDIMScheduler's clip_sample defaults to True
+                raise DiffkitError(f"the folder's DDIMScheduler has {key}=True, which clamps x0 in its step and not "
+                                   f"in diffkit's ddim{hint}")
+        return "ddim", {}
+    if name != "DPMSolverMultistepScheduler":
+        raise DiffkitError(f"the folder's scheduler {name!r} has no diffkit sampler equivalent here (allowed: "
+                           f"DPMSolverMultistepScheduler, DDIMScheduler){hint}")
+    for key, want in _DPM_FIXED.items():
+        value = config.get(key, want)
+        if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
+            raise DiffkitError(f"the folder's DPMSolverMultistepScheduler has {key}={value!r}, which diffkit's "
+                               f"multistep DPM-Solver on its timesteps does not compute (allowed: {want!r}){hint}")
+    algorithm = config.get("algorithm_type", "dpmsolver++")
+    order = config.get("solver_order", 2)
+    if algorithm not in _DPM_ALGORITHMS or order not in (1, 2, 3):
+        raise DiffkitError(f"the folder's DPMSolverMultistepScheduler has algorithm_type={algorithm!r}, "
+                           f"solver_order={order!r}; allowed: {' / '.join(_DPM_ALGORITHMS)} of order 1-3 (an SDE "
+                           f"variant draws its own noise){hint}")
+    if order == 1:  # first-order DPM-Solver(++) is DDIM (Lu et al. 2022b, Sec. 3)
+        return "ddim", {}
+    own = {"solver_type": config.get("solver_type", "midpoint"),
+           "lower_order_final": config.get("lower_order_final", True)}
+    return f"{_DPM_ALGORITHMS[algorithm]}-{order}m", own
+
+
+def check_pixart_folder(directory) -> tuple:
+    """(model_index dict, transformer config, scheduler config) of a PixArt folder, checked from its JSON alone
+    (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+    from .sd3 import _entry
+    from .sd_xl import _index
+    from .stable_diffusion import check_components
+    directory = Path(directory)
+    index = _index(directory)
+    if index is None or index.get("_class_name") not in PIXART_PIPELINES:
+        raise DiffkitError(f"{directory} is not a PixArt folder (model_index.json naming "
+                           f"{' or '.join(PIXART_PIPELINES)})")
+    check_components(directory, index, REQUIRED, "PixArt")
+    for name, allowed in (("transformer", PIXART_TRANSFORMERS), ("vae", ("AutoencoderKL",)),
+                          ("text_encoder", ("T5EncoderModel",))):
+        if _entry(index, name) not in allowed:
+            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {' or '.join(allowed)}")
+    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    c_in = int(config.get("in_channels", 4))
+    c_out = config.get("out_channels", 8)
+    c_out = c_in if c_out is None else int(c_out)
+    if c_out not in (c_in, 2 * c_in):
+        raise DiffkitError(f"{directory}'s transformer has out_channels={c_out} for in_channels={c_in}; allowed: "
+                           f"{c_in} or {2 * c_in} (the noise, then a learned variance the pipelines drop)")
+    sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
+    return index, config, sched
+
+
+class PixArtNet(torch.nn.Module):
+    """``net(x, t, context, mask, resolution=None, aspect_ratio=None)`` over a ``PixArtTransformer2DModel``:
+    ``context`` -> ``encoder_hidden_states``, ``mask`` -> ``encoder_attention_mask``, the micro-conditions ->
+    ``added_cond_kwargs``, ``t`` (float32 training timesteps) -> ``timestep``; the output (2C channels with a
+    learned variance) in x's dtype."""
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.model = transformer
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                resolution: Optional[torch.Tensor] = None, aspect_ratio: Optional[torch.Tensor] = None):
+        if context is None or mask is None:
+            raise DiffkitError("a PixArt transformer needs cond {'context', 'mask'} (PixArt.encode_prompts)")
+        dtype = model_dtype(self.model)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        added = {"resolution": resolution, "aspect_ratio": aspect_ratio}
+        out = self.model(x.to(dtype), encoder_hidden_states=context.to(dtype), encoder_attention_mask=mask,
+                         timestep=t, added_cond_kwargs=added, return_dict=False)[0]
+        return out.to(x.dtype)
+
+
+@dataclass
+class PixArt(FlowLatentVAE):
+    """The loaded components of a PixArt-α / Σ folder (:func:`load_pixart`)."""
+
+    pipeline: str
+    transformer: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    schedule: object
+    prediction_type: str
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    _denoiser: object = field(default=None, repr=False)
+
+    default_guidance_scale = PIXART_GUIDANCE
+
+    @property
+    def shift_factor(self) -> float:
+        """0: the PixArt pipelines decode z / scaling_factor with no shift (whatever the VAE config holds)."""
+        return 0.0
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The pipeline's default T5 length: 120 (α), 300 (Σ)."""
+        return PIXART_PIPELINES[self.pipeline]
+
+    @property
+    def learned_variance(self) -> bool:
+        c = self.transformer.config
+        return int(c.out_channels) == 2 * int(c.in_channels)
+
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """(batch, in_channels, height / f, width / f); default size sample_size * f (the pipelines'); sides
+        multiples of lcm(8, f * patch_size) (their ``check_inputs``' 8, and whole patches)."""
+        f, patch = self.vae_scale_factor, int(self.transformer.config.patch_size)
+        size = int(self.transformer.config.sample_size) * f
+        height = size if height is None else height
+        width = size if width is None else width
+        multiple = math.lcm(8, f * patch)
+        for value in (height, width):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
+                                   f"{multiple} (the pipeline's 8, the VAE factor {f} x the patch size {patch})")
+        return (batch, int(self.transformer.config.in_channels), height // f, width // f)
+
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
+        """(T5 states (B, L, d), attention mask (B, L)) of ``prompts`` as the pipelines' ``encode_prompt`` with
+        ``clean_caption=False``: lower-cased, stripped, padded / truncated to L = ``max_sequence_length`` (default
+        the pipeline's 120 / 300) tokens, encoded under their mask."""
+        from .stable_diffusion import prompt_list
+        length = self.max_sequence_length if max_sequence_length is None else max_sequence_length
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512:
+            raise DiffkitError(f"max_sequence_length={length!r} is not allowed; allowed: 1..512 (the T5 tokens of "
+                               f"each prompt; the pipeline's default {self.max_sequence_length})")
+        texts = [text.lower().strip() for text in prompt_list(prompts)]  # _text_preprocessing(clean_caption=False)
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device)
+        with torch.no_grad():
+            states = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return states.to(self.text_encoder.dtype), mask
+
+    def micro_conditions(self, batch: int, height: int, width: int) -> dict:
+        """{'resolution': (B, 2) pixels (h, w), 'aspect_ratio': (B, 1) h / w} where the transformer has
+        ``use_additional_conditions`` (``PixArtAlphaPipeline``'s micro-conditions), else {}."""
+        if not getattr(self.transformer, "use_additional_conditions", False):
+            return {}
+        dtype = self.text_encoder.dtype
+        resolution = torch.tensor([height, width]).repeat(batch, 1).to(self.device, dtype)
+        aspect = torch.tensor([float(height / width)]).repeat(batch, 1).to(self.device, dtype)
+        return {"resolution": resolution, "aspect_ratio": aspect}
+
+    @property
+    def denoiser(self):
+        """The unguided :class:`~diffkit.denoiser.Denoiser` (cond: ``context``, ``mask``, and the micro-conditions)
+        on the scheduler's schedule and prediction type, with the learned variance of a 2C-channel transformer."""
+        if self._denoiser is None:
+            from ..denoiser import Denoiser
+            self._denoiser = Denoiser(PixArtNet(self.transformer), self.schedule, self.prediction_type,
+                                      learned_variance=self.learned_variance)
+            self._denoiser.model = self.transformer
+        return self._denoiser
+
+    def scheduler_grid(self, steps: int) -> torch.Tensor:
+        """diffkit's grid of the folder's own scheduler class after ``set_timesteps(steps)``."""
+        from .schedulers import grid_from_diffusers
+        diffusers = require("diffusers")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+        scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        return grid_from_diffusers(scheduler)
+
+    def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = PIXART_GUIDANCE,
+                        convention: str = "diffusers", max_sequence_length: Optional[int] = None,
+                        size: Optional[tuple] = None) -> tuple:
+        """(denoiser, cond): the prompts' states and masks (and micro-conditions of the image ``size`` (h, w) in
+        pixels), guided against ``negative_prompt`` (None: ""; one, or one per prompt) with its own mask."""
+        from ..guidance import ClassifierFreeGuidance
+        from .stable_diffusion import negative_prompts
+        context, mask = self.encode_prompts(prompts, max_sequence_length)
+        batch = context.shape[0]
+        cond = {"context": context, "mask": mask, **self.micro_conditions(batch, *size)}
+        negatives = negative_prompts(negative_prompt, batch)
+        if len(set(negatives)) == 1:
+            negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
+        null_context, null_mask = self.encode_prompts(negatives, context.shape[1])
+        guided = ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_context=null_context,
+                                        null_cond={"mask": null_mask})
+        return guided, cond
+
+
+def load_pixart(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+                progress: bool = True) -> PixArt:
+    """Load a PixArt-α / Σ diffusers folder (never downloads, never unpickles); what diffkit does not drive is
+    refused in one line before any weight is read (:func:`check_pixart_folder`)."""
+    from .schedulers import schedule_from_diffusers
+    diffusers = require("diffusers")
+    directory = Path(directory)
+    index, _, sched = check_pixart_folder(directory)
+    schedule, prediction_type = schedule_from_diffusers(sched)
+    if prediction_type == "flow_prediction":
+        raise DiffkitError(f"{directory}'s scheduler is a flow-matching one; the PixArt pipelines' DPM-Solver "
+                           f"steps are for a DDPM schedule")
+    parts = load_flow_parts(directory, index, diffusers.PixArtTransformer2DModel, {"": "T5EncoderModel"}, dtype,
+                            progress)
+    device = torch.device(device)
+    for name in ("transformer", "vae", "text_encoder"):
+        parts[name].to(device).eval().requires_grad_(False)
+    return PixArt(pipeline=index["_class_name"], **parts, schedule=schedule, prediction_type=prediction_type,
+                  scheduler_config=sched, device=device, dtype=dtype)
+
+
+def binned_size(pixart: PixArt, height: Optional[int], width: Optional[int]) -> tuple:
+    """(height, width) of ``use_resolution_binning``: the nearest aspect ratio of diffusers' table for the
+    transformer's ``sample_size`` (α: 32, 64, 128; Σ also 256), as the pipelines' ``classify_height_width_bin``."""
+    require("diffusers")
+    from diffusers.image_processor import PixArtImageProcessor
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha, pipeline_pixart_sigma as sigma
+    bins = {32: alpha.ASPECT_RATIO_256_BIN, 64: alpha.ASPECT_RATIO_512_BIN, 128: alpha.ASPECT_RATIO_1024_BIN}
+    if pixart.pipeline == "PixArtSigmaPipeline":
+        bins[256] = sigma.ASPECT_RATIO_2048_BIN
+    sample = int(pixart.transformer.config.sample_size)
+    if sample not in bins:
+        raise DiffkitError(f"resolution binning needs a transformer sample_size of {', '.join(map(str, bins))} (the "
+                           f"pipeline's aspect-ratio tables); this one has {sample}: draw without it")
+    size = sample * pixart.vae_scale_factor
+    return PixArtImageProcessor.classify_height_width_bin(size if height is None else height,
+                                                          size if width is None else width, ratios=bins[sample])
+
+
+def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
+                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
+                  convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
+                  seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
+                  width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
+                  max_sequence_length: Optional[int] = None, resolution_binning: bool = False,
+                  output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                  **options) -> torch.Tensor:
+    """Images of a PixArt folder for ``prompts`` (module docstring).
+
+    sampler / grid: both None (the default): the pipeline's loop, :func:`folder_sampler` of its scheduler on the
+        scheduler's timesteps (``grid="scheduler"``); a sampler alone: its default grid; ``grid``: a tensor, or
+        ``"scheduler"`` with any sampler. steps / nfe: default 20 steps (the pipelines').
+    guidance_scale: in ``convention`` (``diffusers``: s, default 4.5; ``seed``: w = s - 1). negative_prompt: the
+        null half (default ""). max_sequence_length: the T5 tokens (default α 120, Σ 300).
+    latents: z_T (B, C, h, w), as the pipeline's ``latents=``; default N(0, I) from per-sample ``seed + i``.
+    resolution_binning: the pipelines' ``use_resolution_binning`` (module docstring; the latents' size is then the
+        binned one, ``latents`` included, and the images are resized and cropped back to height x width); default
+        off.
+    output_range: ``"0,1"`` (``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (``output_type="latent"``;
+        with binning, at the binned size). options: passed to :func:`diffkit.sample` (e.g. ``eta``).
+    """
+    from ..sampling import sample
+    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    asked = None
+    if resolution_binning:  # any size asked: the binned one is drawn (latents: at that size)
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise DiffkitError(f"{name}={value!r} is not allowed; give a positive integer")
+        size = int(pixart.transformer.config.sample_size) * pixart.vae_scale_factor
+        asked = (size if height is None else height, size if width is None else width)
+        height, width = binned_size(pixart, *asked)
+    noise, shape = start_latents(pixart, latents, len(prompts), height, width)
+    if sampler is None and grid is None:
+        sampler, own = folder_sampler(pixart.scheduler_config)
+        options = {**own, **options}
+        grid = "scheduler"
+    if isinstance(grid, str):
+        check_choice("grid", grid, ["scheduler"])
+        if nfe is not None:
+            raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
+        grid = pixart.scheduler_grid(steps or PIXART_STEPS)
+    if grid is not None:
+        steps = None
+    elif steps is None and nfe is None:
+        steps = PIXART_STEPS
+    scale = pixart.default_guidance_scale if guidance_scale is None else guidance_scale
+    convention = "diffusers" if guidance_scale is None else convention
+    f = pixart.vae_scale_factor
+    denoiser, cond = pixart.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,
+                                            size=(shape[2] * f, shape[3] * f))
+    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
+                device=pixart.device, dtype=pixart.dtype, **options)
+    if asked is None or return_latents:
+        return finish_images(pixart, z0, return_latents, output_range)
+    from diffusers.image_processor import PixArtImageProcessor
+    images = PixArtImageProcessor.resize_and_crop_tensor(pixart.decode(z0), asked[1], asked[0])  # before the clamp
+    return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
+
+
+__all__ = ["PixArt", "PixArtNet", "load_pixart", "is_pixart_folder", "pixart_kind", "check_pixart_folder",
+           "folder_sampler", "text_to_image", "binned_size", "PIXART_PIPELINES", "PIXART_GUIDANCE", "PIXART_STEPS"]

@@ -1,0 +1,32 @@
+"""Tiny random PixArt-α / PixArt-Σ folders (tests/test_pixart.py): a T5EncoderModel with the unigram tokenizer of
+tests/test_interop_sd3.py, a PixArtTransformer2DModel with a learned variance (out_channels 2C), an AutoencoderKL
+and PixArt's DPMSolverMultistepScheduler, written by save_pretrained (nothing downloaded)."""
+import torch
+
+import diffusers
+import transformers
+
+from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer
+
+
+def tiny_pixart_pipeline(kind="alpha", sample_size=8, vae_levels=2, **transformer_options):
+    """A PixArtAlphaPipeline (``kind="alpha"``) or PixArtSigmaPipeline of random weights: T5 d_model 32, transformer
+    of 1 layer, 3 heads of 8 (inner 24: the micro-conditions' three thirds), patch 2, latents 4 x s x s (s =
+    ``sample_size``; 128 gives use_additional_conditions), VAE of ``vae_levels`` levels (factor 2^(levels - 1))."""
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    transformer = diffusers.PixArtTransformer2DModel(**{
+        "sample_size": sample_size, "patch_size": 2, "in_channels": 4, "out_channels": 8, "num_layers": 1,
+        "attention_head_dim": 8, "num_attention_heads": 3, "cross_attention_dim": 24, "caption_channels": 32,
+        "norm_num_groups": 1, **transformer_options})
+    vae = diffusers.AutoencoderKL(block_out_channels=[8] * vae_levels, in_channels=3, out_channels=3,
+                                  latent_channels=4, down_block_types=["DownEncoderBlock2D"] * vae_levels,
+                                  up_block_types=["UpDecoderBlock2D"] * vae_levels, norm_num_groups=8,
+                                  layers_per_block=1, sample_size=16, scaling_factor=0.13025)
+    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    cls = diffusers.PixArtAlphaPipeline if kind == "alpha" else diffusers.PixArtSigmaPipeline
+    pipe = cls(tokenizer=tiny_t5_tokenizer(), text_encoder=t5, transformer=transformer, vae=vae, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
