@@ -19,10 +19,19 @@ import test_interop_flux  # noqa: E402
 from test_sd3_ip_adapter import tiny_siglip  # noqa: E402
 
 
+_BUILT = {}  # the folders built once per session, also for the modules that import this fixture
+
+
 @pytest.fixture(scope="module")
 def tiny_redux(tmp_path_factory):
     """(FluxPipeline, FLUX folder, load_flux, prior with the FLUX folder's text encoders, Redux folder, its
     load_flux_redux)."""
+    if "redux" not in _BUILT:
+        _BUILT["redux"] = _build(tmp_path_factory)
+    return _BUILT["redux"]
+
+
+def _build(tmp_path_factory):
     from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
     root = tmp_path_factory.mktemp("flux_redux")
     pipe = test_interop_flux.tiny_flux_pipeline(root, True)

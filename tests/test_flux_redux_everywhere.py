@@ -1,0 +1,184 @@
+"""FLUX.1 Redux as the prompt of every FLUX pipeline: redux_embeds (diffkit.interop.flux_redux) given as
+prompt_embeds / pooled_prompt_embeds to diffkit's text_to_image / image_to_image / kontext_edit against diffusers'
+pipelines given FluxPriorReduxPipeline's output (true CFG, img2img, inpainting, Fill, ControlNet, Depth / Canny,
+Kontext), on test_flux_redux's tiny random folders (test_flux_fill's / test_flux_control's / test_flux_kontext's
+variants, test_flux_controlnet's tiny ControlNet); each compared by the relative max difference of z_0 (< 1e-5)."""
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.flux import image_to_image, pack_latents, text_to_image, unpack_latents  # noqa: E402
+from diffkit.interop.flux_redux import redux_embeds  # noqa: E402
+
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_flux_redux import _images, tiny_redux  # noqa: E402, F401 (a fixture)
+from test_flux_control import _control_images, tiny_control  # noqa: E402, F401 (a fixture)
+from test_flux_fill import tiny_fill  # noqa: E402, F401 (a fixture)
+from test_flux_kontext import kontext  # noqa: E402, F401 (a fixture)
+
+PROMPT = "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def embeds(tiny_redux):
+    """(FluxPriorReduxPipeline's (prompt_embeds, pooled_prompt_embeds) of one image and PROMPT, redux_embeds')."""
+    _, _, flux, prior, _, redux = tiny_redux
+    image = _images(1)
+    with torch.no_grad():
+        theirs = prior(image, prompt=PROMPT, return_dict=False)
+    return theirs, redux_embeds(flux, redux, image, PROMPT)
+
+
+def _edit_images():
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # [0, 1]
+
+
+def _mask():
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 3:10] = 1
+    return mask
+
+
+def _check(ours, theirs, what):
+    error = relative_error(ours, theirs)
+    print("redux", what, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (what, float((ours - theirs).abs().max()), error)
+
+
+def _pipe(cls, source, **parts):
+    pipe = cls(**{**source.components, **parts}) if not isinstance(source, dict) else cls(**source, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _given(embeds, ours=True):
+    context, pooled = embeds[1] if ours else embeds[0]
+    return {"prompt_embeds": context, "pooled_prompt_embeds": pooled}
+
+
+def test_redux_with_true_cfg_matches_the_flux_pipeline(tiny_redux, embeds):
+    """FluxPipeline(prompt_embeds=, pooled_prompt_embeds=, negative_prompt=, true_cfg_scale=3): the negative prompt
+    at the default 512 T5 tokens against the Redux prompt's 512 + N (two network calls per step here)."""
+    pipe = tiny_redux[0]
+    flux = tiny_redux[2]
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(7))
+    kw = {"negative_prompt": "ugly", "true_cfg_scale": 3.0}
+    with torch.no_grad():
+        theirs = pipe(**_given(embeds, False), num_images_per_prompt=2, height=16, width=16, num_inference_steps=2,
+                      latents=pack_latents(latents), output_type="latent", **kw).images
+    ours = text_to_image(flux, None, **_given(embeds), latents=latents, steps=2, return_latents=True, **kw)
+    _check(ours, unpack_latents(theirs, 8, 8), "true cfg")
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_redux_edits_match_img2img_and_inpaint_pipelines(tiny_redux, embeds, mask):
+    """FluxImg2ImgPipeline / FluxInpaintPipeline given the prior's output: image i's generator seed 5 + i, strength
+    0.6 of 3 steps, their embedded guidance 7.0."""
+    pipe, _, flux = tiny_redux[:3]
+    cls = diffusers.FluxInpaintPipeline if mask else diffusers.FluxImg2ImgPipeline
+    images, extra = _edit_images(), ({"mask_image": _mask()} if mask else {})
+    with torch.no_grad():
+        theirs = _pipe(cls, pipe)(**_given(embeds, False), image=images, num_images_per_prompt=2, height=16,
+                                  width=16, strength=0.6, num_inference_steps=3, output_type="latent",
+                                  generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **extra).images
+    ours = image_to_image(flux, images * 2 - 1, None, 0.6, mask=_mask() if mask else None, steps=3, seed=5,
+                          return_latents=True, **_given(embeds))
+    _check(ours, unpack_latents(theirs, 8, 8), cls.__name__)
+
+
+def test_redux_fill_matches_the_fill_pipeline(tiny_fill, embeds):
+    """Redux + Fill (FluxFillPipeline(prompt_embeds=, pooled_prompt_embeds=, image=, mask_image=)): its defaults,
+    strength 1 and the embedded guidance 30, image i's generator seed 5 + i."""
+    pipe, _, flux = tiny_fill
+    images = _edit_images()
+    with torch.no_grad():
+        theirs = pipe(**_given(embeds, False), image=images, mask_image=_mask(), num_images_per_prompt=2, height=16,
+                      width=16, num_inference_steps=3, output_type="latent",
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
+    ours = image_to_image(flux, images * 2 - 1, None, mask=_mask(), steps=3, seed=5, return_latents=True,
+                          **_given(embeds))
+    _check(ours, unpack_latents(theirs, 8, 8), "fill")
+
+
+def test_redux_controlnet_matches_the_controlnet_pipeline(tiny_redux, embeds, tmp_path):
+    """Redux + FluxControlNetPipeline (a tiny random ControlNet, scale 0.7; the control posterior of sample i from
+    generator 11 + i; the embedded guidance 7.0)."""
+    from diffkit.interop.controlnet import ControlNets
+    from test_flux_controlnet import tiny_flux_controlnet
+    from test_sd3_controlnet import control_image_files
+    pipe, _, flux = tiny_redux[:3]
+    model, image = tiny_flux_controlnet(3), control_image_files(tmp_path)[1]
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(7))
+    from PIL import Image
+    with torch.no_grad():
+        theirs = _pipe(diffusers.FluxControlNetPipeline, pipe, controlnet=model)(
+            **_given(embeds, False), control_image=Image.open(image), controlnet_conditioning_scale=0.7,
+            num_images_per_prompt=2, height=16, width=16, num_inference_steps=2, latents=pack_latents(latents),
+            output_type="latent", generator=[torch.Generator().manual_seed(11 + i) for i in range(2)]).images
+    ours = text_to_image(flux, None, controlnet=ControlNets([model], [image], 0.7), control_seed=11, steps=2,
+                         latents=latents, return_latents=True, **_given(embeds))
+    _check(ours, unpack_latents(theirs, 8, 8), "controlnet")
+
+
+def test_redux_depth_canny_matches_the_control_pipeline(tiny_control, embeds):
+    """Redux + a FLUX.1 Depth / Canny folder (FluxControlPipeline(prompt_embeds=, control_image=)): sample i's
+    control posterior from generator 5 + i."""
+    pipe, _, flux = tiny_control
+    image = _control_images(1)[0]
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = pipe(**_given(embeds, False), control_image=image, num_images_per_prompt=2, height=16, width=16,
+                      num_inference_steps=2, latents=pack_latents(latents), output_type="latent",
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)]).images
+    ours = text_to_image(flux, None, control_image=image, control_seed=5, latents=latents, steps=2,
+                         return_latents=True, **_given(embeds))
+    _check(ours, unpack_latents(theirs, 8, 8), "depth / canny")
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_redux_kontext_matches_the_kontext_pipelines(kontext, embeds, mask):
+    """Redux + FluxKontextPipeline (the image in context, true CFG against "ugly") / FluxKontextInpaintPipeline
+    (strength 0.6), given the prior's output."""
+    from diffkit.interop.flux_kontext import kontext_edit, kontext_inpaint
+    pipe, _, flux = kontext
+    image = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(3))
+    kw = {"negative_prompt": "ugly", "true_cfg_scale": 2.0}
+    if mask:
+        inpaint = _pipe(diffusers.FluxKontextInpaintPipeline, pipe)
+        mask = (torch.rand(1, 1, 12, 20, generator=torch.Generator().manual_seed(5)) > 0.5).float()
+        with torch.no_grad():
+            theirs = inpaint(**_given(embeds, False), image=image, mask_image=mask, strength=0.6, _auto_resize=False,
+                             num_inference_steps=3, output_type="latent", generator=torch.Generator().manual_seed(5),
+                             **kw).images
+        ours = kontext_inpaint(flux, image * 2 - 1, mask, None, 0.6, auto_resize=False, steps=3, seed=5,
+                               return_latents=True, **_given(embeds), **kw)
+        _check(ours, unpack_latents(theirs, 6, 10), "kontext inpaint")
+        return
+    latents = torch.randn(1, 16, 6, 10, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs = pipe(**_given(embeds, False), image=image, height=12, width=20, max_area=240, _auto_resize=False,
+                      num_inference_steps=2, latents=pack_latents(latents), output_type="latent", **kw).images
+    ours = kontext_edit(flux, image * 2 - 1, None, height=12, width=20, max_area=240, auto_resize=False, steps=2,
+                        latents=latents, return_latents=True, **_given(embeds), **kw)
+    _check(ours, unpack_latents(theirs, 6, 10), "kontext")
+
+
+def test_what_diffusers_cannot_do_with_redux_is_one_line(tiny_redux, embeds, tmp_path):
+    """FluxImg2ImgPipeline / FluxInpaintPipeline / FluxControlNetPipeline crash on true CFG with Redux's longer
+    embeddings (their negative pass takes the positive text ids): refused in one line; prompts with embeddings too."""
+    from diffkit.interop.controlnet import ControlNets
+    from test_flux_controlnet import tiny_flux_controlnet
+    from test_sd3_controlnet import control_image_files
+    flux = tiny_redux[2]
+    true_cfg = {"negative_prompt": "ugly", "true_cfg_scale": 2.0}
+    with pytest.raises(DiffkitError, match="not supported in a FLUX img2img / inpainting edit"):
+        image_to_image(flux, _edit_images() * 2 - 1, None, 0.6, **_given(embeds), **true_cfg)
+    control = ControlNets([tiny_flux_controlnet(3)], control_image_files(tmp_path)[1:], 0.7)
+    with pytest.raises(DiffkitError, match="true CFG \\(a negative prompt\\) with a FLUX ControlNet and given"):
+        text_to_image(flux, None, controlnet=control, steps=1, **_given(embeds), **true_cfg)
+    for call in (lambda: image_to_image(flux, _edit_images(), "a", **_given(embeds)),
+                 lambda: text_to_image(flux, None, prompt_2="b", steps=1, **_given(embeds))):
+        with pytest.raises(DiffkitError, match="prompt_embeds with prompt(s|_2) is not supported"):
+            call()
