@@ -108,7 +108,7 @@ def test_sample_command_redux_and_refusals(tiny_redux, tmp_path, capsys, monkeyp
     """`diffkit sample --redux DIR --redux-image PNG` (two images, per-image scales; with and without --prompt)
     writes text_to_image(prompt_embeds=redux_embeds(...))'s grid byte for byte (sample i from seed + i); Redux
     flags without --redux, a Redux folder of another kind, no --redux-image, scale / prompt counts that do not fit,
-    --negative-prompt, --max-sequence-length, a non-FLUX checkpoint: one line each, before any output."""
+    --max-sequence-length, a non-FLUX checkpoint: one line each, before any output."""
     from diffkit.cli import main
     from diffkit.images import save_grid
     from diffkit.interop import flux as flux_module
@@ -141,8 +141,6 @@ def test_sample_command_redux_and_refusals(tiny_redux, tmp_path, capsys, monkeyp
             (redux_flags + ["--redux-pooled-scale", "1", "--redux-pooled-scale", "1"],
              "--redux-pooled-scale is given 3 times for 2 --redux-image"),
             (redux_flags + ["--prompt", "a", "--prompt", "b", "--prompt", "c"], "--prompt is given 3 times for 2"),
-            (redux_flags + ["--prompt", "a", "--true-cfg-scale", "2", "--negative-prompt", "u"],
-             "--negative-prompt \\(true CFG\\) does not go with --redux"),
             (redux_flags + ["--max-sequence-length", "12"], "--max-sequence-length does not go with --redux")):
         assert main(common + extra + ["--out", str(bad / "o.png")]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()

@@ -13,10 +13,15 @@ from diffkit.interop.flux import image_to_image, pack_latents, text_to_image, un
 from diffkit.interop.flux_redux import redux_embeds  # noqa: E402
 
 from test_interop_diffusers import relative_error  # noqa: E402
-from test_flux_redux import _images, tiny_redux  # noqa: E402, F401 (a fixture)
-from test_flux_control import _control_images, tiny_control  # noqa: E402, F401 (a fixture)
-from test_flux_fill import tiny_fill  # noqa: E402, F401 (a fixture)
-from test_flux_kontext import kontext  # noqa: E402, F401 (a fixture)
+import test_flux_control  # noqa: E402
+import test_flux_fill  # noqa: E402
+import test_flux_kontext  # noqa: E402
+import test_flux_redux  # noqa: E402
+
+_images, _control_images = test_flux_redux._images, test_flux_control._control_images
+# the other modules' module-scoped fixtures, reused under their names
+tiny_redux, tiny_fill = test_flux_redux.tiny_redux, test_flux_fill.tiny_fill
+tiny_control, kontext = test_flux_control.tiny_control, test_flux_kontext.kontext
 
 PROMPT = "a photo of a cat"
 
@@ -182,3 +187,113 @@ def test_what_diffusers_cannot_do_with_redux_is_one_line(tiny_redux, embeds, tmp
                  lambda: text_to_image(flux, None, prompt_2="b", steps=1, **_given(embeds))):
         with pytest.raises(DiffkitError, match="prompt_embeds with prompt(s|_2) is not supported"):
             call()
+
+
+def _redux_png(tmp_path):
+    path = tmp_path / "redux.png"
+    _images(1)[0].save(path)
+    return str(path)
+
+
+def _one_line(capsys, match):
+    import re
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+
+
+def test_sample_command_takes_redux_with_true_cfg_controlnet_and_control_image(tiny_redux, tiny_control, tmp_path,
+                                                                              capsys, monkeypatch):
+    """`diffkit sample --redux DIR --redux-image PNG --prompt TEXT` with true CFG, a ControlNet (--controlnet-scale
+    0.7) or a Depth / Canny folder's --control-image writes text_to_image(prompt_embeds=redux_embeds(...))'s grid
+    byte for byte (sample i's noise and control posterior from seed + i); true CFG with the ControlNet: one line."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from diffkit.interop import flux as flux_module
+    from diffkit.interop.controlnet import ControlNets, load_model_folder
+    from test_flux_controlnet import tiny_flux_controlnet
+    from test_sd3_controlnet import control_image_files
+    monkeypatch.setattr(flux_module, "DEFAULT_SAMPLE_SIZE", 8)
+    folder, flux, redux_folder, redux = tiny_redux[1], tiny_redux[2], tiny_redux[4], tiny_redux[5]
+    tiny_flux_controlnet(3).save_pretrained(tmp_path / "cn")
+    image, png = str(control_image_files(tmp_path)[1]), _redux_png(tmp_path)
+    common = ["sample", "--num", "2", "--nrow", "2", "--steps", "2", "--seed", "5", "--batch-size", "2",
+              "--no-progress", "--redux", str(redux_folder), "--redux-image", png, "--prompt", PROMPT]
+    true_cfg = {"negative_prompt": "ugly", "true_cfg_scale": 2.0}
+    cases = (("true cfg", folder, flux, ["--true-cfg-scale", "2", "--negative-prompt", "ugly"], true_cfg),
+             ("controlnet", folder, flux, ["--controlnet", str(tmp_path / "cn"), "--control-image", image,
+                                           "--controlnet-scale", "0.7"],
+              {"controlnet": ControlNets([load_model_folder("FluxControlNetModel", tmp_path / "cn", progress=False)],
+                                         [image], 0.7), "control_seed": 5}),
+             ("depth / canny", tiny_control[1], tiny_control[2], ["--control-image", image],
+              {"control_image": image, "control_seed": 5}))
+    for name, checkpoint, model, extra, kw in cases:
+        out = tmp_path / f"{len(extra)}.png"
+        assert main(common + ["--checkpoint", str(checkpoint), "--out", str(out)] + extra) == 0, name
+        context, pooled = redux_embeds(model, redux, png, PROMPT)
+        latents = torch.cat([torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(5 + i))
+                             for i in range(2)])
+        images = text_to_image(model, None, prompt_embeds=context, pooled_prompt_embeds=pooled, steps=2,
+                               latents=latents, output_range="-1,1", **kw)
+        save_grid(images, tmp_path / "expected.png", 2)
+        assert out.read_bytes() == (tmp_path / "expected.png").read_bytes(), name
+    capsys.readouterr()
+    assert main(common + ["--checkpoint", str(folder), "--out", str(tmp_path / "bad" / "o.png")] + cases[1][3]
+                + cases[0][3]) == 2
+    _one_line(capsys, "--redux with --negative-prompt and --controlnet: true CFG .* not supported")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_edit_command_takes_redux_in_inpainting_fill_and_kontext(tiny_redux, tiny_fill, kontext, tmp_path, capsys):
+    """`diffkit edit --redux DIR --redux-image PNG` inpaints (--mask) on a FLUX.1 folder and a Fill folder as
+    image_to_image(prompt_embeds=redux_embeds(...)) byte for byte, and edits on a Kontext folder (true CFG) within
+    one PNG level of FluxKontextPipeline given FluxPriorReduxPipeline's output; true CFG in the FLUX.1 folder's edit,
+    --redux on an SD3-less non-FLUX checkpoint: one line."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    redux_folder, redux = tiny_redux[4], tiny_redux[5]
+    test_flux_fill._write_inputs(tmp_path)
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    png = _redux_png(tmp_path)
+    flags = ["--redux", str(redux_folder), "--redux-image", png, "--prompt", PROMPT, "--no-progress", "--seed", "5",
+             "--steps", "3"]
+    for name, (folder, flux) in (("flux", tiny_redux[1:3]), ("fill", tiny_fill[1:])):
+        out = tmp_path / name
+        assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--mask",
+                     str(tmp_path / "mask.png"), "--out", str(out)] + flags) == 0, name
+        context, pooled = redux_embeds(flux, redux, png, PROMPT)
+        ours = image_to_image(flux, images, None, mask=_mask(), steps=3, seed=5, output_range="-1,1",
+                              prompt_embeds=context, pooled_prompt_embeds=pooled)
+        save_images(ours, tmp_path / f"expected_{name}", prefix="edit")
+        for i in range(2):
+            file = f"edit_0000{i}.png"
+            assert (out / file).read_bytes() == (tmp_path / f"expected_{name}" / file).read_bytes(), name
+    pipe, folder, _ = kontext
+    true_cfg = ["--true-cfg-scale", "2", "--negative-prompt", "ugly"]
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in" / "0.png"), "--height", "16",
+                 "--width", "16", "--max-area", "256", "--no-auto-resize", "--out", str(tmp_path / "kontext")]
+                + flags[:-1] + ["2"] + true_cfg) == 0
+    prior = diffusers.FluxPriorReduxPipeline.from_pretrained(
+        redux_folder, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2,
+        tokenizer_2=pipe.tokenizer_2, local_files_only=True)
+    with torch.no_grad():
+        given = prior(Image.open(png), prompt=PROMPT, return_dict=False)
+        theirs = pipe(image=Image.open(tmp_path / "in" / "0.png"), prompt_embeds=given[0],
+                      pooled_prompt_embeds=given[1], negative_prompt="ugly", true_cfg_scale=2.0, height=16, width=16,
+                      max_area=256, _auto_resize=False, num_inference_steps=2, output_type="np",
+                      generator=torch.Generator().manual_seed(5)).images
+    written = np.asarray(Image.open(tmp_path / "kontext" / "edit_00000.png"), np.float64)
+    levels = np.abs(written - (theirs[0] * 255).round()).max()
+    print("redux kontext PNG levels", levels)
+    assert written.shape == (16, 16, 3) and levels <= 1
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["edit", "--checkpoint", str(tiny_redux[1]), "--images", str(tmp_path / "in"), "--out", str(bad)]
+                + flags + true_cfg) == 2
+    _one_line(capsys, "--redux with --negative-prompt: true CFG .* not supported in a FLUX img2img / inpainting")
+    assert main(["edit", "--checkpoint", str(tmp_path / "in"), "--images", str(tmp_path / "in"), "--out", str(bad)]
+                + flags) == 2
+    _one_line(capsys, "--redux applies to a FLUX.1 folder \\(FluxPipeline\\); .* is not one")
+    assert not bad.exists()

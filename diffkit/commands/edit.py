@@ -63,6 +63,7 @@ from ._sd_prompts import add_prompt_encoding_flags
 from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 from ._image_size import add_edit_size_flags
 from ._flux_kontext import add_kontext_flags, check_kontext_flags
+from ._flux_redux import ReduxRequest, add_redux_flags
 
 
 def strength_value(text: str) -> float:
@@ -176,6 +177,7 @@ def register(sub) -> None:
     add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
     add_edit_refiner_flags(p)
     p.set_defaults(func=run)
 
@@ -274,6 +276,7 @@ def run(args) -> int:
         from ._sd3 import edit_sd3
         return edit_sd3(args, flux=not is_sd3_folder(args.checkpoint))
     check_kontext_flags(args)  # --max-area, --no-auto-resize: a Kontext folder's
+    ReduxRequest.from_args(args, args.checkpoint)  # --redux: a FLUX.1 folder's (one line here)
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "
