@@ -143,6 +143,8 @@ class ClassifierFreeGuidance(Wrapper):
             cond is shared by both passes. With ``null_context`` and no class labels (a
             text-conditional model) the condition is the context alone:
             eps-bar = (1 + w) eps(x_t, c) - w eps(x_t, c_null), c_null = the empty prompt's context.
+            A ``null_context`` of another length than the context (FLUX.1 Redux's 512 + N tokens against a
+            negative prompt's 512) runs the two passes as two network calls (without PAG's perturbed pass).
         null_cond: other ``cond`` keys whose unconditional pass takes another value (1 or B rows), as
             ``null_context`` does for ``context``: e.g. SD-XL's pooled prompt embedding ``text_embeds``
             and size conditions ``time_ids`` (:mod:`diffkit.interop.sd_xl`).

@@ -37,7 +37,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     transformer's control latents drawn as the ControlNets' (:mod:`diffkit.interop.flux_channels`); a FLUX.1 Fill
     folder only inpaints (``diffkit edit --mask``): one line. ``redux`` (in ``options``): FLUX.1 Redux's image
     prompt (a :class:`~._flux_redux.ReduxRequest`), FluxPriorReduxPipeline's embeddings of ``--redux-image`` (and
-    ``--prompt``, optional) for every sample (:mod:`diffkit.interop.flux_redux`)."""
+    ``--prompt``, optional) for every sample (:mod:`diffkit.interop.flux_redux`), also with true CFG, ControlNets and
+    a Depth / Canny folder's ``--control-image`` (not true CFG with a ControlNet: diffusers 0.42.1 fails there)."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop, prompted_rows
     from ._flux_redux import redux_text

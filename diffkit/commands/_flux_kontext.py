@@ -52,7 +52,8 @@ def edit_kontext(args) -> int:
     of the image: resized as the pipeline's ``image_reference`` (:func:`reference_files`). ``--strength`` or
     ``--image-reference`` without ``--mask``, ``--height`` / ``--width`` / ``--max-area`` with it
     and every other edit flag a FLUX folder does not take: one line, before any weight is read or any folder is
-    made."""
+    made. ``--redux DIR --redux-image PNG``: FLUX.1 Redux's embeddings as every image's prompt (true CFG too), as
+    the pipelines given FluxPriorReduxPipeline's output."""
     from pathlib import Path
 
     import torch

@@ -261,7 +261,9 @@ def edit_sd3(args, flux: bool = False) -> int:
     ``--negative-ip-adapter-image`` with true CFG): the image prompt of the pipelines' ``ip_adapter_image`` (SD3's
     inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``). ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``) on an SD3 folder: img2img as StableDiffusion3PAGImg2ImgPipeline
-    (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``, ``--apg-*``)."""
+    (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``, ``--apg-*``).
+    ``--redux DIR --redux-image PNG`` on a FLUX.1 folder (:class:`._flux_redux.ReduxRequest`): FLUX.1 Redux's
+    embeddings as every image's prompt (``image_to_image(prompt_embeds=)``; not with true CFG there)."""
     import torch
 
     from ..config import resolve_device

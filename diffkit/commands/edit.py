@@ -34,7 +34,8 @@ the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``;
 a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
-FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A text-conditional
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 folder ``--redux DIR --redux-image
+PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
