@@ -15,6 +15,7 @@ from diffkit.interop.flux_redux import redux_embeds  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 import test_flux_control  # noqa: E402
 import test_flux_fill  # noqa: E402
+import test_flux_ip_adapter  # noqa: E402
 import test_flux_kontext  # noqa: E402
 import test_flux_redux  # noqa: E402
 
@@ -22,6 +23,7 @@ _images, _control_images = test_flux_redux._images, test_flux_control._control_i
 # the other modules' module-scoped fixtures, reused under their names
 tiny_redux, tiny_fill = test_flux_redux.tiny_redux, test_flux_fill.tiny_fill
 tiny_control, kontext = test_flux_control.tiny_control, test_flux_kontext.kontext
+flux_ip = test_flux_ip_adapter.flux_ip
 
 PROMPT = "a photo of a cat"
 
@@ -204,6 +206,36 @@ def test_redux_kontext_matches_the_kontext_pipelines(kontext, embeds, mask):
     ours = kontext_edit(flux, image * 2 - 1, None, height=12, width=20, max_area=240, auto_resize=False, steps=2,
                         latents=latents, return_latents=True, **_given(embeds), **kw)
     _check(ours, unpack_latents(theirs, 6, 10), "kontext")
+
+
+@pytest.mark.parametrize("kw", [{}, {"true_cfg_scale": 2.0, "negative_prompt": "ugly",
+                                     "negative_ip_adapter_image": "negative.png"}])
+def test_redux_with_an_ip_adapter_matches_the_flux_pipeline(flux_ip, embeds, kw):
+    """Redux + an XLabs IP-Adapter (scale 0.8): FluxPipeline.load_ip_adapter + ip_adapter_image given the prior's
+    output, plain and with true CFG and a negative IP-Adapter image."""
+    from PIL import Image
+    from diffkit.interop.flux_ip_adapter import load_flux_ip_adapter
+    pipe, flux, root, png, _ = flux_ip
+    latents = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(7))
+    theirs_kw, negative = dict(kw), kw.get("negative_ip_adapter_image")
+    if negative:
+        theirs_kw["negative_ip_adapter_image"] = Image.open(root / negative).convert("RGB")
+    pipe.load_ip_adapter(str(root), weight_name="xlabs.safetensors", local_files_only=True,
+                         image_encoder_pretrained_model_name_or_path=str(root / "image_encoder"),
+                         image_encoder_dtype=torch.float32)
+    try:
+        pipe.set_ip_adapter_scale(0.8)
+        with torch.no_grad():
+            theirs = pipe(**_given(embeds, False), ip_adapter_image=Image.open(png).convert("RGB"),
+                          num_images_per_prompt=2, height=16, width=16, num_inference_steps=2,
+                          latents=pack_latents(latents), output_type="latent", **theirs_kw).images
+    finally:
+        pipe.unload_ip_adapter()
+    adapter = load_flux_ip_adapter(root / "xlabs.safetensors", png, 0.8, progress=False,
+                                   negative_image=None if negative is None else root / negative)
+    ours = text_to_image(flux, None, ip_adapter=adapter, latents=latents, steps=2, return_latents=True,
+                         **_given(embeds), **{k: v for k, v in kw.items() if k != "negative_ip_adapter_image"})
+    _check(ours, unpack_latents(theirs, 8, 8), f"ip-adapter {sorted(kw)}")
 
 
 def test_what_diffusers_cannot_do_with_redux_is_one_line(tiny_redux, embeds, tmp_path):

@@ -78,7 +78,7 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     embeds = None if redux is None else redux.embeds(flux, guidance, device, progress)  # FLUX.1 Redux's
     controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
         flux, guidance, control, ip_adapter, num, nrow, seed, device, progress, None if redux is None else [None])
-    if redux is not None:  # one conditioning for every sample (no IP-Adapter: ReduxRequest.from_args)
+    if redux is not None:  # one conditioning for every sample
         prompts = f"Redux images {redux.images}, prompts {list(guidance.prompts or [])}"
     if image is not None:  # sample i's control latents from seed + i; its prompt's control image
         per_sample["control_seeds"] = [seed + i for i in range(num)]

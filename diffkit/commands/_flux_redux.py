@@ -42,7 +42,7 @@ class ReduxRequest:
     def from_args(cls, args, checkpoint, edit: bool = False) -> Optional["ReduxRequest"]:
         """None without ``--redux``; one line for a Redux flag without it, a checkpoint that is not a FLUX.1 folder,
         a folder that is not a Redux one (JSON only), no ``--redux-image`` or one that is no image, scale counts
-        that do not fit, flags Redux does not go with (``--ip-adapter``, ``--max-sequence-length``; true CFG with a
+        that do not fit, flags Redux does not go with (``--max-sequence-length``; true CFG with a
         ControlNet, or in an ``edit`` of a folder other than Kontext: diffusers 0.42.1's pipelines fail there; all
         before any weight is read)."""
         from ..interop.flux import is_flux_folder
@@ -72,12 +72,10 @@ class ReduxRequest:
                 raise DiffkitError(f"{flag} is given {len(values)} times for {len(images)} --redux-image; give it "
                                    f"once (every image) or once per image")
             scales.append(values)
-        for flag, value in (("--ip-adapter", getattr(args, "ip_adapter", None)),
-                            ("--max-sequence-length", getattr(args, "max_sequence_length", None))):
-            if value:
-                raise DiffkitError(f"{flag} does not go with --redux in diffkit (Redux conditions the pipeline "
-                                   f"through prompt_embeds; the prompt is encoded at the prior's 512 T5 tokens); "
-                                   f"drop one")
+        if getattr(args, "max_sequence_length", None):
+            raise DiffkitError("--max-sequence-length does not go with --redux in diffkit (Redux conditions the "
+                               "pipeline through prompt_embeds; the prompt is encoded at the prior's 512 T5 tokens); "
+                               "drop one")
         if getattr(args, "negative_prompt", None) is not None:
             from ..interop.flux import NO_EMBEDS_CONTROLNET_TRUE_CFG, NO_EMBEDS_EDIT_TRUE_CFG
             from ..interop.flux_kontext import is_kontext_folder

@@ -360,8 +360,7 @@ def given_embeds(flux: Flux, prompt_embeds, pooled_prompt_embeds, batch: Optiona
     """(context (B, L, d_T5), pooled (B, d_CLIP)) of :func:`text_to_image`'s ``prompt_embeds`` /
     ``pooled_prompt_embeds`` (FluxPipeline's; e.g. FLUX.1 Redux's, :mod:`.flux_redux`): both, of the transformer's
     widths, one row (every sample: ``batch``, the latents', default 1) or ``batch`` rows; one line otherwise, or
-    with any of ``others`` given (prompts or ``prompt_2``, which the pipelines refuse with embeddings; an
-    IP-Adapter: not supported here)."""
+    with any of ``others`` given (prompts or ``prompt_2``, which the pipelines refuse with embeddings)."""
     config = flux.transformer.config
     given = [name for name, value in others.items() if value is not None]
     if given:
@@ -543,15 +542,14 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         ``prompts`` (None) and ``prompt_2``, e.g. FLUX.1 Redux's (:func:`.flux_redux.redux_embeds`); one row serves
         every sample (``latents``' batch); with true CFG (the negative prompt encoded at ``max_sequence_length``, its
         pass a second network call where the lengths differ), a ControlNet (not both), a Depth / Canny folder's
-        ``control_image``; no IP-Adapter.
+        ``control_image``, an IP-Adapter.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts, embeds = embedded_prompts(flux, prompts, prompt_embeds, pooled_prompt_embeds,  # e.g. FLUX.1 Redux's
-                                       None if latents is None else latents.shape[0], prompt_2=prompt_2,
-                                       ip_adapter=ip_adapter)
+                                       None if latents is None else latents.shape[0], prompt_2=prompt_2)
     if embeds is not None and controlnet is not None and negative_prompt is not None:
         raise DiffkitError(NO_EMBEDS_CONTROLNET_TRUE_CFG)
     prompts = prompt_list(prompts)
@@ -642,8 +640,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     batch = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else None
-    prompts, embeds = embedded_prompts(flux, prompts, prompt_embeds, pooled_prompt_embeds, batch, prompt_2=prompt_2,
-                                       ip_adapter=ip_adapter)
+    prompts, embeds = embedded_prompts(flux, prompts, prompt_embeds, pooled_prompt_embeds, batch, prompt_2=prompt_2)
     if embeds is not None and negative_prompt is not None and kontext is None:
         raise DiffkitError(NO_EMBEDS_EDIT_TRUE_CFG)
     prompts = edit_prompts(images, prompts)
