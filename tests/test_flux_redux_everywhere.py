@@ -20,6 +20,7 @@ import test_flux_kontext  # noqa: E402
 import test_flux_redux  # noqa: E402
 
 _images, _control_images = test_flux_redux._images, test_flux_control._control_images
+_edit_images, _mask = test_flux_fill._images, test_flux_fill._mask  # (2, 3, 16, 16) in [0, 1]; (1, 1, 16, 16)
 # the other modules' module-scoped fixtures, reused under their names
 tiny_redux, tiny_fill = test_flux_redux.tiny_redux, test_flux_fill.tiny_fill
 tiny_control, kontext = test_flux_control.tiny_control, test_flux_kontext.kontext
@@ -36,16 +37,6 @@ def embeds(tiny_redux):
     with torch.no_grad():
         theirs = prior(image, prompt=PROMPT, return_dict=False)
     return theirs, redux_embeds(flux, redux, image, PROMPT)
-
-
-def _edit_images():
-    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # [0, 1]
-
-
-def _mask():
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 4:12, 3:10] = 1
-    return mask
 
 
 def _check(ours, theirs, what):
