@@ -143,6 +143,8 @@ class ClassifierFreeGuidance(Wrapper):
             cond is shared by both passes. With ``null_context`` and no class labels (a
             text-conditional model) the condition is the context alone:
             eps-bar = (1 + w) eps(x_t, c) - w eps(x_t, c_null), c_null = the empty prompt's context.
+            A ``null_context`` of another length than the context (FLUX.1 Redux's 512 + N tokens against a
+            negative prompt's 512) runs the two passes as two network calls (without PAG's perturbed pass).
         null_cond: other ``cond`` keys whose unconditional pass takes another value (1 or B rows), as
             ``null_context`` does for ``context``: e.g. SD-XL's pooled prompt embedding ``text_embeds``
             and size conditions ``time_ids`` (:mod:`diffkit.interop.sd_xl`).
@@ -258,7 +260,8 @@ class ClassifierFreeGuidance(Wrapper):
             return self.inner(x, t, **cond) if text_only else self.inner(x, t, y=y, **cond)
         copies = 2 if perturbed is None else 3  # [cond, null] (+ [perturbed cond])
         both = _repeated(cond, batch, copies)
-        if self.null_context is not None and "context" in cond:
+        apart = perturbed is None and self._unequal_contexts(cond)  # e.g. FLUX.1 Redux's longer prompt: two calls
+        if self.null_context is not None and "context" in cond and not apart:
             null = self.null_context.to(device=x.device, dtype=cond["context"].dtype)
             both["context"] = torch.cat([cond["context"], null.expand_as(cond["context"]), cond["context"]][:copies])
         for key in self.null_cond.keys() & cond.keys():  # e.g. SD-XL's pooled text embedding and time ids
@@ -267,7 +270,9 @@ class ClassifierFreeGuidance(Wrapper):
         t_both = torch.cat([t64] * copies) if torch.as_tensor(t).ndim else t
         if not text_only:
             both["y"] = torch.cat([y, torch.full_like(y, self.null_class), y][:copies])
-        if perturbed is None:
+        if apart:
+            pred = self._two_calls(x, t, cond, batch)
+        elif perturbed is None:
             pred = self.inner(torch.cat([x, x]), t_both, **both)
         else:
             with perturbed[0].perturbing(batch, copies, x.device):
@@ -293,6 +298,24 @@ class ClassifierFreeGuidance(Wrapper):
         if self.rescale > 0:
             eps, x0 = self._rescaled(x, t64, eps, x0, eps_c, x0_c)
         return Prediction(eps=eps, x0=x0, var_values=var_values)
+
+    def _unequal_contexts(self, cond: dict) -> bool:
+        """True where ``null_context`` has another shape than ``cond["context"]`` past the batch (e.g. FLUX.1
+        Redux's 512 + N tokens against the negative prompt's 512, :mod:`diffkit.interop.flux_redux`)."""
+        return self.null_context is not None and "context" in cond \
+            and tuple(self.null_context.shape[1:]) != tuple(cond["context"].shape[1:])
+
+    def _two_calls(self, x, t, cond: dict, batch: int) -> Prediction:
+        """The conditional and the unconditional pass as two network calls (contexts of two lengths cannot share
+        a batch; diffusers' true-CFG pipelines run the two passes apart too), stacked as the batched call's."""
+        null = {**cond, "context": self.null_context.to(x.device, cond["context"].dtype).expand(
+            batch, *self.null_context.shape[1:])}
+        for key in self.null_cond.keys() & cond.keys():
+            null[key] = self.null_cond[key].to(device=x.device, dtype=cond[key].dtype).expand_as(cond[key])
+        preds = [self.inner(x, t, **cond), self.inner(x, t, **null)]
+        var_values = None if preds[0].var_values is None else torch.cat([p.var_values for p in preds])
+        return Prediction(eps=torch.cat([p.eps for p in preds]), x0=torch.cat([p.x0 for p in preds]),
+                          var_values=var_values)
 
     def _rescaled(self, x, t64, eps, x0, eps_c, x0_c):
         """Lin et al. 2024, Sec. 3.4: v_rescaled = v_cfg std(v_pos)/std(v_cfg);

@@ -38,9 +38,11 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     transformer's control latents drawn as the ControlNets' (:mod:`diffkit.interop.flux_channels`); a FLUX.1 Fill
     folder only inpaints (``diffkit edit --mask``): one line. ``redux`` (in ``options``): FLUX.1 Redux's image
     prompt (a :class:`~._flux_redux.ReduxRequest`), FluxPriorReduxPipeline's embeddings of ``--redux-image`` (and
-    ``--prompt``, optional) for every sample (:mod:`diffkit.interop.flux_redux`)."""
+    ``--prompt``, optional) for every sample (:mod:`diffkit.interop.flux_redux`), also with true CFG, ControlNets and
+    a Depth / Canny folder's ``--control-image`` (not true CFG with a ControlNet: diffusers 0.42.1 fails there)."""
     from ..interop.flux import FLUX_PIPELINE_STEPS, load_flux, text_to_image
     from ._sd3 import pipeline_loop, prompted_rows
+    from ._flux_redux import redux_text
     from ._sd_prompts import check_prompt_encoding, flux_prompt_options
     from .sample import GuidanceRequest, draw_prompted_grid
 
@@ -75,16 +77,11 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
     from ..interop.flux_channels import check_variant_options, folder_variant
     check_variant_options(folder_variant(directory), None, image, control, ip_adapter, guidance.negative_prompt)
     flux = load_flux(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
-    embeds = None
-    if redux is None:
-        controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
-            flux, guidance, control, ip_adapter, num, nrow, seed, device, progress)
-    else:  # FLUX.1 Redux: one conditioning for every sample (no ControlNet / IP-Adapter: ReduxRequest.from_args)
-        from .sample import condition_rows
-        embeds, controlnet, adapter = redux.embeds(flux, guidance, device, progress), None, None
+    embeds = None if redux is None else redux.embeds(flux, guidance, device, progress)  # FLUX.1 Redux's
+    controlnet, adapter, prompts, index, num, nrow, per_sample = prompted_rows(
+        flux, guidance, control, ip_adapter, num, nrow, seed, device, progress, None if redux is None else [None])
+    if redux is not None:  # one conditioning for every sample
         prompts = f"Redux images {redux.images}, prompts {list(guidance.prompts or [])}"
-        index, num, nrow = condition_rows(1, num, nrow or 8)
-        per_sample = {"prompts": [None] * num}
     if image is not None:  # sample i's control latents from seed + i; its prompt's control image
         per_sample["control_seeds"] = [seed + i for i in range(num)]
         if isinstance(image, list) and len(image) > 1:
@@ -101,8 +98,8 @@ def sample_flux(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nr
         control = {} if controlnet is None and image is None else {
             "control_seed": cond["control_seeds"][0], "control_rows": cond.get("control_rows"),
             **({"controlnet": controlnet} if image is None else {"control_image": image})}
-        text = flux_prompt_options(guidance, cond.get("prompts_2")) if embeds is None else {
-            "prompt_embeds": embeds[0], "pooled_prompt_embeds": embeds[1]}  # FLUX.1 Redux's
+        text = flux_prompt_options(guidance, cond.get("prompts_2"))
+        text = text if embeds is None else redux_text(embeds, text)  # FLUX.1 Redux's
         return text_to_image(flux, cond["prompts"] if embeds is None else None, sampler=sampler, steps=steps,
                              guidance_scale=guidance.guidance_scale, seed=None, latents=noise, return_latents=True,
                              ip_adapter=adapter, **grid, **how, **control, **text)

@@ -53,7 +53,8 @@ def edit_kontext(args) -> int:
     of the image: resized as the pipeline's ``image_reference`` (:func:`reference_files`). ``--strength`` or
     ``--image-reference`` without ``--mask``, ``--height`` / ``--width`` / ``--max-area`` with it
     and every other edit flag a FLUX folder does not take: one line, before any weight is read or any folder is
-    made."""
+    made. ``--redux DIR --redux-image PNG``: FLUX.1 Redux's embeddings as every image's prompt (true CFG too), as
+    the pipelines given FluxPriorReduxPipeline's output."""
     from pathlib import Path
 
     import torch
@@ -69,6 +70,7 @@ def edit_kontext(args) -> int:
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._image_size import resized_pngs, size_multiple
     from ._sd3 import _FLAG_NAMES, edit_sampling, refused_flags
+    from ._flux_redux import ReduxRequest, redux_text
     from ._sd_prompts import flux_prompt_options
     from .edit import image_files, mask_file
 
@@ -89,14 +91,15 @@ def edit_kontext(args) -> int:
     refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
                    for dest, value in vars(args).items() if dest not in KONTEXT_EDIT_FLAGS and dest in defaults},
                   directory, "FLUX Kontext")
-    if args.images is None or not args.prompts:
+    redux = ReduxRequest.from_args(args, directory, edit=True)  # FLUX.1 Redux (._flux_redux)
+    if args.images is None or not (args.prompts or redux):
         raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder: give --images PNG|DIR and --prompt TEXT (once "
                            f"for every image, or once per image)")
     info, own, options, request = edit_sampling(args, directory)
     files = image_files(args.images)
     count = len(files)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2)):
-        if rows is not None and len(rows) not in (1, count):
+        if rows is not None and len(rows) not in (1, count) and redux is None:  # Redux: --redux-image's (checked)
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
                                f"or once per image ({count}, in the files' order)")
     multiple = size_multiple(directory)[0]  # 2 f
@@ -114,6 +117,7 @@ def edit_kontext(args) -> int:
     flux = load_flux(directory, device, progress=args.progress, lora=args.lora,
                      textual_inversion=args.textual_inversion)
     flux.check_guidance_scale(args.guidance_scale)
+    embeds = None if redux is None else redux.embeds(flux, request, device, args.progress)  # every image's prompt
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
 
@@ -124,12 +128,14 @@ def edit_kontext(args) -> int:
         results = []
         for i, file in enumerate(files):
             prompts_2 = row(args.prompts_2, i) if args.prompts_2 is not None and len(args.prompts_2) > 1 else None
+            text = flux_prompt_options(request, prompts_2)
             how = dict(auto_resize=not args.no_auto_resize, sampler=None if own else info.name, steps=args.steps,
                        guidance_scale=args.guidance_scale, seed=args.seed + i, output_range="-1,1",
-                       progress=args.progress, **flux_prompt_options(request, prompts_2), **({} if own else options))
-            image = resized_pngs([file], *sizes[i])
-            edited = kontext_edit(flux, image, row(args.prompts, i), **size, **how) if mask is None else \
-                kontext_inpaint(flux, image, resized_pngs([mask], *sizes[i], mask=True), row(args.prompts, i),
+                       progress=args.progress, **(text if embeds is None else redux_text(embeds, text)),
+                       **({} if own else options))
+            image, prompt = resized_pngs([file], *sizes[i]), None if embeds is not None else row(args.prompts, i)
+            edited = kontext_edit(flux, image, prompt, **size, **how) if mask is None else \
+                kontext_inpaint(flux, image, resized_pngs([mask], *sizes[i], mask=True), prompt,
                                 1.0 if args.strength is None else args.strength,
                                 image_reference=None if references is None else resized_pngs(*row(references, i)),
                                 **how)
@@ -143,7 +149,7 @@ def edit_kontext(args) -> int:
     what = "edited" if mask is None else f"inpainted (strength {args.strength or 1.0:g})"
     print(f"wrote {count} {what} images to {out} (edit_00000.png ...; FLUX.1 Kontext folder {directory}, "
           f"{' / '.join(sorted({f'{r.shape[3]}x{r.shape[2]}' for r in results}))} pixels, {grid}, prompts "
-          f"{list(args.prompts)})")
+          f"{list(args.prompts or [])})")
     return 0
 
 

@@ -1,5 +1,7 @@
-"""``diffkit sample --checkpoint FLUX_FOLDER --redux REDUX_DIR --redux-image PNG [--prompt TEXT]``: FLUX.1 Redux,
-diffusers' ``FluxPriorReduxPipeline`` then ``FluxPipeline(**prior_output)`` (:mod:`diffkit.interop.flux_redux`)."""
+"""``diffkit sample|edit --checkpoint FLUX_FOLDER --redux REDUX_DIR --redux-image PNG [--prompt TEXT]``: FLUX.1
+Redux, diffusers' ``FluxPriorReduxPipeline`` then any FLUX pipeline given its output (``FluxPipeline`` with true CFG,
+the ControlNet, Fill, Depth / Canny, img2img / inpainting and Kontext pipelines: :mod:`diffkit.interop.flux_redux`)
+as ``prompt_embeds`` / ``pooled_prompt_embeds``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,11 +14,12 @@ SCALE_FLAGS = (("--redux-prompt-scale", "redux_prompt_scales"), ("--redux-pooled
 
 
 def add_redux_flags(parser) -> None:
-    g = parser.add_argument_group("FLUX.1 Redux (FLUX.1 folders; docs/interop.md)")
+    g = parser.add_argument_group("FLUX.1 Redux (FLUX.1 folders: plain, Fill, Depth / Canny, Kontext; docs/interop.md)")
     g.add_argument("--redux", type=path_arg, metavar="DIR",
                    help="a FluxPriorReduxPipeline folder (FLUX.1-Redux-dev): --redux-image becomes the prompt, as "
-                        "FluxPipeline(**FluxPriorReduxPipeline(image)); --prompt is optional (default: none, the "
-                        "prior's zeros), all samples share the one conditioning")
+                        "FluxPipeline(**FluxPriorReduxPipeline(image)) (or the ControlNet / Fill / Depth / Canny / "
+                        "img2img / inpainting / Kontext pipeline's); --prompt is optional (default: none, the "
+                        "prior's zeros), all samples (edited images) share the one conditioning")
     g.add_argument("--redux-image", action="append", dest="redux_images", type=path_arg, metavar="PNG",
                    help="the image prompt of --redux; repeat to mix several (the prior's weighted sum over its list "
                         "of images)")
@@ -36,10 +39,12 @@ class ReduxRequest:
     pooled_scales: list
 
     @classmethod
-    def from_args(cls, args, checkpoint) -> Optional["ReduxRequest"]:
+    def from_args(cls, args, checkpoint, edit: bool = False) -> Optional["ReduxRequest"]:
         """None without ``--redux``; one line for a Redux flag without it, a checkpoint that is not a FLUX.1 folder,
         a folder that is not a Redux one (JSON only), no ``--redux-image`` or one that is no image, scale counts
-        that do not fit, flags Redux does not go with (all before any weight is read)."""
+        that do not fit, flags Redux does not go with (``--max-sequence-length``; true CFG with a
+        ControlNet, or in an ``edit`` of a folder other than Kontext: diffusers 0.42.1's pipelines fail there; all
+        before any weight is read)."""
         from ..interop.flux import is_flux_folder
         from ..interop.flux_redux import check_redux_folder
         from ..interop.ip_adapter import open_image
@@ -67,15 +72,17 @@ class ReduxRequest:
                 raise DiffkitError(f"{flag} is given {len(values)} times for {len(images)} --redux-image; give it "
                                    f"once (every image) or once per image")
             scales.append(values)
-        for flag, value in (("--controlnet", getattr(args, "controlnets", None)),
-                            ("--control-image", getattr(args, "control_images", None)),
-                            ("--ip-adapter", getattr(args, "ip_adapter", None)),
-                            ("--negative-prompt (true CFG)", getattr(args, "negative_prompt", None)),
-                            ("--max-sequence-length", getattr(args, "max_sequence_length", None))):
-            if value:
-                raise DiffkitError(f"{flag} does not go with --redux in diffkit (Redux conditions FluxPipeline "
-                                   f"through prompt_embeds; the prompt is encoded at the prior's 512 T5 tokens); "
-                                   f"drop one")
+        if getattr(args, "max_sequence_length", None):
+            raise DiffkitError("--max-sequence-length does not go with --redux in diffkit (Redux conditions the "
+                               "pipeline through prompt_embeds; the prompt is encoded at the prior's 512 T5 tokens); "
+                               "drop one")
+        if getattr(args, "negative_prompt", None) is not None:
+            from ..interop.flux import NO_EMBEDS_CONTROLNET_TRUE_CFG, NO_EMBEDS_EDIT_TRUE_CFG
+            from ..interop.flux_kontext import is_kontext_folder
+            if getattr(args, "controlnets", None):
+                raise DiffkitError(f"--redux with --negative-prompt and --controlnet: {NO_EMBEDS_CONTROLNET_TRUE_CFG}")
+            if edit and not is_kontext_folder(checkpoint):
+                raise DiffkitError(f"--redux with --negative-prompt: {NO_EMBEDS_EDIT_TRUE_CFG}")
         prompts = getattr(args, "prompts", None) or []
         if len(prompts) not in (0, 1, len(images)):
             raise DiffkitError(f"--prompt is given {len(prompts)} times for {len(images)} --redux-image; with --redux "
@@ -94,4 +101,12 @@ class ReduxRequest:
                             self.prompt_scales, self.pooled_scales)
 
 
-__all__ = ["ReduxRequest", "add_redux_flags"]
+def redux_text(embeds: tuple, options: dict) -> dict:
+    """The FLUX functions' prompt keywords with Redux's ``embeds`` (context, pooled): ``prompt_embeds`` /
+    ``pooled_prompt_embeds`` and the true-CFG ones of ``options`` (:func:`._sd_prompts.flux_prompt_options`'s; the
+    prompts and ``prompt_2`` went into the prior)."""
+    kept = {key: options[key] for key in ("negative_prompt", "negative_prompt_2", "true_cfg_scale") if key in options}
+    return {**kept, "prompt_embeds": embeds[0], "pooled_prompt_embeds": embeds[1]}
+
+
+__all__ = ["ReduxRequest", "add_redux_flags", "redux_text"]

@@ -29,14 +29,16 @@ _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --
                           "--mask with --strength, --steps, --sampler and its grid options"}  # (edit's, ._flux_kontext)
 
 
-def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool) -> tuple:
+def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool,
+                  prompts=None) -> tuple:
     """(controlnet, adapter, prompts, index, num, nrow, per_sample) of an SD3 / FLUX folder's ``diffkit sample``:
     the ControlNets and IP-Adapter loaded in the model's dtype, the grid's rows (:func:`~.sample.condition_rows`),
-    each sample's prompt and, with a ControlNet, its control latents' seed (``seed + i``) and control image row."""
+    each sample's prompt and, with a ControlNet, its control latents' seed (``seed + i``) and control image row.
+    ``prompts``: the rows' instead of ``guidance``'s (FLUX.1 Redux: ``[None]``, one conditioning)."""
     from .sample import condition_rows
     controlnet = None if control is None else control.load(device, model.dtype, progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, model.dtype, progress)
-    prompts = list(guidance.prompts)
+    prompts = list(guidance.prompts) if prompts is None else prompts
     index, num, nrow = condition_rows(len(prompts), num, nrow or 8, "prompts of --prompt")
     per_sample = {"prompts": [prompts[i] for i in index.tolist()]}
     if controlnet is not None:  # sample i's control latents from seed + i; its prompt's control image
@@ -166,7 +168,8 @@ EDIT_FLAGS = {  # diffkit edit's dests an SD3 folder takes (the rest must stay a
 FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "guidance_convention", "apg_eta",
                                 "apg_norm_threshold", "apg_momentum", "pag_scale", "pag_layers",
                                 "pag_adaptive_scale"} | {
-    "true_cfg_scale", "control_modes", "textual_inversion"}  # and a FLUX folder's (a Union's --control-mode)
+    "true_cfg_scale", "control_modes", "textual_inversion",  # and a FLUX folder's (a Union's --control-mode,
+    "redux", "redux_images", "redux_prompt_scales", "redux_pooled_scales"}  # FLUX.1 Redux's)
 _FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
                "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
@@ -260,7 +263,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     inpainting ControlNet pipeline's too; not with a FLUX ``--controlnet``). ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``) on an SD3 folder: img2img as StableDiffusion3PAGImg2ImgPipeline
     (:mod:`diffkit.interop.sd3_pag`; not with ``--mask``, ``--controlnet``, ``--ip-adapter``; ``--apg-*`` goes with
-    it)."""
+    it). ``--redux DIR --redux-image PNG`` on a FLUX.1 folder (:class:`._flux_redux.ReduxRequest`): FLUX.1 Redux's
+    embeddings as every image's prompt (``image_to_image(prompt_embeds=)``; not with true CFG there)."""
     import torch
 
     from ..config import resolve_device
@@ -269,6 +273,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     from ..memory import batches_with_oom_retry
     from ..cli import build_parser
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._flux_redux import ReduxRequest, redux_text
     from ._ip_adapter import IPAdapterRequest
     from ._sd_prompts import flux_prompt_options, sd3_prompt_options
     from .edit import read_edit_inputs
@@ -280,7 +285,8 @@ def edit_sd3(args, flux: bool = False) -> int:
     refused_flags({_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")): value != defaults[dest] or None
                    for dest, value in vars(args).items() if dest not in allowed and dest in defaults},
                   directory, kind)
-    if args.images is None or not args.prompts:
+    redux = ReduxRequest.from_args(args, directory, edit=True) if flux else None  # FLUX.1 Redux (._flux_redux)
+    if args.images is None or not (args.prompts or redux):
         raise DiffkitError(f"{directory} is a{'n' * (not flux)} {kind} folder: give --images PNG|DIR and --prompt "
                            f"TEXT (once for every image, or once per image)")
     if args.batch_size == "auto":
@@ -318,7 +324,7 @@ def edit_sd3(args, flux: bool = False) -> int:
         own_image = ControlRequest.from_args(args, directory, edited=count)
         control_image = None if own_image is None else own_image.images[0]
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2), ("--prompt-3", args.prompts_3)):
-        if rows is not None and len(rows) not in (1, count):
+        if rows is not None and len(rows) not in (1, count) and redux is None:  # Redux: --redux-image's (checked)
             raise DiffkitError(f"{flag} is given {len(rows)} times for {count} images; give it once (every image) "
                                f"or once per image ({count}, in the files' order)")
     out = args.out
@@ -330,6 +336,7 @@ def edit_sd3(args, flux: bool = False) -> int:
     sd3.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     if flux:
         sd3.check_guidance_scale(args.guidance_scale)
+    embeds = None if redux is None else redux.embeds(sd3, request, device, args.progress)  # every image's prompt
     controlnet = None if control is None else control.load(device, sd3.dtype, args.progress)
     adapter = None if ip_adapter is None else ip_adapter.load(device, sd3.dtype, args.progress)
     check_writable_dir(out)
@@ -346,7 +353,7 @@ def edit_sd3(args, flux: bool = False) -> int:
         return None if values is None else values[:1] if len(values) == 1 else values[start:start + n]
 
     def edit(start: int, n: int):
-        prompts = rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
+        prompts = None if embeds is not None else rows(args.prompts, start, n) * (n if len(args.prompts) == 1 else 1)
         own_rows = [None if r is None or len(r) == 1 else r for r in (
             rows(args.prompts_2, start, n), rows(args.prompts_3, start, n))]
         control_rows = list(range(start, start + n)) if controlnet is not None and controlnet.per_prompt > 1 else None
@@ -363,7 +370,9 @@ def edit_sd3(args, flux: bool = False) -> int:
             per_image = isinstance(control_image, list)
             how_control = {"control_image": control_image, "control_rows": list(range(start, start + n)) if per_image
                            else None}
-        how = {"mask": mask, "guidance_scale": scale, **flux_prompt_options(request, own_rows[0])} if flux else {
+        text = flux_prompt_options(request, own_rows[0]) if flux else None
+        text = text if embeds is None else redux_text(embeds, text)  # FLUX.1 Redux's prompt
+        how = {"mask": mask, "guidance_scale": scale, **text} if flux else {
             "mask": mask, "guidance_scale": scale, "convention": convention, "negative_prompt": args.negative_prompt,
             **sd3_prompt_options(request, *own_rows), **request.apg_options(), **pag_options(request)}
         edited = module.image_to_image(sd3, images[start:start + n], prompts, strength,
@@ -381,5 +390,5 @@ def edit_sd3(args, flux: bool = False) -> int:
     print(f"wrote {count} {'inpainted' if mask is not None else 'edited'} images to {out} (edit_00000.png ...; "
           f"{kind} folder {directory}, "
           f"{'an inpainting ControlNet, from noise' if inpainting_controlnet else f'strength {strength}'}, "
-          f"{how}, prompts {list(args.prompts)})")
+          f"{how}, prompts {list(args.prompts or [])})")
     return 0

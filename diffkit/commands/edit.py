@@ -37,10 +37,11 @@ the embedded guidance 7.0; ``diffkit.interop.flux``, ``--prompt-2``, ``--lora``,
 a FLUX.1 Fill folder takes ``--mask`` only, as FluxFillPipeline, strength 1; a FLUX.1 Depth / Canny folder with
 ``--control-image``: FluxControlImg2ImgPipeline / FluxControlInpaintPipeline), a FLUX.1 Kontext folder as
 FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-auto-resize``; with ``--mask``
-FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``). A Stable Diffusion / SD-XL folder whose UNet takes 8
-channels (InstructPix2Pix) is edited as StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the images'
-latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no ``--strength``
-or ``--mask``; ``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
+FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 folder ``--redux DIR --redux-image
+PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Stable Diffusion / SD-XL folder whose UNet
+takes 8 channels (InstructPix2Pix) is edited as StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the
+images' latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no
+``--strength`` or ``--mask``; ``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
@@ -70,6 +71,7 @@ from ._sd_pag import add_edit_pag_flags, check_edit_pag_flags, edit_pag
 from ._image_size import add_edit_size_flags
 from ._flux_kontext import add_kontext_flags, check_kontext_flags
 from ._instruct_pix2pix import add_image_guidance_flag, instruct_pix2pix_edit
+from ._flux_redux import ReduxRequest, add_redux_flags
 
 
 def strength_value(text: str) -> float:
@@ -188,6 +190,7 @@ def register(sub) -> None:
     add_kontext_flags(z)  # --max-area, --no-auto-resize (FLUX.1 Kontext folders)
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
+    add_redux_flags(p)  # --redux, --redux-image, ... (FLUX.1 folders)
     add_edit_refiner_flags(p)
     p.set_defaults(func=run)
 
@@ -299,6 +302,7 @@ def run(args) -> int:
         from ._sd3 import edit_sd3
         return edit_sd3(args, flux=not is_sd3_folder(args.checkpoint))
     check_kontext_flags(args)  # --max-area, --no-auto-resize: a Kontext folder's
+    ReduxRequest.from_args(args, args.checkpoint)  # --redux: a FLUX.1 folder's (one line here)
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     if args.textual_inversion and not is_stable_diffusion_folder(args.checkpoint):
         raise DiffkitError(f"--textual-inversion applies to a Stable Diffusion folder (diffusers format); "

@@ -250,8 +250,9 @@ def run(args) -> int:
         options["flow_shift"] = args.flow_shift
     guidance = GuidanceRequest.from_args(args, info.name, checkpoint)  # before any folder is made
     check_freeu_checkpoint(checkpoint, args.freeu)
-    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint, len(args.prompts or [""]))  # its --control-image
-    control = ControlRequest.from_args(args, checkpoint, len(args.prompts or [""]))
+    rows = 1 if getattr(args, "redux", None) else len(args.prompts or [""])  # FLUX.1 Redux: one conditioning
+    t2i_adapter = T2IAdapterRequest.from_args(args, checkpoint, rows)  # its --control-image
+    control = ControlRequest.from_args(args, checkpoint, rows)
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     redux = ReduxRequest.from_args(args, checkpoint)  # FLUX.1 Redux (._flux_redux)
     refiner = RefinerRequest.from_args(args, checkpoint)

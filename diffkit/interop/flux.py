@@ -367,8 +367,7 @@ def given_embeds(flux: Flux, prompt_embeds, pooled_prompt_embeds, batch: Optiona
     """(context (B, L, d_T5), pooled (B, d_CLIP)) of :func:`text_to_image`'s ``prompt_embeds`` /
     ``pooled_prompt_embeds`` (FluxPipeline's; e.g. FLUX.1 Redux's, :mod:`.flux_redux`): both, of the transformer's
     widths, one row (every sample: ``batch``, the latents', default 1) or ``batch`` rows; one line otherwise, or
-    with any of ``others`` given (prompts, a negative prompt: true CFG, a ControlNet, IP-Adapter or control image:
-    not supported with given embeddings)."""
+    with any of ``others`` given (prompts or ``prompt_2``, which the pipelines refuse with embeddings)."""
     config = flux.transformer.config
     given = [name for name, value in others.items() if value is not None]
     if given:
@@ -387,6 +386,30 @@ def given_embeds(flux: Flux, prompt_embeds, pooled_prompt_embeds, batch: Optiona
         raise DiffkitError(f"prompt_embeds has {rows} rows for {batch} samples; give one row or one per sample")
     return (prompt_embeds.to(flux.device).expand(batch, -1, -1),
             pooled_prompt_embeds.to(flux.device).expand(batch, -1))
+
+
+NO_EMBEDS_CONTROLNET_TRUE_CFG = (
+    "true CFG (a negative prompt) with a FLUX ControlNet and given prompt_embeds (FLUX.1 Redux's) is not supported: "
+    "the embeddings' tokens outnumber the negative prompt's, and the ControlNet shares its residuals with the "
+    "negative pass in one batched call; drop the negative prompt or the ControlNet")
+NO_EMBEDS_EDIT_TRUE_CFG = (
+    "true CFG (a negative prompt) with given prompt_embeds (FLUX.1 Redux's) is not supported in a FLUX img2img / "
+    "inpainting edit: FluxImg2ImgPipeline / FluxInpaintPipeline give the negative pass the embeddings' text ids, "
+    "which fails for the negative prompt's other length (diffusers 0.42.1); drop the negative prompt (a FLUX.1 "
+    "Kontext folder takes it)")
+
+
+def embedded_prompts(flux: Flux, prompts, prompt_embeds, pooled_prompt_embeds, batch: Optional[int],
+                     **others) -> tuple:
+    """(prompts, embeds) of a FLUX function's ``prompts`` / ``prompt_embeds`` / ``pooled_prompt_embeds``:
+    ``(prompts, None)`` without embeddings, else ("" per row: placeholders, nothing is encoded) and
+    :func:`given_embeds` (``batch`` rows, or the embeddings' own; ``others``: refused with them). The one hook by
+    which given embeddings (FLUX.1 Redux's, :mod:`.flux_redux`) replace the prompts in :func:`text_to_image`,
+    :func:`image_to_image` and :func:`.flux_kontext.kontext_edit`."""
+    if prompt_embeds is None and pooled_prompt_embeds is None:
+        return prompts, None
+    embeds = given_embeds(flux, prompt_embeds, pooled_prompt_embeds, batch, prompts=prompts, **others)
+    return [""] * embeds[0].shape[0], embeds
 
 
 def is_flux_folder(path: Union[str, Path]) -> bool:
@@ -528,19 +551,19 @@ def text_to_image(flux: Flux, prompts: Union[str, Sequence[str]], *, sampler: Op
         size; its latents concatenated after the packed latents (:mod:`.flux_channels`), sample i's posterior draw
         from ``control_seed + i`` (``control_posterior``, ``control_rows`` as for ``controlnet``).
     prompt_embeds / pooled_prompt_embeds: the pipeline's, (B or 1, L, d_T5) and (B or 1, d_CLIP), instead of
-        ``prompts`` (None), e.g. FLUX.1 Redux's (:func:`.flux_redux.redux_embeds`); one row serves every sample
-        (``latents``' batch); no true CFG.
+        ``prompts`` (None) and ``prompt_2``, e.g. FLUX.1 Redux's (:func:`.flux_redux.redux_embeds`); one row serves
+        every sample (``latents``' batch); with true CFG (the negative prompt encoded at ``max_sequence_length``, its
+        pass a second network call where the lengths differ), a ControlNet (not both), a Depth / Canny folder's
+        ``control_image``, an IP-Adapter.
     options: passed to :func:`diffkit.sample` (e.g. ``eta``, ``flow_shift``).
     """
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
-    embeds = None
-    if prompt_embeds is not None or pooled_prompt_embeds is not None:  # e.g. FLUX.1 Redux's (.flux_redux)
-        embeds = given_embeds(flux, prompt_embeds, pooled_prompt_embeds, None if latents is None else latents.shape[0],
-                              prompts=prompts, prompt_2=prompt_2, negative_prompt=negative_prompt,
-                              controlnet=controlnet, ip_adapter=ip_adapter, control_image=control_image)
-        prompts = [""] * embeds[0].shape[0]  # placeholders: the batch (nothing is encoded)
+    prompts, embeds = embedded_prompts(flux, prompts, prompt_embeds, pooled_prompt_embeds,  # e.g. FLUX.1 Redux's
+                                       None if latents is None else latents.shape[0], prompt_2=prompt_2)
+    if embeds is not None and controlnet is not None and negative_prompt is not None:
+        raise DiffkitError(NO_EMBEDS_CONTROLNET_TRUE_CFG)
     prompts = prompt_list(prompts)
     if control_image is not None or flux.variant is not None:  # FLUX.1 Fill / Depth / Canny: .flux_channels
         from .flux_channels import check_variant_options
@@ -579,6 +602,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
                    prompt_2=None, negative_prompt_2=None, output_range: str = "0,1", return_latents: bool = False,
                    progress: bool = False, controlnet=None, control_posterior: str = "sample", control_rows=None,
                    ip_adapter=None, control_image=None, kontext: Optional[torch.Tensor] = None,
+                   prompt_embeds: Optional[torch.Tensor] = None, pooled_prompt_embeds: Optional[torch.Tensor] = None,
                    **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image), as
     ``FluxImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on FLUX's latents), which is SD3's img2img
@@ -619,10 +643,18 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
     posterior (inpainting: after the masked image's, which that pipeline draws and never uses).
 
     ``kontext``: FLUX.1 Kontext's reference latents (B or 1, C, h', w') in every network call, as
-    ``FluxKontextInpaintPipeline`` (:func:`.flux_kontext.kontext_inpaint`)."""
+    ``FluxKontextInpaintPipeline`` (:func:`.flux_kontext.kontext_inpaint`).
+
+    ``prompt_embeds`` / ``pooled_prompt_embeds``: instead of ``prompts`` (None), as :func:`text_to_image`'s (one row
+    or one per image; e.g. FLUX.1 Redux's, :func:`.flux_redux.redux_embeds`), as all these pipelines take them; not
+    with true CFG (but with ``kontext``: FluxKontextInpaintPipeline's negative pass has its own text ids)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    batch = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else None
+    prompts, embeds = embedded_prompts(flux, prompts, prompt_embeds, pooled_prompt_embeds, batch, prompt_2=prompt_2)
+    if embeds is not None and negative_prompt is not None and kontext is None:
+        raise DiffkitError(NO_EMBEDS_EDIT_TRUE_CFG)
     prompts = edit_prompts(images, prompts)
     h, w = flux.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 16
     f = flux.vae_scale_factor
@@ -645,7 +677,7 @@ def image_to_image(flux: Flux, images: torch.Tensor, prompts: Union[str, Sequenc
 
     def guide(model):
         return model.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, true_cfg_scale,
-                                     max_sequence_length, prompt_2, negative_prompt_2, ip_adapter)
+                                     max_sequence_length, prompt_2, negative_prompt_2, ip_adapter, embeds)
     if controlnet is None:
         denoiser, cond = guide(flux)
         if kontext is not None:  # FluxKontextInpaintPipeline: the reference's tokens (.flux_kontext)
@@ -674,4 +706,4 @@ __all__ = ["Flux", "FluxNet", "load_flux", "is_flux_folder", "check_flux_folder"
            "pack_latents",
            "unpack_latents", "latent_image_ids", "calculate_shift", "read_flux_loras", "FLUX_PIPELINE_GUIDANCE",
            "FLUX_PIPELINE_STEPS", "FLUX_IMG2IMG_STRENGTH", "FLUX_IMG2IMG_GUIDANCE", "MAX_SEQUENCE_LENGTH",
-           "given_embeds"]
+           "given_embeds", "embedded_prompts"]

@@ -97,6 +97,7 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
                  negative_prompt=None, seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                  output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                 prompt_embeds: Optional[torch.Tensor] = None, pooled_prompt_embeds: Optional[torch.Tensor] = None,
                  **options) -> torch.Tensor:
     """Edit ``images`` (B or 1, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image; one image with
     several prompts serves them all) as ``FluxKontextPipeline`` (module docstring): the images resized
@@ -105,13 +106,19 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
     (default 128 f) and ``max_area`` with every step's network seeing the image's tokens. ``sampler`` / ``grid``
     / ``steps`` / ``nfe`` / ``latents`` / ``seed`` / the prompt and guidance arguments / ``output_range`` /
     ``return_latents`` / ``options``: as :func:`.flux.text_to_image` (default the pipeline's 28 flow Euler steps on
-    its sigmas, the embedded guidance 3.5; ``latents``: unpacked z at s = 1 of the output size)."""
+    its sigmas, the embedded guidance 3.5; ``latents``: unpacked z at s = 1 of the output size); ``prompt_embeds``
+    / ``pooled_prompt_embeds`` instead of ``prompts`` (None; e.g. FLUX.1 Redux's) as its: one row serves every
+    image (:func:`.flux.embedded_prompts`)."""
     from ..sampling import sample
     from .flow_latents import finish_images, pipeline_grid, start_latents
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     check_choice("auto_resize", auto_resize, [True, False])
-    prompts, images = prompt_list(prompts), _checked(flux, images, "images")
+    from .flux import embedded_prompts
+    images = _checked(flux, images, "images")
+    prompts, embeds = embedded_prompts(flux, prompts, prompt_embeds, pooled_prompt_embeds,
+                                       images.shape[0] if latents is None else latents.shape[0], prompt_2=prompt_2)
+    prompts = prompt_list(prompts)
     batch = max(len(prompts), images.shape[0])
     if {len(prompts), images.shape[0]} - {1, batch}:
         raise DiffkitError(f"{len(prompts)} prompts for {images.shape[0]} images; give one of either, or as many "
@@ -129,7 +136,7 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
                                          lambda n: flux.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = flux.prompt_guidance(prompts * (batch // len(prompts)), h, w, guidance_scale, negative_prompt,
                                           true_cfg_scale, max_sequence_length, prompt_2,
-                                          negative_prompt_2)
+                                          negative_prompt_2, embeds=embeds)
     cond["kontext"] = reference.expand(batch, *reference.shape[1:])
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=flux.device, dtype=flux.dtype, **options)

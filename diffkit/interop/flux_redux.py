@@ -16,8 +16,10 @@ output when text encoders are given (here the FLUX folder's, as diffusers' examp
 ``text_encoder=pipe.text_encoder``; a prompt is one for all images or one per image), else zeros (the documented
 use: FLUX.1-Redux-dev has no text encoders; diffusers' zeros are 4096 / 768 wide, FLUX.1's T5 / CLIP widths, here
 the folder's transformer's ``joint_attention_dim`` / ``pooled_projection_dim``). Several images are mixed by that
-weighted sum. :func:`redux_embeds` computes it; :func:`.flux.text_to_image` takes it as ``prompt_embeds`` /
-``pooled_prompt_embeds``.
+weighted sum. :func:`redux_embeds` computes it; :func:`.flux.text_to_image` (true CFG, ControlNets, Depth / Canny
+folders), :func:`.flux.image_to_image` (img2img, inpainting, Fill folders) and :func:`.flux_kontext.kontext_edit` /
+``kontext_inpaint`` take it as ``prompt_embeds`` / ``pooled_prompt_embeds``, as every diffusers FLUX pipeline takes
+the prior's output (:func:`.flux.embedded_prompts`).
 
 Refused in one line before any weight is read: a folder that is not a ``FluxPriorReduxPipeline`` (or whose
 ``image_encoder`` / ``image_embedder`` / ``feature_extractor`` are of other classes), a Redux folder with its own
