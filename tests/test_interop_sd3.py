@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.interop.sd3 import is_sd3_folder, load_sd3, text_to_image  # noqa: E402
+from diffkit.interop import library_progress_bars  # noqa: E402
 
 from test_interop_diffusers import relative_error, tiny_sd_components  # noqa: E402
 
@@ -73,12 +74,14 @@ class _Folders(dict):
 def tiny_sd3(tmp_path_factory):
     """{with_t5: (the folder's StableDiffusion3Pipeline.from_pretrained, folder, load_sd3 of it)} for a folder with and
     without text_encoder_3 (each built when first asked for)."""
-    def build(with_t5):
+    def build(with_t5):  # (inside a test, whose captured stderr must not get the libraries' progress bars)
         root = tmp_path_factory.mktemp(f"sd3_{with_t5}")
         pipe = tiny_sd3_pipeline(root, with_t5)
-        pipe.save_pretrained(root / "sd3")
-        pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
-            root / "sd3", local_files_only=True, **({} if with_t5 else {"text_encoder_3": None, "tokenizer_3": None}))
+        with library_progress_bars(False):
+            pipe.save_pretrained(root / "sd3")
+            pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
+                root / "sd3", local_files_only=True,
+                **({} if with_t5 else {"text_encoder_3": None, "tokenizer_3": None}))
         assert (pipe.text_encoder_3 is None) == (not with_t5)
         pipe.set_progress_bar_config(disable=True)
         return pipe, root / "sd3", load_sd3(root / "sd3", progress=False)
