@@ -84,6 +84,32 @@ def test_upscaler_latents_and_images_match_the_pipeline(upscaler):
     assert relative_error(other, theirs) > 1e-3
 
 
+def test_euler_scales_the_latents_not_the_low_res_image_and_guidance_1_is_unguided(upscaler):
+    """EulerDiscreteScheduler scales the latents (scale_model_input) and concatenates the noised image unscaled; diffkit's
+    euler calls the network with the VP latent and concatenates inside it: the same z_0. guidance_scale 1: the pipeline's
+    unguided run (one call per step, no negative prompt)."""
+    from diffkit.commands.edit import read_pngs
+    from diffkit.interop.sd_upscale import upscale_sd, upscale_settings
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    pipe, folder, pngs = upscaler
+    sd = load_stable_diffusion(folder, progress=False, upscale=True)
+    schedule, _ = upscale_settings(folder)
+    images, _ = read_pngs(pngs, "RGB")
+    euler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading")
+    with_euler = diffusers.StableDiffusionUpscalePipeline(**{**pipe.components, "scheduler": euler})
+    with_euler.set_progress_bar_config(disable=True)
+    ours = upscale_sd(sd, images, PROMPTS, low_res_schedule=schedule, negative_prompt="ph", guidance_scale=GUIDANCE,
+                      noise_level=LEVEL, sampler="euler", steps=STEPS, seed=10, spacing="leading", final="zero",
+                      steps_offset=1, return_latents=True)
+    assert relative_error(ours, _theirs(with_euler, pngs)) < 1e-5
+    ours = upscale_sd(sd, images, PROMPTS, low_res_schedule=schedule, guidance_scale=1, noise_level=LEVEL, steps=STEPS,
+                      seed=10, return_latents=True, **DDIM_GRID)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=_low_res(pngs), num_inference_steps=STEPS, guidance_scale=1.0, noise_level=LEVEL,
+                      eta=0.0, output_type="latent", generator=_generators()).images
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_upscale_command_writes_the_pipelines_pngs(upscaler, tmp_path, capsys):
     """`diffkit upscale --checkpoint UPSCALER --images DIR --prompt A --prompt B --negative-prompt ph`: the pipeline's
     PNGs (to the 8-bit level) in one batch and image by image (--batch-size 1), with the pipeline's DDIM at steps_offset
