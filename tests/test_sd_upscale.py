@@ -77,7 +77,7 @@ def test_upscaler_latents_and_images_match_the_pipeline(upscaler):
     theirs = _theirs(pipe, pngs)
     assert ours.shape == theirs.shape == (2, 4, 8, 8)
     assert relative_error(ours, theirs) < 1e-5
-    decoded = upscale_sd(sd, images, PROMPTS, noise_level=LEVEL, **common)
+    decoded = sd.decode(ours).clamp(-1, 1)  # what upscale_sd returns without return_latents (the command's PNGs: TX2)
     pixels = torch.from_numpy(_theirs(pipe, pngs, output_type="np")).permute(0, 3, 1, 2) * 2 - 1
     assert decoded.shape == (2, 3, 32, 32) and (decoded - pixels).abs().max() < 1e-5
     other = upscale_sd(sd, images, PROMPTS, noise_level=0, return_latents=True, **common)
@@ -85,9 +85,9 @@ def test_upscaler_latents_and_images_match_the_pipeline(upscaler):
 
 
 def test_euler_scales_the_latents_not_the_low_res_image_and_guidance_1_is_unguided(upscaler):
-    """EulerDiscreteScheduler scales the latents (scale_model_input) and concatenates the noised image unscaled; diffkit's
-    euler calls the network with the VP latent and concatenates inside it: the same z_0. guidance_scale 1: the pipeline's
-    unguided run (one call per step, no negative prompt)."""
+    """EulerDiscreteScheduler scales the latents (scale_model_input) and concatenates the noised image unscaled;
+    diffkit's euler calls the network with the VP latent and concatenates inside it: the same z_0. guidance_scale 1:
+    the pipeline's unguided run (one call per step, no negative prompt)."""
     from diffkit.commands.edit import read_pngs
     from diffkit.interop.sd_upscale import upscale_sd, upscale_settings
     from diffkit.interop.stable_diffusion import load_stable_diffusion
@@ -143,6 +143,9 @@ def test_refusals_are_one_line_before_any_output(upscaler, tmp_path, capsys):
     line = one_line_error(capsys, "sample", "--checkpoint", str(folder), "--prompt", "a", "--num", "1", "--out",
                           str(out / "s.png"))
     assert "has an x4 upscaler UNet (in_channels=7" in line and "use diffkit upscale" in line, line
+    line = one_line_error(capsys, "edit", "--checkpoint", str(folder), "--images", str(pngs), "--prompt", "a",
+                          "--out", str(out))
+    assert "has an x4 upscaler UNet" in line and "use diffkit upscale" in line, line
     write_pngs(tmp_path / "odd", 1, 6, "RGB")
     base = ["upscale", "--checkpoint", folder, "--images", pngs, "--out", out, "--no-progress"]
     for extra, expected in [
@@ -174,3 +177,18 @@ def test_prompt_flags_on_a_diffkit_upscaler_are_refused(upscaler, tmp_path, caps
                               str(tmp_path / "never"), flag, value)
         assert f"{flag} applies to a Stable Diffusion x4 upscaler folder" in line, line
     assert not (tmp_path / "never").exists()
+
+
+def test_the_decode_scale_is_the_pipelines_0_08333_whatever_the_folder_says(upscaler, tmp_path):
+    """StableDiffusionUpscalePipeline sets vae.config.scaling_factor to 0.08333 when the folder has another value;
+    load_stable_diffusion(..., upscale=True) does the same (and refuses the folder without upscale=True)."""
+    import json
+    import shutil
+    from diffkit.interop.stable_diffusion import load_stable_diffusion
+    _, folder, _ = upscaler
+    copy = shutil.copytree(folder, tmp_path / "up")
+    config = json.loads((copy / "vae" / "config.json").read_text())
+    (copy / "vae" / "config.json").write_text(json.dumps({**config, "scaling_factor": 0.18215}))
+    assert load_stable_diffusion(copy, progress=False, upscale=True).scaling_factor == 0.08333
+    with pytest.raises(DiffkitError, match="it upscales images; use diffkit upscale"):
+        load_stable_diffusion(copy, progress=False)

@@ -379,8 +379,8 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpa
     if in_channels != out_channels:
         raise DiffkitError(f"{directory} has a UNet with in_channels={in_channels} and out_channels={out_channels} "
                            f"(a model that takes extra inputs of another kind); allowed: in_channels = out_channels, "
-                           f"or out_channels + 5 / + 4 / + 1 (inpainting, InstructPix2Pix, depth-to-image UNets), + 3 with a "
-                           f"class embedding (x4 upscaler)")
+                           f"or out_channels + 5 / + 4 / + 1 (inpainting, InstructPix2Pix, depth-to-image UNets), "
+                           f"+ 3 with a class embedding (x4 upscaler)")
 
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
