@@ -54,8 +54,8 @@ def _low_res(pngs):
 def _theirs(pipe, pngs, output_type="latent", **kw):
     with torch.no_grad():
         return pipe(PROMPTS, image=_low_res(pngs), num_inference_steps=STEPS, guidance_scale=GUIDANCE,
-                    noise_level=LEVEL, negative_prompt=["ph"] * 2, eta=0.0, output_type=output_type,
-                    generator=_generators(), **kw).images
+                    noise_level=LEVEL, negative_prompt=["ph"] * 2, output_type=output_type,
+                    generator=_generators(), **{"eta": 0.0, **kw}).images
 
 
 def test_upscaler_latents_and_images_match_the_pipeline(upscaler):
@@ -87,7 +87,8 @@ def test_upscaler_latents_and_images_match_the_pipeline(upscaler):
 def test_euler_scales_the_latents_not_the_low_res_image_and_guidance_1_is_unguided(upscaler):
     """EulerDiscreteScheduler scales the latents (scale_model_input) and concatenates the noised image unscaled;
     diffkit's euler calls the network with the VP latent and concatenates inside it: the same z_0. guidance_scale 1:
-    the pipeline's unguided run (one call per step, no negative prompt)."""
+    the pipeline's unguided run (one call per step, no negative prompt). DDIM with eta 0.7: the steps' noise from the
+    same per-image generators, after e and z_T, as the pipeline's scheduler.step draws it."""
     from diffkit.commands.edit import read_pngs
     from diffkit.interop.sd_upscale import upscale_sd, upscale_settings
     from diffkit.interop.stable_diffusion import load_stable_diffusion
@@ -108,6 +109,9 @@ def test_euler_scales_the_latents_not_the_low_res_image_and_guidance_1_is_unguid
         theirs = pipe(PROMPTS, image=_low_res(pngs), num_inference_steps=STEPS, guidance_scale=1.0, noise_level=LEVEL,
                       eta=0.0, output_type="latent", generator=_generators()).images
     assert relative_error(ours, theirs) < 1e-5
+    ours = upscale_sd(sd, images, PROMPTS, low_res_schedule=schedule, negative_prompt="ph", guidance_scale=GUIDANCE,
+                      noise_level=LEVEL, steps=STEPS, seed=10, return_latents=True, **{**DDIM_GRID, "eta": 0.7})
+    assert relative_error(ours, _theirs(pipe, pngs, eta=0.7)) < 1e-5
 
 
 def test_upscale_command_writes_the_pipelines_pngs(upscaler, tmp_path, capsys):
