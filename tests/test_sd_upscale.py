@@ -157,7 +157,7 @@ def test_refusals_are_one_line_before_any_output(upscaler, tmp_path, capsys):
         (["--prompt", "a", "--noise-level", "351"], "--noise-level=351 is not allowed; allowed: an integer in 0..350"),
         (["--prompt", "a", "--no-ema"], "--no-ema does not apply to a Stable Diffusion upscaler folder"),
         (["--prompt", "a", "--mixed-precision", "bf16"], "--mixed-precision does not apply"),
-        (["--prompt", "a", "--guidance-scale", "0.5"], "--guidance-scale 0.5 is not allowed; allowed: a number >= 1"),
+        (["--prompt", "a", "--guidance-scale", "0.5"], "--guidance-scale=0.5 is not allowed; allowed: a number >= 1"),
         (["--prompt", "a", "--prompt", "b", "--prompt", "c"], "--prompt is given 3 times for 2 images"),
     ]:
         line = one_line_error(capsys, *map(str, base + extra))

@@ -30,14 +30,15 @@ def upscale_folder(args) -> int:
     from ..config import resolve_device
     from ..errors import read_json_object
     from ..images import check_image_folder, save_grid, save_images
-    from ..interop.sd_upscale import (DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, check_low_res_size,
-                                      check_noise_level, is_upscale_folder, upscale_sd, upscale_settings)
+    from ..interop.sd_upscale import (DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, check_guidance,
+                                      check_low_res_size, check_noise_level, is_upscale_folder, upscale_sd,
+                                      upscale_settings)
     from ..interop.stable_diffusion import load_stable_diffusion
     from ..memory import batches_with_oom_retry
     from ..sampling import check_eta, plan, resolve_sampler
     from ..super_res import upsample
-    from ._common import check_output_file, check_writable_dir, missing_dirs, removed_if_empty_on_failure
-    from ._common import tolerance_options
+    from ._common import (check_output_file, check_writable_dir, missing_dirs, removed_if_empty_on_failure,
+                          tolerance_options)
     from .edit import read_pngs
     from .upscale import GRID_NAME, comparison_grid
     import torch
@@ -62,12 +63,8 @@ def upscale_folder(args) -> int:
     schedule, top = upscale_settings(folder)
     level = check_noise_level(DEFAULT_NOISE_LEVEL if args.noise_level is None else args.noise_level, top,
                               "--noise-level")
-    guidance = DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale
-    if not guidance >= 1:
-        raise DiffkitError(f"--guidance-scale {guidance!r} is not allowed; allowed: a number >= 1 (diffusers' s; "
-                           f"1 = no guidance)")
-    if args.negative_prompt is not None and guidance == 1:
-        raise DiffkitError("--negative-prompt needs --guidance-scale above 1 (the pipeline ignores it unguided)")
+    guidance = check_guidance(DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale,
+                              args.negative_prompt, ("--guidance-scale", "--negative-prompt"))
     out, images_path = Path(args.out), Path(args.images)
     if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
         raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")

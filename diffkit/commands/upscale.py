@@ -12,6 +12,10 @@ augmentation (``super_res_noise``) takes ``--noise-level K``, the level its inpu
 ``upscaled_00000.png``, ... in the order of the input files, with ``upscale_grid.png``: rows of the
 inputs upsampled bilinearly, each followed by the row of their diffusion upscales. Output i depends
 only on ``--seed`` + i, never on ``--batch-size``.
+
+``--checkpoint`` may also be a Stable Diffusion x4 upscaler folder (``StableDiffusionUpscalePipeline``): then
+``--prompt`` is required and ``--negative-prompt``, ``--guidance-scale`` (diffusers' s, default 9) and ``--noise-level``
+(default 20) are the pipeline's (:mod:`._sd_upscale`, :mod:`diffkit.interop.sd_upscale`; docs/super_resolution.md).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a super-resolution .safetensors checkpoint or its run's "
-                   "checkpoint folder (trained with --set super_res_from=S)")
+                   "checkpoint folder (trained with --set super_res_from=S), or a Stable Diffusion x4 upscaler folder "
+                   "(diffusers format)")
     p.add_argument("--images", type=path_arg,
                    required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
     p.add_argument("--out", type=path_arg,

@@ -125,6 +125,17 @@ def check_noise_level(level, top: int, name: str = "noise_level") -> int:
     return level
 
 
+def check_guidance(guidance_scale, negative_prompt=None, names: tuple = ("guidance_scale", "negative_prompt")) -> float:
+    """``guidance_scale`` (diffusers' s) as a float >= 1, and no ``negative_prompt`` at s = 1 (unguided: the pipeline
+    ignores it); else one line naming ``names`` (the keywords, or the command's flags)."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
+        raise DiffkitError(f"{names[0]}={guidance_scale!r} is not allowed; allowed: a number >= 1 (diffusers' s; 1 = "
+                           f"no guidance, as the pipeline for any s <= 1)")
+    if negative_prompt is not None and guidance_scale == 1:
+        raise DiffkitError(f"{names[1]} needs {names[0]} above 1 (unguided, the pipeline ignores it)")
+    return float(guidance_scale)
+
+
 def check_low_res_size(height: int, width: int, factor: int) -> None:
     """Sides that are multiples of the VAE factor f (the pipeline would resize others down to one), else one line."""
     if height % factor or width % factor:
@@ -164,9 +175,7 @@ def upscale_sd(sd, low_res: torch.Tensor, prompts: Union[str, Sequence[str]], *,
                            f"w) floats in [-1, 1]")
     check_low_res_size(low_res.shape[2], low_res.shape[3], sd.vae_scale_factor)
     level = check_noise_level(noise_level, max_noise_level)
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
-        raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; allowed: a number >= 1 (diffusers' s; "
-                           f"1 = no guidance, as the pipeline for any s <= 1)")
+    guidance_scale = check_guidance(guidance_scale, negative_prompt)
     batch = low_res.shape[0]
     prompts = prompt_list(prompts)
     if len(prompts) not in (1, batch):
@@ -177,12 +186,10 @@ def upscale_sd(sd, low_res: torch.Tensor, prompts: Union[str, Sequence[str]], *,
     low_res = low_res.to(device=sd.device, dtype=torch.float32)
     context = sd.encode_prompts(prompts)
     if guidance_scale > 1:
-        denoiser = sd.guided(float(guidance_scale), sd.encode_prompts(negative_prompts(negative_prompt, batch)),
+        denoiser = sd.guided(guidance_scale, sd.encode_prompts(negative_prompts(negative_prompt, batch)),
                              "diffusers")
         cond = sd.cond(context)
     else:
-        if negative_prompt is not None:
-            raise DiffkitError("negative_prompt needs guidance_scale > 1 (the pipeline ignores it without guidance)")
         denoiser, cond = sd.denoiser, {"context": context}
     noised = noised_low_res(low_res, level, low_res_schedule, generator)  # the pipeline's first draw
     shape = (batch, sd.vae.config.latent_channels, low_res.shape[2], low_res.shape[3])
@@ -195,5 +202,6 @@ def upscale_sd(sd, low_res: torch.Tensor, prompts: Union[str, Sequence[str]], *,
 
 __all__ = ["UPSCALE_PIPELINE", "LOW_RES_KEY", "LEVEL_KEY", "DEFAULT_NOISE_LEVEL", "DEFAULT_GUIDANCE", "DEFAULT_STEPS",
            "DEFAULT_MAX_NOISE_LEVEL", "SCALING_FACTOR", "is_upscale_config", "is_upscale_folder", "check_upscale_unet",
-           "UpscaleUNetNet", "upscale_denoiser", "upscale_settings", "check_noise_level", "check_low_res_size",
+           "UpscaleUNetNet", "upscale_denoiser", "upscale_settings", "check_noise_level", "check_guidance",
+           "check_low_res_size",
            "noised_low_res", "upscale_sd"]
