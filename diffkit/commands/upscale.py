@@ -12,6 +12,10 @@ augmentation (``super_res_noise``) takes ``--noise-level K``, the level its inpu
 ``upscaled_00000.png``, ... in the order of the input files, with ``upscale_grid.png``: rows of the
 inputs upsampled bilinearly, each followed by the row of their diffusion upscales. Output i depends
 only on ``--seed`` + i, never on ``--batch-size``.
+
+``--checkpoint`` may also be a Stable Diffusion x4 upscaler folder (``StableDiffusionUpscalePipeline``): then
+``--prompt`` is required and ``--negative-prompt``, ``--guidance-scale`` (diffusers' s, default 9) and ``--noise-level``
+(default 20) are the pipeline's (:mod:`._sd_upscale`, :mod:`diffkit.interop.sd_upscale`; docs/super_resolution.md).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a super-resolution .safetensors checkpoint or its run's "
-                   "checkpoint folder (trained with --set super_res_from=S)")
+                   "checkpoint folder (trained with --set super_res_from=S), or a Stable Diffusion x4 upscaler folder "
+                   "(diffusers format)")
     p.add_argument("--images", type=path_arg,
                    required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
     p.add_argument("--out", type=path_arg,
@@ -37,13 +42,23 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL also "
                    "sets the grid")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=positive_int, help="sampling steps (default 50)")
+    g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; an SD upscaler folder: 75)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
     p.add_argument("--eta", type=eta_value, help="DDIM eta: a number >= 0 (0 = deterministic) or sigma_hat")
     add_solver_flags(p)
-    p.add_argument("--noise-level", type=int_in(0, 10**6), default=0, metavar="K",
+    p.add_argument("--noise-level", type=int_in(0, 10**6), metavar="K",
                    help="an upscaler trained with conditioning augmentation (super_res_noise): noise the inputs to "
-                        "level K of its schedule first (0..its super_res_noise; default 0: as they are)")
+                        "level K of its schedule first (0..its super_res_noise; default 0: as they are); a Stable "
+                        "Diffusion x4 upscaler folder: the pipeline's noise_level (0..its max_noise_level; default 20)")
+    t = p.add_argument_group("Stable Diffusion x4 upscaler folders (StableDiffusionUpscalePipeline; docs/"
+                             "super_resolution.md)")
+    t.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
+                   help="the text every image is upscaled with; repeat it once per image (in the files' order) for "
+                        "one each (required for such a folder)")
+    t.add_argument("--negative-prompt", metavar="TEXT",
+                   help="the null condition of classifier-free guidance, for every image (default: the empty prompt)")
+    t.add_argument("--guidance-scale", type=float, metavar="S",
+                   help="classifier-free guidance, diffusers' s >= 1 (1 = none; default 9, the pipeline's)")
     p.add_argument("--seed", type=seed_int, default=0,
                    help="output i uses seed + i (independent of batch size; default 0)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
@@ -138,6 +153,12 @@ def run(args) -> int:
     from .edit import read_pngs
 
     check_lora_flags(args)
+    from ..interop.stable_diffusion import is_stable_diffusion_folder
+    from ._sd_upscale import refuse_prompt_flags, upscale_folder
+    if is_stable_diffusion_folder(args.checkpoint):  # a Stable Diffusion x4 upscaler (._sd_upscale)
+        return upscale_folder(args)
+    refuse_prompt_flags(args)
+    args.noise_level = args.noise_level or 0
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)  # fails before anything is read
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}

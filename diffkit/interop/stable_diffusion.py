@@ -153,6 +153,9 @@ class StableDiffusion:
         from .sd_depth import depth_denoiser, is_depth_config
         if self._denoiser is None and is_depth_config(self.unet.config):  # 5 input channels (.sd_depth)
             self._denoiser = depth_denoiser(self.unet, self.schedule, self.prediction_type)
+        from .sd_upscale import is_upscale_config, upscale_denoiser
+        if self._denoiser is None and is_upscale_config(self.unet.config):  # 7 input channels (.sd_upscale)
+            self._denoiser = upscale_denoiser(self.unet, self.schedule, self.prediction_type)
         if self._denoiser is None:
             self._denoiser = diffusers_denoiser(self.unet, schedule=self.schedule, prediction_type=self.prediction_type,
                                                 learned_variance=False, uses_labels=False)
@@ -338,14 +341,18 @@ def check_components(directory: Path, index: dict, components: Sequence[str], ki
 
 
 def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpainting: bool = False,
-                                depth: bool = False, *, instruct_pix2pix: bool = False) -> None:
+                                depth: bool = False, *, instruct_pix2pix: bool = False, upscale: bool = False) -> None:
     """The text-to-image UNet2DConditionModel that :func:`text_to_image` drives: conditioned on
     the text encoder's states alone, on the VAE's latents. SD-XL (``addition_embed_type``: pooled
     text and size conditioning), class / time-embedding conditions and inpainting or depth UNets
     (extra input channels) need inputs diffkit does not give: refused here, before loading. A
     guidance input (``time_cond_proj_dim``) is an LCM's and needs ``lcm`` (an LCMScheduler folder); a 9-channel
     inpainting UNet (:mod:`.sd_inpaint`) needs ``inpainting``, an 8-channel InstructPix2Pix UNet
-    (:mod:`.sd_instruct_pix2pix`) ``instruct_pix2pix``, a 5-channel depth UNet (:mod:`.sd_depth`) ``depth``."""
+    (:mod:`.sd_instruct_pix2pix`) ``instruct_pix2pix``, a 5-channel depth UNet (:mod:`.sd_depth`) ``depth``, a
+    7-channel x4 upscaler UNet (:mod:`.sd_upscale`: its class label is the noise level) ``upscale``."""
+    from .sd_upscale import check_upscale_unet
+    if check_upscale_unet(config, directory, upscale, lcm):
+        return
     extra = [f"{key}={config[key]!r}" for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
              if config.get(key) is not None]
     dim = config.get("time_cond_proj_dim")
@@ -372,13 +379,15 @@ def check_stable_diffusion_unet(config: dict, directory, lcm: bool = False, inpa
     if in_channels != out_channels:
         raise DiffkitError(f"{directory} has a UNet with in_channels={in_channels} and out_channels={out_channels} "
                            f"(a model that takes extra inputs of another kind); allowed: in_channels = out_channels, "
-                           f"or out_channels + 5 / + 4 / + 1 (inpainting, InstructPix2Pix, depth-to-image UNets)")
+                           f"or out_channels + 5 / + 4 / + 1 (inpainting, InstructPix2Pix, depth-to-image UNets), "
+                           f"+ 3 with a class embedding (x4 upscaler)")
 
 
 def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
                           progress: bool = True, lora=None, textual_inversion=None,
                           inpainting: bool = False, scheduler: Optional[str] = None,
-                          instruct_pix2pix: bool = False, depth: bool = False) -> StableDiffusion:
+                          instruct_pix2pix: bool = False, depth: bool = False,
+                          upscale: bool = False) -> StableDiffusion:
     """Load a diffusers-format Stable Diffusion folder from disk (never downloads); ``progress=False``
     hides diffusers' and transformers' loading bars. ``lora``: LoRA files (paths or (path, scale)
     pairs, diffusers or kohya format) merged into the UNet and text encoder as diffusers'
@@ -390,7 +399,9 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     pipe.scheduler.config)`` (TCDScheduler) would, e.g. with an LCM-LoRA in ``lora`` (:mod:`.sd_scheduler`; a folder
     whose own scheduler is a TCDScheduler as ``"tcd"``). ``instruct_pix2pix``: allow an 8-channel InstructPix2Pix UNet
     (:mod:`.sd_instruct_pix2pix`; it only edits images). ``depth``: allow a 5-channel depth-to-image UNet
-    (:mod:`.sd_depth`; it only edits, its cond takes a ``depth_map``). An SD-XL folder loads as
+    (:mod:`.sd_depth`; it only edits, its cond takes a ``depth_map``). ``upscale``: allow a 7-channel x4 upscaler UNet
+    (:mod:`.sd_upscale`; its VAE's scaling_factor set to 0.08333, as StableDiffusionUpscalePipeline). An SD-XL folder
+    loads as
     :func:`.sd_xl.load_sd_xl`."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
@@ -413,7 +424,7 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(Path(directory), device, dtype, inpainting, scheduler=scheduler,
-                                    instruct_pix2pix=instruct_pix2pix, depth=depth)
+                                    instruct_pix2pix=instruct_pix2pix, depth=depth, upscale=upscale)
     add_textual_inversions(sd, embeddings)
     merge_sd_loras(sd, loras)
     return sd
@@ -422,7 +433,7 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
 def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainting: bool = False,
                            check_unet=check_stable_diffusion_unet, scheduler: Optional[str] = None,
                            text_encoder: bool = True, instruct_pix2pix: bool = False,
-                           depth: bool = False) -> StableDiffusion:
+                           depth: bool = False, upscale: bool = False) -> StableDiffusion:
     """The folder's components; ``text_encoder=False``: without ``text_encoder`` / ``tokenizer`` (None; an
     SD-XL refiner, :mod:`.sd_xl`); ``instruct_pix2pix``: an 8-channel UNet allowed (``check_unet``'s keyword)."""
     diffusers, transformers = require("diffusers"), require("transformers")
@@ -444,7 +455,8 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     consistency = lcm_consistency(scheduler_config, schedule.num_timesteps, directory) if lcm else None
     check_unet(read_json_object(directory / "unet" / "config.json", "unet config"), directory, lcm, inpainting,
                instruct_pix2pix=instruct_pix2pix,
-               **({"depth": True} if depth else {}))  # (a 5-channel depth UNet: .sd_depth)
+               **({"depth": True} if depth else {}),  # (a 5-channel depth UNet: .sd_depth)
+               **({"upscale": True} if upscale else {}))  # (a 7-channel x4 upscaler UNet: .sd_upscale)
     unet = from_pretrained(diffusers.UNet2DConditionModel, directory / "unet", low_cpu_mem_usage=False, **common)
     vae = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
     encoder = tokenizer = None
@@ -456,6 +468,9 @@ def _load_stable_diffusion(directory: Path, device, dtype: torch.dtype, inpainti
     for module in (unet, vae, encoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
+    if upscale:  # StableDiffusionUpscalePipeline.__init__ decodes with 0.08333 whatever the folder says (.sd_upscale)
+        from .sd_upscale import SCALING_FACTOR
+        vae.register_to_config(scaling_factor=SCALING_FACTOR)
     return StableDiffusion(unet, vae, encoder, tokenizer, schedule, prediction_type, scheduler_config,
                            device, dtype, consistency, scheduler_override=scheduler)
 
