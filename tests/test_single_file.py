@@ -176,8 +176,8 @@ def test_sample_and_edit_take_the_single_file_with_its_config_folder(single, tmp
         assert (tmp_path / "a" / "edit_00000.png").read_bytes() == (tmp_path / "b" / "edit_00000.png").read_bytes()
         return
     common = ["sample", "--prompt", "hot", "--steps", "2", "--num", "1", "--no-progress", "--device", "cpu"]
-    assert cli_main(common + ["--checkpoint", str(folder), "--out", str(tmp_path / "a.png")]) == 0
-    assert cli_main(common + ["--checkpoint", str(file), "--config", str(config), "--out", str(tmp_path / "b.png")]) == 0
+    for name, model in (("a", [str(folder)]), ("b", [str(file), "--config", str(config)])):
+        assert cli_main(common + ["--checkpoint", *model, "--out", str(tmp_path / f"{name}.png")]) == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
@@ -192,11 +192,18 @@ def test_bad_single_files_and_configs_are_refused_in_one_line(single, tmp_path, 
         assert cli_main(["convert", "--single-file", str(path)] + flags) == 2
         err = capsys.readouterr().err.strip()
         assert match in err and "\n" not in err, err
+    ckpt = file.with_suffix(".ckpt")
+    for argv, match in ((["sample", "--checkpoint", str(file), "--prompt", "x"], "single file and no --config"),
+                        (["sample", "--checkpoint", str(ckpt), "--config", str(config), "--prompt", "x"], "pickle"),
+                        (["edit", "--checkpoint", str(folder), "--config", str(config), "--out", "o"], "not one")):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and "\n" not in err, err
     unet_only = _write(tmp_path / "vae.safetensors", {"first_stage_model.a": torch.zeros(1), "vae.b": torch.zeros(1)})
     with pytest.raises(DiffkitError, match=r"not an SD 1.x / 2.x or SD-XL single file.*first_stage_model., vae\."):
         load_single_file(unet_only, config)
     sd3 = _write(tmp_path / "sd3.safetensors", {"model.diffusion_model.joint_blocks.0.x": torch.zeros(1)})
-    with pytest.raises(DiffkitError, match="is a SD3 single file: only SD 1.x / 2.x and SD-XL"):
+    with pytest.raises(DiffkitError, match="is an SD3 single file: only SD 1.x / 2.x and SD-XL"):
         load_single_file(sd3, config)
     assert not (tmp_path / "o").exists()
 

@@ -272,12 +272,8 @@ def grid_options(args, info, spacing, final) -> dict:
 
 
 def run(args) -> int:
-    from ..errors import DiffkitError
-    from ..interop.single_file import is_single_file, single_file_args
-    if args.config is not None and not is_single_file(args.checkpoint):
-        raise DiffkitError(f"--config goes with --checkpoint MODEL.safetensors (an SD / SD-XL single file); "
-                           f"{args.checkpoint!r} is not one")
-    with single_file_args(args, progress=args.progress) as args:  # a single file: read as its converted folder
+    from ..interop.single_file import single_file_args
+    with single_file_args(args, progress=args.progress, own_config=True) as args:  # a single file: its folder
         return _run(args)
 
 

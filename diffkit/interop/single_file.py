@@ -47,13 +47,11 @@ def _header(path: Path) -> dict:
 
 
 def is_single_file(path) -> bool:
-    """Whether ``path`` is a ``.safetensors`` file whose keys name an original-format (LDM / SGM) UNet, or a
-    pickle checkpoint (``.ckpt`` ...) that :func:`single_file_family` refuses; never raises."""
+    """Whether ``path`` is a ``.safetensors`` file whose keys name an original-format (LDM / SGM) UNet (read from
+    its header); never raises."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or path.suffix.lower() in PICKLE_SUFFIXES:
         return False
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return path.suffix.lower() == ".ckpt"
     try:
         return any(key.startswith(UNET) for key in _header(path))
     except DiffkitError:
@@ -70,8 +68,9 @@ def single_file_family(path) -> tuple:
     shapes = _header(path)
     for family, markers in NOT_DONE.items():
         if any(key.removeprefix(UNET).startswith(markers) for key in shapes):
-            raise DiffkitError(f"--checkpoint {str(path)!r} is a {family} single file: only SD 1.x / 2.x and SD-XL "
-                               f"single files are converted; give a diffusers {family} folder")
+            article = "an" if family == "SD3" else "a"
+            raise DiffkitError(f"--checkpoint {str(path)!r} is {article} {family} single file: only SD 1.x / 2.x and "
+                               f"SD-XL single files are converted; give a diffusers {family} folder")
     if not any(key.startswith(UNET) for key in shapes):
         found = sorted({key.split(".")[0] + "." for key in shapes})
         raise DiffkitError(f"--checkpoint {str(path)!r} is not an SD 1.x / 2.x or SD-XL single file: it has no "
@@ -177,19 +176,26 @@ def single_file_folder(path, config, progress: bool = False):
         yield convert_single_file(path, config, Path(root) / "model", progress=progress)
 
 
-def single_file_args(args, progress: bool = True):
+def single_file_args(args, progress: bool = True, own_config: bool = False):
     """``args`` of ``diffkit sample`` / ``edit`` as a context manager: when ``--checkpoint`` is a single file,
     ``--config`` must be its diffusers config folder, and inside the block ``args.checkpoint`` is the converted
-    temporary folder and ``args.config`` None; any other ``--checkpoint`` passes unchanged."""
+    temporary folder and ``args.config`` None; any other ``--checkpoint`` passes unchanged. A pickle (``.ckpt``)
+    with a ``--config`` folder is refused (:func:`single_file_family`); with a ``--config`` file it is diffkit's
+    legacy state dict (``diffkit sample``). ``own_config``: ``--config`` has no other meaning (``diffkit edit``)."""
     checkpoint, config = getattr(args, "checkpoint", None), getattr(args, "config", None)
-    if checkpoint is None or not is_single_file(checkpoint):
-        return contextlib.nullcontext(args)
-    if config is None or not Path(config).is_dir():
-        family = single_file_family(checkpoint)[0]
-        given = "no --config" if config is None else f"--config {config!r} is not a folder"
-        raise DiffkitError(f"--checkpoint {checkpoint!r} is an {family} single file and {given}: give --config "
-                           f"FOLDER, a local diffusers folder of the same model (its JSON files and tokenizers)")
-    return _converted(args, progress)
+    folder_config = config is not None and Path(config).is_dir()
+    pickle = checkpoint is not None and Path(checkpoint).suffix.lower() in PICKLE_SUFFIXES
+    if checkpoint is not None and (is_single_file(checkpoint) or (pickle and (folder_config or own_config))):
+        if not folder_config:
+            family = single_file_family(checkpoint)[0]
+            given = "no --config" if config is None else f"--config {config!r} is not a folder"
+            raise DiffkitError(f"--checkpoint {checkpoint!r} is an {family} single file and {given}: give --config "
+                               f"FOLDER, a local diffusers folder of the same model (its JSON files and tokenizers)")
+        return _converted(args, progress)
+    if own_config and config is not None:
+        raise DiffkitError(f"--config goes with --checkpoint MODEL.safetensors (an SD 1.x / 2.x or SD-XL single "
+                           f"file); {checkpoint!r} is not one")
+    return contextlib.nullcontext(args)
 
 
 @contextlib.contextmanager
