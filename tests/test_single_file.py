@@ -160,6 +160,13 @@ def test_convert_command_writes_the_same_weights_and_the_same_latents(single, tm
     za, zb = (text_to_image(sd, ["a photo", "hot"], sampler="ddim", steps=2, guidance_scale=5.0,
                             latents=latents.clone(), return_latents=True) for sd in (a, b))
     assert torch.equal(za, zb)
+    if hasattr(pipe, "text_encoder_2"):
+        return
+    assert cli_main(["convert", "--single-file", str(file), "--config", str(config), "--dtype", "float16", "--out",
+                     str(tmp_path / "half")]) == 0  # diffusers' torch_dtype: each weight rounded once
+    for weights in folder.glob("*/*.safetensors"):
+        ours, theirs = load_file(tmp_path / "half" / weights.relative_to(folder)), load_file(weights)
+        assert all(torch.equal(ours[k], theirs[k].half()) for k in theirs), weights
 
 
 def test_sample_and_edit_take_the_single_file_with_its_config_folder(single, tmp_path, capsys):

@@ -52,11 +52,14 @@ def register(subparsers) -> None:
     parser.add_argument("--config", type=path_arg, metavar="FOLDER",
                         help="with --single-file: a local diffusers folder of the same model (its JSON files, "
                              "tokenizers and scheduler; weights not needed): the converted folder's configs")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                        help="with --single-file: the written weights' dtype (diffusers' torch_dtype; default float32, "
+                             "diffusers' default: a float16 file gives a folder twice its size)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.single_file is not None or args.config is not None:
+    if args.single_file is not None or args.config is not None or args.dtype is not None:
         return _single_file(args)
     if args.clip_sample and args.to_diffusers is None:
         raise DiffkitError("--clip-sample sets the exported DDPMScheduler: it goes with --to-diffusers DIR")
@@ -104,11 +107,11 @@ def _single_file(args) -> int:
     if args.single_file is None or others:
         raise DiffkitError(f"--config FOLDER goes with --single-file FILE --out DIR only (given: "
                            f"{', '.join(others) or 'no --single-file'})")
-    if args.config is None or args.out is None:
+    if args.config is None or args.out is None:  # (--dtype alone: "no --single-file" above)
         raise DiffkitError(f"--single-file {args.single_file!r} needs --config FOLDER (a local diffusers folder of "
                            f"the same model) and --out DIR")
     from ..interop.single_file import convert_single_file
-    out = convert_single_file(args.single_file, args.config, args.out)
+    out = convert_single_file(args.single_file, args.config, args.out, dtype=args.dtype)
     sys.stdout.write(f"wrote diffusers folder {out} (diffkit sample --checkpoint {out}; "
                      f"StableDiffusionPipeline.from_pretrained or its SD-XL kind)\n")
     return 0

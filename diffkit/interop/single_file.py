@@ -138,14 +138,18 @@ def load_single_file(path, config, progress: bool = False, dtype=None):
                            f"{first_line(err, 160)}") from None
 
 
-def convert_single_file(path, config, out, progress: bool = False) -> Path:
+def convert_single_file(path, config, out, progress: bool = False, dtype=None) -> Path:
     """Write the diffusers folder ``out`` (new, or an empty folder) of the single file ``path``
-    (:func:`load_single_file`, then ``save_pretrained`` as safetensors); never half: it is written beside ``out``
+    (:func:`load_single_file`, ``dtype`` a torch dtype or its name, then ``save_pretrained`` as safetensors); never
+    half: it is written beside ``out``
     under a hidden name and renamed when whole."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DiffkitError(f"--out {str(out)!r} exists and is not an empty folder; give a new or empty folder")
-    pipe = load_single_file(path, config, progress=progress)
+    if isinstance(dtype, str):
+        import torch
+        dtype = getattr(torch, dtype)
+    pipe = load_single_file(path, config, progress=progress, dtype=dtype)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
