@@ -141,8 +141,7 @@ def load_single_file(path, config, progress: bool = False, dtype=None):
 def convert_single_file(path, config, out, progress: bool = False, dtype=None) -> Path:
     """Write the diffusers folder ``out`` (new, or an empty folder) of the single file ``path``
     (:func:`load_single_file`, ``dtype`` a torch dtype or its name, then ``save_pretrained`` as safetensors); never
-    half: it is written beside ``out``
-    under a hidden name and renamed when whole."""
+    half: it is written beside ``out`` under a hidden name and renamed when whole."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DiffkitError(f"--out {str(out)!r} exists and is not an empty folder; give a new or empty folder")
