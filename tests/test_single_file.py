@@ -190,7 +190,8 @@ def test_sample_and_edit_take_the_single_file_with_its_config_folder(single, tmp
 
 def test_bad_single_files_and_configs_are_refused_in_one_line(single, tmp_path, capsys):
     _, folder, config, file = single
-    cases = [(["--config", str(config), "--out", str(tmp_path / "o")], file.with_suffix(".ckpt"), "pickle checkpoint"),
+    cases = [(["--config", str(config), "--out", str(tmp_path / "o")], file.with_suffix(".ckpt"),
+              f"--single-file {str(file.with_suffix('.ckpt'))!r} is a pickle checkpoint"),
              (["--out", str(tmp_path / "o")], file, "needs --config"),
              (["--config", str(folder / "unet"), "--out", str(tmp_path / "o")], file, "is not a diffusers folder"),
              (["--config", str(config), "--out", str(folder)], file, "is not an empty folder")]

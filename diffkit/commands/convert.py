@@ -111,7 +111,7 @@ def _single_file(args) -> int:
         raise DiffkitError(f"--single-file {args.single_file!r} needs --config FOLDER (a local diffusers folder of "
                            f"the same model) and --out DIR")
     from ..interop.single_file import convert_single_file
-    out = convert_single_file(args.single_file, args.config, args.out, dtype=args.dtype)
+    out = convert_single_file(args.single_file, args.config, args.out, dtype=args.dtype, flag="--single-file")
     sys.stdout.write(f"wrote diffusers folder {out} (diffkit sample --checkpoint {out}; "
                      f"StableDiffusionPipeline.from_pretrained or its SD-XL kind)\n")
     return 0

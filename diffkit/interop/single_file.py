@@ -35,14 +35,14 @@ FAMILIES = {"SD 1.x / 2.x": ("StableDiffusionPipeline", "StableDiffusionImg2ImgP
 NOT_DONE = {"SD3": ("joint_blocks.0.",), "FLUX.1": ("double_blocks.0.", "single_blocks.0.")}
 
 
-def _header(path: Path) -> dict:
+def _header(path: Path, flag: str = "--checkpoint") -> dict:
     """{key: shape} of a ``.safetensors`` file, read from its header only (no tensor is loaded)."""
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error kinds for a damaged file
-        raise DiffkitError(f"--checkpoint {str(path)!r} is not a readable .safetensors file "
+        raise DiffkitError(f"{flag} {str(path)!r} is not a readable .safetensors file "
                            f"({first_line(err, 100)})") from None
 
 
@@ -58,27 +58,27 @@ def is_single_file(path) -> bool:
         return False
 
 
-def single_file_family(path) -> tuple:
-    """("SD 1.x / 2.x" or "SD-XL", {key: shape}) of a single file; one line for anything else."""
+def single_file_family(path, flag: str = "--checkpoint") -> tuple:
+    """("SD 1.x / 2.x" or "SD-XL", {key: shape}) of a single file; one line naming ``flag`` for anything else."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise DiffkitError(f"--checkpoint {str(path)!r} is a pickle checkpoint ({path.suffix}): loading one can run "
+        raise DiffkitError(f"{flag} {str(path)!r} is a pickle checkpoint ({path.suffix}): loading one can run "
                            f"code, so diffkit reads single files only as .safetensors; convert it once where you "
                            f"trust it (safetensors.torch.save_file of its state_dict)")
-    shapes = _header(path)
+    shapes = _header(path, flag)
     for family, markers in NOT_DONE.items():
         if any(key.removeprefix(UNET).startswith(markers) for key in shapes):
             article = "an" if family == "SD3" else "a"
-            raise DiffkitError(f"--checkpoint {str(path)!r} is {article} {family} single file: only SD 1.x / 2.x and "
+            raise DiffkitError(f"{flag} {str(path)!r} is {article} {family} single file: only SD 1.x / 2.x and "
                                f"SD-XL single files are converted; give a diffusers {family} folder")
     if not any(key.startswith(UNET) for key in shapes):
         found = sorted({key.split(".")[0] + "." for key in shapes})
-        raise DiffkitError(f"--checkpoint {str(path)!r} is not an SD 1.x / 2.x or SD-XL single file: it has no "
+        raise DiffkitError(f"{flag} {str(path)!r} is not an SD 1.x / 2.x or SD-XL single file: it has no "
                            f"{UNET}* UNet keys (its keys start with {', '.join(found[:6]) or 'nothing'})")
     return ("SD-XL" if UNET + "label_emb.0.0.weight" in shapes else "SD 1.x / 2.x"), shapes
 
 
-def _config_unet(config: Path, path: Path, family: str) -> tuple:
+def _config_unet(config: Path, path: Path, family: str, flag: str) -> tuple:
     """(model_index class, unet/config.json) of the ``--config`` folder, checked against the file's family."""
     index_file, unet_file = config / "model_index.json", config / "unet" / "config.json"
     if not config.is_dir() or not index_file.is_file() or not unet_file.is_file():
@@ -88,12 +88,12 @@ def _config_unet(config: Path, path: Path, family: str) -> tuple:
     kind = read_json_object(index_file, "diffusers index").get("_class_name")
     if kind not in FAMILIES[family]:
         other = next((name for name, classes in FAMILIES.items() if kind in classes), "another model family")
-        raise DiffkitError(f"--checkpoint {str(path)!r} is an {family} single file but --config {str(config)!r} is a "
-                           f"{kind} folder ({other}); allowed: {', '.join(FAMILIES[family])}")
+        raise DiffkitError(f"{flag} {str(path)!r} is an {family} single file but --config {str(config)!r} is a "
+                           f"{kind or 'pipeline'} folder ({other}); allowed: {', '.join(FAMILIES[family])}")
     return kind, read_json_object(unet_file, "unet config")
 
 
-def check_unet_shapes(shapes: dict, unet: dict, path: Path, config: Path) -> None:
+def check_unet_shapes(shapes: dict, unet: dict, path: Path, config: Path, flag: str = "--checkpoint") -> None:
     """One line when the file's UNet does not have the shapes of the ``--config`` folder's UNet config: its input
     and first block's channels, the number of input blocks, the text context width and SD-XL's added-embedding
     input width (an SD 2.x file with an SD 1.5 config, say, differs in the context width, 1024 against 768)."""
@@ -113,32 +113,34 @@ def check_unet_shapes(shapes: dict, unet: dict, path: Path, config: Path) -> Non
                        shapes[UNET + "label_emb.0.0.weight"][1]))
     for name, theirs, ours in checks:
         if ours is not None and theirs != ours:
-            raise DiffkitError(f"--config {str(config)!r} does not fit --checkpoint {str(path)!r}: its UNet's {name} "
+            raise DiffkitError(f"--config {str(config)!r} does not fit {flag} {str(path)!r}: its UNet's {name} "
                                f"is {theirs}, the file's is {ours}; give the config folder of the file's own model")
 
 
-def load_single_file(path, config, progress: bool = False, dtype=None):
+def load_single_file(path, config, progress: bool = False, dtype=None, flag: str = "--checkpoint"):
     """The diffusers pipeline of the single file ``path`` (:func:`single_file_family`), converted by diffusers'
     ``from_single_file(path, config=config, local_files_only=True)`` with the class of ``config``'s
-    ``model_index.json``; ``dtype`` as diffusers' ``torch_dtype`` (None: the models' float32)."""
+    ``model_index.json``; ``dtype`` as diffusers' ``torch_dtype`` (None: the models' float32). No safety checker or
+    feature extractor for SD 1.x / 2.x (diffkit uses neither; a config folder need not hold them)."""
     from . import _library_logs_held, library_progress_bars, require
     path, config = Path(path), Path(config)
-    family, shapes = single_file_family(path)
-    kind, unet = _config_unet(config, path, family)
-    check_unet_shapes(shapes, unet, path, config)
+    family, shapes = single_file_family(path, flag)
+    kind, unet = _config_unet(config, path, family, flag)
+    check_unet_shapes(shapes, unet, path, config, flag)
     diffusers = require("diffusers")
     require("transformers")
-    extra = {"safety_checker": None, "requires_safety_checker": False} if family == "SD 1.x / 2.x" else {}
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    extra = extra if family == "SD 1.x / 2.x" else {}
     try:
         with library_progress_bars(progress), _library_logs_held():
             return getattr(diffusers, kind).from_single_file(str(path), config=str(config), local_files_only=True,
                                                              torch_dtype=dtype, **extra)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # a config that does not fit, a gap
-        raise DiffkitError(f"diffusers could not convert --checkpoint {str(path)!r} with --config {str(config)!r}: "
+        raise DiffkitError(f"diffusers could not convert {flag} {str(path)!r} with --config {str(config)!r}: "
                            f"{first_line(err, 160)}") from None
 
 
-def convert_single_file(path, config, out, progress: bool = False, dtype=None) -> Path:
+def convert_single_file(path, config, out, progress: bool = False, dtype=None, flag: str = "--checkpoint") -> Path:
     """Write the diffusers folder ``out`` (new, or an empty folder) of the single file ``path``
     (:func:`load_single_file`, ``dtype`` a torch dtype or its name, then ``save_pretrained`` as safetensors); never
     half: it is written beside ``out`` under a hidden name and renamed when whole."""
@@ -148,7 +150,7 @@ def convert_single_file(path, config, out, progress: bool = False, dtype=None) -
     if isinstance(dtype, str):
         import torch
         dtype = getattr(torch, dtype)
-    pipe = load_single_file(path, config, progress=progress, dtype=dtype)
+    pipe = load_single_file(path, config, progress=progress, dtype=dtype, flag=flag)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
