@@ -5,6 +5,7 @@
     diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel / DiT (+ scheduler) -> diffkit checkpoint
     diffkit convert --checkpoint CKPT --out WEIGHTS          # training checkpoint -> weights only (EMA)
     diffkit convert --checkpoint LORA_CKPT --lora-only --out ADAPTER   # a LoRA run's adapters alone
+    diffkit convert --single-file MODEL.safetensors --config FOLDER --out DIR   # SD / SD-XL single file -> folder
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def register(subparsers) -> None:
                     "UNet2DModel or pixel-space DiT folder back to a diffkit "
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
-                    "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only).")
+                    "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only); or an "
+                    "original-format Stable Diffusion 1.x / 2.x or SD-XL single file (--single-file FILE --config "
+                    "FOLDER --out DIR: diffusers' from_single_file with a local config folder, then save_pretrained).")
     parser.add_argument("--checkpoint", type=path_arg,
                         help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
     parser.add_argument("--to-diffusers", type=path_arg, metavar="DIR", help="write the diffusers folder here")
@@ -43,10 +46,21 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-sample", action="store_true",
                         help="exported DDPMScheduler (a DiT's DDIMScheduler) clips x_0 to [-1, 1] (diffusers' default; "
                              "diffkit's is off)")
+    parser.add_argument("--single-file", type=path_arg, metavar="FILE",
+                        help="an original-format SD 1.x / 2.x or SD-XL .safetensors single file (model.diffusion_model."
+                             "*, first_stage_model.*, ...) to write as a diffusers folder at --out DIR, with --config")
+    parser.add_argument("--config", type=path_arg, metavar="FOLDER",
+                        help="with --single-file: a local diffusers folder of the same model (its JSON files, "
+                             "tokenizers and scheduler; weights not needed): the converted folder's configs")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                        help="with --single-file: the written weights' dtype (diffusers' torch_dtype; default float32, "
+                             "diffusers' default: a float16 file gives a folder twice its size)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.single_file is not None or args.config is not None or args.dtype is not None:
+        return _single_file(args)
     if args.clip_sample and args.to_diffusers is None:
         raise DiffkitError("--clip-sample sets the exported DDPMScheduler: it goes with --to-diffusers DIR")
     if not args.ema and args.from_diffusers is not None:
@@ -83,6 +97,23 @@ def run(args) -> int:
         unet, schedule, prediction_type = diffusers_unet.import_diffusers(args.from_diffusers, out=args.out)
     sys.stdout.write(f"wrote diffkit checkpoint {args.out} ({unet.num_parameters():,} parameters, "
                      f"T={schedule.num_timesteps}, prediction_type={prediction_type})\n")
+    return 0
+
+
+def _single_file(args) -> int:
+    others = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--to-diffusers", args.to_diffusers),
+                                        ("--from-diffusers", args.from_diffusers), ("--lora-only", args.lora_only),
+                                        ("--clip-sample", args.clip_sample), ("--no-ema", not args.ema)) if given]
+    if args.single_file is None or others:
+        raise DiffkitError(f"--config FOLDER goes with --single-file FILE --out DIR only (given: "
+                           f"{', '.join(others) or 'no --single-file'})")
+    if args.config is None or args.out is None:  # (--dtype alone: "no --single-file" above)
+        raise DiffkitError(f"--single-file {args.single_file!r} needs --config FOLDER (a local diffusers folder of "
+                           f"the same model) and --out DIR")
+    from ..interop.single_file import convert_single_file
+    out = convert_single_file(args.single_file, args.config, args.out, dtype=args.dtype, flag="--single-file")
+    sys.stdout.write(f"wrote diffusers folder {out} (diffkit sample --checkpoint {out}; "
+                     f"StableDiffusionPipeline.from_pretrained or its SD-XL kind)\n")
     return 0
 
 

@@ -82,7 +82,9 @@ def register(sub) -> None:
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
                         "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
                         "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
-                        "state 'eval' loads it")
+                        "state 'eval' loads it; with --checkpoint MODEL.safetensors, an original-format SD 1.x / 2.x "
+                        "or SD-XL single file: the local diffusers folder of its model (docs/interop.md, single-file "
+                        "checkpoints)")
     s = p.add_argument_group("sampler and time grid (docs/samplers.md)")
     s.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL "
@@ -213,6 +215,12 @@ def add_rescale_interval_flags(group, needs: str = "") -> None:
 
 
 def run(args) -> int:
+    from ..interop.single_file import single_file_args
+    with single_file_args(args, progress=args.progress) as args:  # a single file: read as its converted folder
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..config import resolve_device
     from ..sampling import check_eta, final_for, resolve_sampler
     from ._common import default_sampling

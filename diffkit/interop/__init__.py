@@ -19,6 +19,8 @@
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
+* :mod:`.single_file` - original-format SD 1.x / 2.x and SD-XL single files (LDM / SGM keys) as diffusers folders,
+  by diffusers' ``from_single_file`` with a local config folder (``diffkit convert --single-file``).
 * :mod:`.sd_scheduler` - ``load_stable_diffusion(..., scheduler="lcm" / "tcd")``: a plain folder sampled as
   diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config(pipe.scheduler.config)`` (LCM-LoRA, TCD-LoRA).
 
