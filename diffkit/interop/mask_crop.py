@@ -157,7 +157,8 @@ def check_mask_crop(args) -> None:
     if args.controlnets and not is_stable_diffusion_folder(folder):
         raise DiffkitError(f"{flag} does not go with --controlnet on an SD3 / FLUX.1 folder (diffusers 0.42.1: "
                            f"StableDiffusion3ControlNetInpaintingPipeline has no padding_mask_crop, "
-                           f"FluxControlNetInpaintPipeline leaves the control image uncropped); drop one")
+                           f"FluxControlNetInpaintPipeline leaves the control image uncropped and pastes nothing "
+                           f"back); drop one")
     if getattr(args, "refiner", None):
         raise DiffkitError(f"{flag} does not go with --refiner (not offered: the refiner's latents would need the "
                            f"crop too); drop one")
