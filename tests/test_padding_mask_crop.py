@@ -216,8 +216,6 @@ def test_padding_mask_crop_refusals_are_one_line_before_any_output(tiny_sd, tiny
          "--mask is 16x16 but the images are 30x20"),
         (["--checkpoint", tiny_checkpoint, "--mask", mask_png, "--padding-mask-crop", 1],
          "--padding-mask-crop 1 applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1;"),
-        (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--controlnet", folder],
-         "--padding-mask-crop 1 does not go with --controlnet"),
         (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--pag-scale", 3],
          "--padding-mask-crop 1 does not go with --pag-scale on an SD 1.x / 2.x folder"),
         (["--checkpoint", folder, "--mask", mask_png, "--padding-mask-crop", 1, "--refiner", folder],

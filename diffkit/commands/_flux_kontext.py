@@ -45,7 +45,9 @@ def edit_kontext(args) -> int:
     floored), the edit of :func:`~diffkit.interop.flux_kontext.kontext_output_size` of ``--height`` / ``--width``
     (default 1024) and ``--max-area``; 28 steps of flow Euler on its sigmas, the embedded guidance 3.5 by default
     (``--guidance-scale``), true CFG with ``--true-cfg-scale`` and ``--negative-prompt``, ``--prompt-2``,
-    ``--max-sequence-length``, ``--lora``, ``--textual-inversion`` as a FLUX folder's. With ``--mask`` (one grey
+    ``--max-sequence-length``, ``--lora``, ``--textual-inversion``, ``--ip-adapter`` (repeatable, with
+    ``--ip-adapter-image`` / ``--negative-ip-adapter-image``: both pipelines' ``ip_adapter_image`` /
+    ``negative_ip_adapter_image``) as a FLUX folder's. With ``--mask`` (one grey
     PNG, white = repaint,
     resized with each image as the pipeline's mask processor does) each image is inpainted as
     FluxKontextInpaintPipeline (:func:`~diffkit.interop.flux_kontext.kontext_inpaint`; ``--strength``, default 1)
@@ -69,7 +71,8 @@ def edit_kontext(args) -> int:
                                         kontext_output_size)
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._image_size import resized_pngs, size_multiple
-    from ._sd3 import _FLAG_NAMES, edit_sampling, refused_flags
+    from ._ip_adapter import IPAdapterRequest
+    from ._sd3 import _FLAG_NAMES, check_edit_ip_adapter, edit_sampling, refused_flags
     from ._flux_redux import ReduxRequest, redux_text
     from ._sd_prompts import flux_prompt_options
     from .edit import image_files, mask_file
@@ -96,6 +99,8 @@ def edit_kontext(args) -> int:
         raise DiffkitError(f"{directory} is a FLUX.1 Kontext folder: give --images PNG|DIR and --prompt TEXT (once "
                            f"for every image, or once per image)")
     info, own, options, request = edit_sampling(args, directory)
+    ip_adapter = IPAdapterRequest.from_args(args, directory)  # FLUX IP-Adapters (FluxIPAdapterMixin)
+    check_edit_ip_adapter(ip_adapter, args, flux=True)
     files = image_files(args.images)
     count = len(files)
     for flag, rows in (("--prompt", args.prompts), ("--prompt-2", args.prompts_2)):
@@ -118,6 +123,7 @@ def edit_kontext(args) -> int:
                      textual_inversion=args.textual_inversion)
     flux.check_guidance_scale(args.guidance_scale)
     embeds = None if redux is None else redux.embeds(flux, request, device, args.progress)  # every image's prompt
+    adapter = None if ip_adapter is None else ip_adapter.load(device, flux.dtype, args.progress)
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
 
@@ -131,8 +137,8 @@ def edit_kontext(args) -> int:
             text = flux_prompt_options(request, prompts_2)
             how = dict(auto_resize=not args.no_auto_resize, sampler=None if own else info.name, steps=args.steps,
                        guidance_scale=args.guidance_scale, seed=args.seed + i, output_range="-1,1",
-                       progress=args.progress, **(text if embeds is None else redux_text(embeds, text)),
-                       **({} if own else options))
+                       progress=args.progress, ip_adapter=adapter,
+                       **(text if embeds is None else redux_text(embeds, text)), **({} if own else options))
             image, prompt = resized_pngs([file], *sizes[i]), None if embeds is not None else row(args.prompts, i)
             edited = kontext_edit(flux, image, prompt, **size, **how) if mask is None else \
                 kontext_inpaint(flux, image, resized_pngs([mask], *sizes[i], mask=True), prompt,
@@ -185,8 +191,7 @@ def reference_files(path, count: int, multiple: int, auto_resize: bool):
 def _kontext_flags() -> set:
     from ._sd3 import FLUX_EDIT_FLAGS
     return FLUX_EDIT_FLAGS - {"posterior", "batch_size", "controlnets", "control_images",
-                              "controlnet_scales", "control_starts", "control_ends", "guess_mode", "ip_adapter",
-                              "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"} | {
+                              "controlnet_scales", "control_starts", "control_ends", "guess_mode"} | {
         "max_area", "no_auto_resize", "image_reference"}
 
 

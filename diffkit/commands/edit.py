@@ -290,7 +290,7 @@ def _run(args) -> int:
     from ..images import check_image_folder, save_images
     from ..memory import batches_with_oom_retry
     from ..loading import load_denoiser
-    from ..interop.mask_crop import check_mask_crop, overlaid_edits
+    from ..interop.mask_crop import check_mask_crop, mask_crop, overlaid_edits
     from ..models.network import check_image_model, is_series_model
     from ..sampling import check_eta, resolve_sampler
 
@@ -439,7 +439,9 @@ def _run(args) -> int:
         controlnets = control.load(device, denoiser.dtype, args.progress)
         strength = args.strength if args.strength is not None else 0.8 if mask is None else 1.0
         grid = editing_grid(denoiser, sampler, args.steps or 50, strength, options) if controlnets.windowed else None
-        denoiser = autoencoder = controlnets.controlling(denoiser, images.shape[2], images.shape[3], grid)
+        crop = mask_crop(args)  # --padding-mask-crop: the control images cropped to the mask's box too
+        denoiser = autoencoder = controlnets.controlling(denoiser, images.shape[2], images.shape[3], grid,
+                                                         box=None if crop is None else crop.box)
     if ip_adapter is not None:  # the SD UNet with the image prompt (diffusers' load_ip_adapter)
         denoiser = autoencoder = ip_adapter.load(device, denoiser.dtype, args.progress).adapting(denoiser)
     if text:

@@ -143,14 +143,19 @@ def open_control_image(image):
     return image
 
 
-def prepare_control_image(image, height: int, width: int, factor: int, channels: int = 3) -> torch.Tensor:
+def prepare_control_image(image, height: int, width: int, factor: int, channels: int = 3,
+                          box: Optional[tuple] = None) -> torch.Tensor:
     """(1, 3, height, width) in [0, 1], float32: RGB, resized as diffusers' ControlNet pipeline prepares it
     (its ``control_image_processor``: ``VaeImageProcessor(do_convert_rgb=True, do_normalize=False)``,
-    Lanczos for a PIL image). ``channels=1``: grey, (1, 1, height, width) (a T2I-Adapter's, :mod:`.t2i_adapter`)."""
+    Lanczos for a PIL image). ``channels=1``: grey, (1, 1, height, width) (a T2I-Adapter's, :mod:`.t2i_adapter`).
+    ``box`` (x1, y1, x2, y2): cropped to it first and resized with ``resize_mode="fill"``, as the ControlNet
+    inpainting pipelines' ``prepare_control_image(..., crops_coords, resize_mode)`` with ``padding_mask_crop``
+    (:mod:`.mask_crop`)."""
     diffusers = require("diffusers")
     processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=channels == 3,
                                                             do_convert_grayscale=channels == 1, do_normalize=False)
-    return processor.preprocess(open_control_image(image), height=height, width=width).to(torch.float32)
+    crop = {} if box is None else {"crops_coords": box, "resize_mode": "fill"}
+    return processor.preprocess(open_control_image(image), height=height, width=width, **crop).to(torch.float32)
 
 
 def sampler_grid(denoiser, sampler: str, steps: Optional[int], nfe: Optional[int], grid, options: dict):
@@ -390,7 +395,8 @@ class ControlNets(PerPromptImages):
         """The output (height, width): given, or the first control image's (diffusers' default)."""
         return control_size(self.images[0][0], factor, height, width)
 
-    def controlling(self, sd, height: int, width: int, grid: Optional[torch.Tensor] = None):
+    def controlling(self, sd, height: int, width: int, grid: Optional[torch.Tensor] = None,
+                    box: Optional[tuple] = None):
         """A copy of the :class:`~diffkit.interop.stable_diffusion.StableDiffusion` ``sd`` whose network
         denoiser is the UNet with these ControlNets' residuals (so ``sd.guided`` and every sampler see
         it); ``grid``: the sampler's time grid (needed where a window is set). On a latent consistency model (an
@@ -398,7 +404,8 @@ class ControlNets(PerPromptImages):
         guidance, an LCM-LoRA), as StableDiffusionControlNetPipeline feeds the controlled UNet's output to
         LCMScheduler; a guidance input w reaches the UNet only (the pipeline gives the ControlNet no
         ``timestep_cond``). On an SD-XL folder (:mod:`.sd_xl`) the ControlNets take the UNet's pooled text
-        embedding and time ids too (StableDiffusionXLControlNetPipeline; :meth:`ControlledNet.residuals`)."""
+        embedding and time ids too (StableDiffusionXLControlNetPipeline; :meth:`ControlledNet.residuals`). ``box``:
+        each control image cropped to it first (``padding_mask_crop``, :func:`prepare_control_image`)."""
         if self.modes is not None:
             from .sd_xl import StableDiffusionXL
             if not isinstance(sd, StableDiffusionXL):
@@ -411,7 +418,7 @@ class ControlNets(PerPromptImages):
         for index, model in enumerate(self.models[:1] if self.joint else self.models):
             check_controlnet(model, sd.unet, sd.vae_scale_factor, f"--controlnet number {index + 1}")
         f = sd.vae_scale_factor
-        images = [torch.cat([prepare_control_image(image, height, width, f) for image in entry])
+        images = [torch.cat([prepare_control_image(image, height, width, f, box=box) for image in entry])
                   for entry in self.images]
         keeps = None
         if self.windowed:

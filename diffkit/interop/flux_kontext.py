@@ -21,8 +21,15 @@ Sizes, as the pipeline's ``__call__``:
   (E(x) - shift_factor) scaling_factor.
 
 ``FluxKontextInpaintPipeline`` (a mask, strength, an optional separate reference image): :func:`kontext_inpaint`,
-FLUX's replacement inpainting (:func:`.flux.image_to_image`) with the reference's tokens in every call. Not driven:
-an IP-Adapter or ControlNet with Kontext, ``padding_mask_crop`` (refused: :mod:`.mask_crop`).
+FLUX's replacement inpainting (:func:`.flux.image_to_image`) with the reference's tokens in every call.
+
+IP-Adapters (both pipelines inherit ``FluxIPAdapterMixin``: ``load_ip_adapter`` + ``ip_adapter_image`` /
+``negative_ip_adapter_image``): ``ip_adapter=`` a :class:`.flux_ip_adapter.FluxIPAdapter` or
+:class:`~.flux_ip_adapter.FluxIPAdapters`, as in FLUX's other paths (:meth:`.flux.Flux.prompt_guidance`): the
+decoupled cross-attention of Ye et al. 2023 (arXiv:2308.06721) eq. 5 in every double block, the reference tokens
+included (they are image-stream tokens: the pipeline's transformer call is the same), the negative (default black,
+of the output's size) image's embeds in the true-CFG pass. Not driven: a ControlNet with Kontext,
+``padding_mask_crop`` (refused: :mod:`.mask_crop`).
 """
 from __future__ import annotations
 
@@ -98,7 +105,7 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, prompt_2=None, negative_prompt_2=None,
                  output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                  prompt_embeds: Optional[torch.Tensor] = None, pooled_prompt_embeds: Optional[torch.Tensor] = None,
-                 **options) -> torch.Tensor:
+                 ip_adapter=None, **options) -> torch.Tensor:
     """Edit ``images`` (B or 1, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image; one image with
     several prompts serves them all) as ``FluxKontextPipeline`` (module docstring): the images resized
     (:func:`kontext_image_size`; nearest, as the pipeline resizes tensors; already that size: untouched) and
@@ -108,7 +115,9 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
     ``return_latents`` / ``options``: as :func:`.flux.text_to_image` (default the pipeline's 28 flow Euler steps on
     its sigmas, the embedded guidance 3.5; ``latents``: unpacked z at s = 1 of the output size); ``prompt_embeds``
     / ``pooled_prompt_embeds`` instead of ``prompts`` (None; e.g. FLUX.1 Redux's) as its: one row serves every
-    image (:func:`.flux.embedded_prompts`)."""
+    image (:func:`.flux.embedded_prompts`). ``ip_adapter``: one or several FLUX IP-Adapters with their image
+    prompts (module docstring), as the pipeline's ``ip_adapter_image`` (+ ``negative_ip_adapter_image`` with true
+    CFG)."""
     from ..sampling import sample
     from .flow_latents import finish_images, pipeline_grid, start_latents
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
@@ -136,7 +145,7 @@ def kontext_edit(flux, images: torch.Tensor, prompts: Union[str, Sequence[str]],
                                          lambda n: flux.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = flux.prompt_guidance(prompts * (batch // len(prompts)), h, w, guidance_scale, negative_prompt,
                                           true_cfg_scale, max_sequence_length, prompt_2,
-                                          negative_prompt_2, embeds=embeds)
+                                          negative_prompt_2, ip_adapter, embeds=embeds)
     cond["kontext"] = reference.expand(batch, *reference.shape[1:])
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=flux.device, dtype=flux.dtype, **options)
@@ -155,10 +164,11 @@ def kontext_inpaint(flux, images: torch.Tensor, mask: torch.Tensor, prompts: Uni
     ``mask``: SDEdit from ``strength`` of the pipeline's 28-step grid, default 1 = from pure noise, the kept
     region replaced by z noised to the next sigma), image i's noise from ``seed + i``. The embedded guidance
     defaults to the pipeline's 3.5 (not FluxInpaintPipeline's 7.0); ``options``: :func:`.flux.image_to_image`'s
-    (sampler, steps, true_cfg_scale, negative_prompt, prompt_2, output_range, ...); no ControlNet or IP-Adapter."""
+    (sampler, steps, true_cfg_scale, negative_prompt, prompt_2, output_range, ``ip_adapter``: FLUX IP-Adapters, as
+    the pipeline's ``ip_adapter_image``, ...); no ControlNet."""
     from .flux import FLUX_PIPELINE_GUIDANCE, image_to_image
     check_choice("auto_resize", auto_resize, [True, False])
-    for key in ("controlnet", "ip_adapter", "posterior", "kontext"):
+    for key in ("controlnet", "posterior", "kontext"):
         if options.get(key) is not None:
             raise DiffkitError(f"{key} is not allowed in FLUX.1 Kontext inpainting (FluxKontextInpaintPipeline takes "
                                f"none here)")

@@ -1,6 +1,8 @@
 """diffusers' ``padding_mask_crop`` for inpainting (``diffkit edit --mask M --padding-mask-crop N``), one module for
 every inpainting pipeline that offers it (StableDiffusion(XL)InpaintPipeline with 4- or 9-channel UNets,
-StableDiffusion3InpaintPipeline, FluxInpaintPipeline; diffusers 0.42.1):
+StableDiffusion3InpaintPipeline, FluxInpaintPipeline, and StableDiffusion(XL)ControlNetInpaintPipeline, whose
+control images are cropped with the same box and resized with the same mode:
+:func:`.controlnet.prepare_control_image`; diffusers 0.42.1):
 
 1. :func:`crop_region` is ``VaeImageProcessor.get_crop_region(mask, width, height, pad=N)``: the bounding box of the
    mask's non-zero pixels, N pixels of margin on each side (clipped to the image), then grown about its centre
@@ -125,7 +127,9 @@ def overlaid_edits(args, files, edited):
 def check_mask_crop(args) -> None:
     """One line, before anything loads, for ``--padding-mask-crop`` where diffusers has no ``padding_mask_crop``
     or diffkit does not offer it: without ``--mask``, off the SD / SD-XL / SD3 / FLUX.1 folders, on FLUX.1 Fill,
-    Depth / Canny and Kontext folders, with ``--controlnet`` or ``--refiner``, with ``--pag-scale`` on SD 1.x / 2.x
+    Depth / Canny and Kontext folders, with ``--controlnet`` on SD3 / FLUX.1 folders (SD / SD-XL ControlNets take
+    the crop: their control images cropped and resized alike, as StableDiffusion(XL)ControlNetInpaintPipeline's),
+    with ``--refiner``, with ``--pag-scale`` on SD 1.x / 2.x
     (StableDiffusionPAGInpaintPipeline passes ``output_type=None`` to its ``check_inputs``, which then raises)."""
     value = getattr(args, "padding_mask_crop", None)
     if value is None:
@@ -150,10 +154,14 @@ def check_mask_crop(args) -> None:
     if not (is_stable_diffusion_folder(folder) or is_sd3_folder(folder) or is_flux_folder(folder)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1; their "
                            f"inpainting pipelines' padding_mask_crop); {folder} is not one")
-    for other, given in (("--controlnet", args.controlnets), ("--refiner", getattr(args, "refiner", None))):
-        if given:
-            raise DiffkitError(f"{flag} does not go with {other} (not offered: the control images / the refiner's "
-                               f"latents would need the crop too); drop one")
+    if args.controlnets and not is_stable_diffusion_folder(folder):
+        raise DiffkitError(f"{flag} does not go with --controlnet on an SD3 / FLUX.1 folder (diffusers 0.42.1: "
+                           f"StableDiffusion3ControlNetInpaintingPipeline has no padding_mask_crop, "
+                           f"FluxControlNetInpaintPipeline leaves the control image uncropped and pastes nothing "
+                           f"back); drop one")
+    if getattr(args, "refiner", None):
+        raise DiffkitError(f"{flag} does not go with --refiner (not offered: the refiner's latents would need the "
+                           f"crop too); drop one")
     from .sd_xl import is_sd_xl_folder
     if getattr(args, "pag_scale", None) and is_stable_diffusion_folder(folder) and not is_sd_xl_folder(folder):
         raise DiffkitError(f"{flag} does not go with --pag-scale on an SD 1.x / 2.x folder: diffusers 0.42.1's "
