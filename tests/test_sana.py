@@ -117,6 +117,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
     ("model_index.json", {"_class_name": "SanaSprintPipeline"}, "'SanaSprintPipeline' folder, which diffkit does not"),
     ("transformer/config.json", {"guidance_embeds": True}, "guidance_embeds=True for in_channels=4; allowed"),
     ("scheduler/scheduler_config.json", {"use_flow_sigmas": False}, "use_flow_sigmas=False; allowed"),
+    ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "for which SanaPipeline passes no mu"),
     ("scheduler/scheduler_config.json", {"use_karras_sigmas": True}, "use_karras_sigmas=True, which diffkit's"),
     ("model_index.json", {"vae": ["diffusers", "AutoencoderKL"]}, "vae is a 'AutoencoderKL'; allowed: AutoencoderDC")])
 def test_what_sana_does_not_drive_is_refused_in_one_line(folder, tmp_path, file, change, expected):

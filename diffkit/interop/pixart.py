@@ -101,29 +101,22 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
     ``ddim``. ``flow`` (a flow-matching folder, :mod:`.sana`): the DPM-Solver with ``use_flow_sigmas`` and
     ``final_sigmas_type="zero"`` (the same step in log-SNR), or ``FlowMatchEulerDiscreteScheduler`` -> ``ddim`` (flow
     Euler, as SD3's). Another class, or an option with no counterpart, is a one-line DiffkitError (give a sampler)."""
+    from .schedulers import FLOW_SCHEDULER
     name = config.get("_class_name")
     hint = "; give a diffkit sampler (--sampler NAME)"
-    fixed = _DPM_FIXED
-    if flow:
-        from .schedulers import FLOW_SCHEDULER
-        if name == FLOW_SCHEDULER:
-            if config.get("stochastic_sampling", False):
-                raise DiffkitError(f"the folder's {FLOW_SCHEDULER} has stochastic_sampling=True, which draws its own "
-                                   f"noise in its step and not in diffkit's ddim{hint}")
-            return "ddim", {}
-        if name != "DPMSolverMultistepScheduler":
-            raise DiffkitError(f"the folder's scheduler {name!r} has no diffkit sampler equivalent here (allowed: "
-                               f"DPMSolverMultistepScheduler, {FLOW_SCHEDULER}){hint}")
-        fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"}
-    if name == "DDIMScheduler" and not flow:
-        for key in ("clip_sample", "thresholding"):
-            if config.get(key, key == "clip_sample"):  # DDIMScheduler's clip_sample defaults to True
-                raise DiffkitError(f"the folder's DDIMScheduler has {key}=True, which clamps x0 in its step and not "
-                                   f"in diffkit's ddim{hint}")
+    euler = FLOW_SCHEDULER if flow else "DDIMScheduler"  # the class whose step is diffkit's ddim
+    if name == euler:  # the keys (and their defaults) that make its step another: DDIM's clip_sample defaults to True
+        why = "draws its own noise" if flow else "clamps x0"
+        for key, default in ({"stochastic_sampling": False} if flow else {"clip_sample": True,
+                                                                           "thresholding": False}).items():
+            if config.get(key, default):
+                raise DiffkitError(f"the folder's {name} has {key}=True, which {why} in its step and not in diffkit's "
+                                   f"ddim{hint}")
         return "ddim", {}
     if name != "DPMSolverMultistepScheduler":
         raise DiffkitError(f"the folder's scheduler {name!r} has no diffkit sampler equivalent here (allowed: "
-                           f"DPMSolverMultistepScheduler, DDIMScheduler){hint}")
+                           f"DPMSolverMultistepScheduler, {euler}){hint}")
+    fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"} if flow else _DPM_FIXED
     for key, want in fixed.items():
         value = config.get(key, want)
         if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
