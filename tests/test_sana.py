@@ -61,7 +61,7 @@ def test_sana_matches_the_pipeline(folder):
 
 def test_sana_without_the_instruction_and_with_flow_euler(folder):
     """complex_human_instruction=None (the prompts at 300 tokens); the scheduler as a FlowMatchEulerDiscreteScheduler
-    (flow Euler, diffkit's ddim on its sigmas, from sigma 1)."""
+    (flow Euler, diffkit's ddim on its sigmas, from sigma 1), also with a timestep_scale of 3 (Sana Sprint's kind)."""
     pipe, _, sana = folder
     ours, theirs = _both(pipe, sana, complex_human_instruction=None, negative_prompt="ugly", guidance_scale=3.0)
     assert relative_error(ours, theirs) < 1e-5  # 5.0e-7 measured
@@ -72,7 +72,13 @@ def test_sana_without_the_instruction_and_with_flow_euler(folder):
         assert sana.folder_sampler() == ("ddim", {})
         ours, theirs = _both(pipe, sana, steps=4, negative_prompt="ugly")
         assert relative_error(ours, theirs) < 1e-5  # 5.9e-7 measured
+        for model in (pipe.transformer, sana.transformer):  # SanaSprint's kind of timestep_scale, on both sides
+            model.register_to_config(timestep_scale=3.0)
+        ours, theirs = _both(pipe, sana, steps=2, guidance_scale=1.0)
+        assert relative_error(ours, theirs) < 1e-5  # 1.4e-7 measured
     finally:
+        for model in (pipe.transformer, sana.transformer):
+            model.register_to_config(timestep_scale=1.0)
         pipe.scheduler = saved
         sana.scheduler_config, sana._denoiser, sana.schedule = own
 
@@ -117,7 +123,8 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
     ("model_index.json", {"_class_name": "SanaSprintPipeline"}, "'SanaSprintPipeline' folder, which diffkit does not"),
     ("transformer/config.json", {"guidance_embeds": True}, "guidance_embeds=True for in_channels=4; allowed"),
     ("scheduler/scheduler_config.json", {"use_flow_sigmas": False}, "use_flow_sigmas=False; allowed"),
-    ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "for which SanaPipeline passes no mu"),
+    ("scheduler/scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                         "use_dynamic_shifting": True}, "for which SanaPipeline passes no mu"),
     ("scheduler/scheduler_config.json", {"use_karras_sigmas": True}, "use_karras_sigmas=True, which diffkit's"),
     ("model_index.json", {"vae": ["diffusers", "AutoencoderKL"]}, "vae is a 'AutoencoderKL'; allowed: AutoencoderDC")])
 def test_what_sana_does_not_drive_is_refused_in_one_line(folder, tmp_path, file, change, expected):

@@ -30,7 +30,7 @@ timesteps with the diffkit sampler of its step, resolution binning, ``diffkit sa
   computing its step (:func:`.pixart.folder_sampler` with ``flow``): ``dpm-solver++-2m`` with its ``solver_type``
   and ``lower_order_final`` (DPM-Solver++ in log-SNR is the same step for the flow's alpha = 1 - s, sigma = s), or
   flow Euler ``ddim``. The pipeline passes no ``mu``, so a ``use_dynamic_shifting`` FlowMatchEuler folder, which
-  fails there, is refused here in one line.
+  fails there, is refused here in one line (a DPM-Solver's then keeps its ``flow_shift``, as there).
 * decoding: x = D(z / scaling_factor) (DC-AE, no shift), images (x / 2 + 0.5).clamp(0, 1).
 
 ``use_resolution_binning`` (the pipeline's default): :func:`.pixart.text_to_image`'s ``resolution_binning=True``
@@ -101,6 +101,7 @@ def is_sana_folder(path) -> bool:
 def check_sana_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a ``SanaPipeline`` folder, checked from its JSON
     alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
+    from .schedulers import FLOW_SCHEDULER
     from .sd3 import _entry
     from .sd_xl import _index
     from .stable_diffusion import check_components
@@ -123,9 +124,9 @@ def check_sana_folder(directory) -> tuple:
                            f"{config.get('guidance_embeds', False)} for in_channels={c_in}; allowed: out_channels = "
                            f"in_channels, guidance_embeds false (SanaPipeline's velocity transformer)")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
-    if sched.get("use_dynamic_shifting", False):
-        raise DiffkitError(f"{directory}'s scheduler has use_dynamic_shifting=True, for which SanaPipeline passes no "
-                           f"mu; allowed: a fixed shift")
+    if sched.get("_class_name") == FLOW_SCHEDULER and sched.get("use_dynamic_shifting", False):
+        raise DiffkitError(f"{directory}'s {FLOW_SCHEDULER} has use_dynamic_shifting=True, for which SanaPipeline "
+                           f"passes no mu (its set_timesteps fails); allowed: a fixed shift")
     if sched.get("prediction_type", "flow_prediction") != "flow_prediction" or (
             _entry(index, "scheduler") == "DPMSolverMultistepScheduler" and not sched.get("use_flow_sigmas", False)):
         raise DiffkitError(f"{directory}'s scheduler has prediction_type={sched.get('prediction_type')!r}, "
