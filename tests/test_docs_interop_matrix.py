@@ -4,6 +4,8 @@ it, every cited test exists (file and function), and every cited refusal is stil
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "interop.md"
 KINDS = ("yes", "refused", "runs", "untested", "—")
@@ -135,21 +137,25 @@ def test_the_readme_links_to_the_matrix():
 
 
 PIXART = "## PixArt-α and PixArt-Σ folders (`diffkit.interop.pixart`)"
+SANA = "## Sana folders (`diffkit.interop.sana`)"
 
 
-def test_the_pixart_table_cites_what_backs_it():
-    """PixArt's own small table (its section, not a matrix column) is held to the matrix's rules: every cell one of
-    the kinds citing a test (yes / runs) or a refusal, and every cited test and refusal text still there."""
-    body = section(DOC.read_text(), PIXART)
+@pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
+                                                    (SANA, ["SanaPipeline"], "G")])
+def test_the_pixart_table_cites_what_backs_it(heading, columns, letter):
+    """PixArt's and Sana's own small tables (their sections, not matrix columns) are held to the matrix's rules:
+    every cell one of the kinds citing a test (yes / runs) or a refusal, and every cited test and refusal text still
+    there."""
+    body = section(DOC.read_text(), heading)
     table = [line for line in body.splitlines() if line.startswith("|")]
-    assert cells_of(table[0])[1:] == ["PixArt-α", "PixArt-Σ"]
-    notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR]L\d+)\*\* (.+)$", body, re.M)}
+    assert cells_of(table[0])[1:] == columns
+    notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR]%s\d+)\*\* (.+)$" % letter, body, re.M)}
     used = set()
     for line in table[2:]:
         feature, *cells = cells_of(line)
         for cell in cells:
             kind = next((k for k in KINDS if cell.startswith(k)), None)
-            refs = set(re.findall(r"\b([TR]L\d+)\b", cell))
+            refs = set(re.findall(r"\b([TR]%s\d+)\b" % letter, cell))
             assert kind and refs <= set(notes), (feature, cell)
             assert kind not in ("yes", "runs") or any(r.startswith("T") for r in refs), (feature, cell)
             assert kind != "refused" or any(r.startswith("R") for r in refs), (feature, cell)

@@ -27,6 +27,12 @@ def size_multiple(directory) -> tuple:
     if is_flux_folder(directory):
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
     from ..interop.pixart import is_pixart_folder
+    from ..interop.sana import is_sana_folder
+    if is_sana_folder(directory):  # DC-AE's factor; SanaPipeline.check_inputs' 32
+        f = 2 ** (len(vae.get("encoder_block_out_channels", [0])) - 1)
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 1))
+        return math.lcm(32, f * patch), f"the pipeline's 32 and the DC-AE factor {f} x the patch size {patch}"
     if is_pixart_folder(directory):
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
@@ -69,10 +75,10 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
-    from ..interop.pixart import is_pixart_folder
+    from ..interop.pixart import masked_text_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
-            or is_pixart_folder(checkpoint)):
+            or masked_text_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1); {checkpoint}"
                            f" works at the size it was trained at")  # and PixArt's (diffkit sample only)
     if t2i_adapter:

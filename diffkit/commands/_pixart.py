@@ -1,6 +1,6 @@
 """``diffkit sample --checkpoint PIXART_FOLDER --prompt TEXT``: a PixArt-α / PixArt-Σ diffusers folder
-(:mod:`diffkit.interop.pixart`) sampled with a diffkit sampler, dispatched from
-:func:`diffkit.commands.sample.sample_to_files`."""
+(:mod:`diffkit.interop.pixart`), or a Sana one (:mod:`diffkit.interop.sana`, the same path), sampled with a diffkit
+sampler, dispatched from :func:`diffkit.commands.sample.sample_to_files`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,8 +17,9 @@ def folder_default_sampler(checkpoint) -> str:
     from ..errors import read_json_object
     from ..interop.pixart import folder_sampler
     from pathlib import Path
+    from ..interop.pixart import masked_text_folder
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    return folder_sampler(config)[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) == "Sana")[0]
 
 
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
@@ -31,7 +32,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
     folder does not take (a one-line error for the first given)."""
-    from ..interop.pixart import PIXART_STEPS, folder_sampler, load_pixart, text_to_image
+    from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
     from .sample import GuidanceRequest, draw_prompted_grid
@@ -47,21 +48,26 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
                   "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
                       guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
     given = [flag for flag, value in flags.items() if value is not None and value is not False]
+    label = masked_text_folder(directory) or "PixArt"
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a PixArt folder ({directory}); it takes {TAKES}")
+        raise DiffkitError(f"{given[0]} does not apply to a {label} folder ({directory}); it takes {TAKES}")
     if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a PixArt folder: give --prompt TEXT (repeat for one row per prompt)")
-    pixart = load_pixart(directory, device, progress=progress)
+        raise DiffkitError(f"{directory} is a {label} folder: give --prompt TEXT (repeat for one row per prompt)")
+    if label == "Sana":
+        from ..interop.sana import load_sana as load, text_to_image
+    else:
+        from ..interop.pixart import load_pixart as load, text_to_image
+    pixart = load(directory, device, progress=progress)
     _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
                                                                 progress)
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     name, spec_spacing, _ = split_sampler_spec(sampler)
     own_grid = spacing is None and spec_spacing is None and final is None and nfe is None
-    own_sampler, own_options = folder_sampler(pixart.scheduler_config) if own_grid else (None, {})
+    own_sampler, own_options = pixart.folder_sampler() if own_grid else (None, {})
     if name == own_sampler:  # the pipeline's loop: its scheduler's options too (solver_type, lower_order_final)
         options = {**own_options, **options}
-    steps = PIXART_STEPS if steps is None and nfe is None else steps
+    steps = pixart.default_steps if steps is None and nfe is None else steps
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}

@@ -66,12 +66,13 @@ def check_prompt_encoding(request, checkpoint) -> None:
     given = given_flags(request)
     if checkpoint is None or not given and request.negative_prompt is None:
         return
-    from ..interop.pixart import is_pixart_folder
-    if is_pixart_folder(checkpoint):  # its one T5 encoder: --max-sequence-length only
+    from ..interop.pixart import masked_text_folder
+    label = masked_text_folder(checkpoint)
+    if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only
         other = [flag for flag, _ in given if flag != "--max-sequence-length"]
         if other:
-            raise DiffkitError(f"{other[0]} does not apply to a PixArt folder ({checkpoint}); its prompt flags are "
-                               f"--prompt, --negative-prompt and --max-sequence-length (one T5 text encoder)")
+            raise DiffkitError(f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
+                               f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)")
         return
     sd3 = is_sd3_folder(checkpoint)
     if not sd3 and is_flux_folder(checkpoint):

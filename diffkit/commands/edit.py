@@ -301,10 +301,12 @@ def _run(args) -> int:
     if is_kontext_folder(args.checkpoint):  # FLUX.1 Kontext: the image in context, as FluxKontextPipeline
         from ._flux_kontext import edit_kontext
         return edit_kontext(args)
-    from ..interop.pixart import is_pixart_folder
-    if is_pixart_folder(args.checkpoint):
-        raise DiffkitError(f"{args.checkpoint} is a PixArt folder, which diffkit edit does not take (diffusers 0.42 "
-                           f"has no PixArt img2img or inpainting pipeline); sample it with diffkit sample")
+    from ..interop.pixart import masked_text_folder
+    label = masked_text_folder(args.checkpoint)
+    if label:
+        raise DiffkitError(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take (diffusers 0.42 "
+                           f"has no img2img or inpainting pipeline for a {label} folder); sample it with diffkit "
+                           f"sample")
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.flux import is_flux_folder

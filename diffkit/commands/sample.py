@@ -705,9 +705,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     check_image_size(checkpoint, height, width, options.get("t2i_adapter") is not None)
     size = {} if height is None and width is None else {"height": height, "width": width}
     from ..interop.flux import is_flux_folder
-    from ..interop.pixart import is_pixart_folder
+    from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
-    if is_pixart_folder(checkpoint):  # PixArt-α / Σ (._pixart)
+    if masked_text_folder(checkpoint):  # PixArt-α / Σ, Sana (._pixart)
         from ._pixart import sample_pixart
         refused = {"--lora": lora, "--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
                    "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,

@@ -160,10 +160,12 @@ def check_flow_vae(directory, kind: str) -> dict:
     return vae
 
 
-def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict, dtype, progress: bool) -> dict:
+def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict, dtype, progress: bool,
+                    vae_cls=None) -> dict:
     """{name: module} of a checked folder, never downloading nor unpickling: ``transformer`` (``transformer_cls``),
-    ``vae`` and, for each ``text_encoder{suffix}`` of ``text_defaults`` ({suffix: default class}), the class
-    model_index.json names (else the default) and its tokenizer; both None where the entry is null."""
+    ``vae`` (``vae_cls``, default ``AutoencoderKL``) and, for each ``text_encoder{suffix}`` of ``text_defaults``
+    ({suffix: default class}), the class model_index.json names (else the default) and its tokenizer; both None
+    where the entry is null."""
     from . import from_pretrained, library_progress_bars, require
     from .sd3 import _entry
     diffusers, transformers = require("diffusers"), require("transformers")
@@ -172,7 +174,8 @@ def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict
     with library_progress_bars(progress):
         parts["transformer"] = from_pretrained(transformer_cls, directory / "transformer", low_cpu_mem_usage=False,
                                                **common)
-        parts["vae"] = from_pretrained(diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False, **common)
+        parts["vae"] = from_pretrained(vae_cls or diffusers.AutoencoderKL, directory / "vae", low_cpu_mem_usage=False,
+                                       **common)
         for suffix, default in text_defaults.items():
             if _entry(index, "text_encoder" + suffix) is None:
                 parts["text_encoder" + suffix] = parts["tokenizer" + suffix] = None

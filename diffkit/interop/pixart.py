@@ -80,28 +80,44 @@ def pixart_kind(path) -> Optional[str]:
     return name if name in PIXART_PIPELINES else None
 
 
+def masked_text_folder(path) -> Optional[str]:
+    """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one (:mod:`.sana`: the same command path), else
+    None."""
+    if pixart_kind(path) is not None:
+        return "PixArt"
+    from .sana import is_sana_folder
+    return "Sana" if is_sana_folder(path) else None
+
+
 def is_pixart_folder(path) -> bool:
     """True for a ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` folder (so ``diffkit sample`` dispatches)."""
     return pixart_kind(path) is not None
 
 
-def folder_sampler(config: dict) -> tuple:
+def folder_sampler(config: dict, flow: bool = False) -> tuple:
     """(diffkit sampler, its options) that computes the step of the folder's scheduler (``config``: its JSON) on
     that scheduler's own timesteps: ``DPMSolverMultistepScheduler`` -> ``dpm-solver++-2m`` / ``-3m`` (or
     ``dpm-solver-Nm``, order 1: ``ddim``) with its ``solver_type`` and ``lower_order_final``; ``DDIMScheduler`` ->
-    ``ddim``. Another class, or an option with no counterpart, is a one-line DiffkitError (give a sampler)."""
+    ``ddim``. ``flow`` (a flow-matching folder, :mod:`.sana`): the DPM-Solver with ``use_flow_sigmas`` and
+    ``final_sigmas_type="zero"`` (the same step in log-SNR), or ``FlowMatchEulerDiscreteScheduler`` -> ``ddim`` (flow
+    Euler, as SD3's). Another class, or an option with no counterpart, is a one-line DiffkitError (give a sampler)."""
+    from .schedulers import FLOW_SCHEDULER
     name = config.get("_class_name")
     hint = "; give a diffkit sampler (--sampler NAME)"
-    if name == "DDIMScheduler":
-        for key in ("clip_sample", "thresholding"):
-            if config.get(key, key == "clip_sample"):  # DDIMScheduler's clip_sample defaults to True
-                raise DiffkitError(f"the folder's DDIMScheduler has {key}=True, which clamps x0 in its step and not "
-                                   f"in diffkit's ddim{hint}")
+    euler = FLOW_SCHEDULER if flow else "DDIMScheduler"  # the class whose step is diffkit's ddim
+    if name == euler:  # the keys (and their defaults) that make its step another: DDIM's clip_sample defaults to True
+        why = "draws its own noise" if flow else "clamps x0"
+        for key, default in ({"stochastic_sampling": False} if flow else {"clip_sample": True,
+                                                                           "thresholding": False}).items():
+            if config.get(key, default):
+                raise DiffkitError(f"the folder's {name} has {key}=True, which {why} in its step and not in diffkit's "
+                                   f"ddim{hint}")
         return "ddim", {}
     if name != "DPMSolverMultistepScheduler":
         raise DiffkitError(f"the folder's scheduler {name!r} has no diffkit sampler equivalent here (allowed: "
-                           f"DPMSolverMultistepScheduler, DDIMScheduler){hint}")
-    for key, want in _DPM_FIXED.items():
+                           f"DPMSolverMultistepScheduler, {euler}){hint}")
+    fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"} if flow else _DPM_FIXED
+    for key, want in fixed.items():
         value = config.get(key, want)
         if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
             raise DiffkitError(f"the folder's DPMSolverMultistepScheduler has {key}={value!r}, which diffkit's "
@@ -185,6 +201,9 @@ class PixArt(FlowLatentVAE):
     _denoiser: object = field(default=None, repr=False)
 
     default_guidance_scale = PIXART_GUIDANCE
+    default_steps = PIXART_STEPS
+    max_length_limit = 512  # T5's longest
+    size_multiple = 8  # the pipelines' check_inputs: height and width multiples of 8
 
     @property
     def shift_factor(self) -> float:
@@ -203,16 +222,17 @@ class PixArt(FlowLatentVAE):
 
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """(batch, in_channels, height / f, width / f); default size sample_size * f (the pipelines'); sides
-        multiples of lcm(8, f * patch_size) (their ``check_inputs``' 8, and whole patches)."""
+        multiples of lcm(8, f * patch_size) (their ``check_inputs``' 8, :attr:`size_multiple`, and whole patches)."""
         f, patch = self.vae_scale_factor, int(self.transformer.config.patch_size)
         size = int(self.transformer.config.sample_size) * f
         height = size if height is None else height
         width = size if width is None else width
-        multiple = math.lcm(8, f * patch)
+        multiple = math.lcm(self.size_multiple, f * patch)
         for value in (height, width):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                                   f"{multiple} (the pipeline's 8, the VAE factor {f} x the patch size {patch})")
+                                   f"{multiple} (the pipeline's {self.size_multiple}, the VAE factor {f} x the patch "
+                                   f"size {patch})")
         return (batch, int(self.transformer.config.in_channels), height // f, width // f)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: Optional[int] = None) -> tuple:
@@ -221,9 +241,7 @@ class PixArt(FlowLatentVAE):
         the pipeline's 120 / 300) tokens, encoded under their mask."""
         from .stable_diffusion import prompt_list
         length = self.max_sequence_length if max_sequence_length is None else max_sequence_length
-        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 512:
-            raise DiffkitError(f"max_sequence_length={length!r} is not allowed; allowed: 1..512 (the T5 tokens of "
-                               f"each prompt; the pipeline's default {self.max_sequence_length})")
+        self.check_length(length)
         texts = [text.lower().strip() for text in prompt_list(prompts)]  # _text_preprocessing(clean_caption=False)
         tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True,
                                 add_special_tokens=True, return_tensors="pt")
@@ -231,6 +249,34 @@ class PixArt(FlowLatentVAE):
         with torch.no_grad():
             states = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return states.to(self.text_encoder.dtype), mask
+
+    def check_length(self, length) -> None:
+        """A one-line DiffkitError unless ``length`` (``max_sequence_length``) is in 1..:attr:`max_length_limit`."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= self.max_length_limit:
+            raise DiffkitError(f"max_sequence_length={length!r} is not allowed; allowed: 1..{self.max_length_limit} "
+                               f"(the text tokens of each prompt; the pipeline's default {self.max_sequence_length})")
+
+    def encode_negative_prompts(self, prompts: Sequence[str], length: int) -> tuple:
+        """The null half's (states, mask) at the prompts' ``length``: as :meth:`encode_prompts` (PixArt's)."""
+        return self.encode_prompts(prompts, length)
+
+    def folder_sampler(self) -> tuple:
+        """(sampler, options) of the folder's scheduler's step (:func:`folder_sampler`)."""
+        return folder_sampler(self.scheduler_config)
+
+    def scheduler_denoiser(self):
+        """The unguided denoiser on the scheduler's own timesteps: :attr:`denoiser` (PixArt's)."""
+        return self.denoiser
+
+    def aspect_ratio_bins(self) -> dict:
+        """{transformer sample_size: diffusers' aspect-ratio table} of ``use_resolution_binning`` (α: 32, 64, 128;
+        Σ also 256)."""
+        require("diffusers")
+        from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha, pipeline_pixart_sigma as sigma
+        bins = {32: alpha.ASPECT_RATIO_256_BIN, 64: alpha.ASPECT_RATIO_512_BIN, 128: alpha.ASPECT_RATIO_1024_BIN}
+        if self.pipeline == "PixArtSigmaPipeline":
+            bins[256] = sigma.ASPECT_RATIO_2048_BIN
+        return bins
 
     def micro_conditions(self, batch: int, height: int, width: int) -> dict:
         """{'resolution': (B, 2) pixels (h, w), 'aspect_ratio': (B, 1) h / w} where the transformer has
@@ -265,20 +311,22 @@ class PixArt(FlowLatentVAE):
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = PIXART_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,
-                        size: Optional[tuple] = None) -> tuple:
+                        size: Optional[tuple] = None, denoiser=None, **encode) -> tuple:
         """(denoiser, cond): the prompts' states and masks (and micro-conditions of the image ``size`` (h, w) in
-        pixels), guided against ``negative_prompt`` (None: ""; one, or one per prompt) with its own mask."""
+        pixels), guided against ``negative_prompt`` (None: ""; one, or one per prompt) with its own mask
+        (:meth:`encode_negative_prompts`). ``denoiser``: the unguided one (default :attr:`denoiser`); ``encode``:
+        more keyword arguments of :meth:`encode_prompts`."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
-        context, mask = self.encode_prompts(prompts, max_sequence_length)
+        context, mask = self.encode_prompts(prompts, max_sequence_length, **encode)
         batch = context.shape[0]
         cond = {"context": context, "mask": mask, **self.micro_conditions(batch, *size)}
         negatives = negative_prompts(negative_prompt, batch)
         if len(set(negatives)) == 1:
             negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
-        null_context, null_mask = self.encode_prompts(negatives, context.shape[1])
-        guided = ClassifierFreeGuidance(self.denoiser, guidance_scale, convention, null_context=null_context,
-                                        null_cond={"mask": null_mask})
+        null_context, null_mask = self.encode_negative_prompts(negatives, context.shape[1])
+        guided = ClassifierFreeGuidance(denoiser or self.denoiser, guidance_scale, convention,
+                                        null_context=null_context, null_cond={"mask": null_mask})
         return guided, cond
 
 
@@ -305,13 +353,11 @@ def load_pixart(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
 
 def binned_size(pixart: PixArt, height: Optional[int], width: Optional[int]) -> tuple:
     """(height, width) of ``use_resolution_binning``: the nearest aspect ratio of diffusers' table for the
-    transformer's ``sample_size`` (α: 32, 64, 128; Σ also 256), as the pipelines' ``classify_height_width_bin``."""
+    transformer's ``sample_size`` (:meth:`PixArt.aspect_ratio_bins`), as the pipelines' ``classify_height_width_bin``
+    (PixArt's and Sana's)."""
     require("diffusers")
     from diffusers.image_processor import PixArtImageProcessor
-    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha, pipeline_pixart_sigma as sigma
-    bins = {32: alpha.ASPECT_RATIO_256_BIN, 64: alpha.ASPECT_RATIO_512_BIN, 128: alpha.ASPECT_RATIO_1024_BIN}
-    if pixart.pipeline == "PixArtSigmaPipeline":
-        bins[256] = sigma.ASPECT_RATIO_2048_BIN
+    bins = pixart.aspect_ratio_bins()
     sample = int(pixart.transformer.config.sample_size)
     if sample not in bins:
         raise DiffkitError(f"resolution binning needs a transformer sample_size of {', '.join(map(str, bins))} (the "
@@ -321,6 +367,23 @@ def binned_size(pixart: PixArt, height: Optional[int], width: Optional[int]) -> 
                                                           size if width is None else width, ratios=bins[sample])
 
 
+def flow_start(schedule, noise, grid: torch.Tensor, seed, device, dtype) -> torch.Tensor:
+    """diffkit's VP x_T of a flow pipeline's latents z (``noise``, or its shape: drawn from per-sample ``seed + i``
+    as :func:`diffkit.sample` draws it), which are the flow state at the grid's first sigma s_0 (Sana's
+    DPM-Solver starts at s_0 = shift(1 - 1/T) < 1): x = (alpha + sigma) z at that time (the inverse of
+    :func:`diffkit.diffusion.flow_input`); z itself where s_0 = 1."""
+    t0 = grid[:1].to(torch.float64)
+    factor = float((schedule.alpha(t0) + schedule.sigma(t0))[0])
+    if factor == 1.0:
+        return noise
+    if not isinstance(noise, torch.Tensor):
+        from ..noise import generators_from_seed, randn
+        from ..sampling import available_device
+        generators = None if seed is None else generators_from_seed(seed, noise[0])
+        noise = randn(noise, generators, device=available_device(device), dtype=dtype)
+    return noise * factor
+
+
 def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
                   steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
                   convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
@@ -328,8 +391,9 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: Optional[int] = None, resolution_binning: bool = False,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  **options) -> torch.Tensor:
-    """Images of a PixArt folder for ``prompts`` (module docstring).
+                  encode: Optional[dict] = None, **options) -> torch.Tensor:
+    """Images of a PixArt folder for ``prompts`` (module docstring); also a Sana folder's (:mod:`.sana`, whose
+    ``encode`` holds its ``complex_human_instruction``).
 
     sampler / grid: both None (the default): the pipeline's loop, :func:`folder_sampler` of its scheduler on the
         scheduler's timesteps (``grid="scheduler"``); a sampler alone: its default grid; ``grid``: a tensor, or
@@ -357,23 +421,26 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
         height, width = binned_size(pixart, *asked)
     noise, shape = start_latents(pixart, latents, len(prompts), height, width)
     if sampler is None and grid is None:
-        sampler, own = folder_sampler(pixart.scheduler_config)
+        sampler, own = pixart.folder_sampler()
         options = {**own, **options}
         grid = "scheduler"
+    unguided = None
     if isinstance(grid, str):
         check_choice("grid", grid, ["scheduler"])
         if nfe is not None:
             raise DiffkitError("grid='scheduler' takes steps (the scheduler's own step count), not nfe")
-        grid = pixart.scheduler_grid(steps or PIXART_STEPS)
+        grid, unguided = pixart.scheduler_grid(steps or pixart.default_steps), pixart.scheduler_denoiser()
     if grid is not None:
         steps = None
     elif steps is None and nfe is None:
-        steps = PIXART_STEPS
+        steps = pixart.default_steps
     scale = pixart.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
+    if isinstance(grid, torch.Tensor) and pixart.prediction_type == "flow_prediction":
+        noise = flow_start(pixart.schedule, noise, grid, seed, pixart.device, pixart.dtype)
     f = pixart.vae_scale_factor
     denoiser, cond = pixart.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,
-                                            size=(shape[2] * f, shape[3] * f))
+                                            size=(shape[2] * f, shape[3] * f), denoiser=unguided, **(encode or {}))
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=pixart.device, dtype=pixart.dtype, **options)
     if asked is None or return_latents:

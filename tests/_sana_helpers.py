@@ -1,0 +1,51 @@
+"""A tiny random SanaPipeline folder (tests/test_sana.py): a Gemma2Model with a word-level GemmaTokenizer built
+here (BOS added, no download), a 1-layer SanaTransformer2DModel, a 2-level AutoencoderDC (factor 2) and Sana's
+flow DPMSolverMultistepScheduler (use_flow_sigmas, flow_shift 3), written by save_pretrained."""
+import torch
+
+import diffusers
+import transformers
+
+SANA_WORDS = "a photo of cat hot dog ugly blurry the user prompt".split()
+
+
+def tiny_gemma_tokenizer():
+    """transformers' GemmaTokenizer (BPE, "▁" for spaces) over single letters and merges spelling SANA_WORDS."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    merges = []
+    for piece in ["\u2581"] + sorted({c for w in SANA_WORDS for c in w}):
+        vocab.setdefault(piece, len(vocab))
+    for word in SANA_WORDS:
+        for spelled in (word, "\u2581" + word):
+            for i in range(2, len(spelled) + 1):
+                if spelled[:i] not in vocab:
+                    merges.append((spelled[:i - 1], spelled[i - 1]))
+                    vocab[spelled[:i]] = len(vocab)
+    return transformers.GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
+
+
+def tiny_sana_pipeline(scheduler=None, sample_size=16):
+    """A SanaPipeline of random weights: Gemma-2 of 1 layer (hidden 32), transformer of 1 layer (2 heads of 8,
+    cross-attention 16, caption 32), latents 4 x s x s, DC-AE of 2 levels (factor 2)."""
+    tokenizer = tiny_gemma_tokenizer()
+    torch.manual_seed(0)
+    gemma = transformers.Gemma2Model(transformers.Gemma2Config(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+        query_pre_attn_scalar=16, sliding_window=64)).eval()
+    transformer = diffusers.SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
+        sample_size=sample_size, patch_size=1)
+    vae = diffusers.AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=["ResBlock", "EfficientViTBlock"],
+        decoder_block_types=["ResBlock", "EfficientViTBlock"], encoder_block_out_channels=[8, 8],
+        decoder_block_out_channels=[8, 8], encoder_qkv_multiscales=[[], [5]], decoder_qkv_multiscales=[[], [5]],
+        encoder_layers_per_block=[1, 1], decoder_layers_per_block=[1, 1], upsample_block_type="interpolate",
+        downsample_block_type="Conv", decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+    scheduler = scheduler or diffusers.DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True,
+                                                                   prediction_type="flow_prediction")
+    pipe = diffusers.SanaPipeline(tokenizer=tokenizer, text_encoder=gemma, vae=vae, transformer=transformer,
+                                  scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
