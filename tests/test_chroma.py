@@ -1,0 +1,125 @@
+"""Chroma folders (diffkit.interop.chroma): text_to_image / image_to_image against diffusers' own ChromaPipeline /
+ChromaImg2ImgPipeline on a tiny random folder (the T5 encoder, VAE and scheduler of the tiny FLUX.1-dev pipeline of
+test_interop_flux, a tiny ChromaTransformer2DModel; nothing downloaded), with negative prompts and CFG."""
+import re
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.chroma import chroma_text_mask, image_to_image, is_chroma_folder, load_chroma, \
+    text_to_image  # noqa: E402
+from diffkit.interop.flux import is_flux_folder, pack_latents, unpack_latents  # noqa: E402
+
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_flux import tiny_flux_pipeline  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+SIZE = 16  # images 16 x 16: latents 16 x 8 x 8, 16 packed tokens
+LENGTH = 12  # T5 tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_chroma(tmp_path_factory):
+    """(ChromaPipeline.from_pretrained of the saved folder, the folder, load_chroma of it)."""
+    root = tmp_path_factory.mktemp("chroma")
+    flux = tiny_flux_pipeline(root, dev=True)  # its T5 (d_model 32), 16-channel VAE and dynamic-shift scheduler
+    torch.manual_seed(2)
+    transformer = diffusers.ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(2, 2, 4), approximator_num_channels=16, approximator_hidden_dim=32,
+        approximator_layers=1)
+    pipe = diffusers.ChromaPipeline(scheduler=flux.scheduler, vae=flux.vae, text_encoder=flux.text_encoder_2,
+                                    tokenizer=flux.tokenizer_2, transformer=transformer)
+    pipe.save_pretrained(root / "chroma")
+    pipe = diffusers.ChromaPipeline.from_pretrained(root / "chroma", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, root / "chroma", load_chroma(root / "chroma", progress=False)
+
+
+def _latents(batch=2, seed=7):
+    return torch.randn(batch, 16, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chroma_encodes_prompts_and_masks_as_the_pipeline(tiny_chroma):
+    """The T5 states (encoded under the tokenizer's mask) and Chroma's text mask (every token and the first padding
+    one) are the pipeline's; the folder is Chroma's, not FLUX's."""
+    pipe, folder, chroma = tiny_chroma
+    assert is_chroma_folder(folder) and not is_flux_folder(folder)
+    assert chroma.latent_shape(2, SIZE, SIZE) == (2, 16, 8, 8)
+    context, mask = chroma.encode_prompts(PROMPTS, LENGTH)
+    theirs, _, theirs_mask, *_ = pipe.encode_prompt(PROMPTS, device="cpu", max_sequence_length=LENGTH,
+                                                    do_classifier_free_guidance=False)
+    assert mask.dtype == theirs_mask.dtype == torch.float32 and torch.equal(mask, theirs_mask)
+    assert mask.sum(1).tolist() == [7.0, 4.0]  # "a photo of a cat </s>" + one pad; "hot dog </s>" + one pad
+    torch.testing.assert_close(context, theirs, rtol=0, atol=1e-5)
+    assert torch.equal(chroma_text_mask(torch.tensor([[1, 1, 0, 0]])), torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("kw", [
+    {"negative_prompt": "ugly blurry", "guidance_scale": 4.0},
+    {"negative_prompt": ["ugly", "blurry the"]},  # the pipeline's default 5.0
+    {"guidance_scale": 1.0}])  # no CFG
+def test_chroma_matches_the_pipeline(tiny_chroma, kw):
+    """Same z_0 as ChromaPipeline from the same latents: flow Euler on its sigmas shifted with mu of 16 tokens, the
+    transformer's text + image attention mask, CFG against the negative prompt under its own mask."""
+    pipe, _, chroma = tiny_chroma
+    latents = _latents()
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=3, latents=pack_latents(latents),
+                      output_type="latent", max_sequence_length=LENGTH, **kw).images
+    theirs = unpack_latents(theirs, 8, 8)
+    ours = text_to_image(chroma, PROMPTS, steps=3, latents=latents, max_sequence_length=LENGTH, return_latents=True,
+                         **kw)
+    error = relative_error(ours, theirs)
+    print("chroma", kw, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
+def test_chroma_draws_as_the_pipeline_and_decodes(tiny_chroma):
+    """From seeds: sample i's z from generator seed + i as the pipeline's randn_tensor (unpacked shape); images
+    decoded as its VAE step."""
+    pipe, _, chroma = tiny_chroma
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=2, output_type="pt",
+                      max_sequence_length=LENGTH, negative_prompt="ugly",
+                      generator=[torch.Generator().manual_seed(3 + i) for i in range(2)]).images
+    ours = text_to_image(chroma, PROMPTS, steps=2, seed=3, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                         negative_prompt="ugly")
+    assert ours.shape == theirs.shape == (2, 3, SIZE, SIZE)
+    assert float((ours - theirs).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("steps, strength", [(4, 0.6), (3, None)])
+def test_chroma_img2img_matches_the_pipeline(tiny_chroma, steps, strength):
+    """Same z_0 as ChromaImg2ImgPipeline: image i's posterior sample and noise from generator seed + i,
+    get_timesteps' cut (3 of 4 at 0.6; the default 0.9: 3 of 3), CFG with a negative prompt."""
+    pipe, _, chroma = tiny_chroma
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))  # [0, 1]
+    img2img = diffusers.ChromaImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    kw = {"max_sequence_length": LENGTH, "negative_prompt": "ugly", "guidance_scale": 3.0}
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=images, num_inference_steps=steps, height=SIZE, width=SIZE,
+                         output_type="latent", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                         **({} if strength is None else {"strength": strength}), **kw).images
+    theirs = unpack_latents(theirs, 8, 8)
+    ours = image_to_image(chroma, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print("chroma img2img", steps, strength, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+
+
+def test_bad_chroma_arguments_are_one_line_errors(tiny_chroma):
+    _, _, chroma = tiny_chroma
+    for kw, match in (({"negative_prompt": "x", "guidance_scale": 1.0}, "feeds only CFG"),
+                      ({"guidance_scale": float("nan")}, "guidance_scale=nan is not allowed"),
+                      ({"max_sequence_length": 513}, "max_sequence_length=513 is not allowed"),
+                      ({"height": 10}, "height x width 10x16 is not allowed")):
+        with pytest.raises(DiffkitError, match=match) as err:
+            text_to_image(chroma, PROMPTS, steps=1, **{"height": SIZE, "width": SIZE, **kw})
+        assert "\n" not in str(err.value)
+    assert re.search("Chroma", chroma.network().__class__.__name__)
