@@ -123,3 +123,86 @@ def test_bad_chroma_arguments_are_one_line_errors(tiny_chroma):
             text_to_image(chroma, PROMPTS, steps=1, **{"height": SIZE, "width": SIZE, **kw})
         assert "\n" not in str(err.value)
     assert re.search("Chroma", chroma.network().__class__.__name__)
+
+
+def test_sample_and_edit_commands_run_a_chroma_folder(tiny_chroma, tmp_path, capsys):
+    """`diffkit sample` / `diffkit edit` on a Chroma folder write text_to_image's / image_to_image's images byte for
+    byte (--negative-prompt, --guidance-scale in the diffusers convention, the pipelines' sigmas), within one PNG
+    level of ChromaPipeline's."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_grid, save_images
+    pipe, folder, chroma = tiny_chroma
+    guided = ["--negative-prompt", "ugly", "--guidance-scale", "4", "--guidance-convention", "diffusers",
+              "--max-sequence-length", str(LENGTH), "--steps", "2", "--seed", "5", "--no-progress"]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "1", "--height", str(SIZE), "--width", str(SIZE), "--out", str(out)] + guided) == 0
+    kw = {"negative_prompt": "ugly", "guidance_scale": 4.0, "max_sequence_length": LENGTH}
+    save_grid(text_to_image(chroma, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, output_range="-1,1", **kw),
+              tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=2, output_type="np",
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **kw).images
+    save_grid(torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1, tmp_path / "theirs.png", 1)
+    ours, ref = (np.asarray(Image.open(p), dtype=np.float64) for p in (out, tmp_path / "theirs.png"))
+    assert np.abs(ours - ref).max() <= 1
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        pixels = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(i)).numpy()
+        Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
+                 "--strength", "0.6", "--out", str(tmp_path / "edited")] + guided) == 0
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    save_images(image_to_image(chroma, images, PROMPTS[0], 0.6, steps=2, seed=5, output_range="-1,1", **kw),
+                tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        assert (tmp_path / "edited" / f"edit_0000{i}.png").read_bytes() == \
+            (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+    capsys.readouterr()
+
+
+def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path, capsys):
+    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --lora, --mask, --pag-scale ...) and a folder with an
+    image encoder or a transformer of other channels: one line each, before any output."""
+    import json
+    from diffkit.cli import main
+    _, folder, _ = tiny_chroma
+    base = ["--checkpoint", str(folder), "--prompt", "a cat", "--no-progress"]
+    (tmp_path / "in.png").write_bytes(b"")
+    for command, extra, match in (
+            ("sample", ["--prompt-2", "x"], "--prompt-2 does not apply to a Chroma folder"),
+            ("sample", ["--true-cfg-scale", "2"], "--true-cfg-scale does not apply to a Chroma folder"),
+            ("sample", ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Chroma folder"),
+            ("sample", ["--pag-scale", "2"], "--pag-scale does not apply to a Chroma folder"),
+            ("sample", ["--guidance-scale", "0", "--guidance-convention", "diffusers", "--negative-prompt", "x",
+                        "--height", "16", "--width", "16"], "the negative prompt feeds only CFG"),
+            ("sample", ["--height", "10"], "--height 10 is not allowed"),
+            ("edit", ["--images", str(tmp_path / "in.png"), "--mask", str(tmp_path / "in.png")],
+             "--mask does not apply to a Chroma folder"),
+            ("edit", ["--images", str(tmp_path / "in.png"), "--prompt-2", "x"],
+             "--prompt-2 does not apply to a Chroma folder")):
+        out = tmp_path / ("out.png" if command == "sample" else "out")
+        assert main([command] + base + extra + ["--out", str(out)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), (extra, err)
+        assert not out.exists()
+    for name, part, change, match in (
+            ("ip", "model_index.json", {"image_encoder": ["transformers", "CLIPVisionModelWithProjection"]},
+             "has image_encoder="),
+            ("channels", "transformer/config.json", {"in_channels": 384}, "has in_channels=384"),
+            ("inpaint", "model_index.json", {"_class_name": "ChromaRadiancePipeline"}, "which diffkit does not drive")):
+        bad = tmp_path / name
+        for sub in ("model_index.json", "vae/config.json", "scheduler/scheduler_config.json",
+                    "transformer/config.json"):
+            (bad / sub).parent.mkdir(parents=True, exist_ok=True)
+            config = json.loads((folder / sub).read_text())
+            (bad / sub).write_text(json.dumps({**config, **(change if sub == part else {})}))
+        for sub in ("text_encoder", "tokenizer"):
+            (bad / sub).symlink_to(folder / sub)
+        with pytest.raises(DiffkitError, match=match) as err:
+            load_chroma(bad, progress=False)
+        assert "\n" not in str(err.value)

@@ -21,6 +21,23 @@ def folder_default_sampler(checkpoint) -> str:
     return folder_sampler(config)[0]
 
 
+def given_flags(guidance, options: dict, refused: Optional[dict] = None,
+                keys=("refiner", "t2i_adapter", "redux", "thresholding", "flow_shift")) -> list:
+    """The ``diffkit sample`` flags given that a one-T5-encoder CFG folder (PixArt, Chroma: ``--prompt``,
+    ``--negative-prompt``, ``--guidance-scale``) does not take: those of ``refused`` ({flag: value}), of
+    ``options`` under ``keys`` (popped), and the guidance flags of another kind (``--class``, ``--pag-scale``, ...)."""
+    from .sample import GuidanceRequest
+    flags = dict(refused or {})
+    for key in keys:
+        flags["--" + key.replace("_", "-")] = options.pop(key, None)
+    flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
+                  "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
+                  "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
+                  "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
+                      guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
+    return [flag for flag, value in flags.items() if value is not None and value is not False]
+
+
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
@@ -37,16 +54,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from .sample import GuidanceRequest, draw_prompted_grid
 
     guidance = guidance or GuidanceRequest()
-    flags = dict(refused or {})
-    for key, flag in (("refiner", "--refiner"), ("t2i_adapter", "--t2i-adapter"), ("redux", "--redux"),
-                      ("thresholding", "--thresholding"), ("flow_shift", "--flow-shift")):
-        flags[flag] = options.pop(key, None)
-    flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
-                  "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
-                  "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
-                  "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
-                      guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
-    given = [flag for flag, value in flags.items() if value is not None and value is not False]
+    given = given_flags(guidance, options, refused)
     if given:
         raise DiffkitError(f"{given[0]} does not apply to a PixArt folder ({directory}); it takes {TAKES}")
     if not guidance.prompts:

@@ -66,11 +66,13 @@ def check_prompt_encoding(request, checkpoint) -> None:
     given = given_flags(request)
     if checkpoint is None or not given and request.negative_prompt is None:
         return
+    from ..interop.chroma import is_chroma_folder
     from ..interop.pixart import is_pixart_folder
-    if is_pixart_folder(checkpoint):  # its one T5 encoder: --max-sequence-length only
+    kind = "PixArt" if is_pixart_folder(checkpoint) else "Chroma" if is_chroma_folder(checkpoint) else None
+    if kind:  # its one T5 encoder: --max-sequence-length only
         other = [flag for flag, _ in given if flag != "--max-sequence-length"]
         if other:
-            raise DiffkitError(f"{other[0]} does not apply to a PixArt folder ({checkpoint}); its prompt flags are "
+            raise DiffkitError(f"{other[0]} does not apply to a {kind} folder ({checkpoint}); its prompt flags are "
                                f"--prompt, --negative-prompt and --max-sequence-length (one T5 text encoder)")
         return
     sd3 = is_sd3_folder(checkpoint)
