@@ -137,19 +137,20 @@ def test_the_readme_links_to_the_matrix():
 PIXART = "## PixArt-α and PixArt-Σ folders (`diffkit.interop.pixart`)"
 
 
-def test_the_pixart_table_cites_what_backs_it():
-    """PixArt's own small table (its section, not a matrix column) is held to the matrix's rules: every cell one of
-    the kinds citing a test (yes / runs) or a refusal, and every cited test and refusal text still there."""
-    body = section(DOC.read_text(), PIXART)
+def check_own_table(heading: str, columns: list, letter: str) -> None:
+    """A folder kind's own small table (its section, not a matrix column) is held to the matrix's rules: every cell
+    one of the kinds citing a test (yes / runs) or a refusal (ids ``T<letter>n`` / ``R<letter>n``), and every cited
+    test and refusal text still there."""
+    body = section(DOC.read_text(), heading)
     table = [line for line in body.splitlines() if line.startswith("|")]
-    assert cells_of(table[0])[1:] == ["PixArt-α", "PixArt-Σ"]
-    notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR]L\d+)\*\* (.+)$", body, re.M)}
+    assert cells_of(table[0])[1:] == columns
+    notes = {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*([TR]%s\d+)\*\* (.+)$" % letter, body, re.M)}
     used = set()
     for line in table[2:]:
         feature, *cells = cells_of(line)
         for cell in cells:
             kind = next((k for k in KINDS if cell.startswith(k)), None)
-            refs = set(re.findall(r"\b([TR]L\d+)\b", cell))
+            refs = set(re.findall(r"\b([TR]%s\d+)\b" % letter, cell))
             assert kind and refs <= set(notes), (feature, cell)
             assert kind not in ("yes", "runs") or any(r.startswith("T") for r in refs), (feature, cell)
             assert kind != "refused" or any(r.startswith("R") for r in refs), (feature, cell)
@@ -157,8 +158,21 @@ def test_the_pixart_table_cites_what_backs_it():
     assert used == set(notes), sorted(set(notes) - used)
     for ref, line in notes.items():
         if ref.startswith("T"):
-            for path, name in re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", line):
+            cited = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", line)
+            assert cited, ref
+            for path, name in cited:
                 assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), (ref, path, name)
         else:
             cited = re.match(r"`(diffkit/[\w/]+\.py)`: `(.+?)`", line)
             assert cited and cited.group(2) in (ROOT / cited.group(1)).read_text(), ref
+
+
+def test_the_pixart_table_cites_what_backs_it():
+    check_own_table(PIXART, ["PixArt-α", "PixArt-Σ"], "L")
+
+
+CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
+
+
+def test_the_chroma_table_cites_what_backs_it():
+    check_own_table(CHROMA, ["Chroma"], "Z")
