@@ -36,16 +36,12 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     sampler on its diffkit grid of the size's flow schedule. ``refused``: {flag: value} of flags a Chroma folder
     does not take (one line for the first given, as for every other guidance kind, ``--lora``, ...)."""
     from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
-    from ._pixart import given_flags
+    from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
-    from .sample import GuidanceRequest, draw_prompted_grid
+    from .sample import draw_prompted_grid
 
-    guidance = guidance or GuidanceRequest()
-    given = given_flags(guidance, options, refused, keys=("refiner", "t2i_adapter", "redux", "thresholding"))
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a Chroma folder ({directory}); it takes {TAKES}")
-    if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a Chroma folder: give --prompt TEXT (repeat for one row per prompt)")
+    guidance = checked_request(directory, "Chroma", TAKES, guidance, options, refused,
+                               keys=("refiner", "t2i_adapter", "redux", "thresholding"))
     chroma = load_chroma(directory, device, progress=progress)
     _, _, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, None, num, nrow, seed, device,
                                                             progress)

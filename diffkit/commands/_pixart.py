@@ -38,6 +38,20 @@ def given_flags(guidance, options: dict, refused: Optional[dict] = None,
     return [flag for flag, value in flags.items() if value is not None and value is not False]
 
 
+def checked_request(directory, kind: str, takes: str, guidance, options: dict, refused: Optional[dict] = None,
+                    **keys):
+    """``guidance`` (default an empty request) of a one-T5-encoder CFG folder (``kind``: PixArt, Chroma) that takes
+    ``takes``: one line for the first flag :func:`given_flags` finds (``keys``: its), or for no ``--prompt``."""
+    from .sample import GuidanceRequest
+    guidance = guidance or GuidanceRequest()
+    given = given_flags(guidance, options, refused, **keys)
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}); it takes {takes}")
+    if not guidance.prompts:
+        raise DiffkitError(f"{directory} is a {kind} folder: give --prompt TEXT (repeat for one row per prompt)")
+    return guidance
+
+
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
@@ -51,14 +65,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from ..interop.pixart import PIXART_STEPS, folder_sampler, load_pixart, text_to_image
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
-    from .sample import GuidanceRequest, draw_prompted_grid
+    from .sample import draw_prompted_grid
 
-    guidance = guidance or GuidanceRequest()
-    given = given_flags(guidance, options, refused)
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a PixArt folder ({directory}); it takes {TAKES}")
-    if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a PixArt folder: give --prompt TEXT (repeat for one row per prompt)")
+    guidance = checked_request(directory, "PixArt", TAKES, guidance, options, refused)
     pixart = load_pixart(directory, device, progress=progress)
     _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
                                                                 progress)
