@@ -9,7 +9,8 @@ from typing import Optional
 from ..errors import DiffkitError
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
-         "--width, --steps / --nfe, --sampler and its grid options")
+         "--width, --steps / --nfe, --sampler and its grid options (--flow-shift with another sampler than the "
+         "pipeline's loop)")
 EDIT_TAKES = ("--images, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
               "--max-sequence-length, --posterior, --height / --width, --steps, --sampler and its grid options, --eta")
 EDIT_FLAGS = {  # diffkit edit's dests a Chroma folder takes (the rest must stay at their defaults)
