@@ -224,3 +224,51 @@ def test_other_samplers_run_a_chroma_folder(tiny_chroma):
         error = relative_error(ours, theirs)
         print("chroma", sampler, error)
         assert torch.isfinite(ours).all() and error < 0.05, (sampler, error)
+
+
+@pytest.fixture(scope="module")
+def chroma_ip(tiny_chroma, tmp_path_factory):
+    """(root with image_encoder/ and xlabs.safetensors, image.png, negative.png): test_flux_ip_adapter's random
+    XLabs file for the tiny Chroma transformer (its double blocks are FLUX's)."""
+    from safetensors.torch import save_file
+    from test_flux_ip_adapter import xlabs_state
+    from test_ip_adapter import image_png, tiny_image_encoder
+    pipe = tiny_chroma[0]
+    root = tmp_path_factory.mktemp("chroma_ip")
+    encoder = tiny_image_encoder(root / "image_encoder")
+    save_file(xlabs_state(pipe.transformer, encoder), root / "xlabs.safetensors")
+    return root, image_png(root / "image.png"), image_png(root / "negative.png", seed=3)
+
+
+@pytest.mark.parametrize("scale, kw", [(0.8, {"negative_prompt": "ugly"}),
+                                       (1.3, {"negative_ip_adapter_image": "negative.png", "guidance_scale": 3.0})])
+def test_chroma_ip_adapter_matches_the_pipeline(tiny_chroma, chroma_ip, scale, kw):
+    """Same z_0 as ChromaPipeline with load_ip_adapter (an XLabs file) + ip_adapter_image: CFG's negative pass with
+    the pipeline's black negative image, or a given one; the folder's transformer is left plain."""
+    from PIL import Image
+    from diffkit.interop.flux_ip_adapter import load_flux_ip_adapter
+    pipe, _, chroma = tiny_chroma
+    root, png, _ = chroma_ip
+    latents, kw = _latents(), dict(kw, max_sequence_length=LENGTH)
+    pipe.load_ip_adapter(str(root), weight_name="xlabs.safetensors", local_files_only=True,
+                         image_encoder_pretrained_model_name_or_path=str(root / "image_encoder"),
+                         image_encoder_dtype=torch.float32)
+    try:
+        pipe.set_ip_adapter_scale(scale)
+        negative = kw.pop("negative_ip_adapter_image", None)
+        with torch.no_grad():
+            theirs = pipe(PROMPTS, height=SIZE, width=SIZE, num_inference_steps=3, latents=pack_latents(latents),
+                          output_type="latent", ip_adapter_image=Image.open(png).convert("RGB"),
+                          **({} if negative is None else {
+                              "negative_ip_adapter_image": Image.open(root / negative).convert("RGB")}), **kw).images
+    finally:
+        pipe.unload_ip_adapter()
+    theirs = unpack_latents(theirs, 8, 8)
+    adapter = load_flux_ip_adapter(root / "xlabs.safetensors", png, scale, progress=False,
+                                   negative_image=None if negative is None else root / negative)
+    ours = text_to_image(chroma, PROMPTS, steps=3, latents=latents, return_latents=True, ip_adapter=adapter, **kw)
+    plain = text_to_image(chroma, PROMPTS, steps=3, latents=latents, return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print("chroma ip-adapter", scale, kw, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+    assert relative_error(plain, theirs) > 1e-3 and not hasattr(chroma.transformer, "encoder_hid_proj")

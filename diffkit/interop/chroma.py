@@ -22,8 +22,12 @@ the posterior, then the noise) and img2img's ``get_timesteps`` cut. What is Chro
   :class:`~diffkit.guidance.ClassifierFreeGuidance` (its ``null_cond`` carries the negative mask).
 * defaults: 35 steps; img2img strength 0.9.
 
+* IP-Adapters (XLabs format; ``text_to_image(ip_adapter=)``): FLUX.1's (:mod:`.flux_ip_adapter`), the negative
+  image's embeds in CFG's negative pass.
+
 Refused in one line before any weight is read: a transformer / VAE / scheduler of another class, an
-``image_encoder`` (Chroma's IP-Adapter: not driven), a transformer whose input is not 4 x the VAE's latent channels.
+``image_encoder`` in the folder (an IP-Adapter's is given apart), a transformer whose input is not 4 x the VAE's
+latent channels.
 """
 from __future__ import annotations
 
@@ -61,8 +65,10 @@ class ChromaNet(FluxNet):
     :meth:`.flux.FluxNet.packed_inputs` and ``attention_mask`` = the text ``mask`` (B, L) followed by ones for
     the image tokens (the pipelines' ``_prepare_attention_mask``); the velocity unpacked, in z's dtype."""
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
-                mask: torch.Tensor = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
+        """``attention_kwargs``: the transformer's ``joint_attention_kwargs`` (an IP-Adapter's image embeds,
+        :class:`.flux_ip_adapter.FlowIPAdaptedNet`)."""
         from .flux import unpack_latents
         if context is None or mask is None:
             raise DiffkitError("a Chroma transformer needs cond {'context', 'mask'} (Chroma.encode_prompts)")
@@ -70,7 +76,8 @@ class ChromaNet(FluxNet):
         tokens = inputs["hidden_states"].shape[1]
         mask = mask.to(x.device).expand(x.shape[0], -1)
         image = torch.ones(x.shape[0], tokens, device=x.device, dtype=torch.bool)
-        out = self.model(**inputs, attention_mask=torch.cat([mask, image], dim=1), return_dict=False)[0]
+        extra = {} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs}
+        out = self.model(**inputs, attention_mask=torch.cat([mask, image], dim=1), **extra, return_dict=False)[0]
         return unpack_latents(out, *x.shape[2:]).to(x.dtype)
 
 
@@ -115,23 +122,31 @@ class Chroma(Flux):
 
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                        convention: str = "diffusers") -> tuple:
+                        convention: str = "diffusers", ip_adapter=None) -> tuple:
         """(denoiser, cond) at latents h x w: the prompts' states and masks, guided as the pipelines for a
         diffusers-convention scale s > 1 (``guidance_scale``, default 5.0; ``convention="seed"`` reads W, s = 1 + W)
         against ``negative_prompt`` (None: ""; one, or one per prompt) with its own mask; s <= 1: unguided (a
-        negative prompt is then refused: the pipeline would ignore it)."""
+        negative prompt is then refused: the pipeline would ignore it). ``ip_adapter``: an XLabs-format
+        :class:`~.flux_ip_adapter.FluxIPAdapter` (or several) with its image prompt, as the pipelines'
+        ``load_ip_adapter`` + ``ip_adapter_image``: its image embeds in cond, the negative image's (default black)
+        in CFG's negative pass (:meth:`.flux.Flux.prompt_guidance`'s, FLUX.1's true CFG)."""
         from ..guidance import ClassifierFreeGuidance
         from .stable_diffusion import negative_prompts
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
         scale = CHROMA_GUIDANCE if guidance_scale is None else float(guidance_scale)
         diffusers_scale = scale if convention == "diffusers" else 1 + scale
-        if diffusers_scale <= 1 and negative_prompt is not None:
-            raise DiffkitError(f"negative_prompt={negative_prompt!r} with guidance_scale={scale:g} ({convention} "
-                               f"convention) is not allowed: the negative prompt feeds only CFG (diffusers' scale > "
-                               f"1); raise the scale or drop it")
+        negative_image = getattr(ip_adapter, "negative_image", None)
+        if diffusers_scale <= 1 and (negative_prompt is not None or negative_image is not None):
+            what = "negative prompt" if negative_prompt is not None else "negative IP-Adapter image"
+            raise DiffkitError(f"a {what} with guidance_scale={scale:g} ({convention} convention) is not allowed: "
+                               f"the {what} feeds only CFG (diffusers' scale > 1); raise the scale or drop it")
         context, mask = self.encode_prompts(prompts, max_sequence_length)
-        cond, denoiser = {"context": context, "mask": mask}, self.denoiser_for(h, w)
+        cond, denoiser, null_ip = {"context": context, "mask": mask}, self.denoiser_for(h, w), {}
+        if ip_adapter is not None:  # FLUX.1's adapter code: the transformer's encoder_hid_proj and processors
+            denoiser, positive, negative = ip_adapter.flux_parts(self, h, w)
+            cond["ip_image_embeds"] = positive.expand(context.shape[0], *positive.shape[1:])
+            null_ip = {"ip_image_embeds": negative}
         if diffusers_scale <= 1:
             return denoiser, cond
         negatives = negative_prompts(negative_prompt, context.shape[0])
@@ -139,7 +154,7 @@ class Chroma(Flux):
             negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
         null_context, null_mask = self.encode_prompts(negatives, max_sequence_length)
         return ClassifierFreeGuidance(denoiser, diffusers_scale, "diffusers", null_context=null_context,
-                                      null_cond={"mask": null_mask}), cond
+                                      null_cond={"mask": null_mask, **null_ip}), cond
 
 
 def is_chroma_folder(path: Union[str, Path]) -> bool:
@@ -197,13 +212,14 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, output_range: str = "0,1",
-                  return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+                  return_latents: bool = False, progress: bool = False, ip_adapter=None, **options) -> torch.Tensor:
     """Images of a Chroma folder for ``prompts`` as ``ChromaPipeline`` (module docstring) with any diffkit sampler.
 
     sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (35 steps by default);
     otherwise as :func:`.flux.text_to_image`. guidance_scale (default 5.0, diffusers' convention unless
     ``convention="seed"``) / negative_prompt: :meth:`Chroma.prompt_guidance`. latents: unpacked z at s = 1
     (B, C, h, w), default N(0, I) from per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f.
+    ip_adapter: an XLabs-format IP-Adapter with its image prompt (:meth:`Chroma.prompt_guidance`).
     options: passed to :func:`diffkit.sample`."""
     from ..sampling import sample
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
@@ -214,7 +230,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, CHROMA_STEPS,
                                          lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                            convention)
+                                            convention, ip_adapter)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=chroma.device, dtype=chroma.dtype, **options)
     return finish_images(chroma, z0, return_latents, output_range)
@@ -226,12 +242,13 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
                    seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                    output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                   **options) -> torch.Tensor:
+                   ip_adapter=None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image) as
     ``ChromaImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on the latents): FLUX.1's img2img (:func:`.flux.image_to_image`,
     :func:`.flow_latents.edit_latents`: image i's posterior drawn from its generator ``seed + i``, then its noise,
     noised to the first sigma of the strength's cut of the pipeline's grid) with Chroma's prompts and CFG
-    (:meth:`Chroma.prompt_guidance`); defaults 35 steps, strength 0.9, guidance 5.0. ``sampler`` (or ``grid`` in
+    (:meth:`Chroma.prompt_guidance`, with an ``ip_adapter`` too); defaults 35 steps, strength 0.9, guidance 5.0.
+    ``sampler`` (or ``grid`` in
     ``options``) given: that sampler on its own grid of the size's flow schedule, cut as :func:`diffkit.img2img`."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
@@ -244,7 +261,7 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
         sampler, options["grid"] = "ddim", chroma.scheduler_grid(steps, h, w)
         strength = chroma.pipeline_strength(steps, strength)
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                            convention)
+                                            convention, ip_adapter)
     z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(chroma, z0, return_latents, output_range)
