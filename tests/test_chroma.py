@@ -272,3 +272,35 @@ def test_chroma_ip_adapter_matches_the_pipeline(tiny_chroma, chroma_ip, scale, k
     print("chroma ip-adapter", scale, kw, float((ours - theirs).abs().max()), error)
     assert error < 1e-5, (float((ours - theirs).abs().max()), error)
     assert relative_error(plain, theirs) > 1e-3 and not hasattr(chroma.transformer, "encoder_hid_proj")
+
+
+def test_commands_take_an_ip_adapter_on_a_chroma_folder(tiny_chroma, chroma_ip, tmp_path, capsys):
+    """``diffkit sample`` / ``diffkit edit --ip-adapter FILE:S --ip-adapter-image PNG --negative-ip-adapter-image PNG``
+    on a Chroma folder: the library's images with the same adapter, byte for byte; the negative image without CFG is
+    one line."""
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_grid, save_images
+    from diffkit.interop.flux_ip_adapter import load_flux_ip_adapter
+    _, folder, chroma = tiny_chroma
+    root, png, negative = chroma_ip
+    adapter = ["--ip-adapter", f"{root / 'xlabs.safetensors'}:0.7", "--ip-adapter-image", str(png),
+               "--negative-ip-adapter-image", str(negative)]
+    common = ["--checkpoint", str(folder), "--prompt", PROMPTS[0], "--steps", "2", "--seed", "5", "--no-progress",
+              "--max-sequence-length", str(LENGTH)] + adapter
+    size = ["--height", str(SIZE), "--width", str(SIZE)]
+    assert main(["sample", "--num", "1", "--out", str(tmp_path / "grid.png")] + size + common) == 0
+    ours = load_flux_ip_adapter(root / "xlabs.safetensors", png, 0.7, progress=False, negative_image=negative)
+    kw = {"steps": 2, "seed": 5, "max_sequence_length": LENGTH, "ip_adapter": ours, "output_range": "-1,1"}
+    save_grid(text_to_image(chroma, PROMPTS[0], height=SIZE, width=SIZE, **kw), tmp_path / "expected.png", 8)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    assert main(["edit", "--images", str(png), "--out", str(tmp_path / "edited")] + common) == 0
+    images, _ = read_pngs(png, "RGB")
+    save_images(image_to_image(chroma, images, PROMPTS[0], **kw), tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "edited" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    capsys.readouterr()
+    assert main(["sample", "--out", str(tmp_path / "bad.png"), "--guidance-scale", "0"] + size + common) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "negative IP-Adapter image feeds only CFG" in err[0], err
+    assert not (tmp_path / "bad.png").exists()
