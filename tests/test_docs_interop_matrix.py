@@ -140,12 +140,10 @@ PIXART = "## PixArt-α and PixArt-Σ folders (`diffkit.interop.pixart`)"
 SANA = "## Sana folders (`diffkit.interop.sana`)"
 
 
-@pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
-                                                    (SANA, ["SanaPipeline"], "G")])
-def test_the_pixart_table_cites_what_backs_it(heading, columns, letter):
-    """PixArt's and Sana's own small tables (their sections, not matrix columns) are held to the matrix's rules:
-    every cell one of the kinds citing a test (yes / runs) or a refusal, and every cited test and refusal text still
-    there."""
+def check_own_table(heading: str, columns: list, letter: str) -> None:
+    """A folder kind's own small table (its section, not a matrix column) is held to the matrix's rules: every cell
+    one of the kinds citing a test (yes / runs) or a refusal (ids ``T<letter>n`` / ``R<letter>n``), and every cited
+    test and refusal text still there."""
     body = section(DOC.read_text(), heading)
     table = [line for line in body.splitlines() if line.startswith("|")]
     assert cells_of(table[0])[1:] == columns
@@ -163,8 +161,20 @@ def test_the_pixart_table_cites_what_backs_it(heading, columns, letter):
     assert used == set(notes), sorted(set(notes) - used)
     for ref, line in notes.items():
         if ref.startswith("T"):
-            for path, name in re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", line):
+            cited = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", line)
+            assert cited, ref
+            for path, name in cited:
                 assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), (ref, path, name)
         else:
             cited = re.match(r"`(diffkit/[\w/]+\.py)`: `(.+?)`", line)
             assert cited and cited.group(2) in (ROOT / cited.group(1)).read_text(), ref
+
+
+CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
+
+
+@pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
+                                                    (SANA, ["SanaPipeline"], "G"), (CHROMA, ["Chroma"], "Z")])
+def test_own_tables_cite_what_backs_them(heading, columns, letter):
+    """PixArt's, Sana's and Chroma's own small tables: :func:`check_own_table`."""
+    check_own_table(heading, columns, letter)

@@ -24,7 +24,8 @@ def size_multiple(directory) -> tuple:
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return f * patch, f"the VAE factor {f} x the transformer's patch size {patch}"
-    if is_flux_folder(directory):
+    from ..interop.chroma import is_chroma_folder
+    if is_flux_folder(directory) or is_chroma_folder(directory):
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
     from ..interop.pixart import is_pixart_folder
     from ..interop.sana import is_sana_folder
@@ -76,11 +77,12 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.sd3 import is_sd3_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.pixart import masked_text_folder
+    from ..interop.chroma import is_chroma_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
-            or masked_text_folder(checkpoint)):
+            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1); {checkpoint}"
-                           f" works at the size it was trained at")  # and PixArt's (diffkit sample only)
+                           f" works at the size it was trained at")  # and PixArt's (sample only), Chroma's
     if t2i_adapter:
         raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
                            f"instead")

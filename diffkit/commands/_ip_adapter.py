@@ -69,8 +69,10 @@ class IPAdapterRequest:
                 if value:
                     raise DiffkitError(f"{flag} needs --ip-adapter FILE[:SCALE]")
             return None
+        from ..interop.chroma import is_chroma_folder  # Chroma: FLUX.1's XLabs adapters (ChromaPipeline's loader)
         family = None if checkpoint is None else "sd3" if is_sd3_folder(checkpoint) else \
-            "flux" if is_flux_folder(checkpoint) else "sd" if is_stable_diffusion_folder(checkpoint) else None
+            "flux" if is_flux_folder(checkpoint) or is_chroma_folder(checkpoint) else \
+            "sd" if is_stable_diffusion_folder(checkpoint) else None
         if family is None:
             raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder or an SD3 / FLUX.1 folder "
                                f"(diffusers format); {checkpoint} is not one")

@@ -22,6 +22,37 @@ def folder_default_sampler(checkpoint) -> str:
     return folder_sampler(config, flow=masked_text_folder(checkpoint) == "Sana")[0]
 
 
+def given_flags(guidance, options: dict, refused: Optional[dict] = None,
+                keys=("refiner", "t2i_adapter", "redux", "thresholding", "flow_shift")) -> list:
+    """The ``diffkit sample`` flags given that a one-T5-encoder CFG folder (PixArt, Chroma: ``--prompt``,
+    ``--negative-prompt``, ``--guidance-scale``) does not take: those of ``refused`` ({flag: value}), of
+    ``options`` under ``keys`` (popped), and the guidance flags of another kind (``--class``, ``--pag-scale``, ...)."""
+    from .sample import GuidanceRequest
+    flags = dict(refused or {})
+    for key in keys:
+        flags["--" + key.replace("_", "-")] = options.pop(key, None)
+    flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
+                  "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
+                  "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
+                  "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
+                      guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
+    return [flag for flag, value in flags.items() if value is not None and value is not False]
+
+
+def checked_request(directory, kind: str, takes: str, guidance, options: dict, refused: Optional[dict] = None,
+                    **keys):
+    """``guidance`` (default an empty request) of a one-T5-encoder CFG folder (``kind``: PixArt, Chroma) that takes
+    ``takes``: one line for the first flag :func:`given_flags` finds (``keys``: its), or for no ``--prompt``."""
+    from .sample import GuidanceRequest
+    guidance = guidance or GuidanceRequest()
+    given = given_flags(guidance, options, refused, **keys)
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}); it takes {takes}")
+    if not guidance.prompts:
+        raise DiffkitError(f"{directory} is a {kind} folder: give --prompt TEXT (repeat for one row per prompt)")
+    return guidance
+
+
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
@@ -35,24 +66,10 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
-    from .sample import GuidanceRequest, draw_prompted_grid
+    from .sample import draw_prompted_grid
 
-    guidance = guidance or GuidanceRequest()
-    flags = dict(refused or {})
-    for key, flag in (("refiner", "--refiner"), ("t2i_adapter", "--t2i-adapter"), ("redux", "--redux"),
-                      ("thresholding", "--thresholding"), ("flow_shift", "--flow-shift")):
-        flags[flag] = options.pop(key, None)
-    flags.update({"--class": guidance.classes, "--classifier": guidance.classifier,
-                  "--guidance-rescale": guidance.rescale or None, "--guidance-interval": guidance.interval,
-                  "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
-                  "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
-                      guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
-    given = [flag for flag, value in flags.items() if value is not None and value is not False]
     label = masked_text_folder(directory) or "PixArt"
-    if given:
-        raise DiffkitError(f"{given[0]} does not apply to a {label} folder ({directory}); it takes {TAKES}")
-    if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a {label} folder: give --prompt TEXT (repeat for one row per prompt)")
+    guidance = checked_request(directory, label, TAKES, guidance, options, refused)
     if label == "Sana":
         from ..interop.sana import load_sana as load, text_to_image
     else:

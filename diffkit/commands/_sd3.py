@@ -170,8 +170,8 @@ FLUX_EDIT_FLAGS = EDIT_FLAGS - {"prompts_3", "negative_prompt_3", "clip_skip", "
                                 "pag_adaptive_scale"} | {
     "true_cfg_scale", "control_modes", "textual_inversion",  # and a FLUX folder's (a Union's --control-mode,
     "redux", "redux_images", "redux_prompt_scales", "redux_pooled_scales"}  # FLUX.1 Redux's)
-_FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_3": "--prompt-3", "controlnets": "--controlnet",
-               "ema": "--no-ema",
+_FLAG_NAMES = {"class_id": "--class", "prompts": "--prompt", "prompts_2": "--prompt-2", "prompts_3": "--prompt-3",
+               "controlnets": "--controlnet", "ema": "--no-ema",
                "control_images": "--control-image", "controlnet_scales": "--controlnet-scale",
                "control_starts": "--control-guidance-start", "control_ends": "--control-guidance-end",
                "control_modes": "--control-mode"}

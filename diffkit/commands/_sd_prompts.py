@@ -66,8 +66,9 @@ def check_prompt_encoding(request, checkpoint) -> None:
     given = given_flags(request)
     if checkpoint is None or not given and request.negative_prompt is None:
         return
+    from ..interop.chroma import is_chroma_folder
     from ..interop.pixart import masked_text_folder
-    label = masked_text_folder(checkpoint)
+    label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else None)
     if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only
         other = [flag for flag, _ in given if flag != "--max-sequence-length"]
         if other:

@@ -144,20 +144,27 @@ class FluxNet(torch.nn.Module):
         super().__init__()
         self.model = transformer
 
+    def packed_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> dict:
+        """The keyword arguments every FLUX-style transformer call takes (FLUX.1's, Chroma's :mod:`.chroma`): the
+        packed latents, ``timestep`` t / 1000, the text states with zero ``txt_ids``, the patch grid's
+        ``img_ids``."""
+        dtype, (b, _, h, w) = model_dtype(self.model), x.shape
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        return dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000,
+                    encoder_hidden_states=context.to(dtype),
+                    txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
+                    img_ids=latent_image_ids(h, w, x.device, context.dtype))
+
     def inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
                guidance: Optional[float], kontext: Optional[torch.Tensor] = None) -> dict:
         """The transformer's keyword arguments (the pipeline's, which its ControlNets take too) for this call;
         ``kontext``: a reference image's unpacked latents, appended as tokens (:func:`.flux_kontext.kontext_tokens`)."""
         if context is None or pooled is None:
             raise DiffkitError("a FLUX transformer needs cond {'context', 'pooled'} (Flux.encode_prompts)")
-        dtype, (b, _, h, w) = model_dtype(self.model), x.shape
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        dtype = model_dtype(self.model)
         if guidance is not None:
-            guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
-        inputs = dict(hidden_states=pack_latents(x.to(dtype)), timestep=t.to(dtype) / 1000, guidance=guidance,
-                      pooled_projections=pooled.to(dtype), encoder_hidden_states=context.to(dtype),
-                      txt_ids=torch.zeros(context.shape[1], 3, device=x.device, dtype=context.dtype),
-                      img_ids=latent_image_ids(h, w, x.device, context.dtype))
+            guidance = torch.full((x.shape[0],), float(guidance), device=x.device, dtype=torch.float32)
+        inputs = dict(self.packed_inputs(x, t, context), guidance=guidance, pooled_projections=pooled.to(dtype))
         if kontext is not None:
             from .flux_kontext import kontext_tokens
             kontext_tokens(inputs, kontext.to(device=x.device, dtype=dtype))
@@ -245,6 +252,10 @@ class Flux(FlowLatentVAE):
         linear) or its fixed ``shift``."""
         return scheduler_shift(self.scheduler_config, lambda: self.mu(h, w), h, w)
 
+    def network(self) -> torch.nn.Module:
+        """The velocity network over the transformer (:class:`FluxNet`; Chroma's: :class:`.chroma.ChromaNet`)."""
+        return FluxNet(self.transformer)
+
     def denoiser_for(self, h: int, w: int):
         """The unguided flow-prediction Denoiser (cond: ``context``, ``pooled``, ``guidance``) on the flow schedule
         of latents h x w (:meth:`shift`)."""
@@ -254,8 +265,7 @@ class Flux(FlowLatentVAE):
         if shift not in self._denoisers:
             schedule = NoiseSchedule.flow(int(self.scheduler_config.get("num_train_timesteps", 1000)), shift)
             from .flux_channels import wrap_net  # a Fill / Depth / Canny transformer's extra channels
-            self._denoisers[shift] = Denoiser(wrap_net(FluxNet(self.transformer), self.variant), schedule,
-                                              "flow_prediction")
+            self._denoisers[shift] = Denoiser(wrap_net(self.network(), self.variant), schedule, "flow_prediction")
             self._denoisers[shift].model = self.transformer
         return self._denoisers[shift]
 
@@ -446,14 +456,21 @@ def check_flux_folder(directory: Path) -> tuple:
     if transformer.get("out_channels") not in (None, 4 * latents):
         raise DiffkitError(f"{directory}'s transformer has out_channels={transformer['out_channels']!r}; allowed: "
                            f"{4 * latents} (4 x the VAE's latents) or null")
+    return index, check_flux_scheduler(directory)
+
+
+def check_flux_scheduler(directory: Path, pipeline: str = "FluxPipeline") -> dict:
+    """The folder's scheduler config, whose flow Euler loop (``pipeline``'s) diffkit runs: no ``invert_sigmas``,
+    ``stochastic_sampling`` or ``use_flow_sigmas``, an exponential or linear ``time_shift_type`` (one line
+    otherwise)."""
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     for key in ("invert_sigmas", "stochastic_sampling", "use_flow_sigmas"):
         if sched.get(key, False):
-            raise DiffkitError(f"{directory}'s scheduler has {key}={sched[key]!r}, which FluxPipeline's flow Euler "
+            raise DiffkitError(f"{directory}'s scheduler has {key}={sched[key]!r}, which {pipeline}'s flow Euler "
                                f"loop does not take in diffkit; allowed: {key}=false")
     check_choice("the scheduler's time_shift_type", sched.get("time_shift_type", "exponential"),
                  ["exponential", "linear"])
-    return index, sched
+    return sched
 
 
 def read_flux_loras(lora) -> list:

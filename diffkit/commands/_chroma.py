@@ -1,0 +1,139 @@
+"""``diffkit sample --checkpoint CHROMA_FOLDER --prompt TEXT`` and ``diffkit edit --checkpoint CHROMA_FOLDER --images
+PNG|DIR --prompt TEXT``: a Chroma diffusers folder (:mod:`diffkit.interop.chroma`) as ``ChromaPipeline`` /
+``ChromaImg2ImgPipeline`` with any diffkit sampler, dispatched from :func:`diffkit.commands.sample.sample_to_files`
+and :func:`diffkit.commands.edit.run`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import DiffkitError
+
+TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
+         "--width, --ip-adapter (XLabs), --steps / --nfe, --sampler and its grid options (--flow-shift with another "
+         "sampler than the pipeline's loop)")
+EDIT_TAKES = ("--images, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
+              "--max-sequence-length, --posterior, --height / --width, --ip-adapter (XLabs), --steps, --sampler and "
+              "its grid options, --eta")
+EDIT_FLAGS = {  # diffkit edit's dests a Chroma folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "max_sequence_length",
+    "strength", "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "guidance_convention", "posterior",
+    "seed", "batch_size", "device", "progress", "height", "width",
+    "ip_adapter", "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"}  # (._ip_adapter checks them)
+
+
+def _guidance(guidance) -> dict:
+    """``text_to_image`` / ``image_to_image``'s guidance options of ``--guidance-scale`` (default the pipeline's
+    5.0 in diffusers' convention; given: in ``--guidance-convention``'s)."""
+    if guidance.guidance_scale is None:
+        return {"guidance_scale": None, "convention": "diffusers"}
+    return {"guidance_scale": guidance.guidance_scale, "convention": guidance.convention}
+
+
+def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
+                  seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
+                  guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
+                  **options):
+    """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
+    2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
+    s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
+    by default; ``ddim`` without a grid option steps on the pipeline's sigmas (ChromaPipeline's loop), any other
+    sampler on its diffkit grid of the size's flow schedule. ``refused``: {flag: value} of flags a Chroma folder
+    does not take (one line for the first given, as for every other guidance kind, ``--lora``, ...).
+    ``ip_adapter``: an XLabs-format IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`, ``--negative-ip-adapter-
+    image`` for CFG's negative pass), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``."""
+    from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
+    from ._pixart import checked_request
+    from ._sd3 import pipeline_loop, prompted_rows
+    from .sample import draw_prompted_grid
+
+    guidance = checked_request(directory, "Chroma", TAKES, guidance, options, refused,
+                               keys=("refiner", "t2i_adapter", "redux", "thresholding"))
+    chroma = load_chroma(directory, device, progress=progress)
+    _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
+                                                                  seed, device, progress)
+    own = pipeline_loop(sampler, spacing, final, nfe)
+    steps = CHROMA_STEPS if steps is None and nfe is None else steps
+    how_guided = _guidance(guidance)
+    chroma.check_guidance_scale(how_guided["guidance_scale"])  # before any sampling
+
+    def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
+        grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
+            {"spacing": spacing, "final": final, "nfe": nfe}
+        return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
+                             negative_prompt=guidance.negative_prompt, return_latents=True,
+                             max_sequence_length=guidance.max_sequence_length or 512, ip_adapter=adapter,
+                             **how_guided, **grid, **how)
+
+    images, out = draw_prompted_grid(
+        chroma.denoiser, num, chroma.latent_shape(1, height, width)[1:], prompted,
+        lambda start, n: {key: rows[start:start + n] for key, rows in per_sample.items()}, chroma.decode, out,
+        individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final,
+        batch_size=batch_size, device=device, dtype=chroma.dtype, progress=progress, **options)
+    grid = "the pipeline's sigmas" if own else "its diffkit grid"
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, Chroma folder {directory}, prompts {prompts})")
+    return images
+
+
+def edit_chroma(args) -> int:
+    """``diffkit edit`` on a Chroma folder: each ``--images`` file edited as ChromaImg2ImgPipeline
+    (:func:`diffkit.interop.chroma.image_to_image`: strength 0.9, 35 steps, CFG s = 5.0 against
+    ``--negative-prompt`` by default; image i from ``--seed`` + i, the posterior sample then the noise; ``ddim``
+    without a grid option on the pipeline's sigmas cut by get_timesteps). Every other edit flag (``--mask``: no
+    ChromaInpaintPipeline here): one line, before any weight is read or any folder is made. ``--ip-adapter FILE[:S]
+    --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling."""
+    import torch
+
+    from ..cli import build_parser
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.chroma import load_chroma, image_to_image
+    from ..memory import batches_with_oom_retry
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._ip_adapter import IPAdapterRequest
+    from ._sd3 import _FLAG_NAMES, edit_sampling
+    from .edit import read_edit_inputs
+
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
+             if dest not in EDIT_FLAGS and dest in defaults and value != defaults[dest]]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a Chroma folder ({directory}); it takes {EDIT_TAKES}")
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a Chroma folder: give --images PNG|DIR and --prompt TEXT (once for every "
+                           f"image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    info, own, options, request = edit_sampling(args, directory)
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    if len(args.prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
+                           f"image) or once per image ({count}, in the files' order)")
+    ip_adapter = IPAdapterRequest.from_args(args, directory)
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    chroma = load_chroma(directory, device, progress=args.progress)
+    adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
+    chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    how_guided = _guidance(request)
+    chroma.check_guidance_scale(how_guided["guidance_scale"])
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        return (image_to_image(chroma, images[start:start + n], prompts, args.strength,
+                               sampler=None if own else info.name, steps=args.steps,
+                               negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
+                               seed=args.seed + start, max_sequence_length=args.max_sequence_length or 512,
+                               output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
+                               **({} if own else options)).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Chroma folder {directory}, strength "
+          f"{args.strength or 0.9}, {how}, prompts {list(args.prompts)})")
+    return 0

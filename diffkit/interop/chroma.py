@@ -1,0 +1,271 @@
+"""A Chroma diffusers folder (``ChromaPipeline`` / ``ChromaImg2ImgPipeline``, diffusers 0.42.1), sampled and edited
+with any diffkit sampler.
+
+Chroma (lodestones 2025) is FLUX.1-schnell's rectified-flow transformer (:mod:`.flux`; Esser et al. 2024, Sec. 2,
+eq. 1: x_s = (1 - s) x_0 + s eps, velocity u = eps - x_0) with the pooled-CLIP and guidance embedders replaced by a
+distilled modulation approximator (``ChromaTransformer2DModel``: the time alone feeds it), one T5 text encoder and
+real classifier-free guidance. Everything but the prompts and the guidance is FLUX.1's and reused from :mod:`.flux`:
+the 2 x 2 latent packing and image ids (:class:`.flux.FluxNet`), the 16-channel VAE with ``shift_factor``, the
+grid (sigmas linspace(1, 1/N, N) shifted with the pipeline's mu = ``calculate_shift`` of the packed sequence
+length, :meth:`.flux.Flux.scheduler_grid`), the random draws (z in (B, C, h, w) from sample i's generator; img2img:
+the posterior, then the noise) and img2img's ``get_timesteps`` cut. What is Chroma's own:
+
+* prompts (``_get_t5_prompt_embeds``): T5 tokens padded to ``max_sequence_length`` (default 512), encoded *under*
+  the tokenizer's attention mask (FLUX encodes without it); the transformer's text mask keeps every real token and
+  the first padding token: m_i = [i <= n] for a prompt of n tokens (its ``</s>`` included), in the encoder's dtype.
+* the transformer call gets ``attention_mask`` = [m, 1 ... 1] over text then image tokens
+  (``_prepare_attention_mask``); each block builds m m^T from it (diffusers passes that float 0 / 1 matrix to
+  scaled-dot-product attention, which *adds* it to the logits: diffkit passes the same tensor, so the same numbers).
+  No ``pooled_projections``, no ``guidance``.
+* guidance: the pipelines' CFG u = u_neg + s (u_c - u_neg) (Ho & Salimans 2022, eq. 6 in diffusers' convention)
+  for s > 1 (default 5.0), the negative prompt (default "") encoded as the prompt with its own mask;
+  :class:`~diffkit.guidance.ClassifierFreeGuidance` (its ``null_cond`` carries the negative mask).
+* defaults: 35 steps; img2img strength 0.9.
+
+* IP-Adapters (XLabs format; ``text_to_image(ip_adapter=)``): FLUX.1's (:mod:`.flux_ip_adapter`), the negative
+  image's embeds in CFG's negative pass.
+
+Refused in one line before any weight is read: a transformer / VAE / scheduler of another class, an
+``image_encoder`` in the folder (an IP-Adapter's is given apart), a transformer whose input is not 4 x the VAE's
+latent channels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..errors import DiffkitError, check_choice, check_float32, read_json_object
+from . import require
+from .flow_latents import (check_flow_folder, check_flow_vae, finish_images, load_flow_parts, names_pipeline,
+                           pipeline_grid, start_latents)
+from .flux import Flux, FluxNet, check_flux_scheduler
+from .sd_xl import _index
+
+CHROMA_TRANSFORMER = "ChromaTransformer2DModel"
+CHROMA_PIPELINES = ("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline")  # one folder layout
+REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+CHROMA_GUIDANCE = 5.0  # ChromaPipeline's / ChromaImg2ImgPipeline's default guidance_scale (CFG)
+CHROMA_STEPS = 35  # their default num_inference_steps
+CHROMA_IMG2IMG_STRENGTH = 0.9  # ChromaImg2ImgPipeline's default strength
+MAX_SEQUENCE_LENGTH = 512
+
+
+def chroma_text_mask(tokenizer_mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Chroma's text mask (B, L) of a tokenizer mask: 1 up to and including the first padding token, m_i =
+    [i <= sum(tokenizer_mask)] (``_get_t5_prompt_embeds``), in ``dtype`` (the pipeline's: the T5 states')."""
+    lengths = tokenizer_mask.sum(dim=1, keepdim=True)
+    return (torch.arange(tokenizer_mask.shape[1], device=tokenizer_mask.device)[None] <= lengths).to(dtype)
+
+
+class ChromaNet(FluxNet):
+    """``net(z, t, context, mask)`` over a ``ChromaTransformer2DModel`` on unpacked latents z (B, C, h, w):
+    :meth:`.flux.FluxNet.packed_inputs` and ``attention_mask`` = the text ``mask`` (B, L) followed by ones for
+    the image tokens (the pipelines' ``_prepare_attention_mask``); the velocity unpacked, in z's dtype."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                attention_kwargs: Optional[dict] = None) -> torch.Tensor:
+        """``attention_kwargs``: the transformer's ``joint_attention_kwargs`` (an IP-Adapter's image embeds,
+        :class:`.flux_ip_adapter.FlowIPAdaptedNet`)."""
+        from .flux import unpack_latents
+        if context is None or mask is None:
+            raise DiffkitError("a Chroma transformer needs cond {'context', 'mask'} (Chroma.encode_prompts)")
+        inputs = self.packed_inputs(x, t, context)
+        tokens = inputs["hidden_states"].shape[1]
+        mask = mask.to(x.device).expand(x.shape[0], -1)
+        image = torch.ones(x.shape[0], tokens, device=x.device, dtype=torch.bool)
+        extra = {} if attention_kwargs is None else {"joint_attention_kwargs": attention_kwargs}
+        out = self.model(**inputs, attention_mask=torch.cat([mask, image], dim=1), **extra, return_dict=False)[0]
+        return unpack_latents(out, *x.shape[2:]).to(x.dtype)
+
+
+@dataclass
+class Chroma(Flux):
+    """The loaded components of a Chroma folder (:func:`load_chroma`): FLUX.1's fields with the T5 encoder as
+    ``text_encoder`` / ``tokenizer`` (``text_encoder_2`` / ``tokenizer_2`` None); shapes, the shift, the grid and
+    decoding are :class:`.flux.Flux`'s."""
+
+    guidance_embeds = False  # no embedded guidance: real CFG (prompt_guidance)
+    variant = None  # no Fill / Depth / Canny channels
+
+    def network(self) -> torch.nn.Module:
+        return ChromaNet(self.transformer)
+
+    def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
+        """A one-line DiffkitError for a CFG scale that is no finite float32 number."""
+        import math
+        if guidance_scale is None:
+            return
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (CFG for > 1, "
+                               f"the pipeline's default {CHROMA_GUIDANCE})")
+        check_float32("guidance_scale", guidance_scale)
+
+    def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
+        """(context (B, L, d_T5), mask (B, L)) as the pipelines' ``_get_t5_prompt_embeds``: L =
+        ``max_sequence_length`` tokens, encoded under the tokenizer's mask; :func:`chroma_text_mask`."""
+        from .stable_diffusion import prompt_list
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
+                or not 1 <= max_sequence_length <= 512:
+            raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
+                               f"(ChromaPipeline's T5 length)")
+        tokens = self.tokenizer(prompt_list(prompts), padding="max_length", max_length=max_sequence_length,
+                                truncation=True, return_tensors="pt")
+        tokenizer_mask = tokens.attention_mask.to(self.device)
+        with torch.no_grad():
+            context = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=tokenizer_mask)[0]
+        context = context.to(self.text_encoder.dtype)
+        return context, chroma_text_mask(tokenizer_mask, context.dtype)
+
+    def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
+                        negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                        convention: str = "diffusers", ip_adapter=None) -> tuple:
+        """(denoiser, cond) at latents h x w: the prompts' states and masks, guided as the pipelines for a
+        diffusers-convention scale s > 1 (``guidance_scale``, default 5.0; ``convention="seed"`` reads W, s = 1 + W)
+        against ``negative_prompt`` (None: ""; one, or one per prompt) with its own mask; s <= 1: unguided (a
+        negative prompt is then refused: the pipeline would ignore it). ``ip_adapter``: an XLabs-format
+        :class:`~.flux_ip_adapter.FluxIPAdapter` (or several) with its image prompt, as the pipelines'
+        ``load_ip_adapter`` + ``ip_adapter_image``: its image embeds in cond, the negative image's (default black)
+        in CFG's negative pass (:meth:`.flux.Flux.prompt_guidance`'s, FLUX.1's true CFG)."""
+        from ..guidance import ClassifierFreeGuidance
+        from .stable_diffusion import negative_prompts
+        check_choice("convention", convention, ["diffusers", "seed"])
+        self.check_guidance_scale(guidance_scale)
+        scale = CHROMA_GUIDANCE if guidance_scale is None else float(guidance_scale)
+        diffusers_scale = scale if convention == "diffusers" else 1 + scale
+        negative_image = getattr(ip_adapter, "negative_image", None)
+        if diffusers_scale <= 1 and (negative_prompt is not None or negative_image is not None):
+            what = "negative prompt" if negative_prompt is not None else "negative IP-Adapter image"
+            raise DiffkitError(f"a {what} with guidance_scale={scale:g} ({convention} convention) is not allowed: "
+                               f"the {what} feeds only CFG (diffusers' scale > 1); raise the scale or drop it")
+        context, mask = self.encode_prompts(prompts, max_sequence_length)
+        cond, denoiser, null_ip = {"context": context, "mask": mask}, self.denoiser_for(h, w), {}
+        if ip_adapter is not None:  # FLUX.1's adapter code: the transformer's encoder_hid_proj and processors
+            denoiser, positive, negative = ip_adapter.flux_parts(self, h, w)
+            cond["ip_image_embeds"] = positive.expand(context.shape[0], *positive.shape[1:])
+            null_ip = {"ip_image_embeds": negative}
+        if diffusers_scale <= 1:
+            return denoiser, cond
+        negatives = negative_prompts(negative_prompt, context.shape[0])
+        if len(set(negatives)) == 1:
+            negatives = negatives[:1]  # one row, broadcast by the guidance to every sample
+        null_context, null_mask = self.encode_prompts(negatives, max_sequence_length)
+        return ClassifierFreeGuidance(denoiser, diffusers_scale, "diffusers", null_context=null_context,
+                                      null_cond={"mask": null_mask, **null_ip}), cond
+
+
+def is_chroma_folder(path: Union[str, Path]) -> bool:
+    """True for a diffusers folder whose ``model_index.json`` names a ``Chroma...`` pipeline or a
+    ``ChromaTransformer2DModel`` transformer."""
+    return names_pipeline(path, "Chroma", CHROMA_TRANSFORMER)
+
+
+def check_chroma_folder(directory: Path) -> tuple:
+    """(index, scheduler config) of a Chroma folder that :func:`load_chroma` drives; anything else is a one-line
+    DiffkitError (module docstring), from the JSON files alone."""
+    index = _index(directory)
+    if index is None or not is_chroma_folder(directory):
+        raise DiffkitError(f"{directory} is not a Chroma folder (model_index.json naming a ChromaPipeline with a "
+                           f"{CHROMA_TRANSFORMER} transformer)")
+    if index.get("_class_name") not in CHROMA_PIPELINES:
+        raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
+                           f"allowed: {', '.join(CHROMA_PIPELINES)}")
+    check_flow_folder(directory, index, REQUIRED, "Chroma", CHROMA_TRANSFORMER)
+    vae = check_flow_vae(directory, "Chroma")
+    transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    latents = int(vae.get("latent_channels", 4))
+    for key in ("in_channels", "out_channels"):
+        value = transformer.get(key, 64 if key == "in_channels" else None)
+        if value not in ((4 * latents,) if key == "in_channels" else (None, 4 * latents)):
+            raise DiffkitError(f"{directory}'s transformer has {key}={value!r}; allowed: {4 * latents} (4 x the "
+                               f"VAE's latent channels{')' if key == 'in_channels' else ') or null'}")
+    return index, check_flux_scheduler(directory, "ChromaPipeline")
+
+
+def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
+                progress: bool = True) -> Chroma:
+    """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
+    in one line before any weight is read (:func:`check_chroma_folder`)."""
+    diffusers = require("diffusers")
+    directory = Path(directory)
+    index, sched = check_chroma_folder(directory)
+    parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
+                            progress)
+    device = torch.device(device)
+    for name in ("transformer", "vae", "text_encoder"):
+        parts[name].to(device).eval().requires_grad_(False)
+    chroma = Chroma(**parts, text_encoder_2=None, tokenizer_2=None, scheduler_config=sched, device=device,
+                    dtype=dtype)
+    width, t5 = chroma.transformer.config.joint_attention_dim, chroma.text_encoder.config.d_model
+    if width != t5:
+        raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
+                           f"encoder's width {t5}")
+    return chroma
+
+
+def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
+                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
+                  convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
+                  seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
+                  width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
+                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, output_range: str = "0,1",
+                  return_latents: bool = False, progress: bool = False, ip_adapter=None, **options) -> torch.Tensor:
+    """Images of a Chroma folder for ``prompts`` as ``ChromaPipeline`` (module docstring) with any diffkit sampler.
+
+    sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (35 steps by default);
+    otherwise as :func:`.flux.text_to_image`. guidance_scale (default 5.0, diffusers' convention unless
+    ``convention="seed"``) / negative_prompt: :meth:`Chroma.prompt_guidance`. latents: unpacked z at s = 1
+    (B, C, h, w), default N(0, I) from per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f.
+    ip_adapter: an XLabs-format IP-Adapter with its image prompt (:meth:`Chroma.prompt_guidance`).
+    options: passed to :func:`diffkit.sample`."""
+    from ..sampling import sample
+    from .stable_diffusion import OUTPUT_RANGES, prompt_list
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = prompt_list(prompts)
+    noise, expected = start_latents(chroma, latents, len(prompts), height, width, " (unpacked)")
+    h, w = expected[2:]
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, CHROMA_STEPS,
+                                         lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
+    denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
+                                            convention, ip_adapter)
+    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
+                device=chroma.device, dtype=chroma.dtype, **options)
+    return finish_images(chroma, z0, return_latents, output_range)
+
+
+def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Sequence[str]],
+                   strength: Optional[float] = None, *, sampler: Optional[str] = None, steps: Optional[int] = None,
+                   guidance_scale: Optional[float] = None, convention: str = "diffusers",
+                   negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
+                   seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                   ip_adapter=None, **options) -> torch.Tensor:
+    """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image) as
+    ``ChromaImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on the latents): FLUX.1's img2img (:func:`.flux.image_to_image`,
+    :func:`.flow_latents.edit_latents`: image i's posterior drawn from its generator ``seed + i``, then its noise,
+    noised to the first sigma of the strength's cut of the pipeline's grid) with Chroma's prompts and CFG
+    (:meth:`Chroma.prompt_guidance`, with an ``ip_adapter`` too); defaults 35 steps, strength 0.9, guidance 5.0.
+    ``sampler`` (or ``grid`` in
+    ``options``) given: that sampler on its own grid of the size's flow schedule, cut as :func:`diffkit.img2img`."""
+    from .flow_latents import edit_latents, edit_prompts
+    from .stable_diffusion import OUTPUT_RANGES
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = edit_prompts(images, prompts)
+    h, w = chroma.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 2 f
+    steps = CHROMA_STEPS if steps is None else steps
+    strength = CHROMA_IMG2IMG_STRENGTH if strength is None else strength
+    if sampler is None and "grid" not in options:
+        sampler, options["grid"] = "ddim", chroma.scheduler_grid(steps, h, w)
+        strength = chroma.pipeline_strength(steps, strength)
+    denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
+                                            convention, ip_adapter)
+    z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, posterior=posterior, seed=seed,
+                      generator=generator, cond=cond, progress=progress, **options)
+    return finish_images(chroma, z0, return_latents, output_range)
+
+
+__all__ = ["Chroma", "ChromaNet", "load_chroma", "is_chroma_folder", "check_chroma_folder", "chroma_text_mask",
+           "text_to_image", "image_to_image", "CHROMA_GUIDANCE", "CHROMA_STEPS", "CHROMA_IMG2IMG_STRENGTH"]
