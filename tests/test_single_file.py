@@ -208,10 +208,11 @@ def test_bad_single_files_and_configs_are_refused_in_one_line(single, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert match in err and "\n" not in err, err
     unet_only = _write(tmp_path / "vae.safetensors", {"first_stage_model.a": torch.zeros(1), "vae.b": torch.zeros(1)})
-    with pytest.raises(DiffkitError, match=r"not an SD 1.x / 2.x or SD-XL single file.*first_stage_model., vae\."):
+    with pytest.raises(DiffkitError, match=r"not an SD 1.x / 2.x, SD-XL, SD3 or FLUX.1 single file.*"
+                                           r"first_stage_model., vae\."):
         load_single_file(unet_only, config)
     sd3 = _write(tmp_path / "sd3.safetensors", {"model.diffusion_model.joint_blocks.0.x": torch.zeros(1)})
-    with pytest.raises(DiffkitError, match="is an SD3 single file: only SD 1.x / 2.x and SD-XL"):
+    with pytest.raises(DiffkitError, match="is an SD3 single file but --config .* transformer is missing"):
         load_single_file(sd3, config)
     assert not (tmp_path / "o").exists()
 

@@ -5,7 +5,7 @@
     diffkit convert --from-diffusers DIR --out CKPT          # UNet2DModel / DiT (+ scheduler) -> diffkit checkpoint
     diffkit convert --checkpoint CKPT --out WEIGHTS          # training checkpoint -> weights only (EMA)
     diffkit convert --checkpoint LORA_CKPT --lora-only --out ADAPTER   # a LoRA run's adapters alone
-    diffkit convert --single-file MODEL.safetensors --config FOLDER --out DIR   # SD / SD-XL single file -> folder
+    diffkit convert --single-file MODEL.safetensors --config FOLDER --out DIR   # SD / SD-XL / SD3 / FLUX.1 single file
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def register(subparsers) -> None:
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
                     "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only); or an "
-                    "original-format Stable Diffusion 1.x / 2.x or SD-XL single file (--single-file FILE --config "
-                    "FOLDER --out DIR: diffusers' from_single_file with a local config folder, then save_pretrained).")
+                    "original-format Stable Diffusion 1.x / 2.x, SD-XL, SD3 / SD3.5 or FLUX.1 single file "
+                    "(--single-file FILE --config FOLDER --out DIR: diffusers' from_single_file with a local config "
+                    "folder, then save_pretrained).")
     parser.add_argument("--checkpoint", type=path_arg,
                         help="diffkit .safetensors checkpoint (or a run's checkpoint folder) to export")
     parser.add_argument("--to-diffusers", type=path_arg, metavar="DIR", help="write the diffusers folder here")
@@ -47,11 +48,13 @@ def register(subparsers) -> None:
                         help="exported DDPMScheduler (a DiT's DDIMScheduler) clips x_0 to [-1, 1] (diffusers' default; "
                              "diffkit's is off)")
     parser.add_argument("--single-file", type=path_arg, metavar="FILE",
-                        help="an original-format SD 1.x / 2.x or SD-XL .safetensors single file (model.diffusion_model."
-                             "*, first_stage_model.*, ...) to write as a diffusers folder at --out DIR, with --config")
+                        help="an original-format SD 1.x / 2.x, SD-XL or SD3 .safetensors single file "
+                             "(model.diffusion_model.*, first_stage_model.*, ...) or a FLUX.1 transformer "
+                             "(double_blocks.*, ...) to write as a diffusers folder at --out DIR, with --config")
     parser.add_argument("--config", type=path_arg, metavar="FOLDER",
                         help="with --single-file: a local diffusers folder of the same model (its JSON files, "
-                             "tokenizers and scheduler; weights not needed): the converted folder's configs")
+                             "tokenizers and scheduler; weights not needed but those the file lacks: a FLUX.1 "
+                             "file's VAE and text encoders): the converted folder's configs")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="with --single-file: the written weights' dtype (diffusers' torch_dtype; default float32, "
                              "diffusers' default: a float16 file gives a folder twice its size)")
@@ -113,7 +116,7 @@ def _single_file(args) -> int:
     from ..interop.single_file import convert_single_file
     out = convert_single_file(args.single_file, args.config, args.out, dtype=args.dtype, flag="--single-file")
     sys.stdout.write(f"wrote diffusers folder {out} (diffkit sample --checkpoint {out}; "
-                     f"StableDiffusionPipeline.from_pretrained or its SD-XL kind)\n")
+                     f"its diffusers pipeline's from_pretrained)\n")
     return 0
 
 

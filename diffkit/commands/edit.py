@@ -90,11 +90,12 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers "
                                        "folder (SD, SD-XL, SD3, FLUX.1; docs/interop.md), or an original-format "
-                                       "SD 1.x / 2.x or SD-XL single file (.safetensors) with --config FOLDER")
+                                       "SD 1.x / 2.x, SD-XL, SD3 or FLUX.1 single file (.safetensors) with "
+                                       "--config FOLDER")
     p.add_argument("--config", type=path_arg, metavar="FOLDER",
-                   help="with --checkpoint MODEL.safetensors (an SD / SD-XL single file): the local diffusers folder "
-                        "of its model (JSON files, tokenizers, scheduler); the file is converted into a temporary "
-                        "folder for this command (docs/interop.md, single-file checkpoints)")
+                   help="with --checkpoint MODEL.safetensors (an SD / SD-XL / SD3 / FLUX.1 single file): the local "
+                        "diffusers folder of its model (JSON files, tokenizers, scheduler); the file is converted "
+                        "into a temporary folder for this command (docs/interop.md, single-file checkpoints)")
     p.add_argument("--images", type=path_arg, metavar="PNG|DIR", help="a PNG or a folder of PNGs to edit")
     p.add_argument("--out", type=path_arg,
                    required=True, metavar="DIR", help="folder for edit_00000.png, ... (or interpolation.png; "

@@ -82,9 +82,9 @@ def register(sub) -> None:
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
                         "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
                         "test_load_weight (in save_weight_dir) is the checkpoint, as the seed's "
-                        "state 'eval' loads it; with --checkpoint MODEL.safetensors, an original-format SD 1.x / 2.x "
-                        "or SD-XL single file: the local diffusers folder of its model (docs/interop.md, single-file "
-                        "checkpoints)")
+                        "state 'eval' loads it; with --checkpoint MODEL.safetensors, an original-format SD 1.x / 2.x, "
+                        "SD-XL, SD3 or FLUX.1 single file: the local diffusers folder of its model (docs/interop.md, "
+                        "single-file checkpoints)")
     s = p.add_argument_group("sampler and time grid (docs/samplers.md)")
     s.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; consistency for a consistency model); "
                    "NAME@SPACING:FINAL "

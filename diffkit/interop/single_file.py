@@ -7,8 +7,9 @@ The key conversion is diffusers' own: ``PIPELINE.from_single_file(file, config=F
 local diffusers folder ``FOLDER`` of the same model family, so nothing is downloaded, and converts the file's
 weights with ``single_file_utils.py``; ``save_pretrained`` writes the result. Before that, this module reads only the
 file's header (its key names and shapes) and refuses in one line what would fail inside diffusers or convert into
-a wrong model: a file that is not an SD / SD-XL single file (SD3 and FLUX.1 files too: not done), a pickle
-(``.ckpt``), a ``--config`` folder of another family or whose UNet has other shapes than the file's.
+a wrong model: a file that is not a single file of these families, a pickle (``.ckpt``), a ``--config`` folder of
+another family or whose UNet has other shapes than the file's. SD3 / SD3.5 and FLUX.1 single files (transformer
+only, or SD3's whole checkpoint) go through :mod:`diffkit.interop.single_file_dit`.
 
 ``diffkit convert --single-file FILE --config FOLDER --out NEW`` writes the folder once;
 ``diffkit sample`` / ``diffkit edit --checkpoint FILE --config FOLDER`` convert into a temporary folder that is
@@ -24,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DiffkitError, first_line, read_json_object
+from .single_file_dit import dit_family, load_dit_single_file
 
 UNET = "model.diffusion_model."
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -32,7 +34,6 @@ FAMILIES = {"SD 1.x / 2.x": ("StableDiffusionPipeline", "StableDiffusionImg2ImgP
                              "StableDiffusionInpaintPipeline"),
             "SD-XL": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                       "StableDiffusionXLInpaintPipeline")}
-NOT_DONE = {"SD3": ("joint_blocks.0.",), "FLUX.1": ("double_blocks.0.", "single_blocks.0.")}
 
 
 def _header(path: Path, flag: str = "--checkpoint") -> dict:
@@ -53,28 +54,29 @@ def is_single_file(path) -> bool:
     if not path.is_file() or path.suffix.lower() in PICKLE_SUFFIXES:
         return False
     try:
-        return any(key.startswith(UNET) for key in _header(path))
+        shapes = _header(path)
+        return any(key.startswith(UNET) for key in shapes) or dit_family(shapes, path, "") is not None
     except DiffkitError:
         return False
 
 
 def single_file_family(path, flag: str = "--checkpoint") -> tuple:
-    """("SD 1.x / 2.x" or "SD-XL", {key: shape}) of a single file; one line naming ``flag`` for anything else."""
+    """("SD 1.x / 2.x", "SD-XL", "SD3" or "FLUX.1", {key: shape}) of a single file; one line naming ``flag`` for
+    anything else."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise DiffkitError(f"{flag} {str(path)!r} is a pickle checkpoint ({path.suffix}): loading one can run "
                            f"code, so diffkit reads single files only as .safetensors; convert it once where you "
                            f"trust it (safetensors.torch.save_file of its state_dict)")
     shapes = _header(path, flag)
-    for family, markers in NOT_DONE.items():
-        if any(key.removeprefix(UNET).startswith(markers) for key in shapes):
-            article = "an" if family == "SD3" else "a"
-            raise DiffkitError(f"{flag} {str(path)!r} is {article} {family} single file: only SD 1.x / 2.x and "
-                               f"SD-XL single files are converted; give a diffusers {family} folder")
+    family = dit_family(shapes, path, flag)
+    if family is not None:
+        return family, shapes
     if not any(key.startswith(UNET) for key in shapes):
         found = sorted({key.split(".")[0] + "." for key in shapes})
-        raise DiffkitError(f"{flag} {str(path)!r} is not an SD 1.x / 2.x or SD-XL single file: it has no "
-                           f"{UNET}* UNet keys (its keys start with {', '.join(found[:6]) or 'nothing'})")
+        raise DiffkitError(f"{flag} {str(path)!r} is not an SD 1.x / 2.x, SD-XL, SD3 or FLUX.1 single file: it has "
+                           f"no {UNET}* UNet / transformer or double_blocks.* keys (its keys start with "
+                           f"{', '.join(found[:6]) or 'nothing'})")
     return ("SD-XL" if UNET + "label_emb.0.0.weight" in shapes else "SD 1.x / 2.x"), shapes
 
 
@@ -125,6 +127,17 @@ def load_single_file(path, config, progress: bool = False, dtype=None, flag: str
     from . import _library_logs_held, library_progress_bars, require
     path, config = Path(path), Path(config)
     family, shapes = single_file_family(path, flag)
+    if family not in FAMILIES:
+        require("diffusers")
+        require("transformers")
+        try:
+            with library_progress_bars(progress), _library_logs_held():
+                return load_dit_single_file(path, config, family, shapes, dtype, flag)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+            if isinstance(err, DiffkitError):
+                raise
+            raise DiffkitError(f"diffusers could not convert {flag} {str(path)!r} with --config {str(config)!r}: "
+                               f"{first_line(err, 160)}") from None
     kind, unet = _config_unet(config, path, family, flag)
     check_unet_shapes(shapes, unet, path, config, flag)
     diffusers = require("diffusers")
@@ -194,12 +207,14 @@ def single_file_args(args, progress: bool = True, own_config: bool = False):
         if not folder_config:
             family = single_file_family(checkpoint)[0]
             given = "no --config" if config is None else f"--config {config!r} is not a folder"
-            raise DiffkitError(f"--checkpoint {checkpoint!r} is an {family} single file and {given}: give --config "
-                               f"FOLDER, a local diffusers folder of the same model (its JSON files and tokenizers)")
+            article = "a" if family.startswith("FLUX") else "an"
+            raise DiffkitError(f"--checkpoint {checkpoint!r} is {article} {family} single file and {given}: give "
+                               f"--config FOLDER, a local diffusers folder of the same model (its JSON files and "
+                               f"tokenizers)")
         return _converted(args, progress)
     if own_config and config is not None:
-        raise DiffkitError(f"--config goes with --checkpoint MODEL.safetensors (an SD 1.x / 2.x or SD-XL single "
-                           f"file); {checkpoint!r} is not one")
+        raise DiffkitError(f"--config goes with --checkpoint MODEL.safetensors (an SD 1.x / 2.x, SD-XL, SD3 or "
+                           f"FLUX.1 single file); {checkpoint!r} is not one")
     return contextlib.nullcontext(args)
 
 
