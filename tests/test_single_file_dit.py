@@ -241,7 +241,7 @@ def test_flux_sample_takes_the_file_with_its_config_folder(flux, monkeypatch, tm
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
-def test_mismatches_are_refused_in_one_line(flux, sd3, monkeypatch, tmp_path):
+def test_mismatches_are_refused_in_one_line(flux, sd3, tmp_path, capsys):
     _, _, flux_config, bfl, _ = flux
     _, _, sd3_config, whole, no_te, _ = sd3
     with pytest.raises(DiffkitError, match=r"is a FLUX.1 single file but --config .* is a StableDiffusion3Pipeline "
@@ -267,4 +267,9 @@ def test_mismatches_are_refused_in_one_line(flux, sd3, monkeypatch, tmp_path):
                                                       "distilled_guidance_layer.in_proj.bias": torch.zeros(1)})
     with pytest.raises(DiffkitError, match="is a Chroma single file: only SD 1.x / 2.x, SD-XL, SD3 and FLUX.1"):
         load_single_file(chroma, flux_config)
-    assert cli_main(["sample", "--checkpoint", str(bfl), "--prompt", "x"]) == 2
+    capsys.readouterr()
+    for argv, match in (([str(bfl)], "is a FLUX.1 single file and no --config"),
+                        ([str(chroma), "--config", str(flux_config)], "is a Chroma single file")):
+        assert cli_main(["sample", "--checkpoint", *argv, "--prompt", "x"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and "\n" not in err, err

@@ -48,16 +48,19 @@ def _header(path: Path, flag: str = "--checkpoint") -> dict:
 
 
 def is_single_file(path) -> bool:
-    """Whether ``path`` is a ``.safetensors`` file whose keys name an original-format (LDM / SGM) UNet (read from
-    its header); never raises."""
+    """Whether ``path`` is a ``.safetensors`` file whose keys name an original-format (LDM / SGM) UNet or an SD3 /
+    FLUX.1-like transformer (read from its header); never raises."""
     path = Path(path)
     if not path.is_file() or path.suffix.lower() in PICKLE_SUFFIXES:
         return False
     try:
         shapes = _header(path)
-        return any(key.startswith(UNET) for key in shapes) or dit_family(shapes, path, "") is not None
     except DiffkitError:
         return False
+    try:
+        return any(key.startswith(UNET) for key in shapes) or dit_family(shapes, path, "") is not None
+    except DiffkitError:  # a Chroma / FLUX.2 file: single_file_family refuses it in one line
+        return True
 
 
 def single_file_family(path, flag: str = "--checkpoint") -> tuple:
