@@ -44,6 +44,11 @@ JOINT = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "x_block.a
          "x_block.mlp.fc2": ("ff.net.2",), "context_block.mlp.fc1": ("ff_context.net.0.proj",),
          "context_block.mlp.fc2": ("ff_context.net.2",)}
 
+SD35 = {"x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"), "x_block.attn2.proj": ("attn2.to_out.0",),
+        **{f"{block}.{attn}.ln_{x}": (f"{attn}.norm_{add}{x}",) for block, add in (("x_block", ""),
+                                                                                  ("context_block", "added_"))
+           for attn in ("attn", "attn2") for x in "qk" if not (attn == "attn2" and block == "context_block")}}
+
 
 def _swap(weight):
     """BFL's / SD3's (shift, scale) rows as diffusers' (scale, shift) and back (its own inverse)."""
@@ -100,7 +105,7 @@ def sd3_to_original(transformer, prefix="model.diffusion_model."):
     o.put("final_layer.adaLN_modulation.1", ("norm_out.linear",), swap=True)
     last = transformer.config.num_layers - 1
     for i in range(last + 1):
-        for name, modules in JOINT.items():
+        for name, modules in {**JOINT, **SD35}.items():
             o.put(f"joint_blocks.{i}.{name}", [f"transformer_blocks.{i}.{m}" for m in modules],
                   swap=i == last and name == "context_block.adaLN_modulation.1")
     return o.done()
@@ -273,3 +278,25 @@ def test_mismatches_are_refused_in_one_line(flux, sd3, tmp_path, capsys):
         assert cli_main(["sample", "--checkpoint", *argv, "--prompt", "x"]) == 2
         err = capsys.readouterr().err.strip()
         assert match in err and "\n" not in err, err
+
+
+def test_an_sd35_transformer_file_reads_back_into_its_folder(sd3, tmp_path):
+    """SD3.5's q / k RMS norms and dual-attention block (MMDiT-X), as a transformer-only file (no VAE: the
+    transformer route, the config folder's other models kept)."""
+    _, folder, *_ = sd3
+    torch.manual_seed(3)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=22,
+        pos_embed_max_size=16, qk_norm="rms_norm", dual_attention_layers=(0,))
+    config = _config_copy(folder, tmp_path / "sd35")
+    transformer.save_config(config / "transformer")
+    file = _write(tmp_path / "sd35.safetensors", {k: v.contiguous() for k, v in sd3_to_original(transformer).items()})
+    back = load_single_file(file, config)
+    assert type(back) is single_file_dit.TransformerInFolder
+    assert _max_abs_difference(types.SimpleNamespace(components={"t": transformer}),
+                               types.SimpleNamespace(components={"t": back.transformer})) == 0.0
+    cfg = json.loads((config / "transformer" / "config.json").read_text())
+    (config / "transformer" / "config.json").write_text(json.dumps({**cfg, "dual_attention_layers": [1]}))
+    with pytest.raises(DiffkitError, match=r"dual_attention_layers \(attn2\) is \[1\], the file's is \[0\]"):
+        load_single_file(file, config)
