@@ -304,3 +304,33 @@ def test_commands_take_an_ip_adapter_on_a_chroma_folder(tiny_chroma, chroma_ip, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "negative IP-Adapter image feeds only CFG" in err[0], err
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.parametrize("steps, strength, kw", [
+    (4, 0.6, {"negative_prompt": "ugly", "guidance_scale": 3.0}),
+    (3, 1.0, {})])  # from pure noise; the pipeline's default CFG 7.0 against ""
+def test_chroma_inpainting_matches_the_pipeline(tiny_chroma, steps, strength, kw):
+    """Same z_0 as ChromaInpaintPipeline (FLUX.1's inpainting loop: image i's posterior, then its noise, from
+    generator seed + i; the kept region blended back at the next sigma after every step), one mask for both."""
+    pipe, _, chroma = tiny_chroma
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))  # [0, 1]
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., 4:12, 2:10] = 1
+    inpaint = diffusers.ChromaInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    if "guidance_embeds" not in inpaint.transformer.config:  # diffusers 0.42.1's ChromaInpaintPipeline reads
+        inpaint.transformer.register_to_config(guidance_embeds=False)  # FLUX's key, which Chroma's config lacks
+    kw = dict(kw, max_sequence_length=LENGTH)
+    with torch.no_grad():
+        theirs = inpaint(PROMPTS, image=images, mask_image=mask, num_inference_steps=steps, strength=strength,
+                         height=SIZE, width=SIZE, output_type="latent",
+                         generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], **kw).images
+    theirs = unpack_latents(theirs, 8, 8)
+    ours = image_to_image(chroma, images * 2 - 1, PROMPTS, strength, mask=mask, steps=steps, seed=5,
+                          return_latents=True, **kw)
+    error = relative_error(ours, theirs)
+    print("chroma inpainting", steps, strength, float((ours - theirs).abs().max()), error)
+    assert error < 1e-5, (float((ours - theirs).abs().max()), error)
+    img2img = image_to_image(chroma, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True,
+                             **kw)
+    assert relative_error(img2img, theirs) > 1e-3

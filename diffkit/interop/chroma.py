@@ -20,7 +20,9 @@ the posterior, then the noise) and img2img's ``get_timesteps`` cut. What is Chro
 * guidance: the pipelines' CFG u = u_neg + s (u_c - u_neg) (Ho & Salimans 2022, eq. 6 in diffusers' convention)
   for s > 1 (default 5.0), the negative prompt (default "") encoded as the prompt with its own mask;
   :class:`~diffkit.guidance.ClassifierFreeGuidance` (its ``null_cond`` carries the negative mask).
-* defaults: 35 steps; img2img strength 0.9.
+* defaults: 35 steps; img2img strength 0.9; inpainting (``ChromaInpaintPipeline``, :func:`image_to_image` with a
+  ``mask``: FLUX.1's replacement inpainting, :func:`.flow_latents.edit_latents`) its own 28 steps, strength 0.6,
+  CFG 7.0 and T5 length 256.
 
 * IP-Adapters (XLabs format; ``text_to_image(ip_adapter=)``): FLUX.1's (:mod:`.flux_ip_adapter`), the negative
   image's embeds in CFG's negative pass.
@@ -50,6 +52,7 @@ REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 CHROMA_GUIDANCE = 5.0  # ChromaPipeline's / ChromaImg2ImgPipeline's default guidance_scale (CFG)
 CHROMA_STEPS = 35  # their default num_inference_steps
 CHROMA_IMG2IMG_STRENGTH = 0.9  # ChromaImg2ImgPipeline's default strength
+CHROMA_INPAINT = (28, 0.6, 7.0, 256)  # ChromaInpaintPipeline's defaults: steps, strength, CFG, max_sequence_length
 MAX_SEQUENCE_LENGTH = 512
 
 
@@ -237,10 +240,11 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
 
 
 def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Sequence[str]],
-                   strength: Optional[float] = None, *, sampler: Optional[str] = None, steps: Optional[int] = None,
+                   strength: Optional[float] = None, *, mask: Optional[torch.Tensor] = None,
+                   sampler: Optional[str] = None, steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, convention: str = "diffusers",
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
-                   seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   seed: Optional[int] = 0, generator=None, max_sequence_length: Optional[int] = None,
                    output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                    ip_adapter=None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image) as
@@ -249,23 +253,35 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
     noised to the first sigma of the strength's cut of the pipeline's grid) with Chroma's prompts and CFG
     (:meth:`Chroma.prompt_guidance`, with an ``ip_adapter`` too); defaults 35 steps, strength 0.9, guidance 5.0.
     ``sampler`` (or ``grid`` in
-    ``options``) given: that sampler on its own grid of the size's flow schedule, cut as :func:`diffkit.img2img`."""
+    ``options``) given: that sampler on its own grid of the size's flow schedule, cut as :func:`diffkit.img2img`.
+
+    ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``ChromaInpaintPipeline``, which is FLUX.1's
+    ``FluxInpaintPipeline`` loop with Chroma's prompts and CFG (:func:`.flux.image_to_image`'s inpainting, the same
+    :func:`.flow_latents.edit_latents`: the mask binarised and nearest-resized to the latents, the kept region put
+    back at the pipeline's blend ``scale_noise(z, next sigma, noise)`` after every step; the pipeline's masked-image
+    latents feed nothing there); its defaults 28 steps, strength 0.6, guidance 7.0, ``max_sequence_length`` 256
+    (img2img's: 512)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     h, w = chroma.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 2 f
-    steps = CHROMA_STEPS if steps is None else steps
-    strength = CHROMA_IMG2IMG_STRENGTH if strength is None else strength
+    defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH) if mask is None else CHROMA_INPAINT
+    steps = defaults[0] if steps is None else steps
+    strength = defaults[1] if strength is None else strength
+    if guidance_scale is None and mask is not None:  # the inpainting pipeline's own default, diffusers' convention
+        guidance_scale, convention = defaults[2], "diffusers"
+    max_sequence_length = defaults[3] if max_sequence_length is None else max_sequence_length
     if sampler is None and "grid" not in options:
         sampler, options["grid"] = "ddim", chroma.scheduler_grid(steps, h, w)
         strength = chroma.pipeline_strength(steps, strength)
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
                                             convention, ip_adapter)
-    z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, posterior=posterior, seed=seed,
+    z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(chroma, z0, return_latents, output_range)
 
 
 __all__ = ["Chroma", "ChromaNet", "load_chroma", "is_chroma_folder", "check_chroma_folder", "chroma_text_mask",
-           "text_to_image", "image_to_image", "CHROMA_GUIDANCE", "CHROMA_STEPS", "CHROMA_IMG2IMG_STRENGTH"]
+           "text_to_image", "image_to_image", "CHROMA_GUIDANCE", "CHROMA_STEPS", "CHROMA_IMG2IMG_STRENGTH",
+           "CHROMA_INPAINT"]
