@@ -168,7 +168,7 @@ def test_sample_and_edit_commands_run_a_chroma_folder(tiny_chroma, tmp_path, cap
 
 
 def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path, capsys):
-    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --lora, --mask, --pag-scale ...) and a folder with an
+    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --lora, --padding-mask-crop, --pag-scale ...) and a folder with an
     image encoder or a transformer of other channels: one line each, before any output."""
     import json
     from diffkit.cli import main
@@ -183,8 +183,8 @@ def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path,
             ("sample", ["--guidance-scale", "0", "--guidance-convention", "diffusers", "--negative-prompt", "x",
                         "--height", "16", "--width", "16"], "the negative prompt feeds only CFG"),
             ("sample", ["--height", "10"], "--height 10 is not allowed"),
-            ("edit", ["--images", str(tmp_path / "in.png"), "--mask", str(tmp_path / "in.png")],
-             "--mask does not apply to a Chroma folder"),
+            ("edit", ["--images", str(tmp_path / "in.png"), "--mask", str(tmp_path / "in.png"),
+                      "--padding-mask-crop", "4"], "--padding-mask-crop 4 is not offered for a Chroma folder"),
             ("edit", ["--images", str(tmp_path / "in.png"), "--prompt-2", "x"],
              "--prompt-2 does not apply to a Chroma folder")):
         out = tmp_path / ("out.png" if command == "sample" else "out")
@@ -334,3 +334,43 @@ def test_chroma_inpainting_matches_the_pipeline(tiny_chroma, steps, strength, kw
     img2img = image_to_image(chroma, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True,
                              **kw)
     assert relative_error(img2img, theirs) > 1e-3
+
+
+def test_edit_command_inpaints_a_chroma_folder(tiny_chroma, tmp_path, capsys):
+    """`diffkit edit --mask` on a Chroma folder writes image_to_image(mask=)'s PNGs byte for byte (the inpainting
+    pipeline's defaults: CFG 7.0 against ""), within one PNG level of ChromaInpaintPipeline's."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_mask, read_pngs
+    from diffkit.images import save_images
+    pipe, folder, chroma = tiny_chroma
+    (tmp_path / "in").mkdir()
+    pixels = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0)).numpy()
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in" / "0.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[2:9, 5:14] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path / "in"), "--mask",
+                 str(tmp_path / "mask.png"), "--prompt", PROMPTS[0], "--steps", "2", "--seed", "5", "--no-progress",
+                 "--max-sequence-length", str(LENGTH), "--out", str(tmp_path / "edited")]) == 0
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    ours = image_to_image(chroma, images, PROMPTS[0], mask=read_mask(tmp_path / "mask.png", images), steps=2, seed=5,
+                          max_sequence_length=LENGTH, output_range="-1,1")
+    save_images(ours, tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "edited" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    inpaint = diffusers.ChromaInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    if "guidance_embeds" not in inpaint.transformer.config:  # (see test_chroma_inpainting_matches_the_pipeline)
+        inpaint.transformer.register_to_config(guidance_embeds=False)
+    with torch.no_grad():
+        theirs = inpaint(PROMPTS[0], image=Image.open(tmp_path / "in" / "0.png"),
+                         mask_image=Image.open(tmp_path / "mask.png"), num_inference_steps=2, output_type="np",
+                         height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                         generator=torch.Generator().manual_seed(5)).images
+    written = np.asarray(Image.open(tmp_path / "edited" / "edit_00000.png"), dtype=np.float64)
+    levels = np.abs(written - (theirs[0] * 255).round()).max()
+    print("chroma inpainting command vs pipeline PNG levels", levels)
+    assert levels <= 1
+    assert "wrote 1 inpainted images" in capsys.readouterr().out
