@@ -168,8 +168,8 @@ def test_sample_and_edit_commands_run_a_chroma_folder(tiny_chroma, tmp_path, cap
 
 
 def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path, capsys):
-    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --lora, --padding-mask-crop, --pag-scale ...) and a folder with an
-    image encoder or a transformer of other channels: one line each, before any output."""
+    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --textual-inversion, --padding-mask-crop, --pag-scale ...)
+    and a folder with an image encoder or a transformer of other channels: one line each, before any output."""
     import json
     from diffkit.cli import main
     _, folder, _ = tiny_chroma
@@ -178,7 +178,8 @@ def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path,
     for command, extra, match in (
             ("sample", ["--prompt-2", "x"], "--prompt-2 does not apply to a Chroma folder"),
             ("sample", ["--true-cfg-scale", "2"], "--true-cfg-scale does not apply to a Chroma folder"),
-            ("sample", ["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Chroma folder"),
+            ("sample", ["--textual-inversion", str(tmp_path / "x.safetensors")],
+             "--textual-inversion does not apply to a Chroma folder"),
             ("sample", ["--pag-scale", "2"], "--pag-scale does not apply to a Chroma folder"),
             ("sample", ["--guidance-scale", "0", "--guidance-convention", "diffusers", "--negative-prompt", "x",
                         "--height", "16", "--width", "16"], "the negative prompt feeds only CFG"),
@@ -374,3 +375,96 @@ def test_edit_command_inpaints_a_chroma_folder(tiny_chroma, tmp_path, capsys):
     print("chroma inpainting command vs pipeline PNG levels", levels)
     assert levels <= 1
     assert "wrote 1 inpainted images" in capsys.readouterr().out
+
+
+LORA_SCALE = 0.7
+PEFT_LAYERS = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
+               "transformer_blocks.0.ff.net.0.proj", "single_transformer_blocks.0.proj_mlp",
+               "single_transformer_blocks.0.attn.to_v", "x_embedder", "context_embedder", "proj_out", "distilled_guidance_layer.in_proj",
+               "distilled_guidance_layer.layers.0.linear_1"]  # the approximator's own layers too
+KOHYA = {"double_blocks.0.img_attn.qkv": 2, "double_blocks.0.txt_attn.proj": 2, "double_blocks.0.img_mlp.0": 3,
+         "double_blocks.0.txt_mlp.2": 2, "single_blocks.0.linear1": 2, "single_blocks.0.linear2": 2, "img_in": 2,
+         "txt_in": 2, "final_layer.linear": 2}  # BFL module: rank (alpha 1.5, but none on final_layer.linear)
+
+
+def _chroma_loras(transformer):
+    """({diffusers / PEFT key: tensor}, {kohya key: tensor}) of random LoRAs for the tiny transformer: PEFT rank 2
+    (alpha r: no metadata) on PEFT_LAYERS; kohya on the BFL modules of KOHYA (fused qkv / linear1 included)."""
+    from diffkit.interop.flux_lora import bfl_targets
+    gen, layers = torch.Generator().manual_seed(4), dict(transformer.named_modules())
+    peft = {}
+    for name in PEFT_LAYERS:
+        layer = layers[name]
+        peft[f"transformer.{name}.lora_A.weight"] = torch.randn(2, layer.in_features, generator=gen) * 0.3
+        peft[f"transformer.{name}.lora_B.weight"] = torch.randn(layer.out_features, 2, generator=gen) * 0.3
+    kohya = {}
+    for name, rank in KOHYA.items():
+        targets = [layers[t] for t in bfl_targets(name.replace(".", "_"))]
+        base = "lora_unet_" + name.replace(".", "_")
+        kohya[f"{base}.lora_down.weight"] = torch.randn(rank, targets[0].in_features, generator=gen) * 0.3
+        rows = sum(t.out_features for t in targets)
+        kohya[f"{base}.lora_up.weight"] = torch.randn(rows, rank, generator=gen) * 0.3
+        if name != "final_layer.linear":  # (diffusers 0.42.1 drops a final-layer alpha: none there)
+            kohya[f"{base}.alpha"] = torch.tensor(1.5)
+    return peft, kohya
+
+
+@pytest.fixture(scope="module")
+def chroma_lora(tiny_chroma, tmp_path_factory):
+    """({style: file}, {style: a ChromaPipeline on a copy of the transformer after load_lora_weights + fuse_lora(0.7)}):
+    the kohya file as diffusers converts it (its converter leaves "transformer." off img_in / txt_in / final_layer:
+    restored), but linear1 by the closed form (diffusers 0.42.1 splits it at FLUX.1's 3072 / 12288 only)."""
+    import copy
+    from safetensors.torch import save_file
+    pipe = tiny_chroma[0]
+    peft, kohya = _chroma_loras(pipe.transformer)
+    root = tmp_path_factory.mktemp("chroma_lora")
+    files, pipes = {"peft": root / "peft.safetensors", "kohya": root / "kohya.safetensors"}, {}
+    for style, tensors in (("peft", peft), ("kohya", kohya)):
+        save_file(tensors, files[style])
+        fused = diffusers.ChromaPipeline(**{**pipe.components, "transformer": copy.deepcopy(pipe.transformer)})
+        fused.set_progress_bar_config(disable=True)
+        given = tensors if style == "peft" else {
+            k if k.startswith("transformer.") else "transformer." + k: v for k, v in diffusers.ChromaPipeline.
+            lora_state_dict({k: v for k, v in kohya.items() if "linear1" not in k}).items()}
+        fused.load_lora_weights(given)
+        fused.fuse_lora(lora_scale=LORA_SCALE, components=["transformer"])
+        fused.unload_lora_weights()
+        if style == "kohya":
+            block = fused.transformer.single_transformer_blocks[0]
+            layers = [block.attn.to_q, block.attn.to_k, block.attn.to_v, block.proj_mlp]
+            down, up = kohya["lora_unet_single_blocks_0_linear1.lora_down.weight"], \
+                kohya["lora_unet_single_blocks_0_linear1.lora_up.weight"]
+            with torch.no_grad():
+                delta = LORA_SCALE * 1.5 / 2 * up @ down  # s (alpha / r) B A, split by rows
+                for layer, rows in zip(layers, delta.split([layer.out_features for layer in layers])):
+                    layer.weight += rows
+        pipes[style] = fused
+    return files, pipes
+
+
+@pytest.mark.parametrize("style", ["peft", "kohya"])
+def test_chroma_lora_matches_load_lora_weights_and_fuse_lora(tiny_chroma, chroma_lora, style):
+    """A diffusers / PEFT file (transformer. keys, the approximator's layers too) or a kohya one (BFL names, fused
+    qkv / linear1 split by rows, alpha / r): the transformer's weights are the pipeline's after load_lora_weights +
+    fuse_lora(0.7), and so are 3 sampled steps' latents with CFG; scale 0 changes nothing, bit for bit."""
+    _, folder, chroma = tiny_chroma
+    files, pipes = chroma_lora
+    merged = load_chroma(folder, progress=False, lora=[(files[style], LORA_SCALE)])
+    theirs, base = pipes[style].transformer.state_dict(), chroma.transformer.state_dict()
+    worst, changed = 0.0, 0
+    for key, value in merged.transformer.state_dict().items():
+        worst = max(worst, float((value - theirs[key]).abs().max()))
+        changed += not torch.equal(value, base[key])
+    print("chroma lora weights", style, worst, changed)
+    assert worst < 1e-6 and changed == (len(PEFT_LAYERS) if style == "peft" else 9 + 2 + 3)
+    latents, kw = _latents(), {"negative_prompt": "ugly", "max_sequence_length": LENGTH}
+    with torch.no_grad():
+        ref = unpack_latents(pipes[style](PROMPTS, height=SIZE, width=SIZE, num_inference_steps=3,
+                                          output_type="latent", latents=pack_latents(latents), **kw).images, 8, 8)
+    ours = text_to_image(merged, PROMPTS, steps=3, latents=latents, return_latents=True, **kw)
+    plain = text_to_image(chroma, PROMPTS, steps=3, latents=latents, return_latents=True, **kw)
+    print("chroma lora latents", style, float((ours - ref).abs().max()), relative_error(ours, ref))
+    assert relative_error(ours, ref) < 1e-5 and relative_error(plain, ref) > 1e-3
+    off = load_chroma(folder, progress=False, lora=[(files[style], 0.0)])
+    assert all(torch.equal(a, b) for a, b in zip(off.transformer.state_dict().values(), base.values()))

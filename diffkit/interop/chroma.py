@@ -189,12 +189,21 @@ def check_chroma_folder(directory: Path) -> tuple:
 
 
 def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                progress: bool = True) -> Chroma:
+                progress: bool = True, lora=None) -> Chroma:
     """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
-    in one line before any weight is read (:func:`check_chroma_folder`)."""
+    in one line before any weight is read (:func:`check_chroma_folder`). ``lora``: LoRA files (paths or (path,
+    scale) pairs) merged into the transformer as the pipelines' ``load_lora_weights`` (``FluxLoraLoaderMixin``) +
+    ``fuse_lora(lora_scale=scale)``: diffusers / PEFT ``transformer.`` keys (any Linear, the approximator's too) or
+    kohya / BFL ones on the double / single blocks' attention and MLP layers, ``img_in``, ``txt_in`` and
+    ``final_layer.linear`` (FLUX.1's code: :func:`.flux.read_flux_loras`, :mod:`.flux_lora`; Chroma's blocks have
+    no modulation linears, so their keys are refused, as are text-encoder keys: diffusers loads no T5 LoRA)."""
+    from .flux import read_flux_loras
+    from .flux_lora import transformer_adapters
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_chroma_folder(directory)
+    loras = read_flux_loras(lora, "Chroma")
     parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
     device = torch.device(device)
@@ -206,6 +215,8 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     if width != t5:
         raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
                            f"encoder's width {t5}")
+    merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
+                             else read) for path, scale, read in loras])
     return chroma
 
 

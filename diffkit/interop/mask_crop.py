@@ -128,8 +128,9 @@ def check_mask_crop(args) -> None:
     """One line, before anything loads, for ``--padding-mask-crop`` where diffusers has no ``padding_mask_crop``
     or diffkit does not offer it: without ``--mask``, off the SD / SD-XL / SD3 / FLUX.1 folders, on FLUX.1 Fill,
     Depth / Canny and Kontext folders and Chroma folders (diffusers 0.42.1's ChromaInpaintPipeline, as
-    FluxKontextInpaintPipeline, returns the inpainted crop without pasting it back), with ``--controlnet`` on SD3 / FLUX.1 folders (SD / SD-XL ControlNets take
-    the crop: their control images cropped and resized alike, as StableDiffusion(XL)ControlNetInpaintPipeline's),
+    FluxKontextInpaintPipeline, returns the inpainted crop without pasting it back), with ``--controlnet`` on SD3 /
+    FLUX.1 folders (SD / SD-XL ControlNets take the crop: their control images cropped and resized alike, as
+    StableDiffusion(XL)ControlNetInpaintPipeline's),
     with ``--refiner``, with ``--pag-scale`` on SD 1.x / 2.x
     (StableDiffusionPAGInpaintPipeline passes ``output_type=None`` to its ``check_inputs``, which then raises)."""
     value = getattr(args, "padding_mask_crop", None)
