@@ -381,7 +381,7 @@ LORA_SCALE = 0.7
 PEFT_LAYERS = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
                "transformer_blocks.0.ff.net.0.proj", "single_transformer_blocks.0.proj_mlp",
                "single_transformer_blocks.0.attn.to_v", "x_embedder", "context_embedder", "proj_out",
-               "distilled_guidance_layer.in_proj", "distilled_guidance_layer.layers.0.linear_1"]  # the approximator's own layers too
+               "distilled_guidance_layer.in_proj", "distilled_guidance_layer.layers.0.linear_1"]  # the approximator too
 KOHYA = {"double_blocks.0.img_attn.qkv": 2, "double_blocks.0.txt_attn.proj": 2, "double_blocks.0.img_mlp.0": 3,
          "double_blocks.0.txt_mlp.2": 2, "single_blocks.0.linear1": 2, "single_blocks.0.linear2": 2, "img_in": 2,
          "txt_in": 2, "final_layer.linear": 2}  # BFL module: rank (alpha 1.5, but none on final_layer.linear)
