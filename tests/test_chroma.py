@@ -468,3 +468,54 @@ def test_chroma_lora_matches_load_lora_weights_and_fuse_lora(tiny_chroma, chroma
     assert relative_error(ours, ref) < 1e-5 and relative_error(plain, ref) > 1e-3
     off = load_chroma(folder, progress=False, lora=[(files[style], 0.0)])
     assert all(torch.equal(a, b) for a, b in zip(off.transformer.state_dict().values(), base.values()))
+
+
+def test_commands_take_a_lora_on_a_chroma_folder(tiny_chroma, chroma_lora, tmp_path, capsys):
+    """``diffkit sample --lora FILE:S`` / ``diffkit edit --mask M --lora FILE:S`` on a Chroma folder write the merged
+    folder's images byte for byte; LoRA keys its pipelines' load_lora_weights cannot load (T5 / CLIP text-encoder
+    keys, the FLUX.1 modulation linears Chroma lacks, the approximator under BFL names): one line, no output."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.commands.edit import read_mask, read_pngs
+    from diffkit.images import save_grid, save_images
+    from test_interop_flux_more import assert_lora_refused
+    _, folder, _ = tiny_chroma
+    files, _ = chroma_lora
+    common = ["--checkpoint", str(folder), "--prompt", PROMPTS[0], "--steps", "2", "--seed", "5", "--no-progress",
+              "--max-sequence-length", str(LENGTH), "--lora", f"{files['kohya']}:{LORA_SCALE}"]
+    assert main(["sample", "--num", "1", "--height", str(SIZE), "--width", str(SIZE), "--out",
+                 str(tmp_path / "grid.png")] + common) == 0
+    merged = load_chroma(folder, progress=False, lora=[(files["kohya"], LORA_SCALE)])
+    kw = {"steps": 2, "seed": 5, "max_sequence_length": LENGTH, "output_range": "-1,1"}
+    save_grid(text_to_image(merged, PROMPTS[0], height=SIZE, width=SIZE, **kw), tmp_path / "expected.png", 8)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    Image.fromarray((torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(1)).numpy() * 255)
+                    .round().astype(np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.pad(np.full((6, 6), 255, np.uint8), 5)).save(tmp_path / "mask.png")
+    assert main(["edit", "--images", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "edited")] + common) == 0
+    images, _ = read_pngs(tmp_path / "in.png", "RGB")
+    save_images(image_to_image(merged, images, PROMPTS[0], mask=read_mask(tmp_path / "mask.png", images), **kw),
+                tmp_path / "expected", prefix="edit")
+    assert (tmp_path / "edited" / "edit_00000.png").read_bytes() == \
+        (tmp_path / "expected" / "edit_00000.png").read_bytes()
+    capsys.readouterr()
+    a, b = torch.zeros(2, 32), torch.zeros(32, 2)
+    assert_lora_refused(folder, {
+        "t5": ({"text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight": a,
+                "text_encoder.encoder.block.0.layer.0.SelfAttention.q.lora_B.weight": b},
+               "adapts the text_encoder \\(text_encoder. keys\\), which a Chroma folder's load_lora_weights does "
+               "not; allowed: transformer. keys, or kohya / BFL transformer ones"),
+        "clip": ({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": a,
+                  "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": b,
+                  "lora_unet_img_in.lora_down.weight": torch.zeros(2, 64),
+                  "lora_unet_img_in.lora_up.weight": torch.zeros(16, 2)}, "adapts the text_encoder \\(lora_te1_ keys"),
+        "modulation": ({"lora_unet_double_blocks_0_img_mod_lin.lora_down.weight": torch.zeros(2, 16),
+                        "lora_unet_double_blocks_0_img_mod_lin.lora_up.weight": torch.zeros(96, 2)},
+                       "key 'lora_unet_double_blocks_0_img_mod_lin.lora_down.weight' adapts "
+                       "transformer_blocks.0.norm1.linear, which this Chroma transformer lacks"),
+        "approximator": ({"diffusion_model.distilled_guidance_layer.in_proj.lora_A.weight": torch.zeros(2, 16),
+                          "diffusion_model.distilled_guidance_layer.in_proj.lora_B.weight": torch.zeros(32, 2)},
+                         "key 'diffusion_model.distilled_guidance_layer.in_proj.lora_A.weight' is not supported")},
+        tmp_path, capsys)
