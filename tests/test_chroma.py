@@ -168,7 +168,7 @@ def test_sample_and_edit_commands_run_a_chroma_folder(tiny_chroma, tmp_path, cap
 
 
 def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path, capsys):
-    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --textual-inversion, --padding-mask-crop, --pag-scale ...)
+    """FLUX's and SD's flags (--prompt-2, --true-cfg-scale, --freeu, --padding-mask-crop, --pag-scale ...)
     and a folder with an image encoder or a transformer of other channels: one line each, before any output."""
     import json
     from diffkit.cli import main
@@ -178,8 +178,7 @@ def test_what_chroma_does_not_take_is_refused_in_one_line(tiny_chroma, tmp_path,
     for command, extra, match in (
             ("sample", ["--prompt-2", "x"], "--prompt-2 does not apply to a Chroma folder"),
             ("sample", ["--true-cfg-scale", "2"], "--true-cfg-scale does not apply to a Chroma folder"),
-            ("sample", ["--textual-inversion", str(tmp_path / "x.safetensors")],
-             "--textual-inversion does not apply to a Chroma folder"),
+            ("sample", ["--freeu", "1.1,1.2,0.9,0.2"], "--freeu does not apply to a Chroma folder"),
             ("sample", ["--pag-scale", "2"], "--pag-scale does not apply to a Chroma folder"),
             ("sample", ["--guidance-scale", "0", "--guidance-convention", "diffusers", "--negative-prompt", "x",
                         "--height", "16", "--width", "16"], "the negative prompt feeds only CFG"),
@@ -372,7 +371,8 @@ def test_edit_command_inpaints_a_chroma_folder(tiny_chroma, tmp_path, capsys):
                          generator=torch.Generator().manual_seed(5)).images
     written = np.asarray(Image.open(tmp_path / "edited" / "edit_00000.png"), dtype=np.float64)
     levels = np.abs(written - (theirs[0] * 255).round()).max()
-    print("chroma inpainting command vs pipeline PNG levels", levels)
+    with capsys.disabled():
+        print("chroma inpainting command vs pipeline PNG levels", levels)
     assert levels <= 1
     assert "wrote 1 inpainted images" in capsys.readouterr().out
 
@@ -519,3 +519,46 @@ def test_commands_take_a_lora_on_a_chroma_folder(tiny_chroma, chroma_lora, tmp_p
                           "diffusion_model.distilled_guidance_layer.in_proj.lora_B.weight": torch.zeros(32, 2)},
                          "key 'diffusion_model.distilled_guidance_layer.in_proj.lora_A.weight' is not supported")},
         tmp_path, capsys)
+
+
+def test_chroma_textual_inversion_matches_load_textual_inversion(tiny_chroma, tmp_path, capsys):
+    """A two-vector embedding of T5's width (diffusers' {token: tensor} file) in the prompt and the negative prompt:
+    the latents of ChromaPipeline.load_textual_inversion (its T5 tokenizer and encoder: the pipelines have no CLIP);
+    ``diffkit sample --textual-inversion`` writes the library's grid byte for byte; a CLIP-width file: one line."""
+    import copy
+    from safetensors.torch import save_file
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    pipe, folder, chroma = tiny_chroma
+    save_file({"<cat-toy>": torch.randn(2, 32, generator=torch.Generator().manual_seed(6))},
+              tmp_path / "toy.safetensors")
+    save_file({"<clip>": torch.randn(768)}, tmp_path / "clip.safetensors")
+    theirs = diffusers.ChromaPipeline(**{**pipe.components, "tokenizer": copy.deepcopy(pipe.tokenizer),
+                                         "text_encoder": copy.deepcopy(pipe.text_encoder)})
+    theirs.set_progress_bar_config(disable=True)
+    theirs.load_textual_inversion(str(tmp_path / "toy.safetensors"))
+    prompts, latents = ["a <cat-toy> on a mat", "hot dog"], _latents()
+    kw = {"negative_prompt": "ugly <cat-toy>", "max_sequence_length": LENGTH}
+    with torch.no_grad():
+        ref = unpack_latents(theirs(prompts, height=SIZE, width=SIZE, num_inference_steps=3, output_type="latent",
+                                    latents=pack_latents(latents), **kw).images, 8, 8)
+    merged = load_chroma(folder, progress=False, textual_inversion=[tmp_path / "toy.safetensors"])
+    ours = text_to_image(merged, prompts, steps=3, latents=latents, return_latents=True, **kw)
+    plain = text_to_image(chroma, prompts, steps=3, latents=latents, return_latents=True, **kw)
+    with capsys.disabled():
+        print("chroma textual inversion", float((ours - ref).abs().max()), relative_error(ours, ref))
+    assert relative_error(ours, ref) < 1e-5 and relative_error(plain, ref) > 1e-3
+    common = ["sample", "--checkpoint", str(folder), "--prompt", prompts[0], "--steps", "2", "--no-progress",
+              "--max-sequence-length", str(LENGTH), "--height", str(SIZE), "--width", str(SIZE), "--num", "1"]
+    assert main(common + ["--textual-inversion", str(tmp_path / "toy.safetensors"), "--out",
+                          str(tmp_path / "grid.png")]) == 0
+    save_grid(text_to_image(merged, prompts[0], steps=2, seed=0, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                            output_range="-1,1"), tmp_path / "expected.png", 8)
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+    assert main(common + ["--textual-inversion", str(tmp_path / "clip.safetensors"), "--out",
+                          str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedding of <clip> has width 768; this text encoder's token embeddings have width 32" \
+        in err[0], err
+    assert not (tmp_path / "bad.png").exists()

@@ -26,6 +26,8 @@ the posterior, then the noise) and img2img's ``get_timesteps`` cut. What is Chro
 
 * IP-Adapters (XLabs format; ``text_to_image(ip_adapter=)``): FLUX.1's (:mod:`.flux_ip_adapter`), the negative
   image's embeds in CFG's negative pass.
+* LoRA files and textual inversions (:func:`load_chroma`): FLUX.1's LoRA merge on the transformer (no T5 LoRA: the
+  pipelines' loader cannot load one); embeddings into the T5 tokenizer / encoder, of T5's width.
 
 Refused in one line before any weight is read: a transformer / VAE / scheduler of another class, an
 ``image_encoder`` in the folder (an IP-Adapter's is given apart), a transformer whose input is not 4 x the VAE's
@@ -109,13 +111,16 @@ class Chroma(Flux):
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(context (B, L, d_T5), mask (B, L)) as the pipelines' ``_get_t5_prompt_embeds``: L =
-        ``max_sequence_length`` tokens, encoded under the tokenizer's mask; :func:`chroma_text_mask`."""
+        ``max_sequence_length`` tokens, encoded under the tokenizer's mask; :func:`chroma_text_mask`. A multi-vector
+        textual-inversion token is expanded first (the pipelines' ``maybe_convert_prompt`` with the T5 tokenizer)."""
+        from .sd_textual_inversion import expand_prompt
         from .stable_diffusion import prompt_list
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                 or not 1 <= max_sequence_length <= 512:
             raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
                                f"(ChromaPipeline's T5 length)")
-        tokens = self.tokenizer(prompt_list(prompts), padding="max_length", max_length=max_sequence_length,
+        prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompt_list(prompts)]
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=max_sequence_length,
                                 truncation=True, return_tensors="pt")
         tokenizer_mask = tokens.attention_mask.to(self.device)
         with torch.no_grad():
@@ -189,21 +194,27 @@ def check_chroma_folder(directory: Path) -> tuple:
 
 
 def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                progress: bool = True, lora=None) -> Chroma:
+                progress: bool = True, lora=None, textual_inversion=None) -> Chroma:
     """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
     in one line before any weight is read (:func:`check_chroma_folder`). ``lora``: LoRA files (paths or (path,
     scale) pairs) merged into the transformer as the pipelines' ``load_lora_weights`` (``FluxLoraLoaderMixin``) +
     ``fuse_lora(lora_scale=scale)``: diffusers / PEFT ``transformer.`` keys (any Linear, the approximator's too) or
     kohya / BFL ones on the double / single blocks' attention and MLP layers, ``img_in``, ``txt_in`` and
     ``final_layer.linear`` (FLUX.1's code: :func:`.flux.read_flux_loras`, :mod:`.flux_lora`; Chroma's blocks have
-    no modulation linears, so their keys are refused, as are text-encoder keys: diffusers loads no T5 LoRA)."""
+    no modulation linears, so their keys are refused, as are text-encoder keys: diffusers loads no T5 LoRA).
+    ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to the **T5** tokenizer and
+    encoder as the pipelines' ``load_textual_inversion(path, token=token)`` (``TextualInversionLoaderMixin`` on
+    their one tokenizer / text encoder: :mod:`.sd_textual_inversion`), so only embeddings of T5's width (d_model,
+    4096 for Chroma1) fit; CLIP (768) or SD-XL files: one line."""
     from .flux import read_flux_loras
     from .flux_lora import transformer_adapters
     from .sd_lora import merge_sd_loras
+    from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_chroma_folder(directory)
     loras = read_flux_loras(lora, "Chroma")
+    embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
     device = torch.device(device)
@@ -217,6 +228,7 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
                            f"encoder's width {t5}")
     merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
                              else read) for path, scale, read in loras])
+    add_textual_inversions(chroma, embeddings, xl=False)  # T5's tokenizer and token embeddings
     return chroma
 
 
