@@ -305,6 +305,16 @@ def test_commands_take_an_ip_adapter_on_a_chroma_folder(tiny_chroma, chroma_ip, 
     assert len(err) == 1 and "negative IP-Adapter image feeds only CFG" in err[0], err
     assert not (tmp_path / "bad.png").exists()
 
+def _inpaint_pipeline(pipe):
+    """ChromaInpaintPipeline of ``pipe``'s components; diffusers 0.42.1's reads ``transformer.config.guidance_embeds``,
+    FLUX's key, which a ChromaTransformer2DModel's config lacks (AttributeError): registered as False (it feeds
+    nothing: Chroma has no guidance embedder)."""
+    inpaint = diffusers.ChromaInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    if "guidance_embeds" not in inpaint.transformer.config:
+        inpaint.transformer.register_to_config(guidance_embeds=False)
+    return inpaint
+
 
 @pytest.mark.parametrize("steps, strength, kw", [
     (4, 0.6, {"negative_prompt": "ugly", "guidance_scale": 3.0}),
@@ -316,10 +326,7 @@ def test_chroma_inpainting_matches_the_pipeline(tiny_chroma, steps, strength, kw
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))  # [0, 1]
     mask = torch.zeros(1, 1, SIZE, SIZE)
     mask[..., 4:12, 2:10] = 1
-    inpaint = diffusers.ChromaInpaintPipeline(**pipe.components)
-    inpaint.set_progress_bar_config(disable=True)
-    if "guidance_embeds" not in inpaint.transformer.config:  # diffusers 0.42.1's ChromaInpaintPipeline reads
-        inpaint.transformer.register_to_config(guidance_embeds=False)  # FLUX's key, which Chroma's config lacks
+    inpaint = _inpaint_pipeline(pipe)
     kw = dict(kw, max_sequence_length=LENGTH)
     with torch.no_grad():
         theirs = inpaint(PROMPTS, image=images, mask_image=mask, num_inference_steps=steps, strength=strength,
@@ -360,10 +367,7 @@ def test_edit_command_inpaints_a_chroma_folder(tiny_chroma, tmp_path, capsys):
     save_images(ours, tmp_path / "expected", prefix="edit")
     assert (tmp_path / "edited" / "edit_00000.png").read_bytes() == \
         (tmp_path / "expected" / "edit_00000.png").read_bytes()
-    inpaint = diffusers.ChromaInpaintPipeline(**pipe.components)
-    inpaint.set_progress_bar_config(disable=True)
-    if "guidance_embeds" not in inpaint.transformer.config:  # (see test_chroma_inpainting_matches_the_pipeline)
-        inpaint.transformer.register_to_config(guidance_embeds=False)
+    inpaint = _inpaint_pipeline(pipe)
     with torch.no_grad():
         theirs = inpaint(PROMPTS[0], image=Image.open(tmp_path / "in" / "0.png"),
                          mask_image=Image.open(tmp_path / "mask.png"), num_inference_steps=2, output_type="np",
@@ -371,8 +375,7 @@ def test_edit_command_inpaints_a_chroma_folder(tiny_chroma, tmp_path, capsys):
                          generator=torch.Generator().manual_seed(5)).images
     written = np.asarray(Image.open(tmp_path / "edited" / "edit_00000.png"), dtype=np.float64)
     levels = np.abs(written - (theirs[0] * 255).round()).max()
-    with capsys.disabled():
-        print("chroma inpainting command vs pipeline PNG levels", levels)
+    print("chroma inpainting command vs pipeline PNG levels", levels)
     assert levels <= 1
     assert "wrote 1 inpainted images" in capsys.readouterr().out
 
@@ -545,8 +548,7 @@ def test_chroma_textual_inversion_matches_load_textual_inversion(tiny_chroma, tm
     merged = load_chroma(folder, progress=False, textual_inversion=[tmp_path / "toy.safetensors"])
     ours = text_to_image(merged, prompts, steps=3, latents=latents, return_latents=True, **kw)
     plain = text_to_image(chroma, prompts, steps=3, latents=latents, return_latents=True, **kw)
-    with capsys.disabled():
-        print("chroma textual inversion", float((ours - ref).abs().max()), relative_error(ours, ref))
+    print("chroma textual inversion", float((ours - ref).abs().max()), relative_error(ours, ref))
     assert relative_error(ours, ref) < 1e-5 and relative_error(plain, ref) > 1e-3
     common = ["sample", "--checkpoint", str(folder), "--prompt", prompts[0], "--steps", "2", "--no-progress",
               "--max-sequence-length", str(LENGTH), "--height", str(SIZE), "--width", str(SIZE), "--num", "1"]
