@@ -9,15 +9,15 @@ from typing import Optional
 from ..errors import DiffkitError
 
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
-         "--width, --ip-adapter (XLabs), --steps / --nfe, --sampler and its grid options (--flow-shift with another "
-         "sampler than the pipeline's loop)")
-EDIT_TAKES = ("--images, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
-              "--max-sequence-length, --posterior, --height / --width, --ip-adapter (XLabs), --steps, --sampler and "
-              "its grid options, --eta")
+         "--width, --ip-adapter (XLabs), --lora, --textual-inversion (T5's width), --steps / --nfe, --sampler and its "
+         "grid options (--flow-shift with another sampler than the pipeline's loop)")
+EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
+              "--max-sequence-length, --posterior, --height / --width, --ip-adapter (XLabs), --lora, "
+              "--textual-inversion (T5's width), --steps, --sampler and its grid options, --eta")
 EDIT_FLAGS = {  # diffkit edit's dests a Chroma folder takes (the rest must stay at their defaults)
-    "command", "func", "checkpoint", "images", "out", "prompts", "negative_prompt", "max_sequence_length",
+    "command", "func", "checkpoint", "images", "mask", "out", "prompts", "negative_prompt", "max_sequence_length",
     "strength", "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "guidance_convention", "posterior",
-    "seed", "batch_size", "device", "progress", "height", "width",
+    "seed", "batch_size", "device", "progress", "height", "width", "lora", "textual_inversion",
     "ip_adapter", "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"}  # (._ip_adapter checks them)
 
 
@@ -32,15 +32,18 @@ def _guidance(guidance) -> dict:
 def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
-                  **options):
+                  lora=None, textual_inversion=None, **options):
     """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
     s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
     by default; ``ddim`` without a grid option steps on the pipeline's sigmas (ChromaPipeline's loop), any other
     sampler on its diffkit grid of the size's flow schedule. ``refused``: {flag: value} of flags a Chroma folder
-    does not take (one line for the first given, as for every other guidance kind, ``--lora``, ...).
+    does not take (one line for the first given, as for every other guidance kind, ``--controlnet``, ...).
     ``ip_adapter``: an XLabs-format IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`, ``--negative-ip-adapter-
-    image`` for CFG's negative pass), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``."""
+    image`` for CFG's negative pass), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``. ``lora``: LoRA
+    files ((path, scale) pairs) merged into the transformer as the pipeline's ``load_lora_weights`` + ``fuse_lora``
+    (:func:`~diffkit.interop.chroma.load_chroma`); ``textual_inversion``: embeddings of T5's width added to its
+    tokenizer and encoder as the pipeline's ``load_textual_inversion``."""
     from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
@@ -48,7 +51,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
 
     guidance = checked_request(directory, "Chroma", TAKES, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
-    chroma = load_chroma(directory, device, progress=progress)
+    chroma = load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
                                                                   seed, device, progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
@@ -78,15 +81,18 @@ def edit_chroma(args) -> int:
     """``diffkit edit`` on a Chroma folder: each ``--images`` file edited as ChromaImg2ImgPipeline
     (:func:`diffkit.interop.chroma.image_to_image`: strength 0.9, 35 steps, CFG s = 5.0 against
     ``--negative-prompt`` by default; image i from ``--seed`` + i, the posterior sample then the noise; ``ddim``
-    without a grid option on the pipeline's sigmas cut by get_timesteps). Every other edit flag (``--mask``: no
-    ChromaInpaintPipeline here): one line, before any weight is read or any folder is made. ``--ip-adapter FILE[:S]
-    --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling."""
+    without a grid option on the pipeline's sigmas cut by get_timesteps); with ``--mask`` inpainted as
+    ChromaInpaintPipeline (its strength 0.6, 28 steps, CFG 7.0, T5 length 256 by default). Every other edit flag
+    (``--padding-mask-crop``: :func:`~diffkit.interop.mask_crop.check_mask_crop`): one line, before any weight is
+    read or any folder is made. ``--ip-adapter FILE[:S]
+    --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling;
+    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling."""
     import torch
 
     from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.chroma import load_chroma, image_to_image
+    from ..interop.chroma import CHROMA_IMG2IMG_STRENGTH, CHROMA_INPAINT, load_chroma, image_to_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._ip_adapter import IPAdapterRequest
@@ -105,7 +111,7 @@ def edit_chroma(args) -> int:
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
     info, own, options, request = edit_sampling(args, directory)
-    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    images, files, mask = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
     count = len(files)
     if len(args.prompts) not in (1, count):
         raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
@@ -113,7 +119,8 @@ def edit_chroma(args) -> int:
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    chroma = load_chroma(directory, device, progress=args.progress)
+    chroma = load_chroma(directory, device, progress=args.progress, lora=args.lora,
+                         textual_inversion=args.textual_inversion)
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
     chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     how_guided = _guidance(request)
@@ -123,10 +130,10 @@ def edit_chroma(args) -> int:
 
     def edit(start: int, n: int):
         prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
-        return (image_to_image(chroma, images[start:start + n], prompts, args.strength,
+        return (image_to_image(chroma, images[start:start + n], prompts, args.strength, mask=mask,
                                sampler=None if own else info.name, steps=args.steps,
                                negative_prompt=args.negative_prompt, posterior=args.posterior or "sample",
-                               seed=args.seed + start, max_sequence_length=args.max_sequence_length or 512,
+                               seed=args.seed + start, max_sequence_length=args.max_sequence_length,
                                output_range="-1,1", progress=args.progress, ip_adapter=adapter, **how_guided,
                                **({} if own else options)).cpu(),)
 
@@ -134,6 +141,7 @@ def edit_chroma(args) -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Chroma folder {directory}, strength "
-          f"{args.strength or 0.9}, {how}, prompts {list(args.prompts)})")
+    strength = args.strength or (CHROMA_IMG2IMG_STRENGTH if mask is None else CHROMA_INPAINT[1])
+    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; Chroma "
+          f"folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
     return 0

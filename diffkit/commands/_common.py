@@ -210,9 +210,9 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``)."""
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
-                             "SD-XL / SD3 / FLUX.1, a diffusers, PEFT or kohya LoRA .safetensors; SD3: diffusers / "
-                             "PEFT only) merged into --checkpoint's weights at load, W0 + SCALE (alpha/r) B A (SCALE "
-                             "default 1; repeat for several: they add)")
+                             "SD-XL / SD3 / FLUX.1 / Chroma, a diffusers, PEFT or kohya LoRA .safetensors; SD3: "
+                             "diffusers / PEFT only; Chroma: its transformer only) merged into --checkpoint's weights "
+                             "at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "
                              "(same network; by default another base is refused)")
@@ -235,11 +235,12 @@ textual_inversion_arg.__name__ = "embedding file"
 def add_textual_inversion_flag(parser: argparse.ArgumentParser) -> None:
     """``--textual-inversion FILE[:TOKEN]`` (repeatable): embeddings added to a Stable Diffusion folder's
     tokenizer and text encoder (``load_stable_diffusion(textual_inversion=...)``; a FLUX.1 folder's CLIP ones,
-    ``load_flux(textual_inversion=...)``)."""
+    ``load_flux(textual_inversion=...)``; a Chroma folder's T5 ones, ``load_chroma(textual_inversion=...)``)."""
     parser.add_argument("--textual-inversion", type=textual_inversion_arg, action="append", metavar="FILE[:TOKEN]",
                         help="a textual-inversion embedding (diffusers learned_embeds .safetensors/.bin or A1111 "
                              ".pt; SD-XL: clip_l + clip_g) added to a Stable Diffusion folder's tokenizer(s) and text "
-                             "encoder(s) (FLUX.1: its CLIP ones) as diffusers' load_textual_inversion, under TOKEN "
+                             "encoder(s) (FLUX.1: its CLIP ones; Chroma: its T5, T5-width files) as diffusers' "
+                             "load_textual_inversion, under TOKEN "
                              "(default: the file's own); use the token in "
                              "--prompt; repeatable (docs/interop.md)")
 

@@ -20,10 +20,14 @@ the posterior, then the noise) and img2img's ``get_timesteps`` cut. What is Chro
 * guidance: the pipelines' CFG u = u_neg + s (u_c - u_neg) (Ho & Salimans 2022, eq. 6 in diffusers' convention)
   for s > 1 (default 5.0), the negative prompt (default "") encoded as the prompt with its own mask;
   :class:`~diffkit.guidance.ClassifierFreeGuidance` (its ``null_cond`` carries the negative mask).
-* defaults: 35 steps; img2img strength 0.9.
+* defaults: 35 steps; img2img strength 0.9; inpainting (``ChromaInpaintPipeline``, :func:`image_to_image` with a
+  ``mask``: FLUX.1's replacement inpainting, :func:`.flow_latents.edit_latents`) its own 28 steps, strength 0.6,
+  CFG 7.0 and T5 length 256.
 
 * IP-Adapters (XLabs format; ``text_to_image(ip_adapter=)``): FLUX.1's (:mod:`.flux_ip_adapter`), the negative
   image's embeds in CFG's negative pass.
+* LoRA files and textual inversions (:func:`load_chroma`): FLUX.1's LoRA merge on the transformer (no T5 LoRA: the
+  pipelines' loader cannot load one); embeddings into the T5 tokenizer / encoder, of T5's width.
 
 Refused in one line before any weight is read: a transformer / VAE / scheduler of another class, an
 ``image_encoder`` in the folder (an IP-Adapter's is given apart), a transformer whose input is not 4 x the VAE's
@@ -50,6 +54,7 @@ REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 CHROMA_GUIDANCE = 5.0  # ChromaPipeline's / ChromaImg2ImgPipeline's default guidance_scale (CFG)
 CHROMA_STEPS = 35  # their default num_inference_steps
 CHROMA_IMG2IMG_STRENGTH = 0.9  # ChromaImg2ImgPipeline's default strength
+CHROMA_INPAINT = (28, 0.6, 7.0, 256)  # ChromaInpaintPipeline's defaults: steps, strength, CFG, max_sequence_length
 MAX_SEQUENCE_LENGTH = 512
 
 
@@ -106,13 +111,16 @@ class Chroma(Flux):
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(context (B, L, d_T5), mask (B, L)) as the pipelines' ``_get_t5_prompt_embeds``: L =
-        ``max_sequence_length`` tokens, encoded under the tokenizer's mask; :func:`chroma_text_mask`."""
+        ``max_sequence_length`` tokens, encoded under the tokenizer's mask; :func:`chroma_text_mask`. A multi-vector
+        textual-inversion token is expanded first (the pipelines' ``maybe_convert_prompt`` with the T5 tokenizer)."""
+        from .sd_textual_inversion import expand_prompt
         from .stable_diffusion import prompt_list
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) \
                 or not 1 <= max_sequence_length <= 512:
             raise DiffkitError(f"max_sequence_length={max_sequence_length!r} is not allowed; allowed: 1..512 "
                                f"(ChromaPipeline's T5 length)")
-        tokens = self.tokenizer(prompt_list(prompts), padding="max_length", max_length=max_sequence_length,
+        prompts = [expand_prompt(p, self.tokenizer, self.prompt_expansions) for p in prompt_list(prompts)]
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=max_sequence_length,
                                 truncation=True, return_tensors="pt")
         tokenizer_mask = tokens.attention_mask.to(self.device)
         with torch.no_grad():
@@ -186,12 +194,27 @@ def check_chroma_folder(directory: Path) -> tuple:
 
 
 def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                progress: bool = True) -> Chroma:
+                progress: bool = True, lora=None, textual_inversion=None) -> Chroma:
     """Load a Chroma diffusers folder (never downloads, never unpickles); what diffkit does not drive is refused
-    in one line before any weight is read (:func:`check_chroma_folder`)."""
+    in one line before any weight is read (:func:`check_chroma_folder`). ``lora``: LoRA files (paths or (path,
+    scale) pairs) merged into the transformer as the pipelines' ``load_lora_weights`` (``FluxLoraLoaderMixin``) +
+    ``fuse_lora(lora_scale=scale)``: diffusers / PEFT ``transformer.`` keys (any Linear, the approximator's too) or
+    kohya / BFL ones on the double / single blocks' attention and MLP layers, ``img_in``, ``txt_in`` and
+    ``final_layer.linear`` (FLUX.1's code: :func:`.flux.read_flux_loras`, :mod:`.flux_lora`; Chroma's blocks have
+    no modulation linears, so their keys are refused, as are text-encoder keys: diffusers loads no T5 LoRA).
+    ``textual_inversion``: embedding files (paths or (path, token or None) pairs) added to the **T5** tokenizer and
+    encoder as the pipelines' ``load_textual_inversion(path, token=token)`` (``TextualInversionLoaderMixin`` on
+    their one tokenizer / text encoder: :mod:`.sd_textual_inversion`), so only embeddings of T5's width (d_model,
+    4096 for Chroma1) fit; CLIP (768) or SD-XL files: one line."""
+    from .flux import read_flux_loras
+    from .flux_lora import transformer_adapters
+    from .sd_lora import merge_sd_loras
+    from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_chroma_folder(directory)
+    loras = read_flux_loras(lora, "Chroma")
+    embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
     parts = load_flow_parts(directory, index, diffusers.ChromaTransformer2DModel, {"": "T5EncoderModel"}, dtype,
                             progress)
     device = torch.device(device)
@@ -203,6 +226,9 @@ def load_chroma(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     if width != t5:
         raise DiffkitError(f"{directory}: the transformer's joint_attention_dim={width} does not fit the T5 "
                            f"encoder's width {t5}")
+    merge_sd_loras(chroma, [(path, scale, transformer_adapters(path, read, chroma.transformer) if read["kohya"]
+                             else read) for path, scale, read in loras])
+    add_textual_inversions(chroma, embeddings, xl=False)  # T5's tokenizer and token embeddings
     return chroma
 
 
@@ -237,10 +263,11 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
 
 
 def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Sequence[str]],
-                   strength: Optional[float] = None, *, sampler: Optional[str] = None, steps: Optional[int] = None,
+                   strength: Optional[float] = None, *, mask: Optional[torch.Tensor] = None,
+                   sampler: Optional[str] = None, steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, convention: str = "diffusers",
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
-                   seed: Optional[int] = 0, generator=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   seed: Optional[int] = 0, generator=None, max_sequence_length: Optional[int] = None,
                    output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
                    ip_adapter=None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image) as
@@ -249,23 +276,35 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
     noised to the first sigma of the strength's cut of the pipeline's grid) with Chroma's prompts and CFG
     (:meth:`Chroma.prompt_guidance`, with an ``ip_adapter`` too); defaults 35 steps, strength 0.9, guidance 5.0.
     ``sampler`` (or ``grid`` in
-    ``options``) given: that sampler on its own grid of the size's flow schedule, cut as :func:`diffkit.img2img`."""
+    ``options``) given: that sampler on its own grid of the size's flow schedule, cut as :func:`diffkit.img2img`.
+
+    ``mask`` (B or 1, 1, H, W), 1 = repaint: inpainting as ``ChromaInpaintPipeline``, which is FLUX.1's
+    ``FluxInpaintPipeline`` loop with Chroma's prompts and CFG (:func:`.flux.image_to_image`'s inpainting, the same
+    :func:`.flow_latents.edit_latents`: the mask binarised and nearest-resized to the latents, the kept region put
+    back at the pipeline's blend ``scale_noise(z, next sigma, noise)`` after every step; the pipeline's masked-image
+    latents feed nothing there); its defaults 28 steps, strength 0.6, guidance 7.0, ``max_sequence_length`` 256
+    (img2img's: 512)."""
     from .flow_latents import edit_latents, edit_prompts
     from .stable_diffusion import OUTPUT_RANGES
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     h, w = chroma.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 2 f
-    steps = CHROMA_STEPS if steps is None else steps
-    strength = CHROMA_IMG2IMG_STRENGTH if strength is None else strength
+    defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH) if mask is None else CHROMA_INPAINT
+    steps = defaults[0] if steps is None else steps
+    strength = defaults[1] if strength is None else strength
+    if guidance_scale is None and mask is not None:  # the inpainting pipeline's own default, diffusers' convention
+        guidance_scale, convention = defaults[2], "diffusers"
+    max_sequence_length = defaults[3] if max_sequence_length is None else max_sequence_length
     if sampler is None and "grid" not in options:
         sampler, options["grid"] = "ddim", chroma.scheduler_grid(steps, h, w)
         strength = chroma.pipeline_strength(steps, strength)
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
                                             convention, ip_adapter)
-    z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, posterior=posterior, seed=seed,
+    z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(chroma, z0, return_latents, output_range)
 
 
 __all__ = ["Chroma", "ChromaNet", "load_chroma", "is_chroma_folder", "check_chroma_folder", "chroma_text_mask",
-           "text_to_image", "image_to_image", "CHROMA_GUIDANCE", "CHROMA_STEPS", "CHROMA_IMG2IMG_STRENGTH"]
+           "text_to_image", "image_to_image", "CHROMA_GUIDANCE", "CHROMA_STEPS", "CHROMA_IMG2IMG_STRENGTH",
+           "CHROMA_INPAINT"]

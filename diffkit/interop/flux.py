@@ -473,11 +473,13 @@ def check_flux_scheduler(directory: Path, pipeline: str = "FluxPipeline") -> dic
     return sched
 
 
-def read_flux_loras(lora) -> list:
+def read_flux_loras(lora, kind: str = "FLUX") -> list:
     """:func:`.sd_lora.read_sd_loras` of FLUX LoRA files: diffusers / PEFT ``transformer.`` and ``text_encoder.``
     (CLIP) keys, as ``FluxLoraLoaderMixin`` fuses them, or kohya / BFL-format files (:mod:`.flux_lora`: their
     transformer adapters under ``"unet"``, BFL module names, until :func:`.flux_lora.transformer_adapters`); keys of
-    other components (which the pipeline would ignore) are one-line errors."""
+    other components (which the pipeline would ignore) are one-line errors. ``kind="Chroma"``: a Chroma folder's
+    (:mod:`.chroma`), whose pipelines' ``load_lora_weights`` loads the transformer's keys only (diffusers 0.42.1
+    cannot load a LoRA into its T5 encoder): text-encoder keys refused too."""
     from ..lora_files import adapter_list
     from .flux_lora import is_bfl_lora, kohya_keys
     from .sd_lora import _read, parse_sd_lora
@@ -488,11 +490,14 @@ def read_flux_loras(lora) -> list:
         origin = {}  # {kohya key: the file's own}, for the messages of .flux_lora.transformer_adapters
         read = parse_sd_lora(path, kohya_keys(path, tensors, origin) if bfl else tensors, meta)
         read["origin"] = origin
-        other = next((c for c in ("unet", "text_encoder_2") if read[c] and (c != "unet" or not bfl)), None)
+        clip = kind == "FLUX"
+        other = next((c for c in ("unet", "text_encoder_2") + (() if clip else ("text_encoder",))
+                      if read[c] and (c != "unet" or not bfl)), None)
         if other:
             raise DiffkitError(f"--lora {path} adapts the {other} ({next(iter(read[other].values()))[3]} keys), "
-                               f"which a FLUX folder's load_lora_weights does not; allowed: transformer. and "
-                               f"text_encoder. (CLIP) keys, or kohya / BFL ones (lora_unet_, diffusion_model.)")
+                               f"which a {kind} folder's load_lora_weights does not; allowed: transformer. "
+                               f"{'and text_encoder. (CLIP) keys' if clip else 'keys'}, or kohya / BFL "
+                               f"{'ones' if clip else 'transformer ones'} (lora_unet_, diffusion_model.)")
         loras.append((path, scale, read))
     return loras
 

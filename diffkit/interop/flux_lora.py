@@ -120,10 +120,11 @@ def transformer_adapters(path, read: dict, transformer) -> dict:
         targets = bfl_targets(name)
         missing = next((t for t in targets if t not in layers), None)
         if missing:
-            config = transformer.config
-            raise DiffkitError(f"--lora {path}: key {key!r} adapts {missing}, which this FLUX transformer lacks "
+            config, kind = transformer.config, "FLUX" if "guidance_embeds" in transformer.config else "Chroma"
+            raise DiffkitError(f"--lora {path}: key {key!r} adapts {missing}, which this {kind} transformer lacks "
                                f"(num_layers={config.num_layers}, num_single_layers={config.num_single_layers}, "
-                               f"guidance_embeds={config.guidance_embeds})")
+                               + (f"guidance_embeds={config.guidance_embeds})" if kind == "FLUX" else
+                                  "no modulation linears: its approximator modulates every block)"))
         sizes = [layers[t].out_features for t in targets]
         if up.ndim != 2 or up.shape[0] != sum(sizes):
             up_key = named.get(f"{prefix}{name}.lora_up.weight", f"{prefix}{name}.lora_up.weight")

@@ -127,8 +127,10 @@ def overlaid_edits(args, files, edited):
 def check_mask_crop(args) -> None:
     """One line, before anything loads, for ``--padding-mask-crop`` where diffusers has no ``padding_mask_crop``
     or diffkit does not offer it: without ``--mask``, off the SD / SD-XL / SD3 / FLUX.1 folders, on FLUX.1 Fill,
-    Depth / Canny and Kontext folders, with ``--controlnet`` on SD3 / FLUX.1 folders (SD / SD-XL ControlNets take
-    the crop: their control images cropped and resized alike, as StableDiffusion(XL)ControlNetInpaintPipeline's),
+    Depth / Canny and Kontext folders and Chroma folders (diffusers 0.42.1's ChromaInpaintPipeline, as
+    FluxKontextInpaintPipeline, returns the inpainted crop without pasting it back), with ``--controlnet`` on SD3 /
+    FLUX.1 folders (SD / SD-XL ControlNets take the crop: their control images cropped and resized alike, as
+    StableDiffusion(XL)ControlNetInpaintPipeline's),
     with ``--refiner``, with ``--pag-scale`` on SD 1.x / 2.x
     (StableDiffusionPAGInpaintPipeline passes ``output_type=None`` to its ``check_inputs``, which then raises)."""
     value = getattr(args, "padding_mask_crop", None)
@@ -147,6 +149,10 @@ def check_mask_crop(args) -> None:
     if is_kontext_folder(folder):
         raise DiffkitError(f"{flag} is not offered for a FLUX.1 Kontext folder ({folder}): "
                            f"FluxKontextInpaintPipeline crops but pastes nothing back; crop the images instead")
+    from .chroma import is_chroma_folder
+    if is_chroma_folder(folder):
+        raise DiffkitError(f"{flag} is not offered for a Chroma folder ({folder}): ChromaInpaintPipeline crops "
+                           f"but pastes nothing back; crop the images instead")
     if is_flux_folder(folder) and folder_variant(folder) is not None:
         raise DiffkitError(f"{flag} does not apply to {folder} ({folder_variant(folder)}: "
                            f"FluxFillPipeline / FluxControlInpaintPipeline have no padding_mask_crop); it goes with "

@@ -190,8 +190,10 @@ def _add(tokenizer, encoder, embeddings: list, vectors_of) -> None:
     rows = max(old.shape[0], max(ids) + 1)
     weight = torch.cat([old.detach(), old.new_zeros(rows - old.shape[0], width)])
     weight[torch.tensor(ids, device=weight.device)] = torch.cat([vectors_of(e) for e in embeddings]).to(weight)
-    table.weight = torch.nn.Parameter(weight, requires_grad=False)
-    table.num_embeddings = rows
+    weight = torch.nn.Parameter(weight, requires_grad=False)
+    for module in encoder.modules():  # the table and every module tied to it (T5's shared and encoder.embed_tokens)
+        if isinstance(module, torch.nn.Embedding) and module.weight is old:
+            module.weight, module.num_embeddings = weight, rows
     encoder.config.vocab_size = rows
 
 
