@@ -120,7 +120,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
 
 
 @pytest.mark.parametrize("file,change,expected", [
-    ("model_index.json", {"_class_name": "SanaSprintPipeline"}, "'SanaSprintPipeline' folder, which diffkit does not"),
+    ("model_index.json", {"_class_name": "SanaPAGPipeline"}, "'SanaPAGPipeline' folder, which diffkit does not"),
     ("transformer/config.json", {"guidance_embeds": True}, "guidance_embeds=True for in_channels=4; allowed"),
     ("scheduler/scheduler_config.json", {"use_flow_sigmas": False}, "use_flow_sigmas=False; allowed"),
     ("scheduler/scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler",

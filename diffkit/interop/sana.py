@@ -57,6 +57,7 @@ from .flow_latents import flow_sigmas_grid, load_flow_parts
 from .pixart import PixArt, folder_sampler
 
 SANA_PIPELINE = "SanaPipeline"
+SANA_SPRINT_PIPELINE = "SanaSprintPipeline"  # :mod:`.sana_sprint`
 SANA_MAX_SEQUENCE_LENGTH = 300  # the pipeline's default max_sequence_length
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SANA_CLASSES = {"transformer": ("SanaTransformer2DModel",), "vae": ("AutoencoderDC",),
@@ -108,11 +109,14 @@ def check_sana_folder(directory) -> tuple:
     directory = Path(directory)
     index = _index(directory)
     name = None if index is None else index.get("_class_name")
-    if name != SANA_PIPELINE:
+    if name not in (SANA_PIPELINE, SANA_SPRINT_PIPELINE):
         raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive; allowed: "
-                           f"{SANA_PIPELINE} (SanaSprintPipeline's sCM steps and guidance embeddings, PAG and "
-                           f"ControlNet variants are not taken)")
+                           f"{SANA_PIPELINE}, {SANA_SPRINT_PIPELINE} (the img2img, PAG and ControlNet variants are "
+                           f"not taken)")
     check_components(directory, index, REQUIRED, "Sana")
+    if name == SANA_SPRINT_PIPELINE:
+        from .sana_sprint import check_sprint_parts
+        return check_sprint_parts(directory, index)
     for part, allowed in SANA_CLASSES.items():
         if _entry(index, part) not in allowed:
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
@@ -271,24 +275,35 @@ class Sana(PixArt):
 
 
 def load_sana(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-              progress: bool = True) -> Sana:
-    """Load a ``SanaPipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive is
-    refused in one line before any weight is read (:func:`check_sana_folder`)."""
+              progress: bool = True, lora=None) -> Sana:
+    """Load a ``SanaPipeline`` / ``SanaSprintPipeline`` diffusers folder (never downloads, never unpickles; Sprint:
+    a :class:`.sana_sprint.SanaSprint`); what diffkit does not drive is refused in one line before any weight is
+    read (:func:`check_sana_folder`). ``lora``: LoRA files (paths or (path, scale) pairs; ``transformer.`` keys,
+    :mod:`.sana_lora`), read and checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
     from ..schedule import NoiseSchedule
+    from .sana_lora import read_sana_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_sana_folder(directory)
+    loras = read_sana_loras(lora) if lora else []
     T = sched.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
-    schedule = NoiseSchedule.flow(T, flow_shift_of(sched))
+    sprint = index["_class_name"] == SANA_SPRINT_PIPELINE  # TrigFlow's path is the unshifted flow's (.sana_sprint)
+    schedule = NoiseSchedule.flow(T, 1.0 if sprint else flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.SanaTransformer2DModel, {"": "Gemma2Model"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderDC)
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
-    return Sana(pipeline=SANA_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
-                scheduler_config=sched, device=device, dtype=dtype)
+    cls = Sana
+    if sprint:
+        from .sana_sprint import SanaSprint as cls
+    sana = cls(pipeline=index["_class_name"], **parts, schedule=schedule, prediction_type="flow_prediction",
+               scheduler_config=sched, device=device, dtype=dtype)
+    merge_sd_loras(sana, loras)
+    return sana
 
 
 def text_to_image(sana: Sana, prompts: Union[str, Sequence[str]], *,
