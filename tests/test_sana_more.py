@@ -58,7 +58,7 @@ def test_sana_sprint_is_the_consistency_sampler_on_scm_thetas(sprint):
     pipe, _, sana = sprint
     assert type(sana).__name__ == "SanaSprint" and sana.folder_sampler() == ("consistency", {})
     ours, theirs = _sprint_both(pipe, sana, 2)
-    assert relative_error(ours, theirs) < 1e-5  # 2.1e-7 measured
+    assert relative_error(ours, theirs) < 1e-6  # 2.1e-7 measured; 1.6e-6 with the first call at pi/2
     for steps in (1, 3):
         ours, theirs = _sprint_both(pipe, sana, steps, intermediate_timesteps=None)
         assert relative_error(ours, theirs) < 1e-5  # 2.2e-7, 2.0e-7 measured

@@ -712,8 +712,9 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
         pixart = not is_chroma_folder(checkpoint)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
-        refused = {"--lora": None if pixart else lora, "--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
-                   "--controlnet": control, "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
+        refused = {"--lora": None if pixart else lora, "--lora-any-base": lora_any_base,  # --lora: Sana's (._pixart)
+                   "--textual-inversion": textual_inversion, "--controlnet": control,
+                   "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return (sample_pixart if pixart else sample_chroma)(
