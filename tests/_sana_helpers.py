@@ -1,6 +1,9 @@
 """A tiny random SanaPipeline folder (tests/test_sana.py): a Gemma2Model with a word-level GemmaTokenizer built
 here (BOS added, no download), a 1-layer SanaTransformer2DModel, a 2-level AutoencoderDC (factor 2) and Sana's
 flow DPMSolverMultistepScheduler (use_flow_sigmas, flow_shift 3), written by save_pretrained."""
+import json
+import shutil
+
 import torch
 
 import diffusers
@@ -56,3 +59,12 @@ def tiny_sana_pipeline(scheduler=None, sample_size=16, sprint=False):
                                   scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def changed_copy(path, tmp_path, file, change):
+    """A copy of the folder ``path`` under ``tmp_path`` with the JSON ``file`` updated by ``change`` (a refusal's)."""
+    odd = tmp_path / "odd"
+    shutil.copytree(path, odd)
+    config = json.loads((odd / file).read_text())
+    (odd / file).write_text(json.dumps({**config, **change}))
+    return odd

@@ -15,7 +15,7 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.sana import load_sana, text_to_image  # noqa: E402
 
-from _sana_helpers import tiny_sana_pipeline  # noqa: E402
+from _sana_helpers import changed_copy, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_sd_lora import _add_lora  # noqa: E402
 
@@ -123,13 +123,13 @@ def test_sana_lora_keys_the_loader_does_not_load_are_refused(sana_lora, tmp_path
     bad = tmp_path / "te.safetensors"
     save_file({"text_encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 32)}, bad)
     with pytest.raises(DiffkitError, match="key 'text_encoder.layers.0.self_attn.q_proj.lora_A.weight' is not "
-                                           "supported on an Sana folder"):
+                                           "supported on a Sana folder"):
         load_sana(folder, progress=False, lora=[bad])
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--lora", str(bad),
                  "--out", str(tmp_path / "never.png"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is not supported on an Sana folder" in err[0]
+    assert len(err) == 1 and "is not supported on a Sana folder" in err[0]
     assert not (tmp_path / "never.png").exists()
 
 
@@ -140,12 +140,5 @@ def test_sana_lora_keys_the_loader_does_not_load_are_refused(sana_lora, tmp_path
     ("scheduler/scheduler_config.json", {"prediction_type": "epsilon"}, "prediction_type='epsilon'; allowed: 'trig"),
     ("model_index.json", {"_class_name": "SanaSprintImg2ImgPipeline"}, "'SanaSprintImg2ImgPipeline' folder, which")])
 def test_what_sprint_does_not_drive_is_refused_in_one_line(sprint, tmp_path, file, change, expected):
-    import json
-    import shutil
-    _, path, _ = sprint
-    odd = tmp_path / "odd"
-    shutil.copytree(path, odd)
-    config = json.loads((odd / file).read_text())
-    (odd / file).write_text(json.dumps({**config, **change}))
     with pytest.raises(DiffkitError, match=expected):
-        load_sana(odd, progress=False)
+        load_sana(changed_copy(sprint[1], tmp_path, file, change), progress=False)

@@ -37,10 +37,14 @@ timesteps with the diffkit sampler of its step, resolution binning, ``diffkit sa
 with Sana's tables (``sample_size`` 16, 32, 64, 128: 512, 1024, 2048, 4096 px); off by default, as in
 :mod:`.pixart`. Height and width are multiples of lcm(32, f x patch) (the pipeline's ``check_inputs``' 32).
 
+A ``SanaSprintPipeline`` folder loads as a :class:`.sana_sprint.SanaSprint` (its sCM steps as diffkit's
+``consistency`` sampler, the guidance embedding); LoRA files (``load_sana(lora=)``) are fused as the pipelines'
+``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`).
+
 Refused in one line before any weight is read (:func:`check_sana_folder`): another pipeline class
-(``SanaSprintPipeline``'s sCM few-step sampling with guidance embeddings, ``SanaPAGPipeline``, ControlNet
-folders), a missing component, a transformer / VAE / text encoder / scheduler of another class, a transformer with
-``guidance_embeds`` or with output channels other than its input channels.
+(``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders), a missing component, a transformer /
+VAE / text encoder / scheduler of another class, a transformer with ``guidance_embeds`` or with output channels
+other than its input channels (Sprint's: :func:`.sana_sprint.check_sprint_parts`).
 """
 from __future__ import annotations
 
@@ -114,19 +118,21 @@ def check_sana_folder(directory) -> tuple:
                            f"{SANA_PIPELINE}, {SANA_SPRINT_PIPELINE} (the img2img, PAG and ControlNet variants are "
                            f"not taken)")
     check_components(directory, index, REQUIRED, "Sana")
-    if name == SANA_SPRINT_PIPELINE:
-        from .sana_sprint import check_sprint_parts
-        return check_sprint_parts(directory, index)
-    for part, allowed in SANA_CLASSES.items():
+    sprint = name == SANA_SPRINT_PIPELINE  # its scheduler and guidance embedding: .sana_sprint
+    for part, allowed in {**SANA_CLASSES, **({"scheduler": ("SCMScheduler",)} if sprint else {})}.items():
         if _entry(index, part) not in allowed:
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     c_in = int(config.get("in_channels", 32))
     c_out = config.get("out_channels", 32)
-    if (c_in if c_out is None else int(c_out)) != c_in or config.get("guidance_embeds", False):
+    if (c_in if c_out is None else int(c_out)) != c_in or bool(config.get("guidance_embeds", False)) != sprint:
         raise DiffkitError(f"{directory}'s transformer has out_channels={c_out}, guidance_embeds="
                            f"{config.get('guidance_embeds', False)} for in_channels={c_in}; allowed: out_channels = "
-                           f"in_channels, guidance_embeds false (SanaPipeline's velocity transformer)")
+                           f"in_channels, guidance_embeds {str(sprint).lower()} ({name}'s "
+                           f"{'guidance-distilled' if sprint else 'velocity'} transformer)")
+    if sprint:
+        from .sana_sprint import check_sprint_scheduler
+        return index, config, check_sprint_scheduler(directory)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     if sched.get("_class_name") == FLOW_SCHEDULER and sched.get("use_dynamic_shifting", False):
         raise DiffkitError(f"{directory}'s {FLOW_SCHEDULER} has use_dynamic_shifting=True, for which SanaPipeline "

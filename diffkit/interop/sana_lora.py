@@ -19,7 +19,7 @@ def read_sana_lora(path) -> dict:
     from .sd3_lora import check_peft_keys
     from .sd_lora import parse_sd_lora, read_lora_tensors
     tensors, meta = read_lora_tensors(path)
-    check_peft_keys(path, tensors, PREFIXES, "Sana", "SanaPipeline")
+    check_peft_keys(path, tensors, PREFIXES, "Sana", "a Sana folder", "SanaPipeline")
     return parse_sd_lora(path, tensors, meta)
 
 

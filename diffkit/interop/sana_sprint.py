@@ -29,8 +29,9 @@ Sprint is guidance-distilled: no classifier-free guidance, one network call per 
 prompts are Sana's (:meth:`.sana.Sana.encode_prompts`, the complex human instruction and selected tokens); no
 negative prompt. Decoding as Sana's.
 
-Refused in one line from the JSON (:func:`check_sprint_parts`): a scheduler other than ``SCMScheduler`` with
-``prediction_type`` "trigflow", a transformer without ``guidance_embeds`` (the pipeline passes ``guidance``).
+Refused in one line from the JSON (:func:`.sana.check_sana_folder`, :func:`check_sprint_scheduler`): a scheduler
+other than ``SCMScheduler`` with ``prediction_type`` "trigflow", a transformer without ``guidance_embeds`` (the
+pipeline passes ``guidance``).
 """
 from __future__ import annotations
 
@@ -47,29 +48,16 @@ from .sana import Sana
 SPRINT_STEPS = 2  # SanaSprintPipeline.__call__'s num_inference_steps
 MAX_TIMESTEPS = 1.57080  # its max_timesteps (theta of the first step)
 INTERMEDIATE_TIMESTEPS = 1.3  # its intermediate_timesteps (the middle theta of 2 steps)
-SPRINT_CLASSES = {"transformer": ("SanaTransformer2DModel",), "vae": ("AutoencoderDC",),
-                  "text_encoder": ("Gemma2Model",), "scheduler": ("SCMScheduler",)}
 
 
-def check_sprint_parts(directory, index: dict) -> tuple:
-    """(model_index, transformer config, scheduler config) of a ``SanaSprintPipeline`` folder whose components are
-    named and present (:func:`.sana.check_sana_folder`); one line for what the module docstring refuses."""
-    from .sd3 import _entry
-    for part, allowed in SPRINT_CLASSES.items():
-        if _entry(index, part) not in allowed:
-            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
-    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    c_in = int(config.get("in_channels", 32))
-    c_out = config.get("out_channels", 32)
-    if (c_in if c_out is None else int(c_out)) != c_in or not config.get("guidance_embeds", False):
-        raise DiffkitError(f"{directory}'s transformer has out_channels={c_out}, guidance_embeds="
-                           f"{config.get('guidance_embeds', False)} for in_channels={c_in}; allowed: out_channels = "
-                           f"in_channels, guidance_embeds true (SanaSprintPipeline's guidance-distilled transformer)")
+def check_sprint_scheduler(directory) -> dict:
+    """The ``SCMScheduler`` config of a ``SanaSprintPipeline`` folder whose other parts :func:`.sana.check_sana_folder`
+    checked; one line for a ``prediction_type`` other than "trigflow"."""
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     if sched.get("prediction_type", "trigflow") != "trigflow":
         raise DiffkitError(f"{directory}'s SCMScheduler has prediction_type={sched.get('prediction_type')!r}; "
-                           f"allowed: 'trigflow'")
-    return index, config, sched
+                           f"allowed: 'trigflow' (sCM's TrigFlow, the only one SCMScheduler.step takes)")
+    return sched
 
 
 def trigflow_grid(schedule, thetas: torch.Tensor, steps: int) -> torch.Tensor:
@@ -183,5 +171,5 @@ class SanaSprint(Sana):
                                        **encode)
 
 
-__all__ = ["SanaSprint", "SprintNet", "check_sprint_parts", "trigflow_grid", "MAX_TIMESTEPS",
+__all__ = ["SanaSprint", "SprintNet", "check_sprint_scheduler", "trigflow_grid", "MAX_TIMESTEPS",
            "INTERMEDIATE_TIMESTEPS", "SPRINT_STEPS"]
