@@ -117,6 +117,26 @@ def test_sana_lora_is_load_lora_weights_and_fuse_lora(sana_lora, tmp_path, capsy
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
 
 
+def test_two_sana_lora_files_one_dora_are_set_adapters_and_fuse_lora(sana_lora, tmp_path):
+    """File A at 0.7 and a DoRA + rsLoRA file at -0.4: SanaPipeline.set_adapters + fuse_lora's weights."""
+    folder, lora, _ = sana_lora
+    pipe = diffusers.SanaPipeline.from_pretrained(folder, local_files_only=True)
+    state, meta = _add_lora(copy.deepcopy(pipe.transformer), 5, r=2, lora_alpha=3.0, use_dora=True, use_rslora=True,
+                            target_modules=["to_q", "to_v", "proj_out"])
+    state = {k.replace("lora_magnitude_vector.weight", "lora_magnitude_vector"): v for k, v in state.items()}
+    diffusers.SanaPipeline.save_lora_weights(tmp_path, weight_name="dora.safetensors", transformer_lora_layers=state,
+                                             transformer_lora_adapter_metadata=meta)
+    for i, path in enumerate((lora, tmp_path / "dora.safetensors")):
+        pipe.load_lora_weights(str(path), adapter_name=f"a{i}")
+    pipe.set_adapters(["a0", "a1"], [0.7, -0.4])
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    ours = load_sana(folder, progress=False, lora=[(lora, 0.7), (tmp_path / "dora.safetensors", -0.4)])
+    theirs = pipe.transformer.state_dict()
+    worst = max(float((v - theirs[k]).abs().max()) for k, v in ours.transformer.state_dict().items())
+    assert worst < 1e-6  # 1.2e-7 measured
+
+
 def test_sana_lora_keys_the_loader_does_not_load_are_refused(sana_lora, tmp_path, capsys):
     from safetensors.torch import save_file
     folder, _, _ = sana_lora
