@@ -2,15 +2,16 @@
 
 SANA-Sprint (Chen et al. 2025, "SANA-Sprint: One-Step Diffusion with Continuous-Time Consistency Distillation")
 distils Sana into a continuous-time consistency model (sCM, Lu & Song 2024, "Simplifying, Stabilizing and Scaling
-Continuous-Time Consistency Models") in the **TrigFlow** parametrisation (sCM Sec. 2-3): x_theta = cos(theta) x_0 +
-sin(theta) z, theta in [0, pi/2], the network F giving the consistency function f(x, theta) = cos(theta) x -
-sin(theta) F (sCM eq. 6; TrigFlow's velocity dx/dtheta = cos(theta) z - sin(theta) x_0 is F's target). Sprint keeps
-Sana's flow-matching transformer and converts (SANA-Sprint Sec. 2.2, eq. 4-5): the flow time s = sin / (cos + sin),
-the flow state x_s = x_theta / (cos + sin) (= x_theta sqrt(s^2 + (1 - s)^2)), and F from the velocity u:
-F = ((1 - 2s) x_s + (1 - 2s + 2s^2) u) / sqrt(s^2 + (1 - s)^2). Substituting, f = x_s - s u: **the flow's own x_0
-prediction**. And cos^2 + sin^2 = 1, so x_theta is exactly diffkit's VP state at the VP time of equal SNR (alpha =
-cos theta, sigma = sin theta; log-SNR 2 log cot theta = 2 log((1 - s)/s), the flow's): a flow-prediction
-:class:`~diffkit.denoiser.Denoiser` on ``NoiseSchedule.flow(T)`` (no shift) computes f, called at s T.
+Continuous-Time Consistency Models") in its **TrigFlow** parametrisation: x_theta = cos(theta) x_0 + sin(theta) z,
+theta in [0, pi/2], the network F giving the consistency function f(x, theta) = cos(theta) x - sin(theta) F (in
+sigma_d = 1 units; F's target is TrigFlow's velocity dx/dtheta = cos(theta) z - sin(theta) x_0). Sprint keeps Sana's
+flow-matching transformer and converts (SANA-Sprint's training-free transformation to TrigFlow): the flow time s =
+sin / (cos + sin), the flow state x_s = x_theta / (cos + sin) (= x_theta sqrt(s^2 + (1 - s)^2)), and F from the
+velocity u: F = ((1 - 2s) x_s + (1 - 2s + 2s^2) u) / sqrt(s^2 + (1 - s)^2). Substituting, f = x_s - s u: **the
+flow's own x_0 prediction**. And cos^2 + sin^2 = 1, so x_theta is exactly diffkit's VP state at the VP time of
+equal SNR (alpha = cos theta, sigma = sin theta; log-SNR 2 log cot theta = 2 log((1 - s)/s), the flow's): a
+flow-prediction :class:`~diffkit.denoiser.Denoiser` on ``NoiseSchedule.flow(T)`` (no shift) computes f, called at
+s T.
 
 ``SCMScheduler.step`` (sCM's multistep sampling, Alg. 1 of Song et al. 2023 in TrigFlow): x_0 = f(x, theta_i), then
 x = cos(theta_{i+1}) x_0 + sin(theta_{i+1}) sigma_d n with fresh noise n, the last step's x_0 returned. The pipeline
@@ -62,8 +63,8 @@ def check_sprint_scheduler(directory) -> dict:
 
 def trigflow_grid(schedule, thetas: torch.Tensor, steps: int) -> torch.Tensor:
     """diffkit's grid of TrigFlow times ``thetas`` (the final 0 included): the flow times s = sin / (cos + sin)
-    (SANA-Sprint eq. 4) at the VP times of equal SNR (:func:`.flow_latents.flow_sigmas_grid`; theta >= pi/2: the
-    schedule's last time)."""
+    (SANA-Sprint's transformation) at the VP times of equal SNR (:func:`.flow_latents.flow_sigmas_grid`; theta >=
+    pi/2: the schedule's last time)."""
     from .flow_latents import flow_sigmas_grid
     thetas = torch.as_tensor(thetas, dtype=torch.float64).cpu()
     sigmas = torch.where(thetas >= math.pi / 2, torch.ones_like(thetas),
@@ -87,7 +88,7 @@ class SprintNet(torch.nn.Module):
         """(input, flow time, output map) of the calls at flow time 1 when ``top`` (the first theta) exceeds pi/2:
         there the pipeline's state z sits at theta_max, flow input k z with k = 1 / (cos + sin) and flow time
         s' = k sin (> 1); the velocity v' answered is returned as (1 - k) z + s' v', whose x_0 at flow time 1,
-        z - that, is the pipeline's k z - s' v' (SANA-Sprint eq. 4-5 at theta_max)."""
+        z - that, is the pipeline's k z - s' v' (SANA-Sprint's transformation at theta_max)."""
         theta = torch.tensor(self.top, dtype=torch.float32).double()  # the scheduler's float32 theta
         k = float(1 / (torch.cos(theta) + torch.sin(theta)))
         s_top = float(torch.sin(theta)) * k
