@@ -68,7 +68,7 @@ def test_sana_sprint_is_the_consistency_sampler_on_scm_thetas(sprint):
         text_to_image(sana, PROMPTS, negative_prompt="ugly", steps=1)
 
 
-def test_sample_command_on_a_sprint_folder_is_the_library(sprint, tmp_path):
+def test_sample_command_on_a_sprint_folder_is_the_library(sprint, tmp_path, capsys):
     _, path, sana = sprint
     out = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
@@ -77,6 +77,12 @@ def test_sample_command_on_a_sprint_folder_is_the_library(sprint, tmp_path):
     images = text_to_image(sana, PROMPTS, seed=5, height=32, width=32, guidance_scale=3.0, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--negative-prompt", "ugly",
+                 "--out", str(tmp_path / "never.png"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--negative-prompt does not apply to a Sana Sprint folder" in err[0], err
+    assert "--lora" in err[0] and "--negative-prompt," not in err[0] and not (tmp_path / "never.png").exists()
 
 
 @pytest.fixture(scope="module")

@@ -74,9 +74,13 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from .sample import draw_prompted_grid
 
     label = masked_text_folder(directory) or "PixArt"
-    takes = TAKES + (", --lora" if label == "Sana" else "")
-    guidance = checked_request(directory, label, takes, guidance, options, {**(refused or {}), **(
-        {} if label == "Sana" else {"--lora": lora})})
+    from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
+    sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
+    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + (", --lora" if label == "Sana" else "")
+    more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
+        {} if label == "Sana" else {"--lora": lora}
+    guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
+                               {**(refused or {}), **more})
     if label == "Sana":
         from ..interop.sana import load_sana, text_to_image
         pixart = load_sana(directory, device, progress=progress, lora=lora)
