@@ -45,6 +45,7 @@ def _sprint_both(pipe, sprint, steps, seed=7, **call):
     saved = sprint.intermediate_timesteps
     sprint.intermediate_timesteps = call.pop("intermediate_timesteps", saved)
     try:
+        call.pop("max_timesteps", None)  # the caller sets sprint.max_timesteps
         ours = text_to_image(sprint, PROMPTS, steps=steps, latents=noise, seed=seed, return_latents=True, **call)
     finally:
         sprint.intermediate_timesteps = saved
@@ -62,6 +63,13 @@ def test_sana_sprint_is_the_consistency_sampler_on_scm_thetas(sprint):
     for steps in (1, 3):
         ours, theirs = _sprint_both(pipe, sana, steps, intermediate_timesteps=None)
         assert relative_error(ours, theirs) < 1e-5  # 2.2e-7, 2.0e-7 measured
+    saved = sana.max_timesteps
+    try:  # a first theta below pi/2: the latents are the TrigFlow (VP) state there, not a flow state
+        sana.max_timesteps = 1.4
+        ours, theirs = _sprint_both(pipe, sana, 3, intermediate_timesteps=None, max_timesteps=1.4)
+        assert relative_error(ours, theirs) < 1e-5  # 3.0e-7 measured
+    finally:
+        sana.max_timesteps = saved
     ours, theirs = _sprint_both(pipe, sana, 2, guidance_scale=3.0)
     assert relative_error(ours, theirs) < 1e-5  # 2.1e-7 measured
     with pytest.raises(DiffkitError, match="negative_prompt='ugly' is not allowed on a SanaSprintPipeline"):

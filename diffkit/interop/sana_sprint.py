@@ -122,6 +122,7 @@ class SanaSprint(Sana):
     _net: object = field(default=None, repr=False)
 
     default_steps = SPRINT_STEPS
+    latents_are_flow_state = False  # the pipeline's latents are the TrigFlow state x_theta: diffkit's VP state
 
     def folder_sampler(self) -> tuple:
         return "consistency", {}
