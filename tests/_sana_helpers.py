@@ -1,6 +1,9 @@
 """A tiny random SanaPipeline folder (tests/test_sana.py): a Gemma2Model with a word-level GemmaTokenizer built
 here (BOS added, no download), a 1-layer SanaTransformer2DModel, a 2-level AutoencoderDC (factor 2) and Sana's
 flow DPMSolverMultistepScheduler (use_flow_sigmas, flow_shift 3), written by save_pretrained."""
+import json
+import shutil
+
 import torch
 
 import diffusers
@@ -24,9 +27,10 @@ def tiny_gemma_tokenizer():
     return transformers.GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
 
 
-def tiny_sana_pipeline(scheduler=None, sample_size=16):
+def tiny_sana_pipeline(scheduler=None, sample_size=16, sprint=False):
     """A SanaPipeline of random weights: Gemma-2 of 1 layer (hidden 32), transformer of 1 layer (2 heads of 8,
-    cross-attention 16, caption 32), latents 4 x s x s, DC-AE of 2 levels (factor 2)."""
+    cross-attention 16, caption 32), latents 4 x s x s, DC-AE of 2 levels (factor 2). ``sprint``: a
+    SanaSprintPipeline instead (the transformer with guidance_embeds and qk_norm, an SCMScheduler)."""
     tokenizer = tiny_gemma_tokenizer()
     torch.manual_seed(0)
     gemma = transformers.Gemma2Model(transformers.Gemma2Config(
@@ -36,16 +40,31 @@ def tiny_sana_pipeline(scheduler=None, sample_size=16):
     transformer = diffusers.SanaTransformer2DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
         num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
-        sample_size=sample_size, patch_size=1)
+        sample_size=sample_size, patch_size=1,
+        **({"guidance_embeds": True, "qk_norm": "rms_norm_across_heads"} if sprint else {}))
     vae = diffusers.AutoencoderDC(
         in_channels=3, latent_channels=4, attention_head_dim=2, encoder_block_types=["ResBlock", "EfficientViTBlock"],
         decoder_block_types=["ResBlock", "EfficientViTBlock"], encoder_block_out_channels=[8, 8],
         decoder_block_out_channels=[8, 8], encoder_qkv_multiscales=[[], [5]], decoder_qkv_multiscales=[[], [5]],
         encoder_layers_per_block=[1, 1], decoder_layers_per_block=[1, 1], upsample_block_type="interpolate",
         downsample_block_type="Conv", decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+    if sprint:
+        pipe = diffusers.SanaSprintPipeline(tokenizer=tokenizer, text_encoder=gemma, vae=vae, transformer=transformer,
+                                            scheduler=scheduler or diffusers.SCMScheduler())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     scheduler = scheduler or diffusers.DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True,
                                                                    prediction_type="flow_prediction")
     pipe = diffusers.SanaPipeline(tokenizer=tokenizer, text_encoder=gemma, vae=vae, transformer=transformer,
                                   scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def changed_copy(path, tmp_path, file, change):
+    """A copy of the folder ``path`` under ``tmp_path`` with the JSON ``file`` updated by ``change`` (a refusal's)."""
+    odd = tmp_path / "odd"
+    shutil.copytree(path, odd)
+    config = json.loads((odd / file).read_text())
+    (odd / file).write_text(json.dumps({**config, **change}))
+    return odd

@@ -174,7 +174,8 @@ CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
-                                                    (SANA, ["SanaPipeline"], "G"), (CHROMA, ["Chroma"], "Z")])
+                                                    (SANA, ["SanaPipeline", "SanaSprintPipeline"], "G"),
+                                                    (CHROMA, ["Chroma"], "Z")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """PixArt's, Sana's and Chroma's own small tables: :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

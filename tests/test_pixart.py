@@ -137,6 +137,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, 
         (["--scheduler", "lcm"], "--scheduler lcm applies to a Stable Diffusion folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a PixArt folder"),
         (["--pag-scale", "2"], "--pag-scale does not apply to a PixArt folder"),
+        (["--lora", "x.safetensors"], "--lora does not apply to a PixArt folder"),  # diffusers has no PixArt loader
         (["--height", "12"], "--height 12 is not allowed; give a positive multiple of 8"),
         (["--prompt-2", "dog"], "--prompt-2 does not apply to a PixArt folder")]:
         capsys.readouterr()

@@ -1,8 +1,6 @@
 """Sana folders (diffkit.interop.sana): diffkit's text_to_image against diffusers' own SanaPipeline on a tiny random
 folder (tests/_sana_helpers.py; nothing downloaded), and ``diffkit sample`` on it (the library's grid byte for
 byte; what does not apply refused in one line)."""
-import json
-import shutil
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.pixart import binned_size  # noqa: E402
 from diffkit.interop.sana import COMPLEX_HUMAN_INSTRUCTION, is_sana_folder, load_sana, text_to_image  # noqa: E402
 
-from _sana_helpers import tiny_sana_pipeline  # noqa: E402
+from _sana_helpers import changed_copy, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a Cat ", "hot dog"]  # upper case and spaces: the pipeline's lower().strip()
@@ -120,7 +118,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
 
 
 @pytest.mark.parametrize("file,change,expected", [
-    ("model_index.json", {"_class_name": "SanaSprintPipeline"}, "'SanaSprintPipeline' folder, which diffkit does not"),
+    ("model_index.json", {"_class_name": "SanaPAGPipeline"}, "'SanaPAGPipeline' folder, which diffkit does not"),
     ("transformer/config.json", {"guidance_embeds": True}, "guidance_embeds=True for in_channels=4; allowed"),
     ("scheduler/scheduler_config.json", {"use_flow_sigmas": False}, "use_flow_sigmas=False; allowed"),
     ("scheduler/scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler",
@@ -128,10 +126,5 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
     ("scheduler/scheduler_config.json", {"use_karras_sigmas": True}, "use_karras_sigmas=True, which diffkit's"),
     ("model_index.json", {"vae": ["diffusers", "AutoencoderKL"]}, "vae is a 'AutoencoderKL'; allowed: AutoencoderDC")])
 def test_what_sana_does_not_drive_is_refused_in_one_line(folder, tmp_path, file, change, expected):
-    _, path, _ = folder
-    odd = tmp_path / "odd"
-    shutil.copytree(path, odd)
-    config = json.loads((odd / file).read_text())
-    (odd / file).write_text(json.dumps({**config, **change}))
     with pytest.raises(DiffkitError, match=expected):
-        text_to_image(load_sana(odd, progress=False), "hot", steps=2)
+        text_to_image(load_sana(changed_copy(folder[1], tmp_path, file, change), progress=False), "hot", steps=2)

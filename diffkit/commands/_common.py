@@ -210,9 +210,10 @@ def add_lora_flags(parser: argparse.ArgumentParser) -> None:
     --checkpoint's weights at load (``load_denoiser(lora=..., lora_any_base=...)``)."""
     parser.add_argument("--lora", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                         help="a LoRA adapter file (diffkit convert --lora-only; for a diffusers folder, SD / "
-                             "SD-XL / SD3 / FLUX.1 / Chroma, a diffusers, PEFT or kohya LoRA .safetensors; SD3: "
-                             "diffusers / PEFT only; Chroma: its transformer only) merged into --checkpoint's weights "
-                             "at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for several: they add)")
+                             "SD-XL / SD3 / FLUX.1 / Sana / Chroma, a diffusers, PEFT or kohya LoRA .safetensors; "
+                             "SD3, Sana: diffusers / PEFT only; Chroma: its transformer only) merged into "
+                             "--checkpoint's weights at load, W0 + SCALE (alpha/r) B A (SCALE default 1; repeat for "
+                             "several: they add)")
     parser.add_argument("--lora-any-base", action="store_true",
                         help="merge --lora adapters into base weights other than the ones they were trained on "
                              "(same network; by default another base is refused)")

@@ -18,6 +18,9 @@ def folder_default_sampler(checkpoint) -> str:
     from ..interop.pixart import folder_sampler
     from pathlib import Path
     from ..interop.pixart import masked_text_folder
+    from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
+    if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
+        return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
     return folder_sampler(config, flow=masked_text_folder(checkpoint) == "Sana")[0]
 
@@ -55,26 +58,35 @@ def checked_request(directory, kind: str, takes: str, guidance, options: dict, r
 
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                  guidance=None, refused: Optional[dict] = None, height=None, width=None, **options):
+                  guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, **options):
     """Sample a PixArt folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z_T), classifier-free guidance against ``--negative-prompt`` (default "") with the pipelines' s =
     4.5 by default, 20 steps. Without a grid option (``--spacing``, ``@SPACING``, ``--final``, ``--nfe``) every
     sampler runs on the folder's scheduler's timesteps, and the default sampler
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
-    folder does not take (a one-line error for the first given)."""
+    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana folder
+    (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale`` is its guidance
+    embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
 
     label = masked_text_folder(directory) or "PixArt"
-    guidance = checked_request(directory, label, TAKES, guidance, options, refused)
+    from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
+    sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
+    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + (", --lora" if label == "Sana" else "")
+    more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
+        {} if label == "Sana" else {"--lora": lora}
+    guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
+                               {**(refused or {}), **more})
     if label == "Sana":
-        from ..interop.sana import load_sana as load, text_to_image
+        from ..interop.sana import load_sana, text_to_image
+        pixart = load_sana(directory, device, progress=progress, lora=lora)
     else:
-        from ..interop.pixart import load_pixart as load, text_to_image
-    pixart = load(directory, device, progress=progress)
+        from ..interop.pixart import load_pixart, text_to_image
+        pixart = load_pixart(directory, device, progress=progress)
     _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
                                                                 progress)
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \

@@ -712,7 +712,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
         pixart = not is_chroma_folder(checkpoint)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
-        refused = {"--lora": lora if pixart else None, "--lora-any-base": lora_any_base,
+        refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": textual_inversion if pixart else None,
                    "--controlnet": control, "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
@@ -721,7 +721,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({} if pixart else {"ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
+            **({"lora": lora} if pixart else {"ip_adapter": ip_adapter, "lora": lora,
+                                              "textual_inversion": textual_inversion}))
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

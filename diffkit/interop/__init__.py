@@ -16,7 +16,8 @@
 * :mod:`.pixart` - a PixArt-α / PixArt-Σ folder (T5 with attention masks, a DiT with adaLN-single and a learned
   variance, the folder's DPM-Solver), the same way.
 * :mod:`.sana` - a Sana folder (Gemma-2 with the complex human instruction and selected tokens, a linear-attention
-  flow DiT, DC-AE), through :mod:`.pixart`'s code.
+  flow DiT, DC-AE), through :mod:`.pixart`'s code; :mod:`.sana_sprint` its Sprint folders (sCM steps as the
+  ``consistency`` sampler), :mod:`.sana_lora` its LoRA files.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, and img2img as ``ChromaImg2ImgPipeline``.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as

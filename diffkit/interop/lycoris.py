@@ -223,11 +223,14 @@ def _magnitude_axis(magnitude: torch.Tensor, shape: tuple, key: str, what: str) 
     return magnitude.float().reshape((out, 1, *ones) if axis == 0 else (1, inp, *ones)), axis
 
 
-def decompose(weight: torch.Tensor, magnitude: torch.Tensor, axis: int, eps: float = 0.0) -> torch.Tensor:
+def decompose(weight: torch.Tensor, magnitude: torch.Tensor, axis: int, eps: float = 0.0,
+              norm_of: torch.Tensor = None) -> torch.Tensor:
     """m W / ||W||_c (Liu et al. 2024, eq. 5): ``magnitude`` (broadcastable, axis 0: one per output channel,
-    the norm over the rest; axis 1: one per input channel, the norm over output channels and kernel)."""
+    the norm over the rest; axis 1: one per input channel, the norm over output channels and kernel).
+    ``norm_of``: the matrix whose column norms divide (default W itself)."""
     dims = tuple(d for d in range(weight.ndim) if d != axis)
-    return weight * (magnitude / (torch.linalg.vector_norm(weight, dim=dims, keepdim=True) + eps))
+    norm = torch.linalg.vector_norm(weight if norm_of is None else norm_of, dim=dims, keepdim=True)
+    return weight * (magnitude / (norm + eps))
 
 
 def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
@@ -249,6 +252,9 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
     magnitude, axis = _magnitude_axis(parts[key], shape, key, what) if key else (None, None)
     factor = 1.0 if rank is None else (rank if alpha is None else alpha) / rank
     base = layer.weight.detach().clone() if "on_input" in parts else None  # (IA)^3's W0: before any file merges
+    # a diffusers / PEFT DoRA's norm: of W0 + s Delta W, W0 before any file merges (peft's merge, which takes the
+    # earlier adapters out for it, ``_unmerged_base_weight``), applied to the weight as merged so far
+    unmerged = layer.weight.detach().clone() if magnitude is not None and not kohya else None
 
     @torch.no_grad()
     def merge(scale: float) -> None:
@@ -259,7 +265,10 @@ def prepare(layer, parts: dict, alpha: float | None, what: str, kohya: bool):
                                 weight if base is None else base)
         new = weight.float() + delta * (scale * factor)
         if magnitude is not None:
-            new = decompose(new, magnitude.to(weight.device), axis, torch.finfo(torch.float32).eps if kohya else 0.0)
+            norm_of = None if unmerged is None or torch.equal(unmerged, weight) else \
+                unmerged.to(weight.device).float() + delta * (scale * factor)
+            new = decompose(new, magnitude.to(weight.device), axis, torch.finfo(torch.float32).eps if kohya else 0.0,
+                            norm_of)
         weight.copy_(new.to(weight.dtype))
     return merge
 

@@ -204,6 +204,7 @@ class PixArt(FlowLatentVAE):
     default_steps = PIXART_STEPS
     max_length_limit = 512  # T5's longest
     size_multiple = 8  # the pipelines' check_inputs: height and width multiples of 8
+    latents_are_flow_state = True  # a flow folder's latents: the flow state at the first sigma (flow_start)
 
     @property
     def shift_factor(self) -> float:
@@ -436,7 +437,7 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
         steps = pixart.default_steps
     scale = pixart.default_guidance_scale if guidance_scale is None else guidance_scale
     convention = "diffusers" if guidance_scale is None else convention
-    if isinstance(grid, torch.Tensor) and pixart.prediction_type == "flow_prediction":
+    if isinstance(grid, torch.Tensor) and pixart.prediction_type == "flow_prediction" and pixart.latents_are_flow_state:
         noise = flow_start(pixart.schedule, noise, grid, seed, pixart.device, pixart.dtype)
     f = pixart.vae_scale_factor
     denoiser, cond = pixart.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,

@@ -37,10 +37,14 @@ timesteps with the diffkit sampler of its step, resolution binning, ``diffkit sa
 with Sana's tables (``sample_size`` 16, 32, 64, 128: 512, 1024, 2048, 4096 px); off by default, as in
 :mod:`.pixart`. Height and width are multiples of lcm(32, f x patch) (the pipeline's ``check_inputs``' 32).
 
+A ``SanaSprintPipeline`` folder loads as a :class:`.sana_sprint.SanaSprint` (its sCM steps as diffkit's
+``consistency`` sampler, the guidance embedding); LoRA files (``load_sana(lora=)``) are fused as the pipelines'
+``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`).
+
 Refused in one line before any weight is read (:func:`check_sana_folder`): another pipeline class
-(``SanaSprintPipeline``'s sCM few-step sampling with guidance embeddings, ``SanaPAGPipeline``, ControlNet
-folders), a missing component, a transformer / VAE / text encoder / scheduler of another class, a transformer with
-``guidance_embeds`` or with output channels other than its input channels.
+(``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders), a missing component, a transformer /
+VAE / text encoder / scheduler of another class, a transformer with ``guidance_embeds`` or with output channels
+other than its input channels (Sprint's: :func:`.sana_sprint.check_sprint_parts`).
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ from .flow_latents import flow_sigmas_grid, load_flow_parts
 from .pixart import PixArt, folder_sampler
 
 SANA_PIPELINE = "SanaPipeline"
+SANA_SPRINT_PIPELINE = "SanaSprintPipeline"  # :mod:`.sana_sprint`
 SANA_MAX_SEQUENCE_LENGTH = 300  # the pipeline's default max_sequence_length
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SANA_CLASSES = {"transformer": ("SanaTransformer2DModel",), "vae": ("AutoencoderDC",),
@@ -108,21 +113,26 @@ def check_sana_folder(directory) -> tuple:
     directory = Path(directory)
     index = _index(directory)
     name = None if index is None else index.get("_class_name")
-    if name != SANA_PIPELINE:
+    if name not in (SANA_PIPELINE, SANA_SPRINT_PIPELINE):
         raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive; allowed: "
-                           f"{SANA_PIPELINE} (SanaSprintPipeline's sCM steps and guidance embeddings, PAG and "
-                           f"ControlNet variants are not taken)")
+                           f"{SANA_PIPELINE}, {SANA_SPRINT_PIPELINE} (the img2img, PAG and ControlNet variants are "
+                           f"not taken)")
     check_components(directory, index, REQUIRED, "Sana")
-    for part, allowed in SANA_CLASSES.items():
+    sprint = name == SANA_SPRINT_PIPELINE  # its scheduler and guidance embedding: .sana_sprint
+    for part, allowed in {**SANA_CLASSES, **({"scheduler": ("SCMScheduler",)} if sprint else {})}.items():
         if _entry(index, part) not in allowed:
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     c_in = int(config.get("in_channels", 32))
     c_out = config.get("out_channels", 32)
-    if (c_in if c_out is None else int(c_out)) != c_in or config.get("guidance_embeds", False):
+    if (c_in if c_out is None else int(c_out)) != c_in or bool(config.get("guidance_embeds", False)) != sprint:
         raise DiffkitError(f"{directory}'s transformer has out_channels={c_out}, guidance_embeds="
                            f"{config.get('guidance_embeds', False)} for in_channels={c_in}; allowed: out_channels = "
-                           f"in_channels, guidance_embeds false (SanaPipeline's velocity transformer)")
+                           f"in_channels, guidance_embeds {str(sprint).lower()} ({name}'s "
+                           f"{'guidance-distilled' if sprint else 'velocity'} transformer)")
+    if sprint:
+        from .sana_sprint import check_sprint_scheduler
+        return index, config, check_sprint_scheduler(directory)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     if sched.get("_class_name") == FLOW_SCHEDULER and sched.get("use_dynamic_shifting", False):
         raise DiffkitError(f"{directory}'s {FLOW_SCHEDULER} has use_dynamic_shifting=True, for which SanaPipeline "
@@ -271,24 +281,35 @@ class Sana(PixArt):
 
 
 def load_sana(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-              progress: bool = True) -> Sana:
-    """Load a ``SanaPipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive is
-    refused in one line before any weight is read (:func:`check_sana_folder`)."""
+              progress: bool = True, lora=None) -> Sana:
+    """Load a ``SanaPipeline`` / ``SanaSprintPipeline`` diffusers folder (never downloads, never unpickles; Sprint:
+    a :class:`.sana_sprint.SanaSprint`); what diffkit does not drive is refused in one line before any weight is
+    read (:func:`check_sana_folder`). ``lora``: LoRA files (paths or (path, scale) pairs; ``transformer.`` keys,
+    :mod:`.sana_lora`), read and checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``."""
     from ..schedule import NoiseSchedule
+    from .sana_lora import read_sana_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_sana_folder(directory)
+    loras = read_sana_loras(lora) if lora else []
     T = sched.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
-    schedule = NoiseSchedule.flow(T, flow_shift_of(sched))
+    sprint = index["_class_name"] == SANA_SPRINT_PIPELINE  # TrigFlow's path is the unshifted flow's (.sana_sprint)
+    schedule = NoiseSchedule.flow(T, 1.0 if sprint else flow_shift_of(sched))
     parts = load_flow_parts(directory, index, diffusers.SanaTransformer2DModel, {"": "Gemma2Model"}, dtype,
                             progress, vae_cls=diffusers.AutoencoderDC)
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
-    return Sana(pipeline=SANA_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
-                scheduler_config=sched, device=device, dtype=dtype)
+    cls = Sana
+    if sprint:
+        from .sana_sprint import SanaSprint as cls
+    sana = cls(pipeline=index["_class_name"], **parts, schedule=schedule, prediction_type="flow_prediction",
+               scheduler_config=sched, device=device, dtype=dtype)
+    merge_sd_loras(sana, loras)
+    return sana
 
 
 def text_to_image(sana: Sana, prompts: Union[str, Sequence[str]], *,

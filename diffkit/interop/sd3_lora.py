@@ -33,13 +33,21 @@ PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector")  # peft's
 def check_sd3_keys(path, tensors: dict) -> None:
     """One-line error at the first key of ``tensors`` (a LoRA file's) that diffusers' SD3 loader does not load
     (module docstring); ``unet.`` keys pass (:func:`.sd_lora.merge_sd_loras` names the file an SD / SD-XL one)."""
-    key = next((k for k in sorted(tensors) if not k.startswith("unet.")
-                and not (k.startswith(PREFIXES) and k.endswith(PARTS))), None)
+    check_peft_keys(path, tensors, PREFIXES, "SD3", "an SD3 folder", "StableDiffusion3Pipeline", passing=("unet.",))
+
+
+def check_peft_keys(path, tensors: dict, prefixes: tuple, kind: str, folder: str, pipeline: str,
+                    passing: tuple = ()) -> None:
+    """One-line error at the first key of ``tensors`` that is not a diffusers / PEFT LoRA tensor (:data:`PARTS`)
+    under ``prefixes`` (or under ``passing``, left to a later check): what the ``kind`` loader (``folder``: "an SD3
+    folder"), with no converter (SD3's, Sana's), loads."""
+    key = next((k for k in sorted(tensors) if not (passing and k.startswith(passing))
+                and not (k.startswith(prefixes) and k.endswith(PARTS))), None)
     if key is not None:
-        raise DiffkitError(f"--lora {path}: key {key!r} is not supported on an SD3 folder (diffusers 0.42.1's SD3 "
-                           f"loader converts no kohya / ComfyUI / LyCORIS keys: it loads nothing from them); allowed: "
-                           f"{' / '.join(PREFIXES)} keys ending in {' / '.join(PARTS)} (diffusers / PEFT, as "
-                           f"StableDiffusion3Pipeline.save_lora_weights writes them)")
+        raise DiffkitError(f"--lora {path}: key {key!r} is not supported on {folder} (diffusers 0.42.1's "
+                           f"{kind} loader converts no kohya / ComfyUI / LyCORIS keys: it loads nothing from them); "
+                           f"allowed: {' / '.join(prefixes)} keys ending in {' / '.join(PARTS)} (diffusers / PEFT, "
+                           f"as {pipeline}.save_lora_weights writes them)")
 
 
 def read_sd3_lora(path) -> dict:
@@ -57,4 +65,4 @@ def read_sd3_loras(adapters) -> list:
     return read_sd_loras(adapters, read_sd3_lora)
 
 
-__all__ = ["check_sd3_keys", "read_sd3_lora", "read_sd3_loras", "PREFIXES", "PARTS"]
+__all__ = ["check_sd3_keys", "check_peft_keys", "read_sd3_lora", "read_sd3_loras", "PREFIXES", "PARTS"]

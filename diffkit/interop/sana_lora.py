@@ -1,0 +1,33 @@
+"""LoRA files on a Sana / Sana Sprint folder: the keys diffusers 0.42.1's ``SanaPipeline.load_lora_weights``
+(``SanaLoraLoaderMixin``, also ``SanaSprintPipeline``'s) loads, fused as its ``fuse_lora``.
+
+That loader adapts the transformer only (``_lora_loadable_modules = ["transformer"]``) and, as SD3's
+(:mod:`.sd3_lora`), converts no kohya / ComfyUI / LyCORIS file: ``transformer.<module>.lora_A.weight`` /
+``.lora_B.weight`` (optionally a DoRA ``.lora_magnitude_vector``) as ``SanaPipeline.save_lora_weights`` writes them,
+alpha and rank patterns from the file's ``lora_adapter_metadata`` (without it alpha = r), merged by
+:mod:`.sd_lora`'s merger, W = W0 + s (alpha / r) B A (Hu et al. 2021, eq. 3). Any other key (a Gemma
+``text_encoder.`` one included: the loader has no text-encoder LoRA) is refused in one line before any weight is
+read. PixArt's pipelines have no LoRA loader in diffusers: ``--lora`` stays refused there.
+"""
+from __future__ import annotations
+
+PREFIXES = ("transformer.",)  # SanaLoraLoaderMixin._lora_loadable_modules
+
+
+def read_sana_lora(path) -> dict:
+    """:func:`.sd_lora.parse_sd_lora` of a Sana LoRA file, its keys checked first (module docstring)."""
+    from .sd3_lora import check_peft_keys
+    from .sd_lora import parse_sd_lora, read_lora_tensors
+    tensors, meta = read_lora_tensors(path)
+    check_peft_keys(path, tensors, PREFIXES, "Sana", "a Sana folder", "SanaPipeline")
+    return parse_sd_lora(path, tensors, meta)
+
+
+def read_sana_loras(adapters) -> list:
+    """:func:`.sd_lora.read_sd_loras` of Sana LoRA files (paths or (path, scale) pairs), each read and checked with
+    :func:`read_sana_lora` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them."""
+    from .sd_lora import read_sd_loras
+    return read_sd_loras(adapters, read_sana_lora)
+
+
+__all__ = ["read_sana_lora", "read_sana_loras", "PREFIXES"]
