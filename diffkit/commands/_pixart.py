@@ -19,7 +19,7 @@ def folder_default_sampler(checkpoint) -> str:
     from pathlib import Path
     from ..interop.pixart import masked_text_folder
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) == "Sana")[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2"))[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -72,6 +72,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     guidance = checked_request(directory, label, TAKES, guidance, options, refused)
     if label == "Sana":
         from ..interop.sana import load_sana as load, text_to_image
+    elif label == "Lumina2":
+        from ..interop.lumina2 import load_lumina2 as load, text_to_image
     else:
         from ..interop.pixart import load_pixart as load, text_to_image
     pixart = load(directory, device, progress=progress)
