@@ -13,10 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.lumina2 import SYSTEM_PROMPT, is_lumina2_folder, load_lumina2, text_to_image  # noqa: E402
 
-from _sana_helpers import tiny_gemma_tokenizer  # noqa: E402
+from _sana_helpers import check_sample_command, tiny_gemma, tiny_gemma_tokenizer  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_flux import tiny_flux_vae  # noqa: E402
 
@@ -28,10 +27,7 @@ def tiny_lumina2_pipeline(scheduler):
     states), a next-DiT of 1 layer and 1 refiner layer (2 heads of 16, patch 2, sample_size 8), the FLUX test VAE."""
     tokenizer = tiny_gemma_tokenizer()
     torch.manual_seed(0)
-    gemma = transformers.Gemma2Model(transformers.Gemma2Config(
-        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        query_pre_attn_scalar=16, sliding_window=64)).eval()
+    gemma = tiny_gemma(tokenizer, layers=2, positions=512)
     transformer = diffusers.Lumina2Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=16, hidden_size=32, num_layers=1, num_refiner_layers=1,
         num_attention_heads=2, num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(300, 32, 32),
@@ -103,25 +99,14 @@ def test_lumina2_dynamic_shifting_uses_the_pipelines_mu(folder):
 
 def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, tmp_path, capsys):
     _, path, lumina = folder
-    out = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
-                 "--nrow", "1", "--steps", "3", "--seed", "5", "--batch-size", "2", "--height", "16", "--width", "32",
-                 "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
-                 "--out", str(out), "--no-progress"]) == 0
-    images = text_to_image(lumina, PROMPTS, steps=3, seed=5, height=16, width=32, negative_prompt="ugly",
-                           guidance_scale=3.0, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 1)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, expected in [
+    check_sample_command(path, lumina, text_to_image, tmp_path, capsys, PROMPTS, (16, 32), [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Lumina2"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Lumina2 folder"),
-        (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")]:
-        capsys.readouterr()
-        code = main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress",
-                     "--out", str(tmp_path / "never.png"), *extra])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
-    assert not (tmp_path / "never.png").exists()
+        (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")])
+    capsys.readouterr()
+    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "is a Lumina2 folder, which diffkit edit does not take" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("file,change,expected", [

@@ -71,19 +71,15 @@ def is_lumina2_folder(path) -> bool:
 def check_lumina2_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``Lumina2Pipeline`` folder, checked from its JSON alone; a one-line
     DiffkitError for what diffkit does not drive."""
-    from .sd3 import _entry
+    from .sana import check_classes
     from .sd_xl import _index
-    from .stable_diffusion import check_components
     directory = Path(directory)
     index = _index(directory)
     name = None if index is None else index.get("_class_name")
     if name != LUMINA2_PIPELINE:
         raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive here; allowed: "
                            f"{LUMINA2_PIPELINE}")
-    check_components(directory, index, REQUIRED, "Lumina2")
-    for part, allowed in LUMINA2_CLASSES.items():
-        if _entry(index, part) not in allowed:
-            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
+    check_classes(directory, index, REQUIRED, "Lumina2", LUMINA2_CLASSES)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     folder_sampler(sched, flow=True)  # one line for stochastic_sampling
     return index, sched

@@ -98,13 +98,23 @@ def is_sana_folder(path) -> bool:
     return sana_kind(path) is not None
 
 
+def check_classes(directory, index: dict, required, kind: str, classes: dict) -> None:
+    """One line unless the ``required`` components are named and present and each of ``classes`` ({component:
+    allowed class names}) is one of its classes (Sana's, Lumina-Image 2.0's folders)."""
+    from .sd3 import _entry
+    from .stable_diffusion import check_components
+    check_components(directory, index, required, kind)
+    for part, allowed in classes.items():
+        if _entry(index, part) not in allowed:
+            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
+
+
 def check_sana_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a ``SanaPipeline`` folder, checked from its JSON
     alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .schedulers import FLOW_SCHEDULER
     from .sd3 import _entry
     from .sd_xl import _index
-    from .stable_diffusion import check_components
     directory = Path(directory)
     index = _index(directory)
     name = None if index is None else index.get("_class_name")
@@ -112,10 +122,7 @@ def check_sana_folder(directory) -> tuple:
         raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive; allowed: "
                            f"{SANA_PIPELINE} (SanaSprintPipeline's sCM steps and guidance embeddings, PAG and "
                            f"ControlNet variants are not taken)")
-    check_components(directory, index, REQUIRED, "Sana")
-    for part, allowed in SANA_CLASSES.items():
-        if _entry(index, part) not in allowed:
-            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
+    check_classes(directory, index, REQUIRED, "Sana", SANA_CLASSES)
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     c_in = int(config.get("in_channels", 32))
     c_out = config.get("out_channels", 32)
