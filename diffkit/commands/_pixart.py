@@ -70,10 +70,13 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
 
     label = masked_text_folder(directory) or "PixArt"
     guidance = checked_request(directory, label, TAKES, guidance, options, refused)
+    lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
     if label == "Sana":
         from ..interop.sana import load_sana as load, text_to_image
     elif label == "Lumina2":
         from ..interop.lumina2 import load_lumina2 as load, text_to_image
+        lumina = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
+                  if getattr(guidance, key, None) is not None}
     else:
         from ..interop.pixart import load_pixart as load, text_to_image
     pixart = load(directory, device, progress=progress)
@@ -93,7 +96,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **how)
+                             **grid, **lumina, **how)
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,
