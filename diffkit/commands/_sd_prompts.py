@@ -79,7 +79,7 @@ def check_prompt_encoding(request, checkpoint) -> None:
     lumina = [flag for flag, _ in given if flag in LUMINA2_FLAGS]
     if lumina and not (checkpoint is not None and is_lumina2_folder(checkpoint)):
         raise DiffkitError(f"{lumina[0]} applies to a Lumina-Image 2.0 folder (Lumina2Pipeline's guidance); "
-                           f"{checkpoint} is not one")
+                           f"{'the model sampled' if checkpoint is None else checkpoint} is not one")
     if checkpoint is None or not given and request.negative_prompt is None:
         return
     from ..interop.chroma import is_chroma_folder
