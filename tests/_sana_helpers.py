@@ -27,16 +27,45 @@ def tiny_gemma_tokenizer():
     return transformers.GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
 
 
+def tiny_gemma(tokenizer, layers=1, positions=2048):
+    """A Gemma2Model of random weights (hidden 32, 2 heads of 16, ``layers`` layers) over ``tokenizer``'s vocabulary."""
+    return transformers.Gemma2Model(transformers.Gemma2Config(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=positions,
+        query_pre_attn_scalar=16, sliding_window=64)).eval()
+
+
+def check_sample_command(path, model, text_to_image, tmp_path, capsys, prompts, size, refusals):
+    """``diffkit sample`` on a masked-text folder (PixArt's command path) writes the library's grid byte for byte
+    (``size``: (height, width)), and each of ``refusals`` ([extra flags, expected text]) is one line, exit 2,
+    no file."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", prompts[0], "--prompt", prompts[1], "--num", "2",
+                 "--nrow", "1", "--steps", "3", "--seed", "5", "--batch-size", "2", "--height", str(size[0]),
+                 "--width", str(size[1]), "--negative-prompt", "ugly", "--guidance-scale", "3",
+                 "--guidance-convention", "diffusers", "--out", str(out), "--no-progress"]) == 0
+    images = text_to_image(model, prompts, steps=3, seed=5, height=size[0], width=size[1], negative_prompt="ugly",
+                           guidance_scale=3.0, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    for extra, expected in refusals:
+        capsys.readouterr()
+        code = main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress",
+                     "--out", str(tmp_path / "never.png"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never.png").exists()
+
+
 def tiny_sana_pipeline(scheduler=None, sample_size=16, sprint=False):
     """A SanaPipeline of random weights: Gemma-2 of 1 layer (hidden 32), transformer of 1 layer (2 heads of 8,
     cross-attention 16, caption 32), latents 4 x s x s, DC-AE of 2 levels (factor 2). ``sprint``: a
     SanaSprintPipeline instead (the transformer with guidance_embeds and qk_norm, an SCMScheduler)."""
     tokenizer = tiny_gemma_tokenizer()
     torch.manual_seed(0)
-    gemma = transformers.Gemma2Model(transformers.Gemma2Config(
-        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
-        query_pre_attn_scalar=16, sliding_window=64)).eval()
+    gemma = tiny_gemma(tokenizer)
     transformer = diffusers.SanaTransformer2DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
         num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,

@@ -138,6 +138,7 @@ def test_the_readme_links_to_the_matrix():
 
 PIXART = "## PixArt-α and PixArt-Σ folders (`diffkit.interop.pixart`)"
 SANA = "## Sana folders (`diffkit.interop.sana`)"
+LUMINA2 = "## Lumina-Image 2.0 folders (`diffkit.interop.lumina2`)"
 
 
 def check_own_table(heading: str, columns: list, letter: str) -> None:
@@ -175,7 +176,7 @@ CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
                                                     (SANA, ["SanaPipeline", "SanaSprintPipeline"], "G"),
-                                                    (CHROMA, ["Chroma"], "Z")])
+                                                    (CHROMA, ["Chroma"], "Z"), (LUMINA2, ["Lumina2Pipeline"], "T")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
-    """PixArt's, Sana's and Chroma's own small tables: :func:`check_own_table`."""
+    """PixArt's, Sana's, Chroma's and Lumina-Image 2.0's own small tables: :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

@@ -21,6 +21,14 @@ PROMPTS = ["a photo of a cat", "hot dog"]
 SIZE = 16  # images 16 x 16: latents 16 x 8 x 8, 16 packed tokens
 
 
+def tiny_flux_vae():
+    """FLUX.1's kind of AutoencoderKL, tiny: 16 latent channels, its scaling and shift factors, f = 2."""
+    return diffusers.AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=16,
+                                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                                   norm_num_groups=8, sample_size=16, scaling_factor=0.3611, shift_factor=0.1159,
+                                   use_quant_conv=False, use_post_quant_conv=False)
+
+
 def tiny_flux_pipeline(root, dev=True):
     """A tiny random FluxPipeline: the CLIPTextModel and CLIP tokenizer of :func:`tiny_sd_components` (hidden 32), a
     T5EncoderModel (d_model 32), a FluxTransformer2DModel (in_channels 64, one double and one single block, guidance
@@ -34,10 +42,7 @@ def tiny_flux_pipeline(root, dev=True):
     transformer = diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=dev, axes_dims_rope=(2, 2, 4))
-    vae = diffusers.AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=16,
-                                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                                  norm_num_groups=8, sample_size=16, scaling_factor=0.3611, shift_factor=0.1159,
-                                  use_quant_conv=False, use_post_quant_conv=False)
+    vae = tiny_flux_vae()
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15) if dev else \
         diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)

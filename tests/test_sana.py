@@ -10,11 +10,10 @@ pytest.importorskip("transformers")
 
 from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
-from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.pixart import binned_size  # noqa: E402
 from diffkit.interop.sana import COMPLEX_HUMAN_INSTRUCTION, is_sana_folder, load_sana, text_to_image  # noqa: E402
 
-from _sana_helpers import changed_copy, tiny_sana_pipeline  # noqa: E402
+from _sana_helpers import changed_copy, check_sample_command, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a Cat ", "hot dog"]  # upper case and spaces: the pipeline's lower().strip()
@@ -91,26 +90,11 @@ def test_resolution_binning_uses_sanas_tables(folder):
 
 def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, tmp_path, capsys):
     _, path, sana = folder
-    out = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
-                 "--nrow", "1", "--steps", "3", "--seed", "5", "--batch-size", "2", "--height", "32", "--width", "64",
-                 "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
-                 "--out", str(out), "--no-progress"]) == 0
-    images = text_to_image(sana, PROMPTS, steps=3, seed=5, height=32, width=64, negative_prompt="ugly",
-                           guidance_scale=3.0, output_range="-1,1")
-    save_grid(images, tmp_path / "expected.png", 1)
-    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, expected in [
+    check_sample_command(path, sana, text_to_image, tmp_path, capsys, PROMPTS, (32, 64), [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Sana"),
         (["--flow-shift", "2"], "--flow-shift does not apply to a Sana folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Sana folder"),
-        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")]:
-        capsys.readouterr()
-        code = main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress",
-                     "--out", str(tmp_path / "never.png"), *extra])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
-    assert not (tmp_path / "never.png").exists()
+        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")])
     capsys.readouterr()
     assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot",
                  "--out", str(tmp_path / "never")]) == 2

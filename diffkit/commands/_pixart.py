@@ -22,7 +22,7 @@ def folder_default_sampler(checkpoint) -> str:
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) == "Sana")[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2"))[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -81,9 +81,15 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         {} if label == "Sana" else {"--lora": lora}
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more})
+    lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
     if label == "Sana":
         from ..interop.sana import load_sana, text_to_image
         pixart = load_sana(directory, device, progress=progress, lora=lora)
+    elif label == "Lumina2":
+        from ..interop.lumina2 import load_lumina2, text_to_image
+        pixart = load_lumina2(directory, device, progress=progress)
+        lumina = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
+                  if getattr(guidance, key, None) is not None}
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)
@@ -103,7 +109,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **how)
+                             **grid, **lumina, **how)
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,

@@ -8,9 +8,17 @@ from __future__ import annotations
 from ..errors import DiffkitError
 
 
-def add_prompt_encoding_flags(group, true_cfg: bool = False) -> None:
-    """The flags, into ``group`` (a parser or an argument group); ``true_cfg``: with ``--true-cfg-scale``."""
-    from ._common import int_in
+def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = False) -> None:
+    """The flags, into ``group`` (a parser or an argument group); ``true_cfg``: with ``--true-cfg-scale``;
+    ``lumina``: with a Lumina-Image 2.0 folder's :data:`LUMINA2_FLAGS`."""
+    from ._common import int_in, non_negative_float
+    if lumina:
+        group.add_argument("--cfg-trunc-ratio", type=non_negative_float, metavar="R",
+                           help="Lumina-Image 2.0 folders: guide only steps i of N with (i + 1) / N <= R "
+                                "(Lumina2Pipeline's cfg_trunc_ratio; default 1, every step)")
+        group.add_argument("--no-cfg-normalization", dest="cfg_normalization", action="store_false", default=None,
+                           help="Lumina-Image 2.0 folders: no renormalisation of the guided prediction "
+                                "(Lumina2Pipeline's cfg_normalization=False)")
     group.add_argument("--clip-skip", type=int_in(0, 10_000), metavar="N",
                        help="Stable Diffusion / SD-XL / SD3 folders: the prompts' embeddings N layers below the "
                             "default "
@@ -41,6 +49,7 @@ FLUX_FLAGS = ("--prompt-2", "--negative-prompt-2", "--max-sequence-length", "--t
 
 
 SD3_ONLY = ("--prompt-3", "--negative-prompt-3", "--max-sequence-length")
+LUMINA2_FLAGS = ("--cfg-trunc-ratio", "--no-cfg-normalization")  # a Lumina-Image 2.0 folder's (diffkit sample)
 
 
 def given_flags(request) -> list:
@@ -50,7 +59,9 @@ def given_flags(request) -> list:
         ("--negative-prompt-2", request.negative_prompt_2), ("--prompt-3", getattr(request, "prompts_3", None)),
         ("--negative-prompt-3", getattr(request, "negative_prompt_3", None)),
         ("--max-sequence-length", getattr(request, "max_sequence_length", None)),
-        ("--true-cfg-scale", getattr(request, "true_cfg_scale", None))) if value is not None]
+        ("--true-cfg-scale", getattr(request, "true_cfg_scale", None)),
+        ("--cfg-trunc-ratio", getattr(request, "cfg_trunc_ratio", None)),
+        ("--no-cfg-normalization", getattr(request, "cfg_normalization", None))) if value is not None]
 
 
 def check_prompt_encoding(request, checkpoint) -> None:
@@ -63,14 +74,19 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.sd3 import is_sd3_folder
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
+    from ..interop.lumina2 import is_lumina2_folder
     given = given_flags(request)
+    lumina = [flag for flag, _ in given if flag in LUMINA2_FLAGS]
+    if lumina and not (checkpoint is not None and is_lumina2_folder(checkpoint)):
+        raise DiffkitError(f"{lumina[0]} applies to a Lumina-Image 2.0 folder (Lumina2Pipeline's guidance); "
+                           f"{'the model sampled' if checkpoint is None else checkpoint} is not one")
     if checkpoint is None or not given and request.negative_prompt is None:
         return
     from ..interop.chroma import is_chroma_folder
     from ..interop.pixart import masked_text_folder
     label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else None)
-    if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only
-        other = [flag for flag, _ in given if flag != "--max-sequence-length"]
+    if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina2: its CFG flags too)
+        other = [flag for flag, _ in given if flag != "--max-sequence-length" and flag not in lumina]
         if other:
             raise DiffkitError(f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
                                f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)")

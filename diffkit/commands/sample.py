@@ -136,7 +136,7 @@ def register(sub) -> None:
                    help="Stable Diffusion / SD-XL / SD3 folders: the null condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
                         "FLUX folders: with --true-cfg-scale")
-    add_prompt_encoding_flags(g, true_cfg=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
+    add_prompt_encoding_flags(g, true_cfg=True, lumina=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
     g.add_argument("--guidance-scale", type=float, metavar="W",
@@ -355,6 +355,8 @@ class GuidanceRequest:
     negative_prompt_3: Optional[str] = None
     max_sequence_length: Optional[int] = None
     true_cfg_scale: Optional[float] = None  # FLUX folders (._flux)
+    cfg_trunc_ratio: Optional[float] = None  # Lumina-Image 2.0 folders (._pixart)
+    cfg_normalization: Optional[bool] = None  # False: --no-cfg-normalization (Lumina-Image 2.0)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
@@ -392,7 +394,9 @@ class GuidanceRequest:
                   prompts_3=getattr(args, "prompts_3", None),
                   negative_prompt_3=getattr(args, "negative_prompt_3", None),
                   max_sequence_length=getattr(args, "max_sequence_length", None),
-                  true_cfg_scale=getattr(args, "true_cfg_scale", None))
+                  true_cfg_scale=getattr(args, "true_cfg_scale", None),
+                  cfg_trunc_ratio=getattr(args, "cfg_trunc_ratio", None),
+                  cfg_normalization=getattr(args, "cfg_normalization", None))
         from ._sd3_slg import slg_request
         req.slg = slg_request(args, checkpoint)
         req.check_model_kind(checkpoint)

@@ -18,6 +18,8 @@
 * :mod:`.sana` - a Sana folder (Gemma-2 with the complex human instruction and selected tokens, a linear-attention
   flow DiT, DC-AE), through :mod:`.pixart`'s code; :mod:`.sana_sprint` its Sprint folders (sCM steps as the
   ``consistency`` sampler), :mod:`.sana_lora` its LoRA files.
+* :mod:`.lumina2` - a Lumina-Image 2.0 folder (Gemma-2 after a system prompt, a unified next-DiT, CFG truncation and
+  normalisation), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, and img2img as ``ChromaImg2ImgPipeline``.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
@@ -59,12 +61,13 @@ _EXPORTS = {
     "kontext_edit": "flux_kontext", "kontext_inpaint": "flux_kontext", "is_kontext_folder": "flux_kontext",
     "PixArt": "pixart", "load_pixart": "pixart", "is_pixart_folder": "pixart",
     "Sana": "sana", "load_sana": "sana", "is_sana_folder": "sana",
+    "Lumina2": "lumina2", "load_lumina2": "lumina2", "is_lumina2_folder": "lumina2",
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
             "flux_image_to_image": ("flux", "image_to_image"), "pixart_text_to_image": ("pixart", "text_to_image"),
-            "sana_text_to_image": ("sana", "text_to_image"),
+            "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",

@@ -103,13 +103,23 @@ def is_sana_folder(path) -> bool:
     return sana_kind(path) is not None
 
 
+def check_classes(directory, index: dict, required, kind: str, classes: dict) -> None:
+    """One line unless the ``required`` components are named and present and each of ``classes`` ({component:
+    allowed class names}) is one of its classes (Sana's, Lumina-Image 2.0's folders)."""
+    from .sd3 import _entry
+    from .stable_diffusion import check_components
+    check_components(directory, index, required, kind)
+    for part, allowed in classes.items():
+        if _entry(index, part) not in allowed:
+            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
+
+
 def check_sana_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a ``SanaPipeline`` folder, checked from its JSON
     alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .schedulers import FLOW_SCHEDULER
     from .sd3 import _entry
     from .sd_xl import _index
-    from .stable_diffusion import check_components
     directory = Path(directory)
     index = _index(directory)
     name = None if index is None else index.get("_class_name")
@@ -117,11 +127,9 @@ def check_sana_folder(directory) -> tuple:
         raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive; allowed: "
                            f"{SANA_PIPELINE}, {SANA_SPRINT_PIPELINE} (the img2img, PAG and ControlNet variants are "
                            f"not taken)")
-    check_components(directory, index, REQUIRED, "Sana")
     sprint = name == SANA_SPRINT_PIPELINE  # its scheduler and guidance embedding: .sana_sprint
-    for part, allowed in {**SANA_CLASSES, **({"scheduler": ("SCMScheduler",)} if sprint else {})}.items():
-        if _entry(index, part) not in allowed:
-            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
+    check_classes(directory, index, REQUIRED, "Sana",
+                  {**SANA_CLASSES, **({"scheduler": ("SCMScheduler",)} if sprint else {})})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     c_in = int(config.get("in_channels", 32))
     c_out = config.get("out_channels", 32)

@@ -1,0 +1,153 @@
+"""Lumina-Image 2.0 folders (diffkit.interop.lumina2): diffkit's text_to_image against diffusers' own Lumina2Pipeline on
+a tiny random folder (the tiny Gemma-2 and tokenizer of tests/_sana_helpers.py, the FLUX test VAE; nothing
+downloaded), and ``diffkit sample`` on it (the library's grid byte for byte; what does not apply refused in one
+line)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import save_grid  # noqa: E402
+from diffkit.interop.lumina2 import SYSTEM_PROMPT, is_lumina2_folder, load_lumina2, text_to_image  # noqa: E402
+
+from _sana_helpers import check_sample_command, tiny_gemma, tiny_gemma_tokenizer  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_flux import tiny_flux_vae  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "hot dog"]
+
+
+def tiny_lumina2_pipeline(scheduler):
+    """A Lumina2Pipeline of random weights: Gemma-2 of 2 layers (hidden 32; the pipeline reads the second-to-last
+    states), a next-DiT of 1 layer and 1 refiner layer (2 heads of 16, patch 2, sample_size 8), the FLUX test VAE."""
+    tokenizer = tiny_gemma_tokenizer()
+    torch.manual_seed(0)
+    gemma = tiny_gemma(tokenizer, layers=2, positions=512)
+    transformer = diffusers.Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, hidden_size=32, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=1, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(300, 32, 32),
+        cap_feat_dim=32)
+    pipe = diffusers.Lumina2Pipeline(transformer=transformer, scheduler=scheduler, vae=tiny_flux_vae(),
+                                     text_encoder=gemma, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """(pipeline, folder, Lumina2) of one tiny folder with the released fixed shift 6, the pipeline loaded back."""
+    path = tmp_path_factory.mktemp("lumina2") / "lumina2"
+    tiny_lumina2_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(shift=6.0)).save_pretrained(path)
+    pipe = diffusers.Lumina2Pipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, path, load_lumina2(path, progress=False)
+
+
+def _both(pipe, lumina, steps=3, size=16, **call):
+    """(diffkit's z_0, the pipeline's) from the same latents (2, 16, size / 8, size / 8)."""
+    noise = torch.randn(2, 16, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, num_inference_steps=steps, latents=noise.clone(), output_type="latent", height=size,
+                      width=size, **call).images
+    ours = text_to_image(lumina, PROMPTS, steps=steps, latents=noise, return_latents=True, height=size, width=size,
+                         **call)
+    return ours, theirs
+
+
+def test_lumina2_encodes_and_samples_as_the_pipeline(folder):
+    """The system prompt and Gemma-2's second-to-last states (the negative prompt without it); guided sampling with
+    cfg_normalization (the default) against a negative prompt, with cfg_trunc_ratio 0.5, without normalisation,
+    and unguided (s = 1)."""
+    pipe, path, lumina = folder
+    assert is_lumina2_folder(path) and lumina.latent_shape(1) == (1, 16, 8, 8)
+    theirs = pipe.encode_prompt(PROMPTS, negative_prompt="ugly")
+    context, mask = lumina.encode_prompts(PROMPTS)
+    assert context.shape[:2] == mask.shape == (2, 256) and torch.equal(mask, theirs[1])
+    assert torch.equal(context, theirs[0])
+    null, null_mask = lumina.encode_prompts(["ugly"] * 2, 256, None)
+    assert torch.equal(null, theirs[2]) and torch.equal(null_mask, theirs[3])
+    ours, theirs = _both(pipe, lumina, negative_prompt="ugly blurry")
+    assert relative_error(ours, theirs) < 1e-5  # measured: see docs/interop.md
+    ours, theirs = _both(pipe, lumina, steps=4, size=32, negative_prompt="ugly", cfg_trunc_ratio=0.5,
+                         guidance_scale=5.0)
+    assert relative_error(ours, theirs) < 1e-5
+    ours, theirs = _both(pipe, lumina, cfg_normalization=False, system_prompt="be good")
+    assert relative_error(ours, theirs) < 1e-5
+    ours, theirs = _both(pipe, lumina, steps=2, guidance_scale=1.0)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_lumina2_dynamic_shifting_uses_the_pipelines_mu(folder):
+    """A use_dynamic_shifting scheduler: mu from latents.shape[1] (the 16 channels), as the pipeline."""
+    pipe, _, lumina = folder
+    saved, own = pipe.scheduler, (lumina.scheduler_config, lumina.schedule)
+    try:
+        pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5,
+                                                                   max_shift=1.15)
+        lumina.scheduler_config = dict(pipe.scheduler.config, _class_name="FlowMatchEulerDiscreteScheduler")
+        ours, theirs = _both(pipe, lumina, negative_prompt="ugly", cfg_trunc_ratio=0.7)
+        assert relative_error(ours, theirs) < 1e-5
+    finally:
+        pipe.scheduler = saved
+        lumina.scheduler_config, lumina.schedule = own
+
+
+def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, tmp_path, capsys):
+    _, path, lumina = folder
+    check_sample_command(path, lumina, text_to_image, tmp_path, capsys, PROMPTS, (16, 32), [
+        (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Lumina2"),
+        (["--clip-skip", "1"], "--clip-skip does not apply to a Lumina2 folder"),
+        (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")])
+    out = tmp_path / "trunc.png"  # Lumina2Pipeline's cfg_trunc_ratio and cfg_normalization=False
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "1", "--steps", "4", "--height",
+                 "16", "--width", "16", "--cfg-trunc-ratio", "0.5", "--no-cfg-normalization", "--out", str(out),
+                 "--no-progress"]) == 0
+    images = text_to_image(lumina, ["hot dog"], steps=4, seed=0, height=16, width=16, cfg_trunc_ratio=0.5,
+                           cfg_normalization=False, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    (other / "model_index.json").write_text(json.dumps({**json.loads((path / "model_index.json").read_text()),
+                                                        "_class_name": "SanaPipeline"}))
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(other), "--prompt", "hot", "--no-cfg-normalization",
+                 "--out", str(tmp_path / "never.png")]) == 2
+    assert "--no-cfg-normalization applies to a Lumina-Image 2.0 folder" in capsys.readouterr().err
+    assert not (tmp_path / "never.png").exists()
+    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "is a Lumina2 folder, which diffkit edit does not take" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file,change,expected", [
+    ("model_index.json", {"_class_name": "LuminaPipeline"}, "'LuminaPipeline' folder, which diffkit does not drive"),
+    ("model_index.json", {"text_encoder": ["transformers", "T5EncoderModel"]}, "allowed: Gemma2Model"),
+    ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "stochastic_sampling=True")])
+def test_what_lumina2_does_not_support_is_refused_in_one_line(folder, tmp_path, file, change, expected):
+    _, path, _ = folder
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    data = json.loads((copy / file).read_text())
+    (copy / file).write_text(json.dumps({**data, **change}))
+    with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_lumina2(copy, progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_options_are_one_line_errors(folder):
+    _, _, lumina = folder
+    for kw, expected in [({"cfg_trunc_ratio": float("nan")}, "cfg_trunc_ratio=nan is not allowed"),
+                         ({"max_sequence_length": 600}, "max_sequence_length=600 is not allowed"),
+                         ({"resolution_binning": True}, "no resolution binning"),
+                         ({"height": 24}, "height x width 24x16 is not allowed")]:
+        with pytest.raises(DiffkitError, match=expected) as info:
+            text_to_image(lumina, "cat", steps=1, width=16, **{"height": 16, **kw})
+        assert "\n" not in str(info.value)
+    assert SYSTEM_PROMPT.startswith("You are an assistant")
