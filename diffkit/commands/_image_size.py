@@ -98,9 +98,10 @@ def add_edit_size_flags(parser) -> None:
     """``diffkit edit --height H --width W``: the size the images (and ``--mask``) are resized to first."""
     from ._common import positive_int
     parser.add_argument("--height", type=positive_int, metavar="H",
-                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1): resize the images and --mask to height H "
-                             "first, as the pipelines' image / mask processors do with height=H (Lanczos; the mask "
-                             "then binarised; a multiple as diffkit sample's --height; default: the images' own)")
+                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma): resize the images and --mask to "
+                             "height H first, as the pipelines' image / mask processors do with height=H (Lanczos; "
+                             "the mask then binarised; a multiple as diffkit sample's --height; default: the images' "
+                             "own)")
     parser.add_argument("--width", type=positive_int, metavar="W", help="as --height, the width the images take")
 
 
