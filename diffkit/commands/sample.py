@@ -18,7 +18,7 @@ of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and 
 embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention Guidance (Ahn et al. 2024):
 eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
 (default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``; on a Stable Diffusion / SD-XL
-folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL)PAGPipeline), also for unconditional
+/ SD3 folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL / 3)PAGPipeline), also for unconditional
 checkpoints; with ``--guidance-scale`` the three passes share one batched call; ``--pag-interval T_LO T_HI``
 limits it to those times, ``--pag-adaptive-scale A`` decays it towards t = 0 (diffusers' ``pag_adaptive_scale``).
 See docs/guidance.md.
