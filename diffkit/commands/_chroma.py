@@ -1,7 +1,7 @@
 """``diffkit sample --checkpoint CHROMA_FOLDER --prompt TEXT`` and ``diffkit edit --checkpoint CHROMA_FOLDER --images
 PNG|DIR --prompt TEXT``: a Chroma diffusers folder (:mod:`diffkit.interop.chroma`) as ``ChromaPipeline`` /
-``ChromaImg2ImgPipeline`` with any diffkit sampler, dispatched from :func:`diffkit.commands.sample.sample_to_files`
-and :func:`diffkit.commands.edit.run`."""
+``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline`` with any diffkit sampler, dispatched from
+:func:`diffkit.commands.sample.sample_to_files` and :func:`diffkit.commands.edit.run`."""
 from __future__ import annotations
 
 from typing import Optional

@@ -86,8 +86,8 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint)):
-        raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1); {checkpoint}"
-                           f" works at the size it was trained at")  # and PixArt's (sample only), Chroma's
+        raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, "
+                           f"PixArt, Sana); {checkpoint} works at the size it was trained at")  # PixArt, Sana: sample
     if t2i_adapter:
         raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
                            f"instead")
@@ -103,9 +103,10 @@ def add_edit_size_flags(parser) -> None:
     """``diffkit edit --height H --width W``: the size the images (and ``--mask``) are resized to first."""
     from ._common import positive_int
     parser.add_argument("--height", type=positive_int, metavar="H",
-                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1): resize the images and --mask to height H "
-                             "first, as the pipelines' image / mask processors do with height=H (Lanczos; the mask "
-                             "then binarised; a multiple as diffkit sample's --height; default: the images' own)")
+                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma): resize the images and --mask to "
+                             "height H first, as the pipelines' image / mask processors do with height=H (Lanczos; "
+                             "the mask then binarised; a multiple as diffkit sample's --height; default: the images' "
+                             "own)")
     parser.add_argument("--width", type=positive_int, metavar="W", help="as --height, the width the images take")
 
 

@@ -1,8 +1,9 @@
 """The IP-Adapter flags of ``diffkit sample`` for a Stable Diffusion folder (:mod:`diffkit.interop.ip_adapter`), a
-FLUX.1 folder (:mod:`diffkit.interop.flux_ip_adapter`) or an SD3 folder (:mod:`diffkit.interop.sd3_ip_adapter`):
-``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG [--image-encoder DIR]``: diffusers' ``load_ip_adapter`` (the
-file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and ``ip_adapter_image``; FLUX only:
-``--negative-ip-adapter-image PNG`` (``negative_ip_adapter_image``, with ``--true-cfg-scale``). On an SD 1.x / 2.x /
+FLUX.1 or Chroma folder (:mod:`diffkit.interop.flux_ip_adapter`) or an SD3 folder
+(:mod:`diffkit.interop.sd3_ip_adapter`): ``--ip-adapter FILE[:SCALE] --ip-adapter-image PNG [--image-encoder DIR]``:
+diffusers' ``load_ip_adapter`` (the file, its ``image_encoder`` folder), ``set_ip_adapter_scale(SCALE)`` and
+``ip_adapter_image``; FLUX / Chroma only: ``--negative-ip-adapter-image PNG`` (``negative_ip_adapter_image``, FLUX.1
+with ``--true-cfg-scale``). On an SD 1.x / 2.x /
 SD-XL / FLUX.1 folder ``--ip-adapter`` repeats with one ``--ip-adapter-image`` each (``load_ip_adapter`` with lists,
 ``set_ip_adapter_scale([...])``; :mod:`diffkit.interop.ip_adapter_multi`, FLUX:
 :class:`~diffkit.interop.flux_ip_adapter.FluxIPAdapters`, with none or one ``--negative-ip-adapter-image`` each); on
@@ -18,7 +19,8 @@ from ._common import lora_arg, path_arg
 
 
 def add_ip_adapter_flags(parser) -> None:
-    g = parser.add_argument_group("IP-Adapter (Stable Diffusion, SD-XL, SD3 and FLUX.1 folders; docs/interop.md)")
+    g = parser.add_argument_group("IP-Adapter (Stable Diffusion, SD-XL, SD3, FLUX.1 and Chroma folders; "
+                                  "docs/interop.md)")
     g.add_argument("--ip-adapter", type=lora_arg, action="append", metavar="FILE[:SCALE]",
                    help="an IP-Adapter file (.safetensors or diffusers' .bin; SD / SD-XL: ip-adapter or "
                         "ip-adapter-plus) made for this model family; SCALE is lambda of the image prompt's "
@@ -28,7 +30,8 @@ def add_ip_adapter_flags(parser) -> None:
                    help="the image prompt of each --ip-adapter (in the same order), for every sample; SD / SD-XL: a "
                         "folder of PNGs gives that adapter several image prompts (file-name order)")
     g.add_argument("--negative-ip-adapter-image", type=path_arg, action="append", metavar="PNG",
-                   help="FLUX folders with --true-cfg-scale: the image prompt of the negative pass (default the "
+                   help="FLUX folders with --true-cfg-scale, Chroma folders (their CFG): the image prompt of the "
+                        "negative pass (default the "
                         "pipeline's black image); several --ip-adapter: one each, in the same order")
     g.add_argument("--image-encoder", type=path_arg, metavar="DIR",
                    help="the CLIPVisionModelWithProjection folder of --ip-adapter (SD3: SiglipVisionModel with its "
@@ -74,11 +77,11 @@ class IPAdapterRequest:
             "flux" if is_flux_folder(checkpoint) or is_chroma_folder(checkpoint) else \
             "sd" if is_stable_diffusion_folder(checkpoint) else None
         if family is None:
-            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder or an SD3 / FLUX.1 folder "
+            raise DiffkitError(f"--ip-adapter applies to a Stable Diffusion folder or an SD3 / FLUX.1 / Chroma folder "
                                f"(diffusers format); {checkpoint} is not one")
         if negatives and family != "flux":
-            raise DiffkitError(f"--negative-ip-adapter-image applies to a FLUX.1 folder (FluxPipeline's "
-                               f"negative_ip_adapter_image); {checkpoint} is not one")
+            raise DiffkitError(f"--negative-ip-adapter-image applies to a FLUX.1 folder or a Chroma one (their "
+                               f"pipelines' negative_ip_adapter_image); {checkpoint} is neither")
         if not images:
             raise DiffkitError("--ip-adapter needs --ip-adapter-image PNG (the image prompt)")
         if len(given) > 1 and family == "sd3":

@@ -16,17 +16,20 @@ def pipeline_loop(sampler: str, spacing, final, nfe) -> bool:
 
 _TAKES = {"SD3": "--prompt (-2, -3), --negative-prompt (-2, -3), --clip-skip, --max-sequence-length, "
                   "--guidance-scale, --apg-*, --slg-layers (sample), --controlnet (edit: with --mask), "
-                  "--mask (edit), --lora, --ip-adapter (not with --slg-layers), --pag-scale / --pag-layers / "
+                  "--mask (edit; --padding-mask-crop with it), --lora, --ip-adapter (not with --slg-layers), "
+                  "--pag-scale / --pag-layers / "
                   "--pag-adaptive-scale (not with --slg-layers, --controlnet, --ip-adapter, --mask), "
                   "--steps / --nfe, --sampler and its grid options",
           "FLUX": "--prompt (-2), --negative-prompt (-2) with --true-cfg-scale, --max-sequence-length, "
                   "--guidance-scale (the embedded guidance), --lora, --textual-inversion, --controlnet "
-                  "(--control-mode: a union), --control-image (a Depth / Canny folder), --ip-adapter, --mask, "
-                  "--strength, --steps, --sampler and its grid options",  # (FLUX: diffkit edit's)
+                  "(--control-mode: a union), --control-image (a Depth / Canny folder), --ip-adapter, --redux, "
+                  "--mask (--padding-mask-crop with it), --strength, --steps, --sampler and its grid options",
+          # (FLUX: diffkit edit's)
           "FLUX Kontext": "--images, --prompt (-2), --negative-prompt (-2) with --true-cfg-scale, "
                           "--max-sequence-length, --guidance-scale (the embedded guidance), --lora, "
                           "--textual-inversion, --height / --width / --max-area (the edit's size), --no-auto-resize, "
-                          "--mask with --strength, --steps, --sampler and its grid options"}  # (edit's, ._flux_kontext)
+                          "--mask with --strength, --ip-adapter, --redux, --steps, --sampler and its grid "
+                          "options"}  # (edit's, ._flux_kontext)
 
 
 def prompted_rows(model, guidance, control, ip_adapter, num, nrow, seed: int, device, progress: bool,
@@ -94,8 +97,8 @@ def sample_sd3(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nro
     drawn from ``seed + i``). ``ip_adapter``: an SD3 IP-Adapter (a :class:`~._ip_adapter.IPAdapterRequest`), with
     ``control`` too (StableDiffusion3ControlNetPipeline's ``ip_adapter_image``); not with ``--slg-layers``.
     ``guidance.pag_scale`` / ``pag_layers`` / ``pag_adaptive_scale``: perturbed-attention guidance as
-    StableDiffusion3PAGPipeline (:mod:`diffkit.interop.sd3_pag`; not with ``--slg-layers``, ``control``,
-    ``ip_adapter`` or APG: :func:`check_pag_flags`)."""
+    StableDiffusion3PAGPipeline (:mod:`diffkit.interop.sd3_pag`; not with ``--slg-layers``, ``control`` or
+    ``ip_adapter``: :func:`check_pag_flags`; with APG: its update, then PAG's term)."""
     from ..interop.sd3 import SD3_PIPELINE_GUIDANCE, SD3_PIPELINE_STEPS, load_sd3, text_to_image
     from .sample import GuidanceRequest, draw_prompted_grid
     from ._sd3_slg import check_slg_steps

@@ -48,13 +48,15 @@ def register(subparsers) -> None:
                         help="exported DDPMScheduler (a DiT's DDIMScheduler) clips x_0 to [-1, 1] (diffusers' default; "
                              "diffkit's is off)")
     parser.add_argument("--single-file", type=path_arg, metavar="FILE",
-                        help="an original-format SD 1.x / 2.x, SD-XL or SD3 .safetensors single file "
-                             "(model.diffusion_model.*, first_stage_model.*, ...) or a FLUX.1 transformer "
+                        help="an original-format SD 1.x / 2.x, SD-XL or SD3 / SD3.5 .safetensors single file "
+                             "(model.diffusion_model.*, first_stage_model.*, ...; SD3: also the transformer "
+                             "alone, joint_blocks.*) or a FLUX.1 transformer "
                              "(double_blocks.*, ...) to write as a diffusers folder at --out DIR, with --config")
     parser.add_argument("--config", type=path_arg, metavar="FOLDER",
                         help="with --single-file: a local diffusers folder of the same model (its JSON files, "
-                             "tokenizers and scheduler; weights not needed but those the file lacks: a FLUX.1 "
-                             "file's VAE and text encoders): the converted folder's configs")
+                             "tokenizers and scheduler; weights not needed but those the file lacks: a FLUX.1 or SD3 "
+                             "transformer file's VAE and text encoders, a whole SD3 file's missing text encoders): "
+                             "the converted folder's configs")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="with --single-file: the written weights' dtype (diffusers' torch_dtype; default float32, "
                              "diffusers' default: a float16 file gives a folder twice its size)")

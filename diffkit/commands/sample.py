@@ -18,7 +18,7 @@ of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and 
 embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention Guidance (Ahn et al. 2024):
 eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
 (default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``; on a Stable Diffusion / SD-XL
-folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL)PAGPipeline), also for unconditional
+/ SD3 folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL / 3)PAGPipeline), also for unconditional
 checkpoints; with ``--guidance-scale`` the three passes share one batched call; ``--pag-interval T_LO T_HI``
 limits it to those times, ``--pag-adaptive-scale A`` decays it towards t = 0 (diffusers' ``pag_adaptive_scale``).
 See docs/guidance.md.
@@ -36,7 +36,9 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); a FLUX.1 Fill or Kontext folder edits: ``diffkit edit``.
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ and Sana (Sprint) folders as their
+pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2 depth-to-image folder
+edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -76,8 +78,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, DiT; docs/interop.md); default with --config: its test_load_weight in its "
-                        "save_weight_dir")
+                        "SD3, FLUX.1, Chroma, PixArt, Sana, DiT; docs/interop.md); default with --config: its "
+                        "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
                         "legacy .pt state dict's U-Net and schedule; without --checkpoint, its "
@@ -124,7 +126,8 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
-                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1): the images' height, the pipeline's height "
+                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, PixArt, Sana): the images' height, the "
+                        "pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
@@ -133,7 +136,8 @@ def register(sub) -> None:
                    help="text-conditional checkpoints and diffusers folders: the prompt; repeat for one row per "
                         "prompt (default: every class's caption)")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 folders: the null condition of classifier-free guidance, for "
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / PixArt / Sana (not Sprint) folders: the null "
+                        "condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
                         "FLUX folders: with --true-cfg-scale")
     add_prompt_encoding_flags(g, true_cfg=True, lumina=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...

@@ -21,13 +21,14 @@
 * :mod:`.lumina2` - a Lumina-Image 2.0 folder (Gemma-2 after a system prompt, a unified next-DiT, CFG truncation and
   normalisation), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
-  way, and img2img as ``ChromaImg2ImgPipeline``.
+  way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
   without the UNet's guidance input ``time_cond_proj_dim``) as a consistency model.
 * :mod:`.single_file` - original-format SD 1.x / 2.x and SD-XL single files (LDM / SGM keys) as diffusers folders,
-  by diffusers' ``from_single_file`` with a local config folder (``diffkit convert --single-file``).
+  by diffusers' ``from_single_file`` with a local config folder (``diffkit convert --single-file``);
+  :mod:`.single_file_dit` SD3 / SD3.5 and FLUX.1 ones.
 * :mod:`.sd_scheduler` - ``load_stable_diffusion(..., scheduler="lcm" / "tcd")``: a plain folder sampled as
   diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config(pipe.scheduler.config)`` (LCM-LoRA, TCD-LoRA).
 

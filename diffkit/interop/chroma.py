@@ -1,5 +1,5 @@
-"""A Chroma diffusers folder (``ChromaPipeline`` / ``ChromaImg2ImgPipeline``, diffusers 0.42.1), sampled and edited
-with any diffkit sampler.
+"""A Chroma diffusers folder (``ChromaPipeline`` / ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``, diffusers
+0.42.1), sampled and edited with any diffkit sampler.
 
 Chroma (lodestones 2025) is FLUX.1-schnell's rectified-flow transformer (:mod:`.flux`; Esser et al. 2024, Sec. 2,
 eq. 1: x_s = (1 - s) x_0 + s eps, velocity u = eps - x_0) with the pooled-CLIP and guidance embedders replaced by a
