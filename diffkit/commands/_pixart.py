@@ -22,7 +22,7 @@ def folder_default_sampler(checkpoint) -> str:
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) == "Sana")[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "AuraFlow"))[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -49,10 +49,11 @@ def checked_request(directory, kind: str, takes: str, guidance, options: dict, r
     from .sample import GuidanceRequest
     guidance = guidance or GuidanceRequest()
     given = given_flags(guidance, options, refused, **keys)
+    a = "an" if kind[:1] in "AEIOU" else "a"  # an AuraFlow folder
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}); it takes {takes}")
+        raise DiffkitError(f"{given[0]} does not apply to {a} {kind} folder ({directory}); it takes {takes}")
     if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a {kind} folder: give --prompt TEXT (repeat for one row per prompt)")
+        raise DiffkitError(f"{directory} is {a} {kind} folder: give --prompt TEXT (repeat for one row per prompt)")
     return guidance
 
 
@@ -84,6 +85,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     if label == "Sana":
         from ..interop.sana import load_sana, text_to_image
         pixart = load_sana(directory, device, progress=progress, lora=lora)
+    elif label == "AuraFlow":
+        from ..interop.auraflow import load_auraflow, text_to_image
+        pixart = load_auraflow(directory, device, progress=progress)
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)

@@ -305,8 +305,9 @@ def _run(args) -> int:
     from ..interop.pixart import masked_text_folder
     label = masked_text_folder(args.checkpoint)
     if label:
-        raise DiffkitError(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take (diffusers 0.42 "
-                           f"has no img2img or inpainting pipeline for a {label} folder); sample it with diffkit "
+        a = "an" if label == "AuraFlow" else "a"
+        raise DiffkitError(f"{args.checkpoint} is {a} {label} folder, which diffkit edit does not take (diffusers 0.42 "
+                           f"has no img2img or inpainting pipeline for {a} {label} folder); sample it with diffkit "
                            f"sample")
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading

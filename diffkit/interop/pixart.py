@@ -81,12 +81,13 @@ def pixart_kind(path) -> Optional[str]:
 
 
 def masked_text_folder(path) -> Optional[str]:
-    """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one (:mod:`.sana`: the same command path), else
-    None."""
+    """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one (:mod:`.sana`: the same command path),
+    "AuraFlow" for an AuraFlow one (:mod:`.auraflow`), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
+    from .auraflow import is_auraflow_folder
     from .sana import is_sana_folder
-    return "Sana" if is_sana_folder(path) else None
+    return "Sana" if is_sana_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
 
 
 def is_pixart_folder(path) -> bool:
