@@ -96,7 +96,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
     for extra, expected in [
-        (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to an AuraFlow folder"),
+        (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to an AuraFlow"),
         (["--flow-shift", "2"], "--flow-shift does not apply to an AuraFlow folder"),
         (["--lora", "x.safetensors"], "--lora does not apply to an AuraFlow folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to an AuraFlow folder"),

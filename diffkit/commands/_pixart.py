@@ -11,6 +11,11 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 
+def articled(message: str) -> str:
+    """``message`` with "a AuraFlow" made "an AuraFlow" (the folder kinds' messages read "a {kind} folder")."""
+    return message.replace(" a AuraFlow ", " an AuraFlow ")
+
+
 def folder_default_sampler(checkpoint) -> str:
     """The sampler ``diffkit sample`` defaults to on a PixArt folder: the one computing its scheduler's step
     (:func:`~diffkit.interop.pixart.folder_sampler`, from the JSON; one line where there is none)."""
@@ -49,11 +54,11 @@ def checked_request(directory, kind: str, takes: str, guidance, options: dict, r
     from .sample import GuidanceRequest
     guidance = guidance or GuidanceRequest()
     given = given_flags(guidance, options, refused, **keys)
-    a = "an" if kind[:1] in "AEIOU" else "a"  # an AuraFlow folder
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to {a} {kind} folder ({directory}); it takes {takes}")
+        raise DiffkitError(articled(f"{given[0]} does not apply to a {kind} folder ({directory}); it takes {takes}"))
     if not guidance.prompts:
-        raise DiffkitError(f"{directory} is {a} {kind} folder: give --prompt TEXT (repeat for one row per prompt)")
+        raise DiffkitError(articled(f"{directory} is a {kind} folder: give --prompt TEXT (repeat for one row per "
+                                    f"prompt)"))
     return guidance
 
 
