@@ -171,11 +171,13 @@ def check_own_table(heading: str, columns: list, letter: str) -> None:
 
 
 CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
+AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
                                                     (SANA, ["SanaPipeline", "SanaSprintPipeline"], "G"),
-                                                    (CHROMA, ["Chroma"], "Z")])
+                                                    (CHROMA, ["Chroma"], "Z"),
+                                                    (AURAFLOW, ["AuraFlowPipeline"], "R")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
-    """PixArt's, Sana's and Chroma's own small tables: :func:`check_own_table`."""
+    """PixArt's, Sana's, Chroma's and AuraFlow's own small tables: :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
