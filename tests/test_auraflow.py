@@ -16,7 +16,7 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.auraflow import is_auraflow_folder, load_auraflow, text_to_image  # noqa: E402
 
-from _pixart_helpers import tiny_pixart_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals, tiny_pixart_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
 
@@ -95,22 +95,12 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
                            guidance_scale=3.0, max_sequence_length=10, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, expected in [
+    assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to an AuraFlow"),
         (["--flow-shift", "2"], "--flow-shift does not apply to an AuraFlow folder"),
         (["--lora", "x.safetensors"], "--lora does not apply to an AuraFlow folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to an AuraFlow folder"),
-        (["--height", "18"], "--height 18 is not allowed; give a positive multiple of 4")]:
-        capsys.readouterr()
-        code = main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress",
-                     "--out", str(tmp_path / "never.png"), *extra])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
-    assert not (tmp_path / "never.png").exists()
-    capsys.readouterr()
-    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot",
-                 "--out", str(tmp_path / "never")]) == 2
-    assert "is an AuraFlow folder, which diffkit edit does not take" in capsys.readouterr().err
+        (["--height", "18"], "--height 18 is not allowed; give a positive multiple of 4")], "an AuraFlow")
 
 
 @pytest.mark.parametrize("file,change,expected", [

@@ -14,6 +14,7 @@ from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.pixart import binned_size  # noqa: E402
 from diffkit.interop.sana import COMPLEX_HUMAN_INSTRUCTION, is_sana_folder, load_sana, text_to_image  # noqa: E402
 
+from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _sana_helpers import changed_copy, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
@@ -100,21 +101,11 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
                            guidance_scale=3.0, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, expected in [
+    assert_sample_refusals(main, path, tmp_path, capsys, [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a Sana"),
         (["--flow-shift", "2"], "--flow-shift does not apply to a Sana folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Sana folder"),
-        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")]:
-        capsys.readouterr()
-        code = main(["sample", "--checkpoint", str(path), "--prompt", "hot", "--no-progress",
-                     "--out", str(tmp_path / "never.png"), *extra])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
-    assert not (tmp_path / "never.png").exists()
-    capsys.readouterr()
-    assert main(["edit", "--checkpoint", str(path), "--images", str(tmp_path), "--prompt", "hot",
-                 "--out", str(tmp_path / "never")]) == 2
-    assert "is a Sana folder, which diffkit edit does not take" in capsys.readouterr().err
+        (["--height", "48"], "--height 48 is not allowed; give a positive multiple of 32")], "a Sana")
 
 
 @pytest.mark.parametrize("file,change,expected", [
