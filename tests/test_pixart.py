@@ -15,7 +15,7 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.pixart import folder_sampler, is_pixart_folder, load_pixart, text_to_image  # noqa: E402
 
-from _pixart_helpers import tiny_pixart_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals, tiny_pixart_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a Cat ", "hot dog"]  # upper case and spaces: the pipelines' lower().strip()
@@ -130,7 +130,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, 
                            guidance_scale=3.0, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    for extra, expected in [
+    assert_sample_refusals(main, folder, tmp_path, capsys, [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a PixArt"),
         (["--apg-eta", "0.5", "--guidance-scale", "2"], "--apg-eta does not apply to a PixArt folder"),
         (["--freeu", "1,1,1,1"], "--freeu"),
@@ -139,17 +139,7 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folders, 
         (["--pag-scale", "2"], "--pag-scale does not apply to a PixArt folder"),
         (["--lora", "x.safetensors"], "--lora does not apply to a PixArt folder"),  # diffusers has no PixArt loader
         (["--height", "12"], "--height 12 is not allowed; give a positive multiple of 8"),
-        (["--prompt-2", "dog"], "--prompt-2 does not apply to a PixArt folder")]:
-        capsys.readouterr()
-        code = main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--no-progress",
-                     "--out", str(tmp_path / "never.png"), *extra])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and expected in err[0], (extra, err)
-    assert not (tmp_path / "never.png").exists()
-    capsys.readouterr()
-    assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path), "--prompt", "hot",
-                 "--out", str(tmp_path / "never")]) == 2
-    assert "is a PixArt folder, which diffkit edit does not take" in capsys.readouterr().err
+        (["--prompt-2", "dog"], "--prompt-2 does not apply to a PixArt folder")], "a PixArt")
     with pytest.raises(DiffkitError, match="max_sequence_length=600 is not allowed; allowed: 1..512"):
         pixart.encode_prompts(PROMPTS, 600)
     odd = tmp_path / "odd"

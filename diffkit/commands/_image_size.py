@@ -39,6 +39,11 @@ def size_multiple(directory) -> tuple:
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return math.lcm(16, 8 * patch), f"the pipeline's 16 and its VAE factor 8 x the patch size {patch}"
+    from ..interop.auraflow import is_auraflow_folder
+    if is_auraflow_folder(directory):  # AuraFlowPipeline.check_inputs' 2 f, and whole patches
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        return math.lcm(2 * f, f * patch), f"the pipeline's 2 x the VAE factor {f}, and {f} x the patch size {patch}"
     if is_pixart_folder(directory):
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))

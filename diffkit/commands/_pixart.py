@@ -11,6 +11,11 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 
+def articled(message: str) -> str:
+    """``message`` with "a AuraFlow" made "an AuraFlow" (the folder kinds' messages read "a {kind} folder")."""
+    return message.replace(" a AuraFlow ", " an AuraFlow ")
+
+
 def folder_default_sampler(checkpoint) -> str:
     """The sampler ``diffkit sample`` defaults to on a PixArt folder: the one computing its scheduler's step
     (:func:`~diffkit.interop.pixart.folder_sampler`, from the JSON; one line where there is none)."""
@@ -22,7 +27,7 @@ def folder_default_sampler(checkpoint) -> str:
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2"))[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2", "AuraFlow"))[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -50,9 +55,10 @@ def checked_request(directory, kind: str, takes: str, guidance, options: dict, r
     guidance = guidance or GuidanceRequest()
     given = given_flags(guidance, options, refused, **keys)
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a {kind} folder ({directory}); it takes {takes}")
+        raise DiffkitError(articled(f"{given[0]} does not apply to a {kind} folder ({directory}); it takes {takes}"))
     if not guidance.prompts:
-        raise DiffkitError(f"{directory} is a {kind} folder: give --prompt TEXT (repeat for one row per prompt)")
+        raise DiffkitError(articled(f"{directory} is a {kind} folder: give --prompt TEXT (repeat for one row per "
+                                    f"prompt)"))
     return guidance
 
 
@@ -90,6 +96,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_lumina2(directory, device, progress=progress)
         lumina = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
                   if getattr(guidance, key, None) is not None}
+    elif label == "AuraFlow":
+        from ..interop.auraflow import load_auraflow, text_to_image
+        pixart = load_auraflow(directory, device, progress=progress)
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)

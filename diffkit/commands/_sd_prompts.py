@@ -89,8 +89,10 @@ def check_prompt_encoding(request, checkpoint) -> None:
     if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina2: its CFG flags too)
         other = [flag for flag, _ in given if flag != "--max-sequence-length" and flag not in lumina]
         if other:
-            raise DiffkitError(f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
-                               f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)")
+            from ._pixart import articled
+            raise DiffkitError(articled(
+                f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
+                f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)"))
         return
     sd3 = is_sd3_folder(checkpoint)
     if not sd3 and is_flux_folder(checkpoint):

@@ -310,9 +310,10 @@ def _run(args) -> int:
     from ..interop.pixart import masked_text_folder
     label = masked_text_folder(args.checkpoint)
     if label:
-        raise DiffkitError(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take (diffusers 0.42 "
-                           f"has no img2img or inpainting pipeline for a {label} folder); sample it with diffkit "
-                           f"sample")
+        from ._pixart import articled
+        raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
+                                    f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder); "
+                                    f"sample it with diffkit sample"))
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.chroma import is_chroma_folder

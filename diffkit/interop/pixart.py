@@ -81,13 +81,16 @@ def pixart_kind(path) -> Optional[str]:
 
 
 def masked_text_folder(path) -> Optional[str]:
-    """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one (:mod:`.sana`,
-    :mod:`.lumina2`: the same command path), else None."""
+    """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
+    for an AuraFlow one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
+    from .auraflow import is_auraflow_folder
     from .lumina2 import is_lumina2_folder
     from .sana import is_sana_folder
-    return "Sana" if is_sana_folder(path) else "Lumina2" if is_lumina2_folder(path) else None
+    if is_sana_folder(path):
+        return "Sana"
+    return "Lumina2" if is_lumina2_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
 
 
 def is_pixart_folder(path) -> bool:
