@@ -26,8 +26,8 @@ def register(subparsers) -> None:
                     "UNet2DModel or pixel-space DiT folder back to a diffkit "
                     "checkpoint (both need the optional extra: pip install diffkit[diffusers]); or a training "
                     "checkpoint to a weights-only one (--checkpoint CKPT --out FILE: EMA weights, schedule and "
-                    "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only); or an "
-                    "original-format Stable Diffusion 1.x / 2.x, SD-XL, SD3 / SD3.5 or FLUX.1 single file "
+                    "model description, no optimiser state); or a LoRA checkpoint's adapters alone (--lora-only); or "
+                    "an original-format Stable Diffusion 1.x / 2.x, SD-XL, SD3 / SD3.5 or FLUX.1 single file "
                     "(--single-file FILE --config FOLDER --out DIR: diffusers' from_single_file with a local config "
                     "folder, then save_pretrained).")
     parser.add_argument("--checkpoint", type=path_arg,

@@ -90,7 +90,8 @@ def strength_value(text: str) -> float:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("edit", help="img2img (SDEdit), inpainting or interpolation of PNG images; forecast / impute a series (--series)", description=__doc__)
+    p = sub.add_parser("edit", help="img2img (SDEdit), inpainting or interpolation of PNG images; forecast / impute "
+                                    "a series (--series)", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers "
                                        "folder (SD, SD-XL, SD3, FLUX.1, Chroma; docs/interop.md), or an "

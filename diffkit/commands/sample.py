@@ -551,7 +551,8 @@ class GuidanceRequest:
             raise DiffkitError(f"--classifier-algorithm 1 (mean shift) needs --sampler ddpm, not {sampler!r}; "
                                f"algorithm 2 works with every sampler")
         if self.clip_prompt is None:
-            for flag, value, default in (("--clip-model", self.clip_model, None), ("--clip-scale", self.clip_scale, None),
+            for flag, value, default in (("--clip-model", self.clip_model, None),
+                                         ("--clip-scale", self.clip_scale, None),
                                          ("--clip-input", self.clip_input, "x0")):
                 if value != default:
                     raise DiffkitError(f"{flag} needs --clip-guidance TEXT")

@@ -606,7 +606,8 @@ def import_diffusers(dir_or_model, scheduler=None, *, out: str | Path | None = N
     if prediction_type == "flow_prediction":
         if unet.config.learned_variance:
             raise DiffkitError(f"a {FLOW_SCHEDULER} folder whose UNet2DModel has a learned variance (out_channels = "
-                               f"2 * in_channels) has no diffkit equivalent; the flow network predicts the velocity only")
+                               f"2 * in_channels) has no diffkit equivalent; the flow network predicts the velocity "
+                               f"only")
         flow_shift = flow_shift_from_diffusers(sched_cfg)
     if sched_cfg.get("_class_name", type(sched).__name__) == "LCMScheduler":
         if unet.config.learned_variance:
