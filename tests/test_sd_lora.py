@@ -38,27 +38,32 @@ def _add_lora(module, seed, **config):
     return state, config.to_dict()
 
 
-def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dict, text_encoder: str,
+def fused_transformer_lora(pipeline_class, folder, root, transformer_config: dict, text_encoder=None,
                            scale: float = 0.7):
     """(a diffusers-format LoRA file on ``folder``'s transformer and CLIP ``text_encoder`` (rank / alpha patterns of
-    ``transformer_config``, :data:`TEXT_LORA`), written by ``pipeline_class.save_lora_weights`` into ``root``; the
-    folder's pipeline after its ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``): SD3's and FLUX's."""
+    ``transformer_config``, :data:`TEXT_LORA`; None: the transformer only, Lumina2's and AuraFlow's), written by
+    ``pipeline_class.save_lora_weights`` into ``root``; the folder's pipeline after its ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)``): SD3's and FLUX's."""
     index = json.loads((folder / "model_index.json").read_text())
     transformer = getattr(diffusers, index["transformer"][1]).from_pretrained(folder / "transformer",
                                                                               local_files_only=True)
-    import transformers
-    clip = getattr(transformers, index[text_encoder][1]).from_pretrained(folder / text_encoder, local_files_only=True)
     state, config = _add_lora(transformer, 1, **transformer_config)
-    text_state, text_config = _add_lora(clip, 11, **TEXT_LORA)
-    prefix = "" if hasattr(clip, "text_model") else "text_model."
+    text = {}
+    if text_encoder is not None:
+        import transformers
+        clip = getattr(transformers, index[text_encoder][1]).from_pretrained(folder / text_encoder,
+                                                                             local_files_only=True)
+        text_state, text_config = _add_lora(clip, 11, **TEXT_LORA)
+        prefix = "" if hasattr(clip, "text_model") else "text_model."
+        text = {f"{text_encoder}_lora_layers": {prefix + k: v for k, v in text_state.items()},
+                f"{text_encoder}_lora_adapter_metadata": text_config}
     pipeline_class.save_lora_weights(
         root, weight_name="lora.safetensors", transformer_lora_layers=state, transformer_lora_adapter_metadata=config,
-        **{f"{text_encoder}_lora_layers": {prefix + k: v for k, v in text_state.items()},
-           f"{text_encoder}_lora_adapter_metadata": text_config})
+        **text)
     pipe = pipeline_class.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(root / "lora.safetensors"))
-    pipe.fuse_lora(lora_scale=scale, components=["transformer", text_encoder])
+    pipe.fuse_lora(lora_scale=scale, components=["transformer"] + ([text_encoder] if text_encoder else []))
     pipe.unload_lora_weights()  # the fused weights stay, the adapters go
     return root / "lora.safetensors", pipe
 

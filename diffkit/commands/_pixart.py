@@ -10,6 +10,8 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options")
 
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow")  # folders whose diffusers pipeline has a LoRA loader (--lora)
+
 
 def articled(message: str) -> str:
     """``message`` with "a AuraFlow" made "an AuraFlow" (the folder kinds' messages read "a {kind} folder")."""
@@ -71,9 +73,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     sampler runs on the folder's scheduler's timesteps, and the default sampler
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
-    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana folder
-    (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale`` is its guidance
-    embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas (:mod:`diffkit.interop.sana_sprint`)."""
+    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
+    AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale``
+    is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
@@ -82,9 +84,10 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     label = masked_text_folder(directory) or "PixArt"
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
-    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + (", --lora" if label == "Sana" else "")
+    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + \
+        (", --lora" if label in LORA_KINDS else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
-        {} if label == "Sana" else {"--lora": lora}
+        {} if label in LORA_KINDS else {"--lora": lora}
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more})
     lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
@@ -93,12 +96,12 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_sana(directory, device, progress=progress, lora=lora)
     elif label == "Lumina2":
         from ..interop.lumina2 import load_lumina2, text_to_image
-        pixart = load_lumina2(directory, device, progress=progress)
+        pixart = load_lumina2(directory, device, progress=progress, lora=lora)
         lumina = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
                   if getattr(guidance, key, None) is not None}
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
-        pixart = load_auraflow(directory, device, progress=progress)
+        pixart = load_auraflow(directory, device, progress=progress, lora=lora)
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)

@@ -187,22 +187,31 @@ class AuraFlow(Sana):
 
 
 def load_auraflow(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                  progress: bool = True) -> AuraFlow:
+                  progress: bool = True, lora=None) -> AuraFlow:
     """Load an ``AuraFlowPipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive
-    is refused in one line before any weight is read (:func:`check_auraflow_folder`)."""
+    is refused in one line before any weight is read (:func:`check_auraflow_folder`). ``lora``: LoRA files (paths
+    or (path, scale) pairs) with diffusers-format ``transformer.`` keys (``AuraFlowLoraLoaderMixin`` converts
+    nothing), read and checked first, fused as ``load_lora_weights`` + ``fuse_lora(lora_scale=scale)``
+    (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`)."""
     from ..schedule import NoiseSchedule
+    from .sana_lora import read_transformer_loras
     from .schedulers import flow_shift_from_diffusers
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, _, sched = check_auraflow_folder(directory)
+    loras = read_transformer_loras(lora, "AuraFlow", "an AuraFlow folder", "AuraFlowPipeline",
+                                   flux_check=False) if lora else []
     schedule = NoiseSchedule.flow(int(sched.get("num_train_timesteps", 1000)), flow_shift_from_diffusers(sched))
     parts = load_flow_parts(directory, index, diffusers.AuraFlowTransformer2DModel, {"": "UMT5EncoderModel"}, dtype,
                             progress)
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
-    return AuraFlow(pipeline=AURAFLOW_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
-                    scheduler_config=sched, device=device, dtype=dtype)
+    model = AuraFlow(pipeline=AURAFLOW_PIPELINE, **parts, schedule=schedule, prediction_type="flow_prediction",
+                     scheduler_config=sched, device=device, dtype=dtype)
+    merge_sd_loras(model, loras)
+    return model
 
 
 def text_to_image(auraflow: AuraFlow, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:

@@ -247,14 +247,21 @@ class Lumina2(PixArt):
 
 
 def load_lumina2(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                 progress: bool = True) -> Lumina2:
+                 progress: bool = True, lora=None) -> Lumina2:
     """Load a ``Lumina2Pipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive is
-    refused in one line before any weight is read (:func:`check_lumina2_folder`)."""
+    refused in one line before any weight is read (:func:`check_lumina2_folder`). ``lora``: LoRA files (paths or
+    (path, scale) pairs) with diffusers-format ``transformer.`` keys (``Lumina2LoraLoaderMixin``; its converted
+    ``diffusion_model.`` files are refused), read and checked first, fused as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`)."""
     from ..schedule import NoiseSchedule
     from .flux import scheduler_shift
+    from .sana_lora import read_transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_lumina2_folder(directory)
+    loras = read_transformer_loras(lora, "Lumina2", "a Lumina-Image 2.0 folder", "Lumina2Pipeline",
+                                   "diffusion_model.") if lora else []
     T = sched.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
@@ -266,6 +273,7 @@ def load_lumina2(directory: Union[str, Path], device="cpu", dtype: torch.dtype =
     model = Lumina2(pipeline=LUMINA2_PIPELINE, **parts, schedule=None, prediction_type="flow_prediction",
                     scheduler_config=sched, device=device, dtype=dtype)
     model.schedule = NoiseSchedule.flow(T, scheduler_shift(sched, model.mu, 0, 0))
+    merge_sd_loras(model, loras)
     return model
 
 

@@ -14,20 +14,46 @@ from __future__ import annotations
 PREFIXES = ("transformer.",)  # SanaLoraLoaderMixin._lora_loadable_modules
 
 
-def read_sana_lora(path) -> dict:
-    """:func:`.sd_lora.parse_sd_lora` of a Sana LoRA file, its keys checked first (module docstring)."""
+def read_transformer_lora(path, kind: str = "Sana", folder: str = "a Sana folder",
+                          pipeline: str = "SanaPipeline", unconverted: str = "",
+                          flux_check: bool = True) -> dict:
+    """:func:`.sd_lora.parse_sd_lora` of a LoRA file of a folder whose diffusers loader adapts the transformer only
+    (Sana's; Lumina2's and AuraFlow's, :func:`read_transformer_loras`), keys checked first. ``unconverted``: a key
+    prefix the loader converts but diffkit does not (Lumina2's ``diffusion_model.``), refused in its own line;
+    ``flux_check``: :func:`.sd_lora.read_lora_tensors`' (False for AuraFlow, whose blocks are named as FLUX's)."""
+    from ..errors import DiffkitError
     from .sd3_lora import check_peft_keys
     from .sd_lora import parse_sd_lora, read_lora_tensors
-    tensors, meta = read_lora_tensors(path)
-    check_peft_keys(path, tensors, PREFIXES, "Sana", "a Sana folder", "SanaPipeline")
+    tensors, meta = read_lora_tensors(path, flux_check)
+    key = next((k for k in sorted(tensors) if unconverted and k.startswith(unconverted)), None)
+    if key is not None:
+        raise DiffkitError(f"--lora {path}: key {key!r} is not supported on {folder} ({pipeline} converts "
+                           f"{unconverted!r} files, diffkit does not yet); allowed: transformer. keys in "
+                           f"diffusers / PEFT format, as {pipeline}.save_lora_weights writes them")
+    check_peft_keys(path, tensors, PREFIXES, kind, folder, pipeline)
     return parse_sd_lora(path, tensors, meta)
 
 
-def read_sana_loras(adapters) -> list:
-    """:func:`.sd_lora.read_sd_loras` of Sana LoRA files (paths or (path, scale) pairs), each read and checked with
-    :func:`read_sana_lora` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them."""
+def read_sana_lora(path) -> dict:
+    """:func:`.sd_lora.parse_sd_lora` of a Sana LoRA file, its keys checked first (module docstring)."""
+    return read_transformer_lora(path)
+
+
+def read_transformer_loras(adapters, kind: str = "Sana", folder: str = "a Sana folder",
+                           pipeline: str = "SanaPipeline", unconverted: str = "",
+                           flux_check: bool = True) -> list:
+    """:func:`.sd_lora.read_sd_loras` of transformer-only LoRA files (paths or (path, scale) pairs), each read and
+    checked with :func:`read_transformer_lora` before the folder loads; :func:`.sd_lora.merge_sd_loras` fuses them
+    (as the pipeline's ``load_lora_weights`` + ``fuse_lora``)."""
+    from functools import partial
     from .sd_lora import read_sd_loras
-    return read_sd_loras(adapters, read_sana_lora)
+    return read_sd_loras(adapters, partial(read_transformer_lora, kind=kind, folder=folder, pipeline=pipeline,
+                                           unconverted=unconverted, flux_check=flux_check))
 
 
-__all__ = ["read_sana_lora", "read_sana_loras", "PREFIXES"]
+def read_sana_loras(adapters) -> list:
+    """:func:`read_transformer_loras` of Sana LoRA files (module docstring)."""
+    return read_transformer_loras(adapters)
+
+
+__all__ = ["read_sana_lora", "read_sana_loras", "read_transformer_lora", "read_transformer_loras", "PREFIXES"]

@@ -145,11 +145,11 @@ def read_sd_lora(path) -> dict:
     return parse_sd_lora(path, *read_lora_tensors(path))
 
 
-def read_lora_tensors(path) -> tuple[dict, dict]:
+def read_lora_tensors(path, flux_check: bool = True) -> tuple[dict, dict]:
     """(tensors, header metadata) of a LoRA file for a Stable Diffusion / SD-XL / SD3 folder; a FLUX.1 file (its
-    blocks' names): one line saying so."""
+    blocks' names): one line saying so (``flux_check=False``: not checked, AuraFlow's own block names)."""
     tensors, meta = _read(path)
-    flux_key = next((k for k in tensors if _FLUX_BLOCKS.search(k)), None)
+    flux_key = next((k for k in tensors if flux_check and _FLUX_BLOCKS.search(k)), None)
     if flux_key is not None:
         raise DiffkitError(f"--lora {path} is a FLUX.1 LoRA (key {flux_key!r}: FLUX's double / single blocks); this "
                            f"Stable Diffusion / SD-XL / SD3 folder has no such blocks: give it with a FLUX.1 folder")
