@@ -75,7 +75,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
     AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale``
-    is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas (:mod:`diffkit.interop.sana_sprint`)."""
+    is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
+    (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
