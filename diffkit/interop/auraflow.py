@@ -36,11 +36,12 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
 from .flow_latents import FlowLatentVAE, load_flow_parts
+from .pixart import check_classes
 from .sana import Sana
 
 AURAFLOW_PIPELINE = "AuraFlowPipeline"
-AURAFLOW_CLASSES = {"transformer": "AuraFlowTransformer2DModel", "vae": "AutoencoderKL",
-                    "text_encoder": "UMT5EncoderModel", "scheduler": "FlowMatchEulerDiscreteScheduler"}
+AURAFLOW_CLASSES = {"transformer": ("AuraFlowTransformer2DModel",), "vae": ("AutoencoderKL",),
+                    "text_encoder": ("UMT5EncoderModel",), "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 AURAFLOW_GUIDANCE = 3.5  # AuraFlowPipeline.__call__'s default guidance_scale
 AURAFLOW_STEPS = 50  # its default num_inference_steps
@@ -50,29 +51,20 @@ AURAFLOW_MAX_SEQUENCE_LENGTH = 256
 
 def is_auraflow_folder(path) -> bool:
     """True for a folder whose ``model_index.json`` names ``AuraFlowPipeline`` (so ``diffkit sample`` dispatches)."""
-    from .sd_xl import _index
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return False
-    return index is not None and index.get("_class_name") == AURAFLOW_PIPELINE
+    from .sd_xl import pipeline_class
+    return pipeline_class(path) == AURAFLOW_PIPELINE
 
 
 def check_auraflow_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of an ``AuraFlowPipeline`` folder, checked from its
     JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .schedulers import flow_shift_from_diffusers
-    from .sd3 import _entry
     from .sd_xl import _index
-    from .stable_diffusion import check_components
     directory = Path(directory)
     index = _index(directory)
     if index is None or index.get("_class_name") != AURAFLOW_PIPELINE:
         raise DiffkitError(f"{directory} is not an AuraFlow folder (model_index.json naming {AURAFLOW_PIPELINE})")
-    check_components(directory, index, REQUIRED, "AuraFlow")
-    for part, allowed in AURAFLOW_CLASSES.items():
-        if _entry(index, part) != allowed:
-            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {allowed}")
+    check_classes(directory, index, REQUIRED, "AuraFlow", AURAFLOW_CLASSES)
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("latent_channels", 4))

@@ -65,12 +65,8 @@ def variant(transformer_config, latent_channels: int, factor: int) -> Optional[s
 
 def folder_variant(directory) -> Optional[str]:
     """The ``_class_name`` of a FLUX.1 Fill / Depth / Canny folder's ``model_index.json`` (None for any other)."""
-    from .sd_xl import _index
-    try:
-        index = _index(directory)
-    except (TypeError, OSError):
-        return None
-    kind = None if index is None else index.get("_class_name")
+    from .sd_xl import pipeline_class
+    kind = pipeline_class(directory)
     return kind if kind in (FLUX_FILL, FLUX_CONTROL) else None
 
 

@@ -199,12 +199,8 @@ def _checked(flux, images, name: str) -> torch.Tensor:
 def is_kontext_folder(path) -> bool:
     """True for a diffusers folder whose ``model_index.json`` names ``FluxKontextPipeline`` (or its inpainting
     layout, :data:`KONTEXT_PIPELINES`; JSON only)."""
-    from .sd_xl import _index
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return False
-    return index is not None and index.get("_class_name") in KONTEXT_PIPELINES
+    from .sd_xl import pipeline_class
+    return pipeline_class(path) in KONTEXT_PIPELINES
 
 
 __all__ = ["kontext_edit", "kontext_inpaint", "kontext_output_size", "kontext_image_size", "kontext_tokens",

@@ -60,18 +60,14 @@ SYSTEM_PROMPT = ("You are an assistant designed to generate superior images with
 
 def is_lumina2_folder(path) -> bool:
     """True for a folder whose ``model_index.json`` names ``Lumina2Pipeline`` (so ``diffkit sample`` dispatches)."""
-    from .sd_xl import _index
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return False
-    return index is not None and index.get("_class_name") == LUMINA2_PIPELINE
+    from .sd_xl import pipeline_class
+    return pipeline_class(path) == LUMINA2_PIPELINE
 
 
 def check_lumina2_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``Lumina2Pipeline`` folder, checked from its JSON alone; a one-line
     DiffkitError for what diffkit does not drive."""
-    from .sana import check_classes
+    from .pixart import check_classes
     from .sd_xl import _index
     directory = Path(directory)
     index = _index(directory)

@@ -69,14 +69,21 @@ _DPM_FIXED = {"thresholding": False, "use_karras_sigmas": False, "use_exponentia
 _DPM_ALGORITHMS = {"dpmsolver++": "dpm-solver++", "dpmsolver": "dpm-solver"}
 
 
+def check_classes(directory, index: dict, required, kind: str, classes: dict) -> None:
+    """One line unless the ``required`` components are named and present and each of ``classes`` ({component:
+    allowed class names}) is one of its classes (PixArt's, Sana's, Lumina-Image 2.0's, AuraFlow's folders)."""
+    from .sd3 import _entry
+    from .stable_diffusion import check_components
+    check_components(directory, index, required, kind)
+    for part, allowed in classes.items():
+        if _entry(index, part) not in allowed:
+            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
+
+
 def pixart_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
-    from .sd_xl import _index
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return None
-    name = None if index is None else index.get("_class_name")
+    from .sd_xl import pipeline_class
+    name = pipeline_class(path)
     return name if name in PIXART_PIPELINES else None
 
 
@@ -142,19 +149,14 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
 def check_pixart_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a PixArt folder, checked from its JSON alone
     (module docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .sd3 import _entry
     from .sd_xl import _index
-    from .stable_diffusion import check_components
     directory = Path(directory)
     index = _index(directory)
     if index is None or index.get("_class_name") not in PIXART_PIPELINES:
         raise DiffkitError(f"{directory} is not a PixArt folder (model_index.json naming "
                            f"{' or '.join(PIXART_PIPELINES)})")
-    check_components(directory, index, REQUIRED, "PixArt")
-    for name, allowed in (("transformer", PIXART_TRANSFORMERS), ("vae", ("AutoencoderKL",)),
-                          ("text_encoder", ("T5EncoderModel",))):
-        if _entry(index, name) not in allowed:
-            raise DiffkitError(f"{directory}'s {name} is a {_entry(index, name)!r}; allowed: {' or '.join(allowed)}")
+    check_classes(directory, index, REQUIRED, "PixArt", {
+        "transformer": PIXART_TRANSFORMERS, "vae": ("AutoencoderKL",), "text_encoder": ("T5EncoderModel",)})
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     c_in = int(config.get("in_channels", 4))
     c_out = config.get("out_channels", 8)

@@ -58,7 +58,7 @@ import torch
 from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
 from .flow_latents import flow_sigmas_grid, load_flow_parts
-from .pixart import PixArt, folder_sampler
+from .pixart import PixArt, check_classes, folder_sampler
 
 SANA_PIPELINE = "SanaPipeline"
 SANA_SPRINT_PIPELINE = "SanaSprintPipeline"  # :mod:`.sana_sprint`
@@ -89,29 +89,14 @@ COMPLEX_HUMAN_INSTRUCTION = (
 
 def sana_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it names a Sana pipeline (any ``Sana...Pipeline``), else None."""
-    from .sd_xl import _index
-    try:
-        index = _index(path)
-    except (TypeError, OSError):
-        return None
-    name = None if index is None else str(index.get("_class_name", ""))
+    from .sd_xl import pipeline_class
+    name = pipeline_class(path)
     return name if name and name.startswith("Sana") and name.endswith("Pipeline") else None
 
 
 def is_sana_folder(path) -> bool:
     """True for a Sana pipeline folder (so ``diffkit sample`` dispatches; another Sana class is refused there)."""
     return sana_kind(path) is not None
-
-
-def check_classes(directory, index: dict, required, kind: str, classes: dict) -> None:
-    """One line unless the ``required`` components are named and present and each of ``classes`` ({component:
-    allowed class names}) is one of its classes (Sana's, Lumina-Image 2.0's folders)."""
-    from .sd3 import _entry
-    from .stable_diffusion import check_components
-    check_components(directory, index, required, kind)
-    for part, allowed in classes.items():
-        if _entry(index, part) not in allowed:
-            raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
 
 
 def check_sana_folder(directory) -> tuple:

@@ -284,6 +284,16 @@ def _index(path: Union[str, Path]) -> Optional[dict]:
         return None
 
 
+def pipeline_class(path) -> Optional[str]:
+    """The pipeline class a diffusers folder's ``model_index.json`` names (``_class_name``), or None (no such file,
+    not a path, not a JSON object); what the ``is_..._folder`` checks of the folder kinds read."""
+    try:
+        index = _index(path)
+    except (TypeError, OSError):
+        return None
+    return None if index is None or index.get("_class_name") is None else str(index["_class_name"])
+
+
 def is_sd_xl_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of an SD-XL pipeline: ``model_index.json`` names a
     ``StableDiffusionXL...`` class or a ``text_encoder_2`` and a ``unet`` (an SD3 folder has a ``text_encoder_2``
