@@ -57,7 +57,7 @@ def matrix_rows(text: str):
 def footnotes(text: str, letter: str) -> dict:
     """{"T3": the rest of its line} of the matrix's lists: lines ``- **T3** ...``."""
     body = section(text, "## Capability matrix")
-    return {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*(%s[A-Z]?\d+)\*\* (.+)$" % letter, body, re.M)}
+    return {m.group(1): m.group(2) for m in re.finditer(r"^- \*\*(%s[A-Z]{0,2}\d+)\*\* (.+)$" % letter, body, re.M)}
 
 
 def test_every_link_to_a_heading_of_the_file_resolves():
@@ -95,7 +95,7 @@ def test_every_matrix_cell_cites_what_backs_it():
         for cell in cells:
             kind = next((k for k in KINDS if cell.startswith(k)), None)
             assert kind, f"{feature}: cell {cell!r} starts with none of {KINDS}"
-            refs = re.findall(r"\b([TR][A-Z]?\d+)\b", cell)  # T12, or a helper's TA1 / RC1
+            refs = re.findall(r"\b([TR][A-Z]{0,2}\d+)\b", cell)  # T12, a helper's TA1 / RC1, or TSG1
             used.update(refs)
             if kind in ("yes", "runs"):
                 assert any(r.startswith("T") for r in refs), f"{feature}: {cell!r} cites no test"
