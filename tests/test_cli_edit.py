@@ -81,7 +81,8 @@ def test_inpainting_keeps_the_black_region_of_the_mask(run, tmp_path, capsys):
     (["--class", "3"], r"--class needs a class-conditional checkpoint \(trained with --conditional\); this one is "
                        r"unconditional"),
     (["--jump-n-sample", "3"], r"--jump-n-sample / --jump-length \(RePaint's resampling\) go with --mask"),
-    (["--reconstruction-weight", "2"], r"--reconstruction-weight \(reconstruction guidance\) goes with --mask or --series"),
+    (["--reconstruction-weight", "2"],
+     r"--reconstruction-weight \(reconstruction guidance\) goes with --mask or --series"),
     (["--horizon", "2"], r"--horizon goes with --series \(a time-series checkpoint\)"),
     (["--guidance-scale", "2"], r"--guidance-scale is not available for --images \(image edits take --class without "
                                 r"guidance\); it goes with --series"),
@@ -269,8 +270,9 @@ def test_spacing_and_final_flags_reach_img2img(run, tmp_path, capsys):
     assert not np.array_equal(want, as_png())
     for i in range(3):
         assert np.array_equal(read(tmp_path / "t" / f"edit_0000{i}.png"), want[i])
+    spacing = "--spacing does not go with --interpolate"
     for extra, needle in ((["--sampler", "ddim@leading", "--spacing", "trailing"], "spacing"),
-                          (["--interpolate", "2", "--spacing", "trailing"], "--spacing does not go with --interpolate")):
+                          (["--interpolate", "2", "--spacing", "trailing"], spacing)):
         code, _, err = cli(capsys, "edit", "--checkpoint", str(ck), "--images", str(run / "pngs"), *extra,
                            "--device", "cpu", "--out", str(tmp_path / "no"))
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err

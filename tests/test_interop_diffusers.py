@@ -921,7 +921,8 @@ def test_a_flow_checkpoint_exports_as_flow_match_euler_and_its_loop_is_diffkit_d
     assert not scheduler.config.use_dynamic_shifting
     s = diffkit.diffusion.flow_time(NoiseSchedule.flow(T, shift).alpha(torch.arange(T, dtype=torch.float64)),
                                     NoiseSchedule.flow(T, shift).sigma(torch.arange(T, dtype=torch.float64)))
-    torch.testing.assert_close(scheduler.sigmas.double().flip(0), s, rtol=1e-6, atol=1e-7)  # before set_timesteps: T sigmas
+    # before set_timesteps: T sigmas
+    torch.testing.assert_close(scheduler.sigmas.double().flip(0), s, rtol=1e-6, atol=1e-7)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     times = torch.tensor([1000.0, 612.37, 3.5]) * (T / 1000)  # float flow times s * T
     with torch.no_grad():
@@ -985,7 +986,8 @@ def test_a_flow_folder_diffkit_cannot_express_is_one_line(tmp_path, capsys, key,
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, key: value}))
     capsys.readouterr()
-    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", str(tmp_path / "b.safetensors")]) == 2
+    out = str(tmp_path / "b.safetensors")
+    assert cli_main(["convert", "--from-diffusers", str(tmp_path / "hf"), "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "b.safetensors").exists()
@@ -995,7 +997,8 @@ def test_flow_sampling_options_warn_and_a_foreign_schedule_is_refused():
     from diffkit.errors import DiffkitWarning
     from diffkit.interop.schedulers import flow_scheduler_config
     with pytest.warns(DiffkitWarning, match="use_karras_sigmas=True"):
-        sch, pred = schedule_from_diffusers(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_karras_sigmas=True))
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_karras_sigmas=True)
+        sch, pred = schedule_from_diffusers(scheduler)
     assert pred == "flow_prediction" and torch.equal(sch.betas, NoiseSchedule.flow(1000, 3.0).betas)
     with pytest.raises(DiffkitError, match="not the flow schedule of T=1000, flow_shift=2.0"):
         flow_scheduler_config(NoiseSchedule.flow(1000, 3.0), 2.0)
