@@ -443,6 +443,12 @@ class GuidanceRequest:
         from ..interop.sd3 import is_sd3_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         from ._common import peek_checkpoint
+        from ..interop.hunyuan_dit import PAG_FORM, PAG_LAYERS, is_hunyuan_dit_folder
+        if is_hunyuan_dit_folder(checkpoint):  # HunyuanDiTPAGPipeline's names (.interop.hunyuan_dit), matched loaded
+            from ..interop.sd_pag import check_layer_names
+            check_layer_names(self.pag_layers, PAG_LAYERS, PAG_FORM)
+            self.pag_diffusers = True
+            return
         if is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint):  # diffusers' names, matched loaded
             from ..interop.sd_pag import check_layer_names
             from ..interop.sd3_pag import check_sd3_layer_names

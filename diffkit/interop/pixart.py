@@ -89,14 +89,18 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`: the same command path), else None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
+    :mod:`.hunyuan_dit`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .auraflow import is_auraflow_folder
+    from .hunyuan_dit import is_hunyuan_dit_folder
     from .lumina2 import is_lumina2_folder
     from .sana import is_sana_folder
     if is_sana_folder(path):
         return "Sana"
+    if is_hunyuan_dit_folder(path):
+        return "HunyuanDiT"
     return "Lumina2" if is_lumina2_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
 
 
