@@ -4,9 +4,6 @@ few words, the T5 encoder and unigram tokenizer of tests/test_interop_sd3.py, a 
 AutoencoderKL of factor 8, HunyuanDiT's DDPMScheduler with v-prediction; nothing downloaded), the DDPM step noise
 drawn from the same per-sample generators, and ``diffkit sample`` on it (the library's grid byte for byte; flags
 that do not apply: one line)."""
-import json
-import shutil
-
 import pytest
 import torch
 
@@ -19,7 +16,7 @@ from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.hunyuan_dit import is_hunyuan_dit_folder, load_hunyuan_dit, text_to_image  # noqa: E402
 from diffkit.noise import generators_from_seed  # noqa: E402
 
-from _pixart_helpers import assert_sample_refusals  # noqa: E402
+from _pixart_helpers import assert_sample_refusals, cfg_sample_argv, edited_copy  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
 
@@ -122,10 +119,7 @@ def test_pag_matches_the_pag_pipeline(folder, scale, pag):
 def test_epsilon_folder_matches_the_pipeline(folder, tmp_path):
     """A DDPMScheduler with prediction_type epsilon (the config's) matches too."""
     pipe, path, _ = folder
-    copy = tmp_path / "eps"
-    shutil.copytree(path, copy)
-    config = copy / "scheduler" / "scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "epsilon"}))
+    copy = edited_copy(path, tmp_path / "eps", "scheduler/scheduler_config.json", {"prediction_type": "epsilon"})
     eps_pipe = diffusers.HunyuanDiTPipeline(**{**pipe.components, "scheduler": diffusers.DDPMScheduler.from_pretrained(
         copy / "scheduler")})
     eps_pipe.set_progress_bar_config(disable=True)
@@ -155,11 +149,8 @@ def test_bad_input_refused(folder):
 def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, tmp_path, capsys):
     _, path, hunyuan = folder
     out = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
-                 "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--height", "32", "--width", "48",
-                 "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
-                 "--guidance-rescale", "0.5", "--pag-scale", "1.5", "--pag-adaptive-scale", "0.001",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main(cfg_sample_argv(path, PROMPTS, out, "--height", "32", "--width", "48", "--guidance-rescale", "0.5",
+                                "--pag-scale", "1.5", "--pag-adaptive-scale", "0.001")) == 0
     images = text_to_image(hunyuan, PROMPTS, steps=2, seed=None, generator=generators_from_seed(5, 2), height=32,
                            width=48, negative_prompt="ugly", guidance_scale=3.0, guidance_rescale=0.5, pag_scale=1.5,
                            pag_adaptive_scale=0.001, output_range="-1,1")
@@ -184,9 +175,5 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
     ("scheduler/scheduler_config.json", {"variance_type": "fixed_large"}, "variance_type='fixed_large', which"),
 ])
 def test_folders_diffkit_does_not_drive_are_refused(folder, tmp_path, file, change, expected):
-    copy = tmp_path / "copy"
-    shutil.copytree(folder[1], copy)
-    data = json.loads((copy / file).read_text())
-    (copy / file).write_text(json.dumps({**data, **change}))
     with pytest.raises(DiffkitError, match=expected):
-        load_hunyuan_dit(copy, progress=False)
+        load_hunyuan_dit(edited_copy(folder[1], tmp_path / "copy", file, change), progress=False)

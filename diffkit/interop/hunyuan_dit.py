@@ -67,7 +67,7 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
 from .flow_latents import load_flow_parts
-from .pixart import PixArt, check_classes
+from .pixart import PixArt, checked_folder
 from .pixart import folder_sampler as pixart_folder_sampler
 from .sd_pag import DiffusersSelfAttention
 
@@ -118,14 +118,8 @@ def folder_sampler(config: dict) -> tuple:
 def check_hunyuan_dit_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of a ``HunyuanDiTPipeline`` folder, checked from its
     JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .sd_xl import _index
     directory = Path(directory)
-    index = _index(directory)
-    if index is None or index.get("_class_name") != HUNYUAN_DIT_PIPELINE:
-        raise DiffkitError(f"{directory} is not a HunyuanDiT folder (model_index.json naming {HUNYUAN_DIT_PIPELINE})")
-    check_classes(directory, index, REQUIRED, "HunyuanDiT", HUNYUAN_DIT_CLASSES)
-    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    vae = read_json_object(directory / "vae" / "config.json", "vae config")
+    index, config, vae = checked_folder(directory, HUNYUAN_DIT_PIPELINE, REQUIRED, "HunyuanDiT", HUNYUAN_DIT_CLASSES)
     if not config.get("learn_sigma", True):
         raise DiffkitError(f"{directory}'s transformer has learn_sigma=False, whose output HunyuanDiTPipeline halves "
                            f"all the same (noise_pred.chunk(2)); allowed: learn_sigma true")

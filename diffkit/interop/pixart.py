@@ -80,6 +80,20 @@ def check_classes(directory, index: dict, required, kind: str, classes: dict) ->
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
 
 
+def checked_folder(directory: Path, pipeline: str, required, kind: str, classes: dict) -> tuple:
+    """(model_index.json, transformer config, VAE config) of ``directory`` where its index names ``pipeline`` and
+    passes :func:`check_classes` (``required``, ``kind``, ``classes``), else one line ("is not a(n) {kind} folder";
+    AuraFlow's and HunyuanDiT's folders)."""
+    from .sd_xl import _index
+    index = _index(directory)
+    if index is None or index.get("_class_name") != pipeline:
+        article = "an" if kind[:1] in "AEIOU" else "a"
+        raise DiffkitError(f"{directory} is not {article} {kind} folder (model_index.json naming {pipeline})")
+    check_classes(directory, index, required, kind, classes)
+    return (index, read_json_object(directory / "transformer" / "config.json", "transformer config"),
+            read_json_object(directory / "vae" / "config.json", "vae config"))
+
+
 def pixart_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
     from .sd_xl import pipeline_class
