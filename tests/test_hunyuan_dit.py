@@ -116,17 +116,23 @@ def test_pag_matches_the_pag_pipeline(folder, scale, pag):
     assert relative_error(plain, theirs) > 1e-3  # PAG changed the draw
 
 
-def test_epsilon_folder_matches_the_pipeline(folder, tmp_path):
-    """A DDPMScheduler with prediction_type epsilon (the config's) matches too."""
+@pytest.mark.parametrize("scheduler,change,sampler", [
+    ("DDPMScheduler", {"prediction_type": "epsilon"}, "ddpm"),
+    ("DPMSolverMultistepScheduler", {}, "dpm-solver++-2m")])
+def test_other_scheduler_configs_match_the_pipeline(folder, tmp_path, scheduler, change, sampler):
+    """A DDPMScheduler with prediction_type epsilon (the config's), and the folder's scheduler swapped for a
+    DPMSolverMultistepScheduler (``from_config``, v-prediction; PixArt's mapping), match too."""
     pipe, path, _ = folder
-    copy = edited_copy(path, tmp_path / "eps", "scheduler/scheduler_config.json", {"prediction_type": "epsilon"})
-    eps_pipe = diffusers.HunyuanDiTPipeline(**{**pipe.components, "scheduler": diffusers.DDPMScheduler.from_pretrained(
+    copy = edited_copy(path, tmp_path / "copy", "model_index.json", {"scheduler": ["diffusers", scheduler]})
+    getattr(diffusers, scheduler).from_config({**pipe.scheduler.config, **change}).save_pretrained(copy / "scheduler")
+    other = diffusers.HunyuanDiTPipeline(**{**pipe.components, "scheduler": getattr(diffusers, scheduler).from_pretrained(
         copy / "scheduler")})
-    eps_pipe.set_progress_bar_config(disable=True)
+    other.set_progress_bar_config(disable=True)
     hunyuan = load_hunyuan_dit(copy, progress=False)
-    assert hunyuan.prediction_type == "epsilon"
-    ours, theirs = run_both(eps_pipe, hunyuan, steps=2, guidance_scale=3.0, guidance_rescale=0.5)
-    assert relative_error(ours, theirs) < 1e-5  # measured 6.5e-7
+    assert hunyuan.folder_sampler()[0] == sampler and hunyuan.prediction_type == change.get("prediction_type",
+                                                                                            "v_prediction")
+    ours, theirs = run_both(other, hunyuan, steps=2, guidance_scale=3.0, guidance_rescale=0.5)
+    assert relative_error(ours, theirs) < 1e-5  # measured 5.1e-7 (epsilon DDPM), 4.5e-7 (DPM-Solver++)
 
 
 def test_bad_input_refused(folder):

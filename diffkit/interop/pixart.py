@@ -148,6 +148,8 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
     fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"} if flow else _DPM_FIXED
     for key, want in fixed.items():
         value = config.get(key, want)
+        if key == "variance_type" and value not in ("learned", "learned_range"):
+            continue  # its step reads only those two (a DDPMScheduler config's fixed_small carried by from_config)
         if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
             raise DiffkitError(f"the folder's DPMSolverMultistepScheduler has {key}={value!r}, which diffkit's "
                                f"multistep DPM-Solver on its timesteps does not compute (allowed: {want!r}){hint}")
