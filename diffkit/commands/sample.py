@@ -38,8 +38,9 @@ would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDSc
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0, AuraFlow
-and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2 depth-to-image folder
-edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
+and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
+InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit
+upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
