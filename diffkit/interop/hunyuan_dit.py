@@ -3,7 +3,7 @@
 
 Hunyuan-DiT (Li et al. 2024, "Hunyuan-DiT: A Powerful Multi-Resolution Diffusion Transformer with Fine-Grained
 Chinese Understanding", arXiv:2405.08748) is a DiT (``HunyuanDiT2DModel``: long skip connections between the first
-and last halves of its blocks, 2-D rotary position embeddings, Sec. 2.1-2.2) on an SD-XL ``AutoencoderKL``'s
+and last halves of its blocks, 2-D rotary position embeddings) on an SD-XL ``AutoencoderKL``'s
 latents, cross-attending to two text encoders at once: a bilingual CLIP text encoder (a ``BertModel``, 77 tokens)
 and a multilingual T5 (``T5EncoderModel``, 256 tokens), each under its prompt's attention mask. Its noise schedule
 is DDPM's (scaled-linear betas, v-prediction in the released folders) with a learned variance the pipeline drops,
@@ -16,7 +16,7 @@ mapping and ``text_to_image``). Every step of ``HunyuanDiTPipeline.__call__`` is
 * size conditions (``use_style_cond_and_image_meta_size``, Hunyuan-DiT <= 1.1; ignored by the transformer from
   1.2 on): ``image_meta_size`` = original size (default 1024 x 1024) + target size (default the drawn height x
   width) + crop's top-left (default (0, 0)), in pixels, and ``style`` 0, shared by both guidance halves.
-* the 2-D rotary embeddings (Sec. 2.2) of the patch grid (H / 8 / p) x (W / 8 / p), resized and centre-cropped
+* the 2-D rotary embeddings of the patch grid (H / 8 / p) x (W / 8 / p), resized and centre-cropped
   into the 512-pixel base grid (``get_resize_crop_region_for_grid``, ``get_2d_rotary_pos_embed``): made per
   latent size by :class:`HunyuanDiTNet`, with diffusers' own functions.
 * the transformer returns 2C channels; the first C are the prediction (eps or v, the scheduler's
@@ -24,7 +24,7 @@ mapping and ``text_to_image``). Every step of ``HunyuanDiTPipeline.__call__`` is
   ``learned_variance`` split.
 * classifier-free guidance (Ho & Salimans 2022) on that output, out_u + s (out_c - out_u) for s > 1 (default 5),
   then guidance rescale phi (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
-  Sec. 3.4, eq. 15-16: ``rescale_noise_cfg``) in the network's output space (v for a v-prediction folder):
+  Sec. 3.4: ``rescale_noise_cfg``) in the network's output space (v for a v-prediction folder):
   :class:`~diffkit.guidance.ClassifierFreeGuidance` with ``rescale_space`` ``v`` / ``eps``. s <= 1: one unguided
   call (a negative prompt, a rescale or PAG is refused: the pipeline ignores the first two there, and its PAG
   variant fails).
