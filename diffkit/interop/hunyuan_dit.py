@@ -140,18 +140,6 @@ def check_hunyuan_dit_folder(directory) -> tuple:
     return index, config, sched
 
 
-def resize_crop_region(grid: tuple, base: int) -> tuple:
-    """``get_resize_crop_region_for_grid`` of the pipeline: the patch ``grid`` (h, w) resized to fit the square
-    ``base`` grid (its long side ``base``) and centred: ((top, left), (bottom, right))."""
-    h, w = grid
-    if h / w > 1:
-        height, width = base, int(round(base / h * w))
-    else:
-        height, width = int(round(base / w * h)), base
-    top, left = int(round((base - height) / 2.0)), int(round((base - width) / 2.0))
-    return (top, left), (top + height, left + width)
-
-
 class HunyuanDiTNet(torch.nn.Module):
     """``net(x, t, context, mask, context_t5, mask_t5, image_meta_size=None, style=None)`` over a
     ``HunyuanDiT2DModel``: the BERT and T5 states and masks, the size and style conditions, ``t`` (training
@@ -168,9 +156,10 @@ class HunyuanDiTNet(torch.nn.Module):
         key = (height, width, str(device))
         if key not in self._rotary:
             from diffusers.models.embeddings import get_2d_rotary_pos_embed
+            from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
             patch = int(self.model.config.patch_size)
             grid = (height // patch, width // patch)  # the pipeline's pixels // 8 // patch (a VAE of factor 8)
-            crops = resize_crop_region(grid, 512 // 8 // patch)
+            crops = get_resize_crop_region_for_grid(grid, 512 // 8 // patch)  # centred in the 512-pixel grid
             self._rotary[key] = get_2d_rotary_pos_embed(self.model.inner_dim // self.model.num_heads, crops, grid,
                                                         device=device, output_type="pt")
         return self._rotary[key]
