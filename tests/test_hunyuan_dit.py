@@ -124,9 +124,9 @@ def test_other_scheduler_configs_match_the_pipeline(folder, tmp_path, scheduler,
     DPMSolverMultistepScheduler (``from_config``, v-prediction; PixArt's mapping), match too."""
     pipe, path, _ = folder
     copy = edited_copy(path, tmp_path / "copy", "model_index.json", {"scheduler": ["diffusers", scheduler]})
-    getattr(diffusers, scheduler).from_config({**pipe.scheduler.config, **change}).save_pretrained(copy / "scheduler")
-    other = diffusers.HunyuanDiTPipeline(**{**pipe.components, "scheduler": getattr(diffusers, scheduler).from_pretrained(
-        copy / "scheduler")})
+    cls = getattr(diffusers, scheduler)
+    cls.from_config({**pipe.scheduler.config, **change}).save_pretrained(copy / "scheduler")
+    other = diffusers.HunyuanDiTPipeline(**{**pipe.components, "scheduler": cls.from_pretrained(copy / "scheduler")})
     other.set_progress_bar_config(disable=True)
     hunyuan = load_hunyuan_dit(copy, progress=False)
     assert hunyuan.folder_sampler()[0] == sampler and hunyuan.prediction_type == change.get("prediction_type",
