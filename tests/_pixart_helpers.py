@@ -1,6 +1,9 @@
 """Tiny random PixArt-α / PixArt-Σ folders (tests/test_pixart.py): a T5EncoderModel with the unigram tokenizer of
 tests/test_interop_sd3.py, a PixArtTransformer2DModel with a learned variance (out_channels 2C), an AutoencoderKL
 and PixArt's DPMSolverMultistepScheduler, written by save_pretrained (nothing downloaded)."""
+import json
+import shutil
+
 import torch
 
 import diffusers
@@ -49,3 +52,19 @@ def assert_sample_refusals(main, folder, tmp_path, capsys, cases, label=None):
     assert main(["edit", "--checkpoint", str(folder), "--images", str(tmp_path), "--prompt", "hot",
                  "--out", str(tmp_path / "never")]) == 2
     assert f"is {label} folder, which diffkit edit does not take" in capsys.readouterr().err
+
+
+def edited_copy(folder, copy, file, change: dict):
+    """``copy``: a copy of ``folder`` whose JSON ``file`` has the keys of ``change`` set (a folder diffkit refuses)."""
+    shutil.copytree(folder, copy)
+    data = json.loads((copy / file).read_text())
+    (copy / file).write_text(json.dumps({**data, **change}))
+    return copy
+
+
+def cfg_sample_argv(path, prompts, out, *extra):
+    """``diffkit sample`` on ``path``: two prompts, one row each, 2 steps, seed 5, a batch of 2, the negative prompt
+    "ugly" at the diffusers scale 3, no progress bar, to ``out``; ``extra`` flags appended."""
+    return ["sample", "--checkpoint", str(path), "--prompt", prompts[0], "--prompt", prompts[1], "--num", "2",
+            "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--negative-prompt", "ugly",
+            "--guidance-scale", "3", "--guidance-convention", "diffusers", "--out", str(out), "--no-progress", *extra]

@@ -2,9 +2,6 @@
 tiny random folder (a UMT5 encoder with the unigram tokenizer of tests/test_interop_sd3.py, an
 AuraFlowTransformer2DModel of one MMDiT and one single block, the tiny VAE of tests/_pixart_helpers.py; nothing
 downloaded), and ``diffkit sample`` on it (the library's grid byte for byte; flags that do not apply: one line)."""
-import json
-import shutil
-
 import pytest
 import torch
 
@@ -16,7 +13,7 @@ from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.auraflow import is_auraflow_folder, load_auraflow, text_to_image  # noqa: E402
 
-from _pixart_helpers import assert_sample_refusals, tiny_pixart_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals, cfg_sample_argv, edited_copy, tiny_pixart_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
 
@@ -86,11 +83,8 @@ def test_prompt_states_are_masked_and_bad_input_refused(folder):
 def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, tmp_path, capsys):
     _, path, aura = folder
     out = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
-                 "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--height", "16", "--width", "32",
-                 "--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers",
-                 "--max-sequence-length", "10",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main(cfg_sample_argv(path, PROMPTS, out, "--height", "16", "--width", "32", "--max-sequence-length",
+                                "10")) == 0
     images = text_to_image(aura, PROMPTS, steps=2, seed=5, height=16, width=32, negative_prompt="ugly",
                            guidance_scale=3.0, max_sequence_length=10, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
@@ -108,12 +102,8 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
     ("scheduler/scheduler_config.json", {"use_dynamic_shifting": True}, "use_dynamic_shifting=True, for which"),
 ])
 def test_folders_diffkit_does_not_drive_are_refused(folder, tmp_path, file, change, expected):
-    copy = tmp_path / "copy"
-    shutil.copytree(folder[1], copy)
-    data = json.loads((copy / file).read_text())
-    (copy / file).write_text(json.dumps({**data, **change}))
     with pytest.raises(DiffkitError, match=expected):
-        load_auraflow(copy, progress=False)
+        load_auraflow(edited_copy(folder[1], tmp_path / "copy", file, change), progress=False)
 
 
 AURAFLOW_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "add_q_proj", "to_out.0", "linear_1",

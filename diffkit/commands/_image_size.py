@@ -39,6 +39,11 @@ def size_multiple(directory) -> tuple:
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return math.lcm(16, 8 * patch), f"the pipeline's 16 and its VAE factor 8 x the patch size {patch}"
+    from ..interop.hunyuan_dit import is_hunyuan_dit_folder
+    if is_hunyuan_dit_folder(directory):  # HunyuanDiTPipeline's 16 (it floors other sizes) and its factor 8 x patch
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        return math.lcm(16, 8 * patch), f"the pipeline's 16 and its VAE factor 8 x the patch size {patch}"
     from ..interop.auraflow import is_auraflow_folder
     if is_auraflow_folder(directory):  # AuraFlowPipeline.check_inputs' 2 f, and whole patches
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",

@@ -11,6 +11,8 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 LORA_KINDS = ("Sana", "Lumina2", "AuraFlow")  # folders whose diffusers pipeline has a LoRA loader (--lora)
+HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
+                              "--pag-adaptive-scale)")
 
 
 def articled(message: str) -> str:
@@ -29,14 +31,18 @@ def folder_default_sampler(checkpoint) -> str:
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
+    if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
+        from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
+        return hunyuan_folder_sampler(config)[0]
     return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2", "AuraFlow"))[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
-                keys=("refiner", "t2i_adapter", "redux", "thresholding", "flow_shift")) -> list:
+                keys=("refiner", "t2i_adapter", "redux", "thresholding", "flow_shift"), allowed=()) -> list:
     """The ``diffkit sample`` flags given that a one-T5-encoder CFG folder (PixArt, Chroma: ``--prompt``,
     ``--negative-prompt``, ``--guidance-scale``) does not take: those of ``refused`` ({flag: value}), of
-    ``options`` under ``keys`` (popped), and the guidance flags of another kind (``--class``, ``--pag-scale``, ...)."""
+    ``options`` under ``keys`` (popped), and the guidance flags of another kind (``--class``, ``--pag-scale``, ...)
+    but those ``allowed`` (a HunyuanDiT folder's ``--guidance-rescale``, ``--pag-scale``)."""
     from .sample import GuidanceRequest
     flags = dict(refused or {})
     for key in keys:
@@ -46,7 +52,7 @@ def given_flags(guidance, options: dict, refused: Optional[dict] = None,
                   "--clip-guidance": guidance.clip_prompt, "--pag-scale": guidance.pag_scale,
                   "--slg-layers": guidance.slg, **{flag: value for flag, value in zip(GuidanceRequest.APG_FLAGS, (
                       guidance.apg_eta, guidance.apg_norm_threshold, guidance.apg_momentum))}})
-    return [flag for flag, value in flags.items() if value is not None and value is not False]
+    return [flag for flag, value in flags.items() if value is not None and value is not False and flag not in allowed]
 
 
 def checked_request(directory, kind: str, takes: str, guidance, options: dict, refused: Optional[dict] = None,
@@ -74,8 +80,10 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
-    AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale``
-    is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
+    AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
+    (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
+    ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A Sana Sprint
+    folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
@@ -85,13 +93,18 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     label = masked_text_folder(directory) or "PixArt"
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
-    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + \
+    hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
+    takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else TAKES) + \
         (", --lora" if label in LORA_KINDS else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
+    if hunyuan:
+        more.update({"--max-sequence-length": getattr(guidance, "max_sequence_length", None),
+                     "--pag-interval": getattr(guidance, "pag_interval", None)})
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
-                               {**(refused or {}), **more})
-    lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
+                               {**(refused or {}), **more},
+                               allowed=("--guidance-rescale", "--pag-scale") if hunyuan else ())
+    lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization); HunyuanDiT's
     if label == "Sana":
         from ..interop.sana import load_sana, text_to_image
         pixart = load_sana(directory, device, progress=progress, lora=lora)
@@ -103,6 +116,11 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
+    elif hunyuan:
+        from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
+        from ._sd3 import pag_options
+        pixart = load_hunyuan_dit(directory, device, progress=progress)
+        lumina = {"guidance_rescale": guidance.rescale, **pag_options(guidance)}
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)

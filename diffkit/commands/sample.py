@@ -18,7 +18,8 @@ of the predicted x_0 (``--clip-input x_t``: of x_t, for a noise-aware CLIP) and 
 embedding, for models of RGB images. ``--pag-scale S`` adds Perturbed-Attention Guidance (Ahn et al. 2024):
 eps + S (eps - eps-hat), eps-hat the network with the identity as the self-attention map of ``--pag-layers``
 (default ``mid``; ``down.L`` / ``up.L`` for a level L of the config's ``attn``; on a Stable Diffusion / SD-XL
-/ SD3 folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL / 3)PAGPipeline), also for unconditional
+/ SD3 / HunyuanDiT folder diffusers' ``pag_applied_layers`` names, as StableDiffusion(XL / 3)PAGPipeline and
+HunyuanDiTPAGPipeline), also for unconditional
 checkpoints; with ``--guidance-scale`` the three passes share one batched call; ``--pag-interval T_LO T_HI``
 limits it to those times, ``--pag-adaptive-scale A`` decays it towards t = 0 (diffusers' ``pag_adaptive_scale``).
 See docs/guidance.md.
@@ -36,9 +37,10 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ and Sana (Sprint) folders as their
-pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2 depth-to-image folder
-edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0, AuraFlow
+and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
+InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit
+upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -156,8 +158,8 @@ def register(sub) -> None:
                    help="with --pag-scale: the self-attention layers to perturb, comma-separated: mid (default), "
                         "down.L, up.L for a level L (an index into channel_mult) in the model's attn; on a Stable "
                         "Diffusion / SD-XL / SD3 folder diffusers' pag_applied_layers (regular expressions searched "
-                        "in the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...; SD3: blocks.1, the "
-                        "default there, ...)")
+                        "in the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...; SD3 / HunyuanDiT: "
+                        "blocks.1, the default there, ...)")
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")
@@ -443,6 +445,12 @@ class GuidanceRequest:
         from ..interop.sd3 import is_sd3_folder
         from ..interop.stable_diffusion import is_stable_diffusion_folder
         from ._common import peek_checkpoint
+        from ..interop.hunyuan_dit import PAG_FORM, PAG_LAYERS, is_hunyuan_dit_folder
+        if is_hunyuan_dit_folder(checkpoint):  # HunyuanDiTPAGPipeline's names (.interop.hunyuan_dit), matched loaded
+            from ..interop.sd_pag import check_layer_names
+            check_layer_names(self.pag_layers, PAG_LAYERS, PAG_FORM)
+            self.pag_diffusers = True
+            return
         if is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint):  # diffusers' names, matched loaded
             from ..interop.sd_pag import check_layer_names
             from ..interop.sd3_pag import check_sd3_layer_names

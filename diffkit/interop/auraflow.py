@@ -36,7 +36,7 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
 from .flow_latents import FlowLatentVAE, load_flow_parts
-from .pixart import check_classes
+from .pixart import checked_folder
 from .sana import Sana
 
 AURAFLOW_PIPELINE = "AuraFlowPipeline"
@@ -59,14 +59,8 @@ def check_auraflow_folder(directory) -> tuple:
     """(model_index dict, transformer config, scheduler config) of an ``AuraFlowPipeline`` folder, checked from its
     JSON alone (module docstring); a one-line DiffkitError for what diffkit does not drive."""
     from .schedulers import flow_shift_from_diffusers
-    from .sd_xl import _index
     directory = Path(directory)
-    index = _index(directory)
-    if index is None or index.get("_class_name") != AURAFLOW_PIPELINE:
-        raise DiffkitError(f"{directory} is not an AuraFlow folder (model_index.json naming {AURAFLOW_PIPELINE})")
-    check_classes(directory, index, REQUIRED, "AuraFlow", AURAFLOW_CLASSES)
-    config = read_json_object(directory / "transformer" / "config.json", "transformer config")
-    vae = read_json_object(directory / "vae" / "config.json", "vae config")
+    index, config, vae = checked_folder(directory, AURAFLOW_PIPELINE, REQUIRED, "AuraFlow", AURAFLOW_CLASSES)
     latents = int(vae.get("latent_channels", 4))
     channels = (config.get("in_channels", 4), config.get("out_channels", 4))
     if channels[0] != latents or channels[1] not in (None, latents):

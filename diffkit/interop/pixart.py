@@ -80,6 +80,20 @@ def check_classes(directory, index: dict, required, kind: str, classes: dict) ->
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
 
 
+def checked_folder(directory: Path, pipeline: str, required, kind: str, classes: dict) -> tuple:
+    """(model_index.json, transformer config, VAE config) of ``directory`` where its index names ``pipeline`` and
+    passes :func:`check_classes` (``required``, ``kind``, ``classes``), else one line ("is not a(n) {kind} folder";
+    AuraFlow's and HunyuanDiT's folders)."""
+    from .sd_xl import _index
+    index = _index(directory)
+    if index is None or index.get("_class_name") != pipeline:
+        article = "an" if kind[:1] in "AEIOU" else "a"
+        raise DiffkitError(f"{directory} is not {article} {kind} folder (model_index.json naming {pipeline})")
+    check_classes(directory, index, required, kind, classes)
+    return (index, read_json_object(directory / "transformer" / "config.json", "transformer config"),
+            read_json_object(directory / "vae" / "config.json", "vae config"))
+
+
 def pixart_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
     from .sd_xl import pipeline_class
@@ -89,14 +103,18 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`: the same command path), else None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
+    :mod:`.hunyuan_dit`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .auraflow import is_auraflow_folder
+    from .hunyuan_dit import is_hunyuan_dit_folder
     from .lumina2 import is_lumina2_folder
     from .sana import is_sana_folder
     if is_sana_folder(path):
         return "Sana"
+    if is_hunyuan_dit_folder(path):
+        return "HunyuanDiT"
     return "Lumina2" if is_lumina2_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
 
 
@@ -130,6 +148,8 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
     fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"} if flow else _DPM_FIXED
     for key, want in fixed.items():
         value = config.get(key, want)
+        if key == "variance_type" and value not in ("learned", "learned_range"):
+            continue  # its step reads only those two (a DDPMScheduler config's fixed_small carried by from_config)
         if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
             raise DiffkitError(f"the folder's DPMSolverMultistepScheduler has {key}={value!r}, which diffkit's "
                                f"multistep DPM-Solver on its timesteps does not compute (allowed: {want!r}){hint}")
