@@ -348,12 +348,7 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                            f"scores)")
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
-    vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
-        if (directory / "vae" / "config.json").is_file() else {}
-    for key in ("latents_mean", "latents_std"):
-        if vae_config.get(key) is not None:
-            raise DiffkitError(f"{directory} has a VAE with {key} (latents normalised per channel); diffkit decodes "
-                               f"z / scaling_factor only")
+    check_vae_latents(directory)
     transformers = require("transformers")
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(directory, device, dtype, inpainting, check_unet=check_sd_xl_unet,
@@ -374,6 +369,17 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     add_textual_inversions(xl, embeddings)  # clip_l / clip_g into both tokenizers and text encoders
     merge_sd_loras(xl, loras)  # unet., text_encoder., text_encoder_2. (kohya lora_unet_, lora_te1_, lora_te2_)
     return xl
+
+
+def check_vae_latents(directory: Path) -> None:
+    """One line for a VAE with ``latents_mean`` / ``latents_std`` (latents normalised per channel): diffkit decodes
+    z / scaling_factor only (SD-XL's and Kolors' pipelines alike)."""
+    vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
+        if (directory / "vae" / "config.json").is_file() else {}
+    for key in ("latents_mean", "latents_std"):
+        if vae_config.get(key) is not None:
+            raise DiffkitError(f"{directory} has a VAE with {key} (latents normalised per channel); diffkit decodes "
+                               f"z / scaling_factor only")
 
 
 def _refuse_refiner_inpainting(directory: Path, aesthetics: bool) -> None:
