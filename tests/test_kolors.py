@@ -155,3 +155,64 @@ def test_kolors_folder_refusals_from_its_json(tiny_kolors, tmp_path):
     from diffkit.interop.pixart import folder_sampler
     with pytest.raises(DiffkitError, match="EulerDiscreteScheduler has use_karras_sigmas=True, which diffkit's euler"):
         folder_sampler({**kolors.scheduler_config, "use_karras_sigmas": True})
+
+
+def test_sample_command_is_the_library_and_refuses_what_does_not_apply(tiny_kolors, tmp_path, capsys):
+    """``diffkit sample --checkpoint KOLORS``: by default euler on the EulerDiscreteScheduler's timesteps (the
+    pipeline's loop, above), the grid byte for byte text_to_image's; SD-XL's CLIP and add-on flags in one line."""
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    from _pixart_helpers import assert_sample_refusals
+    _, folder, kolors = tiny_kolors
+    out = tmp_path / "grid.png"
+    with stub_sentencepiece():
+        assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num",
+                     "2", "--nrow", "1", "--steps", "2", "--seed", "5", "--batch-size", "2", "--negative-prompt",
+                     "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers", "--pag-scale", "1",
+                     "--out", str(out), "--no-progress"]) == 0
+    assert "euler, Stable Diffusion folder" in capsys.readouterr().out
+    images = text_to_image(kolors, PROMPTS, sampler="euler", grid="scheduler", steps=2, seed=5, guidance_scale=3.0,
+                           negative_prompt="ugly", pag_scale=1.0, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"")
+    assert_sample_refusals(main, folder, tmp_path, capsys, [
+        (["--prompt-2", "a dog"], "--prompt-2 does not apply to a Kolors folder"),
+        (["--clip-skip", "1"], "--clip-skip does not apply to a Kolors folder"),
+        (["--lora", str(lora)], "--lora does not apply to a Kolors folder"),
+        (["--scheduler", "lcm"], "--scheduler does not apply to a Kolors folder")])
+
+
+def test_edit_command_is_the_img2img_pipeline(tiny_kolors, tmp_path, capsys):
+    """``diffkit edit --checkpoint KOLORS --prompt --negative-prompt`` on PNGs: KolorsImg2ImgPipeline's images (to
+    the PNGs' 1/255; euler on leading timesteps, its scheduler with steps_offset 0 as diffkit's grid), image i from
+    seed + i; --mask and --pag-scale (no Kolors inpainting or PAG img2img pipeline) refused in one line."""
+    import numpy as np
+    from PIL import Image
+    from diffusers.pipelines.kolors import KolorsImg2ImgPipeline
+    from test_latent_editing import cli, write_pngs
+    pipe, folder, _ = tiny_kolors
+    pngs = write_pngs(tmp_path / "in", 2, 16, "RGB")
+    with stub_sentencepiece():
+        code, out, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", PROMPTS[0], "--prompt",
+                             PROMPTS[1], "--negative-prompt", "ugly", "--strength", 0.5, "--steps", 4, "--sampler",
+                             "euler", "--spacing", "leading", "--final", "zero", "--seed", 10, "--batch-size", 2,
+                             "--out", tmp_path / "out")
+    assert code == 0, err
+    image = torch.stack([torch.from_numpy(np.array(Image.open(pngs / f"in_{i}.png"))).permute(2, 0, 1)
+                         for i in range(2)]).float() / 255
+    scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, steps_offset=0)
+    img2img = KolorsImg2ImgPipeline(**{**pipe.components, "scheduler": scheduler})
+    img2img.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = img2img(PROMPTS, image=image, strength=0.5, num_inference_steps=4, negative_prompt=["ugly"] * 2,
+                         output_type="np", generator=[torch.Generator().manual_seed(s) for s in (10, 11)]).images
+    ours = np.stack([np.asarray(Image.open(tmp_path / "out" / f"edit_{i:05d}.png")) for i in range(2)])
+    assert np.abs(ours.astype(int) - np.round(theirs * 255).astype(int)).max() <= 1
+    for extra, expected in ((["--mask", pngs / "in_0.png"], "--mask does not apply to a Kolors folder"),
+                            (["--pag-scale", 2], "--pag-scale does not apply to a Kolors folder")):
+        code, _, err = cli(capsys, "--checkpoint", folder, "--images", pngs, "--prompt", "hot", *extra, "--out",
+                           tmp_path / "never")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "never").exists()

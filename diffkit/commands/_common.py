@@ -553,8 +553,9 @@ def default_sampling(checkpoint, sampler, steps, nfe=None, spacing=None, schedul
         lcm_folder = meta is None and (scheduler is not None or is_lcm_folder(checkpoint))
     consistency = bool(meta and meta.get("consistency")) or lcm_folder
     if sampler is None and meta is None and checkpoint is not None:
+        from ..interop.kolors import is_kolors_folder
         from ..interop.pixart import masked_text_folder
-        if masked_text_folder(checkpoint):  # its scheduler's step (._pixart; PixArt and Sana)
+        if masked_text_folder(checkpoint) or is_kolors_folder(checkpoint):  # its scheduler's step (._pixart)
             from ._pixart import folder_default_sampler
             sampler = folder_default_sampler(checkpoint)
     if sampler is None:
