@@ -131,13 +131,14 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
                                    f"ddim{hint}")
         return "ddim", {}
     if name == EULER_SCHEDULER and not flow:  # SD-XL-style Euler (Karras et al. 2022, Alg. 1, s_churn 0)
-        return _checked_fixed(config, name, _EULER_FIXED, "euler", hint), {}
+        _checked_fixed(config, name, _EULER_FIXED, "euler on its timesteps does not compute", hint)
+        return "euler", {}
     if name != "DPMSolverMultistepScheduler":
         others = "" if flow else f", {EULER_SCHEDULER}"
         raise DiffkitError(f"the folder's scheduler {name!r} has no diffkit sampler equivalent here (allowed: "
                            f"DPMSolverMultistepScheduler, {euler}{others}){hint}")
     fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"} if flow else _DPM_FIXED
-    _checked_fixed(config, name, fixed, "multistep DPM-Solver", hint)
+    _checked_fixed(config, name, fixed, "multistep DPM-Solver on its timesteps does not compute", hint)
     algorithm = config.get("algorithm_type", "dpmsolver++")
     order = config.get("solver_order", 2)
     if algorithm not in _DPM_ALGORITHMS or order not in (1, 2, 3):
@@ -151,15 +152,14 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
     return f"{_DPM_ALGORITHMS[algorithm]}-{order}m", own
 
 
-def _checked_fixed(config: dict, name: str, fixed: dict, sampler: str, hint: str) -> str:
-    """``sampler``, or one line for the first of the ``fixed`` options (their values under which diffkit's
-    ``sampler`` on the scheduler's timesteps is its step) that the folder's ``config`` sets otherwise."""
+def _checked_fixed(config: dict, name: str, fixed: dict, why: str, hint: str) -> None:
+    """One line for the first of the ``fixed`` options (their values under which a diffkit sampler on the scheduler's
+    timesteps is its step) that the folder's ``config`` sets otherwise (``why``: which sampler does not compute it)."""
     for key, want in fixed.items():
         value = config.get(key, want)
         if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
-            raise DiffkitError(f"the folder's {name} has {key}={value!r}, which diffkit's {sampler} on its timesteps "
-                               f"does not compute (allowed: {want!r}){hint}")
-    return sampler
+            raise DiffkitError(f"the folder's {name} has {key}={value!r}, which diffkit's {why} (allowed: "
+                               f"{want!r}){hint}")
 
 
 def own_scheduler_grid(config: dict, steps: int) -> torch.Tensor:
