@@ -35,7 +35,7 @@ import torch
 
 from ..errors import DiffkitError
 from . import from_pretrained, library_progress_bars, require
-from .sd_xl import StableDiffusionXL, check_sd_xl_unet, pipeline_class
+from .sd_xl import StableDiffusionXL, check_sd_xl_unet, pipeline_class, required_unet_key
 from .stable_diffusion import check_components, prompt_list
 
 KOLORS_PIPELINES = ("KolorsPipeline", "KolorsImg2ImgPipeline", "KolorsPAGPipeline")
@@ -108,12 +108,9 @@ def check_kolors_unet(config: dict, directory, lcm: bool = False, inpainting: bo
                       instruct_pix2pix: bool = False) -> None:
     """An SD-XL UNet (:func:`~.sd_xl.check_sd_xl_unet`) with ``encoder_hid_dim_type="text_proj"``: the linear map
     from ChatGLM's width to its cross-attention width (``encoder_hid_proj``)."""
-    kind = config.get("encoder_hid_dim_type")
-    if kind != "text_proj":
-        raise DiffkitError(f"{directory} is a Kolors folder whose UNet has encoder_hid_dim_type={kind!r}; allowed: "
-                           f"'text_proj' (ChatGLM's states projected to the cross-attention width)")
-    check_sd_xl_unet({**config, "encoder_hid_dim_type": None}, directory, lcm, inpainting,
-                     instruct_pix2pix=instruct_pix2pix)
+    config = required_unet_key(config, "encoder_hid_dim_type", "text_proj", directory, "a Kolors",
+                               "ChatGLM's states projected to the cross-attention width")
+    check_sd_xl_unet(config, directory, lcm, inpainting, instruct_pix2pix=instruct_pix2pix)
 
 
 def load_kolors(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,

@@ -309,12 +309,18 @@ def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: boo
     and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows (an LCM's guidance input
     ``time_cond_proj_dim`` with an LCMScheduler, ``lcm``; a 9-channel SD-XL inpainting UNet with ``inpainting``,
     :mod:`.sd_inpaint`; an 8-channel InstructPix2Pix UNet with ``instruct_pix2pix``, :mod:`.sd_instruct_pix2pix`)."""
-    kind = config.get("addition_embed_type")
-    if kind != "text_time":
-        raise DiffkitError(f"{directory} is an SD-XL folder whose UNet has addition_embed_type={kind!r}; allowed: "
-                           f"'text_time' (pooled text and size conditions)")
-    check_stable_diffusion_unet({**config, "addition_embed_type": None}, directory, lcm, inpainting,
-                                instruct_pix2pix=instruct_pix2pix)
+    config = required_unet_key(config, "addition_embed_type", "text_time", directory, "an SD-XL",
+                               "pooled text and size conditions")
+    check_stable_diffusion_unet(config, directory, lcm, inpainting, instruct_pix2pix=instruct_pix2pix)
+
+
+def required_unet_key(config: dict, key: str, want: str, directory, kind: str, why: str) -> dict:
+    """One line unless the UNet config's ``key`` is ``want`` (``kind``: "an SD-XL", "a Kolors"; ``why``: what it
+    gives); else the config with ``key`` cleared, for the check of the UNet it extends."""
+    if config.get(key) != want:
+        raise DiffkitError(f"{directory} is {kind} folder whose UNet has {key}={config.get(key)!r}; allowed: "
+                           f"{want!r} ({why})")
+    return {**config, key: None}
 
 
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
