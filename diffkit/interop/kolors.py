@@ -16,8 +16,9 @@ diffusers 0.42's ``KolorsPipeline.encode_prompt`` computes them:
   SD-XL's ``latent_img2img``) and perturbed-attention guidance (``KolorsPAGPipeline``, :mod:`.sd_pag`) are SD-XL's:
   :class:`Kolors` is a :class:`~.sd_xl.StableDiffusionXL` whose :meth:`Kolors.encode_prompts_xl` is the above.
 
-The null half is the empty (or negative) prompt's context and pooled embedding (``force_zeros_for_empty_prompt``,
-False in Kolors' folders; with it True and no negative prompt the pipeline fails, and diffkit refuses in one line).
+The null half is the empty (or negative) prompt's context and pooled embedding (``force_zeros_for_empty_prompt``:
+False by default, KolorsPipeline's; with it True and no negative prompt the pipeline fails, and diffkit refuses in
+one line).
 The folder's scheduler is an ``EulerDiscreteScheduler`` (1100 scaled-linear betas to 0.014, leading spacing):
 :meth:`Kolors.scheduler_grid` is its timesteps, and diffkit's ``euler`` on them (``grid="scheduler"``) its step
 (:func:`.pixart.folder_sampler`). Refused in one line (:func:`load_kolors`, :meth:`Kolors.prompt_guidance`): the
