@@ -123,7 +123,6 @@ def test_kolors_refuses_sd_xl_prompt_options(tiny_kolors, kw, message):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"lora": ["x.safetensors"]}, "lora=['x.safetensors'] is not allowed on a Kolors folder: diffkit merges LoRA"),
     ({"textual_inversion": ["t.safetensors"]}, "textual_inversion=['t.safetensors'] is not allowed on a Kolors"),
     ({"scheduler": "lcm"}, "scheduler='lcm' is not allowed on a Kolors folder: LCM / TCD sampling"),
     ({"inpainting": True}, "inpainting=True is not allowed on a Kolors folder: KolorsPipeline and"),
@@ -175,12 +174,12 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(tiny_kolo
                            negative_prompt="ugly", pag_scale=1.0, output_range="-1,1")
     save_grid(images, tmp_path / "expected.png", 1)
     assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
-    lora = tmp_path / "lora.safetensors"
-    lora.write_bytes(b"")
+    embedding = tmp_path / "embedding.safetensors"
+    embedding.write_bytes(b"")
     assert_sample_refusals(main, folder, tmp_path, capsys, [
         (["--prompt-2", "a dog"], "--prompt-2 does not apply to a Kolors folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a Kolors folder"),
-        (["--lora", str(lora)], "--lora does not apply to a Kolors folder"),
+        (["--textual-inversion", str(embedding)], "--textual-inversion does not apply to a Kolors folder"),
         (["--scheduler", "lcm"], "--scheduler does not apply to a Kolors folder")])
 
 
@@ -216,3 +215,40 @@ def test_edit_command_is_the_img2img_pipeline(tiny_kolors, tmp_path, capsys):
                            tmp_path / "never")
         assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "never").exists()
+
+
+def test_kolors_lora_is_load_lora_weights_and_fuse_lora(tiny_kolors, tmp_path, capsys):
+    """A UNet LoRA file (``KolorsPipeline.save_lora_weights``; attention, conv1, proj_in, rank / alpha patterns)
+    merged at s = 0.7 is the pipeline's ``load_lora_weights`` + ``fuse_lora(lora_scale=0.7)`` (same z_0 from the same
+    latents), also through ``diffkit sample --lora FILE:0.7``; a file adapting the text encoder in one line."""
+    import copy
+    from safetensors.torch import save_file
+    from diffusers.pipelines.kolors import KolorsPipeline
+    from diffkit.cli import main
+    from diffkit.interop.kolors import load_kolors
+    from test_sd_lora import UNET_LORA, _add_lora, fuse_loras
+    pipe, folder, _ = tiny_kolors
+    state, meta = _add_lora(copy.deepcopy(pipe.unet), 5, **UNET_LORA)
+    KolorsPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=state, unet_lora_adapter_metadata=meta,
+                                     weight_name="lora.safetensors")
+    lora = tmp_path / "lora" / "lora.safetensors"
+    with stub_sentencepiece():
+        theirs_pipe = KolorsPipeline.from_pretrained(folder, local_files_only=True)
+        ours = load_kolors(folder, progress=False, lora=[(lora, 0.7)])
+    theirs_pipe.set_progress_bar_config(disable=True)
+    fuse_loras(theirs_pipe, [(lora, 0.7)])
+    with torch.no_grad():
+        theirs = theirs_pipe(PROMPTS, num_inference_steps=2, latents=_latents(), output_type="latent").images
+    z0 = text_to_image(ours, PROMPTS, sampler="euler", grid="scheduler", steps=2, latents=_latents(),
+                       return_latents=True)
+    plain = text_to_image(tiny_kolors[2], PROMPTS,
+                          sampler="euler", grid="scheduler", steps=2, latents=_latents(), return_latents=True)
+    assert relative_error(plain, theirs) > 1e-3 and relative_error(z0, theirs) < 1e-5
+    with stub_sentencepiece():
+        assert main(["sample", "--checkpoint", str(folder), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                     "--lora", f"{lora}:0.7", "--out", str(tmp_path / "grid.png"), "--no-progress"]) == 0
+    save_file({"text_encoder.encoder.layers.0.mlp.dense_4h_to_h.lora_A.weight": torch.zeros(2, 37),
+               "text_encoder.encoder.layers.0.mlp.dense_4h_to_h.lora_B.weight": torch.zeros(32, 2)},
+              tmp_path / "te.safetensors")
+    with pytest.raises(DiffkitError, match=r"te.safetensors adapts a text encoder \(text_encoder. keys\); allowed"):
+        load_kolors(folder, progress=False, lora=[tmp_path / "te.safetensors"])

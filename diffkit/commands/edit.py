@@ -591,7 +591,7 @@ def _stable_diffusion(args, device):
     from ..interop.kolors import is_kolors_folder
     if is_kolors_folder(args.checkpoint):  # KolorsImg2ImgPipeline: img2img and PAG, no mask or add-ons (._kolors)
         from ._kolors import refuse_kolors_flags
-        refuse_kolors_flags(args.checkpoint, {"--mask": args.mask, "--lora": args.lora,
+        refuse_kolors_flags(args.checkpoint, {"--mask": args.mask,
                                               "--textual-inversion": args.textual_inversion,
                                               "--controlnet": args.controlnets, "--ip-adapter": args.ip_adapter,
                                               "--scheduler": args.scheduler,

@@ -1036,7 +1036,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     from ..interop.kolors import is_kolors_folder
     if is_kolors_folder(directory):  # ChatGLM3's SD-XL: not the CLIP encoders' options or UNet add-ons (._kolors)
         from ._kolors import refuse_kolors_flags
-        refuse_kolors_flags(directory, {"--lora": lora, "--textual-inversion": textual_inversion,
+        refuse_kolors_flags(directory, {"--textual-inversion": textual_inversion,
                                         "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
                                         "--t2i-adapter": t2i_adapter})
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing, scheduler)

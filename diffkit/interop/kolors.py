@@ -23,7 +23,8 @@ The folder's scheduler is an ``EulerDiscreteScheduler`` (1100 scaled-linear beta
 :meth:`Kolors.scheduler_grid` is its timesteps, and diffkit's ``euler`` on them (``grid="scheduler"``) its step
 (:func:`.pixart.folder_sampler`). Refused in one line (:func:`load_kolors`, :meth:`Kolors.prompt_guidance`): the
 SD-XL options of its CLIP encoders (``prompt_2`` / ``negative_prompt_2``, ``clip_skip``, textual inversions), LoRA
-files, ``--scheduler lcm`` / ``tcd``, inpainting / InstructPix2Pix UNets, a UNet without ``encoder_hid_proj`` and a
+files of the text encoder or in kohya's format (UNet LoRA files merge: :func:`read_kolors_loras`), ``--scheduler lcm`` /
+``tcd``, inpainting / InstructPix2Pix UNets, a UNet without ``encoder_hid_proj`` and a
 ChatGLMTokenizer without the ``sentencepiece`` package it reads its model with.
 """
 from __future__ import annotations
@@ -123,8 +124,6 @@ def load_kolors(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     from .stable_diffusion import _load_stable_diffusion
     directory = Path(directory)
     for name, value, why in (
-            ("lora", lora, "diffkit merges LoRA files into CLIP text encoders and SD UNets; a Kolors LoRA file's "
-                           "text_encoder keys are ChatGLM's"),
             ("textual_inversion", textual_inversion, "textual inversions are CLIP embeddings; its text encoder is "
                                                      "ChatGLM3"),
             ("scheduler", scheduler, "LCM / TCD sampling of Kolors is not compared with a pipeline; allowed: the "
@@ -132,6 +131,7 @@ def load_kolors(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
             ("inpainting", inpainting, "KolorsPipeline and KolorsImg2ImgPipeline take no mask"),
             ("instruct_pix2pix", instruct_pix2pix, "diffusers has no Kolors InstructPix2Pix pipeline")):
         refuse_kolors_option(name, value or None, why)
+    loras = read_kolors_loras(lora) if lora else []
     index = _index(directory) or {}
     check_components(directory, index, KOLORS_COMPONENTS, "Kolors")
     check_vae_latents(directory)
@@ -150,7 +150,24 @@ def load_kolors(directory: Union[str, Path], device="cpu", dtype: torch.dtype = 
     kolors = Kolors(**{**loaded, "text_encoder": text_encoder, "tokenizer": tokenizer},
                     force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)))
     _check_widths(kolors, directory)
+    from .sd_lora import merge_sd_loras
+    merge_sd_loras(kolors, loras)  # the UNet's (the text encoder's refused by read_kolors_loras)
     return kolors
+
+
+def read_kolors_loras(adapters) -> list:
+    """:func:`.sd_lora.read_sd_loras` of LoRA files for a Kolors folder, read and checked before it loads: diffusers /
+    PEFT ``unet.`` keys, merged as ``KolorsPipeline.load_lora_weights`` + ``fuse_lora``; a file adapting the text
+    encoder (ChatGLM's modules, not CLIP's) or in kohya's format (not compared with the pipeline) in one line."""
+    from .sd_lora import read_sd_loras
+    loras = read_sd_loras(adapters)
+    for path, _, read in loras:
+        encoder = next((c for c in ("text_encoder", "text_encoder_2") if read[c]), None)
+        if encoder or read["kohya"]:
+            what = f"adapts a text encoder ({encoder}. keys)" if encoder else "has kohya keys (lora_unet_ / lora_te_)"
+            raise DiffkitError(f"--lora {path} {what}; allowed on a Kolors folder: diffusers / PEFT unet. keys (the "
+                               f"UNet only; its text encoder is ChatGLM3)")
+    return loras
 
 
 def _check_widths(kolors: Kolors, directory: Path) -> None:
