@@ -70,6 +70,17 @@ def checked_request(directory, kind: str, takes: str, guidance, options: dict, r
     return guidance
 
 
+def own_loop(folder, sampler: str, spacing, final, nfe, options: dict) -> tuple:
+    """(own grid, options): without a grid option (``--spacing``, ``@SPACING``, ``--final``, ``--nfe``) every sampler
+    runs on the folder's scheduler's timesteps, and where ``sampler`` is ``folder.folder_sampler()``'s the pipeline's
+    loop takes that scheduler's options too (solver_type, lower_order_final)."""
+    from ..samplers.registry import split_sampler_spec
+    name, spec_spacing, _ = split_sampler_spec(sampler)
+    own_grid = spacing is None and spec_spacing is None and final is None and nfe is None
+    own_sampler, own_options = folder.folder_sampler() if own_grid else (None, {})
+    return own_grid, ({**own_options, **options} if name == own_sampler else options)
+
+
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, **options):
@@ -86,7 +97,6 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
-    from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
 
@@ -128,11 +138,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
                                                                 progress)
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
-    name, spec_spacing, _ = split_sampler_spec(sampler)
-    own_grid = spacing is None and spec_spacing is None and final is None and nfe is None
-    own_sampler, own_options = pixart.folder_sampler() if own_grid else (None, {})
-    if name == own_sampler:  # the pipeline's loop: its scheduler's options too (solver_type, lower_order_final)
-        options = {**own_options, **options}
+    own_grid, options = own_loop(pixart, sampler, spacing, final, nfe, options)
     steps = pixart.default_steps if steps is None and nfe is None else steps
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):

@@ -94,6 +94,10 @@ def check_prompt_encoding(request, checkpoint) -> None:
                 f"{other[0]} does not apply to a {label} folder ({checkpoint}); its prompt flags are "
                 f"--prompt, --negative-prompt and --max-sequence-length (one text encoder)"))
         return
+    from ..interop.kolors import is_kolors_folder
+    if given and is_kolors_folder(checkpoint):
+        raise DiffkitError(f"{given[0][0]} does not apply to a Kolors folder ({checkpoint}); its prompt flags are "
+                           f"--prompt and --negative-prompt (one text encoder, ChatGLM3, 256 tokens)")
     sd3 = is_sd3_folder(checkpoint)
     if not sd3 and is_flux_folder(checkpoint):
         _check_flux(request, given, checkpoint)

@@ -588,6 +588,14 @@ def _stable_diffusion(args, device):
     refuse_for_guidance_input(args.checkpoint, is_lcm_folder(args.checkpoint) or args.scheduler == "lcm", [  # APG
         flag for flag, value in zip(GuidanceRequest.APG_FLAGS, (args.apg_eta, args.apg_norm_threshold,
                                                                 args.apg_momentum)) if value is not None])
+    from ..interop.kolors import is_kolors_folder
+    if is_kolors_folder(args.checkpoint):  # KolorsImg2ImgPipeline: img2img and PAG, no mask or add-ons (._kolors)
+        from ._kolors import refuse_kolors_flags
+        refuse_kolors_flags(args.checkpoint, {"--mask": args.mask,
+                                              "--textual-inversion": args.textual_inversion,
+                                              "--controlnet": args.controlnets, "--ip-adapter": args.ip_adapter,
+                                              "--scheduler": args.scheduler,
+                                              "--pag-scale": args.pag_scale})  # (no Kolors PAG img2img pipeline)
     inpainting = is_inpainting_folder(args.checkpoint)  # a 9-channel UNet: --mask only (.interop.sd_inpaint)
     if inpainting:
         check_inpainting_flags(args)

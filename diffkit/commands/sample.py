@@ -1004,7 +1004,9 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     (:mod:`diffkit.interop.sd_textual_inversion`). ``control``:
     ControlNets (StableDiffusionControlNetPipeline; the images take the control image's size). ``ip_adapter``: an
     IP-Adapter and its image prompt (:mod:`diffkit.interop.ip_adapter`). An SD-XL folder
-    (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5). ``guidance.negative_prompt``: the
+    (:mod:`diffkit.interop.sd_xl`) is sampled the same way (default s = 5), and a Kolors folder (ChatGLM3's SD-XL,
+    :mod:`diffkit.interop.kolors`) too, on its scheduler's timesteps without a grid option (default ``euler``, its
+    EulerDiscreteScheduler's step; :mod:`._kolors`). ``guidance.negative_prompt``: the
     null condition of every prompt; ``guidance.clip_skip`` / ``prompts_2`` / ``negative_prompt_2``: text_to_image's
     ``clip_skip`` / ``prompt_2`` (one, or one per prompt) / ``negative_prompt_2``. ``scheduler``: ``"lcm"`` /
     ``"tcd"``, the folder sampled as with diffusers' ``LCMScheduler`` / ``TCDScheduler.from_config``
@@ -1039,6 +1041,12 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     if guidance.pag_scale:  # diffusers' names, their form before loading (matched once loaded: .interop.sd_pag)
         from ..interop.sd_pag import check_layer_names
         check_layer_names(guidance.pag_layers)
+    from ..interop.kolors import is_kolors_folder
+    if is_kolors_folder(directory):  # ChatGLM3's SD-XL: not the CLIP encoders' options or UNet add-ons (._kolors)
+        from ._kolors import refuse_kolors_flags
+        refuse_kolors_flags(directory, {"--textual-inversion": textual_inversion,
+                                        "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler,
+                                        "--t2i-adapter": t2i_adapter})
     sampler, steps = default_sampling(directory, sampler, steps, nfe, spacing, scheduler)
     lcm = is_lcm_folder(directory) or scheduler == "lcm"
     refuse_for_guidance_input(directory, lcm, [flag for flag, value in (
@@ -1048,6 +1056,8 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                                          guidance.apg_momentum is not None))) if value])
     sd = load_stable_diffusion(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion,
                                scheduler=scheduler)
+    from ._kolors import own_scheduler_loop  # a Kolors folder: its scheduler's timesteps, unless a grid is given
+    own_grid, options = own_scheduler_loop(sd, sampler, spacing, final, nfe, options)
     pag = dict(pag_scale=guidance.pag_scale, pag_layers=guidance.pag_layers, pag_interval=guidance.pag_interval,
                pag_adaptive_scale=guidance.pag_adaptive_scale)  # diffusers' layer names (.interop.sd_pag)
     from ..interop.sd_pag import pag_request
@@ -1090,7 +1100,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                           ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
-                          **pag, **handover, **guidance.apg_options(), **how)
+                          **pag, **handover, **guidance.apg_options(), **own_grid, **how)
         if alone:
             return z
         guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,
@@ -1107,6 +1117,7 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
         device=device, dtype=sd.dtype, progress=progress, **options)
     what = guidance.pag_label() + ("" if freeu is None else ", " + parse_freeu(freeu).label())
     what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
+    what += ", on the scheduler's timesteps" if own_grid else ""
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 

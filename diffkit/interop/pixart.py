@@ -67,6 +67,11 @@ _DPM_FIXED = {"thresholding": False, "use_karras_sigmas": False, "use_exponentia
               "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False, "euler_at_final": False,
               "variance_type": None, "lambda_min_clipped": -math.inf}
 _DPM_ALGORITHMS = {"dpmsolver++": "dpm-solver++", "dpmsolver": "dpm-solver"}
+# EulerDiscreteScheduler options under which diffkit's euler on its timesteps is its step (a Kolors folder's)
+_EULER_FIXED = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+                "timestep_type": "discrete", "interpolation_type": "linear", "final_sigmas_type": "zero",
+                "rescale_betas_zero_snr": False}
+EULER_SCHEDULER = "EulerDiscreteScheduler"
 
 
 def check_classes(directory, index: dict, required, kind: str, classes: dict) -> None:
@@ -127,7 +132,8 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
     """(diffkit sampler, its options) that computes the step of the folder's scheduler (``config``: its JSON) on
     that scheduler's own timesteps: ``DPMSolverMultistepScheduler`` -> ``dpm-solver++-2m`` / ``-3m`` (or
     ``dpm-solver-Nm``, order 1: ``ddim``) with its ``solver_type`` and ``lower_order_final``; ``DDIMScheduler`` ->
-    ``ddim``. ``flow`` (a flow-matching folder, :mod:`.sana`): the DPM-Solver with ``use_flow_sigmas`` and
+    ``ddim``; ``EulerDiscreteScheduler`` (not ``flow``; a Kolors folder's, :mod:`.kolors`) -> ``euler``. ``flow`` (a
+    flow-matching folder, :mod:`.sana`): the DPM-Solver with ``use_flow_sigmas`` and
     ``final_sigmas_type="zero"`` (the same step in log-SNR), or ``FlowMatchEulerDiscreteScheduler`` -> ``ddim`` (flow
     Euler, as SD3's). Another class, or an option with no counterpart, is a one-line DiffkitError (give a sampler)."""
     from .schedulers import FLOW_SCHEDULER
@@ -142,17 +148,15 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
                 raise DiffkitError(f"the folder's {name} has {key}=True, which {why} in its step and not in diffkit's "
                                    f"ddim{hint}")
         return "ddim", {}
+    if name == EULER_SCHEDULER and not flow:  # SD-XL-style Euler (Karras et al. 2022, Alg. 1, s_churn 0)
+        _checked_fixed(config, name, _EULER_FIXED, "euler on its timesteps does not compute", hint)
+        return "euler", {}
     if name != "DPMSolverMultistepScheduler":
+        others = "" if flow else f", {EULER_SCHEDULER}"
         raise DiffkitError(f"the folder's scheduler {name!r} has no diffkit sampler equivalent here (allowed: "
-                           f"DPMSolverMultistepScheduler, {euler}){hint}")
+                           f"DPMSolverMultistepScheduler, {euler}{others}){hint}")
     fixed = {**_DPM_FIXED, "use_flow_sigmas": True, "final_sigmas_type": "zero"} if flow else _DPM_FIXED
-    for key, want in fixed.items():
-        value = config.get(key, want)
-        if key == "variance_type" and value not in ("learned", "learned_range"):
-            continue  # its step reads only those two (a DDPMScheduler config's fixed_small carried by from_config)
-        if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
-            raise DiffkitError(f"the folder's DPMSolverMultistepScheduler has {key}={value!r}, which diffkit's "
-                               f"multistep DPM-Solver on its timesteps does not compute (allowed: {want!r}){hint}")
+    _checked_fixed(config, name, fixed, "multistep DPM-Solver on its timesteps does not compute", hint)
     algorithm = config.get("algorithm_type", "dpmsolver++")
     order = config.get("solver_order", 2)
     if algorithm not in _DPM_ALGORITHMS or order not in (1, 2, 3):
@@ -164,6 +168,29 @@ def folder_sampler(config: dict, flow: bool = False) -> tuple:
     own = {"solver_type": config.get("solver_type", "midpoint"),
            "lower_order_final": config.get("lower_order_final", True)}
     return f"{_DPM_ALGORITHMS[algorithm]}-{order}m", own
+
+
+def _checked_fixed(config: dict, name: str, fixed: dict, why: str, hint: str) -> None:
+    """One line for the first of the ``fixed`` options (their values under which a diffkit sampler on the scheduler's
+    timesteps is its step) that the folder's ``config`` sets otherwise (``why``: which sampler does not compute it)."""
+    for key, want in fixed.items():
+        value = config.get(key, want)
+        if key == "variance_type" and value not in ("learned", "learned_range"):
+            continue  # DPM-Solver's step reads only those two (a DDPMScheduler config's fixed_small from from_config)
+        if value != want and not (key == "lambda_min_clipped" and value is not None and value <= -1e30):
+            raise DiffkitError(f"the folder's {name} has {key}={value!r}, which diffkit's {why} (allowed: "
+                               f"{want!r}){hint}")
+
+
+def own_scheduler_grid(config: dict, steps: int) -> torch.Tensor:
+    """diffkit's grid of the scheduler class ``config`` names (its JSON) after ``set_timesteps(steps)``."""
+    from .schedulers import grid_from_diffusers
+    diffusers = require("diffusers")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+    scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    scheduler.set_timesteps(steps)
+    return grid_from_diffusers(scheduler)
 
 
 def check_pixart_folder(directory) -> tuple:
@@ -328,13 +355,7 @@ class PixArt(FlowLatentVAE):
 
     def scheduler_grid(self, steps: int) -> torch.Tensor:
         """diffkit's grid of the folder's own scheduler class after ``set_timesteps(steps)``."""
-        from .schedulers import grid_from_diffusers
-        diffusers = require("diffusers")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        scheduler = getattr(diffusers, self.scheduler_config["_class_name"]).from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        return grid_from_diffusers(scheduler)
+        return own_scheduler_grid(self.scheduler_config, steps)
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = PIXART_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,

@@ -309,12 +309,18 @@ def check_sd_xl_unet(config: dict, directory, lcm: bool = False, inpainting: boo
     and otherwise what :func:`~.stable_diffusion.check_stable_diffusion_unet` allows (an LCM's guidance input
     ``time_cond_proj_dim`` with an LCMScheduler, ``lcm``; a 9-channel SD-XL inpainting UNet with ``inpainting``,
     :mod:`.sd_inpaint`; an 8-channel InstructPix2Pix UNet with ``instruct_pix2pix``, :mod:`.sd_instruct_pix2pix`)."""
-    kind = config.get("addition_embed_type")
-    if kind != "text_time":
-        raise DiffkitError(f"{directory} is an SD-XL folder whose UNet has addition_embed_type={kind!r}; allowed: "
-                           f"'text_time' (pooled text and size conditions)")
-    check_stable_diffusion_unet({**config, "addition_embed_type": None}, directory, lcm, inpainting,
-                                instruct_pix2pix=instruct_pix2pix)
+    config = required_unet_key(config, "addition_embed_type", "text_time", directory, "an SD-XL",
+                               "pooled text and size conditions")
+    check_stable_diffusion_unet(config, directory, lcm, inpainting, instruct_pix2pix=instruct_pix2pix)
+
+
+def required_unet_key(config: dict, key: str, want: str, directory, kind: str, why: str) -> dict:
+    """One line unless the UNet config's ``key`` is ``want`` (``kind``: "an SD-XL", "a Kolors"; ``why``: what it
+    gives); else the config with ``key`` cleared, for the check of the UNet it extends."""
+    if config.get(key) != want:
+        raise DiffkitError(f"{directory} is {kind} folder whose UNet has {key}={config.get(key)!r}; allowed: "
+                           f"{want!r} ({why})")
+    return {**config, key: None}
 
 
 def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
@@ -348,12 +354,7 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
                            f"scores)")
     loras = read_sd_loras(lora) if lora else []
     embeddings = read_textual_inversions(textual_inversion) if textual_inversion else []
-    vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
-        if (directory / "vae" / "config.json").is_file() else {}
-    for key in ("latents_mean", "latents_std"):
-        if vae_config.get(key) is not None:
-            raise DiffkitError(f"{directory} has a VAE with {key} (latents normalised per channel); diffkit decodes "
-                               f"z / scaling_factor only")
+    check_vae_latents(directory)
     transformers = require("transformers")
     with library_progress_bars(progress):
         sd = _load_stable_diffusion(directory, device, dtype, inpainting, check_unet=check_sd_xl_unet,
@@ -374,6 +375,17 @@ def load_sd_xl(directory: Union[str, Path], device="cpu", dtype: torch.dtype = t
     add_textual_inversions(xl, embeddings)  # clip_l / clip_g into both tokenizers and text encoders
     merge_sd_loras(xl, loras)  # unet., text_encoder., text_encoder_2. (kohya lora_unet_, lora_te1_, lora_te2_)
     return xl
+
+
+def check_vae_latents(directory: Path) -> None:
+    """One line for a VAE with ``latents_mean`` / ``latents_std`` (latents normalised per channel): diffkit decodes
+    z / scaling_factor only (SD-XL's and Kolors' pipelines alike)."""
+    vae_config = read_json_object(directory / "vae" / "config.json", "vae config") \
+        if (directory / "vae" / "config.json").is_file() else {}
+    for key in ("latents_mean", "latents_std"):
+        if vae_config.get(key) is not None:
+            raise DiffkitError(f"{directory} has a VAE with {key} (latents normalised per channel); diffkit decodes "
+                               f"z / scaling_factor only")
 
 
 def _refuse_refiner_inpainting(directory: Path, aesthetics: bool) -> None:

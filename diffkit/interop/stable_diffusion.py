@@ -402,7 +402,8 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
     (:mod:`.sd_depth`; it only edits, its cond takes a ``depth_map``). ``upscale``: allow a 7-channel x4 upscaler UNet
     (:mod:`.sd_upscale`; its VAE's scaling_factor set to 0.08333, as StableDiffusionUpscalePipeline). An SD-XL folder
     loads as
-    :func:`.sd_xl.load_sd_xl`."""
+    :func:`.sd_xl.load_sd_xl`, a Kolors folder as :func:`.kolors.load_kolors` (depth / upscale UNets: refused there
+    by its UNet check)."""
     from .sd_lora import merge_sd_loras, read_sd_loras
     from .sd_textual_inversion import add_textual_inversions, read_textual_inversions
     from .sd_scheduler import check_scheduler_override
@@ -417,6 +418,10 @@ def load_stable_diffusion(directory: Union[str, Path], device="cpu", dtype: torc
         raise DiffkitError(f"{directory} is a FLUX.1 folder (a FluxTransformer2DModel, no UNet); load it with "
                            f"diffkit.interop.load_flux (diffkit sample takes it)")
     check_scheduler_override(directory, scheduler)
+    from .kolors import is_kolors_folder, load_kolors
+    if is_kolors_folder(directory):  # SD-XL's UNet conditioned by ChatGLM3 (.kolors)
+        return load_kolors(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
+                           scheduler=scheduler, inpainting=inpainting, instruct_pix2pix=instruct_pix2pix)
     if is_sd_xl_folder(directory):  # two text encoders, pooled text and size conditions (.sd_xl)
         return load_sd_xl(directory, device, dtype, progress, lora=lora, textual_inversion=textual_inversion,
                           scheduler=scheduler, inpainting=inpainting, instruct_pix2pix=instruct_pix2pix)
