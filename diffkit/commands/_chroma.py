@@ -11,6 +11,9 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --ip-adapter (XLabs), --lora, --textual-inversion (T5's width), --steps / --nfe, --sampler and its "
          "grid options (--flow-shift with another sampler than the pipeline's loop)")
+QWEN_IMAGE_TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
+                    "--max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid options "
+                    "(--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
               "--max-sequence-length, --posterior, --height / --width, --ip-adapter (XLabs), --lora, "
               "--textual-inversion (T5's width), --steps, --sampler and its grid options, --eta")
@@ -32,7 +35,7 @@ def _guidance(guidance) -> dict:
 def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
-                  lora=None, textual_inversion=None, **options):
+                  lora=None, textual_inversion=None, family: str = "Chroma", **options):
     """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
     s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
@@ -43,28 +46,43 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     image`` for CFG's negative pass), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``. ``lora``: LoRA
     files ((path, scale) pairs) merged into the transformer as the pipeline's ``load_lora_weights`` + ``fuse_lora``
     (:func:`~diffkit.interop.chroma.load_chroma`); ``textual_inversion``: embeddings of T5's width added to its
-    tokenizer and encoder as the pipeline's ``load_textual_inversion``."""
-    from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
+    tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family="Qwen-Image"``: a Qwen-Image folder
+    the same way (:mod:`diffkit.interop.qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``;
+    no adapters: ``refused`` holds them)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
 
-    guidance = checked_request(directory, "Chroma", TAKES, guidance, options, refused,
-                               keys=("refiner", "t2i_adapter", "redux", "thresholding"))
-    chroma = load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
+    guidance = checked_request(directory, family, QWEN_IMAGE_TAKES if family == "Qwen-Image" else TAKES, guidance,
+                               options, refused, keys=("refiner", "t2i_adapter", "redux", "thresholding"))
+    if family == "Qwen-Image":
+        from ..interop.qwen_image import QWEN_IMAGE_STEPS as CHROMA_STEPS, load_qwen_image, text_to_image
+        chroma, adapted = load_qwen_image(directory, device, progress=progress), {}
+    else:
+        from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
+        chroma = load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
     _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
                                                                   seed, device, progress)
+    if family == "Chroma":
+        adapted = {"ip_adapter": adapter}
     own = pipeline_loop(sampler, spacing, final, nfe)
     steps = CHROMA_STEPS if steps is None and nfe is None else steps
     how_guided = _guidance(guidance)
     chroma.check_guidance_scale(how_guided["guidance_scale"])  # before any sampling
+    if own:  # --flow-shift's and the scheduler's refusals (Qwen-Image's shift_terminal at one step) before sampling
+        from ..interop.flow_latents import pipeline_grid
+        h, w = chroma.latent_shape(1, height, width)[2:]
+        pipeline_grid(None, None, steps, None, steps, lambda n: chroma.scheduler_grid(n, h, w),
+                      options.get("flow_shift"))
+    one_step = bool(chroma.scheduler_config.get("shift_terminal"))  # refused above: only the batch-size probe's
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own and pipeline_loop(sampler, spacing, final, nfe) else \
             {"spacing": spacing, "final": final, "nfe": nfe}
+        steps = 2 if one_step and steps == 1 and grid.get("grid") else steps  # the probe: the same peak memory
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
-                             max_sequence_length=guidance.max_sequence_length or 512, ip_adapter=adapter,
+                             max_sequence_length=guidance.max_sequence_length or 512, **adapted,
                              **how_guided, **grid, **how)
 
     images, out = draw_prompted_grid(
@@ -73,7 +91,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final,
         batch_size=batch_size, device=device, dtype=chroma.dtype, progress=progress, **options)
     grid = "the pipeline's sigmas" if own else "its diffkit grid"
-    print(f"wrote {out} ({num} samples, {sampler} on {grid}, Chroma folder {directory}, prompts {prompts})")
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, {family} folder {directory}, prompts {prompts})")
     return images
 
 

@@ -717,21 +717,24 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
     from ..interop.chroma import is_chroma_folder
-    if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint):  # PixArt-α / Σ, Sana (._pixart), Chroma
+    from ..interop.qwen_image import is_qwen_image_folder
+    qwen = is_qwen_image_folder(checkpoint)  # Qwen-Image: Chroma's command path, no adapters (._chroma)
+    if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or qwen:  # PixArt-α / Σ, Sana, Chroma
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
-        pixart = not is_chroma_folder(checkpoint)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
+        pixart = not (is_chroma_folder(checkpoint) or qwen)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
-                   "--textual-inversion": textual_inversion if pixart else None,
-                   "--controlnet": control, "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
+                   "--textual-inversion": textual_inversion if pixart or qwen else None,
+                   "--lora": lora if qwen else None, "--controlnet": control,
+                   "--ip-adapter": ip_adapter if pixart or qwen else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return (sample_pixart if pixart else sample_chroma)(
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({"lora": lora} if pixart else {"ip_adapter": ip_adapter, "lora": lora,
-                                              "textual_inversion": textual_inversion}))
+            **({"lora": lora} if pixart else {"family": "Qwen-Image"} if qwen else {
+                "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3
