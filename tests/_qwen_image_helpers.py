@@ -36,6 +36,7 @@ def tiny_qwen_image_pipeline(width: int = 32):
     config = transformers.Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=48, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
                          rope_parameters={"rope_theta": 10000.0, "rope_type": "default",
                                           "mrope_section": [2, 3, 3]}),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=width,

@@ -15,13 +15,16 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.flux import pack_latents, unpack_latents  # noqa: E402
-from diffkit.interop.qwen_image import is_qwen_image_folder, load_qwen_image, text_to_image  # noqa: E402
+from diffkit.interop.qwen_image import image_to_image, is_qwen_image_folder, load_qwen_image, text_to_image  # noqa: E402,E501
 
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _qwen_image_helpers import tiny_qwen_image_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "hot dog"]  # of unequal lengths: a padded batch, the mask passed
+
+
+SIZE = 16  # images 16 x 16: latents 4 x 4 (f = 4), 4 packed tokens
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +126,71 @@ def test_folders_diffkit_does_not_drive_are_refused(qwen_folder, tmp_path, file,
     (copy / file).write_text(json.dumps({**data, **change}))
     with pytest.raises(DiffkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_qwen_image(copy, progress=False)
+
+
+@pytest.mark.parametrize("steps,strength,inpaint", [(4, 0.6, False), (3, None, True)])
+def test_qwen_image_edits_match_the_pipelines(qwen_folder, steps, strength, inpaint):
+    """Same z_0 as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline: image i's posterior sample and noise from
+    generator seed + i, get_timesteps' cut (3 of 4 at 0.6; the default 0.6 at 3 steps: 2 of 3), true CFG; with a mask
+    the kept region blended back at the next sigma after every step."""
+    pipe, _, qwen = qwen_folder
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))  # [0, 1]
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., 4:12, 2:10] = 1
+    cls = diffusers.QwenImageInpaintPipeline if inpaint else diffusers.QwenImageImg2ImgPipeline
+    edit = cls(**pipe.components)
+    edit.set_progress_bar_config(disable=True)
+    kw = {"negative_prompt": ["ugly", "bad"], "max_sequence_length": 40}
+    with torch.no_grad():
+        theirs = edit(PROMPTS, image=images, num_inference_steps=steps, height=SIZE, width=SIZE, true_cfg_scale=3.0,
+                      output_type="latent", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                      **({"mask_image": mask} if inpaint else {}), **({} if strength is None else {"strength": strength}),
+                      **kw).images
+    theirs = unpack_latents(theirs, 4, 4)
+    ours = image_to_image(qwen, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True,
+                          guidance_scale=3.0, mask=mask if inpaint else None, **kw)
+    assert relative_error(ours, theirs) < 1e-5
+    if inpaint:
+        img2img = image_to_image(qwen, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True,
+                                 guidance_scale=3.0, **kw)
+        assert relative_error(img2img, theirs) > 1e-3
+
+
+def test_edit_command_is_the_library_and_refuses_what_does_not_apply(qwen_folder, tmp_path, capsys):
+    """``diffkit edit`` (img2img, and with --mask inpainting) writes image_to_image's PNGs byte for byte; flags a
+    Qwen-Image folder does not take: one line, before any file."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.commands.edit import read_mask, read_pngs
+    from diffkit.images import save_images
+    _, path, qwen = qwen_folder
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        pixels = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(i)).numpy()
+        Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"{i}.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[2:9, 5:14] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    base = ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0], "--steps",
+            "2", "--seed", "5", "--no-progress"]
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    for extra, kw in [(["--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers"],
+                       {"negative_prompt": "ugly", "guidance_scale": 3.0}),
+                      (["--mask", str(tmp_path / "mask.png")], {"mask": read_mask(tmp_path / "mask.png", images)})]:
+        out = tmp_path / ("inpainted" if "mask" in kw else "edited")
+        assert main(base + extra + ["--out", str(out)]) == 0
+        save_images(image_to_image(qwen, images, PROMPTS[0], steps=2, seed=5, output_range="-1,1", **kw),
+                    tmp_path / "expected", prefix="edit")
+        for i in range(2):
+            assert (out / f"edit_0000{i}.png").read_bytes() == (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+    for extra, expected in [
+        (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Qwen-Image folder"),
+        (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion does not apply to a Qwen-Image"),
+        (["--mask", str(tmp_path / "mask.png"), "--padding-mask-crop", "2"],
+         "--padding-mask-crop 2 applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1;"),
+        (["--guidance-scale", "3"], "guidance_scale=3 (seed convention) without a negative prompt")]:
+        capsys.readouterr()
+        assert main(base + extra + ["--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (extra, err)
+    assert not (tmp_path / "never").exists()

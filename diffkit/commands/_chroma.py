@@ -22,6 +22,11 @@ EDIT_FLAGS = {  # diffkit edit's dests a Chroma folder takes (the rest must stay
     "strength", "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "guidance_convention", "posterior",
     "seed", "batch_size", "device", "progress", "height", "width", "lora", "textual_inversion",
     "ip_adapter", "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"}  # (._ip_adapter checks them)
+QWEN_IMAGE_EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
+                         "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
+                         "--steps, --sampler and its grid options, --eta")
+QWEN_IMAGE_EDIT_FLAGS = EDIT_FLAGS - {"lora", "textual_inversion", "ip_adapter", "ip_adapter_image", "image_encoder",
+                                      "negative_ip_adapter_image"}
 
 
 def _guidance(guidance) -> dict:
@@ -95,7 +100,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     return images
 
 
-def edit_chroma(args) -> int:
+def edit_chroma(args, family: str = "Chroma") -> int:
     """``diffkit edit`` on a Chroma folder: each ``--images`` file edited as ChromaImg2ImgPipeline
     (:func:`diffkit.interop.chroma.image_to_image`: strength 0.9, 35 steps, CFG s = 5.0 against
     ``--negative-prompt`` by default; image i from ``--seed`` + i, the posterior sample then the noise; ``ddim``
@@ -104,13 +109,17 @@ def edit_chroma(args) -> int:
     (``--padding-mask-crop``: :func:`~diffkit.interop.mask_crop.check_mask_crop`): one line, before any weight is
     read or any folder is made. ``--ip-adapter FILE[:S]
     --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling;
-    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling."""
+    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family="Qwen-Image"``: a
+    Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline (:func:`diffkit.interop.qwen_image.
+    image_to_image`: strength 0.6 and 50 steps both, true CFG s = 4.0 only with ``--negative-prompt``; no
+    adapters)."""
     import torch
 
     from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.chroma import CHROMA_IMG2IMG_STRENGTH, CHROMA_INPAINT, load_chroma, image_to_image
+    from ..interop.chroma import image_to_image, load_chroma
+    from ..interop.qwen_image import load_qwen_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._ip_adapter import IPAdapterRequest
@@ -120,12 +129,14 @@ def edit_chroma(args) -> int:
     directory = args.checkpoint
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
     given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in EDIT_FLAGS and dest in defaults and value != defaults[dest]]
+             if dest not in (QWEN_IMAGE_EDIT_FLAGS if family == "Qwen-Image" else EDIT_FLAGS) and dest in defaults
+             and value != defaults[dest]]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a Chroma folder ({directory}); it takes {EDIT_TAKES}")
+        raise DiffkitError(f"{given[0]} does not apply to a {family} folder ({directory}); it takes "
+                           f"{QWEN_IMAGE_EDIT_TAKES if family == 'Qwen-Image' else EDIT_TAKES}")
     if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a Chroma folder: give --images PNG|DIR and --prompt TEXT (once for every "
-                           f"image, or once per image)")
+        raise DiffkitError(f"{directory} is a {family} folder: give --images PNG|DIR and --prompt TEXT (once for "
+                           f"every image, or once per image)")
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
     info, own, options, request = edit_sampling(args, directory)
@@ -137,8 +148,8 @@ def edit_chroma(args) -> int:
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    chroma = load_chroma(directory, device, progress=args.progress, lora=args.lora,
-                         textual_inversion=args.textual_inversion)
+    chroma = load_qwen_image(directory, device, progress=args.progress) if family == "Qwen-Image" else \
+        load_chroma(directory, device, progress=args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
     chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
     how_guided = _guidance(request)
@@ -159,7 +170,7 @@ def edit_chroma(args) -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = args.strength or (CHROMA_IMG2IMG_STRENGTH if mask is None else CHROMA_INPAINT[1])
-    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; Chroma "
+    strength = args.strength or chroma.edit_defaults(mask is not None)[1]
+    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; {family} "
           f"folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
     return 0

@@ -318,9 +318,10 @@ def _run(args) -> int:
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.chroma import is_chroma_folder
-    if is_chroma_folder(args.checkpoint):  # Chroma: img2img as ChromaImg2ImgPipeline (._chroma)
-        from ._chroma import edit_chroma
-        return edit_chroma(args)
+    from ..interop.qwen_image import is_qwen_image_folder
+    if is_chroma_folder(args.checkpoint) or is_qwen_image_folder(args.checkpoint):  # img2img as their pipelines
+        from ._chroma import edit_chroma  # (Chroma's, Qwen-Image's: ._chroma)
+        return edit_chroma(args, "Qwen-Image" if is_qwen_image_folder(args.checkpoint) else "Chroma")
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines

@@ -98,6 +98,11 @@ class Chroma(Flux):
     def network(self) -> torch.nn.Module:
         return ChromaNet(self.transformer)
 
+    def edit_defaults(self, inpaint: bool) -> tuple:
+        """(steps, strength, guidance scale or None for the CFG default, max_sequence_length) of
+        ``ChromaImg2ImgPipeline`` (``inpaint`` False) / ``ChromaInpaintPipeline`` (:func:`image_to_image`)."""
+        return CHROMA_INPAINT if inpaint else (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
+
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
         """A one-line DiffkitError for a CFG scale that is no finite float32 number."""
         import math
@@ -289,7 +294,7 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     h, w = chroma.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 2 f
-    defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH) if mask is None else CHROMA_INPAINT
+    defaults = chroma.edit_defaults(mask is not None)  # (a Qwen-Image folder's own: .qwen_image)
     steps = defaults[0] if steps is None else steps
     strength = defaults[1] if strength is None else strength
     if guidance_scale is None and mask is not None:  # the inpainting pipeline's own default, diffusers' convention

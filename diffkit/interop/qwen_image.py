@@ -144,6 +144,11 @@ class QwenImage(Flux):
     def network(self) -> torch.nn.Module:
         return QwenImageNet(self.transformer)
 
+    def edit_defaults(self, inpaint: bool) -> tuple:
+        """(steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of ``QwenImageImg2ImgPipeline`` and
+        ``QwenImageInpaintPipeline`` (the same), for :func:`.chroma.image_to_image`."""
+        return QWEN_IMAGE_STEPS, QWEN_IMAGE_STRENGTH, None, MAX_SEQUENCE_LENGTH
+
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
         """A one-line DiffkitError for a true-CFG scale that is no finite float32 number."""
         import math
@@ -179,14 +184,16 @@ class QwenImage(Flux):
 
     def prompt_guidance(self, prompts, h: int, w: int, guidance_scale: Optional[float] = None,
                         negative_prompt=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                        convention: str = "diffusers") -> tuple:
+                        convention: str = "diffusers", ip_adapter=None) -> tuple:
         """(denoiser, cond) at latents h x w: the prompts' states (and mask), with a negative prompt (one, or one per
         prompt) and a diffusers-convention scale s > 1 (``guidance_scale``, default 4.0; ``convention="seed"`` reads
         W, s = 1 + W) the pipeline's true CFG (:class:`QwenImageNet`); without a negative prompt one unguided call
         (the pipeline's default), and a scale given > 1 there, or a negative prompt with s <= 1, is refused in one
-        line (the pipeline would ignore it)."""
+        line (the pipeline would ignore it). ``ip_adapter``: refused (QwenImagePipeline has no IP-Adapter loader)."""
         from ..denoiser import Denoiser
         from .stable_diffusion import negative_prompts
+        if ip_adapter is not None:
+            raise DiffkitError("an IP-Adapter is not allowed for a Qwen-Image folder (QwenImagePipeline loads none)")
         check_choice("convention", convention, ["diffusers", "seed"])
         self.check_guidance_scale(guidance_scale)
         scale = QWEN_IMAGE_TRUE_CFG if guidance_scale is None else float(guidance_scale)
@@ -298,5 +305,20 @@ def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], *, sampl
     return finish_images(model, z0, return_latents, output_range)
 
 
+def image_to_image(model: QwenImage, images: torch.Tensor, prompts: Union[str, Sequence[str]],
+                   strength: Optional[float] = None, **options) -> torch.Tensor:
+    """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` as ``QwenImageImg2ImgPipeline`` (Meng et al.
+    2022, Alg. 1 on the latents), or with ``mask`` (B or 1, 1, H, W; 1 = repaint) inpainting as
+    ``QwenImageInpaintPipeline``: both are FLUX.1's loops (``FluxImg2ImgPipeline`` / ``FluxInpaintPipeline``: image
+    i's posterior drawn from its generator ``seed + i`` then its noise, noised to the first sigma of the strength's
+    ``get_timesteps`` cut; inpainting puts the kept region back at ``scale_noise(z, next sigma, noise)`` after every
+    step), run by :func:`.chroma.image_to_image` (:func:`.flow_latents.edit_latents`) with Qwen-Image's encoding
+    (:meth:`QwenImage.encode`), prompts and true CFG; defaults 50 steps, strength 0.6, true CFG 4.0 with a
+    negative prompt. ``options``: :func:`.chroma.image_to_image`'s (sampler, steps, guidance_scale, convention,
+    negative_prompt, posterior, seed, generator, max_sequence_length, output_range, return_latents, ...)."""
+    from .chroma import image_to_image as flow_image_to_image
+    return flow_image_to_image(model, images, prompts, strength, **options)
+
+
 __all__ = ["QwenImage", "QwenImageNet", "load_qwen_image", "is_qwen_image_folder", "check_qwen_image_folder",
-           "text_to_image", "QWEN_IMAGE_TRUE_CFG", "QWEN_IMAGE_STEPS", "PROMPT_TEMPLATE", "TEMPLATE_DROP"]
+           "text_to_image", "image_to_image", "QWEN_IMAGE_TRUE_CFG", "QWEN_IMAGE_STEPS", "PROMPT_TEMPLATE", "TEMPLATE_DROP"]
