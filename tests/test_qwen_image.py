@@ -15,7 +15,8 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.flux import pack_latents, unpack_latents  # noqa: E402
-from diffkit.interop.qwen_image import image_to_image, is_qwen_image_folder, load_qwen_image, text_to_image  # noqa: E402,E501
+from diffkit.interop.qwen_image import (image_to_image, is_qwen_image_folder, load_qwen_image,  # noqa: E402
+                                        text_to_image)
 
 from _pixart_helpers import assert_sample_refusals  # noqa: E402
 from _qwen_image_helpers import tiny_qwen_image_pipeline  # noqa: E402
@@ -144,8 +145,8 @@ def test_qwen_image_edits_match_the_pipelines(qwen_folder, steps, strength, inpa
     with torch.no_grad():
         theirs = edit(PROMPTS, image=images, num_inference_steps=steps, height=SIZE, width=SIZE, true_cfg_scale=3.0,
                       output_type="latent", generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
-                      **({"mask_image": mask} if inpaint else {}), **({} if strength is None else {"strength": strength}),
-                      **kw).images
+                      **({"mask_image": mask} if inpaint else {}),
+                      **({} if strength is None else {"strength": strength}), **kw).images
     theirs = unpack_latents(theirs, 4, 4)
     ours = image_to_image(qwen, images * 2 - 1, PROMPTS, strength, steps=steps, seed=5, return_latents=True,
                           guidance_scale=3.0, mask=mask if inpaint else None, **kw)
@@ -182,7 +183,8 @@ def test_edit_command_is_the_library_and_refuses_what_does_not_apply(qwen_folder
         save_images(image_to_image(qwen, images, PROMPTS[0], steps=2, seed=5, output_range="-1,1", **kw),
                     tmp_path / "expected", prefix="edit")
         for i in range(2):
-            assert (out / f"edit_0000{i}.png").read_bytes() == (tmp_path / "expected" / f"edit_0000{i}.png").read_bytes()
+            name = f"edit_0000{i}.png"
+            assert (out / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
     for extra, expected in [
         (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a Qwen-Image folder"),
         (["--textual-inversion", str(tmp_path / "x.pt")], "--textual-inversion does not apply to a Qwen-Image"),

@@ -321,4 +321,5 @@ def image_to_image(model: QwenImage, images: torch.Tensor, prompts: Union[str, S
 
 
 __all__ = ["QwenImage", "QwenImageNet", "load_qwen_image", "is_qwen_image_folder", "check_qwen_image_folder",
-           "text_to_image", "image_to_image", "QWEN_IMAGE_TRUE_CFG", "QWEN_IMAGE_STEPS", "PROMPT_TEMPLATE", "TEMPLATE_DROP"]
+           "text_to_image", "image_to_image", "QWEN_IMAGE_TRUE_CFG", "QWEN_IMAGE_STEPS", "PROMPT_TEMPLATE",
+           "TEMPLATE_DROP"]
