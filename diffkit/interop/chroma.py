@@ -103,6 +103,8 @@ class Chroma(Flux):
         ``ChromaImg2ImgPipeline`` (``inpaint`` False) / ``ChromaInpaintPipeline`` (:func:`image_to_image`)."""
         return CHROMA_INPAINT if inpaint else (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
 
+    guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (a Qwen-Image folder's: its own)
+
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
         """A one-line DiffkitError for a CFG scale that is no finite float32 number."""
         import math
@@ -110,8 +112,8 @@ class Chroma(Flux):
             return
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
-            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (CFG for > 1, "
-                               f"the pipeline's default {CHROMA_GUIDANCE})")
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number "
+                               f"({self.guidance_hint})")
         check_float32("guidance_scale", guidance_scale)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:

@@ -40,10 +40,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_choice, check_float32, read_json_object
+from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
+from .chroma import Chroma
 from .flow_latents import finish_images, load_flow_parts, pipeline_grid, start_latents
-from .flux import Flux, check_flux_scheduler, pack_latents, unpack_latents
+from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
 QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
 QWEN_IMAGE_CLASSES = {"transformer": ("QwenImageTransformer2DModel",), "vae": ("AutoencoderKLQwenImage",),
@@ -96,13 +97,13 @@ class QwenImageNet(torch.nn.Module):
 
 
 @dataclass
-class QwenImage(Flux):
+class QwenImage(Chroma):
     """The loaded components of a Qwen-Image folder (:func:`load_qwen_image`): FLUX.1's fields with the Qwen2.5-VL
     model as ``text_encoder`` (``text_encoder_2`` / ``tokenizer_2`` None); the packing, the size's shift and the grid
-    are :class:`.flux.Flux`'s, the VAE's scale and normalisation Qwen-Image's."""
+    are :class:`.flux.Flux`'s, the real-CFG scale check and the edit loop :class:`.chroma.Chroma`'s, the prompts,
+    network, guidance and the VAE's scale and normalisation Qwen-Image's."""
 
-    guidance_embeds = False  # refused in the folder check: true CFG only
-    variant = None  # no Fill / Depth / Canny channels
+    guidance_hint = f"true CFG for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG}"
 
     @property
     def vae_scale_factor(self) -> int:
@@ -148,17 +149,6 @@ class QwenImage(Flux):
         """(steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of ``QwenImageImg2ImgPipeline`` and
         ``QwenImageInpaintPipeline`` (the same), for :func:`.chroma.image_to_image`."""
         return QWEN_IMAGE_STEPS, QWEN_IMAGE_STRENGTH, None, MAX_SEQUENCE_LENGTH
-
-    def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
-        """A one-line DiffkitError for a true-CFG scale that is no finite float32 number."""
-        import math
-        if guidance_scale is None:
-            return
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not math.isfinite(guidance_scale):
-            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (true CFG "
-                               f"for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG})")
-        check_float32("guidance_scale", guidance_scale)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(context (B, L, d), mask (B, L) or None) as the pipeline's ``encode_prompt`` (module docstring): the
