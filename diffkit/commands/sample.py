@@ -36,9 +36,9 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ and Sana (Sprint) folders as their
-pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2 depth-to-image folder
-edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, PixArt-α / Σ and Sana (Sprint) folders as
+their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
+depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -78,7 +78,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, PixArt, Sana, DiT; docs/interop.md); default with --config: its "
+                        "SD3, FLUX.1, Chroma, Qwen-Image, PixArt, Sana, DiT; docs/interop.md); default with --config: "
+                        "its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
@@ -126,8 +127,8 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
-                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, PixArt, Sana): the images' height, the "
-                        "pipeline's height "
+                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, Qwen-Image, PixArt, Sana): the images' "
+                        "height, the pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
@@ -139,7 +140,8 @@ def register(sub) -> None:
                    help="Stable Diffusion / SD-XL / SD3 / Chroma / PixArt / Sana (not Sprint) folders: the null "
                         "condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
-                        "FLUX folders: with --true-cfg-scale")
+                        "FLUX folders: with --true-cfg-scale; Qwen-Image folders: turns on their true CFG (no "
+                        "default)")
     add_prompt_encoding_flags(g, true_cfg=True, lumina=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
