@@ -75,6 +75,9 @@ def test_prompt_states_drop_the_template_and_bad_input_is_refused(qwen_folder):
     assert torch.equal(mask, their_mask) and mask[1].sum() < mask.shape[1] and relative_error(context, theirs) < 1e-6
     assert context[1, int(mask[1].sum()):].abs().max() == 0
     assert qwen.encode_prompts(PROMPTS, 6)[1] is None  # all real tokens: no mask, as encode_prompt
+    other = text_to_image(qwen, PROMPTS, sampler="dpm-solver++-2m", steps=3, height=16, width=16, seed=0,
+                          negative_prompt="ugly", return_latents=True)  # any diffkit sampler, on its own grid
+    assert other.shape == (2, 4, 4, 4) and bool(other.isfinite().all())
     for call, expected in [
         (dict(guidance_scale=3.0), "guidance_scale=3 (diffusers convention) without a negative prompt is not allowed"),
         (dict(negative_prompt="ugly", guidance_scale=1.0), "a negative prompt with guidance_scale=1"),
