@@ -110,9 +110,9 @@ def edit_chroma(args, family: str = "Chroma") -> int:
     read or any folder is made. ``--ip-adapter FILE[:S]
     --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling;
     ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family="Qwen-Image"``: a
-    Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline (:func:`diffkit.interop.qwen_image.
-    image_to_image`: strength 0.6 and 50 steps both, true CFG s = 4.0 only with ``--negative-prompt``; no
-    adapters)."""
+    Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
+    (:func:`diffkit.interop.qwen_image.image_to_image`: strength 0.6 and 50 steps both, true CFG s = 4.0 only with
+    ``--negative-prompt``; no adapters)."""
     import torch
 
     from ..cli import build_parser
