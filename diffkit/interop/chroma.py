@@ -104,6 +104,7 @@ class Chroma(Flux):
         return CHROMA_INPAINT if inpaint else (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
 
     guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (a Qwen-Image folder's: its own)
+    default_steps = CHROMA_STEPS  # text_to_image's (a Qwen-Image folder's: 50)
 
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
         """A one-line DiffkitError for a CFG scale that is no finite float32 number."""
@@ -260,7 +261,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     prompts = prompt_list(prompts)
     noise, expected = start_latents(chroma, latents, len(prompts), height, width, " (unpacked)")
     h, w = expected[2:]
-    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, CHROMA_STEPS,
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, chroma.default_steps,
                                          lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
                                             convention, ip_adapter)

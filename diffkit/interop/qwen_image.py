@@ -43,7 +43,7 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
 from .chroma import Chroma
-from .flow_latents import finish_images, load_flow_parts, pipeline_grid, start_latents
+from .flow_latents import load_flow_parts
 from .flux import check_flux_scheduler, pack_latents, unpack_latents
 
 QWEN_IMAGE_PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
@@ -104,6 +104,7 @@ class QwenImage(Chroma):
     network, guidance and the VAE's scale and normalisation Qwen-Image's."""
 
     guidance_hint = f"true CFG for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG}"
+    default_steps = QWEN_IMAGE_STEPS
 
     @property
     def vae_scale_factor(self) -> int:
@@ -264,35 +265,18 @@ def load_qwen_image(directory: Union[str, Path], device="cpu", dtype: torch.dtyp
     return model
 
 
-def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], *, sampler: Optional[str] = None,
-                  steps: Optional[int] = None, nfe: Optional[int] = None, guidance_scale: Optional[float] = None,
-                  convention: str = "diffusers", negative_prompt: Union[None, str, Sequence[str]] = None,
-                  seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
-                  width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
-                  max_sequence_length: int = MAX_SEQUENCE_LENGTH, output_range: str = "0,1",
-                  return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+def text_to_image(model: QwenImage, prompts: Union[str, Sequence[str]], **options) -> torch.Tensor:
     """Images of a Qwen-Image folder for ``prompts`` as ``QwenImagePipeline`` (module docstring) with any diffkit
-    sampler.
+    sampler: :func:`.chroma.text_to_image`'s loop with Qwen-Image's prompts, network and true CFG.
 
     sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (50 steps by default);
     otherwise as :func:`.flux.text_to_image`. guidance_scale (``true_cfg_scale``, default 4.0, diffusers' convention
     unless ``convention="seed"``) / negative_prompt: :meth:`QwenImage.prompt_guidance`. latents: unpacked z at
     s = 1 (B, C, h, w) (the pipeline's ``latents=`` is :func:`.flux.pack_latents` of it), default N(0, I) from
-    per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f. options: passed to
-    :func:`diffkit.sample`."""
-    from ..sampling import sample
-    from .stable_diffusion import OUTPUT_RANGES, prompt_list
-    check_choice("output_range", output_range, OUTPUT_RANGES)
-    prompts = prompt_list(prompts)
-    noise, expected = start_latents(model, latents, len(prompts), height, width, " (unpacked)")
-    h, w = expected[2:]
-    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, QWEN_IMAGE_STEPS,
-                                         lambda n: model.scheduler_grid(n, h, w), options.get("flow_shift"))
-    denoiser, cond = model.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                           convention)
-    z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
-                device=model.device, dtype=model.dtype, **options)
-    return finish_images(model, z0, return_latents, output_range)
+    per-sample ``seed + i``; height / width: default 128 f, multiples of 2 f; max_sequence_length (default 512);
+    output_range, return_latents; the rest: passed to :func:`diffkit.sample`."""
+    from .chroma import text_to_image as flow_text_to_image
+    return flow_text_to_image(model, prompts, **options)
 
 
 def image_to_image(model: QwenImage, images: torch.Tensor, prompts: Union[str, Sequence[str]],
