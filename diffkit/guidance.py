@@ -117,6 +117,19 @@ def _repeated(cond: dict, batch: int, copies: int) -> dict:
             for k, v in cond.items()}
 
 
+def norm_matched_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, normalize: bool = True) -> torch.Tensor:
+    """The network-output CFG of the diffusers pipelines that guide their transformer's prediction directly:
+    v = v_u + s (v_c - v_u) (Ho & Salimans 2022, eq. 6 in diffusers' convention), with ``normalize`` rescaled to
+    v ||v_c|| / ||v||, the norms over the **last axis** (``torch.norm(dim=-1, keepdim=True)``): per packed token of
+    4C channels in ``QwenImagePipeline`` ("true CFG", :mod:`diffkit.interop.qwen_image`), per image row of
+    ``Lumina2Pipeline`` with ``cfg_normalization`` (:mod:`diffkit.interop.lumina2`). Nonlinear in v, so it runs on
+    the network's output, not in :class:`ClassifierFreeGuidance`'s eps / x0 mix."""
+    guided = uncond + scale * (cond - uncond)
+    if not normalize:
+        return guided
+    return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+
+
 class ClassifierFreeGuidance(Wrapper):
     """Classifier-free guidance (Ho & Salimans 2022; seed 002):
 

@@ -24,6 +24,10 @@ def size_multiple(directory) -> tuple:
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return f * patch, f"the VAE factor {f} x the transformer's patch size {patch}"
+    from ..interop.qwen_image import is_qwen_image_folder
+    if is_qwen_image_folder(directory):  # AutoencoderKLQwenImage: f = 2^len(temperal_downsample)
+        f = 2 ** len(vae.get("temperal_downsample", [False, True, True]))
+        return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; QwenImagePipeline would floor other sizes"
     from ..interop.chroma import is_chroma_folder
     if is_flux_folder(directory) or is_chroma_folder(directory):
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
@@ -93,11 +97,12 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.chroma import is_chroma_folder
+    from ..interop.qwen_image import is_qwen_image_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
-            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint)):
+            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, "
-                           f"PixArt, Sana); {checkpoint} works at the size it was trained at")  # PixArt, Sana: sample
+                           f"PixArt, Sana, Qwen-Image); {checkpoint} works at the size it was trained at")
     if t2i_adapter:
         raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
                            f"instead")

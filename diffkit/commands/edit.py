@@ -40,8 +40,9 @@ FluxKontextPipeline (the image in context, no strength; ``--max-area``, ``--no-a
 FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 folder ``--redux DIR --redux-image
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
-``diffkit.interop.chroma``, ``._chroma``). With ``--mask``, ``--padding-mask-crop N`` inpaints the mask's box and
-pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop``
+``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
+(strength 0.6; ``diffkit.interop.qwen_image``, the same path). With ``--mask``, ``--padding-mask-crop N`` inpaints
+the mask's box and pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop``
 (``diffkit.interop.mask_crop``). A Stable Diffusion / SD-XL folder whose UNet
 takes 8 channels (InstructPix2Pix) is edited as StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the
 images' latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no
@@ -94,7 +95,7 @@ def register(sub) -> None:
                                     "a series (--series)", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers "
-                                       "folder (SD, SD-XL, SD3, FLUX.1, Chroma; docs/interop.md), or an "
+                                       "folder (SD, SD-XL, SD3, FLUX.1, Chroma, Qwen-Image; docs/interop.md), or an "
                                        "original-format SD 1.x / 2.x, SD-XL, SD3 or FLUX.1 single file "
                                        "(.safetensors) with --config FOLDER")
     p.add_argument("--config", type=path_arg, metavar="FOLDER",
@@ -126,7 +127,7 @@ def register(sub) -> None:
     m.add_argument("--strength", type=strength_value,
                    help="how far to noise, in (0, 1]: of --steps, int(steps * strength) are run (default 0.8, "
                         "1 with --mask; SD3 / FLUX.1 folders 0.6, FLUX.1 Fill 1; FLUX.1 Kontext: --mask only; "
-                        "Chroma 0.9, 0.6 with --mask)")
+                        "Chroma 0.9, 0.6 with --mask; Qwen-Image 0.6)")
     m.add_argument("--jump-n-sample", type=positive_int, default=1,
                    help="with --mask or --series, and --sampler ddpm: RePaint's resampling, each jump this many "
                         "times (default 1: none)")
@@ -184,7 +185,8 @@ def register(sub) -> None:
                         "the prompt every image is edited towards; repeat it once per image (in the files' order) for "
                         "one each")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 / Chroma folders with --prompt: the null condition of "
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Qwen-Image folders with --prompt: the null "
+                        "condition of "
                         "classifier-free guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
                         "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
                         "with --true-cfg-scale")
@@ -318,9 +320,10 @@ def _run(args) -> int:
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.chroma import is_chroma_folder
-    if is_chroma_folder(args.checkpoint):  # Chroma: img2img as ChromaImg2ImgPipeline (._chroma)
-        from ._chroma import edit_chroma
-        return edit_chroma(args)
+    from ..interop.qwen_image import is_qwen_image_folder
+    if is_chroma_folder(args.checkpoint) or is_qwen_image_folder(args.checkpoint):  # img2img as their pipelines
+        from ._chroma import edit_chroma  # (Chroma's, Qwen-Image's: ._chroma)
+        return edit_chroma(args, "Qwen-Image" if is_qwen_image_folder(args.checkpoint) else "Chroma")
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines

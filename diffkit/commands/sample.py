@@ -37,8 +37,8 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0, AuraFlow
-and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0,
+AuraFlow and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
 InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit
 upscale``.
 
@@ -80,7 +80,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, PixArt, Sana, DiT; docs/interop.md); default with --config: its "
+                        "SD3, FLUX.1, Chroma, Qwen-Image, PixArt, Sana, DiT; docs/interop.md); default with --config: "
+                        "its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
@@ -128,8 +129,8 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
-                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, PixArt, Sana): the images' height, the "
-                        "pipeline's height "
+                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, Qwen-Image, PixArt, Sana): the images' "
+                        "height, the pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
@@ -141,7 +142,8 @@ def register(sub) -> None:
                    help="Stable Diffusion / SD-XL / SD3 / Chroma / PixArt / Sana (not Sprint) folders: the null "
                         "condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
-                        "FLUX folders: with --true-cfg-scale")
+                        "FLUX folders: with --true-cfg-scale; Qwen-Image folders: turns on their true CFG (no "
+                        "default)")
     add_prompt_encoding_flags(g, true_cfg=True, lumina=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
     g.add_argument("--class", dest="classes", type=int, nargs="+", metavar="ID",
                    help="class id(s) to sample (default for a conditional model: every class, one row each)")
@@ -725,21 +727,24 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
     from ..interop.chroma import is_chroma_folder
-    if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint):  # PixArt-α / Σ, Sana (._pixart), Chroma
+    from ..interop.qwen_image import is_qwen_image_folder
+    qwen = is_qwen_image_folder(checkpoint)  # Qwen-Image: Chroma's command path, no adapters (._chroma)
+    if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or qwen:  # PixArt-α / Σ, Sana, Chroma
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
-        pixart = not is_chroma_folder(checkpoint)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
+        pixart = not (is_chroma_folder(checkpoint) or qwen)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
-                   "--textual-inversion": textual_inversion if pixart else None,
-                   "--controlnet": control, "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
+                   "--textual-inversion": textual_inversion if pixart or qwen else None,
+                   "--lora": lora if qwen else None, "--controlnet": control,
+                   "--ip-adapter": ip_adapter if pixart or qwen else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return (sample_pixart if pixart else sample_chroma)(
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({"lora": lora} if pixart else {"ip_adapter": ip_adapter, "lora": lora,
-                                              "textual_inversion": textual_inversion}))
+            **({"lora": lora} if pixart else {"family": "Qwen-Image"} if qwen else {
+                "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

@@ -23,6 +23,8 @@
   normalisation), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
+* :mod:`.qwen_image` - a Qwen-Image folder (Qwen2.5-VL prompt states, FLUX.1's packing, true CFG with its norm
+  rescaling, the 3-D VAE's normalised latents), the same way, with img2img and inpainting.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
@@ -68,6 +70,7 @@ _EXPORTS = {
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",
+    "QwenImage": "qwen_image", "load_qwen_image": "qwen_image", "is_qwen_image_folder": "qwen_image",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -75,7 +78,9 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
-            "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image")}
+            "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
+            "qwen_image_text_to_image": ("qwen_image", "text_to_image"),
+            "qwen_image_image_to_image": ("qwen_image", "image_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

@@ -98,6 +98,14 @@ class Chroma(Flux):
     def network(self) -> torch.nn.Module:
         return ChromaNet(self.transformer)
 
+    def edit_defaults(self, inpaint: bool) -> tuple:
+        """(steps, strength, guidance scale or None for the CFG default, max_sequence_length) of
+        ``ChromaImg2ImgPipeline`` (``inpaint`` False) / ``ChromaInpaintPipeline`` (:func:`image_to_image`)."""
+        return CHROMA_INPAINT if inpaint else (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
+
+    guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (a Qwen-Image folder's: its own)
+    default_steps = CHROMA_STEPS  # text_to_image's (a Qwen-Image folder's: 50)
+
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
         """A one-line DiffkitError for a CFG scale that is no finite float32 number."""
         import math
@@ -105,8 +113,8 @@ class Chroma(Flux):
             return
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
-            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number (CFG for > 1, "
-                               f"the pipeline's default {CHROMA_GUIDANCE})")
+            raise DiffkitError(f"guidance_scale={guidance_scale!r} is not allowed; give a finite number "
+                               f"({self.guidance_hint})")
         check_float32("guidance_scale", guidance_scale)
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
@@ -253,7 +261,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     prompts = prompt_list(prompts)
     noise, expected = start_latents(chroma, latents, len(prompts), height, width, " (unpacked)")
     h, w = expected[2:]
-    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, CHROMA_STEPS,
+    sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, chroma.default_steps,
                                          lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
                                             convention, ip_adapter)
@@ -289,7 +297,7 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     h, w = chroma.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 2 f
-    defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH) if mask is None else CHROMA_INPAINT
+    defaults = chroma.edit_defaults(mask is not None)  # (a Qwen-Image folder's own: .qwen_image)
     steps = defaults[0] if steps is None else steps
     strength = defaults[1] if strength is None else strength
     if guidance_scale is None and mask is not None:  # the inpainting pipeline's own default, diffusers' convention

@@ -281,6 +281,10 @@ class Flux(FlowLatentVAE):
         diffusers = require("diffusers")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
+        if steps == 1 and self.scheduler_config.get("shift_terminal"):  # Qwen-Image's 0.02
+            raise DiffkitError(f"steps=1 is not allowed with the scheduler's shift_terminal="
+                               f"{self.scheduler_config['shift_terminal']!r} (its stretch of the one sigma 1 is 0 / 0: "
+                               f"the pipeline's sigmas are NaN); give steps >= 2")
         schedule = self.denoiser_for(h, w).schedule  # first: a shift past the flow schedule is one line
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w))

@@ -101,6 +101,7 @@ class Lumina2Net(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None):
+        from ..guidance import norm_matched_cfg
         if context is None or mask is None:
             raise DiffkitError("a Lumina2 transformer needs cond {'context', 'mask'} (Lumina2.prompt_guidance)")
         sigma = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0]) / self.T
@@ -109,9 +110,7 @@ class Lumina2Net(torch.nn.Module):
             guided = sigma >= (-1.0 if self.trunc_sigma is None else self.trunc_sigma)
             if bool(guided.any()):
                 uncond = self._call(x, 1 - sigma, null_context, null_mask)
-                pred = uncond + self.scale * (out - uncond)
-                if self.normalize:  # the pipeline's cfg_normalization: ||v_c|| / ||v|| over the last axis
-                    pred = pred * (out.norm(dim=-1, keepdim=True) / pred.norm(dim=-1, keepdim=True))
+                pred = norm_matched_cfg(out, uncond, self.scale, self.normalize)  # cfg_normalization: last axis
                 out = torch.where(guided.reshape(-1, *[1] * (x.ndim - 1)), pred, out)
         return -out  # the velocity eps - x_0 (the pipeline's noise_pred = -noise_pred)
 
