@@ -185,6 +185,7 @@ QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
                                                     (HUNYUAN_DIT, ["HunyuanDiTPipeline"], "HD"),
                                                     (KOLORS, ["KolorsPipeline", "KolorsImg2ImgPipeline",
                                                               "KolorsPAGPipeline"], "KO"),
+                                                    (QWEN_IMAGE, ["QwenImagePipeline"], "QI")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
