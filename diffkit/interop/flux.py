@@ -425,8 +425,10 @@ def embedded_prompts(flux: Flux, prompts, prompt_embeds, pooled_prompt_embeds, b
 
 def is_flux_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of a FLUX pipeline: ``model_index.json`` names a ``Flux...`` class or a
-    ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
-    return names_pipeline(path, "Flux", FLUX_TRANSFORMER)
+    ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches); not a FLUX.2 one
+    (``Flux2...``: :mod:`.flux2`)."""
+    from .flux2 import is_flux2_folder
+    return names_pipeline(path, "Flux", FLUX_TRANSFORMER) and not is_flux2_folder(path)
 
 
 def check_flux_folder(directory: Path) -> tuple:

@@ -257,8 +257,10 @@ def flux2_kind(path) -> Optional[str]:
 
 
 def is_flux2_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names a FLUX.2 pipeline (so ``diffkit sample`` dispatches)."""
-    return flux2_kind(path) is not None
+    """True for a folder whose ``model_index.json`` names a ``Flux2...`` pipeline or a ``Flux2Transformer2DModel``
+    (so ``diffkit sample`` dispatches; :func:`check_flux2_folder` refuses the ones diffkit does not drive)."""
+    from .flow_latents import names_pipeline
+    return names_pipeline(path, "Flux2", "Flux2Transformer2DModel")
 
 
 def check_flux2_folder(directory) -> tuple:
@@ -270,8 +272,8 @@ def check_flux2_folder(directory) -> tuple:
     index = _index(directory)
     kind = None if index is None else index.get("_class_name")
     if kind not in FLUX2_TEXT_ENCODERS:
-        raise DiffkitError(f"{directory} is not a FLUX.2 folder (model_index.json naming "
-                           f"{' or '.join(FLUX2_TEXT_ENCODERS)})")
+        what = "is not a FLUX.2 folder" if kind is None else f"is a {kind!r} folder, which diffkit does not drive"
+        raise DiffkitError(f"{directory} {what}; allowed: model_index.json naming {' or '.join(FLUX2_TEXT_ENCODERS)}")
     check_classes(directory, index, REQUIRED, "FLUX.2", {
         "transformer": ("Flux2Transformer2DModel",), "vae": ("AutoencoderKLFlux2",),
         "text_encoder": (FLUX2_TEXT_ENCODERS[kind],), "scheduler": ("FlowMatchEulerDiscreteScheduler",)})
