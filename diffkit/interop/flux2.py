@@ -68,7 +68,8 @@ def empirical_mu(image_seq_len: int, num_steps: int) -> float:
         return float(a2 * image_seq_len + b2)
     m_200, m_10 = a2 * image_seq_len + b2, a1 * image_seq_len + b1
     a = (m_200 - m_10) / 190.0
-    return float(a * num_steps + m_200 - 200.0 * a)
+    b = m_200 - 200.0 * a
+    return float(a * num_steps + b)
 
 
 def position_ids(h: int, w: int, device=None) -> torch.Tensor:
