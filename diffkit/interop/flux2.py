@@ -84,6 +84,12 @@ def text_ids(length: int, device=None) -> torch.Tensor:
     return torch.cartesian_prod(one, one, one, torch.arange(length)).to(device)
 
 
+def patchify(z: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2 h, 2 w) -> (B, 4 C, h, w): 2 x 2 patches, channel-major (``_patchify_latents``)."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+
+
 def unpatchify(z: torch.Tensor) -> torch.Tensor:
     """(B, 4 C, h, w) -> (B, C, 2 h, 2 w), the inverse of the pipelines' 2 x 2 ``_patchify_latents``
     (``_unpatchify_latents``)."""
@@ -111,18 +117,24 @@ class Flux2Net(torch.nn.Module):
         self.model = transformer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None,
-                guidance: Optional[float] = None) -> torch.Tensor:
+                guidance: Optional[float] = None, reference: Optional[torch.Tensor] = None,
+                reference_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``reference`` / ``reference_ids``: reference images' tokens (B, N, 4 C) and ids (B, N, 4), appended after
+        the latents' (:mod:`.flux2_reference`; their outputs dropped, the pipelines' ``noise_pred[:, :h w]``)."""
         if context is None:
             raise DiffkitError("a FLUX.2 transformer needs cond {'context'} (Flux2.encode_prompts)")
         dtype, (b, c, h, w) = model_dtype(self.model), x.shape
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         if guidance is not None:
             guidance = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
-        out = self.model(hidden_states=x.reshape(b, c, h * w).permute(0, 2, 1).to(dtype), timestep=t.to(dtype) / 1000,
-                         guidance=guidance, encoder_hidden_states=context.to(dtype),
-                         txt_ids=text_ids(context.shape[1], x.device), img_ids=position_ids(h, w, x.device),
-                         return_dict=False)[0]
-        return out.permute(0, 2, 1).reshape(b, c, h, w).to(x.dtype)
+        tokens, ids = x.reshape(b, c, h * w).permute(0, 2, 1), position_ids(h, w, x.device)
+        if reference is not None:
+            tokens = torch.cat([tokens, reference.to(x.device, tokens.dtype)], dim=1)
+            ids = torch.cat([ids, reference_ids[0].to(ids)])
+        out = self.model(hidden_states=tokens.to(dtype), timestep=t.to(dtype) / 1000, guidance=guidance,
+                         encoder_hidden_states=context.to(dtype), txt_ids=text_ids(context.shape[1], x.device),
+                         img_ids=ids, return_dict=False)[0]
+        return out[:, :h * w].permute(0, 2, 1).reshape(b, c, h, w).to(x.dtype)
 
 
 @dataclass
@@ -322,8 +334,12 @@ def text_to_image(flux2: Flux2, prompts: Union[str, Sequence[str]], *, sampler: 
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, output_range: str = "0,1",
-                  return_latents: bool = False, progress: bool = False, **options) -> torch.Tensor:
+                  return_latents: bool = False, progress: bool = False, references: Optional[Sequence] = None,
+                  **options) -> torch.Tensor:
     """Images of a FLUX.2 folder for ``prompts`` as its pipeline (module docstring) with any diffkit sampler.
+
+    references: the pipelines' ``image=`` list (PIL images or paths), in context for every sample
+    (:mod:`.flux2_reference`); height / width then default to the first one's processed size.
 
     sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (50 steps by default);
     otherwise as :func:`.flux.text_to_image` (a sampler's own grid shifted by the size's and step count's e^mu).
@@ -336,6 +352,11 @@ def text_to_image(flux2: Flux2, prompts: Union[str, Sequence[str]], *, sampler: 
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = prompt_list(prompts)
+    if references is not None:  # processed (and refused) first, as the pipelines; the first one's size
+        from .flux2_reference import reference_images, reference_tokens
+        references, size = reference_images(flux2, references)
+        if latents is None:  # (the pipelines' height or the image's, each side)
+            height, width = size[0] if height is None else height, size[1] if width is None else width
     noise, expected = start_latents(flux2, latents, len(prompts), height, width, " (patchified: B, 4C, H/2f, W/2f)")
     h, w = expected[2:]
     mu_steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else FLUX2_STEPS
@@ -343,11 +364,14 @@ def text_to_image(flux2: Flux2, prompts: Union[str, Sequence[str]], *, sampler: 
                                          lambda n: flux2.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = flux2.prompt_guidance(prompts, h, w, mu_steps, guidance_scale, negative_prompt,
                                            max_sequence_length, convention)
+    if references is not None:
+        tokens, ids = reference_tokens(flux2, references)
+        cond.update(reference=tokens.expand(len(prompts), -1, -1), reference_ids=ids.expand(len(prompts), -1, -1))
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=flux2.device, dtype=flux2.dtype, **options)
     return finish_images(flux2, z0, return_latents, output_range)
 
 
 __all__ = ["Flux2", "Flux2Net", "load_flux2", "is_flux2_folder", "check_flux2_folder", "flux2_kind", "text_to_image",
-           "empirical_mu", "position_ids", "text_ids", "unpatchify", "stacked_states", "FLUX2_GUIDANCE",
+           "empirical_mu", "position_ids", "text_ids", "patchify", "unpatchify", "stacked_states", "FLUX2_GUIDANCE",
            "FLUX2_STEPS", "FLUX2_PIPELINE", "FLUX2_KLEIN_PIPELINE"]
