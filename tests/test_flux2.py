@@ -183,3 +183,56 @@ def test_flux2_folder_refusals(flux2_folder, tmp_path):
                            ({"guidance_scale": float("nan")}, "give a finite number")):
         with pytest.raises(DiffkitError, match=expected):
             text_to_image(flux2, "a", steps=1, **{"height": SIZE, "width": SIZE, **call})
+
+
+def _reference_pngs(root):
+    """Two random RGB PNGs of 72 x 96 and 64 x 64 pixels (the processor's smallest side is 64)."""
+    import numpy as np
+    from PIL import Image
+    rng, paths = np.random.default_rng(0), []
+    for i, shape in enumerate([(72, 96, 3), (64, 64, 3)]):
+        paths.append(root / f"ref{i}.png")
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_reference_images_are_the_pipelines_image_list(flux2_folder, klein_folder, tmp_path):
+    """``image=[...]`` of both pipelines: two references (the output at the first one's processed size, 72 x 96;
+    Klein with its CFG), and (Flux2Pipeline) one at a given size."""
+    from PIL import Image
+    images = [Image.open(p).convert("RGB") for p in _reference_pngs(tmp_path)]
+    for pipe, path, model in (flux2_folder, klein_folder):
+        def pair(refs, **size):
+            with torch.no_grad():
+                theirs = pipe(prompt=PROMPTS, image=refs, num_inference_steps=2, max_sequence_length=LENGTH,
+                              generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                              output_type="latent", **size).images
+            ours = text_to_image(model, PROMPTS, steps=2, seed=5, references=refs, max_sequence_length=LENGTH,
+                                 return_latents=True, **size)
+            return ours.flatten(2).transpose(1, 2) if not model.klein else model.vae_latents(ours), theirs
+        for refs, size in ((images, {}), (images[1:], {"height": 32, "width": 48}))[:1 + (not model.klein)]:
+            ours, theirs = pair(refs, **size)
+            print(model.pipeline, "references", len(refs), size, relative_error(ours, theirs))
+            assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sample_command_takes_reference_images(flux2_folder, tmp_path, capsys):
+    """``diffkit sample --reference-image`` writes the library's grid; a small image, a file that is no image and
+    another checkpoint kind: one line, no file."""
+    from PIL import Image
+    paths = _reference_pngs(tmp_path)
+    _, path, flux2 = flux2_folder
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                 "--seed", "5", "--max-sequence-length", str(LENGTH), "--batch-size", "1", "--reference-image",
+                 str(paths[1]), "--height", str(SIZE), "--width", str(SIZE), "--out", str(out), "--no-progress"]) == 0
+    save_grid(text_to_image(flux2, PROMPTS[:1], steps=2, seed=5, references=paths[1:], height=SIZE, width=SIZE,
+                            max_sequence_length=LENGTH, output_range="-1,1"), tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    Image.new("RGB", (32, 64)).save(tmp_path / "small.png")
+    (tmp_path / "text.png").write_text("no image")
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--reference-image", str(tmp_path / "small.png")], "reference image 0 is not allowed: Image too small"),
+        (["--reference-image", str(tmp_path / "text.png")], "cannot be read as an image")])
+    assert_sample_refusals(main, tmp_path, tmp_path, capsys, [
+        (["--reference-image", str(paths[0])], "--reference-image applies to a FLUX.2 folder")])

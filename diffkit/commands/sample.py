@@ -184,6 +184,8 @@ def register(sub) -> None:
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_redux_flags(p)
+    from ._flux2 import add_reference_flags
+    add_reference_flags(p)  # FLUX.2's --reference-image
     add_t2i_adapter_flags(p)
     add_refiner_flags(p)
     add_freeu_flag(p)
@@ -267,6 +269,8 @@ def _run(args) -> int:
     control = ControlRequest.from_args(args, checkpoint, rows)
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     redux = ReduxRequest.from_args(args, checkpoint)  # FLUX.1 Redux (._flux_redux)
+    from ._flux2 import reference_request
+    references = reference_request(args, checkpoint)  # FLUX.2's --reference-image (._flux2)
     refiner = RefinerRequest.from_args(args, checkpoint)
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
@@ -305,7 +309,8 @@ def _run(args) -> int:
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
-                        **({} if redux is None else {"redux": redux}), **size, **options)
+                        **({} if redux is None else {"redux": redux}),
+                        **({} if references is None else {"reference_images": references}), **size, **options)
     return 0
 
 
