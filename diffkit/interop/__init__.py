@@ -22,6 +22,8 @@
   normalisation), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
+* :mod:`.flux2` - a FLUX.2 folder (``Flux2Pipeline``: Mistral-3; ``Flux2KleinPipeline``: Qwen3, real CFG) on FLUX.1's
+  flow Denoiser and grid; :mod:`.flux2_reference` its reference images in context.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
   ``FluxKontextPipeline`` / ``FluxKontextInpaintPipeline``.
 * :mod:`.lcm` - a Stable Diffusion folder with an LCMScheduler (a latent consistency model, with or
@@ -65,13 +67,14 @@ _EXPORTS = {
     "Lumina2": "lumina2", "load_lumina2": "lumina2", "is_lumina2_folder": "lumina2",
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
+    "Flux2": "flux2", "load_flux2": "flux2", "is_flux2_folder": "flux2",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
             "flux_image_to_image": ("flux", "image_to_image"), "pixart_text_to_image": ("pixart", "text_to_image"),
             "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
-            "auraflow_text_to_image": ("auraflow", "text_to_image")}
+            "auraflow_text_to_image": ("auraflow", "text_to_image"), "flux2_text_to_image": ("flux2", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]
