@@ -56,8 +56,7 @@ FLUX2_TEXT_LAYERS = {FLUX2_PIPELINE: (10, 20, 30), FLUX2_KLEIN_PIPELINE: (9, 18,
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 FLUX2_GUIDANCE = 4.0  # both pipelines' default guidance_scale (Flux2Pipeline: embedded; Klein: CFG)
 FLUX2_STEPS = 50  # their default num_inference_steps
-MAX_SEQUENCE_LENGTH = 512  # their default max_sequence_length
-DEFAULT_SAMPLE_SIZE = 128  # their default_sample_size (in units of f: 1024 pixels for f = 8)
+MAX_SEQUENCE_LENGTH = 512  # their default max_sequence_length (default_sample_size: FLUX.1's 128, .flux)
 
 
 def empirical_mu(image_seq_len: int, num_steps: int) -> float:
@@ -156,16 +155,10 @@ class Flux2(Flux):
         return 2 * self.vae_scale_factor
 
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
-        """(batch, in_channels (4 x the VAE's), height / 2f, width / 2f); default 128 f x 128 f pixels, sides
-        multiples of 2 f (the pipelines floor others with a warning)."""
-        f = self.vae_scale_factor
-        height = DEFAULT_SAMPLE_SIZE * f if height is None else height
-        width = DEFAULT_SAMPLE_SIZE * f if width is None else width
-        for value in (height, width):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (2 * f):
-                raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
-                                   f"{2 * f} (the VAE factor {f} x the 2 x 2 patches)")
-        return (batch, int(self.transformer.config.in_channels), height // (2 * f), width // (2 * f))
+        """(batch, in_channels (4 x the VAE's), height / 2f, width / 2f): :meth:`.flux.Flux.latent_shape`'s size
+        rules (default 128 f x 128 f pixels, sides multiples of 2 f; the pipelines floor others with a warning)."""
+        shape = super().latent_shape(batch, height, width)
+        return (batch, int(self.transformer.config.in_channels), shape[2] // 2, shape[3] // 2)
 
     def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
         """The pipelines' mu at latents h x w (h w tokens) and ``steps`` (default 50): :func:`empirical_mu`."""
