@@ -89,15 +89,15 @@ def tiny_flux2_pipeline():
     return pipe
 
 
-def tiny_klein_pipeline():
+def tiny_klein_pipeline(layers=27):
     vocab, merges = bpe(["<|endoftext|>"] + SPECIAL[5:])
     tokenizer = transformers.Qwen2Tokenizer(vocab=vocab, merges=merges)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[5:]})
     tokenizer.chat_template = QWEN_TEMPLATE
     torch.manual_seed(0)
     qwen = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=1024)).eval()
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024)).eval()
     pipe = diffusers.Flux2KleinPipeline(scheduler=scheduler(), vae=tiny_vae(), text_encoder=qwen, tokenizer=tokenizer,
                                         transformer=tiny_transformer(48, False))
     pipe.set_progress_bar_config(disable=True)

@@ -179,6 +179,9 @@ def test_flux2_folder_refusals(flux2_folder, tmp_path):
             check_flux2_folder(copy)
         assert "\n" not in str(error.value)
         (copy / file).write_text(json.dumps(config))
+    tiny_klein_pipeline(layers=2).save_pretrained(tmp_path / "short")  # Qwen3 of 2 layers: no states 9, 18, 27
+    with pytest.raises(DiffkitError, match="the text encoder has 2 layers of width 16; Flux2KleinPipeline stacks"):
+        load_flux2(tmp_path / "short", progress=False)
     for call, expected in (({"max_sequence_length": 0}, "allowed: 1..512"), ({"height": 30}, "multiples of 4"),
                            ({"guidance_scale": float("nan")}, "give a finite number")):
         with pytest.raises(DiffkitError, match=expected):
