@@ -176,6 +176,7 @@ AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
 HUNYUAN_DIT = "## HunyuanDiT folders (`diffkit.interop.hunyuan_dit`)"
 KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
 QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
+FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -185,7 +186,8 @@ QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
                                                     (HUNYUAN_DIT, ["HunyuanDiTPipeline"], "HD"),
                                                     (KOLORS, ["KolorsPipeline", "KolorsImg2ImgPipeline",
                                                               "KolorsPAGPipeline"], "KO"),
-                                                    (QWEN_IMAGE, ["QwenImagePipeline"], "QI")])
+                                                    (QWEN_IMAGE, ["QwenImagePipeline"], "QI"),
+                                                    (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

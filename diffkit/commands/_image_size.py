@@ -29,7 +29,8 @@ def size_multiple(directory) -> tuple:
         f = 2 ** len(vae.get("temperal_downsample", [False, True, True]))
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; QwenImagePipeline would floor other sizes"
     from ..interop.chroma import is_chroma_folder
-    if is_flux_folder(directory) or is_chroma_folder(directory):
+    from ..interop.flux2 import is_flux2_folder
+    if is_flux_folder(directory) or is_chroma_folder(directory) or is_flux2_folder(directory):
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
     from ..interop.pixart import is_pixart_folder
     from ..interop.sana import is_sana_folder
@@ -98,9 +99,11 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.pixart import masked_text_folder
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
+    from ..interop.flux2 import is_flux2_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
-            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)):
+            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
+            or is_flux2_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, "
                            f"PixArt, Sana, Qwen-Image); {checkpoint} works at the size it was trained at")
     if t2i_adapter:

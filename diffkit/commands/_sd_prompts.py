@@ -86,8 +86,10 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.chroma import is_chroma_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.qwen_image import is_qwen_image_folder
+    from ..interop.flux2 import is_flux2_folder
     label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else
-                                               "Qwen-Image" if is_qwen_image_folder(checkpoint) else None)
+                                               "Qwen-Image" if is_qwen_image_folder(checkpoint) else
+                                               "FLUX.2" if is_flux2_folder(checkpoint) else None)
     if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina2: its CFG flags too)
         other = [flag for flag, _ in given if flag != "--max-sequence-length" and flag not in lumina]
         if other:

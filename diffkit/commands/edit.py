@@ -317,6 +317,11 @@ def _run(args) -> int:
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
                                     f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder); "
                                     f"sample it with diffkit sample"))
+    from ..interop.flux2 import is_flux2_folder
+    if is_flux2_folder(args.checkpoint):
+        raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "
+                           f"reference images and Flux2KleinInpaintPipeline are not driven); sample it with diffkit "
+                           f"sample")
     from ._image_size import check_image_size
     check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
     from ..interop.chroma import is_chroma_folder

@@ -38,9 +38,9 @@ would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDSc
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
 FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0,
-AuraFlow and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
-InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit
-upscale``.
+AuraFlow and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``,
+reference images: ``--reference-image``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2 depth-to-image folder
+edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -188,6 +188,8 @@ def register(sub) -> None:
     add_controlnet_flags(p)
     add_ip_adapter_flags(p)
     add_redux_flags(p)
+    from ._flux2 import add_reference_flags
+    add_reference_flags(p)  # FLUX.2's --reference-image
     add_t2i_adapter_flags(p)
     add_refiner_flags(p)
     add_freeu_flag(p)
@@ -271,6 +273,8 @@ def _run(args) -> int:
     control = ControlRequest.from_args(args, checkpoint, rows)
     ip_adapter = IPAdapterRequest.from_args(args, checkpoint)
     redux = ReduxRequest.from_args(args, checkpoint)  # FLUX.1 Redux (._flux_redux)
+    from ._flux2 import reference_request
+    references = reference_request(args, checkpoint)  # FLUX.2's --reference-image (._flux2)
     refiner = RefinerRequest.from_args(args, checkpoint)
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
@@ -309,7 +313,8 @@ def _run(args) -> int:
                         textual_inversion=args.textual_inversion, control=control, ip_adapter=ip_adapter,
                         scheduler=args.scheduler, freeu=args.freeu, **({} if refiner is None else {"refiner": refiner}),
                         **({} if t2i_adapter is None else {"t2i_adapter": t2i_adapter}),
-                        **({} if redux is None else {"redux": redux}), **size, **options)
+                        **({} if redux is None else {"redux": redux}),
+                        **({} if references is None else {"reference_images": references}), **size, **options)
     return 0
 
 
@@ -745,6 +750,17 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             progress=progress, guidance=guidance, refused=refused, **size, **options,
             **({"lora": lora} if pixart else {"family": "Qwen-Image"} if qwen else {
                 "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
+    from ..interop.flux2 import is_flux2_folder
+    if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
+        from ._flux2 import sample_flux2
+        refused = {"--lora-any-base": lora_any_base, "--lora": lora, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_flux2(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                            individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                            final=final, scale=scale, progress=progress, guidance=guidance, refused=refused, **size,
+                            **options)
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux
         from ._sd3 import sample_sd3

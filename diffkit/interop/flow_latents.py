@@ -72,7 +72,7 @@ def start_latents(model, latents, batch: int, height, width, hint: str = "") -> 
             (height is not None or width is not None) and tuple(latents.shape[2:]) != expected[2:]):
         raise DiffkitError(f"latents of shape {tuple(latents.shape)} are not allowed; expected {expected} for "
                            f"{batch} prompts{hint}")
-    f = model.vae_scale_factor
+    f = getattr(model, "latent_scale_factor", model.vae_scale_factor)  # pixels per latent (FLUX.2's: 2 f)
     expected = model.latent_shape(batch, latents.shape[2] * f, latents.shape[3] * f)
     return latents.to(device=model.device, dtype=model.dtype), expected
 

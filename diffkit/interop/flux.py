@@ -243,25 +243,26 @@ class Flux(FlowLatentVAE):
         config = self.transformer.config
         return (batch, int(config.out_channels or config.in_channels) // 4, height // f, width // f)
 
-    def mu(self, h: int, w: int) -> float:
-        """The pipeline's mu for latents h x w (packed sequence length h w / 4)."""
+    def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
+        """The pipeline's mu for latents h x w (packed sequence length h w / 4; FLUX.1's does not depend on the
+        ``steps``, FLUX.2's does: :meth:`.flux2.Flux2.mu`)."""
         return calculate_shift((h // 2) * (w // 2), self.scheduler_config)
 
-    def shift(self, h: int, w: int) -> float:
-        """The flow shift the scheduler applies at latents h x w: e^mu (dynamic, exponential), mu (dynamic,
-        linear) or its fixed ``shift``."""
-        return scheduler_shift(self.scheduler_config, lambda: self.mu(h, w), h, w)
+    def shift(self, h: int, w: int, steps: Optional[int] = None) -> float:
+        """The flow shift the scheduler applies at latents h x w (and ``steps``, :meth:`mu`'s): e^mu (dynamic,
+        exponential), mu (dynamic, linear) or its fixed ``shift``."""
+        return scheduler_shift(self.scheduler_config, lambda: self.mu(h, w, steps), h, w)
 
     def network(self) -> torch.nn.Module:
         """The velocity network over the transformer (:class:`FluxNet`; Chroma's: :class:`.chroma.ChromaNet`)."""
         return FluxNet(self.transformer)
 
-    def denoiser_for(self, h: int, w: int):
+    def denoiser_for(self, h: int, w: int, steps: Optional[int] = None):
         """The unguided flow-prediction Denoiser (cond: ``context``, ``pooled``, ``guidance``) on the flow schedule
-        of latents h x w (:meth:`shift`)."""
+        of latents h x w (:meth:`shift`; ``steps``: its)."""
         from ..denoiser import Denoiser
         from ..schedule import NoiseSchedule
-        shift = self.shift(h, w)
+        shift = self.shift(h, w, steps)
         if shift not in self._denoisers:
             schedule = NoiseSchedule.flow(int(self.scheduler_config.get("num_train_timesteps", 1000)), shift)
             from .flux_channels import wrap_net  # a Fill / Depth / Canny transformer's extra channels
@@ -285,9 +286,9 @@ class Flux(FlowLatentVAE):
             raise DiffkitError(f"steps=1 is not allowed with the scheduler's shift_terminal="
                                f"{self.scheduler_config['shift_terminal']!r} (its stretch of the one sigma 1 is 0 / 0: "
                                f"the pipeline's sigmas are NaN); give steps >= 2")
-        schedule = self.denoiser_for(h, w).schedule  # first: a shift past the flow schedule is one line
+        schedule = self.denoiser_for(h, w, steps).schedule  # first: a shift past the flow schedule is one line
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w))
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w, steps))
         return flow_sigmas_grid(schedule, scheduler.sigmas, steps)
 
     # ------------------------------------------------------------------ prompts
@@ -428,8 +429,10 @@ def embedded_prompts(flux: Flux, prompts, prompt_embeds, pooled_prompt_embeds, b
 
 def is_flux_folder(path: Union[str, Path]) -> bool:
     """True for a diffusers folder of a FLUX pipeline: ``model_index.json`` names a ``Flux...`` class or a
-    ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches)."""
-    return names_pipeline(path, "Flux", FLUX_TRANSFORMER)
+    ``FluxTransformer2DModel`` transformer (so that ``diffkit sample --checkpoint`` dispatches); not a FLUX.2 one
+    (``Flux2...``: :mod:`.flux2`)."""
+    from .flux2 import is_flux2_folder
+    return names_pipeline(path, "Flux", FLUX_TRANSFORMER) and not is_flux2_folder(path)
 
 
 def check_flux_folder(directory: Path) -> tuple:

@@ -1,0 +1,241 @@
+"""FLUX.2 folders (diffkit.interop.flux2): diffkit's text_to_image against diffusers' own Flux2Pipeline and
+Flux2KleinPipeline on tiny random folders (tests/_flux2_helpers.py; nothing downloaded), ``diffkit sample`` on them
+(the library's grid byte for byte) and the one-line refusals."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.images import save_grid  # noqa: E402
+from diffkit.interop.flux import is_flux_folder  # noqa: E402
+from diffkit.interop.flux2 import (check_flux2_folder, empirical_mu, is_flux2_folder, load_flux2,  # noqa: E402
+                                   text_to_image)
+
+from _flux2_helpers import tiny_flux2_pipeline, tiny_klein_pipeline  # noqa: E402
+from _pixart_helpers import assert_sample_refusals  # noqa: E402
+from test_interop_diffusers import relative_error  # noqa: E402
+
+PROMPTS = ["a photo of cat", "hot dog"]
+LENGTH, SIZE = 80, 32  # max_sequence_length (the prompts after the system message fit); pixels (latents 8 x 8)
+
+
+def _folder(tmp_path_factory, name, build, cls):
+    path = tmp_path_factory.mktemp(name) / name
+    build().save_pretrained(path)
+    pipe = cls.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, path, load_flux2(path, progress=False)
+
+
+@pytest.fixture(scope="session")
+def flux2_folder(tmp_path_factory):
+    """(Flux2Pipeline loaded back, folder, Flux2) of the tiny Flux2Pipeline folder, built on first use."""
+    return _folder(tmp_path_factory, "flux2", tiny_flux2_pipeline, diffusers.Flux2Pipeline)
+
+
+@pytest.fixture(scope="session")
+def klein_folder(tmp_path_factory):
+    """(Flux2KleinPipeline loaded back, folder, Flux2) of the tiny Flux2KleinPipeline folder."""
+    return _folder(tmp_path_factory, "klein", tiny_klein_pipeline, diffusers.Flux2KleinPipeline)
+
+
+def _noise(size=SIZE):
+    return torch.randn(2, 16, size // 4, size // 4, generator=torch.Generator().manual_seed(1))
+
+
+def _theirs(pipe, noise, steps=3, **call):
+    with torch.no_grad():
+        return pipe(prompt=PROMPTS, num_inference_steps=steps, latents=noise.clone(), height=noise.shape[2] * 4,
+                    width=noise.shape[3] * 4, max_sequence_length=LENGTH, **{"output_type": "latent", **call}).images
+
+
+def _ours(model, noise, steps=3, **call):
+    return text_to_image(model, PROMPTS, steps=steps, latents=noise, max_sequence_length=LENGTH,
+                         **{"return_latents": True, **call})
+
+
+def test_flux2_pipeline_encodes_and_samples_as_diffusers(flux2_folder):
+    """Mistral-3's chat with the system message, its states 10, 20, 30 stacked; the embedded guidance (default 4.0
+    and 2.5); the packed latents (output_type="latent"), the decoded images, and the per-sample seeds."""
+    pipe, path, flux2 = flux2_folder
+    assert is_flux2_folder(path) and not is_flux_folder(path) and flux2.latent_shape(1) == (1, 16, 64, 64)
+    theirs = pipe.encode_prompt(PROMPTS, max_sequence_length=LENGTH)[0]
+    assert torch.equal(flux2.encode_prompts(PROMPTS, LENGTH), theirs)
+    noise = _noise()
+    for steps, call in ((3, {}), (4, {"guidance_scale": 2.5})):
+        ours, theirs = _ours(flux2, noise, steps, **call), _theirs(pipe, noise, steps, **call)
+        error = relative_error(ours.flatten(2).transpose(1, 2), theirs)  # the pipeline's packing: a reshape
+        print("Flux2Pipeline latents", call, error)
+        assert error < 1e-5  # measured: see docs/interop.md
+    ours, theirs = _ours(flux2, noise, return_latents=False), _theirs(pipe, noise, output_type="pt")
+    print("Flux2Pipeline images", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    seeded = text_to_image(flux2, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                           return_latents=True)
+    with torch.no_grad():
+        theirs = pipe(prompt=PROMPTS, num_inference_steps=2, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(2)], output_type="latent").images
+    assert relative_error(seeded.flatten(2).transpose(1, 2), theirs) < 1e-5
+
+
+def test_klein_pipeline_guides_as_diffusers(klein_folder):
+    """Qwen3's chat (generation prompt, no thinking), its states 9, 18, 27; CFG against "" (default 4.0), against a
+    negative prompt (the pipeline's negative_prompt_embeds of it), unguided at s = 1 and for a distilled folder; the
+    VAE latents (Klein's output_type="latent": batch norm undone, unpatchified)."""
+    pipe, path, klein = klein_folder
+    assert is_flux2_folder(path) and klein.klein and not klein.distilled
+    theirs = pipe.encode_prompt(PROMPTS, max_sequence_length=LENGTH)[0]
+    assert torch.equal(klein.encode_prompts(PROMPTS, LENGTH), theirs)
+    noise = _noise()
+    negative = pipe.encode_prompt(["ugly"] * 2, max_sequence_length=LENGTH)[0]
+    for ours_call, their_call in (({}, {}), ({"negative_prompt": "ugly", "guidance_scale": 3.0},
+                                             {"negative_prompt_embeds": negative, "guidance_scale": 3.0}),
+                                  ({"guidance_scale": 1.0}, {"guidance_scale": 1.0})):
+        error = relative_error(klein.vae_latents(_ours(klein, noise, **ours_call)), _theirs(pipe, noise, **their_call))
+        print("Flux2KleinPipeline latents", ours_call, error)
+        assert error < 1e-5
+    ours, theirs = _ours(klein, noise, return_latents=False), _theirs(pipe, noise, output_type="pt")
+    print("Flux2KleinPipeline images", relative_error(ours, theirs))
+    assert relative_error(ours, theirs) < 1e-5
+    pipe.register_to_config(is_distilled=True)
+    klein.distilled = True
+    try:
+        assert relative_error(klein.vae_latents(_ours(klein, noise)), _theirs(pipe, noise)) < 1e-5
+        with pytest.raises(DiffkitError, match="is_distilled true"):
+            _ours(klein, noise, guidance_scale=2.0)
+        with pytest.raises(DiffkitError, match="feeds only CFG"):
+            _ours(klein, noise, negative_prompt="ugly")
+    finally:
+        pipe.register_to_config(is_distilled=False)
+        klein.distilled = False
+
+
+def test_flux2_shift_follows_size_and_steps(flux2_folder):
+    """mu = compute_empirical_mu(h w, N) (both pipelines'), e^mu the flow shift of a diffkit sampler's own grid at
+    that size and step count; another sampler runs there."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+    _, _, flux2 = flux2_folder
+    for tokens, steps in ((64, 3), (4096, 50), (5000, 28)):
+        assert empirical_mu(tokens, steps) == compute_empirical_mu(tokens, steps)
+    assert flux2.shift(8, 8, 3) == pytest.approx(math.exp(compute_empirical_mu(64, 3)), rel=1e-12)
+    assert flux2.shift(8, 8, 3) != flux2.shift(8, 8, 50)
+    out = _ours(flux2, _noise(), 3, sampler="unipc")
+    assert out.shape == (2, 16, 8, 8) and bool(torch.isfinite(out).all())
+
+
+def test_sample_command_writes_the_library_grid(flux2_folder, klein_folder, tmp_path, capsys):
+    """``diffkit sample`` on both folders: text_to_image's grid byte for byte (Flux2Pipeline: --guidance-scale as
+    the embedded value; Klein: CFG against --negative-prompt); what does not apply: one line, no file."""
+    for (pipe, path, model), extra, call in (
+            (flux2_folder, ["--guidance-scale", "2.5"], {"guidance_scale": 2.5}),
+            (klein_folder, ["--negative-prompt", "ugly", "--guidance-scale", "3", "--guidance-convention", "diffusers"],
+             {"negative_prompt": "ugly", "guidance_scale": 3.0})):
+        out = tmp_path / f"{model.pipeline}.png"
+        assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                     "--nrow", "1", "--steps", "2", "--seed", "5", "--height", str(SIZE), "--width", str(SIZE),
+                     "--max-sequence-length", str(LENGTH), "--batch-size", "2", "--out", str(out),
+                     "--no-progress"] + extra) == 0
+        images = text_to_image(model, PROMPTS, steps=2, seed=5, height=SIZE, width=SIZE, max_sequence_length=LENGTH,
+                               output_range="-1,1", **call)
+        save_grid(images, tmp_path / "expected.png", 1)
+        assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    size = ["--height", str(SIZE), "--width", str(SIZE)]
+    assert_sample_refusals(main, flux2_folder[1], tmp_path, capsys, [
+        (["--negative-prompt", "ugly"] + size, "not allowed for a Flux2Pipeline folder"),
+        (["--lora", "x.safetensors"], "--lora does not apply to a FLUX.2 folder"),
+        (["--true-cfg-scale", "2"], "--true-cfg-scale does not apply to a FLUX.2 folder"),
+        (["--pag-scale", "2"], "--pag-scale does not apply to a FLUX.2 folder"),
+        (["--height", "30"], "--height 30 is not allowed; give a positive multiple of 4")], label="a FLUX.2")
+
+
+def test_flux2_folder_refusals(flux2_folder, tmp_path):
+    """What diffkit does not drive, from the JSON alone, and bad library arguments: one line each."""
+    _, path, flux2 = flux2_folder
+    copy = tmp_path / "copy"
+    for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (copy / part).mkdir(parents=True)
+        for name in ("config.json", "scheduler_config.json"):
+            if (path / part / name).exists():
+                shutil.copy(path / part / name, copy / part / name)
+    shutil.copy(path / "model_index.json", copy / "model_index.json")
+    check_flux2_folder(copy)
+    for file, key, value, expected in (
+            ("model_index.json", "_class_name", "Flux2KleinInpaintPipeline", "which diffkit does not drive"),
+            ("model_index.json", "vae", ["diffusers", "AutoencoderKL"], "allowed: AutoencoderKLFlux2"),
+            ("model_index.json", "text_encoder", ["transformers", "Qwen3ForCausalLM"],
+             "allowed: Mistral3ForConditionalGeneration"),
+            ("transformer/config.json", "in_channels", 64, "4 x the VAE's latent channels"),
+            ("scheduler/scheduler_config.json", "invert_sigmas", True, "allowed: invert_sigmas=false")):
+        config = json.loads((copy / file).read_text())
+        (copy / file).write_text(json.dumps({**config, key: value}))
+        with pytest.raises(DiffkitError, match=expected) as error:
+            check_flux2_folder(copy)
+        assert "\n" not in str(error.value)
+        (copy / file).write_text(json.dumps(config))
+    tiny_klein_pipeline(layers=2).save_pretrained(tmp_path / "short")  # Qwen3 of 2 layers: no states 9, 18, 27
+    with pytest.raises(DiffkitError, match="the text encoder has 2 layers of width 16; Flux2KleinPipeline stacks"):
+        load_flux2(tmp_path / "short", progress=False)
+    for call, expected in (({"max_sequence_length": 0}, "allowed: 1..512"), ({"height": 30}, "multiples of 4"),
+                           ({"guidance_scale": float("nan")}, "give a finite number")):
+        with pytest.raises(DiffkitError, match=expected):
+            text_to_image(flux2, "a", steps=1, **{"height": SIZE, "width": SIZE, **call})
+
+
+def _reference_pngs(root):
+    """Two random RGB PNGs of 72 x 96 and 64 x 64 pixels (the processor's smallest side is 64)."""
+    import numpy as np
+    from PIL import Image
+    rng, paths = np.random.default_rng(0), []
+    for i, shape in enumerate([(72, 96, 3), (64, 64, 3)]):
+        paths.append(root / f"ref{i}.png")
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_reference_images_are_the_pipelines_image_list(flux2_folder, klein_folder, tmp_path):
+    """``image=[...]`` of both pipelines: two references (the output at the first one's processed size, 72 x 96;
+    Klein with its CFG), and (Flux2Pipeline) one at a given size."""
+    from PIL import Image
+    images = [Image.open(p).convert("RGB") for p in _reference_pngs(tmp_path)]
+    for pipe, path, model in (flux2_folder, klein_folder):
+        def pair(refs, **size):
+            with torch.no_grad():
+                theirs = pipe(prompt=PROMPTS, image=refs, num_inference_steps=2, max_sequence_length=LENGTH,
+                              generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+                              output_type="latent", **size).images
+            ours = text_to_image(model, PROMPTS, steps=2, seed=5, references=refs, max_sequence_length=LENGTH,
+                                 return_latents=True, **size)
+            return ours.flatten(2).transpose(1, 2) if not model.klein else model.vae_latents(ours), theirs
+        for refs, size in ((images, {}), (images[1:], {"height": 32, "width": 48}))[:1 + (not model.klein)]:
+            ours, theirs = pair(refs, **size)
+            print(model.pipeline, "references", len(refs), size, relative_error(ours, theirs))
+            assert relative_error(ours, theirs) < 1e-5
+
+
+def test_sample_command_takes_reference_images(flux2_folder, tmp_path, capsys):
+    """``diffkit sample --reference-image`` writes the library's grid; a small image, a file that is no image and
+    another checkpoint kind: one line, no file."""
+    from PIL import Image
+    paths = _reference_pngs(tmp_path)
+    _, path, flux2 = flux2_folder
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "1", "--steps", "2",
+                 "--seed", "5", "--max-sequence-length", str(LENGTH), "--batch-size", "1", "--reference-image",
+                 str(paths[1]), "--height", str(SIZE), "--width", str(SIZE), "--out", str(out), "--no-progress"]) == 0
+    save_grid(text_to_image(flux2, PROMPTS[:1], steps=2, seed=5, references=paths[1:], height=SIZE, width=SIZE,
+                            max_sequence_length=LENGTH, output_range="-1,1"), tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    Image.new("RGB", (32, 64)).save(tmp_path / "small.png")
+    (tmp_path / "text.png").write_text("no image")
+    assert_sample_refusals(main, path, tmp_path, capsys, [
+        (["--reference-image", str(tmp_path / "small.png")], "reference image 0 is not allowed: Image too small"),
+        (["--reference-image", str(tmp_path / "text.png")], "cannot be read as an image")])
+    assert_sample_refusals(main, tmp_path, tmp_path, capsys, [
+        (["--reference-image", str(paths[0])], "--reference-image applies to a FLUX.2 folder")])
