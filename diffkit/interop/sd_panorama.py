@@ -70,7 +70,7 @@ def panorama_request(sd, panorama: bool, view_batch_size: Optional[int] = None, 
             raise DiffkitError(f"panorama averages the windows' predictions, which is the pipeline's average of its "
                                f"windows' steps for deterministic samplers only; sampler {info.name!r}"
                                f"{f' with eta={eta}' if eta else ''} draws noise: allowed: a deterministic sampler "
-                               f"(ddim with eta 0, dpm-solver++, unipc, pndm, ...)")
+                               f"(ddim with eta 0, dpm-solver++-2m, unipc, pndm, ...)")
 
     def multidiffusion(denoiser, height: int, width: int):
         from ..multidiffusion import MultiDiffusion
