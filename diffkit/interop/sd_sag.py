@@ -23,8 +23,8 @@ denoiser where s = 1, the pipeline's ``guidance_scale <= 1``); the attention map
 ``CrossAttnStoreProcessor`` of that pipeline module, installed on that one layer for the call (the previous processor
 back after), and the map's size from a hook on the mid block's attention, as the pipeline does. The pipeline takes
 ``unet.config.attention_head_dim`` (its last entry) as the number of heads in the mask's reshape; so does this module.
-It raises for a scheduler of non-integer timesteps (Euler, Heun, LMS, DPM-SDE, ...): the wrapper refuses a network
-call at a non-integer time in one line (diffkit's samplers on the scheduler's integer grid: ddim, pndm, dpm-solver++,
+It raises for a scheduler of non-integer timesteps (Euler, Heun, LMS, DPM-SDE, ...): :func:`sag_request` refuses a
+sigma grid (karras, logsnr) up front and the wrapper any network call at a non-integer time, in one line (diffkit's samplers on the scheduler's integer grid: ddim, pndm, dpm-solver++,
 unipc, deis, ddpm, not on a karras grid). Refused too: LCM / TCD sampling, an SD-XL folder (diffusers has no SAG
 pipeline for it), and what the pipeline has no option for: guidance rescale, APG, PAG, ControlNets, T2I-Adapters, an IP-Adapter.
 """
@@ -154,10 +154,12 @@ class SelfAttentionGuidance(Wrapper):
         return Prediction(eps=eps, x0=x0)  # eq. 20 / 25
 
 
-def sag_request(sd, scale, *, refused: dict = None):
+def sag_request(sd, scale, *, refused: dict = None, sampler: str = "ddim", spacing=None, grid=None):
     """``text_to_image``'s ``sag_scale`` checked before any work: None where it is None or 0 (the sampling bit for
     bit as without), else a function wrapping the folder's guided denoiser in :class:`SelfAttentionGuidance`.
-    ``refused``: name -> value of the options that do not combine with it (the first given one is named)."""
+    ``refused``: name -> value of the options that do not combine with it (the first given one is named);
+    ``sampler`` / ``spacing`` / ``grid``: the run's, a sigma spacing (karras, logsnr: times between the integer
+    timesteps) refused up front where no grid is given (the wrapper refuses any other non-integer time)."""
     if not scale:
         check_range("sag_scale", scale or 0.0, 0.0, None)
         return None
@@ -176,6 +178,15 @@ def sag_request(sd, scale, *, refused: dict = None):
         if value is not None and value is not False and value != 0:
             raise DiffkitError(f"{name} does not go with sag_scale (diffusers' StableDiffusionSAGPipeline has no "
                                f"such option); drop one of them")
+
+    from ..sampling import resolve_sampler
+    from ..timesteps import SIGMA_SPACINGS
+    info, spacing, _ = resolve_sampler(sampler, spacing)
+    if grid is None and (spacing or info.default_spacing) in SIGMA_SPACINGS:
+        raise DiffkitError(f"self-attention guidance needs the scheduler's integer timesteps (as "
+                           f"StableDiffusionSAGPipeline); sampler {info.name!r} on the {spacing or info.default_spacing} "
+                           f"grid runs between them: allowed: a linear / leading / trailing grid (e.g. ddim, "
+                           f"dpm-solver++-2m@trailing)")
 
     def self_attention_guided(denoiser):
         return SelfAttentionGuidance(denoiser, scale, sd.unet, sd.prediction_type)

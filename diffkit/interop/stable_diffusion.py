@@ -557,7 +557,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     extras = {"controlnet": controlnet, "t2i_adapter": t2i_adapter, "ip_adapter": ip_adapter, "pag_scale": pag_scale,
               "guidance_rescale": guidance_rescale, "apg_eta / apg_norm_threshold / apg_momentum": apg or None,
               "denoising_end": denoising_end}
-    self_attention = sag_request(sd, sag_scale, refused=extras)
+    self_attention = sag_request(sd, sag_scale, refused=extras, sampler=sampler or "ddim",
+                                 spacing=options.get("spacing"), grid=grid)
     multidiffusion = panorama_request(sd, panorama, view_batch_size, circular_padding, view_window, view_stride,
                                       sampler=sampler or "ddim", options=options, refused={
                                           "sag_scale": sag_scale, **{k: v for k, v in extras.items()
