@@ -1,7 +1,9 @@
 """``diffkit sample --sag-scale S`` (self-attention guidance, as StableDiffusionSAGPipeline;
-:mod:`diffkit.interop.sd_sag`) and ``--panorama [--view-batch-size N] [--circular-padding] [--view-window W] [--view-stride S]`` (MultiDiffusion, as
-StableDiffusionPanoramaPipeline; :mod:`diffkit.interop.sd_panorama`) on a Stable Diffusion 1.x / 2.x folder: the
-flags, their checks before anything loads, and the ``text_to_image`` keywords they become."""
+:mod:`diffkit.interop.sd_sag`) and ``--panorama [--view-batch-size N] [--circular-padding] [--view-window W]
+[--view-stride S]`` (MultiDiffusion, as StableDiffusionPanoramaPipeline; :mod:`diffkit.interop.sd_panorama`) on a
+Stable Diffusion 1.x / 2.x folder: the flags, their checks before anything loads, and the ``text_to_image``
+keywords they become.
+"""
 from __future__ import annotations
 
 from ..errors import DiffkitError

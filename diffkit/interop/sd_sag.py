@@ -24,9 +24,10 @@ denoiser where s = 1, the pipeline's ``guidance_scale <= 1``); the attention map
 back after), and the map's size from a hook on the mid block's attention, as the pipeline does. The pipeline takes
 ``unet.config.attention_head_dim`` (its last entry) as the number of heads in the mask's reshape; so does this module.
 It raises for a scheduler of non-integer timesteps (Euler, Heun, LMS, DPM-SDE, ...): :func:`sag_request` refuses a
-sigma grid (karras, logsnr) up front and the wrapper any network call at a non-integer time, in one line (diffkit's samplers on the scheduler's integer grid: ddim, pndm, dpm-solver++,
-unipc, deis, ddpm, not on a karras grid). Refused too: LCM / TCD sampling, an SD-XL folder (diffusers has no SAG
-pipeline for it), and what the pipeline has no option for: guidance rescale, APG, PAG, ControlNets, T2I-Adapters, an IP-Adapter.
+sigma grid (karras, logsnr) up front and the wrapper any network call at a non-integer time, in one line (diffkit's
+samplers on the scheduler's integer grid: ddim, pndm, dpm-solver++, unipc, deis, ddpm, not on a karras grid).
+Refused too: LCM / TCD sampling, an SD-XL folder (diffusers has no SAG pipeline for it), and what the pipeline has
+no option for: guidance rescale, APG, PAG, ControlNets, T2I-Adapters, an IP-Adapter.
 """
 from __future__ import annotations
 
@@ -184,9 +185,9 @@ def sag_request(sd, scale, *, refused: dict = None, sampler: str = "ddim", spaci
     info, spacing, _ = resolve_sampler(sampler, spacing)
     if grid is None and (spacing or info.default_spacing) in SIGMA_SPACINGS:
         raise DiffkitError(f"self-attention guidance needs the scheduler's integer timesteps (as "
-                           f"StableDiffusionSAGPipeline); sampler {info.name!r} on the {spacing or info.default_spacing} "
-                           f"grid runs between them: allowed: a linear / leading / trailing grid (e.g. ddim, "
-                           f"dpm-solver++-2m@trailing)")
+                           f"StableDiffusionSAGPipeline); sampler {info.name!r} on the "
+                           f"{spacing or info.default_spacing} grid runs between them: allowed: a linear / leading / "
+                           f"trailing grid (e.g. ddim, dpm-solver++-2m@trailing)")
 
     def self_attention_guided(denoiser):
         return SelfAttentionGuidance(denoiser, scale, sd.unet, sd.prediction_type)
