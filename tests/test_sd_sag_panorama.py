@@ -171,7 +171,9 @@ def test_sample_flags(tiny_sd, tiny_xl, tmp_path, capsys):
         assert out.read_bytes() == (tmp_path / "ours.png").read_bytes()
     for checkpoint, flags, match in ((tiny_xl[1], ["--sag-scale", 1], "--sag-scale applies to a Stable Diffusion "
                                       "1.x / 2.x folder .*StableDiffusionSAGPipeline"),
-                                     (folder, ["--view-stride", 4], "--view-stride needs --panorama")):
+                                     (folder, ["--view-stride", 4], "--view-stride needs --panorama"),
+                                     (folder, ["--panorama", "--view-batch-size", 0], "--view-batch-size 0 is not"),
+                                     (folder, ["--sag-scale", -1], "--sag-scale=-1.0 is out of range")):
         code, err = _cli(capsys, "sample", "--checkpoint", checkpoint, "--prompt", "hot", "--out",
                          tmp_path / "no.png", *flags)
         assert code != 0 and err.count("\n") == 1 and match.split(" .*")[0] in err, err

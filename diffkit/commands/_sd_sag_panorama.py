@@ -6,7 +6,7 @@ keywords they become.
 """
 from __future__ import annotations
 
-from ..errors import DiffkitError
+from ..errors import DiffkitError, check_float32, check_range
 
 FLAGS = (("--sag-scale", "sag_scale"), ("--panorama", "panorama"), ("--view-batch-size", "view_batch_size"),
          ("--circular-padding", "circular_padding"), ("--view-window", "view_window"),
@@ -53,6 +53,12 @@ def sag_panorama_options(args, checkpoint) -> dict:
         for other, key in FLAGS[2:]:
             if key in given:
                 raise DiffkitError(f"{other} needs --panorama")
+    if given.get("sag_scale") is not None:
+        check_float32("--sag-scale", check_range("--sag-scale", given["sag_scale"], 0.0, None))
+    for other, key in (("--view-batch-size", "view_batch_size"), ("--view-window", "view_window"),
+                       ("--view-stride", "view_stride")):
+        if key in given and given[key] < 1:
+            raise DiffkitError(f"{other} {given[key]} is not allowed; give a positive integer")
     return given
 
 
