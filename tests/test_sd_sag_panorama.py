@@ -82,6 +82,25 @@ def test_panorama_matches_the_pipeline(tiny_sd, height, width, window, stride, c
     assert relative_error(ours, theirs) < 1e-5
 
 
+def test_panorama_with_a_multistep_scheduler_matches_the_pipeline(tiny_sd):
+    """PNDMScheduler(skip_prk_steps=True) (PLMS: a history of eps per window batch, kept apart by the pipeline): its
+    windows' steps averaged = the step of the averaged predictions and history ('pndm-skip-prk' on its grid)."""
+    from diffkit.interop.schedulers import grid_from_diffusers
+    pipe, _, sd = tiny_sd
+    scheduler = diffusers.PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    pano = _deprecated(diffusers.StableDiffusionPanoramaPipeline, pipe, scheduler)
+    pano.get_views = _shimmed_views(pano, sd.vae_scale_factor, 8, 4)
+    latents = torch.randn(sd.latent_shape(1, 16, 32), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs = pano("a photo", height=16, width=32, num_inference_steps=4, guidance_scale=5.0,
+                      latents=latents.clone(), output_type="latent", view_batch_size=2).images
+    scheduler.set_timesteps(4)
+    ours = text_to_image(sd, ["a photo"], sampler="pndm-skip-prk", grid=grid_from_diffusers(scheduler),
+                         guidance_scale=5.0, latents=latents, panorama=True, height=16, width=32, view_window=8,
+                         view_stride=4, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+
+
 @pytest.mark.parametrize("height, width, circular", [(64, 72, False), (64, 256, False), (64, 256, True),
                                                      (80, 96, False), (64, 48, True), (32, 48, False)])
 def test_views_are_the_pipelines_at_its_window_and_stride(tiny_sd, height, width, circular):
