@@ -19,7 +19,7 @@ def add_sag_panorama_flags(parser) -> None:
     g.add_argument("--sag-scale", type=float, metavar="S",
                    help="self-attention guidance scale S >= 0 (Hong et al. 2023; diffusers' sag_scale, as "
                         "StableDiffusionSAGPipeline; its paper's 0.75); 0 = off; needs a sampler on integer "
-                        "timesteps (ddim, pndm, dpm-solver++-2m, unipc, ...)")
+                        "timesteps (ddim, pndm-skip-prk, plms, ddpm; dpm-solver++-2m, unipc, deis with @trailing)")
     g.add_argument("--panorama", action="store_true",
                    help="MultiDiffusion (Bar-Tal et al. 2023) as StableDiffusionPanoramaPipeline: the latent "
                         "denoised in windows whose predictions are averaged; default size 512 x 2048 "

@@ -25,7 +25,8 @@ back after), and the map's size from a hook on the mid block's attention, as the
 ``unet.config.attention_head_dim`` (its last entry) as the number of heads in the mask's reshape; so does this module.
 It raises for a scheduler of non-integer timesteps (Euler, Heun, LMS, DPM-SDE, ...): :func:`sag_request` refuses a
 sigma grid (karras, logsnr) up front and the wrapper any network call at a non-integer time, in one line (diffkit's
-samplers on the scheduler's integer grid: ddim, pndm, dpm-solver++, unipc, deis, ddpm, not on a karras grid).
+samplers on integer grids: ddim, pndm-skip-prk, plms, ddpm; dpm-solver++-2m, unipc, deis with ``@trailing``; not
+pndm, whose PRK warm-up evaluates half steps).
 Refused too: LCM / TCD sampling, an SD-XL folder (diffusers has no SAG pipeline for it), and what the pipeline has
 no option for: guidance rescale, APG, PAG, ControlNets, T2I-Adapters, an IP-Adapter.
 """
@@ -118,7 +119,8 @@ class SelfAttentionGuidance(Wrapper):
         if not bool((t64 == t64.round()).all()):
             raise DiffkitError(f"self-attention guidance needs the scheduler's integer timesteps (as "
                                f"StableDiffusionSAGPipeline); this sampler calls the UNet at t={float(t64[0]):g}: "
-                               f"allowed: samplers on integer grids (ddim, pndm, dpm-solver++-2m, unipc, deis, ddpm)")
+                               f"allowed: samplers on integer grids (ddim, pndm-skip-prk, plms, ddpm; "
+                               f"dpm-solver++-2m@trailing, ...)")
         return t64
 
     def __call__(self, x: torch.Tensor, t, **cond) -> Prediction:
