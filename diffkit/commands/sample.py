@@ -50,6 +50,7 @@ same command gives the same PNG bytes run after run on the CPU. A legacy plain s
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,8 @@ def register(sub) -> None:
     add_t2i_adapter_flags(p)
     add_refiner_flags(p)
     add_freeu_flag(p)
+    from ._sd_sag_panorama import add_sag_panorama_flags
+    add_sag_panorama_flags(p)
     add_progress_flag(p)
     p.set_defaults(func=run)
 
@@ -279,6 +282,8 @@ def _run(args) -> int:
     from ._image_size import check_image_size
     check_image_size(checkpoint, args.height, args.width, t2i_adapter is not None)
     size = {} if args.height is None and args.width is None else {"height": args.height, "width": args.width}
+    from ._sd_sag_panorama import sag_panorama_options
+    options.update(sag_panorama_options(args, checkpoint))  # --sag-scale, --panorama: SD folders (text_to_image's)
     if args.progressive and guidance.classifier_algorithm == 1:
         raise DiffkitError("--progressive needs --classifier-algorithm 2: algorithm 1's ddpm loop reports no steps")
     if args.thresholding and guidance.classifier_algorithm == 1:
@@ -1051,6 +1056,14 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
     guidance = guidance or GuidanceRequest()
     check_prompt_encoding(guidance, directory)  # as from_args did (library callers too)
     check_image_size(directory, height, width, t2i_adapter is not None)
+    from ..interop.sd_panorama import PANORAMA_SIZE
+    extras = {key: options.pop(key) for key in ("sag_scale", "panorama", "view_batch_size", "circular_padding",
+                                                "view_window", "view_stride") if key in options}
+    if extras and refiner is not None:
+        raise DiffkitError(f"--{next(iter(extras)).replace('_', '-')} with --refiner is not supported (diffusers' SAG "
+                           f"and panorama pipelines have no refiner hand-over); drop one of them")
+    if extras.get("panorama"):  # StableDiffusionPanoramaPipeline's default size
+        height, width = height or PANORAMA_SIZE[0], width or PANORAMA_SIZE[1]
     if not guidance.prompts:
         raise DiffkitError(f"{directory} is a Stable Diffusion folder: give --prompt TEXT (repeat for one row per "
                            f"prompt)")
@@ -1121,24 +1134,30 @@ def sample_stable_diffusion(directory, *, sampler=None, steps=None, nfe=None, nu
                           return_latents=True, controlnet=controlnet, control_rows=cond.get("control_rows"),
                           ip_adapter=adapter, t2i_adapter=adapters, freeu=freeu, height=height, width=width,
                           **prompt_options(guidance, cond.get("prompts_2")),
-                          **pag, **handover, **guidance.apg_options(), **own_grid, **how)
+                          **pag, **handover, **guidance.apg_options(), **own_grid, **extras, **how)
         if alone:
             return z
         guiding = dict(guidance_scale=scale_w, convention=convention, guidance_rescale=guidance.rescale,
                        negative_prompt=guidance.negative_prompt)
         return refiner.refined(refined, cond["prompts"], z, sampler, steps or 50, guiding, how)
 
+    decode = sd.decode if refined is None else refined.decode
+    if extras.get("circular_padding"):  # the seam decoded as the inside (.interop.sd_panorama)
+        from ..interop.sd_panorama import decode_circular
+        decode = functools.partial(decode_circular, sd)
     images, out = draw_prompted_grid(
         sd.denoiser, num, sd.latent_shape(1, *size)[1:], prompted,
         lambda start, n: {"prompts": per_sample[start:start + n],
                           **({} if rows is None else {"control_rows": rows[start:start + n]}),
                           **({} if per_sample_2 is None else {"prompts_2": per_sample_2[start:start + n]})},
-        sd.decode if refined is None else refined.decode, out, individual, nrow, scale,
+        decode, out, individual, nrow, scale,
         seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final, batch_size=batch_size,
         device=device, dtype=sd.dtype, progress=progress, **options)
     what = guidance.pag_label() + ("" if freeu is None else ", " + parse_freeu(freeu).label())
     what += "" if refiner is None else f", refiner {refiner.folder} from denoising_end {refiner.handover:g}"
     what += ", on the scheduler's timesteps" if own_grid else ""
+    what += f", self-attention guidance s={extras['sag_scale']:g}" if extras.get("sag_scale") else ""
+    what += f", MultiDiffusion panorama {height}x{width}" if extras.get("panorama") else ""
     print(f"wrote {out} ({num} samples, {sampler}, Stable Diffusion folder {directory}, prompts {prompts}{what})")
     return images
 

@@ -493,7 +493,9 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                   negative_prompt_2: Union[None, str, Sequence[str]] = None, pag_scale: Optional[float] = None,
                   pag_layers=None, pag_adaptive_scale: Optional[float] = None, pag_interval=None,
                   t2i_adapter=None, apg_eta: float = 1.0, apg_norm_threshold: float = math.inf,
-                  apg_momentum: float = 0.0, **options) -> torch.Tensor:
+                  apg_momentum: float = 0.0, sag_scale: Optional[float] = None, panorama: bool = False,
+                  view_batch_size: Optional[int] = None, circular_padding: bool = False,
+                  view_window: Optional[int] = None, view_stride: Optional[int] = None, **options) -> torch.Tensor:
     """Images for ``prompts`` with any diffkit sampler and classifier-free guidance.
 
     sampler: default ``ddim``, ``consistency`` for an LCMScheduler folder (or ``scheduler="lcm"`` at load), ``tcd``
@@ -555,6 +557,19 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
     check_choice("output_range", output_range, OUTPUT_RANGES)
     from .sd_pag import pag_request
     perturbed = pag_request(sd, pag_scale, pag_layers, pag_adaptive_scale, pag_interval, controlnet)
+    from .sd_panorama import PANORAMA_SIZE, panorama_request
+    from .sd_sag import sag_request
+    extras = {"controlnet": controlnet, "t2i_adapter": t2i_adapter, "ip_adapter": ip_adapter, "pag_scale": pag_scale,
+              "guidance_rescale": guidance_rescale, "apg_eta / apg_norm_threshold / apg_momentum": apg or None,
+              "denoising_end": denoising_end}
+    self_attention = sag_request(sd, sag_scale, refused=extras, sampler=sampler or "ddim",
+                                 spacing=options.get("spacing"), grid=grid)
+    multidiffusion = panorama_request(sd, panorama, view_batch_size, circular_padding, view_window, view_stride,
+                                      sampler=sampler or "ddim", options=options, refused={
+                                          "sag_scale": sag_scale, **{k: v for k, v in extras.items()
+                                                                     if k != "guidance_rescale"}})
+    if multidiffusion is not None:  # the pipeline's default size
+        height, width = (PANORAMA_SIZE[0] if height is None else height), (PANORAMA_SIZE[1] if width is None else width)
     if t2i_adapter is not None:  # one line for what it does not combine with, before any work (.t2i_adapter)
         from .t2i_adapter import check_t2i_combination
         check_t2i_combination(sd, t2i_adapter, controlnet, ip_adapter, pag_scale)
@@ -598,6 +613,8 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
                                         prompt_2=prompt_2, negative_prompt_2=negative_prompt_2, apg=apg)
     if perturbed is not None:  # PAG directly over the classifier-free guidance: one call of 3 halves (.sd_pag)
         denoiser = perturbed(denoiser)
+    if self_attention is not None:  # SAG over the classifier-free guidance (.sd_sag)
+        denoiser = self_attention(denoiser)
     if rows is not None:  # each sample's control image (.controlnet.ControlledNet, .t2i_adapter.AdaptedNet)
         cond["control_rows"] = rows.to(sd.device)
     if grid is not None:
@@ -614,12 +631,18 @@ def text_to_image(sd: StableDiffusion, prompts: Union[str, Sequence[str]], *, sa
             raise DiffkitError(f"latents of shape {tuple(latents.shape)} do not fit the {height}x{width} control "
                                f"image; expected {expected}")
         noise = latents.to(device=sd.device, dtype=sd.dtype)
+    if multidiffusion is not None:  # the windows' average over the guided denoiser (.sd_panorama)
+        denoiser = multidiffusion(denoiser, *tuple(noise.shape if latents is not None else noise)[2:])
     with freeu_enabled(sd.unet, freeu):
         z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond,
                     progress=progress, device=sd.device, dtype=sd.dtype, **options)
     if return_latents:
         return z0
-    images = sd.decode(z0)
+    if multidiffusion is not None and multidiffusion.circular:
+        from .sd_panorama import decode_circular
+        images = decode_circular(sd, z0)
+    else:
+        images = sd.decode(z0)
     return (images / 2 + 0.5).clamp(0, 1) if output_range == "0,1" else images.clamp(-1, 1)
 
 
