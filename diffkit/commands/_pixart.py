@@ -133,3 +133,73 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, {pixart.pipeline} folder {directory}, prompts {prompts})")
     return images
+
+
+SPRINT_EDIT_TAKES = ("--images, --prompt, --strength, --guidance-scale (--guidance-convention), --max-sequence-length, "
+                     "--height / --width, --steps, --lora")
+SPRINT_EDIT_FLAGS = {  # diffkit edit's dests a Sana Sprint folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "max_sequence_length", "strength", "steps",
+    "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "lora"}
+
+
+def edit_sana_sprint(args) -> int:
+    """``diffkit edit --checkpoint SPRINT_FOLDER --images PNG|DIR --prompt TEXT``: each image edited as
+    ``SanaSprintImg2ImgPipeline`` (:func:`diffkit.interop.sana_sprint.image_to_image`: strength 0.6, 2 steps of
+    ``consistency`` on the SCM thetas cut by the strength, the guidance embedding s = 4.5 by default; image i from
+    ``--seed`` + i, its forward noise then its step noise), at the images' size (or ``--height`` / ``--width``; the
+    pipeline's ``use_resolution_binning=False``). Every other edit flag (``--mask``: the pipeline has no
+    inpainting; ``--negative-prompt``: it is guidance-distilled; ``--sampler``): one line, before any weight is read
+    or any folder is made."""
+    import torch
+
+    from ..cli import build_parser
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.sana import load_sana
+    from ..interop.sana_sprint import SPRINT_IMG2IMG_STRENGTH, image_to_image
+    from ..memory import batches_with_oom_retry
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._sd3 import _FLAG_NAMES
+    from .edit import read_edit_inputs
+
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
+             if dest not in SPRINT_EDIT_FLAGS and dest in defaults and value != defaults[dest]]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a Sana Sprint folder ({directory}) in diffkit edit, which "
+                           f"runs SanaSprintImg2ImgPipeline; it takes {SPRINT_EDIT_TAKES}")
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a Sana Sprint folder: give --images PNG|DIR and --prompt TEXT (once for "
+                           f"every image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    if len(args.prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
+                           f"image) or once per image ({count}, in the files' order)")
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    sprint = load_sana(directory, device, progress=args.progress, lora=args.lora)
+    sprint.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    scale, convention = (None, "diffusers") if args.guidance_scale is None else \
+        (args.guidance_scale, args.guidance_convention)
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        return (image_to_image(sprint, images[start:start + n], prompts, args.strength, steps=args.steps,
+                               guidance_scale=scale, convention=convention, seed=args.seed + start,
+                               max_sequence_length=args.max_sequence_length, output_range="-1,1",
+                               progress=args.progress).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    strength = SPRINT_IMG2IMG_STRENGTH if args.strength is None else args.strength
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Sana Sprint folder {directory} as "
+          f"SanaSprintImg2ImgPipeline, strength {strength}, consistency on the SCM thetas, prompts "
+          f"{list(args.prompts)})")
+    return 0

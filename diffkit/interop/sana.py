@@ -42,7 +42,8 @@ A ``SanaSprintPipeline`` folder loads as a :class:`.sana_sprint.SanaSprint` (its
 ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`).
 
 Refused in one line before any weight is read (:func:`check_sana_folder`): another pipeline class
-(``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders), a missing component, a transformer /
+(``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders: their pipelines run on a Sana / Sprint
+folder instead), a missing component, a transformer /
 VAE / text encoder / scheduler of another class, a transformer with ``guidance_embeds`` or with output channels
 other than its input channels (Sprint's: :func:`.sana_sprint.check_sprint_parts`).
 """
@@ -238,6 +239,14 @@ class Sana(PixArt):
         from diffusers.pipelines.sana import pipeline_sana as sana
         return {16: sana.ASPECT_RATIO_512_BIN, 32: sana.ASPECT_RATIO_1024_BIN, 64: sana.ASPECT_RATIO_2048_BIN,
                 128: sana.ASPECT_RATIO_4096_BIN}
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = E(x) x scaling_factor for images in [-1, 1], the inverse of :meth:`decode`: DC-AE's encoder is
+        deterministic (``vae.encode(x).latent``, as ``SanaSprintImg2ImgPipeline.prepare_latents``), so no posterior
+        is drawn (``generator`` and ``sample`` are unused: a generator's first draw is then the forward noise)."""
+        with torch.no_grad():
+            z = self.vae.encode(images.to(device=self.device, dtype=self.vae.dtype), return_dict=False)[0]
+        return (z * self.scaling_factor).float()
 
     def _new_denoiser(self, whole: bool):
         from ..denoiser import Denoiser
