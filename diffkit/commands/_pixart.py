@@ -49,6 +49,28 @@ def given_flags(guidance, options: dict, refused: Optional[dict] = None,
     return [flag for flag, value in flags.items() if value is not None and value is not False]
 
 
+def pag_options(directory, guidance) -> tuple:
+    """(``guidance`` without its PAG flags, ``text_to_image``'s PAG options) of ``--pag-scale`` (``--pag-layers``,
+    ``--pag-adaptive-scale``) on a PixArt-Σ or Sana folder (:mod:`diffkit.interop.pixart_pag`, checked here before
+    any weight is read); (``guidance``, {}) without ``--pag-scale``. One line for ``--pag-scale`` on a folder
+    diffusers has no PAG pipeline for, and for ``--pag-interval`` (the PAG pipelines have none)."""
+    import dataclasses
+    if guidance is None or not guidance.pag_scale:
+        return guidance, {}
+    from ..interop.pixart_pag import check_pixart_pag, pag_pipeline
+    from ..interop.sd_xl import pipeline_class
+    pipeline = pipeline_class(directory)
+    pag_pipeline(pipeline)
+    if guidance.pag_interval is not None:
+        raise DiffkitError(f"--pag-interval does not apply to a {pipeline} folder ({directory}): "
+                           f"{pag_pipeline(pipeline)[0]} has none; give --pag-scale, --pag-layers, "
+                           f"--pag-adaptive-scale")
+    pag = {"pag_scale": guidance.pag_scale, "pag_layers": guidance.pag_layers,
+           "pag_adaptive_scale": guidance.pag_adaptive_scale}
+    check_pixart_pag(pipeline, *pag.values())
+    return dataclasses.replace(guidance, pag_scale=None, pag_layers=None, pag_adaptive_scale=None), pag
+
+
 def checked_request(directory, kind: str, takes: str, guidance, options: dict, refused: Optional[dict] = None,
                     **keys):
     """``guidance`` (default an empty request) of a one-T5-encoder CFG folder (``kind``: PixArt, Chroma) that takes
@@ -89,6 +111,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         (", --lora" if label in LORA_KINDS else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
+    guidance, pag = pag_options(directory, guidance)  # --pag-scale: PixArt-Σ / Sana (diffkit.interop.pixart_pag)
+    if pag:
+        takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more})
     lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
@@ -122,7 +147,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **lumina, **how)
+                             **grid, **lumina, **pag, **how)
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,

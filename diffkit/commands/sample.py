@@ -449,6 +449,10 @@ class GuidanceRequest:
             (check_sd3_layer_names if is_sd3_folder(checkpoint) else check_layer_names)(self.pag_layers)
             self.pag_diffusers = True
             return
+        from ..interop.pixart import masked_text_folder
+        if masked_text_folder(checkpoint):  # PixArt-Σ / Sana: diffusers' names, checked there (._pixart.pag_options)
+            self.pag_diffusers = True
+            return
         unet = (peek_checkpoint(checkpoint) or {}).get("unet")
         if isinstance(unet, dict):
             from ..models.network import is_series_model

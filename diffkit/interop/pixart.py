@@ -398,7 +398,8 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: Optional[int] = None, resolution_binning: bool = False,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  encode: Optional[dict] = None, **options) -> torch.Tensor:
+                  encode: Optional[dict] = None, pag_scale: Optional[float] = None, pag_layers=None,
+                  pag_adaptive_scale: Optional[float] = None, **options) -> torch.Tensor:
     """Images of a PixArt folder for ``prompts`` (module docstring); also a Sana folder's (:mod:`.sana`, whose
     ``encode`` holds its ``complex_human_instruction``).
 
@@ -413,10 +414,14 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
         off.
     output_range: ``"0,1"`` (``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (``output_type="latent"``;
         with binning, at the binned size). options: passed to :func:`diffkit.sample` (e.g. ``eta``).
+    pag_scale, pag_layers, pag_adaptive_scale: perturbed-attention guidance on a PixArt-Σ or Sana folder, as
+        ``PixArtSigmaPAGPipeline`` / ``SanaPAGPipeline`` (:mod:`.pixart_pag`; None or 0: off, bit for bit).
     """
     from ..sampling import sample
+    from .pixart_pag import check_pixart_pag, pixart_pag
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    check_pixart_pag(pixart.pipeline, pag_scale, pag_layers, pag_adaptive_scale)  # before any work
     prompts = prompt_list(prompts)
     asked = None
     if resolution_binning:  # any size asked: the binned one is drawn (latents: at that size)
@@ -448,6 +453,8 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
     f = pixart.vae_scale_factor
     denoiser, cond = pixart.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,
                                             size=(shape[2] * f, shape[3] * f), denoiser=unguided, **(encode or {}))
+    denoiser = pixart_pag(pixart, denoiser, pag_scale, pag_layers, pag_adaptive_scale,
+                          whole_timesteps=unguided is not None and unguided is not pixart.denoiser)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=pixart.device, dtype=pixart.dtype, **options)
     if asked is None or return_latents:
