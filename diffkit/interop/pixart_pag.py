@@ -80,13 +80,14 @@ def pixart_pag(pixart, guided, scale: Optional[float], layers=None, adaptive_sca
     network = DiffusersSelfAttention(pixart.transformer)
     network.processors, network.default, network.form, network.what = processors, default, FORM, "transformer"
     schedule = guided.schedule
-    adaptive_times = None
-    if pixart.prediction_type == "flow_prediction":
-        def adaptive_times(t64):  # the pipeline's t = sigma * 1000: the network's flow time s T (floored)
-            times = diffusion.flow_time(schedule.alpha(t64), schedule.sigma(t64)) * schedule.num_timesteps
-            return times.floor() if whole_timesteps else times
+
+    def flow_timesteps(t64):  # Sana's t = sigma * 1000: the network's flow time s T (floored)
+        times = diffusion.flow_time(schedule.alpha(t64), schedule.sigma(t64)) * schedule.num_timesteps
+        return times.floor() if whole_timesteps else times
     return PerturbedAttentionGuidance(guided, scale, check_layer_names(layers, default, FORM), network=network,
-                                      adaptive_scale=float(adaptive_scale or 0.0), adaptive_times=adaptive_times)
+                                      adaptive_scale=float(adaptive_scale or 0.0),
+                                      adaptive_times=flow_timesteps if pixart.prediction_type == "flow_prediction"
+                                      else None)
 
 
 __all__ = ["PAG_PIPELINES", "check_pixart_pag", "pag_pipeline", "pixart_pag"]
