@@ -88,7 +88,8 @@ def checked_request(directory, kind: str, takes: str, guidance, options: dict, r
 
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                  guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, **options):
+                  guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, control=None,
+                  **options):
     """Sample a PixArt folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z_T), classifier-free guidance against ``--negative-prompt`` (default "") with the pipelines' s =
     4.5 by default, 20 steps. Without a grid option (``--spacing``, ``@SPACING``, ``--final``, ``--nfe``) every
@@ -98,7 +99,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
     AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale``
     is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
-    (:mod:`diffkit.interop.sana_sprint`)."""
+    (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
+    :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
+    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt)."""
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
     from ._sd3 import prompted_rows
@@ -108,12 +111,17 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + \
-        (", --lora" if label in LORA_KINDS else "")
+        (", --lora" if label in LORA_KINDS else "") + \
+        (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
     guidance, pag = pag_options(directory, guidance)  # --pag-scale: PixArt-Σ / Sana (diffkit.interop.pixart_pag)
     if pag:
         takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
+    if control is not None:  # SanaControlNetPipeline's one ControlNet, no window (before any weight is read)
+        from ..interop.sana_controlnet import check_no_pag, check_sana_control_options
+        check_sana_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
+        check_no_pag(control, (pag or {}).get("pag_scale"))
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more})
     lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
@@ -131,8 +139,8 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)
-    _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
-                                                                progress)
+    controlnet, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, control, None, num, nrow,
+                                                                         seed, device, progress)
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     name, spec_spacing, _ = split_sampler_spec(sampler)
@@ -147,7 +155,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **lumina, **pag, **how)
+                             **grid, **lumina, **pag, **how,
+                             **({} if controlnet is None else {"controlnets": controlnet,
+                                                               "control_rows": cond.get("control_rows")}))
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,

@@ -727,14 +727,15 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         pixart = not is_chroma_folder(checkpoint)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": textual_inversion if pixart else None,
-                   "--controlnet": control, "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
+                   "--controlnet": None if pixart else control,  # Sana's: ._pixart (the rest refuse it there)
+                   "--ip-adapter": ip_adapter if pixart else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
         return (sample_pixart if pixart else sample_chroma)(
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({"lora": lora} if pixart else {"ip_adapter": ip_adapter, "lora": lora,
+            **({"lora": lora, "control": control} if pixart else {"ip_adapter": ip_adapter, "lora": lora,
                                               "textual_inversion": textual_inversion}))
     if is_sd3_folder(checkpoint) or is_flux_folder(checkpoint):  # SD3 (._sd3), FLUX.1 (._flux)
         from ._flux import sample_flux

@@ -160,16 +160,21 @@ class SanaNet(torch.nn.Module):
         self.model = transformer
         self.whole_timesteps = whole_timesteps
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None):
+    def timesteps(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The scheduler's timesteps of a call: s T per row (float32), floored with ``whole_timesteps``."""
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        return t.floor() if self.whole_timesteps else t
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                controls=None):
+        """``controls``: a ControlNet's block residuals (``controlnet_block_samples``, :mod:`.sana_controlnet`)."""
         if context is None or mask is None:
             raise DiffkitError("a Sana transformer needs cond {'context', 'mask'} (Sana.encode_prompts)")
         dtype = model_dtype(self.model)
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        if self.whole_timesteps:
-            t = t.floor()
-        t = t * float(self.model.config.timestep_scale)
+        t = self.timesteps(x, t) * float(self.model.config.timestep_scale)
+        extra = {} if controls is None else {"controlnet_block_samples": tuple(c.to(dtype) for c in controls)}
         out = self.model(x.to(dtype), encoder_hidden_states=context.to(dtype), encoder_attention_mask=mask,
-                         timestep=t, return_dict=False)[0]
+                         timestep=t, return_dict=False, **extra)[0]
         return out.to(x.dtype)
 
 
