@@ -45,8 +45,8 @@ ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (
 With ``--mask``, ``--padding-mask-crop N`` inpaints the mask's box and pastes it back as the SD / SD-XL / SD3 /
 FLUX.1 inpainting pipelines' ``padding_mask_crop`` (``diffkit.interop.mask_crop``). A Stable Diffusion / SD-XL
 folder whose UNet takes 8 channels (InstructPix2Pix) is edited as StableDiffusion(XL)InstructPix2PixPipeline: from
-pure noise, the images' latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no
-``--strength`` or ``--mask``; ``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
+pure noise, the images' latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's
+``--guidance-scale`` (no ``--strength`` or ``--mask``; ``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
