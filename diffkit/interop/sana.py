@@ -38,8 +38,10 @@ with Sana's tables (``sample_size`` 16, 32, 64, 128: 512, 1024, 2048, 4096 px); 
 :mod:`.pixart`. Height and width are multiples of lcm(32, f x patch) (the pipeline's ``check_inputs``' 32).
 
 A ``SanaSprintPipeline`` folder loads as a :class:`.sana_sprint.SanaSprint` (its sCM steps as diffkit's
-``consistency`` sampler, the guidance embedding); LoRA files (``load_sana(lora=)``) are fused as the pipelines'
-``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`).
+``consistency`` sampler, the guidance embedding; ``SanaSprintImg2ImgPipeline``: its ``image_to_image``); LoRA files
+(``load_sana(lora=)``) are fused as the pipelines' ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`);
+``SanaPAGPipeline`` is :mod:`.pixart_pag` (``text_to_image(pag_scale=)``), ``SanaControlNetPipeline``
+:mod:`.sana_controlnet` (``text_to_image(controlnets=)``).
 
 Refused in one line before any weight is read (:func:`check_sana_folder`): another pipeline class
 (``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders: their pipelines run on a Sana / Sprint
