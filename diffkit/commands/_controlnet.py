@@ -21,11 +21,12 @@ CONTROL_FLAGS = ("--controlnet-scale", "--control-guidance-start", "--control-gu
 
 
 def add_controlnet_flags(parser) -> None:
-    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3 and FLUX.1 folders; docs/interop.md)")
+    g = parser.add_argument_group("ControlNet (Stable Diffusion, SD-XL, SD3, FLUX.1 and Sana folders; "
+                                  "docs/interop.md)")
     g.add_argument("--controlnet", dest="controlnets", action="append", type=path_arg, metavar="DIR",
                    help="a diffusers ControlNet folder made for this model: ControlNetModel (SD-XL: also "
-                        "ControlNetUnionModel, see --control-mode), SD3ControlNetModel, FluxControlNetModel; repeat "
-                        "for Multi-ControlNet (their residuals add up)")
+                        "ControlNetUnionModel, see --control-mode), SD3ControlNetModel, FluxControlNetModel, "
+                        "SanaControlNetModel (one); repeat for Multi-ControlNet (their residuals add up)")
     g.add_argument("--control-image", dest="control_images", action="append", type=path_arg, metavar="PNG|DIR",
                    help="the control image of each --controlnet (RGB in [0, 1], as diffusers prepares it), or of "
                         "each --t2i-adapter, or alone a FLUX.1 Depth / Canny folder's (docs/interop.md) or an SD 2 "

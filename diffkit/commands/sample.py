@@ -157,7 +157,7 @@ def register(sub) -> None:
                         "down.L, up.L for a level L (an index into channel_mult) in the model's attn; on a Stable "
                         "Diffusion / SD-XL / SD3 folder diffusers' pag_applied_layers (regular expressions searched "
                         "in the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...; SD3: blocks.1, the "
-                        "default there, ...)")
+                        "default there, ...; PixArt-Σ: blocks.1, Sana: transformer_blocks.0, their defaults)")
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")
