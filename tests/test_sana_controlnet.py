@@ -38,6 +38,7 @@ def controlled(tmp_path_factory):
     controlnet.save_pretrained(root / "controlnet")
     pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(4)).numpy()
     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / "control.png")
+    Image.fromarray((pixels[::2, 1::2] * 255).round().astype(np.uint8)).save(root / "small.png")  # 16 x 16
     theirs = diffusers.SanaControlNetPipeline(controlnet=controlnet, **pipe.components)
     theirs.set_progress_bar_config(disable=True)
     return theirs, root / "sana", root / "controlnet", load_sana(root / "sana", progress=False), controlnet, \
@@ -48,17 +49,19 @@ def controlled(tmp_path_factory):
                                   {"guidance_scale": 1.0}])
 def test_sana_controlnet_matches_the_pipeline(controlled, call):
     """SanaControlNetPipeline (2 steps): the control PNG encoded by the DC-AE, the ControlNet's residual added after
-    block 1, guided (s = 4.5; conditioning scale 0.6 against a negative prompt) and unguided (s = 1)."""
+    block 1, guided (s = 4.5; conditioning scale 0.6 against a negative prompt) and unguided (s = 1) with one control
+    image per prompt (the second 16 x 16, resized to 32 x 32 by both)."""
     from PIL import Image
     pipe, _, _, sana, controlnet, png = controlled
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    images = [png, png.parent / "small.png"] if call.get("guidance_scale") == 1.0 else [png]
     with torch.no_grad():
-        theirs = pipe(PROMPTS, control_image=Image.open(png), num_inference_steps=2, latents=noise.clone(),
+        theirs = pipe(PROMPTS, control_image=[Image.open(p) for p in images], num_inference_steps=2, latents=noise.clone(),
                       output_type="latent", height=32, width=32, use_resolution_binning=False, **call).images
     scale = call.pop("controlnet_conditioning_scale", 1.0)
-    nets = ControlNets([controlnet], [str(png)], scale)
+    nets = ControlNets([controlnet], [[str(p) for p in images] if len(images) > 1 else str(png)], scale)
     ours = text_to_image(sana, PROMPTS, steps=2, latents=noise, return_latents=True, controlnets=nets, **call)
-    assert relative_error(ours, theirs) < 1e-5  # 5.0e-7, 4.8e-7, 1.9e-7 measured
+    assert relative_error(ours, theirs) < 1e-5  # 5.0e-7, 4.8e-7, 1.2e-7 measured
     if not call:
         plain = text_to_image(sana, PROMPTS, steps=2, latents=noise, return_latents=True)
         assert relative_error(ours, plain) > 1e-3  # the ControlNet acts
@@ -67,8 +70,8 @@ def test_sana_controlnet_matches_the_pipeline(controlled, call):
 def test_sample_command_with_a_sana_controlnet_is_the_library_and_refuses_what_does_not_apply(controlled, tmp_path,
                                                                                               capsys):
     """`diffkit sample --controlnet DIR --control-image PNG --controlnet-scale` on a Sana folder writes
-    text_to_image(controlnets=)'s grid byte for byte; two ControlNets, a window, PAG with it, a ControlNet of another
-    class, a ControlNet on a PixArt folder: one line, exit 2, no file."""
+    text_to_image(controlnets=)'s grid byte for byte; two ControlNets, a window, PAG with it, guess mode, a ControlNet
+    of another class: one line, exit 2, no file."""
     from diffkit.images import save_grid
     _, folder, net_folder, sana, controlnet, png = controlled
     out = tmp_path / "grid.png"
