@@ -56,8 +56,9 @@ def test_sana_controlnet_matches_the_pipeline(controlled, call):
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     images = [png, png.parent / "small.png"] if call.get("guidance_scale") == 1.0 else [png]
     with torch.no_grad():
-        theirs = pipe(PROMPTS, control_image=[Image.open(p) for p in images], num_inference_steps=2, latents=noise.clone(),
-                      output_type="latent", height=32, width=32, use_resolution_binning=False, **call).images
+        theirs = pipe(PROMPTS, control_image=[Image.open(p) for p in images], num_inference_steps=2,
+                      latents=noise.clone(), output_type="latent", height=32, width=32,
+                      use_resolution_binning=False, **call).images
     scale = call.pop("controlnet_conditioning_scale", 1.0)
     nets = ControlNets([controlnet], [[str(p) for p in images] if len(images) > 1 else str(png)], scale)
     ours = text_to_image(sana, PROMPTS, steps=2, latents=noise, return_latents=True, controlnets=nets, **call)
