@@ -54,15 +54,16 @@ def check_sample_command(path, model, text_to_image, tmp_path, capsys, prompts, 
     assert_sample_refusals(main, path, tmp_path, capsys, refusals)
 
 
-def tiny_sana_pipeline(scheduler=None, sample_size=16, sprint=False):
+def tiny_sana_pipeline(scheduler=None, sample_size=16, sprint=False, layers=1):
     """A SanaPipeline of random weights: Gemma-2 of 1 layer (hidden 32), transformer of 1 layer (2 heads of 8,
     cross-attention 16, caption 32), latents 4 x s x s, DC-AE of 2 levels (factor 2). ``sprint``: a
-    SanaSprintPipeline instead (the transformer with guidance_embeds and qk_norm, an SCMScheduler)."""
+    SanaSprintPipeline instead (the transformer with guidance_embeds and qk_norm, an SCMScheduler); ``layers``: the
+    transformer's blocks (2 for a ControlNet's residual to land: block j + 1 takes residual j)."""
     tokenizer = tiny_gemma_tokenizer()
     torch.manual_seed(0)
     gemma = tiny_gemma(tokenizer)
     transformer = diffusers.SanaTransformer2DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=layers,
         num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
         sample_size=sample_size, patch_size=1,
         **({"guidance_embeds": True, "qk_norm": "rms_norm_across_heads"} if sprint else {}))

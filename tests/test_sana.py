@@ -112,3 +112,51 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(folder, t
 def test_what_sana_does_not_drive_is_refused_in_one_line(folder, tmp_path, file, change, expected):
     with pytest.raises(DiffkitError, match=expected):
         text_to_image(load_sana(changed_copy(folder[1], tmp_path, file, change), progress=False), "hot", steps=2)
+
+
+@pytest.mark.parametrize("call", [{"pag_scale": 3.0}, {"pag_scale": 2.0, "guidance_scale": 1.0},
+                                  {"pag_scale": 2.5, "pag_adaptive_scale": 0.004, "negative_prompt": "ugly"}])
+def test_sana_pag_matches_the_pipeline(folder, call):
+    """SanaPAGPipeline (layer transformer_blocks.0, its default): CFG s = 4.5 with PAG S = 3 (3 halves), S = 2 alone
+    (s = 1: 2 halves), an adaptive scale read at the scheduler's int64 timesteps; diffkit's PAG over its CFG with
+    diffusers' linear-attention PAG processors on the perturbed third."""
+    pipe, _, sana = folder
+    pag = diffusers.SanaPAGPipeline(**pipe.components, pag_applied_layers="transformer_blocks.0")
+    pag.set_progress_bar_config(disable=True)
+    ours, theirs = _both(pag, sana, **call)
+    assert relative_error(ours, theirs) < 1e-5  # 7.4e-7, 5.8e-7, 6.6e-7 measured
+    if call == {"pag_scale": 3.0}:
+        plain = text_to_image(sana, PROMPTS, steps=3, latents=torch.randn(2, 4, 16, 16, generator=torch.Generator(
+            ).manual_seed(1)), return_latents=True)
+        assert relative_error(ours, plain) > 1e-3  # PAG changes the sample
+
+
+def test_sana_pag_refusals(folder):
+    _, _, sana = folder
+    for options, expected in (({"pag_scale": 2.0, "pag_layers": "blocks.7"}, "pag layer 'blocks.7' matches no "
+                               "self-attention layer of this transformer"),
+                              ({"pag_layers": "blocks.0"}, "pag_layers='blocks.0' needs pag_scale"),
+                              ({"pag_scale": -1.0}, "pag_scale=-1.0 is out of range")):
+        with pytest.raises(DiffkitError, match=expected):
+            text_to_image(sana, PROMPTS, steps=1, **options)
+
+
+def test_sample_command_pag_on_a_sana_folder_is_the_library(folder, tmp_path, capsys):
+    """`diffkit sample --pag-scale --pag-layers --pag-adaptive-scale` on a Sana folder writes text_to_image's grid
+    (pag_scale, ...) byte for byte; --pag-interval: one line (SanaPAGPipeline has none)."""
+    from diffkit.images import save_grid
+    _, path, sana = folder
+    out = tmp_path / "grid.png"
+    flags = ["sample", "--checkpoint", str(path), "--prompt", PROMPTS[0], "--num", "2", "--nrow", "1", "--steps",
+             "2", "--seed", "5", "--height", "32", "--width", "32", "--pag-scale", "2", "--pag-layers",
+             "transformer_blocks.0", "--no-progress"]
+    assert main(flags + ["--pag-adaptive-scale", "0.004", "--out", str(out)]) == 0
+    images = text_to_image(sana, [PROMPTS[0]] * 2, steps=2, seed=5, height=32, width=32, pag_scale=2.0,
+                           pag_layers=["transformer_blocks.0"], pag_adaptive_scale=0.004, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 1)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    capsys.readouterr()
+    assert main(flags + ["--pag-interval", "0", "500", "--out", str(tmp_path / "no.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pag-interval does not apply to a SanaPipeline folder" in err[0]
+    assert not (tmp_path / "no.png").exists()

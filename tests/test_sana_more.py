@@ -1,6 +1,7 @@
 """Sana Sprint folders (diffkit.interop.sana_sprint: SCMScheduler's sCM steps as diffkit's consistency sampler, the
 guidance embedding) against diffusers' SanaSprintPipeline, and Sana LoRA files (diffkit.interop.sana_lora) against
-SanaPipeline.load_lora_weights + fuse_lora, on the tiny random folders of tests/_sana_helpers.py."""
+SanaPipeline.load_lora_weights + fuse_lora, and SanaSprintImg2ImgPipeline (diffkit.interop.sana_sprint.image_to_image,
+``diffkit edit`` on a Sprint folder), on the tiny random folders of tests/_sana_helpers.py."""
 import copy
 
 import pytest
@@ -14,6 +15,7 @@ from diffkit.cli import main  # noqa: E402
 from diffkit.errors import DiffkitError  # noqa: E402
 from diffkit.images import save_grid  # noqa: E402
 from diffkit.interop.sana import load_sana, text_to_image  # noqa: E402
+from diffkit.interop.sana_sprint import image_to_image as sprint_image_to_image  # noqa: E402
 
 from _sana_helpers import changed_copy, tiny_sana_pipeline  # noqa: E402
 from test_interop_diffusers import relative_error  # noqa: E402
@@ -176,3 +178,65 @@ def test_sana_lora_keys_the_loader_does_not_load_are_refused(sana_lora, tmp_path
 def test_what_sprint_does_not_drive_is_refused_in_one_line(sprint, tmp_path, file, change, expected):
     with pytest.raises(DiffkitError, match=expected):
         load_sana(changed_copy(sprint[1], tmp_path, file, change), progress=False)
+
+
+@pytest.fixture(scope="module")
+def sprint_img2img(sprint):
+    """SanaSprintImg2ImgPipeline on the Sprint folder's components."""
+    pipe = diffusers.SanaSprintImg2ImgPipeline(**sprint[0].components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _images():
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("steps, strength", [(2, None), (2, 0.5), (3, 0.7)])
+def test_sana_sprint_img2img_matches_the_pipeline(sprint, sprint_img2img, steps, strength):
+    """SanaSprintImg2ImgPipeline: the default strength 0.6 (both of the 2 thetas run, from 1.5708), 0.5 (from
+    theta 1.3), 3 steps at 0.7 (2 of linspace(1.5708, 0)): the image's DC-AE latents noised as q_sample at the
+    first theta, then the consistency sampler, per-sample generators seed + i."""
+    pipe, sana = sprint_img2img, sprint[2]
+    images = _images()
+    call = {} if strength is None else {"strength": strength}
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=images, num_inference_steps=steps, output_type="latent", height=32, width=32,
+                      use_resolution_binning=False, generator=[torch.Generator().manual_seed(7 + i) for i in range(2)],
+                      intermediate_timesteps=1.3 if steps == 2 else None, **call).images
+    ours = sprint_image_to_image(sana, images * 2 - 1, PROMPTS, strength, steps=steps, seed=7, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5  # 1.2e-6 (from 1.5708), 1.5e-7 (from 1.3), 2.0e-6 measured
+
+
+def test_edit_command_on_a_sprint_folder_is_the_library_and_refuses_what_does_not_apply(sprint, tmp_path, capsys):
+    """`diffkit edit` on a Sana Sprint folder writes image_to_image's PNGs byte for byte (--strength,
+    --guidance-scale, --steps); --mask, --negative-prompt, --sampler: one line, exit 2, no folder."""
+    import numpy as np
+    from PIL import Image
+    from diffkit.commands.edit import read_pngs
+    from diffkit.images import save_images
+    _, path, sana = sprint
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        Image.fromarray((_images()[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            tmp_path / "in" / f"{i}.png")
+    common = ["edit", "--checkpoint", str(path), "--images", str(tmp_path / "in"), "--prompt", PROMPTS[0],
+              "--seed", "5", "--no-progress"]
+    assert main(common + ["--strength", "0.5", "--guidance-scale", "3", "--guidance-convention", "diffusers",
+                          "--steps", "2", "--out", str(tmp_path / "edited")]) == 0
+    images, _ = read_pngs(tmp_path / "in", "RGB")
+    save_images(sprint_image_to_image(sana, images, PROMPTS[0], 0.5, steps=2, guidance_scale=3.0, seed=5,
+                               output_range="-1,1"), tmp_path / "expected", prefix="edit")
+    for i in range(2):
+        name = f"edit_{i:05d}.png"
+        assert (tmp_path / "edited" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    capsys.readouterr()
+    for extra, expected in ((["--mask", str(tmp_path / "in" / "0.png")], "--mask does not apply to a Sana Sprint"),
+                            (["--negative-prompt", "ugly"], "--negative-prompt does not apply to a Sana Sprint"),
+                            (["--sampler", "ddim"], "--sampler does not apply to a Sana Sprint")):
+        assert main(common + extra + ["--out", str(tmp_path / "no")]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "it takes --images, --prompt, --strength" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "no").exists()
+    with pytest.raises(DiffkitError, match=r"strength=1.5 is out of range; allowed: a finite number in \(0.0, 1.0\]"):
+        sprint_image_to_image(sana, images, PROMPTS[0], 1.5)

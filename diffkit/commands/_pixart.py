@@ -55,6 +55,28 @@ def given_flags(guidance, options: dict, refused: Optional[dict] = None,
     return [flag for flag, value in flags.items() if value is not None and value is not False and flag not in allowed]
 
 
+def pag_options(directory, guidance) -> tuple:
+    """(``guidance`` without its PAG flags, ``text_to_image``'s PAG options) of ``--pag-scale`` (``--pag-layers``,
+    ``--pag-adaptive-scale``) on a PixArt-Σ or Sana folder (:mod:`diffkit.interop.pixart_pag`, checked here before
+    any weight is read); (``guidance``, {}) without ``--pag-scale``. One line for ``--pag-scale`` on a folder
+    diffusers has no PAG pipeline for, and for ``--pag-interval`` (the PAG pipelines have none)."""
+    import dataclasses
+    if guidance is None or not guidance.pag_scale:
+        return guidance, {}
+    from ..interop.pixart_pag import check_pixart_pag, pag_pipeline
+    from ..interop.sd_xl import pipeline_class
+    pipeline = pipeline_class(directory)
+    pag_pipeline(pipeline)
+    if guidance.pag_interval is not None:
+        raise DiffkitError(f"--pag-interval does not apply to a {pipeline} folder ({directory}): "
+                           f"{pag_pipeline(pipeline)[0]} has none; give --pag-scale, --pag-layers, "
+                           f"--pag-adaptive-scale")
+    pag = {"pag_scale": guidance.pag_scale, "pag_layers": guidance.pag_layers,
+           "pag_adaptive_scale": guidance.pag_adaptive_scale}
+    check_pixart_pag(pipeline, *pag.values())
+    return dataclasses.replace(guidance, pag_scale=None, pag_layers=None, pag_adaptive_scale=None), pag
+
+
 def checked_request(directory, kind: str, takes: str, guidance, options: dict, refused: Optional[dict] = None,
                     **keys):
     """``guidance`` (default an empty request) of a one-T5-encoder CFG folder (``kind``: PixArt, Chroma) that takes
@@ -83,7 +105,8 @@ def own_loop(folder, sampler: str, spacing, final, nfe, options: dict) -> tuple:
 
 def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
-                  guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, **options):
+                  guidance=None, refused: Optional[dict] = None, height=None, width=None, lora=None, control=None,
+                  **options):
     """Sample a PixArt folder to a grid (and single PNGs): rows as :func:`~.sample.condition_rows`, sample i from
     ``seed + i`` (z_T), classifier-free guidance against ``--negative-prompt`` (default "") with the pipelines' s =
     4.5 by default, 20 steps. Without a grid option (``--spacing``, ``@SPACING``, ``--final``, ``--nfe``) every
@@ -95,7 +118,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A Sana Sprint
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
-    (:mod:`diffkit.interop.sana_sprint`)."""
+    (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
+    :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
+    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt)."""
     from ..interop.pixart import masked_text_folder
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
@@ -105,12 +130,21 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else TAKES) + \
-        (", --lora" if label in LORA_KINDS else "")
+        (", --lora" if label in LORA_KINDS else "") + \
+        (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
     if hunyuan:
         more.update({"--max-sequence-length": getattr(guidance, "max_sequence_length", None),
                      "--pag-interval": getattr(guidance, "pag_interval", None)})
+    # --pag-scale: PixArt-Σ / Sana (diffkit.interop.pixart_pag); HunyuanDiT's below (._sd3.pag_options)
+    guidance, pag = (guidance, {}) if hunyuan else pag_options(directory, guidance)
+    if pag:
+        takes += ", --pag-scale (--pag-layers, --pag-adaptive-scale)"
+    if control is not None:  # SanaControlNetPipeline's one ControlNet, no window (before any weight is read)
+        from ..interop.sana_controlnet import check_no_pag, check_sana_control_options
+        check_sana_control_options(len(control.folders), control.starts, control.ends, control.guess_mode)
+        check_no_pag(control, (pag or {}).get("pag_scale"))
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more},
                                allowed=("--guidance-rescale", "--pag-scale") if hunyuan else ())
@@ -128,14 +162,14 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
-        from ._sd3 import pag_options
+        from ._sd3 import pag_options as hunyuan_pag_options
         pixart = load_hunyuan_dit(directory, device, progress=progress)
-        lumina = {"guidance_rescale": guidance.rescale, **pag_options(guidance)}
+        lumina = {"guidance_rescale": guidance.rescale, **hunyuan_pag_options(guidance)}
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)
-    _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
-                                                                progress)
+    controlnet, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, control, None, num, nrow,
+                                                                         seed, device, progress)
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     own_grid, options = own_loop(pixart, sampler, spacing, final, nfe, options)
@@ -146,7 +180,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **lumina, **how)
+                             **grid, **lumina, **pag, **how,
+                             **({} if controlnet is None else {"controlnets": controlnet,
+                                                               "control_rows": cond.get("control_rows")}))
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,
@@ -157,3 +193,73 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     grid = "the scheduler's timesteps" if own_grid else "its diffkit grid"
     print(f"wrote {out} ({num} samples, {sampler} on {grid}, {pixart.pipeline} folder {directory}, prompts {prompts})")
     return images
+
+
+SPRINT_EDIT_TAKES = ("--images, --prompt, --strength, --guidance-scale (--guidance-convention), --max-sequence-length, "
+                     "--height / --width, --steps, --lora")
+SPRINT_EDIT_FLAGS = {  # diffkit edit's dests a Sana Sprint folder takes (the rest must stay at their defaults)
+    "command", "func", "checkpoint", "images", "out", "prompts", "max_sequence_length", "strength", "steps",
+    "guidance_scale", "guidance_convention", "seed", "batch_size", "device", "progress", "height", "width", "lora"}
+
+
+def edit_sana_sprint(args) -> int:
+    """``diffkit edit --checkpoint SPRINT_FOLDER --images PNG|DIR --prompt TEXT``: each image edited as
+    ``SanaSprintImg2ImgPipeline`` (:func:`diffkit.interop.sana_sprint.image_to_image`: strength 0.6, 2 steps of
+    ``consistency`` on the SCM thetas cut by the strength, the guidance embedding s = 4.5 by default; image i from
+    ``--seed`` + i, its forward noise then its step noise), at the images' size (or ``--height`` / ``--width``; the
+    pipeline's ``use_resolution_binning=False``). Every other edit flag (``--mask``: the pipeline has no
+    inpainting; ``--negative-prompt``: it is guidance-distilled; ``--sampler``): one line, before any weight is read
+    or any folder is made."""
+    import torch
+
+    from ..cli import build_parser
+    from ..config import resolve_device
+    from ..images import check_image_folder, save_images
+    from ..interop.sana import load_sana
+    from ..interop.sana_sprint import SPRINT_IMG2IMG_STRENGTH, image_to_image
+    from ..memory import batches_with_oom_retry
+    from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from ._sd3 import _FLAG_NAMES
+    from .edit import read_edit_inputs
+
+    directory = args.checkpoint
+    defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
+    given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
+             if dest not in SPRINT_EDIT_FLAGS and dest in defaults and value != defaults[dest]]
+    if given:
+        raise DiffkitError(f"{given[0]} does not apply to a Sana Sprint folder ({directory}) in diffkit edit, which "
+                           f"runs SanaSprintImg2ImgPipeline; it takes {SPRINT_EDIT_TAKES}")
+    if args.images is None or not args.prompts:
+        raise DiffkitError(f"{directory} is a Sana Sprint folder: give --images PNG|DIR and --prompt TEXT (once for "
+                           f"every image, or once per image)")
+    if args.batch_size == "auto":
+        raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
+    images, files, _ = read_edit_inputs(args)  # --height / --width: resized as the pipeline's processor does
+    count = len(files)
+    if len(args.prompts) not in (1, count):
+        raise DiffkitError(f"--prompt is given {len(args.prompts)} times for {count} images; give it once (every "
+                           f"image) or once per image ({count}, in the files' order)")
+    out, device = args.out, resolve_device(args.device)
+    new_dirs = missing_dirs(out)
+    sprint = load_sana(directory, device, progress=args.progress, lora=args.lora)
+    sprint.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="edit")
+    scale, convention = (None, "diffusers") if args.guidance_scale is None else \
+        (args.guidance_scale, args.guidance_convention)
+
+    def edit(start: int, n: int):
+        prompts = args.prompts * n if len(args.prompts) == 1 else args.prompts[start:start + n]
+        return (image_to_image(sprint, images[start:start + n], prompts, args.strength, steps=args.steps,
+                               guidance_scale=scale, convention=convention, seed=args.seed + start,
+                               max_sequence_length=args.max_sequence_length, output_range="-1,1",
+                               progress=args.progress).cpu(),)
+
+    with removed_if_empty_on_failure(new_dirs):  # a batch out of memory is halved and redrawn (seed + i)
+        results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
+        save_images(torch.cat(results), out, prefix="edit")
+    strength = SPRINT_IMG2IMG_STRENGTH if args.strength is None else args.strength
+    print(f"wrote {count} edited images to {out} (edit_00000.png ...; Sana Sprint folder {directory} as "
+          f"SanaSprintImg2ImgPipeline, strength {strength}, consistency on the SCM thetas, prompts "
+          f"{list(args.prompts)})")
+    return 0

@@ -41,12 +41,14 @@ FluxKontextInpaintPipeline; ``diffkit.interop.flux_kontext``); on every FLUX.1 f
 PNG`` makes FLUX.1 Redux's embeddings the prompt (``._flux_redux``). A Chroma folder is edited as
 ChromaImg2ImgPipeline (strength 0.9) / (with ``--mask``) ChromaInpaintPipeline (strength 0.6;
 ``diffkit.interop.chroma``, ``._chroma``); a Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
-(strength 0.6; ``diffkit.interop.qwen_image``, the same path). With ``--mask``, ``--padding-mask-crop N`` inpaints
-the mask's box and pastes it back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop``
-(``diffkit.interop.mask_crop``). A Stable Diffusion / SD-XL folder whose UNet
-takes 8 channels (InstructPix2Pix) is edited as StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the
-images' latents in every UNet call, ``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no
-``--strength`` or ``--mask``; ``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
+(strength 0.6; ``diffkit.interop.qwen_image``, the same path). A Sana Sprint folder is edited as
+SanaSprintImg2ImgPipeline (strength 0.6, 2 consistency steps on the SCM thetas; ``diffkit.interop.sana_sprint``,
+``._pixart.edit_sana_sprint``). With ``--mask``, ``--padding-mask-crop N`` inpaints the mask's box and pastes it
+back as the SD / SD-XL / SD3 / FLUX.1 inpainting pipelines' ``padding_mask_crop`` (``diffkit.interop.mask_crop``).
+A Stable Diffusion / SD-XL folder whose UNet takes 8 channels (InstructPix2Pix) is edited as
+StableDiffusion(XL)InstructPix2PixPipeline: from pure noise, the images' latents in every UNet call,
+``--image-guidance-scale`` s_I beside the text's ``--guidance-scale`` (no ``--strength`` or ``--mask``;
+``diffkit.interop.sd_instruct_pix2pix``). A text-conditional
 checkpoint or folder takes ``--prompt TEXT`` (once for every image, or once per image in the files'
 order) and ``--guidance-scale`` (classifier-free guidance with the empty prompt as null). On a diffusers folder
 ``--height`` / ``--width`` resize the images and the mask first, as the pipelines' height / width (:mod:`._image_size`).
@@ -312,11 +314,15 @@ def _run(args) -> int:
         return edit_kontext(args)
     from ..interop.pixart import masked_text_folder
     label = masked_text_folder(args.checkpoint)
+    from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
+    if label == "Sana" and sana_kind(args.checkpoint) == SANA_SPRINT_PIPELINE:  # as SanaSprintImg2ImgPipeline
+        from ._pixart import edit_sana_sprint
+        return edit_sana_sprint(args)
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
-                                    f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder); "
-                                    f"sample it with diffkit sample"))
+                                    f"(diffusers 0.42 has no img2img or inpainting pipeline for a {label} folder "
+                                    f"but a Sana Sprint one); sample it with diffkit sample"))
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(args.checkpoint):
         raise DiffkitError(f"{args.checkpoint} is a FLUX.2 folder, which diffkit edit does not take (Flux2Pipeline's "

@@ -162,7 +162,8 @@ def register(sub) -> None:
                         "down.L, up.L for a level L (an index into channel_mult) in the model's attn; on a Stable "
                         "Diffusion / SD-XL / SD3 folder diffusers' pag_applied_layers (regular expressions searched "
                         "in the module names: mid, down_blocks.1, up_blocks.1.attentions.1, ...; SD3 / HunyuanDiT: "
-                        "blocks.1, the default there, ...)")
+                        "blocks.1, the default there, ...; PixArt-Σ: blocks.1, Sana: transformer_blocks.0, their "
+                        "defaults)")
     g.add_argument("--pag-interval", type=float, nargs=2, metavar=("T_LO", "T_HI"),
                    help="with --pag-scale: perturbed-attention guidance only for T_LO <= t <= T_HI (training "
                         "timesteps; as --guidance-interval)")
@@ -469,6 +470,10 @@ class GuidanceRequest:
             (check_sd3_layer_names if is_sd3_folder(checkpoint) else check_layer_names)(self.pag_layers)
             self.pag_diffusers = True
             return
+        from ..interop.pixart import masked_text_folder
+        if masked_text_folder(checkpoint):  # PixArt-Σ / Sana: diffusers' names, checked there (._pixart.pag_options)
+            self.pag_diffusers = True
+            return
         unet = (peek_checkpoint(checkpoint) or {}).get("unet")
         if isinstance(unet, dict):
             from ..models.network import is_series_model
@@ -745,7 +750,8 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
         pixart = not (is_chroma_folder(checkpoint) or qwen)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
                    "--textual-inversion": textual_inversion if pixart or qwen else None,
-                   "--lora": lora if qwen else None, "--controlnet": control,
+                   "--lora": lora if qwen else None,
+                   "--controlnet": None if pixart else control,  # Sana's: ._pixart (the rest refuse it there)
                    "--ip-adapter": ip_adapter if pixart or qwen else None, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
@@ -753,7 +759,7 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({"lora": lora} if pixart else {"family": "Qwen-Image"} if qwen else {
+            **({"lora": lora, "control": control} if pixart else {"family": "Qwen-Image"} if qwen else {
                 "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)

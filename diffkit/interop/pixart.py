@@ -439,7 +439,9 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: Optional[int] = None, resolution_binning: bool = False,
                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                  encode: Optional[dict] = None, **options) -> torch.Tensor:
+                  encode: Optional[dict] = None, pag_scale: Optional[float] = None, pag_layers=None,
+                  pag_adaptive_scale: Optional[float] = None, controlnets=None, control_rows=None,
+                  **options) -> torch.Tensor:
     """Images of a PixArt folder for ``prompts`` (module docstring); also a Sana folder's (:mod:`.sana`, whose
     ``encode`` holds its ``complex_human_instruction``).
 
@@ -454,10 +456,24 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
         off.
     output_range: ``"0,1"`` (``output_type="pt"``) or ``"-1,1"``; ``return_latents``: z_0 (``output_type="latent"``;
         with binning, at the binned size). options: passed to :func:`diffkit.sample` (e.g. ``eta``).
+    pag_scale, pag_layers, pag_adaptive_scale: perturbed-attention guidance on a PixArt-Σ or Sana folder, as
+        ``PixArtSigmaPAGPipeline`` / ``SanaPAGPipeline`` (:mod:`.pixart_pag`; None or 0: off, bit for bit).
+    controlnets: a Sana folder's ControlNet (a :class:`~.controlnet.ControlNets` of one ``SanaControlNetModel``), as
+        ``SanaControlNetPipeline`` (:mod:`.sana_controlnet`); ``control_rows``: each sample's control image where
+        there is one per prompt.
     """
     from ..sampling import sample
+    from .pixart_pag import check_pixart_pag, pixart_pag
     from .stable_diffusion import OUTPUT_RANGES, prompt_list
     check_choice("output_range", output_range, OUTPUT_RANGES)
+    check_pixart_pag(pixart.pipeline, pag_scale, pag_layers, pag_adaptive_scale)  # before any work
+    if controlnets is not None:
+        from .sana_controlnet import check_no_pag, check_sana_controlnets
+        if pixart.pipeline != "SanaPipeline":
+            raise DiffkitError(f"a ControlNet is not supported on a {pixart.pipeline} folder (diffusers 0.42.1 has a "
+                               f"ControlNet pipeline for SanaPipeline folders only)")
+        check_no_pag(controlnets, pag_scale)
+        check_sana_controlnets(controlnets, pixart.transformer)
     prompts = prompt_list(prompts)
     asked = None
     if resolution_binning:  # any size asked: the binned one is drawn (latents: at that size)
@@ -487,8 +503,17 @@ def text_to_image(pixart: PixArt, prompts: Union[str, Sequence[str]], *, sampler
     if isinstance(grid, torch.Tensor) and pixart.prediction_type == "flow_prediction" and pixart.latents_are_flow_state:
         noise = flow_start(pixart.schedule, noise, grid, seed, pixart.device, pixart.dtype)
     f = pixart.vae_scale_factor
-    denoiser, cond = pixart.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,
-                                            size=(shape[2] * f, shape[3] * f), denoiser=unguided, **(encode or {}))
+
+    def guide(plain):  # the prompts' guidance over the unguided denoiser ``plain`` (None: the folder's)
+        return pixart.prompt_guidance(prompts, negative_prompt, scale, convention, max_sequence_length,
+                                      size=(shape[2] * f, shape[3] * f), denoiser=plain, **(encode or {}))
+    if controlnets is None:
+        denoiser, cond = guide(unguided)
+    else:  # SanaControlNetPipeline (.sana_controlnet)
+        from .sana_controlnet import controlnet_guidance
+        denoiser, cond = controlnet_guidance(pixart, controlnets, guide, shape, unguided, control_rows)
+    denoiser = pixart_pag(pixart, denoiser, pag_scale, pag_layers, pag_adaptive_scale,
+                          whole_timesteps=unguided is not None and unguided is not pixart.denoiser)
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=pixart.device, dtype=pixart.dtype, **options)
     if asked is None or return_latents:

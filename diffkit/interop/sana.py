@@ -38,11 +38,14 @@ with Sana's tables (``sample_size`` 16, 32, 64, 128: 512, 1024, 2048, 4096 px); 
 :mod:`.pixart`. Height and width are multiples of lcm(32, f x patch) (the pipeline's ``check_inputs``' 32).
 
 A ``SanaSprintPipeline`` folder loads as a :class:`.sana_sprint.SanaSprint` (its sCM steps as diffkit's
-``consistency`` sampler, the guidance embedding); LoRA files (``load_sana(lora=)``) are fused as the pipelines'
-``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`).
+``consistency`` sampler, the guidance embedding; ``SanaSprintImg2ImgPipeline``: its ``image_to_image``); LoRA files
+(``load_sana(lora=)``) are fused as the pipelines' ``load_lora_weights`` + ``fuse_lora`` (:mod:`.sana_lora`);
+``SanaPAGPipeline`` is :mod:`.pixart_pag` (``text_to_image(pag_scale=)``), ``SanaControlNetPipeline``
+:mod:`.sana_controlnet` (``text_to_image(controlnets=)``).
 
 Refused in one line before any weight is read (:func:`check_sana_folder`): another pipeline class
-(``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders), a missing component, a transformer /
+(``SanaSprintImg2ImgPipeline``, ``SanaPAGPipeline``, ControlNet folders: their pipelines run on a Sana / Sprint
+folder instead), a missing component, a transformer /
 VAE / text encoder / scheduler of another class, a transformer with ``guidance_embeds`` or with output channels
 other than its input channels (Sprint's: :func:`.sana_sprint.check_sprint_parts`).
 """
@@ -159,16 +162,21 @@ class SanaNet(torch.nn.Module):
         self.model = transformer
         self.whole_timesteps = whole_timesteps
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None):
+    def timesteps(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The scheduler's timesteps of a call: s T per row (float32), floored with ``whole_timesteps``."""
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        return t.floor() if self.whole_timesteps else t
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
+                controls=None):
+        """``controls``: a ControlNet's block residuals (``controlnet_block_samples``, :mod:`.sana_controlnet`)."""
         if context is None or mask is None:
             raise DiffkitError("a Sana transformer needs cond {'context', 'mask'} (Sana.encode_prompts)")
         dtype = model_dtype(self.model)
-        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        if self.whole_timesteps:
-            t = t.floor()
-        t = t * float(self.model.config.timestep_scale)
+        t = self.timesteps(x, t) * float(self.model.config.timestep_scale)
+        extra = {} if controls is None else {"controlnet_block_samples": tuple(c.to(dtype) for c in controls)}
         out = self.model(x.to(dtype), encoder_hidden_states=context.to(dtype), encoder_attention_mask=mask,
-                         timestep=t, return_dict=False)[0]
+                         timestep=t, return_dict=False, **extra)[0]
         return out.to(x.dtype)
 
 
@@ -238,6 +246,14 @@ class Sana(PixArt):
         from diffusers.pipelines.sana import pipeline_sana as sana
         return {16: sana.ASPECT_RATIO_512_BIN, 32: sana.ASPECT_RATIO_1024_BIN, 64: sana.ASPECT_RATIO_2048_BIN,
                 128: sana.ASPECT_RATIO_4096_BIN}
+
+    def encode(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """z = E(x) x scaling_factor for images in [-1, 1], the inverse of :meth:`decode`: DC-AE's encoder is
+        deterministic (``vae.encode(x).latent``, as ``SanaSprintImg2ImgPipeline.prepare_latents``), so no posterior
+        is drawn (``generator`` and ``sample`` are unused: a generator's first draw is then the forward noise)."""
+        with torch.no_grad():
+            z = self.vae.encode(images.to(device=self.device, dtype=self.vae.dtype), return_dict=False)[0]
+        return (z * self.scaling_factor).float()
 
     def _new_denoiser(self, whole: bool):
         from ..denoiser import Denoiser

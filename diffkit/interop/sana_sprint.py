@@ -44,11 +44,13 @@ import torch
 
 from ..errors import DiffkitError, read_json_object
 from . import model_dtype, require
-from .sana import Sana
+from .sana import COMPLEX_HUMAN_INSTRUCTION, Sana
 
 SPRINT_STEPS = 2  # SanaSprintPipeline.__call__'s num_inference_steps
 MAX_TIMESTEPS = 1.57080  # its max_timesteps (theta of the first step)
 INTERMEDIATE_TIMESTEPS = 1.3  # its intermediate_timesteps (the middle theta of 2 steps)
+SPRINT_GUIDANCE = 4.5  # both Sprint pipelines' guidance_scale (to the guidance embedding)
+SPRINT_IMG2IMG_STRENGTH = 0.6  # SanaSprintImg2ImgPipeline.__call__'s strength
 
 
 def check_sprint_scheduler(directory) -> dict:
@@ -173,5 +175,46 @@ class SanaSprint(Sana):
                                        **encode)
 
 
-__all__ = ["SanaSprint", "SprintNet", "check_sprint_scheduler", "trigflow_grid", "MAX_TIMESTEPS",
-           "INTERMEDIATE_TIMESTEPS", "SPRINT_STEPS"]
+def image_to_image(sprint: SanaSprint, images: torch.Tensor, prompts, strength: Optional[float] = None, *,
+                   sampler: Optional[str] = None, steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+                   convention: str = "diffusers", seed: Optional[int] = 0, generator=None,
+                   max_sequence_length: Optional[int] = None, complex_human_instruction=COMPLEX_HUMAN_INSTRUCTION,
+                   output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
+                   **options) -> torch.Tensor:
+    """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image) as
+    ``SanaSprintImg2ImgPipeline`` (Meng et al. 2022, Alg. 1, in TrigFlow): z = E(x) x scaling_factor (DC-AE,
+    deterministic: :meth:`.sana.Sana.encode`), noised to the first theta_0 of the strength's cut of the SCM thetas,
+    x = cos(theta_0) z + sin(theta_0) n (the pipeline's ``prepare_latents``; sigma_d cancels as in sampling) -- which
+    is diffkit's VP ``q_sample`` at the time of equal SNR -- then ``consistency`` on the rest of the thetas
+    (:func:`.flow_latents.edit_latents`; image i's noise, then its step noise, from generator ``seed + i``). The cut
+    is the pipeline's ``get_timesteps``: from index int(steps - min(steps x strength, steps)) on
+    (:meth:`~.flow_latents.FlowLatentVAE.pipeline_strength`); defaults 2 steps (thetas 1.5708, 1.3), strength 0.6
+    (which runs both), guidance embedding s = 4.5. Where every step runs, theta_0 = 1.5708 lies past pi/2: the
+    pipeline's start keeps cos(1.5708) z = -3.7e-6 z, which diffkit's start at pi/2 drops (the first call is then
+    evaluated at 1.5708 as in sampling, :class:`SprintNet`). ``sampler`` given: that sampler on its own grid of the
+    unshifted flow schedule, cut as :func:`diffkit.img2img`. ``complex_human_instruction``, ``max_sequence_length``:
+    the prompts' (:meth:`.sana.Sana.encode_prompts`)."""
+    from .flow_latents import edit_latents, edit_prompts, finish_images
+    from .stable_diffusion import OUTPUT_RANGES
+    from ..errors import check_choice
+    check_choice("output_range", output_range, OUTPUT_RANGES)
+    prompts = edit_prompts(images, prompts)
+    h, w = sprint.latent_shape(1, images.shape[2], images.shape[3])[2:]
+    steps = sprint.default_steps if steps is None else steps
+    strength = SPRINT_IMG2IMG_STRENGTH if strength is None else strength
+    unguided = None
+    if sampler is None and "grid" not in options:
+        sampler, options["grid"] = "consistency", sprint.scheduler_grid(steps)
+        strength, unguided = sprint.pipeline_strength(steps, strength), sprint.scheduler_denoiser()
+    f = sprint.vae_scale_factor
+    denoiser, cond = sprint.prompt_guidance(
+        prompts, None, SPRINT_GUIDANCE if guidance_scale is None else guidance_scale,
+        "diffusers" if guidance_scale is None else convention, max_sequence_length, size=(h * f, w * f),
+        denoiser=unguided, complex_human_instruction=complex_human_instruction)
+    z0 = edit_latents(sprint, denoiser, images, strength, sampler, steps, posterior="mean", seed=seed,
+                      generator=generator, cond=cond, progress=progress, **options)
+    return finish_images(sprint, z0, return_latents, output_range)
+
+
+__all__ = ["SanaSprint", "SprintNet", "check_sprint_scheduler", "trigflow_grid", "image_to_image", "MAX_TIMESTEPS",
+           "INTERMEDIATE_TIMESTEPS", "SPRINT_STEPS", "SPRINT_IMG2IMG_STRENGTH"]
