@@ -81,6 +81,19 @@ def check_lumina2_folder(directory) -> tuple:
     return index, sched
 
 
+def guided_from(sigmas: torch.Tensor, guided: int) -> Optional[float]:
+    """The flow time from which guidance runs when the first ``guided`` steps of a scheduler's N-step ``sigmas``
+    (final 0 included) are guided and the rest are not (a truncated CFG's; Lumina-Image 2.0's, Z-Image's): None
+    (every step guided), 2.0 (none) or the midpoint of the last guided and the first unguided sigma, so that the
+    same steps are guided on that grid (and the same interval of times on another)."""
+    steps = len(sigmas) - 1
+    if guided >= steps:
+        return None
+    if guided <= 0:
+        return 2.0
+    return float(sigmas[guided - 1] + sigmas[guided]) / 2
+
+
 class Lumina2Net(torch.nn.Module):
     """``net(x, t, context, mask, null_context=None, null_mask=None)`` over a ``Lumina2Transformer2DModel``: the
     velocity u = -transformer(x, 1 - t / T, ...) (``t``: the flow time s T), guided as ``Lumina2Pipeline`` (module
@@ -103,17 +116,27 @@ class Lumina2Net(torch.nn.Module):
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None):
         if context is None or mask is None:
             raise DiffkitError("a Lumina2 transformer needs cond {'context', 'mask'} (Lumina2.prompt_guidance)")
-        sigma = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0]) / self.T
-        out = self._call(x, 1 - sigma, context, mask)  # Lumina's time: 0 noise, 1 image
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        sigma, time = t / self.T, self.model_time(t)  # the model's time: 0 noise, 1 image
+        out = self._call(x, time, context, mask)
         if self.scale > 1 and null_context is not None:
             guided = sigma >= (-1.0 if self.trunc_sigma is None else self.trunc_sigma)
             if bool(guided.any()):
-                uncond = self._call(x, 1 - sigma, null_context, null_mask)
-                pred = uncond + self.scale * (out - uncond)
-                if self.normalize:  # the pipeline's cfg_normalization: ||v_c|| / ||v|| over the last axis
-                    pred = pred * (out.norm(dim=-1, keepdim=True) / pred.norm(dim=-1, keepdim=True))
+                pred = self.combine(out, self._call(x, time, null_context, null_mask))
                 out = torch.where(guided.reshape(-1, *[1] * (x.ndim - 1)), pred, out)
         return -out  # the velocity eps - x_0 (the pipeline's noise_pred = -noise_pred)
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The transformer's time 1 - s of the flow time ``t`` = s T (float32)."""
+        return 1 - t / self.T
+
+    def combine(self, out: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The guided output of the conditional and unconditional ones: uncond + s (out - uncond), with
+        ``normalize`` rescaled by ||out|| / ||guided|| over the last axis (the pipeline's cfg_normalization)."""
+        pred = uncond + self.scale * (out - uncond)
+        if self.normalize:
+            pred = pred * (out.norm(dim=-1, keepdim=True) / pred.norm(dim=-1, keepdim=True))
+        return pred
 
 
 @dataclass
@@ -218,12 +241,7 @@ class Lumina2(PixArt):
             raise DiffkitError(f"cfg_trunc_ratio={cfg_trunc_ratio!r} is not allowed; give a finite number (the "
                                f"fraction of steps that are guided, default 1)")
         guided = sum(not (i + 1) / steps > cfg_trunc_ratio for i in range(steps))
-        if guided == steps:
-            return None
-        if guided == 0:
-            return 2.0
-        sigmas = self.scheduler_sigmas(steps)
-        return float(sigmas[guided - 1] + sigmas[guided]) / 2
+        return guided_from(self.scheduler_sigmas(steps), guided)
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = 4.0,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,
