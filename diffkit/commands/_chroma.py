@@ -29,10 +29,33 @@ def _guidance(guidance) -> dict:
     return {"guidance_scale": guidance.guidance_scale, "convention": guidance.convention}
 
 
+class Family:
+    """What ``diffkit sample`` / ``diffkit edit`` need of a Chroma-like folder kind (Chroma here, Z-Image:
+    :mod:`._z_image`): its label, the flags it takes, its loader and library functions, its own guidance options."""
+
+    kind, takes, edit_takes, edit_flags = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS
+
+    @staticmethod
+    def load(directory, device, progress, lora=None, textual_inversion=None):
+        from ..interop.chroma import load_chroma
+        return load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
+
+    @staticmethod
+    def functions() -> tuple:
+        """(text_to_image, image_to_image) of the kind's interop module."""
+        from ..interop.chroma import image_to_image, text_to_image
+        return text_to_image, image_to_image
+
+    @staticmethod
+    def guide(request) -> dict:
+        """More keyword arguments of the library functions, from the prompt request (none for Chroma)."""
+        return {}
+
+
 def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
-                  lora=None, textual_inversion=None, **options):
+                  lora=None, textual_inversion=None, family=Family, **options):
     """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
     s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
@@ -43,20 +66,21 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     image`` for CFG's negative pass), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``. ``lora``: LoRA
     files ((path, scale) pairs) merged into the transformer as the pipeline's ``load_lora_weights`` + ``fuse_lora``
     (:func:`~diffkit.interop.chroma.load_chroma`); ``textual_inversion``: embeddings of T5's width added to its
-    tokenizer and encoder as the pipeline's ``load_textual_inversion``."""
-    from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
+    tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family``: the folder kind (:class:`Family`;
+    a Z-Image folder's, :mod:`._z_image`)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
 
-    guidance = checked_request(directory, "Chroma", TAKES, guidance, options, refused,
+    guidance = checked_request(directory, family.kind, family.takes, guidance, options, refused,
                                keys=("refiner", "t2i_adapter", "redux", "thresholding"))
-    chroma = load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
+    text_to_image = family.functions()[0]
+    chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
     _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
                                                                   seed, device, progress)
     own = pipeline_loop(sampler, spacing, final, nfe)
-    steps = CHROMA_STEPS if steps is None and nfe is None else steps
-    how_guided = _guidance(guidance)
+    steps = chroma.default_steps if steps is None and nfe is None else steps
+    how_guided = {**_guidance(guidance), **family.guide(guidance)}
     chroma.check_guidance_scale(how_guided["guidance_scale"])  # before any sampling
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
@@ -73,11 +97,11 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final,
         batch_size=batch_size, device=device, dtype=chroma.dtype, progress=progress, **options)
     grid = "the pipeline's sigmas" if own else "its diffkit grid"
-    print(f"wrote {out} ({num} samples, {sampler} on {grid}, Chroma folder {directory}, prompts {prompts})")
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, {family.kind} folder {directory}, prompts {prompts})")
     return images
 
 
-def edit_chroma(args) -> int:
+def edit_chroma(args, family=Family) -> int:
     """``diffkit edit`` on a Chroma folder: each ``--images`` file edited as ChromaImg2ImgPipeline
     (:func:`diffkit.interop.chroma.image_to_image`: strength 0.9, 35 steps, CFG s = 5.0 against
     ``--negative-prompt`` by default; image i from ``--seed`` + i, the posterior sample then the noise; ``ddim``
@@ -86,13 +110,13 @@ def edit_chroma(args) -> int:
     (``--padding-mask-crop``: :func:`~diffkit.interop.mask_crop.check_mask_crop`): one line, before any weight is
     read or any folder is made. ``--ip-adapter FILE[:S]
     --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling;
-    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling."""
+    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family``: the folder kind
+    (:class:`Family`; a Z-Image folder's, :mod:`._z_image`)."""
     import torch
 
     from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.chroma import CHROMA_IMG2IMG_STRENGTH, CHROMA_INPAINT, load_chroma, image_to_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._ip_adapter import IPAdapterRequest
@@ -102,12 +126,13 @@ def edit_chroma(args) -> int:
     directory = args.checkpoint
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
     given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in EDIT_FLAGS and dest in defaults and value != defaults[dest]]
+             if dest not in family.edit_flags and dest in defaults and value != defaults[dest]]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a Chroma folder ({directory}); it takes {EDIT_TAKES}")
+        raise DiffkitError(f"{given[0]} does not apply to a {family.kind} folder ({directory}); it takes "
+                           f"{family.edit_takes}")
     if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a Chroma folder: give --images PNG|DIR and --prompt TEXT (once for every "
-                           f"image, or once per image)")
+        raise DiffkitError(f"{directory} is a {family.kind} folder: give --images PNG|DIR and --prompt TEXT (once for "
+                           f"every image, or once per image)")
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
     info, own, options, request = edit_sampling(args, directory)
@@ -119,11 +144,11 @@ def edit_chroma(args) -> int:
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    chroma = load_chroma(directory, device, progress=args.progress, lora=args.lora,
-                         textual_inversion=args.textual_inversion)
+    chroma = family.load(directory, device, args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
+    image_to_image = family.functions()[1]
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
     chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
-    how_guided = _guidance(request)
+    how_guided = {**_guidance(request), **family.guide(request)}
     chroma.check_guidance_scale(how_guided["guidance_scale"])
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
@@ -141,7 +166,7 @@ def edit_chroma(args) -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = args.strength or (CHROMA_IMG2IMG_STRENGTH if mask is None else CHROMA_INPAINT[1])
-    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; Chroma "
-          f"folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
+    strength = args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]
+    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; "
+          f"{family.kind} folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
     return 0

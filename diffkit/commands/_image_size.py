@@ -27,6 +27,9 @@ def size_multiple(directory) -> tuple:
     from ..interop.chroma import is_chroma_folder
     if is_flux_folder(directory) or is_chroma_folder(directory):
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
+    from ..interop.z_image import is_z_image_folder
+    if is_z_image_folder(directory):  # ZImagePipeline's check: vae_scale_factor * 2
+        return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
     from ..interop.pixart import is_pixart_folder
     from ..interop.sana import is_sana_folder
     if is_sana_folder(directory):  # DC-AE's factor; SanaPipeline.check_inputs' 32
@@ -88,9 +91,10 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.chroma import is_chroma_folder
+    from ..interop.z_image import is_z_image_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
-            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint)):
+            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_z_image_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, "
                            f"PixArt, Sana); {checkpoint} works at the size it was trained at")  # PixArt, Sana: sample
     if t2i_adapter:

@@ -188,7 +188,7 @@ def register(sub) -> None:
                         "classifier-free guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
                         "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
                         "with --true-cfg-scale")
-    add_prompt_encoding_flags(g, true_cfg=True)  # --clip-skip, --prompt-2, ... (Stable Diffusion / SD-XL / SD3 / FLUX)
+    add_prompt_encoding_flags(g, true_cfg=True, z_image=True)  # --clip-skip, --prompt-2, ... (SD / SD-XL / SD3 / FLUX)
     g.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class, or --prompt: classifier-free guidance (1+W) eps(x,y) - "
                         "W eps(x,null), as diffkit sample (0 = conditional model; --guidance-convention diffusers: "
@@ -321,6 +321,11 @@ def _run(args) -> int:
     if is_chroma_folder(args.checkpoint):  # Chroma: img2img as ChromaImg2ImgPipeline (._chroma)
         from ._chroma import edit_chroma
         return edit_chroma(args)
+    from ..interop.z_image import is_z_image_folder
+    if is_z_image_folder(args.checkpoint):  # Z-Image: as ZImageImg2ImgPipeline / ZImageInpaintPipeline (._z_image)
+        from ._chroma import edit_chroma
+        from ._z_image import ZImageFamily
+        return edit_chroma(args, ZImageFamily)
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
@@ -560,7 +565,8 @@ def _prompt_request(args, sampler: str):
                                pag_scale=args.pag_scale,
                                pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
                                pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True,
-                               pag_interval=tuple(args.pag_interval) if args.pag_interval else None)
+                               pag_interval=tuple(args.pag_interval) if args.pag_interval else None,
+                               cfg_trunc_ratio=args.cfg_trunc_ratio, cfg_norm_cap=args.cfg_norm_cap)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request

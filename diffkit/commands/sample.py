@@ -361,6 +361,7 @@ class GuidanceRequest:
     true_cfg_scale: Optional[float] = None  # FLUX folders (._flux)
     cfg_trunc_ratio: Optional[float] = None  # Lumina-Image 2.0 folders (._pixart)
     cfg_normalization: Optional[bool] = None  # False: --no-cfg-normalization (Lumina-Image 2.0)
+    cfg_norm_cap: Optional[float] = None  # --cfg-normalization K (Z-Image folders, ._z_image)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
@@ -400,7 +401,8 @@ class GuidanceRequest:
                   max_sequence_length=getattr(args, "max_sequence_length", None),
                   true_cfg_scale=getattr(args, "true_cfg_scale", None),
                   cfg_trunc_ratio=getattr(args, "cfg_trunc_ratio", None),
-                  cfg_normalization=getattr(args, "cfg_normalization", None))
+                  cfg_normalization=getattr(args, "cfg_normalization", None),
+                  cfg_norm_cap=getattr(args, "cfg_norm_cap", None))
         from ._sd3_slg import slg_request
         req.slg = slg_request(args, checkpoint)
         req.check_model_kind(checkpoint)
@@ -717,6 +719,18 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
     from ..interop.chroma import is_chroma_folder
+    from ..interop.z_image import is_z_image_folder
+    if is_z_image_folder(checkpoint):  # Z-Image: Chroma's command code with its family (._z_image)
+        from ._chroma import sample_chroma
+        from ._z_image import ZImageFamily
+        refused = {"--lora": lora, "--lora-any-base": lora_any_base, "--textual-inversion": textual_inversion,
+                   "--controlnet": control, "--ip-adapter": ip_adapter, "--scheduler": scheduler, "--freeu": freeu,
+                   "--progressive": progressive, "--noise-out": noise_out, "--config": config,
+                   "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
+        return sample_chroma(checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out,
+                             individual=individual, seed=seed, device=device, batch_size=batch_size, spacing=spacing,
+                             final=final, scale=scale, progress=progress, guidance=guidance, refused=refused,
+                             family=ZImageFamily, **size, **options)
     if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint):  # PixArt-α / Σ, Sana (._pixart), Chroma
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
