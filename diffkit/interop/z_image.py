@@ -119,9 +119,8 @@ class ZImageNet(Lumina2Net):
         if self.normalize:
             ceiling = self.normalize * torch.linalg.vector_norm(out.flatten(1), dim=1)
             norm = torch.linalg.vector_norm(pred.flatten(1), dim=1)
-            factor = torch.where(norm > ceiling, ceiling / norm, torch.ones_like(norm))
-            pred = torch.where((norm > ceiling).reshape(-1, *[1] * (out.ndim - 1)),
-                               pred * factor.reshape(-1, *[1] * (out.ndim - 1)), pred)
+            factor = torch.where(norm > ceiling, ceiling / norm, torch.ones_like(norm))  # (the pipeline's if)
+            pred = pred * factor.reshape(-1, *[1] * (out.ndim - 1))
         return pred
 
 
