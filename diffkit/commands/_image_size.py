@@ -94,9 +94,10 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.z_image import is_z_image_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
-            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_z_image_folder(checkpoint)):
+            or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint)
+            or is_z_image_folder(checkpoint)):
         raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, "
-                           f"PixArt, Sana); {checkpoint} works at the size it was trained at")  # PixArt, Sana: sample
+                           f"Z-Image, PixArt, Sana); {checkpoint} works at the size it was trained at")
     if t2i_adapter:
         raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
                            f"instead")
@@ -112,7 +113,8 @@ def add_edit_size_flags(parser) -> None:
     """``diffkit edit --height H --width W``: the size the images (and ``--mask``) are resized to first."""
     from ._common import positive_int
     parser.add_argument("--height", type=positive_int, metavar="H",
-                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma): resize the images and --mask to "
+                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, Z-Image): resize the images and "
+                             "--mask to "
                              "height H first, as the pipelines' image / mask processors do with height=H (Lanczos; "
                              "the mask then binarised; a multiple as diffkit sample's --height; default: the images' "
                              "own)")

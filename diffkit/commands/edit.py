@@ -184,10 +184,10 @@ def register(sub) -> None:
                         "the prompt every image is edited towards; repeat it once per image (in the files' order) for "
                         "one each")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 / Chroma folders with --prompt: the null condition of "
-                        "classifier-free guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
-                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
-                        "with --true-cfg-scale")
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image folders with --prompt: the null "
+                        "condition of classifier-free guidance, for every image (default: the empty prompt; SD-XL: "
+                        "zeros if its force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; "
+                        "FLUX folders: with --true-cfg-scale")
     add_prompt_encoding_flags(g, true_cfg=True, z_image=True)  # --clip-skip, --prompt-2, ... (SD / SD-XL / SD3 / FLUX)
     g.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class, or --prompt: classifier-free guidance (1+W) eps(x,y) - "

@@ -126,7 +126,8 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
-                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, PixArt, Sana): the images' height, the "
+                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, Z-Image, PixArt, Sana): the images' "
+                        "height, the "
                         "pipeline's height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
@@ -136,8 +137,8 @@ def register(sub) -> None:
                    help="text-conditional checkpoints and diffusers folders: the prompt; repeat for one row per "
                         "prompt (default: every class's caption)")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 / Chroma / PixArt / Sana (not Sprint) folders: the null "
-                        "condition of classifier-free guidance, for "
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image / PixArt / Sana (not Sprint) folders: "
+                        "the null condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
                         "FLUX folders: with --true-cfg-scale")
     add_prompt_encoding_flags(g, true_cfg=True, lumina=True)  # --clip-skip, --prompt-2, --negative-prompt-2, ...
