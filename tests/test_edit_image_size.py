@@ -136,7 +136,7 @@ def test_edit_size_refusals_are_one_line_before_any_output(tiny_sd, tiny_checkpo
     base = ["edit", "--no-progress", "--prompt", "a", "--out", tmp_path / "never"]
     for extra, expected in [
         (["--checkpoint", tiny_checkpoint, "--images", pngs, "--height", 16],
-         "--height applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, PixArt, Sana, "
+         "--height applies to diffusers folders (Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, "
          "Qwen-Image);"),
         (["--checkpoint", folder, "--images", pngs, "--width", 20],
          "--width 20 is not allowed; give a positive multiple of 8 (the pipeline's 8 and the VAE factor 2)"),

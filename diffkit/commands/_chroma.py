@@ -11,9 +11,6 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --ip-adapter (XLabs), --lora, --textual-inversion (T5's width), --steps / --nfe, --sampler and its "
          "grid options (--flow-shift with another sampler than the pipeline's loop)")
-QWEN_IMAGE_TAKES = ("--prompt, --negative-prompt (true CFG), --guidance-scale (--guidance-convention), "
-                    "--max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid options "
-                    "(--flow-shift with another sampler than the pipeline's loop)")
 EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (--guidance-convention), --strength, "
               "--max-sequence-length, --posterior, --height / --width, --ip-adapter (XLabs), --lora, "
               "--textual-inversion (T5's width), --steps, --sampler and its grid options, --eta")
@@ -22,11 +19,8 @@ EDIT_FLAGS = {  # diffkit edit's dests a Chroma folder takes (the rest must stay
     "strength", "sampler", "steps", "spacing", "final", "eta", "guidance_scale", "guidance_convention", "posterior",
     "seed", "batch_size", "device", "progress", "height", "width", "lora", "textual_inversion",
     "ip_adapter", "ip_adapter_image", "image_encoder", "negative_ip_adapter_image"}  # (._ip_adapter checks them)
-QWEN_IMAGE_EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt (true CFG), --guidance-scale "
-                         "(--guidance-convention), --strength, --max-sequence-length, --posterior, --height / --width, "
-                         "--steps, --sampler and its grid options, --eta")
-QWEN_IMAGE_EDIT_FLAGS = EDIT_FLAGS - {"lora", "textual_inversion", "ip_adapter", "ip_adapter_image", "image_encoder",
-                                      "negative_ip_adapter_image"}
+NO_ADAPTER_EDIT_FLAGS = EDIT_FLAGS - {"lora", "textual_inversion", "ip_adapter", "ip_adapter_image", "image_encoder",
+                                     "negative_ip_adapter_image"}  # Qwen-Image's and Z-Image's (they take no adapters)
 
 
 def _guidance(guidance) -> dict:
@@ -37,10 +31,50 @@ def _guidance(guidance) -> dict:
     return {"guidance_scale": guidance.guidance_scale, "convention": guidance.convention}
 
 
+class Family:
+    """What ``diffkit sample`` / ``diffkit edit`` need of a Chroma-like folder kind (Chroma here; Qwen-Image:
+    :mod:`._qwen_image`, Z-Image: :mod:`._z_image`): its label, the flags it takes (``adapters``: --lora,
+    --textual-inversion and --ip-adapter too), its loader and library functions, its own guidance options."""
+
+    kind, takes, edit_takes, edit_flags, adapters = "Chroma", TAKES, EDIT_TAKES, EDIT_FLAGS, True
+
+    @staticmethod
+    def load(directory, device, progress, lora=None, textual_inversion=None):
+        from ..interop.chroma import load_chroma
+        return load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
+
+    @staticmethod
+    def functions() -> tuple:
+        """(text_to_image, image_to_image) of the kind's interop module."""
+        from ..interop.chroma import image_to_image, text_to_image
+        return text_to_image, image_to_image
+
+    @staticmethod
+    def guide(request) -> dict:
+        """More keyword arguments of the library functions, from the prompt request (none for Chroma)."""
+        return {}
+
+
+def folder_family(directory) -> Optional[type]:
+    """The :class:`Family` of a Chroma, Qwen-Image or Z-Image folder; None for any other checkpoint."""
+    from ..interop.chroma import is_chroma_folder
+    from ..interop.qwen_image import is_qwen_image_folder
+    from ..interop.z_image import is_z_image_folder
+    if is_chroma_folder(directory):
+        return Family
+    if is_qwen_image_folder(directory):
+        from ._qwen_image import QwenImageFamily
+        return QwenImageFamily
+    if is_z_image_folder(directory):
+        from ._z_image import ZImageFamily
+        return ZImageFamily
+    return None
+
+
 def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, nrow=None, out=None, individual=None,
                   seed=0, device="cpu", batch_size="auto", spacing=None, final=None, scale=1, progress=True,
                   guidance=None, refused: Optional[dict] = None, height=None, width=None, ip_adapter=None,
-                  lora=None, textual_inversion=None, family: str = "Chroma", **options):
+                  lora=None, textual_inversion=None, family=Family, **options):
     """Sample a Chroma folder to a grid (and single PNGs) at ``height`` x ``width`` (default 128 f; multiples of
     2 f; the shift follows the size): rows as :func:`~.sample.condition_rows`, sample i from ``seed + i`` (z at
     s = 1, drawn unpacked as the pipeline), 35 steps, CFG against ``--negative-prompt`` (default "") with s = 5.0
@@ -51,28 +85,22 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
     image`` for CFG's negative pass), as the pipeline's ``load_ip_adapter`` + ``ip_adapter_image``. ``lora``: LoRA
     files ((path, scale) pairs) merged into the transformer as the pipeline's ``load_lora_weights`` + ``fuse_lora``
     (:func:`~diffkit.interop.chroma.load_chroma`); ``textual_inversion``: embeddings of T5's width added to its
-    tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family="Qwen-Image"``: a Qwen-Image folder
-    the same way (:mod:`diffkit.interop.qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``;
-    no adapters: ``refused`` holds them)."""
+    tokenizer and encoder as the pipeline's ``load_textual_inversion``. ``family``: the folder kind (:class:`Family`;
+    a Qwen-Image folder's, :mod:`._qwen_image`: 50 steps, true CFG s = 4.0 only with ``--negative-prompt``; a Z-Image
+    folder's, :mod:`._z_image`; neither takes adapters: ``refused`` holds them)."""
     from ._pixart import checked_request
     from ._sd3 import pipeline_loop, prompted_rows
     from .sample import draw_prompted_grid
 
-    guidance = checked_request(directory, family, QWEN_IMAGE_TAKES if family == "Qwen-Image" else TAKES, guidance,
-                               options, refused, keys=("refiner", "t2i_adapter", "redux", "thresholding"))
-    if family == "Qwen-Image":
-        from ..interop.qwen_image import QWEN_IMAGE_STEPS as CHROMA_STEPS, load_qwen_image, text_to_image
-        chroma, adapted = load_qwen_image(directory, device, progress=progress), {}
-    else:
-        from ..interop.chroma import CHROMA_STEPS, load_chroma, text_to_image
-        chroma = load_chroma(directory, device, progress=progress, lora=lora, textual_inversion=textual_inversion)
+    guidance = checked_request(directory, family.kind, family.takes, guidance, options, refused,
+                               keys=("refiner", "t2i_adapter", "redux", "thresholding"))
+    text_to_image = family.functions()[0]
+    chroma = family.load(directory, device, progress, lora=lora, textual_inversion=textual_inversion)
     _, adapter, prompts, _, num, nrow, per_sample = prompted_rows(chroma, guidance, None, ip_adapter, num, nrow,
                                                                   seed, device, progress)
-    if family == "Chroma":
-        adapted = {"ip_adapter": adapter}
     own = pipeline_loop(sampler, spacing, final, nfe)
-    steps = CHROMA_STEPS if steps is None and nfe is None else steps
-    how_guided = _guidance(guidance)
+    steps = chroma.default_steps if steps is None and nfe is None else steps
+    how_guided = {**_guidance(guidance), **family.guide(guidance)}
     chroma.check_guidance_scale(how_guided["guidance_scale"])  # before any sampling
     if own:  # --flow-shift's and the scheduler's refusals (Qwen-Image's shift_terminal at one step) before sampling
         from ..interop.flow_latents import pipeline_grid
@@ -87,7 +115,7 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         steps = 2 if one_step and steps == 1 and grid.get("grid") else steps  # the probe: the same peak memory
         return text_to_image(chroma, cond["prompts"], sampler=sampler, steps=steps, seed=None, latents=noise,
                              negative_prompt=guidance.negative_prompt, return_latents=True,
-                             max_sequence_length=guidance.max_sequence_length or 512, **adapted,
+                             max_sequence_length=guidance.max_sequence_length or 512, ip_adapter=adapter,
                              **how_guided, **grid, **how)
 
     images, out = draw_prompted_grid(
@@ -96,11 +124,11 @@ def sample_chroma(directory, *, sampler="ddim", steps=None, nfe=None, num=None, 
         individual, nrow, scale, seed=seed, sampler=sampler, steps=steps, nfe=nfe, spacing=spacing, final=final,
         batch_size=batch_size, device=device, dtype=chroma.dtype, progress=progress, **options)
     grid = "the pipeline's sigmas" if own else "its diffkit grid"
-    print(f"wrote {out} ({num} samples, {sampler} on {grid}, {family} folder {directory}, prompts {prompts})")
+    print(f"wrote {out} ({num} samples, {sampler} on {grid}, {family.kind} folder {directory}, prompts {prompts})")
     return images
 
 
-def edit_chroma(args, family: str = "Chroma") -> int:
+def edit_chroma(args, family=Family) -> int:
     """``diffkit edit`` on a Chroma folder: each ``--images`` file edited as ChromaImg2ImgPipeline
     (:func:`diffkit.interop.chroma.image_to_image`: strength 0.9, 35 steps, CFG s = 5.0 against
     ``--negative-prompt`` by default; image i from ``--seed`` + i, the posterior sample then the noise; ``ddim``
@@ -109,17 +137,15 @@ def edit_chroma(args, family: str = "Chroma") -> int:
     (``--padding-mask-crop``: :func:`~diffkit.interop.mask_crop.check_mask_crop`): one line, before any weight is
     read or any folder is made. ``--ip-adapter FILE[:S]
     --ip-adapter-image PNG`` (``--negative-ip-adapter-image``): the pipeline's XLabs IP-Adapter, as in sampling;
-    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family="Qwen-Image"``: a
-    Qwen-Image folder as QwenImageImg2ImgPipeline / QwenImageInpaintPipeline
-    (:func:`diffkit.interop.qwen_image.image_to_image`: strength 0.6 and 50 steps both, true CFG s = 4.0 only with
-    ``--negative-prompt``; no adapters)."""
+    ``--lora FILE[:S]`` / ``--textual-inversion FILE[:TOKEN]``: as in sampling. ``family``: the folder kind
+    (:class:`Family`; a Qwen-Image folder's, :mod:`._qwen_image`: QwenImageImg2ImgPipeline /
+    QwenImageInpaintPipeline, strength 0.6 and 50 steps both, true CFG s = 4.0 only with ``--negative-prompt``; a
+    Z-Image folder's, :mod:`._z_image`; neither takes adapters)."""
     import torch
 
     from ..cli import build_parser
     from ..config import resolve_device
     from ..images import check_image_folder, save_images
-    from ..interop.chroma import image_to_image, load_chroma
-    from ..interop.qwen_image import load_qwen_image
     from ..memory import batches_with_oom_retry
     from ._common import check_writable_dir, missing_dirs, removed_if_empty_on_failure
     from ._ip_adapter import IPAdapterRequest
@@ -129,13 +155,12 @@ def edit_chroma(args, family: str = "Chroma") -> int:
     directory = args.checkpoint
     defaults = vars(build_parser().parse_args(["edit", "--checkpoint", "x", "--out", "x"]))
     given = [_FLAG_NAMES.get(dest, "--" + dest.replace("_", "-")) for dest, value in vars(args).items()
-             if dest not in (QWEN_IMAGE_EDIT_FLAGS if family == "Qwen-Image" else EDIT_FLAGS) and dest in defaults
-             and value != defaults[dest]]
+             if dest not in family.edit_flags and dest in defaults and value != defaults[dest]]
     if given:
-        raise DiffkitError(f"{given[0]} does not apply to a {family} folder ({directory}); it takes "
-                           f"{QWEN_IMAGE_EDIT_TAKES if family == 'Qwen-Image' else EDIT_TAKES}")
+        raise DiffkitError(f"{given[0]} does not apply to a {family.kind} folder ({directory}); it takes "
+                           f"{family.edit_takes}")
     if args.images is None or not args.prompts:
-        raise DiffkitError(f"{directory} is a {family} folder: give --images PNG|DIR and --prompt TEXT (once for "
+        raise DiffkitError(f"{directory} is a {family.kind} folder: give --images PNG|DIR and --prompt TEXT (once for "
                            f"every image, or once per image)")
     if args.batch_size == "auto":
         raise DiffkitError("--batch-size auto goes with --series; give the images per batch (default 16)")
@@ -148,11 +173,11 @@ def edit_chroma(args, family: str = "Chroma") -> int:
     ip_adapter = IPAdapterRequest.from_args(args, directory)
     out, device = args.out, resolve_device(args.device)
     new_dirs = missing_dirs(out)
-    chroma = load_qwen_image(directory, device, progress=args.progress) if family == "Qwen-Image" else \
-        load_chroma(directory, device, progress=args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
+    chroma = family.load(directory, device, args.progress, lora=args.lora, textual_inversion=args.textual_inversion)
+    image_to_image = family.functions()[1]
     adapter = None if ip_adapter is None else ip_adapter.load(device, chroma.dtype, args.progress)
     chroma.latent_shape(1, images.shape[2], images.shape[3])  # the images' size fits the VAE and patches
-    how_guided = _guidance(request)
+    how_guided = {**_guidance(request), **family.guide(request)}
     chroma.check_guidance_scale(how_guided["guidance_scale"])
     check_writable_dir(out)
     check_image_folder(out, count, prefix="edit")
@@ -170,7 +195,7 @@ def edit_chroma(args, family: str = "Chroma") -> int:
         results = [edited for _, edited in batches_with_oom_retry(edit, count, args.batch_size or 16)]
         save_images(torch.cat(results), out, prefix="edit")
     how = "the scheduler's sigmas" if own else f"{info.name} on its diffkit grid"
-    strength = args.strength or chroma.edit_defaults(mask is not None)[1]
-    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; {family} "
-          f"folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
+    strength = args.strength or (chroma.img2img_defaults if mask is None else chroma.inpaint_defaults)[1]
+    print(f"wrote {count} {'edited' if mask is None else 'inpainted'} images to {out} (edit_00000.png ...; "
+          f"{family.kind} folder {directory}, strength {strength}, {how}, prompts {list(args.prompts)})")
     return 0

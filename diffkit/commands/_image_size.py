@@ -14,6 +14,11 @@ from typing import Optional
 from ..errors import DiffkitError, read_json_object
 
 
+SAMPLE_SIZED = ("Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, PixArt, Sana, "
+                "Lumina-Image 2.0, AuraFlow, HunyuanDiT")  # the kinds check_image_size lets through
+EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image"  # of them, diffkit edit's
+
+
 def size_multiple(directory) -> tuple:
     """(multiple, what it is) that ``--height`` / ``--width`` must be for the diffusers folder ``directory``."""
     from ..interop.flux import is_flux_folder
@@ -32,6 +37,9 @@ def size_multiple(directory) -> tuple:
     from ..interop.flux2 import is_flux2_folder
     if is_flux_folder(directory) or is_chroma_folder(directory) or is_flux2_folder(directory):
         return 2 * f, f"the VAE factor {f} x the 2 x 2 packing; FluxPipeline would floor other sizes"
+    from ..interop.z_image import is_z_image_folder
+    if is_z_image_folder(directory):  # ZImagePipeline's check: vae_scale_factor * 2
+        return 2 * f, f"the pipeline's 2 x the VAE factor {f}"
     from ..interop.pixart import is_pixart_folder
     from ..interop.sana import is_sana_folder
     if is_sana_folder(directory):  # DC-AE's factor; SanaPipeline.check_inputs' 32
@@ -84,13 +92,15 @@ def check_size_limit(checkpoint, height: Optional[int], width: Optional[int]) ->
             raise DiffkitError(f"{name} {value} is not allowed; give at most {limit[0]} ({limit[1]})")
 
 
-def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2i_adapter: bool = False) -> None:
+def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2i_adapter: bool = False,
+                     edit: bool = False) -> None:
     """One-line DiffkitError for ``--height`` / ``--width`` (either may be None: the folder's default) that the
     checkpoint cannot draw: not a diffusers folder (a diffkit checkpoint's size is fixed by training), with
     ``t2i_adapter`` (the control image sets the size: the adapter pipelines resize it with their own
     ``_preprocess_adapter_image``, not checked against the library's), or not a positive multiple of
     :func:`size_multiple`. ControlNets take the size: their images are resized to it as diffusers' ControlNet
-    pipelines do (:func:`diffkit.interop.controlnet.prepare_control_image`, the same ``VaeImageProcessor``)."""
+    pipelines do (:func:`diffkit.interop.controlnet.prepare_control_image`, the same ``VaeImageProcessor``).
+    ``edit``: ``diffkit edit``'s (its message names the kinds it edits, :data:`EDIT_SIZED`)."""
     if height is None and width is None:
         return
     from ..interop.flux import is_flux_folder
@@ -100,12 +110,13 @@ def check_image_size(checkpoint, height: Optional[int], width: Optional[int], t2
     from ..interop.chroma import is_chroma_folder
     from ..interop.qwen_image import is_qwen_image_folder
     from ..interop.flux2 import is_flux2_folder
+    from ..interop.z_image import is_z_image_folder
     flag = "--height" if height is not None else "--width"
     if not (is_stable_diffusion_folder(checkpoint) or is_sd3_folder(checkpoint) or is_flux_folder(checkpoint)
             or masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or is_qwen_image_folder(checkpoint)
-            or is_flux2_folder(checkpoint)):
-        raise DiffkitError(f"{flag} applies to diffusers folders (Stable Diffusion, SD-XL, SD3, FLUX.1, Chroma, "
-                           f"PixArt, Sana, Qwen-Image); {checkpoint} works at the size it was trained at")
+            or is_flux2_folder(checkpoint) or is_z_image_folder(checkpoint)):
+        raise DiffkitError(f"{flag} applies to diffusers folders ({EDIT_SIZED if edit else SAMPLE_SIZED}); "
+                           f"{checkpoint} works at the size it was trained at")
     if t2i_adapter:
         raise DiffkitError(f"{flag} with --t2i-adapter: the control image sets the size; resize the control image "
                            f"instead")
@@ -121,8 +132,9 @@ def add_edit_size_flags(parser) -> None:
     """``diffkit edit --height H --width W``: the size the images (and ``--mask``) are resized to first."""
     from ._common import positive_int
     parser.add_argument("--height", type=positive_int, metavar="H",
-                        help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma): resize the images and --mask to "
-                             "height H first, as the pipelines' image / mask processors do with height=H (Lanczos; "
+                        help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwen-Image): "
+                             "resize the images and --mask to height H first, as the pipelines' image / mask "
+                             "processors do with height=H (Lanczos; "
                              "the mask then binarised; a multiple as diffkit sample's --height; default: the images' "
                              "own)")
     parser.add_argument("--width", type=positive_int, metavar="W", help="as --height, the width the images take")

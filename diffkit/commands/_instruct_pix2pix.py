@@ -30,7 +30,8 @@ def instruct_pix2pix_edit(args) -> bool:
                ("--controlnet", args.controlnets), ("--ip-adapter", args.ip_adapter), ("--refiner", args.refiner),
                ("--denoising-start", args.denoising_start), ("--pag-scale", args.pag_scale),
                ("--apg-eta", args.apg_eta),
-               ("--apg-norm-threshold", args.apg_norm_threshold), ("--apg-momentum", args.apg_momentum))
+               ("--apg-norm-threshold", args.apg_norm_threshold), ("--apg-momentum", args.apg_momentum),
+               ("--cfg-trunc-ratio", args.cfg_trunc_ratio), ("--cfg-normalization", args.cfg_norm_cap))
     for flag, value in refused:
         if value is not None:
             raise DiffkitError(f"{flag} does not apply to an InstructPix2Pix folder ({args.checkpoint}: a UNet with 8 "

@@ -8,14 +8,22 @@ from __future__ import annotations
 from ..errors import DiffkitError
 
 
-def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = False) -> None:
+def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = False, z_image: bool = False) -> None:
     """The flags, into ``group`` (a parser or an argument group); ``true_cfg``: with ``--true-cfg-scale``;
-    ``lumina``: with a Lumina-Image 2.0 folder's :data:`LUMINA2_FLAGS`."""
-    from ._common import int_in, non_negative_float
-    if lumina:
+    ``lumina``: with a Lumina-Image 2.0 folder's :data:`LUMINA2_FLAGS`; ``z_image``: with a Z-Image folder's
+    :data:`Z_IMAGE_FLAGS`."""
+    from ._common import int_in, non_negative_float, positive_float
+    if lumina or z_image:
         group.add_argument("--cfg-trunc-ratio", type=non_negative_float, metavar="R",
-                           help="Lumina-Image 2.0 folders: guide only steps i of N with (i + 1) / N <= R "
-                                "(Lumina2Pipeline's cfg_trunc_ratio; default 1, every step)")
+                           help=("Lumina-Image 2.0 folders: guide only steps i of N with (i + 1) / N <= R "
+                                 "(Lumina2Pipeline's cfg_trunc_ratio; default 1, every step); " if lumina else "") +
+                           "Z-Image folders: guide only steps with (1000 - t) / 1000 <= R (ZImagePipeline's "
+                           "cfg_truncation; default 1)")
+        group.add_argument("--cfg-normalization", dest="cfg_norm_cap", type=positive_float, nargs="?", const=1.0,
+                           metavar="K", help="Z-Image folders: cap the guided prediction's norm at K (default 1) "
+                                             "times the conditional one's (ZImagePipeline's cfg_normalization; "
+                                             "default off)")
+    if lumina:
         group.add_argument("--no-cfg-normalization", dest="cfg_normalization", action="store_false", default=None,
                            help="Lumina-Image 2.0 folders: no renormalisation of the guided prediction "
                                 "(Lumina2Pipeline's cfg_normalization=False)")
@@ -36,9 +44,10 @@ def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = Fals
     group.add_argument("--negative-prompt-3", metavar="TEXT",
                        help="SD3 folders: the T5 encoder's negative prompt (default: --negative-prompt)")
     group.add_argument("--max-sequence-length", type=int_in(1, 512), metavar="L",
-                       help="SD3 / FLUX / Chroma / PixArt / Sana folders: the T5 (Sana: Gemma) tokens of every prompt "
-                            "(default the pipelines': SD3 256, FLUX.1 512, Chroma 512 (inpainting 256), "
-                            "PixArt-α 120, PixArt-Σ and Sana 300; at most 512)")
+                       help="SD3 / FLUX / Chroma / PixArt / Sana / Z-Image / Qwen-Image folders: the T5 (Sana: "
+                            "Gemma, Z-Image: Qwen3, Qwen-Image: Qwen2.5-VL) tokens of every prompt (default the "
+                            "pipelines': SD3 256, FLUX.1 512, Chroma 512 (inpainting 256), PixArt-α 120, PixArt-Σ and "
+                            "Sana 300, Z-Image and Qwen-Image 512; at most 512)")
     if true_cfg:
         from ._common import positive_float
         group.add_argument("--true-cfg-scale", type=positive_float, metavar="S",
@@ -51,6 +60,7 @@ FLUX_FLAGS = ("--prompt-2", "--negative-prompt-2", "--max-sequence-length", "--t
 
 SD3_ONLY = ("--prompt-3", "--negative-prompt-3", "--max-sequence-length")
 LUMINA2_FLAGS = ("--cfg-trunc-ratio", "--no-cfg-normalization")  # a Lumina-Image 2.0 folder's (diffkit sample)
+Z_IMAGE_FLAGS = ("--cfg-trunc-ratio", "--cfg-normalization")  # a Z-Image folder's (diffkit sample and edit)
 
 
 def given_flags(request) -> list:
@@ -62,7 +72,8 @@ def given_flags(request) -> list:
         ("--max-sequence-length", getattr(request, "max_sequence_length", None)),
         ("--true-cfg-scale", getattr(request, "true_cfg_scale", None)),
         ("--cfg-trunc-ratio", getattr(request, "cfg_trunc_ratio", None)),
-        ("--no-cfg-normalization", getattr(request, "cfg_normalization", None))) if value is not None]
+        ("--no-cfg-normalization", getattr(request, "cfg_normalization", None)),
+        ("--cfg-normalization", getattr(request, "cfg_norm_cap", None))) if value is not None]
 
 
 def check_prompt_encoding(request, checkpoint) -> None:
@@ -76,11 +87,22 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.sd_xl import is_sd_xl_folder
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ..interop.lumina2 import is_lumina2_folder
+    from ..interop.z_image import is_z_image_folder
     given = given_flags(request)
-    lumina = [flag for flag, _ in given if flag in LUMINA2_FLAGS]
-    if lumina and not (checkpoint is not None and is_lumina2_folder(checkpoint)):
-        raise DiffkitError(f"{lumina[0]} applies to a Lumina-Image 2.0 folder (Lumina2Pipeline's guidance); "
-                           f"{'the model sampled' if checkpoint is None else checkpoint} is not one")
+    z_image = checkpoint is not None and is_z_image_folder(checkpoint)
+    cfg = Z_IMAGE_FLAGS if z_image else LUMINA2_FLAGS
+    lumina = [flag for flag, _ in given if flag in LUMINA2_FLAGS + Z_IMAGE_FLAGS]
+    where = 'the model sampled' if checkpoint is None else checkpoint
+    if lumina and not z_image and not (checkpoint is not None and is_lumina2_folder(checkpoint)):
+        if lumina[0] == "--cfg-normalization":
+            raise DiffkitError(f"--cfg-normalization applies to a Z-Image folder (ZImagePipeline's guidance); {where} "
+                               f"is not one")
+        also = " or a Z-Image folder (ZImagePipeline's)" if lumina[0] == "--cfg-trunc-ratio" else ""
+        raise DiffkitError(f"{lumina[0]} applies to a Lumina-Image 2.0 folder (Lumina2Pipeline's guidance){also}; "
+                           f"{where} is not one")
+    if z_image and "--no-cfg-normalization" in lumina:
+        raise DiffkitError(f"--no-cfg-normalization does not apply to a Z-Image folder ({where}): its "
+                           f"cfg_normalization is off by default (--cfg-normalization K turns it on)")
     if checkpoint is None or not given and request.negative_prompt is None:
         return
     from ..interop.chroma import is_chroma_folder
@@ -89,7 +111,9 @@ def check_prompt_encoding(request, checkpoint) -> None:
     from ..interop.flux2 import is_flux2_folder
     label = masked_text_folder(checkpoint) or ("Chroma" if is_chroma_folder(checkpoint) else
                                                "Qwen-Image" if is_qwen_image_folder(checkpoint) else
-                                               "FLUX.2" if is_flux2_folder(checkpoint) else None)
+                                               "FLUX.2" if is_flux2_folder(checkpoint) else
+                                               "Z-Image" if z_image else None)
+    lumina = [flag for flag in lumina if flag in cfg]
     if label:  # its one text encoder (T5, Sana's Gemma-2): --max-sequence-length only (Lumina2: its CFG flags too)
         other = [flag for flag, _ in given if flag != "--max-sequence-length" and flag not in lumina]
         if other:

@@ -187,12 +187,11 @@ def register(sub) -> None:
                         "the prompt every image is edited towards; repeat it once per image (in the files' order) for "
                         "one each")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Qwen-Image folders with --prompt: the null "
-                        "condition of "
-                        "classifier-free guidance, for every image (default: the empty prompt; SD-XL: zeros if its "
-                        "force_zeros_for_empty_prompt), as the img2img pipelines' negative_prompt; FLUX folders: "
-                        "with --true-cfg-scale")
-    add_prompt_encoding_flags(g, true_cfg=True)  # --clip-skip, --prompt-2, ... (Stable Diffusion / SD-XL / SD3 / FLUX)
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image / Qwen-Image folders with --prompt: the "
+                        "null condition of classifier-free guidance, for every image (default: the empty prompt; "
+                        "SD-XL: zeros if its force_zeros_for_empty_prompt), as the img2img pipelines' "
+                        "negative_prompt; FLUX folders: with --true-cfg-scale")
+    add_prompt_encoding_flags(g, true_cfg=True, z_image=True)  # --clip-skip, --prompt-2, ... (SD, SD-XL, SD3, FLUX)
     g.add_argument("--guidance-scale", type=float, metavar="W",
                    help="with --series and a class, or --prompt: classifier-free guidance (1+W) eps(x,y) - "
                         "W eps(x,null), as diffkit sample (0 = conditional model; --guidance-convention diffusers: "
@@ -329,12 +328,12 @@ def _run(args) -> int:
                            f"reference images and Flux2KleinInpaintPipeline are not driven); sample it with diffkit "
                            f"sample")
     from ._image_size import check_image_size
-    check_image_size(args.checkpoint, args.height, args.width)  # a diffusers folder's multiple, before loading
-    from ..interop.chroma import is_chroma_folder
-    from ..interop.qwen_image import is_qwen_image_folder
-    if is_chroma_folder(args.checkpoint) or is_qwen_image_folder(args.checkpoint):  # img2img as their pipelines
-        from ._chroma import edit_chroma  # (Chroma's, Qwen-Image's: ._chroma)
-        return edit_chroma(args, "Qwen-Image" if is_qwen_image_folder(args.checkpoint) else "Chroma")
+    check_image_size(args.checkpoint, args.height, args.width, edit=True)  # a diffusers folder's multiple, first
+    from ._chroma import folder_family
+    family = folder_family(args.checkpoint)  # Chroma, Qwen-Image, Z-Image: img2img / inpainting as their pipelines
+    if family is not None:
+        from ._chroma import edit_chroma
+        return edit_chroma(args, family)
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     if is_sd3_folder(args.checkpoint) or is_flux_folder(args.checkpoint):  # SD3 / FLUX.1: img2img as their pipelines
@@ -574,7 +573,8 @@ def _prompt_request(args, sampler: str):
                                pag_scale=args.pag_scale,
                                pag_layers=None if args.pag_layers is None else args.pag_layers.split(","),
                                pag_adaptive_scale=args.pag_adaptive_scale, pag_diffusers=True,
-                               pag_interval=tuple(args.pag_interval) if args.pag_interval else None)
+                               pag_interval=tuple(args.pag_interval) if args.pag_interval else None,
+                               cfg_trunc_ratio=args.cfg_trunc_ratio, cfg_norm_cap=args.cfg_norm_cap)
     request.check(sampler)
     check_prompt_encoding(request, args.checkpoint)
     return request

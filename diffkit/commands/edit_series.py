@@ -51,7 +51,8 @@ def check_series_flags(args) -> None:
                         ("--clip-skip", args.clip_skip), ("--prompt-2", args.prompts_2),
                         ("--negative-prompt-2", args.negative_prompt_2), ("--prompt-3", args.prompts_3),
                         ("--negative-prompt-3", args.negative_prompt_3),
-                        ("--max-sequence-length", args.max_sequence_length)):
+                        ("--max-sequence-length", args.max_sequence_length),
+                        ("--cfg-trunc-ratio", args.cfg_trunc_ratio), ("--cfg-normalization", args.cfg_norm_cap)):
         if value is not None:
             raise DiffkitError(f"{flag} applies to image edits; --series forecasts (--horizon) or imputes a series")
     out = Path(args.out)

@@ -37,10 +37,10 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0,
-AuraFlow and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2 folders (``._flux2``,
-reference images: ``--reference-image``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2 depth-to-image folder
-edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, Qwen-Image, Z-Image, PixArt-α / Σ, Sana (Sprint),
+Lumina-Image 2.0, AuraFlow and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``), FLUX.2
+folders (``._flux2``, reference images: ``--reference-image``); a FLUX.1 Fill or Kontext, InstructPix2Pix or SD 2
+depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit upscale``.
 
 Sample i depends only on ``--seed`` + i (per-sample generators), never on ``--batch-size``; the
 same command gives the same PNG bytes run after run on the CPU. A legacy plain state dict
@@ -81,8 +81,8 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint", description=__doc__)
     p.add_argument("--checkpoint", type=path_arg,
                    help="a .safetensors checkpoint, a run's checkpoint folder or a diffusers folder (SD, SD-XL, "
-                        "SD3, FLUX.1, Chroma, Qwen-Image, PixArt, Sana, DiT; docs/interop.md); default with --config: "
-                        "its "
+                        "SD3, FLUX.1, Chroma, Qwen-Image, Z-Image, PixArt, Sana, DiT; docs/interop.md); default with "
+                        "--config: its "
                         "test_load_weight in its save_weight_dir")
     p.add_argument("--config", type=path_arg,
                    help="the TOML/YAML/JSON training config (the seed's modelConfig): describes a "
@@ -130,8 +130,9 @@ def register(sub) -> None:
     add_lora_flags(p)
     add_textual_inversion_flag(p)
     p.add_argument("--height", type=positive_int, metavar="H",
-                   help="diffusers folders (SD, SD-XL, SD3, FLUX.1, Chroma, Qwen-Image, PixArt, Sana): the images' "
-                        "height, the pipeline's height "
+                   help="diffusers folders (SD, SD-XL, Kolors, SD3, FLUX.1, FLUX.2, Chroma, Z-Image, Qwen-Image, "
+                        "PixArt, Sana, Lumina-Image 2.0, AuraFlow, HunyuanDiT): the images' height, the pipeline's "
+                        "height "
                         "(default the folder's size; multiples of 8 for SD / SD-XL, 16 for SD3 and FLUX.1; "
                         "--controlnet images are resized to it; not with --t2i-adapter)")
     p.add_argument("--width", type=positive_int, metavar="W", help="as --height, the images' width")
@@ -140,8 +141,8 @@ def register(sub) -> None:
                    help="text-conditional checkpoints and diffusers folders: the prompt; repeat for one row per "
                         "prompt (default: every class's caption)")
     g.add_argument("--negative-prompt", metavar="TEXT",
-                   help="Stable Diffusion / SD-XL / SD3 / Chroma / PixArt / Sana (not Sprint) folders: the null "
-                        "condition of classifier-free guidance, for "
+                   help="Stable Diffusion / SD-XL / SD3 / Chroma / Z-Image / PixArt / Sana (not Sprint) folders: "
+                        "the null condition of classifier-free guidance, for "
                         "every prompt (default: the empty prompt; SD-XL: zeros if its force_zeros_for_empty_prompt); "
                         "FLUX folders: with --true-cfg-scale; Qwen-Image folders: turns on their true CFG (no "
                         "default)")
@@ -376,6 +377,7 @@ class GuidanceRequest:
     true_cfg_scale: Optional[float] = None  # FLUX folders (._flux)
     cfg_trunc_ratio: Optional[float] = None  # Lumina-Image 2.0 folders (._pixart)
     cfg_normalization: Optional[bool] = None  # False: --no-cfg-normalization (Lumina-Image 2.0)
+    cfg_norm_cap: Optional[float] = None  # --cfg-normalization K (Z-Image folders, ._z_image)
     slg: Optional[dict] = None  # SD3 folders' skip-layer guidance (._sd3_slg): text_to_image's options
 
     APG_FLAGS = ("--apg-eta", "--apg-norm-threshold", "--apg-momentum")
@@ -415,7 +417,8 @@ class GuidanceRequest:
                   max_sequence_length=getattr(args, "max_sequence_length", None),
                   true_cfg_scale=getattr(args, "true_cfg_scale", None),
                   cfg_trunc_ratio=getattr(args, "cfg_trunc_ratio", None),
-                  cfg_normalization=getattr(args, "cfg_normalization", None))
+                  cfg_normalization=getattr(args, "cfg_normalization", None),
+                  cfg_norm_cap=getattr(args, "cfg_norm_cap", None))
         from ._sd3_slg import slg_request
         req.slg = slg_request(args, checkpoint)
         req.check_model_kind(checkpoint)
@@ -741,26 +744,25 @@ def sample_to_files(checkpoint, *, sampler="ddim", steps=None, nfe=None, num=Non
     from ..interop.flux import is_flux_folder
     from ..interop.pixart import masked_text_folder
     from ..interop.sd3 import is_sd3_folder
-    from ..interop.chroma import is_chroma_folder
-    from ..interop.qwen_image import is_qwen_image_folder
-    qwen = is_qwen_image_folder(checkpoint)  # Qwen-Image: Chroma's command path, no adapters (._chroma)
-    if masked_text_folder(checkpoint) or is_chroma_folder(checkpoint) or qwen:  # PixArt-α / Σ, Sana, Chroma
+    from ._chroma import folder_family
+    family = folder_family(checkpoint)  # Chroma, Qwen-Image, Z-Image: Chroma's command code (._chroma)
+    if masked_text_folder(checkpoint) or family:  # PixArt-α / Σ, Sana (._pixart), Chroma-like folders
         from ._chroma import sample_chroma
         from ._pixart import sample_pixart
-        pixart = not (is_chroma_folder(checkpoint) or qwen)  # PixArt or Sana (Chroma takes FLUX.1's IP-Adapters)
+        adapters = family is not None and family.adapters  # Chroma: FLUX.1's IP-Adapters, LoRA, T5 embeddings
         refused = {"--lora-any-base": lora_any_base,  # (--lora: Sana's and Chroma's; PixArt refuses it, ._pixart)
-                   "--textual-inversion": textual_inversion if pixart or qwen else None,
-                   "--lora": lora if qwen else None,
-                   "--controlnet": None if pixart else control,  # Sana's: ._pixart (the rest refuse it there)
-                   "--ip-adapter": ip_adapter if pixart or qwen else None, "--scheduler": scheduler,
+                   "--textual-inversion": None if adapters else textual_inversion,
+                   "--lora": lora if family is not None and not adapters else None,
+                   "--controlnet": None if family is None else control,  # Sana's: ._pixart (PixArt's refusal there)
+                   "--ip-adapter": None if adapters else ip_adapter, "--scheduler": scheduler,
                    "--freeu": freeu, "--progressive": progressive, "--noise-out": noise_out, "--config": config,
                    "--mixed-precision": mixed_precision != "no", "--compile": compile != "no"}
-        return (sample_pixart if pixart else sample_chroma)(
+        return (sample_pixart if family is None else sample_chroma)(
             checkpoint, sampler=sampler, steps=steps, nfe=nfe, num=num, nrow=nrow, out=out, individual=individual,
             seed=seed, device=device, batch_size=batch_size, spacing=spacing, final=final, scale=scale,
             progress=progress, guidance=guidance, refused=refused, **size, **options,
-            **({"lora": lora, "control": control} if pixart else {"family": "Qwen-Image"} if qwen else {
-                "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
+            **({"lora": lora, "control": control} if family is None else {
+                "family": family, "ip_adapter": ip_adapter, "lora": lora, "textual_inversion": textual_inversion}))
     from ..interop.flux2 import is_flux2_folder
     if is_flux2_folder(checkpoint):  # FLUX.2: Flux2Pipeline / Flux2KleinPipeline (._flux2)
         from ._flux2 import sample_flux2

@@ -41,9 +41,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..errors import DiffkitError, check_choice, check_float32, read_json_object
+from ..errors import DiffkitError, check_choice, check_float32
 from . import require
-from .flow_latents import (check_flow_folder, check_flow_vae, finish_images, load_flow_parts, names_pipeline,
+from .flow_latents import (check_flow_configs, finish_images, load_flow_parts, names_pipeline,
                            pipeline_grid, start_latents)
 from .flux import Flux, FluxNet, check_flux_scheduler
 from .sd_xl import _index
@@ -94,17 +94,13 @@ class Chroma(Flux):
 
     guidance_embeds = False  # no embedded guidance: real CFG (prompt_guidance)
     variant = None  # no Fill / Depth / Canny channels
+    default_steps = CHROMA_STEPS  # the pipelines' defaults (text_to_image, image_to_image; Qwen-Image's: its own)
+    img2img_defaults = (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
+    inpaint_defaults = CHROMA_INPAINT  # steps, strength, CFG (None: prompt_guidance's), max_sequence_length
+    guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (check_guidance_scale's message)
 
     def network(self) -> torch.nn.Module:
         return ChromaNet(self.transformer)
-
-    def edit_defaults(self, inpaint: bool) -> tuple:
-        """(steps, strength, guidance scale or None for the CFG default, max_sequence_length) of
-        ``ChromaImg2ImgPipeline`` (``inpaint`` False) / ``ChromaInpaintPipeline`` (:func:`image_to_image`)."""
-        return CHROMA_INPAINT if inpaint else (CHROMA_STEPS, CHROMA_IMG2IMG_STRENGTH, None, MAX_SEQUENCE_LENGTH)
-
-    guidance_hint = f"CFG for > 1, the pipeline's default {CHROMA_GUIDANCE}"  # (a Qwen-Image folder's: its own)
-    default_steps = CHROMA_STEPS  # text_to_image's (a Qwen-Image folder's: 50)
 
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
         """A one-line DiffkitError for a CFG scale that is no finite float32 number."""
@@ -189,9 +185,7 @@ def check_chroma_folder(directory: Path) -> tuple:
     if index.get("_class_name") not in CHROMA_PIPELINES:
         raise DiffkitError(f"{directory} is a {index.get('_class_name')!r} folder, which diffkit does not drive; "
                            f"allowed: {', '.join(CHROMA_PIPELINES)}")
-    check_flow_folder(directory, index, REQUIRED, "Chroma", CHROMA_TRANSFORMER)
-    vae = check_flow_vae(directory, "Chroma")
-    transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    vae, transformer = check_flow_configs(directory, index, REQUIRED, "Chroma", CHROMA_TRANSFORMER)
     latents = int(vae.get("latent_channels", 4))
     for key in ("in_channels", "out_channels"):
         value = transformer.get(key, 64 if key == "in_channels" else None)
@@ -246,8 +240,10 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
                   seed: Optional[int] = 0, latents: Optional[torch.Tensor] = None, height: Optional[int] = None,
                   width: Optional[int] = None, grid: Union[None, str, torch.Tensor] = None,
                   max_sequence_length: int = MAX_SEQUENCE_LENGTH, output_range: str = "0,1",
-                  return_latents: bool = False, progress: bool = False, ip_adapter=None, **options) -> torch.Tensor:
-    """Images of a Chroma folder for ``prompts`` as ``ChromaPipeline`` (module docstring) with any diffkit sampler.
+                  return_latents: bool = False, progress: bool = False, ip_adapter=None, guide: Optional[dict] = None,
+                  **options) -> torch.Tensor:
+    """Images of a Chroma folder for ``prompts`` as ``ChromaPipeline`` (module docstring) with any diffkit sampler
+    (and of a Z-Image folder, :mod:`.z_image`: ``guide``, more keyword arguments of its ``prompt_guidance``).
 
     sampler / grid: both None: the pipeline's loop, flow Euler (``ddim``) on its sigmas (35 steps by default);
     otherwise as :func:`.flux.text_to_image`. guidance_scale (default 5.0, diffusers' convention unless
@@ -264,7 +260,7 @@ def text_to_image(chroma: Chroma, prompts: Union[str, Sequence[str]], *, sampler
     sampler, grid, steps = pipeline_grid(sampler, grid, steps, nfe, chroma.default_steps,
                                          lambda n: chroma.scheduler_grid(n, h, w), options.get("flow_shift"))
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                            convention, ip_adapter)
+                                            convention, ip_adapter, **(guide or {}))
     z0 = sample(denoiser, noise, sampler, steps, nfe=nfe, grid=grid, seed=seed, cond=cond, progress=progress,
                 device=chroma.device, dtype=chroma.dtype, **options)
     return finish_images(chroma, z0, return_latents, output_range)
@@ -277,7 +273,7 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
                    negative_prompt: Union[None, str, Sequence[str]] = None, posterior: str = "sample",
                    seed: Optional[int] = 0, generator=None, max_sequence_length: Optional[int] = None,
                    output_range: str = "0,1", return_latents: bool = False, progress: bool = False,
-                   ip_adapter=None, **options) -> torch.Tensor:
+                   ip_adapter=None, guide: Optional[dict] = None, **options) -> torch.Tensor:
     """SDEdit of ``images`` (B, 3, H, W) in [-1, 1] towards ``prompts`` (one, or one per image) as
     ``ChromaImg2ImgPipeline`` (Meng et al. 2022, Alg. 1 on the latents): FLUX.1's img2img (:func:`.flux.image_to_image`,
     :func:`.flow_latents.edit_latents`: image i's posterior drawn from its generator ``seed + i``, then its noise,
@@ -297,7 +293,7 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
     check_choice("output_range", output_range, OUTPUT_RANGES)
     prompts = edit_prompts(images, prompts)
     h, w = chroma.latent_shape(1, images.shape[2], images.shape[3])[2:]  # multiples of 2 f
-    defaults = chroma.edit_defaults(mask is not None)  # (a Qwen-Image folder's own: .qwen_image)
+    defaults = chroma.img2img_defaults if mask is None else chroma.inpaint_defaults  # (.qwen_image's, .z_image's)
     steps = defaults[0] if steps is None else steps
     strength = defaults[1] if strength is None else strength
     if guidance_scale is None and mask is not None:  # the inpainting pipeline's own default, diffusers' convention
@@ -307,7 +303,7 @@ def image_to_image(chroma: Chroma, images: torch.Tensor, prompts: Union[str, Seq
         sampler, options["grid"] = "ddim", chroma.scheduler_grid(steps, h, w)
         strength = chroma.pipeline_strength(steps, strength)
     denoiser, cond = chroma.prompt_guidance(prompts, h, w, guidance_scale, negative_prompt, max_sequence_length,
-                                            convention, ip_adapter)
+                                            convention, ip_adapter, **(guide or {}))
     z0 = edit_latents(chroma, denoiser, images, strength, sampler, steps, mask, posterior=posterior, seed=seed,
                       generator=generator, cond=cond, progress=progress, **options)
     return finish_images(chroma, z0, return_latents, output_range)

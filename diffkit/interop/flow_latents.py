@@ -160,6 +160,15 @@ def check_flow_vae(directory, kind: str) -> dict:
     return vae
 
 
+def check_flow_configs(directory, index: dict, required, kind: str, transformer: str) -> tuple:
+    """(VAE config, transformer config) of a flow transformer folder after :func:`check_flow_folder` and
+    :func:`check_flow_vae` (FLUX.1, Chroma, Z-Image: each then checks its transformer's channels)."""
+    from ..errors import read_json_object
+    check_flow_folder(directory, index, required, kind, transformer)
+    vae = check_flow_vae(directory, kind)
+    return vae, read_json_object(directory / "transformer" / "config.json", "transformer config")
+
+
 def load_flow_parts(directory, index: dict, transformer_cls, text_defaults: dict, dtype, progress: bool,
                     vae_cls=None) -> dict:
     """{name: module} of a checked folder, never downloading nor unpickling: ``transformer`` (``transformer_cls``),

@@ -62,7 +62,7 @@ import torch
 
 from ..errors import DiffkitError, check_choice, check_float32, read_json_object
 from . import model_dtype, require
-from .flow_latents import (FlowLatentVAE, check_flow_folder, check_flow_vae, finish_images, flow_sigmas_grid,
+from .flow_latents import (FlowLatentVAE, check_flow_configs, finish_images, flow_sigmas_grid,
                            load_flow_parts, names_pipeline, pipeline_grid, start_latents)
 from .sd3 import _per_prompt
 from .sd_xl import _index
@@ -230,18 +230,25 @@ class Flux(FlowLatentVAE):
         return fill_mask(mask, self.vae_scale_factor)
 
     # ------------------------------------------------------------------ shapes and schedules
+    default_image_size = None  # None: 128 f, the pipeline's default_sample_size (Z-Image's: 1024, .z_image)
+
     def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
         """(batch, out_channels / 4 (the latents' C), height / f, width / f); default 128 f (the pipeline's
         default_sample_size); height and width multiples of 2 f (the pipeline floors other sizes with a warning)."""
         f = self.vae_scale_factor
-        height = DEFAULT_SAMPLE_SIZE * f if height is None else height
-        width = DEFAULT_SAMPLE_SIZE * f if width is None else width
+        default = self.default_image_size or DEFAULT_SAMPLE_SIZE * f
+        height = default if height is None else height
+        width = default if width is None else width
         for value in (height, width):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % (2 * f):
                 raise DiffkitError(f"height x width {height}x{width} is not allowed; give positive multiples of "
                                    f"{2 * f} (the VAE factor {f} x the 2 x 2 packing)")
+        return (batch, self.latent_channels(), height // f, width // f)
+
+    def latent_channels(self) -> int:
+        """The latents' C: the transformer's out_channels / 4 (its 2 x 2 packed tokens)."""
         config = self.transformer.config
-        return (batch, int(config.out_channels or config.in_channels) // 4, height // f, width // f)
+        return int(config.out_channels or config.in_channels) // 4
 
     def mu(self, h: int, w: int, steps: Optional[int] = None) -> float:
         """The pipeline's mu for latents h x w (packed sequence length h w / 4; FLUX.1's does not depend on the
@@ -276,20 +283,31 @@ class Flux(FlowLatentVAE):
         return self.denoiser_for(*self.latent_shape(1)[2:])
 
     def scheduler_grid(self, steps: int, h: int, w: int) -> torch.Tensor:
-        """diffkit's grid (on :meth:`denoiser_for` (h, w)'s schedule) of the folder's scheduler after the
+        """diffkit's grid (on :meth:`denoiser_for` (h, w, steps)'s schedule) of the folder's scheduler after the
         pipeline's ``set_timesteps(sigmas=linspace(1, 1/steps, steps), mu=mu)`` at latents h x w."""
+        self.check_scheduler_steps(steps)
+        schedule = self.denoiser_for(h, w, steps).schedule  # first: a shift past the flow schedule is one line
+        return flow_sigmas_grid(schedule, self.scheduler_sigmas(steps, h, w), steps)
+
+    def scheduler_sigmas(self, steps: int, h: int, w: int) -> torch.Tensor:
+        """The folder's scheduler's sigmas (final 0 included) after the pipeline's ``set_timesteps(sigmas=
+        linspace(1, 1/steps, steps), mu=mu)`` at latents h x w (mu: :meth:`mu` of the ``steps``)."""
         import numpy as np
         diffusers = require("diffusers")
+        self.check_scheduler_steps(steps)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w, steps))
+        return scheduler.sigmas
+
+    def check_scheduler_steps(self, steps) -> None:
+        """One line for a step count the scheduler does not take: no positive integer, or 1 with a
+        ``shift_terminal`` (Qwen-Image's 0.02)."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise DiffkitError(f"steps={steps!r} is not allowed; give a positive integer")
-        if steps == 1 and self.scheduler_config.get("shift_terminal"):  # Qwen-Image's 0.02
+        if steps == 1 and self.scheduler_config.get("shift_terminal"):
             raise DiffkitError(f"steps=1 is not allowed with the scheduler's shift_terminal="
                                f"{self.scheduler_config['shift_terminal']!r} (its stretch of the one sigma 1 is 0 / 0: "
                                f"the pipeline's sigmas are NaN); give steps >= 2")
-        schedule = self.denoiser_for(h, w, steps).schedule  # first: a shift past the flow schedule is one line
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.mu(h, w, steps))
-        return flow_sigmas_grid(schedule, scheduler.sigmas, steps)
 
     # ------------------------------------------------------------------ prompts
     def check_guidance_scale(self, guidance_scale: Optional[float]) -> None:
@@ -451,9 +469,7 @@ def check_flux_folder(directory: Path) -> tuple:
     if kind not in kinds:
         raise DiffkitError(f"{directory} is a {kind!r} folder (FLUX.1 Redux ...), "
                            f"which diffkit does not drive; allowed: {', '.join(kinds)}")
-    check_flow_folder(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
-    vae = check_flow_vae(directory, "FLUX")
-    transformer = read_json_object(directory / "transformer" / "config.json", "transformer config")
+    vae, transformer = check_flow_configs(directory, index, REQUIRED, "FLUX", FLUX_TRANSFORMER)
     latents = int(vae.get("latent_channels", 4))
     channels = in_channels(kind, latents, 2 ** (len(vae.get("block_out_channels", [64])) - 1))
     if transformer.get("in_channels", 64) != channels:

@@ -81,6 +81,19 @@ def check_lumina2_folder(directory) -> tuple:
     return index, sched
 
 
+def guided_from(sigmas: torch.Tensor, guided: int) -> Optional[float]:
+    """The flow time from which guidance runs when the first ``guided`` steps of a scheduler's N-step ``sigmas``
+    (final 0 included) are guided and the rest are not (a truncated CFG's; Lumina-Image 2.0's, Z-Image's): None
+    (every step guided), 2.0 (none) or the midpoint of the last guided and the first unguided sigma, so that the
+    same steps are guided on that grid (and the same interval of times on another)."""
+    steps = len(sigmas) - 1
+    if guided >= steps:
+        return None
+    if guided <= 0:
+        return 2.0
+    return float(sigmas[guided - 1] + sigmas[guided]) / 2
+
+
 class Lumina2Net(torch.nn.Module):
     """``net(x, t, context, mask, null_context=None, null_mask=None)`` over a ``Lumina2Transformer2DModel``: the
     velocity u = -transformer(x, 1 - t / T, ...) (``t``: the flow time s T), guided as ``Lumina2Pipeline`` (module
@@ -101,18 +114,28 @@ class Lumina2Net(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor = None, mask: torch.Tensor = None,
                 null_context: torch.Tensor = None, null_mask: torch.Tensor = None):
-        from ..guidance import norm_matched_cfg
         if context is None or mask is None:
             raise DiffkitError("a Lumina2 transformer needs cond {'context', 'mask'} (Lumina2.prompt_guidance)")
-        sigma = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0]) / self.T
-        out = self._call(x, 1 - sigma, context, mask)  # Lumina's time: 0 noise, 1 image
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        sigma, time = t / self.T, self.model_time(t)  # the model's time: 0 noise, 1 image
+        out = self._call(x, time, context, mask)
         if self.scale > 1 and null_context is not None:
             guided = sigma >= (-1.0 if self.trunc_sigma is None else self.trunc_sigma)
             if bool(guided.any()):
-                uncond = self._call(x, 1 - sigma, null_context, null_mask)
-                pred = norm_matched_cfg(out, uncond, self.scale, self.normalize)  # cfg_normalization: last axis
+                pred = self.combine(out, self._call(x, time, null_context, null_mask))
                 out = torch.where(guided.reshape(-1, *[1] * (x.ndim - 1)), pred, out)
         return -out  # the velocity eps - x_0 (the pipeline's noise_pred = -noise_pred)
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The transformer's time 1 - s of the flow time ``t`` = s T (float32)."""
+        return 1 - t / self.T
+
+    def combine(self, out: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """The guided output of the conditional and unconditional ones: uncond + s (out - uncond), with
+        ``normalize`` rescaled by ||out|| / ||guided|| over the last axis (the pipeline's cfg_normalization;
+        :func:`diffkit.guidance.norm_matched_cfg`, Qwen-Image's true CFG too; Z-Image's caps: :mod:`.z_image`)."""
+        from ..guidance import norm_matched_cfg
+        return norm_matched_cfg(out, uncond, self.scale, self.normalize)
 
 
 @dataclass
@@ -217,12 +240,7 @@ class Lumina2(PixArt):
             raise DiffkitError(f"cfg_trunc_ratio={cfg_trunc_ratio!r} is not allowed; give a finite number (the "
                                f"fraction of steps that are guided, default 1)")
         guided = sum(not (i + 1) / steps > cfg_trunc_ratio for i in range(steps))
-        if guided == steps:
-            return None
-        if guided == 0:
-            return 2.0
-        sigmas = self.scheduler_sigmas(steps)
-        return float(sigmas[guided - 1] + sigmas[guided]) / 2
+        return guided_from(self.scheduler_sigmas(steps), guided)
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = 4.0,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,

@@ -105,6 +105,9 @@ class QwenImage(Chroma):
 
     guidance_hint = f"true CFG for > 1 with a negative prompt, the pipeline's default {QWEN_IMAGE_TRUE_CFG}"
     default_steps = QWEN_IMAGE_STEPS
+    # (steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of QwenImageImg2ImgPipeline and
+    # QwenImageInpaintPipeline (the same), for .chroma.image_to_image
+    img2img_defaults = inpaint_defaults = (QWEN_IMAGE_STEPS, QWEN_IMAGE_STRENGTH, None, MAX_SEQUENCE_LENGTH)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -145,11 +148,6 @@ class QwenImage(Chroma):
 
     def network(self) -> torch.nn.Module:
         return QwenImageNet(self.transformer)
-
-    def edit_defaults(self, inpaint: bool) -> tuple:
-        """(steps, strength, true-CFG scale (None: 4.0), max_sequence_length) of ``QwenImageImg2ImgPipeline`` and
-        ``QwenImageInpaintPipeline`` (the same), for :func:`.chroma.image_to_image`."""
-        return QWEN_IMAGE_STEPS, QWEN_IMAGE_STRENGTH, None, MAX_SEQUENCE_LENGTH
 
     def encode_prompts(self, prompts: Sequence[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple:
         """(context (B, L, d), mask (B, L) or None) as the pipeline's ``encode_prompt`` (module docstring): the

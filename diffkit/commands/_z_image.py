@@ -1,0 +1,43 @@
+"""``diffkit sample --checkpoint Z_IMAGE_FOLDER --prompt TEXT`` and ``diffkit edit --checkpoint Z_IMAGE_FOLDER --images
+PNG|DIR --prompt TEXT``: a Z-Image diffusers folder (:mod:`diffkit.interop.z_image`) as ``ZImagePipeline`` /
+``ZImageImg2ImgPipeline`` / ``ZImageInpaintPipeline`` with any diffkit sampler: Chroma's command code
+(:mod:`._chroma`) with Z-Image's :class:`ZImageFamily`, dispatched from :func:`diffkit.commands.sample.sample_to_files`
+and :func:`diffkit.commands.edit.run`."""
+from __future__ import annotations
+
+from ._chroma import NO_ADAPTER_EDIT_FLAGS, Family
+
+TAKES = ("--prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), --cfg-trunc-ratio, "
+         "--cfg-normalization, --max-sequence-length, --height / --width, --steps / --nfe, --sampler and its grid "
+         "options (--flow-shift with another sampler than the pipeline's loop)")
+EDIT_TAKES = ("--images, --mask, --prompt, --negative-prompt, --guidance-scale (W, --guidance-convention), "
+              "--cfg-trunc-ratio, --cfg-normalization, --strength, --max-sequence-length, --posterior, --height / "
+              "--width, --steps, --sampler and its grid options, --eta")
+
+
+class ZImageFamily(Family):
+    """A Z-Image folder's: no LoRA, textual inversion or IP-Adapter (refused in one line), the pipelines'
+    ``cfg_truncation`` (``--cfg-trunc-ratio``) and ``cfg_normalization`` (``--cfg-normalization K``)."""
+
+    kind, takes, edit_takes, adapters = "Z-Image", TAKES, EDIT_TAKES, False
+    edit_flags = NO_ADAPTER_EDIT_FLAGS | {"cfg_trunc_ratio", "cfg_norm_cap"}
+
+    @staticmethod
+    def load(directory, device, progress, lora=None, textual_inversion=None):
+        from ..interop.z_image import load_z_image
+        return load_z_image(directory, device, progress=progress)
+
+    @staticmethod
+    def functions() -> tuple:
+        from ..interop.z_image import image_to_image, text_to_image
+        return text_to_image, image_to_image
+
+    @staticmethod
+    def guide(request) -> dict:
+        """``cfg_truncation`` / ``cfg_normalization`` of ``--cfg-trunc-ratio`` / ``--cfg-normalization`` (given)."""
+        out = {}
+        if getattr(request, "cfg_trunc_ratio", None) is not None:
+            out["cfg_truncation"] = request.cfg_trunc_ratio
+        if getattr(request, "cfg_norm_cap", None) is not None:
+            out["cfg_normalization"] = request.cfg_norm_cap
+        return out
