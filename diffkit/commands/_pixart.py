@@ -11,6 +11,7 @@ TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention),
          "--width, --steps / --nfe, --sampler and its grid options")
 
 LORA_KINDS = ("Sana", "Lumina2", "AuraFlow")  # folders whose diffusers pipeline has a LoRA loader (--lora)
+FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # flow-matching folders (their schedulers' flow steps)
 
 
 def articled(message: str) -> str:
@@ -29,7 +30,7 @@ def folder_default_sampler(checkpoint) -> str:
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2", "AuraFlow"))[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -103,6 +104,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
+    elif label == "CogView4":
+        from ..interop.cogview4 import load_cogview4, text_to_image
+        pixart = load_cogview4(directory, device, progress=progress)
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)
