@@ -173,12 +173,15 @@ def check_own_table(heading: str, columns: list, letter: str) -> None:
 
 CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
 AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
+COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
                                                     (SANA, ["SanaPipeline", "SanaSprintPipeline"], "G"),
                                                     (CHROMA, ["Chroma"], "Z"), (LUMINA2, ["Lumina2Pipeline"], "T"),
-                                                    (AURAFLOW, ["AuraFlowPipeline"], "R")])
+                                                    (AURAFLOW, ["AuraFlowPipeline"], "R"),
+                                                    (COGVIEW4, ["CogView4Pipeline"], "CV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
-    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's and AuraFlow's own small tables: :func:`check_own_table`."""
+    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's and CogView4's own small tables:
+    :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
