@@ -3,9 +3,7 @@ tiny random folder (a 2-layer GlmModel with the word-level Gemma tokenizer of te
 CogView4Transformer2DModel, the tiny VAE of tests/_pixart_helpers.py, CogView4's released scheduler config; nothing
 downloaded), and ``diffkit sample`` on it (the library's grid byte for byte; what does not apply refused in one
 line)."""
-import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -139,12 +137,9 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(cogview4_
     ("scheduler/scheduler_config.json", {"use_karras_sigmas": True}, "use_karras_sigmas=True, whose sigmas"),
     ("scheduler/scheduler_config.json", {"stochastic_sampling": True}, "stochastic_sampling=True")])
 def test_folders_diffkit_does_not_drive_are_refused(cogview4_folder, tmp_path, file, change, expected):
-    copy = tmp_path / "copy"
-    shutil.copytree(cogview4_folder[1], copy)
-    data = json.loads((copy / file).read_text())
-    (copy / file).write_text(json.dumps({**data, **change}))
+    from _sana_helpers import changed_copy
     with pytest.raises(DiffkitError, match=expected) as info:
-        load_cogview4(copy, progress=False)
+        load_cogview4(changed_copy(cogview4_folder[1], tmp_path, file, change), progress=False)
     assert "\n" not in str(info.value)
 
 

@@ -51,7 +51,7 @@ import torch
 from ..errors import DiffkitError, check_choice, read_json_object
 from . import model_dtype, require
 from .flow_latents import flow_sigmas_grid, load_flow_parts
-from .pixart import PixArt, check_classes, folder_sampler
+from .pixart import PixArt, check_pipeline_folder, folder_sampler
 
 COGVIEW4_PIPELINE = "CogView4Pipeline"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -75,14 +75,8 @@ def is_cogview4_folder(path) -> bool:
 def check_cogview4_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``CogView4Pipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
-    from .sd_xl import _index
     directory = Path(directory)
-    index = _index(directory)
-    name = None if index is None else index.get("_class_name")
-    if name != COGVIEW4_PIPELINE:
-        raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive here; allowed: "
-                           f"{COGVIEW4_PIPELINE}")
-    check_classes(directory, index, REQUIRED, "CogView4", COGVIEW4_CLASSES)
+    index = check_pipeline_folder(directory, COGVIEW4_PIPELINE, "CogView4", REQUIRED, COGVIEW4_CLASSES)
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("latent_channels", 4))

@@ -80,6 +80,18 @@ def check_classes(directory, index: dict, required, kind: str, classes: dict) ->
             raise DiffkitError(f"{directory}'s {part} is a {_entry(index, part)!r}; allowed: {' or '.join(allowed)}")
 
 
+def check_pipeline_folder(directory: Path, pipeline: str, kind: str, required, classes: dict) -> dict:
+    """The ``model_index.json`` dict of a folder that must name ``pipeline``, its components checked by
+    :func:`check_classes` (Lumina-Image 2.0's, CogView4's); another pipeline class is one line."""
+    from .sd_xl import _index
+    index = _index(directory)
+    name = None if index is None else index.get("_class_name")
+    if name != pipeline:
+        raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive here; allowed: {pipeline}")
+    check_classes(directory, index, required, kind, classes)
+    return index
+
+
 def pixart_kind(path) -> Optional[str]:
     """``model_index.json``'s ``_class_name`` where it is a PixArt pipeline (α or Σ), else None."""
     from .sd_xl import pipeline_class
