@@ -25,9 +25,10 @@ SCHEDULER = dict(base_image_seq_len=256, base_shift=0.25, max_image_seq_len=4096
                  time_shift_type="linear", use_dynamic_shifting=True)
 
 
-@pytest.fixture(scope="session")
-def cogview4_folder(tmp_path_factory):
-    """(pipeline loaded from the folder, folder, CogView4) of a tiny random CogView4Pipeline, built on first use."""
+def tiny_cogview4_folder(tmp_path_factory, cls, in_channels=4):
+    """(pipeline loaded from the folder, folder, CogView4) of a tiny random ``cls`` (CogView4Pipeline, or
+    CogView4ControlPipeline with ``in_channels`` 8): GLM of 2 layers (hidden 32), a 1-layer transformer (2 heads of
+    8, patch 2, sample_size 8), the VAE of tests/_pixart_helpers.py (f = 2, 4 channels)."""
     from _pixart_helpers import tiny_pixart_pipeline
     from _sana_helpers import tiny_gemma_tokenizer
     tokenizer = tiny_gemma_tokenizer()  # left padding, as GLM-4's
@@ -36,16 +37,28 @@ def cogview4_folder(tmp_path_factory):
         vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256, pad_token_id=0)).eval()
     transformer = diffusers.CogView4Transformer2DModel(
-        patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-        text_embed_dim=32, time_embed_dim=16, condition_dim=4, sample_size=8, rope_axes_dim=(4, 4))
-    pipe = diffusers.CogView4Pipeline(tokenizer=tokenizer, text_encoder=glm, vae=tiny_pixart_pipeline().vae,
-                                      transformer=transformer,
-                                      scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**SCHEDULER))
-    path = tmp_path_factory.mktemp("cogview4") / "cogview4"
+        patch_size=2, in_channels=in_channels, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, text_embed_dim=32, time_embed_dim=16, condition_dim=4, sample_size=8,
+        rope_axes_dim=(4, 4))
+    pipe = cls(tokenizer=tokenizer, text_encoder=glm, vae=tiny_pixart_pipeline().vae, transformer=transformer,
+               scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**SCHEDULER))
+    path = tmp_path_factory.mktemp("cogview4") / cls.__name__
     pipe.save_pretrained(path)
-    pipe = diffusers.CogView4Pipeline.from_pretrained(path, local_files_only=True)
+    pipe = cls.from_pretrained(path, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe, path, load_cogview4(path, progress=False)
+
+
+@pytest.fixture(scope="session")
+def cogview4_folder(tmp_path_factory):
+    """A tiny random CogView4Pipeline folder (:func:`tiny_cogview4_folder`), built on first use."""
+    return tiny_cogview4_folder(tmp_path_factory, diffusers.CogView4Pipeline)
+
+
+@pytest.fixture(scope="session")
+def cogview4_control_folder(tmp_path_factory):
+    """A tiny random CogView4ControlPipeline folder (transformer in_channels 2 C), built on first use."""
+    return tiny_cogview4_folder(tmp_path_factory, diffusers.CogView4ControlPipeline, in_channels=8)
 
 
 def _both(pipe, cogview, prompts=PROMPTS, steps=3, size=(16, 32), **call):
@@ -131,7 +144,8 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(cogview4_
 
 
 @pytest.mark.parametrize("file,change,expected", [
-    ("model_index.json", {"_class_name": "CogView4ControlPipeline"}, "'CogView4ControlPipeline' folder, which"),
+    ("model_index.json", {"_class_name": "CogView3PlusPipeline"}, "'CogView3PlusPipeline' folder, which"),
+    ("model_index.json", {"_class_name": "CogView4ControlPipeline"}, "in_channels, out_channels = 4, 4; allowed: 8"),
     ("model_index.json", {"text_encoder": ["transformers", "T5EncoderModel"]}, "text_encoder is a 'T5EncoderModel'"),
     ("transformer/config.json", {"in_channels": 8}, "in_channels, out_channels = 8, 4; allowed"),
     ("scheduler/scheduler_config.json", {"use_karras_sigmas": True}, "use_karras_sigmas=True, whose sigmas"),
@@ -154,3 +168,58 @@ def test_bad_options_are_one_line_errors(cogview4_folder):
         with pytest.raises(DiffkitError, match=expected) as info:
             text_to_image(cogview, "hot", steps=1, **{"height": 16, "width": 16, **call})
         assert "\n" not in str(info.value)
+
+
+def test_cogview4_control_matches_the_pipeline(cogview4_control_folder, monkeypatch):
+    """CogView4ControlPipeline: the control image (24 x 40, resized to 16 x 32) encoded, its posterior draw (the
+    pipeline's from torch's global generator seeded 0, diffkit's from control_seed 0), concatenated after z; two
+    prompts against the posterior mean (both sides patched to it)."""
+    from PIL import Image
+    pipe, _, cogview = cogview4_control_folder
+    assert cogview.control and cogview.latent_shape(1) == (1, 4, 8, 8)
+    image = Image.fromarray((np.random.RandomState(0).rand(24, 40, 3) * 255).astype(np.uint8))
+    torch.manual_seed(0)  # the pipeline's latent_dist.sample(); diffkit's control_seed defaults to 0
+    ours, theirs = _both(pipe, cogview, ["hot dog"], control_image=image, negative_prompt="ugly")
+    other = text_to_image(cogview, "hot dog", control_image=image, control_seed=1, negative_prompt="ugly", steps=3,
+                          latents=torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(1)), height=16,
+                          width=32, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5 < relative_error(other, theirs)  # the draw matters
+    dist = diffusers.models.autoencoders.vae.DiagonalGaussianDistribution
+    monkeypatch.setattr(dist, "sample", lambda self, generator=None: self.mean)
+    ours, theirs = _both(pipe, cogview, PROMPTS, control_image=image, guidance_scale=3.0)
+    assert relative_error(ours, theirs) > 1e-5  # diffkit draws unless told
+    ours = text_to_image(cogview, PROMPTS, control_image=image, control_posterior="mean", guidance_scale=3.0,
+                         steps=3, latents=torch.randn(2, 4, 8, 16, generator=torch.Generator().manual_seed(1)),
+                         height=16, width=32, return_latents=True)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_control_sample_command_is_the_library(cogview4_control_folder, cogview4_folder, tmp_path, capsys):
+    """``diffkit sample --control-image`` on a Control folder writes the library's grid byte for byte; without it,
+    or on a plain CogView4 folder: one line."""
+    from PIL import Image
+    from diffkit.cli import main
+    from diffkit.images import save_grid
+    _, path, cogview = cogview4_control_folder
+    image = tmp_path / "control.png"
+    Image.fromarray((np.random.RandomState(0).rand(24, 40, 3) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "hot dog", "--num", "2", "--steps", "2", "--seed",
+                 "3", "--height", "16", "--width", "32", "--control-image", str(image), "--out", str(out),
+                 "--no-progress"]) == 0
+    images = text_to_image(cogview, ["hot dog"] * 2, control_image=str(image), control_seed=3, steps=2, seed=3,
+                           height=16, width=32, output_range="-1,1")
+    save_grid(images, tmp_path / "expected.png", 8)
+    assert out.read_bytes() == (tmp_path / "expected.png").read_bytes()
+    for folder, extra, expected in [(path, [], "is a CogView4 Control folder (CogView4ControlPipeline: latents"),
+                                    (cogview4_folder[1], ["--control-image", str(image)], "needs --controlnet DIR")]:
+        capsys.readouterr()
+        assert main(["sample", "--checkpoint", str(folder), "--prompt", "hot", "--out", str(tmp_path / "never.png"),
+                     "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "never.png").exists()
+    for model, call, expected in [(cogview, {}, "give control_image"),
+                                  (cogview4_folder[2], {"control_image": str(image)}, "has none")]:
+        with pytest.raises(DiffkitError, match=expected):
+            text_to_image(model, "hot", steps=1, height=16, width=16, **call)

@@ -33,6 +33,22 @@ def folder_default_sampler(checkpoint) -> str:
     return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
 
 
+def control_image_of(directory, label: str, refused: Optional[dict]):
+    """A CogView4 Control folder's ``--control-image`` (the transformer's, from ``refused``' ``--controlnet``
+    request without folders, :meth:`._controlnet.ControlRequest.transformer_image`); None for other folders. Such a
+    folder without one: one line, before any weight is read."""
+    control = (refused or {}).get("--controlnet")
+    if label != "CogView4":
+        return None
+    from ..interop.cogview4 import COGVIEW4_CONTROL_PIPELINE, CONTROL_WHAT
+    from ..interop.sd_xl import pipeline_class
+    if pipeline_class(directory) != COGVIEW4_CONTROL_PIPELINE:
+        return None
+    if control is None or control.folders:
+        raise DiffkitError(f"{directory} is {CONTROL_WHAT}: give --control-image PNG (no --controlnet)")
+    return control.images[0]
+
+
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
                 keys=("refiner", "t2i_adapter", "redux", "thresholding", "flow_shift")) -> list:
     """The ``diffkit sample`` flags given that a one-T5-encoder CFG folder (PixArt, Chroma: ``--prompt``,
@@ -84,22 +100,25 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     from .sample import draw_prompted_grid
 
     label = masked_text_folder(directory) or "PixArt"
+    image = control_image_of(directory, label, refused)  # a CogView4 Control folder's --control-image
+    if image is not None:
+        refused = {**refused, "--controlnet": None}
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else TAKES) + \
-        (", --lora" if label in LORA_KINDS else "")
+        (", --lora" if label in LORA_KINDS else "") + (", --control-image" if image is not None else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more})
-    lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization)
+    extra = {}  # the kind's own options: Lumina2's CFG (--cfg-trunc-ratio, ...), CogView4 Control's --control-image
     if label == "Sana":
         from ..interop.sana import load_sana, text_to_image
         pixart = load_sana(directory, device, progress=progress, lora=lora)
     elif label == "Lumina2":
         from ..interop.lumina2 import load_lumina2, text_to_image
         pixart = load_lumina2(directory, device, progress=progress, lora=lora)
-        lumina = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
+        extra = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
                   if getattr(guidance, key, None) is not None}
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
@@ -107,11 +126,17 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "CogView4":
         from ..interop.cogview4 import load_cogview4, text_to_image
         pixart = load_cogview4(directory, device, progress=progress)
+        if image is not None:  # sample i's control latents from seed + i; its prompt's control image
+            extra = {"control_image": image}
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)
     _, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, None, None, num, nrow, seed, device,
                                                                 progress)
+    if image is not None:
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if isinstance(image, list) and len(image) > 1:
+            per_sample["control_rows"] = index.tolist()
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     name, spec_spacing, _ = split_sampler_spec(sampler)
@@ -123,10 +148,12 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}
+        if image is not None:
+            how.update(control_seed=cond["control_seeds"][0], control_rows=cond.get("control_rows"))
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **lumina, **how)
+                             **grid, **extra, **how)
 
     images, out = draw_prompted_grid(
         pixart.denoiser, num, pixart.latent_shape(1, height, width)[1:], prompted,

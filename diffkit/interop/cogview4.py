@@ -31,9 +31,17 @@ is a :class:`~.pixart.PixArt`: prompts, grid, latents, ``diffkit sample``) as a 
 * size: default sample_size x f (1024 for the release), sides multiples of 16 (``check_inputs``) and of f x patch;
   decoding x = D(z / scaling_factor) (no shift).
 
+A ``CogView4ControlPipeline`` folder (CogView4-6B-Control) is the same with a transformer of 2 C input channels: the
+control image's latents concatenated after z at every call (:class:`.flux_channels.ChannelConcatNet`), E(c)
+scaling_factor with c the control image (RGB resized to the output size, in [-1, 1]) and E(c) a posterior draw (the
+pipeline's ``latent_dist.sample()`` from torch's global generator; here sample i's from the generator
+``control_seed + i``, as FLUX.1 Depth / Canny's, :func:`.flux_channels.control_cond`) or its mean; no shift (the
+pipeline's ``vae_shift_factor = 0``). ``text_to_image(control_image=)``, ``diffkit sample --control-image``.
+
 Refused in one line before any weight is read (:func:`check_cogview4_folder`): another pipeline class
-(``CogView4ControlPipeline``, ``CogView3PlusPipeline``), a missing component, a transformer / VAE / text encoder /
-scheduler of another class, a transformer whose channels are not the VAE's latent channels, a scheduler whose
+(``CogView3PlusPipeline``), a missing component, a transformer / VAE / text encoder /
+scheduler of another class, a transformer whose channels are not the VAE's latent channels (in: twice them for
+the Control pipeline), a scheduler whose
 sigmas are not the shifted t / T (``use_karras_sigmas`` and the like, ``shift_terminal``, ``invert_sigmas``,
 ``stochastic_sampling``).
 """
@@ -54,6 +62,8 @@ from .flow_latents import flow_sigmas_grid, load_flow_parts
 from .pixart import PixArt, check_pipeline_folder, folder_sampler
 
 COGVIEW4_PIPELINE = "CogView4Pipeline"
+COGVIEW4_CONTROL_PIPELINE = "CogView4ControlPipeline"  # the control image's latents as extra input channels
+CONTROL_WHAT = "a CogView4 Control folder (CogView4ControlPipeline: latents + control-image latents in)"
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 COGVIEW4_CLASSES = {"transformer": ("CogView4Transformer2DModel",), "vae": ("AutoencoderKL",),
                     "text_encoder": ("GlmModel",), "scheduler": ("FlowMatchEulerDiscreteScheduler",)}
@@ -67,23 +77,28 @@ _SIGMA_KEYS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use
 
 
 def is_cogview4_folder(path) -> bool:
-    """True for a folder whose ``model_index.json`` names ``CogView4Pipeline`` (so ``diffkit sample`` dispatches)."""
+    """True for a folder whose ``model_index.json`` names ``CogView4Pipeline`` or ``CogView4ControlPipeline`` (so
+    ``diffkit sample`` dispatches)."""
     from .sd_xl import pipeline_class
-    return pipeline_class(path) == COGVIEW4_PIPELINE
+    return pipeline_class(path) in (COGVIEW4_PIPELINE, COGVIEW4_CONTROL_PIPELINE)
 
 
 def check_cogview4_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``CogView4Pipeline`` folder, checked from its JSON alone (module
     docstring); a one-line DiffkitError for what diffkit does not drive."""
+    from .sd_xl import pipeline_class
     directory = Path(directory)
-    index = check_pipeline_folder(directory, COGVIEW4_PIPELINE, "CogView4", REQUIRED, COGVIEW4_CLASSES)
+    control = pipeline_class(directory) == COGVIEW4_CONTROL_PIPELINE
+    index = check_pipeline_folder(directory, COGVIEW4_CONTROL_PIPELINE if control else COGVIEW4_PIPELINE,
+                                  "CogView4", REQUIRED, COGVIEW4_CLASSES)
     config = read_json_object(directory / "transformer" / "config.json", "transformer config")
     vae = read_json_object(directory / "vae" / "config.json", "vae config")
     latents = int(vae.get("latent_channels", 4))
     channels = (config.get("in_channels", 16), config.get("out_channels", 16))
-    if channels != (latents, latents):
+    if channels != ((1 + control) * latents, latents):
         raise DiffkitError(f"{directory}'s transformer has in_channels, out_channels = {channels[0]!r}, "
-                           f"{channels[1]!r}; allowed: the VAE's latent channels {latents} (both)")
+                           f"{channels[1]!r}; allowed: {(1 + control) * latents}, {latents} (the VAE's latent "
+                           f"channels{', twice in: z and the control latents' if control else ''})")
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     for key, default in _SIGMA_KEYS.items():
         if sched.get(key) not in (None, False):
@@ -167,6 +182,17 @@ class CogView4(PixArt):
     def T(self) -> int:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
+    @property
+    def control(self) -> bool:
+        """A ``CogView4ControlPipeline`` folder: the transformer takes the control image's latents too."""
+        return self.pipeline == COGVIEW4_CONTROL_PIPELINE
+
+    def latent_shape(self, batch: int, height: Optional[int] = None, width: Optional[int] = None) -> tuple:
+        """:meth:`.pixart.PixArt.latent_shape` with the transformer's out_channels (a Control transformer's input
+        holds the control latents too)."""
+        shape = super().latent_shape(batch, height, width)
+        return (shape[0], int(self.transformer.config.out_channels), *shape[2:])
+
     def aspect_ratio_bins(self) -> dict:
         raise DiffkitError("CogView4Pipeline has no resolution binning; draw without it")
 
@@ -202,8 +228,11 @@ class CogView4(PixArt):
 
     def _new_denoiser(self, whole: bool):
         from ..denoiser import Denoiser
-        shift = self.shift(*self.latents_hw)
-        denoiser = Denoiser(CogView4Net(self.transformer, self.T, shift, whole), self.schedule, "flow_prediction")
+        from .flux_channels import CONTROL_KEY, ChannelConcatNet
+        net = CogView4Net(self.transformer, self.T, self.shift(*self.latents_hw), whole)
+        if self.control:
+            net = ChannelConcatNet(net, (CONTROL_KEY,), CONTROL_WHAT)
+        denoiser = Denoiser(net, self.schedule, "flow_prediction")
         denoiser.model = self.transformer
         return denoiser
 
@@ -272,10 +301,11 @@ class CogView4(PixArt):
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = COGVIEW4_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,
                         size: Optional[tuple] = None, denoiser=None, original_size: Optional[tuple] = None,
-                        crops_coords_top_left: tuple = (0, 0)) -> tuple:
+                        crops_coords_top_left: tuple = (0, 0), extra: Optional[dict] = None) -> tuple:
         """(denoiser, cond) of ``CogView4Pipeline``'s guidance (module docstring): the prompts' states and the size
         conditions of the image ``size`` (h, w) in pixels, guided against ``negative_prompt`` (None: "") encoded on
-        its own, for a diffusers-convention scale s > 1; s <= 1: the unguided ``denoiser`` (default this size's)."""
+        its own, for a diffusers-convention scale s > 1; s <= 1: the unguided ``denoiser`` (default this size's).
+        ``extra``: more cond entries of both passes (a Control folder's control latents)."""
         from ..guidance import ClassifierFreeGuidance
         from .auraflow import check_unguided_negative
         from .stable_diffusion import negative_prompts
@@ -287,7 +317,7 @@ class CogView4(PixArt):
         context, _ = self.encode_prompts(prompts, max_sequence_length)
         size = size or tuple(s * self.vae_scale_factor for s in sized.latents_hw)
         cond = {"context": context, **self.micro_conditions(context.shape[0], *size, original_size,
-                                                             crops_coords_top_left)}
+                                                             crops_coords_top_left), **(extra or {})}
         if scale <= 1:
             check_unguided_negative(negative_prompt, guidance_scale, convention)
             return denoiser, cond
@@ -312,30 +342,40 @@ def load_cogview4(directory: Union[str, Path], device="cpu", dtype: torch.dtype 
     device = torch.device(device)
     for name in ("transformer", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
-    model = CogView4(pipeline=COGVIEW4_PIPELINE, **parts, schedule=None, prediction_type="flow_prediction",
+    model = CogView4(pipeline=index["_class_name"], **parts, schedule=None, prediction_type="flow_prediction",
                      scheduler_config=sched, device=device, dtype=dtype)
     model.schedule = model._sized_self().schedule  # the default size's (a shift past the flow schedule: one line)
     return model
 
 
 def text_to_image(cogview: CogView4, prompts: Union[str, Sequence[str]], *, original_size: Optional[tuple] = None,
-                  crops_coords_top_left: tuple = (0, 0), **options) -> torch.Tensor:
+                  crops_coords_top_left: tuple = (0, 0), control_image=None, control_seed: int = 0,
+                  control_posterior: str = "sample", control_rows=None, **options) -> torch.Tensor:
     """Images of a CogView4 folder for ``prompts``: :func:`.pixart.text_to_image` (sampler / grid, default the
     scheduler's loop; steps (default 50); guidance (default s = 5.0); negative prompt; latents; height / width
     (default sample_size x f); ``max_sequence_length`` (default 1024); output options) on the schedule of the
     image's size (:meth:`CogView4.at_size`), with the pipeline's ``original_size`` / ``crops_coords_top_left``.
-    ``resolution_binning``: refused."""
+    A Control folder's ``control_image`` (a PIL image, path or (1, 3, H, W) tensor in [0, 1], or one per prompt
+    with ``control_rows``): sample i's posterior draw from ``control_seed + i`` (``control_posterior="mean"``: the
+    mean), :func:`.flux_channels.control_cond`. ``resolution_binning``: refused."""
     from .flow_latents import start_latents
     from .pixart import text_to_image as pixart_text_to_image
     from .stable_diffusion import prompt_list
     if options.get("resolution_binning"):
         cogview.aspect_ratio_bins()
+    if (control_image is None) == cogview.control:
+        raise DiffkitError(f"this is {CONTROL_WHAT}: give control_image (diffkit sample --control-image PNG)"
+                           if cogview.control else "control_image (--control-image) feeds a CogView4 Control "
+                           "transformer (CogView4ControlPipeline); this CogView4Pipeline folder has none")
     _, shape = start_latents(cogview, options.get("latents"), len(prompt_list(prompts)), options.get("height"),
                              options.get("width"))
     encode = {"original_size": original_size, "crops_coords_top_left": crops_coords_top_left}
+    if control_image is not None:
+        from .flux_channels import control_cond
+        encode["extra"] = control_cond(cogview, control_image, shape, control_seed, control_posterior, control_rows)
     return pixart_text_to_image(cogview.at_size(*shape[2:]), prompts, encode=encode, **options)
 
 
 __all__ = ["CogView4", "CogView4Net", "load_cogview4", "is_cogview4_folder", "check_cogview4_folder",
-           "text_to_image", "cogview4_mu", "cogview4_timestep", "COGVIEW4_PIPELINE", "COGVIEW4_GUIDANCE",
-           "COGVIEW4_STEPS", "COGVIEW4_MAX_SEQUENCE_LENGTH"]
+           "text_to_image", "cogview4_mu", "cogview4_timestep", "COGVIEW4_PIPELINE", "COGVIEW4_CONTROL_PIPELINE",
+           "COGVIEW4_GUIDANCE", "COGVIEW4_STEPS", "COGVIEW4_MAX_SEQUENCE_LENGTH", "CONTROL_WHAT"]
