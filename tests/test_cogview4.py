@@ -133,7 +133,6 @@ def test_sample_command_is_the_library_and_refuses_what_does_not_apply(cogview4_
     check_sample_command(path, cogview, text_to_image, tmp_path, capsys, PROMPTS, (16, 32), [
         (["--guidance-rescale", "0.5", "--guidance-scale", "2"], "--guidance-rescale does not apply to a CogView4"),
         (["--flow-shift", "2"], "--flow-shift does not apply to a CogView4 folder"),
-        (["--lora", str(tmp_path / "x.safetensors")], "--lora does not apply to a CogView4 folder"),
         (["--clip-skip", "1"], "--clip-skip does not apply to a CogView4 folder"),
         (["--cfg-trunc-ratio", "0.5"], "--cfg-trunc-ratio applies to a Lumina-Image 2.0 folder"),
         (["--height", "24"], "--height 24 is not allowed; give a positive multiple of 16")])
@@ -223,3 +222,23 @@ def test_control_sample_command_is_the_library(cogview4_control_folder, cogview4
                                   (cogview4_folder[2], {"control_image": str(image)}, "has none")]:
         with pytest.raises(DiffkitError, match=expected):
             text_to_image(model, "hot", steps=1, height=16, width=16, **call)
+
+
+COGVIEW4_LORA = dict(r=4, lora_alpha=8.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out"],
+                     rank_pattern={"to_k": 2}, alpha_pattern={"to_v": 3.0})
+
+
+def test_cogview4_lora_is_load_lora_weights_and_fuse_lora(cogview4_folder, cogview4_control_folder, tmp_path, capsys):
+    """A diffusers-format file (CogView4Pipeline.save_lora_weights) at 0.3: load_lora_weights + fuse_lora's weights
+    and z_0; ``diffkit sample --lora`` is the library; a kohya key, or a Control folder (no LoRA loader): one line."""
+    from test_sd_lora import check_transformer_lora, fused_transformer_lora
+    _, path, cogview = cogview4_folder
+    lora, pipe = fused_transformer_lora(diffusers.CogView4Pipeline, path, tmp_path, COGVIEW4_LORA, scale=0.3)
+    ours = load_cogview4(path, progress=False, lora=[(lora, 0.3)])
+    z0, expected = _both(pipe, ours, negative_prompt="ugly")
+    assert relative_error(z0, expected) < 1e-5  # measured: see docs/interop.md
+    assert check_transformer_lora(path, lora, 0.3, ours, cogview, pipe, text_to_image, tmp_path, capsys,
+                                  "lora_unet_transformer_blocks_0_attn1_to_q.lora_down.weight",
+                                  "a CogView4 folder") < 1e-6
+    with pytest.raises(DiffkitError, match="CogView4ControlPipeline has no LoRA loader"):
+        load_cogview4(cogview4_control_folder[1], progress=False, lora=[lora])

@@ -10,7 +10,7 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options")
 
-LORA_KINDS = ("Sana", "Lumina2", "AuraFlow")  # folders whose diffusers pipeline has a LoRA loader (--lora)
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # folders whose diffusers pipeline has a LoRA loader
 FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # flow-matching folders (their schedulers' flow steps)
 
 
@@ -90,9 +90,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     sampler runs on the folder's scheduler's timesteps, and the default sampler
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
-    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
-    AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder: ``--guidance-scale``
-    is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
+    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2,
+    AuraFlow or CogView4 folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A Sana Sprint folder:
+    ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
     from ..samplers.registry import split_sampler_spec
@@ -125,7 +125,7 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
     elif label == "CogView4":
         from ..interop.cogview4 import load_cogview4, text_to_image
-        pixart = load_cogview4(directory, device, progress=progress)
+        pixart = load_cogview4(directory, device, progress=progress, lora=lora)
         if image is not None:  # sample i's control latents from seed + i; its prompt's control image
             extra = {"control_image": image}
     else:

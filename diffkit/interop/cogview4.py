@@ -329,12 +329,23 @@ class CogView4(PixArt):
 
 
 def load_cogview4(directory: Union[str, Path], device="cpu", dtype: torch.dtype = torch.float32,
-                  progress: bool = True) -> CogView4:
-    """Load a ``CogView4Pipeline`` diffusers folder (never downloads, never unpickles); what diffkit does not drive
-    is refused in one line before any weight is read (:func:`check_cogview4_folder`)."""
+                  progress: bool = True, lora=None) -> CogView4:
+    """Load a ``CogView4Pipeline`` / ``CogView4ControlPipeline`` diffusers folder (never downloads, never unpickles);
+    what diffkit does not drive is refused in one line before any weight is read (:func:`check_cogview4_folder`).
+    ``lora``: LoRA files (paths or (path, scale) pairs) with diffusers-format ``transformer.`` keys
+    (``CogView4LoraLoaderMixin`` converts nothing), read and checked first, fused as ``load_lora_weights`` +
+    ``fuse_lora(lora_scale=scale)`` (:func:`.sana_lora.read_transformer_loras`, :func:`.sd_lora.merge_sd_loras`);
+    a Control folder's pipeline has no LoRA loader: one line."""
+    from .sana_lora import read_transformer_loras
+    from .sd_lora import merge_sd_loras
     diffusers = require("diffusers")
     directory = Path(directory)
     index, sched = check_cogview4_folder(directory)
+    if lora and index["_class_name"] != COGVIEW4_PIPELINE:
+        raise DiffkitError(f"LoRA files are not allowed on {directory}: {index['_class_name']} has no LoRA loader "
+                           f"(diffusers 0.42.1); allowed on a {COGVIEW4_PIPELINE} folder")
+    loras = read_transformer_loras(lora, "CogView4", "a CogView4 folder", COGVIEW4_PIPELINE,
+                                   flux_check=False) if lora else []
     T = sched.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise DiffkitError(f"num_train_timesteps={T!r} is not allowed; expected a positive integer")
@@ -345,6 +356,7 @@ def load_cogview4(directory: Union[str, Path], device="cpu", dtype: torch.dtype 
     model = CogView4(pipeline=index["_class_name"], **parts, schedule=None, prediction_type="flow_prediction",
                      scheduler_config=sched, device=device, dtype=dtype)
     model.schedule = model._sized_self().schedule  # the default size's (a shift past the flow schedule: one line)
+    merge_sd_loras(model, loras)
     return model
 
 
