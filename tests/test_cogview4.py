@@ -86,6 +86,24 @@ def test_cogview4_matches_the_pipeline(cogview4_folder, prompts, call):
     assert relative_error(ours, theirs) < 1e-5  # measured: see docs/interop.md
 
 
+@pytest.mark.parametrize("scheduler", [dict(shift=3.0), dict(SCHEDULER, time_shift_type="exponential")])
+def test_other_shifts_match_the_pipeline(cogview4_folder, scheduler):
+    """A fixed-shift scheduler (the pipeline's mu unused) and an exponential time shift (e^mu): the grid, and the
+    transformer's time unshifted by that shift."""
+    import dataclasses
+    pipe, _, cogview = cogview4_folder
+    saved = pipe.scheduler
+    try:
+        pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(**scheduler)
+        config = dict(pipe.scheduler.config, _class_name="FlowMatchEulerDiscreteScheduler")
+        other = dataclasses.replace(cogview, scheduler_config=config, latents_hw=None, _denoiser=None, _whole=None,
+                                    _sized={})
+        ours, theirs = _both(pipe, other, steps=4, negative_prompt="ugly")
+        assert relative_error(ours, theirs) < 1e-5
+    finally:
+        pipe.scheduler = saved
+
+
 def test_prompts_grid_and_images_are_the_pipelines(cogview4_folder):
     """GLM's states (left-padded to 16k tokens, second-to-last layer), the scheduler's sigmas at a size, the shift
     (CogView4's mu, the inverse shift as closed forms) and the decoded images."""
