@@ -124,6 +124,30 @@ def cogview4_timestep(t: torch.Tensor, T: int, shift: float) -> torch.Tensor:
     return flow_shift(t / T, 1.0 / shift) * T
 
 
+def size_conditions(height: int, width: int, original_size: Optional[tuple] = None,
+                    crops_coords_top_left: tuple = (0, 0), dtype=torch.float32, device="cpu") -> dict:
+    """{'original_size', 'target_size', 'crop_coords'}: (1, 2) pixel pairs as the CogView4 / CogView3-Plus pipelines
+    pass them (SD-XL's micro-conditioning, Podell et al. 2023, Sec. 2.2; default original_size (height, width), crops
+    (0, 0)); the networks broadcast them over the batch. Not two finite numbers each: one line."""
+    pairs = {"original_size": (height, width) if original_size is None else original_size,
+             "target_size": (height, width), "crop_coords": crops_coords_top_left}
+    for name, pair in pairs.items():
+        if len(tuple(pair)) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in pair):
+            raise DiffkitError(f"{name}={pair!r} is not allowed; give two finite numbers (pixels: height, width)")
+    return {name: torch.tensor([list(pair)], dtype=dtype, device=device) for name, pair in pairs.items()}
+
+
+def call_with_sizes(model, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, sizes: tuple) -> torch.Tensor:
+    """``model(x, encoder_hidden_states=context, timestep=t, original_size, target_size, crop_coords)`` of a CogView4 /
+    CogView3-Plus transformer, the (1 or B, 2) size conditions expanded to x's batch; the output in x's dtype."""
+    dtype, b = model_dtype(model), x.shape[0]
+    sizes = [c.expand(b, 2) if c.shape[0] == 1 else c for c in sizes]
+    out = model(x.to(dtype), encoder_hidden_states=context.to(dtype), timestep=t, original_size=sizes[0],
+                target_size=sizes[1], crop_coords=sizes[2], return_dict=False)[0]
+    return out.to(x.dtype)
+
+
 class CogView4Net(torch.nn.Module):
     """``net(x, t, context, original_size, target_size, crop_coords, mask=None)`` over a
     ``CogView4Transformer2DModel``: ``t`` (the flow time s T on the shifted schedule) -> ``timestep`` =
@@ -139,16 +163,11 @@ class CogView4Net(torch.nn.Module):
         if context is None or original_size is None:
             raise DiffkitError("a CogView4 transformer needs cond {'context', 'original_size', 'target_size', "
                                "'crop_coords'} (CogView4.prompt_guidance)")
-        dtype = model_dtype(self.model)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float64).reshape(-1).expand(x.shape[0])
         t = cogview4_timestep(t, self.T, self.shift)
         if self.whole_timesteps:
             t = t.round()
-        b = x.shape[0]
-        sizes = [c.expand(b, 2) if c.shape[0] == 1 else c for c in (original_size, target_size, crop_coords)]
-        out = self.model(x.to(dtype), encoder_hidden_states=context.to(dtype), timestep=t.to(torch.float32),
-                         original_size=sizes[0], target_size=sizes[1], crop_coords=sizes[2], return_dict=False)[0]
-        return out.to(x.dtype)
+        return call_with_sizes(self.model, x, t.to(torch.float32), context, (original_size, target_size, crop_coords))
 
 
 @dataclass
@@ -287,16 +306,9 @@ class CogView4(PixArt):
 
     def micro_conditions(self, batch: int, height: int, width: int, original_size: Optional[tuple] = None,
                          crops_coords_top_left: tuple = (0, 0)) -> dict:
-        """{'original_size', 'target_size', 'crop_coords'}: (1, 2) pixel pairs as the pipeline's (default
-        original_size (height, width), crops (0, 0)); the network broadcasts them over the batch."""
-        pairs = {"original_size": (height, width) if original_size is None else original_size,
-                 "target_size": (height, width), "crop_coords": crops_coords_top_left}
-        for name, pair in pairs.items():
-            if len(tuple(pair)) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 and math.isfinite(v) for v in pair):
-                raise DiffkitError(f"{name}={pair!r} is not allowed; give two finite numbers (pixels: height, width)")
-        dtype = self.text_encoder.dtype
-        return {name: torch.tensor([list(pair)], dtype=dtype, device=self.device) for name, pair in pairs.items()}
+        """:func:`size_conditions` in the text encoder's dtype."""
+        return size_conditions(height, width, original_size, crops_coords_top_left, self.text_encoder.dtype,
+                               self.device)
 
     def prompt_guidance(self, prompts, negative_prompt=None, guidance_scale: float = COGVIEW4_GUIDANCE,
                         convention: str = "diffusers", max_sequence_length: Optional[int] = None,
