@@ -29,6 +29,8 @@ def folder_default_sampler(checkpoint) -> str:
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
+    if masked_text_folder(checkpoint) == "CogView3Plus":
+        return "ddim"  # CogVideoXDDIMScheduler's step (diffkit.interop.cogview3plus)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
     return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
 
@@ -128,6 +130,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         pixart = load_cogview4(directory, device, progress=progress, lora=lora)
         if image is not None:  # sample i's control latents from seed + i; its prompt's control image
             extra = {"control_image": image}
+    elif label == "CogView3Plus":
+        from ..interop.cogview3plus import load_cogview3plus, text_to_image
+        pixart = load_cogview3plus(directory, device, progress=progress)
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)

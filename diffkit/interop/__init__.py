@@ -66,6 +66,7 @@ _EXPORTS = {
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "CogView4": "cogview4", "load_cogview4": "cogview4", "is_cogview4_folder": "cogview4",
+    "CogView3Plus": "cogview3plus", "load_cogview3plus": "cogview3plus", "is_cogview3plus_folder": "cogview3plus",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -73,7 +74,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
-            "cogview4_text_to_image": ("cogview4", "text_to_image")}
+            "cogview4_text_to_image": ("cogview4", "text_to_image"),
+            "cogview3plus_text_to_image": ("cogview3plus", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

@@ -101,8 +101,8 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one, "CogView4" for a CogView4 one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
-    :mod:`.cogview4`: the same command path), else None."""
+    for an AuraFlow one, "CogView4" for a CogView4 one, "CogView3Plus" for a CogView3-Plus one (:mod:`.sana`,
+    :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.cogview4`, :mod:`.cogview3plus`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .auraflow import is_auraflow_folder
@@ -112,8 +112,11 @@ def masked_text_folder(path) -> Optional[str]:
         return "Sana"
     if is_lumina2_folder(path):
         return "Lumina2"
+    from .cogview3plus import is_cogview3plus_folder
     from .cogview4 import is_cogview4_folder
-    return "AuraFlow" if is_auraflow_folder(path) else "CogView4" if is_cogview4_folder(path) else None
+    if is_auraflow_folder(path):
+        return "AuraFlow"
+    return "CogView4" if is_cogview4_folder(path) else "CogView3Plus" if is_cogview3plus_folder(path) else None
 
 
 def is_pixart_folder(path) -> bool:
