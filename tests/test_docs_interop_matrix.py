@@ -180,8 +180,8 @@ COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
                                                     (SANA, ["SanaPipeline", "SanaSprintPipeline"], "G"),
                                                     (CHROMA, ["Chroma"], "Z"), (LUMINA2, ["Lumina2Pipeline"], "T"),
                                                     (AURAFLOW, ["AuraFlowPipeline"], "R"),
-                                                    (COGVIEW4, ["CogView4Pipeline"], "CV")])
+                                                    (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
-    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's and CogView4's own small tables:
+    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's and CogView4's (with CogView3-Plus) own small tables:
     :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
