@@ -23,18 +23,15 @@ SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.0
 @pytest.fixture(scope="session")
 def cogview3plus_folder(tmp_path_factory):
     """(pipeline loaded from the folder, folder, CogView3Plus) of a tiny random CogView3PlusPipeline, built on first
-    use: T5 d_model 32 (one layer), transformer of 1 layer (2 heads of 8, patch 2, 16 x 16 positions), f = 2."""
+    use: the T5 (d_model 32, one layer), tokenizer and VAE (f = 2) of tests/_pixart_helpers.py, a transformer of 1
+    layer (2 heads of 8, patch 2, 16 x 16 positions)."""
     from _pixart_helpers import tiny_pixart_pipeline
-    from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer
-    torch.manual_seed(0)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=1, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    pixart = tiny_pixart_pipeline()  # its T5 (and unigram tokenizer) and VAE
     transformer = diffusers.CogView3PlusTransformer2DModel(
         patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
         text_embed_dim=32, time_embed_dim=16, condition_dim=4, pos_embed_max_size=16, sample_size=8)
-    pipe = diffusers.CogView3PlusPipeline(tokenizer=tiny_t5_tokenizer(), text_encoder=t5,
-                                          vae=tiny_pixart_pipeline().vae, transformer=transformer,
+    pipe = diffusers.CogView3PlusPipeline(tokenizer=pixart.tokenizer, text_encoder=pixart.text_encoder,
+                                          vae=pixart.vae, transformer=transformer,
                                           scheduler=diffusers.CogVideoXDDIMScheduler(**SCHEDULER))
     path = tmp_path_factory.mktemp("cogview3plus") / "cogview3plus"
     pipe.save_pretrained(path)
