@@ -89,6 +89,11 @@ class ControlRequest:
                 from ..interop.flux_channels import FLUX_CONTROL, folder_variant
                 if folder_variant(checkpoint) == FLUX_CONTROL:  # FLUX.1 Depth / Canny: its transformer takes it
                     return cls.transformer_image(images, prompts, edited)
+            if images and not given and prompts is not None and checkpoint is not None:
+                from ..interop.cogview4 import COGVIEW4_CONTROL_PIPELINE
+                from ..interop.sd_xl import pipeline_class
+                if pipeline_class(checkpoint) == COGVIEW4_CONTROL_PIPELINE:  # CogView4 Control: the same
+                    return cls.transformer_image(images, prompts, None, COGVIEW4_CONTROL_PIPELINE)
             if images or given:
                 raise DiffkitError(f"{'--control-image' if images else given[0]} needs --controlnet DIR"
                                   f"{' (or --t2i-adapter DIR)' if images and hasattr(args, 't2i_adapters') else ''}")
@@ -127,21 +132,24 @@ class ControlRequest:
         return request
 
     @classmethod
-    def transformer_image(cls, images: list, prompts: Optional[int], edited: Optional[int] = None) -> "ControlRequest":
+    def transformer_image(cls, images: list, prompts: Optional[int], edited: Optional[int] = None,
+                          model_class: str = "FluxControlPipeline") -> "ControlRequest":
         """A FLUX.1 Depth / Canny folder's ``--control-image`` (no ``--controlnet``: its transformer takes the
-        image, :mod:`diffkit.interop.flux_channels`): one file, or a folder of one PNG per ``--prompt`` (``diffkit
-        sample``) or per ``--images`` file (``edited``: ``diffkit edit``); ``folders`` empty."""
+        image, :mod:`diffkit.interop.flux_channels`), or a CogView4 Control folder's (``model_class``
+        ``CogView4ControlPipeline``, :mod:`diffkit.interop.cogview4`): one file, or a folder of one PNG per
+        ``--prompt`` (``diffkit sample``) or per ``--images`` file (``edited``: ``diffkit edit``); ``folders``
+        empty."""
         from ..interop.controlnet import open_control_image
-        from ..interop.flux_channels import FLUX_CONTROL
         row = ("--prompt", "prompt") if edited is None else ("--images file", "image")
         if len(images) != 1:
-            raise DiffkitError(f"{len(images)} --control-image for a FLUX.1 Depth / Canny folder; give one (a file, "
+            what = "FLUX.1 Depth / Canny" if model_class == "FluxControlPipeline" else "CogView4 Control"
+            raise DiffkitError(f"{len(images)} --control-image for a {what} folder; give one (a file, "
                                f"or a folder of one PNG per {row[0]})")
         image = cls.per_row(images[0], prompts if edited is None else edited, row[0] + "(s)" * (edited is not None),
                             row[1])
         for one in image if isinstance(image, list) else [image]:
             open_control_image(one)  # one line for a file that is not an image
-        return cls([], [image], [], [], [], model_class=FLUX_CONTROL)
+        return cls([], [image], [], [], [], model_class=model_class)
 
     @staticmethod
     def per_row(image, count: Optional[int], what: str, row: str, flag: str = "--control-image"):

@@ -62,6 +62,13 @@ def size_multiple(directory) -> tuple:
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))
         return math.lcm(2 * f, f * patch), f"the pipeline's 2 x the VAE factor {f}, and {f} x the patch size {patch}"
+    from ..interop.cogview3plus import is_cogview3plus_folder
+    from ..interop.cogview4 import is_cogview4_folder
+    if is_cogview4_folder(directory) or is_cogview3plus_folder(directory):  # check_inputs' 16 (8), whole patches
+        patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
+                                     "transformer config").get("patch_size", 2))
+        own = 16 if is_cogview4_folder(directory) else 8
+        return math.lcm(own, f * patch), f"the pipeline's {own} and the VAE factor {f} x the patch size {patch}"
     if is_pixart_folder(directory):
         patch = int(read_json_object(Path(directory) / "transformer" / "config.json",
                                      "transformer config").get("patch_size", 2))

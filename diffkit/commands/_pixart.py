@@ -10,7 +10,8 @@ from ..errors import DiffkitError
 TAKES = ("--prompt, --negative-prompt, --guidance-scale (--guidance-convention), --max-sequence-length, --height / "
          "--width, --steps / --nfe, --sampler and its grid options")
 
-LORA_KINDS = ("Sana", "Lumina2", "AuraFlow")  # folders whose diffusers pipeline has a LoRA loader (--lora)
+LORA_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # folders whose diffusers pipeline has a LoRA loader
+FLOW_KINDS = ("Sana", "Lumina2", "AuraFlow", "CogView4")  # flow-matching folders (their schedulers' flow steps)
 HUNYUAN_TAKES = TAKES.replace("--max-sequence-length", "--guidance-rescale, --pag-scale (--pag-layers, "
                               "--pag-adaptive-scale)")
 
@@ -30,11 +31,28 @@ def folder_default_sampler(checkpoint) -> str:
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     if sana_kind(checkpoint) == SANA_SPRINT_PIPELINE:
         return "consistency"  # SCMScheduler's step (diffkit.interop.sana_sprint)
+    if masked_text_folder(checkpoint) == "CogView3Plus":
+        return "ddim"  # CogVideoXDDIMScheduler's step (diffkit.interop.cogview3plus)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
     if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
         from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
         return hunyuan_folder_sampler(config)[0]
-    return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2", "AuraFlow"))[0]
+    return folder_sampler(config, flow=masked_text_folder(checkpoint) in FLOW_KINDS)[0]
+
+
+def control_image_of(directory, label: str, control):
+    """A CogView4 Control folder's ``--control-image`` (the transformer's, from the ``control`` request without
+    folders, :meth:`._controlnet.ControlRequest.transformer_image`); None for other folders. Such a
+    folder without one: one line, before any weight is read."""
+    if label != "CogView4":
+        return None
+    from ..interop.cogview4 import COGVIEW4_CONTROL_PIPELINE, CONTROL_WHAT
+    from ..interop.sd_xl import pipeline_class
+    if pipeline_class(directory) != COGVIEW4_CONTROL_PIPELINE:
+        return None
+    if control is None or control.folders:
+        raise DiffkitError(f"{directory} is {CONTROL_WHAT}: give --control-image PNG (no --controlnet)")
+    return control.images[0]
 
 
 def given_flags(guidance, options: dict, refused: Optional[dict] = None,
@@ -113,25 +131,30 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     sampler runs on the folder's scheduler's timesteps, and the default sampler
     (:func:`folder_default_sampler`: ``dpm-solver++-2m`` for PixArt's DPMSolverMultistepScheduler) with that
     scheduler's options is the pipeline's loop. ``refused``: {flag: value} of ``diffkit sample`` flags a PixArt
-    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
-    AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
+    folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2,
+    AuraFlow or CogView4 folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
     ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A Sana Sprint
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`). ``control``: a Sana folder's ControlNet (a
     :class:`~._controlnet.ControlRequest` of one ``SanaControlNetModel``), as SanaControlNetPipeline
-    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt)."""
+    (:mod:`diffkit.interop.sana_controlnet`; a --control-image folder: one per --prompt); a CogView4 Control
+    folder's --control-image (no ControlNet folder: the transformer's own channels)."""
     from ..interop.pixart import masked_text_folder
     from ._sd3 import prompted_rows
     from .sample import draw_prompted_grid
 
     label = masked_text_folder(directory) or "PixArt"
+    image = control_image_of(directory, label, control)  # a CogView4 Control folder's --control-image
+    if image is not None:
+        control = None  # the transformer's own channels, no ControlNet
     from ..interop.sana import SANA_SPRINT_PIPELINE, sana_kind
     sprint = sana_kind(directory) == SANA_SPRINT_PIPELINE  # guidance-distilled: no negative prompt
     hunyuan = label == "HunyuanDiT"  # HunyuanDiTPipeline: fixed prompt lengths, guidance rescale, PAG
     takes = (TAKES.replace("--negative-prompt, ", "") if sprint else HUNYUAN_TAKES if hunyuan else TAKES) + \
         (", --lora" if label in LORA_KINDS else "") + \
-        (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "")
+        (", --controlnet (--control-image, --controlnet-scale)" if label == "Sana" and not sprint else "") + \
+        (", --control-image" if image is not None else "")
     more = {"--negative-prompt": getattr(guidance, "negative_prompt", None)} if sprint else \
         {} if label in LORA_KINDS else {"--lora": lora}
     if hunyuan:
@@ -148,14 +171,15 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     guidance = checked_request(directory, "Sana Sprint" if sprint else label, takes, guidance, options,
                                {**(refused or {}), **more},
                                allowed=("--guidance-rescale", "--pag-scale") if hunyuan else ())
-    lumina = {}  # Lumina2Pipeline's guidance options (--cfg-trunc-ratio, --no-cfg-normalization); HunyuanDiT's
+    extra = {}  # the kind's own options: Lumina2's CFG (--cfg-trunc-ratio, ...), HunyuanDiT's rescale and PAG,
+    # CogView4 Control's --control-image
     if label == "Sana":
         from ..interop.sana import load_sana, text_to_image
         pixart = load_sana(directory, device, progress=progress, lora=lora)
     elif label == "Lumina2":
         from ..interop.lumina2 import load_lumina2, text_to_image
         pixart = load_lumina2(directory, device, progress=progress, lora=lora)
-        lumina = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
+        extra = {key: getattr(guidance, key) for key in ("cfg_trunc_ratio", "cfg_normalization")
                   if getattr(guidance, key, None) is not None}
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
@@ -164,12 +188,24 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options
         pixart = load_hunyuan_dit(directory, device, progress=progress)
-        lumina = {"guidance_rescale": guidance.rescale, **hunyuan_pag_options(guidance)}
+        extra = {"guidance_rescale": guidance.rescale, **hunyuan_pag_options(guidance)}
+    elif label == "CogView4":
+        from ..interop.cogview4 import load_cogview4, text_to_image
+        pixart = load_cogview4(directory, device, progress=progress, lora=lora)
+        if image is not None:  # sample i's control latents from seed + i; its prompt's control image
+            extra = {"control_image": image}
+    elif label == "CogView3Plus":
+        from ..interop.cogview3plus import load_cogview3plus, text_to_image
+        pixart = load_cogview3plus(directory, device, progress=progress)
     else:
         from ..interop.pixart import load_pixart, text_to_image
         pixart = load_pixart(directory, device, progress=progress)
     controlnet, _, prompts, index, num, nrow, per_sample = prompted_rows(pixart, guidance, control, None, num, nrow,
                                                                          seed, device, progress)
+    if image is not None:
+        per_sample["control_seeds"] = [seed + i for i in range(num)]
+        if isinstance(image, list) and len(image) > 1:
+            per_sample["control_rows"] = index.tolist()
     scale_s, convention = (pixart.default_guidance_scale, "diffusers") if guidance.guidance_scale is None else \
         (guidance.guidance_scale, guidance.convention)
     own_grid, options = own_loop(pixart, sampler, spacing, final, nfe, options)
@@ -177,10 +213,12 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
 
     def prompted(_, noise, sampler, steps, *, cond, spacing=None, final=None, nfe=None, **how):
         grid = {"grid": "scheduler"} if own_grid else {"spacing": spacing, "final": final, "nfe": nfe}
+        if image is not None:
+            how.update(control_seed=cond["control_seeds"][0], control_rows=cond.get("control_rows"))
         return text_to_image(pixart, cond["prompts"], sampler=sampler, steps=steps, guidance_scale=scale_s,
                              convention=convention, negative_prompt=guidance.negative_prompt, seed=None,
                              latents=noise, return_latents=True, max_sequence_length=guidance.max_sequence_length,
-                             **grid, **lumina, **pag, **how,
+                             **grid, **extra, **pag, **how,
                              **({} if controlnet is None else {"controlnets": controlnet,
                                                                "control_rows": cond.get("control_rows")}))
 

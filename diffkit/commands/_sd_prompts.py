@@ -42,7 +42,8 @@ def add_prompt_encoding_flags(group, true_cfg: bool = False, lumina: bool = Fals
                        help="SD3 folders: the text of the T5 encoder (default: --prompt); once for every prompt, or "
                             "once per --prompt")
     group.add_argument("--negative-prompt-3", metavar="TEXT",
-                       help="SD3 folders: the T5 encoder's negative prompt (default: --negative-prompt)")
+                       help="SD3 folders: the T5 encoder's negative prompt "
+                            "(default: --negative-prompt)")
     group.add_argument("--max-sequence-length", type=int_in(1, 512), metavar="L",
                        help="SD3 / FLUX / Chroma / PixArt / Sana / Z-Image / Qwen-Image folders: the T5 (Sana: "
                             "Gemma, Z-Image: Qwen3, Qwen-Image: Qwen2.5-VL) tokens of every prompt (default the "

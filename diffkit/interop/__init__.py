@@ -75,6 +75,8 @@ _EXPORTS = {
     "QwenImage": "qwen_image", "load_qwen_image": "qwen_image", "is_qwen_image_folder": "qwen_image",
     "Flux2": "flux2", "load_flux2": "flux2", "is_flux2_folder": "flux2",
     "ZImage": "z_image", "load_z_image": "z_image", "is_z_image_folder": "z_image",
+    "CogView4": "cogview4", "load_cogview4": "cogview4", "is_cogview4_folder": "cogview4",
+    "CogView3Plus": "cogview3plus", "load_cogview3plus": "cogview3plus", "is_cogview3plus_folder": "cogview3plus",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -87,7 +89,9 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "qwen_image_image_to_image": ("qwen_image", "image_to_image"),
             "flux2_text_to_image": ("flux2", "text_to_image"),
             "z_image_text_to_image": ("z_image", "text_to_image"),
-            "z_image_image_to_image": ("z_image", "image_to_image")}
+            "z_image_image_to_image": ("z_image", "image_to_image"),
+            "cogview4_text_to_image": ("cogview4", "text_to_image"),
+            "cogview3plus_text_to_image": ("cogview3plus", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

@@ -74,6 +74,14 @@ def check_auraflow_folder(directory) -> tuple:
     return index, config, sched
 
 
+def check_unguided_negative(negative_prompt, guidance_scale: float, convention: str) -> None:
+    """One line for a negative prompt at a guidance scale without CFG (diffusers' s <= 1: the AuraFlow / CogView4
+    pipelines' ``do_classifier_free_guidance`` off, the negative prompt unused)."""
+    if negative_prompt is not None:
+        raise DiffkitError(f"a negative prompt with guidance_scale={guidance_scale:g} ({convention} convention) "
+                           f"is not allowed: it feeds only CFG (diffusers' scale > 1); raise the scale or drop it")
+
+
 class AuraFlowNet(torch.nn.Module):
     """``net(x, t, context, mask=None)`` over an ``AuraFlowTransformer2DModel``: ``context`` (the masked UMT5
     states) -> ``encoder_hidden_states``, ``t`` (the flow time s T) / 1000 -> ``timestep`` (the pipeline's
@@ -165,9 +173,7 @@ class AuraFlow(Sana):
         if scale > 1:
             return super().prompt_guidance(prompts, negative_prompt, guidance_scale, convention,
                                            max_sequence_length, size, denoiser, **encode)
-        if negative_prompt is not None:
-            raise DiffkitError(f"a negative prompt with guidance_scale={guidance_scale:g} ({convention} convention) "
-                               f"is not allowed: it feeds only CFG (diffusers' scale > 1); raise the scale or drop it")
+        check_unguided_negative(negative_prompt, guidance_scale, convention)
         context, mask = self.encode_prompts(prompts, max_sequence_length, **encode)
         return denoiser or self.denoiser, {"context": context, "mask": mask}
 

@@ -67,15 +67,9 @@ def is_lumina2_folder(path) -> bool:
 def check_lumina2_folder(directory) -> tuple:
     """(model_index dict, scheduler config) of a ``Lumina2Pipeline`` folder, checked from its JSON alone; a one-line
     DiffkitError for what diffkit does not drive."""
-    from .pixart import check_classes
-    from .sd_xl import _index
+    from .pixart import check_pipeline_folder
     directory = Path(directory)
-    index = _index(directory)
-    name = None if index is None else index.get("_class_name")
-    if name != LUMINA2_PIPELINE:
-        raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive here; allowed: "
-                           f"{LUMINA2_PIPELINE}")
-    check_classes(directory, index, REQUIRED, "Lumina2", LUMINA2_CLASSES)
+    index = check_pipeline_folder(directory, LUMINA2_PIPELINE, "Lumina2", REQUIRED, LUMINA2_CLASSES)
     sched = read_json_object(directory / "scheduler" / "scheduler_config.json", "scheduler config")
     folder_sampler(sched, flow=True)  # one line for stochastic_sampling
     return index, sched

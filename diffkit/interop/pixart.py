@@ -97,6 +97,16 @@ def checked_folder(directory: Path, pipeline: str, required, kind: str, classes:
     check_classes(directory, index, required, kind, classes)
     return (index, read_json_object(directory / "transformer" / "config.json", "transformer config"),
             read_json_object(directory / "vae" / "config.json", "vae config"))
+def check_pipeline_folder(directory: Path, pipeline: str, kind: str, required, classes: dict) -> dict:
+    """The ``model_index.json`` dict of a folder that must name ``pipeline``, its components checked by
+    :func:`check_classes` (Lumina-Image 2.0's, CogView4's); another pipeline class is one line."""
+    from .sd_xl import _index
+    index = _index(directory)
+    name = None if index is None else index.get("_class_name")
+    if name != pipeline:
+        raise DiffkitError(f"{directory} is a {name!r} folder, which diffkit does not drive here; allowed: {pipeline}")
+    check_classes(directory, index, required, kind, classes)
+    return index
 
 
 def pixart_kind(path) -> Optional[str]:
@@ -108,8 +118,9 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
-    :mod:`.hunyuan_dit`: the same command path), else None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "CogView4" for a CogView4 one, "CogView3Plus" for a
+    CogView3-Plus one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.cogview4`,
+    :mod:`.cogview3plus`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .auraflow import is_auraflow_folder
@@ -120,7 +131,13 @@ def masked_text_folder(path) -> Optional[str]:
         return "Sana"
     if is_hunyuan_dit_folder(path):
         return "HunyuanDiT"
-    return "Lumina2" if is_lumina2_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
+    if is_lumina2_folder(path):
+        return "Lumina2"
+    from .cogview3plus import is_cogview3plus_folder
+    from .cogview4 import is_cogview4_folder
+    if is_auraflow_folder(path):
+        return "AuraFlow"
+    return "CogView4" if is_cogview4_folder(path) else "CogView3Plus" if is_cogview3plus_folder(path) else None
 
 
 def is_pixart_folder(path) -> bool:
