@@ -310,6 +310,10 @@ def _run(args) -> int:
         return edit_kontext(args)
     from ..interop.pixart import masked_text_folder
     label = masked_text_folder(args.checkpoint)
+    if label == "DeepFloyd IF":
+        raise DiffkitError(f"{args.checkpoint} is a DeepFloyd IF folder, which diffkit edit does not take (IFImg2Img"
+                           f"Pipeline / IFInpaintingPipeline are not reproduced); sample stage I with diffkit sample, "
+                           f"upscale with stage II and diffkit upscale")
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "
