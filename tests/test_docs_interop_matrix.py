@@ -175,6 +175,7 @@ CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
 AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
 HUNYUAN_DIT = "## HunyuanDiT folders (`diffkit.interop.hunyuan_dit`)"
 KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
+DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -183,8 +184,9 @@ KOLORS = "## Kolors folders (`diffkit.interop.kolors`)"
                                                     (AURAFLOW, ["AuraFlowPipeline"], "R"),
                                                     (HUNYUAN_DIT, ["HunyuanDiTPipeline"], "HD"),
                                                     (KOLORS, ["KolorsPipeline", "KolorsImg2ImgPipeline",
-                                                              "KolorsPAGPipeline"], "KO")])
+                                                              "KolorsPAGPipeline"], "KO"),
+                                                    (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
-    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's, HunyuanDiT's and Kolors' own small tables:
-    :func:`check_own_table`."""
+    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's, HunyuanDiT's, Kolors' and DeepFloyd IF's own small
+    tables: :func:`check_own_table`."""
     check_own_table(heading, columns, letter)
