@@ -179,6 +179,7 @@ QWEN_IMAGE = "## Qwen-Image folders (`diffkit.interop.qwen_image`)"
 FLUX2 = "## FLUX.2 folders (`diffkit.interop.flux2`)"
 Z_IMAGE = "## Z-Image folders (`diffkit.interop.z_image`)"
 COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
+DEEPFLOYD_IF = "## DeepFloyd IF folders (`diffkit.interop.deepfloyd_if`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
@@ -191,7 +192,8 @@ COGVIEW4 = "## CogView4 folders (`diffkit.interop.cogview4`)"
                                                     (QWEN_IMAGE, ["QwenImagePipeline"], "QI"),
                                                     (FLUX2, ["Flux2Pipeline", "Flux2KleinPipeline"], "FX"),
                                                     (Z_IMAGE, ["ZImagePipeline / Img2Img / Inpaint"], "ZI"),
-                                                    (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV")])
+                                                    (COGVIEW4, ["CogView4Pipeline", "CogView3PlusPipeline"], "CV"),
+                                                    (DEEPFLOYD_IF, ["IFPipeline", "IFSuperResolutionPipeline"], "IF")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
     """Each folder kind's own small table (the list above): :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

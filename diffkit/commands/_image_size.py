@@ -21,6 +21,11 @@ EDIT_SIZED = "Stable Diffusion, SD-XL, Kolors, SD3, FLUX.1, Chroma, Z-Image, Qwe
 
 def size_multiple(directory) -> tuple:
     """(multiple, what it is) that ``--height`` / ``--width`` must be for the diffusers folder ``directory``."""
+    from ..interop.deepfloyd_if import is_deepfloyd_if_folder
+    if is_deepfloyd_if_folder(directory):  # pixels: the UNet's downsamplings (.interop.deepfloyd_if)
+        unet = read_json_object(Path(directory) / "unet" / "config.json", "unet config")
+        f = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+        return f, f"the UNet's {f}x downsampling"
     from ..interop.flux import is_flux_folder
     from ..interop.sd3 import is_sd3_folder
     vae = read_json_object(Path(directory) / "vae" / "config.json", "VAE config")

@@ -34,6 +34,9 @@ def folder_default_sampler(checkpoint) -> str:
     if masked_text_folder(checkpoint) == "CogView3Plus":
         return "ddim"  # CogVideoXDDIMScheduler's step (diffkit.interop.cogview3plus)
     config = read_json_object(Path(checkpoint) / "scheduler" / "scheduler_config.json", "scheduler config")
+    if masked_text_folder(checkpoint) == "DeepFloyd IF":  # its DDPMScheduler: ddpm (diffkit.interop.deepfloyd_if)
+        from ..interop.deepfloyd_if import folder_sampler as if_folder_sampler
+        return if_folder_sampler(config)[0]
     if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
         from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
         return hunyuan_folder_sampler(config)[0]
@@ -184,6 +187,10 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
+    elif label == "DeepFloyd IF":  # stage I (IFPipeline); stage II: diffkit upscale (._deepfloyd_if)
+        from ..interop.deepfloyd_if import IF_PIPELINE, load_deepfloyd_if
+        from ..interop.pixart import text_to_image
+        pixart = load_deepfloyd_if(directory, device, progress=progress, kind=IF_PIPELINE)
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options as hunyuan_pag_options

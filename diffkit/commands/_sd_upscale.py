@@ -25,37 +25,78 @@ def refuse_prompt_flags(args) -> None:
                            f"Pipeline); {args.checkpoint} is not one")
 
 
+def checked_folder_flags(args, refusal: str, missing_prompt: str, refused=REFUSED) -> None:
+    """One line, "{flag} {refusal}", for the first of ``refused`` ((dest, flag, the value that means "not given"))
+    given, or ``missing_prompt`` for no ``--prompt`` (an upscaler folder's and a DeepFloyd IF stage-II one's)."""
+    for dest, flag, off in refused:
+        if getattr(args, dest) != off:
+            raise DiffkitError(f"{flag} {refusal}")
+    if args.prompts is None:
+        raise DiffkitError(missing_prompt)
+
+
+def read_low_res(args) -> tuple:
+    """(images (B, 3, h, w) in [-1, 1], files, one prompt per file) of ``--images`` / ``--prompt``; one line for
+    ``--out`` being the images' folder or a prompt count that is neither 1 nor the files'."""
+    from .edit import read_pngs
+    out, images_path = Path(args.out), Path(args.images)
+    if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
+        raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
+    images, files = read_pngs(images_path, "RGB")
+    prompts = list(args.prompts)
+    if len(prompts) not in (1, len(files)):
+        raise DiffkitError(f"--prompt is given {len(prompts)} times for {len(files)} images; give it once (every "
+                           f"image) or once per image ({len(files)}, in the files' order)")
+    return images, files, prompts * len(files) if len(prompts) == 1 else prompts
+
+
+def write_upscales(args, draw, images) -> tuple:
+    """The outputs checked (``--out`` writable, no ``upscaled_*.png`` / grid in the way), then ``draw(start, n)``'s
+    upscales in batches (halved when out of memory) written as ``upscaled_00000.png`` ... and the grid, the folders
+    made removed again if the drawing fails; returns the upscales' (height, width)."""
+    import torch
+
+    from ..images import check_image_folder, save_grid, save_images
+    from ..memory import batches_with_oom_retry
+    from ..super_res import upsample
+    from ._common import check_output_file, check_writable_dir, missing_dirs, removed_if_empty_on_failure
+    from .upscale import GRID_NAME, comparison_grid
+    out, count = Path(args.out), images.shape[0]
+    new_dirs = missing_dirs(out)
+    check_writable_dir(out)
+    check_image_folder(out, count, prefix="upscaled")
+    grid_file = check_output_file(out / GRID_NAME, "upscale grid", ".png")
+    with removed_if_empty_on_failure(new_dirs):
+        upscaled = torch.cat([x for _, x in batches_with_oom_retry(draw, count, args.batch_size)])
+        save_images(upscaled, out, prefix="upscaled")
+        size = tuple(upscaled.shape[2:])
+        save_grid(comparison_grid([upsample(images, size).clamp(-1, 1), upscaled], args.nrow), grid_file,
+                  nrow=min(args.nrow, count))
+    return size
+
+
 def upscale_folder(args) -> int:
     """The command on an upscaler folder: every check before any weight is read or any output made."""
     from ..config import resolve_device
     from ..errors import read_json_object
-    from ..images import check_image_folder, save_grid, save_images
     from ..interop.sd_upscale import (DEFAULT_GUIDANCE, DEFAULT_NOISE_LEVEL, DEFAULT_STEPS, check_guidance,
                                       check_low_res_size, check_noise_level, is_upscale_folder, upscale_sd,
                                       upscale_settings)
     from ..interop.stable_diffusion import load_stable_diffusion
-    from ..memory import batches_with_oom_retry
     from ..sampling import check_eta, plan, resolve_sampler
-    from ..super_res import upsample
-    from ._common import (check_output_file, check_writable_dir, missing_dirs, removed_if_empty_on_failure,
-                          tolerance_options)
-    from .edit import read_pngs
-    from .upscale import GRID_NAME, comparison_grid
-    import torch
+    from ._common import tolerance_options
+    from .upscale import GRID_NAME
 
     folder = args.checkpoint
     if not is_upscale_folder(folder):
         raise DiffkitError(f"{folder} is a Stable Diffusion folder but not an x4 upscaler (StableDiffusionUpscale"
                            f"Pipeline); diffkit upscale takes an upscaler folder or a diffkit super-resolution "
                            f"checkpoint (use diffkit sample / edit for this one)")
-    for dest, flag, off in REFUSED:
-        if getattr(args, dest) != off:
-            raise DiffkitError(f"{flag} does not apply to a Stable Diffusion upscaler folder ({folder}); it takes "
-                               f"--images, --prompt, --negative-prompt, --guidance-scale, --noise-level, --lora, the "
-                               f"sampler flags, --seed, --batch-size, --nrow, --device")
-    if args.prompts is None:
-        raise DiffkitError(f"{folder} is a Stable Diffusion x4 upscaler folder: give --prompt TEXT (once for every "
-                           f"image, or once per image)")
+    checked_folder_flags(args, f"does not apply to a Stable Diffusion upscaler folder ({folder}); it takes --images, "
+                               f"--prompt, --negative-prompt, --guidance-scale, --noise-level, --lora, the sampler "
+                               f"flags, --seed, --batch-size, --nrow, --device",
+                         f"{folder} is a Stable Diffusion x4 upscaler folder: give --prompt TEXT (once for every "
+                         f"image, or once per image)")
     info, spacing, final = resolve_sampler(args.sampler, args.spacing, args.final)
     check_eta(info.name, args.eta)
     options = {} if args.eta is None else {"eta": args.eta}
@@ -65,26 +106,14 @@ def upscale_folder(args) -> int:
                               "--noise-level")
     guidance = check_guidance(DEFAULT_GUIDANCE if args.guidance_scale is None else args.guidance_scale,
                               args.negative_prompt, ("--guidance-scale", "--negative-prompt"))
-    out, images_path = Path(args.out), Path(args.images)
-    if out.exists() and images_path.is_dir() and out.resolve() == images_path.resolve():
-        raise DiffkitError(f"--out {args.out!r} is the --images folder; give another folder")
-    images, files = read_pngs(images_path, "RGB")
+    images, files, prompts = read_low_res(args)
     vae = read_json_object(Path(folder) / "vae" / "config.json", "vae config")
     factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
     check_low_res_size(images.shape[2], images.shape[3], factor)
-    prompts = list(args.prompts)
-    if len(prompts) not in (1, len(files)):
-        raise DiffkitError(f"--prompt is given {len(prompts)} times for {len(files)} images; give it once (every "
-                           f"image) or once per image ({len(files)}, in the files' order)")
-    prompts = prompts * len(files) if len(prompts) == 1 else prompts
     steps = args.steps if args.steps is not None or args.nfe is not None or info.adaptive else DEFAULT_STEPS
     device = resolve_device(args.device)
     sd = load_stable_diffusion(folder, device, progress=args.progress, lora=args.lora, upscale=True)
     plan(sd.denoiser, args.sampler, steps, args.nfe, spacing, final, options=dict(options))  # checked now
-    new_dirs = missing_dirs(out)
-    check_writable_dir(out)
-    check_image_folder(out, len(files), prefix="upscaled")
-    grid_file = check_output_file(out / GRID_NAME, "upscale grid", ".png")
 
     def draw(start: int, n: int):
         return (upscale_sd(sd, images[start:start + n], prompts[start:start + n], low_res_schedule=schedule,
@@ -92,14 +121,9 @@ def upscale_folder(args) -> int:
                            max_noise_level=top, sampler=info.name, steps=steps, nfe=args.nfe, seed=args.seed + start,
                            progress=args.progress, spacing=spacing, final=final, **options).cpu(),)
 
-    with removed_if_empty_on_failure(new_dirs):
-        upscaled = torch.cat([x for _, x in batches_with_oom_retry(draw, len(files), args.batch_size)])
-        save_images(upscaled, out, prefix="upscaled")
-        size = tuple(upscaled.shape[2:])
-        save_grid(comparison_grid([upsample(images, size).clamp(-1, 1), upscaled], args.nrow), grid_file,
-                  nrow=min(args.nrow, len(files)))
+    size = write_upscales(args, draw, images)
     how = [] if info.adaptive else [f"{args.nfe} NFE" if args.nfe else f"{steps} steps"]
-    print(f"wrote {len(files)} upscaled images ({images.shape[3]}x{images.shape[2]} -> {size[1]}x{size[0]}) to {out} "
-          f"(upscaled_00000.png ...; {GRID_NAME}); " + ", ".join(
+    print(f"wrote {len(files)} upscaled images ({images.shape[3]}x{images.shape[2]} -> {size[1]}x{size[0]}) to "
+          f"{args.out} (upscaled_00000.png ...; {GRID_NAME}); " + ", ".join(
               [args.sampler] + how + [f"guidance {guidance:g}", f"noise level {level}"]))
     return 0

@@ -317,6 +317,10 @@ def _run(args) -> int:
     if label == "Sana" and sana_kind(args.checkpoint) == SANA_SPRINT_PIPELINE:  # as SanaSprintImg2ImgPipeline
         from ._pixart import edit_sana_sprint
         return edit_sana_sprint(args)
+    if label == "DeepFloyd IF":
+        raise DiffkitError(f"{args.checkpoint} is a DeepFloyd IF folder, which diffkit edit does not take (IFImg2Img"
+                           f"Pipeline / IFInpaintingPipeline are not reproduced); sample stage I with diffkit sample, "
+                           f"upscale with stage II and diffkit upscale")
     if label:
         from ._pixart import articled
         raise DiffkitError(articled(f"{args.checkpoint} is a {label} folder, which diffkit edit does not take "

@@ -16,6 +16,8 @@ only on ``--seed`` + i, never on ``--batch-size``.
 ``--checkpoint`` may also be a Stable Diffusion x4 upscaler folder (``StableDiffusionUpscalePipeline``): then
 ``--prompt`` is required and ``--negative-prompt``, ``--guidance-scale`` (diffusers' s, default 9) and ``--noise-level``
 (default 20) are the pipeline's (:mod:`._sd_upscale`, :mod:`diffkit.interop.sd_upscale`; docs/super_resolution.md).
+A DeepFloyd IF stage-II folder (``IFSuperResolutionPipeline``) likewise, with its defaults (s = 4, noise level 250, 50
+steps of its scheduler's ``ddpm`` loop; :mod:`._deepfloyd_if`, :mod:`diffkit.interop.deepfloyd_if`; docs/interop.md).
 """
 from __future__ import annotations
 
@@ -34,13 +36,13 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=path_arg,
                    required=True, help="a super-resolution .safetensors checkpoint or its run's "
                    "checkpoint folder (trained with --set super_res_from=S), or a Stable Diffusion x4 upscaler folder "
-                   "(diffusers format)")
+                   "(diffusers format), or a DeepFloyd IF stage-II folder (IFSuperResolutionPipeline)")
     p.add_argument("--images", type=path_arg,
                    required=True, metavar="PNG|DIR", help="a PNG or a folder of PNGs of S x S pixels")
     p.add_argument("--out", type=path_arg,
                    required=True, metavar="DIR", help=f"folder for upscaled_00000.png, ... and {GRID_NAME}")
-    p.add_argument("--sampler", default="ddim", help="see 'diffkit samplers' (default ddim); NAME@SPACING:FINAL also "
-                   "sets the grid")
+    p.add_argument("--sampler", help="see 'diffkit samplers' (default ddim; a DeepFloyd IF folder: its scheduler's "
+                   "ddpm loop); NAME@SPACING:FINAL also sets the grid")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, help="sampling steps (default 50; an SD upscaler folder: 75)")
     g.add_argument("--nfe", type=positive_int, help="network evaluations to spend (picks the step count)")
@@ -49,16 +51,18 @@ def register(sub) -> None:
     p.add_argument("--noise-level", type=int_in(0, 10**6), metavar="K",
                    help="an upscaler trained with conditioning augmentation (super_res_noise): noise the inputs to "
                         "level K of its schedule first (0..its super_res_noise; default 0: as they are); a Stable "
-                        "Diffusion x4 upscaler folder: the pipeline's noise_level (0..its max_noise_level; default 20)")
+                        "Diffusion x4 upscaler folder: the pipeline's noise_level (0..its max_noise_level; default "
+                        "20); a DeepFloyd IF stage-II folder: its noise_level (0..999; default 250)")
     t = p.add_argument_group("Stable Diffusion x4 upscaler folders (StableDiffusionUpscalePipeline; docs/"
-                             "super_resolution.md)")
+                             "super_resolution.md) and DeepFloyd IF stage-II folders (IFSuperResolutionPipeline; "
+                             "docs/interop.md)")
     t.add_argument("--prompt", dest="prompts", action="append", metavar="TEXT",
                    help="the text every image is upscaled with; repeat it once per image (in the files' order) for "
                         "one each (required for such a folder)")
     t.add_argument("--negative-prompt", metavar="TEXT",
                    help="the null condition of classifier-free guidance, for every image (default: the empty prompt)")
     t.add_argument("--guidance-scale", type=float, metavar="S",
-                   help="classifier-free guidance, diffusers' s >= 1 (1 = none; default 9, the pipeline's)")
+                   help="classifier-free guidance, diffusers' s >= 1 (1 = none; default 9, the pipeline's; IF: 4)")
     p.add_argument("--seed", type=seed_int, default=0,
                    help="output i uses seed + i (independent of batch size; default 0)")
     p.add_argument("--batch-size", type=int_in(1, 65536), default=16, help="images per batch (default 16)")
@@ -153,6 +157,11 @@ def run(args) -> int:
     from .edit import read_pngs
 
     check_lora_flags(args)
+    from ..interop.deepfloyd_if import is_deepfloyd_if_folder
+    if is_deepfloyd_if_folder(args.checkpoint):  # a DeepFloyd IF stage-II folder (._deepfloyd_if)
+        from ._deepfloyd_if import upscale_if
+        return upscale_if(args)
+    args.sampler = args.sampler or "ddim"
     from ..interop.stable_diffusion import is_stable_diffusion_folder
     from ._sd_upscale import refuse_prompt_flags, upscale_folder
     if is_stable_diffusion_folder(args.checkpoint):  # a Stable Diffusion x4 upscaler (._sd_upscale)

@@ -12,6 +12,8 @@
 * :mod:`.stable_diffusion` - a diffusers-format Stable Diffusion folder sampled with diffkit.
 * :mod:`.sd_xl` - an SD-XL folder (two text encoders, pooled text and size conditions), the same way.
 * :mod:`.kolors` - a Kolors folder (SD-XL's UNet conditioned by ChatGLM3), the same way.
+* :mod:`.deepfloyd_if` - DeepFloyd IF folders (a pixel-space cascade: stage I from T5 states through :mod:`.pixart`'s
+  code, stage II super-resolution with noise augmentation), their DDPMScheduler as ``ddpm`` with dynamic thresholding.
 * :mod:`.sd3` - a Stable Diffusion 3 folder (two CLIPs + T5, a flow-matching MM-DiT), the same way.
 * :mod:`.flux` - a FLUX.1 folder (CLIP pooled + T5, a flow-matching transformer on packed latents), the same way.
 * :mod:`.pixart` - a PixArt-α / PixArt-Σ folder (T5 with attention masks, a DiT with adaLN-single and a learned
@@ -63,6 +65,8 @@ _EXPORTS = {
     "is_lcm_folder": "lcm",
     "StableDiffusionXL": "sd_xl", "load_sd_xl": "sd_xl", "is_sd_xl_folder": "sd_xl",
     "Kolors": "kolors", "load_kolors": "kolors", "is_kolors_folder": "kolors",
+    "DeepFloydIF": "deepfloyd_if", "load_deepfloyd_if": "deepfloyd_if", "is_deepfloyd_if_folder": "deepfloyd_if",
+    "super_resolve": "deepfloyd_if",
     "StableDiffusion3": "sd3", "load_sd3": "sd3", "is_sd3_folder": "sd3",
     "Flux": "flux", "load_flux": "flux", "is_flux_folder": "flux",
     "kontext_edit": "flux_kontext", "kontext_inpaint": "flux_kontext", "is_kontext_folder": "flux_kontext",

@@ -119,10 +119,14 @@ def pixart_kind(path) -> Optional[str]:
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
     for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "CogView4" for a CogView4 one, "CogView3Plus" for a
-    CogView3-Plus one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.cogview4`,
-    :mod:`.cogview3plus`: the same command path), else None."""
+    CogView3-Plus one, "DeepFloyd IF" for an IF one (stage I or II; :mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
+    :mod:`.hunyuan_dit`, :mod:`.cogview4`, :mod:`.cogview3plus`, :mod:`.deepfloyd_if`: the same command path), else
+    None."""
     if pixart_kind(path) is not None:
         return "PixArt"
+    from .deepfloyd_if import is_deepfloyd_if_folder
+    if is_deepfloyd_if_folder(path):
+        return "DeepFloyd IF"
     from .auraflow import is_auraflow_folder
     from .hunyuan_dit import is_hunyuan_dit_folder
     from .lumina2 import is_lumina2_folder

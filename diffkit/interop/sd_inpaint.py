@@ -131,12 +131,13 @@ def inpainting_denoiser(unet, schedule, prediction_type: str) -> Denoiser:
     return concat_denoiser(InpaintingUNetNet, unet, schedule, prediction_type)
 
 
-def concat_denoiser(net_class, unet, schedule, prediction_type: str) -> Denoiser:
+def concat_denoiser(net_class, unet, schedule, prediction_type: str, learned_variance: bool = False) -> Denoiser:
     """The :class:`~diffkit.denoiser.Denoiser` of a diffusers UNet with extra input channels: ``net_class`` (a
-    :class:`ChannelConcatNet`) around :class:`~diffkit.interop.denoiser.DiffusersNet`."""
+    :class:`ChannelConcatNet`) around :class:`~diffkit.interop.denoiser.DiffusersNet`; ``learned_variance``: its
+    output is [prediction, v] (DeepFloyd IF's stage II, :mod:`.deepfloyd_if`)."""
     from .denoiser import DiffusersNet
     denoiser = Denoiser(net_class(DiffusersNet(unet, uses_labels=False)), schedule, prediction_type,
-                        learned_variance=False)
+                        learned_variance=learned_variance)
     denoiser.model = unet
     return denoiser
 

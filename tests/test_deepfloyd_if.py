@@ -1,0 +1,205 @@
+"""DeepFloyd IF folders (diffkit.interop.deepfloyd_if): stage I (``pixart.text_to_image`` on an IFPipeline folder) and
+stage II (``super_resolve`` on an IFSuperResolutionPipeline folder) against diffusers' own pipelines on tiny random
+folders (the T5 encoder and unigram tokenizer of tests/test_interop_sd3.py, UNet2DConditionModels of 2 levels with
+the IF blocks, encoder_hid_proj, addition_embed_type "text" and a learned variance, IF's DDPMScheduler with dynamic
+thresholding; nothing downloaded), the DDPM step noise drawn from the same per-sample generators; ``diffkit sample``
+and ``diffkit upscale`` on them (the library's output byte for byte; flags that do not apply: one line)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from diffkit.cli import main  # noqa: E402
+from diffkit.errors import DiffkitError  # noqa: E402
+from diffkit.interop.deepfloyd_if import (folder_sampler, is_deepfloyd_if_folder, load_deepfloyd_if,  # noqa: E402
+                                          super_resolve)
+from diffkit.interop.pixart import text_to_image  # noqa: E402
+from diffkit.noise import generators_from_seed  # noqa: E402
+
+from test_interop_diffusers import relative_error  # noqa: E402
+from test_interop_sd3 import T5_WORDS, tiny_t5_tokenizer  # noqa: E402
+
+PROMPTS = ["A photo of a Cat ", "hot dog"]  # upper case and a trailing space: lowered and stripped
+
+
+def tiny_if_unet(stage_two: bool):
+    """A UNet2DConditionModel with IF's blocks (ResnetDownsampleBlock2D, SimpleCrossAttn*), widths 16 / 32,
+    ``encoder_hid_dim`` 32 (T5's d_model), ``addition_embed_type="text"``, 6 output channels (eps, v); stage II:
+    6 input channels and the noise level as a timestep-embedded class label, 16 x 16 (stage I 8 x 8)."""
+    more = dict(class_embed_type="timestep", mid_block_scale_factor=1.414, time_embedding_act_fn="gelu",
+                time_embedding_dim=32) if stage_two else {}
+    return diffusers.UNet2DConditionModel(
+        sample_size=16 if stage_two else 8, layers_per_block=1, block_out_channels=[16, 32],
+        down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"], in_channels=6 if stage_two else 3,
+        out_channels=6, cross_attention_dim=32, encoder_hid_dim=32, attention_head_dim=8, addition_embed_type="text",
+        addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
+        act_fn="gelu", norm_num_groups=8, **more)
+
+
+def if_scheduler(**change):
+    """IF's DDPMScheduler: cosine betas, learned-range variance, dynamic thresholding (ratio 0.95, cap 1.5)."""
+    return diffusers.DDPMScheduler(**{"beta_schedule": "squaredcos_cap_v2", "thresholding": True,
+                                      "dynamic_thresholding_ratio": 0.95, "sample_max_value": 1.5,
+                                      "variance_type": "learned_range", **change})
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    """{1: (IFPipeline, folder, DeepFloydIF), 2: (IFSuperResolutionPipeline, folder, DeepFloydIF)}, each pipeline
+    loaded from its folder (no safety checker, feature extractor or watermarker)."""
+    root = tmp_path_factory.mktemp("deepfloyd_if")
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=4 + len(T5_WORDS), d_model=32, d_kv=8, d_ff=40, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, dropout_rate=0.0)).eval()
+    common = dict(tokenizer=tiny_t5_tokenizer(), text_encoder=t5, safety_checker=None, feature_extractor=None,
+                  watermarker=None, requires_safety_checker=False)
+    out = {}
+    for stage, cls, extra in ((1, diffusers.IFPipeline, {}), (2, diffusers.IFSuperResolutionPipeline, {
+            "image_noising_scheduler": diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")})):
+        path = root / f"if{stage}"
+        cls(unet=tiny_if_unet(stage == 2), scheduler=if_scheduler(), **extra, **common).save_pretrained(path)
+        pipe = cls.from_pretrained(path, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        out[stage] = (pipe, path, load_deepfloyd_if(path, progress=False))
+    return out
+
+
+def stage_one(folders, steps=3, **call):
+    """(diffkit's x_0, IFPipeline's output_type="pt") with generators seed 7 + i, clean_caption=False."""
+    pipe, _, model = folders[1]
+    negative = call.pop("negative_prompt", None)
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, num_inference_steps=steps, output_type="pt", clean_caption=False,
+                      generator=generators_from_seed(7, 2), **call,
+                      negative_prompt=None if negative is None else [negative] * 2).images
+    ours = text_to_image(model, PROMPTS, steps=steps, seed=7, return_latents=True, negative_prompt=negative, **call)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("call", [dict(guidance_scale=4.0, negative_prompt="ugly blurry"), dict(guidance_scale=1.0)])
+def test_stage_one_matches_ifpipeline(folders, call):
+    """x_0 equals IFPipeline's (3 DDPM steps with learned variance, dynamic thresholding and their noise; CFG with
+    a negative prompt; s = 1: its unguided loop)."""
+    _, path, model = folders[1]
+    assert is_deepfloyd_if_folder(path) and model.folder_sampler() == ("ddpm", {
+        "variance_type": "learned_range", "thresholding": True, "sample_max_value": 1.5,
+        "dynamic_thresholding_ratio": 0.95})
+    ours, theirs = stage_one(folders, **call)
+    assert theirs.abs().max() > 0.5
+    assert relative_error(ours, theirs) < 1e-5  # measured 3.1e-6 (CFG), 5.1e-7 (s = 1)
+
+
+def test_stage_two_matches_ifsuperresolutionpipeline(folders):
+    """``super_resolve`` equals IFSuperResolutionPipeline (the low-res images resized bilinearly to 16 x 16, noised
+    to level 100 by the image_noising_scheduler after x_T's draw, concatenated, the level as class label; CFG)."""
+    pipe, _, model = folders[2]
+    low = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        theirs = pipe(PROMPTS, image=low, num_inference_steps=3, guidance_scale=3.0, noise_level=100,
+                      negative_prompt=["ugly"] * 2, output_type="pt", clean_caption=False,
+                      generator=generators_from_seed(3, 2)).images
+    ours = super_resolve(model, low, PROMPTS, guidance_scale=3.0, noise_level=100, negative_prompt="ugly", steps=3,
+                         seed=3, return_latents=True)
+    assert theirs.shape == (2, 3, 16, 16) and theirs.abs().max() > 0.5
+    assert relative_error(ours, theirs) < 1e-5  # measured 5.5e-6 (2.8e-5 with the float64 cosine schedule)
+    other = super_resolve(model, low, PROMPTS, guidance_scale=3.0, noise_level=300, negative_prompt="ugly", steps=3,
+                          seed=3, return_latents=True)
+    assert relative_error(other, theirs) > 1e-3  # the level reaches the UNet and the noising
+
+
+def test_float64_cosine_schedule_is_further_from_the_pipeline(folders):
+    """Why the folder's float32 alphas_cumprod (``pipeline_schedule``): with diffkit's float64 cosine the last noisy
+    step's learned-range variance (log of 1 - abar_0, about 4e-5) moves the images by about 4e-5 relative."""
+    import dataclasses
+    from diffkit.interop.schedulers import schedule_from_diffusers
+    _, _, model = folders[1]
+    f64 = dataclasses.replace(model, schedule=schedule_from_diffusers(model.scheduler_config)[0], _denoiser=None)
+    ours, theirs = stage_one(folders, guidance_scale=4.0)
+    with torch.no_grad():
+        far = text_to_image(f64, PROMPTS, steps=3, seed=7, return_latents=True, guidance_scale=4.0)
+    assert relative_error(far, theirs) > 3 * relative_error(ours, theirs)  # measured 3.4e-5 against 2.1e-6
+
+
+def test_folder_refusals(folders, tmp_path):
+    """One line each: another scheduler variance, a UNet without the learned variance, max_sequence_length, a
+    negative prompt without guidance, the other stage's function."""
+    _, path, model = folders[1]
+    with pytest.raises(DiffkitError, match="allowed: a DDPMScheduler with variance_type 'learned_range'"):
+        folder_sampler({"_class_name": "DDPMScheduler", "variance_type": "fixed_small"})
+    copy = tmp_path / "bad"
+    shutil.copytree(path, copy)
+    config = json.loads((copy / "unet" / "config.json").read_text())
+    (copy / "unet" / "config.json").write_text(json.dumps({**config, "out_channels": 3}))
+    with pytest.raises(DiffkitError, match=r"in_channels, out_channels = 3, 3; allowed: 3, 6"):
+        load_deepfloyd_if(copy, progress=False)
+    with pytest.raises(DiffkitError, match="max_sequence_length=120 is not allowed on a DeepFloyd IF folder"):
+        model.encode_prompts(PROMPTS, 120)
+    with pytest.raises(DiffkitError, match="negative_prompt needs guidance above diffusers' s = 1"):
+        model.prompt_guidance(PROMPTS, "ugly", 1.0)
+    with pytest.raises(DiffkitError, match="super_resolve needs an IFSuperResolutionPipeline folder"):
+        super_resolve(model, torch.zeros(1, 3, 8, 8), "hot")
+    with pytest.raises(DiffkitError, match="is an IFSuperResolutionPipeline folder .DeepFloyd IF stage II.; use "
+                                           "diffkit upscale"):
+        load_deepfloyd_if(folders[2][1], progress=False, kind="IFPipeline")
+
+
+def test_cli_sample_and_upscale(folders, tmp_path, capsys):
+    """``diffkit sample`` on the stage-I folder writes the library's images (the pipeline's loop by default), and
+    ``diffkit upscale`` on the stage-II folder writes super_resolve's; flags that do not apply: one line."""
+    from diffkit.images import save_images
+    from diffkit.commands.edit import read_pngs
+    _, path1, model1 = folders[1]
+    _, path2, model2 = folders[2]
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path1), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num", "2",
+                 "--nrow", "2", "--steps", "2", "--seed", "5", "--negative-prompt", "ugly", "--guidance-scale", "3",
+                 "--guidance-convention", "diffusers", "--out", str(out), "--individual", str(tmp_path / "one"),
+                 "--no-progress"]) == 0
+    assert "ddpm on the scheduler's timesteps, IFPipeline folder" in capsys.readouterr().out
+    expected = text_to_image(model1, PROMPTS, steps=2, seed=5, guidance_scale=3.0, negative_prompt="ugly",
+                             output_range="-1,1")
+    save_images(expected, tmp_path / "lib")
+    for i in range(2):
+        name = f"sample_{i:05d}.png"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes(), name
+    low = tmp_path / "low"
+    save_images(expected, low)
+    assert main(["upscale", "--checkpoint", str(path2), "--images", str(low), "--prompt", "hot dog", "--steps", "2",
+                 "--noise-level", "50", "--seed", "1", "--out", str(tmp_path / "up"), "--no-progress"]) == 0
+    assert "noise level 50, the safety checker and the watermarker are not run" in capsys.readouterr().out
+    images, _ = read_pngs(low, "RGB")
+    mine = super_resolve(model2, images, "hot dog", noise_level=50, steps=2, seed=1, output_range="-1,1")
+    save_images(mine, tmp_path / "up_lib", prefix="upscaled")
+    for i in range(2):
+        name = f"upscaled_{i:05d}.png"
+        assert (tmp_path / "up" / name).read_bytes() == (tmp_path / "up_lib" / name).read_bytes(), name
+    for argv, expected in (
+            (["sample", "--checkpoint", str(path1), "--prompt", "hot", "--lora", str(low)], "--lora does not apply "
+             "to a DeepFloyd IF folder"),
+            (["sample", "--checkpoint", str(path2), "--prompt", "hot"], "use diffkit upscale"),
+            (["sample", "--checkpoint", str(path1), "--prompt", "hot", "--max-sequence-length", "100",
+              "--no-progress"], "max_sequence_length=100 is not allowed on a DeepFloyd IF folder"),
+            (["sample", "--checkpoint", str(path1), "--prompt", "hot", "--thresholding", "dynamic"],
+             "--thresholding does not apply to a DeepFloyd IF folder"),
+            (["upscale", "--checkpoint", str(path1), "--images", str(low), "--prompt", "hot"], "is an IFPipeline "
+             "folder (DeepFloyd IF stage I); use diffkit sample"),
+            (["upscale", "--checkpoint", str(path2), "--images", str(low)], "give --prompt TEXT"),
+            (["upscale", "--checkpoint", str(path2), "--images", str(low), "--prompt", "hot", "--noise-level",
+              "1000"], "--noise-level=1000 is not allowed; allowed: an integer in 0..999"),
+            (["upscale", "--checkpoint", str(path2), "--images", str(low), "--prompt", "hot", "--lora",
+              str(low / "sample_00000.png")], "--lora does not apply to a DeepFloyd IF folder"),
+            (["edit", "--checkpoint", str(path1), "--images", str(low), "--prompt", "hot", "--out",
+              str(tmp_path / "e")], "IFImg2ImgPipeline / IFInpaintingPipeline are not reproduced")):
+        capsys.readouterr()
+        code = main([*argv, "--out", str(tmp_path / "never.png")] if argv[0] == "sample" else
+                    [*argv, "--out", str(tmp_path / "never")] if "--out" not in argv else argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and expected in err[0], (argv, err)
+    assert not (tmp_path / "never.png").exists() and not (tmp_path / "never").exists()
