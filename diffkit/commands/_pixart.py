@@ -34,6 +34,9 @@ def folder_default_sampler(checkpoint) -> str:
     if masked_text_folder(checkpoint) == "HunyuanDiT":  # its DDPMScheduler: ddpm (diffkit.interop.hunyuan_dit)
         from ..interop.hunyuan_dit import folder_sampler as hunyuan_folder_sampler
         return hunyuan_folder_sampler(config)[0]
+    if masked_text_folder(checkpoint) == "HiDream":  # FlowMatchEuler: ddim; flow UniPC: unipc (.interop.hidream)
+        from ..interop.hidream import folder_sampler as hidream_folder_sampler
+        return hidream_folder_sampler(config)[0]
     return folder_sampler(config, flow=masked_text_folder(checkpoint) in ("Sana", "Lumina2", "AuraFlow"))[0]
 
 
@@ -82,7 +85,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     folder does not take (a one-line error for the first given). ``lora``: LoRA files of a Sana, Lumina2 or
     AuraFlow folder (:mod:`diffkit.interop.sana_lora`; PixArt: refused). A HunyuanDiT folder
     (:mod:`diffkit.interop.hunyuan_dit`) also takes ``--guidance-rescale`` and ``--pag-scale`` (``--pag-layers``,
-    ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A Sana Sprint
+    ``--pag-adaptive-scale``; HunyuanDiTPAGPipeline), its default sampler ``ddpm`` (DDPMScheduler). A HiDream-I1
+    folder (:mod:`diffkit.interop.hidream`): its four text encoders, s = 5, 50 steps, ``ddim`` (FlowMatchEuler) or
+    ``unipc`` (flow UniPC) on its scheduler's sigmas, sizes at its one area. A Sana Sprint
     folder: ``--guidance-scale`` is its guidance embedding, 2 steps of ``consistency`` on its SCMScheduler's thetas
     (:mod:`diffkit.interop.sana_sprint`)."""
     from ..interop.pixart import masked_text_folder
@@ -116,6 +121,9 @@ def sample_pixart(directory, *, sampler=None, steps=None, nfe=None, num=None, nr
     elif label == "AuraFlow":
         from ..interop.auraflow import load_auraflow, text_to_image
         pixart = load_auraflow(directory, device, progress=progress, lora=lora)
+    elif label == "HiDream":
+        from ..interop.hidream import load_hidream, text_to_image
+        pixart = load_hidream(directory, device, progress=progress)
     elif hunyuan:
         from ..interop.hunyuan_dit import load_hunyuan_dit, text_to_image
         from ._sd3 import pag_options

@@ -20,6 +20,8 @@
   ``consistency`` sampler), :mod:`.sana_lora` its LoRA files.
 * :mod:`.lumina2` - a Lumina-Image 2.0 folder (Gemma-2 after a system prompt, a unified next-DiT, CFG truncation and
   normalisation), through :mod:`.pixart`'s code.
+* :mod:`.hidream` - a HiDream-I1 folder (two CLIP projections pooled, T5 and every Llama layer, a sparse-MoE flow
+  transformer, FlowMatchEuler or flow UniPC), through :mod:`.pixart`'s code.
 * :mod:`.chroma` - a Chroma folder (FLUX.1-schnell's packing with a T5-only, masked prompt and real CFG), the same
   way, img2img and inpainting as ``ChromaImg2ImgPipeline`` / ``ChromaInpaintPipeline``.
 * :mod:`.flux_kontext` - FLUX.1 Kontext editing (the reference image's latents as extra tokens), as
@@ -66,6 +68,7 @@ _EXPORTS = {
     "Chroma": "chroma", "load_chroma": "chroma", "is_chroma_folder": "chroma",
     "AuraFlow": "auraflow", "load_auraflow": "auraflow", "is_auraflow_folder": "auraflow",
     "HunyuanDiT": "hunyuan_dit", "load_hunyuan_dit": "hunyuan_dit", "is_hunyuan_dit_folder": "hunyuan_dit",
+    "HiDream": "hidream", "load_hidream": "hidream", "is_hidream_folder": "hidream",
 }
 _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": ("dit", "from_diffusers"),
             "sd3_text_to_image": ("sd3", "text_to_image"), "flux_text_to_image": ("flux", "text_to_image"),
@@ -73,7 +76,8 @@ _RENAMED = {"dit_to_diffusers": ("dit", "to_diffusers"), "dit_from_diffusers": (
             "sana_text_to_image": ("sana", "text_to_image"), "lumina2_text_to_image": ("lumina2", "text_to_image"),
             "chroma_text_to_image": ("chroma", "text_to_image"), "chroma_image_to_image": ("chroma", "image_to_image"),
             "auraflow_text_to_image": ("auraflow", "text_to_image"),
-            "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image")}
+            "hunyuan_dit_text_to_image": ("hunyuan_dit", "text_to_image"),
+            "hidream_text_to_image": ("hidream", "text_to_image")}
 
 __all__ = sorted(_EXPORTS) + sorted(_RENAMED) + ["check_finite_model", "from_pretrained", "library_progress_bars",
                                                   "load_weights_pickle", "model_dtype", "require", "weights_file"]

@@ -103,8 +103,8 @@ def pixart_kind(path) -> Optional[str]:
 
 def masked_text_folder(path) -> Optional[str]:
     """"PixArt" for a PixArt-α / Σ folder, "Sana" for a Sana one, "Lumina2" for a Lumina-Image 2.0 one, "AuraFlow"
-    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one (:mod:`.sana`, :mod:`.lumina2`, :mod:`.auraflow`,
-    :mod:`.hunyuan_dit`: the same command path), else None."""
+    for an AuraFlow one, "HunyuanDiT" for a HunyuanDiT one, "HiDream" for a HiDream-I1 one (:mod:`.sana`,
+    :mod:`.lumina2`, :mod:`.auraflow`, :mod:`.hunyuan_dit`, :mod:`.hidream`: the same command path), else None."""
     if pixart_kind(path) is not None:
         return "PixArt"
     from .auraflow import is_auraflow_folder
@@ -115,6 +115,9 @@ def masked_text_folder(path) -> Optional[str]:
         return "Sana"
     if is_hunyuan_dit_folder(path):
         return "HunyuanDiT"
+    from .hidream import is_hidream_folder
+    if is_hidream_folder(path):
+        return "HiDream"
     return "Lumina2" if is_lumina2_folder(path) else "AuraFlow" if is_auraflow_folder(path) else None
 
 
