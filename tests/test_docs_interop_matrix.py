@@ -174,14 +174,16 @@ def check_own_table(heading: str, columns: list, letter: str) -> None:
 CHROMA = "## Chroma folders (`diffkit.interop.chroma`)"
 AURAFLOW = "## AuraFlow folders (`diffkit.interop.auraflow`)"
 HUNYUAN_DIT = "## HunyuanDiT folders (`diffkit.interop.hunyuan_dit`)"
+HIDREAM = "## HiDream-I1 folders (`diffkit.interop.hidream`)"
 
 
 @pytest.mark.parametrize("heading,columns,letter", [(PIXART, ["PixArt-α", "PixArt-Σ"], "L"),
                                                     (SANA, ["SanaPipeline", "SanaSprintPipeline"], "G"),
                                                     (CHROMA, ["Chroma"], "Z"), (LUMINA2, ["Lumina2Pipeline"], "T"),
                                                     (AURAFLOW, ["AuraFlowPipeline"], "R"),
-                                                    (HUNYUAN_DIT, ["HunyuanDiTPipeline"], "HD")])
+                                                    (HUNYUAN_DIT, ["HunyuanDiTPipeline"], "HD"),
+                                                    (HIDREAM, ["HiDreamImagePipeline"], "HI")])
 def test_own_tables_cite_what_backs_them(heading, columns, letter):
-    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's and HunyuanDiT's own small tables:
+    """PixArt's, Sana's, Chroma's, Lumina-Image 2.0's, AuraFlow's, HunyuanDiT's and HiDream-I1's own small tables:
     :func:`check_own_table`."""
     check_own_table(heading, columns, letter)

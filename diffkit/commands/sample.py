@@ -37,8 +37,8 @@ a plain folder (e.g. with an LCM-LoRA in ``--lora``; SD 1.x/2.x or SD-XL) as dif
 would, ``tcd`` as ``TCDScheduler`` (:mod:`diffkit.interop.sd_scheduler`; a TCDScheduler folder samples so by itself).
 SD-XL (``--refiner``), SD3 and FLUX.1 folders sample as their text-to-image pipelines, with ControlNets (SD-XL and
 FLUX.1 ControlNet-Union: ``--control-mode``), IP-Adapters, a FLUX.1 Depth / Canny folder with ``--control-image``,
-FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0, AuraFlow
-and HunyuanDiT folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
+FLUX.1 Redux with ``--redux`` (docs/interop.md); Chroma, PixArt-α / Σ, Sana (Sprint), Lumina-Image 2.0, AuraFlow,
+HunyuanDiT and HiDream-I1 folders as their pipelines too (``._chroma``, ``._pixart``); a FLUX.1 Fill or Kontext,
 InstructPix2Pix or SD 2 depth-to-image folder edits: ``diffkit edit``; an x4 upscaler folder upscales: ``diffkit
 upscale``.
 
