@@ -310,4 +310,5 @@ def text_to_image(hidream: HiDream, prompts: Union[str, Sequence[str]], **option
 
 
 __all__ = ["HiDream", "HiDreamNet", "load_hidream", "is_hidream_folder", "check_hidream_folder", "folder_sampler",
-           "text_to_image", "HIDREAM_PIPELINE", "HIDREAM_GUIDANCE", "HIDREAM_STEPS", "HIDREAM_MAX_SEQUENCE_LENGTH"]
+           "drawn_size", "text_to_image", "HIDREAM_PIPELINE", "HIDREAM_GUIDANCE", "HIDREAM_STEPS",
+           "HIDREAM_MAX_SEQUENCE_LENGTH"]
